@@ -1,0 +1,18 @@
+//! pgshift: move a whole PostgreSQL database into a running destination without downtime.
+//!
+//! The binary (`src/main.rs`) is a thin wrapper around [`run`]; integration tests
+//! reach the internals through this library target.
+
+pub mod cli;
+pub mod commands;
+pub mod config;
+pub mod dump;
+pub mod error;
+pub mod logging;
+pub mod output;
+pub mod pg;
+pub mod pipeline;
+pub mod process;
+pub mod state;
+
+pub use error::{ExitCode, UserError};

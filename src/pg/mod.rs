@@ -1,0 +1,7 @@
+//! Everything that talks to PostgreSQL: connection specs, TLS, connecting and
+//! pooling, identifier quoting, the advisory lock, catalog queries.
+
+pub mod connect;
+pub mod connspec;
+pub mod ident;
+pub mod tls;

@@ -1,0 +1,1 @@
+//! The prepare pipeline, the swap and the sync triggers.
