@@ -1,1 +1,879 @@
-//! placeholder
+//! rustls for tokio-postgres, honouring `sslmode` the way libpq does.
+//!
+//! | sslmode                | root certificates available | verification          |
+//! |------------------------|-----------------------------|-----------------------|
+//! | disable                | -                           | (TLS never used)      |
+//! | prefer / allow/require | no                          | none (encrypt only)   |
+//! | prefer / allow/require | yes                         | chain, not host name  |
+//! | verify-ca              | required                    | chain, not host name  |
+//! | verify-full            | required                    | chain and host name   |
+//!
+//! Root certificates are `sslrootcert` (a PEM file, or `system` for the operating
+//! system's store) or else libpq's default `~/.postgresql/root.crt` when it exists.
+//! A client certificate is `sslcert` + `sslkey`, or libpq's defaults
+//! `~/.postgresql/postgresql.crt` + `postgresql.key` when the certificate exists.
+//! Over Unix sockets TLS is never used (libpq and the server agree on that).
+//!
+//! Everything uses the ring provider explicitly; no process-wide default is installed.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use rustls::client::WebPkiServerVerifier;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::{
+    CertificateError, ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme,
+};
+use tokio_postgres_rustls::MakeRustlsConnect;
+
+use super::connspec::{ConnSpec, RootCert, SslMode};
+
+/// Why no TLS connector could be built. Messages are one line and name the file or
+/// parameter to fix.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error(
+        "sslmode={mode} needs the server's CA certificate: set sslrootcert=/path/to/root.crt (or sslrootcert=system); ~/.postgresql/root.crt does not exist"
+    )]
+    NoRootCert { mode: SslMode },
+    #[error("cannot read {what} file \"{path}\": {message}")]
+    Read {
+        what: &'static str,
+        path: PathBuf,
+        message: String,
+    },
+    #[error("{what} file \"{path}\" contains no PEM certificate")]
+    NoCertificate { what: &'static str, path: PathBuf },
+    #[error("{what} file \"{path}\": {message}")]
+    BadCertificate {
+        what: &'static str,
+        path: PathBuf,
+        message: String,
+    },
+    #[error("sslrootcert=system: no usable certificate in the system's trust store{detail}")]
+    NoSystemRoots { detail: String },
+    #[error(
+        "certificate \"{cert}\" is present but its private key \"{key}\" does not exist (set sslkey=/path/to/key)"
+    )]
+    MissingKey { cert: PathBuf, key: PathBuf },
+    #[error(
+        "private key file \"{0}\" has group or world access; permissions should be u=rw (0600) or less (u=rw,g=r (0640) if owned by root)"
+    )]
+    KeyPermissions(PathBuf),
+    #[error("invalid client certificate or key (sslcert/sslkey): {0}")]
+    ClientAuth(String),
+    #[error("cannot set up TLS: {0}")]
+    Setup(String),
+}
+
+/// How the server's certificate is checked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verification {
+    /// TLS is never attempted (sslmode=disable, or only Unix sockets).
+    Unused,
+    /// Encrypt, accept any certificate (handshake signatures are still checked).
+    None,
+    /// The chain must lead to a trusted root; the host name is not checked.
+    Chain,
+    /// Chain and host name (or IP address).
+    Full,
+}
+
+/// What [`make_tls`] will build for a spec; separate so it can be tested and logged.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsPlan {
+    pub verification: Verification,
+    /// The trusted roots (for `Chain` and `Full`).
+    pub roots: Option<RootCert>,
+    /// Client certificate and key files.
+    pub client_cert: Option<(PathBuf, PathBuf)>,
+}
+
+/// Decide the verification for a spec, libpq style (see the module docs).
+pub fn plan(spec: &ConnSpec) -> Result<TlsPlan, TlsError> {
+    if spec.sslmode() == SslMode::Disable || spec.all_unix_sockets() {
+        return Ok(TlsPlan {
+            verification: Verification::Unused,
+            roots: None,
+            client_cert: None,
+        });
+    }
+    let roots = spec.effective_root_cert();
+    let verification = match (spec.sslmode(), &roots) {
+        (SslMode::VerifyFull, Some(_)) => Verification::Full,
+        (SslMode::VerifyCa, Some(_)) => Verification::Chain,
+        (mode @ (SslMode::VerifyFull | SslMode::VerifyCa), None) => {
+            return Err(TlsError::NoRootCert { mode });
+        }
+        (_, Some(_)) => Verification::Chain,
+        (_, None) => Verification::None,
+    };
+    Ok(TlsPlan {
+        verification,
+        roots: if verification == Verification::None {
+            None
+        } else {
+            roots
+        },
+        client_cert: spec.effective_client_cert(),
+    })
+}
+
+/// The rustls client configuration for a spec.
+pub fn client_config(spec: &ConnSpec) -> Result<ClientConfig, TlsError> {
+    config_for_plan(&plan(spec)?)
+}
+
+/// The TLS connector for tokio-postgres / deadpool.
+pub fn make_tls(spec: &ConnSpec) -> Result<MakeRustlsConnect, TlsError> {
+    Ok(MakeRustlsConnect::new(client_config(spec)?))
+}
+
+fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// Build the configuration for a plan.
+pub fn config_for_plan(plan: &TlsPlan) -> Result<ClientConfig, TlsError> {
+    let provider = provider();
+    let builder = ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| TlsError::Setup(e.to_string()))?;
+    let verifier: Arc<dyn ServerCertVerifier> = match plan.verification {
+        Verification::Unused | Verification::None => Arc::new(NoCertificateCheck {
+            provider: provider.clone(),
+        }),
+        Verification::Chain | Verification::Full => {
+            let roots = load_roots(plan.roots.as_ref().expect("plan has roots"))?;
+            let webpki = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider)
+                .build()
+                .map_err(|e| TlsError::Setup(e.to_string()))?;
+            if plan.verification == Verification::Full {
+                webpki
+            } else {
+                Arc::new(ChainOnly { inner: webpki })
+            }
+        }
+    };
+    let builder = builder
+        .dangerous()
+        .with_custom_certificate_verifier(verifier);
+    let mut config = match (&plan.client_cert, plan.verification) {
+        (Some((cert, key)), v) if v != Verification::Unused => {
+            let (certs, key) = load_client_cert(cert, key)?;
+            builder
+                .with_client_auth_cert(certs, key)
+                .map_err(|e| TlsError::ClientAuth(e.to_string()))?
+        }
+        _ => builder.with_no_client_auth(),
+    };
+    // What libpq 17 sends; required by servers doing direct TLS, ignored by older ones.
+    config.alpn_protocols = vec![b"postgresql".to_vec()];
+    Ok(config)
+}
+
+fn read_error(what: &'static str, path: &Path, e: impl fmt::Display) -> TlsError {
+    TlsError::Read {
+        what,
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    }
+}
+
+fn load_pem_certs(
+    what: &'static str,
+    path: &Path,
+) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    // Read first so a missing file gives the OS message, not a PEM one.
+    let data = std::fs::read(path).map_err(|e| read_error(what, path, e))?;
+    let certs = CertificateDer::pem_slice_iter(&data)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| TlsError::BadCertificate {
+            what,
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })?;
+    if certs.is_empty() {
+        return Err(TlsError::NoCertificate {
+            what,
+            path: path.to_path_buf(),
+        });
+    }
+    Ok(certs)
+}
+
+/// The trusted roots.
+pub fn load_roots(roots: &RootCert) -> Result<RootCertStore, TlsError> {
+    let mut store = RootCertStore::empty();
+    match roots {
+        RootCert::File(path) => {
+            for cert in load_pem_certs("sslrootcert", path)? {
+                store.add(cert).map_err(|e| TlsError::BadCertificate {
+                    what: "sslrootcert",
+                    path: path.clone(),
+                    message: e.to_string(),
+                })?;
+            }
+        }
+        RootCert::System => {
+            let found = rustls_native_certs::load_native_certs();
+            let (added, _ignored) = store.add_parsable_certificates(found.certs);
+            if added == 0 {
+                let detail = found
+                    .errors
+                    .first()
+                    .map(|e| format!(" ({e})"))
+                    .unwrap_or_default();
+                return Err(TlsError::NoSystemRoots { detail });
+            }
+        }
+    }
+    Ok(store)
+}
+
+fn load_client_cert(
+    cert: &Path,
+    key: &Path,
+) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), TlsError> {
+    let certs = load_pem_certs("sslcert", cert)?;
+    let meta = match std::fs::metadata(key) {
+        Ok(m) => m,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(TlsError::MissingKey {
+                cert: cert.to_path_buf(),
+                key: key.to_path_buf(),
+            });
+        }
+        Err(e) => return Err(read_error("sslkey", key, e)),
+    };
+    check_key_permissions(key, &meta)?;
+    let data = std::fs::read(key).map_err(|e| read_error("sslkey", key, e))?;
+    let key_der = PrivateKeyDer::from_pem_slice(&data).map_err(|e| TlsError::BadCertificate {
+        what: "sslkey",
+        path: key.to_path_buf(),
+        message: e.to_string(),
+    })?;
+    Ok((certs, key_der))
+}
+
+/// libpq refuses private keys others can read: 0600 or less when owned by the user,
+/// 0640 or less when owned by root.
+fn check_key_permissions(path: &Path, meta: &std::fs::Metadata) -> Result<(), TlsError> {
+    use std::os::unix::fs::MetadataExt;
+    let mode = meta.mode();
+    let bad = if meta.uid() == 0 {
+        mode & 0o037 != 0
+    } else {
+        mode & 0o077 != 0
+    };
+    if bad && meta.is_file() {
+        return Err(TlsError::KeyPermissions(path.to_path_buf()));
+    }
+    Ok(())
+}
+
+/// Accepts any certificate chain (sslmode prefer/require without root certificates,
+/// like libpq) but still checks that the server holds the certificate's key.
+#[derive(Debug)]
+struct NoCertificateCheck {
+    provider: Arc<CryptoProvider>,
+}
+
+impl ServerCertVerifier for NoCertificateCheck {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
+/// verify-ca: the webpki chain check, with host-name mismatches forgiven. webpki checks
+/// the name only after the chain, so a name error means the chain was good.
+#[derive(Debug)]
+struct ChainOnly {
+    inner: Arc<WebPkiServerVerifier>,
+}
+
+impl ServerCertVerifier for ChainOnly {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        match self.inner.verify_server_cert(
+            end_entity,
+            intermediates,
+            server_name,
+            ocsp_response,
+            now,
+        ) {
+            Err(rustls::Error::InvalidCertificate(
+                CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
+            )) => Ok(ServerCertVerified::assertion()),
+            other => other,
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
+}
+
+/// A one-line, human explanation of a rustls error seen during a handshake.
+pub fn describe_rustls_error(e: &rustls::Error) -> String {
+    use CertificateError as C;
+    match e {
+        rustls::Error::InvalidCertificate(c) => match c {
+            C::UnknownIssuer => "server certificate is not trusted (unknown issuer)".to_string(),
+            C::NotValidForName => "server certificate is not valid for this host name".to_string(),
+            C::NotValidForNameContext {
+                expected,
+                presented,
+            } => {
+                let expected = match expected {
+                    ServerName::DnsName(d) => d.as_ref().to_string(),
+                    ServerName::IpAddress(ip) => std::net::IpAddr::from(*ip).to_string(),
+                    other => format!("{other:?}"),
+                };
+                if presented.is_empty() {
+                    format!("server certificate is not valid for \"{expected}\" (it names no host)")
+                } else {
+                    format!(
+                        "server certificate is not valid for \"{expected}\" (it is for {})",
+                        presented
+                            .iter()
+                            .map(|p| tidy_presented_name(p))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    )
+                }
+            }
+            C::Expired | C::ExpiredContext { .. } => "server certificate has expired".to_string(),
+            C::NotValidYet | C::NotValidYetContext { .. } => {
+                "server certificate is not valid yet".to_string()
+            }
+            C::Revoked => "server certificate is revoked".to_string(),
+            C::BadSignature => "server certificate has a bad signature".to_string(),
+            C::BadEncoding => "server certificate is malformed".to_string(),
+            C::InvalidPurpose | C::InvalidPurposeContext { .. } => {
+                "server certificate is not meant for TLS servers (extended key usage)".to_string()
+            }
+            other => format!("server certificate rejected ({other:?})"),
+        },
+        rustls::Error::AlertReceived(alert) => {
+            format!(
+                "the server rejected the TLS handshake ({alert:?}; a client certificate problem?)"
+            )
+        }
+        other => other.to_string(),
+    }
+}
+
+/// rustls renders presented names as `DnsName("db")` / `IpAddress(10.0.0.1)`.
+fn tidy_presented_name(p: &str) -> String {
+    for prefix in ["DnsName(", "IpAddress("] {
+        if let Some(inner) = p.strip_prefix(prefix).and_then(|s| s.strip_suffix(')')) {
+            return inner.trim_matches('"').to_string();
+        }
+    }
+    p.to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rcgen::{
+        BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair,
+        KeyUsagePurpose,
+    };
+    use rustls::server::WebPkiClientVerifier;
+    use rustls::{ClientConnection, ServerConfig, ServerConnection};
+    use std::os::unix::fs::PermissionsExt;
+
+    struct Ca {
+        issuer: CertifiedIssuer<'static, KeyPair>,
+    }
+
+    impl Ca {
+        fn new(name: &str) -> Ca {
+            let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+            params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+            params.distinguished_name.push(DnType::CommonName, name);
+            params.key_usages = vec![
+                KeyUsagePurpose::KeyCertSign,
+                KeyUsagePurpose::CrlSign,
+                KeyUsagePurpose::DigitalSignature,
+            ];
+            Ca {
+                issuer: CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap(),
+            }
+        }
+
+        fn pem(&self) -> String {
+            self.issuer.pem()
+        }
+
+        /// A leaf certificate for `sans`: (chain, key).
+        fn leaf(&self, sans: &[&str]) -> (Vec<CertificateDer<'static>>, PrivateKeyDer<'static>) {
+            let key = KeyPair::generate().unwrap();
+            let sans: Vec<String> = sans.iter().map(|s| s.to_string()).collect();
+            let mut params = CertificateParams::new(sans).unwrap();
+            params.distinguished_name.push(DnType::CommonName, "leaf");
+            let cert = params.signed_by(&key, &self.issuer).unwrap();
+            (
+                vec![cert.der().clone()],
+                PrivateKeyDer::Pkcs8(key.serialize_der().into()),
+            )
+        }
+
+        fn leaf_pem(&self, sans: &[&str]) -> (String, String) {
+            let key = KeyPair::generate().unwrap();
+            let sans: Vec<String> = sans.iter().map(|s| s.to_string()).collect();
+            let params = CertificateParams::new(sans).unwrap();
+            let cert = params.signed_by(&key, &self.issuer).unwrap();
+            (cert.pem(), key.serialize_pem())
+        }
+    }
+
+    fn write(dir: &Path, name: &str, contents: &str, mode: u32) -> PathBuf {
+        let path = dir.join(name);
+        std::fs::write(&path, contents).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+        path
+    }
+
+    /// Parse with a HOME that has no ~/.postgresql.
+    fn spec(input: &str, home: &Path) -> ConnSpec {
+        let home = home.to_str().unwrap().to_string();
+        ConnSpec::parse_with_env(input, &move |k| match k {
+            "HOME" => Some(home.clone()),
+            "PGUSER" => Some("tester".into()),
+            _ => None,
+        })
+        .unwrap()
+    }
+
+    /// Run a TLS handshake in memory; the client's verdict (or the server's).
+    fn handshake(
+        client: ClientConfig,
+        name: &str,
+        server_chain: Vec<CertificateDer<'static>>,
+        server_key: PrivateKeyDer<'static>,
+        client_ca: Option<&Ca>,
+    ) -> Result<(), rustls::Error> {
+        let builder = ServerConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()
+            .unwrap();
+        let server = match client_ca {
+            None => builder.with_no_client_auth(),
+            Some(ca) => {
+                let mut roots = RootCertStore::empty();
+                roots.add(ca.issuer.der().clone()).unwrap();
+                let verifier =
+                    WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider())
+                        .build()
+                        .unwrap();
+                builder.with_client_cert_verifier(verifier)
+            }
+        }
+        .with_single_cert(server_chain, server_key)
+        .unwrap();
+        let mut c = ClientConnection::new(
+            Arc::new(client),
+            ServerName::try_from(name.to_string()).unwrap(),
+        )?;
+        let mut s = ServerConnection::new(Arc::new(server)).unwrap();
+        for _ in 0..20 {
+            let mut buf = Vec::new();
+            while c.wants_write() {
+                c.write_tls(&mut buf).unwrap();
+            }
+            s.read_tls(&mut &buf[..]).unwrap();
+            let server_result = s.process_new_packets();
+            let mut buf = Vec::new();
+            while s.wants_write() {
+                s.write_tls(&mut buf).unwrap();
+            }
+            c.read_tls(&mut &buf[..]).unwrap();
+            c.process_new_packets()?;
+            server_result?;
+            if !c.is_handshaking() && !s.is_handshaking() {
+                return Ok(());
+            }
+        }
+        panic!("handshake did not finish");
+    }
+
+    #[test]
+    fn plan_per_sslmode() {
+        let home = tempfile::tempdir().unwrap();
+        let h = home.path();
+        let ca = write(h, "ca.pem", &Ca::new("ca").pem(), 0o644);
+        let ca = ca.to_str().unwrap();
+        let v = |input: &str| plan(&spec(input, h)).map(|p| p.verification);
+        assert_eq!(v("host=db sslmode=disable").unwrap(), Verification::Unused);
+        assert_eq!(v("host=db sslmode=allow").unwrap(), Verification::None);
+        assert_eq!(v("host=db sslmode=prefer").unwrap(), Verification::None);
+        assert_eq!(v("host=db sslmode=require").unwrap(), Verification::None);
+        assert_eq!(
+            v(&format!("host=db sslmode=require sslrootcert={ca}")).unwrap(),
+            Verification::Chain
+        );
+        assert_eq!(
+            v(&format!("host=db sslmode=prefer sslrootcert={ca}")).unwrap(),
+            Verification::Chain
+        );
+        assert_eq!(
+            v(&format!("host=db sslmode=verify-ca sslrootcert={ca}")).unwrap(),
+            Verification::Chain
+        );
+        assert_eq!(
+            v(&format!("host=db sslmode=verify-full sslrootcert={ca}")).unwrap(),
+            Verification::Full
+        );
+        assert_eq!(v("host=db sslrootcert=system").unwrap(), Verification::Full);
+        // Unix sockets never use TLS, so no CA is needed there.
+        assert_eq!(
+            v("host=/tmp sslmode=verify-full").unwrap(),
+            Verification::Unused
+        );
+        let p = plan(&spec(
+            &format!("host=db sslmode=verify-ca sslrootcert={ca}"),
+            h,
+        ))
+        .unwrap();
+        assert_eq!(p.roots, Some(RootCert::File(ca.into())));
+        assert_eq!(p.client_cert, None);
+    }
+
+    #[test]
+    fn verify_without_root_is_a_clear_error() {
+        let home = tempfile::tempdir().unwrap();
+        for mode in ["verify-full", "verify-ca"] {
+            let e = make_tls(&spec(&format!("host=db sslmode={mode}"), home.path()))
+                .err()
+                .unwrap();
+            assert_eq!(
+                e.to_string(),
+                format!(
+                    "sslmode={mode} needs the server's CA certificate: set sslrootcert=/path/to/root.crt (or sslrootcert=system); ~/.postgresql/root.crt does not exist"
+                )
+            );
+        }
+    }
+
+    #[test]
+    fn default_root_crt_is_used() {
+        let home = tempfile::tempdir().unwrap();
+        let ca = Ca::new("ca");
+        std::fs::create_dir(home.path().join(".postgresql")).unwrap();
+        write(
+            &home.path().join(".postgresql"),
+            "root.crt",
+            &ca.pem(),
+            0o644,
+        );
+        let s = spec("host=db sslmode=verify-full", home.path());
+        let p = plan(&s).unwrap();
+        assert_eq!(p.verification, Verification::Full);
+        let (chain, key) = ca.leaf(&["db"]);
+        handshake(client_config(&s).unwrap(), "db", chain, key, None).unwrap();
+        // With a root.crt around, require verifies the chain like libpq.
+        let p = plan(&spec("host=db sslmode=require", home.path())).unwrap();
+        assert_eq!(p.verification, Verification::Chain);
+    }
+
+    #[test]
+    fn handshakes_per_mode() {
+        let home = tempfile::tempdir().unwrap();
+        let h = home.path();
+        let ca = Ca::new("trusted");
+        let other = Ca::new("other");
+        let ca_path = write(h, "ca.pem", &ca.pem(), 0o644);
+        let ca_path = ca_path.to_str().unwrap();
+        let cfg = |input: &str| client_config(&spec(input, h)).unwrap();
+
+        // require, no root: anything goes, even a certificate from nobody we know.
+        let (chain, key) = other.leaf(&["elsewhere"]);
+        handshake(cfg("host=db sslmode=require"), "db", chain, key, None).unwrap();
+
+        // verify-ca: chain checked, name not.
+        let (chain, key) = ca.leaf(&["elsewhere"]);
+        handshake(
+            cfg(&format!("host=db sslmode=verify-ca sslrootcert={ca_path}")),
+            "db",
+            chain,
+            key,
+            None,
+        )
+        .unwrap();
+        let (chain, key) = other.leaf(&["db"]);
+        let e = handshake(
+            cfg(&format!("host=db sslmode=verify-ca sslrootcert={ca_path}")),
+            "db",
+            chain,
+            key,
+            None,
+        )
+        .unwrap_err();
+        assert_eq!(
+            describe_rustls_error(&e),
+            "server certificate is not trusted (unknown issuer)"
+        );
+        // require + sslrootcert behaves like verify-ca.
+        let (chain, key) = other.leaf(&["db"]);
+        assert!(
+            handshake(
+                cfg(&format!("host=db sslmode=require sslrootcert={ca_path}")),
+                "db",
+                chain,
+                key,
+                None
+            )
+            .is_err()
+        );
+
+        // verify-full: chain and name, DNS names and IP addresses.
+        let full = format!("sslmode=verify-full sslrootcert={ca_path}");
+        let (chain, key) = ca.leaf(&["db", "127.0.0.1", "::1"]);
+        handshake(cfg(&format!("host=db {full}")), "db", chain, key, None).unwrap();
+        let (chain, key) = ca.leaf(&["db", "127.0.0.1", "::1"]);
+        handshake(
+            cfg(&format!("host=127.0.0.1 {full}")),
+            "127.0.0.1",
+            chain,
+            key,
+            None,
+        )
+        .unwrap();
+        let (chain, key) = ca.leaf(&["db", "127.0.0.1", "::1"]);
+        handshake(cfg(&format!("host=::1 {full}")), "::1", chain, key, None).unwrap();
+        let (chain, key) = ca.leaf(&["elsewhere"]);
+        let e = handshake(cfg(&format!("host=db {full}")), "db", chain, key, None).unwrap_err();
+        assert_eq!(
+            describe_rustls_error(&e),
+            r#"server certificate is not valid for "db" (it is for elsewhere)"#
+        );
+        let (chain, key) = other.leaf(&["db"]);
+        assert!(handshake(cfg(&format!("host=db {full}")), "db", chain, key, None).is_err());
+    }
+
+    #[test]
+    fn several_roots_in_one_file() {
+        let home = tempfile::tempdir().unwrap();
+        let a = Ca::new("a");
+        let b = Ca::new("b");
+        let path = write(
+            home.path(),
+            "roots.pem",
+            &format!("{}\n{}", a.pem(), b.pem()),
+            0o644,
+        );
+        let store = load_roots(&RootCert::File(path.clone())).unwrap();
+        assert_eq!(store.len(), 2);
+        let s = spec(
+            &format!("host=db sslmode=verify-full sslrootcert={}", path.display()),
+            home.path(),
+        );
+        let (chain, key) = b.leaf(&["db"]);
+        handshake(client_config(&s).unwrap(), "db", chain, key, None).unwrap();
+    }
+
+    #[test]
+    fn root_file_errors() {
+        let home = tempfile::tempdir().unwrap();
+        let missing = home.path().join("nope.pem");
+        let e = load_roots(&RootCert::File(missing.clone())).unwrap_err();
+        assert!(
+            e.to_string().starts_with(&format!(
+                "cannot read sslrootcert file \"{}\": ",
+                missing.display()
+            )),
+            "{e}"
+        );
+        let empty = write(home.path(), "empty.pem", "not a certificate\n", 0o644);
+        let e = load_roots(&RootCert::File(empty.clone())).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            format!(
+                "sslrootcert file \"{}\" contains no PEM certificate",
+                empty.display()
+            )
+        );
+        // An explicit root file that is missing is an error even for require.
+        let s = spec(
+            &format!("host=db sslmode=require sslrootcert={}", missing.display()),
+            home.path(),
+        );
+        assert!(make_tls(&s).is_err());
+    }
+
+    #[test]
+    fn client_certificates() {
+        let home = tempfile::tempdir().unwrap();
+        let h = home.path();
+        let ca = Ca::new("ca");
+        let client_ca = Ca::new("client-ca");
+        let ca_path = write(h, "ca.pem", &ca.pem(), 0o644);
+        let (cert_pem, key_pem) = client_ca.leaf_pem(&["tester"]);
+        let cert = write(h, "client.crt", &cert_pem, 0o644);
+        let key = write(h, "client.key", &key_pem, 0o600);
+        let input = format!(
+            "host=db sslmode=verify-full sslrootcert={} sslcert={} sslkey={}",
+            ca_path.display(),
+            cert.display(),
+            key.display()
+        );
+        let s = spec(&input, h);
+        assert_eq!(
+            plan(&s).unwrap().client_cert,
+            Some((cert.clone(), key.clone()))
+        );
+        let (chain, server_key) = ca.leaf(&["db"]);
+        handshake(
+            client_config(&s).unwrap(),
+            "db",
+            chain,
+            server_key,
+            Some(&client_ca),
+        )
+        .unwrap();
+        // Without a client certificate the server refuses.
+        let s = spec(
+            &format!(
+                "host=db sslmode=verify-full sslrootcert={}",
+                ca_path.display()
+            ),
+            h,
+        );
+        let (chain, server_key) = ca.leaf(&["db"]);
+        assert!(
+            handshake(
+                client_config(&s).unwrap(),
+                "db",
+                chain,
+                server_key,
+                Some(&client_ca)
+            )
+            .is_err()
+        );
+
+        // Key readable by others: refused like libpq.
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let e = make_tls(&spec(&input, h)).err().unwrap();
+        assert!(e.to_string().contains("has group or world access"), "{e}");
+
+        // Certificate without its key.
+        let input = format!(
+            "host=db sslcert={} sslkey={}",
+            cert.display(),
+            h.join("missing.key").display()
+        );
+        let e = make_tls(&spec(&input, h)).err().unwrap();
+        assert!(e.to_string().contains("does not exist (set sslkey"), "{e}");
+
+        // Default ~/.postgresql/postgresql.crt + .key.
+        let dir = h.join(".postgresql");
+        std::fs::create_dir(&dir).unwrap();
+        write(&dir, "postgresql.crt", &cert_pem, 0o644);
+        write(&dir, "postgresql.key", &key_pem, 0o600);
+        let s = spec("host=db sslmode=require", h);
+        assert_eq!(
+            plan(&s).unwrap().client_cert,
+            Some((dir.join("postgresql.crt"), dir.join("postgresql.key")))
+        );
+        let (chain, server_key) = ca.leaf(&["db"]);
+        handshake(
+            client_config(&s).unwrap(),
+            "db",
+            chain,
+            server_key,
+            Some(&client_ca),
+        )
+        .unwrap();
+    }
+
+    #[test]
+    fn alpn_is_postgresql() {
+        let home = tempfile::tempdir().unwrap();
+        let c = client_config(&spec("host=db sslmode=require", home.path())).unwrap();
+        assert_eq!(c.alpn_protocols, vec![b"postgresql".to_vec()]);
+    }
+
+    #[test]
+    fn rustls_error_descriptions() {
+        use rustls::Error as E;
+        assert_eq!(
+            describe_rustls_error(&E::InvalidCertificate(CertificateError::Expired)),
+            "server certificate has expired"
+        );
+        assert_eq!(
+            describe_rustls_error(&E::InvalidCertificate(CertificateError::NotValidForName)),
+            "server certificate is not valid for this host name"
+        );
+    }
+}
