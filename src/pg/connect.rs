@@ -1,1 +1,568 @@
-//! placeholder
+//! Connecting: retry while the server is not up yet, one clear line when it fails,
+//! connection pools.
+//!
+//! Errors read `cannot connect to destination postgresql://app:***@db:5432/shop:
+//! password authentication failed for user "app"`: which side, the redacted URL, and
+//! the innermost cause (tokio-postgres' own text is often just "error connecting to
+//! server").
+
+use std::error::Error as StdError;
+use std::io;
+use std::time::{Duration, Instant};
+
+use anyhow::anyhow;
+use deadpool_postgres::{Manager, ManagerConfig, Pool, PoolError, RecyclingMethod, Runtime};
+use tokio_postgres::error::{DbError, SqlState};
+
+use super::connspec::{ConnSpec, Endpoint, Host};
+use super::tls::{describe_rustls_error, make_tls};
+
+const FIRST_BACKOFF: Duration = Duration::from_millis(100);
+const MAX_BACKOFF: Duration = Duration::from_secs(1);
+
+/// Connect to `spec` (`label` is "source" or "destination"), with `application_name`
+/// `app_name` (unless empty). Transient failures (refused, reset, server starting up or
+/// shutting down, too many connections) are retried with a short backoff until
+/// `retry_for` has passed; authentication, missing database and TLS errors are not.
+/// The connection task is spawned on the current tokio runtime.
+pub async fn connect(
+    spec: &ConnSpec,
+    label: &str,
+    app_name: &str,
+    retry_for: Duration,
+) -> anyhow::Result<tokio_postgres::Client> {
+    let tls = make_tls(spec).map_err(|e| anyhow!("cannot connect to {label} {spec}: {e}"))?;
+    let deadline = Instant::now() + retry_for;
+    let mut backoff = FIRST_BACKOFF;
+    let mut attempt = 0u32;
+    loop {
+        attempt += 1;
+        let mut failures: Vec<(&Endpoint, tokio_postgres::Error)> = Vec::new();
+        for (i, endpoint) in spec.hosts().iter().enumerate() {
+            let mut config = spec.pg_config_for_host(i);
+            if !app_name.is_empty() {
+                config.application_name(app_name);
+            }
+            match config.connect(tls.clone()).await {
+                Ok((client, connection)) => {
+                    let side = label.to_string();
+                    tokio::spawn(async move {
+                        if let Err(e) = connection.await {
+                            tracing::debug!(
+                                "{side} connection ended with an error: {}",
+                                describe_pg_error(&e)
+                            );
+                        }
+                    });
+                    if attempt > 1 {
+                        tracing::info!("connected to {label} {spec} after {attempt} attempts");
+                    }
+                    return Ok(client);
+                }
+                Err(e) => failures.push((endpoint, e)),
+            }
+        }
+        let transient = failures.iter().all(|(_, e)| is_transient(e));
+        let now = Instant::now();
+        if !transient || now + backoff > deadline {
+            let text = if failures.len() == 1 {
+                describe_attempt(failures[0].0, &failures[0].1)
+            } else {
+                failures
+                    .iter()
+                    .map(|(ep, e)| format!("{}: {}", ep.describe(), describe_attempt(ep, e)))
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            };
+            return Err(anyhow!("cannot connect to {label} {spec}: {text}"));
+        }
+        let (ep, e) = failures.last().expect("at least one host");
+        if attempt == 1 {
+            tracing::info!(
+                "waiting for {label} {spec}: {} (retrying for up to {:?})",
+                describe_attempt(ep, e),
+                retry_for
+            );
+        } else {
+            tracing::debug!(
+                "{label} attempt {attempt} failed: {}",
+                describe_attempt(ep, e)
+            );
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(MAX_BACKOFF);
+    }
+}
+
+/// A connection pool for `spec` with `application_name` `app_name` (unless empty).
+/// Connections are made lazily; recycling runs `DISCARD ALL`-style cleaning
+/// (restore SQL changes `search_path` and friends).
+pub fn pool(spec: &ConnSpec, app_name: &str, max_size: usize) -> anyhow::Result<Pool> {
+    let mut config = spec.pg_config();
+    if !app_name.is_empty() {
+        config.application_name(app_name);
+    }
+    let tls = make_tls(spec).map_err(|e| anyhow!("cannot connect to {spec}: {e}"))?;
+    let manager = Manager::from_config(
+        config,
+        tls,
+        ManagerConfig {
+            recycling_method: RecyclingMethod::Clean,
+        },
+    );
+    Pool::builder(manager)
+        .max_size(max_size.max(1))
+        .runtime(Runtime::Tokio1)
+        .build()
+        .map_err(|e| anyhow!("cannot create a connection pool for {spec}: {e}"))
+}
+
+/// One line for a pool error (the server's message for backend errors).
+pub fn describe_pool_error(e: &PoolError) -> String {
+    match e {
+        PoolError::Backend(e) => describe_pg_error(e),
+        PoolError::Timeout(t) => format!("timed out waiting for a pooled connection ({t:?})"),
+        PoolError::Closed => "the connection pool is closed".to_string(),
+        PoolError::NoRuntimeSpecified => "connection pool without a runtime".to_string(),
+        PoolError::PostCreateHook(h) => format!("connection set-up failed: {h}"),
+    }
+}
+
+/// What went wrong, in one line: the server's message (with DETAIL and HINT) for
+/// errors from the server, else the innermost cause in plain words. Never contains
+/// a password (tokio-postgres errors never carry one).
+pub fn describe_pg_error(e: &tokio_postgres::Error) -> String {
+    if let Some(db) = e.as_db_error() {
+        return describe_db_error(db);
+    }
+    let kind = e.to_string();
+    let tls = kind == "error performing TLS handshake";
+    let cause = match e.source() {
+        Some(source) => describe_cause(source),
+        None => match kind.as_str() {
+            "connection closed" => "the server closed the connection unexpectedly".to_string(),
+            _ => kind.clone(),
+        },
+    };
+    match kind.as_str() {
+        _ if tls => format!("TLS: {cause}"),
+        "authentication error" => format!("authentication failed: {cause}"),
+        "invalid configuration" if cause == "password missing" => {
+            "the server asks for a password and none was given (set it in the URL, PGPASSWORD or ~/.pgpass)"
+                .to_string()
+        }
+        "timeout waiting for server" => "timed out waiting for the server".to_string(),
+        _ => cause,
+    }
+}
+
+fn describe_db_error(db: &DbError) -> String {
+    let mut s = db.message().to_string();
+    if let Some(d) = db.detail() {
+        s.push_str("; DETAIL: ");
+        s.push_str(d);
+    }
+    if let Some(h) = db.hint() {
+        s.push_str("; HINT: ");
+        s.push_str(h);
+    }
+    s.replace('\n', " ")
+}
+
+/// The innermost cause of an error chain, looking inside `io::Error`s (whose `source()`
+/// skips the wrapped error).
+fn describe_cause(e: &(dyn StdError + 'static)) -> String {
+    if let Some(db) = e.downcast_ref::<DbError>() {
+        return describe_db_error(db);
+    }
+    if let Some(r) = e.downcast_ref::<rustls::Error>() {
+        return describe_rustls_error(r);
+    }
+    if let Some(io) = e.downcast_ref::<io::Error>() {
+        if let Some(inner) = io.get_ref() {
+            return describe_cause(inner);
+        }
+        return describe_io(io);
+    }
+    match e.source() {
+        Some(inner) => describe_cause(inner),
+        None => e.to_string(),
+    }
+}
+
+fn describe_io(e: &io::Error) -> String {
+    use io::ErrorKind as K;
+    match e.kind() {
+        K::ConnectionRefused => "connection refused".to_string(),
+        K::ConnectionReset => "connection reset by the server".to_string(),
+        K::ConnectionAborted => "connection aborted".to_string(),
+        K::TimedOut => "timed out".to_string(),
+        K::NotFound => "no such file or directory".to_string(),
+        K::PermissionDenied => "permission denied".to_string(),
+        K::UnexpectedEof => "the server closed the connection unexpectedly".to_string(),
+        K::BrokenPipe => "the server closed the connection (broken pipe)".to_string(),
+        _ => {
+            let s = e.to_string();
+            // "Connection refused (os error 111)" -> "Connection refused"
+            match s.find(" (os error ") {
+                Some(i) => s[..i].to_string(),
+                None => s,
+            }
+        }
+    }
+}
+
+/// [`describe_pg_error`] plus a hint naming the address when nothing answered there.
+fn describe_attempt(ep: &Endpoint, e: &tokio_postgres::Error) -> String {
+    let text = describe_pg_error(e);
+    match innermost_io_kind(e) {
+        Some(io::ErrorKind::ConnectionRefused | io::ErrorKind::NotFound) => match &ep.host {
+            Host::Unix(_) => format!(
+                "{text} (is the server running locally and accepting connections on socket \"{}\"?)",
+                ep.describe()
+            ),
+            Host::Tcp(_) => format!("{text} (is the server running on {}?)", ep.describe()),
+        },
+        Some(io::ErrorKind::TimedOut) => {
+            format!(
+                "{text} (is {} reachable and the server running?)",
+                ep.describe()
+            )
+        }
+        _ => text,
+    }
+}
+
+/// The kind of the innermost `io::Error` not wrapping a TLS error.
+fn innermost_io_kind(e: &tokio_postgres::Error) -> Option<io::ErrorKind> {
+    let mut cur: Option<&(dyn StdError + 'static)> = e.source();
+    let mut kind = None;
+    while let Some(err) = cur {
+        if err.downcast_ref::<rustls::Error>().is_some() {
+            return None;
+        }
+        if let Some(io) = err.downcast_ref::<io::Error>() {
+            kind = Some(io.kind());
+            cur = io.get_ref().map(|inner| inner as &(dyn StdError + 'static));
+        } else {
+            cur = err.source();
+        }
+    }
+    kind
+}
+
+fn is_tls_failure(e: &tokio_postgres::Error) -> bool {
+    if e.to_string() == "error performing TLS handshake" {
+        return true;
+    }
+    let mut cur: Option<&(dyn StdError + 'static)> = e.source();
+    while let Some(err) = cur {
+        if err.downcast_ref::<rustls::Error>().is_some() {
+            return true;
+        }
+        cur = match err.downcast_ref::<io::Error>() {
+            Some(io) => io.get_ref().map(|inner| inner as &(dyn StdError + 'static)),
+            None => err.source(),
+        };
+    }
+    false
+}
+
+/// Whether waiting could help: the server is not up yet, restarting, or full.
+pub fn is_transient(e: &tokio_postgres::Error) -> bool {
+    if let Some(code) = e.code() {
+        return *code == SqlState::CANNOT_CONNECT_NOW
+            || *code == SqlState::TOO_MANY_CONNECTIONS
+            || *code == SqlState::ADMIN_SHUTDOWN
+            || *code == SqlState::CRASH_SHUTDOWN;
+    }
+    if e.as_db_error().is_some() || is_tls_failure(e) {
+        return false;
+    }
+    if e.is_closed() {
+        return true;
+    }
+    matches!(
+        innermost_io_kind(e),
+        Some(
+            io::ErrorKind::ConnectionRefused
+                | io::ErrorKind::ConnectionReset
+                | io::ErrorKind::ConnectionAborted
+                | io::ErrorKind::TimedOut
+                | io::ErrorKind::NotFound
+                | io::ErrorKind::UnexpectedEof
+                | io::ErrorKind::BrokenPipe
+        )
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+
+    fn spec(input: &str) -> ConnSpec {
+        ConnSpec::parse_with_env(input, &|k| match k {
+            "HOME" => Some("/nonexistent/pgshift-test-home".into()),
+            "PGUSER" => Some("tester".into()),
+            _ => None,
+        })
+        .unwrap()
+    }
+
+    async fn free_port() -> u16 {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        l.local_addr().unwrap().port()
+    }
+
+    enum Reply {
+        /// ErrorResponse with this SQLSTATE and message.
+        Error(&'static str, &'static str),
+        /// AuthenticationCleartextPassword, then hang up.
+        AskPassword,
+    }
+
+    /// A pretend server: refuses TLS, answers the startup message with `reply`.
+    /// Returns its port and a counter of accepted connections.
+    async fn fake_server(reply: Reply) -> (u16, Arc<AtomicUsize>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let count = Arc::new(AtomicUsize::new(0));
+        let accepted = count.clone();
+        let reply = Arc::new(reply);
+        tokio::spawn(async move {
+            loop {
+                let (mut sock, _) = listener.accept().await.unwrap();
+                accepted.fetch_add(1, Ordering::SeqCst);
+                let reply = reply.clone();
+                tokio::spawn(async move {
+                    loop {
+                        let mut len = [0u8; 4];
+                        sock.read_exact(&mut len).await?;
+                        let len = u32::from_be_bytes(len) as usize;
+                        let mut body = vec![0; len - 4];
+                        sock.read_exact(&mut body).await?;
+                        if body == [0x04, 0xd2, 0x16, 0x2f] {
+                            sock.write_all(b"N").await?; // SSLRequest: no TLS here
+                            continue;
+                        }
+                        let msg = match &*reply {
+                            Reply::Error(code, message) => {
+                                let mut fields = Vec::new();
+                                for (t, v) in [
+                                    (b'S', "FATAL"),
+                                    (b'V', "FATAL"),
+                                    (b'C', *code),
+                                    (b'M', *message),
+                                ] {
+                                    fields.push(t);
+                                    fields.extend(v.as_bytes());
+                                    fields.push(0);
+                                }
+                                fields.push(0);
+                                let mut msg = vec![b'E'];
+                                msg.extend(((fields.len() + 4) as u32).to_be_bytes());
+                                msg.extend(fields);
+                                msg
+                            }
+                            Reply::AskPassword => vec![b'R', 0, 0, 0, 8, 0, 0, 0, 3],
+                        };
+                        sock.write_all(&msg).await?;
+                        sock.flush().await?;
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        return Ok::<_, io::Error>(());
+                    }
+                });
+            }
+        });
+        (port, count)
+    }
+
+    #[tokio::test]
+    async fn refused_names_the_address() {
+        let port = free_port().await;
+        let s = spec(&format!("postgresql://app:pw@127.0.0.1:{port}/shop"));
+        let e = connect(&s, "destination", "pgshift", Duration::ZERO)
+            .await
+            .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            format!(
+                "cannot connect to destination postgresql://app:***@127.0.0.1:{port}/shop: connection refused (is the server running on 127.0.0.1:{port}?)"
+            )
+        );
+    }
+
+    #[tokio::test]
+    async fn refused_is_retried_until_the_deadline() {
+        let port = free_port().await;
+        let s = spec(&format!("host=127.0.0.1 port={port}"));
+        let start = Instant::now();
+        let e = connect(&s, "source", "pgshift", Duration::from_millis(700))
+            .await
+            .unwrap_err();
+        let waited = start.elapsed();
+        assert!(waited >= Duration::from_millis(300), "{waited:?}");
+        assert!(waited < Duration::from_secs(3), "{waited:?}");
+        assert!(e.to_string().contains("connection refused"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn missing_socket_names_the_socket() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = spec(&format!("host={} port=5499 dbname=d", dir.path().display()));
+        let e = connect(&s, "source", "", Duration::ZERO).await.unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            format!(
+                "cannot connect to source postgresql://tester@/d?host={}&port=5499: no such file or directory (is the server running locally and accepting connections on socket \"{}/.s.PGSQL.5499\"?)",
+                dir.path().display(),
+                dir.path().display()
+            )
+        );
+    }
+
+    #[tokio::test]
+    async fn authentication_failure_is_not_retried() {
+        let (port, count) = fake_server(Reply::Error(
+            "28P01",
+            "password authentication failed for user \"app\"",
+        ))
+        .await;
+        let s = spec(&format!(
+            "postgresql://app:Sup3rS3cret@127.0.0.1:{port}/shop"
+        ));
+        let e = connect(&s, "destination", "pgshift", Duration::from_secs(5))
+            .await
+            .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            format!(
+                "cannot connect to destination postgresql://app:***@127.0.0.1:{port}/shop: password authentication failed for user \"app\""
+            )
+        );
+        assert_eq!(count.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn missing_database_is_not_retried() {
+        let (port, count) =
+            fake_server(Reply::Error("3D000", "database \"nope\" does not exist")).await;
+        let s = spec(&format!("host=127.0.0.1 port={port} dbname=nope"));
+        let e = connect(&s, "source", "pgshift", Duration::from_secs(5))
+            .await
+            .unwrap_err();
+        assert!(
+            e.to_string()
+                .ends_with(": database \"nope\" does not exist"),
+            "{e}"
+        );
+        assert_eq!(count.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn starting_up_is_retried() {
+        let (port, count) =
+            fake_server(Reply::Error("57P03", "the database system is starting up")).await;
+        let s = spec(&format!("host=127.0.0.1 port={port}"));
+        let e = connect(&s, "source", "pgshift", Duration::from_millis(600))
+            .await
+            .unwrap_err();
+        assert!(
+            e.to_string()
+                .ends_with(": the database system is starting up"),
+            "{e}"
+        );
+        assert!(
+            count.load(Ordering::SeqCst) >= 3,
+            "{}",
+            count.load(Ordering::SeqCst)
+        );
+    }
+
+    #[tokio::test]
+    async fn too_many_connections_is_retried() {
+        let (port, count) =
+            fake_server(Reply::Error("53300", "sorry, too many clients already")).await;
+        let s = spec(&format!("host=127.0.0.1 port={port}"));
+        assert!(
+            connect(&s, "source", "", Duration::from_millis(300))
+                .await
+                .is_err()
+        );
+        assert!(count.load(Ordering::SeqCst) >= 2);
+    }
+
+    #[tokio::test]
+    async fn missing_password_is_explained() {
+        let (port, count) = fake_server(Reply::AskPassword).await;
+        let s = spec(&format!("host=127.0.0.1 port={port}"));
+        let e = connect(&s, "source", "", Duration::from_secs(2))
+            .await
+            .unwrap_err();
+        assert!(
+            e.to_string().ends_with(
+                ": the server asks for a password and none was given (set it in the URL, PGPASSWORD or ~/.pgpass)"
+            ),
+            "{e}"
+        );
+        assert_eq!(count.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn every_host_is_reported() {
+        let p1 = free_port().await;
+        let (p2, _) = fake_server(Reply::Error("28000", "no pg_hba.conf entry")).await;
+        let s = spec(&format!("host=127.0.0.1,localhost port={p1},{p2} dbname=d"));
+        let e = connect(&s, "source", "", Duration::from_secs(2))
+            .await
+            .unwrap_err();
+        let text = e.to_string();
+        assert!(
+            text.contains(&format!(
+                "127.0.0.1:{p1}: connection refused (is the server running on 127.0.0.1:{p1}?); localhost:{p2}: no pg_hba.conf entry"
+            )),
+            "{text}"
+        );
+    }
+
+    #[tokio::test]
+    async fn tls_required_but_refused_by_server() {
+        let (port, _) = fake_server(Reply::Error("28P01", "x")).await;
+        let s = spec(&format!("host=127.0.0.1 port={port} sslmode=require"));
+        let e = connect(&s, "source", "", Duration::from_secs(2))
+            .await
+            .unwrap_err();
+        assert!(
+            e.to_string()
+                .ends_with(": TLS: server does not support TLS"),
+            "{e}"
+        );
+    }
+
+    #[tokio::test]
+    async fn tls_setup_errors_are_reported_before_connecting() {
+        let s = spec("host=db sslmode=verify-full");
+        let e = connect(&s, "destination", "", Duration::ZERO)
+            .await
+            .unwrap_err();
+        assert!(
+            e.to_string().starts_with(
+                "cannot connect to destination postgresql://tester@db:5432/tester?sslmode=verify-full: sslmode=verify-full needs"
+            ),
+            "{e}"
+        );
+    }
+
+    #[tokio::test]
+    async fn pool_errors_are_described() {
+        let port = free_port().await;
+        let s = spec(&format!("host=127.0.0.1 port={port}"));
+        let pool = pool(&s, "pgshift", 2).unwrap();
+        let e = pool.get().await.unwrap_err();
+        assert_eq!(describe_pool_error(&e), "connection refused");
+    }
+}
