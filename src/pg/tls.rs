@@ -435,10 +435,18 @@ pub fn describe_rustls_error(e: &rustls::Error) -> String {
 
 /// rustls renders presented names as `DnsName("db")` / `IpAddress(10.0.0.1)`.
 fn tidy_presented_name(p: &str) -> String {
-    for prefix in ["DnsName(", "IpAddress("] {
-        if let Some(inner) = p.strip_prefix(prefix).and_then(|s| s.strip_suffix(')')) {
-            return inner.trim_matches('"').to_string();
-        }
+    if let Some(inner) = p.strip_prefix("DnsName(").and_then(|s| s.strip_suffix(')')) {
+        return inner.trim_matches('"').to_string();
+    }
+    if let Some(inner) = p
+        .strip_prefix("IpAddress(")
+        .and_then(|s| s.strip_suffix(')'))
+    {
+        // rustls writes IPv6 as 0::1; normalise through IpAddr.
+        return inner
+            .parse::<std::net::IpAddr>()
+            .map(|ip| ip.to_string())
+            .unwrap_or_else(|_| inner.to_string());
     }
     p.to_string()
 }
@@ -712,11 +720,11 @@ mod tests {
         .unwrap();
         let (chain, key) = ca.leaf(&["db", "127.0.0.1", "::1"]);
         handshake(cfg(&format!("host=::1 {full}")), "::1", chain, key, None).unwrap();
-        let (chain, key) = ca.leaf(&["elsewhere"]);
+        let (chain, key) = ca.leaf(&["elsewhere", "::1"]);
         let e = handshake(cfg(&format!("host=db {full}")), "db", chain, key, None).unwrap_err();
         assert_eq!(
             describe_rustls_error(&e),
-            r#"server certificate is not valid for "db" (it is for elsewhere)"#
+            r#"server certificate is not valid for "db" (it is for elsewhere, ::1)"#
         );
         let (chain, key) = other.leaf(&["db"]);
         assert!(handshake(cfg(&format!("host=db {full}")), "db", chain, key, None).is_err());
