@@ -19,7 +19,12 @@ use clap::{ArgAction, Args, Parser, Subcommand, ValueEnum};
 /// Exit codes: 0 ok, 1 failure, 2 usage error, 3 verification mismatch,
 /// 130 interrupted.
 #[derive(Debug, Parser)]
-#[command(name = "pgshift", version, propagate_version = true, max_term_width = 100)]
+#[command(
+    name = "pgshift",
+    version,
+    propagate_version = true,
+    max_term_width = 100
+)]
 pub struct Cli {
     #[command(flatten)]
     pub global: GlobalArgs,
@@ -62,12 +67,22 @@ pub struct GlobalArgs {
 
     /// How long to keep retrying a refused or reset connection, e.g. `10s` (default 10s).
     /// A bare number is seconds.
-    #[arg(long, global = true, env = "PGSHIFT_CONNECT_TIMEOUT", value_name = "DURATION")]
+    #[arg(
+        long,
+        global = true,
+        env = "PGSHIFT_CONNECT_TIMEOUT",
+        value_name = "DURATION"
+    )]
     pub connect_timeout: Option<String>,
 
     /// lock_timeout for DDL on the destination, e.g. `1s`, `500ms` (default 1s).
     /// A bare number is seconds.
-    #[arg(long, global = true, env = "PGSHIFT_LOCK_TIMEOUT", value_name = "DURATION")]
+    #[arg(
+        long,
+        global = true,
+        env = "PGSHIFT_LOCK_TIMEOUT",
+        value_name = "DURATION"
+    )]
     pub lock_timeout: Option<String>,
 
     /// Directory holding the state file `.migration-state-<database>.json`
@@ -153,7 +168,12 @@ impl Command {
 pub struct SourceArg {
     /// Source database: a libpq URL (postgresql://user:pass@host:5432/db?sslmode=require)
     /// or a `key=value` conninfo string. Only read, never modified.
-    #[arg(long = "source", env = "PGSHIFT_SOURCE_URL", value_name = "URL", hide_env_values = true)]
+    #[arg(
+        long = "source",
+        env = "PGSHIFT_SOURCE_URL",
+        value_name = "URL",
+        hide_env_values = true
+    )]
     pub source: Option<String>,
 }
 
@@ -161,7 +181,12 @@ pub struct SourceArg {
 #[derive(Debug, Args, Clone, Default)]
 pub struct DestArg {
     /// Destination database: a libpq URL or a `key=value` conninfo string.
-    #[arg(long = "dest", env = "PGSHIFT_DEST_URL", value_name = "URL", hide_env_values = true)]
+    #[arg(
+        long = "dest",
+        env = "PGSHIFT_DEST_URL",
+        value_name = "URL",
+        hide_env_values = true
+    )]
     pub dest: Option<String>,
 }
 
@@ -183,7 +208,12 @@ pub struct PrepareOpts {
     /// Destination tables whose rows survive the migration, comma separated
     /// (`users,sessions`, `"Mixed",public.t`). Their structure comes from the
     /// source, their rows from the destination, kept in sync until the swap.
-    #[arg(long, env = "PGSHIFT_PRESERVED_TABLES", value_name = "TABLES", value_delimiter = ',')]
+    #[arg(
+        long,
+        env = "PGSHIFT_PRESERVED_TABLES",
+        value_name = "TABLES",
+        value_delimiter = ','
+    )]
     pub preserved_tables: Option<Vec<String>>,
 
     /// Where pg_dump writes the schema dump (default: <state dir>/pgshift-dump-<database>).

@@ -1,1 +1,521 @@
-//! placeholder
+//! Validated settings, merged from flags > environment (`PGSHIFT_*`, applied by
+//! clap) > config file (`pgshift.toml` in the current directory, or `--config`)
+//! > defaults. Everything is checked here, before any connection is opened.
+//!
+//! Connection strings become [`ConnSpec`]s, whose `Debug` and `Display` are
+//! redacted, so `Settings` can be logged safely.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use serde::Deserialize;
+
+use crate::cli::{Command, GlobalArgs, LogFormat, PrepareOpts, SwapOpts, VerifyMode};
+use crate::error::UserError;
+use crate::pg::connspec::ConnSpec;
+use crate::pg::ident::TableName;
+
+/// Name of the config file looked up in the current directory.
+pub const DEFAULT_CONFIG_FILE: &str = "pgshift.toml";
+
+/// The config file's keys. Unknown keys are an error.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    pub source_url: Option<String>,
+    pub dest_url: Option<String>,
+    pub preserved_tables: Option<StringList>,
+    pub jobs: Option<usize>,
+    pub max_connections: Option<usize>,
+    pub connect_timeout: Option<DurationValue>,
+    pub lock_timeout: Option<DurationValue>,
+    pub statement_timeout: Option<DurationValue>,
+    pub state_dir: Option<PathBuf>,
+    pub log_format: Option<LogFormat>,
+    pub json: Option<bool>,
+    pub dump_dir: Option<PathBuf>,
+    pub keep_dump: Option<bool>,
+    pub verify: Option<VerifyMode>,
+    pub keep_source_owners: Option<bool>,
+    pub swap_retries: Option<u32>,
+    pub allow_fk_violations: Option<bool>,
+    pub keep_latest: Option<usize>,
+}
+
+/// `"a,b"` or `["a", "b"]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum StringList {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl StringList {
+    fn items(&self) -> Vec<String> {
+        match self {
+            StringList::One(s) => s.split(',').map(str::to_string).collect(),
+            StringList::Many(v) => v.clone(),
+        }
+    }
+}
+
+/// `"500ms"`, `"10s"` or a number of seconds.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum DurationValue {
+    Seconds(u64),
+    Text(String),
+}
+
+/// Everything a command needs to know, validated.
+#[derive(Clone)]
+pub struct Settings {
+    pub json: bool,
+    pub verbosity: i8,
+    pub log_format: LogFormat,
+    pub jobs: usize,
+    pub max_connections: usize,
+    pub connect_timeout: Duration,
+    pub lock_timeout: Duration,
+    pub statement_timeout: Duration,
+    pub state_dir: PathBuf,
+    pub source: Option<ConnSpec>,
+    pub dest: Option<ConnSpec>,
+    pub preserved_tables: Vec<TableName>,
+    pub dump_dir: Option<PathBuf>,
+    pub keep_dump: bool,
+    pub verify: VerifyMode,
+    pub keep_source_owners: bool,
+    pub dry_run: bool,
+    pub swap_retries: u32,
+    pub allow_fk_violations: bool,
+    pub keep_latest: Option<usize>,
+    /// The config file that was read, if any.
+    pub config_file: Option<PathBuf>,
+    /// Adjustments made while validating, to log once logging is up.
+    pub warnings: Vec<String>,
+}
+
+impl fmt::Debug for Settings {
+    /// Connection specs redact their passwords in Debug, so this is safe to log.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Settings")
+            .field("source", &self.source)
+            .field("dest", &self.dest)
+            .field("jobs", &self.jobs)
+            .field("max_connections", &self.max_connections)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("lock_timeout", &self.lock_timeout)
+            .field("statement_timeout", &self.statement_timeout)
+            .field("state_dir", &self.state_dir)
+            .field("preserved_tables", &self.preserved_tables)
+            .field("dump_dir", &self.dump_dir)
+            .field("keep_dump", &self.keep_dump)
+            .field("verify", &self.verify)
+            .field("dry_run", &self.dry_run)
+            .field("swap_retries", &self.swap_retries)
+            .field("allow_fk_violations", &self.allow_fk_violations)
+            .field("config_file", &self.config_file)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Command-specific inputs that share the precedence rules.
+#[derive(Debug, Default, Clone)]
+struct CommandInputs {
+    source: Option<String>,
+    dest: Option<String>,
+    preserved_tables: Option<Vec<String>>,
+    dump_dir: Option<PathBuf>,
+    keep_dump: bool,
+    verify: Option<VerifyMode>,
+    keep_source_owners: bool,
+    dry_run: bool,
+    swap_retries: Option<u32>,
+    allow_fk_violations: bool,
+    keep_latest: Option<usize>,
+}
+
+impl CommandInputs {
+    fn from_command(cmd: &Command) -> CommandInputs {
+        fn prep(p: &PrepareOpts, c: &mut CommandInputs) {
+            c.source = p.source.source.clone();
+            c.dest = p.dest.dest.clone();
+            c.preserved_tables = p.preserved_tables.clone();
+            c.dump_dir = p.dump_dir.clone();
+            c.keep_dump = p.keep_dump;
+            c.verify = p.verify;
+            c.keep_source_owners = p.keep_source_owners;
+            c.dry_run = p.dry_run;
+        }
+        fn swap(s: &SwapOpts, c: &mut CommandInputs) {
+            c.swap_retries = s.swap_retries;
+            c.allow_fk_violations = s.allow_fk_violations;
+        }
+        let mut c = CommandInputs::default();
+        match cmd {
+            Command::Start(a) => {
+                prep(&a.prepare, &mut c);
+                swap(&a.swap, &mut c);
+            }
+            Command::Prepare(a) => prep(&a.prepare, &mut c),
+            Command::Swap(a) => {
+                c.dest = a.dest.dest.clone();
+                c.keep_dump = a.keep_dump;
+                c.dry_run = a.dry_run;
+                swap(&a.swap, &mut c);
+            }
+            Command::Rollback(a) => {
+                c.dest = a.dest.dest.clone();
+                c.dry_run = a.dry_run;
+                swap(&a.swap, &mut c);
+            }
+            Command::Cleanup(a) => {
+                c.dest = a.dest.dest.clone();
+                c.dry_run = a.dry_run;
+                c.keep_latest = a.keep_latest;
+            }
+            Command::Verify(a) => c.dest = a.dest.dest.clone(),
+            Command::Status(a) | Command::List(a) | Command::Abort(a) => {
+                c.dest = a.dest.dest.clone()
+            }
+        }
+        c
+    }
+}
+
+/// Read the config file: `explicit` if given (must exist), else
+/// `./pgshift.toml` if it exists. Returns the file's path and contents.
+pub fn load_file(explicit: Option<&Path>) -> Result<Option<(PathBuf, FileConfig)>> {
+    let path = match explicit {
+        Some(p) => {
+            if !p.is_file() {
+                return Err(
+                    UserError::new(format!("config file {} does not exist", p.display())).into(),
+                );
+            }
+            p.to_path_buf()
+        }
+        None => {
+            let p = PathBuf::from(DEFAULT_CONFIG_FILE);
+            if !p.is_file() {
+                return Ok(None);
+            }
+            p
+        }
+    };
+    let text = std::fs::read_to_string(&path)
+        .with_context(|| format!("reading config file {}", path.display()))?;
+    let cfg = parse_file(&text)
+        .map_err(|msg| UserError::new(format!("config file {}: {msg}", path.display())))?;
+    Ok(Some((path, cfg)))
+}
+
+/// Parse config text; the error is one line (`unknown field "x" ... at line 3`).
+pub fn parse_file(text: &str) -> std::result::Result<FileConfig, String> {
+    toml::from_str::<FileConfig>(text).map_err(|e| {
+        let msg = e.message().trim().replace('\n', " ");
+        match e.span() {
+            Some(span) => {
+                let line = text[..span.start.min(text.len())].matches('\n').count() + 1;
+                format!("{msg} (line {line})")
+            }
+            None => msg,
+        }
+    })
+}
+
+/// Parse a duration flag: `500ms`, `1s`, `2m`, or a bare number of seconds.
+pub fn parse_duration(what: &str, text: &str) -> Result<Duration> {
+    let t = text.trim();
+    let d = if !t.is_empty() && t.chars().all(|c| c.is_ascii_digit()) {
+        t.parse::<u64>()
+            .map(Duration::from_secs)
+            .map_err(|e| e.to_string())
+    } else {
+        humantime::parse_duration(t).map_err(|e| e.to_string())
+    };
+    match d {
+        Ok(d) if d.is_zero() => {
+            Err(UserError::new(format!("{what} must be greater than zero")).into())
+        }
+        Ok(d) => Ok(d),
+        Err(e) => Err(UserError::new(format!(
+            "invalid {what} {t:?}: {e} (examples: 500ms, 10s, 2m)"
+        ))
+        .into()),
+    }
+}
+
+fn duration_value(what: &str, v: &DurationValue) -> Result<Duration> {
+    match v {
+        DurationValue::Seconds(0) => {
+            Err(UserError::new(format!("{what} must be greater than zero")).into())
+        }
+        DurationValue::Seconds(s) => Ok(Duration::from_secs(*s)),
+        DurationValue::Text(t) => parse_duration(what, t),
+    }
+}
+
+fn parse_conn(what: &str, text: &str) -> Result<ConnSpec> {
+    ConnSpec::parse(text).map_err(|e| UserError::new(format!("{what}: {e}")).into())
+}
+
+/// Merge flags/env (already combined by clap), the config file and defaults.
+pub fn resolve(
+    global: &GlobalArgs,
+    cmd: &Command,
+    file: Option<(PathBuf, FileConfig)>,
+) -> Result<Settings> {
+    let inputs = CommandInputs::from_command(cmd);
+    let (config_file, f) = match file {
+        Some((p, f)) => (Some(p), f),
+        None => (None, FileConfig::default()),
+    };
+    let base_dir = config_file
+        .as_ref()
+        .and_then(|p| p.parent())
+        .map(Path::to_path_buf)
+        .unwrap_or_default();
+    let from_file_path = |p: &PathBuf| {
+        if p.is_absolute() {
+            p.clone()
+        } else {
+            base_dir.join(p)
+        }
+    };
+    let mut warnings = Vec::new();
+
+    let cpus = num_cpus::get().max(1);
+    let mut jobs = global.jobs.or(f.jobs).unwrap_or_else(|| cpus.min(8));
+    if jobs == 0 {
+        return Err(UserError::new("--jobs must be at least 1").into());
+    }
+    if jobs > cpus {
+        warnings.push(format!(
+            "--jobs {jobs} is more than this machine's {cpus} CPUs; using {cpus}"
+        ));
+        jobs = cpus;
+    }
+    let max_connections = global.max_connections.or(f.max_connections).unwrap_or(20);
+    if max_connections < 3 {
+        return Err(UserError::new("--max-connections must be at least 3 (a lock session, a control session and one worker)").into());
+    }
+    if jobs + 2 > max_connections {
+        let capped = max_connections - 2;
+        warnings.push(format!(
+            "--jobs {jobs} does not fit in --max-connections {max_connections}; using {capped} jobs"
+        ));
+        jobs = capped;
+    }
+
+    let connect_timeout = match (&global.connect_timeout, &f.connect_timeout) {
+        (Some(t), _) => parse_duration("--connect-timeout", t)?,
+        (None, Some(v)) => duration_value("connect_timeout", v)?,
+        (None, None) => Duration::from_secs(10),
+    };
+    let lock_timeout = match (&global.lock_timeout, &f.lock_timeout) {
+        (Some(t), _) => parse_duration("--lock-timeout", t)?,
+        (None, Some(v)) => duration_value("lock_timeout", v)?,
+        (None, None) => Duration::from_secs(1),
+    };
+    let statement_timeout = match &f.statement_timeout {
+        Some(v) => duration_value("statement_timeout", v)?,
+        None => Duration::from_secs(60),
+    };
+
+    let state_dir = match (&global.state_dir, &f.state_dir) {
+        (Some(d), _) => d.clone(),
+        (None, Some(d)) => from_file_path(d),
+        (None, None) => PathBuf::from("."),
+    };
+    let dump_dir = inputs
+        .dump_dir
+        .clone()
+        .or_else(|| f.dump_dir.as_ref().map(from_file_path));
+
+    let source = match inputs.source.as_deref().or(f.source_url.as_deref()) {
+        Some(s) => Some(parse_conn("--source", s)?),
+        None => None,
+    };
+    let dest = match inputs.dest.as_deref().or(f.dest_url.as_deref()) {
+        Some(s) => Some(parse_conn("--dest", s)?),
+        None => None,
+    };
+    let preserved_raw: Vec<String> = match (&inputs.preserved_tables, &f.preserved_tables) {
+        (Some(v), _) => v.clone(),
+        (None, Some(l)) => l.items(),
+        (None, None) => Vec::new(),
+    };
+    let preserved_raw: Vec<String> = preserved_raw
+        .into_iter()
+        .filter(|s| !s.trim().is_empty())
+        .collect();
+    let preserved_tables = TableName::parse_list(&preserved_raw)
+        .map_err(|e| UserError::new(format!("--preserved-tables: {e}")))?;
+    for t in &preserved_tables {
+        if t.schema_or_public() != "public" {
+            return Err(UserError::new(format!(
+                "--preserved-tables: {t} is not in schema public (pgshift migrates the public schema)"
+            ))
+            .into());
+        }
+    }
+
+    let verbosity = (global.verbose as i8).saturating_sub(global.quiet as i8);
+    Ok(Settings {
+        json: global.json || f.json.unwrap_or(false),
+        verbosity,
+        log_format: global
+            .log_format
+            .or(f.log_format)
+            .unwrap_or(LogFormat::Text),
+        jobs,
+        max_connections,
+        connect_timeout,
+        lock_timeout,
+        statement_timeout,
+        state_dir,
+        source,
+        dest,
+        preserved_tables,
+        dump_dir,
+        keep_dump: inputs.keep_dump || f.keep_dump.unwrap_or(false),
+        verify: inputs.verify.or(f.verify).unwrap_or(VerifyMode::Counts),
+        keep_source_owners: inputs.keep_source_owners || f.keep_source_owners.unwrap_or(false),
+        dry_run: inputs.dry_run,
+        swap_retries: inputs.swap_retries.or(f.swap_retries).unwrap_or(10),
+        allow_fk_violations: inputs.allow_fk_violations || f.allow_fk_violations.unwrap_or(false),
+        keep_latest: inputs.keep_latest.or(f.keep_latest),
+        config_file,
+        warnings,
+    })
+}
+
+impl Settings {
+    /// The destination, or a usage error saying every way to give one.
+    pub fn require_dest(&self) -> Result<&ConnSpec> {
+        self.dest.as_ref().ok_or_else(|| {
+            UserError::new("no destination database: pass --dest URL, set PGSHIFT_DEST_URL, or set dest_url in pgshift.toml")
+                .into()
+        })
+    }
+
+    /// The source, or a usage error saying every way to give one.
+    pub fn require_source(&self) -> Result<&ConnSpec> {
+        self.source.as_ref().ok_or_else(|| {
+            UserError::new("no source database: pass --source URL, set PGSHIFT_SOURCE_URL, or set source_url in pgshift.toml")
+                .into()
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cli::Cli;
+    use clap::Parser;
+
+    fn settings(args: &[&str], file: &str) -> Result<Settings> {
+        let cli = Cli::try_parse_from(args).unwrap();
+        let f = parse_file(file).map_err(|e| anyhow::anyhow!(e))?;
+        resolve(
+            &cli.global,
+            &cli.command,
+            Some((PathBuf::from("/etc/pgshift/pgshift.toml"), f)),
+        )
+    }
+
+    #[test]
+    fn flag_beats_file_and_defaults_apply() {
+        let s = settings(
+            &["pgshift", "--jobs", "1", "list", "--dest", "postgresql://a@flag/db"],
+            "dest_url = 'postgresql://a@file/db'\njobs = 2\nlock_timeout = '250ms'\nstate_dir = 'st'\n",
+        )
+        .unwrap();
+        assert!(s.dest.as_ref().unwrap().redacted().contains("@flag"));
+        assert_eq!(s.jobs, 1);
+        assert_eq!(s.lock_timeout, Duration::from_millis(250));
+        assert_eq!(s.connect_timeout, Duration::from_secs(10));
+        assert_eq!(s.state_dir, PathBuf::from("/etc/pgshift/st"));
+        assert_eq!(s.max_connections, 20);
+        assert_eq!(s.swap_retries, 10);
+    }
+
+    #[test]
+    fn file_supplies_what_flags_do_not() {
+        let s = settings(
+            &["pgshift", "list"],
+            "dest_url = 'postgresql://a@file/db'\n",
+        )
+        .unwrap();
+        assert!(s.dest.as_ref().unwrap().redacted().contains("@file"));
+        let s = settings(&["pgshift", "list"], "").unwrap();
+        let err = s.require_dest().unwrap_err().to_string();
+        assert!(err.contains("PGSHIFT_DEST_URL"), "{err}");
+    }
+
+    #[test]
+    fn unknown_key_is_one_line_with_position() {
+        let err = parse_file("jobs = 2\nbogus_key = 1\n").unwrap_err();
+        assert!(err.contains("bogus_key"), "{err}");
+        assert!(err.contains("line 2"), "{err}");
+        assert!(!err.contains('\n'));
+    }
+
+    #[test]
+    fn jobs_never_above_cpus() {
+        let s = settings(&["pgshift", "--jobs", "4096", "list"], "").unwrap();
+        assert_eq!(s.jobs, num_cpus::get().min(18));
+        assert!(!s.warnings.is_empty());
+        assert!(settings(&["pgshift", "--jobs", "0", "list"], "").is_err());
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(
+            parse_duration("x", "500ms").unwrap(),
+            Duration::from_millis(500)
+        );
+        assert_eq!(parse_duration("x", "3").unwrap(), Duration::from_secs(3));
+        assert!(parse_duration("x", "0").is_err());
+        let err = parse_duration("--lock-timeout", "soon")
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("invalid --lock-timeout \"soon\""), "{err}");
+    }
+
+    #[test]
+    fn preserved_tables_from_file_list_or_string() {
+        let s = settings(
+            &["pgshift", "list"],
+            "preserved_tables = ['users', '\"Sessions\"']",
+        )
+        .unwrap();
+        assert_eq!(s.preserved_tables.len(), 2);
+        assert_eq!(s.preserved_tables[1].name, "Sessions");
+        let s = settings(&["pgshift", "list"], "preserved_tables = 'a,b'").unwrap();
+        assert_eq!(s.preserved_tables.len(), 2);
+        let err = settings(&["pgshift", "list"], "preserved_tables = 'a;drop table b'")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("semicolon"), "{err}");
+        let err = settings(&["pgshift", "list"], "preserved_tables = 'other.users'")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("not in schema public"), "{err}");
+    }
+
+    #[test]
+    fn settings_debug_redacts() {
+        let s = settings(
+            &["pgshift", "list", "--dest", "postgresql://u:hunter2@h/db"],
+            "",
+        )
+        .unwrap();
+        let dbg = format!("{s:?}");
+        assert!(!dbg.contains("hunter2"), "{dbg}");
+    }
+}

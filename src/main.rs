@@ -1,1 +1,113 @@
-fn main() {}
+//! The pgshift binary: parse, configure, log, run, report. All work is in the library.
+
+use std::process::exit;
+
+use clap::Parser;
+use tokio_util::sync::CancellationToken;
+
+use pgshift::cli::Cli;
+use pgshift::commands::{self, Ctx};
+use pgshift::error::{ExitCode, exit_code_for};
+use pgshift::{config, logging, process};
+
+fn main() {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => exit(report_clap_error(e)),
+    };
+    let settings = match config::load_file(cli.global.config.as_deref())
+        .and_then(|file| config::resolve(&cli.global, &cli.command, file))
+    {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            exit(exit_code_for(&e).code());
+        }
+    };
+    logging::init(settings.log_format, settings.verbosity);
+    for w in &settings.warnings {
+        tracing::warn!("{w}");
+    }
+
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: starting the async runtime: {e}");
+            exit(ExitCode::Failure.code());
+        }
+    };
+    let cancel = CancellationToken::new();
+    let ctx = Ctx {
+        settings,
+        cancel: cancel.clone(),
+        command: cli.command.name(),
+    };
+    let code = runtime.block_on(async move {
+        tokio::spawn(watch_signals(cancel));
+        match commands::run(cli.command, ctx).await {
+            Ok(code) => code.code(),
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                exit_code_for(&e).code()
+            }
+        }
+    });
+    runtime.shutdown_timeout(std::time::Duration::from_millis(500));
+    exit(code);
+}
+
+/// First SIGINT/SIGTERM: cancel the run (children get TERM, then KILL; work is
+/// rolled back or left resumable). Second: kill the children and exit now.
+async fn watch_signals(cancel: CancellationToken) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut int), Ok(mut term)) = (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    ) else {
+        return;
+    };
+    let mut seen = 0;
+    loop {
+        tokio::select! {
+            _ = int.recv() => {}
+            _ = term.recv() => {}
+        }
+        seen += 1;
+        if seen == 1 {
+            tracing::warn!("interrupted: stopping cleanly (interrupt again to stop at once)");
+            cancel.cancel();
+        } else {
+            process::kill_all_now();
+            eprintln!(
+                "error: interrupted again: stopped at once; run `pgshift status` to see what is left"
+            );
+            exit(ExitCode::Interrupted.code());
+        }
+    }
+}
+
+/// Print clap's error as one line (help and version go to stdout as usual).
+fn report_clap_error(e: clap::Error) -> i32 {
+    use clap::error::ErrorKind;
+    match e.kind() {
+        ErrorKind::DisplayHelp | ErrorKind::DisplayVersion => {
+            let _ = e.print();
+            0
+        }
+        ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
+            let _ = e.print();
+            ExitCode::Usage.code()
+        }
+        _ => {
+            let text = e.render().to_string();
+            let main = text.split("\n\nUsage:").next().unwrap_or(&text);
+            let one_line = main.split_whitespace().collect::<Vec<_>>().join(" ");
+            let one_line = one_line.strip_prefix("error: ").unwrap_or(&one_line);
+            eprintln!("error: {one_line} (see pgshift --help)");
+            ExitCode::Usage.code()
+        }
+    }
+}

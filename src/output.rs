@@ -1,1 +1,139 @@
-//! placeholder
+//! Output for people (aligned tables on stdout) and machines (`--json`).
+
+use std::io::Write;
+
+use serde::Serialize;
+
+/// Print one JSON document on stdout.
+pub fn print_json<T: Serialize + ?Sized>(value: &T) -> anyhow::Result<()> {
+    let mut out = std::io::stdout().lock();
+    serde_json::to_writer_pretty(&mut out, value)?;
+    writeln!(out)?;
+    Ok(())
+}
+
+/// A plain aligned table: a header row, then rows; columns padded with two spaces.
+#[derive(Debug, Default)]
+pub struct Table {
+    header: Vec<String>,
+    rows: Vec<Vec<String>>,
+    right_aligned: Vec<bool>,
+}
+
+impl Table {
+    pub fn new<S: Into<String>>(header: impl IntoIterator<Item = S>) -> Table {
+        let header: Vec<String> = header.into_iter().map(Into::into).collect();
+        let right_aligned = vec![false; header.len()];
+        Table {
+            header,
+            rows: Vec::new(),
+            right_aligned,
+        }
+    }
+
+    /// Right-align a column (numbers).
+    pub fn right(mut self, col: usize) -> Table {
+        if col < self.right_aligned.len() {
+            self.right_aligned[col] = true;
+        }
+        self
+    }
+
+    pub fn row<S: Into<String>>(&mut self, cells: impl IntoIterator<Item = S>) {
+        self.rows.push(cells.into_iter().map(Into::into).collect());
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.rows.is_empty()
+    }
+
+    pub fn render(&self) -> String {
+        let cols = self.header.len();
+        let mut widths: Vec<usize> = self.header.iter().map(|h| h.chars().count()).collect();
+        for r in &self.rows {
+            for (i, c) in r.iter().enumerate().take(cols) {
+                widths[i] = widths[i].max(c.chars().count());
+            }
+        }
+        let mut out = String::new();
+        let mut line = |cells: &[String]| {
+            let mut l = String::new();
+            for (i, w) in widths.iter().enumerate() {
+                let c = cells.get(i).map(String::as_str).unwrap_or("");
+                let pad = w - c.chars().count();
+                if i > 0 {
+                    l.push_str("  ");
+                }
+                if self.right_aligned[i] {
+                    l.push_str(&" ".repeat(pad));
+                    l.push_str(c);
+                } else {
+                    l.push_str(c);
+                    if i + 1 < cols {
+                        l.push_str(&" ".repeat(pad));
+                    }
+                }
+            }
+            out.push_str(l.trim_end());
+            out.push('\n');
+        };
+        line(&self.header);
+        for r in &self.rows {
+            line(r);
+        }
+        out
+    }
+
+    pub fn print(&self) {
+        print!("{}", self.render());
+    }
+}
+
+/// Bytes for people: 1.5 MB, 320 kB, 12 B.
+pub fn human_bytes(n: i64) -> String {
+    let units = ["B", "kB", "MB", "GB", "TB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v.abs() >= 1024.0 && u + 1 < units.len() {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", units[u])
+    }
+}
+
+/// Milliseconds for people: 850 ms, 12.3 s, 4m05s.
+pub fn human_ms(ms: u64) -> String {
+    if ms < 1000 {
+        format!("{ms} ms")
+    } else if ms < 60_000 {
+        format!("{:.1} s", ms as f64 / 1000.0)
+    } else {
+        format!("{}m{:02}s", ms / 60_000, (ms % 60_000) / 1000)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn table_alignment() {
+        let mut t = Table::new(["name", "rows"]).right(1);
+        t.row(["users", "5"]);
+        t.row(["x", "12345"]);
+        assert_eq!(t.render(), "name    rows\nusers      5\nx      12345\n");
+    }
+
+    #[test]
+    fn humans() {
+        assert_eq!(human_bytes(12), "12 B");
+        assert_eq!(human_bytes(1536), "1.5 kB");
+        assert_eq!(human_ms(850), "850 ms");
+        assert_eq!(human_ms(12_300), "12.3 s");
+        assert_eq!(human_ms(245_000), "4m05s");
+    }
+}

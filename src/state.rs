@@ -1,1 +1,340 @@
-//! placeholder
+//! The state file: `.migration-state-{database}.json` in the state directory.
+//!
+//! It records exactly where a run is: which phases finished, with timings and
+//! sizes, the failed phase and its error, the dump directory and the snapshot
+//! time. It is written atomically (temporary file, fsync, rename, fsync of the
+//! directory), created 0600, and a run holds an exclusive `flock` on a sibling
+//! `.lock` file for its whole duration so two runs from one directory cannot
+//! interleave. The destination keeps its own copy of the same record (see
+//! `pipeline::record`), so `status` also works without this file.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+/// Current layout version of the state file.
+pub const STATE_VERSION: u32 = 1;
+
+/// Where a migration stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    Idle,
+    Preparing,
+    Prepared,
+    Swapping,
+    Failed,
+}
+
+impl Status {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Idle => "idle",
+            Status::Preparing => "preparing",
+            Status::Prepared => "prepared",
+            Status::Swapping => "swapping",
+            Status::Failed => "failed",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Status> {
+        Some(match s {
+            "idle" => Status::Idle,
+            "preparing" => Status::Preparing,
+            "prepared" => Status::Prepared,
+            "swapping" => Status::Swapping,
+            "failed" => Status::Failed,
+            _ => return None,
+        })
+    }
+}
+
+impl std::fmt::Display for Status {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One phase of a run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PhaseRecord {
+    pub name: String,
+    /// running, done, failed, skipped
+    pub status: String,
+    pub started_at: DateTime<Utc>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<DateTime<Utc>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duration_ms: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+}
+
+/// One table of the migration, as loaded and validated.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TableRecord {
+    pub name: String,
+    pub rows: i64,
+    #[serde(default)]
+    pub bytes: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checksum: Option<String>,
+    #[serde(default)]
+    pub preserved: bool,
+}
+
+/// The whole record. Connection strings in it are always redacted.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MigrationState {
+    pub version: u32,
+    /// Migration id: unix milliseconds when the prepare started.
+    pub id: i64,
+    pub database: String,
+    pub status: Status,
+    /// The command that wrote this record last (prepare, swap, start, abort, ...).
+    pub command: String,
+    pub pid: u32,
+    pub host: String,
+    pub started_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    /// The phase running now, or the one that failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<String>,
+    #[serde(default)]
+    pub phases: Vec<PhaseRecord>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    pub source: String,
+    pub dest: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshot_at: Option<DateTime<Utc>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dump_dir: Option<PathBuf>,
+    /// True only once pg_dump exited 0 for `dump_dir`.
+    #[serde(default)]
+    pub dump_complete: bool,
+    #[serde(default)]
+    pub preserved_tables: Vec<String>,
+    #[serde(default)]
+    pub tables: Vec<TableRecord>,
+    /// Free-form details later phases want to keep (sizes, counts, warnings).
+    #[serde(default, skip_serializing_if = "serde_json::Map::is_empty")]
+    pub extra: serde_json::Map<String, serde_json::Value>,
+}
+
+/// The state file path for a destination database.
+pub fn state_path(dir: &Path, database: &str) -> PathBuf {
+    dir.join(format!(".migration-state-{}.json", file_safe(database)))
+}
+
+/// A database name made safe for a file name: path separators, control
+/// characters and leading dots are replaced.
+pub fn file_safe(name: &str) -> String {
+    let mut out: String = name
+        .chars()
+        .map(|c| {
+            if c == '/' || c == '\\' || c == '\0' || c.is_control() {
+                '_'
+            } else {
+                c
+            }
+        })
+        .collect();
+    if out.starts_with('.') {
+        out.replace_range(0..1, "_");
+    }
+    if out.is_empty() {
+        out.push('_');
+    }
+    out
+}
+
+/// Read the state file without taking the lock (for `status`). `None` if absent.
+pub fn read(dir: &Path, database: &str) -> Result<Option<MigrationState>> {
+    read_path(&state_path(dir, database))
+}
+
+fn read_path(path: &Path) -> Result<Option<MigrationState>> {
+    let text = match fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e).with_context(|| format!("reading state file {}", path.display())),
+    };
+    let state: MigrationState = serde_json::from_str(&text)
+        .with_context(|| format!("state file {} is not valid", path.display()))?;
+    if state.version > STATE_VERSION {
+        bail!(
+            "state file {} was written by a newer pgshift (layout {}; this one reads {})",
+            path.display(),
+            state.version,
+            STATE_VERSION
+        );
+    }
+    Ok(Some(state))
+}
+
+/// The state file of one destination database, locked for this run.
+#[derive(Debug)]
+pub struct StateFile {
+    path: PathBuf,
+    _lock: File,
+}
+
+impl StateFile {
+    /// Take the exclusive lock (without waiting) and return the handle.
+    /// Fails if another pgshift run in the same directory holds it.
+    pub fn lock(dir: &Path, database: &str) -> Result<StateFile> {
+        fs::create_dir_all(dir)
+            .with_context(|| format!("creating state directory {}", dir.display()))?;
+        let path = state_path(dir, database);
+        let lock_path = path.with_extension("lock");
+        let lock = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .mode(0o600)
+            .open(&lock_path)
+            .with_context(|| format!("opening lock file {}", lock_path.display()))?;
+        // SAFETY: flock on a file descriptor we own; no memory is involved.
+        let rc = unsafe {
+            libc::flock(
+                std::os::fd::AsRawFd::as_raw_fd(&lock),
+                libc::LOCK_EX | libc::LOCK_NB,
+            )
+        };
+        if rc != 0 {
+            let err = std::io::Error::last_os_error();
+            if err.raw_os_error() == Some(libc::EWOULDBLOCK) {
+                bail!(
+                    "another pgshift run in this state directory holds {} (one run at a time)",
+                    lock_path.display()
+                );
+            }
+            return Err(err).with_context(|| format!("locking {}", lock_path.display()));
+        }
+        Ok(StateFile { path, _lock: lock })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn load(&self) -> Result<Option<MigrationState>> {
+        read_path(&self.path)
+    }
+
+    /// Write atomically: 0600 temporary file, fsync, rename over, fsync the directory.
+    pub fn save(&self, state: &MigrationState) -> Result<()> {
+        let dir = self.path.parent().unwrap_or(Path::new("."));
+        let tmp = self
+            .path
+            .with_extension(format!("json.tmp.{}", std::process::id()));
+        let body = serde_json::to_vec_pretty(state).context("serialising state")?;
+        {
+            let mut f = OpenOptions::new()
+                .create(true)
+                .truncate(true)
+                .write(true)
+                .mode(0o600)
+                .open(&tmp)
+                .with_context(|| format!("writing {}", tmp.display()))?;
+            f.write_all(&body)?;
+            f.write_all(b"\n")?;
+            f.sync_all()
+                .with_context(|| format!("syncing {}", tmp.display()))?;
+        }
+        fs::rename(&tmp, &self.path)
+            .with_context(|| format!("replacing {}", self.path.display()))?;
+        if let Ok(d) = File::open(dir) {
+            let _ = d.sync_all();
+        }
+        Ok(())
+    }
+
+    /// Remove the state file (after a successful swap or an abort).
+    pub fn clear(&self) -> Result<()> {
+        match fs::remove_file(&self.path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(e).with_context(|| format!("removing {}", self.path.display())),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    fn sample() -> MigrationState {
+        let now = Utc::now();
+        MigrationState {
+            version: STATE_VERSION,
+            id: 1_700_000_000_000,
+            database: "shop".into(),
+            status: Status::Preparing,
+            command: "prepare".into(),
+            pid: 42,
+            host: "h".into(),
+            started_at: now,
+            updated_at: now,
+            phase: Some("data".into()),
+            phases: vec![],
+            error: None,
+            source: "postgresql://u:***@h/db".into(),
+            dest: "postgresql://u:***@h/shop".into(),
+            snapshot_at: None,
+            dump_dir: None,
+            dump_complete: false,
+            preserved_tables: vec![],
+            tables: vec![],
+            extra: Default::default(),
+        }
+    }
+
+    #[test]
+    fn save_load_clear_roundtrip_with_0600() {
+        let dir = tempfile::tempdir().unwrap();
+        let sf = StateFile::lock(dir.path(), "shop").unwrap();
+        assert!(sf.load().unwrap().is_none());
+        let st = sample();
+        sf.save(&st).unwrap();
+        assert_eq!(sf.load().unwrap().unwrap(), st);
+        assert_eq!(read(dir.path(), "shop").unwrap().unwrap(), st);
+        let mode = fs::metadata(sf.path()).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        assert!(sf.path().ends_with(".migration-state-shop.json"));
+        sf.clear().unwrap();
+        assert!(sf.load().unwrap().is_none());
+    }
+
+    #[test]
+    fn second_lock_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let _a = StateFile::lock(dir.path(), "db").unwrap();
+        let err = StateFile::lock(dir.path(), "db").unwrap_err().to_string();
+        assert!(err.contains("another pgshift run"), "{err}");
+        // A different database in the same directory is independent.
+        let _c = StateFile::lock(dir.path(), "other").unwrap();
+    }
+
+    #[test]
+    fn file_names_are_safe() {
+        assert_eq!(file_safe("../x/y"), "_._x_y");
+        assert_eq!(file_safe("näme"), "näme");
+        assert_eq!(file_safe(""), "_");
+    }
+
+    #[test]
+    fn corrupt_file_is_a_clear_error() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::write(state_path(dir.path(), "db"), "{nope").unwrap();
+        let err = format!("{:#}", read(dir.path(), "db").unwrap_err());
+        assert!(err.contains("is not valid"), "{err}");
+    }
+}

@@ -48,7 +48,9 @@ pub fn quote_literal(value: &str) -> String {
 /// A table named by a user (`--preserved-tables`, `--keep-tables`): an optional
 /// schema and a name, each an unquoted identifier (folded to lower case) or a
 /// double-quoted one (kept as written).
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
 pub struct TableName {
     pub schema: Option<String>,
     pub name: String,
@@ -128,10 +130,16 @@ impl TableName {
             }
         }
         match parts.len() {
-            1 => Ok(TableName { schema: None, name: parts.pop().expect("one part") }),
+            1 => Ok(TableName {
+                schema: None,
+                name: parts.pop().expect("one part"),
+            }),
             2 => {
                 let name = parts.pop().expect("two parts");
-                Ok(TableName { schema: parts.pop(), name })
+                Ok(TableName {
+                    schema: parts.pop(),
+                    name,
+                })
             }
             _ => Err(NameError::TooManyParts(input.to_string())),
         }
@@ -174,7 +182,11 @@ pub fn display_ident(name: &str) -> String {
         && name
             .chars()
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '$');
-    if plain { name.to_string() } else { quote_ident(name) }
+    if plain {
+        name.to_string()
+    } else {
+        quote_ident(name)
+    }
 }
 
 fn forbidden_in_quoted(c: char) -> bool {
@@ -207,7 +219,13 @@ mod tests {
     #[test]
     fn parses_identifiers() {
         let t = TableName::parse("Users").unwrap();
-        assert_eq!(t, TableName { schema: None, name: "users".into() });
+        assert_eq!(
+            t,
+            TableName {
+                schema: None,
+                name: "users".into()
+            }
+        );
         let t = TableName::parse("public.\"Mixed Case\"").unwrap();
         assert_eq!(t.schema.as_deref(), Some("public"));
         assert_eq!(t.name, "Mixed Case");

@@ -1,7 +1,10 @@
 //! Everything that talks to PostgreSQL: connection specs, TLS, connecting and
 //! pooling, identifier quoting, the advisory lock, catalog queries.
 
+pub mod catalog;
 pub mod connect;
 pub mod connspec;
 pub mod ident;
+pub mod lock;
+pub mod meta;
 pub mod tls;

@@ -1,0 +1,370 @@
+//! Catalog queries. Every user-visible name is passed as a bind parameter; the
+//! results are exact catalog names (case-sensitive, possibly non-ASCII).
+
+use anyhow::{Context, Result};
+use tokio_postgres::GenericClient;
+
+/// `WHERE` fragment: the object (`classid`, `oid`) is not an extension member.
+macro_rules! not_ext_member {
+    ($classid:literal, $oid:literal) => {
+        concat!(
+            "NOT EXISTS (SELECT 1 FROM pg_catalog.pg_depend d WHERE d.classid = '",
+            $classid,
+            "'::regclass AND d.objid = ",
+            $oid,
+            " AND d.deptype = 'e')"
+        )
+    };
+}
+
+/// One column of a table.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ColumnInfo {
+    pub name: String,
+    /// `format_type()` as seen from `search_path = ''`-neutral context.
+    pub type_name: String,
+    pub type_oid: u32,
+    pub not_null: bool,
+    pub has_default: bool,
+    /// Generated (stored) columns cannot be copied or inserted into.
+    pub generated: bool,
+    /// The column's type round-trips through binary COPY between two databases.
+    pub binary_safe: bool,
+}
+
+/// A relation of a schema that holds or describes data.
+#[derive(Debug, Clone)]
+pub struct TableInfo {
+    pub oid: u32,
+    pub name: String,
+    /// r (table), p (partitioned), m (matview), f (foreign)
+    pub relkind: char,
+    pub is_partition: bool,
+    /// Heap + TOAST size in bytes (what COPY will read).
+    pub bytes: i64,
+    /// Total size including indexes.
+    pub total_bytes: i64,
+    pub est_rows: f64,
+    pub columns: Vec<ColumnInfo>,
+    pub owner: String,
+}
+
+impl TableInfo {
+    /// Columns COPY moves (not generated).
+    pub fn copy_columns(&self) -> Vec<&ColumnInfo> {
+        self.columns.iter().filter(|c| !c.generated).collect()
+    }
+
+    /// Does this relation hold rows of its own that pgshift copies?
+    pub fn holds_data(&self) -> bool {
+        self.relkind == 'r'
+    }
+}
+
+/// Tables, partitioned tables, materialized views and foreign tables of `schema`
+/// that are not extension members, largest first.
+pub async fn tables(client: &impl GenericClient, schema: &str) -> Result<Vec<TableInfo>> {
+    let rows = client
+        .query(
+            concat!(
+                "SELECT c.oid, c.relname, c.relkind::text, c.relispartition,
+                        pg_catalog.pg_relation_size(c.oid) + COALESCE(pg_catalog.pg_total_relation_size(NULLIF(c.reltoastrelid, 0)), 0),
+                        pg_catalog.pg_total_relation_size(c.oid),
+                        c.reltuples::float8,
+                        pg_catalog.pg_get_userbyid(c.relowner)
+                   FROM pg_catalog.pg_class c
+                   JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+                  WHERE n.nspname = $1 AND c.relkind IN ('r', 'p', 'm', 'f')
+                    AND ",
+                not_ext_member!("pg_class", "c.oid"),
+                " ORDER BY 5 DESC, c.relname"
+            ),
+            &[&schema],
+        )
+        .await
+        .context("listing tables")?;
+    let mut out = Vec::with_capacity(rows.len());
+    for r in rows {
+        let relkind: String = r.get(2);
+        out.push(TableInfo {
+            oid: r.get(0),
+            name: r.get(1),
+            relkind: relkind.chars().next().unwrap_or('r'),
+            is_partition: r.get(3),
+            bytes: r.get(4),
+            total_bytes: r.get(5),
+            est_rows: r.get(6),
+            owner: r.get(7),
+            columns: Vec::new(),
+        });
+    }
+    let cols = client
+        .query(
+            "SELECT a.attrelid, a.attname, pg_catalog.format_type(a.atttypid, a.atttypmod), a.atttypid,
+                    a.attnotnull, a.atthasdef, a.attgenerated <> '',
+                    (WITH RECURSIVE base(oid, depth) AS (
+                         SELECT a.atttypid, 0
+                         UNION ALL
+                         SELECT t.typbasetype, b.depth + 1 FROM base b JOIN pg_catalog.pg_type t ON t.oid = b.oid
+                          WHERE t.typtype = 'd' AND b.depth < 10)
+                     SELECT bt.oid < 16384
+                            OR (bt.typtype IN ('b', 'e') AND bt.typreceive <> 0 AND bt.typsend <> 0
+                                AND bt.typreceive::regproc::text NOT IN ('array_recv', 'record_recv'))
+                       FROM base JOIN pg_catalog.pg_type bt ON bt.oid = base.oid
+                      ORDER BY base.depth DESC LIMIT 1)
+               FROM pg_catalog.pg_attribute a
+               JOIN pg_catalog.pg_class c ON c.oid = a.attrelid
+               JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+              WHERE n.nspname = $1 AND c.relkind IN ('r', 'p', 'm', 'f') AND a.attnum > 0 AND NOT a.attisdropped
+              ORDER BY a.attrelid, a.attnum",
+            &[&schema],
+        )
+        .await
+        .context("listing columns")?;
+    let by_oid: std::collections::HashMap<u32, usize> =
+        out.iter().enumerate().map(|(i, t)| (t.oid, i)).collect();
+    for r in cols {
+        let relid: u32 = r.get(0);
+        if let Some(&i) = by_oid.get(&relid) {
+            out[i].columns.push(ColumnInfo {
+                name: r.get(1),
+                type_name: r.get(2),
+                type_oid: r.get(3),
+                not_null: r.get(4),
+                has_default: r.get(5),
+                generated: r.get(6),
+                binary_safe: r.get::<_, Option<bool>>(7).unwrap_or(false),
+            });
+        }
+    }
+    Ok(out)
+}
+
+/// Names of every object the schema defines (not extension members): the set
+/// whose qualified references the restore remaps.
+pub async fn defined_names(client: &impl GenericClient, schema: &str) -> Result<Vec<String>> {
+    let sql = concat!(
+        "WITH ns AS (SELECT oid FROM pg_catalog.pg_namespace WHERE nspname = $1)
+         SELECT c.relname::text FROM pg_catalog.pg_class c, ns WHERE c.relnamespace = ns.oid AND ",
+        not_ext_member!("pg_class", "c.oid"),
+        " UNION SELECT t.typname::text FROM pg_catalog.pg_type t, ns WHERE t.typnamespace = ns.oid AND ",
+        not_ext_member!("pg_type", "t.oid"),
+        " UNION SELECT p.proname::text FROM pg_catalog.pg_proc p, ns WHERE p.pronamespace = ns.oid AND ",
+        not_ext_member!("pg_proc", "p.oid"),
+        " UNION SELECT o.oprname::text FROM pg_catalog.pg_operator o, ns WHERE o.oprnamespace = ns.oid AND ",
+        not_ext_member!("pg_operator", "o.oid"),
+        " UNION SELECT co.collname::text FROM pg_catalog.pg_collation co, ns WHERE co.collnamespace = ns.oid AND ",
+        not_ext_member!("pg_collation", "co.oid"),
+        " UNION SELECT cv.conname::text FROM pg_catalog.pg_conversion cv, ns WHERE cv.connamespace = ns.oid AND ",
+        not_ext_member!("pg_conversion", "cv.oid"),
+        " UNION SELECT oc.opcname::text FROM pg_catalog.pg_opclass oc, ns WHERE oc.opcnamespace = ns.oid AND ",
+        not_ext_member!("pg_opclass", "oc.oid"),
+        " UNION SELECT ofa.opfname::text FROM pg_catalog.pg_opfamily ofa, ns WHERE ofa.opfnamespace = ns.oid AND ",
+        not_ext_member!("pg_opfamily", "ofa.oid"),
+        " UNION SELECT cfg.cfgname::text FROM pg_catalog.pg_ts_config cfg, ns WHERE cfg.cfgnamespace = ns.oid AND ",
+        not_ext_member!("pg_ts_config", "cfg.oid"),
+        " UNION SELECT dct.dictname::text FROM pg_catalog.pg_ts_dict dct, ns WHERE dct.dictnamespace = ns.oid AND ",
+        not_ext_member!("pg_ts_dict", "dct.oid"),
+        " UNION SELECT prs.prsname::text FROM pg_catalog.pg_ts_parser prs, ns WHERE prs.prsnamespace = ns.oid AND ",
+        not_ext_member!("pg_ts_parser", "prs.oid"),
+        " UNION SELECT tmpl.tmplname::text FROM pg_catalog.pg_ts_template tmpl, ns WHERE tmpl.tmplnamespace = ns.oid AND ",
+        not_ext_member!("pg_ts_template", "tmpl.oid"),
+        " UNION SELECT se.stxname::text FROM pg_catalog.pg_statistic_ext se, ns WHERE se.stxnamespace = ns.oid AND ",
+        not_ext_member!("pg_statistic_ext", "se.oid"),
+    );
+    let rows = client
+        .query(sql, &[&schema])
+        .await
+        .context("listing the schema's objects")?;
+    Ok(rows.into_iter().map(|r| r.get(0)).collect())
+}
+
+/// A sequence of the schema and the column that owns it, if any.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SequenceInfo {
+    pub name: String,
+    /// (table, column) for serial/identity sequences and OWNED BY.
+    pub owned_by: Option<(String, String)>,
+}
+
+pub async fn sequences(client: &impl GenericClient, schema: &str) -> Result<Vec<SequenceInfo>> {
+    let rows = client
+        .query(
+            concat!(
+                "SELECT s.relname, t.relname, a.attname
+                   FROM pg_catalog.pg_class s
+                   JOIN pg_catalog.pg_namespace n ON n.oid = s.relnamespace
+                   LEFT JOIN pg_catalog.pg_depend d
+                          ON d.classid = 'pg_class'::regclass AND d.objid = s.oid
+                         AND d.refclassid = 'pg_class'::regclass AND d.deptype IN ('a', 'i')
+                   LEFT JOIN pg_catalog.pg_class t ON t.oid = d.refobjid
+                   LEFT JOIN pg_catalog.pg_attribute a ON a.attrelid = d.refobjid AND a.attnum = d.refobjsubid
+                  WHERE n.nspname = $1 AND s.relkind = 'S' AND ",
+                not_ext_member!("pg_class", "s.oid"),
+                " ORDER BY s.relname"
+            ),
+            &[&schema],
+        )
+        .await
+        .context("listing sequences")?;
+    Ok(rows
+        .into_iter()
+        .map(|r| {
+            let t: Option<String> = r.get(1);
+            let c: Option<String> = r.get(2);
+            SequenceInfo {
+                name: r.get(0),
+                owned_by: t.zip(c),
+            }
+        })
+        .collect())
+}
+
+/// `last_value, is_called` of a sequence (sequences are not transactional: this
+/// is the value now, as pg_dump reads it too).
+pub async fn sequence_value(
+    client: &impl GenericClient,
+    schema: &str,
+    name: &str,
+) -> Result<(i64, bool)> {
+    let sql = format!(
+        "SELECT last_value, is_called FROM {}",
+        crate::pg::ident::qualified(schema, name)
+    );
+    let r = client
+        .query_one(sql.as_str(), &[])
+        .await
+        .with_context(|| format!("reading sequence {schema}.{name}"))?;
+    Ok((r.get(0), r.get(1)))
+}
+
+/// An installed extension.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct ExtensionInfo {
+    pub name: String,
+    pub schema: String,
+    pub version: String,
+}
+
+pub async fn extensions(client: &impl GenericClient) -> Result<Vec<ExtensionInfo>> {
+    let rows = client
+        .query(
+            "SELECT e.extname, n.nspname, e.extversion FROM pg_catalog.pg_extension e
+               JOIN pg_catalog.pg_namespace n ON n.oid = e.extnamespace
+              WHERE e.extname <> 'plpgsql' ORDER BY e.extname",
+            &[],
+        )
+        .await
+        .context("listing extensions")?;
+    Ok(rows
+        .into_iter()
+        .map(|r| ExtensionInfo {
+            name: r.get(0),
+            schema: r.get(1),
+            version: r.get(2),
+        })
+        .collect())
+}
+
+/// Materialized views of the schema in an order where each comes after the
+/// materialized views it reads, with whether each is populated.
+pub async fn matviews_in_order(
+    client: &impl GenericClient,
+    schema: &str,
+) -> Result<Vec<(String, bool)>> {
+    let rows = client
+        .query(
+            "SELECT c.oid, c.relname, c.relispopulated,
+                    COALESCE((SELECT array_agg(DISTINCT d.refobjid)
+                                FROM pg_catalog.pg_rewrite rw
+                                JOIN pg_catalog.pg_depend d ON d.classid = 'pg_rewrite'::regclass AND d.objid = rw.oid
+                                JOIN pg_catalog.pg_class rc ON rc.oid = d.refobjid AND rc.relkind IN ('m', 'v')
+                               WHERE rw.ev_class = c.oid AND d.refobjid <> c.oid), '{}')
+               FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+              WHERE n.nspname = $1 AND c.relkind IN ('m', 'v')",
+            &[&schema],
+        )
+        .await
+        .context("listing materialized views")?;
+    // Views are included only to follow matview -> view -> matview chains.
+    struct Node {
+        name: String,
+        populated: bool,
+        is_matview: bool,
+        deps: Vec<u32>,
+    }
+    let kinds = client
+        .query(
+            "SELECT c.oid FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+              WHERE n.nspname = $1 AND c.relkind = 'm'",
+            &[&schema],
+        )
+        .await?;
+    let matview_oids: std::collections::HashSet<u32> =
+        kinds.into_iter().map(|r| r.get(0)).collect();
+    let mut nodes: std::collections::BTreeMap<u32, Node> = std::collections::BTreeMap::new();
+    for r in rows {
+        let oid: u32 = r.get(0);
+        nodes.insert(
+            oid,
+            Node {
+                name: r.get(1),
+                populated: r.get(2),
+                is_matview: matview_oids.contains(&oid),
+                deps: r.get(3),
+            },
+        );
+    }
+    let mut order = Vec::new();
+    let mut state: std::collections::HashMap<u32, u8> = std::collections::HashMap::new();
+    fn visit(
+        oid: u32,
+        nodes: &std::collections::BTreeMap<u32, Node>,
+        state: &mut std::collections::HashMap<u32, u8>,
+        order: &mut Vec<(String, bool)>,
+    ) {
+        if state.get(&oid).copied().unwrap_or(0) != 0 {
+            return;
+        }
+        state.insert(oid, 1);
+        if let Some(n) = nodes.get(&oid) {
+            for d in &n.deps {
+                visit(*d, nodes, state, order);
+            }
+            if n.is_matview {
+                order.push((n.name.clone(), n.populated));
+            }
+        }
+        state.insert(oid, 2);
+    }
+    let keys: Vec<u32> = nodes.keys().copied().collect();
+    for oid in keys {
+        visit(oid, &nodes, &mut state, &mut order);
+    }
+    Ok(order)
+}
+
+/// Server major version (`server_version_num / 10000`).
+pub async fn server_major(client: &impl GenericClient) -> Result<u32> {
+    let v: String = client
+        .query_one("SELECT current_setting('server_version_num')", &[])
+        .await
+        .context("reading server_version_num")?
+        .get(0);
+    let n: u32 = v.parse().context("parsing server_version_num")?;
+    Ok(n / 10000)
+}
+
+/// Something that identifies one database of one running server.
+pub async fn server_identity(client: &impl GenericClient) -> Result<String> {
+    let r = client
+        .query_one(
+            "SELECT pg_catalog.pg_postmaster_start_time()::text || '/' || current_setting('port') || '/' ||
+                    (SELECT oid FROM pg_catalog.pg_database WHERE datname = current_database())::text || '/' ||
+                    current_database()",
+            &[],
+        )
+        .await
+        .context("identifying the server")?;
+    Ok(r.get(0))
+}

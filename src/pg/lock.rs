@@ -1,0 +1,113 @@
+//! One run at a time: a session-level advisory lock on the destination, held by
+//! a dedicated connection for the whole run of every mutating command.
+//!
+//! The holder is identified through its `application_name`
+//! (`pgshift <command> pid=<pid> host=<host>`), which every session can see in
+//! `pg_stat_activity`, so a refused run can name it.
+
+use anyhow::{Context, Result, bail};
+use chrono::{DateTime, Utc};
+use tokio_postgres::Client;
+
+/// First key of pgshift's advisory locks: "pgsh" as an int4.
+pub const LOCK_CLASS: i32 = 0x7067_7368;
+/// Second key: the run lock.
+pub const LOCK_RUN: i32 = 1;
+
+/// `application_name` for the lock session of this process.
+pub fn lock_application_name(command: &str) -> String {
+    let host = hostname::get()
+        .map(|h| h.to_string_lossy().into_owned())
+        .unwrap_or_else(|_| "unknown".into());
+    let mut name = format!("pgshift {command} pid={} host={host}", std::process::id());
+    // application_name is truncated by the server at 63 bytes; keep it valid UTF-8.
+    while name.len() > 63 {
+        name.pop();
+    }
+    name
+}
+
+/// Who holds the run lock.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Holder {
+    pub backend_pid: i32,
+    pub application_name: Option<String>,
+    pub since: Option<DateTime<Utc>>,
+    pub client_addr: Option<String>,
+}
+
+impl std::fmt::Display for Holder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.application_name.as_deref() {
+            Some(app) if !app.is_empty() => write!(f, "{app}")?,
+            _ => write!(f, "a session")?,
+        }
+        write!(f, " (server pid {}", self.backend_pid)?;
+        if let Some(addr) = &self.client_addr {
+            write!(f, ", from {addr}")?;
+        }
+        if let Some(since) = self.since {
+            write!(f, ", since {}", since.format("%Y-%m-%d %H:%M:%S UTC"))?;
+        }
+        write!(f, ")")
+    }
+}
+
+/// Try to take the run lock on `client` (a session that stays open for the run).
+/// Fails at once, naming the holder, if another session has it.
+pub async fn acquire(client: &Client) -> Result<()> {
+    let got: bool = client
+        .query_one(
+            "SELECT pg_try_advisory_lock($1, $2)",
+            &[&LOCK_CLASS, &LOCK_RUN],
+        )
+        .await
+        .context("taking pgshift's advisory lock on the destination")?
+        .get(0);
+    if got {
+        return Ok(());
+    }
+    match holder(client).await? {
+        Some(h) => bail!(
+            "another pgshift run holds the destination's lock: {h}; wait for it to finish (or stop it) and try again"
+        ),
+        None => bail!(
+            "another pgshift run holds the destination's lock; wait for it to finish and try again"
+        ),
+    }
+}
+
+/// The session holding the run lock, if any (read-only; used by `status`).
+pub async fn holder(client: &Client) -> Result<Option<Holder>> {
+    let row = client
+        .query_opt(
+            "SELECT l.pid, a.application_name, a.backend_start, host(a.client_addr)
+               FROM pg_catalog.pg_locks l
+               LEFT JOIN pg_catalog.pg_stat_activity a ON a.pid = l.pid
+              WHERE l.locktype = 'advisory' AND l.granted
+                AND l.database = (SELECT oid FROM pg_catalog.pg_database WHERE datname = current_database())
+                AND l.classid = $1::int4::oid AND l.objid = $2::int4::oid AND l.objsubid = 2
+              LIMIT 1",
+            &[&LOCK_CLASS, &LOCK_RUN],
+        )
+        .await
+        .context("looking up the holder of pgshift's advisory lock")?;
+    Ok(row.map(|r| Holder {
+        backend_pid: r.get(0),
+        application_name: r.get(1),
+        since: r.get(2),
+        client_addr: r.get(3),
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn application_name_fits() {
+        let n = lock_application_name("rollback");
+        assert!(n.starts_with("pgshift rollback pid="));
+        assert!(n.len() <= 63);
+    }
+}
