@@ -1,0 +1,320 @@
+//! Post-data: indexes, constraints, triggers, rules, policies, comments —
+//! pg_restore's post-data section, remapped, run in dependency-safe waves:
+//!
+//! 1. indexes and PK/unique/exclusion/check constraints, in parallel, largest
+//!    tables first (CREATE INDEX takes SHARE locks, so several indexes of one
+//!    table build side by side);
+//! 2. `ALTER INDEX … ATTACH PARTITION` (needs the indexes of wave 1);
+//! 3. foreign keys, in parallel (they need the unique indexes they reference);
+//! 4. everything else (triggers, rules, policies, comments, statistics), in
+//!    pg_restore's order.
+//!
+//! Entries that touch a preserved table — foreign keys from or to it, its
+//! triggers and rules, and comments on those — are not run here: they would
+//! fire on (or reject) the rows the sync copies in. They are returned as
+//! *deferred* SQL that the swap runs inside its transaction.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{Context, Result, anyhow};
+use pg_query::NodeEnum;
+use pg_query::protobuf::{ConstrType, ObjectType};
+use tokio_util::sync::CancellationToken;
+
+use crate::dump::sql::Entry;
+use crate::error::Interrupted;
+use crate::pg::connect::{connect, describe_pg_error};
+use crate::pg::connspec::ConnSpec;
+use crate::pipeline::progress::Progress;
+
+/// Session settings for index builds: more sort memory for these sessions only,
+/// and no parallel maintenance workers (the `--jobs` cap holds across phases).
+pub const INDEX_SESSION_SETTINGS: &str =
+    "SET maintenance_work_mem = '256MB'; SET max_parallel_maintenance_workers = 0; SET synchronous_commit = off";
+
+/// What an entry touches, from its parse tree.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct EntryTargets {
+    /// The table the entry alters or indexes (`relname` only: all are in one schema).
+    pub table: Option<String>,
+    /// A foreign key's referenced table.
+    pub references: Option<String>,
+    /// The constraint, trigger or rule the entry creates (or comments on).
+    pub object: Option<String>,
+    /// The table named by a COMMENT on a constraint, trigger, rule or policy.
+    pub comment_table: Option<String>,
+}
+
+/// Find what an entry's statements touch.
+pub fn targets(sql: &str) -> Result<EntryTargets> {
+    let parsed = pg_query::parse(sql, 0).map_err(|e| anyhow!("parsing: {e}"))?;
+    let mut t = EntryTargets::default();
+    for raw in &parsed.protobuf.stmts {
+        let Some(node) = raw.stmt.as_ref().and_then(|s| s.node.as_ref()) else { continue };
+        match node {
+            NodeEnum::IndexStmt(s) => {
+                if let Some(r) = &s.relation {
+                    t.table.get_or_insert(r.relname.clone());
+                }
+            }
+            NodeEnum::AlterTableStmt(s) => {
+                if let Some(r) = &s.relation {
+                    t.table.get_or_insert(r.relname.clone());
+                }
+                for cmd in &s.cmds {
+                    if let Some(NodeEnum::AlterTableCmd(c)) = &cmd.node
+                        && let Some(def) = &c.def
+                        && let Some(NodeEnum::Constraint(con)) = &def.node
+                    {
+                        t.object.get_or_insert(con.conname.clone());
+                        if con.contype == ConstrType::ConstrForeign as i32
+                            && let Some(pk) = &con.pktable
+                        {
+                            t.references = Some(pk.relname.clone());
+                        }
+                    }
+                }
+            }
+            NodeEnum::CreateTrigStmt(s) => {
+                if let Some(r) = &s.relation {
+                    t.table.get_or_insert(r.relname.clone());
+                }
+                t.object.get_or_insert(s.trigname.clone());
+            }
+            NodeEnum::RuleStmt(s) => {
+                if let Some(r) = &s.relation {
+                    t.table.get_or_insert(r.relname.clone());
+                }
+                t.object.get_or_insert(s.rulename.clone());
+            }
+            NodeEnum::CreatePolicyStmt(s) => {
+                if let Some(r) = &s.table {
+                    t.table.get_or_insert(r.relname.clone());
+                }
+            }
+            NodeEnum::CommentStmt(s) => {
+                let kind = ObjectType::try_from(s.objtype).unwrap_or(ObjectType::Undefined);
+                if matches!(
+                    kind,
+                    ObjectType::ObjectTabconstraint
+                        | ObjectType::ObjectTrigger
+                        | ObjectType::ObjectRule
+                        | ObjectType::ObjectPolicy
+                ) && let Some(obj) = &s.object
+                    && let Some(NodeEnum::List(list)) = &obj.node
+                    && list.items.len() >= 2
+                {
+                    // [schema,] table, name
+                    let n = list.items.len();
+                    if let Some(NodeEnum::String(st)) = &list.items[n - 2].node {
+                        t.comment_table = Some(st.sval.clone());
+                    }
+                    if let Some(NodeEnum::String(st)) = &list.items[n - 1].node {
+                        t.object = Some(st.sval.clone());
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(t)
+}
+
+/// The wave an entry belongs to.
+fn wave(kind: &str) -> u8 {
+    match kind {
+        "INDEX" | "CONSTRAINT" => 1,
+        "INDEX ATTACH" => 2,
+        "FK CONSTRAINT" => 3,
+        _ => 4,
+    }
+}
+
+/// One runnable entry.
+#[derive(Debug, Clone)]
+pub struct Job {
+    pub label: String,
+    pub kind: String,
+    pub sql: String,
+    pub table: Option<String>,
+    /// Sort key: bigger first.
+    pub weight: i64,
+}
+
+/// The post-data plan: waves of jobs plus deferred SQL.
+#[derive(Debug, Default)]
+pub struct Plan {
+    pub waves: [Vec<Job>; 4],
+    pub deferred: Vec<String>,
+    pub preamble: String,
+}
+
+/// Split remapped post-data entries into waves and deferred SQL.
+/// `sizes`: table name -> bytes (for ordering); `preserved`: preserved table names.
+pub fn plan(entries: &[Entry], sizes: &HashMap<String, i64>, preserved: &HashSet<String>) -> Result<Plan> {
+    let mut p = Plan::default();
+    // (table, object) of every deferred constraint, trigger and rule, so that
+    // comments on them are deferred too.
+    let mut deferred_objects: HashSet<(String, String)> = HashSet::new();
+    for e in entries {
+        let Some(h) = &e.header else {
+            p.preamble.push_str(&e.sql);
+            continue;
+        };
+        let t = targets(&e.sql).with_context(|| format!("reading {}", e.label()))?;
+        let is_preserved = |n: &Option<String>| n.as_ref().is_some_and(|n| preserved.contains(n));
+        let defer = match h.kind.as_str() {
+            "FK CONSTRAINT" => is_preserved(&t.table) || is_preserved(&t.references),
+            "TRIGGER" | "RULE" => is_preserved(&t.table),
+            "COMMENT" => match (&t.comment_table, &t.object) {
+                (Some(tab), Some(obj)) => deferred_objects.contains(&(tab.clone(), obj.clone())),
+                _ => false,
+            },
+            _ => false,
+        };
+        if defer {
+            if let (Some(tab), Some(obj)) = (&t.table, &t.object) {
+                deferred_objects.insert((tab.clone(), obj.clone()));
+            }
+            p.deferred.push(e.sql.clone());
+            continue;
+        }
+        let weight = t.table.as_ref().and_then(|n| sizes.get(n)).copied().unwrap_or(0);
+        let w = wave(&h.kind) as usize - 1;
+        p.waves[w].push(Job { label: e.label(), kind: h.kind.clone(), sql: e.sql.clone(), table: t.table, weight });
+    }
+    for w in [0, 2] {
+        // Stable: biggest tables first, pg_restore order within a table.
+        p.waves[w].sort_by(|a, b| b.weight.cmp(&a.weight));
+    }
+    Ok(p)
+}
+
+/// Run the plan's waves on the destination with `workers` sessions.
+pub async fn run(
+    plan: &Plan,
+    dest: &ConnSpec,
+    workers: usize,
+    connect_timeout: Duration,
+    cancel: &CancellationToken,
+    progress: &Progress,
+) -> Result<()> {
+    let total: usize = plan.waves.iter().map(Vec::len).sum();
+    progress.start_items("indexes", total);
+    for (i, jobs) in plan.waves.iter().enumerate() {
+        if jobs.is_empty() {
+            continue;
+        }
+        let parallel = if i == 0 || i == 2 { workers.max(1) } else { 1 };
+        run_wave(jobs, &plan.preamble, dest, parallel, connect_timeout, cancel, progress).await?;
+    }
+    progress.finish("indexes");
+    Ok(())
+}
+
+async fn run_wave(
+    jobs: &[Job],
+    preamble: &str,
+    dest: &ConnSpec,
+    parallel: usize,
+    connect_timeout: Duration,
+    cancel: &CancellationToken,
+    progress: &Progress,
+) -> Result<()> {
+    let queue = Arc::new(Mutex::new(jobs.iter().cloned().collect::<VecDeque<_>>()));
+    let failed = CancellationToken::new();
+    let n = parallel.min(jobs.len()).max(1);
+    let mut tasks = Vec::new();
+    for _ in 0..n {
+        let queue = queue.clone();
+        let failed = failed.clone();
+        tasks.push(async move {
+            let client = connect(dest, "destination", "pgshift prepare", connect_timeout).await?;
+            client
+                .batch_execute(&format!("{preamble}\n{INDEX_SESSION_SETTINGS}"))
+                .await
+                .map_err(|e| anyhow!("setting up a session: {}", describe_pg_error(&e)))?;
+            loop {
+                if cancel.is_cancelled() {
+                    return Err(anyhow::Error::new(Interrupted));
+                }
+                if failed.is_cancelled() {
+                    return Ok(());
+                }
+                let Some(job) = queue.lock().ok().and_then(|mut q| q.pop_front()) else { return Ok(()) };
+                tracing::debug!(entry = %job.label, "running");
+                let r = tokio::select! {
+                    biased;
+                    _ = cancel.cancelled() => Err(anyhow::Error::new(Interrupted)),
+                    r = client.batch_execute(&job.sql) => r.map_err(|e| anyhow!("{}: {}", job.label, describe_pg_error(&e))),
+                };
+                if let Err(e) = r {
+                    failed.cancel();
+                    return Err(e);
+                }
+                progress.item_done("indexes");
+            }
+        });
+    }
+    let results = futures_util::future::join_all(tasks).await;
+    for r in results {
+        r?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dump::sql::EntryHeader;
+
+    fn entry(kind: &str, sql: &str) -> Entry {
+        Entry {
+            header: Some(EntryHeader { name: "x".into(), kind: kind.into(), schema: Some("shadow".into()), owner: None }),
+            sql: sql.into(),
+        }
+    }
+
+    #[test]
+    fn targets_from_the_parse_tree() {
+        let t = targets("CREATE INDEX i ON shadow.t USING btree (a);").unwrap();
+        assert_eq!(t.table.as_deref(), Some("t"));
+        let t = targets(
+            "ALTER TABLE ONLY shadow.orders\n    ADD CONSTRAINT fk FOREIGN KEY (user_id) REFERENCES shadow.users(id);",
+        )
+        .unwrap();
+        assert_eq!(t.table.as_deref(), Some("orders"));
+        assert_eq!(t.references.as_deref(), Some("users"));
+        let t = targets("COMMENT ON CONSTRAINT fk ON shadow.\"Users\" IS 'x';").unwrap();
+        assert_eq!(t.comment_table.as_deref(), Some("Users"));
+        let t = targets("CREATE TRIGGER trg AFTER INSERT ON shadow.users FOR EACH ROW EXECUTE FUNCTION shadow.f();")
+            .unwrap();
+        assert_eq!(t.table.as_deref(), Some("users"));
+    }
+
+    #[test]
+    fn waves_and_deferral() {
+        let entries = vec![
+            entry("INDEX", "CREATE INDEX a ON shadow.small (x);"),
+            entry("CONSTRAINT", "ALTER TABLE ONLY shadow.big ADD CONSTRAINT big_pkey PRIMARY KEY (id);"),
+            entry("FK CONSTRAINT", "ALTER TABLE ONLY shadow.orders ADD CONSTRAINT o_fk FOREIGN KEY (u) REFERENCES shadow.users(id);"),
+            entry("FK CONSTRAINT", "ALTER TABLE ONLY shadow.orders ADD CONSTRAINT o_fk2 FOREIGN KEY (p) REFERENCES shadow.products(id);"),
+            entry("TRIGGER", "CREATE TRIGGER t AFTER INSERT ON shadow.users FOR EACH ROW EXECUTE FUNCTION shadow.f();"),
+            entry("COMMENT", "COMMENT ON CONSTRAINT o_fk ON shadow.orders IS 'x';"),
+            entry("INDEX ATTACH", "ALTER INDEX shadow.p_idx ATTACH PARTITION shadow.p1_idx;"),
+        ];
+        let sizes: HashMap<String, i64> = [("big".to_string(), 100), ("small".to_string(), 1)].into();
+        let preserved: HashSet<String> = ["users".to_string()].into();
+        let p = plan(&entries, &sizes, &preserved).unwrap();
+        assert_eq!(p.waves[0].len(), 2);
+        assert_eq!(p.waves[0][0].table.as_deref(), Some("big"));
+        assert_eq!(p.waves[1].len(), 1);
+        assert_eq!(p.waves[2].len(), 1);
+        assert!(p.waves[2][0].sql.contains("o_fk2"));
+        // The FK to users, the trigger on users, and the comment on that FK.
+        assert_eq!(p.deferred.len(), 3);
+        assert!(p.waves[3].is_empty());
+    }
+}

@@ -1,0 +1,210 @@
+//! What every mutating command holds for its whole run: a destination session
+//! with the advisory run lock, a control session for records, and the locked
+//! state file. Plus the [`Recorder`], which writes each phase's progress to
+//! the state file and to `pgshift.migration` on the destination.
+
+use std::future::Future;
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use chrono::Utc;
+use tokio_postgres::Client;
+
+use crate::commands::Ctx;
+use crate::error::Interrupted;
+use crate::pg::connect::connect;
+use crate::pg::connspec::ConnSpec;
+use crate::pg::{lock, meta};
+use crate::state::{MigrationState, PhaseRecord, STATE_VERSION, StateFile, Status};
+
+/// A mutating command's hold on the destination.
+pub struct Session {
+    pub ctx: Ctx,
+    pub dest: ConnSpec,
+    /// Holds the advisory lock; never used for anything else.
+    lock_client: Client,
+    /// Autocommit session for records and catalog reads.
+    pub control: Client,
+    pub state_file: StateFile,
+}
+
+impl Session {
+    /// Connect to the destination, take the state-file lock and the advisory lock.
+    pub async fn open(ctx: &Ctx) -> Result<Session> {
+        let dest = ctx.settings.require_dest()?.clone();
+        let state_file = StateFile::lock(&ctx.settings.state_dir, dest.dbname())?;
+        let timeout = ctx.settings.connect_timeout;
+        let lock_client = connect(&dest, "destination", &lock::lock_application_name(ctx.command), timeout).await?;
+        lock::acquire(&lock_client).await?;
+        let control = connect(&dest, "destination", &app_name(ctx.command), timeout).await?;
+        Ok(Session { ctx: ctx.clone(), dest, lock_client, control, state_file })
+    }
+
+    /// Is the lock session still alive? (A dead one means the lock is gone.)
+    pub fn lock_alive(&self) -> bool {
+        !self.lock_client.is_closed()
+    }
+}
+
+/// `application_name` for pgshift's working sessions.
+pub fn app_name(command: &str) -> String {
+    format!("pgshift {command}")
+}
+
+/// Fails with an injected error when `PGSHIFT_FAILPOINT` names this point.
+/// For tests that prove a failure in each phase leaves nothing behind.
+pub fn failpoint(name: &str) -> Result<()> {
+    match std::env::var("PGSHIFT_FAILPOINT") {
+        Ok(v) if v.split(',').any(|p| p.trim() == name) => {
+            anyhow::bail!("injected failure at {name} (PGSHIFT_FAILPOINT)")
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Writes progress to the state file and the destination's record.
+pub struct Recorder {
+    pub state: MigrationState,
+    /// Whether `pgshift.migration` exists yet (created by the first mutating run).
+    pub meta_ready: bool,
+}
+
+impl Recorder {
+    /// A fresh record for a new migration started by `command`.
+    pub fn new(id: i64, command: &str, source: Option<&ConnSpec>, dest: &ConnSpec) -> Recorder {
+        let now = Utc::now();
+        Recorder {
+            state: MigrationState {
+                version: STATE_VERSION,
+                id,
+                database: dest.dbname().to_string(),
+                status: Status::Preparing,
+                command: command.to_string(),
+                pid: std::process::id(),
+                host: hostname::get().map(|h| h.to_string_lossy().into_owned()).unwrap_or_default(),
+                started_at: now,
+                updated_at: now,
+                phase: None,
+                phases: Vec::new(),
+                error: None,
+                source: source.map(|s| s.redacted()).unwrap_or_default(),
+                dest: dest.redacted(),
+                snapshot_at: None,
+                dump_dir: None,
+                dump_complete: false,
+                preserved_tables: Vec::new(),
+                tables: Vec::new(),
+                extra: Default::default(),
+            },
+            meta_ready: false,
+        }
+    }
+
+    /// Continue an existing record (swap after prepare).
+    pub fn resume(mut state: MigrationState, command: &str) -> Recorder {
+        state.command = command.to_string();
+        state.pid = std::process::id();
+        state.host = hostname::get().map(|h| h.to_string_lossy().into_owned()).unwrap_or_default();
+        Recorder { state, meta_ready: true }
+    }
+
+    /// Persist to the state file and, once it exists, to `pgshift.migration`.
+    pub async fn save(&mut self, sess: &Session) -> Result<()> {
+        self.state.updated_at = Utc::now();
+        sess.state_file.save(&self.state)?;
+        if self.meta_ready {
+            meta::save_migration(&sess.control, &self.state, self.state.status.as_str()).await?;
+        }
+        Ok(())
+    }
+
+    pub async fn set_status(&mut self, sess: &Session, status: Status) -> Result<()> {
+        self.state.status = status;
+        self.save(sess).await
+    }
+
+    /// Run one phase: record its start, run it (stopping on Ctrl-C), record the
+    /// outcome with its duration. Errors carry the phase name.
+    pub async fn phase<T, F>(&mut self, sess: &Session, name: &str, fut: F) -> Result<T>
+    where
+        F: Future<Output = Result<T>>,
+    {
+        let started = Instant::now();
+        self.state.phase = Some(name.to_string());
+        self.state.phases.retain(|p| p.name != name);
+        self.state.phases.push(PhaseRecord {
+            name: name.to_string(),
+            status: "running".into(),
+            started_at: Utc::now(),
+            finished_at: None,
+            duration_ms: None,
+            detail: None,
+        });
+        self.save(sess).await?;
+        tracing::info!(phase = name, "phase started");
+        let result = async {
+            failpoint(name)?;
+            tokio::select! {
+                biased;
+                _ = sess.ctx.cancel.cancelled() => Err(anyhow::Error::new(Interrupted)),
+                r = fut => r,
+            }
+        }
+        .await;
+        let ms = started.elapsed().as_millis() as u64;
+        if let Some(p) = self.state.phases.iter_mut().find(|p| p.name == name) {
+            p.finished_at = Some(Utc::now());
+            p.duration_ms = Some(ms);
+            p.status = if result.is_ok() { "done" } else { "failed" }.into();
+        }
+        match result {
+            Ok(v) => {
+                tracing::info!(phase = name, ms, "phase done");
+                self.save(sess).await?;
+                Ok(v)
+            }
+            Err(e) => Err(e.context(format!("phase {name}"))),
+        }
+    }
+
+    /// Attach a detail line to a finished phase (sizes, counts).
+    pub fn detail(&mut self, name: &str, detail: impl Into<String>) {
+        if let Some(p) = self.state.phases.iter_mut().find(|p| p.name == name) {
+            p.detail = Some(detail.into());
+        }
+    }
+
+    /// Record a failure (best effort: the destination may be the thing that failed).
+    pub async fn fail(&mut self, sess: &Session, err: &anyhow::Error) {
+        self.state.status = Status::Failed;
+        let interrupted = err.chain().any(|c| c.is::<Interrupted>());
+        self.state.error = Some(if interrupted {
+            format!("interrupted during phase {}", self.state.phase.as_deref().unwrap_or("?"))
+        } else {
+            format!("{err:#}")
+        });
+        if let Err(e) = self.save(sess).await {
+            // The state file is written before the destination; report what failed.
+            tracing::warn!("could not record the failure on the destination: {e:#}");
+        }
+    }
+
+    /// Phase durations in ms, for summaries and manifests.
+    pub fn timings(&self) -> serde_json::Map<String, serde_json::Value> {
+        self.state
+            .phases
+            .iter()
+            .filter_map(|p| p.duration_ms.map(|ms| (p.name.clone(), serde_json::Value::from(ms))))
+            .collect()
+    }
+}
+
+/// Milliseconds since the Unix epoch, now.
+pub fn now_ms() -> i64 {
+    Utc::now().timestamp_millis()
+}
+
+/// Run `f`, and if it fails, make sure the error says which command failed.
+pub async fn with_command_context<T>(command: &str, f: impl Future<Output = Result<T>>) -> Result<T> {
+    f.await.with_context(|| format!("{command} failed"))
+}
