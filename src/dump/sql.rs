@@ -684,7 +684,8 @@ fn find_headers(sql: &str, toks: &[Tok]) -> Result<Vec<HeaderAt>> {
     Ok(out)
 }
 
-/// `X; Type: Y; Schema: Z; Owner: W[; Tablespace: T]`, parsed from the right.
+/// `X; Type: Y; Schema: Z; Owner: W[; Tablespace: T]`, parsed from the right. Names,
+/// schemas and owners may contain anything (`; ` included); the type never contains `;`.
 fn parse_header(rest: &str) -> Option<EntryHeader> {
     let rest = rest.trim_end_matches(['\r', ' ']);
     let (left, owner_part) = rest.rsplit_once("; Owner: ")?;
@@ -692,15 +693,22 @@ fn parse_header(rest: &str) -> Option<EntryHeader> {
         Some((owner, _tablespace)) => owner,
         None => owner_part,
     };
-    let (left, schema) = left.rsplit_once("; Schema: ")?;
-    let (name, kind) = left.rsplit_once("; Type: ")?;
     let dash = |s: &str| if s == "-" { None } else { Some(s.to_string()) };
-    Some(EntryHeader {
-        name: name.to_string(),
-        kind: kind.to_string(),
-        schema: dash(schema),
-        owner: dash(owner),
-    })
+    for (at, sep) in left.rmatch_indices("; Type: ") {
+        let after = &left[at + sep.len()..];
+        let Some(semi) = after.find(';') else {
+            continue;
+        };
+        if let Some(schema) = after[semi..].strip_prefix("; Schema: ") {
+            return Some(EntryHeader {
+                name: left[..at].to_string(),
+                kind: after[..semi].to_string(),
+                schema: dash(schema),
+                owner: dash(owner),
+            });
+        }
+    }
+    None
 }
 
 /// Byte ranges of `sql[start..end]` and their header indexes: the text before the first
@@ -1310,4 +1318,1020 @@ fn two_part_column_refs(sql: &str) -> Result<HashSet<usize>> {
         }
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Abridged real `pg_restore --section=pre-data --no-owner --no-privileges -f -` output
+    /// of pg_dump 15.18 (which writes `\restrict` after the first comment block).
+    const SAMPLE: &str = r#"--
+-- PostgreSQL database dump
+--
+
+\restrict WjZJ4ZkmdmyhmQ0sbuS4TUdOJiSnPDPvGCvKx6IFiPs1Kz1vZGacTb3NfJTIcnI
+
+-- Dumped from database version 15.18 (Debian 15.18-0+deb12u1)
+-- Dumped by pg_dump version 15.18 (Debian 15.18-0+deb12u1)
+
+SET statement_timeout = 0;
+SET client_encoding = 'UTF8';
+SET standard_conforming_strings = on;
+SELECT pg_catalog.set_config('search_path', '', false);
+SET check_function_bodies = false;
+
+--
+-- Name: public; Type: SCHEMA; Schema: -; Owner: -
+--
+
+CREATE SCHEMA public;
+
+
+--
+-- Name: mood; Type: TYPE; Schema: public; Owner: -
+--
+
+CREATE TYPE public.mood AS ENUM (
+    'sad',
+    'ok'
+);
+
+
+--
+-- Name: f(integer); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.f(x integer) RETURNS integer
+    LANGUAGE plpgsql
+    AS $$ BEGIN RETURN (SELECT count(*) FROM public.users); END $$;
+
+
+SET default_tablespace = '';
+
+SET default_table_access_method = heap;
+
+--
+-- Name: users; Type: TABLE; Schema: public; Owner: -
+--
+
+CREATE TABLE public.users (
+    id integer NOT NULL,
+    m public.mood,
+    ms public.mood[],
+    g public.geometry(Point,4326),
+    u uuid DEFAULT public.uuid_generate_v4()
+);
+
+
+--
+-- Name: TABLE users; Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON TABLE public.users IS 'see public.users docs';
+
+
+--
+-- Name: g(); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.g() RETURNS bigint
+    LANGUAGE sql
+    BEGIN ATOMIC
+ SELECT count(*) AS count
+    FROM public.users;
+END;
+
+
+--
+-- Name: users_id_seq; Type: SEQUENCE OWNED BY; Schema: public; Owner: -
+--
+
+ALTER SEQUENCE public.users_id_seq OWNED BY public.users.id;
+
+
+--
+-- Name: users id; Type: DEFAULT; Schema: public; Owner: -
+--
+
+ALTER TABLE ONLY public.users ALTER COLUMN id SET DEFAULT nextval('public.users_id_seq'::regclass);
+
+
+--
+-- PostgreSQL database dump complete
+--
+
+\unrestrict WjZJ4ZkmdmyhmQ0sbuS4TUdOJiSnPDPvGCvKx6IFiPs1Kz1vZGacTb3NfJTIcnI
+
+"#;
+
+    fn names(list: &[&str]) -> DefinedNames {
+        list.iter().copied().collect()
+    }
+
+    /// Remap public -> shadow, checking that scanning in the smallest possible pieces
+    /// gives the same answer.
+    fn rm(sql: &str, defined: &[&str]) -> String {
+        let defined = names(defined);
+        let out = remap(sql, "public", "shadow", &defined).unwrap();
+        let tiny = remap_chunked(sql, "public", "shadow", &defined, 1).unwrap();
+        assert_eq!(out, tiny, "chunked remap differs");
+        out
+    }
+
+    fn split(sql: &str) -> Vec<Entry> {
+        let entries = split_entries(sql).unwrap();
+        assert_eq!(
+            entries.iter().map(|e| e.sql.as_str()).collect::<String>(),
+            sql,
+            "round trip"
+        );
+        assert_eq!(
+            split_entries_chunked(sql, 1).unwrap(),
+            entries,
+            "chunked split differs"
+        );
+        entries
+    }
+
+    fn strip(sql: &str) -> Result<String> {
+        let out = strip_meta_commands(sql);
+        let tiny = strip_meta_commands_chunked(sql, 1);
+        match (&out, &tiny) {
+            (Ok(a), Ok(b)) => assert_eq!(a, b, "chunked strip differs"),
+            (Err(_), Err(_)) => {}
+            _ => panic!("chunked strip disagrees: {out:?} vs {tiny:?}"),
+        }
+        out
+    }
+
+    // --- meta-commands -------------------------------------------------------------------
+
+    #[test]
+    fn strips_restrict_and_unrestrict() {
+        let out = strip(SAMPLE).unwrap();
+        assert!(!out.contains("restrict"), "{out}");
+        // Only those two lines went away.
+        let expected: String = SAMPLE
+            .split_inclusive('\n')
+            .filter(|l| !l.contains("restrict W"))
+            .collect();
+        assert_eq!(out, expected);
+    }
+
+    #[test]
+    fn strips_restrict_on_the_first_line_and_without_final_newline() {
+        assert_eq!(
+            strip("\\restrict K7x\nSELECT 1;\n\\unrestrict K7x").unwrap(),
+            "SELECT 1;\n"
+        );
+        assert_eq!(
+            strip("  \t\\restrict K\r\nSELECT 1;\r\n").unwrap(),
+            "SELECT 1;\r\n"
+        );
+    }
+
+    #[test]
+    fn no_meta_commands_is_identity() {
+        let sql = "SELECT 1;\n-- \\restrict in a comment\nSELECT 'a\\b';\n";
+        assert_eq!(strip(sql).unwrap(), sql);
+        assert_eq!(strip("").unwrap(), "");
+    }
+
+    #[test]
+    fn backslash_lines_inside_strings_and_comments_stay() {
+        let sql = "\\restrict K\n\
+                   SELECT 'first\n\\restrict not really\n';\n\
+                   CREATE FUNCTION f() RETURNS text LANGUAGE sql AS $fn$\n\\connect x\nSELECT 1 $fn$;\n\
+                   /* a comment\n\\connect y\n*/\n\
+                   SELECT \"an\n\\ident\" FROM t;\n\
+                   SELECT E'\\\\x'\n\
+                   \\unrestrict K\n";
+        let out = strip(sql).unwrap();
+        assert!(!out.starts_with("\\restrict"));
+        assert!(!out.contains("\\unrestrict"));
+        assert!(out.contains("\n\\restrict not really\n"));
+        assert!(out.contains("\n\\connect x\n"));
+        assert!(out.contains("\n\\connect y\n"));
+        assert!(out.contains("\n\\ident\""));
+    }
+
+    #[test]
+    fn other_meta_commands_are_errors() {
+        let err = strip("SELECT 1;\n\\connect otherdb\nSELECT 2;\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("\\connect") && err.contains("line 2"), "{err}");
+        let err = strip("COPY t FROM stdin;\n1\n\\.\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("\\."), "{err}");
+    }
+
+    #[test]
+    fn meta_command_with_a_quote_is_found_line_by_line() {
+        // `\echo it's` derails a single scan of the whole text; the slow path copes.
+        let err = strip("SELECT 1;\n\\echo it's\nSELECT 'x';\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("\\echo") && err.contains("line 2"), "{err}");
+        let out = strip("\\restrict a'b\nSELECT 'x';\n\\unrestrict a'b\n").unwrap();
+        assert_eq!(out, "SELECT 'x';\n");
+    }
+
+    #[test]
+    fn broken_sql_is_an_error_when_stripping() {
+        assert!(strip("\\restrict K\nSELECT 'unterminated;\n").is_err());
+    }
+
+    // --- entries -------------------------------------------------------------------------
+
+    #[test]
+    fn splits_real_output() {
+        let sql = strip(SAMPLE).unwrap();
+        let entries = split(&sql);
+        assert!(entries[0].header.is_none());
+        assert!(entries[0].sql.contains("SET statement_timeout = 0;"));
+        let kinds: Vec<(&str, &str)> = entries[1..]
+            .iter()
+            .map(|e| {
+                let h = e.header.as_ref().unwrap();
+                (h.kind.as_str(), h.name.as_str())
+            })
+            .collect();
+        assert_eq!(
+            kinds,
+            [
+                ("SCHEMA", "public"),
+                ("TYPE", "mood"),
+                ("FUNCTION", "f(integer)"),
+                ("TABLE", "users"),
+                ("COMMENT", "TABLE users"),
+                ("FUNCTION", "g()"),
+                ("SEQUENCE OWNED BY", "users_id_seq"),
+                ("DEFAULT", "users id"),
+            ]
+        );
+        let schema = entries[1].header.as_ref().unwrap();
+        assert_eq!(schema.schema, None);
+        assert_eq!(schema.owner, None);
+        let users = &entries[4];
+        assert_eq!(
+            users.header.as_ref().unwrap().schema.as_deref(),
+            Some("public")
+        );
+        assert!(
+            users.sql.starts_with("--\n-- Name: users; Type: TABLE;"),
+            "{}",
+            users.sql
+        );
+        // pg_restore writes these SETs before the header of the entry they are meant for.
+        assert!(
+            entries[3]
+                .sql
+                .contains("SET default_table_access_method = heap;")
+        );
+        assert_eq!(users.label(), "TABLE public.users");
+        assert!(entries.last().unwrap().sql.contains("dump complete"));
+    }
+
+    #[test]
+    fn header_parsed_from_the_right() {
+        let h = parse_header("semi; Type: x; Type: TABLE; Schema: public; Owner: bob").unwrap();
+        assert_eq!(h.name, "semi; Type: x");
+        assert_eq!(h.kind, "TABLE");
+        assert_eq!(h.schema.as_deref(), Some("public"));
+        assert_eq!(h.owner.as_deref(), Some("bob"));
+        let h =
+            parse_header("tst; Type: TABLE; Schema: public; Owner: -; Tablespace: ts1").unwrap();
+        assert_eq!((h.name.as_str(), h.owner), ("tst", None));
+        let h = parse_header("a; b; Type: FK CONSTRAINT; Schema: my; Schema: x; Owner: -").unwrap();
+        assert_eq!(h.name, "a; b");
+        assert_eq!(h.kind, "FK CONSTRAINT");
+        assert_eq!(h.schema.as_deref(), Some("my; Schema: x"));
+        assert!(parse_header("users; Type: TABLE").is_none());
+    }
+
+    #[test]
+    fn splits_data_verbose_and_tablespace_headers() {
+        let sql = "SET x = 1;\n\
+                   \n--\n-- TOC entry 215 (class 1259 OID 16390)\n-- Dependencies: 4 5\n\
+                   -- Name: t; Type: TABLE; Schema: public; Owner: alice; Tablespace: ts1\n--\n\n\
+                   CREATE TABLE public.t (id int);\n\
+                   \n--\n-- Data for Name: t; Type: TABLE DATA; Schema: public; Owner: -\n--\n\n\
+                   SELECT 1;\n";
+        let entries = split(sql);
+        assert_eq!(entries.len(), 3);
+        assert_eq!(entries[0].sql, "SET x = 1;\n\n");
+        assert!(entries[1].sql.starts_with("--\n-- TOC entry 215"));
+        let h = entries[1].header.as_ref().unwrap();
+        assert_eq!((h.name.as_str(), h.owner.as_deref()), ("t", Some("alice")));
+        assert_eq!(entries[2].header.as_ref().unwrap().kind, "TABLE DATA");
+    }
+
+    #[test]
+    fn header_lookalikes_are_not_headers() {
+        let sql = "--\n-- Name: f(); Type: FUNCTION; Schema: public; Owner: -\n--\n\n\
+                   CREATE FUNCTION public.f() RETURNS text LANGUAGE sql AS $$\n\
+                   --\n-- Name: fake; Type: TABLE; Schema: public; Owner: -\n--\nSELECT 'x' $$;\n\
+                   SELECT '\n--\n-- Name: fake2; Type: TABLE; Schema: public; Owner: -\n--\n';\n\
+                   SELECT 1; -- Name: fake3; Type: TABLE; Schema: public; Owner: -\n\
+                   /*\n--\n-- Name: fake4; Type: TABLE; Schema: public; Owner: -\n*/\n";
+        let entries = split(sql);
+        assert_eq!(entries.len(), 1, "{entries:#?}");
+        assert_eq!(entries[0].sql, sql);
+    }
+
+    #[test]
+    fn split_edge_cases() {
+        assert!(split("").is_empty());
+        let only = split("SELECT 1;\n");
+        assert_eq!(only.len(), 1);
+        assert!(only[0].header.is_none());
+        let first = split(
+            "--\n-- Name: t; Type: TABLE; Schema: public; Owner: -\n--\nCREATE TABLE public.t ();\n",
+        );
+        assert_eq!(first.len(), 1);
+        assert!(first[0].header.is_some());
+        let crlf = "SET a = 1;\r\n--\r\n-- Name: t; Type: TABLE; Schema: public; Owner: -\r\n--\r\nSELECT 1;\r\n";
+        let entries = split(crlf);
+        assert_eq!(entries.len(), 2);
+        assert_eq!(entries[1].header.as_ref().unwrap().owner, None);
+        assert!(entries[1].sql.starts_with("--\r\n-- Name: t;"));
+    }
+
+    #[test]
+    fn malformed_header_is_an_error() {
+        let err = split_entries("SELECT 1;\n-- Name: what is this\nSELECT 2;\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("malformed") && err.contains("line 2"), "{err}");
+    }
+
+    #[test]
+    fn scanner_failure_names_the_entry() {
+        let sql = "SET a = 1;\n\
+                   --\n-- Name: t; Type: TABLE; Schema: public; Owner: -\n--\n\nCREATE TABLE public.t ();\n\
+                   --\n-- Name: f(); Type: FUNCTION; Schema: public; Owner: -\n--\n\n\
+                   CREATE FUNCTION public.f() RETURNS int LANGUAGE sql AS $$ SELECT 1;\n\
+                   --\n-- Name: u; Type: TABLE; Schema: public; Owner: -\n--\n\nCREATE TABLE public.u ();\n";
+        for err in [
+            split_entries(sql).unwrap_err(),
+            split_entries_chunked(sql, 1).unwrap_err(),
+            remap(sql, "public", "shadow", &names(&["t"])).unwrap_err(),
+        ] {
+            let err = err.to_string();
+            assert!(
+                err.contains("Name: f(); Type: FUNCTION") && err.contains("line 8"),
+                "{err}"
+            );
+            assert!(err.contains("dollar"), "{err}");
+        }
+    }
+
+    // --- remap: qualified references ----------------------------------------------------
+
+    #[test]
+    fn remaps_real_output() {
+        let sql = strip(SAMPLE).unwrap();
+        let out = rm(&sql, &["mood", "f", "users", "g", "users_id_seq"]);
+        for expected in [
+            "CREATE SCHEMA public;",
+            "CREATE TYPE shadow.mood AS ENUM",
+            "CREATE FUNCTION shadow.f(x integer)",
+            "AS $$ BEGIN RETURN (SELECT count(*) FROM public.users); END $$;",
+            "CREATE TABLE shadow.users (",
+            "    m shadow.mood,\n    ms shadow.mood[],\n    g public.geometry(Point,4326),",
+            "u uuid DEFAULT public.uuid_generate_v4()",
+            "COMMENT ON TABLE shadow.users IS 'see public.users docs';",
+            "CREATE FUNCTION shadow.g() RETURNS bigint",
+            "    FROM shadow.users;\nEND;",
+            "ALTER SEQUENCE shadow.users_id_seq OWNED BY shadow.users.id;",
+            "ALTER TABLE ONLY shadow.users ALTER COLUMN id SET DEFAULT nextval('shadow.users_id_seq'::regclass);",
+            "SELECT pg_catalog.set_config('search_path', '', false);",
+            "-- Name: users; Type: TABLE; Schema: public; Owner: -",
+        ] {
+            assert!(out.contains(expected), "missing {expected:?} in\n{out}");
+        }
+        // Nothing else changed: undo the rewrites and compare.
+        let back = out.replace("shadow.", "public.");
+        assert_eq!(back, sql);
+    }
+
+    #[test]
+    fn only_defined_names_are_remapped() {
+        let sql = "CREATE TABLE public.t (g public.geometry, u uuid DEFAULT public.uuid_generate_v4(), \
+                   b public.box2d, x public.t2);";
+        assert_eq!(
+            rm(sql, &["t", "t2"]),
+            "CREATE TABLE shadow.t (g public.geometry, u uuid DEFAULT public.uuid_generate_v4(), \
+             b public.box2d, x shadow.t2);"
+        );
+    }
+
+    #[test]
+    fn qualifier_spellings() {
+        let d = &["users"];
+        assert_eq!(
+            rm("SELECT * FROM \"public\".users", d),
+            "SELECT * FROM shadow.users"
+        );
+        assert_eq!(
+            rm("SELECT * FROM PUBLIC.users", d),
+            "SELECT * FROM shadow.users"
+        );
+        assert_eq!(
+            rm("SELECT * FROM Public.\"users\"", d),
+            "SELECT * FROM shadow.\"users\""
+        );
+        assert_eq!(
+            rm("SELECT * FROM U&\"p\\0075blic\".users", d),
+            "SELECT * FROM shadow.users"
+        );
+        assert_eq!(
+            rm("SELECT * FROM U&\"p!0075blic\" UESCAPE '!' .users", d),
+            "SELECT * FROM shadow .users"
+        );
+        // Not the schema: a different quoted name, or a name that is itself qualified.
+        assert_eq!(
+            rm("SELECT * FROM \"PUBLIC\".users", d),
+            "SELECT * FROM \"PUBLIC\".users"
+        );
+        assert_eq!(
+            rm("SELECT * FROM \"public \".users", d),
+            "SELECT * FROM \"public \".users"
+        );
+        assert_eq!(
+            rm("SELECT * FROM mydb.public.users", d),
+            "SELECT * FROM mydb.public.users"
+        );
+        assert_eq!(
+            rm("SELECT * FROM publicx.users", d),
+            "SELECT * FROM publicx.users"
+        );
+    }
+
+    #[test]
+    fn object_spellings_are_kept() {
+        let d = &["users", "Mixed", "it's \"q\""];
+        assert_eq!(
+            rm("SELECT * FROM public.USERS", d),
+            "SELECT * FROM shadow.USERS"
+        );
+        assert_eq!(
+            rm("SELECT * FROM public.\"Mixed\"", d),
+            "SELECT * FROM shadow.\"Mixed\""
+        );
+        assert_eq!(
+            rm("SELECT * FROM public.Mixed", d),
+            "SELECT * FROM public.Mixed"
+        );
+        assert_eq!(
+            rm("SELECT * FROM public.\"users\"", d),
+            "SELECT * FROM shadow.\"users\""
+        );
+        assert_eq!(
+            rm("SELECT * FROM public.\"Users\"", d),
+            "SELECT * FROM public.\"Users\""
+        );
+        assert_eq!(
+            rm("SELECT * FROM public.U&\"M\\0069xed\"", d),
+            "SELECT * FROM shadow.U&\"M\\0069xed\""
+        );
+        assert_eq!(
+            rm("SELECT * FROM public.\"it's \"\"q\"\"\"", d),
+            "SELECT * FROM shadow.\"it's \"\"q\"\"\""
+        );
+    }
+
+    #[test]
+    fn unicode_names() {
+        let d = &["ünïcödé", "Ärger", "日本"];
+        assert_eq!(
+            rm("CREATE TABLE public.\"ünïcödé\" ();", d),
+            "CREATE TABLE shadow.\"ünïcödé\" ();"
+        );
+        assert_eq!(
+            rm("CREATE TABLE public.ünïcödé ();", d),
+            "CREATE TABLE shadow.ünïcödé ();"
+        );
+        // Only ASCII letters fold in UTF-8 databases: ÄRGER is Ärger, äRGER is not.
+        assert_eq!(rm("SELECT public.Ärger()", d), "SELECT shadow.Ärger()");
+        assert_eq!(rm("SELECT public.ÄRGER()", d), "SELECT shadow.ÄRGER()");
+        assert_eq!(rm("SELECT public.äRGER()", d), "SELECT public.äRGER()");
+        assert_eq!(rm("SELECT public.\"日本\"", d), "SELECT shadow.\"日本\"");
+        assert_eq!(
+            rm("SELECT public.U&\"\\65E5\\+00672C\"", d),
+            "SELECT shadow.U&\"\\65E5\\+00672C\""
+        );
+        assert_eq!(
+            rm("SELECT public.U&\"\\D83D\\DE00\"", &["😀"]),
+            "SELECT shadow.U&\"\\D83D\\DE00\""
+        );
+    }
+
+    #[test]
+    fn keyword_names() {
+        let d = &["action", "user", "select", "order"];
+        assert_eq!(
+            rm("CREATE TABLE public.action ();", d),
+            "CREATE TABLE shadow.action ();"
+        );
+        assert_eq!(
+            rm("CREATE TABLE public.\"user\" ();", d),
+            "CREATE TABLE shadow.\"user\" ();"
+        );
+        assert_eq!(
+            rm("SELECT * FROM public.select", d),
+            "SELECT * FROM shadow.select"
+        );
+        assert_eq!(
+            rm("SELECT * FROM public.\"order\" o", d),
+            "SELECT * FROM shadow.\"order\" o"
+        );
+        // A keyword that is not defined stays.
+        assert_eq!(
+            rm("SELECT * FROM public.table", d),
+            "SELECT * FROM public.table"
+        );
+    }
+
+    #[test]
+    fn long_names_are_truncated_like_postgres() {
+        let long = "a".repeat(70);
+        let stored = "a".repeat(63);
+        let sql = format!("SELECT * FROM public.{long}");
+        assert_eq!(rm(&sql, &[&stored]), format!("SELECT * FROM shadow.{long}"));
+    }
+
+    #[test]
+    fn ddl_forms() {
+        let d = &[
+            "mood",
+            "parent",
+            "child",
+            "p1",
+            "t",
+            "trg",
+            "users",
+            "users_id_seq",
+            "idx",
+            "idx_p1",
+            "s",
+            "coll",
+            "cfg",
+            "dict",
+        ];
+        let cases = [
+            (
+                "CREATE TABLE public.t (a public.mood[], b public.mood[][] NOT NULL)",
+                "CREATE TABLE shadow.t (a shadow.mood[], b shadow.mood[][] NOT NULL)",
+            ),
+            (
+                "CREATE TABLE public.child (x integer)\nINHERITS (public.parent);",
+                "CREATE TABLE shadow.child (x integer)\nINHERITS (shadow.parent);",
+            ),
+            (
+                "ALTER TABLE ONLY public.parent ATTACH PARTITION public.p1 FOR VALUES FROM ('2020-01-01') TO ('2021-01-01');",
+                "ALTER TABLE ONLY shadow.parent ATTACH PARTITION shadow.p1 FOR VALUES FROM ('2020-01-01') TO ('2021-01-01');",
+            ),
+            (
+                "CREATE TABLE public.p1 PARTITION OF public.parent FOR VALUES IN (1);",
+                "CREATE TABLE shadow.p1 PARTITION OF shadow.parent FOR VALUES IN (1);",
+            ),
+            (
+                "CREATE TRIGGER t BEFORE INSERT ON public.users FOR EACH ROW EXECUTE FUNCTION public.trg();",
+                "CREATE TRIGGER t BEFORE INSERT ON shadow.users FOR EACH ROW EXECUTE FUNCTION shadow.trg();",
+            ),
+            (
+                "CREATE POLICY pol ON public.users USING ((m = 'ok'::public.mood));",
+                "CREATE POLICY pol ON shadow.users USING ((m = 'ok'::shadow.mood));",
+            ),
+            (
+                "ALTER SEQUENCE public.users_id_seq OWNED BY public.users.id;",
+                "ALTER SEQUENCE shadow.users_id_seq OWNED BY shadow.users.id;",
+            ),
+            (
+                "COMMENT ON COLUMN public.users.id IS 'public.users.id';",
+                "COMMENT ON COLUMN shadow.users.id IS 'public.users.id';",
+            ),
+            (
+                "ALTER INDEX public.idx ATTACH PARTITION public.idx_p1;",
+                "ALTER INDEX shadow.idx ATTACH PARTITION shadow.idx_p1;",
+            ),
+            (
+                "CREATE INDEX idx ON public.users USING btree (m) WHERE (m <> 'sad'::public.mood);",
+                "CREATE INDEX idx ON shadow.users USING btree (m) WHERE (m <> 'sad'::shadow.mood);",
+            ),
+            (
+                "CREATE STATISTICS public.s ON id, m FROM public.users;",
+                "CREATE STATISTICS shadow.s ON id, m FROM shadow.users;",
+            ),
+            (
+                "CREATE TABLE public.t (x text COLLATE public.coll);",
+                "CREATE TABLE shadow.t (x text COLLATE shadow.coll);",
+            ),
+            (
+                "ALTER TEXT SEARCH CONFIGURATION public.cfg\n    ADD MAPPING FOR asciiword WITH public.dict;",
+                "ALTER TEXT SEARCH CONFIGURATION shadow.cfg\n    ADD MAPPING FOR asciiword WITH shadow.dict;",
+            ),
+            (
+                "CREATE VIEW public.v AS\n SELECT users.id\n   FROM public.users;",
+                "CREATE VIEW public.v AS\n SELECT users.id\n   FROM shadow.users;",
+            ),
+            (
+                "SELECT x::public.mood, CAST(y AS public.mood), public.mood 'ok'",
+                "SELECT x::shadow.mood, CAST(y AS shadow.mood), shadow.mood 'ok'",
+            ),
+        ];
+        for (sql, expected) in cases {
+            assert_eq!(rm(sql, d), expected, "for {sql}");
+        }
+    }
+
+    #[test]
+    fn sql_standard_bodies_are_rewritten_dollar_bodies_are_not() {
+        let d = &["users", "f", "g", "h", "mood"];
+        let sql = "CREATE FUNCTION public.g() RETURNS bigint LANGUAGE sql BEGIN ATOMIC SELECT count(*) FROM public.users; END;\n\
+                   CREATE FUNCTION public.h(a public.mood) RETURNS integer LANGUAGE sql RETURN (SELECT max(u.id) FROM public.users u WHERE (u.m = h.a));\n\
+                   CREATE FUNCTION public.f(x integer) RETURNS integer LANGUAGE plpgsql AS $$ BEGIN RETURN (SELECT count(*) FROM public.users); END $$;\n\
+                   CREATE FUNCTION public.f2() RETURNS trigger LANGUAGE plpgsql AS $fn$ BEGIN NEW.id := nextval('public.users_id_seq'::regclass); RETURN NEW; END $fn$;\n";
+        let out = rm(sql, d);
+        assert!(
+            out.contains("BEGIN ATOMIC SELECT count(*) FROM shadow.users; END;"),
+            "{out}"
+        );
+        assert!(out.contains("shadow.h(a shadow.mood) RETURNS integer LANGUAGE sql RETURN (SELECT max(u.id) FROM shadow.users u"), "{out}");
+        assert!(
+            out.contains("AS $$ BEGIN RETURN (SELECT count(*) FROM public.users); END $$;"),
+            "{out}"
+        );
+        assert!(out.contains("$fn$ BEGIN NEW.id := nextval('public.users_id_seq'::regclass); RETURN NEW; END $fn$"), "{out}");
+        assert!(
+            out.contains("CREATE FUNCTION public.f2()"),
+            "f2 is not defined: {out}"
+        );
+    }
+
+    #[test]
+    fn comments_and_strings_are_left_alone_and_layout_is_kept() {
+        let d = &["users"];
+        let sql = "-- public.users\nSELECT /* public.users */ 'public.users', E'public.users', $$public.users$$\n  FROM   PUBLIC  .  users  -- x\n WHERE public /* between */ . users.id = 1;";
+        assert_eq!(
+            rm(sql, d),
+            "-- public.users\nSELECT /* public.users */ 'public.users', E'public.users', $$public.users$$\n  FROM   shadow  .  users  -- x\n WHERE shadow /* between */ . users.id = 1;"
+        );
+    }
+
+    #[test]
+    fn operators() {
+        let d = &["===", "<<<", "<", "myops", "eq3"];
+        let cases = [
+            (
+                "CREATE OPERATOR public.=== (\n    FUNCTION = public.eq3,\n    COMMUTATOR = OPERATOR(public.===)\n);",
+                "CREATE OPERATOR shadow.=== (\n    FUNCTION = shadow.eq3,\n    COMMUTATOR = OPERATOR(shadow.===)\n);",
+            ),
+            (
+                "SELECT (1 OPERATOR(public.===) 2), (g OPERATOR(public.&&) g)",
+                "SELECT (1 OPERATOR(shadow.===) 2), (g OPERATOR(public.&&) g)",
+            ),
+            (
+                "    OPERATOR 1 public.<<<(integer,integer) ,\n    OPERATOR 2 public.<(integer,integer) ,",
+                "    OPERATOR 1 shadow.<<<(integer,integer) ,\n    OPERATOR 2 shadow.<(integer,integer) ,",
+            ),
+            (
+                "EXCLUDE USING btree (r public.myops WITH OPERATOR(public.===))",
+                "EXCLUDE USING btree (r shadow.myops WITH OPERATOR(shadow.===))",
+            ),
+            (
+                "COMMENT ON OPERATOR public.=== (integer, integer) IS 'x';",
+                "COMMENT ON OPERATOR shadow.=== (integer, integer) IS 'x';",
+            ),
+            (
+                "SELECT 1 OPERATOR(public.<=) 2, 1 OPERATOR(public.+) 2",
+                "SELECT 1 OPERATOR(public.<=) 2, 1 OPERATOR(public.+) 2",
+            ),
+        ];
+        for (sql, expected) in cases {
+            assert_eq!(rm(sql, d), expected, "for {sql}");
+        }
+        assert_eq!(
+            rm(
+                "SELECT 1 OPERATOR(public.<>) 2, 3 OPERATOR(public.!=) 4",
+                &["<>"]
+            ),
+            "SELECT 1 OPERATOR(shadow.<>) 2, 3 OPERATOR(shadow.!=) 4"
+        );
+    }
+
+    #[test]
+    fn a_table_called_public() {
+        let d = &["public", "users", "v2"];
+        let sql = "CREATE TABLE public.public (id integer, users integer);\n\
+                   COMMENT ON COLUMN public.public.users IS 'x';\n";
+        assert_eq!(
+            rm(sql, d),
+            "CREATE TABLE shadow.public (id integer, users integer);\n\
+             COMMENT ON COLUMN shadow.public.users IS 'x';\n"
+        );
+        // pg_dump writes columns of a table called public as public.<column>: not a schema.
+        let view = "CREATE VIEW public.v2 AS\n SELECT public.users, public.*, u.id\n   FROM public.public, public.users u\n  WHERE (public.id = 1);";
+        assert_eq!(
+            rm(view, d),
+            "CREATE VIEW shadow.v2 AS\n SELECT public.users, public.*, u.id\n   FROM shadow.public, shadow.users u\n  WHERE (public.id = 1);"
+        );
+        // An alias called public.
+        let alias = "CREATE VIEW public.v2 AS SELECT public.users FROM public.users public;";
+        assert_eq!(
+            rm(alias, d),
+            "CREATE VIEW shadow.v2 AS SELECT public.users FROM shadow.users public;"
+        );
+        // Three parts are schema.table.column.
+        let three = "CREATE VIEW public.v2 AS SELECT public.users.id FROM public.users;";
+        assert_eq!(
+            rm(three, d),
+            "CREATE VIEW shadow.v2 AS SELECT shadow.users.id FROM shadow.users;"
+        );
+        // Other entries are not affected by one that uses public as a name.
+        let two = "--\n-- Name: v2; Type: VIEW; Schema: public; Owner: -\n--\nCREATE VIEW public.v2 AS SELECT public.users FROM public.public;\n\
+                   --\n-- Name: g(); Type: FUNCTION; Schema: public; Owner: -\n--\nCREATE FUNCTION public.g() RETURNS int LANGUAGE sql BEGIN ATOMIC SELECT public.users(); END;\n";
+        assert_eq!(
+            rm(two, d),
+            "--\n-- Name: v2; Type: VIEW; Schema: public; Owner: -\n--\nCREATE VIEW shadow.v2 AS SELECT public.users FROM shadow.public;\n\
+             --\n-- Name: g(); Type: FUNCTION; Schema: public; Owner: -\n--\nCREATE FUNCTION public.g() RETURNS int LANGUAGE sql BEGIN ATOMIC SELECT shadow.users(); END;\n"
+        );
+    }
+
+    #[test]
+    fn shadow_already_present_and_idempotence() {
+        let d = &["users", "mood"];
+        let sql = "CREATE TABLE public.users (m public.mood, s shadow.mood);\nCOMMENT ON TABLE public.users IS 'moved to shadow';\nSELECT shadow.users.id FROM shadow.users;";
+        let once = rm(sql, d);
+        assert_eq!(
+            once,
+            "CREATE TABLE shadow.users (m shadow.mood, s shadow.mood);\nCOMMENT ON TABLE shadow.users IS 'moved to shadow';\nSELECT shadow.users.id FROM shadow.users;"
+        );
+        assert_eq!(rm(&once, d), once, "remapping twice changes nothing more");
+        // from == to is a no-op.
+        assert_eq!(remap(sql, "public", "public", &names(d)).unwrap(), sql);
+        // And back again.
+        let back = remap(&once, "shadow", "public", &names(d)).unwrap();
+        assert_eq!(
+            back,
+            sql.replace("s shadow.mood", "s public.mood").replace(
+                "SELECT shadow.users.id FROM shadow.users",
+                "SELECT public.users.id FROM public.users"
+            )
+        );
+    }
+
+    #[test]
+    fn target_schema_is_quoted_only_when_needed() {
+        let d = names(&["users"]);
+        let sql = "SELECT * FROM public.users";
+        assert_eq!(
+            remap(sql, "public", "shadow", &d).unwrap(),
+            "SELECT * FROM shadow.users"
+        );
+        assert_eq!(
+            remap(sql, "public", "shadow_2", &d).unwrap(),
+            "SELECT * FROM shadow_2.users"
+        );
+        assert_eq!(
+            remap(sql, "public", "Shadow", &d).unwrap(),
+            "SELECT * FROM \"Shadow\".users"
+        );
+        assert_eq!(
+            remap(sql, "public", "my schema", &d).unwrap(),
+            "SELECT * FROM \"my schema\".users"
+        );
+        assert_eq!(
+            remap(sql, "public", "user", &d).unwrap(),
+            "SELECT * FROM \"user\".users"
+        );
+        assert_eq!(
+            remap(sql, "public", "a\"b", &d).unwrap(),
+            "SELECT * FROM \"a\"\"b\".users"
+        );
+        assert_eq!(
+            remap(sql, "public", "ünï", &d).unwrap(),
+            "SELECT * FROM \"ünï\".users"
+        );
+        let sql = "SELECT * FROM \"My Schema\".users";
+        assert_eq!(
+            remap(sql, "My Schema", "shadow", &d).unwrap(),
+            "SELECT * FROM shadow.users"
+        );
+        assert!(remap(sql, "public", "", &d).is_err());
+        assert!(remap(sql, "", "shadow", &d).is_err());
+        assert!(remap(sql, "public", &"x".repeat(64), &d).is_err());
+    }
+
+    // --- remap: reg* literals -------------------------------------------------------------
+
+    #[test]
+    fn reg_literals() {
+        let d = &[
+            "users_id_seq",
+            "Mixed",
+            "Odd Seq",
+            "it's",
+            "mood",
+            "h",
+            "===",
+            "cfg",
+            "users",
+        ];
+        let cases = [
+            (
+                "nextval('public.users_id_seq'::regclass)",
+                "nextval('shadow.users_id_seq'::regclass)",
+            ),
+            (
+                "nextval('public.\"Odd Seq\"'::regclass)",
+                "nextval('shadow.\"Odd Seq\"'::regclass)",
+            ),
+            (
+                "'public.\"Mixed\"'::regclass",
+                "'shadow.\"Mixed\"'::regclass",
+            ),
+            (
+                "'public.\"it''s\"'::regclass",
+                "'shadow.\"it''s\"'::regclass",
+            ),
+            (
+                "'\"public\".users'::pg_catalog.regclass",
+                "'shadow.users'::pg_catalog.regclass",
+            ),
+            (
+                "'public.mood'::regtype, 'public.mood[]'::regtype",
+                "'shadow.mood'::regtype, 'shadow.mood[]'::regtype",
+            ),
+            (
+                "'public.h(public.mood)'::regprocedure",
+                "'shadow.h(shadow.mood)'::regprocedure",
+            ),
+            ("'public.h'::regproc", "'shadow.h'::regproc"),
+            (
+                "'public.===(integer,integer)'::regoperator, 'public.==='::regoper",
+                "'shadow.===(integer,integer)'::regoperator, 'shadow.==='::regoper",
+            ),
+            (
+                "to_tsvector('public.cfg'::regconfig, 'x'::text)",
+                "to_tsvector('shadow.cfg'::regconfig, 'x'::text)",
+            ),
+            ("'public.users' :: REGCLASS", "'shadow.users' :: REGCLASS"),
+            ("E'public.users'::regclass", "'shadow.users'::regclass"),
+            ("'public.'\n  'users'::regclass", "'shadow.users'::regclass"),
+            // Left alone.
+            ("'public'::regnamespace", "'public'::regnamespace"),
+            (
+                "'public.uuid_generate_v4'::regproc",
+                "'public.uuid_generate_v4'::regproc",
+            ),
+            (
+                "'public.users'::text, to_regclass('public.users'), 'public.users'",
+                "'public.users'::text, to_regclass('public.users'), 'public.users'",
+            ),
+            ("$$public.users$$::regclass", "$$public.users$$::regclass"),
+            (
+                "E'public.\\x75sers'::regclass",
+                "E'public.\\x75sers'::regclass",
+            ),
+            ("'public.users'::regrole", "'public.users'::regrole"),
+            ("'users'::regclass", "'users'::regclass"),
+        ];
+        for (sql, expected) in cases {
+            assert_eq!(rm(sql, d), expected, "for {sql}");
+        }
+    }
+
+    #[test]
+    fn reg_array_literals() {
+        let d = &["users", "Mixed"];
+        let cases = [
+            (
+                "'{public.users}'::regclass[]",
+                "'{\"shadow.users\"}'::regclass[]",
+            ),
+            (
+                "'{public.users, pg_class ,NULL}'::regclass[]",
+                "'{\"shadow.users\", pg_class ,NULL}'::regclass[]",
+            ),
+            (
+                "'{\"public.\\\"Mixed\\\"\",public.other}'::regclass[]",
+                "'{\"shadow.\\\"Mixed\\\"\",public.other}'::regclass[]",
+            ),
+            (
+                "'{{public.users},{public.Mixed}}'::pg_catalog.regclass[]",
+                "'{{\"shadow.users\"},{public.Mixed}}'::pg_catalog.regclass[]",
+            ),
+            ("'{}'::regclass[]", "'{}'::regclass[]"),
+            (
+                "'[1:1]={public.users}'::regclass[]",
+                "'[1:1]={public.users}'::regclass[]",
+            ),
+        ];
+        for (sql, expected) in cases {
+            assert_eq!(rm(sql, d), expected, "for {sql}");
+        }
+    }
+
+    // --- defined names ---------------------------------------------------------------------
+
+    #[test]
+    fn defined_names_from_entries() {
+        let sql = "--\n-- Name: users; Type: TABLE; Schema: public; Owner: -\n--\nx;\n\
+                   --\n-- Name: my table; Type: TABLE; Schema: public; Owner: -\n--\nx;\n\
+                   --\n-- Name: f(integer, public.\"a(b\"); Type: FUNCTION; Schema: public; Owner: -\n--\nx;\n\
+                   --\n-- Name: agg(integer); Type: AGGREGATE; Schema: public; Owner: -\n--\nx;\n\
+                   --\n-- Name: ===; Type: OPERATOR; Schema: public; Owner: -\n--\nx;\n\
+                   --\n-- Name: myops; Type: OPERATOR CLASS; Schema: public; Owner: -\n--\nx;\n\
+                   --\n-- Name: users users_pkey; Type: CONSTRAINT; Schema: public; Owner: -\n--\nx;\n\
+                   --\n-- Name: my table my table_pkey; Type: CONSTRAINT; Schema: public; Owner: -\n--\nx;\n\
+                   --\n-- Name: users users_fk; Type: FK CONSTRAINT; Schema: public; Owner: -\n--\nx;\n\
+                   --\n-- Name: TABLE users; Type: COMMENT; Schema: public; Owner: -\n--\nx;\n\
+                   --\n-- Name: other; Type: TABLE; Schema: other; Owner: -\n--\nx;\n\
+                   --\n-- Name: public; Type: SCHEMA; Schema: -; Owner: -\n--\nx;\n";
+        let d = DefinedNames::from_entries(&split(sql), "public");
+        let mut got: Vec<&str> = d.iter().collect();
+        got.sort_unstable();
+        assert_eq!(
+            got,
+            [
+                "===",
+                "agg",
+                "f",
+                "my table",
+                "my table_pkey",
+                "myops",
+                "users",
+                "users_pkey"
+            ]
+        );
+        assert_eq!(strip_arguments("f()"), "f");
+        assert_eq!(strip_arguments("g(x) (\"a\"\"(\" integer)"), "g(x) ");
+        assert_eq!(strip_arguments("plain"), "plain");
+    }
+
+    #[test]
+    fn defined_names_api() {
+        let mut d: DefinedNames = ["a", "B"].into_iter().collect();
+        assert!(d.contains("a") && d.contains("B") && !d.contains("b"));
+        assert!(d.insert("c"));
+        assert!(!d.insert(String::from("c")));
+        d.extend(["d"]);
+        assert_eq!(d.len(), 4);
+        assert!(!d.is_empty() && DefinedNames::new().is_empty());
+    }
+
+    // --- scanning in pieces ---------------------------------------------------------------
+
+    #[test]
+    fn cut_points_follow_header_blocks() {
+        let sql = "A\n--\n-- Name: a; Type: T; Schema: -; Owner: -\n--\n\n--\n-- TOC entry 1\n-- Name: b; Type: T; Schema: -; Owner: -\n--\n--\nx\n-- Name: c; Type: T; Schema: -; Owner: -\n";
+        assert_eq!(cut_points(sql), [2, 50]);
+    }
+
+    #[test]
+    fn large_input_in_pieces() {
+        // ~2 MB with a dollar body containing fake header blocks straddling piece borders.
+        let mut sql = String::from("SET a = 1;\n");
+        let mut expected = String::from("SET a = 1;\n");
+        for i in 0..12_000 {
+            let entry = format!(
+                "\n--\n-- Name: t{i}; Type: TABLE; Schema: public; Owner: -\n--\n\n\
+                 CREATE TABLE public.t{i} (id integer DEFAULT nextval('public.t{i}_seq'::regclass), m public.mood);\n"
+            );
+            expected.push_str(
+                &entry
+                    .replace("TABLE public.", "TABLE shadow.")
+                    .replace("'public.", "'shadow.")
+                    .replace(" public.mood", " shadow.mood"),
+            );
+            sql.push_str(&entry);
+            if i % 3000 == 0 {
+                let body = format!(
+                    "\nCREATE FUNCTION public.f{i}() RETURNS text LANGUAGE sql AS $$\n{}SELECT 'public.t1'\n$$;\n",
+                    "--\n-- Name: fake; Type: TABLE; Schema: public; Owner: -\n--\n".repeat(20_000)
+                );
+                sql.push_str(&body);
+                expected.push_str(&body);
+            }
+        }
+        let defined: DefinedNames = (0..12_000)
+            .flat_map(|i| [format!("t{i}"), format!("t{i}_seq")])
+            .chain(["mood".to_string()])
+            .collect();
+        assert!(sql.len() > 2_000_000, "{}", sql.len());
+        let out = remap(&sql, "public", "shadow", &defined).unwrap();
+        assert_eq!(out, expected);
+        let entries = split_entries(&sql).unwrap();
+        assert_eq!(entries.len(), 12_001);
+        assert_eq!(
+            entries.iter().map(|e| e.sql.as_str()).collect::<String>(),
+            sql
+        );
+        assert_eq!(strip_meta_commands(&sql).unwrap(), sql);
+    }
 }
