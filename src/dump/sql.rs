@@ -197,14 +197,19 @@ impl DefinedNames {
     /// The catalog of the source (non-extension objects of the schema, in the dump's
     /// snapshot) is the authoritative alternative.
     pub fn from_entries(entries: &[Entry], schema: &str) -> DefinedNames {
-        let headers: Vec<&EntryHeader> = entries
+        let in_schema: Vec<(&EntryHeader, &Entry)> = entries
             .iter()
-            .filter_map(|e| e.header.as_ref())
-            .filter(|h| h.schema.as_deref() == Some(schema))
+            .filter_map(|e| e.header.as_ref().map(|h| (h, e)))
+            .filter(|(h, _)| h.schema.as_deref() == Some(schema))
             .collect();
+        let headers: Vec<&EntryHeader> = in_schema.iter().map(|(h, _)| *h).collect();
         let mut names = DefinedNames::new();
         let mut tables: Vec<&str> = Vec::new();
-        for h in &headers {
+        for (h, entry) in &in_schema {
+            if h.kind == "TYPE" {
+                // A range type's multirange type has no entry of its own.
+                names.extend(multirange_type_name(&entry.sql, schema));
+            }
             match h.kind.as_str() {
                 "FUNCTION" | "PROCEDURE" | "AGGREGATE" => {
                     names.insert(strip_arguments(&h.name));
@@ -253,6 +258,24 @@ impl DefinedNames {
         }
         names
     }
+}
+
+/// `CREATE TYPE public.r AS RANGE (…, multirange_type_name = public.r_multi, …)` -> `r_multi`.
+fn multirange_type_name(sql: &str, schema: &str) -> Option<String> {
+    let all = scan_raw(sql, 0).ok()?;
+    let t = Tokens::new(sql, &all);
+    (0..t.toks.len()).find_map(|i| {
+        let (word, last) = t.ident(i)?;
+        if word != "multirange_type_name" || !t.is(last + 1, Token::Ascii61) {
+            return None;
+        }
+        let (first, last) = t.ident(last + 2)?;
+        if !t.is(last + 1, Token::Ascii46) {
+            return Some(first);
+        }
+        let (name, _) = t.ident(last + 2)?;
+        (first == schema).then_some(name)
+    })
 }
 
 impl<S: Into<String>> FromIterator<S> for DefinedNames {
@@ -2252,7 +2275,11 @@ ALTER TABLE ONLY public.users ALTER COLUMN id SET DEFAULT nextval('public.users_
                    --\n-- Name: users users_fk; Type: FK CONSTRAINT; Schema: public; Owner: -\n--\nx;\n\
                    --\n-- Name: TABLE users; Type: COMMENT; Schema: public; Owner: -\n--\nx;\n\
                    --\n-- Name: other; Type: TABLE; Schema: other; Owner: -\n--\nx;\n\
-                   --\n-- Name: public; Type: SCHEMA; Schema: -; Owner: -\n--\nx;\n";
+                   --\n-- Name: public; Type: SCHEMA; Schema: -; Owner: -\n--\nx;\n\
+                   --\n-- Name: r; Type: TYPE; Schema: public; Owner: -\n--\n\
+                   CREATE TYPE public.r AS RANGE (\n    subtype = integer,\n    multirange_type_name = public.\"R multi\"\n);\n\
+                   --\n-- Name: r2; Type: TYPE; Schema: public; Owner: -\n--\n\
+                   CREATE TYPE public.r2 AS RANGE (subtype = integer, MULTIRANGE_TYPE_NAME = r2_m);\n";
         let d = DefinedNames::from_entries(&split(sql), "public");
         let mut got: Vec<&str> = d.iter().collect();
         got.sort_unstable();
@@ -2260,11 +2287,15 @@ ALTER TABLE ONLY public.users ALTER COLUMN id SET DEFAULT nextval('public.users_
             got,
             [
                 "===",
+                "R multi",
                 "agg",
                 "f",
                 "my table",
                 "my table_pkey",
                 "myops",
+                "r",
+                "r2",
+                "r2_m",
                 "users",
                 "users_pkey"
             ]
