@@ -58,25 +58,43 @@
 //!   content is remapped with the rule above (`'public."Mixed"'`,
 //!   `'public.h(public.mood)'::regprocedure`) and re-quoted as a standard literal. A bare
 //!   schema name (`'public'::regnamespace`) names the schema itself, which survives the
-//!   swap, and is left alone.
+//!   swap, and is left alone. Arrays of them (`'{public.a,public.b}'::regclass[]`) get each
+//!   element remapped; a changed element is written back double-quoted.
 //!
 //! Left alone: references to names not in [`DefinedNames`] (extension members such as
 //! `public.geometry`, `public.uuid_generate_v4()`, `OPERATOR(public.&&)`), ordinary string
-//! literals (`COMMENT … IS 'see public.users'`, `to_regclass('public.t')`), dollar-quoted
-//! bodies (plpgsql resolves names when it runs, which is after the swap), comments, and
-//! every byte not named above. SQL-standard bodies (`BEGIN ATOMIC … END`, `RETURN …`) are
-//! ordinary tokens and are rewritten like any other DDL, as PostgreSQL resolves them at
-//! creation time.
+//! literals (`COMMENT … IS 'see public.users'`, `to_regclass('public.t'::text)`), dollar-quoted
+//! bodies, comments, and every byte not named above. Strings and plpgsql bodies are resolved
+//! when they run, which is after the swap has moved the objects back into `public`, so they
+//! are right as they are. SQL-standard bodies (`BEGIN ATOMIC … END`, `RETURN …`) are ordinary
+//! tokens and are rewritten like any other DDL, as PostgreSQL resolves them at creation time.
 //!
 //! A table (or alias, or parameter) that is itself called `public` makes `public.X`
-//! ambiguous: in `SELECT public.users FROM public.public`, `public.users` is a column
-//! reference. Whenever an entry uses the word `from` other than as a qualifier, the entry is
-//! parsed with [`pg_query::parse`] and two-part column references (`public.users`,
-//! `public.*`) are excluded from the rewrite; three-part column references are always
-//! `schema.table.column` in PostgreSQL and are rewritten.
+//! ambiguous: pg_dump writes `SELECT public.users FROM public.public` for a column `users` of
+//! table `public.public`. Whenever an entry uses the word `from` other than as a qualifier,
+//! the entry is parsed with [`pg_query::parse`] and two-part column references
+//! (`public.users`, `public.*`) are excluded from the rewrite; three-part column references
+//! are always `schema.table.column` in PostgreSQL and are rewritten. If such an entry does
+//! not parse, a warning is logged and every `public.X` in it is treated as qualified (a
+//! wrong guess then fails loudly on the destination: there is no relation `shadow` in scope).
 //!
-//! A scanner failure is an error naming the entry; SQL is never passed through unremapped.
-//! The input is scanned once; building the output is linear in its size.
+//! # Errors and size
+//!
+//! A scanner failure (unterminated string, dollar quote, comment or quoted identifier, a NUL
+//! byte) is an error naming the entry and line; SQL is never passed through unremapped.
+//! Large inputs are scanned in pieces of about 1 MiB, cut at entry header blocks; a cut is
+//! only used once the scanner has accepted the text before it (which proves the cut is not
+//! inside a string or comment), so memory stays bounded and the work stays linear.
+//!
+//! # Limitations
+//!
+//! * [`DefinedNames`] is one flat set, while PostgreSQL has separate namespaces: if the dump
+//!   defines a function `public.st_area(my_type)` and a view calls PostGIS'
+//!   `public.st_area(geometry)`, that call is remapped too and fails on the destination
+//!   (`shadow.st_area(geometry)` does not exist). The same holds for any name the dump
+//!   shares with an extension member (overloads, a table named like an extension type).
+//! * Catalog-qualified four-part names (`db.public.t.c`) and string constants that are not
+//!   `'…'::reg*` casts (`setval('public.s', …)`, `to_regclass('public.t')`) are not remapped.
 
 use std::collections::HashSet;
 
@@ -2082,6 +2100,16 @@ ALTER TABLE ONLY public.users ALTER COLUMN id SET DEFAULT nextval('public.users_
             rm(two, d),
             "--\n-- Name: v2; Type: VIEW; Schema: public; Owner: -\n--\nCREATE VIEW shadow.v2 AS SELECT public.users FROM shadow.public;\n\
              --\n-- Name: g(); Type: FUNCTION; Schema: public; Owner: -\n--\nCREATE FUNCTION public.g() RETURNS int LANGUAGE sql BEGIN ATOMIC SELECT shadow.users(); END;\n"
+        );
+    }
+
+    #[test]
+    fn unparsable_entry_using_public_as_a_name_is_still_remapped() {
+        // The parser (used to find column references) rejects this; the scanner does not.
+        let sql = "CREATE TABLE public.public (id integer) WITH SOMETHING public.users ODD;";
+        assert_eq!(
+            rm(sql, &["public", "users"]),
+            "CREATE TABLE shadow.public (id integer) WITH SOMETHING shadow.users ODD;"
         );
     }
 
