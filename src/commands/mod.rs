@@ -1,6 +1,8 @@
 //! One module per command. [`run`] dispatches; each command returns the exit
 //! code for a successful run (verify may return 3 without an error).
 
+pub mod prepare;
+
 use anyhow::Result;
 use tokio_util::sync::CancellationToken;
 
@@ -19,6 +21,12 @@ pub struct Ctx {
 
 /// Run one command.
 pub async fn run(command: Command, ctx: Ctx) -> Result<ExitCode> {
-    let _ = &ctx;
-    Err(anyhow::anyhow!("{} is not implemented yet", command.name()))
+    let name = command.name();
+    let result = match command {
+        Command::Prepare(_) => prepare::run(ctx).await,
+        other => Err(anyhow::anyhow!("{} is not implemented yet", other.name())),
+    };
+    result.map_err(|e| {
+        if e.chain().any(|c| c.is::<crate::error::UserError>()) { e } else { e.context(format!("{name} failed")) }
+    })
 }

@@ -33,7 +33,10 @@ impl Removed {
 
 /// Leftovers of a migration, without changing anything.
 pub async fn find_leftovers(client: &Client) -> Result<Removed> {
-    let mut r = Removed { shadow: meta::shadow_state(client).await? == ShadowStateKind::OURS, ..Default::default() };
+    let mut r = Removed {
+        shadow: matches!(meta::shadow_state(client).await?, ShadowState::Ours(_)),
+        ..Default::default()
+    };
     for row in client
         .query(
             "SELECT n.nspname, c.relname, t.tgname FROM pg_catalog.pg_trigger t
@@ -74,19 +77,6 @@ pub async fn find_leftovers(client: &Client) -> Result<Removed> {
         r.helper_functions = n as usize;
     }
     Ok(r)
-}
-
-/// Marker type so the comparison above reads clearly.
-struct ShadowStateKind;
-impl ShadowStateKind {
-    const OURS: ShadowStateKindOurs = ShadowStateKindOurs;
-}
-#[derive(PartialEq)]
-struct ShadowStateKindOurs;
-impl PartialEq<ShadowStateKindOurs> for ShadowState {
-    fn eq(&self, _: &ShadowStateKindOurs) -> bool {
-        matches!(self, ShadowState::Ours(_))
-    }
 }
 
 /// Drop every migration object. Refuses to touch a shadow schema pgshift did

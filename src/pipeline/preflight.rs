@@ -1,0 +1,364 @@
+//! Checks before prepare changes anything: tools and versions, privileges,
+//! extensions, leftovers of earlier runs, and warnings an operator should see.
+//! Everything here only reads.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result, bail};
+use tokio_postgres::Client;
+
+use crate::error::UserError;
+use crate::pg::catalog::{self, ExtensionInfo};
+use crate::pg::ident::{display_ident, quote_ident};
+use crate::pg::meta::{self, ShadowState};
+use crate::process;
+
+/// The client programs pgshift runs, checked against the source server.
+#[derive(Debug, Clone)]
+pub struct Tools {
+    pub pg_dump: PathBuf,
+    pub pg_restore: PathBuf,
+    pub major: u32,
+}
+
+/// Find pg_dump and pg_restore and check they can dump a server of `source_major`.
+pub fn tools(source_major: u32) -> Result<Tools> {
+    let pg_dump = process::find_pg_program("pg_dump")?;
+    let pg_restore = process::find_pg_program("pg_restore")?;
+    let dump_major = process::program_major_version(&pg_dump)?;
+    let restore_major = process::program_major_version(&pg_restore)?;
+    if dump_major < source_major {
+        bail!(
+            "{} is version {dump_major}, older than the source server ({source_major}); install PostgreSQL {source_major} client tools or set PGSHIFT_PG_BINDIR",
+            pg_dump.display()
+        );
+    }
+    if restore_major < dump_major {
+        bail!(
+            "{} is version {restore_major}, older than pg_dump ({dump_major}); use client tools of one version",
+            pg_restore.display()
+        );
+    }
+    Ok(Tools { pg_dump, pg_restore, major: dump_major })
+}
+
+/// An extension the shadow needs, and what prepare does about it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ExtensionPlan {
+    pub name: String,
+    pub schema: String,
+    pub source_version: String,
+    /// `present`, `create`
+    pub action: String,
+}
+
+/// Checks on the source (read only).
+pub async fn check_source(src: &Client) -> Result<Vec<String>> {
+    let mut warnings = Vec::new();
+    let r = src
+        .query_one("SELECT current_user::text, has_schema_privilege('public', 'USAGE')", &[])
+        .await
+        .context("checking privileges on the source")?;
+    let user: String = r.get(0);
+    if !r.get::<_, bool>(1) {
+        bail!("insufficient privileges on the source: role {user} has no USAGE on schema public");
+    }
+    let unreadable: Vec<String> = src
+        .query(
+            "SELECT c.relname FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+              WHERE n.nspname = 'public' AND c.relkind IN ('r', 'p', 'v', 'm', 'S', 'f')
+                AND NOT pg_catalog.has_table_privilege(c.oid, 'SELECT') ORDER BY 1",
+            &[],
+        )
+        .await?
+        .into_iter()
+        .map(|r| r.get(0))
+        .collect();
+    if !unreadable.is_empty() {
+        bail!(
+            "insufficient privileges on the source: role {user} cannot SELECT from {} (grant SELECT on them)",
+            list_some(&unreadable)
+        );
+    }
+    let lobs: i64 = src
+        .query_one("SELECT count(*) FROM pg_catalog.pg_largeobject_metadata", &[])
+        .await?
+        .get(0);
+    if lobs > 0 {
+        warnings.push(format!(
+            "the source has {lobs} large objects; pgshift migrates the public schema only and does not copy them"
+        ));
+    }
+    Ok(warnings)
+}
+
+/// Checks on the destination (read only).
+pub async fn check_dest(dst: &Client) -> Result<Vec<String>> {
+    let mut warnings = Vec::new();
+    let r = dst
+        .query_one(
+            "SELECT current_user::text, current_database()::text,
+                    has_database_privilege(current_database(), 'CREATE'),
+                    has_schema_privilege('public', 'CREATE'),
+                    (SELECT rolsuper FROM pg_catalog.pg_roles WHERE rolname = current_user)",
+            &[],
+        )
+        .await
+        .context("checking privileges on the destination")?;
+    let user: String = r.get(0);
+    let db: String = r.get(1);
+    if !r.get::<_, bool>(2) {
+        bail!(
+            "insufficient privileges on the destination: role {user} cannot create schemas in database {db} (grant CREATE ON DATABASE)"
+        );
+    }
+    if !r.get::<_, bool>(3) {
+        bail!(
+            "insufficient privileges on the destination: role {user} has no CREATE on schema public, which the swap needs (grant CREATE ON SCHEMA public)"
+        );
+    }
+    let superuser: bool = r.get(4);
+    if !superuser {
+        let not_owned: Vec<String> = dst
+            .query(
+                "SELECT c.relname FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+                  WHERE n.nspname = 'public' AND c.relkind IN ('r', 'p', 'v', 'm', 'S', 'f')
+                    AND NOT pg_catalog.pg_has_role(c.relowner, 'USAGE')
+                    AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_depend d WHERE d.classid = 'pg_class'::regclass
+                                     AND d.objid = c.oid AND d.deptype = 'e')
+                  ORDER BY 1",
+                &[],
+            )
+            .await?
+            .into_iter()
+            .map(|r| r.get(0))
+            .collect();
+        if !not_owned.is_empty() {
+            bail!(
+                "insufficient privileges on the destination: role {user} does not own {} in public, which the swap must move (owners or superuser only)",
+                list_some(&not_owned)
+            );
+        }
+    }
+    warnings.extend(outside_dependents(dst).await?);
+    Ok(warnings)
+}
+
+/// Objects outside public that point at public objects: after the swap they keep
+/// pointing at the backup.
+pub async fn outside_dependents(dst: &Client) -> Result<Vec<String>> {
+    let mut out = Vec::new();
+    let rows = dst
+        .query(
+            "SELECT DISTINCT vn.nspname, v.relname, c.relname
+               FROM pg_catalog.pg_rewrite rw
+               JOIN pg_catalog.pg_class v ON v.oid = rw.ev_class
+               JOIN pg_catalog.pg_namespace vn ON vn.oid = v.relnamespace
+               JOIN pg_catalog.pg_depend d ON d.classid = 'pg_rewrite'::regclass AND d.objid = rw.oid
+               JOIN pg_catalog.pg_class c ON c.oid = d.refobjid AND c.oid <> v.oid
+               JOIN pg_catalog.pg_namespace cn ON cn.oid = c.relnamespace
+              WHERE cn.nspname = 'public' AND vn.nspname NOT IN ('public', 'shadow', 'pgshift', 'pg_catalog', 'information_schema')
+                AND vn.nspname NOT LIKE 'backup\\_%'
+              ORDER BY 1, 2, 3",
+            &[],
+        )
+        .await
+        .context("looking for views outside public")?;
+    for r in rows {
+        let (s, v, t): (String, String, String) = (r.get(0), r.get(1), r.get(2));
+        out.push(format!(
+            "view {}.{} reads public.{}; after the swap it will read the backup's copy (recreate it after the swap)",
+            display_ident(&s),
+            display_ident(&v),
+            display_ident(&t)
+        ));
+    }
+    let rows = dst
+        .query(
+            "SELECT n.nspname, c.relname, con.conname, pc.relname
+               FROM pg_catalog.pg_constraint con
+               JOIN pg_catalog.pg_class c ON c.oid = con.conrelid
+               JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+               JOIN pg_catalog.pg_class pc ON pc.oid = con.confrelid
+               JOIN pg_catalog.pg_namespace pn ON pn.oid = pc.relnamespace
+              WHERE con.contype = 'f' AND pn.nspname = 'public' AND n.nspname <> 'public'
+                AND n.nspname NOT LIKE 'backup\\_%' AND n.nspname NOT IN ('shadow', 'pgshift')
+              ORDER BY 1, 2, 3",
+            &[],
+        )
+        .await
+        .context("looking for foreign keys from outside public")?;
+    for r in rows {
+        let (s, t, c, p): (String, String, String, String) = (r.get(0), r.get(1), r.get(2), r.get(3));
+        out.push(format!(
+            "foreign key {} on {}.{} references public.{}; after the swap it will reference the backup's copy",
+            display_ident(&c),
+            display_ident(&s),
+            display_ident(&t),
+            display_ident(&p)
+        ));
+    }
+    let rows = dst
+        .query(
+            "SELECT p.pubname, c.relname FROM pg_catalog.pg_publication_rel pr
+               JOIN pg_catalog.pg_publication p ON p.oid = pr.prpubid
+               JOIN pg_catalog.pg_class c ON c.oid = pr.prrelid
+               JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+              WHERE n.nspname = 'public' ORDER BY 1, 2",
+            &[],
+        )
+        .await
+        .context("looking for publications")?;
+    for r in rows {
+        let (p, t): (String, String) = (r.get(0), r.get(1));
+        out.push(format!(
+            "publication {} names public.{}; after the swap it will publish the backup's copy (ALTER PUBLICATION ... SET TABLE after the swap)",
+            display_ident(&p),
+            display_ident(&t)
+        ));
+    }
+    Ok(out)
+}
+
+/// Decide what to do for each source extension; fails if one is missing on the
+/// destination and not available, or lives in another schema there.
+pub async fn plan_extensions(src_exts: &[ExtensionInfo], dst: &Client) -> Result<(Vec<ExtensionPlan>, Vec<String>)> {
+    let dst_exts = catalog::extensions(dst).await?;
+    let mut plans = Vec::new();
+    let mut warnings = Vec::new();
+    let mut problems = Vec::new();
+    for e in src_exts {
+        match dst_exts.iter().find(|d| d.name == e.name) {
+            Some(d) if d.schema != e.schema => problems.push(format!(
+                "extension {} is in schema {} on the source but in {} on the destination",
+                e.name, e.schema, d.schema
+            )),
+            Some(d) => {
+                if d.version != e.version {
+                    warnings.push(format!(
+                        "extension {} is version {} on the source and {} on the destination",
+                        e.name, e.version, d.version
+                    ));
+                }
+                plans.push(ExtensionPlan {
+                    name: e.name.clone(),
+                    schema: e.schema.clone(),
+                    source_version: e.version.clone(),
+                    action: "present".into(),
+                });
+            }
+            None => {
+                let available: bool = dst
+                    .query_one(
+                        "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_available_extensions WHERE name = $1)",
+                        &[&e.name],
+                    )
+                    .await?
+                    .get(0);
+                let schema_exists: bool = dst
+                    .query_one(
+                        "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_namespace WHERE nspname = $1)",
+                        &[&e.schema],
+                    )
+                    .await?
+                    .get(0);
+                if !available {
+                    problems.push(format!(
+                        "extension {} is installed on the source but not available on the destination server (install its package there)",
+                        e.name
+                    ));
+                } else if !schema_exists {
+                    problems.push(format!(
+                        "extension {} lives in schema {} on the source, which does not exist on the destination",
+                        e.name, e.schema
+                    ));
+                } else {
+                    plans.push(ExtensionPlan {
+                        name: e.name.clone(),
+                        schema: e.schema.clone(),
+                        source_version: e.version.clone(),
+                        action: "create".into(),
+                    });
+                }
+            }
+        }
+    }
+    if !problems.is_empty() {
+        bail!("{}", problems.join("; "));
+    }
+    Ok((plans, warnings))
+}
+
+/// Create the missing extensions (the first change prepare makes). Each one in
+/// its own statement so a permission error names it.
+pub async fn create_extensions(dst: &Client, plans: &[ExtensionPlan]) -> Result<Vec<String>> {
+    let mut created = Vec::new();
+    for p in plans.iter().filter(|p| p.action == "create") {
+        let sql = format!("CREATE EXTENSION IF NOT EXISTS {} WITH SCHEMA {}", quote_ident(&p.name), quote_ident(&p.schema));
+        dst.batch_execute(&sql).await.map_err(|e| {
+            anyhow::anyhow!(
+                "extension {} is missing on the destination and could not be created: {}",
+                p.name,
+                crate::pg::connect::describe_pg_error(&e)
+            )
+        })?;
+        tracing::info!(extension = %p.name, schema = %p.schema, "created extension on the destination");
+        created.push(p.name.clone());
+    }
+    Ok(created)
+}
+
+/// What an earlier run left on the destination, and what prepare will do about it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Leftover {
+    /// Nothing there.
+    None,
+    /// An earlier run died or failed; its objects are dropped and prepare starts over.
+    StartOver(String),
+}
+
+/// Decide about leftovers: refuse a foreign shadow and a complete prepared
+/// migration; start over after a dead or failed run.
+pub async fn leftovers(dst: &Client) -> Result<Leftover> {
+    meta::meta_exists(dst).await?; // refuses a foreign pgshift schema
+    let shadow = meta::shadow_state(dst).await?;
+    if shadow == ShadowState::Foreign {
+        return Err(UserError::new(
+            "the destination already has a schema named \"shadow\" that pgshift did not create; rename or drop it first",
+        )
+        .into());
+    }
+    let latest = meta::latest_migration(dst).await?;
+    let found = crate::pipeline::cleanup::find_leftovers(dst).await?;
+    match latest {
+        Some(m) if (m.status == "prepared" || m.status == "swapping") && matches!(shadow, ShadowState::Ours(_)) => {
+            Err(UserError::new(format!(
+                "a migration is already prepared on the destination (id {}, prepared {}); run `pgshift swap` to finish it or `pgshift abort` to drop it",
+                m.id,
+                m.state.updated_at.format("%Y-%m-%d %H:%M:%S UTC")
+            ))
+            .into())
+        }
+        Some(m) if m.status == "preparing" => Ok(Leftover::StartOver(format!(
+            "the previous prepare (id {}, pid {} on {}) stopped during phase {} without finishing; dropping what it left and starting over with a new snapshot",
+            m.id,
+            m.state.pid,
+            m.state.host,
+            m.phase.as_deref().unwrap_or("?")
+        ))),
+        _ if !found.is_empty() => Ok(Leftover::StartOver(
+            "found objects of an earlier migration (shadow schema or sync triggers); dropping them and starting over".into(),
+        )),
+        _ => Ok(Leftover::None),
+    }
+}
+
+/// "a, b, c and 4 more".
+pub fn list_some(items: &[String]) -> String {
+    let shown: Vec<String> = items.iter().take(5).map(|s| display_ident(s)).collect();
+    if items.len() > 5 {
+        format!("{} and {} more", shown.join(", "), items.len() - 5)
+    } else {
+        shown.join(", ")
+    }
+}

@@ -1,0 +1,640 @@
+//! `prepare`: the source's public schema, restored into the destination's
+//! shadow schema from one consistent snapshot, indexed, analysed, validated,
+//! with the destination's owners and privileges.
+//!
+//! Phases: snapshot, dump (schema only), schema (pre-data), data (streamed
+//! COPY), indexes (post-data), sequences, matviews, sync (preserved tables),
+//! analyze, privileges, validate. A failure in any phase removes everything the
+//! run created on the destination (the destination's public is never touched)
+//! and records the phase and the error.
+
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{Context, Result, anyhow, bail};
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use tokio_postgres::Client;
+
+use crate::dump::sql::{self, DefinedNames, Entry};
+use crate::pg::catalog::{self, SequenceInfo, TableInfo};
+use crate::pg::connect::{connect, describe_pg_error};
+use crate::pg::connspec::ConnSpec;
+use crate::pg::ident::{qualified, quote_ident, quote_literal};
+use crate::pg::meta::{self, MARKER, SHADOW_SCHEMA};
+use crate::pipeline::data::{self, CopyJob, DataPlan, Loaded};
+use crate::pipeline::preflight::{self, ExtensionPlan, Leftover, Tools};
+use crate::pipeline::progress::Progress;
+use crate::pipeline::session::{Recorder, Session, app_name};
+use crate::pipeline::{cleanup, postdata, privileges, sync};
+use crate::process::{self, ChildSpec};
+use crate::state::{Status, TableRecord};
+
+/// The schema pgshift migrates.
+pub const SOURCE_SCHEMA: &str = "public";
+
+/// A table in the plan (dry run and report).
+#[derive(Debug, Clone, Serialize)]
+pub struct PlannedTable {
+    pub name: String,
+    pub kind: String,
+    pub bytes: i64,
+    pub total_bytes: i64,
+    pub estimated_rows: i64,
+    pub preserved: bool,
+}
+
+/// What a dry run prints.
+#[derive(Debug, Clone, Serialize)]
+pub struct PlanReport {
+    pub source: String,
+    pub dest: String,
+    pub tables: Vec<PlannedTable>,
+    pub total_bytes: i64,
+    pub phases: Vec<&'static str>,
+    pub extensions: Vec<ExtensionPlan>,
+    pub preserved_tables: Vec<String>,
+    pub warnings: Vec<String>,
+    pub leftovers: Option<String>,
+    pub jobs: usize,
+}
+
+/// What a successful prepare reports.
+#[derive(Debug, Clone, Serialize)]
+pub struct PrepareReport {
+    pub migration_id: i64,
+    pub status: &'static str,
+    pub snapshot_at: Option<DateTime<Utc>>,
+    pub tables: Vec<TableRecord>,
+    pub total_rows: i64,
+    pub phases_ms: serde_json::Map<String, serde_json::Value>,
+    pub extensions_created: Vec<String>,
+    pub deferred_statements: usize,
+    pub warnings: Vec<String>,
+}
+
+pub const PHASES: &[&str] = &[
+    "snapshot",
+    "dump",
+    "schema",
+    "data",
+    "indexes",
+    "sequences",
+    "matviews",
+    "sync",
+    "analyze",
+    "privileges",
+    "validate",
+];
+
+/// Everything the read-only checks found.
+pub struct Checked {
+    pub tools: Tools,
+    pub extensions: Vec<ExtensionPlan>,
+    pub warnings: Vec<String>,
+    pub leftover: Leftover,
+    pub tables: Vec<TableInfo>,
+}
+
+/// The read-only part: connections, versions, privileges, extensions,
+/// leftovers, preserved-table validation. Changes nothing.
+pub async fn check(ctx_source: &ConnSpec, sess_dest: &Client, src: &Client, settings: &crate::config::Settings) -> Result<Checked> {
+    if ctx_source.same_server_and_db(settings.require_dest()?)
+        || catalog::server_identity(src).await? == catalog::server_identity(sess_dest).await?
+    {
+        return Err(crate::user_error!(
+            "source and destination are the same database ({}); pgshift needs two different databases",
+            ctx_source.redacted()
+        ));
+    }
+    let source_major = catalog::server_major(src).await?;
+    let dest_major = catalog::server_major(sess_dest).await?;
+    let tools = preflight::tools(source_major)?;
+    let mut warnings = Vec::new();
+    if dest_major < source_major {
+        warnings.push(format!(
+            "the destination runs PostgreSQL {dest_major}, older than the source ({source_major}); the schema may use features it lacks"
+        ));
+    }
+    warnings.extend(preflight::check_source(src).await?);
+    warnings.extend(preflight::check_dest(sess_dest).await?);
+    let src_exts = catalog::extensions(src).await?;
+    let (extensions, ext_warnings) = preflight::plan_extensions(&src_exts, sess_dest).await?;
+    warnings.extend(ext_warnings);
+    let leftover = preflight::leftovers(sess_dest).await?;
+    let tables = catalog::tables(src, SOURCE_SCHEMA).await?;
+    sync::validate(&settings.preserved_tables, &tables, sess_dest).await?;
+    Ok(Checked { tools, extensions, warnings, leftover, tables })
+}
+
+/// Print or return the dry-run plan.
+pub fn plan_report(source: &ConnSpec, dest: &ConnSpec, checked: &Checked, settings: &crate::config::Settings) -> PlanReport {
+    let preserved: HashSet<&str> = settings.preserved_tables.iter().map(|t| t.name.as_str()).collect();
+    let tables: Vec<PlannedTable> = checked
+        .tables
+        .iter()
+        .map(|t| PlannedTable {
+            name: t.name.clone(),
+            kind: match t.relkind {
+                'p' => "partitioned table",
+                'm' => "materialized view",
+                'f' => "foreign table",
+                _ => "table",
+            }
+            .into(),
+            bytes: t.bytes,
+            total_bytes: t.total_bytes,
+            estimated_rows: t.est_rows.max(0.0) as i64,
+            preserved: preserved.contains(t.name.as_str()),
+        })
+        .collect();
+    PlanReport {
+        source: source.redacted(),
+        dest: dest.redacted(),
+        total_bytes: tables.iter().map(|t| t.total_bytes).sum(),
+        tables,
+        phases: PHASES.to_vec(),
+        extensions: checked.extensions.clone(),
+        preserved_tables: settings.preserved_tables.iter().map(|t| t.to_string()).collect(),
+        warnings: checked.warnings.clone(),
+        leftovers: match &checked.leftover {
+            Leftover::None => None,
+            Leftover::StartOver(s) => Some(s.clone()),
+        },
+        jobs: settings.jobs,
+    }
+}
+
+/// State carried between phases.
+struct Run<'a> {
+    sess: &'a Session,
+    id: i64,
+    source: ConnSpec,
+    tools: Tools,
+    progress: &'a Progress,
+    dump_dir: PathBuf,
+    snapshot: Option<String>,
+    snap_client: Option<Client>,
+    tables: Vec<TableInfo>,
+    sequences: Vec<SequenceInfo>,
+    sequence_values: HashMap<String, (i64, bool)>,
+    matviews: Vec<(String, bool)>,
+    defined: DefinedNames,
+    loaded: Vec<Loaded>,
+    preserved: HashSet<String>,
+}
+
+/// Run prepare on an open session. `rec` is a fresh record; on success its
+/// status is `prepared`.
+pub async fn run(sess: &Session, rec: &mut Recorder, source: &ConnSpec, checked: Checked, progress: &Progress) -> Result<PrepareReport> {
+    let settings = &sess.ctx.settings;
+    let mut warnings = checked.warnings.clone();
+    if let Leftover::StartOver(why) = &checked.leftover {
+        tracing::warn!("{why}");
+        warnings.push(why.clone());
+        let removed = cleanup::remove_prepared(&sess.control, settings.lock_timeout, settings.swap_retries).await?;
+        tracing::info!(?removed, "removed leftovers of the earlier run");
+    }
+    for w in &checked.warnings {
+        tracing::warn!("{w}");
+    }
+    let extensions_created = preflight::create_extensions(&sess.control, &checked.extensions).await?;
+    meta::ensure_meta(&sess.control).await?;
+    rec.meta_ready = true;
+    rec.state.preserved_tables = settings.preserved_tables.iter().map(|t| t.name.clone()).collect();
+    let dump_dir = settings
+        .dump_dir
+        .clone()
+        .unwrap_or_else(|| settings.state_dir.join(format!("pgshift-dump-{}", crate::state::file_safe(sess.dest.dbname()))));
+    rec.state.dump_dir = Some(dump_dir.clone());
+    rec.set_status(sess, Status::Preparing).await?;
+
+    let mut run = Run {
+        sess,
+        id: rec.state.id,
+        source: source.clone(),
+        tools: checked.tools.clone(),
+        progress,
+        dump_dir,
+        snapshot: None,
+        snap_client: None,
+        tables: Vec::new(),
+        sequences: Vec::new(),
+        sequence_values: HashMap::new(),
+        matviews: Vec::new(),
+        defined: DefinedNames::new(),
+        loaded: Vec::new(),
+        preserved: settings.preserved_tables.iter().map(|t| t.name.clone()).collect(),
+    };
+    let result = phases(&mut run, rec).await;
+    // The snapshot session is no longer needed either way.
+    if let Some(c) = run.snap_client.take() {
+        let _ = c.batch_execute("COMMIT").await;
+    }
+    match result {
+        Ok(deferred) => {
+            rec.state.status = Status::Prepared;
+            rec.state.phase = None;
+            rec.save(sess).await?;
+            let total_rows = rec.state.tables.iter().map(|t| t.rows).sum();
+            Ok(PrepareReport {
+                migration_id: rec.state.id,
+                status: "prepared",
+                snapshot_at: rec.state.snapshot_at,
+                tables: rec.state.tables.clone(),
+                total_rows,
+                phases_ms: rec.timings(),
+                extensions_created,
+                deferred_statements: deferred,
+                warnings,
+            })
+        }
+        Err(e) => {
+            rec.fail(sess, &e).await;
+            // Streaming cannot resume from a dead snapshot: remove what this run made.
+            match cleanup::remove_prepared(&sess.control, settings.lock_timeout, settings.swap_retries).await {
+                Ok(r) if !r.is_empty() => tracing::info!("removed the partial shadow and sync objects"),
+                Ok(_) => {}
+                Err(ce) => tracing::warn!("could not remove the partial migration: {ce:#}; run `pgshift abort`"),
+            }
+            Err(e)
+        }
+    }
+}
+
+async fn phases(run: &mut Run<'_>, rec: &mut Recorder) -> Result<usize> {
+    let sess = run.sess;
+    let at = rec.phase(sess, "snapshot", snapshot(run)).await?;
+    rec.state.snapshot_at = Some(at);
+    rec.phase(sess, "dump", dump(run)).await?;
+    rec.state.dump_complete = true;
+    rec.save(sess).await?;
+    rec.phase(sess, "schema", schema(run)).await?;
+    let loaded = rec.phase(sess, "data", load(run)).await?;
+    let bytes: u64 = loaded.iter().map(|l| l.bytes).sum();
+    rec.detail("data", format!("{} tables, {} streamed", loaded.len(), crate::output::human_bytes(bytes as i64)));
+    run.loaded = loaded;
+    let deferred = rec.phase(sess, "indexes", indexes(run)).await?;
+    rec.state.extra.insert("deferred_sql".into(), serde_json::to_value(&deferred)?);
+    rec.phase(sess, "sequences", sequences(run)).await?;
+    rec.phase(sess, "matviews", matviews(run)).await?;
+    let synced = rec.phase(sess, "sync", sync_phase(run, rec.state.id)).await?;
+    rec.state.extra.insert("sync".into(), serde_json::to_value(&synced)?);
+    rec.phase(sess, "analyze", analyze(run)).await?;
+    let applied = rec.phase(sess, "privileges", privs(run)).await?;
+    rec.detail("privileges", format!("{} owners, {} grants", applied.owners_changed, applied.grants));
+    let tables = rec.phase(sess, "validate", validate(run)).await?;
+    rec.state.tables = tables;
+    Ok(deferred.len())
+}
+
+async fn snapshot(run: &mut Run<'_>) -> Result<DateTime<Utc>> {
+    let settings = &run.sess.ctx.settings;
+    let client = connect(&run.source, "source", &app_name("prepare"), settings.connect_timeout).await?;
+    client
+        .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+        .await
+        .context("starting the snapshot transaction on the source")?;
+    let row = client
+        .query_one("SELECT pg_catalog.pg_export_snapshot(), now()", &[])
+        .await
+        .map_err(|e| anyhow!("exporting a snapshot on the source: {}", describe_pg_error(&e)))?;
+    let snap: String = row.get(0);
+    let at: DateTime<Utc> = row.get(1);
+    run.tables = catalog::tables(&client, SOURCE_SCHEMA).await?;
+    run.defined = catalog::defined_names(&client, SOURCE_SCHEMA).await?.into_iter().collect();
+    run.sequences = catalog::sequences(&client, SOURCE_SCHEMA).await?;
+    for s in &run.sequences {
+        let v = catalog::sequence_value(&client, SOURCE_SCHEMA, &s.name).await?;
+        run.sequence_values.insert(s.name.clone(), v);
+    }
+    run.matviews = catalog::matviews_in_order(&client, SOURCE_SCHEMA).await?;
+    for p in &run.preserved {
+        if !run.tables.iter().any(|t| &t.name == p && t.relkind == 'r') {
+            bail!("preserved table {p} is not a table of the source's public schema");
+        }
+    }
+    tracing::info!(snapshot = %snap, tables = run.tables.len(), "source snapshot exported");
+    run.snapshot = Some(snap);
+    run.snap_client = Some(client);
+    Ok(at)
+}
+
+/// Remove a previous dump directory (only if it is one) and check free space.
+fn prepare_dump_dir(dir: &Path, objects: usize) -> Result<()> {
+    if dir.exists() {
+        let is_dump = dir.join("toc.dat").is_file();
+        let empty = std::fs::read_dir(dir).map(|mut d| d.next().is_none()).unwrap_or(false);
+        if is_dump || empty {
+            std::fs::remove_dir_all(dir).with_context(|| format!("removing the old dump directory {}", dir.display()))?;
+        } else {
+            bail!("dump directory {} exists and is not a pgshift dump; choose another --dump-dir", dir.display());
+        }
+    }
+    let parent = dir.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
+    // A schema-only dump: a few kB per object, plus headroom.
+    let needed: u64 = 16 * 1024 * 1024 + 8 * 1024 * objects as u64;
+    let st = nix::sys::statvfs::statvfs(parent).with_context(|| format!("checking free space in {}", parent.display()))?;
+    let free = st.blocks_available() as u64 * st.fragment_size() as u64;
+    if free < needed {
+        bail!(
+            "not enough free disk space for the dump in {}: {} free, about {} needed",
+            parent.display(),
+            crate::output::human_bytes(free as i64),
+            crate::output::human_bytes(needed as i64)
+        );
+    }
+    Ok(())
+}
+
+async fn dump(run: &mut Run<'_>) -> Result<()> {
+    let snap = run.snapshot.clone().context("no snapshot")?;
+    prepare_dump_dir(&run.dump_dir, run.defined.len())?;
+    let spec = ChildSpec::new(&run.tools.pg_dump)
+        .args(["--format=directory", "--schema-only", "--schema=public", "--no-password"])
+        .arg(format!("--snapshot={snap}"))
+        .arg("--file")
+        .arg(run.dump_dir.as_os_str())
+        .env_remove(ConnSpec::child_env_remove().iter().copied())
+        .envs(run.source.child_env());
+    let spec = with_appname(spec, "pgshift pg_dump");
+    process::run(&spec, &run.sess.ctx.cancel).await.context("dumping the source schema")?;
+    Ok(())
+}
+
+fn with_appname(mut spec: ChildSpec, name: &str) -> ChildSpec {
+    spec.env.retain(|(k, _)| k != "PGAPPNAME");
+    spec.env.push(("PGAPPNAME".into(), name.into()));
+    spec
+}
+
+/// `pg_restore --section=… -f -`, meta-commands stripped, split into entries.
+async fn restore_section(run: &Run<'_>, section: &str) -> Result<Vec<Entry>> {
+    let spec = ChildSpec::new(&run.tools.pg_restore)
+        .arg(format!("--section={section}"))
+        .args(["--no-owner", "--no-privileges", "--file=-"])
+        .arg(run.dump_dir.as_os_str())
+        .env_remove(ConnSpec::child_env_remove().iter().copied());
+    let out = process::run(&spec, &run.sess.ctx.cancel).await.with_context(|| format!("rendering the {section} section"))?;
+    let text = String::from_utf8(out.stdout).context("pg_restore output is not UTF-8")?;
+    let text = sql::strip_meta_commands(&text)?;
+    sql::split_entries(&text)
+}
+
+/// Entries that must not land in shadow.
+fn skip_entry(e: &Entry) -> bool {
+    let Some(h) = &e.header else { return false };
+    match h.kind.as_str() {
+        "SCHEMA" | "EXTENSION" => true,
+        "COMMENT" => h.name.starts_with("SCHEMA ") || h.name.starts_with("EXTENSION "),
+        _ => false,
+    }
+}
+
+fn remap_entries(run: &Run<'_>, entries: Vec<Entry>) -> Result<Vec<Entry>> {
+    entries
+        .into_iter()
+        .filter(|e| !skip_entry(e))
+        .map(|e| {
+            let label = e.label();
+            let sql = sql::remap(&e.sql, SOURCE_SCHEMA, SHADOW_SCHEMA, &run.defined).with_context(|| format!("remapping {label}"))?;
+            Ok(Entry { header: e.header, sql })
+        })
+        .collect()
+}
+
+async fn schema(run: &mut Run<'_>) -> Result<()> {
+    let entries = restore_section(run, "pre-data").await?;
+    let entries = remap_entries(run, entries)?;
+    let settings = &run.sess.ctx.settings;
+    let client = connect(&run.sess.dest, "destination", &app_name("prepare"), settings.connect_timeout).await?;
+    let mut script = String::with_capacity(entries.iter().map(|e| e.sql.len()).sum::<usize>() + 512);
+    script.push_str("BEGIN;\n");
+    script.push_str(&format!("CREATE SCHEMA {};\n", quote_ident(SHADOW_SCHEMA)));
+    script.push_str(&format!(
+        "COMMENT ON SCHEMA {} IS {};\n",
+        quote_ident(SHADOW_SCHEMA),
+        quote_literal(&format!("{MARKER} shadow of migration {} (managed by pgshift)", run.id))
+    ));
+    for e in &entries {
+        script.push_str(&e.sql);
+        if !e.sql.ends_with('\n') {
+            script.push('\n');
+        }
+    }
+    script.push_str("COMMIT;\n");
+    if let Err(e) = client.batch_execute(&script).await {
+        let _ = client.batch_execute("ROLLBACK").await;
+        return Err(anyhow!("restoring the schema into shadow: {}", describe_pg_error(&e)));
+    }
+    meta::set_shadow_oid(&run.sess.control, run.id).await?;
+    Ok(())
+}
+
+async fn load(run: &mut Run<'_>) -> Result<Vec<Loaded>> {
+    let settings = &run.sess.ctx.settings;
+    let jobs: Vec<CopyJob> = run
+        .tables
+        .iter()
+        .filter(|t| t.holds_data() && !run.preserved.contains(&t.name))
+        .map(CopyJob::for_table)
+        .collect();
+    let snapshot = run.snapshot.clone().context("no snapshot")?;
+    let plan = DataPlan {
+        source: &run.source,
+        dest: &run.sess.dest,
+        snapshot: &snapshot,
+        from_schema: SOURCE_SCHEMA,
+        to_schema: SHADOW_SCHEMA,
+        workers: settings.jobs,
+        connect_timeout: settings.connect_timeout,
+        cancel: &run.sess.ctx.cancel,
+        progress: run.progress,
+    };
+    data::load_all(&plan, jobs).await
+}
+
+async fn indexes(run: &mut Run<'_>) -> Result<Vec<String>> {
+    let entries = restore_section(run, "post-data").await?;
+    let entries = remap_entries(run, entries)?;
+    let sizes: HashMap<String, i64> = run.tables.iter().map(|t| (t.name.clone(), t.total_bytes)).collect();
+    let plan = postdata::plan(&entries, &sizes, &run.preserved)?;
+    let settings = &run.sess.ctx.settings;
+    postdata::run(&plan, &run.sess.dest, settings.jobs, settings.connect_timeout, &run.sess.ctx.cancel, run.progress).await?;
+    Ok(plan.deferred)
+}
+
+async fn sequences(run: &mut Run<'_>) -> Result<()> {
+    if run.sequences.is_empty() {
+        return Ok(());
+    }
+    let mut script = String::from("BEGIN;\n");
+    for s in &run.sequences {
+        if let Some(owner) = &s.owned_by
+            && run.preserved.contains(&owner.0)
+        {
+            // Carried over from the destination at the swap.
+            continue;
+        }
+        let (v, called) = run.sequence_values[&s.name];
+        let name = qualified(SHADOW_SCHEMA, &s.name);
+        script.push_str(&format!(
+            "SELECT pg_catalog.setval({}, {v}, {called});\n",
+            quote_literal(&name)
+        ));
+    }
+    script.push_str("COMMIT;");
+    run.sess
+        .control
+        .batch_execute(&script)
+        .await
+        .map_err(|e| anyhow!("setting sequence values: {}", describe_pg_error(&e)))
+}
+
+async fn matviews(run: &mut Run<'_>) -> Result<()> {
+    for (name, populated) in &run.matviews {
+        if !populated {
+            continue;
+        }
+        let sql = format!("REFRESH MATERIALIZED VIEW {}", qualified(SHADOW_SCHEMA, name));
+        run.sess
+            .control
+            .batch_execute(&sql)
+            .await
+            .map_err(|e| anyhow!("refreshing materialized view {name}: {}", describe_pg_error(&e)))?;
+    }
+    Ok(())
+}
+
+async fn sync_phase(run: &mut Run<'_>, id: i64) -> Result<Vec<sync::SyncedTable>> {
+    let settings = &run.sess.ctx.settings;
+    sync::setup(&run.sess.control, &settings.preserved_tables, id, settings.lock_timeout, settings.swap_retries).await
+}
+
+async fn analyze(run: &mut Run<'_>) -> Result<()> {
+    let settings = &run.sess.ctx.settings;
+    let names: Vec<String> = run
+        .tables
+        .iter()
+        .filter(|t| matches!(t.relkind, 'r' | 'p' | 'm'))
+        .map(|t| t.name.clone())
+        .collect();
+    let pool = crate::pg::connect::pool(&run.sess.dest, &app_name("prepare"), settings.jobs.max(1))?;
+    let mut set = tokio::task::JoinSet::new();
+    let queue = std::sync::Arc::new(std::sync::Mutex::new(names));
+    for _ in 0..settings.jobs.max(1) {
+        let pool = pool.clone();
+        let queue = queue.clone();
+        set.spawn(async move {
+            let client = pool.get().await.map_err(|e| anyhow!("{}", crate::pg::connect::describe_pool_error(&e)))?;
+            loop {
+                let Some(name) = queue.lock().ok().and_then(|mut q| q.pop()) else { return Ok::<_, anyhow::Error>(()) };
+                client
+                    .batch_execute(&format!("ANALYZE {}", qualified(SHADOW_SCHEMA, &name)))
+                    .await
+                    .map_err(|e| anyhow!("analyzing {name}: {}", describe_pg_error(&e)))?;
+            }
+        });
+    }
+    while let Some(r) = set.join_next().await {
+        r.context("analyze worker")??;
+    }
+    Ok(())
+}
+
+async fn privs(run: &mut Run<'_>) -> Result<privileges::Applied> {
+    let settings = &run.sess.ctx.settings;
+    let client = connect(&run.sess.dest, "destination", &app_name("prepare"), settings.connect_timeout).await?;
+    let owners: Option<HashMap<String, String>> = settings
+        .keep_source_owners
+        .then(|| run.tables.iter().map(|t| (t.name.clone(), t.owner.clone())).collect());
+    privileges::apply(&client, SHADOW_SCHEMA, SOURCE_SCHEMA, owners.as_ref()).await
+}
+
+async fn validate(run: &mut Run<'_>) -> Result<Vec<TableRecord>> {
+    let settings = &run.sess.ctx.settings;
+    let started = Instant::now();
+    // Sequences: every shadow sequence holds the source's value.
+    let mut mismatches = Vec::new();
+    for s in &run.sequences {
+        if s.owned_by.as_ref().is_some_and(|o| run.preserved.contains(&o.0)) {
+            continue;
+        }
+        let got = catalog::sequence_value(&run.sess.control, SHADOW_SCHEMA, &s.name).await?;
+        let want = run.sequence_values[&s.name];
+        if got != want {
+            mismatches.push(format!("sequence {}: source {:?}, shadow {:?}", s.name, want, got));
+        }
+    }
+    let mut records: Vec<TableRecord> = run
+        .loaded
+        .iter()
+        .map(|l| TableRecord { name: l.name.clone(), rows: l.rows, bytes: l.bytes as i64, checksum: None, preserved: false })
+        .collect();
+    for p in &run.preserved {
+        let n: i64 = run
+            .sess
+            .control
+            .query_one(&format!("SELECT count(*) FROM ONLY {}", qualified(SHADOW_SCHEMA, p)), &[])
+            .await?
+            .get(0);
+        records.push(TableRecord { name: p.clone(), rows: n, bytes: 0, checksum: None, preserved: true });
+    }
+    if settings.verify == crate::cli::VerifyMode::Checksums {
+        let src = run.snap_client.as_ref().context("no snapshot session")?;
+        for r in records.iter_mut().filter(|r| !r.preserved) {
+            let a = checksum(src, SOURCE_SCHEMA, &r.name).await?;
+            let b = checksum(&run.sess.control, SHADOW_SCHEMA, &r.name).await?;
+            if a != b {
+                mismatches.push(format!("table {}: content checksum differs (source {a}, shadow {b})", r.name));
+            }
+            r.checksum = Some(b);
+        }
+    }
+    // Row counts were compared table by table during the load (rows sent by the
+    // source in the snapshot vs rows stored by COPY); re-check the stored count.
+    for r in records.iter().filter(|r| !r.preserved) {
+        let n: i64 = run
+            .sess
+            .control
+            .query_one(&format!("SELECT count(*) FROM ONLY {}", qualified(SHADOW_SCHEMA, &r.name)), &[])
+            .await?
+            .get(0);
+        if n != r.rows {
+            mismatches.push(format!("table {}: source {} rows, shadow {n}", r.name, r.rows));
+        }
+    }
+    if !mismatches.is_empty() {
+        return Err(anyhow::Error::new(crate::error::VerificationFailed(format!(
+            "the shadow does not match the source: {}",
+            mismatches.join("; ")
+        ))));
+    }
+    records.sort_by(|a, b| a.name.cmp(&b.name));
+    tracing::debug!(ms = started.elapsed().as_millis() as u64, "validated");
+    Ok(records)
+}
+
+/// An order-independent content checksum: row count and the sum of each row's
+/// md5 (first 64 bits), with session settings that make text output identical.
+pub async fn checksum(client: &Client, schema: &str, table: &str) -> Result<String> {
+    client
+        .batch_execute(
+            "SET datestyle = 'ISO, YMD'; SET timezone = 'UTC'; SET extra_float_digits = 3; SET bytea_output = 'hex'; SET intervalstyle = 'postgres'",
+        )
+        .await?;
+    let rel = qualified(schema, table);
+    let row = client
+        .query_one(
+            &format!(
+                "SELECT count(*)::text || ':' || COALESCE(sum(('x' || substr(md5(t::text), 1, 16))::bit(64)::bigint::numeric), 0)::text
+                   FROM ONLY {rel} t"
+            ),
+            &[],
+        )
+        .await
+        .map_err(|e| anyhow!("checksumming {table}: {}", describe_pg_error(&e)))?;
+    Ok(row.get(0))
+}

@@ -1,0 +1,293 @@
+//! Owners and privileges of the shadow, so application roles keep access after
+//! the swap.
+//!
+//! The restore runs with `--no-owner --no-privileges`, so shadow objects belong
+//! to the connecting user and carry no grants. Then, for each shadow object
+//! with a same-named object in the destination's public (relations, functions,
+//! types): the owner becomes that object's owner and its grants (table and
+//! column privileges, function EXECUTE, type USAGE) are replayed. With
+//! `--keep-source-owners`, relations take the source's owner where that role
+//! exists on the destination.
+
+use std::collections::{HashMap, HashSet};
+
+use anyhow::{Context, Result};
+use tokio_postgres::Client;
+
+use crate::pg::connect::describe_pg_error;
+use crate::pg::ident::{qualified, quote_ident};
+
+/// What the phase did.
+#[derive(Debug, Default, Clone, serde::Serialize)]
+pub struct Applied {
+    pub owners_changed: usize,
+    pub grants: usize,
+    pub warnings: Vec<String>,
+}
+
+struct Obj {
+    /// `TABLE`, `VIEW`, `MATERIALIZED VIEW`, `SEQUENCE`, `FOREIGN TABLE`, `FUNCTION`, `PROCEDURE`, `TYPE`, `DOMAIN`
+    kind: &'static str,
+    /// Name to match across schemas (functions: name + normalised arguments).
+    key: String,
+    /// SQL to name the object (quoted, qualified).
+    sql_name: String,
+    owner: String,
+    /// aclexplode rows: (grantee or "" for PUBLIC, privilege, grantable)
+    acl: Option<Vec<(String, String, bool)>>,
+    /// Column grants: (column, grantee, privilege, grantable)
+    column_acl: Vec<(String, String, String, bool)>,
+    /// Sequences owned by a column follow their table's owner.
+    owned_sequence: bool,
+}
+
+async fn objects(client: &Client, schema: &str) -> Result<Vec<Obj>> {
+    let mut out = Vec::new();
+    let rels = client
+        .query(
+            "SELECT c.relname, c.relkind::text, pg_catalog.pg_get_userbyid(c.relowner)::text,
+                    c.relacl IS NOT NULL,
+                    COALESCE((SELECT array_agg(COALESCE(r.rolname, '') || '|' || a.privilege_type || '|' || a.is_grantable::text)
+                                FROM aclexplode(c.relacl) a LEFT JOIN pg_catalog.pg_roles r ON r.oid = a.grantee), '{}'),
+                    COALESCE((SELECT array_agg(att.attname || '|' || COALESCE(r.rolname, '') || '|' || a.privilege_type || '|' || a.is_grantable::text)
+                                FROM pg_catalog.pg_attribute att, aclexplode(att.attacl) a
+                                LEFT JOIN pg_catalog.pg_roles r ON r.oid = a.grantee
+                               WHERE att.attrelid = c.oid AND att.attacl IS NOT NULL AND NOT att.attisdropped), '{}'),
+                    EXISTS (SELECT 1 FROM pg_catalog.pg_depend d WHERE d.classid = 'pg_class'::regclass AND d.objid = c.oid
+                             AND d.refclassid = 'pg_class'::regclass AND d.deptype IN ('a', 'i'))
+               FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+              WHERE n.nspname = $1 AND c.relkind IN ('r', 'p', 'v', 'm', 'S', 'f')
+                AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_depend d WHERE d.classid = 'pg_class'::regclass
+                                 AND d.objid = c.oid AND d.deptype = 'e')",
+            &[&schema],
+        )
+        .await
+        .context("reading relation owners and privileges")?;
+    for r in rels {
+        let name: String = r.get(0);
+        let kind = match r.get::<_, String>(1).as_str() {
+            "v" => "VIEW",
+            "m" => "MATERIALIZED VIEW",
+            "S" => "SEQUENCE",
+            "f" => "FOREIGN TABLE",
+            _ => "TABLE",
+        };
+        let has_acl: bool = r.get(3);
+        let acl: Vec<String> = r.get(4);
+        let cols: Vec<String> = r.get(5);
+        out.push(Obj {
+            kind,
+            key: format!("rel:{name}"),
+            sql_name: qualified(schema, &name),
+            owner: r.get(2),
+            acl: has_acl.then(|| acl.iter().filter_map(|a| split3(a)).collect()),
+            column_acl: cols
+                .iter()
+                .filter_map(|a| {
+                    let mut it = a.rsplitn(4, '|');
+                    let grantable = it.next()? == "true";
+                    let privilege = it.next()?.to_string();
+                    let grantee = it.next()?.to_string();
+                    let column = it.next()?.to_string();
+                    Some((column, grantee, privilege, grantable))
+                })
+                .collect(),
+            owned_sequence: kind == "SEQUENCE" && r.get::<_, bool>(6),
+        });
+    }
+    let funcs = client
+        .query(
+            "SELECT p.proname, pg_catalog.pg_get_function_identity_arguments(p.oid), p.oid::regprocedure::text,
+                    p.prokind::text, pg_catalog.pg_get_userbyid(p.proowner)::text, p.proacl IS NOT NULL,
+                    COALESCE((SELECT array_agg(COALESCE(r.rolname, '') || '|' || a.privilege_type || '|' || a.is_grantable::text)
+                                FROM aclexplode(p.proacl) a LEFT JOIN pg_catalog.pg_roles r ON r.oid = a.grantee), '{}')
+               FROM pg_catalog.pg_proc p JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace
+              WHERE n.nspname = $1
+                AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_depend d WHERE d.classid = 'pg_proc'::regclass
+                                 AND d.objid = p.oid AND d.deptype = 'e')",
+            &[&schema],
+        )
+        .await
+        .context("reading function owners and privileges")?;
+    for r in funcs {
+        let name: String = r.get(0);
+        let args: String = r.get(1);
+        let has_acl: bool = r.get(5);
+        let acl: Vec<String> = r.get(6);
+        let kind = match r.get::<_, String>(3).as_str() {
+            "p" => "PROCEDURE",
+            "a" => "AGGREGATE",
+            _ => "FUNCTION",
+        };
+        out.push(Obj {
+            kind,
+            // Argument types of the schema itself print qualified (search_path is empty).
+            key: format!("fn:{name}({})", args.replace(&format!("{schema}."), "")),
+            sql_name: r.get(2),
+            owner: r.get(4),
+            acl: has_acl.then(|| acl.iter().filter_map(|a| split3(a)).collect()),
+            column_acl: Vec::new(),
+            owned_sequence: false,
+        });
+    }
+    let types = client
+        .query(
+            "SELECT t.typname, t.typtype::text, pg_catalog.pg_get_userbyid(t.typowner)::text, t.typacl IS NOT NULL,
+                    COALESCE((SELECT array_agg(COALESCE(r.rolname, '') || '|' || a.privilege_type || '|' || a.is_grantable::text)
+                                FROM aclexplode(t.typacl) a LEFT JOIN pg_catalog.pg_roles r ON r.oid = a.grantee), '{}')
+               FROM pg_catalog.pg_type t JOIN pg_catalog.pg_namespace n ON n.oid = t.typnamespace
+              WHERE n.nspname = $1 AND t.typtype IN ('b', 'c', 'd', 'e', 'r')
+                AND (t.typrelid = 0 OR (SELECT c.relkind FROM pg_catalog.pg_class c WHERE c.oid = t.typrelid) = 'c')
+                AND NOT (t.typelem <> 0 AND t.typlen = -1)
+                AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_depend d WHERE d.classid = 'pg_type'::regclass
+                                 AND d.objid = t.oid AND d.deptype = 'e')",
+            &[&schema],
+        )
+        .await
+        .context("reading type owners and privileges")?;
+    for r in types {
+        let name: String = r.get(0);
+        let has_acl: bool = r.get(3);
+        let acl: Vec<String> = r.get(4);
+        out.push(Obj {
+            kind: if r.get::<_, String>(1) == "d" { "DOMAIN" } else { "TYPE" },
+            key: format!("type:{name}"),
+            sql_name: qualified(schema, &name),
+            owner: r.get(2),
+            acl: has_acl.then(|| acl.iter().filter_map(|a| split3(a)).collect()),
+            column_acl: Vec::new(),
+            owned_sequence: false,
+        });
+    }
+    Ok(out)
+}
+
+fn split3(a: &str) -> Option<(String, String, bool)> {
+    let mut it = a.rsplitn(3, '|');
+    let grantable = it.next()? == "true";
+    let privilege = it.next()?.to_string();
+    let grantee = it.next()?.to_string();
+    Some((grantee, privilege, grantable))
+}
+
+fn grantee_sql(g: &str) -> String {
+    if g.is_empty() { "PUBLIC".to_string() } else { quote_ident(g) }
+}
+
+/// The ALTER keyword for an object kind.
+fn alter_kind(kind: &str) -> &str {
+    match kind {
+        "AGGREGATE" => "AGGREGATE",
+        k => k,
+    }
+}
+
+/// The GRANT object class for an object kind.
+fn grant_kind(kind: &str) -> &str {
+    match kind {
+        "VIEW" | "MATERIALIZED VIEW" | "FOREIGN TABLE" => "TABLE",
+        "AGGREGATE" => "FUNCTION",
+        k => k,
+    }
+}
+
+/// Build the statements; `source_owners`: relation name -> owner on the source,
+/// used with `--keep-source-owners`.
+pub async fn plan(
+    client: &Client,
+    shadow: &str,
+    public: &str,
+    source_owners: Option<&HashMap<String, String>>,
+) -> Result<(Vec<String>, Applied)> {
+    client.batch_execute("SET search_path = ''").await?;
+    let current: String = client.query_one("SELECT current_user::text", &[]).await?.get(0);
+    let roles: HashSet<String> = client
+        .query("SELECT rolname::text FROM pg_catalog.pg_roles", &[])
+        .await?
+        .into_iter()
+        .map(|r| r.get(0))
+        .collect();
+    let theirs: HashMap<String, Obj> = objects(client, public).await?.into_iter().map(|o| (o.key.clone(), o)).collect();
+    let ours = objects(client, shadow).await?;
+    let mut sql = Vec::new();
+    let mut applied = Applied::default();
+    for o in &ours {
+        let counterpart = theirs.get(&o.key);
+        let source_owner = source_owners.and_then(|m| {
+            o.key.strip_prefix("rel:").and_then(|n| m.get(n)).filter(|r| roles.contains(*r)).cloned()
+        });
+        let want_owner = source_owner.or_else(|| counterpart.map(|c| c.owner.clone()));
+        if let Some(owner) = &want_owner
+            && owner != &o.owner
+            && !o.owned_sequence
+        {
+            sql.push(format!("ALTER {} {} OWNER TO {}", alter_kind(o.kind), o.sql_name, quote_ident(owner)));
+            applied.owners_changed += 1;
+        }
+        let owner = want_owner.unwrap_or_else(|| current.clone());
+        let Some(c) = counterpart else { continue };
+        if let Some(acl) = &c.acl {
+            if matches!(o.kind, "FUNCTION" | "PROCEDURE" | "AGGREGATE" | "TYPE" | "DOMAIN")
+                && !acl.iter().any(|(g, _, _)| g.is_empty())
+            {
+                // Their default PUBLIC privilege was revoked there; revoke it here too.
+                sql.push(format!("REVOKE ALL ON {} {} FROM PUBLIC", grant_kind(o.kind), o.sql_name));
+            }
+            for (grantee, privilege, grantable) in acl {
+                if grantee == &owner {
+                    continue;
+                }
+                if !grantee.is_empty() && !roles.contains(grantee) {
+                    continue;
+                }
+                sql.push(format!(
+                    "GRANT {privilege} ON {} {} TO {}{}",
+                    grant_kind(o.kind),
+                    o.sql_name,
+                    grantee_sql(grantee),
+                    if *grantable { " WITH GRANT OPTION" } else { "" }
+                ));
+                applied.grants += 1;
+            }
+        }
+        for (column, grantee, privilege, grantable) in &c.column_acl {
+            if grantee == &owner {
+                continue;
+            }
+            sql.push(format!(
+                "GRANT {privilege} ({}) ON TABLE {} TO {}{}",
+                quote_ident(column),
+                o.sql_name,
+                grantee_sql(grantee),
+                if *grantable { " WITH GRANT OPTION" } else { "" }
+            ));
+            applied.grants += 1;
+        }
+    }
+    client.batch_execute("RESET search_path").await?;
+    Ok((sql, applied))
+}
+
+/// Apply owners and grants in one transaction.
+pub async fn apply(
+    client: &Client,
+    shadow: &str,
+    public: &str,
+    source_owners: Option<&HashMap<String, String>>,
+) -> Result<Applied> {
+    let (stmts, applied) = plan(client, shadow, public, source_owners).await?;
+    if stmts.is_empty() {
+        return Ok(applied);
+    }
+    let mut script = String::from("BEGIN;\n");
+    for s in &stmts {
+        script.push_str(s);
+        script.push_str(";\n");
+    }
+    script.push_str("COMMIT;");
+    if let Err(e) = client.batch_execute(&script).await {
+        let _ = client.batch_execute("ROLLBACK").await;
+        anyhow::bail!("applying the destination's owners and privileges to the shadow: {}", describe_pg_error(&e));
+    }
+    Ok(applied)
+}
