@@ -241,7 +241,8 @@ impl Cluster {
         teardown::postmaster_pid_from(&self.data_dir().join("postmaster.pid"))
     }
 
-    /// `pg_ctl stop -m fast`.
+    /// `pg_ctl stop -m fast`. Only for clusters from [`Cluster::start_new`]: the shared
+    /// clusters from `clusters()` are used by concurrently running tests.
     pub fn stop(&self) {
         let m = self.managed("stop()");
         let out = m
