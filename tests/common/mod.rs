@@ -1,1 +1,142 @@
-//! placeholder
+//! The throwaway-cluster harness shared by the integration tests (`mod common;`).
+//!
+//! * [`clusters()`]: a source and a destination PostgreSQL cluster, started once per
+//!   test binary, torn down at exit (also after failures, panics or SIGKILL).
+//! * [`TestDbs::new`]: a fresh database on each, dropped when the guard drops.
+//! * [`Cluster::start_new`]: a private cluster for tests that stop/restart servers.
+//! * [`Workdir`]: a temporary working/state directory and a hermetic `pgshift` command.
+//!
+//! With `TEST_PGHOST` (and `TEST_PGPORT`, `TEST_PGUSER`, `TEST_PGPASSWORD`,
+//! `TEST_PGDATABASE`) the tests use that server for both sides instead; tests needing
+//! private clusters check [`can_start_clusters()`] and skip.
+//!
+//! Other knobs: `PGSHIFT_PG_BINDIR` (default `pg_config --bindir`), `PGSHIFT_TEST_TMPDIR`
+//! (where cluster directories go, see [`cluster_tmp_root`]),
+//! `PGSHIFT_TEST_OS_USER` (server OS user when running as root, default `postgres`).
+#![allow(dead_code)]
+
+mod cluster;
+mod conn;
+mod db;
+mod proc;
+mod teardown;
+
+use std::ffi::OsStr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+
+// Re-exports for the test files; not every file uses every item.
+#[allow(unused_imports)]
+pub use cluster::{Cluster, SUPERUSER, can_start_clusters, cluster_tmp_root};
+#[allow(unused_imports)]
+pub use conn::{ServerInfo, conninfo_value};
+#[allow(unused_imports)]
+pub use db::{TestDb, TestDbs, database_exists, fresh_pair, unique_db_name};
+#[allow(unused_imports)]
+pub use proc::{pg_bindir, process_alive, wait_until};
+#[allow(unused_imports)]
+pub use teardown::NO_WATCHDOG_ENV;
+
+/// The shared source and destination servers of this test process, started on first use.
+/// In external mode (`TEST_PGHOST`) both are the external server.
+pub fn clusters() -> (&'static Cluster, &'static Cluster) {
+    static CLUSTERS: OnceLock<Result<(Cluster, Cluster), String>> = OnceLock::new();
+    let result = CLUSTERS.get_or_init(|| {
+        if !can_start_clusters() {
+            return Ok((Cluster::external(), Cluster::external()));
+        }
+        // Start both at once (initdb is mostly single-threaded).
+        std::thread::scope(|s| {
+            let src = s.spawn(|| Cluster::create("src"));
+            let dst = s.spawn(|| Cluster::create("dst"));
+            let src = src.join();
+            let dst = dst.join();
+            match (src, dst) {
+                (Ok(src), Ok(dst)) => Ok((src, dst)),
+                (Err(e), _) | (_, Err(e)) => Err(panic_message(&e)),
+            }
+        })
+    });
+    match result {
+        Ok((src, dst)) => (src, dst),
+        Err(msg) => panic!("the shared test clusters could not be started: {msg}"),
+    }
+}
+
+fn panic_message(e: &Box<dyn std::any::Any + Send>) -> String {
+    if let Some(s) = e.downcast_ref::<String>() {
+        s.clone()
+    } else if let Some(s) = e.downcast_ref::<&str>() {
+        (*s).to_string()
+    } else {
+        "(non-string panic)".to_string()
+    }
+}
+
+/// Path of the pgshift binary built for these tests.
+pub fn pgshift_bin() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_pgshift"))
+}
+
+/// A command running `program` in `dir` with a hermetic environment: every inherited
+/// `PG*`/`PGSHIFT_*` variable and `RUST_LOG` removed, `HOME` set to `dir` (no stray
+/// `~/.pgpass`, `~/.postgresql/root.crt` or `./pgshift.toml`), and the PostgreSQL
+/// bindir first in `PATH` so the client tools match the test servers.
+pub fn hermetic_command(program: impl AsRef<OsStr>, dir: &Path) -> Command {
+    let mut cmd = Command::new(program);
+    proc::remove_pg_env(&mut cmd);
+    cmd.env_remove("RUST_LOG");
+    cmd.current_dir(dir).env("HOME", dir);
+    let mut path = vec![pg_bindir()];
+    if let Some(p) = std::env::var_os("PATH") {
+        path.extend(std::env::split_paths(&p));
+    }
+    cmd.env(
+        "PATH",
+        std::env::join_paths(path).expect("PATH entries without ':'"),
+    );
+    cmd
+}
+
+/// The pgshift binary, run in `dir` (its default state directory) with a hermetic
+/// environment (see [`hermetic_command`]).
+pub fn pgshift_cmd(dir: &Path) -> Command {
+    hermetic_command(pgshift_bin(), dir)
+}
+
+/// A temporary directory for one pgshift invocation or scenario: current directory,
+/// state directory (pgshift's default is the current directory) and `HOME`.
+/// Removed on drop.
+pub struct Workdir {
+    dir: tempfile::TempDir,
+}
+
+impl Default for Workdir {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Workdir {
+    pub fn new() -> Workdir {
+        Workdir {
+            dir: tempfile::Builder::new()
+                .prefix("pgshift-work-")
+                .tempdir()
+                .expect("create work dir"),
+        }
+    }
+    /// The directory (cwd, state dir and HOME of commands from [`cmd`](Self::cmd)).
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+    /// `path/<file>`.
+    pub fn join(&self, file: impl AsRef<Path>) -> PathBuf {
+        self.dir.path().join(file)
+    }
+    /// `pgshift` running in this directory, hermetic environment, no arguments yet.
+    pub fn cmd(&self) -> Command {
+        pgshift_cmd(self.path())
+    }
+}
