@@ -27,6 +27,10 @@ pub async fn run(command: Command, ctx: Ctx) -> Result<ExitCode> {
         other => Err(anyhow::anyhow!("{} is not implemented yet", other.name())),
     };
     result.map_err(|e| {
-        if e.chain().any(|c| c.is::<crate::error::UserError>()) { e } else { e.context(format!("{name} failed")) }
+        if e.chain().any(|c| c.is::<crate::error::UserError>()) {
+            e
+        } else {
+            e.context(format!("{name} failed"))
+        }
     })
 }

@@ -43,7 +43,13 @@ pub async fn prepare_in_session(
     source: &crate::pg::connspec::ConnSpec,
 ) -> Result<PrepareReport> {
     let settings = &ctx.settings;
-    let src = connect(source, "source", &app_name(ctx.command), settings.connect_timeout).await?;
+    let src = connect(
+        source,
+        "source",
+        &app_name(ctx.command),
+        settings.connect_timeout,
+    )
+    .await?;
     let checked = prepare::check(source, &sess.control, &src, settings).await?;
     drop(src);
     let mut rec = Recorder::new(now_ms(), ctx.command, Some(source), &sess.dest);
@@ -61,8 +67,20 @@ pub async fn dry_run(ctx: &Ctx) -> Result<PlanReport> {
     let settings = &ctx.settings;
     let source = settings.require_source()?;
     let dest = settings.require_dest()?;
-    let src = connect(source, "source", &app_name(ctx.command), settings.connect_timeout).await?;
-    let dst = connect(dest, "destination", &app_name(ctx.command), settings.connect_timeout).await?;
+    let src = connect(
+        source,
+        "source",
+        &app_name(ctx.command),
+        settings.connect_timeout,
+    )
+    .await?;
+    let dst = connect(
+        dest,
+        "destination",
+        &app_name(ctx.command),
+        settings.connect_timeout,
+    )
+    .await?;
     let checked = prepare::check(source, &dst, &src, settings).await?;
     Ok(prepare::plan_report(source, dest, &checked, settings))
 }
@@ -80,20 +98,39 @@ pub fn print_plan(ctx: &Ctx, plan: &PlanReport) -> Result<()> {
         println!("  preserved:   {}", plan.preserved_tables.join(", "));
     }
     for e in &plan.extensions {
-        let what = if e.action == "create" { "will be created" } else { "present" };
+        let what = if e.action == "create" {
+            "will be created"
+        } else {
+            "present"
+        };
         println!("  extension:   {} in schema {} ({what})", e.name, e.schema);
     }
     if let Some(l) = &plan.leftovers {
         println!("  leftovers:   {l}");
     }
     println!();
-    let mut t = Table::new(["table", "kind", "rows (est.)", "size"]).right(2).right(3);
+    let mut t = Table::new(["table", "kind", "rows (est.)", "size"])
+        .right(2)
+        .right(3);
     for tb in &plan.tables {
-        let name = if tb.preserved { format!("{} (preserved)", tb.name) } else { tb.name.clone() };
-        t.row([name, tb.kind.clone(), tb.estimated_rows.to_string(), human_bytes(tb.total_bytes)]);
+        let name = if tb.preserved {
+            format!("{} (preserved)", tb.name)
+        } else {
+            tb.name.clone()
+        };
+        t.row([
+            name,
+            tb.kind.clone(),
+            tb.estimated_rows.to_string(),
+            human_bytes(tb.total_bytes),
+        ]);
     }
     t.print();
-    println!("{} tables, {} in total", plan.tables.len(), human_bytes(plan.total_bytes));
+    println!(
+        "{} tables, {} in total",
+        plan.tables.len(),
+        human_bytes(plan.total_bytes)
+    );
     for w in &plan.warnings {
         println!("warning: {w}");
     }
@@ -109,7 +146,9 @@ pub fn print_report(ctx: &Ctx, r: &PrepareReport) -> Result<()> {
         r.migration_id,
         r.tables.len(),
         r.total_rows,
-        r.snapshot_at.map(|t| t.format("%Y-%m-%d %H:%M:%S UTC").to_string()).unwrap_or_default()
+        r.snapshot_at
+            .map(|t| t.format("%Y-%m-%d %H:%M:%S UTC").to_string())
+            .unwrap_or_default()
     );
     let mut t = Table::new(["phase", "duration"]).right(1);
     for (name, ms) in &r.phases_ms {

@@ -184,7 +184,10 @@ pub async fn defined_names(client: &impl GenericClient, schema: &str) -> Result<
          UNION SELECT se.stxname::text FROM pg_catalog.pg_statistic_ext se, ns WHERE se.stxnamespace = ns.oid
             AND (se.tableoid, se.oid) NOT IN (SELECT classid, objid FROM ext)"
     );
-    let rows = client.query(sql.as_str(), &[&schema]).await.context("listing the schema's objects")?;
+    let rows = client
+        .query(sql.as_str(), &[&schema])
+        .await
+        .context("listing the schema's objects")?;
     Ok(rows.into_iter().map(|r| r.get(0)).collect())
 }
 

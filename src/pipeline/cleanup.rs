@@ -27,7 +27,10 @@ pub struct Removed {
 
 impl Removed {
     pub fn is_empty(&self) -> bool {
-        !self.shadow && self.triggers.is_empty() && self.helper_tables.is_empty() && self.helper_functions == 0
+        !self.shadow
+            && self.triggers.is_empty()
+            && self.helper_tables.is_empty()
+            && self.helper_functions == 0
     }
 }
 
@@ -81,16 +84,25 @@ pub async fn find_leftovers(client: &Client) -> Result<Removed> {
 
 /// Drop every migration object. Refuses to touch a shadow schema pgshift did
 /// not create.
-pub async fn remove_prepared(client: &Client, lock_timeout: Duration, retries: u32) -> Result<Removed> {
+pub async fn remove_prepared(
+    client: &Client,
+    lock_timeout: Duration,
+    retries: u32,
+) -> Result<Removed> {
     if meta::shadow_state(client).await? == ShadowState::Foreign {
-        bail!("the destination has a schema named \"shadow\" that pgshift did not create; not touching it");
+        bail!(
+            "the destination has a schema named \"shadow\" that pgshift did not create; not touching it"
+        );
     }
     let found = find_leftovers(client).await?;
     if found.is_empty() {
         return Ok(found);
     }
     let mut sql = String::from("BEGIN;\n");
-    sql.push_str(&format!("SET LOCAL lock_timeout = '{}ms';\n", lock_timeout.as_millis().max(1)));
+    sql.push_str(&format!(
+        "SET LOCAL lock_timeout = '{}ms';\n",
+        lock_timeout.as_millis().max(1)
+    ));
     for row in client
         .query(
             "SELECT n.nspname, c.relname, t.tgname FROM pg_catalog.pg_trigger t
@@ -102,10 +114,17 @@ pub async fn remove_prepared(client: &Client, lock_timeout: Duration, retries: u
         .await?
     {
         let (s, t, g): (String, String, String) = (row.get(0), row.get(1), row.get(2));
-        sql.push_str(&format!("DROP TRIGGER IF EXISTS {} ON {};\n", quote_ident(&g), qualified(&s, &t)));
+        sql.push_str(&format!(
+            "DROP TRIGGER IF EXISTS {} ON {};\n",
+            quote_ident(&g),
+            qualified(&s, &t)
+        ));
     }
     for t in &found.helper_tables {
-        sql.push_str(&format!("DROP TABLE IF EXISTS {} CASCADE;\n", qualified(META_SCHEMA, t)));
+        sql.push_str(&format!(
+            "DROP TABLE IF EXISTS {} CASCADE;\n",
+            qualified(META_SCHEMA, t)
+        ));
     }
     if found.helper_functions > 0 {
         for row in client
@@ -122,7 +141,10 @@ pub async fn remove_prepared(client: &Client, lock_timeout: Duration, retries: u
         }
     }
     if found.shadow {
-        sql.push_str(&format!("DROP SCHEMA IF EXISTS {} CASCADE;\n", quote_ident(SHADOW_SCHEMA)));
+        sql.push_str(&format!(
+            "DROP SCHEMA IF EXISTS {} CASCADE;\n",
+            quote_ident(SHADOW_SCHEMA)
+        ));
     }
     sql.push_str("COMMIT;");
     let mut attempt = 0;
@@ -131,11 +153,15 @@ pub async fn remove_prepared(client: &Client, lock_timeout: Duration, retries: u
             Ok(()) => return Ok(found),
             Err(e) => {
                 let _ = client.batch_execute("ROLLBACK").await;
-                let lock_timeout_hit = e.code() == Some(&tokio_postgres::error::SqlState::LOCK_NOT_AVAILABLE);
+                let lock_timeout_hit =
+                    e.code() == Some(&tokio_postgres::error::SqlState::LOCK_NOT_AVAILABLE);
                 if lock_timeout_hit && attempt < retries {
                     attempt += 1;
                     let wait = crate::pipeline::backoff(attempt);
-                    tracing::warn!("a table is busy; retrying cleanup in {} ms", wait.as_millis());
+                    tracing::warn!(
+                        "a table is busy; retrying cleanup in {} ms",
+                        wait.as_millis()
+                    );
                     tokio::time::sleep(wait).await;
                     continue;
                 }

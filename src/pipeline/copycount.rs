@@ -6,13 +6,19 @@
 #[derive(Debug)]
 pub enum RowCounter {
     /// Text format: one row per newline (newlines inside values are escaped).
-    Text { rows: u64 },
+    Text {
+        rows: u64,
+    },
     Binary(BinaryCounter),
 }
 
 impl RowCounter {
     pub fn new(binary: bool) -> RowCounter {
-        if binary { RowCounter::Binary(BinaryCounter::default()) } else { RowCounter::Text { rows: 0 } }
+        if binary {
+            RowCounter::Binary(BinaryCounter::default())
+        } else {
+            RowCounter::Text { rows: 0 }
+        }
     }
 
     pub fn feed(&mut self, chunk: &[u8]) -> Result<(), String> {
@@ -81,7 +87,13 @@ pub struct BinaryCounter {
 
 impl Default for BinaryCounter {
     fn default() -> Self {
-        BinaryCounter { state: BinState::Header, buf: Vec::with_capacity(19), skip: 0, fields_left: 0, rows: 0 }
+        BinaryCounter {
+            state: BinState::Header,
+            buf: Vec::with_capacity(19),
+            skip: 0,
+            fields_left: 0,
+            rows: 0,
+        }
     }
 }
 
@@ -147,7 +159,11 @@ impl BinaryCounter {
                 }
                 let ext = u32::from_be_bytes([buf[15], buf[16], buf[17], buf[18]]) as u64;
                 self.skip = ext;
-                self.state = if ext == 0 { BinState::TupleStart } else { BinState::Extension };
+                self.state = if ext == 0 {
+                    BinState::TupleStart
+                } else {
+                    BinState::Extension
+                };
             }
             BinState::TupleStart => {
                 let n = i16::from_be_bytes([buf[0], buf[1]]);

@@ -74,7 +74,11 @@ pub struct DataPlan<'a> {
 }
 
 /// Open a source session that reads in the exported snapshot.
-pub async fn source_in_snapshot(source: &ConnSpec, snapshot: &str, timeout: Duration) -> Result<Client> {
+pub async fn source_in_snapshot(
+    source: &ConnSpec,
+    snapshot: &str,
+    timeout: Duration,
+) -> Result<Client> {
     let client = connect(source, "source", "pgshift prepare", timeout).await?;
     client
         .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
@@ -93,11 +97,15 @@ pub async fn source_in_snapshot(source: &ConnSpec, snapshot: &str, timeout: Dura
 pub async fn load_all(plan: &DataPlan<'_>, mut jobs: Vec<CopyJob>) -> Result<Vec<Loaded>> {
     jobs.sort_by(|a, b| b.bytes.cmp(&a.bytes).then_with(|| a.name.cmp(&b.name)));
     let total_bytes: i64 = jobs.iter().map(|j| j.bytes.max(0)).sum();
-    plan.progress.start_bytes("data", total_bytes.max(0) as u64, jobs.len());
+    plan.progress
+        .start_bytes("data", total_bytes.max(0) as u64, jobs.len());
     let queue = Arc::new(Mutex::new(VecDeque::from(jobs)));
     let results = Arc::new(Mutex::new(Vec::new()));
     let failed = CancellationToken::new();
-    let workers = plan.workers.max(1).min(queue.lock().map(|q| q.len()).unwrap_or(1).max(1));
+    let workers = plan
+        .workers
+        .max(1)
+        .min(queue.lock().map(|q| q.len()).unwrap_or(1).max(1));
     let mut tasks = Vec::new();
     for _ in 0..workers {
         tasks.push(worker(plan, queue.clone(), results.clone(), failed.clone()));
@@ -109,7 +117,12 @@ pub async fn load_all(plan: &DataPlan<'_>, mut jobs: Vec<CopyJob>) -> Result<Vec
     for o in outcomes {
         if let Err(e) = o {
             let secondary = e.chain().any(|c| c.to_string() == STOPPED);
-            if first.is_none() || (!secondary && first.as_ref().is_some_and(|f| f.chain().any(|c| c.to_string() == STOPPED))) {
+            if first.is_none()
+                || (!secondary
+                    && first
+                        .as_ref()
+                        .is_some_and(|f| f.chain().any(|c| c.to_string() == STOPPED)))
+            {
                 first = Some(e);
             }
         }
@@ -117,7 +130,10 @@ pub async fn load_all(plan: &DataPlan<'_>, mut jobs: Vec<CopyJob>) -> Result<Vec
     if let Some(e) = first {
         return Err(e);
     }
-    let mut out = Arc::try_unwrap(results).map_err(|_| anyhow::anyhow!("workers still running"))?.into_inner().unwrap_or_default();
+    let mut out = Arc::try_unwrap(results)
+        .map_err(|_| anyhow::anyhow!("workers still running"))?
+        .into_inner()
+        .unwrap_or_default();
     out.sort_by(|a: &Loaded, b| a.name.cmp(&b.name));
     Ok(out)
 }
@@ -131,7 +147,13 @@ async fn worker(
     failed: CancellationToken,
 ) -> Result<()> {
     let src = source_in_snapshot(plan.source, plan.snapshot, plan.connect_timeout).await?;
-    let dst = connect(plan.dest, "destination", "pgshift prepare", plan.connect_timeout).await?;
+    let dst = connect(
+        plan.dest,
+        "destination",
+        "pgshift prepare",
+        plan.connect_timeout,
+    )
+    .await?;
     dst.batch_execute("SET synchronous_commit = off; SET maintenance_work_mem = '256MB'")
         .await
         .context("configuring a destination session")?;
@@ -142,7 +164,9 @@ async fn worker(
         if failed.is_cancelled() {
             bail!(STOPPED);
         }
-        let Some(job) = queue.lock().ok().and_then(|mut q| q.pop_front()) else { break };
+        let Some(job) = queue.lock().ok().and_then(|mut q| q.pop_front()) else {
+            break;
+        };
         let r = tokio::select! {
             biased;
             _ = plan.cancel.cancelled() => Err(anyhow::Error::new(Interrupted)),
@@ -164,17 +188,33 @@ async fn worker(
     Ok(())
 }
 
-async fn copy_table(plan: &DataPlan<'_>, src: &Client, dst: &Client, job: &CopyJob) -> Result<Loaded> {
+async fn copy_table(
+    plan: &DataPlan<'_>,
+    src: &Client,
+    dst: &Client,
+    job: &CopyJob,
+) -> Result<Loaded> {
     let started = Instant::now();
     // A table without columns has no column list (its rows are empty lines).
     let cols = if job.columns.is_empty() {
         String::new()
     } else {
-        format!("({})", job.columns.iter().map(|c| quote_ident(c)).collect::<Vec<_>>().join(", "))
+        format!(
+            "({})",
+            job.columns
+                .iter()
+                .map(|c| quote_ident(c))
+                .collect::<Vec<_>>()
+                .join(", ")
+        )
     };
     let target = qualified(plan.to_schema, &job.name);
     let source_rel = qualified(plan.from_schema, &job.name);
-    let fmt = if job.binary { "FORMAT binary" } else { "FORMAT text" };
+    let fmt = if job.binary {
+        "FORMAT binary"
+    } else {
+        "FORMAT text"
+    };
     let what = || format!("loading {}", crate::pg::ident::display_ident(&job.name));
 
     dst.batch_execute(&format!("BEGIN; TRUNCATE ONLY {target}"))
@@ -186,33 +226,41 @@ async fn copy_table(plan: &DataPlan<'_>, src: &Client, dst: &Client, job: &CopyJ
         .copy_in::<_, Bytes>(copy_in.as_str())
         .await
         .map_err(|e| anyhow::anyhow!("{}: {}", what(), describe_pg_error(&e)))?;
-    let stream = src
-        .copy_out(copy_out.as_str())
-        .await
-        .map_err(|e| anyhow::anyhow!("{}: reading the source: {}", what(), describe_pg_error(&e)))?;
+    let stream = src.copy_out(copy_out.as_str()).await.map_err(|e| {
+        anyhow::anyhow!("{}: reading the source: {}", what(), describe_pg_error(&e))
+    })?;
     let mut counter = RowCounter::new(job.binary);
     let mut bytes = 0u64;
     let progress = plan.progress;
-    let mut stream = std::pin::pin!(stream.map_err(|e| anyhow::anyhow!("reading the source: {}", describe_pg_error(&e))));
+    let mut stream = std::pin::pin!(
+        stream.map_err(|e| anyhow::anyhow!("reading the source: {}", describe_pg_error(&e)))
+    );
     let mut sink = std::pin::pin!(sink);
     while let Some(chunk) = stream.next().await {
         let chunk = chunk.with_context(what)?;
-        counter.feed(&chunk).map_err(|e| anyhow::anyhow!("{}: {e}", what()))?;
+        counter
+            .feed(&chunk)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", what()))?;
         bytes += chunk.len() as u64;
         progress.add_bytes("data", chunk.len() as u64);
-        sink.send(chunk)
-            .await
-            .map_err(|e| anyhow::anyhow!("{}: writing the shadow: {}", what(), describe_pg_error(&e)))?;
+        sink.send(chunk).await.map_err(|e| {
+            anyhow::anyhow!("{}: writing the shadow: {}", what(), describe_pg_error(&e))
+        })?;
     }
     let stored = sink
         .as_mut()
         .finish()
         .await
         .map_err(|e| anyhow::anyhow!("{}: {}", what(), describe_pg_error(&e)))?;
-    let sent = counter.finish().map_err(|e| anyhow::anyhow!("{}: {e}", what()))?;
+    let sent = counter
+        .finish()
+        .map_err(|e| anyhow::anyhow!("{}: {e}", what()))?;
     if sent != stored {
         let _ = dst.batch_execute("ROLLBACK").await;
-        bail!("{}: the source sent {sent} rows but the shadow stored {stored}", what());
+        bail!(
+            "{}: the source sent {sent} rows but the shadow stored {stored}",
+            what()
+        );
     }
     dst.batch_execute("COMMIT")
         .await
@@ -220,5 +268,11 @@ async fn copy_table(plan: &DataPlan<'_>, src: &Client, dst: &Client, job: &CopyJ
     progress.item_done("data");
     let ms = started.elapsed().as_millis() as u64;
     tracing::debug!(table = %job.name, rows = stored, bytes, ms, binary = job.binary, "table loaded");
-    Ok(Loaded { name: job.name.clone(), rows: stored as i64, bytes, ms, binary: job.binary })
+    Ok(Loaded {
+        name: job.name.clone(),
+        rows: stored as i64,
+        bytes,
+        ms,
+        binary: job.binary,
+    })
 }

@@ -31,8 +31,7 @@ use crate::pipeline::progress::Progress;
 
 /// Session settings for index builds: more sort memory for these sessions only,
 /// and no parallel maintenance workers (the `--jobs` cap holds across phases).
-pub const INDEX_SESSION_SETTINGS: &str =
-    "SET maintenance_work_mem = '256MB'; SET max_parallel_maintenance_workers = 0; SET synchronous_commit = off";
+pub const INDEX_SESSION_SETTINGS: &str = "SET maintenance_work_mem = '256MB'; SET max_parallel_maintenance_workers = 0; SET synchronous_commit = off";
 
 /// What an entry touches, from its parse tree.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -52,7 +51,9 @@ pub fn targets(sql: &str) -> Result<EntryTargets> {
     let parsed = pg_query::parse(sql, 0).map_err(|e| anyhow!("parsing: {e}"))?;
     let mut t = EntryTargets::default();
     for raw in &parsed.protobuf.stmts {
-        let Some(node) = raw.stmt.as_ref().and_then(|s| s.node.as_ref()) else { continue };
+        let Some(node) = raw.stmt.as_ref().and_then(|s| s.node.as_ref()) else {
+            continue;
+        };
         match node {
             NodeEnum::IndexStmt(s) => {
                 if let Some(r) = &s.relation {
@@ -153,7 +154,11 @@ pub struct Plan {
 
 /// Split remapped post-data entries into waves and deferred SQL.
 /// `sizes`: table name -> bytes (for ordering); `preserved`: preserved table names.
-pub fn plan(entries: &[Entry], sizes: &HashMap<String, i64>, preserved: &HashSet<String>) -> Result<Plan> {
+pub fn plan(
+    entries: &[Entry],
+    sizes: &HashMap<String, i64>,
+    preserved: &HashSet<String>,
+) -> Result<Plan> {
     let mut p = Plan::default();
     // (table, object) of every deferred constraint, trigger and rule, so that
     // comments on them are deferred too.
@@ -181,13 +186,24 @@ pub fn plan(entries: &[Entry], sizes: &HashMap<String, i64>, preserved: &HashSet
             p.deferred.push(e.sql.clone());
             continue;
         }
-        let weight = t.table.as_ref().and_then(|n| sizes.get(n)).copied().unwrap_or(0);
+        let weight = t
+            .table
+            .as_ref()
+            .and_then(|n| sizes.get(n))
+            .copied()
+            .unwrap_or(0);
         let w = wave(&h.kind) as usize - 1;
-        p.waves[w].push(Job { label: e.label(), kind: h.kind.clone(), sql: e.sql.clone(), table: t.table, weight });
+        p.waves[w].push(Job {
+            label: e.label(),
+            kind: h.kind.clone(),
+            sql: e.sql.clone(),
+            table: t.table,
+            weight,
+        });
     }
     for w in [0, 2] {
         // Stable: biggest tables first, pg_restore order within a table.
-        p.waves[w].sort_by(|a, b| b.weight.cmp(&a.weight));
+        p.waves[w].sort_by_key(|j| std::cmp::Reverse(j.weight));
     }
     Ok(p)
 }
@@ -208,7 +224,16 @@ pub async fn run(
             continue;
         }
         let parallel = if i == 0 || i == 2 { workers.max(1) } else { 1 };
-        run_wave(jobs, &plan.preamble, dest, parallel, connect_timeout, cancel, progress).await?;
+        run_wave(
+            jobs,
+            &plan.preamble,
+            dest,
+            parallel,
+            connect_timeout,
+            cancel,
+            progress,
+        )
+        .await?;
     }
     progress.finish("indexes");
     Ok(())
@@ -272,7 +297,12 @@ mod tests {
 
     fn entry(kind: &str, sql: &str) -> Entry {
         Entry {
-            header: Some(EntryHeader { name: "x".into(), kind: kind.into(), schema: Some("shadow".into()), owner: None }),
+            header: Some(EntryHeader {
+                name: "x".into(),
+                kind: kind.into(),
+                schema: Some("shadow".into()),
+                owner: None,
+            }),
             sql: sql.into(),
         }
     }
@@ -298,14 +328,33 @@ mod tests {
     fn waves_and_deferral() {
         let entries = vec![
             entry("INDEX", "CREATE INDEX a ON shadow.small (x);"),
-            entry("CONSTRAINT", "ALTER TABLE ONLY shadow.big ADD CONSTRAINT big_pkey PRIMARY KEY (id);"),
-            entry("FK CONSTRAINT", "ALTER TABLE ONLY shadow.orders ADD CONSTRAINT o_fk FOREIGN KEY (u) REFERENCES shadow.users(id);"),
-            entry("FK CONSTRAINT", "ALTER TABLE ONLY shadow.orders ADD CONSTRAINT o_fk2 FOREIGN KEY (p) REFERENCES shadow.products(id);"),
-            entry("TRIGGER", "CREATE TRIGGER t AFTER INSERT ON shadow.users FOR EACH ROW EXECUTE FUNCTION shadow.f();"),
-            entry("COMMENT", "COMMENT ON CONSTRAINT o_fk ON shadow.orders IS 'x';"),
-            entry("INDEX ATTACH", "ALTER INDEX shadow.p_idx ATTACH PARTITION shadow.p1_idx;"),
+            entry(
+                "CONSTRAINT",
+                "ALTER TABLE ONLY shadow.big ADD CONSTRAINT big_pkey PRIMARY KEY (id);",
+            ),
+            entry(
+                "FK CONSTRAINT",
+                "ALTER TABLE ONLY shadow.orders ADD CONSTRAINT o_fk FOREIGN KEY (u) REFERENCES shadow.users(id);",
+            ),
+            entry(
+                "FK CONSTRAINT",
+                "ALTER TABLE ONLY shadow.orders ADD CONSTRAINT o_fk2 FOREIGN KEY (p) REFERENCES shadow.products(id);",
+            ),
+            entry(
+                "TRIGGER",
+                "CREATE TRIGGER t AFTER INSERT ON shadow.users FOR EACH ROW EXECUTE FUNCTION shadow.f();",
+            ),
+            entry(
+                "COMMENT",
+                "COMMENT ON CONSTRAINT o_fk ON shadow.orders IS 'x';",
+            ),
+            entry(
+                "INDEX ATTACH",
+                "ALTER INDEX shadow.p_idx ATTACH PARTITION shadow.p1_idx;",
+            ),
         ];
-        let sizes: HashMap<String, i64> = [("big".to_string(), 100), ("small".to_string(), 1)].into();
+        let sizes: HashMap<String, i64> =
+            [("big".to_string(), 100), ("small".to_string(), 1)].into();
         let preserved: HashSet<String> = ["users".to_string()].into();
         let p = plan(&entries, &sizes, &preserved).unwrap();
         assert_eq!(p.waves[0].len(), 2);

@@ -39,7 +39,11 @@ pub fn tools(source_major: u32) -> Result<Tools> {
             pg_restore.display()
         );
     }
-    Ok(Tools { pg_dump, pg_restore, major: dump_major })
+    Ok(Tools {
+        pg_dump,
+        pg_restore,
+        major: dump_major,
+    })
 }
 
 /// An extension the shadow needs, and what prepare does about it.
@@ -56,7 +60,10 @@ pub struct ExtensionPlan {
 pub async fn check_source(src: &Client) -> Result<Vec<String>> {
     let mut warnings = Vec::new();
     let r = src
-        .query_one("SELECT current_user::text, has_schema_privilege('public', 'USAGE')", &[])
+        .query_one(
+            "SELECT current_user::text, has_schema_privilege('public', 'USAGE')",
+            &[],
+        )
         .await
         .context("checking privileges on the source")?;
     let user: String = r.get(0);
@@ -81,7 +88,10 @@ pub async fn check_source(src: &Client) -> Result<Vec<String>> {
         );
     }
     let lobs: i64 = src
-        .query_one("SELECT count(*) FROM pg_catalog.pg_largeobject_metadata", &[])
+        .query_one(
+            "SELECT count(*) FROM pg_catalog.pg_largeobject_metadata",
+            &[],
+        )
         .await?
         .get(0);
     if lobs > 0 {
@@ -189,7 +199,8 @@ pub async fn outside_dependents(dst: &Client) -> Result<Vec<String>> {
         .await
         .context("looking for foreign keys from outside public")?;
     for r in rows {
-        let (s, t, c, p): (String, String, String, String) = (r.get(0), r.get(1), r.get(2), r.get(3));
+        let (s, t, c, p): (String, String, String, String) =
+            (r.get(0), r.get(1), r.get(2), r.get(3));
         out.push(format!(
             "foreign key {} on {}.{} references public.{}; after the swap it will reference the backup's copy",
             display_ident(&c),
@@ -222,7 +233,10 @@ pub async fn outside_dependents(dst: &Client) -> Result<Vec<String>> {
 
 /// Decide what to do for each source extension; fails if one is missing on the
 /// destination and not available, or lives in another schema there.
-pub async fn plan_extensions(src_exts: &[ExtensionInfo], dst: &Client) -> Result<(Vec<ExtensionPlan>, Vec<String>)> {
+pub async fn plan_extensions(
+    src_exts: &[ExtensionInfo],
+    dst: &Client,
+) -> Result<(Vec<ExtensionPlan>, Vec<String>)> {
     let dst_exts = catalog::extensions(dst).await?;
     let mut plans = Vec::new();
     let mut warnings = Vec::new();
@@ -294,7 +308,11 @@ pub async fn plan_extensions(src_exts: &[ExtensionInfo], dst: &Client) -> Result
 pub async fn create_extensions(dst: &Client, plans: &[ExtensionPlan]) -> Result<Vec<String>> {
     let mut created = Vec::new();
     for p in plans.iter().filter(|p| p.action == "create") {
-        let sql = format!("CREATE EXTENSION IF NOT EXISTS {} WITH SCHEMA {}", quote_ident(&p.name), quote_ident(&p.schema));
+        let sql = format!(
+            "CREATE EXTENSION IF NOT EXISTS {} WITH SCHEMA {}",
+            quote_ident(&p.name),
+            quote_ident(&p.schema)
+        );
         dst.batch_execute(&sql).await.map_err(|e| {
             anyhow::anyhow!(
                 "extension {} is missing on the destination and could not be created: {}",

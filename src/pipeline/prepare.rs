@@ -99,7 +99,12 @@ pub struct Checked {
 
 /// The read-only part: connections, versions, privileges, extensions,
 /// leftovers, preserved-table validation. Changes nothing.
-pub async fn check(ctx_source: &ConnSpec, sess_dest: &Client, src: &Client, settings: &crate::config::Settings) -> Result<Checked> {
+pub async fn check(
+    ctx_source: &ConnSpec,
+    sess_dest: &Client,
+    src: &Client,
+    settings: &crate::config::Settings,
+) -> Result<Checked> {
     if ctx_source.same_server_and_db(settings.require_dest()?)
         || catalog::server_identity(src).await? == catalog::server_identity(sess_dest).await?
     {
@@ -125,12 +130,27 @@ pub async fn check(ctx_source: &ConnSpec, sess_dest: &Client, src: &Client, sett
     let leftover = preflight::leftovers(sess_dest).await?;
     let tables = catalog::tables(src, SOURCE_SCHEMA).await?;
     sync::validate(&settings.preserved_tables, &tables, sess_dest).await?;
-    Ok(Checked { tools, extensions, warnings, leftover, tables })
+    Ok(Checked {
+        tools,
+        extensions,
+        warnings,
+        leftover,
+        tables,
+    })
 }
 
 /// Print or return the dry-run plan.
-pub fn plan_report(source: &ConnSpec, dest: &ConnSpec, checked: &Checked, settings: &crate::config::Settings) -> PlanReport {
-    let preserved: HashSet<&str> = settings.preserved_tables.iter().map(|t| t.name.as_str()).collect();
+pub fn plan_report(
+    source: &ConnSpec,
+    dest: &ConnSpec,
+    checked: &Checked,
+    settings: &crate::config::Settings,
+) -> PlanReport {
+    let preserved: HashSet<&str> = settings
+        .preserved_tables
+        .iter()
+        .map(|t| t.name.as_str())
+        .collect();
     let tables: Vec<PlannedTable> = checked
         .tables
         .iter()
@@ -156,7 +176,11 @@ pub fn plan_report(source: &ConnSpec, dest: &ConnSpec, checked: &Checked, settin
         tables,
         phases: PHASES.to_vec(),
         extensions: checked.extensions.clone(),
-        preserved_tables: settings.preserved_tables.iter().map(|t| t.to_string()).collect(),
+        preserved_tables: settings
+            .preserved_tables
+            .iter()
+            .map(|t| t.to_string())
+            .collect(),
         warnings: checked.warnings.clone(),
         leftovers: match &checked.leftover {
             Leftover::None => None,
@@ -187,26 +211,41 @@ struct Run<'a> {
 
 /// Run prepare on an open session. `rec` is a fresh record; on success its
 /// status is `prepared`.
-pub async fn run(sess: &Session, rec: &mut Recorder, source: &ConnSpec, checked: Checked, progress: &Progress) -> Result<PrepareReport> {
+pub async fn run(
+    sess: &Session,
+    rec: &mut Recorder,
+    source: &ConnSpec,
+    checked: Checked,
+    progress: &Progress,
+) -> Result<PrepareReport> {
     let settings = &sess.ctx.settings;
     let mut warnings = checked.warnings.clone();
     if let Leftover::StartOver(why) = &checked.leftover {
         tracing::warn!("{why}");
         warnings.push(why.clone());
-        let removed = cleanup::remove_prepared(&sess.control, settings.lock_timeout, settings.swap_retries).await?;
+        let removed =
+            cleanup::remove_prepared(&sess.control, settings.lock_timeout, settings.swap_retries)
+                .await?;
         tracing::info!(?removed, "removed leftovers of the earlier run");
     }
     for w in &checked.warnings {
         tracing::warn!("{w}");
     }
-    let extensions_created = preflight::create_extensions(&sess.control, &checked.extensions).await?;
+    let extensions_created =
+        preflight::create_extensions(&sess.control, &checked.extensions).await?;
     meta::ensure_meta(&sess.control).await?;
     rec.meta_ready = true;
-    rec.state.preserved_tables = settings.preserved_tables.iter().map(|t| t.name.clone()).collect();
-    let dump_dir = settings
-        .dump_dir
-        .clone()
-        .unwrap_or_else(|| settings.state_dir.join(format!("pgshift-dump-{}", crate::state::file_safe(sess.dest.dbname()))));
+    rec.state.preserved_tables = settings
+        .preserved_tables
+        .iter()
+        .map(|t| t.name.clone())
+        .collect();
+    let dump_dir = settings.dump_dir.clone().unwrap_or_else(|| {
+        settings.state_dir.join(format!(
+            "pgshift-dump-{}",
+            crate::state::file_safe(sess.dest.dbname())
+        ))
+    });
     rec.state.dump_dir = Some(dump_dir.clone());
     rec.set_status(sess, Status::Preparing).await?;
 
@@ -225,7 +264,11 @@ pub async fn run(sess: &Session, rec: &mut Recorder, source: &ConnSpec, checked:
         matviews: Vec::new(),
         defined: DefinedNames::new(),
         loaded: Vec::new(),
-        preserved: settings.preserved_tables.iter().map(|t| t.name.clone()).collect(),
+        preserved: settings
+            .preserved_tables
+            .iter()
+            .map(|t| t.name.clone())
+            .collect(),
     };
     let result = phases(&mut run, rec).await;
     // The snapshot session is no longer needed either way.
@@ -253,10 +296,20 @@ pub async fn run(sess: &Session, rec: &mut Recorder, source: &ConnSpec, checked:
         Err(e) => {
             rec.fail(sess, &e).await;
             // Streaming cannot resume from a dead snapshot: remove what this run made.
-            match cleanup::remove_prepared(&sess.control, settings.lock_timeout, settings.swap_retries).await {
-                Ok(r) if !r.is_empty() => tracing::info!("removed the partial shadow and sync objects"),
+            match cleanup::remove_prepared(
+                &sess.control,
+                settings.lock_timeout,
+                settings.swap_retries,
+            )
+            .await
+            {
+                Ok(r) if !r.is_empty() => {
+                    tracing::info!("removed the partial shadow and sync objects")
+                }
                 Ok(_) => {}
-                Err(ce) => tracing::warn!("could not remove the partial migration: {ce:#}; run `pgshift abort`"),
+                Err(ce) => tracing::warn!(
+                    "could not remove the partial migration: {ce:#}; run `pgshift abort`"
+                ),
             }
             Err(e)
         }
@@ -273,17 +326,36 @@ async fn phases(run: &mut Run<'_>, rec: &mut Recorder) -> Result<usize> {
     rec.phase(sess, "schema", schema(run)).await?;
     let loaded = rec.phase(sess, "data", load(run)).await?;
     let bytes: u64 = loaded.iter().map(|l| l.bytes).sum();
-    rec.detail("data", format!("{} tables, {} streamed", loaded.len(), crate::output::human_bytes(bytes as i64)));
+    rec.detail(
+        "data",
+        format!(
+            "{} tables, {} streamed",
+            loaded.len(),
+            crate::output::human_bytes(bytes as i64)
+        ),
+    );
     run.loaded = loaded;
     let deferred = rec.phase(sess, "indexes", indexes(run)).await?;
-    rec.state.extra.insert("deferred_sql".into(), serde_json::to_value(&deferred)?);
+    rec.state
+        .extra
+        .insert("deferred_sql".into(), serde_json::to_value(&deferred)?);
     rec.phase(sess, "sequences", sequences(run)).await?;
     rec.phase(sess, "matviews", matviews(run)).await?;
-    let synced = rec.phase(sess, "sync", sync_phase(run, rec.state.id)).await?;
-    rec.state.extra.insert("sync".into(), serde_json::to_value(&synced)?);
+    let synced = rec
+        .phase(sess, "sync", sync_phase(run, rec.state.id))
+        .await?;
+    rec.state
+        .extra
+        .insert("sync".into(), serde_json::to_value(&synced)?);
     rec.phase(sess, "analyze", analyze(run)).await?;
     let applied = rec.phase(sess, "privileges", privs(run)).await?;
-    rec.detail("privileges", format!("{} owners, {} grants", applied.owners_changed, applied.grants));
+    rec.detail(
+        "privileges",
+        format!(
+            "{} owners, {} grants",
+            applied.owners_changed, applied.grants
+        ),
+    );
     let tables = rec.phase(sess, "validate", validate(run)).await?;
     rec.state.tables = tables;
     Ok(deferred.len())
@@ -291,7 +363,13 @@ async fn phases(run: &mut Run<'_>, rec: &mut Recorder) -> Result<usize> {
 
 async fn snapshot(run: &mut Run<'_>) -> Result<DateTime<Utc>> {
     let settings = &run.sess.ctx.settings;
-    let client = connect(&run.source, "source", &app_name("prepare"), settings.connect_timeout).await?;
+    let client = connect(
+        &run.source,
+        "source",
+        &app_name("prepare"),
+        settings.connect_timeout,
+    )
+    .await?;
     client
         .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
         .await
@@ -299,11 +377,19 @@ async fn snapshot(run: &mut Run<'_>) -> Result<DateTime<Utc>> {
     let row = client
         .query_one("SELECT pg_catalog.pg_export_snapshot(), now()", &[])
         .await
-        .map_err(|e| anyhow!("exporting a snapshot on the source: {}", describe_pg_error(&e)))?;
+        .map_err(|e| {
+            anyhow!(
+                "exporting a snapshot on the source: {}",
+                describe_pg_error(&e)
+            )
+        })?;
     let snap: String = row.get(0);
     let at: DateTime<Utc> = row.get(1);
     run.tables = catalog::tables(&client, SOURCE_SCHEMA).await?;
-    run.defined = catalog::defined_names(&client, SOURCE_SCHEMA).await?.into_iter().collect();
+    run.defined = catalog::defined_names(&client, SOURCE_SCHEMA)
+        .await?
+        .into_iter()
+        .collect();
     run.sequences = catalog::sequences(&client, SOURCE_SCHEMA).await?;
     for s in &run.sequences {
         let v = catalog::sequence_value(&client, SOURCE_SCHEMA, &s.name).await?;
@@ -325,18 +411,28 @@ async fn snapshot(run: &mut Run<'_>) -> Result<DateTime<Utc>> {
 fn prepare_dump_dir(dir: &Path, objects: usize) -> Result<()> {
     if dir.exists() {
         let is_dump = dir.join("toc.dat").is_file();
-        let empty = std::fs::read_dir(dir).map(|mut d| d.next().is_none()).unwrap_or(false);
+        let empty = std::fs::read_dir(dir)
+            .map(|mut d| d.next().is_none())
+            .unwrap_or(false);
         if is_dump || empty {
-            std::fs::remove_dir_all(dir).with_context(|| format!("removing the old dump directory {}", dir.display()))?;
+            std::fs::remove_dir_all(dir)
+                .with_context(|| format!("removing the old dump directory {}", dir.display()))?;
         } else {
-            bail!("dump directory {} exists and is not a pgshift dump; choose another --dump-dir", dir.display());
+            bail!(
+                "dump directory {} exists and is not a pgshift dump; choose another --dump-dir",
+                dir.display()
+            );
         }
     }
-    let parent = dir.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let parent = dir
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
     std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
     // A schema-only dump: a few kB per object, plus headroom.
     let needed: u64 = 16 * 1024 * 1024 + 8 * 1024 * objects as u64;
-    let st = nix::sys::statvfs::statvfs(parent).with_context(|| format!("checking free space in {}", parent.display()))?;
+    let st = nix::sys::statvfs::statvfs(parent)
+        .with_context(|| format!("checking free space in {}", parent.display()))?;
     let free = st.blocks_available() as u64 * st.fragment_size() as u64;
     if free < needed {
         bail!(
@@ -353,14 +449,21 @@ async fn dump(run: &mut Run<'_>) -> Result<()> {
     let snap = run.snapshot.clone().context("no snapshot")?;
     prepare_dump_dir(&run.dump_dir, run.defined.len())?;
     let spec = ChildSpec::new(&run.tools.pg_dump)
-        .args(["--format=directory", "--schema-only", "--schema=public", "--no-password"])
+        .args([
+            "--format=directory",
+            "--schema-only",
+            "--schema=public",
+            "--no-password",
+        ])
         .arg(format!("--snapshot={snap}"))
         .arg("--file")
         .arg(run.dump_dir.as_os_str())
         .env_remove(ConnSpec::child_env_remove().iter().copied())
         .envs(run.source.child_env());
     let spec = with_appname(spec, "pgshift pg_dump");
-    process::run(&spec, &run.sess.ctx.cancel).await.context("dumping the source schema")?;
+    process::run(&spec, &run.sess.ctx.cancel)
+        .await
+        .context("dumping the source schema")?;
     Ok(())
 }
 
@@ -377,7 +480,9 @@ async fn restore_section(run: &Run<'_>, section: &str) -> Result<Vec<Entry>> {
         .args(["--no-owner", "--no-privileges", "--file=-"])
         .arg(run.dump_dir.as_os_str())
         .env_remove(ConnSpec::child_env_remove().iter().copied());
-    let out = process::run(&spec, &run.sess.ctx.cancel).await.with_context(|| format!("rendering the {section} section"))?;
+    let out = process::run(&spec, &run.sess.ctx.cancel)
+        .await
+        .with_context(|| format!("rendering the {section} section"))?;
     let text = String::from_utf8(out.stdout).context("pg_restore output is not UTF-8")?;
     let text = sql::strip_meta_commands(&text)?;
     sql::split_entries(&text)
@@ -399,8 +504,12 @@ fn remap_entries(run: &Run<'_>, entries: Vec<Entry>) -> Result<Vec<Entry>> {
         .filter(|e| !skip_entry(e))
         .map(|e| {
             let label = e.label();
-            let sql = sql::remap(&e.sql, SOURCE_SCHEMA, SHADOW_SCHEMA, &run.defined).with_context(|| format!("remapping {label}"))?;
-            Ok(Entry { header: e.header, sql })
+            let sql = sql::remap(&e.sql, SOURCE_SCHEMA, SHADOW_SCHEMA, &run.defined)
+                .with_context(|| format!("remapping {label}"))?;
+            Ok(Entry {
+                header: e.header,
+                sql,
+            })
         })
         .collect()
 }
@@ -409,14 +518,24 @@ async fn schema(run: &mut Run<'_>) -> Result<()> {
     let entries = restore_section(run, "pre-data").await?;
     let entries = remap_entries(run, entries)?;
     let settings = &run.sess.ctx.settings;
-    let client = connect(&run.sess.dest, "destination", &app_name("prepare"), settings.connect_timeout).await?;
-    let mut script = String::with_capacity(entries.iter().map(|e| e.sql.len()).sum::<usize>() + 512);
+    let client = connect(
+        &run.sess.dest,
+        "destination",
+        &app_name("prepare"),
+        settings.connect_timeout,
+    )
+    .await?;
+    let mut script =
+        String::with_capacity(entries.iter().map(|e| e.sql.len()).sum::<usize>() + 512);
     script.push_str("BEGIN;\n");
     script.push_str(&format!("CREATE SCHEMA {};\n", quote_ident(SHADOW_SCHEMA)));
     script.push_str(&format!(
         "COMMENT ON SCHEMA {} IS {};\n",
         quote_ident(SHADOW_SCHEMA),
-        quote_literal(&format!("{MARKER} shadow of migration {} (managed by pgshift)", run.id))
+        quote_literal(&format!(
+            "{MARKER} shadow of migration {} (managed by pgshift)",
+            run.id
+        ))
     ));
     for e in &entries {
         script.push_str(&e.sql);
@@ -427,7 +546,10 @@ async fn schema(run: &mut Run<'_>) -> Result<()> {
     script.push_str("COMMIT;\n");
     if let Err(e) = client.batch_execute(&script).await {
         let _ = client.batch_execute("ROLLBACK").await;
-        return Err(anyhow!("restoring the schema into shadow: {}", describe_pg_error(&e)));
+        return Err(anyhow!(
+            "restoring the schema into shadow: {}",
+            describe_pg_error(&e)
+        ));
     }
     meta::set_shadow_oid(&run.sess.control, run.id).await?;
     Ok(())
@@ -459,10 +581,22 @@ async fn load(run: &mut Run<'_>) -> Result<Vec<Loaded>> {
 async fn indexes(run: &mut Run<'_>) -> Result<Vec<String>> {
     let entries = restore_section(run, "post-data").await?;
     let entries = remap_entries(run, entries)?;
-    let sizes: HashMap<String, i64> = run.tables.iter().map(|t| (t.name.clone(), t.total_bytes)).collect();
+    let sizes: HashMap<String, i64> = run
+        .tables
+        .iter()
+        .map(|t| (t.name.clone(), t.total_bytes))
+        .collect();
     let plan = postdata::plan(&entries, &sizes, &run.preserved)?;
     let settings = &run.sess.ctx.settings;
-    postdata::run(&plan, &run.sess.dest, settings.jobs, settings.connect_timeout, &run.sess.ctx.cancel, run.progress).await?;
+    postdata::run(
+        &plan,
+        &run.sess.dest,
+        settings.jobs,
+        settings.connect_timeout,
+        &run.sess.ctx.cancel,
+        run.progress,
+    )
+    .await?;
     Ok(plan.deferred)
 }
 
@@ -498,19 +632,30 @@ async fn matviews(run: &mut Run<'_>) -> Result<()> {
         if !populated {
             continue;
         }
-        let sql = format!("REFRESH MATERIALIZED VIEW {}", qualified(SHADOW_SCHEMA, name));
-        run.sess
-            .control
-            .batch_execute(&sql)
-            .await
-            .map_err(|e| anyhow!("refreshing materialized view {name}: {}", describe_pg_error(&e)))?;
+        let sql = format!(
+            "REFRESH MATERIALIZED VIEW {}",
+            qualified(SHADOW_SCHEMA, name)
+        );
+        run.sess.control.batch_execute(&sql).await.map_err(|e| {
+            anyhow!(
+                "refreshing materialized view {name}: {}",
+                describe_pg_error(&e)
+            )
+        })?;
     }
     Ok(())
 }
 
 async fn sync_phase(run: &mut Run<'_>, id: i64) -> Result<Vec<sync::SyncedTable>> {
     let settings = &run.sess.ctx.settings;
-    sync::setup(&run.sess.control, &settings.preserved_tables, id, settings.lock_timeout, settings.swap_retries).await
+    sync::setup(
+        &run.sess.control,
+        &settings.preserved_tables,
+        id,
+        settings.lock_timeout,
+        settings.swap_retries,
+    )
+    .await
 }
 
 async fn analyze(run: &mut Run<'_>) -> Result<()> {
@@ -521,16 +666,22 @@ async fn analyze(run: &mut Run<'_>) -> Result<()> {
         .filter(|t| matches!(t.relkind, 'r' | 'p' | 'm'))
         .map(|t| t.name.clone())
         .collect();
-    let pool = crate::pg::connect::pool(&run.sess.dest, &app_name("prepare"), settings.jobs.max(1))?;
+    let pool =
+        crate::pg::connect::pool(&run.sess.dest, &app_name("prepare"), settings.jobs.max(1))?;
     let mut set = tokio::task::JoinSet::new();
     let queue = std::sync::Arc::new(std::sync::Mutex::new(names));
     for _ in 0..settings.jobs.max(1) {
         let pool = pool.clone();
         let queue = queue.clone();
         set.spawn(async move {
-            let client = pool.get().await.map_err(|e| anyhow!("{}", crate::pg::connect::describe_pool_error(&e)))?;
+            let client = pool
+                .get()
+                .await
+                .map_err(|e| anyhow!("{}", crate::pg::connect::describe_pool_error(&e)))?;
             loop {
-                let Some(name) = queue.lock().ok().and_then(|mut q| q.pop()) else { return Ok::<_, anyhow::Error>(()) };
+                let Some(name) = queue.lock().ok().and_then(|mut q| q.pop()) else {
+                    return Ok::<_, anyhow::Error>(());
+                };
                 client
                     .batch_execute(&format!("ANALYZE {}", qualified(SHADOW_SCHEMA, &name)))
                     .await
@@ -546,10 +697,19 @@ async fn analyze(run: &mut Run<'_>) -> Result<()> {
 
 async fn privs(run: &mut Run<'_>) -> Result<privileges::Applied> {
     let settings = &run.sess.ctx.settings;
-    let client = connect(&run.sess.dest, "destination", &app_name("prepare"), settings.connect_timeout).await?;
-    let owners: Option<HashMap<String, String>> = settings
-        .keep_source_owners
-        .then(|| run.tables.iter().map(|t| (t.name.clone(), t.owner.clone())).collect());
+    let client = connect(
+        &run.sess.dest,
+        "destination",
+        &app_name("prepare"),
+        settings.connect_timeout,
+    )
+    .await?;
+    let owners: Option<HashMap<String, String>> = settings.keep_source_owners.then(|| {
+        run.tables
+            .iter()
+            .map(|t| (t.name.clone(), t.owner.clone()))
+            .collect()
+    });
     privileges::apply(&client, SHADOW_SCHEMA, SOURCE_SCHEMA, owners.as_ref()).await
 }
 
@@ -559,28 +719,49 @@ async fn validate(run: &mut Run<'_>) -> Result<Vec<TableRecord>> {
     // Sequences: every shadow sequence holds the source's value.
     let mut mismatches = Vec::new();
     for s in &run.sequences {
-        if s.owned_by.as_ref().is_some_and(|o| run.preserved.contains(&o.0)) {
+        if s.owned_by
+            .as_ref()
+            .is_some_and(|o| run.preserved.contains(&o.0))
+        {
             continue;
         }
         let got = catalog::sequence_value(&run.sess.control, SHADOW_SCHEMA, &s.name).await?;
         let want = run.sequence_values[&s.name];
         if got != want {
-            mismatches.push(format!("sequence {}: source {:?}, shadow {:?}", s.name, want, got));
+            mismatches.push(format!(
+                "sequence {}: source {:?}, shadow {:?}",
+                s.name, want, got
+            ));
         }
     }
     let mut records: Vec<TableRecord> = run
         .loaded
         .iter()
-        .map(|l| TableRecord { name: l.name.clone(), rows: l.rows, bytes: l.bytes as i64, checksum: None, preserved: false })
+        .map(|l| TableRecord {
+            name: l.name.clone(),
+            rows: l.rows,
+            bytes: l.bytes as i64,
+            checksum: None,
+            preserved: false,
+        })
         .collect();
     for p in &run.preserved {
         let n: i64 = run
             .sess
             .control
-            .query_one(&format!("SELECT count(*) FROM ONLY {}", qualified(SHADOW_SCHEMA, p)), &[])
+            .query_one(
+                &format!("SELECT count(*) FROM ONLY {}", qualified(SHADOW_SCHEMA, p)),
+                &[],
+            )
             .await?
             .get(0);
-        records.push(TableRecord { name: p.clone(), rows: n, bytes: 0, checksum: None, preserved: true });
+        records.push(TableRecord {
+            name: p.clone(),
+            rows: n,
+            bytes: 0,
+            checksum: None,
+            preserved: true,
+        });
     }
     if settings.verify == crate::cli::VerifyMode::Checksums {
         let src = run.snap_client.as_ref().context("no snapshot session")?;
@@ -588,7 +769,10 @@ async fn validate(run: &mut Run<'_>) -> Result<Vec<TableRecord>> {
             let a = checksum(src, SOURCE_SCHEMA, &r.name).await?;
             let b = checksum(&run.sess.control, SHADOW_SCHEMA, &r.name).await?;
             if a != b {
-                mismatches.push(format!("table {}: content checksum differs (source {a}, shadow {b})", r.name));
+                mismatches.push(format!(
+                    "table {}: content checksum differs (source {a}, shadow {b})",
+                    r.name
+                ));
             }
             r.checksum = Some(b);
         }
@@ -599,18 +783,29 @@ async fn validate(run: &mut Run<'_>) -> Result<Vec<TableRecord>> {
         let n: i64 = run
             .sess
             .control
-            .query_one(&format!("SELECT count(*) FROM ONLY {}", qualified(SHADOW_SCHEMA, &r.name)), &[])
+            .query_one(
+                &format!(
+                    "SELECT count(*) FROM ONLY {}",
+                    qualified(SHADOW_SCHEMA, &r.name)
+                ),
+                &[],
+            )
             .await?
             .get(0);
         if n != r.rows {
-            mismatches.push(format!("table {}: source {} rows, shadow {n}", r.name, r.rows));
+            mismatches.push(format!(
+                "table {}: source {} rows, shadow {n}",
+                r.name, r.rows
+            ));
         }
     }
     if !mismatches.is_empty() {
-        return Err(anyhow::Error::new(crate::error::VerificationFailed(format!(
-            "the shadow does not match the source: {}",
-            mismatches.join("; ")
-        ))));
+        return Err(anyhow::Error::new(crate::error::VerificationFailed(
+            format!(
+                "the shadow does not match the source: {}",
+                mismatches.join("; ")
+            ),
+        )));
     }
     records.sort_by(|a, b| a.name.cmp(&b.name));
     tracing::debug!(ms = started.elapsed().as_millis() as u64, "validated");

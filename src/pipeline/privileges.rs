@@ -150,7 +150,11 @@ async fn objects(client: &Client, schema: &str) -> Result<Vec<Obj>> {
         let has_acl: bool = r.get(3);
         let acl: Vec<String> = r.get(4);
         out.push(Obj {
-            kind: if r.get::<_, String>(1) == "d" { "DOMAIN" } else { "TYPE" },
+            kind: if r.get::<_, String>(1) == "d" {
+                "DOMAIN"
+            } else {
+                "TYPE"
+            },
             key: format!("type:{name}"),
             sql_name: qualified(schema, &name),
             owner: r.get(2),
@@ -171,7 +175,11 @@ fn split3(a: &str) -> Option<(String, String, bool)> {
 }
 
 fn grantee_sql(g: &str) -> String {
-    if g.is_empty() { "PUBLIC".to_string() } else { quote_ident(g) }
+    if g.is_empty() {
+        "PUBLIC".to_string()
+    } else {
+        quote_ident(g)
+    }
 }
 
 /// The ALTER keyword for an object kind.
@@ -200,38 +208,60 @@ pub async fn plan(
     source_owners: Option<&HashMap<String, String>>,
 ) -> Result<(Vec<String>, Applied)> {
     client.batch_execute("SET search_path = ''").await?;
-    let current: String = client.query_one("SELECT current_user::text", &[]).await?.get(0);
+    let current: String = client
+        .query_one("SELECT current_user::text", &[])
+        .await?
+        .get(0);
     let roles: HashSet<String> = client
         .query("SELECT rolname::text FROM pg_catalog.pg_roles", &[])
         .await?
         .into_iter()
         .map(|r| r.get(0))
         .collect();
-    let theirs: HashMap<String, Obj> = objects(client, public).await?.into_iter().map(|o| (o.key.clone(), o)).collect();
+    let theirs: HashMap<String, Obj> = objects(client, public)
+        .await?
+        .into_iter()
+        .map(|o| (o.key.clone(), o))
+        .collect();
     let ours = objects(client, shadow).await?;
     let mut sql = Vec::new();
     let mut applied = Applied::default();
     for o in &ours {
         let counterpart = theirs.get(&o.key);
         let source_owner = source_owners.and_then(|m| {
-            o.key.strip_prefix("rel:").and_then(|n| m.get(n)).filter(|r| roles.contains(*r)).cloned()
+            o.key
+                .strip_prefix("rel:")
+                .and_then(|n| m.get(n))
+                .filter(|r| roles.contains(*r))
+                .cloned()
         });
         let want_owner = source_owner.or_else(|| counterpart.map(|c| c.owner.clone()));
         if let Some(owner) = &want_owner
             && owner != &o.owner
             && !o.owned_sequence
         {
-            sql.push(format!("ALTER {} {} OWNER TO {}", alter_kind(o.kind), o.sql_name, quote_ident(owner)));
+            sql.push(format!(
+                "ALTER {} {} OWNER TO {}",
+                alter_kind(o.kind),
+                o.sql_name,
+                quote_ident(owner)
+            ));
             applied.owners_changed += 1;
         }
         let owner = want_owner.unwrap_or_else(|| current.clone());
         let Some(c) = counterpart else { continue };
         if let Some(acl) = &c.acl {
-            if matches!(o.kind, "FUNCTION" | "PROCEDURE" | "AGGREGATE" | "TYPE" | "DOMAIN")
-                && !acl.iter().any(|(g, _, _)| g.is_empty())
+            if matches!(
+                o.kind,
+                "FUNCTION" | "PROCEDURE" | "AGGREGATE" | "TYPE" | "DOMAIN"
+            ) && !acl.iter().any(|(g, _, _)| g.is_empty())
             {
                 // Their default PUBLIC privilege was revoked there; revoke it here too.
-                sql.push(format!("REVOKE ALL ON {} {} FROM PUBLIC", grant_kind(o.kind), o.sql_name));
+                sql.push(format!(
+                    "REVOKE ALL ON {} {} FROM PUBLIC",
+                    grant_kind(o.kind),
+                    o.sql_name
+                ));
             }
             for (grantee, privilege, grantable) in acl {
                 if grantee == &owner {
@@ -287,7 +317,10 @@ pub async fn apply(
     script.push_str("COMMIT;");
     if let Err(e) = client.batch_execute(&script).await {
         let _ = client.batch_execute("ROLLBACK").await;
-        anyhow::bail!("applying the destination's owners and privileges to the shadow: {}", describe_pg_error(&e));
+        anyhow::bail!(
+            "applying the destination's owners and privileges to the shadow: {}",
+            describe_pg_error(&e)
+        );
     }
     Ok(applied)
 }

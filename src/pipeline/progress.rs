@@ -31,12 +31,18 @@ pub struct Progress {
 impl Progress {
     /// `bars`: draw bars (stderr is a terminal and output is not JSON).
     pub fn new(bars: bool) -> Progress {
-        Progress { bars, current: Mutex::new(None) }
+        Progress {
+            bars,
+            current: Mutex::new(None),
+        }
     }
 
     /// No bars, no log lines (tests, dry runs).
     pub fn hidden() -> Progress {
-        Progress { bars: false, current: Mutex::new(None) }
+        Progress {
+            bars: false,
+            current: Mutex::new(None),
+        }
     }
 
     fn start(&self, phase: &str, bytes_total: u64, items_total: usize) {
@@ -51,10 +57,16 @@ impl Progress {
                         .progress_chars("=> "),
                     )
             } else {
-                ProgressBar::with_draw_target(Some(items_total as u64), ProgressDrawTarget::stderr()).with_style(
-                    ProgressStyle::with_template("{prefix:>8} [{bar:30}] {pos}/{len} eta {eta} {msg}")
-                        .unwrap_or_else(|_| ProgressStyle::default_bar())
-                        .progress_chars("=> "),
+                ProgressBar::with_draw_target(
+                    Some(items_total as u64),
+                    ProgressDrawTarget::stderr(),
+                )
+                .with_style(
+                    ProgressStyle::with_template(
+                        "{prefix:>8} [{bar:30}] {pos}/{len} eta {eta} {msg}",
+                    )
+                    .unwrap_or_else(|_| ProgressStyle::default_bar())
+                    .progress_chars("=> "),
                 )
             };
             bar.set_prefix(phase.to_string());
@@ -97,7 +109,9 @@ impl Progress {
     }
 
     fn update(&self, phase: &str, bytes: u64, items: usize) {
-        let Ok(mut guard) = self.current.lock() else { return };
+        let Ok(mut guard) = self.current.lock() else {
+            return;
+        };
         let Some(c) = guard.as_mut() else { return };
         if c.phase != phase {
             return;
@@ -116,7 +130,11 @@ impl Progress {
             let elapsed = c.started.elapsed().as_secs_f64();
             if c.bytes_total > 0 {
                 let frac = c.bytes_done as f64 / c.bytes_total as f64;
-                let eta = if frac > 0.0 { elapsed / frac - elapsed } else { 0.0 };
+                let eta = if frac > 0.0 {
+                    elapsed / frac - elapsed
+                } else {
+                    0.0
+                };
                 tracing::info!(
                     phase,
                     "{} of ~{} ({:.0}%), {}/{} tables, eta {:.0} s",

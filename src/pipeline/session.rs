@@ -34,10 +34,22 @@ impl Session {
         let dest = ctx.settings.require_dest()?.clone();
         let state_file = StateFile::lock(&ctx.settings.state_dir, dest.dbname())?;
         let timeout = ctx.settings.connect_timeout;
-        let lock_client = connect(&dest, "destination", &lock::lock_application_name(ctx.command), timeout).await?;
+        let lock_client = connect(
+            &dest,
+            "destination",
+            &lock::lock_application_name(ctx.command),
+            timeout,
+        )
+        .await?;
         lock::acquire(&lock_client).await?;
         let control = connect(&dest, "destination", &app_name(ctx.command), timeout).await?;
-        Ok(Session { ctx: ctx.clone(), dest, lock_client, control, state_file })
+        Ok(Session {
+            ctx: ctx.clone(),
+            dest,
+            lock_client,
+            control,
+            state_file,
+        })
     }
 
     /// Is the lock session still alive? (A dead one means the lock is gone.)
@@ -81,7 +93,9 @@ impl Recorder {
                 status: Status::Preparing,
                 command: command.to_string(),
                 pid: std::process::id(),
-                host: hostname::get().map(|h| h.to_string_lossy().into_owned()).unwrap_or_default(),
+                host: hostname::get()
+                    .map(|h| h.to_string_lossy().into_owned())
+                    .unwrap_or_default(),
                 started_at: now,
                 updated_at: now,
                 phase: None,
@@ -104,8 +118,13 @@ impl Recorder {
     pub fn resume(mut state: MigrationState, command: &str) -> Recorder {
         state.command = command.to_string();
         state.pid = std::process::id();
-        state.host = hostname::get().map(|h| h.to_string_lossy().into_owned()).unwrap_or_default();
-        Recorder { state, meta_ready: true }
+        state.host = hostname::get()
+            .map(|h| h.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        Recorder {
+            state,
+            meta_ready: true,
+        }
     }
 
     /// Persist to the state file and, once it exists, to `pgshift.migration`.
@@ -179,7 +198,10 @@ impl Recorder {
         self.state.status = Status::Failed;
         let interrupted = err.chain().any(|c| c.is::<Interrupted>());
         self.state.error = Some(if interrupted {
-            format!("interrupted during phase {}", self.state.phase.as_deref().unwrap_or("?"))
+            format!(
+                "interrupted during phase {}",
+                self.state.phase.as_deref().unwrap_or("?")
+            )
         } else {
             format!("{err:#}")
         });
@@ -194,7 +216,10 @@ impl Recorder {
         self.state
             .phases
             .iter()
-            .filter_map(|p| p.duration_ms.map(|ms| (p.name.clone(), serde_json::Value::from(ms))))
+            .filter_map(|p| {
+                p.duration_ms
+                    .map(|ms| (p.name.clone(), serde_json::Value::from(ms)))
+            })
             .collect()
     }
 }
@@ -205,6 +230,9 @@ pub fn now_ms() -> i64 {
 }
 
 /// Run `f`, and if it fails, make sure the error says which command failed.
-pub async fn with_command_context<T>(command: &str, f: impl Future<Output = Result<T>>) -> Result<T> {
+pub async fn with_command_context<T>(
+    command: &str,
+    f: impl Future<Output = Result<T>>,
+) -> Result<T> {
     f.await.with_context(|| format!("{command} failed"))
 }

@@ -16,7 +16,11 @@ pub struct SyncedTable {
 }
 
 /// Validate the preserved tables before anything changes.
-pub async fn validate(preserved: &[TableName], _source_tables: &[TableInfo], _dest: &Client) -> Result<()> {
+pub async fn validate(
+    preserved: &[TableName],
+    _source_tables: &[TableInfo],
+    _dest: &Client,
+) -> Result<()> {
     if !preserved.is_empty() {
         anyhow::bail!("preserved tables are not implemented yet");
     }

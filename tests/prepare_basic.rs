@@ -1,0 +1,38 @@
+//! prepare against real clusters: the basics.
+
+mod common;
+
+use common::{TestDbs, Workdir};
+
+#[test]
+fn prepare_copies_a_simple_schema_into_shadow() {
+    let dbs = TestDbs::new("prep_basic");
+    dbs.src.psql(
+        "CREATE TABLE users (id serial PRIMARY KEY, name text NOT NULL, created timestamptz DEFAULT now());
+         INSERT INTO users (name) SELECT 'u' || g FROM generate_series(1, 1000) g;
+         CREATE TABLE orders (id bigserial PRIMARY KEY, user_id int REFERENCES users(id), total numeric(10,2));
+         INSERT INTO orders (user_id, total) SELECT (g % 1000) + 1, g * 1.5 FROM generate_series(1, 5000) g;
+         CREATE INDEX orders_user_idx ON orders (user_id);
+         CREATE VIEW big_orders AS SELECT * FROM orders WHERE total > 100;",
+    );
+    dbs.dst.psql("CREATE TABLE old_stuff (x int); INSERT INTO old_stuff VALUES (1);");
+    let wd = Workdir::new();
+    let out = wd
+        .cmd()
+        .args(["prepare", "--source", &dbs.src.url(), "--dest", &dbs.dst.url()])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "prepare failed: {stderr}");
+    assert_eq!(dbs.dst.query_one_string("SELECT count(*) FROM shadow.users"), "1000");
+    assert_eq!(dbs.dst.query_one_string("SELECT count(*) FROM shadow.orders"), "5000");
+    assert_eq!(
+        dbs.dst.query_one_string("SELECT count(*) FROM shadow.big_orders"),
+        dbs.src.query_one_string("SELECT count(*) FROM public.big_orders")
+    );
+    assert_eq!(dbs.dst.query_one_string("SELECT count(*) FROM public.old_stuff"), "1");
+    assert_eq!(
+        dbs.dst.query_one_string("SELECT last_value FROM shadow.orders_id_seq"),
+        dbs.src.query_one_string("SELECT last_value FROM public.orders_id_seq")
+    );
+}
