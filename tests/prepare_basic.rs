@@ -15,24 +15,47 @@ fn prepare_copies_a_simple_schema_into_shadow() {
          CREATE INDEX orders_user_idx ON orders (user_id);
          CREATE VIEW big_orders AS SELECT * FROM orders WHERE total > 100;",
     );
-    dbs.dst.psql("CREATE TABLE old_stuff (x int); INSERT INTO old_stuff VALUES (1);");
+    dbs.dst
+        .psql("CREATE TABLE old_stuff (x int); INSERT INTO old_stuff VALUES (1);");
     let wd = Workdir::new();
     let out = wd
         .cmd()
-        .args(["prepare", "--source", &dbs.src.url(), "--dest", &dbs.dst.url()])
+        .args([
+            "prepare",
+            "--source",
+            &dbs.src.url(),
+            "--dest",
+            &dbs.dst.url(),
+        ])
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "prepare failed: {stderr}");
-    assert_eq!(dbs.dst.query_one_string("SELECT count(*) FROM shadow.users"), "1000");
-    assert_eq!(dbs.dst.query_one_string("SELECT count(*) FROM shadow.orders"), "5000");
     assert_eq!(
-        dbs.dst.query_one_string("SELECT count(*) FROM shadow.big_orders"),
-        dbs.src.query_one_string("SELECT count(*) FROM public.big_orders")
+        dbs.dst
+            .query_one_string("SELECT count(*) FROM shadow.users"),
+        "1000"
     );
-    assert_eq!(dbs.dst.query_one_string("SELECT count(*) FROM public.old_stuff"), "1");
     assert_eq!(
-        dbs.dst.query_one_string("SELECT last_value FROM shadow.orders_id_seq"),
-        dbs.src.query_one_string("SELECT last_value FROM public.orders_id_seq")
+        dbs.dst
+            .query_one_string("SELECT count(*) FROM shadow.orders"),
+        "5000"
+    );
+    assert_eq!(
+        dbs.dst
+            .query_one_string("SELECT count(*) FROM shadow.big_orders"),
+        dbs.src
+            .query_one_string("SELECT count(*) FROM public.big_orders")
+    );
+    assert_eq!(
+        dbs.dst
+            .query_one_string("SELECT count(*) FROM public.old_stuff"),
+        "1"
+    );
+    assert_eq!(
+        dbs.dst
+            .query_one_string("SELECT last_value FROM shadow.orders_id_seq"),
+        dbs.src
+            .query_one_string("SELECT last_value FROM public.orders_id_seq")
     );
 }
