@@ -2,6 +2,8 @@
 //! code for a successful run (verify may return 3 without an error).
 
 pub mod prepare;
+pub mod start;
+pub mod swap;
 
 use anyhow::Result;
 use tokio_util::sync::CancellationToken;
@@ -24,6 +26,8 @@ pub async fn run(command: Command, ctx: Ctx) -> Result<ExitCode> {
     let name = command.name();
     let result = match command {
         Command::Prepare(_) => prepare::run(ctx).await,
+        Command::Swap(a) => swap::run(a, ctx).await,
+        Command::Start(_) => start::run(ctx).await,
         other => Err(anyhow::anyhow!("{} is not implemented yet", other.name())),
     };
     result.map_err(|e| {

@@ -161,3 +161,21 @@ pub fn print_report(ctx: &Ctx, r: &PrepareReport) -> Result<()> {
     println!("Next: pgshift swap --dest <URL>   (or pgshift abort to drop it)");
     Ok(())
 }
+
+/// One line for `start`, before the swap's report.
+pub fn print_report_brief(r: &PrepareReport) {
+    println!(
+        "Prepared migration {}: {} tables, {} rows ({})",
+        r.migration_id,
+        r.tables.len(),
+        r.total_rows,
+        r.phases_ms
+            .iter()
+            .map(|(k, v)| format!("{k} {}", human_ms(v.as_u64().unwrap_or(0))))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    for w in &r.warnings {
+        println!("warning: {w}");
+    }
+}

@@ -7,4 +7,5 @@ pub mod connspec;
 pub mod ident;
 pub mod lock;
 pub mod meta;
+pub mod objects;
 pub mod tls;

@@ -34,3 +34,6 @@ mod tests {
         assert!(super::backoff(1).as_millis() <= 150);
     }
 }
+pub mod cutover;
+pub mod manifest;
+pub mod swap;

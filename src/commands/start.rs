@@ -1,0 +1,57 @@
+//! `pgshift start`: prepare and swap in one run, holding the lock throughout.
+
+use anyhow::{Context, Result};
+use serde::Serialize;
+
+use crate::commands::{Ctx, prepare, swap};
+use crate::error::ExitCode;
+use crate::output;
+use crate::pipeline::cutover::{self, SwapOptions, SwapReport};
+use crate::pipeline::prepare::PrepareReport;
+use crate::pipeline::session::Session;
+
+#[derive(Debug, Serialize)]
+struct StartReport<'a> {
+    prepare: &'a PrepareReport,
+    swap: &'a SwapReport,
+}
+
+pub async fn run(ctx: Ctx) -> Result<ExitCode> {
+    let settings = &ctx.settings;
+    let source = settings.require_source()?.clone();
+    settings.require_dest()?;
+    if settings.dry_run {
+        let plan = prepare::dry_run(&ctx).await?;
+        prepare::print_plan(&ctx, &plan)?;
+        if !ctx.settings.json {
+            println!(
+                "\nThen the swap moves every non-extension object of public into backup_<unix ms> and every object of shadow into public, in one transaction."
+            );
+        }
+        return Ok(ExitCode::Ok);
+    }
+    let sess = Session::open(&ctx).await?;
+    let prepared = prepare::prepare_in_session(&ctx, &sess, &source)
+        .await
+        .context("prepare step")?;
+    if !ctx.settings.json {
+        prepare::print_report_brief(&prepared);
+    }
+    let opts = SwapOptions {
+        timestamp: None,
+        keep_dump: settings.keep_dump,
+        prevalidated: true,
+    };
+    let swapped = cutover::swap(&sess, &opts)
+        .await
+        .context("swap step (the shadow stays prepared: fix the cause and run `pgshift swap`, or `pgshift abort`)")?;
+    if ctx.settings.json {
+        output::print_json(&StartReport {
+            prepare: &prepared,
+            swap: &swapped,
+        })?;
+    } else {
+        swap::print_report(&ctx, &swapped)?;
+    }
+    Ok(ExitCode::Ok)
+}

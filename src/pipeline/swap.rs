@@ -1,0 +1,360 @@
+//! The object-level swap: one short transaction that moves every
+//! non-extension object of `public` into a new backup schema and every object
+//! of the incoming schema (`shadow`, or a backup for a rollback) into `public`.
+//!
+//! - ACCESS EXCLUSIVE locks on every affected relation first, in a stable
+//!   order, under a short `lock_timeout`; on a lock timeout (or deadlock) the
+//!   transaction rolls back and is retried after a jittered backoff, so a
+//!   long-running query causes a retry rather than a queue of application
+//!   queries piling up behind the swap.
+//! - `statement_timeout` and `idle_in_transaction_session_timeout` bound the
+//!   transaction even if pgshift stalls.
+//! - Work that must happen under the same locks (the preserved tables' final
+//!   replay, deferred constraints, the manifest) runs inside it through [`InTx`].
+//! - Before COMMIT the result is checked (every expected table in public,
+//!   nothing left in the incoming schema, no pgshift trigger left); any
+//!   difference rolls the whole thing back: the swap is all or nothing.
+
+use std::collections::HashSet;
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, anyhow, bail};
+use tokio_postgres::Client;
+use tokio_postgres::error::SqlState;
+use tokio_util::sync::CancellationToken;
+
+use crate::error::Interrupted;
+use crate::pg::connect::describe_pg_error;
+use crate::pg::ident::{quote_ident, quote_literal};
+use crate::pg::meta::MARKER;
+use crate::pg::objects::{self, Movable};
+
+/// Work done inside the swap transaction, after the locks and before the moves.
+pub trait InTx {
+    /// Runs on the swap session inside its transaction; must not COMMIT or ROLLBACK.
+    fn before_moves(&self, client: &Client) -> impl Future<Output = Result<()>>;
+    /// Runs after the moves, before the checks and COMMIT (the manifest).
+    fn after_moves(&self, client: &Client) -> impl Future<Output = Result<()>>;
+}
+
+/// No extra work.
+pub struct Nothing;
+
+impl InTx for Nothing {
+    async fn before_moves(&self, _client: &Client) -> Result<()> {
+        Ok(())
+    }
+    async fn after_moves(&self, _client: &Client) -> Result<()> {
+        Ok(())
+    }
+}
+
+/// What to swap.
+#[derive(Debug, Clone)]
+pub struct SwapRequest {
+    /// The schema whose objects become public (`shadow`, or `backup_<ts>`).
+    pub incoming: String,
+    /// The new backup schema for the current public.
+    pub backup: String,
+    /// Tables of the current public that stay in public; their namesakes in the
+    /// incoming schema stay where they are (rollback `--keep-tables`).
+    pub keep_in_public: HashSet<String>,
+    /// Recreate the incoming schema empty afterwards (shadow), or drop it when
+    /// it ends up empty (a backup being restored).
+    pub recreate_incoming: bool,
+    /// Tables that must be in public after the moves.
+    pub expected_tables: Vec<String>,
+    pub lock_timeout: Duration,
+    pub statement_timeout: Duration,
+    pub retries: u32,
+}
+
+/// What the swap did.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct SwapOutcome {
+    /// From the first lock request to the end of COMMIT, in milliseconds.
+    pub lock_held_ms: u64,
+    pub attempts: u32,
+    pub moved_out: usize,
+    pub moved_in: usize,
+    pub locked_relations: usize,
+}
+
+/// The SQL of the swap as it would run now (for `--dry-run`), and the objects.
+pub async fn preview(
+    client: &Client,
+    req: &SwapRequest,
+) -> Result<(Vec<String>, Vec<Movable>, Vec<Movable>)> {
+    client.batch_execute("SET search_path = ''").await?;
+    let out = objects::movables(client, "public").await?;
+    let inc = objects::movables(client, &req.incoming).await?;
+    client.batch_execute("RESET search_path").await?;
+    let (out, inc) = filter_keep(out, inc, &req.keep_in_public);
+    let mut sql = vec!["BEGIN".to_string()];
+    sql.extend(session_settings(req));
+    if let Some(l) = lock_statement(&out, &inc) {
+        sql.push(l);
+    }
+    sql.push(
+        "-- preserved tables: final replay, sequences carried over, sync triggers dropped".into(),
+    );
+    sql.push("-- deferred constraints, triggers and rules of preserved tables".into());
+    sql.extend(move_statements(req, &out, &inc));
+    sql.push("-- backup manifest written to pgshift.backups".into());
+    sql.push("COMMIT".into());
+    Ok((sql, out, inc))
+}
+
+fn session_settings(req: &SwapRequest) -> Vec<String> {
+    vec![
+        format!(
+            "SET LOCAL lock_timeout = '{}ms'",
+            req.lock_timeout.as_millis().max(1)
+        ),
+        format!(
+            "SET LOCAL statement_timeout = '{}ms'",
+            req.statement_timeout.as_millis().max(1)
+        ),
+        format!(
+            "SET LOCAL idle_in_transaction_session_timeout = '{}ms'",
+            (req.statement_timeout.as_millis().max(1000)).min(60_000)
+        ),
+        "SET LOCAL search_path = ''".to_string(),
+    ]
+}
+
+fn filter_keep(
+    out: Vec<Movable>,
+    inc: Vec<Movable>,
+    keep: &HashSet<String>,
+) -> (Vec<Movable>, Vec<Movable>) {
+    let is_kept = |m: &Movable| m.kind == "TABLE" && keep.contains(&m.name);
+    (
+        out.into_iter().filter(|m| !is_kept(m)).collect(),
+        inc.into_iter().filter(|m| !is_kept(m)).collect(),
+    )
+}
+
+/// One LOCK statement for every lockable relation, in a stable order.
+fn lock_statement(out: &[Movable], inc: &[Movable]) -> Option<String> {
+    let mut names: Vec<&str> = out
+        .iter()
+        .chain(inc.iter())
+        .filter_map(|m| m.lockable.as_deref())
+        .collect();
+    names.sort_unstable();
+    names.dedup();
+    if names.is_empty() {
+        return None;
+    }
+    Some(format!(
+        "LOCK TABLE {} IN ACCESS EXCLUSIVE MODE",
+        names.join(", ")
+    ))
+}
+
+fn move_statements(req: &SwapRequest, out: &[Movable], inc: &[Movable]) -> Vec<String> {
+    let mut sql = Vec::with_capacity(out.len() + inc.len() + 4);
+    sql.push(format!("CREATE SCHEMA {}", quote_ident(&req.backup)));
+    sql.push(format!(
+        "COMMENT ON SCHEMA {} IS {}",
+        quote_ident(&req.backup),
+        quote_literal(&format!("{MARKER} backup of public (managed by pgshift)"))
+    ));
+    for m in out {
+        sql.push(m.set_schema_sql(&req.backup));
+    }
+    for m in inc {
+        sql.push(m.set_schema_sql("public"));
+    }
+    if req.recreate_incoming {
+        sql.push(format!("DROP SCHEMA {}", quote_ident(&req.incoming)));
+        sql.push(format!("CREATE SCHEMA {}", quote_ident(&req.incoming)));
+        sql.push(format!(
+            "COMMENT ON SCHEMA {} IS {}",
+            quote_ident(&req.incoming),
+            quote_literal(&format!("{MARKER} shadow (empty; managed by pgshift)"))
+        ));
+    }
+    sql
+}
+
+fn is_retryable(e: &tokio_postgres::Error) -> bool {
+    matches!(e.code(), Some(c) if *c == SqlState::LOCK_NOT_AVAILABLE || *c == SqlState::T_R_DEADLOCK_DETECTED)
+}
+
+/// Why one attempt ended.
+enum AttemptError {
+    Retry(String),
+    Fatal(anyhow::Error),
+}
+
+fn classify(e: anyhow::Error) -> AttemptError {
+    for c in e.chain() {
+        if let Some(pe) = c.downcast_ref::<tokio_postgres::Error>()
+            && is_retryable(pe)
+        {
+            return AttemptError::Retry(describe_pg_error(pe));
+        }
+    }
+    AttemptError::Fatal(e)
+}
+
+/// Run the swap, retrying on lock timeouts. On any failure the transaction is
+/// rolled back and the destination is exactly as before.
+pub async fn execute<H: InTx>(
+    client: &Client,
+    req: &SwapRequest,
+    hook: &H,
+    cancel: &CancellationToken,
+) -> Result<SwapOutcome> {
+    let mut attempt = 0u32;
+    loop {
+        attempt += 1;
+        if cancel.is_cancelled() {
+            return Err(anyhow::Error::new(Interrupted));
+        }
+        match one_attempt(client, req, hook).await {
+            Ok(mut o) => {
+                o.attempts = attempt;
+                return Ok(o);
+            }
+            Err(e) => {
+                let _ = client.batch_execute("ROLLBACK").await;
+                match classify(e) {
+                    AttemptError::Retry(why) if attempt <= req.retries => {
+                        let wait = crate::pipeline::backoff(attempt);
+                        tracing::warn!(
+                            attempt,
+                            retries = req.retries,
+                            "swap could not take its locks ({why}); rolled back, retrying in {} ms",
+                            wait.as_millis()
+                        );
+                        tokio::select! {
+                            _ = cancel.cancelled() => return Err(anyhow::Error::new(Interrupted)),
+                            _ = tokio::time::sleep(wait) => {}
+                        }
+                    }
+                    AttemptError::Retry(why) => {
+                        bail!(
+                            "the swap could not take its locks after {attempt} attempts ({why}); nothing was changed. A long-running query or transaction on the destination holds a lock on a public table: end it, or raise --lock-timeout / --swap-retries"
+                        )
+                    }
+                    AttemptError::Fatal(e) => {
+                        return Err(
+                            e.context("the swap was rolled back; the destination is unchanged")
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
+
+async fn exec(client: &Client, sql: &str) -> Result<()> {
+    client.batch_execute(sql).await.map_err(|e| {
+        let msg = describe_pg_error(&e);
+        anyhow::Error::new(e).context(msg)
+    })
+}
+
+async fn one_attempt<H: InTx>(client: &Client, req: &SwapRequest, hook: &H) -> Result<SwapOutcome> {
+    exec(client, "BEGIN").await?;
+    exec(client, &session_settings(req).join(";\n")).await?;
+    // First pass: what to lock (read before the locks; re-read after).
+    let out0 = objects::movables(client, "public").await?;
+    let inc0 = objects::movables(client, &req.incoming).await?;
+    let (out0, inc0) = filter_keep(out0, inc0, &req.keep_in_public);
+    let started = Instant::now();
+    let lock = lock_statement(&out0, &inc0);
+    let locked = lock
+        .as_ref()
+        .map(|l| l.matches(", ").count() + 1)
+        .unwrap_or(0);
+    if let Some(l) = &lock {
+        exec(client, l).await.context("locking the tables")?;
+    }
+    tracing::debug!(
+        ms = started.elapsed().as_millis() as u64,
+        relations = locked,
+        "swap locks taken"
+    );
+    hook.before_moves(client).await?;
+    // Under the locks the lists are stable; re-read them so nothing created in
+    // between is left behind.
+    let out = objects::movables(client, "public").await?;
+    let inc = objects::movables(client, &req.incoming).await?;
+    let (out, inc) = filter_keep(out, inc, &req.keep_in_public);
+    let stmts = move_statements(req, &out, &inc);
+    exec(client, &stmts.join(";\n"))
+        .await
+        .context("moving objects")?;
+    check_result(client, req).await?;
+    hook.after_moves(client).await?;
+    exec(client, "COMMIT")
+        .await
+        .context("committing the swap")?;
+    let held = started.elapsed().as_millis() as u64;
+    Ok(SwapOutcome {
+        lock_held_ms: held,
+        attempts: 0,
+        moved_out: out.len(),
+        moved_in: inc.len(),
+        locked_relations: locked,
+    })
+}
+
+/// Inside the transaction, before COMMIT: the expected tables are in public,
+/// nothing but kept tables remains in the incoming schema, no pgshift trigger
+/// is left on a public table.
+async fn check_result(client: &Client, req: &SwapRequest) -> Result<()> {
+    let rows = client
+        .query(
+            "SELECT t FROM unnest($1::text[]) t
+              WHERE NOT EXISTS (SELECT 1 FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+                                 WHERE n.nspname = 'public' AND c.relname = t AND c.relkind IN ('r', 'p'))",
+            &[&req.expected_tables],
+        )
+        .await
+        .context("checking the swapped tables")?;
+    let missing: Vec<String> = rows.into_iter().map(|r| r.get(0)).collect();
+    if !missing.is_empty() {
+        bail!(
+            "after the moves these tables are not in public: {}; rolling back",
+            missing.join(", ")
+        );
+    }
+    if !req.recreate_incoming {
+        return Ok(());
+    }
+    let left: i64 = client
+        .query_one(
+            "SELECT count(*) FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+              WHERE n.nspname = $1",
+            &[&req.incoming],
+        )
+        .await?
+        .get(0);
+    if left != 0 {
+        bail!(
+            "{left} relations were left in {} after the moves; rolling back",
+            req.incoming
+        );
+    }
+    let triggers: i64 = client
+        .query_one(
+            "SELECT count(*) FROM pg_catalog.pg_trigger t JOIN pg_catalog.pg_class c ON c.oid = t.tgrelid
+               JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+              WHERE n.nspname = 'public' AND NOT t.tgisinternal AND t.tgname LIKE 'pgshift\\_%'",
+            &[],
+        )
+        .await?
+        .get(0);
+    if triggers != 0 {
+        return Err(anyhow!(
+            "{triggers} pgshift triggers are still on public tables; rolling back"
+        ));
+    }
+    Ok(())
+}
