@@ -118,7 +118,7 @@ fn session_settings(req: &SwapRequest) -> Vec<String> {
         ),
         format!(
             "SET LOCAL idle_in_transaction_session_timeout = '{}ms'",
-            (req.statement_timeout.as_millis().max(1000)).min(60_000)
+            req.statement_timeout.as_millis().clamp(1000, 60_000)
         ),
         "SET LOCAL search_path = ''".to_string(),
     ]
