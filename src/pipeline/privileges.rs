@@ -226,6 +226,29 @@ pub async fn plan(
     let ours = objects(client, shadow).await?;
     let mut sql = Vec::new();
     let mut applied = Applied::default();
+    // Whoever may use the destination's public may use the shadow, so the
+    // same-named objects are reachable before the swap too.
+    let usage: Vec<String> = client
+        .query(
+            "SELECT DISTINCT COALESCE(r.rolname::text, '')
+               FROM pg_catalog.pg_namespace n, aclexplode(n.nspacl) a
+               LEFT JOIN pg_catalog.pg_roles r ON r.oid = a.grantee
+              WHERE n.nspname = $1 AND a.privilege_type = 'USAGE'",
+            &[&public],
+        )
+        .await
+        .context("reading the schema privileges of public")?
+        .into_iter()
+        .map(|r| r.get(0))
+        .collect();
+    for grantee in usage.iter().filter(|g| **g != current) {
+        sql.push(format!(
+            "GRANT USAGE ON SCHEMA {} TO {}",
+            quote_ident(shadow),
+            grantee_sql(grantee)
+        ));
+        applied.grants += 1;
+    }
     for o in &ours {
         let counterpart = theirs.get(&o.key);
         let source_owner = source_owners.and_then(|m| {

@@ -1,0 +1,346 @@
+//! prepare's fidelity: the shadow's DDL equals the source's, every table's
+//! contents are identical, the source is untouched (and only ever ACCESS SHARE
+//! locked), the destination's public is untouched, application roles keep
+//! access, and a failure in any phase leaves nothing behind.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use common::{TestDb, TestDbs, Workdir};
+
+const RICH: &str = include_str!("fixtures/rich_schema.sql");
+
+/// pg_dump output split into entries; schema entries (and their comments) dropped,
+/// volatile lines removed, `schema.` mapped back to `public.`.
+fn normalised_dump(db: &TestDb, schema: &str) -> Vec<String> {
+    let text = db.dump_schema(schema);
+    let mut blocks: Vec<String> = Vec::new();
+    let mut cur = String::new();
+    let lines: Vec<&str> = text.lines().collect();
+    for (i, line) in lines.iter().enumerate() {
+        let starts_entry = line.starts_with("-- Name: ") && i > 0 && lines[i - 1] == "--";
+        if starts_entry {
+            blocks.push(std::mem::take(&mut cur));
+        }
+        if line.starts_with("\\restrict")
+            || line.starts_with("\\unrestrict")
+            || line.starts_with("-- Dumped ")
+        {
+            continue;
+        }
+        cur.push_str(line);
+        cur.push('\n');
+    }
+    blocks.push(cur);
+    blocks
+        .into_iter()
+        .filter(|b| {
+            let header = b.lines().find(|l| l.starts_with("-- Name: ")).unwrap_or("");
+            !(header.contains("; Type: SCHEMA;")
+                || (header.contains("; Type: COMMENT;") && header.starts_with("-- Name: SCHEMA ")))
+        })
+        .map(|b| {
+            if schema == "public" {
+                b
+            } else {
+                b.replace(&format!("{schema}."), "public.")
+                    .replace(&format!("Schema: {schema};"), "Schema: public;")
+            }
+        })
+        .collect()
+}
+
+fn assert_same_ddl(src: &TestDb, dst: &TestDb) {
+    let a = normalised_dump(src, "public");
+    let b = normalised_dump(dst, "shadow");
+    if a != b {
+        let sa: BTreeSet<&String> = a.iter().collect();
+        let sb: BTreeSet<&String> = b.iter().collect();
+        let only_src: Vec<&&String> = sa.difference(&sb).collect();
+        let only_dst: Vec<&&String> = sb.difference(&sa).collect();
+        panic!(
+            "shadow DDL differs from the source's.\n--- only in source ({}):\n{}\n--- only in shadow ({}):\n{}",
+            only_src.len(),
+            only_src
+                .iter()
+                .take(5)
+                .map(|s| s.as_str())
+                .collect::<Vec<_>>()
+                .join("\n"),
+            only_dst.len(),
+            only_dst
+                .iter()
+                .take(5)
+                .map(|s| s.as_str())
+                .collect::<Vec<_>>()
+                .join("\n"),
+        );
+    }
+}
+
+/// Tables and materialized views of a schema (not extension members).
+fn relations(db: &TestDb, schema: &str) -> Vec<String> {
+    db.psql(&format!(
+        "SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+          WHERE n.nspname = '{schema}' AND c.relkind IN ('r', 'm') AND c.relispopulated
+            AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_class'::regclass AND d.objid = c.oid AND d.deptype = 'e')
+          ORDER BY 1"
+    ))
+    .lines()
+    .map(str::to_string)
+    .collect()
+}
+
+fn content_hash(db: &TestDb, schema: &str, table: &str) -> String {
+    let q = format!("\"{}\".\"{}\"", schema, table.replace('"', "\"\""));
+    db.psql(&format!(
+        "SET extra_float_digits = 3; SELECT count(*) || ':' || md5(coalesce(string_agg(t::text, E'\\n' ORDER BY t::text), '')) FROM ONLY {q} t"
+    ))
+}
+
+fn data_fingerprint(db: &TestDb, schema: &str) -> Vec<(String, String)> {
+    relations(db, schema)
+        .into_iter()
+        .map(|t| {
+            let h = content_hash(db, schema, &t);
+            (t, h)
+        })
+        .collect()
+}
+
+fn run(wd: &Workdir, args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
+    let mut cmd = wd.cmd();
+    cmd.args(args);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.output().unwrap()
+}
+
+#[test]
+fn prepare_reproduces_a_rich_schema_exactly() {
+    let dbs = TestDbs::new("fidelity");
+    dbs.src.create_extensions();
+    dbs.dst.create_extensions();
+    dbs.src.psql(RICH);
+    // The destination serves an older version, with an application role.
+    let role = format!("app_ro_{}", std::process::id());
+    dbs.dst.psql(&format!(
+        "CREATE TABLE users (id serial PRIMARY KEY, email text);
+         INSERT INTO users (email) VALUES ('old@example.com');
+         CREATE TABLE legacy (x int); INSERT INTO legacy VALUES (42);
+         DO $$ BEGIN CREATE ROLE {role} LOGIN; EXCEPTION WHEN duplicate_object THEN NULL; END $$;
+         GRANT SELECT ON users TO {role};"
+    ));
+    let src_ddl_before = normalised_dump(&dbs.src, "public");
+    let src_data_before = data_fingerprint(&dbs.src, "public");
+    let dst_ddl_before = normalised_dump(&dbs.dst, "public");
+    let dst_data_before = data_fingerprint(&dbs.dst, "public");
+
+    // Sample the locks pgshift takes on the source while prepare runs.
+    let stop = Arc::new(AtomicBool::new(false));
+    let sampler = {
+        let stop = stop.clone();
+        let info = dbs.src.server().clone();
+        let dbname = dbs.src.name().to_string();
+        std::thread::spawn(move || {
+            let mut modes = BTreeSet::new();
+            while !stop.load(Ordering::Relaxed) {
+                let out = info.psql(
+                    &dbname,
+                    "SELECT DISTINCT l.mode FROM pg_locks l JOIN pg_database d ON d.oid = l.database
+                      WHERE d.datname = current_database() AND l.locktype = 'relation' AND l.pid <> pg_backend_pid()",
+                );
+                modes.extend(out.lines().map(str::to_string));
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+            modes
+        })
+    };
+    let wd = Workdir::new();
+    let out = run(
+        &wd,
+        &[
+            "prepare",
+            "--source",
+            &dbs.src.url(),
+            "--dest",
+            &dbs.dst.url(),
+        ],
+        &[],
+    );
+    stop.store(true, Ordering::Relaxed);
+    let modes = sampler.join().unwrap();
+    assert!(
+        out.status.success(),
+        "prepare failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // The shadow's DDL equals the source's.
+    assert_same_ddl(&dbs.src, &dbs.dst);
+    // Every table's (and materialized view's) contents are identical.
+    assert_eq!(data_fingerprint(&dbs.dst, "shadow"), src_data_before);
+    // The source is unchanged and held no lock stronger than ACCESS SHARE.
+    assert_eq!(normalised_dump(&dbs.src, "public"), src_ddl_before);
+    assert_eq!(data_fingerprint(&dbs.src, "public"), src_data_before);
+    assert!(
+        modes.iter().all(|m| m == "AccessShareLock"),
+        "locks seen on the source: {modes:?}"
+    );
+    // The destination's public is unchanged; the extensions are still in public.
+    assert_eq!(normalised_dump(&dbs.dst, "public"), dst_ddl_before);
+    assert_eq!(data_fingerprint(&dbs.dst, "public"), dst_data_before);
+    assert_eq!(
+        dbs.dst.psql("SELECT string_agg(extname || ':' || extnamespace::regnamespace::text, ',' ORDER BY extname) FROM pg_extension WHERE extname <> 'plpgsql'"),
+        "postgis:public,uuid-ossp:public"
+    );
+    // An application role granted SELECT on a destination table can read the shadow's.
+    assert_eq!(
+        dbs.dst.psql(&format!(
+            "SET ROLE {role}; SELECT count(*) FROM shadow.users"
+        )),
+        "500"
+    );
+    // Statistics exist (ANALYZE ran) and sequences match.
+    assert_eq!(
+        dbs.dst.psql(
+            "SELECT count(*) > 0 FROM pg_stats WHERE schemaname = 'shadow' AND tablename = 'orders'"
+        ),
+        "t"
+    );
+    for seq in [
+        "standalone_seq",
+        "users_id_seq",
+        "orders_id_seq",
+        "\"MixedCase Table_Id_seq\"",
+    ] {
+        assert_eq!(
+            dbs.dst.psql(&format!(
+                "SELECT last_value || ':' || is_called FROM shadow.{seq}"
+            )),
+            dbs.src.psql(&format!(
+                "SELECT last_value || ':' || is_called FROM public.{seq}"
+            )),
+            "sequence {seq}"
+        );
+    }
+}
+
+#[test]
+fn a_failure_in_any_phase_leaves_nothing_behind() {
+    let dbs = TestDbs::new("failpoints");
+    dbs.src.create_extensions();
+    dbs.dst.create_extensions();
+    dbs.src.psql(
+        "CREATE TABLE t (id serial PRIMARY KEY, g geometry(Point, 4326), u uuid DEFAULT uuid_generate_v4());
+         INSERT INTO t (g) SELECT ST_MakePoint(g, g) FROM generate_series(1, 50) g;
+         CREATE INDEX t_g ON t USING gist (g);
+         CREATE MATERIALIZED VIEW mv AS SELECT count(*) FROM t;",
+    );
+    dbs.dst
+        .psql("CREATE TABLE t (id int PRIMARY KEY); INSERT INTO t VALUES (1), (2);");
+    let before_ddl = normalised_dump(&dbs.dst, "public");
+    let before_data = data_fingerprint(&dbs.dst, "public");
+    for phase in [
+        "snapshot",
+        "dump",
+        "schema",
+        "data",
+        "indexes",
+        "sequences",
+        "matviews",
+        "sync",
+        "analyze",
+        "privileges",
+        "validate",
+    ] {
+        let wd = Workdir::new();
+        let out = run(
+            &wd,
+            &[
+                "prepare",
+                "--source",
+                &dbs.src.url(),
+                "--dest",
+                &dbs.dst.url(),
+            ],
+            &[("PGSHIFT_FAILPOINT", phase)],
+        );
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{phase}: {stderr}");
+        assert!(
+            stderr.contains(&format!("phase {phase}")),
+            "{phase}: {stderr}"
+        );
+        let last = stderr.trim_end().lines().last().unwrap_or("");
+        assert!(
+            last.starts_with("error: prepare failed: phase "),
+            "{stderr}"
+        );
+        assert_eq!(
+            normalised_dump(&dbs.dst, "public"),
+            before_ddl,
+            "{phase}: public DDL changed"
+        );
+        assert_eq!(
+            data_fingerprint(&dbs.dst, "public"),
+            before_data,
+            "{phase}: public data changed"
+        );
+        assert_eq!(
+            dbs.dst
+                .psql("SELECT count(*) FROM pg_namespace WHERE nspname = 'shadow'"),
+            "0",
+            "{phase}: shadow left"
+        );
+        assert_eq!(
+            dbs.dst
+                .psql("SELECT count(*) FROM pg_trigger WHERE tgname LIKE 'pgshift%'"),
+            "0",
+            "{phase}: trigger left"
+        );
+        assert_eq!(
+            dbs.dst.psql(
+                "SELECT coalesce(string_agg(c.relname, ',' ORDER BY c.relname), '') FROM pg_class c
+                   JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = 'pgshift' AND c.relkind = 'r'"
+            ),
+            "backups,meta,migration",
+            "{phase}: helper tables left"
+        );
+        assert_eq!(
+            dbs.dst.psql("SELECT count(*) FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace WHERE n.nspname = 'pgshift'"),
+            "0",
+            "{phase}: helper functions left"
+        );
+        // The failure is on record, with its phase.
+        assert_eq!(
+            dbs.dst.psql(
+                "SELECT status || ':' || phase FROM pgshift.migration ORDER BY id DESC LIMIT 1"
+            ),
+            format!("failed:{phase}")
+        );
+    }
+    // And a clean run afterwards succeeds.
+    let wd = Workdir::new();
+    let out = run(
+        &wd,
+        &[
+            "prepare",
+            "--source",
+            &dbs.src.url(),
+            "--dest",
+            &dbs.dst.url(),
+        ],
+        &[],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_same_ddl(&dbs.src, &dbs.dst);
+}
