@@ -202,6 +202,7 @@ fn request(
 pub async fn swap(sess: &Session, opts: &SwapOptions) -> Result<SwapReport> {
     let settings = &sess.ctx.settings;
     let m = prepared(&sess.control, opts.timestamp.as_deref()).await?;
+    crate::pipeline::session::failpoint("swap").await?;
     let synced = synced_of(&m)?;
     let deferred = deferred_of(&m)?;
     let mut warnings = Vec::new();

@@ -63,15 +63,28 @@ pub fn app_name(command: &str) -> String {
     format!("pgshift {command}")
 }
 
-/// Fails with an injected error when `PGSHIFT_FAILPOINT` names this point.
-/// For tests that prove a failure in each phase leaves nothing behind.
-pub fn failpoint(name: &str) -> Result<()> {
-    match std::env::var("PGSHIFT_FAILPOINT") {
-        Ok(v) if v.split(',').any(|p| p.trim() == name) => {
-            anyhow::bail!("injected failure at {name} (PGSHIFT_FAILPOINT)")
+/// Test hook: `PGSHIFT_FAILPOINT` is a comma-separated list of `point` (fail
+/// with an injected error there) or `point:sleep=MS` (pause there). Points are
+/// phase names. Used by the tests that prove a failure in each phase leaves
+/// nothing behind, and that a second run is refused while one is busy.
+pub async fn failpoint(name: &str) -> Result<()> {
+    let Ok(v) = std::env::var("PGSHIFT_FAILPOINT") else {
+        return Ok(());
+    };
+    for item in v.split(',').map(str::trim) {
+        let (point, action) = item.split_once(':').unwrap_or((item, "fail"));
+        if point != name {
+            continue;
         }
-        _ => Ok(()),
+        if let Some(ms) = action.strip_prefix("sleep=") {
+            let ms: u64 = ms.parse().unwrap_or(0);
+            tracing::warn!("pausing {ms} ms at {name} (PGSHIFT_FAILPOINT)");
+            tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
+        } else {
+            anyhow::bail!("injected failure at {name} (PGSHIFT_FAILPOINT)");
+        }
     }
+    Ok(())
 }
 
 /// Writes progress to the state file and the destination's record.
@@ -162,7 +175,7 @@ impl Recorder {
         self.save(sess).await?;
         tracing::info!(phase = name, "phase started");
         let result = async {
-            failpoint(name)?;
+            failpoint(name).await?;
             tokio::select! {
                 biased;
                 _ = sess.ctx.cancel.cancelled() => Err(anyhow::Error::new(Interrupted)),

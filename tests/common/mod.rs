@@ -140,3 +140,46 @@ impl Workdir {
         pgshift_cmd(self.path())
     }
 }
+
+/// Everything observable about a database's catalog and data, for "nothing
+/// changed" assertions: the whole schema dump (volatile lines removed) and the
+/// row count of every table.
+pub fn catalog_fingerprint(db: &TestDb) -> String {
+    let out = db
+        .client_command("pg_dump")
+        .args([
+            "--schema-only",
+            "--no-owner",
+            "--no-privileges",
+            "--dbname",
+            db.name(),
+        ])
+        .output()
+        .expect("running pg_dump");
+    assert!(
+        out.status.success(),
+        "pg_dump failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut fp: String = text
+        .lines()
+        .filter(|l| {
+            !l.starts_with("\\restrict")
+                && !l.starts_with("\\unrestrict")
+                && !l.starts_with("-- Dumped")
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    let tables = db.psql(
+        "SELECT quote_ident(n.nspname) || '.' || quote_ident(c.relname) FROM pg_class c
+           JOIN pg_namespace n ON n.oid = c.relnamespace
+          WHERE c.relkind = 'r' AND n.nspname NOT IN ('pg_catalog', 'information_schema', 'pg_toast')
+          ORDER BY 1",
+    );
+    for t in tables.lines() {
+        let n = db.psql(&format!("SELECT count(*) FROM ONLY {t}"));
+        fp.push_str(&format!("\n-- rows {t}: {n}"));
+    }
+    fp
+}

@@ -1,0 +1,309 @@
+//! The swap's lock strategy, one-run-at-a-time, and dry runs.
+
+mod common;
+
+use std::process::Output;
+use std::time::{Duration, Instant};
+
+use common::{TestDbs, Workdir, catalog_fingerprint};
+
+fn run(wd: &Workdir, args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut cmd = wd.cmd();
+    cmd.args(args);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.output().unwrap()
+}
+
+fn ok(out: &Output) -> String {
+    assert!(
+        out.status.success(),
+        "failed ({:?}):\nstdout: {}\nstderr: {}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn setup(name: &str) -> TestDbs {
+    let dbs = TestDbs::new(name);
+    dbs.src.psql(
+        "CREATE TABLE items (id serial PRIMARY KEY, label text);
+         INSERT INTO items (label) SELECT 'new ' || g FROM generate_series(1, 200) g;
+         CREATE VIEW item_labels AS SELECT label FROM items;",
+    );
+    dbs.dst.psql(
+        "CREATE TABLE items (id serial PRIMARY KEY, label text);
+         INSERT INTO items (label) SELECT 'old ' || g FROM generate_series(1, 10) g;",
+    );
+    dbs
+}
+
+/// Hold a lock on the destination from another session for `hold`.
+fn hold_lock(dbs: &TestDbs, sql: &str, hold: Duration) -> std::thread::JoinHandle<()> {
+    let info = dbs.dst.server().clone();
+    let db = dbs.dst.name().to_string();
+    let script = format!(
+        "BEGIN; {sql}; SELECT pg_sleep({}); COMMIT;",
+        hold.as_secs_f64()
+    );
+    let h = std::thread::spawn(move || {
+        info.psql(&db, &script);
+    });
+    // Wait until the lock is really held.
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(10) {
+        let n = dbs.dst.psql(
+            "SELECT count(*) FROM pg_locks l JOIN pg_class c ON c.oid = l.relation
+              WHERE c.relname = 'items' AND l.granted AND l.pid <> pg_backend_pid()",
+        );
+        if n != "0" {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    h
+}
+
+#[test]
+fn a_held_lock_makes_the_swap_retry_then_succeed() {
+    let dbs = setup("swap_retry");
+    let wd = Workdir::new();
+    ok(&run(
+        &wd,
+        &[
+            "prepare",
+            "--source",
+            &dbs.src.url(),
+            "--dest",
+            &dbs.dst.url(),
+        ],
+        &[],
+    ));
+    let holder = hold_lock(&dbs, "SELECT count(*) FROM items", Duration::from_secs(3));
+    let out = run(
+        &wd,
+        &[
+            "swap",
+            "--dest",
+            &dbs.dst.url(),
+            "--lock-timeout",
+            "200ms",
+            "--swap-retries",
+            "50",
+            "--json",
+        ],
+        &[],
+    );
+    holder.join().unwrap();
+    let stdout = ok(&out);
+    let report: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert!(report["attempts"].as_u64().unwrap() > 1, "{report}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("retrying"));
+    assert_eq!(dbs.dst.psql("SELECT count(*) FROM items"), "200");
+}
+
+#[test]
+fn a_lock_held_past_all_retries_fails_cleanly() {
+    let dbs = setup("swap_giveup");
+    let wd = Workdir::new();
+    ok(&run(
+        &wd,
+        &[
+            "prepare",
+            "--source",
+            &dbs.src.url(),
+            "--dest",
+            &dbs.dst.url(),
+        ],
+        &[],
+    ));
+    let before = catalog_fingerprint(&dbs.dst);
+    let holder = hold_lock(
+        &dbs,
+        "LOCK TABLE items IN ACCESS SHARE MODE",
+        Duration::from_secs(8),
+    );
+    let started = Instant::now();
+    let out = run(
+        &wd,
+        &[
+            "swap",
+            "--dest",
+            &dbs.dst.url(),
+            "--lock-timeout",
+            "100ms",
+            "--swap-retries",
+            "3",
+        ],
+        &[],
+    );
+    let took = started.elapsed();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    let last = stderr.trim_end().lines().last().unwrap();
+    assert!(
+        last.starts_with("error: swap failed: the swap could not take its locks after 4 attempts"),
+        "{stderr}"
+    );
+    assert!(took < Duration::from_secs(8), "gave up only after {took:?}");
+    // Exactly as before: still prepared, public untouched.
+    assert_eq!(catalog_fingerprint(&dbs.dst), before);
+    holder.join().unwrap();
+    assert_eq!(
+        dbs.dst
+            .psql("SELECT status FROM pgshift.migration ORDER BY id DESC LIMIT 1"),
+        "prepared"
+    );
+    // Once the lock is gone the swap goes through.
+    ok(&run(&wd, &["swap", "--dest", &dbs.dst.url()], &[]));
+    assert_eq!(dbs.dst.psql("SELECT count(*) FROM items"), "200");
+}
+
+#[test]
+fn a_second_mutating_run_is_refused_naming_the_holder() {
+    let dbs = setup("swap_two_runs");
+    let wd1 = Workdir::new();
+    let wd2 = Workdir::new();
+    let mut first = wd1
+        .cmd()
+        .args([
+            "prepare",
+            "--source",
+            &dbs.src.url(),
+            "--dest",
+            &dbs.dst.url(),
+        ])
+        .env("PGSHIFT_FAILPOINT", "data:sleep=4000")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // Wait until the first run holds the lock.
+    let start = Instant::now();
+    while dbs.dst.psql(
+        "SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE 'pgshift prepare pid=%'",
+    ) == "0"
+    {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "first run never took the lock"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    for args in [
+        vec![
+            "prepare",
+            "--source",
+            dbs.src.url().as_str(),
+            "--dest",
+            dbs.dst.url().as_str(),
+        ],
+        vec!["swap", "--dest", dbs.dst.url().as_str()],
+    ] {
+        let started = Instant::now();
+        let out = run(&wd2, &args, &[]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{stderr}");
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "refusal took {:?}",
+            started.elapsed()
+        );
+        assert!(
+            stderr
+                .contains("another pgshift run holds the destination's lock: pgshift prepare pid="),
+            "{stderr}"
+        );
+        assert!(stderr.contains(&format!("pid={}", first.id())), "{stderr}");
+    }
+    assert!(first.wait().unwrap().success());
+}
+
+#[test]
+fn dry_runs_change_nothing() {
+    let dbs = setup("swap_dry");
+    let wd = Workdir::new();
+    let src_before = catalog_fingerprint(&dbs.src);
+    let dst_before = catalog_fingerprint(&dbs.dst);
+    let out = ok(&run(
+        &wd,
+        &[
+            "start",
+            "--dry-run",
+            "--source",
+            &dbs.src.url(),
+            "--dest",
+            &dbs.dst.url(),
+        ],
+        &[],
+    ));
+    assert!(out.contains("items"), "{out}");
+    let out = ok(&run(
+        &wd,
+        &[
+            "prepare",
+            "--dry-run",
+            "--json",
+            "--source",
+            &dbs.src.url(),
+            "--dest",
+            &dbs.dst.url(),
+        ],
+        &[],
+    ));
+    let plan: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(plan["plan"]["tables"][0]["name"], "items");
+    assert_eq!(catalog_fingerprint(&dbs.src), src_before);
+    assert_eq!(catalog_fingerprint(&dbs.dst), dst_before);
+    assert!(
+        std::fs::read_dir(wd.path()).unwrap().next().is_none(),
+        "dry run wrote files"
+    );
+
+    // swap --dry-run after a real prepare prints the moves and the SQL, changes nothing.
+    ok(&run(
+        &wd,
+        &[
+            "prepare",
+            "--source",
+            &dbs.src.url(),
+            "--dest",
+            &dbs.dst.url(),
+        ],
+        &[],
+    ));
+    let prepared = catalog_fingerprint(&dbs.dst);
+    let out = ok(&run(
+        &wd,
+        &["swap", "--dry-run", "--dest", &dbs.dst.url()],
+        &[],
+    ));
+    assert!(
+        out.contains("ALTER TABLE \"public\".\"items\" SET SCHEMA"),
+        "{out}"
+    );
+    assert!(
+        out.contains("ALTER TABLE \"shadow\".\"items\" SET SCHEMA \"public\""),
+        "{out}"
+    );
+    assert!(out.contains("LOCK TABLE"), "{out}");
+    assert_eq!(catalog_fingerprint(&dbs.dst), prepared);
+}
+
+#[test]
+fn swap_with_nothing_prepared_is_refused() {
+    let dbs = setup("swap_nothing");
+    let wd = Workdir::new();
+    let before = catalog_fingerprint(&dbs.dst);
+    let out = run(&wd, &["swap", "--dest", &dbs.dst.url()], &[]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert_eq!(
+        stderr.trim_end(),
+        "error: nothing is prepared on the destination: run `pgshift prepare` first"
+    );
+    assert_eq!(catalog_fingerprint(&dbs.dst), before);
+}
