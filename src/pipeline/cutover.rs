@@ -55,9 +55,37 @@ pub async fn prepared(
 ) -> Result<meta::MigrationRow> {
     let latest = meta::latest_migration(sess_control).await?;
     let shadow = meta::shadow_state(sess_control).await?;
-    let Some(m) =
-        latest.filter(|m| m.status == "prepared" && matches!(shadow, ShadowState::Ours(_)))
-    else {
+    if let Some(m) = &latest
+        && m.status == "swapping"
+    {
+        // An earlier swap of this migration died. Its transaction either
+        // committed (a backup of this migration exists) or rolled back.
+        let done: Option<String> = sess_control
+            .query_opt(
+                "SELECT schema_name FROM pgshift.backups WHERE migration_id = $1 AND kind = 'swap'",
+                &[&m.id],
+            )
+            .await?
+            .map(|r| r.get(0));
+        if let Some(backup) = done {
+            let mut st = m.state.clone();
+            st.status = Status::Idle;
+            st.phase = None;
+            meta::save_migration(sess_control, &st, "swapped").await?;
+            return Err(UserError::new(format!(
+                "migration {} was already swapped into public (the old public is {backup}); nothing left to swap",
+                m.id
+            ))
+            .into());
+        }
+        tracing::warn!(
+            "an earlier swap of migration {} stopped before committing; the shadow is intact, swapping again",
+            m.id
+        );
+    }
+    let Some(m) = latest.filter(|m| {
+        (m.status == "prepared" || m.status == "swapping") && matches!(shadow, ShadowState::Ours(_))
+    }) else {
         return Err(UserError::new(
             "nothing is prepared on the destination: run `pgshift prepare` first",
         )

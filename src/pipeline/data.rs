@@ -157,6 +157,7 @@ async fn worker(
     dst.batch_execute("SET synchronous_commit = off; SET maintenance_work_mem = '256MB'")
         .await
         .context("configuring a destination session")?;
+    crate::pg::connect::watch_client(&dst).await;
     loop {
         if plan.cancel.is_cancelled() {
             return Err(anyhow::Error::new(Interrupted));
@@ -173,6 +174,11 @@ async fn worker(
             _ = failed.cancelled() => Err(anyhow::anyhow!(STOPPED)),
             r = copy_table(plan, &src, &dst, &job) => r,
         };
+        if r.is_err() {
+            // Stop the server side at once rather than when it next talks to us.
+            crate::pg::connect::cancel_running(&dst, plan.dest).await;
+            crate::pg::connect::cancel_running(&src, plan.source).await;
+        }
         match r {
             Ok(l) => {
                 if let Ok(mut v) = results.lock() {

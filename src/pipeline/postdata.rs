@@ -261,6 +261,7 @@ async fn run_wave(
                 .batch_execute(&format!("{preamble}\n{INDEX_SESSION_SETTINGS}"))
                 .await
                 .map_err(|e| anyhow!("setting up a session: {}", describe_pg_error(&e)))?;
+            crate::pg::connect::watch_client(&client).await;
             loop {
                 if cancel.is_cancelled() {
                     return Err(anyhow::Error::new(Interrupted));
@@ -273,10 +274,15 @@ async fn run_wave(
                 let r = tokio::select! {
                     biased;
                     _ = cancel.cancelled() => Err(anyhow::Error::new(Interrupted)),
+                    _ = failed.cancelled() => {
+                        crate::pg::connect::cancel_running(&client, dest).await;
+                        return Ok(());
+                    }
                     r = client.batch_execute(&job.sql) => r.map_err(|e| anyhow!("{}: {}", job.label, describe_pg_error(&e))),
                 };
                 if let Err(e) = r {
                     failed.cancel();
+                    crate::pg::connect::cancel_running(&client, dest).await;
                     return Err(e);
                 }
                 progress.item_done("indexes");

@@ -294,21 +294,25 @@ pub async fn run(
             })
         }
         Err(e) => {
-            rec.fail(sess, &e).await;
+            let client = sess.recovery_client().await;
+            rec.fail(sess, client.as_deref(), &e).await;
             // Streaming cannot resume from a dead snapshot: remove what this run made.
-            match cleanup::remove_prepared(
-                &sess.control,
-                settings.lock_timeout,
-                settings.swap_retries,
-            )
-            .await
-            {
-                Ok(r) if !r.is_empty() => {
-                    tracing::info!("removed the partial shadow and sync objects")
+            match client {
+                Some(c) => {
+                    match cleanup::remove_prepared(&c, settings.lock_timeout, settings.swap_retries)
+                        .await
+                    {
+                        Ok(r) if !r.is_empty() => {
+                            tracing::info!("removed the partial shadow and sync objects")
+                        }
+                        Ok(_) => {}
+                        Err(ce) => tracing::warn!(
+                            "could not remove the partial migration: {ce:#}; run `pgshift abort`"
+                        ),
+                    }
                 }
-                Ok(_) => {}
-                Err(ce) => tracing::warn!(
-                    "could not remove the partial migration: {ce:#}; run `pgshift abort`"
+                None => tracing::warn!(
+                    "the destination is unreachable; run `pgshift abort` (or prepare again) once it is back"
                 ),
             }
             Err(e)

@@ -52,9 +52,48 @@ impl Session {
         })
     }
 
+    /// A working destination session for recording a failure and cleaning up:
+    /// the control session, or a new one if the control session died (the
+    /// destination restarted). None if the destination cannot be reached.
+    pub async fn recovery_client(&self) -> Option<RecoveryClient<'_>> {
+        if !self.control.is_closed() && self.control.batch_execute("SELECT 1").await.is_ok() {
+            return Some(RecoveryClient::Control(&self.control));
+        }
+        match connect(
+            &self.dest,
+            "destination",
+            &app_name(self.ctx.command),
+            self.ctx.settings.connect_timeout,
+        )
+        .await
+        {
+            Ok(c) => Some(RecoveryClient::Fresh(c)),
+            Err(e) => {
+                tracing::warn!("{e:#}");
+                None
+            }
+        }
+    }
+
     /// Is the lock session still alive? (A dead one means the lock is gone.)
     pub fn lock_alive(&self) -> bool {
         !self.lock_client.is_closed()
+    }
+}
+
+/// A destination session for recovery work.
+pub enum RecoveryClient<'a> {
+    Control(&'a Client),
+    Fresh(Client),
+}
+
+impl std::ops::Deref for RecoveryClient<'_> {
+    type Target = Client;
+    fn deref(&self) -> &Client {
+        match self {
+            RecoveryClient::Control(c) => c,
+            RecoveryClient::Fresh(c) => c,
+        }
     }
 }
 
@@ -142,10 +181,15 @@ impl Recorder {
 
     /// Persist to the state file and, once it exists, to `pgshift.migration`.
     pub async fn save(&mut self, sess: &Session) -> Result<()> {
+        self.save_via(sess, &sess.control).await
+    }
+
+    /// [`save`](Self::save) through a given destination session.
+    pub async fn save_via(&mut self, sess: &Session, client: &Client) -> Result<()> {
         self.state.updated_at = Utc::now();
         sess.state_file.save(&self.state)?;
         if self.meta_ready {
-            meta::save_migration(&sess.control, &self.state, self.state.status.as_str()).await?;
+            meta::save_migration(client, &self.state, self.state.status.as_str()).await?;
         }
         Ok(())
     }
@@ -172,9 +216,16 @@ impl Recorder {
             duration_ms: None,
             detail: None,
         });
-        self.save(sess).await?;
+        self.save(sess)
+            .await
+            .with_context(|| format!("phase {name}"))?;
         tracing::info!(phase = name, "phase started");
         let result = async {
+            if !sess.lock_alive() || sess.control.is_closed() {
+                anyhow::bail!(
+                    "lost the connection to the destination (did the server restart?); the run lock is no longer held"
+                );
+            }
             failpoint(name).await?;
             tokio::select! {
                 biased;
@@ -192,7 +243,9 @@ impl Recorder {
         match result {
             Ok(v) => {
                 tracing::info!(phase = name, ms, "phase done");
-                self.save(sess).await?;
+                self.save(sess)
+                    .await
+                    .with_context(|| format!("phase {name}"))?;
                 Ok(v)
             }
             Err(e) => Err(e.context(format!("phase {name}"))),
@@ -206,8 +259,9 @@ impl Recorder {
         }
     }
 
-    /// Record a failure (best effort: the destination may be the thing that failed).
-    pub async fn fail(&mut self, sess: &Session, err: &anyhow::Error) {
+    /// Record a failure (best effort: the destination may be the thing that
+    /// failed). `client` is a working destination session, if there is one.
+    pub async fn fail(&mut self, sess: &Session, client: Option<&Client>, err: &anyhow::Error) {
         self.state.status = Status::Failed;
         let interrupted = err.chain().any(|c| c.is::<Interrupted>());
         self.state.error = Some(if interrupted {
@@ -218,7 +272,14 @@ impl Recorder {
         } else {
             format!("{err:#}")
         });
-        if let Err(e) = self.save(sess).await {
+        let result = match client {
+            Some(c) => self.save_via(sess, c).await,
+            None => {
+                self.state.updated_at = Utc::now();
+                sess.state_file.save(&self.state)
+            }
+        };
+        if let Err(e) = result {
             // The state file is written before the destination; report what failed.
             tracing::warn!("could not record the failure on the destination: {e:#}");
         }

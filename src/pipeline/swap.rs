@@ -292,6 +292,7 @@ async fn one_attempt<H: InTx>(client: &Client, req: &SwapRequest, hook: &H) -> R
         .context("moving objects")?;
     check_result(client, req).await?;
     hook.after_moves(client).await?;
+    crate::pipeline::session::failpoint("swap-commit").await?;
     exec(client, "COMMIT")
         .await
         .context("committing the swap")?;

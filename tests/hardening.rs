@@ -1,0 +1,567 @@
+//! Interruption, crashes, server restarts and secrets: every way a run can end
+//! leaves both databases in a known state, and a re-run succeeds.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{
+    Cluster, TestDb, TestDbs, Workdir, can_start_clusters, catalog_fingerprint, pg_bindir,
+};
+
+fn run(wd: &Workdir, args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut cmd = wd.cmd();
+    cmd.args(args);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.output().unwrap()
+}
+
+fn assert_ok(out: &Output) {
+    assert!(
+        out.status.success(),
+        "failed ({:?}):\nstdout: {}\nstderr: {}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A source big enough that the data and index phases take a few seconds.
+fn big_source(db: &TestDb, rows: u32) {
+    db.psql(&format!(
+        "CREATE TABLE big (id bigserial PRIMARY KEY, a text, b text, c int, d timestamptz DEFAULT now());
+         INSERT INTO big (a, b, c) SELECT md5(g::text), repeat(md5((g * 7)::text), 3), g % 1000
+           FROM generate_series(1, {rows}) g;
+         CREATE INDEX big_a ON big (a);
+         CREATE INDEX big_b ON big (b);
+         CREATE INDEX big_c ON big (c, a);
+         CREATE INDEX big_ab ON big (a, b);
+         CREATE TABLE small (id int PRIMARY KEY, big_id bigint REFERENCES big (id));
+         INSERT INTO small SELECT g, g FROM generate_series(1, 100) g;"
+    ));
+}
+
+fn state_file(wd: &Workdir, db: &TestDb) -> PathBuf {
+    wd.join(&format!(".migration-state-{}.json", db.name()))
+}
+
+/// Wait until the run records `phase` as running (state file), or panic.
+fn wait_for_phase(wd: &Workdir, db: &TestDb, phase: &str, child: &mut Child) {
+    let path = state_file(wd, db);
+    let start = Instant::now();
+    loop {
+        if let Ok(text) = std::fs::read_to_string(&path)
+            && let Ok(v) = serde_json::from_str::<serde_json::Value>(&text)
+            && v["phase"] == phase
+        {
+            return;
+        }
+        if let Some(st) = child.try_wait().unwrap() {
+            panic!("pgshift exited ({st}) before reaching phase {phase}");
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "phase {phase} never started"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn spawn(wd: &Workdir, args: &[&str], env: &[(&str, &str)]) -> Child {
+    let mut cmd = wd.cmd();
+    cmd.args(args).stdout(Stdio::piped()).stderr(Stdio::piped());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.spawn().unwrap()
+}
+
+/// Processes (other than `except`) whose command line contains `needle`.
+fn processes_with(needle: &str, except: &[u32]) -> Vec<String> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        if pid == std::process::id() || except.contains(&pid) {
+            continue;
+        }
+        if let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            && stat.split(") ").nth(1).is_some_and(|s| s.starts_with('Z'))
+        {
+            continue; // a zombie has no command line and runs nothing
+        }
+        if let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) {
+            let text = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+            if text.contains(needle) {
+                found.push(format!("{pid}: {text}"));
+            }
+        }
+    }
+    found
+}
+
+/// A bindir whose pg_dump is a wrapper that sleeps first (so a test can catch it
+/// running); everything else links to the real tools.
+fn slow_pg_dump_bindir(dir: &Path, sleep_secs: u32) -> PathBuf {
+    let bindir = dir.join("slowbin");
+    std::fs::create_dir_all(&bindir).unwrap();
+    let real = pg_bindir();
+    for e in std::fs::read_dir(&real).unwrap().flatten() {
+        let name = e.file_name();
+        if name != "pg_dump" {
+            std::os::unix::fs::symlink(e.path(), bindir.join(&name)).unwrap();
+        }
+    }
+    let script = format!(
+        "#!/bin/sh\nsleep {sleep_secs}\nexec {}/pg_dump \"$@\"\n",
+        real.display()
+    );
+    let path = bindir.join("pg_dump");
+    std::fs::write(&path, script).unwrap();
+    std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    bindir
+}
+
+fn signal(child: &Child, sig: i32) {
+    // SAFETY: plain kill(2) on our own child.
+    unsafe {
+        libc::kill(child.id() as i32, sig);
+    }
+}
+
+fn wait_exit(child: &mut Child, within: Duration) -> std::process::ExitStatus {
+    let start = Instant::now();
+    loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            return st;
+        }
+        assert!(
+            start.elapsed() < within,
+            "pgshift did not exit within {within:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn leftover_free(dst: &TestDb) {
+    assert_eq!(
+        dst.psql("SELECT count(*) FROM pg_namespace WHERE nspname = 'shadow'"),
+        "0"
+    );
+    assert_eq!(
+        dst.psql("SELECT count(*) FROM pg_trigger WHERE tgname LIKE 'pgshift%'"),
+        "0"
+    );
+}
+
+#[test]
+fn sigint_during_dump_load_and_index_build_stops_cleanly() {
+    let dbs = TestDbs::new("sigint");
+    big_source(&dbs.src, 400_000);
+    dbs.dst
+        .psql("CREATE TABLE keep (x int); INSERT INTO keep VALUES (1);");
+    let before = catalog_fingerprint(&dbs.dst);
+    let src_before = catalog_fingerprint(&dbs.src);
+    let work = Workdir::new();
+    let bindir = slow_pg_dump_bindir(work.path(), 30);
+    for phase in ["dump", "data", "indexes"] {
+        let wd = Workdir::new();
+        let bindir_s = bindir.to_string_lossy().into_owned();
+        let env: Vec<(&str, &str)> = if phase == "dump" {
+            vec![("PGSHIFT_PG_BINDIR", bindir_s.as_str())]
+        } else {
+            vec![]
+        };
+        let mut child = spawn(
+            &wd,
+            &[
+                "prepare",
+                "--source",
+                &dbs.src.url(),
+                "--dest",
+                &dbs.dst.url(),
+            ],
+            &env,
+        );
+        wait_for_phase(&wd, &dbs.dst, phase, &mut child);
+        if phase == "dump" {
+            // The wrapper (and its sleep) are running as pg_dump.
+            let start = Instant::now();
+            while processes_with(&bindir_s, &[child.id()]).is_empty() {
+                assert!(
+                    start.elapsed() < Duration::from_secs(10),
+                    "pg_dump never started"
+                );
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        } else {
+            std::thread::sleep(Duration::from_millis(300));
+        }
+        let sent = Instant::now();
+        signal(&child, libc::SIGINT);
+        let status = wait_exit(&mut child, Duration::from_secs(15));
+        let took = sent.elapsed();
+        let out = child.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(status.code(), Some(130), "{phase}: {stderr}");
+        assert!(took < Duration::from_secs(8), "{phase}: exit took {took:?}");
+        assert!(stderr.contains("interrupted"), "{phase}: {stderr}");
+        assert!(
+            processes_with(&bindir_s, &[]).is_empty(),
+            "{phase}: children survived"
+        );
+        assert!(
+            processes_with("pg_restore", &[]).is_empty(),
+            "{phase}: pg_restore survived"
+        );
+        // The destination's public is as before and nothing is left behind.
+        assert_eq!(
+            catalog_without_pgshift(&dbs.dst),
+            strip_pgshift(&before),
+            "{phase}"
+        );
+        leftover_free(&dbs.dst);
+        // The state file says where the run stopped.
+        let st: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(state_file(&wd, &dbs.dst)).unwrap())
+                .unwrap();
+        assert_eq!(st["status"], "failed", "{phase}: {st}");
+        assert_eq!(st["phase"], phase, "{phase}: {st}");
+        assert!(
+            st["error"].as_str().unwrap().contains("interrupted"),
+            "{st}"
+        );
+        // A following prepare completes.
+        assert_ok(&run(
+            &wd,
+            &[
+                "prepare",
+                "--source",
+                &dbs.src.url(),
+                "--dest",
+                &dbs.dst.url(),
+            ],
+            &[],
+        ));
+        assert_eq!(dbs.dst.psql("SELECT count(*) FROM shadow.big"), "400000");
+        assert_ok(&run(&wd, &["abort", "--dest", &dbs.dst.url()], &[]));
+    }
+    assert_eq!(catalog_fingerprint(&dbs.src), src_before);
+}
+
+/// The catalog fingerprint without the pgshift schema (its records change).
+fn catalog_without_pgshift(db: &TestDb) -> String {
+    strip_pgshift(&catalog_fingerprint(db))
+}
+
+fn strip_pgshift(fp: &str) -> String {
+    let mut out = Vec::new();
+    let mut skipping = false;
+    for line in fp.lines() {
+        if line.starts_with("-- Name: ") {
+            skipping = line.contains("Schema: pgshift;") || line.starts_with("-- Name: pgshift;");
+        }
+        if line.starts_with("-- rows \"pgshift\".") || line.starts_with("-- rows pgshift.") {
+            continue;
+        }
+        if !skipping {
+            out.push(line);
+        }
+    }
+    out.join("\n")
+}
+
+#[test]
+fn sigkill_leaves_leftovers_that_the_next_prepare_replaces() {
+    let dbs = TestDbs::new("sigkill");
+    big_source(&dbs.src, 300_000);
+    dbs.dst
+        .psql("CREATE TABLE keep (x int); INSERT INTO keep VALUES (1);");
+    let before = catalog_without_pgshift(&dbs.dst);
+    for phase in ["data", "indexes"] {
+        let wd = Workdir::new();
+        let mut child = spawn(
+            &wd,
+            &[
+                "prepare",
+                "--source",
+                &dbs.src.url(),
+                "--dest",
+                &dbs.dst.url(),
+            ],
+            &[],
+        );
+        wait_for_phase(&wd, &dbs.dst, phase, &mut child);
+        std::thread::sleep(Duration::from_millis(300));
+        signal(&child, libc::SIGKILL);
+        child.wait().unwrap();
+        // The destination's public is untouched; the shadow is a leftover.
+        let with_leftovers = catalog_without_pgshift(&dbs.dst);
+        assert!(
+            with_leftovers.contains("CREATE TABLE shadow.big"),
+            "{phase}: no leftover shadow?"
+        );
+        let out = run(&wd, &["status", "--dest", &dbs.dst.url(), "--json"], &[]);
+        assert_ok(&out);
+        let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(status["state"], "preparing", "{phase}: {status}");
+        assert!(
+            status.to_string().contains("shadow"),
+            "{phase}: leftovers not reported: {status}"
+        );
+        // The next prepare says it starts over, and produces an exact shadow.
+        let out = run(
+            &wd,
+            &[
+                "prepare",
+                "--source",
+                &dbs.src.url(),
+                "--dest",
+                &dbs.dst.url(),
+            ],
+            &[],
+        );
+        assert_ok(&out);
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("starting over"),
+            "{phase}"
+        );
+        assert_eq!(dbs.dst.psql("SELECT count(*) FROM shadow.big"), "300000");
+        assert_eq!(
+            dbs.dst.psql(
+                "SELECT count(*) FROM pg_indexes WHERE schemaname = 'shadow' AND tablename = 'big'"
+            ),
+            "5"
+        );
+        assert_ok(&run(&wd, &["abort", "--dest", &dbs.dst.url()], &[]));
+        assert_eq!(catalog_without_pgshift(&dbs.dst), before, "{phase}");
+    }
+}
+
+#[test]
+fn sigkill_during_the_swap_leaves_it_all_before() {
+    let dbs = TestDbs::new("sigkill_swap");
+    dbs.src
+        .psql("CREATE TABLE t (id int PRIMARY KEY); INSERT INTO t SELECT generate_series(1, 100);");
+    dbs.dst
+        .psql("CREATE TABLE t (id int PRIMARY KEY); INSERT INTO t VALUES (1);");
+    let wd = Workdir::new();
+    assert_ok(&run(
+        &wd,
+        &[
+            "prepare",
+            "--source",
+            &dbs.src.url(),
+            "--dest",
+            &dbs.dst.url(),
+        ],
+        &[],
+    ));
+    let prepared = catalog_without_pgshift(&dbs.dst);
+    let mut child = spawn(
+        &wd,
+        &["swap", "--dest", &dbs.dst.url()],
+        &[("PGSHIFT_FAILPOINT", "swap-commit:sleep=5000")],
+    );
+    // Inside the transaction: the moves are done but not committed.
+    let start = Instant::now();
+    while dbs.dst.psql("SELECT count(*) FROM pg_locks l JOIN pg_class c ON c.oid = l.relation WHERE c.relname = 't' AND l.mode = 'AccessExclusiveLock'") == "0" {
+        assert!(start.elapsed() < Duration::from_secs(20), "swap never took its locks");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    signal(&child, libc::SIGKILL);
+    child.wait().unwrap();
+    // The server rolls the transaction back once the connection is gone.
+    let start = Instant::now();
+    while dbs.dst.psql("SELECT count(*) FROM pg_locks l JOIN pg_class c ON c.oid = l.relation WHERE c.relname = 't' AND l.mode = 'AccessExclusiveLock'") != "0" {
+        assert!(start.elapsed() < Duration::from_secs(20), "the swap's locks were never released");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(catalog_without_pgshift(&dbs.dst), prepared);
+    assert_eq!(dbs.dst.psql("SELECT count(*) FROM public.t"), "1");
+    // Swapping again completes it.
+    assert_ok(&run(&wd, &["swap", "--dest", &dbs.dst.url()], &[]));
+    assert_eq!(dbs.dst.psql("SELECT count(*) FROM public.t"), "100");
+}
+
+#[test]
+fn a_destination_restart_during_the_load_fails_clearly_and_a_rerun_completes() {
+    if !can_start_clusters() {
+        eprintln!("skipped: needs private clusters");
+        return;
+    }
+    let (src_cluster, _) = common::clusters();
+    let dst_cluster = Cluster::start_new();
+    let dbs = TestDbs::on(src_cluster, &dst_cluster, "restart");
+    big_source(&dbs.src, 400_000);
+    let wd = Workdir::new();
+    let mut child = spawn(
+        &wd,
+        &[
+            "prepare",
+            "--source",
+            &dbs.src.url(),
+            "--dest",
+            &dbs.dst.url(),
+        ],
+        &[],
+    );
+    wait_for_phase(&wd, &dbs.dst, "data", &mut child);
+    // Restart while rows are flowing into the shadow.
+    let start = Instant::now();
+    while dbs.dst.psql("SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'COPY%FROM STDIN%' AND pid <> pg_backend_pid()") == "0" {
+        assert!(start.elapsed() < Duration::from_secs(30), "the load never started");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    dst_cluster.restart();
+    let status = wait_exit(&mut child, Duration::from_secs(60));
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    let last = stderr.trim_end().lines().last().unwrap();
+    assert!(
+        last.starts_with("error: prepare failed: phase data:"),
+        "{stderr}"
+    );
+    assert_ok(&run(
+        &wd,
+        &[
+            "prepare",
+            "--source",
+            &dbs.src.url(),
+            "--dest",
+            &dbs.dst.url(),
+        ],
+        &[],
+    ));
+    assert_eq!(dbs.dst.psql("SELECT count(*) FROM shadow.big"), "400000");
+}
+
+#[test]
+fn passwords_never_leak_into_argv_logs_or_the_state_file() {
+    let dbs = TestDbs::new("secrets");
+    dbs.src.psql("CREATE TABLE t (id int PRIMARY KEY, v text); INSERT INTO t SELECT g, 'x' FROM generate_series(1, 1000) g;");
+    let src_pw = dbs.src.password().to_string();
+    let dst_pw = dbs.dst.password().to_string();
+    let secrets: Vec<String> = [&src_pw, &dst_pw]
+        .iter()
+        .flat_map(|p| {
+            let enc = percent_encode(p);
+            vec![p.to_string(), enc]
+        })
+        .collect();
+    let wd = Workdir::new();
+    let bindir = slow_pg_dump_bindir(wd.path(), 2);
+    // URLs through the environment, so pgshift's own argv holds no password either.
+    let mut child = wd
+        .cmd()
+        .args(["-vv", "prepare", "--json"])
+        .env("PGSHIFT_SOURCE_URL", dbs.src.url())
+        .env("PGSHIFT_DEST_URL", dbs.dst.url())
+        .env("PGSHIFT_PG_BINDIR", &bindir)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Watch every process's argv while the run (and its pg_dump) is alive.
+    let mut saw_pg_dump = false;
+    let me = child.id();
+    while child.try_wait().unwrap().is_none() {
+        let family = process_tree(me);
+        for pid in &family {
+            let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+                continue;
+            };
+            let text = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+            for s in &secrets {
+                assert!(
+                    !text.contains(s.as_str()),
+                    "password in the argv of {pid}: {text}"
+                );
+            }
+            if text.contains(&*bindir.to_string_lossy()) {
+                saw_pg_dump = true;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(
+        saw_pg_dump,
+        "never saw pg_dump running; the argv check proved nothing"
+    );
+    let out = child.wait_with_output().unwrap();
+    assert_ok(&out);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("DEBUG") || stderr.contains("TRACE"),
+        "-vv gave no debug logs"
+    );
+    let state = std::fs::read_to_string(state_file(&wd, &dbs.dst)).unwrap();
+    let mode = std::fs::metadata(state_file(&wd, &dbs.dst))
+        .unwrap()
+        .permissions();
+    assert_eq!(
+        std::os::unix::fs::PermissionsExt::mode(&mode) & 0o777,
+        0o600
+    );
+    let records = dbs.dst.psql("SELECT state::text FROM pgshift.migration");
+    for s in &secrets {
+        assert!(!stderr.contains(s.as_str()), "password in the logs");
+        assert!(!stdout.contains(s.as_str()), "password in the JSON output");
+        assert!(!state.contains(s.as_str()), "password in the state file");
+        assert!(
+            !records.contains(s.as_str()),
+            "password in the destination's records"
+        );
+    }
+    assert!(
+        state.contains(":***@"),
+        "the state file should name the redacted source: {state}"
+    );
+}
+
+/// `root` and all its descendants.
+fn process_tree(root: u32) -> Vec<u32> {
+    let mut parents: Vec<(u32, u32)> = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        if let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            && let Some(rest) = stat.rsplit(") ").next()
+            && let Some(ppid) = rest
+                .split_whitespace()
+                .nth(1)
+                .and_then(|p| p.parse::<u32>().ok())
+        {
+            parents.push((pid, ppid));
+        }
+    }
+    let mut tree = vec![root];
+    let mut i = 0;
+    while i < tree.len() {
+        let p = tree[i];
+        tree.extend(parents.iter().filter(|(_, pp)| *pp == p).map(|(c, _)| *c));
+        i += 1;
+    }
+    tree
+}
+
+fn percent_encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
