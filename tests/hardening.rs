@@ -46,7 +46,7 @@ fn big_source(db: &TestDb, rows: u32) {
 }
 
 fn state_file(wd: &Workdir, db: &TestDb) -> PathBuf {
-    wd.join(&format!(".migration-state-{}.json", db.name()))
+    wd.join(format!(".migration-state-{}.json", db.name()))
 }
 
 /// Wait until the run records `phase` as running (state file), or panic.
