@@ -78,7 +78,8 @@ pub async fn connect(
         }
         let (ep, e) = failures.last().expect("at least one host");
         if attempt == 1 {
-            tracing::info!(
+            // debug, not info: an unreachable server is reported once, by the error.
+            tracing::debug!(
                 "waiting for {label} {spec}: {} (retrying for up to {:?})",
                 describe_attempt(ep, e),
                 retry_for

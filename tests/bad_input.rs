@@ -1,0 +1,348 @@
+//! Bad input: one clear `error:` line on stderr, a documented exit code, and
+//! no change to either database.
+
+mod common;
+
+use std::process::Output;
+
+use common::{TestDbs, Workdir, catalog_fingerprint, pg_bindir};
+
+struct Case<'a> {
+    name: &'a str,
+    args: Vec<String>,
+    env: Vec<(String, String)>,
+    code: i32,
+    /// Every fragment must appear in the error line.
+    message: Vec<&'a str>,
+}
+
+fn run(wd: &Workdir, args: &[String], env: &[(String, String)]) -> Output {
+    let mut cmd = wd.cmd();
+    cmd.args(args);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.output().unwrap()
+}
+
+fn check(dbs: &TestDbs, case: Case) {
+    let src_before = catalog_fingerprint(&dbs.src);
+    let dst_before = catalog_fingerprint(&dbs.dst);
+    let wd = Workdir::new();
+    let out = run(&wd, &case.args, &case.env);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        out.status.code(),
+        Some(case.code),
+        "{}: {stderr}",
+        case.name
+    );
+    let lines: Vec<&str> = stderr.trim_end().lines().collect();
+    assert_eq!(
+        lines.len(),
+        1,
+        "{}: expected one line on stderr, got:\n{stderr}",
+        case.name
+    );
+    assert!(lines[0].starts_with("error: "), "{}: {stderr}", case.name);
+    for m in &case.message {
+        assert!(
+            lines[0].contains(m),
+            "{}: {:?} not in {:?}",
+            case.name,
+            m,
+            lines[0]
+        );
+    }
+    assert!(
+        out.stdout.is_empty(),
+        "{}: stdout: {}",
+        case.name,
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert_eq!(
+        catalog_fingerprint(&dbs.src),
+        src_before,
+        "{}: source changed",
+        case.name
+    );
+    assert_eq!(
+        catalog_fingerprint(&dbs.dst),
+        dst_before,
+        "{}: destination changed",
+        case.name
+    );
+}
+
+fn s(v: &[&str]) -> Vec<String> {
+    v.iter().map(|x| x.to_string()).collect()
+}
+
+fn with_url(url: &str, f: impl Fn(&mut url_parts::Parts)) -> String {
+    let mut p = url_parts::split(url);
+    f(&mut p);
+    p.join()
+}
+
+/// Minimal editing of the harness's `postgresql://user:pass@host:port/db` URLs.
+mod url_parts {
+    pub struct Parts {
+        pub user: String,
+        pub password: String,
+        pub host: String,
+        pub port: String,
+        pub db: String,
+    }
+
+    pub fn split(url: &str) -> Parts {
+        let rest = url.strip_prefix("postgresql://").unwrap();
+        let (auth, rest) = rest.rsplit_once('@').unwrap();
+        let (user, password) = auth.split_once(':').unwrap();
+        let (hostport, db) = rest.split_once('/').unwrap();
+        let (host, port) = hostport.rsplit_once(':').unwrap();
+        Parts {
+            user: user.into(),
+            password: password.into(),
+            host: host.into(),
+            port: port.into(),
+            db: db.into(),
+        }
+    }
+
+    impl Parts {
+        pub fn join(&self) -> String {
+            format!(
+                "postgresql://{}:{}@{}:{}/{}",
+                self.user, self.password, self.host, self.port, self.db
+            )
+        }
+    }
+}
+
+#[test]
+fn bad_input_is_one_line_a_documented_code_and_no_change() {
+    let dbs = TestDbs::new("bad_input");
+    dbs.src.psql("CREATE TABLE users (id int PRIMARY KEY, name text); CREATE TABLE nokey (x int); INSERT INTO users VALUES (1, 'a');");
+    dbs.dst
+        .psql("CREATE TABLE users (id int PRIMARY KEY, name text); CREATE TABLE nokey (x int);");
+    let src = dbs.src.url();
+    let dst = dbs.dst.url();
+    let prepare = |extra: &[&str]| {
+        let mut a = s(&["prepare", "--source", &src, "--dest", &dst]);
+        a.extend(s(extra));
+        a
+    };
+
+    // A fake bindir whose pg_dump is too old for the source.
+    let wd = Workdir::new();
+    let old_bin = wd.join("oldbin");
+    std::fs::create_dir_all(&old_bin).unwrap();
+    for e in std::fs::read_dir(pg_bindir()).unwrap().flatten() {
+        if e.file_name() != "pg_dump" {
+            std::os::unix::fs::symlink(e.path(), old_bin.join(e.file_name())).unwrap();
+        }
+    }
+    std::fs::write(
+        old_bin.join("pg_dump"),
+        "#!/bin/sh\necho 'pg_dump (PostgreSQL) 9.6.24'\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(
+        old_bin.join("pg_dump"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+
+    // A role with no CREATE on the destination database, and one that cannot
+    // read the source's table.
+    let weak = format!("weak_{}", std::process::id());
+    for db in [&dbs.src, &dbs.dst] {
+        db.psql(&format!(
+            "DO $$ BEGIN CREATE ROLE {weak} LOGIN PASSWORD 'weakpw'; EXCEPTION WHEN duplicate_object THEN NULL; END $$;
+             REVOKE CREATE ON DATABASE {} FROM PUBLIC;",
+            db.name()
+        ));
+    }
+    let weak_dst = with_url(&dst, |p| {
+        p.user = weak.clone();
+        p.password = "weakpw".into();
+    });
+    let weak_src = with_url(&src, |p| {
+        p.user = weak.clone();
+        p.password = "weakpw".into();
+    });
+
+    let config = wd.join("bad.toml");
+    std::fs::write(&config, "jobs = 2\ndestination_url = 'x'\n").unwrap();
+
+    let cases = vec![
+        Case {
+            name: "unreachable host",
+            args: s(&[
+                "prepare",
+                "--connect-timeout",
+                "1s",
+                "--source",
+                &src,
+                "--dest",
+                "postgresql://u:pw@127.0.0.1:1/db",
+            ]),
+            env: vec![],
+            code: 1,
+            message: vec!["cannot connect to destination", "127.0.0.1:1", "refused"],
+        },
+        Case {
+            name: "wrong password",
+            args: prepare(&[])
+                .into_iter()
+                .map(|a| {
+                    if a == dst {
+                        with_url(&dst, |p| p.password = "nope".into())
+                    } else {
+                        a
+                    }
+                })
+                .collect(),
+            env: vec![],
+            code: 1,
+            message: vec![
+                "cannot connect to destination",
+                "password authentication failed",
+            ],
+        },
+        Case {
+            name: "missing database",
+            args: prepare(&[])
+                .into_iter()
+                .map(|a| {
+                    if a == dst {
+                        with_url(&dst, |p| p.db = "no_such_db".into())
+                    } else {
+                        a
+                    }
+                })
+                .collect(),
+            env: vec![],
+            code: 1,
+            message: vec!["database \"no_such_db\" does not exist"],
+        },
+        Case {
+            name: "malformed URL",
+            args: s(&[
+                "prepare",
+                "--source",
+                &src,
+                "--dest",
+                "postgresql://u@h:notaport/db",
+            ]),
+            env: vec![],
+            code: 2,
+            message: vec!["--dest", "invalid port"],
+        },
+        Case {
+            name: "source equals destination",
+            args: s(&["prepare", "--source", &dst, "--dest", &dst]),
+            env: vec![],
+            code: 2,
+            message: vec!["source and destination are the same database"],
+        },
+        Case {
+            name: "pg_dump missing",
+            args: prepare(&[]),
+            env: vec![("PGSHIFT_PG_BINDIR".into(), "/nonexistent/bin".into())],
+            code: 1,
+            message: vec!["pg_dump not found"],
+        },
+        Case {
+            name: "pg_dump older than the source",
+            args: prepare(&[]),
+            env: vec![(
+                "PGSHIFT_PG_BINDIR".into(),
+                old_bin.to_string_lossy().into_owned(),
+            )],
+            code: 1,
+            message: vec!["version 9", "older than the source server"],
+        },
+        Case {
+            name: "no CREATE on the destination",
+            args: s(&["prepare", "--source", &src, "--dest", &weak_dst]),
+            env: vec![],
+            code: 1,
+            message: vec![
+                "insufficient privileges on the destination",
+                &weak,
+                "CREATE",
+            ],
+        },
+        Case {
+            name: "cannot read the source",
+            args: s(&["prepare", "--source", &weak_src, "--dest", &dst]),
+            env: vec![],
+            code: 1,
+            message: vec![
+                "insufficient privileges on the source",
+                "cannot SELECT from",
+                "users",
+            ],
+        },
+        Case {
+            name: "preserved table name with a semicolon",
+            args: prepare(&["--preserved-tables", "users;drop table users"]),
+            env: vec![],
+            code: 2,
+            message: vec!["--preserved-tables", "semicolon"],
+        },
+        Case {
+            name: "preserved table name with a quote",
+            args: prepare(&["--preserved-tables", "\"us\"\"ers\""]),
+            env: vec![],
+            code: 2,
+            message: vec!["--preserved-tables", "quote"],
+        },
+        Case {
+            name: "--latest with --timestamp",
+            args: s(&["rollback", "--dest", &dst, "--latest", "--timestamp", "123"]),
+            env: vec![],
+            code: 2,
+            message: vec!["--latest", "--timestamp"],
+        },
+        Case {
+            name: "swap with nothing prepared",
+            args: s(&["swap", "--dest", &dst]),
+            env: vec![],
+            code: 2,
+            message: vec!["nothing is prepared"],
+        },
+        Case {
+            name: "config file with an unknown key",
+            args: s(&[
+                "--config",
+                &config.to_string_lossy(),
+                "list",
+                "--dest",
+                &dst,
+            ]),
+            env: vec![],
+            code: 2,
+            message: vec!["bad.toml", "unknown field", "destination_url", "line 2"],
+        },
+        Case {
+            name: "unknown option value",
+            args: s(&[
+                "prepare",
+                "--source",
+                &src,
+                "--dest",
+                &dst,
+                "--verify",
+                "everything",
+            ]),
+            env: vec![],
+            code: 2,
+            message: vec!["everything"],
+        },
+    ];
+    for case in cases {
+        check(&dbs, case);
+    }
+}
