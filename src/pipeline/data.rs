@@ -11,13 +11,15 @@
 //! - Rows are counted in the stream and compared with what COPY stored.
 //! - Largest tables first over `--jobs` workers.
 
-use std::collections::VecDeque;
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt, TryStreamExt};
+use tokio::sync::Notify;
 use tokio_postgres::Client;
 use tokio_util::sync::CancellationToken;
 
@@ -93,56 +95,221 @@ pub async fn source_in_snapshot(
     Ok(client)
 }
 
-/// Load every job; returns one [`Loaded`] per table.
-pub async fn load_all(plan: &DataPlan<'_>, mut jobs: Vec<CopyJob>) -> Result<Vec<Loaded>> {
-    jobs.sort_by(|a, b| b.bytes.cmp(&a.bytes).then_with(|| a.name.cmp(&b.name)));
-    let total_bytes: i64 = jobs.iter().map(|j| j.bytes.max(0)).sum();
+/// A unit of work for the data phase's workers.
+#[derive(Debug, Clone)]
+enum Task {
+    /// Stream one table's rows.
+    Load(CopyJob),
+    /// Build one index or constraint of a loaded table (pre-remapped SQL).
+    Index {
+        table: Option<String>,
+        label: String,
+        sql: String,
+    },
+    /// ANALYZE a table once its indexes are built.
+    Analyze(String),
+}
+
+/// What the data phase runs: loads, the index/constraint entries of each
+/// table (run as soon as that table is loaded), and ANALYZE per table once its
+/// indexes are done — one pool of `--jobs` workers for all of it, so the cap
+/// holds across loading and index building, and a small table's indexes are
+/// built while a big table is still loading (as `pg_restore -j` does).
+pub struct Work {
+    pub loads: Vec<CopyJob>,
+    /// Index/constraint entries: (table or None, label, SQL).
+    pub indexes: Vec<(Option<String>, String, String)>,
+    /// Tables to ANALYZE after their indexes (loaded tables and tables with indexes).
+    pub analyze: HashSet<String>,
+    /// Session set-up for index builds (pg_restore's preamble + settings).
+    pub index_session: String,
+}
+
+struct Sched {
+    /// (priority, sequence, task): highest priority first, FIFO within.
+    ready: BinaryHeap<(i64, Reverse<u64>, TaskBox)>,
+    seq: u64,
+    /// Index tasks waiting for their table's load.
+    waiting: HashMap<String, Vec<Task>>,
+    /// Index tasks not finished per table (ANALYZE waits for zero).
+    open_indexes: HashMap<String, usize>,
+    /// Tables whose load is not finished.
+    loading: HashSet<String>,
+    weight: HashMap<String, i64>,
+    analyze: HashSet<String>,
+    running: usize,
+    failed: bool,
+}
+
+/// Wrapper so tasks can sit in a heap (ordering is by the tuple's first fields).
+struct TaskBox(Task);
+impl PartialEq for TaskBox {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+impl Eq for TaskBox {}
+impl PartialOrd for TaskBox {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for TaskBox {
+    fn cmp(&self, _: &Self) -> std::cmp::Ordering {
+        std::cmp::Ordering::Equal
+    }
+}
+
+impl Sched {
+    fn push(&mut self, task: Task) {
+        // Work on big tables first; for one table: load, then indexes, then ANALYZE.
+        let (table, bonus) = match &task {
+            Task::Load(j) => (Some(j.name.as_str()), 0),
+            Task::Index { table, .. } => (table.as_deref(), 1),
+            Task::Analyze(t) => (Some(t.as_str()), 0),
+        };
+        let w = table.and_then(|t| self.weight.get(t)).copied().unwrap_or(0);
+        self.seq += 1;
+        self.ready.push((
+            w.saturating_mul(2).saturating_add(bonus),
+            Reverse(self.seq),
+            TaskBox(task),
+        ));
+    }
+
+    fn table_done_loading(&mut self, table: &str) {
+        self.loading.remove(table);
+        let tasks = self.waiting.remove(table).unwrap_or_default();
+        if tasks.is_empty() {
+            self.maybe_analyze(table);
+        }
+        for t in tasks {
+            self.push(t);
+        }
+    }
+
+    fn index_done(&mut self, table: Option<&str>) {
+        if let Some(t) = table {
+            if let Some(n) = self.open_indexes.get_mut(t) {
+                *n -= 1;
+            }
+            if !self.loading.contains(t) {
+                self.maybe_analyze(t);
+            }
+        }
+    }
+
+    fn maybe_analyze(&mut self, table: &str) {
+        if self.open_indexes.get(table).copied().unwrap_or(0) == 0 && self.analyze.remove(table) {
+            self.push(Task::Analyze(table.to_string()));
+        }
+    }
+
+    fn idle(&self) -> bool {
+        self.ready.is_empty() && self.running == 0
+    }
+}
+
+/// Run the data phase; returns one [`Loaded`] per loaded table.
+pub async fn load_all(plan: &DataPlan<'_>, work: Work) -> Result<Vec<Loaded>> {
+    let total_bytes: i64 = work.loads.iter().map(|j| j.bytes.max(0)).sum();
     plan.progress
-        .start_bytes("data", total_bytes.max(0) as u64, jobs.len());
-    let queue = Arc::new(Mutex::new(VecDeque::from(jobs)));
+        .start_bytes("data", total_bytes.max(0) as u64, work.loads.len());
+    let mut sched = Sched {
+        ready: BinaryHeap::new(),
+        seq: 0,
+        waiting: HashMap::new(),
+        open_indexes: HashMap::new(),
+        loading: work.loads.iter().map(|j| j.name.clone()).collect(),
+        weight: work
+            .loads
+            .iter()
+            .map(|j| (j.name.clone(), j.bytes))
+            .collect(),
+        analyze: work.analyze.clone(),
+        running: 0,
+        failed: false,
+    };
+    for (table, label, sql) in work.indexes {
+        let task = Task::Index {
+            table: table.clone(),
+            label,
+            sql,
+        };
+        match &table {
+            Some(t) => {
+                *sched.open_indexes.entry(t.clone()).or_insert(0) += 1;
+                if sched.loading.contains(t) {
+                    sched.waiting.entry(t.clone()).or_default().push(task);
+                } else {
+                    sched.push(task);
+                }
+            }
+            None => sched.push(task),
+        }
+    }
+    let mut loads = work.loads;
+    loads.sort_by(|a, b| b.bytes.cmp(&a.bytes).then_with(|| a.name.cmp(&b.name)));
+    for j in loads {
+        sched.push(Task::Load(j));
+    }
+    // Tables with nothing to load and no indexes are analyzed right away.
+    let idle_tables: Vec<String> = sched
+        .analyze
+        .iter()
+        .filter(|t| {
+            !sched.loading.contains(*t) && sched.open_indexes.get(*t).copied().unwrap_or(0) == 0
+        })
+        .cloned()
+        .collect();
+    for t in idle_tables {
+        sched.maybe_analyze(&t);
+    }
+    let total_tasks = sched.ready.len() + sched.waiting.values().map(Vec::len).sum::<usize>();
+    let sched = Arc::new(Mutex::new(sched));
+    let notify = Arc::new(Notify::new());
     let results = Arc::new(Mutex::new(Vec::new()));
     let failed = CancellationToken::new();
-    let workers = plan
-        .workers
-        .max(1)
-        .min(queue.lock().map(|q| q.len()).unwrap_or(1).max(1));
+    let workers = plan.workers.max(1).min(total_tasks.max(1));
     let mut tasks = Vec::new();
     for _ in 0..workers {
-        tasks.push(worker(plan, queue.clone(), results.clone(), failed.clone()));
+        tasks.push(worker(
+            plan,
+            &work.index_session,
+            sched.clone(),
+            notify.clone(),
+            results.clone(),
+            failed.clone(),
+        ));
     }
     let outcomes = futures_util::future::join_all(tasks).await;
     plan.progress.finish("data");
-    // Report the first real error (not the "stopped because another failed").
+    // Report the first real error (not "stopped because another failed").
     let mut first: Option<anyhow::Error> = None;
-    for o in outcomes {
-        if let Err(e) = o {
-            let secondary = e.chain().any(|c| c.to_string() == STOPPED);
-            if first.is_none()
-                || (!secondary
-                    && first
-                        .as_ref()
-                        .is_some_and(|f| f.chain().any(|c| c.to_string() == STOPPED)))
-            {
-                first = Some(e);
-            }
+    for e in outcomes.into_iter().filter_map(|o| o.err()) {
+        let secondary = e.chain().any(|c| c.to_string() == STOPPED);
+        let first_secondary = first
+            .as_ref()
+            .is_some_and(|f| f.chain().any(|c| c.to_string() == STOPPED));
+        if first.is_none() || (!secondary && first_secondary) {
+            first = Some(e);
         }
     }
     if let Some(e) = first {
         return Err(e);
     }
-    let mut out = Arc::try_unwrap(results)
-        .map_err(|_| anyhow::anyhow!("workers still running"))?
-        .into_inner()
-        .unwrap_or_default();
+    let mut out = std::mem::take(&mut *results.lock().map_err(|_| anyhow::anyhow!("poisoned"))?);
     out.sort_by(|a: &Loaded, b| a.name.cmp(&b.name));
     Ok(out)
 }
 
-const STOPPED: &str = "stopped: another table failed";
+const STOPPED: &str = "stopped: another task failed";
 
 async fn worker(
     plan: &DataPlan<'_>,
-    queue: Arc<Mutex<VecDeque<CopyJob>>>,
+    index_session: &str,
+    sched: Arc<Mutex<Sched>>,
+    notify: Arc<Notify>,
     results: Arc<Mutex<Vec<Loaded>>>,
     failed: CancellationToken,
 ) -> Result<()> {
@@ -154,9 +321,17 @@ async fn worker(
         plan.connect_timeout,
     )
     .await?;
-    dst.batch_execute("SET synchronous_commit = off; SET maintenance_work_mem = '256MB'")
-        .await
-        .context("configuring a destination session")?;
+    dst.batch_execute(&format!(
+        "{index_session}\n{}",
+        crate::pipeline::postdata::INDEX_SESSION_SETTINGS
+    ))
+    .await
+    .map_err(|e| {
+        anyhow::anyhow!(
+            "setting up a destination session: {}",
+            describe_pg_error(&e)
+        )
+    })?;
     crate::pg::connect::watch_client(&dst).await;
     loop {
         if plan.cancel.is_cancelled() {
@@ -165,33 +340,91 @@ async fn worker(
         if failed.is_cancelled() {
             bail!(STOPPED);
         }
-        let Some(job) = queue.lock().ok().and_then(|mut q| q.pop_front()) else {
-            break;
+        let next = {
+            let mut s = sched.lock().map_err(|_| anyhow::anyhow!("poisoned"))?;
+            if s.failed {
+                bail!(STOPPED);
+            }
+            match s.ready.pop() {
+                Some((_, _, TaskBox(t))) => {
+                    s.running += 1;
+                    Some(t)
+                }
+                None if s.idle() => return Ok(()),
+                None => None,
+            }
+        };
+        let Some(task) = next else {
+            // Others are running tasks that may unlock more work.
+            tokio::select! {
+                _ = notify.notified() => {}
+                _ = plan.cancel.cancelled() => {}
+                _ = failed.cancelled() => {}
+                _ = tokio::time::sleep(Duration::from_millis(20)) => {}
+            }
+            continue;
         };
         let r = tokio::select! {
             biased;
             _ = plan.cancel.cancelled() => Err(anyhow::Error::new(Interrupted)),
             _ = failed.cancelled() => Err(anyhow::anyhow!(STOPPED)),
-            r = copy_table(plan, &src, &dst, &job) => r,
+            r = run_task(plan, &src, &dst, &task) => r,
         };
-        if r.is_err() {
-            // Stop the server side at once rather than when it next talks to us.
-            crate::pg::connect::cancel_running(&dst, plan.dest).await;
-            crate::pg::connect::cancel_running(&src, plan.source).await;
-        }
         match r {
-            Ok(l) => {
-                if let Ok(mut v) = results.lock() {
+            Ok(loaded) => {
+                let mut s = sched.lock().map_err(|_| anyhow::anyhow!("poisoned"))?;
+                s.running -= 1;
+                match &task {
+                    Task::Load(j) => s.table_done_loading(&j.name),
+                    Task::Index { table, .. } => s.index_done(table.as_deref()),
+                    Task::Analyze(_) => {}
+                }
+                drop(s);
+                if let Some(l) = loaded
+                    && let Ok(mut v) = results.lock()
+                {
                     v.push(l);
                 }
+                notify.notify_waiters();
             }
             Err(e) => {
+                if let Ok(mut s) = sched.lock() {
+                    s.failed = true;
+                }
                 failed.cancel();
+                notify.notify_waiters();
+                // Stop the server side at once rather than when it next talks to us.
+                crate::pg::connect::cancel_running(&dst, plan.dest).await;
+                crate::pg::connect::cancel_running(&src, plan.source).await;
                 return Err(e);
             }
         }
     }
-    Ok(())
+}
+
+async fn run_task(
+    plan: &DataPlan<'_>,
+    src: &Client,
+    dst: &Client,
+    task: &Task,
+) -> Result<Option<Loaded>> {
+    match task {
+        Task::Load(job) => copy_table(plan, src, dst, job).await.map(Some),
+        Task::Index { label, sql, .. } => {
+            tracing::debug!(entry = %label, "building");
+            dst.batch_execute(sql)
+                .await
+                .map_err(|e| anyhow::anyhow!("{label}: {}", describe_pg_error(&e)))?;
+            Ok(None)
+        }
+        Task::Analyze(table) => {
+            let sql = format!("ANALYZE {}", qualified(plan.to_schema, table));
+            dst.batch_execute(&sql)
+                .await
+                .map_err(|e| anyhow::anyhow!("analyzing {table}: {}", describe_pg_error(&e)))?;
+            Ok(None)
+        }
+    }
 }
 
 async fn copy_table(

@@ -217,9 +217,11 @@ pub async fn run(
     cancel: &CancellationToken,
     progress: &Progress,
 ) -> Result<()> {
-    let total: usize = plan.waves.iter().map(Vec::len).sum();
+    // Wave 1 (each table's indexes and constraints) runs in the data phase,
+    // as soon as its table is loaded; the rest needs every table done.
+    let total: usize = plan.waves.iter().skip(1).map(Vec::len).sum();
     progress.start_items("indexes", total);
-    for (i, jobs) in plan.waves.iter().enumerate() {
+    for (i, jobs) in plan.waves.iter().enumerate().skip(1) {
         if jobs.is_empty() {
             continue;
         }
