@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use futures_util::{SinkExt, StreamExt, TryStreamExt};
 use tokio::sync::Notify;
 use tokio_postgres::Client;
@@ -30,6 +30,9 @@ use crate::pg::connspec::ConnSpec;
 use crate::pg::ident::{qualified, quote_ident};
 use crate::pipeline::copycount::RowCounter;
 use crate::pipeline::progress::Progress;
+
+/// Bytes gathered from the source before they are handed to the destination.
+const COPY_CHUNK: usize = 256 * 1024;
 
 /// One table to load.
 #[derive(Debug, Clone)]
@@ -475,17 +478,33 @@ async fn copy_table(
         stream.map_err(|e| anyhow::anyhow!("reading the source: {}", describe_pg_error(&e)))
     );
     let mut sink = std::pin::pin!(sink);
+    // The source sends one CopyData message per row. Gather rows into large
+    // messages and let the sink flush only when its buffer is full (`feed`,
+    // not `send`, which would flush — one write — per row).
+    let mut buf = BytesMut::with_capacity(COPY_CHUNK + 64 * 1024);
+    let mut unreported = 0u64;
     while let Some(chunk) = stream.next().await {
         let chunk = chunk.with_context(what)?;
         counter
             .feed(&chunk)
             .map_err(|e| anyhow::anyhow!("{}: {e}", what()))?;
         bytes += chunk.len() as u64;
-        progress.add_bytes("data", chunk.len() as u64);
-        sink.send(chunk).await.map_err(|e| {
+        unreported += chunk.len() as u64;
+        buf.extend_from_slice(&chunk);
+        if buf.len() >= COPY_CHUNK {
+            sink.feed(buf.split().freeze()).await.map_err(|e| {
+                anyhow::anyhow!("{}: writing the shadow: {}", what(), describe_pg_error(&e))
+            })?;
+            progress.add_bytes("data", unreported);
+            unreported = 0;
+        }
+    }
+    if !buf.is_empty() {
+        sink.feed(buf.split().freeze()).await.map_err(|e| {
             anyhow::anyhow!("{}: writing the shadow: {}", what(), describe_pg_error(&e))
         })?;
     }
+    progress.add_bytes("data", unreported);
     let stored = sink
         .as_mut()
         .finish()
