@@ -1,9 +1,11 @@
 //! One module per command. [`run`] dispatches; each command returns the exit
 //! code for a successful run (verify may return 3 without an error).
 
+pub mod list;
 pub mod prepare;
 pub mod start;
 pub mod swap;
+pub mod verify;
 
 use anyhow::Result;
 use tokio_util::sync::CancellationToken;
@@ -28,6 +30,8 @@ pub async fn run(command: Command, ctx: Ctx) -> Result<ExitCode> {
         Command::Prepare(_) => prepare::run(ctx).await,
         Command::Swap(a) => swap::run(a, ctx).await,
         Command::Start(_) => start::run(ctx).await,
+        Command::List(_) => list::run(ctx).await,
+        Command::Verify(a) => verify::run(a, ctx).await,
         other => Err(anyhow::anyhow!("{} is not implemented yet", other.name())),
     };
     result.map_err(|e| {

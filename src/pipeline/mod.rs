@@ -10,6 +10,7 @@ pub mod privileges;
 pub mod progress;
 pub mod session;
 pub mod sync;
+pub mod verify;
 
 use std::time::Duration;
 
