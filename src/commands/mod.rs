@@ -3,6 +3,7 @@
 
 pub mod list;
 pub mod prepare;
+pub mod rollback;
 pub mod start;
 pub mod swap;
 pub mod verify;
@@ -31,6 +32,7 @@ pub async fn run(command: Command, ctx: Ctx) -> Result<ExitCode> {
         Command::Swap(a) => swap::run(a, ctx).await,
         Command::Start(_) => start::run(ctx).await,
         Command::List(_) => list::run(ctx).await,
+        Command::Rollback(a) => rollback::run(a, ctx).await,
         Command::Verify(a) => verify::run(a, ctx).await,
         other => Err(anyhow::anyhow!("{} is not implemented yet", other.name())),
     };

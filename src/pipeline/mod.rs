@@ -8,6 +8,7 @@ pub mod preflight;
 pub mod prepare;
 pub mod privileges;
 pub mod progress;
+pub mod rollback;
 pub mod session;
 pub mod sync;
 pub mod verify;
