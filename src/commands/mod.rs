@@ -1,6 +1,7 @@
 //! One module per command. [`run`] dispatches; each command returns the exit
 //! code for a successful run (verify may return 3 without an error).
 
+pub mod cleanup;
 pub mod list;
 pub mod prepare;
 pub mod rollback;
@@ -33,6 +34,7 @@ pub async fn run(command: Command, ctx: Ctx) -> Result<ExitCode> {
         Command::Start(_) => start::run(ctx).await,
         Command::List(_) => list::run(ctx).await,
         Command::Rollback(a) => rollback::run(a, ctx).await,
+        Command::Cleanup(a) => cleanup::run(a, ctx).await,
         Command::Verify(a) => verify::run(a, ctx).await,
         other => Err(anyhow::anyhow!("{} is not implemented yet", other.name())),
     };
