@@ -826,3 +826,100 @@ fn cleanup_never_drops_what_is_not_a_pgshift_backup() {
     assert_eq!(dropped(&v), vec![b]);
     assert_eq!(schemas_left(&dbs.dst), vec!["backup_1".to_string()]);
 }
+
+#[test]
+fn rollback_leaves_a_prepared_shadow_alone() {
+    let dbs = TestDbs::new("bk_shadow");
+    app_v1_v2(&dbs);
+    let wd = Workdir::new();
+    let url = dbs.dst.url();
+    start(&wd, &dbs);
+    // The next migration is prepared while we roll back the last one.
+    run_ok(&wd, &["prepare", "--source", &dbs.src.url(), "--dest", &url]);
+    let shadow_before = dbs.dst.psql(
+        "SELECT string_agg(c.relname || ':' || c.oid, ',' ORDER BY c.relname) FROM pg_class c
+          WHERE c.relnamespace = 'shadow'::regnamespace",
+    );
+    run_json(&wd, &["rollback", "--dest", &url, "--latest"]);
+    assert_eq!(dbs.dst.query_one_string("SELECT app_version()"), "v1");
+    let shadow_after = dbs.dst.psql(
+        "SELECT string_agg(c.relname || ':' || c.oid, ',' ORDER BY c.relname) FROM pg_class c
+          WHERE c.relnamespace = 'shadow'::regnamespace",
+    );
+    assert_eq!(shadow_before, shadow_after);
+    let s = run_json(&wd, &["status", "--dest", &url]);
+    assert_eq!(s["state"], "prepared", "{s}");
+    assert_eq!(s["swap_allowed"], true, "{s}");
+    // And the prepared migration still swaps.
+    run_ok(&wd, &["swap", "--dest", &url]);
+    assert_eq!(dbs.dst.query_one_string("SELECT app_version()"), "v2");
+}
+
+#[test]
+fn rollback_keep_tables_repoints_foreign_keys_both_ways() {
+    let dbs = TestDbs::new("bk_fks");
+    let schema = |label: &str, users: i32| {
+        format!(
+            "CREATE TABLE plans (id int PRIMARY KEY, title text);
+             INSERT INTO plans SELECT g, '{label}' || g FROM generate_series(1, 3) g;
+             CREATE TABLE users (id serial PRIMARY KEY, plan_id int NOT NULL REFERENCES plans (id) ON DELETE CASCADE, name text);
+             INSERT INTO users (plan_id, name) SELECT (g % 3) + 1, '{label}' || g FROM generate_series(1, {users}) g;
+             CREATE TABLE orders (id serial PRIMARY KEY, user_id int NOT NULL, amount int,
+                                  CONSTRAINT \"Orders User\" FOREIGN KEY (user_id) REFERENCES users (id) DEFERRABLE INITIALLY DEFERRED);
+             INSERT INTO orders (user_id, amount) SELECT (g % {users}) + 1, g FROM generate_series(1, 30) g;"
+        )
+    };
+    dbs.dst.psql(&schema("v1-", 10));
+    dbs.src.psql(&schema("v2-", 25));
+    let wd = Workdir::new();
+    let url = dbs.dst.url();
+    let started = start(&wd, &dbs);
+    let b1 = started["swap"]["backup_schema"].as_str().unwrap().to_string();
+
+    let fk = |table: &str| {
+        dbs.dst.query_one_string(&format!(
+            "SELECT string_agg(conname || ' -> ' || confrelid::regclass::text || ' ' || convalidated
+                               || ' ' || condeferrable || ' ' || confdeltype::text, ', ' ORDER BY conname)
+               FROM pg_constraint WHERE conrelid = '{table}'::regclass AND contype = 'f'"
+        ))
+    };
+    let r = run_json(&wd, &["rollback", "--dest", &url, "--latest", "--keep-tables", "users"]);
+    assert!(r["fk_not_valid"].as_array().unwrap().is_empty(), "{r}");
+    let b2 = r["backup_schema"].as_str().unwrap().to_string();
+    // The kept users (v2) now reference the restored plans; the restored orders the kept users.
+    assert_eq!(fk("public.users"), "users_plan_id_fkey -> plans true false c");
+    assert_eq!(fk("public.orders"), "Orders User -> users true true a");
+    assert_eq!(dbs.dst.query_one_string("SELECT title FROM plans WHERE id = 1"), "v1-1");
+    assert_eq!(dbs.dst.query_one_string("SELECT count(*) FROM users"), "25");
+    // Backups hold no keys into live tables: b2.orders' and b1.users' keys were detached.
+    assert_eq!(fk(&format!("{b2}.orders")), "");
+    assert_eq!(fk(&format!("{b1}.users")), "");
+    let backups = list(&wd, &dbs.dst);
+    assert_eq!(backups.len(), 2);
+    // Every backup still verifies.
+    for b in &backups {
+        run_ok(
+            &wd,
+            &["verify", "--dest", &url, "--timestamp", &b["timestamp"].to_string()],
+        );
+    }
+
+    // Back to v2: users stays (b2 has none), b2's detached key comes back, the
+    // kept users' key follows plans again.
+    let r2 = run_json(&wd, &["rollback", "--dest", &url, "--timestamp", &b2]);
+    let actions: Vec<String> = r2["foreign_keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| format!("{} {}", f["action"].as_str().unwrap(), f["table"].as_str().unwrap()))
+        .collect();
+    assert!(actions.contains(&"reattached public.orders".to_string()), "{actions:?}");
+    assert!(actions.contains(&"repointed public.users".to_string()), "{actions:?}");
+    assert_eq!(dbs.dst.query_one_string("SELECT title FROM plans WHERE id = 1"), "v2-1");
+    assert_eq!(fk("public.users"), "users_plan_id_fkey -> plans true false c");
+    assert_eq!(fk("public.orders"), "Orders User -> users true true a");
+    assert_eq!(dbs.dst.query_one_string("SELECT sum(amount) FROM orders"), "465");
+    // ON DELETE CASCADE from the restored plans reaches the kept users.
+    dbs.dst.psql("DELETE FROM orders; DELETE FROM plans WHERE id = 1");
+    assert_eq!(dbs.dst.query_one_string("SELECT count(*) FROM users"), "17");
+}
