@@ -835,7 +835,10 @@ fn rollback_leaves_a_prepared_shadow_alone() {
     let url = dbs.dst.url();
     start(&wd, &dbs);
     // The next migration is prepared while we roll back the last one.
-    run_ok(&wd, &["prepare", "--source", &dbs.src.url(), "--dest", &url]);
+    run_ok(
+        &wd,
+        &["prepare", "--source", &dbs.src.url(), "--dest", &url],
+    );
     let shadow_before = dbs.dst.psql(
         "SELECT string_agg(c.relname || ':' || c.oid, ',' ORDER BY c.relname) FROM pg_class c
           WHERE c.relnamespace = 'shadow'::regnamespace",
@@ -874,7 +877,10 @@ fn rollback_keep_tables_repoints_foreign_keys_both_ways() {
     let wd = Workdir::new();
     let url = dbs.dst.url();
     let started = start(&wd, &dbs);
-    let b1 = started["swap"]["backup_schema"].as_str().unwrap().to_string();
+    let b1 = started["swap"]["backup_schema"]
+        .as_str()
+        .unwrap()
+        .to_string();
 
     let fk = |table: &str| {
         dbs.dst.query_one_string(&format!(
@@ -883,13 +889,30 @@ fn rollback_keep_tables_repoints_foreign_keys_both_ways() {
                FROM pg_constraint WHERE conrelid = '{table}'::regclass AND contype = 'f'"
         ))
     };
-    let r = run_json(&wd, &["rollback", "--dest", &url, "--latest", "--keep-tables", "users"]);
+    let r = run_json(
+        &wd,
+        &[
+            "rollback",
+            "--dest",
+            &url,
+            "--latest",
+            "--keep-tables",
+            "users",
+        ],
+    );
     assert!(r["fk_not_valid"].as_array().unwrap().is_empty(), "{r}");
     let b2 = r["backup_schema"].as_str().unwrap().to_string();
     // The kept users (v2) now reference the restored plans; the restored orders the kept users.
-    assert_eq!(fk("public.users"), "users_plan_id_fkey -> plans true false c");
+    assert_eq!(
+        fk("public.users"),
+        "users_plan_id_fkey -> plans true false c"
+    );
     assert_eq!(fk("public.orders"), "Orders User -> users true true a");
-    assert_eq!(dbs.dst.query_one_string("SELECT title FROM plans WHERE id = 1"), "v1-1");
+    assert_eq!(
+        dbs.dst
+            .query_one_string("SELECT title FROM plans WHERE id = 1"),
+        "v1-1"
+    );
     assert_eq!(dbs.dst.query_one_string("SELECT count(*) FROM users"), "25");
     // Backups hold no keys into live tables: b2.orders' and b1.users' keys were detached.
     assert_eq!(fk(&format!("{b2}.orders")), "");
@@ -900,7 +923,13 @@ fn rollback_keep_tables_repoints_foreign_keys_both_ways() {
     for b in &backups {
         run_ok(
             &wd,
-            &["verify", "--dest", &url, "--timestamp", &b["timestamp"].to_string()],
+            &[
+                "verify",
+                "--dest",
+                &url,
+                "--timestamp",
+                &b["timestamp"].to_string(),
+            ],
         );
     }
 
@@ -911,15 +940,38 @@ fn rollback_keep_tables_repoints_foreign_keys_both_ways() {
         .as_array()
         .unwrap()
         .iter()
-        .map(|f| format!("{} {}", f["action"].as_str().unwrap(), f["table"].as_str().unwrap()))
+        .map(|f| {
+            format!(
+                "{} {}",
+                f["action"].as_str().unwrap(),
+                f["table"].as_str().unwrap()
+            )
+        })
         .collect();
-    assert!(actions.contains(&"reattached public.orders".to_string()), "{actions:?}");
-    assert!(actions.contains(&"repointed public.users".to_string()), "{actions:?}");
-    assert_eq!(dbs.dst.query_one_string("SELECT title FROM plans WHERE id = 1"), "v2-1");
-    assert_eq!(fk("public.users"), "users_plan_id_fkey -> plans true false c");
+    assert!(
+        actions.contains(&"reattached public.orders".to_string()),
+        "{actions:?}"
+    );
+    assert!(
+        actions.contains(&"repointed public.users".to_string()),
+        "{actions:?}"
+    );
+    assert_eq!(
+        dbs.dst
+            .query_one_string("SELECT title FROM plans WHERE id = 1"),
+        "v2-1"
+    );
+    assert_eq!(
+        fk("public.users"),
+        "users_plan_id_fkey -> plans true false c"
+    );
     assert_eq!(fk("public.orders"), "Orders User -> users true true a");
-    assert_eq!(dbs.dst.query_one_string("SELECT sum(amount) FROM orders"), "465");
+    assert_eq!(
+        dbs.dst.query_one_string("SELECT sum(amount) FROM orders"),
+        "465"
+    );
     // ON DELETE CASCADE from the restored plans reaches the kept users.
-    dbs.dst.psql("DELETE FROM orders; DELETE FROM plans WHERE id = 1");
+    dbs.dst
+        .psql("DELETE FROM orders; DELETE FROM plans WHERE id = 1");
     assert_eq!(dbs.dst.query_one_string("SELECT count(*) FROM users"), "17");
 }

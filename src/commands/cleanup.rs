@@ -12,7 +12,7 @@ use tokio_postgres::error::SqlState;
 
 use crate::cli::CleanupArgs;
 use crate::commands::Ctx;
-use crate::commands::list::rfc3339;
+use crate::commands::list::{rfc3339, short_time};
 use crate::error::{ExitCode, UserError};
 use crate::output::{self, Table, human_bytes};
 use crate::pg::connect::{connect, describe_pg_error};
@@ -320,7 +320,7 @@ fn print(ctx: &Ctx, r: &CleanupReport) -> Result<()> {
             verb.to_string(),
             d.timestamp.to_string(),
             d.schema.clone(),
-            d.created_at.clone(),
+            short_time(&d.created_at),
             human_bytes(d.size_bytes),
         ]);
     }
@@ -329,7 +329,7 @@ fn print(ctx: &Ctx, r: &CleanupReport) -> Result<()> {
             "skipped".to_string(),
             s.timestamp.to_string(),
             s.schema.clone(),
-            s.created_at.clone(),
+            short_time(&s.created_at),
             human_bytes(s.size_bytes),
         ]);
     }

@@ -138,7 +138,7 @@ pub async fn run(ctx: Ctx) -> Result<ExitCode> {
 }
 
 /// `2025-07-15 08:30:00` from an RFC 3339 string (UTC).
-fn short_time(rfc: &str) -> String {
+pub fn short_time(rfc: &str) -> String {
     DateTime::parse_from_rfc3339(rfc)
         .map(|t| {
             t.with_timezone(&Utc)

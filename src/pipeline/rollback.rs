@@ -32,7 +32,7 @@ use crate::error::{UserError, VerificationFailed};
 use crate::pg::catalog;
 use crate::pg::connect::describe_pg_error;
 use crate::pg::ident::{TableName, qualified, quote_ident};
-use crate::pg::meta::{self, BackupRow, ForeignKeyDef, Manifest, ManifestTable};
+use crate::pg::meta::{self, BackupRow, ForeignKeyDef, Manifest};
 use crate::pipeline::manifest;
 use crate::pipeline::session::now_ms;
 use crate::pipeline::swap::{self, InTx, SwapRequest};
@@ -912,17 +912,6 @@ async fn kept_uses(client: &Client, tables: &[String]) -> Result<Vec<String>> {
         .await
         .map_err(|e| pg_err(e, "looking for what kept tables use"))?;
     Ok(rows.into_iter().map(|r| r.get(0)).collect())
-}
-
-/// The restored tables' manifest entries (for reports).
-pub fn restored_tables(plan: &Plan) -> Vec<ManifestTable> {
-    plan.restore
-        .manifest
-        .tables
-        .iter()
-        .filter(|t| !plan.keep.contains(&t.name))
-        .cloned()
-        .collect()
 }
 
 #[cfg(test)]
