@@ -299,3 +299,40 @@ fn hostname() -> String {
     let out = std::process::Command::new("hostname").output().unwrap();
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
+
+#[test]
+fn status_reports_a_run_that_died_during_prepare() {
+    let dbs = TestDbs::new("st_dead");
+    sample(&dbs);
+    let wd = Workdir::new();
+    let url = dbs.dst.url();
+    run_ok(
+        &wd,
+        &["prepare", "--source", &dbs.src.url(), "--dest", &url],
+    );
+    // As if the prepare had been killed during its indexes phase (SIGKILL
+    // records nothing): the record still says preparing, nobody holds the lock.
+    dbs.dst
+        .psql("UPDATE pgshift.migration SET status = 'preparing', phase = 'indexes'");
+    let other = Workdir::new();
+    let s = status(&other, &dbs.dst);
+    assert_eq!(s["state"], "failed", "{s}");
+    assert_eq!(s["migration"]["phase"], "indexes");
+    assert!(
+        s["migration"]["error"]
+            .as_str()
+            .unwrap()
+            .contains("stopped during phase indexes"),
+        "{s}"
+    );
+    assert_eq!(s["leftovers"]["shadow"], true, "{s}");
+    assert!(s["leftovers"]["hint"].as_str().unwrap().contains("abort"));
+    assert_eq!(s["swap_allowed"], false);
+    let v: Value =
+        serde_json::from_str(&run_ok(&other, &["abort", "--dest", &url, "--json"])).unwrap();
+    assert_eq!(v["aborted"], true, "{v}");
+    assert_eq!(v["removed"]["shadow"], true);
+    let s = status(&other, &dbs.dst);
+    assert_eq!(s["state"], "idle", "{s}");
+    assert_eq!(s["leftovers"]["found"], false, "{s}");
+}

@@ -290,6 +290,15 @@ async fn swap_verdict(
     Ok(None)
 }
 
+/// The destination's record, with its `phase` and `error` columns (what
+/// queries and other tools see) over the copies inside the JSON.
+fn row_state(d: &meta::MigrationRow) -> MigrationState {
+    let mut st = d.state.clone();
+    st.phase = d.phase.clone();
+    st.error = d.error.clone();
+    st
+}
+
 pub async fn status(ctx: &Ctx) -> Result<StatusReport> {
     let settings = &ctx.settings;
     let dest = settings.require_dest()?;
@@ -322,7 +331,15 @@ pub async fn status(ctx: &Ctx) -> Result<StatusReport> {
         None
     };
     let running = lock::holder(&client).await?.map(running_info);
-    let run_alive = running.as_ref().is_some_and(|r| r.alive != Some(false));
+    // Is the recorded run the one holding the lock, and alive? (A lock held by
+    // another run, e.g. a rollback, says nothing about a crashed prepare.)
+    let run_alive = |st: &MigrationState| {
+        running.as_ref().is_some_and(|r| {
+            r.alive != Some(false)
+                && r.pid.is_none_or(|p| p == st.pid)
+                && r.host.as_deref().is_none_or(|h| st.host.starts_with(h))
+        })
+    };
 
     // The record: (state, the record's own status word), and where it came from.
     let terminal = |s: &str| matches!(s, "swapped" | "aborted");
@@ -335,7 +352,7 @@ pub async fn status(ctx: &Ctx) -> Result<StatusReport> {
             Some((f.clone(), f.status.as_str().to_string())),
             "state_file",
         ),
-        (None, Some(d)) => (Some((d.state.clone(), d.status.clone())), "destination"),
+        (None, Some(d)) => (Some((row_state(d), d.status.clone())), "destination"),
         (Some(f), Some(d)) if f.id == d.id => {
             if terminal(&d.status) || d.state.updated_at >= f.updated_at {
                 if terminal(&d.status) {
@@ -344,7 +361,7 @@ pub async fn status(ctx: &Ctx) -> Result<StatusReport> {
                         f.id, f.status, d.status
                     ));
                 }
-                (Some((d.state.clone(), d.status.clone())), "both")
+                (Some((row_state(d), d.status.clone())), "both")
             } else {
                 (Some((f.clone(), f.status.as_str().to_string())), "both")
             }
@@ -354,7 +371,7 @@ pub async fn status(ctx: &Ctx) -> Result<StatusReport> {
                 "the state file records migration {}, but the destination's latest is {}; using the destination's record (the state file is stale)",
                 f.id, d.id
             ));
-            (Some((d.state.clone(), d.status.clone())), "destination")
+            (Some((row_state(d), d.status.clone())), "destination")
         }
         (Some(f), Some(_)) => (
             Some((f.clone(), f.status.as_str().to_string())),
@@ -367,7 +384,7 @@ pub async fn status(ctx: &Ctx) -> Result<StatusReport> {
     let mut record = record;
     if let Some((st, word)) = record.as_mut() {
         state = match word.as_str() {
-            "preparing" | "swapping" if run_alive => word.clone(),
+            "preparing" | "swapping" if run_alive(st) => word.clone(),
             "preparing" => {
                 let why = format!(
                     "the {} run (pid {} on {}) stopped during phase {} without recording a result",
