@@ -1,9 +1,15 @@
 //! One module per command. [`run`] dispatches; each command returns the exit
 //! code for a successful run (verify may return 3 without an error).
 
+pub mod abort;
+pub mod cleanup;
+pub mod list;
 pub mod prepare;
+pub mod rollback;
 pub mod start;
+pub mod status;
 pub mod swap;
+pub mod verify;
 
 use anyhow::Result;
 use tokio_util::sync::CancellationToken;
@@ -28,7 +34,12 @@ pub async fn run(command: Command, ctx: Ctx) -> Result<ExitCode> {
         Command::Prepare(_) => prepare::run(ctx).await,
         Command::Swap(a) => swap::run(a, ctx).await,
         Command::Start(_) => start::run(ctx).await,
-        other => Err(anyhow::anyhow!("{} is not implemented yet", other.name())),
+        Command::Status(_) => status::run(ctx).await,
+        Command::List(_) => list::run(ctx).await,
+        Command::Rollback(a) => rollback::run(a, ctx).await,
+        Command::Cleanup(a) => cleanup::run(a, ctx).await,
+        Command::Verify(a) => verify::run(a, ctx).await,
+        Command::Abort(_) => abort::run(ctx).await,
     };
     result.map_err(|e| {
         if e.chain().any(|c| c.is::<crate::error::UserError>()) {

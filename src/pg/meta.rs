@@ -272,6 +272,35 @@ pub struct Manifest {
     pub restored_from: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub restored_at: Option<DateTime<Utc>>,
+    /// Tables that stayed live in public when this backup was made (`rollback
+    /// --keep-tables`): the backup has no copy of its own of them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub kept_tables: Vec<String>,
+    /// Foreign keys removed from this backup's tables because they pointed out
+    /// of the backup (at a table that stayed live); re-created when it is restored.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub detached_foreign_keys: Vec<ForeignKeyDef>,
+}
+
+/// A foreign key, from `pg_constraint`'s columns (no SQL text), so it can be
+/// re-created between other schemas.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ForeignKeyDef {
+    pub name: String,
+    pub table: String,
+    pub columns: Vec<String>,
+    pub ref_table: String,
+    pub ref_columns: Vec<String>,
+    /// `FULL`, `PARTIAL` or `SIMPLE`.
+    pub match_type: String,
+    /// `NO ACTION`, `RESTRICT`, `CASCADE`, `SET NULL`, `SET DEFAULT`.
+    pub on_update: String,
+    pub on_delete: String,
+    /// `ON DELETE SET NULL (cols)` (PostgreSQL 15+).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub on_delete_columns: Vec<String>,
+    pub deferrable: bool,
+    pub initially_deferred: bool,
 }
 
 /// A row of `pgshift.backups`.
@@ -340,6 +369,37 @@ pub async fn list_backups(client: &impl GenericClient) -> Result<Vec<BackupRow>>
             })
         })
         .collect()
+}
+
+/// One backup by its timestamp, if it has a manifest.
+pub async fn find_backup(client: &impl GenericClient, ts: i64) -> Result<Option<BackupRow>> {
+    Ok(list_backups(client).await?.into_iter().find(|b| b.ts == ts))
+}
+
+/// Remove a backup's manifest row.
+pub async fn delete_backup(client: &impl GenericClient, ts: i64) -> Result<()> {
+    client
+        .execute("DELETE FROM pgshift.backups WHERE ts = $1", &[&ts])
+        .await
+        .context("removing the backup manifest")?;
+    Ok(())
+}
+
+/// Record the outcome of a verification (`last_verified_at`, `last_verify_ok`).
+pub async fn record_verification(
+    client: &impl GenericClient,
+    ts: i64,
+    at: DateTime<Utc>,
+    ok: bool,
+) -> Result<()> {
+    client
+        .execute(
+            "UPDATE pgshift.backups SET last_verified_at = $2, last_verify_ok = $3 WHERE ts = $1",
+            &[&ts, &at, &ok],
+        )
+        .await
+        .context("recording the verification in pgshift.backups")?;
+    Ok(())
 }
 
 /// Backup schema name for a timestamp.

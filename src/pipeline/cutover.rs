@@ -294,6 +294,8 @@ pub async fn swap(sess: &Session, opts: &SwapOptions) -> Result<SwapReport> {
         counts_recorded: false,
         restored_from: None,
         restored_at: None,
+        kept_tables: Vec::new(),
+        detached_foreign_keys: Vec::new(),
     };
     let req = request(&m, backup.clone(), settings);
     let hook = MigrationTx {

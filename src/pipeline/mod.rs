@@ -8,8 +8,10 @@ pub mod preflight;
 pub mod prepare;
 pub mod privileges;
 pub mod progress;
+pub mod rollback;
 pub mod session;
 pub mod sync;
+pub mod verify;
 
 use std::time::Duration;
 

@@ -1,0 +1,163 @@
+//! `pgshift rollback`: make a backup the destination's public again.
+
+use anyhow::Result;
+
+use crate::cli::RollbackArgs;
+use crate::commands::Ctx;
+use crate::error::{ExitCode, UserError};
+use crate::output;
+use crate::pg::connect::connect;
+use crate::pg::ident::TableName;
+use crate::pipeline::rollback::{self, RollbackOptions, RollbackPreview, RollbackReport, Target};
+use crate::pipeline::session::{Session, app_name};
+use crate::pipeline::verify;
+
+pub async fn run(args: RollbackArgs, ctx: Ctx) -> Result<ExitCode> {
+    let settings = &ctx.settings;
+    let dest = settings.require_dest()?.clone();
+    // Bad input is refused before anything is opened.
+    let target = match (&args.timestamp, args.latest) {
+        (Some(ts), _) => {
+            verify::parse_ref(ts)?;
+            Target::Named(ts.clone())
+        }
+        (None, _) => Target::Latest,
+    };
+    let keep_raw: Vec<String> = args
+        .keep_tables
+        .clone()
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|s| !s.trim().is_empty())
+        .collect();
+    let keep_tables = TableName::parse_list(&keep_raw)
+        .map_err(|e| UserError::new(format!("--keep-tables: {e}")))?;
+    let opts = RollbackOptions {
+        target,
+        keep_tables,
+        force: args.force,
+    };
+    if settings.dry_run {
+        let client = connect(
+            &dest,
+            "destination",
+            &app_name(ctx.command),
+            settings.connect_timeout,
+        )
+        .await?;
+        let plan = rollback::plan(&client, &opts).await?;
+        let p = rollback::preview(&client, &plan, settings).await?;
+        print_preview(&ctx, &p)?;
+        return Ok(ExitCode::Ok);
+    }
+    let sess = Session::open(&ctx).await?;
+    let plan = rollback::plan(&sess.control, &opts).await?;
+    if !plan.verification.ok {
+        for d in &plan.verification.differences {
+            tracing::warn!("{} (--force)", d.message);
+        }
+    }
+    let swap_client = connect(
+        &sess.dest,
+        "destination",
+        &app_name(ctx.command),
+        settings.connect_timeout,
+    )
+    .await?;
+    let report =
+        rollback::execute(&sess.control, &swap_client, &plan, settings, &ctx.cancel).await?;
+    print_report(&ctx, &report)?;
+    Ok(ExitCode::Ok)
+}
+
+fn print_preview(ctx: &Ctx, p: &RollbackPreview) -> Result<()> {
+    if ctx.settings.json {
+        return output::print_json(&serde_json::json!({ "dry_run": true, "rollback": p }));
+    }
+    println!(
+        "Rollback plan: restore {} (dry run: nothing was changed)",
+        p.restore_schema
+    );
+    println!(
+        "Backup check: {}",
+        if p.verification.ok {
+            "matches its manifest".to_string()
+        } else {
+            format!("DIFFERS: {}", p.verification.summary())
+        }
+    );
+    if !p.kept_tables.is_empty() {
+        println!("Kept from the current public: {}", p.kept_tables.join(", "));
+    }
+    println!(
+        "public -> {} ({} objects):",
+        p.backup_schema,
+        p.move_out.len()
+    );
+    for m in &p.move_out {
+        println!("  {m}");
+    }
+    println!(
+        "{} -> public ({} objects):",
+        p.restore_schema,
+        p.move_in.len()
+    );
+    for m in &p.move_in {
+        println!("  {m}");
+    }
+    for w in &p.warnings {
+        println!("warning: {w}");
+    }
+    println!("\nThe rollback transaction:");
+    for s in &p.sql {
+        println!("  {s};");
+    }
+    Ok(())
+}
+
+fn print_report(ctx: &Ctx, r: &RollbackReport) -> Result<()> {
+    if ctx.settings.json {
+        return output::print_json(r);
+    }
+    println!(
+        "Rolled back to {}: {} objects into public; the replaced public is kept as {} ({} objects)",
+        r.restored_schema, r.moved_in, r.backup_schema, r.moved_out
+    );
+    println!(
+        "Locks held for {} ms ({} attempt{})",
+        r.lock_held_ms,
+        r.attempts,
+        if r.attempts == 1 { "" } else { "s" }
+    );
+    if !r.kept_tables.is_empty() {
+        println!(
+            "Kept from the replaced public: {}",
+            r.kept_tables.join(", ")
+        );
+    }
+    if r.restored_schema_dropped {
+        println!("{} is now empty and was dropped", r.restored_schema);
+    } else {
+        println!(
+            "{} keeps its own copies of the kept tables",
+            r.restored_schema
+        );
+    }
+    for c in &r.foreign_keys {
+        println!(
+            "foreign key {} on {}: {} ({})",
+            c.constraint, c.table, c.action, c.references
+        );
+    }
+    for fk in &r.fk_not_valid {
+        println!("warning: foreign key {fk} is NOT VALID");
+    }
+    for w in &r.warnings {
+        println!("warning: {w}");
+    }
+    println!(
+        "Undo with: pgshift rollback --timestamp {}",
+        r.backup_timestamp
+    );
+    Ok(())
+}

@@ -1,0 +1,951 @@
+//! `rollback`: make a backup schema the destination's public again, with the
+//! same object-level swap as `swap` ([`swap::execute`]: locks in a stable
+//! order under a short lock_timeout, retries, all or nothing). Extensions stay
+//! in public. The public being replaced becomes a new backup with its own
+//! manifest (kind `rollback`), so a rollback can itself be rolled back.
+//!
+//! `--keep-tables t`: the current public's `t` stays (rows, owned sequences
+//! and all); the backup's own `t` stays in the backup schema. Foreign keys
+//! that would then cross schemas are fixed inside the transaction:
+//!
+//! - a public table's key that points into a backup schema is re-pointed to
+//!   the public table of the same name (dropped and re-added NOT VALID, then
+//!   validated after the commit, which does not block reads or writes);
+//! - a backup table's key that points out of its backup (at a table that
+//!   stayed live) is dropped and recorded in that backup's manifest
+//!   (`detached_foreign_keys`); it is re-created when that backup is restored.
+//!
+//! Before anything changes the backup is checked against its manifest (the
+//! same check as `verify`); a mismatch refuses the rollback unless `--force`.
+//! The shadow schema of a prepared migration is never touched.
+
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::sync::Mutex;
+
+use anyhow::{Context, Result, anyhow, bail};
+use chrono::Utc;
+use serde::Serialize;
+use tokio_postgres::Client;
+
+use crate::config::Settings;
+use crate::error::{UserError, VerificationFailed};
+use crate::pg::catalog;
+use crate::pg::connect::describe_pg_error;
+use crate::pg::ident::{TableName, qualified, quote_ident};
+use crate::pg::meta::{self, BackupRow, ForeignKeyDef, Manifest};
+use crate::pipeline::manifest;
+use crate::pipeline::session::now_ms;
+use crate::pipeline::swap::{self, InTx, SwapRequest};
+use crate::pipeline::verify::{self, VerifyReport};
+
+/// Which backup to restore.
+#[derive(Debug, Clone)]
+pub enum Target {
+    Latest,
+    /// As typed: a unix-ms timestamp or a backup schema name.
+    Named(String),
+}
+
+/// What the user asked for.
+#[derive(Debug, Clone)]
+pub struct RollbackOptions {
+    pub target: Target,
+    pub keep_tables: Vec<TableName>,
+    pub force: bool,
+}
+
+/// Everything decided before the transaction (read only).
+#[derive(Debug, Clone)]
+pub struct Plan {
+    pub restore: BackupRow,
+    /// Table names that stay where they are (public's in public, the backup's
+    /// namesakes in the backup), partitions included.
+    pub keep: BTreeSet<String>,
+    /// Tables kept because the backup was made without them (an earlier
+    /// `--keep-tables`), not because they were asked for.
+    pub auto_kept: Vec<String>,
+    /// Tables that will be in public afterwards.
+    pub expected_tables: Vec<String>,
+    pub verification: VerifyReport,
+    pub warnings: Vec<String>,
+}
+
+/// A foreign key the rollback changed.
+#[derive(Debug, Clone, Serialize)]
+pub struct FkChange {
+    pub constraint: String,
+    /// `schema.table` holding the key, after the rollback.
+    pub table: String,
+    /// `repointed` (now references `references`), `detached` (dropped from a
+    /// backup table, recorded in that backup's manifest) or `reattached`
+    /// (re-created from the restored backup's manifest).
+    pub action: String,
+    pub references: String,
+}
+
+/// What a rollback reports.
+#[derive(Debug, Clone, Serialize)]
+pub struct RollbackReport {
+    pub restored_schema: String,
+    pub restored_timestamp: i64,
+    pub backup_schema: String,
+    pub backup_timestamp: i64,
+    pub kept_tables: Vec<String>,
+    pub lock_held_ms: u64,
+    pub attempts: u32,
+    pub moved_out: usize,
+    pub moved_in: usize,
+    /// The restored backup schema was empty afterwards and was dropped with its
+    /// manifest (false when kept tables' namesakes remain in it).
+    pub restored_schema_dropped: bool,
+    pub foreign_keys: Vec<FkChange>,
+    pub fk_not_valid: Vec<String>,
+    /// The backup matched its manifest (false only with `--force`).
+    pub verified: bool,
+    pub warnings: Vec<String>,
+}
+
+/// A dry run's output.
+#[derive(Debug, Clone, Serialize)]
+pub struct RollbackPreview {
+    pub restore_schema: String,
+    pub restore_timestamp: i64,
+    pub backup_schema: String,
+    pub kept_tables: Vec<String>,
+    pub move_out: Vec<String>,
+    pub move_in: Vec<String>,
+    pub sql: Vec<String>,
+    pub verification: VerifyReport,
+    pub warnings: Vec<String>,
+}
+
+/// Choose the backup and check everything; changes nothing.
+pub async fn plan(client: &Client, opts: &RollbackOptions) -> Result<Plan> {
+    let restore = match &opts.target {
+        Target::Named(text) => verify::find(client, text).await?,
+        Target::Latest => meta::list_backups(client)
+            .await?
+            .into_iter()
+            .next()
+            .ok_or_else(|| {
+                UserError::new("there are no backups on the destination to roll back to")
+            })?,
+    };
+    let schema = restore.schema_name.clone();
+    let facts = verify::schema_facts(client, &schema).await?;
+    if !facts.exists {
+        bail!(
+            "backup {} has a manifest but its schema {schema} no longer exists; there is nothing to roll back to",
+            restore.ts
+        );
+    }
+    if !facts.ours {
+        bail!(
+            "schema {schema} does not carry pgshift's marker comment (it was not created by pgshift, or was replaced); not restoring it"
+        );
+    }
+    let triggers = sync_triggers_on_public(client).await?;
+    if !triggers.is_empty() {
+        return Err(UserError::new(format!(
+            "a prepared migration keeps preserved tables in sync with triggers on public ({}); finish it with `pgshift swap` or drop it with `pgshift abort` before rolling back",
+            triggers.join(", ")
+        ))
+        .into());
+    }
+
+    let mut warnings = Vec::new();
+    let public_tables = tables_of(client, "public").await?;
+    let backup_tables = tables_of(client, &schema).await?;
+    let mut asked = BTreeSet::new();
+    for t in &opts.keep_tables {
+        if t.schema_or_public() != "public" {
+            return Err(
+                UserError::new(format!("--keep-tables: {t} is not in schema public")).into(),
+            );
+        }
+        if !public_tables.contains(&t.name) {
+            return Err(UserError::new(format!(
+                "--keep-tables: public has no table {t}; nothing was changed"
+            ))
+            .into());
+        }
+        asked.insert(t.name.clone());
+    }
+    let mut auto_kept = Vec::new();
+    for t in &restore.manifest.kept_tables {
+        if !backup_tables.contains(t) && public_tables.contains(t) && !asked.contains(t) {
+            auto_kept.push(t.clone());
+        }
+    }
+    if !auto_kept.is_empty() {
+        warnings.push(format!(
+            "{} stayed live when {schema} was made, so the backup has no copy; keeping public's",
+            auto_kept.join(", ")
+        ));
+    }
+    let mut keep: BTreeSet<String> = asked
+        .iter()
+        .cloned()
+        .chain(auto_kept.iter().cloned())
+        .collect();
+    // Partitions and inheritance children go where their parent goes.
+    let roots: Vec<String> = keep.iter().cloned().collect();
+    keep.extend(descendants(client, "public", &roots).await?);
+    keep.extend(descendants(client, &schema, &roots).await?);
+
+    let blockers = backup_dependents(client, &schema, &roots).await?;
+    if !blockers.is_empty() {
+        return Err(UserError::new(format!(
+            "--keep-tables: objects of {schema} depend on its own copy of {}, which would stay behind in the backup: {}; nothing was changed (restore without --keep-tables, or drop or change those objects)",
+            roots.join(", "),
+            blockers.join(", ")
+        ))
+        .into());
+    }
+    for d in public_dependents(client, &roots).await? {
+        warnings.push(format!(
+            "{d} depends on a kept table; it moves to the new backup and keeps reading public's table"
+        ));
+    }
+    for d in kept_uses(client, &roots).await? {
+        warnings.push(format!(
+            "a kept table uses {d}, which moves to the new backup with the rest of public; the kept table keeps using that copy"
+        ));
+    }
+
+    let mut expected: BTreeSet<String> = backup_tables
+        .iter()
+        .filter(|t| !keep.contains(*t))
+        .cloned()
+        .collect();
+    expected.extend(keep.iter().filter(|t| public_tables.contains(*t)).cloned());
+
+    let verification = verify::check(client, &restore).await?;
+    if !verification.ok && !opts.force {
+        return Err(anyhow::Error::new(VerificationFailed(format!(
+            "{schema} does not match its manifest: {}; nothing was changed (check it with `pgshift verify --timestamp {}`, or pass --force to roll back anyway)",
+            verification.summary(),
+            restore.ts
+        ))));
+    }
+    if !verification.ok {
+        warnings.push(format!(
+            "{schema} does not match its manifest ({}); rolling back anyway (--force)",
+            verification.summary()
+        ));
+    }
+    Ok(Plan {
+        restore,
+        keep,
+        auto_kept,
+        expected_tables: expected.into_iter().collect(),
+        verification,
+        warnings,
+    })
+}
+
+fn request(plan: &Plan, backup: String, settings: &Settings) -> SwapRequest {
+    SwapRequest {
+        incoming: plan.restore.schema_name.clone(),
+        backup,
+        keep_in_public: plan.keep.iter().cloned().collect::<HashSet<_>>(),
+        recreate_incoming: false,
+        expected_tables: plan.expected_tables.clone(),
+        lock_timeout: settings.lock_timeout,
+        statement_timeout: settings.statement_timeout,
+        retries: settings.swap_retries,
+    }
+}
+
+/// What would move, and the transaction's SQL; changes nothing.
+pub async fn preview(client: &Client, plan: &Plan, settings: &Settings) -> Result<RollbackPreview> {
+    let req = request(plan, "backup_<unix ms>".into(), settings);
+    let (sql, out, inc) = swap::preview(client, &req).await?;
+    let sql = sql
+        .into_iter()
+        .filter(|s| !s.starts_with("-- preserved") && !s.starts_with("-- deferred"))
+        .map(|s| {
+            if s.starts_with("-- backup manifest") {
+                "-- foreign keys crossing schemas re-pointed or detached; restored schema dropped if empty; manifests written to pgshift.backups".to_string()
+            } else {
+                s
+            }
+        })
+        .collect();
+    Ok(RollbackPreview {
+        restore_schema: plan.restore.schema_name.clone(),
+        restore_timestamp: plan.restore.ts,
+        backup_schema: req.backup,
+        kept_tables: plan.keep.iter().cloned().collect(),
+        move_out: out
+            .iter()
+            .map(|m| format!("{} {}", m.kind, m.sql_name))
+            .collect(),
+        move_in: inc
+            .iter()
+            .map(|m| format!("{} {}", m.kind, m.sql_name))
+            .collect(),
+        sql,
+        verification: plan.verification.clone(),
+        warnings: plan.warnings.clone(),
+    })
+}
+
+/// Run the rollback. `control` is the autocommit session (records, catalog
+/// reads, post-commit work); `swap_client` runs the transaction.
+pub async fn execute(
+    control: &Client,
+    swap_client: &Client,
+    plan: &Plan,
+    settings: &Settings,
+    cancel: &tokio_util::sync::CancellationToken,
+) -> Result<RollbackReport> {
+    let mut warnings = plan.warnings.clone();
+    let ts = fresh_timestamp(control).await?;
+    let backup = meta::backup_schema_name(ts);
+    let restored = &plan.restore;
+    let now = Utc::now();
+    let kept_live: Vec<String> = plan
+        .keep
+        .iter()
+        .filter(|t| plan.expected_tables.contains(*t))
+        .cloned()
+        .collect();
+    let manifest = Manifest {
+        timestamp: ts,
+        schema: backup.clone(),
+        created_at: now,
+        kind: "rollback".into(),
+        migration_id: None,
+        source: None,
+        snapshot_at: None,
+        tables: Vec::new(),
+        migrated_tables: restored
+            .manifest
+            .tables
+            .iter()
+            .filter(|t| !plan.keep.contains(&t.name))
+            .cloned()
+            .collect(),
+        preserved_tables: Vec::new(),
+        timings_ms: Default::default(),
+        lock_held_ms: None,
+        counts_recorded: false,
+        restored_from: Some(restored.schema_name.clone()),
+        restored_at: Some(now),
+        kept_tables: kept_live.clone(),
+        detached_foreign_keys: Vec::new(),
+    };
+    let pg15 = catalog::server_major(control).await? >= 15;
+    let hook = RollbackTx {
+        restored,
+        new_backup: &backup,
+        keep: &plan.keep,
+        manifest,
+        pg15,
+        result: Mutex::new(TxResult::default()),
+    };
+    let req = request(plan, backup.clone(), settings);
+    let outcome = swap::execute(swap_client, &req, &hook, cancel).await?;
+    tracing::info!(
+        lock_held_ms = outcome.lock_held_ms,
+        attempts = outcome.attempts,
+        "rollback committed"
+    );
+    let result = hook
+        .result
+        .lock()
+        .map(|r| r.clone())
+        .map_err(|_| anyhow!("internal error: rollback state poisoned"))?;
+    warnings.extend(result.warnings.iter().cloned());
+
+    // Nothing writes the new backup any more: record its contents.
+    let mut manifest = result
+        .manifest
+        .clone()
+        .ok_or_else(|| anyhow!("internal error: the rollback manifest was not written"))?;
+    manifest.lock_held_ms = Some(outcome.lock_held_ms);
+    manifest
+        .timings_ms
+        .insert("swap".into(), serde_json::Value::from(outcome.lock_held_ms));
+    match manifest::describe(control, &backup, true).await {
+        Ok(tables) => {
+            manifest.tables = tables;
+            manifest.counts_recorded = true;
+        }
+        Err(e) => warnings.push(format!(
+            "could not record the new backup's row counts: {e:#}"
+        )),
+    }
+    meta::update_manifest(control, &manifest).await?;
+
+    let mut not_valid = Vec::new();
+    for (table, name) in &result.to_validate {
+        if let Err(e) = validate_fk(control, table, name).await {
+            warnings.push(format!(
+                "foreign key {name} on public.{table} stays NOT VALID: {e:#}"
+            ));
+            not_valid.push(name.clone());
+        }
+    }
+    Ok(RollbackReport {
+        restored_schema: restored.schema_name.clone(),
+        restored_timestamp: restored.ts,
+        backup_schema: backup,
+        backup_timestamp: ts,
+        kept_tables: plan.keep.iter().cloned().collect(),
+        lock_held_ms: outcome.lock_held_ms,
+        attempts: outcome.attempts,
+        moved_out: outcome.moved_out,
+        moved_in: outcome.moved_in,
+        restored_schema_dropped: result.restored_dropped,
+        foreign_keys: result.changes,
+        fk_not_valid: not_valid,
+        verified: plan.verification.ok,
+        warnings,
+    })
+}
+
+/// A fresh backup timestamp: no schema and no manifest with it yet.
+pub async fn fresh_timestamp(client: &Client) -> Result<i64> {
+    let mut ts = now_ms();
+    loop {
+        let taken: bool = client
+            .query_one(
+                "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_namespace WHERE nspname = $1)
+                     OR EXISTS (SELECT 1 FROM pgshift.backups WHERE ts = $2)",
+                &[&meta::backup_schema_name(ts), &ts],
+            )
+            .await?
+            .get(0);
+        if !taken {
+            return Ok(ts);
+        }
+        ts += 1;
+    }
+}
+
+/// What the transaction did, for after the commit.
+#[derive(Debug, Clone, Default)]
+struct TxResult {
+    changes: Vec<FkChange>,
+    /// (public table, constraint) to VALIDATE after the commit.
+    to_validate: Vec<(String, String)>,
+    restored_dropped: bool,
+    warnings: Vec<String>,
+    /// The new backup's manifest as inserted.
+    manifest: Option<Manifest>,
+}
+
+/// Work inside the swap transaction: foreign keys, the restored backup's
+/// schema and manifest, the new manifest.
+struct RollbackTx<'a> {
+    restored: &'a BackupRow,
+    new_backup: &'a str,
+    keep: &'a BTreeSet<String>,
+    manifest: Manifest,
+    pg15: bool,
+    result: Mutex<TxResult>,
+}
+
+impl InTx for RollbackTx<'_> {
+    async fn before_moves(&self, _client: &Client) -> Result<()> {
+        Ok(())
+    }
+
+    async fn after_moves(&self, client: &Client) -> Result<()> {
+        let mut res = TxResult::default();
+        let restored_schema = self.restored.schema_name.as_str();
+        let schemas = vec![
+            "public".to_string(),
+            self.new_backup.to_string(),
+            restored_schema.to_string(),
+        ];
+        let public_now: BTreeSet<String> = tables_of(client, "public").await?;
+        let mut detached: BTreeMap<String, Vec<ForeignKeyDef>> = BTreeMap::new();
+        for fk in crossing_fks(client, &schemas, self.pg15).await? {
+            let drop = format!(
+                "ALTER TABLE {} DROP CONSTRAINT {}",
+                qualified(&fk.schema, &fk.def.table),
+                quote_ident(&fk.def.name)
+            );
+            if fk.schema == "public" {
+                if !public_now.contains(&fk.def.ref_table) {
+                    bail!(
+                        "foreign key {} on public.{} references {}.{}, and public has no table {} after the rollback; nothing was changed",
+                        fk.def.name,
+                        fk.def.table,
+                        fk.ref_schema,
+                        fk.def.ref_table,
+                        fk.def.ref_table
+                    );
+                }
+                exec(client, &drop).await?;
+                exec(
+                    client,
+                    &add_fk_sql(&fk.def, "public", "public", !fk.partitioned),
+                )
+                .await
+                .with_context(|| {
+                    format!(
+                        "re-pointing foreign key {} on public.{} to public.{}",
+                        fk.def.name, fk.def.table, fk.def.ref_table
+                    )
+                })?;
+                if !fk.partitioned {
+                    res.to_validate
+                        .push((fk.def.table.clone(), fk.def.name.clone()));
+                }
+                res.changes.push(FkChange {
+                    constraint: fk.def.name.clone(),
+                    table: format!("public.{}", fk.def.table),
+                    action: "repointed".into(),
+                    references: format!("public.{}", fk.def.ref_table),
+                });
+            } else {
+                // A backup table pointing out of its backup: keep the backup
+                // self-contained; remember the key for when it is restored.
+                exec(client, &drop).await?;
+                res.changes.push(FkChange {
+                    constraint: fk.def.name.clone(),
+                    table: format!("{}.{}", fk.schema, fk.def.table),
+                    action: "detached".into(),
+                    references: format!("{}.{}", fk.ref_schema, fk.def.ref_table),
+                });
+                detached.entry(fk.schema.clone()).or_default().push(fk.def);
+            }
+        }
+        // Keys detached from the restored backup by an earlier rollback.
+        let mut still_detached = Vec::new();
+        for fk in &self.restored.manifest.detached_foreign_keys {
+            if self.keep.contains(&fk.table) {
+                still_detached.push(fk.clone());
+                continue;
+            }
+            if !public_now.contains(&fk.table) || !public_now.contains(&fk.ref_table) {
+                res.warnings.push(format!(
+                    "foreign key {} of {} ({} -> {}) was not re-created: public has no table {}",
+                    fk.name,
+                    restored_schema,
+                    fk.table,
+                    fk.ref_table,
+                    if public_now.contains(&fk.table) {
+                        &fk.ref_table
+                    } else {
+                        &fk.table
+                    }
+                ));
+                continue;
+            }
+            let partitioned = is_partitioned(client, "public", &fk.table).await?;
+            exec(client, &add_fk_sql(fk, "public", "public", !partitioned))
+                .await
+                .with_context(|| {
+                    format!(
+                        "re-creating foreign key {} on public.{} (recorded in the manifest of {restored_schema})",
+                        fk.name, fk.table
+                    )
+                })?;
+            if !partitioned {
+                res.to_validate.push((fk.table.clone(), fk.name.clone()));
+            }
+            res.changes.push(FkChange {
+                constraint: fk.name.clone(),
+                table: format!("public.{}", fk.table),
+                action: "reattached".into(),
+                references: format!("public.{}", fk.ref_table),
+            });
+        }
+
+        // The restored schema: dropped when empty, otherwise (kept tables'
+        // namesakes remain) its manifest now describes what is left.
+        exec(client, "SAVEPOINT pgshift_restored").await?;
+        match exec(
+            client,
+            &format!("DROP SCHEMA {} RESTRICT", quote_ident(restored_schema)),
+        )
+        .await
+        {
+            Ok(()) => {
+                exec(client, "RELEASE SAVEPOINT pgshift_restored").await?;
+                meta::delete_backup(client, self.restored.ts).await?;
+                res.restored_dropped = true;
+            }
+            Err(_) => {
+                exec(client, "ROLLBACK TO SAVEPOINT pgshift_restored").await?;
+                let left = tables_of(client, restored_schema).await?;
+                let mut m = self.restored.manifest.clone();
+                m.tables.retain(|t| left.contains(&t.name));
+                m.restored_at = Some(Utc::now());
+                still_detached.extend(detached.remove(restored_schema).unwrap_or_default());
+                m.detached_foreign_keys = still_detached;
+                meta::update_manifest(client, &m).await?;
+            }
+        }
+
+        let mut m = self.manifest.clone();
+        m.detached_foreign_keys = detached.remove(self.new_backup).unwrap_or_default();
+        meta::insert_backup(client, &m).await?;
+        res.manifest = Some(m);
+        if let Ok(mut r) = self.result.lock() {
+            *r = res;
+        }
+        Ok(())
+    }
+}
+
+/// A foreign key found crossing schemas.
+struct CrossingFk {
+    schema: String,
+    ref_schema: String,
+    partitioned: bool,
+    def: ForeignKeyDef,
+}
+
+fn action_name(code: &str) -> &'static str {
+    match code {
+        "r" => "RESTRICT",
+        "c" => "CASCADE",
+        "n" => "SET NULL",
+        "d" => "SET DEFAULT",
+        _ => "NO ACTION",
+    }
+}
+
+fn match_name(code: &str) -> &'static str {
+    match code {
+        "f" => "FULL",
+        "p" => "PARTIAL",
+        _ => "SIMPLE",
+    }
+}
+
+/// Foreign keys whose table and referenced table are in different schemas of
+/// `schemas` (top-level constraints only: partitions' clones follow their parent).
+async fn crossing_fks(client: &Client, schemas: &[String], pg15: bool) -> Result<Vec<CrossingFk>> {
+    let cols = |arr: &str, rel: &str| {
+        format!(
+            "ARRAY(SELECT a.attname::text FROM unnest(con.{arr}) WITH ORDINALITY k(n, i)
+                     JOIN pg_catalog.pg_attribute a ON a.attrelid = con.{rel} AND a.attnum = k.n ORDER BY k.i)"
+        )
+    };
+    let delset = if pg15 {
+        cols("confdelsetcols", "conrelid")
+    } else {
+        "'{}'::text[]".to_string()
+    };
+    let sql = format!(
+        "SELECT con.conname::text, cn.nspname::text, c.relname::text, fn.nspname::text, f.relname::text,
+                {}, {}, con.confmatchtype::text, con.confupdtype::text, con.confdeltype::text, {delset},
+                con.condeferrable, con.condeferred, c.relkind = 'p'
+           FROM pg_catalog.pg_constraint con
+           JOIN pg_catalog.pg_class c ON c.oid = con.conrelid
+           JOIN pg_catalog.pg_namespace cn ON cn.oid = c.relnamespace
+           JOIN pg_catalog.pg_class f ON f.oid = con.confrelid
+           JOIN pg_catalog.pg_namespace fn ON fn.oid = f.relnamespace
+          WHERE con.contype = 'f' AND con.conparentid = 0 AND cn.nspname <> fn.nspname
+            AND cn.nspname = ANY($1) AND fn.nspname = ANY($1)
+          ORDER BY 2, 3, 1",
+        cols("conkey", "conrelid"),
+        cols("confkey", "confrelid"),
+    );
+    let rows = client
+        .query(sql.as_str(), &[&schemas])
+        .await
+        .map_err(|e| pg_err(e, "listing foreign keys between public and the backups"))?;
+    Ok(rows
+        .into_iter()
+        .map(|r| CrossingFk {
+            schema: r.get(1),
+            ref_schema: r.get(3),
+            partitioned: r.get(13),
+            def: ForeignKeyDef {
+                name: r.get(0),
+                table: r.get(2),
+                ref_table: r.get(4),
+                columns: r.get(5),
+                ref_columns: r.get(6),
+                match_type: match_name(&r.get::<_, String>(7)).into(),
+                on_update: action_name(&r.get::<_, String>(8)).into(),
+                on_delete: action_name(&r.get::<_, String>(9)).into(),
+                on_delete_columns: r.get(10),
+                deferrable: r.get(11),
+                initially_deferred: r.get(12),
+            },
+        })
+        .collect())
+}
+
+fn ident_list(names: &[String]) -> String {
+    names
+        .iter()
+        .map(|n| quote_ident(n))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// `ALTER TABLE … ADD CONSTRAINT … FOREIGN KEY …`, every identifier quoted.
+pub fn add_fk_sql(fk: &ForeignKeyDef, schema: &str, ref_schema: &str, not_valid: bool) -> String {
+    let mut sql = format!(
+        "ALTER TABLE {} ADD CONSTRAINT {} FOREIGN KEY ({}) REFERENCES {} ({})",
+        qualified(schema, &fk.table),
+        quote_ident(&fk.name),
+        ident_list(&fk.columns),
+        qualified(ref_schema, &fk.ref_table),
+        ident_list(&fk.ref_columns)
+    );
+    let known = |s: &str, allowed: &[&str]| allowed.contains(&s);
+    let actions = [
+        "NO ACTION",
+        "RESTRICT",
+        "CASCADE",
+        "SET NULL",
+        "SET DEFAULT",
+    ];
+    if known(&fk.match_type, &["FULL", "PARTIAL"]) {
+        sql.push_str(&format!(" MATCH {}", fk.match_type));
+    }
+    if known(&fk.on_update, &actions) {
+        sql.push_str(&format!(" ON UPDATE {}", fk.on_update));
+    }
+    if known(&fk.on_delete, &actions) {
+        sql.push_str(&format!(" ON DELETE {}", fk.on_delete));
+        if !fk.on_delete_columns.is_empty() && fk.on_delete.starts_with("SET ") {
+            sql.push_str(&format!(" ({})", ident_list(&fk.on_delete_columns)));
+        }
+    }
+    if fk.deferrable {
+        sql.push_str(if fk.initially_deferred {
+            " DEFERRABLE INITIALLY DEFERRED"
+        } else {
+            " DEFERRABLE INITIALLY IMMEDIATE"
+        });
+    }
+    if not_valid {
+        sql.push_str(" NOT VALID");
+    }
+    sql
+}
+
+fn pg_err(e: tokio_postgres::Error, what: &str) -> anyhow::Error {
+    let msg = format!("{what}: {}", describe_pg_error(&e));
+    anyhow::Error::new(e).context(msg)
+}
+
+/// Run SQL keeping the server error in the chain (the swap retries lock timeouts).
+async fn exec(client: &Client, sql: &str) -> Result<()> {
+    client.batch_execute(sql).await.map_err(|e| {
+        let msg = describe_pg_error(&e);
+        anyhow::Error::new(e).context(msg)
+    })
+}
+
+async fn is_partitioned(client: &Client, schema: &str, table: &str) -> Result<bool> {
+    Ok(client
+        .query_opt(
+            "SELECT c.relkind = 'p' FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+              WHERE n.nspname = $1 AND c.relname = $2",
+            &[&schema, &table],
+        )
+        .await?
+        .map(|r| r.get(0))
+        .unwrap_or(false))
+}
+
+/// `ALTER TABLE … VALIDATE CONSTRAINT` (SHARE UPDATE EXCLUSIVE: reads and
+/// writes go on).
+async fn validate_fk(client: &Client, table: &str, name: &str) -> Result<()> {
+    let sql = format!(
+        "ALTER TABLE {} VALIDATE CONSTRAINT {}",
+        qualified("public", table),
+        quote_ident(name)
+    );
+    client
+        .batch_execute(&sql)
+        .await
+        .map_err(|e| anyhow!("{}", describe_pg_error(&e)))
+}
+
+/// Plain and partitioned tables of a schema that are not extension members.
+async fn tables_of(client: &Client, schema: &str) -> Result<BTreeSet<String>> {
+    let rows = client
+        .query(
+            "SELECT c.relname::text FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+              WHERE n.nspname = $1 AND c.relkind IN ('r', 'p')
+                AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_depend d WHERE d.classid = 'pg_catalog.pg_class'::regclass
+                                 AND d.objid = c.oid AND d.deptype = 'e')",
+            &[&schema],
+        )
+        .await
+        .map_err(|e| pg_err(e, "listing tables"))?;
+    Ok(rows.into_iter().map(|r| r.get(0)).collect())
+}
+
+/// Partitions and inheritance children (recursively) of `roots` in `schema`.
+async fn descendants(client: &Client, schema: &str, roots: &[String]) -> Result<Vec<String>> {
+    let rows = client
+        .query(
+            "WITH RECURSIVE d(oid) AS (
+                 SELECT c.oid FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+                  WHERE n.nspname = $1 AND c.relname = ANY($2)
+                 UNION
+                 SELECT i.inhrelid FROM pg_catalog.pg_inherits i JOIN d ON i.inhparent = d.oid)
+             SELECT c.relname::text FROM d JOIN pg_catalog.pg_class c ON c.oid = d.oid
+               JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = $1",
+            &[&schema, &roots],
+        )
+        .await
+        .context("listing partitions of kept tables")?;
+    Ok(rows.into_iter().map(|r| r.get(0)).collect())
+}
+
+/// pgshift's sync triggers on public tables (a prepared migration with preserved tables).
+async fn sync_triggers_on_public(client: &Client) -> Result<Vec<String>> {
+    let rows = client
+        .query(
+            "SELECT c.relname::text || '.' || t.tgname::text FROM pg_catalog.pg_trigger t
+               JOIN pg_catalog.pg_class c ON c.oid = t.tgrelid
+               JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+              WHERE n.nspname = 'public' AND NOT t.tgisinternal AND t.tgname LIKE 'pgshift\\_%'
+              ORDER BY 1",
+            &[],
+        )
+        .await
+        .context("looking for pgshift triggers on public")?;
+    Ok(rows.into_iter().map(|r| r.get(0)).collect())
+}
+
+/// The dependency filter shared by the two dependents queries: `t` holds the
+/// tables (oid, row type); their own parts and foreign keys are excluded.
+const NOT_OWN_PART: &str = "
+    d.deptype = 'n'
+    AND ((d.refclassid = 'pg_catalog.pg_class'::regclass AND d.refobjid IN (SELECT oid FROM t))
+      OR (d.refclassid = 'pg_catalog.pg_type'::regclass AND d.refobjid IN (SELECT reltype FROM t)))
+    AND NOT (d.classid = 'pg_catalog.pg_class'::regclass AND d.objid IN (SELECT oid FROM t))
+    AND NOT (d.classid = 'pg_catalog.pg_constraint'::regclass AND EXISTS (
+             SELECT 1 FROM pg_catalog.pg_constraint c WHERE c.oid = d.objid
+                AND (c.contype = 'f' OR c.conrelid IN (SELECT oid FROM t))))
+    AND NOT (d.classid = 'pg_catalog.pg_rewrite'::regclass AND EXISTS (
+             SELECT 1 FROM pg_catalog.pg_rewrite r WHERE r.oid = d.objid AND r.ev_class IN (SELECT oid FROM t)))
+    AND NOT (d.classid = 'pg_catalog.pg_attrdef'::regclass AND EXISTS (
+             SELECT 1 FROM pg_catalog.pg_attrdef a WHERE a.oid = d.objid AND a.adrelid IN (SELECT oid FROM t)))
+    AND NOT (d.classid = 'pg_catalog.pg_trigger'::regclass AND EXISTS (
+             SELECT 1 FROM pg_catalog.pg_trigger g WHERE g.oid = d.objid AND g.tgrelid IN (SELECT oid FROM t)))
+    AND NOT (d.classid = 'pg_catalog.pg_policy'::regclass AND EXISTS (
+             SELECT 1 FROM pg_catalog.pg_policy p WHERE p.oid = d.objid AND p.polrelid IN (SELECT oid FROM t)))";
+
+/// How to name a dependent object for people: views by name, the rest as
+/// `pg_describe_object` says.
+const DESCRIBE_DEPENDENT: &str = "
+    CASE WHEN d.classid = 'pg_catalog.pg_rewrite'::regclass
+         THEN (SELECT CASE v.relkind WHEN 'm' THEN 'materialized view ' ELSE 'view ' END
+                      || pg_catalog.quote_ident(vn.nspname) || '.' || pg_catalog.quote_ident(v.relname)
+                 FROM pg_catalog.pg_rewrite r JOIN pg_catalog.pg_class v ON v.oid = r.ev_class
+                 JOIN pg_catalog.pg_namespace vn ON vn.oid = v.relnamespace WHERE r.oid = d.objid)
+         ELSE pg_catalog.pg_describe_object(d.classid, d.objid, 0) END";
+
+/// Objects that depend on `schema`'s copies of `tables` (views, functions with
+/// SQL bodies, columns of their row type…), other than the tables' own parts
+/// and foreign keys (those are re-pointed).
+async fn dependents(client: &Client, schema: &str, tables: &[String]) -> Result<Vec<String>> {
+    if tables.is_empty() {
+        return Ok(Vec::new());
+    }
+    let sql = format!(
+        "WITH t AS (SELECT c.oid, c.reltype FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+                     WHERE n.nspname = $1 AND c.relname = ANY($2) AND c.relkind IN ('r', 'p'))
+         SELECT DISTINCT {DESCRIBE_DEPENDENT} FROM pg_catalog.pg_depend d WHERE {NOT_OWN_PART} ORDER BY 1"
+    );
+    let rows = client
+        .query(sql.as_str(), &[&schema, &tables])
+        .await
+        .map_err(|e| pg_err(e, "looking for objects that depend on kept tables"))?;
+    Ok(rows
+        .into_iter()
+        .filter_map(|r| r.get::<_, Option<String>>(0))
+        .collect())
+}
+
+/// Dependents of the backup's own copies of kept tables: they would move into
+/// public while the copy stays behind, so they refuse `--keep-tables`.
+async fn backup_dependents(
+    client: &Client,
+    schema: &str,
+    tables: &[String],
+) -> Result<Vec<String>> {
+    dependents(client, schema, tables).await
+}
+
+/// Dependents of public's kept tables: they move to the new backup.
+async fn public_dependents(client: &Client, tables: &[String]) -> Result<Vec<String>> {
+    dependents(client, "public", tables).await
+}
+
+/// Objects of public (types, standalone sequences, functions) that kept
+/// tables use and that will move out with the rest of public.
+async fn kept_uses(client: &Client, tables: &[String]) -> Result<Vec<String>> {
+    if tables.is_empty() {
+        return Ok(Vec::new());
+    }
+    let rows = client
+        .query(
+            "WITH kept AS (SELECT c.oid FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+                            WHERE n.nspname = 'public' AND c.relname = ANY($1) AND c.relkind IN ('r', 'p')),
+                  parts(classid, objid) AS (
+                    SELECT 'pg_catalog.pg_class'::regclass, oid FROM kept
+                    UNION ALL SELECT 'pg_catalog.pg_attrdef'::regclass, a.oid FROM pg_catalog.pg_attrdef a WHERE a.adrelid IN (SELECT oid FROM kept)
+                    UNION ALL SELECT 'pg_catalog.pg_constraint'::regclass, c.oid FROM pg_catalog.pg_constraint c
+                               WHERE c.conrelid IN (SELECT oid FROM kept) AND c.contype <> 'f'
+                    UNION ALL SELECT 'pg_catalog.pg_trigger'::regclass, g.oid FROM pg_catalog.pg_trigger g
+                               WHERE g.tgrelid IN (SELECT oid FROM kept) AND NOT g.tgisinternal)
+             SELECT DISTINCT pg_catalog.pg_describe_object(d.refclassid, d.refobjid, 0)
+               FROM pg_catalog.pg_depend d JOIN parts p ON p.classid = d.classid AND p.objid = d.objid
+              WHERE d.deptype = 'n'
+                AND (pg_catalog.pg_identify_object(d.refclassid, d.refobjid, 0)).schema = 'public'
+                AND NOT (d.refclassid = 'pg_catalog.pg_class'::regclass AND d.refobjid IN (SELECT oid FROM kept))
+                AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_depend o
+                                 WHERE o.classid = d.refclassid AND o.objid = d.refobjid
+                                   AND (o.deptype = 'e' OR (o.deptype IN ('a', 'i') AND o.refobjid IN (SELECT oid FROM kept))))
+              ORDER BY 1",
+            &[&tables],
+        )
+        .await
+        .map_err(|e| pg_err(e, "looking for what kept tables use"))?;
+    Ok(rows.into_iter().map(|r| r.get(0)).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fk_sql_quotes_everything() {
+        let fk = ForeignKeyDef {
+            name: "Orders_user\"fk".into(),
+            table: "Orders".into(),
+            columns: vec!["user id".into()],
+            ref_table: "users".into(),
+            ref_columns: vec!["id".into()],
+            match_type: "SIMPLE".into(),
+            on_update: "NO ACTION".into(),
+            on_delete: "SET NULL".into(),
+            on_delete_columns: vec!["user id".into()],
+            deferrable: true,
+            initially_deferred: true,
+        };
+        assert_eq!(
+            add_fk_sql(&fk, "public", "public", true),
+            "ALTER TABLE \"public\".\"Orders\" ADD CONSTRAINT \"Orders_user\"\"fk\" FOREIGN KEY (\"user id\") REFERENCES \"public\".\"users\" (\"id\") ON UPDATE NO ACTION ON DELETE SET NULL (\"user id\") DEFERRABLE INITIALLY DEFERRED NOT VALID"
+        );
+        let plain = ForeignKeyDef {
+            on_delete: "CASCADE".into(),
+            match_type: "FULL".into(),
+            deferrable: false,
+            ..fk
+        };
+        let sql = add_fk_sql(&plain, "a", "b", false);
+        assert!(sql.contains("REFERENCES \"b\".\"users\""), "{sql}");
+        assert!(sql.contains("MATCH FULL"), "{sql}");
+        assert!(sql.ends_with("ON DELETE CASCADE"), "{sql}");
+    }
+}

@@ -1,0 +1,338 @@
+//! Checking a backup schema against its manifest (`verify`, and `rollback`
+//! before it restores anything), and the facts `list` shows about a backup.
+//!
+//! Only reads, except [`record`], which writes the outcome into the manifest
+//! row (`last_verified_at`, `last_verify_ok`).
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use anyhow::{Context, Result};
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use tokio_postgres::{Client, GenericClient};
+
+use crate::error::UserError;
+use crate::pg::meta::{self, BackupRow, MARKER};
+use crate::pipeline::manifest;
+
+/// A backup reference as typed (`1752567000000` or `backup_1752567000000`),
+/// or a usage error (exit 2).
+pub fn parse_ref(text: &str) -> Result<i64> {
+    meta::parse_backup_ref(text).ok_or_else(|| {
+        UserError::new(format!(
+            "{text:?} is not a backup: give its timestamp (unix milliseconds, e.g. 1752567000000) or its schema name (backup_1752567000000); see `pgshift list`"
+        ))
+        .into()
+    })
+}
+
+/// The backup a user named, or a usage error (exit 2) for text that is not a
+/// timestamp or a timestamp without a manifest.
+pub async fn find(client: &impl GenericClient, text: &str) -> Result<BackupRow> {
+    let ts = parse_ref(text)?;
+    match meta::find_backup(client, ts).await? {
+        Some(b) => Ok(b),
+        None => Err(UserError::new(format!(
+            "there is no backup with timestamp {ts} on the destination; see `pgshift list`"
+        ))
+        .into()),
+    }
+}
+
+/// One way a backup differs from its manifest.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Difference {
+    /// The table concerned (empty for the schema itself).
+    pub table: String,
+    /// `missing_schema`, `missing_table`, `unexpected_table`, `row_count`,
+    /// `checksum`, `missing_index`, `invalid_index`, `missing_sequence`.
+    pub kind: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub expected: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub actual: Option<String>,
+    /// One line for people, naming the table and the difference.
+    pub message: String,
+}
+
+impl Difference {
+    fn new(
+        table: &str,
+        kind: &str,
+        expected: Option<String>,
+        actual: Option<String>,
+        message: String,
+    ) -> Difference {
+        Difference {
+            table: table.to_string(),
+            kind: kind.to_string(),
+            expected,
+            actual,
+            message,
+        }
+    }
+}
+
+/// One table as checked.
+#[derive(Debug, Clone, Serialize)]
+pub struct TableCheck {
+    pub name: String,
+    pub expected_rows: Option<i64>,
+    pub rows: Option<i64>,
+    pub indexes: usize,
+    pub sequences: usize,
+    pub ok: bool,
+}
+
+/// What `verify` reports.
+#[derive(Debug, Clone, Serialize)]
+pub struct VerifyReport {
+    pub timestamp: i64,
+    pub schema: String,
+    pub ok: bool,
+    pub verified_at: DateTime<Utc>,
+    pub tables: Vec<TableCheck>,
+    pub differences: Vec<Difference>,
+}
+
+impl VerifyReport {
+    /// `t: rows 5 != 4; u: missing` — the differences on one line.
+    pub fn summary(&self) -> String {
+        self.differences
+            .iter()
+            .map(|d| d.message.clone())
+            .collect::<Vec<_>>()
+            .join("; ")
+    }
+}
+
+/// A table of the backup schema as it is now.
+struct Present {
+    indexes: BTreeMap<String, bool>,
+    sequences: BTreeSet<String>,
+}
+
+/// Compare the backup schema with its manifest: every recorded table present
+/// with its recorded row count (and checksum where recorded), its recorded
+/// indexes present and valid (`pg_index.indisvalid`), its owned sequences
+/// present, and no table the manifest does not know.
+pub async fn check(client: &Client, b: &BackupRow) -> Result<VerifyReport> {
+    let schema = b.schema_name.as_str();
+    let mut report = VerifyReport {
+        timestamp: b.ts,
+        schema: schema.to_string(),
+        ok: true,
+        verified_at: Utc::now(),
+        tables: Vec::new(),
+        differences: Vec::new(),
+    };
+    let exists: bool = client
+        .query_one(
+            "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_namespace WHERE nspname = $1)",
+            &[&schema],
+        )
+        .await
+        .context("looking for the backup schema")?
+        .get(0);
+    if !exists {
+        report.differences.push(Difference::new(
+            "",
+            "missing_schema",
+            Some(schema.to_string()),
+            None,
+            format!("schema {schema} does not exist"),
+        ));
+        report.ok = false;
+        return Ok(report);
+    }
+    let present = present_tables(client, schema).await?;
+    for t in &b.manifest.tables {
+        let mut check = TableCheck {
+            name: t.name.clone(),
+            expected_rows: t.rows,
+            rows: None,
+            indexes: t.indexes.len(),
+            sequences: t.sequences.len(),
+            ok: true,
+        };
+        let before = report.differences.len();
+        match present.get(&t.name) {
+            None => report.differences.push(Difference::new(
+                &t.name,
+                "missing_table",
+                Some(t.name.clone()),
+                None,
+                format!("table {} is missing", t.name),
+            )),
+            Some(p) => {
+                let n = manifest::count_rows(client, schema, &t.name).await?;
+                check.rows = Some(n);
+                if let Some(want) = t.rows
+                    && want != n
+                {
+                    report.differences.push(Difference::new(
+                        &t.name,
+                        "row_count",
+                        Some(want.to_string()),
+                        Some(n.to_string()),
+                        format!("table {}: {n} rows, the manifest recorded {want}", t.name),
+                    ));
+                }
+                if let Some(want) = &t.checksum {
+                    let got = crate::pipeline::prepare::checksum(client, schema, &t.name).await?;
+                    if &got != want {
+                        report.differences.push(Difference::new(
+                            &t.name,
+                            "checksum",
+                            Some(want.clone()),
+                            Some(got.clone()),
+                            format!(
+                                "table {}: content checksum {got}, the manifest recorded {want}",
+                                t.name
+                            ),
+                        ));
+                    }
+                }
+                for i in &t.indexes {
+                    match p.indexes.get(i) {
+                        None => report.differences.push(Difference::new(
+                            &t.name,
+                            "missing_index",
+                            Some(i.clone()),
+                            None,
+                            format!("table {}: index {i} is missing", t.name),
+                        )),
+                        Some(false) => report.differences.push(Difference::new(
+                            &t.name,
+                            "invalid_index",
+                            Some(i.clone()),
+                            None,
+                            format!("table {}: index {i} is not valid", t.name),
+                        )),
+                        Some(true) => {}
+                    }
+                }
+                for (i, valid) in &p.indexes {
+                    if !valid && !t.indexes.contains(i) {
+                        report.differences.push(Difference::new(
+                            &t.name,
+                            "invalid_index",
+                            None,
+                            Some(i.clone()),
+                            format!("table {}: index {i} is not valid", t.name),
+                        ));
+                    }
+                }
+                for s in &t.sequences {
+                    if !p.sequences.contains(s) {
+                        report.differences.push(Difference::new(
+                            &t.name,
+                            "missing_sequence",
+                            Some(s.clone()),
+                            None,
+                            format!("table {}: sequence {s} is missing", t.name),
+                        ));
+                    }
+                }
+            }
+        }
+        check.ok = report.differences.len() == before;
+        report.tables.push(check);
+    }
+    let known: BTreeSet<&str> = b.manifest.tables.iter().map(|t| t.name.as_str()).collect();
+    // Without recorded counts the manifest may list no tables at all; then only
+    // what it does list can be checked.
+    if b.manifest.counts_recorded {
+        for name in present.keys().filter(|n| !known.contains(n.as_str())) {
+            report.differences.push(Difference::new(
+                name,
+                "unexpected_table",
+                None,
+                Some(name.clone()),
+                format!("table {name} is in the backup but not in its manifest"),
+            ));
+        }
+    }
+    report.ok = report.differences.is_empty();
+    Ok(report)
+}
+
+/// Tables of `schema` (as `manifest::describe` lists them) with their indexes'
+/// validity and their owned sequences.
+async fn present_tables(client: &Client, schema: &str) -> Result<BTreeMap<String, Present>> {
+    let rows = client
+        .query(
+            "SELECT c.relname::text,
+                    COALESCE((SELECT array_agg(i.relname::text ORDER BY i.relname)
+                                FROM pg_catalog.pg_index x JOIN pg_catalog.pg_class i ON i.oid = x.indexrelid
+                               WHERE x.indrelid = c.oid), '{}'),
+                    COALESCE((SELECT array_agg(x.indisvalid ORDER BY i.relname)
+                                FROM pg_catalog.pg_index x JOIN pg_catalog.pg_class i ON i.oid = x.indexrelid
+                               WHERE x.indrelid = c.oid), '{}'),
+                    COALESCE((SELECT array_agg(s.relname::text ORDER BY s.relname)
+                                FROM pg_catalog.pg_depend d JOIN pg_catalog.pg_class s ON s.oid = d.objid
+                                JOIN pg_catalog.pg_namespace sn ON sn.oid = s.relnamespace
+                               WHERE d.classid = 'pg_catalog.pg_class'::regclass AND d.refclassid = 'pg_catalog.pg_class'::regclass
+                                 AND d.refobjid = c.oid AND d.deptype IN ('a', 'i') AND s.relkind = 'S'
+                                 AND sn.nspname = $1), '{}')
+               FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+              WHERE n.nspname = $1 AND c.relkind = 'r'
+                AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_depend d WHERE d.classid = 'pg_catalog.pg_class'::regclass
+                                 AND d.objid = c.oid AND d.deptype = 'e')",
+            &[&schema],
+        )
+        .await
+        .with_context(|| format!("reading the tables of {schema}"))?;
+    let mut out = BTreeMap::new();
+    for r in rows {
+        let names: Vec<String> = r.get(1);
+        let valid: Vec<bool> = r.get(2);
+        let seqs: Vec<String> = r.get(3);
+        out.insert(
+            r.get::<_, String>(0),
+            Present {
+                indexes: names.into_iter().zip(valid).collect(),
+                sequences: seqs.into_iter().collect(),
+            },
+        );
+    }
+    Ok(out)
+}
+
+/// Write the outcome into the manifest row.
+pub async fn record(client: &impl GenericClient, r: &VerifyReport) -> Result<()> {
+    meta::record_verification(client, r.timestamp, r.verified_at, r.ok).await
+}
+
+/// Facts about a backup schema as it is now.
+#[derive(Debug, Clone, Default)]
+pub struct SchemaFacts {
+    pub exists: bool,
+    /// The schema carries pgshift's marker comment.
+    pub ours: bool,
+    /// Tables, indexes, TOAST, sequences and materialized views, in bytes.
+    pub size_bytes: i64,
+}
+
+/// Size on disk and ownership of a schema.
+pub async fn schema_facts(client: &impl GenericClient, schema: &str) -> Result<SchemaFacts> {
+    let row = client
+        .query_opt(
+            "SELECT COALESCE(obj_description(n.oid, 'pg_namespace'), ''),
+                    COALESCE((SELECT sum(pg_catalog.pg_total_relation_size(c.oid))
+                                FROM pg_catalog.pg_class c
+                               WHERE c.relnamespace = n.oid AND c.relkind IN ('r', 'm', 'S')), 0)::bigint
+               FROM pg_catalog.pg_namespace n WHERE n.nspname = $1",
+            &[&schema],
+        )
+        .await
+        .with_context(|| format!("measuring schema {schema}"))?;
+    Ok(match row {
+        None => SchemaFacts::default(),
+        Some(r) => SchemaFacts {
+            exists: true,
+            ours: r.get::<_, String>(0).starts_with(MARKER),
+            size_bytes: r.get(1),
+        },
+    })
+}

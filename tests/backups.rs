@@ -1,0 +1,977 @@
+//! list, verify, rollback and cleanup against real clusters.
+
+mod common;
+
+use std::process::Output;
+
+use common::{TestDb, TestDbs, Workdir};
+use serde_json::Value;
+
+fn run(wd: &Workdir, args: &[&str]) -> Output {
+    wd.cmd().args(args).output().unwrap()
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+fn run_ok(wd: &Workdir, args: &[&str]) -> String {
+    let out = run(wd, args);
+    assert!(
+        out.status.success(),
+        "pgshift {args:?} failed ({}):\nstdout: {}\nstderr: {}",
+        out.status,
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    text(&out.stdout)
+}
+
+fn run_json(wd: &Workdir, args: &[&str]) -> Value {
+    let mut a = args.to_vec();
+    a.push("--json");
+    let out = run_ok(wd, &a);
+    serde_json::from_str(&out).unwrap_or_else(|e| panic!("{args:?}: not JSON ({e}):\n{out}"))
+}
+
+/// Exit code and a one-line `error:` on stderr.
+fn assert_usage_error(out: &Output, what: &str, needle: &str) {
+    let stderr = text(&out.stderr);
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "{what}: expected exit 2\nstdout: {}\nstderr: {stderr}",
+        text(&out.stdout)
+    );
+    let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "{what}: one line expected:\n{stderr}");
+    assert!(lines[0].starts_with("error: "), "{what}: {stderr}");
+    assert!(
+        lines[0].contains(needle),
+        "{what}: {needle:?} not in {stderr}"
+    );
+}
+
+fn start(wd: &Workdir, dbs: &TestDbs) -> Value {
+    run_json(
+        wd,
+        &[
+            "start",
+            "--source",
+            &dbs.src.url(),
+            "--dest",
+            &dbs.dst.url(),
+        ],
+    )
+}
+
+fn list(wd: &Workdir, db: &TestDb) -> Vec<Value> {
+    run_json(wd, &["list", "--dest", &db.url()])
+        .as_array()
+        .expect("list --json prints an array")
+        .clone()
+}
+
+/// Schemas and manifests: what bad input must leave unchanged.
+fn catalog_fingerprint(db: &TestDb) -> String {
+    db.psql(
+        "SELECT (SELECT string_agg(nspname, ',' ORDER BY nspname) FROM pg_namespace),
+                (SELECT string_agg(c.relnamespace::regnamespace::text || '.' || c.relname, ',' ORDER BY 1)
+                   FROM pg_class c WHERE c.relnamespace::regnamespace::text NOT IN ('pg_catalog', 'information_schema', 'pg_toast')),
+                (SELECT string_agg(ts || ':' || COALESCE(last_verified_at::text, '-') || ':' || manifest::text, ',' ORDER BY ts)
+                   FROM pgshift.backups)",
+    )
+}
+
+/// An older application on the destination, a newer one on the source.
+fn app_v1_v2(dbs: &TestDbs) {
+    dbs.src.create_extensions();
+    dbs.dst.create_extensions();
+    // v1: what the destination serves now.
+    dbs.dst.psql(
+        "CREATE TABLE users (id serial PRIMARY KEY, name text NOT NULL);
+         INSERT INTO users (name) SELECT 'old' || g FROM generate_series(1, 20) g;
+         CREATE TABLE orders (id serial PRIMARY KEY, user_id int NOT NULL REFERENCES users (id), amount numeric NOT NULL);
+         INSERT INTO orders (user_id, amount) SELECT (g % 20) + 1, g FROM generate_series(1, 50) g;
+         CREATE TABLE places (id serial PRIMARY KEY, name text, geom geometry(Point, 4326));
+         CREATE INDEX places_geom ON places USING gist (geom);
+         INSERT INTO places (name, geom) VALUES ('v1', ST_SetSRID(ST_MakePoint(1, 2), 4326));
+         CREATE VIEW big_orders AS SELECT * FROM orders WHERE amount > 25;
+         CREATE FUNCTION app_version() RETURNS text LANGUAGE sql AS $$ SELECT 'v1' $$;",
+    );
+    // v2: the new release, with more users (ids 1..40 include v1's) and a new column.
+    dbs.src.psql(
+        "CREATE TABLE users (id serial PRIMARY KEY, name text NOT NULL, email text);
+         INSERT INTO users (name, email) SELECT 'new' || g, g || '@example.com' FROM generate_series(1, 40) g;
+         CREATE TABLE orders (id serial PRIMARY KEY, user_id int NOT NULL REFERENCES users (id), amount numeric NOT NULL, note text);
+         INSERT INTO orders (user_id, amount) SELECT (g % 40) + 1, g FROM generate_series(1, 80) g;
+         CREATE TABLE places (id serial PRIMARY KEY, name text, geom geometry(Point, 4326));
+         INSERT INTO places (name, geom) VALUES ('v2', ST_SetSRID(ST_MakePoint(3, 4), 4326));
+         CREATE TABLE products (id serial PRIMARY KEY, title text);
+         INSERT INTO products (title) VALUES ('p1'), ('p2');
+         CREATE VIEW big_orders AS SELECT * FROM orders WHERE amount > 60;
+         CREATE FUNCTION app_version() RETURNS text LANGUAGE sql AS $$ SELECT 'v2' $$;",
+    );
+}
+
+#[test]
+fn list_and_verify_after_start() {
+    let dbs = TestDbs::new("bk_list");
+    app_v1_v2(&dbs);
+    let wd = Workdir::new();
+    let started = start(&wd, &dbs);
+    let ts = started["swap"]["backup_timestamp"].as_i64().unwrap();
+    let schema = started["swap"]["backup_schema"]
+        .as_str()
+        .unwrap()
+        .to_string();
+
+    let backups = list(&wd, &dbs.dst);
+    assert_eq!(backups.len(), 1, "{backups:?}");
+    let b = &backups[0];
+    assert_eq!(b["timestamp"].as_i64(), Some(ts));
+    assert_eq!(b["schema"].as_str(), Some(schema.as_str()));
+    assert_eq!(b["kind"], "swap");
+    let tables_in_backup: usize = dbs
+        .dst
+        .query_one_string(&format!(
+            "SELECT count(*) FROM pg_tables WHERE schemaname = '{schema}'"
+        ))
+        .parse()
+        .unwrap();
+    assert_eq!(b["tables"].as_u64(), Some(tables_in_backup as u64));
+    assert_eq!(tables_in_backup, 3);
+    assert_eq!(b["total_rows"].as_i64(), Some(20 + 50 + 1));
+    assert!(b["size_bytes"].as_i64().unwrap() > 0, "{b}");
+    let created = b["created_at"].as_str().unwrap();
+    chrono::DateTime::parse_from_rfc3339(created).expect("created_at is RFC 3339");
+    let src = b["source"].as_str().unwrap();
+    assert!(
+        src.contains("***") && !src.contains(dbs.src.password()),
+        "{src}"
+    );
+    assert!(b["last_verified_at"].is_null());
+
+    // Human output: an aligned table with a header.
+    let human = run_ok(&wd, &["list", "--dest", &dbs.dst.url()]);
+    assert!(human.starts_with("timestamp"), "{human}");
+    assert!(human.contains(&schema), "{human}");
+
+    // Intact: exit 0, recorded.
+    let v = run_json(
+        &wd,
+        &[
+            "verify",
+            "--dest",
+            &dbs.dst.url(),
+            "--timestamp",
+            &ts.to_string(),
+        ],
+    );
+    assert_eq!(v["ok"], true, "{v}");
+    assert!(v["differences"].as_array().unwrap().is_empty());
+    let b = &list(&wd, &dbs.dst)[0];
+    assert_eq!(b["last_verify_ok"], true);
+    assert!(b["last_verified_at"].as_str().is_some());
+    // The schema name works as well as the timestamp.
+    run_ok(
+        &wd,
+        &["verify", "--dest", &dbs.dst.url(), "--timestamp", &schema],
+    );
+
+    // A row deleted from a backup table: exit 3, naming the table.
+    dbs.dst
+        .psql(&format!("DELETE FROM {schema}.orders WHERE id = 7"));
+    let out = run(
+        &wd,
+        &[
+            "verify",
+            "--dest",
+            &dbs.dst.url(),
+            "--timestamp",
+            &ts.to_string(),
+            "--json",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(3), "stderr: {}", text(&out.stderr));
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["ok"], false);
+    let diffs = v["differences"].as_array().unwrap();
+    assert_eq!(diffs.len(), 1, "{v}");
+    assert_eq!(diffs[0]["table"], "orders");
+    assert_eq!(diffs[0]["kind"], "row_count");
+    assert_eq!(diffs[0]["expected"], "50");
+    assert_eq!(diffs[0]["actual"], "49");
+    assert!(
+        text(&out.stderr).contains("orders"),
+        "{}",
+        text(&out.stderr)
+    );
+    let human = run(
+        &wd,
+        &[
+            "verify",
+            "--dest",
+            &dbs.dst.url(),
+            "--timestamp",
+            &ts.to_string(),
+        ],
+    );
+    assert_eq!(human.status.code(), Some(3));
+    assert!(text(&human.stdout).contains("table orders: 49 rows, the manifest recorded 50"));
+    assert_eq!(list(&wd, &dbs.dst)[0]["last_verify_ok"], false);
+
+    // An index made invalid and a dropped sequence are named too.
+    dbs.dst.psql(&format!(
+        "UPDATE pg_index SET indisvalid = false WHERE indexrelid = '{schema}.places_geom'::regclass;
+         ALTER TABLE {schema}.orders ALTER COLUMN id DROP DEFAULT; DROP SEQUENCE {schema}.orders_id_seq;"
+    ));
+    let out = run(
+        &wd,
+        &[
+            "verify",
+            "--dest",
+            &dbs.dst.url(),
+            "--timestamp",
+            &ts.to_string(),
+            "--json",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(3));
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let kinds: Vec<(String, String)> = v["differences"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| {
+            (
+                d["table"].as_str().unwrap().to_string(),
+                d["kind"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    assert!(
+        kinds.contains(&("places".into(), "invalid_index".into())),
+        "{kinds:?}"
+    );
+    assert!(
+        kinds.contains(&("orders".into(), "missing_sequence".into())),
+        "{kinds:?}"
+    );
+}
+
+#[test]
+fn bad_input_changes_nothing() {
+    let dbs = TestDbs::new("bk_badinput");
+    app_v1_v2(&dbs);
+    let wd = Workdir::new();
+    let started = start(&wd, &dbs);
+    let ts = started["swap"]["backup_timestamp"].as_i64().unwrap();
+    let before = catalog_fingerprint(&dbs.dst);
+    let url = dbs.dst.url();
+
+    let out = run(&wd, &["verify", "--dest", &url, "--timestamp", "123"]);
+    assert_usage_error(
+        &out,
+        "verify of a missing backup",
+        "no backup with timestamp 123",
+    );
+    let out = run(
+        &wd,
+        &["verify", "--dest", &url, "--timestamp", "backup_x;drop"],
+    );
+    assert_usage_error(&out, "verify of a bad reference", "is not a backup");
+    let out = run(&wd, &["rollback", "--dest", &url, "--timestamp", "999"]);
+    assert_usage_error(
+        &out,
+        "rollback to an unknown backup",
+        "no backup with timestamp 999",
+    );
+    let out = run(&wd, &["rollback", "--dest", &url, "--timestamp", "soon"]);
+    assert_usage_error(&out, "rollback to a bad reference", "is not a backup");
+    let out = run(
+        &wd,
+        &[
+            "rollback",
+            "--dest",
+            &url,
+            "--latest",
+            "--timestamp",
+            &ts.to_string(),
+        ],
+    );
+    assert_usage_error(&out, "--latest with --timestamp", "cannot be used with");
+    let out = run(
+        &wd,
+        &[
+            "rollback",
+            "--dest",
+            &url,
+            "--latest",
+            "--keep-tables",
+            "nosuch",
+        ],
+    );
+    assert_usage_error(
+        &out,
+        "--keep-tables of a missing table",
+        "public has no table nosuch",
+    );
+    let out = run(
+        &wd,
+        &[
+            "rollback",
+            "--dest",
+            &url,
+            "--latest",
+            "--keep-tables",
+            "a;drop table b",
+        ],
+    );
+    assert_usage_error(&out, "--keep-tables with SQL", "--keep-tables");
+    for bad in ["yesterday", "2025-13-45", "15/07/2025", "12h"] {
+        let out = run(&wd, &["cleanup", "--dest", &url, "--before", bad]);
+        assert_usage_error(&out, "unparsable --before", "--before");
+        assert!(text(&out.stderr).contains("unix milliseconds"));
+    }
+    assert_eq!(catalog_fingerprint(&dbs.dst), before);
+}
+
+#[test]
+fn rollback_restores_the_old_public_and_can_itself_be_rolled_back() {
+    let dbs = TestDbs::new("bk_rollback");
+    app_v1_v2(&dbs);
+    let wd = Workdir::new();
+    let url = dbs.dst.url();
+    let started = start(&wd, &dbs);
+    let b1 = started["swap"]["backup_schema"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(dbs.dst.query_one_string("SELECT app_version()"), "v2");
+
+    // A dry run changes nothing.
+    let before = catalog_fingerprint(&dbs.dst);
+    let plan = run_json(&wd, &["rollback", "--dest", &url, "--latest", "--dry-run"]);
+    assert_eq!(plan["dry_run"], true);
+    assert_eq!(plan["rollback"]["restore_schema"], b1.as_str());
+    assert_eq!(catalog_fingerprint(&dbs.dst), before);
+
+    let r = run_json(&wd, &["rollback", "--dest", &url, "--latest"]);
+    assert_eq!(r["restored_schema"], b1.as_str());
+    assert_eq!(r["restored_schema_dropped"], true);
+    assert_eq!(r["verified"], true);
+    let b2 = r["backup_schema"].as_str().unwrap().to_string();
+    let b2_ts = r["backup_timestamp"].as_i64().unwrap();
+
+    // The old public is back: data, functions, views, PostGIS through the default search_path.
+    assert_eq!(dbs.dst.query_one_string("SELECT app_version()"), "v1");
+    assert_eq!(dbs.dst.query_one_string("SELECT count(*) FROM users"), "20");
+    assert_eq!(
+        dbs.dst.query_one_string("SELECT count(*) FROM big_orders"),
+        "25"
+    );
+    assert_eq!(
+        dbs.dst
+            .query_one_string("SELECT ST_AsText(geom) FROM places"),
+        "POINT(1 2)"
+    );
+    assert_eq!(
+        dbs.dst.query_one_string(
+            "SELECT extnamespace::regnamespace::text FROM pg_extension WHERE extname = 'postgis'"
+        ),
+        "public"
+    );
+    assert_eq!(
+        dbs.dst.query_one_string(&format!(
+            "SELECT count(*) FROM pg_namespace WHERE nspname = '{b1}'"
+        )),
+        "0"
+    );
+    // The replaced public is a new backup with its own manifest, and it verifies.
+    let backups = list(&wd, &dbs.dst);
+    assert_eq!(backups.len(), 1, "{backups:?}");
+    assert_eq!(backups[0]["schema"], b2.as_str());
+    assert_eq!(backups[0]["kind"], "rollback");
+    assert_eq!(backups[0]["restored_from"], b1.as_str());
+    assert_eq!(backups[0]["tables"], 4);
+    run_ok(
+        &wd,
+        &["verify", "--dest", &url, "--timestamp", &b2_ts.to_string()],
+    );
+    assert_eq!(
+        dbs.dst
+            .query_one_string(&format!("SELECT count(*) FROM {b2}.products")),
+        "2"
+    );
+
+    // The rollback of the rollback brings v2 back.
+    let r2 = run_json(&wd, &["rollback", "--dest", &url, "--timestamp", &b2]);
+    assert_eq!(r2["restored_schema"], b2.as_str());
+    assert_eq!(dbs.dst.query_one_string("SELECT app_version()"), "v2");
+    assert_eq!(dbs.dst.query_one_string("SELECT count(*) FROM users"), "40");
+    assert_eq!(
+        dbs.dst
+            .query_one_string("SELECT ST_AsText(geom) FROM places"),
+        "POINT(3 4)"
+    );
+    let b3_ts = r2["backup_timestamp"].as_i64().unwrap();
+    run_ok(
+        &wd,
+        &["verify", "--dest", &url, "--timestamp", &b3_ts.to_string()],
+    );
+    // The foreign key between the restored tables still holds.
+    let err = dbs
+        .dst
+        .try_psql("INSERT INTO orders (user_id, amount) VALUES (99999, 1)")
+        .unwrap_err();
+    assert!(err.contains("foreign key"), "{err}");
+}
+
+#[test]
+fn rollback_keep_tables_carries_rows_and_sequences_over() {
+    let dbs = TestDbs::new("bk_keep");
+    app_v1_v2(&dbs);
+    let wd = Workdir::new();
+    let url = dbs.dst.url();
+    let started = start(&wd, &dbs);
+    let b1 = started["swap"]["backup_schema"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let b1_ts = started["swap"]["backup_timestamp"].as_i64().unwrap();
+    // Sign-ups after the swap.
+    dbs.dst.psql(
+        "INSERT INTO users (name, email) VALUES ('signup1', 's1@example.com'), ('signup2', 's2@example.com')",
+    );
+    let seq_before = dbs
+        .dst
+        .query_one_string("SELECT last_value FROM users_id_seq");
+    assert_eq!(seq_before, "42");
+
+    let r = run_json(
+        &wd,
+        &[
+            "rollback",
+            "--dest",
+            &url,
+            "--latest",
+            "--keep-tables",
+            "users",
+        ],
+    );
+    assert_eq!(r["kept_tables"], serde_json::json!(["users"]));
+    assert_eq!(r["restored_schema_dropped"], false);
+    assert!(r["fk_not_valid"].as_array().unwrap().is_empty(), "{r}");
+    let b2 = r["backup_schema"].as_str().unwrap().to_string();
+    let b2_ts = r["backup_timestamp"].as_i64().unwrap();
+
+    // v1 everywhere except users, which kept its current rows, structure and sequence.
+    assert_eq!(dbs.dst.query_one_string("SELECT app_version()"), "v1");
+    assert_eq!(
+        dbs.dst.query_one_string("SELECT count(*) FROM orders"),
+        "50"
+    );
+    assert_eq!(dbs.dst.query_one_string("SELECT count(*) FROM users"), "42");
+    assert_eq!(
+        dbs.dst
+            .query_one_string("SELECT email FROM users WHERE name = 'signup2'"),
+        "s2@example.com"
+    );
+    assert_eq!(
+        dbs.dst
+            .query_one_string("SELECT last_value FROM users_id_seq"),
+        "42"
+    );
+    assert_eq!(
+        dbs.dst
+            .query_one_string("INSERT INTO users (name) VALUES ('signup3') RETURNING id"),
+        "43"
+    );
+    // The restored orders now reference public.users (re-pointed and validated).
+    assert_eq!(
+        dbs.dst.query_one_string(
+            "SELECT confrelid::regclass::text || ' ' || convalidated FROM pg_constraint
+              WHERE conrelid = 'public.orders'::regclass AND contype = 'f'"
+        ),
+        "users true"
+    );
+    let fks = r["foreign_keys"].as_array().unwrap();
+    assert!(
+        fks.iter()
+            .any(|f| f["action"] == "repointed" && f["table"] == "public.orders"),
+        "{r}"
+    );
+    // The new backup's orders pointed at the kept users: detached, recorded.
+    assert!(
+        fks.iter()
+            .any(|f| f["action"] == "detached" && f["table"] == format!("{b2}.orders")),
+        "{r}"
+    );
+    assert_eq!(
+        dbs.dst.query_one_string(&format!(
+            "SELECT count(*) FROM pg_constraint WHERE conrelid = '{b2}.orders'::regclass AND contype = 'f'"
+        )),
+        "0"
+    );
+    // The backup's own users stays behind in b1, whose manifest now lists just it.
+    assert_eq!(
+        dbs.dst
+            .query_one_string(&format!("SELECT count(*) FROM {b1}.users")),
+        "20"
+    );
+    let backups = list(&wd, &dbs.dst);
+    assert_eq!(backups.len(), 2);
+    let old = backups.iter().find(|b| b["schema"] == b1.as_str()).unwrap();
+    assert_eq!(old["tables"], 1);
+    run_ok(
+        &wd,
+        &["verify", "--dest", &url, "--timestamp", &b1_ts.to_string()],
+    );
+    let new = backups.iter().find(|b| b["schema"] == b2.as_str()).unwrap();
+    assert_eq!(new["kept_tables"], serde_json::json!(["users"]));
+    run_ok(
+        &wd,
+        &["verify", "--dest", &url, "--timestamp", &b2_ts.to_string()],
+    );
+
+    // Rolling back the rollback: b2 has no users of its own, so public's stays;
+    // b2's detached foreign key comes back.
+    dbs.dst.psql("INSERT INTO users (name) VALUES ('signup4')");
+    let r2 = run_json(&wd, &["rollback", "--dest", &url, "--latest"]);
+    assert_eq!(r2["restored_schema"], b2.as_str());
+    assert_eq!(r2["kept_tables"], serde_json::json!(["users"]));
+    assert_eq!(dbs.dst.query_one_string("SELECT app_version()"), "v2");
+    assert_eq!(dbs.dst.query_one_string("SELECT count(*) FROM users"), "44");
+    assert_eq!(
+        dbs.dst.query_one_string("SELECT count(*) FROM orders"),
+        "80"
+    );
+    assert_eq!(
+        dbs.dst.query_one_string(
+            "SELECT confrelid::regclass::text || ' ' || convalidated FROM pg_constraint
+              WHERE conrelid = 'public.orders'::regclass AND contype = 'f'"
+        ),
+        "users true"
+    );
+    let b3_ts = r2["backup_timestamp"].as_i64().unwrap();
+    run_ok(
+        &wd,
+        &["verify", "--dest", &url, "--timestamp", &b3_ts.to_string()],
+    );
+}
+
+#[test]
+fn rollback_refusals_change_nothing() {
+    let dbs = TestDbs::new("bk_refuse");
+    app_v1_v2(&dbs);
+    // A view of the old public that reads users.
+    dbs.dst
+        .psql("CREATE VIEW user_names AS SELECT name FROM users");
+    let wd = Workdir::new();
+    let url = dbs.dst.url();
+    let started = start(&wd, &dbs);
+    let b1 = started["swap"]["backup_schema"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let before = catalog_fingerprint(&dbs.dst);
+
+    // --keep-tables users would leave the backup's users behind under a view that moves.
+    let out = run(
+        &wd,
+        &[
+            "rollback",
+            "--dest",
+            &url,
+            "--latest",
+            "--keep-tables",
+            "users",
+        ],
+    );
+    assert_usage_error(
+        &out,
+        "keep a table a backup view reads",
+        &format!("view {b1}.user_names"),
+    );
+    assert_eq!(catalog_fingerprint(&dbs.dst), before);
+
+    // A backup that no longer matches its manifest: refused (exit 3) unless forced.
+    dbs.dst
+        .psql(&format!("DELETE FROM {b1}.orders WHERE id = 1"));
+    let before = catalog_fingerprint(&dbs.dst);
+    let out = run(&wd, &["rollback", "--dest", &url, "--latest"]);
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("orders"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert!(
+        text(&out.stderr).contains("--force"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert_eq!(catalog_fingerprint(&dbs.dst), before);
+    let r = run_json(&wd, &["rollback", "--dest", &url, "--latest", "--force"]);
+    assert_eq!(r["verified"], false);
+    assert_eq!(
+        dbs.dst.query_one_string("SELECT count(*) FROM orders"),
+        "49"
+    );
+}
+
+fn schemas_left(db: &TestDb) -> Vec<String> {
+    let out = db.psql(
+        "SELECT string_agg(nspname, ',' ORDER BY nspname) FROM pg_namespace WHERE nspname LIKE 'backup\\_%'",
+    );
+    out.split(',')
+        .filter(|s| !s.is_empty())
+        .map(str::to_string)
+        .collect()
+}
+
+fn cleanup(wd: &Workdir, db: &TestDb, extra: &[&str]) -> Value {
+    let mut args = vec!["cleanup", "--dest"];
+    let url = db.url();
+    args.push(&url);
+    args.extend_from_slice(extra);
+    run_json(wd, &args)
+}
+
+fn dropped(v: &Value) -> Vec<String> {
+    v["dropped"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["schema"].as_str().unwrap().to_string())
+        .collect()
+}
+
+#[test]
+fn cleanup_drops_exactly_the_old_backups() {
+    let dbs = TestDbs::new("bk_cleanup");
+    dbs.src.psql(
+        "CREATE TABLE t (id serial PRIMARY KEY, v text); INSERT INTO t (v) SELECT g::text FROM generate_series(1, 100) g;",
+    );
+    dbs.dst
+        .psql("CREATE TABLE t (id int PRIMARY KEY); INSERT INTO t VALUES (1);");
+    let wd = Workdir::new();
+    let mut b = Vec::new();
+    for _ in 0..4 {
+        let s = start(&wd, &dbs);
+        b.push(s["swap"]["backup_schema"].as_str().unwrap().to_string());
+    }
+    // Ages: b0 2025-01-01, b1 2025-03-01 12:00, b2 2025-06-01, b3 now.
+    dbs.dst.psql(&format!(
+        "UPDATE pgshift.backups SET created_at = '2025-01-01 00:00:00+00' WHERE schema_name = '{}';
+         UPDATE pgshift.backups SET created_at = '2025-03-01 12:00:00+00' WHERE schema_name = '{}';
+         UPDATE pgshift.backups SET created_at = '2025-06-01 00:00:00+00' WHERE schema_name = '{}';",
+        b[0], b[1], b[2]
+    ));
+    assert_eq!(schemas_left(&dbs.dst), b);
+
+    // Dry run: names what it would drop, with sizes; drops nothing.
+    let v = cleanup(&wd, &dbs.dst, &["--before", "2025-02-01", "--dry-run"]);
+    assert_eq!(v["dry_run"], true);
+    assert_eq!(dropped(&v), vec![b[0].clone()]);
+    assert!(v["dropped"][0]["size_bytes"].as_i64().unwrap() > 0);
+    assert_eq!(schemas_left(&dbs.dst), b);
+    let human = run_ok(
+        &wd,
+        &[
+            "cleanup",
+            "--dest",
+            &dbs.dst.url(),
+            "--before",
+            "2025-02-01",
+            "--dry-run",
+        ],
+    );
+    assert!(
+        human.contains("would drop") && human.contains(&b[0]),
+        "{human}"
+    );
+
+    // ISO date: midnight UTC.
+    let v = cleanup(&wd, &dbs.dst, &["--before", "2025-02-01"]);
+    assert_eq!(dropped(&v), vec![b[0].clone()]);
+    assert_eq!(schemas_left(&dbs.dst), b[1..].to_vec());
+    assert_eq!(list(&wd, &dbs.dst).len(), 3);
+    // Datetime with an offset: 13:00+02:00 is 11:00 UTC, before b1 (12:00 UTC).
+    let v = cleanup(&wd, &dbs.dst, &["--before", "2025-03-01T13:00:00+02:00"]);
+    assert!(dropped(&v).is_empty(), "{v}");
+    // Datetime without offset: UTC.
+    let v = cleanup(&wd, &dbs.dst, &["--before", "2025-03-01T12:30:00"]);
+    assert_eq!(dropped(&v), vec![b[1].clone()]);
+    assert_eq!(schemas_left(&dbs.dst), b[2..].to_vec());
+    // --keep-latest keeps the newest whatever their age.
+    let far = (chrono::Utc::now() + chrono::Duration::days(1))
+        .timestamp_millis()
+        .to_string();
+    let v = cleanup(&wd, &dbs.dst, &["--before", &far, "--keep-latest", "2"]);
+    assert!(dropped(&v).is_empty(), "{v}");
+    assert_eq!(v["kept"], 2);
+    // Unix milliseconds: 2025-07-01.
+    let v = cleanup(
+        &wd,
+        &dbs.dst,
+        &["--before", "1751328000000", "--keep-latest", "0"],
+    );
+    assert_eq!(dropped(&v), vec![b[2].clone()]);
+    assert_eq!(schemas_left(&dbs.dst), vec![b[3].clone()]);
+    // A second run has nothing to do: exit 0.
+    let v = cleanup(&wd, &dbs.dst, &["--before", "1751328000000"]);
+    assert!(dropped(&v).is_empty() && v["skipped"].as_array().unwrap().is_empty());
+    let human = run_ok(
+        &wd,
+        &[
+            "cleanup",
+            "--dest",
+            &dbs.dst.url(),
+            "--before",
+            "2025-02-01",
+        ],
+    );
+    assert!(human.starts_with("Nothing to clean up"), "{human}");
+
+    // A backup table in use: skipped with a warning, exit 0, nothing blocks.
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let holder = rt.block_on(dbs.dst.client());
+    rt.block_on(holder.batch_execute(&format!(
+        "BEGIN; LOCK TABLE {}.t IN ACCESS SHARE MODE",
+        b[3]
+    )))
+    .unwrap();
+    let t0 = std::time::Instant::now();
+    let out = run(
+        &wd,
+        &[
+            "cleanup",
+            "--dest",
+            &dbs.dst.url(),
+            "--before",
+            &far,
+            "--lock-timeout",
+            "300ms",
+            "--json",
+        ],
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(t0.elapsed() < std::time::Duration::from_secs(20));
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(dropped(&v).is_empty(), "{v}");
+    assert_eq!(v["skipped"][0]["schema"], b[3].as_str());
+    assert!(
+        v["skipped"][0]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("lock timeout")
+    );
+    assert!(text(&out.stderr).contains(&b[3]), "{}", text(&out.stderr));
+    assert_eq!(schemas_left(&dbs.dst), vec![b[3].clone()]);
+    rt.block_on(holder.batch_execute("ROLLBACK")).unwrap();
+    let v = cleanup(&wd, &dbs.dst, &["--before", &far]);
+    assert_eq!(dropped(&v), vec![b[3].clone()]);
+    assert!(schemas_left(&dbs.dst).is_empty());
+    assert!(list(&wd, &dbs.dst).is_empty());
+    // The live public was never touched.
+    assert_eq!(dbs.dst.query_one_string("SELECT count(*) FROM t"), "100");
+}
+
+#[test]
+fn cleanup_never_drops_what_is_not_a_pgshift_backup() {
+    let dbs = TestDbs::new("bk_cleanup_safe");
+    dbs.src
+        .psql("CREATE TABLE t (id int PRIMARY KEY); INSERT INTO t VALUES (1);");
+    let wd = Workdir::new();
+    let s = start(&wd, &dbs);
+    let b = s["swap"]["backup_schema"].as_str().unwrap().to_string();
+    // A look-alike schema without a manifest, and a view outside the backup that reads it.
+    dbs.dst.psql(&format!(
+        "CREATE SCHEMA backup_1; CREATE TABLE backup_1.x (i int);
+         CREATE TABLE {b}.kept (i int);
+         CREATE SCHEMA reports; CREATE VIEW reports.v AS SELECT * FROM {b}.kept;"
+    ));
+    let far = (chrono::Utc::now() + chrono::Duration::days(1))
+        .timestamp_millis()
+        .to_string();
+    let out = run(
+        &wd,
+        &[
+            "cleanup",
+            "--dest",
+            &dbs.dst.url(),
+            "--before",
+            &far,
+            "--json",
+        ],
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(dropped(&v).is_empty(), "{v}");
+    assert!(
+        v["skipped"][0]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("reports.v"),
+        "{v}"
+    );
+    assert_eq!(
+        schemas_left(&dbs.dst),
+        vec!["backup_1".to_string(), b.clone()]
+    );
+    dbs.dst.psql("DROP SCHEMA reports CASCADE");
+    let v = cleanup(&wd, &dbs.dst, &["--before", &far]);
+    assert_eq!(dropped(&v), vec![b]);
+    assert_eq!(schemas_left(&dbs.dst), vec!["backup_1".to_string()]);
+}
+
+#[test]
+fn rollback_leaves_a_prepared_shadow_alone() {
+    let dbs = TestDbs::new("bk_shadow");
+    app_v1_v2(&dbs);
+    let wd = Workdir::new();
+    let url = dbs.dst.url();
+    start(&wd, &dbs);
+    // The next migration is prepared while we roll back the last one.
+    run_ok(
+        &wd,
+        &["prepare", "--source", &dbs.src.url(), "--dest", &url],
+    );
+    let shadow_before = dbs.dst.psql(
+        "SELECT string_agg(c.relname || ':' || c.oid, ',' ORDER BY c.relname) FROM pg_class c
+          WHERE c.relnamespace = 'shadow'::regnamespace",
+    );
+    run_json(&wd, &["rollback", "--dest", &url, "--latest"]);
+    assert_eq!(dbs.dst.query_one_string("SELECT app_version()"), "v1");
+    let shadow_after = dbs.dst.psql(
+        "SELECT string_agg(c.relname || ':' || c.oid, ',' ORDER BY c.relname) FROM pg_class c
+          WHERE c.relnamespace = 'shadow'::regnamespace",
+    );
+    assert_eq!(shadow_before, shadow_after);
+    let s = run_json(&wd, &["status", "--dest", &url]);
+    assert_eq!(s["state"], "prepared", "{s}");
+    assert_eq!(s["swap_allowed"], true, "{s}");
+    // And the prepared migration still swaps.
+    run_ok(&wd, &["swap", "--dest", &url]);
+    assert_eq!(dbs.dst.query_one_string("SELECT app_version()"), "v2");
+}
+
+#[test]
+fn rollback_keep_tables_repoints_foreign_keys_both_ways() {
+    let dbs = TestDbs::new("bk_fks");
+    let schema = |label: &str, users: i32| {
+        format!(
+            "CREATE TABLE plans (id int PRIMARY KEY, title text);
+             INSERT INTO plans SELECT g, '{label}' || g FROM generate_series(1, 3) g;
+             CREATE TABLE users (id serial PRIMARY KEY, plan_id int NOT NULL REFERENCES plans (id) ON DELETE CASCADE, name text);
+             INSERT INTO users (plan_id, name) SELECT (g % 3) + 1, '{label}' || g FROM generate_series(1, {users}) g;
+             CREATE TABLE orders (id serial PRIMARY KEY, user_id int NOT NULL, amount int,
+                                  CONSTRAINT \"Orders User\" FOREIGN KEY (user_id) REFERENCES users (id) DEFERRABLE INITIALLY DEFERRED);
+             INSERT INTO orders (user_id, amount) SELECT (g % {users}) + 1, g FROM generate_series(1, 30) g;"
+        )
+    };
+    dbs.dst.psql(&schema("v1-", 10));
+    dbs.src.psql(&schema("v2-", 25));
+    let wd = Workdir::new();
+    let url = dbs.dst.url();
+    let started = start(&wd, &dbs);
+    let b1 = started["swap"]["backup_schema"]
+        .as_str()
+        .unwrap()
+        .to_string();
+
+    let fk = |table: &str| {
+        dbs.dst.query_one_string(&format!(
+            "SELECT string_agg(conname || ' -> ' || confrelid::regclass::text || ' ' || convalidated
+                               || ' ' || condeferrable || ' ' || confdeltype::text, ', ' ORDER BY conname)
+               FROM pg_constraint WHERE conrelid = '{table}'::regclass AND contype = 'f'"
+        ))
+    };
+    let r = run_json(
+        &wd,
+        &[
+            "rollback",
+            "--dest",
+            &url,
+            "--latest",
+            "--keep-tables",
+            "users",
+        ],
+    );
+    assert!(r["fk_not_valid"].as_array().unwrap().is_empty(), "{r}");
+    let b2 = r["backup_schema"].as_str().unwrap().to_string();
+    // The kept users (v2) now reference the restored plans; the restored orders the kept users.
+    assert_eq!(
+        fk("public.users"),
+        "users_plan_id_fkey -> plans true false c"
+    );
+    assert_eq!(fk("public.orders"), "Orders User -> users true true a");
+    assert_eq!(
+        dbs.dst
+            .query_one_string("SELECT title FROM plans WHERE id = 1"),
+        "v1-1"
+    );
+    assert_eq!(dbs.dst.query_one_string("SELECT count(*) FROM users"), "25");
+    // Backups hold no keys into live tables: b2.orders' and b1.users' keys were detached.
+    assert_eq!(fk(&format!("{b2}.orders")), "");
+    assert_eq!(fk(&format!("{b1}.users")), "");
+    let backups = list(&wd, &dbs.dst);
+    assert_eq!(backups.len(), 2);
+    // Every backup still verifies.
+    for b in &backups {
+        run_ok(
+            &wd,
+            &[
+                "verify",
+                "--dest",
+                &url,
+                "--timestamp",
+                &b["timestamp"].to_string(),
+            ],
+        );
+    }
+
+    // Back to v2: users stays (b2 has none), b2's detached key comes back, the
+    // kept users' key follows plans again.
+    let r2 = run_json(&wd, &["rollback", "--dest", &url, "--timestamp", &b2]);
+    let actions: Vec<String> = r2["foreign_keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| {
+            format!(
+                "{} {}",
+                f["action"].as_str().unwrap(),
+                f["table"].as_str().unwrap()
+            )
+        })
+        .collect();
+    assert!(
+        actions.contains(&"reattached public.orders".to_string()),
+        "{actions:?}"
+    );
+    assert!(
+        actions.contains(&"repointed public.users".to_string()),
+        "{actions:?}"
+    );
+    assert_eq!(
+        dbs.dst
+            .query_one_string("SELECT title FROM plans WHERE id = 1"),
+        "v2-1"
+    );
+    assert_eq!(
+        fk("public.users"),
+        "users_plan_id_fkey -> plans true false c"
+    );
+    assert_eq!(fk("public.orders"), "Orders User -> users true true a");
+    assert_eq!(
+        dbs.dst.query_one_string("SELECT sum(amount) FROM orders"),
+        "465"
+    );
+    // ON DELETE CASCADE from the restored plans reaches the kept users.
+    dbs.dst
+        .psql("DELETE FROM orders; DELETE FROM plans WHERE id = 1");
+    assert_eq!(dbs.dst.query_one_string("SELECT count(*) FROM users"), "17");
+}

@@ -1,0 +1,338 @@
+//! status and abort against real clusters, with and without the state file.
+
+mod common;
+
+use std::process::Output;
+
+use common::{TestDb, TestDbs, Workdir};
+use serde_json::Value;
+
+fn run(wd: &Workdir, args: &[&str]) -> Output {
+    wd.cmd().args(args).output().unwrap()
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+fn run_ok(wd: &Workdir, args: &[&str]) -> String {
+    let out = run(wd, args);
+    assert!(
+        out.status.success(),
+        "pgshift {args:?} failed ({}):\nstdout: {}\nstderr: {}",
+        out.status,
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    text(&out.stdout)
+}
+
+fn status(wd: &Workdir, db: &TestDb) -> Value {
+    let out = run_ok(wd, &["status", "--dest", &db.url(), "--json"]);
+    serde_json::from_str(&out).unwrap_or_else(|e| panic!("status: not JSON ({e}):\n{out}"))
+}
+
+fn state_files(wd: &Workdir) -> Vec<String> {
+    std::fs::read_dir(wd.path())
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(".migration-state-") && n.ends_with(".json"))
+        .collect()
+}
+
+fn sample(dbs: &TestDbs) {
+    dbs.src.psql(
+        "CREATE TABLE items (id serial PRIMARY KEY, name text);
+         INSERT INTO items (name) SELECT 'i' || g FROM generate_series(1, 500) g;
+         CREATE TABLE tags (id int PRIMARY KEY, item_id int REFERENCES items (id));
+         INSERT INTO tags SELECT g, g FROM generate_series(1, 100) g;",
+    );
+    dbs.dst
+        .psql("CREATE TABLE items (id int PRIMARY KEY); INSERT INTO items VALUES (1);");
+}
+
+#[test]
+fn status_idle_prepared_swapped_with_and_without_state_file() {
+    let dbs = TestDbs::new("st_cycle");
+    sample(&dbs);
+    let wd = Workdir::new();
+    let other = Workdir::new(); // another machine: no state file
+    let url = dbs.dst.url();
+
+    // Nothing ever ran: idle, nothing else; no pgshift schema is created.
+    let s = status(&wd, &dbs.dst);
+    assert_eq!(s["state"], "idle", "{s}");
+    assert!(s["migration"].is_null());
+    assert_eq!(s["record_from"], "none");
+    assert_eq!(s["swap_allowed"], false);
+    assert_eq!(s["leftovers"]["found"], false);
+    assert_eq!(s["backups"], 0);
+    assert_eq!(
+        dbs.dst
+            .query_one_string("SELECT count(*) FROM pg_namespace WHERE nspname = 'pgshift'"),
+        "0"
+    );
+    let human = run_ok(&wd, &["status", "--dest", &url]);
+    assert!(
+        human.contains("state:") && human.contains("idle"),
+        "{human}"
+    );
+
+    run_ok(
+        &wd,
+        &["prepare", "--source", &dbs.src.url(), "--dest", &url],
+    );
+    assert_eq!(state_files(&wd).len(), 1);
+    for (w, from) in [(&wd, "both"), (&other, "destination")] {
+        let s = status(w, &dbs.dst);
+        assert_eq!(s["state"], "prepared", "{s}");
+        assert_eq!(s["record_from"], from, "{s}");
+        assert_eq!(s["swap_allowed"], true, "{s}");
+        assert!(s["swap_blocked_reason"].is_null());
+        assert_eq!(s["shadow"]["exists"], true);
+        assert_eq!(s["shadow"]["tables"], 2);
+        assert!(s["shadow"]["size_bytes"].as_i64().unwrap() > 0);
+        assert_eq!(s["leftovers"]["found"], false, "{s}");
+        let m = &s["migration"];
+        assert_eq!(m["status"], "prepared");
+        assert!(m["id"].as_i64().unwrap() > 0);
+        chrono::DateTime::parse_from_rfc3339(m["started_at"].as_str().unwrap()).unwrap();
+        assert!(m["error"].is_null());
+    }
+    let human = run_ok(&other, &["status", "--dest", &url]);
+    assert!(
+        human.contains("prepared") && human.contains("allowed"),
+        "{human}"
+    );
+
+    // status takes no lock: it works while another run holds it, and says so.
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let holder = rt.block_on(dbs.dst.client());
+    rt.block_on(holder.batch_execute(
+        "SET application_name = 'pgshift swap pid=1 host=elsewhere'; SELECT pg_advisory_lock(1885827944, 1)",
+    ))
+    .unwrap();
+    let s = status(&other, &dbs.dst);
+    assert_eq!(s["state"], "prepared");
+    assert_eq!(s["swap_allowed"], false);
+    assert!(
+        s["swap_blocked_reason"]
+            .as_str()
+            .unwrap()
+            .contains("pgshift swap pid=1 host=elsewhere"),
+        "{s}"
+    );
+    assert_eq!(s["running"]["pid"], 1);
+    assert!(
+        s["running"]["alive"].is_null(),
+        "another host cannot be checked: {s}"
+    );
+    drop(holder);
+
+    run_ok(&wd, &["swap", "--dest", &url]);
+    assert!(state_files(&wd).is_empty());
+    for w in [&wd, &other] {
+        let s = status(w, &dbs.dst);
+        assert_eq!(s["state"], "idle", "{s}");
+        assert_eq!(s["migration"]["status"], "swapped");
+        assert_eq!(s["swap_allowed"], false);
+        assert_eq!(s["leftovers"]["found"], false, "{s}");
+        assert_eq!(s["shadow"]["empty"], true, "{s}");
+        assert_eq!(s["backups"], 1);
+    }
+    // With nothing prepared, abort says so and exits 0.
+    let out = run_ok(&wd, &["abort", "--dest", &url, "--json"]);
+    let v: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["aborted"], false, "{v}");
+    assert_eq!(
+        dbs.dst.query_one_string("SELECT count(*) FROM items"),
+        "500"
+    );
+}
+
+#[test]
+fn status_failed_then_abort() {
+    let dbs = TestDbs::new("st_failed");
+    sample(&dbs);
+    let wd = Workdir::new();
+    let url = dbs.dst.url();
+    let out = wd
+        .cmd()
+        .env("PGSHIFT_FAILPOINT", "data")
+        .args(["prepare", "--source", &dbs.src.url(), "--dest", &url])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert_eq!(state_files(&wd).len(), 1);
+
+    let check = |s: &Value, from: &str| {
+        assert_eq!(s["state"], "failed", "{s}");
+        assert_eq!(s["record_from"], from, "{s}");
+        assert_eq!(s["migration"]["phase"], "data", "{s}");
+        assert!(
+            s["migration"]["error"]
+                .as_str()
+                .unwrap()
+                .contains("injected failure at data"),
+            "{s}"
+        );
+        assert_eq!(s["swap_allowed"], false);
+        assert!(
+            s["swap_blocked_reason"]
+                .as_str()
+                .unwrap()
+                .contains("failed")
+        );
+    };
+    // Exit 0: a failed state is data, not an error.
+    check(&status(&wd, &dbs.dst), "both");
+    // From the destination's own records (another machine / CI).
+    let other = Workdir::new();
+    check(&status(&other, &dbs.dst), "destination");
+    // The state file alone is read too (--state-dir), and the human output names the phase.
+    let out = run_ok(
+        &other,
+        &[
+            "status",
+            "--dest",
+            &url,
+            "--state-dir",
+            wd.path().to_str().unwrap(),
+        ],
+    );
+    assert!(out.contains("failed in:") && out.contains("data"), "{out}");
+    assert!(out.contains("injected failure at data"), "{out}");
+
+    // Abort clears the record and the state file.
+    let out = run_ok(&wd, &["abort", "--dest", &url, "--json"]);
+    let v: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["aborted"], true, "{v}");
+    assert_eq!(v["previous_status"], "failed");
+    assert!(state_files(&wd).is_empty());
+    let s = status(&wd, &dbs.dst);
+    assert_eq!(s["state"], "idle", "{s}");
+    assert_eq!(s["migration"]["status"], "aborted");
+    let out = run_ok(&wd, &["abort", "--dest", &url]);
+    assert!(out.contains("othing to abort"), "{out}");
+}
+
+#[test]
+fn abort_drops_a_prepared_migration() {
+    let dbs = TestDbs::new("st_abort");
+    sample(&dbs);
+    let wd = Workdir::new();
+    let url = dbs.dst.url();
+    run_ok(
+        &wd,
+        &["prepare", "--source", &dbs.src.url(), "--dest", &url],
+    );
+    let other = Workdir::new();
+    // From another machine: the destination's record is enough.
+    let out = run_ok(&other, &["abort", "--dest", &url, "--json"]);
+    let v: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["aborted"], true, "{v}");
+    assert_eq!(v["previous_status"], "prepared");
+    assert_eq!(v["removed"]["shadow"], true);
+    assert_eq!(
+        dbs.dst
+            .query_one_string("SELECT count(*) FROM pg_namespace WHERE nspname = 'shadow'"),
+        "0"
+    );
+    assert_eq!(dbs.dst.query_one_string("SELECT count(*) FROM items"), "1");
+    let s = status(&wd, &dbs.dst);
+    // The first machine's state file is stale now: the destination's record wins.
+    assert_eq!(s["state"], "idle", "{s}");
+    assert_eq!(s["migration"]["status"], "aborted");
+    assert!(!s["warnings"].as_array().unwrap().is_empty(), "{s}");
+    // A prepare after the abort starts cleanly.
+    run_ok(
+        &wd,
+        &["prepare", "--source", &dbs.src.url(), "--dest", &url],
+    );
+    assert_eq!(status(&other, &dbs.dst)["state"], "prepared");
+}
+
+#[test]
+fn status_reports_leftovers_and_a_dead_lock_holder() {
+    let dbs = TestDbs::new("st_leftovers");
+    sample(&dbs);
+    let wd = Workdir::new();
+    let url = dbs.dst.url();
+    run_ok(&wd, &["start", "--source", &dbs.src.url(), "--dest", &url]);
+    // A pgshift trigger left on a public table, and the lock held by a session
+    // whose pgshift process (on this host) is gone.
+    dbs.dst.psql(
+        "CREATE FUNCTION noop() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RETURN NEW; END $$;
+         CREATE TRIGGER pgshift_sync_items AFTER INSERT ON items FOR EACH ROW EXECUTE FUNCTION noop();",
+    );
+    let mut child = std::process::Command::new("true").spawn().unwrap();
+    let dead_pid = child.id();
+    child.wait().unwrap();
+    let host = hostname();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let holder = rt.block_on(dbs.dst.client());
+    rt.block_on(holder.batch_execute(&format!(
+        "SET application_name = 'pgshift prepare pid={dead_pid} host={host}'; SELECT pg_advisory_lock(1885827944, 1)"
+    )))
+    .unwrap();
+    let s = status(&wd, &dbs.dst);
+    assert_eq!(s["state"], "idle", "{s}");
+    let l = &s["leftovers"];
+    assert_eq!(l["found"], true, "{s}");
+    assert_eq!(
+        l["triggers"][0], "pgshift_sync_items on public.items",
+        "{s}"
+    );
+    assert!(
+        l["dead_lock_holder"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("pgshift pid {dead_pid}")),
+        "{s}"
+    );
+    assert_eq!(s["running"]["alive"], false);
+    drop(holder);
+}
+
+fn hostname() -> String {
+    let out = std::process::Command::new("hostname").output().unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+#[test]
+fn status_reports_a_run_that_died_during_prepare() {
+    let dbs = TestDbs::new("st_dead");
+    sample(&dbs);
+    let wd = Workdir::new();
+    let url = dbs.dst.url();
+    run_ok(
+        &wd,
+        &["prepare", "--source", &dbs.src.url(), "--dest", &url],
+    );
+    // As if the prepare had been killed during its indexes phase (SIGKILL
+    // records nothing): the record still says preparing, nobody holds the lock.
+    dbs.dst
+        .psql("UPDATE pgshift.migration SET status = 'preparing', phase = 'indexes'");
+    let other = Workdir::new();
+    let s = status(&other, &dbs.dst);
+    assert_eq!(s["state"], "failed", "{s}");
+    assert_eq!(s["migration"]["phase"], "indexes");
+    assert!(
+        s["migration"]["error"]
+            .as_str()
+            .unwrap()
+            .contains("stopped during phase indexes"),
+        "{s}"
+    );
+    assert_eq!(s["leftovers"]["shadow"], true, "{s}");
+    assert!(s["leftovers"]["hint"].as_str().unwrap().contains("abort"));
+    assert_eq!(s["swap_allowed"], false);
+    let v: Value =
+        serde_json::from_str(&run_ok(&other, &["abort", "--dest", &url, "--json"])).unwrap();
+    assert_eq!(v["aborted"], true, "{v}");
+    assert_eq!(v["removed"]["shadow"], true);
+    let s = status(&other, &dbs.dst);
+    assert_eq!(s["state"], "idle", "{s}");
+    assert_eq!(s["leftovers"]["found"], false, "{s}");
+}
