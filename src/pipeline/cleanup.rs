@@ -36,8 +36,22 @@ impl Removed {
 
 /// Leftovers of a migration, without changing anything.
 pub async fn find_leftovers(client: &Client) -> Result<Removed> {
+    // The empty shadow a swap leaves behind is not a leftover.
+    let shadow = match meta::shadow_state(client).await? {
+        ShadowState::Ours(oid) => client
+            .query_one(
+                "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_class WHERE relnamespace = $1)
+                     OR EXISTS (SELECT 1 FROM pg_catalog.pg_type WHERE typnamespace = $1)
+                     OR EXISTS (SELECT 1 FROM pg_catalog.pg_proc WHERE pronamespace = $1)",
+                &[&oid],
+            )
+            .await
+            .context("looking into the shadow schema")?
+            .get(0),
+        _ => false,
+    };
     let mut r = Removed {
-        shadow: matches!(meta::shadow_state(client).await?, ShadowState::Ours(_)),
+        shadow,
         ..Default::default()
     };
     for row in client

@@ -534,6 +534,12 @@ async fn schema(run: &mut Run<'_>) -> Result<()> {
     let mut script =
         String::with_capacity(entries.iter().map(|e| e.sql.len()).sum::<usize>() + 512);
     script.push_str("BEGIN;\n");
+    // An empty shadow left by the last swap is replaced (RESTRICT: never
+    // anything in it; leftovers were handled before).
+    script.push_str(&format!(
+        "DROP SCHEMA IF EXISTS {} RESTRICT;\n",
+        quote_ident(SHADOW_SCHEMA)
+    ));
     script.push_str(&format!("CREATE SCHEMA {};\n", quote_ident(SHADOW_SCHEMA)));
     script.push_str(&format!(
         "COMMENT ON SCHEMA {} IS {};\n",
