@@ -1570,7 +1570,7 @@ async fn carry_sequences(client: &Client, t: &SyncedTable, l: &Live) -> Result<(
         })?;
         client
             .query_one(
-                "SELECT pg_catalog.setval($1::regclass, $2, false)",
+                "SELECT pg_catalog.setval($1::text::regclass, $2, false)",
                 &[&s.qual, &target],
             )
             .await
