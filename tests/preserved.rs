@@ -111,6 +111,7 @@ fn validation_lists_every_problem_and_changes_nothing() {
          CREATE TABLE badtype (id int PRIMARY KEY, data jsonb);
          CREATE TABLE keys_differ (id int PRIMARY KEY, email text NOT NULL);
          CREATE TABLE only_in_source (id int PRIMARY KEY);
+         CREATE TABLE parent_t (id int PRIMARY KEY);
          CREATE TABLE fine (id int PRIMARY KEY, v bigint);",
     );
     dbs.dst.psql(
@@ -121,6 +122,8 @@ fn validation_lists_every_problem_and_changes_nothing() {
          CREATE TABLE badtype (id int PRIMARY KEY, data point);
          CREATE TABLE keys_differ (id int, email text PRIMARY KEY);
          CREATE TABLE only_in_dest (id int PRIMARY KEY);
+         CREATE TABLE parent_t (id int PRIMARY KEY);
+         CREATE TABLE child_t () INHERITS (parent_t);
          CREATE TABLE fine (id int PRIMARY KEY, v int);",
     );
     let before = fingerprint(&dbs.dst);
@@ -128,7 +131,7 @@ fn validation_lists_every_problem_and_changes_nothing() {
         &dbs,
         &[
             "--preserved-tables",
-            "users,nokey,badtype,keys_differ,only_in_source,only_in_dest,fine",
+            "users,nokey,badtype,keys_differ,only_in_source,only_in_dest,parent_t,fine",
         ],
     );
     let err = stderr(&out);
@@ -142,11 +145,12 @@ fn validation_lists_every_problem_and_changes_nothing() {
         "keys_differ: no primary key or unique NOT NULL key with the same columns on both sides (destination: (email); source: (id))",
         "only_in_source: no such table in the destination's public schema",
         "only_in_dest: not in the source's public schema",
+        "parent_t: the destination's table has inheritance parents or children",
     ] {
         assert!(err.contains(expected), "missing {expected:?} in:\n{err}");
     }
     assert!(
-        err.contains("8 problems found, nothing was changed"),
+        err.contains("9 problems found, nothing was changed"),
         "{err}"
     );
     // Nothing about the fine table, nor about users.note (NOT NULL with a default).
@@ -154,7 +158,7 @@ fn validation_lists_every_problem_and_changes_nothing() {
     assert!(!err.contains("users.note"), "{err}");
     // One line per problem.
     let lines = err.lines().filter(|l| l.starts_with("  ")).count();
-    assert_eq!(lines, 8, "{err}");
+    assert_eq!(lines, 9, "{err}");
     assert_eq!(fingerprint(&dbs.dst), before, "the destination changed");
 
     // Names are identifiers, never SQL: refused while parsing the flags.
@@ -385,6 +389,37 @@ async fn initial_copy_then_real_time_sync_then_abort() {
     c.batch_execute("INSERT INTO users (name) VALUES ('after abort'); TRUNCATE \"Sessions\"")
         .await
         .unwrap();
+}
+
+/// The sync lives in the database: it keeps working across a destination
+/// restart with no pgshift process around.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sync_survives_a_destination_restart() {
+    if !common::can_start_clusters() {
+        eprintln!("skipped: needs a private cluster (TEST_PGHOST is set)");
+        return;
+    }
+    let (shared_src, _) = common::clusters();
+    let dest = common::Cluster::start_new();
+    let dbs = TestDbs::on(shared_src, &dest, "pres_restart");
+    let ddl = "CREATE TABLE users (id serial PRIMARY KEY, name text NOT NULL);";
+    dbs.src.psql(ddl);
+    dbs.dst.psql(&format!(
+        "{ddl} INSERT INTO users (name) SELECT 'u' || g FROM generate_series(1, 100) g;"
+    ));
+    assert_prepared(&prepare(&dbs, &["--preserved-tables", "users"]));
+    dest.restart();
+    dbs.dst.psql(
+        "INSERT INTO users (name) VALUES ('after restart'); DELETE FROM users WHERE id = 1;
+         UPDATE users SET name = 'changed' WHERE id = 2;",
+    );
+    let c = dbs.dst.client().await;
+    assert_eq!(differences(&c, "users", "id, name").await, 0);
+    let (synced, _) = recorded(&c).await;
+    let h = sync::health(&c, &synced).await.unwrap();
+    assert!(h[0].triggers_ok, "{}", h[0]);
+    assert_eq!(h[0].pending, Some(3), "{}", h[0]);
+    assert_eq!(h[0].rows_shadow, Some(100), "{}", h[0]);
 }
 
 // ---------------------------------------------------------------------------------------

@@ -469,7 +469,11 @@ async fn validate_one(
     let dest_row = dest
         .query_opt(
             "SELECT c.oid, c.relkind::text, pg_catalog.pg_has_role(c.relowner, 'USAGE'),
-                    pg_catalog.has_table_privilege(c.oid, 'SELECT, TRIGGER')
+                    pg_catalog.has_table_privilege(c.oid, 'SELECT, TRIGGER'),
+                    EXISTS (SELECT 1 FROM pg_catalog.pg_inherits i WHERE i.inhrelid = c.oid OR i.inhparent = c.oid),
+                    c.relrowsecurity AND c.relforcerowsecurity
+                      AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles r WHERE r.rolname = current_user
+                                         AND (r.rolsuper OR r.rolbypassrls))
                FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
               WHERE n.nspname = $1 AND c.relname = $2",
             &[&PUBLIC, &p.name],
@@ -500,6 +504,16 @@ async fn validate_one(
                 } else if !r.get::<_, bool>(3) {
                     problems.push(format!(
                         "{shown}: the connecting role lacks SELECT or TRIGGER privilege on the destination's table"
+                    ));
+                }
+                if r.get::<_, bool>(4) {
+                    problems.push(format!(
+                        "{shown}: the destination's table has inheritance parents or children (writes through another table of the hierarchy would bypass the sync's statement triggers)"
+                    ));
+                }
+                if r.get::<_, bool>(5) {
+                    problems.push(format!(
+                        "{shown}: the destination's table forces row-level security and the connecting role cannot bypass it (the copy would miss rows)"
                     ));
                 }
                 Some(r.get::<_, u32>(0))
@@ -567,10 +581,10 @@ async fn validate_one(
                     ));
                 }
             }
+            // Generated in the source: computed in shadow, never copied.
+            Some(_) if s.generated => {}
             Some(d) => {
-                if !s.generated {
-                    shared += 1;
-                }
+                shared += 1;
                 if let Some(why) = type_problem(dest, d, s).await? {
                     problems.push(format!("{col}: {why}"));
                 }
