@@ -1000,7 +1000,7 @@ impl Live {
                     .collect::<Vec<_>>()
                     .join(" AND ");
                 format!(
-                    "DELETE FROM ONLY {shadow} s USING pgshift_old o WHERE {} AND NOT EXISTS (SELECT 1 FROM pgshift_new n WHERE {same_key});\n      {upsert}",
+                    "DELETE FROM ONLY {shadow} s USING pgshift_old o WHERE {} AND NOT EXISTS (SELECT 1 FROM pgshift_new n WHERE {same_key});\n    {upsert}",
                     self.shadow_match("s", "o", false)
                 )
             }
