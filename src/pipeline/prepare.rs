@@ -129,7 +129,7 @@ pub async fn check(
     warnings.extend(ext_warnings);
     let leftover = preflight::leftovers(sess_dest).await?;
     let tables = catalog::tables(src, SOURCE_SCHEMA).await?;
-    sync::validate(&settings.preserved_tables, &tables, sess_dest).await?;
+    sync::validate(&settings.preserved_tables, &tables, src, sess_dest).await?;
     Ok(Checked {
         tools,
         extensions,
@@ -629,12 +629,8 @@ async fn sequences(run: &mut Run<'_>) -> Result<()> {
     }
     let mut script = String::from("BEGIN;\n");
     for s in &run.sequences {
-        if let Some(owner) = &s.owned_by
-            && run.preserved.contains(&owner.0)
-        {
-            // Carried over from the destination at the swap.
-            continue;
-        }
+        // Sequences of preserved tables get the source's value too; the swap
+        // moves them on to the destination's value when that is greater.
         let (v, called) = run.sequence_values[&s.name];
         let name = qualified(SHADOW_SCHEMA, &s.name);
         script.push_str(&format!(

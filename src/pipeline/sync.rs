@@ -1,44 +1,2230 @@
-//! Preserved tables: validation, the initial copy and real-time sync triggers.
-//! (Filled in by the preserved-tables work.)
+//! Preserved tables: validation, the initial copy and real-time sync.
+//!
+//! A preserved table `T` takes its structure from the source and its rows from
+//! the destination. Between prepare and swap the destination's applications keep
+//! writing `public.T`; every such write must be in `shadow.T` when the swap
+//! commits. The design is the changelog one of pg_repack / pg-osc:
+//!
+//! * **Changelog** `pgshift.log_<oid>` (`oid` of `public.T`): `id bigserial`, an
+//!   `op` marker (`I`, `U`, `D`, `T` for TRUNCATE) and the key columns `k1..kn`
+//!   (types of `public.T`'s key).
+//! * **Triggers** on `public.T`: statement-level `AFTER` triggers with transition
+//!   tables, one per event (PostgreSQL forbids transition tables on multi-event
+//!   triggers): `pgshift_sync_ins`, `pgshift_sync_upd`, `pgshift_sync_del`,
+//!   `pgshift_sync_trunc`, `ENABLE ALWAYS` (they fire under
+//!   `session_replication_role = replica` too). Their functions
+//!   `pgshift.sync_<oid>_{ins,upd,del,trunc}` are `SECURITY DEFINER` (owned by the
+//!   connecting role, `EXECUTE` revoked from PUBLIC), `SET search_path =
+//!   pg_catalog, pg_temp`, every name quoted and qualified. Each one first logs the
+//!   statement's keys (a plain INSERT into the changelog: it cannot fail short of
+//!   a full disk; UPDATE logs old and new keys, a key may change), then applies the
+//!   change to `shadow.T` inside `BEGIN … EXCEPTION WHEN OTHERS` (one
+//!   subtransaction per *statement*) under a 100 ms `lock_timeout`: `INSERT … ON
+//!   CONFLICT (key) DO UPDATE`, `DELETE … USING` the transition table, `TRUNCATE`.
+//!   Any error there is swallowed (and written to the server log): the logged key
+//!   guarantees the replay fixes it. The application's write never fails because
+//!   of the sync.
+//! * **Setup** ([`setup`]), race-free: (1) one transaction creates the changelog,
+//!   the functions in *log-only* form and the triggers (CREATE TRIGGER's lock waits
+//!   out in-flight writers, so every later write is logged); (2) the initial copy
+//!   `INSERT INTO shadow.T SELECT … FROM ONLY public.T` in a REPEATABLE READ
+//!   transaction; (3) the functions are replaced by their *log-and-apply* form;
+//!   (4) the changelog is replayed. While the copy runs the triggers only log, so an
+//!   application write never waits on the copy's uncommitted rows and the copy can
+//!   never collide with an applied row.
+//! * **Replay** (a batch, READ COMMITTED): read the oldest changelog ids, delete
+//!   their keys from `shadow.T`, re-insert the current rows of `public.T` for those
+//!   keys (`ON CONFLICT DO NOTHING`: a concurrent apply holds a row at least as new),
+//!   delete exactly those ids (never "id <= watermark": ids are assigned at insert,
+//!   not at commit). A TRUNCATE marker in the batch means a full resync. Whatever
+//!   interleaving of applies and replays happened, a key whose last change was
+//!   replayed is right (the replay read the row after that change committed), and
+//!   a key whose last change was not replayed is still in the changelog. The last
+//!   replay runs inside the swap transaction under its locks ([`final_sync`]).
+//!
+//! The sync lives in the database: it runs without pgshift and survives restarts.
+//! [`health`] reports it for `status`; [`final_sync`] and `cleanup` remove it.
 
-use std::time::Duration;
+use std::collections::{HashMap, HashSet};
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::time::{Duration, Instant};
 
-use anyhow::Result;
+use anyhow::{Context, Result, anyhow, bail};
+use pg_query::NodeEnum;
+use pg_query::protobuf::{ConstrType, Token};
+use serde::{Deserialize, Serialize};
 use tokio_postgres::Client;
+use tokio_postgres::error::SqlState;
 
 use crate::pg::catalog::TableInfo;
-use crate::pg::ident::TableName;
+use crate::pg::connect::describe_pg_error;
+use crate::pg::ident::{TableName, display_ident, qualified, quote_ident, quote_literal};
+use crate::pg::meta::{META_SCHEMA, SHADOW_SCHEMA};
 
-/// One preserved table as set up by prepare.
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
-pub struct SyncedTable {
-    pub name: String,
+const PUBLIC: &str = "public";
+
+/// `lock_timeout` of a trigger's apply to the shadow table.
+pub const APPLY_LOCK_TIMEOUT: &str = "100ms";
+/// Changelog entries per replay transaction.
+const BATCH: i64 = 10_000;
+/// Changelog entries per replay statement inside the swap transaction.
+const FINAL_BATCH: i64 = 100_000;
+/// How long [`catch_up`] keeps replaying before leaving the rest to the swap.
+const CATCH_UP_BUDGET: Duration = Duration::from_secs(60);
+/// `lock_timeout` of a replay transaction outside the swap.
+const REPLAY_LOCK_TIMEOUT: Duration = Duration::from_secs(2);
+/// Retries of a replay batch that hit a lock timeout or a deadlock.
+const REPLAY_RETRIES: u32 = 5;
+
+/// The four sync triggers on a preserved table, one per event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Event {
+    Insert,
+    Update,
+    Delete,
+    Truncate,
 }
 
-/// Validate the preserved tables before anything changes.
+const EVENTS: [Event; 4] = [Event::Insert, Event::Update, Event::Delete, Event::Truncate];
+
+/// Names of the triggers pgshift puts on each preserved table.
+pub const TRIGGER_NAMES: [&str; 4] = [
+    "pgshift_sync_ins",
+    "pgshift_sync_upd",
+    "pgshift_sync_del",
+    "pgshift_sync_trunc",
+];
+
+impl Event {
+    fn suffix(self) -> &'static str {
+        match self {
+            Event::Insert => "ins",
+            Event::Update => "upd",
+            Event::Delete => "del",
+            Event::Truncate => "trunc",
+        }
+    }
+    fn keyword(self) -> &'static str {
+        match self {
+            Event::Insert => "INSERT",
+            Event::Update => "UPDATE",
+            Event::Delete => "DELETE",
+            Event::Truncate => "TRUNCATE",
+        }
+    }
+    fn trigger(self) -> &'static str {
+        match self {
+            Event::Insert => TRIGGER_NAMES[0],
+            Event::Update => TRIGGER_NAMES[1],
+            Event::Delete => TRIGGER_NAMES[2],
+            Event::Truncate => TRIGGER_NAMES[3],
+        }
+    }
+    fn referencing(self) -> &'static str {
+        match self {
+            Event::Insert => " REFERENCING NEW TABLE AS pgshift_new",
+            Event::Update => " REFERENCING OLD TABLE AS pgshift_old NEW TABLE AS pgshift_new",
+            Event::Delete => " REFERENCING OLD TABLE AS pgshift_old",
+            Event::Truncate => "",
+        }
+    }
+}
+
+/// Name (in schema `pgshift`) of the changelog of the table with this oid.
+pub fn changelog_name(oid: u32) -> String {
+    format!("log_{oid}")
+}
+
+/// Name (in schema `pgshift`) of a trigger function of the table with this oid.
+fn function_name(oid: u32, ev: Event) -> String {
+    format!("sync_{oid}_{}", ev.suffix())
+}
+
+/// A sequence owned by a preserved table's column (serial or identity).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OwnedSequence {
+    pub column: String,
+    /// The shadow table's sequence (schema shadow).
+    pub shadow: String,
+    /// The destination public table's sequence for the same column, if any.
+    pub public: Option<String>,
+}
+
+/// One preserved table as set up by prepare (stored in the state's
+/// `extra["sync"]`; the swap reads it back).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SyncedTable {
+    /// Table name (the same in public and shadow).
+    pub name: String,
+    /// Oid of the destination's `public.<name>` (names the helpers below).
+    pub oid: u32,
+    /// Oid of `shadow.<name>`.
+    pub shadow_oid: u32,
+    /// The key: a primary key or unique not-null key present on both sides.
+    pub key: Vec<String>,
+    /// Columns copied from public into shadow (in both, not generated in shadow).
+    pub columns: Vec<String>,
+    /// Changelog table in schema pgshift.
+    pub changelog: String,
+    /// Trigger functions in schema pgshift.
+    pub functions: Vec<String>,
+    /// Sequences owned by the shadow table's columns.
+    #[serde(default)]
+    pub sequences: Vec<OwnedSequence>,
+}
+
+// ---------------------------------------------------------------------------------------
+// Errors
+// ---------------------------------------------------------------------------------------
+
+/// A failed statement, keeping the SQLSTATE so callers can tell lock timeouts apart.
+#[derive(Debug, thiserror::Error)]
+#[error("{what}: {detail}")]
+struct SqlFailed {
+    what: String,
+    detail: String,
+    code: Option<SqlState>,
+}
+
+fn sql_failed(what: impl Into<String>, e: &tokio_postgres::Error) -> anyhow::Error {
+    anyhow::Error::new(SqlFailed {
+        what: what.into(),
+        detail: describe_pg_error(e),
+        code: e.code().cloned(),
+    })
+}
+
+/// A lock timeout, deadlock or serialization failure: worth retrying.
+fn is_retryable(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<SqlFailed>().is_some_and(|f| {
+            matches!(
+                &f.code,
+                Some(c) if *c == SqlState::LOCK_NOT_AVAILABLE
+                    || *c == SqlState::T_R_DEADLOCK_DETECTED
+                    || *c == SqlState::T_R_SERIALIZATION_FAILURE
+            )
+        })
+    })
+}
+
+async fn exec(client: &Client, sql: &str, what: &str) -> Result<()> {
+    client
+        .batch_execute(sql)
+        .await
+        .map_err(|e| sql_failed(what, &e))
+}
+
+// ---------------------------------------------------------------------------------------
+// Catalog reads
+// ---------------------------------------------------------------------------------------
+
+/// A unique, immediate, non-partial key of plain not-null columns.
+#[derive(Debug, Clone)]
+struct KeyCandidate {
+    primary: bool,
+    columns: Vec<String>,
+}
+
+async fn key_candidates(client: &Client, rel: u32) -> Result<Vec<KeyCandidate>> {
+    let rows = client
+        .query(
+            "SELECT i.indisprimary,
+                    ARRAY(SELECT a.attname::text
+                            FROM unnest(i.indkey::int2[]) WITH ORDINALITY k(attnum, ord)
+                            JOIN pg_catalog.pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
+                           WHERE k.ord <= i.indnkeyatts ORDER BY k.ord)
+               FROM pg_catalog.pg_index i JOIN pg_catalog.pg_class ic ON ic.oid = i.indexrelid
+              WHERE i.indrelid = $1 AND i.indisunique AND i.indisvalid AND i.indimmediate
+                AND i.indpred IS NULL AND i.indexprs IS NULL
+                AND NOT EXISTS (SELECT 1 FROM unnest(i.indkey::int2[]) WITH ORDINALITY k(attnum, ord)
+                                  JOIN pg_catalog.pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
+                                 WHERE k.ord <= i.indnkeyatts AND NOT a.attnotnull)
+              ORDER BY i.indisprimary DESC, ic.relname",
+            &[&rel],
+        )
+        .await
+        .map_err(|e| sql_failed("listing unique keys", &e))?;
+    Ok(rows
+        .into_iter()
+        .map(|r| KeyCandidate {
+            primary: r.get(0),
+            columns: r.get(1),
+        })
+        .collect())
+}
+
+/// The first source key (primary key first) whose columns, as a set, are a key
+/// of the destination too.
+fn choose_key(dest: &[KeyCandidate], source: &[KeyCandidate]) -> Option<Vec<String>> {
+    let set = |c: &[String]| c.iter().cloned().collect::<HashSet<_>>();
+    let mut ordered: Vec<&KeyCandidate> = source.iter().collect();
+    ordered.sort_by_key(|k| !k.primary);
+    ordered
+        .into_iter()
+        .find(|s| dest.iter().any(|d| set(&d.columns) == set(&s.columns)))
+        .map(|s| s.columns.clone())
+}
+
+fn describe_keys(keys: &[KeyCandidate]) -> String {
+    if keys.is_empty() {
+        return "none".into();
+    }
+    keys.iter()
+        .map(|k| {
+            format!(
+                "({})",
+                k.columns
+                    .iter()
+                    .map(|c| display_ident(c))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// A column's type as validation sees it.
+#[derive(Debug, Clone)]
+struct ColType {
+    name: String,
+    /// `format_type()` with typmod, for messages.
+    format: String,
+    type_oid: u32,
+    not_null: bool,
+    /// A default, identity or generation expression supplies a value.
+    has_default: bool,
+    generated: bool,
+    /// `"schema"."type"` of the column's type itself.
+    qual: String,
+    /// Name, schema and typtype of the type (the element type for arrays).
+    base_name: String,
+    base_schema: String,
+    base_typtype: String,
+    is_array: bool,
+    /// The (element) type belongs to an extension.
+    base_ext: bool,
+    /// Labels when the (element) type is an enum.
+    labels: Option<Vec<String>>,
+}
+
+async fn column_types(client: &Client, rel: u32) -> Result<Vec<ColType>> {
+    let rows = client
+        .query(
+            "SELECT a.attname::text, pg_catalog.format_type(a.atttypid, a.atttypmod), a.atttypid,
+                    a.attnotnull, a.atthasdef OR a.attidentity <> '' OR a.attgenerated <> '',
+                    a.attgenerated <> '',
+                    pg_catalog.quote_ident(tn.nspname) || '.' || pg_catalog.quote_ident(t.typname),
+                    bt.typname::text, bn.nspname::text, bt.typtype::text,
+                    t.typcategory = 'A' AND t.typelem <> 0,
+                    EXISTS (SELECT 1 FROM pg_catalog.pg_depend d WHERE d.classid = 'pg_catalog.pg_type'::regclass
+                             AND d.objid = bt.oid AND d.deptype = 'e'),
+                    CASE WHEN bt.typtype = 'e' THEN
+                         ARRAY(SELECT e.enumlabel::text FROM pg_catalog.pg_enum e
+                                WHERE e.enumtypid = bt.oid ORDER BY e.enumsortorder) END
+               FROM pg_catalog.pg_attribute a
+               JOIN pg_catalog.pg_type t ON t.oid = a.atttypid
+               JOIN pg_catalog.pg_namespace tn ON tn.oid = t.typnamespace
+               JOIN pg_catalog.pg_type bt
+                 ON bt.oid = CASE WHEN t.typcategory = 'A' AND t.typelem <> 0 THEN t.typelem ELSE t.oid END
+               JOIN pg_catalog.pg_namespace bn ON bn.oid = bt.typnamespace
+              WHERE a.attrelid = $1 AND a.attnum > 0 AND NOT a.attisdropped
+              ORDER BY a.attnum",
+            &[&rel],
+        )
+        .await
+        .map_err(|e| sql_failed("listing columns", &e))?;
+    Ok(rows
+        .into_iter()
+        .map(|r| ColType {
+            name: r.get(0),
+            format: r.get(1),
+            type_oid: r.get(2),
+            not_null: r.get(3),
+            has_default: r.get(4),
+            generated: r.get(5),
+            qual: r.get(6),
+            base_name: r.get(7),
+            base_schema: r.get(8),
+            base_typtype: r.get(9),
+            is_array: r.get(10),
+            base_ext: r.get(11),
+            labels: r.get(12),
+        })
+        .collect())
+}
+
+/// Can a value of type `from` be stored into a column of type `to` (an INSERT's
+/// assignment coercion), judged on this server's catalog?
+fn assignable<'a>(
+    client: &'a Client,
+    from: u32,
+    to: u32,
+    depth: u32,
+) -> Pin<Box<dyn Future<Output = Result<bool>> + Send + 'a>> {
+    Box::pin(async move {
+        if from == to {
+            return Ok(true);
+        }
+        if depth > 5 {
+            return Ok(false);
+        }
+        let info = |oid: u32| async move {
+            let r = client
+                .query_opt(
+                    "SELECT typtype::text, typbasetype, typcategory::text, typelem FROM pg_catalog.pg_type WHERE oid = $1",
+                    &[&oid],
+                )
+                .await
+                .map_err(|e| sql_failed("reading a type", &e))?;
+            Ok::<_, anyhow::Error>(r.map(|r| {
+                (
+                    r.get::<_, String>(0),
+                    r.get::<_, u32>(1),
+                    r.get::<_, String>(2),
+                    r.get::<_, u32>(3),
+                )
+            }))
+        };
+        let (Some(f), Some(t)) = (info(from).await?, info(to).await?) else {
+            return Ok(false);
+        };
+        if f.0 == "d" {
+            return assignable(client, f.1, to, depth + 1).await;
+        }
+        if t.0 == "d" {
+            return assignable(client, from, t.1, depth + 1).await;
+        }
+        let cast: bool = client
+            .query_one(
+                "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_cast WHERE castsource = $1 AND casttarget = $2
+                                   AND castcontext IN ('a', 'i'))",
+                &[&from, &to],
+            )
+            .await
+            .map_err(|e| sql_failed("reading casts", &e))?
+            .get(0);
+        if cast || t.2 == "S" {
+            // A cast, or the automatic I/O conversion to a string type.
+            return Ok(true);
+        }
+        if f.2 == "A" && t.2 == "A" && f.3 != 0 && t.3 != 0 {
+            return assignable(client, f.3, t.3, depth + 1).await;
+        }
+        Ok(false)
+    })
+}
+
+// ---------------------------------------------------------------------------------------
+// Validation
+// ---------------------------------------------------------------------------------------
+
+/// Validate the preserved tables before anything changes: each exists in the
+/// destination's public as a plain table and in the source (`source_tables`), has
+/// a primary key or unique not-null key with the same columns on both sides,
+/// columns only in the source are nullable or have defaults, shared columns have
+/// the same or an assignable type (same-named user types: enum labels of the
+/// destination must exist in the source). Every violation is one line of one
+/// [`crate::error::UserError`].
 pub async fn validate(
     preserved: &[TableName],
-    _source_tables: &[TableInfo],
-    _dest: &Client,
+    source_tables: &[TableInfo],
+    source: &Client,
+    dest: &Client,
 ) -> Result<()> {
-    if !preserved.is_empty() {
-        anyhow::bail!("preserved tables are not implemented yet");
+    let mut problems: Vec<String> = Vec::new();
+    for p in preserved {
+        let shown = p.to_string();
+        problems.extend(validate_one(p, &shown, source_tables, source, dest).await?);
+    }
+    if problems.is_empty() {
+        return Ok(());
+    }
+    let n = problems.len();
+    Err(crate::user_error!(
+        "--preserved-tables: {} problem{} found, nothing was changed:\n  {}",
+        n,
+        if n == 1 { "" } else { "s" },
+        problems.join("\n  ")
+    ))
+}
+
+async fn validate_one(
+    p: &TableName,
+    shown: &str,
+    source_tables: &[TableInfo],
+    source: &Client,
+    dest: &Client,
+) -> Result<Vec<String>> {
+    let mut problems = Vec::new();
+    if p.schema_or_public() != PUBLIC {
+        problems.push(format!(
+            "{shown}: not in schema public (pgshift migrates the public schema)"
+        ));
+        return Ok(problems);
+    }
+    let dest_row = dest
+        .query_opt(
+            "SELECT c.oid, c.relkind::text, pg_catalog.pg_has_role(c.relowner, 'USAGE'),
+                    pg_catalog.has_table_privilege(c.oid, 'SELECT, TRIGGER'),
+                    EXISTS (SELECT 1 FROM pg_catalog.pg_inherits i WHERE i.inhrelid = c.oid OR i.inhparent = c.oid),
+                    c.relrowsecurity AND c.relforcerowsecurity
+                      AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles r WHERE r.rolname = current_user
+                                         AND (r.rolsuper OR r.rolbypassrls))
+               FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+              WHERE n.nspname = $1 AND c.relname = $2",
+            &[&PUBLIC, &p.name],
+        )
+        .await
+        .map_err(|e| sql_failed("looking up a preserved table", &e))?;
+    let src = source_tables.iter().find(|t| t.name == p.name);
+    let dest_oid = match &dest_row {
+        None => {
+            problems.push(format!(
+                "{shown}: no such table in the destination's public schema (a preserved table keeps the destination's rows)"
+            ));
+            None
+        }
+        Some(r) => {
+            let kind: String = r.get(1);
+            if kind != "r" {
+                problems.push(format!(
+                    "{shown}: in the destination it is a {}, not a plain table",
+                    relkind_name(&kind)
+                ));
+                None
+            } else {
+                if !r.get::<_, bool>(2) {
+                    problems.push(format!(
+                        "{shown}: the connecting role does not own the destination's table (it needs to, for the sync triggers and the swap)"
+                    ));
+                } else if !r.get::<_, bool>(3) {
+                    problems.push(format!(
+                        "{shown}: the connecting role lacks SELECT or TRIGGER privilege on the destination's table"
+                    ));
+                }
+                if r.get::<_, bool>(4) {
+                    problems.push(format!(
+                        "{shown}: the destination's table has inheritance parents or children (writes through another table of the hierarchy would bypass the sync's statement triggers)"
+                    ));
+                }
+                if r.get::<_, bool>(5) {
+                    problems.push(format!(
+                        "{shown}: the destination's table forces row-level security and the connecting role cannot bypass it (the copy would miss rows)"
+                    ));
+                }
+                Some(r.get::<_, u32>(0))
+            }
+        }
+    };
+    let src_oid = match src {
+        None => {
+            problems.push(format!(
+                "{shown}: not in the source's public schema (a preserved table takes its structure from the source)"
+            ));
+            None
+        }
+        Some(t) if t.relkind != 'r' || t.is_partition => {
+            problems.push(format!(
+                "{shown}: in the source it is a {}, not a plain table",
+                if t.is_partition {
+                    "partition".to_string()
+                } else {
+                    relkind_name(&t.relkind.to_string())
+                }
+            ));
+            None
+        }
+        Some(t) => Some(t.oid),
+    };
+    let (Some(dest_oid), Some(src_oid)) = (dest_oid, src_oid) else {
+        return Ok(problems);
+    };
+    // Writes arriving through logical replication fire row triggers only.
+    if let Ok(r) = dest
+        .query_one(
+            "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_subscription_rel WHERE srrelid = $1)",
+            &[&dest_oid],
+        )
+        .await
+        && r.get::<_, bool>(0)
+    {
+        problems.push(format!(
+            "{shown}: the destination's table is written by a logical replication subscription, whose writes do not fire the sync's statement triggers"
+        ));
+    }
+    let dest_keys = key_candidates(dest, dest_oid).await?;
+    let src_keys = key_candidates(source, src_oid).await?;
+    if choose_key(&dest_keys, &src_keys).is_none() {
+        problems.push(format!(
+            "{shown}: no primary key or unique NOT NULL key with the same columns on both sides (destination: {}; source: {})",
+            describe_keys(&dest_keys),
+            describe_keys(&src_keys)
+        ));
+    }
+    let dest_cols = column_types(dest, dest_oid).await?;
+    let src_cols = column_types(source, src_oid).await?;
+    let dest_by_name: HashMap<&str, &ColType> =
+        dest_cols.iter().map(|c| (c.name.as_str(), c)).collect();
+    let src_names: HashSet<&str> = src_cols.iter().map(|c| c.name.as_str()).collect();
+    let mut shared = 0;
+    for s in &src_cols {
+        let col = format!("{}.{}", shown, display_ident(&s.name));
+        match dest_by_name.get(s.name.as_str()) {
+            None => {
+                if s.not_null && !s.has_default {
+                    problems.push(format!(
+                        "{col}: only in the source, NOT NULL and without a default (the destination's rows have no value for it)"
+                    ));
+                }
+            }
+            // Generated in the source: computed in shadow, never copied.
+            Some(_) if s.generated => {}
+            Some(d) => {
+                shared += 1;
+                if let Some(why) = type_problem(dest, d, s).await? {
+                    problems.push(format!("{col}: {why}"));
+                }
+            }
+        }
+    }
+    if shared == 0 {
+        problems.push(format!(
+            "{shown}: no column in common between the source and the destination"
+        ));
+    }
+    for d in &dest_cols {
+        if !src_names.contains(d.name.as_str()) {
+            tracing::warn!(
+                "preserved table {shown}: column {} exists only in the destination; its values are not carried over",
+                display_ident(&d.name)
+            );
+        }
+    }
+    Ok(problems)
+}
+
+fn relkind_name(kind: &str) -> String {
+    match kind {
+        "r" => "table",
+        "p" => "partitioned table",
+        "v" => "view",
+        "m" => "materialized view",
+        "f" => "foreign table",
+        "S" => "sequence",
+        "i" | "I" => "index",
+        "c" => "composite type",
+        _ => "relation",
+    }
+    .to_string()
+}
+
+/// Why a destination value of column type `d` cannot go into the source's type `s`.
+async fn type_problem(dest: &Client, d: &ColType, s: &ColType) -> Result<Option<String>> {
+    let remapped = s.base_schema == PUBLIC && !s.base_ext;
+    if remapped {
+        // A type the migration creates in shadow: only the same-named type fits
+        // (its values travel as text).
+        if d.base_name != s.base_name
+            || d.is_array != s.is_array
+            || d.base_typtype != s.base_typtype
+        {
+            return Ok(Some(format!(
+                "destination type {} cannot be converted to the source's type {} (only a type of the same name can)",
+                d.format, s.format
+            )));
+        }
+        if let (Some(dl), Some(sl)) = (&d.labels, &s.labels) {
+            let known: HashSet<&String> = sl.iter().collect();
+            let missing: Vec<String> = dl
+                .iter()
+                .filter(|l| !known.contains(l))
+                .map(|l| quote_literal(l))
+                .collect();
+            if !missing.is_empty() {
+                return Ok(Some(format!(
+                    "the source's enum type {} lacks labels the destination's rows may hold: {}",
+                    display_ident(&s.base_name),
+                    missing.join(", ")
+                )));
+            }
+        }
+        return Ok(None);
+    }
+    if d.qual == s.qual {
+        return Ok(None);
+    }
+    let resolved: Option<u32> = dest
+        .query_one("SELECT pg_catalog.to_regtype($1)::oid", &[&s.qual])
+        .await
+        .map_err(|e| sql_failed("resolving a type", &e))?
+        .get(0);
+    if let Some(to) = resolved
+        && assignable(dest, d.type_oid, to, 0).await?
+    {
+        return Ok(None);
+    }
+    Ok(Some(format!(
+        "destination type {} cannot be converted to the source's type {}",
+        d.format, s.format
+    )))
+}
+
+// ---------------------------------------------------------------------------------------
+// The live description of a synced table and the SQL built from it
+// ---------------------------------------------------------------------------------------
+
+/// How a value of public's column becomes a value of shadow's column.
+#[derive(Debug, Clone)]
+enum Conv {
+    /// Same type.
+    Same,
+    /// Different types with an assignment cast; the shadow type for comparisons.
+    Assign(String),
+    /// A type the restore created next to the shadow table (enum, composite,
+    /// domain, arrays of them): through its text form.
+    ViaText(String),
+}
+
+impl Conv {
+    /// The expression stored into the shadow column.
+    fn value(&self, expr: &str) -> String {
+        match self {
+            Conv::Same | Conv::Assign(_) => expr.to_string(),
+            Conv::ViaText(t) => format!("({expr})::text::{t}"),
+        }
+    }
+    /// The expression compared with the shadow column.
+    fn compared(&self, expr: &str) -> String {
+        match self {
+            Conv::Same => expr.to_string(),
+            Conv::Assign(t) => format!("({expr})::{t}"),
+            Conv::ViaText(t) => format!("({expr})::text::{t}"),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+struct LiveCol {
+    /// Quoted column name.
+    name: String,
+    conv: Conv,
+}
+
+#[derive(Debug, Clone)]
+struct LiveKey {
+    /// Quoted column name.
+    name: String,
+    /// Changelog column: `k1`, `k2`, …
+    log_col: String,
+    /// Qualified type of public's key column (the changelog column's type).
+    log_type: String,
+    conv: Conv,
+}
+
+/// A synced table as the catalog has it now. Relations are found by oid, so this
+/// works before and after the swap moved the schemas.
+#[derive(Debug, Clone)]
+struct Live {
+    name: String,
+    public_rel: String,
+    shadow_rel: String,
+    log_rel: String,
+    cols: Vec<LiveCol>,
+    keys: Vec<LiveKey>,
+}
+
+/// A column's type for SQL generation: `"schema"."type"` (arrays `…[]`), and
+/// whether the type (or element type) lives in the table's own schema.
+struct AttrType {
+    type_oid: u32,
+    qual: String,
+    local: bool,
+}
+
+async fn attr_types(client: &Client, rel: u32) -> Result<HashMap<String, AttrType>> {
+    let rows = client
+        .query(
+            "SELECT a.attname::text, a.atttypid,
+                    CASE WHEN t.typcategory = 'A' AND t.typelem <> 0
+                         THEN pg_catalog.quote_ident(en.nspname) || '.' || pg_catalog.quote_ident(et.typname) || '[]'
+                         ELSE pg_catalog.quote_ident(tn.nspname) || '.' || pg_catalog.quote_ident(t.typname) END,
+                    COALESCE(CASE WHEN t.typcategory = 'A' AND t.typelem <> 0 THEN et.typnamespace
+                                  ELSE t.typnamespace END = c.relnamespace, false)
+               FROM pg_catalog.pg_attribute a
+               JOIN pg_catalog.pg_class c ON c.oid = a.attrelid
+               JOIN pg_catalog.pg_type t ON t.oid = a.atttypid
+               JOIN pg_catalog.pg_namespace tn ON tn.oid = t.typnamespace
+               LEFT JOIN pg_catalog.pg_type et ON et.oid = t.typelem
+               LEFT JOIN pg_catalog.pg_namespace en ON en.oid = et.typnamespace
+              WHERE a.attrelid = $1 AND a.attnum > 0 AND NOT a.attisdropped",
+            &[&rel],
+        )
+        .await
+        .map_err(|e| sql_failed("reading column types", &e))?;
+    Ok(rows
+        .into_iter()
+        .map(|r| {
+            (
+                r.get::<_, String>(0),
+                AttrType {
+                    type_oid: r.get(1),
+                    qual: r.get(2),
+                    local: r.get(3),
+                },
+            )
+        })
+        .collect())
+}
+
+/// `"schema"."name"` of a relation by oid, if it exists.
+async fn rel_name(client: &Client, oid: u32) -> Result<Option<String>> {
+    Ok(client
+        .query_opt(
+            "SELECT pg_catalog.quote_ident(n.nspname) || '.' || pg_catalog.quote_ident(c.relname)
+               FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+              WHERE c.oid = $1",
+            &[&oid],
+        )
+        .await
+        .map_err(|e| sql_failed("looking up a table", &e))?
+        .map(|r| r.get(0)))
+}
+
+fn conv_for(public: &AttrType, shadow: &AttrType) -> Conv {
+    if public.type_oid == shadow.type_oid {
+        Conv::Same
+    } else if shadow.local {
+        Conv::ViaText(shadow.qual.clone())
+    } else {
+        Conv::Assign(shadow.qual.clone())
+    }
+}
+
+async fn describe(client: &Client, t: &SyncedTable) -> Result<Live> {
+    let public_rel = rel_name(client, t.oid)
+        .await?
+        .with_context(|| format!("preserved table {}: its destination table is gone", t.name))?;
+    let shadow_rel = rel_name(client, t.shadow_oid)
+        .await?
+        .with_context(|| format!("preserved table {}: its shadow table is gone", t.name))?;
+    let pub_types = attr_types(client, t.oid).await?;
+    let sh_types = attr_types(client, t.shadow_oid).await?;
+    let pair = |c: &str| -> Result<(&AttrType, &AttrType)> {
+        match (pub_types.get(c), sh_types.get(c)) {
+            (Some(p), Some(s)) => Ok((p, s)),
+            _ => bail!(
+                "preserved table {}: column {} is no longer in both tables",
+                t.name,
+                display_ident(c)
+            ),
+        }
+    };
+    let mut cols = Vec::new();
+    for c in &t.columns {
+        let (p, s) = pair(c)?;
+        cols.push(LiveCol {
+            name: quote_ident(c),
+            conv: conv_for(p, s),
+        });
+    }
+    let mut keys = Vec::new();
+    for (i, c) in t.key.iter().enumerate() {
+        let (p, s) = pair(c)?;
+        keys.push(LiveKey {
+            name: quote_ident(c),
+            log_col: format!("k{}", i + 1),
+            log_type: p.qual.clone(),
+            conv: conv_for(p, s),
+        });
+    }
+    Ok(Live {
+        name: t.name.clone(),
+        public_rel,
+        shadow_rel,
+        log_rel: qualified(META_SCHEMA, &t.changelog),
+        cols,
+        keys,
+    })
+}
+
+impl Live {
+    fn col_list(&self) -> String {
+        self.cols
+            .iter()
+            .map(|c| c.name.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+    /// Values of the shared columns from rows aliased `alias`, converted.
+    fn values(&self, alias: &str) -> String {
+        self.cols
+            .iter()
+            .map(|c| c.conv.value(&format!("{alias}.{}", c.name)))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+    fn key_list(&self) -> String {
+        self.keys
+            .iter()
+            .map(|k| k.name.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+    fn log_cols(&self) -> String {
+        self.keys
+            .iter()
+            .map(|k| k.log_col.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+    /// The key columns of rows aliased `alias` (public-side rows).
+    fn keys_of(&self, alias: &str) -> String {
+        self.keys
+            .iter()
+            .map(|k| format!("{alias}.{}", k.name))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+    /// `s.k = conv(x.k)`: shadow rows `s` against public-typed keys of `x`
+    /// (changelog rows when `from_log`, else transition rows).
+    fn shadow_match(&self, s: &str, x: &str, from_log: bool) -> String {
+        self.keys
+            .iter()
+            .map(|k| {
+                let col = if from_log { &k.log_col } else { &k.name };
+                format!(
+                    "{s}.{} = {}",
+                    k.name,
+                    k.conv.compared(&format!("{x}.{col}"))
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(" AND ")
+    }
+    /// `ON CONFLICT (key) DO UPDATE SET …` (DO NOTHING when every column is key).
+    fn upsert_action(&self) -> String {
+        let key: HashSet<&str> = self.keys.iter().map(|k| k.name.as_str()).collect();
+        let sets: Vec<String> = self
+            .cols
+            .iter()
+            .filter(|c| !key.contains(c.name.as_str()))
+            .map(|c| format!("{} = EXCLUDED.{}", c.name, c.name))
+            .collect();
+        if sets.is_empty() {
+            format!("ON CONFLICT ({}) DO NOTHING", self.key_list())
+        } else {
+            format!(
+                "ON CONFLICT ({}) DO UPDATE SET {}",
+                self.key_list(),
+                sets.join(", ")
+            )
+        }
+    }
+
+    /// The initial copy and the full resync.
+    fn copy_sql(&self) -> String {
+        format!(
+            "INSERT INTO {} ({}) OVERRIDING SYSTEM VALUE SELECT {} FROM ONLY {} p",
+            self.shadow_rel,
+            self.col_list(),
+            self.values("p"),
+            self.public_rel
+        )
+    }
+
+    fn changelog_ddl(&self, comment: &str) -> String {
+        let keys: Vec<String> = self
+            .keys
+            .iter()
+            .map(|k| format!("{} {}", k.log_col, k.log_type))
+            .collect();
+        format!(
+            "CREATE TABLE {log} (id bigserial PRIMARY KEY, op \"char\" NOT NULL, {keys})
+                 WITH (autovacuum_vacuum_scale_factor = 0.01, vacuum_truncate = false);
+             COMMENT ON TABLE {log} IS {comment};\n",
+            log = self.log_rel,
+            keys = keys.join(", "),
+            comment = quote_literal(comment)
+        )
+    }
+
+    /// The statement logging a trigger's keys.
+    fn log_statement(&self, ev: Event) -> String {
+        let log = &self.log_rel;
+        let cols = self.log_cols();
+        match ev {
+            Event::Insert => format!(
+                "INSERT INTO {log} (op, {cols}) SELECT 'I', {} FROM pgshift_new n;",
+                self.keys_of("n")
+            ),
+            Event::Delete => format!(
+                "INSERT INTO {log} (op, {cols}) SELECT 'D', {} FROM pgshift_old o;",
+                self.keys_of("o")
+            ),
+            Event::Update => format!(
+                "INSERT INTO {log} (op, {cols}) SELECT 'U', {xs} FROM (SELECT {n} FROM pgshift_new n UNION SELECT {o} FROM pgshift_old o) AS x ({cols});",
+                xs = self
+                    .keys
+                    .iter()
+                    .map(|k| format!("x.{}", k.log_col))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                n = self.keys_of("n"),
+                o = self.keys_of("o"),
+            ),
+            Event::Truncate => format!("INSERT INTO {log} (op) VALUES ('T');"),
+        }
+    }
+
+    /// The statements applying a trigger's change to the shadow table.
+    fn apply_statements(&self, ev: Event) -> String {
+        let shadow = &self.shadow_rel;
+        let upsert = format!(
+            "INSERT INTO {shadow} AS s ({}) OVERRIDING SYSTEM VALUE SELECT {} FROM pgshift_new n {};",
+            self.col_list(),
+            self.values("n"),
+            self.upsert_action()
+        );
+        match ev {
+            Event::Insert => upsert,
+            Event::Update => {
+                // Rows whose key changed: the old key goes.
+                let same_key = self
+                    .keys
+                    .iter()
+                    .map(|k| format!("n.{} = o.{}", k.name, k.name))
+                    .collect::<Vec<_>>()
+                    .join(" AND ");
+                format!(
+                    "DELETE FROM ONLY {shadow} s USING pgshift_old o WHERE {} AND NOT EXISTS (SELECT 1 FROM pgshift_new n WHERE {same_key});\n    {upsert}",
+                    self.shadow_match("s", "o", false)
+                )
+            }
+            Event::Delete => format!(
+                "DELETE FROM ONLY {shadow} s USING pgshift_old o WHERE {};",
+                self.shadow_match("s", "o", false)
+            ),
+            Event::Truncate => format!("TRUNCATE ONLY {shadow};"),
+        }
+    }
+
+    /// A trigger function's body: log-only (while the initial copy runs) or log
+    /// and apply.
+    fn function_body(&self, ev: Event, apply: bool) -> String {
+        let log = self.log_statement(ev);
+        if !apply {
+            return format!(
+                "\n#variable_conflict use_column\nBEGIN\n  -- pgshift: the initial copy is running; the replay applies the logged keys.\n  {log}\n  RETURN NULL;\nEND\n"
+            );
+        }
+        format!(
+            "
+#variable_conflict use_column
+DECLARE
+  pgshift_caller_lock_timeout text := pg_catalog.current_setting('lock_timeout');
+BEGIN
+  -- pgshift: log the keys first (the replay's guarantee), then apply the change.
+  {log}
+  BEGIN
+    PERFORM pg_catalog.set_config('lock_timeout', {timeout}, true);
+    {apply}
+    PERFORM pg_catalog.set_config('lock_timeout', pgshift_caller_lock_timeout, true);
+  EXCEPTION WHEN OTHERS THEN
+    -- Never fail the application's write: the logged keys get replayed.
+    RAISE LOG 'pgshift: % on %: applying to the shadow failed (%: %); the replay will apply it',
+      TG_OP, {table}, SQLSTATE, SQLERRM;
+  END;
+  RETURN NULL;
+END
+",
+            timeout = quote_literal(APPLY_LOCK_TIMEOUT),
+            apply = self.apply_statements(ev),
+            table = quote_literal(&self.name),
+        )
+    }
+
+    fn function_sql(&self, fname: &str, ev: Event, apply: bool) -> String {
+        let body = self.function_body(ev, apply);
+        let tag = dollar_tag(&body);
+        format!(
+            "CREATE OR REPLACE FUNCTION {fname}() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER
+               SET search_path = pg_catalog, pg_temp
+             AS {tag}{body}{tag};
+             REVOKE ALL ON FUNCTION {fname}() FROM PUBLIC;\n"
+        )
+    }
+
+    // Replay statements.
+
+    fn pick_sql(&self) -> String {
+        format!(
+            "SELECT COALESCE(pg_catalog.array_agg(b.id), '{{}}'::bigint[]), COALESCE(pg_catalog.bool_or(b.op = 'T'), false)
+               FROM (SELECT id, op FROM {} ORDER BY id LIMIT $1) b",
+            self.log_rel
+        )
+    }
+    fn delete_keys_sql(&self) -> String {
+        format!(
+            "DELETE FROM ONLY {} s USING (SELECT DISTINCT {} FROM {} l WHERE l.id = ANY($1)) l WHERE {}",
+            self.shadow_rel,
+            self.keys
+                .iter()
+                .map(|k| format!("l.{}", k.log_col))
+                .collect::<Vec<_>>()
+                .join(", "),
+            self.log_rel,
+            self.shadow_match("s", "l", true)
+        )
+    }
+    fn reinsert_keys_sql(&self) -> String {
+        format!(
+            "INSERT INTO {} AS s ({}) OVERRIDING SYSTEM VALUE SELECT {} FROM ONLY {} p
+              WHERE ({}) IN (SELECT {} FROM {} l WHERE l.id = ANY($1))
+             ON CONFLICT ({}) DO NOTHING",
+            self.shadow_rel,
+            self.col_list(),
+            self.values("p"),
+            self.public_rel,
+            self.keys_of("p"),
+            self.keys
+                .iter()
+                .map(|k| format!("l.{}", k.log_col))
+                .collect::<Vec<_>>()
+                .join(", "),
+            self.log_rel,
+            self.key_list()
+        )
+    }
+}
+
+/// A dollar-quote tag that does not occur in `body`.
+fn dollar_tag(body: &str) -> String {
+    let mut n = 0;
+    loop {
+        let tag = if n == 0 {
+            "$pgshift$".to_string()
+        } else {
+            format!("$pgshift{n}$")
+        };
+        if !body.contains(&tag) {
+            return tag;
+        }
+        n += 1;
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Setup
+// ---------------------------------------------------------------------------------------
+
+async fn plan_table(dest: &Client, p: &TableName) -> Result<SyncedTable> {
+    let oid_of = |schema: &'static str| {
+        let name = p.name.clone();
+        async move {
+            dest.query_opt(
+                "SELECT c.oid FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+                  WHERE n.nspname = $1 AND c.relname = $2 AND c.relkind = 'r'",
+                &[&schema, &name],
+            )
+            .await
+            .map_err(|e| sql_failed("looking up a preserved table", &e))
+            .map(|r| r.map(|r| r.get::<_, u32>(0)))
+        }
+    };
+    let oid = oid_of(PUBLIC)
+        .await?
+        .with_context(|| format!("preserved table {p}: not a table of the destination's public"))?;
+    let shadow_oid = oid_of(SHADOW_SCHEMA)
+        .await?
+        .with_context(|| format!("preserved table {p}: not a table of the shadow schema"))?;
+    let key = choose_key(
+        &key_candidates(dest, oid).await?,
+        &key_candidates(dest, shadow_oid).await?,
+    )
+    .with_context(|| {
+        format!("preserved table {p}: no key with the same columns in public and shadow")
+    })?;
+    let pub_types = attr_types(dest, oid).await?;
+    let sh_cols = column_types(dest, shadow_oid).await?;
+    let columns: Vec<String> = sh_cols
+        .iter()
+        .filter(|c| !c.generated && pub_types.contains_key(&c.name))
+        .map(|c| c.name.clone())
+        .collect();
+    let public_seqs: HashMap<String, String> = owned_sequences(dest, oid)
+        .await?
+        .into_iter()
+        .map(|s| (s.column, s.name))
+        .collect();
+    let sequences = owned_sequences(dest, shadow_oid)
+        .await?
+        .into_iter()
+        .map(|s| OwnedSequence {
+            public: public_seqs.get(&s.column).cloned(),
+            column: s.column,
+            shadow: s.name,
+        })
+        .collect();
+    Ok(SyncedTable {
+        name: p.name.clone(),
+        oid,
+        shadow_oid,
+        key,
+        columns,
+        changelog: changelog_name(oid),
+        functions: EVENTS.iter().map(|e| function_name(oid, *e)).collect(),
+        sequences,
+    })
+}
+
+struct SeqRow {
+    column: String,
+    /// Unqualified name.
+    name: String,
+    /// `"schema"."name"`.
+    qual: String,
+    increment: i64,
+}
+
+async fn owned_sequences(client: &Client, rel: u32) -> Result<Vec<SeqRow>> {
+    let rows = client
+        .query(
+            "SELECT a.attname::text, sc.relname::text,
+                    pg_catalog.quote_ident(sn.nspname) || '.' || pg_catalog.quote_ident(sc.relname),
+                    s.seqincrement
+               FROM pg_catalog.pg_depend d
+               JOIN pg_catalog.pg_class sc ON sc.oid = d.objid AND sc.relkind = 'S'
+               JOIN pg_catalog.pg_namespace sn ON sn.oid = sc.relnamespace
+               JOIN pg_catalog.pg_sequence s ON s.seqrelid = sc.oid
+               JOIN pg_catalog.pg_attribute a ON a.attrelid = d.refobjid AND a.attnum = d.refobjsubid
+              WHERE d.classid = 'pg_catalog.pg_class'::regclass AND d.refclassid = 'pg_catalog.pg_class'::regclass
+                AND d.refobjid = $1 AND d.deptype IN ('a', 'i')
+              ORDER BY a.attnum",
+            &[&rel],
+        )
+        .await
+        .map_err(|e| sql_failed("listing owned sequences", &e))?;
+    Ok(rows
+        .into_iter()
+        .map(|r| SeqRow {
+            column: r.get(0),
+            name: r.get(1),
+            qual: r.get(2),
+            increment: r.get(3),
+        })
+        .collect())
+}
+
+/// Run `sql` (a whole transaction, `BEGIN … COMMIT`) with retries on lock timeouts.
+async fn run_with_lock_retries(client: &Client, sql: &str, what: &str, retries: u32) -> Result<()> {
+    let mut attempt = 0;
+    loop {
+        match exec(client, sql, what).await {
+            Ok(()) => return Ok(()),
+            Err(e) => {
+                let _ = client.batch_execute("ROLLBACK").await;
+                if is_retryable(&e) && attempt < retries {
+                    attempt += 1;
+                    let wait = crate::pipeline::backoff(attempt);
+                    tracing::warn!(
+                        "{what}: a table is busy; retrying in {} ms",
+                        wait.as_millis()
+                    );
+                    tokio::time::sleep(wait).await;
+                    continue;
+                }
+                return Err(e);
+            }
+        }
+    }
+}
+
+/// Copy the destination's rows into the shadow and start the sync, table by
+/// table: changelog, log-only functions and triggers (one transaction, under
+/// `lock_timeout`, retried), the initial copy (REPEATABLE READ), the switch to
+/// log-and-apply functions, then a replay of what was logged meanwhile.
+pub async fn setup(
+    dest: &Client,
+    preserved: &[TableName],
+    migration_id: i64,
+    lock_timeout: Duration,
+    retries: u32,
+) -> Result<Vec<SyncedTable>> {
+    let mut out = Vec::new();
+    for p in preserved {
+        let t = plan_table(dest, p).await?;
+        let live = describe(dest, &t).await?;
+        let started = Instant::now();
+
+        // 1. Changelog, log-only functions, triggers.
+        let mut sql = format!(
+            "BEGIN;\nSET LOCAL lock_timeout = '{}ms';\n",
+            lock_timeout.as_millis().max(1)
+        );
+        sql.push_str(&live.changelog_ddl(&format!(
+            "pgshift: changelog of public.{} for migration {migration_id} (managed by pgshift)",
+            display_ident(&t.name)
+        )));
+        for ev in EVENTS {
+            let f = qualified(META_SCHEMA, &function_name(t.oid, ev));
+            sql.push_str(&live.function_sql(&f, ev, false));
+            sql.push_str(&format!(
+                "CREATE TRIGGER {} AFTER {} ON {}{} FOR EACH STATEMENT EXECUTE FUNCTION {f}();\n",
+                quote_ident(ev.trigger()),
+                ev.keyword(),
+                live.public_rel,
+                ev.referencing()
+            ));
+        }
+        sql.push_str(&format!(
+            "ALTER TABLE {} {};\nCOMMIT;",
+            live.public_rel,
+            EVENTS
+                .iter()
+                .map(|e| format!("ENABLE ALWAYS TRIGGER {}", quote_ident(e.trigger())))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+        run_with_lock_retries(
+            dest,
+            &sql,
+            &format!("creating the sync triggers on {}", t.name),
+            retries,
+        )
+        .await?;
+
+        // 2. The initial copy, under one snapshot taken after the triggers exist.
+        exec(
+            dest,
+            "BEGIN ISOLATION LEVEL REPEATABLE READ",
+            "starting the copy",
+        )
+        .await?;
+        let copied = match dest.execute(live.copy_sql().as_str(), &[]).await {
+            Ok(n) => n,
+            Err(e) => {
+                let _ = dest.batch_execute("ROLLBACK").await;
+                return Err(sql_failed(
+                    format!("copying the destination's rows of {} into shadow", t.name),
+                    &e,
+                ));
+            }
+        };
+        exec(dest, "COMMIT", "committing the copy").await?;
+
+        // 3. Log and apply from now on.
+        let mut sql = String::from("BEGIN;\n");
+        for ev in EVENTS {
+            let f = qualified(META_SCHEMA, &function_name(t.oid, ev));
+            sql.push_str(&live.function_sql(&f, ev, true));
+        }
+        sql.push_str("COMMIT;");
+        run_with_lock_retries(
+            dest,
+            &sql,
+            &format!("starting the real-time sync of {}", t.name),
+            retries,
+        )
+        .await?;
+
+        // 4. What was written during the copy.
+        let replayed = drain(dest, &live, lock_timeout.max(REPLAY_LOCK_TIMEOUT), retries).await?;
+        tracing::info!(
+            table = %t.name,
+            copied,
+            replayed,
+            ms = started.elapsed().as_millis() as u64,
+            "preserved table copied from the destination and in sync"
+        );
+        out.push(t);
+    }
+    Ok(out)
+}
+
+// ---------------------------------------------------------------------------------------
+// Replay
+// ---------------------------------------------------------------------------------------
+
+/// One replay batch in the current transaction: the oldest `limit` changelog
+/// entries. Returns the number of entries consumed.
+async fn replay_batch(client: &Client, l: &Live, limit: i64) -> Result<u64> {
+    let what = format!("replaying the changelog of {}", l.name);
+    let row = client
+        .query_one(l.pick_sql().as_str(), &[&limit])
+        .await
+        .map_err(|e| sql_failed(&what, &e))?;
+    let ids: Vec<i64> = row.get(0);
+    let truncated: bool = row.get(1);
+    if ids.is_empty() {
+        return Ok(0);
+    }
+    if truncated {
+        // A TRUNCATE: resync the whole table. Every entry visible now is covered
+        // by the copy, whose snapshot is newer.
+        exec(client, &format!("TRUNCATE ONLY {}", l.shadow_rel), &what).await?;
+        let n = client
+            .execute(format!("DELETE FROM {}", l.log_rel).as_str(), &[])
+            .await
+            .map_err(|e| sql_failed(&what, &e))?;
+        client
+            .execute(l.copy_sql().as_str(), &[])
+            .await
+            .map_err(|e| sql_failed(&what, &e))?;
+        return Ok(n);
+    }
+    for sql in [l.delete_keys_sql(), l.reinsert_keys_sql()] {
+        client
+            .execute(sql.as_str(), &[&ids])
+            .await
+            .map_err(|e| sql_failed(&what, &e))?;
+    }
+    client
+        .execute(
+            format!("DELETE FROM {} WHERE id = ANY($1)", l.log_rel).as_str(),
+            &[&ids],
+        )
+        .await
+        .map_err(|e| sql_failed(&what, &e))?;
+    Ok(ids.len() as u64)
+}
+
+/// One replay batch in its own READ COMMITTED transaction.
+async fn replay_txn(client: &Client, l: &Live, lock_timeout: Duration) -> Result<u64> {
+    exec(
+        client,
+        &format!(
+            "BEGIN ISOLATION LEVEL READ COMMITTED; SET LOCAL lock_timeout = '{}ms'",
+            lock_timeout.as_millis().max(1)
+        ),
+        "starting a replay",
+    )
+    .await?;
+    match replay_batch(client, l, BATCH).await {
+        Ok(n) => {
+            exec(client, "COMMIT", "committing a replay").await?;
+            Ok(n)
+        }
+        Err(e) => {
+            let _ = client.batch_execute("ROLLBACK").await;
+            Err(e)
+        }
+    }
+}
+
+/// Replay until a batch comes back short (the backlog is smaller than a batch)
+/// or the budget is spent. Lock timeouts are retried a few times, then left to
+/// the next call.
+async fn drain(client: &Client, l: &Live, lock_timeout: Duration, retries: u32) -> Result<u64> {
+    let deadline = Instant::now() + CATCH_UP_BUDGET;
+    let mut total = 0;
+    let mut attempt = 0;
+    loop {
+        match replay_txn(client, l, lock_timeout).await {
+            Ok(n) => {
+                total += n;
+                if n < BATCH as u64 || Instant::now() >= deadline {
+                    return Ok(total);
+                }
+            }
+            Err(e) if is_retryable(&e) && attempt < retries => {
+                attempt += 1;
+                let wait = crate::pipeline::backoff(attempt);
+                tracing::debug!("replay of {} is waiting for locks: {e:#}", l.name);
+                tokio::time::sleep(wait).await;
+            }
+            Err(e) if is_retryable(&e) => {
+                tracing::warn!(
+                    "replay of {} keeps waiting for locks; the rest is left to the swap: {e:#}",
+                    l.name
+                );
+                return Ok(total);
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Replay outside the swap's locks until each backlog is smaller than a batch
+/// (at most about a minute per table; lock waits are retried, then left to
+/// [`final_sync`]). Returns the number of changelog entries replayed.
+pub async fn catch_up(client: &Client, synced: &[SyncedTable]) -> Result<u64> {
+    let mut total = 0;
+    for t in synced {
+        let l = describe(client, t).await?;
+        total += drain(client, &l, REPLAY_LOCK_TIMEOUT, REPLAY_RETRIES).await?;
+    }
+    Ok(total)
+}
+
+/// Inside the open swap transaction (ACCESS EXCLUSIVE locks held on each
+/// `public.T` and `shadow.T`): replay everything left, carry the owned
+/// sequences over (greatest of the destination's and the shadow's next value),
+/// drop the sync triggers, the changelogs and the trigger functions. Never
+/// commits or rolls back. Relations are found by oid, so the schemas may already
+/// have been renamed; the sync functions must not fire after this.
+pub async fn final_sync(client: &Client, synced: &[SyncedTable]) -> Result<()> {
+    for t in synced {
+        let l = describe(client, t).await?;
+        let mut replayed = 0;
+        loop {
+            let n = replay_batch(client, &l, FINAL_BATCH).await?;
+            if n == 0 {
+                break;
+            }
+            replayed += n;
+        }
+        carry_sequences(client, t, &l).await?;
+        let mut sql = String::new();
+        for row in client
+            .query(
+                "SELECT tgname::text FROM pg_catalog.pg_trigger
+                  WHERE tgrelid = $1 AND NOT tgisinternal AND tgname LIKE 'pgshift\\_%'",
+                &[&t.oid],
+            )
+            .await
+            .map_err(|e| sql_failed("listing the sync triggers", &e))?
+        {
+            let name: String = row.get(0);
+            sql.push_str(&format!(
+                "DROP TRIGGER {} ON {};\n",
+                quote_ident(&name),
+                l.public_rel
+            ));
+        }
+        sql.push_str(&format!("DROP TABLE IF EXISTS {};\n", l.log_rel));
+        for f in &t.functions {
+            sql.push_str(&format!(
+                "DROP FUNCTION IF EXISTS {}();\n",
+                qualified(META_SCHEMA, f)
+            ));
+        }
+        exec(
+            client,
+            &sql,
+            &format!("removing the sync of {} at the swap", t.name),
+        )
+        .await?;
+        tracing::info!(table = %t.name, replayed, "final sync done");
     }
     Ok(())
 }
 
-/// Copy the destination's rows into the shadow and start the sync.
-pub async fn setup(
-    _dest: &Client,
-    preserved: &[TableName],
-    _migration_id: i64,
-    _lock_timeout: Duration,
-    _retries: u32,
-) -> Result<Vec<SyncedTable>> {
-    if !preserved.is_empty() {
-        anyhow::bail!("preserved tables are not implemented yet");
+/// The value the next `nextval` returns, from `last_value`, `is_called`.
+fn next_value(last: i64, called: bool, increment: i64) -> i128 {
+    if called {
+        last as i128 + increment as i128
+    } else {
+        last as i128
     }
-    Ok(Vec::new())
+}
+
+async fn sequence_state(client: &Client, qual: &str) -> Result<(i64, bool)> {
+    let r = client
+        .query_one(
+            format!("SELECT last_value, is_called FROM {qual}").as_str(),
+            &[],
+        )
+        .await
+        .map_err(|e| sql_failed(format!("reading sequence {qual}"), &e))?;
+    Ok((r.get(0), r.get(1)))
+}
+
+/// Each sequence owned by the shadow table's columns continues after the
+/// greatest of its own next value and the destination's (the destination's
+/// sequence for the same column, or the column's maximum when it has none).
+async fn carry_sequences(client: &Client, t: &SyncedTable, l: &Live) -> Result<()> {
+    let public: HashMap<String, SeqRow> = owned_sequences(client, t.oid)
+        .await?
+        .into_iter()
+        .map(|s| (s.column.clone(), s))
+        .collect();
+    for s in owned_sequences(client, t.shadow_oid).await? {
+        let inc = s.increment;
+        let (last, called) = sequence_state(client, &s.qual).await?;
+        let mut candidates = vec![next_value(last, called, inc)];
+        if let Some(p) = public.get(&s.column) {
+            let (pl, pc) = sequence_state(client, &p.qual).await?;
+            candidates.push(next_value(pl, pc, p.increment));
+        } else {
+            let agg = if inc > 0 { "max" } else { "min" };
+            let v: Option<i64> = client
+                .query_one(
+                    format!(
+                        "SELECT pg_catalog.{agg}({})::bigint FROM ONLY {}",
+                        quote_ident(&s.column),
+                        l.shadow_rel
+                    )
+                    .as_str(),
+                    &[],
+                )
+                .await
+                .map_err(|e| sql_failed(format!("reading {}.{}", t.name, s.column), &e))?
+                .get(0);
+            if let Some(v) = v {
+                candidates.push(v as i128 + inc as i128);
+            }
+        }
+        let target = if inc > 0 {
+            candidates.into_iter().max()
+        } else {
+            candidates.into_iter().min()
+        }
+        .unwrap_or(last as i128);
+        let target = i64::try_from(target).map_err(|_| {
+            anyhow!(
+                "sequence {} of {}.{} would go beyond the bigint range",
+                s.name,
+                t.name,
+                s.column
+            )
+        })?;
+        client
+            .query_one(
+                "SELECT pg_catalog.setval($1::text::regclass, $2, false)",
+                &[&s.qual, &target],
+            )
+            .await
+            .map_err(|e| sql_failed(format!("setting sequence {}", s.name), &e))?;
+        tracing::debug!(sequence = %s.name, next = target, "sequence carried over");
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------
+// Health (for status)
+// ---------------------------------------------------------------------------------------
+
+/// One sync trigger.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct TriggerHealth {
+    pub name: String,
+    pub present: bool,
+    /// Fires for ordinary sessions (`tgenabled` O or A).
+    pub enabled: bool,
+}
+
+/// The sync of one preserved table, as `status` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SyncHealth {
+    pub table: String,
+    pub triggers: Vec<TriggerHealth>,
+    /// All four triggers present and enabled.
+    pub triggers_ok: bool,
+    pub changelog_present: bool,
+    /// Changelog entries not replayed yet.
+    pub pending: Option<i64>,
+    pub rows_public: Option<i64>,
+    pub rows_shadow: Option<i64>,
+}
+
+impl SyncHealth {
+    /// Triggers working and nothing left to replay.
+    pub fn in_sync(&self) -> bool {
+        self.triggers_ok && self.pending == Some(0)
+    }
+}
+
+impl fmt::Display for SyncHealth {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let n = |v: Option<i64>| v.map_or("?".to_string(), |v| v.to_string());
+        let on = self
+            .triggers
+            .iter()
+            .filter(|t| t.present && t.enabled)
+            .count();
+        write!(
+            f,
+            "{}: triggers {}/{} enabled, {} pending, rows {} in public, {} in shadow",
+            display_ident(&self.table),
+            on,
+            self.triggers.len(),
+            n(self.pending),
+            n(self.rows_public),
+            n(self.rows_shadow)
+        )
+    }
+}
+
+async fn count_rows(client: &Client, rel: &str) -> Result<i64> {
+    Ok(client
+        .query_one(format!("SELECT count(*) FROM ONLY {rel}").as_str(), &[])
+        .await
+        .map_err(|e| sql_failed(format!("counting {rel}"), &e))?
+        .get(0))
+}
+
+/// Per preserved table: triggers present and enabled, pending changelog rows,
+/// rows in public and shadow (exact counts). Missing objects show as absent, not
+/// as errors.
+pub async fn health(client: &Client, synced: &[SyncedTable]) -> Result<Vec<SyncHealth>> {
+    let mut out = Vec::new();
+    for t in synced {
+        let states: HashMap<String, String> = client
+            .query(
+                "SELECT tgname::text, tgenabled::text FROM pg_catalog.pg_trigger
+                  WHERE tgrelid = $1 AND NOT tgisinternal",
+                &[&t.oid],
+            )
+            .await
+            .map_err(|e| sql_failed("listing triggers", &e))?
+            .into_iter()
+            .map(|r| (r.get(0), r.get(1)))
+            .collect();
+        let triggers: Vec<TriggerHealth> = TRIGGER_NAMES
+            .iter()
+            .map(|name| {
+                let state = states.get(*name);
+                TriggerHealth {
+                    name: name.to_string(),
+                    present: state.is_some(),
+                    enabled: state.is_some_and(|s| s == "O" || s == "A"),
+                }
+            })
+            .collect();
+        let log = qualified(META_SCHEMA, &t.changelog);
+        let changelog_present: bool = client
+            .query_one("SELECT pg_catalog.to_regclass($1) IS NOT NULL", &[&log])
+            .await
+            .map_err(|e| sql_failed("looking up the changelog", &e))?
+            .get(0);
+        let pending = if changelog_present {
+            Some(count_rows(client, &log).await?)
+        } else {
+            None
+        };
+        let rows_public = match rel_name(client, t.oid).await? {
+            Some(r) => Some(count_rows(client, &r).await?),
+            None => None,
+        };
+        let rows_shadow = match rel_name(client, t.shadow_oid).await? {
+            Some(r) => Some(count_rows(client, &r).await?),
+            None => None,
+        };
+        out.push(SyncHealth {
+            table: t.name.clone(),
+            triggers_ok: triggers.iter().all(|t| t.present && t.enabled),
+            triggers,
+            changelog_present,
+            pending,
+            rows_public,
+            rows_shadow,
+        });
+    }
+    Ok(out)
+}
+
+// ---------------------------------------------------------------------------------------
+// Deferred foreign keys
+// ---------------------------------------------------------------------------------------
+
+/// A foreign key found in deferred SQL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct FkDef {
+    constraint: String,
+    schema: Option<String>,
+    table: String,
+    /// `ALTER TABLE` without ONLY.
+    inh: bool,
+    columns: Vec<String>,
+    ref_schema: Option<String>,
+    ref_table: String,
+    /// Empty: the referenced table's primary key.
+    ref_columns: Vec<String>,
+    match_full: bool,
+    /// Already `NOT VALID` in the SQL.
+    not_valid: bool,
+}
+
+fn string_list(nodes: &[pg_query::protobuf::Node]) -> Vec<String> {
+    nodes
+        .iter()
+        .filter_map(|n| match &n.node {
+            Some(NodeEnum::String(s)) => Some(s.sval.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The foreign keys an `ALTER TABLE … ADD CONSTRAINT … FOREIGN KEY` adds, and the
+/// number of statements in `sql`.
+fn parse_fks(sql: &str) -> Result<(Vec<FkDef>, usize)> {
+    let parsed = pg_query::parse(sql, 0).map_err(|e| anyhow!("parsing deferred SQL: {e}"))?;
+    let mut out = Vec::new();
+    for raw in &parsed.protobuf.stmts {
+        let Some(NodeEnum::AlterTableStmt(s)) = raw.stmt.as_ref().and_then(|s| s.node.as_ref())
+        else {
+            continue;
+        };
+        let Some(rel) = &s.relation else { continue };
+        for cmd in &s.cmds {
+            if let Some(NodeEnum::AlterTableCmd(c)) = &cmd.node
+                && let Some(def) = &c.def
+                && let Some(NodeEnum::Constraint(con)) = &def.node
+                && con.contype == ConstrType::ConstrForeign as i32
+                && let Some(pk) = &con.pktable
+            {
+                let opt = |s: &str| (!s.is_empty()).then(|| s.to_string());
+                out.push(FkDef {
+                    constraint: con.conname.clone(),
+                    schema: opt(&rel.schemaname),
+                    table: rel.relname.clone(),
+                    inh: rel.inh,
+                    columns: string_list(&con.fk_attrs),
+                    ref_schema: opt(&pk.schemaname),
+                    ref_table: pk.relname.clone(),
+                    ref_columns: string_list(&con.pk_attrs),
+                    match_full: con.fk_matchtype == "f",
+                    not_valid: con.skip_validation,
+                });
+            }
+        }
+    }
+    Ok((out, parsed.protobuf.stmts.len()))
+}
+
+/// Turn a deferred `ALTER TABLE … ADD CONSTRAINT … FOREIGN KEY …;` entry into its
+/// `NOT VALID` form: ` NOT VALID` goes before the statement's final `;` (found by
+/// PostgreSQL's scanner, so comments and strings cannot fool it). Already-NOT
+/// VALID SQL comes back unchanged; anything but one foreign key in one statement
+/// is an error.
+pub fn not_valid(sql: &str) -> Result<String> {
+    let (fks, statements) = parse_fks(sql)?;
+    if fks.is_empty() {
+        bail!("not a foreign key constraint: {}", first_line(sql));
+    }
+    if fks.iter().all(|f| f.not_valid) {
+        return Ok(sql.to_string());
+    }
+    if fks.len() != 1 || statements != 1 {
+        bail!(
+            "expected one statement adding one foreign key: {}",
+            first_line(sql)
+        );
+    }
+    let scanned = pg_query::scan(sql).map_err(|e| anyhow!("scanning deferred SQL: {e}"))?;
+    let last = scanned
+        .tokens
+        .iter()
+        .rfind(|t| !matches!(t.token(), Token::SqlComment | Token::CComment))
+        .context("empty deferred SQL")?;
+    let (start, end) = (last.start as usize, last.end as usize);
+    if end > sql.len() || !sql.is_char_boundary(start) || !sql.is_char_boundary(end) {
+        bail!("the scanner returned a bad token span {start}..{end}");
+    }
+    let out = if last.token() == Token::Ascii59 {
+        format!("{} NOT VALID{}", &sql[..start], &sql[start..])
+    } else {
+        format!("{} NOT VALID{}", &sql[..end], &sql[end..])
+    };
+    let (check, _) = parse_fks(&out)?;
+    if check.len() != 1 || !check[0].not_valid {
+        bail!(
+            "could not make the foreign key NOT VALID: {}",
+            first_line(sql)
+        );
+    }
+    Ok(out)
+}
+
+fn first_line(sql: &str) -> String {
+    sql.lines()
+        .map(str::trim)
+        .find(|l| !l.is_empty() && !l.starts_with("--"))
+        .unwrap_or("")
+        .chars()
+        .take(120)
+        .collect()
+}
+
+/// Rows of a foreign key's table without a match in the referenced table.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct FkViolation {
+    pub constraint: String,
+    pub table: String,
+    pub columns: Vec<String>,
+    pub referenced_table: String,
+    pub referenced_columns: Vec<String>,
+    /// Violating rows.
+    pub count: i64,
+    /// Up to 5 distinct violating keys, `(v1, v2)`.
+    pub examples: Vec<String>,
+}
+
+impl fmt::Display for FkViolation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let cols = |c: &[String]| {
+            c.iter()
+                .map(|c| display_ident(c))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let lhs = cols(&self.columns);
+        write!(
+            f,
+            "{}: {} row{} of {} ({}) reference{} no row of {} ({})",
+            display_ident(&self.constraint),
+            self.count,
+            if self.count == 1 { "" } else { "s" },
+            display_ident(&self.table),
+            lhs,
+            if self.count == 1 { "s" } else { "" },
+            display_ident(&self.referenced_table),
+            cols(&self.referenced_columns),
+        )?;
+        if !self.examples.is_empty() {
+            let ex: Vec<String> = self
+                .examples
+                .iter()
+                .map(|e| format!("({lhs})={e}"))
+                .collect();
+            write!(f, ", e.g. {}", ex.join(", "))?;
+        }
+        Ok(())
+    }
+}
+
+async fn primary_key_columns(client: &Client, rel: &str) -> Result<Vec<String>> {
+    let row = client
+        .query_opt(
+            "SELECT ARRAY(SELECT a.attname::text FROM unnest(i.indkey::int2[]) WITH ORDINALITY k(attnum, ord)
+                            JOIN pg_catalog.pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
+                           WHERE k.ord <= i.indnkeyatts ORDER BY k.ord)
+               FROM pg_catalog.pg_index i WHERE i.indrelid = pg_catalog.to_regclass($1) AND i.indisprimary",
+            &[&rel],
+        )
+        .await
+        .map_err(|e| sql_failed("reading a primary key", &e))?;
+    row.map(|r| r.get(0))
+        .with_context(|| format!("{rel} has no primary key for a foreign key to reference"))
+}
+
+/// For each deferred foreign key (all in schema shadow), the rows of the
+/// referencing table whose non-null key has no match in the referenced table
+/// (MATCH FULL: partially null keys too), with up to 5 example keys. Foreign keys
+/// that are NOT VALID in the source are not checked.
+pub async fn fk_violations(client: &Client, deferred_sql: &[String]) -> Result<Vec<FkViolation>> {
+    let mut out = Vec::new();
+    for sql in deferred_sql {
+        let (fks, _) = parse_fks(sql)?;
+        for fk in fks.into_iter().filter(|f| !f.not_valid) {
+            let schema = fk.schema.as_deref().unwrap_or(SHADOW_SCHEMA);
+            let ref_schema = fk.ref_schema.as_deref().unwrap_or(SHADOW_SCHEMA);
+            let child = qualified(schema, &fk.table);
+            let parent = qualified(ref_schema, &fk.ref_table);
+            let ref_columns = if fk.ref_columns.is_empty() {
+                primary_key_columns(client, &parent).await?
+            } else {
+                fk.ref_columns.clone()
+            };
+            if ref_columns.len() != fk.columns.len() || fk.columns.is_empty() {
+                bail!(
+                    "foreign key {} has {} columns referencing {}",
+                    fk.constraint,
+                    fk.columns.len(),
+                    ref_columns.len()
+                );
+            }
+            let parent_kind: Option<String> = client
+                .query_one(
+                    "SELECT c.relkind::text FROM pg_catalog.pg_class c WHERE c.oid = pg_catalog.to_regclass($1)",
+                    &[&parent],
+                )
+                .await
+                .map(|r| r.get(0))
+                .ok();
+            let c = |col: &str| format!("c.{}", quote_ident(col));
+            let matches = fk
+                .columns
+                .iter()
+                .zip(&ref_columns)
+                .map(|(a, b)| format!("r.{} = {}", quote_ident(b), c(a)))
+                .collect::<Vec<_>>()
+                .join(" AND ");
+            let no_match = format!(
+                "NOT EXISTS (SELECT 1 FROM {}{parent} r WHERE {matches})",
+                if parent_kind.as_deref() == Some("p") {
+                    ""
+                } else {
+                    "ONLY "
+                }
+            );
+            let all_set = fk
+                .columns
+                .iter()
+                .map(|a| format!("{} IS NOT NULL", c(a)))
+                .collect::<Vec<_>>();
+            let cond = if fk.match_full {
+                let any_null = fk
+                    .columns
+                    .iter()
+                    .map(|a| format!("{} IS NULL", c(a)))
+                    .collect::<Vec<_>>();
+                format!(
+                    "({}) AND ({} OR {no_match})",
+                    all_set.join(" OR "),
+                    any_null.join(" OR ")
+                )
+            } else {
+                format!("{} AND {no_match}", all_set.join(" AND "))
+            };
+            let example = fk
+                .columns
+                .iter()
+                .map(|a| format!("COALESCE(v.{}::text, 'null')", quote_ident(a)))
+                .collect::<Vec<_>>()
+                .join(", ");
+            let query = format!(
+                "WITH v AS MATERIALIZED (SELECT {cols} FROM {only}{child} c WHERE {cond})
+                 SELECT (SELECT count(*) FROM v),
+                        ARRAY(SELECT e FROM (SELECT DISTINCT '(' || concat_ws(', ', {example}) || ')' AS e FROM v) d
+                               ORDER BY e LIMIT 5)",
+                cols = fk
+                    .columns
+                    .iter()
+                    .map(|a| c(a))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                only = if fk.inh { "" } else { "ONLY " },
+            );
+            let row = client
+                .query_one(query.as_str(), &[])
+                .await
+                .map_err(|e| sql_failed(format!("checking foreign key {}", fk.constraint), &e))?;
+            let count: i64 = row.get(0);
+            if count > 0 {
+                out.push(FkViolation {
+                    constraint: fk.constraint,
+                    table: fk.table,
+                    columns: fk.columns,
+                    referenced_table: fk.ref_table,
+                    referenced_columns: ref_columns,
+                    count,
+                    examples: row.get(1),
+                });
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// A foreign key [`apply_deferred`] created as NOT VALID.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CreatedFk {
+    /// Table name (schema-less: the table moves with the swap).
+    pub table: String,
+    pub constraint: String,
+}
+
+impl CreatedFk {
+    /// `ALTER TABLE "schema"."table" VALIDATE CONSTRAINT "name"`.
+    pub fn validate_sql(&self, schema: &str) -> String {
+        format!(
+            "ALTER TABLE {} VALIDATE CONSTRAINT {}",
+            qualified(schema, &self.table),
+            quote_ident(&self.constraint)
+        )
+    }
+}
+
+/// Inside the swap transaction, before shadow's objects move (the SQL names
+/// schema shadow): run the deferred SQL, every foreign key as NOT VALID. Returns
+/// the foreign keys to `VALIDATE CONSTRAINT` after the commit (those that were
+/// valid in the source).
+pub async fn apply_deferred(client: &Client, deferred_sql: &[String]) -> Result<Vec<CreatedFk>> {
+    let mut created = Vec::new();
+    for sql in deferred_sql {
+        let (fks, _) = parse_fks(sql)?;
+        let run = if fks.is_empty() {
+            sql.clone()
+        } else {
+            not_valid(sql)?
+        };
+        exec(
+            client,
+            &run,
+            &format!("running deferred SQL ({})", first_line(sql)),
+        )
+        .await?;
+        created.extend(fks.into_iter().filter(|f| !f.not_valid).map(|f| CreatedFk {
+            table: f.table,
+            constraint: f.constraint,
+        }));
+    }
+    Ok(created)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn live() -> Live {
+        Live {
+            name: "users".into(),
+            public_rel: "\"public\".\"users\"".into(),
+            shadow_rel: "\"shadow\".\"users\"".into(),
+            log_rel: "\"pgshift\".\"log_1\"".into(),
+            cols: vec![
+                LiveCol {
+                    name: "\"id\"".into(),
+                    conv: Conv::Same,
+                },
+                LiveCol {
+                    name: "\"mood\"".into(),
+                    conv: Conv::ViaText("\"shadow\".\"mood\"".into()),
+                },
+            ],
+            keys: vec![LiveKey {
+                name: "\"id\"".into(),
+                log_col: "k1".into(),
+                log_type: "\"pg_catalog\".\"int4\"".into(),
+                conv: Conv::Assign("\"pg_catalog\".\"int8\"".into()),
+            }],
+        }
+    }
+
+    #[test]
+    fn not_valid_goes_before_the_semicolon() {
+        let sql = "--\n-- Name: orders o_fk; Type: FK CONSTRAINT; Schema: shadow; Owner: -\n--\n\nALTER TABLE ONLY shadow.orders\n    ADD CONSTRAINT o_fk FOREIGN KEY (user_id) REFERENCES shadow.users(id) ON DELETE CASCADE;\n\n\n";
+        let out = not_valid(sql).unwrap();
+        assert!(out.contains("ON DELETE CASCADE NOT VALID;\n"), "{out}");
+        // Already NOT VALID: unchanged.
+        assert_eq!(not_valid(&out).unwrap(), out);
+        // No semicolon, a trailing comment with a semicolon in it.
+        let out = not_valid(
+            "ALTER TABLE shadow.a ADD CONSTRAINT f FOREIGN KEY (x) REFERENCES shadow.b(y) -- x;",
+        )
+        .unwrap();
+        assert!(out.contains("(y) NOT VALID --"), "{out}");
+        // A string with a semicolon cannot fool it.
+        let out = not_valid(
+            "ALTER TABLE shadow.\"a;b\" ADD CONSTRAINT \"f;\" FOREIGN KEY (x) REFERENCES shadow.b(y) DEFERRABLE INITIALLY DEFERRED;",
+        )
+        .unwrap();
+        assert!(out.ends_with("INITIALLY DEFERRED NOT VALID;"), "{out}");
+        assert!(not_valid("CREATE INDEX i ON shadow.a (x);").is_err());
+        assert!(not_valid("ALTER TABLE shadow.a ADD CONSTRAINT c CHECK (x > 0);").is_err());
+    }
+
+    #[test]
+    fn parses_foreign_keys() {
+        let (fks, n) = parse_fks(
+            "ALTER TABLE ONLY shadow.orders ADD CONSTRAINT o_fk FOREIGN KEY (a, b) REFERENCES shadow.\"Users\"(x, y) MATCH FULL;",
+        )
+        .unwrap();
+        assert_eq!(n, 1);
+        assert_eq!(fks.len(), 1);
+        let f = &fks[0];
+        assert_eq!(f.table, "orders");
+        assert!(!f.inh);
+        assert_eq!(f.columns, ["a", "b"]);
+        assert_eq!(f.ref_table, "Users");
+        assert_eq!(f.ref_columns, ["x", "y"]);
+        assert!(f.match_full);
+        assert!(!f.not_valid);
+        let (fks, _) = parse_fks(
+            "CREATE TRIGGER t AFTER INSERT ON shadow.users FOR EACH ROW EXECUTE FUNCTION shadow.f();",
+        )
+        .unwrap();
+        assert!(fks.is_empty());
+    }
+
+    #[test]
+    fn keys_are_matched_as_sets_source_primary_first() {
+        let k = |p: bool, c: &[&str]| KeyCandidate {
+            primary: p,
+            columns: c.iter().map(|s| s.to_string()).collect(),
+        };
+        let dest = [k(true, &["id"]), k(false, &["b", "a"])];
+        let src = [k(false, &["a", "b"]), k(true, &["id"])];
+        assert_eq!(choose_key(&dest, &src).unwrap(), ["id"]);
+        let src = [k(true, &["uuid"]), k(false, &["a", "b"])];
+        assert_eq!(choose_key(&dest, &src).unwrap(), ["a", "b"]);
+        assert!(choose_key(&dest, &[k(true, &["uuid"])]).is_none());
+        assert!(choose_key(&[], &src).is_none());
+    }
+
+    #[test]
+    fn generated_sql_is_qualified_and_converts() {
+        let l = live();
+        let body = l.function_body(Event::Update, true);
+        assert!(body.contains("SELECT 'U', x.k1 FROM (SELECT n.\"id\" FROM pgshift_new n UNION SELECT o.\"id\" FROM pgshift_old o) AS x (k1);"), "{body}");
+        assert!(
+            body.contains("s.\"id\" = (o.\"id\")::\"pg_catalog\".\"int8\""),
+            "{body}"
+        );
+        assert!(
+            body.contains("(n.\"mood\")::text::\"shadow\".\"mood\""),
+            "{body}"
+        );
+        assert!(
+            body.contains("ON CONFLICT (\"id\") DO UPDATE SET \"mood\" = EXCLUDED.\"mood\""),
+            "{body}"
+        );
+        assert!(body.contains("EXCEPTION WHEN OTHERS"), "{body}");
+        let copy = l.function_body(Event::Insert, false);
+        assert!(!copy.contains("EXCEPTION"), "{copy}");
+        assert!(
+            copy.contains("INSERT INTO \"pgshift\".\"log_1\" (op, k1) SELECT 'I', n.\"id\""),
+            "{copy}"
+        );
+        // Parse every generated statement with PostgreSQL's parser.
+        for ev in EVENTS {
+            for apply in [false, true] {
+                let sql = l.function_sql("\"pgshift\".\"sync_1_x\"", ev, apply);
+                pg_query::parse(&sql, 0).unwrap_or_else(|e| panic!("{e}: {sql}"));
+                let body = l.function_body(ev, apply);
+                // plpgsql bodies: check the embedded statements parse too.
+                for stmt in [l.log_statement(ev), l.apply_statements(ev)] {
+                    pg_query::parse(&stmt, 0).unwrap_or_else(|e| panic!("{e}: {stmt}"));
+                }
+                assert!(body.contains("RETURN NULL"));
+            }
+        }
+        for sql in [
+            l.pick_sql(),
+            l.delete_keys_sql(),
+            l.reinsert_keys_sql(),
+            l.copy_sql(),
+        ] {
+            pg_query::parse(&sql, 0).unwrap_or_else(|e| panic!("{e}: {sql}"));
+        }
+        pg_query::parse(&l.changelog_ddl("it's"), 0).unwrap();
+    }
+
+    #[test]
+    fn dollar_tags_avoid_the_body() {
+        assert_eq!(dollar_tag("x"), "$pgshift$");
+        assert_eq!(dollar_tag("a $pgshift$ b"), "$pgshift1$");
+    }
+
+    #[test]
+    fn next_values() {
+        assert_eq!(next_value(1, false, 1), 1);
+        assert_eq!(next_value(10, true, 1), 11);
+        assert_eq!(next_value(-5, true, -1), -6);
+        assert_eq!(next_value(i64::MAX, true, 1), i64::MAX as i128 + 1);
+    }
+
+    #[test]
+    fn violations_read_well() {
+        let v = FkViolation {
+            constraint: "orders_user_id_fkey".into(),
+            table: "orders".into(),
+            columns: vec!["user_id".into()],
+            referenced_table: "users".into(),
+            referenced_columns: vec!["id".into()],
+            count: 3,
+            examples: vec!["(6)".into(), "(7)".into()],
+        };
+        assert_eq!(
+            v.to_string(),
+            "orders_user_id_fkey: 3 rows of orders (user_id) reference no row of users (id), e.g. (user_id)=(6), (user_id)=(7)"
+        );
+    }
 }
 
 // --- Interface used by the swap (implemented by the preserved-tables work) ---
