@@ -182,20 +182,37 @@ fn running_info(h: Holder) -> RunningInfo {
     }
 }
 
-/// Health of the preserved tables' sync.
-///
-/// INTEGRATION POINT (preserved-table sync): once `sync::health(client,
-/// synced)` exists, call it here and put each table's report into `health`,
-/// e.g. `serde_json::to_value(&h)?`; a missing or disabled trigger should
-/// then also block the swap in [`swap_verdict`].
-async fn preserved_health(_client: &Client, synced: &[SyncedTable]) -> Result<Vec<PreservedInfo>> {
-    Ok(synced
+/// Health of the preserved tables' sync (`sync::health`): triggers present and
+/// enabled, pending changelog rows, rows in public and shadow.
+async fn preserved_health(
+    client: &Client,
+    synced: &[SyncedTable],
+) -> Result<(Vec<PreservedInfo>, Option<String>)> {
+    if synced.is_empty() {
+        return Ok((Vec::new(), None));
+    }
+    let health = sync::health(client, synced).await?;
+    let problem = health
+        .iter()
+        .filter(|h| !h.triggers_ok || !h.changelog_present)
+        .map(|h| {
+            format!(
+                "the sync of {} is broken ({h}); run `pgshift abort` and prepare again",
+                h.table
+            )
+        })
+        .next();
+    let infos = synced
         .iter()
         .map(|s| PreservedInfo {
             name: s.name.clone(),
-            health: None,
+            health: health
+                .iter()
+                .find(|h| h.table == s.name)
+                .and_then(|h| serde_json::to_value(h).ok()),
         })
-        .collect())
+        .collect();
+    Ok((infos, problem))
 }
 
 async fn shadow_info(client: &Client) -> Result<ShadowInfo> {
@@ -430,7 +447,7 @@ pub async fn status(ctx: &Ctx) -> Result<StatusReport> {
             .unwrap_or_default(),
         _ => Vec::new(),
     };
-    let preserved_tables = preserved_health(&client, &synced).await?;
+    let (preserved_tables, sync_problem) = preserved_health(&client, &synced).await?;
 
     // Leftovers: migration objects while nothing is prepared or running.
     let mut leftovers = LeftoverInfo::default();
@@ -473,7 +490,10 @@ pub async fn status(ctx: &Ctx) -> Result<StatusReport> {
     }
 
     let running_now = running.as_ref().filter(|r| r.alive != Some(false));
-    let blocked = swap_verdict(&client, &state, record.as_ref(), running_now).await?;
+    let blocked = match sync_problem {
+        Some(p) if state == "prepared" => Some(p),
+        _ => swap_verdict(&client, &state, record.as_ref(), running_now).await?,
+    };
 
     let backups = if meta_ok {
         meta::list_backups(&client).await?
@@ -570,7 +590,18 @@ fn print(ctx: &Ctx, r: &StatusReport) -> Result<()> {
             .preserved_tables
             .iter()
             .map(|p| match &p.health {
-                Some(h) => format!("{} {}", p.name, h),
+                Some(h) => format!(
+                    "{}: triggers {}, {} pending, {} rows in public, {} in shadow",
+                    p.name,
+                    if h["triggers_ok"] == true {
+                        "ok"
+                    } else {
+                        "BROKEN"
+                    },
+                    h["pending"],
+                    h["rows_public"],
+                    h["rows_shadow"]
+                ),
                 None => format!("{} (sync health not available)", p.name),
             })
             .collect();

@@ -6,14 +6,13 @@
 use std::collections::HashSet;
 use std::sync::Mutex;
 
-use anyhow::{Context, Result, anyhow, bail};
+use anyhow::{Context, Result, bail};
 use chrono::Utc;
 use serde::Serialize;
 use tokio_postgres::Client;
 
 use crate::error::UserError;
 use crate::pg::connect::{connect, describe_pg_error};
-use crate::pg::ident::{qualified, quote_ident};
 use crate::pg::meta::{self, Manifest, ManifestTable, SHADOW_SCHEMA, ShadowState};
 use crate::pipeline::manifest;
 use crate::pipeline::session::{Recorder, Session, app_name, now_ms};
@@ -137,7 +136,7 @@ struct MigrationTx<'a> {
     synced: &'a [SyncedTable],
     deferred: &'a [String],
     manifest: &'a Manifest,
-    fks: Mutex<Vec<String>>,
+    fks: Mutex<Vec<sync::CreatedFk>>,
 }
 
 impl InTx for MigrationTx<'_> {
@@ -355,15 +354,25 @@ pub async fn swap(sess: &Session, opts: &SwapOptions) -> Result<SwapReport> {
     }
     meta::update_manifest(&sess.control, &manifest).await?;
 
+    // Foreign keys involving preserved tables were created NOT VALID inside the
+    // swap; validate them now (SHARE UPDATE EXCLUSIVE: the application's reads
+    // and writes go on). Those with known violations stay NOT VALID (allowed).
     let mut not_valid = Vec::new();
     for fk in &fks {
-        if settings.allow_fk_violations && !violations.is_empty() {
-            not_valid.push(fk.clone());
+        let name = format!("{}.{}", fk.table, fk.constraint);
+        if violations
+            .iter()
+            .any(|v| v.constraint == fk.constraint && v.table == fk.table)
+        {
+            not_valid.push(name);
             continue;
         }
-        if let Err(e) = validate_fk(&sess.control, fk).await {
-            warnings.push(format!("foreign key {fk} stays NOT VALID: {e:#}"));
-            not_valid.push(fk.clone());
+        if let Err(e) = sess.control.batch_execute(&fk.validate_sql("public")).await {
+            warnings.push(format!(
+                "foreign key {name} stays NOT VALID: {}",
+                describe_pg_error(&e)
+            ));
+            not_valid.push(name);
         }
     }
 
@@ -403,31 +412,6 @@ pub async fn swap(sess: &Session, opts: &SwapOptions) -> Result<SwapReport> {
         fk_not_valid: not_valid,
         warnings,
     })
-}
-
-/// `ALTER TABLE … VALIDATE CONSTRAINT` (SHARE UPDATE EXCLUSIVE: does not block
-/// the application's reads or writes).
-async fn validate_fk(client: &Client, name: &str) -> Result<()> {
-    let row = client
-        .query_opt(
-            "SELECT c.relname::text FROM pg_catalog.pg_constraint con
-               JOIN pg_catalog.pg_class c ON c.oid = con.conrelid
-               JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
-              WHERE n.nspname = 'public' AND con.conname = $1 AND con.contype = 'f' LIMIT 1",
-            &[&name],
-        )
-        .await?;
-    let Some(row) = row else { return Ok(()) };
-    let table: String = row.get(0);
-    let sql = format!(
-        "ALTER TABLE {} VALIDATE CONSTRAINT {}",
-        qualified("public", &table),
-        quote_ident(name)
-    );
-    client
-        .batch_execute(&sql)
-        .await
-        .map_err(|e| anyhow!("{}", describe_pg_error(&e)))
 }
 
 /// The shadow still holds the rows prepare validated (someone may have touched it).
