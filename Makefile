@@ -21,7 +21,7 @@ test: deps
 	$(MAKE) --no-print-directory test-only
 
 test-only:
-	$(CARGO) test --all-targets -- --test-threads=2
+	$(CARGO) test --all-targets --no-fail-fast -- --test-threads=2
 
 ## Start two throwaway clusters, migrate a sample database with `start`, then
 ## show status, list, verify and rollback.

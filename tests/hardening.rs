@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use common::{
     Cluster, TestDb, TestDbs, Workdir, can_start_clusters, catalog_fingerprint, pg_bindir,
+    schema_fingerprint,
 };
 
 fn run(wd: &Workdir, args: &[&str], env: &[(&str, &str)]) -> Output {
@@ -68,6 +69,24 @@ fn wait_for_phase(wd: &Workdir, db: &TestDb, phase: &str, child: &mut Child) {
             "phase {phase} never started"
         );
         std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Wait until a destination session runs a statement starting with `prefix`.
+fn wait_for_statement(db: &TestDb, prefix: &str, child: &mut Child) {
+    let start = Instant::now();
+    let sql = format!(
+        "SELECT count(*) FROM pg_stat_activity WHERE state = 'active' AND query LIKE '%{prefix}%' AND pid <> pg_backend_pid()"
+    );
+    while db.psql(&sql) == "0" {
+        if let Some(st) = child.try_wait().unwrap() {
+            panic!("pgshift exited ({st}) before running {prefix}");
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "{prefix} never ran"
+        );
+        std::thread::sleep(Duration::from_millis(10));
     }
 }
 
@@ -165,11 +184,16 @@ fn sigint_during_dump_load_and_index_build_stops_cleanly() {
     big_source(&dbs.src, 400_000);
     dbs.dst
         .psql("CREATE TABLE keep (x int); INSERT INTO keep VALUES (1);");
-    let before = catalog_fingerprint(&dbs.dst);
+    let before = catalog_without_pgshift(&dbs.dst);
     let src_before = catalog_fingerprint(&dbs.src);
     let work = Workdir::new();
     let bindir = slow_pg_dump_bindir(work.path(), 30);
-    for phase in ["dump", "data", "indexes"] {
+    // (what is running when the signal arrives, the phase it belongs to)
+    for (moment, phase) in [
+        ("pg_dump", "dump"),
+        ("COPY", "data"),
+        ("CREATE INDEX", "data"),
+    ] {
         let wd = Workdir::new();
         let bindir_s = bindir.to_string_lossy().into_owned();
         let env: Vec<(&str, &str)> = if phase == "dump" {
@@ -200,7 +224,7 @@ fn sigint_during_dump_load_and_index_build_stops_cleanly() {
                 std::thread::sleep(Duration::from_millis(20));
             }
         } else {
-            std::thread::sleep(Duration::from_millis(300));
+            wait_for_statement(&dbs.dst, moment, &mut child);
         }
         let sent = Instant::now();
         signal(&child, libc::SIGINT);
@@ -208,30 +232,33 @@ fn sigint_during_dump_load_and_index_build_stops_cleanly() {
         let took = sent.elapsed();
         let out = child.wait_with_output().unwrap();
         let stderr = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(status.code(), Some(130), "{phase}: {stderr}");
-        assert!(took < Duration::from_secs(8), "{phase}: exit took {took:?}");
-        assert!(stderr.contains("interrupted"), "{phase}: {stderr}");
+        assert_eq!(status.code(), Some(130), "{moment}: {stderr}");
+        assert!(
+            took < Duration::from_secs(8),
+            "{moment}: exit took {took:?}"
+        );
+        assert!(stderr.contains("interrupted"), "{moment}: {stderr}");
         assert!(
             processes_with(&bindir_s, &[]).is_empty(),
-            "{phase}: children survived"
+            "{moment}: children survived"
         );
         assert!(
-            processes_with("pg_restore", &[]).is_empty(),
-            "{phase}: pg_restore survived"
+            processes_with(&wd.path().to_string_lossy(), &[]).is_empty(),
+            "{moment}: pg_dump or pg_restore survived"
         );
         // The destination's public is as before and nothing is left behind.
         assert_eq!(
             catalog_without_pgshift(&dbs.dst),
-            strip_pgshift(&before),
-            "{phase}"
+            before.clone(),
+            "{moment}"
         );
         leftover_free(&dbs.dst);
         // The state file says where the run stopped.
         let st: serde_json::Value =
             serde_json::from_str(&std::fs::read_to_string(state_file(&wd, &dbs.dst)).unwrap())
                 .unwrap();
-        assert_eq!(st["status"], "failed", "{phase}: {st}");
-        assert_eq!(st["phase"], phase, "{phase}: {st}");
+        assert_eq!(st["status"], "failed", "{moment}: {st}");
+        assert_eq!(st["phase"], phase, "{moment}: {st}");
         assert!(
             st["error"].as_str().unwrap().contains("interrupted"),
             "{st}"
@@ -254,28 +281,9 @@ fn sigint_during_dump_load_and_index_build_stops_cleanly() {
     assert_eq!(catalog_fingerprint(&dbs.src), src_before);
 }
 
-/// The catalog fingerprint without the pgshift schema (its records change).
+/// What the destination's applications see: the public schema and its rows.
 fn catalog_without_pgshift(db: &TestDb) -> String {
-    strip_pgshift(&catalog_fingerprint(db))
-}
-
-fn strip_pgshift(fp: &str) -> String {
-    let mut out = Vec::new();
-    let mut skipping = false;
-    for line in fp.lines() {
-        if line.starts_with("-- Name: ") {
-            skipping = line.contains("Schema: pgshift;")
-                || line.starts_with("-- Name: pgshift;")
-                || line.starts_with("-- Name: SCHEMA pgshift;");
-        }
-        if line.starts_with("-- rows \"pgshift\".") || line.starts_with("-- rows pgshift.") {
-            continue;
-        }
-        if !skipping {
-            out.push(line);
-        }
-    }
-    out.join("\n")
+    schema_fingerprint(db, "public")
 }
 
 #[test]
@@ -285,7 +293,7 @@ fn sigkill_leaves_leftovers_that_the_next_prepare_replaces() {
     dbs.dst
         .psql("CREATE TABLE keep (x int); INSERT INTO keep VALUES (1);");
     let before = catalog_without_pgshift(&dbs.dst);
-    for phase in ["data", "indexes"] {
+    for (moment, phase) in [("COPY", "data"), ("CREATE INDEX", "data")] {
         let wd = Workdir::new();
         let mut child = spawn(
             &wd,
@@ -299,23 +307,23 @@ fn sigkill_leaves_leftovers_that_the_next_prepare_replaces() {
             &[],
         );
         wait_for_phase(&wd, &dbs.dst, phase, &mut child);
-        std::thread::sleep(Duration::from_millis(300));
+        wait_for_statement(&dbs.dst, moment, &mut child);
         signal(&child, libc::SIGKILL);
         child.wait().unwrap();
         // The destination's public is untouched; the shadow is a leftover.
-        let with_leftovers = catalog_without_pgshift(&dbs.dst);
+        let with_leftovers = catalog_fingerprint(&dbs.dst);
         assert!(
             with_leftovers.contains("CREATE TABLE shadow.big"),
-            "{phase}: no leftover shadow?"
+            "{moment}: no leftover shadow?"
         );
         let out = run(&wd, &["status", "--dest", &dbs.dst.url(), "--json"], &[]);
         assert_ok(&out);
         let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
         // The run is gone: status calls it failed and names the leftover shadow.
-        assert_eq!(status["state"], "failed", "{phase}: {status}");
+        assert_eq!(status["state"], "failed", "{moment}: {status}");
         assert_eq!(
             status["leftovers"]["shadow"], true,
-            "{phase}: leftovers not reported: {status}"
+            "{moment}: leftovers not reported: {status}"
         );
         // The next prepare says it starts over, and produces an exact shadow.
         let out = run(
@@ -332,7 +340,7 @@ fn sigkill_leaves_leftovers_that_the_next_prepare_replaces() {
         assert_ok(&out);
         assert!(
             String::from_utf8_lossy(&out.stderr).contains("starting over"),
-            "{phase}"
+            "{moment}"
         );
         assert_eq!(dbs.dst.psql("SELECT count(*) FROM shadow.big"), "300000");
         assert_eq!(
@@ -342,7 +350,7 @@ fn sigkill_leaves_leftovers_that_the_next_prepare_replaces() {
             "5"
         );
         assert_ok(&run(&wd, &["abort", "--dest", &dbs.dst.url()], &[]));
-        assert_eq!(catalog_without_pgshift(&dbs.dst), before, "{phase}");
+        assert_eq!(catalog_without_pgshift(&dbs.dst), before, "{moment}");
     }
 }
 

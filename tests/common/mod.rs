@@ -145,17 +145,27 @@ impl Workdir {
 /// changed" assertions: the whole schema dump (volatile lines removed) and the
 /// row count of every table.
 pub fn catalog_fingerprint(db: &TestDb) -> String {
-    let out = db
-        .client_command("pg_dump")
-        .args([
-            "--schema-only",
-            "--no-owner",
-            "--no-privileges",
-            "--dbname",
-            db.name(),
-        ])
-        .output()
-        .expect("running pg_dump");
+    fingerprint(db, None)
+}
+
+/// [`catalog_fingerprint`] of one schema only.
+pub fn schema_fingerprint(db: &TestDb, schema: &str) -> String {
+    fingerprint(db, Some(schema))
+}
+
+fn fingerprint(db: &TestDb, schema: Option<&str>) -> String {
+    let mut cmd = db.client_command("pg_dump");
+    cmd.args([
+        "--schema-only",
+        "--no-owner",
+        "--no-privileges",
+        "--dbname",
+        db.name(),
+    ]);
+    if let Some(s) = schema {
+        cmd.args(["--schema", s]);
+    }
+    let out = cmd.output().expect("running pg_dump");
     assert!(
         out.status.success(),
         "pg_dump failed: {}",
@@ -177,7 +187,11 @@ pub fn catalog_fingerprint(db: &TestDb) -> String {
           WHERE c.relkind = 'r' AND n.nspname NOT IN ('pg_catalog', 'information_schema', 'pg_toast')
           ORDER BY 1",
     );
-    for t in tables.lines() {
+    let prefix = schema.map(|s| format!("{s}."));
+    for t in tables
+        .lines()
+        .filter(|t| prefix.as_ref().is_none_or(|p| t.starts_with(p.as_str())))
+    {
         let n = db.psql(&format!("SELECT count(*) FROM ONLY {t}"));
         fp.push_str(&format!("\n-- rows {t}: {n}"));
     }
