@@ -2,6 +2,8 @@
 SHELL := /bin/bash
 export PATH := $(HOME)/.cargo/bin:$(PATH)
 CARGO ?= cargo
+# Where cargo puts binaries (honours CARGO_TARGET_DIR).
+TARGET_DIR ?= $(or $(CARGO_TARGET_DIR),target)
 # The PostgreSQL binaries the tests and the demo use (initdb, pg_ctl, pg_dump, ...).
 export PGSHIFT_PG_BINDIR ?= $(shell pg_config --bindir 2>/dev/null)
 
@@ -27,13 +29,13 @@ test-only:
 ## show status, list, verify and rollback.
 demo: deps
 	$(CARGO) build --release
-	./scripts/demo.sh target/release/pgshift
+	./scripts/demo.sh $(TARGET_DIR)/release/pgshift
 
 ## Benchmarks against pg_dump|pg_restore and pgcopydb; writes BENCHMARKS.md.
 bench:
 	@./scripts/install-deps.sh --bench
 	$(CARGO) build --release
-	./bench/run.sh target/release/pgshift
+	./bench/run.sh $(TARGET_DIR)/release/pgshift
 
 lint: fmt clippy
 

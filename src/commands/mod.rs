@@ -30,6 +30,7 @@ pub struct Ctx {
 /// Run one command.
 pub async fn run(command: Command, ctx: Ctx) -> Result<ExitCode> {
     let name = command.name();
+    tracing::debug!(command = name, settings = ?ctx.settings, "starting");
     let result = match command {
         Command::Prepare(_) => prepare::run(ctx).await,
         Command::Swap(a) => swap::run(a, ctx).await,

@@ -49,6 +49,9 @@ pub struct StatusReport {
     pub leftovers: LeftoverInfo,
     pub backups: usize,
     pub latest_backup: Option<String>,
+    /// Foreign keys in public that are NOT VALID (`table.constraint`), e.g.
+    /// created so by a swap with `--allow-fk-violations`.
+    pub not_valid_foreign_keys: Vec<String>,
     pub warnings: Vec<String>,
 }
 
@@ -495,6 +498,19 @@ pub async fn status(ctx: &Ctx) -> Result<StatusReport> {
         _ => swap_verdict(&client, &state, record.as_ref(), running_now).await?,
     };
 
+    let not_valid_foreign_keys: Vec<String> = client
+        .query(
+            "SELECT c.relname::text || '.' || con.conname::text FROM pg_catalog.pg_constraint con
+               JOIN pg_catalog.pg_class c ON c.oid = con.conrelid
+               JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+              WHERE n.nspname = 'public' AND con.contype = 'f' AND NOT con.convalidated
+              ORDER BY 1",
+            &[],
+        )
+        .await?
+        .into_iter()
+        .map(|r| r.get(0))
+        .collect();
     let backups = if meta_ok {
         meta::list_backups(&client).await?
     } else {
@@ -513,6 +529,7 @@ pub async fn status(ctx: &Ctx) -> Result<StatusReport> {
         leftovers,
         backups: backups.len(),
         latest_backup: backups.first().map(|b| b.schema_name.clone()),
+        not_valid_foreign_keys,
         warnings,
     })
 }
@@ -606,6 +623,12 @@ fn print(ctx: &Ctx, r: &StatusReport) -> Result<()> {
             })
             .collect();
         lines.push(("preserved", names.join("; ")));
+    }
+    if !r.not_valid_foreign_keys.is_empty() {
+        lines.push((
+            "NOT VALID",
+            format!("foreign keys {}", r.not_valid_foreign_keys.join(", ")),
+        ));
     }
     lines.push((
         "swap now",

@@ -1,0 +1,165 @@
+//! Preserved tables through the command line: sync health in `status`, and a
+//! foreign-key violation that blocks the swap unless `--allow-fk-violations`.
+
+mod common;
+
+use std::process::Output;
+
+use common::{TestDbs, Workdir, schema_fingerprint};
+
+fn run(wd: &Workdir, args: &[&str]) -> Output {
+    wd.cmd().args(args).output().unwrap()
+}
+
+fn ok(out: &Output) -> String {
+    assert!(
+        out.status.success(),
+        "failed ({:?}):\n{}\n{}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn fk_violations_block_the_swap_unless_allowed_and_status_tells() {
+    let dbs = TestDbs::new("preserved_fk");
+    dbs.src.psql(
+        "CREATE TABLE users (id int PRIMARY KEY, email text);
+         INSERT INTO users SELECT g, 'src' || g FROM generate_series(1, 100) g;
+         CREATE TABLE orders (id int PRIMARY KEY, user_id int REFERENCES users (id));
+         INSERT INTO orders SELECT g, g FROM generate_series(1, 100) g;",
+    );
+    // The destination has only users 1..60: orders 61..100 will point nowhere.
+    dbs.dst.psql(
+        "CREATE TABLE users (id int PRIMARY KEY, email text);
+         INSERT INTO users SELECT g, 'dst' || g FROM generate_series(1, 60) g;",
+    );
+    let wd = Workdir::new();
+    let (src, dst) = (dbs.src.url(), dbs.dst.url());
+    ok(&run(
+        &wd,
+        &[
+            "prepare",
+            "--source",
+            &src,
+            "--dest",
+            &dst,
+            "--preserved-tables",
+            "users",
+        ],
+    ));
+
+    // status: prepared, with the preserved table's sync health.
+    let st: serde_json::Value =
+        serde_json::from_str(&ok(&run(&wd, &["status", "--dest", &dst, "--json"]))).unwrap();
+    assert_eq!(st["state"], "prepared");
+    let health = &st["preserved_tables"][0]["health"];
+    assert_eq!(health["triggers_ok"], true, "{st}");
+    assert_eq!(health["rows_public"], 60, "{st}");
+    assert_eq!(health["rows_shadow"], 60, "{st}");
+    assert_eq!(st["swap_allowed"], false, "{st}");
+    assert!(
+        st["swap_blocked_reason"]
+            .as_str()
+            .unwrap()
+            .contains("orders"),
+        "{st}"
+    );
+    // Writes keep flowing into the shadow in real time.
+    dbs.dst.psql("INSERT INTO users VALUES (61, 'late')");
+    assert_eq!(
+        dbs.dst.psql("SELECT email FROM shadow.users WHERE id = 61"),
+        "late"
+    );
+
+    // The swap is refused, naming the constraint and the count; nothing changes.
+    let before = schema_fingerprint(&dbs.dst, "public");
+    let out = run(&wd, &["swap", "--dest", &dst]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("orders_user_id_fkey") && err.contains("39 rows"),
+        "{err}"
+    );
+    assert!(err.contains("--allow-fk-violations"), "{err}");
+    assert_eq!(schema_fingerprint(&dbs.dst, "public"), before);
+
+    // Allowed: the constraint is created NOT VALID, and status says so.
+    let report: serde_json::Value = serde_json::from_str(&ok(&run(
+        &wd,
+        &["swap", "--dest", &dst, "--allow-fk-violations", "--json"],
+    )))
+    .unwrap();
+    assert_eq!(
+        report["fk_not_valid"][0], "orders.orders_user_id_fkey",
+        "{report}"
+    );
+    assert_eq!(
+        dbs.dst
+            .psql("SELECT convalidated FROM pg_constraint WHERE conname = 'orders_user_id_fkey'"),
+        "f"
+    );
+    assert_eq!(dbs.dst.psql("SELECT count(*) FROM users"), "61");
+    let st: serde_json::Value =
+        serde_json::from_str(&ok(&run(&wd, &["status", "--dest", &dst, "--json"]))).unwrap();
+    assert_eq!(st["state"], "idle");
+    assert_eq!(
+        st["not_valid_foreign_keys"][0], "orders.orders_user_id_fkey",
+        "{st}"
+    );
+    let human = ok(&run(&wd, &["status", "--dest", &dst]));
+    assert!(human.contains("NOT VALID"), "{human}");
+    // New rows are still checked by the NOT VALID constraint.
+    let out = dbs
+        .dst
+        .server()
+        .try_psql(dbs.dst.name(), "INSERT INTO orders VALUES (1000, 999)");
+    assert!(
+        out.is_err(),
+        "a NOT VALID foreign key must still check new rows"
+    );
+}
+
+#[test]
+fn a_valid_fk_to_a_preserved_table_is_validated_after_the_swap() {
+    let dbs = TestDbs::new("preserved_fk_ok");
+    dbs.src.psql(
+        "CREATE TABLE users (id int PRIMARY KEY, email text);
+         INSERT INTO users SELECT g, 'src' || g FROM generate_series(1, 10) g;
+         CREATE TABLE orders (id int PRIMARY KEY, user_id int REFERENCES users (id));
+         INSERT INTO orders SELECT g, 1 + g % 10 FROM generate_series(1, 50) g;",
+    );
+    dbs.dst.psql(
+        "CREATE TABLE users (id int PRIMARY KEY, email text);
+         INSERT INTO users SELECT g, 'dst' || g FROM generate_series(1, 10) g;",
+    );
+    let wd = Workdir::new();
+    let (src, dst) = (dbs.src.url(), dbs.dst.url());
+    let out = ok(&run(
+        &wd,
+        &[
+            "start",
+            "--source",
+            &src,
+            "--dest",
+            &dst,
+            "--preserved-tables",
+            "users",
+            "--json",
+        ],
+    ));
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["swap"]["fk_not_valid"], serde_json::json!([]), "{v}");
+    assert_eq!(
+        dbs.dst
+            .psql("SELECT convalidated FROM pg_constraint WHERE conname = 'orders_user_id_fkey'"),
+        "t"
+    );
+    assert_eq!(
+        dbs.dst
+            .psql("SELECT string_agg(DISTINCT left(email, 3), ',') FROM users"),
+        "dst"
+    );
+}

@@ -1,0 +1,209 @@
+//! TLS against a real server with a self-signed CA, and configuration
+//! precedence (flag > environment > config file) through the binary.
+
+mod common;
+
+use std::process::Output;
+
+use common::{Cluster, TestDbs, Workdir, can_start_clusters};
+
+fn run(wd: &Workdir, args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut cmd = wd.cmd();
+    cmd.args(args);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.output().unwrap()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// `url` with query parameters appended.
+fn with_params(url: &str, params: &str) -> String {
+    format!("{url}?{params}")
+}
+
+#[test]
+fn sslmode_require_connects_and_verify_full_needs_the_ca() {
+    let dbs = TestDbs::new("tls");
+    if !can_start_clusters() {
+        eprintln!("skipped: needs the harness's own clusters (with their CA)");
+        return;
+    }
+    let (_, dst_cluster) = common::clusters();
+    let ca = dst_cluster.ca_cert_path().to_string_lossy().into_owned();
+    let wd = Workdir::new();
+
+    // sslmode=require: encrypted, certificate not checked.
+    let out = run(
+        &wd,
+        &[
+            "list",
+            "--json",
+            "--dest",
+            &with_params(&dbs.dst.url(), "sslmode=require"),
+        ],
+        &[],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "[]");
+
+    // verify-full without the CA: a clear error, exit 1.
+    let out = run(
+        &wd,
+        &[
+            "list",
+            "--dest",
+            &with_params(&dbs.dst.url(), "sslmode=verify-full"),
+        ],
+        &[],
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    assert!(
+        err.contains("sslmode=verify-full needs the server's CA certificate"),
+        "{err}"
+    );
+
+    // verify-full with a CA that did not sign the server's certificate.
+    let other_ca = wd.join("other-ca.pem");
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    std::fs::write(&other_ca, params.self_signed(&key).unwrap().pem()).unwrap();
+    let url = with_params(
+        &dbs.dst.url(),
+        &format!("sslmode=verify-full&sslrootcert={}", other_ca.display()),
+    );
+    let out = run(&wd, &["list", "--dest", &url], &[]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(stderr(&out).contains("not trusted"), "{}", stderr(&out));
+
+    // verify-full with the right CA: connects.
+    let url = with_params(
+        &dbs.dst.url(),
+        &format!("sslmode=verify-full&sslrootcert={ca}"),
+    );
+    let out = run(&wd, &["list", "--dest", &url], &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+}
+
+#[test]
+fn every_connection_of_a_prepare_honours_sslmode() {
+    if !can_start_clusters() {
+        eprintln!("skipped: needs private clusters");
+        return;
+    }
+    // Two private clusters that refuse anything but TLS over TCP.
+    let src_cluster = Cluster::start_new();
+    let dst_cluster = Cluster::start_new();
+    for c in [&src_cluster, &dst_cluster] {
+        let hba = c.data_dir().join("pg_hba.conf");
+        let old = std::fs::read_to_string(&hba).unwrap();
+        std::fs::write(&hba, format!("hostnossl all all 0.0.0.0/0 reject\n{old}")).unwrap();
+        c.restart();
+    }
+    let dbs = TestDbs::on(&src_cluster, &dst_cluster, "tls_only");
+    dbs.src
+        .psql("CREATE TABLE t (id int PRIMARY KEY); INSERT INTO t SELECT generate_series(1, 100);");
+    let wd = Workdir::new();
+    // Without TLS the server refuses.
+    let out = run(
+        &wd,
+        &[
+            "prepare",
+            "--source",
+            &with_params(&dbs.src.url(), "sslmode=disable"),
+            "--dest",
+            &dbs.dst.url(),
+        ],
+        &[],
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("no pg_hba.conf entry") || stderr(&out).contains("rejects"),
+        "{}",
+        stderr(&out)
+    );
+    // With verify-full and the CA, pgshift's sessions and pg_dump/pg_restore all connect.
+    let src = with_params(
+        &dbs.src.url(),
+        &format!(
+            "sslmode=verify-full&sslrootcert={}",
+            src_cluster.ca_cert_path().display()
+        ),
+    );
+    let dst = with_params(&dbs.dst.url(), "sslmode=require");
+    let out = run(&wd, &["prepare", "--source", &src, "--dest", &dst], &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(dbs.dst.psql("SELECT count(*) FROM shadow.t"), "100");
+}
+
+#[test]
+fn flags_beat_environment_beat_config_file() {
+    let dbs = TestDbs::new("precedence");
+    let good = dbs.dst.url();
+    let missing_db = |name: &str| {
+        let (base, _) = good.rsplit_once('/').unwrap();
+        format!("{base}/{name}")
+    };
+    let wd = Workdir::new();
+    std::fs::write(
+        wd.join("pgshift.toml"),
+        format!(
+            "dest_url = '{}'\nlog_format = 'json'\n",
+            missing_db("from_file")
+        ),
+    )
+    .unwrap();
+    // File only: the file's destination is used.
+    let out = run(&wd, &["list"], &[]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("\"from_file\" does not exist"),
+        "{}",
+        stderr(&out)
+    );
+    // Environment beats the file.
+    let env_db = missing_db("from_env");
+    let out = run(&wd, &["list"], &[("PGSHIFT_DEST_URL", &env_db)]);
+    assert!(
+        stderr(&out).contains("\"from_env\" does not exist"),
+        "{}",
+        stderr(&out)
+    );
+    // The flag beats both.
+    let out = run(
+        &wd,
+        &["list", "--dest", &good],
+        &[("PGSHIFT_DEST_URL", &env_db)],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    // --config points elsewhere; a missing explicit config file is an error.
+    let out = run(&wd, &["--config", "nope.toml", "list"], &[]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("config file nope.toml does not exist"),
+        "{}",
+        stderr(&out)
+    );
+    // Numbers from the environment are checked like flags.
+    let out = run(&wd, &["list", "--dest", &good], &[("PGSHIFT_JOBS", "lots")]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("lots"), "{}", stderr(&out));
+    // The file's log_format applies: JSON log lines on stderr.
+    let out = run(&wd, &["-v", "list", "--dest", &good], &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let err = stderr(&out);
+    let lines: Vec<&str> = err.lines().filter(|l| !l.is_empty()).collect();
+    assert!(!lines.is_empty(), "no log lines at -v");
+    for l in lines {
+        let v: serde_json::Value =
+            serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}"));
+        assert!(v["level"].is_string(), "{l}");
+    }
+    assert!(!err.contains(dbs.dst.password()), "password in the logs");
+}
