@@ -328,6 +328,29 @@ pub async fn insert_backup(client: &impl GenericClient, m: &Manifest) -> Result<
     Ok(())
 }
 
+/// [`insert_backup`] as SQL text, to travel with the swap's COMMIT in one round
+/// trip. Every value is a quoted literal.
+pub fn insert_backup_sql(m: &Manifest) -> Result<String> {
+    use crate::pg::ident::quote_literal;
+    let manifest = serde_json::to_string(m)?;
+    let opt = |v: Option<String>| {
+        v.map(|v| quote_literal(&v))
+            .unwrap_or_else(|| "NULL".into())
+    };
+    Ok(format!(
+        "INSERT INTO pgshift.backups (ts, schema_name, created_at, kind, migration_id, source, snapshot_at, manifest)
+         VALUES ({}, {}, {}::timestamptz, {}, {}, {}, {}::timestamptz, {}::jsonb)",
+        m.timestamp,
+        quote_literal(&m.schema),
+        quote_literal(&m.created_at.to_rfc3339()),
+        quote_literal(&m.kind),
+        m.migration_id.map(|i| i.to_string()).unwrap_or_else(|| "NULL".into()),
+        opt(m.source.clone()),
+        opt(m.snapshot_at.map(|t| t.to_rfc3339())),
+        quote_literal(&manifest),
+    ))
+}
+
 pub async fn update_manifest(client: &impl GenericClient, m: &Manifest) -> Result<()> {
     let manifest = serde_json::to_value(m)?;
     client

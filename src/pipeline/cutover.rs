@@ -149,8 +149,12 @@ impl InTx for MigrationTx<'_> {
         Ok(())
     }
 
-    async fn after_moves(&self, client: &Client) -> Result<()> {
-        meta::insert_backup(client, self.manifest).await
+    async fn after_moves(&self, _client: &Client) -> Result<()> {
+        Ok(())
+    }
+
+    fn commit_sql(&self) -> Result<Option<String>> {
+        meta::insert_backup_sql(self.manifest).map(Some)
     }
 }
 

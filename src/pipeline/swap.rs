@@ -19,7 +19,7 @@ use std::collections::HashSet;
 use std::future::Future;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, anyhow, bail};
+use anyhow::{Context, Result, bail};
 use tokio_postgres::Client;
 use tokio_postgres::error::SqlState;
 use tokio_util::sync::CancellationToken;
@@ -34,8 +34,13 @@ use crate::pg::objects::{self, Movable};
 pub trait InTx {
     /// Runs on the swap session inside its transaction; must not COMMIT or ROLLBACK.
     fn before_moves(&self, client: &Client) -> impl Future<Output = Result<()>>;
-    /// Runs after the moves, before the checks and COMMIT (the manifest).
+    /// Runs after the moves and the checks, before COMMIT.
     fn after_moves(&self, client: &Client) -> impl Future<Output = Result<()>>;
+    /// SQL sent together with COMMIT, in the same round trip (the manifest):
+    /// the fewer round trips while the locks are held, the shorter the swap.
+    fn commit_sql(&self) -> Result<Option<String>> {
+        Ok(None)
+    }
 }
 
 /// No extra work.
@@ -191,6 +196,9 @@ enum AttemptError {
 }
 
 fn classify(e: anyhow::Error) -> AttemptError {
+    if let Some(c) = e.downcast_ref::<Changed>() {
+        return AttemptError::Retry(c.to_string());
+    }
     for c in e.chain() {
         if let Some(pe) = c.downcast_ref::<tokio_postgres::Error>()
             && is_retryable(pe)
@@ -259,21 +267,91 @@ async fn exec(client: &Client, sql: &str) -> Result<()> {
     })
 }
 
+/// One query: a fingerprint of every object in public and the incoming schema
+/// (oids and namespaces across the catalogs). Taken before the locks and again
+/// under them: if anything was created, dropped or moved in between, the
+/// attempt is retried with fresh lists.
+fn fingerprint_sql(incoming: &str) -> String {
+    let ns = format!(
+        "(SELECT oid FROM pg_catalog.pg_namespace WHERE nspname IN ('public', {}))",
+        quote_literal(incoming)
+    );
+    let parts = [
+        ("c", "pg_class", "relnamespace"),
+        ("p", "pg_proc", "pronamespace"),
+        ("t", "pg_type", "typnamespace"),
+        ("o", "pg_operator", "oprnamespace"),
+        ("l", "pg_collation", "collnamespace"),
+        ("v", "pg_conversion", "connamespace"),
+        ("oc", "pg_opclass", "opcnamespace"),
+        ("of", "pg_opfamily", "opfnamespace"),
+        ("tc", "pg_ts_config", "cfgnamespace"),
+        ("td", "pg_ts_dict", "dictnamespace"),
+        ("tp", "pg_ts_parser", "prsnamespace"),
+        ("tt", "pg_ts_template", "tmplnamespace"),
+        ("s", "pg_statistic_ext", "stxnamespace"),
+    ];
+    let union = parts
+        .iter()
+        .map(|(tag, cat, col)| {
+            format!(
+                "SELECT '{tag}' || oid || ':' || {col} FROM pg_catalog.{cat} WHERE {col} IN {ns}"
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(" UNION ALL ");
+    format!("SELECT md5(coalesce(string_agg(x, ',' ORDER BY x), '')) FROM ({union}) s(x)")
+}
+
+/// The last value of the last row a simple query returned.
+fn last_value(msgs: &[tokio_postgres::SimpleQueryMessage]) -> Option<String> {
+    msgs.iter().rev().find_map(|m| match m {
+        tokio_postgres::SimpleQueryMessage::Row(r) => Some(r.get(0).unwrap_or("").to_string()),
+        _ => None,
+    })
+}
+
+async fn simple(client: &Client, sql: &str) -> Result<Vec<tokio_postgres::SimpleQueryMessage>> {
+    client.simple_query(sql).await.map_err(|e| {
+        let msg = describe_pg_error(&e);
+        anyhow::Error::new(e).context(msg)
+    })
+}
+
+/// The objects changed between listing them and locking them: list again.
+#[derive(Debug, thiserror::Error)]
+#[error("objects in public or {0} changed while the swap waited for its locks")]
+struct Changed(String);
+
 async fn one_attempt<H: InTx>(client: &Client, req: &SwapRequest, hook: &H) -> Result<SwapOutcome> {
-    exec(client, "BEGIN").await?;
-    exec(client, &session_settings(req).join(";\n")).await?;
-    // First pass: what to lock (read before the locks; re-read after).
-    let out0 = objects::movables(client, "public").await?;
-    let inc0 = objects::movables(client, &req.incoming).await?;
-    let (out0, inc0) = filter_keep(out0, inc0, &req.keep_in_public);
-    let started = Instant::now();
-    let lock = lock_statement(&out0, &inc0);
+    // Outside the transaction and before any lock: what moves, and a fingerprint.
+    exec(client, "SET search_path = ''").await?;
+    let out = objects::movables(client, "public").await?;
+    let inc = objects::movables(client, &req.incoming).await?;
+    let (out, inc) = filter_keep(out, inc, &req.keep_in_public);
+    let fp_sql = fingerprint_sql(&req.incoming);
+    let before = last_value(&simple(client, &fp_sql).await?).unwrap_or_default();
+    let lock = lock_statement(&out, &inc);
     let locked = lock
         .as_ref()
         .map(|l| l.matches(", ").count() + 1)
         .unwrap_or(0);
+
+    // The locked window starts here. Round trip 1: begin, bounds, locks, and
+    // the fingerprint again under the locks.
+    let started = Instant::now();
+    let mut first = String::from("BEGIN;\n");
+    first.push_str(&session_settings(req).join(";\n"));
+    first.push_str(";\n");
     if let Some(l) = &lock {
-        exec(client, l).await.context("locking the tables")?;
+        first.push_str(l);
+        first.push_str(";\n");
+    }
+    first.push_str(&fp_sql);
+    let under = last_value(&simple(client, &first).await.context("locking the tables")?)
+        .unwrap_or_default();
+    if under != before {
+        return Err(anyhow::Error::new(Changed(req.incoming.clone())));
     }
     tracing::debug!(
         ms = started.elapsed().as_millis() as u64,
@@ -281,22 +359,26 @@ async fn one_attempt<H: InTx>(client: &Client, req: &SwapRequest, hook: &H) -> R
         "swap locks taken"
     );
     hook.before_moves(client).await?;
-    // Under the locks the lists are stable; re-read them so nothing created in
-    // between is left behind.
-    let out = objects::movables(client, "public").await?;
-    let inc = objects::movables(client, &req.incoming).await?;
-    let (out, inc) = filter_keep(out, inc, &req.keep_in_public);
-    let stmts = move_statements(req, &out, &inc);
-    exec(client, &stmts.join(";\n"))
-        .await
-        .context("moving objects")?;
-    check_result(client, req).await?;
+    // Round trip 2: every move, then one query checking the result.
+    let mut moves = move_statements(req, &out, &inc).join(";\n");
+    moves.push_str(";\n");
+    moves.push_str(&check_sql(req));
+    let problems =
+        last_value(&simple(client, &moves).await.context("moving objects")?).unwrap_or_default();
+    if !problems.is_empty() {
+        bail!("{problems}; rolling back");
+    }
     hook.after_moves(client).await?;
     crate::pipeline::session::failpoint("swap-commit").await?;
-    exec(client, "COMMIT")
-        .await
-        .context("committing the swap")?;
+    // Round trip 3: the manifest and COMMIT.
+    let mut last = hook.commit_sql()?.unwrap_or_default();
+    if !last.is_empty() && !last.trim_end().ends_with(';') {
+        last.push(';');
+    }
+    last.push_str("\nCOMMIT");
+    exec(client, &last).await.context("committing the swap")?;
     let held = started.elapsed().as_millis() as u64;
+    exec(client, "RESET search_path").await?;
     Ok(SwapOutcome {
         lock_held_ms: held,
         attempts: 0,
@@ -306,56 +388,36 @@ async fn one_attempt<H: InTx>(client: &Client, req: &SwapRequest, hook: &H) -> R
     })
 }
 
-/// Inside the transaction, before COMMIT: the expected tables are in public,
-/// nothing but kept tables remains in the incoming schema, no pgshift trigger
-/// is left on a public table.
-async fn check_result(client: &Client, req: &SwapRequest) -> Result<()> {
-    let rows = client
-        .query(
-            "SELECT t FROM unnest($1::text[]) t
+/// One query run after the moves, before COMMIT: empty when the expected tables
+/// are in public and (for a swap) no pgshift trigger is left on a public
+/// table; otherwise what is wrong.
+fn check_sql(req: &SwapRequest) -> String {
+    let expected = if req.expected_tables.is_empty() {
+        "'{}'::text[]".to_string()
+    } else {
+        format!(
+            "ARRAY[{}]::text[]",
+            req.expected_tables
+                .iter()
+                .map(|t| quote_literal(t))
+                .collect::<Vec<_>>()
+                .join(", ")
+        )
+    };
+    let triggers = if req.recreate_incoming {
+        "(SELECT count(*) || ' pgshift triggers are still on public tables' FROM pg_catalog.pg_trigger t
+           JOIN pg_catalog.pg_class c ON c.oid = t.tgrelid JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+          WHERE n.nspname = 'public' AND NOT t.tgisinternal AND t.tgname LIKE 'pgshift\\_%' HAVING count(*) > 0)"
+    } else {
+        "NULL"
+    };
+    format!(
+        "SELECT concat_ws('; ',
+            (SELECT 'after the moves these tables are not in public: ' || string_agg(t, ', ')
+               FROM unnest({expected}) t
               WHERE NOT EXISTS (SELECT 1 FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
-                                 WHERE n.nspname = 'public' AND c.relname = t AND c.relkind IN ('r', 'p'))",
-            &[&req.expected_tables],
-        )
-        .await
-        .context("checking the swapped tables")?;
-    let missing: Vec<String> = rows.into_iter().map(|r| r.get(0)).collect();
-    if !missing.is_empty() {
-        bail!(
-            "after the moves these tables are not in public: {}; rolling back",
-            missing.join(", ")
-        );
-    }
-    if !req.recreate_incoming {
-        return Ok(());
-    }
-    let left: i64 = client
-        .query_one(
-            "SELECT count(*) FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
-              WHERE n.nspname = $1",
-            &[&req.incoming],
-        )
-        .await?
-        .get(0);
-    if left != 0 {
-        bail!(
-            "{left} relations were left in {} after the moves; rolling back",
-            req.incoming
-        );
-    }
-    let triggers: i64 = client
-        .query_one(
-            "SELECT count(*) FROM pg_catalog.pg_trigger t JOIN pg_catalog.pg_class c ON c.oid = t.tgrelid
-               JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
-              WHERE n.nspname = 'public' AND NOT t.tgisinternal AND t.tgname LIKE 'pgshift\\_%'",
-            &[],
-        )
-        .await?
-        .get(0);
-    if triggers != 0 {
-        return Err(anyhow!(
-            "{triggers} pgshift triggers are still on public tables; rolling back"
-        ));
-    }
-    Ok(())
+                                 WHERE n.nspname = 'public' AND c.relname = t AND c.relkind IN ('r', 'p'))
+             HAVING count(*) > 0),
+            {triggers})"
+    )
 }
