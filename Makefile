@@ -33,7 +33,7 @@ demo: deps
 bench:
 	@./scripts/install-deps.sh --bench
 	$(CARGO) build --release
-	./bench/run.sh target/release/pgshift
+	./bench/run.sh "$${CARGO_TARGET_DIR:-target}/release/pgshift"
 
 lint: fmt clippy
 
