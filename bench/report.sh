@@ -262,9 +262,10 @@ BENCH_SIZE_MB=50 BENCH_REPEAT=1 make bench   # a quick, reduced-size run
 
 Knobs: \`BENCH_SIZE_MB\`, \`BENCH_REPEAT\`, \`BENCH_JOBS\`, \`BENCH_SMALL_SIZE_MB\`,
 \`BENCH_SWAP_TABLES\`, \`BENCH_SWAP_SCALE\`, \`BENCH_SWAP_SECONDS\`, \`BENCH_SWAP_AT\`,
-\`BENCH_SWAP_CLIENTS\`, \`BENCH_SWAP_RATE\`, \`BENCH_FSYNC\`, \`BENCH_TMPDIR\`, \`BENCH_ONLY\`
-(see the top of \`bench/run.sh\`). Everything runs on throwaway clusters in a scratch
-directory that is removed at the end (also on failure or Ctrl-C).
+\`BENCH_SWAP_CLIENTS\`, \`BENCH_SWAP_RATE\`, \`BENCH_SWAP_IDLE\`, \`BENCH_FSYNC\`, \`BENCH_TMPDIR\`,
+\`BENCH_ONLY\`, \`BENCH_OUT\`, \`BENCH_KEEP_WORK\` (see the top of \`bench/run.sh\`). Everything runs
+on throwaway clusters in a scratch directory that is removed at the end (also on failure,
+Ctrl-C or TERM).
 
 What each tool ends with: the source's tables, data, indexes, constraints and sequences.
 pgshift writes them into the destination's \`shadow\` schema (its \`public\` stays in
