@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Install what pgshift's build and tests need on Debian/Ubuntu, skipping what is
 # already there. Idempotent; needs root (or sudo) only when something is missing.
-#   --bench   also install pgcopydb (for `make bench`)
+#   --bench   also install pgcopydb, GNU time and jq (for `make bench`)
 set -euo pipefail
 
 want_bench=0
@@ -39,7 +39,12 @@ need_pkg libclang-dev
 need_pkg make
 need_pkg gcc
 need_pkg pkg-config
-[ "$want_bench" -eq 1 ] && need_pkg pgcopydb && need_pkg time
+if [ "$want_bench" -eq 1 ]; then
+  # bench/run.sh: pgcopydb (compared with), GNU time (max RSS), jq (pgshift's --json).
+  need_pkg pgcopydb
+  need_pkg time
+  need_pkg jq
+fi
 
 if [ ${#missing[@]} -gt 0 ]; then
   echo "install-deps: installing ${missing[*]}"

@@ -1,0 +1,301 @@
+# The Markdown report of bench/run.sh (sourced by it; reads its variables and
+# $WORK/{prepare,swap}.tsv, $WORK/content.txt, the pgshift run directories).
+
+# column N of the prepare.tsv rows of TOOL
+col() { awk -F'\t' -v t="$1" -v c="$2" '$1 == t && $2 != "rss" { print $c }' "$WORK/prepare.tsv"; }
+# the prepare.tsv row of TOOL whose time is the best
+best_row() { awk -F'\t' -v t="$1" '$1 == t && $2 != "rss"' "$WORK/prepare.tsv" | sort -t$'\t' -k3,3g | head -n 1; }
+
+mb_of_kb() { awk -v k="$1" 'BEGIN { if (k == "" || k == 0) print "n/a"; else printf "%.1f", k / 1024 }'; }
+# le A B -> "yes" when A <= B (numbers)
+le() { awk -v a="$1" -v b="$2" 'BEGIN { print ((a != "" && b != "" && a + 0 <= b + 0) ? "yes" : "no") }'; }
+
+machine_section() {
+  local cpu mem_gb fs dev rot os pgv postgis pgcopydb_v pgshift_v commit
+  cpu=$(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo)
+  mem_gb=$(awk '/^MemTotal/ { printf "%.1f", $2 / 1048576 }' /proc/meminfo)
+  read -r dev fs < <(df -PT "$WORK" | awk 'NR == 2 { print $1, $2 }')
+  rot=""
+  if [ -r "/sys/block/$(basename "$dev")/queue/rotational" ]; then
+    case $(cat "/sys/block/$(basename "$dev")/queue/rotational") in
+      0) rot=", non-rotational" ;; 1) rot=", rotational per the kernel" ;;
+    esac
+  fi
+  os=$( (. /etc/os-release 2>/dev/null && echo "${PRETTY_NAME:-unknown}") || echo unknown)
+  pgv=$("$PGBIN/postgres" --version | sed 's/^postgres (PostgreSQL) //')
+  postgis=$(q "$SRC_PORT" postgres "SELECT default_version FROM pg_available_extensions WHERE name = 'postgis'")
+  pgcopydb_v=$(pgcopydb --version 2>/dev/null | sed -n 's/^pgcopydb version //p' | head -n 1)
+  pgshift_v=$("$PGSHIFT" --version 2>/dev/null | head -n 1)
+  commit=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)
+  if [ -n "$(git -C "$ROOT" status --porcelain -- src Cargo.toml Cargo.lock 2>/dev/null)" ]; then
+    commit="$commit (+ uncommitted changes in src)"
+  fi
+  cat <<EOF
+## Machine
+
+| | |
+|---|---|
+| CPU | $cpu, $(nproc) cores |
+| RAM | $mem_gb GiB |
+| Disk | clusters, dumps and work dirs on $fs ($dev$rot), \`$TMP_ROOT\` |
+| OS | $os, Linux $(uname -r) |
+| PostgreSQL | $pgv (\`$PGBIN\`), PostGIS ${postgis:-?} |
+| pgcopydb | ${pgcopydb_v:-?} |
+| pgshift | ${pgshift_v:-?}, commit $commit |
+
+## Settings
+
+Two throwaway clusters (source, destination) made by \`initdb --locale=C.UTF-8 -E UTF8\`
+for this run, both with: \`shared_buffers = 256MB\`, \`maintenance_work_mem = 256MB\`
+(what pgshift sets in its own sessions, given to every tool), \`max_wal_size = 4GB\`,
+\`checkpoint_timeout = 30min\`, \`fsync = $BENCH_FSYNC\`, \`synchronous_commit = on\`,
+\`full_page_writes = on\`, \`wal_level = replica\` (the default; pgcopydb \`clone\` does
+not need \`logical\`, only \`--follow\` does), \`autovacuum = off\` (so no background
+vacuum or analyze lands inside a timed run), \`max_connections = 100\`,
+\`max_locks_per_transaction = 64\` (default), everything else default. Every tool runs
+with ${BENCH_JOBS} jobs and connects over TCP to 127.0.0.1 (the same transport for all).
+A \`CHECKPOINT\` on both clusters precedes every timed run.
+EOF
+}
+
+dataset_section() {
+  cat <<EOF
+
+## Dataset
+
+\`bench_main\` on the source cluster, target size ${BENCH_SIZE_MB} MB, actual database
+size **${MAIN_DB_MB} MB** (PostGIS's own objects included): pgbench tables
+(\`pgbench -i -I dtGvpf\`: with primary and foreign keys) at scale
+${DS_bench_main_SCALE}, \`places\` (${DS_bench_main_GEO} rows, PostGIS \`geometry(Point,4326)\`,
+identity primary key, GiST and btree indexes), \`documents\` (${DS_bench_main_DOCS} rows:
+text, jsonb, text[]; every 50th body ~4 kB and TOASTed; GIN and btree indexes), and 300
+small tables with a bigserial primary key and 5 rows each (\`bench/dataset.sql\`). The
+source is \`VACUUM (FREEZE, ANALYZE)\`d and checkpointed before any run.
+
+| table | rows | table size | indexes | index types |
+|---|---:|---:|---:|---|
+EOF
+  describe_dataset bench_main
+}
+
+prepare_section() {
+  local base_best base_med tool best med runs label ratio_b ratio_m row
+  base_best=$(col dumprestore 3 | stat_min)
+  base_med=$(col dumprestore 3 | stat_median)
+  cat <<EOF
+
+## prepare vs. pg_dump | pg_restore vs. pgcopydb
+
+Each tool copies \`bench_main\` into a freshly created, empty destination database;
+${BENCH_REPEAT} rounds, the order of the tools rotating every round (A B C, B C A, C A B).
+Wall-clock seconds from start to exit; the ratio is to the pg_dump | pg_restore baseline.
+
+| tool | best (s) | median (s) | runs (s) | best / baseline | median / baseline |
+|---|---:|---:|---|---:|---:|
+EOF
+  for tool in pgshift dumprestore pgcopydb; do
+    case $tool in
+      pgshift) label="\`pgshift prepare --jobs $BENCH_JOBS\` (into \`shadow\`)" ;;
+      dumprestore) label="\`pg_dump -Fd -j $BENCH_JOBS\` + \`pg_restore -j $BENCH_JOBS\` (baseline)" ;;
+      pgcopydb) label="\`pgcopydb clone --table-jobs $BENCH_JOBS --index-jobs $BENCH_JOBS\`" ;;
+    esac
+    best=$(col $tool 3 | stat_min)
+    med=$(col $tool 3 | stat_median)
+    runs=$(col $tool 3 | paste -sd ' ' -)
+    ratio_b=$(ratio "$best" "$base_best")
+    ratio_m=$(ratio "$med" "$base_med")
+    echo "| $label | $best | $med | $runs | $ratio_b | $ratio_m |"
+  done
+  row=$(best_row dumprestore)
+  if [ -n "$row" ]; then
+    IFS=$'\t' read -r _ _ _ d r a mb <<<"$row"
+    cat <<EOF
+
+Baseline, best run: pg_dump ${d} s (directory dump of ${mb} MB, same disk) + pg_restore ${r} s.
+pg_restore does not ANALYZE; \`vacuumdb --analyze-only -j $BENCH_JOBS\` after it took ${a} s
+(not included above). pgshift ANALYZEs every table and checks every table's row count
+(both included in its time); pgcopydb runs VACUUM ANALYZE on every table (included).
+EOF
+  fi
+  cat <<EOF
+
+Content check after each tool's first run (user tables, indexes, constraints, sequences and
+the exact row count of every table, extension objects excluded), against the source's
+\`${MAIN_SIG}\`:
+
+EOF
+  while read -r tool status rest; do
+    if [ "$status" = ok ]; then
+      echo "- $tool: same as the source (${rest/analyzed=/tables with statistics: })"
+    else
+      echo "- $tool: **differs**: $rest"
+    fi
+  done <"$WORK/content.txt"
+  row=$(best_row pgshift)
+  if [ -n "$row" ]; then
+    local r
+    r=$(cut -f2 <<<"$row")
+    cat <<EOF
+
+pgshift's phases in its best run (\`phases_ms\` from \`prepare --json\`; the rest of the
+wall time is connecting, checks, extensions and bookkeeping):
+
+| phase | ms |
+|---|---:|
+EOF
+    jq -r 'to_entries[] | "| \(.key) | \(.value) |"' "$WORK/pgshift-$r/phases.json"
+    echo "| **total wall** | $(awk -v s="$(cut -f3 <<<"$row")" 'BEGIN { printf "%d", s * 1000 }') |"
+  fi
+}
+
+rss_section() {
+  local main_hwm main_rss main_secs
+  main_hwm=$(awk -F'\t' '$1 == "pgshift" { print $5 }' "$WORK/prepare.tsv" | stat_max)
+  main_rss=$(awk -F'\t' '$1 == "pgshift" { print $4 }' "$WORK/prepare.tsv" | stat_max)
+  main_secs=$(awk -F'\t' '$1 == "pgshift" { print $3 }' "$WORK/prepare.tsv" | stat_min)
+  RSS_MAIN_MB=$(mb_of_kb "$main_hwm")
+  RSS_SMALL_MB=$(mb_of_kb "$SMALL_HWM_KB")
+  cat <<EOF
+
+## pgshift's peak memory at two data sizes
+
+| dataset | database size | pgshift's own peak RSS (VmHWM) | max RSS incl. pg_dump/pg_restore children (GNU time %M) | prepare (s) |
+|---|---:|---:|---:|---:|
+| \`bench_small\` (~${BENCH_SMALL_SIZE_MB} MB) | ${SMALL_DB_MB} MB | ${RSS_SMALL_MB} MB | $(mb_of_kb "$SMALL_RSS_KB") MB | ${SMALL_SECS} |
+| \`bench_main\` (~${BENCH_SIZE_MB} MB) | ${MAIN_DB_MB} MB | ${RSS_MAIN_MB} MB | $(mb_of_kb "$main_rss") MB | ${main_secs} |
+
+pgshift's own peak is \`VmHWM\` from \`/proc/<pid>/status\`, sampled every 0.1 s until it
+exits (the maximum over all its runs at that size). GNU time's \`%M\` is the largest peak of
+pgshift and the pg_dump / pg_restore processes it starts, whichever is larger.
+EOF
+}
+
+swap_section() {
+  cat <<EOF
+
+## Swap under pgbench load
+
+For each table count N: a source and a destination database, each with the pgbench tables
+(scale ${BENCH_SWAP_SCALE}, primary and foreign keys) and N small tables (bigserial primary
+key, 10 rows; different rows on each side); \`pgshift prepare\`; then \`pgbench -M prepared
+-c ${BENCH_SWAP_CLIENTS} -j ${PGBENCH_THREADS} -T ${BENCH_SWAP_SECONDS}${BENCH_SWAP_RATE:+ -R $BENCH_SWAP_RATE}\` on the
+destination (tpcb-like, weight 9, plus a script reading two of the N tables, weight 1) and
+\`pgshift swap\` ${BENCH_SWAP_AT} s into it. *Lock held* is pgshift's \`lock_held_ms\` (from
+the LOCK request to the end of COMMIT). *Worst latency* is the longest pgbench transaction
+that overlapped the swap command ±1 s (from pgbench's per-transaction log);
+p99 and the worst outside that window describe the rest of the run.
+EOF
+  if [ "$BENCH_SWAP_IDLE" = 1 ]; then
+    cat <<EOF
+*No load* is a reference: the same prepare and swap on the same databases just before,
+with nothing else running on the destination.
+EOF
+  fi
+  cat <<EOF
+
+| tables (N) | objects moved in | lock held (ms) | lock held, no load (ms) | attempts | swap command (ms) | worst latency in swap window (ms) | p99 latency (ms) | worst outside window (ms) | tps | transactions | failed | aborted clients | prepare before the swap (s) |
+|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|
+EOF
+  awk -F'\t' '{ printf "| %s | %s | **%s** | %s | %s | %s | **%s** | %s | %s | %s | %s | %s | %s | %s |\n", $1, $2, $3, $16, $4, $5, $6, $7, $8, $13, $9, $10, $11, $14 }' "$WORK/swap.tsv"
+}
+
+swap_lock_of() { awk -F'\t' -v n="$1" '$1 == n { print $3 }' "$WORK/swap.tsv"; }
+
+targets_section() {
+  local rows=() base pg cp r ok l failed aborted
+  if want prepare; then
+    base=$(col dumprestore 3 | stat_min)
+    pg=$(col pgshift 3 | stat_min)
+    cp=$(col pgcopydb 3 | stat_min)
+    r=$(ratio "$pg" "$base")
+    ok=$(le "$r" 0.80)
+    rows+=("| prepare ≤ 0.80 × pg_dump+pg_restore | ${pg} s vs ${base} s = **${r}×** | $([ "$ok" = yes ] && echo met || echo "**not met**: $(awk -v p="$pg" -v b="$base" 'BEGIN { printf "%.2f s over (%.0f%% of baseline)", p - 0.8 * b, 100 * p / b }')") |")
+    ok=$(le "$pg" "$cp")
+    rows+=("| prepare at least as fast as pgcopydb | ${pg} s vs ${cp} s ($(ratio "$pg" "$cp")×) | $([ "$ok" = yes ] && echo met || echo "**not met**: $(awk -v p="$pg" -v c="$cp" 'BEGIN { printf "%.2f s slower", p - c }')") |")
+  fi
+  if want swap; then
+    for pair in 100:50 1000:250; do
+      n=${pair%%:*}
+      lim=${pair##*:}
+      l=$(swap_lock_of "$n")
+      if [ -z "$l" ]; then
+        rows+=("| swap lock held ≤ ${lim} ms at ${n} tables | not measured (BENCH_SWAP_TABLES) | — |")
+      else
+        ok=$(le "$l" "$lim")
+        rows+=("| swap lock held ≤ ${lim} ms at ${n} tables | ${l} ms | $([ "$ok" = yes ] && echo met || echo "**not met**: $((l - lim)) ms over") |")
+      fi
+    done
+    failed=$(awk -F'\t' '{ s += $10 } END { print s + 0 }' "$WORK/swap.tsv")
+    aborted=$(awk -F'\t' '{ s += $11 } END { print s + 0 }' "$WORK/swap.tsv")
+    rows+=("| zero failed pgbench transactions | ${failed} failed, ${aborted} aborted clients | $([ "$failed" -eq 0 ] && [ "$aborted" -eq 0 ] && echo met || echo "**not met**") |")
+  fi
+  if want rss; then
+    ok=$(le "$RSS_MAIN_MB" 100)
+    rows+=("| pgshift peak memory < 100 MB | ${RSS_MAIN_MB} MB at ${MAIN_DB_MB} MB, ${RSS_SMALL_MB} MB at ${SMALL_DB_MB} MB | $([ "$ok" = yes ] && echo met || echo "**not met**") |")
+    # Flat: the bigger dataset's peak within 25% (or 10 MB) of the smaller one's.
+    ok=$(awk -v a="$RSS_MAIN_MB" -v b="$RSS_SMALL_MB" 'BEGIN { print ((a <= b * 1.25 || a - b <= 10) ? "yes" : "no") }')
+    rows+=("| peak memory flat in data size (≤ +25% or +10 MB for $(ratio "$MAIN_DB_MB" "$SMALL_DB_MB")× the data) | $(ratio "$RSS_MAIN_MB" "$RSS_SMALL_MB")× | $([ "$ok" = yes ] && echo met || echo "**not met**") |")
+  fi
+  cat <<EOF
+
+## Targets
+
+EOF
+  if [ "$BENCH_SIZE_MB" -ne "$DEFAULT_SIZE_MB" ]; then
+    echo "*Evaluated at the reduced size of ${BENCH_SIZE_MB} MB: indicative only, not the benchmark's verdict.*"
+    echo
+  fi
+  echo "| target | measured | status |"
+  echo "|---|---|---|"
+  printf '%s\n' "${rows[@]}"
+}
+
+method_section() {
+  cat <<EOF
+
+## How to reproduce
+
+\`\`\`
+make bench                                   # default: ~${DEFAULT_SIZE_MB} MB, 3 runs per tool
+BENCH_SIZE_MB=50 BENCH_REPEAT=1 make bench   # a quick, reduced-size run
+\`\`\`
+
+Knobs: \`BENCH_SIZE_MB\`, \`BENCH_REPEAT\`, \`BENCH_JOBS\`, \`BENCH_SMALL_SIZE_MB\`,
+\`BENCH_SWAP_TABLES\`, \`BENCH_SWAP_SCALE\`, \`BENCH_SWAP_SECONDS\`, \`BENCH_SWAP_AT\`,
+\`BENCH_SWAP_CLIENTS\`, \`BENCH_SWAP_RATE\`, \`BENCH_SWAP_IDLE\`, \`BENCH_FSYNC\`, \`BENCH_TMPDIR\`,
+\`BENCH_ONLY\`, \`BENCH_OUT\`, \`BENCH_KEEP_WORK\` (see the top of \`bench/run.sh\`). Everything runs
+on throwaway clusters in a scratch directory that is removed at the end (also on failure,
+Ctrl-C or TERM).
+
+What each tool ends with: the source's tables, data, indexes, constraints and sequences.
+pgshift writes them into the destination's \`shadow\` schema (its \`public\` stays in
+service) and also ANALYZEs and validates row counts; pg_dump | pg_restore and pgcopydb write
+into \`public\` of an empty database (and also restore the PostGIS extension there, which
+pgshift creates itself when missing). Only pgshift leaves the destination usable during
+the copy; the other two are the "stop the application, copy, restart" baselines.
+EOF
+}
+
+write_report() {
+  echo "# pgshift benchmarks"
+  echo
+  echo "Generated by \`make bench\` (\`bench/run.sh\`) on $(date -u '+%Y-%m-%d %H:%M UTC'); do not edit by hand."
+  if [ "$BENCH_SIZE_MB" -ne "$DEFAULT_SIZE_MB" ] || [ "$BENCH_REPEAT" -lt 3 ] || [ "$BENCH_ONLY" != "prepare rss swap" ]; then
+    echo
+    echo "> **Reduced run**: BENCH_SIZE_MB=${BENCH_SIZE_MB} (default ${DEFAULT_SIZE_MB}), BENCH_REPEAT=${BENCH_REPEAT} (default 3), parts: ${BENCH_ONLY}."
+    echo "> These numbers show the format and the harness working; they are not the benchmark's result."
+  fi
+  echo
+  machine_section
+  if want prepare || want rss; then dataset_section; fi
+  if want prepare; then prepare_section; fi
+  if want rss; then rss_section; fi
+  if want swap; then swap_section; fi
+  targets_section
+  # Analysis kept by hand next to the script (causes of gaps, bottlenecks found).
+  if [ -s "$HERE/notes.md" ]; then
+    echo
+    cat "$HERE/notes.md"
+  fi
+  method_section
+}

@@ -1,0 +1,458 @@
+#!/usr/bin/env bash
+# pgshift benchmarks (`make bench`): prepare against pg_dump|pg_restore and pgcopydb,
+# the swap's lock time under pgbench load, pgshift's peak memory at two data sizes.
+# Writes BENCHMARKS.md (and prints it).
+#
+#   bench/run.sh PATH/TO/pgshift
+#
+# Knobs (environment):
+#   BENCH_SIZE_MB        dataset size, about (default 500)
+#   BENCH_REPEAT         timed runs per tool; the best and the median are reported (default 3)
+#   BENCH_JOBS           parallel jobs for every tool (default: CPUs)
+#   BENCH_SMALL_SIZE_MB  the second dataset size for the memory check (default BENCH_SIZE_MB/4)
+#   BENCH_SWAP_TABLES    table counts for the swap benchmark (default "10 100 1000")
+#   BENCH_SWAP_SCALE     pgbench scale of the swap benchmark's databases (default 10, less when small)
+#   BENCH_SWAP_SECONDS   pgbench duration per swap run (default 20); the swap starts at BENCH_SWAP_AT (8)
+#   BENCH_SWAP_CLIENTS   pgbench clients (default 4); BENCH_SWAP_RATE: tps limit (default none)
+#   BENCH_SWAP_IDLE      also time a swap with no load, as a reference (default 1; 0 to skip)
+#   BENCH_FSYNC          fsync setting of both clusters (default on)
+#   BENCH_TMPDIR         where clusters, dumps and logs go (default $TMPDIR, else /var/tmp)
+#   BENCH_ONLY           subset of "prepare rss swap" (default all three)
+#   BENCH_OUT            report file (default BENCHMARKS.md at the repository root)
+#   BENCH_KEEP_WORK=1    keep the scratch directory (logs) after the run
+set -euo pipefail
+export LC_ALL=C
+
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+ROOT=$(cd "$HERE/.." && pwd)
+# shellcheck source=bench/lib.sh
+. "$HERE/lib.sh"
+
+[ $# -eq 1 ] || die "usage: bench/run.sh PATH/TO/pgshift"
+[ -x "$1" ] || die "pgshift binary not found or not executable: $1 (build it with: cargo build --release)"
+PGSHIFT=$(cd "$(dirname "$1")" && pwd)/$(basename "$1")
+
+DEFAULT_SIZE_MB=500
+BENCH_SIZE_MB=${BENCH_SIZE_MB:-$DEFAULT_SIZE_MB}
+BENCH_REPEAT=${BENCH_REPEAT:-3}
+BENCH_JOBS=${BENCH_JOBS:-$(nproc)}
+BENCH_SMALL_SIZE_MB=${BENCH_SMALL_SIZE_MB:-$((BENCH_SIZE_MB / 4))}
+BENCH_SWAP_TABLES=${BENCH_SWAP_TABLES:-10 100 1000}
+BENCH_SWAP_SECONDS=${BENCH_SWAP_SECONDS:-20}
+BENCH_SWAP_AT=${BENCH_SWAP_AT:-8}
+BENCH_SWAP_CLIENTS=${BENCH_SWAP_CLIENTS:-4}
+BENCH_SWAP_RATE=${BENCH_SWAP_RATE:-}
+BENCH_SWAP_IDLE=${BENCH_SWAP_IDLE:-1}
+BENCH_FSYNC=${BENCH_FSYNC:-on}
+BENCH_ONLY=${BENCH_ONLY:-prepare rss swap}
+BENCH_OUT=${BENCH_OUT:-$ROOT/BENCHMARKS.md}
+is_int() { [[ $1 =~ ^[0-9]+$ ]] && [ "$1" -gt 0 ]; }
+for v in BENCH_SIZE_MB BENCH_REPEAT BENCH_JOBS BENCH_SMALL_SIZE_MB BENCH_SWAP_SECONDS BENCH_SWAP_AT BENCH_SWAP_CLIENTS; do
+  is_int "${!v}" || die "$v must be a positive integer, not '${!v}'"
+done
+for n in $BENCH_SWAP_TABLES; do
+  is_int "$n" && [ "$n" -ge 10 ] || die "BENCH_SWAP_TABLES: each count must be an integer >= 10, not '$n'"
+done
+[ -z "$BENCH_SWAP_RATE" ] || is_int "$BENCH_SWAP_RATE" || die "BENCH_SWAP_RATE must be a positive integer"
+[ "$BENCH_SWAP_AT" -lt "$BENCH_SWAP_SECONDS" ] || die "BENCH_SWAP_AT must be less than BENCH_SWAP_SECONDS"
+case $BENCH_FSYNC in on | off) ;; *) die "BENCH_FSYNC must be on or off" ;; esac
+case $BENCH_SWAP_IDLE in 0 | 1) ;; *) die "BENCH_SWAP_IDLE must be 0 or 1" ;; esac
+want() { [[ " $BENCH_ONLY " == *" $1 "* ]]; }
+for part in $BENCH_ONLY; do
+  case $part in prepare | rss | swap) ;; *) die "BENCH_ONLY: unknown part '$part' (use prepare, rss, swap)" ;; esac
+done
+
+# Size knobs: everything scales with the dataset size; the 300 small tables do not.
+SCALE_F=$(awk -v s="$BENCH_SIZE_MB" -v d="$DEFAULT_SIZE_MB" 'BEGIN { printf "%.4f", s / d }')
+if [ -z "${BENCH_SWAP_SCALE:-}" ]; then
+  BENCH_SWAP_SCALE=$(awk -v f="$SCALE_F" 'BEGIN { s = int(10 * f + 0.5); if (s < 4) s = 4; if (s > 10) s = 10; print s }')
+fi
+is_int "$BENCH_SWAP_SCALE" || die "BENCH_SWAP_SCALE must be a positive integer"
+
+# ---------------------------------------------------------------- tools
+unset PGHOST PGHOSTADDR PGPORT PGUSER PGDATABASE PGPASSWORD PGPASSFILE PGSERVICE PGSERVICEFILE \
+  PGOPTIONS PGSSLMODE PGAPPNAME PGCONNECT_TIMEOUT PGTARGETSESSIONATTRS
+while IFS='=' read -r name _; do
+  case $name in PGSHIFT_*) unset "$name" ;; esac
+done < <(env)
+if [ -z "${PGBIN:-}" ]; then
+  if command -v pg_config >/dev/null 2>&1 && [ -x "$(pg_config --bindir)/initdb" ]; then
+    PGBIN=$(pg_config --bindir)
+  else
+    PGBIN=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1)
+  fi
+fi
+[ -n "$PGBIN" ] || die "PostgreSQL server binaries not found; run scripts/install-deps.sh --bench or set PGBIN"
+for t in initdb pg_ctl postgres psql pg_dump pg_restore pgbench vacuumdb; do
+  [ -x "$PGBIN/$t" ] || die "$t not found in $PGBIN; run scripts/install-deps.sh --bench (or set PGBIN)"
+done
+export PATH="$PGBIN:$PATH" PGSHIFT_PG_BINDIR="$PGBIN"
+want prepare && { command -v pgcopydb >/dev/null 2>&1 || die "pgcopydb not found; run scripts/install-deps.sh --bench (Debian package pgcopydb)"; }
+[ -x /usr/bin/time ] && /usr/bin/time --version 2>&1 | grep -q GNU ||
+  die "GNU time (/usr/bin/time) not found; run scripts/install-deps.sh --bench (Debian package time)"
+command -v jq >/dev/null 2>&1 || die "jq not found; run scripts/install-deps.sh --bench (Debian package jq)"
+if [ "$(id -u)" -eq 0 ]; then
+  id -u postgres >/dev/null 2>&1 || die "running as root needs a 'postgres' OS user to run the servers (scripts/install-deps.sh creates it)"
+  command -v runuser >/dev/null 2>&1 || die "runuser not found (package util-linux)"
+fi
+
+# ---------------------------------------------------------------- scratch dir and cleanup
+TMP_ROOT=${BENCH_TMPDIR:-${TMPDIR:-/var/tmp}}
+[ -d "$TMP_ROOT" ] && [ -w "$TMP_ROOT" ] || die "BENCH_TMPDIR $TMP_ROOT is not a writable directory"
+# Source (two datasets), destination, a dump, and WAL up to max_wal_size on each cluster.
+need_mb=$((BENCH_SIZE_MB * 6 + 8192))
+free_mb=$(df -Pm "$TMP_ROOT" | awk 'NR == 2 { print $4 }')
+[ "$free_mb" -ge "$need_mb" ] || die "$TMP_ROOT has $free_mb MB free; the benchmark needs about $need_mb MB (set BENCH_TMPDIR)"
+WORK=$(mktemp -d "$TMP_ROOT/pgshift-bench.XXXXXX")
+chmod 0755 "$WORK"
+
+CLEANED=0
+cleanup() {
+  [ "$CLEANED" -eq 1 ] && return
+  CLEANED=1
+  # A second INT/TERM (Ctrl-C twice, or a child signalling its process group)
+  # must not cut the cleanup short.
+  trap '' INT TERM
+  local pid
+  for pid in "${BG_PIDS[@]+"${BG_PIDS[@]}"}"; do
+    kill_tree "$pid" TERM
+  done
+  for pid in "${BG_PIDS[@]+"${BG_PIDS[@]}"}"; do
+    wait "$pid" 2>/dev/null || true
+  done
+  stop_clusters
+  if [ "${BENCH_KEEP_WORK:-0}" = 1 ]; then
+    say "scratch directory kept: $WORK"
+  else
+    rm -rf "$WORK"
+  fi
+}
+trap cleanup EXIT
+trap 'say "interrupted; cleaning up"; cleanup; exit 130' INT
+trap 'say "terminated; cleaning up"; cleanup; exit 143' TERM
+
+[ "$BENCH_JOBS" -le "$(nproc)" ] ||
+  say "WARNING: BENCH_JOBS=$BENCH_JOBS is more than the $(nproc) CPUs; pgshift caps its jobs at the CPU count, the other tools do not"
+say "scratch directory $WORK (size ${BENCH_SIZE_MB} MB, ${BENCH_REPEAT} runs per tool, ${BENCH_JOBS} jobs)"
+init_cluster SRC
+init_cluster DST
+say "source cluster on port $SRC_PORT, destination cluster on port $DST_PORT (fsync=$BENCH_FSYNC)"
+[ "$(q "$SRC_PORT" postgres "SELECT count(*) FROM pg_available_extensions WHERE name = 'postgis'")" = 1 ] ||
+  die "PostGIS is not installed for $PGBIN; run scripts/install-deps.sh --bench"
+
+# ---------------------------------------------------------------- dataset
+# build_dataset DB SIZE_MB: pgbench tables, places (PostGIS), documents, 300 small tables.
+build_dataset() {
+  local db=$1 size=$2 f scale geo docs
+  f=$(awk -v s="$size" -v d="$DEFAULT_SIZE_MB" 'BEGIN { printf "%.4f", s / d }')
+  scale=$(awk -v f="$f" 'BEGIN { s = int(10 * f + 0.5); print (s < 1 ? 1 : s) }')
+  geo=$(awk -v f="$f" 'BEGIN { n = int(1000000 * f + 0.5); print (n < 10000 ? 10000 : n) }')
+  docs=$(awk -v f="$f" 'BEGIN { n = int(130000 * f + 0.5); print (n < 2000 ? 2000 : n) }')
+  say "building dataset $db (~${size} MB): pgbench scale $scale, $geo places, $docs documents, 300 small tables"
+  recreate_db "$SRC_PORT" "$db"
+  run_logged "$WORK/dataset-$db.log" "pgbench -i on $db" \
+    "$PGBIN/pgbench" -i -q -s "$scale" -I dtGvpf -h 127.0.0.1 -p "$SRC_PORT" -U bench "$db"
+  run_logged "$WORK/dataset-$db.log" "building the dataset $db" \
+    psql_file "$SRC_PORT" "$db" "$HERE/dataset.sql" -v geo_rows="$geo" -v doc_rows="$docs" -v small_tables=300
+  eval "DS_${db}_SCALE=$scale DS_${db}_GEO=$geo DS_${db}_DOCS=$docs"
+}
+
+db_size_mb() { q "$1" "$2" "SELECT round(pg_database_size(current_database()) / 1048576.0)"; }
+
+# Rows and sizes of the big tables, as Markdown table rows.
+describe_dataset() {
+  local db=$1
+  q "$SRC_PORT" "$db" "
+SELECT format('| %s | %s | %s MB | %s MB | %s |', c.relname, to_char(c.reltuples::bigint, 'FM999,999,999,999'),
+              round(pg_table_size(c.oid) / 1048576.0, 1), round(pg_indexes_size(c.oid) / 1048576.0, 1),
+              (SELECT string_agg(am.amname, ', ' ORDER BY am.amname) FROM pg_index i JOIN pg_class ic ON ic.oid = i.indexrelid
+                 JOIN pg_am am ON am.oid = ic.relam WHERE i.indrelid = c.oid))
+  FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+ WHERE n.nspname = 'public' AND c.relkind = 'r' AND c.relname NOT LIKE 'small\_%' AND c.relname <> 'spatial_ref_sys'
+ ORDER BY pg_total_relation_size(c.oid) DESC"
+  q "$SRC_PORT" "$db" "
+SELECT format('| small_0001 … small_%s | %s (5 each) | %s MB | %s MB | btree |', lpad(count(*)::text, 4, '0'),
+              sum(c.reltuples::bigint), round(sum(pg_table_size(c.oid)) / 1048576.0, 1), round(sum(pg_indexes_size(c.oid)) / 1048576.0, 1))
+  FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+ WHERE n.nspname = 'public' AND c.relkind = 'r' AND c.relname LIKE 'small\_%'"
+}
+
+if want prepare || want rss; then
+  build_dataset bench_main "$BENCH_SIZE_MB"
+  MAIN_DB_MB=$(db_size_mb "$SRC_PORT" bench_main)
+  MAIN_SIG=$(content_signature "$SRC_PORT" bench_main public)
+  say "bench_main: $MAIN_DB_MB MB; $MAIN_SIG"
+fi
+
+# ---------------------------------------------------------------- tool runs
+SRC_MAIN=$(url "$SRC_PORT" bench_main)
+
+# pgshift prepare SRC_DB into a fresh destination DST_DB; sets RUN_SECS, RUN_RSS_KB
+# (max RSS of pgshift and its children, GNU time), RUN_HWM_KB (pgshift's own peak, VmHWM).
+# With a 4th argument `keep`, the destination database is used as it is.
+run_pgshift() {
+  local label=$1 src_db=$2 dst_db=$3 dir="$WORK/$1"
+  mkdir -p "$dir"
+  [ "${4:-}" = keep ] || recreate_db "$DST_PORT" "$dst_db"
+  settle "$SRC_PORT" "$DST_PORT"
+  local t0 t1 pid rc=0
+  t0=$(now_us)
+  (cd "$dir" && exec /usr/bin/time -f '%M' -o "$dir/time.txt" "$PGSHIFT" prepare \
+    --source "$(url "$SRC_PORT" "$src_db")" --dest "$(url "$DST_PORT" "$dst_db")" \
+    --jobs "$BENCH_JOBS" --json --state-dir "$dir" --dump-dir "$dir/dump" >"$dir/out.json" 2>"$dir/log.txt") &
+  pid=$!
+  BG_PIDS+=("$pid")
+  sample_hwm "$pid" "$dir/hwm.txt"
+  wait "$pid" || rc=$?
+  t1=$(now_us)
+  forget_pid "$pid"
+  if [ "$rc" -ne 0 ]; then
+    show_tail "$dir/log.txt" 40
+    die "pgshift prepare ($label) failed (exit $rc)"
+  fi
+  RUN_SECS=$(secs_between "$t0" "$t1")
+  RUN_RSS_KB=$(tail -n 1 "$dir/time.txt")
+  RUN_HWM_KB=$(cat "$dir/hwm.txt" 2>/dev/null || echo 0)
+}
+
+# Poll pgshift's VmHWM (peak resident set) while it runs. PARENT is /usr/bin/time;
+# pgshift is its only child. The last sample is at most 0.1 s old when it exits.
+sample_hwm() {
+  local parent=$1 out=$2 child="" k v rest
+  echo 0 >"$out"
+  while kill -0 "$parent" 2>/dev/null; do
+    if [ -z "$child" ]; then
+      # (the file has no final newline: read fills child and returns 1)
+      read -r child _ <"/proc/$parent/task/$parent/children" 2>/dev/null || true
+    fi
+    if [ -n "$child" ] && [ -r "/proc/$child/status" ]; then
+      while read -r k v rest; do
+        [ "$k" = "VmHWM:" ] && echo "$v" >"$out"
+      done <"/proc/$child/status" 2>/dev/null || true
+    fi
+    sleep 0.1
+  done
+}
+
+run_dump_restore() {
+  local dst_db=$1 dir="$WORK/dumprestore"
+  rm -rf "$dir"
+  mkdir -p "$dir"
+  recreate_db "$DST_PORT" "$dst_db"
+  settle "$SRC_PORT" "$DST_PORT"
+  local t0 t1 t2 t3
+  t0=$(now_us)
+  run_logged "$dir/log.txt" "pg_dump -Fd -j $BENCH_JOBS" \
+    "$PGBIN/pg_dump" -Fd -j "$BENCH_JOBS" -f "$dir/dump" "$SRC_MAIN"
+  t1=$(now_us)
+  run_logged "$dir/log.txt" "pg_restore -j $BENCH_JOBS" \
+    "$PGBIN/pg_restore" -j "$BENCH_JOBS" -d "$(url "$DST_PORT" "$dst_db")" "$dir/dump"
+  t2=$(now_us)
+  RUN_SECS=$(secs_between "$t0" "$t2")
+  RUN_DUMP_SECS=$(secs_between "$t0" "$t1")
+  RUN_RESTORE_SECS=$(secs_between "$t1" "$t2")
+  RUN_DUMP_MB=$(du -sm "$dir/dump" | awk '{ print $1 }')
+}
+
+# Not part of the timed baseline: what ANALYZE adds after pg_restore (which does not analyze).
+analyze_after_restore() {
+  local dst_db=$1 t0 t1
+  t0=$(now_us)
+  run_logged "$WORK/dumprestore/log.txt" "vacuumdb --analyze-only" \
+    "$PGBIN/vacuumdb" --analyze-only -q -j "$BENCH_JOBS" -d "$(url "$DST_PORT" "$dst_db")"
+  t1=$(now_us)
+  RUN_ANALYZE_SECS=$(secs_between "$t0" "$t1")
+}
+
+run_pgcopydb() {
+  local dst_db=$1 dir="$WORK/pgcopydb"
+  rm -rf "$dir"
+  mkdir -p "$dir"
+  recreate_db "$DST_PORT" "$dst_db"
+  settle "$SRC_PORT" "$DST_PORT"
+  local t0 t1
+  t0=$(now_us)
+  # In its own session: on a signal pgcopydb signals its whole process group.
+  run_logged "$dir/log.txt" "pgcopydb clone" \
+    setsid --wait pgcopydb clone --source "$SRC_MAIN" --target "$(url "$DST_PORT" "$dst_db")" \
+    --table-jobs "$BENCH_JOBS" --index-jobs "$BENCH_JOBS" --dir "$dir/work"
+  t1=$(now_us)
+  RUN_SECS=$(secs_between "$t0" "$t1")
+}
+
+# After a run (not timed): does the destination hold what the source holds?
+check_content() {
+  local tool=$1 db=$2 schema=$3 sig analyzed
+  sig=$(content_signature "$DST_PORT" "$db" "$schema")
+  analyzed=$(analyzed_tables "$DST_PORT" "$db" "$schema")
+  if [ "$sig" = "$MAIN_SIG" ]; then
+    echo "$tool ok analyzed=$analyzed" >>"$WORK/content.txt"
+  else
+    say "WARNING: $tool's result differs from the source: $sig (source: $MAIN_SIG)"
+    echo "$tool MISMATCH $sig analyzed=$analyzed" >>"$WORK/content.txt"
+  fi
+}
+
+TOOLS=(pgshift dumprestore pgcopydb)
+: >"$WORK/prepare.tsv"
+: >"$WORK/content.txt"
+if want prepare; then
+  for round in $(seq 1 "$BENCH_REPEAT"); do
+    # Rotate the order every round: A B C, B C A, C A B, ...
+    for i in 0 1 2; do
+      tool=${TOOLS[$(((i + round - 1) % 3))]}
+      say "round $round/$BENCH_REPEAT: $tool"
+      case $tool in
+        pgshift)
+          run_pgshift "pgshift-$round" bench_main bench_dst
+          jq -c '.phases_ms' "$WORK/pgshift-$round/out.json" >"$WORK/pgshift-$round/phases.json"
+          printf '%s\t%s\t%s\t%s\t%s\n' pgshift "$round" "$RUN_SECS" "$RUN_RSS_KB" "$RUN_HWM_KB" >>"$WORK/prepare.tsv"
+          if [ "$round" -eq 1 ]; then check_content pgshift bench_dst shadow; fi
+          ;;
+        dumprestore)
+          run_dump_restore bench_dst
+          if [ "$round" -eq 1 ]; then check_content dumprestore bench_dst public; fi
+          analyze_after_restore bench_dst
+          printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' dumprestore "$round" "$RUN_SECS" "$RUN_DUMP_SECS" "$RUN_RESTORE_SECS" "$RUN_ANALYZE_SECS" "$RUN_DUMP_MB" >>"$WORK/prepare.tsv"
+          ;;
+        pgcopydb)
+          run_pgcopydb bench_dst
+          printf '%s\t%s\t%s\n' pgcopydb "$round" "$RUN_SECS" >>"$WORK/prepare.tsv"
+          if [ "$round" -eq 1 ]; then check_content pgcopydb bench_dst public; fi
+          ;;
+      esac
+      say "  $tool: $RUN_SECS s"
+      drop_db "$DST_PORT" bench_dst
+    done
+  done
+fi
+
+# ---------------------------------------------------------------- memory at two sizes
+if want rss; then
+  if ! want prepare; then
+    say "memory at ${BENCH_SIZE_MB} MB: pgshift prepare"
+    run_pgshift rss-main bench_main bench_dst
+    printf '%s\t%s\t%s\t%s\t%s\n' pgshift rss "$RUN_SECS" "$RUN_RSS_KB" "$RUN_HWM_KB" >>"$WORK/prepare.tsv"
+    drop_db "$DST_PORT" bench_dst
+  fi
+  build_dataset bench_small "$BENCH_SMALL_SIZE_MB"
+  SMALL_DB_MB=$(db_size_mb "$SRC_PORT" bench_small)
+  say "memory at ${BENCH_SMALL_SIZE_MB} MB: pgshift prepare"
+  run_pgshift rss-small bench_small bench_dst
+  SMALL_SECS=$RUN_SECS SMALL_RSS_KB=$RUN_RSS_KB SMALL_HWM_KB=$RUN_HWM_KB
+  drop_db "$DST_PORT" bench_dst
+  drop_db "$SRC_PORT" bench_small
+fi
+
+# ---------------------------------------------------------------- swap under pgbench load
+# Per-transaction pgbench logs (-l): client tx latency_us script epoch_s epoch_us [lag].
+# Prints: worst latency (ms) of transactions overlapping [from, to] (epoch µs), p99
+# latency (ms) of the whole run, worst latency outside the window, failed transactions
+# in the logs, transactions in the window.
+latency_stats() {
+  local from=$1 to=$2 lat="$WORK/latencies.txt" p99
+  shift 2
+  : >"$lat"
+  cat "$@" | awk -v from="$from" -v to="$to" -v lat="$lat" '
+    $3 ~ /^[0-9]+$/ {
+      end = $5 * 1000000 + $6; start = end - $3
+      print $3 > lat
+      if (end >= from && start <= to) { if ($3 > win) win = $3; nwin++ }
+      else if ($3 > out) out = $3
+      next
+    }
+    { failed++ }
+    END { printf "%.1f %.1f %d %d\n", win / 1000, out / 1000, failed, nwin }' >"$WORK/latency_summary.txt"
+  p99=$(sort -n "$lat" | awk '{ v[NR] = $1 } END { p = int(NR * 0.99); if (p < 1) p = 1; printf "%.1f", v[p] / 1000 }')
+  read -r win out failed nwin <"$WORK/latency_summary.txt"
+  echo "$win $p99 $out $failed $nwin"
+}
+
+# pgshift swap on the destination database DB, with the state dir of its prepare;
+# writes DIR/swap.json and DIR/swap.log.
+pgshift_swap() {
+  local dir=$1 db=$2 rc=0
+  (cd "$dir" && "$PGSHIFT" swap --dest "$(url "$DST_PORT" "$db")" --json --state-dir "$dir" \
+    >"$dir/swap.json" 2>"$dir/swap.log") || rc=$?
+  if [ "$rc" -ne 0 ]; then
+    show_tail "$dir/swap.log"
+    die "pgshift swap ($dir) failed (exit $rc)"
+  fi
+}
+
+PGBENCH_THREADS=$((BENCH_SWAP_CLIENTS < 2 ? BENCH_SWAP_CLIENTS : 2))
+: >"$WORK/swap.tsv"
+if want swap; then
+  for n in $BENCH_SWAP_TABLES; do
+    sdir="$WORK/swap-$n"
+    mkdir -p "$sdir"
+    say "swap with $n tables (+ pgbench tables, scale $BENCH_SWAP_SCALE): building source and destination"
+    for side in SRC DST; do
+      port_var="${side}_PORT"
+      port=${!port_var}
+      db="swap_$n"
+      recreate_db "$port" "$db"
+      run_logged "$sdir/build.log" "pgbench -i ($side, $n tables)" \
+        "$PGBIN/pgbench" -i -q -s "$BENCH_SWAP_SCALE" -I dtGvpf -h 127.0.0.1 -p "$port" -U bench "$db"
+      run_logged "$sdir/build.log" "creating $n tables ($side)" \
+        psql_file "$port" "$db" "$HERE/swap_tables.sql" -v n="$n" -v tag="$side"
+    done
+    if [ "$BENCH_SWAP_IDLE" = 1 ]; then
+      say "swap with $n tables: pgshift prepare, then swap with no load (reference)"
+      run_pgshift "swap-$n/idle" "swap_$n" "swap_$n" keep
+      pgshift_swap "$sdir/idle" "swap_$n"
+      lock_idle_ms=$(jq -r '.lock_held_ms' "$sdir/idle/swap.json")
+    else
+      lock_idle_ms="-"
+    fi
+    say "swap with $n tables: pgshift prepare"
+    run_pgshift "swap-$n/prepare" "swap_$n" "swap_$n" keep
+    swap_prepare_secs=$RUN_SECS
+    rate_args=()
+    [ -n "$BENCH_SWAP_RATE" ] && rate_args=(-R "$BENCH_SWAP_RATE")
+    say "swap with $n tables: pgbench for ${BENCH_SWAP_SECONDS}s, swap at ${BENCH_SWAP_AT}s"
+    "$PGBIN/pgbench" -n -M prepared -c "$BENCH_SWAP_CLIENTS" -j "$PGBENCH_THREADS" -T "$BENCH_SWAP_SECONDS" \
+      "${rate_args[@]+"${rate_args[@]}"}" -l --log-prefix="$sdir/pgbench_log" --failures-detailed \
+      -b tpcb-like@9 -f "$HERE/swap_read.pgbench@1" \
+      -h 127.0.0.1 -p "$DST_PORT" -U bench "swap_$n" >"$sdir/pgbench.out" 2>"$sdir/pgbench.err" &
+    pgb=$!
+    BG_PIDS+=("$pgb")
+    sleep "$BENCH_SWAP_AT"
+    kill -0 "$pgb" 2>/dev/null || {
+      show_tail "$sdir/pgbench.err"
+      die "pgbench ended before the swap"
+    }
+    s0=$(now_us)
+    pgshift_swap "$sdir/prepare" "swap_$n"
+    s1=$(now_us)
+    pgb_rc=0
+    wait "$pgb" || pgb_rc=$?
+    forget_pid "$pgb"
+    lock_ms=$(jq -r '.lock_held_ms' "$sdir/prepare/swap.json")
+    attempts=$(jq -r '.attempts' "$sdir/prepare/swap.json")
+    moved=$(jq -r '.moved_in' "$sdir/prepare/swap.json")
+    swap_wall_ms=$(awk -v a="$s0" -v b="$s1" 'BEGIN { printf "%d", (b - a) / 1000 }')
+    read -r worst p99 outside failed_log nwin < <(latency_stats $((s0 - 1000000)) $((s1 + 1000000)) "$sdir"/pgbench_log.*)
+    processed=$(awk -F': ' '/^number of transactions actually processed/ { split($2, a, "/"); print a[1] + 0 }' "$sdir/pgbench.out")
+    failed=$(awk -F': ' '/^number of failed transactions/ { print $2 + 0 }' "$sdir/pgbench.out")
+    tps=$(awk '/^tps = / { printf "%.0f", $3 }' "$sdir/pgbench.out")
+    aborted=$(grep -c 'aborted' "$sdir/pgbench.err" || true)
+    [ -n "$failed" ] || failed=$failed_log
+    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$n" "$moved" "$lock_ms" "$attempts" "$swap_wall_ms" \
+      "$worst" "$p99" "$outside" "${processed:-0}" "${failed:-0}" "$aborted" "$pgb_rc" "$tps" "$swap_prepare_secs" "$nwin" "$lock_idle_ms" >>"$WORK/swap.tsv"
+    say "  $n tables: lock held ${lock_ms} ms, worst latency in the swap window ${worst} ms, failed ${failed:-?}, aborted clients $aborted"
+    if [ "$pgb_rc" -ne 0 ]; then
+      say "WARNING: pgbench exited with status $pgb_rc during the swap with $n tables"
+      show_tail "$sdir/pgbench.err" 10
+    fi
+    drop_db "$SRC_PORT" "swap_$n"
+    drop_db "$DST_PORT" "swap_$n"
+  done
+fi
+
+# ---------------------------------------------------------------- report
+. "$HERE/report.sh"
+write_report >"$WORK/report.md"
+cp "$WORK/report.md" "$BENCH_OUT"
+cat "$WORK/report.md"
+say "report written to $BENCH_OUT"
