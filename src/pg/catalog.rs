@@ -250,6 +250,37 @@ pub async fn sequence_value(
     Ok((r.get(0), r.get(1)))
 }
 
+/// `last_value, is_called` of many sequences of one schema, in few queries.
+pub async fn sequence_values(
+    client: &impl GenericClient,
+    schema: &str,
+    names: &[String],
+) -> Result<std::collections::HashMap<String, (i64, bool)>> {
+    let mut out = std::collections::HashMap::with_capacity(names.len());
+    for chunk in names.chunks(500) {
+        let sql = chunk
+            .iter()
+            .enumerate()
+            .map(|(i, n)| {
+                format!(
+                    "SELECT {i}, last_value, is_called FROM {}",
+                    crate::pg::ident::qualified(schema, n)
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(" UNION ALL ");
+        let rows = client
+            .query(sql.as_str(), &[])
+            .await
+            .with_context(|| format!("reading the sequences of {schema}"))?;
+        for r in rows {
+            let i: i32 = r.get(0);
+            out.insert(chunk[i as usize].clone(), (r.get(1), r.get(2)));
+        }
+    }
+    Ok(out)
+}
+
 /// An installed extension.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct ExtensionInfo {

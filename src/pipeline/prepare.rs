@@ -397,10 +397,8 @@ async fn snapshot(run: &mut Run<'_>) -> Result<DateTime<Utc>> {
         .into_iter()
         .collect();
     run.sequences = catalog::sequences(&client, SOURCE_SCHEMA).await?;
-    for s in &run.sequences {
-        let v = catalog::sequence_value(&client, SOURCE_SCHEMA, &s.name).await?;
-        run.sequence_values.insert(s.name.clone(), v);
-    }
+    let names: Vec<String> = run.sequences.iter().map(|s| s.name.clone()).collect();
+    run.sequence_values = catalog::sequence_values(&client, SOURCE_SCHEMA, &names).await?;
     run.matviews = catalog::matviews_in_order(&client, SOURCE_SCHEMA).await?;
     for p in &run.preserved {
         if !run.tables.iter().any(|t| &t.name == p && t.relkind == 'r') {
@@ -739,20 +737,22 @@ async fn validate(run: &mut Run<'_>) -> Result<Vec<TableRecord>> {
     let started = Instant::now();
     // Sequences: every shadow sequence holds the source's value.
     let mut mismatches = Vec::new();
-    for s in &run.sequences {
-        if s.owned_by
-            .as_ref()
-            .is_some_and(|o| run.preserved.contains(&o.0))
-        {
-            continue;
-        }
-        let got = catalog::sequence_value(&run.sess.control, SHADOW_SCHEMA, &s.name).await?;
-        let want = run.sequence_values[&s.name];
-        if got != want {
-            mismatches.push(format!(
-                "sequence {}: source {:?}, shadow {:?}",
-                s.name, want, got
-            ));
+    let names: Vec<String> = run
+        .sequences
+        .iter()
+        .filter(|s| {
+            !s.owned_by
+                .as_ref()
+                .is_some_and(|o| run.preserved.contains(&o.0))
+        })
+        .map(|s| s.name.clone())
+        .collect();
+    let got_all = catalog::sequence_values(&run.sess.control, SHADOW_SCHEMA, &names).await?;
+    for name in &names {
+        let want = run.sequence_values[name];
+        let got = got_all.get(name).copied();
+        if got != Some(want) {
+            mismatches.push(format!("sequence {name}: source {want:?}, shadow {got:?}"));
         }
     }
     let mut records: Vec<TableRecord> = run
