@@ -165,15 +165,10 @@ pub fn print_report(ctx: &Ctx, r: &PrepareReport) -> Result<()> {
 /// One line for `start`, before the swap's report.
 pub fn print_report_brief(r: &PrepareReport) {
     println!(
-        "Prepared migration {}: {} tables, {} rows ({})",
+        "Prepared migration {}: {} tables, {} rows in shadow",
         r.migration_id,
         r.tables.len(),
-        r.total_rows,
-        r.phases_ms
-            .iter()
-            .map(|(k, v)| format!("{k} {}", human_ms(v.as_u64().unwrap_or(0))))
-            .collect::<Vec<_>>()
-            .join(", ")
+        r.total_rows
     );
     for w in &r.warnings {
         println!("warning: {w}");

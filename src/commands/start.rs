@@ -5,7 +5,7 @@ use serde::Serialize;
 
 use crate::commands::{Ctx, prepare, swap};
 use crate::error::ExitCode;
-use crate::output;
+use crate::output::{self, Table, human_ms};
 use crate::pipeline::cutover::{self, SwapOptions, SwapReport};
 use crate::pipeline::prepare::PrepareReport;
 use crate::pipeline::session::Session;
@@ -52,6 +52,18 @@ pub async fn run(ctx: Ctx) -> Result<ExitCode> {
         })?;
     } else {
         swap::print_report(&ctx, &swapped)?;
+        print_summary(&prepared, &swapped);
     }
     Ok(ExitCode::Ok)
+}
+
+/// The whole run at a glance: every phase's duration and the swap's lock time.
+fn print_summary(p: &PrepareReport, s: &SwapReport) {
+    let mut t = Table::new(["phase", "duration"]).right(1);
+    for (name, ms) in &p.phases_ms {
+        t.row([name.clone(), human_ms(ms.as_u64().unwrap_or(0))]);
+    }
+    t.row(["swap (locks held)".to_string(), human_ms(s.lock_held_ms)]);
+    println!();
+    t.print();
 }

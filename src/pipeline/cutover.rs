@@ -334,6 +334,14 @@ pub async fn swap(sess: &Session, opts: &SwapOptions) -> Result<SwapReport> {
         "swap committed"
     );
     let fks = hook.fks.lock().map(|f| f.clone()).unwrap_or_default();
+    match swap::strays(&sess.control, &outcome).await {
+        Ok(strays) if !strays.is_empty() => warnings.push(format!(
+            "created in public while the swap waited for its locks, and left there: {}",
+            strays.join(", ")
+        )),
+        Ok(_) => {}
+        Err(e) => warnings.push(format!("could not check public after the swap: {e:#}")),
+    }
 
     // After the commit nothing writes the backup any more: record its contents.
     let mut manifest = manifest;
