@@ -576,3 +576,54 @@ fn percent_encode(s: &str) -> String {
         })
         .collect()
 }
+
+#[test]
+fn the_source_dropping_connections_during_the_load_fails_clearly_and_a_rerun_completes() {
+    let dbs = TestDbs::new("src_drop");
+    big_source(&dbs.src, 300_000);
+    dbs.dst
+        .psql("CREATE TABLE keep (x int); INSERT INTO keep VALUES (1);");
+    let before = catalog_without_pgshift(&dbs.dst);
+    let wd = Workdir::new();
+    let mut child = spawn(
+        &wd,
+        &[
+            "prepare",
+            "--source",
+            &dbs.src.url(),
+            "--dest",
+            &dbs.dst.url(),
+        ],
+        &[],
+    );
+    wait_for_phase(&wd, &dbs.dst, "data", &mut child);
+    wait_for_statement(&dbs.src, "COPY", &mut child);
+    // The source kills every session of the run (as a restart or a DBA would).
+    dbs.src.psql(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+          WHERE application_name LIKE 'pgshift%' AND pid <> pg_backend_pid()",
+    );
+    let status = wait_exit(&mut child, Duration::from_secs(60));
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    let last = stderr.trim_end().lines().last().unwrap();
+    assert!(
+        last.starts_with("error: prepare failed: phase data:"),
+        "{stderr}"
+    );
+    assert_eq!(catalog_without_pgshift(&dbs.dst), before);
+    leftover_free(&dbs.dst);
+    assert_ok(&run(
+        &wd,
+        &[
+            "prepare",
+            "--source",
+            &dbs.src.url(),
+            "--dest",
+            &dbs.dst.url(),
+        ],
+        &[],
+    ));
+    assert_eq!(dbs.dst.psql("SELECT count(*) FROM shadow.big"), "300000");
+}
