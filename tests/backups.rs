@@ -7,30 +7,14 @@ use std::process::Output;
 use common::{TestDb, TestDbs, Workdir};
 use serde_json::Value;
 
-fn run(wd: &Workdir, args: &[&str]) -> Output {
-    wd.cmd().args(args).output().unwrap()
-}
-
 fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
-}
-
-fn run_ok(wd: &Workdir, args: &[&str]) -> String {
-    let out = run(wd, args);
-    assert!(
-        out.status.success(),
-        "pgshift {args:?} failed ({}):\nstdout: {}\nstderr: {}",
-        out.status,
-        text(&out.stdout),
-        text(&out.stderr)
-    );
-    text(&out.stdout)
 }
 
 fn run_json(wd: &Workdir, args: &[&str]) -> Value {
     let mut a = args.to_vec();
     a.push("--json");
-    let out = run_ok(wd, &a);
+    let out = wd.run_ok(&a);
     serde_json::from_str(&out).unwrap_or_else(|e| panic!("{args:?}: not JSON ({e}):\n{out}"))
 }
 
@@ -153,7 +137,7 @@ fn list_and_verify_after_start() {
     assert!(b["last_verified_at"].is_null());
 
     // Human output: an aligned table with a header.
-    let human = run_ok(&wd, &["list", "--dest", &dbs.dst.url()]);
+    let human = wd.run_ok(&["list", "--dest", &dbs.dst.url()]);
     assert!(human.starts_with("timestamp"), "{human}");
     assert!(human.contains(&schema), "{human}");
 
@@ -174,25 +158,19 @@ fn list_and_verify_after_start() {
     assert_eq!(b["last_verify_ok"], true);
     assert!(b["last_verified_at"].as_str().is_some());
     // The schema name works as well as the timestamp.
-    run_ok(
-        &wd,
-        &["verify", "--dest", &dbs.dst.url(), "--timestamp", &schema],
-    );
+    wd.run_ok(&["verify", "--dest", &dbs.dst.url(), "--timestamp", &schema]);
 
     // A row deleted from a backup table: exit 3, naming the table.
     dbs.dst
         .psql(&format!("DELETE FROM {schema}.orders WHERE id = 7"));
-    let out = run(
-        &wd,
-        &[
-            "verify",
-            "--dest",
-            &dbs.dst.url(),
-            "--timestamp",
-            &ts.to_string(),
-            "--json",
-        ],
-    );
+    let out = wd.run(&[
+        "verify",
+        "--dest",
+        &dbs.dst.url(),
+        "--timestamp",
+        &ts.to_string(),
+        "--json",
+    ]);
     assert_eq!(out.status.code(), Some(3), "stderr: {}", text(&out.stderr));
     let v: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["ok"], false);
@@ -207,16 +185,13 @@ fn list_and_verify_after_start() {
         "{}",
         text(&out.stderr)
     );
-    let human = run(
-        &wd,
-        &[
-            "verify",
-            "--dest",
-            &dbs.dst.url(),
-            "--timestamp",
-            &ts.to_string(),
-        ],
-    );
+    let human = wd.run(&[
+        "verify",
+        "--dest",
+        &dbs.dst.url(),
+        "--timestamp",
+        &ts.to_string(),
+    ]);
     assert_eq!(human.status.code(), Some(3));
     assert!(text(&human.stdout).contains("table orders: 49 rows, the manifest recorded 50"));
     assert_eq!(list(&wd, &dbs.dst)[0]["last_verify_ok"], false);
@@ -226,17 +201,14 @@ fn list_and_verify_after_start() {
         "UPDATE pg_index SET indisvalid = false WHERE indexrelid = '{schema}.places_geom'::regclass;
          ALTER TABLE {schema}.orders ALTER COLUMN id DROP DEFAULT; DROP SEQUENCE {schema}.orders_id_seq;"
     ));
-    let out = run(
-        &wd,
-        &[
-            "verify",
-            "--dest",
-            &dbs.dst.url(),
-            "--timestamp",
-            &ts.to_string(),
-            "--json",
-        ],
-    );
+    let out = wd.run(&[
+        "verify",
+        "--dest",
+        &dbs.dst.url(),
+        "--timestamp",
+        &ts.to_string(),
+        "--json",
+    ]);
     assert_eq!(out.status.code(), Some(3));
     let v: Value = serde_json::from_slice(&out.stdout).unwrap();
     let kinds: Vec<(String, String)> = v["differences"]
@@ -270,67 +242,55 @@ fn bad_input_changes_nothing() {
     let before = catalog_fingerprint(&dbs.dst);
     let url = dbs.dst.url();
 
-    let out = run(&wd, &["verify", "--dest", &url, "--timestamp", "123"]);
+    let out = wd.run(&["verify", "--dest", &url, "--timestamp", "123"]);
     assert_usage_error(
         &out,
         "verify of a missing backup",
         "no backup with timestamp 123",
     );
-    let out = run(
-        &wd,
-        &["verify", "--dest", &url, "--timestamp", "backup_x;drop"],
-    );
+    let out = wd.run(&["verify", "--dest", &url, "--timestamp", "backup_x;drop"]);
     assert_usage_error(&out, "verify of a bad reference", "is not a backup");
-    let out = run(&wd, &["rollback", "--dest", &url, "--timestamp", "999"]);
+    let out = wd.run(&["rollback", "--dest", &url, "--timestamp", "999"]);
     assert_usage_error(
         &out,
         "rollback to an unknown backup",
         "no backup with timestamp 999",
     );
-    let out = run(&wd, &["rollback", "--dest", &url, "--timestamp", "soon"]);
+    let out = wd.run(&["rollback", "--dest", &url, "--timestamp", "soon"]);
     assert_usage_error(&out, "rollback to a bad reference", "is not a backup");
-    let out = run(
-        &wd,
-        &[
-            "rollback",
-            "--dest",
-            &url,
-            "--latest",
-            "--timestamp",
-            &ts.to_string(),
-        ],
-    );
+    let out = wd.run(&[
+        "rollback",
+        "--dest",
+        &url,
+        "--latest",
+        "--timestamp",
+        &ts.to_string(),
+    ]);
     assert_usage_error(&out, "--latest with --timestamp", "cannot be used with");
-    let out = run(
-        &wd,
-        &[
-            "rollback",
-            "--dest",
-            &url,
-            "--latest",
-            "--keep-tables",
-            "nosuch",
-        ],
-    );
+    let out = wd.run(&[
+        "rollback",
+        "--dest",
+        &url,
+        "--latest",
+        "--keep-tables",
+        "nosuch",
+    ]);
     assert_usage_error(
         &out,
         "--keep-tables of a missing table",
         "public has no table nosuch",
     );
-    let out = run(
-        &wd,
-        &[
-            "rollback",
-            "--dest",
-            &url,
-            "--latest",
-            "--keep-tables",
-            "a;drop table b",
-        ],
-    );
+    let out = wd.run(&[
+        "rollback",
+        "--dest",
+        &url,
+        "--latest",
+        "--keep-tables",
+        "a;drop table b",
+    ]);
     assert_usage_error(&out, "--keep-tables with SQL", "--keep-tables");
     for bad in ["yesterday", "2025-13-45", "15/07/2025", "12h"] {
-        let out = run(&wd, &["cleanup", "--dest", &url, "--before", bad]);
+        let out = wd.run(&["cleanup", "--dest", &url, "--before", bad]);
         assert_usage_error(&out, "unparsable --before", "--before");
         assert!(text(&out.stderr).contains("unix milliseconds"));
     }
@@ -395,10 +355,7 @@ fn rollback_restores_the_old_public_and_can_itself_be_rolled_back() {
     assert_eq!(backups[0]["kind"], "rollback");
     assert_eq!(backups[0]["restored_from"], b1.as_str());
     assert_eq!(backups[0]["tables"], 4);
-    run_ok(
-        &wd,
-        &["verify", "--dest", &url, "--timestamp", &b2_ts.to_string()],
-    );
+    wd.run_ok(&["verify", "--dest", &url, "--timestamp", &b2_ts.to_string()]);
     assert_eq!(
         dbs.dst
             .query_one_string(&format!("SELECT count(*) FROM {b2}.products")),
@@ -416,10 +373,7 @@ fn rollback_restores_the_old_public_and_can_itself_be_rolled_back() {
         "POINT(3 4)"
     );
     let b3_ts = r2["backup_timestamp"].as_i64().unwrap();
-    run_ok(
-        &wd,
-        &["verify", "--dest", &url, "--timestamp", &b3_ts.to_string()],
-    );
+    wd.run_ok(&["verify", "--dest", &url, "--timestamp", &b3_ts.to_string()]);
     // The foreign key between the restored tables still holds.
     let err = dbs
         .dst
@@ -524,16 +478,10 @@ fn rollback_keep_tables_carries_rows_and_sequences_over() {
     assert_eq!(backups.len(), 2);
     let old = backups.iter().find(|b| b["schema"] == b1.as_str()).unwrap();
     assert_eq!(old["tables"], 1);
-    run_ok(
-        &wd,
-        &["verify", "--dest", &url, "--timestamp", &b1_ts.to_string()],
-    );
+    wd.run_ok(&["verify", "--dest", &url, "--timestamp", &b1_ts.to_string()]);
     let new = backups.iter().find(|b| b["schema"] == b2.as_str()).unwrap();
     assert_eq!(new["kept_tables"], serde_json::json!(["users"]));
-    run_ok(
-        &wd,
-        &["verify", "--dest", &url, "--timestamp", &b2_ts.to_string()],
-    );
+    wd.run_ok(&["verify", "--dest", &url, "--timestamp", &b2_ts.to_string()]);
 
     // Rolling back the rollback: b2 has no users of its own, so public's stays;
     // b2's detached foreign key comes back.
@@ -555,10 +503,7 @@ fn rollback_keep_tables_carries_rows_and_sequences_over() {
         "users true"
     );
     let b3_ts = r2["backup_timestamp"].as_i64().unwrap();
-    run_ok(
-        &wd,
-        &["verify", "--dest", &url, "--timestamp", &b3_ts.to_string()],
-    );
+    wd.run_ok(&["verify", "--dest", &url, "--timestamp", &b3_ts.to_string()]);
 }
 
 #[test]
@@ -578,17 +523,14 @@ fn rollback_refusals_change_nothing() {
     let before = catalog_fingerprint(&dbs.dst);
 
     // --keep-tables users would leave the backup's users behind under a view that moves.
-    let out = run(
-        &wd,
-        &[
-            "rollback",
-            "--dest",
-            &url,
-            "--latest",
-            "--keep-tables",
-            "users",
-        ],
-    );
+    let out = wd.run(&[
+        "rollback",
+        "--dest",
+        &url,
+        "--latest",
+        "--keep-tables",
+        "users",
+    ]);
     assert_usage_error(
         &out,
         "keep a table a backup view reads",
@@ -600,7 +542,7 @@ fn rollback_refusals_change_nothing() {
     dbs.dst
         .psql(&format!("DELETE FROM {b1}.orders WHERE id = 1"));
     let before = catalog_fingerprint(&dbs.dst);
-    let out = run(&wd, &["rollback", "--dest", &url, "--latest"]);
+    let out = wd.run(&["rollback", "--dest", &url, "--latest"]);
     assert_eq!(out.status.code(), Some(3), "{}", text(&out.stderr));
     assert!(
         text(&out.stderr).contains("orders"),
@@ -677,17 +619,14 @@ fn cleanup_drops_exactly_the_old_backups() {
     assert_eq!(dropped(&v), vec![b[0].clone()]);
     assert!(v["dropped"][0]["size_bytes"].as_i64().unwrap() > 0);
     assert_eq!(schemas_left(&dbs.dst), b);
-    let human = run_ok(
-        &wd,
-        &[
-            "cleanup",
-            "--dest",
-            &dbs.dst.url(),
-            "--before",
-            "2025-02-01",
-            "--dry-run",
-        ],
-    );
+    let human = wd.run_ok(&[
+        "cleanup",
+        "--dest",
+        &dbs.dst.url(),
+        "--before",
+        "2025-02-01",
+        "--dry-run",
+    ]);
     assert!(
         human.contains("would drop") && human.contains(&b[0]),
         "{human}"
@@ -723,16 +662,13 @@ fn cleanup_drops_exactly_the_old_backups() {
     // A second run has nothing to do: exit 0.
     let v = cleanup(&wd, &dbs.dst, &["--before", "1751328000000"]);
     assert!(dropped(&v).is_empty() && v["skipped"].as_array().unwrap().is_empty());
-    let human = run_ok(
-        &wd,
-        &[
-            "cleanup",
-            "--dest",
-            &dbs.dst.url(),
-            "--before",
-            "2025-02-01",
-        ],
-    );
+    let human = wd.run_ok(&[
+        "cleanup",
+        "--dest",
+        &dbs.dst.url(),
+        "--before",
+        "2025-02-01",
+    ]);
     assert!(human.starts_with("Nothing to clean up"), "{human}");
 
     // A backup table in use: skipped with a warning, exit 0, nothing blocks.
@@ -744,19 +680,16 @@ fn cleanup_drops_exactly_the_old_backups() {
     )))
     .unwrap();
     let t0 = std::time::Instant::now();
-    let out = run(
-        &wd,
-        &[
-            "cleanup",
-            "--dest",
-            &dbs.dst.url(),
-            "--before",
-            &far,
-            "--lock-timeout",
-            "300ms",
-            "--json",
-        ],
-    );
+    let out = wd.run(&[
+        "cleanup",
+        "--dest",
+        &dbs.dst.url(),
+        "--before",
+        &far,
+        "--lock-timeout",
+        "300ms",
+        "--json",
+    ]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert!(t0.elapsed() < std::time::Duration::from_secs(20));
     let v: Value = serde_json::from_slice(&out.stdout).unwrap();
@@ -796,17 +729,14 @@ fn cleanup_never_drops_what_is_not_a_pgshift_backup() {
     let far = (chrono::Utc::now() + chrono::Duration::days(1))
         .timestamp_millis()
         .to_string();
-    let out = run(
-        &wd,
-        &[
-            "cleanup",
-            "--dest",
-            &dbs.dst.url(),
-            "--before",
-            &far,
-            "--json",
-        ],
-    );
+    let out = wd.run(&[
+        "cleanup",
+        "--dest",
+        &dbs.dst.url(),
+        "--before",
+        &far,
+        "--json",
+    ]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     let v: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert!(dropped(&v).is_empty(), "{v}");
@@ -835,10 +765,7 @@ fn rollback_leaves_a_prepared_shadow_alone() {
     let url = dbs.dst.url();
     start(&wd, &dbs);
     // The next migration is prepared while we roll back the last one.
-    run_ok(
-        &wd,
-        &["prepare", "--source", &dbs.src.url(), "--dest", &url],
-    );
+    wd.run_ok(&["prepare", "--source", &dbs.src.url(), "--dest", &url]);
     let shadow_before = dbs.dst.psql(
         "SELECT string_agg(c.relname || ':' || c.oid, ',' ORDER BY c.relname) FROM pg_class c
           WHERE c.relnamespace = 'shadow'::regnamespace",
@@ -854,7 +781,7 @@ fn rollback_leaves_a_prepared_shadow_alone() {
     assert_eq!(s["state"], "prepared", "{s}");
     assert_eq!(s["swap_allowed"], true, "{s}");
     // And the prepared migration still swaps.
-    run_ok(&wd, &["swap", "--dest", &url]);
+    wd.run_ok(&["swap", "--dest", &url]);
     assert_eq!(dbs.dst.query_one_string("SELECT app_version()"), "v2");
 }
 
@@ -921,16 +848,13 @@ fn rollback_keep_tables_repoints_foreign_keys_both_ways() {
     assert_eq!(backups.len(), 2);
     // Every backup still verifies.
     for b in &backups {
-        run_ok(
-            &wd,
-            &[
-                "verify",
-                "--dest",
-                &url,
-                "--timestamp",
-                &b["timestamp"].to_string(),
-            ],
-        );
+        wd.run_ok(&[
+            "verify",
+            "--dest",
+            &url,
+            "--timestamp",
+            &b["timestamp"].to_string(),
+        ]);
     }
 
     // Back to v2: users stays (b2 has none), b2's detached key comes back, the

@@ -111,15 +111,6 @@ fn data_fingerprint(db: &TestDb, schema: &str) -> Vec<(String, String)> {
         .collect()
 }
 
-fn run(wd: &Workdir, args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
-    let mut cmd = wd.cmd();
-    cmd.args(args);
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    cmd.output().unwrap()
-}
-
 #[test]
 fn prepare_reproduces_a_rich_schema_exactly() {
     let dbs = TestDbs::new("fidelity");
@@ -161,8 +152,7 @@ fn prepare_reproduces_a_rich_schema_exactly() {
         })
     };
     let wd = Workdir::new();
-    let out = run(
-        &wd,
+    let out = wd.run_env(
         &[
             "prepare",
             "--source",
@@ -259,8 +249,7 @@ fn a_failure_in_any_phase_leaves_nothing_behind() {
         "validate",
     ] {
         let wd = Workdir::new();
-        let out = run(
-            &wd,
+        let out = wd.run_env(
             &[
                 "prepare",
                 "--source",
@@ -326,8 +315,7 @@ fn a_failure_in_any_phase_leaves_nothing_behind() {
     }
     // And a clean run afterwards succeeds.
     let wd = Workdir::new();
-    let out = run(
-        &wd,
+    let out = wd.run_env(
         &[
             "prepare",
             "--source",

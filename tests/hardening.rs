@@ -4,32 +4,13 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Output, Stdio};
+use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{
-    Cluster, TestDb, TestDbs, Workdir, can_start_clusters, catalog_fingerprint, pg_bindir,
-    schema_fingerprint,
+    Cluster, TestDb, TestDbs, Workdir, assert_success, can_start_clusters, catalog_fingerprint,
+    pg_bindir, schema_fingerprint,
 };
-
-fn run(wd: &Workdir, args: &[&str], env: &[(&str, &str)]) -> Output {
-    let mut cmd = wd.cmd();
-    cmd.args(args);
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    cmd.output().unwrap()
-}
-
-fn assert_ok(out: &Output) {
-    assert!(
-        out.status.success(),
-        "failed ({:?}):\nstdout: {}\nstderr: {}",
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
 
 /// A source big enough that the data and index phases take a few seconds.
 fn big_source(db: &TestDb, rows: u32) {
@@ -62,7 +43,10 @@ fn wait_for_phase(wd: &Workdir, db: &TestDb, phase: &str, child: &mut Child) {
             return;
         }
         if let Some(st) = child.try_wait().unwrap() {
-            panic!("pgshift exited ({st}) before reaching phase {phase}");
+            panic!(
+                "pgshift exited ({st}) before reaching phase {phase}: {}",
+                drain_stderr(child)
+            );
         }
         assert!(
             start.elapsed() < Duration::from_secs(60),
@@ -80,7 +64,10 @@ fn wait_for_statement(db: &TestDb, prefix: &str, child: &mut Child) {
     );
     while db.psql(&sql) == "0" {
         if let Some(st) = child.try_wait().unwrap() {
-            panic!("pgshift exited ({st}) before running {prefix}");
+            panic!(
+                "pgshift exited ({st}) before running {prefix}: {}",
+                drain_stderr(child)
+            );
         }
         assert!(
             start.elapsed() < Duration::from_secs(60),
@@ -88,6 +75,16 @@ fn wait_for_statement(db: &TestDb, prefix: &str, child: &mut Child) {
         );
         std::thread::sleep(Duration::from_millis(10));
     }
+}
+
+/// What an exited child wrote on stderr.
+fn drain_stderr(child: &mut Child) -> String {
+    use std::io::Read;
+    let mut text = String::new();
+    if let Some(mut e) = child.stderr.take() {
+        let _ = e.read_to_string(&mut text);
+    }
+    text
 }
 
 fn spawn(wd: &Workdir, args: &[&str], env: &[(&str, &str)]) -> Child {
@@ -136,9 +133,10 @@ fn slow_pg_dump_bindir(dir: &Path, sleep_secs: u32) -> PathBuf {
             std::os::unix::fs::symlink(e.path(), bindir.join(&name)).unwrap();
         }
     }
+    // `--version` answers at once (pgshift checks versions before starting).
     let script = format!(
-        "#!/bin/sh\nsleep {sleep_secs}\nexec {}/pg_dump \"$@\"\n",
-        real.display()
+        "#!/bin/sh\ncase \"$1\" in --version) exec {real}/pg_dump --version;; esac\nsleep {sleep_secs}\nexec {real}/pg_dump \"$@\"\n",
+        real = real.display()
     );
     let path = bindir.join("pg_dump");
     std::fs::write(&path, script).unwrap();
@@ -264,8 +262,7 @@ fn sigint_during_dump_load_and_index_build_stops_cleanly() {
             "{st}"
         );
         // A following prepare completes.
-        assert_ok(&run(
-            &wd,
+        assert_success(&wd.run_env(
             &[
                 "prepare",
                 "--source",
@@ -276,7 +273,7 @@ fn sigint_during_dump_load_and_index_build_stops_cleanly() {
             &[],
         ));
         assert_eq!(dbs.dst.psql("SELECT count(*) FROM shadow.big"), "400000");
-        assert_ok(&run(&wd, &["abort", "--dest", &dbs.dst.url()], &[]));
+        assert_success(&wd.run_env(&["abort", "--dest", &dbs.dst.url()], &[]));
     }
     assert_eq!(catalog_fingerprint(&dbs.src), src_before);
 }
@@ -316,8 +313,8 @@ fn sigkill_leaves_leftovers_that_the_next_prepare_replaces() {
             with_leftovers.contains("CREATE TABLE shadow.big"),
             "{moment}: no leftover shadow?"
         );
-        let out = run(&wd, &["status", "--dest", &dbs.dst.url(), "--json"], &[]);
-        assert_ok(&out);
+        let out = wd.run_env(&["status", "--dest", &dbs.dst.url(), "--json"], &[]);
+        assert_success(&out);
         let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
         // The run is gone: status calls it failed and names the leftover shadow.
         assert_eq!(status["state"], "failed", "{moment}: {status}");
@@ -326,8 +323,7 @@ fn sigkill_leaves_leftovers_that_the_next_prepare_replaces() {
             "{moment}: leftovers not reported: {status}"
         );
         // The next prepare says it starts over, and produces an exact shadow.
-        let out = run(
-            &wd,
+        let out = wd.run_env(
             &[
                 "prepare",
                 "--source",
@@ -337,7 +333,7 @@ fn sigkill_leaves_leftovers_that_the_next_prepare_replaces() {
             ],
             &[],
         );
-        assert_ok(&out);
+        assert_success(&out);
         assert!(
             String::from_utf8_lossy(&out.stderr).contains("starting over"),
             "{moment}"
@@ -349,7 +345,7 @@ fn sigkill_leaves_leftovers_that_the_next_prepare_replaces() {
             ),
             "5"
         );
-        assert_ok(&run(&wd, &["abort", "--dest", &dbs.dst.url()], &[]));
+        assert_success(&wd.run_env(&["abort", "--dest", &dbs.dst.url()], &[]));
         assert_eq!(catalog_without_pgshift(&dbs.dst), before, "{moment}");
     }
 }
@@ -362,8 +358,7 @@ fn sigkill_during_the_swap_leaves_it_all_before() {
     dbs.dst
         .psql("CREATE TABLE t (id int PRIMARY KEY); INSERT INTO t VALUES (1);");
     let wd = Workdir::new();
-    assert_ok(&run(
-        &wd,
+    assert_success(&wd.run_env(
         &[
             "prepare",
             "--source",
@@ -397,7 +392,7 @@ fn sigkill_during_the_swap_leaves_it_all_before() {
     assert_eq!(catalog_without_pgshift(&dbs.dst), prepared);
     assert_eq!(dbs.dst.psql("SELECT count(*) FROM public.t"), "1");
     // Swapping again completes it.
-    assert_ok(&run(&wd, &["swap", "--dest", &dbs.dst.url()], &[]));
+    assert_success(&wd.run_env(&["swap", "--dest", &dbs.dst.url()], &[]));
     assert_eq!(dbs.dst.psql("SELECT count(*) FROM public.t"), "100");
 }
 
@@ -440,8 +435,7 @@ fn a_destination_restart_during_the_load_fails_clearly_and_a_rerun_completes() {
         last.starts_with("error: prepare failed: phase data:"),
         "{stderr}"
     );
-    assert_ok(&run(
-        &wd,
+    assert_success(&wd.run_env(
         &[
             "prepare",
             "--source",
@@ -507,7 +501,7 @@ fn passwords_never_leak_into_argv_logs_or_the_state_file() {
         "never saw pg_dump running; the argv check proved nothing"
     );
     let out = child.wait_with_output().unwrap();
-    assert_ok(&out);
+    assert_success(&out);
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -614,8 +608,7 @@ fn the_source_dropping_connections_during_the_load_fails_clearly_and_a_rerun_com
     );
     assert_eq!(catalog_without_pgshift(&dbs.dst), before);
     leftover_free(&dbs.dst);
-    assert_ok(&run(
-        &wd,
+    assert_success(&wd.run_env(
         &[
             "prepare",
             "--source",

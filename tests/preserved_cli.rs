@@ -3,24 +3,7 @@
 
 mod common;
 
-use std::process::Output;
-
-use common::{TestDbs, Workdir, schema_fingerprint};
-
-fn run(wd: &Workdir, args: &[&str]) -> Output {
-    wd.cmd().args(args).output().unwrap()
-}
-
-fn ok(out: &Output) -> String {
-    assert!(
-        out.status.success(),
-        "failed ({:?}):\n{}\n{}",
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
+use common::{TestDbs, Workdir, assert_success, schema_fingerprint};
 
 #[test]
 fn fk_violations_block_the_swap_unless_allowed_and_status_tells() {
@@ -38,22 +21,21 @@ fn fk_violations_block_the_swap_unless_allowed_and_status_tells() {
     );
     let wd = Workdir::new();
     let (src, dst) = (dbs.src.url(), dbs.dst.url());
-    ok(&run(
-        &wd,
-        &[
-            "prepare",
-            "--source",
-            &src,
-            "--dest",
-            &dst,
-            "--preserved-tables",
-            "users",
-        ],
-    ));
+    assert_success(&wd.run(&[
+        "prepare",
+        "--source",
+        &src,
+        "--dest",
+        &dst,
+        "--preserved-tables",
+        "users",
+    ]));
 
     // status: prepared, with the preserved table's sync health.
-    let st: serde_json::Value =
-        serde_json::from_str(&ok(&run(&wd, &["status", "--dest", &dst, "--json"]))).unwrap();
+    let st: serde_json::Value = serde_json::from_str(&assert_success(
+        &wd.run(&["status", "--dest", &dst, "--json"]),
+    ))
+    .unwrap();
     assert_eq!(st["state"], "prepared");
     let health = &st["preserved_tables"][0]["health"];
     assert_eq!(health["triggers_ok"], true, "{st}");
@@ -76,7 +58,7 @@ fn fk_violations_block_the_swap_unless_allowed_and_status_tells() {
 
     // The swap is refused, naming the constraint and the count; nothing changes.
     let before = schema_fingerprint(&dbs.dst, "public");
-    let out = run(&wd, &["swap", "--dest", &dst]);
+    let out = wd.run(&["swap", "--dest", &dst]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(
@@ -87,10 +69,13 @@ fn fk_violations_block_the_swap_unless_allowed_and_status_tells() {
     assert_eq!(schema_fingerprint(&dbs.dst, "public"), before);
 
     // Allowed: the constraint is created NOT VALID, and status says so.
-    let report: serde_json::Value = serde_json::from_str(&ok(&run(
-        &wd,
-        &["swap", "--dest", &dst, "--allow-fk-violations", "--json"],
-    )))
+    let report: serde_json::Value = serde_json::from_str(&assert_success(&wd.run(&[
+        "swap",
+        "--dest",
+        &dst,
+        "--allow-fk-violations",
+        "--json",
+    ])))
     .unwrap();
     assert_eq!(
         report["fk_not_valid"][0], "orders.orders_user_id_fkey",
@@ -102,14 +87,16 @@ fn fk_violations_block_the_swap_unless_allowed_and_status_tells() {
         "f"
     );
     assert_eq!(dbs.dst.psql("SELECT count(*) FROM users"), "61");
-    let st: serde_json::Value =
-        serde_json::from_str(&ok(&run(&wd, &["status", "--dest", &dst, "--json"]))).unwrap();
+    let st: serde_json::Value = serde_json::from_str(&assert_success(
+        &wd.run(&["status", "--dest", &dst, "--json"]),
+    ))
+    .unwrap();
     assert_eq!(st["state"], "idle");
     assert_eq!(
         st["not_valid_foreign_keys"][0], "orders.orders_user_id_fkey",
         "{st}"
     );
-    let human = ok(&run(&wd, &["status", "--dest", &dst]));
+    let human = assert_success(&wd.run(&["status", "--dest", &dst]));
     assert!(human.contains("NOT VALID"), "{human}");
     // New rows are still checked by the NOT VALID constraint.
     let out = dbs
@@ -137,19 +124,16 @@ fn a_valid_fk_to_a_preserved_table_is_validated_after_the_swap() {
     );
     let wd = Workdir::new();
     let (src, dst) = (dbs.src.url(), dbs.dst.url());
-    let out = ok(&run(
-        &wd,
-        &[
-            "start",
-            "--source",
-            &src,
-            "--dest",
-            &dst,
-            "--preserved-tables",
-            "users",
-            "--json",
-        ],
-    ));
+    let out = assert_success(&wd.run(&[
+        "start",
+        "--source",
+        &src,
+        "--dest",
+        &dst,
+        "--preserved-tables",
+        "users",
+        "--json",
+    ]));
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(v["swap"]["fk_not_valid"], serde_json::json!([]), "{v}");
     assert_eq!(

@@ -2,33 +2,11 @@
 
 mod common;
 
-use std::process::Output;
-
 use common::{TestDb, TestDbs, Workdir};
 use serde_json::Value;
 
-fn run(wd: &Workdir, args: &[&str]) -> Output {
-    wd.cmd().args(args).output().unwrap()
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
-
-fn run_ok(wd: &Workdir, args: &[&str]) -> String {
-    let out = run(wd, args);
-    assert!(
-        out.status.success(),
-        "pgshift {args:?} failed ({}):\nstdout: {}\nstderr: {}",
-        out.status,
-        text(&out.stdout),
-        text(&out.stderr)
-    );
-    text(&out.stdout)
-}
-
 fn status(wd: &Workdir, db: &TestDb) -> Value {
-    let out = run_ok(wd, &["status", "--dest", &db.url(), "--json"]);
+    let out = wd.run_ok(&["status", "--dest", &db.url(), "--json"]);
     serde_json::from_str(&out).unwrap_or_else(|e| panic!("status: not JSON ({e}):\n{out}"))
 }
 
@@ -73,16 +51,13 @@ fn status_idle_prepared_swapped_with_and_without_state_file() {
             .query_one_string("SELECT count(*) FROM pg_namespace WHERE nspname = 'pgshift'"),
         "0"
     );
-    let human = run_ok(&wd, &["status", "--dest", &url]);
+    let human = wd.run_ok(&["status", "--dest", &url]);
     assert!(
         human.contains("state:") && human.contains("idle"),
         "{human}"
     );
 
-    run_ok(
-        &wd,
-        &["prepare", "--source", &dbs.src.url(), "--dest", &url],
-    );
+    wd.run_ok(&["prepare", "--source", &dbs.src.url(), "--dest", &url]);
     assert_eq!(state_files(&wd).len(), 1);
     for (w, from) in [(&wd, "both"), (&other, "destination")] {
         let s = status(w, &dbs.dst);
@@ -100,7 +75,7 @@ fn status_idle_prepared_swapped_with_and_without_state_file() {
         chrono::DateTime::parse_from_rfc3339(m["started_at"].as_str().unwrap()).unwrap();
         assert!(m["error"].is_null());
     }
-    let human = run_ok(&other, &["status", "--dest", &url]);
+    let human = other.run_ok(&["status", "--dest", &url]);
     assert!(
         human.contains("prepared") && human.contains("allowed"),
         "{human}"
@@ -130,7 +105,7 @@ fn status_idle_prepared_swapped_with_and_without_state_file() {
     );
     drop(holder);
 
-    run_ok(&wd, &["swap", "--dest", &url]);
+    wd.run_ok(&["swap", "--dest", &url]);
     assert!(state_files(&wd).is_empty());
     for w in [&wd, &other] {
         let s = status(w, &dbs.dst);
@@ -142,7 +117,7 @@ fn status_idle_prepared_swapped_with_and_without_state_file() {
         assert_eq!(s["backups"], 1);
     }
     // With nothing prepared, abort says so and exits 0.
-    let out = run_ok(&wd, &["abort", "--dest", &url, "--json"]);
+    let out = wd.run_ok(&["abort", "--dest", &url, "--json"]);
     let v: Value = serde_json::from_str(&out).unwrap();
     assert_eq!(v["aborted"], false, "{v}");
     assert_eq!(
@@ -191,21 +166,18 @@ fn status_failed_then_abort() {
     let other = Workdir::new();
     check(&status(&other, &dbs.dst), "destination");
     // The state file alone is read too (--state-dir), and the human output names the phase.
-    let out = run_ok(
-        &other,
-        &[
-            "status",
-            "--dest",
-            &url,
-            "--state-dir",
-            wd.path().to_str().unwrap(),
-        ],
-    );
+    let out = other.run_ok(&[
+        "status",
+        "--dest",
+        &url,
+        "--state-dir",
+        wd.path().to_str().unwrap(),
+    ]);
     assert!(out.contains("failed in:") && out.contains("data"), "{out}");
     assert!(out.contains("injected failure at data"), "{out}");
 
     // Abort clears the record and the state file.
-    let out = run_ok(&wd, &["abort", "--dest", &url, "--json"]);
+    let out = wd.run_ok(&["abort", "--dest", &url, "--json"]);
     let v: Value = serde_json::from_str(&out).unwrap();
     assert_eq!(v["aborted"], true, "{v}");
     assert_eq!(v["previous_status"], "failed");
@@ -213,7 +185,7 @@ fn status_failed_then_abort() {
     let s = status(&wd, &dbs.dst);
     assert_eq!(s["state"], "idle", "{s}");
     assert_eq!(s["migration"]["status"], "aborted");
-    let out = run_ok(&wd, &["abort", "--dest", &url]);
+    let out = wd.run_ok(&["abort", "--dest", &url]);
     assert!(out.contains("othing to abort"), "{out}");
 }
 
@@ -223,13 +195,10 @@ fn abort_drops_a_prepared_migration() {
     sample(&dbs);
     let wd = Workdir::new();
     let url = dbs.dst.url();
-    run_ok(
-        &wd,
-        &["prepare", "--source", &dbs.src.url(), "--dest", &url],
-    );
+    wd.run_ok(&["prepare", "--source", &dbs.src.url(), "--dest", &url]);
     let other = Workdir::new();
     // From another machine: the destination's record is enough.
-    let out = run_ok(&other, &["abort", "--dest", &url, "--json"]);
+    let out = other.run_ok(&["abort", "--dest", &url, "--json"]);
     let v: Value = serde_json::from_str(&out).unwrap();
     assert_eq!(v["aborted"], true, "{v}");
     assert_eq!(v["previous_status"], "prepared");
@@ -246,10 +215,7 @@ fn abort_drops_a_prepared_migration() {
     assert_eq!(s["migration"]["status"], "aborted");
     assert!(!s["warnings"].as_array().unwrap().is_empty(), "{s}");
     // A prepare after the abort starts cleanly.
-    run_ok(
-        &wd,
-        &["prepare", "--source", &dbs.src.url(), "--dest", &url],
-    );
+    wd.run_ok(&["prepare", "--source", &dbs.src.url(), "--dest", &url]);
     assert_eq!(status(&other, &dbs.dst)["state"], "prepared");
 }
 
@@ -259,7 +225,7 @@ fn status_reports_leftovers_and_a_dead_lock_holder() {
     sample(&dbs);
     let wd = Workdir::new();
     let url = dbs.dst.url();
-    run_ok(&wd, &["start", "--source", &dbs.src.url(), "--dest", &url]);
+    wd.run_ok(&["start", "--source", &dbs.src.url(), "--dest", &url]);
     // A pgshift trigger left on a public table, and the lock held by a session
     // whose pgshift process (on this host) is gone.
     dbs.dst.psql(
@@ -306,10 +272,7 @@ fn status_reports_a_run_that_died_during_prepare() {
     sample(&dbs);
     let wd = Workdir::new();
     let url = dbs.dst.url();
-    run_ok(
-        &wd,
-        &["prepare", "--source", &dbs.src.url(), "--dest", &url],
-    );
+    wd.run_ok(&["prepare", "--source", &dbs.src.url(), "--dest", &url]);
     // As if the prepare had been killed during its indexes phase (SIGKILL
     // records nothing): the record still says preparing, nobody holds the lock.
     dbs.dst
@@ -329,7 +292,7 @@ fn status_reports_a_run_that_died_during_prepare() {
     assert!(s["leftovers"]["hint"].as_str().unwrap().contains("abort"));
     assert_eq!(s["swap_allowed"], false);
     let v: Value =
-        serde_json::from_str(&run_ok(&other, &["abort", "--dest", &url, "--json"])).unwrap();
+        serde_json::from_str(&other.run_ok(&["abort", "--dest", &url, "--json"])).unwrap();
     assert_eq!(v["aborted"], true, "{v}");
     assert_eq!(v["removed"]["shadow"], true);
     let s = status(&other, &dbs.dst);

@@ -2,30 +2,9 @@
 
 mod common;
 
-use std::process::Output;
 use std::time::{Duration, Instant};
 
-use common::{TestDbs, Workdir, catalog_fingerprint};
-
-fn run(wd: &Workdir, args: &[&str], env: &[(&str, &str)]) -> Output {
-    let mut cmd = wd.cmd();
-    cmd.args(args);
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    cmd.output().unwrap()
-}
-
-fn ok(out: &Output) -> String {
-    assert!(
-        out.status.success(),
-        "failed ({:?}):\nstdout: {}\nstderr: {}",
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
+use common::{TestDbs, Workdir, assert_success, catalog_fingerprint};
 
 fn setup(name: &str) -> TestDbs {
     let dbs = TestDbs::new(name);
@@ -71,8 +50,7 @@ fn hold_lock(dbs: &TestDbs, sql: &str, hold: Duration) -> std::thread::JoinHandl
 fn a_held_lock_makes_the_swap_retry_then_succeed() {
     let dbs = setup("swap_retry");
     let wd = Workdir::new();
-    ok(&run(
-        &wd,
+    assert_success(&wd.run_env(
         &[
             "prepare",
             "--source",
@@ -83,8 +61,7 @@ fn a_held_lock_makes_the_swap_retry_then_succeed() {
         &[],
     ));
     let holder = hold_lock(&dbs, "SELECT count(*) FROM items", Duration::from_secs(3));
-    let out = run(
-        &wd,
+    let out = wd.run_env(
         &[
             "swap",
             "--dest",
@@ -98,7 +75,7 @@ fn a_held_lock_makes_the_swap_retry_then_succeed() {
         &[],
     );
     holder.join().unwrap();
-    let stdout = ok(&out);
+    let stdout = assert_success(&out);
     let report: serde_json::Value = serde_json::from_str(&stdout).unwrap();
     assert!(report["attempts"].as_u64().unwrap() > 1, "{report}");
     assert!(String::from_utf8_lossy(&out.stderr).contains("retrying"));
@@ -109,8 +86,7 @@ fn a_held_lock_makes_the_swap_retry_then_succeed() {
 fn a_lock_held_past_all_retries_fails_cleanly() {
     let dbs = setup("swap_giveup");
     let wd = Workdir::new();
-    ok(&run(
-        &wd,
+    assert_success(&wd.run_env(
         &[
             "prepare",
             "--source",
@@ -127,8 +103,7 @@ fn a_lock_held_past_all_retries_fails_cleanly() {
         Duration::from_secs(8),
     );
     let started = Instant::now();
-    let out = run(
-        &wd,
+    let out = wd.run_env(
         &[
             "swap",
             "--dest",
@@ -158,7 +133,7 @@ fn a_lock_held_past_all_retries_fails_cleanly() {
         "prepared"
     );
     // Once the lock is gone the swap goes through.
-    ok(&run(&wd, &["swap", "--dest", &dbs.dst.url()], &[]));
+    assert_success(&wd.run_env(&["swap", "--dest", &dbs.dst.url()], &[]));
     assert_eq!(dbs.dst.psql("SELECT count(*) FROM items"), "200");
 }
 
@@ -204,7 +179,7 @@ fn a_second_mutating_run_is_refused_naming_the_holder() {
         vec!["swap", "--dest", dbs.dst.url().as_str()],
     ] {
         let started = Instant::now();
-        let out = run(&wd2, &args, &[]);
+        let out = wd2.run_env(&args, &[]);
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(1), "{stderr}");
         assert!(
@@ -228,8 +203,7 @@ fn dry_runs_change_nothing() {
     let wd = Workdir::new();
     let src_before = catalog_fingerprint(&dbs.src);
     let dst_before = catalog_fingerprint(&dbs.dst);
-    let out = ok(&run(
-        &wd,
+    let out = assert_success(&wd.run_env(
         &[
             "start",
             "--dry-run",
@@ -241,8 +215,7 @@ fn dry_runs_change_nothing() {
         &[],
     ));
     assert!(out.contains("items"), "{out}");
-    let out = ok(&run(
-        &wd,
+    let out = assert_success(&wd.run_env(
         &[
             "prepare",
             "--dry-run",
@@ -264,8 +237,7 @@ fn dry_runs_change_nothing() {
     );
 
     // swap --dry-run after a real prepare prints the moves and the SQL, changes nothing.
-    ok(&run(
-        &wd,
+    assert_success(&wd.run_env(
         &[
             "prepare",
             "--source",
@@ -276,11 +248,7 @@ fn dry_runs_change_nothing() {
         &[],
     ));
     let prepared = catalog_fingerprint(&dbs.dst);
-    let out = ok(&run(
-        &wd,
-        &["swap", "--dry-run", "--dest", &dbs.dst.url()],
-        &[],
-    ));
+    let out = assert_success(&wd.run_env(&["swap", "--dry-run", "--dest", &dbs.dst.url()], &[]));
     assert!(
         out.contains("ALTER TABLE \"public\".\"items\" SET SCHEMA"),
         "{out}"
@@ -298,7 +266,7 @@ fn swap_with_nothing_prepared_is_refused() {
     let dbs = setup("swap_nothing");
     let wd = Workdir::new();
     let before = catalog_fingerprint(&dbs.dst);
-    let out = run(&wd, &["swap", "--dest", &dbs.dst.url()], &[]);
+    let out = wd.run_env(&["swap", "--dest", &dbs.dst.url()], &[]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{stderr}");
     assert_eq!(

@@ -4,17 +4,6 @@ mod common;
 
 use common::{TestDbs, Workdir};
 
-fn run_ok(wd: &Workdir, args: &[&str]) -> String {
-    let out = wd.cmd().args(args).output().unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "pgshift {args:?} failed:\nstdout: {stdout}\nstderr: {stderr}"
-    );
-    stdout.into_owned()
-}
-
 #[test]
 fn start_swaps_with_postgis_staying_in_public() {
     let dbs = TestDbs::new("swap_postgis");
@@ -31,17 +20,14 @@ fn start_swaps_with_postgis_staying_in_public() {
          INSERT INTO places VALUES (1, 'old', ST_SetSRID(ST_MakePoint(0, 0), 4326));",
     );
     let wd = Workdir::new();
-    let out = run_ok(
-        &wd,
-        &[
-            "start",
-            "--source",
-            &dbs.src.url(),
-            "--dest",
-            &dbs.dst.url(),
-            "--json",
-        ],
-    );
+    let out = wd.run_ok(&[
+        "start",
+        "--source",
+        &dbs.src.url(),
+        "--dest",
+        &dbs.dst.url(),
+        "--json",
+    ]);
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     let backup = v["swap"]["backup_schema"].as_str().unwrap().to_string();
     assert!(backup.starts_with("backup_"));

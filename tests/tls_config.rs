@@ -3,22 +3,7 @@
 
 mod common;
 
-use std::process::Output;
-
-use common::{Cluster, TestDbs, Workdir, can_start_clusters};
-
-fn run(wd: &Workdir, args: &[&str], env: &[(&str, &str)]) -> Output {
-    let mut cmd = wd.cmd();
-    cmd.args(args);
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    cmd.output().unwrap()
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
+use common::{Cluster, TestDbs, Workdir, can_start_clusters, stderr_of};
 
 /// `url` with query parameters appended.
 fn with_params(url: &str, params: &str) -> String {
@@ -37,8 +22,7 @@ fn sslmode_require_connects_and_verify_full_needs_the_ca() {
     let wd = Workdir::new();
 
     // sslmode=require: encrypted, certificate not checked.
-    let out = run(
-        &wd,
+    let out = wd.run_env(
         &[
             "list",
             "--json",
@@ -47,12 +31,11 @@ fn sslmode_require_connects_and_verify_full_needs_the_ca() {
         ],
         &[],
     );
-    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(out.status.success(), "{}", stderr_of(&out));
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "[]");
 
     // verify-full without the CA: a clear error, exit 1.
-    let out = run(
-        &wd,
+    let out = wd.run_env(
         &[
             "list",
             "--dest",
@@ -60,8 +43,8 @@ fn sslmode_require_connects_and_verify_full_needs_the_ca() {
         ],
         &[],
     );
-    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
-    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr_of(&out));
+    let err = stderr_of(&out);
     assert_eq!(err.trim_end().lines().count(), 1, "{err}");
     assert!(
         err.contains("sslmode=verify-full needs the server's CA certificate"),
@@ -78,17 +61,21 @@ fn sslmode_require_connects_and_verify_full_needs_the_ca() {
         &dbs.dst.url(),
         &format!("sslmode=verify-full&sslrootcert={}", other_ca.display()),
     );
-    let out = run(&wd, &["list", "--dest", &url], &[]);
-    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
-    assert!(stderr(&out).contains("not trusted"), "{}", stderr(&out));
+    let out = wd.run_env(&["list", "--dest", &url], &[]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr_of(&out));
+    assert!(
+        stderr_of(&out).contains("not trusted"),
+        "{}",
+        stderr_of(&out)
+    );
 
     // verify-full with the right CA: connects.
     let url = with_params(
         &dbs.dst.url(),
         &format!("sslmode=verify-full&sslrootcert={ca}"),
     );
-    let out = run(&wd, &["list", "--dest", &url], &[]);
-    assert!(out.status.success(), "{}", stderr(&out));
+    let out = wd.run_env(&["list", "--dest", &url], &[]);
+    assert!(out.status.success(), "{}", stderr_of(&out));
 }
 
 #[test]
@@ -111,8 +98,7 @@ fn every_connection_of_a_prepare_honours_sslmode() {
         .psql("CREATE TABLE t (id int PRIMARY KEY); INSERT INTO t SELECT generate_series(1, 100);");
     let wd = Workdir::new();
     // Without TLS the server refuses.
-    let out = run(
-        &wd,
+    let out = wd.run_env(
         &[
             "prepare",
             "--source",
@@ -122,11 +108,11 @@ fn every_connection_of_a_prepare_honours_sslmode() {
         ],
         &[],
     );
-    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert_eq!(out.status.code(), Some(1), "{}", stderr_of(&out));
     assert!(
-        stderr(&out).contains("no pg_hba.conf entry") || stderr(&out).contains("rejects"),
+        stderr_of(&out).contains("no pg_hba.conf entry") || stderr_of(&out).contains("rejects"),
         "{}",
-        stderr(&out)
+        stderr_of(&out)
     );
     // With verify-full and the CA, pgshift's sessions and pg_dump/pg_restore all connect.
     let src = with_params(
@@ -137,8 +123,8 @@ fn every_connection_of_a_prepare_honours_sslmode() {
         ),
     );
     let dst = with_params(&dbs.dst.url(), "sslmode=require");
-    let out = run(&wd, &["prepare", "--source", &src, "--dest", &dst], &[]);
-    assert!(out.status.success(), "{}", stderr(&out));
+    let out = wd.run_env(&["prepare", "--source", &src, "--dest", &dst], &[]);
+    assert!(out.status.success(), "{}", stderr_of(&out));
     assert_eq!(dbs.dst.psql("SELECT count(*) FROM shadow.t"), "100");
 }
 
@@ -160,44 +146,40 @@ fn flags_beat_environment_beat_config_file() {
     )
     .unwrap();
     // File only: the file's destination is used.
-    let out = run(&wd, &["list"], &[]);
+    let out = wd.run_env(&["list"], &[]);
     assert_eq!(out.status.code(), Some(1));
     assert!(
-        stderr(&out).contains("\"from_file\" does not exist"),
+        stderr_of(&out).contains("\"from_file\" does not exist"),
         "{}",
-        stderr(&out)
+        stderr_of(&out)
     );
     // Environment beats the file.
     let env_db = missing_db("from_env");
-    let out = run(&wd, &["list"], &[("PGSHIFT_DEST_URL", &env_db)]);
+    let out = wd.run_env(&["list"], &[("PGSHIFT_DEST_URL", &env_db)]);
     assert!(
-        stderr(&out).contains("\"from_env\" does not exist"),
+        stderr_of(&out).contains("\"from_env\" does not exist"),
         "{}",
-        stderr(&out)
+        stderr_of(&out)
     );
     // The flag beats both.
-    let out = run(
-        &wd,
-        &["list", "--dest", &good],
-        &[("PGSHIFT_DEST_URL", &env_db)],
-    );
-    assert!(out.status.success(), "{}", stderr(&out));
+    let out = wd.run_env(&["list", "--dest", &good], &[("PGSHIFT_DEST_URL", &env_db)]);
+    assert!(out.status.success(), "{}", stderr_of(&out));
     // --config points elsewhere; a missing explicit config file is an error.
-    let out = run(&wd, &["--config", "nope.toml", "list"], &[]);
+    let out = wd.run_env(&["--config", "nope.toml", "list"], &[]);
     assert_eq!(out.status.code(), Some(2));
     assert!(
-        stderr(&out).contains("config file nope.toml does not exist"),
+        stderr_of(&out).contains("config file nope.toml does not exist"),
         "{}",
-        stderr(&out)
+        stderr_of(&out)
     );
     // Numbers from the environment are checked like flags.
-    let out = run(&wd, &["list", "--dest", &good], &[("PGSHIFT_JOBS", "lots")]);
+    let out = wd.run_env(&["list", "--dest", &good], &[("PGSHIFT_JOBS", "lots")]);
     assert_eq!(out.status.code(), Some(2));
-    assert!(stderr(&out).contains("lots"), "{}", stderr(&out));
+    assert!(stderr_of(&out).contains("lots"), "{}", stderr_of(&out));
     // The file's log_format applies: JSON log lines on stderr.
-    let out = run(&wd, &["-v", "list", "--dest", &good], &[]);
-    assert!(out.status.success(), "{}", stderr(&out));
-    let err = stderr(&out);
+    let out = wd.run_env(&["-v", "list", "--dest", &good], &[]);
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    let err = stderr_of(&out);
     let lines: Vec<&str> = err.lines().filter(|l| !l.is_empty()).collect();
     assert!(!lines.is_empty(), "no log lines at -v");
     for l in lines {

@@ -101,8 +101,6 @@ use std::collections::HashSet;
 use anyhow::{Result, anyhow, bail};
 use pg_query::protobuf::{KeywordKind, Token};
 
-use crate::pg::ident::quote_ident;
-
 /// PostgreSQL truncates identifiers to `NAMEDATALEN - 1` bytes.
 const MAX_IDENT_BYTES: usize = 63;
 
@@ -394,7 +392,7 @@ fn remap_chunked(
     check_schema_name("target", to)?;
     let remapper = Remapper {
         from,
-        to_sql: sql_ident(to),
+        to_sql: crate::pg::ident::display_ident(to),
         defined,
     };
     let mut out = String::with_capacity(sql.len() + sql.len() / 64);
@@ -901,26 +899,6 @@ fn uescape_char(literal: &str) -> Option<char> {
         None
     } else {
         Some(c)
-    }
-}
-
-/// Spell `name` as an SQL identifier, quoting only when needed.
-fn sql_ident(name: &str) -> String {
-    let plain = name
-        .chars()
-        .next()
-        .is_some_and(|c| c.is_ascii_lowercase() || c == '_')
-        && name
-            .chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '$');
-    let keyword = || match pg_query::scan(name) {
-        Ok(r) => r.tokens.len() != 1 || r.tokens[0].keyword_kind() != KeywordKind::NoKeyword,
-        Err(_) => true,
-    };
-    if plain && !keyword() {
-        name.to_string()
-    } else {
-        quote_ident(name)
     }
 }
 

@@ -173,7 +173,8 @@ impl fmt::Display for TableName {
     }
 }
 
-/// Quote only when the identifier would not survive unquoted.
+/// Quote only when the identifier would not survive unquoted (upper case,
+/// special characters, or a keyword, as PostgreSQL's own scanner says).
 pub fn display_ident(name: &str) -> String {
     let plain = name
         .chars()
@@ -182,7 +183,19 @@ pub fn display_ident(name: &str) -> String {
         && name
             .chars()
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '$');
-    if plain {
+    // Like PostgreSQL's quote_ident: unreserved keywords may stay unquoted.
+    let keyword = || match pg_query::scan(name) {
+        Ok(r) => {
+            use pg_query::protobuf::KeywordKind;
+            r.tokens.len() != 1
+                || !matches!(
+                    r.tokens[0].keyword_kind(),
+                    KeywordKind::NoKeyword | KeywordKind::UnreservedKeyword
+                )
+        }
+        Err(_) => true,
+    };
+    if plain && !keyword() {
         name.to_string()
     } else {
         quote_ident(name)
@@ -230,6 +243,9 @@ mod tests {
         assert_eq!(t.schema.as_deref(), Some("public"));
         assert_eq!(t.name, "Mixed Case");
         assert_eq!(t.to_string(), "public.\"Mixed Case\"");
+        assert_eq!(display_ident("select"), "\"select\"");
+        assert_eq!(display_ident("users"), "users");
+        assert_eq!(display_ident("data"), "data");
         let t = TableName::parse("\"Ünïcode\"").unwrap();
         assert_eq!(t.name, "Ünïcode");
         assert_eq!(TableName::parse(" sessions ").unwrap().name, "sessions");

@@ -425,6 +425,28 @@ pub async fn record_verification(
     Ok(())
 }
 
+/// A fresh backup timestamp (unix ms, now or just after): no schema and no
+/// manifest with it yet.
+pub async fn fresh_backup_timestamp(client: &impl GenericClient) -> Result<i64> {
+    let mut ts = chrono::Utc::now().timestamp_millis();
+    loop {
+        let taken: bool = client
+            .query_one(
+                "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_namespace WHERE nspname = $1)
+                     OR (to_regclass('pgshift.backups') IS NOT NULL
+                         AND EXISTS (SELECT 1 FROM pgshift.backups WHERE ts = $2))",
+                &[&backup_schema_name(ts), &ts],
+            )
+            .await
+            .context("choosing a backup timestamp")?
+            .get(0);
+        if !taken {
+            return Ok(ts);
+        }
+        ts += 1;
+    }
+}
+
 /// Backup schema name for a timestamp.
 pub fn backup_schema_name(ts: i64) -> String {
     format!("{BACKUP_PREFIX}{ts}")

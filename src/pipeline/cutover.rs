@@ -15,7 +15,7 @@ use crate::error::UserError;
 use crate::pg::connect::{connect, describe_pg_error};
 use crate::pg::meta::{self, Manifest, ManifestTable, SHADOW_SCHEMA, ShadowState};
 use crate::pipeline::manifest;
-use crate::pipeline::session::{Recorder, Session, app_name, now_ms};
+use crate::pipeline::session::{Recorder, Session, app_name};
 use crate::pipeline::swap::{self, InTx, SwapOutcome, SwapRequest};
 use crate::pipeline::sync::{self, FkViolation, SyncedTable};
 use crate::state::Status;
@@ -158,24 +158,6 @@ impl InTx for MigrationTx<'_> {
     }
 }
 
-/// A fresh backup timestamp whose schema does not exist yet.
-async fn backup_timestamp(client: &Client) -> Result<i64> {
-    let mut ts = now_ms();
-    loop {
-        let exists: bool = client
-            .query_one(
-                "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_namespace WHERE nspname = $1)",
-                &[&meta::backup_schema_name(ts)],
-            )
-            .await?
-            .get(0);
-        if !exists {
-            return Ok(ts);
-        }
-        ts += 1;
-    }
-}
-
 /// Options beyond the settings.
 #[derive(Debug, Clone, Default)]
 pub struct SwapOptions {
@@ -268,7 +250,7 @@ pub async fn swap(sess: &Session, opts: &SwapOptions) -> Result<SwapReport> {
     rec.state.phase = Some("swap".into());
     rec.save(sess).await?;
 
-    let ts = backup_timestamp(&sess.control).await?;
+    let ts = meta::fresh_backup_timestamp(&sess.control).await?;
     let backup = meta::backup_schema_name(ts);
     let manifest = Manifest {
         timestamp: ts,

@@ -34,7 +34,6 @@ use crate::pg::connect::describe_pg_error;
 use crate::pg::ident::{TableName, qualified, quote_ident};
 use crate::pg::meta::{self, BackupRow, ForeignKeyDef, Manifest};
 use crate::pipeline::manifest;
-use crate::pipeline::session::now_ms;
 use crate::pipeline::swap::{self, InTx, SwapRequest};
 use crate::pipeline::verify::{self, VerifyReport};
 
@@ -301,7 +300,7 @@ pub async fn execute(
     cancel: &tokio_util::sync::CancellationToken,
 ) -> Result<RollbackReport> {
     let mut warnings = plan.warnings.clone();
-    let ts = fresh_timestamp(control).await?;
+    let ts = meta::fresh_backup_timestamp(control).await?;
     let backup = meta::backup_schema_name(ts);
     let restored = &plan.restore;
     let now = Utc::now();
@@ -404,25 +403,6 @@ pub async fn execute(
         verified: plan.verification.ok,
         warnings,
     })
-}
-
-/// A fresh backup timestamp: no schema and no manifest with it yet.
-pub async fn fresh_timestamp(client: &Client) -> Result<i64> {
-    let mut ts = now_ms();
-    loop {
-        let taken: bool = client
-            .query_one(
-                "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_namespace WHERE nspname = $1)
-                     OR EXISTS (SELECT 1 FROM pgshift.backups WHERE ts = $2)",
-                &[&meta::backup_schema_name(ts), &ts],
-            )
-            .await?
-            .get(0);
-        if !taken {
-            return Ok(ts);
-        }
-        ts += 1;
-    }
 }
 
 /// What the transaction did, for after the commit.

@@ -139,6 +139,40 @@ impl Workdir {
     pub fn cmd(&self) -> Command {
         pgshift_cmd(self.path())
     }
+    /// Run pgshift with `args` to completion.
+    pub fn run(&self, args: &[&str]) -> std::process::Output {
+        self.run_env(args, &[])
+    }
+    /// Run pgshift with `args` and extra environment variables to completion.
+    pub fn run_env(&self, args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
+        let mut cmd = self.cmd();
+        cmd.args(args);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        cmd.output().expect("running pgshift")
+    }
+    /// Run pgshift, assert it succeeded, return its stdout.
+    pub fn run_ok(&self, args: &[&str]) -> String {
+        assert_success(&self.run(args))
+    }
+}
+
+/// Assert a pgshift run succeeded (showing its output if not); returns stdout.
+pub fn assert_success(out: &std::process::Output) -> String {
+    assert!(
+        out.status.success(),
+        "pgshift failed ({}):\nstdout: {}\nstderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A run's stderr as text.
+pub fn stderr_of(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
 /// Everything observable about a database's catalog and data, for "nothing
