@@ -106,7 +106,19 @@ fn report_clap_error(e: clap::Error) -> i32 {
             let main = text.split("\n\nUsage:").next().unwrap_or(&text);
             let one_line = main.split_whitespace().collect::<Vec<_>>().join(" ");
             let one_line = one_line.strip_prefix("error: ").unwrap_or(&one_line);
-            eprintln!("error: {one_line} (see pgshift --help)");
+            // Point at the subcommand's help when there is one on the line.
+            use clap::CommandFactory;
+            let names: Vec<String> = Cli::command()
+                .get_subcommands()
+                .map(|c| c.get_name().to_string())
+                .collect();
+            let sub = std::env::args()
+                .skip(1)
+                .find(|a| names.iter().any(|n| n == a));
+            match sub {
+                Some(sub) => eprintln!("error: {one_line} (see pgshift {sub} --help)"),
+                None => eprintln!("error: {one_line} (see pgshift --help)"),
+            }
             ExitCode::Usage.code()
         }
     }
