@@ -87,6 +87,21 @@ fn drain_stderr(child: &mut Child) -> String {
     text
 }
 
+/// `pgshift prepare` from the pair's source into its destination, in the background.
+fn spawn_prepare(wd: &Workdir, dbs: &TestDbs, env: &[(&str, &str)]) -> Child {
+    spawn(
+        wd,
+        &[
+            "prepare",
+            "--source",
+            &dbs.src.url(),
+            "--dest",
+            &dbs.dst.url(),
+        ],
+        env,
+    )
+}
+
 fn spawn(wd: &Workdir, args: &[&str], env: &[(&str, &str)]) -> Child {
     let mut cmd = wd.cmd();
     cmd.args(args).stdout(Stdio::piped()).stderr(Stdio::piped());
@@ -199,17 +214,7 @@ fn sigint_during_dump_load_and_index_build_stops_cleanly() {
         } else {
             vec![]
         };
-        let mut child = spawn(
-            &wd,
-            &[
-                "prepare",
-                "--source",
-                &dbs.src.url(),
-                "--dest",
-                &dbs.dst.url(),
-            ],
-            &env,
-        );
+        let mut child = spawn_prepare(&wd, &dbs, &env);
         wait_for_phase(&wd, &dbs.dst, phase, &mut child);
         if phase == "dump" {
             // The wrapper (and its sleep) are running as pg_dump.
@@ -292,17 +297,7 @@ fn sigkill_leaves_leftovers_that_the_next_prepare_replaces() {
     let before = catalog_without_pgshift(&dbs.dst);
     for (moment, phase) in [("COPY", "data"), ("CREATE INDEX", "data")] {
         let wd = Workdir::new();
-        let mut child = spawn(
-            &wd,
-            &[
-                "prepare",
-                "--source",
-                &dbs.src.url(),
-                "--dest",
-                &dbs.dst.url(),
-            ],
-            &[],
-        );
+        let mut child = spawn_prepare(&wd, &dbs, &[]);
         wait_for_phase(&wd, &dbs.dst, phase, &mut child);
         wait_for_statement(&dbs.dst, moment, &mut child);
         signal(&child, libc::SIGKILL);
@@ -407,24 +402,10 @@ fn a_destination_restart_during_the_load_fails_clearly_and_a_rerun_completes() {
     let dbs = TestDbs::on(src_cluster, &dst_cluster, "restart");
     big_source(&dbs.src, 400_000);
     let wd = Workdir::new();
-    let mut child = spawn(
-        &wd,
-        &[
-            "prepare",
-            "--source",
-            &dbs.src.url(),
-            "--dest",
-            &dbs.dst.url(),
-        ],
-        &[],
-    );
+    let mut child = spawn_prepare(&wd, &dbs, &[]);
     wait_for_phase(&wd, &dbs.dst, "data", &mut child);
     // Restart while rows are flowing into the shadow.
-    let start = Instant::now();
-    while dbs.dst.psql("SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'COPY%FROM STDIN%' AND pid <> pg_backend_pid()") == "0" {
-        assert!(start.elapsed() < Duration::from_secs(30), "the load never started");
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    wait_for_statement(&dbs.dst, "COPY", &mut child);
     dst_cluster.restart();
     let status = wait_exit(&mut child, Duration::from_secs(60));
     let out = child.wait_with_output().unwrap();
@@ -579,17 +560,7 @@ fn the_source_dropping_connections_during_the_load_fails_clearly_and_a_rerun_com
         .psql("CREATE TABLE keep (x int); INSERT INTO keep VALUES (1);");
     let before = catalog_without_pgshift(&dbs.dst);
     let wd = Workdir::new();
-    let mut child = spawn(
-        &wd,
-        &[
-            "prepare",
-            "--source",
-            &dbs.src.url(),
-            "--dest",
-            &dbs.dst.url(),
-        ],
-        &[],
-    );
+    let mut child = spawn_prepare(&wd, &dbs, &[]);
     wait_for_phase(&wd, &dbs.dst, "data", &mut child);
     wait_for_statement(&dbs.src, "COPY", &mut child);
     // The source kills every session of the run (as a restart or a DBA would).
