@@ -59,3 +59,33 @@ fn prepare_copies_a_simple_schema_into_shadow() {
             .query_one_string("SELECT last_value FROM public.orders_id_seq")
     );
 }
+
+#[test]
+fn verify_checksums_records_a_checksum_per_table() {
+    let dbs = TestDbs::new("prep_checksums");
+    dbs.src.psql(
+        "CREATE TABLE t (id int PRIMARY KEY, v text, f float8, at timestamptz DEFAULT now(), b bytea);
+         INSERT INTO t SELECT g, md5(g::text), g / 3.0, now(), decode(md5(g::text), 'hex') FROM generate_series(1, 2000) g;
+         CREATE TABLE empty (x int);",
+    );
+    let wd = Workdir::new();
+    let out = wd.run_ok(&[
+        "prepare",
+        "--json",
+        "--verify",
+        "checksums",
+        "--source",
+        &dbs.src.url(),
+        "--dest",
+        &dbs.dst.url(),
+    ]);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let tables = v["tables"].as_array().unwrap();
+    assert_eq!(tables.len(), 2);
+    for t in tables {
+        let sum = t["checksum"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no checksum: {t}"));
+        assert!(sum.starts_with(&format!("{}:", t["rows"])), "{t}");
+    }
+}

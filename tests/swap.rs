@@ -275,3 +275,26 @@ fn swap_with_nothing_prepared_is_refused() {
     );
     assert_eq!(catalog_fingerprint(&dbs.dst), before);
 }
+
+#[test]
+fn a_shadow_changed_since_prepare_is_not_swapped() {
+    let dbs = setup("swap_changed");
+    let wd = Workdir::new();
+    assert_success(&wd.run(&[
+        "prepare",
+        "--source",
+        &dbs.src.url(),
+        "--dest",
+        &dbs.dst.url(),
+    ]));
+    dbs.dst.psql("DELETE FROM shadow.items WHERE id = 5");
+    let before = catalog_fingerprint(&dbs.dst);
+    let out = wd.run(&["swap", "--dest", &dbs.dst.url()]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{stderr}");
+    assert!(
+        stderr.contains("items: prepared 200 rows, shadow has 199"),
+        "{stderr}"
+    );
+    assert_eq!(catalog_fingerprint(&dbs.dst), before);
+}
