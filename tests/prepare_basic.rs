@@ -89,3 +89,57 @@ fn verify_checksums_records_a_checksum_per_table() {
         assert!(sum.starts_with(&format!("{}:", t["rows"])), "{t}");
     }
 }
+
+#[test]
+fn prepare_warns_about_what_will_not_follow_the_swap() {
+    let dbs = TestDbs::new("prep_warnings");
+    dbs.src.psql(
+        "CREATE TABLE t (id int PRIMARY KEY); INSERT INTO t VALUES (1);
+         SELECT lo_from_bytea(0, 'large object');",
+    );
+    dbs.dst.psql(
+        "CREATE TABLE t (id int PRIMARY KEY);
+         CREATE SCHEMA reporting;
+         CREATE VIEW reporting.t_ids AS SELECT id FROM public.t;
+         CREATE TABLE reporting.refs (t_id int REFERENCES public.t (id));
+         CREATE PUBLICATION pub_t FOR TABLE public.t;",
+    );
+    let wd = Workdir::new();
+    let out = wd.run_ok(&[
+        "prepare",
+        "--dry-run",
+        "--json",
+        "--source",
+        &dbs.src.url(),
+        "--dest",
+        &dbs.dst.url(),
+    ]);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let warnings = v["plan"]["warnings"].to_string();
+    for needle in [
+        "view reporting.t_ids reads public.t",
+        "foreign key",
+        "reporting.refs",
+        "publication pub_t",
+        "large objects",
+    ] {
+        assert!(
+            warnings.contains(needle),
+            "{needle:?} missing from {warnings}"
+        );
+    }
+    // The real run reports the same warnings.
+    let out = wd.run_ok(&[
+        "prepare",
+        "--json",
+        "--source",
+        &dbs.src.url(),
+        "--dest",
+        &dbs.dst.url(),
+    ]);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert!(
+        v["warnings"].to_string().contains("publication pub_t"),
+        "{v}"
+    );
+}

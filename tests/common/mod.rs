@@ -21,6 +21,7 @@ mod db;
 mod proc;
 mod teardown;
 
+use std::collections::BTreeSet;
 use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -230,4 +231,73 @@ fn fingerprint(db: &TestDb, schema: Option<&str>) -> String {
         fp.push_str(&format!("\n-- rows {t}: {n}"));
     }
     fp
+}
+
+/// pg_dump output split into entries; schema entries (and their comments) dropped,
+/// volatile lines removed, `schema.` mapped back to `public.`.
+pub fn normalised_dump(db: &TestDb, schema: &str) -> Vec<String> {
+    let text = db.dump_schema(schema);
+    let mut blocks: Vec<String> = Vec::new();
+    let mut cur = String::new();
+    let lines: Vec<&str> = text.lines().collect();
+    for (i, line) in lines.iter().enumerate() {
+        let starts_entry = line.starts_with("-- Name: ") && i > 0 && lines[i - 1] == "--";
+        if starts_entry {
+            blocks.push(std::mem::take(&mut cur));
+        }
+        if line.starts_with("\\restrict")
+            || line.starts_with("\\unrestrict")
+            || line.starts_with("-- Dumped ")
+        {
+            continue;
+        }
+        cur.push_str(line);
+        cur.push('\n');
+    }
+    blocks.push(cur);
+    blocks
+        .into_iter()
+        .filter(|b| {
+            let header = b.lines().find(|l| l.starts_with("-- Name: ")).unwrap_or("");
+            !(header.contains("; Type: SCHEMA;")
+                || (header.contains("; Type: COMMENT;") && header.starts_with("-- Name: SCHEMA ")))
+        })
+        .map(|b| {
+            if schema == "public" {
+                b
+            } else {
+                b.replace(&format!("{schema}."), "public.")
+                    .replace(&format!("Schema: {schema};"), "Schema: public;")
+            }
+        })
+        .collect()
+}
+
+/// Assert the destination's shadow has exactly the source's public DDL.
+pub fn assert_same_ddl(src: &TestDb, dst: &TestDb) {
+    let a = normalised_dump(src, "public");
+    let b = normalised_dump(dst, "shadow");
+    if a != b {
+        let sa: BTreeSet<&String> = a.iter().collect();
+        let sb: BTreeSet<&String> = b.iter().collect();
+        let only_src: Vec<&&String> = sa.difference(&sb).collect();
+        let only_dst: Vec<&&String> = sb.difference(&sa).collect();
+        panic!(
+            "shadow DDL differs from the source's.\n--- only in source ({}):\n{}\n--- only in shadow ({}):\n{}",
+            only_src.len(),
+            only_src
+                .iter()
+                .take(5)
+                .map(|s| s.as_str())
+                .collect::<Vec<_>>()
+                .join("\n"),
+            only_dst.len(),
+            only_dst
+                .iter()
+                .take(5)
+                .map(|s| s.as_str())
+                .collect::<Vec<_>>()
+                .join("\n"),
+        );
+    }
 }
