@@ -84,16 +84,7 @@ fn prepare_reproduces_a_rich_schema_exactly() {
         })
     };
     let wd = Workdir::new();
-    let out = wd.run_env(
-        &[
-            "prepare",
-            "--source",
-            &dbs.src.url(),
-            "--dest",
-            &dbs.dst.url(),
-        ],
-        &[],
-    );
+    let out = wd.prepare(&dbs, &[]);
     stop.store(true, Ordering::Relaxed);
     let modes = sampler.join().unwrap();
     assert!(
@@ -247,16 +238,7 @@ fn a_failure_in_any_phase_leaves_nothing_behind() {
     }
     // And a clean run afterwards succeeds.
     let wd = Workdir::new();
-    let out = wd.run_env(
-        &[
-            "prepare",
-            "--source",
-            &dbs.src.url(),
-            "--dest",
-            &dbs.dst.url(),
-        ],
-        &[],
-    );
+    let out = wd.prepare(&dbs, &[]);
     assert!(
         out.status.success(),
         "{}",

@@ -267,16 +267,7 @@ fn sigint_during_dump_load_and_index_build_stops_cleanly() {
             "{st}"
         );
         // A following prepare completes.
-        assert_success(&wd.run_env(
-            &[
-                "prepare",
-                "--source",
-                &dbs.src.url(),
-                "--dest",
-                &dbs.dst.url(),
-            ],
-            &[],
-        ));
+        assert_success(&wd.prepare(&dbs, &[]));
         assert_eq!(dbs.dst.psql("SELECT count(*) FROM shadow.big"), "400000");
         assert_success(&wd.run_env(&["abort", "--dest", &dbs.dst.url()], &[]));
     }
@@ -318,16 +309,7 @@ fn sigkill_leaves_leftovers_that_the_next_prepare_replaces() {
             "{moment}: leftovers not reported: {status}"
         );
         // The next prepare says it starts over, and produces an exact shadow.
-        let out = wd.run_env(
-            &[
-                "prepare",
-                "--source",
-                &dbs.src.url(),
-                "--dest",
-                &dbs.dst.url(),
-            ],
-            &[],
-        );
+        let out = wd.prepare(&dbs, &[]);
         assert_success(&out);
         assert!(
             String::from_utf8_lossy(&out.stderr).contains("starting over"),
@@ -348,16 +330,7 @@ fn sigkill_during_the_swap_leaves_it_all_before() {
     dbs.dst
         .psql("CREATE TABLE t (id int PRIMARY KEY); INSERT INTO t VALUES (1);");
     let wd = Workdir::new();
-    assert_success(&wd.run_env(
-        &[
-            "prepare",
-            "--source",
-            &dbs.src.url(),
-            "--dest",
-            &dbs.dst.url(),
-        ],
-        &[],
-    ));
+    assert_success(&wd.prepare(&dbs, &[]));
     let prepared = catalog_without_pgshift(&dbs.dst);
     let mut child = spawn(
         &wd,
@@ -411,16 +384,7 @@ fn a_destination_restart_during_the_load_fails_clearly_and_a_rerun_completes() {
         last.starts_with("error: prepare failed: phase data:"),
         "{stderr}"
     );
-    assert_success(&wd.run_env(
-        &[
-            "prepare",
-            "--source",
-            &dbs.src.url(),
-            "--dest",
-            &dbs.dst.url(),
-        ],
-        &[],
-    ));
+    assert_success(&wd.prepare(&dbs, &[]));
     assert_eq!(dbs.dst.psql("SELECT count(*) FROM shadow.big"), "400000");
 }
 
@@ -574,15 +538,6 @@ fn the_source_dropping_connections_during_the_load_fails_clearly_and_a_rerun_com
     );
     assert_eq!(catalog_without_pgshift(&dbs.dst), before);
     leftover_free(&dbs.dst);
-    assert_success(&wd.run_env(
-        &[
-            "prepare",
-            "--source",
-            &dbs.src.url(),
-            "--dest",
-            &dbs.dst.url(),
-        ],
-        &[],
-    ));
+    assert_success(&wd.prepare(&dbs, &[]));
     assert_eq!(dbs.dst.psql("SELECT count(*) FROM shadow.big"), "300000");
 }

@@ -50,16 +50,7 @@ fn hold_lock(dbs: &TestDbs, sql: &str, hold: Duration) -> std::thread::JoinHandl
 fn a_held_lock_makes_the_swap_retry_then_succeed() {
     let dbs = setup("swap_retry");
     let wd = Workdir::new();
-    assert_success(&wd.run_env(
-        &[
-            "prepare",
-            "--source",
-            &dbs.src.url(),
-            "--dest",
-            &dbs.dst.url(),
-        ],
-        &[],
-    ));
+    assert_success(&wd.prepare(&dbs, &[]));
     let holder = hold_lock(&dbs, "SELECT count(*) FROM items", Duration::from_secs(3));
     let out = wd.run_env(
         &[
@@ -86,16 +77,7 @@ fn a_held_lock_makes_the_swap_retry_then_succeed() {
 fn a_lock_held_past_all_retries_fails_cleanly() {
     let dbs = setup("swap_giveup");
     let wd = Workdir::new();
-    assert_success(&wd.run_env(
-        &[
-            "prepare",
-            "--source",
-            &dbs.src.url(),
-            "--dest",
-            &dbs.dst.url(),
-        ],
-        &[],
-    ));
+    assert_success(&wd.prepare(&dbs, &[]));
     let before = catalog_fingerprint(&dbs.dst);
     let holder = hold_lock(
         &dbs,
@@ -237,16 +219,7 @@ fn dry_runs_change_nothing() {
     );
 
     // swap --dry-run after a real prepare prints the moves and the SQL, changes nothing.
-    assert_success(&wd.run_env(
-        &[
-            "prepare",
-            "--source",
-            &dbs.src.url(),
-            "--dest",
-            &dbs.dst.url(),
-        ],
-        &[],
-    ));
+    assert_success(&wd.prepare(&dbs, &[]));
     let prepared = catalog_fingerprint(&dbs.dst);
     let out = assert_success(&wd.run_env(&["swap", "--dry-run", "--dest", &dbs.dst.url()], &[]));
     assert!(

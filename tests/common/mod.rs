@@ -153,6 +153,13 @@ impl Workdir {
         }
         cmd.output().expect("running pgshift")
     }
+    /// `pgshift prepare` from the pair's source into its destination, plus `extra` arguments.
+    pub fn prepare(&self, dbs: &TestDbs, extra: &[&str]) -> std::process::Output {
+        let (src, dst) = (dbs.src.url(), dbs.dst.url());
+        let mut args = vec!["prepare", "--source", src.as_str(), "--dest", dst.as_str()];
+        args.extend_from_slice(extra);
+        self.run(&args)
+    }
     /// Run pgshift, assert it succeeded, return its stdout.
     pub fn run_ok(&self, args: &[&str]) -> String {
         assert_success(&self.run(args))
