@@ -284,6 +284,25 @@ fn private_cluster_stop_start_restart_and_drop() {
 }
 
 #[test]
+fn private_cluster_with_extra_settings() {
+    if skip_external("private_cluster_with_extra_settings") {
+        return;
+    }
+    let c = Cluster::start_with(
+        "settings",
+        "max_connections = 20\nmax_locks_per_transaction = 32\nshared_preload_libraries = 'pg_stat_statements'",
+    );
+    assert_eq!(c.psql("postgres", "SHOW max_connections"), "20");
+    assert_eq!(c.psql("postgres", "SHOW max_locks_per_transaction"), "32");
+    assert_eq!(
+        c.psql("postgres", "SHOW shared_preload_libraries"),
+        "pg_stat_statements"
+    );
+    // The harness's own settings are still there.
+    assert_eq!(c.psql("postgres", "SHOW fsync"), "off");
+}
+
+#[test]
 fn pgshift_commands_are_hermetic() {
     let wd = Workdir::new();
     let cmd = wd.cmd();

@@ -54,6 +54,21 @@ impl Cluster {
         Cluster::create("priv")
     }
 
+    /// Start a private cluster with extra `postgresql.conf` lines appended to the
+    /// harness's own (later lines win), e.g.
+    /// `"shared_preload_libraries = 'pg_stat_statements'"` or
+    /// `"max_connections = 20\nmax_locks_per_transaction = 64"`. Tests state the
+    /// settings they need here instead of assuming them from the machine.
+    /// Panics in external-server mode (check [`can_start_clusters`] first).
+    pub fn start_with(label: &str, extra_conf: &str) -> Cluster {
+        assert!(
+            can_start_clusters(),
+            "Cluster::start_with() is not available with TEST_PGHOST (external server mode); \
+             check common::can_start_clusters() and skip the test"
+        );
+        Cluster::create_with(label, extra_conf)
+    }
+
     /// The external server from `TEST_PG*`.
     pub(crate) fn external() -> Cluster {
         let host = std::env::var("TEST_PGHOST").expect("TEST_PGHOST");
@@ -91,6 +106,10 @@ impl Cluster {
     /// (Every cluster gets its own initdb rather than a copy of a template: copies would
     /// share the system identifier, which pgshift may use to tell servers apart.)
     pub(crate) fn create(label: &str) -> Cluster {
+        Cluster::create_with(label, "")
+    }
+
+    fn create_with(label: &str, extra_conf: &str) -> Cluster {
         let managed = Managed::new_dir(label);
         // From here on, a panic drops `managed`, which cleans up.
         let run_as = managed.reg.run_as.clone();
@@ -139,7 +158,12 @@ impl Cluster {
         let mut port = 0;
         for attempt in 1..=8 {
             port = pick_port();
-            let settings = harness_settings(&base, &sock, port);
+            let mut settings = harness_settings(&base, &sock, port);
+            if !extra_conf.is_empty() {
+                settings.push_str("# settings this test asked for\n");
+                settings.push_str(extra_conf);
+                settings.push('\n');
+            }
             write_private(
                 &data.join("pgshift_harness.conf"),
                 &settings,
