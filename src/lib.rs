@@ -3,16 +3,18 @@
 //! The binary (`src/main.rs`) is a thin wrapper around [`run`]; integration tests
 //! reach the internals through this library target.
 
+pub mod backups;
 pub mod cli;
 pub mod commands;
 pub mod config;
 pub mod dump;
 pub mod error;
 pub mod logging;
+pub mod migration;
 pub mod output;
 pub mod pg;
-pub mod pipeline;
+pub mod prepare;
 pub mod process;
-pub mod state;
+pub mod swap;
 
 pub use error::{ExitCode, UserError};

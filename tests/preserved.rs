@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use common::{TestDb, TestDbs, Workdir};
-use pgshift::pipeline::sync::{self, SyncedTable};
+use pgshift::prepare::sync::{self, SyncedTable};
 use tokio_postgres::Client;
 
 /// `pgshift prepare` from `dbs.src` into `dbs.dst`, extra arguments appended.
@@ -353,7 +353,7 @@ async fn initial_copy_then_real_time_sync_then_abort() {
     );
 
     // abort: cleanup removes triggers, changelogs, functions and shadow.
-    let removed = pgshift::pipeline::cleanup::remove_prepared(&c, Duration::from_secs(2), 3)
+    let removed = pgshift::prepare::discard::remove_prepared(&c, Duration::from_secs(2), 3)
         .await
         .unwrap();
     assert!(removed.shadow);

@@ -10,12 +10,12 @@ use tokio_postgres::Client;
 
 use crate::commands::Ctx;
 use crate::error::ExitCode;
+use crate::migration::session::Session;
+use crate::migration::state_file::Status;
 use crate::output;
 use crate::pg::meta::{self, MigrationRow, SHADOW_SCHEMA, ShadowState};
 use crate::pg::objects;
-use crate::pipeline::cleanup::{self, Removed};
-use crate::pipeline::session::Session;
-use crate::state::Status;
+use crate::prepare::discard::{self, Removed};
 
 /// What `abort --json` prints (documented in README.md, "JSON output").
 #[derive(Debug, Clone, Serialize)]
@@ -58,7 +58,7 @@ pub async fn run(ctx: Ctx) -> Result<ExitCode> {
     let settings = &ctx.settings;
     let latest: Option<MigrationRow> = meta::latest_migration(client).await?;
     let shadow = meta::shadow_state(client).await?;
-    let found = cleanup::find_leftovers(client).await?;
+    let found = discard::find_leftovers(client).await?;
     let file_state = sess.state_file.load().unwrap_or_else(|e| {
         tracing::warn!("ignoring the unreadable state file: {e:#}");
         None
@@ -105,7 +105,7 @@ pub async fn run(ctx: Ctx) -> Result<ExitCode> {
     }
 
     let removed = if open.is_some() || leftovers {
-        cleanup::remove_prepared(client, settings.lock_timeout, settings.swap_retries).await?
+        discard::remove_prepared(client, settings.lock_timeout, settings.swap_retries).await?
     } else {
         Removed::default()
     };

@@ -10,16 +10,16 @@ use serde::Serialize;
 use tokio_postgres::Client;
 use tokio_postgres::error::SqlState;
 
+use crate::backups::verify;
 use crate::cli::CleanupArgs;
 use crate::commands::Ctx;
 use crate::commands::list::{rfc3339, short_time};
 use crate::error::{ExitCode, UserError};
+use crate::migration::session::{Session, app_name};
 use crate::output::{self, Table, human_bytes};
 use crate::pg::connect::{connect, describe_pg_error};
 use crate::pg::ident::quote_ident;
 use crate::pg::meta::{self, BackupRow};
-use crate::pipeline::session::{Session, app_name};
-use crate::pipeline::verify;
 
 const ACCEPTED: &str = "an ISO date (2025-07-15, midnight UTC), an ISO datetime with or without offset (2025-07-15T08:30:00, 2025-07-15T08:30:00+02:00; UTC when none), or unix milliseconds (1752567000000)";
 

@@ -4,13 +4,13 @@ use anyhow::Result;
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde::Serialize;
 
+use crate::backups::verify;
 use crate::commands::Ctx;
 use crate::error::ExitCode;
+use crate::migration::session::app_name;
 use crate::output::{self, Table, human_bytes};
 use crate::pg::connect::connect;
 use crate::pg::meta::{self, BackupRow};
-use crate::pipeline::session::app_name;
-use crate::pipeline::verify;
 
 /// One backup as `list --json` prints it (documented in README.md, "JSON output").
 #[derive(Debug, Clone, Serialize)]

@@ -6,11 +6,11 @@ use anyhow::Result;
 
 use crate::commands::Ctx;
 use crate::error::ExitCode;
+use crate::migration::session::{Recorder, Session, app_name, now_ms};
 use crate::output::{self, Table, human_bytes, human_ms};
 use crate::pg::connect::connect;
-use crate::pipeline::prepare::{self, PlanReport, PrepareReport};
-use crate::pipeline::progress::Progress;
-use crate::pipeline::session::{Recorder, Session, app_name, now_ms};
+use crate::prepare::phases::{self, PlanReport, PrepareReport};
+use crate::prepare::progress::Progress;
 
 pub async fn run(ctx: Ctx) -> Result<ExitCode> {
     let report = prepare_only(&ctx).await?;
@@ -50,11 +50,11 @@ pub async fn prepare_in_session(
         settings.connect_timeout,
     )
     .await?;
-    let checked = prepare::check(source, &sess.control, &src, settings).await?;
+    let checked = phases::check(source, &sess.control, &src, settings).await?;
     drop(src);
     let mut rec = Recorder::new(now_ms(), ctx.command, Some(source), &sess.dest);
     let progress = progress_for(ctx);
-    prepare::run(sess, &mut rec, source, checked, &progress).await
+    phases::run(sess, &mut rec, source, checked, &progress).await
 }
 
 /// Bars on a terminal, log lines otherwise, nothing for JSON output.
@@ -81,8 +81,8 @@ pub async fn dry_run(ctx: &Ctx) -> Result<PlanReport> {
         settings.connect_timeout,
     )
     .await?;
-    let checked = prepare::check(source, &dst, &src, settings).await?;
-    Ok(prepare::plan_report(source, dest, &checked, settings))
+    let checked = phases::check(source, &dst, &src, settings).await?;
+    Ok(phases::plan_report(source, dest, &checked, settings))
 }
 
 pub fn print_plan(ctx: &Ctx, plan: &PlanReport) -> Result<()> {

@@ -2,15 +2,15 @@
 
 use anyhow::Result;
 
+use crate::backups::verify;
 use crate::cli::RollbackArgs;
 use crate::commands::Ctx;
 use crate::error::{ExitCode, UserError};
+use crate::migration::session::{Session, app_name};
 use crate::output;
 use crate::pg::connect::connect;
 use crate::pg::ident::TableName;
-use crate::pipeline::rollback::{self, RollbackOptions, RollbackPreview, RollbackReport, Target};
-use crate::pipeline::session::{Session, app_name};
-use crate::pipeline::verify;
+use crate::swap::rollback::{self, RollbackOptions, RollbackPreview, RollbackReport, Target};
 
 pub async fn run(args: RollbackArgs, ctx: Ctx) -> Result<ExitCode> {
     let settings = &ctx.settings;

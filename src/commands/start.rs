@@ -5,10 +5,10 @@ use serde::Serialize;
 
 use crate::commands::{Ctx, prepare, swap};
 use crate::error::ExitCode;
+use crate::migration::session::Session;
 use crate::output::{self, Table, human_ms};
-use crate::pipeline::cutover::{self, SwapOptions, SwapReport};
-use crate::pipeline::prepare::PrepareReport;
-use crate::pipeline::session::Session;
+use crate::prepare::phases::PrepareReport;
+use crate::swap::cutover::{self, SwapOptions, SwapReport};
 
 #[derive(Debug, Serialize)]
 struct StartReport<'a> {

@@ -10,19 +10,19 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 use tokio_postgres::Client;
 
+use crate::backups::verify;
 use crate::commands::Ctx;
 use crate::commands::abort::{shadow_is_empty, swap_committed};
 use crate::commands::list::rfc3339;
 use crate::error::ExitCode;
+use crate::migration::session::app_name;
+use crate::migration::state_file::{self, MigrationState, PhaseRecord};
 use crate::output::{self, Table, human_bytes, human_ms};
 use crate::pg::connect::connect;
 use crate::pg::lock::{self, Holder};
 use crate::pg::meta::{self, SHADOW_SCHEMA, ShadowState};
-use crate::pipeline::cleanup;
-use crate::pipeline::session::app_name;
-use crate::pipeline::sync::{self, SyncedTable};
-use crate::pipeline::verify;
-use crate::state::{self, MigrationState, PhaseRecord};
+use crate::prepare::discard;
+use crate::prepare::sync::{self, SyncedTable};
 
 /// What `status --json` prints (documented in README.md, "JSON output").
 #[derive(Debug, Clone, Serialize)]
@@ -331,7 +331,7 @@ pub async fn status(ctx: &Ctx) -> Result<StatusReport> {
     .await?;
     let mut warnings = Vec::new();
 
-    let file_state = match state::read(&settings.state_dir, dest.dbname()) {
+    let file_state = match state_file::read(&settings.state_dir, dest.dbname()) {
         Ok(s) => s,
         Err(e) => {
             warnings.push(format!("ignoring the state file: {e:#}"));
@@ -456,7 +456,7 @@ pub async fn status(ctx: &Ctx) -> Result<StatusReport> {
     let mut leftovers = LeftoverInfo::default();
     let busy = matches!(state.as_str(), "prepared" | "preparing" | "swapping");
     if !busy {
-        let found = cleanup::find_leftovers(&client).await?;
+        let found = discard::find_leftovers(&client).await?;
         leftovers.shadow = shadow.ours && !shadow.empty;
         leftovers.triggers = found.triggers;
         if meta_ok {

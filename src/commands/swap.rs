@@ -5,10 +5,10 @@ use anyhow::Result;
 use crate::cli::SwapArgs;
 use crate::commands::Ctx;
 use crate::error::ExitCode;
+use crate::migration::session::{Session, app_name};
 use crate::output;
 use crate::pg::connect::connect;
-use crate::pipeline::cutover::{self, SwapOptions, SwapPreview, SwapReport};
-use crate::pipeline::session::{Session, app_name};
+use crate::swap::cutover::{self, SwapOptions, SwapPreview, SwapReport};
 
 pub async fn run(args: SwapArgs, ctx: Ctx) -> Result<ExitCode> {
     let opts = SwapOptions {

@@ -4,13 +4,13 @@
 
 use anyhow::Result;
 
+use crate::backups::verify::{self, VerifyReport};
 use crate::cli::VerifyArgs;
 use crate::commands::Ctx;
 use crate::error::ExitCode;
+use crate::migration::session::app_name;
 use crate::output::{self, Table};
 use crate::pg::connect::connect;
-use crate::pipeline::session::app_name;
-use crate::pipeline::verify::{self, VerifyReport};
 
 pub async fn run(args: VerifyArgs, ctx: Ctx) -> Result<ExitCode> {
     let dest = ctx.settings.require_dest()?;

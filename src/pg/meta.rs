@@ -14,7 +14,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use tokio_postgres::{Client, GenericClient};
 
-use crate::state::MigrationState;
+use crate::migration::state_file::MigrationState;
 
 pub const META_SCHEMA: &str = "pgshift";
 pub const SHADOW_SCHEMA: &str = "shadow";

@@ -4,6 +4,7 @@
 pub mod catalog;
 pub mod connect;
 pub mod connspec;
+pub mod exec;
 pub mod ident;
 pub mod lock;
 pub mod meta;

@@ -171,7 +171,7 @@ pub async fn remove_prepared(
                     e.code() == Some(&tokio_postgres::error::SqlState::LOCK_NOT_AVAILABLE);
                 if lock_timeout_hit && attempt < retries {
                     attempt += 1;
-                    let wait = crate::pipeline::backoff(attempt);
+                    let wait = crate::pg::exec::backoff(attempt);
                     tracing::warn!(
                         "a table is busy; retrying cleanup in {} ms",
                         wait.as_millis()

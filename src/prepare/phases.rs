@@ -18,18 +18,21 @@ use serde::Serialize;
 use tokio_postgres::Client;
 
 use crate::dump::sql::{self, DefinedNames, Entry};
+use crate::migration::session::{Recorder, Session, app_name};
+use crate::migration::state_file::{Status, TableRecord};
 use crate::pg::catalog::{self, SequenceInfo, TableInfo};
 use crate::pg::connect::{connect, describe_pg_error};
 use crate::pg::connspec::ConnSpec;
 use crate::pg::ident::{qualified, quote_ident, quote_literal};
 use crate::pg::meta::{self, MARKER, SHADOW_SCHEMA};
-use crate::pipeline::data::{self, CopyJob, DataPlan, Loaded};
-use crate::pipeline::preflight::{self, ExtensionPlan, Leftover, Tools};
-use crate::pipeline::progress::Progress;
-use crate::pipeline::session::{Recorder, Session, app_name};
-use crate::pipeline::{cleanup, postdata, privileges, sync};
+use crate::prepare::data::{self, CopyJob, DataPlan, Loaded};
+use crate::prepare::discard;
+use crate::prepare::postdata;
+use crate::prepare::preflight::{self, ExtensionPlan, Leftover, Tools};
+use crate::prepare::privileges;
+use crate::prepare::progress::Progress;
+use crate::prepare::sync;
 use crate::process::{self, ChildSpec};
-use crate::state::{Status, TableRecord};
 
 /// The schema pgshift migrates.
 pub const SOURCE_SCHEMA: &str = "public";
@@ -225,7 +228,7 @@ pub async fn run(
         tracing::warn!("{why}");
         warnings.push(why.clone());
         let removed =
-            cleanup::remove_prepared(&sess.control, settings.lock_timeout, settings.swap_retries)
+            discard::remove_prepared(&sess.control, settings.lock_timeout, settings.swap_retries)
                 .await?;
         tracing::info!(?removed, "removed leftovers of the earlier run");
     }
@@ -244,7 +247,7 @@ pub async fn run(
     let dump_dir = settings.dump_dir.clone().unwrap_or_else(|| {
         settings.state_dir.join(format!(
             "pgshift-dump-{}",
-            crate::state::file_safe(sess.dest.dbname())
+            crate::migration::state_file::file_safe(sess.dest.dbname())
         ))
     });
     rec.state.dump_dir = Some(dump_dir.clone());
@@ -301,7 +304,7 @@ pub async fn run(
             // Streaming cannot resume from a dead snapshot: remove what this run made.
             match client {
                 Some(c) => {
-                    match cleanup::remove_prepared(&c, settings.lock_timeout, settings.swap_retries)
+                    match discard::remove_prepared(&c, settings.lock_timeout, settings.swap_retries)
                         .await
                     {
                         Ok(r) if !r.is_empty() => {

@@ -28,8 +28,8 @@ use crate::pg::catalog::TableInfo;
 use crate::pg::connect::{connect, describe_pg_error};
 use crate::pg::connspec::ConnSpec;
 use crate::pg::ident::{qualified, quote_ident};
-use crate::pipeline::copycount::RowCounter;
-use crate::pipeline::progress::Progress;
+use crate::prepare::copycount::RowCounter;
+use crate::prepare::progress::Progress;
 
 /// Bytes gathered from the source before they are handed to the destination.
 const COPY_CHUNK: usize = 256 * 1024;
@@ -329,7 +329,7 @@ async fn worker(
     .await?;
     dst.batch_execute(&format!(
         "{index_session}\n{}",
-        crate::pipeline::postdata::INDEX_SESSION_SETTINGS
+        crate::prepare::postdata::INDEX_SESSION_SETTINGS
     ))
     .await
     .map_err(|e| {

@@ -12,10 +12,10 @@ use tokio_postgres::Client;
 
 use crate::commands::Ctx;
 use crate::error::Interrupted;
+use crate::migration::state_file::{MigrationState, PhaseRecord, STATE_VERSION, StateFile, Status};
 use crate::pg::connect::connect;
 use crate::pg::connspec::ConnSpec;
 use crate::pg::{lock, meta};
-use crate::state::{MigrationState, PhaseRecord, STATE_VERSION, StateFile, Status};
 
 /// A mutating command's hold on the destination.
 pub struct Session {

@@ -1,17 +1,5 @@
-//! The prepare pipeline, the swap and the sync triggers.
-
-pub mod cleanup;
-pub mod copycount;
-pub mod data;
-pub mod postdata;
-pub mod preflight;
-pub mod prepare;
-pub mod privileges;
-pub mod progress;
-pub mod rollback;
-pub mod session;
-pub mod sync;
-pub mod verify;
+//! Running SQL on the destination and retrying it: one place for how pgshift
+//! executes a statement with context and how long it waits between attempts.
 
 use std::time::Duration;
 
@@ -36,6 +24,3 @@ mod tests {
         assert!(super::backoff(1).as_millis() <= 150);
     }
 }
-pub mod cutover;
-pub mod manifest;
-pub mod swap;

@@ -11,14 +11,14 @@ use chrono::Utc;
 use serde::Serialize;
 use tokio_postgres::Client;
 
+use crate::backups::manifest;
 use crate::error::UserError;
+use crate::migration::session::{Recorder, Session, app_name};
+use crate::migration::state_file::Status;
 use crate::pg::connect::{connect, describe_pg_error};
 use crate::pg::meta::{self, Manifest, ManifestTable, SHADOW_SCHEMA, ShadowState};
-use crate::pipeline::manifest;
-use crate::pipeline::session::{Recorder, Session, app_name};
-use crate::pipeline::swap::{self, InTx, SwapOutcome, SwapRequest};
-use crate::pipeline::sync::{self, FkViolation, SyncedTable};
-use crate::state::Status;
+use crate::prepare::sync::{self, FkViolation, SyncedTable};
+use crate::swap::engine::{self, InTx, SwapOutcome, SwapRequest};
 
 /// What a swap reports.
 #[derive(Debug, Clone, Serialize)]
@@ -176,7 +176,7 @@ pub async fn preview(
     let m = prepared(sess_control, opts.timestamp.as_deref()).await?;
     let deferred = deferred_of(&m)?;
     let req = request(&m, "backup_<unix ms>".into(), settings);
-    let (sql, out, inc) = swap::preview(sess_control, &req).await?;
+    let (sql, out, inc) = engine::preview(sess_control, &req).await?;
     let fk_violations = sync::fk_violations(sess_control, &deferred).await?;
     Ok(SwapPreview {
         migration_id: m.id,
@@ -215,7 +215,7 @@ fn request(
 pub async fn swap(sess: &Session, opts: &SwapOptions) -> Result<SwapReport> {
     let settings = &sess.ctx.settings;
     let m = prepared(&sess.control, opts.timestamp.as_deref()).await?;
-    crate::pipeline::session::failpoint("swap").await?;
+    crate::migration::session::failpoint("swap").await?;
     let synced = synced_of(&m)?;
     let deferred = deferred_of(&m)?;
     let mut warnings = Vec::new();
@@ -297,7 +297,7 @@ pub async fn swap(sess: &Session, opts: &SwapOptions) -> Result<SwapReport> {
     )
     .await?;
     let outcome: SwapOutcome =
-        match swap::execute(&swap_client, &req, &hook, &sess.ctx.cancel).await {
+        match engine::execute(&swap_client, &req, &hook, &sess.ctx.cancel).await {
             Ok(o) => o,
             Err(e) => {
                 // Nothing changed: the migration is still prepared.
@@ -316,7 +316,7 @@ pub async fn swap(sess: &Session, opts: &SwapOptions) -> Result<SwapReport> {
         "swap committed"
     );
     let fks = hook.fks.lock().map(|f| f.clone()).unwrap_or_default();
-    match swap::strays(&sess.control, &outcome).await {
+    match engine::strays(&sess.control, &outcome).await {
         Ok(strays) if !strays.is_empty() => warnings.push(format!(
             "created in public while the swap waited for its locks, and left there: {}",
             strays.join(", ")

@@ -1,5 +1,5 @@
 //! `rollback`: make a backup schema the destination's public again, with the
-//! same object-level swap as `swap` ([`swap::execute`]: locks in a stable
+//! same object-level swap as `swap` ([`engine::execute`]: locks in a stable
 //! order under a short lock_timeout, retries, all or nothing). Extensions stay
 //! in public. The public being replaced becomes a new backup with its own
 //! manifest (kind `rollback`), so a rollback can itself be rolled back.
@@ -27,15 +27,15 @@ use chrono::Utc;
 use serde::Serialize;
 use tokio_postgres::Client;
 
+use crate::backups::manifest;
+use crate::backups::verify::{self, VerifyReport};
 use crate::config::Settings;
 use crate::error::{UserError, VerificationFailed};
 use crate::pg::catalog;
 use crate::pg::connect::describe_pg_error;
 use crate::pg::ident::{TableName, qualified, quote_ident};
 use crate::pg::meta::{self, BackupRow, ForeignKeyDef, Manifest};
-use crate::pipeline::manifest;
-use crate::pipeline::swap::{self, InTx, SwapRequest};
-use crate::pipeline::verify::{self, VerifyReport};
+use crate::swap::engine::{self, InTx, SwapRequest};
 
 /// Which backup to restore.
 #[derive(Debug, Clone)]
@@ -259,7 +259,7 @@ fn request(plan: &Plan, backup: String, settings: &Settings) -> SwapRequest {
 /// What would move, and the transaction's SQL; changes nothing.
 pub async fn preview(client: &Client, plan: &Plan, settings: &Settings) -> Result<RollbackPreview> {
     let req = request(plan, "backup_<unix ms>".into(), settings);
-    let (sql, out, inc) = swap::preview(client, &req).await?;
+    let (sql, out, inc) = engine::preview(client, &req).await?;
     let sql = sql
         .into_iter()
         .filter(|s| !s.starts_with("-- preserved") && !s.starts_with("-- deferred"))
@@ -345,7 +345,7 @@ pub async fn execute(
         result: Mutex::new(TxResult::default()),
     };
     let req = request(plan, backup.clone(), settings);
-    let outcome = swap::execute(swap_client, &req, &hook, cancel).await?;
+    let outcome = engine::execute(swap_client, &req, &hook, cancel).await?;
     tracing::info!(
         lock_held_ms = outcome.lock_held_ms,
         attempts = outcome.attempts,

@@ -11,9 +11,9 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 use tokio_postgres::{Client, GenericClient};
 
+use crate::backups::manifest;
 use crate::error::UserError;
 use crate::pg::meta::{self, BackupRow, MARKER};
-use crate::pipeline::manifest;
 
 /// A backup reference as typed (`1752567000000` or `backup_1752567000000`),
 /// or a usage error (exit 2).
@@ -179,7 +179,7 @@ pub async fn check(client: &Client, b: &BackupRow) -> Result<VerifyReport> {
                     ));
                 }
                 if let Some(want) = &t.checksum {
-                    let got = crate::pipeline::prepare::checksum(client, schema, &t.name).await?;
+                    let got = crate::prepare::phases::checksum(client, schema, &t.name).await?;
                     if &got != want {
                         report.differences.push(Difference::new(
                             &t.name,

@@ -248,7 +248,7 @@ pub async fn execute<H: InTx>(
                 let _ = client.batch_execute("ROLLBACK").await;
                 match classify(e) {
                     AttemptError::Retry(why) if attempt <= req.retries => {
-                        let wait = crate::pipeline::backoff(attempt);
+                        let wait = crate::pg::exec::backoff(attempt);
                         tracing::warn!(
                             attempt,
                             retries = req.retries,
@@ -362,7 +362,7 @@ async fn one_attempt<H: InTx>(client: &Client, req: &SwapRequest, hook: &H) -> R
         bail!("{problems}; rolling back");
     }
     hook.after_moves(client).await?;
-    crate::pipeline::session::failpoint("swap-commit").await?;
+    crate::migration::session::failpoint("swap-commit").await?;
     // Round trip 3: the manifest and COMMIT.
     let mut last = hook.commit_sql()?.unwrap_or_default();
     if !last.is_empty() && !last.trim_end().ends_with(';') {

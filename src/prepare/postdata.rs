@@ -27,7 +27,7 @@ use crate::dump::sql::Entry;
 use crate::error::Interrupted;
 use crate::pg::connect::{connect, describe_pg_error};
 use crate::pg::connspec::ConnSpec;
-use crate::pipeline::progress::Progress;
+use crate::prepare::progress::Progress;
 
 /// Session settings for index builds: more sort memory for these sessions only,
 /// and no parallel maintenance workers (the `--jobs` cap holds across phases).

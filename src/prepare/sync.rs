@@ -1229,7 +1229,7 @@ async fn run_with_lock_retries(client: &Client, sql: &str, what: &str, retries: 
                 let _ = client.batch_execute("ROLLBACK").await;
                 if is_retryable(&e) && attempt < retries {
                     attempt += 1;
-                    let wait = crate::pipeline::backoff(attempt);
+                    let wait = crate::pg::exec::backoff(attempt);
                     tracing::warn!(
                         "{what}: a table is busy; retrying in {} ms",
                         wait.as_millis()
@@ -1432,7 +1432,7 @@ async fn drain(client: &Client, l: &Live, lock_timeout: Duration, retries: u32) 
             }
             Err(e) if is_retryable(&e) && attempt < retries => {
                 attempt += 1;
-                let wait = crate::pipeline::backoff(attempt);
+                let wait = crate::pg::exec::backoff(attempt);
                 tracing::debug!("replay of {} is waiting for locks: {e:#}", l.name);
                 tokio::time::sleep(wait).await;
             }

@@ -347,7 +347,7 @@ pub async fn leftovers(dst: &Client) -> Result<Leftover> {
         .into());
     }
     let latest = meta::latest_migration(dst).await?;
-    let found = crate::pipeline::cleanup::find_leftovers(dst).await?;
+    let found = crate::prepare::discard::find_leftovers(dst).await?;
     match latest {
         Some(m) if (m.status == "prepared" || m.status == "swapping") && matches!(shadow, ShadowState::Ours(_)) => {
             Err(UserError::new(format!(

@@ -1,0 +1,4 @@
+//! Backups: describing a schema for its manifest, verifying a backup against it.
+
+pub mod manifest;
+pub mod verify;
