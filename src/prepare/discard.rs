@@ -9,7 +9,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use tokio_postgres::Client;
 
-use crate::pg::connect::describe_pg_error;
+use crate::pg::exec::{RetryPolicy, exec, retry, rollback_on_err};
 use crate::pg::ident::{qualified, quote_ident};
 use crate::pg::meta::{self, META_SCHEMA, SHADOW_SCHEMA, ShadowState};
 
@@ -161,26 +161,14 @@ pub async fn remove_prepared(
         ));
     }
     sql.push_str("COMMIT;");
-    let mut attempt = 0;
-    loop {
-        match client.batch_execute(&sql).await {
-            Ok(()) => return Ok(found),
-            Err(e) => {
-                let _ = client.batch_execute("ROLLBACK").await;
-                let lock_timeout_hit =
-                    e.code() == Some(&tokio_postgres::error::SqlState::LOCK_NOT_AVAILABLE);
-                if lock_timeout_hit && attempt < retries {
-                    attempt += 1;
-                    let wait = crate::pg::exec::backoff(attempt);
-                    tracing::warn!(
-                        "a table is busy; retrying cleanup in {} ms",
-                        wait.as_millis()
-                    );
-                    tokio::time::sleep(wait).await;
-                    continue;
-                }
-                bail!("removing the prepared migration: {}", describe_pg_error(&e));
-            }
-        }
-    }
+    // No cancellation token: this also runs to clean up after an interrupted run.
+    retry(
+        "removing the prepared migration",
+        RetryPolicy::new(retries),
+        None,
+        || async { rollback_on_err(client, exec(client, &sql).await).await },
+    )
+    .await
+    .map_err(|stop| stop.into_error().context("removing the prepared migration"))?;
+    Ok(found)
 }

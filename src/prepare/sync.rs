@@ -56,10 +56,9 @@ use pg_query::NodeEnum;
 use pg_query::protobuf::{ConstrType, Token};
 use serde::{Deserialize, Serialize};
 use tokio_postgres::Client;
-use tokio_postgres::error::SqlState;
 
 use crate::pg::catalog::TableInfo;
-use crate::pg::connect::describe_pg_error;
+use crate::pg::exec::{RetryPolicy, Stop, exec_as as exec, pg_error_as, retry, rollback_on_err};
 use crate::pg::ident::{TableName, display_ident, qualified, quote_ident, quote_literal};
 use crate::pg::meta::{META_SCHEMA, SHADOW_SCHEMA};
 
@@ -175,46 +174,10 @@ pub struct SyncedTable {
     pub sequences: Vec<OwnedSequence>,
 }
 
-// ---------------------------------------------------------------------------------------
-// Errors
-// ---------------------------------------------------------------------------------------
-
-/// A failed statement, keeping the SQLSTATE so callers can tell lock timeouts apart.
-#[derive(Debug, thiserror::Error)]
-#[error("{what}: {detail}")]
-struct SqlFailed {
-    what: String,
-    detail: String,
-    code: Option<SqlState>,
-}
-
-fn sql_failed(what: impl Into<String>, e: &tokio_postgres::Error) -> anyhow::Error {
-    anyhow::Error::new(SqlFailed {
-        what: what.into(),
-        detail: describe_pg_error(e),
-        code: e.code().cloned(),
-    })
-}
-
-/// A lock timeout, deadlock or serialization failure: worth retrying.
-fn is_retryable(e: &anyhow::Error) -> bool {
-    e.chain().any(|c| {
-        c.downcast_ref::<SqlFailed>().is_some_and(|f| {
-            matches!(
-                &f.code,
-                Some(c) if *c == SqlState::LOCK_NOT_AVAILABLE
-                    || *c == SqlState::T_R_DEADLOCK_DETECTED
-                    || *c == SqlState::T_R_SERIALIZATION_FAILURE
-            )
-        })
-    })
-}
-
-async fn exec(client: &Client, sql: &str, what: &str) -> Result<()> {
-    client
-        .batch_execute(sql)
-        .await
-        .map_err(|e| sql_failed(what, &e))
+/// Replays run READ COMMITTED transactions that may meet lock timeouts and
+/// deadlocks with the application's writes; both are retried.
+fn replay_policy(retries: u32) -> RetryPolicy {
+    RetryPolicy::new(retries).with_serialization_failures()
 }
 
 // ---------------------------------------------------------------------------------------
@@ -246,7 +209,7 @@ async fn key_candidates(client: &Client, rel: u32) -> Result<Vec<KeyCandidate>> 
             &[&rel],
         )
         .await
-        .map_err(|e| sql_failed("listing unique keys", &e))?;
+        .map_err(|e| pg_error_as(e, "listing unique keys"))?;
     Ok(rows
         .into_iter()
         .map(|r| KeyCandidate {
@@ -336,7 +299,7 @@ async fn column_types(client: &Client, rel: u32) -> Result<Vec<ColType>> {
             &[&rel],
         )
         .await
-        .map_err(|e| sql_failed("listing columns", &e))?;
+        .map_err(|e| pg_error_as(e, "listing columns"))?;
     Ok(rows
         .into_iter()
         .map(|r| ColType {
@@ -379,7 +342,7 @@ fn assignable<'a>(
                     &[&oid],
                 )
                 .await
-                .map_err(|e| sql_failed("reading a type", &e))?;
+                .map_err(|e| pg_error_as(e, "reading a type"))?;
             Ok::<_, anyhow::Error>(r.map(|r| {
                 (
                     r.get::<_, String>(0),
@@ -405,7 +368,7 @@ fn assignable<'a>(
                 &[&from, &to],
             )
             .await
-            .map_err(|e| sql_failed("reading casts", &e))?
+            .map_err(|e| pg_error_as(e, "reading casts"))?
             .get(0);
         if cast || t.2 == "S" {
             // A cast, or the automatic I/O conversion to a string type.
@@ -479,7 +442,7 @@ async fn validate_one(
             &[&PUBLIC, &p.name],
         )
         .await
-        .map_err(|e| sql_failed("looking up a preserved table", &e))?;
+        .map_err(|e| pg_error_as(e, "looking up a preserved table"))?;
     let src = source_tables.iter().find(|t| t.name == p.name);
     let dest_oid = match &dest_row {
         None => {
@@ -660,7 +623,7 @@ async fn type_problem(dest: &Client, d: &ColType, s: &ColType) -> Result<Option<
     let resolved: Option<u32> = dest
         .query_one("SELECT pg_catalog.to_regtype($1)::oid", &[&s.qual])
         .await
-        .map_err(|e| sql_failed("resolving a type", &e))?
+        .map_err(|e| pg_error_as(e, "resolving a type"))?
         .get(0);
     if let Some(to) = resolved
         && assignable(dest, d.type_oid, to, 0).await?
@@ -764,7 +727,7 @@ async fn attr_types(client: &Client, rel: u32) -> Result<HashMap<String, AttrTyp
             &[&rel],
         )
         .await
-        .map_err(|e| sql_failed("reading column types", &e))?;
+        .map_err(|e| pg_error_as(e, "reading column types"))?;
     Ok(rows
         .into_iter()
         .map(|r| {
@@ -790,7 +753,7 @@ async fn rel_name(client: &Client, oid: u32) -> Result<Option<String>> {
             &[&oid],
         )
         .await
-        .map_err(|e| sql_failed("looking up a table", &e))?
+        .map_err(|e| pg_error_as(e, "looking up a table"))?
         .map(|r| r.get(0)))
 }
 
@@ -1131,7 +1094,7 @@ async fn plan_table(dest: &Client, p: &TableName) -> Result<SyncedTable> {
                 &[&schema, &name],
             )
             .await
-            .map_err(|e| sql_failed("looking up a preserved table", &e))
+            .map_err(|e| pg_error_as(e, "looking up a preserved table"))
             .map(|r| r.map(|r| r.get::<_, u32>(0)))
         }
     };
@@ -1207,7 +1170,7 @@ async fn owned_sequences(client: &Client, rel: u32) -> Result<Vec<SeqRow>> {
             &[&rel],
         )
         .await
-        .map_err(|e| sql_failed("listing owned sequences", &e))?;
+        .map_err(|e| pg_error_as(e, "listing owned sequences"))?;
     Ok(rows
         .into_iter()
         .map(|r| SeqRow {
@@ -1221,26 +1184,12 @@ async fn owned_sequences(client: &Client, rel: u32) -> Result<Vec<SeqRow>> {
 
 /// Run `sql` (a whole transaction, `BEGIN … COMMIT`) with retries on lock timeouts.
 async fn run_with_lock_retries(client: &Client, sql: &str, what: &str, retries: u32) -> Result<()> {
-    let mut attempt = 0;
-    loop {
-        match exec(client, sql, what).await {
-            Ok(()) => return Ok(()),
-            Err(e) => {
-                let _ = client.batch_execute("ROLLBACK").await;
-                if is_retryable(&e) && attempt < retries {
-                    attempt += 1;
-                    let wait = crate::pg::exec::backoff(attempt);
-                    tracing::warn!(
-                        "{what}: a table is busy; retrying in {} ms",
-                        wait.as_millis()
-                    );
-                    tokio::time::sleep(wait).await;
-                    continue;
-                }
-                return Err(e);
-            }
-        }
-    }
+    retry(what, RetryPolicy::new(retries), None, || async {
+        rollback_on_err(client, exec(client, sql, what).await).await
+    })
+    .await
+    .map(|_| ())
+    .map_err(Stop::into_error)
 }
 
 /// Copy the destination's rows into the shadow and start the sync, table by
@@ -1308,9 +1257,9 @@ pub async fn setup(
             Ok(n) => n,
             Err(e) => {
                 let _ = dest.batch_execute("ROLLBACK").await;
-                return Err(sql_failed(
-                    format!("copying the destination's rows of {} into shadow", t.name),
-                    &e,
+                return Err(pg_error_as(
+                    e,
+                    &format!("copying the destination's rows of {} into shadow", t.name),
                 ));
             }
         };
@@ -1356,7 +1305,7 @@ async fn replay_batch(client: &Client, l: &Live, limit: i64) -> Result<u64> {
     let row = client
         .query_one(l.pick_sql().as_str(), &[&limit])
         .await
-        .map_err(|e| sql_failed(&what, &e))?;
+        .map_err(|e| pg_error_as(e, &what))?;
     let ids: Vec<i64> = row.get(0);
     let truncated: bool = row.get(1);
     if ids.is_empty() {
@@ -1369,18 +1318,18 @@ async fn replay_batch(client: &Client, l: &Live, limit: i64) -> Result<u64> {
         let n = client
             .execute(format!("DELETE FROM {}", l.log_rel).as_str(), &[])
             .await
-            .map_err(|e| sql_failed(&what, &e))?;
+            .map_err(|e| pg_error_as(e, &what))?;
         client
             .execute(l.copy_sql().as_str(), &[])
             .await
-            .map_err(|e| sql_failed(&what, &e))?;
+            .map_err(|e| pg_error_as(e, &what))?;
         return Ok(n);
     }
     for sql in [l.delete_keys_sql(), l.reinsert_keys_sql()] {
         client
             .execute(sql.as_str(), &[&ids])
             .await
-            .map_err(|e| sql_failed(&what, &e))?;
+            .map_err(|e| pg_error_as(e, &what))?;
     }
     client
         .execute(
@@ -1388,7 +1337,7 @@ async fn replay_batch(client: &Client, l: &Live, limit: i64) -> Result<u64> {
             &[&ids],
         )
         .await
-        .map_err(|e| sql_failed(&what, &e))?;
+        .map_err(|e| pg_error_as(e, &what))?;
     Ok(ids.len() as u64)
 }
 
@@ -1421,29 +1370,27 @@ async fn replay_txn(client: &Client, l: &Live, lock_timeout: Duration) -> Result
 async fn drain(client: &Client, l: &Live, lock_timeout: Duration, retries: u32) -> Result<u64> {
     let deadline = Instant::now() + CATCH_UP_BUDGET;
     let mut total = 0;
-    let mut attempt = 0;
     loop {
-        match replay_txn(client, l, lock_timeout).await {
-            Ok(n) => {
+        let what = format!("replay of {}", l.name);
+        match retry(&what, replay_policy(retries), None, || {
+            replay_txn(client, l, lock_timeout)
+        })
+        .await
+        {
+            Ok((n, _)) => {
                 total += n;
                 if n < BATCH as u64 || Instant::now() >= deadline {
                     return Ok(total);
                 }
             }
-            Err(e) if is_retryable(&e) && attempt < retries => {
-                attempt += 1;
-                let wait = crate::pg::exec::backoff(attempt);
-                tracing::debug!("replay of {} is waiting for locks: {e:#}", l.name);
-                tokio::time::sleep(wait).await;
-            }
-            Err(e) if is_retryable(&e) => {
+            Err(Stop::Exhausted { error, .. }) => {
                 tracing::warn!(
-                    "replay of {} keeps waiting for locks; the rest is left to the swap: {e:#}",
+                    "replay of {} keeps waiting for locks; the rest is left to the swap: {error:#}",
                     l.name
                 );
                 return Ok(total);
             }
-            Err(e) => return Err(e),
+            Err(stop) => return Err(stop.into_error()),
         }
     }
 }
@@ -1486,7 +1433,7 @@ pub async fn final_sync(client: &Client, synced: &[SyncedTable]) -> Result<()> {
                 &[&t.oid],
             )
             .await
-            .map_err(|e| sql_failed("listing the sync triggers", &e))?
+            .map_err(|e| pg_error_as(e, "listing the sync triggers"))?
         {
             let name: String = row.get(0);
             sql.push_str(&format!(
@@ -1529,7 +1476,7 @@ async fn sequence_state(client: &Client, qual: &str) -> Result<(i64, bool)> {
             &[],
         )
         .await
-        .map_err(|e| sql_failed(format!("reading sequence {qual}"), &e))?;
+        .map_err(|e| pg_error_as(e, &format!("reading sequence {qual}")))?;
     Ok((r.get(0), r.get(1)))
 }
 
@@ -1562,7 +1509,7 @@ async fn carry_sequences(client: &Client, t: &SyncedTable, l: &Live) -> Result<(
                     &[],
                 )
                 .await
-                .map_err(|e| sql_failed(format!("reading {}.{}", t.name, s.column), &e))?
+                .map_err(|e| pg_error_as(e, &format!("reading {}.{}", t.name, s.column)))?
                 .get(0);
             if let Some(v) = v {
                 candidates.push(v as i128 + inc as i128);
@@ -1588,7 +1535,7 @@ async fn carry_sequences(client: &Client, t: &SyncedTable, l: &Live) -> Result<(
                 &[&s.qual, &target],
             )
             .await
-            .map_err(|e| sql_failed(format!("setting sequence {}", s.name), &e))?;
+            .map_err(|e| pg_error_as(e, &format!("setting sequence {}", s.name)))?;
         tracing::debug!(sequence = %s.name, next = target, "sequence carried over");
     }
     Ok(())
@@ -1653,7 +1600,7 @@ async fn count_rows(client: &Client, rel: &str) -> Result<i64> {
     Ok(client
         .query_one(format!("SELECT count(*) FROM ONLY {rel}").as_str(), &[])
         .await
-        .map_err(|e| sql_failed(format!("counting {rel}"), &e))?
+        .map_err(|e| pg_error_as(e, &format!("counting {rel}")))?
         .get(0))
 }
 
@@ -1670,7 +1617,7 @@ pub async fn health(client: &Client, synced: &[SyncedTable]) -> Result<Vec<SyncH
                 &[&t.oid],
             )
             .await
-            .map_err(|e| sql_failed("listing triggers", &e))?
+            .map_err(|e| pg_error_as(e, "listing triggers"))?
             .into_iter()
             .map(|r| (r.get(0), r.get(1)))
             .collect();
@@ -1689,7 +1636,7 @@ pub async fn health(client: &Client, synced: &[SyncedTable]) -> Result<Vec<SyncH
         let changelog_present: bool = client
             .query_one("SELECT pg_catalog.to_regclass($1) IS NOT NULL", &[&log])
             .await
-            .map_err(|e| sql_failed("looking up the changelog", &e))?
+            .map_err(|e| pg_error_as(e, "looking up the changelog"))?
             .get(0);
         let pending = if changelog_present {
             Some(count_rows(client, &log).await?)
@@ -1897,7 +1844,7 @@ async fn primary_key_columns(client: &Client, rel: &str) -> Result<Vec<String>> 
             &[&rel],
         )
         .await
-        .map_err(|e| sql_failed("reading a primary key", &e))?;
+        .map_err(|e| pg_error_as(e, "reading a primary key"))?;
     row.map(|r| r.get(0))
         .with_context(|| format!("{rel} has no primary key for a foreign key to reference"))
 }
@@ -1993,7 +1940,7 @@ pub async fn fk_violations(client: &Client, deferred_sql: &[String]) -> Result<V
             let row = client
                 .query_one(query.as_str(), &[])
                 .await
-                .map_err(|e| sql_failed(format!("checking foreign key {}", fk.constraint), &e))?;
+                .map_err(|e| pg_error_as(e, &format!("checking foreign key {}", fk.constraint)))?;
             let count: i64 = row.get(0);
             if count > 0 {
                 out.push(FkViolation {

@@ -25,7 +25,9 @@ use tokio_postgres::error::SqlState;
 use tokio_util::sync::CancellationToken;
 
 use crate::error::Interrupted;
-use crate::pg::connect::describe_pg_error;
+use crate::pg::exec::{
+    PgError, RetryPolicy, Stop, Transient, exec, retry, rollback_on_err, simple,
+};
 use crate::pg::ident::{quote_ident, quote_literal};
 use crate::pg::meta::MARKER;
 use crate::pg::objects::{self, Movable};
@@ -201,86 +203,35 @@ fn move_statements(req: &SwapRequest, out: &[Movable], inc: &[Movable]) -> Vec<S
     sql
 }
 
-fn is_retryable(e: &tokio_postgres::Error) -> bool {
-    matches!(e.code(), Some(c) if *c == SqlState::LOCK_NOT_AVAILABLE || *c == SqlState::T_R_DEADLOCK_DETECTED)
-}
-
-/// Why one attempt ended.
-enum AttemptError {
-    Retry(String),
-    Fatal(anyhow::Error),
-}
-
-fn classify(e: anyhow::Error) -> AttemptError {
-    if let Some(c) = e.downcast_ref::<Changed>() {
-        return AttemptError::Retry(c.to_string());
-    }
-    for c in e.chain() {
-        if let Some(pe) = c.downcast_ref::<tokio_postgres::Error>()
-            && is_retryable(pe)
-        {
-            return AttemptError::Retry(describe_pg_error(pe));
-        }
-    }
-    AttemptError::Fatal(e)
-}
-
-/// Run the swap, retrying on lock timeouts. On any failure the transaction is
-/// rolled back and the destination is exactly as before.
+/// Run the swap, retrying on lock timeouts and deadlocks. On any failure the
+/// transaction is rolled back and the destination is exactly as before.
 pub async fn execute<H: InTx>(
     client: &Client,
     req: &SwapRequest,
     hook: &H,
     cancel: &CancellationToken,
 ) -> Result<SwapOutcome> {
-    let mut attempt = 0u32;
-    loop {
-        attempt += 1;
-        if cancel.is_cancelled() {
-            return Err(anyhow::Error::new(Interrupted));
+    let attempt = || async { rollback_on_err(client, one_attempt(client, req, hook).await).await };
+    match retry(
+        "the swap could not take its locks",
+        RetryPolicy::new(req.retries),
+        Some(cancel),
+        attempt,
+    )
+    .await
+    {
+        Ok((mut o, attempts)) => {
+            o.attempts = attempts;
+            Ok(o)
         }
-        match one_attempt(client, req, hook).await {
-            Ok(mut o) => {
-                o.attempts = attempt;
-                return Ok(o);
-            }
-            Err(e) => {
-                let _ = client.batch_execute("ROLLBACK").await;
-                match classify(e) {
-                    AttemptError::Retry(why) if attempt <= req.retries => {
-                        let wait = crate::pg::exec::backoff(attempt);
-                        tracing::warn!(
-                            attempt,
-                            retries = req.retries,
-                            "swap could not take its locks ({why}); rolled back, retrying in {} ms",
-                            wait.as_millis()
-                        );
-                        tokio::select! {
-                            _ = cancel.cancelled() => return Err(anyhow::Error::new(Interrupted)),
-                            _ = tokio::time::sleep(wait) => {}
-                        }
-                    }
-                    AttemptError::Retry(why) => {
-                        bail!(
-                            "the swap could not take its locks after {attempt} attempts ({why}); nothing was changed. A long-running query or transaction on the destination holds a lock on a public table: end it, or raise --lock-timeout / --swap-retries"
-                        )
-                    }
-                    AttemptError::Fatal(e) => {
-                        return Err(
-                            e.context("the swap was rolled back; the destination is unchanged")
-                        );
-                    }
-                }
-            }
+        Err(Stop::Exhausted { attempts, why, .. }) => bail!(
+            "the swap could not take its locks after {attempts} attempts ({why}); nothing was changed. A long-running query or transaction on the destination holds a lock on a public table: end it, or raise --lock-timeout / --swap-retries"
+        ),
+        Err(Stop::Failed(e)) => {
+            Err(e.context("the swap was rolled back; the destination is unchanged"))
         }
+        Err(Stop::Interrupted) => Err(anyhow::Error::new(Interrupted)),
     }
-}
-
-async fn exec(client: &Client, sql: &str) -> Result<()> {
-    client.batch_execute(sql).await.map_err(|e| {
-        let msg = describe_pg_error(&e);
-        anyhow::Error::new(e).context(msg)
-    })
 }
 
 /// The last value of the last row a simple query returned.
@@ -291,30 +242,21 @@ fn last_value(msgs: &[tokio_postgres::SimpleQueryMessage]) -> Option<String> {
     })
 }
 
-async fn simple(client: &Client, sql: &str) -> Result<Vec<tokio_postgres::SimpleQueryMessage>> {
-    client.simple_query(sql).await.map_err(|e| {
-        let msg = describe_pg_error(&e);
-        anyhow::Error::new(e).context(msg)
-    })
-}
-
 /// An object listed before the locks no longer existed when its ALTER ran.
 fn gone_meanwhile(e: &anyhow::Error) -> bool {
-    e.chain().any(|c| {
-        c.downcast_ref::<tokio_postgres::Error>()
-            .and_then(|pe| pe.code())
-            .is_some_and(|code| {
-                *code == SqlState::UNDEFINED_TABLE
-                    || *code == SqlState::UNDEFINED_OBJECT
-                    || *code == SqlState::UNDEFINED_FUNCTION
-            })
+    PgError::code_in(e).is_some_and(|code| {
+        code == SqlState::UNDEFINED_TABLE
+            || code == SqlState::UNDEFINED_OBJECT
+            || code == SqlState::UNDEFINED_FUNCTION
     })
 }
 
 /// The objects changed between listing them and locking them: list again.
-#[derive(Debug, thiserror::Error)]
-#[error("objects in public or {0} were dropped while the swap waited for its locks")]
-struct Changed(String);
+fn changed(incoming: &str) -> anyhow::Error {
+    anyhow::Error::new(Transient(format!(
+        "objects in public or {incoming} were dropped while the swap waited for its locks"
+    )))
+}
 
 async fn one_attempt<H: InTx>(client: &Client, req: &SwapRequest, hook: &H) -> Result<SwapOutcome> {
     // Outside the transaction and before any lock: what moves. (Under the locks
@@ -354,7 +296,7 @@ async fn one_attempt<H: InTx>(client: &Client, req: &SwapRequest, hook: &H) -> R
     let problems = match simple(client, &moves).await {
         Ok(msgs) => last_value(&msgs).unwrap_or_default(),
         Err(e) if gone_meanwhile(&e) => {
-            return Err(anyhow::Error::new(Changed(req.incoming.clone())));
+            return Err(changed(&req.incoming));
         }
         Err(e) => return Err(e.context("moving objects")),
     };

@@ -33,6 +33,7 @@ use crate::config::Settings;
 use crate::error::{UserError, VerificationFailed};
 use crate::pg::catalog;
 use crate::pg::connect::describe_pg_error;
+use crate::pg::exec::{exec, pg_error_as};
 use crate::pg::ident::{TableName, qualified, quote_ident};
 use crate::pg::meta::{self, BackupRow, ForeignKeyDef, Manifest};
 use crate::swap::engine::{self, InTx, SwapRequest};
@@ -632,7 +633,7 @@ async fn crossing_fks(client: &Client, schemas: &[String], pg15: bool) -> Result
     let rows = client
         .query(sql.as_str(), &[&schemas])
         .await
-        .map_err(|e| pg_err(e, "listing foreign keys between public and the backups"))?;
+        .map_err(|e| pg_error_as(e, "listing foreign keys between public and the backups"))?;
     Ok(rows
         .into_iter()
         .map(|r| CrossingFk {
@@ -707,19 +708,6 @@ pub fn add_fk_sql(fk: &ForeignKeyDef, schema: &str, ref_schema: &str, not_valid:
     sql
 }
 
-fn pg_err(e: tokio_postgres::Error, what: &str) -> anyhow::Error {
-    let msg = format!("{what}: {}", describe_pg_error(&e));
-    anyhow::Error::new(e).context(msg)
-}
-
-/// Run SQL keeping the server error in the chain (the swap retries lock timeouts).
-async fn exec(client: &Client, sql: &str) -> Result<()> {
-    client.batch_execute(sql).await.map_err(|e| {
-        let msg = describe_pg_error(&e);
-        anyhow::Error::new(e).context(msg)
-    })
-}
-
 async fn is_partitioned(client: &Client, schema: &str, table: &str) -> Result<bool> {
     Ok(client
         .query_opt(
@@ -757,7 +745,7 @@ async fn tables_of(client: &Client, schema: &str) -> Result<BTreeSet<String>> {
             &[&schema],
         )
         .await
-        .map_err(|e| pg_err(e, "listing tables"))?;
+        .map_err(|e| pg_error_as(e, "listing tables"))?;
     Ok(rows.into_iter().map(|r| r.get(0)).collect())
 }
 
@@ -839,7 +827,7 @@ async fn dependents(client: &Client, schema: &str, tables: &[String]) -> Result<
     let rows = client
         .query(sql.as_str(), &[&schema, &tables])
         .await
-        .map_err(|e| pg_err(e, "looking for objects that depend on kept tables"))?;
+        .map_err(|e| pg_error_as(e, "looking for objects that depend on kept tables"))?;
     Ok(rows
         .into_iter()
         .filter_map(|r| r.get::<_, Option<String>>(0))
@@ -890,7 +878,7 @@ async fn kept_uses(client: &Client, tables: &[String]) -> Result<Vec<String>> {
             &[&tables],
         )
         .await
-        .map_err(|e| pg_err(e, "looking for what kept tables use"))?;
+        .map_err(|e| pg_error_as(e, "looking for what kept tables use"))?;
     Ok(rows.into_iter().map(|r| r.get(0)).collect())
 }
 
