@@ -2,7 +2,24 @@
 
 use std::io::Write;
 
+use chrono::{DateTime, SecondsFormat, Utc};
 use serde::Serialize;
+
+/// RFC 3339 in UTC with milliseconds (`2025-07-15T08:30:00.123Z`).
+pub fn rfc3339(t: &DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(SecondsFormat::Millis, true)
+}
+
+/// `2025-07-15 08:30:00` from an RFC 3339 string (UTC).
+pub fn short_time(rfc: &str) -> String {
+    DateTime::parse_from_rfc3339(rfc)
+        .map(|t| {
+            t.with_timezone(&Utc)
+                .format("%Y-%m-%d %H:%M:%S")
+                .to_string()
+        })
+        .unwrap_or_else(|_| rfc.to_string())
+}
 
 /// Print one JSON document on stdout.
 pub fn print_json<T: Serialize + ?Sized>(value: &T) -> anyhow::Result<()> {

@@ -279,6 +279,13 @@ pub fn parse_major_version(text: &str) -> Option<u32> {
     major.parse().ok()
 }
 
+/// This machine's name (empty when it cannot be read), for records and the run lock.
+pub fn this_host() -> String {
+    hostname::get()
+        .map(|h| h.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

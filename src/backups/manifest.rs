@@ -1,10 +1,266 @@
-//! Describing a schema's tables for a manifest, and checking a schema against one.
+//! Backup manifests: one row of `pgshift.backups` per backup schema (what it
+//! holds, row counts, indexes, sequences, where it came from, timings), read
+//! by `list`, `verify`, `rollback` and `cleanup` from any machine; and
+//! describing a schema's tables for a manifest.
+//!
+//! A backup's name is `backup_<unix ms>`; the timestamp is its id.
 
 use anyhow::{Context, Result};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
 use tokio_postgres::GenericClient;
 
 use crate::pg::ident::qualified;
-use crate::pg::meta::ManifestTable;
+use crate::pg::meta::{self, BACKUP_PREFIX};
+
+/// One table in a manifest.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ManifestTable {
+    pub name: String,
+    /// Row count; None when it could not be recorded.
+    pub rows: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checksum: Option<String>,
+    #[serde(default)]
+    pub indexes: Vec<String>,
+    #[serde(default)]
+    pub sequences: Vec<String>,
+}
+
+/// A backup's manifest, as stored in `pgshift.backups.manifest`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Manifest {
+    pub timestamp: i64,
+    pub schema: String,
+    pub created_at: DateTime<Utc>,
+    /// `swap` (the public replaced by a migration) or `rollback` (the public replaced by a rollback).
+    pub kind: String,
+    #[serde(default)]
+    pub migration_id: Option<i64>,
+    #[serde(default)]
+    pub source: Option<String>,
+    #[serde(default)]
+    pub snapshot_at: Option<DateTime<Utc>>,
+    /// The backup schema's own tables (the replaced public), with row counts taken
+    /// once the swap committed (nothing writes a backup after that).
+    pub tables: Vec<ManifestTable>,
+    /// The tables that went live in public, with the counts validated at prepare.
+    #[serde(default)]
+    pub migrated_tables: Vec<ManifestTable>,
+    #[serde(default)]
+    pub preserved_tables: Vec<String>,
+    #[serde(default)]
+    pub timings_ms: serde_json::Map<String, serde_json::Value>,
+    #[serde(default)]
+    pub lock_held_ms: Option<u64>,
+    #[serde(default)]
+    pub counts_recorded: bool,
+    /// For rollback backups: the backup that was restored.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restored_from: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restored_at: Option<DateTime<Utc>>,
+    /// Tables that stayed live in public when this backup was made (`rollback
+    /// --keep-tables`): the backup has no copy of its own of them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub kept_tables: Vec<String>,
+    /// Foreign keys removed from this backup's tables because they pointed out
+    /// of the backup (at a table that stayed live); re-created when it is restored.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub detached_foreign_keys: Vec<ForeignKeyDef>,
+}
+
+/// A foreign key, from `pg_constraint`'s columns (no SQL text), so it can be
+/// re-created between other schemas.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ForeignKeyDef {
+    pub name: String,
+    pub table: String,
+    pub columns: Vec<String>,
+    pub ref_table: String,
+    pub ref_columns: Vec<String>,
+    /// `FULL`, `PARTIAL` or `SIMPLE`.
+    pub match_type: String,
+    /// `NO ACTION`, `RESTRICT`, `CASCADE`, `SET NULL`, `SET DEFAULT`.
+    pub on_update: String,
+    pub on_delete: String,
+    /// `ON DELETE SET NULL (cols)` (PostgreSQL 15+).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub on_delete_columns: Vec<String>,
+    pub deferrable: bool,
+    pub initially_deferred: bool,
+}
+
+/// A row of `pgshift.backups`.
+#[derive(Debug, Clone)]
+pub struct BackupRow {
+    pub ts: i64,
+    pub schema_name: String,
+    pub created_at: DateTime<Utc>,
+    pub kind: String,
+    pub manifest: Manifest,
+    pub last_verified_at: Option<DateTime<Utc>>,
+    pub last_verify_ok: Option<bool>,
+}
+
+pub async fn insert_backup(client: &impl GenericClient, m: &Manifest) -> Result<()> {
+    let manifest = serde_json::to_value(m)?;
+    client
+        .execute(
+            "INSERT INTO pgshift.backups (ts, schema_name, created_at, kind, migration_id, source, snapshot_at, manifest)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+            &[&m.timestamp, &m.schema, &m.created_at, &m.kind, &m.migration_id, &m.source, &m.snapshot_at, &manifest],
+        )
+        .await
+        .context("writing the backup manifest")?;
+    Ok(())
+}
+
+/// [`insert_backup`] as SQL text, to travel with the swap's COMMIT in one round
+/// trip. Every value is a quoted literal.
+pub fn insert_backup_sql(m: &Manifest) -> Result<String> {
+    use crate::pg::ident::quote_literal;
+    let manifest = serde_json::to_string(m)?;
+    let opt = |v: Option<String>| {
+        v.map(|v| quote_literal(&v))
+            .unwrap_or_else(|| "NULL".into())
+    };
+    Ok(format!(
+        "INSERT INTO pgshift.backups (ts, schema_name, created_at, kind, migration_id, source, snapshot_at, manifest)
+         VALUES ({}, {}, {}::timestamptz, {}, {}, {}, {}::timestamptz, {}::jsonb)",
+        m.timestamp,
+        quote_literal(&m.schema),
+        quote_literal(&m.created_at.to_rfc3339()),
+        quote_literal(&m.kind),
+        m.migration_id.map(|i| i.to_string()).unwrap_or_else(|| "NULL".into()),
+        opt(m.source.clone()),
+        opt(m.snapshot_at.map(|t| t.to_rfc3339())),
+        quote_literal(&manifest),
+    ))
+}
+
+pub async fn update_manifest(client: &impl GenericClient, m: &Manifest) -> Result<()> {
+    let manifest = serde_json::to_value(m)?;
+    client
+        .execute(
+            "UPDATE pgshift.backups SET manifest = $2 WHERE ts = $1",
+            &[&m.timestamp, &manifest],
+        )
+        .await
+        .context("updating the backup manifest")?;
+    Ok(())
+}
+
+/// All backups, newest first. Empty when the pgshift schema does not exist.
+pub async fn list_backups(client: &impl GenericClient) -> Result<Vec<BackupRow>> {
+    if !meta::meta_exists(client).await? {
+        return Ok(Vec::new());
+    }
+    let rows = client
+        .query(
+            "SELECT ts, schema_name, created_at, kind, manifest, last_verified_at, last_verify_ok
+               FROM pgshift.backups ORDER BY ts DESC",
+            &[],
+        )
+        .await
+        .context("reading pgshift.backups")?;
+    rows.into_iter()
+        .map(|r| {
+            let manifest: serde_json::Value = r.get(4);
+            let schema_name: String = r.get(1);
+            Ok(BackupRow {
+                ts: r.get(0),
+                manifest: serde_json::from_value(manifest)
+                    .with_context(|| format!("the manifest of {schema_name} is not readable"))?,
+                schema_name,
+                created_at: r.get(2),
+                kind: r.get(3),
+                last_verified_at: r.get(5),
+                last_verify_ok: r.get(6),
+            })
+        })
+        .collect()
+}
+
+/// The backup the swap of migration `id` made, if that swap committed.
+pub async fn backup_of_migration(client: &impl GenericClient, id: i64) -> Result<Option<String>> {
+    Ok(client
+        .query_opt(
+            "SELECT schema_name FROM pgshift.backups WHERE migration_id = $1 AND kind = 'swap'",
+            &[&id],
+        )
+        .await
+        .context("reading pgshift.backups")?
+        .map(|r| r.get(0)))
+}
+
+/// One backup by its timestamp, if it has a manifest.
+pub async fn find_backup(client: &impl GenericClient, ts: i64) -> Result<Option<BackupRow>> {
+    Ok(list_backups(client).await?.into_iter().find(|b| b.ts == ts))
+}
+
+/// Remove a backup's manifest row.
+pub async fn delete_backup(client: &impl GenericClient, ts: i64) -> Result<()> {
+    client
+        .execute("DELETE FROM pgshift.backups WHERE ts = $1", &[&ts])
+        .await
+        .context("removing the backup manifest")?;
+    Ok(())
+}
+
+/// Record the outcome of a verification (`last_verified_at`, `last_verify_ok`).
+pub async fn record_verification(
+    client: &impl GenericClient,
+    ts: i64,
+    at: DateTime<Utc>,
+    ok: bool,
+) -> Result<()> {
+    client
+        .execute(
+            "UPDATE pgshift.backups SET last_verified_at = $2, last_verify_ok = $3 WHERE ts = $1",
+            &[&ts, &at, &ok],
+        )
+        .await
+        .context("recording the verification in pgshift.backups")?;
+    Ok(())
+}
+
+/// A fresh backup timestamp (unix ms, now or just after): no schema and no
+/// manifest with it yet.
+pub async fn fresh_backup_timestamp(client: &impl GenericClient) -> Result<i64> {
+    let mut ts = chrono::Utc::now().timestamp_millis();
+    loop {
+        let taken: bool = client
+            .query_one(
+                "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_namespace WHERE nspname = $1)
+                     OR (to_regclass('pgshift.backups') IS NOT NULL
+                         AND EXISTS (SELECT 1 FROM pgshift.backups WHERE ts = $2))",
+                &[&backup_schema_name(ts), &ts],
+            )
+            .await
+            .context("choosing a backup timestamp")?
+            .get(0);
+        if !taken {
+            return Ok(ts);
+        }
+        ts += 1;
+    }
+}
+
+/// Backup schema name for a timestamp.
+pub fn backup_schema_name(ts: i64) -> String {
+    format!("{BACKUP_PREFIX}{ts}")
+}
+
+/// Parse what users pass as a backup: `1752567000000` or `backup_1752567000000`.
+pub fn parse_backup_ref(text: &str) -> Option<i64> {
+    let t = text.trim();
+    let digits = t.strip_prefix(BACKUP_PREFIX).unwrap_or(t);
+    if digits.is_empty() || !digits.chars().all(|c| c.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse().ok()
+}
 
 /// Tables (plain tables and partitions; partitioned parents hold no rows of
 /// their own) of `schema` with their indexes and owned sequences, and — when
@@ -60,4 +316,21 @@ pub async fn count_rows(client: &impl GenericClient, schema: &str, table: &str) 
         .await
         .with_context(|| format!("counting rows of {schema}.{table}"))?
         .get(0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backup_refs() {
+        assert_eq!(parse_backup_ref("1752567000000"), Some(1752567000000));
+        assert_eq!(
+            parse_backup_ref("backup_1752567000000"),
+            Some(1752567000000)
+        );
+        assert_eq!(parse_backup_ref("backup_x"), None);
+        assert_eq!(parse_backup_ref("1;drop"), None);
+        assert_eq!(backup_schema_name(5), "backup_5");
+    }
 }

@@ -11,14 +11,14 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 use tokio_postgres::{Client, GenericClient};
 
-use crate::backups::manifest;
+use crate::backups::manifest::{self, BackupRow};
 use crate::error::UserError;
-use crate::pg::meta::{self, BackupRow, MARKER};
+use crate::pg::meta::MARKER;
 
 /// A backup reference as typed (`1752567000000` or `backup_1752567000000`),
 /// or a usage error (exit 2).
 pub fn parse_ref(text: &str) -> Result<i64> {
-    meta::parse_backup_ref(text).ok_or_else(|| {
+    manifest::parse_backup_ref(text).ok_or_else(|| {
         UserError::new(format!(
             "{text:?} is not a backup: give its timestamp (unix milliseconds, e.g. 1752567000000) or its schema name (backup_1752567000000); see `pgshift list`"
         ))
@@ -30,7 +30,7 @@ pub fn parse_ref(text: &str) -> Result<i64> {
 /// timestamp or a timestamp without a manifest.
 pub async fn find(client: &impl GenericClient, text: &str) -> Result<BackupRow> {
     let ts = parse_ref(text)?;
-    match meta::find_backup(client, ts).await? {
+    match manifest::find_backup(client, ts).await? {
         Some(b) => Ok(b),
         None => Err(UserError::new(format!(
             "there is no backup with timestamp {ts} on the destination; see `pgshift list`"
@@ -301,7 +301,7 @@ async fn present_tables(client: &Client, schema: &str) -> Result<BTreeMap<String
 
 /// Write the outcome into the manifest row.
 pub async fn record(client: &impl GenericClient, r: &VerifyReport) -> Result<()> {
-    meta::record_verification(client, r.timestamp, r.verified_at, r.ok).await
+    manifest::record_verification(client, r.timestamp, r.verified_at, r.ok).await
 }
 
 /// Facts about a backup schema as it is now.

@@ -1,5 +1,8 @@
-//! One module per command. [`run`] dispatches; each command returns the exit
-//! code for a successful run (verify may return 3 without an error).
+//! One module per command. [`run`] dispatches; each command builds the options
+//! of the work it asks for from the validated [`Settings`], calls the library
+//! and prints the result (text, or one JSON document with `--json`). Each
+//! command returns the exit code for a successful run (verify may return 3
+//! without an error).
 
 pub mod abort;
 pub mod cleanup;
@@ -12,11 +15,14 @@ pub mod swap;
 pub mod verify;
 
 use anyhow::Result;
+use tokio_postgres::Client;
 use tokio_util::sync::CancellationToken;
 
 use crate::cli::Command;
 use crate::config::Settings;
 use crate::error::ExitCode;
+use crate::migration::session::{RunContext, Session};
+use crate::swap::engine::Policy;
 
 /// What every command gets.
 #[derive(Debug, Clone)]
@@ -25,6 +31,38 @@ pub struct Ctx {
     /// Cancelled on the first SIGINT/SIGTERM.
     pub cancel: CancellationToken,
     pub command: &'static str,
+}
+
+impl Ctx {
+    /// What the library needs of this run.
+    pub fn run_context(&self) -> RunContext {
+        RunContext {
+            command: self.command,
+            cancel: self.cancel.clone(),
+            connect_timeout: self.settings.connect_timeout,
+        }
+    }
+
+    /// A read-only session on the destination (no run lock).
+    pub async fn connect_dest(&self) -> Result<Client> {
+        let dest = self.settings.require_dest()?;
+        self.run_context().connect(dest, "destination").await
+    }
+
+    /// The destination with the run lock and the state file, for a mutating command.
+    pub async fn open_session(&self) -> Result<Session> {
+        let dest = self.settings.require_dest()?;
+        Session::open(&self.run_context(), dest, &self.settings.state_dir).await
+    }
+
+    /// How the swap transaction (swap, rollback) waits and retries.
+    pub fn swap_policy(&self) -> Policy {
+        Policy {
+            lock_timeout: self.settings.lock_timeout,
+            statement_timeout: self.settings.statement_timeout,
+            retries: self.settings.swap_retries,
+        }
+    }
 }
 
 /// Run one command.

@@ -4,57 +4,65 @@ use std::io::IsTerminal;
 
 use anyhow::Result;
 
+use crate::cli::VerifyMode;
 use crate::commands::Ctx;
 use crate::error::ExitCode;
-use crate::migration::session::{Recorder, Session, app_name, now_ms};
+use crate::migration::session::{Recorder, Session, now_ms};
+use crate::migration::state_file::file_safe;
 use crate::output::{self, Table, human_bytes, human_ms};
-use crate::pg::connect::connect;
-use crate::prepare::phases::{self, PlanReport, PrepareReport};
+use crate::prepare::phases::{self, PlanReport, PrepareOptions, PrepareReport, Verify};
 use crate::prepare::progress::Progress;
 
 pub async fn run(ctx: Ctx) -> Result<ExitCode> {
-    let report = prepare_only(&ctx).await?;
-    if let Some(report) = report {
-        print_report(&ctx, &report)?;
+    let opts = options(&ctx)?;
+    if ctx.settings.dry_run {
+        let plan = dry_run(&ctx, &opts).await?;
+        print_plan(&ctx, &plan)?;
+        return Ok(ExitCode::Ok);
     }
+    let sess = ctx.open_session().await?;
+    let report = prepare_in_session(&ctx, &sess, &opts).await?;
+    print_report(&ctx, &report)?;
     Ok(ExitCode::Ok)
 }
 
-/// Dry run (prints the plan, returns None) or a real prepare on its own session.
-pub async fn prepare_only(ctx: &Ctx) -> Result<Option<PrepareReport>> {
-    let settings = &ctx.settings;
-    let source = settings.require_source()?.clone();
-    let dest = settings.require_dest()?.clone();
-    if settings.dry_run {
-        let plan = dry_run(ctx).await?;
-        print_plan(ctx, &plan)?;
-        return Ok(None);
-    }
-    let sess = Session::open(ctx).await?;
-    let report = prepare_in_session(ctx, &sess, &source).await?;
-    let _ = dest;
-    Ok(Some(report))
+/// The prepare's options from the settings (`start` prepares with them too).
+pub fn options(ctx: &Ctx) -> Result<PrepareOptions> {
+    let s = &ctx.settings;
+    let source = s.require_source()?.clone();
+    let dest = s.require_dest()?.clone();
+    let dump_dir = s.dump_dir.clone().unwrap_or_else(|| {
+        s.state_dir
+            .join(format!("pgshift-dump-{}", file_safe(dest.dbname())))
+    });
+    Ok(PrepareOptions {
+        source,
+        dest,
+        preserved_tables: s.preserved_tables.clone(),
+        jobs: s.jobs,
+        dump_dir,
+        verify: match s.verify {
+            VerifyMode::Counts => Verify::Counts,
+            VerifyMode::Checksums => Verify::Checksums,
+        },
+        keep_source_owners: s.keep_source_owners,
+        lock_timeout: s.lock_timeout,
+        swap_retries: s.swap_retries,
+    })
 }
 
 /// Checks and prepare on an open session (shared with `start`).
 pub async fn prepare_in_session(
     ctx: &Ctx,
     sess: &Session,
-    source: &crate::pg::connspec::ConnSpec,
+    opts: &PrepareOptions,
 ) -> Result<PrepareReport> {
-    let settings = &ctx.settings;
-    let src = connect(
-        source,
-        "source",
-        &app_name(ctx.command),
-        settings.connect_timeout,
-    )
-    .await?;
-    let checked = phases::check(source, &sess.control, &src, settings).await?;
+    let src = sess.run.connect(&opts.source, "source").await?;
+    let checked = phases::check(opts, &sess.control, &src).await?;
     drop(src);
-    let mut rec = Recorder::new(now_ms(), ctx.command, Some(source), &sess.dest);
+    let mut rec = Recorder::new(now_ms(), ctx.command, Some(&opts.source), &sess.dest);
     let progress = progress_for(ctx);
-    phases::run(sess, &mut rec, source, checked, &progress).await
+    phases::run(sess, &mut rec, opts, checked, &progress).await
 }
 
 /// Bars on a terminal, log lines otherwise, nothing for JSON output.
@@ -63,26 +71,12 @@ pub fn progress_for(ctx: &Ctx) -> Progress {
 }
 
 /// The read-only plan; touches nothing on either database.
-pub async fn dry_run(ctx: &Ctx) -> Result<PlanReport> {
-    let settings = &ctx.settings;
-    let source = settings.require_source()?;
-    let dest = settings.require_dest()?;
-    let src = connect(
-        source,
-        "source",
-        &app_name(ctx.command),
-        settings.connect_timeout,
-    )
-    .await?;
-    let dst = connect(
-        dest,
-        "destination",
-        &app_name(ctx.command),
-        settings.connect_timeout,
-    )
-    .await?;
-    let checked = phases::check(source, &dst, &src, settings).await?;
-    Ok(phases::plan_report(source, dest, &checked, settings))
+pub async fn dry_run(ctx: &Ctx, opts: &PrepareOptions) -> Result<PlanReport> {
+    let run = ctx.run_context();
+    let src = run.connect(&opts.source, "source").await?;
+    let dst = run.connect(&opts.dest, "destination").await?;
+    let checked = phases::check(opts, &dst, &src).await?;
+    Ok(phases::plan_report(opts, &checked))
 }
 
 pub fn print_plan(ctx: &Ctx, plan: &PlanReport) -> Result<()> {

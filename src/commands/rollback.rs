@@ -6,15 +6,13 @@ use crate::backups::verify;
 use crate::cli::RollbackArgs;
 use crate::commands::Ctx;
 use crate::error::{ExitCode, UserError};
-use crate::migration::session::{Session, app_name};
 use crate::output;
-use crate::pg::connect::connect;
 use crate::pg::ident::TableName;
 use crate::swap::rollback::{self, RollbackOptions, RollbackPreview, RollbackReport, Target};
 
 pub async fn run(args: RollbackArgs, ctx: Ctx) -> Result<ExitCode> {
     let settings = &ctx.settings;
-    let dest = settings.require_dest()?.clone();
+    settings.require_dest()?;
     // Bad input is refused before anything is opened.
     let target = match (&args.timestamp, args.latest) {
         (Some(ts), _) => {
@@ -38,34 +36,20 @@ pub async fn run(args: RollbackArgs, ctx: Ctx) -> Result<ExitCode> {
         force: args.force,
     };
     if settings.dry_run {
-        let client = connect(
-            &dest,
-            "destination",
-            &app_name(ctx.command),
-            settings.connect_timeout,
-        )
-        .await?;
+        let client = ctx.connect_dest().await?;
         let plan = rollback::plan(&client, &opts).await?;
-        let p = rollback::preview(&client, &plan, settings).await?;
+        let p = rollback::preview(&client, &plan, ctx.swap_policy()).await?;
         print_preview(&ctx, &p)?;
         return Ok(ExitCode::Ok);
     }
-    let sess = Session::open(&ctx).await?;
+    let sess = ctx.open_session().await?;
     let plan = rollback::plan(&sess.control, &opts).await?;
     if !plan.verification.ok {
         for d in &plan.verification.differences {
             tracing::warn!("{} (--force)", d.message);
         }
     }
-    let swap_client = connect(
-        &sess.dest,
-        "destination",
-        &app_name(ctx.command),
-        settings.connect_timeout,
-    )
-    .await?;
-    let report =
-        rollback::execute(&sess.control, &swap_client, &plan, settings, &ctx.cancel).await?;
+    let report = rollback::execute(&sess, &plan, ctx.swap_policy()).await?;
     print_report(&ctx, &report)?;
     Ok(ExitCode::Ok)
 }

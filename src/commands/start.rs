@@ -5,10 +5,9 @@ use serde::Serialize;
 
 use crate::commands::{Ctx, prepare, swap};
 use crate::error::ExitCode;
-use crate::migration::session::Session;
 use crate::output::{self, Table, human_ms};
 use crate::prepare::phases::PrepareReport;
-use crate::swap::cutover::{self, SwapOptions, SwapReport};
+use crate::swap::cutover::{self, SwapReport};
 
 #[derive(Debug, Serialize)]
 struct StartReport<'a> {
@@ -17,11 +16,9 @@ struct StartReport<'a> {
 }
 
 pub async fn run(ctx: Ctx) -> Result<ExitCode> {
-    let settings = &ctx.settings;
-    let source = settings.require_source()?.clone();
-    settings.require_dest()?;
-    if settings.dry_run {
-        let plan = prepare::dry_run(&ctx).await?;
+    let popts = prepare::options(&ctx)?;
+    if ctx.settings.dry_run {
+        let plan = prepare::dry_run(&ctx, &popts).await?;
         prepare::print_plan(&ctx, &plan)?;
         if !ctx.settings.json {
             println!(
@@ -30,18 +27,14 @@ pub async fn run(ctx: Ctx) -> Result<ExitCode> {
         }
         return Ok(ExitCode::Ok);
     }
-    let sess = Session::open(&ctx).await?;
-    let prepared = prepare::prepare_in_session(&ctx, &sess, &source)
+    let sess = ctx.open_session().await?;
+    let prepared = prepare::prepare_in_session(&ctx, &sess, &popts)
         .await
         .context("prepare step")?;
     if !ctx.settings.json {
         prepare::print_report_brief(&prepared);
     }
-    let opts = SwapOptions {
-        timestamp: None,
-        keep_dump: settings.keep_dump,
-        prevalidated: true,
-    };
+    let opts = swap::options(&ctx, None, false, true);
     let swapped = cutover::swap(&sess, &opts)
         .await
         .context("swap step (the shadow stays prepared: fix the cause and run `pgshift swap`, or `pgshift abort`)")?;

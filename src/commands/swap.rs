@@ -5,34 +5,37 @@ use anyhow::Result;
 use crate::cli::SwapArgs;
 use crate::commands::Ctx;
 use crate::error::ExitCode;
-use crate::migration::session::{Session, app_name};
 use crate::output;
-use crate::pg::connect::connect;
 use crate::swap::cutover::{self, SwapOptions, SwapPreview, SwapReport};
 
 pub async fn run(args: SwapArgs, ctx: Ctx) -> Result<ExitCode> {
-    let opts = SwapOptions {
-        timestamp: args.timestamp.clone(),
-        keep_dump: args.keep_dump,
-        prevalidated: false,
-    };
+    let opts = options(&ctx, args.timestamp.clone(), args.keep_dump, false);
     if ctx.settings.dry_run {
-        let dest = ctx.settings.require_dest()?;
-        let client = connect(
-            dest,
-            "destination",
-            &app_name(ctx.command),
-            ctx.settings.connect_timeout,
-        )
-        .await?;
-        let p = cutover::preview(&client, &opts, &ctx.settings).await?;
+        let client = ctx.connect_dest().await?;
+        let p = cutover::preview(&client, &opts).await?;
         print_preview(&ctx, &p)?;
         return Ok(ExitCode::Ok);
     }
-    let sess = Session::open(&ctx).await?;
+    let sess = ctx.open_session().await?;
     let report = cutover::swap(&sess, &opts).await?;
     print_report(&ctx, &report)?;
     Ok(ExitCode::Ok)
+}
+
+/// The swap's options from the settings (`start` swaps with them too).
+pub fn options(
+    ctx: &Ctx,
+    timestamp: Option<String>,
+    keep_dump: bool,
+    prevalidated: bool,
+) -> SwapOptions {
+    SwapOptions {
+        timestamp,
+        keep_dump: keep_dump || ctx.settings.keep_dump,
+        prevalidated,
+        allow_fk_violations: ctx.settings.allow_fk_violations,
+        policy: ctx.swap_policy(),
+    }
 }
 
 pub fn print_preview(ctx: &Ctx, p: &SwapPreview) -> Result<()> {

@@ -8,21 +8,13 @@ use crate::backups::verify::{self, VerifyReport};
 use crate::cli::VerifyArgs;
 use crate::commands::Ctx;
 use crate::error::ExitCode;
-use crate::migration::session::app_name;
 use crate::output::{self, Table};
-use crate::pg::connect::connect;
 
 pub async fn run(args: VerifyArgs, ctx: Ctx) -> Result<ExitCode> {
-    let dest = ctx.settings.require_dest()?;
+    ctx.settings.require_dest()?;
     // Refuse bad input before connecting.
     verify::parse_ref(&args.timestamp)?;
-    let client = connect(
-        dest,
-        "destination",
-        &app_name(ctx.command),
-        ctx.settings.connect_timeout,
-    )
-    .await?;
+    let client = ctx.connect_dest().await?;
     let backup = verify::find(&client, &args.timestamp).await?;
     let report = verify::check(&client, &backup).await?;
     verify::record(&client, &report).await?;

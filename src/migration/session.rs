@@ -2,24 +2,50 @@
 //! with the advisory run lock, a control session for records, and the locked
 //! state file. Plus the [`Recorder`], which writes each phase's progress to
 //! the state file and to `pgshift.migration` on the destination.
+//!
+//! The library knows nothing of the command line: a command hands it a
+//! [`RunContext`] (its name, the Ctrl-C token, the connect timeout) and the
+//! options of the work it asks for.
 
 use std::future::Future;
-use std::time::Instant;
+use std::path::Path;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use chrono::Utc;
 use tokio_postgres::Client;
 
-use crate::commands::Ctx;
+use tokio_util::sync::CancellationToken;
+
 use crate::error::Interrupted;
-use crate::migration::state_file::{MigrationState, PhaseRecord, STATE_VERSION, StateFile, Status};
+use crate::migration::lifecycle::{Phase, PhaseStatus, Status};
+use crate::migration::record::{self, MigrationState, PhaseRecord};
+use crate::migration::state_file::StateFile;
 use crate::pg::connect::connect;
 use crate::pg::connspec::ConnSpec;
-use crate::pg::{lock, meta};
+use crate::pg::lock;
+
+/// What a command hands the library for one run.
+#[derive(Debug, Clone)]
+pub struct RunContext {
+    /// The command's name (`prepare`, `swap`, …): application_name, records.
+    pub command: &'static str,
+    /// Cancelled on the first SIGINT/SIGTERM.
+    pub cancel: CancellationToken,
+    /// How long to keep retrying a refused or reset connection.
+    pub connect_timeout: Duration,
+}
+
+impl RunContext {
+    /// A new connection to `spec` named for this run (`pgshift <command>`).
+    pub async fn connect(&self, spec: &ConnSpec, what: &str) -> Result<Client> {
+        connect(spec, what, &app_name(self.command), self.connect_timeout).await
+    }
+}
 
 /// A mutating command's hold on the destination.
 pub struct Session {
-    pub ctx: Ctx,
+    pub run: RunContext,
     pub dest: ConnSpec,
     /// Holds the advisory lock; never used for anything else.
     lock_client: Client,
@@ -29,27 +55,32 @@ pub struct Session {
 }
 
 impl Session {
-    /// Connect to the destination, take the state-file lock and the advisory lock.
-    pub async fn open(ctx: &Ctx) -> Result<Session> {
-        let dest = ctx.settings.require_dest()?.clone();
-        let state_file = StateFile::lock(&ctx.settings.state_dir, dest.dbname())?;
-        let timeout = ctx.settings.connect_timeout;
+    /// Connect to the destination, take the state-file lock (in `state_dir`)
+    /// and the advisory lock.
+    pub async fn open(run: &RunContext, dest: &ConnSpec, state_dir: &Path) -> Result<Session> {
+        let state_file = StateFile::lock(state_dir, dest.dbname())?;
         let lock_client = connect(
-            &dest,
+            dest,
             "destination",
-            &lock::lock_application_name(ctx.command),
-            timeout,
+            &lock::lock_application_name(run.command),
+            run.connect_timeout,
         )
         .await?;
         lock::acquire(&lock_client).await?;
-        let control = connect(&dest, "destination", &app_name(ctx.command), timeout).await?;
+        let control = run.connect(dest, "destination").await?;
         Ok(Session {
-            ctx: ctx.clone(),
-            dest,
+            run: run.clone(),
+            dest: dest.clone(),
             lock_client,
             control,
             state_file,
         })
+    }
+
+    /// Another destination session for this run (the swap's transaction,
+    /// workers).
+    pub async fn connect(&self) -> Result<Client> {
+        self.run.connect(&self.dest, "destination").await
     }
 
     /// A working destination session for recording a failure and cleaning up:
@@ -59,14 +90,7 @@ impl Session {
         if !self.control.is_closed() && self.control.batch_execute("SELECT 1").await.is_ok() {
             return Some(RecoveryClient::Control(&self.control));
         }
-        match connect(
-            &self.dest,
-            "destination",
-            &app_name(self.ctx.command),
-            self.ctx.settings.connect_timeout,
-        )
-        .await
-        {
+        match self.connect().await {
             Ok(c) => Some(RecoveryClient::Fresh(c)),
             Err(e) => {
                 tracing::warn!("{e:#}");
@@ -136,45 +160,16 @@ pub struct Recorder {
 impl Recorder {
     /// A fresh record for a new migration started by `command`.
     pub fn new(id: i64, command: &str, source: Option<&ConnSpec>, dest: &ConnSpec) -> Recorder {
-        let now = Utc::now();
         Recorder {
-            state: MigrationState {
-                version: STATE_VERSION,
-                id,
-                database: dest.dbname().to_string(),
-                status: Status::Preparing,
-                command: command.to_string(),
-                pid: std::process::id(),
-                host: hostname::get()
-                    .map(|h| h.to_string_lossy().into_owned())
-                    .unwrap_or_default(),
-                started_at: now,
-                updated_at: now,
-                phase: None,
-                phases: Vec::new(),
-                error: None,
-                source: source.map(|s| s.redacted()).unwrap_or_default(),
-                dest: dest.redacted(),
-                snapshot_at: None,
-                dump_dir: None,
-                dump_complete: false,
-                preserved_tables: Vec::new(),
-                tables: Vec::new(),
-                extra: Default::default(),
-            },
+            state: MigrationState::new(id, command, source, dest),
             meta_ready: false,
         }
     }
 
     /// Continue an existing record (swap after prepare).
-    pub fn resume(mut state: MigrationState, command: &str) -> Recorder {
-        state.command = command.to_string();
-        state.pid = std::process::id();
-        state.host = hostname::get()
-            .map(|h| h.to_string_lossy().into_owned())
-            .unwrap_or_default();
+    pub fn resume(state: MigrationState, command: &str) -> Recorder {
         Recorder {
-            state,
+            state: state.continued_by(command),
             meta_ready: true,
         }
     }
@@ -189,7 +184,7 @@ impl Recorder {
         self.state.updated_at = Utc::now();
         sess.state_file.save(&self.state)?;
         if self.meta_ready {
-            meta::save_migration(client, &self.state, self.state.status.as_str()).await?;
+            record::save_migration(client, &self.state).await?;
         }
         Ok(())
     }
@@ -201,16 +196,16 @@ impl Recorder {
 
     /// Run one phase: record its start, run it (stopping on Ctrl-C), record the
     /// outcome with its duration. Errors carry the phase name.
-    pub async fn phase<T, F>(&mut self, sess: &Session, name: &str, fut: F) -> Result<T>
+    pub async fn phase<T, F>(&mut self, sess: &Session, name: Phase, fut: F) -> Result<T>
     where
         F: Future<Output = Result<T>>,
     {
         let started = Instant::now();
-        self.state.phase = Some(name.to_string());
+        self.state.phase = Some(name);
         self.state.phases.retain(|p| p.name != name);
         self.state.phases.push(PhaseRecord {
-            name: name.to_string(),
-            status: "running".into(),
+            name,
+            status: PhaseStatus::Running,
             started_at: Utc::now(),
             finished_at: None,
             duration_ms: None,
@@ -219,17 +214,17 @@ impl Recorder {
         self.save(sess)
             .await
             .with_context(|| format!("phase {name}"))?;
-        tracing::info!(phase = name, "phase started");
+        tracing::info!(phase = name.as_str(), "phase started");
         let result = async {
             if !sess.lock_alive() || sess.control.is_closed() {
                 anyhow::bail!(
                     "lost the connection to the destination (did the server restart?); the run lock is no longer held"
                 );
             }
-            failpoint(name).await?;
+            failpoint(name.as_str()).await?;
             tokio::select! {
                 biased;
-                _ = sess.ctx.cancel.cancelled() => Err(anyhow::Error::new(Interrupted)),
+                _ = sess.run.cancel.cancelled() => Err(anyhow::Error::new(Interrupted)),
                 r = fut => r,
             }
         }
@@ -238,11 +233,15 @@ impl Recorder {
         if let Some(p) = self.state.phases.iter_mut().find(|p| p.name == name) {
             p.finished_at = Some(Utc::now());
             p.duration_ms = Some(ms);
-            p.status = if result.is_ok() { "done" } else { "failed" }.into();
+            p.status = if result.is_ok() {
+                PhaseStatus::Done
+            } else {
+                PhaseStatus::Failed
+            };
         }
         match result {
             Ok(v) => {
-                tracing::info!(phase = name, ms, "phase done");
+                tracing::info!(phase = name.as_str(), ms, "phase done");
                 self.save(sess)
                     .await
                     .with_context(|| format!("phase {name}"))?;
@@ -253,7 +252,7 @@ impl Recorder {
     }
 
     /// Attach a detail line to a finished phase (sizes, counts).
-    pub fn detail(&mut self, name: &str, detail: impl Into<String>) {
+    pub fn detail(&mut self, name: Phase, detail: impl Into<String>) {
         if let Some(p) = self.state.phases.iter_mut().find(|p| p.name == name) {
             p.detail = Some(detail.into());
         }
@@ -267,7 +266,7 @@ impl Recorder {
         self.state.error = Some(if interrupted {
             format!(
                 "interrupted during phase {}",
-                self.state.phase.as_deref().unwrap_or("?")
+                self.state.phase.map(|p| p.as_str()).unwrap_or("?")
             )
         } else {
             format!("{err:#}")
@@ -287,26 +286,11 @@ impl Recorder {
 
     /// Phase durations in ms, for summaries and manifests.
     pub fn timings(&self) -> serde_json::Map<String, serde_json::Value> {
-        self.state
-            .phases
-            .iter()
-            .filter_map(|p| {
-                p.duration_ms
-                    .map(|ms| (p.name.clone(), serde_json::Value::from(ms)))
-            })
-            .collect()
+        self.state.timings()
     }
 }
 
 /// Milliseconds since the Unix epoch, now.
 pub fn now_ms() -> i64 {
     Utc::now().timestamp_millis()
-}
-
-/// Run `f`, and if it fails, make sure the error says which command failed.
-pub async fn with_command_context<T>(
-    command: &str,
-    f: impl Future<Output = Result<T>>,
-) -> Result<T> {
-    f.await.with_context(|| format!("{command} failed"))
 }

@@ -1,4 +1,5 @@
-//! The state file: `.migration-state-{database}.json` in the state directory.
+//! The state file: `.migration-state-{database}.json` in the state directory,
+//! holding a [`MigrationState`] (see `migration::record`).
 //!
 //! It records exactly where a run is: which phases finished, with timings and
 //! sizes, the failed phase and its error, the dump directory and the snapshot
@@ -6,7 +7,7 @@
 //! directory), created 0600, and a run holds an exclusive `flock` on a sibling
 //! `.lock` file for its whole duration so two runs from one directory cannot
 //! interleave. The destination keeps its own copy of the same record (see
-//! `pipeline::record`), so `status` also works without this file.
+//! `migration::record`), so `status` also works without this file.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
@@ -14,118 +15,8 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
-use chrono::{DateTime, Utc};
-use serde::{Deserialize, Serialize};
 
-/// Current layout version of the state file.
-pub const STATE_VERSION: u32 = 1;
-
-/// Where a migration stands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Status {
-    Idle,
-    Preparing,
-    Prepared,
-    Swapping,
-    Failed,
-}
-
-impl Status {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Status::Idle => "idle",
-            Status::Preparing => "preparing",
-            Status::Prepared => "prepared",
-            Status::Swapping => "swapping",
-            Status::Failed => "failed",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Status> {
-        Some(match s {
-            "idle" => Status::Idle,
-            "preparing" => Status::Preparing,
-            "prepared" => Status::Prepared,
-            "swapping" => Status::Swapping,
-            "failed" => Status::Failed,
-            _ => return None,
-        })
-    }
-}
-
-impl std::fmt::Display for Status {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-/// One phase of a run.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct PhaseRecord {
-    pub name: String,
-    /// running, done, failed, skipped
-    pub status: String,
-    pub started_at: DateTime<Utc>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub finished_at: Option<DateTime<Utc>>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub duration_ms: Option<u64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub detail: Option<String>,
-}
-
-/// One table of the migration, as loaded and validated.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct TableRecord {
-    pub name: String,
-    pub rows: i64,
-    #[serde(default)]
-    pub bytes: i64,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub checksum: Option<String>,
-    #[serde(default)]
-    pub preserved: bool,
-}
-
-/// The whole record. Connection strings in it are always redacted.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct MigrationState {
-    pub version: u32,
-    /// Migration id: unix milliseconds when the prepare started.
-    pub id: i64,
-    pub database: String,
-    pub status: Status,
-    /// The command that wrote this record last (prepare, swap, start, abort, ...).
-    pub command: String,
-    pub pid: u32,
-    pub host: String,
-    pub started_at: DateTime<Utc>,
-    pub updated_at: DateTime<Utc>,
-    /// The phase running now, or the one that failed.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub phase: Option<String>,
-    #[serde(default)]
-    pub phases: Vec<PhaseRecord>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
-    pub source: String,
-    pub dest: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub snapshot_at: Option<DateTime<Utc>>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub dump_dir: Option<PathBuf>,
-    /// True only once pg_dump exited 0 for `dump_dir`.
-    #[serde(default)]
-    pub dump_complete: bool,
-    #[serde(default)]
-    pub preserved_tables: Vec<String>,
-    #[serde(default)]
-    pub tables: Vec<TableRecord>,
-    /// Free-form details later phases want to keep (sizes, counts, warnings).
-    #[serde(default, skip_serializing_if = "serde_json::Map::is_empty")]
-    pub extra: serde_json::Map<String, serde_json::Value>,
-}
+use crate::migration::record::{MigrationState, STATE_VERSION};
 
 /// The state file path for a destination database.
 pub fn state_path(dir: &Path, database: &str) -> PathBuf {
@@ -272,29 +163,10 @@ mod tests {
     use std::os::unix::fs::PermissionsExt;
 
     fn sample() -> MigrationState {
-        let now = Utc::now();
-        MigrationState {
-            version: STATE_VERSION,
-            id: 1_700_000_000_000,
-            database: "shop".into(),
-            status: Status::Preparing,
-            command: "prepare".into(),
-            pid: 42,
-            host: "h".into(),
-            started_at: now,
-            updated_at: now,
-            phase: Some("data".into()),
-            phases: vec![],
-            error: None,
-            source: "postgresql://u:***@h/db".into(),
-            dest: "postgresql://u:***@h/shop".into(),
-            snapshot_at: None,
-            dump_dir: None,
-            dump_complete: false,
-            preserved_tables: vec![],
-            tables: vec![],
-            extra: Default::default(),
-        }
+        let dest = crate::pg::connspec::ConnSpec::parse("postgresql://u:pw@h/shop").unwrap();
+        let mut st = MigrationState::new(1_700_000_000_000, "prepare", None, &dest);
+        st.phase = Some(crate::migration::lifecycle::Phase::Data);
+        st
     }
 
     #[test]

@@ -16,9 +16,9 @@ pub const LOCK_RUN: i32 = 1;
 
 /// `application_name` for the lock session of this process.
 pub fn lock_application_name(command: &str) -> String {
-    let host = hostname::get()
-        .map(|h| h.to_string_lossy().into_owned())
-        .unwrap_or_else(|_| "unknown".into());
+    let host = Some(crate::process::this_host())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "unknown".into());
     let mut name = format!("pgshift {command} pid={} host={host}", std::process::id());
     // application_name is truncated by the server at 63 bytes; keep it valid UTF-8.
     while name.len() > 63 {

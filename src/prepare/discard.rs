@@ -3,12 +3,22 @@
 //! `pgshift` schema, and the shadow schema. The destination's public and the
 //! migration records are left alone. One transaction, under a short
 //! lock_timeout, retried: dropping a trigger needs a brief lock on its table.
+//!
+//! Used by `abort` ([`abort`]), by prepare when it starts over after a dead
+//! run, and by prepare after a failure (nothing half-done stays behind).
 
 use std::time::Duration;
+
+use chrono::Utc;
+use serde::Serialize;
 
 use anyhow::{Context, Result, bail};
 use tokio_postgres::Client;
 
+use crate::migration::derive::{self, Destination};
+use crate::migration::lifecycle::Status;
+use crate::migration::record;
+use crate::migration::session::Session;
 use crate::pg::exec::{RetryPolicy, exec, retry, rollback_on_err};
 use crate::pg::ident::{qualified, quote_ident};
 use crate::pg::meta::{self, META_SCHEMA, SHADOW_SCHEMA, ShadowState};
@@ -20,9 +30,35 @@ pub const RECORD_TABLES: &[&str] = &["meta", "migration", "backups"];
 #[derive(Debug, Default, Clone, serde::Serialize)]
 pub struct Removed {
     pub shadow: bool,
+    /// `trigger on schema.table`
     pub triggers: Vec<String>,
     pub helper_tables: Vec<String>,
     pub helper_functions: usize,
+    /// The same triggers, as names.
+    #[serde(skip)]
+    pub trigger_sites: Vec<TriggerSite>,
+}
+
+/// A pgshift trigger on a table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TriggerSite {
+    pub schema: String,
+    pub table: String,
+    pub trigger: String,
+}
+
+/// Does the schema with this oid hold any relation, type or function?
+pub async fn schema_has_objects(client: &Client, oid: u32) -> Result<bool> {
+    Ok(client
+        .query_one(
+            "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_class WHERE relnamespace = $1)
+                 OR EXISTS (SELECT 1 FROM pg_catalog.pg_type WHERE typnamespace = $1)
+                 OR EXISTS (SELECT 1 FROM pg_catalog.pg_proc WHERE pronamespace = $1)",
+            &[&oid],
+        )
+        .await
+        .context("looking into the shadow schema")?
+        .get(0))
 }
 
 impl Removed {
@@ -38,16 +74,7 @@ impl Removed {
 pub async fn find_leftovers(client: &Client) -> Result<Removed> {
     // The empty shadow a swap leaves behind is not a leftover.
     let shadow = match meta::shadow_state(client).await? {
-        ShadowState::Ours(oid) => client
-            .query_one(
-                "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_class WHERE relnamespace = $1)
-                     OR EXISTS (SELECT 1 FROM pg_catalog.pg_type WHERE typnamespace = $1)
-                     OR EXISTS (SELECT 1 FROM pg_catalog.pg_proc WHERE pronamespace = $1)",
-                &[&oid],
-            )
-            .await
-            .context("looking into the shadow schema")?
-            .get(0),
+        ShadowState::Ours(oid) => schema_has_objects(client, oid).await?,
         _ => false,
     };
     let mut r = Removed {
@@ -68,6 +95,11 @@ pub async fn find_leftovers(client: &Client) -> Result<Removed> {
     {
         let (s, t, g): (String, String, String) = (row.get(0), row.get(1), row.get(2));
         r.triggers.push(format!("{g} on {s}.{t}"));
+        r.trigger_sites.push(TriggerSite {
+            schema: s,
+            table: t,
+            trigger: g,
+        });
     }
     if meta::meta_exists(client).await? {
         for row in client
@@ -103,7 +135,7 @@ pub async fn remove_prepared(
     lock_timeout: Duration,
     retries: u32,
 ) -> Result<Removed> {
-    if meta::shadow_state(client).await? == ShadowState::Foreign {
+    if matches!(meta::shadow_state(client).await?, ShadowState::Foreign(_)) {
         bail!(
             "the destination has a schema named \"shadow\" that pgshift did not create; not touching it"
         );
@@ -117,21 +149,11 @@ pub async fn remove_prepared(
         "SET LOCAL lock_timeout = '{}ms';\n",
         lock_timeout.as_millis().max(1)
     ));
-    for row in client
-        .query(
-            "SELECT n.nspname, c.relname, t.tgname FROM pg_catalog.pg_trigger t
-               JOIN pg_catalog.pg_class c ON c.oid = t.tgrelid
-               JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
-              WHERE NOT t.tgisinternal AND t.tgname LIKE 'pgshift\\_%'",
-            &[],
-        )
-        .await?
-    {
-        let (s, t, g): (String, String, String) = (row.get(0), row.get(1), row.get(2));
+    for t in &found.trigger_sites {
         sql.push_str(&format!(
             "DROP TRIGGER IF EXISTS {} ON {};\n",
-            quote_ident(&g),
-            qualified(&s, &t)
+            quote_ident(&t.trigger),
+            qualified(&t.schema, &t.table)
         ));
     }
     for t in &found.helper_tables {
@@ -171,4 +193,124 @@ pub async fn remove_prepared(
     .await
     .map_err(|stop| stop.into_error().context("removing the prepared migration"))?;
     Ok(found)
+}
+
+/// What `abort --json` prints (documented in README.md, "JSON output").
+#[derive(Debug, Clone, Serialize)]
+pub struct AbortReport {
+    /// False when there was nothing to abort.
+    pub aborted: bool,
+    pub migration_id: Option<i64>,
+    /// The record's status before the abort (`prepared`, `failed`, …).
+    pub previous_status: Option<String>,
+    pub removed: Removed,
+    pub state_file_cleared: bool,
+    pub dump_dir_removed: Option<String>,
+    pub message: String,
+}
+
+/// What the caller asks of an abort.
+#[derive(Debug, Clone, Copy)]
+pub struct AbortOptions {
+    /// lock_timeout for dropping triggers on tables the application uses.
+    pub lock_timeout: Duration,
+    pub retries: u32,
+    /// Keep the dump directory.
+    pub keep_dump: bool,
+}
+
+/// `abort`: drop a prepared (not yet swapped) migration — the shadow, the sync
+/// triggers and pgshift's helper objects — mark its record `aborted` and clear
+/// the state file. With nothing to abort it says so. A swap that committed
+/// without recording it is recorded as swapped, not aborted. The
+/// destination's public and the backups are never touched.
+pub async fn abort(sess: &Session, opts: &AbortOptions) -> Result<AbortReport> {
+    let client = &sess.control;
+    let file_state = sess.state_file.load().unwrap_or_else(|e| {
+        tracing::warn!("ignoring the unreadable state file: {e:#}");
+        None
+    });
+    let d = Destination::observe(client, Ok(file_state.clone())).await?;
+    if let Some(backup) = derive::settle_committed_swap(client, &d).await? {
+        tracing::warn!(
+            "migration {} was swapped (its backup {backup} exists); recording it as swapped, not aborting it",
+            d.row.as_ref().map(|r| r.id).unwrap_or_default()
+        );
+    }
+    let latest_status = d.row.as_ref().map(|m| {
+        if d.committed_unrecorded.is_some() {
+            Status::Swapped
+        } else {
+            m.state.status
+        }
+    });
+    let open = d
+        .row
+        .as_ref()
+        .filter(|m| !m.state.status.is_finished() && d.committed_unrecorded.is_none())
+        .cloned();
+    let leftovers = !d.objects.is_empty();
+    let file_open = file_state.as_ref().is_some_and(|s| !s.status.is_finished());
+
+    if open.is_none() && !leftovers && !file_open {
+        return Ok(AbortReport {
+            aborted: false,
+            migration_id: None,
+            previous_status: latest_status.map(|s| s.to_string()),
+            removed: Removed::default(),
+            state_file_cleared: false,
+            dump_dir_removed: None,
+            message: "nothing to abort: no migration is prepared on the destination".into(),
+        });
+    }
+
+    let removed = if open.is_some() || leftovers {
+        remove_prepared(client, opts.lock_timeout, opts.retries).await?
+    } else {
+        Removed::default()
+    };
+    let mut state = open
+        .as_ref()
+        .map(|m| m.state.clone())
+        .or_else(|| file_state.clone().filter(|s| !s.status.is_finished()));
+    if let (Some(m), Some(st)) = (&open, state.as_mut()) {
+        st.status = Status::Aborted;
+        st.command = sess.run.command.to_string();
+        st.phase = None;
+        st.updated_at = Utc::now();
+        record::save_migration(client, st).await?;
+        tracing::info!(id = m.id, "migration record marked aborted");
+    }
+    let mut dump_dir_removed = None;
+    if let Some(dir) = state.as_ref().and_then(|s| s.dump_dir.clone())
+        && !opts.keep_dump
+        && dir.join("toc.dat").is_file()
+    {
+        match std::fs::remove_dir_all(&dir) {
+            Ok(()) => dump_dir_removed = Some(dir.display().to_string()),
+            Err(e) => tracing::warn!("could not remove the dump directory {}: {e}", dir.display()),
+        }
+    }
+    sess.state_file.clear()?;
+    let id = open
+        .as_ref()
+        .map(|m| m.id)
+        .or_else(|| state.as_ref().map(|s| s.id));
+    let message = match (&open, id) {
+        (Some(m), _) => format!("aborted migration {} (it was {})", m.id, m.state.status),
+        (None, Some(id)) => format!("cleared the leftovers of migration {id}"),
+        (None, None) => "removed leftovers of an earlier migration".into(),
+    };
+    Ok(AbortReport {
+        aborted: true,
+        migration_id: id,
+        previous_status: open
+            .as_ref()
+            .map(|m| m.state.status.to_string())
+            .or_else(|| state.as_ref().map(|s| s.status.to_string())),
+        removed,
+        state_file_cleared: true,
+        dump_dir_removed,
+        message,
+    })
 }

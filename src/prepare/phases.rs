@@ -10,7 +10,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail};
 use chrono::{DateTime, Utc};
@@ -18,12 +18,13 @@ use serde::Serialize;
 use tokio_postgres::Client;
 
 use crate::dump::sql::{self, DefinedNames, Entry};
+use crate::migration::lifecycle::{Phase, Status};
+use crate::migration::record::{self, TableRecord};
 use crate::migration::session::{Recorder, Session, app_name};
-use crate::migration::state_file::{Status, TableRecord};
 use crate::pg::catalog::{self, SequenceInfo, TableInfo};
 use crate::pg::connect::{connect, describe_pg_error};
 use crate::pg::connspec::ConnSpec;
-use crate::pg::ident::{qualified, quote_ident, quote_literal};
+use crate::pg::ident::{TableName, qualified, quote_ident, quote_literal};
 use crate::pg::meta::{self, MARKER, SHADOW_SCHEMA};
 use crate::prepare::data::{self, CopyJob, DataPlan, Loaded};
 use crate::prepare::discard;
@@ -77,19 +78,34 @@ pub struct PrepareReport {
     pub warnings: Vec<String>,
 }
 
-pub const PHASES: &[&str] = &[
-    "snapshot",
-    "dump",
-    "schema",
-    "data",
-    "indexes",
-    "sequences",
-    "matviews",
-    "sync",
-    "analyze",
-    "privileges",
-    "validate",
-];
+/// How the shadow is validated after the load.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verify {
+    /// Exact row counts (sent by the source = stored by the destination).
+    Counts,
+    /// Counts plus a content checksum per table.
+    Checksums,
+}
+
+/// What the caller asks of a prepare.
+#[derive(Debug, Clone)]
+pub struct PrepareOptions {
+    pub source: ConnSpec,
+    pub dest: ConnSpec,
+    /// Destination tables whose rows survive the migration.
+    pub preserved_tables: Vec<TableName>,
+    /// Parallel workers for the load, index builds and ANALYZE.
+    pub jobs: usize,
+    /// Where pg_dump writes the schema dump.
+    pub dump_dir: PathBuf,
+    pub verify: Verify,
+    /// Give shadow objects the source's owners where those roles exist.
+    pub keep_source_owners: bool,
+    /// lock_timeout for DDL on tables the application uses (sync triggers, cleanup).
+    pub lock_timeout: Duration,
+    /// Retries of such DDL after a lock timeout.
+    pub swap_retries: u32,
+}
 
 /// Everything the read-only checks found.
 pub struct Checked {
@@ -102,13 +118,9 @@ pub struct Checked {
 
 /// The read-only part: connections, versions, privileges, extensions,
 /// leftovers, preserved-table validation. Changes nothing.
-pub async fn check(
-    ctx_source: &ConnSpec,
-    sess_dest: &Client,
-    src: &Client,
-    settings: &crate::config::Settings,
-) -> Result<Checked> {
-    if ctx_source.same_server_and_db(settings.require_dest()?)
+pub async fn check(settings: &PrepareOptions, sess_dest: &Client, src: &Client) -> Result<Checked> {
+    let ctx_source = &settings.source;
+    if ctx_source.same_server_and_db(&settings.dest)
         || catalog::server_identity(src).await? == catalog::server_identity(sess_dest).await?
     {
         return Err(crate::user_error!(
@@ -143,12 +155,7 @@ pub async fn check(
 }
 
 /// Print or return the dry-run plan.
-pub fn plan_report(
-    source: &ConnSpec,
-    dest: &ConnSpec,
-    checked: &Checked,
-    settings: &crate::config::Settings,
-) -> PlanReport {
+pub fn plan_report(settings: &PrepareOptions, checked: &Checked) -> PlanReport {
     let preserved: HashSet<&str> = settings
         .preserved_tables
         .iter()
@@ -173,11 +180,11 @@ pub fn plan_report(
         })
         .collect();
     PlanReport {
-        source: source.redacted(),
-        dest: dest.redacted(),
+        source: settings.source.redacted(),
+        dest: settings.dest.redacted(),
         total_bytes: tables.iter().map(|t| t.total_bytes).sum(),
         tables,
-        phases: PHASES.to_vec(),
+        phases: Phase::PREPARE.iter().map(|p| p.as_str()).collect(),
         extensions: checked.extensions.clone(),
         preserved_tables: settings
             .preserved_tables
@@ -196,6 +203,7 @@ pub fn plan_report(
 /// State carried between phases.
 struct Run<'a> {
     sess: &'a Session,
+    opts: &'a PrepareOptions,
     id: i64,
     source: ConnSpec,
     tools: Tools,
@@ -218,11 +226,11 @@ struct Run<'a> {
 pub async fn run(
     sess: &Session,
     rec: &mut Recorder,
-    source: &ConnSpec,
+    settings: &PrepareOptions,
     checked: Checked,
     progress: &Progress,
 ) -> Result<PrepareReport> {
-    let settings = &sess.ctx.settings;
+    let source = &settings.source;
     let mut warnings = checked.warnings.clone();
     if let Leftover::StartOver(why) = &checked.leftover {
         tracing::warn!("{why}");
@@ -244,17 +252,13 @@ pub async fn run(
         .iter()
         .map(|t| t.name.clone())
         .collect();
-    let dump_dir = settings.dump_dir.clone().unwrap_or_else(|| {
-        settings.state_dir.join(format!(
-            "pgshift-dump-{}",
-            crate::migration::state_file::file_safe(sess.dest.dbname())
-        ))
-    });
+    let dump_dir = settings.dump_dir.clone();
     rec.state.dump_dir = Some(dump_dir.clone());
     rec.set_status(sess, Status::Preparing).await?;
 
     let mut run = Run {
         sess,
+        opts: settings,
         id: rec.state.id,
         source: source.clone(),
         tools: checked.tools.clone(),
@@ -327,16 +331,16 @@ pub async fn run(
 
 async fn phases(run: &mut Run<'_>, rec: &mut Recorder) -> Result<usize> {
     let sess = run.sess;
-    let at = rec.phase(sess, "snapshot", snapshot(run)).await?;
+    let at = rec.phase(sess, Phase::Snapshot, snapshot(run)).await?;
     rec.state.snapshot_at = Some(at);
-    rec.phase(sess, "dump", dump(run)).await?;
+    rec.phase(sess, Phase::Dump, dump(run)).await?;
     rec.state.dump_complete = true;
     rec.save(sess).await?;
-    rec.phase(sess, "schema", schema(run)).await?;
-    let loaded = rec.phase(sess, "data", load(run)).await?;
+    rec.phase(sess, Phase::Schema, schema(run)).await?;
+    let loaded = rec.phase(sess, Phase::Data, load(run)).await?;
     let bytes: u64 = loaded.iter().map(|l| l.bytes).sum();
     rec.detail(
-        "data",
+        Phase::Data,
         format!(
             "{} tables, {} streamed",
             loaded.len(),
@@ -344,39 +348,35 @@ async fn phases(run: &mut Run<'_>, rec: &mut Recorder) -> Result<usize> {
         ),
     );
     run.loaded = loaded;
-    let deferred = rec.phase(sess, "indexes", indexes(run)).await?;
-    rec.state
-        .extra
-        .insert("deferred_sql".into(), serde_json::to_value(&deferred)?);
-    rec.phase(sess, "sequences", sequences(run)).await?;
-    rec.phase(sess, "matviews", matviews(run)).await?;
+    let deferred = rec.phase(sess, Phase::Indexes, indexes(run)).await?;
+    let deferred_count = deferred.len();
+    rec.state.details.deferred_sql = deferred;
+    rec.phase(sess, Phase::Sequences, sequences(run)).await?;
+    rec.phase(sess, Phase::Matviews, matviews(run)).await?;
     let synced = rec
-        .phase(sess, "sync", sync_phase(run, rec.state.id))
+        .phase(sess, Phase::Sync, sync_phase(run, rec.state.id))
         .await?;
-    rec.state
-        .extra
-        .insert("sync".into(), serde_json::to_value(&synced)?);
-    rec.phase(sess, "analyze", analyze(run)).await?;
-    let applied = rec.phase(sess, "privileges", privs(run)).await?;
+    rec.state.details.sync = synced;
+    rec.phase(sess, Phase::Analyze, analyze(run)).await?;
+    let applied = rec.phase(sess, Phase::Privileges, privs(run)).await?;
     rec.detail(
-        "privileges",
+        Phase::Privileges,
         format!(
             "{} owners, {} grants",
             applied.owners_changed, applied.grants
         ),
     );
-    let tables = rec.phase(sess, "validate", validate(run)).await?;
+    let tables = rec.phase(sess, Phase::Validate, validate(run)).await?;
     rec.state.tables = tables;
-    Ok(deferred.len())
+    Ok(deferred_count)
 }
 
 async fn snapshot(run: &mut Run<'_>) -> Result<DateTime<Utc>> {
-    let settings = &run.sess.ctx.settings;
     let client = connect(
         &run.source,
         "source",
         &app_name("prepare"),
-        settings.connect_timeout,
+        run.sess.run.connect_timeout,
     )
     .await?;
     client
@@ -468,7 +468,7 @@ async fn dump(run: &mut Run<'_>) -> Result<()> {
         .env_remove(ConnSpec::child_env_remove().iter().copied())
         .envs(run.source.child_env());
     let spec = with_appname(spec, "pgshift pg_dump");
-    process::run(&spec, &run.sess.ctx.cancel)
+    process::run(&spec, &run.sess.run.cancel)
         .await
         .context("dumping the source schema")?;
     Ok(())
@@ -487,7 +487,7 @@ async fn restore_section(run: &Run<'_>, section: &str) -> Result<Vec<Entry>> {
         .args(["--no-owner", "--no-privileges", "--file=-"])
         .arg(run.dump_dir.as_os_str())
         .env_remove(ConnSpec::child_env_remove().iter().copied());
-    let out = process::run(&spec, &run.sess.ctx.cancel)
+    let out = process::run(&spec, &run.sess.run.cancel)
         .await
         .with_context(|| format!("rendering the {section} section"))?;
     let text = String::from_utf8(out.stdout).context("pg_restore output is not UTF-8")?;
@@ -524,12 +524,11 @@ fn remap_entries(run: &Run<'_>, entries: Vec<Entry>) -> Result<Vec<Entry>> {
 async fn schema(run: &mut Run<'_>) -> Result<()> {
     let entries = restore_section(run, "pre-data").await?;
     let entries = remap_entries(run, entries)?;
-    let settings = &run.sess.ctx.settings;
     let client = connect(
         &run.sess.dest,
         "destination",
         &app_name("prepare"),
-        settings.connect_timeout,
+        run.sess.run.connect_timeout,
     )
     .await?;
     let mut script =
@@ -564,7 +563,7 @@ async fn schema(run: &mut Run<'_>) -> Result<()> {
             describe_pg_error(&e)
         ));
     }
-    meta::set_shadow_oid(&run.sess.control, run.id).await?;
+    record::set_shadow_oid(&run.sess.control, run.id).await?;
     // Plan the post-data section now: each table's indexes are built in the
     // data phase, as soon as the table is loaded.
     let entries = restore_section(run, "post-data").await?;
@@ -579,7 +578,7 @@ async fn schema(run: &mut Run<'_>) -> Result<()> {
 }
 
 async fn load(run: &mut Run<'_>) -> Result<Vec<Loaded>> {
-    let settings = &run.sess.ctx.settings;
+    let settings = run.opts;
     let loads: Vec<CopyJob> = run
         .tables
         .iter()
@@ -603,21 +602,21 @@ async fn load(run: &mut Run<'_>) -> Result<Vec<Loaded>> {
         from_schema: SOURCE_SCHEMA,
         to_schema: SHADOW_SCHEMA,
         workers: settings.jobs,
-        connect_timeout: settings.connect_timeout,
-        cancel: &run.sess.ctx.cancel,
+        connect_timeout: run.sess.run.connect_timeout,
+        cancel: &run.sess.run.cancel,
         progress: run.progress,
     };
     data::load_all(&plan, work).await
 }
 
 async fn indexes(run: &mut Run<'_>) -> Result<Vec<String>> {
-    let settings = &run.sess.ctx.settings;
+    let settings = run.opts;
     postdata::run(
         &run.post,
         &run.sess.dest,
         settings.jobs,
-        settings.connect_timeout,
-        &run.sess.ctx.cancel,
+        run.sess.run.connect_timeout,
+        &run.sess.run.cancel,
         run.progress,
     )
     .await?;
@@ -667,7 +666,7 @@ async fn matviews(run: &mut Run<'_>) -> Result<()> {
 }
 
 async fn sync_phase(run: &mut Run<'_>, id: i64) -> Result<Vec<sync::SyncedTable>> {
-    let settings = &run.sess.ctx.settings;
+    let settings = run.opts;
     sync::setup(
         &run.sess.control,
         &settings.preserved_tables,
@@ -679,7 +678,7 @@ async fn sync_phase(run: &mut Run<'_>, id: i64) -> Result<Vec<sync::SyncedTable>
 }
 
 async fn analyze(run: &mut Run<'_>) -> Result<()> {
-    let settings = &run.sess.ctx.settings;
+    let settings = run.opts;
     // Loaded tables were analyzed in the data phase; what is left: partitioned
     // parents, materialized views and preserved tables (filled by the sync).
     let names: Vec<String> = run
@@ -718,12 +717,12 @@ async fn analyze(run: &mut Run<'_>) -> Result<()> {
 }
 
 async fn privs(run: &mut Run<'_>) -> Result<privileges::Applied> {
-    let settings = &run.sess.ctx.settings;
+    let settings = run.opts;
     let client = connect(
         &run.sess.dest,
         "destination",
         &app_name("prepare"),
-        settings.connect_timeout,
+        run.sess.run.connect_timeout,
     )
     .await?;
     let owners: Option<HashMap<String, String>> = settings.keep_source_owners.then(|| {
@@ -736,7 +735,7 @@ async fn privs(run: &mut Run<'_>) -> Result<privileges::Applied> {
 }
 
 async fn validate(run: &mut Run<'_>) -> Result<Vec<TableRecord>> {
-    let settings = &run.sess.ctx.settings;
+    let settings = run.opts;
     let started = Instant::now();
     // Sequences: every shadow sequence holds the source's value.
     let mut mismatches = Vec::new();
@@ -787,7 +786,7 @@ async fn validate(run: &mut Run<'_>) -> Result<Vec<TableRecord>> {
             preserved: true,
         });
     }
-    if settings.verify == crate::cli::VerifyMode::Checksums {
+    if settings.verify == Verify::Checksums {
         let src = run.snap_client.as_ref().context("no snapshot session")?;
         for r in records.iter_mut().filter(|r| !r.preserved) {
             let a = checksum(src, SOURCE_SCHEMA, &r.name).await?;

@@ -8,6 +8,8 @@ use anyhow::{Context, Result, bail};
 use tokio_postgres::Client;
 
 use crate::error::UserError;
+use crate::migration::derive::{Destination, State};
+use crate::migration::lifecycle::Status;
 use crate::pg::catalog::{self, ExtensionInfo};
 use crate::pg::ident::{display_ident, quote_ident};
 use crate::pg::meta::{self, ShadowState};
@@ -339,32 +341,30 @@ pub enum Leftover {
 /// migration; start over after a dead or failed run.
 pub async fn leftovers(dst: &Client) -> Result<Leftover> {
     meta::meta_exists(dst).await?; // refuses a foreign pgshift schema
-    let shadow = meta::shadow_state(dst).await?;
-    if shadow == ShadowState::Foreign {
+    let d = Destination::observe(dst, Ok(None)).await?;
+    if matches!(d.shadow.state, ShadowState::Foreign(_)) {
         return Err(UserError::new(
             "the destination already has a schema named \"shadow\" that pgshift did not create; rename or drop it first",
         )
         .into());
     }
-    let latest = meta::latest_migration(dst).await?;
-    let found = crate::prepare::discard::find_leftovers(dst).await?;
-    match latest {
-        Some(m) if (m.status == "prepared" || m.status == "swapping") && matches!(shadow, ShadowState::Ours(_)) => {
-            Err(UserError::new(format!(
-                "a migration is already prepared on the destination (id {}, prepared {}); run `pgshift swap` to finish it or `pgshift abort` to drop it",
-                m.id,
-                m.state.updated_at.format("%Y-%m-%d %H:%M:%S UTC")
-            ))
-            .into())
-        }
-        Some(m) if m.status == "preparing" => Ok(Leftover::StartOver(format!(
+    let row = d.row.as_ref();
+    let prepared = matches!(d.state, State::Prepared | State::Swapping) && d.shadow.ours();
+    match row {
+        Some(m) if prepared => Err(UserError::new(format!(
+            "a migration is already prepared on the destination (id {}, prepared {}); run `pgshift swap` to finish it or `pgshift abort` to drop it",
+            m.id,
+            m.state.updated_at.format("%Y-%m-%d %H:%M:%S UTC")
+        ))
+        .into()),
+        Some(m) if m.state.status == Status::Preparing => Ok(Leftover::StartOver(format!(
             "the previous prepare (id {}, pid {} on {}) stopped during phase {} without finishing; dropping what it left and starting over with a new snapshot",
             m.id,
             m.state.pid,
             m.state.host,
-            m.phase.as_deref().unwrap_or("?")
+            m.state.phase.map(|p| p.as_str()).unwrap_or("?")
         ))),
-        _ if !found.is_empty() => Ok(Leftover::StartOver(
+        _ if !d.objects.is_empty() => Ok(Leftover::StartOver(
             "found objects of an earlier migration (shadow schema or sync triggers); dropping them and starting over".into(),
         )),
         _ => Ok(Leftover::None),

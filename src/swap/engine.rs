@@ -1,101 +1,404 @@
-//! The object-level swap: one short transaction that moves every
-//! non-extension object of `public` into a new backup schema and every object
-//! of the incoming schema (`shadow`, or a backup for a rollback) into `public`.
+//! The swap engine, shared by `swap` and `rollback`: one short transaction
+//! that moves every non-extension object of `public` into a new backup schema
+//! and every object of the incoming schema (`shadow`, or a backup for a
+//! rollback) into `public`, and everything around it that makes a backup —
+//! its name and timestamp, its manifest (written at COMMIT, completed after),
+//! the migration record, the foreign keys to validate afterwards, the preview
+//! for `--dry-run`.
 //!
 //! - ACCESS EXCLUSIVE locks on every affected relation first, in a stable
 //!   order, under a short `lock_timeout`; on a lock timeout (or deadlock) the
-//!   transaction rolls back and is retried after a jittered backoff, so a
-//!   long-running query causes a retry rather than a queue of application
-//!   queries piling up behind the swap.
+//!   transaction rolls back and is retried after a jittered backoff
+//!   (`pg::exec::retry`), so a long-running query causes a retry rather than a
+//!   queue of application queries piling up behind the swap.
 //! - `statement_timeout` and `idle_in_transaction_session_timeout` bound the
 //!   transaction even if pgshift stalls.
 //! - Work that must happen under the same locks (the preserved tables' final
-//!   replay, deferred constraints, the manifest) runs inside it through [`InTx`].
+//!   replay and deferred constraints; a rollback's foreign keys) runs inside it
+//!   through [`InTx`], whose typed results come back with the outcome.
 //! - Before COMMIT the result is checked (every expected table in public,
 //!   nothing left in the incoming schema, no pgshift trigger left); any
 //!   difference rolls the whole thing back: the swap is all or nothing.
+//! - The backup's manifest, and for a migration its record saying `swapped`,
+//!   travel with the COMMIT in the same round trip: they exist exactly when
+//!   the swap committed. Row counts of the backup are added after the commit
+//!   (nothing writes a backup any more).
+//!
+//! The locked window is three round trips plus what the hook does.
+//!
+//! Callers say what comes in ([`Exchange::incoming`]), what stays
+//! ([`Exchange::keep_in_public`]) and where the backup comes from
+//! ([`Origin`]); the engine does the rest.
 
-use std::collections::HashSet;
+use std::collections::{BTreeSet, HashSet};
 use std::future::Future;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
+use chrono::Utc;
 use tokio_postgres::Client;
 use tokio_postgres::error::SqlState;
-use tokio_util::sync::CancellationToken;
 
+use crate::backups::manifest::{
+    self, BackupRow, Manifest, ManifestTable, backup_schema_name, fresh_backup_timestamp,
+};
 use crate::error::Interrupted;
+use crate::migration::lifecycle::Status;
+use crate::migration::record::{self, MigrationState};
+use crate::migration::session::{Session, failpoint};
 use crate::pg::exec::{
     PgError, RetryPolicy, Stop, Transient, exec, retry, rollback_on_err, simple,
 };
 use crate::pg::ident::{quote_ident, quote_literal};
 use crate::pg::meta::MARKER;
 use crate::pg::objects::{self, Movable};
+use crate::prepare::sync::CreatedFk;
 
-/// Work done inside the swap transaction, after the locks and before the moves.
-pub trait InTx {
-    /// Runs on the swap session inside its transaction; must not COMMIT or ROLLBACK.
-    fn before_moves(&self, client: &Client) -> impl Future<Output = Result<()>>;
-    /// Runs after the moves and the checks, before COMMIT.
-    fn after_moves(&self, client: &Client) -> impl Future<Output = Result<()>>;
-    /// SQL sent together with COMMIT, in the same round trip (the manifest):
-    /// the fewer round trips while the locks are held, the shorter the swap.
-    fn commit_sql(&self) -> Result<Option<String>> {
-        Ok(None)
-    }
-}
-
-/// No extra work.
-pub struct Nothing;
-
-impl InTx for Nothing {
-    async fn before_moves(&self, _client: &Client) -> Result<()> {
-        Ok(())
-    }
-    async fn after_moves(&self, _client: &Client) -> Result<()> {
-        Ok(())
-    }
-}
-
-/// What to swap.
-#[derive(Debug, Clone)]
-pub struct SwapRequest {
-    /// The schema whose objects become public (`shadow`, or `backup_<ts>`).
-    pub incoming: String,
-    /// The new backup schema for the current public.
-    pub backup: String,
-    /// Tables of the current public that stay in public; their namesakes in the
-    /// incoming schema stay where they are (rollback `--keep-tables`).
-    pub keep_in_public: HashSet<String>,
-    /// Recreate the incoming schema empty afterwards (shadow), or drop it when
-    /// it ends up empty (a backup being restored).
-    pub recreate_incoming: bool,
-    /// Tables that must be in public after the moves.
-    pub expected_tables: Vec<String>,
+/// How the swap transaction waits and retries.
+#[derive(Debug, Clone, Copy)]
+pub struct Policy {
     pub lock_timeout: Duration,
     pub statement_timeout: Duration,
+    /// Attempts after the first when the locks cannot be taken.
     pub retries: u32,
 }
 
-/// What the swap did.
-#[derive(Debug, Clone, Default, serde::Serialize)]
-pub struct SwapOutcome {
+/// What a swap exchanges.
+#[derive(Debug, Clone)]
+pub struct Exchange {
+    /// The schema whose objects become public (`shadow`, or `backup_<ts>`).
+    pub incoming: String,
+    /// Tables of the current public that stay in public; their namesakes in the
+    /// incoming schema stay where they are (rollback `--keep-tables`).
+    pub keep_in_public: BTreeSet<String>,
+    /// Recreate the incoming schema empty afterwards (shadow); a backup being
+    /// restored is left to the hook (dropped when it ends up empty).
+    pub recreate_incoming: bool,
+    /// Tables that must be in public after the moves.
+    pub expected_tables: Vec<String>,
+}
+
+/// Where the new backup comes from: what its manifest records.
+#[derive(Debug, Clone)]
+pub enum Origin {
+    /// The public a migration replaces. Its record is written as `swapped`
+    /// inside the COMMIT.
+    Migration(MigrationState),
+    /// The public a rollback replaces.
+    Rollback {
+        /// The backup being restored.
+        restored: BackupRow,
+        /// The tables that go live (the restored backup's, minus kept ones).
+        migrated_tables: Vec<ManifestTable>,
+        /// Tables that stay live in public (the new backup has no copy).
+        kept_tables: Vec<String>,
+    },
+}
+
+impl Origin {
+    fn manifest(&self, ts: i64, schema: String) -> Manifest {
+        let now = Utc::now();
+        match self {
+            Origin::Migration(st) => Manifest {
+                timestamp: ts,
+                schema,
+                created_at: now,
+                kind: "swap".into(),
+                migration_id: Some(st.id),
+                source: Some(st.source.clone()),
+                snapshot_at: st.snapshot_at,
+                tables: Vec::new(),
+                migrated_tables: st
+                    .tables
+                    .iter()
+                    .map(|t| ManifestTable {
+                        name: t.name.clone(),
+                        rows: (!t.preserved).then_some(t.rows),
+                        checksum: t.checksum.clone(),
+                        indexes: Vec::new(),
+                        sequences: Vec::new(),
+                    })
+                    .collect(),
+                preserved_tables: st.preserved_tables.clone(),
+                timings_ms: st.timings(),
+                lock_held_ms: None,
+                counts_recorded: false,
+                restored_from: None,
+                restored_at: None,
+                kept_tables: Vec::new(),
+                detached_foreign_keys: Vec::new(),
+            },
+            Origin::Rollback {
+                restored,
+                migrated_tables,
+                kept_tables,
+            } => Manifest {
+                timestamp: ts,
+                schema,
+                created_at: now,
+                kind: "rollback".into(),
+                migration_id: None,
+                source: None,
+                snapshot_at: None,
+                tables: Vec::new(),
+                migrated_tables: migrated_tables.clone(),
+                preserved_tables: Vec::new(),
+                timings_ms: Default::default(),
+                lock_held_ms: None,
+                counts_recorded: false,
+                restored_from: Some(restored.schema_name.clone()),
+                restored_at: Some(now),
+                kept_tables: kept_tables.clone(),
+                detached_foreign_keys: Vec::new(),
+            },
+        }
+    }
+
+    /// The migration's record as the COMMIT writes it.
+    fn swapped_record(&self, backup: &str) -> Option<MigrationState> {
+        let Origin::Migration(st) = self else {
+            return None;
+        };
+        let mut st = st.clone();
+        st.status = Status::Swapped;
+        st.phase = None;
+        st.error = None;
+        st.details.backup = Some(backup.to_string());
+        st.updated_at = Utc::now();
+        Some(st)
+    }
+}
+
+/// Work done inside the swap transaction. The hook may run several times (one
+/// per attempt); the outputs of the attempt that committed are returned.
+pub trait InTx {
+    type Before;
+    type After;
+    /// After the locks, before the moves. Must not COMMIT or ROLLBACK.
+    fn before_moves(&self, client: &Client) -> impl Future<Output = Result<Self::Before>>;
+    /// After the moves and the checks, before COMMIT; may amend the manifest
+    /// that the COMMIT writes.
+    fn after_moves(
+        &self,
+        client: &Client,
+        manifest: &mut Manifest,
+    ) -> impl Future<Output = Result<Self::After>>;
+    /// What `--dry-run` shows for the hook's work: lines after the locks and
+    /// before COMMIT.
+    fn preview_notes(&self) -> (Vec<String>, Vec<String>);
+}
+
+/// What the engine reports after the commit.
+#[derive(Debug, Clone)]
+pub struct Swapped<B, A> {
+    pub backup_schema: String,
+    pub backup_timestamp: i64,
     /// From the first lock request to the end of COMMIT, in milliseconds.
     pub lock_held_ms: u64,
     pub attempts: u32,
     pub moved_out: usize,
     pub moved_in: usize,
-    pub locked_relations: usize,
+    /// The backup's manifest as stored after the commit.
+    pub manifest: Manifest,
+    pub before: B,
+    pub after: A,
+    pub warnings: Vec<String>,
+}
+
+/// A dry run: what would move and the transaction's SQL.
+#[derive(Debug, Clone)]
+pub struct Preview {
+    pub backup_schema: String,
+    pub move_out: Vec<String>,
+    pub move_in: Vec<String>,
+    pub sql: Vec<String>,
+}
+
+/// The swap as it would run now; changes nothing.
+pub async fn preview<H: InTx>(
+    client: &Client,
+    exchange: &Exchange,
+    policy: Policy,
+    hook: &H,
+) -> Result<Preview> {
+    let req = Request {
+        exchange,
+        backup: "backup_<unix ms>".into(),
+        policy,
+    };
+    exec(client, "SET search_path = ''").await?;
+    let listed = list(client, exchange).await;
+    exec(client, "RESET search_path").await?;
+    let (out, inc) = listed?;
+    let (before, at_commit) = hook.preview_notes();
+    let mut sql = vec!["BEGIN".to_string()];
+    sql.extend(session_settings(&req));
+    if let Some(l) = lock_statement(&out, &inc) {
+        sql.push(l);
+    }
+    sql.extend(before);
+    sql.extend(move_statements(&req, &out, &inc));
+    sql.extend(at_commit);
+    sql.push("COMMIT".into());
+    let name = |m: &Movable| format!("{} {}", m.kind, m.sql_name);
+    Ok(Preview {
+        backup_schema: req.backup,
+        move_out: out.iter().map(name).collect(),
+        move_in: inc.iter().map(name).collect(),
+        sql,
+    })
+}
+
+/// Swap: make a new backup of public, move the incoming schema in, commit
+/// the manifest (and the migration's record) with it, then describe the
+/// backup. On any failure the destination is exactly as before.
+pub async fn swap<H: InTx>(
+    sess: &Session,
+    exchange: &Exchange,
+    origin: &Origin,
+    policy: Policy,
+    hook: &H,
+) -> Result<Swapped<H::Before, H::After>> {
+    let control = &sess.control;
+    let ts = fresh_backup_timestamp(control).await?;
+    let backup = backup_schema_name(ts);
+    let manifest = origin.manifest(ts, backup.clone());
+    let record = origin.swapped_record(&backup);
+    let req = Request {
+        exchange,
+        backup: backup.clone(),
+        policy,
+    };
+    let client = sess.connect().await?;
+    let attempt = || async {
+        let r = one_attempt(&client, &req, hook, &manifest, record.as_ref()).await;
+        rollback_on_err(&client, r).await
+    };
+    let done = match retry(
+        "the swap could not take its locks",
+        RetryPolicy::new(policy.retries),
+        Some(&sess.run.cancel),
+        attempt,
+    )
+    .await
+    {
+        Ok((mut done, attempts)) => {
+            done.attempts = attempts;
+            done
+        }
+        Err(Stop::Exhausted { attempts, why, .. }) => bail!(
+            "the swap could not take its locks after {attempts} attempts ({why}); nothing was changed. A long-running query or transaction on the destination holds a lock on a public table: end it, or raise --lock-timeout / --swap-retries"
+        ),
+        Err(Stop::Failed(e)) => {
+            return Err(e.context("the swap was rolled back; the destination is unchanged"));
+        }
+        Err(Stop::Interrupted) => return Err(anyhow::Error::new(Interrupted)),
+    };
+    tracing::info!(
+        lock_held_ms = done.lock_held_ms,
+        attempts = done.attempts,
+        "swap committed"
+    );
+
+    // After the commit nothing writes the backup any more: record its contents.
+    let mut warnings = Vec::new();
+    match strays(control, &done.moved_in_objects).await {
+        Ok(strays) if !strays.is_empty() => warnings.push(format!(
+            "created in public while the swap waited for its locks, and left there: {}",
+            strays.join(", ")
+        )),
+        Ok(_) => {}
+        Err(e) => warnings.push(format!("could not check public after the swap: {e:#}")),
+    }
+    let mut manifest = done.manifest;
+    manifest.lock_held_ms = Some(done.lock_held_ms);
+    manifest
+        .timings_ms
+        .insert("swap".into(), serde_json::Value::from(done.lock_held_ms));
+    match manifest::describe(control, &backup, true).await {
+        Ok(tables) => {
+            manifest.tables = tables;
+            manifest.counts_recorded = true;
+        }
+        Err(e) => warnings.push(format!("could not record the backup's row counts: {e:#}")),
+    }
+    if matches!(origin, Origin::Migration(_))
+        && let Ok(live) = manifest::describe(control, "public", false).await
+    {
+        for t in manifest.migrated_tables.iter_mut() {
+            if let Some(d) = live.iter().find(|d| d.name == t.name) {
+                t.indexes = d.indexes.clone();
+                t.sequences = d.sequences.clone();
+            }
+        }
+    }
+    manifest::update_manifest(control, &manifest).await?;
+    Ok(Swapped {
+        backup_schema: backup,
+        backup_timestamp: ts,
+        lock_held_ms: done.lock_held_ms,
+        attempts: done.attempts,
+        moved_out: done.moved_out,
+        moved_in: done.moved_in,
+        manifest,
+        before: done.before,
+        after: done.after,
+        warnings,
+    })
+}
+
+/// A foreign key that failed its validation after the swap.
+#[derive(Debug, Clone)]
+pub struct StaysNotValid {
+    pub table: String,
+    pub constraint: String,
+    pub error: String,
+}
+
+/// `ALTER TABLE public.t VALIDATE CONSTRAINT c` for each key created NOT VALID
+/// inside the swap (SHARE UPDATE EXCLUSIVE: the application's reads and writes
+/// go on). Returns those that stay NOT VALID, with the reason.
+pub async fn validate_foreign_keys(client: &Client, keys: &[CreatedFk]) -> Vec<StaysNotValid> {
+    let mut failed = Vec::new();
+    for fk in keys {
+        let (table, constraint) = (&fk.table, &fk.constraint);
+        let sql = fk.validate_sql("public");
+        if let Err(e) = exec(client, &sql).await {
+            failed.push(StaysNotValid {
+                table: table.clone(),
+                constraint: constraint.clone(),
+                error: format!("{e:#}"),
+            });
+        }
+    }
+    failed
+}
+
+/// One attempt's request.
+struct Request<'a> {
+    exchange: &'a Exchange,
+    /// The new backup schema for the current public.
+    backup: String,
+    policy: Policy,
+}
+
+/// What one committed attempt did.
+struct Done<B, A> {
+    lock_held_ms: u64,
+    attempts: u32,
+    moved_out: usize,
+    moved_in: usize,
     /// (kind, name) of every object moved into public, for the after-commit check.
-    #[serde(skip)]
-    pub moved_in_objects: Vec<(String, String)>,
+    moved_in_objects: Vec<(String, String)>,
+    manifest: Manifest,
+    before: B,
+    after: A,
 }
 
 /// After the commit: objects in public that the swap did not move there, i.e.
 /// created by someone else while the swap waited for its locks (they stayed).
-pub async fn strays(client: &Client, outcome: &SwapOutcome) -> Result<Vec<String>> {
-    let moved: std::collections::HashSet<&(String, String)> =
-        outcome.moved_in_objects.iter().collect();
+async fn strays(client: &Client, moved_in: &[(String, String)]) -> Result<Vec<String>> {
+    let moved: HashSet<&(String, String)> = moved_in.iter().collect();
     Ok(objects::movables(client, "public")
         .await?
         .into_iter()
@@ -104,44 +407,27 @@ pub async fn strays(client: &Client, outcome: &SwapOutcome) -> Result<Vec<String
         .collect())
 }
 
-/// The SQL of the swap as it would run now (for `--dry-run`), and the objects.
-pub async fn preview(
-    client: &Client,
-    req: &SwapRequest,
-) -> Result<(Vec<String>, Vec<Movable>, Vec<Movable>)> {
-    client.batch_execute("SET search_path = ''").await?;
+/// What moves out of public and in from the incoming schema (run with an
+/// empty search_path: names come back qualified).
+async fn list(client: &Client, exchange: &Exchange) -> Result<(Vec<Movable>, Vec<Movable>)> {
     let out = objects::movables(client, "public").await?;
-    let inc = objects::movables(client, &req.incoming).await?;
-    client.batch_execute("RESET search_path").await?;
-    let (out, inc) = filter_keep(out, inc, &req.keep_in_public);
-    let mut sql = vec!["BEGIN".to_string()];
-    sql.extend(session_settings(req));
-    if let Some(l) = lock_statement(&out, &inc) {
-        sql.push(l);
-    }
-    sql.push(
-        "-- preserved tables: final replay, sequences carried over, sync triggers dropped".into(),
-    );
-    sql.push("-- deferred constraints, triggers and rules of preserved tables".into());
-    sql.extend(move_statements(req, &out, &inc));
-    sql.push("-- backup manifest written to pgshift.backups".into());
-    sql.push("COMMIT".into());
-    Ok((sql, out, inc))
+    let inc = objects::movables(client, &exchange.incoming).await?;
+    Ok(filter_keep(out, inc, &exchange.keep_in_public))
 }
 
-fn session_settings(req: &SwapRequest) -> Vec<String> {
+fn session_settings(req: &Request) -> Vec<String> {
     vec![
         format!(
             "SET LOCAL lock_timeout = '{}ms'",
-            req.lock_timeout.as_millis().max(1)
+            req.policy.lock_timeout.as_millis().max(1)
         ),
         format!(
             "SET LOCAL statement_timeout = '{}ms'",
-            req.statement_timeout.as_millis().max(1)
+            req.policy.statement_timeout.as_millis().max(1)
         ),
         format!(
             "SET LOCAL idle_in_transaction_session_timeout = '{}ms'",
-            req.statement_timeout.as_millis().clamp(1000, 60_000)
+            req.policy.statement_timeout.as_millis().clamp(1000, 60_000)
         ),
         "SET LOCAL search_path = ''".to_string(),
     ]
@@ -150,7 +436,7 @@ fn session_settings(req: &SwapRequest) -> Vec<String> {
 fn filter_keep(
     out: Vec<Movable>,
     inc: Vec<Movable>,
-    keep: &HashSet<String>,
+    keep: &BTreeSet<String>,
 ) -> (Vec<Movable>, Vec<Movable>) {
     let is_kept = |m: &Movable| m.kind == "TABLE" && keep.contains(&m.name);
     (
@@ -177,7 +463,7 @@ fn lock_statement(out: &[Movable], inc: &[Movable]) -> Option<String> {
     ))
 }
 
-fn move_statements(req: &SwapRequest, out: &[Movable], inc: &[Movable]) -> Vec<String> {
+fn move_statements(req: &Request, out: &[Movable], inc: &[Movable]) -> Vec<String> {
     let mut sql = Vec::with_capacity(out.len() + inc.len() + 4);
     sql.push(format!("CREATE SCHEMA {}", quote_ident(&req.backup)));
     sql.push(format!(
@@ -191,47 +477,22 @@ fn move_statements(req: &SwapRequest, out: &[Movable], inc: &[Movable]) -> Vec<S
     for m in inc {
         sql.push(m.set_schema_sql("public"));
     }
-    if req.recreate_incoming {
-        sql.push(format!("DROP SCHEMA {}", quote_ident(&req.incoming)));
-        sql.push(format!("CREATE SCHEMA {}", quote_ident(&req.incoming)));
+    if req.exchange.recreate_incoming {
+        sql.push(format!(
+            "DROP SCHEMA {}",
+            quote_ident(&req.exchange.incoming)
+        ));
+        sql.push(format!(
+            "CREATE SCHEMA {}",
+            quote_ident(&req.exchange.incoming)
+        ));
         sql.push(format!(
             "COMMENT ON SCHEMA {} IS {}",
-            quote_ident(&req.incoming),
+            quote_ident(&req.exchange.incoming),
             quote_literal(&format!("{MARKER} shadow (empty; managed by pgshift)"))
         ));
     }
     sql
-}
-
-/// Run the swap, retrying on lock timeouts and deadlocks. On any failure the
-/// transaction is rolled back and the destination is exactly as before.
-pub async fn execute<H: InTx>(
-    client: &Client,
-    req: &SwapRequest,
-    hook: &H,
-    cancel: &CancellationToken,
-) -> Result<SwapOutcome> {
-    let attempt = || async { rollback_on_err(client, one_attempt(client, req, hook).await).await };
-    match retry(
-        "the swap could not take its locks",
-        RetryPolicy::new(req.retries),
-        Some(cancel),
-        attempt,
-    )
-    .await
-    {
-        Ok((mut o, attempts)) => {
-            o.attempts = attempts;
-            Ok(o)
-        }
-        Err(Stop::Exhausted { attempts, why, .. }) => bail!(
-            "the swap could not take its locks after {attempts} attempts ({why}); nothing was changed. A long-running query or transaction on the destination holds a lock on a public table: end it, or raise --lock-timeout / --swap-retries"
-        ),
-        Err(Stop::Failed(e)) => {
-            Err(e.context("the swap was rolled back; the destination is unchanged"))
-        }
-        Err(Stop::Interrupted) => Err(anyhow::Error::new(Interrupted)),
-    }
 }
 
 /// The last value of the last row a simple query returned.
@@ -258,16 +519,20 @@ fn changed(incoming: &str) -> anyhow::Error {
     )))
 }
 
-async fn one_attempt<H: InTx>(client: &Client, req: &SwapRequest, hook: &H) -> Result<SwapOutcome> {
+async fn one_attempt<H: InTx>(
+    client: &Client,
+    req: &Request<'_>,
+    hook: &H,
+    manifest: &Manifest,
+    record: Option<&MigrationState>,
+) -> Result<Done<H::Before, H::After>> {
     // Outside the transaction and before any lock: what moves. (Under the locks
     // nothing scans the catalogs: at a thousand tables with PostGIS installed
     // that alone costs over 10 ms of the locked window. An object dropped in
     // between fails its ALTER and the attempt is retried with fresh lists; one
     // created in between stays where it is and is reported after the commit.)
     exec(client, "SET search_path = ''").await?;
-    let out = objects::movables(client, "public").await?;
-    let inc = objects::movables(client, &req.incoming).await?;
-    let (out, inc) = filter_keep(out, inc, &req.keep_in_public);
+    let (out, inc) = list(client, req.exchange).await?;
     let lock = lock_statement(&out, &inc);
     let locked = lock
         .as_ref()
@@ -288,7 +553,7 @@ async fn one_attempt<H: InTx>(client: &Client, req: &SwapRequest, hook: &H) -> R
         relations = locked,
         "swap locks taken"
     );
-    hook.before_moves(client).await?;
+    let before = hook.before_moves(client).await?;
     // Round trip 2: every move, then one query checking the result.
     let mut moves = move_statements(req, &out, &inc).join(";\n");
     moves.push_str(";\n");
@@ -296,54 +561,59 @@ async fn one_attempt<H: InTx>(client: &Client, req: &SwapRequest, hook: &H) -> R
     let problems = match simple(client, &moves).await {
         Ok(msgs) => last_value(&msgs).unwrap_or_default(),
         Err(e) if gone_meanwhile(&e) => {
-            return Err(changed(&req.incoming));
+            return Err(changed(&req.exchange.incoming));
         }
         Err(e) => return Err(e.context("moving objects")),
     };
     if !problems.is_empty() {
         bail!("{problems}; rolling back");
     }
-    hook.after_moves(client).await?;
-    crate::migration::session::failpoint("swap-commit").await?;
-    // Round trip 3: the manifest and COMMIT.
-    let mut last = hook.commit_sql()?.unwrap_or_default();
-    if !last.is_empty() && !last.trim_end().ends_with(';') {
-        last.push(';');
+    let mut manifest = manifest.clone();
+    let after = hook.after_moves(client, &mut manifest).await?;
+    failpoint("swap-commit").await?;
+    // Round trip 3: the manifest, the migration's record and COMMIT.
+    let mut last = manifest::insert_backup_sql(&manifest)?;
+    if let Some(st) = record {
+        last.push_str(";\n");
+        last.push_str(&record::save_migration_sql(st)?);
     }
-    last.push_str("\nCOMMIT");
+    last.push_str(";\nCOMMIT");
     exec(client, &last).await.context("committing the swap")?;
     let held = started.elapsed().as_millis() as u64;
     exec(client, "RESET search_path").await?;
-    Ok(SwapOutcome {
+    Ok(Done {
         lock_held_ms: held,
         attempts: 0,
         moved_out: out.len(),
         moved_in: inc.len(),
-        locked_relations: locked,
         moved_in_objects: inc
             .iter()
             .map(|m| (m.kind.clone(), m.name.clone()))
             .collect(),
+        manifest,
+        before,
+        after,
     })
 }
 
 /// One query run after the moves, before COMMIT: empty when the expected tables
 /// are in public and (for a swap) no pgshift trigger is left on a public
 /// table; otherwise what is wrong.
-fn check_sql(req: &SwapRequest) -> String {
-    let expected = if req.expected_tables.is_empty() {
+fn check_sql(req: &Request) -> String {
+    let expected = if req.exchange.expected_tables.is_empty() {
         "'{}'::text[]".to_string()
     } else {
         format!(
             "ARRAY[{}]::text[]",
-            req.expected_tables
+            req.exchange
+                .expected_tables
                 .iter()
                 .map(|t| quote_literal(t))
                 .collect::<Vec<_>>()
                 .join(", ")
         )
     };
-    let triggers = if req.recreate_incoming {
+    let triggers = if req.exchange.recreate_incoming {
         "(SELECT count(*) || ' pgshift triggers are still on public tables' FROM pg_catalog.pg_trigger t
            JOIN pg_catalog.pg_class c ON c.oid = t.tgrelid JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
           WHERE n.nspname = 'public' AND NOT t.tgisinternal AND t.tgname LIKE 'pgshift\\_%' HAVING count(*) > 0)"

@@ -19,24 +19,23 @@
 //! same check as `verify`); a mismatch refuses the rollback unless `--force`.
 //! The shadow schema of a prepared migration is never touched.
 
-use std::collections::{BTreeMap, BTreeSet, HashSet};
-use std::sync::Mutex;
+use std::collections::{BTreeMap, BTreeSet};
 
-use anyhow::{Context, Result, anyhow, bail};
+use anyhow::{Context, Result, bail};
 use chrono::Utc;
 use serde::Serialize;
 use tokio_postgres::Client;
 
-use crate::backups::manifest;
+use crate::backups::manifest::{self, BackupRow, ForeignKeyDef, Manifest};
 use crate::backups::verify::{self, VerifyReport};
-use crate::config::Settings;
 use crate::error::{UserError, VerificationFailed};
+use crate::migration::derive::Destination;
+use crate::migration::session::Session;
 use crate::pg::catalog;
-use crate::pg::connect::describe_pg_error;
 use crate::pg::exec::{exec, pg_error_as};
 use crate::pg::ident::{TableName, qualified, quote_ident};
-use crate::pg::meta::{self, BackupRow, ForeignKeyDef, Manifest};
-use crate::swap::engine::{self, InTx, SwapRequest};
+use crate::prepare::sync::CreatedFk;
+use crate::swap::engine::{self, Exchange, InTx, Origin, Policy};
 
 /// Which backup to restore.
 #[derive(Debug, Clone)]
@@ -123,7 +122,7 @@ pub struct RollbackPreview {
 pub async fn plan(client: &Client, opts: &RollbackOptions) -> Result<Plan> {
     let restore = match &opts.target {
         Target::Named(text) => verify::find(client, text).await?,
-        Target::Latest => meta::list_backups(client)
+        Target::Latest => manifest::list_backups(client)
             .await?
             .into_iter()
             .next()
@@ -144,7 +143,9 @@ pub async fn plan(client: &Client, opts: &RollbackOptions) -> Result<Plan> {
             "schema {schema} does not carry pgshift's marker comment (it was not created by pgshift, or was replaced); not restoring it"
         );
     }
-    let triggers = sync_triggers_on_public(client).await?;
+    let triggers = Destination::observe(client, Ok(None))
+        .await?
+        .sync_triggers_on_public();
     if !triggers.is_empty() {
         return Err(UserError::new(format!(
             "a prepared migration keeps preserved tables in sync with triggers on public ({}); finish it with `pgshift swap` or drop it with `pgshift abort` before rolling back",
@@ -244,82 +245,55 @@ pub async fn plan(client: &Client, opts: &RollbackOptions) -> Result<Plan> {
     })
 }
 
-fn request(plan: &Plan, backup: String, settings: &Settings) -> SwapRequest {
-    SwapRequest {
+/// What comes in (the backup), what stays (kept tables).
+fn exchange(plan: &Plan) -> Exchange {
+    Exchange {
         incoming: plan.restore.schema_name.clone(),
-        backup,
-        keep_in_public: plan.keep.iter().cloned().collect::<HashSet<_>>(),
+        keep_in_public: plan.keep.clone(),
         recreate_incoming: false,
         expected_tables: plan.expected_tables.clone(),
-        lock_timeout: settings.lock_timeout,
-        statement_timeout: settings.statement_timeout,
-        retries: settings.swap_retries,
+    }
+}
+
+/// The work inside the transaction, before it knows the new backup's name.
+fn hook(plan: &Plan, pg15: bool) -> RollbackTx<'_> {
+    RollbackTx {
+        restored: &plan.restore,
+        keep: &plan.keep,
+        pg15,
     }
 }
 
 /// What would move, and the transaction's SQL; changes nothing.
-pub async fn preview(client: &Client, plan: &Plan, settings: &Settings) -> Result<RollbackPreview> {
-    let req = request(plan, "backup_<unix ms>".into(), settings);
-    let (sql, out, inc) = engine::preview(client, &req).await?;
-    let sql = sql
-        .into_iter()
-        .filter(|s| !s.starts_with("-- preserved") && !s.starts_with("-- deferred"))
-        .map(|s| {
-            if s.starts_with("-- backup manifest") {
-                "-- foreign keys crossing schemas re-pointed or detached; restored schema dropped if empty; manifests written to pgshift.backups".to_string()
-            } else {
-                s
-            }
-        })
-        .collect();
+pub async fn preview(client: &Client, plan: &Plan, policy: Policy) -> Result<RollbackPreview> {
+    let pg15 = catalog::server_major(client).await? >= 15;
+    let p = engine::preview(client, &exchange(plan), policy, &hook(plan, pg15)).await?;
     Ok(RollbackPreview {
         restore_schema: plan.restore.schema_name.clone(),
         restore_timestamp: plan.restore.ts,
-        backup_schema: req.backup,
+        backup_schema: p.backup_schema,
         kept_tables: plan.keep.iter().cloned().collect(),
-        move_out: out
-            .iter()
-            .map(|m| format!("{} {}", m.kind, m.sql_name))
-            .collect(),
-        move_in: inc
-            .iter()
-            .map(|m| format!("{} {}", m.kind, m.sql_name))
-            .collect(),
-        sql,
+        move_out: p.move_out,
+        move_in: p.move_in,
+        sql: p.sql,
         verification: plan.verification.clone(),
         warnings: plan.warnings.clone(),
     })
 }
 
-/// Run the rollback. `control` is the autocommit session (records, catalog
-/// reads, post-commit work); `swap_client` runs the transaction.
-pub async fn execute(
-    control: &Client,
-    swap_client: &Client,
-    plan: &Plan,
-    settings: &Settings,
-    cancel: &tokio_util::sync::CancellationToken,
-) -> Result<RollbackReport> {
+/// Run the rollback on an open session.
+pub async fn execute(sess: &Session, plan: &Plan, policy: Policy) -> Result<RollbackReport> {
+    let control = &sess.control;
     let mut warnings = plan.warnings.clone();
-    let ts = meta::fresh_backup_timestamp(control).await?;
-    let backup = meta::backup_schema_name(ts);
     let restored = &plan.restore;
-    let now = Utc::now();
     let kept_live: Vec<String> = plan
         .keep
         .iter()
         .filter(|t| plan.expected_tables.contains(*t))
         .cloned()
         .collect();
-    let manifest = Manifest {
-        timestamp: ts,
-        schema: backup.clone(),
-        created_at: now,
-        kind: "rollback".into(),
-        migration_id: None,
-        source: None,
-        snapshot_at: None,
-        tables: Vec::new(),
+    let origin = Origin::Rollback {
+        restored: restored.clone(),
         migrated_tables: restored
             .manifest
             .tables
@@ -327,77 +301,32 @@ pub async fn execute(
             .filter(|t| !plan.keep.contains(&t.name))
             .cloned()
             .collect(),
-        preserved_tables: Vec::new(),
-        timings_ms: Default::default(),
-        lock_held_ms: None,
-        counts_recorded: false,
-        restored_from: Some(restored.schema_name.clone()),
-        restored_at: Some(now),
-        kept_tables: kept_live.clone(),
-        detached_foreign_keys: Vec::new(),
+        kept_tables: kept_live,
     };
     let pg15 = catalog::server_major(control).await? >= 15;
-    let hook = RollbackTx {
-        restored,
-        new_backup: &backup,
-        keep: &plan.keep,
-        manifest,
-        pg15,
-        result: Mutex::new(TxResult::default()),
-    };
-    let req = request(plan, backup.clone(), settings);
-    let outcome = engine::execute(swap_client, &req, &hook, cancel).await?;
-    tracing::info!(
-        lock_held_ms = outcome.lock_held_ms,
-        attempts = outcome.attempts,
-        "rollback committed"
-    );
-    let result = hook
-        .result
-        .lock()
-        .map(|r| r.clone())
-        .map_err(|_| anyhow!("internal error: rollback state poisoned"))?;
+    let done = engine::swap(sess, &exchange(plan), &origin, policy, &hook(plan, pg15)).await?;
+    let result = done.after;
+    warnings.extend(done.warnings.iter().cloned());
     warnings.extend(result.warnings.iter().cloned());
 
-    // Nothing writes the new backup any more: record its contents.
-    let mut manifest = result
-        .manifest
-        .clone()
-        .ok_or_else(|| anyhow!("internal error: the rollback manifest was not written"))?;
-    manifest.lock_held_ms = Some(outcome.lock_held_ms);
-    manifest
-        .timings_ms
-        .insert("swap".into(), serde_json::Value::from(outcome.lock_held_ms));
-    match manifest::describe(control, &backup, true).await {
-        Ok(tables) => {
-            manifest.tables = tables;
-            manifest.counts_recorded = true;
-        }
-        Err(e) => warnings.push(format!(
-            "could not record the new backup's row counts: {e:#}"
-        )),
-    }
-    meta::update_manifest(control, &manifest).await?;
-
     let mut not_valid = Vec::new();
-    for (table, name) in &result.to_validate {
-        if let Err(e) = validate_fk(control, table, name).await {
-            warnings.push(format!(
-                "foreign key {name} on public.{table} stays NOT VALID: {e:#}"
-            ));
-            not_valid.push(name.clone());
-        }
+    for f in engine::validate_foreign_keys(control, &result.to_validate).await {
+        warnings.push(format!(
+            "foreign key {} on public.{} stays NOT VALID: {}",
+            f.constraint, f.table, f.error
+        ));
+        not_valid.push(f.constraint);
     }
     Ok(RollbackReport {
         restored_schema: restored.schema_name.clone(),
         restored_timestamp: restored.ts,
-        backup_schema: backup,
-        backup_timestamp: ts,
+        backup_schema: done.backup_schema,
+        backup_timestamp: done.backup_timestamp,
         kept_tables: plan.keep.iter().cloned().collect(),
-        lock_held_ms: outcome.lock_held_ms,
-        attempts: outcome.attempts,
-        moved_out: outcome.moved_out,
-        moved_in: outcome.moved_in,
+        lock_held_ms: done.lock_held_ms,
+        attempts: done.attempts,
+        moved_out: done.moved_out,
+        moved_in: done.moved_in,
         restored_schema_dropped: result.restored_dropped,
         foreign_keys: result.changes,
         fk_not_valid: not_valid,
@@ -408,38 +337,44 @@ pub async fn execute(
 
 /// What the transaction did, for after the commit.
 #[derive(Debug, Clone, Default)]
-struct TxResult {
+pub struct TxResult {
     changes: Vec<FkChange>,
-    /// (public table, constraint) to VALIDATE after the commit.
-    to_validate: Vec<(String, String)>,
+    /// Keys of public tables to VALIDATE after the commit.
+    to_validate: Vec<CreatedFk>,
     restored_dropped: bool,
     warnings: Vec<String>,
-    /// The new backup's manifest as inserted.
-    manifest: Option<Manifest>,
 }
 
 /// Work inside the swap transaction: foreign keys, the restored backup's
-/// schema and manifest, the new manifest.
+/// schema and manifest, the new backup's detached keys.
 struct RollbackTx<'a> {
     restored: &'a BackupRow,
-    new_backup: &'a str,
     keep: &'a BTreeSet<String>,
-    manifest: Manifest,
     pg15: bool,
-    result: Mutex<TxResult>,
 }
 
 impl InTx for RollbackTx<'_> {
+    type Before = ();
+    type After = TxResult;
+
     async fn before_moves(&self, _client: &Client) -> Result<()> {
         Ok(())
     }
 
-    async fn after_moves(&self, client: &Client) -> Result<()> {
+    fn preview_notes(&self) -> (Vec<String>, Vec<String>) {
+        (
+            Vec::new(),
+            vec!["-- foreign keys crossing schemas re-pointed or detached; restored schema dropped if empty; manifests written to pgshift.backups".into()],
+        )
+    }
+
+    async fn after_moves(&self, client: &Client, manifest: &mut Manifest) -> Result<TxResult> {
+        let new_backup = manifest.schema.clone();
         let mut res = TxResult::default();
         let restored_schema = self.restored.schema_name.as_str();
         let schemas = vec![
             "public".to_string(),
-            self.new_backup.to_string(),
+            new_backup.clone(),
             restored_schema.to_string(),
         ];
         let public_now: BTreeSet<String> = tables_of(client, "public").await?;
@@ -474,8 +409,10 @@ impl InTx for RollbackTx<'_> {
                     )
                 })?;
                 if !fk.partitioned {
-                    res.to_validate
-                        .push((fk.def.table.clone(), fk.def.name.clone()));
+                    res.to_validate.push(CreatedFk {
+                        table: fk.def.table.clone(),
+                        constraint: fk.def.name.clone(),
+                    });
                 }
                 res.changes.push(FkChange {
                     constraint: fk.def.name.clone(),
@@ -528,7 +465,10 @@ impl InTx for RollbackTx<'_> {
                     )
                 })?;
             if !partitioned {
-                res.to_validate.push((fk.table.clone(), fk.name.clone()));
+                res.to_validate.push(CreatedFk {
+                    table: fk.table.clone(),
+                    constraint: fk.name.clone(),
+                });
             }
             res.changes.push(FkChange {
                 constraint: fk.name.clone(),
@@ -549,7 +489,7 @@ impl InTx for RollbackTx<'_> {
         {
             Ok(()) => {
                 exec(client, "RELEASE SAVEPOINT pgshift_restored").await?;
-                meta::delete_backup(client, self.restored.ts).await?;
+                manifest::delete_backup(client, self.restored.ts).await?;
                 res.restored_dropped = true;
             }
             Err(_) => {
@@ -560,18 +500,12 @@ impl InTx for RollbackTx<'_> {
                 m.restored_at = Some(Utc::now());
                 still_detached.extend(detached.remove(restored_schema).unwrap_or_default());
                 m.detached_foreign_keys = still_detached;
-                meta::update_manifest(client, &m).await?;
+                manifest::update_manifest(client, &m).await?;
             }
         }
 
-        let mut m = self.manifest.clone();
-        m.detached_foreign_keys = detached.remove(self.new_backup).unwrap_or_default();
-        meta::insert_backup(client, &m).await?;
-        res.manifest = Some(m);
-        if let Ok(mut r) = self.result.lock() {
-            *r = res;
-        }
-        Ok(())
+        manifest.detached_foreign_keys = detached.remove(&new_backup).unwrap_or_default();
+        Ok(res)
     }
 }
 
@@ -720,20 +654,6 @@ async fn is_partitioned(client: &Client, schema: &str, table: &str) -> Result<bo
         .unwrap_or(false))
 }
 
-/// `ALTER TABLE … VALIDATE CONSTRAINT` (SHARE UPDATE EXCLUSIVE: reads and
-/// writes go on).
-async fn validate_fk(client: &Client, table: &str, name: &str) -> Result<()> {
-    let sql = format!(
-        "ALTER TABLE {} VALIDATE CONSTRAINT {}",
-        qualified("public", table),
-        quote_ident(name)
-    );
-    client
-        .batch_execute(&sql)
-        .await
-        .map_err(|e| anyhow!("{}", describe_pg_error(&e)))
-}
-
 /// Plain and partitioned tables of a schema that are not extension members.
 async fn tables_of(client: &Client, schema: &str) -> Result<BTreeSet<String>> {
     let rows = client
@@ -764,22 +684,6 @@ async fn descendants(client: &Client, schema: &str, roots: &[String]) -> Result<
         )
         .await
         .context("listing partitions of kept tables")?;
-    Ok(rows.into_iter().map(|r| r.get(0)).collect())
-}
-
-/// pgshift's sync triggers on public tables (a prepared migration with preserved tables).
-async fn sync_triggers_on_public(client: &Client) -> Result<Vec<String>> {
-    let rows = client
-        .query(
-            "SELECT c.relname::text || '.' || t.tgname::text FROM pg_catalog.pg_trigger t
-               JOIN pg_catalog.pg_class c ON c.oid = t.tgrelid
-               JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
-              WHERE n.nspname = 'public' AND NOT t.tgisinternal AND t.tgname LIKE 'pgshift\\_%'
-              ORDER BY 1",
-            &[],
-        )
-        .await
-        .context("looking for pgshift triggers on public")?;
     Ok(rows.into_iter().map(|r| r.get(0)).collect())
 }
 

@@ -1,0 +1,330 @@
+//! Cleanup of backups: drop backup schemas (and their manifests) created before
+//! a moment. Built for cron: never prompts, exits 0 when there is nothing to
+//! do, and a backup whose tables are busy (lock timeout) is skipped with a
+//! warning instead of blocking. Only schemas with a manifest in
+//! `pgshift.backups` and pgshift's marker comment are ever dropped.
+
+use anyhow::Result;
+use chrono::{DateTime, NaiveDate, NaiveDateTime, TimeZone, Utc};
+use serde::Serialize;
+use tokio_postgres::Client;
+use tokio_postgres::error::SqlState;
+
+use crate::backups::manifest::{self, BackupRow};
+use crate::backups::verify;
+use crate::error::UserError;
+use crate::output::rfc3339;
+use crate::pg::connect::describe_pg_error;
+use crate::pg::ident::quote_ident;
+
+const ACCEPTED: &str = "an ISO date (2025-07-15, midnight UTC), an ISO datetime with or without offset (2025-07-15T08:30:00, 2025-07-15T08:30:00+02:00; UTC when none), or unix milliseconds (1752567000000)";
+
+/// Parse `--before`: an ISO date (midnight UTC), an ISO datetime with an
+/// offset (honoured) or without (UTC), or digits (unix milliseconds).
+pub fn parse_before(text: &str) -> Result<DateTime<Utc>> {
+    let t = text.trim();
+    let bad = || -> anyhow::Error {
+        UserError::new(format!("--before {text:?} is not a date; use {ACCEPTED}")).into()
+    };
+    if t.is_empty() {
+        return Err(bad());
+    }
+    if t.chars().all(|c| c.is_ascii_digit()) {
+        let ms: i64 = t.parse().map_err(|_| bad())?;
+        return DateTime::from_timestamp_millis(ms).ok_or_else(bad);
+    }
+    if let Ok(d) = NaiveDate::parse_from_str(t, "%Y-%m-%d") {
+        let midnight = d.and_hms_opt(0, 0, 0).ok_or_else(bad)?;
+        return Ok(Utc.from_utc_datetime(&midnight));
+    }
+    if let Ok(dt) = DateTime::parse_from_rfc3339(t) {
+        return Ok(dt.with_timezone(&Utc));
+    }
+    for f in [
+        "%Y-%m-%dT%H:%M:%S%.f%z",
+        "%Y-%m-%d %H:%M:%S%.f%z",
+        "%Y-%m-%dT%H:%M%z",
+        "%Y-%m-%d %H:%M%z",
+    ] {
+        if let Ok(dt) = DateTime::parse_from_str(t, f) {
+            return Ok(dt.with_timezone(&Utc));
+        }
+    }
+    for f in [
+        "%Y-%m-%dT%H:%M:%S%.f",
+        "%Y-%m-%d %H:%M:%S%.f",
+        "%Y-%m-%dT%H:%M",
+        "%Y-%m-%d %H:%M",
+    ] {
+        if let Ok(dt) = NaiveDateTime::parse_from_str(t, f) {
+            return Ok(Utc.from_utc_datetime(&dt));
+        }
+    }
+    Err(bad())
+}
+
+/// One backup in the cleanup report.
+#[derive(Debug, Clone, Serialize)]
+pub struct CleanedBackup {
+    pub timestamp: i64,
+    pub schema: String,
+    pub created_at: String,
+    pub size_bytes: i64,
+    /// Why it was skipped (only in `skipped`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+/// What `cleanup --json` prints (documented in README.md, "JSON output").
+#[derive(Debug, Clone, Serialize)]
+pub struct CleanupReport {
+    pub dry_run: bool,
+    /// The `--before` moment, RFC 3339 UTC.
+    pub before: String,
+    pub keep_latest: Option<usize>,
+    /// Dropped (with `dry_run`: would be dropped), oldest first.
+    pub dropped: Vec<CleanedBackup>,
+    /// Old enough but left in place, with the reason.
+    pub skipped: Vec<CleanedBackup>,
+    /// Backups left in place (newer than `before`, or among the newest `keep_latest`).
+    pub kept: usize,
+    /// Sum of `dropped[].size_bytes`.
+    pub freed_bytes: i64,
+}
+
+enum Outcome {
+    Dropped,
+    Skipped(String),
+}
+
+/// What the caller asks of a cleanup.
+#[derive(Debug, Clone)]
+pub struct CleanupOptions {
+    /// Drop backups created before this moment.
+    pub before: DateTime<Utc>,
+    /// Always keep the N newest backups.
+    pub keep_latest: Option<usize>,
+    /// Report what would be dropped; drop nothing.
+    pub dry_run: bool,
+    /// How long to wait for a backup's locks before skipping it.
+    pub lock_timeout: std::time::Duration,
+}
+
+/// Drop old backups (or, with `dry_run`, say which). `client` holds the run
+/// lock for a real run. Returns the report and the backups whose drop failed
+/// for a reason other than a busy table (the caller reports them after the
+/// report, exit 1).
+pub async fn cleanup(
+    client: &Client,
+    opts: &CleanupOptions,
+) -> Result<(CleanupReport, Vec<String>)> {
+    let before = opts.before;
+    let keep_latest = opts.keep_latest;
+
+    let backups = manifest::list_backups(client).await?; // newest first
+    let protected = keep_latest.unwrap_or(0);
+    let total = backups.len();
+    let mut candidates: Vec<BackupRow> = backups
+        .into_iter()
+        .enumerate()
+        .filter(|(i, b)| *i >= protected && b.created_at < before)
+        .map(|(_, b)| b)
+        .collect();
+    candidates.reverse(); // oldest first
+    let mut report = CleanupReport {
+        dry_run: opts.dry_run,
+        before: rfc3339(&before),
+        keep_latest,
+        dropped: Vec::new(),
+        skipped: Vec::new(),
+        kept: total - candidates.len(),
+        freed_bytes: 0,
+    };
+    let mut failures = Vec::new();
+    for b in &candidates {
+        let facts = verify::schema_facts(client, &b.schema_name).await?;
+        let mut item = CleanedBackup {
+            timestamp: b.ts,
+            schema: b.schema_name.clone(),
+            created_at: rfc3339(&b.created_at),
+            size_bytes: facts.size_bytes,
+            reason: None,
+        };
+        if facts.exists && !facts.ours {
+            item.reason = Some(format!(
+                "schema {} does not carry pgshift's marker comment; not dropping a schema pgshift did not create",
+                b.schema_name
+            ));
+        } else if opts.dry_run {
+            match external_dependents(client, &b.schema_name).await? {
+                deps if deps.is_empty() => {}
+                deps => item.reason = Some(dependents_reason(&deps)),
+            }
+        } else {
+            match drop_backup(client, b, opts.lock_timeout).await {
+                Ok(Outcome::Dropped) => {}
+                Ok(Outcome::Skipped(why)) => item.reason = Some(why),
+                Err(e) => {
+                    let why = format!("{e:#}");
+                    failures.push(format!("{}: {why}", b.schema_name));
+                    item.reason = Some(why);
+                }
+            }
+        }
+        match &item.reason {
+            Some(why) => {
+                tracing::warn!("skipping {}: {why}", b.schema_name);
+                report.skipped.push(item);
+            }
+            None => {
+                report.freed_bytes += item.size_bytes;
+                report.dropped.push(item);
+            }
+        }
+    }
+    report.kept += report.skipped.len();
+    Ok((report, failures))
+}
+
+fn dependents_reason(deps: &[String]) -> String {
+    format!(
+        "objects outside the backup depend on it and would be dropped with it: {}",
+        deps.join(", ")
+    )
+}
+
+/// Objects outside `schema` that depend on objects in it (a `DROP SCHEMA …
+/// CASCADE` would take them along).
+async fn external_dependents(client: &Client, schema: &str) -> Result<Vec<String>> {
+    let rows = client
+        .query(
+            "WITH ns AS (SELECT oid FROM pg_catalog.pg_namespace WHERE nspname = $1),
+                  objs(classid, objid) AS (
+                    SELECT 'pg_catalog.pg_class'::regclass, c.oid FROM pg_catalog.pg_class c WHERE c.relnamespace IN (SELECT oid FROM ns)
+                    UNION ALL SELECT 'pg_catalog.pg_type'::regclass, t.oid FROM pg_catalog.pg_type t WHERE t.typnamespace IN (SELECT oid FROM ns)
+                    UNION ALL SELECT 'pg_catalog.pg_proc'::regclass, p.oid FROM pg_catalog.pg_proc p WHERE p.pronamespace IN (SELECT oid FROM ns))
+             SELECT DISTINCT pg_catalog.pg_describe_object(d.classid, d.objid, 0)
+               FROM pg_catalog.pg_depend d JOIN objs o ON d.refclassid = o.classid AND d.refobjid = o.objid
+              WHERE d.deptype = 'n'
+                AND (CASE d.classid
+                       WHEN 'pg_catalog.pg_class'::regclass THEN (SELECT x.relnamespace FROM pg_catalog.pg_class x WHERE x.oid = d.objid)
+                       WHEN 'pg_catalog.pg_type'::regclass THEN (SELECT x.typnamespace FROM pg_catalog.pg_type x WHERE x.oid = d.objid)
+                       WHEN 'pg_catalog.pg_proc'::regclass THEN (SELECT x.pronamespace FROM pg_catalog.pg_proc x WHERE x.oid = d.objid)
+                       WHEN 'pg_catalog.pg_constraint'::regclass THEN (SELECT x.connamespace FROM pg_catalog.pg_constraint x WHERE x.oid = d.objid)
+                       WHEN 'pg_catalog.pg_attrdef'::regclass THEN (SELECT r.relnamespace FROM pg_catalog.pg_attrdef x
+                                                                     JOIN pg_catalog.pg_class r ON r.oid = x.adrelid WHERE x.oid = d.objid)
+                       WHEN 'pg_catalog.pg_rewrite'::regclass THEN (SELECT r.relnamespace FROM pg_catalog.pg_rewrite x
+                                                                     JOIN pg_catalog.pg_class r ON r.oid = x.ev_class WHERE x.oid = d.objid)
+                       WHEN 'pg_catalog.pg_trigger'::regclass THEN (SELECT r.relnamespace FROM pg_catalog.pg_trigger x
+                                                                     JOIN pg_catalog.pg_class r ON r.oid = x.tgrelid WHERE x.oid = d.objid)
+                       WHEN 'pg_catalog.pg_policy'::regclass THEN (SELECT r.relnamespace FROM pg_catalog.pg_policy x
+                                                                    JOIN pg_catalog.pg_class r ON r.oid = x.polrelid WHERE x.oid = d.objid)
+                       ELSE (SELECT n.oid FROM pg_catalog.pg_namespace n
+                              WHERE n.nspname = (pg_catalog.pg_identify_object(d.classid, d.objid, 0)).schema)
+                     END) IS DISTINCT FROM (SELECT oid FROM ns)
+              ORDER BY 1",
+            &[&schema],
+        )
+        .await
+        .map_err(|e| anyhow::anyhow!("looking for objects that depend on {schema}: {}", describe_pg_error(&e)))?;
+    Ok(rows.into_iter().map(|r| r.get(0)).collect())
+}
+
+/// Drop one backup in its own transaction under `lock_timeout`: the schema
+/// (CASCADE: its own objects) and its manifest row.
+async fn drop_backup(
+    client: &Client,
+    b: &BackupRow,
+    lock_timeout: std::time::Duration,
+) -> Result<Outcome> {
+    let begin = format!(
+        "BEGIN; SET LOCAL lock_timeout = '{}ms'",
+        lock_timeout.as_millis().max(1)
+    );
+    client.batch_execute(&begin).await?;
+    let result = async {
+        let deps = external_dependents(client, &b.schema_name).await?;
+        if !deps.is_empty() {
+            return Ok::<_, anyhow::Error>(Some(dependents_reason(&deps)));
+        }
+        client
+            .batch_execute(&format!(
+                "DROP SCHEMA IF EXISTS {} CASCADE",
+                quote_ident(&b.schema_name)
+            ))
+            .await?;
+        manifest::delete_backup(client, b.ts).await?;
+        client.batch_execute("COMMIT").await?;
+        Ok(None)
+    }
+    .await;
+    match result {
+        Ok(None) => Ok(Outcome::Dropped),
+        Ok(Some(why)) => {
+            let _ = client.batch_execute("ROLLBACK").await;
+            Ok(Outcome::Skipped(why))
+        }
+        Err(e) => {
+            let _ = client.batch_execute("ROLLBACK").await;
+            let lock = e.chain().any(|c| {
+                c.downcast_ref::<tokio_postgres::Error>()
+                    .and_then(|pe| pe.code())
+                    .is_some_and(|code| *code == SqlState::LOCK_NOT_AVAILABLE)
+            });
+            if lock {
+                Ok(Outcome::Skipped(format!(
+                    "a table of {} is in use (lock timeout after {} ms); it will be dropped by a later run",
+                    b.schema_name,
+                    lock_timeout.as_millis()
+                )))
+            } else {
+                let msg = e
+                    .chain()
+                    .find_map(|c| c.downcast_ref::<tokio_postgres::Error>())
+                    .map(describe_pg_error)
+                    .unwrap_or_else(|| format!("{e:#}"));
+                Err(anyhow::anyhow!("dropping {}: {msg}", b.schema_name))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ms(s: &str) -> i64 {
+        parse_before(s).unwrap().timestamp_millis()
+    }
+
+    #[test]
+    fn before_forms() {
+        assert_eq!(ms("2025-07-15"), 1_752_537_600_000);
+        assert_eq!(
+            ms("2025-07-15T08:30:00"),
+            1_752_537_600_000 + 8 * 3_600_000 + 1_800_000
+        );
+        assert_eq!(ms("2025-07-15 08:30:00"), ms("2025-07-15T08:30:00"));
+        assert_eq!(ms("2025-07-15T08:30:00Z"), ms("2025-07-15T08:30:00"));
+        assert_eq!(ms("2025-07-15T10:30:00+02:00"), ms("2025-07-15T08:30:00"));
+        assert_eq!(ms("2025-07-15T10:30:00+0200"), ms("2025-07-15T08:30:00"));
+        assert_eq!(ms("2025-07-15T08:30"), ms("2025-07-15T08:30:00"));
+        assert_eq!(
+            ms("2025-07-15T08:30:00.250"),
+            ms("2025-07-15T08:30:00") + 250
+        );
+        assert_eq!(ms("1752567000000"), 1_752_567_000_000);
+        for bad in [
+            "",
+            "yesterday",
+            "2025-13-01",
+            "2025-07-15T25:00",
+            "12ab",
+            "-5",
+        ] {
+            let e = parse_before(bad).unwrap_err();
+            assert!(e.chain().any(|c| c.is::<UserError>()), "{bad}: {e:#}");
+            assert!(e.to_string().contains("unix milliseconds"), "{e}");
+        }
+    }
+}

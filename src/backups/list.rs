@@ -1,0 +1,73 @@
+//! Listing backups: each manifest with the schema's size on disk now.
+
+use anyhow::Result;
+use serde::Serialize;
+use tokio_postgres::Client;
+
+use crate::backups::manifest::{self, BackupRow};
+use crate::backups::verify;
+use crate::output::rfc3339;
+
+/// One backup as `list --json` prints it (documented in README.md, "JSON output").
+#[derive(Debug, Clone, Serialize)]
+pub struct BackupEntry {
+    /// Unix milliseconds; also the backup's id (`--timestamp`).
+    pub timestamp: i64,
+    pub schema: String,
+    /// RFC 3339, UTC.
+    pub created_at: String,
+    /// `swap` (replaced by a migration) or `rollback` (replaced by a rollback).
+    pub kind: String,
+    /// Tables recorded in the manifest.
+    pub tables: usize,
+    /// Rows recorded in the manifest (null when counts were not recorded).
+    pub total_rows: Option<i64>,
+    /// Size on disk now: tables, indexes, TOAST, sequences, materialized views.
+    pub size_bytes: i64,
+    /// The schema still exists.
+    pub exists: bool,
+    /// The migration's source (redacted), for `swap` backups.
+    pub source: Option<String>,
+    pub migration_id: Option<i64>,
+    /// For `rollback` backups: the backup that was restored.
+    pub restored_from: Option<String>,
+    /// Tables that stayed live when this backup was made (`--keep-tables`).
+    pub kept_tables: Vec<String>,
+    pub last_verified_at: Option<String>,
+    pub last_verify_ok: Option<bool>,
+}
+
+/// Manifest facts plus the schema's size now.
+pub async fn entry(client: &Client, b: &BackupRow) -> Result<BackupEntry> {
+    let facts = verify::schema_facts(client, &b.schema_name).await?;
+    let m = &b.manifest;
+    Ok(BackupEntry {
+        timestamp: b.ts,
+        schema: b.schema_name.clone(),
+        created_at: rfc3339(&b.created_at),
+        kind: b.kind.clone(),
+        tables: m.tables.len(),
+        total_rows: if m.counts_recorded {
+            Some(m.tables.iter().filter_map(|t| t.rows).sum())
+        } else {
+            None
+        },
+        size_bytes: facts.size_bytes,
+        exists: facts.exists,
+        source: m.source.clone(),
+        migration_id: m.migration_id,
+        restored_from: m.restored_from.clone(),
+        kept_tables: m.kept_tables.clone(),
+        last_verified_at: b.last_verified_at.as_ref().map(rfc3339),
+        last_verify_ok: b.last_verify_ok,
+    })
+}
+
+/// Every backup, newest first.
+pub async fn entries(client: &Client) -> Result<Vec<BackupEntry>> {
+    let mut entries = Vec::new();
+    for b in manifest::list_backups(client).await? {
+        entries.push(entry(client, &b).await?);
+    }
+    Ok(entries)
+}

@@ -1,0 +1,319 @@
+//! The report `status` prints: where the destination's migration stands
+//! ([`Destination`], derived in `migration::derive`), with the shadow's size,
+//! the preserved tables' sync health, whether a swap would be allowed now,
+//! leftovers, NOT VALID foreign keys and the backups. Read only, no lock.
+
+use std::path::Path;
+
+use anyhow::Result;
+use serde::Serialize;
+use tokio_postgres::Client;
+
+use crate::backups::{manifest, verify};
+use crate::migration::derive::{Destination, RunningInfo, State};
+use crate::migration::lifecycle::Status;
+use crate::migration::record::{MigrationState, PhaseRecord};
+use crate::migration::state_file;
+use crate::output::rfc3339;
+use crate::pg::connspec::ConnSpec;
+use crate::pg::meta::{SHADOW_SCHEMA, ShadowState};
+use crate::prepare::sync::{self, SyncedTable};
+
+/// What `status --json` prints (documented in README.md, "JSON output").
+#[derive(Debug, Clone, Serialize)]
+pub struct StatusReport {
+    /// `idle`, `preparing`, `prepared`, `swapping` or `failed`.
+    pub state: State,
+    /// The destination, redacted.
+    pub destination: String,
+    /// Where the migration record came from: `state_file`, `destination`,
+    /// `both` (they agree) or `none`.
+    pub record_from: String,
+    /// The latest migration, if any (also after it finished: status `swapped`
+    /// or `aborted`).
+    pub migration: Option<MigrationInfo>,
+    pub shadow: ShadowInfo,
+    /// Preserved tables of the prepared migration and their sync health.
+    pub preserved_tables: Vec<PreservedInfo>,
+    /// Would `pgshift swap` be allowed now?
+    pub swap_allowed: bool,
+    /// Why not, when it would not.
+    pub swap_blocked_reason: Option<String>,
+    /// The pgshift run holding the destination's lock now, if any.
+    pub running: Option<RunningInfo>,
+    pub leftovers: LeftoverInfo,
+    pub backups: usize,
+    pub latest_backup: Option<String>,
+    /// Foreign keys in public that are NOT VALID (`table.constraint`), e.g.
+    /// created so by a swap with `--allow-fk-violations`.
+    pub not_valid_foreign_keys: Vec<String>,
+    pub warnings: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct MigrationInfo {
+    pub id: i64,
+    /// The record's own status: preparing, prepared, swapping, failed, swapped, aborted.
+    pub status: Status,
+    pub command: String,
+    pub started_at: String,
+    pub updated_at: String,
+    /// The phase running now, or the one that failed.
+    pub phase: Option<String>,
+    pub error: Option<String>,
+    pub pid: u32,
+    pub host: String,
+    pub source: String,
+    pub snapshot_at: Option<String>,
+    pub tables: usize,
+    pub phases: Vec<PhaseRecord>,
+}
+
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct ShadowInfo {
+    pub exists: bool,
+    /// Created by pgshift (marker comment).
+    pub ours: bool,
+    /// No objects in it (pgshift leaves an empty shadow after a swap).
+    pub empty: bool,
+    pub size_bytes: i64,
+    pub tables: usize,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct PreservedInfo {
+    pub name: String,
+    /// The sync health as `sync::health` reports it (trigger present and
+    /// enabled, pending changelog rows, rows in public and shadow); null until
+    /// the destination can report it.
+    pub health: Option<serde_json::Value>,
+}
+
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct LeftoverInfo {
+    pub found: bool,
+    /// A shadow with objects in it while nothing is prepared.
+    pub shadow: bool,
+    pub triggers: Vec<String>,
+    pub helper_tables: Vec<String>,
+    pub helper_functions: usize,
+    /// The destination's lock held by a session whose pgshift process is gone.
+    pub dead_lock_holder: Option<String>,
+    pub hint: Option<String>,
+}
+
+fn migration_info(st: &MigrationState) -> MigrationInfo {
+    MigrationInfo {
+        id: st.id,
+        status: st.status,
+        command: st.command.clone(),
+        started_at: rfc3339(&st.started_at),
+        updated_at: rfc3339(&st.updated_at),
+        phase: st.phase.map(|p| p.to_string()),
+        error: st.error.clone(),
+        pid: st.pid,
+        host: st.host.clone(),
+        source: st.source.clone(),
+        snapshot_at: st.snapshot_at.as_ref().map(rfc3339),
+        tables: st.tables.len(),
+        phases: st.phases.clone(),
+    }
+}
+
+/// Health of the preserved tables' sync (`sync::health`): triggers present and
+/// enabled, pending changelog rows, rows in public and shadow.
+async fn preserved_health(
+    client: &Client,
+    synced: &[SyncedTable],
+) -> Result<(Vec<PreservedInfo>, Option<String>)> {
+    if synced.is_empty() {
+        return Ok((Vec::new(), None));
+    }
+    let health = sync::health(client, synced).await?;
+    let problem = health
+        .iter()
+        .filter(|h| !h.triggers_ok || !h.changelog_present)
+        .map(|h| {
+            format!(
+                "the sync of {} is broken ({h}); run `pgshift abort` and prepare again",
+                h.table
+            )
+        })
+        .next();
+    let infos = synced
+        .iter()
+        .map(|s| PreservedInfo {
+            name: s.name.clone(),
+            health: health
+                .iter()
+                .find(|h| h.table == s.name)
+                .and_then(|h| serde_json::to_value(h).ok()),
+        })
+        .collect();
+    Ok((infos, problem))
+}
+
+async fn shadow_info(client: &Client, d: &Destination) -> Result<ShadowInfo> {
+    if d.shadow.state == ShadowState::Absent {
+        return Ok(ShadowInfo::default());
+    }
+    let facts = verify::schema_facts(client, SHADOW_SCHEMA).await?;
+    let tables: i64 = client
+        .query_one(
+            "SELECT count(*) FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+              WHERE n.nspname = $1 AND c.relkind IN ('r', 'p')",
+            &[&SHADOW_SCHEMA],
+        )
+        .await?
+        .get(0);
+    Ok(ShadowInfo {
+        exists: true,
+        ours: d.shadow.ours(),
+        empty: d.shadow.empty,
+        size_bytes: facts.size_bytes,
+        tables: tables as usize,
+    })
+}
+
+/// Would `swap` go ahead now? (The same checks `swap` makes before it changes
+/// anything, without taking the lock.)
+async fn swap_verdict(client: &Client, d: &Destination) -> Result<Option<String>> {
+    if let Some(r) = d.running.as_ref().filter(|r| r.alive != Some(false)) {
+        return Ok(Some(format!(
+            "another pgshift run holds the destination's lock: {}",
+            r.holder
+        )));
+    }
+    match d.state {
+        State::Prepared => {}
+        State::Failed => {
+            return Ok(Some(
+                "the last prepare failed; run `pgshift prepare` again (or `pgshift abort`)".into(),
+            ));
+        }
+        _ => return Ok(Some("nothing is prepared on the destination".into())),
+    }
+    let Some(st) = &d.record else {
+        return Ok(Some("nothing is prepared on the destination".into()));
+    };
+    match d.shadow.state {
+        ShadowState::Ours(_) if d.shadow_replaced() => {
+            return Ok(Some(format!(
+                "the shadow schema is not the one migration {} created; run `pgshift abort` and prepare again",
+                st.id
+            )));
+        }
+        ShadowState::Ours(_) => {}
+        ShadowState::Absent => {
+            return Ok(Some(
+                "the shadow schema is gone; run `pgshift abort` and prepare again".into(),
+            ));
+        }
+        ShadowState::Foreign(_) => {
+            return Ok(Some(
+                "the schema named shadow was not created by pgshift".into(),
+            ));
+        }
+    }
+    match sync::fk_violations(client, &st.details.deferred_sql).await {
+        Ok(v) if v.is_empty() => Ok(None),
+        Ok(v) => Ok(Some(format!(
+            "foreign keys involving preserved tables do not match the destination's rows: {} (fix the rows, or swap with --allow-fk-violations)",
+            v.iter()
+                .map(|x| x.to_string())
+                .collect::<Vec<_>>()
+                .join("; ")
+        ))),
+        Err(e) => Ok(Some(format!("could not check foreign keys: {e:#}"))),
+    }
+}
+
+/// The status of the destination `dest` (`client` is connected to it); the
+/// state file is looked for in `state_dir`.
+pub async fn report(client: &Client, dest: &ConnSpec, state_dir: &Path) -> Result<StatusReport> {
+    let file = state_file::read(state_dir, dest.dbname());
+    let d = Destination::observe(client, file).await?;
+    let shadow = shadow_info(client, &d).await?;
+    let synced: &[SyncedTable] = match &d.record {
+        Some(st) if d.state.is_busy() => &st.details.sync,
+        _ => &[],
+    };
+    let (preserved_tables, sync_problem) = preserved_health(client, synced).await?;
+
+    // Leftovers: migration objects while nothing is prepared or running.
+    let found = d.leftovers();
+    let mut leftovers = LeftoverInfo {
+        shadow: found.shadow,
+        triggers: found.triggers,
+        helper_tables: found.helper_tables,
+        helper_functions: found.helper_functions,
+        ..Default::default()
+    };
+    if let Some(r) = &d.running
+        && r.alive == Some(false)
+    {
+        leftovers.dead_lock_holder = Some(format!(
+            "{} holds the destination's lock, but pgshift pid {} on this host is no longer running; the server releases the lock when it notices the connection is gone (or: SELECT pg_terminate_backend({}))",
+            r.holder,
+            r.pid.unwrap_or(0),
+            r.holder.backend_pid
+        ));
+    }
+    leftovers.found = leftovers.shadow
+        || !leftovers.triggers.is_empty()
+        || !leftovers.helper_tables.is_empty()
+        || leftovers.helper_functions > 0
+        || leftovers.dead_lock_holder.is_some();
+    if leftovers.found {
+        leftovers.hint = Some(
+            if leftovers.dead_lock_holder.is_some()
+                && !leftovers.shadow
+                && leftovers.triggers.is_empty()
+            {
+                "end the dead session holding the lock".into()
+            } else {
+                "run `pgshift abort` to remove them".into()
+            },
+        );
+    }
+
+    let blocked = match sync_problem {
+        Some(p) if d.state == State::Prepared => Some(p),
+        _ => swap_verdict(client, &d).await?,
+    };
+
+    let not_valid_foreign_keys: Vec<String> = client
+        .query(
+            "SELECT c.relname::text || '.' || con.conname::text FROM pg_catalog.pg_constraint con
+               JOIN pg_catalog.pg_class c ON c.oid = con.conrelid
+               JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+              WHERE n.nspname = 'public' AND con.contype = 'f' AND NOT con.convalidated
+              ORDER BY 1",
+            &[],
+        )
+        .await?
+        .into_iter()
+        .map(|r| r.get(0))
+        .collect();
+    let backups = if d.meta_ok {
+        manifest::list_backups(client).await?
+    } else {
+        Vec::new()
+    };
+    Ok(StatusReport {
+        state: d.state,
+        destination: dest.redacted(),
+        record_from: d.record_from.as_str().to_string(),
+        migration: d.record.as_ref().map(migration_info),
+        shadow,
+        preserved_tables,
+        swap_allowed: blocked.is_none(),
+        swap_blocked_reason: blocked,
+        running: d.running.clone(),
+        leftovers,
+        backups: backups.len(),
+        latest_backup: backups.first().map(|b| b.schema_name.clone()),
+        not_valid_foreign_keys,
+        warnings: d.warnings.clone(),
+    })
+}
