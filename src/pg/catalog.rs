@@ -143,7 +143,7 @@ pub async fn tables(client: &impl GenericClient, schema: &str) -> Result<Vec<Tab
 /// Objects that belong to extensions: the members themselves (`deptype 'e'`)
 /// and, transitively, what depends on them internally or automatically — a
 /// member table's row type, array type, indexes, TOAST table, owned sequences.
-const EXT_CLOSURE: &str = "ext(classid, objid) AS (
+pub const EXT_CLOSURE: &str = "ext(classid, objid) AS (
         SELECT d.classid, d.objid FROM pg_catalog.pg_depend d WHERE d.deptype = 'e'
         UNION
         SELECT d.classid, d.objid FROM pg_catalog.pg_depend d
@@ -153,36 +153,32 @@ const EXT_CLOSURE: &str = "ext(classid, objid) AS (
 /// Names of every object the schema defines (not extension members, nor parts
 /// of them): the set whose qualified references the restore remaps.
 pub async fn defined_names(client: &impl GenericClient, schema: &str) -> Result<Vec<String>> {
+    let mut parts = vec![
+        "SELECT c.relname::text FROM pg_catalog.pg_class c, ns WHERE c.relnamespace = ns.oid
+            AND (c.tableoid, c.oid) NOT IN (SELECT classid, objid FROM ext)"
+            .to_string(),
+        "SELECT t.typname::text FROM pg_catalog.pg_type t, ns WHERE t.typnamespace = ns.oid
+            AND (t.tableoid, t.oid) NOT IN (SELECT classid, objid FROM ext)
+            AND NOT (t.typrelid <> 0 AND ('pg_catalog.pg_class'::regclass, t.typrelid) IN (SELECT classid, objid FROM ext))"
+            .to_string(),
+    ];
+    for (cat, namecol, nscol) in [
+        ("pg_proc", "proname", "pronamespace"),
+        ("pg_operator", "oprname", "oprnamespace"),
+    ]
+    .into_iter()
+    .chain(crate::pg::objects::named_catalogs())
+    {
+        parts.push(format!(
+            "SELECT o.{namecol}::text FROM pg_catalog.{cat} o, ns WHERE o.{nscol} = ns.oid
+                AND (o.tableoid, o.oid) NOT IN (SELECT classid, objid FROM ext)"
+        ));
+    }
     let sql = format!(
         "WITH RECURSIVE {EXT_CLOSURE},
               ns AS (SELECT oid FROM pg_catalog.pg_namespace WHERE nspname = $1)
-         SELECT c.relname::text FROM pg_catalog.pg_class c, ns WHERE c.relnamespace = ns.oid
-            AND (c.tableoid, c.oid) NOT IN (SELECT classid, objid FROM ext)
-         UNION SELECT t.typname::text FROM pg_catalog.pg_type t, ns WHERE t.typnamespace = ns.oid
-            AND (t.tableoid, t.oid) NOT IN (SELECT classid, objid FROM ext)
-            AND NOT (t.typrelid <> 0 AND ('pg_catalog.pg_class'::regclass, t.typrelid) IN (SELECT classid, objid FROM ext))
-         UNION SELECT p.proname::text FROM pg_catalog.pg_proc p, ns WHERE p.pronamespace = ns.oid
-            AND (p.tableoid, p.oid) NOT IN (SELECT classid, objid FROM ext)
-         UNION SELECT o.oprname::text FROM pg_catalog.pg_operator o, ns WHERE o.oprnamespace = ns.oid
-            AND (o.tableoid, o.oid) NOT IN (SELECT classid, objid FROM ext)
-         UNION SELECT co.collname::text FROM pg_catalog.pg_collation co, ns WHERE co.collnamespace = ns.oid
-            AND (co.tableoid, co.oid) NOT IN (SELECT classid, objid FROM ext)
-         UNION SELECT cv.conname::text FROM pg_catalog.pg_conversion cv, ns WHERE cv.connamespace = ns.oid
-            AND (cv.tableoid, cv.oid) NOT IN (SELECT classid, objid FROM ext)
-         UNION SELECT oc.opcname::text FROM pg_catalog.pg_opclass oc, ns WHERE oc.opcnamespace = ns.oid
-            AND (oc.tableoid, oc.oid) NOT IN (SELECT classid, objid FROM ext)
-         UNION SELECT ofa.opfname::text FROM pg_catalog.pg_opfamily ofa, ns WHERE ofa.opfnamespace = ns.oid
-            AND (ofa.tableoid, ofa.oid) NOT IN (SELECT classid, objid FROM ext)
-         UNION SELECT cfg.cfgname::text FROM pg_catalog.pg_ts_config cfg, ns WHERE cfg.cfgnamespace = ns.oid
-            AND (cfg.tableoid, cfg.oid) NOT IN (SELECT classid, objid FROM ext)
-         UNION SELECT dct.dictname::text FROM pg_catalog.pg_ts_dict dct, ns WHERE dct.dictnamespace = ns.oid
-            AND (dct.tableoid, dct.oid) NOT IN (SELECT classid, objid FROM ext)
-         UNION SELECT prs.prsname::text FROM pg_catalog.pg_ts_parser prs, ns WHERE prs.prsnamespace = ns.oid
-            AND (prs.tableoid, prs.oid) NOT IN (SELECT classid, objid FROM ext)
-         UNION SELECT tmpl.tmplname::text FROM pg_catalog.pg_ts_template tmpl, ns WHERE tmpl.tmplnamespace = ns.oid
-            AND (tmpl.tableoid, tmpl.oid) NOT IN (SELECT classid, objid FROM ext)
-         UNION SELECT se.stxname::text FROM pg_catalog.pg_statistic_ext se, ns WHERE se.stxnamespace = ns.oid
-            AND (se.tableoid, se.oid) NOT IN (SELECT classid, objid FROM ext)"
+         {}",
+        parts.join("\n UNION ")
     );
     let rows = client
         .query(sql.as_str(), &[&schema])

@@ -40,243 +40,151 @@ impl Movable {
     }
 }
 
-/// Objects that belong to extensions, transitively (see catalog.rs).
-const EXT: &str = "WITH RECURSIVE ext(classid, objid) AS (
-        SELECT d.classid, d.objid FROM pg_catalog.pg_depend d WHERE d.deptype = 'e'
-        UNION
-        SELECT d.classid, d.objid FROM pg_catalog.pg_depend d
-          JOIN ext ON d.refclassid = ext.classid AND d.refobjid = ext.objid
-         WHERE d.deptype IN ('i', 'a'))";
+/// The kinds `ALTER … SET SCHEMA` takes with a plain qualified name, and
+/// where they live: (keyword, catalog, name column, namespace column).
+const SIMPLE_KINDS: &[(&str, &str, &str, &str)] = &[
+    ("COLLATION", "pg_collation", "collname", "collnamespace"),
+    ("CONVERSION", "pg_conversion", "conname", "connamespace"),
+    ("TEXT SEARCH CONFIGURATION", "pg_ts_config", "cfgname", "cfgnamespace"),
+    ("TEXT SEARCH DICTIONARY", "pg_ts_dict", "dictname", "dictnamespace"),
+    ("TEXT SEARCH PARSER", "pg_ts_parser", "prsname", "prsnamespace"),
+    ("TEXT SEARCH TEMPLATE", "pg_ts_template", "tmplname", "tmplnamespace"),
+    ("STATISTICS", "pg_statistic_ext", "stxname", "stxnamespace"),
+];
+
+/// Operator classes and families: (keyword, catalog, name, namespace, access method).
+const AM_KINDS: &[(&str, &str, &str, &str, &str)] = &[
+    ("OPERATOR CLASS", "pg_opclass", "opcname", "opcnamespace", "opcmethod"),
+    ("OPERATOR FAMILY", "pg_opfamily", "opfname", "opfnamespace", "opfmethod"),
+];
+
+/// The catalogs [`SIMPLE_KINDS`] and [`AM_KINDS`] read, with their name and
+/// namespace columns (also what `catalog::defined_names` lists).
+pub fn named_catalogs() -> impl Iterator<Item = (&'static str, &'static str, &'static str)> {
+    SIMPLE_KINDS
+        .iter()
+        .map(|(_, c, n, s)| (*c, *n, *s))
+        .chain(AM_KINDS.iter().map(|(_, c, n, s, _)| (*c, *n, *s)))
+}
+
+/// One query listing every object of schema `$1` that must move, in a stable
+/// order: relations, types, functions, then the rarer kinds. Columns: group,
+/// keyword (or relkind/typtype/prokind), name, extra (access method, or the
+/// server-rendered signature of functions and operators).
+fn movables_sql() -> String {
+    let mut parts = vec![
+        // Relations. Sequences owned by a column move with their table.
+        "SELECT 1 AS grp, c.relkind::text AS what, c.relname::text AS name, NULL::text AS extra,
+                c.relname AS sort_name, NULL::text AS sort_text, c.oid AS sort_oid
+           FROM pg_catalog.pg_class c, ns WHERE c.relnamespace = ns.oid
+            AND c.relkind IN ('r', 'p', 'v', 'm', 'f', 'S', 'c')
+            AND (c.tableoid, c.oid) NOT IN (SELECT classid, objid FROM ext)
+            AND NOT (c.relkind = 'S' AND EXISTS (
+                 SELECT 1 FROM pg_catalog.pg_depend d
+                  WHERE d.classid = 'pg_catalog.pg_class'::regclass AND d.objid = c.oid
+                    AND d.refclassid = 'pg_catalog.pg_class'::regclass AND d.deptype IN ('a', 'i')))"
+            .to_string(),
+        // Types and domains: not row types of relations (they move with them,
+        // except standalone composites listed above), not array types, not
+        // multiranges (they move with their range type).
+        "SELECT 2, t.typtype::text, t.typname::text, NULL, t.typname, NULL, t.oid
+           FROM pg_catalog.pg_type t, ns WHERE t.typnamespace = ns.oid
+            AND t.typtype IN ('b', 'd', 'e', 'r') AND t.typrelid = 0
+            AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_type e WHERE e.typarray = t.oid)
+            AND (t.tableoid, t.oid) NOT IN (SELECT classid, objid FROM ext)"
+            .to_string(),
+        // Functions, procedures, aggregates: regprocedure-style text, quoted and
+        // (with an empty search_path) qualified.
+        "SELECT 3, p.prokind::text, p.proname::text,
+                pg_catalog.quote_ident(ns.nspname) || '.' || pg_catalog.quote_ident(p.proname)
+                || '(' || pg_catalog.pg_get_function_identity_arguments(p.oid) || ')',
+                p.proname, NULL, p.oid
+           FROM pg_catalog.pg_proc p, ns WHERE p.pronamespace = ns.oid
+            AND (p.tableoid, p.oid) NOT IN (SELECT classid, objid FROM ext)"
+            .to_string(),
+    ];
+    let mut grp = 4;
+    for (kind, cat, namecol, nscol) in SIMPLE_KINDS {
+        parts.push(format!(
+            "SELECT {grp}, '{kind}', o.{namecol}::text, NULL, NULL, o.{namecol}::text, o.oid
+               FROM pg_catalog.{cat} o, ns WHERE o.{nscol} = ns.oid
+                AND (o.tableoid, o.oid) NOT IN (SELECT classid, objid FROM ext)"
+        ));
+        grp += 1;
+    }
+    parts.push(format!(
+        "SELECT {grp}, 'OPERATOR', o.oprname::text,
+                pg_catalog.quote_ident(ns.nspname) || '.' || o.oprname || ' (' ||
+                COALESCE(pg_catalog.format_type(NULLIF(o.oprleft, 0), NULL), 'NONE') || ', ' ||
+                COALESCE(pg_catalog.format_type(NULLIF(o.oprright, 0), NULL), 'NONE') || ')',
+                NULL, o.oprname::text, o.oid
+           FROM pg_catalog.pg_operator o, ns WHERE o.oprnamespace = ns.oid
+            AND (o.tableoid, o.oid) NOT IN (SELECT classid, objid FROM ext)"
+    ));
+    grp += 1;
+    for (kind, cat, namecol, nscol, amcol) in AM_KINDS {
+        parts.push(format!(
+            "SELECT {grp}, '{kind}', o.{namecol}::text, am.amname::text, NULL, o.{namecol}::text, o.oid
+               FROM pg_catalog.{cat} o JOIN pg_catalog.pg_am am ON am.oid = o.{amcol}, ns
+              WHERE o.{nscol} = ns.oid AND (o.tableoid, o.oid) NOT IN (SELECT classid, objid FROM ext)"
+        ));
+        grp += 1;
+    }
+    format!(
+        "WITH RECURSIVE {},
+              ns AS (SELECT oid, nspname FROM pg_catalog.pg_namespace WHERE nspname = $1)
+         SELECT grp, what, name, extra FROM ({}) m
+          ORDER BY grp, sort_name, sort_text, sort_oid",
+        crate::pg::catalog::EXT_CLOSURE,
+        parts.join("\n UNION ALL ")
+    )
+}
 
 /// Every object of `schema` that must move for the schema to be replaced.
 /// Run with `search_path = ''` semantics: names come back qualified.
 pub async fn movables(client: &impl GenericClient, schema: &str) -> Result<Vec<Movable>> {
-    let mut out = Vec::new();
-    // Relations. Sequences owned by a column move with their table.
     let rows = client
-        .query(
-            &format!(
-                "{EXT}
-                 SELECT c.relname, c.relkind::text
-                   FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
-                  WHERE n.nspname = $1 AND c.relkind IN ('r', 'p', 'v', 'm', 'f', 'S', 'c')
-                    AND (c.tableoid, c.oid) NOT IN (SELECT classid, objid FROM ext)
-                    AND NOT (c.relkind = 'S' AND EXISTS (
-                         SELECT 1 FROM pg_catalog.pg_depend d
-                          WHERE d.classid = 'pg_catalog.pg_class'::regclass AND d.objid = c.oid
-                            AND d.refclassid = 'pg_catalog.pg_class'::regclass AND d.deptype IN ('a', 'i')))
-                  ORDER BY c.relname"
-            ),
-            &[&schema],
-        )
+        .query(movables_sql().as_str(), &[&schema])
         .await
-        .context("listing relations to move")?;
+        .with_context(|| format!("listing the objects of {schema} to move"))?;
+    let mut out = Vec::with_capacity(rows.len());
     for r in rows {
-        let name: String = r.get(0);
-        let relkind: String = r.get(1);
-        let (kind, lockable) = match relkind.as_str() {
-            "r" | "p" => ("TABLE", true),
-            "v" => ("VIEW", true),
-            "m" => ("MATERIALIZED VIEW", false),
-            "f" => ("FOREIGN TABLE", true),
-            "S" => ("SEQUENCE", false),
-            _ => ("TYPE", false), // standalone composite type
-        };
+        let grp: i32 = r.get(0);
+        let what: String = r.get(1);
+        let name: String = r.get(2);
+        let extra: Option<String> = r.get(3);
         let q = qualified(schema, &name);
+        let (kind, sql_name, lockable) = match (grp, what.as_str()) {
+            (1, "r" | "p") => ("TABLE", q.clone(), true),
+            (1, "v") => ("VIEW", q.clone(), true),
+            (1, "m") => ("MATERIALIZED VIEW", q.clone(), false),
+            (1, "f") => ("FOREIGN TABLE", q.clone(), true),
+            (1, "S") => ("SEQUENCE", q.clone(), false),
+            (1, _) => ("TYPE", q.clone(), false), // standalone composite type
+            (2, "d") => ("DOMAIN", q.clone(), false),
+            (2, _) => ("TYPE", q.clone(), false),
+            (3, "p") => ("PROCEDURE", extra.unwrap_or_default(), false),
+            (3, "a") => ("AGGREGATE", extra.unwrap_or_default(), false),
+            (3, _) => ("FUNCTION", extra.unwrap_or_default(), false),
+            (_, "OPERATOR") => ("OPERATOR", extra.unwrap_or_default(), false),
+            (_, k) => match AM_KINDS.iter().find(|a| a.0 == k) {
+                Some(a) => (
+                    a.0,
+                    format!("{q} USING {}", quote_ident(extra.as_deref().unwrap_or(""))),
+                    false,
+                ),
+                None => match SIMPLE_KINDS.iter().find(|s| s.0 == k) {
+                    Some(s) => (s.0, q.clone(), false),
+                    None => anyhow::bail!("unexpected object kind {k:?} in {schema}"),
+                },
+            },
+        };
         out.push(Movable {
             kind: kind.into(),
             lockable: lockable.then(|| q.clone()),
-            sql_name: q,
+            sql_name,
             name,
         });
-    }
-    // Types and domains: not row types of relations (they move with them, except
-    // standalone composites listed above), not array types, not multiranges
-    // (they move with their range type).
-    let rows = client
-        .query(
-            &format!(
-                "{EXT}
-                 SELECT t.typname, t.typtype::text
-                   FROM pg_catalog.pg_type t JOIN pg_catalog.pg_namespace n ON n.oid = t.typnamespace
-                  WHERE n.nspname = $1 AND t.typtype IN ('b', 'd', 'e', 'r') AND t.typrelid = 0
-                    AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_type e WHERE e.typarray = t.oid)
-                    AND (t.tableoid, t.oid) NOT IN (SELECT classid, objid FROM ext)
-                  ORDER BY t.typname"
-            ),
-            &[&schema],
-        )
-        .await
-        .context("listing types to move")?;
-    for r in rows {
-        let name: String = r.get(0);
-        let typtype: String = r.get(1);
-        let kind = if typtype == "d" { "DOMAIN" } else { "TYPE" };
-        out.push(Movable {
-            kind: kind.into(),
-            sql_name: qualified(schema, &name),
-            name,
-            lockable: None,
-        });
-    }
-    // Functions, procedures, aggregates: regprocedure text is quoted and, with an
-    // empty search_path, qualified.
-    let rows = client
-        .query(
-            &format!(
-                "{EXT}
-                 SELECT p.proname, p.prokind::text, p.oid
-                   FROM pg_catalog.pg_proc p JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace
-                  WHERE n.nspname = $1
-                    AND (p.tableoid, p.oid) NOT IN (SELECT classid, objid FROM ext)
-                  ORDER BY p.proname, p.oid"
-            ),
-            &[&schema],
-        )
-        .await
-        .context("listing functions to move")?;
-    for r in rows {
-        let name: String = r.get(0);
-        let kind = match r.get::<_, String>(1).as_str() {
-            "p" => "PROCEDURE",
-            "a" => "AGGREGATE",
-            _ => "FUNCTION",
-        };
-        let oid: u32 = r.get(2);
-        let sig: String = client
-            .query_one(
-                "SELECT pg_catalog.quote_ident(n.nspname) || '.' || pg_catalog.quote_ident(p.proname)
-                        || '(' || pg_catalog.pg_get_function_identity_arguments(p.oid) || ')'
-                   FROM pg_catalog.pg_proc p JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace
-                  WHERE p.oid = $1",
-                &[&oid],
-            )
-            .await?
-            .get(0);
-        out.push(Movable {
-            kind: kind.into(),
-            sql_name: sig,
-            name,
-            lockable: None,
-        });
-    }
-    // The rarer kinds, each with the syntax ALTER needs.
-    let simple: &[(&str, &str, &str, &str)] = &[
-        ("COLLATION", "pg_collation", "collname", "collnamespace"),
-        ("CONVERSION", "pg_conversion", "conname", "connamespace"),
-        (
-            "TEXT SEARCH CONFIGURATION",
-            "pg_ts_config",
-            "cfgname",
-            "cfgnamespace",
-        ),
-        (
-            "TEXT SEARCH DICTIONARY",
-            "pg_ts_dict",
-            "dictname",
-            "dictnamespace",
-        ),
-        (
-            "TEXT SEARCH PARSER",
-            "pg_ts_parser",
-            "prsname",
-            "prsnamespace",
-        ),
-        (
-            "TEXT SEARCH TEMPLATE",
-            "pg_ts_template",
-            "tmplname",
-            "tmplnamespace",
-        ),
-        ("STATISTICS", "pg_statistic_ext", "stxname", "stxnamespace"),
-    ];
-    for (kind, cat, namecol, nscol) in simple {
-        let rows = client
-            .query(
-                &format!(
-                    "{EXT}
-                     SELECT o.{namecol}::text FROM pg_catalog.{cat} o JOIN pg_catalog.pg_namespace n ON n.oid = o.{nscol}
-                      WHERE n.nspname = $1 AND (o.tableoid, o.oid) NOT IN (SELECT classid, objid FROM ext)
-                      ORDER BY 1"
-                ),
-                &[&schema],
-            )
-            .await
-            .with_context(|| format!("listing {kind} objects to move"))?;
-        for r in rows {
-            let name: String = r.get(0);
-            out.push(Movable {
-                kind: (*kind).into(),
-                sql_name: qualified(schema, &name),
-                name,
-                lockable: None,
-            });
-        }
-    }
-    let rows = client
-        .query(
-            &format!(
-                "{EXT}
-                 SELECT o.oprname::text,
-                        pg_catalog.quote_ident(n.nspname) || '.' || o.oprname || ' (' ||
-                        COALESCE(pg_catalog.format_type(NULLIF(o.oprleft, 0), NULL), 'NONE') || ', ' ||
-                        COALESCE(pg_catalog.format_type(NULLIF(o.oprright, 0), NULL), 'NONE') || ')'
-                   FROM pg_catalog.pg_operator o JOIN pg_catalog.pg_namespace n ON n.oid = o.oprnamespace
-                  WHERE n.nspname = $1 AND (o.tableoid, o.oid) NOT IN (SELECT classid, objid FROM ext)
-                  ORDER BY 1"
-            ),
-            &[&schema],
-        )
-        .await
-        .context("listing operators to move")?;
-    for r in rows {
-        out.push(Movable {
-            kind: "OPERATOR".into(),
-            name: r.get(0),
-            sql_name: r.get(1),
-            lockable: None,
-        });
-    }
-    for (kind, cat, namecol, nscol, amcol) in [
-        (
-            "OPERATOR CLASS",
-            "pg_opclass",
-            "opcname",
-            "opcnamespace",
-            "opcmethod",
-        ),
-        (
-            "OPERATOR FAMILY",
-            "pg_opfamily",
-            "opfname",
-            "opfnamespace",
-            "opfmethod",
-        ),
-    ] {
-        let rows = client
-            .query(
-                &format!(
-                    "{EXT}
-                     SELECT o.{namecol}::text, am.amname::text
-                       FROM pg_catalog.{cat} o JOIN pg_catalog.pg_namespace n ON n.oid = o.{nscol}
-                       JOIN pg_catalog.pg_am am ON am.oid = o.{amcol}
-                      WHERE n.nspname = $1 AND (o.tableoid, o.oid) NOT IN (SELECT classid, objid FROM ext)
-                      ORDER BY 1"
-                ),
-                &[&schema],
-            )
-            .await
-            .with_context(|| format!("listing {kind} objects to move"))?;
-        for r in rows {
-            let name: String = r.get(0);
-            let am: String = r.get(1);
-            out.push(Movable {
-                kind: kind.into(),
-                sql_name: format!("{} USING {}", qualified(schema, &name), quote_ident(&am)),
-                name,
-                lockable: None,
-            });
-        }
     }
     Ok(out)
 }
