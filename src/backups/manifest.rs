@@ -262,24 +262,33 @@ pub fn parse_backup_ref(text: &str) -> Option<i64> {
     digits.parse().ok()
 }
 
-/// Tables (plain tables and partitions; partitioned parents hold no rows of
-/// their own) of `schema` with their indexes and owned sequences, and — when
-/// `count` — exact row counts.
-pub async fn describe(
-    client: &impl GenericClient,
-    schema: &str,
-    count: bool,
-) -> Result<Vec<ManifestTable>> {
+/// A table of a schema as it is now: its indexes (with their validity) and
+/// the sequences its columns own.
+#[derive(Debug, Clone)]
+pub struct TableFacts {
+    pub name: String,
+    /// (index name, `pg_index.indisvalid`), by name.
+    pub indexes: Vec<(String, bool)>,
+    pub sequences: Vec<String>,
+}
+
+/// Plain tables and partitions (partitioned parents hold no rows of their
+/// own) of `schema`, not extension members, by name.
+pub async fn table_facts(client: &impl GenericClient, schema: &str) -> Result<Vec<TableFacts>> {
     let rows = client
         .query(
             "SELECT c.relname::text,
                     COALESCE((SELECT array_agg(i.relname::text ORDER BY i.relname)
                                 FROM pg_catalog.pg_index x JOIN pg_catalog.pg_class i ON i.oid = x.indexrelid
                                WHERE x.indrelid = c.oid), '{}'),
+                    COALESCE((SELECT array_agg(x.indisvalid ORDER BY i.relname)
+                                FROM pg_catalog.pg_index x JOIN pg_catalog.pg_class i ON i.oid = x.indexrelid
+                               WHERE x.indrelid = c.oid), '{}'),
                     COALESCE((SELECT array_agg(s.relname::text ORDER BY s.relname)
                                 FROM pg_catalog.pg_depend d JOIN pg_catalog.pg_class s ON s.oid = d.objid
                                WHERE d.classid = 'pg_catalog.pg_class'::regclass AND d.refclassid = 'pg_catalog.pg_class'::regclass
-                                 AND d.refobjid = c.oid AND d.deptype IN ('a', 'i') AND s.relkind = 'S'), '{}')
+                                 AND d.refobjid = c.oid AND d.deptype IN ('a', 'i') AND s.relkind = 'S'
+                                 AND s.relnamespace = c.relnamespace), '{}')
                FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
               WHERE n.nspname = $1 AND c.relkind = 'r'
                 AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_depend d WHERE d.classid = 'pg_catalog.pg_class'::regclass
@@ -289,20 +298,40 @@ pub async fn describe(
         )
         .await
         .with_context(|| format!("describing the tables of {schema}"))?;
-    let mut out = Vec::with_capacity(rows.len());
-    for r in rows {
-        let name: String = r.get(0);
+    Ok(rows
+        .into_iter()
+        .map(|r| {
+            let names: Vec<String> = r.get(1);
+            let valid: Vec<bool> = r.get(2);
+            TableFacts {
+                name: r.get(0),
+                indexes: names.into_iter().zip(valid).collect(),
+                sequences: r.get(3),
+            }
+        })
+        .collect())
+}
+
+/// The tables of `schema` for a manifest ([`table_facts`]) and — when `count`
+/// — their exact row counts.
+pub async fn describe(
+    client: &impl GenericClient,
+    schema: &str,
+    count: bool,
+) -> Result<Vec<ManifestTable>> {
+    let mut out = Vec::new();
+    for t in table_facts(client, schema).await? {
         let rows = if count {
-            Some(count_rows(client, schema, &name).await?)
+            Some(count_rows(client, schema, &t.name).await?)
         } else {
             None
         };
         out.push(ManifestTable {
-            name,
+            name: t.name,
             rows,
             checksum: None,
-            indexes: r.get(1),
-            sequences: r.get(2),
+            indexes: t.indexes.into_iter().map(|(i, _)| i).collect(),
+            sequences: t.sequences,
         });
     }
     Ok(out)

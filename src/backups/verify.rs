@@ -260,43 +260,17 @@ pub async fn check(client: &Client, b: &BackupRow) -> Result<VerifyReport> {
 /// Tables of `schema` (as `manifest::describe` lists them) with their indexes'
 /// validity and their owned sequences.
 async fn present_tables(client: &Client, schema: &str) -> Result<BTreeMap<String, Present>> {
-    let rows = client
-        .query(
-            "SELECT c.relname::text,
-                    COALESCE((SELECT array_agg(i.relname::text ORDER BY i.relname)
-                                FROM pg_catalog.pg_index x JOIN pg_catalog.pg_class i ON i.oid = x.indexrelid
-                               WHERE x.indrelid = c.oid), '{}'),
-                    COALESCE((SELECT array_agg(x.indisvalid ORDER BY i.relname)
-                                FROM pg_catalog.pg_index x JOIN pg_catalog.pg_class i ON i.oid = x.indexrelid
-                               WHERE x.indrelid = c.oid), '{}'),
-                    COALESCE((SELECT array_agg(s.relname::text ORDER BY s.relname)
-                                FROM pg_catalog.pg_depend d JOIN pg_catalog.pg_class s ON s.oid = d.objid
-                                JOIN pg_catalog.pg_namespace sn ON sn.oid = s.relnamespace
-                               WHERE d.classid = 'pg_catalog.pg_class'::regclass AND d.refclassid = 'pg_catalog.pg_class'::regclass
-                                 AND d.refobjid = c.oid AND d.deptype IN ('a', 'i') AND s.relkind = 'S'
-                                 AND sn.nspname = $1), '{}')
-               FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
-              WHERE n.nspname = $1 AND c.relkind = 'r'
-                AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_depend d WHERE d.classid = 'pg_catalog.pg_class'::regclass
-                                 AND d.objid = c.oid AND d.deptype = 'e')",
-            &[&schema],
-        )
-        .await
-        .with_context(|| format!("reading the tables of {schema}"))?;
-    let mut out = BTreeMap::new();
-    for r in rows {
-        let names: Vec<String> = r.get(1);
-        let valid: Vec<bool> = r.get(2);
-        let seqs: Vec<String> = r.get(3);
-        out.insert(
-            r.get::<_, String>(0),
-            Present {
-                indexes: names.into_iter().zip(valid).collect(),
-                sequences: seqs.into_iter().collect(),
-            },
-        );
-    }
-    Ok(out)
+    Ok(manifest::table_facts(client, schema)
+        .await?
+        .into_iter()
+        .map(|t| {
+            let present = Present {
+                indexes: t.indexes.into_iter().collect(),
+                sequences: t.sequences.into_iter().collect(),
+            };
+            (t.name, present)
+        })
+        .collect())
 }
 
 /// Write the outcome into the manifest row.

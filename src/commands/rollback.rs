@@ -5,6 +5,7 @@ use anyhow::Result;
 use crate::backups::verify;
 use crate::cli::RollbackArgs;
 use crate::commands::Ctx;
+use crate::commands::swap::{print_locks, print_moves, print_transaction, print_warnings};
 use crate::error::{ExitCode, UserError};
 use crate::output;
 use crate::pg::ident::TableName;
@@ -73,29 +74,11 @@ fn print_preview(ctx: &Ctx, p: &RollbackPreview) -> Result<()> {
     if !p.kept_tables.is_empty() {
         println!("Kept from the current public: {}", p.kept_tables.join(", "));
     }
-    println!(
-        "public -> {} ({} objects):",
-        p.backup_schema,
-        p.move_out.len()
-    );
-    for m in &p.move_out {
-        println!("  {m}");
-    }
-    println!(
-        "{} -> public ({} objects):",
-        p.restore_schema,
-        p.move_in.len()
-    );
-    for m in &p.move_in {
-        println!("  {m}");
-    }
+    print_moves(&p.backup_schema, &p.move_out, &p.restore_schema, &p.move_in);
     for w in &p.warnings {
         println!("warning: {w}");
     }
-    println!("\nThe rollback transaction:");
-    for s in &p.sql {
-        println!("  {s};");
-    }
+    print_transaction("rollback", &p.sql);
     Ok(())
 }
 
@@ -107,12 +90,7 @@ fn print_report(ctx: &Ctx, r: &RollbackReport) -> Result<()> {
         "Rolled back to {}: {} objects into public; the replaced public is kept as {} ({} objects)",
         r.restored_schema, r.moved_in, r.backup_schema, r.moved_out
     );
-    println!(
-        "Locks held for {} ms ({} attempt{})",
-        r.lock_held_ms,
-        r.attempts,
-        if r.attempts == 1 { "" } else { "s" }
-    );
+    print_locks(r.lock_held_ms, r.attempts);
     if !r.kept_tables.is_empty() {
         println!(
             "Kept from the replaced public: {}",
@@ -133,12 +111,7 @@ fn print_report(ctx: &Ctx, r: &RollbackReport) -> Result<()> {
             c.constraint, c.table, c.action, c.references
         );
     }
-    for fk in &r.fk_not_valid {
-        println!("warning: foreign key {fk} is NOT VALID");
-    }
-    for w in &r.warnings {
-        println!("warning: {w}");
-    }
+    print_warnings(&r.fk_not_valid, &r.warnings);
     println!(
         "Undo with: pgshift rollback --timestamp {}",
         r.backup_timestamp

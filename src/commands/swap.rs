@@ -46,26 +46,48 @@ pub fn print_preview(ctx: &Ctx, p: &SwapPreview) -> Result<()> {
         "Swap plan for migration {} (dry run: nothing was changed)",
         p.migration_id
     );
-    println!(
-        "public -> {} ({} objects):",
-        p.backup_schema,
-        p.move_out.len()
-    );
-    for m in &p.move_out {
-        println!("  {m}");
-    }
-    println!("shadow -> public ({} objects):", p.move_in.len());
-    for m in &p.move_in {
-        println!("  {m}");
-    }
+    print_moves(&p.backup_schema, &p.move_out, "shadow", &p.move_in);
     for v in &p.fk_violations {
         println!("warning: {v}");
     }
-    println!("\nThe swap transaction:");
-    for s in &p.sql {
+    print_transaction("swap", &p.sql);
+    Ok(())
+}
+
+/// What a swap (or rollback) moves, for people.
+pub fn print_moves(backup: &str, move_out: &[String], incoming: &str, move_in: &[String]) {
+    for (from, to, objects) in [("public", backup, move_out), (incoming, "public", move_in)] {
+        println!("{from} -> {to} ({} objects):", objects.len());
+        for m in objects {
+            println!("  {m}");
+        }
+    }
+}
+
+/// A dry run's transaction, statement by statement.
+pub fn print_transaction(what: &str, sql: &[String]) {
+    println!("\nThe {what} transaction:");
+    for s in sql {
         println!("  {s};");
     }
-    Ok(())
+}
+
+/// How long a swap (or rollback) held its locks.
+pub fn print_locks(lock_held_ms: u64, attempts: u32) {
+    println!(
+        "Locks held for {lock_held_ms} ms ({attempts} attempt{})",
+        if attempts == 1 { "" } else { "s" }
+    );
+}
+
+/// The warnings every swap (or rollback) reports.
+pub fn print_warnings(fk_not_valid: &[String], warnings: &[String]) {
+    for fk in fk_not_valid {
+        println!("warning: foreign key {fk} is NOT VALID");
+    }
+    for w in warnings {
+        println!("warning: {w}");
+    }
 }
 
 pub fn print_report(ctx: &Ctx, r: &SwapReport) -> Result<()> {
@@ -76,24 +98,14 @@ pub fn print_report(ctx: &Ctx, r: &SwapReport) -> Result<()> {
         "Swapped migration {}: {} objects into public, old public kept as {} ({} objects)",
         r.migration_id, r.moved_in, r.backup_schema, r.moved_out
     );
-    println!(
-        "Locks held for {} ms ({} attempt{})",
-        r.lock_held_ms,
-        r.attempts,
-        if r.attempts == 1 { "" } else { "s" }
-    );
+    print_locks(r.lock_held_ms, r.attempts);
     if !r.preserved_tables.is_empty() {
         println!(
             "Preserved tables carried over: {}",
             r.preserved_tables.join(", ")
         );
     }
-    for fk in &r.fk_not_valid {
-        println!("warning: foreign key {fk} is NOT VALID");
-    }
-    for w in &r.warnings {
-        println!("warning: {w}");
-    }
+    print_warnings(&r.fk_not_valid, &r.warnings);
     println!(
         "Roll back with: pgshift rollback --timestamp {}",
         r.backup_timestamp

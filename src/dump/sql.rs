@@ -2118,34 +2118,21 @@ ALTER TABLE ONLY public.users ALTER COLUMN id SET DEFAULT nextval('public.users_
     fn target_schema_is_quoted_only_when_needed() {
         let d = names(&["users"]);
         let sql = "SELECT * FROM public.users";
-        assert_eq!(
-            remap(sql, "public", "shadow", &d).unwrap(),
-            "SELECT * FROM shadow.users"
-        );
-        assert_eq!(
-            remap(sql, "public", "shadow_2", &d).unwrap(),
-            "SELECT * FROM shadow_2.users"
-        );
-        assert_eq!(
-            remap(sql, "public", "Shadow", &d).unwrap(),
-            "SELECT * FROM \"Shadow\".users"
-        );
-        assert_eq!(
-            remap(sql, "public", "my schema", &d).unwrap(),
-            "SELECT * FROM \"my schema\".users"
-        );
-        assert_eq!(
-            remap(sql, "public", "user", &d).unwrap(),
-            "SELECT * FROM \"user\".users"
-        );
-        assert_eq!(
-            remap(sql, "public", "a\"b", &d).unwrap(),
-            "SELECT * FROM \"a\"\"b\".users"
-        );
-        assert_eq!(
-            remap(sql, "public", "ünï", &d).unwrap(),
-            "SELECT * FROM \"ünï\".users"
-        );
+        for (target, rendered) in [
+            ("shadow", "shadow"),
+            ("shadow_2", "shadow_2"),
+            ("Shadow", "\"Shadow\""),
+            ("my schema", "\"my schema\""),
+            ("user", "\"user\""),
+            ("a\"b", "\"a\"\"b\""),
+            ("ünï", "\"ünï\""),
+        ] {
+            assert_eq!(
+                remap(sql, "public", target, &d).unwrap(),
+                format!("SELECT * FROM {rendered}.users"),
+                "{target}"
+            );
+        }
         let sql = "SELECT * FROM \"My Schema\".users";
         assert_eq!(
             remap(sql, "My Schema", "shadow", &d).unwrap(),

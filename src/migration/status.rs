@@ -16,6 +16,7 @@ use crate::migration::record::{MigrationState, PhaseRecord};
 use crate::migration::state_file;
 use crate::output::rfc3339;
 use crate::pg::connspec::ConnSpec;
+use crate::pg::exec::column;
 use crate::pg::meta::{SHADOW_SCHEMA, ShadowState};
 use crate::prepare::sync::{self, SyncedTable};
 
@@ -282,19 +283,16 @@ pub async fn report(client: &Client, dest: &ConnSpec, state_dir: &Path) -> Resul
         _ => swap_verdict(client, &d).await?,
     };
 
-    let not_valid_foreign_keys: Vec<String> = client
-        .query(
-            "SELECT c.relname::text || '.' || con.conname::text FROM pg_catalog.pg_constraint con
+    let not_valid_foreign_keys: Vec<String> = column(
+        client,
+        "SELECT c.relname::text || '.' || con.conname::text FROM pg_catalog.pg_constraint con
                JOIN pg_catalog.pg_class c ON c.oid = con.conrelid
                JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
               WHERE n.nspname = 'public' AND con.contype = 'f' AND NOT con.convalidated
               ORDER BY 1",
-            &[],
-        )
-        .await?
-        .into_iter()
-        .map(|r| r.get(0))
-        .collect();
+        &[],
+    )
+    .await?;
     let backups = if d.meta_ok {
         manifest::list_backups(client).await?
     } else {

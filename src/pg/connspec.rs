@@ -2335,42 +2335,40 @@ h:5432:db:u:second
 
     #[test]
     fn redacted_forms() {
-        assert_eq!(
-            parse("postgresql://app:pw@db:5432/shop?sslmode=require").redacted(),
-            "postgresql://app:***@db:5432/shop?sslmode=require"
-        );
-        assert_eq!(
-            parse("postgresql://app@db/shop").redacted(),
-            "postgresql://app@db:5432/shop"
-        );
-        assert_eq!(
-            parse("host=/tmp/x user=user dbname=db").redacted(),
-            "postgresql://user@/db?host=/tmp/x"
-        );
-        assert_eq!(
-            parse("host=/tmp/x port=5499 user=user dbname=db").redacted(),
-            "postgresql://user@/db?host=/tmp/x&port=5499"
-        );
-        assert_eq!(
-            parse("postgresql://u@h1,h2:5433/d?target_session_attrs=read-write").redacted(),
-            "postgresql://u@h1:5432,h2:5433/d?target_session_attrs=read-write"
-        );
-        assert_eq!(
-            parse("postgresql://u@[::1]/d").redacted(),
-            "postgresql://u@[::1]:5432/d"
-        );
-        assert_eq!(
-            parse("user='a@b:c' dbname='x/y z' host=h").redacted(),
-            "postgresql://a%40b%3Ac@h:5432/x%2Fy%20z"
-        );
-        assert_eq!(
-            parse("host=h,/tmp user=u dbname=d").redacted(),
-            "postgresql://u@h:5432,%2Ftmp:5432/d"
-        );
-        assert_eq!(
-            parse("host=db hostaddr=10.0.0.1 user=u dbname=d").redacted(),
-            "postgresql://u@db:5432/d?hostaddr=10.0.0.1"
-        );
+        for (input, redacted) in [
+            (
+                "postgresql://app:pw@db:5432/shop?sslmode=require",
+                "postgresql://app:***@db:5432/shop?sslmode=require",
+            ),
+            ("postgresql://app@db/shop", "postgresql://app@db:5432/shop"),
+            (
+                "host=/tmp/x user=user dbname=db",
+                "postgresql://user@/db?host=/tmp/x",
+            ),
+            (
+                "host=/tmp/x port=5499 user=user dbname=db",
+                "postgresql://user@/db?host=/tmp/x&port=5499",
+            ),
+            (
+                "postgresql://u@h1,h2:5433/d?target_session_attrs=read-write",
+                "postgresql://u@h1:5432,h2:5433/d?target_session_attrs=read-write",
+            ),
+            ("postgresql://u@[::1]/d", "postgresql://u@[::1]:5432/d"),
+            (
+                "user='a@b:c' dbname='x/y z' host=h",
+                "postgresql://a%40b%3Ac@h:5432/x%2Fy%20z",
+            ),
+            (
+                "host=h,/tmp user=u dbname=d",
+                "postgresql://u@h:5432,%2Ftmp:5432/d",
+            ),
+            (
+                "host=db hostaddr=10.0.0.1 user=u dbname=d",
+                "postgresql://u@db:5432/d?hostaddr=10.0.0.1",
+            ),
+        ] {
+            assert_eq!(parse(input).redacted(), redacted, "{input}");
+        }
         assert_eq!(
             format!("{:?}", parse("postgresql://u:pw@h/d")),
             "ConnSpec(postgresql://u:***@h:5432/d)"

@@ -84,6 +84,21 @@ pub fn pg_error_as(e: tokio_postgres::Error, what: &str) -> anyhow::Error {
     })
 }
 
+/// The first column of every row a query returns.
+pub async fn column<T>(
+    client: &impl tokio_postgres::GenericClient,
+    sql: &str,
+    params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+) -> Result<Vec<T>>
+where
+    T: for<'a> tokio_postgres::types::FromSql<'a>,
+{
+    let rows = client.query(sql, params).await.map_err(pg_error)?;
+    rows.iter()
+        .map(|r| r.try_get(0).map_err(pg_error))
+        .collect()
+}
+
 /// Roll the session back when `result` is an error (best effort: the session
 /// may be the thing that failed), then hand the result on.
 pub async fn rollback_on_err<T>(client: &Client, result: Result<T>) -> Result<T> {

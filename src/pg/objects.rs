@@ -45,17 +45,49 @@ impl Movable {
 const SIMPLE_KINDS: &[(&str, &str, &str, &str)] = &[
     ("COLLATION", "pg_collation", "collname", "collnamespace"),
     ("CONVERSION", "pg_conversion", "conname", "connamespace"),
-    ("TEXT SEARCH CONFIGURATION", "pg_ts_config", "cfgname", "cfgnamespace"),
-    ("TEXT SEARCH DICTIONARY", "pg_ts_dict", "dictname", "dictnamespace"),
-    ("TEXT SEARCH PARSER", "pg_ts_parser", "prsname", "prsnamespace"),
-    ("TEXT SEARCH TEMPLATE", "pg_ts_template", "tmplname", "tmplnamespace"),
+    (
+        "TEXT SEARCH CONFIGURATION",
+        "pg_ts_config",
+        "cfgname",
+        "cfgnamespace",
+    ),
+    (
+        "TEXT SEARCH DICTIONARY",
+        "pg_ts_dict",
+        "dictname",
+        "dictnamespace",
+    ),
+    (
+        "TEXT SEARCH PARSER",
+        "pg_ts_parser",
+        "prsname",
+        "prsnamespace",
+    ),
+    (
+        "TEXT SEARCH TEMPLATE",
+        "pg_ts_template",
+        "tmplname",
+        "tmplnamespace",
+    ),
     ("STATISTICS", "pg_statistic_ext", "stxname", "stxnamespace"),
 ];
 
 /// Operator classes and families: (keyword, catalog, name, namespace, access method).
 const AM_KINDS: &[(&str, &str, &str, &str, &str)] = &[
-    ("OPERATOR CLASS", "pg_opclass", "opcname", "opcnamespace", "opcmethod"),
-    ("OPERATOR FAMILY", "pg_opfamily", "opfname", "opfnamespace", "opfmethod"),
+    (
+        "OPERATOR CLASS",
+        "pg_opclass",
+        "opcname",
+        "opcnamespace",
+        "opcmethod",
+    ),
+    (
+        "OPERATOR FAMILY",
+        "pg_opfamily",
+        "opfname",
+        "opfnamespace",
+        "opfmethod",
+    ),
 ];
 
 /// The catalogs [`SIMPLE_KINDS`] and [`AM_KINDS`] read, with their name and

@@ -11,6 +11,7 @@ use crate::error::UserError;
 use crate::migration::derive::{Destination, State};
 use crate::migration::lifecycle::Status;
 use crate::pg::catalog::{self, ExtensionInfo};
+use crate::pg::exec::column;
 use crate::pg::ident::{display_ident, quote_ident};
 use crate::pg::meta::{self, ShadowState};
 use crate::process;
@@ -72,17 +73,14 @@ pub async fn check_source(src: &Client) -> Result<Vec<String>> {
     if !r.get::<_, bool>(1) {
         bail!("insufficient privileges on the source: role {user} has no USAGE on schema public");
     }
-    let unreadable: Vec<String> = src
-        .query(
+    let unreadable: Vec<String> = column(
+            src,
             "SELECT c.relname FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
               WHERE n.nspname = 'public' AND c.relkind IN ('r', 'p', 'v', 'm', 'S', 'f')
                 AND NOT pg_catalog.has_table_privilege(c.oid, 'SELECT') ORDER BY 1",
             &[],
         )
-        .await?
-        .into_iter()
-        .map(|r| r.get(0))
-        .collect();
+        .await?;
     if !unreadable.is_empty() {
         bail!(
             "insufficient privileges on the source: role {user} cannot SELECT from {} (grant SELECT on them)",
@@ -131,20 +129,17 @@ pub async fn check_dest(dst: &Client) -> Result<Vec<String>> {
     }
     let superuser: bool = r.get(4);
     if !superuser {
-        let not_owned: Vec<String> = dst
-            .query(
-                "SELECT c.relname FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+        let not_owned: Vec<String> = column(
+            dst,
+            "SELECT c.relname FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
                   WHERE n.nspname = 'public' AND c.relkind IN ('r', 'p', 'v', 'm', 'S', 'f')
                     AND NOT pg_catalog.pg_has_role(c.relowner, 'USAGE')
                     AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_depend d WHERE d.classid = 'pg_class'::regclass
                                      AND d.objid = c.oid AND d.deptype = 'e')
                   ORDER BY 1",
-                &[],
-            )
-            .await?
-            .into_iter()
-            .map(|r| r.get(0))
-            .collect();
+            &[],
+        )
+        .await?;
         if !not_owned.is_empty() {
             bail!(
                 "insufficient privileges on the destination: role {user} does not own {} in public, which the swap must move (owners or superuser only)",

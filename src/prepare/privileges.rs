@@ -41,24 +41,35 @@ struct Obj {
     owned_sequence: bool,
 }
 
+/// An ACL column as text rows `grantee|privilege|grantable` (`aclexplode`;
+/// an empty grantee is PUBLIC).
+fn acl_rows(column: &str) -> String {
+    format!(
+        "COALESCE((SELECT array_agg(COALESCE(r.rolname, '') || '|' || a.privilege_type || '|' || a.is_grantable::text)
+                     FROM aclexplode({column}) a LEFT JOIN pg_catalog.pg_roles r ON r.oid = a.grantee), '{{}}')"
+    )
+}
+
 async fn objects(client: &Client, schema: &str) -> Result<Vec<Obj>> {
     let mut out = Vec::new();
     let rels = client
         .query(
-            "SELECT c.relname, c.relkind::text, pg_catalog.pg_get_userbyid(c.relowner)::text,
+            &format!(
+                "SELECT c.relname, c.relkind::text, pg_catalog.pg_get_userbyid(c.relowner)::text,
                     c.relacl IS NOT NULL,
-                    COALESCE((SELECT array_agg(COALESCE(r.rolname, '') || '|' || a.privilege_type || '|' || a.is_grantable::text)
-                                FROM aclexplode(c.relacl) a LEFT JOIN pg_catalog.pg_roles r ON r.oid = a.grantee), '{}'),
+                    {acl},
                     COALESCE((SELECT array_agg(att.attname || '|' || COALESCE(r.rolname, '') || '|' || a.privilege_type || '|' || a.is_grantable::text)
                                 FROM pg_catalog.pg_attribute att, aclexplode(att.attacl) a
                                 LEFT JOIN pg_catalog.pg_roles r ON r.oid = a.grantee
-                               WHERE att.attrelid = c.oid AND att.attacl IS NOT NULL AND NOT att.attisdropped), '{}'),
+                               WHERE att.attrelid = c.oid AND att.attacl IS NOT NULL AND NOT att.attisdropped), '{{}}'),
                     EXISTS (SELECT 1 FROM pg_catalog.pg_depend d WHERE d.classid = 'pg_class'::regclass AND d.objid = c.oid
                              AND d.refclassid = 'pg_class'::regclass AND d.deptype IN ('a', 'i'))
                FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
               WHERE n.nspname = $1 AND c.relkind IN ('r', 'p', 'v', 'm', 'S', 'f')
                 AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_depend d WHERE d.classid = 'pg_class'::regclass
                                  AND d.objid = c.oid AND d.deptype = 'e')",
+                acl = acl_rows("c.relacl")
+            ),
             &[&schema],
         )
         .await
@@ -97,14 +108,16 @@ async fn objects(client: &Client, schema: &str) -> Result<Vec<Obj>> {
     }
     let funcs = client
         .query(
-            "SELECT p.proname, pg_catalog.pg_get_function_identity_arguments(p.oid), p.oid::regprocedure::text,
+            &format!(
+                "SELECT p.proname, pg_catalog.pg_get_function_identity_arguments(p.oid), p.oid::regprocedure::text,
                     p.prokind::text, pg_catalog.pg_get_userbyid(p.proowner)::text, p.proacl IS NOT NULL,
-                    COALESCE((SELECT array_agg(COALESCE(r.rolname, '') || '|' || a.privilege_type || '|' || a.is_grantable::text)
-                                FROM aclexplode(p.proacl) a LEFT JOIN pg_catalog.pg_roles r ON r.oid = a.grantee), '{}')
+                    {acl}
                FROM pg_catalog.pg_proc p JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace
               WHERE n.nspname = $1
                 AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_depend d WHERE d.classid = 'pg_proc'::regclass
                                  AND d.objid = p.oid AND d.deptype = 'e')",
+                acl = acl_rows("p.proacl")
+            ),
             &[&schema],
         )
         .await
@@ -132,15 +145,17 @@ async fn objects(client: &Client, schema: &str) -> Result<Vec<Obj>> {
     }
     let types = client
         .query(
-            "SELECT t.typname, t.typtype::text, pg_catalog.pg_get_userbyid(t.typowner)::text, t.typacl IS NOT NULL,
-                    COALESCE((SELECT array_agg(COALESCE(r.rolname, '') || '|' || a.privilege_type || '|' || a.is_grantable::text)
-                                FROM aclexplode(t.typacl) a LEFT JOIN pg_catalog.pg_roles r ON r.oid = a.grantee), '{}')
+            &format!(
+                "SELECT t.typname, t.typtype::text, pg_catalog.pg_get_userbyid(t.typowner)::text, t.typacl IS NOT NULL,
+                    {acl}
                FROM pg_catalog.pg_type t JOIN pg_catalog.pg_namespace n ON n.oid = t.typnamespace
               WHERE n.nspname = $1 AND t.typtype IN ('b', 'c', 'd', 'e', 'r')
                 AND (t.typrelid = 0 OR (SELECT c.relkind FROM pg_catalog.pg_class c WHERE c.oid = t.typrelid) = 'c')
                 AND NOT (t.typelem <> 0 AND t.typlen = -1)
                 AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_depend d WHERE d.classid = 'pg_type'::regclass
                                  AND d.objid = t.oid AND d.deptype = 'e')",
+                acl = acl_rows("t.typacl")
+            ),
             &[&schema],
         )
         .await

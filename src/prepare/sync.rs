@@ -814,59 +814,42 @@ async fn describe(client: &Client, t: &SyncedTable) -> Result<Live> {
     })
 }
 
+/// `f` of each item, joined with `sep`.
+fn joined<T>(items: &[T], sep: &str, f: impl Fn(&T) -> String) -> String {
+    items.iter().map(f).collect::<Vec<_>>().join(sep)
+}
+
 impl Live {
     fn col_list(&self) -> String {
-        self.cols
-            .iter()
-            .map(|c| c.name.as_str())
-            .collect::<Vec<_>>()
-            .join(", ")
+        joined(&self.cols, ", ", |c| c.name.clone())
     }
     /// Values of the shared columns from rows aliased `alias`, converted.
     fn values(&self, alias: &str) -> String {
-        self.cols
-            .iter()
-            .map(|c| c.conv.value(&format!("{alias}.{}", c.name)))
-            .collect::<Vec<_>>()
-            .join(", ")
+        joined(&self.cols, ", ", |c| {
+            c.conv.value(&format!("{alias}.{}", c.name))
+        })
     }
     fn key_list(&self) -> String {
-        self.keys
-            .iter()
-            .map(|k| k.name.as_str())
-            .collect::<Vec<_>>()
-            .join(", ")
+        joined(&self.keys, ", ", |k| k.name.clone())
     }
     fn log_cols(&self) -> String {
-        self.keys
-            .iter()
-            .map(|k| k.log_col.as_str())
-            .collect::<Vec<_>>()
-            .join(", ")
+        joined(&self.keys, ", ", |k| k.log_col.clone())
     }
     /// The key columns of rows aliased `alias` (public-side rows).
     fn keys_of(&self, alias: &str) -> String {
-        self.keys
-            .iter()
-            .map(|k| format!("{alias}.{}", k.name))
-            .collect::<Vec<_>>()
-            .join(", ")
+        joined(&self.keys, ", ", |k| format!("{alias}.{}", k.name))
     }
     /// `s.k = conv(x.k)`: shadow rows `s` against public-typed keys of `x`
     /// (changelog rows when `from_log`, else transition rows).
     fn shadow_match(&self, s: &str, x: &str, from_log: bool) -> String {
-        self.keys
-            .iter()
-            .map(|k| {
-                let col = if from_log { &k.log_col } else { &k.name };
-                format!(
-                    "{s}.{} = {}",
-                    k.name,
-                    k.conv.compared(&format!("{x}.{col}"))
-                )
-            })
-            .collect::<Vec<_>>()
-            .join(" AND ")
+        joined(&self.keys, " AND ", |k| {
+            let col = if from_log { &k.log_col } else { &k.name };
+            format!(
+                "{s}.{} = {}",
+                k.name,
+                k.conv.compared(&format!("{x}.{col}"))
+            )
+        })
     }
     /// `ON CONFLICT (key) DO UPDATE SET …` (DO NOTHING when every column is key).
     fn upsert_action(&self) -> String {
