@@ -247,9 +247,28 @@ pub enum VerifyMode {
     Checksums,
 }
 
-/// Options of `swap` (and of `start`).
+/// `--swap-mode`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SwapModeArg {
+    /// Rename the schemas when public holds no non-relocatable extension
+    /// (lock time independent of the table count), else move object by object.
+    Auto,
+    /// Always move object by object (`ALTER … SET SCHEMA`).
+    Object,
+    /// Rename the schemas, or refuse saying why not.
+    Rename,
+}
+
+/// Options of `swap` (and of `start` and `rollback`).
 #[derive(Debug, Args, Clone, Default)]
 pub struct SwapOpts {
+    /// How the swap moves the schemas: `auto` (default: schema renames when
+    /// public holds no non-relocatable extension such as PostGIS, else object
+    /// by object), `object` or `rename`.
+    #[arg(long, env = "PGSHIFT_SWAP_MODE", value_name = "MODE")]
+    pub swap_mode: Option<SwapModeArg>,
+
     /// How many times to retry the swap after a lock timeout (default 10).
     #[arg(long, env = "PGSHIFT_SWAP_RETRIES", value_name = "N")]
     pub swap_retries: Option<u32>,

@@ -12,7 +12,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use serde::Deserialize;
 
-use crate::cli::{Command, GlobalArgs, LogFormat, PrepareOpts, SwapOpts, VerifyMode};
+use crate::cli::{Command, GlobalArgs, LogFormat, PrepareOpts, SwapModeArg, SwapOpts, VerifyMode};
 use crate::error::UserError;
 use crate::pg::connspec::ConnSpec;
 use crate::pg::ident::TableName;
@@ -40,6 +40,7 @@ pub struct FileConfig {
     pub verify: Option<VerifyMode>,
     pub keep_source_owners: Option<bool>,
     pub swap_retries: Option<u32>,
+    pub swap_mode: Option<SwapModeArg>,
     pub allow_fk_violations: Option<bool>,
     pub keep_latest: Option<usize>,
 }
@@ -90,6 +91,7 @@ pub struct Settings {
     pub keep_source_owners: bool,
     pub dry_run: bool,
     pub swap_retries: u32,
+    pub swap_mode: SwapModeArg,
     pub allow_fk_violations: bool,
     pub keep_latest: Option<usize>,
     /// The config file that was read, if any.
@@ -116,6 +118,7 @@ impl fmt::Debug for Settings {
             .field("verify", &self.verify)
             .field("dry_run", &self.dry_run)
             .field("swap_retries", &self.swap_retries)
+            .field("swap_mode", &self.swap_mode)
             .field("allow_fk_violations", &self.allow_fk_violations)
             .field("config_file", &self.config_file)
             .finish_non_exhaustive()
@@ -134,6 +137,7 @@ struct CommandInputs {
     keep_source_owners: bool,
     dry_run: bool,
     swap_retries: Option<u32>,
+    swap_mode: Option<SwapModeArg>,
     allow_fk_violations: bool,
     keep_latest: Option<usize>,
 }
@@ -152,6 +156,7 @@ impl CommandInputs {
         }
         fn swap(s: &SwapOpts, c: &mut CommandInputs) {
             c.swap_retries = s.swap_retries;
+            c.swap_mode = s.swap_mode;
             c.allow_fk_violations = s.allow_fk_violations;
         }
         let mut c = CommandInputs::default();
@@ -387,6 +392,10 @@ pub fn resolve(
         keep_source_owners: inputs.keep_source_owners || f.keep_source_owners.unwrap_or(false),
         dry_run: inputs.dry_run,
         swap_retries: inputs.swap_retries.or(f.swap_retries).unwrap_or(10),
+        swap_mode: inputs
+            .swap_mode
+            .or(f.swap_mode)
+            .unwrap_or(SwapModeArg::Auto),
         allow_fk_violations: inputs.allow_fk_violations || f.allow_fk_violations.unwrap_or(false),
         keep_latest: inputs.keep_latest.or(f.keep_latest),
         config_file,

@@ -221,7 +221,23 @@ fn dry_runs_change_nothing() {
     // swap --dry-run after a real prepare prints the moves and the SQL, changes nothing.
     assert_success(&wd.prepare(&dbs, &[]));
     let prepared = catalog_fingerprint(&dbs.dst);
+    // Without extensions in public the swap renames the schemas ...
     let out = assert_success(&wd.run_env(&["swap", "--dry-run", "--dest", &dbs.dst.url()], &[]));
+    assert!(out.contains("ALTER SCHEMA public RENAME TO"), "{out}");
+    assert!(out.contains("ALTER SCHEMA \"shadow\" RENAME TO public"), "{out}");
+    assert!(out.contains("LOCK TABLE"), "{out}");
+    // ... and moves object by object when asked to.
+    let out = assert_success(&wd.run_env(
+        &[
+            "swap",
+            "--dry-run",
+            "--swap-mode",
+            "object",
+            "--dest",
+            &dbs.dst.url(),
+        ],
+        &[],
+    ));
     assert!(
         out.contains("ALTER TABLE \"public\".\"items\" SET SCHEMA"),
         "{out}"

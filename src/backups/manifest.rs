@@ -64,6 +64,9 @@ pub struct Manifest {
     /// --keep-tables`): the backup has no copy of its own of them.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub kept_tables: Vec<String>,
+    /// How the swap that made this backup moved the schemas.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub swap_mode: Option<crate::swap::mode::Mode>,
     /// Foreign keys removed from this backup's tables because they pointed out
     /// of the backup (at a table that stayed live); re-created when it is restored.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]

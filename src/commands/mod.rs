@@ -18,11 +18,12 @@ use anyhow::Result;
 use tokio_postgres::Client;
 use tokio_util::sync::CancellationToken;
 
-use crate::cli::Command;
+use crate::cli::{Command, SwapModeArg};
 use crate::config::Settings;
 use crate::error::ExitCode;
 use crate::migration::session::{RunContext, Session};
 use crate::swap::engine::Policy;
+use crate::swap::mode::ModeRequest;
 
 /// What every command gets.
 #[derive(Debug, Clone)]
@@ -61,6 +62,11 @@ impl Ctx {
             lock_timeout: self.settings.lock_timeout,
             statement_timeout: self.settings.statement_timeout,
             retries: self.settings.swap_retries,
+            mode: match self.settings.swap_mode {
+                SwapModeArg::Auto => ModeRequest::Auto,
+                SwapModeArg::Object => ModeRequest::Object,
+                SwapModeArg::Rename => ModeRequest::Rename,
+            },
         }
     }
 }

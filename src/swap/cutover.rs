@@ -18,14 +18,20 @@ use crate::migration::derive::{self, Destination};
 use crate::migration::lifecycle::{Phase, Status};
 use crate::migration::record::{self, MigrationRow};
 use crate::migration::session::{Recorder, Session, failpoint};
+use crate::pg::ident::qualified;
 use crate::pg::meta::SHADOW_SCHEMA;
 use crate::prepare::sync::{self, CreatedFk, FkViolation, SyncedTable};
 use crate::swap::engine::{self, Exchange, InTx, Origin, Policy};
+use crate::swap::mode::Mode;
 
 /// What a swap reports.
 #[derive(Debug, Clone, Serialize)]
 pub struct SwapReport {
     pub migration_id: i64,
+    /// `rename` (schema renames) or `object` (object by object).
+    pub swap_mode: Mode,
+    /// Why that mode.
+    pub swap_mode_reason: String,
     pub backup_schema: String,
     pub backup_timestamp: i64,
     pub lock_held_ms: u64,
@@ -42,6 +48,8 @@ pub struct SwapReport {
 #[derive(Debug, Clone, Serialize)]
 pub struct SwapPreview {
     pub migration_id: i64,
+    pub swap_mode: Mode,
+    pub swap_mode_reason: String,
     pub backup_schema: String,
     pub move_out: Vec<String>,
     pub move_in: Vec<String>,
@@ -152,6 +160,13 @@ impl InTx for MigrationTx<'_> {
             vec!["-- backup manifest written to pgshift.backups".into()],
         )
     }
+
+    fn incoming_locks(&self) -> Vec<String> {
+        self.synced
+            .iter()
+            .map(|t| qualified(SHADOW_SCHEMA, &t.name))
+            .collect()
+    }
 }
 
 /// Plan without changing anything (`--dry-run`).
@@ -167,6 +182,8 @@ pub async fn preview(client: &Client, opts: &SwapOptions) -> Result<SwapPreview>
     let fk_violations = sync::fk_violations(client, &details.deferred_sql).await?;
     Ok(SwapPreview {
         migration_id: m.id,
+        swap_mode: p.mode,
+        swap_mode_reason: p.mode_reason,
         backup_schema: p.backup_schema,
         move_out: p.move_out,
         move_in: p.move_in,
@@ -277,6 +294,8 @@ pub async fn swap(sess: &Session, opts: &SwapOptions) -> Result<SwapReport> {
     }
     Ok(SwapReport {
         migration_id: m.id,
+        swap_mode: done.mode,
+        swap_mode_reason: done.mode_reason.clone(),
         backup_schema: done.backup_schema,
         backup_timestamp: done.backup_timestamp,
         lock_held_ms: done.lock_held_ms,

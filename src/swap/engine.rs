@@ -53,14 +53,16 @@ use crate::pg::ident::{quote_ident, quote_literal};
 use crate::pg::meta::MARKER;
 use crate::pg::objects::{self, Movable};
 use crate::prepare::sync::CreatedFk;
+use crate::swap::mode::{self, Choice, Mode, ModeRequest};
 
-/// How the swap transaction waits and retries.
+/// How the swap transaction waits and retries, and which mode it may use.
 #[derive(Debug, Clone, Copy)]
 pub struct Policy {
     pub lock_timeout: Duration,
     pub statement_timeout: Duration,
     /// Attempts after the first when the locks cannot be taken.
     pub retries: u32,
+    pub mode: ModeRequest,
 }
 
 /// What a swap exchanges.
@@ -126,6 +128,7 @@ impl Origin {
                 restored_from: None,
                 restored_at: None,
                 kept_tables: Vec::new(),
+                swap_mode: None,
                 detached_foreign_keys: Vec::new(),
             },
             Origin::Rollback {
@@ -149,6 +152,7 @@ impl Origin {
                 restored_from: Some(restored.schema_name.clone()),
                 restored_at: Some(now),
                 kept_tables: kept_tables.clone(),
+                swap_mode: None,
                 detached_foreign_keys: Vec::new(),
             },
         }
@@ -186,11 +190,19 @@ pub trait InTx {
     /// What `--dry-run` shows for the hook's work: lines after the locks and
     /// before COMMIT.
     fn preview_notes(&self) -> (Vec<String>, Vec<String>);
+    /// Relations of the incoming schema the hook works on under the swap's
+    /// locks (rename mode locks public's relations and only these).
+    fn incoming_locks(&self) -> Vec<String> {
+        Vec::new()
+    }
 }
 
 /// What the engine reports after the commit.
 #[derive(Debug, Clone)]
 pub struct Swapped<B, A> {
+    pub mode: Mode,
+    /// Why this mode.
+    pub mode_reason: String,
     pub backup_schema: String,
     pub backup_timestamp: i64,
     /// From the first lock request to the end of COMMIT, in milliseconds.
@@ -208,6 +220,8 @@ pub struct Swapped<B, A> {
 /// A dry run: what would move and the transaction's SQL.
 #[derive(Debug, Clone)]
 pub struct Preview {
+    pub mode: Mode,
+    pub mode_reason: String,
     pub backup_schema: String,
     pub move_out: Vec<String>,
     pub move_in: Vec<String>,
@@ -221,10 +235,13 @@ pub async fn preview<H: InTx>(
     policy: Policy,
     hook: &H,
 ) -> Result<Preview> {
+    let choice = choose_mode(client, exchange, policy).await?;
     let req = Request {
         exchange,
         backup: "backup_<unix ms>".into(),
         policy,
+        choice: &choice,
+        incoming_locks: hook.incoming_locks(),
     };
     exec(client, "SET search_path = ''").await?;
     let listed = list(client, exchange).await;
@@ -233,7 +250,7 @@ pub async fn preview<H: InTx>(
     let (before, at_commit) = hook.preview_notes();
     let mut sql = vec!["BEGIN".to_string()];
     sql.extend(session_settings(&req));
-    if let Some(l) = lock_statement(&out, &inc) {
+    if let Some(l) = lock_statement(&req, &out, &inc) {
         sql.push(l);
     }
     sql.extend(before);
@@ -242,6 +259,8 @@ pub async fn preview<H: InTx>(
     sql.push("COMMIT".into());
     let name = |m: &Movable| format!("{} {}", m.kind, m.sql_name);
     Ok(Preview {
+        mode: choice.mode,
+        mode_reason: choice.reason.clone(),
         backup_schema: req.backup,
         move_out: out.iter().map(name).collect(),
         move_in: inc.iter().map(name).collect(),
@@ -262,12 +281,17 @@ pub async fn swap<H: InTx>(
     let control = &sess.control;
     let ts = fresh_backup_timestamp(control).await?;
     let backup = backup_schema_name(ts);
-    let manifest = origin.manifest(ts, backup.clone());
+    let choice = choose_mode(control, exchange, policy).await?;
+    tracing::info!(mode = ?choice.mode, reason = %choice.reason, "swap mode");
+    let mut manifest = origin.manifest(ts, backup.clone());
+    manifest.swap_mode = Some(choice.mode);
     let record = origin.swapped_record(&backup);
     let req = Request {
         exchange,
         backup: backup.clone(),
         policy,
+        choice: &choice,
+        incoming_locks: hook.incoming_locks(),
     };
     let client = sess.connect().await?;
     let attempt = || async {
@@ -334,6 +358,8 @@ pub async fn swap<H: InTx>(
     }
     manifest::update_manifest(control, &manifest).await?;
     Ok(Swapped {
+        mode: choice.mode,
+        mode_reason: choice.reason.clone(),
         backup_schema: backup,
         backup_timestamp: ts,
         lock_held_ms: done.lock_held_ms,
@@ -380,6 +406,20 @@ struct Request<'a> {
     /// The new backup schema for the current public.
     backup: String,
     policy: Policy,
+    choice: &'a Choice,
+    /// The hook's relations in the incoming schema (locked in rename mode).
+    incoming_locks: Vec<String>,
+}
+
+/// The mode for this exchange under this policy.
+async fn choose_mode(client: &Client, exchange: &Exchange, policy: Policy) -> Result<Choice> {
+    mode::choose(
+        client,
+        &exchange.incoming,
+        !exchange.keep_in_public.is_empty(),
+        policy.mode,
+    )
+    .await
 }
 
 /// What one committed attempt did.
@@ -445,25 +485,42 @@ fn filter_keep(
     )
 }
 
-/// One LOCK statement for every lockable relation, in a stable order.
-fn lock_statement(out: &[Movable], inc: &[Movable]) -> Option<String> {
-    let mut names: Vec<&str> = out
-        .iter()
-        .chain(inc.iter())
-        .filter_map(|m| m.lockable.as_deref())
-        .collect();
+/// One LOCK statement, in a stable order: in object mode every lockable
+/// relation that moves; in rename mode public's and the hook's. `ONLY`: each
+/// partition and child is listed itself, and the recursion through
+/// pg_inherits for every relation costs more than the locks.
+fn lock_statement(req: &Request, out: &[Movable], inc: &[Movable]) -> Option<String> {
+    let mut names: Vec<&str> = match req.choice.mode {
+        Mode::Object => out
+            .iter()
+            .chain(inc.iter())
+            .filter_map(|m| m.lockable.as_deref())
+            .collect(),
+        Mode::Rename => out
+            .iter()
+            .filter_map(|m| m.lockable.as_deref())
+            .chain(req.incoming_locks.iter().map(String::as_str))
+            .collect(),
+    };
     names.sort_unstable();
     names.dedup();
     if names.is_empty() {
         return None;
     }
     Some(format!(
-        "LOCK TABLE {} IN ACCESS EXCLUSIVE MODE",
+        "LOCK TABLE ONLY {} IN ACCESS EXCLUSIVE MODE",
         names.join(", ")
     ))
 }
 
 fn move_statements(req: &Request, out: &[Movable], inc: &[Movable]) -> Vec<String> {
+    if let Some(steps) = &req.choice.rename {
+        return steps.sql(
+            &req.exchange.incoming,
+            &req.backup,
+            req.exchange.recreate_incoming,
+        );
+    }
     let mut sql = Vec::with_capacity(out.len() + inc.len() + 4);
     sql.push(format!("CREATE SCHEMA {}", quote_ident(&req.backup)));
     sql.push(format!(
@@ -533,7 +590,7 @@ async fn one_attempt<H: InTx>(
     // created in between stays where it is and is reported after the commit.)
     exec(client, "SET search_path = ''").await?;
     let (out, inc) = list(client, req.exchange).await?;
-    let lock = lock_statement(&out, &inc);
+    let lock = lock_statement(req, &out, &inc);
     let locked = lock
         .as_ref()
         .map(|l| l.matches(", ").count() + 1)
@@ -547,7 +604,11 @@ async fn one_attempt<H: InTx>(
         first.push_str(";\n");
         first.push_str(l);
     }
-    exec(client, &first).await.context("locking the tables")?;
+    match exec(client, &first).await {
+        Ok(()) => {}
+        Err(e) if gone_meanwhile(&e) => return Err(changed(&req.exchange.incoming)),
+        Err(e) => return Err(e.context("locking the tables")),
+    }
     tracing::debug!(
         ms = started.elapsed().as_millis() as u64,
         relations = locked,

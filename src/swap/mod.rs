@@ -1,6 +1,8 @@
-//! The swap: the engine shared by `swap` and `rollback`, the swap of a prepared
-//! migration (cutover), and the rollback to a backup.
+//! The swap: the engine shared by `swap` and `rollback` and its two modes
+//! (schema renames, or object by object), the swap of a prepared migration
+//! (cutover), and the rollback to a backup.
 
 pub mod cutover;
 pub mod engine;
+pub mod mode;
 pub mod rollback;

@@ -36,6 +36,7 @@ use crate::pg::exec::{exec, pg_error_as};
 use crate::pg::ident::{TableName, qualified, quote_ident};
 use crate::prepare::sync::CreatedFk;
 use crate::swap::engine::{self, Exchange, InTx, Origin, Policy};
+use crate::swap::mode::Mode;
 
 /// Which backup to restore.
 #[derive(Debug, Clone)]
@@ -86,6 +87,10 @@ pub struct FkChange {
 #[derive(Debug, Clone, Serialize)]
 pub struct RollbackReport {
     pub restored_schema: String,
+    /// `rename` (schema renames) or `object` (object by object).
+    pub swap_mode: Mode,
+    /// Why that mode.
+    pub swap_mode_reason: String,
     pub restored_timestamp: i64,
     pub backup_schema: String,
     pub backup_timestamp: i64,
@@ -108,6 +113,8 @@ pub struct RollbackReport {
 #[derive(Debug, Clone, Serialize)]
 pub struct RollbackPreview {
     pub restore_schema: String,
+    pub swap_mode: Mode,
+    pub swap_mode_reason: String,
     pub restore_timestamp: i64,
     pub backup_schema: String,
     pub kept_tables: Vec<String>,
@@ -270,6 +277,8 @@ pub async fn preview(client: &Client, plan: &Plan, policy: Policy) -> Result<Rol
     let p = engine::preview(client, &exchange(plan), policy, &hook(plan, pg15)).await?;
     Ok(RollbackPreview {
         restore_schema: plan.restore.schema_name.clone(),
+        swap_mode: p.mode,
+        swap_mode_reason: p.mode_reason,
         restore_timestamp: plan.restore.ts,
         backup_schema: p.backup_schema,
         kept_tables: plan.keep.iter().cloned().collect(),
@@ -319,6 +328,8 @@ pub async fn execute(sess: &Session, plan: &Plan, policy: Policy) -> Result<Roll
     }
     Ok(RollbackReport {
         restored_schema: restored.schema_name.clone(),
+        swap_mode: done.mode,
+        swap_mode_reason: done.mode_reason.clone(),
         restored_timestamp: restored.ts,
         backup_schema: done.backup_schema,
         backup_timestamp: done.backup_timestamp,
@@ -478,15 +489,27 @@ impl InTx for RollbackTx<'_> {
             });
         }
 
-        // The restored schema: dropped when empty, otherwise (kept tables'
-        // namesakes remain) its manifest now describes what is left.
+        // The restored schema: gone (rename mode made it public) or dropped
+        // when empty, otherwise (kept tables' namesakes remain) its manifest
+        // now describes what is left.
+        let renamed: bool = client
+            .query_one(
+                "SELECT NOT EXISTS (SELECT 1 FROM pg_catalog.pg_namespace WHERE nspname = $1)",
+                &[&restored_schema],
+            )
+            .await?
+            .get(0);
         exec(client, "SAVEPOINT pgshift_restored").await?;
-        match exec(
-            client,
-            &format!("DROP SCHEMA {} RESTRICT", quote_ident(restored_schema)),
-        )
-        .await
-        {
+        let dropped = if renamed {
+            Ok(())
+        } else {
+            exec(
+                client,
+                &format!("DROP SCHEMA {} RESTRICT", quote_ident(restored_schema)),
+            )
+            .await
+        };
+        match dropped {
             Ok(()) => {
                 exec(client, "RELEASE SAVEPOINT pgshift_restored").await?;
                 manifest::delete_backup(client, self.restored.ts).await?;

@@ -1,0 +1,336 @@
+//! Which swap: renaming schemas, or moving objects one by one.
+//!
+//! **Rename mode** (`public` → `backup_<ts>`, the incoming schema → `public`, a
+//! new empty shadow) costs three catalog updates whatever the number of
+//! tables. It is possible when:
+//!
+//! - public holds no member of a non-relocatable extension (PostGIS is not
+//!   relocatable: renaming public would take it into the backup). Relocatable
+//!   extensions in public are moved into the new public in the same
+//!   transaction (`ALTER EXTENSION … SET SCHEMA public`);
+//! - this role may rename both schemas (owns them) and give the new public
+//!   public's owner, grants, comment and default privileges (is a member of
+//!   public's owner and of every role with default privileges in public);
+//! - no publication names schema public (`FOR TABLES IN SCHEMA public`
+//!   follows the schema's oid, which stays with the backup);
+//! - nothing must stay behind (rollback `--keep-tables`).
+//!
+//! Otherwise the swap is **object-level**: every object moves with
+//! `ALTER … SET SCHEMA` and public itself stays, with its extensions,
+//! properties and publications. Both modes take the same guarantees (see
+//! `swap::engine`); `swap --dry-run` and the reports say which mode was used
+//! and why.
+//!
+//! A pg_namespace change (the renames) makes every backend drop all its
+//! cached plans (plancache.c registers `PlanCacheSysCallback` on
+//! `NAMESPACEOID`), so prepared statements and PL/pgSQL plans re-plan by name
+//! against the new public on their next execution (tests/swap_modes.rs
+//! proves it).
+
+use anyhow::{Context, Result};
+use serde::{Deserialize, Serialize};
+use tokio_postgres::Client;
+
+use crate::pg::ident::{quote_ident, quote_literal};
+use crate::pg::meta::MARKER;
+
+/// How the swap moves public and the incoming schema.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// Three schema renames (lock time independent of the number of objects).
+    Rename,
+    /// `ALTER … SET SCHEMA` for every object.
+    Object,
+}
+
+/// What the operator asked for (`--swap-mode`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ModeRequest {
+    /// Rename when possible, else object-level.
+    #[default]
+    Auto,
+    /// Always object-level.
+    Object,
+    /// Rename, or refuse saying why not.
+    Rename,
+}
+
+/// The mode chosen, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Choice {
+    pub mode: Mode,
+    pub reason: String,
+    /// What rename mode must carry over; None in object mode.
+    pub rename: Option<RenameSteps>,
+}
+
+/// Public's properties the new public takes over, and the relocatable
+/// extensions that move with them.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct RenameSteps {
+    /// Relocatable extensions in public.
+    pub extensions: Vec<String>,
+    /// Public's owner.
+    pub owner: String,
+    /// Public's grants: (grantee, or empty for PUBLIC; privilege; grantable).
+    pub grants: Vec<(String, String, bool)>,
+    /// Grantees of the incoming schema's own grants (revoked from the new public).
+    pub incoming_grantees: Vec<String>,
+    pub comment: Option<String>,
+    /// `ALTER DEFAULT PRIVILEGES FOR ROLE r IN SCHEMA public GRANT …` for each
+    /// of public's default privileges.
+    pub default_privileges: Vec<String>,
+}
+
+fn role(name: &str) -> String {
+    if name.is_empty() {
+        "PUBLIC".into()
+    } else {
+        quote_ident(name)
+    }
+}
+
+impl RenameSteps {
+    /// The transaction's statements after the locks and the hook's work:
+    /// rename, carry public's properties over, move relocatable extensions,
+    /// leave the backup owner-only like an object-level backup, and (for a
+    /// swap) a new empty incoming schema.
+    pub fn sql(&self, incoming: &str, backup: &str, recreate_incoming: bool) -> Vec<String> {
+        let mut sql = vec![
+            format!("ALTER SCHEMA public RENAME TO {}", quote_ident(backup)),
+            format!("ALTER SCHEMA {} RENAME TO public", quote_ident(incoming)),
+            format!(
+                "COMMENT ON SCHEMA {} IS {}",
+                quote_ident(backup),
+                quote_literal(&format!("{MARKER} backup of public (managed by pgshift)"))
+            ),
+        ];
+        // The backup: owned by this role, no grants (as an object-level backup).
+        sql.push(format!(
+            "ALTER SCHEMA {} OWNER TO CURRENT_USER",
+            quote_ident(backup)
+        ));
+        let mut old_grantees: Vec<&str> = self.grants.iter().map(|g| g.0.as_str()).collect();
+        old_grantees.sort_unstable();
+        old_grantees.dedup();
+        for g in old_grantees {
+            sql.push(format!(
+                "REVOKE ALL ON SCHEMA {} FROM {}",
+                quote_ident(backup),
+                role(g)
+            ));
+        }
+        // The new public: public's owner, grants, comment, default privileges.
+        sql.push(format!(
+            "ALTER SCHEMA public OWNER TO {}",
+            quote_ident(&self.owner)
+        ));
+        for g in &self.incoming_grantees {
+            sql.push(format!("REVOKE ALL ON SCHEMA public FROM {}", role(g)));
+        }
+        for (grantee, privilege, grantable) in &self.grants {
+            sql.push(format!(
+                "GRANT {privilege} ON SCHEMA public TO {}{}",
+                role(grantee),
+                if *grantable { " WITH GRANT OPTION" } else { "" }
+            ));
+        }
+        sql.push(format!(
+            "COMMENT ON SCHEMA public IS {}",
+            self.comment
+                .as_deref()
+                .map(quote_literal)
+                .unwrap_or_else(|| "NULL".into())
+        ));
+        sql.extend(self.default_privileges.iter().cloned());
+        for e in &self.extensions {
+            sql.push(format!(
+                "ALTER EXTENSION {} SET SCHEMA public",
+                quote_ident(e)
+            ));
+        }
+        if recreate_incoming {
+            sql.push(format!("CREATE SCHEMA {}", quote_ident(incoming)));
+            sql.push(format!(
+                "COMMENT ON SCHEMA {} IS {}",
+                quote_ident(incoming),
+                quote_literal(&format!("{MARKER} shadow (empty; managed by pgshift)"))
+            ));
+        }
+        sql
+    }
+}
+
+/// Object types of `pg_default_acl.defaclobjtype`, as ALTER DEFAULT PRIVILEGES names them.
+fn default_acl_kind(objtype: &str) -> Option<&'static str> {
+    Some(match objtype {
+        "r" => "TABLES",
+        "S" => "SEQUENCES",
+        "f" => "FUNCTIONS",
+        "T" => "TYPES",
+        "n" => "SCHEMAS",
+        _ => return None,
+    })
+}
+
+/// Choose the mode for swapping public with `incoming` (read only).
+/// `keeps_tables`: some tables must stay where they are.
+pub async fn choose(
+    client: &Client,
+    incoming: &str,
+    keeps_tables: bool,
+    request: ModeRequest,
+) -> Result<Choice> {
+    let object = |reason: String| Choice {
+        mode: Mode::Object,
+        reason,
+        rename: None,
+    };
+    if request == ModeRequest::Object {
+        return Ok(object("--swap-mode object".into()));
+    }
+    let why_not = rename_obstacles(client, incoming, keeps_tables).await?;
+    match why_not {
+        Err(reason) if request == ModeRequest::Rename => Err(crate::error::UserError::new(
+            format!("--swap-mode rename is not possible here: {reason}"),
+        )
+        .into()),
+        Err(reason) => Ok(object(reason)),
+        Ok(steps) => Ok(Choice {
+            mode: Mode::Rename,
+            reason: if steps.extensions.is_empty() {
+                "public holds no extension".to_string()
+            } else {
+                format!(
+                    "public holds only relocatable extensions ({}), which move along",
+                    steps.extensions.join(", ")
+                )
+            },
+            rename: Some(steps),
+        }),
+    }
+}
+
+/// What rename mode needs, or the reason it is not possible.
+async fn rename_obstacles(
+    client: &Client,
+    incoming: &str,
+    keeps_tables: bool,
+) -> Result<std::result::Result<RenameSteps, String>> {
+    if keeps_tables {
+        return Ok(Err(
+            "kept tables stay in public (--keep-tables), which only the object-level swap can do"
+                .into(),
+        ));
+    }
+    let r = client
+        .query_one(
+            "SELECT (SELECT array_agg(e.extname::text ORDER BY e.extname) FROM pg_catalog.pg_extension e
+                      WHERE e.extnamespace = pub.oid AND NOT e.extrelocatable),
+                    (SELECT array_agg(e.extname::text ORDER BY e.extname) FROM pg_catalog.pg_extension e
+                      WHERE e.extnamespace = pub.oid AND e.extrelocatable),
+                    pg_catalog.pg_has_role(pub.nspowner, 'USAGE') AND pg_catalog.pg_has_role(inc.nspowner, 'USAGE'),
+                    pg_catalog.pg_has_role(pub.nspowner, 'MEMBER'),
+                    pg_catalog.pg_get_userbyid(pub.nspowner)::text,
+                    COALESCE((SELECT array_agg(COALESCE(r.rolname, '') || '|' || a.privilege_type || '|' || a.is_grantable::text
+                                               ORDER BY 1)
+                                FROM aclexplode(pub.nspacl) a LEFT JOIN pg_catalog.pg_roles r ON r.oid = a.grantee), '{}'),
+                    COALESCE((SELECT array_agg(DISTINCT COALESCE(r.rolname, ''))
+                                FROM aclexplode(inc.nspacl) a LEFT JOIN pg_catalog.pg_roles r ON r.oid = a.grantee), '{}'),
+                    pg_catalog.obj_description(pub.oid, 'pg_namespace'),
+                    (SELECT array_agg(DISTINCT pg_catalog.pg_get_userbyid(d.defaclrole)::text)
+                       FROM pg_catalog.pg_default_acl d
+                      WHERE d.defaclnamespace = pub.oid AND NOT pg_catalog.pg_has_role(d.defaclrole, 'MEMBER')),
+                    COALESCE((SELECT array_agg(pg_catalog.pg_get_userbyid(d.defaclrole)::text || '|' || d.defaclobjtype::text || '|'
+                                               || COALESCE(r.rolname, '') || '|' || a.privilege_type || '|' || a.is_grantable::text
+                                               ORDER BY 1)
+                                FROM pg_catalog.pg_default_acl d, aclexplode(d.defaclacl) a
+                                LEFT JOIN pg_catalog.pg_roles r ON r.oid = a.grantee
+                               WHERE d.defaclnamespace = pub.oid), '{}'),
+                    pg_catalog.current_setting('server_version_num')::int
+               FROM pg_catalog.pg_namespace pub, pg_catalog.pg_namespace inc
+              WHERE pub.nspname = 'public' AND inc.nspname = $1",
+            &[&incoming],
+        )
+        .await
+        .context("choosing the swap mode")?;
+    let fixed: Option<Vec<String>> = r.get(0);
+    if let Some(f) = fixed {
+        return Ok(Err(format!(
+            "public holds a non-relocatable extension ({}), which must stay in public",
+            f.join(", ")
+        )));
+    }
+    if !r.get::<_, bool>(2) {
+        return Ok(Err(format!(
+            "this role does not own schema public and schema {incoming} (renaming a schema needs its owner)"
+        )));
+    }
+    let owner: String = r.get(4);
+    if !r.get::<_, bool>(3) {
+        return Ok(Err(format!(
+            "this role cannot make {owner} the owner of the new public (not a member of {owner})"
+        )));
+    }
+    if let Some(roles) = r.get::<_, Option<Vec<String>>>(8) {
+        return Ok(Err(format!(
+            "public has default privileges of roles this role is not a member of ({})",
+            roles.join(", ")
+        )));
+    }
+    let version: i32 = r.get(10);
+    if version >= 150000 {
+        let pubs: Vec<String> = crate::pg::exec::column(
+            client,
+            "SELECT p.pubname::text FROM pg_catalog.pg_publication_namespace pn
+               JOIN pg_catalog.pg_publication p ON p.oid = pn.pnpubid
+               JOIN pg_catalog.pg_namespace n ON n.oid = pn.pnnspid
+              WHERE n.nspname = 'public' ORDER BY 1",
+            &[],
+        )
+        .await?;
+        if !pubs.is_empty() {
+            return Ok(Err(format!(
+                "publication {} publishes the tables in schema public, and would follow the renamed schema",
+                pubs.join(", ")
+            )));
+        }
+    }
+    let split = |s: &String| s.split('|').map(str::to_string).collect::<Vec<_>>();
+    let grants = r
+        .get::<_, Vec<String>>(5)
+        .iter()
+        .map(split)
+        .filter(|p| p.len() == 3)
+        .map(|p| (p[0].clone(), p[1].clone(), p[2] == "true"))
+        .collect();
+    let default_privileges = r
+        .get::<_, Vec<String>>(9)
+        .iter()
+        .map(split)
+        .filter(|p| p.len() == 5)
+        .filter_map(|p| {
+            let kind = default_acl_kind(&p[1])?;
+            Some(format!(
+                "ALTER DEFAULT PRIVILEGES FOR ROLE {} IN SCHEMA public GRANT {} ON {kind} TO {}{}",
+                quote_ident(&p[0]),
+                p[3],
+                role(&p[2]),
+                if p[4] == "true" {
+                    " WITH GRANT OPTION"
+                } else {
+                    ""
+                }
+            ))
+        })
+        .collect();
+    Ok(Ok(RenameSteps {
+        extensions: r.get::<_, Option<Vec<String>>>(1).unwrap_or_default(),
+        owner,
+        grants,
+        incoming_grantees: r.get(6),
+        comment: r.get(7),
+        default_privileges,
+    }))
+}

@@ -1,0 +1,255 @@
+//! The two swap modes. Rename mode (public → backup, shadow → public) keeps every
+//! guarantee of the object-level swap: sessions that prepared statements and
+//! PL/pgSQL plans before the swap re-plan by name and use the new public (a
+//! pg_namespace change resets every backend's plan cache), a writer on a
+//! preserved table loses nothing, public's owner, grants, comment and default
+//! privileges carry over, relocatable extensions in public still resolve, and
+//! a rollback uses the same mode. With PostGIS in public the object-level swap
+//! is chosen, and the reports say which mode and why.
+
+mod common;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use common::{TestDbs, Workdir, assert_success};
+use tokio::sync::Mutex;
+
+/// Owner, grants, comment and default privileges of schema public.
+fn public_properties(db: &common::TestDb) -> String {
+    db.query_one_string(
+        "SELECT concat_ws(' | ',
+                pg_get_userbyid(n.nspowner),
+                (SELECT string_agg(x, ',' ORDER BY x) FROM unnest(n.nspacl::text[]) x),
+                obj_description(n.oid, 'pg_namespace'),
+                (SELECT string_agg(pg_get_userbyid(d.defaclrole) || ':' || d.defaclobjtype::text || ':' || d.defaclacl::text, ';' ORDER BY 1)
+                   FROM pg_default_acl d WHERE d.defaclnamespace = n.oid))
+           FROM pg_namespace n WHERE n.nspname = 'public'",
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn rename_mode_keeps_sessions_writers_and_public_itself() {
+    let dbs = TestDbs::new("rename_mode");
+    let ext = "CREATE EXTENSION IF NOT EXISTS \"uuid-ossp\" WITH SCHEMA public;
+               CREATE EXTENSION IF NOT EXISTS citext WITH SCHEMA public;";
+    dbs.src.psql(ext);
+    dbs.dst.psql(ext);
+    dbs.src.psql(
+        "CREATE TABLE accounts (id int PRIMARY KEY, email citext NOT NULL, token uuid DEFAULT uuid_generate_v4());
+         INSERT INTO accounts (id, email) SELECT g, 'src' || g || '@x' FROM generate_series(1, 50) g;
+         CREATE TABLE sessions (id bigserial PRIMARY KEY, who text NOT NULL);
+         CREATE FUNCTION account_count() RETURNS bigint LANGUAGE plpgsql AS
+           $$ BEGIN RETURN (SELECT count(*) FROM accounts); END $$;",
+    );
+    dbs.dst.psql(&format!(
+        "CREATE TABLE accounts (id int PRIMARY KEY, email citext NOT NULL, token uuid DEFAULT uuid_generate_v4());
+         INSERT INTO accounts (id, email) SELECT g, 'dst' || g || '@x' FROM generate_series(1, 5) g;
+         CREATE TABLE sessions (id bigserial PRIMARY KEY, who text NOT NULL);
+         CREATE FUNCTION account_count() RETURNS bigint LANGUAGE plpgsql AS
+           $$ BEGIN RETURN (SELECT count(*) FROM accounts); END $$;
+         DROP ROLE IF EXISTS rename_app;
+         CREATE ROLE rename_app;
+         GRANT USAGE ON SCHEMA public TO rename_app;
+         ALTER DEFAULT PRIVILEGES IN SCHEMA public GRANT SELECT ON TABLES TO rename_app;
+         ALTER DEFAULT PRIVILEGES FOR ROLE {} IN SCHEMA public GRANT EXECUTE ON FUNCTIONS TO rename_app;
+         COMMENT ON SCHEMA public IS 'the application''s schema';",
+        dbs.dst.user()
+    ));
+    let before = public_properties(&dbs.dst);
+
+    // A session that prepared statements and cached a PL/pgSQL plan before the swap.
+    let held = dbs.dst.client().await;
+    held.batch_execute(
+        "PREPARE sel(int) AS SELECT email::text FROM accounts WHERE id = $1;
+         PREPARE ins(int, text) AS INSERT INTO accounts (id, email) VALUES ($1, $2);",
+    )
+    .await
+    .unwrap();
+    let email = |rows: Vec<tokio_postgres::SimpleQueryMessage>| {
+        rows.into_iter()
+            .find_map(|m| match m {
+                tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_string),
+                _ => None,
+            })
+            .unwrap_or_default()
+    };
+    assert_eq!(
+        email(held.simple_query("EXECUTE sel(1)").await.unwrap()),
+        "dst1@x"
+    );
+    let count: i64 = held
+        .query_one("SELECT account_count()", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(count, 5);
+
+    let wd = Workdir::new();
+    assert_success(&wd.prepare(&dbs, &["--preserved-tables", "sessions"]));
+
+    // A writer on the preserved table keeps inserting through the swap.
+    let stop = Arc::new(AtomicBool::new(false));
+    let committed = Arc::new(Mutex::new(Vec::<String>::new()));
+    let writer = {
+        let client = dbs.dst.client().await;
+        let (stop, committed) = (stop.clone(), committed.clone());
+        tokio::spawn(async move {
+            let stmt = client
+                .prepare("INSERT INTO sessions (who) VALUES ($1)")
+                .await
+                .unwrap();
+            let mut n = 0;
+            while !stop.load(Ordering::Relaxed) {
+                n += 1;
+                let who = format!("w{n}");
+                if client.execute(&stmt, &[&who]).await.is_ok() {
+                    committed.lock().await.push(who);
+                }
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut cmd = wd.cmd();
+    cmd.args(["swap", "--json", "--dest", &dbs.dst.url()]);
+    let out = tokio::task::spawn_blocking(move || cmd.output().unwrap())
+        .await
+        .unwrap();
+    let report: serde_json::Value = serde_json::from_str(&assert_success(&out)).unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    stop.store(true, Ordering::Relaxed);
+    writer.await.unwrap();
+    assert_eq!(report["swap_mode"], "rename", "{report}");
+    assert!(
+        report["swap_mode_reason"]
+            .as_str()
+            .unwrap()
+            .contains("relocatable"),
+        "{report}"
+    );
+    let backup = report["backup_schema"].as_str().unwrap().to_string();
+
+    // The session reads and writes the new public, by name, through its old plans.
+    assert_eq!(
+        email(held.simple_query("EXECUTE sel(1)").await.unwrap()),
+        "src1@x"
+    );
+    held.batch_execute("EXECUTE ins(1000, 'after@x')")
+        .await
+        .unwrap();
+    let count: i64 = held
+        .query_one("SELECT account_count()", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(count, 51, "the PL/pgSQL plan re-planned against the new table");
+    assert_eq!(
+        dbs.dst
+            .query_one_string("SELECT email FROM public.accounts WHERE id = 1000"),
+        "after@x"
+    );
+    assert_eq!(
+        dbs.dst.query_one_string(&format!(
+            "SELECT count(*) FROM \"{backup}\".accounts WHERE id = 1000"
+        )),
+        "0"
+    );
+
+    // Every committed write to the preserved table is in the new public.
+    let committed = committed.lock().await.clone();
+    assert!(committed.len() > 10, "the writer wrote {}", committed.len());
+    let missing = dbs.dst.query_one_string(&format!(
+        "SELECT count(*) FROM unnest(ARRAY[{}]) w WHERE w NOT IN (SELECT who FROM public.sessions)",
+        committed
+            .iter()
+            .map(|w| format!("'{w}'"))
+            .collect::<Vec<_>>()
+            .join(",")
+    ));
+    assert_eq!(missing, "0", "committed writes lost");
+
+    // Public itself: same owner, grants, comment, default privileges; the
+    // extensions moved along and still resolve; a backup like any other.
+    assert_eq!(public_properties(&dbs.dst), before);
+    assert_eq!(
+        dbs.dst.query_one_string(
+            "SELECT string_agg(e.extname || '@' || n.nspname, ',' ORDER BY e.extname)
+               FROM pg_extension e JOIN pg_namespace n ON n.oid = e.extnamespace
+              WHERE e.extname IN ('citext', 'uuid-ossp')"
+        ),
+        "citext@public,uuid-ossp@public"
+    );
+    dbs.dst
+        .psql("INSERT INTO accounts (id, email) VALUES (2000, 'Mixed@Case')");
+    assert_eq!(
+        dbs.dst.query_one_string(
+            "SELECT count(*) FROM accounts WHERE email = 'mixed@case' AND token IS NOT NULL"
+        ),
+        "1"
+    );
+    assert_eq!(
+        dbs.dst
+            .query_one_string("SELECT count(*) FROM pg_namespace WHERE nspname = 'shadow'"),
+        "1"
+    );
+    let verify = wd.run(&["verify", "--dest", &dbs.dst.url(), "--timestamp", &backup]);
+    assert_success(&verify);
+
+    // Rollback uses the same mode and restores public as it was.
+    let out = assert_success(&wd.run(&["rollback", "--latest", "--json", "--dest", &dbs.dst.url()]));
+    let rb: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(rb["swap_mode"], "rename", "{rb}");
+    assert_eq!(rb["restored_schema_dropped"], true, "{rb}");
+    assert_eq!(dbs.dst.query_one_string("SELECT email FROM accounts WHERE id = 1"), "dst1@x");
+    assert_eq!(public_properties(&dbs.dst), before);
+    assert_eq!(
+        dbs.dst.query_one_string(&format!(
+            "SELECT count(*) FROM pg_namespace WHERE nspname = '{backup}'"
+        )),
+        "0"
+    );
+}
+
+#[test]
+fn postgis_in_public_picks_the_object_level_swap() {
+    let dbs = TestDbs::new("object_mode");
+    dbs.src.create_extensions();
+    dbs.dst.create_extensions();
+    let sql = "CREATE TABLE places (id int PRIMARY KEY, geom geometry(Point, 4326));
+               INSERT INTO places VALUES (1, ST_SetSRID(ST_MakePoint(1, 2), 4326));";
+    dbs.src.psql(sql);
+    dbs.dst.psql(sql);
+    let wd = Workdir::new();
+    assert_success(&wd.prepare(&dbs, &[]));
+    let out = assert_success(&wd.run(&["swap", "--dry-run", "--json", "--dest", &dbs.dst.url()]));
+    let plan: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(plan["swap"]["swap_mode"], "object", "{plan}");
+    assert!(
+        plan["swap"]["swap_mode_reason"]
+            .as_str()
+            .unwrap()
+            .contains("postgis"),
+        "{plan}"
+    );
+    // Asking for rename mode is refused with the reason, changing nothing.
+    let out = wd.run(&["swap", "--swap-mode", "rename", "--dest", &dbs.dst.url()]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = common::stderr_of(&out);
+    assert!(err.contains("postgis"), "{err}");
+    let out = assert_success(&wd.run(&["swap", "--json", "--dest", &dbs.dst.url()]));
+    let report: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(report["swap_mode"], "object", "{report}");
+    assert_eq!(
+        dbs.dst
+            .query_one_string("SELECT ST_AsText(geom) FROM places WHERE id = 1"),
+        "POINT(1 2)"
+    );
+    assert_eq!(
+        dbs.dst.query_one_string(
+            "SELECT n.nspname FROM pg_extension e JOIN pg_namespace n ON n.oid = e.extnamespace WHERE e.extname = 'postgis'"
+        ),
+        "public"
+    );
+}
