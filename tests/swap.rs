@@ -224,7 +224,10 @@ fn dry_runs_change_nothing() {
     // Without extensions in public the swap renames the schemas ...
     let out = assert_success(&wd.run_env(&["swap", "--dry-run", "--dest", &dbs.dst.url()], &[]));
     assert!(out.contains("ALTER SCHEMA public RENAME TO"), "{out}");
-    assert!(out.contains("ALTER SCHEMA \"shadow\" RENAME TO public"), "{out}");
+    assert!(
+        out.contains("ALTER SCHEMA \"shadow\" RENAME TO public"),
+        "{out}"
+    );
     assert!(out.contains("LOCK TABLE"), "{out}");
     // ... and moves object by object when asked to.
     let out = assert_success(&wd.run_env(

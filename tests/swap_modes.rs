@@ -144,7 +144,10 @@ async fn rename_mode_keeps_sessions_writers_and_public_itself() {
         .await
         .unwrap()
         .get(0);
-    assert_eq!(count, 51, "the PL/pgSQL plan re-planned against the new table");
+    assert_eq!(
+        count, 51,
+        "the PL/pgSQL plan re-planned against the new table"
+    );
     assert_eq!(
         dbs.dst
             .query_one_string("SELECT email FROM public.accounts WHERE id = 1000"),
@@ -198,11 +201,16 @@ async fn rename_mode_keeps_sessions_writers_and_public_itself() {
     assert_success(&verify);
 
     // Rollback uses the same mode and restores public as it was.
-    let out = assert_success(&wd.run(&["rollback", "--latest", "--json", "--dest", &dbs.dst.url()]));
+    let out =
+        assert_success(&wd.run(&["rollback", "--latest", "--json", "--dest", &dbs.dst.url()]));
     let rb: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(rb["swap_mode"], "rename", "{rb}");
     assert_eq!(rb["restored_schema_dropped"], true, "{rb}");
-    assert_eq!(dbs.dst.query_one_string("SELECT email FROM accounts WHERE id = 1"), "dst1@x");
+    assert_eq!(
+        dbs.dst
+            .query_one_string("SELECT email FROM accounts WHERE id = 1"),
+        "dst1@x"
+    );
     assert_eq!(public_properties(&dbs.dst), before);
     assert_eq!(
         dbs.dst.query_one_string(&format!(

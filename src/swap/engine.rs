@@ -191,7 +191,7 @@ pub trait InTx {
     /// before COMMIT.
     fn preview_notes(&self) -> (Vec<String>, Vec<String>);
     /// Relations of the incoming schema the hook works on under the swap's
-    /// locks (rename mode locks public's relations and only these).
+    /// locks (the swap locks public's relations and these).
     fn incoming_locks(&self) -> Vec<String> {
         Vec::new()
     }
@@ -250,7 +250,7 @@ pub async fn preview<H: InTx>(
     let (before, at_commit) = hook.preview_notes();
     let mut sql = vec!["BEGIN".to_string()];
     sql.extend(session_settings(&req));
-    if let Some(l) = lock_statement(&req, &out, &inc) {
+    if let Some(l) = lock_statement(&req, &out) {
         sql.push(l);
     }
     sql.extend(before);
@@ -407,7 +407,7 @@ struct Request<'a> {
     backup: String,
     policy: Policy,
     choice: &'a Choice,
-    /// The hook's relations in the incoming schema (locked in rename mode).
+    /// The hook's relations in the incoming schema (locked with public's).
     incoming_locks: Vec<String>,
 }
 
@@ -485,23 +485,19 @@ fn filter_keep(
     )
 }
 
-/// One LOCK statement, in a stable order: in object mode every lockable
-/// relation that moves; in rename mode public's and the hook's. `ONLY`: each
-/// partition and child is listed itself, and the recursion through
-/// pg_inherits for every relation costs more than the locks.
-fn lock_statement(req: &Request, out: &[Movable], inc: &[Movable]) -> Option<String> {
-    let mut names: Vec<&str> = match req.choice.mode {
-        Mode::Object => out
-            .iter()
-            .chain(inc.iter())
-            .filter_map(|m| m.lockable.as_deref())
-            .collect(),
-        Mode::Rename => out
-            .iter()
-            .filter_map(|m| m.lockable.as_deref())
-            .chain(req.incoming_locks.iter().map(String::as_str))
-            .collect(),
-    };
+/// One LOCK statement, in a stable order, for public's relations and the
+/// hook's relations in the incoming schema (the preserved tables' shadow
+/// copies). That is what the guarantees need: no session is in the middle of
+/// using public when it changes. Nobody else uses the incoming schema; in
+/// object mode each ALTER takes its object's lock itself. `ONLY`: every
+/// partition and child is listed itself, and recursing through pg_inherits
+/// for each relation costs more than the locks.
+fn lock_statement(req: &Request, out: &[Movable]) -> Option<String> {
+    let mut names: Vec<&str> = out
+        .iter()
+        .filter_map(|m| m.lockable.as_deref())
+        .chain(req.incoming_locks.iter().map(String::as_str))
+        .collect();
     names.sort_unstable();
     names.dedup();
     if names.is_empty() {
@@ -590,7 +586,7 @@ async fn one_attempt<H: InTx>(
     // created in between stays where it is and is reported after the commit.)
     exec(client, "SET search_path = ''").await?;
     let (out, inc) = list(client, req.exchange).await?;
-    let lock = lock_statement(req, &out, &inc);
+    let lock = lock_statement(req, &out);
     let locked = lock
         .as_ref()
         .map(|l| l.matches(", ").count() + 1)
