@@ -8,6 +8,7 @@ pub mod commands;
 pub mod config;
 pub mod dump;
 pub mod error;
+pub mod impact;
 pub mod logging;
 pub mod output;
 pub mod pg;
