@@ -481,6 +481,11 @@ struct App {
     legacy: tokio_postgres::Statement,
     product: tokio_postgres::Statement,
     all_orders: tokio_postgres::Statement,
+    /// Uses an extension member of public (citext): public stays on the
+    /// checked search path, and still legacy must not be found there.
+    legacy_ext: tokio_postgres::Statement,
+    /// The live schema's own function next to an extension member.
+    scored: tokio_postgres::Statement,
 }
 
 impl App {
@@ -500,12 +505,22 @@ impl App {
             .await
             .unwrap();
         let all_orders = client.prepare("SELECT * FROM orders").await.unwrap();
+        let legacy_ext = client
+            .prepare("SELECT count(*) FROM legacy WHERE note::citext = $1")
+            .await
+            .unwrap();
+        let scored = client
+            .prepare("SELECT score(id) FROM products WHERE name::citext = $1")
+            .await
+            .unwrap();
         App {
             client,
             by_email,
             legacy,
             product,
             all_orders,
+            legacy_ext,
+            scored,
         }
     }
 
@@ -516,6 +531,8 @@ impl App {
         self.client.query(&self.legacy, &[&1i32]).await.unwrap();
         self.client.query(&self.product, &[&1i32]).await.unwrap();
         self.client.query(&self.all_orders, &[]).await.unwrap();
+        self.client.query(&self.legacy_ext, &[&"n"]).await.unwrap();
+        self.client.query(&self.scored, &[&"p"]).await.unwrap();
         // pg_stat_statements turns the constant into $1, whose type cannot be
         // inferred any more.
         self.client
@@ -527,8 +544,11 @@ impl App {
 
 const WORKLOAD_SCHEMA: &str = "CREATE SCHEMA \"Stats\";
      CREATE EXTENSION pg_stat_statements SCHEMA \"Stats\";
+     CREATE EXTENSION citext SCHEMA public;
      CREATE ROLE app; CREATE ROLE idle_role;
      CREATE SCHEMA shadow;
+     CREATE FUNCTION score(int) RETURNS int LANGUAGE sql AS 'SELECT $1';
+     CREATE FUNCTION shadow.score(bigint) RETURNS bigint LANGUAGE sql AS 'SELECT $1';
      CREATE TABLE accounts (id int PRIMARY KEY, email text);
      CREATE TABLE legacy (id int PRIMARY KEY, note text);
      CREATE TABLE products (id int PRIMARY KEY, name text);
@@ -560,6 +580,8 @@ const SWAP_BY_HAND: &str = "BEGIN;
      ALTER TABLE shadow.products SET SCHEMA public;
      ALTER TABLE shadow.orders SET SCHEMA public;
      ALTER DOMAIN shadow.email SET SCHEMA public;
+     ALTER FUNCTION public.score(int) SET SCHEMA backup_1;
+     ALTER FUNCTION shadow.score(bigint) SET SCHEMA public;
      COMMIT;";
 
 fn opts() -> WorkloadOptions {
@@ -590,11 +612,18 @@ async fn recorded_statements_are_checked_against_the_incoming_schema() {
     // legacy still exists in the old public while the check runs; it fails anyway.
     assert_eq!(
         failing,
-        vec![(
-            "SELECT note FROM legacy WHERE id = $1",
-            1,
-            "relation \"legacy\" does not exist"
-        )]
+        vec![
+            (
+                "SELECT count(*) FROM legacy WHERE note::citext = $1",
+                1,
+                "relation \"legacy\" does not exist"
+            ),
+            (
+                "SELECT note FROM legacy WHERE id = $1",
+                1,
+                "relation \"legacy\" does not exist"
+            )
+        ]
     );
     let mut changed: Vec<(&str, i64, Vec<String>)> = report
         .result_type_changed
@@ -615,6 +644,11 @@ async fn recorded_statements_are_checked_against_the_incoming_schema() {
                 3,
                 vec!["email: text -> email".to_string()]
             ),
+            (
+                "SELECT score(id) FROM products WHERE name::citext = $1",
+                1,
+                vec!["score: integer -> bigint".to_string()]
+            ),
         ]
     );
     let unchecked: Vec<&str> = report.unchecked.iter().map(|u| u.query.as_str()).collect();
@@ -627,14 +661,15 @@ async fn recorded_statements_are_checked_against_the_incoming_schema() {
         "{:?}",
         report.unchecked
     );
-    assert_eq!(report.checked, 4, "{report:#?}");
+    assert_eq!(report.checked, 6, "{report:#?}");
     assert_eq!(
         report.used_objects,
         vec![
             "public.accounts",
             "public.legacy",
             "public.orders",
-            "public.products"
+            "public.products",
+            "public.score"
         ]
     );
 
@@ -643,7 +678,7 @@ async fn recorded_statements_are_checked_against_the_incoming_schema() {
     let mut o = opts();
     o.roles = vec!["app".into()];
     let only_app = impact::check_workload(&c, &pairs, &o).await.unwrap();
-    assert_eq!(only_app.checked, 4);
+    assert_eq!(only_app.checked, 6);
     o.roles = vec!["idle_role".into()];
     let none = impact::check_workload(&c, &pairs, &o).await.unwrap();
     assert_eq!((none.checked, none.unchecked.len()), (0, 0));
@@ -660,7 +695,7 @@ async fn recorded_statements_are_checked_against_the_incoming_schema() {
     o.timeout = Duration::ZERO;
     let bounded = impact::check_workload(&c, &pairs, &o).await.unwrap();
     assert_eq!(bounded.checked, 0);
-    assert_eq!(bounded.unchecked.len(), 5, "{bounded:#?}");
+    assert_eq!(bounded.unchecked.len(), 7, "{bounded:#?}");
     assert!(
         bounded
             .unchecked
@@ -685,14 +720,14 @@ async fn recorded_statements_are_checked_against_the_incoming_schema() {
         .iter()
         .map(|u| (u.query.as_str(), u.reason.as_str()))
         .collect();
-    assert_eq!(why.len(), 2, "{why:?}");
+    assert_eq!(why.len(), 3, "{why:?}");
     assert!(
         why.iter()
             .any(|(q, r)| *q == "SELECT name FROM products WHERE id = $1"
                 && r.contains("lock_timeout")),
         "{why:?}"
     );
-    assert_eq!(locked.checked, 3);
+    assert_eq!(locked.checked, 4);
     holder.batch_execute("ROLLBACK").await.unwrap();
 
     // The whole report, and what --fail-on-breaking would refuse.
@@ -716,15 +751,18 @@ async fn recorded_statements_are_checked_against_the_incoming_schema() {
             .any(|b| b.starts_with("statement will fail (1 calls): SELECT note FROM legacy")),
         "{breaking:#?}"
     );
-    assert!(
-        breaking
-            .iter()
-            .any(|b| b.starts_with("TABLE_DROPPED public.legacy")),
-        "{breaking:#?}"
-    );
+    for hazard in [
+        "TABLE_DROPPED public.legacy",
+        "FUNCTION_SIGNATURE_CHANGED public.score(integer)",
+    ] {
+        assert!(
+            breaking.iter().any(|b| b.starts_with(hazard)),
+            "{breaking:#?}"
+        );
+    }
     assert_eq!(
         full.summary(),
-        "impact: 1 statement will fail, 2 will change result type, 1 breaking schema change, 1 statement unchecked"
+        "impact: 2 statements will fail, 3 will change result type, 2 breaking schema changes, 1 statement unchecked"
     );
     let json = serde_json::to_value(&full).unwrap();
     for key in [
@@ -762,6 +800,14 @@ async fn recorded_statements_are_checked_against_the_incoming_schema() {
     assert_eq!(
         err(a.client.query(&a.legacy, &[&1i32]).await),
         "relation \"legacy\" does not exist"
+    );
+    assert_eq!(
+        err(a.client.query(&a.legacy_ext, &[&"n"]).await),
+        "relation \"legacy\" does not exist"
+    );
+    assert_eq!(
+        err(a.client.query(&a.scored, &[&"p"]).await),
+        "cached plan must not change result type"
     );
     assert_eq!(a.client.query(&a.product, &[&1i32]).await.unwrap().len(), 1);
 }
