@@ -1080,7 +1080,7 @@ async fn the_report_never_blocks_a_pgbench_load() {
 }
 
 /// A blocker as (pid, application_name, state, tables).
-type Seen<'a> = (i32, Option<&'a str>, Option<&'a str>, Vec<String>);
+type Seen<'a> = (i32, &'a str, &'a str, Vec<String>);
 
 #[tokio::test]
 async fn long_transactions_and_idle_sessions_are_blockers() {
@@ -1155,8 +1155,8 @@ async fn long_transactions_and_idle_sessions_are_blockers() {
         .map(|b| {
             (
                 b.pid,
-                b.application_name.as_deref(),
-                b.state.as_deref(),
+                b.application_name.as_str(),
+                b.state.as_str(),
                 b.tables.clone(),
             )
         })
@@ -1171,31 +1171,18 @@ async fn long_transactions_and_idle_sessions_are_blockers() {
         vec![
             (
                 p_idle,
-                Some("app-idle"),
-                Some("idle in transaction"),
+                "app-idle",
+                "idle in transaction",
                 vec!["accounts".to_string()]
             ),
-            (
-                p_no_lock,
-                Some("app-idle-no-lock"),
-                Some("idle in transaction"),
-                vec![]
-            ),
-            (
-                p_busy,
-                Some("app-busy"),
-                Some("active"),
-                vec!["orders".to_string()]
-            ),
+            (p_no_lock, "app-idle-no-lock", "idle in transaction", vec![]),
+            (p_busy, "app-busy", "active", vec!["orders".to_string()]),
         ]
     );
     let first = &b[0];
-    assert_eq!(
-        first.query.as_deref(),
-        Some("SELECT count(*) FROM accounts")
-    );
+    assert_eq!(first.query, "SELECT count(*) FROM accounts");
     assert_eq!(first.client_addr.as_deref(), Some("127.0.0.1"));
-    assert_eq!(first.role.as_deref(), Some(common::SUPERUSER));
+    assert_eq!(first.role, common::SUPERUSER);
     assert!(first.xact_age_ms >= 300, "{first:?}");
     assert!(!first.waiting);
 

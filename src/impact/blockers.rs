@@ -28,15 +28,16 @@ use super::SchemaPair;
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Blocker {
     pub pid: i32,
-    pub role: Option<String>,
-    pub application_name: Option<String>,
+    pub role: String,
+    pub application_name: String,
+    /// Null for a Unix-domain socket.
     pub client_addr: Option<String>,
     /// Age of its transaction.
     pub xact_age_ms: i64,
     /// `idle in transaction`, `active`, …
-    pub state: Option<String>,
+    pub state: String,
     /// The start of its current or last query.
-    pub query: Option<String>,
+    pub query: String,
     /// It is itself waiting for a lock.
     pub waiting: bool,
     /// Swapped relations it holds a lock on (`accounts`, `billing.invoices`).
@@ -97,12 +98,12 @@ pub async fn blockers(
             tables.sort();
             Blocker {
                 pid: r.get(0),
-                role: r.get(1),
-                application_name: r.get(2),
+                role: r.get::<_, Option<String>>(1).unwrap_or_default(),
+                application_name: r.get::<_, Option<String>>(2).unwrap_or_default(),
                 client_addr: r.get(3),
                 xact_age_ms: r.get::<_, Option<i64>>(4).unwrap_or(0),
-                state: r.get(5),
-                query: r.get(6),
+                state: r.get::<_, Option<String>>(5).unwrap_or_default(),
+                query: r.get::<_, Option<String>>(6).unwrap_or_default(),
                 waiting: r.get(7),
                 tables,
             }

@@ -194,17 +194,13 @@ pub fn render(i: &Impact) -> String {
         for b in &i.blockers {
             t.row([
                 b.pid.to_string(),
-                b.role.clone().unwrap_or_default(),
-                b.application_name.clone().unwrap_or_default(),
+                b.role.clone(),
+                b.application_name.clone(),
                 b.client_addr.clone().unwrap_or_else(|| "local".into()),
                 human_ms(b.xact_age_ms.max(0) as u64),
-                format!(
-                    "{}{}",
-                    b.state.clone().unwrap_or_default(),
-                    if b.waiting { " (waiting)" } else { "" }
-                ),
+                format!("{}{}", b.state, if b.waiting { " (waiting)" } else { "" }),
                 b.tables.join(", "),
-                short_query(b.query.as_deref().unwrap_or(""), 60),
+                short_query(&b.query, 60),
             ]);
         }
         out.push_str(&indent(&t.render(), "  "));

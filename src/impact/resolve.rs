@@ -549,7 +549,7 @@ impl Mapper {
         Ok(Mapper { pairs: out })
     }
 
-    #[cfg(test)]
+    /// From the names each incoming schema defines, already loaded.
     pub(crate) fn new(pairs: Vec<(SchemaPair, DefinedNames)>) -> Mapper {
         Mapper { pairs }
     }

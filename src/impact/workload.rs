@@ -244,13 +244,20 @@ pub async fn check_workload(
     let schemas: Vec<String> = schemas.into_iter().collect();
     let cat = Catalog::load(client, &schemas, &live).await?;
     let mut defined: Vec<DefinedNames> = Vec::with_capacity(pairs.len());
+    let mut incoming_defined: Vec<(SchemaPair, DefinedNames)> = Vec::with_capacity(pairs.len());
     for p in pairs {
         // Everything the swap moves away or brings in; a live extension
         // member's qualifier is never rewritten (it stays).
+        let incoming: DefinedNames = defined_names(client, &p.incoming)
+            .await?
+            .into_iter()
+            .collect();
         let mut d: DefinedNames = defined_names(client, &p.live).await?.into_iter().collect();
-        d.extend(defined_names(client, &p.incoming).await?);
+        d.extend(incoming.iter().map(str::to_string));
         defined.push(d);
+        incoming_defined.push((p.clone(), incoming));
     }
+    let mapper = Mapper::new(incoming_defined);
 
     let mut report = StatementsReport {
         source: "pg_stat_statements".into(),
@@ -342,7 +349,7 @@ pub async fn check_workload(
     // Result columns: compare by name and type name (the incoming schema
     // mapped back), and flag replaced types (same name, new OID).
     if !described.is_empty() {
-        let types = column_types(client, pairs, &described).await?;
+        let types = column_types(client, &mapper, &described).await?;
         for (p, today, future) in described {
             let columns = column_changes(&today, &future, &types);
             if !columns.is_empty() {
@@ -721,7 +728,7 @@ type ColumnTypes = HashMap<(u32, i32, Option<(u32, i16)>), ((u32, i32), String)>
 /// The real types of every result column of `described`, in two queries.
 async fn column_types(
     client: &Client,
-    pairs: &[SchemaPair],
+    mapper: &Mapper,
     described: &[(Pending, Vec<Column>, Vec<Column>)],
 ) -> Result<ColumnTypes> {
     let cols: Vec<&Column> = described
@@ -761,7 +768,6 @@ async fn column_types(
             .into_iter()
             .map(|r| ((r.get(0), r.get(1)), r.get(2)))
             .collect();
-        let mapper = Mapper::load(client, pairs).await?;
         let mut out: ColumnTypes = HashMap::new();
         for c in &cols {
             let t = real(c);
