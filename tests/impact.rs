@@ -690,6 +690,56 @@ async fn recorded_statements_are_checked_against_the_incoming_schema() {
     );
     assert!(format!("{err:#}").contains("\"nobody\""), "{err:#}");
 
+    // As a role without superuser (a managed cloud's): other roles' statements
+    // are hidden until it may read all statistics.
+    c.batch_execute(
+        "CREATE ROLE checker LOGIN PASSWORD 'checker-pw'; GRANT USAGE ON SCHEMA shadow TO checker;",
+    )
+    .await
+    .unwrap();
+    let mut cfg = db.pg_config();
+    cfg.user("checker").password("checker-pw");
+    let (checker, conn) = cfg.connect(NoTls).await.unwrap();
+    tokio::spawn(conn);
+    let unreadable = impact::check_workload(&checker, &pairs, &opts())
+        .await
+        .unwrap();
+    let why = unreadable.not_checked.unwrap_or_default();
+    assert!(
+        why.starts_with("pg_stat_statements cannot be read")
+            && why.contains("permission denied for schema Stats"),
+        "{why}"
+    );
+    c.batch_execute("GRANT USAGE ON SCHEMA \"Stats\" TO checker")
+        .await
+        .unwrap();
+    let hidden = impact::check_workload(&checker, &pairs, &opts())
+        .await
+        .unwrap();
+    assert_eq!(hidden.checked, 0, "{hidden:#?}");
+    assert_eq!(hidden.unchecked.len(), 1, "{hidden:#?}");
+    assert_eq!(hidden.unchecked[0].query, "<insufficient privilege>");
+    assert!(
+        hidden.unchecked[0]
+            .reason
+            .contains("grant it pg_read_all_stats"),
+        "{hidden:#?}"
+    );
+    c.batch_execute("GRANT pg_read_all_stats TO checker")
+        .await
+        .unwrap();
+    let visible = impact::check_workload(&checker, &pairs, &opts())
+        .await
+        .unwrap();
+    assert_eq!(
+        (
+            &visible.failing,
+            &visible.result_type_changed,
+            visible.checked
+        ),
+        (&report.failing, &report.result_type_changed, report.checked)
+    );
+
     // The time bound: what is left is reported unchecked.
     let mut o = opts();
     o.timeout = Duration::ZERO;

@@ -8,19 +8,36 @@
 //! as `accounts` in `public` and `billing.invoices` elsewhere; hazard objects are
 //! always qualified (`public.accounts.email`).
 //!
-//! The report has four parts, each usable on its own (the commands wire them):
+//! The report has four parts, each usable on its own (the commands wire them).
+//! The API:
 //!
-//! | part | module | entry points |
-//! |---|---|---|
-//! | discarded writes | [`writes`] | [`take_baseline`], [`compare`], [`check_sql`] + [`parse_check`], [`gate`], [`AllowDiscard`], [`writes_since_reset`] |
-//! | schema hazards | [`hazards`](mod@hazards) | [`hazards()`] |
-//! | recorded workload | [`workload`] | [`check_workload`] |
-//! | blockers | [`blockers`](mod@blockers) | [`blockers()`] |
+//! ```text
+//! // 1. discarded writes (writes.rs)
+//! take_baseline(&impl GenericClient, schemas: &[String]) -> Result<WriteBaseline>   // at prepare start; serde
+//! compare(&WriteBaseline, now: &WriteBaseline, exempt: &[TableName]) -> WriteCheck  // {discarded, unknown}
+//! compare_without_baseline(now, exempt) -> WriteCheck                               // prepared without one
+//! check_sql(&WriteBaseline, exempt) -> String    // one query, no parameters, JSON text: run it under the locks
+//! parse_check(&str) -> Result<WriteCheck>        // its output, equal to compare()'s
+//! gate(&WriteCheck, &AllowDiscard) -> Result<(), String>   // the refusal line (without "error: ")
+//! AllowDiscard::parse("all" | "a,billing.b") -> Result<AllowDiscard, NameError>
+//! writes_since_reset(&impl GenericClient, schemas) -> Result<WritesSinceReset>   // prepare --dry-run hint
+//! // 2. schema hazards (hazards.rs)
+//! hazards(&Client, &[SchemaPair]) -> Result<Vec<Hazard>>     // {code, effect, object, detail}
+//! // 3. recorded workload (workload.rs, resolve.rs)
+//! check_workload(&Client, &[SchemaPair], &WorkloadOptions{roles, timeout, lock_timeout})
+//!     -> Result<StatementsReport>   // Err: connection, or a UserError for an unknown role
+//! // 4. blockers (blockers.rs)
+//! blockers(&impl GenericClient, &[SchemaPair], lock_timeout: Duration) -> Result<Vec<Blocker>>
+//! // the whole report (this file, report.rs)
+//! Impact::collect(&Client, &ImpactRequest{pairs, baseline, exempt, workload, lock_timeout}) -> Result<Impact>
+//! impact.set_writes(WriteCheck); impact.breaking() -> Vec<String>; impact.summary() -> String;
+//! impact.render() -> String; serde_json::to_value(&impact)   // the issue's JSON shape (+ notes)
+//! ```
 //!
-//! [`Impact`] is the whole report: [`Impact::collect`] runs the read-only parts,
-//! [`Impact::breaking`] says what `--fail-on-breaking` refuses, [`Impact::summary`]
-//! is `status`'s line and [`Impact::render`] the text of `swap --dry-run`. It
-//! serialises to the JSON shape of the issue (`swap.impact`, `status.impact`).
+//! Every function that reads several catalogs at once (`hazards`,
+//! `check_workload`, `Impact::collect`) opens and rolls back its own read-only
+//! transactions, so its client must not be inside a transaction; `take_baseline`,
+//! `check_sql` and `blockers` work inside one (the swap's).
 //!
 //! # Discarded writes (see [`writes`] for the details)
 //!
@@ -49,13 +66,17 @@
 //!   file that may be up to 500 ms old when read, and UDP messages can be dropped
 //!   under load. Backends publish everything when they disconnect.
 //! * So a check taken under the swap's ACCESS EXCLUSIVE locks (no write can
-//!   happen any more) sees every write committed more than a few seconds
-//!   earlier, but can miss writes of the last second or so (on 15+: up to 10 s
-//!   for a backend that went idle, a minute under heavy contention; on 13/14:
-//!   indefinitely for an idle backend). The check is a strong safety net, not a
-//!   proof. **When exactness matters, list the table in `--preserved-tables`**:
-//!   preserved tables are synchronised by triggers (see `pipeline::sync`), which
-//!   miss nothing.
+//!   happen any more) sees every write published before it, which is every
+//!   write committed more than a second or so earlier by a busy backend, but
+//!   can miss the last ones (on 15+: up to 10 s for a backend that went idle
+//!   right after writing, up to a minute under heavy contention on the
+//!   statistics; on 13/14: until that backend runs another transaction or
+//!   disconnects, or never if the collector dropped the message). The check is
+//!   a strong safety net, not a proof. **When exactness matters, list the table
+//!   in `--preserved-tables`**: preserved tables are synchronised by triggers
+//!   (see `pipeline::sync`), which miss nothing. Run the check once before
+//!   taking the locks (a refusal then holds nothing) and again under them
+//!   ([`check_sql`], about 15–30 ms at 1,000 tables).
 //! * They count rows of aborted transactions too: a rolled-back insert still
 //!   counts (conservative: it may refuse a swap that would have lost nothing).
 //! * `TRUNCATE` is not counted by `n_tup_*`; it (like `VACUUM FULL`, `CLUSTER`
@@ -63,9 +84,11 @@
 //!   reported as *unknown* (rewritten), never as clean.
 //! * Counters that went backwards, a changed `stats_reset` (`pg_stat_reset()`,
 //!   and on 15+ also `pg_stat_reset_single_table_counters()`; a crash discards
-//!   all statistics), `track_counts = off`, or counters that cannot be read make
-//!   the tables *unknown*. Unknown tables refuse the swap like discarded writes
-//!   unless `--allow-discard` covers them.
+//!   all statistics), `track_counts = off`, or a migration prepared without a
+//!   baseline ([`compare_without_baseline`]) make the tables *unknown*. Unknown
+//!   tables refuse the swap like discarded writes unless `--allow-discard`
+//!   covers them. A check that cannot run at all is an error for the caller
+//!   (refuse: nothing can be known).
 //!
 //! # Schema hazards (see [`hazards`](mod@hazards))
 //!
@@ -84,9 +107,17 @@
 //! by the server (Parse/Describe, read-only, under a short `lock_timeout`), once
 //! as it runs today and once as it will run; the result columns are compared by
 //! name and type name, and a user-defined type the swap replaces by the incoming
-//! schema's copy (same name, new OID) counts as a change too, because that is
+//! schema's copy (same name, new OID) counts as a change too, because
+//! PostgreSQL compares a prepared statement's result row by type OID: that is
 //! what makes prepared statements fail with `cached plan must not change result
-//! type`.
+//! type` even when nothing changed by name (verified in `tests/impact.rs`). For
+//! the same reason a statement whose parameter was inferred as such a type
+//! fails after the swap (`operator does not exist: mood = backup_….mood`) until
+//! it is prepared again; the check parses it with its old parameter types to
+//! find out. Parse/Describe works the same on 13 to 18; `EXPLAIN (GENERIC_PLAN)`
+//! (16+) gives plans, not result types, and is not needed. The application's own
+//! `SET search_path` cannot be known (the role's and database's settings are
+//! used).
 //!
 //! # Blockers (see [`blockers`](mod@blockers))
 //!
@@ -113,8 +144,9 @@ pub use workload::{
     check_workload,
 };
 pub use writes::{
-    AllowDiscard, DiscardedWrite, TableCounters, UnknownWrite, WriteBaseline, WriteCheck,
-    WritesSinceReset, check_sql, compare, gate, parse_check, take_baseline, writes_since_reset,
+    AllowDiscard, DiscardedWrite, TableCounters, TableWrites, UnknownWrite, WriteBaseline,
+    WriteCheck, WritesSinceReset, check_sql, compare, compare_without_baseline, gate, parse_check,
+    take_baseline, writes_since_reset,
 };
 
 /// A schema the application sees now and the schema that replaces it.
