@@ -104,6 +104,114 @@ pub fn parse(query: &str) -> Result<Parsed, String> {
     Ok(Parsed::Dml(refs))
 }
 
+/// Type names that may precede a string constant (`interval '1 day'`,
+/// `date '2024-01-01'`): pg_stat_statements keeps the type and replaces the
+/// constant, giving `interval $1`, which does not parse.
+const TYPE_WORDS: &[&str] = &[
+    "interval",
+    "date",
+    "time",
+    "timestamp",
+    "timestamptz",
+    "timetz",
+    "int",
+    "integer",
+    "bigint",
+    "smallint",
+    "numeric",
+    "decimal",
+    "real",
+    "float",
+    "boolean",
+    "varchar",
+    "char",
+    "character",
+    "bit",
+    "text",
+    "json",
+    "jsonb",
+    "uuid",
+    "inet",
+    "cidr",
+    "bytea",
+    "money",
+    "xml",
+];
+
+/// Turn pg_stat_statements' normalised typed constants (`interval $1`,
+/// `timestamp with time zone $2`, `public.mood $3`) back into something the
+/// server parses (`$1::interval`, …). (pg_query's parser accepts `interval $1`,
+/// PostgreSQL's does not; no valid statement has a type name or identifier right
+/// before a parameter.) `None` when there is nothing to repair or the result
+/// does not parse.
+pub fn repair_typed_constants(query: &str) -> Option<String> {
+    use pg_query::protobuf::{KeywordKind, Token};
+    let scanned = pg_query::scan(query).ok()?;
+    let toks: Vec<&pg_query::protobuf::ScanToken> = scanned
+        .tokens
+        .iter()
+        .filter(|t| !matches!(t.token(), Token::SqlComment | Token::CComment))
+        .collect();
+    let text = |k: usize| &query[toks[k].start as usize..toks[k].end as usize];
+    let word = |k: usize| -> Option<String> {
+        let t = toks[k];
+        let is_word = t.token() == Token::Ident || t.keyword_kind() != KeywordKind::NoKeyword;
+        is_word.then(|| {
+            let w = text(k);
+            if w.starts_with('"') {
+                w.to_string()
+            } else {
+                w.to_ascii_lowercase()
+            }
+        })
+    };
+    let mut edits: Vec<(usize, usize, String)> = Vec::new();
+    for i in 1..toks.len() {
+        if toks[i].token() != Token::Param {
+            continue;
+        }
+        let Some(w1) = word(i - 1) else { continue };
+        let at = |k: usize, words: &[&str]| {
+            k < i && word(k).is_some_and(|w| words.contains(&w.as_str()))
+        };
+        let mut first = if w1 == "zone"
+            && i >= 4
+            && at(i - 2, &["time"])
+            && at(i - 3, &["with", "without"])
+            && at(i - 4, &["timestamp", "time"])
+        {
+            i - 4
+        } else if w1 == "precision" && i >= 2 && at(i - 2, &["double"]) {
+            i - 2
+        } else if TYPE_WORDS.contains(&w1.as_str())
+            || (toks[i - 1].token() == Token::Ident
+                && toks[i - 1].keyword_kind() == KeywordKind::NoKeyword)
+        {
+            i - 1
+        } else {
+            continue;
+        };
+        // A qualified type name: `public.mood $1`.
+        while first >= 2 && toks[first - 1].token() == Token::Ascii46 && word(first - 2).is_some() {
+            first -= 2;
+        }
+        let type_text = &query[toks[first].start as usize..toks[i - 1].end as usize];
+        edits.push((
+            toks[first].start as usize,
+            toks[i].end as usize,
+            format!("{}::{type_text}", text(i)),
+        ));
+    }
+    if edits.is_empty() {
+        return None;
+    }
+    let mut out = query.to_string();
+    for (start, end, replacement) in edits.into_iter().rev() {
+        out.replace_range(start..end, &replacement);
+    }
+    pg_query::parse(&out, 0).ok().map(|_| out)
+}
+
 /// The `sval`s of a list of `String` nodes.
 fn strings(v: Option<&Value>) -> Vec<String> {
     v.and_then(Value::as_array)
@@ -692,6 +800,21 @@ mod tests {
             m.map("CHECK ((note <> 'shadow.email'::text))"),
             "CHECK ((note <> 'shadow.email'::text))"
         );
+    }
+
+    #[test]
+    fn repairs_normalised_typed_constants() {
+        assert_eq!(
+            repair_typed_constants("SELECT now() - interval $1, date $2 FROM t WHERE a = $3")
+                .as_deref(),
+            Some("SELECT now() - $1::interval, $2::date FROM t WHERE a = $3")
+        );
+        assert_eq!(
+            repair_typed_constants("SELECT timestamp with time zone $1, public.mood $2").as_deref(),
+            Some("SELECT $1::timestamp with time zone, $2::public.mood")
+        );
+        assert_eq!(repair_typed_constants("SELECT a FROM t LIMIT $1"), None);
+        assert_eq!(repair_typed_constants("SELEC $1"), None);
     }
 
     #[test]

@@ -8,6 +8,10 @@
 //! or backup schemas) and statements that name nothing a swap changes (only
 //! catalogs, other schemas, extension members).
 //!
+//! pg_stat_statements replaces constants by `$n`; a typed constant then reads
+//! `interval $1`, which PostgreSQL does not parse: it is checked as
+//! `$1::interval` ([`resolve::repair_typed_constants`]).
+//!
 //! Each statement is checked as the application will run it after the swap:
 //!
 //! 1. its names are resolved against today's and the future namespace
@@ -167,6 +171,9 @@ impl StatementsReport {
 /// One statement as recorded (grouped by text and search path).
 struct Recorded {
     query: String,
+    /// What is checked: the recorded text, with pg_stat_statements'
+    /// normalised typed constants repaired (`interval $1` -> `$1::interval`).
+    text: String,
     calls: i64,
     path: Vec<String>,
 }
@@ -282,20 +289,23 @@ pub async fn check_workload(
     // known even for statements the time bound leaves unchecked.
     let mut used: BTreeSet<String> = BTreeSet::new();
     let mut pending: Vec<Pending> = Vec::new();
-    for rec in recorded {
-        let refs = match resolve::parse(&rec.query) {
+    for mut rec in recorded {
+        if let Some(fixed) = resolve::repair_typed_constants(&rec.text) {
+            rec.text = fixed;
+        }
+        let refs = match resolve::parse(&rec.text) {
             Ok(Parsed::Dml(refs)) => refs,
             Ok(Parsed::Other) => continue,
             Err(e) => {
                 report.unchecked.push(UncheckedStatement {
                     query: rec.query,
-                    reason: format!("pgshift cannot parse it: {e}"),
+                    reason: format!("the recorded text does not parse: {e}"),
                     calls: rec.calls,
                 });
                 continue;
             }
         };
-        let res = match resolve::resolve(&rec.query, &refs, &rec.path, pairs, &cat, &defined) {
+        let res = match resolve::resolve(&rec.text, &refs, &rec.path, pairs, &cat, &defined) {
             Ok(r) => r,
             Err(e) => {
                 report.unchecked.push(UncheckedStatement {
@@ -473,7 +483,12 @@ async fn read_statements(
             Some(&i) => grouped[i].calls += calls,
             None => {
                 index.insert((query.clone(), path.clone()), grouped.len());
-                grouped.push(Recorded { query, calls, path });
+                grouped.push(Recorded {
+                    text: query.clone(),
+                    query,
+                    calls,
+                    path,
+                });
             }
         }
     }
@@ -623,7 +638,7 @@ async fn check_one(
     deadline: Instant,
 ) -> Result<Outcome> {
     let lt = opts.lock_timeout;
-    let today = match describe(client, &p.rec.query, &p.rec.path, None, lt, deadline).await? {
+    let today = match describe(client, &p.rec.text, &p.rec.path, None, lt, deadline).await? {
         Ok(d) => d,
         Err(e) => {
             if let Some(why) = interrupted(&e, lt) {
