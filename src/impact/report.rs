@@ -3,7 +3,8 @@
 use super::{Effect, Impact};
 use crate::output::{Table, human_ms};
 
-fn plural(n: usize, word: &str) -> String {
+/// `1 table`, `3 tables`.
+pub(crate) fn plural(n: usize, word: &str) -> String {
     format!("{n} {word}{}", if n == 1 { "" } else { "s" })
 }
 

@@ -39,6 +39,7 @@ use serde::{Deserialize, Serialize};
 use tokio_postgres::GenericClient;
 
 use super::display_table;
+use super::report::plural;
 use crate::pg::ident::{NameError, TableName, quote_literal};
 
 /// The counters of the live schemas' tables at one moment.
@@ -107,7 +108,7 @@ impl TableWrites {
             (self.deletes, "delete"),
         ] {
             if n != 0 {
-                parts.push(format!("{n} {what}{}", if n == 1 { "" } else { "s" }));
+                parts.push(plural(n.max(0) as usize, what));
             }
         }
         if parts.is_empty() {
@@ -597,10 +598,6 @@ impl AllowDiscard {
 
 /// How many tables the refusal names before "and N more".
 const LISTED: usize = 5;
-
-fn plural(n: usize, word: &str) -> String {
-    format!("{n} {word}{}", if n == 1 { "" } else { "s" })
-}
 
 fn and_more(items: Vec<String>, total: usize) -> String {
     let mut s = items.join(", ");
