@@ -1,0 +1,112 @@
+//! Blockers: sessions that will hold the swap up or be hit by it.
+//!
+//! The swap takes ACCESS EXCLUSIVE locks on every relation of the live and
+//! incoming schemas under a short `lock_timeout`, so a transaction that holds
+//! any lock on one of them makes it wait and, past `lock_timeout`, retry. Listed
+//! here (the check migration frameworks run before they touch production):
+//!
+//! * sessions whose transaction is older than `lock_timeout` and that hold a
+//!   granted lock on a relation of those schemas;
+//! * sessions idle in transaction (they hold whatever they locked until their
+//!   client acts, and may lock a swapped table any moment).
+//!
+//! Only this database's client backends, never this session nor pgshift's own
+//! (`application_name` starting with `pgshift`). PostgreSQL shows another role's
+//! transaction start, state and query only to superusers and members of
+//! `pg_read_all_stats`: without that, pgshift's role cannot see other roles'
+//! sessions here (the swap still retries on their locks).
+
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use serde::{Deserialize, Serialize};
+use tokio_postgres::GenericClient;
+
+use super::SchemaPair;
+
+/// One session.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Blocker {
+    pub pid: i32,
+    pub role: String,
+    pub application_name: String,
+    /// Null for a Unix-domain socket.
+    pub client_addr: Option<String>,
+    /// Age of its transaction.
+    pub xact_age_ms: i64,
+    /// `idle in transaction`, `active`, …
+    pub state: String,
+    /// The start of its current or last query.
+    pub query: String,
+    /// It is itself waiting for a lock.
+    pub waiting: bool,
+    /// Swapped relations it holds a lock on (`accounts`, `billing.invoices`).
+    #[serde(default)]
+    pub tables: Vec<String>,
+}
+
+/// How much of a blocker's query is shown.
+const QUERY_CHARS: i32 = 200;
+
+/// Sessions that hold the swap up (see the module documentation).
+pub async fn blockers(
+    client: &impl GenericClient,
+    pairs: &[SchemaPair],
+    lock_timeout: Duration,
+) -> Result<Vec<Blocker>> {
+    let schemas: Vec<&str> = pairs
+        .iter()
+        .flat_map(|p| [p.live.as_str(), p.incoming.as_str()])
+        .collect();
+    let ms = lock_timeout.as_millis() as i64;
+    let rows = client
+        .query(
+            "WITH locked AS (
+                 SELECT l.pid,
+                        array_agg(DISTINCT CASE WHEN n.nspname = 'public' THEN pg_catalog.quote_ident(c.relname)
+                                   ELSE pg_catalog.quote_ident(n.nspname) || '.' || pg_catalog.quote_ident(c.relname) END) AS tables
+                   FROM pg_catalog.pg_locks l
+                   JOIN pg_catalog.pg_class c ON c.oid = l.relation
+                   JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+                  WHERE l.locktype = 'relation' AND l.granted
+                    AND l.database = (SELECT oid FROM pg_catalog.pg_database WHERE datname = pg_catalog.current_database())
+                    AND n.nspname = ANY($1::text[]) AND c.relkind IN ('r', 'p', 'v', 'm', 'f', 'S')
+                  GROUP BY l.pid)
+             SELECT a.pid, a.usename::text, a.application_name, pg_catalog.host(a.client_addr),
+                    (extract(epoch FROM pg_catalog.clock_timestamp() - a.xact_start) * 1000)::int8,
+                    a.state, pg_catalog.left(a.query, $3::int4), COALESCE(a.wait_event_type = 'Lock', false),
+                    COALESCE(locked.tables, '{}')
+               FROM pg_catalog.pg_stat_activity a
+               LEFT JOIN locked ON locked.pid = a.pid
+              WHERE a.datname = pg_catalog.current_database()
+                AND a.pid <> pg_catalog.pg_backend_pid()
+                AND a.backend_type = 'client backend'
+                AND COALESCE(a.application_name, '') NOT LIKE 'pgshift%'
+                AND a.xact_start IS NOT NULL
+                AND (a.state LIKE 'idle in transaction%'
+                     OR (locked.pid IS NOT NULL
+                         AND pg_catalog.clock_timestamp() - a.xact_start > $2::int8 * interval '1 millisecond'))
+              ORDER BY a.xact_start, a.pid",
+            &[&schemas, &ms, &QUERY_CHARS],
+        )
+        .await
+        .context("looking for sessions that would hold the swap up")?;
+    Ok(rows
+        .into_iter()
+        .map(|r| {
+            let mut tables: Vec<String> = r.get(8);
+            tables.sort();
+            Blocker {
+                pid: r.get(0),
+                role: r.get::<_, Option<String>>(1).unwrap_or_default(),
+                application_name: r.get::<_, Option<String>>(2).unwrap_or_default(),
+                client_addr: r.get(3),
+                xact_age_ms: r.get::<_, Option<i64>>(4).unwrap_or(0),
+                state: r.get::<_, Option<String>>(5).unwrap_or_default(),
+                query: r.get::<_, Option<String>>(6).unwrap_or_default(),
+                waiting: r.get(7),
+                tables,
+            }
+        })
+        .collect())
+}

@@ -1,0 +1,262 @@
+//! The report for people (`swap --dry-run`) and `status`'s one-line summary.
+
+use super::{Effect, Impact};
+use crate::output::{Table, human_ms};
+
+/// `1 table`, `3 tables`.
+pub(crate) fn plural(n: usize, word: &str) -> String {
+    format!("{n} {word}{}", if n == 1 { "" } else { "s" })
+}
+
+/// A statement on one line, at most `max` characters (`…` when cut).
+pub fn short_query(query: &str, max: usize) -> String {
+    let one_line = query.split_whitespace().collect::<Vec<_>>().join(" ");
+    if one_line.chars().count() <= max {
+        one_line
+    } else {
+        let cut: String = one_line.chars().take(max.saturating_sub(1)).collect();
+        format!("{cut}…")
+    }
+}
+
+/// `impact: 2 statements will fail, 1 will change result type, writes to 1
+/// non-preserved table`.
+pub fn summary(i: &Impact) -> String {
+    let s = &i.statements;
+    let mut parts: Vec<String> = Vec::new();
+    if !s.failing.is_empty() {
+        parts.push(format!(
+            "{} will fail",
+            plural(s.failing.len(), "statement")
+        ));
+    }
+    if !s.result_type_changed.is_empty() {
+        let n = s.result_type_changed.len();
+        parts.push(if parts.is_empty() {
+            format!("{} will change result type", plural(n, "statement"))
+        } else {
+            format!("{n} will change result type")
+        });
+    }
+    if !i.discarded_writes.is_empty() {
+        parts.push(format!(
+            "writes to {}",
+            plural(i.discarded_writes.len(), "non-preserved table")
+        ));
+    }
+    if !i.unknown_writes.is_empty() {
+        parts.push(format!(
+            "unknown writes to {}",
+            plural(i.unknown_writes.len(), "table")
+        ));
+    }
+    let breaking = i
+        .hazards
+        .iter()
+        .filter(|h| h.effect == Effect::Breaks)
+        .count();
+    if breaking > 0 {
+        parts.push(plural(breaking, "breaking schema change"));
+    }
+    if !i.blockers.is_empty() {
+        parts.push(plural(i.blockers.len(), "blocking session"));
+    }
+    if !s.unchecked.is_empty() {
+        parts.push(format!(
+            "{} unchecked",
+            plural(s.unchecked.len(), "statement")
+        ));
+    }
+    if s.not_checked.is_some() {
+        parts.push("workload not checked".to_string());
+    }
+    if parts.is_empty() {
+        format!(
+            "impact: nothing found ({} checked)",
+            plural(s.checked, "recorded statement")
+        )
+    } else {
+        format!("impact: {}", parts.join(", "))
+    }
+}
+
+fn indent(text: &str, by: &str) -> String {
+    text.lines()
+        .map(|l| format!("{by}{l}\n"))
+        .collect::<String>()
+}
+
+/// The whole report as text.
+pub fn render(i: &Impact) -> String {
+    let mut out = String::from("Impact on the running application\n");
+    out.push_str(&format!("  {}\n", summary(i)));
+
+    if !i.discarded_writes.is_empty() {
+        out.push_str("\nDiscarded writes: written since prepare started to tables that are not preserved; these rows would stay in the backup, not in the new public:\n");
+        let mut t = Table::new(["table", "inserts", "updates", "deletes"])
+            .right(1)
+            .right(2)
+            .right(3);
+        for d in &i.discarded_writes {
+            t.row([
+                d.table.clone(),
+                d.inserts.to_string(),
+                d.updates.to_string(),
+                d.deletes.to_string(),
+            ]);
+        }
+        out.push_str(&indent(&t.render(), "  "));
+    }
+    if !i.unknown_writes.is_empty() {
+        out.push_str("\nWrites that cannot be checked:\n");
+        for u in &i.unknown_writes {
+            out.push_str(&format!("  {}: {}\n", u.table, u.reason));
+        }
+    }
+    if !i.discarded_writes.is_empty() || !i.unknown_writes.is_empty() {
+        out.push_str("  The swap refuses these: prepare again with the tables in --preserved-tables, or pass --allow-discard TABLES (or all).\n");
+    }
+
+    if !i.hazards.is_empty() {
+        out.push_str("\nSchema changes:\n");
+        let mut t = Table::new(["effect", "code", "object", "detail"]);
+        for h in &i.hazards {
+            t.row([
+                h.effect.as_str().to_string(),
+                h.code.clone(),
+                h.object.clone(),
+                h.detail.clone(),
+            ]);
+        }
+        out.push_str(&indent(&t.render(), "  "));
+    }
+    for n in &i.notes {
+        out.push_str(&format!("  Note: {n}.\n"));
+    }
+
+    let s = &i.statements;
+    out.push('\n');
+    match &s.not_checked {
+        Some(why) => out.push_str(&format!("Recorded statements: not checked: {why}.\n")),
+        None => {
+            out.push_str(&format!(
+                "Recorded statements ({}): {} checked\n",
+                s.source, s.checked
+            ));
+            if !s.failing.is_empty() {
+                out.push_str("  Will fail after the swap:\n");
+                for f in &s.failing {
+                    out.push_str(&format!(
+                        "    {} ({})\n      {}\n",
+                        short_query(&f.query, 100),
+                        plural(f.calls as usize, "call"),
+                        f.error
+                    ));
+                }
+            }
+            if !s.result_type_changed.is_empty() {
+                out.push_str("  Will change result type (prepared statements fail once per connection with \"cached plan must not change result type\"):\n");
+                for c in &s.result_type_changed {
+                    out.push_str(&format!(
+                        "    {} ({})\n      {}\n",
+                        short_query(&c.query, 100),
+                        plural(c.calls as usize, "call"),
+                        c.columns.join("; ")
+                    ));
+                }
+            }
+            if !s.unchecked.is_empty() {
+                out.push_str("  Not checked:\n");
+                for u in &s.unchecked {
+                    out.push_str(&format!(
+                        "    {}\n      {}\n",
+                        short_query(&u.query, 100),
+                        u.reason
+                    ));
+                }
+            }
+        }
+    }
+
+    if !i.blockers.is_empty() {
+        out.push_str("\nSessions that would hold the swap up:\n");
+        let mut t = Table::new([
+            "pid",
+            "role",
+            "application",
+            "client",
+            "transaction",
+            "state",
+            "tables",
+            "query",
+        ])
+        .right(0)
+        .right(4);
+        for b in &i.blockers {
+            t.row([
+                b.pid.to_string(),
+                b.role.clone(),
+                b.application_name.clone(),
+                b.client_addr.clone().unwrap_or_else(|| "local".into()),
+                human_ms(b.xact_age_ms.max(0) as u64),
+                format!("{}{}", b.state, if b.waiting { " (waiting)" } else { "" }),
+                b.tables.join(", "),
+                short_query(&b.query, 60),
+            ]);
+        }
+        out.push_str(&indent(&t.render(), "  "));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::*;
+    use super::*;
+
+    #[test]
+    fn summary_line() {
+        let mut i = Impact {
+            statements: StatementsReport::not_checked("x"),
+            ..Default::default()
+        };
+        i.statements.not_checked = None;
+        i.statements.checked = 12;
+        assert_eq!(
+            summary(&i),
+            "impact: nothing found (12 recorded statements checked)"
+        );
+        let f = FailingStatement {
+            query: "SELECT 1".into(),
+            calls: 1,
+            error: "e".into(),
+        };
+        i.statements.failing = vec![f.clone(), f];
+        i.statements.result_type_changed = vec![TypeChangedStatement {
+            query: "SELECT 2".into(),
+            calls: 2,
+            columns: vec!["a: text -> email".into()],
+        }];
+        i.discarded_writes = vec![DiscardedWrite {
+            table: "accounts".into(),
+            inserts: 3,
+            updates: 0,
+            deletes: 0,
+            partition_of: None,
+            schema: "public".into(),
+            name: "accounts".into(),
+            ancestors: Vec::new(),
+        }];
+        assert_eq!(
+            summary(&i),
+            "impact: 2 statements will fail, 1 will change result type, writes to 1 non-preserved table"
+        );
+        let text = render(&i);
+        assert!(
+            text.contains("accounts        3        0        0"),
+            "{text}"
+        );
+        assert!(text.contains("a: text -> email"), "{text}");
+        assert_eq!(short_query("SELECT  a,\n b FROM t", 12), "SELECT a, b…");
+    }
+}

@@ -1,0 +1,897 @@
+//! The recorded workload, checked against what replaces the live schemas.
+//!
+//! Source: `pg_stat_statements` (found in whatever schema it was created in),
+//! the statements of this database (`dbid`) that ran at least once, top-level
+//! only where the view says so (14+), narrowed to `roles` when given. Utility
+//! statements and multi-statement texts are left out ([`resolve::parse`]), so
+//! are pgshift's own statements (those naming the incoming schemas, `pgshift`
+//! or backup schemas) and statements that name nothing a swap changes (only
+//! catalogs, other schemas, extension members).
+//!
+//! pg_stat_statements replaces constants by `$n`; a typed constant then reads
+//! `interval $1`, which PostgreSQL does not parse: it is checked as
+//! `$1::interval` ([`resolve::repair_typed_constants`]).
+//!
+//! Each statement is checked as the application will run it after the swap:
+//!
+//! 1. its names are resolved against today's and the future namespace
+//!    ([`resolve::resolve`]) through the search path the application's role
+//!    gets (`ALTER ROLE … IN DATABASE … SET`, `ALTER ROLE … SET`,
+//!    `ALTER DATABASE … SET`, else the server's default; `$user` expanded; a
+//!    `SET search_path` the application runs itself cannot be known);
+//! 2. the server parses and describes it (protocol Parse/Describe, which is what
+//!    `Client::prepare` does: parameter and result types; this works the same on
+//!    PostgreSQL 13 to 18) twice: as recorded with today's search path, and as
+//!    rewritten with the future search path. A statement that does not parse
+//!    today (a temporary table, a parameter whose type cannot be inferred from the
+//!    normalised text: pg_stat_statements replaces constants by `$n`) is
+//!    *unchecked* with the reason; one that parses today but not in the future
+//!    is *failing* with PostgreSQL's error; one whose result columns differ (by
+//!    name and type name, `format_type` with the incoming schema mapped back), or
+//!    whose result type keeps its name but becomes the incoming schema's copy
+//!    (new OID: prepared statements fail just the same), *changes result type*.
+//!    Describe reports a domain as its base type, so a result column that comes
+//!    from a table or view column (RowDescription names it) takes that column's
+//!    own type from `pg_attribute`; an expression cast to a domain is seen as
+//!    the base type;
+//! 3. when today's parameter types include a type of a live schema (which the
+//!    swap moves to the backup), it is parsed once more in the future namespace
+//!    with those parameter types, as a statement prepared before the swap will
+//!    be re-analysed: `operator does not exist: mood = backup.mood` makes it
+//!    failing (new connections are not affected, prepared statements are until
+//!    they are prepared again).
+//!
+//! The check is read-only and never waits behind the application: each parse
+//! runs in its own `BEGIN READ ONLY … ROLLBACK` with `SET LOCAL lock_timeout`
+//! (parse analysis takes ACCESS SHARE or ROW EXCLUSIVE on the tables it opens,
+//! which conflict only with DDL, and holds them only for that short
+//! transaction) and `statement_timeout`; it takes no other lock. A lock it
+//! cannot get in time makes the statement unchecked; so does the overall time
+//! bound (`timeout`), after which the remaining statements are listed as
+//! unchecked. Statements are checked most-called first.
+
+use std::collections::{BTreeSet, HashMap};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use serde::{Deserialize, Serialize};
+use tokio_postgres::Client;
+use tokio_postgres::error::SqlState;
+use tokio_postgres::types::Type;
+
+use super::resolve::{self, Catalog, Mapper, Parsed};
+use super::{SchemaPair, report};
+use crate::dump::sql::DefinedNames;
+use crate::error::UserError;
+use crate::pg::catalog::defined_names;
+use crate::pg::ident::{quote_ident, quote_literal};
+
+/// What the workload check needs.
+#[derive(Debug, Clone)]
+pub struct WorkloadOptions {
+    /// Only statements of these roles (`--workload-roles`); empty: all.
+    pub roles: Vec<String>,
+    /// The overall time bound (`--impact-timeout`).
+    pub timeout: Duration,
+    /// How long one parse may wait for a lock before the statement is reported
+    /// unchecked.
+    pub lock_timeout: Duration,
+}
+
+impl Default for WorkloadOptions {
+    fn default() -> Self {
+        WorkloadOptions {
+            roles: Vec::new(),
+            timeout: Duration::from_secs(30),
+            lock_timeout: Duration::from_millis(100),
+        }
+    }
+}
+
+/// A statement that will fail after the swap.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FailingStatement {
+    pub query: String,
+    pub calls: i64,
+    pub error: String,
+}
+
+/// A statement whose result row type changes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TypeChangedStatement {
+    pub query: String,
+    pub calls: i64,
+    /// `email: text -> email`, `created_at: (none) -> timestamp with time zone`.
+    pub columns: Vec<String>,
+}
+
+/// A statement that could not be checked.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UncheckedStatement {
+    pub query: String,
+    pub reason: String,
+    #[serde(default)]
+    pub calls: i64,
+}
+
+/// The workload part of the report.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatementsReport {
+    /// `pg_stat_statements`, or `none` when the workload was not checked.
+    pub source: String,
+    /// Statements checked completely (failing and changed ones included).
+    pub checked: usize,
+    pub failing: Vec<FailingStatement>,
+    pub result_type_changed: Vec<TypeChangedStatement>,
+    pub unchecked: Vec<UncheckedStatement>,
+    /// Why the workload was not checked, and how to enable it (null when it was).
+    #[serde(default)]
+    pub not_checked: Option<String>,
+    /// Objects of the live schemas the recorded statements use
+    /// (`public.accounts`, `public.f`), for matching `breaks` hazards.
+    #[serde(default)]
+    pub used_objects: Vec<String>,
+}
+
+impl Default for StatementsReport {
+    fn default() -> Self {
+        StatementsReport::not_checked("the workload was not checked")
+    }
+}
+
+/// How to turn `pg_stat_statements` on.
+pub const ENABLE_HINT: &str = "add pg_stat_statements to shared_preload_libraries (a restart), run CREATE EXTENSION pg_stat_statements in this database, and let the application run for a while";
+
+impl StatementsReport {
+    /// A report saying the workload was not checked, and why.
+    pub fn not_checked(why: impl Into<String>) -> StatementsReport {
+        StatementsReport {
+            source: "none".into(),
+            checked: 0,
+            failing: Vec::new(),
+            result_type_changed: Vec::new(),
+            unchecked: Vec::new(),
+            not_checked: Some(why.into()),
+            used_objects: Vec::new(),
+        }
+    }
+
+    /// Whether a recorded statement uses `object` (a hazard's object: the
+    /// table, a column of it, the function with its arguments).
+    pub fn uses(&self, object: &str) -> bool {
+        self.used_objects.iter().any(|u| {
+            object == u
+                || object
+                    .strip_prefix(u.as_str())
+                    .is_some_and(|rest| rest.starts_with('.') || rest.starts_with('('))
+        })
+    }
+}
+
+/// One statement as recorded (grouped by text and search path).
+struct Recorded {
+    query: String,
+    /// What is checked: the recorded text, with pg_stat_statements'
+    /// normalised typed constants repaired (`interval $1` -> `$1::interval`).
+    text: String,
+    calls: i64,
+    path: Vec<String>,
+}
+
+/// One statement ready for the server check.
+struct Pending {
+    rec: Recorded,
+    res: resolve::Resolution,
+}
+
+/// One result column as Describe reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Column {
+    name: String,
+    /// RowDescription's type: a domain is reported as its base type.
+    type_oid: u32,
+    typmod: i32,
+    /// The table column it comes from, if it is one.
+    origin: Option<(u32, i16)>,
+}
+
+/// A described statement: parameter types, result columns.
+struct Described {
+    params: Vec<Type>,
+    columns: Vec<Column>,
+}
+
+enum Outcome {
+    Described(Vec<Column>, Vec<Column>),
+    Failing(String),
+    Unchecked(String),
+}
+
+/// Check the recorded workload against the future namespace of `pairs`.
+/// `Err` only for a failed connection or an unknown role in `opts.roles`
+/// (a [`UserError`]); everything else ends up in the report.
+pub async fn check_workload(
+    client: &Client,
+    pairs: &[SchemaPair],
+    opts: &WorkloadOptions,
+) -> Result<StatementsReport> {
+    let deadline = Instant::now() + opts.timeout;
+    let schema: Option<String> = client
+        .query_opt(
+            "SELECT n.nspname::text FROM pg_catalog.pg_extension e
+               JOIN pg_catalog.pg_namespace n ON n.oid = e.extnamespace
+              WHERE e.extname = 'pg_stat_statements'",
+            &[],
+        )
+        .await
+        .context("looking for pg_stat_statements")?
+        .map(|r| r.get(0));
+    let Some(schema) = schema else {
+        return Ok(StatementsReport::not_checked(format!(
+            "pg_stat_statements is not installed in this database, so the application's statements were not checked: {ENABLE_HINT}"
+        )));
+    };
+    let role_oids = role_oids(client, &opts.roles).await?;
+    let recorded = match read_statements(client, &schema, &role_oids).await {
+        Ok(r) => r,
+        Err(why) => return Ok(StatementsReport::not_checked(why)),
+    };
+    let (recorded, hidden) = recorded;
+
+    let live: Vec<String> = pairs.iter().map(|p| p.live.clone()).collect();
+    let mut schemas: BTreeSet<String> = recorded
+        .iter()
+        .flat_map(|r| r.path.iter().cloned())
+        .collect();
+    schemas.insert("pg_catalog".into());
+    for p in pairs {
+        schemas.insert(p.live.clone());
+        schemas.insert(p.incoming.clone());
+    }
+    let schemas: Vec<String> = schemas.into_iter().collect();
+    let cat = Catalog::load(client, &schemas, &live).await?;
+    let mut defined: Vec<DefinedNames> = Vec::with_capacity(pairs.len());
+    let mut incoming_defined: Vec<(SchemaPair, DefinedNames)> = Vec::with_capacity(pairs.len());
+    for p in pairs {
+        // Everything the swap moves away or brings in; a live extension
+        // member's qualifier is never rewritten (it stays).
+        let incoming: DefinedNames = defined_names(client, &p.incoming)
+            .await?
+            .into_iter()
+            .collect();
+        let mut d: DefinedNames = defined_names(client, &p.live).await?.into_iter().collect();
+        d.extend(incoming.iter().map(str::to_string));
+        defined.push(d);
+        incoming_defined.push((p.clone(), incoming));
+    }
+    let mapper = Mapper::new(incoming_defined);
+
+    let mut report = StatementsReport {
+        source: "pg_stat_statements".into(),
+        checked: 0,
+        failing: Vec::new(),
+        result_type_changed: Vec::new(),
+        unchecked: Vec::new(),
+        not_checked: None,
+        used_objects: Vec::new(),
+    };
+    if hidden > 0 {
+        report.unchecked.push(UncheckedStatement {
+            query: "<insufficient privilege>".into(),
+            reason: format!(
+                "{hidden} statements of other roles are hidden from this role: grant it pg_read_all_stats to check them"
+            ),
+            calls: 0,
+        });
+    }
+
+    // Resolve every statement first (local work): the objects they use are
+    // known even for statements the time bound leaves unchecked.
+    let mut used: BTreeSet<String> = BTreeSet::new();
+    let mut pending: Vec<Pending> = Vec::new();
+    for mut rec in recorded {
+        if let Some(fixed) = resolve::repair_typed_constants(&rec.text) {
+            rec.text = fixed;
+        }
+        let refs = match resolve::parse(&rec.text) {
+            Ok(Parsed::Dml(refs)) => refs,
+            Ok(Parsed::Other) => continue,
+            Err(e) => {
+                report.unchecked.push(UncheckedStatement {
+                    query: rec.query,
+                    reason: format!("the recorded text does not parse: {e}"),
+                    calls: rec.calls,
+                });
+                continue;
+            }
+        };
+        let res = match resolve::resolve(&rec.text, &refs, &rec.path, pairs, &cat, &defined) {
+            Ok(r) => r,
+            Err(e) => {
+                report.unchecked.push(UncheckedStatement {
+                    query: rec.query,
+                    reason: format!("{e:#}"),
+                    calls: rec.calls,
+                });
+                continue;
+            }
+        };
+        if res.pgshift_own || !res.in_scope {
+            continue;
+        }
+        used.extend(res.uses.iter().cloned());
+        pending.push(Pending { rec, res });
+    }
+    report.used_objects = used.into_iter().collect();
+
+    let mut described: Vec<(Pending, Vec<Column>, Vec<Column>)> = Vec::new();
+    let mut iter = pending.into_iter();
+    for p in iter.by_ref() {
+        if Instant::now() >= deadline {
+            report.unchecked.push(bound_reached(&p, opts.timeout));
+            break;
+        }
+        let outcome = check_one(client, &p, pairs, &cat, opts, deadline).await?;
+        match outcome {
+            Outcome::Failing(error) => {
+                report.checked += 1;
+                report.failing.push(FailingStatement {
+                    query: p.rec.query,
+                    calls: p.rec.calls,
+                    error,
+                });
+            }
+            Outcome::Described(a, b) => {
+                report.checked += 1;
+                described.push((p, a, b));
+            }
+            Outcome::Unchecked(reason) => report.unchecked.push(UncheckedStatement {
+                query: p.rec.query,
+                reason,
+                calls: p.rec.calls,
+            }),
+        }
+    }
+    for p in iter {
+        report.unchecked.push(bound_reached(&p, opts.timeout));
+    }
+
+    // Result columns: compare by name and type name (the incoming schema
+    // mapped back), and flag replaced types (same name, new OID).
+    if !described.is_empty() {
+        let types = column_types(client, &mapper, &described).await?;
+        for (p, today, future) in described {
+            let columns = column_changes(&today, &future, &types);
+            if !columns.is_empty() {
+                report.result_type_changed.push(TypeChangedStatement {
+                    query: p.rec.query,
+                    calls: p.rec.calls,
+                    columns,
+                });
+            }
+        }
+    }
+    Ok(report)
+}
+
+fn bound_reached(p: &Pending, timeout: Duration) -> UncheckedStatement {
+    UncheckedStatement {
+        query: p.rec.query.clone(),
+        reason: format!(
+            "not checked: the time bound of {} was reached (--impact-timeout)",
+            humantime::format_duration(timeout)
+        ),
+        calls: p.rec.calls,
+    }
+}
+
+/// OIDs of the named roles; an unknown role is a usage error.
+async fn role_oids(client: &Client, roles: &[String]) -> Result<Vec<u32>> {
+    if roles.is_empty() {
+        return Ok(Vec::new());
+    }
+    let rows = client
+        .query(
+            "SELECT rolname::text, oid FROM pg_catalog.pg_roles WHERE rolname = ANY($1::text[])",
+            &[&roles],
+        )
+        .await
+        .context("looking up --workload-roles")?;
+    let found: HashMap<String, u32> = rows.into_iter().map(|r| (r.get(0), r.get(1))).collect();
+    let missing: Vec<&str> = roles
+        .iter()
+        .filter(|r| !found.contains_key(*r))
+        .map(String::as_str)
+        .collect();
+    if !missing.is_empty() {
+        return Err(UserError::new(format!(
+            "--workload-roles: no role named {} on the destination",
+            missing
+                .iter()
+                .map(|m| format!("{m:?}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ))
+        .into());
+    }
+    Ok(roles.iter().filter_map(|r| found.get(r).copied()).collect())
+}
+
+/// The recorded statements (grouped by text and search path, most called
+/// first) and how many are hidden; `Err` is why they cannot be read.
+async fn read_statements(
+    client: &Client,
+    schema: &str,
+    roles: &[u32],
+) -> std::result::Result<(Vec<Recorded>, usize), String> {
+    let view = format!("{}.pg_stat_statements", quote_ident(schema));
+    let fail = |e: tokio_postgres::Error| -> String {
+        let msg = crate::pg::connect::describe_pg_error(&e);
+        format!(
+            "pg_stat_statements cannot be read, so the application's statements were not checked: {msg} ({ENABLE_HINT})"
+        )
+    };
+    let toplevel: bool = client
+        .query_one(
+            "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_attribute
+                             WHERE attrelid = pg_catalog.to_regclass($1) AND attname = 'toplevel')",
+            &[&view],
+        )
+        .await
+        .map_err(fail)?
+        .get(0);
+    let sql = format!(
+        "SELECT s.userid, s.query, sum(s.calls)::int8
+           FROM {view} s
+          WHERE s.dbid = (SELECT oid FROM pg_catalog.pg_database WHERE datname = pg_catalog.current_database())
+            AND s.calls > 0 {} {}
+          GROUP BY s.userid, s.query
+          ORDER BY 3 DESC, 2",
+        if toplevel { "AND s.toplevel" } else { "" },
+        if roles.is_empty() {
+            ""
+        } else {
+            "AND s.userid = ANY($1::oid[])"
+        }
+    );
+    let rows = if roles.is_empty() {
+        client.query(sql.as_str(), &[]).await
+    } else {
+        client.query(sql.as_str(), &[&roles]).await
+    }
+    .map_err(fail)?;
+    let userids: Vec<u32> = rows.iter().map(|r| r.get::<_, u32>(0)).collect();
+    let paths = search_paths(client, &userids)
+        .await
+        .map_err(|e| format!("{e:#}"))?;
+    let mut hidden = 0;
+    let mut grouped: Vec<Recorded> = Vec::new();
+    let mut index: HashMap<(String, Vec<String>), usize> = HashMap::new();
+    for r in rows {
+        let Some(query) = r.get::<_, Option<String>>(1) else {
+            hidden += 1;
+            continue;
+        };
+        if query == "<insufficient privilege>" {
+            hidden += 1;
+            continue;
+        }
+        let userid: u32 = r.get(0);
+        let calls: i64 = r.get(2);
+        let path = paths.get(&userid).cloned().unwrap_or_default();
+        match index.get(&(query.clone(), path.clone())) {
+            Some(&i) => grouped[i].calls += calls,
+            None => {
+                index.insert((query.clone(), path.clone()), grouped.len());
+                grouped.push(Recorded {
+                    text: query.clone(),
+                    query,
+                    calls,
+                    path,
+                });
+            }
+        }
+    }
+    grouped.sort_by(|a, b| b.calls.cmp(&a.calls).then_with(|| a.query.cmp(&b.query)));
+    Ok((grouped, hidden))
+}
+
+/// The search path each role gets in this database: existing schemas only,
+/// `$user` expanded.
+async fn search_paths(client: &Client, userids: &[u32]) -> Result<HashMap<u32, Vec<String>>> {
+    let default: String = client
+        .query_one(
+            "SELECT CASE WHEN source IN ('default', 'configuration file', 'command line', 'environment variable')
+                         THEN reset_val ELSE boot_val END
+               FROM pg_catalog.pg_settings WHERE name = 'search_path'",
+            &[],
+        )
+        .await
+        .context("reading the default search_path")?
+        .get(0);
+    let rows = client
+        .query(
+            "SELECT r.oid, r.rolname::text,
+                    (SELECT s.setconfig FROM pg_catalog.pg_db_role_setting s WHERE s.setrole = r.oid AND s.setdatabase = d.oid),
+                    (SELECT s.setconfig FROM pg_catalog.pg_db_role_setting s WHERE s.setrole = r.oid AND s.setdatabase = 0),
+                    (SELECT s.setconfig FROM pg_catalog.pg_db_role_setting s WHERE s.setrole = 0 AND s.setdatabase = d.oid)
+               FROM pg_catalog.pg_roles r, pg_catalog.pg_database d
+              WHERE d.datname = pg_catalog.current_database() AND r.oid = ANY($1::oid[])",
+            &[&userids],
+        )
+        .await
+        .context("reading the roles' search_path settings")?;
+    let existing: std::collections::HashSet<String> = client
+        .query("SELECT nspname::text FROM pg_catalog.pg_namespace", &[])
+        .await
+        .context("listing schemas")?
+        .into_iter()
+        .map(|r| r.get(0))
+        .collect();
+    let setting = |cfg: Option<Vec<String>>| -> Option<String> {
+        cfg?.into_iter()
+            .find_map(|kv| kv.strip_prefix("search_path=").map(str::to_string))
+    };
+    let mut out = HashMap::new();
+    for r in rows {
+        let oid: u32 = r.get(0);
+        let role: String = r.get(1);
+        let value = setting(r.get(2))
+            .or_else(|| setting(r.get(3)))
+            .or_else(|| setting(r.get(4)))
+            .unwrap_or_else(|| default.clone());
+        let path: Vec<String> = resolve::parse_search_path(&value)
+            .into_iter()
+            .map(|s| if s == "$user" { role.clone() } else { s })
+            .filter(|s| existing.contains(s))
+            .fold(Vec::new(), |mut acc, s| {
+                if !acc.contains(&s) {
+                    acc.push(s);
+                }
+                acc
+            });
+        out.insert(oid, path);
+    }
+    Ok(out)
+}
+
+fn path_sql(path: &[String]) -> String {
+    if path.is_empty() {
+        "''".to_string()
+    } else {
+        path.iter()
+            .map(|s| quote_ident(s))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}
+
+/// Why a parse did not finish, if it was the lock or the clock.
+fn interrupted(e: &tokio_postgres::Error, lock_timeout: Duration) -> Option<String> {
+    let code = e.code()?;
+    if *code == SqlState::LOCK_NOT_AVAILABLE {
+        Some(format!(
+            "another session holds a lock it needs (waited {} ms, lock_timeout): {}",
+            lock_timeout.as_millis(),
+            crate::pg::connect::describe_pg_error(e)
+        ))
+    } else if *code == SqlState::QUERY_CANCELED {
+        Some(format!(
+            "the check was cancelled (statement_timeout or the time bound): {}",
+            crate::pg::connect::describe_pg_error(e)
+        ))
+    } else {
+        None
+    }
+}
+
+/// Parse and describe `sql` in a read-only transaction with `path`; the
+/// transaction is always rolled back.
+async fn describe(
+    client: &Client,
+    sql: &str,
+    path: &[String],
+    types: Option<&[Type]>,
+    lock_timeout: Duration,
+    deadline: Instant,
+) -> Result<std::result::Result<Described, tokio_postgres::Error>> {
+    let remaining = deadline.saturating_duration_since(Instant::now());
+    let begin = format!(
+        "BEGIN READ ONLY; SET LOCAL lock_timeout = {}; SET LOCAL statement_timeout = {}; SET LOCAL search_path = {}",
+        quote_literal(&format!("{}ms", lock_timeout.as_millis().max(1))),
+        quote_literal(&format!("{}ms", remaining.as_millis().clamp(1, 10_000))),
+        path_sql(path)
+    );
+    client
+        .batch_execute(&begin)
+        .await
+        .context("starting a read-only check")?;
+    let r = match types {
+        Some(t) => client.prepare_typed(sql, t).await,
+        None => client.prepare(sql).await,
+    };
+    client
+        .batch_execute("ROLLBACK")
+        .await
+        .context("ending a read-only check")?;
+    Ok(r.map(|st| Described {
+        params: st.params().to_vec(),
+        columns: st
+            .columns()
+            .iter()
+            .map(|c| Column {
+                name: c.name().to_string(),
+                type_oid: c.type_().oid(),
+                typmod: c.type_modifier(),
+                origin: c.table_oid().zip(c.column_id()).filter(|(t, _)| *t != 0),
+            })
+            .collect(),
+    }))
+}
+
+async fn check_one(
+    client: &Client,
+    p: &Pending,
+    pairs: &[SchemaPair],
+    cat: &Catalog,
+    opts: &WorkloadOptions,
+    deadline: Instant,
+) -> Result<Outcome> {
+    let lt = opts.lock_timeout;
+    let today = match describe(client, &p.rec.text, &p.rec.path, None, lt, deadline).await? {
+        Ok(d) => d,
+        Err(e) => {
+            if let Some(why) = interrupted(&e, lt) {
+                return Ok(Outcome::Unchecked(why));
+            }
+            let msg = crate::pg::connect::describe_pg_error(&e);
+            let reason = if e.code() == Some(&SqlState::INDETERMINATE_DATATYPE) {
+                format!(
+                    "a parameter's type cannot be inferred from the recorded text (pg_stat_statements replaces constants by parameters): {msg}"
+                )
+            } else {
+                format!(
+                    "it does not parse as recorded with the role's search path today (a temporary table, or a search_path the application sets itself?): {msg}"
+                )
+            };
+            return Ok(Outcome::Unchecked(reason));
+        }
+    };
+    // A name only the live schema's own objects have (the server would still
+    // find it while the check runs).
+    if let Some(err) = &p.res.failing {
+        return Ok(Outcome::Failing(err.clone()));
+    }
+    let future = match describe(
+        client,
+        &p.res.rewritten,
+        &p.res.future_path,
+        None,
+        lt,
+        deadline,
+    )
+    .await?
+    {
+        Ok(d) => d,
+        Err(e) => {
+            if let Some(why) = interrupted(&e, lt) {
+                return Ok(Outcome::Unchecked(why));
+            }
+            if e.code() == Some(&SqlState::INDETERMINATE_DATATYPE) {
+                return Ok(Outcome::Unchecked(format!(
+                    "a parameter's type cannot be inferred after the swap: {}",
+                    crate::pg::connect::describe_pg_error(&e)
+                )));
+            }
+            let msg = db_message(&e);
+            return Ok(Outcome::Failing(resolve::map_error(
+                &msg,
+                pairs,
+                &p.res.qualified_calls,
+            )));
+        }
+    };
+    // Statements prepared before the swap keep today's parameter types.
+    if today
+        .params
+        .iter()
+        .any(|t| cat.live_type_oids.contains(&t.oid()))
+    {
+        let typed = describe(
+            client,
+            &p.res.rewritten,
+            &p.res.future_path,
+            Some(&today.params),
+            lt,
+            deadline,
+        )
+        .await?;
+        if let Err(e) = typed {
+            if let Some(why) = interrupted(&e, lt) {
+                return Ok(Outcome::Unchecked(why));
+            }
+            let types: Vec<String> = today
+                .params
+                .iter()
+                .filter(|t| cat.live_type_oids.contains(&t.oid()))
+                .map(|t| t.name().to_string())
+                .collect();
+            return Ok(Outcome::Failing(format!(
+                "when prepared before the swap (its parameter types {} then belong to the backup schema): {}",
+                types.join(", "),
+                resolve::map_error(&db_message(&e), pairs, &p.res.qualified_calls)
+            )));
+        }
+    }
+    Ok(Outcome::Described(today.columns, future.columns))
+}
+
+/// The server's message (the primary text only, as the application sees it).
+fn db_message(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => db.message().to_string(),
+        None => crate::pg::connect::describe_pg_error(e),
+    }
+}
+
+/// A result column's real type (`(type OID, typmod)`, a table column's own
+/// type where the column comes from one, since Describe reports domains as
+/// their base type) and its name as people read it (`format_type` with the
+/// incoming schemas mapped back to the live ones).
+type ColumnTypes = HashMap<(u32, i32, Option<(u32, i16)>), ((u32, i32), String)>;
+
+/// The real types of every result column of `described`, in two queries.
+async fn column_types(
+    client: &Client,
+    mapper: &Mapper,
+    described: &[(Pending, Vec<Column>, Vec<Column>)],
+) -> Result<ColumnTypes> {
+    let cols: Vec<&Column> = described
+        .iter()
+        .flat_map(|(_, a, b)| a.iter().chain(b))
+        .collect();
+    let (rels, atts): (Vec<u32>, Vec<i16>) = cols.iter().filter_map(|c| c.origin).unzip();
+    client
+        .batch_execute("BEGIN READ ONLY; SET LOCAL search_path = ''")
+        .await
+        .context("naming result types")?;
+    let result = async {
+        let origins: HashMap<(u32, i16), (u32, i32)> = client
+            .query(
+                "SELECT t.r, t.a, a.atttypid, a.atttypmod
+                   FROM ROWS FROM (pg_catalog.unnest($1::oid[]), pg_catalog.unnest($2::int2[])) AS t(r, a)
+                   JOIN pg_catalog.pg_attribute a ON a.attrelid = t.r AND a.attnum = t.a",
+                &[&rels, &atts],
+            )
+            .await?
+            .into_iter()
+            .map(|r| ((r.get(0), r.get(1)), (r.get(2), r.get(3))))
+            .collect();
+        let real = |c: &Column| -> (u32, i32) {
+            c.origin
+                .and_then(|o| origins.get(&o).copied())
+                .unwrap_or((c.type_oid, c.typmod))
+        };
+        let (oids, mods): (Vec<u32>, Vec<i32>) = cols.iter().map(|c| real(c)).unzip();
+        let names: HashMap<(u32, i32), String> = client
+            .query(
+                "SELECT t.o, t.m, pg_catalog.format_type(t.o, t.m)
+                   FROM ROWS FROM (pg_catalog.unnest($1::oid[]), pg_catalog.unnest($2::int4[])) AS t(o, m)",
+                &[&oids, &mods],
+            )
+            .await?
+            .into_iter()
+            .map(|r| ((r.get(0), r.get(1)), r.get(2)))
+            .collect();
+        let mut out: ColumnTypes = HashMap::new();
+        for c in &cols {
+            let t = real(c);
+            let name = names
+                .get(&t)
+                .map(|n| mapper.map(n))
+                .unwrap_or_else(|| format!("type {}", t.0));
+            out.insert((c.type_oid, c.typmod, c.origin), (t, name));
+        }
+        anyhow::Ok(out)
+    }
+    .await;
+    client
+        .batch_execute("ROLLBACK")
+        .await
+        .context("naming result types")?;
+    result.context("naming result types")
+}
+
+/// `email: text -> email` for each column that differs.
+fn column_changes(today: &[Column], future: &[Column], types: &ColumnTypes) -> Vec<String> {
+    let real = |c: &Column| -> ((u32, i32), String) {
+        types
+            .get(&(c.type_oid, c.typmod, c.origin))
+            .map(|(t, n)| (*t, super::hazards::show_type(n)))
+            .unwrap_or_else(|| ((c.type_oid, c.typmod), format!("type {}", c.type_oid)))
+    };
+    let mut out = Vec::new();
+    for i in 0..today.len().max(future.len()) {
+        match (today.get(i), future.get(i)) {
+            (Some(a), Some(b)) => {
+                let ((oa, _), ta) = real(a);
+                let ((ob, _), tb) = real(b);
+                if a.name != b.name {
+                    out.push(format!("{}: {ta} -> {}: {tb}", a.name, b.name));
+                } else if ta != tb {
+                    out.push(format!("{}: {ta} -> {tb}", a.name));
+                } else if oa != ob {
+                    out.push(format!(
+                        "{}: {ta} -> {tb} (replaced by the incoming schema's type of the same name)",
+                        a.name
+                    ));
+                }
+            }
+            (Some(a), None) => out.push(format!("{}: {} -> (none)", a.name, real(a).1)),
+            (None, Some(b)) => out.push(format!("{}: (none) -> {}", b.name, real(b).1)),
+            (None, None) => {}
+        }
+    }
+    out
+}
+
+/// The start of a statement on one line (for messages).
+pub fn short(query: &str) -> String {
+    report::short_query(query, 80)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn describes_column_changes() {
+        let col = |name: &str, oid: u32, origin: Option<(u32, i16)>| Column {
+            name: name.into(),
+            type_oid: oid,
+            typmod: -1,
+            origin,
+        };
+        let mut types: ColumnTypes = HashMap::new();
+        // email: text today, a domain over text in the future (Describe says text).
+        types.insert((25, -1, Some((1, 1))), ((25, -1), "text".into()));
+        types.insert((25, -1, Some((2, 1))), ((90001, -1), "public.email".into()));
+        types.insert((90002, -1, None), ((90002, -1), "public.mood".into()));
+        types.insert((90003, -1, None), ((90003, -1), "public.mood".into()));
+        types.insert((25, -1, None), ((25, -1), "text".into()));
+        types.insert(
+            (1184, -1, None),
+            ((1184, -1), "timestamp with time zone".into()),
+        );
+        let today = vec![
+            col("email", 25, Some((1, 1))),
+            col("m", 90002, None),
+            col("id", 25, None),
+        ];
+        let future = vec![
+            col("email", 25, Some((2, 1))),
+            col("m", 90003, None),
+            col("id", 25, None),
+            col("created_at", 1184, None),
+        ];
+        assert_eq!(
+            column_changes(&today, &future, &types),
+            vec![
+                "email: text -> email",
+                "m: mood -> mood (replaced by the incoming schema's type of the same name)",
+                "created_at: (none) -> timestamp with time zone",
+            ]
+        );
+    }
+
+    #[test]
+    fn matches_used_objects() {
+        let mut r = StatementsReport::not_checked("x");
+        r.used_objects = vec!["public.accounts".into(), "public.f".into()];
+        assert!(r.uses("public.accounts"));
+        assert!(r.uses("public.accounts.email"));
+        assert!(r.uses("public.f(integer)"));
+        assert!(!r.uses("public.accounts_archive"));
+        assert!(!r.uses("public.fx(integer)"));
+    }
+}

@@ -1,0 +1,879 @@
+//! Discarded writes: writes the application made, since prepare started, to
+//! tables that are not preserved. The swap moves those tables (and the rows) to
+//! the backup schema; the new public does not have them.
+//!
+//! * [`take_baseline`] records, for every ordinary table of the live schemas
+//!   (partitions included; partitioned parents, views, foreign tables and
+//!   extension members hold no rows the swap moves away), its OID, name, write
+//!   counters and `relfilenode`, plus the database's `stats_reset` and
+//!   `track_counts`. A [`WriteBaseline`] is serde-ready for the state file and
+//!   `pgshift.migration`.
+//! * [`compare`] of the baseline with a later snapshot (taken the same way) gives a
+//!   [`WriteCheck`]: per table, matched by OID, the writes since the baseline
+//!   (`discarded`), or why they cannot be known (`unknown`: rewritten or
+//!   truncated, counters went backwards, statistics reset, `track_counts` off).
+//!   A table created in a live schema after the baseline counts all its writes.
+//!   Tables named in `exempt` (preserved, kept) and partitions of them never
+//!   appear.
+//! * [`check_sql`] is the same comparison as one SQL query without parameters
+//!   (the baseline and the names are quoted literals), returning JSON text that
+//!   [`parse_check`] turns into the same [`WriteCheck`]: the swap can run it under
+//!   its locks in the round trip it already makes. It clears the backend's
+//!   statistics snapshot first (`pg_stat_clear_snapshot()`, evaluated before the
+//!   rest through a `CASE`), so an earlier read in the same transaction does not
+//!   make it stale.
+//! * [`gate`] turns a check into the refusal (or not), [`AllowDiscard`] is
+//!   `--allow-discard`.
+//! * [`writes_since_reset`] lists the tables written since the statistics were
+//!   last reset, for `prepare --dry-run` (the counts include every write since
+//!   then, an earlier migration's initial load too).
+//!
+//! How exact the counters are, and what to do when exactness matters, is in the
+//! module documentation of [`crate::impact`].
+
+use std::collections::HashMap;
+
+use anyhow::{Context, Result};
+use chrono::{DateTime, SecondsFormat, Utc};
+use serde::{Deserialize, Serialize};
+use tokio_postgres::GenericClient;
+
+use super::display_table;
+use super::report::plural;
+use crate::pg::ident::{NameError, TableName, quote_literal};
+
+/// The counters of the live schemas' tables at one moment.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WriteBaseline {
+    pub taken_at: DateTime<Utc>,
+    pub schemas: Vec<String>,
+    /// `pg_stat_database.stats_reset` of this database (null: never reset).
+    pub stats_reset: Option<DateTime<Utc>>,
+    pub track_counts: bool,
+    pub tables: Vec<TableCounters>,
+}
+
+/// One table's counters.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TableCounters {
+    pub oid: u32,
+    pub schema: String,
+    pub name: String,
+    /// `n_tup_ins`
+    pub inserts: i64,
+    /// `n_tup_upd` (HOT updates included)
+    pub updates: i64,
+    /// `n_tup_del`
+    pub deletes: i64,
+    /// Changes on TRUNCATE, VACUUM FULL, CLUSTER and table rewrites.
+    pub relfilenode: u32,
+    /// Partition ancestors `(schema, name)`, nearest first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ancestors: Vec<(String, String)>,
+}
+
+/// Writes to one table.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TableWrites {
+    /// `accounts`, `billing.invoices`.
+    pub table: String,
+    pub inserts: i64,
+    pub updates: i64,
+    pub deletes: i64,
+    /// The partitioned table this partition belongs to (its root), if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub partition_of: Option<String>,
+    #[serde(skip)]
+    pub schema: String,
+    #[serde(skip)]
+    pub name: String,
+    #[serde(skip)]
+    pub ancestors: Vec<(String, String)>,
+}
+
+/// A write the swap would discard.
+pub type DiscardedWrite = TableWrites;
+
+impl TableWrites {
+    pub fn total(&self) -> i64 {
+        self.inserts + self.updates + self.deletes
+    }
+
+    /// `3 inserts, 1 update` (kinds with a zero count left out).
+    pub fn counts(&self) -> String {
+        let mut parts = Vec::new();
+        for (n, what) in [
+            (self.inserts, "insert"),
+            (self.updates, "update"),
+            (self.deletes, "delete"),
+        ] {
+            if n != 0 {
+                parts.push(plural(n.max(0) as usize, what));
+            }
+        }
+        if parts.is_empty() {
+            "no writes".to_string()
+        } else {
+            parts.join(", ")
+        }
+    }
+}
+
+/// A table whose writes since the baseline cannot be known.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UnknownWrite {
+    pub table: String,
+    pub reason: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub partition_of: Option<String>,
+    #[serde(skip)]
+    pub schema: String,
+    #[serde(skip)]
+    pub name: String,
+    #[serde(skip)]
+    pub ancestors: Vec<(String, String)>,
+}
+
+/// The result of comparing counters with the baseline.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WriteCheck {
+    /// Largest first.
+    pub discarded: Vec<DiscardedWrite>,
+    /// By table.
+    pub unknown: Vec<UnknownWrite>,
+}
+
+impl WriteCheck {
+    pub fn is_clean(&self) -> bool {
+        self.discarded.is_empty() && self.unknown.is_empty()
+    }
+
+    fn sort(&mut self) {
+        self.discarded.sort_by(|a, b| {
+            b.total()
+                .cmp(&a.total())
+                .then_with(|| (&a.schema, &a.name).cmp(&(&b.schema, &b.name)))
+        });
+        self.unknown
+            .sort_by(|a, b| (&a.schema, &a.name).cmp(&(&b.schema, &b.name)));
+    }
+}
+
+/// Why a table's writes are unknown. The code is what [`check_sql`] returns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Unknown {
+    TrackCountsOff,
+    TrackCountsWasOff,
+    StatsReset,
+    Rewritten,
+    Backwards,
+    NoBaseline,
+}
+
+impl Unknown {
+    const ALL: [Unknown; 6] = [
+        Unknown::TrackCountsOff,
+        Unknown::TrackCountsWasOff,
+        Unknown::StatsReset,
+        Unknown::Rewritten,
+        Unknown::Backwards,
+        Unknown::NoBaseline,
+    ];
+
+    fn code(self) -> &'static str {
+        match self {
+            Unknown::TrackCountsOff => "track_counts_off",
+            Unknown::TrackCountsWasOff => "track_counts_was_off",
+            Unknown::StatsReset => "stats_reset",
+            Unknown::Rewritten => "rewritten",
+            Unknown::Backwards => "backwards",
+            Unknown::NoBaseline => "no_baseline",
+        }
+    }
+
+    fn reason(self) -> &'static str {
+        match self {
+            Unknown::TrackCountsOff => "track_counts is off, so writes are not counted",
+            Unknown::TrackCountsWasOff => "track_counts was off when prepare started",
+            Unknown::StatsReset => "the statistics were reset since prepare started",
+            Unknown::Rewritten => {
+                "truncated or rewritten since prepare started (TRUNCATE, VACUUM FULL, CLUSTER or ALTER TABLE; TRUNCATE is not counted)"
+            }
+            Unknown::Backwards => {
+                "its write counters went backwards (statistics reset since prepare started)"
+            }
+            Unknown::NoBaseline => "no write counters were recorded when prepare started",
+        }
+    }
+
+    fn from_code(code: &str) -> Option<Unknown> {
+        Unknown::ALL.into_iter().find(|u| u.code() == code)
+    }
+}
+
+/// The ordinary tables of the schemas that `schema_filter` (a condition on
+/// `n.nspname`) selects, with counters and partition ancestors. Columns: oid,
+/// nsp, rel, node, ins, upd, del, anc_nsp, anc_rel.
+fn tables_sql(schema_filter: &str) -> String {
+    format!(
+        "SELECT c.oid, n.nspname::text AS nsp, c.relname::text AS rel, c.relfilenode AS node,
+                pg_catalog.pg_stat_get_tuples_inserted(c.oid) AS ins,
+                pg_catalog.pg_stat_get_tuples_updated(c.oid) AS upd,
+                pg_catalog.pg_stat_get_tuples_deleted(c.oid) AS del,
+                CASE WHEN c.relispartition THEN ARRAY(
+                    SELECT an.nspname::text
+                      FROM pg_catalog.pg_partition_ancestors(c.oid) WITH ORDINALITY AS p(relid, o)
+                      JOIN pg_catalog.pg_class ac ON ac.oid = p.relid
+                      JOIN pg_catalog.pg_namespace an ON an.oid = ac.relnamespace
+                     WHERE p.relid <> c.oid ORDER BY p.o) ELSE '{{}}'::text[] END AS anc_nsp,
+                CASE WHEN c.relispartition THEN ARRAY(
+                    SELECT ac.relname::text
+                      FROM pg_catalog.pg_partition_ancestors(c.oid) WITH ORDINALITY AS p(relid, o)
+                      JOIN pg_catalog.pg_class ac ON ac.oid = p.relid
+                     WHERE p.relid <> c.oid ORDER BY p.o) ELSE '{{}}'::text[] END AS anc_rel
+           FROM pg_catalog.pg_class c
+           JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+          WHERE {schema_filter} AND c.relkind = 'r'
+            AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_depend d
+                             WHERE d.classid = 'pg_catalog.pg_class'::pg_catalog.regclass
+                               AND d.objid = c.oid AND d.deptype = 'e')"
+    )
+}
+
+/// `track_counts`, the database's `stats_reset` and the time, in one row.
+const GLOBAL_SQL: &str = "SELECT pg_catalog.current_setting('track_counts')::bool AS track,
+        pg_catalog.pg_stat_get_db_stat_reset_time(d.oid) AS reset,
+        pg_catalog.clock_timestamp() AS now
+   FROM pg_catalog.pg_database d WHERE d.datname = pg_catalog.current_database()";
+
+/// The counters of every ordinary table of `schemas` now. Works inside or
+/// outside a transaction (it discards the backend's statistics snapshot first).
+pub async fn take_baseline(
+    client: &impl GenericClient,
+    schemas: &[String],
+) -> Result<WriteBaseline> {
+    client
+        .execute("SELECT pg_catalog.pg_stat_clear_snapshot()", &[])
+        .await
+        .context("reading the write counters")?;
+    let g = client
+        .query_one(GLOBAL_SQL, &[])
+        .await
+        .context("reading the statistics settings")?;
+    let sql = format!(
+        "{} ORDER BY 2, 3",
+        tables_sql("n.nspname = ANY($1::text[])")
+    );
+    let rows = client
+        .query(sql.as_str(), &[&schemas])
+        .await
+        .context("reading the tables' write counters")?;
+    let tables = rows
+        .into_iter()
+        .map(|r| {
+            let anc_nsp: Vec<String> = r.get(7);
+            let anc_rel: Vec<String> = r.get(8);
+            TableCounters {
+                oid: r.get(0),
+                schema: r.get(1),
+                name: r.get(2),
+                relfilenode: r.get(3),
+                inserts: r.get(4),
+                updates: r.get(5),
+                deletes: r.get(6),
+                ancestors: anc_nsp.into_iter().zip(anc_rel).collect(),
+            }
+        })
+        .collect();
+    Ok(WriteBaseline {
+        taken_at: g.get(2),
+        schemas: schemas.to_vec(),
+        stats_reset: g.get(1),
+        track_counts: g.get(0),
+        tables,
+    })
+}
+
+fn is_exempt(
+    schema: &str,
+    name: &str,
+    ancestors: &[(String, String)],
+    exempt: &[TableName],
+) -> bool {
+    let hit = |s: &str, n: &str| {
+        exempt
+            .iter()
+            .any(|t| t.schema_or_public() == s && t.name == n)
+    };
+    hit(schema, name) || ancestors.iter().any(|(s, n)| hit(s, n))
+}
+
+fn root_of(ancestors: &[(String, String)]) -> Option<String> {
+    ancestors.last().map(|(s, n)| display_table(s, n))
+}
+
+fn writes(
+    schema: &str,
+    name: &str,
+    ancestors: &[(String, String)],
+    counts: [i64; 3],
+) -> TableWrites {
+    TableWrites {
+        table: display_table(schema, name),
+        inserts: counts[0],
+        updates: counts[1],
+        deletes: counts[2],
+        partition_of: root_of(ancestors),
+        schema: schema.to_string(),
+        name: name.to_string(),
+        ancestors: ancestors.to_vec(),
+    }
+}
+
+fn unknown(schema: &str, name: &str, ancestors: &[(String, String)], why: Unknown) -> UnknownWrite {
+    UnknownWrite {
+        table: display_table(schema, name),
+        reason: why.reason().to_string(),
+        partition_of: root_of(ancestors),
+        schema: schema.to_string(),
+        name: name.to_string(),
+        ancestors: ancestors.to_vec(),
+    }
+}
+
+/// Compare a later snapshot `now` (from [`take_baseline`] on the same schemas)
+/// with `base`. Tables in `exempt` (and their partitions) are left out.
+pub fn compare(base: &WriteBaseline, now: &WriteBaseline, exempt: &[TableName]) -> WriteCheck {
+    let global = if !now.track_counts {
+        Some(Unknown::TrackCountsOff)
+    } else if !base.track_counts {
+        Some(Unknown::TrackCountsWasOff)
+    } else if now.stats_reset != base.stats_reset {
+        Some(Unknown::StatsReset)
+    } else {
+        None
+    };
+    let by_oid: HashMap<u32, &TableCounters> = base.tables.iter().map(|t| (t.oid, t)).collect();
+    let mut check = WriteCheck::default();
+    for t in &now.tables {
+        if is_exempt(&t.schema, &t.name, &t.ancestors, exempt) {
+            continue;
+        }
+        let b = by_oid.get(&t.oid);
+        let why = global.or_else(|| {
+            let b = b?;
+            if b.relfilenode != t.relfilenode {
+                Some(Unknown::Rewritten)
+            } else if t.inserts < b.inserts || t.updates < b.updates || t.deletes < b.deletes {
+                Some(Unknown::Backwards)
+            } else {
+                None
+            }
+        });
+        if let Some(why) = why {
+            check
+                .unknown
+                .push(unknown(&t.schema, &t.name, &t.ancestors, why));
+            continue;
+        }
+        let (i, u, d) = b.map_or((0, 0, 0), |b| (b.inserts, b.updates, b.deletes));
+        let w = writes(
+            &t.schema,
+            &t.name,
+            &t.ancestors,
+            [t.inserts - i, t.updates - u, t.deletes - d],
+        );
+        if w.total() > 0 {
+            check.discarded.push(w);
+        }
+    }
+    check.sort();
+    check
+}
+
+/// Without a baseline (a migration prepared before pgshift recorded one):
+/// every table of `now` that is not exempt is unknown.
+pub fn compare_without_baseline(now: &WriteBaseline, exempt: &[TableName]) -> WriteCheck {
+    let mut check = WriteCheck {
+        discarded: Vec::new(),
+        unknown: now
+            .tables
+            .iter()
+            .filter(|t| !is_exempt(&t.schema, &t.name, &t.ancestors, exempt))
+            .map(|t| unknown(&t.schema, &t.name, &t.ancestors, Unknown::NoBaseline))
+            .collect(),
+    };
+    check.sort();
+    check
+}
+
+fn text_array(items: &[String]) -> String {
+    if items.is_empty() {
+        "'{}'::text[]".to_string()
+    } else {
+        format!(
+            "ARRAY[{}]::text[]",
+            items
+                .iter()
+                .map(|s| quote_literal(s))
+                .collect::<Vec<_>>()
+                .join(", ")
+        )
+    }
+}
+
+fn timestamp_literal(t: Option<DateTime<Utc>>) -> String {
+    match t {
+        Some(t) => format!(
+            "{}::timestamptz",
+            quote_literal(&t.to_rfc3339_opts(SecondsFormat::AutoSi, true))
+        ),
+        None => "NULL::timestamptz".to_string(),
+    }
+}
+
+/// One query, without parameters, computing [`compare`]`(base, <counters now>,
+/// exempt)` as JSON text for [`parse_check`]. Meant to run under the swap's
+/// locks, in the round trip of other statements.
+pub fn check_sql(base: &WriteBaseline, exempt: &[TableName]) -> String {
+    // Five array literals: parsed and planned in microseconds, where a VALUES
+    // list of a thousand rows takes tens of milliseconds to plan (and this runs
+    // while the swap holds its locks).
+    let column = |f: &dyn Fn(&TableCounters) -> String, ty: &str| -> String {
+        let items: Vec<String> = base.tables.iter().map(f).collect();
+        format!(
+            "pg_catalog.unnest({}::{ty}[])",
+            quote_literal(&format!("{{{}}}", items.join(",")))
+        )
+    };
+    let base_rows = format!(
+        "SELECT * FROM ROWS FROM ({}, {}, {}, {}, {})",
+        column(&|t| t.oid.to_string(), "oid"),
+        column(&|t| t.inserts.to_string(), "int8"),
+        column(&|t| t.updates.to_string(), "int8"),
+        column(&|t| t.deletes.to_string(), "int8"),
+        column(&|t| t.relfilenode.to_string(), "oid"),
+    );
+    let exempt_rows = if exempt.is_empty() {
+        "SELECT NULL::text, NULL::text WHERE false".to_string()
+    } else {
+        let rows: Vec<String> = exempt
+            .iter()
+            .map(|t| {
+                format!(
+                    "({}::text, {}::text)",
+                    quote_literal(t.schema_or_public()),
+                    quote_literal(&t.name)
+                )
+            })
+            .collect();
+        format!("VALUES {}", rows.join(", "))
+    };
+    let schemas = text_array(&base.schemas);
+    let tables = tables_sql(&format!("n.nspname = ANY({schemas})"));
+    let base_track = if base.track_counts { "true" } else { "false" };
+    let base_reset = timestamp_literal(base.stats_reset);
+    format!(
+        "SELECT CASE WHEN pg_catalog.pg_stat_clear_snapshot() IS NULL THEN NULL ELSE (
+WITH base(oid, ins, upd, del, node) AS ({base_rows}),
+     ex(nsp, rel) AS ({exempt_rows}),
+     g AS ({GLOBAL_SQL}),
+     cur AS ({tables}),
+     v AS (
+       SELECT cur.nsp, cur.rel, cur.anc_nsp, cur.anc_rel,
+              cur.ins - COALESCE(b.ins, 0) AS dins,
+              cur.upd - COALESCE(b.upd, 0) AS dupd,
+              cur.del - COALESCE(b.del, 0) AS ddel,
+              CASE WHEN NOT g.track THEN 'track_counts_off'
+                   WHEN NOT {base_track} THEN 'track_counts_was_off'
+                   WHEN g.reset IS DISTINCT FROM {base_reset} THEN 'stats_reset'
+                   WHEN b.oid IS NOT NULL AND b.node <> cur.node THEN 'rewritten'
+                   WHEN b.oid IS NOT NULL AND (cur.ins < b.ins OR cur.upd < b.upd OR cur.del < b.del)
+                        THEN 'backwards'
+              END AS code
+         FROM cur CROSS JOIN g LEFT JOIN base b ON b.oid = cur.oid
+        WHERE NOT EXISTS (
+              SELECT 1 FROM ex
+               WHERE (ex.nsp = cur.nsp AND ex.rel = cur.rel)
+                  OR EXISTS (SELECT 1 FROM ROWS FROM (pg_catalog.unnest(cur.anc_nsp), pg_catalog.unnest(cur.anc_rel)) AS a(nsp, rel)
+                              WHERE a.nsp = ex.nsp AND a.rel = ex.rel)))
+SELECT pg_catalog.json_build_object(
+  'discarded', COALESCE((SELECT pg_catalog.json_agg(pg_catalog.json_build_object(
+        'schema', nsp, 'name', rel, 'inserts', dins, 'updates', dupd, 'deletes', ddel,
+        'anc_nsp', anc_nsp, 'anc_rel', anc_rel))
+      FROM v WHERE code IS NULL AND dins + dupd + ddel > 0), '[]'::json),
+  'unknown', COALESCE((SELECT pg_catalog.json_agg(pg_catalog.json_build_object(
+        'schema', nsp, 'name', rel, 'code', code, 'anc_nsp', anc_nsp, 'anc_rel', anc_rel))
+      FROM v WHERE code IS NOT NULL), '[]'::json))::text
+) END"
+    )
+}
+
+#[derive(Deserialize)]
+struct RawCheck {
+    discarded: Vec<RawDiscarded>,
+    unknown: Vec<RawUnknown>,
+}
+
+#[derive(Deserialize)]
+struct RawDiscarded {
+    schema: String,
+    name: String,
+    inserts: i64,
+    updates: i64,
+    deletes: i64,
+    anc_nsp: Vec<String>,
+    anc_rel: Vec<String>,
+}
+
+#[derive(Deserialize)]
+struct RawUnknown {
+    schema: String,
+    name: String,
+    code: String,
+    anc_nsp: Vec<String>,
+    anc_rel: Vec<String>,
+}
+
+/// The [`WriteCheck`] of [`check_sql`]'s output.
+pub fn parse_check(json: &str) -> Result<WriteCheck> {
+    let raw: RawCheck =
+        serde_json::from_str(json).context("reading the result of the discarded-writes check")?;
+    let mut check = WriteCheck::default();
+    for d in raw.discarded {
+        let anc: Vec<(String, String)> = d.anc_nsp.into_iter().zip(d.anc_rel).collect();
+        check.discarded.push(writes(
+            &d.schema,
+            &d.name,
+            &anc,
+            [d.inserts, d.updates, d.deletes],
+        ));
+    }
+    for u in raw.unknown {
+        let anc: Vec<(String, String)> = u.anc_nsp.into_iter().zip(u.anc_rel).collect();
+        let why = Unknown::from_code(&u.code).with_context(|| {
+            format!(
+                "the discarded-writes check returned an unknown code {:?}",
+                u.code
+            )
+        })?;
+        check.unknown.push(unknown(&u.schema, &u.name, &anc, why));
+    }
+    check.sort();
+    Ok(check)
+}
+
+/// `--allow-discard`: which discarded or unknown writes the operator accepts.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum AllowDiscard {
+    /// Nothing (the default): any discarded or unknown write refuses the swap.
+    #[default]
+    Nothing,
+    /// `--allow-discard all`.
+    All,
+    /// `--allow-discard a,billing.b` (a partitioned table covers its partitions).
+    Tables(Vec<TableName>),
+}
+
+impl AllowDiscard {
+    /// `all`, or a comma-separated list of table names (identifiers, never SQL).
+    pub fn parse(input: &str) -> Result<AllowDiscard, NameError> {
+        let items: Vec<&str> = input.split(',').map(str::trim).collect();
+        if items.iter().any(|i| i.eq_ignore_ascii_case("all")) {
+            return Ok(AllowDiscard::All);
+        }
+        let names = TableName::parse_list(&items)?;
+        Ok(AllowDiscard::Tables(names))
+    }
+
+    /// Whether the writes to this table are accepted.
+    pub fn covers(&self, schema: &str, name: &str, ancestors: &[(String, String)]) -> bool {
+        match self {
+            AllowDiscard::Nothing => false,
+            AllowDiscard::All => true,
+            AllowDiscard::Tables(t) => is_exempt(schema, name, ancestors, t),
+        }
+    }
+}
+
+/// How many tables the refusal names before "and N more".
+const LISTED: usize = 5;
+
+fn and_more(items: Vec<String>, total: usize) -> String {
+    let mut s = items.join(", ");
+    if total > items.len() {
+        s.push_str(&format!(" and {} more", total - items.len()));
+    }
+    s
+}
+
+/// Refuse (the `error:` line's text, without the prefix) when the check found
+/// discarded or unknown writes that `allow` does not cover.
+pub fn gate(check: &WriteCheck, allow: &AllowDiscard) -> Result<(), String> {
+    let discarded: Vec<&DiscardedWrite> = check
+        .discarded
+        .iter()
+        .filter(|d| !allow.covers(&d.schema, &d.name, &d.ancestors))
+        .collect();
+    let unknown: Vec<&UnknownWrite> = check
+        .unknown
+        .iter()
+        .filter(|u| !allow.covers(&u.schema, &u.name, &u.ancestors))
+        .collect();
+    if discarded.is_empty() && unknown.is_empty() {
+        return Ok(());
+    }
+    let mut parts = Vec::new();
+    if !discarded.is_empty() {
+        let n = discarded.len();
+        let listed: Vec<String> = discarded
+            .iter()
+            .take(LISTED)
+            .map(|d| format!("{} ({})", d.table, d.counts()))
+            .collect();
+        parts.push(format!(
+            "the swap would discard writes made since prepare started to {} that {} not preserved (the rows would stay in the backup, not in the new public): {}",
+            plural(n, "table"),
+            if n == 1 { "is" } else { "are" },
+            and_more(listed, n)
+        ));
+    }
+    if !unknown.is_empty() {
+        // Group by reason, in order of first appearance.
+        let mut reasons: Vec<(&str, Vec<&UnknownWrite>)> = Vec::new();
+        for u in &unknown {
+            match reasons.iter_mut().find(|(r, _)| *r == u.reason) {
+                Some((_, v)) => v.push(u),
+                None => reasons.push((&u.reason, vec![u])),
+            }
+        }
+        for (reason, tables) in reasons {
+            let listed: Vec<String> = tables
+                .iter()
+                .take(LISTED)
+                .map(|u| u.table.clone())
+                .collect();
+            parts.push(format!(
+                "writes to {} cannot be checked ({reason}): {}",
+                plural(tables.len(), "table"),
+                and_more(listed, tables.len())
+            ));
+        }
+    }
+    let names: Vec<&str> = discarded
+        .iter()
+        .map(|d| d.partition_of.as_deref().unwrap_or(&d.table))
+        .chain(
+            unknown
+                .iter()
+                .map(|u| u.partition_of.as_deref().unwrap_or(&u.table)),
+        )
+        .fold(Vec::new(), |mut acc, n| {
+            if !acc.contains(&n) {
+                acc.push(n);
+            }
+            acc
+        });
+    let allow_hint = if names.len() <= 10 {
+        format!("--allow-discard {}", names.join(","))
+    } else {
+        "--allow-discard TABLES".to_string()
+    };
+    Err(format!(
+        "{}; nothing was changed. Prepare again with {} in --preserved-tables, or pass {allow_hint} (or --allow-discard all) to swap anyway",
+        parts.join("; "),
+        if names.len() == 1 {
+            "this table"
+        } else {
+            "these tables"
+        },
+    ))
+}
+
+/// What the application wrote since the statistics were last reset
+/// (`prepare --dry-run`'s hint for `--preserved-tables`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WritesSinceReset {
+    /// Null: never reset (counting since the cluster was created or since a crash).
+    pub stats_reset: Option<DateTime<Utc>>,
+    pub track_counts: bool,
+    /// Tables with writes, largest first.
+    pub tables: Vec<TableWrites>,
+}
+
+/// The tables of `schemas` written since the statistics were last reset.
+pub async fn writes_since_reset(
+    client: &impl GenericClient,
+    schemas: &[String],
+) -> Result<WritesSinceReset> {
+    let now = take_baseline(client, schemas).await?;
+    let mut tables: Vec<TableWrites> = now
+        .tables
+        .iter()
+        .map(|t| {
+            writes(
+                &t.schema,
+                &t.name,
+                &t.ancestors,
+                [t.inserts, t.updates, t.deletes],
+            )
+        })
+        .filter(|w| w.total() > 0)
+        .collect();
+    tables.sort_by(|a, b| {
+        b.total()
+            .cmp(&a.total())
+            .then_with(|| (&a.schema, &a.name).cmp(&(&b.schema, &b.name)))
+    });
+    Ok(WritesSinceReset {
+        stats_reset: now.stats_reset,
+        track_counts: now.track_counts,
+        tables,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t(oid: u32, name: &str, c: [i64; 3], node: u32) -> TableCounters {
+        TableCounters {
+            oid,
+            schema: "public".into(),
+            name: name.into(),
+            inserts: c[0],
+            updates: c[1],
+            deletes: c[2],
+            relfilenode: node,
+            ancestors: Vec::new(),
+        }
+    }
+
+    fn snap(tables: Vec<TableCounters>) -> WriteBaseline {
+        WriteBaseline {
+            taken_at: Utc::now(),
+            schemas: vec!["public".into()],
+            stats_reset: None,
+            track_counts: true,
+            tables,
+        }
+    }
+
+    #[test]
+    fn compares_by_oid() {
+        let base = snap(vec![
+            t(1, "a", [10, 0, 0], 1),
+            t(2, "b", [5, 5, 5], 2),
+            t(3, "c", [0, 0, 0], 3),
+            t(4, "kept", [0, 0, 0], 4),
+        ]);
+        let mut now = snap(vec![
+            t(1, "a_renamed", [13, 1, 0], 1),
+            t(2, "b", [4, 5, 5], 2),
+            t(3, "c", [0, 0, 0], 30),
+            t(4, "kept", [9, 9, 9], 4),
+            t(5, "new", [0, 2, 0], 5),
+            t(6, "new_empty", [0, 0, 0], 6),
+        ]);
+        now.tables[4].ancestors = vec![("public".into(), "parent".into())];
+        let exempt = vec![TableName::parse("kept").unwrap()];
+        let c = compare(&base, &now, &exempt);
+        let d: Vec<(&str, i64, i64, i64)> = c
+            .discarded
+            .iter()
+            .map(|d| (d.table.as_str(), d.inserts, d.updates, d.deletes))
+            .collect();
+        assert_eq!(d, vec![("a_renamed", 3, 1, 0), ("new", 0, 2, 0)]);
+        assert_eq!(c.discarded[1].partition_of.as_deref(), Some("parent"));
+        let u: Vec<(&str, &str)> = c
+            .unknown
+            .iter()
+            .map(|u| (u.table.as_str(), u.reason.as_str()))
+            .collect();
+        assert_eq!(
+            u,
+            vec![
+                ("b", Unknown::Backwards.reason()),
+                ("c", Unknown::Rewritten.reason())
+            ]
+        );
+        // A partition of an exempt parent is exempt.
+        let c = compare(&base, &now, &[TableName::parse("parent").unwrap()]);
+        assert!(c.discarded.iter().all(|d| d.table != "new"));
+        // A reset makes everything unknown.
+        now.stats_reset = Some(Utc::now());
+        let c = compare(&base, &now, &exempt);
+        assert!(c.discarded.is_empty());
+        assert_eq!(c.unknown.len(), 5);
+        assert!(
+            c.unknown
+                .iter()
+                .all(|u| u.reason == Unknown::StatsReset.reason())
+        );
+    }
+
+    #[test]
+    fn gate_lists_the_largest_and_the_ways_out() {
+        let base = snap(
+            (1..=8)
+                .map(|i| t(i, &format!("t{i}"), [0, 0, 0], i))
+                .collect(),
+        );
+        let now = snap(
+            (1..=8)
+                .map(|i| {
+                    t(
+                        i,
+                        &format!("t{i}"),
+                        [i as i64, if i == 1 { 1 } else { 0 }, 0],
+                        i,
+                    )
+                })
+                .collect(),
+        );
+        let c = compare(&base, &now, &[]);
+        let msg = gate(&c, &AllowDiscard::Nothing).unwrap_err();
+        assert!(
+            msg.starts_with("the swap would discard writes made since prepare started to 8 tables that are not preserved"),
+            "{msg}"
+        );
+        assert!(
+            msg.contains(": t8 (8 inserts), t7 (7 inserts), t6 (6 inserts), t5 (5 inserts), t4 (4 inserts) and 3 more;"),
+            "{msg}"
+        );
+        assert!(msg.contains("in --preserved-tables"), "{msg}");
+        assert!(
+            msg.contains("--allow-discard t8,t7,t6,t5,t4,t3,t1,t2 (or --allow-discard all)"),
+            "{msg}"
+        );
+        assert!(gate(&c, &AllowDiscard::All).is_ok());
+        let all_but_one = AllowDiscard::parse("t2, t3,t4,t5,t6,t7,t8").unwrap();
+        let msg = gate(&c, &all_but_one).unwrap_err();
+        assert!(msg.contains("to 1 table that is not preserved"), "{msg}");
+        assert!(msg.contains("t1 (1 insert, 1 update)"), "{msg}");
+        assert!(msg.contains("Prepare again with this table"), "{msg}");
+        assert_eq!(AllowDiscard::parse("ALL").unwrap(), AllowDiscard::All);
+        assert!(AllowDiscard::parse("a;b").is_err());
+        assert!(AllowDiscard::parse("").is_err());
+        assert!(
+            AllowDiscard::parse("billing.b")
+                .unwrap()
+                .covers("billing", "b", &[])
+        );
+    }
+
+    #[test]
+    fn check_sql_quotes_everything() {
+        let mut base = snap(vec![t(1, "a", [1, 2, 3], 1)]);
+        base.schemas = vec!["it's".into()];
+        base.stats_reset = Some(Utc::now());
+        let odd = TableName {
+            schema: None,
+            name: "o'k".into(),
+        };
+        let sql = check_sql(&base, &[odd]);
+        assert!(sql.contains("ARRAY['it''s']::text[]"), "{sql}");
+        assert!(sql.contains("('public'::text, 'o''k'::text)"), "{sql}");
+        assert!(!sql.contains('$'), "no bind parameters: {sql}");
+    }
+}

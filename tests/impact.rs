@@ -1,0 +1,1269 @@
+//! The impact engine (`pgshift::impact`) against a real cluster started with
+//! `pg_stat_statements` preloaded: discarded writes from the statistics
+//! counters, schema hazards, the recorded workload checked against the incoming
+//! schema (and the predictions checked against a real swap), the check under a
+//! pgbench load, and blockers. The schemas are set up by hand (a `public` and a
+//! `shadow` schema in one database); no prepare runs.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use common::{Cluster, TestDb, can_start_clusters};
+use pgshift::impact::{
+    self, AllowDiscard, Effect, Impact, ImpactRequest, SchemaPair, WorkloadOptions, WriteBaseline,
+};
+use pgshift::pg::ident::TableName;
+use tokio_postgres::{Client, NoTls};
+
+/// One cluster with pg_stat_statements for the whole file.
+fn cluster() -> Option<&'static Cluster> {
+    static C: OnceLock<Cluster> = OnceLock::new();
+    if !can_start_clusters() {
+        println!("skipping: needs a cluster started by the harness (TEST_PGHOST is set)");
+        return None;
+    }
+    Some(C.get_or_init(|| {
+        Cluster::start_with(
+            "impact",
+            "shared_preload_libraries = 'pg_stat_statements'\npg_stat_statements.track = top",
+        )
+    }))
+}
+
+fn db(name: &str) -> Option<TestDb> {
+    cluster().map(|c| c.create_db("impact", name))
+}
+
+fn public_shadow() -> Vec<SchemaPair> {
+    vec![SchemaPair::new("public", "shadow")]
+}
+
+/// A connection with its own application_name (the harness's own starts with
+/// `pgshift`, which blockers leave out).
+async fn connect_as(db: &TestDb, app: &str) -> Client {
+    let mut cfg = db.pg_config();
+    cfg.application_name(app);
+    let (client, conn) = cfg.connect(NoTls).await.expect("connect");
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    client
+}
+
+/// Wait until the statistics show these absolute counters for `table`
+/// (writers publish them when they go idle or disconnect).
+async fn wait_counts(c: &Client, table: &str, want: (i64, i64, i64)) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        c.batch_execute("SELECT pg_stat_clear_snapshot()")
+            .await
+            .unwrap();
+        let r = c
+            .query_one(
+                "SELECT pg_stat_get_tuples_inserted($1::text::regclass), pg_stat_get_tuples_updated($1::text::regclass),
+                        pg_stat_get_tuples_deleted($1::text::regclass)",
+                &[&table],
+            )
+            .await
+            .unwrap();
+        let got: (i64, i64, i64) = (r.get(0), r.get(1), r.get(2));
+        if got == want {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "counters of {table}: {got:?}, expected {want:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn run_check_sql(
+    c: &Client,
+    base: &WriteBaseline,
+    exempt: &[TableName],
+) -> impact::WriteCheck {
+    let json: String = c
+        .query_one(impact::check_sql(base, exempt).as_str(), &[])
+        .await
+        .expect("check_sql runs")
+        .get(0);
+    impact::parse_check(&json).unwrap()
+}
+
+fn tables(check: &impact::WriteCheck) -> Vec<(String, i64, i64, i64)> {
+    check
+        .discarded
+        .iter()
+        .map(|d| (d.table.clone(), d.inserts, d.updates, d.deletes))
+        .collect()
+}
+
+#[tokio::test]
+async fn writes_to_tables_that_are_not_preserved_are_counted_exactly() {
+    let Some(db) = db("writes") else { return };
+    db.psql(
+        "CREATE SCHEMA shadow; CREATE SCHEMA billing; CREATE SCHEMA billing_shadow;
+         CREATE TABLE accounts (id int PRIMARY KEY, email text);
+         CREATE TABLE orders (id int PRIMARY KEY);
+         CREATE TABLE users (id int PRIMARY KEY);
+         CREATE TABLE quiet (id int);
+         CREATE TABLE events (id int, at date) PARTITION BY RANGE (at);
+         CREATE TABLE events_2024 PARTITION OF events FOR VALUES FROM ('2024-01-01') TO ('2025-01-01');
+         CREATE TABLE billing.invoices (id int);
+         INSERT INTO accounts SELECT g, 'a' || g FROM generate_series(1, 10) g;",
+    );
+    let c = db.client().await;
+    wait_counts(&c, "public.accounts", (10, 0, 0)).await;
+    let schemas = vec!["public".to_string(), "billing".to_string()];
+    let base = impact::take_baseline(&c, &schemas).await.unwrap();
+    assert_eq!(base.tables.len(), 6, "{:?}", base.tables);
+    // The baseline survives the state file and pgshift.migration's JSON.
+    let again: WriteBaseline =
+        serde_json::from_str(&serde_json::to_string(&base).unwrap()).unwrap();
+    assert_eq!(again, base);
+
+    db.psql(
+        "INSERT INTO accounts VALUES (11, 'x'), (12, 'y'), (13, 'z');
+         UPDATE accounts SET email = 'w' WHERE id = 1;
+         DELETE FROM accounts WHERE id = 2;
+         INSERT INTO users VALUES (1), (2);
+         INSERT INTO events VALUES (1, '2024-05-01');
+         INSERT INTO billing.invoices SELECT generate_series(1, 4);
+         BEGIN; INSERT INTO orders VALUES (1), (2); ROLLBACK;",
+    );
+    wait_counts(&c, "public.accounts", (13, 1, 1)).await;
+    wait_counts(&c, "public.users", (2, 0, 0)).await;
+    wait_counts(&c, "public.events_2024", (1, 0, 0)).await;
+    wait_counts(&c, "billing.invoices", (4, 0, 0)).await;
+    wait_counts(&c, "public.orders", (2, 0, 0)).await;
+
+    // users is preserved, events (a partitioned table: its partitions) is kept.
+    let exempt = vec![
+        TableName::parse("users").unwrap(),
+        TableName::parse("public.events").unwrap(),
+    ];
+    let now = impact::take_baseline(&c, &schemas).await.unwrap();
+    let check = impact::compare(&base, &now, &exempt);
+    // The rolled-back insert counts too (the counters include aborted rows).
+    assert_eq!(
+        tables(&check),
+        vec![
+            ("accounts".into(), 3, 1, 1),
+            ("billing.invoices".into(), 4, 0, 0),
+            ("orders".into(), 2, 0, 0)
+        ]
+    );
+    assert!(check.unknown.is_empty(), "{:?}", check.unknown);
+    assert_eq!(run_check_sql(&c, &base, &exempt).await, check);
+
+    let refusal = impact::gate(&check, &AllowDiscard::Nothing).unwrap_err();
+    assert!(
+        refusal.contains(
+            "to 3 tables that are not preserved (the rows would stay in the backup, not in the new public): accounts (3 inserts, 1 update, 1 delete), billing.invoices (4 inserts), orders (2 inserts); nothing was changed"
+        ),
+        "{refusal}"
+    );
+    assert!(
+        refusal
+            .contains("--allow-discard accounts,billing.invoices,orders (or --allow-discard all)"),
+        "{refusal}"
+    );
+    assert!(
+        impact::gate(
+            &check,
+            &AllowDiscard::parse("accounts,billing.invoices,orders").unwrap()
+        )
+        .is_ok()
+    );
+    let partly = impact::gate(&check, &AllowDiscard::parse("accounts").unwrap()).unwrap_err();
+    assert!(partly.contains("to 2 tables"), "{partly}");
+
+    // Inside a transaction that read the statistics before (as the swap's
+    // would), the check still sees a write made meanwhile.
+    c.batch_execute("BEGIN").await.unwrap();
+    let before = run_check_sql(&c, &base, &exempt).await;
+    assert_eq!(before, check);
+    db.psql("INSERT INTO orders VALUES (3)");
+    let other = db.client().await;
+    wait_counts(&other, "public.orders", (3, 0, 0)).await;
+    let inside = run_check_sql(&c, &base, &exempt).await;
+    c.batch_execute("COMMIT").await.unwrap();
+    assert_eq!(
+        tables(&inside).last(),
+        Some(&("orders".to_string(), 3, 0, 0))
+    );
+
+    // prepare --dry-run's hint: everything written since the last reset.
+    let hint = impact::writes_since_reset(&c, &schemas).await.unwrap();
+    let hinted: Vec<(String, i64)> = hint
+        .tables
+        .iter()
+        .map(|t| (t.table.clone(), t.total()))
+        .collect();
+    assert_eq!(
+        hinted,
+        vec![
+            ("accounts".to_string(), 15),
+            ("billing.invoices".to_string(), 4),
+            ("orders".to_string(), 3),
+            ("users".to_string(), 2),
+            ("events_2024".to_string(), 1)
+        ]
+    );
+    assert_eq!(hint.tables[4].partition_of.as_deref(), Some("events"));
+}
+
+#[tokio::test]
+async fn truncate_new_tables_and_reset_statistics_are_reported() {
+    let Some(db) = db("unknown_writes") else {
+        return;
+    };
+    db.psql(
+        "CREATE SCHEMA shadow;
+         CREATE TABLE t1 AS SELECT generate_series(1, 5) AS id;
+         CREATE TABLE t2 AS SELECT generate_series(1, 5) AS id;
+         CREATE TABLE kept (id int);",
+    );
+    let c = db.client().await;
+    wait_counts(&c, "t1", (5, 0, 0)).await;
+    wait_counts(&c, "t2", (5, 0, 0)).await;
+    let schemas = vec!["public".to_string()];
+    let exempt = vec![TableName::parse("kept").unwrap()];
+    let base = impact::take_baseline(&c, &schemas).await.unwrap();
+
+    // TRUNCATE is not counted: the table's new relfilenode gives it away. A
+    // table created after the baseline counts all its writes.
+    db.psql(
+        "TRUNCATE t1; CREATE TABLE fresh (id int); INSERT INTO fresh VALUES (1), (2);
+         TRUNCATE kept;",
+    );
+    wait_counts(&c, "fresh", (2, 0, 0)).await;
+    let now = impact::take_baseline(&c, &schemas).await.unwrap();
+    let check = impact::compare(&base, &now, &exempt);
+    assert_eq!(tables(&check), vec![("fresh".to_string(), 2, 0, 0)]);
+    let unknown: Vec<(&str, &str)> = check
+        .unknown
+        .iter()
+        .map(|u| (u.table.as_str(), u.reason.as_str()))
+        .collect();
+    assert_eq!(unknown.len(), 1, "{unknown:?}");
+    assert_eq!(unknown[0].0, "t1");
+    assert!(
+        unknown[0].1.starts_with("truncated or rewritten"),
+        "{unknown:?}"
+    );
+    assert_eq!(run_check_sql(&c, &base, &exempt).await, check);
+    let refusal = impact::gate(&check, &AllowDiscard::Nothing).unwrap_err();
+    assert!(
+        refusal.contains("fresh (2 inserts); writes to 1 table cannot be checked (truncated or rewritten since prepare started"),
+        "{refusal}"
+    );
+    assert!(refusal.contains("--allow-discard fresh,t1 "), "{refusal}");
+
+    // track_counts off: nothing can be known.
+    c.batch_execute("SET track_counts = off").await.unwrap();
+    let off = run_check_sql(&c, &base, &exempt).await;
+    assert!(off.discarded.is_empty());
+    assert_eq!(off.unknown.len(), 3, "{off:?}");
+    assert!(
+        off.unknown
+            .iter()
+            .all(|u| u.reason.contains("track_counts is off"))
+    );
+    let now = impact::take_baseline(&c, &schemas).await.unwrap();
+    assert_eq!(impact::compare(&base, &now, &exempt), off);
+    c.batch_execute("RESET track_counts").await.unwrap();
+
+    // A statistics reset: every table (not exempt) is unknown.
+    c.batch_execute("SELECT pg_stat_reset()").await.unwrap();
+    let now = impact::take_baseline(&c, &schemas).await.unwrap();
+    let check = impact::compare(&base, &now, &exempt);
+    assert!(check.discarded.is_empty());
+    let names: Vec<&str> = check.unknown.iter().map(|u| u.table.as_str()).collect();
+    assert_eq!(names, vec!["fresh", "t1", "t2"]);
+    assert!(
+        check
+            .unknown
+            .iter()
+            .all(|u| u.reason == "the statistics were reset since prepare started")
+    );
+    assert_eq!(run_check_sql(&c, &base, &exempt).await, check);
+    assert!(impact::gate(&check, &AllowDiscard::All).is_ok());
+}
+
+/// Hazards as (code, object).
+fn codes(h: &[impact::Hazard]) -> BTreeSet<(String, String)> {
+    h.iter()
+        .map(|h| (h.code.clone(), h.object.clone()))
+        .collect()
+}
+
+fn detail<'a>(h: &'a [impact::Hazard], code: &str, object: &str) -> &'a impact::Hazard {
+    h.iter()
+        .find(|x| x.code == code && x.object == object)
+        .unwrap_or_else(|| panic!("no {code} on {object} in {h:#?}"))
+}
+
+#[tokio::test]
+async fn every_hazard_class_is_found() {
+    let Some(db) = db("hazards") else { return };
+    db.psql(
+        "CREATE EXTENSION btree_gist SCHEMA public;
+         CREATE SCHEMA shadow;
+         CREATE TYPE mood AS ENUM ('happy', 'sad', 'meh');
+         CREATE TYPE old_status AS ENUM ('x');
+         CREATE TABLE accounts (id int PRIMARY KEY, email text, nick text, name varchar(10),
+                                tags int[], m mood, score int);
+         CREATE TABLE legacy (id int);
+         CREATE VIEW v_old AS SELECT id FROM accounts;
+         CREATE SEQUENCE counter;
+         CREATE TABLE orders (id int, amount numeric, account_id int, code text);
+         CREATE TABLE things (id int);
+         CREATE TABLE events (id int, at date) PARTITION BY RANGE (at);
+         CREATE TABLE events_2024 PARTITION OF events FOR VALUES FROM ('2024-01-01') TO ('2025-01-01');
+         CREATE TABLE same (id int PRIMARY KEY, account_id int REFERENCES accounts (id), n int CHECK (n > 0));
+         CREATE FUNCTION gone(int) RETURNS int LANGUAGE sql AS 'SELECT 1';
+         CREATE FUNCTION calc(int) RETURNS int LANGUAGE sql AS 'SELECT 1';
+         CREATE FUNCTION total() RETURNS int LANGUAGE sql AS 'SELECT 1';
+         CREATE FUNCTION kept(a int, b mood) RETURNS int LANGUAGE sql AS 'SELECT 1';
+         CREATE PROCEDURE cleanup(int) LANGUAGE sql AS 'SELECT 1';
+
+         CREATE TYPE shadow.mood AS ENUM ('happy', 'meh');
+         CREATE DOMAIN shadow.email AS text;
+         CREATE TABLE shadow.accounts (id int PRIMARY KEY, email shadow.email, name varchar(20),
+                                       tags bigint[], m shadow.mood, score int NOT NULL,
+                                       created_at timestamptz NOT NULL DEFAULT now(), region text NOT NULL);
+         CREATE TABLE shadow.orders (id int UNIQUE, amount numeric CHECK (amount > 0),
+                                     account_id int REFERENCES shadow.accounts (id), code text,
+                                     EXCLUDE USING btree (code WITH =));
+         CREATE VIEW shadow.things AS SELECT 1 AS id;
+         CREATE TABLE shadow.events (id int, at date, note text) PARTITION BY RANGE (at);
+         CREATE TABLE shadow.events_2024 PARTITION OF shadow.events FOR VALUES FROM ('2024-01-01') TO ('2025-01-01');
+         CREATE TABLE shadow.same (id int PRIMARY KEY, account_id int REFERENCES shadow.accounts (id), n int CHECK (n > 0));
+         CREATE TABLE shadow.fresh (id int);
+         CREATE VIEW shadow.v_new AS SELECT 1 AS x;
+         CREATE FUNCTION shadow.calc(bigint) RETURNS int LANGUAGE sql AS 'SELECT 1';
+         CREATE FUNCTION shadow.total() RETURNS bigint LANGUAGE sql AS 'SELECT 1';
+         CREATE FUNCTION shadow.kept(x int, y shadow.mood) RETURNS int LANGUAGE sql AS 'SELECT 1';",
+    );
+    let c = db.client().await;
+    let h = impact::hazards(&c, &public_shadow()).await.unwrap();
+    let expected: BTreeSet<(String, String)> = [
+        ("TABLE_DROPPED", "public.legacy"),
+        ("VIEW_DROPPED", "public.v_old"),
+        ("SEQUENCE_DROPPED", "public.counter"),
+        ("RELATION_KIND_CHANGED", "public.things"),
+        ("COLUMN_DROPPED", "public.accounts.nick"),
+        ("COLUMN_TYPE_CHANGED", "public.accounts.email"),
+        ("COLUMN_TYPE_CHANGED", "public.accounts.name"),
+        ("COLUMN_TYPE_CHANGED", "public.accounts.tags"),
+        ("COLUMN_LIST_CHANGED", "public.accounts"),
+        ("COLUMN_ADDED", "public.accounts.created_at"),
+        ("COLUMN_ADDED", "public.accounts.region"),
+        // A partitioned table's new column: on the parent only.
+        ("COLUMN_ADDED", "public.events.note"),
+        ("COLUMN_LIST_CHANGED", "public.events"),
+        ("NOT_NULL_ADDED", "public.accounts.score"),
+        ("NOT_NULL_ADDED", "public.accounts.region"),
+        ("UNIQUE_ADDED", "public.orders.orders_id_key"),
+        ("CHECK_ADDED", "public.orders.orders_amount_check"),
+        ("FOREIGN_KEY_ADDED", "public.orders.orders_account_id_fkey"),
+        ("EXCLUSION_ADDED", "public.orders.orders_code_excl"),
+        ("ENUM_VALUE_DROPPED", "public.mood"),
+        ("TYPE_REPLACED", "public.mood"),
+        ("TYPE_DROPPED", "public.old_status"),
+        ("FUNCTION_DROPPED", "public.gone(integer)"),
+        ("FUNCTION_DROPPED", "public.cleanup(integer)"),
+        ("FUNCTION_SIGNATURE_CHANGED", "public.calc(integer)"),
+        ("FUNCTION_SIGNATURE_CHANGED", "public.total()"),
+        ("TABLE_ADDED", "public.fresh"),
+        ("VIEW_ADDED", "public.v_new"),
+    ]
+    .into_iter()
+    .map(|(a, b)| (a.to_string(), b.to_string()))
+    .collect();
+    assert_eq!(codes(&h), expected, "{h:#?}");
+
+    let d = |code: &str, object: &str| detail(&h, code, object).detail.clone();
+    assert_eq!(
+        d("COLUMN_TYPE_CHANGED", "public.accounts.email"),
+        "text -> email"
+    );
+    assert_eq!(
+        d("COLUMN_TYPE_CHANGED", "public.accounts.name"),
+        "character varying(10) -> character varying(20)"
+    );
+    assert_eq!(
+        d("COLUMN_TYPE_CHANGED", "public.accounts.tags"),
+        "integer[] -> bigint[]"
+    );
+    assert_eq!(
+        d("COLUMN_LIST_CHANGED", "public.accounts"),
+        "SELECT * returns other columns: added created_at, region; dropped nick"
+    );
+    assert_eq!(
+        d("FOREIGN_KEY_ADDED", "public.orders.orders_account_id_fkey"),
+        "FOREIGN KEY (account_id) REFERENCES public.accounts(id)"
+    );
+    assert_eq!(
+        d("CHECK_ADDED", "public.orders.orders_amount_check"),
+        "CHECK ((amount > (0)::numeric))"
+    );
+    assert_eq!(
+        d("ENUM_VALUE_DROPPED", "public.mood"),
+        "no longer accepts 'sad'"
+    );
+    assert_eq!(
+        d("FUNCTION_SIGNATURE_CHANGED", "public.calc(integer)"),
+        "public.calc(integer) -> public.calc(bigint)"
+    );
+    assert_eq!(
+        d("FUNCTION_SIGNATURE_CHANGED", "public.total()"),
+        "returns integer -> bigint"
+    );
+    assert_eq!(
+        d("FUNCTION_DROPPED", "public.cleanup(integer)"),
+        "procedure"
+    );
+    assert_eq!(d("RELATION_KIND_CHANGED", "public.things"), "table -> view");
+    let effect = |code: &str, object: &str| detail(&h, code, object).effect;
+    assert_eq!(effect("TABLE_DROPPED", "public.legacy"), Effect::Breaks);
+    assert_eq!(
+        effect("COLUMN_TYPE_CHANGED", "public.accounts.email"),
+        Effect::ResultType
+    );
+    assert_eq!(
+        effect("NOT_NULL_ADDED", "public.accounts.score"),
+        Effect::RejectsWrites
+    );
+    assert_eq!(
+        effect("RELATION_KIND_CHANGED", "public.things"),
+        Effect::RejectsWrites
+    );
+    assert_eq!(
+        effect("COLUMN_ADDED", "public.accounts.region"),
+        Effect::Info
+    );
+    // JSON: the effect is a lower-case word.
+    let json = serde_json::to_value(detail(&h, "TYPE_REPLACED", "public.mood")).unwrap();
+    assert_eq!(json["effect"], "result_type");
+}
+
+#[tokio::test]
+async fn an_unchanged_schema_has_no_hazards() {
+    let Some(db) = db("no_hazards") else { return };
+    let ddl = "CREATE TABLE accounts (id int PRIMARY KEY, email varchar(200) NOT NULL UNIQUE, tags text[]);
+               CREATE TABLE orders (id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+                                    account_id int NOT NULL REFERENCES accounts (id) ON DELETE CASCADE,
+                                    amount numeric(12, 2) CHECK (amount >= 0), at timestamptz DEFAULT now());
+               CREATE INDEX ON orders (account_id);
+               CREATE SEQUENCE invoice_no;
+               CREATE DOMAIN positive AS int CHECK (VALUE > 0);
+               CREATE VIEW big_orders AS SELECT * FROM orders WHERE amount > 100;
+               CREATE MATERIALIZED VIEW totals AS SELECT account_id, sum(amount) FROM orders GROUP BY 1;
+               CREATE FUNCTION add(a int, b int) RETURNS int LANGUAGE sql AS 'SELECT a + b';
+               CREATE PROCEDURE noop() LANGUAGE sql AS 'SELECT 1';";
+    db.psql(&format!(
+        "CREATE EXTENSION btree_gist SCHEMA public;
+         CREATE SCHEMA shadow;
+         {ddl}
+         SET search_path = shadow, public;
+         {ddl}"
+    ));
+    let c = db.client().await;
+    let h = impact::hazards(&c, &public_shadow()).await.unwrap();
+    assert!(h.is_empty(), "{h:#?}");
+}
+
+/// The app's statements, run through the extended protocol (as a driver with
+/// prepared statements does), prepared before the swap.
+struct App {
+    client: Client,
+    by_email: tokio_postgres::Statement,
+    legacy: tokio_postgres::Statement,
+    product: tokio_postgres::Statement,
+    all_orders: tokio_postgres::Statement,
+    /// Uses an extension member of public (citext): public stays on the
+    /// checked search path, and still legacy must not be found there.
+    legacy_ext: tokio_postgres::Statement,
+    /// The live schema's own function next to an extension member.
+    scored: tokio_postgres::Statement,
+}
+
+impl App {
+    async fn start(db: &TestDb) -> App {
+        let client = connect_as(db, "app").await;
+        client.batch_execute("SET ROLE app").await.unwrap();
+        let by_email = client
+            .prepare("SELECT email FROM accounts WHERE id = $1")
+            .await
+            .unwrap();
+        let legacy = client
+            .prepare("SELECT note FROM legacy WHERE id = $1")
+            .await
+            .unwrap();
+        let product = client
+            .prepare("SELECT name FROM products WHERE id = $1")
+            .await
+            .unwrap();
+        let all_orders = client.prepare("SELECT * FROM orders").await.unwrap();
+        let legacy_ext = client
+            .prepare("SELECT count(*) FROM legacy WHERE note::citext = $1")
+            .await
+            .unwrap();
+        let scored = client
+            .prepare("SELECT score(id) FROM products WHERE name::citext = $1")
+            .await
+            .unwrap();
+        App {
+            client,
+            by_email,
+            legacy,
+            product,
+            all_orders,
+            legacy_ext,
+            scored,
+        }
+    }
+
+    async fn run(&self) {
+        for _ in 0..3 {
+            self.client.query(&self.by_email, &[&1i32]).await.unwrap();
+        }
+        self.client.query(&self.legacy, &[&1i32]).await.unwrap();
+        self.client.query(&self.product, &[&1i32]).await.unwrap();
+        self.client.query(&self.all_orders, &[]).await.unwrap();
+        self.client.query(&self.legacy_ext, &[&"n"]).await.unwrap();
+        self.client.query(&self.scored, &[&"p"]).await.unwrap();
+        // pg_stat_statements records `interval $2`, which does not parse: it is
+        // checked as `$2::interval`.
+        self.client
+            .simple_query(
+                "SELECT name FROM products WHERE id = 1 AND now() - interval '1 day' < now()",
+            )
+            .await
+            .unwrap();
+        // pg_stat_statements turns the constant into $1, whose type cannot be
+        // inferred any more.
+        self.client
+            .simple_query("SELECT count(*) FROM accounts WHERE 'x' IS NULL")
+            .await
+            .unwrap();
+    }
+}
+
+const WORKLOAD_SCHEMA: &str = "CREATE SCHEMA \"Stats\";
+     CREATE EXTENSION pg_stat_statements SCHEMA \"Stats\";
+     CREATE EXTENSION citext SCHEMA public;
+     CREATE ROLE app; CREATE ROLE idle_role;
+     CREATE SCHEMA shadow;
+     CREATE FUNCTION score(int) RETURNS int LANGUAGE sql AS 'SELECT $1';
+     CREATE FUNCTION shadow.score(bigint) RETURNS bigint LANGUAGE sql AS 'SELECT $1';
+     CREATE TABLE accounts (id int PRIMARY KEY, email text);
+     CREATE TABLE legacy (id int PRIMARY KEY, note text);
+     CREATE TABLE products (id int PRIMARY KEY, name text);
+     CREATE TABLE orders (id int PRIMARY KEY, total numeric);
+     INSERT INTO accounts VALUES (1, 'a@example.com');
+     INSERT INTO legacy VALUES (1, 'n');
+     INSERT INTO products VALUES (1, 'p');
+     INSERT INTO orders VALUES (1, 10);
+     GRANT SELECT ON ALL TABLES IN SCHEMA public TO app;
+     CREATE DOMAIN shadow.email AS text;
+     CREATE TABLE shadow.accounts (id int PRIMARY KEY, email shadow.email);
+     CREATE TABLE shadow.products (id int PRIMARY KEY, name text);
+     CREATE TABLE shadow.orders (id int PRIMARY KEY, total numeric, created_at timestamptz);
+     INSERT INTO shadow.accounts VALUES (1, 'a@example.com');
+     INSERT INTO shadow.products VALUES (1, 'p');
+     INSERT INTO shadow.orders VALUES (1, 10, now());
+     GRANT USAGE ON SCHEMA shadow TO app;
+     GRANT SELECT ON ALL TABLES IN SCHEMA shadow TO app;
+     SELECT \"Stats\".pg_stat_statements_reset();";
+
+/// The swap's moves, by hand: every table of public to a backup, shadow's into public.
+const SWAP_BY_HAND: &str = "BEGIN;
+     CREATE SCHEMA backup_1;
+     ALTER TABLE public.accounts SET SCHEMA backup_1;
+     ALTER TABLE public.legacy SET SCHEMA backup_1;
+     ALTER TABLE public.products SET SCHEMA backup_1;
+     ALTER TABLE public.orders SET SCHEMA backup_1;
+     ALTER TABLE shadow.accounts SET SCHEMA public;
+     ALTER TABLE shadow.products SET SCHEMA public;
+     ALTER TABLE shadow.orders SET SCHEMA public;
+     ALTER DOMAIN shadow.email SET SCHEMA public;
+     ALTER FUNCTION public.score(int) SET SCHEMA backup_1;
+     ALTER FUNCTION shadow.score(bigint) SET SCHEMA public;
+     COMMIT;";
+
+fn opts() -> WorkloadOptions {
+    WorkloadOptions {
+        roles: Vec::new(),
+        timeout: Duration::from_secs(30),
+        lock_timeout: Duration::from_millis(100),
+    }
+}
+
+#[tokio::test]
+async fn recorded_statements_are_checked_against_the_incoming_schema() {
+    let Some(db) = db("workload") else { return };
+    db.psql(WORKLOAD_SCHEMA);
+    let app = App::start(&db).await;
+    app.run().await;
+    let c = db.client().await;
+    let pairs = public_shadow();
+
+    let report = impact::check_workload(&c, &pairs, &opts()).await.unwrap();
+    assert_eq!(report.source, "pg_stat_statements");
+    assert_eq!(report.not_checked, None);
+    let failing: Vec<(&str, i64, &str)> = report
+        .failing
+        .iter()
+        .map(|f| (f.query.as_str(), f.calls, f.error.as_str()))
+        .collect();
+    // legacy still exists in the old public while the check runs; it fails anyway.
+    assert_eq!(
+        failing,
+        vec![
+            (
+                "SELECT count(*) FROM legacy WHERE note::citext = $1",
+                1,
+                "relation \"legacy\" does not exist"
+            ),
+            (
+                "SELECT note FROM legacy WHERE id = $1",
+                1,
+                "relation \"legacy\" does not exist"
+            )
+        ]
+    );
+    let mut changed: Vec<(&str, i64, Vec<String>)> = report
+        .result_type_changed
+        .iter()
+        .map(|c| (c.query.as_str(), c.calls, c.columns.clone()))
+        .collect();
+    changed.sort();
+    assert_eq!(
+        changed,
+        vec![
+            (
+                "SELECT * FROM orders",
+                1,
+                vec!["created_at: (none) -> timestamp with time zone".to_string()]
+            ),
+            (
+                "SELECT email FROM accounts WHERE id = $1",
+                3,
+                vec!["email: text -> email".to_string()]
+            ),
+            (
+                "SELECT score(id) FROM products WHERE name::citext = $1",
+                1,
+                vec!["score: integer -> bigint".to_string()]
+            ),
+        ]
+    );
+    let unchecked: Vec<&str> = report.unchecked.iter().map(|u| u.query.as_str()).collect();
+    assert_eq!(
+        unchecked,
+        vec!["SELECT count(*) FROM accounts WHERE $1 IS NULL"]
+    );
+    assert!(
+        report.unchecked[0].reason.contains("cannot be inferred"),
+        "{:?}",
+        report.unchecked
+    );
+    assert_eq!(report.checked, 7, "{report:#?}");
+    assert_eq!(
+        report.used_objects,
+        vec![
+            "public.accounts",
+            "public.legacy",
+            "public.orders",
+            "public.products",
+            "public.score"
+        ]
+    );
+
+    // --workload-roles narrows to the application's roles; unknown roles are
+    // usage errors.
+    let mut o = opts();
+    o.roles = vec!["app".into()];
+    let only_app = impact::check_workload(&c, &pairs, &o).await.unwrap();
+    assert_eq!(only_app.checked, 7);
+    o.roles = vec!["idle_role".into()];
+    let none = impact::check_workload(&c, &pairs, &o).await.unwrap();
+    assert_eq!((none.checked, none.unchecked.len()), (0, 0));
+    o.roles = vec!["app".into(), "nobody".into()];
+    let err = impact::check_workload(&c, &pairs, &o).await.unwrap_err();
+    assert!(
+        err.downcast_ref::<pgshift::UserError>().is_some(),
+        "{err:#}"
+    );
+    assert!(format!("{err:#}").contains("\"nobody\""), "{err:#}");
+
+    // As a role without superuser (a managed cloud's): other roles' statements
+    // are hidden until it may read all statistics.
+    c.batch_execute(
+        "CREATE ROLE checker LOGIN PASSWORD 'checker-pw'; GRANT USAGE ON SCHEMA shadow TO checker;",
+    )
+    .await
+    .unwrap();
+    let mut cfg = db.pg_config();
+    cfg.user("checker").password("checker-pw");
+    let (checker, conn) = cfg.connect(NoTls).await.unwrap();
+    tokio::spawn(conn);
+    let unreadable = impact::check_workload(&checker, &pairs, &opts())
+        .await
+        .unwrap();
+    let why = unreadable.not_checked.unwrap_or_default();
+    assert!(
+        why.starts_with("pg_stat_statements cannot be read")
+            && why.contains("permission denied for schema Stats"),
+        "{why}"
+    );
+    c.batch_execute("GRANT USAGE ON SCHEMA \"Stats\" TO checker")
+        .await
+        .unwrap();
+    let hidden = impact::check_workload(&checker, &pairs, &opts())
+        .await
+        .unwrap();
+    assert_eq!(hidden.checked, 0, "{hidden:#?}");
+    assert_eq!(hidden.unchecked.len(), 1, "{hidden:#?}");
+    assert_eq!(hidden.unchecked[0].query, "<insufficient privilege>");
+    assert!(
+        hidden.unchecked[0]
+            .reason
+            .contains("grant it pg_read_all_stats"),
+        "{hidden:#?}"
+    );
+    c.batch_execute("GRANT pg_read_all_stats TO checker")
+        .await
+        .unwrap();
+    let visible = impact::check_workload(&checker, &pairs, &opts())
+        .await
+        .unwrap();
+    assert_eq!(
+        (
+            &visible.failing,
+            &visible.result_type_changed,
+            visible.checked
+        ),
+        (&report.failing, &report.result_type_changed, report.checked)
+    );
+
+    // The time bound: what is left is reported unchecked.
+    let mut o = opts();
+    o.timeout = Duration::ZERO;
+    let bounded = impact::check_workload(&c, &pairs, &o).await.unwrap();
+    assert_eq!(bounded.checked, 0);
+    assert_eq!(bounded.unchecked.len(), 8, "{bounded:#?}");
+    assert!(
+        bounded
+            .unchecked
+            .iter()
+            .all(|u| u.reason.contains("time bound of 0s was reached")),
+        "{bounded:#?}"
+    );
+    assert_eq!(bounded.used_objects, report.used_objects);
+
+    // A table locked by someone else: that statement is unchecked, quickly,
+    // the others are checked.
+    let holder = connect_as(&db, "holder").await;
+    holder
+        .batch_execute("BEGIN; LOCK TABLE products IN ACCESS EXCLUSIVE MODE")
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let locked = impact::check_workload(&c, &pairs, &opts()).await.unwrap();
+    assert!(started.elapsed() < Duration::from_secs(10));
+    let why: Vec<(&str, &str)> = locked
+        .unchecked
+        .iter()
+        .map(|u| (u.query.as_str(), u.reason.as_str()))
+        .collect();
+    assert_eq!(why.len(), 4, "{why:?}");
+    assert!(
+        why.iter()
+            .any(|(q, r)| *q == "SELECT name FROM products WHERE id = $1"
+                && r.contains("lock_timeout")),
+        "{why:?}"
+    );
+    assert_eq!(locked.checked, 4);
+    holder.batch_execute("ROLLBACK").await.unwrap();
+
+    // The whole report, and what --fail-on-breaking would refuse.
+    let mut full = Impact::collect(
+        &c,
+        &ImpactRequest {
+            pairs: &pairs,
+            baseline: None,
+            exempt: &[],
+            workload: opts(),
+            lock_timeout: Duration::from_secs(1),
+        },
+    )
+    .await
+    .unwrap();
+    full.add_notes();
+    let breaking = full.breaking();
+    assert!(
+        breaking
+            .iter()
+            .any(|b| b.starts_with("statement will fail (1 calls): SELECT note FROM legacy")),
+        "{breaking:#?}"
+    );
+    for hazard in [
+        "TABLE_DROPPED public.legacy",
+        "FUNCTION_SIGNATURE_CHANGED public.score(integer)",
+    ] {
+        assert!(
+            breaking.iter().any(|b| b.starts_with(hazard)),
+            "{breaking:#?}"
+        );
+    }
+    assert_eq!(
+        full.summary(),
+        "impact: 2 statements will fail, 3 will change result type, 2 breaking schema changes, 1 statement unchecked"
+    );
+    let json = serde_json::to_value(&full).unwrap();
+    for key in [
+        "discarded_writes",
+        "unknown_writes",
+        "hazards",
+        "statements",
+        "blockers",
+    ] {
+        assert!(json.get(key).is_some(), "{key} missing in {json}");
+    }
+    assert_eq!(json["statements"]["failing"][0]["calls"], 1);
+    let text = full.render();
+    assert!(
+        text.contains("relation \"legacy\" does not exist"),
+        "{text}"
+    );
+
+    // What really happens after the swap, for statements prepared before it.
+    db.psql(SWAP_BY_HAND);
+    let err = |r: Result<Vec<tokio_postgres::Row>, tokio_postgres::Error>| -> String {
+        r.err()
+            .and_then(|e| e.as_db_error().map(|d| d.message().to_string()))
+            .unwrap_or_default()
+    };
+    let a = &app;
+    assert_eq!(
+        err(a.client.query(&a.by_email, &[&1i32]).await),
+        "cached plan must not change result type"
+    );
+    assert_eq!(
+        err(a.client.query(&a.all_orders, &[]).await),
+        "cached plan must not change result type"
+    );
+    assert_eq!(
+        err(a.client.query(&a.legacy, &[&1i32]).await),
+        "relation \"legacy\" does not exist"
+    );
+    assert_eq!(
+        err(a.client.query(&a.legacy_ext, &[&"n"]).await),
+        "relation \"legacy\" does not exist"
+    );
+    assert_eq!(
+        err(a.client.query(&a.scored, &[&"p"]).await),
+        "cached plan must not change result type"
+    );
+    assert_eq!(a.client.query(&a.product, &[&1i32]).await.unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn types_the_swap_replaces_break_prepared_statements() {
+    let Some(db) = db("replaced_types") else {
+        return;
+    };
+    db.psql(
+        "CREATE EXTENSION pg_stat_statements;
+         CREATE SCHEMA shadow;
+         CREATE TYPE mood AS ENUM ('a', 'b');
+         CREATE TABLE people (id int, m mood);
+         INSERT INTO people VALUES (1, 'a');
+         CREATE TYPE shadow.mood AS ENUM ('a', 'b');
+         CREATE TABLE shadow.people (id int, m shadow.mood);
+         SELECT pg_stat_statements_reset();",
+    );
+    let app = connect_as(&db, "app").await;
+    let returns = app
+        .prepare("SELECT m FROM people WHERE id = $1")
+        .await
+        .unwrap();
+    // The server infers the parameter's type: the enum.
+    let filters = app
+        .prepare("SELECT id FROM people WHERE m = $1")
+        .await
+        .unwrap();
+    app.query(&returns, &[&1i32]).await.unwrap();
+    app.query_raw(&filters, std::iter::once(Mood("a")))
+        .await
+        .unwrap();
+    let c = db.client().await;
+    let report = impact::check_workload(&c, &public_shadow(), &opts())
+        .await
+        .unwrap();
+    let changed: Vec<(&str, &Vec<String>)> = report
+        .result_type_changed
+        .iter()
+        .map(|c| (c.query.as_str(), &c.columns))
+        .collect();
+    assert_eq!(
+        changed,
+        vec![(
+            "SELECT m FROM people WHERE id = $1",
+            &vec![
+                "m: mood -> mood (replaced by the incoming schema's type of the same name)"
+                    .to_string()
+            ]
+        )]
+    );
+    let failing: Vec<(&str, &str)> = report
+        .failing
+        .iter()
+        .map(|f| (f.query.as_str(), f.error.as_str()))
+        .collect();
+    assert_eq!(failing.len(), 1, "{report:#?}");
+    assert_eq!(failing[0].0, "SELECT id FROM people WHERE m = $1");
+    assert!(
+        failing[0].1.starts_with("when prepared before the swap (its parameter types mood then belong to the backup schema): operator does not exist: mood = "),
+        "{failing:?}"
+    );
+
+    // And that is what happens.
+    db.psql(
+        "BEGIN; CREATE SCHEMA backup_1;
+         ALTER TABLE public.people SET SCHEMA backup_1; ALTER TYPE public.mood SET SCHEMA backup_1;
+         ALTER TABLE shadow.people SET SCHEMA public; ALTER TYPE shadow.mood SET SCHEMA public;
+         COMMIT;",
+    );
+    let e = app.query(&returns, &[&1i32]).await.unwrap_err();
+    assert_eq!(
+        e.as_db_error().unwrap().message(),
+        "cached plan must not change result type"
+    );
+    let e = app
+        .query_raw(&filters, std::iter::once(Mood("a")))
+        .await
+        .err()
+        .expect("the prepared statement fails after the swap");
+    assert!(
+        e.as_db_error()
+            .unwrap()
+            .message()
+            .starts_with("operator does not exist: mood = backup_1.mood"),
+        "{e:?}"
+    );
+}
+
+/// An enum value sent as text (the server knows the parameter's type).
+#[derive(Debug)]
+struct Mood(&'static str);
+
+impl tokio_postgres::types::ToSql for Mood {
+    fn to_sql(
+        &self,
+        _ty: &tokio_postgres::types::Type,
+        out: &mut bytes::BytesMut,
+    ) -> Result<tokio_postgres::types::IsNull, Box<dyn std::error::Error + Sync + Send>> {
+        out.extend_from_slice(self.0.as_bytes());
+        Ok(tokio_postgres::types::IsNull::No)
+    }
+    fn accepts(_ty: &tokio_postgres::types::Type) -> bool {
+        true
+    }
+    tokio_postgres::types::to_sql_checked!();
+}
+
+#[tokio::test]
+async fn without_pg_stat_statements_the_workload_is_not_checked() {
+    let Some(db) = db("no_pgss") else { return };
+    db.psql("CREATE SCHEMA shadow; CREATE TABLE accounts (id int);");
+    let c = db.client().await;
+    let r = impact::check_workload(&c, &public_shadow(), &opts())
+        .await
+        .unwrap();
+    assert_eq!(r.source, "none");
+    let why = r.not_checked.unwrap();
+    assert!(why.contains("pg_stat_statements is not installed"), "{why}");
+    assert!(why.contains("shared_preload_libraries"), "{why}");
+    assert!(why.contains("CREATE EXTENSION pg_stat_statements"), "{why}");
+}
+
+#[tokio::test]
+async fn the_report_never_blocks_a_pgbench_load() {
+    let Some(db) = db("pgbench") else { return };
+    db.psql(
+        "CREATE EXTENSION pg_stat_statements;
+         CREATE SCHEMA shadow;
+         CREATE TABLE accounts (id int PRIMARY KEY, email text, hits int NOT NULL DEFAULT 0);
+         INSERT INTO accounts SELECT g, 'a' || g FROM generate_series(1, 1000) g;
+         CREATE TABLE history (id bigserial PRIMARY KEY, account int, at timestamptz DEFAULT now());
+         CREATE DOMAIN shadow.email AS text;
+         CREATE TABLE shadow.accounts (id int PRIMARY KEY, email shadow.email, hits int NOT NULL DEFAULT 0);
+         CREATE TABLE shadow.history (id bigserial PRIMARY KEY, account int, at timestamptz DEFAULT now());",
+    );
+    let c = db.client().await;
+    let pairs = public_shadow();
+    let base = impact::take_baseline(&c, &impact::live_schemas(&pairs))
+        .await
+        .unwrap();
+    let checker_pid: i32 = c
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .unwrap()
+        .get(0);
+
+    let dir = tempfile::tempdir().unwrap();
+    let script = dir.path().join("app.sql");
+    std::fs::write(
+        &script,
+        "\\set id random(1, 1000)\n\
+         SELECT email FROM accounts WHERE id = :id;\n\
+         UPDATE accounts SET hits = hits + 1 WHERE id = :id;\n\
+         INSERT INTO history (account) VALUES (:id);\n",
+    )
+    .unwrap();
+    let mut cmd = db.client_command("pgbench");
+    cmd.env("PGAPPNAME", "pgbench-app")
+        .args([
+            "-n", "-M", "prepared", "-c", "4", "-j", "2", "-T", "6", "-f",
+        ])
+        .arg(&script)
+        .arg(db.name())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let pgbench = cmd.spawn().expect("start pgbench");
+
+    // Sample who blocks pgbench's backends, and what the checker holds.
+    let sampler = connect_as(&db, "sampler").await;
+    let done = std::sync::Arc::new(AtomicBool::new(false));
+    let samples = std::sync::Arc::new(AtomicUsize::new(0));
+    let sampling = {
+        let done = done.clone();
+        let samples = samples.clone();
+        tokio::spawn(async move {
+            let mut blocked_by_checker = Vec::new();
+            let mut exclusive = 0;
+            while !done.load(Ordering::Relaxed) {
+                let rows = sampler
+                    .query(
+                        "SELECT a.pid, pg_blocking_pids(a.pid) FROM pg_stat_activity a
+                          WHERE a.application_name = 'pgbench-app'",
+                        &[],
+                    )
+                    .await
+                    .unwrap();
+                for r in rows {
+                    let blockers: Vec<i32> = r.get(1);
+                    if blockers.contains(&checker_pid) {
+                        blocked_by_checker.push(r.get::<_, i32>(0));
+                    }
+                }
+                let n: i64 = sampler
+                    .query_one(
+                        "SELECT count(*) FROM pg_locks WHERE pid = $1 AND mode = 'AccessExclusiveLock'",
+                        &[&checker_pid],
+                    )
+                    .await
+                    .unwrap()
+                    .get(0);
+                exclusive += n;
+                samples.fetch_add(1, Ordering::Relaxed);
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            (blocked_by_checker, exclusive)
+        })
+    };
+
+    // Let pgbench's statements reach pg_stat_statements, then report in a loop.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let mut pgbench = pgbench;
+    let mut reports = Vec::new();
+    while pgbench.try_wait().unwrap().is_none() {
+        let r = Impact::collect(
+            &c,
+            &ImpactRequest {
+                pairs: &pairs,
+                baseline: Some(&base),
+                exempt: &[],
+                workload: opts(),
+                lock_timeout: Duration::from_secs(1),
+            },
+        )
+        .await
+        .unwrap();
+        reports.push(r);
+    }
+    done.store(true, Ordering::Relaxed);
+    let (blocked, exclusive) = sampling.await.unwrap();
+    let out = pgbench.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "pgbench failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        !stdout.contains("number of failed transactions")
+            || stdout.contains("number of failed transactions: 0 "),
+        "{stdout}"
+    );
+    assert!(
+        blocked.is_empty(),
+        "pgbench backends waited on the report: {blocked:?}"
+    );
+    assert_eq!(exclusive, 0, "the report took ACCESS EXCLUSIVE locks");
+    assert!(samples.load(Ordering::Relaxed) > 50);
+    assert!(reports.len() >= 2, "{} reports", reports.len());
+    let last = reports.last().unwrap();
+    // It really checked pgbench's statements, and saw its writes.
+    assert!(
+        last.statements
+            .result_type_changed
+            .iter()
+            .any(|s| s.query == "SELECT email FROM accounts WHERE id = $1"),
+        "{:#?}",
+        last.statements
+    );
+    let written: Vec<&str> = last
+        .discarded_writes
+        .iter()
+        .map(|d| d.table.as_str())
+        .collect();
+    assert!(
+        written.contains(&"accounts") && written.contains(&"history"),
+        "{written:?}"
+    );
+}
+
+/// A blocker as (pid, application_name, state, tables).
+type Seen<'a> = (i32, &'a str, &'a str, Vec<String>);
+
+#[tokio::test]
+async fn long_transactions_and_idle_sessions_are_blockers() {
+    let Some(db) = db("blockers") else { return };
+    db.psql(
+        "CREATE SCHEMA shadow; CREATE TABLE accounts (id int); CREATE TABLE orders (id int);
+         CREATE TABLE shadow.accounts (id int);",
+    );
+    let idle = connect_as(&db, "app-idle").await;
+    idle.batch_execute("BEGIN").await.unwrap();
+    idle.batch_execute("SELECT count(*) FROM accounts")
+        .await
+        .unwrap();
+    let idle_no_lock = connect_as(&db, "app-idle-no-lock").await;
+    idle_no_lock.batch_execute("BEGIN; SELECT 1").await.unwrap();
+    let busy = connect_as(&db, "app-busy").await;
+    busy.batch_execute("BEGIN; LOCK TABLE orders IN ACCESS SHARE MODE")
+        .await
+        .unwrap();
+    let busy_query = tokio::spawn(async move {
+        let _ = busy.batch_execute("SELECT pg_sleep(60)").await;
+        busy
+    });
+    let ours = connect_as(&db, "pgshift swap").await;
+    ours.batch_execute("BEGIN; SELECT count(*) FROM accounts")
+        .await
+        .unwrap();
+    let sleeper = connect_as(&db, "app-short").await;
+    let sleeping = tokio::spawn(async move {
+        let _ = sleeper.batch_execute("SELECT pg_sleep(60)").await;
+        sleeper
+    });
+    let pid_of = |app: &'static str| {
+        let db = &db;
+        async move {
+            let c = db.client().await;
+            let r = c
+                .query_one(
+                    "SELECT pid FROM pg_stat_activity WHERE application_name = $1",
+                    &[&app],
+                )
+                .await
+                .unwrap();
+            r.get::<_, i32>(0)
+        }
+    };
+    let c = db.client().await;
+    // Wait until both sleeps run and the transactions are older than the lock timeout.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let n: i64 = c
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE query = 'SELECT pg_sleep(60)' AND state = 'active'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if n == 2 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the sleeps did not start");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let b = impact::blockers(&c, &public_shadow(), Duration::from_millis(100))
+        .await
+        .unwrap();
+    let seen: Vec<Seen> = b
+        .iter()
+        .map(|b| {
+            (
+                b.pid,
+                b.application_name.as_str(),
+                b.state.as_str(),
+                b.tables.clone(),
+            )
+        })
+        .collect();
+    let (p_idle, p_no_lock, p_busy) = (
+        pid_of("app-idle").await,
+        pid_of("app-idle-no-lock").await,
+        pid_of("app-busy").await,
+    );
+    assert_eq!(
+        seen,
+        vec![
+            (
+                p_idle,
+                "app-idle",
+                "idle in transaction",
+                vec!["accounts".to_string()]
+            ),
+            (p_no_lock, "app-idle-no-lock", "idle in transaction", vec![]),
+            (p_busy, "app-busy", "active", vec!["orders".to_string()]),
+        ]
+    );
+    let first = &b[0];
+    assert_eq!(first.query, "SELECT count(*) FROM accounts");
+    assert_eq!(first.client_addr.as_deref(), Some("127.0.0.1"));
+    assert_eq!(first.role, common::SUPERUSER);
+    assert!(first.xact_age_ms >= 300, "{first:?}");
+    assert!(!first.waiting);
+
+    // A transaction younger than the lock timeout does not hold the swap up;
+    // idle-in-transaction sessions are always listed.
+    let b = impact::blockers(&c, &public_shadow(), Duration::from_secs(3600))
+        .await
+        .unwrap();
+    let pids: Vec<i32> = b.iter().map(|b| b.pid).collect();
+    assert_eq!(pids, vec![p_idle, p_no_lock]);
+
+    c.batch_execute(
+        "SELECT pg_cancel_backend(pid) FROM pg_stat_activity WHERE query = 'SELECT pg_sleep(60)'",
+    )
+    .await
+    .unwrap();
+    let _ = busy_query.await;
+    let _ = sleeping.await;
+}
