@@ -9,7 +9,6 @@ pub mod commands;
 pub mod config;
 pub mod dump;
 pub mod error;
-pub mod impact;
 pub mod logging;
 pub mod migration;
 pub mod output;

@@ -1,4 +1,4 @@
-//! The impact engine (`pgshift::impact`) against a real cluster started with
+//! The impact engine (`pgshift::swap::impact`) against a real cluster started with
 //! `pg_stat_statements` preloaded: discarded writes from the statistics
 //! counters, schema hazards, the recorded workload checked against the incoming
 //! schema (and the predictions checked against a real swap), the check under a
@@ -13,10 +13,10 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use common::{Cluster, TestDb, can_start_clusters};
-use pgshift::impact::{
+use pgshift::pg::ident::TableName;
+use pgshift::swap::impact::{
     self, AllowDiscard, Effect, Impact, ImpactRequest, SchemaPair, WorkloadOptions, WriteBaseline,
 };
-use pgshift::pg::ident::TableName;
 use tokio_postgres::{Client, NoTls};
 
 /// One cluster with pg_stat_statements for the whole file.

@@ -4,5 +4,6 @@
 
 pub mod cutover;
 pub mod engine;
+pub mod impact;
 pub mod mode;
 pub mod rollback;

@@ -29,7 +29,7 @@
 //!   then, an earlier migration's initial load too).
 //!
 //! How exact the counters are, and what to do when exactness matters, is in the
-//! module documentation of [`crate::impact`].
+//! module documentation of [`crate::swap::impact`].
 
 use std::collections::HashMap;
 
