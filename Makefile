@@ -7,7 +7,10 @@ TARGET_DIR ?= $(or $(CARGO_TARGET_DIR),target)
 # The PostgreSQL binaries the tests and the demo use (initdb, pg_ctl, pg_dump, ...).
 export PGSHIFT_PG_BINDIR ?= $(shell pg_config --bindir 2>/dev/null)
 
-.PHONY: all build deps test test-only demo bench lint fmt clippy clean
+# `make dist`: the static targets to build (default: this machine's arch, musl).
+DIST_TARGETS ?=
+
+.PHONY: all build deps test test-only demo bench dist lint fmt clippy clean
 
 all: build
 
@@ -36,6 +39,11 @@ bench:
 	@./scripts/install-deps.sh --bench
 	$(CARGO) build --release
 	./bench/run.sh $(TARGET_DIR)/release/pgshift
+
+## Static release binaries (musl) packed in dist/: pgshift-<version>-<target>.tar.gz + .sha256.
+dist:
+	@./scripts/install-deps.sh --dist $(DIST_TARGETS)
+	CARGO="$(CARGO)" ./scripts/dist.sh $(DIST_TARGETS)
 
 lint: fmt clippy
 
