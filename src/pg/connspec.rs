@@ -19,6 +19,7 @@
 
 use std::fmt;
 use std::net::IpAddr;
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
@@ -447,6 +448,37 @@ enum Syntax {
 struct Value {
     text: String,
     env: Option<&'static str>,
+    /// Byte range of the raw (still encoded or quoted) value in the connection string,
+    /// for values written there (see [`password_spans`]).
+    span: Option<Range<usize>>,
+}
+
+/// Byte range of `part`, a sub-slice of `whole`, within `whole`.
+fn span_in(whole: &str, part: &str) -> Range<usize> {
+    let start = part.as_ptr() as usize - whole.as_ptr() as usize;
+    start..start + part.len()
+}
+
+/// Where the passwords written in a URL or conninfo string are, as byte ranges of
+/// `input` (the raw text: still percent-encoded, inside the quotes), for hiding them
+/// from the process list (`crate::argv_scrub`). Empty when the string does not parse.
+pub fn password_spans(input: &str) -> Vec<Range<usize>> {
+    let trimmed = input.trim();
+    let offset = span_in(input, trimmed).start;
+    let lower_prefix: String = trimmed.chars().take(13).collect::<String>().to_lowercase();
+    let parsed =
+        if lower_prefix.starts_with("postgresql://") || lower_prefix.starts_with("postgres://") {
+            parse_url(trimmed)
+        } else {
+            parse_conninfo(trimmed)
+        };
+    parsed
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|(k, v)| *k == "password" && !v.text.is_empty())
+        .filter_map(|(_, v)| v.span)
+        .map(|r| r.start + offset..r.end + offset)
+        .collect()
 }
 
 struct Params {
@@ -1010,7 +1042,17 @@ fn parse_url(input: &str) -> Result<Vec<(&'static str, Value)>, Problem> {
     let auth_end = rest.find(['/', '?']).unwrap_or(rest.len());
     let (authority, tail) = rest.split_at(auth_end);
     let mut out: Vec<(&'static str, Value)> = Vec::new();
-    let mut push = |k: &'static str, text: String| out.push((k, Value { text, env: None }));
+    let mut push = |k: &'static str, text: String, raw: Option<&str>| {
+        let span = raw.map(|r| span_in(input, r));
+        out.push((
+            k,
+            Value {
+                text,
+                env: None,
+                span,
+            },
+        ))
+    };
 
     // A raw '@' after the host part almost always means a password with an unencoded
     // '/', '?' or '#'; refuse before any of it can end up in a host or database name.
@@ -1026,9 +1068,9 @@ fn parse_url(input: &str) -> Result<Vec<(&'static str, Value)>, Problem> {
                 Some((u, p)) => (u, Some(p)),
                 None => (userinfo, None),
             };
-            push("user", decode(user, "user name")?);
+            push("user", decode(user, "user name")?, Some(user));
             if let Some(p) = password {
-                push("password", decode(p, "password")?);
+                push("password", decode(p, "password")?, Some(p));
             }
             &authority[at + 1..]
         }
@@ -1043,10 +1085,10 @@ fn parse_url(input: &str) -> Result<Vec<(&'static str, Value)>, Problem> {
             }
         }
         if hosts.len() > 1 || hosts.iter().any(|h| !h.is_empty()) {
-            push("host", hosts.join(","));
+            push("host", hosts.join(","), None);
         }
         if ports.iter().any(|p| !p.is_empty()) {
-            push("port", ports.join(","));
+            push("port", ports.join(","), None);
         }
     }
 
@@ -1057,7 +1099,7 @@ fn parse_url(input: &str) -> Result<Vec<(&'static str, Value)>, Problem> {
     if let Some(db) = path.strip_prefix('/')
         && !db.is_empty()
     {
-        push("dbname", decode(db, "database name")?);
+        push("dbname", decode(db, "database name")?, Some(db));
     }
     if let Some(query) = query {
         for piece in query.split('&').filter(|p| !p.is_empty()) {
@@ -1072,11 +1114,11 @@ fn parse_url(input: &str) -> Result<Vec<(&'static str, Value)>, Problem> {
             let value = decode(v, "query parameter value")?;
             if key == "ssl" && value == "true" {
                 // JDBC compatibility, as libpq.
-                push("sslmode", "require".to_string());
+                push("sslmode", "require".to_string(), Some(v));
                 continue;
             }
             let key = known_param(&key)?;
-            push(key, value);
+            push(key, value, Some(v));
         }
     }
     Ok(out)
@@ -1112,6 +1154,12 @@ fn split_url_hosts(list: &str) -> Result<(Vec<String>, Vec<String>), Problem> {
 /// `key=value key2='quoted \' value'` into (parameter, value) pairs.
 fn parse_conninfo(input: &str) -> Result<Vec<(&'static str, Value)>, Problem> {
     let chars: Vec<char> = input.chars().collect();
+    // Byte offset of each char (and of the end), for the values' spans.
+    let offsets: Vec<usize> = input
+        .char_indices()
+        .map(|(b, _)| b)
+        .chain([input.len()])
+        .collect();
     let mut i = 0;
     let mut out = Vec::new();
     // After an unquoted password, an unknown "parameter" is most likely the rest of a
@@ -1144,6 +1192,8 @@ fn parse_conninfo(input: &str) -> Result<Vec<(&'static str, Value)>, Problem> {
         }
         let mut value = String::new();
         let quoted = i < chars.len() && chars[i] == '\'';
+        let raw_start = i + usize::from(quoted);
+        let raw_end;
         if quoted {
             i += 1;
             loop {
@@ -1155,6 +1205,7 @@ fn parse_conninfo(input: &str) -> Result<Vec<(&'static str, Value)>, Problem> {
                         i += 2;
                     }
                     Some('\'') => {
+                        raw_end = i;
                         i += 1;
                         break;
                     }
@@ -1172,6 +1223,7 @@ fn parse_conninfo(input: &str) -> Result<Vec<(&'static str, Value)>, Problem> {
                 value.push(chars[i]);
                 i += 1;
             }
+            raw_end = i;
         }
         let key = match known_param(&key) {
             Err(Problem::UnknownParameter(_)) if after_unquoted_password => {
@@ -1185,6 +1237,7 @@ fn parse_conninfo(input: &str) -> Result<Vec<(&'static str, Value)>, Problem> {
             Value {
                 text: value,
                 env: None,
+                span: Some(offsets[raw_start]..offsets[raw_end]),
             },
         ));
     }
@@ -1244,6 +1297,7 @@ fn build(
                 Value {
                     text,
                     env: Some(var),
+                    span: None,
                 },
             ));
         }
@@ -2305,6 +2359,39 @@ h:5432:db:u:second
         // Multi-host: the first host with a line wins.
         let s = parse_env("host=nomatch,localhost", &[("PGPASSFILE", pf)]);
         assert_eq!(password(&s).as_deref(), Some("local"));
+    }
+
+    // ---- where the passwords are written ---------------------------------------------
+
+    #[test]
+    fn password_spans_cover_every_written_password() {
+        let cut = |input: &str| -> Vec<String> {
+            password_spans(input)
+                .into_iter()
+                .map(|r| input[r].to_string())
+                .collect()
+        };
+        assert_eq!(cut("postgresql://u:s%40cr%3At@h/db"), ["s%40cr%3At"]);
+        assert_eq!(cut("  postgres://u:pw@h,h2:1/db?sslmode=require "), ["pw"]);
+        assert_eq!(
+            cut("postgresql://u@h/db?sslmode=require&password=q%26p&application_name=x"),
+            ["q%26p"]
+        );
+        // A password in the authority and one in the query: both (the later one wins).
+        assert_eq!(cut("postgresql://u:one@h/db?password=two"), ["one", "two"]);
+        assert_eq!(cut("host=h password=s3cret dbname=d"), ["s3cret"]);
+        assert_eq!(
+            cut(r"host=h password = 'a \\ \' b' dbname=d"),
+            [r"a \\ \' b"]
+        );
+        assert_eq!(cut("password=é€x host=h"), ["é€x"]);
+        assert_eq!(cut("password=pw"), ["pw"]);
+        // Nothing to hide.
+        assert!(cut("postgresql://u@h/db").is_empty());
+        assert!(cut("postgresql://u:@h/db").is_empty());
+        assert!(cut("host=h password=''").is_empty());
+        assert!(cut("service=prod").is_empty());
+        assert!(cut("not a connection string").is_empty());
     }
 
     // ---- redaction ----------------------------------------------------------------
