@@ -7,9 +7,11 @@
 //!   percent-encoded socket directory as host, query parameters overriding the rest;
 //! * `key=value` conninfo strings, values optionally single-quoted with `\'` and `\\` escapes.
 //!
-//! Parameters that are not given come from the environment the way libpq does it
-//! (`PGHOST`, `PGPORT`, `PGUSER`, ..., the password file). The result is fully resolved:
-//! every host has a port, there is always a user and a database name.
+//! Parameters that are not given come from a service file (`service=NAME` or
+//! `PGSERVICE`, see [`service`](super::service)), then from the environment, the way
+//! libpq does it (`PGHOST`, `PGPORT`, `PGUSER`, ..., the password file). The result is
+//! fully resolved: every host has a port, there is always a user and a database name,
+//! so children need neither the service file nor pgshift's environment.
 //!
 //! A `ConnSpec` never shows its password: [`Display`](std::fmt::Display) and
 //! [`Debug`](std::fmt::Debug) both render the redacted URL
@@ -25,6 +27,8 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use percent_encoding::{AsciiSet, CONTROLS, percent_decode_str, utf8_percent_encode};
+
+use super::service::{self, ServiceError};
 
 /// The port libpq uses when none is given.
 pub const DEFAULT_PORT: u16 = 5432;
@@ -255,16 +259,28 @@ pub enum ConnSpecError {
     Conninfo(Problem),
     #[error("invalid {var} environment variable: {problem}")]
     Env { var: &'static str, problem: Problem },
+    #[error("service file \"{}\", line {line}: {problem}", .file.display())]
+    ServiceValue {
+        file: PathBuf,
+        line: usize,
+        problem: Problem,
+    },
+    #[error("{0}")]
+    Service(#[from] ServiceError),
     #[error("{0}")]
     Other(Problem),
 }
 
 impl ConnSpecError {
-    /// What went wrong, without the context.
-    pub fn problem(&self) -> &Problem {
+    /// What went wrong, without the context (`None` when the service file could not
+    /// be used at all).
+    pub fn problem(&self) -> Option<&Problem> {
         match self {
-            ConnSpecError::Url(p) | ConnSpecError::Conninfo(p) | ConnSpecError::Other(p) => p,
-            ConnSpecError::Env { problem, .. } => problem,
+            ConnSpecError::Url(p) | ConnSpecError::Conninfo(p) | ConnSpecError::Other(p) => Some(p),
+            ConnSpecError::Env { problem, .. } | ConnSpecError::ServiceValue { problem, .. } => {
+                Some(problem)
+            }
+            ConnSpecError::Service(_) => None,
         }
     }
 }
@@ -353,6 +369,7 @@ const PARAMS: &[&str] = &[
     "keepalives_count",
     "channel_binding",
     "passfile",
+    "service",
 ];
 
 /// The environment variable libpq reads for a parameter's default.
@@ -447,10 +464,21 @@ enum Syntax {
 #[derive(Clone)]
 struct Value {
     text: String,
-    env: Option<&'static str>,
+    origin: Origin,
     /// Byte range of the raw (still encoded or quoted) value in the connection string,
     /// for values written there (see [`password_spans`]).
     span: Option<Range<usize>>,
+}
+
+/// Where a parameter's value came from.
+#[derive(Clone)]
+enum Origin {
+    /// Written in the URL / conninfo string.
+    Given,
+    /// A `PG*` environment variable.
+    Env(&'static str),
+    /// A line of a service file.
+    Service { file: PathBuf, line: usize },
 }
 
 /// Byte range of `part`, a sub-slice of `whole`, within `whole`.
@@ -496,9 +524,14 @@ impl Params {
     }
 
     fn error(&self, value: Option<&Value>, problem: Problem) -> ConnSpecError {
-        match value.and_then(|v| v.env) {
-            Some(var) => ConnSpecError::Env { var, problem },
-            None => match self.syntax {
+        match value.map(|v| &v.origin) {
+            Some(Origin::Env(var)) => ConnSpecError::Env { var, problem },
+            Some(Origin::Service { file, line }) => ConnSpecError::ServiceValue {
+                file: file.clone(),
+                line: *line,
+                problem,
+            },
+            Some(Origin::Given) | None => match self.syntax {
                 Syntax::Url => ConnSpecError::Url(problem),
                 Syntax::Conninfo => ConnSpecError::Conninfo(problem),
             },
@@ -1048,7 +1081,7 @@ fn parse_url(input: &str) -> Result<Vec<(&'static str, Value)>, Problem> {
             k,
             Value {
                 text,
-                env: None,
+                origin: Origin::Given,
                 span,
             },
         ))
@@ -1236,7 +1269,7 @@ fn parse_conninfo(input: &str) -> Result<Vec<(&'static str, Value)>, Problem> {
             key,
             Value {
                 text: value,
-                env: None,
+                origin: Origin::Given,
                 span: Some(offsets[raw_start]..offsets[raw_end]),
             },
         ));
@@ -1286,6 +1319,43 @@ fn build(
     mut params: Params,
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<ConnSpec, ConnSpecError> {
+    let home = env_nonempty(env, "HOME")
+        .map(PathBuf::from)
+        .or_else(os_home_dir);
+
+    // The service file fills in what the string leaves out, before the environment
+    // (libpq: given > service file > PG* variables > defaults).
+    let service = match params.get("service") {
+        Some(v) => Some(v.text.clone()),
+        None => env_nonempty(env, "PGSERVICE"),
+    };
+    if let Some(name) = service {
+        let found = service::lookup(&name, env, home.as_deref())?;
+        for setting in found.settings {
+            let key = known_param(&setting.keyword)
+                .ok()
+                .filter(|k| *k != "service")
+                .ok_or_else(|| ServiceError::UnknownKeyword {
+                    file: found.file.clone(),
+                    line: setting.line,
+                    keyword: shown(&setting.keyword),
+                })?;
+            if params.get(key).is_none() && !setting.value.is_empty() {
+                params.values.push((
+                    key,
+                    Value {
+                        text: setting.value,
+                        origin: Origin::Service {
+                            file: found.file.clone(),
+                            line: setting.line,
+                        },
+                        span: None,
+                    },
+                ));
+            }
+        }
+    }
+
     // Environment defaults for everything not given.
     for key in PARAMS {
         if params.get(key).is_none()
@@ -1296,7 +1366,7 @@ fn build(
                 key,
                 Value {
                     text,
-                    env: Some(var),
+                    origin: Origin::Env(var),
                     span: None,
                 },
             ));
@@ -1453,9 +1523,6 @@ fn build(
         }),
     };
 
-    let home = env_nonempty(env, "HOME")
-        .map(PathBuf::from)
-        .or_else(os_home_dir);
     let passfile_explicit = params.get("passfile").is_some();
     let passfile = match params.get("passfile") {
         Some(v) => Some(PathBuf::from(&v.text)),
@@ -1464,10 +1531,9 @@ fn build(
 
     let password = params.get("password").map(|v| Password {
         value: v.text.clone(),
-        source: if v.env.is_some() {
-            PasswordSource::Env
-        } else {
-            PasswordSource::Input
+        source: match v.origin {
+            Origin::Env(_) => PasswordSource::Env,
+            Origin::Given | Origin::Service { .. } => PasswordSource::Input,
         },
     });
 
@@ -2359,6 +2425,68 @@ h:5432:db:u:second
         // Multi-host: the first host with a line wins.
         let s = parse_env("host=nomatch,localhost", &[("PGPASSFILE", pf)]);
         assert_eq!(password(&s).as_deref(), Some("local"));
+    }
+
+    // ---- service files ---------------------------------------------------------------
+
+    #[test]
+    fn service_file_between_the_string_and_the_environment() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("services.conf");
+        std::fs::write(
+            &file,
+            "[prod]\nhost=db.example.com\nport=6432\nuser=svc\npassword=from service\n\
+             dbname=shop\nsslmode=verify-full\nsslrootcert=/ca.pem\n\
+             [bad]\nhost=h\nport=x\n",
+        )
+        .unwrap();
+        let f = file.to_str().unwrap();
+        let env = [
+            ("PGSERVICEFILE", f),
+            ("PGPORT", "1"),
+            ("PGHOST", "env-host"),
+            ("PGAPPNAME", "from-env"),
+        ];
+        // Service values beat PG* variables; the environment still fills the rest.
+        let s = parse_env("service=prod", &env);
+        assert_eq!(s.hosts(), &[tcp("db.example.com", 6432)]);
+        assert_eq!((s.user(), s.dbname()), ("svc", "shop"));
+        assert_eq!(s.sslmode(), SslMode::VerifyFull);
+        assert_eq!(s.application_name(), Some("from-env"));
+        assert_eq!(password(&s).as_deref(), Some("from service"));
+        // Values written in the string beat the service, in both syntaxes.
+        let s = parse_env("service=prod port=7000 user=me", &env);
+        assert_eq!((s.port(), s.user()), (7000, "me"));
+        let s = parse_env("postgresql://me@:7000/other?service=prod", &env);
+        assert_eq!((s.port(), s.user(), s.dbname()), (7000, "me", "other"));
+        assert_eq!(s.hosts(), &[tcp("db.example.com", 7000)]);
+        // PGSERVICE when the string names no service.
+        let mut with_pgservice = env.to_vec();
+        with_pgservice.push(("PGSERVICE", "prod"));
+        let s = parse_env("dbname=mine", &with_pgservice);
+        assert_eq!((s.port(), s.dbname()), (6432, "mine"));
+        // Children get the resolved connection, never the service name.
+        assert_eq!(child(&s, "PGHOST").as_deref(), Some("db.example.com"));
+        assert_eq!(child(&s, "PGPASSWORD").as_deref(), Some("from service"));
+        assert_eq!(child(&s, "PGSSLROOTCERT").as_deref(), Some("/ca.pem"));
+        assert_eq!(child(&s, "PGSERVICE"), None);
+        assert!(ConnSpec::child_env_remove().contains(&"PGSERVICE"));
+        assert!(ConnSpec::child_env_remove().contains(&"PGSERVICEFILE"));
+        assert!(ConnSpec::child_env_remove().contains(&"PGSYSCONFDIR"));
+        // Errors name the file and line, never the value of a password.
+        assert_eq!(
+            err_env("service=bad", &env),
+            format!("service file \"{f}\", line 11: invalid port \"x\"")
+        );
+        assert_eq!(
+            err_env("service=nope", &env),
+            format!("definition of service \"nope\" not found (looked in {f})")
+        );
+        let e = err_env(
+            "service=prod password=",
+            &[("PGSERVICEFILE", "/nonexistent")],
+        );
+        assert!(e.contains("service file \"/nonexistent\" not found"), "{e}");
     }
 
     // ---- where the passwords are written ---------------------------------------------
