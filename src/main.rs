@@ -11,6 +11,12 @@ use pgshift::commands::{self, Ctx};
 use pgshift::error::{ExitCode, exit_code_for};
 use pgshift::{config, logging, process};
 
+/// The static (musl) build allocates with mimalloc: musl's malloc serialises pgshift's
+/// threads (measured with `make bench BENCH_BIN_STATIC=…`).
+#[cfg(target_env = "musl")]
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() {
     // First of all: passwords in --source/--dest out of `ps` (see argv_scrub).
     let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
