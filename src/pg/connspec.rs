@@ -2443,6 +2443,8 @@ h:5432:db:u:second
         let f = file.to_str().unwrap();
         let env = [
             ("PGSERVICEFILE", f),
+            // No pg_service.conf there: the machine's system file stays out of the test.
+            ("PGSYSCONFDIR", dir.path().to_str().unwrap()),
             ("PGPORT", "1"),
             ("PGHOST", "env-host"),
             ("PGAPPNAME", "from-env"),

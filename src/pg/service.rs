@@ -119,17 +119,6 @@ pub fn lookup(
             .map(|h| h.join(".pg_service.conf"))
             .filter(|f| f.exists()),
     };
-    if let Some(file) = user_file {
-        if let Some(settings) = read_section(&file, name)? {
-            return Ok(Service {
-                name: name.to_string(),
-                file,
-                settings,
-            });
-        }
-        searched.push(file);
-    }
-
     let system_file = match nonempty("PGSYSCONFDIR") {
         Some(dir) => Some(Path::new(&dir).join("pg_service.conf")),
         None => SYSTEM_DIRS
@@ -137,7 +126,11 @@ pub fn lookup(
             .map(|d| Path::new(d).join("pg_service.conf"))
             .find(|f| f.exists()),
     };
-    if let Some(file) = system_file.filter(|f| f.exists()) {
+    // The first file that defines the service wins.
+    for file in [user_file, system_file.filter(|f| f.exists())]
+        .into_iter()
+        .flatten()
+    {
         if let Some(settings) = read_section(&file, name)? {
             return Ok(Service {
                 name: name.to_string(),
