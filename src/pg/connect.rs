@@ -297,6 +297,30 @@ pub fn is_transient(e: &tokio_postgres::Error) -> bool {
     )
 }
 
+/// Ask the server to cancel whatever `client` is running (best effort). Used
+/// when pgshift is interrupted: a backend busy building an index would
+/// otherwise only notice the closed connection when it finishes.
+pub async fn cancel_running(client: &tokio_postgres::Client, spec: &ConnSpec) {
+    let token = client.cancel_token();
+    match crate::pg::tls::make_tls(spec) {
+        Ok(tls) => {
+            if let Err(e) = token.cancel_query(tls).await {
+                tracing::debug!("cancel request failed: {}", describe_pg_error(&e));
+            }
+        }
+        Err(e) => tracing::debug!("cancel request not sent: {e}"),
+    }
+}
+
+/// Settings for pgshift's long-running destination sessions: notice a vanished
+/// pgshift (killed with -9) within seconds even in the middle of a long
+/// statement (PostgreSQL 14+; ignored where unsupported).
+pub async fn watch_client(client: &tokio_postgres::Client) {
+    let _ = client
+        .batch_execute("SET client_connection_check_interval = '2s'")
+        .await;
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -566,28 +590,4 @@ mod tests {
         let e = pool.get().await.unwrap_err();
         assert_eq!(describe_pool_error(&e), "connection refused");
     }
-}
-
-/// Ask the server to cancel whatever `client` is running (best effort). Used
-/// when pgshift is interrupted: a backend busy building an index would
-/// otherwise only notice the closed connection when it finishes.
-pub async fn cancel_running(client: &tokio_postgres::Client, spec: &ConnSpec) {
-    let token = client.cancel_token();
-    match crate::pg::tls::make_tls(spec) {
-        Ok(tls) => {
-            if let Err(e) = token.cancel_query(tls).await {
-                tracing::debug!("cancel request failed: {}", describe_pg_error(&e));
-            }
-        }
-        Err(e) => tracing::debug!("cancel request not sent: {e}"),
-    }
-}
-
-/// Settings for pgshift's long-running destination sessions: notice a vanished
-/// pgshift (killed with -9) within seconds even in the middle of a long
-/// statement (PostgreSQL 14+; ignored where unsupported).
-pub async fn watch_client(client: &tokio_postgres::Client) {
-    let _ = client
-        .batch_execute("SET client_connection_check_interval = '2s'")
-        .await;
 }
