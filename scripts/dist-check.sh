@@ -84,7 +84,7 @@ case $cmdline in
 esac
 
 # 4. two clusters, a sample database, env -i start
-start_cluster() { # NAME -> prints the port
+start_cluster() { # NAME -> sets PORT (not in a subshell: CLUSTERS must survive for cleanup)
   local dir="$WORK/$1" p
   mkdir -p "$dir"
   [ "$(id -u)" -eq 0 ] && chown postgres: "$dir"
@@ -98,7 +98,7 @@ start_cluster() { # NAME -> prints the port
       -o "-c listen_addresses=127.0.0.1 -c port=$p -c unix_socket_directories='$dir' -c fsync=off" \
       start >/dev/null 2>&1; then
       CLUSTERS+=("$dir")
-      echo "$p"
+      PORT=$p
       return 0
     fi
   done
@@ -106,8 +106,10 @@ start_cluster() { # NAME -> prints the port
 }
 q() { PGPASSWORD="pw $1" "$PGBIN/psql" -X -q -A -t -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$2" -U admin -d "$3" -c "$4"; }
 
-src_port=$(start_cluster src)
-dst_port=$(start_cluster dst)
+start_cluster src
+src_port=$PORT
+start_cluster dst
+dst_port=$PORT
 q src "$src_port" postgres "CREATE DATABASE shop" >/dev/null
 q dst "$dst_port" postgres "CREATE DATABASE shop" >/dev/null
 q src "$src_port" shop "
