@@ -6,6 +6,13 @@ col() { awk -F'\t' -v t="$1" -v c="$2" '$1 == t && $2 != "rss" { print $c }' "$W
 # the prepare.tsv row of TOOL whose time is the best
 best_row() { awk -F'\t' -v t="$1" '$1 == t && $2 != "rss"' "$WORK/prepare.tsv" | sort -t$'\t' -k3,3g | head -n 1; }
 
+# What BENCH_BIN_STATIC is, for labels: its target (from --version) or its file name.
+static_label() {
+  local v
+  v=$("$PGSHIFT_STATIC" --version 2>/dev/null | sed -n 's/.*, \([^,)]*\))$/\1/p' | head -n 1)
+  echo "${v:-$(basename "$PGSHIFT_STATIC")} build"
+}
+
 mb_of_kb() { awk -v k="$1" 'BEGIN { if (k == "" || k == 0) print "n/a"; else printf "%.1f", k / 1024 }'; }
 # le A B -> "yes" when A <= B (numbers)
 le() { awk -v a="$1" -v b="$2" 'BEGIN { print ((a != "" && b != "" && a + 0 <= b + 0) ? "yes" : "no") }'; }
@@ -26,6 +33,7 @@ machine_section() {
   postgis=$(q "$SRC_PORT" postgres "SELECT default_version FROM pg_available_extensions WHERE name = 'postgis'")
   pgcopydb_v=$(pgcopydb --version 2>/dev/null | sed -n 's/^pgcopydb version //p' | head -n 1)
   pgshift_v=$("$PGSHIFT" --version 2>/dev/null | head -n 1)
+  [ -z "$PGSHIFT_STATIC" ] || pgshift_v="$pgshift_v; second binary: $("$PGSHIFT_STATIC" --version 2>/dev/null | head -n 1)"
   commit=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)
   if [ -n "$(git -C "$ROOT" status --porcelain -- src Cargo.toml Cargo.lock 2>/dev/null)" ]; then
     commit="$commit (+ uncommitted changes in src)"
@@ -87,15 +95,16 @@ prepare_section() {
 ## prepare vs. pg_dump | pg_restore vs. pgcopydb
 
 Each tool copies \`bench_main\` into a freshly created, empty destination database;
-${BENCH_REPEAT} rounds, the order of the tools rotating every round (A B C, B C A, C A B).
+${BENCH_REPEAT} rounds, the order of the tools rotating every round (A B C, B C A, C A B, …).
 Wall-clock seconds from start to exit; the ratio is to the pg_dump | pg_restore baseline.
 
 | tool | best (s) | median (s) | runs (s) | best / baseline | median / baseline |
 |---|---:|---:|---|---:|---:|
 EOF
-  for tool in pgshift dumprestore pgcopydb; do
+  for tool in "${TOOLS[@]}"; do
     case $tool in
       pgshift) label="\`pgshift prepare --jobs $BENCH_JOBS\` (into \`shadow\`)" ;;
+      pgshift_static) label="the same with \`BENCH_BIN_STATIC\` ($(static_label))" ;;
       dumprestore) label="\`pg_dump -Fd -j $BENCH_JOBS\` + \`pg_restore -j $BENCH_JOBS\` (baseline)" ;;
       pgcopydb) label="\`pgcopydb clone --table-jobs $BENCH_JOBS --index-jobs $BENCH_JOBS\`" ;;
     esac
@@ -212,6 +221,14 @@ targets_section() {
     rows+=("| prepare ≤ 0.80 × pg_dump+pg_restore | ${pg} s vs ${base} s = **${r}×** | $([ "$ok" = yes ] && echo met || echo "**not met**: $(awk -v p="$pg" -v b="$base" 'BEGIN { printf "%.2f s over (%.0f%% of baseline)", p - 0.8 * b, 100 * p / b }')") |")
     ok=$(le "$pg" "$cp")
     rows+=("| prepare at least as fast as pgcopydb | ${pg} s vs ${cp} s ($(ratio "$pg" "$cp")×) | $([ "$ok" = yes ] && echo met || echo "**not met**: $(awk -v p="$pg" -v c="$cp" 'BEGIN { printf "%.2f s slower", p - c }')") |")
+    if [ -n "$PGSHIFT_STATIC" ]; then
+      local st st_med pg_med
+      st=$(col pgshift_static 3 | stat_min)
+      st_med=$(col pgshift_static 3 | stat_median)
+      pg_med=$(col pgshift 3 | stat_median)
+      ok=$(le "$st" "$(awk -v p="$pg" 'BEGIN { printf "%.3f", p * 1.05 }')")
+      rows+=("| $(static_label)'s prepare within 5% of the first binary's (best runs) | ${st} s vs ${pg} s = **$(ratio "$st" "$pg")×** (medians ${st_med} s vs ${pg_med} s) | $([ "$ok" = yes ] && echo met || echo "**not met**") |")
+    fi
   fi
   if want swap; then
     for pair in 100:50 1000:250; do
@@ -263,7 +280,8 @@ BENCH_SIZE_MB=50 BENCH_REPEAT=1 make bench   # a quick, reduced-size run
 Knobs: \`BENCH_SIZE_MB\`, \`BENCH_REPEAT\`, \`BENCH_JOBS\`, \`BENCH_SMALL_SIZE_MB\`,
 \`BENCH_SWAP_TABLES\`, \`BENCH_SWAP_SCALE\`, \`BENCH_SWAP_SECONDS\`, \`BENCH_SWAP_AT\`,
 \`BENCH_SWAP_CLIENTS\`, \`BENCH_SWAP_RATE\`, \`BENCH_SWAP_IDLE\`, \`BENCH_FSYNC\`, \`BENCH_TMPDIR\`,
-\`BENCH_ONLY\`, \`BENCH_OUT\`, \`BENCH_KEEP_WORK\` (see the top of \`bench/run.sh\`). Everything runs
+\`BENCH_ONLY\`, \`BENCH_OUT\`, \`BENCH_KEEP_WORK\`, \`BENCH_BIN_STATIC\` (see the top of \`bench/run.sh\`),
+and \`BENCH_BIN\` (\`make bench\` runs that binary instead of building one). Everything runs
 on throwaway clusters in a scratch directory that is removed at the end (also on failure,
 Ctrl-C or TERM).
 

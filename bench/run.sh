@@ -20,6 +20,8 @@
 #   BENCH_ONLY           subset of "prepare rss swap" (default all three)
 #   BENCH_OUT            report file (default BENCHMARKS.md at the repository root)
 #   BENCH_KEEP_WORK=1    keep the scratch directory (logs) after the run
+#   BENCH_BIN_STATIC     another pgshift binary (e.g. the static one from `make dist`) whose
+#                        prepare runs in the same rounds, reported next to the first one's
 set -euo pipefail
 export LC_ALL=C
 
@@ -31,6 +33,11 @@ ROOT=$(cd "$HERE/.." && pwd)
 [ $# -eq 1 ] || die "usage: bench/run.sh PATH/TO/pgshift"
 [ -x "$1" ] || die "pgshift binary not found or not executable: $1 (build it with: cargo build --release)"
 PGSHIFT=$(cd "$(dirname "$1")" && pwd)/$(basename "$1")
+PGSHIFT_STATIC=""
+if [ -n "${BENCH_BIN_STATIC:-}" ]; then
+  [ -x "$BENCH_BIN_STATIC" ] || die "BENCH_BIN_STATIC: not an executable file: $BENCH_BIN_STATIC"
+  PGSHIFT_STATIC=$(cd "$(dirname "$BENCH_BIN_STATIC")" && pwd)/$(basename "$BENCH_BIN_STATIC")
+fi
 
 DEFAULT_SIZE_MB=500
 BENCH_SIZE_MB=${BENCH_SIZE_MB:-$DEFAULT_SIZE_MB}
@@ -189,15 +196,16 @@ SRC_MAIN=$(url "$SRC_PORT" bench_main)
 
 # pgshift prepare SRC_DB into a fresh destination DST_DB; sets RUN_SECS, RUN_RSS_KB
 # (max RSS of pgshift and its children, GNU time), RUN_HWM_KB (pgshift's own peak, VmHWM).
-# With a 4th argument `keep`, the destination database is used as it is.
+# With a 4th argument `keep`, the destination database is used as it is; a 5th names
+# another pgshift binary (default: the one under test).
 run_pgshift() {
-  local label=$1 src_db=$2 dst_db=$3 dir="$WORK/$1"
+  local label=$1 src_db=$2 dst_db=$3 dir="$WORK/$1" bin=${5:-$PGSHIFT}
   mkdir -p "$dir"
   [ "${4:-}" = keep ] || recreate_db "$DST_PORT" "$dst_db"
   settle "$SRC_PORT" "$DST_PORT"
   local t0 t1 pid rc=0
   t0=$(now_us)
-  (cd "$dir" && exec /usr/bin/time -f '%M' -o "$dir/time.txt" "$PGSHIFT" prepare \
+  (cd "$dir" && exec /usr/bin/time -f '%M' -o "$dir/time.txt" "$bin" prepare \
     --source "$(url "$SRC_PORT" "$src_db")" --dest "$(url "$DST_PORT" "$dst_db")" \
     --jobs "$BENCH_JOBS" --json --state-dir "$dir" --dump-dir "$dir/dump" >"$dir/out.json" 2>"$dir/log.txt") &
   pid=$!
@@ -294,13 +302,14 @@ check_content() {
 }
 
 TOOLS=(pgshift dumprestore pgcopydb)
+[ -z "$PGSHIFT_STATIC" ] || TOOLS+=(pgshift_static)
 : >"$WORK/prepare.tsv"
 : >"$WORK/content.txt"
 if want prepare; then
   for round in $(seq 1 "$BENCH_REPEAT"); do
     # Rotate the order every round: A B C, B C A, C A B, ...
-    for i in 0 1 2; do
-      tool=${TOOLS[$(((i + round - 1) % 3))]}
+    for i in "${!TOOLS[@]}"; do
+      tool=${TOOLS[$(((i + round - 1) % ${#TOOLS[@]}))]}
       say "round $round/$BENCH_REPEAT: $tool"
       case $tool in
         pgshift)
@@ -308,6 +317,11 @@ if want prepare; then
           jq -c '.phases_ms' "$WORK/pgshift-$round/out.json" >"$WORK/pgshift-$round/phases.json"
           printf '%s\t%s\t%s\t%s\t%s\n' pgshift "$round" "$RUN_SECS" "$RUN_RSS_KB" "$RUN_HWM_KB" >>"$WORK/prepare.tsv"
           if [ "$round" -eq 1 ]; then check_content pgshift bench_dst shadow; fi
+          ;;
+        pgshift_static)
+          run_pgshift "pgshift_static-$round" bench_main bench_dst "" "$PGSHIFT_STATIC"
+          printf '%s\t%s\t%s\t%s\t%s\n' pgshift_static "$round" "$RUN_SECS" "$RUN_RSS_KB" "$RUN_HWM_KB" >>"$WORK/prepare.tsv"
+          if [ "$round" -eq 1 ]; then check_content pgshift_static bench_dst shadow; fi
           ;;
         dumprestore)
           run_dump_restore bench_dst

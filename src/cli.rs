@@ -8,6 +8,17 @@ use std::path::PathBuf;
 
 use clap::{ArgAction, Args, Parser, Subcommand, ValueEnum};
 
+/// `pgshift --version`: the release, the commit and the target it was built for
+/// (see build.rs), e.g. `0.1.0 (commit 1a2b3c4d5e6f, x86_64-unknown-linux-musl)`.
+pub const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("PGSHIFT_COMMIT"),
+    ", ",
+    env!("PGSHIFT_TARGET"),
+    ")"
+);
+
 /// Move a whole PostgreSQL database into a running destination without downtime.
 ///
 /// pgshift restores the source's `public` schema into a `shadow` schema on the
@@ -21,7 +32,7 @@ use clap::{ArgAction, Args, Parser, Subcommand, ValueEnum};
 #[derive(Debug, Parser)]
 #[command(
     name = "pgshift",
-    version,
+    version = VERSION,
     propagate_version = true,
     max_term_width = 100
 )]

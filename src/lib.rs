@@ -3,6 +3,7 @@
 //! The binary (`src/main.rs`) is a thin wrapper around [`run`]; integration tests
 //! reach the internals through this library target.
 
+pub mod argv_scrub;
 pub mod backups;
 pub mod cli;
 pub mod commands;

@@ -5,13 +5,23 @@ use std::process::exit;
 use clap::Parser;
 use tokio_util::sync::CancellationToken;
 
+use pgshift::argv_scrub::{self, Outcome};
 use pgshift::cli::Cli;
 use pgshift::commands::{self, Ctx};
 use pgshift::error::{ExitCode, exit_code_for};
 use pgshift::{config, logging, process};
 
+/// The static (musl) build allocates with mimalloc: musl's malloc serialises pgshift's
+/// threads (measured with `make bench BENCH_BIN_STATIC=…`).
+#[cfg(target_env = "musl")]
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() {
-    let cli = match Cli::try_parse() {
+    // First of all: passwords in --source/--dest out of `ps` (see argv_scrub).
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let scrubbed = argv_scrub::hide_passwords(&args, &["--source", "--dest"]);
+    let cli = match Cli::try_parse_from(&args) {
         Ok(cli) => cli,
         Err(e) => exit(report_clap_error(e)),
     };
@@ -27,6 +37,14 @@ fn main() {
     logging::init(settings.log_format, settings.verbosity);
     for w in &settings.warnings {
         tracing::warn!("{w}");
+    }
+    match scrubbed {
+        Outcome::Failed(why) => tracing::warn!(
+            "the password on the command line stays visible in the process list ({why}); \
+             pass it through PGSHIFT_DEST_URL/PGSHIFT_SOURCE_URL, the config file or ~/.pgpass"
+        ),
+        Outcome::Hidden(n) => tracing::debug!("{n} password(s) hidden from the process list"),
+        Outcome::NothingToHide => {}
     }
 
     let runtime = match tokio::runtime::Builder::new_multi_thread()

@@ -297,6 +297,30 @@ pub fn is_transient(e: &tokio_postgres::Error) -> bool {
     )
 }
 
+/// Ask the server to cancel whatever `client` is running (best effort). Used
+/// when pgshift is interrupted: a backend busy building an index would
+/// otherwise only notice the closed connection when it finishes.
+pub async fn cancel_running(client: &tokio_postgres::Client, spec: &ConnSpec) {
+    let token = client.cancel_token();
+    match crate::pg::tls::make_tls(spec) {
+        Ok(tls) => {
+            if let Err(e) = token.cancel_query(tls).await {
+                tracing::debug!("cancel request failed: {}", describe_pg_error(&e));
+            }
+        }
+        Err(e) => tracing::debug!("cancel request not sent: {e}"),
+    }
+}
+
+/// Settings for pgshift's long-running destination sessions: notice a vanished
+/// pgshift (killed with -9) within seconds even in the middle of a long
+/// statement (PostgreSQL 14+; ignored where unsupported).
+pub async fn watch_client(client: &tokio_postgres::Client) {
+    let _ = client
+        .batch_execute("SET client_connection_check_interval = '2s'")
+        .await;
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -566,264 +590,4 @@ mod tests {
         let e = pool.get().await.unwrap_err();
         assert_eq!(describe_pool_error(&e), "connection refused");
     }
-}
-
-/// End-to-end checks against a real server with `ssl=on`; ignored by default because
-/// they need one. Set `PGSHIFT_E2E_DIR` to a directory holding `tls/ca.crt` (the CA that
-/// signed the server certificate, valid for localhost, 127.0.0.1 and ::1),
-/// `tls/other.crt` (an unrelated CA) and `sock/` (the socket directory), and
-/// `PGSHIFT_E2E_PORT` to the port; the server needs a role `app` with password
-/// `app pw` owning a database `shop`, and scram-sha-256 for TCP. Then
-/// `cargo test --lib pg::connect::e2e -- --ignored --test-threads=1`.
-#[cfg(test)]
-mod e2e {
-    use super::*;
-
-    struct Env {
-        dir: String,
-        port: String,
-        home: tempfile::TempDir,
-    }
-
-    fn env() -> Env {
-        Env {
-            dir: std::env::var("PGSHIFT_E2E_DIR").expect("PGSHIFT_E2E_DIR"),
-            port: std::env::var("PGSHIFT_E2E_PORT").expect("PGSHIFT_E2E_PORT"),
-            home: tempfile::tempdir().unwrap(),
-        }
-    }
-
-    impl Env {
-        fn spec(&self, input: &str) -> ConnSpec {
-            let input = input
-                .replace("{dir}", &self.dir)
-                .replace("{port}", &self.port);
-            let home = self.home.path().to_str().unwrap().to_string();
-            ConnSpec::parse_with_env(&input, &move |k| match k {
-                "HOME" => Some(home.clone()),
-                _ => None,
-            })
-            .unwrap()
-        }
-
-        async fn ok(&self, input: &str) -> tokio_postgres::Client {
-            let spec = self.spec(input);
-            connect(&spec, "destination", "pgshift-e2e", Duration::ZERO)
-                .await
-                .unwrap_or_else(|e| panic!("{input}: {e}"))
-        }
-
-        async fn fails(&self, input: &str) -> String {
-            let spec = self.spec(input);
-            let e = connect(&spec, "destination", "pgshift-e2e", Duration::ZERO)
-                .await
-                .err()
-                .unwrap_or_else(|| panic!("{input}: connected"));
-            let text = e.to_string();
-            assert!(!text.contains("app pw"), "{text}");
-            println!("{input}\n  -> {text}");
-            text
-        }
-    }
-
-    async fn ssl_in_use(client: &tokio_postgres::Client) -> bool {
-        client
-            .query_one(
-                "SELECT coalesce((SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()), false)",
-                &[],
-            )
-            .await
-            .unwrap()
-            .get(0)
-    }
-
-    const APP: &str = "postgresql://app:app%20pw@";
-
-    #[tokio::test]
-    #[ignore = "needs a server: see the module docs"]
-    async fn tls_modes() {
-        let e = env();
-        let c = e
-            .ok(&format!("{APP}127.0.0.1:{{port}}/shop?sslmode=require"))
-            .await;
-        assert!(ssl_in_use(&c).await);
-        let c = e
-            .ok(&format!("{APP}127.0.0.1:{{port}}/shop?sslmode=prefer"))
-            .await;
-        assert!(ssl_in_use(&c).await);
-        let c = e
-            .ok(&format!("{APP}127.0.0.1:{{port}}/shop?sslmode=disable"))
-            .await;
-        assert!(!ssl_in_use(&c).await);
-        for host in ["localhost", "127.0.0.1", "[::1]"] {
-            let c = e
-                .ok(&format!(
-                    "{APP}{host}:{{port}}/shop?sslmode=verify-full&sslrootcert={{dir}}/tls/ca.crt"
-                ))
-                .await;
-            assert!(ssl_in_use(&c).await);
-        }
-        // Name mismatch: verify-ca accepts, verify-full refuses.
-        e.ok("host=wrong.example hostaddr=127.0.0.1 port={port} user=app password='app pw' dbname=shop sslmode=verify-ca sslrootcert={dir}/tls/ca.crt").await;
-        let t = e.fails("host=wrong.example hostaddr=127.0.0.1 port={port} user=app password='app pw' dbname=shop sslmode=verify-full sslrootcert={dir}/tls/ca.crt").await;
-        assert!(t.ends_with(r#": TLS: server certificate is not valid for "wrong.example" (it is for localhost, 127.0.0.1, ::1)"#), "{t}");
-        // Wrong CA.
-        let t = e
-            .fails(&format!(
-                "{APP}localhost:{{port}}/shop?sslmode=verify-full&sslrootcert={{dir}}/tls/other.crt"
-            ))
-            .await;
-        assert!(
-            t.ends_with(": TLS: server certificate is not trusted (unknown issuer)"),
-            "{t}"
-        );
-        let t = e
-            .fails(&format!(
-                "{APP}localhost:{{port}}/shop?sslmode=require&sslrootcert={{dir}}/tls/other.crt"
-            ))
-            .await;
-        assert!(
-            t.ends_with(": TLS: server certificate is not trusted (unknown issuer)"),
-            "{t}"
-        );
-        // No CA at all.
-        let t = e
-            .fails(&format!("{APP}localhost:{{port}}/shop?sslmode=verify-full"))
-            .await;
-        assert!(
-            t.contains("sslmode=verify-full needs the server's CA certificate"),
-            "{t}"
-        );
-        // Unix socket: TLS is not used even with require (as libpq).
-        let c = e
-            .ok("host={dir}/sock port={port} user=app dbname=shop sslmode=require")
-            .await;
-        assert!(!ssl_in_use(&c).await);
-    }
-
-    #[tokio::test]
-    #[ignore = "needs a server: see the module docs"]
-    async fn channel_binding() {
-        let e = env();
-        e.ok(&format!(
-            "{APP}localhost:{{port}}/shop?sslmode=require&channel_binding=require"
-        ))
-        .await;
-        let t = e
-            .fails(&format!(
-                "{APP}localhost:{{port}}/shop?sslmode=disable&channel_binding=require"
-            ))
-            .await;
-        assert!(t.contains("channel binding"), "{t}");
-    }
-
-    #[tokio::test]
-    #[ignore = "needs a server: see the module docs"]
-    async fn failures() {
-        let e = env();
-        let t = e
-            .fails("postgresql://app:wrong@127.0.0.1:{port}/shop")
-            .await;
-        assert!(
-            t.ends_with(r#": password authentication failed for user "app""#),
-            "{t}"
-        );
-        assert!(
-            t.starts_with("cannot connect to destination postgresql://app:***@127.0.0.1:"),
-            "{t}"
-        );
-        let t = e.fails(&format!("{APP}127.0.0.1:{{port}}/nope")).await;
-        assert!(t.ends_with(r#": database "nope" does not exist"#), "{t}");
-        let t = e.fails(&format!("{APP}127.0.0.1:1/shop")).await;
-        assert!(
-            t.ends_with(": connection refused (is the server running on 127.0.0.1:1?)"),
-            "{t}"
-        );
-        let t = e.fails("postgresql://app@127.0.0.1:{port}/shop").await;
-        assert!(t.contains("none was given"), "{t}");
-        let t = e
-            .fails(&format!(
-                "{APP}127.0.0.1:{{port}}/shop?target_session_attrs=read-only"
-            ))
-            .await;
-        println!("{t}");
-    }
-
-    #[tokio::test]
-    #[ignore = "needs a server: see the module docs"]
-    async fn pools_and_application_name() {
-        let e = env();
-        let spec = e.spec(&format!(
-            "{APP}localhost:{{port}}/shop?sslmode=verify-full&sslrootcert={{dir}}/tls/ca.crt"
-        ));
-        let pool = pool(&spec, "pgshift-pool", 4).unwrap();
-        let client = pool.get().await.unwrap();
-        let row = client
-            .query_one(
-                "SELECT current_setting('application_name'), current_user",
-                &[],
-            )
-            .await
-            .unwrap();
-        assert_eq!(row.get::<_, String>(0), "pgshift-pool");
-        assert_eq!(row.get::<_, String>(1), "app");
-        assert!(ssl_in_use(&client).await);
-        let bad = e.spec(&format!("{APP}localhost:{{port}}/nope"));
-        let err = pool_fn_get(&bad).await;
-        assert_eq!(err, r#"database "nope" does not exist"#);
-    }
-
-    async fn pool_fn_get(spec: &ConnSpec) -> String {
-        let p = pool(spec, "x", 1).unwrap();
-        describe_pool_error(&p.get().await.err().unwrap())
-    }
-
-    #[tokio::test]
-    #[ignore = "needs a server: see the module docs"]
-    async fn children_connect_with_child_env_only() {
-        let e = env();
-        let spec = e.spec(&format!("{APP}localhost:{{port}}/shop?sslmode=verify-full&sslrootcert={{dir}}/tls/ca.crt&application_name=child"));
-        let mut cmd = std::process::Command::new("psql");
-        cmd.args(["-XAtc", "SELECT current_user || ' ' || current_setting('application_name') || ' ' || (SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid())"]);
-        for var in ConnSpec::child_env_remove() {
-            cmd.env_remove(var);
-        }
-        cmd.env("PGSERVICE", "must-not-be-seen")
-            .env_remove("PGSERVICE");
-        cmd.envs(spec.child_env());
-        let out = cmd.output().unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        assert_eq!(
-            String::from_utf8_lossy(&out.stdout).trim(),
-            "app child true"
-        );
-    }
-}
-
-/// Ask the server to cancel whatever `client` is running (best effort). Used
-/// when pgshift is interrupted: a backend busy building an index would
-/// otherwise only notice the closed connection when it finishes.
-pub async fn cancel_running(client: &tokio_postgres::Client, spec: &ConnSpec) {
-    let token = client.cancel_token();
-    match crate::pg::tls::make_tls(spec) {
-        Ok(tls) => {
-            if let Err(e) = token.cancel_query(tls).await {
-                tracing::debug!("cancel request failed: {}", describe_pg_error(&e));
-            }
-        }
-        Err(e) => tracing::debug!("cancel request not sent: {e}"),
-    }
-}
-
-/// Settings for pgshift's long-running destination sessions: notice a vanished
-/// pgshift (killed with -9) within seconds even in the middle of a long
-/// statement (PostgreSQL 14+; ignored where unsupported).
-pub async fn watch_client(client: &tokio_postgres::Client) {
-    let _ = client
-        .batch_execute("SET client_connection_check_interval = '2s'")
-        .await;
 }

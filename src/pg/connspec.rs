@@ -7,9 +7,11 @@
 //!   percent-encoded socket directory as host, query parameters overriding the rest;
 //! * `key=value` conninfo strings, values optionally single-quoted with `\'` and `\\` escapes.
 //!
-//! Parameters that are not given come from the environment the way libpq does it
-//! (`PGHOST`, `PGPORT`, `PGUSER`, ..., the password file). The result is fully resolved:
-//! every host has a port, there is always a user and a database name.
+//! Parameters that are not given come from a service file (`service=NAME` or
+//! `PGSERVICE`, see [`service`](super::service)), then from the environment, the way
+//! libpq does it (`PGHOST`, `PGPORT`, `PGUSER`, ..., the password file). The result is
+//! fully resolved: every host has a port, there is always a user and a database name,
+//! so children need neither the service file nor pgshift's environment.
 //!
 //! A `ConnSpec` never shows its password: [`Display`](std::fmt::Display) and
 //! [`Debug`](std::fmt::Debug) both render the redacted URL
@@ -19,11 +21,14 @@
 
 use std::fmt;
 use std::net::IpAddr;
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
 
 use percent_encoding::{AsciiSet, CONTROLS, percent_decode_str, utf8_percent_encode};
+
+use super::service::{self, ServiceError};
 
 /// The port libpq uses when none is given.
 pub const DEFAULT_PORT: u16 = 5432;
@@ -254,16 +259,28 @@ pub enum ConnSpecError {
     Conninfo(Problem),
     #[error("invalid {var} environment variable: {problem}")]
     Env { var: &'static str, problem: Problem },
+    #[error("service file \"{}\", line {line}: {problem}", .file.display())]
+    ServiceValue {
+        file: PathBuf,
+        line: usize,
+        problem: Problem,
+    },
+    #[error("{0}")]
+    Service(#[from] ServiceError),
     #[error("{0}")]
     Other(Problem),
 }
 
 impl ConnSpecError {
-    /// What went wrong, without the context.
-    pub fn problem(&self) -> &Problem {
+    /// What went wrong, without the context (`None` when the service file could not
+    /// be used at all).
+    pub fn problem(&self) -> Option<&Problem> {
         match self {
-            ConnSpecError::Url(p) | ConnSpecError::Conninfo(p) | ConnSpecError::Other(p) => p,
-            ConnSpecError::Env { problem, .. } => problem,
+            ConnSpecError::Url(p) | ConnSpecError::Conninfo(p) | ConnSpecError::Other(p) => Some(p),
+            ConnSpecError::Env { problem, .. } | ConnSpecError::ServiceValue { problem, .. } => {
+                Some(problem)
+            }
+            ConnSpecError::Service(_) => None,
         }
     }
 }
@@ -352,6 +369,7 @@ const PARAMS: &[&str] = &[
     "keepalives_count",
     "channel_binding",
     "passfile",
+    "service",
 ];
 
 /// The environment variable libpq reads for a parameter's default.
@@ -446,7 +464,49 @@ enum Syntax {
 #[derive(Clone)]
 struct Value {
     text: String,
-    env: Option<&'static str>,
+    origin: Origin,
+    /// Byte range of the raw (still encoded or quoted) value in the connection string,
+    /// for values written there (see [`password_spans`]).
+    span: Option<Range<usize>>,
+}
+
+/// Where a parameter's value came from.
+#[derive(Clone)]
+enum Origin {
+    /// Written in the URL / conninfo string.
+    Given,
+    /// A `PG*` environment variable.
+    Env(&'static str),
+    /// A line of a service file.
+    Service { file: PathBuf, line: usize },
+}
+
+/// Byte range of `part`, a sub-slice of `whole`, within `whole`.
+fn span_in(whole: &str, part: &str) -> Range<usize> {
+    let start = part.as_ptr() as usize - whole.as_ptr() as usize;
+    start..start + part.len()
+}
+
+/// Where the passwords written in a URL or conninfo string are, as byte ranges of
+/// `input` (the raw text: still percent-encoded, inside the quotes), for hiding them
+/// from the process list (`crate::argv_scrub`). Empty when the string does not parse.
+pub fn password_spans(input: &str) -> Vec<Range<usize>> {
+    let trimmed = input.trim();
+    let offset = span_in(input, trimmed).start;
+    let lower_prefix: String = trimmed.chars().take(13).collect::<String>().to_lowercase();
+    let parsed =
+        if lower_prefix.starts_with("postgresql://") || lower_prefix.starts_with("postgres://") {
+            parse_url(trimmed)
+        } else {
+            parse_conninfo(trimmed)
+        };
+    parsed
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|(k, v)| *k == "password" && !v.text.is_empty())
+        .filter_map(|(_, v)| v.span)
+        .map(|r| r.start + offset..r.end + offset)
+        .collect()
 }
 
 struct Params {
@@ -464,9 +524,14 @@ impl Params {
     }
 
     fn error(&self, value: Option<&Value>, problem: Problem) -> ConnSpecError {
-        match value.and_then(|v| v.env) {
-            Some(var) => ConnSpecError::Env { var, problem },
-            None => match self.syntax {
+        match value.map(|v| &v.origin) {
+            Some(Origin::Env(var)) => ConnSpecError::Env { var, problem },
+            Some(Origin::Service { file, line }) => ConnSpecError::ServiceValue {
+                file: file.clone(),
+                line: *line,
+                problem,
+            },
+            Some(Origin::Given) | None => match self.syntax {
                 Syntax::Url => ConnSpecError::Url(problem),
                 Syntax::Conninfo => ConnSpecError::Conninfo(problem),
             },
@@ -1010,7 +1075,17 @@ fn parse_url(input: &str) -> Result<Vec<(&'static str, Value)>, Problem> {
     let auth_end = rest.find(['/', '?']).unwrap_or(rest.len());
     let (authority, tail) = rest.split_at(auth_end);
     let mut out: Vec<(&'static str, Value)> = Vec::new();
-    let mut push = |k: &'static str, text: String| out.push((k, Value { text, env: None }));
+    let mut push = |k: &'static str, text: String, raw: Option<&str>| {
+        let span = raw.map(|r| span_in(input, r));
+        out.push((
+            k,
+            Value {
+                text,
+                origin: Origin::Given,
+                span,
+            },
+        ))
+    };
 
     // A raw '@' after the host part almost always means a password with an unencoded
     // '/', '?' or '#'; refuse before any of it can end up in a host or database name.
@@ -1026,9 +1101,9 @@ fn parse_url(input: &str) -> Result<Vec<(&'static str, Value)>, Problem> {
                 Some((u, p)) => (u, Some(p)),
                 None => (userinfo, None),
             };
-            push("user", decode(user, "user name")?);
+            push("user", decode(user, "user name")?, Some(user));
             if let Some(p) = password {
-                push("password", decode(p, "password")?);
+                push("password", decode(p, "password")?, Some(p));
             }
             &authority[at + 1..]
         }
@@ -1043,10 +1118,10 @@ fn parse_url(input: &str) -> Result<Vec<(&'static str, Value)>, Problem> {
             }
         }
         if hosts.len() > 1 || hosts.iter().any(|h| !h.is_empty()) {
-            push("host", hosts.join(","));
+            push("host", hosts.join(","), None);
         }
         if ports.iter().any(|p| !p.is_empty()) {
-            push("port", ports.join(","));
+            push("port", ports.join(","), None);
         }
     }
 
@@ -1057,7 +1132,7 @@ fn parse_url(input: &str) -> Result<Vec<(&'static str, Value)>, Problem> {
     if let Some(db) = path.strip_prefix('/')
         && !db.is_empty()
     {
-        push("dbname", decode(db, "database name")?);
+        push("dbname", decode(db, "database name")?, Some(db));
     }
     if let Some(query) = query {
         for piece in query.split('&').filter(|p| !p.is_empty()) {
@@ -1072,11 +1147,11 @@ fn parse_url(input: &str) -> Result<Vec<(&'static str, Value)>, Problem> {
             let value = decode(v, "query parameter value")?;
             if key == "ssl" && value == "true" {
                 // JDBC compatibility, as libpq.
-                push("sslmode", "require".to_string());
+                push("sslmode", "require".to_string(), Some(v));
                 continue;
             }
             let key = known_param(&key)?;
-            push(key, value);
+            push(key, value, Some(v));
         }
     }
     Ok(out)
@@ -1112,6 +1187,12 @@ fn split_url_hosts(list: &str) -> Result<(Vec<String>, Vec<String>), Problem> {
 /// `key=value key2='quoted \' value'` into (parameter, value) pairs.
 fn parse_conninfo(input: &str) -> Result<Vec<(&'static str, Value)>, Problem> {
     let chars: Vec<char> = input.chars().collect();
+    // Byte offset of each char (and of the end), for the values' spans.
+    let offsets: Vec<usize> = input
+        .char_indices()
+        .map(|(b, _)| b)
+        .chain([input.len()])
+        .collect();
     let mut i = 0;
     let mut out = Vec::new();
     // After an unquoted password, an unknown "parameter" is most likely the rest of a
@@ -1144,6 +1225,8 @@ fn parse_conninfo(input: &str) -> Result<Vec<(&'static str, Value)>, Problem> {
         }
         let mut value = String::new();
         let quoted = i < chars.len() && chars[i] == '\'';
+        let raw_start = i + usize::from(quoted);
+        let raw_end;
         if quoted {
             i += 1;
             loop {
@@ -1155,6 +1238,7 @@ fn parse_conninfo(input: &str) -> Result<Vec<(&'static str, Value)>, Problem> {
                         i += 2;
                     }
                     Some('\'') => {
+                        raw_end = i;
                         i += 1;
                         break;
                     }
@@ -1172,6 +1256,7 @@ fn parse_conninfo(input: &str) -> Result<Vec<(&'static str, Value)>, Problem> {
                 value.push(chars[i]);
                 i += 1;
             }
+            raw_end = i;
         }
         let key = match known_param(&key) {
             Err(Problem::UnknownParameter(_)) if after_unquoted_password => {
@@ -1184,7 +1269,8 @@ fn parse_conninfo(input: &str) -> Result<Vec<(&'static str, Value)>, Problem> {
             key,
             Value {
                 text: value,
-                env: None,
+                origin: Origin::Given,
+                span: Some(offsets[raw_start]..offsets[raw_end]),
             },
         ));
     }
@@ -1233,6 +1319,43 @@ fn build(
     mut params: Params,
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<ConnSpec, ConnSpecError> {
+    let home = env_nonempty(env, "HOME")
+        .map(PathBuf::from)
+        .or_else(os_home_dir);
+
+    // The service file fills in what the string leaves out, before the environment
+    // (libpq: given > service file > PG* variables > defaults).
+    let service = match params.get("service") {
+        Some(v) => Some(v.text.clone()),
+        None => env_nonempty(env, "PGSERVICE"),
+    };
+    if let Some(name) = service {
+        let found = service::lookup(&name, env, home.as_deref())?;
+        for setting in found.settings {
+            let key = known_param(&setting.keyword)
+                .ok()
+                .filter(|k| *k != "service")
+                .ok_or_else(|| ServiceError::UnknownKeyword {
+                    file: found.file.clone(),
+                    line: setting.line,
+                    keyword: shown(&setting.keyword),
+                })?;
+            if params.get(key).is_none() && !setting.value.is_empty() {
+                params.values.push((
+                    key,
+                    Value {
+                        text: setting.value,
+                        origin: Origin::Service {
+                            file: found.file.clone(),
+                            line: setting.line,
+                        },
+                        span: None,
+                    },
+                ));
+            }
+        }
+    }
+
     // Environment defaults for everything not given.
     for key in PARAMS {
         if params.get(key).is_none()
@@ -1243,7 +1366,8 @@ fn build(
                 key,
                 Value {
                     text,
-                    env: Some(var),
+                    origin: Origin::Env(var),
+                    span: None,
                 },
             ));
         }
@@ -1399,9 +1523,6 @@ fn build(
         }),
     };
 
-    let home = env_nonempty(env, "HOME")
-        .map(PathBuf::from)
-        .or_else(os_home_dir);
     let passfile_explicit = params.get("passfile").is_some();
     let passfile = match params.get("passfile") {
         Some(v) => Some(PathBuf::from(&v.text)),
@@ -1410,10 +1531,9 @@ fn build(
 
     let password = params.get("password").map(|v| Password {
         value: v.text.clone(),
-        source: if v.env.is_some() {
-            PasswordSource::Env
-        } else {
-            PasswordSource::Input
+        source: match v.origin {
+            Origin::Env(_) => PasswordSource::Env,
+            Origin::Given | Origin::Service { .. } => PasswordSource::Input,
         },
     });
 
@@ -2305,6 +2425,103 @@ h:5432:db:u:second
         // Multi-host: the first host with a line wins.
         let s = parse_env("host=nomatch,localhost", &[("PGPASSFILE", pf)]);
         assert_eq!(password(&s).as_deref(), Some("local"));
+    }
+
+    // ---- service files ---------------------------------------------------------------
+
+    #[test]
+    fn service_file_between_the_string_and_the_environment() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("services.conf");
+        std::fs::write(
+            &file,
+            "[prod]\nhost=db.example.com\nport=6432\nuser=svc\npassword=from service\n\
+             dbname=shop\nsslmode=verify-full\nsslrootcert=/ca.pem\n\
+             [bad]\nhost=h\nport=x\n",
+        )
+        .unwrap();
+        let f = file.to_str().unwrap();
+        let env = [
+            ("PGSERVICEFILE", f),
+            // No pg_service.conf there: the machine's system file stays out of the test.
+            ("PGSYSCONFDIR", dir.path().to_str().unwrap()),
+            ("PGPORT", "1"),
+            ("PGHOST", "env-host"),
+            ("PGAPPNAME", "from-env"),
+        ];
+        // Service values beat PG* variables; the environment still fills the rest.
+        let s = parse_env("service=prod", &env);
+        assert_eq!(s.hosts(), &[tcp("db.example.com", 6432)]);
+        assert_eq!((s.user(), s.dbname()), ("svc", "shop"));
+        assert_eq!(s.sslmode(), SslMode::VerifyFull);
+        assert_eq!(s.application_name(), Some("from-env"));
+        assert_eq!(password(&s).as_deref(), Some("from service"));
+        // Values written in the string beat the service, in both syntaxes.
+        let s = parse_env("service=prod port=7000 user=me", &env);
+        assert_eq!((s.port(), s.user()), (7000, "me"));
+        let s = parse_env("postgresql://me@:7000/other?service=prod", &env);
+        assert_eq!((s.port(), s.user(), s.dbname()), (7000, "me", "other"));
+        assert_eq!(s.hosts(), &[tcp("db.example.com", 7000)]);
+        // PGSERVICE when the string names no service.
+        let mut with_pgservice = env.to_vec();
+        with_pgservice.push(("PGSERVICE", "prod"));
+        let s = parse_env("dbname=mine", &with_pgservice);
+        assert_eq!((s.port(), s.dbname()), (6432, "mine"));
+        // Children get the resolved connection, never the service name.
+        assert_eq!(child(&s, "PGHOST").as_deref(), Some("db.example.com"));
+        assert_eq!(child(&s, "PGPASSWORD").as_deref(), Some("from service"));
+        assert_eq!(child(&s, "PGSSLROOTCERT").as_deref(), Some("/ca.pem"));
+        assert_eq!(child(&s, "PGSERVICE"), None);
+        assert!(ConnSpec::child_env_remove().contains(&"PGSERVICE"));
+        assert!(ConnSpec::child_env_remove().contains(&"PGSERVICEFILE"));
+        assert!(ConnSpec::child_env_remove().contains(&"PGSYSCONFDIR"));
+        // Errors name the file and line, never the value of a password.
+        assert_eq!(
+            err_env("service=bad", &env),
+            format!("service file \"{f}\", line 11: invalid port \"x\"")
+        );
+        assert_eq!(
+            err_env("service=nope", &env),
+            format!("definition of service \"nope\" not found (looked in {f})")
+        );
+        let e = err_env(
+            "service=prod password=",
+            &[("PGSERVICEFILE", "/nonexistent")],
+        );
+        assert!(e.contains("service file \"/nonexistent\" not found"), "{e}");
+    }
+
+    // ---- where the passwords are written ---------------------------------------------
+
+    #[test]
+    fn password_spans_cover_every_written_password() {
+        let cut = |input: &str| -> Vec<String> {
+            password_spans(input)
+                .into_iter()
+                .map(|r| input[r].to_string())
+                .collect()
+        };
+        assert_eq!(cut("postgresql://u:s%40cr%3At@h/db"), ["s%40cr%3At"]);
+        assert_eq!(cut("  postgres://u:pw@h,h2:1/db?sslmode=require "), ["pw"]);
+        assert_eq!(
+            cut("postgresql://u@h/db?sslmode=require&password=q%26p&application_name=x"),
+            ["q%26p"]
+        );
+        // A password in the authority and one in the query: both (the later one wins).
+        assert_eq!(cut("postgresql://u:one@h/db?password=two"), ["one", "two"]);
+        assert_eq!(cut("host=h password=s3cret dbname=d"), ["s3cret"]);
+        assert_eq!(
+            cut(r"host=h password = 'a \\ \' b' dbname=d"),
+            [r"a \\ \' b"]
+        );
+        assert_eq!(cut("password=é€x host=h"), ["é€x"]);
+        assert_eq!(cut("password=pw"), ["pw"]);
+        // Nothing to hide.
+        assert!(cut("postgresql://u@h/db").is_empty());
+        assert!(cut("postgresql://u:@h/db").is_empty());
+        assert!(cut("host=h password=''").is_empty());
+        assert!(cut("service=prod").is_empty());
+        assert!(cut("not a connection string").is_empty());
     }
 
     // ---- redaction ----------------------------------------------------------------

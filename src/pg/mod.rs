@@ -1,5 +1,5 @@
 //! Everything that talks to PostgreSQL: connection specs, TLS, connecting and
-//! pooling, identifier quoting, the advisory lock, catalog queries.
+//! pooling, service files, identifier quoting, the advisory lock, catalog queries.
 
 pub mod catalog;
 pub mod connect;
@@ -9,4 +9,5 @@ pub mod ident;
 pub mod lock;
 pub mod meta;
 pub mod objects;
+pub mod service;
 pub mod tls;

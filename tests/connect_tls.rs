@@ -1,0 +1,275 @@
+//! `pg::connect` against a real server with `ssl=on` and a test CA (the harness's
+//! destination cluster: scram-sha-256 over TCP, trust over its Unix socket, a
+//! certificate for `localhost` and `127.0.0.1`): TLS modes, channel binding, failure
+//! texts, pools, and children that connect with `ConnSpec::child_env` alone.
+
+mod common;
+
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use pgshift::pg::connect::{connect, describe_pool_error, pool};
+use pgshift::pg::connspec::ConnSpec;
+
+use common::{Cluster, TestDb, can_start_clusters, clusters};
+
+const ROLE: &str = "pgshift_conn_app";
+const PASSWORD: &str = "app pw";
+
+/// The destination cluster with a role `ROLE` (password `PASSWORD`) owning a fresh
+/// database; `None` (the test skips) against an external server, which has no CA.
+struct Server {
+    cluster: &'static Cluster,
+    db: TestDb,
+    home: tempfile::TempDir,
+}
+
+fn server() -> Option<&'static Server> {
+    if !can_start_clusters() {
+        eprintln!("skipped: needs the harness's own clusters (with their CA)");
+        return None;
+    }
+    static SERVER: OnceLock<Server> = OnceLock::new();
+    Some(SERVER.get_or_init(|| {
+        let (_, dst) = clusters();
+        let db = dst.create_db("dst", "connect");
+        dst.psql(
+            "postgres",
+            &format!(
+                "CREATE ROLE {ROLE} LOGIN PASSWORD '{PASSWORD}';
+                 ALTER DATABASE \"{}\" OWNER TO {ROLE};",
+                db.name()
+            ),
+        );
+        Server {
+            cluster: dst,
+            db,
+            home: tempfile::tempdir().unwrap(),
+        }
+    }))
+}
+
+impl Server {
+    /// `input` with `{port}`, `{db}`, `{ca}`, `{sock}` and `{app}` (the URL prefix
+    /// `postgresql://ROLE:PASSWORD@`) filled in, parsed with an empty HOME and no PG*
+    /// environment.
+    fn spec(&self, input: &str) -> ConnSpec {
+        let input = input
+            .replace("{app}", &format!("postgresql://{ROLE}:app%20pw@"))
+            .replace("{port}", &self.cluster.port().to_string())
+            .replace("{db}", self.db.name())
+            .replace("{ca}", &self.cluster.ca_cert_path().display().to_string())
+            .replace(
+                "{sock}",
+                &self.cluster.socket_dir().unwrap().display().to_string(),
+            );
+        let home = self.home.path().display().to_string();
+        ConnSpec::parse_with_env(&input, &move |k| (k == "HOME").then(|| home.clone()))
+            .unwrap_or_else(|e| panic!("{input}: {e}"))
+    }
+
+    async fn ok(&self, input: &str) -> tokio_postgres::Client {
+        connect(
+            &self.spec(input),
+            "destination",
+            "pgshift-e2e",
+            Duration::ZERO,
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{input}: {e}"))
+    }
+
+    async fn fails(&self, input: &str) -> String {
+        let e = connect(
+            &self.spec(input),
+            "destination",
+            "pgshift-e2e",
+            Duration::ZERO,
+        )
+        .await
+        .err()
+        .unwrap_or_else(|| panic!("{input}: connected"));
+        let text = e.to_string();
+        assert!(!text.contains(PASSWORD), "{text}");
+        assert!(!text.contains("app%20pw"), "{text}");
+        text
+    }
+}
+
+async fn ssl_in_use(client: &tokio_postgres::Client) -> bool {
+    client
+        .query_one(
+            "SELECT coalesce((SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()), false)",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0)
+}
+
+#[tokio::test]
+async fn tls_modes() {
+    let Some(s) = server() else { return };
+    for (mode, tls) in [("require", true), ("prefer", true), ("disable", false)] {
+        let c = s
+            .ok(&format!("{{app}}127.0.0.1:{{port}}/{{db}}?sslmode={mode}"))
+            .await;
+        assert_eq!(ssl_in_use(&c).await, tls, "sslmode={mode}");
+    }
+    for host in ["localhost", "127.0.0.1"] {
+        let c = s
+            .ok(&format!(
+                "{{app}}{host}:{{port}}/{{db}}?sslmode=verify-full&sslrootcert={{ca}}"
+            ))
+            .await;
+        assert!(ssl_in_use(&c).await, "{host}");
+    }
+    // A name the certificate does not cover: verify-ca accepts, verify-full refuses.
+    let wrong_name = format!(
+        "host=wrong.example hostaddr=127.0.0.1 port={{port}} user={ROLE} password='{PASSWORD}' dbname={{db}} sslrootcert={{ca}}"
+    );
+    let c = s.ok(&format!("{wrong_name} sslmode=verify-ca")).await;
+    assert!(ssl_in_use(&c).await);
+    let t = s.fails(&format!("{wrong_name} sslmode=verify-full")).await;
+    assert!(
+        t.ends_with(r#": TLS: server certificate is not valid for "wrong.example" (it is for localhost, 127.0.0.1)"#),
+        "{t}"
+    );
+    // A CA that did not sign the server's certificate, with verify-full and with
+    // require (a root certificate given makes require verify the chain, as libpq).
+    let other_ca = s.home.path().join("other-ca.pem");
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    std::fs::write(&other_ca, params.self_signed(&key).unwrap().pem()).unwrap();
+    for mode in ["verify-full", "require"] {
+        let t = s
+            .fails(&format!(
+                "{{app}}localhost:{{port}}/{{db}}?sslmode={mode}&sslrootcert={}",
+                other_ca.display()
+            ))
+            .await;
+        assert!(
+            t.ends_with(": TLS: server certificate is not trusted (unknown issuer)"),
+            "{mode}: {t}"
+        );
+    }
+    // No CA at all.
+    let t = s
+        .fails("{app}localhost:{port}/{db}?sslmode=verify-full")
+        .await;
+    assert!(
+        t.contains("sslmode=verify-full needs the server's CA certificate"),
+        "{t}"
+    );
+    // Unix socket: no TLS even with require (as libpq).
+    let c = s
+        .ok(&format!(
+            "host={{sock}} port={{port}} user={ROLE} dbname={{db}} sslmode=require"
+        ))
+        .await;
+    assert!(!ssl_in_use(&c).await);
+}
+
+#[tokio::test]
+async fn channel_binding() {
+    let Some(s) = server() else { return };
+    s.ok("{app}localhost:{port}/{db}?sslmode=require&channel_binding=require")
+        .await;
+    let t = s
+        .fails("{app}localhost:{port}/{db}?sslmode=disable&channel_binding=require")
+        .await;
+    assert!(t.contains("channel binding"), "{t}");
+}
+
+#[tokio::test]
+async fn failures_are_one_clear_line() {
+    let Some(s) = server() else { return };
+    let t = s
+        .fails(&format!(
+            "postgresql://{ROLE}:wrong@127.0.0.1:{{port}}/{{db}}"
+        ))
+        .await;
+    assert!(
+        t.starts_with(&format!(
+            "cannot connect to destination postgresql://{ROLE}:***@127.0.0.1:"
+        )),
+        "{t}"
+    );
+    assert!(
+        t.ends_with(&format!(
+            r#": password authentication failed for user "{ROLE}""#
+        )),
+        "{t}"
+    );
+    let t = s.fails("{app}127.0.0.1:{port}/nope").await;
+    assert!(t.ends_with(r#": database "nope" does not exist"#), "{t}");
+    let t = s.fails("{app}127.0.0.1:1/{db}").await;
+    assert!(
+        t.ends_with(": connection refused (is the server running on 127.0.0.1:1?)"),
+        "{t}"
+    );
+    let t = s
+        .fails(&format!("postgresql://{ROLE}@127.0.0.1:{{port}}/{{db}}"))
+        .await;
+    assert!(t.contains("none was given"), "{t}");
+    // A primary asked to be read-only.
+    let t = s
+        .fails("{app}127.0.0.1:{port}/{db}?target_session_attrs=read-only")
+        .await;
+    assert!(t.ends_with(": database is not read only"), "{t}");
+    assert_eq!(t.lines().count(), 1, "{t}");
+}
+
+#[tokio::test]
+async fn pools_and_application_name() {
+    let Some(s) = server() else { return };
+    let spec = s.spec("{app}localhost:{port}/{db}?sslmode=verify-full&sslrootcert={ca}");
+    let p = pool(&spec, "pgshift-pool", 4).unwrap();
+    let client = p.get().await.unwrap();
+    let row = client
+        .query_one(
+            "SELECT current_setting('application_name'), current_user",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, String>(0), "pgshift-pool");
+    assert_eq!(row.get::<_, String>(1), ROLE);
+    assert!(ssl_in_use(&client).await);
+    let bad = s.spec("{app}localhost:{port}/nope");
+    let err = pool(&bad, "x", 1).unwrap().get().await.err().unwrap();
+    assert_eq!(
+        describe_pool_error(&err),
+        r#"database "nope" does not exist"#
+    );
+}
+
+#[test]
+fn children_connect_with_child_env_only() {
+    let Some(s) = server() else { return };
+    let spec = s.spec(
+        "{app}localhost:{port}/{db}?sslmode=verify-full&sslrootcert={ca}&application_name=child",
+    );
+    let mut cmd = std::process::Command::new(s.cluster.bindir().join("psql"));
+    cmd.args([
+        "-XAtc",
+        "SELECT current_user || ' ' || current_setting('application_name') || ' ' || \
+         (SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid())",
+    ]);
+    // Whatever the test process has in its environment, the child sees only child_env.
+    for var in ConnSpec::child_env_remove() {
+        cmd.env_remove(var);
+    }
+    cmd.env("HOME", s.home.path()).envs(spec.child_env());
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        format!("{ROLE} child true")
+    );
+}
