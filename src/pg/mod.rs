@@ -6,6 +6,7 @@ pub mod connect;
 pub mod connspec;
 pub mod ident;
 pub mod lock;
+pub mod locks_budget;
 pub mod meta;
 pub mod objects;
 pub mod tls;
