@@ -1,6 +1,7 @@
 //! Everything that talks to PostgreSQL: connection specs, TLS, connecting and
 //! pooling, identifier quoting, the advisory lock, catalog queries.
 
+pub mod batch;
 pub mod catalog;
 pub mod connect;
 pub mod connspec;
