@@ -320,6 +320,12 @@ async fn worker(
     failed: CancellationToken,
 ) -> Result<()> {
     let src = source_in_snapshot(plan.source, plan.snapshot, plan.connect_timeout).await?;
+    // Each COPY locks its table until the transaction ends; rolling back to
+    // this savepoint after each table releases that lock (the snapshot stays),
+    // so a worker never holds more than one table's lock on the source.
+    src.batch_execute("SAVEPOINT pgshift_copy")
+        .await
+        .context("starting a source subtransaction")?;
     let dst = connect(
         plan.dest,
         "destination",
@@ -415,7 +421,15 @@ async fn run_task(
     task: &Task,
 ) -> Result<Option<Loaded>> {
     match task {
-        Task::Load(job) => copy_table(plan, src, dst, job).await.map(Some),
+        Task::Load(job) => {
+            let loaded = copy_table(plan, src, dst, job).await?;
+            src.batch_execute("ROLLBACK TO SAVEPOINT pgshift_copy")
+                .await
+                .map_err(|e| {
+                    anyhow::anyhow!("releasing a source lock: {}", describe_pg_error(&e))
+                })?;
+            Ok(Some(loaded))
+        }
         Task::Index { label, sql, .. } => {
             tracing::debug!(entry = %label, "building");
             dst.batch_execute(sql)

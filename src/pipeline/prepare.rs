@@ -18,6 +18,7 @@ use serde::Serialize;
 use tokio_postgres::Client;
 
 use crate::dump::sql::{self, DefinedNames, Entry};
+use crate::pg::batch;
 use crate::pg::catalog::{self, SequenceInfo, TableInfo};
 use crate::pg::connect::{connect, describe_pg_error};
 use crate::pg::connspec::ConnSpec;
@@ -205,6 +206,8 @@ struct Run<'a> {
     sequence_values: HashMap<String, (i64, bool)>,
     matviews: Vec<(String, bool)>,
     defined: DefinedNames,
+    /// Lock footprints of the source's relations (as shadow's), for batching.
+    footprints: batch::Footprints,
     loaded: Vec<Loaded>,
     preserved: HashSet<String>,
     post: postdata::Plan,
@@ -264,6 +267,7 @@ pub async fn run(
         sequence_values: HashMap::new(),
         matviews: Vec::new(),
         defined: DefinedNames::new(),
+        footprints: batch::Footprints::none(SHADOW_SCHEMA),
         loaded: Vec::new(),
         preserved: settings
             .preserved_tables
@@ -398,7 +402,19 @@ async fn snapshot(run: &mut Run<'_>) -> Result<DateTime<Utc>> {
         .collect();
     run.sequences = catalog::sequences(&client, SOURCE_SCHEMA).await?;
     let names: Vec<String> = run.sequences.iter().map(|s| s.name.clone()).collect();
-    run.sequence_values = catalog::sequence_values(&client, SOURCE_SCHEMA, &names).await?;
+    // Reading a sequence locks it until the (long) snapshot transaction ends:
+    // read them in subtransactions that release those locks.
+    for chunk in names.chunks(500) {
+        let values = batch::released(
+            &client,
+            catalog::sequence_values(&client, SOURCE_SCHEMA, chunk),
+        )
+        .await?;
+        run.sequence_values.extend(values);
+    }
+    run.footprints = batch::Footprints::load(&client, SOURCE_SCHEMA)
+        .await?
+        .renamed(SHADOW_SCHEMA);
     run.matviews = catalog::matviews_in_order(&client, SOURCE_SCHEMA).await?;
     for p in &run.preserved {
         if !run.tables.iter().any(|t| &t.name == p && t.relkind == 'r') {
@@ -529,38 +545,37 @@ async fn schema(run: &mut Run<'_>) -> Result<()> {
         settings.connect_timeout,
     )
     .await?;
-    let mut script =
-        String::with_capacity(entries.iter().map(|e| e.sql.len()).sum::<usize>() + 512);
-    script.push_str("BEGIN;\n");
     // An empty shadow left by the last swap is replaced (RESTRICT: never
     // anything in it; leftovers were handled before).
-    script.push_str(&format!(
-        "DROP SCHEMA IF EXISTS {} RESTRICT;\n",
-        quote_ident(SHADOW_SCHEMA)
-    ));
-    script.push_str(&format!("CREATE SCHEMA {};\n", quote_ident(SHADOW_SCHEMA)));
-    script.push_str(&format!(
-        "COMMENT ON SCHEMA {} IS {};\n",
-        quote_ident(SHADOW_SCHEMA),
+    let create = format!(
+        "BEGIN;\nDROP SCHEMA IF EXISTS {shadow} RESTRICT;\nCREATE SCHEMA {shadow};\nCOMMENT ON SCHEMA {shadow} IS {};\nCOMMIT;",
         quote_literal(&format!(
             "{MARKER} shadow of migration {} (managed by pgshift)",
             run.id
-        ))
-    ));
-    for e in &entries {
-        script.push_str(&e.sql);
-        if !e.sql.ends_with('\n') {
-            script.push('\n');
-        }
-    }
-    script.push_str("COMMIT;\n");
-    if let Err(e) = client.batch_execute(&script).await {
+        )),
+        shadow = quote_ident(SHADOW_SCHEMA)
+    );
+    if let Err(e) = client.batch_execute(&create).await {
         let _ = client.batch_execute("ROLLBACK").await;
         return Err(anyhow!(
-            "restoring the schema into shadow: {}",
+            "creating the shadow schema: {}",
             describe_pg_error(&e)
         ));
     }
+    // The entries in pg_restore's order, in transactions that stay within the
+    // destination's lock table (one transaction for everything needs a slot
+    // per table, TOAST table, sequence …: thousands of tables overflow it).
+    let opts = batch::Options::for_server(&client, "schema").await?;
+    let stmts = batch::estimated(entries.into_iter().map(|e| e.sql), &run.footprints);
+    let ran = batch::run(&client, &stmts, &opts)
+        .await
+        .context("restoring the schema into shadow")?;
+    tracing::debug!(
+        entries = ran.statements,
+        transactions = ran.transactions,
+        limit = opts.limit,
+        "schema restored"
+    );
     meta::set_shadow_oid(&run.sess.control, run.id).await?;
     // Plan the post-data section now: each table's indexes are built in the
     // data phase, as soon as the table is loaded.
@@ -625,23 +640,29 @@ async fn sequences(run: &mut Run<'_>) -> Result<()> {
     if run.sequences.is_empty() {
         return Ok(());
     }
-    let mut script = String::from("BEGIN;\n");
-    for s in &run.sequences {
-        // Sequences of preserved tables get the source's value too; the swap
-        // moves them on to the destination's value when that is greater.
-        let (v, called) = run.sequence_values[&s.name];
-        let name = qualified(SHADOW_SCHEMA, &s.name);
-        script.push_str(&format!(
-            "SELECT pg_catalog.setval({}, {v}, {called});\n",
-            quote_literal(&name)
-        ));
-    }
-    script.push_str("COMMIT;");
-    run.sess
-        .control
-        .batch_execute(&script)
+    // setval locks its sequence: one slot each, batched.
+    let stmts: Vec<batch::Stmt> = run
+        .sequences
+        .iter()
+        .map(|s| {
+            // Sequences of preserved tables get the source's value too; the swap
+            // moves them on to the destination's value when that is greater.
+            let (v, called) = run.sequence_values[&s.name];
+            let name = qualified(SHADOW_SCHEMA, &s.name);
+            batch::Stmt {
+                sql: format!(
+                    "SELECT pg_catalog.setval({}, {v}, {called})",
+                    quote_literal(&name)
+                ),
+                locks: 1,
+            }
+        })
+        .collect();
+    let opts = batch::Options::for_server(&run.sess.control, "sequences").await?;
+    batch::run(&run.sess.control, &stmts, &opts)
         .await
-        .map_err(|e| anyhow!("setting sequence values: {}", describe_pg_error(&e)))
+        .context("setting sequence values")?;
+    Ok(())
 }
 
 async fn matviews(run: &mut Run<'_>) -> Result<()> {
@@ -787,7 +808,7 @@ async fn validate(run: &mut Run<'_>) -> Result<Vec<TableRecord>> {
     if settings.verify == crate::cli::VerifyMode::Checksums {
         let src = run.snap_client.as_ref().context("no snapshot session")?;
         for r in records.iter_mut().filter(|r| !r.preserved) {
-            let a = checksum(src, SOURCE_SCHEMA, &r.name).await?;
+            let a = batch::released(src, checksum(src, SOURCE_SCHEMA, &r.name)).await?;
             let b = checksum(&run.sess.control, SHADOW_SCHEMA, &r.name).await?;
             if a != b {
                 mismatches.push(format!(
