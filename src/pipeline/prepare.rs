@@ -23,7 +23,9 @@ use crate::pg::catalog::{self, SequenceInfo, TableInfo};
 use crate::pg::connect::{connect, describe_pg_error};
 use crate::pg::connspec::ConnSpec;
 use crate::pg::ident::{qualified, quote_ident, quote_literal};
+use crate::pg::locks_budget::{self, Budget};
 use crate::pg::meta::{self, MARKER, SHADOW_SCHEMA};
+use crate::pg::objects;
 use crate::pipeline::data::{self, CopyJob, DataPlan, Loaded};
 use crate::pipeline::preflight::{self, ExtensionPlan, Leftover, Tools};
 use crate::pipeline::progress::Progress;
@@ -59,6 +61,10 @@ pub struct PlanReport {
     pub warnings: Vec<String>,
     pub leftovers: Option<String>,
     pub jobs: usize,
+    /// The swap's lock budget as far as the plan can tell (the source's objects
+    /// moving in, the destination's moving out).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub swap_lock_budget: Option<Budget>,
 }
 
 /// What a successful prepare reports.
@@ -73,6 +79,10 @@ pub struct PrepareReport {
     pub extensions_created: Vec<String>,
     pub deferred_statements: usize,
     pub warnings: Vec<String>,
+    /// The lock-table slots the swap of this shadow will need, against the
+    /// destination's lock table.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub swap_lock_budget: Option<Budget>,
 }
 
 pub const PHASES: &[&str] = &[
@@ -96,6 +106,8 @@ pub struct Checked {
     pub warnings: Vec<String>,
     pub leftover: Leftover,
     pub tables: Vec<TableInfo>,
+    /// Only for a dry run (see [`plan_budget`]).
+    pub swap_lock_budget: Option<Budget>,
 }
 
 /// The read-only part: connections, versions, privileges, extensions,
@@ -131,13 +143,43 @@ pub async fn check(
     let leftover = preflight::leftovers(sess_dest).await?;
     let tables = catalog::tables(src, SOURCE_SCHEMA).await?;
     sync::validate(&settings.preserved_tables, &tables, src, sess_dest).await?;
+    let swap_lock_budget = if settings.dry_run {
+        budget_or_warn(plan_budget(sess_dest, src, settings.preserved_tables.len()).await)
+    } else {
+        None
+    };
+    warnings.extend(swap_lock_budget.as_ref().and_then(Budget::warning));
     Ok(Checked {
         tools,
         extensions,
         warnings,
         leftover,
         tables,
+        swap_lock_budget,
     })
+}
+
+/// The swap's lock budget before prepare: the destination's public moves out,
+/// the source's public (what the shadow will hold) moves in.
+async fn plan_budget(dest: &Client, src: &Client, preserved: usize) -> Result<Budget> {
+    let out = objects::movables(dest, SOURCE_SCHEMA).await?;
+    let inc = objects::movables(src, SOURCE_SCHEMA).await?;
+    let need = locks_budget::object_swap(dest, &out, src, &inc, preserved, 0).await?;
+    Budget::evaluate(dest, need).await
+}
+
+/// The swap's lock budget after prepare, from the destination's catalog.
+async fn prepared_budget(dest: &Client, preserved: usize, deferred: usize) -> Result<Budget> {
+    let out = objects::movables(dest, SOURCE_SCHEMA).await?;
+    let inc = objects::movables(dest, SHADOW_SCHEMA).await?;
+    let need = locks_budget::object_swap(dest, &out, dest, &inc, preserved, deferred).await?;
+    Budget::evaluate(dest, need).await
+}
+
+/// A budget that could not be computed is reported, not fatal.
+fn budget_or_warn(b: Result<Budget>) -> Option<Budget> {
+    b.map_err(|e| tracing::warn!("could not compute the swap's lock budget: {e:#}"))
+        .ok()
 }
 
 /// Print or return the dry-run plan.
@@ -188,6 +230,7 @@ pub fn plan_report(
             Leftover::StartOver(s) => Some(s.clone()),
         },
         jobs: settings.jobs,
+        swap_lock_budget: checked.swap_lock_budget.clone(),
     }
 }
 
@@ -286,6 +329,13 @@ pub async fn run(
             rec.state.status = Status::Prepared;
             rec.state.phase = None;
             rec.save(sess).await?;
+            let preserved = run.preserved.len();
+            let swap_lock_budget =
+                budget_or_warn(prepared_budget(&sess.control, preserved, deferred).await);
+            if let Some(w) = swap_lock_budget.as_ref().and_then(Budget::warning) {
+                tracing::warn!("{w}");
+                warnings.push(w);
+            }
             let total_rows = rec.state.tables.iter().map(|t| t.rows).sum();
             Ok(PrepareReport {
                 migration_id: rec.state.id,
@@ -297,6 +347,7 @@ pub async fn run(
                 extensions_created,
                 deferred_statements: deferred,
                 warnings,
+                swap_lock_budget,
             })
         }
         Err(e) => {
