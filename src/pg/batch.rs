@@ -70,7 +70,6 @@ pub struct Stmt {
 /// Lock footprints of a schema's relations, by name.
 #[derive(Debug, Clone, Default)]
 pub struct Footprints {
-    schema: String,
     /// name -> (the relation alone, with its descendants)
     map: HashMap<String, (u64, u64)>,
 }
@@ -122,27 +121,11 @@ impl Footprints {
             }
         }
         Ok(Footprints {
-            schema: schema.to_string(),
             map: own
                 .into_iter()
                 .map(|(oid, (name, f))| (name, (f, tree.get(&oid).copied().unwrap_or(f))))
                 .collect(),
         })
-    }
-
-    /// Footprints for a schema that does not exist yet (every relation is new).
-    pub fn none(schema: &str) -> Footprints {
-        Footprints {
-            schema: schema.to_string(),
-            map: HashMap::new(),
-        }
-    }
-
-    /// The same relations under another schema name (the source's public read
-    /// as the shadow they are restored into).
-    pub fn renamed(mut self, schema: &str) -> Footprints {
-        self.schema = schema.to_string();
-        self
     }
 }
 
@@ -700,10 +683,7 @@ mod tests {
         let mut map = HashMap::new();
         map.insert("events".to_string(), (3, 603));
         map.insert("t".to_string(), (6, 6));
-        Footprints {
-            schema: "shadow".into(),
-            map,
-        }
+        Footprints { map }
     }
 
     #[test]

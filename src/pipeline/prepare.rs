@@ -310,7 +310,7 @@ pub async fn run(
         sequence_values: HashMap::new(),
         matviews: Vec::new(),
         defined: DefinedNames::new(),
-        footprints: batch::Footprints::none(SHADOW_SCHEMA),
+        footprints: batch::Footprints::default(),
         loaded: Vec::new(),
         preserved: settings
             .preserved_tables
@@ -455,7 +455,7 @@ async fn snapshot(run: &mut Run<'_>) -> Result<DateTime<Utc>> {
     let names: Vec<String> = run.sequences.iter().map(|s| s.name.clone()).collect();
     // Reading a sequence locks it until the (long) snapshot transaction ends:
     // read them in subtransactions that release those locks.
-    for chunk in names.chunks(500) {
+    for chunk in names.chunks(100) {
         let values = batch::released(
             &client,
             catalog::sequence_values(&client, SOURCE_SCHEMA, chunk),
@@ -463,9 +463,9 @@ async fn snapshot(run: &mut Run<'_>) -> Result<DateTime<Utc>> {
         .await?;
         run.sequence_values.extend(values);
     }
-    run.footprints = batch::Footprints::load(&client, SOURCE_SCHEMA)
-        .await?
-        .renamed(SHADOW_SCHEMA);
+    // The source's relations are the shadow's to be: their lock footprints
+    // size the schema phase's batches.
+    run.footprints = batch::Footprints::load(&client, SOURCE_SCHEMA).await?;
     run.matviews = catalog::matviews_in_order(&client, SOURCE_SCHEMA).await?;
     for p in &run.preserved {
         if !run.tables.iter().any(|t| &t.name == p && t.relkind == 'r') {
