@@ -9,7 +9,10 @@
 //!   cleanup that itself stopped half-way is finished by `abort`;
 //! * the swap's lock budget: the estimate is never below the real count of a
 //!   swap held at its commit, nor far above it; a swap that cannot fit is
-//!   announced by `prepare --dry-run` and by the end of `prepare`.
+//!   announced by `prepare --dry-run` and by the end of `prepare`;
+//! * the source: no session of pgshift holds a lock per table (pg_dump does);
+//! * `cleanup` of a backup too big for one transaction's share of the lock
+//!   table drops it in batches.
 //!
 //! The source is a default-sized cluster (pg_dump needs a slot per table
 //! there, as it always does); both clusters and the generated source database
@@ -19,7 +22,8 @@ mod common;
 
 use std::io::{BufRead, BufReader};
 use std::process::Stdio;
-use std::sync::OnceLock;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
 
 use common::{Cluster, TestDb, TestDbs, Workdir, assert_same_ddl, can_start_clusters};
 use serde_json::Value;
@@ -235,12 +239,46 @@ fn prepare_of_a_schema_larger_than_the_lock_table_is_exact() {
         });
     assert!(warned, "{plan}");
 
+    // Meanwhile, the most lock-table slots any of pgshift's own sessions holds
+    // on the source (pg_dump, which needs one per table, is not one of them).
+    let stop = Arc::new(AtomicBool::new(false));
+    let sampler = {
+        let stop = stop.clone();
+        let info = src.server().clone();
+        let dbname = src.name().to_string();
+        std::thread::spawn(move || {
+            let mut most = 0i64;
+            while !stop.load(Ordering::Relaxed) {
+                let n: i64 = info
+                    .psql(
+                        &dbname,
+                        "SELECT coalesce(max(n), 0) FROM (SELECT count(*) AS n FROM pg_locks l
+                           JOIN pg_stat_activity a ON a.pid = l.pid
+                          WHERE a.application_name = 'pgshift prepare' AND NOT l.fastpath GROUP BY l.pid) s",
+                    )
+                    .parse()
+                    .unwrap_or(0);
+                most = most.max(n);
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            most
+        })
+    };
     let out = prepare(&wd, src, &dst, &[]);
+    stop.store(true, Ordering::Relaxed);
+    let most = sampler.join().unwrap();
     let report = json(&out);
     assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
+    );
+    // Each COPY releases its table's lock, sequences are read 100 at a time
+    // (with catalog locks: 135 rows of pg_locks): no session accumulates a
+    // lock per table.
+    assert!(
+        most > 0 && most <= 200,
+        "a pgshift session held {most} locks on the source"
     );
     assert_same_ddl(src, &dst);
     assert_eq!(row_counts(&dst, "shadow"), row_counts(src, "public"));
@@ -372,7 +410,7 @@ fn the_swap_budget_covers_the_locks_a_real_swap_holds() {
     // The destination's public (moved out to the backup): an older version.
     dbs.dst.psql(
         "CREATE TABLE users (id bigserial PRIMARY KEY, name text); INSERT INTO users (name) VALUES ('x'), ('y'), ('z');
-         DO $$ BEGIN FOR i IN 1..40 LOOP
+         DO $$ BEGIN FOR i IN 1..100 LOOP
            EXECUTE format('CREATE TABLE %I (id serial PRIMARY KEY, v text)', 'old_' || i);
          END LOOP; END $$;
          CREATE VIEW oldv AS SELECT * FROM old_1; CREATE FUNCTION oldf() RETURNS int LANGUAGE sql AS 'SELECT 1';",
@@ -448,4 +486,36 @@ fn the_swap_budget_covers_the_locks_a_real_swap_holds() {
         planned >= held && planned <= held + held / 4 + 40,
         "planned {planned}, held {held}"
     );
+
+    // The backup (the old public: 100 tables with their sequences, keys and
+    // TOAST) needs more than one transaction's share of this lock table to
+    // drop: cleanup empties it in batches, then drops it with its manifest.
+    let backup = dbs
+        .dst
+        .psql("SELECT schema_name FROM pgshift.backups ORDER BY ts DESC LIMIT 1");
+    let out = wd.run_env(
+        &[
+            "cleanup",
+            "--dest",
+            &dbs.dst.url(),
+            "--before",
+            "2999-01-01",
+            "--json",
+        ],
+        &[("PGSHIFT_CHECK_LOCKS", "1"), ("RUST_LOG", "pgshift=info")],
+    );
+    let r = json(&out);
+    assert_eq!(r["dropped"].as_array().unwrap().len(), 1, "{r}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("lock-bounded transactions"),
+        "the backup was not dropped in batches: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        dbs.dst.psql(&format!(
+            "SELECT count(*) FROM pg_namespace WHERE nspname = '{backup}'"
+        )),
+        "0"
+    );
+    assert_eq!(dbs.dst.psql("SELECT count(*) FROM pgshift.backups"), "0");
 }
