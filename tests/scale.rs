@@ -416,28 +416,12 @@ fn the_swap_budget_covers_the_locks_a_real_swap_holds() {
          CREATE VIEW oldv AS SELECT * FROM old_1; CREATE FUNCTION oldf() RETURNS int LANGUAGE sql AS 'SELECT 1';",
     );
     let wd = Workdir::new();
-    let dry = json(&wd.run(&[
-        "prepare",
-        "--source",
-        &dbs.src.url(),
-        "--dest",
-        &dbs.dst.url(),
-        "--preserved-tables",
-        "users",
-        "--dry-run",
-        "--json",
-    ]));
+    let dry = json(&wd.prepare(
+        &dbs,
+        &["--preserved-tables", "users", "--dry-run", "--json"],
+    ));
     let planned = dry["plan"]["swap_lock_budget"]["needed"].as_i64().unwrap();
-    let out = wd.run(&[
-        "prepare",
-        "--source",
-        &dbs.src.url(),
-        "--dest",
-        &dbs.dst.url(),
-        "--preserved-tables",
-        "users",
-        "--json",
-    ]);
+    let out = wd.prepare(&dbs, &["--preserved-tables", "users", "--json"]);
     let report = json(&out);
     let budget = &report["swap_lock_budget"];
     assert_eq!(budget["fits"], true, "{budget}");

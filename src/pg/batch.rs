@@ -616,8 +616,10 @@ pub async fn shrink_objects(
         if plan.total <= keep || plan.drops.is_empty() {
             return Ok(transactions);
         }
-        // This round: every object whose closure fits, cheapest first; if none
-        // does, the cheapest alone (it is atomic; nothing smaller is left).
+        // This round: every object whose closure fits a batch, cheapest first
+        // (the others wait: their closures shrink as their dependents go). If
+        // none fits, each is atomic and bigger than a batch should be: one
+        // transaction each, cheapest first (`pack` puts each alone).
         let mut take: Vec<Stmt> = plan
             .drops
             .iter()
@@ -627,11 +629,12 @@ pub async fn shrink_objects(
         if take.is_empty() {
             tracing::warn!(
                 schema,
-                locks = plan.drops[0].locks,
+                objects = plan.drops.len(),
+                most = plan.drops.last().map_or(0, |d| d.locks),
                 limit = opts.limit,
-                "dropping an object whose dependents need more locks than one batch should take"
+                "dropping objects whose dependents need more locks than one batch should take, one per transaction"
             );
-            take.push(plan.drops[0].clone());
+            take = plan.drops.clone();
         }
         // Stop at the point where the rest fits one transaction.
         let mut left = plan.total;
