@@ -208,6 +208,62 @@ EOF
   awk -F'\t' '{ printf "| %s | %s | **%s** | %s | %s | %s | **%s** | %s | %s | %s | %s | %s | %s | %s |\n", $1, $2, $3, $16, $4, $5, $6, $7, $8, $13, $9, $10, $11, $14 }' "$WORK/swap.tsv"
 }
 
+# column N of the many.tsv rows of TOOL
+many_col() { awk -F'\t' -v t="$1" -v c="$2" '$1 == t { print $c }' "$WORK/many.tsv"; }
+# the many.tsv row of TOOL whose time is the best
+many_best() { awk -F'\t' -v t="$1" '$1 == t' "$WORK/many.tsv" | sort -t$'\t' -k3,3g | head -n 1; }
+
+many_section() {
+  local base_best base_med pg_best pg_med row r
+  base_best=$(many_col dumprestore 3 | stat_min)
+  base_med=$(many_col dumprestore 3 | stat_median)
+  pg_best=$(many_col pgshift 3 | stat_min)
+  pg_med=$(many_col pgshift 3 | stat_median)
+  row=$(many_best dumprestore)
+  cat <<EOF
+
+## prepare of ${BENCH_MANY_TABLES} tables vs. pg_dump | pg_restore
+
+\`bench_many\` (${MANY_DB_MB} MB, \`bench/many_tables.sql\`): ${BENCH_MANY_TABLES} tables (bigserial primary key,
+a foreign key to the previous table, a second index, 5 rows each) and a table partitioned
+into ${BENCH_MANY_PARTITIONS} partitions (primary key, index, a foreign key, 100,000 rows), copied
+into a fresh destination database. Both clusters have the default lock table
+(\`max_connections = 100\`, \`max_locks_per_transaction = 64\`: 7,808 slots), which one
+transaction restoring the whole schema overflows. ${BENCH_MANY_REPEAT} round(s), the order of the
+tools alternating. pg_restore runs one transaction per entry; pgshift packs entries into
+transactions sized to the lock table.
+
+| tool | best (s) | median (s) | runs (s) | best / baseline | median / baseline |
+|---|---:|---:|---|---:|---:|
+| \`pgshift prepare --jobs ${BENCH_JOBS}\` (into \`shadow\`) | ${pg_best} | ${pg_med} | $(many_col pgshift 3 | tr '\n' ' ') | $(ratio "$pg_best" "$base_best") | $(ratio "$pg_med" "$base_med") |
+| \`pg_dump -Fd -j ${BENCH_JOBS}\` + \`pg_restore -j ${BENCH_JOBS}\` (baseline) | ${base_best} | ${base_med} | $(many_col dumprestore 3 | tr '\n' ' ') | 1.00 | 1.00 |
+
+Baseline, best run: pg_dump $(cut -f4 <<<"$row") s + pg_restore $(cut -f5 <<<"$row") s. pgshift also
+ANALYZEs every table and checks every row count (included); pg_restore does not.
+
+Content check after each tool's first run (tables, indexes, constraints, sequences from the
+catalog; the exact row count of every table, summed), against the source's
+\`${MANY_SIG} rows=${MANY_ROWS}\`:
+
+EOF
+  while read -r tool status rest; do
+    if [ "$status" = ok ]; then echo "- $tool: same as the source"; else echo "- $tool: **differs**: $rest"; fi
+  done <"$WORK/many_content.txt"
+  row=$(many_best pgshift)
+  if [ -n "$row" ]; then
+    r=$(cut -f2 <<<"$row")
+    cat <<EOF
+
+pgshift's phases in its best run:
+
+| phase | ms |
+|---|---:|
+EOF
+    jq -r 'to_entries[] | "| \(.key) | \(.value) |"' "$WORK/many-$r/phases.json"
+    echo "| **total wall** | $(awk -v s="$(cut -f3 <<<"$row")" 'BEGIN { printf "%d", s * 1000 }') |"
+  fi
+}
+
 swap_lock_of() { awk -F'\t' -v n="$1" '$1 == n { print $3 }' "$WORK/swap.tsv"; }
 
 targets_section() {
@@ -246,6 +302,13 @@ targets_section() {
     aborted=$(awk -F'\t' '{ s += $11 } END { print s + 0 }' "$WORK/swap.tsv")
     rows+=("| zero failed pgbench transactions | ${failed} failed, ${aborted} aborted clients | $([ "$failed" -eq 0 ] && [ "$aborted" -eq 0 ] && echo met || echo "**not met**") |")
   fi
+  if want many; then
+    base=$(many_col dumprestore 3 | stat_min)
+    pg=$(many_col pgshift 3 | stat_min)
+    r=$(ratio "$pg" "$base")
+    ok=$(le "$r" 1.20)
+    rows+=("| prepare of ${BENCH_MANY_TABLES} tables (+ ${BENCH_MANY_PARTITIONS} partitions) on default settings ≤ 1.2 × pg_dump+pg_restore | ${pg} s vs ${base} s = **${r}×** | $([ "$ok" = yes ] && echo met || echo "**not met**: $(awk -v p="$pg" -v b="$base" 'BEGIN { printf "%.2f s over (%.0f%% of baseline)", p - 1.2 * b, 100 * p / b }')") |")
+  fi
   if want rss; then
     ok=$(le "$RSS_MAIN_MB" 100)
     rows+=("| pgshift peak memory < 100 MB | ${RSS_MAIN_MB} MB at ${MAIN_DB_MB} MB, ${RSS_SMALL_MB} MB at ${SMALL_DB_MB} MB | $([ "$ok" = yes ] && echo met || echo "**not met**") |")
@@ -280,6 +343,7 @@ BENCH_SIZE_MB=50 BENCH_REPEAT=1 make bench   # a quick, reduced-size run
 Knobs: \`BENCH_SIZE_MB\`, \`BENCH_REPEAT\`, \`BENCH_JOBS\`, \`BENCH_SMALL_SIZE_MB\`,
 \`BENCH_SWAP_TABLES\`, \`BENCH_SWAP_SCALE\`, \`BENCH_SWAP_SECONDS\`, \`BENCH_SWAP_AT\`,
 \`BENCH_SWAP_CLIENTS\`, \`BENCH_SWAP_RATE\`, \`BENCH_SWAP_IDLE\`, \`BENCH_FSYNC\`, \`BENCH_TMPDIR\`,
+\`BENCH_MANY_TABLES\`, \`BENCH_MANY_PARTITIONS\`, \`BENCH_MANY_REPEAT\`,
 \`BENCH_ONLY\`, \`BENCH_OUT\`, \`BENCH_KEEP_WORK\`, \`BENCH_BIN_STATIC\` (see the top of \`bench/run.sh\`),
 and \`BENCH_BIN\` (\`make bench\` runs that binary instead of building one). Everything runs
 on throwaway clusters in a scratch directory that is removed at the end (also on failure,
@@ -298,9 +362,10 @@ write_report() {
   echo "# pgshift benchmarks"
   echo
   echo "Generated by \`make bench\` (\`bench/run.sh\`) on $(date -u '+%Y-%m-%d %H:%M UTC'); do not edit by hand."
-  if [ "$BENCH_SIZE_MB" -ne "$DEFAULT_SIZE_MB" ] || [ "$BENCH_REPEAT" -lt 3 ] || [ "$BENCH_ONLY" != "prepare rss swap" ]; then
+  if [ "$BENCH_SIZE_MB" -ne "$DEFAULT_SIZE_MB" ] || [ "$BENCH_REPEAT" -lt 3 ] || [ "$BENCH_ONLY" != "prepare rss swap many" ] ||
+    [ "$BENCH_MANY_TABLES" -ne 4000 ] || [ "$BENCH_MANY_REPEAT" -lt 3 ]; then
     echo
-    echo "> **Reduced run**: BENCH_SIZE_MB=${BENCH_SIZE_MB} (default ${DEFAULT_SIZE_MB}), BENCH_REPEAT=${BENCH_REPEAT} (default 3), parts: ${BENCH_ONLY}."
+    echo "> **Reduced run**: BENCH_SIZE_MB=${BENCH_SIZE_MB} (default ${DEFAULT_SIZE_MB}), BENCH_REPEAT=${BENCH_REPEAT} (default 3), parts: ${BENCH_ONLY}, BENCH_MANY_TABLES=${BENCH_MANY_TABLES} (default 4000), BENCH_MANY_REPEAT=${BENCH_MANY_REPEAT} (default 3)."
     echo "> These numbers show the format and the harness working; they are not the benchmark's result."
   fi
   echo
@@ -309,6 +374,7 @@ write_report() {
   if want prepare; then prepare_section; fi
   if want rss; then rss_section; fi
   if want swap; then swap_section; fi
+  if want many; then many_section; fi
   targets_section
   # Analysis kept by hand next to the script (causes of gaps, bottlenecks found).
   if [ -s "$HERE/notes.md" ]; then

@@ -17,7 +17,10 @@
 #   BENCH_SWAP_IDLE      also time a swap with no load, as a reference (default 1; 0 to skip)
 #   BENCH_FSYNC          fsync setting of both clusters (default on)
 #   BENCH_TMPDIR         where clusters, dumps and logs go (default $TMPDIR, else /var/tmp)
-#   BENCH_ONLY           subset of "prepare rss swap" (default all three)
+#   BENCH_MANY_TABLES    tables of the many-tables dataset (default 4000), plus a table
+#   BENCH_MANY_PARTITIONS   partitioned into this many partitions (default 200)
+#   BENCH_MANY_REPEAT    timed runs per tool on it (default BENCH_REPEAT; each takes minutes)
+#   BENCH_ONLY           subset of "prepare rss swap many" (default all four)
 #   BENCH_OUT            report file (default BENCHMARKS.md at the repository root)
 #   BENCH_KEEP_WORK=1    keep the scratch directory (logs) after the run
 #   BENCH_BIN_STATIC     another pgshift binary (e.g. the static one from `make dist`) whose
@@ -51,10 +54,14 @@ BENCH_SWAP_CLIENTS=${BENCH_SWAP_CLIENTS:-4}
 BENCH_SWAP_RATE=${BENCH_SWAP_RATE:-}
 BENCH_SWAP_IDLE=${BENCH_SWAP_IDLE:-1}
 BENCH_FSYNC=${BENCH_FSYNC:-on}
-BENCH_ONLY=${BENCH_ONLY:-prepare rss swap}
+BENCH_MANY_TABLES=${BENCH_MANY_TABLES:-4000}
+BENCH_MANY_PARTITIONS=${BENCH_MANY_PARTITIONS:-200}
+BENCH_MANY_REPEAT=${BENCH_MANY_REPEAT:-$BENCH_REPEAT}
+BENCH_ONLY=${BENCH_ONLY:-prepare rss swap many}
 BENCH_OUT=${BENCH_OUT:-$ROOT/BENCHMARKS.md}
 is_int() { [[ $1 =~ ^[0-9]+$ ]] && [ "$1" -gt 0 ]; }
-for v in BENCH_SIZE_MB BENCH_REPEAT BENCH_JOBS BENCH_SMALL_SIZE_MB BENCH_SWAP_SECONDS BENCH_SWAP_AT BENCH_SWAP_CLIENTS; do
+for v in BENCH_SIZE_MB BENCH_REPEAT BENCH_JOBS BENCH_SMALL_SIZE_MB BENCH_SWAP_SECONDS BENCH_SWAP_AT BENCH_SWAP_CLIENTS \
+  BENCH_MANY_TABLES BENCH_MANY_PARTITIONS BENCH_MANY_REPEAT; do
   is_int "${!v}" || die "$v must be a positive integer, not '${!v}'"
 done
 for n in $BENCH_SWAP_TABLES; do
@@ -66,7 +73,7 @@ case $BENCH_FSYNC in on | off) ;; *) die "BENCH_FSYNC must be on or off" ;; esac
 case $BENCH_SWAP_IDLE in 0 | 1) ;; *) die "BENCH_SWAP_IDLE must be 0 or 1" ;; esac
 want() { [[ " $BENCH_ONLY " == *" $1 "* ]]; }
 for part in $BENCH_ONLY; do
-  case $part in prepare | rss | swap) ;; *) die "BENCH_ONLY: unknown part '$part' (use prepare, rss, swap)" ;; esac
+  case $part in prepare | rss | swap | many) ;; *) die "BENCH_ONLY: unknown part '$part' (use prepare, rss, swap, many)" ;; esac
 done
 
 # Size knobs: everything scales with the dataset size; the 300 small tables do not.
@@ -243,7 +250,7 @@ sample_hwm() {
 }
 
 run_dump_restore() {
-  local dst_db=$1 dir="$WORK/dumprestore"
+  local dst_db=$1 src_url=${2:-$SRC_MAIN} dir="$WORK/dumprestore"
   rm -rf "$dir"
   mkdir -p "$dir"
   recreate_db "$DST_PORT" "$dst_db"
@@ -251,7 +258,7 @@ run_dump_restore() {
   local t0 t1 t2 t3
   t0=$(now_us)
   run_logged "$dir/log.txt" "pg_dump -Fd -j $BENCH_JOBS" \
-    "$PGBIN/pg_dump" -Fd -j "$BENCH_JOBS" -f "$dir/dump" "$SRC_MAIN"
+    "$PGBIN/pg_dump" -Fd -j "$BENCH_JOBS" -f "$dir/dump" "$src_url"
   t1=$(now_us)
   run_logged "$dir/log.txt" "pg_restore -j $BENCH_JOBS" \
     "$PGBIN/pg_restore" -j "$BENCH_JOBS" -d "$(url "$DST_PORT" "$dst_db")" "$dir/dump"
@@ -462,6 +469,54 @@ if want swap; then
     drop_db "$SRC_PORT" "swap_$n"
     drop_db "$DST_PORT" "swap_$n"
   done
+fi
+
+# ---------------------------------------------------------------- many tables
+# prepare of BENCH_MANY_TABLES tables (+ a BENCH_MANY_PARTITIONS-partition table) on
+# the default-configured clusters (max_locks_per_transaction 64), against pg_dump |
+# pg_restore of the same database.
+: >"$WORK/many.tsv"
+: >"$WORK/many_content.txt"
+if want many; then
+  recreate_db "$SRC_PORT" bench_many
+  say "many tables: building bench_many ($BENCH_MANY_TABLES tables, a table of $BENCH_MANY_PARTITIONS partitions)"
+  run_logged "$WORK/dataset-many.log" "building bench_many" \
+    psql_file "$SRC_PORT" bench_many "$HERE/many_tables.sql" -v tables="$BENCH_MANY_TABLES" -v partitions="$BENCH_MANY_PARTITIONS"
+  MANY_SIG=$(catalog_signature "$SRC_PORT" bench_many public)
+  MANY_ROWS=$(row_total "$SRC_PORT" bench_many public)
+  MANY_DB_MB=$(db_size_mb "$SRC_PORT" bench_many)
+  for round in $(seq 1 "$BENCH_MANY_REPEAT"); do
+    for i in 0 1; do
+      tool=$([ $(((i + round) % 2)) -eq 1 ] && echo pgshift || echo dumprestore)
+      say "many tables, round $round/$BENCH_MANY_REPEAT: $tool"
+      case $tool in
+        pgshift)
+          run_pgshift "many-$round" bench_many many_dst
+          jq -c '.phases_ms' "$WORK/many-$round/out.json" >"$WORK/many-$round/phases.json"
+          printf '%s\t%s\t%s\n' pgshift "$round" "$RUN_SECS" >>"$WORK/many.tsv"
+          schema=shadow
+          ;;
+        dumprestore)
+          run_dump_restore many_dst "$(url "$SRC_PORT" bench_many)"
+          printf '%s\t%s\t%s\t%s\t%s\n' dumprestore "$round" "$RUN_SECS" "$RUN_DUMP_SECS" "$RUN_RESTORE_SECS" >>"$WORK/many.tsv"
+          schema=public
+          ;;
+      esac
+      say "  $tool: $RUN_SECS s"
+      if [ "$round" -eq 1 ]; then
+        sig=$(catalog_signature "$DST_PORT" many_dst "$schema")
+        rows=$(row_total "$DST_PORT" many_dst "$schema")
+        if [ "$sig" = "$MANY_SIG" ] && [ "$rows" = "$MANY_ROWS" ]; then
+          echo "$tool ok" >>"$WORK/many_content.txt"
+        else
+          say "WARNING: $tool's result differs from the source: $sig rows=$rows (source: $MANY_SIG rows=$MANY_ROWS)"
+          echo "$tool MISMATCH $sig rows=$rows" >>"$WORK/many_content.txt"
+        fi
+      fi
+      drop_db "$DST_PORT" many_dst
+    done
+  done
+  drop_db "$SRC_PORT" bench_many
 fi
 
 # ---------------------------------------------------------------- report

@@ -37,7 +37,7 @@
 use std::ffi::OsString;
 use std::os::unix::ffi::OsStrExt;
 
-use crate::pg::connspec::password_spans;
+use crate::pg::conn::connspec::password_spans;
 
 /// What [`hide_passwords`] did.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -14,7 +14,7 @@ use serde::Deserialize;
 
 use crate::cli::{Command, GlobalArgs, LogFormat, PrepareOpts, SwapModeArg, SwapOpts, VerifyMode};
 use crate::error::UserError;
-use crate::pg::connspec::ConnSpec;
+use crate::pg::conn::connspec::ConnSpec;
 use crate::pg::ident::TableName;
 
 /// Name of the config file looked up in the current directory.

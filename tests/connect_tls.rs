@@ -1,4 +1,4 @@
-//! `pg::connect` against a real server with `ssl=on` and a test CA (the harness's
+//! `pg::conn::connect` against a real server with `ssl=on` and a test CA (the harness's
 //! destination cluster: scram-sha-256 over TCP, trust over its Unix socket, a
 //! certificate for `localhost` and `127.0.0.1`): TLS modes, channel binding, failure
 //! texts, pools, and children that connect with `ConnSpec::child_env` alone.
@@ -8,8 +8,8 @@ mod common;
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use pgshift::pg::connect::{connect, describe_pool_error, pool};
-use pgshift::pg::connspec::ConnSpec;
+use pgshift::pg::conn::connect::{connect, describe_pool_error, pool};
+use pgshift::pg::conn::connspec::ConnSpec;
 
 use common::{Cluster, TestDb, can_start_clusters, clusters};
 

@@ -14,7 +14,8 @@ use crate::backups::manifest::{self, BackupRow};
 use crate::backups::verify;
 use crate::error::UserError;
 use crate::output::rfc3339;
-use crate::pg::connect::describe_pg_error;
+use crate::pg::batch;
+use crate::pg::conn::connect::describe_pg_error;
 use crate::pg::ident::quote_ident;
 
 const ACCEPTED: &str = "an ISO date (2025-07-15, midnight UTC), an ISO datetime with or without offset (2025-07-15T08:30:00, 2025-07-15T08:30:00+02:00; UTC when none), or unix milliseconds (1752567000000)";
@@ -231,12 +232,17 @@ async fn external_dependents(client: &Client, schema: &str) -> Result<Vec<String
 }
 
 /// Drop one backup in its own transaction under `lock_timeout`: the schema
-/// (CASCADE: its own objects) and its manifest row.
+/// (CASCADE: its own objects) and its manifest row. A backup too big for one
+/// transaction's share of the lock table is first emptied in lock-bounded
+/// transactions ([`batch::shrink_schema`]).
 async fn drop_backup(
     client: &Client,
     b: &BackupRow,
     lock_timeout: std::time::Duration,
 ) -> Result<Outcome> {
+    if let Some(outcome) = shrink_backup(client, b, lock_timeout).await? {
+        return Ok(outcome);
+    }
     let begin = format!(
         "BEGIN; SET LOCAL lock_timeout = '{}ms'",
         lock_timeout.as_millis().max(1)
@@ -286,6 +292,40 @@ async fn drop_backup(
                 Err(anyhow::anyhow!("dropping {}: {msg}", b.schema_name))
             }
         }
+    }
+}
+
+/// Empty a backup that is too big to drop in one transaction, down to what
+/// fits one (nothing happens to a backup that fits). Only once nothing outside
+/// depends on it. Some(outcome) when it must be skipped.
+async fn shrink_backup(
+    client: &Client,
+    b: &BackupRow,
+    lock_timeout: std::time::Duration,
+) -> Result<Option<Outcome>> {
+    let opts = batch::Options::for_server(client, "cleanup")
+        .await?
+        .with_lock_timeout(lock_timeout, 3);
+    let deps = external_dependents(client, &b.schema_name).await?;
+    if !deps.is_empty() {
+        return Ok(Some(Outcome::Skipped(dependents_reason(&deps))));
+    }
+    match batch::shrink_schema(client, &b.schema_name, &opts).await {
+        Ok(0) => Ok(None),
+        Ok(n) => {
+            tracing::info!(
+                schema = %b.schema_name,
+                transactions = n,
+                "emptied the backup in lock-bounded transactions"
+            );
+            Ok(None)
+        }
+        Err(e) if batch::is_lock_timeout(&e) => Ok(Some(Outcome::Skipped(format!(
+            "a table of {} is in use (lock timeout after {} ms) while dropping it in parts; the rest will be dropped by a later run",
+            b.schema_name,
+            lock_timeout.as_millis()
+        )))),
+        Err(e) => Err(e.context(format!("dropping {}", b.schema_name))),
     }
 }
 

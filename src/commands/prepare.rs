@@ -75,7 +75,10 @@ pub async fn dry_run(ctx: &Ctx, opts: &PrepareOptions) -> Result<PlanReport> {
     let run = ctx.run_context();
     let src = run.connect(&opts.source, "source").await?;
     let dst = run.connect(&opts.dest, "destination").await?;
-    let checked = phases::check(opts, &dst, &src).await?;
+    let checked = phases::check(opts, &dst, &src)
+        .await?
+        .with_plan_budget(opts, &dst, &src)
+        .await;
     Ok(phases::plan_report(opts, &checked))
 }
 

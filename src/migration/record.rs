@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 use tokio_postgres::GenericClient;
 
 use crate::migration::lifecycle::{Phase, PhaseStatus, Status};
-use crate::pg::connspec::ConnSpec;
+use crate::pg::conn::connspec::ConnSpec;
 use crate::pg::meta::{self, SHADOW_SCHEMA};
 use crate::prepare::sync::SyncedTable;
 use crate::process::this_host;

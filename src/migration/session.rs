@@ -21,8 +21,8 @@ use crate::error::Interrupted;
 use crate::migration::lifecycle::{Phase, PhaseStatus, Status};
 use crate::migration::record::{self, MigrationState, PhaseRecord};
 use crate::migration::state_file::StateFile;
-use crate::pg::connect::connect;
-use crate::pg::connspec::ConnSpec;
+use crate::pg::conn::connect::connect;
+use crate::pg::conn::connspec::ConnSpec;
 use crate::pg::lock;
 
 /// What a command hands the library for one run.

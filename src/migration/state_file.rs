@@ -163,7 +163,7 @@ mod tests {
     use std::os::unix::fs::PermissionsExt;
 
     fn sample() -> MigrationState {
-        let dest = crate::pg::connspec::ConnSpec::parse("postgresql://u:pw@h/shop").unwrap();
+        let dest = crate::pg::conn::connspec::ConnSpec::parse("postgresql://u:pw@h/shop").unwrap();
         let mut st = MigrationState::new(1_700_000_000_000, "prepare", None, &dest);
         st.phase = Some(crate::migration::lifecycle::Phase::Data);
         st

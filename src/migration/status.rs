@@ -15,7 +15,7 @@ use crate::migration::lifecycle::Status;
 use crate::migration::record::{MigrationState, PhaseRecord};
 use crate::migration::state_file;
 use crate::output::rfc3339;
-use crate::pg::connspec::ConnSpec;
+use crate::pg::conn::connspec::ConnSpec;
 use crate::pg::exec::column;
 use crate::pg::meta::{SHADOW_SCHEMA, ShadowState};
 use crate::prepare::sync::{self, SyncedTable};

@@ -24,7 +24,7 @@ use tokio_postgres::{Client, SimpleQueryMessage};
 use tokio_util::sync::CancellationToken;
 
 use crate::error::Interrupted;
-use crate::pg::connect::describe_pg_error;
+use crate::pg::conn::connect::describe_pg_error;
 
 /// Run SQL text (one or more statements), keeping the server error in the chain.
 pub async fn exec(client: &Client, sql: &str) -> Result<()> {

@@ -1,13 +1,15 @@
-//! Everything that talks to PostgreSQL: connection specs, TLS, connecting and
-//! pooling, service files, identifier quoting, the advisory lock, catalog queries.
+//! Everything that talks to PostgreSQL: reaching a server ([`conn`]: specs,
+//! service files, TLS, connecting and pooling), running SQL with one retry
+//! policy ([`exec`]), identifier quoting, the advisory lock, catalog queries,
+//! pgshift's own schema, and the lock table: what a transaction may take
+//! ([`locks_budget`]) and work split to fit it ([`batch`]).
 
+pub mod batch;
 pub mod catalog;
-pub mod connect;
-pub mod connspec;
+pub mod conn;
 pub mod exec;
 pub mod ident;
 pub mod lock;
+pub mod locks_budget;
 pub mod meta;
 pub mod objects;
-pub mod service;
-pub mod tls;

@@ -25,8 +25,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::error::Interrupted;
 use crate::pg::catalog::TableInfo;
-use crate::pg::connect::{connect, describe_pg_error};
-use crate::pg::connspec::ConnSpec;
+use crate::pg::conn::connect::{connect, describe_pg_error};
+use crate::pg::conn::connspec::ConnSpec;
 use crate::pg::ident::{qualified, quote_ident};
 use crate::prepare::copycount::RowCounter;
 use crate::prepare::progress::Progress;
@@ -320,6 +320,12 @@ async fn worker(
     failed: CancellationToken,
 ) -> Result<()> {
     let src = source_in_snapshot(plan.source, plan.snapshot, plan.connect_timeout).await?;
+    // Each COPY locks its table until the transaction ends; rolling back to
+    // this savepoint after each table releases that lock (the snapshot stays),
+    // so a worker never holds more than one table's lock on the source.
+    src.batch_execute("SAVEPOINT pgshift_copy")
+        .await
+        .context("starting a source subtransaction")?;
     let dst = connect(
         plan.dest,
         "destination",
@@ -338,7 +344,7 @@ async fn worker(
             describe_pg_error(&e)
         )
     })?;
-    crate::pg::connect::watch_client(&dst).await;
+    crate::pg::conn::connect::watch_client(&dst).await;
     loop {
         if plan.cancel.is_cancelled() {
             return Err(anyhow::Error::new(Interrupted));
@@ -400,8 +406,8 @@ async fn worker(
                 failed.cancel();
                 notify.notify_waiters();
                 // Stop the server side at once rather than when it next talks to us.
-                crate::pg::connect::cancel_running(&dst, plan.dest).await;
-                crate::pg::connect::cancel_running(&src, plan.source).await;
+                crate::pg::conn::connect::cancel_running(&dst, plan.dest).await;
+                crate::pg::conn::connect::cancel_running(&src, plan.source).await;
                 return Err(e);
             }
         }
@@ -415,7 +421,15 @@ async fn run_task(
     task: &Task,
 ) -> Result<Option<Loaded>> {
     match task {
-        Task::Load(job) => copy_table(plan, src, dst, job).await.map(Some),
+        Task::Load(job) => {
+            let loaded = copy_table(plan, src, dst, job).await?;
+            src.batch_execute("ROLLBACK TO SAVEPOINT pgshift_copy")
+                .await
+                .map_err(|e| {
+                    anyhow::anyhow!("releasing a source lock: {}", describe_pg_error(&e))
+                })?;
+            Ok(Some(loaded))
+        }
         Task::Index { label, sql, .. } => {
             tracing::debug!(entry = %label, "building");
             dst.batch_execute(sql)

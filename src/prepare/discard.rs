@@ -3,6 +3,10 @@
 //! `pgshift` schema, and the shadow schema. The destination's public and the
 //! migration records are left alone. One transaction, under a short
 //! lock_timeout, retried: dropping a trigger needs a brief lock on its table.
+//! When that transaction would need more of the lock table than one
+//! transaction should take (thousands of shadow tables), the bulk is dropped
+//! first in lock-bounded transactions ([`crate::pg::batch`]); every step is
+//! idempotent, so a cleanup that stopped half-way is finished by the next one.
 //!
 //! Used by `abort` ([`abort`]), by prepare when it starts over after a dead
 //! run, and by prepare after a failure (nothing half-done stays behind).
@@ -19,6 +23,7 @@ use crate::migration::derive::{self, Destination};
 use crate::migration::lifecycle::Status;
 use crate::migration::record;
 use crate::migration::session::Session;
+use crate::pg::batch;
 use crate::pg::exec::{RetryPolicy, exec, retry, rollback_on_err};
 use crate::pg::ident::{qualified, quote_ident};
 use crate::pg::meta::{self, META_SCHEMA, SHADOW_SCHEMA, ShadowState};
@@ -142,8 +147,15 @@ pub async fn remove_prepared(
     }
     let found = find_leftovers(client).await?;
     if found.is_empty() {
+        // A run that failed half-way through restoring the schema may leave
+        // its shadow empty (the batches before the failure committed nothing
+        // but settings): not a leftover, but not worth keeping either.
+        drop_empty_shadow(client).await?;
         return Ok(found);
     }
+    shrink(client, &found, lock_timeout, retries)
+        .await
+        .context("removing the prepared migration")?;
     let mut sql = String::from("BEGIN;\n");
     sql.push_str(&format!(
         "SET LOCAL lock_timeout = '{}ms';\n",
@@ -193,6 +205,69 @@ pub async fn remove_prepared(
     .await
     .map_err(|stop| stop.into_error().context("removing the prepared migration"))?;
     Ok(found)
+}
+
+/// Drop pgshift's shadow schema if it holds nothing (RESTRICT).
+async fn drop_empty_shadow(client: &Client) -> Result<()> {
+    if let ShadowState::Ours(oid) = meta::shadow_state(client).await? {
+        let empty: bool = client
+            .query_one(
+                "SELECT NOT EXISTS (SELECT 1 FROM pg_catalog.pg_depend WHERE refclassid = 'pg_catalog.pg_namespace'::regclass AND refobjid = $1)",
+                &[&oid],
+            )
+            .await?
+            .get(0);
+        if empty {
+            let sql = format!(
+                "DROP SCHEMA IF EXISTS {} RESTRICT",
+                quote_ident(SHADOW_SCHEMA)
+            );
+            exec(client, &sql)
+                .await
+                .context("dropping the empty shadow")?;
+        }
+    }
+    Ok(())
+}
+
+/// When the leftovers are too many for one transaction (thousands of shadow
+/// tables), drop them in lock-bounded transactions until the rest fits the
+/// single transaction [`remove_prepared`] ends with: the triggers, the helper
+/// objects and the shadow's contents, each down to a third of one
+/// transaction's share of the lock table. Idempotent.
+async fn shrink(
+    client: &Client,
+    found: &Removed,
+    lock_timeout: Duration,
+    retries: u32,
+) -> Result<()> {
+    let opts = batch::Options::for_server(client, "cleanup")
+        .await?
+        .with_lock_timeout(lock_timeout, retries);
+    let third = opts.room() / 3;
+    // A trigger drop locks the trigger and its table.
+    if found.triggers.len() as u64 * 2 > third {
+        let stmts: Vec<batch::Stmt> = found
+            .trigger_sites
+            .iter()
+            .map(|t| batch::Stmt {
+                sql: format!(
+                    "DROP TRIGGER IF EXISTS {} ON {}",
+                    quote_ident(&t.trigger),
+                    qualified(&t.schema, &t.table)
+                ),
+                locks: 2,
+            })
+            .collect();
+        batch::run(client, &stmts, &opts).await?;
+    }
+    if !found.helper_tables.is_empty() || found.helper_functions > 0 {
+        batch::shrink_objects(client, META_SCHEMA, RECORD_TABLES, third, &opts).await?;
+    }
+    if found.shadow {
+        batch::shrink_objects(client, SHADOW_SCHEMA, &[], third, &opts).await?;
+    }
+    Ok(())
 }
 
 /// What `abort --json` prints (documented in README.md, "JSON output").

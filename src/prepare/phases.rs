@@ -21,11 +21,14 @@ use crate::dump::sql::{self, DefinedNames, Entry};
 use crate::migration::lifecycle::{Phase, Status};
 use crate::migration::record::{self, TableRecord};
 use crate::migration::session::{Recorder, Session, app_name};
+use crate::pg::batch;
 use crate::pg::catalog::{self, SequenceInfo, TableInfo};
-use crate::pg::connect::{connect, describe_pg_error};
-use crate::pg::connspec::ConnSpec;
+use crate::pg::conn::connect::{connect, describe_pg_error};
+use crate::pg::conn::connspec::ConnSpec;
 use crate::pg::ident::{TableName, qualified, quote_ident, quote_literal};
+use crate::pg::locks_budget::{self, Budget};
 use crate::pg::meta::{self, MARKER, SHADOW_SCHEMA};
+use crate::pg::objects;
 use crate::prepare::data::{self, CopyJob, DataPlan, Loaded};
 use crate::prepare::discard;
 use crate::prepare::postdata;
@@ -62,6 +65,10 @@ pub struct PlanReport {
     pub warnings: Vec<String>,
     pub leftovers: Option<String>,
     pub jobs: usize,
+    /// The swap's lock budget as far as the plan can tell (the source's objects
+    /// moving in, the destination's moving out).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub swap_lock_budget: Option<Budget>,
 }
 
 /// What a successful prepare reports.
@@ -76,6 +83,10 @@ pub struct PrepareReport {
     pub extensions_created: Vec<String>,
     pub deferred_statements: usize,
     pub warnings: Vec<String>,
+    /// The lock-table slots the swap of this shadow will need, against the
+    /// destination's lock table.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub swap_lock_budget: Option<Budget>,
 }
 
 /// How the shadow is validated after the load.
@@ -114,6 +125,8 @@ pub struct Checked {
     pub warnings: Vec<String>,
     pub leftover: Leftover,
     pub tables: Vec<TableInfo>,
+    /// Only for a dry run (see [`plan_budget`]).
+    pub swap_lock_budget: Option<Budget>,
 }
 
 /// The read-only part: connections, versions, privileges, extensions,
@@ -151,7 +164,48 @@ pub async fn check(settings: &PrepareOptions, sess_dest: &Client, src: &Client) 
         warnings,
         leftover,
         tables,
+        swap_lock_budget: None,
     })
+}
+
+impl Checked {
+    /// For the dry-run plan: the swap's lock budget before anything is
+    /// restored (a warning when it does not fit).
+    pub async fn with_plan_budget(
+        mut self,
+        settings: &PrepareOptions,
+        dest: &Client,
+        src: &Client,
+    ) -> Self {
+        let preserved = settings.preserved_tables.len();
+        self.swap_lock_budget = budget_or_warn(plan_budget(dest, src, preserved).await);
+        self.warnings
+            .extend(self.swap_lock_budget.as_ref().and_then(Budget::warning));
+        self
+    }
+}
+
+/// The swap's lock budget before prepare: the destination's public moves out,
+/// the source's public (what the shadow will hold) moves in.
+async fn plan_budget(dest: &Client, src: &Client, preserved: usize) -> Result<Budget> {
+    let out = objects::movables(dest, SOURCE_SCHEMA).await?;
+    let inc = objects::movables(src, SOURCE_SCHEMA).await?;
+    let need = locks_budget::object_swap(dest, &out, src, &inc, preserved, 0).await?;
+    Budget::evaluate(dest, need).await
+}
+
+/// The swap's lock budget after prepare, from the destination's catalog.
+async fn prepared_budget(dest: &Client, preserved: usize, deferred: usize) -> Result<Budget> {
+    let out = objects::movables(dest, SOURCE_SCHEMA).await?;
+    let inc = objects::movables(dest, SHADOW_SCHEMA).await?;
+    let need = locks_budget::object_swap(dest, &out, dest, &inc, preserved, deferred).await?;
+    Budget::evaluate(dest, need).await
+}
+
+/// A budget that could not be computed is reported, not fatal.
+fn budget_or_warn(b: Result<Budget>) -> Option<Budget> {
+    b.map_err(|e| tracing::warn!("could not compute the swap's lock budget: {e:#}"))
+        .ok()
 }
 
 /// Print or return the dry-run plan.
@@ -197,6 +251,7 @@ pub fn plan_report(settings: &PrepareOptions, checked: &Checked) -> PlanReport {
             Leftover::StartOver(s) => Some(s.clone()),
         },
         jobs: settings.jobs,
+        swap_lock_budget: checked.swap_lock_budget.clone(),
     }
 }
 
@@ -216,6 +271,8 @@ struct Run<'a> {
     sequence_values: HashMap<String, (i64, bool)>,
     matviews: Vec<(String, bool)>,
     defined: DefinedNames,
+    /// Lock footprints of the source's relations (as shadow's), for batching.
+    footprints: batch::Footprints,
     loaded: Vec<Loaded>,
     preserved: HashSet<String>,
     post: postdata::Plan,
@@ -271,6 +328,7 @@ pub async fn run(
         sequence_values: HashMap::new(),
         matviews: Vec::new(),
         defined: DefinedNames::new(),
+        footprints: batch::Footprints::default(),
         loaded: Vec::new(),
         preserved: settings
             .preserved_tables
@@ -289,6 +347,13 @@ pub async fn run(
             rec.state.status = Status::Prepared;
             rec.state.phase = None;
             rec.save(sess).await?;
+            let preserved = run.preserved.len();
+            let swap_lock_budget =
+                budget_or_warn(prepared_budget(&sess.control, preserved, deferred).await);
+            if let Some(w) = swap_lock_budget.as_ref().and_then(Budget::warning) {
+                tracing::warn!("{w}");
+                warnings.push(w);
+            }
             let total_rows = rec.state.tables.iter().map(|t| t.rows).sum();
             Ok(PrepareReport {
                 migration_id: rec.state.id,
@@ -300,6 +365,7 @@ pub async fn run(
                 extensions_created,
                 deferred_statements: deferred,
                 warnings,
+                swap_lock_budget,
             })
         }
         Err(e) => {
@@ -401,7 +467,19 @@ async fn snapshot(run: &mut Run<'_>) -> Result<DateTime<Utc>> {
         .collect();
     run.sequences = catalog::sequences(&client, SOURCE_SCHEMA).await?;
     let names: Vec<String> = run.sequences.iter().map(|s| s.name.clone()).collect();
-    run.sequence_values = catalog::sequence_values(&client, SOURCE_SCHEMA, &names).await?;
+    // Reading a sequence locks it until the (long) snapshot transaction ends:
+    // read them in subtransactions that release those locks.
+    for chunk in names.chunks(100) {
+        let values = batch::released(
+            &client,
+            catalog::sequence_values(&client, SOURCE_SCHEMA, chunk),
+        )
+        .await?;
+        run.sequence_values.extend(values);
+    }
+    // The source's relations are the shadow's to be: their lock footprints
+    // size the schema phase's batches.
+    run.footprints = batch::Footprints::load(&client, SOURCE_SCHEMA).await?;
     run.matviews = catalog::matviews_in_order(&client, SOURCE_SCHEMA).await?;
     for p in &run.preserved {
         if !run.tables.iter().any(|t| &t.name == p && t.relkind == 'r') {
@@ -531,38 +609,37 @@ async fn schema(run: &mut Run<'_>) -> Result<()> {
         run.sess.run.connect_timeout,
     )
     .await?;
-    let mut script =
-        String::with_capacity(entries.iter().map(|e| e.sql.len()).sum::<usize>() + 512);
-    script.push_str("BEGIN;\n");
     // An empty shadow left by the last swap is replaced (RESTRICT: never
     // anything in it; leftovers were handled before).
-    script.push_str(&format!(
-        "DROP SCHEMA IF EXISTS {} RESTRICT;\n",
-        quote_ident(SHADOW_SCHEMA)
-    ));
-    script.push_str(&format!("CREATE SCHEMA {};\n", quote_ident(SHADOW_SCHEMA)));
-    script.push_str(&format!(
-        "COMMENT ON SCHEMA {} IS {};\n",
-        quote_ident(SHADOW_SCHEMA),
+    let create = format!(
+        "BEGIN;\nDROP SCHEMA IF EXISTS {shadow} RESTRICT;\nCREATE SCHEMA {shadow};\nCOMMENT ON SCHEMA {shadow} IS {};\nCOMMIT;",
         quote_literal(&format!(
             "{MARKER} shadow of migration {} (managed by pgshift)",
             run.id
-        ))
-    ));
-    for e in &entries {
-        script.push_str(&e.sql);
-        if !e.sql.ends_with('\n') {
-            script.push('\n');
-        }
-    }
-    script.push_str("COMMIT;\n");
-    if let Err(e) = client.batch_execute(&script).await {
+        )),
+        shadow = quote_ident(SHADOW_SCHEMA)
+    );
+    if let Err(e) = client.batch_execute(&create).await {
         let _ = client.batch_execute("ROLLBACK").await;
         return Err(anyhow!(
-            "restoring the schema into shadow: {}",
+            "creating the shadow schema: {}",
             describe_pg_error(&e)
         ));
     }
+    // The entries in pg_restore's order, in transactions that stay within the
+    // destination's lock table (one transaction for everything needs a slot
+    // per table, TOAST table, sequence …: thousands of tables overflow it).
+    let opts = batch::Options::for_server(&client, "schema").await?;
+    let stmts = batch::estimated(entries.into_iter().map(|e| e.sql), &run.footprints);
+    let ran = batch::run(&client, &stmts, &opts)
+        .await
+        .context("restoring the schema into shadow")?;
+    tracing::debug!(
+        entries = ran.statements,
+        transactions = ran.transactions,
+        limit = opts.limit,
+        "schema restored"
+    );
     record::set_shadow_oid(&run.sess.control, run.id).await?;
     // Plan the post-data section now: each table's indexes are built in the
     // data phase, as soon as the table is loaded.
@@ -627,23 +704,29 @@ async fn sequences(run: &mut Run<'_>) -> Result<()> {
     if run.sequences.is_empty() {
         return Ok(());
     }
-    let mut script = String::from("BEGIN;\n");
-    for s in &run.sequences {
-        // Sequences of preserved tables get the source's value too; the swap
-        // moves them on to the destination's value when that is greater.
-        let (v, called) = run.sequence_values[&s.name];
-        let name = qualified(SHADOW_SCHEMA, &s.name);
-        script.push_str(&format!(
-            "SELECT pg_catalog.setval({}, {v}, {called});\n",
-            quote_literal(&name)
-        ));
-    }
-    script.push_str("COMMIT;");
-    run.sess
-        .control
-        .batch_execute(&script)
+    // setval locks its sequence: one slot each, batched.
+    let stmts: Vec<batch::Stmt> = run
+        .sequences
+        .iter()
+        .map(|s| {
+            // Sequences of preserved tables get the source's value too; the swap
+            // moves them on to the destination's value when that is greater.
+            let (v, called) = run.sequence_values[&s.name];
+            let name = qualified(SHADOW_SCHEMA, &s.name);
+            batch::Stmt {
+                sql: format!(
+                    "SELECT pg_catalog.setval({}, {v}, {called})",
+                    quote_literal(&name)
+                ),
+                locks: 1,
+            }
+        })
+        .collect();
+    let opts = batch::Options::for_server(&run.sess.control, "sequences").await?;
+    batch::run(&run.sess.control, &stmts, &opts)
         .await
-        .map_err(|e| anyhow!("setting sequence values: {}", describe_pg_error(&e)))
+        .context("setting sequence values")?;
+    Ok(())
 }
 
 async fn matviews(run: &mut Run<'_>) -> Result<()> {
@@ -688,7 +771,7 @@ async fn analyze(run: &mut Run<'_>) -> Result<()> {
         .map(|t| t.name.clone())
         .collect();
     let pool =
-        crate::pg::connect::pool(&run.sess.dest, &app_name("prepare"), settings.jobs.max(1))?;
+        crate::pg::conn::connect::pool(&run.sess.dest, &app_name("prepare"), settings.jobs.max(1))?;
     let mut set = tokio::task::JoinSet::new();
     let queue = std::sync::Arc::new(std::sync::Mutex::new(names));
     for _ in 0..settings.jobs.max(1) {
@@ -698,7 +781,7 @@ async fn analyze(run: &mut Run<'_>) -> Result<()> {
             let client = pool
                 .get()
                 .await
-                .map_err(|e| anyhow!("{}", crate::pg::connect::describe_pool_error(&e)))?;
+                .map_err(|e| anyhow!("{}", crate::pg::conn::connect::describe_pool_error(&e)))?;
             loop {
                 let Some(name) = queue.lock().ok().and_then(|mut q| q.pop()) else {
                     return Ok::<_, anyhow::Error>(());
@@ -789,7 +872,7 @@ async fn validate(run: &mut Run<'_>) -> Result<Vec<TableRecord>> {
     if settings.verify == Verify::Checksums {
         let src = run.snap_client.as_ref().context("no snapshot session")?;
         for r in records.iter_mut().filter(|r| !r.preserved) {
-            let a = checksum(src, SOURCE_SCHEMA, &r.name).await?;
+            let a = batch::released(src, checksum(src, SOURCE_SCHEMA, &r.name)).await?;
             let b = checksum(&run.sess.control, SHADOW_SCHEMA, &r.name).await?;
             if a != b {
                 mismatches.push(format!(

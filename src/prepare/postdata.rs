@@ -25,8 +25,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::dump::sql::Entry;
 use crate::error::Interrupted;
-use crate::pg::connect::{connect, describe_pg_error};
-use crate::pg::connspec::ConnSpec;
+use crate::pg::conn::connect::{connect, describe_pg_error};
+use crate::pg::conn::connspec::ConnSpec;
 use crate::prepare::progress::Progress;
 
 /// Session settings for index builds: more sort memory for these sessions only,
@@ -263,7 +263,7 @@ async fn run_wave(
                 .batch_execute(&format!("{preamble}\n{INDEX_SESSION_SETTINGS}"))
                 .await
                 .map_err(|e| anyhow!("setting up a session: {}", describe_pg_error(&e)))?;
-            crate::pg::connect::watch_client(&client).await;
+            crate::pg::conn::connect::watch_client(&client).await;
             loop {
                 if cancel.is_cancelled() {
                     return Err(anyhow::Error::new(Interrupted));
@@ -277,14 +277,14 @@ async fn run_wave(
                     biased;
                     _ = cancel.cancelled() => Err(anyhow::Error::new(Interrupted)),
                     _ = failed.cancelled() => {
-                        crate::pg::connect::cancel_running(&client, dest).await;
+                        crate::pg::conn::connect::cancel_running(&client, dest).await;
                         return Ok(());
                     }
                     r = client.batch_execute(&job.sql) => r.map_err(|e| anyhow!("{}: {}", job.label, describe_pg_error(&e))),
                 };
                 if let Err(e) = r {
                     failed.cancel();
-                    crate::pg::connect::cancel_running(&client, dest).await;
+                    crate::pg::conn::connect::cancel_running(&client, dest).await;
                     return Err(e);
                 }
                 progress.item_done("indexes");

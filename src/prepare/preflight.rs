@@ -314,7 +314,7 @@ pub async fn create_extensions(dst: &Client, plans: &[ExtensionPlan]) -> Result<
             anyhow::anyhow!(
                 "extension {} is missing on the destination and could not be created: {}",
                 p.name,
-                crate::pg::connect::describe_pg_error(&e)
+                crate::pg::conn::connect::describe_pg_error(&e)
             )
         })?;
         tracing::info!(extension = %p.name, schema = %p.schema, "created extension on the destination");

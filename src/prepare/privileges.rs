@@ -14,7 +14,7 @@ use std::collections::{HashMap, HashSet};
 use anyhow::{Context, Result};
 use tokio_postgres::Client;
 
-use crate::pg::connect::describe_pg_error;
+use crate::pg::batch;
 use crate::pg::ident::{qualified, quote_ident};
 
 /// What the phase did.
@@ -336,7 +336,8 @@ pub async fn plan(
     Ok((sql, applied))
 }
 
-/// Apply owners and grants in one transaction.
+/// Apply owners and grants, in transactions that stay within the lock table
+/// (changing a table's owner locks it with its indexes, TOAST and sequences).
 pub async fn apply(
     client: &Client,
     shadow: &str,
@@ -347,18 +348,11 @@ pub async fn apply(
     if stmts.is_empty() {
         return Ok(applied);
     }
-    let mut script = String::from("BEGIN;\n");
-    for s in &stmts {
-        script.push_str(s);
-        script.push_str(";\n");
-    }
-    script.push_str("COMMIT;");
-    if let Err(e) = client.batch_execute(&script).await {
-        let _ = client.batch_execute("ROLLBACK").await;
-        anyhow::bail!(
-            "applying the destination's owners and privileges to the shadow: {}",
-            describe_pg_error(&e)
-        );
-    }
+    let opts = batch::Options::for_server(client, "privileges").await?;
+    let footprints = batch::Footprints::load(client, shadow).await?;
+    let stmts = batch::estimated(stmts, &footprints);
+    batch::run(client, &stmts, &opts)
+        .await
+        .context("applying the destination's owners and privileges to the shadow")?;
     Ok(applied)
 }

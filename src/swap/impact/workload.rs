@@ -426,7 +426,7 @@ async fn read_statements(
 ) -> std::result::Result<(Vec<Recorded>, usize), String> {
     let view = format!("{}.pg_stat_statements", quote_ident(schema));
     let fail = |e: tokio_postgres::Error| -> String {
-        let msg = crate::pg::connect::describe_pg_error(&e);
+        let msg = crate::pg::conn::connect::describe_pg_error(&e);
         format!(
             "pg_stat_statements cannot be read, so the application's statements were not checked: {msg} ({ENABLE_HINT})"
         )
@@ -573,12 +573,12 @@ fn interrupted(e: &tokio_postgres::Error, lock_timeout: Duration) -> Option<Stri
         Some(format!(
             "another session holds a lock it needs (waited {} ms, lock_timeout): {}",
             lock_timeout.as_millis(),
-            crate::pg::connect::describe_pg_error(e)
+            crate::pg::conn::connect::describe_pg_error(e)
         ))
     } else if *code == SqlState::QUERY_CANCELED {
         Some(format!(
             "the check was cancelled (statement_timeout or the time bound): {}",
-            crate::pg::connect::describe_pg_error(e)
+            crate::pg::conn::connect::describe_pg_error(e)
         ))
     } else {
         None
@@ -644,7 +644,7 @@ async fn check_one(
             if let Some(why) = interrupted(&e, lt) {
                 return Ok(Outcome::Unchecked(why));
             }
-            let msg = crate::pg::connect::describe_pg_error(&e);
+            let msg = crate::pg::conn::connect::describe_pg_error(&e);
             let reason = if e.code() == Some(&SqlState::INDETERMINATE_DATATYPE) {
                 format!(
                     "a parameter's type cannot be inferred from the recorded text (pg_stat_statements replaces constants by parameters): {msg}"
@@ -680,7 +680,7 @@ async fn check_one(
             if e.code() == Some(&SqlState::INDETERMINATE_DATATYPE) {
                 return Ok(Outcome::Unchecked(format!(
                     "a parameter's type cannot be inferred after the swap: {}",
-                    crate::pg::connect::describe_pg_error(&e)
+                    crate::pg::conn::connect::describe_pg_error(&e)
                 )));
             }
             let msg = db_message(&e);
@@ -730,7 +730,7 @@ async fn check_one(
 fn db_message(e: &tokio_postgres::Error) -> String {
     match e.as_db_error() {
         Some(db) => db.message().to_string(),
-        None => crate::pg::connect::describe_pg_error(e),
+        None => crate::pg::conn::connect::describe_pg_error(e),
     }
 }
 

@@ -877,7 +877,7 @@ impl ConnSpec {
     }
 
     /// Configuration for tokio-postgres. `verify-ca`/`verify-full` become `Require`: the
-    /// TLS connector from [`make_tls`](crate::pg::tls::make_tls) does the verifying.
+    /// TLS connector from [`make_tls`](crate::pg::conn::tls::make_tls) does the verifying.
     pub fn pg_config(&self) -> tokio_postgres::Config {
         self.pg_config_for(&self.endpoints)
     }

@@ -302,7 +302,7 @@ pub fn is_transient(e: &tokio_postgres::Error) -> bool {
 /// otherwise only notice the closed connection when it finishes.
 pub async fn cancel_running(client: &tokio_postgres::Client, spec: &ConnSpec) {
     let token = client.cancel_token();
-    match crate::pg::tls::make_tls(spec) {
+    match crate::pg::conn::tls::make_tls(spec) {
         Ok(tls) => {
             if let Err(e) = token.cancel_query(tls).await {
                 tracing::debug!("cancel request failed: {}", describe_pg_error(&e));

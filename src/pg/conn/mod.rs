@@ -1,0 +1,11 @@
+//! Reaching a server: what the user wrote (libpq URLs, key=value conninfo,
+//! `PG*` environment, service files, `.pgpass`) becomes a [`connspec::ConnSpec`];
+//! [`connect`] opens sessions from it (TLS by `sslmode` in [`tls`], retries on
+//! refused or reset connections, clear error text, pools, cancel requests).
+//! Secrets stay in the spec: children get them through their environment,
+//! never argv, and every printed form is redacted.
+
+pub mod connect;
+pub mod connspec;
+pub mod service;
+pub mod tls;

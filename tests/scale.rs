@@ -1,0 +1,505 @@
+//! Thousands of objects on a destination whose lock table they overflow
+//! (`max_connections = 20`, `max_locks_per_transaction = 64`: 2,688 slots).
+//!
+//! * prepare of a schema that needs several times the lock table in one
+//!   transaction succeeds, in lock-bounded batches, and the shadow is exact;
+//!   every batch transaction checks its real lock count against its estimate
+//!   (`PGSHIFT_CHECK_LOCKS=1`);
+//! * a failure in the middle of a batched phase leaves nothing behind, and a
+//!   cleanup that itself stopped half-way is finished by `abort`;
+//! * the swap's lock budget: the estimate is never below the real count of a
+//!   swap held at its commit, nor far above it; a swap that cannot fit is
+//!   announced by `prepare --dry-run` and by the end of `prepare`;
+//! * the source: no session of pgshift holds a lock per table (pg_dump does);
+//! * `cleanup` of a backup too big for one transaction's share of the lock
+//!   table drops it in batches.
+//!
+//! The source is a default-sized cluster (pg_dump needs a slot per table
+//! there, as it always does); both clusters and the generated source database
+//! are shared by the tests of this file.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::process::Stdio;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
+
+use common::{Cluster, TestDb, TestDbs, Workdir, assert_same_ddl, can_start_clusters};
+use serde_json::Value;
+
+/// Tables in the generated schema, besides `hub` and the partitioned `events`.
+const TABLES: usize = 1300;
+/// Partitions of `events`.
+const PARTITIONS: usize = 200;
+
+struct Env {
+    src: Cluster,
+    small: Cluster,
+}
+
+fn env() -> &'static Env {
+    static ENV: OnceLock<Env> = OnceLock::new();
+    ENV.get_or_init(|| {
+        std::thread::scope(|s| {
+            let src = s.spawn(|| Cluster::start_with("scale-src", ""));
+            let small = s.spawn(|| {
+                Cluster::start_with(
+                    "small-locks",
+                    "max_connections = 20\nmax_locks_per_transaction = 64",
+                )
+            });
+            let env = Env {
+                src: src.join().expect("source cluster"),
+                small: small.join().expect("small-locks cluster"),
+            };
+            for c in [&env.src, &env.small] {
+                c.psql("postgres", ROLES);
+            }
+            env
+        })
+    })
+}
+
+/// Roles the schema uses, on both clusters (roles are cluster-wide).
+const ROLES: &str =
+    "DO $$ BEGIN CREATE ROLE scale_owner; EXCEPTION WHEN duplicate_object THEN NULL; END $$;
+DO $$ BEGIN CREATE ROLE scale_ro; EXCEPTION WHEN duplicate_object THEN NULL; END $$;";
+
+/// The big source database, generated once: TABLES tables (bigserial key,
+/// a foreign key to the previous table, text, a second index, a grant), a
+/// `hub`, and `events` partitioned into PARTITIONS (with an index and a
+/// foreign key to `hub`), all owned by scale_owner. Committed
+/// every 200 tables: the source's own lock table is default-sized.
+fn big_source() -> &'static TestDb {
+    static SRC: OnceLock<TestDb> = OnceLock::new();
+    SRC.get_or_init(|| {
+        let db = env().src.create_db("src", "scale_big");
+        db.psql(&format!(
+            "CREATE TABLE hub (id int PRIMARY KEY, name text);
+             INSERT INTO hub SELECT g, 'hub ' || g FROM generate_series(1, 10) g;
+             ALTER TABLE hub OWNER TO scale_owner;
+             DO $$
+             DECLARE t text; prev text;
+             BEGIN
+               FOR i IN 1..{TABLES} LOOP
+                 t := 't_' || lpad(i::text, 5, '0');
+                 EXECUTE format('CREATE TABLE %I (id bigserial PRIMARY KEY, hub_id int NOT NULL,
+                                  prev_id bigint %s, name text NOT NULL)', t,
+                                CASE WHEN prev IS NULL THEN '' ELSE format('REFERENCES %I', prev) END);
+                 EXECUTE format('CREATE INDEX ON %I (name)', t);
+                 EXECUTE format('INSERT INTO %I (hub_id, name) SELECT 1 + g %% 10, %L || g FROM generate_series(1, 3) g', t, t);
+                 EXECUTE format('ALTER TABLE %I OWNER TO scale_owner', t);
+                 EXECUTE format('GRANT SELECT ON %I TO scale_ro', t);
+                 prev := t;
+                 IF i % 200 = 0 THEN COMMIT; END IF;
+               END LOOP;
+             END $$;
+             CREATE TABLE events (id bigint NOT NULL, at date NOT NULL, hub_id int NOT NULL REFERENCES hub,
+                                  payload text, PRIMARY KEY (id, at)) PARTITION BY RANGE (at);
+             ALTER TABLE events OWNER TO scale_owner;
+             DO $$
+             BEGIN
+               FOR i IN 0..{PARTITIONS} - 1 LOOP
+                 EXECUTE format('CREATE TABLE %I PARTITION OF events FOR VALUES FROM (%L) TO (%L)',
+                                'events_' || lpad(i::text, 4, '0'), date '2020-01-01' + 7 * i, date '2020-01-01' + 7 * (i + 1));
+                 EXECUTE format('ALTER TABLE %I OWNER TO scale_owner', 'events_' || lpad(i::text, 4, '0'));
+                 IF i % 100 = 99 THEN COMMIT; END IF;
+               END LOOP;
+             END $$;
+             CREATE INDEX ON events (hub_id);
+             INSERT INTO events SELECT g, date '2020-01-01' + g % (7 * {PARTITIONS}), 1 + g % 10, 'p' || g
+               FROM generate_series(1, 5000) g;
+             GRANT SELECT ON events TO scale_ro;
+             CREATE VIEW recent AS SELECT e.id, h.name FROM events e JOIN hub h ON h.id = e.hub_id;
+             ANALYZE;"
+        ));
+        db
+    })
+}
+
+/// A fresh destination database on the small-locks cluster, serving an
+/// application: its own `hub` with a grant the shadow must inherit.
+fn small_dest(name: &str) -> TestDb {
+    let db = env().small.create_db("dst", name);
+    db.psql(
+        "CREATE TABLE hub (id int PRIMARY KEY, name text); INSERT INTO hub VALUES (1, 'old');
+         GRANT SELECT ON hub TO scale_ro;",
+    );
+    db
+}
+
+fn prepare(wd: &Workdir, src: &TestDb, dst: &TestDb, env: &[(&str, &str)]) -> std::process::Output {
+    wd.run_env(
+        &[
+            "prepare",
+            "--source",
+            &src.url(),
+            "--dest",
+            &dst.url(),
+            "--keep-source-owners",
+            "--json",
+        ],
+        &[&[("PGSHIFT_CHECK_LOCKS", "1")], env].concat(),
+    )
+}
+
+/// `relation|rows` of every table of `schema`, one transaction per table (a
+/// query counting them all would need a lock per table at once).
+fn row_counts(db: &TestDb, schema: &str) -> String {
+    db.psql(&format!(
+        "SELECT format('SELECT %L, count(*) FROM ONLY %I.%I', c.relname, n.nspname, c.relname)
+           FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+          WHERE n.nspname = '{schema}' AND c.relkind = 'r' ORDER BY c.relname
+         \\gexec"
+    ))
+}
+
+/// Nothing of a migration is left on the destination.
+fn assert_nothing_left(dst: &TestDb, what: &str) {
+    assert_eq!(
+        dst.psql("SELECT count(*) FROM pg_namespace WHERE nspname = 'shadow'"),
+        "0",
+        "{what}: shadow left"
+    );
+    assert_eq!(
+        dst.psql("SELECT count(*) FROM pg_trigger WHERE tgname LIKE 'pgshift%'"),
+        "0",
+        "{what}: trigger left"
+    );
+    assert_eq!(
+        dst.psql(
+            "SELECT coalesce(string_agg(c.relname, ',' ORDER BY c.relname), '') FROM pg_class c
+               JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = 'pgshift' AND c.relkind = 'r'"
+        ),
+        "backups,meta,migration",
+        "{what}: helper tables left"
+    );
+    assert_eq!(
+        dst.psql("SELECT count(*) FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace WHERE n.nspname = 'pgshift'"),
+        "0",
+        "{what}: helper functions left"
+    );
+    // The application's public is as it was.
+    assert_eq!(
+        dst.psql("SELECT string_agg(relname, ',' ORDER BY relname) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = 'public'"),
+        "hub,hub_pkey",
+        "{what}: public changed"
+    );
+}
+
+fn json(out: &std::process::Output) -> Value {
+    let text = String::from_utf8_lossy(&out.stdout);
+    serde_json::from_str(&text).unwrap_or_else(|e| {
+        panic!(
+            "not JSON ({e}): {text}\nstderr: {}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })
+}
+
+#[test]
+fn prepare_of_a_schema_larger_than_the_lock_table_is_exact() {
+    if !can_start_clusters() {
+        return;
+    }
+    let src = big_source();
+    let dst = small_dest("scale_ok");
+    let wd = Workdir::new();
+
+    // The plan already knows the swap will not fit this lock table.
+    let out = wd.run(&[
+        "prepare",
+        "--source",
+        &src.url(),
+        "--dest",
+        &dst.url(),
+        "--dry-run",
+        "--json",
+    ]);
+    let plan = json(&out);
+    let budget = &plan["plan"]["swap_lock_budget"];
+    assert_eq!(budget["fits"], false, "{budget}");
+    // 64 × (20 connections + autovacuum, worker and WAL sender processes).
+    let capacity = budget["capacity"].as_u64().unwrap();
+    assert!(
+        capacity.is_multiple_of(64) && capacity > 64 * 20,
+        "{budget}"
+    );
+    assert!(budget["needed"].as_u64().unwrap() > capacity, "{budget}");
+    let setting = budget["setting_that_fits"].as_u64().unwrap();
+    assert!(setting > 64 && setting.is_multiple_of(64), "{budget}");
+    let warned = plan["plan"]["warnings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|w| {
+            let w = w.as_str().unwrap();
+            w.contains(&format!("max_locks_per_transaction = {setting}")) && w.contains("restart")
+        });
+    assert!(warned, "{plan}");
+
+    // Meanwhile, the most lock-table slots any of pgshift's own sessions holds
+    // on the source (pg_dump, which needs one per table, is not one of them).
+    let stop = Arc::new(AtomicBool::new(false));
+    let sampler = {
+        let stop = stop.clone();
+        let info = src.server().clone();
+        let dbname = src.name().to_string();
+        std::thread::spawn(move || {
+            let mut most = 0i64;
+            while !stop.load(Ordering::Relaxed) {
+                let n: i64 = info
+                    .psql(
+                        &dbname,
+                        "SELECT coalesce(max(n), 0) FROM (SELECT count(*) AS n FROM pg_locks l
+                           JOIN pg_stat_activity a ON a.pid = l.pid
+                          WHERE a.application_name = 'pgshift prepare' AND NOT l.fastpath GROUP BY l.pid) s",
+                    )
+                    .parse()
+                    .unwrap_or(0);
+                most = most.max(n);
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            most
+        })
+    };
+    let out = prepare(&wd, src, &dst, &[]);
+    stop.store(true, Ordering::Relaxed);
+    let most = sampler.join().unwrap();
+    let report = json(&out);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Each COPY releases its table's lock, sequences are read 100 at a time
+    // (with catalog locks: 135 rows of pg_locks): no session accumulates a
+    // lock per table.
+    assert!(
+        most > 0 && most <= 200,
+        "a pgshift session held {most} locks on the source"
+    );
+    assert_same_ddl(src, &dst);
+    assert_eq!(row_counts(&dst, "shadow"), row_counts(src, "public"));
+    // Owners (--keep-source-owners) and the destination's grant, batched too.
+    assert_eq!(
+        dst.psql(
+            "SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+              WHERE n.nspname = 'shadow' AND c.relkind IN ('r', 'p') AND c.relowner <> 'scale_owner'::regrole"
+        ),
+        "0"
+    );
+    assert_eq!(
+        dst.psql("SELECT has_table_privilege('scale_ro', 'shadow.hub', 'SELECT')"),
+        "t"
+    );
+    // The end of prepare warns the same way, with the figures of the real shadow.
+    let budget = &report["swap_lock_budget"];
+    assert_eq!(budget["fits"], false, "{budget}");
+    let setting = budget["setting_that_fits"].as_u64().unwrap();
+    assert!(
+        report["warnings"].as_array().unwrap().iter().any(|w| w
+            .as_str()
+            .unwrap()
+            .contains(&format!("max_locks_per_transaction = {setting}"))),
+        "{report}"
+    );
+}
+
+#[test]
+fn a_failure_in_the_middle_of_a_batched_phase_leaves_nothing_behind() {
+    if !can_start_clusters() {
+        return;
+    }
+    let src = big_source();
+    let dst = small_dest("scale_fail");
+    // Half-way through the pre-data restore; half-way through the privileges
+    // (everything else built: the cleanup drops a complete shadow in batches).
+    for point in ["schema-batch", "privileges-batch"] {
+        let wd = Workdir::new();
+        let out = prepare(&wd, src, &dst, &[("PGSHIFT_FAILPOINT", point)]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{point}: {stderr}");
+        assert!(stderr.contains("injected failure"), "{point}: {stderr}");
+        let phase = point.trim_end_matches("-batch");
+        assert_eq!(
+            dst.psql(
+                "SELECT status || ':' || phase FROM pgshift.migration ORDER BY id DESC LIMIT 1"
+            ),
+            format!("failed:{phase}")
+        );
+        assert_nothing_left(&dst, point);
+    }
+    // The cleanup after a failure stops half-way itself: what is left is
+    // found, and `abort` finishes the job.
+    let wd = Workdir::new();
+    let out = prepare(
+        &wd,
+        src,
+        &dst,
+        &[("PGSHIFT_FAILPOINT", "analyze,cleanup-batch")],
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("pgshift abort"), "{stderr}");
+    assert_eq!(
+        dst.psql("SELECT status || ':' || phase FROM pgshift.migration ORDER BY id DESC LIMIT 1"),
+        "failed:analyze"
+    );
+    let left: i64 = dst
+        .psql("SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = 'shadow'")
+        .parse()
+        .unwrap();
+    assert!(left > 0, "the interrupted cleanup left nothing to finish");
+    let out = wd.run_env(
+        &["abort", "--dest", &dst.url(), "--json"],
+        &[("PGSHIFT_CHECK_LOCKS", "1")],
+    );
+    let r = json(&out);
+    assert_eq!(r["aborted"], true, "{r}");
+    assert_nothing_left(&dst, "abort after a half-done cleanup");
+}
+
+/// Count the lock-table slots (distinct locks outside the fast path) held by
+/// the backend of `application_name` on `db`.
+fn slots_held(db: &TestDb, application_name: &str) -> i64 {
+    db.psql(&format!(
+        "SELECT count(*) FROM (SELECT DISTINCT l.locktype, l.database, l.relation, l.page, l.tuple, l.virtualxid,
+                l.transactionid::text, l.classid, l.objid, l.objsubid
+           FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
+          WHERE a.application_name = '{application_name}' AND a.datname = current_database()
+            AND NOT l.fastpath) s"
+    ))
+    .parse()
+    .unwrap()
+}
+
+#[test]
+fn the_swap_budget_covers_the_locks_a_real_swap_holds() {
+    if !can_start_clusters() {
+        return;
+    }
+    let e = env();
+    let dbs = TestDbs::on(&e.src, &e.small, "scale_budget");
+    // Every kind of object the swap moves: tables with owned sequences
+    // (serial, identity), a partitioned table, inheritance, views on views, a
+    // materialized view, standalone sequences, functions, a procedure, an
+    // aggregate, types; a preserved table with a deferred foreign key.
+    let schema = "CREATE TABLE users (id bigserial PRIMARY KEY, name text);
+         INSERT INTO users (name) VALUES ('a'), ('b');
+         CREATE TABLE orders (id int GENERATED ALWAYS AS IDENTITY PRIMARY KEY, user_id bigint REFERENCES users, note text);
+         DO $$ BEGIN FOR i IN 1..80 LOOP
+           EXECUTE format('CREATE TABLE %I (id serial PRIMARY KEY, v text)', 'x_' || i);
+         END LOOP; END $$;
+         CREATE TABLE ev (id bigint, at date, PRIMARY KEY (id, at)) PARTITION BY RANGE (at);
+         DO $$ BEGIN FOR i IN 0..29 LOOP
+           EXECUTE format('CREATE TABLE %I PARTITION OF ev FOR VALUES FROM (%L) TO (%L)', 'ev_' || i,
+                          date '2020-01-01' + 10 * i, date '2020-01-01' + 10 * (i + 1));
+         END LOOP; END $$;
+         CREATE TABLE parent (a int); CREATE TABLE child (b int) INHERITS (parent);
+         CREATE VIEW v1 AS SELECT * FROM users; CREATE VIEW v2 AS SELECT v1.name, orders.note FROM v1 JOIN orders ON orders.user_id = v1.id;
+         CREATE MATERIALIZED VIEW mv AS SELECT count(*) FROM ev;
+         CREATE SEQUENCE s1; CREATE SEQUENCE s2;
+         CREATE TYPE mood AS ENUM ('a', 'b'); CREATE TYPE pair AS (a int, b text); CREATE DOMAIN posint AS int CHECK (VALUE > 0);
+         CREATE FUNCTION f1(int) RETURNS int LANGUAGE sql AS 'SELECT $1';
+         CREATE FUNCTION f2() RETURNS bigint LANGUAGE sql BEGIN ATOMIC SELECT count(*) FROM users; END;
+         CREATE PROCEDURE p1() LANGUAGE sql AS 'SELECT 1';
+         CREATE AGGREGATE agg1(int) (sfunc = int4pl, stype = int);";
+    dbs.src.psql(schema);
+    // The destination's public (moved out to the backup): an older version.
+    dbs.dst.psql(
+        "CREATE TABLE users (id bigserial PRIMARY KEY, name text); INSERT INTO users (name) VALUES ('x'), ('y'), ('z');
+         DO $$ BEGIN FOR i IN 1..100 LOOP
+           EXECUTE format('CREATE TABLE %I (id serial PRIMARY KEY, v text)', 'old_' || i);
+         END LOOP; END $$;
+         CREATE VIEW oldv AS SELECT * FROM old_1; CREATE FUNCTION oldf() RETURNS int LANGUAGE sql AS 'SELECT 1';",
+    );
+    let wd = Workdir::new();
+    let dry = json(&wd.prepare(
+        &dbs,
+        &["--preserved-tables", "users", "--dry-run", "--json"],
+    ));
+    let planned = dry["plan"]["swap_lock_budget"]["needed"].as_i64().unwrap();
+    let out = wd.prepare(&dbs, &["--preserved-tables", "users", "--json"]);
+    let report = json(&out);
+    let budget = &report["swap_lock_budget"];
+    assert_eq!(budget["fits"], true, "{budget}");
+    let needed = budget["needed"].as_i64().unwrap();
+
+    // Hold the swap at its commit and count what its backend holds.
+    let mut swap = wd
+        .cmd()
+        .args(["swap", "--dest", &dbs.dst.url()])
+        .env("PGSHIFT_FAILPOINT", "swap-commit:sleep=4000")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(swap.stderr.take().unwrap()).lines();
+    let mut log = String::new();
+    let paused = loop {
+        match lines.next() {
+            Some(Ok(l)) => {
+                log.push_str(&l);
+                log.push('\n');
+                if l.contains("pausing") {
+                    break true;
+                }
+            }
+            _ => break false,
+        }
+    };
+    assert!(paused, "the swap never reached its commit:\n{log}");
+    let held = slots_held(&dbs.dst, "pgshift swap");
+    let rest: Vec<String> = lines.map_while(Result::ok).collect();
+    assert!(swap.wait().unwrap().success(), "{log}{}", rest.join("\n"));
+    eprintln!("swap lock budget: planned {planned}, estimated {needed}, held {held}");
+    // Never below the real count; not far above it.
+    assert!(
+        held > 150,
+        "only {held} slots held: the swap was not measured"
+    );
+    assert!(needed >= held, "estimated {needed}, the swap held {held}");
+    assert!(
+        needed <= held + held / 4 + 40,
+        "estimated {needed}, far above the {held} the swap held"
+    );
+    // The plan (from the source's catalog) is as close.
+    assert!(
+        planned >= held && planned <= held + held / 4 + 40,
+        "planned {planned}, held {held}"
+    );
+
+    // The backup (the old public: 100 tables with their sequences, keys and
+    // TOAST) needs more than one transaction's share of this lock table to
+    // drop: cleanup empties it in batches, then drops it with its manifest.
+    let backup = dbs
+        .dst
+        .psql("SELECT schema_name FROM pgshift.backups ORDER BY ts DESC LIMIT 1");
+    let out = wd.run_env(
+        &[
+            "cleanup",
+            "--dest",
+            &dbs.dst.url(),
+            "--before",
+            "2999-01-01",
+            "--json",
+        ],
+        &[("PGSHIFT_CHECK_LOCKS", "1"), ("RUST_LOG", "pgshift=info")],
+    );
+    let r = json(&out);
+    assert_eq!(r["dropped"].as_array().unwrap().len(), 1, "{r}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("lock-bounded transactions"),
+        "the backup was not dropped in batches: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        dbs.dst.psql(&format!(
+            "SELECT count(*) FROM pg_namespace WHERE nspname = '{backup}'"
+        )),
+        "0"
+    );
+    assert_eq!(dbs.dst.psql("SELECT count(*) FROM pgshift.backups"), "0");
+}
