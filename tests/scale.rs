@@ -294,17 +294,67 @@ fn prepare_of_a_schema_larger_than_the_lock_table_is_exact() {
         dst.psql("SELECT has_table_privilege('scale_ro', 'shadow.hub', 'SELECT')"),
         "t"
     );
-    // The end of prepare warns the same way, with the figures of the real shadow.
+    // At the end of prepare, the budget of the swap as it will run: by
+    // renaming schemas it locks public's relations only, and fits.
     let budget = &report["swap_lock_budget"];
+    assert_eq!(budget["swap_mode"], "rename", "{budget}");
+    assert_eq!(budget["fits"], true, "{budget}");
+
+    // An object-level swap (every object moves) does not fit: refused before
+    // any lock, in the dry run, in status and by the swap itself, naming the
+    // setting and the value; the destination is unchanged.
+    let object = [("PGSHIFT_SWAP_MODE", "object")];
+    let dry = json(&wd.run_env(
+        &["swap", "--dest", &dst.url(), "--dry-run", "--json"],
+        &object,
+    ));
+    let budget = &dry["swap"]["swap_lock_budget"];
+    assert_eq!(budget["swap_mode"], "object", "{budget}");
     assert_eq!(budget["fits"], false, "{budget}");
     let setting = budget["setting_that_fits"].as_u64().unwrap();
     assert!(
-        report["warnings"].as_array().unwrap().iter().any(|w| w
-            .as_str()
-            .unwrap()
-            .contains(&format!("max_locks_per_transaction = {setting}"))),
-        "{report}"
+        setting > 64 && budget["needed"].as_u64() > budget["capacity"].as_u64(),
+        "{budget}"
     );
+    let st = json(&wd.run_env(&["status", "--dest", &dst.url(), "--json"], &object));
+    assert_eq!(st["swap_lock_budget"]["fits"], false, "{st}");
+    assert_eq!(st["swap_allowed"], false, "{st}");
+    assert!(
+        st["swap_blocked_reason"]
+            .as_str()
+            .unwrap_or("")
+            .contains("max_locks_per_transaction"),
+        "{st}"
+    );
+    let before = row_counts(&dst, "public");
+    let out = wd.run_env(&["swap", "--dest", &dst.url()], &object);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    let line = stderr
+        .lines()
+        .find(|l| l.starts_with("error: "))
+        .unwrap_or_default();
+    assert!(
+        line.contains(&format!("max_locks_per_transaction = {setting}"))
+            && line.contains("nothing was changed"),
+        "{stderr}"
+    );
+    assert_eq!(row_counts(&dst, "public"), before);
+    assert_eq!(
+        dst.psql("SELECT status FROM pgshift.migration ORDER BY id DESC LIMIT 1"),
+        "prepared"
+    );
+    assert_eq!(dst.psql("SELECT count(*) FROM pgshift.backups"), "0");
+
+    // The default (rename) swap of the same shadow fits and completes.
+    let out = wd.run(&["swap", "--dest", &dst.url(), "--json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(json(&out)["swap_mode"], "rename");
+    assert_eq!(row_counts(&dst, "public"), row_counts(src, "public"));
 }
 
 #[test]
@@ -423,14 +473,25 @@ fn the_swap_budget_covers_the_locks_a_real_swap_holds() {
     let planned = dry["plan"]["swap_lock_budget"]["needed"].as_i64().unwrap();
     let out = wd.prepare(&dbs, &["--preserved-tables", "users", "--json"]);
     let report = json(&out);
-    let budget = &report["swap_lock_budget"];
+    assert_eq!(report["swap_lock_budget"]["fits"], true, "{report}");
+    // The object-level swap's budget (it moves every object: the most locks).
+    let dry = json(&wd.run(&[
+        "swap",
+        "--dest",
+        &dbs.dst.url(),
+        "--swap-mode",
+        "object",
+        "--dry-run",
+        "--json",
+    ]));
+    let budget = &dry["swap"]["swap_lock_budget"];
     assert_eq!(budget["fits"], true, "{budget}");
     let needed = budget["needed"].as_i64().unwrap();
 
     // Hold the swap at its commit and count what its backend holds.
     let mut swap = wd
         .cmd()
-        .args(["swap", "--dest", &dbs.dst.url()])
+        .args(["swap", "--dest", &dbs.dst.url(), "--swap-mode", "object"])
         .env("PGSHIFT_FAILPOINT", "swap-commit:sleep=4000")
         .stdout(Stdio::null())
         .stderr(Stdio::piped())

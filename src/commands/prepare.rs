@@ -48,6 +48,7 @@ pub fn options(ctx: &Ctx) -> Result<PrepareOptions> {
         keep_source_owners: s.keep_source_owners,
         lock_timeout: s.lock_timeout,
         swap_retries: s.swap_retries,
+        swap_mode: ctx.swap_policy().mode,
     })
 }
 

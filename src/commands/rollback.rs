@@ -5,7 +5,9 @@ use anyhow::Result;
 use crate::backups::verify;
 use crate::cli::RollbackArgs;
 use crate::commands::Ctx;
-use crate::commands::swap::{print_locks, print_moves, print_transaction, print_warnings};
+use crate::commands::swap::{
+    print_budget, print_locks, print_moves, print_transaction, print_warnings,
+};
 use crate::error::{ExitCode, UserError};
 use crate::output;
 use crate::pg::ident::TableName;
@@ -74,6 +76,7 @@ fn print_preview(ctx: &Ctx, p: &RollbackPreview) -> Result<()> {
     if !p.kept_tables.is_empty() {
         println!("Kept from the current public: {}", p.kept_tables.join(", "));
     }
+    print_budget(&p.swap_lock_budget, "rollback");
     print_moves(&p.backup_schema, &p.move_out, &p.restore_schema, &p.move_in);
     for w in &p.warnings {
         println!("warning: {w}");

@@ -6,6 +6,7 @@ use crate::cli::SwapArgs;
 use crate::commands::Ctx;
 use crate::error::ExitCode;
 use crate::output;
+use crate::pg::locks_budget::Budget;
 use crate::swap::cutover::{self, SwapOptions, SwapPreview, SwapReport};
 
 pub async fn run(args: SwapArgs, ctx: Ctx) -> Result<ExitCode> {
@@ -46,6 +47,7 @@ pub fn print_preview(ctx: &Ctx, p: &SwapPreview) -> Result<()> {
         "Swap plan for migration {} (dry run: nothing was changed)",
         p.migration_id
     );
+    print_budget(&p.swap_lock_budget, "swap");
     print_moves(&p.backup_schema, &p.move_out, "shadow", &p.move_in);
     for v in &p.fk_violations {
         println!("warning: {v}");
@@ -61,6 +63,17 @@ pub fn print_moves(backup: &str, move_out: &[String], incoming: &str, move_in: &
         for m in objects {
             println!("  {m}");
         }
+    }
+}
+
+/// A dry run's lock-table budget: one line, or the refusal the real run would give.
+pub fn print_budget(b: &Budget, what: &str) {
+    match b.refusal(&format!("the {what}")) {
+        None => println!(
+            "Lock table: needs about {} of {} slots ({} in use): fits",
+            b.needed, b.capacity, b.in_use
+        ),
+        Some(line) => println!("warning: {line}; the {what} would be refused before any lock"),
     }
 }
 

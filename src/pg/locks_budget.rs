@@ -336,6 +336,51 @@ pub async fn object_swap(
         + transaction())
 }
 
+/// One swap-like transaction: it moves `moved` (relations, with their owned
+/// sequences, and other objects), locks `locked` first (`LOCK TABLE`,
+/// partitions, children and view bases included, though the swap locks
+/// `ONLY`: an estimate errs high), moves every member of `extensions`
+/// (`ALTER EXTENSION … SET SCHEMA`), and adds `extra` (the preserved tables'
+/// final sync) and the fixed part. Names are qualified and resolve on `client`.
+pub async fn transaction_need(
+    client: &impl GenericClient,
+    moved: &[Movable],
+    locked: &[String],
+    extensions: &[String],
+    extra: Need,
+) -> Result<Need> {
+    let moved_rel: Vec<String> = moved
+        .iter()
+        .filter(|m| is_relation(m))
+        .map(|m| m.sql_name.clone())
+        .collect();
+    let relations = if moved_rel.is_empty() && locked.is_empty() {
+        0
+    } else {
+        relation_count(client, &moved_rel, locked).await?
+    };
+    let members: i64 = if extensions.is_empty() {
+        0
+    } else {
+        client
+            .query_one(
+                "SELECT count(*) FROM pg_catalog.pg_depend d JOIN pg_catalog.pg_extension e ON e.oid = d.refobjid
+                  WHERE d.refclassid = 'pg_catalog.pg_extension'::regclass AND d.deptype = 'e'
+                    AND e.extname = ANY($1::text[])",
+                &[&extensions],
+            )
+            .await
+            .context("counting the members of the extensions the swap moves")?
+            .get(0)
+    };
+    Ok(Need {
+        relations,
+        objects: moved.iter().filter(|m| !is_relation(m)).count() as u64 + members.max(0) as u64,
+        ..Need::default()
+    } + extra
+        + transaction())
+}
+
 /// A need against a capacity.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Budget {
@@ -354,6 +399,9 @@ pub struct Budget {
     /// A `max_locks_per_transaction` with room for the transaction (equal to
     /// the current value when it fits).
     pub setting_that_fits: u64,
+    /// The swap mode this budget is for (`rename` or `object`), when known.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub swap_mode: Option<String>,
 }
 
 impl Budget {
@@ -375,6 +423,7 @@ impl Budget {
                 cap.setting_for(needed)
                     .max(cap.max_locks_per_transaction + 64)
             },
+            swap_mode: None,
         }
     }
 
@@ -410,7 +459,12 @@ impl Budget {
     pub fn warning(&self) -> Option<String> {
         (!self.fits).then(|| {
             format!(
-                "the swap will need about {} lock-table slots in one transaction, but the destination's lock table holds {} ({}) and {} are in use: the swap would be refused; set max_locks_per_transaction = {} on the destination before swapping (changing it needs a server restart)",
+                "the swap{} will need about {} lock-table slots in one transaction, but the destination's lock table holds {} ({}) and {} are in use: the swap would be refused; set max_locks_per_transaction = {} on the destination before swapping (changing it needs a server restart)",
+                match self.swap_mode.as_deref() {
+                    Some("object") => " (object-level)",
+                    Some("rename") => " (by renaming schemas)",
+                    _ => "",
+                },
                 self.needed,
                 self.capacity,
                 self.capacity_formula(),

@@ -37,6 +37,8 @@ use crate::prepare::privileges;
 use crate::prepare::progress::Progress;
 use crate::prepare::sync;
 use crate::process::{self, ChildSpec};
+use crate::swap::engine::{self, Exchange, Policy};
+use crate::swap::mode::{Mode, ModeRequest};
 
 /// The schema pgshift migrates.
 pub const SOURCE_SCHEMA: &str = "public";
@@ -116,6 +118,9 @@ pub struct PrepareOptions {
     pub lock_timeout: Duration,
     /// Retries of such DDL after a lock timeout.
     pub swap_retries: u32,
+    /// The swap mode the lock budget at the end is computed for (the
+    /// configured `swap_mode`; the swap chooses again when it runs).
+    pub swap_mode: ModeRequest,
 }
 
 /// Everything the read-only checks found.
@@ -185,21 +190,38 @@ impl Checked {
     }
 }
 
-/// The swap's lock budget before prepare: the destination's public moves out,
-/// the source's public (what the shadow will hold) moves in.
+/// The swap's lock budget before prepare, for an object-level swap (the
+/// upper bound: the mode is chosen at swap time): the destination's public
+/// moves out, the source's public (what the shadow will hold) moves in.
 async fn plan_budget(dest: &Client, src: &Client, preserved: usize) -> Result<Budget> {
     let out = objects::movables(dest, SOURCE_SCHEMA).await?;
     let inc = objects::movables(src, SOURCE_SCHEMA).await?;
     let need = locks_budget::object_swap(dest, &out, src, &inc, preserved, 0).await?;
-    Budget::evaluate(dest, need).await
+    let mut b = Budget::evaluate(dest, need).await?;
+    b.swap_mode = Some(Mode::Object.as_str().into());
+    Ok(b)
 }
 
-/// The swap's lock budget after prepare, from the destination's catalog.
-async fn prepared_budget(dest: &Client, preserved: usize, deferred: usize) -> Result<Budget> {
-    let out = objects::movables(dest, SOURCE_SCHEMA).await?;
-    let inc = objects::movables(dest, SHADOW_SCHEMA).await?;
-    let need = locks_budget::object_swap(dest, &out, dest, &inc, preserved, deferred).await?;
-    Budget::evaluate(dest, need).await
+/// The swap's lock budget after prepare, in the mode `swap` would choose by
+/// default, from the destination's catalog.
+async fn prepared_budget(
+    dest: &Client,
+    mode: ModeRequest,
+    preserved: usize,
+    deferred: usize,
+) -> Result<Budget> {
+    let exchange = Exchange {
+        incoming: SHADOW_SCHEMA.into(),
+        keep_in_public: Default::default(),
+        recreate_incoming: true,
+        expected_tables: Vec::new(),
+    };
+    let extra = locks_budget::preserved(preserved, deferred);
+    let policy = Policy {
+        mode,
+        ..Policy::default()
+    };
+    engine::budget(dest, &exchange, policy, extra).await
 }
 
 /// A budget that could not be computed is reported, not fatal.
@@ -348,8 +370,9 @@ pub async fn run(
             rec.state.phase = None;
             rec.save(sess).await?;
             let preserved = run.preserved.len();
-            let swap_lock_budget =
-                budget_or_warn(prepared_budget(&sess.control, preserved, deferred).await);
+            let swap_lock_budget = budget_or_warn(
+                prepared_budget(&sess.control, run.opts.swap_mode, preserved, deferred).await,
+            );
             if let Some(w) = swap_lock_budget.as_ref().and_then(Budget::warning) {
                 tracing::warn!("{w}");
                 warnings.push(w);

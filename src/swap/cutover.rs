@@ -19,6 +19,7 @@ use crate::migration::lifecycle::{Phase, Status};
 use crate::migration::record::{self, MigrationRow};
 use crate::migration::session::{Recorder, Session, failpoint};
 use crate::pg::ident::qualified;
+use crate::pg::locks_budget::{self, Budget, Need};
 use crate::pg::meta::SHADOW_SCHEMA;
 use crate::prepare::sync::{self, CreatedFk, FkViolation, SyncedTable};
 use crate::swap::engine::{self, Exchange, InTx, Origin, Policy};
@@ -55,6 +56,9 @@ pub struct SwapPreview {
     pub move_in: Vec<String>,
     pub sql: Vec<String>,
     pub fk_violations: Vec<FkViolation>,
+    /// The swap's need against the destination's lock table; a swap that
+    /// does not fit (`fits: false`) is refused before any lock.
+    pub swap_lock_budget: Budget,
 }
 
 /// What the caller asks of a swap.
@@ -161,6 +165,10 @@ impl InTx for MigrationTx<'_> {
         )
     }
 
+    fn lock_need(&self) -> Need {
+        locks_budget::preserved(self.synced.len(), self.deferred.len())
+    }
+
     fn incoming_locks(&self) -> Vec<String> {
         self.synced
             .iter()
@@ -189,7 +197,19 @@ pub async fn preview(client: &Client, opts: &SwapOptions) -> Result<SwapPreview>
         move_in: p.move_in,
         sql: p.sql,
         fk_violations,
+        swap_lock_budget: p.lock_budget,
     })
+}
+
+/// The lock budget of swapping the prepared migration `m` now, in the mode
+/// `policy` would choose (for `status`); changes nothing.
+pub async fn lock_budget(client: &Client, m: &MigrationRow, policy: Policy) -> Result<Budget> {
+    let details = &m.state.details;
+    let hook = MigrationTx {
+        synced: &details.sync,
+        deferred: &details.deferred_sql,
+    };
+    engine::budget(client, &exchange(m), policy, hook.lock_need()).await
 }
 
 /// Swap the prepared migration on an open session.

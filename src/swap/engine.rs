@@ -50,13 +50,14 @@ use crate::pg::exec::{
     PgError, RetryPolicy, Stop, Transient, exec, retry, rollback_on_err, simple,
 };
 use crate::pg::ident::{quote_ident, quote_literal};
+use crate::pg::locks_budget::{self, Budget, Need};
 use crate::pg::meta::MARKER;
 use crate::pg::objects::{self, Movable};
 use crate::prepare::sync::CreatedFk;
 use crate::swap::mode::{self, Choice, Mode, ModeRequest};
 
 /// How the swap transaction waits and retries, and which mode it may use.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, Default)]
 pub struct Policy {
     pub lock_timeout: Duration,
     pub statement_timeout: Duration,
@@ -195,6 +196,10 @@ pub trait InTx {
     fn incoming_locks(&self) -> Vec<String> {
         Vec::new()
     }
+    /// Lock-table slots the hook's work takes beyond the swap's own locks.
+    fn lock_need(&self) -> Need {
+        Need::default()
+    }
 }
 
 /// What the engine reports after the commit.
@@ -226,6 +231,8 @@ pub struct Preview {
     pub move_out: Vec<String>,
     pub move_in: Vec<String>,
     pub sql: Vec<String>,
+    /// The transaction's need against the destination's lock table.
+    pub lock_budget: Budget,
 }
 
 /// The swap as it would run now; changes nothing.
@@ -247,6 +254,7 @@ pub async fn preview<H: InTx>(
     let listed = list(client, exchange).await;
     exec(client, "RESET search_path").await?;
     let (out, inc) = listed?;
+    let lock_budget = budget_of(client, &req, &out, &inc, hook.lock_need()).await?;
     let (before, at_commit) = hook.preview_notes();
     let mut sql = vec!["BEGIN".to_string()];
     sql.extend(session_settings(&req));
@@ -265,6 +273,67 @@ pub async fn preview<H: InTx>(
         move_out: out.iter().map(name).collect(),
         move_in: inc.iter().map(name).collect(),
         sql,
+        lock_budget,
+    })
+}
+
+/// The lock budget of the swap of `exchange` as it would run now (the mode
+/// chosen under `policy`), with `extra` for work inside it; changes nothing.
+pub async fn budget(
+    client: &Client,
+    exchange: &Exchange,
+    policy: Policy,
+    extra: Need,
+) -> Result<Budget> {
+    let choice = choose_mode(client, exchange, policy).await?;
+    let req = Request {
+        exchange,
+        backup: String::new(),
+        policy,
+        choice: &choice,
+        incoming_locks: Vec::new(),
+    };
+    exec(client, "SET search_path = ''").await?;
+    let listed = list(client, exchange).await;
+    exec(client, "RESET search_path").await?;
+    let (out, inc) = listed?;
+    budget_of(client, &req, &out, &inc, extra).await
+}
+
+/// The need of this request's transaction (its mode, what it moves and
+/// locks) against the lock table. See `pg::locks_budget`.
+async fn budget_of(
+    client: &Client,
+    req: &Request<'_>,
+    out: &[Movable],
+    inc: &[Movable],
+    extra: Need,
+) -> Result<Budget> {
+    let locked: Vec<String> = lock_names(req, out).into_iter().map(String::from).collect();
+    let need = match &req.choice.rename {
+        // The renames lock no object of either schema; the extensions move.
+        Some(steps) => {
+            locks_budget::transaction_need(client, &[], &locked, &steps.extensions, extra).await?
+        }
+        None => {
+            let moved: Vec<Movable> = out.iter().chain(inc).cloned().collect();
+            locks_budget::transaction_need(client, &moved, &locked, &[], extra).await?
+        }
+    };
+    let mut b = Budget::evaluate(client, need).await?;
+    b.swap_mode = Some(req.choice.mode.as_str().to_string());
+    Ok(b)
+}
+
+/// One line refusing a swap that does not fit the lock table, or None.
+fn lock_refusal(b: &Budget, choice: &Choice) -> Option<String> {
+    let line = b.refusal("the swap")?;
+    Some(match choice.mode {
+        Mode::Object => format!(
+            "{line}; nothing was changed (an object-level swap locks every object it moves; the swap by renaming schemas needs far fewer, but is not possible here: {})",
+            choice.reason
+        ),
+        Mode::Rename => format!("{line}; nothing was changed"),
     })
 }
 
@@ -294,6 +363,22 @@ pub async fn swap<H: InTx>(
         incoming_locks: hook.incoming_locks(),
     };
     let client = sess.connect().await?;
+    // Before any lock: a transaction that cannot fit the lock table would
+    // fail half-way with "out of shared memory", holding its locks meanwhile
+    // and failing other sessions' lock requests.
+    exec(&client, "SET search_path = ''").await?;
+    let listed = list(&client, exchange).await;
+    exec(&client, "RESET search_path").await?;
+    let (out, inc) = listed?;
+    let lock_budget = budget_of(&client, &req, &out, &inc, hook.lock_need()).await?;
+    if let Some(refusal) = lock_refusal(&lock_budget, &choice) {
+        bail!(refusal);
+    }
+    tracing::debug!(
+        needed = lock_budget.needed,
+        capacity = lock_budget.capacity,
+        "swap lock budget"
+    );
     let attempt = || async {
         let r = one_attempt(&client, &req, hook, &manifest, record.as_ref()).await;
         rollback_on_err(&client, r).await
@@ -493,13 +578,7 @@ fn filter_keep(
 /// partition and child is listed itself, and recursing through pg_inherits
 /// for each relation costs more than the locks.
 fn lock_statement(req: &Request, out: &[Movable]) -> Option<String> {
-    let mut names: Vec<&str> = out
-        .iter()
-        .filter_map(|m| m.lockable.as_deref())
-        .chain(req.incoming_locks.iter().map(String::as_str))
-        .collect();
-    names.sort_unstable();
-    names.dedup();
+    let names = lock_names(req, out);
     if names.is_empty() {
         return None;
     }
@@ -507,6 +586,18 @@ fn lock_statement(req: &Request, out: &[Movable]) -> Option<String> {
         "LOCK TABLE ONLY {} IN ACCESS EXCLUSIVE MODE",
         names.join(", ")
     ))
+}
+
+/// The relations [`lock_statement`] locks, sorted.
+fn lock_names<'a>(req: &'a Request, out: &'a [Movable]) -> Vec<&'a str> {
+    let mut names: Vec<&str> = out
+        .iter()
+        .filter_map(|m| m.lockable.as_deref())
+        .chain(req.incoming_locks.iter().map(String::as_str))
+        .collect();
+    names.sort_unstable();
+    names.dedup();
+    names
 }
 
 fn move_statements(req: &Request, out: &[Movable], inc: &[Movable]) -> Vec<String> {

@@ -44,6 +44,16 @@ pub enum Mode {
     Object,
 }
 
+impl Mode {
+    /// The name used in reports and JSON.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Rename => "rename",
+            Mode::Object => "object",
+        }
+    }
+}
+
 /// What the operator asked for (`--swap-mode`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum ModeRequest {

@@ -34,6 +34,7 @@ use crate::migration::session::Session;
 use crate::pg::catalog;
 use crate::pg::exec::{exec, pg_error_as};
 use crate::pg::ident::{TableName, qualified, quote_ident};
+use crate::pg::locks_budget::Budget;
 use crate::prepare::sync::CreatedFk;
 use crate::swap::engine::{self, Exchange, InTx, Origin, Policy};
 use crate::swap::mode::Mode;
@@ -123,6 +124,9 @@ pub struct RollbackPreview {
     pub sql: Vec<String>,
     pub verification: VerifyReport,
     pub warnings: Vec<String>,
+    /// The rollback's need against the destination's lock table; one that
+    /// does not fit is refused before any lock.
+    pub swap_lock_budget: Budget,
 }
 
 /// Choose the backup and check everything; changes nothing.
@@ -287,6 +291,7 @@ pub async fn preview(client: &Client, plan: &Plan, policy: Policy) -> Result<Rol
         sql: p.sql,
         verification: plan.verification.clone(),
         warnings: plan.warnings.clone(),
+        swap_lock_budget: p.lock_budget,
     })
 }
 
