@@ -10,7 +10,9 @@
 #   BENCH_REPEAT         timed runs per tool; the best and the median are reported (default 3)
 #   BENCH_JOBS           parallel jobs for every tool (default: CPUs)
 #   BENCH_SMALL_SIZE_MB  the second dataset size for the memory check (default BENCH_SIZE_MB/4)
-#   BENCH_SWAP_TABLES    table counts for the swap benchmark (default "10 100 1000")
+#   BENCH_SWAP_TABLES    table counts for the swap benchmark (default "10 100 1000 4000"); each
+#                        count N also has a table partitioned into N/20 partitions
+#   BENCH_SWAP_MODES     swap modes measured at each count (default "rename object")
 #   BENCH_SWAP_SCALE     pgbench scale of the swap benchmark's databases (default 10, less when small)
 #   BENCH_SWAP_SECONDS   pgbench duration per swap run (default 20); the swap starts at BENCH_SWAP_AT (8)
 #   BENCH_SWAP_CLIENTS   pgbench clients (default 4); BENCH_SWAP_RATE: tps limit (default none)
@@ -47,7 +49,8 @@ BENCH_SIZE_MB=${BENCH_SIZE_MB:-$DEFAULT_SIZE_MB}
 BENCH_REPEAT=${BENCH_REPEAT:-3}
 BENCH_JOBS=${BENCH_JOBS:-$(nproc)}
 BENCH_SMALL_SIZE_MB=${BENCH_SMALL_SIZE_MB:-$((BENCH_SIZE_MB / 4))}
-BENCH_SWAP_TABLES=${BENCH_SWAP_TABLES:-10 100 1000}
+BENCH_SWAP_TABLES=${BENCH_SWAP_TABLES:-10 100 1000 4000}
+BENCH_SWAP_MODES=${BENCH_SWAP_MODES:-rename object}
 BENCH_SWAP_SECONDS=${BENCH_SWAP_SECONDS:-20}
 BENCH_SWAP_AT=${BENCH_SWAP_AT:-8}
 BENCH_SWAP_CLIENTS=${BENCH_SWAP_CLIENTS:-4}
@@ -63,6 +66,9 @@ is_int() { [[ $1 =~ ^[0-9]+$ ]] && [ "$1" -gt 0 ]; }
 for v in BENCH_SIZE_MB BENCH_REPEAT BENCH_JOBS BENCH_SMALL_SIZE_MB BENCH_SWAP_SECONDS BENCH_SWAP_AT BENCH_SWAP_CLIENTS \
   BENCH_MANY_TABLES BENCH_MANY_PARTITIONS BENCH_MANY_REPEAT; do
   is_int "${!v}" || die "$v must be a positive integer, not '${!v}'"
+done
+for m in $BENCH_SWAP_MODES; do
+  case $m in rename | object) ;; *) die "BENCH_SWAP_MODES: unknown mode '$m' (use rename, object)" ;; esac
 done
 for n in $BENCH_SWAP_TABLES; do
   is_int "$n" && [ "$n" -ge 10 ] || die "BENCH_SWAP_TABLES: each count must be an integer >= 10, not '$n'"
@@ -389,83 +395,108 @@ latency_stats() {
   echo "$win $p99 $out $failed $nwin"
 }
 
-# pgshift swap on the destination database DB, with the state dir of its prepare;
-# writes DIR/swap.json and DIR/swap.log.
+# pgshift swap on the destination database DB in MODE, with the state dir of its
+# prepare; writes DIR/swap.json and DIR/swap.log. A swap refused because its
+# transaction would not fit the lock table sets SWAP_REFUSED (the refusal) and
+# aborts the prepared migration; any other failure ends the benchmark.
 pgshift_swap() {
-  local dir=$1 db=$2 rc=0
-  (cd "$dir" && "$PGSHIFT" swap --dest "$(url "$DST_PORT" "$db")" --json --state-dir "$dir" \
+  local dir=$1 db=$2 mode=$3 rc=0
+  SWAP_REFUSED=""
+  (cd "$dir" && "$PGSHIFT" swap --dest "$(url "$DST_PORT" "$db")" --json --state-dir "$dir" --swap-mode "$mode" \
     >"$dir/swap.json" 2>"$dir/swap.log") || rc=$?
+  if [ "$rc" -ne 0 ] && grep -q 'lock-table slots' "$dir/swap.log"; then
+    SWAP_REFUSED=$(grep '^error: ' "$dir/swap.log" | head -n 1)
+    "$PGSHIFT" abort --dest "$(url "$DST_PORT" "$db")" --state-dir "$dir" >"$dir/abort.log" 2>&1 ||
+      die "pgshift abort after a refused swap ($dir) failed"
+    return 0
+  fi
   if [ "$rc" -ne 0 ]; then
     show_tail "$dir/swap.log"
     die "pgshift swap ($dir) failed (exit $rc)"
   fi
 }
 
+# needed/capacity lock-table slots from a refusal line
+refusal_slots() { sed -E 's/.*needs about ([0-9]+) lock-table slots.*holds ([0-9]+) .*/\1 of \2/' <<<"$1"; }
+
 PGBENCH_THREADS=$((BENCH_SWAP_CLIENTS < 2 ? BENCH_SWAP_CLIENTS : 2))
 : >"$WORK/swap.tsv"
 if want swap; then
   for n in $BENCH_SWAP_TABLES; do
-    sdir="$WORK/swap-$n"
-    mkdir -p "$sdir"
-    say "swap with $n tables (+ pgbench tables, scale $BENCH_SWAP_SCALE): building source and destination"
+    parts=$((n / 20))
+    say "swap with $n tables (+ $parts partitions, pgbench tables, scale $BENCH_SWAP_SCALE): building source and destination"
+    mkdir -p "$WORK/swap-$n"
     for side in SRC DST; do
       port_var="${side}_PORT"
       port=${!port_var}
       db="swap_$n"
       recreate_db "$port" "$db"
-      run_logged "$sdir/build.log" "pgbench -i ($side, $n tables)" \
+      run_logged "$WORK/swap-$n/build.log" "pgbench -i ($side, $n tables)" \
         "$PGBIN/pgbench" -i -q -s "$BENCH_SWAP_SCALE" -I dtGvpf -h 127.0.0.1 -p "$port" -U bench "$db"
-      run_logged "$sdir/build.log" "creating $n tables ($side)" \
-        psql_file "$port" "$db" "$HERE/swap_tables.sql" -v n="$n" -v tag="$side"
+      run_logged "$WORK/swap-$n/build.log" "creating $n tables ($side)" \
+        psql_file "$port" "$db" "$HERE/swap_tables.sql" -v n="$n" -v parts="$parts" -v tag="$side"
     done
-    if [ "$BENCH_SWAP_IDLE" = 1 ]; then
-      say "swap with $n tables: pgshift prepare, then swap with no load (reference)"
-      run_pgshift "swap-$n/idle" "swap_$n" "swap_$n" keep
-      pgshift_swap "$sdir/idle" "swap_$n"
-      lock_idle_ms=$(jq -r '.lock_held_ms' "$sdir/idle/swap.json")
-    else
+    for mode in $BENCH_SWAP_MODES; do
+      sdir="$WORK/swap-$n/$mode"
+      mkdir -p "$sdir"
       lock_idle_ms="-"
-    fi
-    say "swap with $n tables: pgshift prepare"
-    run_pgshift "swap-$n/prepare" "swap_$n" "swap_$n" keep
-    swap_prepare_secs=$RUN_SECS
-    rate_args=()
-    [ -n "$BENCH_SWAP_RATE" ] && rate_args=(-R "$BENCH_SWAP_RATE")
-    say "swap with $n tables: pgbench for ${BENCH_SWAP_SECONDS}s, swap at ${BENCH_SWAP_AT}s"
-    "$PGBIN/pgbench" -n -M prepared -c "$BENCH_SWAP_CLIENTS" -j "$PGBENCH_THREADS" -T "$BENCH_SWAP_SECONDS" \
-      "${rate_args[@]+"${rate_args[@]}"}" -l --log-prefix="$sdir/pgbench_log" --failures-detailed \
-      -b tpcb-like@9 -f "$HERE/swap_read.pgbench@1" \
-      -h 127.0.0.1 -p "$DST_PORT" -U bench "swap_$n" >"$sdir/pgbench.out" 2>"$sdir/pgbench.err" &
-    pgb=$!
-    BG_PIDS+=("$pgb")
-    sleep "$BENCH_SWAP_AT"
-    kill -0 "$pgb" 2>/dev/null || {
-      show_tail "$sdir/pgbench.err"
-      die "pgbench ended before the swap"
-    }
-    s0=$(now_us)
-    pgshift_swap "$sdir/prepare" "swap_$n"
-    s1=$(now_us)
-    pgb_rc=0
-    wait "$pgb" || pgb_rc=$?
-    forget_pid "$pgb"
-    lock_ms=$(jq -r '.lock_held_ms' "$sdir/prepare/swap.json")
-    attempts=$(jq -r '.attempts' "$sdir/prepare/swap.json")
-    moved=$(jq -r '.moved_in' "$sdir/prepare/swap.json")
-    swap_wall_ms=$(awk -v a="$s0" -v b="$s1" 'BEGIN { printf "%d", (b - a) / 1000 }')
-    read -r worst p99 outside failed_log nwin < <(latency_stats $((s0 - 1000000)) $((s1 + 1000000)) "$sdir"/pgbench_log.*)
-    processed=$(awk -F': ' '/^number of transactions actually processed/ { split($2, a, "/"); print a[1] + 0 }' "$sdir/pgbench.out")
-    failed=$(awk -F': ' '/^number of failed transactions/ { print $2 + 0 }' "$sdir/pgbench.out")
-    tps=$(awk '/^tps = / { printf "%.0f", $3 }' "$sdir/pgbench.out")
-    aborted=$(grep -c 'aborted' "$sdir/pgbench.err" || true)
-    [ -n "$failed" ] || failed=$failed_log
-    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$n" "$moved" "$lock_ms" "$attempts" "$swap_wall_ms" \
-      "$worst" "$p99" "$outside" "${processed:-0}" "${failed:-0}" "$aborted" "$pgb_rc" "$tps" "$swap_prepare_secs" "$nwin" "$lock_idle_ms" >>"$WORK/swap.tsv"
-    say "  $n tables: lock held ${lock_ms} ms, worst latency in the swap window ${worst} ms, failed ${failed:-?}, aborted clients $aborted"
-    if [ "$pgb_rc" -ne 0 ]; then
-      say "WARNING: pgbench exited with status $pgb_rc during the swap with $n tables"
-      show_tail "$sdir/pgbench.err" 10
-    fi
+      if [ "$BENCH_SWAP_IDLE" = 1 ]; then
+        say "swap with $n tables, $mode mode: pgshift prepare, then swap with no load (reference)"
+        run_pgshift "swap-$n/$mode/idle" "swap_$n" "swap_$n" keep
+        pgshift_swap "$sdir/idle" "swap_$n" "$mode"
+        if [ -n "$SWAP_REFUSED" ]; then
+          say "  $n tables, $mode mode: refused: $SWAP_REFUSED"
+          printf '%s\t-\trefused\t-\t-\t-\t-\t-\t0\t0\t0\t0\t-\t-\t-\t-\t%s\t%s\n' "$n" "$mode" "$(refusal_slots "$SWAP_REFUSED")" >>"$WORK/swap.tsv"
+          continue
+        fi
+        lock_idle_ms=$(jq -r '.lock_held_ms' "$sdir/idle/swap.json")
+      fi
+      say "swap with $n tables, $mode mode: pgshift prepare"
+      run_pgshift "swap-$n/$mode/prepare" "swap_$n" "swap_$n" keep
+      swap_prepare_secs=$RUN_SECS
+      rate_args=()
+      [ -n "$BENCH_SWAP_RATE" ] && rate_args=(-R "$BENCH_SWAP_RATE")
+      say "swap with $n tables, $mode mode: pgbench for ${BENCH_SWAP_SECONDS}s, swap at ${BENCH_SWAP_AT}s"
+      "$PGBIN/pgbench" -n -M prepared -c "$BENCH_SWAP_CLIENTS" -j "$PGBENCH_THREADS" -T "$BENCH_SWAP_SECONDS" \
+        "${rate_args[@]+"${rate_args[@]}"}" -l --log-prefix="$sdir/pgbench_log" --failures-detailed \
+        -b tpcb-like@9 -f "$HERE/swap_read.pgbench@1" \
+        -h 127.0.0.1 -p "$DST_PORT" -U bench "swap_$n" >"$sdir/pgbench.out" 2>"$sdir/pgbench.err" &
+      pgb=$!
+      BG_PIDS+=("$pgb")
+      sleep "$BENCH_SWAP_AT"
+      kill -0 "$pgb" 2>/dev/null || {
+        show_tail "$sdir/pgbench.err"
+        die "pgbench ended before the swap"
+      }
+      s0=$(now_us)
+      pgshift_swap "$sdir/prepare" "swap_$n" "$mode"
+      s1=$(now_us)
+      pgb_rc=0
+      wait "$pgb" || pgb_rc=$?
+      forget_pid "$pgb"
+      if [ -n "$SWAP_REFUSED" ]; then
+        say "  $n tables, $mode mode: refused under load: $SWAP_REFUSED"
+        printf '%s\t-\trefused\t-\t-\t-\t-\t-\t0\t0\t0\t0\t-\t-\t-\t%s\t%s\t%s\n' "$n" "$lock_idle_ms" "$mode" "$(refusal_slots "$SWAP_REFUSED")" >>"$WORK/swap.tsv"
+        continue
+      fi
+      lock_ms=$(jq -r '.lock_held_ms' "$sdir/prepare/swap.json")
+      attempts=$(jq -r '.attempts' "$sdir/prepare/swap.json")
+      moved=$(jq -r '.moved_in' "$sdir/prepare/swap.json")
+      swap_wall_ms=$(awk -v a="$s0" -v b="$s1" 'BEGIN { printf "%d", (b - a) / 1000 }')
+      read -r worst p99 outside failed_log nwin < <(latency_stats $((s0 - 1000000)) $((s1 + 1000000)) "$sdir"/pgbench_log.*)
+      processed=$(awk -F': ' '/^number of transactions actually processed/ { split($2, a, "/"); print a[1] + 0 }' "$sdir/pgbench.out")
+      failed=$(awk -F': ' '/^number of failed transactions/ { print $2 + 0 }' "$sdir/pgbench.out")
+      tps=$(awk '/^tps = / { printf "%.0f", $3 }' "$sdir/pgbench.out")
+      aborted=$(grep -c 'aborted' "$sdir/pgbench.err" || true)
+      [ -n "$failed" ] || failed=$failed_log
+      printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$n" "$moved" "$lock_ms" "$attempts" "$swap_wall_ms" \
+        "$worst" "$p99" "$outside" "${processed:-0}" "${failed:-0}" "$aborted" "$pgb_rc" "$tps" "$swap_prepare_secs" "$nwin" "$lock_idle_ms" "$mode" "" >>"$WORK/swap.tsv"
+      say "  $n tables, $mode mode: lock held ${lock_ms} ms, worst latency in the swap window ${worst} ms, failed ${failed:-?}, aborted clients $aborted"
+      if [ "$pgb_rc" -ne 0 ]; then
+        say "WARNING: pgbench exited with status $pgb_rc during the $mode swap with $n tables"
+        show_tail "$sdir/pgbench.err" 10
+      fi
+    done
     drop_db "$SRC_PORT" "swap_$n"
     drop_db "$DST_PORT" "swap_$n"
   done
