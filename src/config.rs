@@ -269,6 +269,24 @@ fn parse_conn(what: &str, text: &str) -> Result<ConnSpec> {
 }
 
 /// Merge flags/env (already combined by clap), the config file and defaults.
+/// `PGSHIFT_SWAP_MODE` for commands that have no `--swap-mode` flag.
+fn env_swap_mode() -> Result<Option<SwapModeArg>> {
+    use clap::ValueEnum;
+    match std::env::var("PGSHIFT_SWAP_MODE") {
+        Ok(v) if !v.trim().is_empty() => {
+            SwapModeArg::from_str(v.trim(), true)
+                .map(Some)
+                .map_err(|_| {
+                    UserError::new(format!(
+                        "PGSHIFT_SWAP_MODE {v:?} is not a swap mode; use auto, object or rename"
+                    ))
+                    .into()
+                })
+        }
+        _ => Ok(None),
+    }
+}
+
 pub fn resolve(
     global: &GlobalArgs,
     cmd: &Command,
@@ -392,10 +410,14 @@ pub fn resolve(
         keep_source_owners: inputs.keep_source_owners || f.keep_source_owners.unwrap_or(false),
         dry_run: inputs.dry_run,
         swap_retries: inputs.swap_retries.or(f.swap_retries).unwrap_or(10),
-        swap_mode: inputs
-            .swap_mode
-            .or(f.swap_mode)
-            .unwrap_or(SwapModeArg::Auto),
+        swap_mode: match inputs.swap_mode {
+            Some(m) => m,
+            // Commands without the flag (prepare, status) weigh the swap's lock
+            // budget for the mode the swap will use: PGSHIFT_SWAP_MODE, the file.
+            None => env_swap_mode()?
+                .or(f.swap_mode)
+                .unwrap_or(SwapModeArg::Auto),
+        },
         allow_fk_violations: inputs.allow_fk_violations || f.allow_fk_violations.unwrap_or(false),
         keep_latest: inputs.keep_latest.or(f.keep_latest),
         config_file,

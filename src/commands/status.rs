@@ -14,7 +14,8 @@ use crate::output::{self, Table, human_bytes, human_ms};
 pub async fn run(ctx: Ctx) -> Result<ExitCode> {
     let dest = ctx.settings.require_dest()?;
     let client = ctx.connect_dest().await?;
-    let r = status::report(&client, dest, &ctx.settings.state_dir).await?;
+    let mode = ctx.swap_policy().mode;
+    let r = status::report(&client, dest, &ctx.settings.state_dir, mode).await?;
     print(&ctx, &r)?;
     Ok(ExitCode::Ok)
 }
@@ -107,6 +108,19 @@ fn print(ctx: &Ctx, r: &StatusReport) -> Result<()> {
         lines.push((
             "NOT VALID",
             format!("foreign keys {}", r.not_valid_foreign_keys.join(", ")),
+        ));
+    }
+    if let Some(b) = &r.swap_lock_budget {
+        lines.push((
+            "lock table",
+            format!(
+                "the swap ({}) needs about {} of {} slots ({} in use){}",
+                b.swap_mode.as_deref().unwrap_or("?"),
+                b.needed,
+                b.capacity,
+                b.in_use,
+                if b.fits { "" } else { ": does not fit" }
+            ),
         ));
     }
     lines.push((

@@ -17,8 +17,12 @@ use crate::migration::state_file;
 use crate::output::rfc3339;
 use crate::pg::conn::connspec::ConnSpec;
 use crate::pg::exec::column;
+use crate::pg::locks_budget::Budget;
 use crate::pg::meta::{SHADOW_SCHEMA, ShadowState};
 use crate::prepare::sync::{self, SyncedTable};
+use crate::swap::cutover;
+use crate::swap::engine::Policy;
+use crate::swap::mode::ModeRequest;
 
 /// What `status --json` prints (documented in README.md, "JSON output").
 #[derive(Debug, Clone, Serialize)]
@@ -38,6 +42,11 @@ pub struct StatusReport {
     pub preserved_tables: Vec<PreservedInfo>,
     /// Would `pgshift swap` be allowed now?
     pub swap_allowed: bool,
+    /// For a prepared migration: the swap's need against the destination's
+    /// lock table, in the mode the swap would choose (`swap_mode` setting).
+    /// A swap that does not fit is refused (`swap_blocked_reason` says why).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub swap_lock_budget: Option<Budget>,
     /// Why not, when it would not.
     pub swap_blocked_reason: Option<String>,
     /// The pgshift run holding the destination's lock now, if any.
@@ -231,7 +240,12 @@ async fn swap_verdict(client: &Client, d: &Destination) -> Result<Option<String>
 
 /// The status of the destination `dest` (`client` is connected to it); the
 /// state file is looked for in `state_dir`.
-pub async fn report(client: &Client, dest: &ConnSpec, state_dir: &Path) -> Result<StatusReport> {
+pub async fn report(
+    client: &Client,
+    dest: &ConnSpec,
+    state_dir: &Path,
+    swap_mode: ModeRequest,
+) -> Result<StatusReport> {
     let file = state_file::read(state_dir, dest.dbname());
     let d = Destination::observe(client, file).await?;
     let shadow = shadow_info(client, &d).await?;
@@ -278,10 +292,26 @@ pub async fn report(client: &Client, dest: &ConnSpec, state_dir: &Path) -> Resul
         );
     }
 
-    let blocked = match sync_problem {
+    let mut blocked = match sync_problem {
         Some(p) if d.state == State::Prepared => Some(p),
         _ => swap_verdict(client, &d).await?,
     };
+    let mut swap_lock_budget = None;
+    if let (State::Prepared, Some(m)) = (d.state, d.swappable()) {
+        let policy = Policy {
+            mode: swap_mode,
+            ..Policy::default()
+        };
+        match cutover::lock_budget(client, m, policy).await {
+            Ok(b) => {
+                if blocked.is_none() {
+                    blocked = b.refusal("the swap");
+                }
+                swap_lock_budget = Some(b);
+            }
+            Err(e) => tracing::warn!("could not compute the swap's lock budget: {e:#}"),
+        }
+    }
 
     let not_valid_foreign_keys: Vec<String> = column(
         client,
@@ -306,6 +336,7 @@ pub async fn report(client: &Client, dest: &ConnSpec, state_dir: &Path) -> Resul
         shadow,
         preserved_tables,
         swap_allowed: blocked.is_none(),
+        swap_lock_budget,
         swap_blocked_reason: blocked,
         running: d.running.clone(),
         leftovers,
