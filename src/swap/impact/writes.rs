@@ -168,16 +168,18 @@ enum Unknown {
     Rewritten,
     Backwards,
     NoBaseline,
+    NoLiveBaseline,
 }
 
 impl Unknown {
-    const ALL: [Unknown; 6] = [
+    const ALL: [Unknown; 7] = [
         Unknown::TrackCountsOff,
         Unknown::TrackCountsWasOff,
         Unknown::StatsReset,
         Unknown::Rewritten,
         Unknown::Backwards,
         Unknown::NoBaseline,
+        Unknown::NoLiveBaseline,
     ];
 
     fn code(self) -> &'static str {
@@ -188,6 +190,7 @@ impl Unknown {
             Unknown::Rewritten => "rewritten",
             Unknown::Backwards => "backwards",
             Unknown::NoBaseline => "no_baseline",
+            Unknown::NoLiveBaseline => "no_live_baseline",
         }
     }
 
@@ -202,7 +205,12 @@ impl Unknown {
             Unknown::Backwards => {
                 "its write counters went backwards (statistics reset since prepare started)"
             }
-            Unknown::NoBaseline => "no write counters were recorded when prepare started",
+            Unknown::NoBaseline => {
+                "no write counters were recorded when prepare started (the migration was prepared by an earlier version of pgshift)"
+            }
+            Unknown::NoLiveBaseline => {
+                "no write counters were recorded when the current public went live (by an earlier version of pgshift, or the recording failed)"
+            }
         }
     }
 
@@ -394,13 +402,24 @@ pub fn compare(base: &WriteBaseline, now: &WriteBaseline, exempt: &[TableName]) 
 /// Without a baseline (a migration prepared before pgshift recorded one):
 /// every table of `now` that is not exempt is unknown.
 pub fn compare_without_baseline(now: &WriteBaseline, exempt: &[TableName]) -> WriteCheck {
+    all_unknown(now, exempt, Unknown::NoBaseline)
+}
+
+/// For a rollback whose current public went live without a baseline (made by
+/// an earlier version, or the recording after the commit failed): every
+/// table of `now` that is not exempt is unknown.
+pub fn compare_without_live_baseline(now: &WriteBaseline, exempt: &[TableName]) -> WriteCheck {
+    all_unknown(now, exempt, Unknown::NoLiveBaseline)
+}
+
+fn all_unknown(now: &WriteBaseline, exempt: &[TableName], why: Unknown) -> WriteCheck {
     let mut check = WriteCheck {
         discarded: Vec::new(),
         unknown: now
             .tables
             .iter()
             .filter(|t| !is_exempt(&t.schema, &t.name, &t.ancestors, exempt))
-            .map(|t| unknown(&t.schema, &t.name, &t.ancestors, Unknown::NoBaseline))
+            .map(|t| unknown(&t.schema, &t.name, &t.ancestors, why))
             .collect(),
     };
     check.sort();
@@ -607,9 +626,68 @@ fn and_more(items: Vec<String>, total: usize) -> String {
     s
 }
 
+/// What the refusal is about: a swap replaces public with the shadow, a
+/// rollback replaces it with a backup. The refusal's wording and its ways out
+/// differ.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Operation {
+    Swap,
+    Rollback,
+}
+
+impl Operation {
+    fn subject(self) -> &'static str {
+        match self {
+            Operation::Swap => "the swap",
+            Operation::Rollback => "the rollback",
+        }
+    }
+
+    fn since(self) -> &'static str {
+        match self {
+            Operation::Swap => "since prepare started",
+            Operation::Rollback => "since the current public went live",
+        }
+    }
+
+    fn fate(self) -> &'static str {
+        match self {
+            Operation::Swap => "the rows would stay in the backup, not in the new public",
+            Operation::Rollback => {
+                "the rows would stay in the new backup, not in the restored public"
+            }
+        }
+    }
+
+    fn not_covered(self, n: usize) -> String {
+        let (these, are) = if n == 1 {
+            ("table", "is")
+        } else {
+            ("tables", "are")
+        };
+        match self {
+            Operation::Swap => format!("{these} that {are} not preserved"),
+            Operation::Rollback => format!("{these} that {are} not kept"),
+        }
+    }
+
+    fn anyway(self) -> &'static str {
+        match self {
+            Operation::Swap => "to swap anyway",
+            Operation::Rollback => "to roll back anyway",
+        }
+    }
+}
+
 /// Refuse (the `error:` line's text, without the prefix) when the check found
-/// discarded or unknown writes that `allow` does not cover.
+/// discarded or unknown writes that `allow` does not cover, in a swap's words.
 pub fn gate(check: &WriteCheck, allow: &AllowDiscard) -> Result<(), String> {
+    gate_for(Operation::Swap, check, allow)
+}
+
+/// [`gate`] for a swap or a rollback: the tables with their counts (the
+/// largest few, then "and N more"), and the two ways out.
+pub fn gate_for(op: Operation, check: &WriteCheck, allow: &AllowDiscard) -> Result<(), String> {
     let discarded: Vec<&DiscardedWrite> = check
         .discarded
         .iter()
@@ -632,9 +710,12 @@ pub fn gate(check: &WriteCheck, allow: &AllowDiscard) -> Result<(), String> {
             .map(|d| format!("{} ({})", d.table, d.counts()))
             .collect();
         parts.push(format!(
-            "the swap would discard writes made since prepare started to {} that {} not preserved (the rows would stay in the backup, not in the new public): {}",
-            plural(n, "table"),
-            if n == 1 { "is" } else { "are" },
+            "{} would discard writes made {} to {} {} ({}): {}",
+            op.subject(),
+            op.since(),
+            n,
+            op.not_covered(n),
+            op.fate(),
             and_more(listed, n)
         ));
     }
@@ -674,19 +755,31 @@ pub fn gate(check: &WriteCheck, allow: &AllowDiscard) -> Result<(), String> {
             }
             acc
         });
-    let allow_hint = if names.len() <= 10 {
-        format!("--allow-discard {}", names.join(","))
+    let list = if names.len() <= 10 {
+        names.join(",")
     } else {
-        "--allow-discard TABLES".to_string()
+        "TABLES".to_string()
+    };
+    let these = if names.len() == 1 {
+        "this table"
+    } else {
+        "these tables"
+    };
+    let only_unrecorded = discarded.is_empty()
+        && unknown.iter().all(|u| {
+            u.reason == Unknown::NoBaseline.reason() || u.reason == Unknown::NoLiveBaseline.reason()
+        });
+    let keep = match op {
+        Operation::Swap if only_unrecorded => {
+            "Prepare again (this version records the counters; preserve the tables the application writes with --preserved-tables)".to_string()
+        }
+        Operation::Swap => format!("Prepare again with {these} in --preserved-tables"),
+        Operation::Rollback => format!("Keep {these} with --keep-tables {list}"),
     };
     Err(format!(
-        "{}; nothing was changed. Prepare again with {} in --preserved-tables, or pass {allow_hint} (or --allow-discard all) to swap anyway",
+        "{}; nothing was changed. {keep}, or pass --allow-discard {list} (or --allow-discard all) {}",
         parts.join("; "),
-        if names.len() == 1 {
-            "this table"
-        } else {
-            "these tables"
-        },
+        op.anyway(),
     ))
 }
 
