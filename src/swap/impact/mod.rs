@@ -17,6 +17,7 @@
 //! compare(&WriteBaseline, now: &WriteBaseline, exempt: &[TableName]) -> WriteCheck  // {discarded, unknown}
 //! compare_without_baseline(now, exempt) -> WriteCheck                               // prepared without one
 //! check_sql(&WriteBaseline, exempt) -> String    // one query, no parameters, JSON text: run it under the locks
+//! listed_check_sql(&base, &listed, exempt) -> String  // the same over the tables of a recent snapshot, by OID (cheaper)
 //! parse_check(&str) -> Result<WriteCheck>        // its output, equal to compare()'s
 //! gate(&WriteCheck, &AllowDiscard) -> Result<(), String>   // the refusal line (without "error: ")
 //! gate_for(Operation::Swap | Rollback, &WriteCheck, &AllowDiscard)  // worded for a swap or a rollback
@@ -147,7 +148,8 @@ pub use workload::{
 pub use writes::{
     AllowDiscard, DiscardedWrite, Operation, TableCounters, TableWrites, UnknownWrite,
     WriteBaseline, WriteCheck, WritesSinceReset, check_sql, compare, compare_without_baseline,
-    compare_without_live_baseline, gate, gate_for, parse_check, take_baseline, writes_since_reset,
+    compare_without_live_baseline, gate, gate_for, listed_check_sql, parse_check, take_baseline,
+    writes_since_reset,
 };
 
 /// A schema the application sees now and the schema that replaces it.
