@@ -1,9 +1,12 @@
 //! The report `status` prints: where the destination's migration stands
 //! ([`Destination`], derived in `migration::derive`), with the shadow's size,
 //! the preserved tables' sync health, whether a swap would be allowed now,
-//! leftovers, NOT VALID foreign keys and the backups. Read only, no lock.
+//! leftovers, NOT VALID foreign keys and the backups, and for a prepared
+//! migration the impact report (what the swap would break or discard for the
+//! running application). Read only, no lock.
 
 use std::path::Path;
+use std::time::Duration;
 
 use anyhow::Result;
 use serde::Serialize;
@@ -19,6 +22,17 @@ use crate::pg::connspec::ConnSpec;
 use crate::pg::exec::column;
 use crate::pg::meta::{SHADOW_SCHEMA, ShadowState};
 use crate::prepare::sync::{self, SyncedTable};
+use crate::swap::impact::gate::{self, ImpactOptions};
+use crate::swap::impact::{Impact, WorkloadOptions};
+
+/// What `status` checks of a prepared migration's impact.
+#[derive(Debug, Clone)]
+pub struct StatusOptions {
+    /// `--workload-roles`, `--impact-timeout`.
+    pub workload: WorkloadOptions,
+    /// The swap's lock_timeout (blockers are transactions older than this).
+    pub lock_timeout: Duration,
+}
 
 /// What `status --json` prints (documented in README.md, "JSON output").
 #[derive(Debug, Clone, Serialize)]
@@ -49,6 +63,9 @@ pub struct StatusReport {
     /// created so by a swap with `--allow-fk-violations`.
     pub not_valid_foreign_keys: Vec<String>,
     pub warnings: Vec<String>,
+    /// What the swap would break or discard for the running application, when
+    /// a migration is prepared (null otherwise, or when it could not be checked).
+    pub impact: Option<Impact>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -231,9 +248,15 @@ async fn swap_verdict(client: &Client, d: &Destination) -> Result<Option<String>
 
 /// The status of the destination `dest` (`client` is connected to it); the
 /// state file is looked for in `state_dir`.
-pub async fn report(client: &Client, dest: &ConnSpec, state_dir: &Path) -> Result<StatusReport> {
+pub async fn report(
+    client: &Client,
+    dest: &ConnSpec,
+    state_dir: &Path,
+    opts: &StatusOptions,
+) -> Result<StatusReport> {
     let file = state_file::read(state_dir, dest.dbname());
     let d = Destination::observe(client, file).await?;
+    let mut warnings = d.warnings.clone();
     let shadow = shadow_info(client, &d).await?;
     let synced: &[SyncedTable] = match &d.record {
         Some(st) if d.state.is_busy() => &st.details.sync,
@@ -278,10 +301,30 @@ pub async fn report(client: &Client, dest: &ConnSpec, state_dir: &Path) -> Resul
         );
     }
 
-    let blocked = match sync_problem {
+    let mut blocked = match sync_problem {
         Some(p) if d.state == State::Prepared => Some(p),
         _ => swap_verdict(client, &d).await?,
     };
+
+    // The impact of the prepared migration's swap; discarded writes block a
+    // plain `pgshift swap` (it refuses them without --allow-discard).
+    let mut impact = None;
+    if let Some(st) = d.record.as_ref().filter(|_| {
+        d.state == State::Prepared
+            && matches!(d.shadow.state, ShadowState::Ours(_))
+            && !d.shadow_replaced()
+    }) {
+        match gate::migration_report(client, st, &opts.workload, opts.lock_timeout).await {
+            Ok(i) => {
+                if blocked.is_none() {
+                    blocked = gate::refusal(&i, &ImpactOptions::default())
+                        .map(|why| why.replacen("; nothing was changed.", ".", 1));
+                }
+                impact = Some(i);
+            }
+            Err(e) => warnings.push(format!("could not check the swap's impact: {e:#}")),
+        }
+    }
 
     let not_valid_foreign_keys: Vec<String> = column(
         client,
@@ -312,6 +355,7 @@ pub async fn report(client: &Client, dest: &ConnSpec, state_dir: &Path) -> Resul
         backups: backups.len(),
         latest_backup: backups.first().map(|b| b.schema_name.clone()),
         not_valid_foreign_keys,
-        warnings: d.warnings.clone(),
+        warnings,
+        impact,
     })
 }

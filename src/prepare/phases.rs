@@ -34,6 +34,7 @@ use crate::prepare::privileges;
 use crate::prepare::progress::Progress;
 use crate::prepare::sync;
 use crate::process::{self, ChildSpec};
+use crate::swap::impact;
 
 /// The schema pgshift migrates.
 pub const SOURCE_SCHEMA: &str = "public";
@@ -254,6 +255,10 @@ pub async fn run(
         .collect();
     let dump_dir = settings.dump_dir.clone();
     rec.state.dump_dir = Some(dump_dir.clone());
+    // Before the snapshot: every write to public from now on is counted
+    // (the swap refuses to discard writes to tables that are not preserved).
+    rec.state.details.write_baseline =
+        Some(impact::take_baseline(&sess.control, &[impact::gate::LIVE.to_string()]).await?);
     rec.set_status(sess, Status::Preparing).await?;
 
     let mut run = Run {

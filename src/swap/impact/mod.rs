@@ -8,7 +8,8 @@
 //! as `accounts` in `public` and `billing.invoices` elsewhere; hazard objects are
 //! always qualified (`public.accounts.email`).
 //!
-//! The report has four parts, each usable on its own (the commands wire them).
+//! The report has four parts, each usable on its own; [`gate`] wires them into
+//! prepare, swap, rollback and status (where each check runs, and what refuses).
 //! The API:
 //!
 //! ```text
@@ -127,6 +128,7 @@
 //! locks on a swapped relation, and sessions idle in transaction.
 
 pub mod blockers;
+pub mod gate;
 pub mod hazards;
 pub mod report;
 pub mod resolve;
