@@ -205,12 +205,10 @@ pub async fn preview(client: &Client, opts: &SwapOptions) -> Result<SwapPreview>
     let hook = MigrationTx {
         synced: &details.sync,
         deferred: &details.deferred_sql,
-        writes: m
-            .state
-            .details
+        writes: details
             .write_baseline
             .as_ref()
-            .and_then(|listed| under_locks(m, opts, listed)),
+            .map(|b| under_locks(m, opts, b, b)),
     };
     let p = engine::preview(client, &exchange(m), opts.policy, &hook).await?;
     let fk_violations = sync::fk_violations(client, &details.deferred_sql).await?;
@@ -239,23 +237,21 @@ pub async fn preview(client: &Client, opts: &SwapOptions) -> Result<SwapPreview>
 /// The discarded-writes check under the swap's locks, when prepare recorded a
 /// baseline (without one every table is unknown, and the check before the
 /// swap has already refused or been allowed).
-/// `listed`: public's tables as the check before the locks saw them.
+/// `baseline`: the migration's ([`gate::migration_baseline`]); `listed`:
+/// public's tables as the check before the locks saw them.
 fn under_locks<'a>(
     m: &'a MigrationRow,
     opts: &'a SwapOptions,
+    baseline: &'a WriteBaseline,
     listed: &'a WriteBaseline,
-) -> Option<UnderLocks<'a>> {
-    m.state
-        .details
-        .write_baseline
-        .as_ref()
-        .map(|baseline| UnderLocks {
-            op: Operation::Swap,
-            baseline,
-            listed,
-            exempt: gate::migration_exempt(&m.state),
-            allow: &opts.impact.allow_discard,
-        })
+) -> UnderLocks<'a> {
+    UnderLocks {
+        op: Operation::Swap,
+        baseline,
+        listed,
+        exempt: gate::migration_exempt(&m.state),
+        allow: &opts.impact.allow_discard,
+    }
 }
 
 /// Swap the prepared migration on an open session.
@@ -278,11 +274,12 @@ pub async fn swap(sess: &Session, opts: &SwapOptions) -> Result<SwapReport> {
     // and before the catch-up (a refusal changes nothing).
     let pairs = gate::migration_pairs();
     let exempt = gate::migration_exempt(&m.state);
+    let baseline = gate::migration_baseline(&sess.control, &m.state).await?;
     let checked = gate::before_swap(
         &sess.control,
         &ImpactRequest {
             pairs: &pairs,
-            baseline: m.state.details.write_baseline.as_ref(),
+            baseline: baseline.as_ref(),
             exempt: &exempt,
             workload: opts.impact.workload.clone(),
             lock_timeout: opts.policy.lock_timeout,
@@ -321,7 +318,9 @@ pub async fn swap(sess: &Session, opts: &SwapOptions) -> Result<SwapReport> {
     let hook = MigrationTx {
         synced,
         deferred,
-        writes: under_locks(&m, opts, &checked.listed),
+        writes: baseline
+            .as_ref()
+            .map(|b| under_locks(&m, opts, b, &checked.listed)),
     };
     // The swapped record no longer needs the baseline (it travels in the
     // COMMIT's round trip: keep it small).

@@ -24,6 +24,9 @@
 //!   **rollback** compares the current public against the newest backup's
 //!   `live_baseline` (the operation that made this public live), outside and
 //!   under its locks; tables kept with `--keep-tables` are exempt.
+//! * A table that came into public after prepare started through a rollback
+//!   (restored from a backup) is measured from that rollback's `live_baseline`
+//!   ([`migration_baseline`]), not from its whole life.
 //! * Without a baseline (prepared, or made live, by an earlier version) every
 //!   table is *unknown*: the gate refuses unless `--allow-discard` covers it,
 //!   and says why.
@@ -41,6 +44,7 @@
 //! (nothing could be verified). A discarded-writes check that cannot run
 //! always refuses: nothing can be known.
 
+use std::collections::HashSet;
 use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow};
@@ -52,6 +56,7 @@ use super::{
     WriteBaseline, WriteCheck, compare, compare_without_baseline, listed_check_sql, parse_check,
     take_baseline,
 };
+use crate::backups::manifest;
 use crate::migration::record::MigrationState;
 use crate::pg::exec::simple;
 use crate::pg::ident::TableName;
@@ -127,6 +132,38 @@ pub async fn report(client: &Client, req: &ImpactRequest<'_>) -> Result<Impact> 
     Ok(impact)
 }
 
+/// The baseline a migration's swap compares with: the counters recorded when
+/// prepare started, plus, for tables that came into public later through a
+/// rollback (or another swap), the counters recorded right after the first
+/// such COMMIT (that backup's `live_baseline`): their rows from before are not
+/// writes since prepare. `None` for a migration prepared without a baseline.
+pub async fn migration_baseline(
+    client: &Client,
+    st: &MigrationState,
+) -> Result<Option<WriteBaseline>> {
+    let Some(base) = &st.details.write_baseline else {
+        return Ok(None);
+    };
+    let mut merged = base.clone();
+    let mut known: HashSet<u32> = base.tables.iter().map(|t| t.oid).collect();
+    // Oldest first: a table is measured from the first time it went live
+    // after prepare started.
+    for b in manifest::list_backups(client).await?.iter().rev() {
+        let Some(live) = &b.manifest.live_baseline else {
+            continue;
+        };
+        if live.taken_at <= base.taken_at {
+            continue;
+        }
+        for t in &live.tables {
+            if known.insert(t.oid) {
+                merged.tables.push(t.clone());
+            }
+        }
+    }
+    Ok(Some(merged))
+}
+
 /// The report of the migration `st` as its swap would see it now.
 pub async fn migration_report(
     client: &Client,
@@ -136,11 +173,12 @@ pub async fn migration_report(
 ) -> Result<Impact> {
     let pairs = migration_pairs();
     let exempt = migration_exempt(st);
+    let baseline = migration_baseline(client, st).await?;
     report(
         client,
         &ImpactRequest {
             pairs: &pairs,
-            baseline: st.details.write_baseline.as_ref(),
+            baseline: baseline.as_ref(),
             exempt: &exempt,
             workload: workload.clone(),
             lock_timeout,
