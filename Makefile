@@ -28,8 +28,8 @@ test: deps
 test-only:
 	$(CARGO) test --all-targets --no-fail-fast -- --test-threads=2
 
-## Start two throwaway clusters, migrate a sample database with `start`, then
-## show status, list, verify and rollback.
+## Start two throwaway clusters, migrate a sample database (prepare, the impact
+## report of `swap --dry-run`, swap), then show status, list, verify and rollback.
 demo: deps
 	$(CARGO) build --release
 	./scripts/demo.sh $(TARGET_DIR)/release/pgshift

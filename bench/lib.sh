@@ -104,9 +104,10 @@ free_port() {
 
 STARTED_CLUSTERS=()
 
-# init_cluster NAME -> sets <NAME>_PORT and <NAME>_DIR; the cluster runs on 127.0.0.1.
+# init_cluster NAME [EXTRA_CONF] -> sets <NAME>_PORT and <NAME>_DIR; the cluster runs
+# on 127.0.0.1. EXTRA_CONF: more postgresql.conf lines (e.g. shared_preload_libraries).
 init_cluster() {
-  local name=$1 dir="$WORK/$1"
+  local name=$1 dir="$WORK/$1" extra=${2:-}
   mkdir -p "$dir"
   [ "$(id -u)" -eq 0 ] && chown postgres: "$dir"
   as_server mkdir -p "$dir/sock"
@@ -131,6 +132,7 @@ logging_collector = off
 log_min_messages = warning
 log_line_prefix = '%m [%p] %q%a '
 lc_messages = 'C'
+$extra
 EOF
     rc=0
     as_server "$PGBIN/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w -t 120 start >"$WORK/$name-start.log" 2>&1 || rc=$?

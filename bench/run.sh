@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # pgshift benchmarks (`make bench`): prepare against pg_dump|pg_restore and pgcopydb,
-# the swap's lock time under pgbench load, pgshift's peak memory at two data sizes.
+# the swap's lock time under pgbench load, pgshift's peak memory at two data sizes,
+# the time of the impact report (`swap --dry-run`) with recorded statements.
 # Writes BENCHMARKS.md (and prints it).
 #
 #   bench/run.sh PATH/TO/pgshift
@@ -22,7 +23,9 @@
 #   BENCH_MANY_TABLES    tables of the many-tables dataset (default 4000), plus a table
 #   BENCH_MANY_PARTITIONS   partitioned into this many partitions (default 200)
 #   BENCH_MANY_REPEAT    timed runs per tool on it (default BENCH_REPEAT; each takes minutes)
-#   BENCH_ONLY           subset of "prepare rss swap many" (default all four)
+#   BENCH_IMPACT_TABLES  tables of the impact-report benchmark (default 1000)
+#   BENCH_IMPACT_STATEMENTS  statements it records with pg_stat_statements (default 1000, at most 4 per table)
+#   BENCH_ONLY           subset of "prepare rss swap many impact" (default all five)
 #   BENCH_OUT            report file (default BENCHMARKS.md at the repository root)
 #   BENCH_KEEP_WORK=1    keep the scratch directory (logs) after the run
 #   BENCH_BIN_STATIC     another pgshift binary (e.g. the static one from `make dist`) whose
@@ -60,11 +63,13 @@ BENCH_FSYNC=${BENCH_FSYNC:-on}
 BENCH_MANY_TABLES=${BENCH_MANY_TABLES:-4000}
 BENCH_MANY_PARTITIONS=${BENCH_MANY_PARTITIONS:-200}
 BENCH_MANY_REPEAT=${BENCH_MANY_REPEAT:-$BENCH_REPEAT}
-BENCH_ONLY=${BENCH_ONLY:-prepare rss swap many}
+BENCH_IMPACT_TABLES=${BENCH_IMPACT_TABLES:-1000}
+BENCH_IMPACT_STATEMENTS=${BENCH_IMPACT_STATEMENTS:-1000}
+BENCH_ONLY=${BENCH_ONLY:-prepare rss swap many impact}
 BENCH_OUT=${BENCH_OUT:-$ROOT/BENCHMARKS.md}
 is_int() { [[ $1 =~ ^[0-9]+$ ]] && [ "$1" -gt 0 ]; }
 for v in BENCH_SIZE_MB BENCH_REPEAT BENCH_JOBS BENCH_SMALL_SIZE_MB BENCH_SWAP_SECONDS BENCH_SWAP_AT BENCH_SWAP_CLIENTS \
-  BENCH_MANY_TABLES BENCH_MANY_PARTITIONS BENCH_MANY_REPEAT; do
+  BENCH_MANY_TABLES BENCH_MANY_PARTITIONS BENCH_MANY_REPEAT BENCH_IMPACT_TABLES BENCH_IMPACT_STATEMENTS; do
   is_int "${!v}" || die "$v must be a positive integer, not '${!v}'"
 done
 for m in $BENCH_SWAP_MODES; do
@@ -79,8 +84,11 @@ case $BENCH_FSYNC in on | off) ;; *) die "BENCH_FSYNC must be on or off" ;; esac
 case $BENCH_SWAP_IDLE in 0 | 1) ;; *) die "BENCH_SWAP_IDLE must be 0 or 1" ;; esac
 want() { [[ " $BENCH_ONLY " == *" $1 "* ]]; }
 for part in $BENCH_ONLY; do
-  case $part in prepare | rss | swap | many) ;; *) die "BENCH_ONLY: unknown part '$part' (use prepare, rss, swap, many)" ;; esac
+  case $part in prepare | rss | swap | many | impact) ;; *) die "BENCH_ONLY: unknown part '$part' (use prepare, rss, swap, many, impact)" ;; esac
 done
+[ "$BENCH_IMPACT_TABLES" -ge 10 ] && [ "$BENCH_IMPACT_TABLES" -le 9999 ] || die "BENCH_IMPACT_TABLES must be between 10 and 9999"
+[ "$BENCH_IMPACT_STATEMENTS" -le $((4 * BENCH_IMPACT_TABLES)) ] ||
+  die "BENCH_IMPACT_STATEMENTS must be at most 4 × BENCH_IMPACT_TABLES (four statement shapes per table)"
 
 # Size knobs: everything scales with the dataset size; the 300 small tables do not.
 SCALE_F=$(awk -v s="$BENCH_SIZE_MB" -v d="$DEFAULT_SIZE_MB" 'BEGIN { printf "%.4f", s / d }')
@@ -398,11 +406,13 @@ latency_stats() {
 # pgshift swap on the destination database DB in MODE, with the state dir of its
 # prepare; writes DIR/swap.json and DIR/swap.log. A swap refused because its
 # transaction would not fit the lock table sets SWAP_REFUSED (the refusal) and
-# aborts the prepared migration; any other failure ends the benchmark.
+# aborts the prepared migration; any other failure ends the benchmark. pgbench keeps
+# writing tables that are not preserved: those writes are discarded on purpose
+# (--allow-discard all).
 pgshift_swap() {
   local dir=$1 db=$2 mode=$3 rc=0
   SWAP_REFUSED=""
-  (cd "$dir" && "$PGSHIFT" swap --dest "$(url "$DST_PORT" "$db")" --json --state-dir "$dir" --swap-mode "$mode" \
+  (cd "$dir" && "$PGSHIFT" swap --dest "$(url "$DST_PORT" "$db")" --json --state-dir "$dir" --swap-mode "$mode" --allow-discard all \
     >"$dir/swap.json" 2>"$dir/swap.log") || rc=$?
   if [ "$rc" -ne 0 ] && grep -q 'lock-table slots' "$dir/swap.log"; then
     SWAP_REFUSED=$(grep '^error: ' "$dir/swap.log" | head -n 1)
@@ -548,6 +558,80 @@ if want many; then
     done
   done
   drop_db "$SRC_PORT" bench_many
+fi
+
+# ---------------------------------------------------------------- the impact report
+# A third cluster with pg_stat_statements preloaded (the others stay as they are):
+# source and destination databases with N tables each; in the new version (the
+# source) every 100th table gains a column and another every 100th is dropped.
+# pgshift prepare, then the application's M distinct statements are recorded on the
+# destination (the application keeps running between prepare and swap; recording
+# them after prepare also keeps prepare's own statements, about four per table, from
+# evicting them), then `pgshift swap --dry-run --json` (the whole report) is timed.
+# pg_stat_statements.max leaves room for everything: the report also reads and
+# leaves out prepare's statements, as it would on a real destination.
+: >"$WORK/impact.tsv"
+if want impact; then
+  idir="$WORK/impact"
+  mkdir -p "$idir"
+  n=$BENCH_IMPACT_TABLES
+  m=$BENCH_IMPACT_STATEMENTS
+  pgss_max=$((10 * n + 2 * m))
+  [ "$pgss_max" -ge 10000 ] || pgss_max=10000
+  init_cluster IMP "shared_preload_libraries = 'pg_stat_statements'
+pg_stat_statements.max = $pgss_max"
+  say "impact report with $n tables and $m recorded statements: building source and destination"
+  for db in impact_src impact_dst; do
+    recreate_db "$IMP_PORT" "$db"
+    run_logged "$idir/build.log" "creating $n tables ($db)" \
+      psql_file "$IMP_PORT" "$db" "$HERE/swap_tables.sql" -v n="$n" -v parts=0 -v tag="$db"
+  done
+  q "$IMP_PORT" impact_src "DO \$\$ DECLARE r record; BEGIN
+    FOR r IN SELECT relname FROM pg_class WHERE relnamespace = 'public'::regnamespace AND relkind = 'r'
+                AND relname LIKE 'swap\_%' AND substr(relname, 6)::int % 100 IN (0, 50) LOOP
+      IF substr(r.relname, 6)::int % 100 = 0 THEN
+        EXECUTE format('ALTER TABLE %I ADD COLUMN extra int', r.relname);
+      ELSE
+        EXECUTE format('DROP TABLE %I', r.relname);
+      END IF;
+    END LOOP; END \$\$" >/dev/null
+  q "$IMP_PORT" impact_dst "CREATE EXTENSION pg_stat_statements" >/dev/null
+  q "$IMP_PORT" impact_dst "SELECT pg_stat_statements_reset()" >/dev/null
+  say "impact report: pgshift prepare"
+  rc=0
+  (cd "$idir" && "$PGSHIFT" prepare --source "$(url "$IMP_PORT" impact_src)" --dest "$(url "$IMP_PORT" impact_dst)" \
+    --jobs "$BENCH_JOBS" --json --state-dir "$idir" >"$idir/prepare.json" 2>"$idir/prepare.log") || rc=$?
+  if [ "$rc" -ne 0 ]; then
+    show_tail "$idir/prepare.log"
+    die "pgshift prepare (impact report) failed (exit $rc)"
+  fi
+  run_logged "$idir/build.log" "recording $m statements" \
+    psql_file "$IMP_PORT" impact_dst "$HERE/impact_workload.sql" -v n="$n" -v m="$m" -o /dev/null
+  recorded=$(q "$IMP_PORT" impact_dst "SELECT count(*) FROM pg_stat_statements s JOIN pg_database d ON d.oid = s.dbid
+                                        WHERE d.datname = current_database() AND s.query ~ '^SELECT .* FROM swap_'")
+  [ "$recorded" -eq "$m" ] ||
+    die "pg_stat_statements holds $recorded of the $m statements (evicted? pg_stat_statements.max = $pgss_max)"
+  : >"$idir/times.txt"
+  for round in $(seq 1 "$BENCH_REPEAT"); do
+    settle "$IMP_PORT"
+    t0=$(now_us)
+    (cd "$idir" && "$PGSHIFT" swap --dest "$(url "$IMP_PORT" impact_dst)" --dry-run --json --state-dir "$idir" \
+      >"$idir/dry-$round.json" 2>"$idir/dry-$round.log") || rc=$?
+    t1=$(now_us)
+    if [ "$rc" -ne 0 ]; then
+      show_tail "$idir/dry-$round.log"
+      die "pgshift swap --dry-run (impact report) failed (exit $rc)"
+    fi
+    secs_between "$t0" "$t1" >>"$idir/times.txt"
+    say "  impact report, run $round: $(tail -n 1 "$idir/times.txt") s"
+  done
+  jq -r --arg n "$n" --arg rec "$recorded" '.swap.impact | [$n, $rec, .statements.checked, (.statements.unchecked | length),
+      (.statements.failing | length), (.statements.result_type_changed | length), (.hazards | length)] | @tsv' \
+    "$idir/dry-1.json" | tr -d '\n' >>"$WORK/impact.tsv"
+  printf '\t%s\t%s\t%s\n' "$(stat_min <"$idir/times.txt")" "$(stat_median <"$idir/times.txt")" \
+    "$(paste -sd ' ' "$idir/times.txt")" >>"$WORK/impact.tsv"
+  drop_db "$IMP_PORT" impact_src
+  drop_db "$IMP_PORT" impact_dst
 fi
 
 # ---------------------------------------------------------------- report

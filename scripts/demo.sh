@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # pgshift demo: two throwaway local PostgreSQL clusters, a sample PostGIS
-# application migrated with `pgshift start` while a small client keeps using the
-# destination, then status, list, verify and a rollback.
+# application migrated while a small client keeps using the destination
+# (prepare, the impact report of `swap --dry-run`, swap), then status, list,
+# verify and a rollback.
 #
 #   scripts/demo.sh <path-to-pgshift-binary>        (what `make demo` runs)
 #
@@ -80,6 +81,7 @@ unix_socket_directories = '$WORK/$1-sock'
 fsync = off
 synchronous_commit = off
 timezone = 'UTC'
+shared_preload_libraries = 'pg_stat_statements'
 EOF
   as_server pg_ctl start -D "$dir" -l "$dir/server.log" -w -t 60 >/dev/null
 }
@@ -108,6 +110,9 @@ INSERT INTO products (title, price) SELECT 'old product ' || g, g FROM generate_
 CREATE TABLE stores (id serial PRIMARY KEY, name text, location geometry(Point, 4326));
 INSERT INTO stores (name, location) VALUES ('Old Town', ST_SetSRID(ST_MakePoint(13.40, 52.52), 4326));
 CREATE FUNCTION catalog_version() RETURNS text LANGUAGE sql AS $$ SELECT 'v1' $$;
+-- The statements the application runs, for the impact report (the library is
+-- preloaded above; the setup's own statements are forgotten before the client starts).
+CREATE EXTENSION pg_stat_statements;
 SQL
 note "v1: $(psql_dst -c "SELECT count(*) FROM products") products, $(psql_dst -c "SELECT count(*) FROM users") users, catalog $(psql_dst -c "SELECT catalog_version()")"
 
@@ -129,14 +134,16 @@ CREATE FUNCTION stores_near(lon float8, lat float8, km float8) RETURNS SETOF sto
 SQL
 note "v2: $(psql_src -c "SELECT count(*) FROM products") products, $(psql_src -c "SELECT count(*) FROM orders") orders, $(psql_src -c "SELECT count(*) FROM stores") stores"
 
-say "A client keeps using the destination: a sign-up and a catalog read every 100 ms"
+say "A client keeps using the destination: a sign-up and two catalog reads every 100 ms"
+psql_dst -c "SELECT pg_stat_statements_reset()" >/dev/null
 CLIENT_LOG="$WORK/client.log"
 (
   i=0
   while :; do
     i=$((i + 1))
     if psql -X -q -At "$DST" -c "INSERT INTO users (name, email) VALUES ('signup$i', 'signup$i@example.com')" \
-                          -c "SELECT catalog_version(), count(*) FROM products" >>"$CLIENT_LOG" 2>&1; then
+                          -c "SELECT catalog_version(), count(*) FROM products" \
+                          -c "SELECT * FROM products WHERE id = $(( i % 50 + 1 ))" >>"$CLIENT_LOG" 2>&1; then
       echo "ok" >>"$CLIENT_LOG.status"
     else
       echo "failed" >>"$CLIENT_LOG.status"
@@ -149,13 +156,27 @@ sleep 1
 note "client running (pid $CLIENT_PID)"
 
 export PGSHIFT_STATE_DIR="$WORK/state"
-say "pgshift start: restore v2 into shadow, keep 'users' in sync, swap"
 if [ -n "$PRESERVED" ]; then
-  run start --source "$SRC" --dest "$DST" --preserved-tables "$PRESERVED"
+  say "pgshift prepare: restore v2 into shadow, keep '$PRESERVED' in sync"
+  run prepare --source "$SRC" --dest "$DST" --preserved-tables "$PRESERVED"
+  SWAP_ARGS=()
 else
-  note "(DEMO_PRESERVED_TABLES is empty: migrating without preserved tables)"
-  run start --source "$SRC" --dest "$DST"
+  say "pgshift prepare: restore v2 into shadow (DEMO_PRESERVED_TABLES is empty: no table preserved)"
+  run prepare --source "$SRC" --dest "$DST"
+  # The client's sign-ups since prepare would be lost: the swap refuses unless told.
+  SWAP_ARGS=(--allow-discard users)
 fi
+
+say "pgshift swap --dry-run: what the swap will do to the running application"
+note "(pg_stat_statements recorded the client's statements; each is checked against v2)"
+printf '\033[2m$ pgshift swap --dest %s --dry-run %s\033[0m   (the impact report; the objects and the SQL left out here)\n' "$DST" "${SWAP_ARGS[*]+"${SWAP_ARGS[*]}"}"
+"$PGSHIFT" swap --dest "$DST" --dry-run "${SWAP_ARGS[@]+"${SWAP_ARGS[@]}"}" |
+  sed -n '/^Impact on the running application/,/^public -> /p' | sed '$d'
+note "psql does not prepare statements, so this client is not hurt by the changed result type;"
+note "an application using pgx, psycopg 3 or node-postgres would be (see README: What the swap does to a running application)"
+
+say "pgshift swap: make v2 public in one short transaction"
+run swap --dest "$DST" "${SWAP_ARGS[@]+"${SWAP_ARGS[@]}"}"
 sleep 0.5
 note "destination now: catalog $(psql_dst -c "SELECT catalog_version()"), $(psql_dst -c "SELECT count(*) FROM products") products, $(psql_dst -c "SELECT count(*) FROM users") users"
 note "PostGIS through the default search_path: $(psql_dst -c "SELECT name || ' at ' || ST_AsText(location) FROM stores ORDER BY id LIMIT 1")"

@@ -133,7 +133,10 @@ pub enum Command {
     Swap(SwapArgs),
 
     /// Show the migration state of a destination (exit 0 whatever the state).
-    Status(DestOnly),
+    ///
+    /// With a prepared migration it also shows the impact report's summary:
+    /// what the swap would break or discard for the running application.
+    Status(StatusArgs),
 
     /// List backup schemas, newest first.
     List(DestOnly),
@@ -249,6 +252,29 @@ pub struct PrepareOpts {
     /// Print the plan and change nothing on either database.
     #[arg(long, env = "PGSHIFT_DRY_RUN", value_parser = clap::builder::FalseyValueParser::new(), action = ArgAction::SetTrue)]
     pub dry_run: bool,
+
+    #[command(flatten)]
+    pub impact: ImpactOpts,
+}
+
+/// Options of the impact report's workload check (prepare, swap, start, status).
+#[derive(Debug, Args, Clone, Default)]
+pub struct ImpactOpts {
+    /// Check only the recorded statements of these roles (the application's),
+    /// comma separated. Default: every role's.
+    #[arg(
+        long,
+        env = "PGSHIFT_WORKLOAD_ROLES",
+        value_name = "ROLES",
+        value_delimiter = ','
+    )]
+    pub workload_roles: Option<Vec<String>>,
+
+    /// Time bound of the recorded-statements check, e.g. `30s` (default 30s);
+    /// statements left when it runs out are reported as unchecked. A bare
+    /// number is seconds.
+    #[arg(long, env = "PGSHIFT_IMPACT_TIMEOUT", value_name = "DURATION")]
+    pub impact_timeout: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Deserialize, serde::Serialize)]
@@ -288,6 +314,24 @@ pub struct SwapOpts {
     /// those constraints are created NOT VALID.
     #[arg(long, env = "PGSHIFT_ALLOW_FK_VIOLATIONS", value_parser = clap::builder::FalseyValueParser::new(), action = ArgAction::SetTrue)]
     pub allow_fk_violations: bool,
+
+    /// Swap (or roll back) even though the application wrote these tables
+    /// since prepare started (since the current public went live, for a
+    /// rollback) and they are not preserved (kept): those rows stay in the
+    /// backup. Comma separated, or `all`. Tables whose writes cannot be
+    /// known (statistics reset, no counters recorded) need it too.
+    #[arg(long, env = "PGSHIFT_ALLOW_DISCARD", value_name = "TABLES|all")]
+    pub allow_discard: Option<String>,
+}
+
+/// `--fail-on-breaking` (swap, start).
+#[derive(Debug, Args, Clone, Default)]
+pub struct BreakingOpt {
+    /// Refuse the swap (exit 1, nothing changed) when a recorded statement
+    /// would fail or change result type, or a dropped object is used by one.
+    /// Without it these are warnings printed before the swap.
+    #[arg(long, env = "PGSHIFT_FAIL_ON_BREAKING", value_parser = clap::builder::FalseyValueParser::new(), action = ArgAction::SetTrue)]
+    pub fail_on_breaking: bool,
 }
 
 #[derive(Debug, Args, Clone, Default)]
@@ -297,6 +341,9 @@ pub struct StartArgs {
 
     #[command(flatten)]
     pub swap: SwapOpts,
+
+    #[command(flatten)]
+    pub breaking: BreakingOpt,
 }
 
 #[derive(Debug, Args, Clone, Default)]
@@ -322,9 +369,26 @@ pub struct SwapArgs {
     #[command(flatten)]
     pub swap: SwapOpts,
 
-    /// Print the objects that would move and the swap's SQL; change nothing.
+    #[command(flatten)]
+    pub breaking: BreakingOpt,
+
+    #[command(flatten)]
+    pub impact: ImpactOpts,
+
+    /// Print the impact report (what the swap would break or discard for the
+    /// running application), the objects that would move and the swap's SQL;
+    /// change nothing.
     #[arg(long, env = "PGSHIFT_DRY_RUN", value_parser = clap::builder::FalseyValueParser::new(), action = ArgAction::SetTrue)]
     pub dry_run: bool,
+}
+
+#[derive(Debug, Args, Clone, Default)]
+pub struct StatusArgs {
+    #[command(flatten)]
+    pub dest: DestArg,
+
+    #[command(flatten)]
+    pub impact: ImpactOpts,
 }
 
 #[derive(Debug, Args, Clone, Default)]

@@ -12,10 +12,13 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use serde::Deserialize;
 
-use crate::cli::{Command, GlobalArgs, LogFormat, PrepareOpts, SwapModeArg, SwapOpts, VerifyMode};
+use crate::cli::{
+    Command, GlobalArgs, ImpactOpts, LogFormat, PrepareOpts, SwapModeArg, SwapOpts, VerifyMode,
+};
 use crate::error::UserError;
 use crate::pg::conn::connspec::ConnSpec;
 use crate::pg::ident::TableName;
+use crate::swap::impact::AllowDiscard;
 
 /// Name of the config file looked up in the current directory.
 pub const DEFAULT_CONFIG_FILE: &str = "pgshift.toml";
@@ -43,6 +46,10 @@ pub struct FileConfig {
     pub swap_mode: Option<SwapModeArg>,
     pub allow_fk_violations: Option<bool>,
     pub keep_latest: Option<usize>,
+    pub allow_discard: Option<StringList>,
+    pub fail_on_breaking: Option<bool>,
+    pub workload_roles: Option<StringList>,
+    pub impact_timeout: Option<DurationValue>,
 }
 
 /// `"a,b"` or `["a", "b"]`.
@@ -94,6 +101,13 @@ pub struct Settings {
     pub swap_mode: SwapModeArg,
     pub allow_fk_violations: bool,
     pub keep_latest: Option<usize>,
+    /// Discarded or unknown writes the swap (or rollback) may discard.
+    pub allow_discard: AllowDiscard,
+    pub fail_on_breaking: bool,
+    /// Roles whose recorded statements the impact report checks (empty: all).
+    pub workload_roles: Vec<String>,
+    /// Time bound of the impact report's workload check.
+    pub impact_timeout: Duration,
     /// The config file that was read, if any.
     pub config_file: Option<PathBuf>,
     /// Adjustments made while validating, to log once logging is up.
@@ -120,6 +134,10 @@ impl fmt::Debug for Settings {
             .field("swap_retries", &self.swap_retries)
             .field("swap_mode", &self.swap_mode)
             .field("allow_fk_violations", &self.allow_fk_violations)
+            .field("allow_discard", &self.allow_discard)
+            .field("fail_on_breaking", &self.fail_on_breaking)
+            .field("workload_roles", &self.workload_roles)
+            .field("impact_timeout", &self.impact_timeout)
             .field("config_file", &self.config_file)
             .finish_non_exhaustive()
     }
@@ -140,6 +158,10 @@ struct CommandInputs {
     swap_mode: Option<SwapModeArg>,
     allow_fk_violations: bool,
     keep_latest: Option<usize>,
+    allow_discard: Option<String>,
+    fail_on_breaking: bool,
+    workload_roles: Option<Vec<String>>,
+    impact_timeout: Option<String>,
 }
 
 impl CommandInputs {
@@ -153,17 +175,24 @@ impl CommandInputs {
             c.verify = p.verify;
             c.keep_source_owners = p.keep_source_owners;
             c.dry_run = p.dry_run;
+            impact(&p.impact, c);
         }
         fn swap(s: &SwapOpts, c: &mut CommandInputs) {
             c.swap_retries = s.swap_retries;
             c.swap_mode = s.swap_mode;
             c.allow_fk_violations = s.allow_fk_violations;
+            c.allow_discard = s.allow_discard.clone();
+        }
+        fn impact(i: &ImpactOpts, c: &mut CommandInputs) {
+            c.workload_roles = i.workload_roles.clone();
+            c.impact_timeout = i.impact_timeout.clone();
         }
         let mut c = CommandInputs::default();
         match cmd {
             Command::Start(a) => {
                 prep(&a.prepare, &mut c);
                 swap(&a.swap, &mut c);
+                c.fail_on_breaking = a.breaking.fail_on_breaking;
             }
             Command::Prepare(a) => prep(&a.prepare, &mut c),
             Command::Swap(a) => {
@@ -171,6 +200,8 @@ impl CommandInputs {
                 c.keep_dump = a.keep_dump;
                 c.dry_run = a.dry_run;
                 swap(&a.swap, &mut c);
+                c.fail_on_breaking = a.breaking.fail_on_breaking;
+                impact(&a.impact, &mut c);
             }
             Command::Rollback(a) => {
                 c.dest = a.dest.dest.clone();
@@ -183,9 +214,11 @@ impl CommandInputs {
                 c.keep_latest = a.keep_latest;
             }
             Command::Verify(a) => c.dest = a.dest.dest.clone(),
-            Command::Status(a) | Command::List(a) | Command::Abort(a) => {
-                c.dest = a.dest.dest.clone()
+            Command::Status(a) => {
+                c.dest = a.dest.dest.clone();
+                impact(&a.impact, &mut c);
             }
+            Command::List(a) | Command::Abort(a) => c.dest = a.dest.dest.clone(),
         }
         c
     }
@@ -387,6 +420,31 @@ pub fn resolve(
         }
     }
 
+    let allow_discard = match (&inputs.allow_discard, &f.allow_discard) {
+        (Some(v), _) => Some(v.clone()),
+        (None, Some(l)) => Some(l.items().join(",")),
+        (None, None) => None,
+    };
+    let allow_discard = match allow_discard {
+        None => AllowDiscard::Nothing,
+        Some(v) => AllowDiscard::parse(&v).map_err(|e| {
+            UserError::new(format!(
+                "--allow-discard: {e} (give table names, comma separated, or all)"
+            ))
+        })?,
+    };
+    let roles_raw: Vec<String> = match (&inputs.workload_roles, &f.workload_roles) {
+        (Some(v), _) => v.clone(),
+        (None, Some(l)) => l.items(),
+        (None, None) => Vec::new(),
+    };
+    let workload_roles = parse_roles(&roles_raw)?;
+    let impact_timeout = match (&inputs.impact_timeout, &f.impact_timeout) {
+        (Some(t), _) => parse_duration("--impact-timeout", t)?,
+        (None, Some(v)) => duration_value("impact_timeout", v)?,
+        (None, None) => Duration::from_secs(30),
+    };
+
     let verbosity = (global.verbose as i8).saturating_sub(global.quiet as i8);
     Ok(Settings {
         json: global.json || f.json.unwrap_or(false),
@@ -420,9 +478,34 @@ pub fn resolve(
         },
         allow_fk_violations: inputs.allow_fk_violations || f.allow_fk_violations.unwrap_or(false),
         keep_latest: inputs.keep_latest.or(f.keep_latest),
+        allow_discard,
+        fail_on_breaking: inputs.fail_on_breaking || f.fail_on_breaking.unwrap_or(false),
+        workload_roles,
+        impact_timeout,
         config_file,
         warnings,
     })
+}
+
+/// `--workload-roles`: role names as typed (`app`, `"App"`), never SQL.
+fn parse_roles(items: &[String]) -> Result<Vec<String>> {
+    let mut roles: Vec<String> = Vec::new();
+    for item in items.iter().filter(|s| !s.trim().is_empty()) {
+        let bad = |why: String| UserError::new(format!("--workload-roles: {why}"));
+        let name = TableName::parse(item)
+            .map_err(|e| bad(e.to_string().replacen("table name", "role name", 1)))?;
+        if name.schema.is_some() {
+            return Err(bad(format!(
+                "{:?} is not a role name (it has a dot)",
+                item.trim()
+            ))
+            .into());
+        }
+        if !roles.contains(&name.name) {
+            roles.push(name.name);
+        }
+    }
+    Ok(roles)
 }
 
 impl Settings {
@@ -537,6 +620,69 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("not in schema public"), "{err}");
+    }
+
+    #[test]
+    fn impact_settings_from_flags_file_and_defaults() {
+        let s = settings(&["pgshift", "status"], "").unwrap();
+        assert_eq!(s.allow_discard, AllowDiscard::Nothing);
+        assert!(!s.fail_on_breaking);
+        assert!(s.workload_roles.is_empty());
+        assert_eq!(s.impact_timeout, Duration::from_secs(30));
+
+        let file = "allow_discard = ['orders', 'billing.invoices']\nfail_on_breaking = true\nworkload_roles = 'app,\"Reporting\"'\nimpact_timeout = '5s'\n";
+        let s = settings(&["pgshift", "swap"], file).unwrap();
+        assert_eq!(
+            s.allow_discard,
+            AllowDiscard::parse("orders,billing.invoices").unwrap()
+        );
+        assert!(s.fail_on_breaking);
+        assert_eq!(s.workload_roles, vec!["app", "Reporting"]);
+        assert_eq!(s.impact_timeout, Duration::from_secs(5));
+        // Flags win.
+        let s = settings(
+            &[
+                "pgshift",
+                "swap",
+                "--allow-discard",
+                "all",
+                "--impact-timeout",
+                "250ms",
+                "--workload-roles",
+                "web",
+            ],
+            file,
+        )
+        .unwrap();
+        assert_eq!(s.allow_discard, AllowDiscard::All);
+        assert_eq!(s.impact_timeout, Duration::from_millis(250));
+        assert_eq!(s.workload_roles, vec!["web"]);
+
+        for (args, fragment) in [
+            (
+                vec!["pgshift", "swap", "--allow-discard", "a;b"],
+                "--allow-discard",
+            ),
+            (
+                vec!["pgshift", "swap", "--impact-timeout", "0"],
+                "--impact-timeout",
+            ),
+            (
+                vec!["pgshift", "status", "--workload-roles", "a.b"],
+                "--workload-roles",
+            ),
+            (
+                vec!["pgshift", "status", "--workload-roles", "x y"],
+                "role name",
+            ),
+        ] {
+            let err = settings(&args, "").unwrap_err();
+            assert!(err.to_string().contains(fragment), "{args:?}: {err}");
+            assert_eq!(
+                crate::error::exit_code_for(&err),
+                crate::error::ExitCode::Usage
+            );
+        }
     }
 
     #[test]

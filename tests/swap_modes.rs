@@ -200,9 +200,18 @@ async fn rename_mode_keeps_sessions_writers_and_public_itself() {
     let verify = wd.run(&["verify", "--dest", &dbs.dst.url(), "--timestamp", &backup]);
     assert_success(&verify);
 
-    // Rollback uses the same mode and restores public as it was.
-    let out =
-        assert_success(&wd.run(&["rollback", "--latest", "--json", "--dest", &dbs.dst.url()]));
+    // Rollback uses the same mode and restores public as it was. It discards
+    // what was written to the new public since the swap (the session's and
+    // this test's rows in accounts, the writer's in sessions): allowed.
+    let out = assert_success(&wd.run(&[
+        "rollback",
+        "--latest",
+        "--json",
+        "--dest",
+        &dbs.dst.url(),
+        "--allow-discard",
+        "accounts,sessions",
+    ]));
     let rb: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(rb["swap_mode"], "rename", "{rb}");
     assert_eq!(rb["restored_schema_dropped"], true, "{rb}");

@@ -71,6 +71,11 @@ pub struct Manifest {
     /// of the backup (at a table that stayed live); re-created when it is restored.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub detached_foreign_keys: Vec<ForeignKeyDef>,
+    /// The write counters of the tables this operation made live in public,
+    /// taken right after its COMMIT: a rollback of that public compares them
+    /// to find writes it would discard. Absent in manifests of earlier versions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub live_baseline: Option<crate::swap::impact::WriteBaseline>,
 }
 
 /// A foreign key, from `pg_constraint`'s columns (no SQL text), so it can be

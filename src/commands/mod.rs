@@ -23,6 +23,8 @@ use crate::config::Settings;
 use crate::error::ExitCode;
 use crate::migration::session::{RunContext, Session};
 use crate::swap::engine::Policy;
+use crate::swap::impact::WorkloadOptions;
+use crate::swap::impact::gate::ImpactOptions;
 use crate::swap::mode::ModeRequest;
 
 /// What every command gets.
@@ -67,6 +69,26 @@ impl Ctx {
                 SwapModeArg::Object => ModeRequest::Object,
                 SwapModeArg::Rename => ModeRequest::Rename,
             },
+        }
+    }
+}
+
+impl Ctx {
+    /// The impact report's workload check (`--workload-roles`, `--impact-timeout`).
+    pub fn workload_options(&self) -> WorkloadOptions {
+        WorkloadOptions {
+            roles: self.settings.workload_roles.clone(),
+            timeout: self.settings.impact_timeout,
+            ..WorkloadOptions::default()
+        }
+    }
+
+    /// The impact checks of a swap (`--allow-discard`, `--fail-on-breaking`, the workload check).
+    pub fn impact_options(&self) -> ImpactOptions {
+        ImpactOptions {
+            allow_discard: self.settings.allow_discard.clone(),
+            fail_on_breaking: self.settings.fail_on_breaking,
+            workload: self.workload_options(),
         }
     }
 }

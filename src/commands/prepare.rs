@@ -3,15 +3,46 @@
 use std::io::IsTerminal;
 
 use anyhow::Result;
+use serde::Serialize;
 
 use crate::cli::VerifyMode;
 use crate::commands::Ctx;
 use crate::error::ExitCode;
+use crate::migration::record;
 use crate::migration::session::{Recorder, Session, now_ms};
 use crate::migration::state_file::file_safe;
 use crate::output::{self, Table, human_bytes, human_ms};
 use crate::prepare::phases::{self, PlanReport, PrepareOptions, PrepareReport, Verify};
 use crate::prepare::progress::Progress;
+use crate::swap::impact::gate::{self, LIVE};
+use crate::swap::impact::{Impact, WritesSinceReset, writes_since_reset};
+
+/// What `prepare --json` prints: the report and the impact the swap would have now.
+#[derive(Debug, Serialize)]
+pub struct PrepareOutput<'a> {
+    #[serde(flatten)]
+    pub report: &'a PrepareReport,
+    /// The impact report as the swap would see it right after prepare (null
+    /// when it could not be made, and in `start`, which reports it under
+    /// `swap.impact`).
+    pub impact: Option<&'a Impact>,
+}
+
+/// What `prepare --dry-run --json` prints under `plan`.
+#[derive(Debug, Serialize)]
+pub struct PlanOutput<'a> {
+    #[serde(flatten)]
+    pub plan: &'a PlanReport,
+    /// The destination's tables written since its statistics were last reset
+    /// (a hint for `--preserved-tables`); null when they could not be read.
+    pub writes_since_reset: Option<&'a WritesSinceReset>,
+}
+
+/// The dry run's plan and hint.
+pub struct Plan {
+    pub plan: PlanReport,
+    pub writes: Option<WritesSinceReset>,
+}
 
 pub async fn run(ctx: Ctx) -> Result<ExitCode> {
     let opts = options(&ctx)?;
@@ -22,8 +53,33 @@ pub async fn run(ctx: Ctx) -> Result<ExitCode> {
     }
     let sess = ctx.open_session().await?;
     let report = prepare_in_session(&ctx, &sess, &opts).await?;
-    print_report(&ctx, &report)?;
+    let impact = impact_after_prepare(&ctx, &sess).await;
+    print_report(&ctx, &report, impact.as_ref())?;
     Ok(ExitCode::Ok)
+}
+
+/// The impact report of the migration just prepared (a warning, not a
+/// failure, when it cannot be made: the prepare itself succeeded).
+async fn impact_after_prepare(ctx: &Ctx, sess: &Session) -> Option<Impact> {
+    let made = async {
+        let row = record::latest_migration(&sess.control)
+            .await?
+            .ok_or_else(|| anyhow::anyhow!("the migration record is missing"))?;
+        gate::migration_report(
+            &sess.control,
+            &row.state,
+            &ctx.workload_options(),
+            ctx.settings.lock_timeout,
+        )
+        .await
+    };
+    match made.await {
+        Ok(i) => Some(i),
+        Err(e) => {
+            tracing::warn!("could not check the swap's impact: {e:#}");
+            None
+        }
+    }
 }
 
 /// The prepare's options from the settings (`start` prepares with them too).
@@ -71,8 +127,9 @@ pub fn progress_for(ctx: &Ctx) -> Progress {
     Progress::new(std::io::stderr().is_terminal() && !ctx.settings.json)
 }
 
-/// The read-only plan; touches nothing on either database.
-pub async fn dry_run(ctx: &Ctx, opts: &PrepareOptions) -> Result<PlanReport> {
+/// The read-only plan, with the tables the application writes (a hint for
+/// `--preserved-tables`); touches nothing on either database.
+pub async fn dry_run(ctx: &Ctx, opts: &PrepareOptions) -> Result<Plan> {
     let run = ctx.run_context();
     let src = run.connect(&opts.source, "source").await?;
     let dst = run.connect(&opts.dest, "destination").await?;
@@ -80,12 +137,27 @@ pub async fn dry_run(ctx: &Ctx, opts: &PrepareOptions) -> Result<PlanReport> {
         .await?
         .with_plan_budget(opts, &dst, &src)
         .await;
-    Ok(phases::plan_report(opts, &checked))
+    let writes = match writes_since_reset(&dst, &[LIVE.to_string()]).await {
+        Ok(w) => Some(w),
+        Err(e) => {
+            tracing::warn!("could not read the destination's write counters: {e:#}");
+            None
+        }
+    };
+    Ok(Plan {
+        plan: phases::plan_report(opts, &checked),
+        writes,
+    })
 }
 
-pub fn print_plan(ctx: &Ctx, plan: &PlanReport) -> Result<()> {
+pub fn print_plan(ctx: &Ctx, p: &Plan) -> Result<()> {
+    let plan = &p.plan;
     if ctx.settings.json {
-        return output::print_json(&serde_json::json!({ "dry_run": true, "plan": plan }));
+        let out = PlanOutput {
+            plan,
+            writes_since_reset: p.writes.as_ref(),
+        };
+        return output::print_json(&serde_json::json!({ "dry_run": true, "plan": out }));
     }
     println!("Plan (dry run: nothing was changed)");
     println!("  source:      {}", plan.source);
@@ -129,15 +201,60 @@ pub fn print_plan(ctx: &Ctx, plan: &PlanReport) -> Result<()> {
         plan.tables.len(),
         human_bytes(plan.total_bytes)
     );
+    if let Some(w) = &p.writes {
+        print_writes_hint(plan, w);
+    }
     for w in &plan.warnings {
         println!("warning: {w}");
     }
     Ok(())
 }
 
-pub fn print_report(ctx: &Ctx, r: &PrepareReport) -> Result<()> {
+/// The destination's tables the application writes, for `--preserved-tables`.
+fn print_writes_hint(plan: &PlanReport, w: &WritesSinceReset) {
+    let since = w
+        .stats_reset
+        .map(|t| format!("since {}", t.format("%Y-%m-%d %H:%M:%S UTC")))
+        .unwrap_or_else(|| "since the statistics began (never reset)".to_string());
+    println!();
+    if !w.track_counts {
+        println!("Destination tables written: unknown (track_counts is off on the destination)");
+        return;
+    }
+    if w.tables.is_empty() {
+        println!("Destination tables written {since}: none");
+        return;
+    }
+    println!(
+        "Destination tables written {since} (their rows are replaced by the swap unless preserved):"
+    );
+    let preserved = |t: &str| plan.preserved_tables.iter().any(|p| p == t);
+    let mut t = Table::new(["table", "inserts", "updates", "deletes", ""])
+        .right(1)
+        .right(2)
+        .right(3);
+    for tw in &w.tables {
+        t.row([
+            tw.table.clone(),
+            tw.inserts.to_string(),
+            tw.updates.to_string(),
+            tw.deletes.to_string(),
+            if preserved(&tw.table) {
+                "preserved".to_string()
+            } else {
+                String::new()
+            },
+        ]);
+    }
+    t.print();
+    println!(
+        "Tables the application keeps writing belong in --preserved-tables; the swap refuses to discard writes made after prepare starts."
+    );
+}
+
+pub fn print_report(ctx: &Ctx, r: &PrepareReport, impact: Option<&Impact>) -> Result<()> {
     if ctx.settings.json {
-        return output::print_json(r);
+        return output::print_json(&PrepareOutput { report: r, impact });
     }
     println!(
         "Prepared migration {}: {} tables, {} rows in shadow (snapshot {})",
@@ -155,6 +272,12 @@ pub fn print_report(ctx: &Ctx, r: &PrepareReport) -> Result<()> {
     t.print();
     for w in &r.warnings {
         println!("warning: {w}");
+    }
+    if let Some(i) = impact {
+        println!(
+            "{}   (the whole report: pgshift swap --dry-run)",
+            i.summary()
+        );
     }
     println!("Next: pgshift swap --dest <URL>   (or pgshift abort to drop it)");
     Ok(())

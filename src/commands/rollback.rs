@@ -37,6 +37,7 @@ pub async fn run(args: RollbackArgs, ctx: Ctx) -> Result<ExitCode> {
         target,
         keep_tables,
         force: args.force,
+        allow_discard: settings.allow_discard.clone(),
     };
     if settings.dry_run {
         let client = ctx.connect_dest().await?;
@@ -77,11 +78,25 @@ fn print_preview(ctx: &Ctx, p: &RollbackPreview) -> Result<()> {
         println!("Kept from the current public: {}", p.kept_tables.join(", "));
     }
     print_budget(&p.swap_lock_budget, "rollback");
+    if !p.discarded_writes.is_empty() || !p.unknown_writes.is_empty() {
+        println!(
+            "Written since the current public went live (these rows would stay in the new backup):"
+        );
+        for d in &p.discarded_writes {
+            println!("  {}: {}", d.table, d.counts());
+        }
+        for u in &p.unknown_writes {
+            println!("  {}: cannot be checked ({})", u.table, u.reason);
+        }
+    }
     print_moves(&p.backup_schema, &p.move_out, &p.restore_schema, &p.move_in);
     for w in &p.warnings {
         println!("warning: {w}");
     }
     print_transaction("rollback", &p.sql);
+    if let Some(why) = &p.refusal {
+        println!("\nThe rollback would refuse: {why}");
+    }
     Ok(())
 }
 

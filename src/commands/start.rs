@@ -1,4 +1,6 @@
 //! `pgshift start`: prepare and swap in one run, holding the lock throughout.
+//! Between the two the swap's impact checks run (`cutover::swap`), with the
+//! same gates as `swap`.
 
 use anyhow::{Context, Result};
 use serde::Serialize;
@@ -11,7 +13,7 @@ use crate::swap::cutover::{self, SwapReport};
 
 #[derive(Debug, Serialize)]
 struct StartReport<'a> {
-    prepare: &'a PrepareReport,
+    prepare: prepare::PrepareOutput<'a>,
     swap: &'a SwapReport,
 }
 
@@ -40,7 +42,10 @@ pub async fn run(ctx: Ctx) -> Result<ExitCode> {
         .context("swap step (the shadow stays prepared: fix the cause and run `pgshift swap`, or `pgshift abort`)")?;
     if ctx.settings.json {
         output::print_json(&StartReport {
-            prepare: &prepared,
+            prepare: prepare::PrepareOutput {
+                report: &prepared,
+                impact: None,
+            },
             swap: &swapped,
         })?;
     } else {

@@ -8,14 +8,18 @@ use chrono::{DateTime, Utc};
 use crate::commands::Ctx;
 use crate::error::ExitCode;
 use crate::migration::derive::State;
-use crate::migration::status::{self, StatusReport};
+use crate::migration::status::{self, StatusOptions, StatusReport};
 use crate::output::{self, Table, human_bytes, human_ms};
 
 pub async fn run(ctx: Ctx) -> Result<ExitCode> {
     let dest = ctx.settings.require_dest()?;
     let client = ctx.connect_dest().await?;
-    let mode = ctx.swap_policy().mode;
-    let r = status::report(&client, dest, &ctx.settings.state_dir, mode).await?;
+    let opts = StatusOptions {
+        workload: ctx.workload_options(),
+        lock_timeout: ctx.settings.lock_timeout,
+        swap_mode: ctx.swap_policy().mode,
+    };
+    let r = status::report(&client, dest, &ctx.settings.state_dir, &opts).await?;
     print(&ctx, &r)?;
     Ok(ExitCode::Ok)
 }
@@ -121,6 +125,17 @@ fn print(ctx: &Ctx, r: &StatusReport) -> Result<()> {
                 b.in_use,
                 if b.fits { "" } else { ": does not fit" }
             ),
+        ));
+    }
+    if let Some(i) = &r.impact {
+        let summary = i.summary();
+        lines.push((
+            "impact",
+            summary
+                .strip_prefix("impact: ")
+                .unwrap_or(&summary)
+                .to_string()
+                + "   (the whole report: pgshift swap --dry-run)",
         ));
     }
     lines.push((

@@ -36,6 +36,7 @@ pub fn options(
         prevalidated,
         allow_fk_violations: ctx.settings.allow_fk_violations,
         policy: ctx.swap_policy(),
+        impact: ctx.impact_options(),
     }
 }
 
@@ -48,11 +49,17 @@ pub fn print_preview(ctx: &Ctx, p: &SwapPreview) -> Result<()> {
         p.migration_id
     );
     print_budget(&p.swap_lock_budget, "swap");
+    println!();
+    print!("{}", p.impact.render());
+    println!();
     print_moves(&p.backup_schema, &p.move_out, "shadow", &p.move_in);
     for v in &p.fk_violations {
         println!("warning: {v}");
     }
     print_transaction("swap", &p.sql);
+    if let Some(why) = &p.refusal {
+        println!("\nThe swap would refuse: {why}");
+    }
     Ok(())
 }
 
@@ -112,6 +119,7 @@ pub fn print_report(ctx: &Ctx, r: &SwapReport) -> Result<()> {
         r.migration_id, r.moved_in, r.backup_schema, r.moved_out
     );
     print_locks(r.lock_held_ms, r.attempts);
+    println!("Checked before the swap: {}", r.impact.summary());
     if !r.preserved_tables.is_empty() {
         println!(
             "Preserved tables carried over: {}",

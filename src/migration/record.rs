@@ -22,6 +22,7 @@ use crate::pg::conn::connspec::ConnSpec;
 use crate::pg::meta::{self, SHADOW_SCHEMA};
 use crate::prepare::sync::SyncedTable;
 use crate::process::this_host;
+use crate::swap::impact::WriteBaseline;
 
 /// Current layout version of the record (state file and JSON copy).
 pub const STATE_VERSION: u32 = 1;
@@ -70,6 +71,12 @@ pub struct Details {
     /// Foreign keys the swap left NOT VALID (`table.constraint`).
     #[serde(default)]
     pub fk_not_valid: Vec<String>,
+    /// The write counters of public's tables when prepare started (before the
+    /// snapshot): the swap compares them to find writes it would discard.
+    /// Absent in records of earlier versions; dropped from the record once
+    /// the swap committed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub write_baseline: Option<WriteBaseline>,
 }
 
 /// The whole record.

@@ -1,9 +1,12 @@
 //! The report `status` prints: where the destination's migration stands
 //! ([`Destination`], derived in `migration::derive`), with the shadow's size,
 //! the preserved tables' sync health, whether a swap would be allowed now,
-//! leftovers, NOT VALID foreign keys and the backups. Read only, no lock.
+//! leftovers, NOT VALID foreign keys and the backups, and for a prepared
+//! migration the impact report (what the swap would break or discard for the
+//! running application). Read only, no lock.
 
 use std::path::Path;
+use std::time::Duration;
 
 use anyhow::Result;
 use serde::Serialize;
@@ -22,7 +25,20 @@ use crate::pg::meta::{SHADOW_SCHEMA, ShadowState};
 use crate::prepare::sync::{self, SyncedTable};
 use crate::swap::cutover;
 use crate::swap::engine::Policy;
+use crate::swap::impact::gate::{self, ImpactOptions};
+use crate::swap::impact::{Impact, WorkloadOptions};
 use crate::swap::mode::ModeRequest;
+
+/// What `status` checks of a prepared migration's impact.
+#[derive(Debug, Clone)]
+pub struct StatusOptions {
+    /// `--workload-roles`, `--impact-timeout`.
+    pub workload: WorkloadOptions,
+    /// The swap's lock_timeout (blockers are transactions older than this).
+    pub lock_timeout: Duration,
+    /// The swap mode whose lock budget is weighed (`swap_mode` setting).
+    pub swap_mode: ModeRequest,
+}
 
 /// What `status --json` prints (documented in README.md, "JSON output").
 #[derive(Debug, Clone, Serialize)]
@@ -58,6 +74,9 @@ pub struct StatusReport {
     /// created so by a swap with `--allow-fk-violations`.
     pub not_valid_foreign_keys: Vec<String>,
     pub warnings: Vec<String>,
+    /// What the swap would break or discard for the running application, when
+    /// a migration is prepared (null otherwise, or when it could not be checked).
+    pub impact: Option<Impact>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -244,10 +263,11 @@ pub async fn report(
     client: &Client,
     dest: &ConnSpec,
     state_dir: &Path,
-    swap_mode: ModeRequest,
+    opts: &StatusOptions,
 ) -> Result<StatusReport> {
     let file = state_file::read(state_dir, dest.dbname());
     let d = Destination::observe(client, file).await?;
+    let mut warnings = d.warnings.clone();
     let shadow = shadow_info(client, &d).await?;
     let synced: &[SyncedTable] = match &d.record {
         Some(st) if d.state.is_busy() => &st.details.sync,
@@ -299,7 +319,7 @@ pub async fn report(
     let mut swap_lock_budget = None;
     if let (State::Prepared, Some(m)) = (d.state, d.swappable()) {
         let policy = Policy {
-            mode: swap_mode,
+            mode: opts.swap_mode,
             ..Policy::default()
         };
         match cutover::lock_budget(client, m, policy).await {
@@ -310,6 +330,26 @@ pub async fn report(
                 swap_lock_budget = Some(b);
             }
             Err(e) => tracing::warn!("could not compute the swap's lock budget: {e:#}"),
+        }
+    }
+
+    // The impact of the prepared migration's swap; discarded writes block a
+    // plain `pgshift swap` (it refuses them without --allow-discard).
+    let mut impact = None;
+    if let Some(st) = d.record.as_ref().filter(|_| {
+        d.state == State::Prepared
+            && matches!(d.shadow.state, ShadowState::Ours(_))
+            && !d.shadow_replaced()
+    }) {
+        match gate::migration_report(client, st, &opts.workload, opts.lock_timeout).await {
+            Ok(i) => {
+                if blocked.is_none() {
+                    blocked = gate::refusal(&i, &ImpactOptions::default())
+                        .map(|why| why.replacen("; nothing was changed.", ".", 1));
+                }
+                impact = Some(i);
+            }
+            Err(e) => warnings.push(format!("could not check the swap's impact: {e:#}")),
         }
     }
 
@@ -343,6 +383,7 @@ pub async fn report(
         backups: backups.len(),
         latest_backup: backups.first().map(|b| b.schema_name.clone()),
         not_valid_foreign_keys,
-        warnings: d.warnings.clone(),
+        warnings,
+        impact,
     })
 }

@@ -38,6 +38,7 @@ use crate::prepare::progress::Progress;
 use crate::prepare::sync;
 use crate::process::{self, ChildSpec};
 use crate::swap::engine::{self, Exchange, Policy};
+use crate::swap::impact;
 use crate::swap::mode::{Mode, ModeRequest};
 
 /// The schema pgshift migrates.
@@ -333,6 +334,10 @@ pub async fn run(
         .collect();
     let dump_dir = settings.dump_dir.clone();
     rec.state.dump_dir = Some(dump_dir.clone());
+    // Before the snapshot: every write to public from now on is counted
+    // (the swap refuses to discard writes to tables that are not preserved).
+    rec.state.details.write_baseline =
+        Some(impact::take_baseline(&sess.control, &[impact::gate::LIVE.to_string()]).await?);
     rec.set_status(sess, Status::Preparing).await?;
 
     let mut run = Run {

@@ -4,7 +4,9 @@
 //! tables match), the catch-up of preserved tables, then the engine's swap
 //! with the final replay and the deferred constraints inside its transaction,
 //! and afterwards the validation of those constraints, the record and the
-//! state file.
+//! state file. The impact checks ([`crate::swap::impact::gate`]) run before the swap
+//! (discarded writes, then what would break) and again under its locks
+//! (discarded writes); the dry run shows the whole report.
 
 use std::collections::BTreeSet;
 
@@ -23,6 +25,8 @@ use crate::pg::locks_budget::{self, Budget, Need};
 use crate::pg::meta::SHADOW_SCHEMA;
 use crate::prepare::sync::{self, CreatedFk, FkViolation, SyncedTable};
 use crate::swap::engine::{self, Exchange, InTx, Origin, Policy};
+use crate::swap::impact::gate::{self, ImpactOptions, UnderLocks};
+use crate::swap::impact::{Impact, ImpactRequest, Operation, WriteBaseline, WriteCheck};
 use crate::swap::mode::Mode;
 
 /// What a swap reports.
@@ -43,6 +47,9 @@ pub struct SwapReport {
     pub preserved_tables: Vec<String>,
     pub fk_not_valid: Vec<String>,
     pub warnings: Vec<String>,
+    /// The impact report checked before the swap (its discarded writes as
+    /// allowed by `--allow-discard`).
+    pub impact: Impact,
 }
 
 /// A dry run's output.
@@ -59,6 +66,11 @@ pub struct SwapPreview {
     /// The swap's need against the destination's lock table; a swap that
     /// does not fit (`fits: false`) is refused before any lock.
     pub swap_lock_budget: Budget,
+    /// What the swap would do to the running application.
+    pub impact: Impact,
+    /// Why the swap would refuse now with these options (discarded writes,
+    /// or breaking findings with `--fail-on-breaking`), or null.
+    pub refusal: Option<String>,
 }
 
 /// What the caller asks of a swap.
@@ -73,6 +85,8 @@ pub struct SwapOptions {
     /// Create foreign keys whose rows do not match NOT VALID instead of refusing.
     pub allow_fk_violations: bool,
     pub policy: Policy,
+    /// Discarded writes, breaking findings, the workload check.
+    pub impact: ImpactOptions,
 }
 
 /// The migration a swap completes, or why there is none. `d` was observed by
@@ -133,21 +147,30 @@ fn exchange(m: &MigrationRow) -> Exchange {
     }
 }
 
-/// Work inside the swap transaction for a migration: the preserved tables'
-/// final replay, then their deferred constraints, triggers and rules.
+/// Work inside the swap transaction for a migration: the discarded-writes
+/// check, the preserved tables' final replay, then their deferred
+/// constraints, triggers and rules.
 struct MigrationTx<'a> {
     synced: &'a [SyncedTable],
     deferred: &'a [String],
+    /// None for a migration prepared without a baseline (checked before).
+    writes: Option<UnderLocks<'a>>,
 }
 
 impl InTx for MigrationTx<'_> {
-    /// Foreign keys created NOT VALID, to validate after the commit.
-    type Before = Vec<CreatedFk>;
+    /// Foreign keys created NOT VALID, to validate after the commit; the
+    /// writes the swap discards (allowed), as counted under the locks.
+    type Before = (Vec<CreatedFk>, Option<WriteCheck>);
     type After = ();
 
-    async fn before_moves(&self, client: &Client) -> Result<Vec<CreatedFk>> {
+    async fn before_moves(&self, client: &Client) -> Result<Self::Before> {
+        let writes = match &self.writes {
+            Some(w) => Some(w.check(client).await?),
+            None => None,
+        };
         sync::final_sync(client, self.synced).await?;
-        sync::apply_deferred(client, self.deferred).await
+        let fks = sync::apply_deferred(client, self.deferred).await?;
+        Ok((fks, writes))
     }
 
     async fn after_moves(&self, _client: &Client, _manifest: &mut Manifest) -> Result<()> {
@@ -155,12 +178,17 @@ impl InTx for MigrationTx<'_> {
     }
 
     fn preview_notes(&self) -> (Vec<String>, Vec<String>) {
+        let mut before = Vec::new();
+        if self.writes.is_some() {
+            before.push(UnderLocks::preview_note());
+        }
+        before.extend([
+            "-- preserved tables: final replay, sequences carried over, sync triggers dropped"
+                .to_string(),
+            "-- deferred constraints, triggers and rules of preserved tables".to_string(),
+        ]);
         (
-            vec![
-                "-- preserved tables: final replay, sequences carried over, sync triggers dropped"
-                    .into(),
-                "-- deferred constraints, triggers and rules of preserved tables".into(),
-            ],
+            before,
             vec!["-- backup manifest written to pgshift.backups".into()],
         )
     }
@@ -185,9 +213,22 @@ pub async fn preview(client: &Client, opts: &SwapOptions) -> Result<SwapPreview>
     let hook = MigrationTx {
         synced: &details.sync,
         deferred: &details.deferred_sql,
+        writes: details
+            .write_baseline
+            .as_ref()
+            .map(|b| under_locks(m, opts, b, b)),
     };
     let p = engine::preview(client, &exchange(m), opts.policy, &hook).await?;
     let fk_violations = sync::fk_violations(client, &details.deferred_sql).await?;
+    let impact = gate::migration_report(
+        client,
+        &m.state,
+        &opts.impact.workload,
+        opts.policy.lock_timeout,
+    )
+    .await?;
+    let refusal =
+        gate::refusal(&impact, &opts.impact).or_else(|| p.lock_budget.refusal("the swap"));
     Ok(SwapPreview {
         migration_id: m.id,
         swap_mode: p.mode,
@@ -198,6 +239,8 @@ pub async fn preview(client: &Client, opts: &SwapOptions) -> Result<SwapPreview>
         sql: p.sql,
         fk_violations,
         swap_lock_budget: p.lock_budget,
+        impact,
+        refusal,
     })
 }
 
@@ -208,8 +251,29 @@ pub async fn lock_budget(client: &Client, m: &MigrationRow, policy: Policy) -> R
     let hook = MigrationTx {
         synced: &details.sync,
         deferred: &details.deferred_sql,
+        writes: None,
     };
     engine::budget(client, &exchange(m), policy, hook.lock_need()).await
+}
+
+/// The discarded-writes check under the swap's locks, when prepare recorded a
+/// baseline (without one every table is unknown, and the check before the
+/// swap has already refused or been allowed).
+/// `baseline`: the migration's ([`gate::migration_baseline`]); `listed`:
+/// public's tables as the check before the locks saw them.
+fn under_locks<'a>(
+    m: &'a MigrationRow,
+    opts: &'a SwapOptions,
+    baseline: &'a WriteBaseline,
+    listed: &'a WriteBaseline,
+) -> UnderLocks<'a> {
+    UnderLocks {
+        op: Operation::Swap,
+        baseline,
+        listed,
+        exempt: gate::migration_exempt(&m.state),
+        allow: &opts.impact.allow_discard,
+    }
 }
 
 /// Swap the prepared migration on an open session.
@@ -227,6 +291,26 @@ pub async fn swap(sess: &Session, opts: &SwapOptions) -> Result<SwapReport> {
     if !opts.prevalidated {
         check_shadow_counts(&sess.control, &m).await?;
     }
+    // What the swap does to the running application: refuse discarded
+    // writes (and, with --fail-on-breaking, breaking findings) before any lock
+    // and before the catch-up (a refusal changes nothing).
+    let pairs = gate::migration_pairs();
+    let exempt = gate::migration_exempt(&m.state);
+    let baseline = gate::migration_baseline(&sess.control, &m.state).await?;
+    let checked = gate::before_swap(
+        &sess.control,
+        &ImpactRequest {
+            pairs: &pairs,
+            baseline: baseline.as_ref(),
+            exempt: &exempt,
+            workload: opts.impact.workload.clone(),
+            lock_timeout: opts.policy.lock_timeout,
+        },
+        &opts.impact,
+    )
+    .await?;
+    warnings.extend(checked.warnings.iter().cloned());
+
     let replayed = sync::catch_up(&sess.control, synced).await?;
     if replayed > 0 {
         tracing::info!(
@@ -253,9 +337,23 @@ pub async fn swap(sess: &Session, opts: &SwapOptions) -> Result<SwapReport> {
     rec.state.phase = Some(Phase::Swap);
     rec.save(sess).await?;
 
-    let hook = MigrationTx { synced, deferred };
-    let origin = Origin::Migration(rec.state.clone());
-    let done = match engine::swap(sess, &exchange(&m), &origin, opts.policy, &hook).await {
+    let hook = MigrationTx {
+        synced,
+        deferred,
+        writes: baseline
+            .as_ref()
+            .map(|b| under_locks(&m, opts, b, &checked.listed)),
+    };
+    // The swapped record no longer needs the baseline (it travels in the
+    // COMMIT's round trip: keep it small).
+    let mut swapped = rec.state.clone();
+    swapped.details.write_baseline = None;
+    let origin = Origin::Migration(swapped);
+    let attempt = async {
+        failpoint("swap-locks").await?;
+        engine::swap(sess, &exchange(&m), &origin, opts.policy, &hook).await
+    };
+    let done = match attempt.await {
         Ok(done) => done,
         Err(e) => {
             // Nothing changed: the migration is still prepared.
@@ -269,6 +367,10 @@ pub async fn swap(sess: &Session, opts: &SwapOptions) -> Result<SwapReport> {
         }
     };
     warnings.extend(done.warnings.iter().cloned());
+    let mut impact = checked.impact;
+    if let Some(w) = done.before.1.clone() {
+        impact.set_writes(w);
+    }
 
     // Foreign keys involving preserved tables were created NOT VALID inside the
     // swap; validate them now. Those with known violations stay NOT VALID (allowed).
@@ -279,7 +381,7 @@ pub async fn swap(sess: &Session, opts: &SwapOptions) -> Result<SwapReport> {
     };
     let mut not_valid: Vec<String> = Vec::new();
     let mut to_validate = Vec::new();
-    for fk in &done.before {
+    for fk in &done.before.0 {
         if known(fk) {
             not_valid.push(format!("{}.{}", fk.table, fk.constraint));
         } else {
@@ -299,6 +401,7 @@ pub async fn swap(sess: &Session, opts: &SwapOptions) -> Result<SwapReport> {
     st.error = None;
     st.details.backup = Some(done.backup_schema.clone());
     st.details.fk_not_valid = not_valid.clone();
+    st.details.write_baseline = None;
     st.updated_at = chrono::Utc::now();
     record::save_migration(&sess.control, &st).await?;
     sess.state_file.clear()?;
@@ -326,6 +429,7 @@ pub async fn swap(sess: &Session, opts: &SwapOptions) -> Result<SwapReport> {
         preserved_tables: m.state.preserved_tables.clone(),
         fk_not_valid: not_valid,
         warnings,
+        impact,
     })
 }
 

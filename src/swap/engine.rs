@@ -22,7 +22,8 @@
 //! - The backup's manifest, and for a migration its record saying `swapped`,
 //!   travel with the COMMIT in the same round trip: they exist exactly when
 //!   the swap committed. Row counts of the backup are added after the commit
-//!   (nothing writes a backup any more).
+//!   (nothing writes a backup any more), and so are the write counters of the
+//!   new public (`live_baseline`, for the next rollback's check).
 //!
 //! The locked window is three round trips plus what the hook does.
 //!
@@ -54,6 +55,7 @@ use crate::pg::locks_budget::{self, Budget, Need};
 use crate::pg::meta::MARKER;
 use crate::pg::objects::{self, Movable};
 use crate::prepare::sync::CreatedFk;
+use crate::swap::impact;
 use crate::swap::mode::{self, Choice, Mode, ModeRequest};
 
 /// How the swap transaction waits and retries, and which mode it may use.
@@ -131,6 +133,7 @@ impl Origin {
                 kept_tables: Vec::new(),
                 swap_mode: None,
                 detached_foreign_keys: Vec::new(),
+                live_baseline: None,
             },
             Origin::Rollback {
                 restored,
@@ -155,6 +158,7 @@ impl Origin {
                 kept_tables: kept_tables.clone(),
                 swap_mode: None,
                 detached_foreign_keys: Vec::new(),
+                live_baseline: None,
             },
         }
     }
@@ -409,8 +413,18 @@ pub async fn swap<H: InTx>(
         "swap committed"
     );
 
-    // After the commit nothing writes the backup any more: record its contents.
+    // At once: the write counters of the public that just went live, for the
+    // next rollback's discarded-writes check.
     let mut warnings = Vec::new();
+    let live_baseline = match impact::gate::live_baseline(&client, control).await {
+        Ok(b) => Some(b),
+        Err(e) => {
+            warnings.push(format!("could not record the write counters of the new public (a rollback of it will need --allow-discard): {e:#}"));
+            None
+        }
+    };
+
+    // After the commit nothing writes the backup any more: record its contents.
     match strays(control, &done.moved_in_objects).await {
         Ok(strays) if !strays.is_empty() => warnings.push(format!(
             "created in public while the swap waited for its locks, and left there: {}",
@@ -420,6 +434,7 @@ pub async fn swap<H: InTx>(
         Err(e) => warnings.push(format!("could not check public after the swap: {e:#}")),
     }
     let mut manifest = done.manifest;
+    manifest.live_baseline = live_baseline;
     manifest.lock_held_ms = Some(done.lock_held_ms);
     manifest
         .timings_ms

@@ -18,6 +18,12 @@
 //! Before anything changes the backup is checked against its manifest (the
 //! same check as `verify`); a mismatch refuses the rollback unless `--force`.
 //! The shadow schema of a prepared migration is never touched.
+//!
+//! Writes the application made to the current public since it went live
+//! would stay in the new backup: they refuse the rollback (before it and
+//! again under its locks) unless the tables are kept or `--allow-discard`
+//! covers them; the newest backup's manifest holds the counters of this
+//! public when it went live (see [`crate::swap::impact::gate`]).
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -37,6 +43,10 @@ use crate::pg::ident::{TableName, qualified, quote_ident};
 use crate::pg::locks_budget::Budget;
 use crate::prepare::sync::CreatedFk;
 use crate::swap::engine::{self, Exchange, InTx, Origin, Policy};
+use crate::swap::impact::gate::{self, UnderLocks};
+use crate::swap::impact::{
+    AllowDiscard, DiscardedWrite, Operation, UnknownWrite, WriteBaseline, WriteCheck,
+};
 use crate::swap::mode::Mode;
 
 /// Which backup to restore.
@@ -53,6 +63,8 @@ pub struct RollbackOptions {
     pub target: Target,
     pub keep_tables: Vec<TableName>,
     pub force: bool,
+    /// Writes to the current public that may be discarded (`--allow-discard`).
+    pub allow_discard: AllowDiscard,
 }
 
 /// Everything decided before the transaction (read only).
@@ -69,6 +81,17 @@ pub struct Plan {
     pub expected_tables: Vec<String>,
     pub verification: VerifyReport,
     pub warnings: Vec<String>,
+    /// Writes to the current public since it went live, to tables not kept.
+    pub writes: WriteCheck,
+    /// The counters of the current public when it went live (the newest
+    /// backup's manifest), if recorded.
+    pub live_baseline: Option<WriteBaseline>,
+    /// public's tables and counters when the plan was made (what the check
+    /// under the locks looks at again).
+    pub listed: WriteBaseline,
+    pub allow_discard: AllowDiscard,
+    /// Why the rollback refuses these writes, if it does.
+    pub refusal: Option<String>,
 }
 
 /// A foreign key the rollback changed.
@@ -127,6 +150,14 @@ pub struct RollbackPreview {
     /// The rollback's need against the destination's lock table; one that
     /// does not fit is refused before any lock.
     pub swap_lock_budget: Budget,
+    /// Writes to the current public since it went live that the rollback
+    /// would leave in the new backup (tables not kept).
+    pub discarded_writes: Vec<DiscardedWrite>,
+    /// Tables whose writes since then cannot be known.
+    pub unknown_writes: Vec<UnknownWrite>,
+    /// Why the rollback would refuse (discarded or unknown writes not
+    /// covered by `--allow-discard`), or null.
+    pub refusal: Option<String>,
 }
 
 /// Choose the backup and check everything; changes nothing.
@@ -232,6 +263,25 @@ pub async fn plan(client: &Client, opts: &RollbackOptions) -> Result<Plan> {
         .collect();
     expected.extend(keep.iter().filter(|t| public_tables.contains(*t)).cloned());
 
+    // Writes the application made to the public being replaced since it went
+    // live (the newest backup's manifest has its counters from that moment).
+    let live_baseline = manifest::list_backups(client)
+        .await?
+        .into_iter()
+        .next()
+        .and_then(|b| b.manifest.live_baseline);
+    let kept: Vec<TableName> = keep
+        .iter()
+        .map(|name| TableName {
+            schema: None,
+            name: name.clone(),
+        })
+        .collect();
+    let (listed, writes) = gate::rollback_writes(client, live_baseline.as_ref(), &kept).await?;
+    let refusal = gate::rollback_gate(&writes, &opts.allow_discard)
+        .err()
+        .map(|e| e.to_string());
+
     let verification = verify::check(client, &restore).await?;
     if !verification.ok && !opts.force {
         return Err(anyhow::Error::new(VerificationFailed(format!(
@@ -253,6 +303,11 @@ pub async fn plan(client: &Client, opts: &RollbackOptions) -> Result<Plan> {
         expected_tables: expected.into_iter().collect(),
         verification,
         warnings,
+        writes,
+        live_baseline,
+        listed,
+        allow_discard: opts.allow_discard.clone(),
+        refusal,
     })
 }
 
@@ -272,6 +327,20 @@ fn hook(plan: &Plan, pg15: bool) -> RollbackTx<'_> {
         restored: &plan.restore,
         keep: &plan.keep,
         pg15,
+        writes: plan.live_baseline.as_ref().map(|baseline| UnderLocks {
+            op: Operation::Rollback,
+            baseline,
+            listed: &plan.listed,
+            exempt: plan
+                .keep
+                .iter()
+                .map(|name| TableName {
+                    schema: None,
+                    name: name.clone(),
+                })
+                .collect(),
+            allow: &plan.allow_discard,
+        }),
     }
 }
 
@@ -291,14 +360,29 @@ pub async fn preview(client: &Client, plan: &Plan, policy: Policy) -> Result<Rol
         sql: p.sql,
         verification: plan.verification.clone(),
         warnings: plan.warnings.clone(),
+        refusal: plan
+            .refusal
+            .clone()
+            .or_else(|| p.lock_budget.refusal("the rollback")),
         swap_lock_budget: p.lock_budget,
+        discarded_writes: plan.writes.discarded.clone(),
+        unknown_writes: plan.writes.unknown.clone(),
     })
 }
 
 /// Run the rollback on an open session.
 pub async fn execute(sess: &Session, plan: &Plan, policy: Policy) -> Result<RollbackReport> {
     let control = &sess.control;
+    if let Some(why) = &plan.refusal {
+        bail!("{why}");
+    }
     let mut warnings = plan.warnings.clone();
+    for w in gate::write_lines(&plan.writes) {
+        let w =
+            format!("discarding writes since the current public went live (--allow-discard): {w}");
+        tracing::warn!("{w}");
+        warnings.push(w);
+    }
     let restored = &plan.restore;
     let kept_live: Vec<String> = plan
         .keep
@@ -367,19 +451,28 @@ struct RollbackTx<'a> {
     restored: &'a BackupRow,
     keep: &'a BTreeSet<String>,
     pg15: bool,
+    /// The discarded-writes check under the locks (None without a baseline:
+    /// checked before, every table unknown).
+    writes: Option<UnderLocks<'a>>,
 }
 
 impl InTx for RollbackTx<'_> {
     type Before = ();
     type After = TxResult;
 
-    async fn before_moves(&self, _client: &Client) -> Result<()> {
+    async fn before_moves(&self, client: &Client) -> Result<()> {
+        if let Some(w) = &self.writes {
+            w.check(client).await?;
+        }
         Ok(())
     }
 
     fn preview_notes(&self) -> (Vec<String>, Vec<String>) {
         (
-            Vec::new(),
+            self.writes
+                .iter()
+                .map(|_| UnderLocks::preview_note())
+                .collect(),
             vec!["-- foreign keys crossing schemas re-pointed or detached; restored schema dropped if empty; manifests written to pgshift.backups".into()],
         )
     }

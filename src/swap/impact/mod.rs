@@ -8,7 +8,8 @@
 //! as `accounts` in `public` and `billing.invoices` elsewhere; hazard objects are
 //! always qualified (`public.accounts.email`).
 //!
-//! The report has four parts, each usable on its own (the commands wire them).
+//! The report has four parts, each usable on its own; [`gate`] wires them into
+//! prepare, swap, rollback and status (where each check runs, and what refuses).
 //! The API:
 //!
 //! ```text
@@ -17,8 +18,10 @@
 //! compare(&WriteBaseline, now: &WriteBaseline, exempt: &[TableName]) -> WriteCheck  // {discarded, unknown}
 //! compare_without_baseline(now, exempt) -> WriteCheck                               // prepared without one
 //! check_sql(&WriteBaseline, exempt) -> String    // one query, no parameters, JSON text: run it under the locks
+//! listed_check_sql(&base, &listed, exempt) -> String  // the same over the tables of a recent snapshot, by OID (cheaper)
 //! parse_check(&str) -> Result<WriteCheck>        // its output, equal to compare()'s
 //! gate(&WriteCheck, &AllowDiscard) -> Result<(), String>   // the refusal line (without "error: ")
+//! gate_for(Operation::Swap | Rollback, &WriteCheck, &AllowDiscard)  // worded for a swap or a rollback
 //! AllowDiscard::parse("all" | "a,billing.b") -> Result<AllowDiscard, NameError>
 //! writes_since_reset(&impl GenericClient, schemas) -> Result<WritesSinceReset>   // prepare --dry-run hint
 //! // 2. schema hazards (hazards.rs)
@@ -74,7 +77,7 @@
 //!   disconnects, or never if the collector dropped the message). The check is
 //!   a strong safety net, not a proof. **When exactness matters, list the table
 //!   in `--preserved-tables`**: preserved tables are synchronised by triggers
-//!   (see `pipeline::sync`), which miss nothing. Run the check once before
+//!   (see `prepare::sync`), which miss nothing. Run the check once before
 //!   taking the locks (a refusal then holds nothing) and again under them
 //!   ([`check_sql`]: about 15–30 ms at 1,000 tables on an idle 2-core machine).
 //! * They count rows of aborted transactions too: a rolled-back insert still
@@ -125,6 +128,7 @@
 //! locks on a swapped relation, and sessions idle in transaction.
 
 pub mod blockers;
+pub mod gate;
 pub mod hazards;
 pub mod report;
 pub mod resolve;
@@ -144,9 +148,10 @@ pub use workload::{
     check_workload,
 };
 pub use writes::{
-    AllowDiscard, DiscardedWrite, TableCounters, TableWrites, UnknownWrite, WriteBaseline,
-    WriteCheck, WritesSinceReset, check_sql, compare, compare_without_baseline, gate, parse_check,
-    take_baseline, writes_since_reset,
+    AllowDiscard, DiscardedWrite, Operation, TableCounters, TableWrites, UnknownWrite,
+    WriteBaseline, WriteCheck, WritesSinceReset, check_sql, compare, compare_without_baseline,
+    compare_without_live_baseline, gate, gate_for, listed_check_sql, parse_check, take_baseline,
+    writes_since_reset,
 };
 
 /// A schema the application sees now and the schema that replaces it.

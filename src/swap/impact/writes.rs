@@ -168,16 +168,18 @@ enum Unknown {
     Rewritten,
     Backwards,
     NoBaseline,
+    NoLiveBaseline,
 }
 
 impl Unknown {
-    const ALL: [Unknown; 6] = [
+    const ALL: [Unknown; 7] = [
         Unknown::TrackCountsOff,
         Unknown::TrackCountsWasOff,
         Unknown::StatsReset,
         Unknown::Rewritten,
         Unknown::Backwards,
         Unknown::NoBaseline,
+        Unknown::NoLiveBaseline,
     ];
 
     fn code(self) -> &'static str {
@@ -188,6 +190,7 @@ impl Unknown {
             Unknown::Rewritten => "rewritten",
             Unknown::Backwards => "backwards",
             Unknown::NoBaseline => "no_baseline",
+            Unknown::NoLiveBaseline => "no_live_baseline",
         }
     }
 
@@ -202,7 +205,12 @@ impl Unknown {
             Unknown::Backwards => {
                 "its write counters went backwards (statistics reset since prepare started)"
             }
-            Unknown::NoBaseline => "no write counters were recorded when prepare started",
+            Unknown::NoBaseline => {
+                "no write counters were recorded when prepare started (the migration was prepared by an earlier version of pgshift)"
+            }
+            Unknown::NoLiveBaseline => {
+                "no write counters were recorded when the current public went live (by an earlier version of pgshift, or the recording failed)"
+            }
         }
     }
 
@@ -216,7 +224,18 @@ impl Unknown {
 /// nsp, rel, node, ins, upd, del, anc_nsp, anc_rel.
 fn tables_sql(schema_filter: &str) -> String {
     format!(
-        "SELECT c.oid, n.nspname::text AS nsp, c.relname::text AS rel, c.relfilenode AS node,
+        "{}
+          WHERE {schema_filter} AND c.relkind = 'r'
+            AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_depend d
+                             WHERE d.classid = 'pg_catalog.pg_class'::pg_catalog.regclass
+                               AND d.objid = c.oid AND d.deptype = 'e')",
+        TABLE_COLUMNS
+    )
+}
+
+/// [`tables_sql`]'s columns over `pg_class c` and `pg_namespace n`.
+const TABLE_COLUMNS: &str =
+    "SELECT c.oid, n.nspname::text AS nsp, c.relname::text AS rel, c.relfilenode AS node,
                 pg_catalog.pg_stat_get_tuples_inserted(c.oid) AS ins,
                 pg_catalog.pg_stat_get_tuples_updated(c.oid) AS upd,
                 pg_catalog.pg_stat_get_tuples_deleted(c.oid) AS del,
@@ -225,20 +244,14 @@ fn tables_sql(schema_filter: &str) -> String {
                       FROM pg_catalog.pg_partition_ancestors(c.oid) WITH ORDINALITY AS p(relid, o)
                       JOIN pg_catalog.pg_class ac ON ac.oid = p.relid
                       JOIN pg_catalog.pg_namespace an ON an.oid = ac.relnamespace
-                     WHERE p.relid <> c.oid ORDER BY p.o) ELSE '{{}}'::text[] END AS anc_nsp,
+                     WHERE p.relid <> c.oid ORDER BY p.o) ELSE '{}'::text[] END AS anc_nsp,
                 CASE WHEN c.relispartition THEN ARRAY(
                     SELECT ac.relname::text
                       FROM pg_catalog.pg_partition_ancestors(c.oid) WITH ORDINALITY AS p(relid, o)
                       JOIN pg_catalog.pg_class ac ON ac.oid = p.relid
-                     WHERE p.relid <> c.oid ORDER BY p.o) ELSE '{{}}'::text[] END AS anc_rel
+                     WHERE p.relid <> c.oid ORDER BY p.o) ELSE '{}'::text[] END AS anc_rel
            FROM pg_catalog.pg_class c
-           JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
-          WHERE {schema_filter} AND c.relkind = 'r'
-            AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_depend d
-                             WHERE d.classid = 'pg_catalog.pg_class'::pg_catalog.regclass
-                               AND d.objid = c.oid AND d.deptype = 'e')"
-    )
-}
+           JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace";
 
 /// `track_counts`, the database's `stats_reset` and the time, in one row.
 const GLOBAL_SQL: &str = "SELECT pg_catalog.current_setting('track_counts')::bool AS track,
@@ -394,13 +407,24 @@ pub fn compare(base: &WriteBaseline, now: &WriteBaseline, exempt: &[TableName]) 
 /// Without a baseline (a migration prepared before pgshift recorded one):
 /// every table of `now` that is not exempt is unknown.
 pub fn compare_without_baseline(now: &WriteBaseline, exempt: &[TableName]) -> WriteCheck {
+    all_unknown(now, exempt, Unknown::NoBaseline)
+}
+
+/// For a rollback whose current public went live without a baseline (made by
+/// an earlier version, or the recording after the commit failed): every
+/// table of `now` that is not exempt is unknown.
+pub fn compare_without_live_baseline(now: &WriteBaseline, exempt: &[TableName]) -> WriteCheck {
+    all_unknown(now, exempt, Unknown::NoLiveBaseline)
+}
+
+fn all_unknown(now: &WriteBaseline, exempt: &[TableName], why: Unknown) -> WriteCheck {
     let mut check = WriteCheck {
         discarded: Vec::new(),
         unknown: now
             .tables
             .iter()
             .filter(|t| !is_exempt(&t.schema, &t.name, &t.ancestors, exempt))
-            .map(|t| unknown(&t.schema, &t.name, &t.ancestors, Unknown::NoBaseline))
+            .map(|t| unknown(&t.schema, &t.name, &t.ancestors, why))
             .collect(),
     };
     check.sort();
@@ -436,6 +460,45 @@ fn timestamp_literal(t: Option<DateTime<Utc>>) -> String {
 /// exempt)` as JSON text for [`parse_check`]. Meant to run under the swap's
 /// locks, in the round trip of other statements.
 pub fn check_sql(base: &WriteBaseline, exempt: &[TableName]) -> String {
+    let schemas = text_array(&base.schemas);
+    comparison_sql(
+        base,
+        exempt,
+        &tables_sql(&format!("n.nspname = ANY({schemas})")),
+    )
+}
+
+/// [`check_sql`] over the tables a snapshot taken shortly before (`listed`,
+/// e.g. the check before the swap's locks) saw, looked up by OID: no scan of
+/// `pg_class` for the live schemas' tables and no extension-membership test
+/// (the snapshot already left extension members out). About a third of
+/// [`check_sql`]'s time at 1,000 tables. A table created after `listed` was
+/// taken is not looked at (in an object-level swap it stays in public; in a
+/// rename-mode swap it would go to the backup unchecked): take `listed` as
+/// late as possible.
+pub fn listed_check_sql(
+    base: &WriteBaseline,
+    listed: &WriteBaseline,
+    exempt: &[TableName],
+) -> String {
+    let oids: Vec<String> = listed
+        .tables
+        .iter()
+        .filter(|t| !is_exempt(&t.schema, &t.name, &t.ancestors, exempt))
+        .map(|t| t.oid.to_string())
+        .collect();
+    let schemas = text_array(&base.schemas);
+    let cur = format!(
+        "{TABLE_COLUMNS}
+          WHERE c.oid = ANY({}::oid[]) AND n.nspname = ANY({schemas}) AND c.relkind = 'r'",
+        quote_literal(&format!("{{{}}}", oids.join(",")))
+    );
+    comparison_sql(base, exempt, &cur)
+}
+
+/// The comparison of `base` with the tables `tables` (a query with
+/// [`tables_sql`]'s columns) selects, as JSON text for [`parse_check`].
+fn comparison_sql(base: &WriteBaseline, exempt: &[TableName], tables: &str) -> String {
     // Five array literals: parsed and planned in microseconds, where a VALUES
     // list of a thousand rows takes tens of milliseconds to plan (and this runs
     // while the swap holds its locks).
@@ -469,8 +532,6 @@ pub fn check_sql(base: &WriteBaseline, exempt: &[TableName]) -> String {
             .collect();
         format!("VALUES {}", rows.join(", "))
     };
-    let schemas = text_array(&base.schemas);
-    let tables = tables_sql(&format!("n.nspname = ANY({schemas})"));
     let base_track = if base.track_counts { "true" } else { "false" };
     let base_reset = timestamp_literal(base.stats_reset);
     format!(
@@ -607,9 +668,68 @@ fn and_more(items: Vec<String>, total: usize) -> String {
     s
 }
 
+/// What the refusal is about: a swap replaces public with the shadow, a
+/// rollback replaces it with a backup. The refusal's wording and its ways out
+/// differ.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Operation {
+    Swap,
+    Rollback,
+}
+
+impl Operation {
+    fn subject(self) -> &'static str {
+        match self {
+            Operation::Swap => "the swap",
+            Operation::Rollback => "the rollback",
+        }
+    }
+
+    fn since(self) -> &'static str {
+        match self {
+            Operation::Swap => "since prepare started",
+            Operation::Rollback => "since the current public went live",
+        }
+    }
+
+    fn fate(self) -> &'static str {
+        match self {
+            Operation::Swap => "the rows would stay in the backup, not in the new public",
+            Operation::Rollback => {
+                "the rows would stay in the new backup, not in the restored public"
+            }
+        }
+    }
+
+    fn not_covered(self, n: usize) -> String {
+        let (these, are) = if n == 1 {
+            ("table", "is")
+        } else {
+            ("tables", "are")
+        };
+        match self {
+            Operation::Swap => format!("{these} that {are} not preserved"),
+            Operation::Rollback => format!("{these} that {are} not kept"),
+        }
+    }
+
+    fn anyway(self) -> &'static str {
+        match self {
+            Operation::Swap => "to swap anyway",
+            Operation::Rollback => "to roll back anyway",
+        }
+    }
+}
+
 /// Refuse (the `error:` line's text, without the prefix) when the check found
-/// discarded or unknown writes that `allow` does not cover.
+/// discarded or unknown writes that `allow` does not cover, in a swap's words.
 pub fn gate(check: &WriteCheck, allow: &AllowDiscard) -> Result<(), String> {
+    gate_for(Operation::Swap, check, allow)
+}
+
+/// [`gate`] for a swap or a rollback: the tables with their counts (the
+/// largest few, then "and N more"), and the two ways out.
+pub fn gate_for(op: Operation, check: &WriteCheck, allow: &AllowDiscard) -> Result<(), String> {
     let discarded: Vec<&DiscardedWrite> = check
         .discarded
         .iter()
@@ -632,9 +752,12 @@ pub fn gate(check: &WriteCheck, allow: &AllowDiscard) -> Result<(), String> {
             .map(|d| format!("{} ({})", d.table, d.counts()))
             .collect();
         parts.push(format!(
-            "the swap would discard writes made since prepare started to {} that {} not preserved (the rows would stay in the backup, not in the new public): {}",
-            plural(n, "table"),
-            if n == 1 { "is" } else { "are" },
+            "{} would discard writes made {} to {} {} ({}): {}",
+            op.subject(),
+            op.since(),
+            n,
+            op.not_covered(n),
+            op.fate(),
             and_more(listed, n)
         ));
     }
@@ -674,19 +797,31 @@ pub fn gate(check: &WriteCheck, allow: &AllowDiscard) -> Result<(), String> {
             }
             acc
         });
-    let allow_hint = if names.len() <= 10 {
-        format!("--allow-discard {}", names.join(","))
+    let list = if names.len() <= 10 {
+        names.join(",")
     } else {
-        "--allow-discard TABLES".to_string()
+        "TABLES".to_string()
+    };
+    let these = if names.len() == 1 {
+        "this table"
+    } else {
+        "these tables"
+    };
+    let only_unrecorded = discarded.is_empty()
+        && unknown.iter().all(|u| {
+            u.reason == Unknown::NoBaseline.reason() || u.reason == Unknown::NoLiveBaseline.reason()
+        });
+    let keep = match op {
+        Operation::Swap if only_unrecorded => {
+            "Prepare again (this version records the counters; preserve the tables the application writes with --preserved-tables)".to_string()
+        }
+        Operation::Swap => format!("Prepare again with {these} in --preserved-tables"),
+        Operation::Rollback => format!("Keep {these} with --keep-tables {list}"),
     };
     Err(format!(
-        "{}; nothing was changed. Prepare again with {} in --preserved-tables, or pass {allow_hint} (or --allow-discard all) to swap anyway",
+        "{}; nothing was changed. {keep}, or pass --allow-discard {list} (or --allow-discard all) {}",
         parts.join("; "),
-        if names.len() == 1 {
-            "this table"
-        } else {
-            "these tables"
-        },
+        op.anyway(),
     ))
 }
 

@@ -1,0 +1,562 @@
+//! The impact report through the pgshift binary, on a cluster started with
+//! `pg_stat_statements` preloaded (source and destination are two databases
+//! on it): the discarded-writes gate of `swap` (before and under its locks),
+//! `start` and `rollback`; the report in `status`, `prepare` and
+//! `swap --dry-run`; `--fail-on-breaking`; blockers. The engine's own cases
+//! (every hazard class, a pgbench load, the counters' edge cases) are proven
+//! in tests/impact.rs.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Output, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use common::{
+    Cluster, TestDb, TestDbs, Workdir, assert_success, can_start_clusters, catalog_fingerprint,
+};
+use serde_json::{Value, json};
+use tokio_postgres::NoTls;
+
+fn cluster() -> Option<&'static Cluster> {
+    static C: OnceLock<Cluster> = OnceLock::new();
+    if !can_start_clusters() {
+        println!("skipping: needs a cluster started by the harness (TEST_PGHOST is set)");
+        return None;
+    }
+    Some(C.get_or_init(|| {
+        Cluster::start_with(
+            "impact_cli",
+            "shared_preload_libraries = 'pg_stat_statements'\npg_stat_statements.track = top",
+        )
+    }))
+}
+
+/// A source and a destination database on the pg_stat_statements cluster.
+fn pair(name: &str) -> Option<TestDbs> {
+    let c = cluster()?;
+    Some(TestDbs {
+        src: c.create_db("src", name),
+        dst: c.create_db("dst", name),
+    })
+}
+
+/// The statistics' (inserts, updates, deletes) of `table` now.
+fn counts(db: &TestDb, table: &str) -> (i64, i64, i64) {
+    let got = db.psql(&format!(
+        "SELECT pg_stat_get_tuples_inserted('{table}'::regclass) || ',' || pg_stat_get_tuples_updated('{table}'::regclass)
+                || ',' || pg_stat_get_tuples_deleted('{table}'::regclass)"
+    ));
+    let n: Vec<i64> = got.split(',').map(|x| x.parse().unwrap()).collect();
+    (n[0], n[1], n[2])
+}
+
+/// Wait until the statistics show these absolute (inserts, updates, deletes)
+/// for `table` (a writer publishes them when its session ends).
+fn wait_counts(db: &TestDb, table: &str, want: (i64, i64, i64)) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let got = counts(db, table);
+        if got == want {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "counters of {table}: {got:?}, expected {want:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn json_of(out: &str) -> Value {
+    serde_json::from_str(out).unwrap_or_else(|e| panic!("not JSON ({e}):\n{out}"))
+}
+
+/// A refused run: exit 1 and exactly one `error:` line on stderr, returned.
+fn refused(out: &Output) -> String {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "expected a refusal:\n{stderr}");
+    let errors: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.starts_with("error: "))
+        .collect();
+    assert_eq!(errors.len(), 1, "one error line expected:\n{stderr}");
+    assert_eq!(
+        stderr.trim_end().lines().last(),
+        Some(errors[0]),
+        "the error line comes last:\n{stderr}"
+    );
+    errors[0].to_string()
+}
+
+fn spawn(wd: &Workdir, args: &[&str], env: &[(&str, &str)]) -> Child {
+    let mut cmd = wd.cmd();
+    cmd.args(args).stdout(Stdio::piped()).stderr(Stdio::piped());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.spawn().expect("spawn pgshift")
+}
+
+/// Wait for `child` to log a line containing `needle` on stderr, then let it
+/// finish (the caller acts in between through `act`); returns its output
+/// with the whole of stderr.
+fn with_child_paused(mut child: Child, needle: &str, act: impl FnOnce()) -> Output {
+    let stderr = child.stderr.take().expect("stderr piped");
+    let (tx, rx) = std::sync::mpsc::channel();
+    let wanted = needle.to_string();
+    let reader = std::thread::spawn(move || {
+        let mut seen = Vec::new();
+        for line in BufReader::new(stderr).lines() {
+            let line = line.expect("stderr line");
+            if line.contains(&wanted) {
+                let _ = tx.send(());
+            }
+            seen.push(line);
+        }
+        seen
+    });
+    let paused = rx.recv_timeout(Duration::from_secs(60)).is_ok();
+    if paused {
+        act();
+    }
+    let out = child.wait_with_output().expect("wait for pgshift");
+    let seen = reader.join().expect("stderr reader");
+    assert!(
+        paused,
+        "pgshift never logged {needle:?}:\n{}",
+        seen.join("\n")
+    );
+    Output {
+        stderr: seen.join("\n").into_bytes(),
+        ..out
+    }
+}
+
+fn status(wd: &Workdir, db: &TestDb, extra: &[&str]) -> Value {
+    let url = db.url();
+    let mut args = vec!["status", "--dest", url.as_str(), "--json"];
+    args.extend_from_slice(extra);
+    json_of(&wd.run_ok(&args))
+}
+
+fn writes(v: &Value) -> Vec<(String, i64, i64, i64)> {
+    v.as_array()
+        .unwrap_or_else(|| panic!("not an array: {v}"))
+        .iter()
+        .map(|w| {
+            (
+                w["table"].as_str().unwrap().to_string(),
+                w["inserts"].as_i64().unwrap(),
+                w["updates"].as_i64().unwrap(),
+                w["deletes"].as_i64().unwrap(),
+            )
+        })
+        .collect()
+}
+
+fn orders(n: i64) -> Vec<(String, i64, i64, i64)> {
+    vec![("orders".to_string(), n, 0, 0)]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_to_tables_that_are_not_preserved_refuse_swap_and_rollback() {
+    let Some(dbs) = pair("writes") else { return };
+    dbs.src.psql(
+        "CREATE TABLE orders (id int PRIMARY KEY, note text);
+         INSERT INTO orders SELECT g, 'src' FROM generate_series(1, 20) g;
+         CREATE TABLE users (id int PRIMARY KEY, name text);
+         CREATE TABLE catalog (id int PRIMARY KEY);
+         INSERT INTO catalog SELECT generate_series(1, 5);",
+    );
+    dbs.dst.psql(
+        "CREATE TABLE orders (id int PRIMARY KEY, note text);
+         INSERT INTO orders SELECT g, 'dst' FROM generate_series(1, 10) g;
+         CREATE TABLE users (id int PRIMARY KEY, name text);
+         INSERT INTO users VALUES (1, 'a');
+         CREATE TABLE catalog (id int PRIMARY KEY);",
+    );
+    wait_counts(&dbs.dst, "public.orders", (10, 0, 0));
+    let wd = Workdir::new();
+    let url = dbs.dst.url();
+
+    // prepare ends with the report: nothing written yet, workload unchecked
+    // (pg_stat_statements is not installed in this database).
+    let p = json_of(&assert_success(
+        &wd.prepare(&dbs, &["--preserved-tables", "users", "--json"]),
+    ));
+    assert_eq!(p["impact"]["discarded_writes"], json!([]), "{p}");
+    assert_eq!(p["impact"]["unknown_writes"], json!([]), "{p}");
+    assert_eq!(p["impact"]["statements"]["source"], "none", "{p}");
+    assert!(
+        p["impact"]["statements"]["not_checked"]
+            .as_str()
+            .unwrap()
+            .contains("shared_preload_libraries"),
+        "{p}"
+    );
+
+    // 1. Writes that land while the swap waits for its locks (after its check
+    // before the locks passed) are caught under the locks: rolled back, the
+    // migration stays prepared with the error recorded.
+    let child = spawn(
+        &wd,
+        &["swap", "--dest", &url],
+        &[("PGSHIFT_FAILPOINT", "swap-locks:sleep=4000")],
+    );
+    let out = with_child_paused(child, "pausing 4000 ms at swap-locks", || {
+        dbs.dst.psql(
+            "INSERT INTO orders VALUES (11, 'late'), (12, 'late'), (13, 'late');
+             INSERT INTO users VALUES (2, 'b');",
+        );
+        wait_counts(&dbs.dst, "public.orders", (13, 0, 0));
+    });
+    let line = refused(&out);
+    assert!(line.contains("rolled back"), "{line}");
+    assert!(
+        line.contains("the swap would discard writes made since prepare started to 1 table that is not preserved (the rows would stay in the backup, not in the new public): orders (3 inserts)"),
+        "{line}"
+    );
+    assert_eq!(dbs.dst.psql("SELECT count(*) FROM public.orders"), "13");
+    assert_eq!(dbs.dst.psql("SELECT count(*) FROM shadow.orders"), "20");
+    let s = status(&wd, &dbs.dst, &[]);
+    assert_eq!(s["state"], "prepared", "{s}");
+    assert_eq!(s["migration"]["status"], "prepared", "{s}");
+    assert!(
+        s["migration"]["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("orders (3 inserts)"),
+        "{s}"
+    );
+
+    // 2. status and swap --dry-run show the counts; users is preserved.
+    assert_eq!(writes(&s["impact"]["discarded_writes"]), orders(3), "{s}");
+    assert_eq!(s["swap_allowed"], false, "{s}");
+    assert!(
+        s["swap_blocked_reason"]
+            .as_str()
+            .unwrap()
+            .contains("orders (3 inserts)"),
+        "{s}"
+    );
+    let text = wd.run_ok(&["status", "--dest", &url]);
+    assert!(
+        text.contains("impact:") && text.contains("writes to 1 non-preserved table"),
+        "{text}"
+    );
+    // A transaction left open on a public table is a blocker.
+    let mut cfg = dbs.dst.pg_config();
+    cfg.application_name("shop-app");
+    let (app, conn) = cfg.connect(NoTls).await.unwrap();
+    tokio::spawn(conn);
+    app.batch_execute("BEGIN; SELECT count(*) FROM catalog")
+        .await
+        .unwrap();
+    let app_pid: i32 = dbs
+        .dst
+        .psql("SELECT pid FROM pg_stat_activity WHERE application_name = 'shop-app'")
+        .parse()
+        .unwrap();
+    let d = json_of(&wd.run_ok(&["swap", "--dest", &url, "--dry-run", "--json"]));
+    let impact = &d["swap"]["impact"];
+    assert_eq!(writes(&impact["discarded_writes"]), orders(3), "{d}");
+    let blockers = impact["blockers"].as_array().unwrap();
+    assert_eq!(blockers.len(), 1, "{d}");
+    assert_eq!(blockers[0]["pid"], app_pid, "{d}");
+    assert_eq!(blockers[0]["application_name"], "shop-app", "{d}");
+    assert_eq!(blockers[0]["state"], "idle in transaction", "{d}");
+    assert!(blockers[0]["xact_age_ms"].as_i64().unwrap() >= 0, "{d}");
+    assert!(
+        d["swap"]["refusal"]
+            .as_str()
+            .unwrap()
+            .contains("--allow-discard orders"),
+        "{d}"
+    );
+    let text = wd.run_ok(&["swap", "--dest", &url, "--dry-run"]);
+    for part in [
+        "Impact on the running application",
+        "Discarded writes",
+        "Sessions that would hold the swap up",
+        "Recorded statements: not checked",
+        "The swap would refuse",
+    ] {
+        assert!(text.contains(part), "{part:?} not in:\n{text}");
+    }
+    app.batch_execute("ROLLBACK").await.unwrap();
+    drop(app);
+
+    // 3. The swap refuses before its locks: one line, nothing changed.
+    let before = catalog_fingerprint(&dbs.dst);
+    let line = refused(&wd.run(&["swap", "--dest", &url]));
+    for part in [
+        "orders (3 inserts)",
+        "nothing was changed",
+        "Prepare again with this table in --preserved-tables",
+        "--allow-discard orders (or --allow-discard all) to swap anyway",
+    ] {
+        assert!(line.contains(part), "{part:?} not in {line:?}");
+    }
+    assert!(!line.contains("rolled back"), "{line}");
+    assert_eq!(catalog_fingerprint(&dbs.dst), before);
+
+    // 4. Allowed: the swap goes ahead and reports what it discarded.
+    let r = json_of(&wd.run_ok(&[
+        "swap",
+        "--dest",
+        &url,
+        "--allow-discard",
+        "orders",
+        "--json",
+    ]));
+    assert_eq!(writes(&r["impact"]["discarded_writes"]), orders(3), "{r}");
+    assert_eq!(dbs.dst.psql("SELECT count(*) FROM public.orders"), "20");
+    let backup = r["backup_schema"].as_str().unwrap().to_string();
+    assert_eq!(
+        dbs.dst.psql(&format!(
+            "SELECT count(*) FROM {backup}.orders WHERE note = 'late'"
+        )),
+        "3"
+    );
+
+    // 5. A rollback refuses to discard what was written since the swap (and
+    // nothing else: the swap's own replay into users is not a write since).
+    let (ins, upd, del) = counts(&dbs.dst, "public.orders");
+    dbs.dst.psql("INSERT INTO orders VALUES (100, 'new')");
+    wait_counts(&dbs.dst, "public.orders", (ins + 1, upd, del));
+    let d = json_of(&wd.run_ok(&[
+        "rollback",
+        "--dest",
+        &url,
+        "--latest",
+        "--dry-run",
+        "--json",
+    ]));
+    assert_eq!(writes(&d["rollback"]["discarded_writes"]), orders(1), "{d}");
+    assert_eq!(d["rollback"]["unknown_writes"], json!([]), "{d}");
+    let before = catalog_fingerprint(&dbs.dst);
+    let line = refused(&wd.run(&["rollback", "--dest", &url, "--latest"]));
+    for part in [
+        "the rollback would discard writes made since the current public went live to 1 table that is not kept",
+        "orders (1 insert)",
+        "Keep this table with --keep-tables orders",
+        "--allow-discard orders (or --allow-discard all) to roll back anyway",
+    ] {
+        assert!(line.contains(part), "{part:?} not in {line:?}");
+    }
+    assert_eq!(catalog_fingerprint(&dbs.dst), before);
+    wd.run_ok(&[
+        "rollback",
+        "--dest",
+        &url,
+        "--latest",
+        "--allow-discard",
+        "orders",
+    ]);
+    assert_eq!(dbs.dst.psql("SELECT count(*) FROM public.orders"), "13");
+
+    // 6. Rolling the rollback back: kept tables are exempt.
+    dbs.dst.psql("INSERT INTO catalog VALUES (1)");
+    wait_counts(&dbs.dst, "public.catalog", (1, 0, 0));
+    let line = refused(&wd.run(&["rollback", "--dest", &url, "--latest"]));
+    assert!(line.contains("catalog (1 insert)"), "{line}");
+    assert!(!line.contains("orders"), "{line}");
+    wd.run_ok(&[
+        "rollback",
+        "--dest",
+        &url,
+        "--latest",
+        "--keep-tables",
+        "catalog",
+    ]);
+    assert_eq!(dbs.dst.psql("SELECT count(*) FROM public.orders"), "21");
+    assert_eq!(dbs.dst.psql("SELECT count(*) FROM public.catalog"), "1");
+}
+
+/// The destination's application: four statements recorded by
+/// pg_stat_statements, run by the role `app_role` through prepared statements.
+const APP_STATEMENTS: [&str; 4] = [
+    "SELECT email FROM accounts WHERE id = $1",
+    "SELECT id FROM legacy WHERE id = $1",
+    "SELECT n FROM quiet WHERE id = $1",
+    "SELECT * FROM products WHERE id = $1",
+];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recorded_statements_are_reported_and_fail_on_breaking_refuses() {
+    let Some(dbs) = pair("workload") else { return };
+    dbs.src.psql(
+        "CREATE DOMAIN email AS text CHECK (VALUE LIKE '%@%');
+         CREATE TABLE accounts (id int PRIMARY KEY, email email);
+         INSERT INTO accounts VALUES (1, 'a@x');
+         CREATE TABLE quiet (id int PRIMARY KEY, n int);
+         CREATE TABLE products (id int PRIMARY KEY, title text, tags text[]);",
+    );
+    dbs.dst.psql(
+        "CREATE EXTENSION pg_stat_statements;
+         CREATE TABLE accounts (id int PRIMARY KEY, email text);
+         INSERT INTO accounts VALUES (1, 'a@x');
+         CREATE TABLE legacy (id int PRIMARY KEY);
+         CREATE TABLE quiet (id int PRIMARY KEY, n int);
+         CREATE TABLE products (id int PRIMARY KEY, title text);
+         DO $$ BEGIN CREATE ROLE app_role LOGIN PASSWORD 'app-pw'; EXCEPTION WHEN duplicate_object THEN NULL; END $$;
+         GRANT SELECT ON ALL TABLES IN SCHEMA public TO app_role;
+         SELECT pg_stat_statements_reset();",
+    );
+    wait_counts(&dbs.dst, "public.accounts", (1, 0, 0));
+    let mut cfg = dbs.dst.pg_config();
+    cfg.user("app_role").password("app-pw");
+    let (app, conn) = cfg.connect(NoTls).await.unwrap();
+    tokio::spawn(conn);
+    for sql in APP_STATEMENTS {
+        let st = app.prepare(sql).await.unwrap();
+        app.query(&st, &[&1i32]).await.unwrap();
+    }
+    drop(app);
+
+    let wd = Workdir::new();
+    let url = dbs.dst.url();
+    assert_success(&wd.prepare(&dbs, &[]));
+    let roles = ["--workload-roles", "app_role"];
+
+    let dry = |extra: &[&str]| {
+        let mut args = vec!["swap", "--dest", url.as_str(), "--dry-run", "--json"];
+        args.extend_from_slice(extra);
+        json_of(&wd.run_ok(&args))
+    };
+    let d = dry(&roles);
+    let st = &d["swap"]["impact"]["statements"];
+    assert_eq!(st["source"], "pg_stat_statements", "{d}");
+    assert_eq!(st["checked"], 4, "{d}");
+    assert_eq!(
+        st["failing"],
+        json!([{"query": APP_STATEMENTS[1], "calls": 1, "error": "relation \"legacy\" does not exist"}]),
+        "{d}"
+    );
+    let mut changed: Vec<(String, Vec<String>)> = st["result_type_changed"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            assert_eq!(c["calls"], 1, "{c}");
+            (
+                c["query"].as_str().unwrap().to_string(),
+                serde_json::from_value(c["columns"].clone()).unwrap(),
+            )
+        })
+        .collect();
+    changed.sort();
+    assert_eq!(
+        changed,
+        vec![
+            (
+                APP_STATEMENTS[3].to_string(),
+                vec!["tags: (none) -> text[]".to_string()]
+            ),
+            (
+                APP_STATEMENTS[0].to_string(),
+                vec!["email: text -> email".to_string()]
+            ),
+        ],
+        "{d}"
+    );
+    assert_eq!(st["unchecked"], json!([]), "{d}");
+    assert!(d["swap"]["refusal"].is_null(), "{d}");
+    assert!(
+        dry(&["--workload-roles", "app_role", "--fail-on-breaking"])["swap"]["refusal"]
+            .as_str()
+            .unwrap()
+            .contains("--fail-on-breaking"),
+    );
+    let s = status(&wd, &dbs.dst, &roles);
+    assert_eq!(
+        s["impact"]["statements"], d["swap"]["impact"]["statements"],
+        "{s}"
+    );
+    let text = wd.run_ok(&["status", "--dest", &url, "--workload-roles", "app_role"]);
+    assert!(
+        text.contains("impact:")
+            && text.contains("1 statement will fail, 2 will change result type"),
+        "{text}"
+    );
+
+    // --fail-on-breaking refuses and changes nothing.
+    let before = catalog_fingerprint(&dbs.dst);
+    let mut args = vec!["swap", "--dest", url.as_str(), "--fail-on-breaking"];
+    args.extend_from_slice(&roles);
+    let line = refused(&wd.run(&args));
+    assert!(
+        line.contains("--fail-on-breaking")
+            && line.contains("statement will fail (1 call")
+            && line.contains("relation \"legacy\" does not exist"),
+        "{line}"
+    );
+    assert_eq!(catalog_fingerprint(&dbs.dst), before);
+
+    // Without it the swap goes ahead, with the findings as warnings first.
+    let mut args = vec!["swap", "--dest", url.as_str(), "--json"];
+    args.extend_from_slice(&roles);
+    let out = wd.run(&args);
+    let r = json_of(&assert_success(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("WARN") && stderr.contains("statement will change result type"),
+        "{stderr}"
+    );
+    let warnings: Vec<&str> = r["warnings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| w.as_str().unwrap())
+        .collect();
+    assert_eq!(
+        warnings
+            .iter()
+            .filter(|w| w.starts_with("statement will"))
+            .count(),
+        3,
+        "{r}"
+    );
+    assert_eq!(
+        dbs.dst.psql(
+            "SELECT format_type(atttypid, atttypmod) FROM pg_attribute WHERE attrelid = 'public.accounts'::regclass AND attname = 'email'"
+        ),
+        "email"
+    );
+}
+
+#[test]
+fn start_refuses_to_discard_writes_made_during_prepare() {
+    let Some(dbs) = pair("start") else { return };
+    dbs.src.psql(
+        "CREATE TABLE orders (id int PRIMARY KEY);
+         INSERT INTO orders SELECT generate_series(1, 50);",
+    );
+    dbs.dst.psql(
+        "CREATE TABLE orders (id int PRIMARY KEY);
+         INSERT INTO orders SELECT generate_series(1, 5);",
+    );
+    wait_counts(&dbs.dst, "public.orders", (5, 0, 0));
+    let wd = Workdir::new();
+    let (src, dst) = (dbs.src.url(), dbs.dst.url());
+    let child = spawn(
+        &wd,
+        &["start", "--source", &src, "--dest", &dst],
+        &[("PGSHIFT_FAILPOINT", "data:sleep=3000")],
+    );
+    let out = with_child_paused(child, "pausing 3000 ms at data", || {
+        dbs.dst.psql("INSERT INTO orders VALUES (6), (7)");
+        wait_counts(&dbs.dst, "public.orders", (7, 0, 0));
+    });
+    let line = refused(&out);
+    assert!(
+        line.contains("swap step") && line.contains("orders (2 inserts)"),
+        "{line}"
+    );
+    assert_eq!(dbs.dst.psql("SELECT count(*) FROM public.orders"), "7");
+    let s = status(&wd, &dbs.dst, &[]);
+    assert_eq!(s["state"], "prepared", "{s}");
+    assert_eq!(writes(&s["impact"]["discarded_writes"]), orders(2), "{s}");
+}
