@@ -417,6 +417,13 @@ fn rollback_keep_tables_carries_rows_and_sequences_over() {
     assert_eq!(r["kept_tables"], serde_json::json!(["users"]));
     assert_eq!(r["restored_schema_dropped"], false);
     assert!(r["fk_not_valid"].as_array().unwrap().is_empty(), "{r}");
+    // The kept table stayed in public on purpose: not reported as created meanwhile.
+    assert!(
+        !r["warnings"]
+            .to_string()
+            .contains("created in public while"),
+        "{r}"
+    );
     let b2 = r["backup_schema"].as_str().unwrap().to_string();
     let b2_ts = r["backup_timestamp"].as_i64().unwrap();
 

@@ -425,7 +425,7 @@ pub async fn swap<H: InTx>(
     };
 
     // After the commit nothing writes the backup any more: record its contents.
-    match strays(control, &done.moved_in_objects).await {
+    match strays(control, &done.moved_in_objects, &exchange.keep_in_public).await {
         Ok(strays) if !strays.is_empty() => warnings.push(format!(
             "created in public while the swap waited for its locks, and left there: {}",
             strays.join(", ")
@@ -537,12 +537,18 @@ struct Done<B, A> {
 
 /// After the commit: objects in public that the swap did not move there, i.e.
 /// created by someone else while the swap waited for its locks (they stayed).
-async fn strays(client: &Client, moved_in: &[(String, String)]) -> Result<Vec<String>> {
+/// Kept tables (rollback `--keep-tables`) stayed there on purpose.
+async fn strays(
+    client: &Client,
+    moved_in: &[(String, String)],
+    kept: &BTreeSet<String>,
+) -> Result<Vec<String>> {
     let moved: HashSet<&(String, String)> = moved_in.iter().collect();
     Ok(objects::movables(client, "public")
         .await?
         .into_iter()
         .filter(|m| !moved.contains(&(m.kind.clone(), m.name.clone())))
+        .filter(|m| !(m.lockable.is_some() && kept.contains(&m.name)))
         .map(|m| format!("{} {}", m.kind, m.sql_name))
         .collect())
 }

@@ -114,7 +114,7 @@ pub fn render(i: &Impact) -> String {
         }
     }
     if !i.discarded_writes.is_empty() || !i.unknown_writes.is_empty() {
-        out.push_str("  The swap refuses these: prepare again with the tables in --preserved-tables, or pass --allow-discard TABLES (or all).\n");
+        out.push_str("  Unless --allow-discard covers them, the swap refuses these: prepare again with the tables in --preserved-tables, or pass --allow-discard TABLES (or all).\n");
     }
 
     if !i.hazards.is_empty() {
