@@ -1276,3 +1276,44 @@ async fn long_transactions_and_idle_sessions_are_blockers() {
     let _ = busy_query.await;
     let _ = sleeping.await;
 }
+
+#[tokio::test]
+async fn statements_pg_stat_statements_evicted_are_reported() {
+    if !can_start_clusters() {
+        return;
+    }
+    // The smallest pg_stat_statements.max: 250 distinct statements overflow it.
+    let small = Cluster::start_with(
+        "impact_small_pgss",
+        "shared_preload_libraries = 'pg_stat_statements'\npg_stat_statements.max = 100",
+    );
+    let db = small.create_db("impact", "evicted");
+    db.psql("CREATE EXTENSION pg_stat_statements; CREATE SCHEMA shadow; CREATE TABLE accounts (id int);");
+    let c = db.client().await;
+    let before = impact::check_workload(&c, &public_shadow(), &opts())
+        .await
+        .unwrap();
+    assert!(
+        before.unchecked.iter().all(|u| u.query != "<evicted>"),
+        "{:?}",
+        before.unchecked
+    );
+    for i in 0..250 {
+        c.batch_execute(&format!("CREATE TABLE evict_{i} (id int)"))
+            .await
+            .unwrap();
+    }
+    let after = impact::check_workload(&c, &public_shadow(), &opts())
+        .await
+        .unwrap();
+    let evicted = after
+        .unchecked
+        .iter()
+        .find(|u| u.query == "<evicted>")
+        .unwrap_or_else(|| panic!("no eviction reported: {:?}", after.unchecked));
+    assert!(
+        evicted.reason.contains("pg_stat_statements.max (100)"),
+        "{}",
+        evicted.reason
+    );
+}

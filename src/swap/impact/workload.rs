@@ -207,6 +207,41 @@ enum Outcome {
     Unchecked(String),
 }
 
+/// Statements pg_stat_statements dropped to make room since its statistics
+/// were reset (`pg_stat_statements_info`, PostgreSQL 14+): the application's
+/// statements may be among them (prepare itself records about four per
+/// table). None when nothing was evicted or it cannot be told.
+async fn evictions(client: &Client, schema: &str) -> Option<String> {
+    let info = format!("{}.pg_stat_statements_info", crate::pg::ident::quote_ident(schema));
+    let exists: bool = client
+        .query_one("SELECT pg_catalog.to_regclass($1) IS NOT NULL", &[&info])
+        .await
+        .ok()?
+        .get(0);
+    if !exists {
+        return None;
+    }
+    let row = client
+        .query_one(
+            &format!(
+                "SELECT dealloc, stats_reset::text, pg_catalog.current_setting('pg_stat_statements.max', true) FROM {info}"
+            ),
+            &[],
+        )
+        .await
+        .ok()?;
+    let dealloc: i64 = row.get(0);
+    let reset: Option<String> = row.get(1);
+    let max: Option<String> = row.get(2);
+    (dealloc > 0).then(|| {
+        format!(
+            "pg_stat_statements evicted the least-used statements {dealloc} times since {} to stay within pg_stat_statements.max ({}): the application's statements may be missing from the check; raise pg_stat_statements.max (a restart; prepare records about four statements per table)",
+            reset.as_deref().unwrap_or("its statistics were last reset"),
+            max.as_deref().unwrap_or("?")
+        )
+    })
+}
+
 /// Check the recorded workload against the future namespace of `pairs`.
 /// `Err` only for a failed connection or an unknown role in `opts.roles`
 /// (a [`UserError`]); everything else ends up in the report.
@@ -281,6 +316,14 @@ pub async fn check_workload(
             reason: format!(
                 "{hidden} statements of other roles are hidden from this role: grant it pg_read_all_stats to check them"
             ),
+            calls: 0,
+        });
+    }
+
+    if let Some(why) = evictions(client, &schema).await {
+        report.unchecked.push(UncheckedStatement {
+            query: "<evicted>".into(),
+            reason: why,
             calls: 0,
         });
     }
