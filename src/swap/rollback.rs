@@ -38,7 +38,7 @@ use crate::error::{UserError, VerificationFailed};
 use crate::migration::derive::Destination;
 use crate::migration::session::Session;
 use crate::pg::catalog;
-use crate::pg::exec::{exec, pg_error_as};
+use crate::pg::exec::{exec, pg_error_as, query_map};
 use crate::pg::ident::{TableName, qualified, quote_ident};
 use crate::pg::locks_budget::Budget;
 use crate::prepare::sync::CreatedFk;
@@ -765,17 +765,17 @@ async fn is_partitioned(client: &Client, schema: &str, table: &str) -> Result<bo
 
 /// Plain and partitioned tables of a schema that are not extension members.
 async fn tables_of(client: &Client, schema: &str) -> Result<BTreeSet<String>> {
-    let rows = client
-        .query(
+    query_map(
+        client,
             "SELECT c.relname::text FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
               WHERE n.nspname = $1 AND c.relkind IN ('r', 'p')
                 AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_depend d WHERE d.classid = 'pg_catalog.pg_class'::regclass
                                  AND d.objid = c.oid AND d.deptype = 'e')",
             &[&schema],
-        )
-        .await
-        .map_err(|e| pg_error_as(e, "listing tables"))?;
-    Ok(rows.into_iter().map(|r| r.get(0)).collect())
+        "listing tables",
+        |r| r.get(0),
+    )
+    .await
 }
 
 /// Partitions and inheritance children (recursively) of `roots` in `schema`.
@@ -868,8 +868,8 @@ async fn kept_uses(client: &Client, tables: &[String]) -> Result<Vec<String>> {
     if tables.is_empty() {
         return Ok(Vec::new());
     }
-    let rows = client
-        .query(
+    query_map(
+        client,
             "WITH kept AS (SELECT c.oid FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
                             WHERE n.nspname = 'public' AND c.relname = ANY($1) AND c.relkind IN ('r', 'p')),
                   parts(classid, objid) AS (
@@ -889,10 +889,10 @@ async fn kept_uses(client: &Client, tables: &[String]) -> Result<Vec<String>> {
                                    AND (o.deptype = 'e' OR (o.deptype IN ('a', 'i') AND o.refobjid IN (SELECT oid FROM kept))))
               ORDER BY 1",
             &[&tables],
-        )
-        .await
-        .map_err(|e| pg_error_as(e, "looking for what kept tables use"))?;
-    Ok(rows.into_iter().map(|r| r.get(0)).collect())
+        "looking for what kept tables use",
+        |r| r.get(0),
+    )
+    .await
 }
 
 #[cfg(test)]
