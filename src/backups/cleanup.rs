@@ -41,24 +41,22 @@ pub fn parse_before(text: &str) -> Result<DateTime<Utc>> {
     if let Ok(dt) = DateTime::parse_from_rfc3339(t) {
         return Ok(dt.with_timezone(&Utc));
     }
-    for f in [
-        "%Y-%m-%dT%H:%M:%S%.f%z",
-        "%Y-%m-%d %H:%M:%S%.f%z",
-        "%Y-%m-%dT%H:%M%z",
-        "%Y-%m-%d %H:%M%z",
-    ] {
-        if let Ok(dt) = DateTime::parse_from_str(t, f) {
-            return Ok(dt.with_timezone(&Utc));
-        }
-    }
-    for f in [
-        "%Y-%m-%dT%H:%M:%S%.f",
-        "%Y-%m-%d %H:%M:%S%.f",
-        "%Y-%m-%dT%H:%M",
-        "%Y-%m-%d %H:%M",
-    ] {
-        if let Ok(dt) = NaiveDateTime::parse_from_str(t, f) {
-            return Ok(Utc.from_utc_datetime(&dt));
+    // With an offset first (`%z`), then the same forms without one (UTC).
+    for zoned in [true, false] {
+        for f in [
+            "%Y-%m-%dT%H:%M:%S%.f",
+            "%Y-%m-%d %H:%M:%S%.f",
+            "%Y-%m-%dT%H:%M",
+            "%Y-%m-%d %H:%M",
+        ] {
+            let parsed = if zoned {
+                DateTime::parse_from_str(t, &format!("{f}%z")).map(|dt| dt.with_timezone(&Utc))
+            } else {
+                NaiveDateTime::parse_from_str(t, f).map(|dt| Utc.from_utc_datetime(&dt))
+            };
+            if let Ok(dt) = parsed {
+                return Ok(dt);
+            }
         }
     }
     Err(bad())

@@ -15,7 +15,7 @@ use crate::output::{self, Table, human_bytes, human_ms};
 use crate::prepare::phases::{self, PlanReport, PrepareOptions, PrepareReport, Verify};
 use crate::prepare::progress::Progress;
 use crate::swap::impact::gate::{self, LIVE};
-use crate::swap::impact::{Impact, WritesSinceReset, writes_since_reset};
+use crate::swap::impact::{Impact, TableWrites, WritesSinceReset, report, writes_since_reset};
 
 /// What `prepare --json` prints: the report and the impact the swap would have now.
 #[derive(Debug, Serialize)]
@@ -228,25 +228,14 @@ fn print_writes_hint(plan: &PlanReport, w: &WritesSinceReset) {
     println!(
         "Destination tables written {since} (their rows are replaced by the swap unless preserved):"
     );
-    let preserved = |t: &str| plan.preserved_tables.iter().any(|p| p == t);
-    let mut t = Table::new(["table", "inserts", "updates", "deletes", ""])
-        .right(1)
-        .right(2)
-        .right(3);
-    for tw in &w.tables {
-        t.row([
-            tw.table.clone(),
-            tw.inserts.to_string(),
-            tw.updates.to_string(),
-            tw.deletes.to_string(),
-            if preserved(&tw.table) {
-                "preserved".to_string()
-            } else {
-                String::new()
-            },
-        ]);
-    }
-    t.print();
+    let preserved = |tw: &TableWrites| {
+        if plan.preserved_tables.contains(&tw.table) {
+            "preserved".to_string()
+        } else {
+            String::new()
+        }
+    };
+    report::writes_table(&w.tables, Some(&preserved)).print();
     println!(
         "Tables the application keeps writing belong in --preserved-tables; the swap refuses to discard writes made after prepare starts."
     );

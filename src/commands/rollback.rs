@@ -5,9 +5,7 @@ use anyhow::Result;
 use crate::backups::verify;
 use crate::cli::RollbackArgs;
 use crate::commands::Ctx;
-use crate::commands::swap::{
-    print_budget, print_locks, print_moves, print_transaction, print_warnings,
-};
+use crate::commands::swap::{print_budget, print_locks, print_moves, print_warnings};
 use crate::error::{ExitCode, UserError};
 use crate::output;
 use crate::pg::ident::TableName;
@@ -94,14 +92,13 @@ fn print_preview(ctx: &Ctx, p: &RollbackPreview) -> Result<()> {
             println!("  {}: cannot be checked ({})", u.table, u.reason);
         }
     }
-    print_moves(&p.backup_schema, &p.move_out, &p.restore_schema, &p.move_in);
-    for w in &p.warnings {
-        println!("warning: {w}");
-    }
-    print_transaction("rollback", &p.sql);
-    if let Some(why) = &p.refusal {
-        println!("\nThe rollback would refuse: {why}");
-    }
+    print_moves(
+        "rollback",
+        (&p.backup_schema, &p.restore_schema),
+        &p.moves,
+        &p.warnings,
+        p.refusal.as_deref(),
+    );
     Ok(())
 }
 
@@ -111,9 +108,9 @@ fn print_report(ctx: &Ctx, r: &RollbackReport) -> Result<()> {
     }
     println!(
         "Rolled back to {}: {} objects into public; the replaced public is kept as {} ({} objects)",
-        r.restored_schema, r.moved_in, r.backup_schema, r.moved_out
+        r.restored_schema, r.moved.moved_in, r.backup_schema, r.moved.moved_out
     );
-    print_locks(r.lock_held_ms, r.attempts);
+    print_locks(&r.moved);
     if !r.kept_tables.is_empty() {
         println!(
             "Kept from the replaced public: {}",

@@ -61,7 +61,10 @@ fn print_summary(p: &PrepareReport, s: &SwapReport) {
     for (name, ms) in &p.phases_ms {
         t.row([name.clone(), human_ms(ms.as_u64().unwrap_or(0))]);
     }
-    t.row(["swap (locks held)".to_string(), human_ms(s.lock_held_ms)]);
+    t.row([
+        "swap (locks held)".to_string(),
+        human_ms(s.moved.lock_held_ms),
+    ]);
     println!();
     t.print();
 }

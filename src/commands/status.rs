@@ -149,23 +149,26 @@ fn print(ctx: &Ctx, r: &StatusReport) -> Result<()> {
         lines.push(("running", run.holder.to_string()));
     }
     let mut left = Vec::new();
-    if r.leftovers.shadow {
+    if r.leftovers.objects.shadow {
         left.push("a shadow schema with objects".to_string());
     }
-    if !r.leftovers.triggers.is_empty() {
+    if !r.leftovers.objects.triggers.is_empty() {
         left.push(format!(
             "pgshift triggers ({})",
-            r.leftovers.triggers.join(", ")
+            r.leftovers.objects.triggers.join(", ")
         ));
     }
-    if !r.leftovers.helper_tables.is_empty() {
+    if !r.leftovers.objects.helper_tables.is_empty() {
         left.push(format!(
             "helper tables ({})",
-            r.leftovers.helper_tables.join(", ")
+            r.leftovers.objects.helper_tables.join(", ")
         ));
     }
-    if r.leftovers.helper_functions > 0 {
-        left.push(format!("{} helper functions", r.leftovers.helper_functions));
+    if r.leftovers.objects.helper_functions > 0 {
+        left.push(format!(
+            "{} helper functions",
+            r.leftovers.objects.helper_functions
+        ));
     }
     if let Some(d) = &r.leftovers.dead_lock_holder {
         left.push(d.clone());

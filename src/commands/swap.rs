@@ -8,6 +8,7 @@ use crate::error::ExitCode;
 use crate::output;
 use crate::pg::locks_budget::Budget;
 use crate::swap::cutover::{self, SwapOptions, SwapPreview, SwapReport};
+use crate::swap::engine::{Moved, Moves};
 
 pub async fn run(args: SwapArgs, ctx: Ctx) -> Result<ExitCode> {
     let opts = options(&ctx, args.timestamp.clone(), args.keep_dump, false);
@@ -57,24 +58,44 @@ pub fn print_preview(ctx: &Ctx, p: &SwapPreview) -> Result<()> {
     println!();
     print!("{}", p.impact.render());
     println!();
-    print_moves(&p.backup_schema, &p.move_out, "shadow", &p.move_in);
-    for v in &p.fk_violations {
-        println!("warning: {v}");
-    }
-    print_transaction("swap", &p.sql);
-    if let Some(why) = &p.refusal {
-        println!("\nThe swap would refuse: {why}");
-    }
+    print_moves(
+        "swap",
+        (&p.backup_schema, "shadow"),
+        &p.moves,
+        &p.fk_violations,
+        p.refusal.as_deref(),
+    );
     Ok(())
 }
 
-/// What a swap (or rollback) moves, for people.
-pub fn print_moves(backup: &str, move_out: &[String], incoming: &str, move_in: &[String]) {
-    for (from, to, objects) in [("public", backup, move_out), (incoming, "public", move_in)] {
+/// The end of a swap's (or rollback's) dry run, for people: what moves
+/// between public and the `(backup, incoming)` schemas, the warnings, the
+/// transaction statement by statement, and why it would refuse.
+pub fn print_moves<W: std::fmt::Display>(
+    what: &str,
+    (backup, incoming): (&str, &str),
+    moves: &Moves,
+    warnings: &[W],
+    refusal: Option<&str>,
+) {
+    for (from, to, objects) in [
+        ("public", backup, &moves.move_out),
+        (incoming, "public", &moves.move_in),
+    ] {
         println!("{from} -> {to} ({} objects):", objects.len());
         for m in objects {
             println!("  {m}");
         }
+    }
+    for w in warnings {
+        println!("warning: {w}");
+    }
+    println!("\nThe {what} transaction:");
+    for s in &moves.sql {
+        println!("  {s};");
+    }
+    if let Some(why) = refusal {
+        println!("\nThe {what} would refuse: {why}");
     }
 }
 
@@ -89,19 +110,13 @@ pub fn print_budget(b: &Budget, what: &str) {
     }
 }
 
-/// A dry run's transaction, statement by statement.
-pub fn print_transaction(what: &str, sql: &[String]) {
-    println!("\nThe {what} transaction:");
-    for s in sql {
-        println!("  {s};");
-    }
-}
-
 /// How long a swap (or rollback) held its locks.
-pub fn print_locks(lock_held_ms: u64, attempts: u32) {
+pub fn print_locks(m: &Moved) {
     println!(
-        "Locks held for {lock_held_ms} ms ({attempts} attempt{})",
-        if attempts == 1 { "" } else { "s" }
+        "Locks held for {} ms ({} attempt{})",
+        m.lock_held_ms,
+        m.attempts,
+        if m.attempts == 1 { "" } else { "s" }
     );
 }
 
@@ -121,9 +136,9 @@ pub fn print_report(ctx: &Ctx, r: &SwapReport) -> Result<()> {
     }
     println!(
         "Swapped migration {}: {} objects into public, old public kept as {} ({} objects)",
-        r.migration_id, r.moved_in, r.backup_schema, r.moved_out
+        r.migration_id, r.moved.moved_in, r.backup_schema, r.moved.moved_out
     );
-    print_locks(r.lock_held_ms, r.attempts);
+    print_locks(&r.moved);
     println!("Checked before the swap: {}", r.impact.summary());
     if !r.preserved_tables.is_empty() {
         println!(

@@ -22,6 +22,7 @@ use crate::pg::conn::connspec::ConnSpec;
 use crate::pg::exec::column;
 use crate::pg::locks_budget::Budget;
 use crate::pg::meta::{SHADOW_SCHEMA, ShadowState};
+use crate::prepare::discard::Removed;
 use crate::prepare::sync::{self, SyncedTable};
 use crate::swap::cutover;
 use crate::swap::engine::Policy;
@@ -121,11 +122,11 @@ pub struct PreservedInfo {
 #[derive(Debug, Clone, Serialize, Default)]
 pub struct LeftoverInfo {
     pub found: bool,
-    /// A shadow with objects in it while nothing is prepared.
-    pub shadow: bool,
-    pub triggers: Vec<String>,
-    pub helper_tables: Vec<String>,
-    pub helper_functions: usize,
+    /// The migration objects found (`shadow`: a shadow with objects in it
+    /// while nothing is prepared; `triggers`, `helper_tables`,
+    /// `helper_functions`).
+    #[serde(flatten)]
+    pub objects: Removed,
     /// The destination's lock held by a session whose pgshift process is gone.
     pub dead_lock_holder: Option<String>,
     pub hint: Option<String>,
@@ -278,10 +279,7 @@ pub async fn report(
     // Leftovers: migration objects while nothing is prepared or running.
     let found = d.leftovers();
     let mut leftovers = LeftoverInfo {
-        shadow: found.shadow,
-        triggers: found.triggers,
-        helper_tables: found.helper_tables,
-        helper_functions: found.helper_functions,
+        objects: found,
         ..Default::default()
     };
     if let Some(r) = &d.running
@@ -294,16 +292,12 @@ pub async fn report(
             r.holder.backend_pid
         ));
     }
-    leftovers.found = leftovers.shadow
-        || !leftovers.triggers.is_empty()
-        || !leftovers.helper_tables.is_empty()
-        || leftovers.helper_functions > 0
-        || leftovers.dead_lock_holder.is_some();
+    leftovers.found = !leftovers.objects.is_empty() || leftovers.dead_lock_holder.is_some();
     if leftovers.found {
         leftovers.hint = Some(
             if leftovers.dead_lock_holder.is_some()
-                && !leftovers.shadow
-                && leftovers.triggers.is_empty()
+                && !leftovers.objects.shadow
+                && leftovers.objects.triggers.is_empty()
             {
                 "end the dead session holding the lock".into()
             } else {

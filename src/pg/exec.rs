@@ -99,6 +99,25 @@ where
         .collect()
 }
 
+/// Every row a query returns, through `f`, collected; a failure reads
+/// `what: <the server's message>` (SQLSTATE kept).
+pub async fn query_map<T, C>(
+    client: &impl tokio_postgres::GenericClient,
+    sql: &str,
+    params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    what: &str,
+    f: impl FnMut(tokio_postgres::Row) -> T,
+) -> Result<C>
+where
+    C: FromIterator<T>,
+{
+    let rows = client
+        .query(sql, params)
+        .await
+        .map_err(|e| pg_error_as(e, what))?;
+    Ok(rows.into_iter().map(f).collect())
+}
+
 /// Roll the session back when `result` is an error (best effort: the session
 /// may be the thing that failed), then hand the result on.
 pub async fn rollback_on_err<T>(client: &Client, result: Result<T>) -> Result<T> {

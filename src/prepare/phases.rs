@@ -301,6 +301,19 @@ struct Run<'a> {
     post: postdata::Plan,
 }
 
+impl Run<'_> {
+    /// A connection of prepare's own to the destination.
+    async fn dest_client(&self) -> Result<Client> {
+        connect(
+            &self.sess.dest,
+            "destination",
+            &app_name("prepare"),
+            self.sess.run.connect_timeout,
+        )
+        .await
+    }
+}
+
 /// Run prepare on an open session. `rec` is a fresh record; on success its
 /// status is `prepared`.
 pub async fn run(
@@ -630,13 +643,7 @@ fn remap_entries(run: &Run<'_>, entries: Vec<Entry>) -> Result<Vec<Entry>> {
 async fn schema(run: &mut Run<'_>) -> Result<()> {
     let entries = restore_section(run, "pre-data").await?;
     let entries = remap_entries(run, entries)?;
-    let client = connect(
-        &run.sess.dest,
-        "destination",
-        &app_name("prepare"),
-        run.sess.run.connect_timeout,
-    )
-    .await?;
+    let client = run.dest_client().await?;
     // An empty shadow left by the last swap is replaced (RESTRICT: never
     // anything in it; leftovers were handled before).
     let create = format!(
@@ -829,13 +836,7 @@ async fn analyze(run: &mut Run<'_>) -> Result<()> {
 
 async fn privs(run: &mut Run<'_>) -> Result<privileges::Applied> {
     let settings = run.opts;
-    let client = connect(
-        &run.sess.dest,
-        "destination",
-        &app_name("prepare"),
-        run.sess.run.connect_timeout,
-    )
-    .await?;
+    let client = run.dest_client().await?;
     let owners: Option<HashMap<String, String>> = settings.keep_source_owners.then(|| {
         run.tables
             .iter()

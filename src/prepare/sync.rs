@@ -58,7 +58,9 @@ use serde::{Deserialize, Serialize};
 use tokio_postgres::Client;
 
 use crate::pg::catalog::TableInfo;
-use crate::pg::exec::{RetryPolicy, Stop, exec_as as exec, pg_error_as, retry, rollback_on_err};
+use crate::pg::exec::{
+    RetryPolicy, Stop, exec_as as exec, pg_error_as, query_map, retry, rollback_on_err,
+};
 use crate::pg::ident::{TableName, display_ident, qualified, quote_ident, quote_literal};
 use crate::pg::meta::{META_SCHEMA, SHADOW_SCHEMA};
 
@@ -192,8 +194,8 @@ struct KeyCandidate {
 }
 
 async fn key_candidates(client: &Client, rel: u32) -> Result<Vec<KeyCandidate>> {
-    let rows = client
-        .query(
+    query_map(
+        client,
             "SELECT i.indisprimary,
                     ARRAY(SELECT a.attname::text
                             FROM unnest(i.indkey::int2[]) WITH ORDINALITY k(attnum, ord)
@@ -207,16 +209,13 @@ async fn key_candidates(client: &Client, rel: u32) -> Result<Vec<KeyCandidate>> 
                                  WHERE k.ord <= i.indnkeyatts AND NOT a.attnotnull)
               ORDER BY i.indisprimary DESC, ic.relname",
             &[&rel],
-        )
-        .await
-        .map_err(|e| pg_error_as(e, "listing unique keys"))?;
-    Ok(rows
-        .into_iter()
-        .map(|r| KeyCandidate {
+        "listing unique keys",
+        |r| KeyCandidate {
             primary: r.get(0),
             columns: r.get(1),
-        })
-        .collect())
+        },
+    )
+    .await
 }
 
 /// The first source key (primary key first) whose columns, as a set, are a key
@@ -275,8 +274,8 @@ struct ColType {
 }
 
 async fn column_types(client: &Client, rel: u32) -> Result<Vec<ColType>> {
-    let rows = client
-        .query(
+    query_map(
+        client,
             "SELECT a.attname::text, pg_catalog.format_type(a.atttypid, a.atttypmod), a.atttypid,
                     a.attnotnull, a.atthasdef OR a.attidentity <> '' OR a.attgenerated <> '',
                     a.attgenerated <> '',
@@ -297,12 +296,8 @@ async fn column_types(client: &Client, rel: u32) -> Result<Vec<ColType>> {
               WHERE a.attrelid = $1 AND a.attnum > 0 AND NOT a.attisdropped
               ORDER BY a.attnum",
             &[&rel],
-        )
-        .await
-        .map_err(|e| pg_error_as(e, "listing columns"))?;
-    Ok(rows
-        .into_iter()
-        .map(|r| ColType {
+        "listing columns",
+        |r| ColType {
             name: r.get(0),
             format: r.get(1),
             type_oid: r.get(2),
@@ -316,8 +311,9 @@ async fn column_types(client: &Client, rel: u32) -> Result<Vec<ColType>> {
             is_array: r.get(10),
             base_ext: r.get(11),
             labels: r.get(12),
-        })
-        .collect())
+        },
+    )
+    .await
 }
 
 /// Can a value of type `from` be stored into a column of type `to` (an INSERT's
@@ -709,8 +705,8 @@ struct AttrType {
 }
 
 async fn attr_types(client: &Client, rel: u32) -> Result<HashMap<String, AttrType>> {
-    let rows = client
-        .query(
+    query_map(
+        client,
             "SELECT a.attname::text, a.atttypid,
                     CASE WHEN t.typcategory = 'A' AND t.typelem <> 0
                          THEN pg_catalog.quote_ident(en.nspname) || '.' || pg_catalog.quote_ident(et.typname) || '[]'
@@ -725,12 +721,8 @@ async fn attr_types(client: &Client, rel: u32) -> Result<HashMap<String, AttrTyp
                LEFT JOIN pg_catalog.pg_namespace en ON en.oid = et.typnamespace
               WHERE a.attrelid = $1 AND a.attnum > 0 AND NOT a.attisdropped",
             &[&rel],
-        )
-        .await
-        .map_err(|e| pg_error_as(e, "reading column types"))?;
-    Ok(rows
-        .into_iter()
-        .map(|r| {
+        "reading column types",
+        |r| {
             (
                 r.get::<_, String>(0),
                 AttrType {
@@ -739,8 +731,9 @@ async fn attr_types(client: &Client, rel: u32) -> Result<HashMap<String, AttrTyp
                     local: r.get(3),
                 },
             )
-        })
-        .collect())
+        },
+    )
+    .await
 }
 
 /// `"schema"."name"` of a relation by oid, if it exists.
@@ -1137,8 +1130,8 @@ struct SeqRow {
 }
 
 async fn owned_sequences(client: &Client, rel: u32) -> Result<Vec<SeqRow>> {
-    let rows = client
-        .query(
+    query_map(
+        client,
             "SELECT a.attname::text, sc.relname::text,
                     pg_catalog.quote_ident(sn.nspname) || '.' || pg_catalog.quote_ident(sc.relname),
                     s.seqincrement
@@ -1151,18 +1144,15 @@ async fn owned_sequences(client: &Client, rel: u32) -> Result<Vec<SeqRow>> {
                 AND d.refobjid = $1 AND d.deptype IN ('a', 'i')
               ORDER BY a.attnum",
             &[&rel],
-        )
-        .await
-        .map_err(|e| pg_error_as(e, "listing owned sequences"))?;
-    Ok(rows
-        .into_iter()
-        .map(|r| SeqRow {
+        "listing owned sequences",
+        |r| SeqRow {
             column: r.get(0),
             name: r.get(1),
             qual: r.get(2),
             increment: r.get(3),
-        })
-        .collect())
+        },
+    )
+    .await
 }
 
 /// Run `sql` (a whole transaction, `BEGIN … COMMIT`) with retries on lock timeouts.

@@ -24,25 +24,21 @@ use crate::pg::ident::qualified;
 use crate::pg::locks_budget::{self, Budget, Need};
 use crate::pg::meta::SHADOW_SCHEMA;
 use crate::prepare::sync::{self, CreatedFk, FkViolation, SyncedTable};
-use crate::swap::engine::{self, Exchange, InTx, Origin, Policy};
+use crate::swap::engine::{self, Exchange, InTx, Moved, Moves, Origin, Policy};
 use crate::swap::impact::gate::{self, ImpactOptions, UnderLocks};
 use crate::swap::impact::{Impact, ImpactRequest, Operation, WriteBaseline, WriteCheck};
-use crate::swap::mode::Mode;
+use crate::swap::mode::Chosen;
 
 /// What a swap reports.
 #[derive(Debug, Clone, Serialize)]
 pub struct SwapReport {
     pub migration_id: i64,
-    /// `rename` (schema renames) or `object` (object by object).
-    pub swap_mode: Mode,
-    /// Why that mode.
-    pub swap_mode_reason: String,
+    #[serde(flatten)]
+    pub mode: Chosen,
     pub backup_schema: String,
     pub backup_timestamp: i64,
-    pub lock_held_ms: u64,
-    pub attempts: u32,
-    pub moved_out: usize,
-    pub moved_in: usize,
+    #[serde(flatten)]
+    pub moved: Moved,
     pub tables: usize,
     pub preserved_tables: Vec<String>,
     pub fk_not_valid: Vec<String>,
@@ -56,12 +52,11 @@ pub struct SwapReport {
 #[derive(Debug, Clone, Serialize)]
 pub struct SwapPreview {
     pub migration_id: i64,
-    pub swap_mode: Mode,
-    pub swap_mode_reason: String,
+    #[serde(flatten)]
+    pub mode: Chosen,
     pub backup_schema: String,
-    pub move_out: Vec<String>,
-    pub move_in: Vec<String>,
-    pub sql: Vec<String>,
+    #[serde(flatten)]
+    pub moves: Moves,
     pub fk_violations: Vec<FkViolation>,
     /// The swap's need against the destination's lock table; a swap that
     /// does not fit (`fits: false`) is refused before any lock.
@@ -231,12 +226,9 @@ pub async fn preview(client: &Client, opts: &SwapOptions) -> Result<SwapPreview>
         gate::refusal(&impact, &opts.impact).or_else(|| p.lock_budget.refusal("the swap"));
     Ok(SwapPreview {
         migration_id: m.id,
-        swap_mode: p.mode,
-        swap_mode_reason: p.mode_reason,
+        mode: p.mode,
         backup_schema: p.backup_schema,
-        move_out: p.move_out,
-        move_in: p.move_in,
-        sql: p.sql,
+        moves: p.moves,
         fk_violations,
         swap_lock_budget: p.lock_budget,
         impact,
@@ -417,14 +409,10 @@ pub async fn swap(sess: &Session, opts: &SwapOptions) -> Result<SwapReport> {
     }
     Ok(SwapReport {
         migration_id: m.id,
-        swap_mode: done.mode,
-        swap_mode_reason: done.mode_reason.clone(),
+        mode: done.mode,
         backup_schema: done.backup_schema,
         backup_timestamp: done.backup_timestamp,
-        lock_held_ms: done.lock_held_ms,
-        attempts: done.attempts,
-        moved_out: done.moved_out,
-        moved_in: done.moved_in,
+        moved: done.moved,
         tables: m.state.tables.len(),
         preserved_tables: m.state.preserved_tables.clone(),
         fk_not_valid: not_valid,

@@ -37,6 +37,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use chrono::Utc;
+use serde::Serialize;
 use tokio_postgres::Client;
 use tokio_postgres::error::SqlState;
 
@@ -56,7 +57,7 @@ use crate::pg::meta::MARKER;
 use crate::pg::objects::{self, Movable};
 use crate::prepare::sync::CreatedFk;
 use crate::swap::impact;
-use crate::swap::mode::{self, Choice, Mode, ModeRequest};
+use crate::swap::mode::{self, Choice, Chosen, Mode, ModeRequest};
 
 /// How the swap transaction waits and retries, and which mode it may use.
 #[derive(Debug, Clone, Copy, Default)]
@@ -206,19 +207,24 @@ pub trait InTx {
     }
 }
 
-/// What the engine reports after the commit.
-#[derive(Debug, Clone)]
-pub struct Swapped<B, A> {
-    pub mode: Mode,
-    /// Why this mode.
-    pub mode_reason: String,
-    pub backup_schema: String,
-    pub backup_timestamp: i64,
+/// What the committed swap transaction did; the swap's and the rollback's
+/// reports flatten it.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Moved {
     /// From the first lock request to the end of COMMIT, in milliseconds.
     pub lock_held_ms: u64,
     pub attempts: u32,
     pub moved_out: usize,
     pub moved_in: usize,
+}
+
+/// What the engine reports after the commit.
+#[derive(Debug, Clone)]
+pub struct Swapped<B, A> {
+    pub mode: Chosen,
+    pub backup_schema: String,
+    pub backup_timestamp: i64,
+    pub moved: Moved,
     /// The backup's manifest as stored after the commit.
     pub manifest: Manifest,
     pub before: B,
@@ -226,15 +232,21 @@ pub struct Swapped<B, A> {
     pub warnings: Vec<String>,
 }
 
-/// A dry run: what would move and the transaction's SQL.
-#[derive(Debug, Clone)]
-pub struct Preview {
-    pub mode: Mode,
-    pub mode_reason: String,
-    pub backup_schema: String,
+/// What a dry run would move (`kind name` of each object) and the
+/// transaction's SQL; the swap's and the rollback's previews flatten it.
+#[derive(Debug, Clone, Serialize)]
+pub struct Moves {
     pub move_out: Vec<String>,
     pub move_in: Vec<String>,
     pub sql: Vec<String>,
+}
+
+/// A dry run: what would move and the transaction's SQL.
+#[derive(Debug, Clone)]
+pub struct Preview {
+    pub mode: Chosen,
+    pub backup_schema: String,
+    pub moves: Moves,
     /// The transaction's need against the destination's lock table.
     pub lock_budget: Budget,
 }
@@ -271,12 +283,13 @@ pub async fn preview<H: InTx>(
     sql.push("COMMIT".into());
     let name = |m: &Movable| format!("{} {}", m.kind, m.sql_name);
     Ok(Preview {
-        mode: choice.mode,
-        mode_reason: choice.reason.clone(),
+        mode: choice.chosen(),
         backup_schema: req.backup,
-        move_out: out.iter().map(name).collect(),
-        move_in: inc.iter().map(name).collect(),
-        sql,
+        moves: Moves {
+            move_out: out.iter().map(name).collect(),
+            move_in: inc.iter().map(name).collect(),
+            sql,
+        },
         lock_budget,
     })
 }
@@ -396,7 +409,7 @@ pub async fn swap<H: InTx>(
     .await
     {
         Ok((mut done, attempts)) => {
-            done.attempts = attempts;
+            done.moved.attempts = attempts;
             done
         }
         Err(Stop::Exhausted { attempts, why, .. }) => bail!(
@@ -408,8 +421,8 @@ pub async fn swap<H: InTx>(
         Err(Stop::Interrupted) => return Err(anyhow::Error::new(Interrupted)),
     };
     tracing::info!(
-        lock_held_ms = done.lock_held_ms,
-        attempts = done.attempts,
+        lock_held_ms = done.moved.lock_held_ms,
+        attempts = done.moved.attempts,
         "swap committed"
     );
 
@@ -435,10 +448,11 @@ pub async fn swap<H: InTx>(
     }
     let mut manifest = done.manifest;
     manifest.live_baseline = live_baseline;
-    manifest.lock_held_ms = Some(done.lock_held_ms);
-    manifest
-        .timings_ms
-        .insert("swap".into(), serde_json::Value::from(done.lock_held_ms));
+    manifest.lock_held_ms = Some(done.moved.lock_held_ms);
+    manifest.timings_ms.insert(
+        "swap".into(),
+        serde_json::Value::from(done.moved.lock_held_ms),
+    );
     match manifest::describe(control, &backup, true).await {
         Ok(tables) => {
             manifest.tables = tables;
@@ -458,14 +472,10 @@ pub async fn swap<H: InTx>(
     }
     manifest::update_manifest(control, &manifest).await?;
     Ok(Swapped {
-        mode: choice.mode,
-        mode_reason: choice.reason.clone(),
+        mode: choice.chosen(),
         backup_schema: backup,
         backup_timestamp: ts,
-        lock_held_ms: done.lock_held_ms,
-        attempts: done.attempts,
-        moved_out: done.moved_out,
-        moved_in: done.moved_in,
+        moved: done.moved,
         manifest,
         before: done.before,
         after: done.after,
@@ -524,10 +534,7 @@ async fn choose_mode(client: &Client, exchange: &Exchange, policy: Policy) -> Re
 
 /// What one committed attempt did.
 struct Done<B, A> {
-    lock_held_ms: u64,
-    attempts: u32,
-    moved_out: usize,
-    moved_in: usize,
+    moved: Moved,
     /// (kind, name) of every object moved into public, for the after-commit check.
     moved_in_objects: Vec<(String, String)>,
     manifest: Manifest,
@@ -751,10 +758,12 @@ async fn one_attempt<H: InTx>(
     let held = started.elapsed().as_millis() as u64;
     exec(client, "RESET search_path").await?;
     Ok(Done {
-        lock_held_ms: held,
-        attempts: 0,
-        moved_out: out.len(),
-        moved_in: inc.len(),
+        moved: Moved {
+            lock_held_ms: held,
+            attempts: 0,
+            moved_out: out.len(),
+            moved_in: inc.len(),
+        },
         moved_in_objects: inc
             .iter()
             .map(|m| (m.kind.clone(), m.name.clone()))

@@ -75,6 +75,28 @@ pub struct Choice {
     pub rename: Option<RenameSteps>,
 }
 
+impl Choice {
+    /// The mode and its reason as reports show them.
+    pub fn chosen(&self) -> Chosen {
+        Chosen {
+            mode: self.mode,
+            reason: self.reason.clone(),
+        }
+    }
+}
+
+/// The mode a swap (or rollback) ran in, or would run in, and why: the
+/// `swap_mode` and `swap_mode_reason` of the JSON reports, which flatten it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Chosen {
+    /// `rename` (schema renames) or `object` (object by object).
+    #[serde(rename = "swap_mode")]
+    pub mode: Mode,
+    /// Why that mode.
+    #[serde(rename = "swap_mode_reason")]
+    pub reason: String,
+}
+
 /// Public's properties the new public takes over, and the relocatable
 /// extensions that move with them.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]

@@ -38,16 +38,16 @@ use crate::error::{UserError, VerificationFailed};
 use crate::migration::derive::Destination;
 use crate::migration::session::Session;
 use crate::pg::catalog;
-use crate::pg::exec::{exec, pg_error_as};
+use crate::pg::exec::{exec, pg_error_as, query_map};
 use crate::pg::ident::{TableName, qualified, quote_ident};
 use crate::pg::locks_budget::Budget;
 use crate::prepare::sync::CreatedFk;
-use crate::swap::engine::{self, Exchange, InTx, Origin, Policy};
+use crate::swap::engine::{self, Exchange, InTx, Moved, Moves, Origin, Policy};
 use crate::swap::impact::gate::{self, UnderLocks};
 use crate::swap::impact::{
     AllowDiscard, DiscardedWrite, Operation, UnknownWrite, WriteBaseline, WriteCheck,
 };
-use crate::swap::mode::Mode;
+use crate::swap::mode::Chosen;
 
 /// Which backup to restore.
 #[derive(Debug, Clone)]
@@ -111,18 +111,14 @@ pub struct FkChange {
 #[derive(Debug, Clone, Serialize)]
 pub struct RollbackReport {
     pub restored_schema: String,
-    /// `rename` (schema renames) or `object` (object by object).
-    pub swap_mode: Mode,
-    /// Why that mode.
-    pub swap_mode_reason: String,
+    #[serde(flatten)]
+    pub mode: Chosen,
     pub restored_timestamp: i64,
     pub backup_schema: String,
     pub backup_timestamp: i64,
     pub kept_tables: Vec<String>,
-    pub lock_held_ms: u64,
-    pub attempts: u32,
-    pub moved_out: usize,
-    pub moved_in: usize,
+    #[serde(flatten)]
+    pub moved: Moved,
     /// The restored backup schema was empty afterwards and was dropped with its
     /// manifest (false when kept tables' namesakes remain in it).
     pub restored_schema_dropped: bool,
@@ -137,14 +133,13 @@ pub struct RollbackReport {
 #[derive(Debug, Clone, Serialize)]
 pub struct RollbackPreview {
     pub restore_schema: String,
-    pub swap_mode: Mode,
-    pub swap_mode_reason: String,
+    #[serde(flatten)]
+    pub mode: Chosen,
     pub restore_timestamp: i64,
     pub backup_schema: String,
     pub kept_tables: Vec<String>,
-    pub move_out: Vec<String>,
-    pub move_in: Vec<String>,
-    pub sql: Vec<String>,
+    #[serde(flatten)]
+    pub moves: Moves,
     pub verification: VerifyReport,
     pub warnings: Vec<String>,
     /// The rollback's need against the destination's lock table; one that
@@ -350,14 +345,11 @@ pub async fn preview(client: &Client, plan: &Plan, policy: Policy) -> Result<Rol
     let p = engine::preview(client, &exchange(plan), policy, &hook(plan, pg15)).await?;
     Ok(RollbackPreview {
         restore_schema: plan.restore.schema_name.clone(),
-        swap_mode: p.mode,
-        swap_mode_reason: p.mode_reason,
+        mode: p.mode,
         restore_timestamp: plan.restore.ts,
         backup_schema: p.backup_schema,
         kept_tables: plan.keep.iter().cloned().collect(),
-        move_out: p.move_out,
-        move_in: p.move_in,
-        sql: p.sql,
+        moves: p.moves,
         verification: plan.verification.clone(),
         warnings: plan.warnings.clone(),
         refusal: plan
@@ -417,16 +409,12 @@ pub async fn execute(sess: &Session, plan: &Plan, policy: Policy) -> Result<Roll
     }
     Ok(RollbackReport {
         restored_schema: restored.schema_name.clone(),
-        swap_mode: done.mode,
-        swap_mode_reason: done.mode_reason.clone(),
+        mode: done.mode,
         restored_timestamp: restored.ts,
         backup_schema: done.backup_schema,
         backup_timestamp: done.backup_timestamp,
         kept_tables: plan.keep.iter().cloned().collect(),
-        lock_held_ms: done.lock_held_ms,
-        attempts: done.attempts,
-        moved_out: done.moved_out,
-        moved_in: done.moved_in,
+        moved: done.moved,
         restored_schema_dropped: result.restored_dropped,
         foreign_keys: result.changes,
         fk_not_valid: not_valid,
@@ -777,17 +765,17 @@ async fn is_partitioned(client: &Client, schema: &str, table: &str) -> Result<bo
 
 /// Plain and partitioned tables of a schema that are not extension members.
 async fn tables_of(client: &Client, schema: &str) -> Result<BTreeSet<String>> {
-    let rows = client
-        .query(
+    query_map(
+        client,
             "SELECT c.relname::text FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
               WHERE n.nspname = $1 AND c.relkind IN ('r', 'p')
                 AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_depend d WHERE d.classid = 'pg_catalog.pg_class'::regclass
                                  AND d.objid = c.oid AND d.deptype = 'e')",
             &[&schema],
-        )
-        .await
-        .map_err(|e| pg_error_as(e, "listing tables"))?;
-    Ok(rows.into_iter().map(|r| r.get(0)).collect())
+        "listing tables",
+        |r| r.get(0),
+    )
+    .await
 }
 
 /// Partitions and inheritance children (recursively) of `roots` in `schema`.
@@ -880,8 +868,8 @@ async fn kept_uses(client: &Client, tables: &[String]) -> Result<Vec<String>> {
     if tables.is_empty() {
         return Ok(Vec::new());
     }
-    let rows = client
-        .query(
+    query_map(
+        client,
             "WITH kept AS (SELECT c.oid FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
                             WHERE n.nspname = 'public' AND c.relname = ANY($1) AND c.relkind IN ('r', 'p')),
                   parts(classid, objid) AS (
@@ -901,10 +889,10 @@ async fn kept_uses(client: &Client, tables: &[String]) -> Result<Vec<String>> {
                                    AND (o.deptype = 'e' OR (o.deptype IN ('a', 'i') AND o.refobjid IN (SELECT oid FROM kept))))
               ORDER BY 1",
             &[&tables],
-        )
-        .await
-        .map_err(|e| pg_error_as(e, "looking for what kept tables use"))?;
-    Ok(rows.into_iter().map(|r| r.get(0)).collect())
+        "looking for what kept tables use",
+        |r| r.get(0),
+    )
+    .await
 }
 
 #[cfg(test)]

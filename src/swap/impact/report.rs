@@ -1,6 +1,6 @@
 //! The report for people (`swap --dry-run`) and `status`'s one-line summary.
 
-use super::{Effect, Impact};
+use super::{Effect, Impact, TableWrites};
 use crate::output::{Table, human_ms};
 
 /// `1 table`, `3 tables`.
@@ -87,24 +87,37 @@ fn indent(text: &str, by: &str) -> String {
 }
 
 /// The whole report as text.
+/// Writes per table (table, inserts, updates, deletes), with `note` as a
+/// fifth, unnamed column when given.
+pub fn writes_table(
+    writes: &[TableWrites],
+    note: Option<&dyn Fn(&TableWrites) -> String>,
+) -> Table {
+    let mut header = vec!["table", "inserts", "updates", "deletes"];
+    if note.is_some() {
+        header.push("");
+    }
+    let mut t = Table::new(header).right(1).right(2).right(3);
+    for w in writes {
+        let mut row = vec![
+            w.table.clone(),
+            w.inserts.to_string(),
+            w.updates.to_string(),
+            w.deletes.to_string(),
+        ];
+        row.extend(note.map(|f| f(w)));
+        t.row(row);
+    }
+    t
+}
+
 pub fn render(i: &Impact) -> String {
     let mut out = String::from("Impact on the running application\n");
     out.push_str(&format!("  {}\n", summary(i)));
 
     if !i.discarded_writes.is_empty() {
         out.push_str("\nDiscarded writes: written since prepare started to tables that are not preserved; these rows would stay in the backup, not in the new public:\n");
-        let mut t = Table::new(["table", "inserts", "updates", "deletes"])
-            .right(1)
-            .right(2)
-            .right(3);
-        for d in &i.discarded_writes {
-            t.row([
-                d.table.clone(),
-                d.inserts.to_string(),
-                d.updates.to_string(),
-                d.deletes.to_string(),
-            ]);
-        }
+        let t = writes_table(&i.discarded_writes, None);
         out.push_str(&indent(&t.render(), "  "));
     }
     if !i.unknown_writes.is_empty() {
