@@ -75,11 +75,7 @@ fn print_preview(ctx: &Ctx, p: &RollbackPreview) -> Result<()> {
     if !p.kept_tables.is_empty() {
         println!("Kept from the current public: {}", p.kept_tables.join(", "));
     }
-    println!(
-        "Swap mode: {} ({})",
-        p.swap_mode.as_str(),
-        p.swap_mode_reason
-    );
+    println!("Swap mode: {} ({})", p.mode.mode.as_str(), p.mode.reason);
     print_budget(&p.swap_lock_budget, "rollback");
     if !p.discarded_writes.is_empty() || !p.unknown_writes.is_empty() {
         println!(

@@ -49,11 +49,7 @@ pub fn print_preview(ctx: &Ctx, p: &SwapPreview) -> Result<()> {
         "Swap plan for migration {} (dry run: nothing was changed)",
         p.migration_id
     );
-    println!(
-        "Swap mode: {} ({})",
-        p.swap_mode.as_str(),
-        p.swap_mode_reason
-    );
+    println!("Swap mode: {} ({})", p.mode.mode.as_str(), p.mode.reason);
     print_budget(&p.swap_lock_budget, "swap");
     println!();
     print!("{}", p.impact.render());

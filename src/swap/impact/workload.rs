@@ -212,7 +212,10 @@ enum Outcome {
 /// statements may be among them (prepare itself records about four per
 /// table). None when nothing was evicted or it cannot be told.
 async fn evictions(client: &Client, schema: &str) -> Option<String> {
-    let info = format!("{}.pg_stat_statements_info", crate::pg::ident::quote_ident(schema));
+    let info = format!(
+        "{}.pg_stat_statements_info",
+        crate::pg::ident::quote_ident(schema)
+    );
     let exists: bool = client
         .query_one("SELECT pg_catalog.to_regclass($1) IS NOT NULL", &[&info])
         .await
