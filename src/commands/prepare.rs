@@ -10,6 +10,7 @@ use crate::error::ExitCode;
 use crate::migration::session::{Recorder, Session, now_ms};
 use crate::migration::state_file::file_safe;
 use crate::output::{self, Table, human_bytes, human_ms};
+use crate::prepare::filters::Matched;
 use crate::prepare::phases::{self, PlanReport, PrepareOptions, PrepareReport, Verify};
 use crate::prepare::progress::Progress;
 
@@ -48,6 +49,7 @@ pub fn options(ctx: &Ctx) -> Result<PrepareOptions> {
         keep_source_owners: s.keep_source_owners,
         lock_timeout: s.lock_timeout,
         swap_retries: s.swap_retries,
+        filters: s.filters.clone(),
     })
 }
 
@@ -105,6 +107,9 @@ pub fn print_plan(ctx: &Ctx, plan: &PlanReport) -> Result<()> {
     if let Some(l) = &plan.leftovers {
         println!("  leftovers:   {l}");
     }
+    if let Some(f) = &plan.filters {
+        print_filters(f);
+    }
     println!();
     let mut t = Table::new(["table", "kind", "rows (est.)", "size"])
         .right(2)
@@ -112,6 +117,8 @@ pub fn print_plan(ctx: &Ctx, plan: &PlanReport) -> Result<()> {
     for tb in &plan.tables {
         let name = if tb.preserved {
             format!("{} (preserved)", tb.name)
+        } else if tb.data_excluded {
+            format!("{} (no data)", tb.name)
         } else {
             tb.name.clone()
         };
@@ -132,6 +139,19 @@ pub fn print_plan(ctx: &Ctx, plan: &PlanReport) -> Result<()> {
         println!("warning: {w}");
     }
     Ok(())
+}
+
+/// Each filter's patterns and what they matched.
+fn print_filters(f: &Matched) {
+    for (label, matches) in [
+        ("exclude data:", &f.exclude_table_data),
+        ("exclude:", &f.exclude_table),
+        ("keep:", &f.keep_tables),
+    ] {
+        for m in matches {
+            println!("  {label:<13}{} -> {}", m.pattern, m.tables.join(", "));
+        }
+    }
 }
 
 pub fn print_report(ctx: &Ctx, r: &PrepareReport) -> Result<()> {
