@@ -144,7 +144,7 @@ pub fn print_plan(ctx: &Ctx, plan: &PlanReport) -> Result<()> {
 /// Each filter's patterns and what they matched.
 fn print_filters(f: &Matched) {
     for (label, matches) in [
-        ("exclude data:", &f.exclude_table_data),
+        ("no data:", &f.exclude_table_data),
         ("exclude:", &f.exclude_table),
         ("keep:", &f.keep_tables),
     ] {

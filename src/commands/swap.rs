@@ -35,6 +35,7 @@ pub fn options(
         prevalidated,
         allow_fk_violations: ctx.settings.allow_fk_violations,
         policy: ctx.swap_policy(),
+        keep_tables: ctx.settings.filters.keep_tables.clone(),
     }
 }
 
@@ -47,6 +48,9 @@ pub fn print_preview(ctx: &Ctx, p: &SwapPreview) -> Result<()> {
         p.migration_id
     );
     print_moves(&p.backup_schema, &p.move_out, "shadow", &p.move_in);
+    if !p.kept_tables.is_empty() {
+        println!("Kept in public as they are: {}", p.kept_tables.join(", "));
+    }
     for v in &p.fk_violations {
         println!("warning: {v}");
     }
@@ -103,6 +107,15 @@ pub fn print_report(ctx: &Ctx, r: &SwapReport) -> Result<()> {
         println!(
             "Preserved tables carried over: {}",
             r.preserved_tables.join(", ")
+        );
+    }
+    if !r.kept_tables.is_empty() {
+        println!("Kept in public as they were: {}", r.kept_tables.join(", "));
+    }
+    for c in &r.foreign_keys {
+        println!(
+            "foreign key {} on {}: {} ({})",
+            c.constraint, c.table, c.action, c.references
         );
     }
     print_warnings(&r.fk_not_valid, &r.warnings);

@@ -19,9 +19,10 @@
 //!   preserved table's (checked for violations before it). A kept table's own
 //!   foreign key to a table that the migration does not bring is refused here.
 //!
-//! Patterns are psql's (`pg::pattern`), matched against plain, partitioned
-//! (and for `--exclude-table`, foreign) tables of the source's public
-//! (`--keep-tables`: of the destination's). A matched table brings its
+//! Patterns are psql's (`pg::pattern`), matched against plain and
+//! partitioned tables of the source's public (`--exclude-table` also matches
+//! foreign tables, views and materialized views, as pg_dump's `-T` does;
+//! `--keep-tables` matches the destination's tables). A matched table brings its
 //! partitions and inheritance children along; a kept partition needs its
 //! parent kept. A pattern that matches nothing is a usage error (exit 2): a
 //! typo must not silently migrate everything. A table both preserved and
@@ -97,7 +98,8 @@ struct Rel {
     parent: Option<String>,
 }
 
-/// Plain, partitioned and foreign tables of `schema` (not extension members).
+/// Tables (plain, partitioned, foreign), views and materialized views of
+/// `schema` (not extension members).
 async fn relations(client: &Client, schema: &str) -> Result<Vec<Rel>> {
     let rows = client
         .query(
@@ -107,7 +109,7 @@ async fn relations(client: &Client, schema: &str) -> Result<Vec<Rel>> {
                       WHERE i.inhrelid = c.oid AND p.relnamespace = c.relnamespace
                       ORDER BY i.inhseqno LIMIT 1)
                FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
-              WHERE n.nspname = $1 AND c.relkind IN ('r', 'p', 'f')
+              WHERE n.nspname = $1 AND c.relkind IN ('r', 'p', 'f', 'v', 'm')
                 AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_depend d
                                  WHERE d.classid = 'pg_catalog.pg_class'::regclass
                                    AND d.objid = c.oid AND d.deptype = 'e')
@@ -186,6 +188,39 @@ fn names(set: &BTreeSet<String>) -> String {
         .join(", ")
 }
 
+/// Match `--keep-tables` patterns against the destination's public: the
+/// matches per pattern and every kept table (partitions included). A kept
+/// partition needs its parent kept (it would stay attached to a table in the
+/// backup otherwise).
+pub async fn match_keep(
+    dest: &Client,
+    patterns: &[TablePattern],
+) -> Result<(Vec<PatternMatch>, BTreeSet<String>)> {
+    if patterns.is_empty() {
+        return Ok((Vec::new(), BTreeSet::new()));
+    }
+    let rels = relations(dest, LIVE).await?;
+    let (m, kept) = match_filter(
+        "--keep-tables",
+        patterns,
+        &rels,
+        &['r', 'p'],
+        "the destination's public",
+    )?;
+    for r in rels.iter().filter(|r| kept.contains(&r.name)) {
+        if let Some(p) = r.parent.as_ref().filter(|p| !kept.contains(*p)) {
+            return Err(UserError::new(format!(
+                "--keep-tables: {} is a partition (or child) of {}, which is not kept; keep {} itself; nothing was changed",
+                display_ident(&r.name),
+                display_ident(p),
+                display_ident(p)
+            ))
+            .into());
+        }
+    }
+    Ok((m, kept))
+}
+
 /// Match the filters against the source's and the destination's public and
 /// check that the result can be migrated. Read only.
 pub async fn resolve(
@@ -211,37 +246,12 @@ pub async fn resolve(
         "--exclude-table",
         &filters.exclude_table,
         &src_rels,
-        &['r', 'p', 'f'],
+        &['r', 'p', 'f', 'v', 'm'],
         "the source's public",
     )?;
     res.matched.exclude_table = m;
-    let dst_rels = if filters.keep_tables.is_empty() {
-        Vec::new()
-    } else {
-        relations(dest, LIVE).await?
-    };
-    let (m, kept) = match_filter(
-        "--keep-tables",
-        &filters.keep_tables,
-        &dst_rels,
-        &['r', 'p'],
-        "the destination's public",
-    )?;
+    let (m, kept) = match_keep(dest, &filters.keep_tables).await?;
     res.matched.keep_tables = m;
-
-    // A kept partition whose parent moves would be left attached to a table
-    // in the backup.
-    for r in dst_rels.iter().filter(|r| kept.contains(&r.name)) {
-        if let Some(p) = r.parent.as_ref().filter(|p| !kept.contains(*p)) {
-            return Err(UserError::new(format!(
-                "--keep-tables: {} is a partition (or child) of {}, which is not kept; keep {} itself; nothing was changed",
-                display_ident(&r.name),
-                display_ident(p),
-                display_ident(p)
-            ))
-            .into());
-        }
-    }
     let preserved: BTreeSet<String> = preserved.iter().map(|t| t.name.clone()).collect();
     for (flag, set) in [
         ("--exclude-table-data", &data),
@@ -277,7 +287,7 @@ pub async fn resolve(
     let deps = dependents(src, &excluded_only, &res.not_migrated).await?;
     if !deps.is_empty() {
         return Err(UserError::new(format!(
-            "--exclude-table: objects of the source depend on excluded tables and would be migrated without them: {}; exclude them too (--exclude-table), or keep the tables; nothing was changed",
+            "--exclude-table: objects of the source depend on excluded tables and would be migrated without them: {}; exclude them too (views and tables: --exclude-table), or migrate the tables; nothing was changed",
             deps.join(", ")
         ))
         .into());
@@ -294,7 +304,9 @@ pub async fn resolve(
         let mut missing = Vec::new();
         for fk in rollback::foreign_keys_of(dest, LIVE, &roots, pg15).await? {
             let target = &fk.def.ref_table;
-            if fk.ref_schema == LIVE && !kept.contains(target) && !migrated.contains(target.as_str())
+            if fk.ref_schema == LIVE
+                && !kept.contains(target)
+                && !migrated.contains(target.as_str())
             {
                 missing.push(format!(
                     "{} of {} references {}",
@@ -399,6 +411,9 @@ mod tests {
         let err = match_filter("--x", &pats, &rels, &['r', 'p'], "here")
             .unwrap_err()
             .to_string();
-        assert_eq!(err, "--x nope*: no table of here matches; nothing was changed");
+        assert_eq!(
+            err,
+            "--x nope*: no table of here matches; nothing was changed"
+        );
     }
 }

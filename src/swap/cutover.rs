@@ -18,11 +18,16 @@ use crate::migration::derive::{self, Destination};
 use crate::migration::lifecycle::{Phase, Status};
 use crate::migration::record::{self, MigrationRow};
 use crate::migration::session::{Recorder, Session, failpoint};
+use crate::pg::catalog;
+use crate::pg::ident::display_ident;
 use crate::pg::ident::qualified;
 use crate::pg::meta::SHADOW_SCHEMA;
+use crate::pg::pattern::TablePattern;
+use crate::prepare::filters;
 use crate::prepare::sync::{self, CreatedFk, FkViolation, SyncedTable};
 use crate::swap::engine::{self, Exchange, InTx, Origin, Policy};
 use crate::swap::mode::Mode;
+use crate::swap::rollback::{self, CrossingFixed, FkChange};
 
 /// What a swap reports.
 #[derive(Debug, Clone, Serialize)]
@@ -42,6 +47,12 @@ pub struct SwapReport {
     pub preserved_tables: Vec<String>,
     pub fk_not_valid: Vec<String>,
     pub warnings: Vec<String>,
+    /// Tables that stayed in public as they were (`--keep-tables`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub kept_tables: Vec<String>,
+    /// Foreign keys between kept tables and the backup, re-pointed or detached.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub foreign_keys: Vec<FkChange>,
 }
 
 /// A dry run's output.
@@ -55,6 +66,9 @@ pub struct SwapPreview {
     pub move_in: Vec<String>,
     pub sql: Vec<String>,
     pub fk_violations: Vec<FkViolation>,
+    /// Tables that stay in public as they are (`--keep-tables`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub kept_tables: Vec<String>,
 }
 
 /// What the caller asks of a swap.
@@ -69,6 +83,8 @@ pub struct SwapOptions {
     /// Create foreign keys whose rows do not match NOT VALID instead of refusing.
     pub allow_fk_violations: bool,
     pub policy: Policy,
+    /// Destination tables that stay in public, besides those kept at prepare.
+    pub keep_tables: Vec<TablePattern>,
 }
 
 /// The migration a swap completes, or why there is none. `d` was observed by
@@ -119,14 +135,99 @@ fn ready<'a>(d: &'a Destination, timestamp: Option<&str>) -> Result<&'a Migratio
     Ok(m)
 }
 
-/// What comes in (the shadow), what goes out (all of public).
-fn exchange(m: &MigrationRow) -> Exchange {
+/// What comes in (the shadow), what goes out (public but its kept tables).
+fn exchange(m: &MigrationRow, kept: &Kept) -> Exchange {
     Exchange {
         incoming: SHADOW_SCHEMA.into(),
-        keep_in_public: BTreeSet::new(),
+        keep_in_public: kept.all.clone(),
         recreate_incoming: true,
-        expected_tables: m.state.tables.iter().map(|t| t.name.clone()).collect(),
+        expected_tables: m
+            .state
+            .tables
+            .iter()
+            .map(|t| t.name.clone())
+            .chain(kept.all.iter().cloned())
+            .collect(),
     }
+}
+
+/// The tables that stay in public (`--keep-tables` of prepare and swap).
+#[derive(Debug, Clone, Default)]
+struct Kept {
+    /// Every kept table, partitions included.
+    all: BTreeSet<String>,
+    /// Their foreign keys to tables that move out, as they will point at the
+    /// shadow's namesakes (checked for violations like deferred keys).
+    fk_sql: Vec<String>,
+    pg15: bool,
+}
+
+/// Find the kept tables and check them (read only): each exists in public,
+/// the shadow has no namesake (it would have to move in beside it), and
+/// every table a kept table's foreign key references is kept or comes in.
+async fn kept_tables(client: &Client, m: &MigrationRow, extra: &[TablePattern]) -> Result<Kept> {
+    let (_, matched) = filters::match_keep(client, extra).await?;
+    let mut roots: BTreeSet<String> = m.state.keep_tables.iter().cloned().collect();
+    roots.extend(matched);
+    if roots.is_empty() {
+        return Ok(Kept::default());
+    }
+    let public = rollback::tables_of(client, "public").await?;
+    let shadow = rollback::tables_of(client, SHADOW_SCHEMA).await?;
+    let gone: Vec<&String> = roots.iter().filter(|t| !public.contains(*t)).collect();
+    if !gone.is_empty() {
+        return Err(UserError::new(format!(
+            "kept tables are no longer in public: {}; nothing was changed",
+            display_list(gone)
+        ))
+        .into());
+    }
+    let both: Vec<&String> = roots.iter().filter(|t| shadow.contains(*t)).collect();
+    if !both.is_empty() {
+        return Err(UserError::new(format!(
+            "--keep-tables: the prepared shadow has its own {} (the source has it too); keep it when preparing (`pgshift prepare --keep-tables …`) or abort and prepare again; nothing was changed",
+            display_list(both)
+        ))
+        .into());
+    }
+    let list: Vec<String> = roots.iter().cloned().collect();
+    let mut all = roots.clone();
+    all.extend(rollback::descendants(client, "public", &list).await?);
+    let pg15 = catalog::server_major(client).await? >= 15;
+    let mut fk_sql = Vec::new();
+    let mut missing = Vec::new();
+    for fk in rollback::foreign_keys_of(client, "public", &list, pg15).await? {
+        let target = &fk.def.ref_table;
+        if fk.ref_schema != "public" || all.contains(target) {
+            continue;
+        }
+        if shadow.contains(target) {
+            fk_sql.push(rollback::add_fk_sql(&fk.def, "public", SHADOW_SCHEMA, false) + ";");
+        } else {
+            missing.push(format!(
+                "{} of {} references {}",
+                display_ident(&fk.def.name),
+                display_ident(&fk.def.table),
+                display_ident(target)
+            ));
+        }
+    }
+    if !missing.is_empty() {
+        return Err(UserError::new(format!(
+            "--keep-tables: foreign keys of kept tables reference tables the new public will not have: {}; keep those tables too, or drop the keys; nothing was changed",
+            missing.join(", ")
+        ))
+        .into());
+    }
+    Ok(Kept { all, fk_sql, pg15 })
+}
+
+fn display_list(names: Vec<&String>) -> String {
+    names
+        .into_iter()
+        .map(|n| display_ident(n))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// Work inside the swap transaction for a migration: the preserved tables'
@@ -134,20 +235,38 @@ fn exchange(m: &MigrationRow) -> Exchange {
 struct MigrationTx<'a> {
     synced: &'a [SyncedTable],
     deferred: &'a [String],
+    kept: &'a Kept,
 }
 
 impl InTx for MigrationTx<'_> {
     /// Foreign keys created NOT VALID, to validate after the commit.
     type Before = Vec<CreatedFk>;
-    type After = ();
+    /// Kept tables' foreign keys that crossed into the backup.
+    type After = Option<CrossingFixed>;
 
     async fn before_moves(&self, client: &Client) -> Result<Vec<CreatedFk>> {
         sync::final_sync(client, self.synced).await?;
         sync::apply_deferred(client, self.deferred).await
     }
 
-    async fn after_moves(&self, _client: &Client, _manifest: &mut Manifest) -> Result<()> {
-        Ok(())
+    /// Kept tables stayed in public: their keys into the backup are
+    /// re-pointed to the new public, the backup's keys to them detached (and
+    /// recorded in its manifest, as a rollback with `--keep-tables` does).
+    async fn after_moves(
+        &self,
+        client: &Client,
+        manifest: &mut Manifest,
+    ) -> Result<Option<CrossingFixed>> {
+        if self.kept.all.is_empty() {
+            return Ok(None);
+        }
+        let schemas = vec!["public".to_string(), manifest.schema.clone()];
+        let mut fixed =
+            rollback::fix_crossing_fks(client, &schemas, self.kept.pg15, "the swap").await?;
+        manifest.detached_foreign_keys =
+            fixed.detached.remove(&manifest.schema).unwrap_or_default();
+        manifest.kept_tables = self.kept.all.iter().cloned().collect();
+        Ok(Some(fixed))
     }
 
     fn preview_notes(&self) -> (Vec<String>, Vec<String>) {
@@ -162,9 +281,11 @@ impl InTx for MigrationTx<'_> {
     }
 
     fn incoming_locks(&self) -> Vec<String> {
+        // Kept tables stay, but their foreign keys change under these locks.
         self.synced
             .iter()
             .map(|t| qualified(SHADOW_SCHEMA, &t.name))
+            .chain(self.kept.all.iter().map(|t| qualified("public", t)))
             .collect()
     }
 }
@@ -174,12 +295,15 @@ pub async fn preview(client: &Client, opts: &SwapOptions) -> Result<SwapPreview>
     let d = Destination::observe(client, Ok(None)).await?;
     let m = ready(&d, opts.timestamp.as_deref())?;
     let details = &m.state.details;
+    let kept = kept_tables(client, m, &opts.keep_tables).await?;
     let hook = MigrationTx {
         synced: &details.sync,
         deferred: &details.deferred_sql,
+        kept: &kept,
     };
-    let p = engine::preview(client, &exchange(m), opts.policy, &hook).await?;
-    let fk_violations = sync::fk_violations(client, &details.deferred_sql).await?;
+    let p = engine::preview(client, &exchange(m, &kept), opts.policy, &hook).await?;
+    let mut fk_violations = sync::fk_violations(client, &details.deferred_sql).await?;
+    fk_violations.extend(sync::fk_violations(client, &kept.fk_sql).await?);
     Ok(SwapPreview {
         migration_id: m.id,
         swap_mode: p.mode,
@@ -189,6 +313,7 @@ pub async fn preview(client: &Client, opts: &SwapOptions) -> Result<SwapPreview>
         move_in: p.move_in,
         sql: p.sql,
         fk_violations,
+        kept_tables: kept.all.iter().cloned().collect(),
     })
 }
 
@@ -207,6 +332,7 @@ pub async fn swap(sess: &Session, opts: &SwapOptions) -> Result<SwapReport> {
     if !opts.prevalidated {
         check_shadow_counts(&sess.control, &m).await?;
     }
+    let kept = kept_tables(&sess.control, &m, &opts.keep_tables).await?;
     let replayed = sync::catch_up(&sess.control, synced).await?;
     if replayed > 0 {
         tracing::info!(
@@ -214,7 +340,8 @@ pub async fn swap(sess: &Session, opts: &SwapOptions) -> Result<SwapReport> {
             "preserved tables caught up before the swap"
         );
     }
-    let violations = sync::fk_violations(&sess.control, deferred).await?;
+    let mut violations = sync::fk_violations(&sess.control, deferred).await?;
+    violations.extend(sync::fk_violations(&sess.control, &kept.fk_sql).await?);
     if !violations.is_empty() {
         let lines: Vec<String> = violations.iter().map(|v| v.to_string()).collect();
         if !opts.allow_fk_violations {
@@ -231,11 +358,18 @@ pub async fn swap(sess: &Session, opts: &SwapOptions) -> Result<SwapReport> {
 
     rec.state.status = Status::Swapping;
     rec.state.phase = Some(Phase::Swap);
+    if !kept.all.is_empty() {
+        rec.state.keep_tables = kept.all.iter().cloned().collect();
+    }
     rec.save(sess).await?;
 
-    let hook = MigrationTx { synced, deferred };
+    let hook = MigrationTx {
+        synced,
+        deferred,
+        kept: &kept,
+    };
     let origin = Origin::Migration(rec.state.clone());
-    let done = match engine::swap(sess, &exchange(&m), &origin, opts.policy, &hook).await {
+    let done = match engine::swap(sess, &exchange(&m, &kept), &origin, opts.policy, &hook).await {
         Ok(done) => done,
         Err(e) => {
             // Nothing changed: the migration is still prepared.
@@ -266,6 +400,8 @@ pub async fn swap(sess: &Session, opts: &SwapOptions) -> Result<SwapReport> {
             to_validate.push(fk.clone());
         }
     }
+    let crossing = done.after.clone().unwrap_or_default();
+    to_validate.extend(crossing.to_validate.iter().cloned());
     for f in engine::validate_foreign_keys(&sess.control, &to_validate).await {
         let name = format!("{}.{}", f.table, f.constraint);
         warnings.push(format!("foreign key {name} stays NOT VALID: {}", f.error));
@@ -306,6 +442,8 @@ pub async fn swap(sess: &Session, opts: &SwapOptions) -> Result<SwapReport> {
         preserved_tables: m.state.preserved_tables.clone(),
         fk_not_valid: not_valid,
         warnings,
+        kept_tables: kept.all.iter().cloned().collect(),
+        foreign_keys: crossing.changes,
     })
 }
 

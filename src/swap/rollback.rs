@@ -762,7 +762,11 @@ pub(crate) async fn tables_of(client: &Client, schema: &str) -> Result<BTreeSet<
 }
 
 /// Partitions and inheritance children (recursively) of `roots` in `schema`.
-pub(crate) async fn descendants(client: &Client, schema: &str, roots: &[String]) -> Result<Vec<String>> {
+pub(crate) async fn descendants(
+    client: &Client,
+    schema: &str,
+    roots: &[String],
+) -> Result<Vec<String>> {
     let rows = client
         .query(
             "WITH RECURSIVE d(oid) AS (
