@@ -152,6 +152,8 @@ fn filters_dry_run_refusals_start_and_rollback() {
         swap["kept_tables"],
         serde_json::json!(["Settings", "audit"])
     );
+    assert_eq!(swap["warnings"], serde_json::json!([]), "{swap}");
+    assert_eq!(swap["swap_mode"], "rename");
     let tables = out["prepare"]["tables"].as_array().unwrap();
     let events_1 = tables.iter().find(|t| t["name"] == "events_1").unwrap();
     assert_eq!(events_1["rows"], 0);
@@ -266,11 +268,21 @@ fn swap_keeps_destination_only_tables() {
     let out = wd.run(&["swap", "--dest", &dst, "--keep-tables", "app_state_a"]);
     assert_usage_error(&out, "app_state_a is a partition (or child) of app_state");
 
-    let out = json(&wd.run_ok(&["swap", "--dest", &dst, "--keep-tables", "app_*", "--json"]));
+    let out = json(&wd.run_ok(&[
+        "swap",
+        "--dest",
+        &dst,
+        "--keep-tables",
+        "app_*",
+        "--swap-mode",
+        "object",
+        "--json",
+    ]));
     assert_eq!(
         out["kept_tables"],
         serde_json::json!(["app_state", "app_state_a"])
     );
+    assert_eq!(out["warnings"], serde_json::json!([]), "{out}");
     assert_eq!(
         dbs.dst
             .query_one_string("SELECT v || ':' || (SELECT count(*) FROM t1) FROM public.app_state"),

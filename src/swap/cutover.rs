@@ -140,6 +140,7 @@ fn exchange(m: &MigrationRow, kept: &Kept) -> Exchange {
     Exchange {
         incoming: SHADOW_SCHEMA.into(),
         keep_in_public: kept.all.clone(),
+        kept_move_back: true,
         recreate_incoming: true,
         expected_tables: m
             .state

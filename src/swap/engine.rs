@@ -49,7 +49,7 @@ use crate::migration::session::{Session, failpoint};
 use crate::pg::exec::{
     PgError, RetryPolicy, Stop, Transient, exec, retry, rollback_on_err, simple,
 };
-use crate::pg::ident::{quote_ident, quote_literal};
+use crate::pg::ident::{qualified, quote_ident, quote_literal};
 use crate::pg::meta::MARKER;
 use crate::pg::objects::{self, Movable};
 use crate::prepare::sync::CreatedFk;
@@ -73,6 +73,11 @@ pub struct Exchange {
     /// Tables of the current public that stay in public; their namesakes in the
     /// incoming schema stay where they are (rollback `--keep-tables`).
     pub keep_in_public: BTreeSet<String>,
+    /// The incoming schema has no namesake of a kept table (a migration's
+    /// `--keep-tables`), so rename mode is possible: the kept tables go along
+    /// with the renamed public and are moved back (`SET SCHEMA`, a few
+    /// objects) right after the renames.
+    pub kept_move_back: bool,
     /// Recreate the incoming schema empty afterwards (shadow); a backup being
     /// restored is left to the hook (dropped when it ends up empty).
     pub recreate_incoming: bool,
@@ -326,7 +331,7 @@ pub async fn swap<H: InTx>(
 
     // After the commit nothing writes the backup any more: record its contents.
     let mut warnings = Vec::new();
-    match strays(control, &done.moved_in_objects).await {
+    match strays(control, &done.moved_in_objects, &exchange.keep_in_public).await {
         Ok(strays) if !strays.is_empty() => warnings.push(format!(
             "created in public while the swap waited for its locks, and left there: {}",
             strays.join(", ")
@@ -416,7 +421,7 @@ async fn choose_mode(client: &Client, exchange: &Exchange, policy: Policy) -> Re
     mode::choose(
         client,
         &exchange.incoming,
-        !exchange.keep_in_public.is_empty(),
+        !exchange.keep_in_public.is_empty() && !exchange.kept_move_back,
         policy.mode,
     )
     .await
@@ -435,14 +440,20 @@ struct Done<B, A> {
     after: A,
 }
 
-/// After the commit: objects in public that the swap did not move there, i.e.
-/// created by someone else while the swap waited for its locks (they stayed).
-async fn strays(client: &Client, moved_in: &[(String, String)]) -> Result<Vec<String>> {
+/// After the commit: objects in public that the swap did not move there (nor
+/// kept there), i.e. created by someone else while the swap waited for its
+/// locks (they stayed).
+async fn strays(
+    client: &Client,
+    moved_in: &[(String, String)],
+    kept: &BTreeSet<String>,
+) -> Result<Vec<String>> {
     let moved: HashSet<&(String, String)> = moved_in.iter().collect();
     Ok(objects::movables(client, "public")
         .await?
         .into_iter()
         .filter(|m| !moved.contains(&(m.kind.clone(), m.name.clone())))
+        .filter(|m| !(m.kind == "TABLE" && kept.contains(&m.name)))
         .map(|m| format!("{} {}", m.kind, m.sql_name))
         .collect())
 }
@@ -511,11 +522,21 @@ fn lock_statement(req: &Request, out: &[Movable]) -> Option<String> {
 
 fn move_statements(req: &Request, out: &[Movable], inc: &[Movable]) -> Vec<String> {
     if let Some(steps) = &req.choice.rename {
-        return steps.sql(
+        let mut sql = steps.sql(
             &req.exchange.incoming,
             &req.backup,
             req.exchange.recreate_incoming,
         );
+        // Kept tables (partitions each on their own) went along with the
+        // renamed public: back into the new one, with their indexes,
+        // constraints and owned sequences.
+        for t in &req.exchange.keep_in_public {
+            sql.push(format!(
+                "ALTER TABLE {} SET SCHEMA public",
+                qualified(&req.backup, t)
+            ));
+        }
+        return sql;
     }
     let mut sql = Vec::with_capacity(out.len() + inc.len() + 4);
     sql.push(format!("CREATE SCHEMA {}", quote_ident(&req.backup)));

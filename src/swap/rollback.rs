@@ -257,6 +257,7 @@ fn exchange(plan: &Plan) -> Exchange {
     Exchange {
         incoming: plan.restore.schema_name.clone(),
         keep_in_public: plan.keep.clone(),
+        kept_move_back: false,
         recreate_incoming: false,
         expected_tables: plan.expected_tables.clone(),
     }
