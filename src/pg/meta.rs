@@ -44,10 +44,11 @@ pub fn backup_schema_for(ts: i64, live: &str) -> String {
     }
 }
 
-/// `prefix` + `name` when that fits PostgreSQL's 63 bytes; otherwise
-/// `prefix` + the longest prefix of `name` that fits (cut on a UTF-8 boundary)
-/// + `_` + 8 hex digits of the FNV-1a hash of the whole `name`, so two long
-/// names that share a beginning still get different schemas.
+/// `prefix` followed by `name` when that fits PostgreSQL's 63 bytes;
+/// otherwise `prefix`, the longest beginning of `name` that fits (cut on a
+/// UTF-8 boundary), `_` and 8 hex digits of the FNV-1a hash of the whole
+/// `name`, so two long names that share a beginning still get different
+/// schemas.
 pub fn fit_name(prefix: &str, name: &str) -> String {
     const MAX: usize = 63;
     let full = format!("{prefix}{name}");
