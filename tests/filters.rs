@@ -128,6 +128,8 @@ fn filters_dry_run_refusals_start_and_rollback() {
     let out = wd.run(&base);
     assert_usage_error(&out, "--exclude-table-data nope: no table");
     std::fs::remove_file(wd.join("pgshift.toml")).unwrap();
+    let out = wd.run(&[base.as_slice(), &["--exclude-table-data", "users"]].concat());
+    assert_usage_error(&out, "orders_user_id_fkey of orders references users");
     let out = wd.run(&[base.as_slice(), &["--exclude-table", "tmp_b"]].concat());
     assert_usage_error(&out, "view public.tmp_view");
     let out = wd.run(
@@ -144,7 +146,17 @@ fn filters_dry_run_refusals_start_and_rollback() {
     let audit_oid = dbs
         .dst
         .query_one_string("SELECT 'public.audit'::regclass::oid");
-    let mut args = vec!["start", "--source", &src, "--dest", &dst, "--json"];
+    // Checksums too: a table without its rows is not compared with the source's.
+    let mut args = vec![
+        "start",
+        "--source",
+        &src,
+        "--dest",
+        &dst,
+        "--json",
+        "--verify",
+        "checksums",
+    ];
     args.extend(filters);
     let out = json(&wd.run_ok(&args));
     let swap = &out["swap"];

@@ -3,6 +3,8 @@
 //! - `--exclude-table-data P`: the source's table is migrated without its
 //!   rows (structure, indexes, constraints, sequences as usual); the record
 //!   counts it with 0 rows, so the swap's check and `verify` expect it empty.
+//!   A foreign key of a table migrated with its rows that references it could
+//!   not be created: refused here.
 //! - `--exclude-table P`: the source's table is not migrated at all: pg_dump
 //!   is given its exact name (`--exclude-table="public"."t"`, with the
 //!   sequences it owns) and no rows are copied. An object of the source that
@@ -291,6 +293,37 @@ pub async fn resolve(
             deps.join(", ")
         ))
         .into());
+    }
+
+    // A table migrated with its rows whose foreign key references a table
+    // migrated without them: the key could not be created.
+    if !res.data_excluded.is_empty() {
+        let with_rows: Vec<String> = src_rels
+            .iter()
+            .filter(|r| !res.not_migrated.contains(&r.name) && !res.data_excluded.contains(&r.name))
+            .map(|r| r.name.clone())
+            .collect();
+        let pg15 = crate::pg::catalog::server_major(src).await? >= 15;
+        let blocking: Vec<String> = rollback::foreign_keys_of(src, LIVE, &with_rows, pg15)
+            .await?
+            .into_iter()
+            .filter(|fk| fk.ref_schema == LIVE && res.data_excluded.contains(&fk.def.ref_table))
+            .map(|fk| {
+                format!(
+                    "{} of {} references {}",
+                    display_ident(&fk.def.name),
+                    display_ident(&fk.def.table),
+                    display_ident(&fk.def.ref_table)
+                )
+            })
+            .collect();
+        if !blocking.is_empty() {
+            return Err(UserError::new(format!(
+                "--exclude-table-data: tables migrated with their rows have foreign keys to tables migrated without them: {}; exclude their data too; nothing was changed",
+                blocking.join(", ")
+            ))
+            .into());
+        }
     }
 
     if !kept.is_empty() {
