@@ -79,7 +79,7 @@ fn filters_dry_run_refusals_start_and_rollback() {
     );
     assert_eq!(
         f["keep_tables"],
-        serde_json::json!([{"pattern": "audit", "tables": ["audit"]}, {"pattern": "\"Settings\"", "tables": ["\"Settings\""]}])
+        serde_json::json!([{"pattern": "audit", "tables": ["audit"]}, {"pattern": "\"Settings\"", "tables": ["Settings"]}])
     );
     let planned: Vec<(String, bool)> = plan["plan"]["tables"]
         .as_array()

@@ -39,6 +39,7 @@ use anyhow::Result;
 use serde::Serialize;
 use tokio_postgres::Client;
 
+use crate::backups::manifest::ForeignKeyDef;
 use crate::error::UserError;
 use crate::pg::exec::pg_error_as;
 use crate::pg::ident::{TableName, display_ident};
@@ -177,7 +178,7 @@ fn match_filter(
         all.extend(hits.iter().cloned());
         out.push(PatternMatch {
             pattern: p.to_string(),
-            tables: hits.iter().map(|t| display_ident(t)).collect(),
+            tables: hits.iter().cloned().collect(),
         });
     }
     Ok((out, all))
@@ -328,34 +329,12 @@ pub async fn resolve(
 
     if !kept.is_empty() {
         let roots: Vec<String> = kept.iter().cloned().collect();
-        let pg15 = crate::pg::catalog::server_major(dest).await? >= 15;
         let migrated: BTreeSet<&str> = src_rels
             .iter()
             .filter(|r| !res.not_migrated.contains(&r.name))
             .map(|r| r.name.as_str())
             .collect();
-        let mut missing = Vec::new();
-        for fk in rollback::foreign_keys_of(dest, LIVE, &roots, pg15).await? {
-            let target = &fk.def.ref_table;
-            if fk.ref_schema == LIVE
-                && !kept.contains(target)
-                && !migrated.contains(target.as_str())
-            {
-                missing.push(format!(
-                    "{} of {} references {}",
-                    display_ident(&fk.def.name),
-                    display_ident(&fk.def.table),
-                    display_ident(target)
-                ));
-            }
-        }
-        if !missing.is_empty() {
-            return Err(UserError::new(format!(
-                "--keep-tables: foreign keys of kept tables reference tables the new public will not have: {}; keep those tables too, or drop the keys; nothing was changed",
-                missing.join(", ")
-            ))
-            .into());
-        }
+        kept_foreign_keys(dest, &kept, |t| migrated.contains(t)).await?;
         for d in rollback::public_dependents(dest, &roots).await? {
             res.warnings.push(format!(
                 "{d} depends on a kept table; it moves to the backup with the rest of public and keeps reading the kept table"
@@ -369,6 +348,45 @@ pub async fn resolve(
         res.kept = kept;
     }
     Ok(res)
+}
+
+/// The foreign keys of kept tables that reference public tables which are not
+/// kept: after the swap they point at the new public's namesakes, so each must
+/// be one that `arrives` with the migration; otherwise a usage error naming
+/// the others. Read only.
+pub async fn kept_foreign_keys(
+    client: &Client,
+    kept: &BTreeSet<String>,
+    arrives: impl Fn(&str) -> bool,
+) -> Result<Vec<ForeignKeyDef>> {
+    let list: Vec<String> = kept.iter().cloned().collect();
+    let pg15 = crate::pg::catalog::server_major(client).await? >= 15;
+    let mut out = Vec::new();
+    let mut missing = Vec::new();
+    for fk in rollback::foreign_keys_of(client, LIVE, &list, pg15).await? {
+        let target = &fk.def.ref_table;
+        if fk.ref_schema != LIVE || kept.contains(target) {
+            continue;
+        }
+        if arrives(target) {
+            out.push(fk.def);
+        } else {
+            missing.push(format!(
+                "{} of {} references {}",
+                display_ident(&fk.def.name),
+                display_ident(&fk.def.table),
+                display_ident(target)
+            ));
+        }
+    }
+    if !missing.is_empty() {
+        return Err(UserError::new(format!(
+            "--keep-tables: foreign keys of kept tables reference tables the new public will not have: {}; keep those tables too, or drop the keys; nothing was changed",
+            missing.join(", ")
+        ))
+        .into());
+    }
+    Ok(out)
 }
 
 /// Objects of the source's public that depend on `tables` other than the

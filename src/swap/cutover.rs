@@ -195,31 +195,11 @@ async fn kept_tables(client: &Client, m: &MigrationRow, extra: &[TablePattern]) 
     let mut all = roots.clone();
     all.extend(rollback::descendants(client, "public", &list).await?);
     let pg15 = catalog::server_major(client).await? >= 15;
-    let mut fk_sql = Vec::new();
-    let mut missing = Vec::new();
-    for fk in rollback::foreign_keys_of(client, "public", &list, pg15).await? {
-        let target = &fk.def.ref_table;
-        if fk.ref_schema != "public" || all.contains(target) {
-            continue;
-        }
-        if shadow.contains(target) {
-            fk_sql.push(rollback::add_fk_sql(&fk.def, "public", SHADOW_SCHEMA, false) + ";");
-        } else {
-            missing.push(format!(
-                "{} of {} references {}",
-                display_ident(&fk.def.name),
-                display_ident(&fk.def.table),
-                display_ident(target)
-            ));
-        }
-    }
-    if !missing.is_empty() {
-        return Err(UserError::new(format!(
-            "--keep-tables: foreign keys of kept tables reference tables the new public will not have: {}; keep those tables too, or drop the keys; nothing was changed",
-            missing.join(", ")
-        ))
-        .into());
-    }
+    let fk_sql = filters::kept_foreign_keys(client, &all, |t| shadow.contains(t))
+        .await?
+        .iter()
+        .map(|fk| rollback::add_fk_sql(fk, "public", SHADOW_SCHEMA, false) + ";")
+        .collect();
     Ok(Kept { all, fk_sql, pg15 })
 }
 
