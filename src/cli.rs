@@ -230,6 +230,23 @@ pub struct PrepareOpts {
     )]
     pub preserved_tables: Option<Vec<String>>,
 
+    /// Tables migrated without their rows: structure, indexes and sequences
+    /// come from the source, the table is empty (psql patterns: `*`, `?`,
+    /// double quotes for exact case; comma separated, repeatable).
+    #[arg(long, env = "PGSHIFT_EXCLUDE_TABLE_DATA", value_name = "PATTERN")]
+    pub exclude_table_data: Option<Vec<String>>,
+
+    /// Source tables not migrated at all (psql patterns, comma separated,
+    /// repeatable). Objects of the source that depend on them are refused.
+    #[arg(long, env = "PGSHIFT_EXCLUDE_TABLE", value_name = "PATTERN")]
+    pub exclude_table: Option<Vec<String>>,
+
+    /// Destination tables that stay in public as they are, rows and all, with
+    /// no copy and no triggers; the source's namesakes are not migrated (psql
+    /// patterns, comma separated, repeatable).
+    #[arg(long, env = "PGSHIFT_KEEP_TABLES", value_name = "PATTERN")]
+    pub keep_tables: Option<Vec<String>>,
+
     /// Where pg_dump writes the schema dump (default: <state dir>/pgshift-dump-<database>).
     #[arg(long, env = "PGSHIFT_DUMP_DIR", value_name = "DIR")]
     pub dump_dir: Option<PathBuf>,
@@ -365,6 +382,12 @@ pub struct SwapArgs {
     /// Keep the dump directory after the swap.
     #[arg(long, env = "PGSHIFT_KEEP_DUMP", value_parser = clap::builder::FalseyValueParser::new(), action = ArgAction::SetTrue)]
     pub keep_dump: bool,
+
+    /// Destination tables that stay in public as they are, in addition to
+    /// those kept at prepare (psql patterns, comma separated, repeatable).
+    /// Only tables the prepared shadow has no namesake of.
+    #[arg(long, env = "PGSHIFT_KEEP_TABLES", value_name = "PATTERN")]
+    pub keep_tables: Option<Vec<String>>,
 
     #[command(flatten)]
     pub swap: SwapOpts,

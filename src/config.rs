@@ -18,6 +18,8 @@ use crate::cli::{
 use crate::error::UserError;
 use crate::pg::conn::connspec::ConnSpec;
 use crate::pg::ident::TableName;
+use crate::pg::pattern::{TablePattern, split_list};
+use crate::prepare::filters::TableFilters;
 use crate::swap::impact::AllowDiscard;
 
 /// Name of the config file looked up in the current directory.
@@ -30,6 +32,9 @@ pub struct FileConfig {
     pub source_url: Option<String>,
     pub dest_url: Option<String>,
     pub preserved_tables: Option<StringList>,
+    pub exclude_table_data: Option<StringList>,
+    pub exclude_table: Option<StringList>,
+    pub keep_tables: Option<StringList>,
     pub jobs: Option<usize>,
     pub max_connections: Option<usize>,
     pub connect_timeout: Option<DurationValue>,
@@ -63,7 +68,7 @@ pub enum StringList {
 impl StringList {
     fn items(&self) -> Vec<String> {
         match self {
-            StringList::One(s) => s.split(',').map(str::to_string).collect(),
+            StringList::One(s) => split_list(s),
             StringList::Many(v) => v.clone(),
         }
     }
@@ -92,6 +97,9 @@ pub struct Settings {
     pub source: Option<ConnSpec>,
     pub dest: Option<ConnSpec>,
     pub preserved_tables: Vec<TableName>,
+    /// `--exclude-table-data`, `--exclude-table`, `--keep-tables` (prepare,
+    /// start; swap: keep only).
+    pub filters: TableFilters,
     pub dump_dir: Option<PathBuf>,
     pub keep_dump: bool,
     pub verify: VerifyMode,
@@ -127,6 +135,7 @@ impl fmt::Debug for Settings {
             .field("statement_timeout", &self.statement_timeout)
             .field("state_dir", &self.state_dir)
             .field("preserved_tables", &self.preserved_tables)
+            .field("filters", &self.filters)
             .field("dump_dir", &self.dump_dir)
             .field("keep_dump", &self.keep_dump)
             .field("verify", &self.verify)
@@ -149,6 +158,9 @@ struct CommandInputs {
     source: Option<String>,
     dest: Option<String>,
     preserved_tables: Option<Vec<String>>,
+    exclude_table_data: Option<Vec<String>>,
+    exclude_table: Option<Vec<String>>,
+    keep_tables: Option<Vec<String>>,
     dump_dir: Option<PathBuf>,
     keep_dump: bool,
     verify: Option<VerifyMode>,
@@ -170,6 +182,9 @@ impl CommandInputs {
             c.source = p.source.source.clone();
             c.dest = p.dest.dest.clone();
             c.preserved_tables = p.preserved_tables.clone();
+            c.exclude_table_data = p.exclude_table_data.clone();
+            c.exclude_table = p.exclude_table.clone();
+            c.keep_tables = p.keep_tables.clone();
             c.dump_dir = p.dump_dir.clone();
             c.keep_dump = p.keep_dump;
             c.verify = p.verify;
@@ -199,6 +214,7 @@ impl CommandInputs {
                 c.dest = a.dest.dest.clone();
                 c.keep_dump = a.keep_dump;
                 c.dry_run = a.dry_run;
+                c.keep_tables = a.keep_tables.clone();
                 swap(&a.swap, &mut c);
                 c.fail_on_breaking = a.breaking.fail_on_breaking;
                 impact(&a.impact, &mut c);
@@ -444,6 +460,34 @@ pub fn resolve(
         (None, Some(v)) => duration_value("impact_timeout", v)?,
         (None, None) => Duration::from_secs(30),
     };
+    // Filters apply to the commands that take them; `rollback --keep-tables`
+    // is its own flag (a config file's keep_tables never applies to it).
+    let takes = |all: bool| match cmd {
+        Command::Start(_) | Command::Prepare(_) => true,
+        Command::Swap(_) => !all,
+        _ => false,
+    };
+    let patterns = |flag: &str, given: &Option<Vec<String>>, file: &Option<StringList>| {
+        let raw: Vec<String> = match (given, file) {
+            (Some(v), _) => v.iter().flat_map(|s| split_list(s)).collect(),
+            (None, Some(l)) => l.items(),
+            (None, None) => Vec::new(),
+        };
+        TablePattern::parse_list(&raw).map_err(|e| UserError::new(format!("{flag}: {e}")))
+    };
+    let mut filters = TableFilters::default();
+    if takes(true) {
+        filters.exclude_table_data = patterns(
+            "--exclude-table-data",
+            &inputs.exclude_table_data,
+            &f.exclude_table_data,
+        )?;
+        filters.exclude_table =
+            patterns("--exclude-table", &inputs.exclude_table, &f.exclude_table)?;
+    }
+    if takes(false) {
+        filters.keep_tables = patterns("--keep-tables", &inputs.keep_tables, &f.keep_tables)?;
+    }
 
     let verbosity = (global.verbose as i8).saturating_sub(global.quiet as i8);
     Ok(Settings {
@@ -462,6 +506,7 @@ pub fn resolve(
         source,
         dest,
         preserved_tables,
+        filters,
         dump_dir,
         keep_dump: inputs.keep_dump || f.keep_dump.unwrap_or(false),
         verify: inputs.verify.or(f.verify).unwrap_or(VerifyMode::Counts),
@@ -683,6 +728,43 @@ mod tests {
                 crate::error::ExitCode::Usage
             );
         }
+    }
+
+    #[test]
+    fn filters_from_flags_file_and_per_command() {
+        let s = settings(
+            &[
+                "pgshift",
+                "prepare",
+                "--exclude-table",
+                "log_*,\"A,B\"",
+                "--exclude-table",
+                "tmp?",
+                "--keep-tables",
+                "audit",
+            ],
+            "exclude_table_data = ['big', 'huge_*']\nkeep_tables = 'ignored_by_flag'\n",
+        )
+        .unwrap();
+        let show = |v: &[TablePattern]| v.iter().map(|p| p.to_string()).collect::<Vec<_>>();
+        assert_eq!(show(&s.filters.exclude_table), ["log_*", "\"A,B\"", "tmp?"]);
+        assert_eq!(show(&s.filters.exclude_table_data), ["big", "huge_*"]);
+        assert_eq!(show(&s.filters.keep_tables), ["audit"]);
+        // swap takes --keep-tables only; rollback none of them (it has its own flag).
+        let file = "exclude_table = 'x'\nkeep_tables = 'k1,k2'\n";
+        let s = settings(&["pgshift", "swap"], file).unwrap();
+        assert!(s.filters.exclude_table.is_empty());
+        assert_eq!(show(&s.filters.keep_tables), ["k1", "k2"]);
+        let s = settings(&["pgshift", "rollback", "--latest"], file).unwrap();
+        assert_eq!(s.filters, TableFilters::default());
+        let err = settings(&["pgshift", "prepare", "--keep-tables", "a.b.c"], "")
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("--keep-tables: "), "{err}");
+        let err = settings(&["pgshift", "start"], "exclude_table = '\"open'")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("unterminated quote"), "{err}");
     }
 
     #[test]

@@ -12,6 +12,7 @@ use crate::migration::record;
 use crate::migration::session::{Recorder, Session, now_ms};
 use crate::migration::state_file::file_safe;
 use crate::output::{self, Table, human_bytes, human_ms};
+use crate::prepare::filters::Matched;
 use crate::prepare::phases::{self, PlanReport, PrepareOptions, PrepareReport, Verify};
 use crate::prepare::progress::Progress;
 use crate::swap::impact::gate::{self, LIVE};
@@ -105,6 +106,7 @@ pub fn options(ctx: &Ctx) -> Result<PrepareOptions> {
         lock_timeout: s.lock_timeout,
         swap_retries: s.swap_retries,
         swap_mode: ctx.swap_policy().mode,
+        filters: s.filters.clone(),
     })
 }
 
@@ -178,6 +180,9 @@ pub fn print_plan(ctx: &Ctx, p: &Plan) -> Result<()> {
     if let Some(l) = &plan.leftovers {
         println!("  leftovers:   {l}");
     }
+    if let Some(f) = &plan.filters {
+        print_filters(f);
+    }
     println!();
     let mut t = Table::new(["table", "kind", "rows (est.)", "size"])
         .right(2)
@@ -185,6 +190,8 @@ pub fn print_plan(ctx: &Ctx, p: &Plan) -> Result<()> {
     for tb in &plan.tables {
         let name = if tb.preserved {
             format!("{} (preserved)", tb.name)
+        } else if tb.data_excluded {
+            format!("{} (no data)", tb.name)
         } else {
             tb.name.clone()
         };
@@ -239,6 +246,19 @@ fn print_writes_hint(plan: &PlanReport, w: &WritesSinceReset) {
     println!(
         "Tables the application keeps writing belong in --preserved-tables; the swap refuses to discard writes made after prepare starts."
     );
+}
+
+/// Each filter's patterns and what they matched.
+fn print_filters(f: &Matched) {
+    for (label, matches) in [
+        ("no data:", &f.exclude_table_data),
+        ("exclude:", &f.exclude_table),
+        ("keep:", &f.keep_tables),
+    ] {
+        for m in matches {
+            println!("  {label:<13}{} -> {}", m.pattern, m.tables.join(", "));
+        }
+    }
 }
 
 pub fn print_report(ctx: &Ctx, r: &PrepareReport, impact: Option<&Impact>) -> Result<()> {

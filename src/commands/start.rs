@@ -26,6 +26,9 @@ pub async fn run(ctx: Ctx) -> Result<ExitCode> {
             println!(
                 "\nThen the swap moves every non-extension object of public into backup_<unix ms> and every object of shadow into public, in one transaction."
             );
+            if !popts.filters.keep_tables.is_empty() {
+                println!("The kept tables stay in public as they are.");
+            }
         }
         return Ok(ExitCode::Ok);
     }

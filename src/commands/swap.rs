@@ -38,6 +38,7 @@ pub fn options(
         allow_fk_violations: ctx.settings.allow_fk_violations,
         policy: ctx.swap_policy(),
         impact: ctx.impact_options(),
+        keep_tables: ctx.settings.filters.keep_tables.clone(),
     }
 }
 
@@ -54,6 +55,9 @@ pub fn print_preview(ctx: &Ctx, p: &SwapPreview) -> Result<()> {
     println!();
     print!("{}", p.impact.render());
     println!();
+    if !p.kept_tables.is_empty() {
+        println!("Kept in public as they are: {}", p.kept_tables.join(", "));
+    }
     print_moves(
         "swap",
         (&p.backup_schema, "shadow"),
@@ -140,6 +144,15 @@ pub fn print_report(ctx: &Ctx, r: &SwapReport) -> Result<()> {
         println!(
             "Preserved tables carried over: {}",
             r.preserved_tables.join(", ")
+        );
+    }
+    if !r.kept_tables.is_empty() {
+        println!("Kept in public as they were: {}", r.kept_tables.join(", "));
+    }
+    for c in &r.foreign_keys {
+        println!(
+            "foreign key {} on {}: {} ({})",
+            c.constraint, c.table, c.action, c.references
         );
     }
     print_warnings(&r.fk_not_valid, &r.warnings);

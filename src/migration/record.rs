@@ -19,6 +19,7 @@ use tokio_postgres::GenericClient;
 
 use crate::migration::lifecycle::{Phase, PhaseStatus, Status};
 use crate::pg::conn::connspec::ConnSpec;
+use crate::pg::ident::TableName;
 use crate::pg::meta::{self, SHADOW_SCHEMA};
 use crate::prepare::sync::SyncedTable;
 use crate::process::this_host;
@@ -52,6 +53,9 @@ pub struct TableRecord {
     pub checksum: Option<String>,
     #[serde(default)]
     pub preserved: bool,
+    /// Migrated without its rows (`--exclude-table-data`): 0 rows expected.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub data_excluded: bool,
 }
 
 /// What later steps need from earlier ones.
@@ -111,6 +115,10 @@ pub struct MigrationState {
     pub dump_complete: bool,
     #[serde(default)]
     pub preserved_tables: Vec<String>,
+    /// Destination tables that stay in public as they are (`--keep-tables`
+    /// of prepare and swap; partitions are found again by the swap).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub keep_tables: Vec<String>,
     #[serde(default)]
     pub tables: Vec<TableRecord>,
     #[serde(default, rename = "extra")]
@@ -118,6 +126,20 @@ pub struct MigrationState {
 }
 
 impl MigrationState {
+    /// Tables whose writes the swap keeps, for the impact report's
+    /// discarded-writes gate: preserved tables (synchronised) and kept tables
+    /// (they stay in public).
+    pub fn writes_kept(&self) -> Vec<TableName> {
+        self.preserved_tables
+            .iter()
+            .chain(self.keep_tables.iter())
+            .map(|name| TableName {
+                schema: None,
+                name: name.clone(),
+            })
+            .collect()
+    }
+
     /// A fresh record for a new migration started by `command`.
     pub fn new(id: i64, command: &str, source: Option<&ConnSpec>, dest: &ConnSpec) -> Self {
         let now = Utc::now();
@@ -140,6 +162,7 @@ impl MigrationState {
             dump_dir: None,
             dump_complete: false,
             preserved_tables: Vec::new(),
+            keep_tables: Vec::new(),
             tables: Vec::new(),
             details: Details::default(),
         }

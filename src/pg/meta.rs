@@ -18,6 +18,52 @@ pub const BACKUP_PREFIX: &str = "backup_";
 /// Marker in the comments of schemas pgshift creates.
 pub const MARKER: &str = "pgshift:";
 const META_VERSION: i32 = 1;
+/// pgshift's own namespace for the shadows of schemas other than public.
+pub const SHADOW_PREFIX: &str = "pgshift_shadow_";
+
+/// The shadow a chosen schema is restored into: `shadow` for public (as
+/// always), `pgshift_shadow_<schema>` for the others (`pgshift_` is pgshift's
+/// namespace, like the `pgshift` schema, so it cannot collide with an
+/// application's schema that prepare did not refuse).
+pub fn shadow_schema_for(live: &str) -> String {
+    if live == "public" {
+        SHADOW_SCHEMA.to_string()
+    } else {
+        fit_name(SHADOW_PREFIX, live)
+    }
+}
+
+/// The backup of a chosen schema made by the swap at `ts`: `backup_<ts>` for
+/// public (as always), `backup_<ts>_<schema>` for the others.
+pub fn backup_schema_for(ts: i64, live: &str) -> String {
+    let base = format!("{BACKUP_PREFIX}{ts}");
+    if live == "public" {
+        base
+    } else {
+        fit_name(&format!("{base}_"), live)
+    }
+}
+
+/// `prefix` followed by `name` when that fits PostgreSQL's 63 bytes;
+/// otherwise `prefix`, the longest beginning of `name` that fits (cut on a
+/// UTF-8 boundary), `_` and 8 hex digits of the FNV-1a hash of the whole
+/// `name`, so two long names that share a beginning still get different
+/// schemas.
+pub fn fit_name(prefix: &str, name: &str) -> String {
+    const MAX: usize = 63;
+    let full = format!("{prefix}{name}");
+    if full.len() <= MAX {
+        return full;
+    }
+    let hash = name.bytes().fold(0x811c_9dc5_u32, |h, b| {
+        (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
+    });
+    let mut cut = MAX.saturating_sub(prefix.len() + 9).min(name.len());
+    while !name.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    format!("{prefix}{}_{hash:08x}", &name[..cut])
+}
 
 const META_DDL: &str = r#"
 CREATE SCHEMA pgshift;
@@ -131,4 +177,37 @@ pub async fn shadow_state(client: &impl GenericClient) -> Result<ShadowState> {
             }
         }
     })
+}
+
+#[cfg(test)]
+mod names_tests {
+    use super::*;
+
+    #[test]
+    fn shadow_and_backup_names_fit_63_bytes() {
+        assert_eq!(shadow_schema_for("public"), "shadow");
+        assert_eq!(shadow_schema_for("billing"), "pgshift_shadow_billing");
+        assert_eq!(
+            backup_schema_for(1752567000000, "public"),
+            "backup_1752567000000"
+        );
+        assert_eq!(
+            backup_schema_for(1752567000000, "billing"),
+            "backup_1752567000000_billing"
+        );
+        let long = "é".repeat(31) + "x"; // 63 bytes
+        let a = shadow_schema_for(&long);
+        let b = shadow_schema_for(&("é".repeat(31) + "y"));
+        assert!(a.len() <= 63 && b.len() <= 63, "{a} {b}");
+        assert_ne!(a, b, "same beginning, different hash");
+        assert!(a.starts_with("pgshift_shadow_é"), "{a}");
+        let bk = backup_schema_for(1752567000000, &"a".repeat(63));
+        assert_eq!(bk.len(), 63, "{bk}");
+        assert!(bk.starts_with("backup_1752567000000_aaaa"), "{bk}");
+        // Stable across versions: the hash is part of recorded names.
+        assert_eq!(
+            fit_name("p_", &"a".repeat(70)),
+            format!("p_{}_{}", "a".repeat(52), "5904740b")
+        );
+    }
 }

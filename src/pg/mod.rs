@@ -1,6 +1,7 @@
 //! Everything that talks to PostgreSQL: reaching a server ([`conn`]: specs,
 //! service files, TLS, connecting and pooling), running SQL with one retry
-//! policy ([`exec`]), identifier quoting, the advisory lock, catalog queries,
+//! policy ([`exec`]), identifier quoting, table patterns ([`pattern`]), the
+//! advisory lock, catalog queries,
 //! pgshift's own schema, and the lock table: what a transaction may take
 //! ([`locks_budget`]) and work split to fit it ([`batch`]).
 
@@ -13,3 +14,4 @@ pub mod lock;
 pub mod locks_budget;
 pub mod meta;
 pub mod objects;
+pub mod pattern;

@@ -31,6 +31,7 @@ use crate::pg::meta::{self, MARKER, SHADOW_SCHEMA};
 use crate::pg::objects;
 use crate::prepare::data::{self, CopyJob, DataPlan, Loaded};
 use crate::prepare::discard;
+use crate::prepare::filters::{self, Matched, Resolved, TableFilters};
 use crate::prepare::postdata;
 use crate::prepare::preflight::{self, ExtensionPlan, Leftover, Tools};
 use crate::prepare::privileges;
@@ -53,6 +54,9 @@ pub struct PlannedTable {
     pub total_bytes: i64,
     pub estimated_rows: i64,
     pub preserved: bool,
+    /// Migrated without its rows (`--exclude-table-data`).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub data_excluded: bool,
 }
 
 /// What a dry run prints.
@@ -72,6 +76,9 @@ pub struct PlanReport {
     /// moving in, the destination's moving out).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub swap_lock_budget: Option<Budget>,
+    /// What each table filter matched (only when filters were given).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub filters: Option<Matched>,
 }
 
 /// What a successful prepare reports.
@@ -90,6 +97,9 @@ pub struct PrepareReport {
     /// destination's lock table.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub swap_lock_budget: Option<Budget>,
+    /// What each table filter matched (only when filters were given).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub filters: Option<Matched>,
 }
 
 /// How the shadow is validated after the load.
@@ -122,6 +132,8 @@ pub struct PrepareOptions {
     /// The swap mode the lock budget at the end is computed for (the
     /// configured `swap_mode`; the swap chooses again when it runs).
     pub swap_mode: ModeRequest,
+    /// `--exclude-table-data`, `--exclude-table`, `--keep-tables`.
+    pub filters: TableFilters,
 }
 
 /// Everything the read-only checks found.
@@ -133,6 +145,8 @@ pub struct Checked {
     pub tables: Vec<TableInfo>,
     /// Only for a dry run (see [`plan_budget`]).
     pub swap_lock_budget: Option<Budget>,
+    /// The table filters, matched.
+    pub filters: Resolved,
 }
 
 /// The read-only part: connections, versions, privileges, extensions,
@@ -164,6 +178,18 @@ pub async fn check(settings: &PrepareOptions, sess_dest: &Client, src: &Client) 
     let leftover = preflight::leftovers(sess_dest).await?;
     let tables = catalog::tables(src, SOURCE_SCHEMA).await?;
     sync::validate(&settings.preserved_tables, &tables, src, sess_dest).await?;
+    let filters = filters::resolve(
+        &settings.filters,
+        &settings.preserved_tables,
+        src,
+        sess_dest,
+    )
+    .await?;
+    warnings.extend(filters.warnings.iter().cloned());
+    let tables = tables
+        .into_iter()
+        .filter(|t| !filters.not_migrated.contains(&t.name))
+        .collect();
     Ok(Checked {
         tools,
         extensions,
@@ -171,6 +197,7 @@ pub async fn check(settings: &PrepareOptions, sess_dest: &Client, src: &Client) 
         leftover,
         tables,
         swap_lock_budget: None,
+        filters,
     })
 }
 
@@ -214,6 +241,7 @@ async fn prepared_budget(
     let exchange = Exchange {
         incoming: SHADOW_SCHEMA.into(),
         keep_in_public: Default::default(),
+        kept_move_back: true,
         recreate_incoming: true,
         expected_tables: Vec::new(),
     };
@@ -254,6 +282,7 @@ pub fn plan_report(settings: &PrepareOptions, checked: &Checked) -> PlanReport {
             total_bytes: t.total_bytes,
             estimated_rows: t.est_rows.max(0.0) as i64,
             preserved: preserved.contains(t.name.as_str()),
+            data_excluded: checked.filters.data_excluded.contains(&t.name),
         })
         .collect();
     PlanReport {
@@ -275,6 +304,7 @@ pub fn plan_report(settings: &PrepareOptions, checked: &Checked) -> PlanReport {
         },
         jobs: settings.jobs,
         swap_lock_budget: checked.swap_lock_budget.clone(),
+        filters: (!settings.filters.is_empty()).then(|| checked.filters.matched.clone()),
     }
 }
 
@@ -299,6 +329,11 @@ struct Run<'a> {
     loaded: Vec<Loaded>,
     preserved: HashSet<String>,
     post: postdata::Plan,
+    /// The table filters, matched at the checks.
+    filters: Resolved,
+    /// Relations pg_dump leaves out: tables not migrated and the sequences
+    /// they own.
+    dump_exclude: Vec<String>,
 }
 
 impl Run<'_> {
@@ -345,6 +380,7 @@ pub async fn run(
         .iter()
         .map(|t| t.name.clone())
         .collect();
+    rec.state.keep_tables = checked.filters.kept.iter().cloned().collect();
     let dump_dir = settings.dump_dir.clone();
     rec.state.dump_dir = Some(dump_dir.clone());
     // Before the snapshot: every write to public from now on is counted
@@ -376,6 +412,8 @@ pub async fn run(
             .map(|t| t.name.clone())
             .collect(),
         post: postdata::Plan::default(),
+        filters: checked.filters.clone(),
+        dump_exclude: Vec::new(),
     };
     let result = phases(&mut run, rec).await;
     // The snapshot session is no longer needed either way.
@@ -407,6 +445,7 @@ pub async fn run(
                 deferred_statements: deferred,
                 warnings,
                 swap_lock_budget,
+                filters: (!settings.filters.is_empty()).then(|| run.filters.matched.clone()),
             })
         }
         Err(e) => {
@@ -501,12 +540,32 @@ async fn snapshot(run: &mut Run<'_>) -> Result<DateTime<Utc>> {
         })?;
     let snap: String = row.get(0);
     let at: DateTime<Utc> = row.get(1);
-    run.tables = catalog::tables(&client, SOURCE_SCHEMA).await?;
+    // Tables the filters leave out are neither dumped nor copied, nor the
+    // sequences they own; references to them stay `public.…` (a kept table is
+    // the destination's own).
+    let leaving = &run.filters.not_migrated;
+    run.tables = catalog::tables(&client, SOURCE_SCHEMA)
+        .await?
+        .into_iter()
+        .filter(|t| !leaving.contains(&t.name))
+        .collect();
+    let (sequences, left): (Vec<SequenceInfo>, Vec<SequenceInfo>) =
+        catalog::sequences(&client, SOURCE_SCHEMA)
+            .await?
+            .into_iter()
+            .partition(|s| !s.owned_by.as_ref().is_some_and(|o| leaving.contains(&o.0)));
+    run.sequences = sequences;
+    run.dump_exclude = leaving
+        .iter()
+        .cloned()
+        .chain(left.into_iter().map(|s| s.name))
+        .collect();
+    let dropped: HashSet<&String> = run.dump_exclude.iter().collect();
     run.defined = catalog::defined_names(&client, SOURCE_SCHEMA)
         .await?
         .into_iter()
+        .filter(|n| !dropped.contains(n))
         .collect();
-    run.sequences = catalog::sequences(&client, SOURCE_SCHEMA).await?;
     let names: Vec<String> = run.sequences.iter().map(|s| s.name.clone()).collect();
     // Reading a sequence locks it until the (long) snapshot transaction ends:
     // read them in subtransactions that release those locks.
@@ -582,6 +641,11 @@ async fn dump(run: &mut Run<'_>) -> Result<()> {
             "--no-password",
         ])
         .arg(format!("--snapshot={snap}"))
+        .args(
+            run.dump_exclude
+                .iter()
+                .map(|t| format!("--exclude-table={}", qualified(SOURCE_SCHEMA, t))),
+        )
         .arg("--file")
         .arg(run.dump_dir.as_os_str())
         .env_remove(ConnSpec::child_env_remove().iter().copied())
@@ -685,7 +749,15 @@ async fn schema(run: &mut Run<'_>) -> Result<()> {
         .iter()
         .map(|t| (t.name.clone(), t.total_bytes))
         .collect();
-    run.post = postdata::plan(&entries, &sizes, &run.preserved)?;
+    // Foreign keys that reference a kept table are created by the swap, as
+    // those of preserved tables are.
+    let deferring: HashSet<String> = run
+        .preserved
+        .iter()
+        .chain(run.filters.kept.iter())
+        .cloned()
+        .collect();
+    run.post = postdata::plan(&entries, &sizes, &deferring)?;
     Ok(())
 }
 
@@ -694,7 +766,11 @@ async fn load(run: &mut Run<'_>) -> Result<Vec<Loaded>> {
     let loads: Vec<CopyJob> = run
         .tables
         .iter()
-        .filter(|t| t.holds_data() && !run.preserved.contains(&t.name))
+        .filter(|t| {
+            t.holds_data()
+                && !run.preserved.contains(&t.name)
+                && !run.filters.data_excluded.contains(&t.name)
+        })
         .map(CopyJob::for_table)
         .collect();
     let work = data::Work {
@@ -878,8 +954,23 @@ async fn validate(run: &mut Run<'_>) -> Result<Vec<TableRecord>> {
             bytes: l.bytes as i64,
             checksum: None,
             preserved: false,
+            data_excluded: false,
         })
         .collect();
+    for t in run
+        .tables
+        .iter()
+        .filter(|t| t.holds_data() && run.filters.data_excluded.contains(&t.name))
+    {
+        records.push(TableRecord {
+            name: t.name.clone(),
+            rows: 0,
+            bytes: 0,
+            checksum: None,
+            preserved: false,
+            data_excluded: true,
+        });
+    }
     for p in &run.preserved {
         let n: i64 = run
             .sess
@@ -896,11 +987,15 @@ async fn validate(run: &mut Run<'_>) -> Result<Vec<TableRecord>> {
             bytes: 0,
             checksum: None,
             preserved: true,
+            data_excluded: false,
         });
     }
     if settings.verify == Verify::Checksums {
         let src = run.snap_client.as_ref().context("no snapshot session")?;
-        for r in records.iter_mut().filter(|r| !r.preserved) {
+        for r in records
+            .iter_mut()
+            .filter(|r| !r.preserved && !r.data_excluded)
+        {
             let a = batch::released(src, checksum(src, SOURCE_SCHEMA, &r.name)).await?;
             let b = checksum(&run.sess.control, SHADOW_SCHEMA, &r.name).await?;
             if a != b {

@@ -20,14 +20,18 @@ use crate::migration::derive::{self, Destination};
 use crate::migration::lifecycle::{Phase, Status};
 use crate::migration::record::{self, MigrationRow};
 use crate::migration::session::{Recorder, Session, failpoint};
-use crate::pg::ident::qualified;
+use crate::pg::catalog;
+use crate::pg::ident::{TableName, display_ident, qualified};
 use crate::pg::locks_budget::{self, Budget, Need};
 use crate::pg::meta::SHADOW_SCHEMA;
+use crate::pg::pattern::TablePattern;
+use crate::prepare::filters;
 use crate::prepare::sync::{self, CreatedFk, FkViolation, SyncedTable};
 use crate::swap::engine::{self, Exchange, InTx, Moved, Moves, Origin, Policy};
 use crate::swap::impact::gate::{self, ImpactOptions, UnderLocks};
 use crate::swap::impact::{Impact, ImpactRequest, Operation, WriteBaseline, WriteCheck};
 use crate::swap::mode::Chosen;
+use crate::swap::rollback::{self, CrossingFixed, FkChange};
 
 /// What a swap reports.
 #[derive(Debug, Clone, Serialize)]
@@ -46,6 +50,12 @@ pub struct SwapReport {
     /// The impact report checked before the swap (its discarded writes as
     /// allowed by `--allow-discard`).
     pub impact: Impact,
+    /// Tables that stayed in public as they were (`--keep-tables`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub kept_tables: Vec<String>,
+    /// Foreign keys between kept tables and the backup, re-pointed or detached.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub foreign_keys: Vec<FkChange>,
 }
 
 /// A dry run's output.
@@ -66,6 +76,9 @@ pub struct SwapPreview {
     /// Why the swap would refuse now with these options (discarded writes,
     /// or breaking findings with `--fail-on-breaking`), or null.
     pub refusal: Option<String>,
+    /// Tables that stay in public as they are (`--keep-tables`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub kept_tables: Vec<String>,
 }
 
 /// What the caller asks of a swap.
@@ -82,6 +95,8 @@ pub struct SwapOptions {
     pub policy: Policy,
     /// Discarded writes, breaking findings, the workload check.
     pub impact: ImpactOptions,
+    /// Destination tables that stay in public, besides those kept at prepare.
+    pub keep_tables: Vec<TablePattern>,
 }
 
 /// The migration a swap completes, or why there is none. `d` was observed by
@@ -132,31 +147,100 @@ fn ready<'a>(d: &'a Destination, timestamp: Option<&str>) -> Result<&'a Migratio
     Ok(m)
 }
 
-/// What comes in (the shadow), what goes out (all of public).
-fn exchange(m: &MigrationRow) -> Exchange {
+/// What comes in (the shadow), what goes out (public but its kept tables).
+fn exchange(m: &MigrationRow, kept: &Kept) -> Exchange {
     Exchange {
         incoming: SHADOW_SCHEMA.into(),
-        keep_in_public: BTreeSet::new(),
+        keep_in_public: kept.all.clone(),
+        kept_move_back: true,
         recreate_incoming: true,
-        expected_tables: m.state.tables.iter().map(|t| t.name.clone()).collect(),
+        expected_tables: m
+            .state
+            .tables
+            .iter()
+            .map(|t| t.name.clone())
+            .chain(kept.all.iter().cloned())
+            .collect(),
     }
+}
+
+/// The tables that stay in public (`--keep-tables` of prepare and swap).
+#[derive(Debug, Clone, Default)]
+struct Kept {
+    /// Every kept table, partitions included.
+    all: BTreeSet<String>,
+    /// Their foreign keys to tables that move out, as they will point at the
+    /// shadow's namesakes (checked for violations like deferred keys).
+    fk_sql: Vec<String>,
+    pg15: bool,
+}
+
+/// Find the kept tables and check them (read only): each exists in public,
+/// the shadow has no namesake (it would have to move in beside it), and
+/// every table a kept table's foreign key references is kept or comes in.
+async fn kept_tables(client: &Client, m: &MigrationRow, extra: &[TablePattern]) -> Result<Kept> {
+    let (_, matched) = filters::match_keep(client, extra).await?;
+    let mut roots: BTreeSet<String> = m.state.keep_tables.iter().cloned().collect();
+    roots.extend(matched);
+    if roots.is_empty() {
+        return Ok(Kept::default());
+    }
+    let public = rollback::tables_of(client, "public").await?;
+    let shadow = rollback::tables_of(client, SHADOW_SCHEMA).await?;
+    let gone: Vec<&String> = roots.iter().filter(|t| !public.contains(*t)).collect();
+    if !gone.is_empty() {
+        return Err(UserError::new(format!(
+            "kept tables are no longer in public: {}; nothing was changed",
+            display_list(gone)
+        ))
+        .into());
+    }
+    let both: Vec<&String> = roots.iter().filter(|t| shadow.contains(*t)).collect();
+    if !both.is_empty() {
+        return Err(UserError::new(format!(
+            "--keep-tables: the prepared shadow has its own {} (the source has it too); keep it when preparing (`pgshift prepare --keep-tables …`) or abort and prepare again; nothing was changed",
+            display_list(both)
+        ))
+        .into());
+    }
+    let list: Vec<String> = roots.iter().cloned().collect();
+    let mut all = roots.clone();
+    all.extend(rollback::descendants(client, "public", &list).await?);
+    let pg15 = catalog::server_major(client).await? >= 15;
+    let fk_sql = filters::kept_foreign_keys(client, &all, |t| shadow.contains(t))
+        .await?
+        .iter()
+        .map(|fk| rollback::add_fk_sql(fk, "public", SHADOW_SCHEMA, false) + ";")
+        .collect();
+    Ok(Kept { all, fk_sql, pg15 })
+}
+
+fn display_list(names: Vec<&String>) -> String {
+    names
+        .into_iter()
+        .map(|n| display_ident(n))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// Work inside the swap transaction for a migration: the discarded-writes
 /// check, the preserved tables' final replay, then their deferred
-/// constraints, triggers and rules.
+/// constraints, triggers and rules; after the moves, the kept tables'
+/// foreign keys.
 struct MigrationTx<'a> {
     synced: &'a [SyncedTable],
     deferred: &'a [String],
     /// None for a migration prepared without a baseline (checked before).
     writes: Option<UnderLocks<'a>>,
+    kept: &'a Kept,
 }
 
 impl InTx for MigrationTx<'_> {
     /// Foreign keys created NOT VALID, to validate after the commit; the
     /// writes the swap discards (allowed), as counted under the locks.
     type Before = (Vec<CreatedFk>, Option<WriteCheck>);
-    type After = ();
+    /// Kept tables' foreign keys that crossed into the backup.
+    type After = Option<CrossingFixed>;
 
     async fn before_moves(&self, client: &Client) -> Result<Self::Before> {
         let writes = match &self.writes {
@@ -168,8 +252,24 @@ impl InTx for MigrationTx<'_> {
         Ok((fks, writes))
     }
 
-    async fn after_moves(&self, _client: &Client, _manifest: &mut Manifest) -> Result<()> {
-        Ok(())
+    /// Kept tables stayed in public: their keys into the backup are
+    /// re-pointed to the new public, the backup's keys to them detached (and
+    /// recorded in its manifest, as a rollback with `--keep-tables` does).
+    async fn after_moves(
+        &self,
+        client: &Client,
+        manifest: &mut Manifest,
+    ) -> Result<Option<CrossingFixed>> {
+        if self.kept.all.is_empty() {
+            return Ok(None);
+        }
+        let schemas = vec!["public".to_string(), manifest.schema.clone()];
+        let mut fixed =
+            rollback::fix_crossing_fks(client, &schemas, self.kept.pg15, "the swap").await?;
+        manifest.detached_foreign_keys =
+            fixed.detached.remove(&manifest.schema).unwrap_or_default();
+        manifest.kept_tables = self.kept.all.iter().cloned().collect();
+        Ok(Some(fixed))
     }
 
     fn preview_notes(&self) -> (Vec<String>, Vec<String>) {
@@ -193,9 +293,11 @@ impl InTx for MigrationTx<'_> {
     }
 
     fn incoming_locks(&self) -> Vec<String> {
+        // Kept tables stay, but their foreign keys change under these locks.
         self.synced
             .iter()
             .map(|t| qualified(SHADOW_SCHEMA, &t.name))
+            .chain(self.kept.all.iter().map(|t| qualified("public", t)))
             .collect()
     }
 }
@@ -205,16 +307,19 @@ pub async fn preview(client: &Client, opts: &SwapOptions) -> Result<SwapPreview>
     let d = Destination::observe(client, Ok(None)).await?;
     let m = ready(&d, opts.timestamp.as_deref())?;
     let details = &m.state.details;
+    let kept = kept_tables(client, m, &opts.keep_tables).await?;
     let hook = MigrationTx {
         synced: &details.sync,
         deferred: &details.deferred_sql,
         writes: details
             .write_baseline
             .as_ref()
-            .map(|b| under_locks(m, opts, b, b)),
+            .map(|b| under_locks(exempt(m, &kept), opts, b, b)),
+        kept: &kept,
     };
-    let p = engine::preview(client, &exchange(m), opts.policy, &hook).await?;
-    let fk_violations = sync::fk_violations(client, &details.deferred_sql).await?;
+    let p = engine::preview(client, &exchange(m, &kept), opts.policy, &hook).await?;
+    let mut fk_violations = sync::fk_violations(client, &details.deferred_sql).await?;
+    fk_violations.extend(sync::fk_violations(client, &kept.fk_sql).await?);
     let impact = gate::migration_report(
         client,
         &m.state,
@@ -233,6 +338,7 @@ pub async fn preview(client: &Client, opts: &SwapOptions) -> Result<SwapPreview>
         swap_lock_budget: p.lock_budget,
         impact,
         refusal,
+        kept_tables: kept.all.iter().cloned().collect(),
     })
 }
 
@@ -240,12 +346,25 @@ pub async fn preview(client: &Client, opts: &SwapOptions) -> Result<SwapPreview>
 /// `policy` would choose (for `status`); changes nothing.
 pub async fn lock_budget(client: &Client, m: &MigrationRow, policy: Policy) -> Result<Budget> {
     let details = &m.state.details;
+    let kept = kept_tables(client, m, &[]).await.unwrap_or_default();
     let hook = MigrationTx {
         synced: &details.sync,
         deferred: &details.deferred_sql,
         writes: None,
+        kept: &kept,
     };
-    engine::budget(client, &exchange(m), policy, hook.lock_need()).await
+    engine::budget(client, &exchange(m, &kept), policy, hook.lock_need()).await
+}
+
+/// Tables whose writes the swap keeps: preserved, and kept at prepare or now
+/// (`--keep-tables`, partitions included).
+fn exempt(m: &MigrationRow, kept: &Kept) -> Vec<TableName> {
+    let mut e = gate::migration_exempt(&m.state);
+    e.extend(kept.all.iter().map(|name| TableName {
+        schema: None,
+        name: name.clone(),
+    }));
+    e
 }
 
 /// The discarded-writes check under the swap's locks, when prepare recorded a
@@ -253,8 +372,9 @@ pub async fn lock_budget(client: &Client, m: &MigrationRow, policy: Policy) -> R
 /// swap has already refused or been allowed).
 /// `baseline`: the migration's ([`gate::migration_baseline`]); `listed`:
 /// public's tables as the check before the locks saw them.
+/// `exempt`: preserved and kept tables.
 fn under_locks<'a>(
-    m: &'a MigrationRow,
+    exempt: Vec<TableName>,
     opts: &'a SwapOptions,
     baseline: &'a WriteBaseline,
     listed: &'a WriteBaseline,
@@ -263,7 +383,7 @@ fn under_locks<'a>(
         op: Operation::Swap,
         baseline,
         listed,
-        exempt: gate::migration_exempt(&m.state),
+        exempt,
         allow: &opts.impact.allow_discard,
     }
 }
@@ -283,11 +403,12 @@ pub async fn swap(sess: &Session, opts: &SwapOptions) -> Result<SwapReport> {
     if !opts.prevalidated {
         check_shadow_counts(&sess.control, &m).await?;
     }
+    let kept = kept_tables(&sess.control, &m, &opts.keep_tables).await?;
     // What the swap does to the running application: refuse discarded
     // writes (and, with --fail-on-breaking, breaking findings) before any lock
     // and before the catch-up (a refusal changes nothing).
     let pairs = gate::migration_pairs();
-    let exempt = gate::migration_exempt(&m.state);
+    let exempt = exempt(&m, &kept);
     let baseline = gate::migration_baseline(&sess.control, &m.state).await?;
     let checked = gate::before_swap(
         &sess.control,
@@ -310,7 +431,8 @@ pub async fn swap(sess: &Session, opts: &SwapOptions) -> Result<SwapReport> {
             "preserved tables caught up before the swap"
         );
     }
-    let violations = sync::fk_violations(&sess.control, deferred).await?;
+    let mut violations = sync::fk_violations(&sess.control, deferred).await?;
+    violations.extend(sync::fk_violations(&sess.control, &kept.fk_sql).await?);
     if !violations.is_empty() {
         let lines: Vec<String> = violations.iter().map(|v| v.to_string()).collect();
         if !opts.allow_fk_violations {
@@ -327,6 +449,9 @@ pub async fn swap(sess: &Session, opts: &SwapOptions) -> Result<SwapReport> {
 
     rec.state.status = Status::Swapping;
     rec.state.phase = Some(Phase::Swap);
+    if !kept.all.is_empty() {
+        rec.state.keep_tables = kept.all.iter().cloned().collect();
+    }
     rec.save(sess).await?;
 
     let hook = MigrationTx {
@@ -334,7 +459,8 @@ pub async fn swap(sess: &Session, opts: &SwapOptions) -> Result<SwapReport> {
         deferred,
         writes: baseline
             .as_ref()
-            .map(|b| under_locks(&m, opts, b, &checked.listed)),
+            .map(|b| under_locks(exempt.clone(), opts, b, &checked.listed)),
+        kept: &kept,
     };
     // The swapped record no longer needs the baseline (it travels in the
     // COMMIT's round trip: keep it small).
@@ -343,7 +469,7 @@ pub async fn swap(sess: &Session, opts: &SwapOptions) -> Result<SwapReport> {
     let origin = Origin::Migration(swapped);
     let attempt = async {
         failpoint("swap-locks").await?;
-        engine::swap(sess, &exchange(&m), &origin, opts.policy, &hook).await
+        engine::swap(sess, &exchange(&m, &kept), &origin, opts.policy, &hook).await
     };
     let done = match attempt.await {
         Ok(done) => done,
@@ -380,6 +506,8 @@ pub async fn swap(sess: &Session, opts: &SwapOptions) -> Result<SwapReport> {
             to_validate.push(fk.clone());
         }
     }
+    let crossing = done.after.clone().unwrap_or_default();
+    to_validate.extend(crossing.to_validate.iter().cloned());
     for f in engine::validate_foreign_keys(&sess.control, &to_validate).await {
         let name = format!("{}.{}", f.table, f.constraint);
         warnings.push(format!("foreign key {name} stays NOT VALID: {}", f.error));
@@ -418,6 +546,8 @@ pub async fn swap(sess: &Session, opts: &SwapOptions) -> Result<SwapReport> {
         fk_not_valid: not_valid,
         warnings,
         impact,
+        kept_tables: kept.all.iter().cloned().collect(),
+        foreign_keys: crossing.changes,
     })
 }
 

@@ -51,7 +51,7 @@ use crate::migration::session::{Session, failpoint};
 use crate::pg::exec::{
     PgError, RetryPolicy, Stop, Transient, exec, retry, rollback_on_err, simple,
 };
-use crate::pg::ident::{quote_ident, quote_literal};
+use crate::pg::ident::{qualified, quote_ident, quote_literal};
 use crate::pg::locks_budget::{self, Budget, Need};
 use crate::pg::meta::MARKER;
 use crate::pg::objects::{self, Movable};
@@ -77,6 +77,11 @@ pub struct Exchange {
     /// Tables of the current public that stay in public; their namesakes in the
     /// incoming schema stay where they are (rollback `--keep-tables`).
     pub keep_in_public: BTreeSet<String>,
+    /// The incoming schema has no namesake of a kept table (a migration's
+    /// `--keep-tables`), so rename mode is possible: the kept tables go along
+    /// with the renamed public and are moved back (`SET SCHEMA`, a few
+    /// objects) right after the renames.
+    pub kept_move_back: bool,
     /// Recreate the incoming schema empty afterwards (shadow); a backup being
     /// restored is left to the hook (dropped when it ends up empty).
     pub recreate_incoming: bool,
@@ -526,7 +531,7 @@ async fn choose_mode(client: &Client, exchange: &Exchange, policy: Policy) -> Re
     mode::choose(
         client,
         &exchange.incoming,
-        !exchange.keep_in_public.is_empty(),
+        !exchange.keep_in_public.is_empty() && !exchange.kept_move_back,
         policy.mode,
     )
     .await
@@ -542,9 +547,9 @@ struct Done<B, A> {
     after: A,
 }
 
-/// After the commit: objects in public that the swap did not move there, i.e.
-/// created by someone else while the swap waited for its locks (they stayed).
-/// Kept tables (rollback `--keep-tables`) stayed there on purpose.
+/// After the commit: objects in public that the swap did not move there (nor
+/// kept there), i.e. created by someone else while the swap waited for its
+/// locks (they stayed).
 async fn strays(
     client: &Client,
     moved_in: &[(String, String)],
@@ -630,11 +635,21 @@ fn lock_names<'a>(req: &'a Request, out: &'a [Movable]) -> Vec<&'a str> {
 
 fn move_statements(req: &Request, out: &[Movable], inc: &[Movable]) -> Vec<String> {
     if let Some(steps) = &req.choice.rename {
-        return steps.sql(
+        let mut sql = steps.sql(
             &req.exchange.incoming,
             &req.backup,
             req.exchange.recreate_incoming,
         );
+        // Kept tables (partitions each on their own) went along with the
+        // renamed public: back into the new one, with their indexes,
+        // constraints and owned sequences.
+        for t in &req.exchange.keep_in_public {
+            sql.push(format!(
+                "ALTER TABLE {} SET SCHEMA public",
+                qualified(&req.backup, t)
+            ));
+        }
+        return sql;
     }
     let mut sql = Vec::with_capacity(out.len() + inc.len() + 4);
     sql.push(format!("CREATE SCHEMA {}", quote_ident(&req.backup)));

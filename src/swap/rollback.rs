@@ -311,6 +311,7 @@ fn exchange(plan: &Plan) -> Exchange {
     Exchange {
         incoming: plan.restore.schema_name.clone(),
         keep_in_public: plan.keep.clone(),
+        kept_move_back: false,
         recreate_incoming: false,
         expected_tables: plan.expected_tables.clone(),
     }
@@ -474,62 +475,11 @@ impl InTx for RollbackTx<'_> {
             new_backup.clone(),
             restored_schema.to_string(),
         ];
-        let public_now: BTreeSet<String> = tables_of(client, "public").await?;
-        let mut detached: BTreeMap<String, Vec<ForeignKeyDef>> = BTreeMap::new();
-        for fk in crossing_fks(client, &schemas, self.pg15).await? {
-            let drop = format!(
-                "ALTER TABLE {} DROP CONSTRAINT {}",
-                qualified(&fk.schema, &fk.def.table),
-                quote_ident(&fk.def.name)
-            );
-            if fk.schema == "public" {
-                if !public_now.contains(&fk.def.ref_table) {
-                    bail!(
-                        "foreign key {} on public.{} references {}.{}, and public has no table {} after the rollback; nothing was changed",
-                        fk.def.name,
-                        fk.def.table,
-                        fk.ref_schema,
-                        fk.def.ref_table,
-                        fk.def.ref_table
-                    );
-                }
-                exec(client, &drop).await?;
-                exec(
-                    client,
-                    &add_fk_sql(&fk.def, "public", "public", !fk.partitioned),
-                )
-                .await
-                .with_context(|| {
-                    format!(
-                        "re-pointing foreign key {} on public.{} to public.{}",
-                        fk.def.name, fk.def.table, fk.def.ref_table
-                    )
-                })?;
-                if !fk.partitioned {
-                    res.to_validate.push(CreatedFk {
-                        table: fk.def.table.clone(),
-                        constraint: fk.def.name.clone(),
-                    });
-                }
-                res.changes.push(FkChange {
-                    constraint: fk.def.name.clone(),
-                    table: format!("public.{}", fk.def.table),
-                    action: "repointed".into(),
-                    references: format!("public.{}", fk.def.ref_table),
-                });
-            } else {
-                // A backup table pointing out of its backup: keep the backup
-                // self-contained; remember the key for when it is restored.
-                exec(client, &drop).await?;
-                res.changes.push(FkChange {
-                    constraint: fk.def.name.clone(),
-                    table: format!("{}.{}", fk.schema, fk.def.table),
-                    action: "detached".into(),
-                    references: format!("{}.{}", fk.ref_schema, fk.def.ref_table),
-                });
-                detached.entry(fk.schema.clone()).or_default().push(fk.def);
-            }
-        }
+        let fixed = fix_crossing_fks(client, &schemas, self.pg15, "the rollback").await?;
+        let public_now = fixed.public_now;
+        let mut detached = fixed.detached;
+        res.changes = fixed.changes;
+        res.to_validate = fixed.to_validate;
         // Keys detached from the restored backup by an earlier rollback.
         let mut still_detached = Vec::new();
         for fk in &self.restored.manifest.detached_foreign_keys {
@@ -618,12 +568,99 @@ impl InTx for RollbackTx<'_> {
     }
 }
 
-/// A foreign key found crossing schemas.
-struct CrossingFk {
-    schema: String,
-    ref_schema: String,
-    partitioned: bool,
-    def: ForeignKeyDef,
+/// What [`fix_crossing_fks`] did.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct CrossingFixed {
+    pub changes: Vec<FkChange>,
+    /// Keys of public tables to VALIDATE after the commit.
+    pub to_validate: Vec<CreatedFk>,
+    /// Keys dropped from tables of a backup schema (by schema), to record in
+    /// that backup's manifest.
+    pub detached: BTreeMap<String, Vec<ForeignKeyDef>>,
+    /// public's tables after the moves.
+    pub public_now: BTreeSet<String>,
+}
+
+/// Inside a swap transaction, after the moves: foreign keys between public
+/// and the other `schemas` (backups), left by tables that stayed in public
+/// (`--keep-tables`). A public table's key into a backup is re-pointed to
+/// public's table of the same name (NOT VALID, to validate after the commit;
+/// an error when public has none); a backup table's key out of its backup is
+/// dropped and returned in `detached`. `what` names the operation in errors.
+pub(crate) async fn fix_crossing_fks(
+    client: &Client,
+    schemas: &[String],
+    pg15: bool,
+    what: &str,
+) -> Result<CrossingFixed> {
+    let public_now: BTreeSet<String> = tables_of(client, "public").await?;
+    let mut detached: BTreeMap<String, Vec<ForeignKeyDef>> = BTreeMap::new();
+    let mut res = CrossingFixed::default();
+    for fk in crossing_fks(client, schemas, pg15).await? {
+        let drop = format!(
+            "ALTER TABLE {} DROP CONSTRAINT {}",
+            qualified(&fk.schema, &fk.def.table),
+            quote_ident(&fk.def.name)
+        );
+        if fk.schema == "public" {
+            if !public_now.contains(&fk.def.ref_table) {
+                bail!(
+                    "foreign key {} on public.{} references {}.{}, and public has no table {} after {what}; nothing was changed",
+                    fk.def.name,
+                    fk.def.table,
+                    fk.ref_schema,
+                    fk.def.ref_table,
+                    fk.def.ref_table
+                );
+            }
+            exec(client, &drop).await?;
+            exec(
+                client,
+                &add_fk_sql(&fk.def, "public", "public", !fk.partitioned),
+            )
+            .await
+            .with_context(|| {
+                format!(
+                    "re-pointing foreign key {} on public.{} to public.{}",
+                    fk.def.name, fk.def.table, fk.def.ref_table
+                )
+            })?;
+            if !fk.partitioned {
+                res.to_validate.push(CreatedFk {
+                    table: fk.def.table.clone(),
+                    constraint: fk.def.name.clone(),
+                });
+            }
+            res.changes.push(FkChange {
+                constraint: fk.def.name.clone(),
+                table: format!("public.{}", fk.def.table),
+                action: "repointed".into(),
+                references: format!("public.{}", fk.def.ref_table),
+            });
+        } else {
+            // A backup table pointing out of its backup: keep the backup
+            // self-contained; remember the key for when it is restored.
+            exec(client, &drop).await?;
+            res.changes.push(FkChange {
+                constraint: fk.def.name.clone(),
+                table: format!("{}.{}", fk.schema, fk.def.table),
+                action: "detached".into(),
+                references: format!("{}.{}", fk.ref_schema, fk.def.ref_table),
+            });
+            detached.entry(fk.schema.clone()).or_default().push(fk.def);
+        }
+    }
+    res.detached = detached;
+    res.public_now = public_now;
+    Ok(res)
+}
+
+/// A foreign key found in the catalog.
+pub(crate) struct CrossingFk {
+    pub schema: String,
+    pub ref_schema: String,
+    pub partitioned: bool,
+    pub def: ForeignKeyDef,
 }
 
 fn action_name(code: &str) -> &'static str {
@@ -647,6 +684,40 @@ fn match_name(code: &str) -> &'static str {
 /// Foreign keys whose table and referenced table are in different schemas of
 /// `schemas` (top-level constraints only: partitions' clones follow their parent).
 async fn crossing_fks(client: &Client, schemas: &[String], pg15: bool) -> Result<Vec<CrossingFk>> {
+    foreign_keys(
+        client,
+        "cn.nspname <> fn.nspname AND cn.nspname = ANY($1) AND fn.nspname = ANY($1)",
+        &[&schemas],
+        pg15,
+    )
+    .await
+}
+
+/// The foreign keys of `tables` of `schema`, wherever they point (top-level
+/// constraints only).
+pub(crate) async fn foreign_keys_of(
+    client: &Client,
+    schema: &str,
+    tables: &[String],
+    pg15: bool,
+) -> Result<Vec<CrossingFk>> {
+    foreign_keys(
+        client,
+        "cn.nspname = $1 AND c.relname = ANY($2)",
+        &[&schema, &tables],
+        pg15,
+    )
+    .await
+}
+
+/// Foreign keys matching `filter` (a condition on `cn`/`c`, the table's
+/// schema and class, and `fn`/`f`, the referenced ones; parameters bound).
+async fn foreign_keys(
+    client: &Client,
+    filter: &str,
+    params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    pg15: bool,
+) -> Result<Vec<CrossingFk>> {
     let cols = |arr: &str, rel: &str| {
         format!(
             "ARRAY(SELECT a.attname::text FROM unnest(con.{arr}) WITH ORDINALITY k(n, i)
@@ -667,16 +738,15 @@ async fn crossing_fks(client: &Client, schemas: &[String], pg15: bool) -> Result
            JOIN pg_catalog.pg_namespace cn ON cn.oid = c.relnamespace
            JOIN pg_catalog.pg_class f ON f.oid = con.confrelid
            JOIN pg_catalog.pg_namespace fn ON fn.oid = f.relnamespace
-          WHERE con.contype = 'f' AND con.conparentid = 0 AND cn.nspname <> fn.nspname
-            AND cn.nspname = ANY($1) AND fn.nspname = ANY($1)
+          WHERE con.contype = 'f' AND con.conparentid = 0 AND {filter}
           ORDER BY 2, 3, 1",
         cols("conkey", "conrelid"),
         cols("confkey", "confrelid"),
     );
     let rows = client
-        .query(sql.as_str(), &[&schemas])
+        .query(sql.as_str(), params)
         .await
-        .map_err(|e| pg_error_as(e, "listing foreign keys between public and the backups"))?;
+        .map_err(|e| pg_error_as(e, "listing foreign keys"))?;
     Ok(rows
         .into_iter()
         .map(|r| CrossingFk {
@@ -764,7 +834,7 @@ async fn is_partitioned(client: &Client, schema: &str, table: &str) -> Result<bo
 }
 
 /// Plain and partitioned tables of a schema that are not extension members.
-async fn tables_of(client: &Client, schema: &str) -> Result<BTreeSet<String>> {
+pub(crate) async fn tables_of(client: &Client, schema: &str) -> Result<BTreeSet<String>> {
     query_map(
         client,
             "SELECT c.relname::text FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
@@ -779,7 +849,11 @@ async fn tables_of(client: &Client, schema: &str) -> Result<BTreeSet<String>> {
 }
 
 /// Partitions and inheritance children (recursively) of `roots` in `schema`.
-async fn descendants(client: &Client, schema: &str, roots: &[String]) -> Result<Vec<String>> {
+pub(crate) async fn descendants(
+    client: &Client,
+    schema: &str,
+    roots: &[String],
+) -> Result<Vec<String>> {
     let rows = client
         .query(
             "WITH RECURSIVE d(oid) AS (
@@ -817,7 +891,7 @@ const NOT_OWN_PART: &str = "
 
 /// How to name a dependent object for people: views by name, the rest as
 /// `pg_describe_object` says.
-const DESCRIBE_DEPENDENT: &str = "
+pub(crate) const DESCRIBE_DEPENDENT: &str = "
     CASE WHEN d.classid = 'pg_catalog.pg_rewrite'::regclass
          THEN (SELECT CASE v.relkind WHEN 'm' THEN 'materialized view ' ELSE 'view ' END
                       || pg_catalog.quote_ident(vn.nspname) || '.' || pg_catalog.quote_ident(v.relname)
@@ -858,13 +932,13 @@ async fn backup_dependents(
 }
 
 /// Dependents of public's kept tables: they move to the new backup.
-async fn public_dependents(client: &Client, tables: &[String]) -> Result<Vec<String>> {
+pub(crate) async fn public_dependents(client: &Client, tables: &[String]) -> Result<Vec<String>> {
     dependents(client, "public", tables).await
 }
 
 /// Objects of public (types, standalone sequences, functions) that kept
 /// tables use and that will move out with the rest of public.
-async fn kept_uses(client: &Client, tables: &[String]) -> Result<Vec<String>> {
+pub(crate) async fn kept_uses(client: &Client, tables: &[String]) -> Result<Vec<String>> {
     if tables.is_empty() {
         return Ok(Vec::new());
     }

@@ -83,13 +83,7 @@ pub fn migration_pairs() -> Vec<SchemaPair> {
 
 /// A migration's tables whose writes the swap keeps: its preserved tables.
 pub fn migration_exempt(st: &MigrationState) -> Vec<TableName> {
-    st.preserved_tables
-        .iter()
-        .map(|name| TableName {
-            schema: None,
-            name: name.clone(),
-        })
-        .collect()
+    st.writes_kept()
 }
 
 fn live_schemas() -> Vec<String> {

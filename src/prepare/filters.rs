@@ -1,0 +1,470 @@
+//! Table filters: which tables a migration leaves out or leaves alone.
+//!
+//! - `--exclude-table-data P`: the source's table is migrated without its
+//!   rows (structure, indexes, constraints, sequences as usual); the record
+//!   counts it with 0 rows, so the swap's check and `verify` expect it empty.
+//!   A foreign key of a table migrated with its rows that references it could
+//!   not be created: refused here.
+//! - `--exclude-table P`: the source's table is not migrated at all: pg_dump
+//!   is given its exact name (`--exclude-table="public"."t"`, with the
+//!   sequences it owns) and no rows are copied. An object of the source that
+//!   depends on it (a view, a foreign key of another table, a function with an
+//!   SQL body, a column of its row type) would be restored without it, so it
+//!   is refused here, naming the dependents.
+//! - `--keep-tables P`: destination tables that stay in the new public as
+//!   they are: not copied, no triggers; the source's namesake is not migrated
+//!   (as with `--exclude-table`). The swap leaves them in public (the engine's
+//!   keep list, as `rollback --keep-tables` does) and fixes the foreign keys
+//!   that then cross schemas with the same mechanism
+//!   (`swap::rollback::fix_crossing_fks`); the source's foreign keys that
+//!   reference a kept table are deferred to the swap's transaction like a
+//!   preserved table's (checked for violations before it). A kept table's own
+//!   foreign key to a table that the migration does not bring is refused here.
+//!
+//! Patterns are psql's (`pg::pattern`), matched against plain and
+//! partitioned tables of the source's public (`--exclude-table` also matches
+//! foreign tables, views and materialized views, as pg_dump's `-T` does;
+//! `--keep-tables` matches the destination's tables). A matched table brings its
+//! partitions and inheritance children along; a kept partition needs its
+//! parent kept. A pattern that matches nothing is a usage error (exit 2): a
+//! typo must not silently migrate everything. A table both preserved and
+//! filtered is a usage error too; `--keep-tables` wins over the exclusions
+//! and `--exclude-table` over `--exclude-table-data` (as pg_dump's `-T`).
+//! Everything here only reads the catalogs; the result is what
+//! `prepare --dry-run` shows.
+
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+
+use anyhow::Result;
+use serde::Serialize;
+use tokio_postgres::Client;
+
+use crate::backups::manifest::ForeignKeyDef;
+use crate::error::UserError;
+use crate::pg::exec::pg_error_as;
+use crate::pg::ident::{TableName, display_ident};
+use crate::pg::pattern::TablePattern;
+use crate::swap::rollback;
+
+/// The schema the filters apply to.
+const LIVE: &str = "public";
+
+/// The filters as given (patterns, not yet matched against a catalog).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TableFilters {
+    pub exclude_table_data: Vec<TablePattern>,
+    pub exclude_table: Vec<TablePattern>,
+    pub keep_tables: Vec<TablePattern>,
+}
+
+impl TableFilters {
+    pub fn is_empty(&self) -> bool {
+        self.exclude_table_data.is_empty()
+            && self.exclude_table.is_empty()
+            && self.keep_tables.is_empty()
+    }
+}
+
+/// What one pattern matched (partitions included).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PatternMatch {
+    pub pattern: String,
+    pub tables: Vec<String>,
+}
+
+/// Each filter's patterns and their matches (`filters` in `prepare --dry-run --json`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Matched {
+    pub exclude_table_data: Vec<PatternMatch>,
+    pub exclude_table: Vec<PatternMatch>,
+    pub keep_tables: Vec<PatternMatch>,
+}
+
+/// The filters resolved against both catalogs: what prepare does.
+#[derive(Debug, Clone, Default)]
+pub struct Resolved {
+    pub matched: Matched,
+    /// Source tables created empty.
+    pub data_excluded: BTreeSet<String>,
+    /// Source tables not migrated: excluded ones and the kept tables' namesakes.
+    pub not_migrated: BTreeSet<String>,
+    /// Destination tables kept, as matched (parents; the swap adds partitions).
+    pub kept: BTreeSet<String>,
+    pub warnings: Vec<String>,
+}
+
+/// A relation of the schema: name, kind, parent in the same schema.
+#[derive(Debug, Clone)]
+struct Rel {
+    name: String,
+    relkind: char,
+    parent: Option<String>,
+}
+
+/// Tables (plain, partitioned, foreign), views and materialized views of
+/// `schema` (not extension members).
+async fn relations(client: &Client, schema: &str) -> Result<Vec<Rel>> {
+    let rows = client
+        .query(
+            "SELECT c.relname::text, c.relkind::text,
+                    (SELECT p.relname::text FROM pg_catalog.pg_inherits i
+                       JOIN pg_catalog.pg_class p ON p.oid = i.inhparent
+                      WHERE i.inhrelid = c.oid AND p.relnamespace = c.relnamespace
+                      ORDER BY i.inhseqno LIMIT 1)
+               FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+              WHERE n.nspname = $1 AND c.relkind IN ('r', 'p', 'f', 'v', 'm')
+                AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_depend d
+                                 WHERE d.classid = 'pg_catalog.pg_class'::regclass
+                                   AND d.objid = c.oid AND d.deptype = 'e')
+              ORDER BY 1",
+            &[&schema],
+        )
+        .await
+        .map_err(|e| pg_error_as(e, "listing tables for the table filters"))?;
+    Ok(rows
+        .into_iter()
+        .map(|r| Rel {
+            name: r.get(0),
+            relkind: r.get::<_, String>(1).chars().next().unwrap_or('r'),
+            parent: r.get(2),
+        })
+        .collect())
+}
+
+/// `names` and every descendant of them in `rels`.
+fn with_descendants(rels: &[Rel], names: &BTreeSet<String>) -> BTreeSet<String> {
+    let mut children: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+    for r in rels {
+        if let Some(p) = &r.parent {
+            children.entry(p.as_str()).or_default().push(&r.name);
+        }
+    }
+    let mut out = names.clone();
+    let mut todo: Vec<String> = names.iter().cloned().collect();
+    while let Some(n) = todo.pop() {
+        for c in children.get(n.as_str()).into_iter().flatten() {
+            if out.insert(c.to_string()) {
+                todo.push(c.to_string());
+            }
+        }
+    }
+    out
+}
+
+/// Match each pattern of one filter against `candidates`; a pattern that
+/// matches nothing is a usage error naming the flag and where it looked.
+fn match_filter(
+    flag: &str,
+    patterns: &[TablePattern],
+    rels: &[Rel],
+    kinds: &[char],
+    where_: &str,
+) -> Result<(Vec<PatternMatch>, BTreeSet<String>)> {
+    let mut out = Vec::new();
+    let mut all = BTreeSet::new();
+    for p in patterns {
+        let hits: BTreeSet<String> = rels
+            .iter()
+            .filter(|r| kinds.contains(&r.relkind) && p.matches(LIVE, &r.name))
+            .map(|r| r.name.clone())
+            .collect();
+        if hits.is_empty() {
+            return Err(UserError::new(format!(
+                "{flag} {p}: no table of {where_} matches; nothing was changed"
+            ))
+            .into());
+        }
+        let hits = with_descendants(rels, &hits);
+        all.extend(hits.iter().cloned());
+        out.push(PatternMatch {
+            pattern: p.to_string(),
+            tables: hits.iter().cloned().collect(),
+        });
+    }
+    Ok((out, all))
+}
+
+fn names(set: &BTreeSet<String>) -> String {
+    set.iter()
+        .map(|t| display_ident(t))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Match `--keep-tables` patterns against the destination's public: the
+/// matches per pattern and every kept table (partitions included). A kept
+/// partition needs its parent kept (it would stay attached to a table in the
+/// backup otherwise).
+pub async fn match_keep(
+    dest: &Client,
+    patterns: &[TablePattern],
+) -> Result<(Vec<PatternMatch>, BTreeSet<String>)> {
+    if patterns.is_empty() {
+        return Ok((Vec::new(), BTreeSet::new()));
+    }
+    let rels = relations(dest, LIVE).await?;
+    let (m, kept) = match_filter(
+        "--keep-tables",
+        patterns,
+        &rels,
+        &['r', 'p'],
+        "the destination's public",
+    )?;
+    for r in rels.iter().filter(|r| kept.contains(&r.name)) {
+        if let Some(p) = r.parent.as_ref().filter(|p| !kept.contains(*p)) {
+            return Err(UserError::new(format!(
+                "--keep-tables: {} is a partition (or child) of {}, which is not kept; keep {} itself; nothing was changed",
+                display_ident(&r.name),
+                display_ident(p),
+                display_ident(p)
+            ))
+            .into());
+        }
+    }
+    Ok((m, kept))
+}
+
+/// Match the filters against the source's and the destination's public and
+/// check that the result can be migrated. Read only.
+pub async fn resolve(
+    filters: &TableFilters,
+    preserved: &[TableName],
+    src: &Client,
+    dest: &Client,
+) -> Result<Resolved> {
+    let mut res = Resolved::default();
+    if filters.is_empty() {
+        return Ok(res);
+    }
+    let src_rels = relations(src, LIVE).await?;
+    let (m, data) = match_filter(
+        "--exclude-table-data",
+        &filters.exclude_table_data,
+        &src_rels,
+        &['r', 'p'],
+        "the source's public",
+    )?;
+    res.matched.exclude_table_data = m;
+    let (m, excluded) = match_filter(
+        "--exclude-table",
+        &filters.exclude_table,
+        &src_rels,
+        &['r', 'p', 'f', 'v', 'm'],
+        "the source's public",
+    )?;
+    res.matched.exclude_table = m;
+    let (m, kept) = match_keep(dest, &filters.keep_tables).await?;
+    res.matched.keep_tables = m;
+    let preserved: BTreeSet<String> = preserved.iter().map(|t| t.name.clone()).collect();
+    for (flag, set) in [
+        ("--exclude-table-data", &data),
+        ("--exclude-table", &excluded),
+        ("--keep-tables", &kept),
+    ] {
+        let both: BTreeSet<String> = set.intersection(&preserved).cloned().collect();
+        if !both.is_empty() {
+            return Err(UserError::new(format!(
+                "{flag} matches preserved table{} {}: a preserved table is migrated and kept in sync, so it cannot also be filtered; nothing was changed",
+                if both.len() == 1 { "" } else { "s" },
+                names(&both)
+            ))
+            .into());
+        }
+    }
+
+    let src_names: HashSet<&str> = src_rels.iter().map(|r| r.name.as_str()).collect();
+    let namesakes: BTreeSet<String> = kept
+        .iter()
+        .filter(|t| src_names.contains(t.as_str()))
+        .cloned()
+        .collect();
+    res.not_migrated = with_descendants(&src_rels, &namesakes);
+    res.not_migrated.extend(excluded.iter().cloned());
+    res.data_excluded = data
+        .difference(&res.not_migrated)
+        .cloned()
+        .collect::<BTreeSet<_>>();
+
+    // Objects of the source that need an excluded table.
+    let excluded_only: Vec<String> = excluded.difference(&namesakes).cloned().collect();
+    let deps = dependents(src, &excluded_only, &res.not_migrated).await?;
+    if !deps.is_empty() {
+        return Err(UserError::new(format!(
+            "--exclude-table: objects of the source depend on excluded tables and would be migrated without them: {}; exclude them too (views and tables: --exclude-table), or migrate the tables; nothing was changed",
+            deps.join(", ")
+        ))
+        .into());
+    }
+
+    // A table migrated with its rows whose foreign key references a table
+    // migrated without them: the key could not be created.
+    if !res.data_excluded.is_empty() {
+        let with_rows: Vec<String> = src_rels
+            .iter()
+            .filter(|r| !res.not_migrated.contains(&r.name) && !res.data_excluded.contains(&r.name))
+            .map(|r| r.name.clone())
+            .collect();
+        let pg15 = crate::pg::catalog::server_major(src).await? >= 15;
+        let blocking: Vec<String> = rollback::foreign_keys_of(src, LIVE, &with_rows, pg15)
+            .await?
+            .into_iter()
+            .filter(|fk| fk.ref_schema == LIVE && res.data_excluded.contains(&fk.def.ref_table))
+            .map(|fk| {
+                format!(
+                    "{} of {} references {}",
+                    display_ident(&fk.def.name),
+                    display_ident(&fk.def.table),
+                    display_ident(&fk.def.ref_table)
+                )
+            })
+            .collect();
+        if !blocking.is_empty() {
+            return Err(UserError::new(format!(
+                "--exclude-table-data: tables migrated with their rows have foreign keys to tables migrated without them: {}; exclude their data too; nothing was changed",
+                blocking.join(", ")
+            ))
+            .into());
+        }
+    }
+
+    if !kept.is_empty() {
+        let roots: Vec<String> = kept.iter().cloned().collect();
+        let migrated: BTreeSet<&str> = src_rels
+            .iter()
+            .filter(|r| !res.not_migrated.contains(&r.name))
+            .map(|r| r.name.as_str())
+            .collect();
+        kept_foreign_keys(dest, &kept, |t| migrated.contains(t)).await?;
+        for d in rollback::public_dependents(dest, &roots).await? {
+            res.warnings.push(format!(
+                "{d} depends on a kept table; it moves to the backup with the rest of public and keeps reading the kept table"
+            ));
+        }
+        for d in rollback::kept_uses(dest, &roots).await? {
+            res.warnings.push(format!(
+                "a kept table uses {d}, which moves to the backup with the rest of public; the kept table keeps using that copy"
+            ));
+        }
+        res.kept = kept;
+    }
+    Ok(res)
+}
+
+/// The foreign keys of kept tables that reference public tables which are not
+/// kept: after the swap they point at the new public's namesakes, so each must
+/// be one that `arrives` with the migration; otherwise a usage error naming
+/// the others. Read only.
+pub async fn kept_foreign_keys(
+    client: &Client,
+    kept: &BTreeSet<String>,
+    arrives: impl Fn(&str) -> bool,
+) -> Result<Vec<ForeignKeyDef>> {
+    let list: Vec<String> = kept.iter().cloned().collect();
+    let pg15 = crate::pg::catalog::server_major(client).await? >= 15;
+    let mut out = Vec::new();
+    let mut missing = Vec::new();
+    for fk in rollback::foreign_keys_of(client, LIVE, &list, pg15).await? {
+        let target = &fk.def.ref_table;
+        if fk.ref_schema != LIVE || kept.contains(target) {
+            continue;
+        }
+        if arrives(target) {
+            out.push(fk.def);
+        } else {
+            missing.push(format!(
+                "{} of {} references {}",
+                display_ident(&fk.def.name),
+                display_ident(&fk.def.table),
+                display_ident(target)
+            ));
+        }
+    }
+    if !missing.is_empty() {
+        return Err(UserError::new(format!(
+            "--keep-tables: foreign keys of kept tables reference tables the new public will not have: {}; keep those tables too, or drop the keys; nothing was changed",
+            missing.join(", ")
+        ))
+        .into());
+    }
+    Ok(out)
+}
+
+/// Objects of the source's public that depend on `tables` other than the
+/// tables' own parts and other tables in `leaving` (views, foreign keys of
+/// other tables, SQL-body functions, columns of their row type …).
+async fn dependents(
+    client: &Client,
+    tables: &[String],
+    leaving: &BTreeSet<String>,
+) -> Result<Vec<String>> {
+    if tables.is_empty() {
+        return Ok(Vec::new());
+    }
+    let leaving: Vec<String> = leaving.iter().cloned().collect();
+    let sql = format!(
+        "WITH t AS (SELECT c.oid, c.reltype FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+                     WHERE n.nspname = $1 AND c.relname = ANY($2)),
+              l AS (SELECT c.oid FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+                     WHERE n.nspname = $1 AND c.relname = ANY($3))
+         SELECT DISTINCT {} FROM pg_catalog.pg_depend d
+          WHERE d.deptype = 'n'
+            AND ((d.refclassid = 'pg_catalog.pg_class'::regclass AND d.refobjid IN (SELECT oid FROM t))
+              OR (d.refclassid = 'pg_catalog.pg_type'::regclass AND d.refobjid IN (SELECT reltype FROM t)))
+            AND NOT (d.classid = 'pg_catalog.pg_class'::regclass AND d.objid IN (SELECT oid FROM l))
+            AND NOT (d.classid = 'pg_catalog.pg_constraint'::regclass AND EXISTS (
+                     SELECT 1 FROM pg_catalog.pg_constraint c WHERE c.oid = d.objid AND c.conrelid IN (SELECT oid FROM l)))
+            AND NOT (d.classid = 'pg_catalog.pg_rewrite'::regclass AND EXISTS (
+                     SELECT 1 FROM pg_catalog.pg_rewrite r WHERE r.oid = d.objid AND r.ev_class IN (SELECT oid FROM l)))
+            AND NOT (d.classid = 'pg_catalog.pg_attrdef'::regclass AND EXISTS (
+                     SELECT 1 FROM pg_catalog.pg_attrdef a WHERE a.oid = d.objid AND a.adrelid IN (SELECT oid FROM l)))
+            AND NOT (d.classid = 'pg_catalog.pg_trigger'::regclass AND EXISTS (
+                     SELECT 1 FROM pg_catalog.pg_trigger g WHERE g.oid = d.objid AND g.tgrelid IN (SELECT oid FROM l)))
+            AND NOT (d.classid = 'pg_catalog.pg_policy'::regclass AND EXISTS (
+                     SELECT 1 FROM pg_catalog.pg_policy p WHERE p.oid = d.objid AND p.polrelid IN (SELECT oid FROM l)))
+          ORDER BY 1",
+        rollback::DESCRIBE_DEPENDENT
+    );
+    let rows = client
+        .query(sql.as_str(), &[&LIVE, &tables, &leaving])
+        .await
+        .map_err(|e| pg_error_as(e, "looking for objects that depend on excluded tables"))?;
+    Ok(rows
+        .into_iter()
+        .filter_map(|r| r.get::<_, Option<String>>(0))
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rel(name: &str, parent: Option<&str>) -> Rel {
+        Rel {
+            name: name.into(),
+            relkind: if parent.is_none() { 'p' } else { 'r' },
+            parent: parent.map(str::to_string),
+        }
+    }
+
+    #[test]
+    fn partitions_follow_their_parent_and_no_match_is_refused() {
+        let rels = vec![
+            rel("log", None),
+            rel("log_2024", Some("log")),
+            rel("log_2024_01", Some("log_2024")),
+            rel("users", None),
+        ];
+        let pats = vec![TablePattern::parse("lo?").unwrap()];
+        let (m, all) = match_filter("--x", &pats, &rels, &['r', 'p'], "here").unwrap();
+        assert_eq!(m[0].tables, ["log", "log_2024", "log_2024_01"]);
+        assert_eq!(all.len(), 3);
+        let pats = vec![TablePattern::parse("nope*").unwrap()];
+        let err = match_filter("--x", &pats, &rels, &['r', 'p'], "here")
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            err,
+            "--x nope*: no table of here matches; nothing was changed"
+        );
+    }
+}

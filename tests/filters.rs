@@ -1,0 +1,303 @@
+//! Table filters: `--exclude-table-data`, `--exclude-table`, `--keep-tables`
+//! (prepare, start, swap), the dry run's report of what each matched, and the
+//! refusals (a pattern that matches nothing, a filtered preserved table, an
+//! excluded table other objects need), against real clusters.
+
+mod common;
+
+use common::{TestDbs, Workdir, catalog_fingerprint, stderr_of};
+
+/// One line on stderr, `error: …`, exit 2.
+fn assert_usage_error(out: &std::process::Output, needle: &str) {
+    let err = stderr_of(out);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    let lines: Vec<&str> = err.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "{err}");
+    assert!(lines[0].starts_with("error: "), "{err}");
+    assert!(lines[0].contains(needle), "{err}");
+}
+
+fn json(out: &str) -> serde_json::Value {
+    serde_json::from_str(out).unwrap_or_else(|e| panic!("{e}: {out}"))
+}
+
+#[test]
+fn filters_dry_run_refusals_start_and_rollback() {
+    let dbs = TestDbs::new("filters_start");
+    dbs.src.psql(
+        "CREATE TABLE users (id int PRIMARY KEY, name text);
+         CREATE TABLE audit (id int PRIMARY KEY, what text, user_id int);
+         CREATE TABLE orders (id int PRIMARY KEY, user_id int REFERENCES users(id), audit_id int REFERENCES audit(id));
+         CREATE TABLE events (id int, at date NOT NULL) PARTITION BY RANGE (at);
+         CREATE TABLE events_1 PARTITION OF events FOR VALUES FROM ('2024-01-01') TO ('2024-07-01');
+         CREATE TABLE events_2 PARTITION OF events FOR VALUES FROM ('2024-07-01') TO ('2025-01-01');
+         CREATE INDEX events_at ON events (at);
+         CREATE TABLE tmp_a (id serial PRIMARY KEY, x text);
+         CREATE TABLE tmp_b (id int);
+         CREATE VIEW tmp_view AS SELECT * FROM tmp_b;
+         INSERT INTO users SELECT g, 'src' || g FROM generate_series(1, 20) g;
+         INSERT INTO audit SELECT g, 'src', g FROM generate_series(1, 5) g;
+         INSERT INTO orders SELECT g, g, 1 + g % 3 FROM generate_series(1, 10) g;
+         INSERT INTO events SELECT g, date '2024-01-01' + g FROM generate_series(1, 300) g;
+         INSERT INTO tmp_a (x) SELECT 'x' FROM generate_series(1, 7);
+         INSERT INTO tmp_b SELECT generate_series(1, 7);",
+    );
+    dbs.dst.psql(
+        "CREATE TABLE users (id int PRIMARY KEY, name text);
+         CREATE TABLE audit (id int PRIMARY KEY, what text, user_id int REFERENCES users(id));
+         CREATE TABLE sessions (id int PRIMARY KEY, audit_id int REFERENCES audit(id));
+         CREATE TABLE \"Settings\" (k text PRIMARY KEY, v text);
+         CREATE TABLE logs (id int);
+         INSERT INTO users SELECT g, 'dst' || g FROM generate_series(1, 3) g;
+         INSERT INTO audit SELECT g, 'dst', 1 + g % 3 FROM generate_series(1, 4) g;
+         INSERT INTO sessions VALUES (1, 1), (2, 2);
+         INSERT INTO \"Settings\" VALUES ('mode', 'live');",
+    );
+    let wd = Workdir::new();
+    let (src, dst) = (dbs.src.url(), dbs.dst.url());
+    let filters = [
+        "--exclude-table-data",
+        "events",
+        "--exclude-table",
+        "tmp_*",
+        "--keep-tables",
+        "audit,\"Settings\"",
+    ];
+
+    // The dry run: what each pattern matched, in JSON and in text.
+    let mut args = vec!["prepare", "--source", &src, "--dest", &dst, "--dry-run"];
+    args.extend(filters);
+    let plan = json(&wd.run_ok(&[args.as_slice(), &["--json"]].concat()));
+    let f = &plan["plan"]["filters"];
+    assert_eq!(
+        f["exclude_table_data"],
+        serde_json::json!([{"pattern": "events", "tables": ["events", "events_1", "events_2"]}])
+    );
+    assert_eq!(
+        f["exclude_table"],
+        serde_json::json!([{"pattern": "tmp_*", "tables": ["tmp_a", "tmp_b", "tmp_view"]}])
+    );
+    assert_eq!(
+        f["keep_tables"],
+        serde_json::json!([{"pattern": "audit", "tables": ["audit"]}, {"pattern": "\"Settings\"", "tables": ["Settings"]}])
+    );
+    let planned: Vec<(String, bool)> = plan["plan"]["tables"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| {
+            (
+                t["name"].as_str().unwrap().to_string(),
+                t["data_excluded"].as_bool().unwrap_or(false),
+            )
+        })
+        .collect();
+    assert!(planned.contains(&("events_1".into(), true)), "{planned:?}");
+    assert!(planned.contains(&("orders".into(), false)), "{planned:?}");
+    assert!(
+        !planned
+            .iter()
+            .any(|(n, _)| n.starts_with("tmp_") || n == "audit"),
+        "{planned:?}"
+    );
+    let text = wd.run_ok(&args);
+    assert!(
+        text.contains("exclude:     tmp_* -> tmp_a, tmp_b, tmp_view"),
+        "{text}"
+    );
+    assert!(text.contains("events_2 (no data)"), "{text}");
+
+    // Refusals: exit 2, one line, nothing changed on the destination.
+    let before = catalog_fingerprint(&dbs.dst);
+    let base = ["prepare", "--source", &src, "--dest", &dst];
+    let out = wd.run(&[base.as_slice(), &["--exclude-table", "tmp_*,nomatch*"]].concat());
+    assert_usage_error(
+        &out,
+        "--exclude-table nomatch*: no table of the source's public matches",
+    );
+    let out = wd.run_env(&base, &[("PGSHIFT_KEEP_TABLES", "Settings")]);
+    assert_usage_error(
+        &out,
+        "--keep-tables Settings: no table of the destination's public matches",
+    );
+    std::fs::write(
+        wd.join("pgshift.toml"),
+        "exclude_table_data = ['events', 'nope']\n",
+    )
+    .unwrap();
+    let out = wd.run(&base);
+    assert_usage_error(&out, "--exclude-table-data nope: no table");
+    std::fs::remove_file(wd.join("pgshift.toml")).unwrap();
+    let out = wd.run(&[base.as_slice(), &["--exclude-table-data", "users"]].concat());
+    assert_usage_error(&out, "orders_user_id_fkey of orders references users");
+    let out = wd.run(&[base.as_slice(), &["--exclude-table", "tmp_b"]].concat());
+    assert_usage_error(&out, "view public.tmp_view");
+    let out = wd.run(
+        &[
+            base.as_slice(),
+            &["--keep-tables", "audit", "--preserved-tables", "audit"],
+        ]
+        .concat(),
+    );
+    assert_usage_error(&out, "--keep-tables matches preserved table audit");
+    assert_eq!(catalog_fingerprint(&dbs.dst), before);
+
+    // start with the filters.
+    let audit_oid = dbs
+        .dst
+        .query_one_string("SELECT 'public.audit'::regclass::oid");
+    // Checksums too: a table without its rows is not compared with the source's.
+    let mut args = vec![
+        "start",
+        "--source",
+        &src,
+        "--dest",
+        &dst,
+        "--json",
+        "--verify",
+        "checksums",
+    ];
+    args.extend(filters);
+    let out = json(&wd.run_ok(&args));
+    let swap = &out["swap"];
+    assert_eq!(
+        swap["kept_tables"],
+        serde_json::json!(["Settings", "audit"])
+    );
+    assert_eq!(swap["warnings"], serde_json::json!([]), "{swap}");
+    assert_eq!(swap["swap_mode"], "rename");
+    let tables = out["prepare"]["tables"].as_array().unwrap();
+    let events_1 = tables.iter().find(|t| t["name"] == "events_1").unwrap();
+    assert_eq!(events_1["rows"], 0);
+    assert_eq!(events_1["data_excluded"], true);
+    let orders = tables.iter().find(|t| t["name"] == "orders").unwrap();
+    assert!(orders.get("data_excluded").is_none(), "{orders}");
+
+    // --exclude-table-data: the structure (partitions, index), no rows.
+    assert_eq!(
+        dbs.dst.query_one_string(
+            "SELECT count(*) || ':' || (SELECT count(*) FROM pg_inherits WHERE inhparent = 'public.events'::regclass)
+                    || ':' || (SELECT count(*) FROM pg_indexes WHERE schemaname = 'public' AND tablename = 'events_2')
+               FROM public.events"
+        ),
+        "0:2:1"
+    );
+    // --exclude-table: neither the tables nor their sequences nor the view.
+    assert_eq!(
+        dbs.dst.query_one_string(
+            "SELECT count(*) FROM pg_class WHERE relnamespace = 'public'::regnamespace AND relname LIKE 'tmp%'"
+        ),
+        "0"
+    );
+    // --keep-tables: the destination's own tables, untouched, still in public.
+    assert_eq!(
+        dbs.dst.query_one_string(
+            "SELECT 'public.audit'::regclass::oid || ':' || string_agg(what, ',') FROM (SELECT DISTINCT what FROM public.audit) a"
+        ),
+        format!("{audit_oid}:dst")
+    );
+    assert_eq!(
+        dbs.dst
+            .query_one_string("SELECT v FROM public.\"Settings\""),
+        "live"
+    );
+    assert_eq!(
+        dbs.dst
+            .query_one_string("SELECT count(*) FROM public.users"),
+        "20"
+    );
+    // Foreign keys: the source's orders -> audit made in the swap, now valid;
+    // the kept audit's key re-pointed from the old users to the new one.
+    assert_eq!(
+        dbs.dst.query_one_string(
+            "SELECT string_agg(conrelid::regclass || '>' || confrelid::regclass || ':' || convalidated, ' ' ORDER BY conname)
+               FROM pg_constraint WHERE contype = 'f' AND connamespace = 'public'::regnamespace"
+        ),
+        "audit>users:true orders>audit:true orders>users:true"
+    );
+    let backup = swap["backup_schema"].as_str().unwrap().to_string();
+    let changes: Vec<String> = swap["foreign_keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            format!(
+                "{} {} {}",
+                c["table"].as_str().unwrap(),
+                c["action"].as_str().unwrap(),
+                c["references"].as_str().unwrap()
+            )
+        })
+        .collect();
+    assert_eq!(
+        changes,
+        [
+            format!("{backup}.sessions detached public.audit"),
+            "public.audit repointed public.users".to_string(),
+        ]
+    );
+    let ts = swap["backup_timestamp"].as_i64().unwrap().to_string();
+    let manifest = dbs.dst.query_one_string(&format!(
+        "SELECT (manifest->'kept_tables') || (manifest->'detached_foreign_keys'->0->'name') FROM pgshift.backups WHERE ts = {ts}"
+    ));
+    assert_eq!(
+        manifest,
+        "[\"Settings\", \"audit\", \"sessions_audit_id_fkey\"]"
+    );
+
+    // The backup verifies; a rollback keeps the kept tables live (the backup
+    // has no copy of them) and re-attaches the detached key.
+    wd.run_ok(&["verify", "--dest", &dst, "--timestamp", &ts]);
+    let rb = json(&wd.run_ok(&["rollback", "--dest", &dst, "--latest", "--json"]));
+    assert_eq!(rb["kept_tables"], serde_json::json!(["Settings", "audit"]));
+    assert_eq!(
+        dbs.dst.query_one_string(
+            "SELECT 'public.audit'::regclass::oid || ':' || (SELECT count(*) FROM public.users)
+                    || ':' || (SELECT confrelid::regclass::text FROM pg_constraint WHERE conname = 'sessions_audit_id_fkey')"
+        ),
+        format!("{audit_oid}:3:audit")
+    );
+}
+
+#[test]
+fn swap_keeps_destination_only_tables() {
+    let dbs = TestDbs::new("filters_swap_keep");
+    dbs.src
+        .psql("CREATE TABLE t1 (id int PRIMARY KEY); INSERT INTO t1 SELECT generate_series(1, 5);");
+    dbs.dst.psql(
+        "CREATE TABLE t1 (id int PRIMARY KEY);
+         CREATE TABLE app_state (k text PRIMARY KEY, v text) PARTITION BY LIST (k);
+         CREATE TABLE app_state_a PARTITION OF app_state FOR VALUES IN ('a');
+         INSERT INTO app_state VALUES ('a', 'keep me');",
+    );
+    let wd = Workdir::new();
+    let dst = dbs.dst.url();
+    common::assert_success(&wd.prepare(&dbs, &["--json"]));
+
+    // The shadow has its own t1: keeping the destination's is refused.
+    let out = wd.run(&["swap", "--dest", &dst, "--keep-tables", "t1"]);
+    assert_usage_error(&out, "the prepared shadow has its own t1");
+    let out = wd.run(&["swap", "--dest", &dst, "--keep-tables", "app_state_a"]);
+    assert_usage_error(&out, "app_state_a is a partition (or child) of app_state");
+
+    let out = json(&wd.run_ok(&[
+        "swap",
+        "--dest",
+        &dst,
+        "--keep-tables",
+        "app_*",
+        "--swap-mode",
+        "object",
+        "--json",
+    ]));
+    assert_eq!(
+        out["kept_tables"],
+        serde_json::json!(["app_state", "app_state_a"])
+    );
+    assert_eq!(out["warnings"], serde_json::json!([]), "{out}");
+    assert_eq!(
+        dbs.dst
+            .query_one_string("SELECT v || ':' || (SELECT count(*) FROM t1) FROM public.app_state"),
+        "keep me:5"
+    );
+}
