@@ -273,6 +273,10 @@ fn swap_keeps_destination_only_tables() {
     let wd = Workdir::new();
     let dst = dbs.dst.url();
     common::assert_success(&wd.prepare(&dbs, &["--json"]));
+    // The application writes the table it keeps after prepare: those rows stay
+    // in public, so the discarded-writes gate lets the swap through.
+    dbs.dst
+        .psql("UPDATE app_state SET v = 'kept, written after prepare' WHERE k = 'a'");
 
     // The shadow has its own t1: keeping the destination's is refused.
     let out = wd.run(&["swap", "--dest", &dst, "--keep-tables", "t1"]);
@@ -298,6 +302,6 @@ fn swap_keeps_destination_only_tables() {
     assert_eq!(
         dbs.dst
             .query_one_string("SELECT v || ':' || (SELECT count(*) FROM t1) FROM public.app_state"),
-        "keep me:5"
+        "kept, written after prepare:5"
     );
 }
