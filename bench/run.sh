@@ -622,7 +622,7 @@ pg_stat_statements.max = $pgss_max"
       show_tail "$idir/dry-$round.log"
       die "pgshift swap --dry-run (impact report) failed (exit $rc)"
     fi
-    secs_between "$t0" "$t1" >>"$idir/times.txt"
+    echo "$(secs_between "$t0" "$t1")" >>"$idir/times.txt"
     say "  impact report, run $round: $(tail -n 1 "$idir/times.txt") s"
   done
   jq -r --arg n "$n" --arg rec "$recorded" '.swap.impact | [$n, $rec, .statements.checked, (.statements.unchecked | length),

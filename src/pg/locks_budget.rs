@@ -266,24 +266,33 @@ pub async fn moves(
     objects: &[Movable],
     lock_first: bool,
 ) -> Result<Need> {
-    let moved: Vec<String> = objects
-        .iter()
-        .filter(|m| is_relation(m))
-        .map(|m| m.sql_name.clone())
-        .collect();
     let locked: Vec<String> = if lock_first {
         objects.iter().filter_map(|m| m.lockable.clone()).collect()
     } else {
         Vec::new()
     };
-    let relations = if moved.is_empty() && locked.is_empty() {
+    moved_and_locked(client, objects, &locked).await
+}
+
+/// Relations and other objects taken by moving `moved` after locking `locked`.
+async fn moved_and_locked(
+    client: &impl GenericClient,
+    moved: &[Movable],
+    locked: &[String],
+) -> Result<Need> {
+    let moved_rel: Vec<String> = moved
+        .iter()
+        .filter(|m| is_relation(m))
+        .map(|m| m.sql_name.clone())
+        .collect();
+    let relations = if moved_rel.is_empty() && locked.is_empty() {
         0
     } else {
-        relation_count(client, &moved, &locked).await?
+        relation_count(client, &moved_rel, locked).await?
     };
     Ok(Need {
         relations,
-        objects: objects.iter().filter(|m| !is_relation(m)).count() as u64,
+        objects: moved.iter().filter(|m| !is_relation(m)).count() as u64,
         ..Need::default()
     })
 }
@@ -349,16 +358,6 @@ pub async fn transaction_need(
     extensions: &[String],
     extra: Need,
 ) -> Result<Need> {
-    let moved_rel: Vec<String> = moved
-        .iter()
-        .filter(|m| is_relation(m))
-        .map(|m| m.sql_name.clone())
-        .collect();
-    let relations = if moved_rel.is_empty() && locked.is_empty() {
-        0
-    } else {
-        relation_count(client, &moved_rel, locked).await?
-    };
     let members: i64 = if extensions.is_empty() {
         0
     } else {
@@ -373,11 +372,12 @@ pub async fn transaction_need(
             .context("counting the members of the extensions the swap moves")?
             .get(0)
     };
-    Ok(Need {
-        relations,
-        objects: moved.iter().filter(|m| !is_relation(m)).count() as u64 + members.max(0) as u64,
-        ..Need::default()
-    } + extra
+    Ok(moved_and_locked(client, moved, locked).await?
+        + Need {
+            objects: members.max(0) as u64,
+            ..Need::default()
+        }
+        + extra
         + transaction())
 }
 
