@@ -22,16 +22,7 @@ use tokio_postgres::{Client, NoTls};
 /// One cluster with pg_stat_statements for the whole file.
 fn cluster() -> Option<&'static Cluster> {
     static C: OnceLock<Cluster> = OnceLock::new();
-    if !can_start_clusters() {
-        println!("skipping: needs a cluster started by the harness (TEST_PGHOST is set)");
-        return None;
-    }
-    Some(C.get_or_init(|| {
-        Cluster::start_with(
-            "impact",
-            "shared_preload_libraries = 'pg_stat_statements'\npg_stat_statements.track = top",
-        )
-    }))
+    common::pg_stat_statements_cluster(&C, "impact")
 }
 
 fn db(name: &str) -> Option<TestDb> {

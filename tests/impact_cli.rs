@@ -13,24 +13,13 @@ use std::process::{Child, Output, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use common::{
-    Cluster, TestDb, TestDbs, Workdir, assert_success, can_start_clusters, catalog_fingerprint,
-};
+use common::{Cluster, TestDb, TestDbs, Workdir, assert_success, catalog_fingerprint};
 use serde_json::{Value, json};
 use tokio_postgres::NoTls;
 
 fn cluster() -> Option<&'static Cluster> {
     static C: OnceLock<Cluster> = OnceLock::new();
-    if !can_start_clusters() {
-        println!("skipping: needs a cluster started by the harness (TEST_PGHOST is set)");
-        return None;
-    }
-    Some(C.get_or_init(|| {
-        Cluster::start_with(
-            "impact_cli",
-            "shared_preload_libraries = 'pg_stat_statements'\npg_stat_statements.track = top",
-        )
-    }))
+    common::pg_stat_statements_cluster(&C, "impact_cli")
 }
 
 /// A source and a destination database on the pg_stat_statements cluster.

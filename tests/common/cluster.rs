@@ -38,6 +38,25 @@ impl Drop for Managed {
 
 /// False when `TEST_PGHOST` selects an external server: tests that need a private
 /// cluster (`Cluster::start_new`), restarts or the harness's certificates skip themselves.
+/// A private cluster with pg_stat_statements preloaded (top-level statements),
+/// started once per test binary in `cell`; None (with a note) when the suite
+/// runs against an external server.
+pub fn pg_stat_statements_cluster(
+    cell: &'static std::sync::OnceLock<Cluster>,
+    label: &str,
+) -> Option<&'static Cluster> {
+    if !can_start_clusters() {
+        println!("skipping: needs a cluster started by the harness (TEST_PGHOST is set)");
+        return None;
+    }
+    Some(cell.get_or_init(|| {
+        Cluster::start_with(
+            label,
+            "shared_preload_libraries = 'pg_stat_statements'\npg_stat_statements.track = top",
+        )
+    }))
+}
+
 pub fn can_start_clusters() -> bool {
     std::env::var("TEST_PGHOST").map_or(true, |h| h.is_empty())
 }

@@ -29,7 +29,9 @@ use std::sync::OnceLock;
 
 // Re-exports for the test files; not every file uses every item.
 #[allow(unused_imports)]
-pub use cluster::{Cluster, SUPERUSER, can_start_clusters, cluster_tmp_root};
+pub use cluster::{
+    Cluster, SUPERUSER, can_start_clusters, cluster_tmp_root, pg_stat_statements_cluster,
+};
 #[allow(unused_imports)]
 pub use conn::{ServerInfo, conninfo_value};
 #[allow(unused_imports)]
