@@ -230,6 +230,12 @@ pub struct PrepareOpts {
     )]
     pub preserved_tables: Option<Vec<String>>,
 
+    /// The schemas to migrate, comma separated (`public,billing`; default
+    /// `public`, which must be among them). Each is restored into its own
+    /// shadow and all are swapped in one transaction.
+    #[arg(long, env = "PGSHIFT_SCHEMAS", value_name = "SCHEMAS")]
+    pub schemas: Option<Vec<String>>,
+
     /// Tables migrated without their rows: structure, indexes and sequences
     /// come from the source, the table is empty (psql patterns: `*`, `?`,
     /// double quotes for exact case; comma separated, repeatable).

@@ -32,6 +32,7 @@ pub struct FileConfig {
     pub source_url: Option<String>,
     pub dest_url: Option<String>,
     pub preserved_tables: Option<StringList>,
+    pub schemas: Option<StringList>,
     pub exclude_table_data: Option<StringList>,
     pub exclude_table: Option<StringList>,
     pub keep_tables: Option<StringList>,
@@ -55,6 +56,58 @@ pub struct FileConfig {
     pub fail_on_breaking: Option<bool>,
     pub workload_roles: Option<StringList>,
     pub impact_timeout: Option<DurationValue>,
+}
+
+/// `--schemas`: identifiers (as psql reads them: unquoted names fold to
+/// lower case), no duplicates, public among them (listed first), none of
+/// pgshift's own or the system's. Empty: `["public"]`.
+fn parse_schemas(raw: Vec<String>) -> Result<Vec<String>> {
+    let raw: Vec<String> = raw.into_iter().filter(|s| !s.trim().is_empty()).collect();
+    if raw.is_empty() {
+        return Ok(crate::pg::meta::default_schemas());
+    }
+    let mut out: Vec<String> = Vec::new();
+    for r in &raw {
+        let t = TableName::parse(r).map_err(|e| {
+            UserError::new(format!(
+                "--schemas: {}",
+                e.to_string().replace("table name", "schema name")
+            ))
+        })?;
+        if t.schema.is_some() {
+            return Err(UserError::new(format!("--schemas: {r:?} is not a schema name")).into());
+        }
+        let name = t.name;
+        let reserved = name == crate::pg::meta::META_SCHEMA
+            || name == crate::pg::meta::SHADOW_SCHEMA
+            || name == "information_schema"
+            || name.starts_with("pg_")
+            || name.starts_with(crate::pg::meta::BACKUP_PREFIX)
+            || name.starts_with("pgshift_");
+        if reserved {
+            return Err(UserError::new(format!(
+                "--schemas: {} is not an application schema (system or pgshift's own)",
+                crate::pg::ident::display_ident(&name)
+            ))
+            .into());
+        }
+        if out.contains(&name) {
+            return Err(UserError::new(format!(
+                "--schemas: {} is listed twice",
+                crate::pg::ident::display_ident(&name)
+            ))
+            .into());
+        }
+        out.push(name);
+    }
+    if !out.iter().any(|s| s == crate::pg::meta::PUBLIC) {
+        return Err(UserError::new(
+            "--schemas: public must be one of the schemas (a migration always moves public; add the others to it)",
+        )
+        .into());
+    }
+    out.sort_by_key(|s| s != crate::pg::meta::PUBLIC);
+    Ok(out)
 }
 
 /// `"a,b"` or `["a", "b"]`.
@@ -97,6 +150,8 @@ pub struct Settings {
     pub source: Option<ConnSpec>,
     pub dest: Option<ConnSpec>,
     pub preserved_tables: Vec<TableName>,
+    /// `--schemas` (prepare, start): the schemas to migrate, public first.
+    pub schemas: Vec<String>,
     /// `--exclude-table-data`, `--exclude-table`, `--keep-tables` (prepare,
     /// start; swap: keep only).
     pub filters: TableFilters,
@@ -158,6 +213,7 @@ struct CommandInputs {
     source: Option<String>,
     dest: Option<String>,
     preserved_tables: Option<Vec<String>>,
+    schemas: Option<Vec<String>>,
     exclude_table_data: Option<Vec<String>>,
     exclude_table: Option<Vec<String>>,
     keep_tables: Option<Vec<String>>,
@@ -182,6 +238,7 @@ impl CommandInputs {
             c.source = p.source.source.clone();
             c.dest = p.dest.dest.clone();
             c.preserved_tables = p.preserved_tables.clone();
+            c.schemas = p.schemas.clone();
             c.exclude_table_data = p.exclude_table_data.clone();
             c.exclude_table = p.exclude_table.clone();
             c.keep_tables = p.keep_tables.clone();
@@ -427,10 +484,16 @@ pub fn resolve(
         .collect();
     let preserved_tables = TableName::parse_list(&preserved_raw)
         .map_err(|e| UserError::new(format!("--preserved-tables: {e}")))?;
+    let schemas = parse_schemas(match (&inputs.schemas, &f.schemas) {
+        (Some(v), _) => v.iter().flat_map(|s| split_list(s)).collect(),
+        (None, Some(l)) => l.items(),
+        (None, None) => Vec::new(),
+    })?;
     for t in &preserved_tables {
-        if t.schema_or_public() != "public" {
+        if !schemas.iter().any(|s| s == t.schema_or_public()) {
             return Err(UserError::new(format!(
-                "--preserved-tables: {t} is not in schema public (pgshift migrates the public schema)"
+                "--preserved-tables: {t} is not in a schema the migration moves ({})",
+                schemas.join(", ")
             ))
             .into());
         }
@@ -506,6 +569,7 @@ pub fn resolve(
         source,
         dest,
         preserved_tables,
+        schemas,
         filters,
         dump_dir,
         keep_dump: inputs.keep_dump || f.keep_dump.unwrap_or(false),
@@ -664,7 +728,10 @@ mod tests {
         let err = settings(&["pgshift", "list"], "preserved_tables = 'other.users'")
             .unwrap_err()
             .to_string();
-        assert!(err.contains("not in schema public"), "{err}");
+        assert!(
+            err.contains("not in a schema the migration moves (public)"),
+            "{err}"
+        );
     }
 
     #[test]

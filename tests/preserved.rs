@@ -1002,7 +1002,13 @@ async fn foreign_key_violations_are_reported_and_not_valid_works() {
     // NOT VALID: the statement runs, the constraint exists unvalidated, and
     // validating it fails.
     c.batch_execute("BEGIN").await.unwrap();
-    let created = sync::apply_deferred(&c, &deferred).await.unwrap();
+    let created = sync::apply_deferred(
+        &c,
+        &deferred,
+        &pgshift::pg::meta::schema_pairs(&pgshift::pg::meta::default_schemas()),
+    )
+    .await
+    .unwrap();
     assert_eq!(created.len(), 2, "{created:?}");
     assert_eq!(
         count(

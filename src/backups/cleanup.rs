@@ -141,7 +141,17 @@ pub async fn cleanup(
     };
     let mut failures = Vec::new();
     for b in &candidates {
-        let facts = verify::schema_facts(client, &b.schema_name).await?;
+        let schemas = backup_schemas(b);
+        let mut facts = verify::SchemaFacts::default();
+        let mut foreign = None;
+        for s in &schemas {
+            let f = verify::schema_facts(client, s).await?;
+            if f.exists && !f.ours && foreign.is_none() {
+                foreign = Some(s.clone());
+            }
+            facts.exists |= f.exists;
+            facts.size_bytes += f.size_bytes;
+        }
         let mut item = CleanedBackup {
             timestamp: b.ts,
             schema: b.schema_name.clone(),
@@ -149,13 +159,12 @@ pub async fn cleanup(
             size_bytes: facts.size_bytes,
             reason: None,
         };
-        if facts.exists && !facts.ours {
+        if let Some(foreign) = foreign {
             item.reason = Some(format!(
-                "schema {} does not carry pgshift's marker comment; not dropping a schema pgshift did not create",
-                b.schema_name
+                "schema {foreign} does not carry pgshift's marker comment; not dropping a schema pgshift did not create"
             ));
         } else if opts.dry_run {
-            match external_dependents(client, &b.schema_name).await? {
+            match external_dependents(client, &schemas).await? {
                 deps if deps.is_empty() => {}
                 deps => item.reason = Some(dependents_reason(&deps)),
             }
@@ -192,12 +201,22 @@ fn dependents_reason(deps: &[String]) -> String {
     )
 }
 
-/// Objects outside `schema` that depend on objects in it (a `DROP SCHEMA …
+/// Every schema of a backup (one per migrated schema).
+fn backup_schemas(b: &BackupRow) -> Vec<String> {
+    b.manifest
+        .schema_maps()
+        .into_iter()
+        .map(|m| m.backup)
+        .collect()
+}
+
+/// Objects outside `schemas` that depend on objects in them (a `DROP SCHEMA …
 /// CASCADE` would take them along).
-async fn external_dependents(client: &Client, schema: &str) -> Result<Vec<String>> {
+async fn external_dependents(client: &Client, schemas: &[String]) -> Result<Vec<String>> {
+    let shown = schemas.join(", ");
     let rows = client
         .query(
-            "WITH ns AS (SELECT oid FROM pg_catalog.pg_namespace WHERE nspname = $1),
+            "WITH ns AS (SELECT oid FROM pg_catalog.pg_namespace WHERE nspname = ANY($1)),
                   objs(classid, objid) AS (
                     SELECT 'pg_catalog.pg_class'::regclass, c.oid FROM pg_catalog.pg_class c WHERE c.relnamespace IN (SELECT oid FROM ns)
                     UNION ALL SELECT 'pg_catalog.pg_type'::regclass, t.oid FROM pg_catalog.pg_type t WHERE t.typnamespace IN (SELECT oid FROM ns)
@@ -205,7 +224,7 @@ async fn external_dependents(client: &Client, schema: &str) -> Result<Vec<String
              SELECT DISTINCT pg_catalog.pg_describe_object(d.classid, d.objid, 0)
                FROM pg_catalog.pg_depend d JOIN objs o ON d.refclassid = o.classid AND d.refobjid = o.objid
               WHERE d.deptype = 'n'
-                AND (CASE d.classid
+                AND COALESCE((CASE d.classid
                        WHEN 'pg_catalog.pg_class'::regclass THEN (SELECT x.relnamespace FROM pg_catalog.pg_class x WHERE x.oid = d.objid)
                        WHEN 'pg_catalog.pg_type'::regclass THEN (SELECT x.typnamespace FROM pg_catalog.pg_type x WHERE x.oid = d.objid)
                        WHEN 'pg_catalog.pg_proc'::regclass THEN (SELECT x.pronamespace FROM pg_catalog.pg_proc x WHERE x.oid = d.objid)
@@ -220,12 +239,12 @@ async fn external_dependents(client: &Client, schema: &str) -> Result<Vec<String
                                                                     JOIN pg_catalog.pg_class r ON r.oid = x.polrelid WHERE x.oid = d.objid)
                        ELSE (SELECT n.oid FROM pg_catalog.pg_namespace n
                               WHERE n.nspname = (pg_catalog.pg_identify_object(d.classid, d.objid, 0)).schema)
-                     END) IS DISTINCT FROM (SELECT oid FROM ns)
+                     END), 0) NOT IN (SELECT oid FROM ns)
               ORDER BY 1",
-            &[&schema],
+            &[&schemas],
         )
         .await
-        .map_err(|e| anyhow::anyhow!("looking for objects that depend on {schema}: {}", describe_pg_error(&e)))?;
+        .map_err(|e| anyhow::anyhow!("looking for objects that depend on {shown}: {}", describe_pg_error(&e)))?;
     Ok(rows.into_iter().map(|r| r.get(0)).collect())
 }
 
@@ -247,14 +266,19 @@ async fn drop_backup(
     );
     client.batch_execute(&begin).await?;
     let result = async {
-        let deps = external_dependents(client, &b.schema_name).await?;
+        let schemas = backup_schemas(b);
+        let deps = external_dependents(client, &schemas).await?;
         if !deps.is_empty() {
             return Ok::<_, anyhow::Error>(Some(dependents_reason(&deps)));
         }
         client
             .batch_execute(&format!(
                 "DROP SCHEMA IF EXISTS {} CASCADE",
-                quote_ident(&b.schema_name)
+                schemas
+                    .iter()
+                    .map(|s| quote_ident(s))
+                    .collect::<Vec<_>>()
+                    .join(", ")
             ))
             .await?;
         manifest::delete_backup(client, b.ts).await?;
@@ -304,11 +328,19 @@ async fn shrink_backup(
     let opts = batch::Options::for_server(client, "cleanup")
         .await?
         .with_lock_timeout(lock_timeout, 3);
-    let deps = external_dependents(client, &b.schema_name).await?;
+    let schemas = backup_schemas(b);
+    let deps = external_dependents(client, &schemas).await?;
     if !deps.is_empty() {
         return Ok(Some(Outcome::Skipped(dependents_reason(&deps))));
     }
-    match batch::shrink_schema(client, &b.schema_name, &opts).await {
+    let mut shrunk = Ok(0);
+    for s in &schemas {
+        shrunk = batch::shrink_schema(client, s, &opts).await;
+        if shrunk.is_err() {
+            break;
+        }
+    }
+    match shrunk {
         Ok(0) => Ok(None),
         Ok(n) => {
             tracing::info!(

@@ -35,12 +35,21 @@ pub struct BackupEntry {
     pub kept_tables: Vec<String>,
     pub last_verified_at: Option<String>,
     pub last_verify_ok: Option<bool>,
+    /// A backup of several schemas: each live schema and the schema holding
+    /// its backup (absent for a backup of public alone, whose `schema` is it).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub schemas: Vec<crate::backups::manifest::SchemaMap>,
 }
 
 /// Manifest facts plus the schema's size now.
 pub async fn entry(client: &Client, b: &BackupRow) -> Result<BackupEntry> {
-    let facts = verify::schema_facts(client, &b.schema_name).await?;
     let m = &b.manifest;
+    let mut facts = verify::schema_facts(client, &b.schema_name).await?;
+    for s in m.schemas.iter().filter(|s| s.backup != b.schema_name) {
+        let f = verify::schema_facts(client, &s.backup).await?;
+        facts.exists &= f.exists;
+        facts.size_bytes += f.size_bytes;
+    }
     Ok(BackupEntry {
         timestamp: b.ts,
         schema: b.schema_name.clone(),
@@ -60,6 +69,7 @@ pub async fn entry(client: &Client, b: &BackupRow) -> Result<BackupEntry> {
         kept_tables: m.kept_tables.clone(),
         last_verified_at: b.last_verified_at.as_ref().map(rfc3339),
         last_verify_ok: b.last_verify_ok,
+        schemas: m.schemas.clone(),
     })
 }
 

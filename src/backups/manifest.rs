@@ -16,6 +16,12 @@ use crate::pg::meta::{self, BACKUP_PREFIX};
 /// One table in a manifest.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ManifestTable {
+    /// The live schema the table belongs to (absent = public).
+    #[serde(
+        default = "crate::pg::meta::public_string",
+        skip_serializing_if = "crate::pg::meta::is_public_str"
+    )]
+    pub schema: String,
     pub name: String,
     /// Row count; None when it could not be recorded.
     pub rows: Option<i64>,
@@ -71,11 +77,44 @@ pub struct Manifest {
     /// of the backup (at a table that stayed live); re-created when it is restored.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub detached_foreign_keys: Vec<ForeignKeyDef>,
+    /// Every schema of the backup: the live schema it replaced and the backup
+    /// schema that holds it. Absent in manifests of single-public backups
+    /// (and of earlier versions): then `[{"live": "public", "backup": schema}]`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub schemas: Vec<SchemaMap>,
     /// The write counters of the tables this operation made live in public,
     /// taken right after its COMMIT: a rollback of that public compares them
     /// to find writes it would discard. Absent in manifests of earlier versions.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub live_baseline: Option<crate::swap::impact::WriteBaseline>,
+}
+
+/// One schema of a backup.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SchemaMap {
+    pub live: String,
+    pub backup: String,
+}
+
+impl Manifest {
+    /// Every schema of the backup (public's alone for earlier manifests).
+    pub fn schema_maps(&self) -> Vec<SchemaMap> {
+        if self.schemas.is_empty() {
+            vec![SchemaMap {
+                live: crate::pg::meta::PUBLIC.to_string(),
+                backup: self.schema.clone(),
+            }]
+        } else {
+            self.schemas.clone()
+        }
+    }
+}
+
+impl ManifestTable {
+    /// `name`, or `schema.name` outside public.
+    pub fn display(&self) -> String {
+        crate::pg::meta::table_display(&self.schema, &self.name)
+    }
 }
 
 /// A foreign key, from `pg_constraint`'s columns (no SQL text), so it can be
@@ -335,6 +374,7 @@ pub async fn describe(
             None
         };
         out.push(ManifestTable {
+            schema: crate::pg::meta::PUBLIC.to_string(),
             name: t.name,
             rows,
             checksum: None,

@@ -117,15 +117,33 @@ struct Present {
 /// indexes present and valid (`pg_index.indisvalid`), its owned sequences
 /// present, and no table the manifest does not know.
 pub async fn check(client: &Client, b: &BackupRow) -> Result<VerifyReport> {
-    let schema = b.schema_name.as_str();
     let mut report = VerifyReport {
         timestamp: b.ts,
-        schema: schema.to_string(),
+        schema: b.schema_name.clone(),
         ok: true,
         verified_at: Utc::now(),
         tables: Vec::new(),
         differences: Vec::new(),
     };
+    // Every schema of the backup (one for a migration of public alone).
+    for m in b.manifest.schema_maps() {
+        check_schema(client, b, &m.live, &m.backup, &mut report).await?;
+    }
+    report.ok = report.differences.is_empty();
+    Ok(report)
+}
+
+/// Check the backup schema `schema` (of live schema `live`) against the
+/// manifest's tables of `live`. Tables are named as `live`'s (`name` in
+/// public, `live.name` elsewhere).
+async fn check_schema(
+    client: &Client,
+    b: &BackupRow,
+    live: &str,
+    schema: &str,
+    report: &mut VerifyReport,
+) -> Result<()> {
+    let shown = |name: &str| crate::pg::meta::table_display(live, name);
     let exists: bool = client
         .query_one(
             "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_namespace WHERE nspname = $1)",
@@ -142,13 +160,19 @@ pub async fn check(client: &Client, b: &BackupRow) -> Result<VerifyReport> {
             None,
             format!("schema {schema} does not exist"),
         ));
-        report.ok = false;
-        return Ok(report);
+        return Ok(());
     }
     let present = present_tables(client, schema).await?;
-    for t in &b.manifest.tables {
+    let tables: Vec<&manifest::ManifestTable> = b
+        .manifest
+        .tables
+        .iter()
+        .filter(|t| t.schema == live)
+        .collect();
+    for t in &tables {
+        let name = shown(&t.name);
         let mut check = TableCheck {
-            name: t.name.clone(),
+            name: name.clone(),
             expected_rows: t.rows,
             rows: None,
             indexes: t.indexes.len(),
@@ -158,11 +182,11 @@ pub async fn check(client: &Client, b: &BackupRow) -> Result<VerifyReport> {
         let before = report.differences.len();
         match present.get(&t.name) {
             None => report.differences.push(Difference::new(
-                &t.name,
+                &name,
                 "missing_table",
-                Some(t.name.clone()),
+                Some(name.clone()),
                 None,
-                format!("table {} is missing", t.name),
+                format!("table {name} is missing"),
             )),
             Some(p) => {
                 let n = manifest::count_rows(client, schema, &t.name).await?;
@@ -171,24 +195,23 @@ pub async fn check(client: &Client, b: &BackupRow) -> Result<VerifyReport> {
                     && want != n
                 {
                     report.differences.push(Difference::new(
-                        &t.name,
+                        &name,
                         "row_count",
                         Some(want.to_string()),
                         Some(n.to_string()),
-                        format!("table {}: {n} rows, the manifest recorded {want}", t.name),
+                        format!("table {name}: {n} rows, the manifest recorded {want}"),
                     ));
                 }
                 if let Some(want) = &t.checksum {
                     let got = crate::prepare::phases::checksum(client, schema, &t.name).await?;
                     if &got != want {
                         report.differences.push(Difference::new(
-                            &t.name,
+                            &name,
                             "checksum",
                             Some(want.clone()),
                             Some(got.clone()),
                             format!(
-                                "table {}: content checksum {got}, the manifest recorded {want}",
-                                t.name
+                                "table {name}: content checksum {got}, the manifest recorded {want}"
                             ),
                         ));
                     }
@@ -196,18 +219,18 @@ pub async fn check(client: &Client, b: &BackupRow) -> Result<VerifyReport> {
                 for i in &t.indexes {
                     match p.indexes.get(i) {
                         None => report.differences.push(Difference::new(
-                            &t.name,
+                            &name,
                             "missing_index",
                             Some(i.clone()),
                             None,
-                            format!("table {}: index {i} is missing", t.name),
+                            format!("table {name}: index {i} is missing"),
                         )),
                         Some(false) => report.differences.push(Difference::new(
-                            &t.name,
+                            &name,
                             "invalid_index",
                             Some(i.clone()),
                             None,
-                            format!("table {}: index {i} is not valid", t.name),
+                            format!("table {name}: index {i} is not valid"),
                         )),
                         Some(true) => {}
                     }
@@ -215,22 +238,22 @@ pub async fn check(client: &Client, b: &BackupRow) -> Result<VerifyReport> {
                 for (i, valid) in &p.indexes {
                     if !valid && !t.indexes.contains(i) {
                         report.differences.push(Difference::new(
-                            &t.name,
+                            &name,
                             "invalid_index",
                             None,
                             Some(i.clone()),
-                            format!("table {}: index {i} is not valid", t.name),
+                            format!("table {name}: index {i} is not valid"),
                         ));
                     }
                 }
                 for s in &t.sequences {
                     if !p.sequences.contains(s) {
                         report.differences.push(Difference::new(
-                            &t.name,
+                            &name,
                             "missing_sequence",
                             Some(s.clone()),
                             None,
-                            format!("table {}: sequence {s} is missing", t.name),
+                            format!("table {name}: sequence {s} is missing"),
                         ));
                     }
                 }
@@ -239,13 +262,14 @@ pub async fn check(client: &Client, b: &BackupRow) -> Result<VerifyReport> {
         check.ok = report.differences.len() == before;
         report.tables.push(check);
     }
-    let known: BTreeSet<&str> = b.manifest.tables.iter().map(|t| t.name.as_str()).collect();
+    let known: BTreeSet<&str> = tables.iter().map(|t| t.name.as_str()).collect();
     // Without recorded counts the manifest may list no tables at all; then only
     // what it does list can be checked.
     if b.manifest.counts_recorded {
         for name in present.keys().filter(|n| !known.contains(n.as_str())) {
+            let name = shown(name);
             report.differences.push(Difference::new(
-                name,
+                &name,
                 "unexpected_table",
                 None,
                 Some(name.clone()),
@@ -253,8 +277,7 @@ pub async fn check(client: &Client, b: &BackupRow) -> Result<VerifyReport> {
             ));
         }
     }
-    report.ok = report.differences.is_empty();
-    Ok(report)
+    Ok(())
 }
 
 /// Tables of `schema` (as `manifest::describe` lists them) with their indexes'

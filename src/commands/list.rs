@@ -45,7 +45,20 @@ pub async fn run(ctx: Ctx) -> Result<ExitCode> {
         };
         t.row([
             e.timestamp.to_string(),
-            e.schema.clone(),
+            if e.schemas.is_empty() {
+                e.schema.clone()
+            } else {
+                format!(
+                    "{} (+{})",
+                    e.schema,
+                    e.schemas
+                        .iter()
+                        .skip(1)
+                        .map(|s| s.backup.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )
+            },
             short_time(&e.created_at),
             e.tables.to_string(),
             e.total_rows

@@ -96,6 +96,7 @@ pub fn options(ctx: &Ctx) -> Result<PrepareOptions> {
         source,
         dest,
         preserved_tables: s.preserved_tables.clone(),
+        schemas: s.schemas.clone(),
         jobs: s.jobs,
         dump_dir,
         verify: match s.verify {

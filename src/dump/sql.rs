@@ -325,7 +325,21 @@ pub fn split_entries(sql: &str) -> Result<Vec<Entry>> {
 /// Rewrite references to objects of schema `from` that are in `defined` so they point at
 /// schema `to` (see the module documentation for the exact rules).
 pub fn remap(sql: &str, from: &str, to: &str, defined: &DefinedNames) -> Result<String> {
-    remap_chunked(sql, from, to, defined, CHUNK_BYTES)
+    remap_many(sql, &[Mapping { from, to, defined }])
+}
+
+/// One schema's remapping: references to `from.X` with `X` in `defined` become `to.X`.
+#[derive(Debug, Clone, Copy)]
+pub struct Mapping<'a> {
+    pub from: &'a str,
+    pub to: &'a str,
+    pub defined: &'a DefinedNames,
+}
+
+/// [`remap`] for several schemas at once (a migration of `public` and `billing`
+/// remaps each one's references to its own shadow, in one pass).
+pub fn remap_many(sql: &str, maps: &[Mapping<'_>]) -> Result<String> {
+    remap_chunked(sql, maps, CHUNK_BYTES)
 }
 
 fn strip_meta_commands_chunked(sql: &str, chunk: usize) -> Result<String> {
@@ -381,20 +395,15 @@ fn split_entries_chunked(sql: &str, chunk: usize) -> Result<Vec<Entry>> {
     Ok(entries)
 }
 
-fn remap_chunked(
-    sql: &str,
-    from: &str,
-    to: &str,
-    defined: &DefinedNames,
-    chunk: usize,
-) -> Result<String> {
-    check_schema_name("source", from)?;
-    check_schema_name("target", to)?;
-    let remapper = Remapper {
-        from,
-        to_sql: crate::pg::ident::display_ident(to),
-        defined,
-    };
+fn remap_chunked(sql: &str, maps: &[Mapping<'_>], chunk: usize) -> Result<String> {
+    let mut remapper = Remapper { maps: Vec::new() };
+    for m in maps {
+        check_schema_name("source", m.from)?;
+        check_schema_name("target", m.to)?;
+        remapper
+            .maps
+            .push((m.from, crate::pg::ident::display_ident(m.to), m.defined));
+    }
     let mut out = String::with_capacity(sql.len() + sql.len() / 64);
     for_each_chunk(sql, chunk, |start, end, toks| {
         let headers = find_headers(sql, toks)?;
@@ -1029,9 +1038,8 @@ fn apply_edits_into(out: &mut String, sql: &str, start: usize, end: usize, edits
 }
 
 struct Remapper<'a> {
-    from: &'a str,
-    to_sql: String,
-    defined: &'a DefinedNames,
+    /// (from, the target schema as SQL, the names `from` defines).
+    maps: Vec<(&'a str, String, &'a DefinedNames)>,
 }
 
 /// What a pass over some tokens found.
@@ -1044,6 +1052,8 @@ struct Found {
     /// `from` was used other than as a qualifier, so a relation, alias or parameter of
     /// that name may be in scope.
     bare_use: bool,
+    /// The first such name.
+    bare_name: String,
 }
 
 impl Remapper<'_> {
@@ -1067,8 +1077,8 @@ impl Remapper<'_> {
                     entry = %label(),
                     "cannot parse an entry that uses {:?} as a name; \
                      every {:?}.X reference in it is treated as schema-qualified: {e}",
-                    self.from,
-                    self.from
+                    found.bare_name,
+                    found.bare_name
                 ),
             }
         }
@@ -1100,19 +1110,22 @@ impl Remapper<'_> {
                 i += 1;
                 continue;
             };
-            if name == self.from {
+            if let Some((_, to_sql, defined)) = self.maps.iter().find(|m| m.0 == name) {
                 let after_dot = i > 0 && t.is(i - 1, Token::Ascii46);
                 let before_dot = t.is(last + 1, Token::Ascii46);
                 if !before_dot {
+                    if !found.bare_use {
+                        found.bare_name = name.clone();
+                    }
                     found.bare_use = true;
                 } else if !after_dot
                     && t.object_name(last + 2)
-                        .is_some_and(|x| self.defined.contains(&x))
+                        .is_some_and(|x| defined.contains(&x))
                 {
                     found.qualifiers.push(Edit {
                         start: t.toks[i].start,
                         end: t.toks[last].end,
-                        text: self.to_sql.clone(),
+                        text: to_sql.clone(),
                     });
                 }
             }
@@ -1453,7 +1466,16 @@ ALTER TABLE ONLY public.users ALTER COLUMN id SET DEFAULT nextval('public.users_
     fn rm(sql: &str, defined: &[&str]) -> String {
         let defined = names(defined);
         let out = remap(sql, "public", "shadow", &defined).unwrap();
-        let tiny = remap_chunked(sql, "public", "shadow", &defined, 1).unwrap();
+        let tiny = remap_chunked(
+            sql,
+            &[Mapping {
+                from: "public",
+                to: "shadow",
+                defined: &defined,
+            }],
+            1,
+        )
+        .unwrap();
         assert_eq!(out, tiny, "chunked remap differs");
         out
     }

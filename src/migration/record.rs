@@ -45,6 +45,12 @@ pub struct PhaseRecord {
 /// One table of the migration, as loaded and validated.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TableRecord {
+    /// The live schema (absent in records and JSON when `public`).
+    #[serde(
+        default = "crate::pg::meta::public_string",
+        skip_serializing_if = "crate::pg::meta::is_public_str"
+    )]
+    pub schema: String,
     pub name: String,
     pub rows: i64,
     #[serde(default)]
@@ -56,6 +62,13 @@ pub struct TableRecord {
     /// Migrated without its rows (`--exclude-table-data`): 0 rows expected.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub data_excluded: bool,
+}
+
+impl TableRecord {
+    /// `name`, or `schema.name` outside public.
+    pub fn display(&self) -> String {
+        crate::pg::meta::table_display(&self.schema, &self.name)
+    }
 }
 
 /// What later steps need from earlier ones.
@@ -113,6 +126,13 @@ pub struct MigrationState {
     /// True only once pg_dump exited 0 for `dump_dir`.
     #[serde(default)]
     pub dump_complete: bool,
+    /// The schemas this migration moves (`--schemas`); absent = `["public"]`.
+    #[serde(
+        default = "crate::pg::meta::default_schemas",
+        skip_serializing_if = "crate::pg::meta::is_default_schemas_vec"
+    )]
+    pub schemas: Vec<String>,
+    /// Preserved tables: `name` in public, `schema.name` (display form) elsewhere.
     #[serde(default)]
     pub preserved_tables: Vec<String>,
     /// Destination tables that stay in public as they are (`--keep-tables`
@@ -130,13 +150,31 @@ impl MigrationState {
     /// discarded-writes gate: preserved tables (synchronised) and kept tables
     /// (they stay in public).
     pub fn writes_kept(&self) -> Vec<TableName> {
-        self.preserved_tables
+        let preserved = self
+            .tables
             .iter()
-            .chain(self.keep_tables.iter())
+            .filter(|t| t.preserved)
+            .map(|t| TableName {
+                schema: (t.schema != crate::pg::meta::PUBLIC).then(|| t.schema.clone()),
+                name: t.name.clone(),
+            });
+        // Records of a migration still preparing have no tables yet: their
+        // preserved tables are public's.
+        let listed = self.tables.iter().any(|t| t.preserved);
+        let early = self
+            .preserved_tables
+            .iter()
+            .filter(|_| !listed)
             .map(|name| TableName {
                 schema: None,
                 name: name.clone(),
-            })
+            });
+        preserved
+            .chain(early)
+            .chain(self.keep_tables.iter().map(|name| TableName {
+                schema: None,
+                name: name.clone(),
+            }))
             .collect()
     }
 
@@ -161,6 +199,7 @@ impl MigrationState {
             snapshot_at: None,
             dump_dir: None,
             dump_complete: false,
+            schemas: crate::pg::meta::default_schemas(),
             preserved_tables: Vec::new(),
             keep_tables: Vec::new(),
             tables: Vec::new(),

@@ -78,6 +78,9 @@ pub struct StatusReport {
     /// What the swap would break or discard for the running application, when
     /// a migration is prepared (null otherwise, or when it could not be checked).
     pub impact: Option<Impact>,
+    /// The schemas the latest migration moves, when other than `["public"]`.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub schemas: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -379,5 +382,11 @@ pub async fn report(
         not_valid_foreign_keys,
         warnings,
         impact,
+        schemas: d
+            .record
+            .as_ref()
+            .map(|r| r.schemas.clone())
+            .filter(|s| !crate::pg::meta::is_default_schemas(s))
+            .unwrap_or_default(),
     })
 }

@@ -75,6 +75,15 @@ pub struct Footprints {
 }
 
 impl Footprints {
+    /// Add another schema's footprints (a name in both keeps the larger).
+    pub fn extend(&mut self, other: Footprints) {
+        for (name, (own, tree)) in other.map {
+            let e = self.map.entry(name).or_insert((0, 0));
+            e.0 = e.0.max(own);
+            e.1 = e.1.max(tree);
+        }
+    }
+
     /// Read the footprints of `schema`'s relations: each relation with its
     /// indexes, TOAST table and index, and owned sequences; and the same
     /// summed over its partitions / inheritance children, recursively.

@@ -36,6 +36,8 @@ pub struct ColumnInfo {
 #[derive(Debug, Clone)]
 pub struct TableInfo {
     pub oid: u32,
+    /// The schema the table is in (on the source: the live schema it goes to).
+    pub schema: String,
     pub name: String,
     /// r (table), p (partitioned), m (matview), f (foreign)
     pub relkind: char,
@@ -50,6 +52,12 @@ pub struct TableInfo {
 }
 
 impl TableInfo {
+    /// How the migration names it: `name` in public, `schema.name` elsewhere
+    /// (one string per table across the chosen schemas).
+    pub fn key(&self) -> String {
+        crate::pg::meta::table_display(&self.schema, &self.name)
+    }
+
     /// Columns COPY moves (not generated).
     pub fn copy_columns(&self) -> Vec<&ColumnInfo> {
         self.columns.iter().filter(|c| !c.generated).collect()
@@ -88,6 +96,7 @@ pub async fn tables(client: &impl GenericClient, schema: &str) -> Result<Vec<Tab
         let relkind: String = r.get(2);
         out.push(TableInfo {
             oid: r.get(0),
+            schema: schema.to_string(),
             name: r.get(1),
             relkind: relkind.chars().next().unwrap_or('r'),
             is_partition: r.get(3),
@@ -190,6 +199,7 @@ pub async fn defined_names(client: &impl GenericClient, schema: &str) -> Result<
 /// A sequence of the schema and the column that owns it, if any.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SequenceInfo {
+    pub schema: String,
     pub name: String,
     /// (table, column) for serial/identity sequences and OWNED BY.
     pub owned_by: Option<(String, String)>,
@@ -221,6 +231,7 @@ pub async fn sequences(client: &impl GenericClient, schema: &str) -> Result<Vec<
             let t: Option<String> = r.get(1);
             let c: Option<String> = r.get(2);
             SequenceInfo {
+                schema: schema.to_string(),
                 name: r.get(0),
                 owned_by: t.zip(c),
             }

@@ -44,6 +44,79 @@ pub fn backup_schema_for(ts: i64, live: &str) -> String {
     }
 }
 
+/// The default (and, before `--schemas`, only) schema a migration moves.
+pub const PUBLIC: &str = "public";
+
+/// A live schema of the destination and the shadow it is restored into.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SchemaPair {
+    pub live: String,
+    pub shadow: String,
+}
+
+/// The pairs of the chosen schemas, in the given order.
+pub fn schema_pairs(schemas: &[String]) -> Vec<SchemaPair> {
+    schemas
+        .iter()
+        .map(|s| SchemaPair {
+            live: s.clone(),
+            shadow: shadow_schema_for(s),
+        })
+        .collect()
+}
+
+/// `["public"]`, what a migration moves when no `--schemas` was given.
+pub fn default_schemas() -> Vec<String> {
+    vec![PUBLIC.to_string()]
+}
+
+/// True for `["public"]` (records and JSON leave the default out).
+pub fn is_default_schemas(s: &[String]) -> bool {
+    s.len() == 1 && s[0] == PUBLIC
+}
+
+/// The comment on a shadow prepare creates (the marker says it is pgshift's).
+pub fn shadow_comment(live: &str, migration_id: i64) -> String {
+    if live == PUBLIC {
+        format!("{MARKER} shadow of migration {migration_id} (managed by pgshift)")
+    } else {
+        format!(
+            "{MARKER} shadow of schema {live} for migration {migration_id} (managed by pgshift)"
+        )
+    }
+}
+
+/// `"public"`, for serde defaults.
+pub fn public_string() -> String {
+    PUBLIC.to_string()
+}
+
+/// For serde's `skip_serializing_if` on a schema name.
+#[allow(clippy::ptr_arg)]
+pub fn is_public_str(s: &String) -> bool {
+    s == PUBLIC
+}
+
+/// For serde's `skip_serializing_if` on a `Vec<String>`.
+#[allow(clippy::ptr_arg)]
+pub fn is_default_schemas_vec(s: &Vec<String>) -> bool {
+    is_default_schemas(s)
+}
+
+/// `name` for a table of public, `schema.name` (each part quoted when
+/// needed) otherwise: how tables are named in output.
+pub fn table_display(schema: &str, name: &str) -> String {
+    if schema == PUBLIC {
+        name.to_string()
+    } else {
+        format!(
+            "{}.{}",
+            crate::pg::ident::display_ident(schema),
+            crate::pg::ident::display_ident(name)
+        )
+    }
+}
+
 /// `prefix` followed by `name` when that fits PostgreSQL's 63 bytes;
 /// otherwise `prefix`, the longest beginning of `name` that fits (cut on a
 /// UTF-8 boundary), `_` and 8 hex digits of the FNV-1a hash of the whole
@@ -177,6 +250,22 @@ pub async fn shadow_state(client: &impl GenericClient) -> Result<ShadowState> {
             }
         }
     })
+}
+
+/// The schemas named like the shadows of schemas other than public
+/// (`pgshift_shadow_…`): (name, made by pgshift?).
+pub async fn other_shadows(client: &impl GenericClient) -> Result<Vec<(String, bool)>> {
+    let rows = client
+        .query(
+            "SELECT n.nspname::text, COALESCE(pg_catalog.obj_description(n.oid, 'pg_namespace'), '') LIKE 'pgshift:%'
+               FROM pg_catalog.pg_namespace n
+              WHERE starts_with(n.nspname, $1)
+              ORDER BY 1",
+            &[&SHADOW_PREFIX],
+        )
+        .await
+        .context("looking for the shadows of other schemas")?;
+    Ok(rows.into_iter().map(|r| (r.get(0), r.get(1))).collect())
 }
 
 #[cfg(test)]

@@ -121,6 +121,13 @@ impl TablePattern {
         Ok(out)
     }
 
+    /// Can the pattern select tables of schema `schema`?
+    pub fn matches_schema(&self, schema: &str) -> bool {
+        self.schema
+            .as_ref()
+            .is_none_or(|s| glob(s, &schema.chars().collect::<Vec<_>>()))
+    }
+
     /// Does the pattern select table `name` of schema `schema`?
     pub fn matches(&self, schema: &str, name: &str) -> bool {
         self.schema

@@ -40,17 +40,24 @@ const FREEZE_MIN_BYTES: i64 = 4 * 1024 * 1024;
 /// One table to load.
 #[derive(Debug, Clone)]
 pub struct CopyJob {
+    /// The table's key (`TableInfo::key`): its name in public, `schema.name` elsewhere.
     pub name: String,
+    /// The source relation, quoted and qualified.
+    pub source_rel: String,
+    /// The shadow relation, quoted and qualified.
+    pub target_rel: String,
     pub columns: Vec<String>,
     pub binary: bool,
     pub bytes: i64,
 }
 
 impl CopyJob {
-    pub fn for_table(t: &TableInfo) -> CopyJob {
+    pub fn for_table(t: &TableInfo, shadow: &str) -> CopyJob {
         let cols = t.copy_columns();
         CopyJob {
-            name: t.name.clone(),
+            name: t.key(),
+            source_rel: qualified(&t.schema, &t.name),
+            target_rel: qualified(shadow, &t.name),
             binary: !cols.is_empty() && cols.iter().all(|c| c.binary_safe),
             columns: cols.iter().map(|c| c.name.clone()).collect(),
             bytes: t.bytes,
@@ -73,8 +80,8 @@ pub struct DataPlan<'a> {
     pub source: &'a ConnSpec,
     pub dest: &'a ConnSpec,
     pub snapshot: &'a str,
-    pub from_schema: &'a str,
-    pub to_schema: &'a str,
+    /// Table key -> its shadow relation (quoted, qualified), for ANALYZE.
+    pub analyze_rels: &'a HashMap<String, String>,
     pub workers: usize,
     pub connect_timeout: Duration,
     pub cancel: &'a CancellationToken,
@@ -438,7 +445,11 @@ async fn run_task(
             Ok(None)
         }
         Task::Analyze(table) => {
-            let sql = format!("ANALYZE {}", qualified(plan.to_schema, table));
+            let rel = plan
+                .analyze_rels
+                .get(table)
+                .with_context(|| format!("no relation for {table}"))?;
+            let sql = format!("ANALYZE {rel}");
             dst.batch_execute(&sql)
                 .await
                 .map_err(|e| anyhow::anyhow!("analyzing {table}: {}", describe_pg_error(&e)))?;
@@ -467,14 +478,14 @@ async fn copy_table(
                 .join(", ")
         )
     };
-    let target = qualified(plan.to_schema, &job.name);
-    let source_rel = qualified(plan.from_schema, &job.name);
+    let target = job.target_rel.clone();
+    let source_rel = job.source_rel.clone();
     let fmt = if job.binary {
         "FORMAT binary"
     } else {
         "FORMAT text"
     };
-    let what = || format!("loading {}", crate::pg::ident::display_ident(&job.name));
+    let what = || format!("loading {}", job.name);
 
     // FREEZE needs the table truncated in the same transaction; a TRUNCATE
     // costs a few milliseconds (new files, fsyncs), more than freezing saves on

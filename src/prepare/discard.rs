@@ -35,6 +35,9 @@ pub const RECORD_TABLES: &[&str] = &["meta", "migration", "backups"];
 #[derive(Debug, Default, Clone, serde::Serialize)]
 pub struct Removed {
     pub shadow: bool,
+    /// The shadows of other chosen schemas (`pgshift_shadow_…`, pgshift's own).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub other_shadows: Vec<String>,
     /// `trigger on schema.table`
     pub triggers: Vec<String>,
     pub helper_tables: Vec<String>,
@@ -69,6 +72,7 @@ pub async fn schema_has_objects(client: &Client, oid: u32) -> Result<bool> {
 impl Removed {
     pub fn is_empty(&self) -> bool {
         !self.shadow
+            && self.other_shadows.is_empty()
             && self.triggers.is_empty()
             && self.helper_tables.is_empty()
             && self.helper_functions == 0
@@ -86,6 +90,13 @@ pub async fn find_leftovers(client: &Client) -> Result<Removed> {
         shadow,
         ..Default::default()
     };
+    // The shadows of other schemas: a swap drops them, so any is a leftover.
+    r.other_shadows = meta::other_shadows(client)
+        .await?
+        .into_iter()
+        .filter(|(_, ours)| *ours)
+        .map(|(n, _)| n)
+        .collect();
     for row in client
         .query(
             "SELECT n.nspname, c.relname, t.tgname FROM pg_catalog.pg_trigger t
@@ -194,6 +205,12 @@ pub async fn remove_prepared(
             quote_ident(SHADOW_SCHEMA)
         ));
     }
+    for s in &found.other_shadows {
+        sql.push_str(&format!(
+            "DROP SCHEMA IF EXISTS {} CASCADE;\n",
+            quote_ident(s)
+        ));
+    }
     sql.push_str("COMMIT;");
     // No cancellation token: this also runs to clean up after an interrupted run.
     retry(
@@ -266,6 +283,9 @@ async fn shrink(
     }
     if found.shadow {
         batch::shrink_objects(client, SHADOW_SCHEMA, &[], third, &opts).await?;
+    }
+    for s in &found.other_shadows {
+        batch::shrink_objects(client, s, &[], third, &opts).await?;
     }
     Ok(())
 }

@@ -43,6 +43,7 @@ use crate::backups::manifest::ForeignKeyDef;
 use crate::error::UserError;
 use crate::pg::exec::pg_error_as;
 use crate::pg::ident::{TableName, display_ident};
+use crate::pg::meta::table_display;
 use crate::pg::pattern::TablePattern;
 use crate::swap::rollback;
 
@@ -93,9 +94,10 @@ pub struct Resolved {
     pub warnings: Vec<String>,
 }
 
-/// A relation of the schema: name, kind, parent in the same schema.
+/// A relation of a schema: name, kind, parent in the same schema.
 #[derive(Debug, Clone)]
 struct Rel {
+    schema: String,
     name: String,
     relkind: char,
     parent: Option<String>,
@@ -124,6 +126,7 @@ async fn relations(client: &Client, schema: &str) -> Result<Vec<Rel>> {
     Ok(rows
         .into_iter()
         .map(|r| Rel {
+            schema: schema.to_string(),
             name: r.get(0),
             relkind: r.get::<_, String>(1).chars().next().unwrap_or('r'),
             parent: r.get(2),
@@ -131,20 +134,39 @@ async fn relations(client: &Client, schema: &str) -> Result<Vec<Rel>> {
         .collect())
 }
 
-/// `names` and every descendant of them in `rels`.
+impl Rel {
+    /// `name` in public, `schema.name` elsewhere (`TableInfo::key`).
+    fn key(&self) -> String {
+        table_display(&self.schema, &self.name)
+    }
+}
+
+/// The relations of every schema in `schemas`.
+async fn relations_of(client: &Client, schemas: &[String]) -> Result<Vec<Rel>> {
+    let mut all = Vec::new();
+    for s in schemas {
+        all.extend(relations(client, s).await?);
+    }
+    Ok(all)
+}
+
+/// `names` (keys) and every descendant of them in `rels`.
 fn with_descendants(rels: &[Rel], names: &BTreeSet<String>) -> BTreeSet<String> {
-    let mut children: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+    let mut children: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for r in rels {
         if let Some(p) = &r.parent {
-            children.entry(p.as_str()).or_default().push(&r.name);
+            children
+                .entry(table_display(&r.schema, p))
+                .or_default()
+                .push(r.key());
         }
     }
     let mut out = names.clone();
     let mut todo: Vec<String> = names.iter().cloned().collect();
     while let Some(n) = todo.pop() {
-        for c in children.get(n.as_str()).into_iter().flatten() {
-            if out.insert(c.to_string()) {
-                todo.push(c.to_string());
+        for c in children.get(&n).into_iter().flatten() {
+            if out.insert(c.clone()) {
+                todo.push(c.clone());
             }
         }
     }
@@ -165,8 +187,8 @@ fn match_filter(
     for p in patterns {
         let hits: BTreeSet<String> = rels
             .iter()
-            .filter(|r| kinds.contains(&r.relkind) && p.matches(LIVE, &r.name))
-            .map(|r| r.name.clone())
+            .filter(|r| kinds.contains(&r.relkind) && p.matches(&r.schema, &r.name))
+            .map(Rel::key)
             .collect();
         if hits.is_empty() {
             return Err(UserError::new(format!(
@@ -229,6 +251,7 @@ pub async fn match_keep(
 pub async fn resolve(
     filters: &TableFilters,
     preserved: &[TableName],
+    schemas: &[String],
     src: &Client,
     dest: &Client,
 ) -> Result<Resolved> {
@@ -236,13 +259,21 @@ pub async fn resolve(
     if filters.is_empty() {
         return Ok(res);
     }
-    let src_rels = relations(src, LIVE).await?;
+    // --keep-tables matches public's tables (with several schemas too).
+    if let Some(p) = filters.keep_tables.iter().find(|p| !p.matches_schema(LIVE)) {
+        return Err(UserError::new(format!(
+            "--keep-tables {p}: kept tables are public's; nothing was changed"
+        ))
+        .into());
+    }
+    let src_rels = relations_of(src, schemas).await?;
+    let where_ = format!("the source's {}", schemas.join(", "));
     let (m, data) = match_filter(
         "--exclude-table-data",
         &filters.exclude_table_data,
         &src_rels,
         &['r', 'p'],
-        "the source's public",
+        &where_,
     )?;
     res.matched.exclude_table_data = m;
     let (m, excluded) = match_filter(
@@ -250,12 +281,15 @@ pub async fn resolve(
         &filters.exclude_table,
         &src_rels,
         &['r', 'p', 'f', 'v', 'm'],
-        "the source's public",
+        &where_,
     )?;
     res.matched.exclude_table = m;
     let (m, kept) = match_keep(dest, &filters.keep_tables).await?;
     res.matched.keep_tables = m;
-    let preserved: BTreeSet<String> = preserved.iter().map(|t| t.name.clone()).collect();
+    let preserved: BTreeSet<String> = preserved
+        .iter()
+        .map(|t| table_display(t.schema_or_public(), &t.name))
+        .collect();
     for (flag, set) in [
         ("--exclude-table-data", &data),
         ("--exclude-table", &excluded),
@@ -272,10 +306,10 @@ pub async fn resolve(
         }
     }
 
-    let src_names: HashSet<&str> = src_rels.iter().map(|r| r.name.as_str()).collect();
+    let src_names: HashSet<String> = src_rels.iter().map(Rel::key).collect();
     let namesakes: BTreeSet<String> = kept
         .iter()
-        .filter(|t| src_names.contains(t.as_str()))
+        .filter(|t| src_names.contains(*t))
         .cloned()
         .collect();
     res.not_migrated = with_descendants(&src_rels, &namesakes);
@@ -286,8 +320,15 @@ pub async fn resolve(
         .collect::<BTreeSet<_>>();
 
     // Objects of the source that need an excluded table.
-    let excluded_only: Vec<String> = excluded.difference(&namesakes).cloned().collect();
-    let deps = dependents(src, &excluded_only, &res.not_migrated).await?;
+    let by_key: BTreeMap<String, &Rel> = src_rels.iter().map(|r| (r.key(), r)).collect();
+    let parts = |keys: &mut dyn Iterator<Item = &String>| -> (Vec<String>, Vec<String>) {
+        keys.filter_map(|k| by_key.get(k))
+            .map(|r| (r.schema.clone(), r.name.clone()))
+            .unzip()
+    };
+    let excluded_only = parts(&mut excluded.difference(&namesakes));
+    let leaving = parts(&mut res.not_migrated.iter());
+    let deps = dependents(src, &excluded_only, &leaving).await?;
     if !deps.is_empty() {
         return Err(UserError::new(format!(
             "--exclude-table: objects of the source depend on excluded tables and would be migrated without them: {}; exclude them too (views and tables: --exclude-table), or migrate the tables; nothing was changed",
@@ -299,25 +340,35 @@ pub async fn resolve(
     // A table migrated with its rows whose foreign key references a table
     // migrated without them: the key could not be created.
     if !res.data_excluded.is_empty() {
-        let with_rows: Vec<String> = src_rels
-            .iter()
-            .filter(|r| !res.not_migrated.contains(&r.name) && !res.data_excluded.contains(&r.name))
-            .map(|r| r.name.clone())
-            .collect();
         let pg15 = crate::pg::catalog::server_major(src).await? >= 15;
-        let blocking: Vec<String> = rollback::foreign_keys_of(src, LIVE, &with_rows, pg15)
-            .await?
-            .into_iter()
-            .filter(|fk| fk.ref_schema == LIVE && res.data_excluded.contains(&fk.def.ref_table))
-            .map(|fk| {
-                format!(
-                    "{} of {} references {}",
-                    display_ident(&fk.def.name),
-                    display_ident(&fk.def.table),
-                    display_ident(&fk.def.ref_table)
-                )
-            })
-            .collect();
+        let mut blocking = Vec::new();
+        for schema in schemas {
+            let with_rows: Vec<String> = src_rels
+                .iter()
+                .filter(|r| &r.schema == schema)
+                .filter(|r| {
+                    !res.not_migrated.contains(&r.key()) && !res.data_excluded.contains(&r.key())
+                })
+                .map(|r| r.name.clone())
+                .collect();
+            blocking.extend(
+                rollback::foreign_keys_of(src, schema, &with_rows, pg15)
+                    .await?
+                    .into_iter()
+                    .filter(|fk| {
+                        res.data_excluded
+                            .contains(&table_display(&fk.ref_schema, &fk.def.ref_table))
+                    })
+                    .map(|fk| {
+                        format!(
+                            "{} of {} references {}",
+                            display_ident(&fk.def.name),
+                            table_display(&fk.schema, &fk.def.table),
+                            table_display(&fk.ref_schema, &fk.def.ref_table)
+                        )
+                    }),
+            );
+        }
         if !blocking.is_empty() {
             return Err(UserError::new(format!(
                 "--exclude-table-data: tables migrated with their rows have foreign keys to tables migrated without them: {}; exclude their data too; nothing was changed",
@@ -331,7 +382,7 @@ pub async fn resolve(
         let roots: Vec<String> = kept.iter().cloned().collect();
         let migrated: BTreeSet<&str> = src_rels
             .iter()
-            .filter(|r| !res.not_migrated.contains(&r.name))
+            .filter(|r| r.schema == LIVE && !res.not_migrated.contains(&r.name))
             .map(|r| r.name.as_str())
             .collect();
         kept_foreign_keys(dest, &kept, |t| migrated.contains(t)).await?;
@@ -394,18 +445,17 @@ pub async fn kept_foreign_keys(
 /// other tables, SQL-body functions, columns of their row type …).
 async fn dependents(
     client: &Client,
-    tables: &[String],
-    leaving: &BTreeSet<String>,
+    tables: &(Vec<String>, Vec<String>),
+    leaving: &(Vec<String>, Vec<String>),
 ) -> Result<Vec<String>> {
-    if tables.is_empty() {
+    if tables.0.is_empty() {
         return Ok(Vec::new());
     }
-    let leaving: Vec<String> = leaving.iter().cloned().collect();
     let sql = format!(
         "WITH t AS (SELECT c.oid, c.reltype FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
-                     WHERE n.nspname = $1 AND c.relname = ANY($2)),
+                     WHERE (n.nspname, c.relname) IN (SELECT * FROM unnest($1::text[], $2::text[]))),
               l AS (SELECT c.oid FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
-                     WHERE n.nspname = $1 AND c.relname = ANY($3))
+                     WHERE (n.nspname, c.relname) IN (SELECT * FROM unnest($3::text[], $4::text[])))
          SELECT DISTINCT {} FROM pg_catalog.pg_depend d
           WHERE d.deptype = 'n'
             AND ((d.refclassid = 'pg_catalog.pg_class'::regclass AND d.refobjid IN (SELECT oid FROM t))
@@ -425,7 +475,10 @@ async fn dependents(
         rollback::DESCRIBE_DEPENDENT
     );
     let rows = client
-        .query(sql.as_str(), &[&LIVE, &tables, &leaving])
+        .query(
+            sql.as_str(),
+            &[&tables.0, &tables.1, &leaving.0, &leaving.1],
+        )
         .await
         .map_err(|e| pg_error_as(e, "looking for objects that depend on excluded tables"))?;
     Ok(rows
@@ -440,6 +493,7 @@ mod tests {
 
     fn rel(name: &str, parent: Option<&str>) -> Rel {
         Rel {
+            schema: LIVE.into(),
             name: name.into(),
             relkind: if parent.is_none() { 'p' } else { 'r' },
             parent: parent.map(str::to_string),

@@ -1,6 +1,11 @@
-//! `prepare`: the source's public schema, restored into the destination's
-//! shadow schema from one consistent snapshot, indexed, analysed, validated,
-//! with the destination's owners and privileges.
+//! `prepare`: the source's public schema (and the other schemas of
+//! `--schemas`), restored into the destination's shadow schemas (`shadow`,
+//! `pgshift_shadow_<schema>`: `pg::meta`) from one consistent snapshot,
+//! indexed, analysed, validated, with the destination's owners and
+//! privileges. One pg_dump covers every chosen schema; its SQL is remapped
+//! in one pass (`dump::sql::remap_many`), each schema's references to its own
+//! shadow. Tables are named by [`TableInfo::key`] (`name` in public,
+//! `schema.name` elsewhere) wherever one name per table is needed.
 //!
 //! Phases: snapshot, dump (schema only), schema (pre-data), data (streamed
 //! COPY), indexes (post-data), sequences, matviews, sync (preserved tables),
@@ -27,7 +32,7 @@ use crate::pg::conn::connect::{connect, describe_pg_error};
 use crate::pg::conn::connspec::ConnSpec;
 use crate::pg::ident::{TableName, qualified, quote_ident, quote_literal};
 use crate::pg::locks_budget::{self, Budget};
-use crate::pg::meta::{self, MARKER, SHADOW_SCHEMA};
+use crate::pg::meta::{self, PUBLIC, SHADOW_SCHEMA, SchemaPair};
 use crate::pg::objects;
 use crate::prepare::data::{self, CopyJob, DataPlan, Loaded};
 use crate::prepare::discard;
@@ -42,8 +47,8 @@ use crate::swap::engine::{self, Exchange, Policy};
 use crate::swap::impact;
 use crate::swap::mode::{Mode, ModeRequest};
 
-/// The schema pgshift migrates.
-pub const SOURCE_SCHEMA: &str = "public";
+/// The schema pgshift migrates by default.
+pub const SOURCE_SCHEMA: &str = PUBLIC;
 
 /// A table in the plan (dry run and report).
 #[derive(Debug, Clone, Serialize)]
@@ -79,6 +84,9 @@ pub struct PlanReport {
     /// What each table filter matched (only when filters were given).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub filters: Option<Matched>,
+    /// The schemas migrated (only when other than `["public"]`).
+    #[serde(skip_serializing_if = "meta::is_default_schemas_vec")]
+    pub schemas: Vec<String>,
 }
 
 /// What a successful prepare reports.
@@ -97,6 +105,9 @@ pub struct PrepareReport {
     /// destination's lock table.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub swap_lock_budget: Option<Budget>,
+    /// The schemas migrated (only when other than `["public"]`).
+    #[serde(skip_serializing_if = "meta::is_default_schemas_vec")]
+    pub schemas: Vec<String>,
     /// What each table filter matched (only when filters were given).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub filters: Option<Matched>,
@@ -134,6 +145,15 @@ pub struct PrepareOptions {
     pub swap_mode: ModeRequest,
     /// `--exclude-table-data`, `--exclude-table`, `--keep-tables`.
     pub filters: TableFilters,
+    /// The schemas to migrate (`--schemas`; `["public"]` by default).
+    pub schemas: Vec<String>,
+}
+
+impl PrepareOptions {
+    /// Each chosen schema with its shadow.
+    pub fn pairs(&self) -> Vec<SchemaPair> {
+        meta::schema_pairs(&self.schemas)
+    }
 }
 
 /// Everything the read-only checks found.
@@ -171,16 +191,28 @@ pub async fn check(settings: &PrepareOptions, sess_dest: &Client, src: &Client) 
         ));
     }
     warnings.extend(preflight::check_source(src).await?);
-    warnings.extend(preflight::check_dest(sess_dest).await?);
+    warnings.extend(preflight::check_dest(sess_dest, &settings.schemas).await?);
     let src_exts = catalog::extensions(src).await?;
     let (extensions, ext_warnings) = preflight::plan_extensions(&src_exts, sess_dest).await?;
     warnings.extend(ext_warnings);
     let leftover = preflight::leftovers(sess_dest).await?;
-    let tables = catalog::tables(src, SOURCE_SCHEMA).await?;
-    sync::validate(&settings.preserved_tables, &tables, src, sess_dest).await?;
+    warnings.extend(preflight::check_schemas(&settings.schemas, src, sess_dest).await?);
+    let mut tables = Vec::new();
+    for s in &settings.schemas {
+        tables.extend(catalog::tables(src, s).await?);
+    }
+    sync::validate(
+        &settings.preserved_tables,
+        &settings.schemas,
+        &tables,
+        src,
+        sess_dest,
+    )
+    .await?;
     let filters = filters::resolve(
         &settings.filters,
         &settings.preserved_tables,
+        &settings.schemas,
         src,
         sess_dest,
     )
@@ -188,7 +220,7 @@ pub async fn check(settings: &PrepareOptions, sess_dest: &Client, src: &Client) 
     warnings.extend(filters.warnings.iter().cloned());
     let tables = tables
         .into_iter()
-        .filter(|t| !filters.not_migrated.contains(&t.name))
+        .filter(|t| !filters.not_migrated.contains(&t.key()))
         .collect();
     Ok(Checked {
         tools,
@@ -211,7 +243,8 @@ impl Checked {
         src: &Client,
     ) -> Self {
         let preserved = settings.preserved_tables.len();
-        self.swap_lock_budget = budget_or_warn(plan_budget(dest, src, preserved).await);
+        self.swap_lock_budget =
+            budget_or_warn(plan_budget(dest, src, &settings.schemas, preserved).await);
         self.warnings
             .extend(self.swap_lock_budget.as_ref().and_then(Budget::warning));
         self
@@ -221,9 +254,17 @@ impl Checked {
 /// The swap's lock budget before prepare, for an object-level swap (the
 /// upper bound: the mode is chosen at swap time): the destination's public
 /// moves out, the source's public (what the shadow will hold) moves in.
-async fn plan_budget(dest: &Client, src: &Client, preserved: usize) -> Result<Budget> {
-    let out = objects::movables(dest, SOURCE_SCHEMA).await?;
-    let inc = objects::movables(src, SOURCE_SCHEMA).await?;
+async fn plan_budget(
+    dest: &Client,
+    src: &Client,
+    schemas: &[String],
+    preserved: usize,
+) -> Result<Budget> {
+    let (mut out, mut inc) = (Vec::new(), Vec::new());
+    for s in schemas {
+        out.extend(objects::movables(dest, s).await?);
+        inc.extend(objects::movables(src, s).await?);
+    }
     let need = locks_budget::object_swap(dest, &out, src, &inc, preserved, 0).await?;
     let mut b = Budget::evaluate(dest, need).await?;
     b.swap_mode = Some(Mode::Object.as_str().into());
@@ -234,17 +275,12 @@ async fn plan_budget(dest: &Client, src: &Client, preserved: usize) -> Result<Bu
 /// default, from the destination's catalog.
 async fn prepared_budget(
     dest: &Client,
+    pairs: &[SchemaPair],
     mode: ModeRequest,
     preserved: usize,
     deferred: usize,
 ) -> Result<Budget> {
-    let exchange = Exchange {
-        incoming: SHADOW_SCHEMA.into(),
-        keep_in_public: Default::default(),
-        kept_move_back: true,
-        recreate_incoming: true,
-        expected_tables: Vec::new(),
-    };
+    let exchange = Exchange::of_shadows(pairs, Default::default());
     let extra = locks_budget::preserved(preserved, deferred);
     let policy = Policy {
         mode,
@@ -261,16 +297,12 @@ fn budget_or_warn(b: Result<Budget>) -> Option<Budget> {
 
 /// Print or return the dry-run plan.
 pub fn plan_report(settings: &PrepareOptions, checked: &Checked) -> PlanReport {
-    let preserved: HashSet<&str> = settings
-        .preserved_tables
-        .iter()
-        .map(|t| t.name.as_str())
-        .collect();
+    let preserved: HashSet<String> = settings.preserved_tables.iter().map(key_of).collect();
     let tables: Vec<PlannedTable> = checked
         .tables
         .iter()
         .map(|t| PlannedTable {
-            name: t.name.clone(),
+            name: t.key(),
             kind: match t.relkind {
                 'p' => "partitioned table",
                 'm' => "materialized view",
@@ -281,8 +313,8 @@ pub fn plan_report(settings: &PrepareOptions, checked: &Checked) -> PlanReport {
             bytes: t.bytes,
             total_bytes: t.total_bytes,
             estimated_rows: t.est_rows.max(0.0) as i64,
-            preserved: preserved.contains(t.name.as_str()),
-            data_excluded: checked.filters.data_excluded.contains(&t.name),
+            preserved: preserved.contains(&t.key()),
+            data_excluded: checked.filters.data_excluded.contains(&t.key()),
         })
         .collect();
     PlanReport {
@@ -305,7 +337,14 @@ pub fn plan_report(settings: &PrepareOptions, checked: &Checked) -> PlanReport {
         jobs: settings.jobs,
         swap_lock_budget: checked.swap_lock_budget.clone(),
         filters: (!settings.filters.is_empty()).then(|| checked.filters.matched.clone()),
+        schemas: settings.schemas.clone(),
     }
+}
+
+/// A preserved table's key: `name` in public, `schema.name` elsewhere (as
+/// [`TableInfo::key`]).
+fn key_of(t: &TableName) -> String {
+    meta::table_display(t.schema_or_public(), &t.name)
 }
 
 /// State carried between phases.
@@ -319,11 +358,16 @@ struct Run<'a> {
     dump_dir: PathBuf,
     snapshot: Option<String>,
     snap_client: Option<Client>,
+    /// The chosen schemas and their shadows.
+    pairs: Vec<SchemaPair>,
     tables: Vec<TableInfo>,
     sequences: Vec<SequenceInfo>,
-    sequence_values: HashMap<String, (i64, bool)>,
-    matviews: Vec<(String, bool)>,
-    defined: DefinedNames,
+    /// (schema, sequence) -> the source's value.
+    sequence_values: HashMap<(String, String), (i64, bool)>,
+    /// (schema, name, populated), in dependency order within each schema.
+    matviews: Vec<(String, String, bool)>,
+    /// Per pair (same order): the names its schema defines.
+    defined: Vec<DefinedNames>,
     /// Lock footprints of the source's relations (as shadow's), for batching.
     footprints: batch::Footprints,
     loaded: Vec<Loaded>,
@@ -331,12 +375,28 @@ struct Run<'a> {
     post: postdata::Plan,
     /// The table filters, matched at the checks.
     filters: Resolved,
-    /// Relations pg_dump leaves out: tables not migrated and the sequences
-    /// they own.
+    /// Relations pg_dump leaves out (quoted, qualified): tables not migrated
+    /// and the sequences they own.
     dump_exclude: Vec<String>,
 }
 
 impl Run<'_> {
+    /// The shadow of a chosen live schema.
+    fn shadow_of(&self, live: &str) -> &str {
+        self.pairs
+            .iter()
+            .find(|p| p.live == live)
+            .map_or(SHADOW_SCHEMA, |p| p.shadow.as_str())
+    }
+
+    /// The key of a relation as the remapped SQL names it (its shadow schema).
+    fn key_in_shadow(&self, schema: &str, name: &str) -> String {
+        match self.pairs.iter().find(|p| p.shadow == schema) {
+            Some(p) => meta::table_display(&p.live, name),
+            None => meta::table_display(schema, name),
+        }
+    }
+
     /// A connection of prepare's own to the destination.
     async fn dest_client(&self) -> Result<Client> {
         connect(
@@ -375,18 +435,15 @@ pub async fn run(
         preflight::create_extensions(&sess.control, &checked.extensions).await?;
     meta::ensure_meta(&sess.control).await?;
     rec.meta_ready = true;
-    rec.state.preserved_tables = settings
-        .preserved_tables
-        .iter()
-        .map(|t| t.name.clone())
-        .collect();
+    rec.state.preserved_tables = settings.preserved_tables.iter().map(key_of).collect();
+    rec.state.schemas = settings.schemas.clone();
     rec.state.keep_tables = checked.filters.kept.iter().cloned().collect();
     let dump_dir = settings.dump_dir.clone();
     rec.state.dump_dir = Some(dump_dir.clone());
     // Before the snapshot: every write to public from now on is counted
     // (the swap refuses to discard writes to tables that are not preserved).
     rec.state.details.write_baseline =
-        Some(impact::take_baseline(&sess.control, &[impact::gate::LIVE.to_string()]).await?);
+        Some(impact::take_baseline(&sess.control, &settings.schemas).await?);
     rec.set_status(sess, Status::Preparing).await?;
 
     let mut run = Run {
@@ -399,18 +456,15 @@ pub async fn run(
         dump_dir,
         snapshot: None,
         snap_client: None,
+        pairs: settings.pairs(),
         tables: Vec::new(),
         sequences: Vec::new(),
         sequence_values: HashMap::new(),
         matviews: Vec::new(),
-        defined: DefinedNames::new(),
+        defined: Vec::new(),
         footprints: batch::Footprints::default(),
         loaded: Vec::new(),
-        preserved: settings
-            .preserved_tables
-            .iter()
-            .map(|t| t.name.clone())
-            .collect(),
+        preserved: settings.preserved_tables.iter().map(key_of).collect(),
         post: postdata::Plan::default(),
         filters: checked.filters.clone(),
         dump_exclude: Vec::new(),
@@ -427,7 +481,14 @@ pub async fn run(
             rec.save(sess).await?;
             let preserved = run.preserved.len();
             let swap_lock_budget = budget_or_warn(
-                prepared_budget(&sess.control, run.opts.swap_mode, preserved, deferred).await,
+                prepared_budget(
+                    &sess.control,
+                    &run.pairs,
+                    run.opts.swap_mode,
+                    preserved,
+                    deferred,
+                )
+                .await,
             );
             if let Some(w) = swap_lock_budget.as_ref().and_then(Budget::warning) {
                 tracing::warn!("{w}");
@@ -446,6 +507,7 @@ pub async fn run(
                 warnings,
                 swap_lock_budget,
                 filters: (!settings.filters.is_empty()).then(|| run.filters.matched.clone()),
+                schemas: settings.schemas.clone(),
             })
         }
         Err(e) => {
@@ -543,47 +605,66 @@ async fn snapshot(run: &mut Run<'_>) -> Result<DateTime<Utc>> {
     // Tables the filters leave out are neither dumped nor copied, nor the
     // sequences they own; references to them stay `public.…` (a kept table is
     // the destination's own).
-    let leaving = &run.filters.not_migrated;
-    run.tables = catalog::tables(&client, SOURCE_SCHEMA)
-        .await?
-        .into_iter()
-        .filter(|t| !leaving.contains(&t.name))
-        .collect();
-    let (sequences, left): (Vec<SequenceInfo>, Vec<SequenceInfo>) =
-        catalog::sequences(&client, SOURCE_SCHEMA)
-            .await?
-            .into_iter()
-            .partition(|s| !s.owned_by.as_ref().is_some_and(|o| leaving.contains(&o.0)));
-    run.sequences = sequences;
-    run.dump_exclude = leaving
-        .iter()
-        .cloned()
-        .chain(left.into_iter().map(|s| s.name))
-        .collect();
-    let dropped: HashSet<&String> = run.dump_exclude.iter().collect();
-    run.defined = catalog::defined_names(&client, SOURCE_SCHEMA)
-        .await?
-        .into_iter()
-        .filter(|n| !dropped.contains(n))
-        .collect();
-    let names: Vec<String> = run.sequences.iter().map(|s| s.name.clone()).collect();
-    // Reading a sequence locks it until the (long) snapshot transaction ends:
-    // read them in subtransactions that release those locks.
-    for chunk in names.chunks(100) {
-        let values = batch::released(
-            &client,
-            catalog::sequence_values(&client, SOURCE_SCHEMA, chunk),
-        )
-        .await?;
-        run.sequence_values.extend(values);
+    let leaving = run.filters.not_migrated.clone();
+    let leaves = |schema: &str, name: &str| leaving.contains(&meta::table_display(schema, name));
+    run.tables.clear();
+    run.sequences.clear();
+    run.dump_exclude.clear();
+    run.defined.clear();
+    run.matviews.clear();
+    run.footprints = batch::Footprints::default();
+    for pair in run.pairs.clone() {
+        let schema = pair.live.as_str();
+        run.tables.extend(
+            catalog::tables(&client, schema)
+                .await?
+                .into_iter()
+                .filter(|t| !leaves(schema, &t.name)),
+        );
+        let (sequences, left): (Vec<SequenceInfo>, Vec<SequenceInfo>) =
+            catalog::sequences(&client, schema)
+                .await?
+                .into_iter()
+                .partition(|s| !s.owned_by.as_ref().is_some_and(|o| leaves(schema, &o.0)));
+        let defined = catalog::defined_names(&client, schema).await?;
+        let mut dropped: HashSet<String> = left.iter().map(|s| s.name.clone()).collect();
+        dropped.extend(defined.iter().filter(|n| leaves(schema, n)).cloned());
+        let mut excluded: Vec<String> = dropped.iter().map(|n| qualified(schema, n)).collect();
+        excluded.sort();
+        run.dump_exclude.extend(excluded);
+        run.defined.push(
+            defined
+                .into_iter()
+                .filter(|n| !dropped.contains(n))
+                .collect(),
+        );
+        let names: Vec<String> = sequences.iter().map(|s| s.name.clone()).collect();
+        run.sequences.extend(sequences);
+        // Reading a sequence locks it until the (long) snapshot transaction ends:
+        // read them in subtransactions that release those locks.
+        for chunk in names.chunks(100) {
+            let values =
+                batch::released(&client, catalog::sequence_values(&client, schema, chunk)).await?;
+            run.sequence_values.extend(
+                values
+                    .into_iter()
+                    .map(|(n, v)| ((schema.to_string(), n), v)),
+            );
+        }
+        // The source's relations are the shadow's to be: their lock footprints
+        // size the schema phase's batches.
+        run.footprints
+            .extend(batch::Footprints::load(&client, schema).await?);
+        run.matviews.extend(
+            catalog::matviews_in_order(&client, schema)
+                .await?
+                .into_iter()
+                .map(|(n, populated)| (schema.to_string(), n, populated)),
+        );
     }
-    // The source's relations are the shadow's to be: their lock footprints
-    // size the schema phase's batches.
-    run.footprints = batch::Footprints::load(&client, SOURCE_SCHEMA).await?;
-    run.matviews = catalog::matviews_in_order(&client, SOURCE_SCHEMA).await?;
     for p in &run.preserved {
-        if !run.tables.iter().any(|t| &t.name == p && t.relkind == 'r') {
-            bail!("preserved table {p} is not a table of the source's public schema");
+        if !run.tables.iter().any(|t| &t.key() == p && t.relkind == 'r') {
+            bail!("preserved table {p} is not a table of the source");
         }
     }
     tracing::info!(snapshot = %snap, tables = run.tables.len(), "source snapshot exported");
@@ -632,19 +713,22 @@ fn prepare_dump_dir(dir: &Path, objects: usize) -> Result<()> {
 
 async fn dump(run: &mut Run<'_>) -> Result<()> {
     let snap = run.snapshot.clone().context("no snapshot")?;
-    prepare_dump_dir(&run.dump_dir, run.defined.len())?;
+    prepare_dump_dir(
+        &run.dump_dir,
+        run.defined.iter().map(DefinedNames::len).sum(),
+    )?;
     let spec = ChildSpec::new(&run.tools.pg_dump)
-        .args([
-            "--format=directory",
-            "--schema-only",
-            "--schema=public",
-            "--no-password",
-        ])
+        .args(["--format=directory", "--schema-only", "--no-password"])
+        .args(
+            run.pairs
+                .iter()
+                .map(|p| format!("--schema={}", quote_ident(&p.live))),
+        )
         .arg(format!("--snapshot={snap}"))
         .args(
             run.dump_exclude
                 .iter()
-                .map(|t| format!("--exclude-table={}", qualified(SOURCE_SCHEMA, t))),
+                .map(|t| format!("--exclude-table={t}")),
         )
         .arg("--file")
         .arg(run.dump_dir.as_os_str())
@@ -689,13 +773,23 @@ fn skip_entry(e: &Entry) -> bool {
 }
 
 fn remap_entries(run: &Run<'_>, entries: Vec<Entry>) -> Result<Vec<Entry>> {
+    let maps: Vec<sql::Mapping> = run
+        .pairs
+        .iter()
+        .zip(&run.defined)
+        .map(|(p, d)| sql::Mapping {
+            from: &p.live,
+            to: &p.shadow,
+            defined: d,
+        })
+        .collect();
     entries
         .into_iter()
         .filter(|e| !skip_entry(e))
         .map(|e| {
             let label = e.label();
-            let sql = sql::remap(&e.sql, SOURCE_SCHEMA, SHADOW_SCHEMA, &run.defined)
-                .with_context(|| format!("remapping {label}"))?;
+            let sql =
+                sql::remap_many(&e.sql, &maps).with_context(|| format!("remapping {label}"))?;
             Ok(Entry {
                 header: e.header,
                 sql,
@@ -710,14 +804,15 @@ async fn schema(run: &mut Run<'_>) -> Result<()> {
     let client = run.dest_client().await?;
     // An empty shadow left by the last swap is replaced (RESTRICT: never
     // anything in it; leftovers were handled before).
-    let create = format!(
-        "BEGIN;\nDROP SCHEMA IF EXISTS {shadow} RESTRICT;\nCREATE SCHEMA {shadow};\nCOMMENT ON SCHEMA {shadow} IS {};\nCOMMIT;",
-        quote_literal(&format!(
-            "{MARKER} shadow of migration {} (managed by pgshift)",
-            run.id
-        )),
-        shadow = quote_ident(SHADOW_SCHEMA)
-    );
+    let mut create = String::from("BEGIN;\n");
+    for p in &run.pairs {
+        create.push_str(&format!(
+            "DROP SCHEMA IF EXISTS {shadow} RESTRICT;\nCREATE SCHEMA {shadow};\nCOMMENT ON SCHEMA {shadow} IS {};\n",
+            quote_literal(&meta::shadow_comment(&p.live, run.id)),
+            shadow = quote_ident(&p.shadow)
+        ));
+    }
+    create.push_str("COMMIT;");
     if let Err(e) = client.batch_execute(&create).await {
         let _ = client.batch_execute("ROLLBACK").await;
         return Err(anyhow!(
@@ -747,7 +842,7 @@ async fn schema(run: &mut Run<'_>) -> Result<()> {
     let sizes: HashMap<String, i64> = run
         .tables
         .iter()
-        .map(|t| (t.name.clone(), t.total_bytes))
+        .map(|t| (t.key(), t.total_bytes))
         .collect();
     // Foreign keys that reference a kept table are created by the swap, as
     // those of preserved tables are.
@@ -757,7 +852,8 @@ async fn schema(run: &mut Run<'_>) -> Result<()> {
         .chain(run.filters.kept.iter())
         .cloned()
         .collect();
-    run.post = postdata::plan(&entries, &sizes, &deferring)?;
+    let key = |schema: &str, name: &str| run.key_in_shadow(schema, name);
+    run.post = postdata::plan(&entries, &sizes, &deferring, &key)?;
     Ok(())
 }
 
@@ -768,10 +864,15 @@ async fn load(run: &mut Run<'_>) -> Result<Vec<Loaded>> {
         .iter()
         .filter(|t| {
             t.holds_data()
-                && !run.preserved.contains(&t.name)
-                && !run.filters.data_excluded.contains(&t.name)
+                && !run.preserved.contains(&t.key())
+                && !run.filters.data_excluded.contains(&t.key())
         })
-        .map(CopyJob::for_table)
+        .map(|t| CopyJob::for_table(t, run.shadow_of(&t.schema)))
+        .collect();
+    let analyze_rels: HashMap<String, String> = run
+        .tables
+        .iter()
+        .map(|t| (t.key(), qualified(run.shadow_of(&t.schema), &t.name)))
         .collect();
     let work = data::Work {
         analyze: loads.iter().map(|j| j.name.clone()).collect(),
@@ -787,8 +888,7 @@ async fn load(run: &mut Run<'_>) -> Result<Vec<Loaded>> {
         source: &run.source,
         dest: &run.sess.dest,
         snapshot: &snapshot,
-        from_schema: SOURCE_SCHEMA,
-        to_schema: SHADOW_SCHEMA,
+        analyze_rels: &analyze_rels,
         workers: settings.jobs,
         connect_timeout: run.sess.run.connect_timeout,
         cancel: &run.sess.run.cancel,
@@ -822,8 +922,8 @@ async fn sequences(run: &mut Run<'_>) -> Result<()> {
         .map(|s| {
             // Sequences of preserved tables get the source's value too; the swap
             // moves them on to the destination's value when that is greater.
-            let (v, called) = run.sequence_values[&s.name];
-            let name = qualified(SHADOW_SCHEMA, &s.name);
+            let (v, called) = run.sequence_values[&(s.schema.clone(), s.name.clone())];
+            let name = qualified(run.shadow_of(&s.schema), &s.name);
             batch::Stmt {
                 sql: format!(
                     "SELECT pg_catalog.setval({}, {v}, {called})",
@@ -841,13 +941,13 @@ async fn sequences(run: &mut Run<'_>) -> Result<()> {
 }
 
 async fn matviews(run: &mut Run<'_>) -> Result<()> {
-    for (name, populated) in &run.matviews {
+    for (schema, name, populated) in &run.matviews {
         if !populated {
             continue;
         }
         let sql = format!(
             "REFRESH MATERIALIZED VIEW {}",
-            qualified(SHADOW_SCHEMA, name)
+            qualified(run.shadow_of(schema), name)
         );
         run.sess.control.batch_execute(&sql).await.map_err(|e| {
             anyhow!(
@@ -875,11 +975,11 @@ async fn analyze(run: &mut Run<'_>) -> Result<()> {
     let settings = run.opts;
     // Loaded tables were analyzed in the data phase; what is left: partitioned
     // parents, materialized views and preserved tables (filled by the sync).
-    let names: Vec<String> = run
+    let names: Vec<(String, String)> = run
         .tables
         .iter()
-        .filter(|t| matches!(t.relkind, 'p' | 'm') || run.preserved.contains(&t.name))
-        .map(|t| t.name.clone())
+        .filter(|t| matches!(t.relkind, 'p' | 'm') || run.preserved.contains(&t.key()))
+        .map(|t| (t.key(), qualified(run.shadow_of(&t.schema), &t.name)))
         .collect();
     let pool =
         crate::pg::conn::connect::pool(&run.sess.dest, &app_name("prepare"), settings.jobs.max(1))?;
@@ -894,11 +994,11 @@ async fn analyze(run: &mut Run<'_>) -> Result<()> {
                 .await
                 .map_err(|e| anyhow!("{}", crate::pg::conn::connect::describe_pool_error(&e)))?;
             loop {
-                let Some(name) = queue.lock().ok().and_then(|mut q| q.pop()) else {
+                let Some((name, rel)) = queue.lock().ok().and_then(|mut q| q.pop()) else {
                     return Ok::<_, anyhow::Error>(());
                 };
                 client
-                    .batch_execute(&format!("ANALYZE {}", qualified(SHADOW_SCHEMA, &name)))
+                    .batch_execute(&format!("ANALYZE {rel}"))
                     .await
                     .map_err(|e| anyhow!("analyzing {name}: {}", describe_pg_error(&e)))?;
             }
@@ -913,13 +1013,21 @@ async fn analyze(run: &mut Run<'_>) -> Result<()> {
 async fn privs(run: &mut Run<'_>) -> Result<privileges::Applied> {
     let settings = run.opts;
     let client = run.dest_client().await?;
-    let owners: Option<HashMap<String, String>> = settings.keep_source_owners.then(|| {
-        run.tables
-            .iter()
-            .map(|t| (t.name.clone(), t.owner.clone()))
-            .collect()
-    });
-    privileges::apply(&client, SHADOW_SCHEMA, SOURCE_SCHEMA, owners.as_ref()).await
+    let mut total = privileges::Applied::default();
+    for p in &run.pairs {
+        let owners: Option<HashMap<String, String>> = settings.keep_source_owners.then(|| {
+            run.tables
+                .iter()
+                .filter(|t| t.schema == p.live)
+                .map(|t| (t.name.clone(), t.owner.clone()))
+                .collect()
+        });
+        let applied = privileges::apply(&client, &p.shadow, &p.live, owners.as_ref()).await?;
+        total.owners_changed += applied.owners_changed;
+        total.grants += applied.grants;
+        total.warnings.extend(applied.warnings);
+    }
+    Ok(total)
 }
 
 async fn validate(run: &mut Run<'_>) -> Result<Vec<TableRecord>> {
@@ -927,68 +1035,77 @@ async fn validate(run: &mut Run<'_>) -> Result<Vec<TableRecord>> {
     let started = Instant::now();
     // Sequences: every shadow sequence holds the source's value.
     let mut mismatches = Vec::new();
-    let names: Vec<String> = run
-        .sequences
-        .iter()
-        .filter(|s| {
-            !s.owned_by
-                .as_ref()
-                .is_some_and(|o| run.preserved.contains(&o.0))
-        })
-        .map(|s| s.name.clone())
-        .collect();
-    let got_all = catalog::sequence_values(&run.sess.control, SHADOW_SCHEMA, &names).await?;
-    for name in &names {
-        let want = run.sequence_values[name];
-        let got = got_all.get(name).copied();
-        if got != Some(want) {
-            mismatches.push(format!("sequence {name}: source {want:?}, shadow {got:?}"));
+    for pair in &run.pairs {
+        let names: Vec<String> = run
+            .sequences
+            .iter()
+            .filter(|s| s.schema == pair.live)
+            .filter(|s| {
+                !s.owned_by.as_ref().is_some_and(|o| {
+                    run.preserved
+                        .contains(&meta::table_display(&s.schema, &o.0))
+                })
+            })
+            .map(|s| s.name.clone())
+            .collect();
+        let got_all = catalog::sequence_values(&run.sess.control, &pair.shadow, &names).await?;
+        for name in &names {
+            let want = run.sequence_values[&(pair.live.clone(), name.clone())];
+            let got = got_all.get(name).copied();
+            if got != Some(want) {
+                let shown = meta::table_display(&pair.live, name);
+                mismatches.push(format!("sequence {shown}: source {want:?}, shadow {got:?}"));
+            }
         }
     }
-    let mut records: Vec<TableRecord> = run
-        .loaded
-        .iter()
-        .map(|l| TableRecord {
-            name: l.name.clone(),
-            rows: l.rows,
-            bytes: l.bytes as i64,
+    let by_key: HashMap<String, &TableInfo> = run.tables.iter().map(|t| (t.key(), t)).collect();
+    let record = |key: &str, rows: i64, bytes: i64| -> Result<TableRecord> {
+        let t = by_key
+            .get(key)
+            .with_context(|| format!("table {key} is not in the migration"))?;
+        Ok(TableRecord {
+            schema: t.schema.clone(),
+            name: t.name.clone(),
+            rows,
+            bytes,
             checksum: None,
             preserved: false,
             data_excluded: false,
         })
-        .collect();
+    };
+    let mut records: Vec<TableRecord> = run
+        .loaded
+        .iter()
+        .map(|l| record(&l.name, l.rows, l.bytes as i64))
+        .collect::<Result<_>>()?;
     for t in run
         .tables
         .iter()
-        .filter(|t| t.holds_data() && run.filters.data_excluded.contains(&t.name))
+        .filter(|t| t.holds_data() && run.filters.data_excluded.contains(&t.key()))
     {
-        records.push(TableRecord {
-            name: t.name.clone(),
-            rows: 0,
-            bytes: 0,
-            checksum: None,
-            preserved: false,
-            data_excluded: true,
-        });
+        let mut r = record(&t.key(), 0, 0)?;
+        r.data_excluded = true;
+        records.push(r);
     }
     for p in &run.preserved {
+        let t = by_key
+            .get(p)
+            .with_context(|| format!("preserved table {p} is not in the migration"))?;
         let n: i64 = run
             .sess
             .control
             .query_one(
-                &format!("SELECT count(*) FROM ONLY {}", qualified(SHADOW_SCHEMA, p)),
+                &format!(
+                    "SELECT count(*) FROM ONLY {}",
+                    qualified(run.shadow_of(&t.schema), &t.name)
+                ),
                 &[],
             )
             .await?
             .get(0);
-        records.push(TableRecord {
-            name: p.clone(),
-            rows: n,
-            bytes: 0,
-            checksum: None,
-            preserved: true,
-            data_excluded: false,
-        });
+        let mut r = record(p, n, 0)?;
+        r.preserved = true;
+        records.push(r);
     }
     if settings.verify == Verify::Checksums {
         let src = run.snap_client.as_ref().context("no snapshot session")?;
@@ -996,12 +1113,12 @@ async fn validate(run: &mut Run<'_>) -> Result<Vec<TableRecord>> {
             .iter_mut()
             .filter(|r| !r.preserved && !r.data_excluded)
         {
-            let a = batch::released(src, checksum(src, SOURCE_SCHEMA, &r.name)).await?;
-            let b = checksum(&run.sess.control, SHADOW_SCHEMA, &r.name).await?;
+            let a = batch::released(src, checksum(src, &r.schema, &r.name)).await?;
+            let b = checksum(&run.sess.control, run.shadow_of(&r.schema), &r.name).await?;
             if a != b {
                 mismatches.push(format!(
                     "table {}: content checksum differs (source {a}, shadow {b})",
-                    r.name
+                    r.display()
                 ));
             }
             r.checksum = Some(b);
@@ -1015,7 +1132,10 @@ async fn validate(run: &mut Run<'_>) -> Result<Vec<TableRecord>> {
             ),
         )));
     }
-    records.sort_by(|a, b| a.name.cmp(&b.name));
+    // public's tables first (by name, as always), then each other schema's.
+    records.sort_by(|a, b| {
+        (a.schema != PUBLIC, &a.schema, &a.name).cmp(&(b.schema != PUBLIC, &b.schema, &b.name))
+    });
     tracing::debug!(ms = started.elapsed().as_millis() as u64, "validated");
     Ok(records)
 }

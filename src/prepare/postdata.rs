@@ -46,8 +46,16 @@ pub struct EntryTargets {
     pub comment_table: Option<String>,
 }
 
-/// Find what an entry's statements touch.
+/// Find what an entry's statements touch (tables by bare name).
 pub fn targets(sql: &str) -> Result<EntryTargets> {
+    targets_keyed(sql, &|_, rel| rel.to_string())
+}
+
+/// Names a relation from its (schema, name) as written in the entry.
+pub type KeyFn<'a> = &'a dyn Fn(&str, &str) -> String;
+
+/// [`targets`], each table named by `key(schema, name)`.
+pub fn targets_keyed(sql: &str, key: KeyFn<'_>) -> Result<EntryTargets> {
     let parsed = pg_query::parse(sql, 0).map_err(|e| anyhow!("parsing: {e}"))?;
     let mut t = EntryTargets::default();
     for raw in &parsed.protobuf.stmts {
@@ -57,12 +65,12 @@ pub fn targets(sql: &str) -> Result<EntryTargets> {
         match node {
             NodeEnum::IndexStmt(s) => {
                 if let Some(r) = &s.relation {
-                    t.table.get_or_insert(r.relname.clone());
+                    t.table.get_or_insert(key(&r.schemaname, &r.relname));
                 }
             }
             NodeEnum::AlterTableStmt(s) => {
                 if let Some(r) = &s.relation {
-                    t.table.get_or_insert(r.relname.clone());
+                    t.table.get_or_insert(key(&r.schemaname, &r.relname));
                 }
                 for cmd in &s.cmds {
                     if let Some(NodeEnum::AlterTableCmd(c)) = &cmd.node
@@ -73,26 +81,26 @@ pub fn targets(sql: &str) -> Result<EntryTargets> {
                         if con.contype == ConstrType::ConstrForeign as i32
                             && let Some(pk) = &con.pktable
                         {
-                            t.references = Some(pk.relname.clone());
+                            t.references = Some(key(&pk.schemaname, &pk.relname));
                         }
                     }
                 }
             }
             NodeEnum::CreateTrigStmt(s) => {
                 if let Some(r) = &s.relation {
-                    t.table.get_or_insert(r.relname.clone());
+                    t.table.get_or_insert(key(&r.schemaname, &r.relname));
                 }
                 t.object.get_or_insert(s.trigname.clone());
             }
             NodeEnum::RuleStmt(s) => {
                 if let Some(r) = &s.relation {
-                    t.table.get_or_insert(r.relname.clone());
+                    t.table.get_or_insert(key(&r.schemaname, &r.relname));
                 }
                 t.object.get_or_insert(s.rulename.clone());
             }
             NodeEnum::CreatePolicyStmt(s) => {
                 if let Some(r) = &s.table {
-                    t.table.get_or_insert(r.relname.clone());
+                    t.table.get_or_insert(key(&r.schemaname, &r.relname));
                 }
             }
             NodeEnum::CommentStmt(s) => {
@@ -109,8 +117,16 @@ pub fn targets(sql: &str) -> Result<EntryTargets> {
                 {
                     // [schema,] table, name
                     let n = list.items.len();
+                    let schema = match list
+                        .items
+                        .get(n.wrapping_sub(3))
+                        .and_then(|i| i.node.as_ref())
+                    {
+                        Some(NodeEnum::String(st)) if n >= 3 => st.sval.as_str(),
+                        _ => "",
+                    };
                     if let Some(NodeEnum::String(st)) = &list.items[n - 2].node {
-                        t.comment_table = Some(st.sval.clone());
+                        t.comment_table = Some(key(schema, &st.sval));
                     }
                     if let Some(NodeEnum::String(st)) = &list.items[n - 1].node {
                         t.object = Some(st.sval.clone());
@@ -158,6 +174,7 @@ pub fn plan(
     entries: &[Entry],
     sizes: &HashMap<String, i64>,
     preserved: &HashSet<String>,
+    key: KeyFn<'_>,
 ) -> Result<Plan> {
     let mut p = Plan::default();
     // (table, object) of every deferred constraint, trigger and rule, so that
@@ -168,7 +185,7 @@ pub fn plan(
             p.preamble.push_str(&e.sql);
             continue;
         };
-        let t = targets(&e.sql).with_context(|| format!("reading {}", e.label()))?;
+        let t = targets_keyed(&e.sql, key).with_context(|| format!("reading {}", e.label()))?;
         let is_preserved = |n: &Option<String>| n.as_ref().is_some_and(|n| preserved.contains(n));
         let defer = match h.kind.as_str() {
             "FK CONSTRAINT" => is_preserved(&t.table) || is_preserved(&t.references),
@@ -364,7 +381,7 @@ mod tests {
         let sizes: HashMap<String, i64> =
             [("big".to_string(), 100), ("small".to_string(), 1)].into();
         let preserved: HashSet<String> = ["users".to_string()].into();
-        let p = plan(&entries, &sizes, &preserved).unwrap();
+        let p = plan(&entries, &sizes, &preserved, &|_, r| r.to_string()).unwrap();
         assert_eq!(p.waves[0].len(), 2);
         assert_eq!(p.waves[0][0].table.as_deref(), Some("big"));
         assert_eq!(p.waves[1].len(), 1);

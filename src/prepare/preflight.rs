@@ -103,7 +103,7 @@ pub async fn check_source(src: &Client) -> Result<Vec<String>> {
 }
 
 /// Checks on the destination (read only).
-pub async fn check_dest(dst: &Client) -> Result<Vec<String>> {
+pub async fn check_dest(dst: &Client, schemas: &[String]) -> Result<Vec<String>> {
     let mut warnings = Vec::new();
     let r = dst
         .query_one(
@@ -147,62 +147,67 @@ pub async fn check_dest(dst: &Client) -> Result<Vec<String>> {
             );
         }
     }
-    warnings.extend(outside_dependents(dst).await?);
+    warnings.extend(outside_dependents(dst, schemas).await?);
     Ok(warnings)
 }
 
-/// Objects outside public that point at public objects: after the swap they keep
-/// pointing at the backup.
-pub async fn outside_dependents(dst: &Client) -> Result<Vec<String>> {
+/// Objects outside the migrated schemas that point at their objects: after
+/// the swap they keep pointing at the backup.
+pub async fn outside_dependents(dst: &Client, schemas: &[String]) -> Result<Vec<String>> {
     let mut out = Vec::new();
     let rows = dst
         .query(
-            "SELECT DISTINCT vn.nspname, v.relname, c.relname
+            "SELECT DISTINCT vn.nspname, v.relname, c.relname, cn.nspname
                FROM pg_catalog.pg_rewrite rw
                JOIN pg_catalog.pg_class v ON v.oid = rw.ev_class
                JOIN pg_catalog.pg_namespace vn ON vn.oid = v.relnamespace
                JOIN pg_catalog.pg_depend d ON d.classid = 'pg_rewrite'::regclass AND d.objid = rw.oid
                JOIN pg_catalog.pg_class c ON c.oid = d.refobjid AND c.oid <> v.oid
                JOIN pg_catalog.pg_namespace cn ON cn.oid = c.relnamespace
-              WHERE cn.nspname = 'public' AND vn.nspname NOT IN ('public', 'shadow', 'pgshift', 'pg_catalog', 'information_schema')
-                AND vn.nspname NOT LIKE 'backup\\_%'
+              WHERE cn.nspname = ANY($1) AND NOT (vn.nspname = ANY($1))
+                AND vn.nspname NOT IN ('shadow', 'pgshift', 'pg_catalog', 'information_schema')
+                AND vn.nspname NOT LIKE 'backup\\_%' AND vn.nspname NOT LIKE 'pgshift\\_shadow\\_%'
               ORDER BY 1, 2, 3",
-            &[],
+            &[&schemas],
         )
         .await
         .context("looking for views outside public")?;
     for r in rows {
-        let (s, v, t): (String, String, String) = (r.get(0), r.get(1), r.get(2));
+        let (s, v, t, ts): (String, String, String, String) =
+            (r.get(0), r.get(1), r.get(2), r.get(3));
         out.push(format!(
-            "view {}.{} reads public.{}; after the swap it will read the backup's copy (recreate it after the swap)",
+            "view {}.{} reads {}.{}; after the swap it will read the backup's copy (recreate it after the swap)",
             display_ident(&s),
             display_ident(&v),
+            display_ident(&ts),
             display_ident(&t)
         ));
     }
     let rows = dst
         .query(
-            "SELECT n.nspname, c.relname, con.conname, pc.relname
+            "SELECT n.nspname, c.relname, con.conname, pc.relname, pn.nspname
                FROM pg_catalog.pg_constraint con
                JOIN pg_catalog.pg_class c ON c.oid = con.conrelid
                JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
                JOIN pg_catalog.pg_class pc ON pc.oid = con.confrelid
                JOIN pg_catalog.pg_namespace pn ON pn.oid = pc.relnamespace
-              WHERE con.contype = 'f' AND pn.nspname = 'public' AND n.nspname <> 'public'
+              WHERE con.contype = 'f' AND pn.nspname = ANY($1) AND NOT (n.nspname = ANY($1))
                 AND n.nspname NOT LIKE 'backup\\_%' AND n.nspname NOT IN ('shadow', 'pgshift')
+                AND n.nspname NOT LIKE 'pgshift\\_shadow\\_%'
               ORDER BY 1, 2, 3",
-            &[],
+            &[&schemas],
         )
         .await
         .context("looking for foreign keys from outside public")?;
     for r in rows {
-        let (s, t, c, p): (String, String, String, String) =
-            (r.get(0), r.get(1), r.get(2), r.get(3));
+        let (s, t, c, p, ps): (String, String, String, String, String) =
+            (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4));
         out.push(format!(
-            "foreign key {} on {}.{} references public.{}; after the swap it will reference the backup's copy",
+            "foreign key {} on {}.{} references {}.{}; after the swap it will reference the backup's copy",
             display_ident(&c),
             display_ident(&s),
             display_ident(&t),
+            display_ident(&ps),
             display_ident(&p)
         ));
     }
@@ -374,4 +379,74 @@ pub fn list_some(items: &[String]) -> String {
     } else {
         shown.join(", ")
     }
+}
+
+async fn exists(client: &Client, schema: &str) -> Result<bool> {
+    client
+        .query_one(
+            "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_namespace WHERE nspname = $1)",
+            &[&schema],
+        )
+        .await
+        .map(|r| r.get::<_, bool>(0))
+        .map_err(|e| crate::pg::exec::pg_error_as(e, "looking up a schema"))
+}
+
+/// The chosen schemas (`--schemas`), checked against both databases: each
+/// exists on one side at least, none is pgshift's own, and a schema named like
+/// one of their shadows exists only if pgshift made it. Returns warnings for
+/// schemas the chosen ones reference that the destination lacks (they are
+/// not migrated: references to them stay as they are).
+pub async fn check_schemas(schemas: &[String], src: &Client, dst: &Client) -> Result<Vec<String>> {
+    for s in schemas {
+        if !exists(src, s).await? && !exists(dst, s).await? {
+            return Err(UserError::new(format!(
+                "--schemas: schema {} exists neither on the source nor on the destination",
+                display_ident(s)
+            ))
+            .into());
+        }
+    }
+    let ours: std::collections::HashMap<String, bool> =
+        meta::other_shadows(dst).await?.into_iter().collect();
+    for p in meta::schema_pairs(schemas) {
+        if p.live != meta::PUBLIC && ours.get(&p.shadow) == Some(&false) {
+            return Err(UserError::new(format!(
+                "the destination already has a schema named {} that pgshift did not create (it would be the shadow of {}); rename or drop it first",
+                display_ident(&p.shadow),
+                display_ident(&p.live)
+            ))
+            .into());
+        }
+    }
+    if meta::is_default_schemas(schemas) {
+        return Ok(Vec::new());
+    }
+    // Schemas the chosen ones depend on (types, functions, tables, sequences
+    // of other schemas) that the destination lacks.
+    let rows = src
+        .query(
+            "SELECT DISTINCT rn.nspname::text
+               FROM pg_catalog.pg_depend d
+               JOIN LATERAL pg_catalog.pg_identify_object(d.classid, d.objid, 0) o ON true
+               JOIN LATERAL pg_catalog.pg_identify_object(d.refclassid, d.refobjid, 0) r ON true
+               JOIN pg_catalog.pg_namespace rn ON rn.nspname = r.schema
+              WHERE d.deptype = 'n' AND o.schema = ANY($1) AND NOT (r.schema = ANY($1))
+                AND r.schema NOT IN ('pg_catalog', 'information_schema') AND r.schema NOT LIKE 'pg\\_toast%'
+              ORDER BY 1",
+            &[&schemas],
+        )
+        .await
+        .map_err(|e| crate::pg::exec::pg_error_as(e, "listing the schemas the chosen ones reference"))?;
+    let mut warnings = Vec::new();
+    for r in rows {
+        let s: String = r.get(0);
+        if !exists(dst, &s).await? {
+            warnings.push(format!(
+                "the chosen schemas reference schema {} of the source, which is not migrated and does not exist on the destination; those references will fail",
+                display_ident(&s)
+            ));
+        }
+    }
+    Ok(warnings)
 }

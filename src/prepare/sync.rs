@@ -64,8 +64,6 @@ use crate::pg::exec::{
 use crate::pg::ident::{TableName, display_ident, qualified, quote_ident, quote_literal};
 use crate::pg::meta::{META_SCHEMA, SHADOW_SCHEMA};
 
-const PUBLIC: &str = "public";
-
 /// `lock_timeout` of a trigger's apply to the shadow table.
 pub const APPLY_LOCK_TIMEOUT: &str = "100ms";
 /// Changelog entries per replay transaction.
@@ -157,7 +155,13 @@ pub struct OwnedSequence {
 /// `extra["sync"]`; the swap reads it back).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SyncedTable {
-    /// Table name (the same in public and shadow).
+    /// The live schema (absent = public); its shadow follows the naming rule.
+    #[serde(
+        default = "crate::pg::meta::public_string",
+        skip_serializing_if = "crate::pg::meta::is_public_str"
+    )]
+    pub schema: String,
+    /// Table name (the same in the live schema and its shadow).
     pub name: String,
     /// Oid of the destination's `public.<name>` (names the helpers below).
     pub oid: u32,
@@ -390,6 +394,7 @@ fn assignable<'a>(
 /// [`crate::error::UserError`].
 pub async fn validate(
     preserved: &[TableName],
+    schemas: &[String],
     source_tables: &[TableInfo],
     source: &Client,
     dest: &Client,
@@ -397,7 +402,7 @@ pub async fn validate(
     let mut problems: Vec<String> = Vec::new();
     for p in preserved {
         let shown = p.to_string();
-        problems.extend(validate_one(p, &shown, source_tables, source, dest).await?);
+        problems.extend(validate_one(p, &shown, schemas, source_tables, source, dest).await?);
     }
     if problems.is_empty() {
         return Ok(());
@@ -414,14 +419,17 @@ pub async fn validate(
 async fn validate_one(
     p: &TableName,
     shown: &str,
+    schemas: &[String],
     source_tables: &[TableInfo],
     source: &Client,
     dest: &Client,
 ) -> Result<Vec<String>> {
     let mut problems = Vec::new();
-    if p.schema_or_public() != PUBLIC {
+    let schema = p.schema_or_public();
+    if !schemas.iter().any(|s| s == schema) {
         problems.push(format!(
-            "{shown}: not in schema public (pgshift migrates the public schema)"
+            "{shown}: not in a schema the migration moves ({})",
+            schemas.join(", ")
         ));
         return Ok(problems);
     }
@@ -435,15 +443,17 @@ async fn validate_one(
                                          AND (r.rolsuper OR r.rolbypassrls))
                FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
               WHERE n.nspname = $1 AND c.relname = $2",
-            &[&PUBLIC, &p.name],
+            &[&schema, &p.name],
         )
         .await
         .map_err(|e| pg_error_as(e, "looking up a preserved table"))?;
-    let src = source_tables.iter().find(|t| t.name == p.name);
+    let src = source_tables
+        .iter()
+        .find(|t| t.schema == schema && t.name == p.name);
     let dest_oid = match &dest_row {
         None => {
             problems.push(format!(
-                "{shown}: no such table in the destination's public schema (a preserved table keeps the destination's rows)"
+                "{shown}: no such table in the destination's {schema} schema (a preserved table keeps the destination's rows)"
             ));
             None
         }
@@ -482,7 +492,7 @@ async fn validate_one(
     let src_oid = match src {
         None => {
             problems.push(format!(
-                "{shown}: not in the source's public schema (a preserved table takes its structure from the source)"
+                "{shown}: not in the source's {schema} schema (a preserved table takes its structure from the source)"
             ));
             None
         }
@@ -544,7 +554,7 @@ async fn validate_one(
             Some(_) if s.generated => {}
             Some(d) => {
                 shared += 1;
-                if let Some(why) = type_problem(dest, d, s).await? {
+                if let Some(why) = type_problem(dest, d, s, schemas).await? {
                     problems.push(format!("{col}: {why}"));
                 }
             }
@@ -582,8 +592,13 @@ fn relkind_name(kind: &str) -> String {
 }
 
 /// Why a destination value of column type `d` cannot go into the source's type `s`.
-async fn type_problem(dest: &Client, d: &ColType, s: &ColType) -> Result<Option<String>> {
-    let remapped = s.base_schema == PUBLIC && !s.base_ext;
+async fn type_problem(
+    dest: &Client,
+    d: &ColType,
+    s: &ColType,
+    schemas: &[String],
+) -> Result<Option<String>> {
+    let remapped = schemas.contains(&s.base_schema) && !s.base_ext;
     if remapped {
         // A type the migration creates in shadow: only the same-named type fits
         // (its values travel as text).
@@ -1061,7 +1076,9 @@ fn dollar_tag(body: &str) -> String {
 // ---------------------------------------------------------------------------------------
 
 async fn plan_table(dest: &Client, p: &TableName) -> Result<SyncedTable> {
-    let oid_of = |schema: &'static str| {
+    let live = p.schema_or_public().to_string();
+    let shadow = crate::pg::meta::shadow_schema_for(&live);
+    let oid_of = |schema: String| {
         let name = p.name.clone();
         async move {
             dest.query_opt(
@@ -1074,10 +1091,10 @@ async fn plan_table(dest: &Client, p: &TableName) -> Result<SyncedTable> {
             .map(|r| r.map(|r| r.get::<_, u32>(0)))
         }
     };
-    let oid = oid_of(PUBLIC)
+    let oid = oid_of(live.clone())
         .await?
-        .with_context(|| format!("preserved table {p}: not a table of the destination's public"))?;
-    let shadow_oid = oid_of(SHADOW_SCHEMA)
+        .with_context(|| format!("preserved table {p}: not a table of the destination's {live}"))?;
+    let shadow_oid = oid_of(shadow)
         .await?
         .with_context(|| format!("preserved table {p}: not a table of the shadow schema"))?;
     let key = choose_key(
@@ -1109,6 +1126,7 @@ async fn plan_table(dest: &Client, p: &TableName) -> Result<SyncedTable> {
         })
         .collect();
     Ok(SyncedTable {
+        schema: live,
         name: p.name.clone(),
         oid,
         shadow_oid,
@@ -1934,7 +1952,13 @@ pub async fn fk_violations(client: &Client, deferred_sql: &[String]) -> Result<V
 /// A foreign key [`apply_deferred`] created as NOT VALID.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CreatedFk {
-    /// Table name (schema-less: the table moves with the swap).
+    /// The live schema the table is in after the swap (absent = public).
+    #[serde(
+        default = "crate::pg::meta::public_string",
+        skip_serializing_if = "crate::pg::meta::is_public_str"
+    )]
+    pub schema: String,
+    /// Table name (the table moves with the swap).
     pub table: String,
     pub constraint: String,
 }
@@ -1954,7 +1978,18 @@ impl CreatedFk {
 /// schema shadow): run the deferred SQL, every foreign key as NOT VALID. Returns
 /// the foreign keys to `VALIDATE CONSTRAINT` after the commit (those that were
 /// valid in the source).
-pub async fn apply_deferred(client: &Client, deferred_sql: &[String]) -> Result<Vec<CreatedFk>> {
+pub async fn apply_deferred(
+    client: &Client,
+    deferred_sql: &[String],
+    pairs: &[crate::pg::meta::SchemaPair],
+) -> Result<Vec<CreatedFk>> {
+    let live_of = |shadow: Option<&String>| {
+        let shadow = shadow.map_or(SHADOW_SCHEMA, String::as_str);
+        pairs
+            .iter()
+            .find(|p| p.shadow == shadow)
+            .map_or_else(crate::pg::meta::public_string, |p| p.live.clone())
+    };
     let mut created = Vec::new();
     for sql in deferred_sql {
         let (fks, _) = parse_fks(sql)?;
@@ -1970,6 +2005,7 @@ pub async fn apply_deferred(client: &Client, deferred_sql: &[String]) -> Result<
         )
         .await?;
         created.extend(fks.into_iter().filter(|f| !f.not_valid).map(|f| CreatedFk {
+            schema: live_of(f.schema.as_ref()),
             table: f.table,
             constraint: f.constraint,
         }));

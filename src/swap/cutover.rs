@@ -23,7 +23,7 @@ use crate::migration::session::{Recorder, Session, failpoint};
 use crate::pg::catalog;
 use crate::pg::ident::{TableName, display_ident, qualified};
 use crate::pg::locks_budget::{self, Budget, Need};
-use crate::pg::meta::SHADOW_SCHEMA;
+use crate::pg::meta::{self, SHADOW_SCHEMA, SchemaPair};
 use crate::pg::pattern::TablePattern;
 use crate::prepare::filters;
 use crate::prepare::sync::{self, CreatedFk, FkViolation, SyncedTable};
@@ -147,21 +147,28 @@ fn ready<'a>(d: &'a Destination, timestamp: Option<&str>) -> Result<&'a Migratio
     Ok(m)
 }
 
-/// What comes in (the shadow), what goes out (public but its kept tables).
+/// The migration's schemas and their shadows.
+fn pairs(m: &MigrationRow) -> Vec<SchemaPair> {
+    meta::schema_pairs(&m.state.schemas)
+}
+
+/// What comes in (each shadow), what goes out (each live schema but
+/// public's kept tables).
 fn exchange(m: &MigrationRow, kept: &Kept) -> Exchange {
-    Exchange {
-        incoming: SHADOW_SCHEMA.into(),
-        keep_in_public: kept.all.clone(),
-        kept_move_back: true,
-        recreate_incoming: true,
-        expected_tables: m
+    let mut ex = Exchange::of_shadows(&pairs(m), kept.all.clone());
+    for p in ex.pairs.iter_mut() {
+        p.expected_tables = m
             .state
             .tables
             .iter()
+            .filter(|t| t.schema == p.live)
             .map(|t| t.name.clone())
-            .chain(kept.all.iter().cloned())
-            .collect(),
+            .collect();
+        if p.live == meta::PUBLIC {
+            p.expected_tables.extend(kept.all.iter().cloned());
+        }
     }
+    ex
 }
 
 /// The tables that stay in public (`--keep-tables` of prepare and swap).
@@ -228,6 +235,7 @@ fn display_list(names: Vec<&String>) -> String {
 /// constraints, triggers and rules; after the moves, the kept tables'
 /// foreign keys.
 struct MigrationTx<'a> {
+    pairs: Vec<SchemaPair>,
     synced: &'a [SyncedTable],
     deferred: &'a [String],
     /// None for a migration prepared without a baseline (checked before).
@@ -248,7 +256,7 @@ impl InTx for MigrationTx<'_> {
             None => None,
         };
         sync::final_sync(client, self.synced).await?;
-        let fks = sync::apply_deferred(client, self.deferred).await?;
+        let fks = sync::apply_deferred(client, self.deferred, &self.pairs).await?;
         Ok((fks, writes))
     }
 
@@ -296,7 +304,7 @@ impl InTx for MigrationTx<'_> {
         // Kept tables stay, but their foreign keys change under these locks.
         self.synced
             .iter()
-            .map(|t| qualified(SHADOW_SCHEMA, &t.name))
+            .map(|t| qualified(&meta::shadow_schema_for(&t.schema), &t.name))
             .chain(self.kept.all.iter().map(|t| qualified("public", t)))
             .collect()
     }
@@ -309,6 +317,7 @@ pub async fn preview(client: &Client, opts: &SwapOptions) -> Result<SwapPreview>
     let details = &m.state.details;
     let kept = kept_tables(client, m, &opts.keep_tables).await?;
     let hook = MigrationTx {
+        pairs: pairs(m),
         synced: &details.sync,
         deferred: &details.deferred_sql,
         writes: details
@@ -348,6 +357,7 @@ pub async fn lock_budget(client: &Client, m: &MigrationRow, policy: Policy) -> R
     let details = &m.state.details;
     let kept = kept_tables(client, m, &[]).await.unwrap_or_default();
     let hook = MigrationTx {
+        pairs: pairs(m),
         synced: &details.sync,
         deferred: &details.deferred_sql,
         writes: None,
@@ -407,13 +417,13 @@ pub async fn swap(sess: &Session, opts: &SwapOptions) -> Result<SwapReport> {
     // What the swap does to the running application: refuse discarded
     // writes (and, with --fail-on-breaking, breaking findings) before any lock
     // and before the catch-up (a refusal changes nothing).
-    let pairs = gate::migration_pairs();
+    let impact_pairs = gate::migration_pairs(&m.state);
     let exempt = exempt(&m, &kept);
     let baseline = gate::migration_baseline(&sess.control, &m.state).await?;
     let checked = gate::before_swap(
         &sess.control,
         &ImpactRequest {
-            pairs: &pairs,
+            pairs: &impact_pairs,
             baseline: baseline.as_ref(),
             exempt: &exempt,
             workload: opts.impact.workload.clone(),
@@ -455,6 +465,7 @@ pub async fn swap(sess: &Session, opts: &SwapOptions) -> Result<SwapReport> {
     rec.save(sess).await?;
 
     let hook = MigrationTx {
+        pairs: pairs(&m),
         synced,
         deferred,
         writes: baseline
@@ -555,13 +566,15 @@ pub async fn swap(sess: &Session, opts: &SwapOptions) -> Result<SwapReport> {
 async fn check_shadow_counts(client: &Client, m: &MigrationRow) -> Result<()> {
     let mut diffs = Vec::new();
     for t in m.state.tables.iter().filter(|t| !t.preserved) {
-        match manifest::count_rows(client, SHADOW_SCHEMA, &t.name).await {
+        let shadow = meta::shadow_schema_for(&t.schema);
+        match manifest::count_rows(client, &shadow, &t.name).await {
             Ok(n) if n == t.rows => {}
             Ok(n) => diffs.push(format!(
                 "{}: prepared {} rows, shadow has {n}",
-                t.name, t.rows
+                t.display(),
+                t.rows
             )),
-            Err(e) => diffs.push(format!("{}: {e:#}", t.name)),
+            Err(e) => diffs.push(format!("{}: {e:#}", t.display())),
         }
     }
     if !diffs.is_empty() {

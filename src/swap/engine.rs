@@ -27,9 +27,12 @@
 //!
 //! The locked window is three round trips plus what the hook does.
 //!
-//! Callers say what comes in ([`Exchange::incoming`]), what stays
-//! ([`Exchange::keep_in_public`]) and where the backup comes from
-//! ([`Origin`]); the engine does the rest.
+//! Callers say what comes in and what stays, per live schema ([`Pair`]: a
+//! migration of several schemas (`--schemas`) swaps every pair in the same
+//! transaction, with one backup schema per live schema and one manifest
+//! listing them), and where the backup comes from ([`Origin`]); the engine
+//! does the rest. Several pairs (or one other than public) always swap
+//! object by object (`mode::several_schemas`).
 
 use std::collections::{BTreeSet, HashSet};
 use std::future::Future;
@@ -53,7 +56,7 @@ use crate::pg::exec::{
 };
 use crate::pg::ident::{qualified, quote_ident, quote_literal};
 use crate::pg::locks_budget::{self, Budget, Need};
-use crate::pg::meta::MARKER;
+use crate::pg::meta::{MARKER, PUBLIC};
 use crate::pg::objects::{self, Movable};
 use crate::prepare::sync::CreatedFk;
 use crate::swap::impact;
@@ -69,24 +72,68 @@ pub struct Policy {
     pub mode: ModeRequest,
 }
 
-/// What a swap exchanges.
+/// One live schema of a swap and the schema whose objects replace its own.
+#[derive(Debug, Clone)]
+pub struct Pair {
+    /// The live schema (`public`, `billing`, …).
+    pub live: String,
+    /// The schema whose objects become the live schema's (its shadow, or a
+    /// backup schema for a rollback).
+    pub incoming: String,
+    /// Tables of the live schema that stay there; their namesakes in the
+    /// incoming schema stay where they are (`--keep-tables`).
+    pub keep: BTreeSet<String>,
+    /// Tables that must be in the live schema after the moves.
+    pub expected_tables: Vec<String>,
+}
+
+/// What a swap exchanges: one or more pairs, all in one transaction.
 #[derive(Debug, Clone)]
 pub struct Exchange {
-    /// The schema whose objects become public (`shadow`, or `backup_<ts>`).
-    pub incoming: String,
-    /// Tables of the current public that stay in public; their namesakes in the
-    /// incoming schema stay where they are (rollback `--keep-tables`).
-    pub keep_in_public: BTreeSet<String>,
+    /// public's pair first when public is one of them.
+    pub pairs: Vec<Pair>,
     /// The incoming schema has no namesake of a kept table (a migration's
     /// `--keep-tables`), so rename mode is possible: the kept tables go along
     /// with the renamed public and are moved back (`SET SCHEMA`, a few
     /// objects) right after the renames.
     pub kept_move_back: bool,
-    /// Recreate the incoming schema empty afterwards (shadow); a backup being
-    /// restored is left to the hook (dropped when it ends up empty).
+    /// Recreate public's shadow empty afterwards, drop the other shadows; a
+    /// backup being restored is left to the hook (dropped when it ends up
+    /// empty).
     pub recreate_incoming: bool,
-    /// Tables that must be in public after the moves.
-    pub expected_tables: Vec<String>,
+}
+
+impl Exchange {
+    /// The swap of prepared shadows into their live schemas.
+    pub fn of_shadows(pairs: &[crate::pg::meta::SchemaPair], keep: BTreeSet<String>) -> Exchange {
+        Exchange {
+            pairs: pairs
+                .iter()
+                .map(|p| Pair {
+                    live: p.live.clone(),
+                    incoming: p.shadow.clone(),
+                    keep: if p.live == PUBLIC {
+                        keep.clone()
+                    } else {
+                        BTreeSet::new()
+                    },
+                    expected_tables: Vec::new(),
+                })
+                .collect(),
+            kept_move_back: true,
+            recreate_incoming: true,
+        }
+    }
+
+    /// Does any pair keep tables?
+    fn keeps(&self) -> bool {
+        self.pairs.iter().any(|p| !p.keep.is_empty())
+    }
+
+    /// The live schemas, in order.
+    pub fn live_schemas(&self) -> Vec<String> {
+        self.pairs.iter().map(|p| p.live.clone()).collect()
+    }
 }
 
 /// Where the new backup comes from: what its manifest records.
@@ -123,6 +170,7 @@ impl Origin {
                     .tables
                     .iter()
                     .map(|t| ManifestTable {
+                        schema: t.schema.clone(),
                         name: t.name.clone(),
                         rows: (!t.preserved).then_some(t.rows),
                         checksum: t.checksum.clone(),
@@ -139,6 +187,7 @@ impl Origin {
                 kept_tables: Vec::new(),
                 swap_mode: None,
                 detached_foreign_keys: Vec::new(),
+                schemas: Vec::new(),
                 live_baseline: None,
             },
             Origin::Rollback {
@@ -164,6 +213,7 @@ impl Origin {
                 kept_tables: kept_tables.clone(),
                 swap_mode: None,
                 detached_foreign_keys: Vec::new(),
+                schemas: Vec::new(),
                 live_baseline: None,
             },
         }
@@ -251,6 +301,8 @@ pub struct Moves {
 pub struct Preview {
     pub mode: Chosen,
     pub backup_schema: String,
+    /// Every backup schema, one per pair (the first is `backup_schema`).
+    pub backup_schemas: Vec<String>,
     pub moves: Moves,
     /// The transaction's need against the destination's lock table.
     pub lock_budget: Budget,
@@ -266,7 +318,11 @@ pub async fn preview<H: InTx>(
     let choice = choose_mode(client, exchange, policy).await?;
     let req = Request {
         exchange,
-        backup: "backup_<unix ms>".into(),
+        backups: exchange
+            .pairs
+            .iter()
+            .map(|p| crate::pg::meta::fit_name("backup_<unix ms>", &suffix(&p.live)))
+            .collect(),
         policy,
         choice: &choice,
         incoming_locks: hook.incoming_locks(),
@@ -274,25 +330,26 @@ pub async fn preview<H: InTx>(
     exec(client, "SET search_path = ''").await?;
     let listed = list(client, exchange).await;
     exec(client, "RESET search_path").await?;
-    let (out, inc) = listed?;
-    let lock_budget = budget_of(client, &req, &out, &inc, hook.lock_need()).await?;
+    let listed = listed?;
+    let lock_budget = budget_of(client, &req, &listed, hook.lock_need()).await?;
     let (before, at_commit) = hook.preview_notes();
     let mut sql = vec!["BEGIN".to_string()];
     sql.extend(session_settings(&req));
-    if let Some(l) = lock_statement(&req, &out) {
+    if let Some(l) = lock_statement(&req, &listed) {
         sql.push(l);
     }
     sql.extend(before);
-    sql.extend(move_statements(&req, &out, &inc));
+    sql.extend(move_statements(&req, &listed));
     sql.extend(at_commit);
     sql.push("COMMIT".into());
     let name = |m: &Movable| format!("{} {}", m.kind, m.sql_name);
     Ok(Preview {
         mode: choice.chosen(),
-        backup_schema: req.backup,
+        backup_schema: req.backups[0].clone(),
+        backup_schemas: req.backups.clone(),
         moves: Moves {
-            move_out: out.iter().map(name).collect(),
-            move_in: inc.iter().map(name).collect(),
+            move_out: listed.out().map(name).collect(),
+            move_in: listed.inc().map(name).collect(),
             sql,
         },
         lock_budget,
@@ -310,7 +367,7 @@ pub async fn budget(
     let choice = choose_mode(client, exchange, policy).await?;
     let req = Request {
         exchange,
-        backup: String::new(),
+        backups: vec![String::new(); exchange.pairs.len()],
         policy,
         choice: &choice,
         incoming_locks: Vec::new(),
@@ -318,8 +375,16 @@ pub async fn budget(
     exec(client, "SET search_path = ''").await?;
     let listed = list(client, exchange).await;
     exec(client, "RESET search_path").await?;
-    let (out, inc) = listed?;
-    budget_of(client, &req, &out, &inc, extra).await
+    budget_of(client, &req, &listed?, extra).await
+}
+
+/// `""` for public, `_<schema>` otherwise: the backup name's suffix.
+fn suffix(live: &str) -> String {
+    if live == PUBLIC {
+        String::new()
+    } else {
+        format!("_{live}")
+    }
 }
 
 /// The need of this request's transaction (its mode, what it moves and
@@ -327,18 +392,20 @@ pub async fn budget(
 async fn budget_of(
     client: &Client,
     req: &Request<'_>,
-    out: &[Movable],
-    inc: &[Movable],
+    listed: &Listed,
     extra: Need,
 ) -> Result<Budget> {
-    let locked: Vec<String> = lock_names(req, out).into_iter().map(String::from).collect();
+    let locked: Vec<String> = lock_names(req, listed)
+        .into_iter()
+        .map(String::from)
+        .collect();
     let need = match &req.choice.rename {
         // The renames lock no object of either schema; the extensions move.
         Some(steps) => {
             locks_budget::transaction_need(client, &[], &locked, &steps.extensions, extra).await?
         }
         None => {
-            let moved: Vec<Movable> = out.iter().chain(inc).cloned().collect();
+            let moved: Vec<Movable> = listed.out().chain(listed.inc()).cloned().collect();
             locks_budget::transaction_need(client, &moved, &locked, &[], extra).await?
         }
     };
@@ -371,15 +438,32 @@ pub async fn swap<H: InTx>(
 ) -> Result<Swapped<H::Before, H::After>> {
     let control = &sess.control;
     let ts = fresh_backup_timestamp(control).await?;
-    let backup = backup_schema_name(ts);
+    let _ = backup_schema_name;
+    let backups: Vec<String> = exchange
+        .pairs
+        .iter()
+        .map(|p| crate::pg::meta::backup_schema_for(ts, &p.live))
+        .collect();
     let choice = choose_mode(control, exchange, policy).await?;
     tracing::info!(mode = ?choice.mode, reason = %choice.reason, "swap mode");
-    let mut manifest = origin.manifest(ts, backup.clone());
+    let mut manifest = origin.manifest(ts, backups[0].clone());
     manifest.swap_mode = Some(choice.mode);
+    if !(exchange.pairs.len() == 1 && exchange.pairs[0].live == PUBLIC) {
+        manifest.schemas = exchange
+            .pairs
+            .iter()
+            .zip(&backups)
+            .map(|(p, b)| manifest::SchemaMap {
+                live: p.live.clone(),
+                backup: b.clone(),
+            })
+            .collect();
+    }
+    let backup = backups[0].clone();
     let record = origin.swapped_record(&backup);
     let req = Request {
         exchange,
-        backup: backup.clone(),
+        backups: backups.clone(),
         policy,
         choice: &choice,
         incoming_locks: hook.incoming_locks(),
@@ -391,8 +475,7 @@ pub async fn swap<H: InTx>(
     exec(&client, "SET search_path = ''").await?;
     let listed = list(&client, exchange).await;
     exec(&client, "RESET search_path").await?;
-    let (out, inc) = listed?;
-    let lock_budget = budget_of(&client, &req, &out, &inc, hook.lock_need()).await?;
+    let lock_budget = budget_of(&client, &req, &listed?, hook.lock_need()).await?;
     if let Some(refusal) = lock_refusal(&lock_budget, &choice) {
         bail!(refusal);
     }
@@ -434,7 +517,13 @@ pub async fn swap<H: InTx>(
     // At once: the write counters of the public that just went live, for the
     // next rollback's discarded-writes check.
     let mut warnings = Vec::new();
-    let live_baseline = match impact::gate::live_baseline(&client, control).await {
+    let live_baseline = match impact::gate::live_baseline(
+        &client,
+        control,
+        &exchange.live_schemas(),
+    )
+    .await
+    {
         Ok(b) => Some(b),
         Err(e) => {
             warnings.push(format!("could not record the write counters of the new public (a rollback of it will need --allow-discard): {e:#}"));
@@ -443,7 +532,7 @@ pub async fn swap<H: InTx>(
     };
 
     // After the commit nothing writes the backup any more: record its contents.
-    match strays(control, &done.moved_in_objects, &exchange.keep_in_public).await {
+    match strays(control, &done.moved_in_objects, exchange).await {
         Ok(strays) if !strays.is_empty() => warnings.push(format!(
             "created in public while the swap waited for its locks, and left there: {}",
             strays.join(", ")
@@ -458,20 +547,27 @@ pub async fn swap<H: InTx>(
         "swap".into(),
         serde_json::Value::from(done.moved.lock_held_ms),
     );
-    match manifest::describe(control, &backup, true).await {
+    match describe_all(control, exchange, &backups).await {
         Ok(tables) => {
             manifest.tables = tables;
             manifest.counts_recorded = true;
         }
         Err(e) => warnings.push(format!("could not record the backup's row counts: {e:#}")),
     }
-    if matches!(origin, Origin::Migration(_))
-        && let Ok(live) = manifest::describe(control, "public", false).await
-    {
-        for t in manifest.migrated_tables.iter_mut() {
-            if let Some(d) = live.iter().find(|d| d.name == t.name) {
-                t.indexes = d.indexes.clone();
-                t.sequences = d.sequences.clone();
+    if matches!(origin, Origin::Migration(_)) {
+        for p in &exchange.pairs {
+            let Ok(live) = manifest::describe(control, &p.live, false).await else {
+                continue;
+            };
+            for t in manifest
+                .migrated_tables
+                .iter_mut()
+                .filter(|t| t.schema == p.live)
+            {
+                if let Some(d) = live.iter().find(|d| d.name == t.name) {
+                    t.indexes = d.indexes.clone();
+                    t.sequences = d.sequences.clone();
+                }
             }
         }
     }
@@ -486,6 +582,22 @@ pub async fn swap<H: InTx>(
         after: done.after,
         warnings,
     })
+}
+
+/// The tables of every backup schema, counted, each with its live schema.
+async fn describe_all(
+    client: &Client,
+    exchange: &Exchange,
+    backups: &[String],
+) -> Result<Vec<ManifestTable>> {
+    let mut all = Vec::new();
+    for (p, b) in exchange.pairs.iter().zip(backups) {
+        for mut t in manifest::describe(client, b, true).await? {
+            t.schema = p.live.clone();
+            all.push(t);
+        }
+    }
+    Ok(all)
 }
 
 /// A foreign key that failed its validation after the swap.
@@ -503,7 +615,7 @@ pub async fn validate_foreign_keys(client: &Client, keys: &[CreatedFk]) -> Vec<S
     let mut failed = Vec::new();
     for fk in keys {
         let (table, constraint) = (&fk.table, &fk.constraint);
-        let sql = fk.validate_sql("public");
+        let sql = fk.validate_sql(&fk.schema);
         if let Err(e) = exec(client, &sql).await {
             failed.push(StaysNotValid {
                 table: table.clone(),
@@ -518,8 +630,8 @@ pub async fn validate_foreign_keys(client: &Client, keys: &[CreatedFk]) -> Vec<S
 /// One attempt's request.
 struct Request<'a> {
     exchange: &'a Exchange,
-    /// The new backup schema for the current public.
-    backup: String,
+    /// The new backup schema of each pair's live schema.
+    backups: Vec<String>,
     policy: Policy,
     choice: &'a Choice,
     /// The hook's relations in the incoming schema (locked with public's).
@@ -528,10 +640,13 @@ struct Request<'a> {
 
 /// The mode for this exchange under this policy.
 async fn choose_mode(client: &Client, exchange: &Exchange, policy: Policy) -> Result<Choice> {
+    if exchange.pairs.len() != 1 || exchange.pairs[0].live != PUBLIC {
+        return mode::several_schemas(&exchange.live_schemas(), policy.mode);
+    }
     mode::choose(
         client,
-        &exchange.incoming,
-        !exchange.keep_in_public.is_empty() && !exchange.kept_move_back,
+        &exchange.pairs[0].incoming,
+        exchange.keeps() && !exchange.kept_move_back,
         policy.mode,
     )
     .await
@@ -540,8 +655,8 @@ async fn choose_mode(client: &Client, exchange: &Exchange, policy: Policy) -> Re
 /// What one committed attempt did.
 struct Done<B, A> {
     moved: Moved,
-    /// (kind, name) of every object moved into public, for the after-commit check.
-    moved_in_objects: Vec<(String, String)>,
+    /// (kind, live schema, name) of every object moved in, for the after-commit check.
+    moved_in_objects: Vec<(String, String, String)>,
     manifest: Manifest,
     before: B,
     after: A,
@@ -552,25 +667,48 @@ struct Done<B, A> {
 /// locks (they stayed).
 async fn strays(
     client: &Client,
-    moved_in: &[(String, String)],
-    kept: &BTreeSet<String>,
+    moved_in: &[(String, String, String)],
+    exchange: &Exchange,
 ) -> Result<Vec<String>> {
-    let moved: HashSet<&(String, String)> = moved_in.iter().collect();
-    Ok(objects::movables(client, "public")
-        .await?
-        .into_iter()
-        .filter(|m| !moved.contains(&(m.kind.clone(), m.name.clone())))
-        .filter(|m| !(m.lockable.is_some() && kept.contains(&m.name)))
-        .map(|m| format!("{} {}", m.kind, m.sql_name))
-        .collect())
+    let moved: HashSet<&(String, String, String)> = moved_in.iter().collect();
+    let mut out = Vec::new();
+    for p in &exchange.pairs {
+        out.extend(
+            objects::movables(client, &p.live)
+                .await?
+                .into_iter()
+                .filter(|m| !moved.contains(&(m.kind.clone(), p.live.clone(), m.name.clone())))
+                .filter(|m| !(m.lockable.is_some() && p.keep.contains(&m.name)))
+                .map(|m| format!("{} {}", m.kind, m.sql_name)),
+        );
+    }
+    Ok(out)
 }
 
-/// What moves out of public and in from the incoming schema (run with an
-/// empty search_path: names come back qualified).
-async fn list(client: &Client, exchange: &Exchange) -> Result<(Vec<Movable>, Vec<Movable>)> {
-    let out = objects::movables(client, "public").await?;
-    let inc = objects::movables(client, &exchange.incoming).await?;
-    Ok(filter_keep(out, inc, &exchange.keep_in_public))
+/// What moves, pair by pair: (out of the live schema, in from the incoming one).
+struct Listed {
+    pairs: Vec<(Vec<Movable>, Vec<Movable>)>,
+}
+
+impl Listed {
+    fn out(&self) -> impl Iterator<Item = &Movable> {
+        self.pairs.iter().flat_map(|p| p.0.iter())
+    }
+    fn inc(&self) -> impl Iterator<Item = &Movable> {
+        self.pairs.iter().flat_map(|p| p.1.iter())
+    }
+}
+
+/// What moves out of each live schema and in from its incoming schema (run
+/// with an empty search_path: names come back qualified).
+async fn list(client: &Client, exchange: &Exchange) -> Result<Listed> {
+    let mut pairs = Vec::with_capacity(exchange.pairs.len());
+    for p in &exchange.pairs {
+        let out = objects::movables(client, &p.live).await?;
+        let inc = objects::movables(client, &p.incoming).await?;
+        pairs.push(filter_keep(out, inc, &p.keep));
+    }
+    Ok(Listed { pairs })
 }
 
 fn session_settings(req: &Request) -> Vec<String> {
@@ -610,8 +748,8 @@ fn filter_keep(
 /// object mode each ALTER takes its object's lock itself. `ONLY`: every
 /// partition and child is listed itself, and recursing through pg_inherits
 /// for each relation costs more than the locks.
-fn lock_statement(req: &Request, out: &[Movable]) -> Option<String> {
-    let names = lock_names(req, out);
+fn lock_statement(req: &Request, listed: &Listed) -> Option<String> {
+    let names = lock_names(req, listed);
     if names.is_empty() {
         return None;
     }
@@ -622,9 +760,9 @@ fn lock_statement(req: &Request, out: &[Movable]) -> Option<String> {
 }
 
 /// The relations [`lock_statement`] locks, sorted.
-fn lock_names<'a>(req: &'a Request, out: &'a [Movable]) -> Vec<&'a str> {
-    let mut names: Vec<&str> = out
-        .iter()
+fn lock_names<'a>(req: &'a Request, listed: &'a Listed) -> Vec<&'a str> {
+    let mut names: Vec<&str> = listed
+        .out()
         .filter_map(|m| m.lockable.as_deref())
         .chain(req.incoming_locks.iter().map(String::as_str))
         .collect();
@@ -633,51 +771,64 @@ fn lock_names<'a>(req: &'a Request, out: &'a [Movable]) -> Vec<&'a str> {
     names
 }
 
-fn move_statements(req: &Request, out: &[Movable], inc: &[Movable]) -> Vec<String> {
+fn move_statements(req: &Request, listed: &Listed) -> Vec<String> {
     if let Some(steps) = &req.choice.rename {
-        let mut sql = steps.sql(
-            &req.exchange.incoming,
-            &req.backup,
-            req.exchange.recreate_incoming,
-        );
+        // One pair, public (see `choose_mode`).
+        let pair = &req.exchange.pairs[0];
+        let backup = &req.backups[0];
+        let mut sql = steps.sql(&pair.incoming, backup, req.exchange.recreate_incoming);
         // Kept tables (partitions each on their own) went along with the
         // renamed public: back into the new one, with their indexes,
         // constraints and owned sequences.
-        for t in &req.exchange.keep_in_public {
+        for t in &pair.keep {
             sql.push(format!(
                 "ALTER TABLE {} SET SCHEMA public",
-                qualified(&req.backup, t)
+                qualified(backup, t)
             ));
         }
         return sql;
     }
-    let mut sql = Vec::with_capacity(out.len() + inc.len() + 4);
-    sql.push(format!("CREATE SCHEMA {}", quote_ident(&req.backup)));
-    sql.push(format!(
-        "COMMENT ON SCHEMA {} IS {}",
-        quote_ident(&req.backup),
-        quote_literal(&format!("{MARKER} backup of public (managed by pgshift)"))
-    ));
-    for m in out {
-        sql.push(m.set_schema_sql(&req.backup));
-    }
-    for m in inc {
-        sql.push(m.set_schema_sql("public"));
-    }
-    if req.exchange.recreate_incoming {
-        sql.push(format!(
-            "DROP SCHEMA {}",
-            quote_ident(&req.exchange.incoming)
-        ));
-        sql.push(format!(
-            "CREATE SCHEMA {}",
-            quote_ident(&req.exchange.incoming)
-        ));
+    let mut sql = Vec::new();
+    for ((pair, backup), (out, inc)) in req
+        .exchange
+        .pairs
+        .iter()
+        .zip(&req.backups)
+        .zip(&listed.pairs)
+    {
+        sql.push(format!("CREATE SCHEMA {}", quote_ident(backup)));
         sql.push(format!(
             "COMMENT ON SCHEMA {} IS {}",
-            quote_ident(&req.exchange.incoming),
-            quote_literal(&format!("{MARKER} shadow (empty; managed by pgshift)"))
+            quote_ident(backup),
+            quote_literal(&format!(
+                "{MARKER} backup of {} (managed by pgshift)",
+                pair.live
+            ))
         ));
+        for m in out {
+            sql.push(m.set_schema_sql(backup));
+        }
+        if pair.live != PUBLIC {
+            // A schema only the source has is created by the swap.
+            sql.push(format!(
+                "CREATE SCHEMA IF NOT EXISTS {}",
+                quote_ident(&pair.live)
+            ));
+        }
+        for m in inc {
+            sql.push(m.set_schema_sql(&pair.live));
+        }
+        if req.exchange.recreate_incoming {
+            sql.push(format!("DROP SCHEMA {}", quote_ident(&pair.incoming)));
+            if pair.live == PUBLIC {
+                sql.push(format!("CREATE SCHEMA {}", quote_ident(&pair.incoming)));
+                sql.push(format!(
+                    "COMMENT ON SCHEMA {} IS {}",
+                    quote_ident(&pair.incoming),
+                    quote_literal(&format!("{MARKER} shadow (empty; managed by pgshift)"))
+                ));
+            }
+        }
     }
     sql
 }
@@ -700,10 +851,10 @@ fn gone_meanwhile(e: &anyhow::Error) -> bool {
 }
 
 /// The objects changed between listing them and locking them: list again.
-fn changed(incoming: &str) -> anyhow::Error {
-    anyhow::Error::new(Transient(format!(
-        "objects in public or {incoming} were dropped while the swap waited for its locks"
-    )))
+fn changed() -> anyhow::Error {
+    anyhow::Error::new(Transient(
+        "objects of the swapped schemas were dropped while the swap waited for its locks".into(),
+    ))
 }
 
 async fn one_attempt<H: InTx>(
@@ -719,8 +870,8 @@ async fn one_attempt<H: InTx>(
     // between fails its ALTER and the attempt is retried with fresh lists; one
     // created in between stays where it is and is reported after the commit.)
     exec(client, "SET search_path = ''").await?;
-    let (out, inc) = list(client, req.exchange).await?;
-    let lock = lock_statement(req, &out);
+    let listed = list(client, req.exchange).await?;
+    let lock = lock_statement(req, &listed);
     let locked = lock
         .as_ref()
         .map(|l| l.matches(", ").count() + 1)
@@ -736,7 +887,7 @@ async fn one_attempt<H: InTx>(
     }
     match exec(client, &first).await {
         Ok(()) => {}
-        Err(e) if gone_meanwhile(&e) => return Err(changed(&req.exchange.incoming)),
+        Err(e) if gone_meanwhile(&e) => return Err(changed()),
         Err(e) => return Err(e.context("locking the tables")),
     }
     tracing::debug!(
@@ -746,13 +897,13 @@ async fn one_attempt<H: InTx>(
     );
     let before = hook.before_moves(client).await?;
     // Round trip 2: every move, then one query checking the result.
-    let mut moves = move_statements(req, &out, &inc).join(";\n");
+    let mut moves = move_statements(req, &listed).join(";\n");
     moves.push_str(";\n");
     moves.push_str(&check_sql(req));
     let problems = match simple(client, &moves).await {
         Ok(msgs) => last_value(&msgs).unwrap_or_default(),
         Err(e) if gone_meanwhile(&e) => {
-            return Err(changed(&req.exchange.incoming));
+            return Err(changed());
         }
         Err(e) => return Err(e.context("moving objects")),
     };
@@ -776,12 +927,18 @@ async fn one_attempt<H: InTx>(
         moved: Moved {
             lock_held_ms: held,
             attempts: 0,
-            moved_out: out.len(),
-            moved_in: inc.len(),
+            moved_out: listed.out().count(),
+            moved_in: listed.inc().count(),
         },
-        moved_in_objects: inc
+        moved_in_objects: req
+            .exchange
+            .pairs
             .iter()
-            .map(|m| (m.kind.clone(), m.name.clone()))
+            .zip(&listed.pairs)
+            .flat_map(|(p, (_, inc))| {
+                inc.iter()
+                    .map(|m| (m.kind.clone(), p.live.clone(), m.name.clone()))
+            })
             .collect(),
         manifest,
         before,
@@ -793,32 +950,46 @@ async fn one_attempt<H: InTx>(
 /// are in public and (for a swap) no pgshift trigger is left on a public
 /// table; otherwise what is wrong.
 fn check_sql(req: &Request) -> String {
-    let expected = if req.exchange.expected_tables.is_empty() {
-        "'{}'::text[]".to_string()
+    let (mut schemas, mut tables) = (Vec::new(), Vec::new());
+    for p in &req.exchange.pairs {
+        for t in &p.expected_tables {
+            schemas.push(quote_literal(&p.live));
+            tables.push(quote_literal(t));
+        }
+    }
+    let expected = if tables.is_empty() {
+        "'{}'::text[], '{}'::text[]".to_string()
     } else {
         format!(
-            "ARRAY[{}]::text[]",
-            req.exchange
-                .expected_tables
-                .iter()
-                .map(|t| quote_literal(t))
-                .collect::<Vec<_>>()
-                .join(", ")
+            "ARRAY[{}]::text[], ARRAY[{}]::text[]",
+            schemas.join(", "),
+            tables.join(", ")
         )
     };
+    let lives = format!(
+        "ARRAY[{}]::text[]",
+        req.exchange
+            .pairs
+            .iter()
+            .map(|p| quote_literal(&p.live))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
     let triggers = if req.exchange.recreate_incoming {
-        "(SELECT count(*) || ' pgshift triggers are still on public tables' FROM pg_catalog.pg_trigger t
+        format!(
+            "(SELECT count(*) || ' pgshift triggers are still on live tables' FROM pg_catalog.pg_trigger t
            JOIN pg_catalog.pg_class c ON c.oid = t.tgrelid JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
-          WHERE n.nspname = 'public' AND NOT t.tgisinternal AND t.tgname LIKE 'pgshift\\_%' HAVING count(*) > 0)"
+          WHERE n.nspname = ANY({lives}) AND NOT t.tgisinternal AND t.tgname LIKE 'pgshift\\_%' HAVING count(*) > 0)"
+        )
     } else {
-        "NULL"
+        "NULL".to_string()
     };
     format!(
         "SELECT concat_ws('; ',
-            (SELECT 'after the moves these tables are not in public: ' || string_agg(t, ', ')
-               FROM unnest({expected}) t
+            (SELECT 'after the moves these tables are not where they belong: ' || string_agg(CASE WHEN s = 'public' THEN t ELSE s || '.' || t END, ', ')
+               FROM unnest({expected}) AS x(s, t)
               WHERE NOT EXISTS (SELECT 1 FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
-                                 WHERE n.nspname = 'public' AND c.relname = t AND c.relkind IN ('r', 'p'))
+                                 WHERE n.nspname = s AND c.relname = t AND c.relkind IN ('r', 'p'))
              HAVING count(*) > 0),
             {triggers})"
     )

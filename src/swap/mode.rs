@@ -244,6 +244,26 @@ pub async fn choose(
     }
 }
 
+/// The mode for a swap of several schemas (or of one other than public):
+/// object-level (the renames carry over public's properties only).
+pub fn several_schemas(schemas: &[String], request: ModeRequest) -> Result<Choice> {
+    let reason = format!(
+        "the migration moves schemas {}, which are swapped object by object",
+        schemas.join(", ")
+    );
+    if request == ModeRequest::Rename {
+        return Err(crate::error::UserError::new(format!(
+            "--swap-mode rename is not possible here: {reason}"
+        ))
+        .into());
+    }
+    Ok(Choice {
+        mode: Mode::Object,
+        reason,
+        rename: None,
+    })
+}
+
 /// What rename mode needs, or the reason it is not possible.
 async fn rename_obstacles(
     client: &Client,

@@ -79,6 +79,9 @@ pub struct Plan {
     pub auto_kept: Vec<String>,
     /// Tables that will be in public afterwards.
     pub expected_tables: Vec<String>,
+    /// The backup's other schemas (a migration of several schemas): each
+    /// restored whole into its live schema.
+    pub others: Vec<engine::Pair>,
     pub verification: VerifyReport,
     pub warnings: Vec<String>,
     /// Writes to the current public since it went live, to tables not kept.
@@ -191,6 +194,27 @@ pub async fn plan(client: &Client, opts: &RollbackOptions) -> Result<Plan> {
         .into());
     }
 
+    let mut others = Vec::new();
+    for m in restore.manifest.schema_maps() {
+        if m.live == crate::pg::meta::PUBLIC {
+            continue;
+        }
+        let facts = verify::schema_facts(client, &m.backup).await?;
+        if !facts.exists || !facts.ours {
+            bail!(
+                "backup {} holds schema {} in {}, which no longer exists or does not carry pgshift's marker comment; not restoring it",
+                restore.ts,
+                m.live,
+                m.backup
+            );
+        }
+        others.push(engine::Pair {
+            live: m.live.clone(),
+            incoming: m.backup.clone(),
+            keep: BTreeSet::new(),
+            expected_tables: tables_of(client, &m.backup).await?.into_iter().collect(),
+        });
+    }
     let mut warnings = Vec::new();
     let public_tables = tables_of(client, "public").await?;
     let backup_tables = tables_of(client, &schema).await?;
@@ -296,6 +320,7 @@ pub async fn plan(client: &Client, opts: &RollbackOptions) -> Result<Plan> {
         keep,
         auto_kept,
         expected_tables: expected.into_iter().collect(),
+        others,
         verification,
         warnings,
         writes,
@@ -308,12 +333,17 @@ pub async fn plan(client: &Client, opts: &RollbackOptions) -> Result<Plan> {
 
 /// What comes in (the backup), what stays (kept tables).
 fn exchange(plan: &Plan) -> Exchange {
-    Exchange {
+    let mut pairs = vec![engine::Pair {
+        live: crate::pg::meta::PUBLIC.to_string(),
         incoming: plan.restore.schema_name.clone(),
-        keep_in_public: plan.keep.clone(),
+        keep: plan.keep.clone(),
+        expected_tables: plan.expected_tables.clone(),
+    }];
+    pairs.extend(plan.others.iter().cloned());
+    Exchange {
+        pairs,
         kept_move_back: false,
         recreate_incoming: false,
-        expected_tables: plan.expected_tables.clone(),
     }
 }
 
@@ -469,6 +499,18 @@ impl InTx for RollbackTx<'_> {
     async fn after_moves(&self, client: &Client, manifest: &mut Manifest) -> Result<TxResult> {
         let new_backup = manifest.schema.clone();
         let mut res = TxResult::default();
+        // The backup's other schemas moved whole into their live schemas:
+        // drop them (empty now; anything left fails the rollback).
+        for m in self.restored.manifest.schema_maps() {
+            if m.live != crate::pg::meta::PUBLIC {
+                exec(
+                    client,
+                    &format!("DROP SCHEMA {} RESTRICT", quote_ident(&m.backup)),
+                )
+                .await
+                .with_context(|| format!("dropping {} after restoring it", m.backup))?;
+            }
+        }
         let restored_schema = self.restored.schema_name.as_str();
         let schemas = vec![
             "public".to_string(),
@@ -513,6 +555,7 @@ impl InTx for RollbackTx<'_> {
                 })?;
             if !partitioned {
                 res.to_validate.push(CreatedFk {
+                    schema: crate::pg::meta::PUBLIC.to_string(),
                     table: fk.table.clone(),
                     constraint: fk.name.clone(),
                 });
@@ -627,6 +670,7 @@ pub(crate) async fn fix_crossing_fks(
             })?;
             if !fk.partitioned {
                 res.to_validate.push(CreatedFk {
+                    schema: crate::pg::meta::PUBLIC.to_string(),
                     table: fk.def.table.clone(),
                     constraint: fk.def.name.clone(),
                 });

@@ -60,7 +60,6 @@ use crate::backups::manifest;
 use crate::migration::record::MigrationState;
 use crate::pg::exec::simple;
 use crate::pg::ident::TableName;
-use crate::pg::meta::SHADOW_SCHEMA;
 
 /// The schema the application sees.
 pub const LIVE: &str = "public";
@@ -76,9 +75,12 @@ pub struct ImpactOptions {
     pub workload: WorkloadOptions,
 }
 
-/// The schemas a migration's swap exchanges: public and the shadow.
-pub fn migration_pairs() -> Vec<SchemaPair> {
-    vec![SchemaPair::new(LIVE, SHADOW_SCHEMA)]
+/// The schemas a migration's swap exchanges: each chosen schema and its shadow.
+pub fn migration_pairs(st: &MigrationState) -> Vec<SchemaPair> {
+    st.schemas
+        .iter()
+        .map(|s| SchemaPair::new(s, crate::pg::meta::shadow_schema_for(s)))
+        .collect()
 }
 
 /// A migration's tables whose writes the swap keeps: its preserved tables.
@@ -99,7 +101,8 @@ pub async fn writes_since(
     baseline: Option<&WriteBaseline>,
     exempt: &[TableName],
 ) -> Result<(WriteBaseline, WriteCheck)> {
-    let now = take_baseline(client, &live_schemas())
+    let schemas = baseline.map_or_else(live_schemas, |b| b.schemas.clone());
+    let now = take_baseline(client, &schemas)
         .await
         .context("checking the tables' write counters")?;
     let check = match baseline {
@@ -165,7 +168,7 @@ pub async fn migration_report(
     workload: &WorkloadOptions,
     lock_timeout: Duration,
 ) -> Result<Impact> {
-    let pairs = migration_pairs();
+    let pairs = migration_pairs(st);
     let exempt = migration_exempt(st);
     let baseline = migration_baseline(client, st).await?;
     report(
@@ -355,7 +358,11 @@ impl UnderLocks<'_> {
 /// the next rollback's check. On PostgreSQL 15+ the sessions that wrote inside
 /// the swap (the final replay of preserved tables) publish their counts first
 /// (`pg_stat_force_next_flush`), so they are not mistaken for later writes.
-pub async fn live_baseline(swap_session: &Client, control: &Client) -> Result<WriteBaseline> {
+pub async fn live_baseline(
+    swap_session: &Client,
+    control: &Client,
+    schemas: &[String],
+) -> Result<WriteBaseline> {
     let version: i32 = control
         .query_one(
             "SELECT pg_catalog.current_setting('server_version_num')::int4",
@@ -371,7 +378,7 @@ pub async fn live_baseline(swap_session: &Client, control: &Client) -> Result<Wr
                 .context("publishing the swap's own write counters")?;
         }
     }
-    take_baseline(control, &live_schemas()).await
+    take_baseline(control, schemas).await
 }
 
 /// The writes a rollback would discard: public's tables (not `kept`) against
@@ -382,7 +389,8 @@ pub async fn rollback_writes(
     live_baseline: Option<&WriteBaseline>,
     kept: &[TableName],
 ) -> Result<(WriteBaseline, WriteCheck)> {
-    let now = take_baseline(client, &live_schemas())
+    let schemas = live_baseline.map_or_else(live_schemas, |b| b.schemas.clone());
+    let now = take_baseline(client, &schemas)
         .await
         .context("checking the tables' write counters")?;
     let check = match live_baseline {

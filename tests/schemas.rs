@@ -1,0 +1,1150 @@
+//! Several schemas in one migration (`--schemas public,billing`), against real
+//! clusters: both schemas get exactly the source's DDL and rows with every
+//! cross-schema reference pointing at the new live schemas; one backup holds
+//! them all (list, verify, rollback both ways, cleanup); a failure in any
+//! phase or swap point leaves every destination schema as it was; a
+//! preserved table in `billing` stays in sync under concurrent writers; bad
+//! input is refused with exit 2 and changes nothing.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::process::Output;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use common::{
+    TestDb, TestDbs, Workdir, assert_success, catalog_fingerprint, normalised_dump,
+    schema_fingerprint, stderr_of,
+};
+use serde_json::{Value, json};
+use tokio_postgres::Client;
+
+// ---------------------------------------------------------------------------------------
+// Helpers
+// ---------------------------------------------------------------------------------------
+
+fn parse(what: &str, out: &str) -> Value {
+    serde_json::from_str(out).unwrap_or_else(|e| panic!("{what}: not JSON ({e}):\n{out}"))
+}
+
+/// Run pgshift with `args` plus `--json`, assert it succeeded, parse stdout.
+fn run_json(wd: &Workdir, args: &[&str]) -> Value {
+    let mut a = args.to_vec();
+    a.push("--json");
+    parse(&format!("{args:?}"), &wd.run_ok(&a))
+}
+
+/// One line on stderr, `error: …` containing `needle`, exit 2.
+fn assert_usage_error(out: &Output, needle: &str) {
+    let err = stderr_of(out);
+    assert_eq!(out.status.code(), Some(2), "expected exit 2:\n{err}");
+    let lines: Vec<&str> = err.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "one line expected:\n{err}");
+    assert!(lines[0].starts_with("error: "), "{err}");
+    assert!(lines[0].contains(needle), "{needle:?} not in:\n{err}");
+}
+
+/// Far in the future, for `cleanup --before`.
+fn far_future() -> String {
+    (Utc::now() + chrono::Duration::days(1))
+        .timestamp_millis()
+        .to_string()
+}
+
+fn schema_exists(db: &TestDb, schema: &str) -> bool {
+    db.query_one_string(&format!(
+        "SELECT count(*) FROM pg_namespace WHERE nspname = '{schema}'"
+    )) == "1"
+}
+
+/// The ordinary tables of `schema`, comma-separated ("" when none or no schema).
+fn tables_of(db: &TestDb, schema: &str) -> String {
+    db.query_one_string(&format!(
+        "SELECT coalesce(string_agg(c.relname, ',' ORDER BY c.relname), '') FROM pg_class c
+           JOIN pg_namespace n ON n.oid = c.relnamespace
+          WHERE n.nspname = '{schema}' AND c.relkind IN ('r', 'p')"
+    ))
+}
+
+/// Relations and functions left in `schema` (tables, views, indexes, sequences, routines).
+fn objects_in(db: &TestDb, schema: &str) -> String {
+    db.query_one_string(&format!(
+        "SELECT (SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = '{schema}')
+              + (SELECT count(*) FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace WHERE n.nspname = '{schema}')"
+    ))
+}
+
+/// Every table of `schema` with its row count and a digest of its rows
+/// (`table:count:md5`), schema-independent so a backup compares with a live schema.
+fn data_of(db: &TestDb, schema: &str) -> Vec<String> {
+    let tables = tables_of(db, schema);
+    tables
+        .split(',')
+        .filter(|t| !t.is_empty())
+        .map(|t| {
+            let q = format!("\"{schema}\".\"{t}\"");
+            let v = db.query_one_string(&format!(
+                "SELECT count(*) || ':' || coalesce(md5(string_agg(x::text, '|' ORDER BY x::text)), '') FROM {q} x"
+            ));
+            format!("{t}:{v}")
+        })
+        .collect()
+}
+
+/// pgshift's shadows left on the destination: `shadow` and `pgshift_shadow_*`.
+fn shadows_left(db: &TestDb) -> String {
+    db.query_one_string(
+        "SELECT coalesce(string_agg(nspname, ',' ORDER BY nspname), '') FROM pg_namespace
+          WHERE nspname = 'shadow' OR nspname LIKE 'pgshift\\_shadow\\_%'",
+    )
+}
+
+/// Backup schemas on the destination.
+fn backups_left(db: &TestDb) -> String {
+    db.query_one_string(
+        "SELECT coalesce(string_agg(nspname, ',' ORDER BY nspname), '') FROM pg_namespace
+          WHERE nspname LIKE 'backup\\_%'",
+    )
+}
+
+/// `schema` of the destination has exactly the source's DDL (pg_dump of both,
+/// compared entry by entry) and rows.
+fn assert_same_schema(src: &TestDb, dst: &TestDb, schema: &str) {
+    let a = normalised_dump(src, schema);
+    let b = normalised_dump(dst, schema);
+    if a != b {
+        let sa: BTreeSet<&String> = a.iter().collect();
+        let sb: BTreeSet<&String> = b.iter().collect();
+        let only = |x: &BTreeSet<&String>, y: &BTreeSet<&String>| {
+            x.difference(y)
+                .take(6)
+                .map(|s| s.as_str())
+                .collect::<Vec<_>>()
+                .join("\n")
+        };
+        panic!(
+            "schema {schema}: the destination's DDL differs from the source's.\n--- only in source:\n{}\n--- only in destination:\n{}",
+            only(&sa, &sb),
+            only(&sb, &sa)
+        );
+    }
+    assert_eq!(
+        data_of(dst, schema),
+        data_of(src, schema),
+        "schema {schema}: rows differ"
+    );
+}
+
+/// The `schemas` of a `list --json` row as `live=backup` strings.
+fn schema_pairs(row: &Value) -> Vec<String> {
+    row["schemas"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no schemas array in {row}"))
+        .iter()
+        .map(|s| {
+            format!(
+                "{}={}",
+                s["live"].as_str().unwrap(),
+                s["backup"].as_str().unwrap()
+            )
+        })
+        .collect()
+}
+
+fn list(wd: &Workdir, db: &TestDb) -> Vec<Value> {
+    run_json(wd, &["list", "--dest", &db.url()])
+        .as_array()
+        .expect("list --json prints an array")
+        .clone()
+}
+
+fn sorted_strings(v: &Value) -> Vec<String> {
+    let mut names: Vec<String> = v
+        .as_array()
+        .unwrap_or_else(|| panic!("not an array: {v}"))
+        .iter()
+        .map(|s| s.as_str().unwrap().to_string())
+        .collect();
+    names.sort();
+    names
+}
+
+// ---------------------------------------------------------------------------------------
+// 1. start, list, verify, rollback (both ways), tampering, cleanup
+// ---------------------------------------------------------------------------------------
+
+/// v2 on the source: public and billing referencing each other in every way.
+const SRC_V2: &str = "
+    CREATE SCHEMA billing;
+    CREATE TYPE billing.currency AS ENUM ('EUR', 'USD');
+    CREATE DOMAIN public.amount AS numeric(12,2) CHECK (VALUE >= 0);
+    CREATE FUNCTION public.vat(numeric) RETURNS numeric LANGUAGE sql IMMUTABLE AS $$ SELECT round($1 * 1.2, 2) $$;
+    -- a public column of a type from billing
+    CREATE TABLE public.accounts (id int PRIMARY KEY, name text NOT NULL,
+                                  currency billing.currency NOT NULL DEFAULT 'EUR');
+    -- a billing foreign key to public, a billing column of a type from public
+    CREATE TABLE billing.invoices (id serial PRIMARY KEY, account_id int NOT NULL REFERENCES public.accounts (id),
+                                   amount public.amount NOT NULL);
+    CREATE INDEX invoices_account ON billing.invoices (account_id);
+    CREATE TABLE billing.payments (id serial PRIMARY KEY, invoice_id int NOT NULL REFERENCES billing.invoices (id),
+                                   paid public.amount NOT NULL);
+    -- a public default from a billing sequence, a public foreign key to billing
+    CREATE SEQUENCE billing.order_no;
+    CREATE TABLE public.orders (id bigint PRIMARY KEY DEFAULT nextval('billing.order_no'),
+                                account_id int NOT NULL REFERENCES public.accounts (id),
+                                invoice_id int REFERENCES billing.invoices (id));
+    -- a public view over billing
+    CREATE VIEW public.account_totals AS
+        SELECT a.name, count(i.id) AS invoices, sum(i.amount) AS total
+          FROM public.accounts a JOIN billing.invoices i ON i.account_id = a.id GROUP BY a.name;
+    -- billing functions calling public.vat(): an SQL-standard body (bound at creation) and a string body
+    CREATE FUNCTION billing.with_vat(x numeric) RETURNS numeric LANGUAGE sql IMMUTABLE
+        BEGIN ATOMIC SELECT public.vat(x); END;
+    CREATE FUNCTION billing.account_total(acc int) RETURNS numeric LANGUAGE sql STABLE
+        AS $$ SELECT public.vat(sum(amount)) FROM billing.invoices WHERE account_id = acc $$;
+    INSERT INTO public.accounts
+        SELECT g, 'acc' || g, (CASE WHEN g % 3 = 0 THEN 'USD' ELSE 'EUR' END)::billing.currency
+          FROM generate_series(1, 30) g;
+    INSERT INTO billing.invoices (account_id, amount) SELECT g % 30 + 1, g FROM generate_series(1, 100) g;
+    INSERT INTO billing.payments (invoice_id, paid) SELECT g, g FROM generate_series(1, 40) g;
+    INSERT INTO public.orders (account_id, invoice_id) SELECT g % 30 + 1, g FROM generate_series(1, 60) g;";
+
+/// v1 on the destination: an older public and an older billing (other columns,
+/// fewer tables, an older public.vat).
+const DST_V1: &str = "
+    CREATE SCHEMA billing;
+    CREATE FUNCTION public.vat(numeric) RETURNS numeric LANGUAGE sql IMMUTABLE AS $$ SELECT round($1 * 1.1, 2) $$;
+    CREATE TABLE public.accounts (id int PRIMARY KEY, name text NOT NULL);
+    CREATE TABLE public.orders (id serial PRIMARY KEY, account_id int NOT NULL REFERENCES public.accounts (id));
+    CREATE TABLE billing.invoices (id int PRIMARY KEY, account_id int NOT NULL REFERENCES public.accounts (id),
+                                   total numeric NOT NULL);
+    INSERT INTO public.accounts SELECT g, 'old' || g FROM generate_series(1, 10) g;
+    INSERT INTO public.orders (account_id) SELECT g FROM generate_series(1, 5) g;
+    INSERT INTO billing.invoices SELECT g, g, g * 10 FROM generate_series(1, 7) g;";
+
+/// What the cross-schema objects answer (the same on the source and on a
+/// correctly migrated destination).
+fn cross_schema_answers(db: &TestDb) -> String {
+    db.query_one_string(
+        "SELECT billing.with_vat(100) || ' ' || billing.account_total(1) || ' '
+                || (SELECT string_agg(name || '=' || invoices || '/' || total, ',' ORDER BY name) FROM account_totals) || ' '
+                || (SELECT pg_get_expr(adbin, adrelid) FROM pg_attrdef
+                     WHERE adrelid = 'public.orders'::regclass AND adnum = 1) || ' '
+                || (SELECT last_value FROM billing.order_no) || ' '
+                || (SELECT atttypid::regtype::text FROM pg_attribute
+                     WHERE attrelid = 'public.accounts'::regclass AND attname = 'currency')",
+    )
+}
+
+#[test]
+fn two_schemas_start_list_verify_rollback_cleanup() {
+    let dbs = TestDbs::new("sch_cycle");
+    dbs.src.psql(SRC_V2);
+    dbs.dst.psql(DST_V1);
+    let wd = Workdir::new();
+    let (src, dst) = (dbs.src.url(), dbs.dst.url());
+    let old_pub = schema_fingerprint(&dbs.dst, "public");
+    let old_bill = schema_fingerprint(&dbs.dst, "billing");
+    let old_pub_data = data_of(&dbs.dst, "public");
+    let old_bill_data = data_of(&dbs.dst, "billing");
+    let answers = cross_schema_answers(&dbs.src);
+    // The source's own answers, so the comparison below means something.
+    assert!(
+        answers.starts_with("120.00 "),
+        "source's billing.with_vat(100): {answers}"
+    );
+    assert!(
+        answers.contains("acc1=3/")
+            && answers.contains(" nextval('billing.order_no'::regclass) 60 billing.currency"),
+        "{answers}"
+    );
+
+    let started = run_json(
+        &wd,
+        &[
+            "start",
+            "--source",
+            &src,
+            "--dest",
+            &dst,
+            "--schemas",
+            "public,billing",
+        ],
+    );
+    assert_eq!(
+        sorted_strings(&started["prepare"]["schemas"]),
+        ["billing", "public"],
+        "{}",
+        started["prepare"]
+    );
+    let prepared_tables: Vec<String> = started["prepare"]["tables"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(tn)
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    assert_eq!(
+        prepared_tables,
+        ["accounts", "billing.invoices", "billing.payments", "orders"],
+        "prepare's tables: public's bare, the others qualified"
+    );
+    let ts = started["swap"]["backup_timestamp"].as_i64().unwrap();
+    let b1 = format!("backup_{ts}");
+    let b1_billing = format!("backup_{ts}_billing");
+    assert_eq!(started["swap"]["backup_schema"], b1.as_str());
+
+    // Both schemas: exactly the source's DDL and rows; every cross-schema
+    // reference resolves to the new live schemas.
+    assert_same_schema(&dbs.src, &dbs.dst, "public");
+    assert_same_schema(&dbs.src, &dbs.dst, "billing");
+    assert_eq!(cross_schema_answers(&dbs.dst), answers);
+    let new_pub = schema_fingerprint(&dbs.dst, "public");
+    let new_bill = schema_fingerprint(&dbs.dst, "billing");
+
+    // list: one backup, both schemas; the backups hold the destination's old objects.
+    let backups = list(&wd, &dbs.dst);
+    assert_eq!(backups.len(), 1, "{backups:?}");
+    let b = &backups[0];
+    assert_eq!(b["timestamp"].as_i64(), Some(ts));
+    assert_eq!(b["schema"], b1.as_str());
+    assert_eq!(b["kind"], "swap");
+    assert_eq!(
+        schema_pairs(b),
+        [format!("public={b1}"), format!("billing={b1_billing}")]
+    );
+    assert_eq!(b["tables"], 3, "{b}");
+    assert_eq!(b["total_rows"], 10 + 5 + 7, "{b}");
+    assert_eq!(backups_left(&dbs.dst), format!("{b1},{b1_billing}"));
+    assert_eq!(tables_of(&dbs.dst, &b1), "accounts,orders");
+    assert_eq!(tables_of(&dbs.dst, &b1_billing), "invoices");
+    assert_eq!(data_of(&dbs.dst, &b1), old_pub_data);
+    assert_eq!(data_of(&dbs.dst, &b1_billing), old_bill_data);
+    assert_eq!(
+        dbs.dst.query_one_string(&format!("SELECT {b1}.vat(100)")),
+        "110.00"
+    );
+
+    // verify: both schemas checked, public's tables bare, billing's qualified.
+    let v = run_json(
+        &wd,
+        &["verify", "--dest", &dst, "--timestamp", &ts.to_string()],
+    );
+    assert_eq!(v["ok"], true, "{v}");
+    let verified: BTreeSet<&str> = v["tables"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        verified,
+        BTreeSet::from(["accounts", "billing.invoices", "orders"]),
+        "{v}"
+    );
+
+    // rollback --latest: the old public and billing back, exactly.
+    let r = run_json(&wd, &["rollback", "--dest", &dst, "--latest"]);
+    assert_eq!(r["restored_schema"], b1.as_str(), "{r}");
+    assert_eq!(r["verified"], true, "{r}");
+    assert_eq!(
+        schema_fingerprint(&dbs.dst, "public"),
+        old_pub,
+        "public after the rollback"
+    );
+    assert_eq!(
+        schema_fingerprint(&dbs.dst, "billing"),
+        old_bill,
+        "billing after the rollback"
+    );
+    assert_eq!(dbs.dst.query_one_string("SELECT vat(100)"), "110.00");
+    let b2_ts = r["backup_timestamp"].as_i64().unwrap();
+    let b2 = format!("backup_{b2_ts}");
+    assert_eq!(r["backup_schema"], b2.as_str(), "{r}");
+    // The replaced schemas are one new backup, kind rollback, with both schemas.
+    let backups = list(&wd, &dbs.dst);
+    assert_eq!(backups.len(), 1, "{backups:?}");
+    assert_eq!(backups[0]["schema"], b2.as_str());
+    assert_eq!(backups[0]["kind"], "rollback");
+    assert_eq!(backups[0]["restored_from"], b1.as_str());
+    assert_eq!(
+        schema_pairs(&backups[0]),
+        [format!("public={b2}"), format!("billing={b2}_billing")]
+    );
+    assert_eq!(backups[0]["tables"], 4, "{}", backups[0]);
+    assert_eq!(backups_left(&dbs.dst), format!("{b2},{b2}_billing"));
+    wd.run_ok(&["verify", "--dest", &dst, "--timestamp", &b2_ts.to_string()]);
+
+    // The rollback is reversible: the migrated version is back, references and all.
+    let r2 = run_json(&wd, &["rollback", "--dest", &dst, "--timestamp", &b2]);
+    assert_eq!(r2["restored_schema"], b2.as_str(), "{r2}");
+    assert_eq!(
+        schema_fingerprint(&dbs.dst, "public"),
+        new_pub,
+        "public after rolling back the rollback"
+    );
+    assert_eq!(
+        schema_fingerprint(&dbs.dst, "billing"),
+        new_bill,
+        "billing after rolling back the rollback"
+    );
+    assert_same_schema(&dbs.src, &dbs.dst, "public");
+    assert_same_schema(&dbs.src, &dbs.dst, "billing");
+    assert_eq!(cross_schema_answers(&dbs.dst), answers);
+    let b3_ts = r2["backup_timestamp"].as_i64().unwrap().to_string();
+    let b3 = format!("backup_{b3_ts}");
+    assert_eq!(backups_left(&dbs.dst), format!("{b3},{b3}_billing"));
+
+    // Tampering with either schema of a backup is caught (b3 is not needed any more).
+    dbs.dst
+        .psql(&format!("DELETE FROM {b3}_billing.invoices WHERE id = 3"));
+    let diffs = |expect: usize| -> Vec<String> {
+        let out = wd.run(&["verify", "--dest", &dst, "--timestamp", &b3_ts, "--json"]);
+        assert_eq!(out.status.code(), Some(3), "verify: {}", stderr_of(&out));
+        let v = parse("verify", &String::from_utf8_lossy(&out.stdout));
+        assert_eq!(v["ok"], false, "{v}");
+        let d: Vec<String> = v["differences"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|d| {
+                format!(
+                    "{} {} {}->{}",
+                    d["table"].as_str().unwrap(),
+                    d["kind"].as_str().unwrap(),
+                    d["expected"].as_str().unwrap_or("-"),
+                    d["actual"].as_str().unwrap_or("-")
+                )
+            })
+            .collect();
+        assert_eq!(d.len(), expect, "{v}");
+        d
+    };
+    assert_eq!(diffs(1), ["billing.invoices row_count 7->6"]);
+    dbs.dst
+        .psql(&format!("DELETE FROM {b3}.orders WHERE id = 2"));
+    let d = diffs(2);
+    assert!(d.contains(&"orders row_count 5->4".to_string()), "{d:?}");
+    assert!(
+        d.contains(&"billing.invoices row_count 7->6".to_string()),
+        "{d:?}"
+    );
+
+    // cleanup drops every schema of the backup; the live schemas stay.
+    let c = run_json(
+        &wd,
+        &[
+            "cleanup",
+            "--dest",
+            &dst,
+            "--before",
+            &far_future(),
+            "--keep-latest",
+            "0",
+        ],
+    );
+    let dropped: Vec<&str> = c["dropped"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["schema"].as_str().unwrap())
+        .collect();
+    assert_eq!(dropped, [b3.as_str()], "{c}");
+    assert_eq!(backups_left(&dbs.dst), "");
+    assert!(list(&wd, &dbs.dst).is_empty());
+    assert_eq!(schema_fingerprint(&dbs.dst, "public"), new_pub);
+    assert_eq!(schema_fingerprint(&dbs.dst, "billing"), new_bill);
+}
+
+// ---------------------------------------------------------------------------------------
+// 2. A failure anywhere leaves every destination schema as it was
+// ---------------------------------------------------------------------------------------
+
+const PREPARE_PHASES: [&str; 11] = [
+    "snapshot",
+    "dump",
+    "schema",
+    "data",
+    "indexes",
+    "sequences",
+    "matviews",
+    "sync",
+    "analyze",
+    "privileges",
+    "validate",
+];
+
+/// public, billing (on both sides), reporting (source only), legacy (destination only).
+fn four_schemas(dbs: &TestDbs) {
+    dbs.src.psql(
+        "CREATE SCHEMA billing; CREATE SCHEMA reporting;
+         CREATE TABLE public.accounts (id int PRIMARY KEY, name text);
+         CREATE TABLE billing.invoices (id int PRIMARY KEY, account_id int REFERENCES public.accounts (id), amount int);
+         CREATE VIEW public.invoice_sums AS SELECT account_id, sum(amount) AS total FROM billing.invoices GROUP BY account_id;
+         CREATE TABLE reporting.daily (d date PRIMARY KEY, n int);
+         CREATE VIEW reporting.invoice_count AS SELECT count(*) AS n FROM billing.invoices;
+         CREATE MATERIALIZED VIEW reporting.totals AS SELECT sum(amount) AS total FROM billing.invoices;
+         INSERT INTO public.accounts SELECT g, 'new' || g FROM generate_series(1, 5) g;
+         INSERT INTO billing.invoices SELECT g, g % 5 + 1, g FROM generate_series(1, 12) g;
+         INSERT INTO reporting.daily SELECT date '2025-01-01' + g, g FROM generate_series(1, 3) g;
+         REFRESH MATERIALIZED VIEW reporting.totals;",
+    );
+    dbs.dst.psql(
+        "CREATE SCHEMA billing; CREATE SCHEMA legacy;
+         CREATE TABLE public.accounts (id int PRIMARY KEY, name text);
+         CREATE TABLE billing.invoices (id int PRIMARY KEY, account_id int REFERENCES public.accounts (id), total int);
+         CREATE TABLE legacy.notes (id int PRIMARY KEY, body text);
+         CREATE VIEW legacy.note_count AS SELECT count(*) AS n FROM legacy.notes;
+         INSERT INTO public.accounts SELECT g, 'old' || g FROM generate_series(1, 3) g;
+         INSERT INTO billing.invoices SELECT g, g, g FROM generate_series(1, 2) g;
+         INSERT INTO legacy.notes SELECT g, 'note' || g FROM generate_series(1, 4) g;",
+    );
+}
+
+const FOUR: &str = "public,billing,reporting,legacy";
+
+/// What the destination's applications see of the chosen schemas, in one
+/// pg_dump and two queries (this runs after every injected failure): the DDL
+/// of public, billing and legacy; every row of their tables (count and
+/// digest); and whether a backup schema, the source-only reporting schema or
+/// a pgshift trigger exists.
+fn live_state(db: &TestDb) -> (String, String, String) {
+    let out = db
+        .client_command("pg_dump")
+        .args(["--schema-only", "--no-owner", "--no-privileges"])
+        .args(["-n", "public", "-n", "billing", "-n", "legacy"])
+        .args(["--dbname", db.name()])
+        .output()
+        .expect("running pg_dump");
+    assert!(out.status.success(), "pg_dump: {}", stderr_of(&out));
+    let ddl = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| {
+            !l.starts_with("\\restrict")
+                && !l.starts_with("\\unrestrict")
+                && !l.starts_with("-- Dumped")
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    let rows = db.psql(
+        "SELECT string_agg(format('%I.%I', n.nspname, c.relname) || ' ' || (xpath('/row/d/text()', query_to_xml(
+                   format('SELECT count(*) || '':'' || coalesce(md5(string_agg(x::text, ''|'' ORDER BY x::text)), '''') AS d FROM %I.%I x',
+                          n.nspname, c.relname), false, true, '')))[1]::text, ' ' ORDER BY n.nspname, c.relname)
+           FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+          WHERE n.nspname IN ('public', 'billing', 'legacy') AND c.relkind = 'r'",
+    );
+    let extras = db.query_one_string(
+        "SELECT 'backups=' || coalesce((SELECT string_agg(nspname, ',') FROM pg_namespace WHERE nspname LIKE 'backup\\_%'), '')
+                || ',reporting=' || (SELECT count(*) FROM pg_namespace WHERE nspname = 'reporting')
+                || ',triggers=' || (SELECT count(*) FROM pg_trigger WHERE NOT tgisinternal AND tgname LIKE 'pgshift%')",
+    );
+    (ddl, rows, extras)
+}
+
+#[test]
+fn two_schemas_failure_in_each_phase_leaves_both_untouched() {
+    let dbs = TestDbs::new("sch_fail");
+    four_schemas(&dbs);
+    let (src, dst) = (dbs.src.url(), dbs.dst.url());
+    let before = live_state(&dbs.dst);
+    assert!(
+        before.0.contains("CREATE TABLE legacy.notes"),
+        "{}",
+        before.0
+    );
+    assert!(before.1.contains("legacy.notes 4:"), "{}", before.1);
+    assert_eq!(before.2, "backups=,reporting=0,triggers=0");
+    let untouched = |what: &str| {
+        let now = live_state(&dbs.dst);
+        assert_eq!(
+            now.0, before.0,
+            "{what}: the DDL of public, billing or legacy changed"
+        );
+        assert_eq!(
+            now.1, before.1,
+            "{what}: rows of public, billing or legacy changed"
+        );
+        assert_eq!(
+            now.2, before.2,
+            "{what}: a backup, the reporting schema or a trigger appeared"
+        );
+    };
+    let prepare_args = [
+        "prepare",
+        "--source",
+        &src,
+        "--dest",
+        &dst,
+        "--schemas",
+        FOUR,
+    ];
+
+    for phase in PREPARE_PHASES {
+        let wd = Workdir::new();
+        let out = wd.run_env(&prepare_args, &[("PGSHIFT_FAILPOINT", phase)]);
+        let err = stderr_of(&out);
+        assert_eq!(out.status.code(), Some(1), "{phase}: {err}");
+        assert!(err.contains(&format!("phase {phase}")), "{phase}: {err}");
+        let last = err.trim_end().lines().last().unwrap_or("");
+        assert!(
+            last.starts_with("error: prepare failed: phase "),
+            "{phase}: {err}"
+        );
+        untouched(phase);
+        // A failed prepare removes its shadows itself (as with public alone).
+        assert_eq!(shadows_left(&dbs.dst), "", "{phase}: shadow left");
+        assert_eq!(
+            dbs.dst.psql(
+                "SELECT status || ':' || phase FROM pgshift.migration ORDER BY id DESC LIMIT 1"
+            ),
+            format!("failed:{phase}")
+        );
+    }
+
+    // Prepared: every chosen schema in the report and in status.
+    let wd = Workdir::new();
+    let p = run_json(&wd, &prepare_args);
+    assert_eq!(
+        sorted_strings(&p["schemas"]),
+        ["billing", "legacy", "public", "reporting"],
+        "{p}"
+    );
+    let names: BTreeSet<String> = p["tables"].as_array().unwrap().iter().map(tn).collect();
+    let names: BTreeSet<&str> = names.iter().map(|s| s.as_str()).collect();
+    assert_eq!(
+        names,
+        BTreeSet::from(["accounts", "billing.invoices", "reporting.daily"]),
+        "{p}"
+    );
+    let st = run_json(&wd, &["status", "--dest", &dst]);
+    assert_eq!(st["state"], "prepared", "{st}");
+    assert_eq!(
+        sorted_strings(&st["schemas"]),
+        ["billing", "legacy", "public", "reporting"],
+        "{st}"
+    );
+    untouched("after prepare");
+    let prepared_shadows = shadows_left(&dbs.dst);
+    for s in [
+        "shadow",
+        "pgshift_shadow_billing",
+        "pgshift_shadow_reporting",
+    ] {
+        assert!(
+            prepared_shadows.split(',').any(|x| x == s),
+            "no {s} after prepare: {prepared_shadows}"
+        );
+    }
+
+    // The swap's three points: nothing happens, the migration stays prepared.
+    for point in ["swap", "swap-locks", "swap-commit"] {
+        let out = wd.run_env(&["swap", "--dest", &dst], &[("PGSHIFT_FAILPOINT", point)]);
+        let err = stderr_of(&out);
+        assert_eq!(out.status.code(), Some(1), "{point}: {err}");
+        assert!(
+            err.contains(&format!("injected failure at {point}")),
+            "{point}: {err}"
+        );
+        untouched(point);
+        assert_eq!(
+            shadows_left(&dbs.dst),
+            prepared_shadows,
+            "{point}: shadows changed"
+        );
+        assert_eq!(
+            dbs.dst.psql("SELECT count(*) FROM pgshift.backups"),
+            "0",
+            "{point}"
+        );
+        let st = run_json(&wd, &["status", "--dest", &dst]);
+        assert_eq!(st["state"], "prepared", "{point}: {st}");
+    }
+    // A failed swap leaves the prepared shadows for the next swap; abort removes them all.
+    wd.run_ok(&["abort", "--dest", &dst]);
+    untouched("after abort");
+    assert_eq!(shadows_left(&dbs.dst), "", "abort left a shadow");
+
+    // And a clean run: the source-only schema is created, the destination-only
+    // one ends empty, its objects in the backup.
+    let s = run_json(
+        &wd,
+        &["start", "--source", &src, "--dest", &dst, "--schemas", FOUR],
+    );
+    let ts = s["swap"]["backup_timestamp"].as_i64().unwrap();
+    for schema in ["public", "billing", "reporting"] {
+        assert_same_schema(&dbs.src, &dbs.dst, schema);
+    }
+    assert_eq!(
+        dbs.dst.query_one_string(
+            "SELECT (SELECT n FROM reporting.invoice_count) || ':' || (SELECT total FROM reporting.totals)
+                    || ':' || (SELECT total FROM invoice_sums WHERE account_id = 1)"
+        ),
+        "12:78:15"
+    );
+    assert!(
+        schema_exists(&dbs.dst, "legacy"),
+        "the live legacy schema was dropped"
+    );
+    assert_eq!(objects_in(&dbs.dst, "legacy"), "0", "legacy is not empty");
+    let legacy_backup = format!("backup_{ts}_legacy");
+    assert_eq!(tables_of(&dbs.dst, &legacy_backup), "notes");
+    assert_eq!(
+        dbs.dst
+            .query_one_string(&format!("SELECT n FROM {legacy_backup}.note_count")),
+        "4"
+    );
+    let backups = list(&wd, &dbs.dst);
+    assert_eq!(backups.len(), 1, "{backups:?}");
+    let pairs = schema_pairs(&backups[0]);
+    for want in [
+        format!("public=backup_{ts}"),
+        format!("billing=backup_{ts}_billing"),
+        format!("legacy={legacy_backup}"),
+    ] {
+        assert!(pairs.contains(&want), "{want} not in {pairs:?}");
+    }
+    wd.run_ok(&["verify", "--dest", &dst, "--timestamp", &ts.to_string()]);
+}
+
+// ---------------------------------------------------------------------------------------
+// 3. A preserved table in billing under concurrent writers
+// ---------------------------------------------------------------------------------------
+
+#[derive(Default)]
+struct Stats {
+    ops: AtomicU64,
+    errors: AtomicU64,
+    first_error: std::sync::Mutex<Option<String>>,
+    /// Completion times of operations (ms since the epoch).
+    times: std::sync::Mutex<Vec<i64>>,
+}
+
+/// One writer of billing.invoices (as tests/preserved.rs's writer of users):
+/// every statement touches only ids `≡ part (mod parts)`, so writers never
+/// wait on one another; any error is the sync's fault.
+async fn writer(
+    c: Client,
+    part: i64,
+    parts: i64,
+    max_id: i64,
+    stop: Arc<AtomicBool>,
+    stats: Arc<Stats>,
+) {
+    let mut n: u64 = part as u64 * 7919 + 1;
+    let mut next = move || {
+        n ^= n << 13;
+        n ^= n >> 7;
+        n ^= n << 17;
+        n
+    };
+    let pick = |r: u64| -> i64 {
+        let id = (r % max_id as u64) as i64 + 1;
+        id - id.rem_euclid(parts) + part
+    };
+    while !stop.load(Ordering::Relaxed) {
+        let r = next();
+        let id = pick(next()) as i32;
+        let res = match r % 9 {
+            0 | 1 => c
+                .execute(
+                    "INSERT INTO billing.invoices (customer, amount, note) VALUES ($1, $2, 'w')",
+                    &[&format!("w{part}-{r}"), &((r % 1000) as i32)],
+                )
+                .await
+                .map(|_| ()),
+            2 | 3 => c
+                .execute(
+                    "UPDATE billing.invoices SET amount = amount + 1, note = $2 WHERE id = $1",
+                    &[&id, &format!("u{r}")],
+                )
+                .await
+                .map(|_| ()),
+            4 => c
+                .execute(
+                    "UPDATE billing.invoices SET amount = amount - 1 WHERE id BETWEEN $1 AND $1 + 60 AND id % $2 = $3",
+                    &[&id, &(parts as i32), &(part as i32)],
+                )
+                .await
+                .map(|_| ()),
+            5 => c
+                .execute("DELETE FROM billing.invoices WHERE id = $1", &[&id])
+                .await
+                .map(|_| ()),
+            6 => c
+                .execute(
+                    "UPDATE billing.invoices SET id = nextval('billing.invoices_id_seq') WHERE id = $1",
+                    &[&id],
+                )
+                .await
+                .map(|_| ()),
+            7 => {
+                c.batch_execute(&format!(
+                    "BEGIN;
+                     UPDATE billing.invoices SET note = 'tx' WHERE id = {id};
+                     SAVEPOINT s;
+                     DELETE FROM billing.invoices WHERE id = {id};
+                     INSERT INTO billing.invoices (customer) VALUES ('gone');
+                     ROLLBACK TO SAVEPOINT s;
+                     INSERT INTO billing.invoices (customer, note) VALUES ('tx', 'kept');
+                     COMMIT;"
+                ))
+                .await
+            }
+            _ => {
+                c.batch_execute(&format!(
+                    "BEGIN; DELETE FROM billing.invoices WHERE id = {id};
+                     INSERT INTO billing.invoices (customer) VALUES ('rolled back'); ROLLBACK;"
+                ))
+                .await
+            }
+        };
+        match res {
+            Ok(()) => {
+                stats.ops.fetch_add(1, Ordering::Relaxed);
+                stats
+                    .times
+                    .lock()
+                    .unwrap()
+                    .push(Utc::now().timestamp_millis());
+            }
+            Err(e) => {
+                let _ = c.batch_execute("ROLLBACK").await;
+                stats.errors.fetch_add(1, Ordering::Relaxed);
+                let mut first = stats.first_error.lock().unwrap();
+                if first.is_none() {
+                    *first = Some(format!("{e:?}"));
+                }
+                drop(first);
+                if c.is_closed() {
+                    return;
+                }
+            }
+        }
+        tokio::task::yield_now().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn preserved_table_in_billing_stays_in_sync_under_a_concurrent_writer() {
+    let rows: i64 = 200_000;
+    let dbs = TestDbs::new("sch_race");
+    let ddl = "CREATE SCHEMA billing;
+               CREATE TABLE public.accounts (id int PRIMARY KEY, name text);
+               CREATE TABLE billing.invoices (id serial PRIMARY KEY, customer text NOT NULL, amount int, note text);";
+    dbs.src.psql(&format!(
+        "{ddl} INSERT INTO public.accounts SELECT g, 'src' FROM generate_series(1, 3) g;
+               INSERT INTO billing.invoices (customer) SELECT 'src' || g FROM generate_series(1, 10) g;"
+    ));
+    dbs.dst.psql(&format!(
+        "{ddl} INSERT INTO public.accounts SELECT g, 'dst' FROM generate_series(1, 2) g;
+               INSERT INTO billing.invoices (customer, amount, note)
+                 SELECT 'dst' || g, g % 100, 'n' FROM generate_series(1, {rows}) g;
+               ANALYZE billing.invoices;"
+    ));
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let stats = Arc::new(Stats::default());
+    let mut tasks = Vec::new();
+    for part in 0..3 {
+        let c = dbs.dst.client().await;
+        tasks.push(tokio::spawn(writer(
+            c,
+            part,
+            3,
+            rows,
+            stop.clone(),
+            stats.clone(),
+        )));
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (src, dst) = (dbs.src.url(), dbs.dst.url());
+    let wd = Arc::new(Workdir::new());
+    let w = wd.clone();
+    let out = tokio::task::spawn_blocking(move || {
+        w.run(&[
+            "prepare",
+            "--source",
+            &src,
+            "--dest",
+            &dst,
+            "--schemas",
+            "public,billing",
+            "--preserved-tables",
+            "billing.invoices",
+            "--json",
+        ])
+    })
+    .await
+    .unwrap();
+    let p = parse("prepare", &assert_success(&out));
+    let inv = p["tables"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| tn(t) == "billing.invoices")
+        .unwrap_or_else(|| panic!("no billing.invoices in {p}"));
+    assert_eq!(inv["preserved"], true, "{inv}");
+    let c = dbs.dst.client().await;
+    let one = |sql: String| {
+        let c = &c;
+        async move {
+            c.query_one(sql.as_str(), &[])
+                .await
+                .unwrap_or_else(|e| panic!("{sql}: {e:?}"))
+                .get::<_, i64>(0)
+        }
+    };
+    assert!(
+        one("SELECT count(*) FROM pg_trigger WHERE tgrelid = 'billing.invoices'::regclass AND tgname LIKE 'pgshift%'".into()).await
+            > 0,
+        "no sync trigger on billing.invoices"
+    );
+    assert_eq!(
+        one("SELECT count(*) FROM pg_class WHERE oid = to_regclass('pgshift_shadow_billing.invoices')".into()).await,
+        1,
+        "no pgshift_shadow_billing.invoices"
+    );
+    // When the initial copy ran, from the record.
+    let phase: Value = c
+        .query_one(
+            "SELECT p FROM pgshift.migration m, jsonb_array_elements(m.state->'phases') p
+              WHERE p->>'name' = 'sync' ORDER BY m.id DESC LIMIT 1",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    let at = |k: &str| {
+        phase[k]
+            .as_str()
+            .unwrap()
+            .parse::<DateTime<Utc>>()
+            .unwrap()
+            .timestamp_millis()
+    };
+    let (from, to) = (at("started_at"), at("finished_at"));
+
+    // Keep writing after prepare (the changelog grows), then stop and swap.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    stop.store(true, Ordering::Relaxed);
+    for t in tasks {
+        t.await.unwrap();
+    }
+    assert_eq!(
+        stats.errors.load(Ordering::Relaxed),
+        0,
+        "the application saw errors; first: {:?}",
+        stats.first_error.lock().unwrap()
+    );
+    let during = stats
+        .times
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|t| (from..=to).contains(*t))
+        .count();
+    assert!(
+        during >= 20,
+        "only {during} writes landed during the sync phase ({} ms)",
+        to - from
+    );
+    let dst = dbs.dst.url();
+    let w = wd.clone();
+    let s = tokio::task::spawn_blocking(move || run_json(&w, &["swap", "--dest", &dst]))
+        .await
+        .unwrap();
+    assert_eq!(s["preserved_tables"], json!(["billing.invoices"]), "{s}");
+    let ts = s["backup_timestamp"].as_i64().unwrap();
+    let old = format!("backup_{ts}_billing.invoices");
+
+    // The old table (frozen at the swap) and the new live one: identical.
+    let cols = "id, customer, amount, note";
+    assert_eq!(
+        one(format!(
+            "SELECT (SELECT count(*) FROM (SELECT {cols} FROM billing.invoices EXCEPT SELECT {cols} FROM {old}) a)
+                  + (SELECT count(*) FROM (SELECT {cols} FROM {old} EXCEPT SELECT {cols} FROM billing.invoices) b)"
+        ))
+        .await,
+        0,
+        "billing.invoices differs from the table it replaced"
+    );
+    assert_eq!(
+        one("SELECT count(*) FROM billing.invoices".into()).await,
+        one(format!("SELECT count(*) FROM {old}")).await
+    );
+    assert_ne!(
+        one("SELECT 'billing.invoices'::regclass::oid::bigint".into()).await,
+        one(format!("SELECT '{old}'::regclass::oid::bigint")).await,
+        "the live table was not replaced"
+    );
+    assert_eq!(
+        one("SELECT count(*) FROM billing.invoices WHERE customer LIKE 'src%' OR customer IN ('gone', 'rolled back')".into()).await,
+        0
+    );
+    assert_eq!(
+        one(
+            "SELECT count(*) FROM pg_trigger WHERE NOT tgisinternal AND tgname LIKE 'pgshift%'"
+                .into()
+        )
+        .await,
+        0
+    );
+    // The public side came from the source; the sequence continues after both sides.
+    assert_eq!(
+        one("SELECT count(*) FROM public.accounts WHERE name = 'src'".into()).await,
+        3
+    );
+    let max_old = one(format!("SELECT max(id)::bigint FROM {old}")).await;
+    let new_id = one(
+        "INSERT INTO billing.invoices (customer) VALUES ('after the swap') RETURNING id::bigint"
+            .into(),
+    )
+    .await;
+    assert!(new_id > max_old, "new id {new_id} <= {max_old}");
+    eprintln!(
+        "billing race: {} writes, {during} during the {} ms sync phase",
+        stats.ops.load(Ordering::Relaxed),
+        to - from
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// 4. Bad input; table filters and rollback --keep-tables with two schemas
+// ---------------------------------------------------------------------------------------
+
+#[test]
+fn schemas_usage_errors() {
+    let dbs = TestDbs::new("sch_usage");
+    dbs.src.psql(
+        "CREATE SCHEMA billing; CREATE SCHEMA other;
+         CREATE TABLE other.t (id int);
+         CREATE TABLE public.accounts (id int PRIMARY KEY, name text);
+         CREATE TABLE billing.invoices (id int PRIMARY KEY, account_id int NOT NULL REFERENCES public.accounts (id), amount int);
+         CREATE TABLE billing.big_log (id bigserial PRIMARY KEY, at timestamptz NOT NULL DEFAULT now(), line text);
+         CREATE INDEX big_log_at ON billing.big_log (at);
+         INSERT INTO public.accounts SELECT g, 'new' || g FROM generate_series(1, 8) g;
+         INSERT INTO billing.invoices SELECT g, g % 5 + 1, g * 10 FROM generate_series(1, 6) g;
+         INSERT INTO billing.big_log (line) SELECT 'line ' || g FROM generate_series(1, 500) g;
+         CREATE TABLE public.audit (id int PRIMARY KEY, what text);
+         INSERT INTO public.audit SELECT g, 'a' || g FROM generate_series(1, 9) g;",
+    );
+    dbs.dst.psql(
+        "CREATE SCHEMA billing; CREATE SCHEMA other;
+         CREATE TABLE other.t (id int);
+         CREATE TABLE public.accounts (id int PRIMARY KEY, name text);
+         CREATE TABLE billing.invoices (id int PRIMARY KEY, account_id int NOT NULL REFERENCES public.accounts (id), amount int);
+         INSERT INTO public.accounts SELECT g, 'old' || g FROM generate_series(1, 5) g;
+         INSERT INTO billing.invoices SELECT g, g, g FROM generate_series(1, 2) g;",
+    );
+    let wd = Workdir::new();
+    let (src, dst) = (dbs.src.url(), dbs.dst.url());
+    let base = ["prepare", "--source", src.as_str(), "--dest", dst.as_str()];
+    let two = [&base[..], &["--schemas", "public,billing"]].concat();
+
+    // Refusals: exit 2, one line naming the culprit, nothing changed.
+    let before = catalog_fingerprint(&dbs.dst);
+    let out = wd.run(&[&base[..], &["--schemas", "public,nope"]].concat());
+    assert_usage_error(&out, "nope");
+    let out = wd.run_env(&base, &[("PGSHIFT_SCHEMAS", "public,nope")]);
+    assert_usage_error(&out, "nope");
+    let out = wd.run(&[&two[..], &["--preserved-tables", "other.t"]].concat());
+    assert_usage_error(&out, "other");
+    let out = wd.run(&[&two[..], &["--exclude-table", "billing.nomatch*"]].concat());
+    assert_usage_error(&out, "billing.nomatch*");
+    let out = wd.run(&[&two[..], &["--exclude-table-data", "other.t"]].concat());
+    assert_usage_error(&out, "other.t");
+    assert_eq!(
+        catalog_fingerprint(&dbs.dst),
+        before,
+        "a refused run changed the destination"
+    );
+
+    // Kept tables are public's: a pattern that can only select another
+    // schema's tables is refused (exit 2, nothing changed).
+    let out = wd.run(&[&two[..], &["--keep-tables", "billing.invoices"]].concat());
+    assert_usage_error(&out, "billing.invoices");
+    // A foreign key from billing keeps public's referenced rows in.
+    let out = wd.run(&[&two[..], &["--exclude-table-data", "accounts"]].concat());
+    assert_usage_error(
+        &out,
+        "invoices_account_id_fkey of billing.invoices references accounts",
+    );
+    assert_eq!(
+        catalog_fingerprint(&dbs.dst),
+        before,
+        "a refused run changed the destination"
+    );
+
+    // Filters in both schemas: the structure comes, the rows do not.
+    let s = run_json(
+        &wd,
+        &[
+            "start",
+            "--source",
+            &src,
+            "--dest",
+            &dst,
+            "--schemas",
+            "public,billing",
+            "--exclude-table-data",
+            "audit",
+            "--exclude-table-data",
+            "billing.big*",
+        ],
+    );
+    let tables = s["prepare"]["tables"].as_array().unwrap();
+    let audit = tables
+        .iter()
+        .find(|t| tn(t) == "audit")
+        .unwrap_or_else(|| panic!("no audit in {}", s["prepare"]));
+    assert_eq!(audit["rows"], 0, "{audit}");
+    assert_eq!(audit["data_excluded"], true, "{audit}");
+    let big = tables
+        .iter()
+        .find(|t| tn(t) == "billing.big_log")
+        .unwrap_or_else(|| panic!("no billing.big_log in {}", s["prepare"]));
+    assert_eq!(big["rows"], 0, "{big}");
+    assert_eq!(big["data_excluded"], true, "{big}");
+    assert_eq!(
+        s["prepare"]["filters"]["exclude_table_data"],
+        json!([
+            {"pattern": "audit", "tables": ["audit"]},
+            {"pattern": "billing.big*", "tables": ["billing.big_log"]}
+        ])
+    );
+    assert_eq!(
+        dbs.dst.query_one_string(
+            "SELECT (SELECT count(*) FROM billing.big_log) || ':'
+                    || (SELECT count(*) FROM pg_indexes WHERE schemaname = 'billing' AND tablename = 'big_log') || ':'
+                    || (SELECT count(*) FROM public.accounts) || ':' || (SELECT count(*) FROM public.audit)"
+        ),
+        "0:2:8:0"
+    );
+    let src_ddl = normalised_dump(&dbs.src, "billing");
+    assert_eq!(normalised_dump(&dbs.dst, "billing"), src_ddl);
+
+    // rollback --keep-tables names public's tables only.
+    let out = wd.run(&[
+        "rollback",
+        "--dest",
+        &dst,
+        "--latest",
+        "--keep-tables",
+        "billing.invoices",
+    ]);
+    assert_usage_error(&out, "billing.invoices");
+}
+
+/// A `tables[]` entry of `prepare --json` as one name: public's bare, another
+/// schema's qualified (`billing.invoices`). Accepts both shapes: a qualified
+/// `name`, or a bare `name` with a `schema` field.
+fn tn(t: &Value) -> String {
+    match t["schema"].as_str() {
+        Some(s) if s != "public" => format!("{s}.{}", t["name"].as_str().unwrap()),
+        _ => t["name"].as_str().unwrap().to_string(),
+    }
+}
