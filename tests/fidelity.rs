@@ -9,7 +9,7 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use common::{TestDb, TestDbs, Workdir, assert_same_ddl, normalised_dump};
+use common::{PREPARE_PHASES, TestDb, TestDbs, Workdir, assert_same_ddl, normalised_dump};
 
 const RICH: &str = include_str!("fixtures/rich_schema.sql");
 
@@ -158,19 +158,7 @@ fn a_failure_in_any_phase_leaves_nothing_behind() {
         .psql("CREATE TABLE t (id int PRIMARY KEY); INSERT INTO t VALUES (1), (2);");
     let before_ddl = normalised_dump(&dbs.dst, "public");
     let before_data = data_fingerprint(&dbs.dst, "public");
-    for phase in [
-        "snapshot",
-        "dump",
-        "schema",
-        "data",
-        "indexes",
-        "sequences",
-        "matviews",
-        "sync",
-        "analyze",
-        "privileges",
-        "validate",
-    ] {
+    for phase in PREPARE_PHASES {
         let wd = Workdir::new();
         let out = wd.run_env(
             &[

@@ -5,17 +5,7 @@
 
 mod common;
 
-use common::{TestDbs, Workdir, catalog_fingerprint, stderr_of};
-
-/// One line on stderr, `error: …`, exit 2.
-fn assert_usage_error(out: &std::process::Output, needle: &str) {
-    let err = stderr_of(out);
-    assert_eq!(out.status.code(), Some(2), "{err}");
-    let lines: Vec<&str> = err.lines().filter(|l| !l.trim().is_empty()).collect();
-    assert_eq!(lines.len(), 1, "{err}");
-    assert!(lines[0].starts_with("error: "), "{err}");
-    assert!(lines[0].contains(needle), "{err}");
-}
+use common::{TestDbs, Workdir, assert_usage_error, catalog_fingerprint};
 
 fn json(out: &str) -> serde_json::Value {
     serde_json::from_str(out).unwrap_or_else(|e| panic!("{e}: {out}"))

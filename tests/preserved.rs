@@ -5,11 +5,10 @@
 mod common;
 
 use std::process::Output;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use chrono::{DateTime, Utc};
+use common::writers::{USERS, assert_no_writer_errors, start_writers, sync_phase_window};
 use common::{TestDb, TestDbs, Workdir};
 use pgshift::prepare::sync::{self, SyncedTable};
 use tokio_postgres::Client;
@@ -426,167 +425,6 @@ async fn sync_survives_a_destination_restart() {
 // 3. Races: concurrent writers during prepare, catch-up and the final sync
 // ---------------------------------------------------------------------------------------
 
-#[derive(Default)]
-struct Stats {
-    ops: AtomicU64,
-    errors: AtomicU64,
-    first_error: std::sync::Mutex<Option<String>>,
-    /// Completion times of operations (ms since the epoch).
-    times: std::sync::Mutex<Vec<i64>>,
-}
-
-/// One writer: every statement touches only ids `≡ part (mod parts)` (key
-/// changes may move a row to another writer's part, after commit), so writers
-/// never wait on one another; any error is the sync's fault.
-async fn writer(
-    c: Client,
-    part: i64,
-    parts: i64,
-    max_id: i64,
-    stop: Arc<AtomicBool>,
-    stats: Arc<Stats>,
-) {
-    let mut n: u64 = part as u64 * 7919 + 1;
-    let mut next = move || {
-        n ^= n << 13;
-        n ^= n >> 7;
-        n ^= n << 17;
-        n
-    };
-    let pick = |r: u64| -> i64 {
-        let id = (r % max_id as u64) as i64 + 1;
-        id - id.rem_euclid(parts) + part
-    };
-    while !stop.load(Ordering::Relaxed) {
-        let r = next();
-        let id = pick(next());
-        let res = match r % 9 {
-            0 | 1 => c
-                .execute(
-                    "INSERT INTO users (name, score, note) VALUES ($1, $2, 'w')",
-                    &[&format!("w{part}-{r}"), &((r % 1000) as i32)],
-                )
-                .await
-                .map(|_| ()),
-            2 | 3 => c
-                .execute(
-                    "UPDATE users SET score = score + 1, note = $2 WHERE id = $1",
-                    &[&(id as i32), &format!("u{r}")],
-                )
-                .await
-                .map(|_| ()),
-            4 => c
-                .execute(
-                    "UPDATE users SET score = score - 1 WHERE id BETWEEN $1 AND $1 + 60 AND id % $2 = $3",
-                    &[&(id as i32), &(parts as i32), &(part as i32)],
-                )
-                .await
-                .map(|_| ()),
-            5 => c
-                .execute("DELETE FROM users WHERE id = $1", &[&(id as i32)])
-                .await
-                .map(|_| ()),
-            6 => c
-                .execute(
-                    "UPDATE users SET id = nextval('users_id_seq') WHERE id = $1",
-                    &[&(id as i32)],
-                )
-                .await
-                .map(|_| ()),
-            7 => {
-                // A transaction with a rolled-back savepoint.
-                c.batch_execute(&format!(
-                    "BEGIN;
-                     UPDATE users SET note = 'tx' WHERE id = {id};
-                     SAVEPOINT s;
-                     DELETE FROM users WHERE id = {id};
-                     INSERT INTO users (name) VALUES ('gone');
-                     ROLLBACK TO SAVEPOINT s;
-                     INSERT INTO users (name, note) VALUES ('tx', 'kept');
-                     COMMIT;"
-                ))
-                .await
-            }
-            _ => {
-                // A rolled-back transaction.
-                c.batch_execute(&format!(
-                    "BEGIN; DELETE FROM users WHERE id = {id}; INSERT INTO users (name) VALUES ('rolled back'); ROLLBACK;"
-                ))
-                .await
-            }
-        };
-        match res {
-            Ok(()) => {
-                stats.ops.fetch_add(1, Ordering::Relaxed);
-                stats
-                    .times
-                    .lock()
-                    .unwrap()
-                    .push(Utc::now().timestamp_millis());
-            }
-            Err(e) => {
-                let _ = c.batch_execute("ROLLBACK").await;
-                stats.errors.fetch_add(1, Ordering::Relaxed);
-                {
-                    let mut first = stats.first_error.lock().unwrap();
-                    if first.is_none() {
-                        *first = Some(format!("{e:?}"));
-                    }
-                }
-                if c.is_closed() {
-                    return;
-                }
-            }
-        }
-        // Futures on a closed connection complete at once: yield so the
-        // runtime can always stop this task.
-        tokio::task::yield_now().await;
-    }
-}
-
-struct Writers {
-    stop: Arc<AtomicBool>,
-    stats: Arc<Stats>,
-    tasks: Vec<tokio::task::JoinHandle<()>>,
-}
-
-async fn start_writers(db: &TestDb, parts: i64, max_id: i64) -> Writers {
-    let stop = Arc::new(AtomicBool::new(false));
-    let stats = Arc::new(Stats::default());
-    let mut tasks = Vec::new();
-    for part in 0..parts {
-        let c = db.client().await;
-        tasks.push(tokio::spawn(writer(
-            c,
-            part,
-            parts,
-            max_id,
-            stop.clone(),
-            stats.clone(),
-        )));
-    }
-    Writers { stop, stats, tasks }
-}
-
-impl Writers {
-    async fn stop(self) -> Arc<Stats> {
-        self.stop.store(true, Ordering::Relaxed);
-        for t in self.tasks {
-            t.await.unwrap();
-        }
-        self.stats
-    }
-}
-
-fn assert_no_writer_errors(stats: &Stats) {
-    assert_eq!(
-        stats.errors.load(Ordering::Relaxed),
-        0,
-        "the application saw errors; first: {:?}",
-        stats.first_error.lock().unwrap()
-    );
-}
-
 const RACE_COLS: &str = "id, name, score, note";
 
 fn race_setup(name: &str, rows: i64) -> TestDbs {
@@ -603,32 +441,11 @@ fn race_setup(name: &str, rows: i64) -> TestDbs {
     dbs
 }
 
-/// When prepare ran its sync phase (the initial copy), from its record.
-async fn sync_phase_window(c: &Client) -> (i64, i64) {
-    let v: serde_json::Value = c
-        .query_one(
-            "SELECT p FROM pgshift.migration m, jsonb_array_elements(m.state->'phases') p
-              WHERE p->>'name' = 'sync' ORDER BY m.id DESC LIMIT 1",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
-    let t = |k: &str| {
-        v[k].as_str()
-            .unwrap()
-            .parse::<DateTime<Utc>>()
-            .unwrap()
-            .timestamp_millis()
-    };
-    (t("started_at"), t("finished_at"))
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrent_writers_during_prepare_and_after_end_identical() {
     let rows = 200_000;
     let dbs = race_setup("pres_race", rows);
-    let writers = start_writers(&dbs.dst, 3, rows).await;
+    let writers = start_writers(&dbs.dst, USERS, 3, rows).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     let src = dbs.src.url();
     let dst = dbs.dst.url();
@@ -656,18 +473,7 @@ async fn concurrent_writers_during_prepare_and_after_end_identical() {
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let stats = writers.stop().await;
     assert_no_writer_errors(&stats);
-    let during = stats
-        .times
-        .lock()
-        .unwrap()
-        .iter()
-        .filter(|t| (from..=to).contains(*t))
-        .count();
-    assert!(
-        during >= 20,
-        "only {during} writes landed during the sync phase ({} ms)",
-        to - from
-    );
+    let during = stats.assert_wrote_during(from, to);
 
     let (synced, _) = recorded(&c).await;
     let caught_up = sync::catch_up(&c, &synced).await.unwrap();
@@ -729,7 +535,7 @@ async fn concurrent_writers_during_prepare_and_after_end_identical() {
 async fn writers_keep_running_through_the_final_sync() {
     let rows = 100_000;
     let dbs = race_setup("pres_race_final", rows);
-    let writers = start_writers(&dbs.dst, 3, rows).await;
+    let writers = start_writers(&dbs.dst, USERS, 3, rows).await;
     let src = dbs.src.url();
     let dst = dbs.dst.url();
     let out = tokio::task::spawn_blocking(move || {

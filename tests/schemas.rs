@@ -9,18 +9,17 @@
 mod common;
 
 use std::collections::BTreeSet;
-use std::process::Output;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use chrono::{DateTime, Utc};
+use chrono::Utc;
+use common::writers::{WrittenTable, assert_no_writer_errors, start_writers, sync_phase_window};
 use common::{
-    TestDb, TestDbs, Workdir, assert_success, catalog_fingerprint, normalised_dump,
-    schema_fingerprint, stderr_of,
+    PREPARE_PHASES, TestDb, TestDbs, Workdir, assert_success, assert_usage_error,
+    catalog_fingerprint, normalised_dump, schema_ddl, schema_fingerprint, stderr_of,
 };
 use serde_json::{Value, json};
-use tokio_postgres::Client;
 
 // ---------------------------------------------------------------------------------------
 // Helpers
@@ -35,16 +34,6 @@ fn run_json(wd: &Workdir, args: &[&str]) -> Value {
     let mut a = args.to_vec();
     a.push("--json");
     parse(&format!("{args:?}"), &wd.run_ok(&a))
-}
-
-/// One line on stderr, `error: …` containing `needle`, exit 2.
-fn assert_usage_error(out: &Output, needle: &str) {
-    let err = stderr_of(out);
-    assert_eq!(out.status.code(), Some(2), "expected exit 2:\n{err}");
-    let lines: Vec<&str> = err.lines().filter(|l| !l.trim().is_empty()).collect();
-    assert_eq!(lines.len(), 1, "one line expected:\n{err}");
-    assert!(lines[0].starts_with("error: "), "{err}");
-    assert!(lines[0].contains(needle), "{needle:?} not in:\n{err}");
 }
 
 /// Far in the future, for `cleanup --before`.
@@ -464,20 +453,6 @@ fn two_schemas_start_list_verify_rollback_cleanup() {
 // 2. A failure anywhere leaves every destination schema as it was
 // ---------------------------------------------------------------------------------------
 
-const PREPARE_PHASES: [&str; 11] = [
-    "snapshot",
-    "dump",
-    "schema",
-    "data",
-    "indexes",
-    "sequences",
-    "matviews",
-    "sync",
-    "analyze",
-    "privileges",
-    "validate",
-];
-
 /// public, billing (on both sides), reporting (source only), legacy (destination only).
 fn four_schemas(dbs: &TestDbs) {
     dbs.src.psql(
@@ -513,23 +488,7 @@ const FOUR: &str = "public,billing,reporting,legacy";
 /// digest); and whether a backup schema, the source-only reporting schema or
 /// a pgshift trigger exists.
 fn live_state(db: &TestDb) -> (String, String, String) {
-    let out = db
-        .client_command("pg_dump")
-        .args(["--schema-only", "--no-owner", "--no-privileges"])
-        .args(["-n", "public", "-n", "billing", "-n", "legacy"])
-        .args(["--dbname", db.name()])
-        .output()
-        .expect("running pg_dump");
-    assert!(out.status.success(), "pg_dump: {}", stderr_of(&out));
-    let ddl = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter(|l| {
-            !l.starts_with("\\restrict")
-                && !l.starts_with("\\unrestrict")
-                && !l.starts_with("-- Dumped")
-        })
-        .collect::<Vec<_>>()
-        .join("\n");
+    let ddl = schema_ddl(db, &["public", "billing", "legacy"]);
     let rows = db.psql(
         "SELECT string_agg(format('%I.%I', n.nspname, c.relname) || ' ' || (xpath('/row/d/text()', query_to_xml(
                    format('SELECT count(*) || '':'' || coalesce(md5(string_agg(x::text, ''|'' ORDER BY x::text)), '''') AS d FROM %I.%I x',
@@ -714,119 +673,13 @@ fn two_schemas_failure_in_each_phase_leaves_both_untouched() {
 // 3. A preserved table in billing under concurrent writers
 // ---------------------------------------------------------------------------------------
 
-#[derive(Default)]
-struct Stats {
-    ops: AtomicU64,
-    errors: AtomicU64,
-    first_error: std::sync::Mutex<Option<String>>,
-    /// Completion times of operations (ms since the epoch).
-    times: std::sync::Mutex<Vec<i64>>,
-}
-
-/// One writer of billing.invoices (as tests/preserved.rs's writer of users):
-/// every statement touches only ids `≡ part (mod parts)`, so writers never
-/// wait on one another; any error is the sync's fault.
-async fn writer(
-    c: Client,
-    part: i64,
-    parts: i64,
-    max_id: i64,
-    stop: Arc<AtomicBool>,
-    stats: Arc<Stats>,
-) {
-    let mut n: u64 = part as u64 * 7919 + 1;
-    let mut next = move || {
-        n ^= n << 13;
-        n ^= n >> 7;
-        n ^= n << 17;
-        n
-    };
-    let pick = |r: u64| -> i64 {
-        let id = (r % max_id as u64) as i64 + 1;
-        id - id.rem_euclid(parts) + part
-    };
-    while !stop.load(Ordering::Relaxed) {
-        let r = next();
-        let id = pick(next()) as i32;
-        let res = match r % 9 {
-            0 | 1 => c
-                .execute(
-                    "INSERT INTO billing.invoices (customer, amount, note) VALUES ($1, $2, 'w')",
-                    &[&format!("w{part}-{r}"), &((r % 1000) as i32)],
-                )
-                .await
-                .map(|_| ()),
-            2 | 3 => c
-                .execute(
-                    "UPDATE billing.invoices SET amount = amount + 1, note = $2 WHERE id = $1",
-                    &[&id, &format!("u{r}")],
-                )
-                .await
-                .map(|_| ()),
-            4 => c
-                .execute(
-                    "UPDATE billing.invoices SET amount = amount - 1 WHERE id BETWEEN $1 AND $1 + 60 AND id % $2 = $3",
-                    &[&id, &(parts as i32), &(part as i32)],
-                )
-                .await
-                .map(|_| ()),
-            5 => c
-                .execute("DELETE FROM billing.invoices WHERE id = $1", &[&id])
-                .await
-                .map(|_| ()),
-            6 => c
-                .execute(
-                    "UPDATE billing.invoices SET id = nextval('billing.invoices_id_seq') WHERE id = $1",
-                    &[&id],
-                )
-                .await
-                .map(|_| ()),
-            7 => {
-                c.batch_execute(&format!(
-                    "BEGIN;
-                     UPDATE billing.invoices SET note = 'tx' WHERE id = {id};
-                     SAVEPOINT s;
-                     DELETE FROM billing.invoices WHERE id = {id};
-                     INSERT INTO billing.invoices (customer) VALUES ('gone');
-                     ROLLBACK TO SAVEPOINT s;
-                     INSERT INTO billing.invoices (customer, note) VALUES ('tx', 'kept');
-                     COMMIT;"
-                ))
-                .await
-            }
-            _ => {
-                c.batch_execute(&format!(
-                    "BEGIN; DELETE FROM billing.invoices WHERE id = {id};
-                     INSERT INTO billing.invoices (customer) VALUES ('rolled back'); ROLLBACK;"
-                ))
-                .await
-            }
-        };
-        match res {
-            Ok(()) => {
-                stats.ops.fetch_add(1, Ordering::Relaxed);
-                stats
-                    .times
-                    .lock()
-                    .unwrap()
-                    .push(Utc::now().timestamp_millis());
-            }
-            Err(e) => {
-                let _ = c.batch_execute("ROLLBACK").await;
-                stats.errors.fetch_add(1, Ordering::Relaxed);
-                let mut first = stats.first_error.lock().unwrap();
-                if first.is_none() {
-                    *first = Some(format!("{e:?}"));
-                }
-                drop(first);
-                if c.is_closed() {
-                    return;
-                }
-            }
-        }
-        tokio::task::yield_now().await;
-    }
-}
+/// billing.invoices, written like tests/preserved.rs's users.
+const INVOICES: WrittenTable = WrittenTable {
+    table: "billing.invoices",
+    name: "customer",
+    number: "amount",
+    sequence: "billing.invoices_id_seq",
+};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn preserved_table_in_billing_stays_in_sync_under_a_concurrent_writer() {
@@ -846,20 +699,7 @@ async fn preserved_table_in_billing_stays_in_sync_under_a_concurrent_writer() {
                ANALYZE billing.invoices;"
     ));
 
-    let stop = Arc::new(AtomicBool::new(false));
-    let stats = Arc::new(Stats::default());
-    let mut tasks = Vec::new();
-    for part in 0..3 {
-        let c = dbs.dst.client().await;
-        tasks.push(tokio::spawn(writer(
-            c,
-            part,
-            3,
-            rows,
-            stop.clone(),
-            stats.clone(),
-        )));
-    }
+    let writers = start_writers(&dbs.dst, INVOICES, 3, rows).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     let (src, dst) = (dbs.src.url(), dbs.dst.url());
     let wd = Arc::new(Workdir::new());
@@ -909,49 +749,13 @@ async fn preserved_table_in_billing_stays_in_sync_under_a_concurrent_writer() {
         "no pgshift_shadow_billing.invoices"
     );
     // When the initial copy ran, from the record.
-    let phase: Value = c
-        .query_one(
-            "SELECT p FROM pgshift.migration m, jsonb_array_elements(m.state->'phases') p
-              WHERE p->>'name' = 'sync' ORDER BY m.id DESC LIMIT 1",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
-    let at = |k: &str| {
-        phase[k]
-            .as_str()
-            .unwrap()
-            .parse::<DateTime<Utc>>()
-            .unwrap()
-            .timestamp_millis()
-    };
-    let (from, to) = (at("started_at"), at("finished_at"));
+    let (from, to) = sync_phase_window(&c).await;
 
     // Keep writing after prepare (the changelog grows), then stop and swap.
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    stop.store(true, Ordering::Relaxed);
-    for t in tasks {
-        t.await.unwrap();
-    }
-    assert_eq!(
-        stats.errors.load(Ordering::Relaxed),
-        0,
-        "the application saw errors; first: {:?}",
-        stats.first_error.lock().unwrap()
-    );
-    let during = stats
-        .times
-        .lock()
-        .unwrap()
-        .iter()
-        .filter(|t| (from..=to).contains(*t))
-        .count();
-    assert!(
-        during >= 20,
-        "only {during} writes landed during the sync phase ({} ms)",
-        to - from
-    );
+    let stats = writers.stop().await;
+    assert_no_writer_errors(&stats);
+    let during = stats.assert_wrote_during(from, to);
     let dst = dbs.dst.url();
     let w = wd.clone();
     let s = tokio::task::spawn_blocking(move || run_json(&w, &["swap", "--dest", &dst]))

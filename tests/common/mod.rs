@@ -20,6 +20,7 @@ mod conn;
 mod db;
 mod proc;
 mod teardown;
+pub mod writers;
 
 use std::collections::BTreeSet;
 use std::ffi::OsStr;
@@ -197,7 +198,24 @@ pub fn schema_fingerprint(db: &TestDb, schema: &str) -> String {
     fingerprint(db, Some(schema))
 }
 
-fn fingerprint(db: &TestDb, schema: Option<&str>) -> String {
+/// The prepare phases in order (`PGSHIFT_FAILPOINT=<phase>` fails one).
+pub const PREPARE_PHASES: [&str; 11] = [
+    "snapshot",
+    "dump",
+    "schema",
+    "data",
+    "indexes",
+    "sequences",
+    "matviews",
+    "sync",
+    "analyze",
+    "privileges",
+    "validate",
+];
+
+/// `pg_dump --schema-only` of `schemas` (all when empty), without owners,
+/// privileges and the lines that change from run to run.
+pub fn schema_ddl(db: &TestDb, schemas: &[&str]) -> String {
     let mut cmd = db.client_command("pg_dump");
     cmd.args([
         "--schema-only",
@@ -206,7 +224,7 @@ fn fingerprint(db: &TestDb, schema: Option<&str>) -> String {
         "--dbname",
         db.name(),
     ]);
-    if let Some(s) = schema {
+    for s in schemas {
         cmd.args(["--schema", s]);
     }
     let out = cmd.output().expect("running pg_dump");
@@ -216,15 +234,28 @@ fn fingerprint(db: &TestDb, schema: Option<&str>) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     let text = String::from_utf8_lossy(&out.stdout);
-    let mut fp: String = text
-        .lines()
+    text.lines()
         .filter(|l| {
             !l.starts_with("\\restrict")
                 && !l.starts_with("\\unrestrict")
                 && !l.starts_with("-- Dumped")
         })
         .collect::<Vec<_>>()
-        .join("\n");
+        .join("\n")
+}
+
+/// One line on stderr, `error: …` containing `needle`, exit 2.
+pub fn assert_usage_error(out: &std::process::Output, needle: &str) {
+    let err = stderr_of(out);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    let lines: Vec<&str> = err.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "{err}");
+    assert!(lines[0].starts_with("error: "), "{err}");
+    assert!(lines[0].contains(needle), "{err}");
+}
+
+fn fingerprint(db: &TestDb, schema: Option<&str>) -> String {
+    let mut fp = schema_ddl(db, schema.as_slice());
     let tables = db.psql(
         "SELECT quote_ident(n.nspname) || '.' || quote_ident(c.relname) FROM pg_class c
            JOIN pg_namespace n ON n.oid = c.relnamespace
