@@ -867,10 +867,19 @@ fn schemas_usage_errors() {
         "a refused run changed the destination"
     );
 
-    // Kept tables are public's: a pattern that can only select another
-    // schema's tables is refused (exit 2, nothing changed).
-    let out = wd.run(&[&two[..], &["--keep-tables", "billing.invoices"]].concat());
-    assert_usage_error(&out, "billing.invoices");
+    // --keep-tables matches in every chosen schema; a pattern that matches
+    // nothing is refused.
+    let out = wd.run(&[&two[..], &["--keep-tables", "billing.nope*"]].concat());
+    assert_usage_error(&out, "billing.nope*");
+    let plan = run_json(
+        &wd,
+        &[&two[..], &["--dry-run", "--keep-tables", "billing.inv*"]].concat(),
+    );
+    assert_eq!(
+        plan["plan"]["filters"]["keep_tables"],
+        json!([{"pattern": "billing.inv*", "tables": ["billing.invoices"]}]),
+        "{plan}"
+    );
     // A foreign key from billing keeps public's referenced rows in.
     let out = wd.run(&[&two[..], &["--exclude-table-data", "accounts"]].concat());
     assert_usage_error(
@@ -931,16 +940,54 @@ fn schemas_usage_errors() {
     let src_ddl = normalised_dump(&dbs.src, "billing");
     assert_eq!(normalised_dump(&dbs.dst, "billing"), src_ddl);
 
-    // rollback --keep-tables names public's tables only.
-    let out = wd.run(&[
-        "rollback",
-        "--dest",
-        &dst,
-        "--latest",
-        "--keep-tables",
-        "billing.invoices",
-    ]);
-    assert_usage_error(&out, "billing.invoices");
+    // rollback --keep-tables billing.invoices: the old schemas back, except
+    // that table, which stays live with its rows and now references the old accounts.
+    let inv_oid = dbs
+        .dst
+        .query_one_string("SELECT 'billing.invoices'::regclass::oid");
+    let r = run_json(
+        &wd,
+        &[
+            "rollback",
+            "--dest",
+            &dst,
+            "--latest",
+            "--keep-tables",
+            "billing.invoices",
+        ],
+    );
+    assert_eq!(r["kept_tables"], json!(["billing.invoices"]), "{r}");
+    assert_eq!(
+        dbs.dst.query_one_string(
+            "SELECT 'billing.invoices'::regclass::oid || ':' || (SELECT count(*) FROM billing.invoices)
+                    || ':' || (SELECT string_agg(DISTINCT left(name, 3), ',') FROM public.accounts)
+                    || ':' || (SELECT confrelid::regclass::text || ' ' || convalidated FROM pg_constraint
+                                WHERE conrelid = 'billing.invoices'::regclass AND contype = 'f')"
+        ),
+        format!("{inv_oid}:6:old:accounts true")
+    );
+    assert_eq!(
+        tables_of(&dbs.dst, "billing"),
+        "invoices",
+        "big_log left with the migrated version"
+    );
+    let backups = list(&wd, &dbs.dst);
+    assert_eq!(backups[0]["kind"], "rollback", "{backups:?}");
+    assert_eq!(
+        backups[0]["kept_tables"],
+        json!(["billing.invoices"]),
+        "{backups:?}"
+    );
+    // And back: the migrated version of both schemas, the kept table staying.
+    let r = run_json(&wd, &["rollback", "--dest", &dst, "--latest"]);
+    assert_eq!(r["verified"], true, "{r}");
+    assert_eq!(
+        dbs.dst.query_one_string(
+            "SELECT 'billing.invoices'::regclass::oid || ':' || (SELECT count(*) FROM billing.big_log)
+                    || ':' || (SELECT string_agg(DISTINCT left(name, 3), ',') FROM public.accounts)"
+        ),
+        format!("{inv_oid}:0:new")
+    );
 }
 
 /// A `tables[]` entry of `prepare --json` as one name: public's bare, another
@@ -951,4 +998,85 @@ fn tn(t: &Value) -> String {
         Some(s) if s != "public" => format!("{s}.{}", t["name"].as_str().unwrap()),
         _ => t["name"].as_str().unwrap().to_string(),
     }
+}
+
+// ---------------------------------------------------------------------------------------
+// 5. A destination table kept in billing through the swap
+// ---------------------------------------------------------------------------------------
+
+#[test]
+fn a_table_kept_in_billing_stays_live_through_the_swap() {
+    let dbs = TestDbs::new("sch_keep");
+    dbs.src.psql(
+        "CREATE SCHEMA billing;
+         CREATE TABLE public.accounts (id int PRIMARY KEY, name text);
+         CREATE TABLE billing.invoices (id int PRIMARY KEY, account_id int REFERENCES public.accounts (id), amount int);
+         INSERT INTO public.accounts SELECT g, 'new' || g FROM generate_series(1, 4) g;
+         INSERT INTO billing.invoices SELECT g, g % 4 + 1, g FROM generate_series(1, 9) g;",
+    );
+    dbs.dst.psql(
+        "CREATE SCHEMA billing;
+         CREATE TABLE public.accounts (id int PRIMARY KEY, name text);
+         CREATE TABLE billing.invoices (id int PRIMARY KEY, account_id int, amount int);
+         CREATE TABLE billing.notes (id int PRIMARY KEY, invoice_id int REFERENCES billing.invoices (id), line text);
+         INSERT INTO public.accounts SELECT g, 'old' || g FROM generate_series(1, 2) g;
+         INSERT INTO billing.invoices SELECT g, 1, g FROM generate_series(1, 3) g;
+         INSERT INTO billing.notes SELECT g, g, 'note ' || g FROM generate_series(1, 3) g;",
+    );
+    let notes_oid = dbs
+        .dst
+        .query_one_string("SELECT 'billing.notes'::regclass::oid");
+    let old_invoices = dbs
+        .dst
+        .query_one_string("SELECT 'billing.invoices'::regclass::oid");
+    let wd = Workdir::new();
+    let (src, dst) = (dbs.src.url(), dbs.dst.url());
+    let s = run_json(
+        &wd,
+        &[
+            "start",
+            "--source",
+            &src,
+            "--dest",
+            &dst,
+            "--schemas",
+            "public,billing",
+            "--keep-tables",
+            "billing.notes",
+        ],
+    );
+    assert_eq!(
+        s["prepare"]["filters"]["keep_tables"],
+        json!([{"pattern": "billing.notes", "tables": ["billing.notes"]}]),
+        "{s}"
+    );
+    // The kept table: same table, same rows, its key re-pointed at the new
+    // billing.invoices (validated); the backup has no copy of it.
+    assert_eq!(
+        dbs.dst.query_one_string(
+            "SELECT 'billing.notes'::regclass::oid || ':' || (SELECT count(*) FROM billing.notes)
+                    || ':' || (SELECT (confrelid = 'billing.invoices'::regclass) || ' ' || convalidated
+                                 FROM pg_constraint WHERE conrelid = 'billing.notes'::regclass AND contype = 'f')
+                    || ':' || (SELECT count(*) FROM billing.invoices)"
+        ),
+        format!("{notes_oid}:3:true true:9")
+    );
+    assert_ne!(
+        dbs.dst
+            .query_one_string("SELECT 'billing.invoices'::regclass::oid"),
+        old_invoices
+    );
+    let backups = list(&wd, &dbs.dst);
+    assert_eq!(backups.len(), 1, "{backups:?}");
+    assert_eq!(
+        backups[0]["kept_tables"],
+        json!(["billing.notes"]),
+        "{backups:?}"
+    );
+    let ts = backups[0]["timestamp"].as_i64().unwrap();
+    assert_eq!(
+        tables_of(&dbs.dst, &format!("backup_{ts}_billing")),
+        "invoices"
+    );
+    wd.run_ok(&["verify", "--dest", &dst, "--timestamp", &ts.to_string()]);
 }

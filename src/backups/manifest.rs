@@ -122,7 +122,19 @@ impl ManifestTable {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ForeignKeyDef {
     pub name: String,
+    /// The live schema of `table` (absent = public).
+    #[serde(
+        default = "crate::pg::meta::public_string",
+        skip_serializing_if = "crate::pg::meta::is_public_str"
+    )]
+    pub schema: String,
     pub table: String,
+    /// The live schema of `ref_table` (absent = public).
+    #[serde(
+        default = "crate::pg::meta::public_string",
+        skip_serializing_if = "crate::pg::meta::is_public_str"
+    )]
+    pub ref_schema: String,
     pub columns: Vec<String>,
     pub ref_table: String,
     pub ref_columns: Vec<String>,

@@ -165,17 +165,29 @@ impl MigrationState {
             .preserved_tables
             .iter()
             .filter(|_| !listed)
-            .map(|name| TableName {
-                schema: None,
-                name: name.clone(),
-            });
+            .map(|key| self.table_of_key(key));
         preserved
             .chain(early)
-            .chain(self.keep_tables.iter().map(|name| TableName {
-                schema: None,
-                name: name.clone(),
-            }))
+            .chain(self.keep_tables.iter().map(|key| self.table_of_key(key)))
             .collect()
+    }
+
+    /// The table a key names (`name` in public, `schema.name` in another
+    /// of the migration's schemas).
+    pub fn table_of_key(&self, key: &str) -> TableName {
+        match TableName::parse(key) {
+            Ok(t)
+                if t.schema
+                    .as_ref()
+                    .is_some_and(|s| s != crate::pg::meta::PUBLIC && self.schemas.contains(s)) =>
+            {
+                t
+            }
+            _ => TableName {
+                schema: None,
+                name: key.to_string(),
+            },
+        }
     }
 
     /// A fresh record for a new migration started by `command`.

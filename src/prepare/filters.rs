@@ -21,6 +21,10 @@
 //!   preserved table's (checked for violations before it). A kept table's own
 //!   foreign key to a table that the migration does not bring is refused here.
 //!
+//! With several schemas (`--schemas`) every filter matches in each chosen
+//! schema (a pattern without a schema part in all of them) and tables are
+//! named by key: `name` in public, `schema.name` elsewhere.
+//!
 //! Patterns are psql's (`pg::pattern`), matched against plain and
 //! partitioned tables of the source's public (`--exclude-table` also matches
 //! foreign tables, views and materialized views, as pg_dump's `-T` does;
@@ -46,9 +50,6 @@ use crate::pg::ident::{TableName, display_ident};
 use crate::pg::meta::table_display;
 use crate::pg::pattern::TablePattern;
 use crate::swap::rollback;
-
-/// The schema the filters apply to.
-const LIVE: &str = "public";
 
 /// The filters as given (patterns, not yet matched against a catalog).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -219,31 +220,47 @@ fn names(set: &BTreeSet<String>) -> String {
 /// backup otherwise).
 pub async fn match_keep(
     dest: &Client,
+    schemas: &[String],
     patterns: &[TablePattern],
 ) -> Result<(Vec<PatternMatch>, BTreeSet<String>)> {
     if patterns.is_empty() {
         return Ok((Vec::new(), BTreeSet::new()));
     }
-    let rels = relations(dest, LIVE).await?;
+    let rels = relations_of(dest, schemas).await?;
     let (m, kept) = match_filter(
         "--keep-tables",
         patterns,
         &rels,
         &['r', 'p'],
-        "the destination's public",
+        &format!("the destination's {}", schemas.join(", ")),
     )?;
-    for r in rels.iter().filter(|r| kept.contains(&r.name)) {
-        if let Some(p) = r.parent.as_ref().filter(|p| !kept.contains(*p)) {
+    for r in rels.iter().filter(|r| kept.contains(&r.key())) {
+        if let Some(p) = r
+            .parent
+            .as_ref()
+            .filter(|p| !kept.contains(&table_display(&r.schema, p)))
+        {
             return Err(UserError::new(format!(
                 "--keep-tables: {} is a partition (or child) of {}, which is not kept; keep {} itself; nothing was changed",
-                display_ident(&r.name),
-                display_ident(p),
-                display_ident(p)
+                r.key(),
+                table_display(&r.schema, p),
+                table_display(&r.schema, p)
             ))
             .into());
         }
     }
     Ok((m, kept))
+}
+
+/// Keys (`name`, `schema.name`) of `rels` grouped by schema.
+fn by_schema(rels: &[Rel], keys: &BTreeSet<String>) -> BTreeMap<String, BTreeSet<String>> {
+    let mut out: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for r in rels.iter().filter(|r| keys.contains(&r.key())) {
+        out.entry(r.schema.clone())
+            .or_default()
+            .insert(r.name.clone());
+    }
+    out
 }
 
 /// Match the filters against the source's and the destination's public and
@@ -258,13 +275,6 @@ pub async fn resolve(
     let mut res = Resolved::default();
     if filters.is_empty() {
         return Ok(res);
-    }
-    // --keep-tables matches public's tables (with several schemas too).
-    if let Some(p) = filters.keep_tables.iter().find(|p| !p.matches_schema(LIVE)) {
-        return Err(UserError::new(format!(
-            "--keep-tables {p}: kept tables are public's; nothing was changed"
-        ))
-        .into());
     }
     let src_rels = relations_of(src, schemas).await?;
     let where_ = format!("the source's {}", schemas.join(", "));
@@ -284,7 +294,7 @@ pub async fn resolve(
         &where_,
     )?;
     res.matched.exclude_table = m;
-    let (m, kept) = match_keep(dest, &filters.keep_tables).await?;
+    let (m, kept) = match_keep(dest, schemas, &filters.keep_tables).await?;
     res.matched.keep_tables = m;
     let preserved: BTreeSet<String> = preserved
         .iter()
@@ -379,60 +389,74 @@ pub async fn resolve(
     }
 
     if !kept.is_empty() {
-        let roots: Vec<String> = kept.iter().cloned().collect();
-        let migrated: BTreeSet<&str> = src_rels
+        let dest_rels = relations_of(dest, schemas).await?;
+        let kept_by_schema = by_schema(&dest_rels, &kept);
+        let migrated: BTreeSet<String> = src_rels
             .iter()
-            .filter(|r| r.schema == LIVE && !res.not_migrated.contains(&r.name))
-            .map(|r| r.name.as_str())
+            .map(Rel::key)
+            .filter(|k| !res.not_migrated.contains(k))
             .collect();
-        kept_foreign_keys(dest, &kept, |t| migrated.contains(t)).await?;
-        for d in rollback::public_dependents(dest, &roots).await? {
-            res.warnings.push(format!(
-                "{d} depends on a kept table; it moves to the backup with the rest of public and keeps reading the kept table"
-            ));
-        }
-        for d in rollback::kept_uses(dest, &roots).await? {
-            res.warnings.push(format!(
-                "a kept table uses {d}, which moves to the backup with the rest of public; the kept table keeps using that copy"
-            ));
+        kept_foreign_keys(dest, schemas, &kept_by_schema, |s, t| {
+            migrated.contains(&table_display(s, t))
+        })
+        .await?;
+        for (s, tables) in &kept_by_schema {
+            let roots: Vec<String> = tables.iter().cloned().collect();
+            for d in rollback::live_dependents(dest, s, &roots).await? {
+                res.warnings.push(format!(
+                    "{d} depends on a kept table; it moves to the backup with the rest of {s} and keeps reading the kept table"
+                ));
+            }
+            for d in rollback::kept_uses(dest, s, &roots).await? {
+                res.warnings.push(format!(
+                    "a kept table uses {d}, which moves to the backup with the rest of {s}; the kept table keeps using that copy"
+                ));
+            }
         }
         res.kept = kept;
     }
     Ok(res)
 }
 
-/// The foreign keys of kept tables that reference public tables which are not
-/// kept: after the swap they point at the new public's namesakes, so each must
-/// be one that `arrives` with the migration; otherwise a usage error naming
-/// the others. Read only.
+/// The foreign keys of kept tables (`kept`: names by live schema) that
+/// reference tables of the migrated `schemas` which are not kept: after the
+/// swap they point at the new namesakes, so each must be one that `arrives`
+/// (schema, table) with the migration; otherwise a usage error naming the
+/// others. Keys to other schemas stay as they are. Read only; the keys come
+/// back with live schema names.
 pub async fn kept_foreign_keys(
     client: &Client,
-    kept: &BTreeSet<String>,
-    arrives: impl Fn(&str) -> bool,
+    schemas: &[String],
+    kept: &BTreeMap<String, BTreeSet<String>>,
+    arrives: impl Fn(&str, &str) -> bool,
 ) -> Result<Vec<ForeignKeyDef>> {
-    let list: Vec<String> = kept.iter().cloned().collect();
     let pg15 = crate::pg::catalog::server_major(client).await? >= 15;
     let mut out = Vec::new();
     let mut missing = Vec::new();
-    for fk in rollback::foreign_keys_of(client, LIVE, &list, pg15).await? {
-        let target = &fk.def.ref_table;
-        if fk.ref_schema != LIVE || kept.contains(target) {
-            continue;
-        }
-        if arrives(target) {
-            out.push(fk.def);
-        } else {
-            missing.push(format!(
-                "{} of {} references {}",
-                display_ident(&fk.def.name),
-                display_ident(&fk.def.table),
-                display_ident(target)
-            ));
+    let is_kept = |s: &str, t: &str| kept.get(s).is_some_and(|k| k.contains(t));
+    for (schema, tables) in kept {
+        let list: Vec<String> = tables.iter().cloned().collect();
+        for fk in rollback::foreign_keys_of(client, schema, &list, pg15).await? {
+            let (rs, target) = (&fk.ref_schema, &fk.def.ref_table);
+            if !schemas.contains(rs) || is_kept(rs, target) {
+                continue;
+            }
+            if arrives(rs, target) {
+                out.push(fk.def);
+            } else {
+                missing.push(format!(
+                    "{} of {} references {}",
+                    display_ident(&fk.def.name),
+                    table_display(schema, &fk.def.table),
+                    table_display(rs, target)
+                ));
+            }
         }
     }
     if !missing.is_empty() {
         return Err(UserError::new(format!(
-            "--keep-tables: foreign keys of kept tables reference tables the new public will not have: {}; keep those tables too, or drop the keys; nothing was changed",
+            "--keep-tables: foreign keys of kept tables reference tables the new {} will not have: {}; keep those tables too, or drop the keys; nothing was changed",
+            schemas.join(", "),
             missing.join(", ")
         ))
         .into());
@@ -493,7 +517,7 @@ mod tests {
 
     fn rel(name: &str, parent: Option<&str>) -> Rel {
         Rel {
-            schema: LIVE.into(),
+            schema: "public".into(),
             name: name.into(),
             relkind: if parent.is_none() { 'p' } else { 'r' },
             parent: parent.map(str::to_string),

@@ -8,7 +8,7 @@
 //! (discarded writes, then what would break) and again under its locks
 //! (discarded writes); the dry run shows the whole report.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use anyhow::{Result, bail};
 use serde::Serialize;
@@ -23,7 +23,7 @@ use crate::migration::session::{Recorder, Session, failpoint};
 use crate::pg::catalog;
 use crate::pg::ident::{TableName, display_ident, qualified};
 use crate::pg::locks_budget::{self, Budget, Need};
-use crate::pg::meta::{self, SHADOW_SCHEMA, SchemaPair};
+use crate::pg::meta::{self, SchemaPair};
 use crate::pg::pattern::TablePattern;
 use crate::prepare::filters;
 use crate::prepare::sync::{self, CreatedFk, FkViolation, SyncedTable};
@@ -31,7 +31,7 @@ use crate::swap::engine::{self, Exchange, InTx, Moved, Moves, Origin, Policy};
 use crate::swap::impact::gate::{self, ImpactOptions, UnderLocks};
 use crate::swap::impact::{Impact, ImpactRequest, Operation, WriteBaseline, WriteCheck};
 use crate::swap::mode::Chosen;
-use crate::swap::rollback::{self, CrossingFixed, FkChange};
+use crate::swap::rollback::{self, CrossingFixed, FkChange, Place};
 
 /// What a swap reports.
 #[derive(Debug, Clone, Serialize)]
@@ -155,71 +155,110 @@ fn pairs(m: &MigrationRow) -> Vec<SchemaPair> {
 /// What comes in (each shadow), what goes out (each live schema but
 /// public's kept tables).
 fn exchange(m: &MigrationRow, kept: &Kept) -> Exchange {
-    let mut ex = Exchange::of_shadows(&pairs(m), kept.all.clone());
+    let mut ex = Exchange::of_shadows(&pairs(m), Default::default());
     for p in ex.pairs.iter_mut() {
+        p.keep = kept.by_schema.get(&p.live).cloned().unwrap_or_default();
         p.expected_tables = m
             .state
             .tables
             .iter()
             .filter(|t| t.schema == p.live)
             .map(|t| t.name.clone())
+            .chain(p.keep.iter().cloned())
             .collect();
-        if p.live == meta::PUBLIC {
-            p.expected_tables.extend(kept.all.iter().cloned());
-        }
     }
     ex
 }
 
-/// The tables that stay in public (`--keep-tables` of prepare and swap).
+/// The tables that stay live (`--keep-tables` of prepare and swap).
 #[derive(Debug, Clone, Default)]
 struct Kept {
-    /// Every kept table, partitions included.
+    /// Every kept table, partitions included, by key (`name` in public,
+    /// `schema.name` elsewhere).
     all: BTreeSet<String>,
+    /// The same, by live schema.
+    by_schema: BTreeMap<String, BTreeSet<String>>,
     /// Their foreign keys to tables that move out, as they will point at the
-    /// shadow's namesakes (checked for violations like deferred keys).
+    /// shadows' namesakes (checked for violations like deferred keys).
     fk_sql: Vec<String>,
     pg15: bool,
 }
 
-/// Find the kept tables and check them (read only): each exists in public,
-/// the shadow has no namesake (it would have to move in beside it), and
-/// every table a kept table's foreign key references is kept or comes in.
+/// Find the kept tables and check them (read only): each exists in its live
+/// schema, its shadow has no namesake (it would have to move in beside it),
+/// and every table of the migrated schemas a kept table's foreign key
+/// references is kept or comes in.
 async fn kept_tables(client: &Client, m: &MigrationRow, extra: &[TablePattern]) -> Result<Kept> {
-    let (_, matched) = filters::match_keep(client, extra).await?;
+    let schemas = &m.state.schemas;
+    let (_, matched) = filters::match_keep(client, schemas, extra).await?;
     let mut roots: BTreeSet<String> = m.state.keep_tables.iter().cloned().collect();
     roots.extend(matched);
     if roots.is_empty() {
         return Ok(Kept::default());
     }
-    let public = rollback::tables_of(client, "public").await?;
-    let shadow = rollback::tables_of(client, SHADOW_SCHEMA).await?;
-    let gone: Vec<&String> = roots.iter().filter(|t| !public.contains(*t)).collect();
+    let mut found: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    let mut shadows: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    let mut both = Vec::new();
+    let mut seen = BTreeSet::new();
+    for s in schemas {
+        let live = rollback::tables_of(client, s).await?;
+        let shadow = rollback::tables_of(client, &meta::shadow_schema_for(s)).await?;
+        for t in live {
+            let key = meta::table_display(s, &t);
+            if roots.contains(&key) {
+                if shadow.contains(&t) {
+                    both.push(key.clone());
+                }
+                seen.insert(key);
+                found.entry(s.clone()).or_default().insert(t);
+            }
+        }
+        shadows.insert(s.clone(), shadow);
+    }
+    let gone: Vec<&String> = roots.iter().filter(|t| !seen.contains(*t)).collect();
     if !gone.is_empty() {
         return Err(UserError::new(format!(
-            "kept tables are no longer in public: {}; nothing was changed",
+            "kept tables are no longer there: {}; nothing was changed",
             display_list(gone)
         ))
         .into());
     }
-    let both: Vec<&String> = roots.iter().filter(|t| shadow.contains(*t)).collect();
     if !both.is_empty() {
         return Err(UserError::new(format!(
             "--keep-tables: the prepared shadow has its own {} (the source has it too); keep it when preparing (`pgshift prepare --keep-tables …`) or abort and prepare again; nothing was changed",
-            display_list(both)
+            both.join(", ")
         ))
         .into());
     }
-    let list: Vec<String> = roots.iter().cloned().collect();
-    let mut all = roots.clone();
-    all.extend(rollback::descendants(client, "public", &list).await?);
+    let mut by_schema = BTreeMap::new();
+    let mut all = BTreeSet::new();
+    for (s, roots) in found {
+        let list: Vec<String> = roots.iter().cloned().collect();
+        let mut tables = roots;
+        tables.extend(rollback::descendants(client, &s, &list).await?);
+        all.extend(tables.iter().map(|t| meta::table_display(&s, t)));
+        by_schema.insert(s, tables);
+    }
     let pg15 = catalog::server_major(client).await? >= 15;
-    let fk_sql = filters::kept_foreign_keys(client, &all, |t| shadow.contains(t))
+    let arrives = |s: &str, t: &str| shadows.get(s).is_some_and(|sh| sh.contains(t));
+    let fk_sql = filters::kept_foreign_keys(client, schemas, &by_schema, arrives)
         .await?
         .iter()
-        .map(|fk| rollback::add_fk_sql(fk, "public", SHADOW_SCHEMA, false) + ";")
+        .map(|fk| {
+            rollback::add_fk_sql(
+                fk,
+                &fk.schema,
+                &meta::shadow_schema_for(&fk.ref_schema),
+                false,
+            ) + ";"
+        })
         .collect();
-    Ok(Kept { all, fk_sql, pg15 })
+    Ok(Kept {
+        all,
+        by_schema,
+        fk_sql,
+        pg15,
+    })
 }
 
 fn display_list(names: Vec<&String>) -> String {
@@ -271,11 +310,13 @@ impl InTx for MigrationTx<'_> {
         if self.kept.all.is_empty() {
             return Ok(None);
         }
-        let schemas = vec!["public".to_string(), manifest.schema.clone()];
-        let mut fixed =
-            rollback::fix_crossing_fks(client, &schemas, self.kept.pg15, "the swap").await?;
-        manifest.detached_foreign_keys =
-            fixed.detached.remove(&manifest.schema).unwrap_or_default();
+        let places: Vec<Place> = manifest
+            .schema_maps()
+            .iter()
+            .flat_map(|m| [Place::live(&m.live), Place::backup(&m.backup, &m.live, 0)])
+            .collect();
+        let fixed = rollback::fix_crossing_fks(client, &places, self.kept.pg15, "the swap").await?;
+        manifest.detached_foreign_keys = fixed.detached.values().flatten().cloned().collect();
         manifest.kept_tables = self.kept.all.iter().cloned().collect();
         Ok(Some(fixed))
     }
@@ -305,7 +346,12 @@ impl InTx for MigrationTx<'_> {
         self.synced
             .iter()
             .map(|t| qualified(&meta::shadow_schema_for(&t.schema), &t.name))
-            .chain(self.kept.all.iter().map(|t| qualified("public", t)))
+            .chain(
+                self.kept
+                    .by_schema
+                    .iter()
+                    .flat_map(|(s, ts)| ts.iter().map(move |t| qualified(s, t))),
+            )
             .collect()
     }
 }
@@ -370,9 +416,11 @@ pub async fn lock_budget(client: &Client, m: &MigrationRow, policy: Policy) -> R
 /// (`--keep-tables`, partitions included).
 fn exempt(m: &MigrationRow, kept: &Kept) -> Vec<TableName> {
     let mut e = gate::migration_exempt(&m.state);
-    e.extend(kept.all.iter().map(|name| TableName {
-        schema: None,
-        name: name.clone(),
+    e.extend(kept.by_schema.iter().flat_map(|(s, ts)| {
+        ts.iter().map(move |name| TableName {
+            schema: (s != meta::PUBLIC).then(|| s.clone()),
+            name: name.clone(),
+        })
     }));
     e
 }

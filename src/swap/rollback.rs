@@ -71,17 +71,16 @@ pub struct RollbackOptions {
 #[derive(Debug, Clone)]
 pub struct Plan {
     pub restore: BackupRow,
-    /// Table names that stay where they are (public's in public, the backup's
-    /// namesakes in the backup), partitions included.
+    /// One pair per schema of the backup (public's first): the live schema,
+    /// the backup schema restored into it, the tables that stay where they
+    /// are (the live ones live, the backup's namesakes in the backup,
+    /// partitions included) and the tables it will have afterwards.
+    pub pairs: Vec<engine::Pair>,
+    /// The kept tables as keys (`name` in public, `schema.name` elsewhere).
     pub keep: BTreeSet<String>,
     /// Tables kept because the backup was made without them (an earlier
     /// `--keep-tables`), not because they were asked for.
     pub auto_kept: Vec<String>,
-    /// Tables that will be in public afterwards.
-    pub expected_tables: Vec<String>,
-    /// The backup's other schemas (a migration of several schemas): each
-    /// restored whole into its live schema.
-    pub others: Vec<engine::Pair>,
     pub verification: VerifyReport,
     pub warnings: Vec<String>,
     /// Writes to the current public since it went live, to tables not kept.
@@ -194,11 +193,8 @@ pub async fn plan(client: &Client, opts: &RollbackOptions) -> Result<Plan> {
         .into());
     }
 
-    let mut others = Vec::new();
-    for m in restore.manifest.schema_maps() {
-        if m.live == crate::pg::meta::PUBLIC {
-            continue;
-        }
+    let maps = restore.manifest.schema_maps();
+    for m in maps.iter().filter(|m| m.backup != schema) {
         let facts = verify::schema_facts(client, &m.backup).await?;
         if !facts.exists || !facts.ours {
             bail!(
@@ -208,79 +204,98 @@ pub async fn plan(client: &Client, opts: &RollbackOptions) -> Result<Plan> {
                 m.backup
             );
         }
-        others.push(engine::Pair {
-            live: m.live.clone(),
-            incoming: m.backup.clone(),
-            keep: BTreeSet::new(),
-            expected_tables: tables_of(client, &m.backup).await?.into_iter().collect(),
-        });
     }
+    let lives: Vec<String> = maps.iter().map(|m| m.live.clone()).collect();
     let mut warnings = Vec::new();
-    let public_tables = tables_of(client, "public").await?;
-    let backup_tables = tables_of(client, &schema).await?;
-    let mut asked = BTreeSet::new();
+    let mut asked: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    let mut live_tables: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for m in &maps {
+        live_tables.insert(m.live.clone(), tables_of(client, &m.live).await?);
+    }
     for t in &opts.keep_tables {
-        if t.schema_or_public() != "public" {
-            return Err(
-                UserError::new(format!("--keep-tables: {t} is not in schema public")).into(),
-            );
-        }
-        if !public_tables.contains(&t.name) {
+        let s = t.schema_or_public();
+        let Some(tables) = live_tables.get(s) else {
             return Err(UserError::new(format!(
-                "--keep-tables: public has no table {t}; nothing was changed"
+                "--keep-tables: {t} is not in a schema of this backup ({})",
+                lives.join(", ")
+            ))
+            .into());
+        };
+        if !tables.contains(&t.name) {
+            return Err(UserError::new(format!(
+                "--keep-tables: {s} has no table {}; nothing was changed",
+                crate::pg::ident::display_ident(&t.name)
             ))
             .into());
         }
-        asked.insert(t.name.clone());
+        asked
+            .entry(s.to_string())
+            .or_default()
+            .insert(t.name.clone());
     }
+    let mut pairs = Vec::new();
     let mut auto_kept = Vec::new();
-    for t in &restore.manifest.kept_tables {
-        if !backup_tables.contains(t) && public_tables.contains(t) && !asked.contains(t) {
-            auto_kept.push(t.clone());
+    let mut keep_keys = BTreeSet::new();
+    for m in &maps {
+        let (live, backup) = (m.live.as_str(), m.backup.as_str());
+        let live_now = &live_tables[live];
+        let backup_tables = tables_of(client, backup).await?;
+        let asked_here = asked.remove(live).unwrap_or_default();
+        let mut auto_here = Vec::new();
+        for t in live_now {
+            let key = crate::pg::meta::table_display(live, t);
+            if restore.manifest.kept_tables.contains(&key)
+                && !backup_tables.contains(t)
+                && !asked_here.contains(t)
+            {
+                auto_here.push(t.clone());
+                auto_kept.push(key);
+            }
         }
+        if !auto_here.is_empty() {
+            warnings.push(format!(
+                "{} stayed live when {backup} was made, so the backup has no copy; keeping {live}'s",
+                auto_here.join(", ")
+            ));
+        }
+        let roots: Vec<String> = asked_here.iter().cloned().chain(auto_here).collect();
+        let mut keep: BTreeSet<String> = roots.iter().cloned().collect();
+        // Partitions and inheritance children go where their parent goes.
+        keep.extend(descendants(client, live, &roots).await?);
+        keep.extend(descendants(client, backup, &roots).await?);
+        let blockers = backup_dependents(client, backup, &roots).await?;
+        if !blockers.is_empty() {
+            return Err(UserError::new(format!(
+                "--keep-tables: objects of {backup} depend on its own copy of {}, which would stay behind in the backup: {}; nothing was changed (restore without --keep-tables, or drop or change those objects)",
+                roots.join(", "),
+                blockers.join(", ")
+            ))
+            .into());
+        }
+        for d in live_dependents(client, live, &roots).await? {
+            warnings.push(format!(
+                "{d} depends on a kept table; it moves to the new backup and keeps reading {live}'s table"
+            ));
+        }
+        for d in kept_uses(client, live, &roots).await? {
+            warnings.push(format!(
+                "a kept table uses {d}, which moves to the new backup with the rest of {live}; the kept table keeps using that copy"
+            ));
+        }
+        let mut expected: BTreeSet<String> = backup_tables
+            .iter()
+            .filter(|t| !keep.contains(*t))
+            .cloned()
+            .collect();
+        expected.extend(keep.iter().filter(|t| live_now.contains(*t)).cloned());
+        keep_keys.extend(keep.iter().map(|t| crate::pg::meta::table_display(live, t)));
+        pairs.push(engine::Pair {
+            live: live.to_string(),
+            incoming: backup.to_string(),
+            keep,
+            expected_tables: expected.into_iter().collect(),
+        });
     }
-    if !auto_kept.is_empty() {
-        warnings.push(format!(
-            "{} stayed live when {schema} was made, so the backup has no copy; keeping public's",
-            auto_kept.join(", ")
-        ));
-    }
-    let mut keep: BTreeSet<String> = asked
-        .iter()
-        .cloned()
-        .chain(auto_kept.iter().cloned())
-        .collect();
-    // Partitions and inheritance children go where their parent goes.
-    let roots: Vec<String> = keep.iter().cloned().collect();
-    keep.extend(descendants(client, "public", &roots).await?);
-    keep.extend(descendants(client, &schema, &roots).await?);
-
-    let blockers = backup_dependents(client, &schema, &roots).await?;
-    if !blockers.is_empty() {
-        return Err(UserError::new(format!(
-            "--keep-tables: objects of {schema} depend on its own copy of {}, which would stay behind in the backup: {}; nothing was changed (restore without --keep-tables, or drop or change those objects)",
-            roots.join(", "),
-            blockers.join(", ")
-        ))
-        .into());
-    }
-    for d in public_dependents(client, &roots).await? {
-        warnings.push(format!(
-            "{d} depends on a kept table; it moves to the new backup and keeps reading public's table"
-        ));
-    }
-    for d in kept_uses(client, &roots).await? {
-        warnings.push(format!(
-            "a kept table uses {d}, which moves to the new backup with the rest of public; the kept table keeps using that copy"
-        ));
-    }
-
-    let mut expected: BTreeSet<String> = backup_tables
-        .iter()
-        .filter(|t| !keep.contains(*t))
-        .cloned()
-        .collect();
-    expected.extend(keep.iter().filter(|t| public_tables.contains(*t)).cloned());
 
     // Writes the application made to the public being replaced since it went
     // live (the newest backup's manifest has its counters from that moment).
@@ -289,13 +304,7 @@ pub async fn plan(client: &Client, opts: &RollbackOptions) -> Result<Plan> {
         .into_iter()
         .next()
         .and_then(|b| b.manifest.live_baseline);
-    let kept: Vec<TableName> = keep
-        .iter()
-        .map(|name| TableName {
-            schema: None,
-            name: name.clone(),
-        })
-        .collect();
+    let kept: Vec<TableName> = kept_names(&pairs);
     let (listed, writes) = gate::rollback_writes(client, live_baseline.as_ref(), &kept).await?;
     let refusal = gate::rollback_gate(&writes, &opts.allow_discard)
         .err()
@@ -317,10 +326,9 @@ pub async fn plan(client: &Client, opts: &RollbackOptions) -> Result<Plan> {
     }
     Ok(Plan {
         restore,
-        keep,
+        pairs,
+        keep: keep_keys,
         auto_kept,
-        expected_tables: expected.into_iter().collect(),
-        others,
         verification,
         warnings,
         writes,
@@ -332,16 +340,22 @@ pub async fn plan(client: &Client, opts: &RollbackOptions) -> Result<Plan> {
 }
 
 /// What comes in (the backup), what stays (kept tables).
+/// The kept tables of `pairs` as names (for the discarded-writes check).
+fn kept_names(pairs: &[engine::Pair]) -> Vec<TableName> {
+    pairs
+        .iter()
+        .flat_map(|p| {
+            p.keep.iter().map(move |name| TableName {
+                schema: (p.live != crate::pg::meta::PUBLIC).then(|| p.live.clone()),
+                name: name.clone(),
+            })
+        })
+        .collect()
+}
+
 fn exchange(plan: &Plan) -> Exchange {
-    let mut pairs = vec![engine::Pair {
-        live: crate::pg::meta::PUBLIC.to_string(),
-        incoming: plan.restore.schema_name.clone(),
-        keep: plan.keep.clone(),
-        expected_tables: plan.expected_tables.clone(),
-    }];
-    pairs.extend(plan.others.iter().cloned());
     Exchange {
-        pairs,
+        pairs: plan.pairs.clone(),
         kept_move_back: false,
         recreate_incoming: false,
     }
@@ -408,10 +422,14 @@ pub async fn execute(sess: &Session, plan: &Plan, policy: Policy) -> Result<Roll
     }
     let restored = &plan.restore;
     let kept_live: Vec<String> = plan
-        .keep
+        .pairs
         .iter()
-        .filter(|t| plan.expected_tables.contains(*t))
-        .cloned()
+        .flat_map(|p| {
+            p.keep
+                .iter()
+                .filter(|t| p.expected_tables.contains(*t))
+                .map(|t| crate::pg::meta::table_display(&p.live, t))
+        })
         .collect();
     let origin = Origin::Rollback {
         restored: restored.clone(),
@@ -419,7 +437,7 @@ pub async fn execute(sess: &Session, plan: &Plan, policy: Policy) -> Result<Roll
             .manifest
             .tables
             .iter()
-            .filter(|t| !plan.keep.contains(&t.name))
+            .filter(|t| !plan.keep.contains(&t.display()))
             .cloned()
             .collect(),
         kept_tables: kept_live,
@@ -497,97 +515,99 @@ impl InTx for RollbackTx<'_> {
     }
 
     async fn after_moves(&self, client: &Client, manifest: &mut Manifest) -> Result<TxResult> {
-        let new_backup = manifest.schema.clone();
         let mut res = TxResult::default();
-        // The backup's other schemas moved whole into their live schemas:
-        // drop them (empty now; anything left fails the rollback).
-        for m in self.restored.manifest.schema_maps() {
-            if m.live != crate::pg::meta::PUBLIC {
-                exec(
-                    client,
-                    &format!("DROP SCHEMA {} RESTRICT", quote_ident(&m.backup)),
-                )
-                .await
-                .with_context(|| format!("dropping {} after restoring it", m.backup))?;
-            }
-        }
-        let restored_schema = self.restored.schema_name.as_str();
-        let schemas = vec![
-            "public".to_string(),
-            new_backup.clone(),
-            restored_schema.to_string(),
-        ];
-        let fixed = fix_crossing_fks(client, &schemas, self.pg15, "the rollback").await?;
-        let public_now = fixed.public_now;
-        let mut detached = fixed.detached;
-        res.changes = fixed.changes;
-        res.to_validate = fixed.to_validate;
+        let restored_maps = self.restored.manifest.schema_maps();
+        let new_maps = manifest.schema_maps();
+        let mut places: Vec<Place> = new_maps
+            .iter()
+            .flat_map(|m| [Place::live(&m.live), Place::backup(&m.backup, &m.live, 0)])
+            .collect();
+        places.extend(
+            restored_maps
+                .iter()
+                .map(|m| Place::backup(&m.backup, &m.live, 1)),
+        );
+        let fixed = fix_crossing_fks(client, &places, self.pg15, "the rollback").await?;
+        let mut detached_by = fixed.detached.clone();
+        res.changes = fixed.changes.clone();
+        res.to_validate = fixed.to_validate.clone();
         // Keys detached from the restored backup by an earlier rollback.
         let mut still_detached = Vec::new();
         for fk in &self.restored.manifest.detached_foreign_keys {
-            if self.keep.contains(&fk.table) {
+            if self
+                .keep
+                .contains(&crate::pg::meta::table_display(&fk.schema, &fk.table))
+            {
                 still_detached.push(fk.clone());
                 continue;
             }
-            if !public_now.contains(&fk.table) || !public_now.contains(&fk.ref_table) {
+            let (has_table, has_ref) = (
+                fixed.is_live(&fk.schema, &fk.table),
+                fixed.is_live(&fk.ref_schema, &fk.ref_table),
+            );
+            if !has_table || !has_ref {
+                let (s, t) = if has_table {
+                    (&fk.ref_schema, &fk.ref_table)
+                } else {
+                    (&fk.schema, &fk.table)
+                };
                 res.warnings.push(format!(
-                    "foreign key {} of {} ({} -> {}) was not re-created: public has no table {}",
-                    fk.name,
-                    restored_schema,
-                    fk.table,
-                    fk.ref_table,
-                    if public_now.contains(&fk.table) {
-                        &fk.ref_table
-                    } else {
-                        &fk.table
-                    }
+                    "foreign key {} of {} ({} -> {}) was not re-created: {s} has no table {t}",
+                    fk.name, self.restored.schema_name, fk.table, fk.ref_table,
                 ));
                 continue;
             }
-            let partitioned = is_partitioned(client, "public", &fk.table).await?;
-            exec(client, &add_fk_sql(fk, "public", "public", !partitioned))
-                .await
-                .with_context(|| {
-                    format!(
-                        "re-creating foreign key {} on public.{} (recorded in the manifest of {restored_schema})",
-                        fk.name, fk.table
-                    )
-                })?;
+            let partitioned = is_partitioned(client, &fk.schema, &fk.table).await?;
+            exec(
+                client,
+                &add_fk_sql(fk, &fk.schema, &fk.ref_schema, !partitioned),
+            )
+            .await
+            .with_context(|| {
+                format!(
+                    "re-creating foreign key {} on {}.{} (recorded in the manifest of {})",
+                    fk.name, fk.schema, fk.table, self.restored.schema_name
+                )
+            })?;
             if !partitioned {
                 res.to_validate.push(CreatedFk {
-                    schema: crate::pg::meta::PUBLIC.to_string(),
+                    schema: fk.schema.clone(),
                     table: fk.table.clone(),
                     constraint: fk.name.clone(),
                 });
             }
             res.changes.push(FkChange {
                 constraint: fk.name.clone(),
-                table: format!("public.{}", fk.table),
+                table: format!("{}.{}", fk.schema, fk.table),
                 action: "reattached".into(),
-                references: format!("public.{}", fk.ref_table),
+                references: format!("{}.{}", fk.ref_schema, fk.ref_table),
             });
         }
 
-        // The restored schema: gone (rename mode made it public) or dropped
-        // when empty, otherwise (kept tables' namesakes remain) its manifest
+        // The restored schemas: gone (rename mode made it public) or dropped
+        // when empty, otherwise (kept tables' namesakes remain) the manifest
         // now describes what is left.
-        let renamed: bool = client
-            .query_one(
-                "SELECT NOT EXISTS (SELECT 1 FROM pg_catalog.pg_namespace WHERE nspname = $1)",
-                &[&restored_schema],
-            )
-            .await?
-            .get(0);
         exec(client, "SAVEPOINT pgshift_restored").await?;
-        let dropped = if renamed {
-            Ok(())
-        } else {
-            exec(
-                client,
-                &format!("DROP SCHEMA {} RESTRICT", quote_ident(restored_schema)),
-            )
-            .await
-        };
+        let mut dropped = Ok(());
+        for m in &restored_maps {
+            let renamed: bool = client
+                .query_one(
+                    "SELECT NOT EXISTS (SELECT 1 FROM pg_catalog.pg_namespace WHERE nspname = $1)",
+                    &[&m.backup],
+                )
+                .await?
+                .get(0);
+            if !renamed {
+                dropped = exec(
+                    client,
+                    &format!("DROP SCHEMA {} RESTRICT", quote_ident(&m.backup)),
+                )
+                .await;
+                if dropped.is_err() {
+                    break;
+                }
+            }
+        }
         match dropped {
             Ok(()) => {
                 exec(client, "RELEASE SAVEPOINT pgshift_restored").await?;
@@ -596,17 +616,25 @@ impl InTx for RollbackTx<'_> {
             }
             Err(_) => {
                 exec(client, "ROLLBACK TO SAVEPOINT pgshift_restored").await?;
-                let left = tables_of(client, restored_schema).await?;
+                let mut left = BTreeSet::new();
+                for m in &restored_maps {
+                    for t in tables_of(client, &m.backup).await? {
+                        left.insert(crate::pg::meta::table_display(&m.live, &t));
+                    }
+                    still_detached.extend(detached_by.remove(&m.backup).unwrap_or_default());
+                }
                 let mut m = self.restored.manifest.clone();
-                m.tables.retain(|t| left.contains(&t.name));
+                m.tables.retain(|t| left.contains(&t.display()));
                 m.restored_at = Some(Utc::now());
-                still_detached.extend(detached.remove(restored_schema).unwrap_or_default());
                 m.detached_foreign_keys = still_detached;
                 manifest::update_manifest(client, &m).await?;
             }
         }
 
-        manifest.detached_foreign_keys = detached.remove(&new_backup).unwrap_or_default();
+        manifest.detached_foreign_keys = new_maps
+            .iter()
+            .flat_map(|m| detached_by.remove(&m.backup).unwrap_or_default())
+            .collect();
         Ok(res)
     }
 }
@@ -615,87 +643,140 @@ impl InTx for RollbackTx<'_> {
 #[derive(Debug, Clone, Default)]
 pub(crate) struct CrossingFixed {
     pub changes: Vec<FkChange>,
-    /// Keys of public tables to VALIDATE after the commit.
+    /// Keys of live tables to VALIDATE after the commit.
     pub to_validate: Vec<CreatedFk>,
     /// Keys dropped from tables of a backup schema (by schema), to record in
-    /// that backup's manifest.
+    /// that backup's manifest (with live schema names).
     pub detached: BTreeMap<String, Vec<ForeignKeyDef>>,
-    /// public's tables after the moves.
-    pub public_now: BTreeSet<String>,
+    /// Each live schema's tables after the moves.
+    pub live_now: BTreeMap<String, BTreeSet<String>>,
 }
 
-/// Inside a swap transaction, after the moves: foreign keys between public
-/// and the other `schemas` (backups), left by tables that stayed in public
-/// (`--keep-tables`). A public table's key into a backup is re-pointed to
-/// public's table of the same name (NOT VALID, to validate after the commit;
-/// an error when public has none); a backup table's key out of its backup is
-/// dropped and returned in `detached`. `what` names the operation in errors.
+impl CrossingFixed {
+    /// Is `schema.table` a live table after the moves?
+    pub fn is_live(&self, schema: &str, table: &str) -> bool {
+        self.live_now.get(schema).is_some_and(|t| t.contains(table))
+    }
+}
+
+/// A schema a swap transaction touches: a live schema (`group` None), or a
+/// backup schema of the backup `group` (the new one, or the one restored),
+/// holding the objects of live schema `live`.
+#[derive(Debug, Clone)]
+pub(crate) struct Place {
+    pub schema: String,
+    pub live: String,
+    pub group: Option<u8>,
+}
+
+impl Place {
+    pub fn live(schema: &str) -> Place {
+        Place {
+            schema: schema.to_string(),
+            live: schema.to_string(),
+            group: None,
+        }
+    }
+    pub fn backup(schema: &str, live: &str, group: u8) -> Place {
+        Place {
+            schema: schema.to_string(),
+            live: live.to_string(),
+            group: Some(group),
+        }
+    }
+}
+
+/// Inside a swap transaction, after the moves: foreign keys left crossing
+/// between a live schema and a backup (or between two backups) by tables
+/// that stayed live (`--keep-tables`). A live table's key into a backup is
+/// re-pointed to the same-named table of that backup's live schema (NOT
+/// VALID, to validate after the commit; an error when there is none); a
+/// backup table's key out of its backup is dropped and returned in
+/// `detached`. Keys between live schemas, or within one backup, are the
+/// application's own and stay. `what` names the operation in errors.
 pub(crate) async fn fix_crossing_fks(
     client: &Client,
-    schemas: &[String],
+    places: &[Place],
     pg15: bool,
     what: &str,
 ) -> Result<CrossingFixed> {
-    let public_now: BTreeSet<String> = tables_of(client, "public").await?;
-    let mut detached: BTreeMap<String, Vec<ForeignKeyDef>> = BTreeMap::new();
     let mut res = CrossingFixed::default();
-    for fk in crossing_fks(client, schemas, pg15).await? {
+    for p in places.iter().filter(|p| p.group.is_none()) {
+        res.live_now
+            .insert(p.schema.clone(), tables_of(client, &p.schema).await?);
+    }
+    let place = |s: &str| places.iter().find(|p| p.schema == s);
+    let schemas: Vec<String> = places.iter().map(|p| p.schema.clone()).collect();
+    let mut detached: BTreeMap<String, Vec<ForeignKeyDef>> = BTreeMap::new();
+    for fk in crossing_fks(client, &schemas, pg15).await? {
+        let (Some(from), Some(to)) = (place(&fk.schema), place(&fk.ref_schema)) else {
+            continue;
+        };
+        if from.group == to.group {
+            continue; // between live schemas, or within one backup
+        }
         let drop = format!(
             "ALTER TABLE {} DROP CONSTRAINT {}",
             qualified(&fk.schema, &fk.def.table),
             quote_ident(&fk.def.name)
         );
-        if fk.schema == "public" {
-            if !public_now.contains(&fk.def.ref_table) {
+        let shown = |s: &str, t: &str| format!("{s}.{t}");
+        if from.group.is_none() {
+            let target = to.live.as_str();
+            if !res.is_live(target, &fk.def.ref_table) {
                 bail!(
-                    "foreign key {} on public.{} references {}.{}, and public has no table {} after {what}; nothing was changed",
+                    "foreign key {} on {} references {}, and {target} has no table {} after {what}; nothing was changed",
                     fk.def.name,
-                    fk.def.table,
-                    fk.ref_schema,
-                    fk.def.ref_table,
+                    shown(&fk.schema, &fk.def.table),
+                    shown(&fk.ref_schema, &fk.def.ref_table),
                     fk.def.ref_table
                 );
             }
             exec(client, &drop).await?;
             exec(
                 client,
-                &add_fk_sql(&fk.def, "public", "public", !fk.partitioned),
+                &add_fk_sql(&fk.def, &fk.schema, target, !fk.partitioned),
             )
             .await
             .with_context(|| {
                 format!(
-                    "re-pointing foreign key {} on public.{} to public.{}",
-                    fk.def.name, fk.def.table, fk.def.ref_table
+                    "re-pointing foreign key {} on {} to {}",
+                    fk.def.name,
+                    shown(&fk.schema, &fk.def.table),
+                    shown(target, &fk.def.ref_table)
                 )
             })?;
             if !fk.partitioned {
                 res.to_validate.push(CreatedFk {
-                    schema: crate::pg::meta::PUBLIC.to_string(),
+                    schema: fk.schema.clone(),
                     table: fk.def.table.clone(),
                     constraint: fk.def.name.clone(),
                 });
             }
             res.changes.push(FkChange {
                 constraint: fk.def.name.clone(),
-                table: format!("public.{}", fk.def.table),
+                table: shown(&fk.schema, &fk.def.table),
                 action: "repointed".into(),
-                references: format!("public.{}", fk.def.ref_table),
+                references: shown(target, &fk.def.ref_table),
             });
         } else {
             // A backup table pointing out of its backup: keep the backup
-            // self-contained; remember the key for when it is restored.
+            // self-contained; remember the key (with live schema names) for
+            // when it is restored.
             exec(client, &drop).await?;
             res.changes.push(FkChange {
                 constraint: fk.def.name.clone(),
-                table: format!("{}.{}", fk.schema, fk.def.table),
+                table: shown(&fk.schema, &fk.def.table),
                 action: "detached".into(),
-                references: format!("{}.{}", fk.ref_schema, fk.def.ref_table),
+                references: shown(&fk.ref_schema, &fk.def.ref_table),
             });
-            detached.entry(fk.schema.clone()).or_default().push(fk.def);
+            let mut def = fk.def;
+            def.schema = from.live.clone();
+            def.ref_schema = to.live.clone();
+            detached.entry(fk.schema.clone()).or_default().push(def);
         }
     }
     res.detached = detached;
-    res.public_now = public_now;
     Ok(res)
 }
 
@@ -798,6 +879,8 @@ async fn foreign_keys(
             ref_schema: r.get(3),
             partitioned: r.get(13),
             def: ForeignKeyDef {
+                schema: r.get(1),
+                ref_schema: r.get(3),
                 name: r.get(0),
                 table: r.get(2),
                 ref_table: r.get(4),
@@ -975,21 +1058,29 @@ async fn backup_dependents(
     dependents(client, schema, tables).await
 }
 
-/// Dependents of public's kept tables: they move to the new backup.
-pub(crate) async fn public_dependents(client: &Client, tables: &[String]) -> Result<Vec<String>> {
-    dependents(client, "public", tables).await
+/// Dependents of a live schema's kept tables: they move to the new backup.
+pub(crate) async fn live_dependents(
+    client: &Client,
+    schema: &str,
+    tables: &[String],
+) -> Result<Vec<String>> {
+    dependents(client, schema, tables).await
 }
 
 /// Objects of public (types, standalone sequences, functions) that kept
 /// tables use and that will move out with the rest of public.
-pub(crate) async fn kept_uses(client: &Client, tables: &[String]) -> Result<Vec<String>> {
+pub(crate) async fn kept_uses(
+    client: &Client,
+    schema: &str,
+    tables: &[String],
+) -> Result<Vec<String>> {
     if tables.is_empty() {
         return Ok(Vec::new());
     }
     query_map(
         client,
             "WITH kept AS (SELECT c.oid FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
-                            WHERE n.nspname = 'public' AND c.relname = ANY($1) AND c.relkind IN ('r', 'p')),
+                            WHERE n.nspname = $2 AND c.relname = ANY($1) AND c.relkind IN ('r', 'p')),
                   parts(classid, objid) AS (
                     SELECT 'pg_catalog.pg_class'::regclass, oid FROM kept
                     UNION ALL SELECT 'pg_catalog.pg_attrdef'::regclass, a.oid FROM pg_catalog.pg_attrdef a WHERE a.adrelid IN (SELECT oid FROM kept)
@@ -1000,13 +1091,13 @@ pub(crate) async fn kept_uses(client: &Client, tables: &[String]) -> Result<Vec<
              SELECT DISTINCT pg_catalog.pg_describe_object(d.refclassid, d.refobjid, 0)
                FROM pg_catalog.pg_depend d JOIN parts p ON p.classid = d.classid AND p.objid = d.objid
               WHERE d.deptype = 'n'
-                AND (pg_catalog.pg_identify_object(d.refclassid, d.refobjid, 0)).schema = 'public'
+                AND (pg_catalog.pg_identify_object(d.refclassid, d.refobjid, 0)).schema = $2
                 AND NOT (d.refclassid = 'pg_catalog.pg_class'::regclass AND d.refobjid IN (SELECT oid FROM kept))
                 AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_depend o
                                  WHERE o.classid = d.refclassid AND o.objid = d.refobjid
                                    AND (o.deptype = 'e' OR (o.deptype IN ('a', 'i') AND o.refobjid IN (SELECT oid FROM kept))))
               ORDER BY 1",
-            &[&tables],
+            &[&tables, &schema],
         "looking for what kept tables use",
         |r| r.get(0),
     )
@@ -1021,6 +1112,8 @@ mod tests {
     fn fk_sql_quotes_everything() {
         let fk = ForeignKeyDef {
             name: "Orders_user\"fk".into(),
+            schema: "public".into(),
+            ref_schema: "public".into(),
             table: "Orders".into(),
             columns: vec!["user id".into()],
             ref_table: "users".into(),
