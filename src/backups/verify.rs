@@ -93,6 +93,10 @@ pub struct VerifyReport {
     pub verified_at: DateTime<Utc>,
     pub tables: Vec<TableCheck>,
     pub differences: Vec<Difference>,
+    /// A migration of several schemas: each live schema and its backup
+    /// schema (absent for public alone).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub schemas: Vec<crate::backups::manifest::SchemaMap>,
 }
 
 impl VerifyReport {
@@ -124,6 +128,7 @@ pub async fn check(client: &Client, b: &BackupRow) -> Result<VerifyReport> {
         verified_at: Utc::now(),
         tables: Vec::new(),
         differences: Vec::new(),
+        schemas: b.manifest.schemas.clone(),
     };
     // Every schema of the backup (one for a migration of public alone).
     for m in b.manifest.schema_maps() {

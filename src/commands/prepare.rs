@@ -167,6 +167,9 @@ pub fn print_plan(ctx: &Ctx, p: &Plan) -> Result<()> {
     println!("  destination: {}", plan.dest);
     println!("  jobs:        {}", plan.jobs);
     println!("  phases:      {}", plan.phases.join(" -> "));
+    if !plan.schemas.is_empty() {
+        println!("  schemas:     {}", plan.schemas.join(", "));
+    }
     if !plan.preserved_tables.is_empty() {
         println!("  preserved:   {}", plan.preserved_tables.join(", "));
     }
@@ -275,6 +278,9 @@ pub fn print_report(ctx: &Ctx, r: &PrepareReport, impact: Option<&Impact>) -> Re
             .map(|t| t.format("%Y-%m-%d %H:%M:%S UTC").to_string())
             .unwrap_or_default()
     );
+    if !r.schemas.is_empty() {
+        println!("Schemas: {}", shadows_line(&r.schemas));
+    }
     let mut t = Table::new(["phase", "duration"]).right(1);
     for (name, ms) in &r.phases_ms {
         t.row([name.clone(), human_ms(ms.as_u64().unwrap_or(0))]);
@@ -293,6 +299,15 @@ pub fn print_report(ctx: &Ctx, r: &PrepareReport, impact: Option<&Impact>) -> Re
     Ok(())
 }
 
+/// `public (in shadow), billing (in pgshift_shadow_billing)`.
+fn shadows_line(schemas: &[String]) -> String {
+    crate::pg::meta::schema_pairs(schemas)
+        .iter()
+        .map(|p| format!("{} (in {})", p.live, p.shadow))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// One line for `start`, before the swap's report.
 pub fn print_report_brief(r: &PrepareReport) {
     println!(
@@ -301,6 +316,9 @@ pub fn print_report_brief(r: &PrepareReport) {
         r.tables.len(),
         r.total_rows
     );
+    if !r.schemas.is_empty() {
+        println!("Schemas: {}", shadows_line(&r.schemas));
+    }
     for w in &r.warnings {
         println!("warning: {w}");
     }

@@ -106,6 +106,7 @@ fn print_report(ctx: &Ctx, r: &RollbackReport) -> Result<()> {
         "Rolled back to {}: {} objects into public; the replaced public is kept as {} ({} objects)",
         r.restored_schema, r.moved.moved_in, r.backup_schema, r.moved.moved_out
     );
+    crate::commands::swap::print_schemas(&r.schemas);
     print_locks(&r.moved);
     if !r.kept_tables.is_empty() {
         println!(

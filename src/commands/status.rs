@@ -193,6 +193,9 @@ fn print(ctx: &Ctx, r: &StatusReport) -> Result<()> {
         },
     ));
     lines.push(("record", r.record_from.replace('_', " ")));
+    if !r.schemas.is_empty() {
+        lines.push(("schemas", r.schemas.join(", ")));
+    }
     let width = lines.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
     for (k, v) in &lines {
         println!("{:width$}  {v}", format!("{k}:"), width = width + 1);

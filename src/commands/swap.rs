@@ -51,6 +51,7 @@ pub fn print_preview(ctx: &Ctx, p: &SwapPreview) -> Result<()> {
         p.migration_id
     );
     println!("Swap mode: {} ({})", p.mode.mode.as_str(), p.mode.reason);
+    print_schemas(&p.schemas);
     print_budget(&p.swap_lock_budget, "swap");
     println!();
     print!("{}", p.impact.render());
@@ -110,6 +111,17 @@ pub fn print_budget(b: &Budget, what: &str) {
     }
 }
 
+/// For a migration of several schemas: each live schema and its backup.
+pub fn print_schemas(schemas: &[crate::backups::manifest::SchemaMap]) {
+    if !schemas.is_empty() {
+        let shown: Vec<String> = schemas
+            .iter()
+            .map(|m| format!("{} -> {}", m.live, m.backup))
+            .collect();
+        println!("Schemas (live -> backup): {}", shown.join(", "));
+    }
+}
+
 /// How long a swap (or rollback) held its locks.
 pub fn print_locks(m: &Moved) {
     println!(
@@ -138,6 +150,7 @@ pub fn print_report(ctx: &Ctx, r: &SwapReport) -> Result<()> {
         "Swapped migration {}: {} objects into public, old public kept as {} ({} objects)",
         r.migration_id, r.moved.moved_in, r.backup_schema, r.moved.moved_out
     );
+    print_schemas(&r.schemas);
     print_locks(&r.moved);
     println!("Checked before the swap: {}", r.impact.summary());
     if !r.preserved_tables.is_empty() {

@@ -56,6 +56,10 @@ pub struct SwapReport {
     /// Foreign keys between kept tables and the backup, re-pointed or detached.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub foreign_keys: Vec<FkChange>,
+    /// A migration of several schemas: each live schema and its backup
+    /// schema (absent for public alone).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub schemas: Vec<crate::backups::manifest::SchemaMap>,
 }
 
 /// A dry run's output.
@@ -79,6 +83,26 @@ pub struct SwapPreview {
     /// Tables that stay in public as they are (`--keep-tables`).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub kept_tables: Vec<String>,
+    /// A migration of several schemas: each live schema and its backup
+    /// schema (absent for public alone).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub schemas: Vec<crate::backups::manifest::SchemaMap>,
+}
+
+/// The `schemas` of a dry run's report: each live schema and its backup
+/// schema to be, for a migration of several schemas (empty for public alone).
+pub(crate) fn preview_schemas(p: &engine::Preview) -> Vec<crate::backups::manifest::SchemaMap> {
+    if p.live_schemas.len() == 1 && p.live_schemas[0] == meta::PUBLIC {
+        return Vec::new();
+    }
+    p.live_schemas
+        .iter()
+        .zip(&p.backup_schemas)
+        .map(|(live, backup)| crate::backups::manifest::SchemaMap {
+            live: live.clone(),
+            backup: backup.clone(),
+        })
+        .collect()
 }
 
 /// What the caller asks of a swap.
@@ -384,6 +408,7 @@ pub async fn preview(client: &Client, opts: &SwapOptions) -> Result<SwapPreview>
     .await?;
     let refusal =
         gate::refusal(&impact, &opts.impact).or_else(|| p.lock_budget.refusal("the swap"));
+    let schemas = crate::swap::cutover::preview_schemas(&p);
     Ok(SwapPreview {
         migration_id: m.id,
         mode: p.mode,
@@ -394,6 +419,7 @@ pub async fn preview(client: &Client, opts: &SwapOptions) -> Result<SwapPreview>
         impact,
         refusal,
         kept_tables: kept.all.iter().cloned().collect(),
+        schemas,
     })
 }
 
@@ -566,6 +592,7 @@ pub async fn swap(sess: &Session, opts: &SwapOptions) -> Result<SwapReport> {
         }
     }
     let crossing = done.after.clone().unwrap_or_default();
+    let done_schemas = done.manifest.schemas.clone();
     to_validate.extend(crossing.to_validate.iter().cloned());
     for f in engine::validate_foreign_keys(&sess.control, &to_validate).await {
         let name = format!("{}.{}", f.table, f.constraint);
@@ -607,6 +634,7 @@ pub async fn swap(sess: &Session, opts: &SwapOptions) -> Result<SwapReport> {
         impact,
         kept_tables: kept.all.iter().cloned().collect(),
         foreign_keys: crossing.changes,
+        schemas: done_schemas.clone(),
     })
 }
 

@@ -303,6 +303,8 @@ pub struct Preview {
     pub backup_schema: String,
     /// Every backup schema, one per pair (the first is `backup_schema`).
     pub backup_schemas: Vec<String>,
+    /// The live schema of each pair, in the same order.
+    pub live_schemas: Vec<String>,
     pub moves: Moves,
     /// The transaction's need against the destination's lock table.
     pub lock_budget: Budget,
@@ -347,6 +349,7 @@ pub async fn preview<H: InTx>(
         mode: choice.chosen(),
         backup_schema: req.backups[0].clone(),
         backup_schemas: req.backups.clone(),
+        live_schemas: exchange.live_schemas(),
         moves: Moves {
             move_out: listed.out().map(name).collect(),
             move_in: listed.inc().map(name).collect(),

@@ -129,6 +129,10 @@ pub struct RollbackReport {
     /// The backup matched its manifest (false only with `--force`).
     pub verified: bool,
     pub warnings: Vec<String>,
+    /// A migration of several schemas: each live schema and its backup
+    /// schema (absent for public alone).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub schemas: Vec<crate::backups::manifest::SchemaMap>,
 }
 
 /// A dry run's output.
@@ -155,6 +159,10 @@ pub struct RollbackPreview {
     /// Why the rollback would refuse (discarded or unknown writes not
     /// covered by `--allow-discard`), or null.
     pub refusal: Option<String>,
+    /// A migration of several schemas: each live schema and its backup
+    /// schema (absent for public alone).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub schemas: Vec<crate::backups::manifest::SchemaMap>,
 }
 
 /// Choose the backup and check everything; changes nothing.
@@ -388,6 +396,7 @@ fn hook(plan: &Plan, pg15: bool) -> RollbackTx<'_> {
 pub async fn preview(client: &Client, plan: &Plan, policy: Policy) -> Result<RollbackPreview> {
     let pg15 = catalog::server_major(client).await? >= 15;
     let p = engine::preview(client, &exchange(plan), policy, &hook(plan, pg15)).await?;
+    let schemas = crate::swap::cutover::preview_schemas(&p);
     Ok(RollbackPreview {
         restore_schema: plan.restore.schema_name.clone(),
         mode: p.mode,
@@ -404,6 +413,7 @@ pub async fn preview(client: &Client, plan: &Plan, policy: Policy) -> Result<Rol
         swap_lock_budget: p.lock_budget,
         discarded_writes: plan.writes.discarded.clone(),
         unknown_writes: plan.writes.unknown.clone(),
+        schemas,
     })
 }
 
@@ -469,6 +479,7 @@ pub async fn execute(sess: &Session, plan: &Plan, policy: Policy) -> Result<Roll
         fk_not_valid: not_valid,
         verified: plan.verification.ok,
         warnings,
+        schemas: done.manifest.schemas.clone(),
     })
 }
 
