@@ -261,7 +261,14 @@ fn two_schemas_start_list_verify_rollback_cleanup() {
             &dst,
             "--schemas",
             "public,billing",
+            "--swap-mode",
+            "object",
         ],
+    );
+    assert_eq!(
+        started["swap"]["swap_mode"], "object",
+        "{}",
+        started["swap"]
     );
     assert_eq!(
         sorted_strings(&started["prepare"]["schemas"]),
@@ -632,6 +639,12 @@ fn two_schemas_failure_in_each_phase_leaves_both_untouched() {
     let s = run_json(
         &wd,
         &["start", "--source", &src, "--dest", &dst, "--schemas", FOUR],
+    );
+    // Every schema can be renamed (the source-only one is simply named).
+    assert_eq!(
+        s["swap"]["swap_mode"], "rename",
+        "{}",
+        s["swap"]["swap_mode_reason"]
     );
     let ts = s["swap"]["backup_timestamp"].as_i64().unwrap();
     for schema in ["public", "billing", "reporting"] {

@@ -31,8 +31,8 @@
 //! migration of several schemas (`--schemas`) swaps every pair in the same
 //! transaction, with one backup schema per live schema and one manifest
 //! listing them), and where the backup comes from ([`Origin`]); the engine
-//! does the rest. Several pairs (or one other than public) always swap
-//! object by object (`mode::several_schemas`).
+//! does the rest. The mode (`swap::mode`) is chosen for all pairs at once:
+//! rename when every pair allows it, else object by object for all.
 
 use std::collections::{BTreeSet, HashSet};
 use std::future::Future;
@@ -405,7 +405,8 @@ async fn budget_of(
     let need = match &req.choice.rename {
         // The renames lock no object of either schema; the extensions move.
         Some(steps) => {
-            locks_budget::transaction_need(client, &[], &locked, &steps.extensions, extra).await?
+            let extensions: Vec<String> = steps.iter().flat_map(|s| s.extensions.clone()).collect();
+            locks_budget::transaction_need(client, &[], &locked, &extensions, extra).await?
         }
         None => {
             let moved: Vec<Movable> = listed.out().chain(listed.inc()).cloned().collect();
@@ -643,12 +644,14 @@ struct Request<'a> {
 
 /// The mode for this exchange under this policy.
 async fn choose_mode(client: &Client, exchange: &Exchange, policy: Policy) -> Result<Choice> {
-    if exchange.pairs.len() != 1 || exchange.pairs[0].live != PUBLIC {
-        return mode::several_schemas(&exchange.live_schemas(), policy.mode);
-    }
+    let pairs: Vec<(String, String)> = exchange
+        .pairs
+        .iter()
+        .map(|p| (p.live.clone(), p.incoming.clone()))
+        .collect();
     mode::choose(
         client,
-        &exchange.pairs[0].incoming,
+        &pairs,
         exchange.keeps() && !exchange.kept_move_back,
         policy.mode,
     )
@@ -776,18 +779,19 @@ fn lock_names<'a>(req: &'a Request, listed: &'a Listed) -> Vec<&'a str> {
 
 fn move_statements(req: &Request, listed: &Listed) -> Vec<String> {
     if let Some(steps) = &req.choice.rename {
-        // One pair, public (see `choose_mode`).
-        let pair = &req.exchange.pairs[0];
-        let backup = &req.backups[0];
-        let mut sql = steps.sql(&pair.incoming, backup, req.exchange.recreate_incoming);
-        // Kept tables (partitions each on their own) went along with the
-        // renamed public: back into the new one, with their indexes,
-        // constraints and owned sequences.
-        for t in &pair.keep {
-            sql.push(format!(
-                "ALTER TABLE {} SET SCHEMA public",
-                qualified(backup, t)
-            ));
+        let mut sql = Vec::new();
+        for ((pair, backup), steps) in req.exchange.pairs.iter().zip(&req.backups).zip(steps) {
+            sql.extend(steps.sql(&pair.incoming, backup, req.exchange.recreate_incoming));
+            // Kept tables (partitions each on their own) went along with the
+            // renamed schema: back into the new one, with their indexes,
+            // constraints and owned sequences.
+            for t in &pair.keep {
+                sql.push(format!(
+                    "ALTER TABLE {} SET SCHEMA {}",
+                    qualified(backup, t),
+                    quote_ident(&pair.live)
+                ));
+            }
         }
         return sql;
     }

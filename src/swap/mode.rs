@@ -32,7 +32,7 @@ use serde::{Deserialize, Serialize};
 use tokio_postgres::Client;
 
 use crate::pg::ident::{quote_ident, quote_literal};
-use crate::pg::meta::MARKER;
+use crate::pg::meta::{MARKER, PUBLIC};
 
 /// How the swap moves public and the incoming schema.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -71,8 +71,9 @@ pub enum ModeRequest {
 pub struct Choice {
     pub mode: Mode,
     pub reason: String,
-    /// What rename mode must carry over; None in object mode.
-    pub rename: Option<RenameSteps>,
+    /// What rename mode must carry over, one per swapped schema (in the
+    /// exchange's order); None in object mode.
+    pub rename: Option<Vec<RenameSteps>>,
 }
 
 impl Choice {
@@ -101,7 +102,12 @@ pub struct Chosen {
 /// extensions that move with them.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct RenameSteps {
-    /// Relocatable extensions in public.
+    /// The live schema renamed (`public`, `billing`, …).
+    pub live: String,
+    /// False for a schema only the source has: the shadow is just renamed to
+    /// it (and an empty backup schema records that it did not exist).
+    pub live_exists: bool,
+    /// Relocatable extensions in the live schema.
     pub extensions: Vec<String>,
     /// Public's owner.
     pub owner: String,
@@ -129,13 +135,29 @@ impl RenameSteps {
     /// leave the backup owner-only like an object-level backup, and (for a
     /// swap) a new empty incoming schema.
     pub fn sql(&self, incoming: &str, backup: &str, recreate_incoming: bool) -> Vec<String> {
+        let live = quote_ident(&self.live);
+        let backup_comment = quote_literal(&format!(
+            "{MARKER} backup of {} (managed by pgshift)",
+            self.live
+        ));
+        if !self.live_exists {
+            return vec![
+                format!("CREATE SCHEMA {}", quote_ident(backup)),
+                format!(
+                    "COMMENT ON SCHEMA {} IS {backup_comment}",
+                    quote_ident(backup)
+                ),
+                format!("ALTER SCHEMA {} RENAME TO {live}", quote_ident(incoming)),
+                // It was pgshift's shadow: no longer.
+                format!("COMMENT ON SCHEMA {live} IS NULL"),
+            ];
+        }
         let mut sql = vec![
-            format!("ALTER SCHEMA public RENAME TO {}", quote_ident(backup)),
-            format!("ALTER SCHEMA {} RENAME TO public", quote_ident(incoming)),
+            format!("ALTER SCHEMA {live} RENAME TO {}", quote_ident(backup)),
+            format!("ALTER SCHEMA {} RENAME TO {live}", quote_ident(incoming)),
             format!(
-                "COMMENT ON SCHEMA {} IS {}",
-                quote_ident(backup),
-                quote_literal(&format!("{MARKER} backup of public (managed by pgshift)"))
+                "COMMENT ON SCHEMA {} IS {backup_comment}",
+                quote_ident(backup)
             ),
         ];
         // The backup: owned by this role, no grants (as an object-level backup).
@@ -153,23 +175,24 @@ impl RenameSteps {
                 role(g)
             ));
         }
-        // The new public: public's owner, grants, comment, default privileges.
+        // The new live schema: the old one's owner, grants, comment, default
+        // privileges.
         sql.push(format!(
-            "ALTER SCHEMA public OWNER TO {}",
+            "ALTER SCHEMA {live} OWNER TO {}",
             quote_ident(&self.owner)
         ));
         for g in &self.incoming_grantees {
-            sql.push(format!("REVOKE ALL ON SCHEMA public FROM {}", role(g)));
+            sql.push(format!("REVOKE ALL ON SCHEMA {live} FROM {}", role(g)));
         }
         for (grantee, privilege, grantable) in &self.grants {
             sql.push(format!(
-                "GRANT {privilege} ON SCHEMA public TO {}{}",
+                "GRANT {privilege} ON SCHEMA {live} TO {}{}",
                 role(grantee),
                 if *grantable { " WITH GRANT OPTION" } else { "" }
             ));
         }
         sql.push(format!(
-            "COMMENT ON SCHEMA public IS {}",
+            "COMMENT ON SCHEMA {live} IS {}",
             self.comment
                 .as_deref()
                 .map(quote_literal)
@@ -178,11 +201,11 @@ impl RenameSteps {
         sql.extend(self.default_privileges.iter().cloned());
         for e in &self.extensions {
             sql.push(format!(
-                "ALTER EXTENSION {} SET SCHEMA public",
+                "ALTER EXTENSION {} SET SCHEMA {live}",
                 quote_ident(e)
             ));
         }
-        if recreate_incoming {
+        if recreate_incoming && self.live == PUBLIC {
             sql.push(format!("CREATE SCHEMA {}", quote_ident(incoming)));
             sql.push(format!(
                 "COMMENT ON SCHEMA {} IS {}",
@@ -206,11 +229,12 @@ fn default_acl_kind(objtype: &str) -> Option<&'static str> {
     })
 }
 
-/// Choose the mode for swapping public with `incoming` (read only).
-/// `keeps_tables`: some tables must stay where they are.
+/// Choose the mode for swapping each live schema with its incoming schema
+/// (`pairs`: (live, incoming), public's first; read only). `keeps_tables`:
+/// some tables must stay where they are.
 pub async fn choose(
     client: &Client,
-    incoming: &str,
+    pairs: &[(String, String)],
     keeps_tables: bool,
     request: ModeRequest,
 ) -> Result<Choice> {
@@ -222,51 +246,51 @@ pub async fn choose(
     if request == ModeRequest::Object {
         return Ok(object("--swap-mode object".into()));
     }
-    let why_not = rename_obstacles(client, incoming, keeps_tables).await?;
-    match why_not {
-        Err(reason) if request == ModeRequest::Rename => Err(crate::error::UserError::new(
-            format!("--swap-mode rename is not possible here: {reason}"),
-        )
-        .into()),
-        Err(reason) => Ok(object(reason)),
-        Ok(steps) => Ok(Choice {
-            mode: Mode::Rename,
-            reason: if steps.extensions.is_empty() {
-                "public holds no extension".to_string()
-            } else {
-                format!(
-                    "public holds only relocatable extensions ({}), which move along",
-                    steps.extensions.join(", ")
-                )
-            },
-            rename: Some(steps),
-        }),
+    let several = !(pairs.len() == 1 && pairs[0].0 == PUBLIC);
+    let mut all = Vec::with_capacity(pairs.len());
+    for (live, incoming) in pairs {
+        match rename_obstacles(client, live, incoming, keeps_tables).await? {
+            Ok(steps) => all.push(steps),
+            Err(reason) => {
+                let reason = if several && !reason.contains(live.as_str()) {
+                    format!("{live}: {reason}")
+                } else {
+                    reason
+                };
+                if request == ModeRequest::Rename {
+                    return Err(crate::error::UserError::new(format!(
+                        "--swap-mode rename is not possible here: {reason}"
+                    ))
+                    .into());
+                }
+                return Ok(object(reason));
+            }
+        }
     }
-}
-
-/// The mode for a swap of several schemas (or of one other than public):
-/// object-level (the renames carry over public's properties only).
-pub fn several_schemas(schemas: &[String], request: ModeRequest) -> Result<Choice> {
-    let reason = format!(
-        "the migration moves schemas {}, which are swapped object by object",
-        schemas.join(", ")
-    );
-    if request == ModeRequest::Rename {
-        return Err(crate::error::UserError::new(format!(
-            "--swap-mode rename is not possible here: {reason}"
-        ))
-        .into());
-    }
+    let extensions: Vec<String> = all.iter().flat_map(|s| s.extensions.clone()).collect();
+    let reason = match (several, extensions.is_empty()) {
+        (false, true) => "public holds no extension".to_string(),
+        (false, false) => format!(
+            "public holds only relocatable extensions ({}), which move along",
+            extensions.join(", ")
+        ),
+        (true, true) => "the swapped schemas hold no extension".to_string(),
+        (true, false) => format!(
+            "the swapped schemas hold only relocatable extensions ({}), which move along",
+            extensions.join(", ")
+        ),
+    };
     Ok(Choice {
-        mode: Mode::Object,
+        mode: Mode::Rename,
         reason,
-        rename: None,
+        rename: Some(all),
     })
 }
 
 /// What rename mode needs, or the reason it is not possible.
 async fn rename_obstacles(
     client: &Client,
+    live: &str,
     incoming: &str,
     keeps_tables: bool,
 ) -> Result<std::result::Result<RenameSteps, String>> {
@@ -275,6 +299,21 @@ async fn rename_obstacles(
             "kept tables stay in public (--keep-tables), which only the object-level swap can do"
                 .into(),
         ));
+    }
+    let exists: bool = client
+        .query_one(
+            "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_namespace WHERE nspname = $1)",
+            &[&live],
+        )
+        .await
+        .context("choosing the swap mode")?
+        .get(0);
+    if !exists {
+        return Ok(Ok(RenameSteps {
+            live: live.to_string(),
+            live_exists: false,
+            ..RenameSteps::default()
+        }));
     }
     let r = client
         .query_one(
@@ -302,32 +341,32 @@ async fn rename_obstacles(
                                WHERE d.defaclnamespace = pub.oid), '{}'),
                     pg_catalog.current_setting('server_version_num')::int
                FROM pg_catalog.pg_namespace pub, pg_catalog.pg_namespace inc
-              WHERE pub.nspname = 'public' AND inc.nspname = $1",
-            &[&incoming],
+              WHERE pub.nspname = $2 AND inc.nspname = $1",
+            &[&incoming, &live],
         )
         .await
         .context("choosing the swap mode")?;
     let fixed: Option<Vec<String>> = r.get(0);
     if let Some(f) = fixed {
         return Ok(Err(format!(
-            "public holds a non-relocatable extension ({}), which must stay in public",
+            "{live} holds a non-relocatable extension ({}), which must stay in {live}",
             f.join(", ")
         )));
     }
     if !r.get::<_, bool>(2) {
         return Ok(Err(format!(
-            "this role does not own schema public and schema {incoming} (renaming a schema needs its owner)"
+            "this role does not own schema {live} and schema {incoming} (renaming a schema needs its owner)"
         )));
     }
     let owner: String = r.get(4);
     if !r.get::<_, bool>(3) {
         return Ok(Err(format!(
-            "this role cannot make {owner} the owner of the new public (not a member of {owner})"
+            "this role cannot make {owner} the owner of the new {live} (not a member of {owner})"
         )));
     }
     if let Some(roles) = r.get::<_, Option<Vec<String>>>(8) {
         return Ok(Err(format!(
-            "public has default privileges of roles this role is not a member of ({})",
+            "{live} has default privileges of roles this role is not a member of ({})",
             roles.join(", ")
         )));
     }
@@ -338,13 +377,13 @@ async fn rename_obstacles(
             "SELECT p.pubname::text FROM pg_catalog.pg_publication_namespace pn
                JOIN pg_catalog.pg_publication p ON p.oid = pn.pnpubid
                JOIN pg_catalog.pg_namespace n ON n.oid = pn.pnnspid
-              WHERE n.nspname = 'public' ORDER BY 1",
-            &[],
+              WHERE n.nspname = $1 ORDER BY 1",
+            &[&live],
         )
         .await?;
         if !pubs.is_empty() {
             return Ok(Err(format!(
-                "publication {} publishes the tables in schema public, and would follow the renamed schema",
+                "publication {} publishes the tables in schema {live}, and would follow the renamed schema",
                 pubs.join(", ")
             )));
         }
@@ -365,8 +404,9 @@ async fn rename_obstacles(
         .filter_map(|p| {
             let kind = default_acl_kind(&p[1])?;
             Some(format!(
-                "ALTER DEFAULT PRIVILEGES FOR ROLE {} IN SCHEMA public GRANT {} ON {kind} TO {}{}",
+                "ALTER DEFAULT PRIVILEGES FOR ROLE {} IN SCHEMA {} GRANT {} ON {kind} TO {}{}",
                 quote_ident(&p[0]),
+                quote_ident(live),
                 p[3],
                 role(&p[2]),
                 if p[4] == "true" {
@@ -378,6 +418,8 @@ async fn rename_obstacles(
         })
         .collect();
     Ok(Ok(RenameSteps {
+        live: live.to_string(),
+        live_exists: true,
         extensions: r.get::<_, Option<Vec<String>>>(1).unwrap_or_default(),
         owner,
         grants,
