@@ -11,16 +11,13 @@ use serde::{Deserialize, Serialize};
 use tokio_postgres::GenericClient;
 
 use crate::pg::ident::qualified;
-use crate::pg::meta::{self, BACKUP_PREFIX};
+use crate::pg::meta::{self, BACKUP_PREFIX, is_public_str, public_string};
 
 /// One table in a manifest.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ManifestTable {
     /// The live schema the table belongs to (absent = public).
-    #[serde(
-        default = "crate::pg::meta::public_string",
-        skip_serializing_if = "crate::pg::meta::is_public_str"
-    )]
+    #[serde(default = "public_string", skip_serializing_if = "is_public_str")]
     pub schema: String,
     pub name: String,
     /// Row count; None when it could not be recorded.
@@ -123,17 +120,11 @@ impl ManifestTable {
 pub struct ForeignKeyDef {
     pub name: String,
     /// The live schema of `table` (absent = public).
-    #[serde(
-        default = "crate::pg::meta::public_string",
-        skip_serializing_if = "crate::pg::meta::is_public_str"
-    )]
+    #[serde(default = "public_string", skip_serializing_if = "is_public_str")]
     pub schema: String,
     pub table: String,
     /// The live schema of `ref_table` (absent = public).
-    #[serde(
-        default = "crate::pg::meta::public_string",
-        skip_serializing_if = "crate::pg::meta::is_public_str"
-    )]
+    #[serde(default = "public_string", skip_serializing_if = "is_public_str")]
     pub ref_schema: String,
     pub columns: Vec<String>,
     pub ref_table: String,

@@ -20,7 +20,7 @@ use tokio_postgres::GenericClient;
 use crate::migration::lifecycle::{Phase, PhaseStatus, Status};
 use crate::pg::conn::connspec::ConnSpec;
 use crate::pg::ident::TableName;
-use crate::pg::meta::{self, SHADOW_SCHEMA};
+use crate::pg::meta::{self, SHADOW_SCHEMA, is_public_str, public_string};
 use crate::prepare::sync::SyncedTable;
 use crate::process::this_host;
 use crate::swap::impact::WriteBaseline;
@@ -46,10 +46,7 @@ pub struct PhaseRecord {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TableRecord {
     /// The live schema (absent in records and JSON when `public`).
-    #[serde(
-        default = "crate::pg::meta::public_string",
-        skip_serializing_if = "crate::pg::meta::is_public_str"
-    )]
+    #[serde(default = "public_string", skip_serializing_if = "is_public_str")]
     pub schema: String,
     pub name: String,
     pub rows: i64,

@@ -62,7 +62,7 @@ use crate::pg::exec::{
     RetryPolicy, Stop, exec_as as exec, pg_error_as, query_map, retry, rollback_on_err,
 };
 use crate::pg::ident::{TableName, display_ident, qualified, quote_ident, quote_literal};
-use crate::pg::meta::{META_SCHEMA, SHADOW_SCHEMA};
+use crate::pg::meta::{META_SCHEMA, SHADOW_SCHEMA, is_public_str, public_string};
 
 /// `lock_timeout` of a trigger's apply to the shadow table.
 pub const APPLY_LOCK_TIMEOUT: &str = "100ms";
@@ -156,10 +156,7 @@ pub struct OwnedSequence {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SyncedTable {
     /// The live schema (absent = public); its shadow follows the naming rule.
-    #[serde(
-        default = "crate::pg::meta::public_string",
-        skip_serializing_if = "crate::pg::meta::is_public_str"
-    )]
+    #[serde(default = "public_string", skip_serializing_if = "is_public_str")]
     pub schema: String,
     /// Table name (the same in the live schema and its shadow).
     pub name: String,
@@ -1953,10 +1950,7 @@ pub async fn fk_violations(client: &Client, deferred_sql: &[String]) -> Result<V
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CreatedFk {
     /// The live schema the table is in after the swap (absent = public).
-    #[serde(
-        default = "crate::pg::meta::public_string",
-        skip_serializing_if = "crate::pg::meta::is_public_str"
-    )]
+    #[serde(default = "public_string", skip_serializing_if = "is_public_str")]
     pub schema: String,
     /// Table name (the table moves with the swap).
     pub table: String,

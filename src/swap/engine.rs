@@ -789,7 +789,7 @@ fn move_statements(req: &Request, listed: &Listed) -> Vec<String> {
                 sql.push(format!(
                     "ALTER TABLE {} SET SCHEMA {}",
                     qualified(backup, t),
-                    quote_ident(&pair.live)
+                    crate::pg::ident::display_ident(&pair.live)
                 ));
             }
         }

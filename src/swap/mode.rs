@@ -135,7 +135,8 @@ impl RenameSteps {
     /// leave the backup owner-only like an object-level backup, and (for a
     /// swap) a new empty incoming schema.
     pub fn sql(&self, incoming: &str, backup: &str, recreate_incoming: bool) -> Vec<String> {
-        let live = quote_ident(&self.live);
+        // As PostgreSQL's quote_ident: `public` stays `public`.
+        let live = crate::pg::ident::display_ident(&self.live);
         let backup_comment = quote_literal(&format!(
             "{MARKER} backup of {} (managed by pgshift)",
             self.live
@@ -406,7 +407,7 @@ async fn rename_obstacles(
             Some(format!(
                 "ALTER DEFAULT PRIVILEGES FOR ROLE {} IN SCHEMA {} GRANT {} ON {kind} TO {}{}",
                 quote_ident(&p[0]),
-                quote_ident(live),
+                crate::pg::ident::display_ident(live),
                 p[3],
                 role(&p[2]),
                 if p[4] == "true" {
