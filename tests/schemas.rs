@@ -36,6 +36,30 @@ fn run_json(wd: &Workdir, args: &[&str]) -> Value {
     parse(&format!("{args:?}"), &wd.run_ok(&a))
 }
 
+/// The fingerprints (DDL and row counts) of public and billing.
+fn both_fingerprints(db: &TestDb) -> (String, String) {
+    (
+        schema_fingerprint(db, "public"),
+        schema_fingerprint(db, "billing"),
+    )
+}
+
+/// `start --schemas public,billing <extra> --json` between the pair.
+fn start_two(wd: &Workdir, dbs: &TestDbs, extra: &[&str]) -> Value {
+    let (src, dst) = (dbs.src.url(), dbs.dst.url());
+    let mut args = vec![
+        "start",
+        "--source",
+        &src,
+        "--dest",
+        &dst,
+        "--schemas",
+        "public,billing",
+    ];
+    args.extend_from_slice(extra);
+    run_json(wd, &args)
+}
+
 /// Far in the future, for `cleanup --before`.
 fn far_future() -> String {
     (Utc::now() + chrono::Duration::days(1))
@@ -234,9 +258,8 @@ fn two_schemas_start_list_verify_rollback_cleanup() {
     dbs.src.psql(SRC_V2);
     dbs.dst.psql(DST_V1);
     let wd = Workdir::new();
-    let (src, dst) = (dbs.src.url(), dbs.dst.url());
-    let old_pub = schema_fingerprint(&dbs.dst, "public");
-    let old_bill = schema_fingerprint(&dbs.dst, "billing");
+    let dst = dbs.dst.url();
+    let old = both_fingerprints(&dbs.dst);
     let old_pub_data = data_of(&dbs.dst, "public");
     let old_bill_data = data_of(&dbs.dst, "billing");
     let answers = cross_schema_answers(&dbs.src);
@@ -251,20 +274,7 @@ fn two_schemas_start_list_verify_rollback_cleanup() {
         "{answers}"
     );
 
-    let started = run_json(
-        &wd,
-        &[
-            "start",
-            "--source",
-            &src,
-            "--dest",
-            &dst,
-            "--schemas",
-            "public,billing",
-            "--swap-mode",
-            "object",
-        ],
-    );
+    let started = start_two(&wd, &dbs, &["--swap-mode", "object"]);
     assert_eq!(
         started["swap"]["swap_mode"], "object",
         "{}",
@@ -299,8 +309,7 @@ fn two_schemas_start_list_verify_rollback_cleanup() {
     assert_same_schema(&dbs.src, &dbs.dst, "public");
     assert_same_schema(&dbs.src, &dbs.dst, "billing");
     assert_eq!(cross_schema_answers(&dbs.dst), answers);
-    let new_pub = schema_fingerprint(&dbs.dst, "public");
-    let new_bill = schema_fingerprint(&dbs.dst, "billing");
+    let new = both_fingerprints(&dbs.dst);
 
     // list: one backup, both schemas; the backups hold the destination's old objects.
     let backups = list(&wd, &dbs.dst);
@@ -347,16 +356,7 @@ fn two_schemas_start_list_verify_rollback_cleanup() {
     let r = run_json(&wd, &["rollback", "--dest", &dst, "--latest"]);
     assert_eq!(r["restored_schema"], b1.as_str(), "{r}");
     assert_eq!(r["verified"], true, "{r}");
-    assert_eq!(
-        schema_fingerprint(&dbs.dst, "public"),
-        old_pub,
-        "public after the rollback"
-    );
-    assert_eq!(
-        schema_fingerprint(&dbs.dst, "billing"),
-        old_bill,
-        "billing after the rollback"
-    );
+    assert_eq!(both_fingerprints(&dbs.dst), old, "after the rollback");
     assert_eq!(dbs.dst.query_one_string("SELECT vat(100)"), "110.00");
     let b2_ts = r["backup_timestamp"].as_i64().unwrap();
     let b2 = format!("backup_{b2_ts}");
@@ -379,14 +379,9 @@ fn two_schemas_start_list_verify_rollback_cleanup() {
     let r2 = run_json(&wd, &["rollback", "--dest", &dst, "--timestamp", &b2]);
     assert_eq!(r2["restored_schema"], b2.as_str(), "{r2}");
     assert_eq!(
-        schema_fingerprint(&dbs.dst, "public"),
-        new_pub,
-        "public after rolling back the rollback"
-    );
-    assert_eq!(
-        schema_fingerprint(&dbs.dst, "billing"),
-        new_bill,
-        "billing after rolling back the rollback"
+        both_fingerprints(&dbs.dst),
+        new,
+        "after rolling back the rollback"
     );
     assert_same_schema(&dbs.src, &dbs.dst, "public");
     assert_same_schema(&dbs.src, &dbs.dst, "billing");
@@ -452,8 +447,7 @@ fn two_schemas_start_list_verify_rollback_cleanup() {
     assert_eq!(dropped, [b3.as_str()], "{c}");
     assert_eq!(backups_left(&dbs.dst), "");
     assert!(list(&wd, &dbs.dst).is_empty());
-    assert_eq!(schema_fingerprint(&dbs.dst, "public"), new_pub);
-    assert_eq!(schema_fingerprint(&dbs.dst, "billing"), new_bill);
+    assert_eq!(both_fingerprints(&dbs.dst), new);
 }
 
 // ---------------------------------------------------------------------------------------
@@ -906,16 +900,10 @@ fn schemas_usage_errors() {
     );
 
     // Filters in both schemas: the structure comes, the rows do not.
-    let s = run_json(
+    let s = start_two(
         &wd,
+        &dbs,
         &[
-            "start",
-            "--source",
-            &src,
-            "--dest",
-            &dst,
-            "--schemas",
-            "public,billing",
             "--exclude-table-data",
             "audit",
             "--exclude-table-data",
@@ -1043,21 +1031,8 @@ fn a_table_kept_in_billing_stays_live_through_the_swap() {
         .dst
         .query_one_string("SELECT 'billing.invoices'::regclass::oid");
     let wd = Workdir::new();
-    let (src, dst) = (dbs.src.url(), dbs.dst.url());
-    let s = run_json(
-        &wd,
-        &[
-            "start",
-            "--source",
-            &src,
-            "--dest",
-            &dst,
-            "--schemas",
-            "public,billing",
-            "--keep-tables",
-            "billing.notes",
-        ],
-    );
+    let dst = dbs.dst.url();
+    let s = start_two(&wd, &dbs, &["--keep-tables", "billing.notes"]);
     assert_eq!(
         s["prepare"]["filters"]["keep_tables"],
         json!([{"pattern": "billing.notes", "tables": ["billing.notes"]}]),

@@ -149,15 +149,7 @@ async fn check_schema(
     report: &mut VerifyReport,
 ) -> Result<()> {
     let shown = |name: &str| crate::pg::meta::table_display(live, name);
-    let exists: bool = client
-        .query_one(
-            "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_namespace WHERE nspname = $1)",
-            &[&schema],
-        )
-        .await
-        .context("looking for the backup schema")?
-        .get(0);
-    if !exists {
+    if !crate::pg::catalog::schema_exists(client, schema).await? {
         report.differences.push(Difference::new(
             "",
             "missing_schema",

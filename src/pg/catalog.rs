@@ -69,6 +69,18 @@ impl TableInfo {
     }
 }
 
+/// Does a schema of this name exist?
+pub async fn schema_exists(client: &impl GenericClient, schema: &str) -> Result<bool> {
+    Ok(client
+        .query_one(
+            "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_namespace WHERE nspname = $1)",
+            &[&schema],
+        )
+        .await
+        .with_context(|| format!("looking up schema {schema}"))?
+        .get(0))
+}
+
 /// Tables, partitioned tables, materialized views and foreign tables of `schema`
 /// that are not extension members, largest first.
 pub async fn tables(client: &impl GenericClient, schema: &str) -> Result<Vec<TableInfo>> {

@@ -402,7 +402,7 @@ pub async fn resolve(
         .await?;
         for (s, tables) in &kept_by_schema {
             let roots: Vec<String> = tables.iter().cloned().collect();
-            for d in rollback::live_dependents(dest, s, &roots).await? {
+            for d in rollback::dependents(dest, s, &roots).await? {
                 res.warnings.push(format!(
                     "{d} depends on a kept table; it moves to the backup with the rest of {s} and keeps reading the kept table"
                 ));

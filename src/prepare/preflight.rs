@@ -271,13 +271,7 @@ pub async fn plan_extensions(
                     )
                     .await?
                     .get(0);
-                let schema_exists: bool = dst
-                    .query_one(
-                        "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_namespace WHERE nspname = $1)",
-                        &[&e.schema],
-                    )
-                    .await?
-                    .get(0);
+                let schema_exists = catalog::schema_exists(dst, &e.schema).await?;
                 if !available {
                     problems.push(format!(
                         "extension {} is installed on the source but not available on the destination server (install its package there)",
@@ -381,16 +375,7 @@ pub fn list_some(items: &[String]) -> String {
     }
 }
 
-async fn exists(client: &Client, schema: &str) -> Result<bool> {
-    client
-        .query_one(
-            "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_namespace WHERE nspname = $1)",
-            &[&schema],
-        )
-        .await
-        .map(|r| r.get::<_, bool>(0))
-        .map_err(|e| crate::pg::exec::pg_error_as(e, "looking up a schema"))
-}
+use crate::pg::catalog::schema_exists as exists;
 
 /// The chosen schemas (`--schemas`), checked against both databases: each
 /// exists on one side at least, none is pgshift's own, and a schema named like

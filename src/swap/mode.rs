@@ -301,15 +301,7 @@ async fn rename_obstacles(
                 .into(),
         ));
     }
-    let exists: bool = client
-        .query_one(
-            "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_namespace WHERE nspname = $1)",
-            &[&live],
-        )
-        .await
-        .context("choosing the swap mode")?
-        .get(0);
-    if !exists {
+    if !crate::pg::catalog::schema_exists(client, live).await? {
         return Ok(Ok(RenameSteps {
             live: live.to_string(),
             live_exists: false,

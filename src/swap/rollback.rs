@@ -271,7 +271,7 @@ pub async fn plan(client: &Client, opts: &RollbackOptions) -> Result<Plan> {
         // Partitions and inheritance children go where their parent goes.
         keep.extend(descendants(client, live, &roots).await?);
         keep.extend(descendants(client, backup, &roots).await?);
-        let blockers = backup_dependents(client, backup, &roots).await?;
+        let blockers = dependents(client, backup, &roots).await?;
         if !blockers.is_empty() {
             return Err(UserError::new(format!(
                 "--keep-tables: objects of {backup} depend on its own copy of {}, which would stay behind in the backup: {}; nothing was changed (restore without --keep-tables, or drop or change those objects)",
@@ -280,7 +280,7 @@ pub async fn plan(client: &Client, opts: &RollbackOptions) -> Result<Plan> {
             ))
             .into());
         }
-        for d in live_dependents(client, live, &roots).await? {
+        for d in dependents(client, live, &roots).await? {
             warnings.push(format!(
                 "{d} depends on a kept table; it moves to the new backup and keeps reading {live}'s table"
             ));
@@ -601,13 +601,7 @@ impl InTx for RollbackTx<'_> {
         exec(client, "SAVEPOINT pgshift_restored").await?;
         let mut dropped = Ok(());
         for m in &restored_maps {
-            let renamed: bool = client
-                .query_one(
-                    "SELECT NOT EXISTS (SELECT 1 FROM pg_catalog.pg_namespace WHERE nspname = $1)",
-                    &[&m.backup],
-                )
-                .await?
-                .get(0);
+            let renamed = !catalog::schema_exists(client, &m.backup).await?;
             if !renamed {
                 dropped = exec(
                     client,
@@ -1039,8 +1033,14 @@ pub(crate) const DESCRIBE_DEPENDENT: &str = "
 
 /// Objects that depend on `schema`'s copies of `tables` (views, functions with
 /// SQL bodies, columns of their row type…), other than the tables' own parts
-/// and foreign keys (those are re-pointed).
-async fn dependents(client: &Client, schema: &str, tables: &[String]) -> Result<Vec<String>> {
+/// and foreign keys (those are re-pointed). For a live schema's kept tables:
+/// they move to the new backup (a warning); for a backup's own copies of
+/// kept tables: they would move in while the copy stays behind (a refusal).
+pub(crate) async fn dependents(
+    client: &Client,
+    schema: &str,
+    tables: &[String],
+) -> Result<Vec<String>> {
     if tables.is_empty() {
         return Ok(Vec::new());
     }
@@ -1057,25 +1057,6 @@ async fn dependents(client: &Client, schema: &str, tables: &[String]) -> Result<
         .into_iter()
         .filter_map(|r| r.get::<_, Option<String>>(0))
         .collect())
-}
-
-/// Dependents of the backup's own copies of kept tables: they would move into
-/// public while the copy stays behind, so they refuse `--keep-tables`.
-async fn backup_dependents(
-    client: &Client,
-    schema: &str,
-    tables: &[String],
-) -> Result<Vec<String>> {
-    dependents(client, schema, tables).await
-}
-
-/// Dependents of a live schema's kept tables: they move to the new backup.
-pub(crate) async fn live_dependents(
-    client: &Client,
-    schema: &str,
-    tables: &[String],
-) -> Result<Vec<String>> {
-    dependents(client, schema, tables).await
 }
 
 /// Objects of public (types, standalone sequences, functions) that kept
