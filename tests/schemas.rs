@@ -878,6 +878,12 @@ fn schemas_usage_errors() {
     // nothing is refused.
     let out = wd.run(&[&two[..], &["--keep-tables", "billing.nope*"]].concat());
     assert_usage_error(&out, "billing.nope*");
+    // A chosen schema that uses a schema that is not migrated, and that the
+    // destination lacks: the plan warns.
+    dbs.src.psql(
+        "CREATE SCHEMA lookup; CREATE FUNCTION lookup.rate() RETURNS int LANGUAGE sql AS 'SELECT 2';
+         CREATE VIEW billing.rated AS SELECT id, amount * lookup.rate() AS rated FROM billing.invoices;",
+    );
     let plan = run_json(
         &wd,
         &[&two[..], &["--dry-run", "--keep-tables", "billing.inv*"]].concat(),
@@ -887,6 +893,14 @@ fn schemas_usage_errors() {
         json!([{"pattern": "billing.inv*", "tables": ["billing.invoices"]}]),
         "{plan}"
     );
+    let warned = plan["plan"]["warnings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|w| w.as_str().unwrap().contains("reference schema lookup"));
+    assert!(warned, "no warning about schema lookup: {plan}");
+    dbs.src
+        .psql("DROP VIEW billing.rated; DROP SCHEMA lookup CASCADE;");
     // A foreign key from billing keeps public's referenced rows in.
     let out = wd.run(&[&two[..], &["--exclude-table-data", "accounts"]].concat());
     assert_usage_error(
