@@ -299,7 +299,7 @@ pub async fn fresh_backup_timestamp(client: &impl GenericClient) -> Result<i64> 
 
 /// Backup schema name for a timestamp.
 pub fn backup_schema_name(ts: i64) -> String {
-    format!("{BACKUP_PREFIX}{ts}")
+    meta::backup_schema_for(ts, meta::PUBLIC)
 }
 
 /// Parse what users pass as a backup: `1752567000000` or `backup_1752567000000`.

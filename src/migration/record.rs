@@ -151,10 +151,7 @@ impl MigrationState {
             .tables
             .iter()
             .filter(|t| t.preserved)
-            .map(|t| TableName {
-                schema: (t.schema != crate::pg::meta::PUBLIC).then(|| t.schema.clone()),
-                name: t.name.clone(),
-            });
+            .map(|t| TableName::in_schema(&t.schema, &t.name));
         // Records of a migration still preparing have no tables yet: their
         // preserved tables are public's.
         let listed = self.tables.iter().any(|t| t.preserved);

@@ -161,6 +161,14 @@ impl TableName {
     pub fn schema_or_public(&self) -> &str {
         self.schema.as_deref().unwrap_or("public")
     }
+
+    /// Table `name` of `schema` (unqualified in public, as users write it).
+    pub fn in_schema(schema: &str, name: &str) -> TableName {
+        TableName {
+            schema: (schema != "public").then(|| schema.to_string()),
+            name: name.to_string(),
+        }
+    }
 }
 
 impl fmt::Display for TableName {

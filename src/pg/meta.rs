@@ -36,8 +36,13 @@ pub fn shadow_schema_for(live: &str) -> String {
 /// The backup of a chosen schema made by the swap at `ts`: `backup_<ts>` for
 /// public (as always), `backup_<ts>_<schema>` for the others.
 pub fn backup_schema_for(ts: i64, live: &str) -> String {
-    let base = format!("{BACKUP_PREFIX}{ts}");
-    if live == "public" {
+    backup_schema_stamped(&ts.to_string(), live)
+}
+
+/// [`backup_schema_for`] with any stamp (`<unix ms>` in a dry run's preview).
+pub fn backup_schema_stamped(stamp: &str, live: &str) -> String {
+    let base = format!("{BACKUP_PREFIX}{stamp}");
+    if live == PUBLIC {
         base
     } else {
         fit_name(&format!("{base}_"), live)

@@ -280,7 +280,7 @@ async fn prepared_budget(
     preserved: usize,
     deferred: usize,
 ) -> Result<Budget> {
-    let exchange = Exchange::of_shadows(pairs, Default::default());
+    let exchange = Exchange::of_shadows(pairs);
     let extra = locks_budget::preserved(preserved, deferred);
     let policy = Policy {
         mode,

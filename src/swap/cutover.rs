@@ -89,22 +89,6 @@ pub struct SwapPreview {
     pub schemas: Vec<crate::backups::manifest::SchemaMap>,
 }
 
-/// The `schemas` of a dry run's report: each live schema and its backup
-/// schema to be, for a migration of several schemas (empty for public alone).
-pub(crate) fn preview_schemas(p: &engine::Preview) -> Vec<crate::backups::manifest::SchemaMap> {
-    if p.live_schemas.len() == 1 && p.live_schemas[0] == meta::PUBLIC {
-        return Vec::new();
-    }
-    p.live_schemas
-        .iter()
-        .zip(&p.backup_schemas)
-        .map(|(live, backup)| crate::backups::manifest::SchemaMap {
-            live: live.clone(),
-            backup: backup.clone(),
-        })
-        .collect()
-}
-
 /// What the caller asks of a swap.
 #[derive(Debug, Clone)]
 pub struct SwapOptions {
@@ -179,7 +163,7 @@ fn pairs(m: &MigrationRow) -> Vec<SchemaPair> {
 /// What comes in (each shadow), what goes out (each live schema but
 /// public's kept tables).
 fn exchange(m: &MigrationRow, kept: &Kept) -> Exchange {
-    let mut ex = Exchange::of_shadows(&pairs(m), Default::default());
+    let mut ex = Exchange::of_shadows(&pairs(m));
     for p in ex.pairs.iter_mut() {
         p.keep = kept.by_schema.get(&p.live).cloned().unwrap_or_default();
         p.expected_tables = m
@@ -408,7 +392,7 @@ pub async fn preview(client: &Client, opts: &SwapOptions) -> Result<SwapPreview>
     .await?;
     let refusal =
         gate::refusal(&impact, &opts.impact).or_else(|| p.lock_budget.refusal("the swap"));
-    let schemas = crate::swap::cutover::preview_schemas(&p);
+    let schemas = p.schemas.clone();
     Ok(SwapPreview {
         migration_id: m.id,
         mode: p.mode,
@@ -442,12 +426,11 @@ pub async fn lock_budget(client: &Client, m: &MigrationRow, policy: Policy) -> R
 /// (`--keep-tables`, partitions included).
 fn exempt(m: &MigrationRow, kept: &Kept) -> Vec<TableName> {
     let mut e = gate::migration_exempt(&m.state);
-    e.extend(kept.by_schema.iter().flat_map(|(s, ts)| {
-        ts.iter().map(move |name| TableName {
-            schema: (s != meta::PUBLIC).then(|| s.clone()),
-            name: name.clone(),
-        })
-    }));
+    e.extend(
+        kept.by_schema
+            .iter()
+            .flat_map(|(s, ts)| ts.iter().map(|name| TableName::in_schema(s, name))),
+    );
     e
 }
 

@@ -45,7 +45,7 @@ use tokio_postgres::Client;
 use tokio_postgres::error::SqlState;
 
 use crate::backups::manifest::{
-    self, BackupRow, Manifest, ManifestTable, backup_schema_name, fresh_backup_timestamp,
+    self, BackupRow, Manifest, ManifestTable, SchemaMap, fresh_backup_timestamp,
 };
 use crate::error::Interrupted;
 use crate::migration::lifecycle::Status;
@@ -104,25 +104,47 @@ pub struct Exchange {
 }
 
 impl Exchange {
-    /// The swap of prepared shadows into their live schemas.
-    pub fn of_shadows(pairs: &[crate::pg::meta::SchemaPair], keep: BTreeSet<String>) -> Exchange {
+    /// The swap of prepared shadows into their live schemas (nothing kept,
+    /// nothing expected: callers fill those in per pair).
+    pub fn of_shadows(pairs: &[crate::pg::meta::SchemaPair]) -> Exchange {
         Exchange {
             pairs: pairs
                 .iter()
                 .map(|p| Pair {
                     live: p.live.clone(),
                     incoming: p.shadow.clone(),
-                    keep: if p.live == PUBLIC {
-                        keep.clone()
-                    } else {
-                        BTreeSet::new()
-                    },
+                    keep: BTreeSet::new(),
                     expected_tables: Vec::new(),
                 })
                 .collect(),
             kept_move_back: true,
             recreate_incoming: true,
         }
+    }
+
+    /// The backup schema of each pair's live schema, for `stamp` (a
+    /// timestamp, or a dry run's placeholder).
+    fn backups(&self, stamp: &str) -> Vec<String> {
+        self.pairs
+            .iter()
+            .map(|p| crate::pg::meta::backup_schema_stamped(stamp, &p.live))
+            .collect()
+    }
+
+    /// The manifest's `schemas` for these backups: empty for public alone
+    /// (whose backup is the manifest's `schema`).
+    fn schema_maps(&self, backups: &[String]) -> Vec<SchemaMap> {
+        if self.pairs.len() == 1 && self.pairs[0].live == PUBLIC {
+            return Vec::new();
+        }
+        self.pairs
+            .iter()
+            .zip(backups)
+            .map(|(p, b)| SchemaMap {
+                live: p.live.clone(),
+                backup: b.clone(),
+            })
+            .collect()
     }
 
     /// Does any pair keep tables?
@@ -301,10 +323,9 @@ pub struct Moves {
 pub struct Preview {
     pub mode: Chosen,
     pub backup_schema: String,
-    /// Every backup schema, one per pair (the first is `backup_schema`).
-    pub backup_schemas: Vec<String>,
-    /// The live schema of each pair, in the same order.
-    pub live_schemas: Vec<String>,
+    /// Several schemas: each live schema and its backup schema to be (the
+    /// manifest's `schemas`; empty for public alone).
+    pub schemas: Vec<SchemaMap>,
     pub moves: Moves,
     /// The transaction's need against the destination's lock table.
     pub lock_budget: Budget,
@@ -320,11 +341,7 @@ pub async fn preview<H: InTx>(
     let choice = choose_mode(client, exchange, policy).await?;
     let req = Request {
         exchange,
-        backups: exchange
-            .pairs
-            .iter()
-            .map(|p| crate::pg::meta::fit_name("backup_<unix ms>", &suffix(&p.live)))
-            .collect(),
+        backups: exchange.backups("<unix ms>"),
         policy,
         choice: &choice,
         incoming_locks: hook.incoming_locks(),
@@ -348,8 +365,7 @@ pub async fn preview<H: InTx>(
     Ok(Preview {
         mode: choice.chosen(),
         backup_schema: req.backups[0].clone(),
-        backup_schemas: req.backups.clone(),
-        live_schemas: exchange.live_schemas(),
+        schemas: exchange.schema_maps(&req.backups),
         moves: Moves {
             move_out: listed.out().map(name).collect(),
             move_in: listed.inc().map(name).collect(),
@@ -379,15 +395,6 @@ pub async fn budget(
     let listed = list(client, exchange).await;
     exec(client, "RESET search_path").await?;
     budget_of(client, &req, &listed?, extra).await
-}
-
-/// `""` for public, `_<schema>` otherwise: the backup name's suffix.
-fn suffix(live: &str) -> String {
-    if live == PUBLIC {
-        String::new()
-    } else {
-        format!("_{live}")
-    }
 }
 
 /// The need of this request's transaction (its mode, what it moves and
@@ -442,27 +449,12 @@ pub async fn swap<H: InTx>(
 ) -> Result<Swapped<H::Before, H::After>> {
     let control = &sess.control;
     let ts = fresh_backup_timestamp(control).await?;
-    let _ = backup_schema_name;
-    let backups: Vec<String> = exchange
-        .pairs
-        .iter()
-        .map(|p| crate::pg::meta::backup_schema_for(ts, &p.live))
-        .collect();
+    let backups = exchange.backups(&ts.to_string());
     let choice = choose_mode(control, exchange, policy).await?;
     tracing::info!(mode = ?choice.mode, reason = %choice.reason, "swap mode");
     let mut manifest = origin.manifest(ts, backups[0].clone());
     manifest.swap_mode = Some(choice.mode);
-    if !(exchange.pairs.len() == 1 && exchange.pairs[0].live == PUBLIC) {
-        manifest.schemas = exchange
-            .pairs
-            .iter()
-            .zip(&backups)
-            .map(|(p, b)| manifest::SchemaMap {
-                live: p.live.clone(),
-                backup: b.clone(),
-            })
-            .collect();
-    }
+    manifest.schemas = exchange.schema_maps(&backups);
     let backup = backups[0].clone();
     let record = origin.swapped_record(&backup);
     let req = Request {

@@ -353,10 +353,9 @@ fn kept_names(pairs: &[engine::Pair]) -> Vec<TableName> {
     pairs
         .iter()
         .flat_map(|p| {
-            p.keep.iter().map(move |name| TableName {
-                schema: (p.live != crate::pg::meta::PUBLIC).then(|| p.live.clone()),
-                name: name.clone(),
-            })
+            p.keep
+                .iter()
+                .map(|name| TableName::in_schema(&p.live, name))
         })
         .collect()
 }
@@ -396,7 +395,7 @@ fn hook(plan: &Plan, pg15: bool) -> RollbackTx<'_> {
 pub async fn preview(client: &Client, plan: &Plan, policy: Policy) -> Result<RollbackPreview> {
     let pg15 = catalog::server_major(client).await? >= 15;
     let p = engine::preview(client, &exchange(plan), policy, &hook(plan, pg15)).await?;
-    let schemas = crate::swap::cutover::preview_schemas(&p);
+    let schemas = p.schemas.clone();
     Ok(RollbackPreview {
         restore_schema: plan.restore.schema_name.clone(),
         mode: p.mode,
