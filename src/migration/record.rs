@@ -126,7 +126,7 @@ pub struct MigrationState {
     /// The schemas this migration moves (`--schemas`); absent = `["public"]`.
     #[serde(
         default = "crate::pg::meta::default_schemas",
-        skip_serializing_if = "crate::pg::meta::is_default_schemas_vec"
+        skip_serializing_if = "crate::pg::meta::is_default_schemas"
     )]
     pub schemas: Vec<String>,
     /// Preserved tables: `name` in public, `schema.name` (display form) elsewhere.

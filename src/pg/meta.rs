@@ -97,15 +97,8 @@ pub fn public_string() -> String {
 }
 
 /// For serde's `skip_serializing_if` on a schema name.
-#[allow(clippy::ptr_arg)]
-pub fn is_public_str(s: &String) -> bool {
+pub fn is_public_str(s: &str) -> bool {
     s == PUBLIC
-}
-
-/// For serde's `skip_serializing_if` on a `Vec<String>`.
-#[allow(clippy::ptr_arg)]
-pub fn is_default_schemas_vec(s: &Vec<String>) -> bool {
-    is_default_schemas(s)
 }
 
 /// `name` for a table of public, `schema.name` (each part quoted when

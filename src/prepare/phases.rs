@@ -47,9 +47,6 @@ use crate::swap::engine::{self, Exchange, Policy};
 use crate::swap::impact;
 use crate::swap::mode::{Mode, ModeRequest};
 
-/// The schema pgshift migrates by default.
-pub const SOURCE_SCHEMA: &str = PUBLIC;
-
 /// A table in the plan (dry run and report).
 #[derive(Debug, Clone, Serialize)]
 pub struct PlannedTable {
@@ -85,7 +82,7 @@ pub struct PlanReport {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub filters: Option<Matched>,
     /// The schemas migrated (only when other than `["public"]`).
-    #[serde(skip_serializing_if = "meta::is_default_schemas_vec")]
+    #[serde(skip_serializing_if = "meta::is_default_schemas")]
     pub schemas: Vec<String>,
 }
 
@@ -106,7 +103,7 @@ pub struct PrepareReport {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub swap_lock_budget: Option<Budget>,
     /// The schemas migrated (only when other than `["public"]`).
-    #[serde(skip_serializing_if = "meta::is_default_schemas_vec")]
+    #[serde(skip_serializing_if = "meta::is_default_schemas")]
     pub schemas: Vec<String>,
     /// What each table filter matched (only when filters were given).
     #[serde(skip_serializing_if = "Option::is_none")]

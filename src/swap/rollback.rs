@@ -537,10 +537,10 @@ impl InTx for RollbackTx<'_> {
                 .iter()
                 .map(|m| Place::backup(&m.backup, &m.live, 1)),
         );
-        let fixed = fix_crossing_fks(client, &places, self.pg15, "the rollback").await?;
-        let mut detached_by = fixed.detached.clone();
-        res.changes = fixed.changes.clone();
-        res.to_validate = fixed.to_validate.clone();
+        let mut fixed = fix_crossing_fks(client, &places, self.pg15, "the rollback").await?;
+        let mut detached_by = std::mem::take(&mut fixed.detached);
+        res.changes = std::mem::take(&mut fixed.changes);
+        res.to_validate = std::mem::take(&mut fixed.to_validate);
         // Keys detached from the restored backup by an earlier rollback.
         let mut still_detached = Vec::new();
         for fk in &self.restored.manifest.detached_foreign_keys {
