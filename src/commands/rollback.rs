@@ -5,7 +5,7 @@ use anyhow::Result;
 use crate::backups::verify;
 use crate::cli::RollbackArgs;
 use crate::commands::Ctx;
-use crate::commands::swap::{print_budget, print_locks, print_moves, print_warnings};
+use crate::commands::swap::{print_budget, print_ending, print_locks, print_moves};
 use crate::error::{ExitCode, UserError};
 use crate::output;
 use crate::pg::ident::TableName;
@@ -122,16 +122,12 @@ fn print_report(ctx: &Ctx, r: &RollbackReport) -> Result<()> {
             r.restored_schema
         );
     }
-    for c in &r.foreign_keys {
-        println!(
-            "foreign key {} on {}: {} ({})",
-            c.constraint, c.table, c.action, c.references
-        );
-    }
-    print_warnings(&r.fk_not_valid, &r.warnings);
-    println!(
-        "Undo with: pgshift rollback --timestamp {}",
-        r.backup_timestamp
+    print_ending(
+        &r.foreign_keys,
+        &r.fk_not_valid,
+        &r.warnings,
+        "Undo",
+        r.backup_timestamp,
     );
     Ok(())
 }

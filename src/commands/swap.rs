@@ -9,6 +9,7 @@ use crate::output;
 use crate::pg::locks_budget::Budget;
 use crate::swap::cutover::{self, SwapOptions, SwapPreview, SwapReport};
 use crate::swap::engine::{Moved, Moves};
+use crate::swap::rollback::FkChange;
 
 pub async fn run(args: SwapArgs, ctx: Ctx) -> Result<ExitCode> {
     let opts = options(&ctx, args.timestamp.clone(), args.keep_dump, false);
@@ -132,14 +133,28 @@ pub fn print_locks(m: &Moved) {
     );
 }
 
-/// The warnings every swap (or rollback) reports.
-pub fn print_warnings(fk_not_valid: &[String], warnings: &[String]) {
+/// How every swap (or rollback) report ends: the foreign keys it re-pointed
+/// or detached, its warnings, and the command that undoes it.
+pub fn print_ending(
+    foreign_keys: &[FkChange],
+    fk_not_valid: &[String],
+    warnings: &[String],
+    undo: &str,
+    backup_timestamp: i64,
+) {
+    for c in foreign_keys {
+        println!(
+            "foreign key {} on {}: {} ({})",
+            c.constraint, c.table, c.action, c.references
+        );
+    }
     for fk in fk_not_valid {
         println!("warning: foreign key {fk} is NOT VALID");
     }
     for w in warnings {
         println!("warning: {w}");
     }
+    println!("{undo} with: pgshift rollback --timestamp {backup_timestamp}");
 }
 
 pub fn print_report(ctx: &Ctx, r: &SwapReport) -> Result<()> {
@@ -162,16 +177,12 @@ pub fn print_report(ctx: &Ctx, r: &SwapReport) -> Result<()> {
     if !r.kept_tables.is_empty() {
         println!("Kept in public as they were: {}", r.kept_tables.join(", "));
     }
-    for c in &r.foreign_keys {
-        println!(
-            "foreign key {} on {}: {} ({})",
-            c.constraint, c.table, c.action, c.references
-        );
-    }
-    print_warnings(&r.fk_not_valid, &r.warnings);
-    println!(
-        "Roll back with: pgshift rollback --timestamp {}",
-        r.backup_timestamp
+    print_ending(
+        &r.foreign_keys,
+        &r.fk_not_valid,
+        &r.warnings,
+        "Roll back",
+        r.backup_timestamp,
     );
     Ok(())
 }

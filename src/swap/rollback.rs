@@ -313,7 +313,8 @@ pub async fn plan(client: &Client, opts: &RollbackOptions) -> Result<Plan> {
         .next()
         .and_then(|b| b.manifest.live_baseline);
     let kept: Vec<TableName> = kept_names(&pairs);
-    let (listed, writes) = gate::rollback_writes(client, live_baseline.as_ref(), &kept).await?;
+    let (listed, writes) =
+        gate::writes_since(client, Operation::Rollback, live_baseline.as_ref(), &kept).await?;
     let refusal = gate::rollback_gate(&writes, &opts.allow_discard)
         .err()
         .map(|e| e.to_string());

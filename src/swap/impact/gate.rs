@@ -92,12 +92,16 @@ fn live_schemas() -> Vec<String> {
     vec![LIVE.to_string()]
 }
 
-/// The writes since `baseline` to public's tables that are not `exempt`, or
-/// every table unknown without a baseline; with the counters now (the tables
-/// the check under the locks looks at). Read only; works inside or outside a
-/// transaction.
+/// The writes since `baseline` to the live tables that are not `exempt`, with
+/// the counters now (the tables the check under the locks looks at). For the
+/// swap, `baseline` is the migration's (taken when prepare started) and
+/// `exempt` its preserved tables; for a rollback, the newest backup's record of
+/// this public when it went live, and the kept tables. Without a baseline
+/// every such table is unknown, for the reason that fits `op`. Read only; works
+/// inside or outside a transaction.
 pub async fn writes_since(
     client: &Client,
+    op: Operation,
     baseline: Option<&WriteBaseline>,
     exempt: &[TableName],
 ) -> Result<(WriteBaseline, WriteCheck)> {
@@ -105,9 +109,10 @@ pub async fn writes_since(
     let now = take_baseline(client, &schemas)
         .await
         .context("checking the tables' write counters")?;
-    let check = match baseline {
-        Some(base) => compare(base, &now, exempt),
-        None => compare_without_baseline(&now, exempt),
+    let check = match (baseline, op) {
+        (Some(base), _) => compare(base, &now, exempt),
+        (None, Operation::Swap) => compare_without_baseline(&now, exempt),
+        (None, Operation::Rollback) => compare_without_live_baseline(&now, exempt),
     };
     Ok((now, check))
 }
@@ -116,7 +121,7 @@ pub async fn writes_since(
 /// unknown, as the swap would see them). Read only; `client` must not be in a
 /// transaction.
 pub async fn report(client: &Client, req: &ImpactRequest<'_>) -> Result<Impact> {
-    let (_, writes) = writes_since(client, req.baseline, req.exempt).await?;
+    let (_, writes) = writes_since(client, Operation::Swap, req.baseline, req.exempt).await?;
     let mut impact = Impact::collect(
         client,
         &ImpactRequest {
@@ -240,7 +245,7 @@ pub async fn before_swap(
     req: &ImpactRequest<'_>,
     opts: &ImpactOptions,
 ) -> Result<Checked> {
-    let (listed, writes) = writes_since(client, req.baseline, req.exempt).await?;
+    let (listed, writes) = writes_since(client, Operation::Swap, req.baseline, req.exempt).await?;
     gate_for(Operation::Swap, &writes, &opts.allow_discard).map_err(|why| anyhow!(why))?;
     let allowed = writes.discarded.len() + writes.unknown.len();
     if allowed > 0 {
@@ -379,25 +384,6 @@ pub async fn live_baseline(
         }
     }
     take_baseline(control, schemas).await
-}
-
-/// The writes a rollback would discard: public's tables (not `kept`) against
-/// `live_baseline`, the newest backup's record of this public when it went
-/// live (`None`: every table unknown); with the counters now.
-pub async fn rollback_writes(
-    client: &Client,
-    live_baseline: Option<&WriteBaseline>,
-    kept: &[TableName],
-) -> Result<(WriteBaseline, WriteCheck)> {
-    let schemas = live_baseline.map_or_else(live_schemas, |b| b.schemas.clone());
-    let now = take_baseline(client, &schemas)
-        .await
-        .context("checking the tables' write counters")?;
-    let check = match live_baseline {
-        Some(base) => compare(base, &now, kept),
-        None => compare_without_live_baseline(&now, kept),
-    };
-    Ok((now, check))
 }
 
 /// The rollback's refusal, if `allow` does not cover `check`.
