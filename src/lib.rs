@@ -17,5 +17,6 @@ pub mod pg;
 pub mod prepare;
 pub mod process;
 pub mod swap;
+pub mod words;
 
 pub use error::{ExitCode, UserError};

@@ -34,59 +34,33 @@ use crate::pg::lock::{self, Holder};
 use crate::pg::meta::{self, ShadowState};
 use crate::prepare::discard::{self, Removed};
 use crate::process::this_host;
+use crate::words::words;
 
-/// The destination as a whole.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum State {
-    Idle,
-    Preparing,
-    Prepared,
-    Swapping,
-    Failed,
+words! {
+    /// The destination as a whole.
+    pub enum State {
+        Idle = "idle",
+        Preparing = "preparing",
+        Prepared = "prepared",
+        Swapping = "swapping",
+        Failed = "failed",
+    }
 }
 
 impl State {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            State::Idle => "idle",
-            State::Preparing => "preparing",
-            State::Prepared => "prepared",
-            State::Swapping => "swapping",
-            State::Failed => "failed",
-        }
-    }
-
     /// A migration is under way or ready: its objects are not leftovers.
     pub fn is_busy(self) -> bool {
         matches!(self, State::Preparing | State::Prepared | State::Swapping)
     }
 }
 
-impl std::fmt::Display for State {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-/// Where the record came from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum RecordFrom {
-    None,
-    StateFile,
-    Destination,
-    Both,
-}
-
-impl RecordFrom {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            RecordFrom::None => "none",
-            RecordFrom::StateFile => "state_file",
-            RecordFrom::Destination => "destination",
-            RecordFrom::Both => "both",
-        }
+words! {
+    /// Where the record came from.
+    pub enum RecordFrom {
+        None = "none",
+        StateFile = "state_file",
+        Destination = "destination",
+        Both = "both",
     }
 }
 

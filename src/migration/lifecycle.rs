@@ -21,90 +21,56 @@
 //! reads as `swapped`, and the row's own `status` column (always the precise
 //! word) wins when a record is read from the destination.
 
-use std::fmt;
 use std::str::FromStr;
 
-use serde::{Deserialize, Serialize};
+use crate::words::words;
 
-/// Where a migration stands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Status {
-    Preparing,
-    Prepared,
-    Swapping,
-    #[serde(alias = "idle")]
-    Swapped,
-    Failed,
-    Aborted,
+words! {
+    /// Where a migration stands.
+    pub enum Status {
+        Preparing = "preparing",
+        Prepared = "prepared",
+        Swapping = "swapping",
+        Swapped = "swapped" | "idle",
+        Failed = "failed",
+        Aborted = "aborted",
+    }
 }
 
 impl Status {
-    pub const ALL: [Status; 6] = [
-        Status::Preparing,
-        Status::Prepared,
-        Status::Swapping,
-        Status::Swapped,
-        Status::Failed,
-        Status::Aborted,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Status::Preparing => "preparing",
-            Status::Prepared => "prepared",
-            Status::Swapping => "swapping",
-            Status::Swapped => "swapped",
-            Status::Failed => "failed",
-            Status::Aborted => "aborted",
-        }
-    }
-
     /// Finished for good: swapped into public, or aborted.
     pub fn is_finished(self) -> bool {
         matches!(self, Status::Swapped | Status::Aborted)
     }
 }
 
-impl fmt::Display for Status {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
 impl FromStr for Status {
     type Err = String;
     fn from_str(s: &str) -> Result<Status, String> {
-        if s == "idle" {
-            return Ok(Status::Swapped);
-        }
-        Status::ALL
-            .into_iter()
-            .find(|st| st.as_str() == s)
-            .ok_or_else(|| format!("unknown migration status {s:?}"))
+        Status::from_word(s).ok_or_else(|| format!("unknown migration status {s:?}"))
     }
 }
 
-/// The steps of a migration: prepare's phases, then the swap.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Phase {
-    Snapshot,
-    Dump,
-    Schema,
-    Data,
-    Indexes,
-    Sequences,
-    Matviews,
-    Sync,
-    Analyze,
-    Privileges,
-    Validate,
-    Swap,
+words! {
+    /// The steps of a migration: prepare's phases, then the swap.
+    pub enum Phase {
+        Snapshot = "snapshot",
+        Dump = "dump",
+        Schema = "schema",
+        Data = "data",
+        Indexes = "indexes",
+        Sequences = "sequences",
+        Matviews = "matviews",
+        Sync = "sync",
+        Analyze = "analyze",
+        Privileges = "privileges",
+        Validate = "validate",
+        Swap = "swap",
+    }
 }
 
 impl Phase {
-    /// Prepare's phases, in execution order.
+    /// Prepare's phases, in execution order: every phase but the swap.
     pub const PREPARE: [Phase; 11] = [
         Phase::Snapshot,
         Phase::Dump,
@@ -118,66 +84,22 @@ impl Phase {
         Phase::Privileges,
         Phase::Validate,
     ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Phase::Snapshot => "snapshot",
-            Phase::Dump => "dump",
-            Phase::Schema => "schema",
-            Phase::Data => "data",
-            Phase::Indexes => "indexes",
-            Phase::Sequences => "sequences",
-            Phase::Matviews => "matviews",
-            Phase::Sync => "sync",
-            Phase::Analyze => "analyze",
-            Phase::Privileges => "privileges",
-            Phase::Validate => "validate",
-            Phase::Swap => "swap",
-        }
-    }
-}
-
-impl fmt::Display for Phase {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
 }
 
 impl FromStr for Phase {
     type Err = String;
     fn from_str(s: &str) -> Result<Phase, String> {
-        Phase::PREPARE
-            .into_iter()
-            .chain([Phase::Swap])
-            .find(|p| p.as_str() == s)
-            .ok_or_else(|| format!("unknown phase {s:?}"))
+        Phase::from_word(s).ok_or_else(|| format!("unknown phase {s:?}"))
     }
 }
 
-/// How one phase went.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum PhaseStatus {
-    Running,
-    Done,
-    Failed,
-    Skipped,
-}
-
-impl PhaseStatus {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            PhaseStatus::Running => "running",
-            PhaseStatus::Done => "done",
-            PhaseStatus::Failed => "failed",
-            PhaseStatus::Skipped => "skipped",
-        }
-    }
-}
-
-impl fmt::Display for PhaseStatus {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
+words! {
+    /// How one phase went.
+    pub enum PhaseStatus {
+        Running = "running",
+        Done = "done",
+        Failed = "failed",
+        Skipped = "skipped",
     }
 }
 
@@ -198,6 +120,9 @@ mod tests {
             assert_eq!(serde_json::to_string(&p).unwrap(), format!("\"{p}\""));
         }
         assert!("swaped".parse::<Status>().is_err());
+        for p in PhaseStatus::ALL {
+            assert_eq!(serde_json::to_string(&p).unwrap(), format!("\"{p}\""));
+        }
     }
 
     #[test]

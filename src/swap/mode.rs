@@ -28,29 +28,20 @@
 //! proves it).
 
 use anyhow::{Context, Result};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use tokio_postgres::Client;
 
 use crate::pg::ident::{quote_ident, quote_literal};
 use crate::pg::meta::{MARKER, PUBLIC};
+use crate::words::words;
 
-/// How the swap moves public and the incoming schema.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Mode {
-    /// Three schema renames (lock time independent of the number of objects).
-    Rename,
-    /// `ALTER … SET SCHEMA` for every object.
-    Object,
-}
-
-impl Mode {
-    /// The name used in reports and JSON.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Mode::Rename => "rename",
-            Mode::Object => "object",
-        }
+words! {
+    /// How the swap moves public and the incoming schema.
+    pub enum Mode {
+        /// Three schema renames (lock time independent of the number of objects).
+        Rename = "rename",
+        /// `ALTER … SET SCHEMA` for every object.
+        Object = "object",
     }
 }
 

@@ -29,6 +29,7 @@ use std::time::Duration;
 use percent_encoding::{AsciiSet, CONTROLS, percent_decode_str, utf8_percent_encode};
 
 use super::service::{self, ServiceError};
+use crate::words::words;
 
 /// The port libpq uses when none is given.
 pub const DEFAULT_PORT: u16 = 5432;
@@ -44,37 +45,21 @@ const DEFAULT_KEEPALIVES_IDLE: u32 = 30;
 const DEFAULT_KEEPALIVES_INTERVAL: u32 = 10;
 const DEFAULT_KEEPALIVES_COUNT: u32 = 3;
 
-/// `sslmode`. `allow` is accepted and treated like `prefer`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum SslMode {
-    Disable,
-    Prefer,
-    Require,
-    VerifyCa,
-    VerifyFull,
+words! {
+    /// `sslmode`, in libpq's spelling. `allow` is accepted and treated like `prefer`.
+    pub enum SslMode {
+        Disable = "disable",
+        Prefer = "prefer" | "allow",
+        Require = "require",
+        VerifyCa = "verify-ca",
+        VerifyFull = "verify-full",
+    }
 }
 
 impl SslMode {
-    /// The libpq spelling.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            SslMode::Disable => "disable",
-            SslMode::Prefer => "prefer",
-            SslMode::Require => "require",
-            SslMode::VerifyCa => "verify-ca",
-            SslMode::VerifyFull => "verify-full",
-        }
-    }
-
     /// Whether the server certificate chain must be verified whatever the root files say.
     pub fn verifies(self) -> bool {
         matches!(self, SslMode::VerifyCa | SslMode::VerifyFull)
-    }
-}
-
-impl fmt::Display for SslMode {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
     }
 }
 
@@ -82,14 +67,7 @@ impl FromStr for SslMode {
     type Err = Problem;
 
     fn from_str(s: &str) -> Result<Self, Problem> {
-        match s {
-            "disable" => Ok(SslMode::Disable),
-            "allow" | "prefer" => Ok(SslMode::Prefer),
-            "require" => Ok(SslMode::Require),
-            "verify-ca" => Ok(SslMode::VerifyCa),
-            "verify-full" => Ok(SslMode::VerifyFull),
-            other => Err(Problem::InvalidSslMode(shown(other))),
-        }
+        SslMode::from_word(s).ok_or_else(|| Problem::InvalidSslMode(shown(s)))
     }
 }
 
@@ -102,45 +80,24 @@ pub enum RootCert {
     System,
 }
 
-/// `target_session_attrs`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum TargetSessionAttrs {
-    Any,
-    ReadWrite,
-    ReadOnly,
-    Primary,
-    Standby,
-    PreferStandby,
-}
-
-impl TargetSessionAttrs {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            TargetSessionAttrs::Any => "any",
-            TargetSessionAttrs::ReadWrite => "read-write",
-            TargetSessionAttrs::ReadOnly => "read-only",
-            TargetSessionAttrs::Primary => "primary",
-            TargetSessionAttrs::Standby => "standby",
-            TargetSessionAttrs::PreferStandby => "prefer-standby",
-        }
+words! {
+    /// `target_session_attrs`.
+    pub enum TargetSessionAttrs {
+        Any = "any",
+        ReadWrite = "read-write",
+        ReadOnly = "read-only",
+        Primary = "primary",
+        Standby = "standby",
+        PreferStandby = "prefer-standby",
     }
 }
 
-/// `channel_binding`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ChannelBinding {
-    Disable,
-    Prefer,
-    Require,
-}
-
-impl ChannelBinding {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ChannelBinding::Disable => "disable",
-            ChannelBinding::Prefer => "prefer",
-            ChannelBinding::Require => "require",
-        }
+words! {
+    /// `channel_binding`.
+    pub enum ChannelBinding {
+        Disable = "disable",
+        Prefer = "prefer",
+        Require = "require",
     }
 }
 
@@ -1499,28 +1456,15 @@ fn build(
 
     let target_session_attrs = match params.get("target_session_attrs") {
         None => TargetSessionAttrs::Any,
-        Some(v) => match v.text.as_str() {
-            "any" => TargetSessionAttrs::Any,
-            "read-write" => TargetSessionAttrs::ReadWrite,
-            "read-only" => TargetSessionAttrs::ReadOnly,
-            "primary" => TargetSessionAttrs::Primary,
-            "standby" => TargetSessionAttrs::Standby,
-            "prefer-standby" => TargetSessionAttrs::PreferStandby,
-            other => {
-                return Err(params.error(Some(v), Problem::InvalidTargetSessionAttrs(shown(other))));
-            }
-        },
+        Some(v) => TargetSessionAttrs::from_word(&v.text).ok_or_else(|| {
+            params.error(Some(v), Problem::InvalidTargetSessionAttrs(shown(&v.text)))
+        })?,
     };
     let channel_binding = match params.get("channel_binding") {
         None => None,
-        Some(v) => Some(match v.text.as_str() {
-            "disable" => ChannelBinding::Disable,
-            "prefer" => ChannelBinding::Prefer,
-            "require" => ChannelBinding::Require,
-            other => {
-                return Err(params.error(Some(v), Problem::InvalidChannelBinding(shown(other))));
-            }
-        }),
+        Some(v) => Some(ChannelBinding::from_word(&v.text).ok_or_else(|| {
+            params.error(Some(v), Problem::InvalidChannelBinding(shown(&v.text)))
+        })?),
     };
 
     let passfile_explicit = params.get("passfile").is_some();

@@ -46,30 +46,21 @@ use tokio_postgres::Client;
 use super::resolve::Mapper;
 use super::{SchemaPair, qualified_display};
 use crate::pg::ident::display_ident;
+use crate::words::words;
 
-/// What a difference does to the running application.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Effect {
-    /// Statements that use the object fail.
-    Breaks,
-    /// Writes the old application makes may be rejected.
-    RejectsWrites,
-    /// Prepared statements fail once per connection (`cached plan must not
-    /// change result type`); a `SELECT *` gets other columns.
-    ResultType,
-    /// Only added.
-    Info,
-}
-
-impl Effect {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Effect::Breaks => "breaks",
-            Effect::RejectsWrites => "rejects_writes",
-            Effect::ResultType => "result_type",
-            Effect::Info => "info",
-        }
+words! {
+    /// What a difference does to the running application.
+    #[derive(PartialOrd, Ord)]
+    pub enum Effect {
+        /// Statements that use the object fail.
+        Breaks = "breaks",
+        /// Writes the old application makes may be rejected.
+        RejectsWrites = "rejects_writes",
+        /// Prepared statements fail once per connection (`cached plan must not
+        /// change result type`); a `SELECT *` gets other columns.
+        ResultType = "result_type",
+        /// Only added.
+        Info = "info",
     }
 }
 
