@@ -1,5 +1,6 @@
 //! The pgshift binary: parse, configure, log, run, report. All work is in the library.
 
+use itertools::Itertools;
 use std::process::exit;
 
 use clap::Parser;
@@ -122,7 +123,7 @@ fn report_clap_error(e: clap::Error) -> i32 {
         _ => {
             let text = e.render().to_string();
             let main = text.split("\n\nUsage:").next().unwrap_or(&text);
-            let one_line = main.split_whitespace().collect::<Vec<_>>().join(" ");
+            let one_line = main.split_whitespace().join(" ");
             let one_line = one_line.strip_prefix("error: ").unwrap_or(&one_line);
             // Point at the subcommand's help when there is one on the line.
             use clap::CommandFactory;

@@ -6,6 +6,7 @@
 
 use anyhow::Result;
 use chrono::{DateTime, NaiveDate, NaiveDateTime, TimeZone, Utc};
+use itertools::Itertools;
 use serde::Serialize;
 use tokio_postgres::Client;
 use tokio_postgres::error::SqlState;
@@ -274,11 +275,7 @@ async fn drop_backup(
         client
             .batch_execute(&format!(
                 "DROP SCHEMA IF EXISTS {} CASCADE",
-                schemas
-                    .iter()
-                    .map(|s| quote_ident(s))
-                    .collect::<Vec<_>>()
-                    .join(", ")
+                schemas.iter().map(|s| quote_ident(s)).join(", ")
             ))
             .await?;
         manifest::delete_backup(client, b.ts).await?;

@@ -4,6 +4,7 @@
 //! Only reads, except [`record`], which writes the outcome into the manifest
 //! row (`last_verified_at`, `last_verify_ok`).
 
+use itertools::Itertools;
 use std::collections::{BTreeMap, BTreeSet};
 
 use anyhow::{Context, Result};
@@ -105,7 +106,6 @@ impl VerifyReport {
         self.differences
             .iter()
             .map(|d| d.message.clone())
-            .collect::<Vec<_>>()
             .join("; ")
     }
 }

@@ -1,6 +1,7 @@
 //! `pgshift list`: the destination's backups, newest first. Read only, no lock.
 
 use anyhow::Result;
+use itertools::Itertools;
 
 use crate::backups::list;
 use crate::commands::Ctx;
@@ -55,7 +56,6 @@ pub async fn run(ctx: Ctx) -> Result<ExitCode> {
                         .iter()
                         .skip(1)
                         .map(|s| s.backup.as_str())
-                        .collect::<Vec<_>>()
                         .join(", ")
                 )
             },

@@ -1,5 +1,6 @@
 //! `pgshift prepare`: restore the source into the destination's shadow schema.
 
+use itertools::Itertools;
 use std::io::IsTerminal;
 
 use anyhow::Result;
@@ -304,7 +305,6 @@ fn shadows_line(schemas: &[String]) -> String {
     crate::pg::meta::schema_pairs(schemas)
         .iter()
         .map(|p| format!("{} (in {})", p.live, p.shadow))
-        .collect::<Vec<_>>()
         .join(", ")
 }
 

@@ -5,6 +5,7 @@
 //! migration the impact report (what the swap would break or discard for the
 //! running application). Read only, no lock.
 
+use itertools::Itertools;
 use std::path::Path;
 use std::time::Duration;
 
@@ -252,10 +253,7 @@ async fn swap_verdict(client: &Client, d: &Destination) -> Result<Option<String>
         Ok(v) if v.is_empty() => Ok(None),
         Ok(v) => Ok(Some(format!(
             "foreign keys involving preserved tables do not match the destination's rows: {} (fix the rows, or swap with --allow-fk-violations)",
-            v.iter()
-                .map(|x| x.to_string())
-                .collect::<Vec<_>>()
-                .join("; ")
+            v.iter().map(|x| x.to_string()).join("; ")
         ))),
         Err(e) => Ok(Some(format!("could not check foreign keys: {e:#}"))),
     }

@@ -2,6 +2,7 @@
 //! results are exact catalog names (case-sensitive, possibly non-ASCII).
 
 use anyhow::{Context, Result};
+use itertools::Itertools;
 use tokio_postgres::GenericClient;
 
 /// `WHERE` fragment: the object (`classid`, `oid`) is not an extension member.
@@ -288,7 +289,6 @@ pub async fn sequence_values(
                     crate::pg::ident::qualified(schema, n)
                 )
             })
-            .collect::<Vec<_>>()
             .join(" UNION ALL ");
         let rows = client
             .query(sql.as_str(), &[])

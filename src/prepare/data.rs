@@ -11,6 +11,7 @@
 //! - Rows are counted in the stream and compared with what COPY stored.
 //! - Largest tables first over `--jobs` workers.
 
+use itertools::Itertools;
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -471,11 +472,7 @@ async fn copy_table(
     } else {
         format!(
             "({})",
-            job.columns
-                .iter()
-                .map(|c| quote_ident(c))
-                .collect::<Vec<_>>()
-                .join(", ")
+            job.columns.iter().map(|c| quote_ident(c)).join(", ")
         )
     };
     let target = job.target_rel.clone();

@@ -37,6 +37,7 @@
 //! Everything here only reads the catalogs; the result is what
 //! `prepare --dry-run` shows.
 
+use itertools::Itertools;
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 
 use anyhow::Result;
@@ -208,10 +209,7 @@ fn match_filter(
 }
 
 fn names(set: &BTreeSet<String>) -> String {
-    set.iter()
-        .map(|t| display_ident(t))
-        .collect::<Vec<_>>()
-        .join(", ")
+    set.iter().map(|t| display_ident(t)).join(", ")
 }
 
 /// Match `--keep-tables` patterns against the destination's public: the

@@ -45,6 +45,7 @@
 //! The sync lives in the database: it runs without pgshift and survives restarts.
 //! [`health`] reports it for `status`; [`final_sync`] and `cleanup` remove it.
 
+use itertools::Itertools;
 use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::future::Future;
@@ -239,14 +240,9 @@ fn describe_keys(keys: &[KeyCandidate]) -> String {
         .map(|k| {
             format!(
                 "({})",
-                k.columns
-                    .iter()
-                    .map(|c| display_ident(c))
-                    .collect::<Vec<_>>()
-                    .join(", ")
+                k.columns.iter().map(|c| display_ident(c)).join(", ")
             )
         })
-        .collect::<Vec<_>>()
         .join(", ")
 }
 
@@ -821,7 +817,7 @@ async fn describe(client: &Client, t: &SyncedTable) -> Result<Live> {
 
 /// `f` of each item, joined with `sep`.
 fn joined<T>(items: &[T], sep: &str, f: impl Fn(&T) -> String) -> String {
-    items.iter().map(f).collect::<Vec<_>>().join(sep)
+    items.iter().map(f).join(sep)
 }
 
 impl Live {
@@ -922,7 +918,6 @@ impl Live {
                     .keys
                     .iter()
                     .map(|k| format!("x.{}", k.log_col))
-                    .collect::<Vec<_>>()
                     .join(", "),
                 n = self.keys_of("n"),
                 o = self.keys_of("o"),
@@ -948,7 +943,6 @@ impl Live {
                     .keys
                     .iter()
                     .map(|k| format!("n.{} = o.{}", k.name, k.name))
-                    .collect::<Vec<_>>()
                     .join(" AND ");
                 format!(
                     "DELETE FROM ONLY {shadow} s USING pgshift_old o WHERE {} AND NOT EXISTS (SELECT 1 FROM pgshift_new n WHERE {same_key});\n    {upsert}",
@@ -1025,7 +1019,6 @@ END
             self.keys
                 .iter()
                 .map(|k| format!("l.{}", k.log_col))
-                .collect::<Vec<_>>()
                 .join(", "),
             self.log_rel,
             self.shadow_match("s", "l", true)
@@ -1044,7 +1037,6 @@ END
             self.keys
                 .iter()
                 .map(|k| format!("l.{}", k.log_col))
-                .collect::<Vec<_>>()
                 .join(", "),
             self.log_rel,
             self.key_list()
@@ -1223,7 +1215,6 @@ pub async fn setup(
             EVENTS
                 .iter()
                 .map(|e| format!("ENABLE ALWAYS TRIGGER {}", quote_ident(e.trigger())))
-                .collect::<Vec<_>>()
                 .join(", ")
         ));
         run_with_lock_retries(
@@ -1791,12 +1782,7 @@ pub struct FkViolation {
 
 impl fmt::Display for FkViolation {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let cols = |c: &[String]| {
-            c.iter()
-                .map(|c| display_ident(c))
-                .collect::<Vec<_>>()
-                .join(", ")
-        };
+        let cols = |c: &[String]| c.iter().map(|c| display_ident(c)).join(", ");
         let lhs = cols(&self.columns);
         write!(
             f,
@@ -1877,7 +1863,6 @@ pub async fn fk_violations(client: &Client, deferred_sql: &[String]) -> Result<V
                 .iter()
                 .zip(&ref_columns)
                 .map(|(a, b)| format!("r.{} = {}", quote_ident(b), c(a)))
-                .collect::<Vec<_>>()
                 .join(" AND ");
             let no_match = format!(
                 "NOT EXISTS (SELECT 1 FROM {}{parent} r WHERE {matches})",
@@ -1910,7 +1895,6 @@ pub async fn fk_violations(client: &Client, deferred_sql: &[String]) -> Result<V
                 .columns
                 .iter()
                 .map(|a| format!("COALESCE(v.{}::text, 'null')", quote_ident(a)))
-                .collect::<Vec<_>>()
                 .join(", ");
             let query = format!(
                 "WITH v AS MATERIALIZED (SELECT {cols} FROM {only}{child} c WHERE {cond})
@@ -1921,7 +1905,6 @@ pub async fn fk_violations(client: &Client, deferred_sql: &[String]) -> Result<V
                     .columns
                     .iter()
                     .map(|a| c(a))
-                    .collect::<Vec<_>>()
                     .join(", "),
                 only = if fk.inh { "" } else { "ONLY " },
             );

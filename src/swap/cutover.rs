@@ -8,6 +8,7 @@
 //! (discarded writes, then what would break) and again under its locks
 //! (discarded writes); the dry run shows the whole report.
 
+use itertools::Itertools;
 use std::collections::{BTreeMap, BTreeSet};
 
 use anyhow::{Result, bail};
@@ -270,11 +271,7 @@ async fn kept_tables(client: &Client, m: &MigrationRow, extra: &[TablePattern]) 
 }
 
 fn display_list(names: Vec<&String>) -> String {
-    names
-        .into_iter()
-        .map(|n| display_ident(n))
-        .collect::<Vec<_>>()
-        .join(", ")
+    names.into_iter().map(|n| display_ident(n)).join(", ")
 }
 
 /// Work inside the swap transaction for a migration: the discarded-writes

@@ -34,6 +34,7 @@
 //! does the rest. The mode (`swap::mode`) is chosen for all pairs at once:
 //! rename when every pair allows it, else object by object for all.
 
+use itertools::Itertools;
 use std::collections::{BTreeSet, HashSet};
 use std::future::Future;
 use std::time::{Duration, Instant};
@@ -971,7 +972,6 @@ fn check_sql(req: &Request) -> String {
             .pairs
             .iter()
             .map(|p| quote_literal(&p.live))
-            .collect::<Vec<_>>()
             .join(", ")
     );
     let triggers = if req.exchange.recreate_incoming {

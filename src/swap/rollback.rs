@@ -25,6 +25,7 @@
 //! covers them; the newest backup's manifest holds the counters of this
 //! public when it went live (see [`crate::swap::impact::gate`]).
 
+use itertools::Itertools;
 use std::collections::{BTreeMap, BTreeSet};
 
 use anyhow::{Context, Result, bail};
@@ -903,11 +904,7 @@ async fn foreign_keys(
 }
 
 fn ident_list(names: &[String]) -> String {
-    names
-        .iter()
-        .map(|n| quote_ident(n))
-        .collect::<Vec<_>>()
-        .join(", ")
+    names.iter().map(|n| quote_ident(n)).join(", ")
 }
 
 /// `ALTER TABLE … ADD CONSTRAINT … FOREIGN KEY …`, every identifier quoted.

@@ -6,6 +6,7 @@
 //! the innermost cause (tokio-postgres' own text is often just "error connecting to
 //! server").
 
+use itertools::Itertools;
 use std::error::Error as StdError;
 use std::io;
 use std::time::{Duration, Instant};
@@ -71,7 +72,6 @@ pub async fn connect(
                 failures
                     .iter()
                     .map(|(ep, e)| format!("{}: {}", ep.describe(), describe_attempt(ep, e)))
-                    .collect::<Vec<_>>()
                     .join("; ")
             };
             return Err(anyhow!("cannot connect to {label} {spec}: {text}"));

@@ -26,6 +26,7 @@
 //! environment variables. Errors name the file and line, never a value (a service
 //! file may hold a password).
 
+use itertools::Itertools;
 use std::path::{Path, PathBuf};
 
 /// System-wide directories searched for `pg_service.conf` when `PGSYSCONFDIR` is not
@@ -90,11 +91,7 @@ fn describe(searched: &[PathBuf]) -> String {
     if searched.is_empty() {
         return "no service file exists".to_string();
     }
-    searched
-        .iter()
-        .map(|p| p.display().to_string())
-        .collect::<Vec<_>>()
-        .join(", ")
+    searched.iter().map(|p| p.display().to_string()).join(", ")
 }
 
 /// Find service `name`. `env` answers `PGSERVICEFILE` and `PGSYSCONFDIR`; `home` is

@@ -16,6 +16,7 @@
 //!
 //! Everything uses the ring provider explicitly; no process-wide default is installed.
 
+use itertools::Itertools;
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -369,11 +370,7 @@ pub fn describe_rustls_error(e: &rustls::Error) -> String {
                 } else {
                     format!(
                         "server certificate is not valid for \"{expected}\" (it is for {})",
-                        presented
-                            .iter()
-                            .map(|p| tidy_presented_name(p))
-                            .collect::<Vec<_>>()
-                            .join(", ")
+                        presented.iter().map(|p| tidy_presented_name(p)).join(", ")
                     )
                 }
             }

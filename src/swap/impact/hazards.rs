@@ -37,6 +37,7 @@
 //! kept its name still has a new type, and a statement prepared before the swap
 //! that returns it fails once with `cached plan must not change result type`.
 
+use itertools::Itertools;
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 use anyhow::{Context, Result};
@@ -453,7 +454,7 @@ fn compare_pair(p: &SchemaPair, l: &Side, inc: &Side, out: &mut Vec<Hazard>) {
                 None => Some(format!(
                     "{} -> {}",
                     show(f),
-                    ifs.iter().map(&show).collect::<Vec<_>>().join(", ")
+                    ifs.iter().map(&show).join(", ")
                 )),
                 Some(g) if g.kind != f.kind => Some(format!(
                     "{} -> {}",

@@ -2,6 +2,7 @@
 
 use super::{Effect, Impact, TableWrites};
 use crate::output::{Table, human_ms};
+use itertools::Itertools;
 
 /// `1 table`, `3 tables`.
 pub(crate) fn plural(n: usize, word: &str) -> String {
@@ -10,7 +11,7 @@ pub(crate) fn plural(n: usize, word: &str) -> String {
 
 /// A statement on one line, at most `max` characters (`…` when cut).
 pub fn short_query(query: &str, max: usize) -> String {
-    let one_line = query.split_whitespace().collect::<Vec<_>>().join(" ");
+    let one_line = query.split_whitespace().join(" ");
     if one_line.chars().count() <= max {
         one_line
     } else {

@@ -50,6 +50,7 @@
 //! bound (`timeout`), after which the remaining statements are listed as
 //! unchecked. Statements are checked most-called first.
 
+use itertools::Itertools;
 use std::collections::{BTreeSet, HashMap};
 use std::time::{Duration, Instant};
 
@@ -452,11 +453,7 @@ async fn role_oids(client: &Client, roles: &[String]) -> Result<Vec<u32>> {
     if !missing.is_empty() {
         return Err(UserError::new(format!(
             "--workload-roles: no role named {} on the destination",
-            missing
-                .iter()
-                .map(|m| format!("{m:?}"))
-                .collect::<Vec<_>>()
-                .join(", ")
+            missing.iter().map(|m| format!("{m:?}")).join(", ")
         ))
         .into());
     }
@@ -605,10 +602,7 @@ fn path_sql(path: &[String]) -> String {
     if path.is_empty() {
         "''".to_string()
     } else {
-        path.iter()
-            .map(|s| quote_ident(s))
-            .collect::<Vec<_>>()
-            .join(", ")
+        path.iter().map(|s| quote_ident(s)).join(", ")
     }
 }
 

@@ -31,6 +31,7 @@
 //! How exact the counters are, and what to do when exactness matters, is in the
 //! module documentation of [`crate::swap::impact`].
 
+use itertools::Itertools;
 use std::collections::HashMap;
 
 use anyhow::{Context, Result};
@@ -437,11 +438,7 @@ fn text_array(items: &[String]) -> String {
     } else {
         format!(
             "ARRAY[{}]::text[]",
-            items
-                .iter()
-                .map(|s| quote_literal(s))
-                .collect::<Vec<_>>()
-                .join(", ")
+            items.iter().map(|s| quote_literal(s)).join(", ")
         )
     }
 }
