@@ -1,9 +1,9 @@
 //! The pgshift binary: parse, configure, log, run, report. All work is in the library.
 
-use itertools::Itertools;
 use std::process::exit;
 
 use clap::Parser;
+use itertools::Itertools;
 use tokio_util::sync::CancellationToken;
 
 use pgshift::argv_scrub::{self, Outcome};

@@ -4,11 +4,11 @@
 //! Only reads, except [`record`], which writes the outcome into the manifest
 //! row (`last_verified_at`, `last_verify_ok`).
 
-use itertools::Itertools;
 use std::collections::{BTreeMap, BTreeSet};
 
 use anyhow::{Context, Result};
 use chrono::{DateTime, Utc};
+use itertools::Itertools;
 use serde::Serialize;
 use tokio_postgres::{Client, GenericClient};
 

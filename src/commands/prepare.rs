@@ -1,9 +1,9 @@
 //! `pgshift prepare`: restore the source into the destination's shadow schema.
 
-use itertools::Itertools;
 use std::io::IsTerminal;
 
 use anyhow::Result;
+use itertools::Itertools;
 use serde::Serialize;
 
 use crate::cli::VerifyMode;

@@ -5,11 +5,11 @@
 //! migration the impact report (what the swap would break or discard for the
 //! running application). Read only, no lock.
 
-use itertools::Itertools;
 use std::path::Path;
 use std::time::Duration;
 
 use anyhow::Result;
+use itertools::Itertools;
 use serde::Serialize;
 use tokio_postgres::Client;
 

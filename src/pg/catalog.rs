@@ -17,6 +17,7 @@ macro_rules! not_ext_member {
         )
     };
 }
+pub(crate) use not_ext_member;
 
 /// One column of a table.
 #[derive(Debug, Clone, PartialEq)]

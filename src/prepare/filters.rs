@@ -37,10 +37,10 @@
 //! Everything here only reads the catalogs; the result is what
 //! `prepare --dry-run` shows.
 
-use itertools::Itertools;
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 
 use anyhow::Result;
+use itertools::Itertools;
 use serde::Serialize;
 use tokio_postgres::Client;
 

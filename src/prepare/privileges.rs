@@ -12,9 +12,10 @@
 use std::collections::{HashMap, HashSet};
 
 use anyhow::{Context, Result};
-use tokio_postgres::Client;
+use tokio_postgres::{Client, Row};
 
 use crate::pg::batch;
+use crate::pg::catalog::not_ext_member;
 use crate::pg::ident::{qualified, quote_ident};
 
 /// What the phase did.
@@ -50,12 +51,30 @@ fn acl_rows(column: &str) -> String {
     )
 }
 
+/// The rows of `sql` about the objects of `schema` (`$1`).
+async fn rows_of(client: &Client, schema: &str, what: &str, sql: &str) -> Result<Vec<Row>> {
+    client
+        .query(sql, &[&schema])
+        .await
+        .with_context(|| format!("reading {what} owners and privileges"))
+}
+
+/// The grants of an object from its row: `None` when the ACL is null (the
+/// owner's defaults), else the `acl_rows` at `at`.
+fn grants(r: &Row, has_acl: usize, at: usize) -> Option<Vec<(String, String, bool)>> {
+    let acl: Vec<String> = r.get(at);
+    r.get::<_, bool>(has_acl)
+        .then(|| acl.iter().filter_map(|a| split3(a)).collect())
+}
+
 async fn objects(client: &Client, schema: &str) -> Result<Vec<Obj>> {
     let mut out = Vec::new();
-    let rels = client
-        .query(
-            &format!(
-                "SELECT c.relname, c.relkind::text, pg_catalog.pg_get_userbyid(c.relowner)::text,
+    let rels = rows_of(
+        client,
+        schema,
+        "relation",
+        &format!(
+            "SELECT c.relname, c.relkind::text, pg_catalog.pg_get_userbyid(c.relowner)::text,
                     c.relacl IS NOT NULL,
                     {acl},
                     COALESCE((SELECT array_agg(att.attname || '|' || COALESCE(r.rolname, '') || '|' || a.privilege_type || '|' || a.is_grantable::text)
@@ -66,14 +85,12 @@ async fn objects(client: &Client, schema: &str) -> Result<Vec<Obj>> {
                              AND d.refclassid = 'pg_class'::regclass AND d.deptype IN ('a', 'i'))
                FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
               WHERE n.nspname = $1 AND c.relkind IN ('r', 'p', 'v', 'm', 'S', 'f')
-                AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_depend d WHERE d.classid = 'pg_class'::regclass
-                                 AND d.objid = c.oid AND d.deptype = 'e')",
-                acl = acl_rows("c.relacl")
-            ),
-            &[&schema],
-        )
-        .await
-        .context("reading relation owners and privileges")?;
+                AND {not_ext}",
+            acl = acl_rows("c.relacl"),
+            not_ext = not_ext_member!("pg_class", "c.oid"),
+        ),
+    )
+    .await?;
     for r in rels {
         let name: String = r.get(0);
         let kind = match r.get::<_, String>(1).as_str() {
@@ -83,15 +100,13 @@ async fn objects(client: &Client, schema: &str) -> Result<Vec<Obj>> {
             "f" => "FOREIGN TABLE",
             _ => "TABLE",
         };
-        let has_acl: bool = r.get(3);
-        let acl: Vec<String> = r.get(4);
         let cols: Vec<String> = r.get(5);
         out.push(Obj {
             kind,
             key: format!("rel:{name}"),
             sql_name: qualified(schema, &name),
             owner: r.get(2),
-            acl: has_acl.then(|| acl.iter().filter_map(|a| split3(a)).collect()),
+            acl: grants(&r, 3, 4),
             column_acl: cols
                 .iter()
                 .filter_map(|a| {
@@ -106,27 +121,25 @@ async fn objects(client: &Client, schema: &str) -> Result<Vec<Obj>> {
             owned_sequence: kind == "SEQUENCE" && r.get::<_, bool>(6),
         });
     }
-    let funcs = client
-        .query(
-            &format!(
-                "SELECT p.proname, pg_catalog.pg_get_function_identity_arguments(p.oid), p.oid::regprocedure::text,
+    let funcs = rows_of(
+        client,
+        schema,
+        "function",
+        &format!(
+            "SELECT p.proname, pg_catalog.pg_get_function_identity_arguments(p.oid), p.oid::regprocedure::text,
                     p.prokind::text, pg_catalog.pg_get_userbyid(p.proowner)::text, p.proacl IS NOT NULL,
                     {acl}
                FROM pg_catalog.pg_proc p JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace
               WHERE n.nspname = $1
-                AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_depend d WHERE d.classid = 'pg_proc'::regclass
-                                 AND d.objid = p.oid AND d.deptype = 'e')",
-                acl = acl_rows("p.proacl")
-            ),
-            &[&schema],
-        )
-        .await
-        .context("reading function owners and privileges")?;
+                AND {not_ext}",
+            acl = acl_rows("p.proacl"),
+            not_ext = not_ext_member!("pg_proc", "p.oid"),
+        ),
+    )
+    .await?;
     for r in funcs {
         let name: String = r.get(0);
         let args: String = r.get(1);
-        let has_acl: bool = r.get(5);
-        let acl: Vec<String> = r.get(6);
         let kind = match r.get::<_, String>(3).as_str() {
             "p" => "PROCEDURE",
             "a" => "AGGREGATE",
@@ -138,32 +151,30 @@ async fn objects(client: &Client, schema: &str) -> Result<Vec<Obj>> {
             key: format!("fn:{name}({})", args.replace(&format!("{schema}."), "")),
             sql_name: r.get(2),
             owner: r.get(4),
-            acl: has_acl.then(|| acl.iter().filter_map(|a| split3(a)).collect()),
+            acl: grants(&r, 5, 6),
             column_acl: Vec::new(),
             owned_sequence: false,
         });
     }
-    let types = client
-        .query(
-            &format!(
-                "SELECT t.typname, t.typtype::text, pg_catalog.pg_get_userbyid(t.typowner)::text, t.typacl IS NOT NULL,
+    let types = rows_of(
+        client,
+        schema,
+        "type",
+        &format!(
+            "SELECT t.typname, t.typtype::text, pg_catalog.pg_get_userbyid(t.typowner)::text, t.typacl IS NOT NULL,
                     {acl}
                FROM pg_catalog.pg_type t JOIN pg_catalog.pg_namespace n ON n.oid = t.typnamespace
               WHERE n.nspname = $1 AND t.typtype IN ('b', 'c', 'd', 'e', 'r')
                 AND (t.typrelid = 0 OR (SELECT c.relkind FROM pg_catalog.pg_class c WHERE c.oid = t.typrelid) = 'c')
                 AND NOT (t.typelem <> 0 AND t.typlen = -1)
-                AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_depend d WHERE d.classid = 'pg_type'::regclass
-                                 AND d.objid = t.oid AND d.deptype = 'e')",
-                acl = acl_rows("t.typacl")
-            ),
-            &[&schema],
-        )
-        .await
-        .context("reading type owners and privileges")?;
+                AND {not_ext}",
+            acl = acl_rows("t.typacl"),
+            not_ext = not_ext_member!("pg_type", "t.oid"),
+        ),
+    )
+    .await?;
     for r in types {
         let name: String = r.get(0);
-        let has_acl: bool = r.get(3);
-        let acl: Vec<String> = r.get(4);
         out.push(Obj {
             kind: if r.get::<_, String>(1) == "d" {
                 "DOMAIN"
@@ -173,7 +184,7 @@ async fn objects(client: &Client, schema: &str) -> Result<Vec<Obj>> {
             key: format!("type:{name}"),
             sql_name: qualified(schema, &name),
             owner: r.get(2),
-            acl: has_acl.then(|| acl.iter().filter_map(|a| split3(a)).collect()),
+            acl: grants(&r, 3, 4),
             column_acl: Vec::new(),
             owned_sequence: false,
         });

@@ -45,7 +45,6 @@
 //! The sync lives in the database: it runs without pgshift and survives restarts.
 //! [`health`] reports it for `status`; [`final_sync`] and `cleanup` remove it.
 
-use itertools::Itertools;
 use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::future::Future;
@@ -53,6 +52,7 @@ use std::pin::Pin;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail};
+use itertools::Itertools;
 use pg_query::NodeEnum;
 use pg_query::protobuf::{ConstrType, Token};
 use serde::{Deserialize, Serialize};

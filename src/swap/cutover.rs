@@ -8,10 +8,10 @@
 //! (discarded writes, then what would break) and again under its locks
 //! (discarded writes); the dry run shows the whole report.
 
-use itertools::Itertools;
 use std::collections::{BTreeMap, BTreeSet};
 
 use anyhow::{Result, bail};
+use itertools::Itertools;
 use serde::Serialize;
 use tokio_postgres::Client;
 

@@ -34,13 +34,13 @@
 //! does the rest. The mode (`swap::mode`) is chosen for all pairs at once:
 //! rename when every pair allows it, else object by object for all.
 
-use itertools::Itertools;
 use std::collections::{BTreeSet, HashSet};
 use std::future::Future;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use chrono::Utc;
+use itertools::Itertools;
 use serde::Serialize;
 use tokio_postgres::Client;
 use tokio_postgres::error::SqlState;

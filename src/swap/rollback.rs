@@ -25,11 +25,11 @@
 //! covers them; the newest backup's manifest holds the counters of this
 //! public when it went live (see [`crate::swap::impact::gate`]).
 
-use itertools::Itertools;
 use std::collections::{BTreeMap, BTreeSet};
 
 use anyhow::{Context, Result, bail};
 use chrono::Utc;
+use itertools::Itertools;
 use serde::Serialize;
 use tokio_postgres::Client;
 

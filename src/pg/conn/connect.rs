@@ -6,13 +6,13 @@
 //! the innermost cause (tokio-postgres' own text is often just "error connecting to
 //! server").
 
-use itertools::Itertools;
 use std::error::Error as StdError;
 use std::io;
 use std::time::{Duration, Instant};
 
 use anyhow::anyhow;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, PoolError, RecyclingMethod, Runtime};
+use itertools::Itertools;
 use tokio_postgres::error::{DbError, SqlState};
 
 use super::connspec::{ConnSpec, Endpoint, Host};

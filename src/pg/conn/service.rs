@@ -26,8 +26,9 @@
 //! environment variables. Errors name the file and line, never a value (a service
 //! file may hold a password).
 
-use itertools::Itertools;
 use std::path::{Path, PathBuf};
+
+use itertools::Itertools;
 
 /// System-wide directories searched for `pg_service.conf` when `PGSYSCONFDIR` is not
 /// set: Debian/Ubuntu's libpq, the Red Hat family's packages, a source build.

@@ -16,11 +16,11 @@
 //!
 //! Everything uses the ring provider explicitly; no process-wide default is installed.
 
-use itertools::Itertools;
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use itertools::Itertools;
 use rustls::client::WebPkiServerVerifier;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::CryptoProvider;

@@ -37,15 +37,16 @@
 //! kept its name still has a new type, and a statement prepared before the swap
 //! that returns it fails once with `cached plan must not change result type`.
 
-use itertools::Itertools;
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 use anyhow::{Context, Result};
+use itertools::Itertools;
 use serde::{Deserialize, Serialize};
 use tokio_postgres::Client;
 
 use super::resolve::Mapper;
 use super::{SchemaPair, qualified_display};
+use crate::pg::catalog::not_ext_member;
 use crate::pg::ident::display_ident;
 use crate::words::words;
 
@@ -96,14 +97,6 @@ const NS: &str = "ns(pair, side, oid) AS (
     UNION ALL
     SELECT p.i, 'I', n.oid FROM pg_catalog.unnest($2::text[]) WITH ORDINALITY AS p(name, i)
       JOIN pg_catalog.pg_namespace n ON n.nspname = p.name)";
-
-/// `WHERE` fragment: the object is not an extension member.
-fn not_ext(catalog: &str, oid: &str) -> String {
-    format!(
-        "NOT EXISTS (SELECT 1 FROM pg_catalog.pg_depend d WHERE d.classid = 'pg_catalog.{catalog}'::pg_catalog.regclass
-                      AND d.objid = {oid} AND d.deptype = 'e')"
-    )
-}
 
 struct Rel {
     kind: char,
@@ -175,24 +168,33 @@ async fn read_and_compare(client: &Client, pairs: &[SchemaPair]) -> Result<Vec<H
         (r.get(0), if s == "L" { 'L' } else { 'I' })
     };
     let first_char = |s: String| s.chars().next().unwrap_or(' ');
+    // One query per kind of object, `$1` the live schemas, `$2` the incoming.
+    let list = |what: &'static str, sql: &str| {
+        let (live, incoming) = (&live, &incoming);
+        let sql = sql.to_string();
+        async move {
+            client
+                .query(&sql, &[live, incoming])
+                .await
+                .with_context(|| format!("listing {what}"))
+        }
+    };
 
-    let rows = client
-        .query(
-            &format!(
-                "WITH {NS}
-                 SELECT ns.pair, ns.side, c.relname::text, c.relkind::text, c.relispartition,
-                        c.relkind = 'S' AND EXISTS (
-                          SELECT 1 FROM pg_catalog.pg_depend d
-                           WHERE d.classid = 'pg_catalog.pg_class'::pg_catalog.regclass AND d.objid = c.oid
-                             AND d.refclassid = 'pg_catalog.pg_class'::pg_catalog.regclass AND d.deptype IN ('a', 'i'))
-                   FROM pg_catalog.pg_class c JOIN ns ON ns.oid = c.relnamespace
-                  WHERE c.relkind IN ('r', 'p', 'f', 'v', 'm', 'S') AND {}",
-                not_ext("pg_class", "c.oid")
-            ),
-            &[&live, &incoming],
-        )
-        .await
-        .context("listing relations")?;
+    let rows = list(
+        "relations",
+        &format!(
+            "WITH {NS}
+             SELECT ns.pair, ns.side, c.relname::text, c.relkind::text, c.relispartition,
+                    c.relkind = 'S' AND EXISTS (
+                      SELECT 1 FROM pg_catalog.pg_depend d
+                       WHERE d.classid = 'pg_catalog.pg_class'::pg_catalog.regclass AND d.objid = c.oid
+                         AND d.refclassid = 'pg_catalog.pg_class'::pg_catalog.regclass AND d.deptype IN ('a', 'i'))
+               FROM pg_catalog.pg_class c JOIN ns ON ns.oid = c.relnamespace
+              WHERE c.relkind IN ('r', 'p', 'f', 'v', 'm', 'S') AND {}",
+            not_ext_member!("pg_class", "c.oid")
+        ),
+    )
+    .await?;
     for r in rows {
         sides.entry(side_of(&r)).or_default().rels.insert(
             r.get(2),
@@ -206,25 +208,23 @@ async fn read_and_compare(client: &Client, pairs: &[SchemaPair]) -> Result<Vec<H
         );
     }
 
-    let rows = client
-        .query(
-            &format!(
-                "WITH {NS}
-                 SELECT ns.pair, ns.side, c.relname::text, a.attname::text,
-                        pg_catalog.format_type(a.atttypid, a.atttypmod), a.attnotnull,
-                        a.atthasdef OR a.attidentity <> '' OR a.attgenerated <> ''
-                   FROM pg_catalog.pg_attribute a
-                   JOIN pg_catalog.pg_class c ON c.oid = a.attrelid
-                   JOIN ns ON ns.oid = c.relnamespace
-                  WHERE c.relkind IN ('r', 'p', 'f', 'v', 'm') AND a.attnum > 0 AND NOT a.attisdropped
-                    AND {}
-                  ORDER BY 1, 2, 3, a.attnum",
-                not_ext("pg_class", "c.oid")
-            ),
-            &[&live, &incoming],
-        )
-        .await
-        .context("listing columns")?;
+    let rows = list(
+        "columns",
+        &format!(
+            "WITH {NS}
+             SELECT ns.pair, ns.side, c.relname::text, a.attname::text,
+                    pg_catalog.format_type(a.atttypid, a.atttypmod), a.attnotnull,
+                    a.atthasdef OR a.attidentity <> '' OR a.attgenerated <> ''
+               FROM pg_catalog.pg_attribute a
+               JOIN pg_catalog.pg_class c ON c.oid = a.attrelid
+               JOIN ns ON ns.oid = c.relnamespace
+              WHERE c.relkind IN ('r', 'p', 'f', 'v', 'm') AND a.attnum > 0 AND NOT a.attisdropped
+                AND {}
+              ORDER BY 1, 2, 3, a.attnum",
+            not_ext_member!("pg_class", "c.oid")
+        ),
+    )
+    .await?;
     for r in rows {
         let side = side_of(&r);
         let raw: String = r.get(4);
@@ -242,23 +242,21 @@ async fn read_and_compare(client: &Client, pairs: &[SchemaPair]) -> Result<Vec<H
         }
     }
 
-    let rows = client
-        .query(
-            &format!(
-                "WITH {NS}
-                 SELECT ns.pair, ns.side, c.relname::text, co.contype::text, co.conname::text,
-                        pg_catalog.pg_get_constraintdef(co.oid)
-                   FROM pg_catalog.pg_constraint co
-                   JOIN pg_catalog.pg_class c ON c.oid = co.conrelid
-                   JOIN ns ON ns.oid = c.relnamespace
-                  WHERE co.contype IN ('c', 'u', 'p', 'f', 'x') AND co.conislocal AND co.conparentid = 0
-                    AND c.relkind IN ('r', 'p', 'f') AND {}",
-                not_ext("pg_class", "c.oid")
-            ),
-            &[&live, &incoming],
-        )
-        .await
-        .context("listing constraints")?;
+    let rows = list(
+        "constraints",
+        &format!(
+            "WITH {NS}
+             SELECT ns.pair, ns.side, c.relname::text, co.contype::text, co.conname::text,
+                    pg_catalog.pg_get_constraintdef(co.oid)
+               FROM pg_catalog.pg_constraint co
+               JOIN pg_catalog.pg_class c ON c.oid = co.conrelid
+               JOIN ns ON ns.oid = c.relnamespace
+              WHERE co.contype IN ('c', 'u', 'p', 'f', 'x') AND co.conislocal AND co.conparentid = 0
+                AND c.relkind IN ('r', 'p', 'f') AND {}",
+            not_ext_member!("pg_class", "c.oid")
+        ),
+    )
+    .await?;
     for r in rows {
         let side = side_of(&r);
         let raw: String = r.get(5);
@@ -272,22 +270,20 @@ async fn read_and_compare(client: &Client, pairs: &[SchemaPair]) -> Result<Vec<H
         }
     }
 
-    let rows = client
-        .query(
-            &format!(
-                "WITH {NS}
-                 SELECT ns.pair, ns.side, p.proname::text, p.prokind::text,
-                        pg_catalog.oidvectortypes(p.proargtypes),
-                        pg_catalog.pg_get_function_result(p.oid)
-                   FROM pg_catalog.pg_proc p JOIN ns ON ns.oid = p.pronamespace
-                  WHERE {}
-                  ORDER BY 1, 2, 3, 5",
-                not_ext("pg_proc", "p.oid")
-            ),
-            &[&live, &incoming],
-        )
-        .await
-        .context("listing functions")?;
+    let rows = list(
+        "functions",
+        &format!(
+            "WITH {NS}
+             SELECT ns.pair, ns.side, p.proname::text, p.prokind::text,
+                    pg_catalog.oidvectortypes(p.proargtypes),
+                    pg_catalog.pg_get_function_result(p.oid)
+               FROM pg_catalog.pg_proc p JOIN ns ON ns.oid = p.pronamespace
+              WHERE {}
+              ORDER BY 1, 2, 3, 5",
+            not_ext_member!("pg_proc", "p.oid")
+        ),
+    )
+    .await?;
     for r in rows {
         let side = side_of(&r);
         let map = |s: String| if side.1 == 'I' { mapper.map(&s) } else { s };
@@ -305,26 +301,24 @@ async fn read_and_compare(client: &Client, pairs: &[SchemaPair]) -> Result<Vec<H
             .push(f);
     }
 
-    let rows = client
-        .query(
-            &format!(
-                "WITH {NS}
-                 SELECT ns.pair, ns.side, t.typname::text, t.typtype::text,
-                        CASE WHEN t.typtype = 'e' THEN ARRAY(
-                            SELECT e.enumlabel::text FROM pg_catalog.pg_enum e
-                             WHERE e.enumtypid = t.oid ORDER BY e.enumsortorder) END
-                   FROM pg_catalog.pg_type t JOIN ns ON ns.oid = t.typnamespace
-                  WHERE t.typtype IN ('b', 'c', 'd', 'e', 'r')
-                    AND (t.typrelid = 0 OR EXISTS (SELECT 1 FROM pg_catalog.pg_class c
-                                                    WHERE c.oid = t.typrelid AND c.relkind = 'c'))
-                    AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_type e WHERE e.typarray = t.oid)
-                    AND {}",
-                not_ext("pg_type", "t.oid")
-            ),
-            &[&live, &incoming],
-        )
-        .await
-        .context("listing types")?;
+    let rows = list(
+        "types",
+        &format!(
+            "WITH {NS}
+             SELECT ns.pair, ns.side, t.typname::text, t.typtype::text,
+                    CASE WHEN t.typtype = 'e' THEN ARRAY(
+                        SELECT e.enumlabel::text FROM pg_catalog.pg_enum e
+                         WHERE e.enumtypid = t.oid ORDER BY e.enumsortorder) END
+               FROM pg_catalog.pg_type t JOIN ns ON ns.oid = t.typnamespace
+              WHERE t.typtype IN ('b', 'c', 'd', 'e', 'r')
+                AND (t.typrelid = 0 OR EXISTS (SELECT 1 FROM pg_catalog.pg_class c
+                                                WHERE c.oid = t.typrelid AND c.relkind = 'c'))
+                AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_type e WHERE e.typarray = t.oid)
+                AND {}",
+            not_ext_member!("pg_type", "t.oid")
+        ),
+    )
+    .await?;
     for r in rows {
         sides.entry(side_of(&r)).or_default().types.insert(
             r.get(2),

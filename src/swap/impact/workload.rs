@@ -50,11 +50,11 @@
 //! bound (`timeout`), after which the remaining statements are listed as
 //! unchecked. Statements are checked most-called first.
 
-use itertools::Itertools;
 use std::collections::{BTreeSet, HashMap};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
+use itertools::Itertools;
 use serde::{Deserialize, Serialize};
 use tokio_postgres::Client;
 use tokio_postgres::error::SqlState;

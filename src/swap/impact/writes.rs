@@ -31,11 +31,11 @@
 //! How exact the counters are, and what to do when exactness matters, is in the
 //! module documentation of [`crate::swap::impact`].
 
-use itertools::Itertools;
 use std::collections::HashMap;
 
 use anyhow::{Context, Result};
 use chrono::{DateTime, SecondsFormat, Utc};
+use itertools::Itertools;
 use serde::{Deserialize, Serialize};
 use tokio_postgres::GenericClient;
 
