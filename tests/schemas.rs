@@ -1082,3 +1082,45 @@ fn a_table_kept_in_billing_stays_live_through_the_swap() {
     );
     wd.run_ok(&["verify", "--dest", &dst, "--timestamp", &ts.to_string()]);
 }
+
+/// A kept table of billing that disappears before the swap: the swap refuses,
+/// names it as the operator wrote it, and changes nothing.
+#[test]
+fn a_kept_table_gone_before_the_swap_is_named_as_written() {
+    let dbs = TestDbs::new("sch_gone");
+    dbs.src.psql(
+        "CREATE SCHEMA billing;
+         CREATE TABLE public.accounts (id int PRIMARY KEY);
+         CREATE TABLE billing.invoices (id int PRIMARY KEY);",
+    );
+    dbs.dst.psql(
+        "CREATE SCHEMA billing;
+         CREATE TABLE public.accounts (id int PRIMARY KEY);
+         CREATE TABLE billing.invoices (id int PRIMARY KEY);
+         CREATE TABLE billing.notes (id int PRIMARY KEY);",
+    );
+    let wd = Workdir::new();
+    let (src, dst) = (dbs.src.url(), dbs.dst.url());
+    run_json(
+        &wd,
+        &[
+            "prepare",
+            "--source",
+            &src,
+            "--dest",
+            &dst,
+            "--schemas",
+            "public,billing",
+            "--keep-tables",
+            "billing.notes",
+        ],
+    );
+    dbs.dst.psql("DROP TABLE billing.notes");
+    let before = catalog_fingerprint(&dbs.dst);
+    let out = wd.run(&["swap", "--dest", &dst]);
+    assert_usage_error(
+        &out,
+        "kept tables are no longer there: billing.notes; nothing was changed",
+    );
+    assert_eq!(catalog_fingerprint(&dbs.dst), before);
+}

@@ -228,7 +228,7 @@ async fn kept_tables(client: &Client, m: &MigrationRow, extra: &[TablePattern]) 
     if !gone.is_empty() {
         return Err(UserError::new(format!(
             "kept tables are no longer there: {}; nothing was changed",
-            display_list(gone)
+            display_list(schemas, gone)
         ))
         .into());
     }
@@ -270,8 +270,26 @@ async fn kept_tables(client: &Client, m: &MigrationRow, extra: &[TablePattern]) 
     })
 }
 
-fn display_list(names: Vec<&String>) -> String {
-    names.into_iter().map(|n| display_ident(n)).join(", ")
+/// Keys as people read them: a table of public quoted where it needs it, a
+/// key of another chosen schema (`billing.notes`, already in display form) as
+/// it is.
+fn display_list(schemas: &[String], keys: Vec<&String>) -> String {
+    let other_schema = |k: &str| {
+        schemas.iter().any(|s| {
+            s != meta::PUBLIC
+                && k.strip_prefix(display_ident(s).as_str())
+                    .is_some_and(|rest| rest.starts_with('.'))
+        })
+    };
+    keys.into_iter()
+        .map(|k| {
+            if other_schema(k) {
+                k.clone()
+            } else {
+                display_ident(k)
+            }
+        })
+        .join(", ")
 }
 
 /// Work inside the swap transaction for a migration: the discarded-writes

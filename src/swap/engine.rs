@@ -105,6 +105,15 @@ pub struct Exchange {
 }
 
 impl Exchange {
+    /// The one pair when only public moves (its messages keep naming public
+    /// and the incoming schema, as before several schemas were supported).
+    fn public_alone(&self) -> Option<&Pair> {
+        match self.pairs.as_slice() {
+            [p] if p.live == crate::pg::meta::PUBLIC => Some(p),
+            _ => None,
+        }
+    }
+
     /// The swap of prepared shadows into their live schemas (nothing kept,
     /// nothing expected: callers fill those in per pair).
     pub fn of_shadows(pairs: &[crate::pg::meta::SchemaPair]) -> Exchange {
@@ -851,10 +860,14 @@ fn gone_meanwhile(e: &anyhow::Error) -> bool {
 }
 
 /// The objects changed between listing them and locking them: list again.
-fn changed() -> anyhow::Error {
-    anyhow::Error::new(Transient(
-        "objects of the swapped schemas were dropped while the swap waited for its locks".into(),
-    ))
+fn changed(exchange: &Exchange) -> anyhow::Error {
+    let which = match exchange.public_alone() {
+        Some(p) => format!("objects in public or {}", p.incoming),
+        None => "objects of the swapped schemas".to_string(),
+    };
+    anyhow::Error::new(Transient(format!(
+        "{which} were dropped while the swap waited for its locks"
+    )))
 }
 
 async fn one_attempt<H: InTx>(
@@ -887,7 +900,7 @@ async fn one_attempt<H: InTx>(
     }
     match exec(client, &first).await {
         Ok(()) => {}
-        Err(e) if gone_meanwhile(&e) => return Err(changed()),
+        Err(e) if gone_meanwhile(&e) => return Err(changed(req.exchange)),
         Err(e) => return Err(e.context("locking the tables")),
     }
     tracing::debug!(
@@ -903,7 +916,7 @@ async fn one_attempt<H: InTx>(
     let problems = match simple(client, &moves).await {
         Ok(msgs) => last_value(&msgs).unwrap_or_default(),
         Err(e) if gone_meanwhile(&e) => {
-            return Err(changed());
+            return Err(changed(req.exchange));
         }
         Err(e) => return Err(e.context("moving objects")),
     };
@@ -974,22 +987,31 @@ fn check_sql(req: &Request) -> String {
             .map(|p| quote_literal(&p.live))
             .join(", ")
     );
+    let (place, not_where) = match req.exchange.public_alone() {
+        Some(_) => ("public", "after the moves these tables are not in public: "),
+        None => (
+            "live",
+            "after the moves these tables are not where they belong: ",
+        ),
+    };
     let triggers = if req.exchange.recreate_incoming {
         format!(
-            "(SELECT count(*) || ' pgshift triggers are still on live tables' FROM pg_catalog.pg_trigger t
+            "(SELECT count(*) || {still_on} FROM pg_catalog.pg_trigger t
            JOIN pg_catalog.pg_class c ON c.oid = t.tgrelid JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
-          WHERE n.nspname = ANY({lives}) AND NOT t.tgisinternal AND t.tgname LIKE 'pgshift\\_%' HAVING count(*) > 0)"
+          WHERE n.nspname = ANY({lives}) AND NOT t.tgisinternal AND t.tgname LIKE 'pgshift\\_%' HAVING count(*) > 0)",
+            still_on = quote_literal(&format!(" pgshift triggers are still on {place} tables")),
         )
     } else {
         "NULL".to_string()
     };
     format!(
         "SELECT concat_ws('; ',
-            (SELECT 'after the moves these tables are not where they belong: ' || string_agg(CASE WHEN s = 'public' THEN t ELSE s || '.' || t END, ', ')
+            (SELECT {not_where} || string_agg(CASE WHEN s = 'public' THEN t ELSE s || '.' || t END, ', ')
                FROM unnest({expected}) AS x(s, t)
               WHERE NOT EXISTS (SELECT 1 FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
                                  WHERE n.nspname = s AND c.relname = t AND c.relkind IN ('r', 'p'))
              HAVING count(*) > 0),
-            {triggers})"
-    )
+            {triggers})",
+            not_where = quote_literal(not_where),
+        )
 }
