@@ -107,6 +107,21 @@ impl Table {
 }
 
 /// Bytes for people: 1.5 MB, 320 kB, 12 B.
+/// A backup's schema for a table cell: public's backup schema, followed by
+/// the other schemas of a backup of several (`backup_1 (+backup_1_billing)`).
+pub fn backup_schema_cell(schema: &str, schemas: &[crate::backups::manifest::SchemaMap]) -> String {
+    let others: Vec<&str> = schemas
+        .iter()
+        .map(|m| m.backup.as_str())
+        .filter(|b| *b != schema)
+        .collect();
+    if others.is_empty() {
+        schema.to_string()
+    } else {
+        format!("{schema} (+{})", others.join(", "))
+    }
+}
+
 pub fn human_bytes(n: i64) -> String {
     let units = ["B", "kB", "MB", "GB", "TB"];
     let mut v = n as f64;

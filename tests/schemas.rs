@@ -445,6 +445,15 @@ fn two_schemas_start_list_verify_rollback_cleanup() {
         .map(|d| d["schema"].as_str().unwrap())
         .collect();
     assert_eq!(dropped, [b3.as_str()], "{c}");
+    // The report names every schema it dropped with the backup.
+    assert_eq!(
+        c["dropped"][0]["schemas"],
+        json!([
+            {"live": "public", "backup": b3},
+            {"live": "billing", "backup": format!("{b3}_billing")}
+        ]),
+        "{c}"
+    );
     assert_eq!(backups_left(&dbs.dst), "");
     assert!(list(&wd, &dbs.dst).is_empty());
     assert_eq!(both_fingerprints(&dbs.dst), new);

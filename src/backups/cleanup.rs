@@ -11,7 +11,7 @@ use serde::Serialize;
 use tokio_postgres::Client;
 use tokio_postgres::error::SqlState;
 
-use crate::backups::manifest::{self, BackupRow};
+use crate::backups::manifest::{self, BackupRow, SchemaMap};
 use crate::backups::verify;
 use crate::error::UserError;
 use crate::output::rfc3339;
@@ -73,6 +73,11 @@ pub struct CleanedBackup {
     /// Why it was skipped (only in `skipped`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// A backup of several schemas: each live schema and the schema holding
+    /// its backup, all dropped (or skipped) together (absent for a backup of
+    /// public alone, whose `schema` is it).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub schemas: Vec<SchemaMap>,
 }
 
 /// What `cleanup --json` prints (documented in README.md, "JSON output").
@@ -159,6 +164,7 @@ pub async fn cleanup(
             created_at: rfc3339(&b.created_at),
             size_bytes: facts.size_bytes,
             reason: None,
+            schemas: b.manifest.schemas.clone(),
         };
         if let Some(foreign) = foreign {
             item.reason = Some(format!(

@@ -59,7 +59,7 @@ fn print(ctx: &Ctx, r: &CleanupReport) -> Result<()> {
         t.row([
             verb.to_string(),
             d.timestamp.to_string(),
-            d.schema.clone(),
+            output::backup_schema_cell(&d.schema, &d.schemas),
             short_time(&d.created_at),
             human_bytes(d.size_bytes),
         ]);
@@ -68,7 +68,7 @@ fn print(ctx: &Ctx, r: &CleanupReport) -> Result<()> {
         t.row([
             "skipped".to_string(),
             s.timestamp.to_string(),
-            s.schema.clone(),
+            output::backup_schema_cell(&s.schema, &s.schemas),
             short_time(&s.created_at),
             human_bytes(s.size_bytes),
         ]);

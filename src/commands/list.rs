@@ -1,7 +1,6 @@
 //! `pgshift list`: the destination's backups, newest first. Read only, no lock.
 
 use anyhow::Result;
-use itertools::Itertools;
 
 use crate::backups::list;
 use crate::commands::Ctx;
@@ -46,19 +45,7 @@ pub async fn run(ctx: Ctx) -> Result<ExitCode> {
         };
         t.row([
             e.timestamp.to_string(),
-            if e.schemas.is_empty() {
-                e.schema.clone()
-            } else {
-                format!(
-                    "{} (+{})",
-                    e.schema,
-                    e.schemas
-                        .iter()
-                        .skip(1)
-                        .map(|s| s.backup.as_str())
-                        .join(", ")
-                )
-            },
+            output::backup_schema_cell(&e.schema, &e.schemas),
             short_time(&e.created_at),
             e.tables.to_string(),
             e.total_rows
