@@ -481,7 +481,8 @@ pub async fn swap<H: InTx>(
     exec(&client, "SET search_path = ''").await?;
     let listed = list(&client, exchange).await;
     exec(&client, "RESET search_path").await?;
-    let lock_budget = budget_of(&client, &req, &listed?, hook.lock_need()).await?;
+    let listed = listed?;
+    let lock_budget = budget_of(&client, &req, &listed, hook.lock_need()).await?;
     if let Some(refusal) = lock_refusal(&lock_budget, &choice) {
         bail!(refusal);
     }
@@ -490,8 +491,11 @@ pub async fn swap<H: InTx>(
         capacity = lock_budget.capacity,
         "swap lock budget"
     );
+    // The first attempt moves what was just listed; a retry lists again.
+    let first_listing = std::sync::Mutex::new(Some(listed));
     let attempt = || async {
-        let r = one_attempt(&client, &req, hook, &manifest, record.as_ref()).await;
+        let listed = first_listing.lock().ok().and_then(|mut l| l.take());
+        let r = one_attempt(&client, &req, hook, &manifest, record.as_ref(), listed).await;
         rollback_on_err(&client, r).await
     };
     let done = match retry(
@@ -876,14 +880,19 @@ async fn one_attempt<H: InTx>(
     hook: &H,
     manifest: &Manifest,
     record: Option<&MigrationState>,
+    listed: Option<Listed>,
 ) -> Result<Done<H::Before, H::After>> {
-    // Outside the transaction and before any lock: what moves. (Under the locks
-    // nothing scans the catalogs: at a thousand tables with PostGIS installed
-    // that alone costs over 10 ms of the locked window. An object dropped in
-    // between fails its ALTER and the attempt is retried with fresh lists; one
-    // created in between stays where it is and is reported after the commit.)
+    // Outside the transaction and before any lock: what moves (`listed`, when
+    // the caller just listed it). Under the locks nothing scans the catalogs:
+    // at a thousand tables with PostGIS installed that alone costs over 10 ms
+    // of the locked window. An object dropped in between fails its ALTER and
+    // the attempt is retried with fresh lists; one created in between stays
+    // where it is and is reported after the commit.
     exec(client, "SET search_path = ''").await?;
-    let listed = list(client, req.exchange).await?;
+    let listed = match listed {
+        Some(l) => l,
+        None => list(client, req.exchange).await?,
+    };
     let lock = lock_statement(req, &listed);
     let locked = lock
         .as_ref()
