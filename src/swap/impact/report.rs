@@ -257,9 +257,11 @@ mod tests {
             updates: 0,
             deletes: 0,
             partition_of: None,
-            schema: "public".into(),
-            name: "accounts".into(),
-            ancestors: Vec::new(),
+            at: super::super::writes::TableKey {
+                schema: "public".into(),
+                name: "accounts".into(),
+                ancestors: Vec::new(),
+            },
         }];
         assert_eq!(
             summary(&i),

@@ -85,11 +85,28 @@ pub struct TableWrites {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub partition_of: Option<String>,
     #[serde(skip)]
+    pub at: TableKey,
+}
+
+/// What `--allow-discard`, `--preserved-tables` and kept tables match a
+/// written table by: its schema, name and partition ancestors (`(schema,
+/// name)`, nearest first). Not serialised: people read `table` and
+/// `partition_of`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TableKey {
     pub schema: String,
-    #[serde(skip)]
     pub name: String,
-    #[serde(skip)]
     pub ancestors: Vec<(String, String)>,
+}
+
+impl TableKey {
+    fn new(schema: &str, name: &str, ancestors: &[(String, String)]) -> TableKey {
+        TableKey {
+            schema: schema.to_string(),
+            name: name.to_string(),
+            ancestors: ancestors.to_vec(),
+        }
+    }
 }
 
 /// A write the swap would discard.
@@ -128,11 +145,7 @@ pub struct UnknownWrite {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub partition_of: Option<String>,
     #[serde(skip)]
-    pub schema: String,
-    #[serde(skip)]
-    pub name: String,
-    #[serde(skip)]
-    pub ancestors: Vec<(String, String)>,
+    pub at: TableKey,
 }
 
 /// The result of comparing counters with the baseline.
@@ -153,10 +166,10 @@ impl WriteCheck {
         self.discarded.sort_by(|a, b| {
             b.total()
                 .cmp(&a.total())
-                .then_with(|| (&a.schema, &a.name).cmp(&(&b.schema, &b.name)))
+                .then_with(|| (&a.at.schema, &a.at.name).cmp(&(&b.at.schema, &b.at.name)))
         });
         self.unknown
-            .sort_by(|a, b| (&a.schema, &a.name).cmp(&(&b.schema, &b.name)));
+            .sort_by(|a, b| (&a.at.schema, &a.at.name).cmp(&(&b.at.schema, &b.at.name)));
     }
 }
 
@@ -338,9 +351,7 @@ fn writes(
         updates: counts[1],
         deletes: counts[2],
         partition_of: root_of(ancestors),
-        schema: schema.to_string(),
-        name: name.to_string(),
-        ancestors: ancestors.to_vec(),
+        at: TableKey::new(schema, name, ancestors),
     }
 }
 
@@ -349,9 +360,7 @@ fn unknown(schema: &str, name: &str, ancestors: &[(String, String)], why: Unknow
         table: display_table(schema, name),
         reason: why.reason().to_string(),
         partition_of: root_of(ancestors),
-        schema: schema.to_string(),
-        name: name.to_string(),
-        ancestors: ancestors.to_vec(),
+        at: TableKey::new(schema, name, ancestors),
     }
 }
 
@@ -730,12 +739,12 @@ pub fn gate_for(op: Operation, check: &WriteCheck, allow: &AllowDiscard) -> Resu
     let discarded: Vec<&DiscardedWrite> = check
         .discarded
         .iter()
-        .filter(|d| !allow.covers(&d.schema, &d.name, &d.ancestors))
+        .filter(|d| !allow.covers(&d.at.schema, &d.at.name, &d.at.ancestors))
         .collect();
     let unknown: Vec<&UnknownWrite> = check
         .unknown
         .iter()
-        .filter(|u| !allow.covers(&u.schema, &u.name, &u.ancestors))
+        .filter(|u| !allow.covers(&u.at.schema, &u.at.name, &u.at.ancestors))
         .collect();
     if discarded.is_empty() && unknown.is_empty() {
         return Ok(());
@@ -855,7 +864,7 @@ pub async fn writes_since_reset(
     tables.sort_by(|a, b| {
         b.total()
             .cmp(&a.total())
-            .then_with(|| (&a.schema, &a.name).cmp(&(&b.schema, &b.name)))
+            .then_with(|| (&a.at.schema, &a.at.name).cmp(&(&b.at.schema, &b.at.name)))
     });
     Ok(WritesSinceReset {
         stats_reset: now.stats_reset,
