@@ -102,9 +102,17 @@ fn print_report(ctx: &Ctx, r: &RollbackReport) -> Result<()> {
     if ctx.settings.json {
         return output::print_json(r);
     }
+    let (live, old) = if r.schemas.is_empty() {
+        ("public", "public is")
+    } else {
+        ("the live schemas", "schemas are")
+    };
     println!(
-        "Rolled back to {}: {} objects into public; the replaced public is kept as {} ({} objects)",
-        r.restored_schema, r.moved.moved_in, r.backup_schema, r.moved.moved_out
+        "Rolled back to {}: {} objects into {live}; the replaced {old} kept as {} ({} objects)",
+        r.restored_schema,
+        r.moved.moved_in,
+        output::backup_schema_cell(&r.backup_schema, &r.schemas),
+        r.moved.moved_out
     );
     crate::commands::swap::print_schemas(&r.schemas);
     print_locks(&r.moved);

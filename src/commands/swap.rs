@@ -161,9 +161,17 @@ pub fn print_report(ctx: &Ctx, r: &SwapReport) -> Result<()> {
     if ctx.settings.json {
         return output::print_json(r);
     }
+    let (live, old) = if r.schemas.is_empty() {
+        ("public", "public")
+    } else {
+        ("the live schemas", "schemas")
+    };
     println!(
-        "Swapped migration {}: {} objects into public, old public kept as {} ({} objects)",
-        r.migration_id, r.moved.moved_in, r.backup_schema, r.moved.moved_out
+        "Swapped migration {}: {} objects into {live}, old {old} kept as {} ({} objects)",
+        r.migration_id,
+        r.moved.moved_in,
+        output::backup_schema_cell(&r.backup_schema, &r.schemas),
+        r.moved.moved_out
     );
     print_schemas(&r.schemas);
     print_locks(&r.moved);
