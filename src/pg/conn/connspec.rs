@@ -1709,6 +1709,19 @@ mod tests {
             .to_string()
     }
 
+    /// Each input is refused, and no form of the error (`Display`, `Debug`,
+    /// pretty `Debug`) shows SECRET or any of `also_hidden`.
+    fn refused_without_echo<S: AsRef<str>>(inputs: &[S], also_hidden: &[&str]) {
+        for input in inputs {
+            let e = ConnSpec::parse_with_env(input.as_ref(), &env_of(&[])).expect_err("must fail");
+            let shown = format!("{e} {e:?} {e:#?}");
+            assert!(!shown.contains(SECRET), "{shown}");
+            for h in also_hidden {
+                assert!(!shown.contains(h), "{shown}");
+            }
+        }
+    }
+
     fn tcp(h: &str, port: u16) -> Endpoint {
         Endpoint {
             host: Host::Tcp(h.into()),
@@ -1933,18 +1946,16 @@ mod tests {
 
     #[test]
     fn url_password_with_unencoded_specials_is_refused_without_echo() {
-        for input in [
-            format!("postgresql://u:ab/{SECRET}@h/d"),
-            format!("postgresql://u:{SECRET}/x@h/d"),
-            format!("postgresql://u:ab?{SECRET}@h/d"),
-            format!("postgresql://u:{SECRET}?@h/d"),
-            format!("postgresql://u:{SECRET}#x/y@h/d"),
-        ] {
-            let e = ConnSpec::parse_with_env(&input, &env_of(&[])).expect_err("must fail");
-            let shown = format!("{e} {e:?}");
-            assert!(!shown.contains(SECRET), "{shown}");
-            assert!(!shown.contains("ab"), "{shown}");
-        }
+        refused_without_echo(
+            &[
+                format!("postgresql://u:ab/{SECRET}@h/d"),
+                format!("postgresql://u:{SECRET}/x@h/d"),
+                format!("postgresql://u:ab?{SECRET}@h/d"),
+                format!("postgresql://u:{SECRET}?@h/d"),
+                format!("postgresql://u:{SECRET}#x/y@h/d"),
+            ],
+            &["ab"],
+        );
     }
 
     // ---- key=value -------------------------------------------------------------
@@ -2006,20 +2017,19 @@ mod tests {
 
     #[test]
     fn conninfo_errors_never_echo_passwords() {
-        for input in [
-            format!("host=h password={SECRET} dbname"),
-            format!("host=h password='{SECRET}"),
-            format!("host=h password='{SECRET}\\"),
-            format!("host=h password=ab {SECRET}"),
-            format!("host=h password=ab {SECRET}=x port=abc"),
-            format!("password={SECRET} port=abc"),
-            format!("password={SECRET} sslmode=bogus"),
-            format!("password={SECRET} hostaddr=nope"),
-        ] {
-            let e = ConnSpec::parse_with_env(&input, &env_of(&[])).expect_err("must fail");
-            let shown = format!("{e} {e:?} {e:#?}");
-            assert!(!shown.contains(SECRET), "{shown}");
-        }
+        refused_without_echo(
+            &[
+                format!("host=h password={SECRET} dbname"),
+                format!("host=h password='{SECRET}"),
+                format!("host=h password='{SECRET}\\"),
+                format!("host=h password=ab {SECRET}"),
+                format!("host=h password=ab {SECRET}=x port=abc"),
+                format!("password={SECRET} port=abc"),
+                format!("password={SECRET} sslmode=bogus"),
+                format!("password={SECRET} hostaddr=nope"),
+            ],
+            &[],
+        );
     }
 
     #[test]
