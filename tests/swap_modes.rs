@@ -270,3 +270,104 @@ fn postgis_in_public_picks_the_object_level_swap() {
         "public"
     );
 }
+
+/// A managed cloud's setup: the migrating role is no superuser, owns the
+/// destination database and public itself (public's grants name it). Rename
+/// mode leaves the backup owner-only yet usable by that role: the swap records
+/// the backup's row counts without a warning, verify reads it, and a rollback
+/// brings public back with its owner and grants.
+#[test]
+fn rename_mode_as_the_owner_of_public_without_superuser() {
+    let dbs = TestDbs::new("rename_owner");
+    let (role, password) = ("rename_owner", "owner-pw");
+    dbs.dst.psql(&format!(
+        "DO $$ BEGIN CREATE ROLE {role} LOGIN PASSWORD '{password}'; EXCEPTION WHEN duplicate_object THEN NULL; END $$;
+         DO $$ BEGIN CREATE ROLE rename_reader; EXCEPTION WHEN duplicate_object THEN NULL; END $$;
+         ALTER DATABASE \"{db}\" OWNER TO {role};
+         ALTER SCHEMA public OWNER TO {role};
+         GRANT USAGE ON SCHEMA public TO rename_reader;
+         SET ROLE {role};
+         CREATE TABLE accounts (id int PRIMARY KEY, email text);
+         INSERT INTO accounts SELECT g, 'dst' || g FROM generate_series(1, 5) g;",
+        db = dbs.dst.name()
+    ));
+    dbs.src.psql(
+        "CREATE TABLE accounts (id int PRIMARY KEY, email text, plan text);
+         INSERT INTO accounts SELECT g, 'src' || g, 'free' FROM generate_series(1, 7) g;
+         CREATE TABLE invoices (id int PRIMARY KEY, account_id int REFERENCES accounts (id));
+         INSERT INTO invoices SELECT g, g FROM generate_series(1, 3) g;",
+    );
+    let before = public_properties(&dbs.dst);
+    assert!(
+        before.contains(&format!("{role}=UC/{role}")),
+        "public's grants name its owner: {before}"
+    );
+    let dst = format!(
+        "postgresql://{role}:{password}@{}:{}/{}",
+        dbs.dst.host(),
+        dbs.dst.port(),
+        dbs.dst.name()
+    );
+    let wd = Workdir::new();
+    let out = assert_success(&wd.run(&[
+        "start",
+        "--json",
+        "--source",
+        &dbs.src.url(),
+        "--dest",
+        &dst,
+    ]));
+    let started: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(started["swap"]["swap_mode"], "rename", "{started}");
+    assert_eq!(
+        started["swap"]["warnings"],
+        serde_json::json!([]),
+        "{started}"
+    );
+    let backup = started["swap"]["backup_schema"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let ts = started["swap"]["backup_timestamp"].as_i64().unwrap();
+
+    // The backup's row counts are recorded, and its owner reads it.
+    let listed: serde_json::Value = serde_json::from_str(&assert_success(
+        &wd.run(&["list", "--json", "--dest", &dst]),
+    ))
+    .unwrap();
+    assert_eq!(listed[0]["tables"], 1, "{listed}");
+    assert_eq!(listed[0]["total_rows"], 5, "{listed}");
+    assert_eq!(
+        dbs.dst.query_one_string(&format!(
+            "SET ROLE {role}; SELECT count(*) FROM \"{backup}\".accounts"
+        )),
+        "5"
+    );
+    assert_eq!(
+        dbs.dst.query_one_string(&format!(
+            "SELECT nspacl::text FROM pg_namespace WHERE nspname = '{backup}'"
+        )),
+        format!("{{{role}=UC/{role}}}"),
+        "the backup is owner-only"
+    );
+    let verified: serde_json::Value = serde_json::from_str(&assert_success(&wd.run(&[
+        "verify",
+        "--json",
+        "--dest",
+        &dst,
+        "--timestamp",
+        &ts.to_string(),
+    ])))
+    .unwrap();
+    assert_eq!(verified["ok"], true, "{verified}");
+    assert_eq!(verified["tables"][0]["rows"], 5, "{verified}");
+
+    // Rolling back restores public with its owner and grants.
+    assert_success(&wd.run(&["rollback", "--dest", &dst, "--latest"]));
+    assert_eq!(public_properties(&dbs.dst), before);
+    assert_eq!(
+        dbs.dst
+            .query_one_string("SELECT count(*) FROM public.accounts"),
+        "5"
+    );
+}

@@ -160,11 +160,20 @@ impl RenameSteps {
         let mut old_grantees: Vec<&str> = self.grants.iter().map(|g| g.0.as_str()).collect();
         old_grantees.sort_unstable();
         old_grantees.dedup();
-        for g in old_grantees {
+        for g in &old_grantees {
             sql.push(format!(
                 "REVOKE ALL ON SCHEMA {} FROM {}",
                 quote_ident(backup),
                 role(g)
+            ));
+        }
+        if !old_grantees.is_empty() {
+            // When this role owned the live schema, its own entries were among
+            // the grants just revoked: without them not even the owner could
+            // reach the backup's tables (to count them, verify or restore them).
+            sql.push(format!(
+                "GRANT ALL ON SCHEMA {} TO CURRENT_USER",
+                quote_ident(backup)
             ));
         }
         // The new live schema: the old one's owner, grants, comment, default
