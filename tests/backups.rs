@@ -154,6 +154,7 @@ fn list_and_verify_after_start() {
     );
     assert_eq!(v["ok"], true, "{v}");
     assert!(v["differences"].as_array().unwrap().is_empty());
+    assert!(v.get("warnings").is_none(), "{v}");
     let b = &list(&wd, &dbs.dst)[0];
     assert_eq!(b["last_verify_ok"], true);
     assert!(b["last_verified_at"].as_str().is_some());
@@ -229,6 +230,30 @@ fn list_and_verify_after_start() {
     assert!(
         kinds.contains(&("orders".into(), "missing_sequence".into())),
         "{kinds:?}"
+    );
+
+    // A manifest without recorded row counts lists no tables: verify can only
+    // check the schema exists, and says so.
+    dbs.dst.psql(&format!(
+        "UPDATE pgshift.backups SET manifest = manifest || '{{\"counts_recorded\": false, \"tables\": []}}' WHERE ts = {ts}"
+    ));
+    let v = run_json(
+        &wd,
+        &[
+            "verify",
+            "--dest",
+            &dbs.dst.url(),
+            "--timestamp",
+            &ts.to_string(),
+        ],
+    );
+    assert_eq!(v["ok"], true, "{v}");
+    assert!(
+        v["warnings"][0]
+            .as_str()
+            .unwrap_or_default()
+            .contains("only that its schemas exist was checked"),
+        "{v}"
     );
 }
 

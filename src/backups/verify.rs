@@ -98,6 +98,10 @@ pub struct VerifyReport {
     /// schema (absent for public alone).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub schemas: Vec<crate::backups::manifest::SchemaMap>,
+    /// What could not be checked (absent when everything could): a manifest
+    /// without recorded row counts lists no tables to compare.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
 }
 
 impl VerifyReport {
@@ -129,7 +133,14 @@ pub async fn check(client: &Client, b: &BackupRow) -> Result<VerifyReport> {
         tables: Vec::new(),
         differences: Vec::new(),
         schemas: b.manifest.schemas.clone(),
+        warnings: Vec::new(),
     };
+    if !b.manifest.counts_recorded {
+        report.warnings.push(format!(
+            "the manifest of {} recorded no tables (their row counts could not be taken after the swap): only that its schemas exist was checked",
+            b.schema_name
+        ));
+    }
     // Every schema of the backup (one for a migration of public alone).
     for m in b.manifest.schema_maps() {
         check_schema(client, b, &m.live, &m.backup, &mut report).await?;

@@ -72,6 +72,9 @@ pub fn print(ctx: &Ctx, r: &VerifyReport) -> Result<()> {
         }
         t.print();
     }
+    for w in &r.warnings {
+        println!("warning: {w}");
+    }
     for d in &r.differences {
         println!("difference: {}", d.message);
     }
