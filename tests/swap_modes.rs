@@ -272,10 +272,12 @@ fn postgis_in_public_picks_the_object_level_swap() {
 }
 
 /// A managed cloud's setup: the migrating role is no superuser, owns the
-/// destination database and public itself (public's grants name it). Rename
-/// mode leaves the backup owner-only yet usable by that role: the swap records
-/// the backup's row counts without a warning, verify reads it, and a rollback
-/// brings public back with its owner and grants.
+/// destination database and public itself (public's grants name it), and the
+/// application's tables belong to another role it is a member of. The shadow's
+/// tables get their namesakes' owner (who needs CREATE on the shadow for it).
+/// Rename mode leaves the backup owner-only yet usable by the migrating role:
+/// the swap records the backup's row counts without a warning, verify reads
+/// it, and a rollback brings public back with its owner and grants.
 #[test]
 fn rename_mode_as_the_owner_of_public_without_superuser() {
     let dbs = TestDbs::new("rename_owner");
@@ -283,10 +285,13 @@ fn rename_mode_as_the_owner_of_public_without_superuser() {
     dbs.dst.psql(&format!(
         "DO $$ BEGIN CREATE ROLE {role} LOGIN PASSWORD '{password}'; EXCEPTION WHEN duplicate_object THEN NULL; END $$;
          DO $$ BEGIN CREATE ROLE rename_reader; EXCEPTION WHEN duplicate_object THEN NULL; END $$;
+         DO $$ BEGIN CREATE ROLE rename_tables; EXCEPTION WHEN duplicate_object THEN NULL; END $$;
+         GRANT rename_tables TO {role};
          ALTER DATABASE \"{db}\" OWNER TO {role};
          ALTER SCHEMA public OWNER TO {role};
          GRANT USAGE ON SCHEMA public TO rename_reader;
-         SET ROLE {role};
+         GRANT CREATE ON SCHEMA public TO rename_tables;
+         SET ROLE rename_tables;
          CREATE TABLE accounts (id int PRIMARY KEY, email text);
          INSERT INTO accounts SELECT g, 'dst' || g FROM generate_series(1, 5) g;",
         db = dbs.dst.name()
@@ -329,6 +334,13 @@ fn rename_mode_as_the_owner_of_public_without_superuser() {
         .unwrap()
         .to_string();
     let ts = started["swap"]["backup_timestamp"].as_i64().unwrap();
+    assert_eq!(
+        dbs.dst.query_one_string(
+            "SELECT string_agg(relname || ':' || pg_get_userbyid(relowner), ',' ORDER BY relname)
+               FROM pg_class WHERE relnamespace = 'public'::regnamespace AND relkind = 'r'"
+        ),
+        format!("accounts:rename_tables,invoices:{role}")
+    );
 
     // The backup's row counts are recorded, and its owner reads it.
     let listed: serde_json::Value = serde_json::from_str(&assert_success(

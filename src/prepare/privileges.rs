@@ -275,6 +275,11 @@ pub async fn plan(
         ));
         applied.grants += 1;
     }
+    // A role can only be given an object in a schema it may create in: the
+    // new owners get CREATE on the shadow (a swap by renaming drops the
+    // shadow's own grants from the schema it becomes; an object-level swap
+    // leaves them with the emptied shadow).
+    let mut new_owners: Vec<String> = Vec::new();
     for o in &ours {
         let counterpart = theirs.get(&o.key);
         let source_owner = source_owners.and_then(|m| {
@@ -289,6 +294,14 @@ pub async fn plan(
             && owner != &o.owner
             && !o.owned_sequence
         {
+            if owner != &current && !new_owners.contains(owner) {
+                new_owners.push(owner.clone());
+                sql.push(format!(
+                    "GRANT CREATE ON SCHEMA {} TO {}",
+                    quote_ident(shadow),
+                    quote_ident(owner)
+                ));
+            }
             sql.push(format!(
                 "ALTER {} {} OWNER TO {}",
                 alter_kind(o.kind),
