@@ -110,6 +110,8 @@ pub struct RenameSteps {
     /// `ALTER DEFAULT PRIVILEGES FOR ROLE r IN SCHEMA public GRANT …` for each
     /// of public's default privileges.
     pub default_privileges: Vec<String>,
+    /// This role (`current_user`), the backup's owner.
+    pub me: String,
 }
 
 fn role(name: &str) -> String {
@@ -167,10 +169,11 @@ impl RenameSteps {
                 role(g)
             ));
         }
-        if !old_grantees.is_empty() {
-            // When this role owned the live schema, its own entries were among
-            // the grants just revoked: without them not even the owner could
-            // reach the backup's tables (to count them, verify or restore them).
+        if old_grantees.contains(&self.me.as_str()) {
+            // This role's own entries (it owned the live schema, or was granted
+            // on it) were among the grants just revoked: without them not even
+            // the backup's owner could reach its tables (to count, verify or
+            // restore them).
             sql.push(format!(
                 "GRANT ALL ON SCHEMA {} TO CURRENT_USER",
                 quote_ident(backup)
@@ -332,7 +335,8 @@ async fn rename_obstacles(
                                 FROM pg_catalog.pg_default_acl d, aclexplode(d.defaclacl) a
                                 LEFT JOIN pg_catalog.pg_roles r ON r.oid = a.grantee
                                WHERE d.defaclnamespace = pub.oid), '{}'),
-                    pg_catalog.current_setting('server_version_num')::int
+                    pg_catalog.current_setting('server_version_num')::int,
+                    current_user::text
                FROM pg_catalog.pg_namespace pub, pg_catalog.pg_namespace inc
               WHERE pub.nspname = $2 AND inc.nspname = $1",
             &[&incoming, &live],
@@ -419,5 +423,6 @@ async fn rename_obstacles(
         incoming_grantees: r.get(6),
         comment: r.get(7),
         default_privileges,
+        me: r.get(11),
     }))
 }
