@@ -317,7 +317,7 @@ async fn rename_obstacles(
                       WHERE e.extnamespace = pub.oid AND NOT e.extrelocatable),
                     (SELECT array_agg(e.extname::text ORDER BY e.extname) FROM pg_catalog.pg_extension e
                       WHERE e.extnamespace = pub.oid AND e.extrelocatable),
-                    pg_catalog.pg_has_role(pub.nspowner, 'USAGE') AND pg_catalog.pg_has_role(inc.nspowner, 'USAGE'),
+                    pg_catalog.pg_has_role(pub.nspowner, 'USAGE'),
                     pg_catalog.pg_has_role(pub.nspowner, 'MEMBER'),
                     pg_catalog.pg_get_userbyid(pub.nspowner)::text,
                     COALESCE((SELECT array_agg(COALESCE(r.rolname, '') || '|' || a.privilege_type || '|' || a.is_grantable::text
@@ -336,7 +336,8 @@ async fn rename_obstacles(
                                 LEFT JOIN pg_catalog.pg_roles r ON r.oid = a.grantee
                                WHERE d.defaclnamespace = pub.oid), '{}'),
                     pg_catalog.current_setting('server_version_num')::int,
-                    current_user::text
+                    current_user::text,
+                    pg_catalog.pg_has_role(inc.nspowner, 'USAGE')
                FROM pg_catalog.pg_namespace pub, pg_catalog.pg_namespace inc
               WHERE pub.nspname = $2 AND inc.nspname = $1",
             &[&incoming, &live],
@@ -350,9 +351,15 @@ async fn rename_obstacles(
             f.join(", ")
         )));
     }
-    if !r.get::<_, bool>(2) {
+    let not_owned: Vec<&str> = [(live, r.get::<_, bool>(2)), (incoming, r.get(12))]
+        .into_iter()
+        .filter(|(_, owns)| !owns)
+        .map(|(schema, _)| schema)
+        .collect();
+    if !not_owned.is_empty() {
         return Ok(Err(format!(
-            "this role does not own schema {live} and schema {incoming} (renaming a schema needs its owner)"
+            "this role does not own schema {} (renaming a schema needs its owner)",
+            not_owned.join(" or ")
         )));
     }
     let owner: String = r.get(4);
