@@ -358,7 +358,7 @@ async fn rename_obstacles(
         .collect();
     if !not_owned.is_empty() {
         return Ok(Err(format!(
-            "this role does not own schema {} (renaming a schema needs its owner)",
+            "this role does not own schema {}, and renaming a schema needs its owner",
             not_owned.join(" or ")
         )));
     }
