@@ -7,7 +7,9 @@
 //! types): the owner becomes that object's owner and its grants (table and
 //! column privileges, function EXECUTE, type USAGE) are replayed. With
 //! `--keep-source-owners`, relations take the source's owner where that role
-//! exists on the destination.
+//! exists on the destination. Each new owner first gets CREATE on the shadow:
+//! without superuser, `ALTER … OWNER TO r` needs r to be able to create in the
+//! object's schema (and this role to be a member of r).
 
 use std::collections::{HashMap, HashSet};
 
