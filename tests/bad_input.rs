@@ -5,7 +5,7 @@ mod common;
 
 use std::process::Output;
 
-use common::{TestDbs, Workdir, catalog_fingerprint, pg_bindir};
+use common::{TestDbs, Workdir, assert_success, catalog_fingerprint, pg_bindir};
 
 struct Case<'a> {
     name: &'a str,
@@ -384,5 +384,26 @@ fn bad_input_is_one_line_a_documented_code_and_no_change() {
     ];
     for case in cases {
         check(&dbs, case);
+    }
+
+    // Once the destination has pgshift's schema (here: after an aborted
+    // prepare), a role that may not use it is told whose it is.
+    let wd = Workdir::new();
+    assert_success(&run(&wd, &prepare(&[]), &[]));
+    assert_success(&run(&wd, &s(&["abort", "--dest", &dst]), &[]));
+    for command in ["status", "list"] {
+        check(
+            &dbs,
+            Case {
+                name: "no access to pgshift's schema",
+                args: s(&[command, "--dest", &weak_dst]),
+                env: vec![],
+                code: 1,
+                message: vec![
+                    &format!("role {weak} may not use the destination's pgshift schema"),
+                    "run pgshift as",
+                ],
+            },
+        );
     }
 }

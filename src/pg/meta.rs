@@ -173,7 +173,10 @@ pub async fn meta_exists(client: &impl GenericClient) -> Result<bool> {
     let row = client
         .query_opt(
             "SELECT obj_description(n.oid, 'pg_namespace'),
-                    to_regclass('pgshift.migration') IS NOT NULL AND to_regclass('pgshift.backups') IS NOT NULL
+                    CASE WHEN has_schema_privilege(n.oid, 'USAGE') THEN
+                      to_regclass('pgshift.migration') IS NOT NULL AND to_regclass('pgshift.backups') IS NOT NULL
+                    END,
+                    pg_get_userbyid(n.nspowner)::text, current_user::text
                FROM pg_catalog.pg_namespace n WHERE n.nspname = $1",
             &[&META_SCHEMA],
         )
@@ -183,7 +186,12 @@ pub async fn meta_exists(client: &impl GenericClient) -> Result<bool> {
         None => Ok(false),
         Some(r) => {
             let comment: Option<String> = r.get(0);
-            let tables: bool = r.get(1);
+            let Some(tables) = r.get::<_, Option<bool>>(1) else {
+                let (owner, me): (String, String) = (r.get(2), r.get(3));
+                bail!(
+                    "role {me} may not use the destination's pgshift schema, which records its migrations and backups (it belongs to {owner}); run pgshift as {owner} or a member of it"
+                );
+            };
             if !comment.as_deref().unwrap_or("").starts_with(MARKER) || !tables {
                 bail!(
                     "the destination has a schema named \"pgshift\" that pgshift did not create; rename or drop it first"
