@@ -142,16 +142,19 @@ fn list_and_verify_after_start() {
     assert!(human.contains(&schema), "{human}");
 
     // Intact: exit 0, recorded.
-    let v = run_json(
-        &wd,
-        &[
-            "verify",
-            "--dest",
-            &dbs.dst.url(),
-            "--timestamp",
-            &ts.to_string(),
-        ],
-    );
+    let verify_json = || {
+        run_json(
+            &wd,
+            &[
+                "verify",
+                "--dest",
+                &dbs.dst.url(),
+                "--timestamp",
+                &ts.to_string(),
+            ],
+        )
+    };
+    let v = verify_json();
     assert_eq!(v["ok"], true, "{v}");
     assert!(v["differences"].as_array().unwrap().is_empty());
     assert!(v.get("warnings").is_none(), "{v}");
@@ -237,16 +240,7 @@ fn list_and_verify_after_start() {
     dbs.dst.psql(&format!(
         "UPDATE pgshift.backups SET manifest = manifest || '{{\"counts_recorded\": false, \"tables\": []}}' WHERE ts = {ts}"
     ));
-    let v = run_json(
-        &wd,
-        &[
-            "verify",
-            "--dest",
-            &dbs.dst.url(),
-            "--timestamp",
-            &ts.to_string(),
-        ],
-    );
+    let v = verify_json();
     assert_eq!(v["ok"], true, "{v}");
     assert!(
         v["warnings"][0]

@@ -46,9 +46,14 @@ fn both_fingerprints(db: &TestDb) -> (String, String) {
 
 /// `start --schemas public,billing <extra> --json` between the pair.
 fn start_two(wd: &Workdir, dbs: &TestDbs, extra: &[&str]) -> Value {
+    run_two(wd, dbs, "start", extra)
+}
+
+/// `<command> --schemas public,billing <extra> --json` between the pair.
+fn run_two(wd: &Workdir, dbs: &TestDbs, command: &str, extra: &[&str]) -> Value {
     let (src, dst) = (dbs.src.url(), dbs.dst.url());
     let mut args = vec![
-        "start",
+        command,
         "--source",
         &src,
         "--dest",
@@ -1109,21 +1114,8 @@ fn a_kept_table_gone_before_the_swap_is_named_as_written() {
          CREATE TABLE billing.notes (id int PRIMARY KEY);",
     );
     let wd = Workdir::new();
-    let (src, dst) = (dbs.src.url(), dbs.dst.url());
-    run_json(
-        &wd,
-        &[
-            "prepare",
-            "--source",
-            &src,
-            "--dest",
-            &dst,
-            "--schemas",
-            "public,billing",
-            "--keep-tables",
-            "billing.notes",
-        ],
-    );
+    let dst = dbs.dst.url();
+    run_two(&wd, &dbs, "prepare", &["--keep-tables", "billing.notes"]);
     dbs.dst.psql("DROP TABLE billing.notes");
     let before = catalog_fingerprint(&dbs.dst);
     let out = wd.run(&["swap", "--dest", &dst]);
