@@ -102,6 +102,7 @@ fn print_report(ctx: &Ctx, r: &RollbackReport) -> Result<()> {
     if ctx.settings.json {
         return output::print_json(r);
     }
+    // Several schemas: the next line pairs each live schema with its backup.
     let (live, old) = if r.schemas.is_empty() {
         ("public", "public is")
     } else {
@@ -109,10 +110,7 @@ fn print_report(ctx: &Ctx, r: &RollbackReport) -> Result<()> {
     };
     println!(
         "Rolled back to {}: {} objects into {live}; the replaced {old} kept as {} ({} objects)",
-        r.restored_schema,
-        r.moved.moved_in,
-        output::backup_schema_cell(&r.backup_schema, &r.schemas),
-        r.moved.moved_out
+        r.restored_schema, r.moved.moved_in, r.backup_schema, r.moved.moved_out
     );
     crate::commands::swap::print_schemas(&r.schemas);
     print_locks(&r.moved);

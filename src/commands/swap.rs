@@ -161,6 +161,7 @@ pub fn print_report(ctx: &Ctx, r: &SwapReport) -> Result<()> {
     if ctx.settings.json {
         return output::print_json(r);
     }
+    // Several schemas: the next line pairs each live schema with its backup.
     let (live, old) = if r.schemas.is_empty() {
         ("public", "public")
     } else {
@@ -168,10 +169,7 @@ pub fn print_report(ctx: &Ctx, r: &SwapReport) -> Result<()> {
     };
     println!(
         "Swapped migration {}: {} objects into {live}, old {old} kept as {} ({} objects)",
-        r.migration_id,
-        r.moved.moved_in,
-        output::backup_schema_cell(&r.backup_schema, &r.schemas),
-        r.moved.moved_out
+        r.migration_id, r.moved.moved_in, r.backup_schema, r.moved.moved_out
     );
     print_schemas(&r.schemas);
     print_locks(&r.moved);
