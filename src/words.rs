@@ -7,9 +7,10 @@
 //! `Copy`, `PartialEq`, `Eq`, `Hash`; `ALL` (every variant, in declaration
 //! order); `as_str`; `from_word` (the word or an older spelling); `Display`;
 //! and serde as the word, so JSON, the state file and the destination's record
-//! spell it exactly as `as_str` does. Parsing with errors of its own (an
-//! invalid `sslmode` names the parameter) stays with each type, built on
-//! `from_word`.
+//! spell it exactly as `as_str` does. A noun after the name (`enum Phase("phase")`)
+//! adds `FromStr`, whose error is `unknown phase "…"`. Parsing with errors of
+//! its own (an invalid `sslmode` names the parameter) stays with each type,
+//! built on `from_word`.
 //!
 //! ```ignore
 //! words! {
@@ -25,7 +26,7 @@
 macro_rules! words {
     (
         $(#[$meta:meta])*
-        $vis:vis enum $name:ident {
+        $vis:vis enum $name:ident $(($noun:literal))? {
             $( $(#[$vmeta:meta])* $variant:ident = $word:literal $(| $alias:literal)* ),+ $(,)?
         }
     ) => {
@@ -87,6 +88,15 @@ macro_rules! words {
                 d.deserialize_str(Word)
             }
         }
+
+        $(
+            impl ::std::str::FromStr for $name {
+                type Err = String;
+                fn from_str(word: &str) -> ::std::result::Result<$name, String> {
+                    $name::from_word(word).ok_or_else(|| format!(concat!("unknown ", $noun, " {:?}"), word))
+                }
+            }
+        )?
     };
     (@unit $variant:ident) => {
         ()
@@ -98,7 +108,7 @@ pub(crate) use words;
 #[cfg(test)]
 mod tests {
     words! {
-        enum Sample {
+        enum Sample("sample") {
             /// Documented variants keep their docs.
             One = "one",
             TwoWords = "two-words" | "two_words",
@@ -113,6 +123,11 @@ mod tests {
         assert_eq!(Sample::from_word("two-words"), Some(Sample::TwoWords));
         assert_eq!(Sample::from_word("two_words"), Some(Sample::TwoWords));
         assert_eq!(Sample::from_word("Two-Words"), None);
+        assert_eq!("two_words".parse::<Sample>(), Ok(Sample::TwoWords));
+        assert_eq!(
+            "three".parse::<Sample>(),
+            Err("unknown sample \"three\"".to_string())
+        );
     }
 
     #[test]

@@ -21,13 +21,11 @@
 //! reads as `swapped`, and the row's own `status` column (always the precise
 //! word) wins when a record is read from the destination.
 
-use std::str::FromStr;
-
 use crate::words::words;
 
 words! {
     /// Where a migration stands.
-    pub enum Status {
+    pub enum Status("migration status") {
         Preparing = "preparing",
         Prepared = "prepared",
         Swapping = "swapping",
@@ -44,16 +42,9 @@ impl Status {
     }
 }
 
-impl FromStr for Status {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Status, String> {
-        Status::from_word(s).ok_or_else(|| format!("unknown migration status {s:?}"))
-    }
-}
-
 words! {
     /// The steps of a migration: prepare's phases, then the swap.
-    pub enum Phase {
+    pub enum Phase("phase") {
         Snapshot = "snapshot",
         Dump = "dump",
         Schema = "schema",
@@ -84,13 +75,6 @@ impl Phase {
         Phase::Privileges,
         Phase::Validate,
     ];
-}
-
-impl FromStr for Phase {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Phase, String> {
-        Phase::from_word(s).ok_or_else(|| format!("unknown phase {s:?}"))
-    }
 }
 
 words! {
