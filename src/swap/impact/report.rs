@@ -157,38 +157,27 @@ pub fn render(i: &Impact) -> String {
                 "Recorded statements ({}): {} checked\n",
                 s.source, s.checked
             ));
-            if !s.failing.is_empty() {
-                out.push_str("  Will fail after the swap:\n");
-                for f in &s.failing {
-                    out.push_str(&format!(
-                        "    {} ({})\n      {}\n",
-                        short_query(&f.query, 100),
-                        plural(f.calls as usize, "call"),
-                        f.error
-                    ));
-                }
-            }
-            if !s.result_type_changed.is_empty() {
-                out.push_str("  Will change result type (prepared statements fail once per connection with \"cached plan must not change result type\"):\n");
-                for c in &s.result_type_changed {
-                    out.push_str(&format!(
-                        "    {} ({})\n      {}\n",
-                        short_query(&c.query, 100),
-                        plural(c.calls as usize, "call"),
-                        c.columns.join("; ")
-                    ));
-                }
-            }
-            if !s.unchecked.is_empty() {
-                out.push_str("  Not checked:\n");
-                for u in &s.unchecked {
-                    out.push_str(&format!(
-                        "    {}\n      {}\n",
-                        short_query(&u.query, 100),
-                        u.reason
-                    ));
-                }
-            }
+            statement_section(
+                &mut out,
+                "Will fail after the swap",
+                s.failing
+                    .iter()
+                    .map(|f| (&f.query, Some(f.calls), f.error.clone())),
+            );
+            statement_section(
+                &mut out,
+                "Will change result type (prepared statements fail once per connection with \"cached plan must not change result type\")",
+                s.result_type_changed
+                    .iter()
+                    .map(|c| (&c.query, Some(c.calls), c.columns.join("; "))),
+            );
+            statement_section(
+                &mut out,
+                "Not checked",
+                s.unchecked
+                    .iter()
+                    .map(|u| (&u.query, None, u.reason.clone())),
+            );
         }
     }
 
@@ -221,6 +210,29 @@ pub fn render(i: &Impact) -> String {
         out.push_str(&indent(&t.render(), "  "));
     }
     out
+}
+
+/// One group of recorded statements: its title, then each statement (with
+/// its calls, when counted) and, below it, what is wrong with it. Nothing
+/// when the group is empty.
+fn statement_section<'a>(
+    out: &mut String,
+    title: &str,
+    items: impl ExactSizeIterator<Item = (&'a String, Option<i64>, String)>,
+) {
+    if items.len() == 0 {
+        return;
+    }
+    out.push_str(&format!("  {title}:\n"));
+    for (query, calls, detail) in items {
+        let calls = calls
+            .map(|c| format!(" ({})", plural(c as usize, "call")))
+            .unwrap_or_default();
+        out.push_str(&format!(
+            "    {}{calls}\n      {detail}\n",
+            short_query(query, 100)
+        ));
+    }
 }
 
 #[cfg(test)]
@@ -274,5 +286,47 @@ mod tests {
         );
         assert!(text.contains("a: text -> email"), "{text}");
         assert_eq!(short_query("SELECT  a,\n b FROM t", 12), "SELECT a, b…");
+    }
+
+    #[test]
+    fn statements_text() {
+        let mut i = Impact {
+            statements: StatementsReport::not_checked("x"),
+            ..Default::default()
+        };
+        i.statements.not_checked = None;
+        i.statements.source = "pg_stat_statements".into();
+        i.statements.checked = 3;
+        i.statements.failing = vec![FailingStatement {
+            query: "SELECT a FROM t".into(),
+            calls: 1,
+            error: "column \"a\" does not exist".into(),
+        }];
+        i.statements.result_type_changed = vec![TypeChangedStatement {
+            query: "SELECT * FROM u".into(),
+            calls: 7,
+            columns: vec!["b: text -> email".into(), "c: (none) -> integer".into()],
+        }];
+        i.statements.unchecked = vec![UncheckedStatement {
+            query: "SELECT f(".into(),
+            reason: "the recorded text does not parse: syntax error".into(),
+            calls: 2,
+        }];
+        let text = render(&i);
+        let at = text.find("Recorded statements").expect(&text);
+        assert_eq!(
+            &text[at..],
+            "Recorded statements (pg_stat_statements): 3 checked
+  Will fail after the swap:
+    SELECT a FROM t (1 call)
+      column \"a\" does not exist
+  Will change result type (prepared statements fail once per connection with \"cached plan must not change result type\"):
+    SELECT * FROM u (7 calls)
+      b: text -> email; c: (none) -> integer
+  Not checked:
+    SELECT f(
+      the recorded text does not parse: syntax error
+"
+        );
     }
 }

@@ -340,24 +340,20 @@ pub async fn check_workload(
         if let Some(fixed) = resolve::repair_typed_constants(&rec.text) {
             rec.text = fixed;
         }
-        let refs = match resolve::parse(&rec.text) {
-            Ok(Parsed::Dml(refs)) => refs,
-            Ok(Parsed::Other) => continue,
-            Err(e) => {
-                report.unchecked.push(UncheckedStatement {
-                    query: rec.query,
-                    reason: format!("the recorded text does not parse: {e}"),
-                    calls: rec.calls,
-                });
-                continue;
+        let resolved = match resolve::parse(&rec.text) {
+            Ok(Parsed::Dml(refs)) => {
+                resolve::resolve(&rec.text, &refs, &rec.path, pairs, &cat, &defined)
+                    .map_err(|e| format!("{e:#}"))
             }
+            Ok(Parsed::Other) => continue,
+            Err(e) => Err(format!("the recorded text does not parse: {e}")),
         };
-        let res = match resolve::resolve(&rec.text, &refs, &rec.path, pairs, &cat, &defined) {
+        let res = match resolved {
             Ok(r) => r,
-            Err(e) => {
+            Err(reason) => {
                 report.unchecked.push(UncheckedStatement {
                     query: rec.query,
-                    reason: format!("{e:#}"),
+                    reason,
                     calls: rec.calls,
                 });
                 continue;
