@@ -651,6 +651,11 @@ mod tests {
         )
     }
 
+    /// The error of `settings`, which must refuse.
+    fn settings_error(args: &[&str], file: &str) -> String {
+        settings(args, file).unwrap_err().to_string()
+    }
+
     #[test]
     fn flag_beats_file_and_defaults_apply() {
         let s = settings(
@@ -721,13 +726,9 @@ mod tests {
         assert_eq!(s.preserved_tables[1].name, "Sessions");
         let s = settings(&["pgshift", "list"], "preserved_tables = 'a,b'").unwrap();
         assert_eq!(s.preserved_tables.len(), 2);
-        let err = settings(&["pgshift", "list"], "preserved_tables = 'a;drop table b'")
-            .unwrap_err()
-            .to_string();
+        let err = settings_error(&["pgshift", "list"], "preserved_tables = 'a;drop table b'");
         assert!(err.contains("semicolon"), "{err}");
-        let err = settings(&["pgshift", "list"], "preserved_tables = 'other.users'")
-            .unwrap_err()
-            .to_string();
+        let err = settings_error(&["pgshift", "list"], "preserved_tables = 'other.users'");
         assert!(
             err.contains("not in a schema the migration moves (public)"),
             "{err}"
@@ -824,13 +825,9 @@ mod tests {
         assert_eq!(show(&s.filters.keep_tables), ["k1", "k2"]);
         let s = settings(&["pgshift", "rollback", "--latest"], file).unwrap();
         assert_eq!(s.filters, TableFilters::default());
-        let err = settings(&["pgshift", "prepare", "--keep-tables", "a.b.c"], "")
-            .unwrap_err()
-            .to_string();
+        let err = settings_error(&["pgshift", "prepare", "--keep-tables", "a.b.c"], "");
         assert!(err.starts_with("--keep-tables: "), "{err}");
-        let err = settings(&["pgshift", "start"], "exclude_table = '\"open'")
-            .unwrap_err()
-            .to_string();
+        let err = settings_error(&["pgshift", "start"], "exclude_table = '\"open'");
         assert!(err.contains("unterminated quote"), "{err}");
     }
 

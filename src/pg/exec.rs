@@ -272,18 +272,26 @@ mod tests {
         assert!(backoff(1).as_millis() <= 150);
     }
 
-    #[tokio::test]
-    async fn retries_transient_errors_then_gives_up() {
-        let policy = RetryPolicy::new(2);
+    /// Retry an operation that always fails with `error()`: how often it ran,
+    /// and how the retry stopped.
+    async fn always_failing(policy: RetryPolicy, error: fn() -> anyhow::Error) -> (u32, Stop) {
         let mut calls = 0;
         let r: std::result::Result<((), u32), Stop> = retry("test", policy, None, || {
             calls += 1;
-            async { Err(anyhow::Error::new(Transient("busy".into()))) }
+            let e = error();
+            async move { Err(e) }
         })
         .await;
+        (calls, r.unwrap_err())
+    }
+
+    #[tokio::test]
+    async fn retries_transient_errors_then_gives_up() {
+        let policy = RetryPolicy::new(2);
+        let (calls, r) = always_failing(policy, || Transient("busy".into()).into()).await;
         assert_eq!(calls, 3);
         match r {
-            Err(Stop::Exhausted { attempts, why, .. }) => {
+            Stop::Exhausted { attempts, why, .. } => {
                 assert_eq!(attempts, 3);
                 assert_eq!(why, "busy");
             }
@@ -308,14 +316,9 @@ mod tests {
     #[tokio::test]
     async fn other_errors_and_cancellation_stop_at_once() {
         let policy = RetryPolicy::new(5);
-        let mut calls = 0;
-        let r: std::result::Result<((), u32), Stop> = retry("test", policy, None, || {
-            calls += 1;
-            async { Err(anyhow::anyhow!("syntax error")) }
-        })
-        .await;
+        let (calls, r) = always_failing(policy, || anyhow::anyhow!("syntax error")).await;
         assert_eq!(calls, 1);
-        assert!(matches!(r, Err(Stop::Failed(_))));
+        assert!(matches!(r, Stop::Failed(_)));
         let cancel = CancellationToken::new();
         cancel.cancel();
         let r: std::result::Result<((), u32), Stop> =

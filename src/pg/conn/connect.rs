@@ -338,6 +338,15 @@ mod tests {
         .unwrap()
     }
 
+    /// Connect with `s` (as `who`, for at most `budget`), which must fail: the
+    /// error's text.
+    async fn failure(s: &ConnSpec, who: &str, budget: Duration) -> String {
+        connect(s, who, "pgshift", budget)
+            .await
+            .unwrap_err()
+            .to_string()
+    }
+
     async fn free_port() -> u16 {
         let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
         l.local_addr().unwrap().port()
@@ -410,11 +419,9 @@ mod tests {
     async fn refused_names_the_address() {
         let port = free_port().await;
         let s = spec(&format!("postgresql://app:pw@127.0.0.1:{port}/shop"));
-        let e = connect(&s, "destination", "pgshift", Duration::ZERO)
-            .await
-            .unwrap_err();
+        let e = failure(&s, "destination", Duration::ZERO).await;
         assert_eq!(
-            e.to_string(),
+            e,
             format!(
                 "cannot connect to destination postgresql://app:***@127.0.0.1:{port}/shop: connection refused (is the server running on 127.0.0.1:{port}?)"
             )
@@ -426,22 +433,20 @@ mod tests {
         let port = free_port().await;
         let s = spec(&format!("host=127.0.0.1 port={port}"));
         let start = Instant::now();
-        let e = connect(&s, "source", "pgshift", Duration::from_millis(700))
-            .await
-            .unwrap_err();
+        let e = failure(&s, "source", Duration::from_millis(700)).await;
         let waited = start.elapsed();
         assert!(waited >= Duration::from_millis(300), "{waited:?}");
         assert!(waited < Duration::from_secs(3), "{waited:?}");
-        assert!(e.to_string().contains("connection refused"), "{e}");
+        assert!(e.contains("connection refused"), "{e}");
     }
 
     #[tokio::test]
     async fn missing_socket_names_the_socket() {
         let dir = tempfile::tempdir().unwrap();
         let s = spec(&format!("host={} port=5499 dbname=d", dir.path().display()));
-        let e = connect(&s, "source", "", Duration::ZERO).await.unwrap_err();
+        let e = failure(&s, "source", Duration::ZERO).await;
         assert_eq!(
-            e.to_string(),
+            e,
             format!(
                 "cannot connect to source postgresql://tester@/d?host={}&port=5499: no such file or directory (is the server running locally and accepting connections on socket \"{}/.s.PGSQL.5499\"?)",
                 dir.path().display(),
@@ -460,11 +465,9 @@ mod tests {
         let s = spec(&format!(
             "postgresql://app:Sup3rS3cret@127.0.0.1:{port}/shop"
         ));
-        let e = connect(&s, "destination", "pgshift", Duration::from_secs(5))
-            .await
-            .unwrap_err();
+        let e = failure(&s, "destination", Duration::from_secs(5)).await;
         assert_eq!(
-            e.to_string(),
+            e,
             format!(
                 "cannot connect to destination postgresql://app:***@127.0.0.1:{port}/shop: password authentication failed for user \"app\""
             )
@@ -477,14 +480,8 @@ mod tests {
         let (port, count) =
             fake_server(Reply::Error("3D000", "database \"nope\" does not exist")).await;
         let s = spec(&format!("host=127.0.0.1 port={port} dbname=nope"));
-        let e = connect(&s, "source", "pgshift", Duration::from_secs(5))
-            .await
-            .unwrap_err();
-        assert!(
-            e.to_string()
-                .ends_with(": database \"nope\" does not exist"),
-            "{e}"
-        );
+        let e = failure(&s, "source", Duration::from_secs(5)).await;
+        assert!(e.ends_with(": database \"nope\" does not exist"), "{e}");
         assert_eq!(count.load(Ordering::SeqCst), 1);
     }
 
@@ -493,14 +490,8 @@ mod tests {
         let (port, count) =
             fake_server(Reply::Error("57P03", "the database system is starting up")).await;
         let s = spec(&format!("host=127.0.0.1 port={port}"));
-        let e = connect(&s, "source", "pgshift", Duration::from_millis(600))
-            .await
-            .unwrap_err();
-        assert!(
-            e.to_string()
-                .ends_with(": the database system is starting up"),
-            "{e}"
-        );
+        let e = failure(&s, "source", Duration::from_millis(600)).await;
+        assert!(e.ends_with(": the database system is starting up"), "{e}");
         assert!(
             count.load(Ordering::SeqCst) >= 3,
             "{}",
@@ -525,11 +516,9 @@ mod tests {
     async fn missing_password_is_explained() {
         let (port, count) = fake_server(Reply::AskPassword).await;
         let s = spec(&format!("host=127.0.0.1 port={port}"));
-        let e = connect(&s, "source", "", Duration::from_secs(2))
-            .await
-            .unwrap_err();
+        let e = failure(&s, "source", Duration::from_secs(2)).await;
         assert!(
-            e.to_string().ends_with(
+            e.ends_with(
                 ": the server asks for a password and none was given (set it in the URL, PGPASSWORD or ~/.pgpass)"
             ),
             "{e}"
@@ -542,15 +531,12 @@ mod tests {
         let p1 = free_port().await;
         let (p2, _) = fake_server(Reply::Error("28000", "no pg_hba.conf entry")).await;
         let s = spec(&format!("host=127.0.0.1,localhost port={p1},{p2} dbname=d"));
-        let e = connect(&s, "source", "", Duration::from_secs(2))
-            .await
-            .unwrap_err();
-        let text = e.to_string();
+        let e = failure(&s, "source", Duration::from_secs(2)).await;
         assert!(
-            text.contains(&format!(
+            e.contains(&format!(
                 "127.0.0.1:{p1}: connection refused (is the server running on 127.0.0.1:{p1}?); localhost:{p2}: no pg_hba.conf entry"
             )),
-            "{text}"
+            "{e}"
         );
     }
 
@@ -558,24 +544,16 @@ mod tests {
     async fn tls_required_but_refused_by_server() {
         let (port, _) = fake_server(Reply::Error("28P01", "x")).await;
         let s = spec(&format!("host=127.0.0.1 port={port} sslmode=require"));
-        let e = connect(&s, "source", "", Duration::from_secs(2))
-            .await
-            .unwrap_err();
-        assert!(
-            e.to_string()
-                .ends_with(": TLS: server does not support TLS"),
-            "{e}"
-        );
+        let e = failure(&s, "source", Duration::from_secs(2)).await;
+        assert!(e.ends_with(": TLS: server does not support TLS"), "{e}");
     }
 
     #[tokio::test]
     async fn tls_setup_errors_are_reported_before_connecting() {
         let s = spec("host=db sslmode=verify-full");
-        let e = connect(&s, "destination", "", Duration::ZERO)
-            .await
-            .unwrap_err();
+        let e = failure(&s, "destination", Duration::ZERO).await;
         assert!(
-            e.to_string().starts_with(
+            e.starts_with(
                 "cannot connect to destination postgresql://tester@db:5432/tester?sslmode=verify-full: sslmode=verify-full needs"
             ),
             "{e}"

@@ -2208,6 +2208,18 @@ mod tests {
 
     // ---- password file -------------------------------------------------------------
 
+    /// Each case: a password file, the (host, port, dbname, user) looked up in
+    /// it, and the password it gives.
+    fn pgpass_cases(cases: &[(&str, [&str; 4], Option<&str>)]) {
+        for (file, [h, p, d, u], want) in cases {
+            assert_eq!(
+                pgpass_match(file, h, p, d, u).as_deref(),
+                *want,
+                "{file:?} for {h}:{p}:{d}:{u}"
+            );
+        }
+    }
+
     #[test]
     fn pgpass_matching_rules() {
         let file = "\
@@ -2216,71 +2228,44 @@ otherhost:5432:db:u:wrong
 h:5432:db:u:first
 h:5432:db:u:second
 ";
-        assert_eq!(
-            pgpass_match(file, "h", "5432", "db", "u").as_deref(),
-            Some("first")
-        );
-        assert_eq!(pgpass_match(file, "h", "5433", "db", "u"), None);
-        assert_eq!(
-            pgpass_match(file, "H", "5432", "db", "u"),
-            None,
-            "case-sensitive"
-        );
-        assert_eq!(pgpass_match("", "h", "5432", "db", "u"), None);
-
         let wild = "*:*:*:u:any\n";
-        assert_eq!(
-            pgpass_match(wild, "x", "1", "y", "u").as_deref(),
-            Some("any")
-        );
-        assert_eq!(pgpass_match(wild, "x", "1", "y", "v"), None);
-        // '*' is a wildcard only as the whole field.
-        assert_eq!(pgpass_match("h*:*:*:*:p\n", "hx", "1", "d", "u"), None);
-        assert_eq!(
-            pgpass_match("h*:*:*:*:p\n", "h*", "1", "d", "u").as_deref(),
-            Some("p")
-        );
-        assert_eq!(
-            pgpass_match(r"\*:*:*:*:p", "*", "1", "d", "u").as_deref(),
-            Some("p")
-        );
-        assert_eq!(pgpass_match(r"\*:*:*:*:p", "x", "1", "d", "u"), None);
+        pgpass_cases(&[
+            (file, ["h", "5432", "db", "u"], Some("first")),
+            (file, ["h", "5433", "db", "u"], None),
+            // Case-sensitive.
+            (file, ["H", "5432", "db", "u"], None),
+            ("", ["h", "5432", "db", "u"], None),
+            (wild, ["x", "1", "y", "u"], Some("any")),
+            (wild, ["x", "1", "y", "v"], None),
+            // '*' is a wildcard only as the whole field.
+            ("h*:*:*:*:p\n", ["hx", "1", "d", "u"], None),
+            ("h*:*:*:*:p\n", ["h*", "1", "d", "u"], Some("p")),
+            (r"\*:*:*:*:p", ["*", "1", "d", "u"], Some("p")),
+            (r"\*:*:*:*:p", ["x", "1", "d", "u"], None),
+        ]);
     }
 
     #[test]
     fn pgpass_escapes() {
-        // Escaped ':' and '\' in fields and the password.
-        let line = r"h:5432:my\:db:us\\er:pa\:ss\\w\ord";
-        assert_eq!(
-            pgpass_match(line, "h", "5432", "my:db", r"us\er").as_deref(),
-            Some(r"pa:ss\word")
-        );
-        // An unescaped ':' ends the password; extra fields are ignored.
-        assert_eq!(
-            pgpass_match("h:1:d:u:pw:extra", "h", "1", "d", "u").as_deref(),
-            Some("pw")
-        );
-        // IPv6 hosts: escaped, or unescaped as libpq tolerates.
-        assert_eq!(
-            pgpass_match(r"\:\:1:1:d:u:pw", "::1", "1", "d", "u").as_deref(),
-            Some("pw")
-        );
-        assert_eq!(
-            pgpass_match("::1:1:d:u:pw", "::1", "1", "d", "u").as_deref(),
-            Some("pw")
-        );
-        // CRLF files.
-        assert_eq!(
-            pgpass_match("h:1:d:u:pw\r\n", "h", "1", "d", "u").as_deref(),
-            Some("pw")
-        );
-        // A line with too few fields never matches.
-        assert_eq!(pgpass_match("h:1:d", "h", "1", "d", "u"), None);
-        // Empty password.
-        assert_eq!(
-            pgpass_match("h:1:d:u:", "h", "1", "d", "u").as_deref(),
-            Some("")
-        );
+        pgpass_cases(&[
+            // Escaped ':' and '\' in fields and the password.
+            (
+                r"h:5432:my\:db:us\\er:pa\:ss\\w\ord",
+                ["h", "5432", "my:db", r"us\er"],
+                Some(r"pa:ss\word"),
+            ),
+            // An unescaped ':' ends the password; extra fields are ignored.
+            ("h:1:d:u:pw:extra", ["h", "1", "d", "u"], Some("pw")),
+            // IPv6 hosts: escaped, or unescaped as libpq tolerates.
+            (r"\:\:1:1:d:u:pw", ["::1", "1", "d", "u"], Some("pw")),
+            ("::1:1:d:u:pw", ["::1", "1", "d", "u"], Some("pw")),
+            // CRLF files.
+            ("h:1:d:u:pw\r\n", ["h", "1", "d", "u"], Some("pw")),
+            // A line with too few fields never matches.
+            ("h:1:d", ["h", "1", "d", "u"], None),
+            // Empty password.
+            ("h:1:d:u:", ["h", "1", "d", "u"], Some("")),
+        ]);
     }
 
     fn write_pgpass(dir: &Path, contents: &str, mode: u32) -> PathBuf {

@@ -283,31 +283,24 @@ mod tests {
             "[both]\nhost=system\n[sys_only]\nhost=system\nport=1\n",
         );
         let sysdir = ("PGSYSCONFDIR", sys.path().display().to_string());
+        // Looked up with the system directory set.
+        let sys_lookup = |name: &str| {
+            lookup(
+                name,
+                &env_of(std::slice::from_ref(&sysdir)),
+                Some(home.path()),
+            )
+        };
         // No user file: the system file.
-        let s = lookup(
-            "both",
-            &env_of(std::slice::from_ref(&sysdir)),
-            Some(home.path()),
-        )
-        .unwrap();
+        let s = sys_lookup("both").unwrap();
         assert_eq!(kv(&s), [("host".into(), "system".into())]);
         // ~/.pg_service.conf defines it: that one, nothing merged from the system file.
         let user = write(home.path(), ".pg_service.conf", "[both]\nport=2\n");
-        let s = lookup(
-            "both",
-            &env_of(std::slice::from_ref(&sysdir)),
-            Some(home.path()),
-        )
-        .unwrap();
+        let s = sys_lookup("both").unwrap();
         assert_eq!(s.file, user);
         assert_eq!(kv(&s), [("port".into(), "2".into())]);
         // Not in the user file: the system file.
-        let s = lookup(
-            "sys_only",
-            &env_of(std::slice::from_ref(&sysdir)),
-            Some(home.path()),
-        )
-        .unwrap();
+        let s = sys_lookup("sys_only").unwrap();
         assert_eq!(s.file, sys.path().join("pg_service.conf"));
         // PGSERVICEFILE replaces ~/.pg_service.conf.
         let other = write(sys.path(), "elsewhere.conf", "[both]\nhost=elsewhere\n");
@@ -325,12 +318,7 @@ mod tests {
             "service file \"/nonexistent/pg_service.conf\" not found (PGSERVICEFILE)"
         );
         // Defined nowhere: the files searched are named.
-        let e = lookup(
-            "nope",
-            &env_of(std::slice::from_ref(&sysdir)),
-            Some(home.path()),
-        )
-        .unwrap_err();
+        let e = sys_lookup("nope").unwrap_err();
         assert_eq!(
             e.to_string(),
             format!(
@@ -341,12 +329,7 @@ mod tests {
         );
         // A broken line in the service's section is reported with file and line.
         write(home.path(), ".pg_service.conf", "[both]\nhost\n");
-        let e = lookup(
-            "both",
-            &env_of(std::slice::from_ref(&sysdir)),
-            Some(home.path()),
-        )
-        .unwrap_err();
+        let e = sys_lookup("both").unwrap_err();
         assert!(
             e.to_string()
                 .ends_with(".pg_service.conf\", line 2: expected keyword=value"),
