@@ -19,6 +19,7 @@
 //! Child processes (pg_dump, pg_restore, psql) get the connection through
 //! [`ConnSpec::child_env`], never through their argv.
 
+use itertools::Itertools;
 use std::fmt;
 use std::net::IpAddr;
 use std::ops::Range;
@@ -704,13 +705,8 @@ impl ConnSpec {
         }
         out.push('/');
         out.push_str(&utf8_percent_encode(&self.dbname, PATH).to_string());
-        if self.endpoints.iter().any(|e| e.hostaddr.is_some()) {
-            let addrs: Vec<String> = self
-                .endpoints
-                .iter()
-                .map(|e| e.hostaddr.map(|a| a.to_string()).unwrap_or_default())
-                .collect();
-            query.push(("hostaddr", addrs.join(",")));
+        if let Some(addrs) = self.hostaddrs() {
+            query.push(("hostaddr", addrs));
         }
         if self.sslmode != SslMode::Prefer {
             query.push(("sslmode", self.sslmode.as_str().to_string()));
@@ -730,6 +726,20 @@ impl ConnSpec {
         out
     }
 
+    /// `hostaddr` as libpq reads it, one entry per host (empty where a host has
+    /// none); None when no host has one.
+    fn hostaddrs(&self) -> Option<String> {
+        self.endpoints
+            .iter()
+            .any(|e| e.hostaddr.is_some())
+            .then(|| {
+                self.endpoints
+                    .iter()
+                    .map(|e| e.hostaddr.map(|a| a.to_string()).unwrap_or_default())
+                    .join(",")
+            })
+    }
+
     /// The environment for a libpq child process (pg_dump, pg_restore, psql). Together
     /// with removing [`child_env_remove`](Self::child_env_remove) it is all the child
     /// knows about the connection: nothing goes into its argv.
@@ -738,13 +748,8 @@ impl ConnSpec {
         let mut put = |k: &str, v: String| env.push((k.to_string(), v));
         let hosts: Vec<String> = self.endpoints.iter().map(|e| e.host.as_libpq()).collect();
         put("PGHOST", hosts.join(","));
-        if self.endpoints.iter().any(|e| e.hostaddr.is_some()) {
-            let addrs: Vec<String> = self
-                .endpoints
-                .iter()
-                .map(|e| e.hostaddr.map(|a| a.to_string()).unwrap_or_default())
-                .collect();
-            put("PGHOSTADDR", addrs.join(","));
+        if let Some(addrs) = self.hostaddrs() {
+            put("PGHOSTADDR", addrs);
         }
         let ports: Vec<u16> = self.endpoints.iter().map(|e| e.port).collect();
         if ports.iter().all(|p| *p == ports[0]) {
