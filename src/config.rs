@@ -75,7 +75,7 @@ fn parse_schemas(raw: Vec<String>) -> Result<Vec<String>> {
             ))
         })?;
         if t.schema.is_some() {
-            return Err(UserError::new(format!("--schemas: {r:?} is not a schema name")).into());
+            crate::refuse!("--schemas: {r:?} is not a schema name");
         }
         let name = t.name;
         let reserved = name == crate::pg::meta::META_SCHEMA
@@ -85,18 +85,16 @@ fn parse_schemas(raw: Vec<String>) -> Result<Vec<String>> {
             || name.starts_with(crate::pg::meta::BACKUP_PREFIX)
             || name.starts_with("pgshift_");
         if reserved {
-            return Err(UserError::new(format!(
+            crate::refuse!(
                 "--schemas: {} is not an application schema (system or pgshift's own)",
                 crate::pg::ident::display_ident(&name)
-            ))
-            .into());
+            );
         }
         if out.contains(&name) {
-            return Err(UserError::new(format!(
+            crate::refuse!(
                 "--schemas: {} is listed twice",
                 crate::pg::ident::display_ident(&name)
-            ))
-            .into());
+            );
         }
         out.push(name);
     }
@@ -349,22 +347,17 @@ pub fn parse_duration(what: &str, text: &str) -> Result<Duration> {
         humantime::parse_duration(t).map_err(|e| e.to_string())
     };
     match d {
-        Ok(d) if d.is_zero() => {
-            Err(UserError::new(format!("{what} must be greater than zero")).into())
-        }
+        Ok(d) if d.is_zero() => Err(crate::user_error!("{what} must be greater than zero")),
         Ok(d) => Ok(d),
-        Err(e) => Err(UserError::new(format!(
+        Err(e) => Err(crate::user_error!(
             "invalid {what} {t:?}: {e} (examples: 500ms, 10s, 2m)"
-        ))
-        .into()),
+        )),
     }
 }
 
 fn duration_value(what: &str, v: &DurationValue) -> Result<Duration> {
     match v {
-        DurationValue::Seconds(0) => {
-            Err(UserError::new(format!("{what} must be greater than zero")).into())
-        }
+        DurationValue::Seconds(0) => Err(crate::user_error!("{what} must be greater than zero")),
         DurationValue::Seconds(s) => Ok(Duration::from_secs(*s)),
         DurationValue::Text(t) => parse_duration(what, t),
     }
@@ -420,7 +413,7 @@ pub fn resolve(
     let cpus = num_cpus::get().max(1);
     let mut jobs = global.jobs.or(f.jobs).unwrap_or_else(|| cpus.min(8));
     if jobs == 0 {
-        return Err(UserError::new("--jobs must be at least 1").into());
+        crate::refuse!("--jobs must be at least 1");
     }
     if jobs > cpus {
         warnings.push(format!(
@@ -430,7 +423,9 @@ pub fn resolve(
     }
     let max_connections = global.max_connections.or(f.max_connections).unwrap_or(20);
     if max_connections < 3 {
-        return Err(UserError::new("--max-connections must be at least 3 (a lock session, a control session and one worker)").into());
+        crate::refuse!(
+            "--max-connections must be at least 3 (a lock session, a control session and one worker)"
+        );
     }
     if jobs + 2 > max_connections {
         let capped = max_connections - 2;
@@ -491,11 +486,10 @@ pub fn resolve(
     })?;
     for t in &preserved_tables {
         if !schemas.iter().any(|s| s == t.schema_or_public()) {
-            return Err(UserError::new(format!(
+            crate::refuse!(
                 "--preserved-tables: {t} is not in a schema the migration moves ({})",
                 schemas.join(", ")
-            ))
-            .into());
+            );
         }
     }
 

@@ -40,10 +40,17 @@ pub struct VerificationFailed(pub String);
 #[error("interrupted")]
 pub struct Interrupted;
 
-/// Shorthand: `return Err(user_error!("..."))`.
+/// A [`UserError`] from `format!` arguments: `Err(user_error!("bad {x}"))`.
 #[macro_export]
 macro_rules! user_error {
     ($($arg:tt)*) => { anyhow::Error::new($crate::error::UserError(format!($($arg)*))) };
+}
+
+/// Refuse bad input: return a [`UserError`] (exit 2) from `format!`
+/// arguments, as anyhow's `bail!` does for other errors.
+#[macro_export]
+macro_rules! refuse {
+    ($($arg:tt)*) => { return Err($crate::user_error!($($arg)*)) };
 }
 
 /// The exit code for an error chain: the first typed error found wins.

@@ -33,10 +33,9 @@ pub async fn find(client: &impl GenericClient, text: &str) -> Result<BackupRow> 
     let ts = parse_ref(text)?;
     match manifest::find_backup(client, ts).await? {
         Some(b) => Ok(b),
-        None => Err(UserError::new(format!(
+        None => Err(crate::user_error!(
             "there is no backup with timestamp {ts} on the destination; see `pgshift list`"
-        ))
-        .into()),
+        )),
     }
 }
 

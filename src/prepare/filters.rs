@@ -45,7 +45,6 @@ use serde::Serialize;
 use tokio_postgres::Client;
 
 use crate::backups::manifest::ForeignKeyDef;
-use crate::error::UserError;
 use crate::pg::exec::pg_error_as;
 use crate::pg::ident::{TableName, display_ident};
 use crate::pg::meta::table_display;
@@ -193,10 +192,7 @@ fn match_filter(
             .map(Rel::key)
             .collect();
         if hits.is_empty() {
-            return Err(UserError::new(format!(
-                "{flag} {p}: no table of {where_} matches; nothing was changed"
-            ))
-            .into());
+            crate::refuse!("{flag} {p}: no table of {where_} matches; nothing was changed");
         }
         let hits = with_descendants(rels, &hits);
         all.extend(hits.iter().cloned());
@@ -238,13 +234,12 @@ pub async fn match_keep(
             .as_ref()
             .filter(|p| !kept.contains(&table_display(&r.schema, p)))
         {
-            return Err(UserError::new(format!(
+            crate::refuse!(
                 "--keep-tables: {} is a partition (or child) of {}, which is not kept; keep {} itself; nothing was changed",
                 r.key(),
                 table_display(&r.schema, p),
                 table_display(&r.schema, p)
-            ))
-            .into());
+            );
         }
     }
     Ok((m, kept))
@@ -305,12 +300,11 @@ pub async fn resolve(
     ] {
         let both: BTreeSet<String> = set.intersection(&preserved).cloned().collect();
         if !both.is_empty() {
-            return Err(UserError::new(format!(
+            crate::refuse!(
                 "{flag} matches preserved table{} {}: a preserved table is migrated and kept in sync, so it cannot also be filtered; nothing was changed",
                 if both.len() == 1 { "" } else { "s" },
                 names(&both)
-            ))
-            .into());
+            );
         }
     }
 
@@ -338,11 +332,10 @@ pub async fn resolve(
     let leaving = parts(&mut res.not_migrated.iter());
     let deps = dependents(src, &excluded_only, &leaving).await?;
     if !deps.is_empty() {
-        return Err(UserError::new(format!(
+        crate::refuse!(
             "--exclude-table: objects of the source depend on excluded tables and would be migrated without them: {}; exclude them too (views and tables: --exclude-table), or migrate the tables; nothing was changed",
             deps.join(", ")
-        ))
-        .into());
+        );
     }
 
     // A table migrated with its rows whose foreign key references a table
@@ -378,11 +371,10 @@ pub async fn resolve(
             );
         }
         if !blocking.is_empty() {
-            return Err(UserError::new(format!(
+            crate::refuse!(
                 "--exclude-table-data: tables migrated with their rows have foreign keys to tables migrated without them: {}; exclude their data too; nothing was changed",
                 blocking.join(", ")
-            ))
-            .into());
+            );
         }
     }
 
@@ -452,12 +444,11 @@ pub async fn kept_foreign_keys(
         }
     }
     if !missing.is_empty() {
-        return Err(UserError::new(format!(
+        crate::refuse!(
             "--keep-tables: foreign keys of kept tables reference tables the new {} will not have: {}; keep those tables too, or drop the keys; nothing was changed",
             schemas.join(", "),
             missing.join(", ")
-        ))
-        .into());
+        );
     }
     Ok(out)
 }

@@ -173,10 +173,10 @@ pub async fn check(settings: &PrepareOptions, sess_dest: &Client, src: &Client) 
     if ctx_source.same_server_and_db(&settings.dest)
         || catalog::server_identity(src).await? == catalog::server_identity(sess_dest).await?
     {
-        return Err(crate::user_error!(
+        crate::refuse!(
             "source and destination are the same database ({}); pgshift needs two different databases",
             ctx_source.redacted()
-        ));
+        );
     }
     let source_major = catalog::server_major(src).await?;
     let dest_major = catalog::server_major(sess_dest).await?;

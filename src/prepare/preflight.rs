@@ -345,12 +345,9 @@ pub async fn leftovers(dst: &Client) -> Result<Leftover> {
     let row = d.row.as_ref();
     let prepared = matches!(d.state, State::Prepared | State::Swapping) && d.shadow.ours();
     match row {
-        Some(m) if prepared => Err(UserError::new(format!(
-            "a migration is already prepared on the destination (id {}, prepared {}); run `pgshift swap` to finish it or `pgshift abort` to drop it",
+        Some(m) if prepared => Err(crate::user_error!("a migration is already prepared on the destination (id {}, prepared {}); run `pgshift swap` to finish it or `pgshift abort` to drop it",
             m.id,
-            m.state.updated_at.format("%Y-%m-%d %H:%M:%S UTC")
-        ))
-        .into()),
+            m.state.updated_at.format("%Y-%m-%d %H:%M:%S UTC"))),
         Some(m) if m.state.status == Status::Preparing => Ok(Leftover::StartOver(format!(
             "the previous prepare (id {}, pid {} on {}) stopped during phase {} without finishing; dropping what it left and starting over with a new snapshot",
             m.id,
@@ -385,23 +382,21 @@ use crate::pg::catalog::schema_exists as exists;
 pub async fn check_schemas(schemas: &[String], src: &Client, dst: &Client) -> Result<Vec<String>> {
     for s in schemas {
         if !exists(src, s).await? && !exists(dst, s).await? {
-            return Err(UserError::new(format!(
+            crate::refuse!(
                 "--schemas: schema {} exists neither on the source nor on the destination",
                 display_ident(s)
-            ))
-            .into());
+            );
         }
     }
     let ours: std::collections::HashMap<String, bool> =
         meta::other_shadows(dst).await?.into_iter().collect();
     for p in meta::schema_pairs(schemas) {
         if p.live != meta::PUBLIC && ours.get(&p.shadow) == Some(&false) {
-            return Err(UserError::new(format!(
+            crate::refuse!(
                 "the destination already has a schema named {} that pgshift did not create (it would be the shadow of {}); rename or drop it first",
                 display_ident(&p.shadow),
                 display_ident(&p.live)
-            ))
-            .into());
+            );
         }
     }
     if meta::is_default_schemas(schemas) {

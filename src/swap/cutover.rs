@@ -113,11 +113,10 @@ pub struct SwapOptions {
 /// it is an error here (the caller records it when it holds the lock).
 fn ready<'a>(d: &'a Destination, timestamp: Option<&str>) -> Result<&'a MigrationRow> {
     if let (Some(backup), Some(row)) = (&d.committed_unrecorded, &d.row) {
-        return Err(UserError::new(format!(
+        crate::refuse!(
             "migration {} was already swapped into public (the old public is {backup}); nothing left to swap",
             row.id
-        ))
-        .into());
+        );
     }
     if let Some(row) = &d.row
         && row.state.status == Status::Swapping
@@ -146,11 +145,10 @@ fn ready<'a>(d: &'a Destination, timestamp: Option<&str>) -> Result<&'a Migratio
             ))
         })?;
         if want != m.id {
-            return Err(UserError::new(format!(
+            crate::refuse!(
                 "--timestamp {want} does not match the prepared migration ({}); see `pgshift status`",
                 m.id
-            ))
-            .into());
+            );
         }
     }
     Ok(m)
@@ -226,18 +224,16 @@ async fn kept_tables(client: &Client, m: &MigrationRow, extra: &[TablePattern]) 
     }
     let gone: Vec<&String> = roots.iter().filter(|t| !seen.contains(*t)).collect();
     if !gone.is_empty() {
-        return Err(UserError::new(format!(
+        crate::refuse!(
             "kept tables are no longer there: {}; nothing was changed",
             display_list(schemas, gone)
-        ))
-        .into());
+        );
     }
     if !both.is_empty() {
-        return Err(UserError::new(format!(
+        crate::refuse!(
             "--keep-tables: the prepared shadow has its own {} (the source has it too); keep it when preparing (`pgshift prepare --keep-tables …`) or abort and prepare again; nothing was changed",
             both.join(", ")
-        ))
-        .into());
+        );
     }
     let mut by_schema = BTreeMap::new();
     let mut all = BTreeSet::new();

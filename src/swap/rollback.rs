@@ -195,11 +195,10 @@ pub async fn plan(client: &Client, opts: &RollbackOptions) -> Result<Plan> {
         .await?
         .sync_triggers_on_public();
     if !triggers.is_empty() {
-        return Err(UserError::new(format!(
+        crate::refuse!(
             "a prepared migration keeps preserved tables in sync with triggers on public ({}); finish it with `pgshift swap` or drop it with `pgshift abort` before rolling back",
             triggers.join(", ")
-        ))
-        .into());
+        );
     }
 
     let maps = restore.manifest.schema_maps();
@@ -224,18 +223,16 @@ pub async fn plan(client: &Client, opts: &RollbackOptions) -> Result<Plan> {
     for t in &opts.keep_tables {
         let s = t.schema_or_public();
         let Some(tables) = live_tables.get(s) else {
-            return Err(UserError::new(format!(
+            crate::refuse!(
                 "--keep-tables: {t} is not in a schema of this backup ({})",
                 lives.join(", ")
-            ))
-            .into());
+            );
         };
         if !tables.contains(&t.name) {
-            return Err(UserError::new(format!(
+            crate::refuse!(
                 "--keep-tables: {s} has no table {}; nothing was changed",
                 crate::pg::ident::display_ident(&t.name)
-            ))
-            .into());
+            );
         }
         asked
             .entry(s.to_string())
@@ -274,12 +271,11 @@ pub async fn plan(client: &Client, opts: &RollbackOptions) -> Result<Plan> {
         keep.extend(descendants(client, backup, &roots).await?);
         let blockers = dependents(client, backup, &roots).await?;
         if !blockers.is_empty() {
-            return Err(UserError::new(format!(
+            crate::refuse!(
                 "--keep-tables: objects of {backup} depend on its own copy of {}, which would stay behind in the backup: {}; nothing was changed (restore without --keep-tables, or drop or change those objects)",
                 roots.join(", "),
                 blockers.join(", ")
-            ))
-            .into());
+            );
         }
         for d in dependents(client, live, &roots).await? {
             warnings.push(format!(

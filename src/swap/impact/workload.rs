@@ -63,7 +63,6 @@ use tokio_postgres::types::Type;
 use super::resolve::{self, Catalog, Mapper, Parsed};
 use super::{SchemaPair, report};
 use crate::dump::sql::DefinedNames;
-use crate::error::UserError;
 use crate::pg::catalog::defined_names;
 use crate::pg::ident::{quote_ident, quote_literal};
 
@@ -447,11 +446,10 @@ async fn role_oids(client: &Client, roles: &[String]) -> Result<Vec<u32>> {
         .map(String::as_str)
         .collect();
     if !missing.is_empty() {
-        return Err(UserError::new(format!(
+        crate::refuse!(
             "--workload-roles: no role named {} on the destination",
             missing.iter().map(|m| format!("{m:?}")).join(", ")
-        ))
-        .into());
+        );
     }
     Ok(roles.iter().filter_map(|r| found.get(r).copied()).collect())
 }
