@@ -469,23 +469,9 @@ async fn dependents(
                      WHERE (n.nspname, c.relname) IN (SELECT * FROM unnest($1::text[], $2::text[]))),
               l AS (SELECT c.oid FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
                      WHERE (n.nspname, c.relname) IN (SELECT * FROM unnest($3::text[], $4::text[])))
-         SELECT DISTINCT {} FROM pg_catalog.pg_depend d
-          WHERE d.deptype = 'n'
-            AND ((d.refclassid = 'pg_catalog.pg_class'::regclass AND d.refobjid IN (SELECT oid FROM t))
-              OR (d.refclassid = 'pg_catalog.pg_type'::regclass AND d.refobjid IN (SELECT reltype FROM t)))
-            AND NOT (d.classid = 'pg_catalog.pg_class'::regclass AND d.objid IN (SELECT oid FROM l))
-            AND NOT (d.classid = 'pg_catalog.pg_constraint'::regclass AND EXISTS (
-                     SELECT 1 FROM pg_catalog.pg_constraint c WHERE c.oid = d.objid AND c.conrelid IN (SELECT oid FROM l)))
-            AND NOT (d.classid = 'pg_catalog.pg_rewrite'::regclass AND EXISTS (
-                     SELECT 1 FROM pg_catalog.pg_rewrite r WHERE r.oid = d.objid AND r.ev_class IN (SELECT oid FROM l)))
-            AND NOT (d.classid = 'pg_catalog.pg_attrdef'::regclass AND EXISTS (
-                     SELECT 1 FROM pg_catalog.pg_attrdef a WHERE a.oid = d.objid AND a.adrelid IN (SELECT oid FROM l)))
-            AND NOT (d.classid = 'pg_catalog.pg_trigger'::regclass AND EXISTS (
-                     SELECT 1 FROM pg_catalog.pg_trigger g WHERE g.oid = d.objid AND g.tgrelid IN (SELECT oid FROM l)))
-            AND NOT (d.classid = 'pg_catalog.pg_policy'::regclass AND EXISTS (
-                     SELECT 1 FROM pg_catalog.pg_policy p WHERE p.oid = d.objid AND p.polrelid IN (SELECT oid FROM l)))
-          ORDER BY 1",
-        rollback::DESCRIBE_DEPENDENT
+         SELECT DISTINCT {} FROM pg_catalog.pg_depend d WHERE {} ORDER BY 1",
+        rollback::DESCRIBE_DEPENDENT,
+        rollback::not_part_of("l", false)
     );
     let rows = client
         .query(

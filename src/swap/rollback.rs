@@ -995,24 +995,36 @@ pub(crate) async fn descendants(
     Ok(rows.into_iter().map(|r| r.get(0)).collect())
 }
 
-/// The dependency filter shared by the two dependents queries: `t` holds the
-/// tables (oid, row type); their own parts and foreign keys are excluded.
-const NOT_OWN_PART: &str = "
+/// The dependency filter of the dependents queries (here and in
+/// `prepare::filters`): normal dependencies on the tables in `t` (oid, row
+/// type) from objects that are not part of a table in `own` (the table
+/// itself, its constraints, rules, defaults, triggers and policies). With
+/// `except_foreign_keys`, no foreign key counts either (they are re-pointed).
+pub(crate) fn not_part_of(own: &str, except_foreign_keys: bool) -> String {
+    let fk = if except_foreign_keys {
+        "c.contype = 'f' OR "
+    } else {
+        ""
+    };
+    format!(
+        "
     d.deptype = 'n'
     AND ((d.refclassid = 'pg_catalog.pg_class'::regclass AND d.refobjid IN (SELECT oid FROM t))
       OR (d.refclassid = 'pg_catalog.pg_type'::regclass AND d.refobjid IN (SELECT reltype FROM t)))
-    AND NOT (d.classid = 'pg_catalog.pg_class'::regclass AND d.objid IN (SELECT oid FROM t))
+    AND NOT (d.classid = 'pg_catalog.pg_class'::regclass AND d.objid IN (SELECT oid FROM {own}))
     AND NOT (d.classid = 'pg_catalog.pg_constraint'::regclass AND EXISTS (
              SELECT 1 FROM pg_catalog.pg_constraint c WHERE c.oid = d.objid
-                AND (c.contype = 'f' OR c.conrelid IN (SELECT oid FROM t))))
+                AND ({fk}c.conrelid IN (SELECT oid FROM {own}))))
     AND NOT (d.classid = 'pg_catalog.pg_rewrite'::regclass AND EXISTS (
-             SELECT 1 FROM pg_catalog.pg_rewrite r WHERE r.oid = d.objid AND r.ev_class IN (SELECT oid FROM t)))
+             SELECT 1 FROM pg_catalog.pg_rewrite r WHERE r.oid = d.objid AND r.ev_class IN (SELECT oid FROM {own})))
     AND NOT (d.classid = 'pg_catalog.pg_attrdef'::regclass AND EXISTS (
-             SELECT 1 FROM pg_catalog.pg_attrdef a WHERE a.oid = d.objid AND a.adrelid IN (SELECT oid FROM t)))
+             SELECT 1 FROM pg_catalog.pg_attrdef a WHERE a.oid = d.objid AND a.adrelid IN (SELECT oid FROM {own})))
     AND NOT (d.classid = 'pg_catalog.pg_trigger'::regclass AND EXISTS (
-             SELECT 1 FROM pg_catalog.pg_trigger g WHERE g.oid = d.objid AND g.tgrelid IN (SELECT oid FROM t)))
+             SELECT 1 FROM pg_catalog.pg_trigger g WHERE g.oid = d.objid AND g.tgrelid IN (SELECT oid FROM {own})))
     AND NOT (d.classid = 'pg_catalog.pg_policy'::regclass AND EXISTS (
-             SELECT 1 FROM pg_catalog.pg_policy p WHERE p.oid = d.objid AND p.polrelid IN (SELECT oid FROM t)))";
+             SELECT 1 FROM pg_catalog.pg_policy p WHERE p.oid = d.objid AND p.polrelid IN (SELECT oid FROM {own})))"
+    )
+}
 
 /// How to name a dependent object for people: views by name, the rest as
 /// `pg_describe_object` says.
@@ -1040,7 +1052,8 @@ pub(crate) async fn dependents(
     let sql = format!(
         "WITH t AS (SELECT c.oid, c.reltype FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
                      WHERE n.nspname = $1 AND c.relname = ANY($2) AND c.relkind IN ('r', 'p'))
-         SELECT DISTINCT {DESCRIBE_DEPENDENT} FROM pg_catalog.pg_depend d WHERE {NOT_OWN_PART} ORDER BY 1"
+         SELECT DISTINCT {DESCRIBE_DEPENDENT} FROM pg_catalog.pg_depend d WHERE {} ORDER BY 1",
+        not_part_of("t", true)
     );
     let rows = client
         .query(sql.as_str(), &[&schema, &tables])
