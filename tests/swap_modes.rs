@@ -383,3 +383,54 @@ fn rename_mode_as_the_owner_of_public_without_superuser() {
         "5"
     );
 }
+
+/// A role that owns the database and every table of public but not public
+/// itself (a managed cloud's admin keeps it) cannot rename public: the swap
+/// chooses the object-level mode and says which schema it does not own (only
+/// public: the shadow is its own), refuses `--swap-mode rename` with the same
+/// reason, and the object-level swap completes.
+#[test]
+fn rename_mode_refused_names_the_schema_not_owned() {
+    let dbs = TestDbs::new("not_owner");
+    let (role, password) = ("not_owner", "guest-pw");
+    dbs.dst.psql(&format!(
+        "DO $$ BEGIN CREATE ROLE {role} LOGIN PASSWORD '{password}'; EXCEPTION WHEN duplicate_object THEN NULL; END $$;
+         DO $$ BEGIN CREATE ROLE not_owner_admin; EXCEPTION WHEN duplicate_object THEN NULL; END $$;
+         ALTER DATABASE \"{db}\" OWNER TO {role};
+         ALTER SCHEMA public OWNER TO not_owner_admin;
+         GRANT USAGE, CREATE ON SCHEMA public TO {role};
+         SET ROLE {role};
+         CREATE TABLE accounts (id int PRIMARY KEY, email text);
+         INSERT INTO accounts SELECT g, 'dst' || g FROM generate_series(1, 5) g;",
+        db = dbs.dst.name()
+    ));
+    dbs.src.psql(
+        "CREATE TABLE accounts (id int PRIMARY KEY, email text, plan text);
+         INSERT INTO accounts SELECT g, 'src' || g, 'free' FROM generate_series(1, 7) g;",
+    );
+    let dst = format!(
+        "postgresql://{role}:{password}@{}:{}/{}",
+        dbs.dst.host(),
+        dbs.dst.port(),
+        dbs.dst.name()
+    );
+    let wd = Workdir::new();
+    assert_success(&wd.run(&["prepare", "--source", &dbs.src.url(), "--dest", &dst]));
+    let reason = "this role does not own schema public, and renaming a schema needs its owner";
+    let out = assert_success(&wd.run(&["swap", "--dry-run", "--json", "--dest", &dst]));
+    let plan: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(plan["swap"]["swap_mode"], "object", "{plan}");
+    assert_eq!(plan["swap"]["swap_mode_reason"], reason, "{plan}");
+    let out = wd.run(&["swap", "--swap-mode", "rename", "--dest", &dst]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = common::stderr_of(&out);
+    assert!(err.contains(reason), "{err}");
+    let out = assert_success(&wd.run(&["swap", "--json", "--dest", &dst]));
+    let report: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(report["swap_mode"], "object", "{report}");
+    assert_eq!(
+        dbs.dst
+            .query_one_string("SELECT count(*) FROM public.accounts WHERE plan = 'free'"),
+        "7"
+    );
+}
