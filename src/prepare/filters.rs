@@ -464,26 +464,18 @@ async fn dependents(
     if tables.0.is_empty() {
         return Ok(Vec::new());
     }
-    let sql = format!(
-        "WITH t AS (SELECT c.oid, c.reltype FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
-                     WHERE (n.nspname, c.relname) IN (SELECT * FROM unnest($1::text[], $2::text[]))),
-              l AS (SELECT c.oid FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
-                     WHERE (n.nspname, c.relname) IN (SELECT * FROM unnest($3::text[], $4::text[])))
-         SELECT DISTINCT {} FROM pg_catalog.pg_depend d WHERE {} ORDER BY 1",
-        rollback::DESCRIBE_DEPENDENT,
-        rollback::not_part_of("l", false)
-    );
-    let rows = client
-        .query(
-            sql.as_str(),
-            &[&tables.0, &tables.1, &leaving.0, &leaving.1],
-        )
-        .await
-        .map_err(|e| pg_error_as(e, "looking for objects that depend on excluded tables"))?;
-    Ok(rows
-        .into_iter()
-        .filter_map(|r| r.get::<_, Option<String>>(0))
-        .collect())
+    rollback::depending_on(
+        client,
+        "t AS (SELECT c.oid, c.reltype FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+                WHERE (n.nspname, c.relname) IN (SELECT * FROM unnest($1::text[], $2::text[]))),
+         l AS (SELECT c.oid FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+                WHERE (n.nspname, c.relname) IN (SELECT * FROM unnest($3::text[], $4::text[])))",
+        "l",
+        false,
+        &[&tables.0, &tables.1, &leaving.0, &leaving.1],
+        "excluded tables",
+    )
+    .await
 }
 
 #[cfg(test)]

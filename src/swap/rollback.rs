@@ -995,12 +995,11 @@ pub(crate) async fn descendants(
     Ok(rows.into_iter().map(|r| r.get(0)).collect())
 }
 
-/// The dependency filter of the dependents queries (here and in
-/// `prepare::filters`): normal dependencies on the tables in `t` (oid, row
-/// type) from objects that are not part of a table in `own` (the table
-/// itself, its constraints, rules, defaults, triggers and policies). With
-/// `except_foreign_keys`, no foreign key counts either (they are re-pointed).
-pub(crate) fn not_part_of(own: &str, except_foreign_keys: bool) -> String {
+/// The dependency filter of [`depending_on`]: normal dependencies on the
+/// tables in `t` (oid, row type) from objects that are not part of a table in
+/// `own` (the table itself, its constraints, rules, defaults, triggers and
+/// policies). With `except_foreign_keys`, no foreign key counts either.
+fn not_part_of(own: &str, except_foreign_keys: bool) -> String {
     let fk = if except_foreign_keys {
         "c.contype = 'f' OR "
     } else {
@@ -1028,7 +1027,7 @@ pub(crate) fn not_part_of(own: &str, except_foreign_keys: bool) -> String {
 
 /// How to name a dependent object for people: views by name, the rest as
 /// `pg_describe_object` says.
-pub(crate) const DESCRIBE_DEPENDENT: &str = "
+const DESCRIBE_DEPENDENT: &str = "
     CASE WHEN d.classid = 'pg_catalog.pg_rewrite'::regclass
          THEN (SELECT CASE v.relkind WHEN 'm' THEN 'materialized view ' ELSE 'view ' END
                       || pg_catalog.quote_ident(vn.nspname) || '.' || pg_catalog.quote_ident(v.relname)
@@ -1049,16 +1048,41 @@ pub(crate) async fn dependents(
     if tables.is_empty() {
         return Ok(Vec::new());
     }
+    depending_on(
+        client,
+        "t AS (SELECT c.oid, c.reltype FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+                WHERE n.nspname = $1 AND c.relname = ANY($2) AND c.relkind IN ('r', 'p'))",
+        "t",
+        true,
+        &[&schema, &tables],
+        "kept tables",
+    )
+    .await
+}
+
+/// Objects (named for people, sorted) with a normal dependency on the tables
+/// of `t` (or their row types) that are not part of a table of `own` (see
+/// [`not_part_of`]): views, other tables' foreign keys (unless
+/// `except_foreign_keys`), SQL-body functions, columns of their row type…
+/// `with` defines the CTE `t` (oid, reltype), and `own` when it differs;
+/// `what` names the tables in an error.
+pub(crate) async fn depending_on(
+    client: &Client,
+    with: &str,
+    own: &str,
+    except_foreign_keys: bool,
+    params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    what: &str,
+) -> Result<Vec<String>> {
     let sql = format!(
-        "WITH t AS (SELECT c.oid, c.reltype FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
-                     WHERE n.nspname = $1 AND c.relname = ANY($2) AND c.relkind IN ('r', 'p'))
+        "WITH {with}
          SELECT DISTINCT {DESCRIBE_DEPENDENT} FROM pg_catalog.pg_depend d WHERE {} ORDER BY 1",
-        not_part_of("t", true)
+        not_part_of(own, except_foreign_keys)
     );
     let rows = client
-        .query(sql.as_str(), &[&schema, &tables])
+        .query(sql.as_str(), params)
         .await
-        .map_err(|e| pg_error_as(e, "looking for objects that depend on kept tables"))?;
+        .map_err(|e| pg_error_as(e, &format!("looking for objects that depend on {what}")))?;
     Ok(rows
         .into_iter()
         .filter_map(|r| r.get::<_, Option<String>>(0))
