@@ -240,14 +240,22 @@ mod tests {
     use super::super::*;
     use super::*;
 
-    #[test]
-    fn summary_line() {
+    /// An impact report whose recorded statements were checked (`n` of them,
+    /// from `source`), with nothing found yet.
+    fn checked(n: usize, source: &str) -> Impact {
         let mut i = Impact {
             statements: StatementsReport::not_checked("x"),
             ..Default::default()
         };
         i.statements.not_checked = None;
-        i.statements.checked = 12;
+        i.statements.source = source.into();
+        i.statements.checked = n;
+        i
+    }
+
+    #[test]
+    fn summary_line() {
+        let mut i = checked(12, "none");
         assert_eq!(
             summary(&i),
             "impact: nothing found (12 recorded statements checked)"
@@ -290,13 +298,7 @@ mod tests {
 
     #[test]
     fn statements_text() {
-        let mut i = Impact {
-            statements: StatementsReport::not_checked("x"),
-            ..Default::default()
-        };
-        i.statements.not_checked = None;
-        i.statements.source = "pg_stat_statements".into();
-        i.statements.checked = 3;
+        let mut i = checked(3, "pg_stat_statements");
         i.statements.failing = vec![FailingStatement {
             query: "SELECT a FROM t".into(),
             calls: 1,
