@@ -58,8 +58,9 @@ pub struct WriteBaseline {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TableCounters {
     pub oid: u32,
-    pub schema: String,
-    pub name: String,
+    /// Schema, name and partition ancestors.
+    #[serde(flatten)]
+    pub key: TableKey,
     /// `n_tup_ins`
     pub inserts: i64,
     /// `n_tup_upd` (HOT updates included)
@@ -68,9 +69,6 @@ pub struct TableCounters {
     pub deletes: i64,
     /// Changes on TRUNCATE, VACUUM FULL, CLUSTER and table rewrites.
     pub relfilenode: u32,
-    /// Partition ancestors `(schema, name)`, nearest first.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub ancestors: Vec<(String, String)>,
 }
 
 /// Writes to one table.
@@ -90,22 +88,39 @@ pub struct TableWrites {
 
 /// What `--allow-discard`, `--preserved-tables` and kept tables match a
 /// written table by: its schema, name and partition ancestors (`(schema,
-/// name)`, nearest first). Not serialised: people read `table` and
-/// `partition_of`.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+/// name)`, nearest first). Stored with the counters of a baseline; not in
+/// reports, whose readers see `table` and `partition_of`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TableKey {
     pub schema: String,
     pub name: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub ancestors: Vec<(String, String)>,
 }
 
 impl TableKey {
-    fn new(schema: &str, name: &str, ancestors: &[(String, String)]) -> TableKey {
+    /// From a query's columns: the ancestors as two parallel arrays.
+    fn from_columns(schema: String, name: String, nsp: Vec<String>, rel: Vec<String>) -> TableKey {
         TableKey {
-            schema: schema.to_string(),
-            name: name.to_string(),
-            ancestors: ancestors.to_vec(),
+            schema,
+            name,
+            ancestors: nsp.into_iter().zip(rel).collect(),
         }
+    }
+
+    /// Whether `names` lists this table or one of its ancestors.
+    fn is_in(&self, names: &[TableName]) -> bool {
+        let hit = |s: &str, n: &str| {
+            names
+                .iter()
+                .any(|t| t.schema_or_public() == s && t.name == n)
+        };
+        hit(&self.schema, &self.name) || self.ancestors.iter().any(|(s, n)| hit(s, n))
+    }
+
+    /// The partitioned table at the root, for people.
+    fn root(&self) -> Option<String> {
+        self.ancestors.last().map(|(s, n)| display_table(s, n))
     }
 }
 
@@ -297,19 +312,13 @@ pub async fn take_baseline(
         .context("reading the tables' write counters")?;
     let tables = rows
         .into_iter()
-        .map(|r| {
-            let anc_nsp: Vec<String> = r.get(7);
-            let anc_rel: Vec<String> = r.get(8);
-            TableCounters {
-                oid: r.get(0),
-                schema: r.get(1),
-                name: r.get(2),
-                relfilenode: r.get(3),
-                inserts: r.get(4),
-                updates: r.get(5),
-                deletes: r.get(6),
-                ancestors: anc_nsp.into_iter().zip(anc_rel).collect(),
-            }
+        .map(|r| TableCounters {
+            oid: r.get(0),
+            key: TableKey::from_columns(r.get(1), r.get(2), r.get(7), r.get(8)),
+            relfilenode: r.get(3),
+            inserts: r.get(4),
+            updates: r.get(5),
+            deletes: r.get(6),
         })
         .collect();
     Ok(WriteBaseline {
@@ -321,46 +330,23 @@ pub async fn take_baseline(
     })
 }
 
-fn is_exempt(
-    schema: &str,
-    name: &str,
-    ancestors: &[(String, String)],
-    exempt: &[TableName],
-) -> bool {
-    let hit = |s: &str, n: &str| {
-        exempt
-            .iter()
-            .any(|t| t.schema_or_public() == s && t.name == n)
-    };
-    hit(schema, name) || ancestors.iter().any(|(s, n)| hit(s, n))
-}
-
-fn root_of(ancestors: &[(String, String)]) -> Option<String> {
-    ancestors.last().map(|(s, n)| display_table(s, n))
-}
-
-fn writes(
-    schema: &str,
-    name: &str,
-    ancestors: &[(String, String)],
-    counts: [i64; 3],
-) -> TableWrites {
+fn writes(at: &TableKey, counts: [i64; 3]) -> TableWrites {
     TableWrites {
-        table: display_table(schema, name),
+        table: display_table(&at.schema, &at.name),
         inserts: counts[0],
         updates: counts[1],
         deletes: counts[2],
-        partition_of: root_of(ancestors),
-        at: TableKey::new(schema, name, ancestors),
+        partition_of: at.root(),
+        at: at.clone(),
     }
 }
 
-fn unknown(schema: &str, name: &str, ancestors: &[(String, String)], why: Unknown) -> UnknownWrite {
+fn unknown(at: &TableKey, why: Unknown) -> UnknownWrite {
     UnknownWrite {
-        table: display_table(schema, name),
+        table: display_table(&at.schema, &at.name),
         reason: why.reason().to_string(),
-        partition_of: root_of(ancestors),
-        at: TableKey::new(schema, name, ancestors),
+        partition_of: at.root(),
+        at: at.clone(),
     }
 }
 
@@ -379,7 +365,7 @@ pub fn compare(base: &WriteBaseline, now: &WriteBaseline, exempt: &[TableName]) 
     let by_oid: HashMap<u32, &TableCounters> = base.tables.iter().map(|t| (t.oid, t)).collect();
     let mut check = WriteCheck::default();
     for t in &now.tables {
-        if is_exempt(&t.schema, &t.name, &t.ancestors, exempt) {
+        if t.key.is_in(exempt) {
             continue;
         }
         let b = by_oid.get(&t.oid);
@@ -394,18 +380,11 @@ pub fn compare(base: &WriteBaseline, now: &WriteBaseline, exempt: &[TableName]) 
             }
         });
         if let Some(why) = why {
-            check
-                .unknown
-                .push(unknown(&t.schema, &t.name, &t.ancestors, why));
+            check.unknown.push(unknown(&t.key, why));
             continue;
         }
         let (i, u, d) = b.map_or((0, 0, 0), |b| (b.inserts, b.updates, b.deletes));
-        let w = writes(
-            &t.schema,
-            &t.name,
-            &t.ancestors,
-            [t.inserts - i, t.updates - u, t.deletes - d],
-        );
+        let w = writes(&t.key, [t.inserts - i, t.updates - u, t.deletes - d]);
         if w.total() > 0 {
             check.discarded.push(w);
         }
@@ -433,8 +412,8 @@ fn all_unknown(now: &WriteBaseline, exempt: &[TableName], why: Unknown) -> Write
         unknown: now
             .tables
             .iter()
-            .filter(|t| !is_exempt(&t.schema, &t.name, &t.ancestors, exempt))
-            .map(|t| unknown(&t.schema, &t.name, &t.ancestors, why))
+            .filter(|t| !t.key.is_in(exempt))
+            .map(|t| unknown(&t.key, why))
             .collect(),
     };
     check.sort();
@@ -490,7 +469,7 @@ pub fn listed_check_sql(
     let oids: Vec<String> = listed
         .tables
         .iter()
-        .filter(|t| !is_exempt(&t.schema, &t.name, &t.ancestors, exempt))
+        .filter(|t| !t.key.is_in(exempt))
         .map(|t| t.oid.to_string())
         .collect();
     let schemas = text_array(&base.schemas);
@@ -608,23 +587,20 @@ pub fn parse_check(json: &str) -> Result<WriteCheck> {
         serde_json::from_str(json).context("reading the result of the discarded-writes check")?;
     let mut check = WriteCheck::default();
     for d in raw.discarded {
-        let anc: Vec<(String, String)> = d.anc_nsp.into_iter().zip(d.anc_rel).collect();
-        check.discarded.push(writes(
-            &d.schema,
-            &d.name,
-            &anc,
-            [d.inserts, d.updates, d.deletes],
-        ));
+        let at = TableKey::from_columns(d.schema, d.name, d.anc_nsp, d.anc_rel);
+        check
+            .discarded
+            .push(writes(&at, [d.inserts, d.updates, d.deletes]));
     }
     for u in raw.unknown {
-        let anc: Vec<(String, String)> = u.anc_nsp.into_iter().zip(u.anc_rel).collect();
+        let at = TableKey::from_columns(u.schema, u.name, u.anc_nsp, u.anc_rel);
         let why = Unknown::from_code(&u.code).with_context(|| {
             format!(
                 "the discarded-writes check returned an unknown code {:?}",
                 u.code
             )
         })?;
-        check.unknown.push(unknown(&u.schema, &u.name, &anc, why));
+        check.unknown.push(unknown(&at, why));
     }
     check.sort();
     Ok(check)
@@ -654,11 +630,11 @@ impl AllowDiscard {
     }
 
     /// Whether the writes to this table are accepted.
-    pub fn covers(&self, schema: &str, name: &str, ancestors: &[(String, String)]) -> bool {
+    pub fn covers(&self, at: &TableKey) -> bool {
         match self {
             AllowDiscard::Nothing => false,
             AllowDiscard::All => true,
-            AllowDiscard::Tables(t) => is_exempt(schema, name, ancestors, t),
+            AllowDiscard::Tables(t) => at.is_in(t),
         }
     }
 }
@@ -739,12 +715,12 @@ pub fn gate_for(op: Operation, check: &WriteCheck, allow: &AllowDiscard) -> Resu
     let discarded: Vec<&DiscardedWrite> = check
         .discarded
         .iter()
-        .filter(|d| !allow.covers(&d.at.schema, &d.at.name, &d.at.ancestors))
+        .filter(|d| !allow.covers(&d.at))
         .collect();
     let unknown: Vec<&UnknownWrite> = check
         .unknown
         .iter()
-        .filter(|u| !allow.covers(&u.at.schema, &u.at.name, &u.at.ancestors))
+        .filter(|u| !allow.covers(&u.at))
         .collect();
     if discarded.is_empty() && unknown.is_empty() {
         return Ok(());
@@ -851,14 +827,7 @@ pub async fn writes_since_reset(
     let mut tables: Vec<TableWrites> = now
         .tables
         .iter()
-        .map(|t| {
-            writes(
-                &t.schema,
-                &t.name,
-                &t.ancestors,
-                [t.inserts, t.updates, t.deletes],
-            )
-        })
+        .map(|t| writes(&t.key, [t.inserts, t.updates, t.deletes]))
         .filter(|w| w.total() > 0)
         .collect();
     tables.sort_by(|a, b| {
@@ -880,13 +849,46 @@ mod tests {
     fn t(oid: u32, name: &str, c: [i64; 3], node: u32) -> TableCounters {
         TableCounters {
             oid,
-            schema: "public".into(),
-            name: name.into(),
+            key: TableKey {
+                schema: "public".into(),
+                name: name.into(),
+                ancestors: Vec::new(),
+            },
             inserts: c[0],
             updates: c[1],
             deletes: c[2],
             relfilenode: node,
-            ancestors: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn counters_of_earlier_records_still_read() {
+        // As earlier versions wrote them: the key's fields among the counters,
+        // ancestors last and absent when there are none.
+        let old = r#"{"oid":7,"schema":"public","name":"p1","inserts":1,"updates":2,"deletes":3,"relfilenode":9,"ancestors":[["public","p"]]}"#;
+        let t: TableCounters = serde_json::from_str(old).unwrap();
+        assert_eq!(
+            t.key,
+            TableKey {
+                schema: "public".into(),
+                name: "p1".into(),
+                ancestors: vec![("public".into(), "p".into())],
+            }
+        );
+        assert_eq!(
+            (t.oid, t.inserts, t.updates, t.deletes, t.relfilenode),
+            (7, 1, 2, 3, 9)
+        );
+        let plain = r#"{"oid":8,"schema":"billing","name":"b","inserts":0,"updates":0,"deletes":0,"relfilenode":8}"#;
+        let p: TableCounters = serde_json::from_str(plain).unwrap();
+        assert_eq!(
+            (p.key.schema.as_str(), p.key.name.as_str()),
+            ("billing", "b")
+        );
+        assert!(p.key.ancestors.is_empty());
+        for c in [t, p] {
+            let again = serde_json::to_string(&c).unwrap();
+            assert_eq!(serde_json::from_str::<TableCounters>(&again).unwrap(), c);
         }
     }
 
@@ -916,7 +918,7 @@ mod tests {
             t(5, "new", [0, 2, 0], 5),
             t(6, "new_empty", [0, 0, 0], 6),
         ]);
-        now.tables[4].ancestors = vec![("public".into(), "parent".into())];
+        now.tables[4].key.ancestors = vec![("public".into(), "parent".into())];
         let exempt = vec![TableName::parse("kept").unwrap()];
         let c = compare(&base, &now, &exempt);
         let d: Vec<(&str, i64, i64, i64)> = c
@@ -996,11 +998,11 @@ mod tests {
         assert_eq!(AllowDiscard::parse("ALL").unwrap(), AllowDiscard::All);
         assert!(AllowDiscard::parse("a;b").is_err());
         assert!(AllowDiscard::parse("").is_err());
-        assert!(
-            AllowDiscard::parse("billing.b")
-                .unwrap()
-                .covers("billing", "b", &[])
-        );
+        assert!(AllowDiscard::parse("billing.b").unwrap().covers(&TableKey {
+            schema: "billing".into(),
+            name: "b".into(),
+            ancestors: Vec::new(),
+        }));
     }
 
     #[test]
