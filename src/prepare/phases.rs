@@ -8,8 +8,10 @@
 //! `schema.name` elsewhere) wherever one name per table is needed.
 //!
 //! Phases: snapshot, dump (schema only), schema (pre-data), data (streamed
-//! COPY), indexes (post-data), sequences, matviews, sync (preserved tables),
-//! analyze, privileges, validate. A failure in any phase removes everything the
+//! COPY), indexes (post-data), sequences, sync (preserved tables: the
+//! destination's rows copied in, then kept in sync), matviews (refreshed once
+//! every table holds its rows, preserved ones included), analyze, privileges,
+//! validate. A failure in any phase removes everything the
 //! run created on the destination (the destination's public is never touched)
 //! and records the phase and the error.
 
@@ -557,11 +559,13 @@ async fn phases(run: &mut Run<'_>, rec: &mut Recorder) -> Result<usize> {
     let deferred_count = deferred.len();
     rec.state.details.deferred_sql = deferred;
     rec.phase(sess, Phase::Sequences, sequences(run)).await?;
-    rec.phase(sess, Phase::Matviews, matviews(run)).await?;
     let synced = rec
         .phase(sess, Phase::Sync, sync_phase(run, rec.state.id))
         .await?;
     rec.state.details.sync = synced;
+    // After the sync's initial copy: a materialized view that reads a
+    // preserved table sees the destination's rows, as the new public will.
+    rec.phase(sess, Phase::Matviews, matviews(run)).await?;
     rec.phase(sess, Phase::Analyze, analyze(run)).await?;
     let applied = rec.phase(sess, Phase::Privileges, privs(run)).await?;
     rec.detail(

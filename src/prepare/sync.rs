@@ -142,7 +142,8 @@ fn function_name(oid: u32, ev: Event) -> String {
     format!("sync_{oid}_{}", ev.suffix())
 }
 
-/// A sequence owned by a preserved table's column (serial or identity).
+/// A sequence of a preserved table's column: owned by it (serial, identity)
+/// or drawn from by its default.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OwnedSequence {
     pub column: String,
@@ -173,7 +174,7 @@ pub struct SyncedTable {
     pub changelog: String,
     /// Trigger functions in schema pgshift.
     pub functions: Vec<String>,
-    /// Sequences owned by the shadow table's columns.
+    /// Sequences of the shadow table's columns (owned, or drawn from by a default).
     #[serde(default)]
     pub sequences: Vec<OwnedSequence>,
 }
@@ -1100,12 +1101,12 @@ async fn plan_table(dest: &Client, p: &TableName) -> Result<SyncedTable> {
         .filter(|c| !c.generated && pub_types.contains_key(&c.name))
         .map(|c| c.name.clone())
         .collect();
-    let public_seqs: HashMap<String, String> = owned_sequences(dest, oid)
+    let public_seqs: HashMap<String, String> = column_sequences(dest, oid)
         .await?
         .into_iter()
         .map(|s| (s.column, s.name))
         .collect();
-    let sequences = owned_sequences(dest, shadow_oid)
+    let sequences = column_sequences(dest, shadow_oid)
         .await?
         .into_iter()
         .map(|s| OwnedSequence {
@@ -1136,22 +1137,32 @@ struct SeqRow {
     increment: i64,
 }
 
-async fn owned_sequences(client: &Client, rel: u32) -> Result<Vec<SeqRow>> {
+/// The sequences of a table's columns: those the columns own (serial,
+/// identity) and those their defaults draw from (`DEFAULT nextval('s')` on a
+/// sequence created apart, which may serve other tables too).
+async fn column_sequences(client: &Client, rel: u32) -> Result<Vec<SeqRow>> {
     query_map(
         client,
-            "SELECT a.attname::text, sc.relname::text,
+            "WITH used(seq, attnum) AS (
+                    SELECT d.objid, d.refobjsubid FROM pg_catalog.pg_depend d
+                     WHERE d.classid = 'pg_catalog.pg_class'::regclass AND d.refclassid = 'pg_catalog.pg_class'::regclass
+                       AND d.refobjid = $1 AND d.deptype IN ('a', 'i')
+                    UNION
+                    SELECT d.refobjid, ad.adnum FROM pg_catalog.pg_attrdef ad
+                      JOIN pg_catalog.pg_depend d ON d.classid = 'pg_catalog.pg_attrdef'::regclass AND d.objid = ad.oid
+                       AND d.refclassid = 'pg_catalog.pg_class'::regclass AND d.deptype = 'n'
+                     WHERE ad.adrelid = $1)
+             SELECT a.attname::text, sc.relname::text,
                     pg_catalog.quote_ident(sn.nspname) || '.' || pg_catalog.quote_ident(sc.relname),
                     s.seqincrement
-               FROM pg_catalog.pg_depend d
-               JOIN pg_catalog.pg_class sc ON sc.oid = d.objid AND sc.relkind = 'S'
+               FROM used u
+               JOIN pg_catalog.pg_class sc ON sc.oid = u.seq AND sc.relkind = 'S'
                JOIN pg_catalog.pg_namespace sn ON sn.oid = sc.relnamespace
                JOIN pg_catalog.pg_sequence s ON s.seqrelid = sc.oid
-               JOIN pg_catalog.pg_attribute a ON a.attrelid = d.refobjid AND a.attnum = d.refobjsubid
-              WHERE d.classid = 'pg_catalog.pg_class'::regclass AND d.refclassid = 'pg_catalog.pg_class'::regclass
-                AND d.refobjid = $1 AND d.deptype IN ('a', 'i')
-              ORDER BY a.attnum",
+               JOIN pg_catalog.pg_attribute a ON a.attrelid = $1 AND a.attnum = u.attnum
+              ORDER BY a.attnum, 2",
             &[&rel],
-        "listing owned sequences",
+        "listing the columns' sequences",
         |r| SeqRow {
             column: r.get(0),
             name: r.get(1),
@@ -1388,7 +1399,7 @@ pub async fn catch_up(client: &Client, synced: &[SyncedTable]) -> Result<u64> {
 
 /// Inside the open swap transaction (ACCESS EXCLUSIVE locks held on each
 /// `public.T` and `shadow.T`): replay everything left, carry the owned
-/// sequences over (greatest of the destination's and the shadow's next value),
+/// columns' sequences over (greatest of the destination's and the shadow's next value),
 /// drop the sync triggers, the changelogs and the trigger functions. Never
 /// commits or rolls back. Relations are found by oid, so the schemas may already
 /// have been renamed; the sync functions must not fire after this.
@@ -1459,16 +1470,17 @@ async fn sequence_state(client: &Client, qual: &str) -> Result<(i64, bool)> {
     Ok((r.get(0), r.get(1)))
 }
 
-/// Each sequence owned by the shadow table's columns continues after the
-/// greatest of its own next value and the destination's (the destination's
-/// sequence for the same column, or the column's maximum when it has none).
+/// Each sequence of the shadow table's columns (owned, or drawn from by a
+/// default) continues after the greatest of its own next value and the
+/// destination's (the destination's sequence for the same column, or the
+/// column's maximum when it has none).
 async fn carry_sequences(client: &Client, t: &SyncedTable, l: &Live) -> Result<()> {
-    let public: HashMap<String, SeqRow> = owned_sequences(client, t.oid)
+    let public: HashMap<String, SeqRow> = column_sequences(client, t.oid)
         .await?
         .into_iter()
         .map(|s| (s.column.clone(), s))
         .collect();
-    for s in owned_sequences(client, t.shadow_oid).await? {
+    for s in column_sequences(client, t.shadow_oid).await? {
         let inc = s.increment;
         let (last, called) = sequence_state(client, &s.qual).await?;
         let mut candidates = vec![next_value(last, called, inc)];
