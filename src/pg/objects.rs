@@ -4,10 +4,16 @@
 //! sequences, row type and array type; a type with its array type. So the list
 //! holds every non-extension object of the schema that is *not* carried by
 //! another: tables (each partition too), views, materialized views, foreign
-//! tables, standalone sequences, functions, procedures, aggregates, types and
-//! domains, collations, conversions, operators, operator classes and families,
-//! text search objects and extended statistics. Extension members (and objects
-//! that belong to them) never move, so PostGIS stays where it is.
+//! tables, standalone sequences, functions, procedures, aggregates (a range
+//! type's constructors among them), types and domains (multirange types too:
+//! they do not follow their range type), collations, conversions, operators,
+//! operator classes and families, text search objects and extended
+//! statistics. Extension members (and objects that belong to them) never
+//! move, so PostGIS stays where it is.
+//!
+//! Functions, procedures, aggregates and operators are named by a signature
+//! whose types are written out with their schema, so the swap moves them
+//! before any type or table ([`Movable::named_by_signature`]).
 
 use anyhow::{Context, Result};
 use tokio_postgres::GenericClient;
@@ -29,6 +35,17 @@ pub struct Movable {
 }
 
 impl Movable {
+    /// Named by a signature whose types are qualified (`f(m public.mood)`,
+    /// `f(u public.users)`, `public.=== (public.mood, public.mood)`): the text
+    /// no longer resolves once those types (or tables, with their row types)
+    /// have moved, so these move first.
+    pub fn named_by_signature(&self) -> bool {
+        matches!(
+            self.kind.as_str(),
+            "FUNCTION" | "PROCEDURE" | "AGGREGATE" | "OPERATOR"
+        )
+    }
+
     /// `ALTER <kind> <name> SET SCHEMA <target>`.
     pub fn set_schema_sql(&self, target: &str) -> String {
         format!(
@@ -117,11 +134,13 @@ fn movables_sql() -> String {
                     AND d.refclassid = 'pg_catalog.pg_class'::regclass AND d.deptype IN ('a', 'i')))"
             .to_string(),
         // Types and domains: not row types of relations (they move with them,
-        // except standalone composites listed above), not array types, not
-        // multiranges (they move with their range type).
+        // except standalone composites listed above), not array types (they
+        // move with their element type). Multirange types do not move with
+        // their range type (nor do the range's constructor functions, listed
+        // below), so they are listed too.
         "SELECT 2, t.typtype::text, t.typname::text, NULL, t.typname, NULL, t.oid
            FROM pg_catalog.pg_type t, ns WHERE t.typnamespace = ns.oid
-            AND t.typtype IN ('b', 'd', 'e', 'r') AND t.typrelid = 0
+            AND t.typtype IN ('b', 'd', 'e', 'r', 'm') AND t.typrelid = 0
             AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_type e WHERE e.typarray = t.oid)
             AND (t.tableoid, t.oid) NOT IN (SELECT classid, objid FROM ext)"
             .to_string(),

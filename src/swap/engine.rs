@@ -493,9 +493,12 @@ pub async fn swap<H: InTx>(
     );
     // The first attempt moves what was just listed; a retry lists again.
     let first_listing = std::sync::Mutex::new(Some(listed));
+    let last_gone = std::sync::Mutex::new(None);
     let attempt = || async {
         let listed = first_listing.lock().ok().and_then(|mut l| l.take());
-        let r = one_attempt(&client, &req, hook, &manifest, record.as_ref(), listed).await;
+        let r = one_attempt(&client, &req, hook, &manifest, record.as_ref(), listed)
+            .await
+            .map_err(|e| gone_or_failed(e, req.exchange, &last_gone));
         rollback_on_err(&client, r).await
     };
     let done = match retry(
@@ -801,14 +804,15 @@ fn move_statements(req: &Request, listed: &Listed) -> Vec<String> {
         }
         return sql;
     }
-    let mut sql = Vec::new();
-    for ((pair, backup), (out, inc)) in req
+    let places: Vec<_> = req
         .exchange
         .pairs
         .iter()
         .zip(&req.backups)
         .zip(&listed.pairs)
-    {
+        .collect();
+    let mut sql = Vec::new();
+    for ((pair, backup), _) in &places {
         sql.push(format!("CREATE SCHEMA {}", quote_ident(backup)));
         sql.push(format!(
             "COMMENT ON SCHEMA {} IS {}",
@@ -818,9 +822,6 @@ fn move_statements(req: &Request, listed: &Listed) -> Vec<String> {
                 pair.live
             ))
         ));
-        for m in out {
-            sql.push(m.set_schema_sql(backup));
-        }
         if pair.live != PUBLIC {
             // A schema only the source has is created by the swap.
             sql.push(format!(
@@ -828,10 +829,23 @@ fn move_statements(req: &Request, listed: &Listed) -> Vec<String> {
                 quote_ident(&pair.live)
             ));
         }
-        for m in inc {
-            sql.push(m.set_schema_sql(&pair.live));
+    }
+    // Objects named by a signature first, in every schema of the swap (a
+    // function of one schema may take a type of another), then the rest:
+    // each pair's objects out to its backup, then the incoming ones in.
+    for first in [true, false] {
+        for ((pair, backup), (out, inc)) in &places {
+            let this_round = |m: &&Movable| m.named_by_signature() == first;
+            for m in out.iter().filter(this_round) {
+                sql.push(m.set_schema_sql(backup));
+            }
+            for m in inc.iter().filter(this_round) {
+                sql.push(m.set_schema_sql(&pair.live));
+            }
         }
-        if req.exchange.recreate_incoming {
+    }
+    if req.exchange.recreate_incoming {
+        for ((pair, _), _) in &places {
             sql.push(format!("DROP SCHEMA {}", quote_ident(&pair.incoming)));
             if pair.live == PUBLIC {
                 sql.push(format!("CREATE SCHEMA {}", quote_ident(&pair.incoming)));
@@ -861,6 +875,29 @@ fn gone_meanwhile(e: &anyhow::Error) -> bool {
             || code == SqlState::UNDEFINED_OBJECT
             || code == SqlState::UNDEFINED_FUNCTION
     })
+}
+
+/// An attempt's error, as the retry loop should see it. An object "does not
+/// exist" when its ALTER (or LOCK) runs: the objects changed between listing
+/// them and locking them, so the next attempt lists again — unless the same
+/// error comes back on the fresh lists, which is no race: the swap stops with
+/// the server's error.
+fn gone_or_failed(
+    e: anyhow::Error,
+    exchange: &Exchange,
+    last: &std::sync::Mutex<Option<String>>,
+) -> anyhow::Error {
+    if !gone_meanwhile(&e) {
+        return e;
+    }
+    let text = format!("{e:#}");
+    let mut last = last.lock().unwrap_or_else(|p| p.into_inner());
+    if last.as_deref() == Some(text.as_str()) {
+        return e;
+    }
+    tracing::debug!(error = %text, "an object listed for the swap is gone");
+    *last = Some(text);
+    changed(exchange)
 }
 
 /// The objects changed between listing them and locking them: list again.
@@ -909,7 +946,6 @@ async fn one_attempt<H: InTx>(
     }
     match exec(client, &first).await {
         Ok(()) => {}
-        Err(e) if gone_meanwhile(&e) => return Err(changed(req.exchange)),
         Err(e) => return Err(e.context("locking the tables")),
     }
     tracing::debug!(
@@ -924,9 +960,6 @@ async fn one_attempt<H: InTx>(
     moves.push_str(&check_sql(req));
     let problems = match simple(client, &moves).await {
         Ok(msgs) => last_value(&msgs).unwrap_or_default(),
-        Err(e) if gone_meanwhile(&e) => {
-            return Err(changed(req.exchange));
-        }
         Err(e) => return Err(e.context("moving objects")),
     };
     if !problems.is_empty() {
