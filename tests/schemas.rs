@@ -1125,3 +1125,96 @@ fn a_kept_table_gone_before_the_swap_is_named_as_written() {
     );
     assert_eq!(catalog_fingerprint(&dbs.dst), before);
 }
+
+/// A partitioned table of public whose partitions are in billing: keeping it
+/// (prepare, swap or rollback `--keep-tables`) is refused, naming the
+/// partitions, and nothing changes (the swap would take its partitions away
+/// with billing). Without keeping it, it moves whole. And `cleanup` never
+/// drops a backup that holds partitions of a live table.
+#[test]
+fn a_kept_table_with_partitions_in_another_schema_is_refused() {
+    let dbs = TestDbs::new("sch_parts");
+    let ddl = "CREATE SCHEMA billing;
+         CREATE TABLE public.ev (id int NOT NULL, at date NOT NULL, PRIMARY KEY (id, at)) PARTITION BY RANGE (at);
+         CREATE TABLE billing.ev_2024 PARTITION OF public.ev FOR VALUES FROM ('2024-01-01') TO ('2025-01-01');
+         CREATE TABLE billing.ev_2025 PARTITION OF public.ev FOR VALUES FROM ('2025-01-01') TO ('2026-01-01');";
+    dbs.src.psql(ddl);
+    dbs.dst.psql(ddl);
+    dbs.src
+        .psql("INSERT INTO ev SELECT g, date '2024-06-01' + g FROM generate_series(1, 60) g");
+    dbs.dst
+        .psql("INSERT INTO ev SELECT g, date '2025-03-01' + g FROM generate_series(1, 10) g");
+    let wd = Workdir::new();
+    let (src, dst) = (dbs.src.url(), dbs.dst.url());
+    let refusal = "--keep-tables: partitions (or children) of ev are in another schema (billing.ev_2024, billing.ev_2025)";
+
+    let before = catalog_fingerprint(&dbs.dst);
+    let out = wd.run(&[
+        "prepare",
+        "--source",
+        &src,
+        "--dest",
+        &dst,
+        "--schemas",
+        "public,billing",
+        "--keep-tables",
+        "ev",
+    ]);
+    assert_usage_error(&out, refusal);
+    assert_eq!(catalog_fingerprint(&dbs.dst), before);
+
+    run_two(&wd, &dbs, "prepare", &[]);
+    let prepared = catalog_fingerprint(&dbs.dst);
+    assert_usage_error(
+        &wd.run(&["swap", "--dest", &dst, "--keep-tables", "ev"]),
+        refusal,
+    );
+    assert_eq!(catalog_fingerprint(&dbs.dst), prepared);
+    let swapped = run_json(&wd, &["swap", "--dest", &dst]);
+    assert_eq!(dbs.dst.query_one_string("SELECT count(*) FROM ev"), "60");
+    let after_swap = catalog_fingerprint(&dbs.dst);
+    assert_usage_error(
+        &wd.run(&[
+            "rollback",
+            "--latest",
+            "--dest",
+            &dst,
+            "--keep-tables",
+            "ev",
+        ]),
+        refusal,
+    );
+    assert_eq!(catalog_fingerprint(&dbs.dst), after_swap);
+
+    // A live table with a partition in the backup (attached by hand): cleanup
+    // skips that backup, and the table keeps its rows.
+    let old_public = swapped["backup_schema"].as_str().unwrap().to_string();
+    let old_billing = swapped["schemas"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["live"] == "billing")
+        .unwrap()["backup"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    dbs.dst.psql(&format!(
+        "CREATE TABLE public.archive (id int NOT NULL, at date NOT NULL) PARTITION BY RANGE (at);
+         ALTER TABLE \"{old_public}\".ev DETACH PARTITION \"{old_billing}\".ev_2025;
+         ALTER TABLE public.archive ATTACH PARTITION \"{old_billing}\".ev_2025
+               FOR VALUES FROM ('2025-01-01') TO ('2026-01-01');"
+    ));
+    let cleaned = run_json(&wd, &["cleanup", "--dest", &dst, "--before", &far_future()]);
+    assert_eq!(cleaned["dropped"], json!([]), "{cleaned}");
+    let reason = cleaned["skipped"][0]["reason"].as_str().unwrap();
+    assert!(
+        reason.contains(&format!(
+            "the rows of table archive in its partition (or child) {old_billing}.ev_2025"
+        )),
+        "{reason}"
+    );
+    assert_eq!(
+        dbs.dst.query_one_string("SELECT count(*) FROM archive"),
+        "10"
+    );
+}

@@ -218,7 +218,8 @@ fn backup_schemas(b: &BackupRow) -> Vec<String> {
 }
 
 /// Objects outside `schemas` that depend on objects in them (a `DROP SCHEMA …
-/// CASCADE` would take them along).
+/// CASCADE` would take them along), and tables outside whose partitions or
+/// inheritance children are in them (they would lose those rows).
 async fn external_dependents(client: &Client, schemas: &[String]) -> Result<Vec<String>> {
     let shown = schemas.join(", ");
     let rows = client
@@ -247,6 +248,17 @@ async fn external_dependents(client: &Client, schemas: &[String]) -> Result<Vec<
                        ELSE (SELECT n.oid FROM pg_catalog.pg_namespace n
                               WHERE n.nspname = (pg_catalog.pg_identify_object(d.classid, d.objid, 0)).schema)
                      END), 0) NOT IN (SELECT oid FROM ns)
+             UNION
+             -- A table outside whose partitions (or children) are in the backup
+             -- would lose their rows.
+             SELECT 'the rows of ' || pg_catalog.pg_describe_object('pg_catalog.pg_class'::regclass, i.inhparent, 0)
+                    || ' in its partition (or child) ' || pg_catalog.quote_ident(cn.nspname) || '.'
+                    || pg_catalog.quote_ident(c.relname)
+               FROM pg_catalog.pg_inherits i
+               JOIN pg_catalog.pg_class c ON c.oid = i.inhrelid
+               JOIN pg_catalog.pg_namespace cn ON cn.oid = c.relnamespace
+               JOIN pg_catalog.pg_class p ON p.oid = i.inhparent
+              WHERE c.relnamespace IN (SELECT oid FROM ns) AND p.relnamespace NOT IN (SELECT oid FROM ns)
               ORDER BY 1",
             &[&schemas],
         )

@@ -242,6 +242,11 @@ pub async fn match_keep(
             );
         }
     }
+    // Partitions (or children) in another schema are refused.
+    for (schema, names) in by_schema(&rels, &kept) {
+        let names: Vec<String> = names.into_iter().collect();
+        rollback::descendants(dest, &schema, &names).await?;
+    }
     Ok((m, kept))
 }
 

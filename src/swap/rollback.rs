@@ -40,7 +40,7 @@ use crate::migration::derive::Destination;
 use crate::migration::session::Session;
 use crate::pg::catalog;
 use crate::pg::exec::{exec, pg_error_as, query_map};
-use crate::pg::ident::{TableName, qualified, quote_ident};
+use crate::pg::ident::{TableName, display_ident, qualified, quote_ident};
 use crate::pg::locks_budget::Budget;
 use crate::prepare::sync::CreatedFk;
 use crate::swap::engine::{self, Exchange, InTx, Moved, Moves, Origin, Policy};
@@ -974,6 +974,9 @@ pub(crate) async fn tables_of(client: &Client, schema: &str) -> Result<BTreeSet<
 }
 
 /// Partitions and inheritance children (recursively) of `roots` in `schema`.
+/// A kept table with one in another schema is refused (nothing changed yet):
+/// a table is kept with its own schema's partitions only, and the others
+/// would be swapped away from under it, into a backup that `cleanup` drops.
 pub(crate) async fn descendants(
     client: &Client,
     schema: &str,
@@ -986,13 +989,37 @@ pub(crate) async fn descendants(
                   WHERE n.nspname = $1 AND c.relname = ANY($2)
                  UNION
                  SELECT i.inhrelid FROM pg_catalog.pg_inherits i JOIN d ON i.inhparent = d.oid)
-             SELECT c.relname::text FROM d JOIN pg_catalog.pg_class c ON c.oid = d.oid
-               JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = $1",
+             SELECT n.nspname::text, c.relname::text FROM d JOIN pg_catalog.pg_class c ON c.oid = d.oid
+               JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+              ORDER BY n.nspname <> $1, 1, 2",
             &[&schema, &roots],
         )
         .await
         .context("listing partitions of kept tables")?;
-    Ok(rows.into_iter().map(|r| r.get(0)).collect())
+    let (here, elsewhere): (Vec<_>, Vec<_>) = rows
+        .into_iter()
+        .map(|r| (r.get::<_, String>(0), r.get::<_, String>(1)))
+        .partition(|(s, _)| s == schema);
+    if !elsewhere.is_empty() {
+        crate::refuse!(
+            "--keep-tables: {} of {} {} in another schema ({}); a kept table stays only with the partitions (or children) of its own schema; keep other tables, or do without --keep-tables; nothing was changed",
+            if elsewhere.len() == 1 {
+                "a partition (or child)"
+            } else {
+                "partitions (or children)"
+            },
+            roots
+                .iter()
+                .map(|r| crate::pg::meta::table_display(schema, r))
+                .join(", "),
+            if elsewhere.len() == 1 { "is" } else { "are" },
+            elsewhere
+                .iter()
+                .map(|(s, n)| format!("{}.{}", display_ident(s), display_ident(n)))
+                .join(", ")
+        );
+    }
+    Ok(here.into_iter().map(|(_, n)| n).collect())
 }
 
 /// The dependency filter of [`depending_on`]: normal dependencies on the
