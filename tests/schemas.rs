@@ -1130,7 +1130,8 @@ fn a_kept_table_gone_before_the_swap_is_named_as_written() {
 /// (prepare, swap or rollback `--keep-tables`) is refused, naming the
 /// partitions, and nothing changes (the swap would take its partitions away
 /// with billing). Without keeping it, it moves whole. And `cleanup` never
-/// drops a backup that holds partitions of a live table.
+/// drops a backup that holds partitions of a live table. (The dry run's
+/// hint of written tables covers billing's partitions too.)
 #[test]
 fn a_kept_table_with_partitions_in_another_schema_is_refused() {
     let dbs = TestDbs::new("sch_parts");
@@ -1147,6 +1148,13 @@ fn a_kept_table_with_partitions_in_another_schema_is_refused() {
     let wd = Workdir::new();
     let (src, dst) = (dbs.src.url(), dbs.dst.url());
     let refusal = "--keep-tables: partitions (or children) of ev are in another schema (billing.ev_2024, billing.ev_2025)";
+
+    // The dry run's hint names the partitions written in billing.
+    let plan = run_two(&wd, &dbs, "prepare", &["--dry-run"]);
+    let written = &plan["plan"]["writes_since_reset"]["tables"];
+    assert_eq!(written[0]["table"], "billing.ev_2025", "{plan}");
+    assert_eq!(written[0]["inserts"], 10, "{plan}");
+    assert_eq!(written[0]["partition_of"], "ev", "{plan}");
 
     let before = catalog_fingerprint(&dbs.dst);
     let out = wd.run(&[

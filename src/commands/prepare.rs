@@ -16,7 +16,7 @@ use crate::output::{self, Table, human_bytes, human_ms};
 use crate::prepare::filters::Matched;
 use crate::prepare::phases::{self, PlanReport, PrepareOptions, PrepareReport, Verify};
 use crate::prepare::progress::Progress;
-use crate::swap::impact::gate::{self, LIVE};
+use crate::swap::impact::gate;
 use crate::swap::impact::{Impact, TableWrites, WritesSinceReset, report, writes_since_reset};
 
 /// What `prepare --json` prints: the report and the impact the swap would have now.
@@ -141,7 +141,7 @@ pub async fn dry_run(ctx: &Ctx, opts: &PrepareOptions) -> Result<Plan> {
         .await?
         .with_plan_budget(opts, &dst, &src)
         .await;
-    let writes = match writes_since_reset(&dst, &[LIVE.to_string()]).await {
+    let writes = match writes_since_reset(&dst, &opts.schemas).await {
         Ok(w) => Some(w),
         Err(e) => {
             tracing::warn!("could not read the destination's write counters: {e:#}");
