@@ -769,6 +769,25 @@ async fn preserved_table_in_billing_stays_in_sync_under_a_concurrent_writer() {
         1,
         "no pgshift_shadow_billing.invoices"
     );
+    // status names it as written, with its sync's health and text.
+    let dst = dbs.dst.url();
+    let w = wd.clone();
+    let (st, text) = tokio::task::spawn_blocking(move || {
+        (
+            run_json(&w, &["status", "--dest", &dst]),
+            w.run_ok(&["status", "--dest", &dst]),
+        )
+    })
+    .await
+    .unwrap();
+    let pres = &st["preserved_tables"][0];
+    assert_eq!(pres["name"], "billing.invoices", "{st}");
+    assert_eq!(pres["health"]["table"], "billing.invoices", "{st}");
+    assert_eq!(pres["health"]["triggers_ok"], true, "{st}");
+    assert!(
+        text.contains("billing.invoices: triggers ok") && text.contains(" in its shadow"),
+        "{text}"
+    );
     // When the initial copy ran, from the record.
     let (from, to) = sync_phase_window(&c).await;
 

@@ -92,7 +92,7 @@ fn print(ctx: &Ctx, r: &StatusReport) -> Result<()> {
             .iter()
             .map(|p| match &p.health {
                 Some(h) => format!(
-                    "{}: triggers {}, {} pending, {} rows in public, {} in shadow",
+                    "{}: triggers {}, {} pending, {} rows in {}, {} in {}",
                     p.name,
                     if h["triggers_ok"] == true {
                         "ok"
@@ -101,7 +101,13 @@ fn print(ctx: &Ctx, r: &StatusReport) -> Result<()> {
                     },
                     h["pending"],
                     h["rows_public"],
-                    h["rows_shadow"]
+                    p.schema,
+                    h["rows_shadow"],
+                    if p.schema == crate::pg::meta::PUBLIC {
+                        "shadow"
+                    } else {
+                        "its shadow"
+                    }
                 ),
                 None => format!("{} (sync health not available)", p.name),
             })

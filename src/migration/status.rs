@@ -116,7 +116,11 @@ pub struct ShadowInfo {
 
 #[derive(Debug, Clone, Serialize)]
 pub struct PreservedInfo {
+    /// `name` in public, `schema.name` elsewhere.
     pub name: String,
+    /// Its live schema (for the text report).
+    #[serde(skip)]
+    pub schema: String,
     /// The sync health as `sync::health` reports it (trigger present and
     /// enabled, pending changelog rows, rows in public and shadow); null until
     /// the destination can report it.
@@ -177,10 +181,11 @@ async fn preserved_health(
     let infos = synced
         .iter()
         .map(|s| PreservedInfo {
-            name: s.name.clone(),
+            name: s.display(),
+            schema: s.schema.clone(),
             health: health
                 .iter()
-                .find(|h| h.table == s.name)
+                .find(|h| h.table == s.display())
                 .and_then(|h| serde_json::to_value(h).ok()),
         })
         .collect();

@@ -179,6 +179,13 @@ pub struct SyncedTable {
     pub sequences: Vec<OwnedSequence>,
 }
 
+impl SyncedTable {
+    /// `name` in public, `schema.name` elsewhere: how the table is named in output.
+    pub fn display(&self) -> String {
+        crate::pg::meta::table_display(&self.schema, &self.name)
+    }
+}
+
 /// Replays run READ COMMITTED transactions that may meet lock timeouts and
 /// deadlocks with the application's writes; both are retried.
 fn replay_policy(retries: u32) -> RetryPolicy {
@@ -1643,7 +1650,7 @@ pub async fn health(client: &Client, synced: &[SyncedTable]) -> Result<Vec<SyncH
             None => None,
         };
         out.push(SyncHealth {
-            table: t.name.clone(),
+            table: t.display(),
             triggers_ok: triggers.iter().all(|t| t.present && t.enabled),
             triggers,
             changelog_present,
