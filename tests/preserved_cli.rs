@@ -203,3 +203,37 @@ fn matviews_and_default_sequences_follow_the_preserved_rows() {
         "42"
     );
 }
+
+/// A column of a preserved table renamed on the destination after prepare:
+/// status says the swap is not allowed and why, before the swap finds out.
+#[test]
+fn status_tells_when_a_preserved_table_can_no_longer_be_replayed() {
+    let dbs = TestDbs::new("preserved_renamed");
+    let ddl = "CREATE TABLE users (id int PRIMARY KEY, name text);";
+    dbs.src.psql(ddl);
+    dbs.dst.psql(ddl);
+    dbs.dst.psql("INSERT INTO users VALUES (1, 'a')");
+    let wd = Workdir::new();
+    let (src, dst) = (dbs.src.url(), dbs.dst.url());
+    assert_success(&wd.run(&[
+        "prepare",
+        "--source",
+        &src,
+        "--dest",
+        &dst,
+        "--preserved-tables",
+        "users",
+    ]));
+    dbs.dst
+        .psql("ALTER TABLE public.users RENAME COLUMN name TO full_name");
+    let st: serde_json::Value = serde_json::from_str(&assert_success(
+        &wd.run(&["status", "--dest", &dst, "--json"]),
+    ))
+    .unwrap();
+    assert_eq!(st["swap_allowed"], false, "{st}");
+    assert_eq!(
+        st["swap_blocked_reason"],
+        "the sync of users cannot be replayed (preserved table users: column name is no longer in both tables); run `pgshift abort` and prepare again",
+        "{st}"
+    );
+}

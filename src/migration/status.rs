@@ -168,7 +168,7 @@ async fn preserved_health(
         return Ok((Vec::new(), None));
     }
     let health = sync::health(client, synced).await?;
-    let problem = health
+    let mut problem = health
         .iter()
         .filter(|h| !h.triggers_ok || !h.changelog_present)
         .map(|h| {
@@ -178,6 +178,18 @@ async fn preserved_health(
             )
         })
         .next();
+    // A column dropped or renamed since prepare: the swap's replay would fail.
+    for s in synced {
+        if problem.is_some() {
+            break;
+        }
+        if let Err(e) = sync::check_replayable(client, s).await {
+            problem = Some(format!(
+                "the sync of {} cannot be replayed ({e:#}); run `pgshift abort` and prepare again",
+                s.display()
+            ));
+        }
+    }
     let infos = synced
         .iter()
         .map(|s| PreservedInfo {

@@ -776,6 +776,12 @@ fn conv_for(public: &AttrType, shadow: &AttrType) -> Conv {
     }
 }
 
+/// Whether the preserved table can still be replayed: both tables there, with
+/// every synced column and key column (`status` asks before the swap does).
+pub async fn check_replayable(client: &Client, t: &SyncedTable) -> Result<()> {
+    describe(client, t).await.map(|_| ())
+}
+
 async fn describe(client: &Client, t: &SyncedTable) -> Result<Live> {
     let public_rel = rel_name(client, t.oid)
         .await?
