@@ -50,7 +50,7 @@
 //! bound (`timeout`), after which the remaining statements are listed as
 //! unchecked. Statements are checked most-called first.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
@@ -836,7 +836,10 @@ async fn column_types(
     result.context("naming result types")
 }
 
-/// `email: text -> email` for each column that differs.
+/// `email: text -> email` for each column that differs. Columns are paired by
+/// name when both lists name their columns once each (a column added in the
+/// middle is `b: (none) -> boolean`, and a new order is said once), else by
+/// position.
 fn column_changes(today: &[Column], future: &[Column], types: &ColumnTypes) -> Vec<String> {
     let real = |c: &Column| -> ((u32, i32), String) {
         types
@@ -844,27 +847,66 @@ fn column_changes(today: &[Column], future: &[Column], types: &ColumnTypes) -> V
             .map(|(t, n)| (*t, super::hazards::show_type(n)))
             .unwrap_or_else(|| ((c.type_oid, c.typmod), format!("type {}", c.type_oid)))
     };
-    let mut out = Vec::new();
-    for i in 0..today.len().max(future.len()) {
-        match (today.get(i), future.get(i)) {
-            (Some(a), Some(b)) => {
-                let ((oa, _), ta) = real(a);
-                let ((ob, _), tb) = real(b);
-                if a.name != b.name {
-                    out.push(format!("{}: {ta} -> {}: {tb}", a.name, b.name));
-                } else if ta != tb {
-                    out.push(format!("{}: {ta} -> {tb}", a.name));
-                } else if oa != ob {
-                    out.push(format!(
-                        "{}: {ta} -> {tb} (replaced by the incoming schema's type of the same name)",
-                        a.name
-                    ));
-                }
-            }
-            (Some(a), None) => out.push(format!("{}: {} -> (none)", a.name, real(a).1)),
-            (None, Some(b)) => out.push(format!("{}: (none) -> {}", b.name, real(b).1)),
-            (None, None) => {}
+    let changed = |a: &Column, b: &Column| -> Option<String> {
+        let ((oa, _), ta) = real(a);
+        let ((ob, _), tb) = real(b);
+        if a.name != b.name {
+            Some(format!("{}: {ta} -> {}: {tb}", a.name, b.name))
+        } else if ta != tb {
+            Some(format!("{}: {ta} -> {tb}", a.name))
+        } else if oa != ob {
+            Some(format!(
+                "{}: {ta} -> {tb} (replaced by the incoming schema's type of the same name)",
+                a.name
+            ))
+        } else {
+            None
         }
+    };
+    let removed = |a: &Column| format!("{}: {} -> (none)", a.name, real(a).1);
+    let added = |b: &Column| format!("{}: (none) -> {}", b.name, real(b).1);
+    fn names(cs: &[Column]) -> Vec<&str> {
+        cs.iter().map(|c| c.name.as_str()).collect()
+    }
+    let once = |n: &[&str]| n.iter().collect::<HashSet<_>>().len() == n.len();
+    let (tn, fnames) = (names(today), names(future));
+    let mut out = Vec::new();
+    if tn == fnames || !once(&tn) || !once(&fnames) {
+        for i in 0..today.len().max(future.len()) {
+            match (today.get(i), future.get(i)) {
+                (Some(a), Some(b)) => out.extend(changed(a, b)),
+                (Some(a), None) => out.push(removed(a)),
+                (None, Some(b)) => out.push(added(b)),
+                (None, None) => {}
+            }
+        }
+        return out;
+    }
+    for a in today {
+        match future.iter().find(|b| b.name == a.name) {
+            Some(b) => out.extend(changed(a, b)),
+            None => out.push(removed(a)),
+        }
+    }
+    out.extend(
+        future
+            .iter()
+            .filter(|b| !tn.contains(&b.name.as_str()))
+            .map(added),
+    );
+    let kept = |from: &[&str], other: &[&str]| -> Vec<String> {
+        from.iter()
+            .filter(|n| other.contains(n))
+            .map(|n| n.to_string())
+            .collect()
+    };
+    let (before, after) = (kept(&tn, &fnames), kept(&fnames, &tn));
+    if before != after {
+        out.push(format!(
+            "column order: {} -> {}",
+            before.join(", "),
+            after.join(", ")
+        ));
     }
     out
 }
@@ -915,6 +957,34 @@ mod tests {
                 "m: mood -> mood (replaced by the incoming schema's type of the same name)",
                 "created_at: (none) -> timestamp with time zone",
             ]
+        );
+        // A column added in the middle, one dropped, two swapped: by name.
+        let today = vec![
+            col("a", 25, None),
+            col("c", 25, None),
+            col("d", 25, None),
+            col("e", 1184, None),
+        ];
+        let future = vec![
+            col("a", 25, None),
+            col("b", 1184, None),
+            col("e", 1184, None),
+            col("c", 25, None),
+        ];
+        assert_eq!(
+            column_changes(&today, &future, &types),
+            vec![
+                "d: text -> (none)",
+                "b: (none) -> timestamp with time zone",
+                "column order: a, c, e -> a, e, c",
+            ]
+        );
+        // A name used twice: by position.
+        let today = vec![col("a", 25, None), col("a", 25, None)];
+        let future = vec![col("a", 25, None), col("b", 25, None)];
+        assert_eq!(
+            column_changes(&today, &future, &types),
+            vec!["a: text -> b: text"]
         );
     }
 
