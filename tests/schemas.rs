@@ -1148,7 +1148,8 @@ fn a_kept_table_gone_before_the_swap_is_named_as_written() {
 /// A partitioned table of public whose partitions are in billing: keeping it
 /// (prepare, swap or rollback `--keep-tables`) is refused, naming the
 /// partitions, and nothing changes (the swap would take its partitions away
-/// with billing). Without keeping it, it moves whole. And `cleanup` never
+/// with billing). Excluding it (or its rows) takes the partitions along.
+/// Without keeping it, it moves whole. And `cleanup` never
 /// drops a backup that holds partitions of a live table. (The dry run's
 /// hint of written tables covers billing's partitions too.)
 #[test]
@@ -1189,6 +1190,27 @@ fn a_kept_table_with_partitions_in_another_schema_is_refused() {
     ]);
     assert_usage_error(&out, refusal);
     assert_eq!(catalog_fingerprint(&dbs.dst), before);
+
+    // Excluding it takes its partitions in billing along: no table with
+    // --exclude-table, no rows with --exclude-table-data.
+    let plan = run_two(
+        &wd,
+        &dbs,
+        "prepare",
+        &["--dry-run", "--exclude-table", "ev"],
+    );
+    assert_eq!(
+        plan["plan"]["filters"]["exclude_table"][0]["tables"],
+        json!(["billing.ev_2024", "billing.ev_2025", "ev"]),
+        "{plan}"
+    );
+    run_two(&wd, &dbs, "prepare", &["--exclude-table-data", "ev"]);
+    assert_eq!(
+        dbs.dst
+            .query_one_string("SELECT count(*) FROM pgshift_shadow_billing.ev_2024"),
+        "0"
+    );
+    wd.run_ok(&["abort", "--dest", &dst]);
 
     run_two(&wd, &dbs, "prepare", &[]);
     let prepared = catalog_fingerprint(&dbs.dst);

@@ -95,7 +95,8 @@ pub struct Resolved {
     pub warnings: Vec<String>,
 }
 
-/// A relation of a schema: name, kind, parent in the same schema.
+/// A relation of a schema: name, kind, parent (its key: the parent may be in
+/// another schema, as a partition may).
 #[derive(Debug, Clone)]
 struct Rel {
     schema: String,
@@ -109,12 +110,14 @@ struct Rel {
 async fn relations(client: &Client, schema: &str) -> Result<Vec<Rel>> {
     let rows = client
         .query(
-            "SELECT c.relname::text, c.relkind::text,
-                    (SELECT p.relname::text FROM pg_catalog.pg_inherits i
-                       JOIN pg_catalog.pg_class p ON p.oid = i.inhparent
-                      WHERE i.inhrelid = c.oid AND p.relnamespace = c.relnamespace
-                      ORDER BY i.inhseqno LIMIT 1)
+            "SELECT c.relname::text, c.relkind::text, par.nspname::text, par.relname::text
                FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+               LEFT JOIN LATERAL (
+                    SELECT pn.nspname, p.relname FROM pg_catalog.pg_inherits i
+                      JOIN pg_catalog.pg_class p ON p.oid = i.inhparent
+                      JOIN pg_catalog.pg_namespace pn ON pn.oid = p.relnamespace
+                     WHERE i.inhrelid = c.oid
+                     ORDER BY i.inhseqno LIMIT 1) par ON true
               WHERE n.nspname = $1 AND c.relkind IN ('r', 'p', 'f', 'v', 'm')
                 AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_depend d
                                  WHERE d.classid = 'pg_catalog.pg_class'::regclass
@@ -130,7 +133,10 @@ async fn relations(client: &Client, schema: &str) -> Result<Vec<Rel>> {
             schema: schema.to_string(),
             name: r.get(0),
             relkind: r.get::<_, String>(1).chars().next().unwrap_or('r'),
-            parent: r.get(2),
+            parent: r
+                .get::<_, Option<String>>(2)
+                .zip(r.get::<_, Option<String>>(3))
+                .map(|(ps, pn)| table_display(&ps, &pn)),
         })
         .collect())
 }
@@ -156,10 +162,7 @@ fn with_descendants(rels: &[Rel], names: &BTreeSet<String>) -> BTreeSet<String> 
     let mut children: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for r in rels {
         if let Some(p) = &r.parent {
-            children
-                .entry(table_display(&r.schema, p))
-                .or_default()
-                .push(r.key());
+            children.entry(p.clone()).or_default().push(r.key());
         }
     }
     let mut out = names.clone();
@@ -228,17 +231,16 @@ pub async fn match_keep(
         &['r', 'p'],
         &format!("the destination's {}", schemas.join(", ")),
     )?;
+    let listed: HashSet<String> = rels.iter().map(Rel::key).collect();
     for r in rels.iter().filter(|r| kept.contains(&r.key())) {
         if let Some(p) = r
             .parent
             .as_ref()
-            .filter(|p| !kept.contains(&table_display(&r.schema, p)))
+            .filter(|p| listed.contains(*p) && !kept.contains(*p))
         {
             crate::refuse!(
-                "--keep-tables: {} is a partition (or child) of {}, which is not kept; keep {} itself; nothing was changed",
+                "--keep-tables: {} is a partition (or child) of {p}, which is not kept; keep {p} itself; nothing was changed",
                 r.key(),
-                table_display(&r.schema, p),
-                table_display(&r.schema, p)
             );
         }
     }
