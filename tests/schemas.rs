@@ -1145,12 +1145,14 @@ fn a_kept_table_gone_before_the_swap_is_named_as_written() {
     assert_eq!(catalog_fingerprint(&dbs.dst), before);
 }
 
-/// A partitioned table of public whose partitions are in billing: keeping it
+/// A partitioned table of public whose partitions are in billing: migrating
+/// public without billing is refused (the table would be split from its
+/// partitions); keeping it
 /// (prepare, swap or rollback `--keep-tables`) is refused, naming the
 /// partitions, and nothing changes (the swap would take its partitions away
 /// with billing). Excluding it (or its rows) takes the partitions along.
-/// Without keeping it, it moves whole. And `cleanup` never
-/// drops a backup that holds partitions of a live table. (The dry run's
+/// Without keeping it, it moves whole. And `cleanup` never drops a backup
+/// that holds partitions of a live table, or is the parent of live ones. (The dry run's
 /// hint of written tables covers billing's partitions too.)
 #[test]
 fn a_kept_table_with_partitions_in_another_schema_is_refused() {
@@ -1168,6 +1170,12 @@ fn a_kept_table_with_partitions_in_another_schema_is_refused() {
     let wd = Workdir::new();
     let (src, dst) = (dbs.src.url(), dbs.dst.url());
     let refusal = "--keep-tables: partitions (or children) of ev are in another schema (billing.ev_2024, billing.ev_2025)";
+
+    // Migrating public without billing would split the table from its partitions.
+    assert_usage_error(
+        &wd.run(&["prepare", "--source", &src, "--dest", &dst]),
+        "--schemas: billing.ev_2024 is a partition (or child) of public.ev, and billing is not migrated (1 more like it); add that schema to --schemas; nothing was changed",
+    );
 
     // The dry run's hint names the partitions written in billing.
     let plan = run_two(&wd, &dbs, "prepare", &["--dry-run"]);
@@ -1251,7 +1259,10 @@ fn a_kept_table_with_partitions_in_another_schema_is_refused() {
         "CREATE TABLE public.archive (id int NOT NULL, at date NOT NULL) PARTITION BY RANGE (at);
          ALTER TABLE \"{old_public}\".ev DETACH PARTITION \"{old_billing}\".ev_2025;
          ALTER TABLE public.archive ATTACH PARTITION \"{old_billing}\".ev_2025
-               FOR VALUES FROM ('2025-01-01') TO ('2026-01-01');"
+               FOR VALUES FROM ('2025-01-01') TO ('2026-01-01');
+         CREATE TABLE billing.extra PARTITION OF \"{old_public}\".ev
+               FOR VALUES FROM ('2030-01-01') TO ('2031-01-01');
+         INSERT INTO billing.extra VALUES (1, '2030-05-05');"
     ));
     let cleaned = run_json(&wd, &["cleanup", "--dest", &dst, "--before", &far_future()]);
     assert_eq!(cleaned["dropped"], json!([]), "{cleaned}");
@@ -1262,8 +1273,19 @@ fn a_kept_table_with_partitions_in_another_schema_is_refused() {
         )),
         "{reason}"
     );
+    assert!(
+        reason.contains(&format!(
+            "table billing.extra (a partition or child of {old_public}.ev)"
+        )),
+        "{reason}"
+    );
     assert_eq!(
         dbs.dst.query_one_string("SELECT count(*) FROM archive"),
         "10"
+    );
+    assert_eq!(
+        dbs.dst
+            .query_one_string("SELECT count(*) FROM billing.extra"),
+        "1"
     );
 }

@@ -218,8 +218,9 @@ fn backup_schemas(b: &BackupRow) -> Vec<String> {
 }
 
 /// Objects outside `schemas` that depend on objects in them (a `DROP SCHEMA …
-/// CASCADE` would take them along), and tables outside whose partitions or
-/// inheritance children are in them (they would lose those rows).
+/// CASCADE` would take them along, partitions included), and tables outside
+/// whose partitions or inheritance children are in them (they would lose
+/// those rows).
 async fn external_dependents(client: &Client, schemas: &[String]) -> Result<Vec<String>> {
     let shown = schemas.join(", ");
     let rows = client
@@ -259,6 +260,18 @@ async fn external_dependents(client: &Client, schemas: &[String]) -> Result<Vec<
                JOIN pg_catalog.pg_namespace cn ON cn.oid = c.relnamespace
                JOIN pg_catalog.pg_class p ON p.oid = i.inhparent
               WHERE c.relnamespace IN (SELECT oid FROM ns) AND p.relnamespace NOT IN (SELECT oid FROM ns)
+                AND c.relkind IN ('r', 'p', 'f')
+             UNION
+             -- A partition outside whose parent is in the backup goes with it.
+             SELECT pg_catalog.pg_describe_object('pg_catalog.pg_class'::regclass, i.inhrelid, 0)
+                    || ' (a partition or child of ' || pg_catalog.quote_ident(pn.nspname) || '.'
+                    || pg_catalog.quote_ident(p.relname) || ')'
+               FROM pg_catalog.pg_inherits i
+               JOIN pg_catalog.pg_class c ON c.oid = i.inhrelid
+               JOIN pg_catalog.pg_class p ON p.oid = i.inhparent
+               JOIN pg_catalog.pg_namespace pn ON pn.oid = p.relnamespace
+              WHERE p.relnamespace IN (SELECT oid FROM ns) AND c.relnamespace NOT IN (SELECT oid FROM ns)
+                AND c.relkind IN ('r', 'p', 'f')
               ORDER BY 1",
             &[&schemas],
         )

@@ -399,6 +399,34 @@ pub async fn check_schemas(schemas: &[String], src: &Client, dst: &Client) -> Re
             );
         }
     }
+    // A partition (or inheritance child) and its parent are migrated together
+    // or not at all: a child restored without its parent would attach to the
+    // destination's live parent; a parent swapped without its children would
+    // take them into its backup.
+    let split: Vec<String> = crate::pg::exec::column(
+        src,
+        "SELECT pg_catalog.format('%I.%I is a partition (or child) of %I.%I, and %I is not migrated',
+                                  cn.nspname, c.relname, pn.nspname, p.relname,
+                                  CASE WHEN cn.nspname = ANY($1) THEN pn.nspname ELSE cn.nspname END)
+           FROM pg_catalog.pg_inherits i
+           JOIN pg_catalog.pg_class c ON c.oid = i.inhrelid
+           JOIN pg_catalog.pg_namespace cn ON cn.oid = c.relnamespace
+           JOIN pg_catalog.pg_class p ON p.oid = i.inhparent
+           JOIN pg_catalog.pg_namespace pn ON pn.oid = p.relnamespace
+          WHERE (cn.nspname = ANY($1)) <> (pn.nspname = ANY($1)) AND c.relkind IN ('r', 'p', 'f')
+          ORDER BY 1",
+        &[&schemas],
+    )
+    .await?;
+    if let Some(first) = split.first() {
+        let more = match split.len() {
+            1 => String::new(),
+            n => format!(" ({} more like it)", n - 1),
+        };
+        crate::refuse!(
+            "--schemas: {first}{more}; add that schema to --schemas; nothing was changed"
+        );
+    }
     if meta::is_default_schemas(schemas) {
         return Ok(Vec::new());
     }
