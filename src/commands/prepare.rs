@@ -213,6 +213,10 @@ pub fn print_plan(ctx: &Ctx, p: &Plan) -> Result<()> {
         plan.tables.len(),
         human_bytes(plan.total_bytes)
     );
+    if let Some(b) = &plan.swap_lock_budget {
+        // An upper bound: the budget of an object-level swap of the source's objects.
+        crate::commands::swap::print_budget(b, "swap");
+    }
     if let Some(w) = &p.writes {
         print_writes_hint(plan, w);
     }
