@@ -290,3 +290,51 @@ fn a_shadow_changed_since_prepare_is_not_swapped() {
     );
     assert_eq!(catalog_fingerprint(&dbs.dst), before);
 }
+
+/// An object of public dropped between the swap's listing and its locks: the
+/// attempt fails ("does not exist"), the next one lists again and the swap
+/// completes, once, in both modes.
+#[test]
+fn an_object_dropped_after_the_listing_makes_the_swap_list_again() {
+    use std::io::{BufRead, BufReader};
+    use std::process::Stdio;
+    for mode in ["rename", "object"] {
+        let dbs = setup(&format!("swap_gone_{mode}"));
+        dbs.dst
+            .psql("CREATE VIEW old_labels AS SELECT label FROM items");
+        let wd = Workdir::new();
+        assert_success(&wd.prepare(&dbs, &[]));
+        let mut cmd = wd.cmd();
+        cmd.args([
+            "swap",
+            "--json",
+            "--swap-mode",
+            mode,
+            "--dest",
+            &dbs.dst.url(),
+        ])
+        .env("PGSHIFT_FAILPOINT", "swap-listed:sleep=3000")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+        let mut child = cmd.spawn().expect("spawn pgshift");
+        let stderr = child.stderr.take().unwrap();
+        let mut lines = BufReader::new(stderr).lines();
+        let mut log = Vec::new();
+        for line in lines.by_ref() {
+            let line = line.unwrap();
+            let paused = line.contains("pausing 3000 ms at swap-listed");
+            log.push(line);
+            if paused {
+                break;
+            }
+        }
+        dbs.dst.psql("DROP VIEW old_labels");
+        log.extend(lines.map(Result::unwrap));
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success(), "{mode}: {}", log.join("\n"));
+        let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(report["attempts"], 2, "{mode}: {report}");
+        assert_eq!(report["swap_mode"], mode, "{report}");
+        assert_eq!(dbs.dst.psql("SELECT count(*) FROM items"), "200");
+    }
+}

@@ -491,6 +491,7 @@ pub async fn swap<H: InTx>(
         capacity = lock_budget.capacity,
         "swap lock budget"
     );
+    failpoint("swap-listed").await?;
     // The first attempt moves what was just listed; a retry lists again.
     let first_listing = std::sync::Mutex::new(Some(listed));
     let last_gone = std::sync::Mutex::new(None);
