@@ -436,8 +436,12 @@ async fn budget_of(
 }
 
 /// One line refusing a swap that does not fit the lock table, or None.
-fn lock_refusal(b: &Budget, choice: &Choice) -> Option<String> {
-    let line = b.refusal("the swap")?;
+fn lock_refusal(b: &Budget, choice: &Choice, origin: &Origin) -> Option<String> {
+    let what = match origin {
+        Origin::Migration(_) => "the swap",
+        Origin::Rollback { .. } => "the rollback",
+    };
+    let line = b.refusal(what)?;
     Some(match choice.mode {
         Mode::Object => format!(
             "{line}; nothing was changed (an object-level swap locks every object it moves; the swap by renaming schemas needs far fewer, but is not possible here: {})",
@@ -483,7 +487,7 @@ pub async fn swap<H: InTx>(
     exec(&client, "RESET search_path").await?;
     let listed = listed?;
     let lock_budget = budget_of(&client, &req, &listed, hook.lock_need()).await?;
-    if let Some(refusal) = lock_refusal(&lock_budget, &choice) {
+    if let Some(refusal) = lock_refusal(&lock_budget, &choice, origin) {
         bail!(refusal);
     }
     tracing::debug!(
