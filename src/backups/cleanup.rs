@@ -250,27 +250,23 @@ async fn external_dependents(client: &Client, schemas: &[String]) -> Result<Vec<
                               WHERE n.nspname = (pg_catalog.pg_identify_object(d.classid, d.objid, 0)).schema)
                      END), 0) NOT IN (SELECT oid FROM ns)
              UNION
-             -- A table outside whose partitions (or children) are in the backup
-             -- would lose their rows.
-             SELECT 'the rows of ' || pg_catalog.pg_describe_object('pg_catalog.pg_class'::regclass, i.inhparent, 0)
-                    || ' in its partition (or child) ' || pg_catalog.quote_ident(cn.nspname) || '.'
-                    || pg_catalog.quote_ident(c.relname)
+             -- Partitioning (or inheritance) across the backup's edge: a table
+             -- outside would lose the rows of its partitions in the backup, and
+             -- a partition outside would go with its parent in the backup.
+             SELECT CASE WHEN c.relnamespace IN (SELECT oid FROM ns)
+                         THEN 'the rows of ' || pg_catalog.pg_describe_object('pg_catalog.pg_class'::regclass, p.oid, 0)
+                              || ' in its partition (or child) ' || pg_catalog.quote_ident(cn.nspname) || '.'
+                              || pg_catalog.quote_ident(c.relname)
+                         ELSE pg_catalog.pg_describe_object('pg_catalog.pg_class'::regclass, c.oid, 0)
+                              || ' (a partition or child of ' || pg_catalog.quote_ident(pn.nspname) || '.'
+                              || pg_catalog.quote_ident(p.relname) || ')'
+                    END
                FROM pg_catalog.pg_inherits i
                JOIN pg_catalog.pg_class c ON c.oid = i.inhrelid
                JOIN pg_catalog.pg_namespace cn ON cn.oid = c.relnamespace
                JOIN pg_catalog.pg_class p ON p.oid = i.inhparent
-              WHERE c.relnamespace IN (SELECT oid FROM ns) AND p.relnamespace NOT IN (SELECT oid FROM ns)
-                AND c.relkind IN ('r', 'p', 'f')
-             UNION
-             -- A partition outside whose parent is in the backup goes with it.
-             SELECT pg_catalog.pg_describe_object('pg_catalog.pg_class'::regclass, i.inhrelid, 0)
-                    || ' (a partition or child of ' || pg_catalog.quote_ident(pn.nspname) || '.'
-                    || pg_catalog.quote_ident(p.relname) || ')'
-               FROM pg_catalog.pg_inherits i
-               JOIN pg_catalog.pg_class c ON c.oid = i.inhrelid
-               JOIN pg_catalog.pg_class p ON p.oid = i.inhparent
                JOIN pg_catalog.pg_namespace pn ON pn.oid = p.relnamespace
-              WHERE p.relnamespace IN (SELECT oid FROM ns) AND c.relnamespace NOT IN (SELECT oid FROM ns)
+              WHERE (c.relnamespace IN (SELECT oid FROM ns)) <> (p.relnamespace IN (SELECT oid FROM ns))
                 AND c.relkind IN ('r', 'p', 'f')
               ORDER BY 1",
             &[&schemas],
