@@ -7,6 +7,21 @@ mod common;
 
 use common::{TestDbs, Workdir, assert_success, schema_fingerprint};
 
+/// `<command> --preserved-tables users` between the pair, which must succeed:
+/// its stdout.
+fn with_users_preserved(wd: &Workdir, dbs: &TestDbs, command: &str) -> String {
+    let (src, dst) = (dbs.src.url(), dbs.dst.url());
+    assert_success(&wd.run(&[
+        command,
+        "--source",
+        &src,
+        "--dest",
+        &dst,
+        "--preserved-tables",
+        "users",
+    ]))
+}
+
 #[test]
 fn fk_violations_block_the_swap_unless_allowed_and_status_tells() {
     let dbs = TestDbs::new("preserved_fk");
@@ -22,16 +37,8 @@ fn fk_violations_block_the_swap_unless_allowed_and_status_tells() {
          INSERT INTO users SELECT g, 'dst' || g FROM generate_series(1, 60) g;",
     );
     let wd = Workdir::new();
-    let (src, dst) = (dbs.src.url(), dbs.dst.url());
-    assert_success(&wd.run(&[
-        "prepare",
-        "--source",
-        &src,
-        "--dest",
-        &dst,
-        "--preserved-tables",
-        "users",
-    ]));
+    let dst = dbs.dst.url();
+    with_users_preserved(&wd, &dbs, "prepare");
 
     // status: prepared, with the preserved table's sync health.
     let st: serde_json::Value = serde_json::from_str(&assert_success(
@@ -177,16 +184,7 @@ fn matviews_and_default_sequences_follow_the_preserved_rows() {
          REFRESH MATERIALIZED VIEW user_count; REFRESH MATERIALIZED VIEW named_count;",
     );
     let wd = Workdir::new();
-    let (src, dst) = (dbs.src.url(), dbs.dst.url());
-    assert_success(&wd.run(&[
-        "start",
-        "--source",
-        &src,
-        "--dest",
-        &dst,
-        "--preserved-tables",
-        "users",
-    ]));
+    with_users_preserved(&wd, &dbs, "start");
     assert_eq!(dbs.dst.psql("SELECT count(*) FROM users"), "40");
     assert_eq!(dbs.dst.psql("SELECT n FROM user_count"), "40");
     assert_eq!(dbs.dst.psql("SELECT n FROM named_count"), "40");
@@ -214,16 +212,8 @@ fn status_tells_when_a_preserved_table_can_no_longer_be_replayed() {
     dbs.dst.psql(ddl);
     dbs.dst.psql("INSERT INTO users VALUES (1, 'a')");
     let wd = Workdir::new();
-    let (src, dst) = (dbs.src.url(), dbs.dst.url());
-    assert_success(&wd.run(&[
-        "prepare",
-        "--source",
-        &src,
-        "--dest",
-        &dst,
-        "--preserved-tables",
-        "users",
-    ]));
+    let dst = dbs.dst.url();
+    with_users_preserved(&wd, &dbs, "prepare");
     dbs.dst
         .psql("ALTER TABLE public.users RENAME COLUMN name TO full_name");
     let st: serde_json::Value = serde_json::from_str(&assert_success(

@@ -17,6 +17,20 @@ use common::{TestDbs, Workdir, assert_success};
 use tokio::sync::Mutex;
 
 /// Owner, grants, comment and default privileges of schema public.
+/// Create the login role `role` (unless it exists) on `db`'s server: the URL
+/// of `db` as that role.
+fn login_role(db: &common::TestDb, role: &str, password: &str) -> String {
+    db.psql(&format!(
+        "DO $$ BEGIN CREATE ROLE {role} LOGIN PASSWORD '{password}'; EXCEPTION WHEN duplicate_object THEN NULL; END $$;"
+    ));
+    format!(
+        "postgresql://{role}:{password}@{}:{}/{}",
+        db.host(),
+        db.port(),
+        db.name()
+    )
+}
+
 fn public_properties(db: &common::TestDb) -> String {
     db.query_one_string(
         "SELECT concat_ws(' | ',
@@ -281,10 +295,10 @@ fn postgis_in_public_picks_the_object_level_swap() {
 #[test]
 fn rename_mode_as_the_owner_of_public_without_superuser() {
     let dbs = TestDbs::new("rename_owner");
-    let (role, password) = ("rename_owner", "owner-pw");
+    let role = "rename_owner";
+    let dst = login_role(&dbs.dst, role, "owner-pw");
     dbs.dst.psql(&format!(
-        "DO $$ BEGIN CREATE ROLE {role} LOGIN PASSWORD '{password}'; EXCEPTION WHEN duplicate_object THEN NULL; END $$;
-         DO $$ BEGIN CREATE ROLE rename_reader; EXCEPTION WHEN duplicate_object THEN NULL; END $$;
+        "DO $$ BEGIN CREATE ROLE rename_reader; EXCEPTION WHEN duplicate_object THEN NULL; END $$;
          DO $$ BEGIN CREATE ROLE rename_tables; EXCEPTION WHEN duplicate_object THEN NULL; END $$;
          GRANT rename_tables TO {role};
          ALTER DATABASE \"{db}\" OWNER TO {role};
@@ -306,12 +320,6 @@ fn rename_mode_as_the_owner_of_public_without_superuser() {
     assert!(
         before.contains(&format!("{role}=UC/{role}")),
         "public's grants name its owner: {before}"
-    );
-    let dst = format!(
-        "postgresql://{role}:{password}@{}:{}/{}",
-        dbs.dst.host(),
-        dbs.dst.port(),
-        dbs.dst.name()
     );
     let wd = Workdir::new();
     let out = assert_success(&wd.run(&[
@@ -392,10 +400,10 @@ fn rename_mode_as_the_owner_of_public_without_superuser() {
 #[test]
 fn rename_mode_refused_names_the_schema_not_owned() {
     let dbs = TestDbs::new("not_owner");
-    let (role, password) = ("not_owner", "guest-pw");
+    let role = "not_owner";
+    let dst = login_role(&dbs.dst, role, "guest-pw");
     dbs.dst.psql(&format!(
-        "DO $$ BEGIN CREATE ROLE {role} LOGIN PASSWORD '{password}'; EXCEPTION WHEN duplicate_object THEN NULL; END $$;
-         DO $$ BEGIN CREATE ROLE not_owner_admin; EXCEPTION WHEN duplicate_object THEN NULL; END $$;
+        "DO $$ BEGIN CREATE ROLE not_owner_admin; EXCEPTION WHEN duplicate_object THEN NULL; END $$;
          ALTER DATABASE \"{db}\" OWNER TO {role};
          ALTER SCHEMA public OWNER TO not_owner_admin;
          GRANT USAGE, CREATE ON SCHEMA public TO {role};
@@ -407,12 +415,6 @@ fn rename_mode_refused_names_the_schema_not_owned() {
     dbs.src.psql(
         "CREATE TABLE accounts (id int PRIMARY KEY, email text, plan text);
          INSERT INTO accounts SELECT g, 'src' || g, 'free' FROM generate_series(1, 7) g;",
-    );
-    let dst = format!(
-        "postgresql://{role}:{password}@{}:{}/{}",
-        dbs.dst.host(),
-        dbs.dst.port(),
-        dbs.dst.name()
     );
     let wd = Workdir::new();
     assert_success(&wd.run(&["prepare", "--source", &dbs.src.url(), "--dest", &dst]));

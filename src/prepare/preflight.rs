@@ -345,9 +345,11 @@ pub async fn leftovers(dst: &Client) -> Result<Leftover> {
     let row = d.row.as_ref();
     let prepared = matches!(d.state, State::Prepared | State::Swapping) && d.shadow.ours();
     match row {
-        Some(m) if prepared => Err(crate::user_error!("a migration is already prepared on the destination (id {}, prepared {}); run `pgshift swap` to finish it or `pgshift abort` to drop it",
+        Some(m) if prepared => Err(crate::user_error!(
+            "a migration is already prepared on the destination (id {}, prepared {}); run `pgshift swap` to finish it or `pgshift abort` to drop it",
             m.id,
-            m.state.updated_at.format("%Y-%m-%d %H:%M:%S UTC"))),
+            m.state.updated_at.format("%Y-%m-%d %H:%M:%S UTC")
+        )),
         Some(m) if m.state.status == Status::Preparing => Ok(Leftover::StartOver(format!(
             "the previous prepare (id {}, pid {} on {}) stopped during phase {} without finishing; dropping what it left and starting over with a new snapshot",
             m.id,
