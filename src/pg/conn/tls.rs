@@ -294,6 +294,16 @@ struct Lenient {
     chain: Option<Arc<WebPkiServerVerifier>>,
 }
 
+type Cert<'a> = CertificateDer<'a>;
+type Dss = DigitallySignedStruct;
+type SignatureCheck = Result<HandshakeSignatureValid, rustls::Error>;
+
+impl Lenient {
+    fn algorithms(&self) -> &rustls::crypto::WebPkiSupportedAlgorithms {
+        &self.provider.signature_verification_algorithms
+    }
+}
+
 impl ServerCertVerifier for Lenient {
     fn verify_server_cert(
         &self,
@@ -314,38 +324,16 @@ impl ServerCertVerifier for Lenient {
         }
     }
 
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
+    fn verify_tls12_signature(&self, msg: &[u8], cert: &Cert, dss: &Dss) -> SignatureCheck {
+        rustls::crypto::verify_tls12_signature(msg, cert, dss, self.algorithms())
     }
 
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
+    fn verify_tls13_signature(&self, msg: &[u8], cert: &Cert, dss: &Dss) -> SignatureCheck {
+        rustls::crypto::verify_tls13_signature(msg, cert, dss, self.algorithms())
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider
-            .signature_verification_algorithms
-            .supported_schemes()
+        self.algorithms().supported_schemes()
     }
 }
 
@@ -763,15 +751,19 @@ mod tests {
             plan(&s).unwrap().client_cert,
             Some((cert.clone(), key.clone()))
         );
-        let (chain, server_key) = ca.leaf(&["db"]);
-        handshake(
-            client_config(&s).unwrap(),
-            "db",
-            chain,
-            server_key,
-            Some(&client_ca),
-        )
-        .unwrap();
+        // The server "db" with a certificate from `ca` asks for a client
+        // certificate signed by `client_ca`.
+        let with_client_ca = |s: &ConnSpec| {
+            let (chain, server_key) = ca.leaf(&["db"]);
+            handshake(
+                client_config(s).unwrap(),
+                "db",
+                chain,
+                server_key,
+                Some(&client_ca),
+            )
+        };
+        with_client_ca(&s).unwrap();
         // Without a client certificate the server refuses.
         let s = spec(
             &format!(
@@ -780,17 +772,7 @@ mod tests {
             ),
             h,
         );
-        let (chain, server_key) = ca.leaf(&["db"]);
-        assert!(
-            handshake(
-                client_config(&s).unwrap(),
-                "db",
-                chain,
-                server_key,
-                Some(&client_ca)
-            )
-            .is_err()
-        );
+        assert!(with_client_ca(&s).is_err());
 
         // Key readable by others: refused like libpq.
         std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
@@ -816,15 +798,7 @@ mod tests {
             plan(&s).unwrap().client_cert,
             Some((dir.join("postgresql.crt"), dir.join("postgresql.key")))
         );
-        let (chain, server_key) = ca.leaf(&["db"]);
-        handshake(
-            client_config(&s).unwrap(),
-            "db",
-            chain,
-            server_key,
-            Some(&client_ca),
-        )
-        .unwrap();
+        with_client_ca(&s).unwrap();
     }
 
     #[test]
