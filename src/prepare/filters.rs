@@ -399,16 +399,8 @@ pub async fn resolve(
         .await?;
         for (s, tables) in &kept_by_schema {
             let roots: Vec<String> = tables.iter().cloned().collect();
-            for d in rollback::dependents(dest, s, &roots).await? {
-                res.warnings.push(format!(
-                    "{d} depends on a kept table; it moves to the backup with the rest of {s} and keeps reading the kept table"
-                ));
-            }
-            for d in rollback::kept_uses(dest, s, &roots).await? {
-                res.warnings.push(format!(
-                    "a kept table uses {d}, which moves to the backup with the rest of {s}; the kept table keeps using that copy"
-                ));
-            }
+            res.warnings
+                .extend(rollback::kept_table_warnings(dest, s, &roots, "the backup").await?);
         }
         res.kept = kept;
     }

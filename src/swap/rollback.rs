@@ -277,16 +277,7 @@ pub async fn plan(client: &Client, opts: &RollbackOptions) -> Result<Plan> {
                 blockers.join(", ")
             );
         }
-        for d in dependents(client, live, &roots).await? {
-            warnings.push(format!(
-                "{d} depends on a kept table; it moves to the new backup and keeps reading {live}'s table"
-            ));
-        }
-        for d in kept_uses(client, live, &roots).await? {
-            warnings.push(format!(
-                "a kept table uses {d}, which moves to the new backup with the rest of {live}; the kept table keeps using that copy"
-            ));
-        }
+        warnings.extend(kept_table_warnings(client, live, &roots, "the new backup").await?);
         let mut expected: BTreeSet<String> = backup_tables
             .iter()
             .filter(|t| !keep.contains(*t))
@@ -1116,17 +1107,30 @@ pub(crate) async fn depending_on(
         .collect())
 }
 
-/// Objects of public (types, standalone sequences, functions) that kept
-/// tables use and that will move out with the rest of public.
-pub(crate) async fn kept_uses(
+/// What an operator should know about `schema`'s kept `tables` when the rest
+/// of `schema` moves to `to` (a backup): objects depending on them move along
+/// and keep reading the kept table; objects of `schema` they use (types,
+/// standalone sequences, functions) move along and the kept table keeps
+/// using that copy.
+pub(crate) async fn kept_table_warnings(
     client: &Client,
     schema: &str,
     tables: &[String],
+    to: &str,
 ) -> Result<Vec<String>> {
     if tables.is_empty() {
         return Ok(Vec::new());
     }
-    query_map(
+    let mut warnings: Vec<String> = dependents(client, schema, tables)
+        .await?
+        .into_iter()
+        .map(|d| {
+            format!(
+                "{d} depends on a kept table; it moves to {to} with the rest of {schema} and keeps reading the kept table"
+            )
+        })
+        .collect();
+    let uses: Vec<String> = query_map(
         client,
             "WITH kept AS (SELECT c.oid FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
                             WHERE n.nspname = $2 AND c.relname = ANY($1) AND c.relkind IN ('r', 'p')),
@@ -1150,7 +1154,13 @@ pub(crate) async fn kept_uses(
         "looking for what kept tables use",
         |r| r.get(0),
     )
-    .await
+    .await?;
+    warnings.extend(uses.into_iter().map(|d| {
+        format!(
+            "a kept table uses {d}, which moves to {to} with the rest of {schema}; the kept table keeps using that copy"
+        )
+    }));
+    Ok(warnings)
 }
 
 #[cfg(test)]
