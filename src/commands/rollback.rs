@@ -5,7 +5,7 @@ use anyhow::Result;
 use crate::backups::verify;
 use crate::cli::RollbackArgs;
 use crate::commands::Ctx;
-use crate::commands::swap::{print_budget, print_ending, print_locks, print_moves};
+use crate::commands::swap::{print_budget, print_ending, print_head, print_moves};
 use crate::error::{ExitCode, UserError};
 use crate::output;
 use crate::pg::ident::TableName;
@@ -102,18 +102,13 @@ fn print_report(ctx: &Ctx, r: &RollbackReport) -> Result<()> {
     if ctx.settings.json {
         return output::print_json(r);
     }
-    // Several schemas: the next line pairs each live schema with its backup.
-    let (live, old) = if r.schemas.is_empty() {
-        ("public", "public is")
-    } else {
-        ("the live schemas", "schemas are")
-    };
-    println!(
-        "Rolled back to {}: {} objects into {live}; the replaced {old} kept as {} ({} objects)",
-        r.restored_schema, r.moved.moved_in, r.backup_schema, r.moved.moved_out
+    print_head(
+        &format!("Rolled back to {}", r.restored_schema),
+        ["; the replaced public is", "; the replaced schemas are"],
+        &r.backup_schema,
+        &r.schemas,
+        &r.moved,
     );
-    crate::commands::swap::print_schemas(&r.schemas);
-    print_locks(&r.moved);
     if !r.kept_tables.is_empty() {
         println!(
             "Kept from the replaced public: {}",

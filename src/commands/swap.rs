@@ -123,8 +123,28 @@ pub fn print_schemas(schemas: &[crate::backups::manifest::SchemaMap]) {
     }
 }
 
-/// How long a swap (or rollback) held its locks.
-pub fn print_locks(m: &Moved) {
+/// How every swap (or rollback) report starts: what was `done`, how many
+/// objects moved into the live side (`public`, or `the live schemas`, then a
+/// line pairing each live schema with its backup), how `replaced` it is
+/// (for public alone, for several schemas) and where it is kept; then how long
+/// the locks were held.
+pub fn print_head(
+    done: &str,
+    replaced: [&str; 2],
+    backup: &str,
+    schemas: &[crate::backups::manifest::SchemaMap],
+    m: &Moved,
+) {
+    let (live, replaced) = if schemas.is_empty() {
+        ("public", replaced[0])
+    } else {
+        ("the live schemas", replaced[1])
+    };
+    println!(
+        "{done}: {} objects into {live}{replaced} kept as {backup} ({} objects)",
+        m.moved_in, m.moved_out
+    );
+    print_schemas(schemas);
     println!(
         "Locks held for {} ms ({} attempt{})",
         m.lock_held_ms,
@@ -161,18 +181,13 @@ pub fn print_report(ctx: &Ctx, r: &SwapReport) -> Result<()> {
     if ctx.settings.json {
         return output::print_json(r);
     }
-    // Several schemas: the next line pairs each live schema with its backup.
-    let (live, old) = if r.schemas.is_empty() {
-        ("public", "public")
-    } else {
-        ("the live schemas", "schemas")
-    };
-    println!(
-        "Swapped migration {}: {} objects into {live}, old {old} kept as {} ({} objects)",
-        r.migration_id, r.moved.moved_in, r.backup_schema, r.moved.moved_out
+    print_head(
+        &format!("Swapped migration {}", r.migration_id),
+        [", old public", ", old schemas"],
+        &r.backup_schema,
+        &r.schemas,
+        &r.moved,
     );
-    print_schemas(&r.schemas);
-    print_locks(&r.moved);
     println!("Checked before the swap: {}", r.impact.summary());
     if !r.preserved_tables.is_empty() {
         println!(
