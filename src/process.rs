@@ -65,12 +65,8 @@ impl ChildSpec {
         self
     }
 
-    pub fn env_remove<I, S>(mut self, names: I) -> Self
-    where
-        I: IntoIterator<Item = S>,
-        S: Into<String>,
-    {
-        self.env_remove.extend(names.into_iter().map(Into::into));
+    pub fn env_remove(mut self, names: &[&str]) -> Self {
+        self.env_remove.extend(names.iter().map(|n| n.to_string()));
         self
     }
 
@@ -320,7 +316,7 @@ mod tests {
                 "echo \"$PGPASSWORD\"; test -z \"$PGSERVICE\" || echo leaked",
             ])
             .envs(vec![("PGPASSWORD".into(), "s3cret".into())])
-            .env_remove(["PGSERVICE"]);
+            .env_remove(&["PGSERVICE"]);
         let out = run(&spec, &CancellationToken::new()).await.unwrap();
         assert_eq!(String::from_utf8(out.stdout).unwrap(), "s3cret\n");
         let spec = ChildSpec::new("/bin/sh").args(["-c", "echo boom >&2; exit 3"]);

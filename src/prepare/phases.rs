@@ -733,7 +733,7 @@ async fn dump(run: &mut Run<'_>) -> Result<()> {
         )
         .arg("--file")
         .arg(run.dump_dir.as_os_str())
-        .env_remove(ConnSpec::child_env_remove().iter().copied())
+        .env_remove(ConnSpec::child_env_remove())
         .envs(run.source.child_env());
     let spec = with_appname(spec, "pgshift pg_dump");
     process::run(&spec, &run.sess.run.cancel)
@@ -754,7 +754,7 @@ async fn restore_section(run: &Run<'_>, section: &str) -> Result<Vec<Entry>> {
         .arg(format!("--section={section}"))
         .args(["--no-owner", "--no-privileges", "--file=-"])
         .arg(run.dump_dir.as_os_str())
-        .env_remove(ConnSpec::child_env_remove().iter().copied());
+        .env_remove(ConnSpec::child_env_remove());
     let out = process::run(&spec, &run.sess.run.cancel)
         .await
         .with_context(|| format!("rendering the {section} section"))?;
