@@ -53,10 +53,18 @@ fn acl_rows(column: &str) -> String {
     )
 }
 
-/// The rows of `sql` about the objects of `schema` (`$1`).
-async fn rows_of(client: &Client, schema: &str, what: &str, sql: &str) -> Result<Vec<Row>> {
+/// The rows of `sql` about the objects of `schema` (`$1`) that belong to no
+/// extension: `sql` ends in its WHERE clause, `not_ext` is the
+/// [`not_ext_member!`] condition of its objects.
+async fn rows_of(
+    client: &Client,
+    schema: &str,
+    what: &str,
+    sql: &str,
+    not_ext: &str,
+) -> Result<Vec<Row>> {
     client
-        .query(sql, &[&schema])
+        .query(&format!("{sql}\n AND {not_ext}"), &[&schema])
         .await
         .with_context(|| format!("reading {what} owners and privileges"))
 }
@@ -86,11 +94,10 @@ async fn objects(client: &Client, schema: &str) -> Result<Vec<Obj>> {
                     EXISTS (SELECT 1 FROM pg_catalog.pg_depend d WHERE d.classid = 'pg_class'::regclass AND d.objid = c.oid
                              AND d.refclassid = 'pg_class'::regclass AND d.deptype IN ('a', 'i'))
                FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
-              WHERE n.nspname = $1 AND c.relkind IN ('r', 'p', 'v', 'm', 'S', 'f')
-                AND {not_ext}",
+              WHERE n.nspname = $1 AND c.relkind IN ('r', 'p', 'v', 'm', 'S', 'f')",
             acl = acl_rows("c.relacl"),
-            not_ext = not_ext_member!("pg_class", "c.oid"),
         ),
+        not_ext_member!("pg_class", "c.oid"),
     )
     .await?;
     for r in rels {
@@ -132,11 +139,10 @@ async fn objects(client: &Client, schema: &str) -> Result<Vec<Obj>> {
                     p.prokind::text, pg_catalog.pg_get_userbyid(p.proowner)::text, p.proacl IS NOT NULL,
                     {acl}
                FROM pg_catalog.pg_proc p JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace
-              WHERE n.nspname = $1
-                AND {not_ext}",
+              WHERE n.nspname = $1",
             acl = acl_rows("p.proacl"),
-            not_ext = not_ext_member!("pg_proc", "p.oid"),
         ),
+        not_ext_member!("pg_proc", "p.oid"),
     )
     .await?;
     for r in funcs {
@@ -168,11 +174,10 @@ async fn objects(client: &Client, schema: &str) -> Result<Vec<Obj>> {
                FROM pg_catalog.pg_type t JOIN pg_catalog.pg_namespace n ON n.oid = t.typnamespace
               WHERE n.nspname = $1 AND t.typtype IN ('b', 'c', 'd', 'e', 'r')
                 AND (t.typrelid = 0 OR (SELECT c.relkind FROM pg_catalog.pg_class c WHERE c.oid = t.typrelid) = 'c')
-                AND NOT (t.typelem <> 0 AND t.typlen = -1)
-                AND {not_ext}",
+                AND NOT (t.typelem <> 0 AND t.typlen = -1)",
             acl = acl_rows("t.typacl"),
-            not_ext = not_ext_member!("pg_type", "t.oid"),
         ),
+        not_ext_member!("pg_type", "t.oid"),
     )
     .await?;
     for r in types {
