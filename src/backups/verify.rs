@@ -55,21 +55,30 @@ pub struct Difference {
     pub message: String,
 }
 
-impl Difference {
-    fn new(
+impl VerifyReport {
+    /// A difference in `table` (empty for the schema itself) of `kind`:
+    /// what the manifest records (`expected`) against what is there
+    /// (`actual`).
+    fn differ(
+        &mut self,
         table: &str,
         kind: &str,
-        expected: Option<String>,
-        actual: Option<String>,
+        expected: Option<&str>,
+        actual: Option<&str>,
         message: String,
-    ) -> Difference {
-        Difference {
+    ) {
+        self.differences.push(Difference {
             table: table.to_string(),
             kind: kind.to_string(),
-            expected,
-            actual,
+            expected: expected.map(str::to_string),
+            actual: actual.map(str::to_string),
             message,
-        }
+        });
+    }
+
+    /// A difference about something the manifest records (`expected`).
+    fn recorded(&mut self, table: &str, kind: &str, expected: &str, message: String) {
+        self.differ(table, kind, Some(expected), None, message);
     }
 }
 
@@ -160,13 +169,12 @@ async fn check_schema(
 ) -> Result<()> {
     let shown = |name: &str| crate::pg::meta::table_display(live, name);
     if !crate::pg::catalog::schema_exists(client, schema).await? {
-        report.differences.push(Difference::new(
+        report.recorded(
             "",
             "missing_schema",
-            Some(schema.to_string()),
-            None,
+            schema,
             format!("schema {schema} does not exist"),
-        ));
+        );
         return Ok(());
     }
     let present = present_tables(client, schema).await?;
@@ -188,80 +196,58 @@ async fn check_schema(
         };
         let before = report.differences.len();
         match present.get(&t.name) {
-            None => report.differences.push(Difference::new(
+            None => report.recorded(
                 &name,
                 "missing_table",
-                Some(name.clone()),
-                None,
+                &name,
                 format!("table {name} is missing"),
-            )),
+            ),
             Some(p) => {
                 let n = manifest::count_rows(client, schema, &t.name).await?;
                 check.rows = Some(n);
                 if let Some(want) = t.rows
                     && want != n
                 {
-                    report.differences.push(Difference::new(
+                    report.differ(
                         &name,
                         "row_count",
-                        Some(want.to_string()),
-                        Some(n.to_string()),
+                        Some(&want.to_string()),
+                        Some(&n.to_string()),
                         format!("table {name}: {n} rows, the manifest recorded {want}"),
-                    ));
+                    );
                 }
                 if let Some(want) = &t.checksum {
                     let got = crate::prepare::phases::checksum(client, schema, &t.name).await?;
                     if &got != want {
-                        report.differences.push(Difference::new(
-                            &name,
-                            "checksum",
-                            Some(want.clone()),
-                            Some(got.clone()),
-                            format!(
-                                "table {name}: content checksum {got}, the manifest recorded {want}"
-                            ),
-                        ));
+                        let message = format!(
+                            "table {name}: content checksum {got}, the manifest recorded {want}"
+                        );
+                        report.differ(&name, "checksum", Some(want), Some(&got), message);
                     }
                 }
                 for i in &t.indexes {
                     match p.indexes.get(i) {
-                        None => report.differences.push(Difference::new(
-                            &name,
-                            "missing_index",
-                            Some(i.clone()),
-                            None,
-                            format!("table {name}: index {i} is missing"),
-                        )),
-                        Some(false) => report.differences.push(Difference::new(
-                            &name,
-                            "invalid_index",
-                            Some(i.clone()),
-                            None,
-                            format!("table {name}: index {i} is not valid"),
-                        )),
+                        None => {
+                            let message = format!("table {name}: index {i} is missing");
+                            report.recorded(&name, "missing_index", i, message)
+                        }
+                        Some(false) => {
+                            let message = format!("table {name}: index {i} is not valid");
+                            report.recorded(&name, "invalid_index", i, message)
+                        }
                         Some(true) => {}
                     }
                 }
                 for (i, valid) in &p.indexes {
                     if !valid && !t.indexes.contains(i) {
-                        report.differences.push(Difference::new(
-                            &name,
-                            "invalid_index",
-                            None,
-                            Some(i.clone()),
-                            format!("table {name}: index {i} is not valid"),
-                        ));
+                        let message = format!("table {name}: index {i} is not valid");
+                        report.differ(&name, "invalid_index", None, Some(i), message);
                     }
                 }
                 for s in &t.sequences {
                     if !p.sequences.contains(s) {
-                        report.differences.push(Difference::new(
-                            &name,
-                            "missing_sequence",
-                            Some(s.clone()),
-                            None,
-                            format!("table {name}: sequence {s} is missing"),
-                        ));
+                        let message = format!("table {name}: sequence {s} is missing");
+                        report.recorded(&name, "missing_sequence", s, message);
                     }
                 }
             }
@@ -275,13 +261,8 @@ async fn check_schema(
     if b.manifest.counts_recorded {
         for name in present.keys().filter(|n| !known.contains(n.as_str())) {
             let name = shown(name);
-            report.differences.push(Difference::new(
-                &name,
-                "unexpected_table",
-                None,
-                Some(name.clone()),
-                format!("table {name} is in the backup but not in its manifest"),
-            ));
+            let message = format!("table {name} is in the backup but not in its manifest");
+            report.differ(&name, "unexpected_table", None, Some(&name), message);
         }
     }
     Ok(())
