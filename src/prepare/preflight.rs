@@ -10,7 +10,7 @@ use tokio_postgres::Client;
 use crate::error::UserError;
 use crate::migration::derive::{Destination, State};
 use crate::migration::lifecycle::Status;
-use crate::pg::catalog::{self, ExtensionInfo};
+use crate::pg::catalog::{self, ExtensionInfo, not_ext_member};
 use crate::pg::exec::column;
 use crate::pg::ident::{display_ident, quote_ident};
 use crate::pg::meta::{self, ShadowState};
@@ -73,14 +73,8 @@ pub async fn check_source(src: &Client) -> Result<Vec<String>> {
     if !r.get::<_, bool>(1) {
         bail!("insufficient privileges on the source: role {user} has no USAGE on schema public");
     }
-    let unreadable: Vec<String> = column(
-            src,
-            "SELECT c.relname FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
-              WHERE n.nspname = 'public' AND c.relkind IN ('r', 'p', 'v', 'm', 'S', 'f')
-                AND NOT pg_catalog.has_table_privilege(c.oid, 'SELECT') ORDER BY 1",
-            &[],
-        )
-        .await?;
+    let unreadable =
+        public_relations(src, "NOT pg_catalog.has_table_privilege(c.oid, 'SELECT')").await?;
     if !unreadable.is_empty() {
         bail!(
             "insufficient privileges on the source: role {user} cannot SELECT from {} (grant SELECT on them)",
@@ -100,6 +94,21 @@ pub async fn check_source(src: &Client) -> Result<Vec<String>> {
         ));
     }
     Ok(warnings)
+}
+
+/// The relations of public (tables, views, sequences, foreign tables) for
+/// which `condition` holds (on `c`, their `pg_class` row), sorted.
+async fn public_relations(client: &Client, condition: &str) -> Result<Vec<String>> {
+    column(
+        client,
+        &format!(
+            "SELECT c.relname FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+              WHERE n.nspname = 'public' AND c.relkind IN ('r', 'p', 'v', 'm', 'S', 'f') AND {condition}
+              ORDER BY 1"
+        ),
+        &[],
+    )
+    .await
 }
 
 /// Checks on the destination (read only).
@@ -129,15 +138,12 @@ pub async fn check_dest(dst: &Client, schemas: &[String]) -> Result<Vec<String>>
     }
     let superuser: bool = r.get(4);
     if !superuser {
-        let not_owned: Vec<String> = column(
+        let not_owned = public_relations(
             dst,
-            "SELECT c.relname FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
-                  WHERE n.nspname = 'public' AND c.relkind IN ('r', 'p', 'v', 'm', 'S', 'f')
-                    AND NOT pg_catalog.pg_has_role(c.relowner, 'USAGE')
-                    AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_depend d WHERE d.classid = 'pg_class'::regclass
-                                     AND d.objid = c.oid AND d.deptype = 'e')
-                  ORDER BY 1",
-            &[],
+            concat!(
+                "NOT pg_catalog.pg_has_role(c.relowner, 'USAGE') AND ",
+                not_ext_member!("pg_class", "c.oid")
+            ),
         )
         .await?;
         if !not_owned.is_empty() {
