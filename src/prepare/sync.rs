@@ -1212,6 +1212,10 @@ pub async fn setup(
         let t = plan_table(dest, p).await?;
         let live = describe(dest, &t).await?;
         let started = Instant::now();
+        // DDL on the live table: one transaction, retried on lock timeouts.
+        let ddl = async |sql: &str, what: &str| {
+            run_with_lock_retries(dest, sql, &format!("{what} {}", t.name), retries).await
+        };
 
         // 1. Changelog, log-only functions, triggers.
         let mut sql = format!(
@@ -1241,13 +1245,7 @@ pub async fn setup(
                 .map(|e| format!("ENABLE ALWAYS TRIGGER {}", quote_ident(e.trigger())))
                 .join(", ")
         ));
-        run_with_lock_retries(
-            dest,
-            &sql,
-            &format!("creating the sync triggers on {}", t.name),
-            retries,
-        )
-        .await?;
+        ddl(&sql, "creating the sync triggers on").await?;
 
         // 2. The initial copy, under one snapshot taken after the triggers exist.
         exec(
@@ -1275,13 +1273,7 @@ pub async fn setup(
             sql.push_str(&live.function_sql(&f, ev, true));
         }
         sql.push_str("COMMIT;");
-        run_with_lock_retries(
-            dest,
-            &sql,
-            &format!("starting the real-time sync of {}", t.name),
-            retries,
-        )
-        .await?;
+        ddl(&sql, "starting the real-time sync of").await?;
 
         // 4. What was written during the copy.
         let replayed = drain(dest, &live, lock_timeout.max(REPLAY_LOCK_TIMEOUT), retries).await?;
