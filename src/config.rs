@@ -20,7 +20,10 @@ use crate::pg::conn::connspec::ConnSpec;
 use crate::pg::ident::TableName;
 use crate::pg::pattern::{TablePattern, split_list};
 use crate::prepare::filters::TableFilters;
-use crate::swap::impact::AllowDiscard;
+use crate::swap::engine::Policy;
+use crate::swap::impact::gate::ImpactOptions;
+use crate::swap::impact::{AllowDiscard, WorkloadOptions};
+use crate::swap::mode::ModeRequest;
 
 /// Name of the config file looked up in the current directory.
 pub const DEFAULT_CONFIG_FILE: &str = "pgshift.toml";
@@ -142,8 +145,9 @@ pub struct Settings {
     pub jobs: usize,
     pub max_connections: usize,
     pub connect_timeout: Duration,
-    pub lock_timeout: Duration,
-    pub statement_timeout: Duration,
+    /// How the swap transaction (swap, rollback) waits and retries, and in
+    /// which mode; prepare's and abort's DDL waits and retries alike.
+    pub swap: Policy,
     pub state_dir: PathBuf,
     pub source: Option<ConnSpec>,
     pub dest: Option<ConnSpec>,
@@ -158,17 +162,12 @@ pub struct Settings {
     pub verify: VerifyMode,
     pub keep_source_owners: bool,
     pub dry_run: bool,
-    pub swap_retries: u32,
-    pub swap_mode: SwapModeArg,
     pub allow_fk_violations: bool,
     pub keep_latest: Option<usize>,
-    /// Discarded or unknown writes the swap (or rollback) may discard.
-    pub allow_discard: AllowDiscard,
-    pub fail_on_breaking: bool,
-    /// Roles whose recorded statements the impact report checks (empty: all).
-    pub workload_roles: Vec<String>,
-    /// Time bound of the impact report's workload check.
-    pub impact_timeout: Duration,
+    /// The swap's (and rollback's) impact checks: the writes it may discard,
+    /// whether breaking changes refuse it, the workload check's roles and
+    /// time bound.
+    pub impact: ImpactOptions,
     /// The config file that was read, if any.
     pub config_file: Option<PathBuf>,
     /// Adjustments made while validating, to log once logging is up.
@@ -184,8 +183,7 @@ impl fmt::Debug for Settings {
             .field("jobs", &self.jobs)
             .field("max_connections", &self.max_connections)
             .field("connect_timeout", &self.connect_timeout)
-            .field("lock_timeout", &self.lock_timeout)
-            .field("statement_timeout", &self.statement_timeout)
+            .field("swap", &self.swap)
             .field("state_dir", &self.state_dir)
             .field("preserved_tables", &self.preserved_tables)
             .field("filters", &self.filters)
@@ -193,13 +191,8 @@ impl fmt::Debug for Settings {
             .field("keep_dump", &self.keep_dump)
             .field("verify", &self.verify)
             .field("dry_run", &self.dry_run)
-            .field("swap_retries", &self.swap_retries)
-            .field("swap_mode", &self.swap_mode)
             .field("allow_fk_violations", &self.allow_fk_violations)
-            .field("allow_discard", &self.allow_discard)
-            .field("fail_on_breaking", &self.fail_on_breaking)
-            .field("workload_roles", &self.workload_roles)
-            .field("impact_timeout", &self.impact_timeout)
+            .field("impact", &self.impact)
             .field("config_file", &self.config_file)
             .finish_non_exhaustive()
     }
@@ -557,8 +550,20 @@ pub fn resolve(
         jobs,
         max_connections,
         connect_timeout,
-        lock_timeout,
-        statement_timeout,
+        swap: Policy {
+            lock_timeout,
+            statement_timeout,
+            retries: inputs.swap_retries.or(f.swap_retries).unwrap_or(10),
+            mode: match inputs.swap_mode {
+                Some(m) => m,
+                // Commands without the flag (prepare, status) weigh the swap's lock
+                // budget for the mode the swap will use: PGSHIFT_SWAP_MODE, the file.
+                None => env_swap_mode()?
+                    .or(f.swap_mode)
+                    .unwrap_or(SwapModeArg::Auto),
+            }
+            .into(),
+        },
         state_dir,
         source,
         dest,
@@ -570,24 +575,30 @@ pub fn resolve(
         verify: inputs.verify.or(f.verify).unwrap_or(VerifyMode::Counts),
         keep_source_owners: inputs.keep_source_owners || f.keep_source_owners.unwrap_or(false),
         dry_run: inputs.dry_run,
-        swap_retries: inputs.swap_retries.or(f.swap_retries).unwrap_or(10),
-        swap_mode: match inputs.swap_mode {
-            Some(m) => m,
-            // Commands without the flag (prepare, status) weigh the swap's lock
-            // budget for the mode the swap will use: PGSHIFT_SWAP_MODE, the file.
-            None => env_swap_mode()?
-                .or(f.swap_mode)
-                .unwrap_or(SwapModeArg::Auto),
-        },
         allow_fk_violations: inputs.allow_fk_violations || f.allow_fk_violations.unwrap_or(false),
         keep_latest: inputs.keep_latest.or(f.keep_latest),
-        allow_discard,
-        fail_on_breaking: inputs.fail_on_breaking || f.fail_on_breaking.unwrap_or(false),
-        workload_roles,
-        impact_timeout,
+        impact: ImpactOptions {
+            allow_discard,
+            fail_on_breaking: inputs.fail_on_breaking || f.fail_on_breaking.unwrap_or(false),
+            workload: WorkloadOptions {
+                roles: workload_roles,
+                timeout: impact_timeout,
+                ..WorkloadOptions::default()
+            },
+        },
         config_file,
         warnings,
     })
+}
+
+impl From<SwapModeArg> for ModeRequest {
+    fn from(m: SwapModeArg) -> ModeRequest {
+        match m {
+            SwapModeArg::Auto => ModeRequest::Auto,
+            SwapModeArg::Object => ModeRequest::Object,
+            SwapModeArg::Rename => ModeRequest::Rename,
+        }
+    }
 }
 
 /// `--workload-roles`: role names as typed (`app`, `"App"`), never SQL.
@@ -659,11 +670,11 @@ mod tests {
         .unwrap();
         assert!(s.dest.as_ref().unwrap().redacted().contains("@flag"));
         assert_eq!(s.jobs, 1);
-        assert_eq!(s.lock_timeout, Duration::from_millis(250));
+        assert_eq!(s.swap.lock_timeout, Duration::from_millis(250));
         assert_eq!(s.connect_timeout, Duration::from_secs(10));
         assert_eq!(s.state_dir, PathBuf::from("/etc/pgshift/st"));
         assert_eq!(s.max_connections, 20);
-        assert_eq!(s.swap_retries, 10);
+        assert_eq!(s.swap.retries, 10);
     }
 
     #[test]
@@ -732,20 +743,20 @@ mod tests {
     #[test]
     fn impact_settings_from_flags_file_and_defaults() {
         let s = settings(&["pgshift", "status"], "").unwrap();
-        assert_eq!(s.allow_discard, AllowDiscard::Nothing);
-        assert!(!s.fail_on_breaking);
-        assert!(s.workload_roles.is_empty());
-        assert_eq!(s.impact_timeout, Duration::from_secs(30));
+        assert_eq!(s.impact.allow_discard, AllowDiscard::Nothing);
+        assert!(!s.impact.fail_on_breaking);
+        assert!(s.impact.workload.roles.is_empty());
+        assert_eq!(s.impact.workload.timeout, Duration::from_secs(30));
 
         let file = "allow_discard = ['orders', 'billing.invoices']\nfail_on_breaking = true\nworkload_roles = 'app,\"Reporting\"'\nimpact_timeout = '5s'\n";
         let s = settings(&["pgshift", "swap"], file).unwrap();
         assert_eq!(
-            s.allow_discard,
+            s.impact.allow_discard,
             AllowDiscard::parse("orders,billing.invoices").unwrap()
         );
-        assert!(s.fail_on_breaking);
-        assert_eq!(s.workload_roles, vec!["app", "Reporting"]);
-        assert_eq!(s.impact_timeout, Duration::from_secs(5));
+        assert!(s.impact.fail_on_breaking);
+        assert_eq!(s.impact.workload.roles, vec!["app", "Reporting"]);
+        assert_eq!(s.impact.workload.timeout, Duration::from_secs(5));
         // Flags win.
         let s = settings(
             &[
@@ -761,9 +772,9 @@ mod tests {
             file,
         )
         .unwrap();
-        assert_eq!(s.allow_discard, AllowDiscard::All);
-        assert_eq!(s.impact_timeout, Duration::from_millis(250));
-        assert_eq!(s.workload_roles, vec!["web"]);
+        assert_eq!(s.impact.allow_discard, AllowDiscard::All);
+        assert_eq!(s.impact.workload.timeout, Duration::from_millis(250));
+        assert_eq!(s.impact.workload.roles, vec!["web"]);
 
         for (args, fragment) in [
             (

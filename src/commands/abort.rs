@@ -14,8 +14,8 @@ pub async fn run(ctx: Ctx) -> Result<ExitCode> {
     let sess = ctx.open_session().await?;
     let settings = &ctx.settings;
     let opts = AbortOptions {
-        lock_timeout: settings.lock_timeout,
-        retries: settings.swap_retries,
+        lock_timeout: settings.swap.lock_timeout,
+        retries: settings.swap.retries,
         keep_dump: settings.keep_dump,
     };
     let report = discard::abort(&sess, &opts).await?;

@@ -17,7 +17,7 @@ pub async fn run(args: CleanupArgs, ctx: Ctx) -> Result<ExitCode> {
         before: parse_before(&args.before)?,
         keep_latest: settings.keep_latest,
         dry_run: settings.dry_run,
-        lock_timeout: settings.lock_timeout,
+        lock_timeout: settings.swap.lock_timeout,
     };
     settings.require_dest()?;
     // A dry run reads only; a real run holds the run lock like every mutating command.

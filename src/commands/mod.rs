@@ -18,14 +18,10 @@ use anyhow::Result;
 use tokio_postgres::Client;
 use tokio_util::sync::CancellationToken;
 
-use crate::cli::{Command, SwapModeArg};
+use crate::cli::Command;
 use crate::config::Settings;
 use crate::error::ExitCode;
 use crate::migration::session::{RunContext, Session};
-use crate::swap::engine::Policy;
-use crate::swap::impact::WorkloadOptions;
-use crate::swap::impact::gate::ImpactOptions;
-use crate::swap::mode::ModeRequest;
 
 /// What every command gets.
 #[derive(Debug, Clone)]
@@ -56,40 +52,6 @@ impl Ctx {
     pub async fn open_session(&self) -> Result<Session> {
         let dest = self.settings.require_dest()?;
         Session::open(&self.run_context(), dest, &self.settings.state_dir).await
-    }
-
-    /// How the swap transaction (swap, rollback) waits and retries.
-    pub fn swap_policy(&self) -> Policy {
-        Policy {
-            lock_timeout: self.settings.lock_timeout,
-            statement_timeout: self.settings.statement_timeout,
-            retries: self.settings.swap_retries,
-            mode: match self.settings.swap_mode {
-                SwapModeArg::Auto => ModeRequest::Auto,
-                SwapModeArg::Object => ModeRequest::Object,
-                SwapModeArg::Rename => ModeRequest::Rename,
-            },
-        }
-    }
-}
-
-impl Ctx {
-    /// The impact report's workload check (`--workload-roles`, `--impact-timeout`).
-    pub fn workload_options(&self) -> WorkloadOptions {
-        WorkloadOptions {
-            roles: self.settings.workload_roles.clone(),
-            timeout: self.settings.impact_timeout,
-            ..WorkloadOptions::default()
-        }
-    }
-
-    /// The impact checks of a swap (`--allow-discard`, `--fail-on-breaking`, the workload check).
-    pub fn impact_options(&self) -> ImpactOptions {
-        ImpactOptions {
-            allow_discard: self.settings.allow_discard.clone(),
-            fail_on_breaking: self.settings.fail_on_breaking,
-            workload: self.workload_options(),
-        }
     }
 }
 

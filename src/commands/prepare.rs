@@ -70,8 +70,8 @@ async fn impact_after_prepare(ctx: &Ctx, sess: &Session) -> Option<Impact> {
         gate::migration_report(
             &sess.control,
             &row.state,
-            &ctx.workload_options(),
-            ctx.settings.lock_timeout,
+            &ctx.settings.impact.workload,
+            ctx.settings.swap.lock_timeout,
         )
         .await
     };
@@ -105,9 +105,9 @@ pub fn options(ctx: &Ctx) -> Result<PrepareOptions> {
             VerifyMode::Checksums => Verify::Checksums,
         },
         keep_source_owners: s.keep_source_owners,
-        lock_timeout: s.lock_timeout,
-        swap_retries: s.swap_retries,
-        swap_mode: ctx.swap_policy().mode,
+        lock_timeout: s.swap.lock_timeout,
+        swap_retries: s.swap.retries,
+        swap_mode: s.swap.mode,
         filters: s.filters.clone(),
     })
 }

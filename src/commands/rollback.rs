@@ -35,12 +35,12 @@ pub async fn run(args: RollbackArgs, ctx: Ctx) -> Result<ExitCode> {
         target,
         keep_tables,
         force: args.force,
-        allow_discard: settings.allow_discard.clone(),
+        allow_discard: settings.impact.allow_discard.clone(),
     };
     if settings.dry_run {
         let client = ctx.connect_dest().await?;
         let plan = rollback::plan(&client, &opts).await?;
-        let p = rollback::preview(&client, &plan, ctx.swap_policy()).await?;
+        let p = rollback::preview(&client, &plan, ctx.settings.swap).await?;
         print_preview(&ctx, &p)?;
         return Ok(ExitCode::Ok);
     }
@@ -51,7 +51,7 @@ pub async fn run(args: RollbackArgs, ctx: Ctx) -> Result<ExitCode> {
             tracing::warn!("{} (--force)", d.message);
         }
     }
-    let report = rollback::execute(&sess, &plan, ctx.swap_policy()).await?;
+    let report = rollback::execute(&sess, &plan, ctx.settings.swap).await?;
     print_report(&ctx, &report)?;
     Ok(ExitCode::Ok)
 }

@@ -15,9 +15,9 @@ pub async fn run(ctx: Ctx) -> Result<ExitCode> {
     let dest = ctx.settings.require_dest()?;
     let client = ctx.connect_dest().await?;
     let opts = StatusOptions {
-        workload: ctx.workload_options(),
-        lock_timeout: ctx.settings.lock_timeout,
-        swap_mode: ctx.swap_policy().mode,
+        workload: ctx.settings.impact.workload.clone(),
+        lock_timeout: ctx.settings.swap.lock_timeout,
+        swap_mode: ctx.settings.swap.mode,
     };
     let r = status::report(&client, dest, &ctx.settings.state_dir, &opts).await?;
     print(&ctx, &r)?;

@@ -37,8 +37,8 @@ pub fn options(
         keep_dump: keep_dump || ctx.settings.keep_dump,
         prevalidated,
         allow_fk_violations: ctx.settings.allow_fk_violations,
-        policy: ctx.swap_policy(),
-        impact: ctx.impact_options(),
+        policy: ctx.settings.swap,
+        impact: ctx.settings.impact.clone(),
         keep_tables: ctx.settings.filters.keep_tables.clone(),
     }
 }
