@@ -355,6 +355,15 @@ mod tests {
             .to_string()
     }
 
+    /// Connect to the source for `budget` against a server that answers as
+    /// `reply`: the error, and how many connection attempts the server saw.
+    async fn attempts(reply: Reply, budget: Duration) -> (String, usize) {
+        let (port, count) = fake_server(reply).await;
+        let s = spec(&format!("host=127.0.0.1 port={port} dbname=nope"));
+        let e = failure(&s, "source", budget).await;
+        (e, count.load(Ordering::SeqCst))
+    }
+
     async fn free_port() -> u16 {
         let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
         l.local_addr().unwrap().port()
@@ -485,53 +494,37 @@ mod tests {
 
     #[tokio::test]
     async fn missing_database_is_not_retried() {
-        let (port, count) =
-            fake_server(Reply::Error("3D000", "database \"nope\" does not exist")).await;
-        let s = spec(&format!("host=127.0.0.1 port={port} dbname=nope"));
-        let e = failure(&s, "source", Duration::from_secs(5)).await;
+        let reply = Reply::Error("3D000", "database \"nope\" does not exist");
+        let (e, count) = attempts(reply, Duration::from_secs(5)).await;
         assert!(e.ends_with(": database \"nope\" does not exist"), "{e}");
-        assert_eq!(count.load(Ordering::SeqCst), 1);
+        assert_eq!(count, 1);
     }
 
     #[tokio::test]
     async fn starting_up_is_retried() {
-        let (port, count) =
-            fake_server(Reply::Error("57P03", "the database system is starting up")).await;
-        let s = spec(&format!("host=127.0.0.1 port={port}"));
-        let e = failure(&s, "source", Duration::from_millis(600)).await;
+        let reply = Reply::Error("57P03", "the database system is starting up");
+        let (e, count) = attempts(reply, Duration::from_millis(600)).await;
         assert!(e.ends_with(": the database system is starting up"), "{e}");
-        assert!(
-            count.load(Ordering::SeqCst) >= 3,
-            "{}",
-            count.load(Ordering::SeqCst)
-        );
+        assert!(count >= 3, "{count}");
     }
 
     #[tokio::test]
     async fn too_many_connections_is_retried() {
-        let (port, count) =
-            fake_server(Reply::Error("53300", "sorry, too many clients already")).await;
-        let s = spec(&format!("host=127.0.0.1 port={port}"));
-        assert!(
-            connect(&s, "source", "", Duration::from_millis(300))
-                .await
-                .is_err()
-        );
-        assert!(count.load(Ordering::SeqCst) >= 2);
+        let reply = Reply::Error("53300", "sorry, too many clients already");
+        let (_, count) = attempts(reply, Duration::from_millis(300)).await;
+        assert!(count >= 2, "{count}");
     }
 
     #[tokio::test]
     async fn missing_password_is_explained() {
-        let (port, count) = fake_server(Reply::AskPassword).await;
-        let s = spec(&format!("host=127.0.0.1 port={port}"));
-        let e = failure(&s, "source", Duration::from_secs(2)).await;
+        let (e, count) = attempts(Reply::AskPassword, Duration::from_secs(2)).await;
         assert!(
             e.ends_with(
                 ": the server asks for a password and none was given (set it in the URL, PGPASSWORD or ~/.pgpass)"
             ),
             "{e}"
         );
-        assert_eq!(count.load(Ordering::SeqCst), 1);
+        assert_eq!(count, 1);
     }
 
     #[tokio::test]

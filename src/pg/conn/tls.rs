@@ -464,6 +464,13 @@ mod tests {
         path
     }
 
+    /// A home directory holding `ca`'s certificate as `ca.pem`, and its path.
+    fn home_with(ca: &Ca) -> (tempfile::TempDir, PathBuf) {
+        let home = tempfile::tempdir().unwrap();
+        let path = write(home.path(), "ca.pem", &ca.pem(), 0o644);
+        (home, path)
+    }
+
     /// Parse with a HOME that has no ~/.postgresql.
     fn spec(input: &str, home: &Path) -> ConnSpec {
         let home = home.to_str().unwrap().to_string();
@@ -528,31 +535,24 @@ mod tests {
 
     #[test]
     fn plan_per_sslmode() {
-        let home = tempfile::tempdir().unwrap();
+        let (home, ca) = home_with(&Ca::new("ca"));
         let h = home.path();
-        let ca = write(h, "ca.pem", &Ca::new("ca").pem(), 0o644);
         let ca = ca.to_str().unwrap();
         let v = |input: &str| plan(&spec(input, h)).map(|p| p.verification);
         assert_eq!(v("host=db sslmode=disable").unwrap(), Verification::Unused);
         assert_eq!(v("host=db sslmode=allow").unwrap(), Verification::None);
         assert_eq!(v("host=db sslmode=prefer").unwrap(), Verification::None);
         assert_eq!(v("host=db sslmode=require").unwrap(), Verification::None);
-        assert_eq!(
-            v(&format!("host=db sslmode=require sslrootcert={ca}")).unwrap(),
-            Verification::Chain
-        );
-        assert_eq!(
-            v(&format!("host=db sslmode=prefer sslrootcert={ca}")).unwrap(),
-            Verification::Chain
-        );
-        assert_eq!(
-            v(&format!("host=db sslmode=verify-ca sslrootcert={ca}")).unwrap(),
-            Verification::Chain
-        );
-        assert_eq!(
-            v(&format!("host=db sslmode=verify-full sslrootcert={ca}")).unwrap(),
-            Verification::Full
-        );
+        // With a root certificate file.
+        for (mode, want) in [
+            ("require", Verification::Chain),
+            ("prefer", Verification::Chain),
+            ("verify-ca", Verification::Chain),
+            ("verify-full", Verification::Full),
+        ] {
+            let input = format!("host=db sslmode={mode} sslrootcert={ca}");
+            assert_eq!(v(&input).unwrap(), want, "{input}");
+        }
         assert_eq!(v("host=db sslrootcert=system").unwrap(), Verification::Full);
         // Unix sockets never use TLS, so no CA is needed there.
         assert_eq!(
@@ -607,11 +607,10 @@ mod tests {
 
     #[test]
     fn handshakes_per_mode() {
-        let home = tempfile::tempdir().unwrap();
-        let h = home.path();
         let ca = Ca::new("trusted");
         let other = Ca::new("other");
-        let ca_path = write(h, "ca.pem", &ca.pem(), 0o644);
+        let (home, ca_path) = home_with(&ca);
+        let h = home.path();
         let ca_path = ca_path.to_str().unwrap();
         let cfg = |input: &str| client_config(&spec(input, h)).unwrap();
 
@@ -732,11 +731,10 @@ mod tests {
 
     #[test]
     fn client_certificates() {
-        let home = tempfile::tempdir().unwrap();
-        let h = home.path();
         let ca = Ca::new("ca");
         let client_ca = Ca::new("client-ca");
-        let ca_path = write(h, "ca.pem", &ca.pem(), 0o644);
+        let (home, ca_path) = home_with(&ca);
+        let h = home.path();
         let (cert_pem, key_pem) = client_ca.leaf_pem(&["tester"]);
         let cert = write(h, "client.crt", &cert_pem, 0o644);
         let key = write(h, "client.key", &key_pem, 0o600);
