@@ -316,6 +316,31 @@ fn prepare_of_a_schema_larger_than_the_lock_table_is_exact() {
         setting > 64 && budget["needed"].as_u64() > budget["capacity"].as_u64(),
         "{budget}"
     );
+    // The text dry run says so too, and that the rename swap fits.
+    let text = |env: &[(&str, &str)]| {
+        let out = wd.run_env(&["swap", "--dest", &dst.url(), "--dry-run"], env);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let shown = text(&object);
+    assert!(
+        shown
+            .lines()
+            .any(|l| l.starts_with("warning: the swap needs about")
+                && l.ends_with("the swap would be refused before any lock")),
+        "{shown}"
+    );
+    let shown = text(&[]);
+    assert!(
+        shown
+            .lines()
+            .any(|l| l.starts_with("Lock table: needs about") && l.ends_with(": fits")),
+        "{shown}"
+    );
     let st = json(&wd.run_env(&["status", "--dest", &dst.url(), "--json"], &object));
     assert_eq!(st["swap_lock_budget"]["fits"], false, "{st}");
     assert_eq!(st["swap_allowed"], false, "{st}");
@@ -355,6 +380,24 @@ fn prepare_of_a_schema_larger_than_the_lock_table_is_exact() {
     );
     assert_eq!(json(&out)["swap_mode"], "rename");
     assert_eq!(row_counts(&dst, "public"), row_counts(src, "public"));
+
+    // Rolling back object by object does not fit either: refused under its
+    // own name before any lock; the destination is unchanged.
+    let out = wd.run_env(&["rollback", "--dest", &dst.url(), "--latest"], &object);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    let line = stderr
+        .lines()
+        .find(|l| l.starts_with("error: "))
+        .unwrap_or_default();
+    assert!(
+        line.contains("the rollback needs about")
+            && line.contains("max_locks_per_transaction = ")
+            && line.contains("nothing was changed"),
+        "{stderr}"
+    );
+    assert_eq!(row_counts(&dst, "public"), row_counts(src, "public"));
+    assert_eq!(dst.psql("SELECT count(*) FROM pgshift.backups"), "1");
 }
 
 #[test]
