@@ -407,3 +407,107 @@ fn bad_input_is_one_line_a_documented_code_and_no_change() {
         );
     }
 }
+
+/// With several schemas the preflight checks each chosen schema, not public
+/// alone: a schema or table of the source the role may not read, a schema of
+/// the destination it may not create in, a table there it does not own. Each
+/// is refused in one line before anything is created; once granted, the same
+/// prepare runs.
+#[test]
+fn privileges_are_checked_in_every_chosen_schema() {
+    let dbs = TestDbs::new("bad_input_schemas");
+    let role = format!("mover_{}", std::process::id());
+    for db in [&dbs.src, &dbs.dst] {
+        db.psql(&format!(
+            "DO $$ BEGIN CREATE ROLE {role} LOGIN PASSWORD 'moverpw'; EXCEPTION WHEN duplicate_object THEN NULL; END $$;"
+        ));
+    }
+    dbs.src.psql(&format!(
+        "CREATE TABLE users (id int PRIMARY KEY); GRANT SELECT ON users TO {role};
+         CREATE SCHEMA billing; CREATE TABLE billing.invoices (id int PRIMARY KEY);"
+    ));
+    dbs.dst.psql(&format!(
+        "GRANT CREATE ON DATABASE {db} TO {role}; GRANT CREATE ON SCHEMA public TO {role};
+         CREATE TABLE users (id int PRIMARY KEY); ALTER TABLE users OWNER TO {role};
+         CREATE SCHEMA billing; CREATE TABLE billing.invoices (id int PRIMARY KEY);",
+        db = dbs.dst.name()
+    ));
+    let as_role = |url: &str| {
+        with_url(url, |p| {
+            p.user = role.clone();
+            p.password = "moverpw".into();
+        })
+    };
+    let (src, dst) = (dbs.src.url(), dbs.dst.url());
+    let (role_src, role_dst) = (as_role(&src), as_role(&dst));
+    let prepare = |src: &str, dst: &str| {
+        s(&[
+            "prepare",
+            "--source",
+            src,
+            "--dest",
+            dst,
+            "--schemas",
+            "public,billing",
+        ])
+    };
+    let refused = |name: &'static str, args: Vec<String>, message: Vec<&str>| {
+        check(
+            &dbs,
+            Case {
+                name,
+                args,
+                env: vec![],
+                code: 1,
+                message,
+            },
+        )
+    };
+
+    refused(
+        "no USAGE on a chosen schema of the source",
+        prepare(&role_src, &dst),
+        vec![
+            "insufficient privileges on the source",
+            "has no USAGE on schema billing",
+        ],
+    );
+    dbs.src
+        .psql(&format!("GRANT USAGE ON SCHEMA billing TO {role}"));
+    refused(
+        "an unreadable table in a chosen schema of the source",
+        prepare(&role_src, &dst),
+        vec![
+            "insufficient privileges on the source",
+            "cannot SELECT from billing.invoices",
+        ],
+    );
+    refused(
+        "no CREATE on a chosen schema of the destination",
+        prepare(&src, &role_dst),
+        vec![
+            "insufficient privileges on the destination",
+            "has no CREATE on schema billing",
+            "(grant CREATE ON SCHEMA billing)",
+        ],
+    );
+    dbs.dst
+        .psql(&format!("GRANT CREATE ON SCHEMA billing TO {role}"));
+    refused(
+        "a table of a chosen schema of the destination the role does not own",
+        prepare(&src, &role_dst),
+        vec![
+            "insufficient privileges on the destination",
+            "does not own billing.invoices in public, billing",
+        ],
+    );
+
+    // Granted: the role prepares both schemas.
+    dbs.src
+        .psql(&format!("GRANT SELECT ON billing.invoices TO {role}"));
+    dbs.dst
+        .psql(&format!("ALTER TABLE billing.invoices OWNER TO {role}"));
+    let wd = Workdir::new();
+    assert_success(&run(&wd, &prepare(&role_src, &role_dst), &[]));
+    assert_success(&run(&wd, &s(&["abort", "--dest", &role_dst]), &[]));
+}

@@ -189,7 +189,7 @@ pub async fn check(settings: &PrepareOptions, sess_dest: &Client, src: &Client) 
             "the destination runs PostgreSQL {dest_major}, older than the source ({source_major}); the schema may use features it lacks"
         ));
     }
-    warnings.extend(preflight::check_source(src).await?);
+    warnings.extend(preflight::check_source(src, &settings.schemas).await?);
     warnings.extend(preflight::check_dest(sess_dest, &settings.schemas).await?);
     let src_exts = catalog::extensions(src).await?;
     let (extensions, ext_warnings) = preflight::plan_extensions(&src_exts, sess_dest).await?;

@@ -5,13 +5,13 @@
 use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
+use itertools::Itertools;
 use tokio_postgres::Client;
 
 use crate::error::UserError;
 use crate::migration::derive::{Destination, State};
 use crate::migration::lifecycle::Status;
 use crate::pg::catalog::{self, ExtensionInfo, not_ext_member};
-use crate::pg::exec::column;
 use crate::pg::ident::{display_ident, quote_ident};
 use crate::pg::meta::{self, ShadowState};
 use crate::process;
@@ -59,22 +59,33 @@ pub struct ExtensionPlan {
     pub action: String,
 }
 
-/// Checks on the source (read only).
-pub async fn check_source(src: &Client) -> Result<Vec<String>> {
+/// Checks on the source (read only): the role may use each of the chosen
+/// `schemas` the source has, and read every relation in them.
+pub async fn check_source(src: &Client, schemas: &[String]) -> Result<Vec<String>> {
     let mut warnings = Vec::new();
     let r = src
         .query_one(
-            "SELECT current_user::text, has_schema_privilege('public', 'USAGE')",
-            &[],
+            "SELECT current_user::text,
+                    ARRAY(SELECT n.nspname::text FROM pg_catalog.pg_namespace n
+                           WHERE n.nspname = ANY($1) AND NOT pg_catalog.has_schema_privilege(n.oid, 'USAGE')
+                           ORDER BY pg_catalog.array_position($1, n.nspname::text))",
+            &[&schemas],
         )
         .await
         .context("checking privileges on the source")?;
     let user: String = r.get(0);
-    if !r.get::<_, bool>(1) {
-        bail!("insufficient privileges on the source: role {user} has no USAGE on schema public");
+    if let Some(s) = r.get::<_, Vec<String>>(1).first() {
+        bail!(
+            "insufficient privileges on the source: role {user} has no USAGE on schema {}",
+            display_ident(s)
+        );
     }
-    let unreadable =
-        public_relations(src, "NOT pg_catalog.has_table_privilege(c.oid, 'SELECT')").await?;
+    let unreadable = relations(
+        src,
+        schemas,
+        "NOT pg_catalog.has_table_privilege(c.oid, 'SELECT')",
+    )
+    .await?;
     if !unreadable.is_empty() {
         bail!(
             "insufficient privileges on the source: role {user} cannot SELECT from {} (grant SELECT on them)",
@@ -96,19 +107,33 @@ pub async fn check_source(src: &Client) -> Result<Vec<String>> {
     Ok(warnings)
 }
 
-/// The relations of public (tables, views, sequences, foreign tables) for
-/// which `condition` holds (on `c`, their `pg_class` row), sorted.
-async fn public_relations(client: &Client, condition: &str) -> Result<Vec<String>> {
-    column(
-        client,
-        &format!(
-            "SELECT c.relname FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
-              WHERE n.nspname = 'public' AND c.relkind IN ('r', 'p', 'v', 'm', 'S', 'f') AND {condition}
-              ORDER BY 1"
-        ),
-        &[],
-    )
-    .await
+/// The relations (tables, views, sequences, foreign tables) of `schemas`
+/// for which `condition` holds (on `c`, their `pg_class` row), named for
+/// people (`name` in public, `schema.name` elsewhere), by schema then name.
+async fn relations(client: &Client, schemas: &[String], condition: &str) -> Result<Vec<String>> {
+    let rows = client
+        .query(
+            &format!(
+                "SELECT n.nspname::text, c.relname::text
+                   FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+                  WHERE n.nspname = ANY($1) AND c.relkind IN ('r', 'p', 'v', 'm', 'S', 'f') AND {condition}
+                  ORDER BY pg_catalog.array_position($1, n.nspname::text), c.relname"
+            ),
+            &[&schemas],
+        )
+        .await
+        .map_err(crate::pg::exec::pg_error)?;
+    Ok(rows
+        .iter()
+        .map(|r| {
+            let (schema, name): (String, String) = (r.get(0), r.get(1));
+            if schema == meta::PUBLIC {
+                display_ident(&name)
+            } else {
+                meta::table_display(&schema, &name)
+            }
+        })
+        .collect())
 }
 
 /// Checks on the destination (read only).
@@ -118,9 +143,11 @@ pub async fn check_dest(dst: &Client, schemas: &[String]) -> Result<Vec<String>>
         .query_one(
             "SELECT current_user::text, current_database()::text,
                     has_database_privilege(current_database(), 'CREATE'),
-                    has_schema_privilege('public', 'CREATE'),
+                    ARRAY(SELECT n.nspname::text FROM pg_catalog.pg_namespace n
+                           WHERE n.nspname = ANY($1) AND NOT pg_catalog.has_schema_privilege(n.oid, 'CREATE')
+                           ORDER BY pg_catalog.array_position($1, n.nspname::text)),
                     (SELECT rolsuper FROM pg_catalog.pg_roles WHERE rolname = current_user)",
-            &[],
+            &[&schemas],
         )
         .await
         .context("checking privileges on the destination")?;
@@ -131,15 +158,17 @@ pub async fn check_dest(dst: &Client, schemas: &[String]) -> Result<Vec<String>>
             "insufficient privileges on the destination: role {user} cannot create schemas in database {db} (grant CREATE ON DATABASE)"
         );
     }
-    if !r.get::<_, bool>(3) {
+    if let Some(s) = r.get::<_, Vec<String>>(3).first() {
+        let s = display_ident(s);
         bail!(
-            "insufficient privileges on the destination: role {user} has no CREATE on schema public, which the swap needs (grant CREATE ON SCHEMA public)"
+            "insufficient privileges on the destination: role {user} has no CREATE on schema {s}, which the swap needs (grant CREATE ON SCHEMA {s})"
         );
     }
     let superuser: bool = r.get(4);
     if !superuser {
-        let not_owned = public_relations(
+        let not_owned = relations(
             dst,
+            schemas,
             concat!(
                 "NOT pg_catalog.pg_has_role(c.relowner, 'USAGE') AND ",
                 not_ext_member!("pg_class", "c.oid")
@@ -148,8 +177,9 @@ pub async fn check_dest(dst: &Client, schemas: &[String]) -> Result<Vec<String>>
         .await?;
         if !not_owned.is_empty() {
             bail!(
-                "insufficient privileges on the destination: role {user} does not own {} in public, which the swap must move (owners or superuser only)",
-                list_some(&not_owned)
+                "insufficient privileges on the destination: role {user} does not own {} in {}, which the swap must move (owners or superuser only)",
+                list_some(&not_owned),
+                schemas.iter().map(|s| display_ident(s)).join(", ")
             );
         }
     }
@@ -370,9 +400,10 @@ pub async fn leftovers(dst: &Client) -> Result<Leftover> {
     }
 }
 
-/// "a, b, c and 4 more".
+/// The first five of `items` (named for people already) and how many more:
+/// "a, b, c, d, e and 4 more".
 pub fn list_some(items: &[String]) -> String {
-    let shown: Vec<String> = items.iter().take(5).map(|s| display_ident(s)).collect();
+    let shown: Vec<&str> = items.iter().take(5).map(String::as_str).collect();
     if items.len() > 5 {
         format!("{} and {} more", shown.join(", "), items.len() - 5)
     } else {
