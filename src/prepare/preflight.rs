@@ -101,7 +101,15 @@ pub async fn check_source(src: &Client, schemas: &[String]) -> Result<Vec<String
         .get(0);
     if lobs > 0 {
         warnings.push(format!(
-            "the source has {lobs} large objects; pgshift migrates the public schema only and does not copy them"
+            "the source has {lobs} large objects; pgshift migrates {} only and does not copy them",
+            if meta::is_default_schemas(schemas) {
+                "the public schema".to_string()
+            } else {
+                format!(
+                    "schemas {}",
+                    schemas.iter().map(|s| display_ident(s)).join(", ")
+                )
+            }
         ));
     }
     Ok(warnings)
