@@ -1289,3 +1289,40 @@ fn a_kept_table_with_partitions_in_another_schema_is_refused() {
         "1"
     );
 }
+
+/// A publication naming a table of another migrated schema is warned about as
+/// public's are, and `status` lists the NOT VALID foreign keys of every live
+/// schema of the migration (`schema.table.constraint` outside public).
+#[test]
+fn publications_and_not_valid_keys_of_other_schemas_are_reported() {
+    let dbs = TestDbs::new("sch_pub");
+    let ddl = "CREATE SCHEMA billing;
+         CREATE TABLE public.users (id int PRIMARY KEY);
+         CREATE TABLE billing.invoices (id int PRIMARY KEY, user_id int);";
+    dbs.src.psql(ddl);
+    dbs.dst.psql(ddl);
+    dbs.dst
+        .psql("CREATE PUBLICATION pub_inv FOR TABLE billing.invoices");
+    let wd = Workdir::new();
+    let plan = run_two(&wd, &dbs, "prepare", &["--dry-run"]);
+    assert!(
+        sorted_strings(&plan["plan"]["warnings"]).iter().any(|w| w.starts_with(
+            "publication pub_inv names billing.invoices; after the swap it will publish the backup's copy"
+        )),
+        "{plan}"
+    );
+
+    start_two(&wd, &dbs, &[]);
+    dbs.dst.psql(
+        "ALTER TABLE billing.invoices ADD CONSTRAINT invoices_user_fk
+           FOREIGN KEY (user_id) REFERENCES public.users NOT VALID;
+         ALTER TABLE public.users ADD CONSTRAINT users_self_fk
+           FOREIGN KEY (id) REFERENCES public.users NOT VALID;",
+    );
+    let st = run_json(&wd, &["status", "--dest", &dbs.dst.url()]);
+    assert_eq!(
+        st["not_valid_foreign_keys"],
+        json!(["billing.invoices.invoices_user_fk", "users.users_self_fk"]),
+        "{st}"
+    );
+}

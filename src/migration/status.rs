@@ -72,8 +72,9 @@ pub struct StatusReport {
     pub leftovers: LeftoverInfo,
     pub backups: usize,
     pub latest_backup: Option<String>,
-    /// Foreign keys in public that are NOT VALID (`table.constraint`), e.g.
-    /// created so by a swap with `--allow-fk-violations`.
+    /// Foreign keys in the live schemas that are NOT VALID (`table.constraint`
+    /// in public, `schema.table.constraint` elsewhere), e.g. created so by a
+    /// swap with `--allow-fk-violations`.
     pub not_valid_foreign_keys: Vec<String>,
     pub warnings: Vec<String>,
     /// What the swap would break or discard for the running application, when
@@ -365,14 +366,23 @@ pub async fn report(
         }
     }
 
+    // In the live schemas of the latest migration (public alone by default):
+    // `table.constraint` in public, `schema.table.constraint` elsewhere.
+    let live_schemas = d
+        .record
+        .as_ref()
+        .map(|r| r.schemas.clone())
+        .unwrap_or_else(crate::pg::meta::default_schemas);
     let not_valid_foreign_keys: Vec<String> = column(
         client,
-        "SELECT c.relname::text || '.' || con.conname::text FROM pg_catalog.pg_constraint con
+        "SELECT CASE WHEN n.nspname = 'public' THEN '' ELSE n.nspname::text || '.' END
+                || c.relname::text || '.' || con.conname::text
+               FROM pg_catalog.pg_constraint con
                JOIN pg_catalog.pg_class c ON c.oid = con.conrelid
                JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
-              WHERE n.nspname = 'public' AND con.contype = 'f' AND NOT con.convalidated
+              WHERE n.nspname = ANY($1) AND con.contype = 'f' AND NOT con.convalidated
               ORDER BY 1",
-        &[],
+        &[&live_schemas],
     )
     .await?;
     let backups = if d.meta_ok {

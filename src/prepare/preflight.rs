@@ -215,7 +215,7 @@ pub async fn outside_dependents(dst: &Client, schemas: &[String]) -> Result<Vec<
             &[&schemas],
         )
         .await
-        .context("looking for views outside public")?;
+        .context("looking for views outside the migrated schemas")?;
     for r in rows {
         let (s, v, t, ts): (String, String, String, String) =
             (r.get(0), r.get(1), r.get(2), r.get(3));
@@ -242,7 +242,7 @@ pub async fn outside_dependents(dst: &Client, schemas: &[String]) -> Result<Vec<
             &[&schemas],
         )
         .await
-        .context("looking for foreign keys from outside public")?;
+        .context("looking for foreign keys from outside the migrated schemas")?;
     for r in rows {
         let (s, t, c, p, ps): (String, String, String, String, String) =
             (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4));
@@ -257,20 +257,22 @@ pub async fn outside_dependents(dst: &Client, schemas: &[String]) -> Result<Vec<
     }
     let rows = dst
         .query(
-            "SELECT p.pubname, c.relname FROM pg_catalog.pg_publication_rel pr
+            "SELECT p.pubname, n.nspname, c.relname FROM pg_catalog.pg_publication_rel pr
                JOIN pg_catalog.pg_publication p ON p.oid = pr.prpubid
                JOIN pg_catalog.pg_class c ON c.oid = pr.prrelid
                JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
-              WHERE n.nspname = 'public' ORDER BY 1, 2",
-            &[],
+              WHERE n.nspname = ANY($1)
+              ORDER BY 1, pg_catalog.array_position($1, n.nspname::text), 3",
+            &[&schemas],
         )
         .await
         .context("looking for publications")?;
     for r in rows {
-        let (p, t): (String, String) = (r.get(0), r.get(1));
+        let (p, s, t): (String, String, String) = (r.get(0), r.get(1), r.get(2));
         out.push(format!(
-            "publication {} names public.{}; after the swap it will publish the backup's copy (ALTER PUBLICATION ... SET TABLE after the swap)",
+            "publication {} names {}.{}; after the swap it will publish the backup's copy (ALTER PUBLICATION ... SET TABLE after the swap)",
             display_ident(&p),
+            display_ident(&s),
             display_ident(&t)
         ));
     }
