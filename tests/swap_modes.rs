@@ -436,3 +436,40 @@ fn rename_mode_refused_names_the_schema_not_owned() {
         "7"
     );
 }
+
+/// A view whose owner may only read its table: LOCK TABLE on a view checks the
+/// view owner's write privileges on what it reads, so the swap does not lock
+/// views (their readers lock the tables they read). In both modes the swap and
+/// the rollback go through, as superuser too.
+#[test]
+fn a_view_owned_by_a_read_only_role_does_not_stop_the_swap() {
+    let dbs = TestDbs::new("view_owner");
+    let role = format!("viewer_{}", std::process::id());
+    for db in [&dbs.src, &dbs.dst] {
+        db.psql(&format!(
+            "DO $$ BEGIN CREATE ROLE {role}; EXCEPTION WHEN duplicate_object THEN NULL; END $$;
+             CREATE TABLE t (id int PRIMARY KEY);
+             CREATE VIEW v AS SELECT * FROM t;
+             GRANT SELECT ON t TO {role};
+             ALTER VIEW v OWNER TO {role};"
+        ));
+    }
+    dbs.src.psql("INSERT INTO t SELECT generate_series(1, 5)");
+    let (src, dst) = (dbs.src.url(), dbs.dst.url());
+    for mode in ["rename", "object"] {
+        let wd = Workdir::new();
+        let env = [("PGSHIFT_SWAP_MODE", mode)];
+        assert_success(&wd.run_env(&["start", "--source", &src, "--dest", &dst], &env));
+        assert_eq!(
+            dbs.dst.query_one_string("SELECT count(*) FROM v"),
+            "5",
+            "{mode}"
+        );
+        assert_success(&wd.run_env(&["rollback", "--latest", "--dest", &dst], &env));
+        assert_eq!(
+            dbs.dst.query_one_string("SELECT count(*) FROM v"),
+            "0",
+            "{mode}"
+        );
+    }
+}

@@ -207,7 +207,10 @@ pub async fn movables(client: &impl GenericClient, schema: &str) -> Result<Vec<M
         let q = qualified(schema, &name);
         let (kind, sql_name, lockable) = match (grp, what.as_str()) {
             (1, "r" | "p") => ("TABLE", q.clone(), true),
-            (1, "v") => ("VIEW", q.clone(), true),
+            // Not locked: LOCK on a view locks what it reads, with the view
+            // owner's privileges (a read-only owner fails the swap), and its
+            // sessions lock the tables it reads themselves.
+            (1, "v") => ("VIEW", q.clone(), false),
             (1, "m") => ("MATERIALIZED VIEW", q.clone(), false),
             (1, "f") => ("FOREIGN TABLE", q.clone(), true),
             (1, "S") => ("SEQUENCE", q.clone(), false),

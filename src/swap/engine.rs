@@ -761,10 +761,12 @@ fn filter_keep(
     )
 }
 
-/// One LOCK statement, in a stable order, for public's relations and the
-/// hook's relations in the incoming schema (the preserved tables' shadow
-/// copies). That is what the guarantees need: no session is in the middle of
-/// using public when it changes. Nobody else uses the incoming schema; in
+/// One LOCK statement, in a stable order, for public's tables and foreign
+/// tables and the hook's relations in the incoming schema (the preserved
+/// tables' shadow copies). That is what the guarantees need: no session is in
+/// the middle of using public when it changes (a session reading a view locks
+/// the tables the view reads; views themselves are not locked, see
+/// `pg::objects`). Nobody else uses the incoming schema; in
 /// object mode each ALTER takes its object's lock itself. `ONLY`: every
 /// partition and child is listed itself, and recursing through pg_inherits
 /// for each relation costs more than the locks.
