@@ -293,3 +293,95 @@ fn a_rich_schema_swaps_and_rolls_back_object_by_object() {
     assert_eq!(normalised_dump(&dbs.dst, "public"), dst_ddl);
     assert_eq!(data_fingerprint(&dbs.dst, "public"), dst_data);
 }
+
+/// Objects the destination does not have yet follow the source: its owner
+/// (a role the destination has), its grants to the destination's roles, and
+/// its REVOKE from PUBLIC, so a new SECURITY DEFINER function is not
+/// executable by everyone after the swap. Grants to roles only the source has
+/// are left out with a warning. Namesakes keep the destination's owner and
+/// grants.
+#[test]
+fn new_objects_keep_the_sources_owner_and_grants() {
+    let dbs = TestDbs::new("new_grants");
+    let pid = std::process::id();
+    let (app, owner, gone) = (
+        format!("app_new_{pid}"),
+        format!("owner_new_{pid}"),
+        format!("gone_new_{pid}"),
+    );
+    let create = |db: &TestDb, role: &str| {
+        db.psql(&format!(
+            "DO $$ BEGIN CREATE ROLE {role}; EXCEPTION WHEN duplicate_object THEN NULL; END $$;"
+        ));
+    };
+    for db in [&dbs.src, &dbs.dst] {
+        create(db, &app);
+        create(db, &owner);
+    }
+    create(&dbs.src, &gone);
+    dbs.src.psql(&format!(
+        "CREATE TABLE old_t (id int PRIMARY KEY);
+         GRANT SELECT ON old_t TO {app};
+         CREATE TABLE new_t (id int PRIMARY KEY, note text);
+         ALTER TABLE new_t OWNER TO {owner};
+         GRANT SELECT ON new_t TO {app};
+         GRANT SELECT (id) ON new_t TO {gone};
+         CREATE FUNCTION new_f() RETURNS int LANGUAGE sql SECURITY DEFINER AS 'SELECT 1';
+         REVOKE ALL ON FUNCTION new_f() FROM PUBLIC;
+         GRANT EXECUTE ON FUNCTION new_f() TO {app};
+         CREATE FUNCTION open_f() RETURNS int LANGUAGE sql AS 'SELECT 2';"
+    ));
+    dbs.dst.psql(&format!(
+        "CREATE TABLE old_t (id int PRIMARY KEY);
+         GRANT INSERT ON old_t TO {app};"
+    ));
+    let wd = Workdir::new();
+    let (src, dst) = (dbs.src.url(), dbs.dst.url());
+    let out = wd.run(&["start", "--json", "--source", &src, "--dest", &dst]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let q = |sql: &str| dbs.dst.psql(sql);
+    assert_eq!(
+        q("SELECT pg_get_userbyid(relowner) FROM pg_class WHERE oid = 'public.new_t'::regclass"),
+        owner
+    );
+    assert_eq!(
+        q(&format!(
+            "SELECT has_table_privilege('{app}', 'public.new_t', 'SELECT')"
+        )),
+        "t"
+    );
+    assert_eq!(
+        q("SELECT has_function_privilege('public', 'public.new_f()', 'EXECUTE')"),
+        "f"
+    );
+    assert_eq!(
+        q(&format!(
+            "SELECT has_function_privilege('{app}', 'public.new_f()', 'EXECUTE')"
+        )),
+        "t"
+    );
+    // A function the source left to PUBLIC stays so.
+    assert_eq!(
+        q("SELECT has_function_privilege('public', 'public.open_f()', 'EXECUTE')"),
+        "t"
+    );
+    // The namesake keeps the destination's grants, not the source's.
+    assert_eq!(
+        q(&format!(
+            "SELECT has_table_privilege('{app}', 'public.old_t', 'SELECT') || ':' || has_table_privilege('{app}', 'public.old_t', 'INSERT')"
+        )),
+        "false:true"
+    );
+    let warnings = report["prepare"]["warnings"].to_string();
+    assert!(
+        warnings.contains(&format!(
+            "grants of new objects in public to roles the destination does not have were left out: {gone}"
+        )),
+        "{report}"
+    );
+}

@@ -377,6 +377,8 @@ struct Run<'a> {
     /// Relations pg_dump leaves out (quoted, qualified): tables not migrated
     /// and the sequences they own.
     dump_exclude: Vec<String>,
+    /// What the phases found worth saying (logged, and in the report).
+    warnings: Vec<String>,
 }
 
 impl Run<'_> {
@@ -467,6 +469,7 @@ pub async fn run(
         post: postdata::Plan::default(),
         filters: checked.filters.clone(),
         dump_exclude: Vec::new(),
+        warnings: Vec::new(),
     };
     let result = phases(&mut run, rec).await;
     // The snapshot session is no longer needed either way.
@@ -493,6 +496,7 @@ pub async fn run(
                 tracing::warn!("{w}");
                 warnings.push(w);
             }
+            warnings.append(&mut run.warnings);
             let total_rows = rec.state.tables.iter().map(|t| t.rows).sum();
             Ok(PrepareReport {
                 migration_id: rec.state.id,
@@ -575,6 +579,10 @@ async fn phases(run: &mut Run<'_>, rec: &mut Recorder) -> Result<usize> {
             applied.owners_changed, applied.grants
         ),
     );
+    for w in applied.warnings {
+        tracing::warn!("{w}");
+        run.warnings.push(w);
+    }
     let tables = rec.phase(sess, Phase::Validate, validate(run)).await?;
     rec.state.tables = tables;
     Ok(deferred_count)
@@ -1023,7 +1031,14 @@ async fn privs(run: &mut Run<'_>) -> Result<privileges::Applied> {
                 .map(|t| (t.name.clone(), t.owner.clone()))
                 .collect()
         });
-        let applied = privileges::apply(&client, &p.shadow, &p.live, owners.as_ref()).await?;
+        let applied = privileges::apply(
+            &client,
+            &p.shadow,
+            &p.live,
+            owners.as_ref(),
+            run.snap_client.as_ref(),
+        )
+        .await?;
         total.owners_changed += applied.owners_changed;
         total.grants += applied.grants;
         total.warnings.extend(applied.warnings);

@@ -10,6 +10,13 @@
 //! exists on the destination. Each new owner first gets CREATE on the shadow:
 //! without superuser, `ALTER … OWNER TO r` needs r to be able to create in the
 //! object's schema (and this role to be a member of r).
+//!
+//! Objects the destination does not have yet (no same-named object) follow
+//! the source instead: its owner, where that role exists on the destination
+//! and this role is a member of it, and its grants to the roles the
+//! destination has. So a new function whose EXECUTE the source revoked from
+//! PUBLIC does not arrive executable by everyone, and a new table keeps the
+//! application roles' access.
 
 use std::collections::{HashMap, HashSet};
 
@@ -233,24 +240,46 @@ fn grant_kind(kind: &str) -> &str {
 }
 
 /// Build the statements; `source_owners`: relation name -> owner on the source,
-/// used with `--keep-source-owners`.
+/// used with `--keep-source-owners`; `source`: a session on the source, whose
+/// `public` (the live schema's namesake) models the objects the destination
+/// lacks.
 pub async fn plan(
     client: &Client,
     shadow: &str,
     public: &str,
     source_owners: Option<&HashMap<String, String>>,
+    source: Option<&Client>,
 ) -> Result<(Vec<String>, Applied)> {
+    let from_source: HashMap<String, Obj> = match source {
+        Some(src) => objects(src, public)
+            .await?
+            .into_iter()
+            .map(|o| (o.key.clone(), o))
+            .collect(),
+        None => HashMap::new(),
+    };
     client.batch_execute("SET search_path = ''").await?;
     let current: String = client
         .query_one("SELECT current_user::text", &[])
         .await?
         .get(0);
-    let roles: HashSet<String> = client
-        .query("SELECT rolname::text FROM pg_catalog.pg_roles", &[])
+    let mut roles: HashSet<String> = HashSet::new();
+    // The roles this one may give objects to (a member of them, or superuser).
+    let mut assignable: HashSet<String> = HashSet::new();
+    for r in client
+        .query(
+            "SELECT rolname::text, pg_catalog.pg_has_role(oid, 'MEMBER') FROM pg_catalog.pg_roles",
+            &[],
+        )
         .await?
-        .into_iter()
-        .map(|r| r.get(0))
-        .collect();
+    {
+        let name: String = r.get(0);
+        if r.get::<_, bool>(1) {
+            assignable.insert(name.clone());
+        }
+        roles.insert(name);
+    }
+    let mut missing_grantees: Vec<String> = Vec::new();
     let theirs: HashMap<String, Obj> = objects(client, public)
         .await?
         .into_iter()
@@ -296,7 +325,14 @@ pub async fn plan(
                 .filter(|r| roles.contains(*r))
                 .cloned()
         });
-        let want_owner = source_owner.or_else(|| counterpart.map(|c| c.owner.clone()));
+        // A new object (no namesake on the destination) follows the source.
+        let model = counterpart.or_else(|| from_source.get(&o.key));
+        let want_owner = source_owner.or_else(|| match counterpart {
+            Some(c) => Some(c.owner.clone()),
+            None => model
+                .map(|m| m.owner.clone())
+                .filter(|r| assignable.contains(r)),
+        });
         if let Some(owner) = &want_owner
             && owner != &o.owner
             && !o.owned_sequence
@@ -318,7 +354,7 @@ pub async fn plan(
             applied.owners_changed += 1;
         }
         let owner = want_owner.unwrap_or_else(|| current.clone());
-        let Some(c) = counterpart else { continue };
+        let Some(c) = model else { continue };
         if let Some(acl) = &c.acl {
             if matches!(
                 o.kind,
@@ -337,6 +373,9 @@ pub async fn plan(
                     continue;
                 }
                 if !grantee.is_empty() && !roles.contains(grantee) {
+                    if !missing_grantees.contains(grantee) {
+                        missing_grantees.push(grantee.clone());
+                    }
                     continue;
                 }
                 sql.push(format!(
@@ -353,6 +392,12 @@ pub async fn plan(
             if grantee == &owner {
                 continue;
             }
+            if !grantee.is_empty() && !roles.contains(grantee) {
+                if !missing_grantees.contains(grantee) {
+                    missing_grantees.push(grantee.clone());
+                }
+                continue;
+            }
             sql.push(format!(
                 "GRANT {privilege} ({}) ON TABLE {} TO {}{}",
                 quote_ident(column),
@@ -362,6 +407,13 @@ pub async fn plan(
             ));
             applied.grants += 1;
         }
+    }
+    if !missing_grantees.is_empty() {
+        missing_grantees.sort();
+        applied.warnings.push(format!(
+            "grants of new objects in {public} to roles the destination does not have were left out: {}",
+            missing_grantees.join(", ")
+        ));
     }
     client.batch_execute("RESET search_path").await?;
     Ok((sql, applied))
@@ -374,8 +426,9 @@ pub async fn apply(
     shadow: &str,
     public: &str,
     source_owners: Option<&HashMap<String, String>>,
+    source: Option<&Client>,
 ) -> Result<Applied> {
-    let (stmts, applied) = plan(client, shadow, public, source_owners).await?;
+    let (stmts, applied) = plan(client, shadow, public, source_owners, source).await?;
     if stmts.is_empty() {
         return Ok(applied);
     }
