@@ -473,3 +473,49 @@ fn a_view_owned_by_a_read_only_role_does_not_stop_the_swap() {
         );
     }
 }
+
+/// A relocatable extension in public that this role does not own cannot move
+/// along with a renamed public (ALTER EXTENSION … SET SCHEMA needs its
+/// owner): the automatic choice is the object-level swap, which leaves it in
+/// public, and says why.
+#[test]
+fn an_extension_this_role_does_not_own_picks_the_object_level_swap() {
+    let dbs = TestDbs::new("ext_not_owned");
+    let role = "ext_mover";
+    let dst = login_role(&dbs.dst, role, "mover-pw");
+    dbs.dst.psql(&format!(
+        "ALTER DATABASE \"{db}\" OWNER TO {role};
+         ALTER SCHEMA public OWNER TO {role};
+         CREATE EXTENSION IF NOT EXISTS hstore WITH SCHEMA public;
+         SET ROLE {role};
+         CREATE TABLE t (id int PRIMARY KEY);",
+        db = dbs.dst.name()
+    ));
+    dbs.src
+        .psql("CREATE TABLE t (id int PRIMARY KEY); INSERT INTO t VALUES (1), (2);");
+    let wd = Workdir::new();
+    let out = assert_success(&wd.run(&[
+        "start",
+        "--json",
+        "--source",
+        &dbs.src.url(),
+        "--dest",
+        &dst,
+    ]));
+    let report: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(report["swap"]["swap_mode"], "object", "{report}");
+    assert!(
+        report["swap"]["swap_mode_reason"]
+            .as_str()
+            .unwrap_or("")
+            .contains("extensions this role does not own (hstore)"),
+        "{report}"
+    );
+    assert_eq!(dbs.dst.query_one_string("SELECT count(*) FROM t"), "2");
+    assert_eq!(
+        dbs.dst.query_one_string(
+            "SELECT extnamespace::regnamespace::text FROM pg_extension WHERE extname = 'hstore'"
+        ),
+        "public"
+    );
+}

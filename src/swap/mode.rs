@@ -337,7 +337,10 @@ async fn rename_obstacles(
                                WHERE d.defaclnamespace = pub.oid), '{}'),
                     pg_catalog.current_setting('server_version_num')::int,
                     current_user::text,
-                    pg_catalog.pg_has_role(inc.nspowner, 'USAGE')
+                    pg_catalog.pg_has_role(inc.nspowner, 'USAGE'),
+                    (SELECT array_agg(e.extname::text ORDER BY e.extname) FROM pg_catalog.pg_extension e
+                      WHERE e.extnamespace = pub.oid AND e.extrelocatable
+                        AND NOT pg_catalog.pg_has_role(e.extowner, 'USAGE'))
                FROM pg_catalog.pg_namespace pub, pg_catalog.pg_namespace inc
               WHERE pub.nspname = $2 AND inc.nspname = $1",
             &[&incoming, &live],
@@ -360,6 +363,12 @@ async fn rename_obstacles(
         return Ok(Err(format!(
             "this role does not own schema {}, and renaming a schema needs its owner",
             not_owned.join(" or ")
+        )));
+    }
+    if let Some(exts) = r.get::<_, Option<Vec<String>>>(13) {
+        return Ok(Err(format!(
+            "{live} holds extensions this role does not own ({}), which could not move along (moving an extension needs its owner)",
+            exts.join(", ")
         )));
     }
     let owner: String = r.get(4);
