@@ -429,7 +429,8 @@ fn privileges_are_checked_in_every_chosen_schema() {
     dbs.dst.psql(&format!(
         "GRANT CREATE ON DATABASE {db} TO {role}; GRANT CREATE ON SCHEMA public TO {role};
          CREATE TABLE users (id int PRIMARY KEY); ALTER TABLE users OWNER TO {role};
-         CREATE SCHEMA billing; CREATE TABLE billing.invoices (id int PRIMARY KEY);",
+         CREATE SCHEMA billing; CREATE TABLE billing.invoices (id int PRIMARY KEY);
+         CREATE DOMAIN billing.amount AS numeric;",
         db = dbs.dst.name()
     ));
     let as_role = |url: &str| {
@@ -451,6 +452,10 @@ fn privileges_are_checked_in_every_chosen_schema() {
             "public,billing",
         ])
     };
+    let grant_owner = format!(
+        "(owners or superuser only: grant {} to {role})",
+        dbs.dst.user()
+    );
     let refused = |name: &'static str, args: Vec<String>, message: Vec<&str>| {
         check(
             &dbs,
@@ -498,15 +503,17 @@ fn privileges_are_checked_in_every_chosen_schema() {
         prepare(&src, &role_dst),
         vec![
             "insufficient privileges on the destination",
-            "does not own billing.invoices in public, billing",
+            "does not own billing.invoices, type billing.amount, which the swap must move",
+            &grant_owner,
         ],
     );
 
     // Granted: the role prepares both schemas.
     dbs.src
         .psql(&format!("GRANT SELECT ON billing.invoices TO {role}"));
-    dbs.dst
-        .psql(&format!("ALTER TABLE billing.invoices OWNER TO {role}"));
+    dbs.dst.psql(&format!(
+        "ALTER TABLE billing.invoices OWNER TO {role}; ALTER DOMAIN billing.amount OWNER TO {role}"
+    ));
     let wd = Workdir::new();
     assert_success(&run(&wd, &prepare(&role_src, &role_dst), &[]));
     assert_success(&run(&wd, &s(&["abort", "--dest", &role_dst]), &[]));

@@ -144,6 +144,64 @@ async fn relations(client: &Client, schemas: &[String], condition: &str) -> Resu
         .collect())
 }
 
+/// The relations, types and routines of `schemas` whose owner this role is
+/// not a member of (extensions' members aside), named for people (types and
+/// routines say so: `type mood`, `function f(integer)`), and those owners.
+async fn not_owned(client: &Client, schemas: &[String]) -> Result<(Vec<String>, Vec<String>)> {
+    let rows = client
+        .query(
+            concat!(
+                "SELECT n.nspname::text, '', c.relname::text, pg_catalog.pg_get_userbyid(c.relowner)::text
+                   FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+                  WHERE n.nspname = ANY($1) AND c.relkind IN ('r', 'p', 'v', 'm', 'S', 'f')
+                    AND NOT pg_catalog.pg_has_role(c.relowner, 'USAGE') AND ",
+                not_ext_member!("pg_class", "c.oid"),
+                "
+                 UNION ALL
+                 SELECT n.nspname::text, 'type ', t.typname::text, pg_catalog.pg_get_userbyid(t.typowner)::text
+                   FROM pg_catalog.pg_type t JOIN pg_catalog.pg_namespace n ON n.oid = t.typnamespace
+                  WHERE n.nspname = ANY($1) AND t.typtype IN ('b', 'c', 'd', 'e', 'r')
+                    AND (t.typrelid = 0 OR (SELECT c.relkind FROM pg_catalog.pg_class c WHERE c.oid = t.typrelid) = 'c')
+                    AND NOT (t.typelem <> 0 AND t.typlen = -1)
+                    AND NOT pg_catalog.pg_has_role(t.typowner, 'USAGE') AND ",
+                not_ext_member!("pg_type", "t.oid"),
+                "
+                 UNION ALL
+                 SELECT n.nspname::text, CASE p.prokind WHEN 'p' THEN 'procedure ' WHEN 'a' THEN 'aggregate ' ELSE 'function ' END,
+                        p.proname::text || '(' || pg_catalog.pg_get_function_identity_arguments(p.oid) || ')',
+                        pg_catalog.pg_get_userbyid(p.proowner)::text
+                   FROM pg_catalog.pg_proc p JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace
+                  WHERE n.nspname = ANY($1) AND NOT pg_catalog.pg_has_role(p.proowner, 'USAGE') AND ",
+                not_ext_member!("pg_proc", "p.oid"),
+                "
+                  ORDER BY 2, 1, 3"
+            ),
+            &[&schemas],
+        )
+        .await
+        .map_err(|e| crate::pg::exec::pg_error_as(e, "checking the owners on the destination"))?;
+    let mut names = Vec::new();
+    let mut owners: Vec<String> = Vec::new();
+    for r in rows {
+        let (schema, kind, name, owner): (String, String, String, String) =
+            (r.get(0), r.get(1), r.get(2), r.get(3));
+        // A routine's name carries its arguments: quote the name part only.
+        let shown = match name.split_once('(') {
+            Some((n, args)) if !kind.is_empty() => {
+                format!("{}({args}", meta::table_display(&schema, n))
+            }
+            _ if schema == meta::PUBLIC => display_ident(&name),
+            _ => meta::table_display(&schema, &name),
+        };
+        names.push(format!("{kind}{shown}"));
+        if !owners.contains(&owner) {
+            owners.push(owner);
+        }
+    }
+    owners.sort();
+    Ok((names, owners))
+}
+
 /// Checks on the destination (read only).
 pub async fn check_dest(dst: &Client, schemas: &[String]) -> Result<Vec<String>> {
     let mut warnings = Vec::new();
@@ -166,28 +224,28 @@ pub async fn check_dest(dst: &Client, schemas: &[String]) -> Result<Vec<String>>
             "insufficient privileges on the destination: role {user} cannot create schemas in database {db} (grant CREATE ON DATABASE)"
         );
     }
-    if let Some(s) = r.get::<_, Vec<String>>(3).first() {
-        let s = display_ident(s);
+    let no_create: Vec<String> = r.get(3);
+    if !no_create.is_empty() {
+        let s = no_create.iter().map(|s| display_ident(s)).join(", ");
+        let plural = if no_create.len() > 1 { "s" } else { "" };
         bail!(
-            "insufficient privileges on the destination: role {user} has no CREATE on schema {s}, which the swap needs (grant CREATE ON SCHEMA {s})"
+            "insufficient privileges on the destination: role {user} has no CREATE on schema{plural} {s}, which the swap needs (grant CREATE ON SCHEMA {s})"
         );
     }
     let superuser: bool = r.get(4);
     if !superuser {
-        let not_owned = relations(
-            dst,
-            schemas,
-            concat!(
-                "NOT pg_catalog.pg_has_role(c.relowner, 'USAGE') AND ",
-                not_ext_member!("pg_class", "c.oid")
-            ),
-        )
-        .await?;
+        let (not_owned, owners) = not_owned(dst, schemas).await?;
         if !not_owned.is_empty() {
+            // Names outside public are qualified.
+            let place = if meta::is_default_schemas(schemas) {
+                " in public"
+            } else {
+                ""
+            };
             bail!(
-                "insufficient privileges on the destination: role {user} does not own {} in {}, which the swap must move (owners or superuser only)",
+                "insufficient privileges on the destination: role {user} does not own {}{place}, which the swap must move (owners or superuser only: grant {} to {user})",
                 list_some(&not_owned),
-                schemas.iter().map(|s| display_ident(s)).join(", ")
+                owners.iter().map(|o| display_ident(o)).join(", ")
             );
         }
     }
