@@ -25,6 +25,9 @@ fn filters_dry_run_refusals_start_and_rollback() {
          CREATE TABLE tmp_a (id serial PRIMARY KEY, x text);
          CREATE TABLE tmp_b (id int);
          CREATE VIEW tmp_view AS SELECT * FROM tmp_b;
+         -- Not migrated, so no reason to refuse excluding what it reads.
+         CREATE SCHEMA reporting;
+         CREATE VIEW reporting.tmp_count AS SELECT count(*) FROM tmp_a;
          INSERT INTO users SELECT g, 'src' || g FROM generate_series(1, 20) g;
          INSERT INTO audit SELECT g, 'src', g FROM generate_series(1, 5) g;
          INSERT INTO orders SELECT g, g, 1 + g % 3 FROM generate_series(1, 10) g;

@@ -337,7 +337,8 @@ pub async fn resolve(
     };
     let excluded_only = parts(&mut excluded.difference(&namesakes));
     let leaving = parts(&mut res.not_migrated.iter());
-    let deps = dependents(src, &excluded_only, &leaving).await?;
+    // Objects of other schemas are not migrated: they do not need the tables.
+    let deps = dependents(src, &excluded_only, &leaving, schemas).await?;
     if !deps.is_empty() {
         crate::refuse!(
             "--exclude-table: objects of the source depend on excluded tables and would be migrated without them: {}; exclude them too (views and tables: --exclude-table), or migrate the tables; nothing was changed",
@@ -452,13 +453,14 @@ pub async fn kept_foreign_keys(
     Ok(out)
 }
 
-/// Objects of the source's public that depend on `tables` other than the
+/// Objects of the source's migrated `schemas` that depend on `tables` other than the
 /// tables' own parts and other tables in `leaving` (views, foreign keys of
 /// other tables, SQL-body functions, columns of their row type …).
 async fn dependents(
     client: &Client,
     tables: &(Vec<String>, Vec<String>),
     leaving: &(Vec<String>, Vec<String>),
+    schemas: &[String],
 ) -> Result<Vec<String>> {
     if tables.0.is_empty() {
         return Ok(Vec::new());
@@ -471,7 +473,8 @@ async fn dependents(
                 WHERE (n.nspname, c.relname) IN (SELECT * FROM unnest($3::text[], $4::text[])))",
         "l",
         false,
-        &[&tables.0, &tables.1, &leaving.0, &leaving.1],
+        Some("$5"),
+        &[&tables.0, &tables.1, &leaving.0, &leaving.1, &schemas],
         "excluded tables",
     )
     .await

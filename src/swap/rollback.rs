@@ -1043,6 +1043,19 @@ fn not_part_of(own: &str, except_foreign_keys: bool) -> String {
     )
 }
 
+/// The schema of a dependent object: its relation's for rules (views),
+/// triggers, column defaults and policies, which have none of their own.
+const DEPENDENT_SCHEMA: &str = "
+    COALESCE(
+      (SELECT n.nspname::text FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+        WHERE c.oid = CASE d.classid
+                WHEN 'pg_catalog.pg_rewrite'::regclass THEN (SELECT x.ev_class FROM pg_catalog.pg_rewrite x WHERE x.oid = d.objid)
+                WHEN 'pg_catalog.pg_trigger'::regclass THEN (SELECT x.tgrelid FROM pg_catalog.pg_trigger x WHERE x.oid = d.objid)
+                WHEN 'pg_catalog.pg_attrdef'::regclass THEN (SELECT x.adrelid FROM pg_catalog.pg_attrdef x WHERE x.oid = d.objid)
+                WHEN 'pg_catalog.pg_policy'::regclass THEN (SELECT x.polrelid FROM pg_catalog.pg_policy x WHERE x.oid = d.objid)
+              END),
+      (pg_catalog.pg_identify_object(d.classid, d.objid, 0)).schema)";
+
 /// How to name a dependent object for people: views by name, the rest as
 /// `pg_describe_object` says.
 const DESCRIBE_DEPENDENT: &str = "
@@ -1053,7 +1066,7 @@ const DESCRIBE_DEPENDENT: &str = "
                  JOIN pg_catalog.pg_namespace vn ON vn.oid = v.relnamespace WHERE r.oid = d.objid)
          ELSE pg_catalog.pg_describe_object(d.classid, d.objid, 0) END";
 
-/// Objects that depend on `schema`'s copies of `tables` (views, functions with
+/// Objects of `schema` that depend on its copies of `tables` (views, functions with
 /// SQL bodies, columns of their row type…), other than the tables' own parts
 /// and foreign keys (those are re-pointed). For a live schema's kept tables:
 /// they move to the new backup (a warning); for a backup's own copies of
@@ -1072,6 +1085,8 @@ pub(crate) async fn dependents(
                 WHERE n.nspname = $1 AND c.relname = ANY($2) AND c.relkind IN ('r', 'p'))",
         "t",
         true,
+        // Only `schema`'s objects move; others keep reading the kept table.
+        Some("ARRAY[$1]::text[]"),
         &[&schema, &tables],
         "kept tables",
     )
@@ -1083,18 +1098,24 @@ pub(crate) async fn dependents(
 /// [`not_part_of`]): views, other tables' foreign keys (unless
 /// `except_foreign_keys`), SQL-body functions, columns of their row type…
 /// `with` defines the CTE `t` (oid, reltype), and `own` when it differs;
+/// `only_in` names a text[] parameter (`$5`, say) and keeps the objects of
+/// those schemas;
 /// `what` names the tables in an error.
 pub(crate) async fn depending_on(
     client: &Client,
     with: &str,
     own: &str,
     except_foreign_keys: bool,
+    only_in: Option<&str>,
     params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
     what: &str,
 ) -> Result<Vec<String>> {
+    let within = only_in
+        .map(|p| format!(" AND {DEPENDENT_SCHEMA} = ANY({p})"))
+        .unwrap_or_default();
     let sql = format!(
         "WITH {with}
-         SELECT DISTINCT {DESCRIBE_DEPENDENT} FROM pg_catalog.pg_depend d WHERE {} ORDER BY 1",
+         SELECT DISTINCT {DESCRIBE_DEPENDENT} FROM pg_catalog.pg_depend d WHERE {}{within} ORDER BY 1",
         not_part_of(own, except_foreign_keys)
     );
     let rows = client
