@@ -339,3 +339,61 @@ fn an_object_dropped_after_the_listing_makes_the_swap_list_again() {
         assert_eq!(dbs.dst.psql("SELECT count(*) FROM items"), "200");
     }
 }
+
+/// An application transaction that updated `orders` and then inserts an order
+/// (its key check locks `customers`): the swap locks referencing tables before
+/// the tables they reference, so it waits behind the transaction instead of
+/// deadlocking with it. The application's transaction commits, the swap takes
+/// its locks at the first attempt.
+#[test]
+fn the_swap_waits_behind_a_writer_instead_of_deadlocking_with_it() {
+    let dbs = TestDbs::new("swap_fk_order");
+    // The referenced table sorts first by name: locking by name would deadlock.
+    let ddl = "CREATE TABLE customers (id int PRIMARY KEY);
+         CREATE TABLE orders (id int PRIMARY KEY, user_id int REFERENCES customers (id), note text);
+         INSERT INTO customers SELECT generate_series(1, 5);
+         INSERT INTO orders SELECT g, g, 'x' FROM generate_series(1, 5) g;";
+    dbs.src.psql(ddl);
+    dbs.dst.psql(ddl);
+    let wd = Workdir::new();
+    assert_success(&wd.prepare(&dbs, &[]));
+    let info = dbs.dst.server().clone();
+    let db = dbs.dst.name().to_string();
+    let app = std::thread::spawn(move || {
+        info.try_psql(
+            &db,
+            "BEGIN;
+             UPDATE orders SET note = 'app' WHERE id = 1;
+             SELECT pg_sleep(3);
+             INSERT INTO orders VALUES (100, 2, 'app');
+             COMMIT;",
+        )
+    });
+    // Until the application holds its lock on orders.
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(10)
+        && dbs.dst.psql(
+            "SELECT count(*) FROM pg_locks l JOIN pg_class c ON c.oid = l.relation
+              WHERE c.relname = 'orders' AND l.mode = 'RowExclusiveLock' AND l.granted",
+        ) == "0"
+    {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let out = wd.run_env(
+        &[
+            "swap",
+            "--dest",
+            &dbs.dst.url(),
+            "--lock-timeout",
+            "8s",
+            "--allow-discard",
+            "all",
+            "--json",
+        ],
+        &[],
+    );
+    let app = app.join().unwrap();
+    assert!(app.is_ok(), "the application's transaction failed: {app:?}");
+    let report: serde_json::Value = serde_json::from_str(&assert_success(&out)).unwrap();
+    assert_eq!(report["attempts"], 1, "{report}");
+}
