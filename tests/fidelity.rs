@@ -9,7 +9,9 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use common::{PREPARE_PHASES, TestDb, TestDbs, Workdir, assert_same_ddl, normalised_dump};
+use common::{
+    PREPARE_PHASES, TestDb, TestDbs, Workdir, assert_same_ddl, assert_success, normalised_dump,
+};
 
 const RICH: &str = include_str!("fixtures/rich_schema.sql");
 
@@ -384,4 +386,47 @@ fn new_objects_keep_the_sources_owner_and_grants() {
         )),
         "{report}"
     );
+}
+
+/// Grants made and revoked on the live destination between prepare and the
+/// swap hold after the swap (table, column and function privileges, grant
+/// options), in both modes.
+#[test]
+fn grants_changed_after_prepare_hold_after_the_swap() {
+    let pid = std::process::id();
+    let (r1, r2) = (format!("late_r1_{pid}"), format!("late_r2_{pid}"));
+    for mode in ["rename", "object"] {
+        let dbs = TestDbs::new(&format!("late_grants_{mode}"));
+        let ddl = format!(
+            "DO $$ BEGIN CREATE ROLE {r1}; EXCEPTION WHEN duplicate_object THEN NULL; END $$;
+             DO $$ BEGIN CREATE ROLE {r2}; EXCEPTION WHEN duplicate_object THEN NULL; END $$;
+             CREATE TABLE t (id int PRIMARY KEY, secret text);
+             CREATE FUNCTION f() RETURNS int LANGUAGE sql AS 'SELECT 1';"
+        );
+        dbs.src.psql(&ddl);
+        dbs.dst.psql(&ddl);
+        dbs.dst.psql(&format!("GRANT SELECT ON t TO {r1}"));
+        let wd = Workdir::new();
+        assert_success(&wd.prepare(&dbs, &[]));
+        dbs.dst.psql(&format!(
+            "GRANT INSERT ON t TO {r2};
+             REVOKE SELECT ON t FROM {r1};
+             GRANT UPDATE (secret) ON t TO {r1};
+             REVOKE EXECUTE ON FUNCTION f() FROM PUBLIC;
+             GRANT EXECUTE ON FUNCTION f() TO {r2} WITH GRANT OPTION;"
+        ));
+        assert_success(&wd.run(&["swap", "--dest", &dbs.dst.url(), "--swap-mode", mode]));
+        assert_eq!(
+            dbs.dst.psql(&format!(
+                "SELECT concat_ws(',',
+                    has_table_privilege('{r2}', 'public.t', 'INSERT'),
+                    has_table_privilege('{r1}', 'public.t', 'SELECT'),
+                    has_column_privilege('{r1}', 'public.t', 'secret', 'UPDATE'),
+                    has_function_privilege('public', 'public.f()', 'EXECUTE'),
+                    has_function_privilege('{r2}', 'public.f()', 'EXECUTE WITH GRANT OPTION'))"
+            )),
+            "t,f,t,f,t",
+            "{mode}"
+        );
+    }
 }

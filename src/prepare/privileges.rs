@@ -17,8 +17,13 @@
 //! destination has. So a new function whose EXECUTE the source revoked from
 //! PUBLIC does not arrive executable by everyone, and a new table keeps the
 //! application roles' access.
+//!
+//! Grants go on changing while a migration waits to be swapped: just before
+//! the swap, [`catch_up`] compares each live object's grants with its shadow
+//! namesake's and grants or revokes the difference, so what was granted (or
+//! revoked) since prepare holds after the swap too.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use anyhow::{Context, Result};
 use tokio_postgres::{Client, Row};
@@ -439,4 +444,105 @@ pub async fn apply(
         .await
         .context("applying the destination's owners and privileges to the shadow")?;
     Ok(applied)
+}
+
+/// An ACL as (grantee, privilege) -> grantable, without the owner's own
+/// entries; a null ACL is the kind's default (PUBLIC may execute functions
+/// and use types; nobody but the owner has anything else).
+fn effective(o: &Obj) -> BTreeMap<(String, String), bool> {
+    match &o.acl {
+        Some(acl) => acl
+            .iter()
+            .filter(|(g, _, _)| g != &o.owner)
+            .map(|(g, p, w)| ((g.clone(), p.clone()), *w))
+            .collect(),
+        None => match o.kind {
+            "FUNCTION" | "PROCEDURE" | "AGGREGATE" => {
+                BTreeMap::from([((String::new(), "EXECUTE".to_string()), false)])
+            }
+            "TYPE" | "DOMAIN" => BTreeMap::from([((String::new(), "USAGE".to_string()), false)]),
+            _ => BTreeMap::new(),
+        },
+    }
+}
+
+/// The GRANT and REVOKE statements that make `have` equal `want`; `what`
+/// names a privilege on the object (`SELECT ON TABLE "shadow"."t"`, `SELECT
+/// ("c") ON TABLE …`).
+fn level(
+    what: impl Fn(&str) -> String,
+    want: &BTreeMap<(String, String), bool>,
+    have: &BTreeMap<(String, String), bool>,
+    sql: &mut Vec<String>,
+) {
+    for ((g, p), w) in want {
+        match have.get(&(g.clone(), p.clone())) {
+            Some(h) if h == w => {}
+            Some(true) => sql.push(format!(
+                "REVOKE GRANT OPTION FOR {} FROM {}",
+                what(p),
+                grantee_sql(g)
+            )),
+            _ => sql.push(format!(
+                "GRANT {} TO {}{}",
+                what(p),
+                grantee_sql(g),
+                if *w { " WITH GRANT OPTION" } else { "" }
+            )),
+        }
+    }
+    for (g, p) in have.keys().filter(|k| !want.contains_key(*k)) {
+        sql.push(format!("REVOKE {} FROM {}", what(p), grantee_sql(g)));
+    }
+}
+
+/// The grants made or revoked on `live`'s objects since prepare copied them
+/// to their namesakes in `shadow`: the statements that level the shadow's
+/// (table, column, function and type privileges; owners stay as prepare set
+/// them).
+pub async fn catch_up(client: &Client, shadow: &str, live: &str) -> Result<Vec<String>> {
+    client.batch_execute("SET search_path = ''").await?;
+    let listed = async {
+        let theirs: HashMap<String, Obj> = objects(client, live)
+            .await?
+            .into_iter()
+            .map(|o| (o.key.clone(), o))
+            .collect();
+        Ok::<_, anyhow::Error>((theirs, objects(client, shadow).await?))
+    }
+    .await;
+    client.batch_execute("RESET search_path").await?;
+    let (theirs, ours) = listed?;
+    let mut sql = Vec::new();
+    for o in &ours {
+        let Some(c) = theirs.get(&o.key) else {
+            continue;
+        };
+        let on = |p: &str| format!("{p} ON {} {}", grant_kind(o.kind), o.sql_name);
+        level(on, &effective(c), &effective(o), &mut sql);
+        let columns = |x: &Obj| -> BTreeMap<String, BTreeMap<(String, String), bool>> {
+            let mut m: BTreeMap<String, BTreeMap<(String, String), bool>> = BTreeMap::new();
+            for (col, g, p, w) in x.column_acl.iter().filter(|e| e.1 != x.owner) {
+                m.entry(col.clone())
+                    .or_default()
+                    .insert((g.clone(), p.clone()), *w);
+            }
+            m
+        };
+        let (want, have) = (columns(c), columns(o));
+        let empty = BTreeMap::new();
+        for col in want
+            .keys()
+            .chain(have.keys())
+            .collect::<std::collections::BTreeSet<_>>()
+        {
+            let on = |p: &str| format!("{p} ({}) ON TABLE {}", quote_ident(col), o.sql_name);
+            let (w, h) = (
+                want.get(col).unwrap_or(&empty),
+                have.get(col).unwrap_or(&empty),
+            );
+            level(on, w, h, &mut sql);
+        }
+    }
+    Ok(sql)
 }

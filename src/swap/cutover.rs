@@ -26,8 +26,8 @@ use crate::pg::ident::{TableName, display_ident, qualified};
 use crate::pg::locks_budget::{self, Budget, Need};
 use crate::pg::meta::{self, SchemaPair};
 use crate::pg::pattern::TablePattern;
-use crate::prepare::filters;
 use crate::prepare::sync::{self, CreatedFk, FkViolation, SyncedTable};
+use crate::prepare::{filters, privileges};
 use crate::swap::engine::{self, Exchange, InTx, Moved, Moves, Origin, Policy};
 use crate::swap::impact::gate::{self, ImpactOptions, UnderLocks};
 use crate::swap::impact::{Impact, ImpactRequest, Operation, WriteBaseline, WriteCheck};
@@ -508,6 +508,28 @@ pub async fn swap(sess: &Session, opts: &SwapOptions) -> Result<SwapReport> {
             rows = replayed,
             "preserved tables caught up before the swap"
         );
+    }
+    // Grants made or revoked on the live objects since prepare copied them.
+    for p in pairs(&m) {
+        let stmts = privileges::catch_up(&sess.control, &p.shadow, &p.live).await?;
+        if !stmts.is_empty() {
+            let sql = format!("BEGIN;\n{};\nCOMMIT;", stmts.join(";\n"));
+            if let Err(e) = sess.control.batch_execute(&sql).await {
+                let _ = sess.control.batch_execute("ROLLBACK").await;
+                return Err(crate::pg::exec::pg_error_as(
+                    e,
+                    &format!(
+                        "carrying the grants made on {} since prepare over to its shadow",
+                        p.live
+                    ),
+                ));
+            }
+            tracing::info!(
+                schema = %p.live,
+                statements = stmts.len(),
+                "grants made or revoked since prepare carried over to the shadow"
+            );
+        }
     }
     let mut violations = sync::fk_violations(&sess.control, deferred).await?;
     violations.extend(sync::fk_violations(&sess.control, &kept.fk_sql).await?);
