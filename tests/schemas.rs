@@ -1291,8 +1291,9 @@ fn a_kept_table_with_partitions_in_another_schema_is_refused() {
 }
 
 /// A publication naming a table of another migrated schema is warned about as
-/// public's are, and `status` lists the NOT VALID foreign keys of every live
-/// schema of the migration (`schema.table.constraint` outside public).
+/// public's are; `status` counts every shadow's tables, and lists the NOT
+/// VALID foreign keys of every live schema of the migration
+/// (`schema.table.constraint` outside public).
 #[test]
 fn publications_and_not_valid_keys_of_other_schemas_are_reported() {
     let dbs = TestDbs::new("sch_pub");
@@ -1312,7 +1313,11 @@ fn publications_and_not_valid_keys_of_other_schemas_are_reported() {
         "{plan}"
     );
 
-    start_two(&wd, &dbs, &[]);
+    // The prepared shadows: both schemas' tables count.
+    run_two(&wd, &dbs, "prepare", &[]);
+    let st = run_json(&wd, &["status", "--dest", &dbs.dst.url()]);
+    assert_eq!(st["shadow"]["tables"], 2, "{st}");
+    run_json(&wd, &["swap", "--dest", &dbs.dst.url()]);
     dbs.dst.psql(
         "ALTER TABLE billing.invoices ADD CONSTRAINT invoices_user_fk
            FOREIGN KEY (user_id) REFERENCES public.users NOT VALID;

@@ -209,12 +209,26 @@ async fn shadow_info(client: &Client, d: &Destination) -> Result<ShadowInfo> {
     if d.shadow.state == ShadowState::Absent {
         return Ok(ShadowInfo::default());
     }
-    let facts = verify::schema_facts(client, SHADOW_SCHEMA).await?;
+    // Size and tables of every shadow of the migration's schemas.
+    let shadows: Vec<String> = d
+        .record
+        .as_ref()
+        .map(|r| crate::pg::meta::schema_pairs(&r.schemas))
+        .unwrap_or_default()
+        .into_iter()
+        .map(|p| p.shadow)
+        .chain([SHADOW_SCHEMA.to_string()])
+        .unique()
+        .collect();
+    let mut size_bytes = 0;
+    for s in &shadows {
+        size_bytes += verify::schema_facts(client, s).await?.size_bytes;
+    }
     let tables: i64 = client
         .query_one(
             "SELECT count(*) FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
-              WHERE n.nspname = $1 AND c.relkind IN ('r', 'p')",
-            &[&SHADOW_SCHEMA],
+              WHERE n.nspname = ANY($1) AND c.relkind IN ('r', 'p')",
+            &[&shadows],
         )
         .await?
         .get(0);
@@ -222,7 +236,7 @@ async fn shadow_info(client: &Client, d: &Destination) -> Result<ShadowInfo> {
         exists: true,
         ours: d.shadow.ours(),
         empty: d.shadow.empty,
-        size_bytes: facts.size_bytes,
+        size_bytes,
         tables: tables as usize,
     })
 }
