@@ -1331,3 +1331,27 @@ fn publications_and_not_valid_keys_of_other_schemas_are_reported() {
         "{st}"
     );
 }
+
+/// A type of one migrated schema used by a table of another: the impact
+/// report names it as replaced, with the other schema's column.
+#[test]
+fn a_type_used_across_schemas_is_reported_replaced() {
+    let dbs = TestDbs::new("sch_type");
+    let ddl = "CREATE SCHEMA billing;
+         CREATE DOMAIN public.amount AS numeric;
+         CREATE TABLE billing.invoices (id int PRIMARY KEY, total public.amount);";
+    dbs.src.psql(ddl);
+    dbs.dst.psql(ddl);
+    let wd = Workdir::new();
+    run_two(&wd, &dbs, "prepare", &[]);
+    let dry = run_json(&wd, &["swap", "--dest", &dbs.dst.url(), "--dry-run"]);
+    let hazards = dry["swap"]["impact"]["hazards"].as_array().unwrap();
+    assert!(
+        hazards.iter().any(|h| h["code"] == "TYPE_REPLACED"
+            && h["detail"]
+                .as_str()
+                .unwrap_or("")
+                .contains("billing.invoices.total")),
+        "{dry}"
+    );
+}

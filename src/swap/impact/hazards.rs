@@ -332,11 +332,16 @@ async fn read_and_compare(client: &Client, pairs: &[SchemaPair]) -> Result<Vec<H
     let mut out = Vec::new();
     let empty_l = Side::default();
     let empty_i = Side::default();
+    let incoming: Vec<(&SchemaPair, &Side)> = pairs
+        .iter()
+        .enumerate()
+        .map(|(i, p)| (p, sides.get(&(i as i64 + 1, 'I')).unwrap_or(&empty_i)))
+        .collect();
     for (i, p) in pairs.iter().enumerate() {
         let idx = i as i64 + 1;
         let l = sides.get(&(idx, 'L')).unwrap_or(&empty_l);
         let inc = sides.get(&(idx, 'I')).unwrap_or(&empty_i);
-        compare_pair(p, l, inc, &mut out);
+        compare_pair(p, l, inc, &incoming, &mut out);
     }
     out.sort_by(|a, b| (a.effect, &a.object, &a.code).cmp(&(b.effect, &b.object, &b.code)));
     Ok(out)
@@ -367,7 +372,15 @@ fn func_kind_word(kind: char) -> &'static str {
     }
 }
 
-fn compare_pair(p: &SchemaPair, l: &Side, inc: &Side, out: &mut Vec<Hazard>) {
+/// `incoming`: every pair's incoming side, where columns of a replaced type
+/// are looked for (a table of one schema may use another schema's type).
+fn compare_pair(
+    p: &SchemaPair,
+    l: &Side,
+    inc: &Side,
+    incoming: &[(&SchemaPair, &Side)],
+    out: &mut Vec<Hazard>,
+) {
     let rel_obj = |name: &str| qualified_display(&p.live, name);
     let col_obj = |rel: &str, col: &str| format!("{}.{}", rel_obj(rel), display_ident(col));
 
@@ -503,10 +516,16 @@ fn compare_pair(p: &SchemaPair, l: &Side, inc: &Side, out: &mut Vec<Hazard>) {
                 let qualified = live_type(name);
                 let array = format!("{qualified}[]");
                 let mut users: Vec<String> = Vec::new();
-                for (rel, r) in inc.rels.iter().filter(|(_, r)| !r.partition) {
-                    for c in &r.columns {
-                        if c.type_name == qualified || c.type_name == array {
-                            users.push(col_obj(rel, &c.name));
+                for (q, side) in incoming {
+                    for (rel, r) in side.rels.iter().filter(|(_, r)| !r.partition) {
+                        for c in &r.columns {
+                            if c.type_name == qualified || c.type_name == array {
+                                users.push(format!(
+                                    "{}.{}",
+                                    qualified_display(&q.live, rel),
+                                    display_ident(&c.name)
+                                ));
+                            }
                         }
                     }
                 }
