@@ -300,8 +300,8 @@ async fn rename_obstacles(
 ) -> Result<std::result::Result<RenameSteps, String>> {
     if keeps_tables {
         return Ok(Err(
-            "kept tables stay in public (--keep-tables), which only the object-level swap can do"
-                .into(),
+            "kept tables stay live where they are (--keep-tables, or kept when the backup was made), which only the object-level swap can do"
+                .to_string(),
         ));
     }
     if !crate::pg::catalog::schema_exists(client, live).await? {
