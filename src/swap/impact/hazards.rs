@@ -332,10 +332,17 @@ async fn read_and_compare(client: &Client, pairs: &[SchemaPair]) -> Result<Vec<H
     let mut out = Vec::new();
     let empty_l = Side::default();
     let empty_i = Side::default();
-    let incoming: Vec<(&SchemaPair, &Side)> = pairs
+    let incoming: Vec<(&SchemaPair, &Side, &Side)> = pairs
         .iter()
         .enumerate()
-        .map(|(i, p)| (p, sides.get(&(i as i64 + 1, 'I')).unwrap_or(&empty_i)))
+        .map(|(i, p)| {
+            let idx = i as i64 + 1;
+            (
+                p,
+                sides.get(&(idx, 'L')).unwrap_or(&empty_l),
+                sides.get(&(idx, 'I')).unwrap_or(&empty_i),
+            )
+        })
         .collect();
     for (i, p) in pairs.iter().enumerate() {
         let idx = i as i64 + 1;
@@ -372,13 +379,14 @@ fn func_kind_word(kind: char) -> &'static str {
     }
 }
 
-/// `incoming`: every pair's incoming side, where columns of a replaced type
-/// are looked for (a table of one schema may use another schema's type).
+/// `incoming`: every pair with its live and incoming sides, where columns of
+/// a replaced type are looked for (a table of one schema may use another
+/// schema's type).
 fn compare_pair(
     p: &SchemaPair,
     l: &Side,
     inc: &Side,
-    incoming: &[(&SchemaPair, &Side)],
+    incoming: &[(&SchemaPair, &Side, &Side)],
     out: &mut Vec<Hazard>,
 ) {
     let rel_obj = |name: &str| qualified_display(&p.live, name);
@@ -516,10 +524,20 @@ fn compare_pair(
                 let qualified = live_type(name);
                 let array = format!("{qualified}[]");
                 let mut users: Vec<String> = Vec::new();
-                for (q, side) in incoming {
+                // Only columns the live relation has too: statements prepared
+                // before the swap cannot return the others.
+                for (q, live_side, side) in incoming {
                     for (rel, r) in side.rels.iter().filter(|(_, r)| !r.partition) {
+                        let was_there = |col: &str| {
+                            live_side
+                                .rels
+                                .get(rel)
+                                .is_some_and(|lr| lr.columns.iter().any(|lc| lc.name == col))
+                        };
                         for c in &r.columns {
-                            if c.type_name == qualified || c.type_name == array {
+                            if (c.type_name == qualified || c.type_name == array)
+                                && was_there(&c.name)
+                            {
                                 users.push(format!(
                                     "{}.{}",
                                     qualified_display(&q.live, rel),
