@@ -452,8 +452,9 @@ fn privileges_are_checked_in_every_chosen_schema() {
             "public,billing",
         ])
     };
+    // The harness's user is a superuser: membership would make the role one.
     let grant_owner = format!(
-        "(owners or superuser only: grant {} to {role})",
+        "(owners or superuser only: give those of the superuser {} another owner {role} is a member of (ALTER … OWNER TO))",
         dbs.dst.user()
     );
     let refused = |name: &'static str, args: Vec<String>, message: Vec<&str>| {
@@ -493,7 +494,7 @@ fn privileges_are_checked_in_every_chosen_schema() {
         vec![
             "insufficient privileges on the destination",
             "has no CREATE on schema billing",
-            "(grant CREATE ON SCHEMA billing)",
+            &format!("(grant CREATE ON SCHEMA billing TO {role})"),
         ],
     );
     dbs.dst
@@ -514,7 +515,23 @@ fn privileges_are_checked_in_every_chosen_schema() {
     dbs.dst.psql(&format!(
         "ALTER TABLE billing.invoices OWNER TO {role}; ALTER DOMAIN billing.amount OWNER TO {role}"
     ));
+    // A function the destination does not have yet, owned on the source by
+    // a superuser this role may not give it to: it stays this role's, and
+    // prepare says so.
+    dbs.src.psql(&format!(
+        "CREATE FUNCTION billing.total() RETURNS int LANGUAGE sql SECURITY DEFINER AS 'SELECT 1';
+         GRANT EXECUTE ON FUNCTION billing.total() TO {role};"
+    ));
     let wd = Workdir::new();
-    assert_success(&run(&wd, &prepare(&role_src, &role_dst), &[]));
+    let mut args = prepare(&role_src, &role_dst);
+    args.push("--json".into());
+    let report: serde_json::Value =
+        serde_json::from_str(&assert_success(&run(&wd, &args, &[]))).unwrap();
+    assert!(
+        report["warnings"].to_string().contains(&format!(
+            "new objects in billing belong to {role}, which may not give them to their owner on the source"
+        )),
+        "{report}"
+    );
     assert_success(&run(&wd, &s(&["abort", "--dest", &role_dst]), &[]));
 }

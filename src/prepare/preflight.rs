@@ -146,8 +146,12 @@ async fn relations(client: &Client, schemas: &[String], condition: &str) -> Resu
 
 /// The relations, types and routines of `schemas` whose owner this role is
 /// not a member of (extensions' members aside), named for people (types and
-/// routines say so: `type mood`, `function f(integer)`), and those owners.
-async fn not_owned(client: &Client, schemas: &[String]) -> Result<(Vec<String>, Vec<String>)> {
+/// routines say so: `type mood`, `function f(integer)`), and those owners
+/// (whether each is a superuser).
+async fn not_owned(
+    client: &Client,
+    schemas: &[String],
+) -> Result<(Vec<String>, Vec<(String, bool)>)> {
     let rows = client
         .query(
             concat!(
@@ -199,6 +203,19 @@ async fn not_owned(client: &Client, schemas: &[String]) -> Result<(Vec<String>, 
         }
     }
     owners.sort();
+    let supers: Vec<String> = crate::pg::exec::column(
+        client,
+        "SELECT rolname::text FROM pg_catalog.pg_roles WHERE rolname = ANY($1) AND rolsuper",
+        &[&owners],
+    )
+    .await?;
+    let owners = owners
+        .into_iter()
+        .map(|o| {
+            let sup = supers.contains(&o);
+            (o, sup)
+        })
+        .collect();
     Ok((names, owners))
 }
 
@@ -229,7 +246,7 @@ pub async fn check_dest(dst: &Client, schemas: &[String]) -> Result<Vec<String>>
         let s = no_create.iter().map(|s| display_ident(s)).join(", ");
         let plural = if no_create.len() > 1 { "s" } else { "" };
         bail!(
-            "insufficient privileges on the destination: role {user} has no CREATE on schema{plural} {s}, which the swap needs (grant CREATE ON SCHEMA {s})"
+            "insufficient privileges on the destination: role {user} has no CREATE on schema{plural} {s}, which the swap needs (grant CREATE ON SCHEMA {s} TO {user})"
         );
     }
     let superuser: bool = r.get(4);
@@ -242,10 +259,24 @@ pub async fn check_dest(dst: &Client, schemas: &[String]) -> Result<Vec<String>>
             } else {
                 ""
             };
+            // Membership in a superuser would make this role one: those
+            // objects need another owner instead.
+            let (supers, others): (Vec<_>, Vec<_>) = owners.iter().partition(|o| o.1);
+            let names = |v: &[&(String, bool)]| v.iter().map(|o| display_ident(&o.0)).join(", ");
+            let mut fix = Vec::new();
+            if !others.is_empty() {
+                fix.push(format!("grant {} to {user}", names(&others)));
+            }
+            if !supers.is_empty() {
+                fix.push(format!(
+                    "give those of the superuser {} another owner {user} is a member of (ALTER … OWNER TO)",
+                    names(&supers)
+                ));
+            }
             bail!(
-                "insufficient privileges on the destination: role {user} does not own {}{place}, which the swap must move (owners or superuser only: grant {} to {user})",
+                "insufficient privileges on the destination: role {user} does not own {}{place}, which the swap must move (owners or superuser only: {})",
                 list_some(&not_owned),
-                owners.iter().map(|o| display_ident(o)).join(", ")
+                fix.join("; ")
             );
         }
     }

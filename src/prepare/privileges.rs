@@ -285,6 +285,8 @@ pub async fn plan(
         roles.insert(name);
     }
     let mut missing_grantees: Vec<String> = Vec::new();
+    // New objects whose source owner this role may not give them to.
+    let mut kept_by_us: Vec<String> = Vec::new();
     let theirs: HashMap<String, Obj> = objects(client, public)
         .await?
         .into_iter()
@@ -334,9 +336,16 @@ pub async fn plan(
         let model = counterpart.or_else(|| from_source.get(&o.key));
         let want_owner = source_owner.or_else(|| match counterpart {
             Some(c) => Some(c.owner.clone()),
-            None => model
-                .map(|m| m.owner.clone())
-                .filter(|r| assignable.contains(r)),
+            None => {
+                let m = model?;
+                if !assignable.contains(&m.owner) {
+                    if !o.owned_sequence {
+                        kept_by_us.push(format!("{} ({})", o.sql_name, m.owner));
+                    }
+                    return None;
+                }
+                Some(m.owner.clone())
+            }
         });
         if let Some(owner) = &want_owner
             && owner != &o.owner
@@ -412,6 +421,12 @@ pub async fn plan(
             ));
             applied.grants += 1;
         }
+    }
+    if !kept_by_us.is_empty() {
+        applied.warnings.push(format!(
+            "new objects in {public} belong to {current}, which may not give them to their owner on the source (the owner there in parentheses; a SECURITY DEFINER function runs as its owner): {}",
+            kept_by_us.join(", ")
+        ));
     }
     if !missing_grantees.is_empty() {
         missing_grantees.sort();
