@@ -87,7 +87,8 @@ pub struct GlobalArgs {
     pub connect_timeout: Option<String>,
 
     /// lock_timeout for DDL on the destination, e.g. `1s`, `500ms` (default 1s).
-    /// A bare number is seconds.
+    /// A bare number is seconds. The swap's lock waits also end before the
+    /// server's deadlock_timeout, so an application is never its deadlock victim.
     #[arg(
         long,
         global = true,

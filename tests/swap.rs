@@ -341,14 +341,14 @@ fn an_object_dropped_after_the_listing_makes_the_swap_list_again() {
 }
 
 /// An application transaction that updated `orders` and then inserts an order
-/// (its key check locks `customers`): the swap locks referencing tables before
-/// the tables they reference, so it waits behind the transaction instead of
-/// deadlocking with it. The application's transaction commits, the swap takes
-/// its locks at the first attempt.
+/// (its key check locks `customers`) while the swap, holding `customers`,
+/// waits for `orders`: they wait on each other. The swap's lock waits end
+/// before the server's deadlock detector could act (even with a long
+/// `--lock-timeout`), so the application's transaction is never the one
+/// cancelled: it commits, and the swap retries and completes.
 #[test]
-fn the_swap_waits_behind_a_writer_instead_of_deadlocking_with_it() {
-    let dbs = TestDbs::new("swap_fk_order");
-    // The referenced table sorts first by name: locking by name would deadlock.
+fn an_application_transaction_is_never_the_victim_of_a_deadlock_with_the_swap() {
+    let dbs = TestDbs::new("swap_deadlock");
     let ddl = "CREATE TABLE customers (id int PRIMARY KEY);
          CREATE TABLE orders (id int PRIMARY KEY, user_id int REFERENCES customers (id), note text);
          INSERT INTO customers SELECT generate_series(1, 5);
@@ -386,6 +386,8 @@ fn the_swap_waits_behind_a_writer_instead_of_deadlocking_with_it() {
             &dbs.dst.url(),
             "--lock-timeout",
             "8s",
+            "--swap-retries",
+            "30",
             "--allow-discard",
             "all",
             "--json",
@@ -395,5 +397,5 @@ fn the_swap_waits_behind_a_writer_instead_of_deadlocking_with_it() {
     let app = app.join().unwrap();
     assert!(app.is_ok(), "the application's transaction failed: {app:?}");
     let report: serde_json::Value = serde_json::from_str(&assert_success(&out)).unwrap();
-    assert_eq!(report["attempts"], 1, "{report}");
+    assert!(report["attempts"].as_u64().unwrap() > 1, "{report}");
 }

@@ -572,23 +572,17 @@ pub async fn check_schemas(schemas: &[String], src: &Client, dst: &Client) -> Re
     // of other schemas) that the destination lacks.
     let rows = src
         .query(
-            "SELECT DISTINCT rn.nspname::text
-               FROM pg_catalog.pg_depend d
-               JOIN LATERAL pg_catalog.pg_identify_object(d.refclassid, d.refobjid, 0) r ON true
-               JOIN pg_catalog.pg_namespace rn ON rn.nspname = r.schema
-              WHERE d.deptype = 'n' AND NOT (r.schema = ANY($1))
-                AND r.schema NOT IN ('pg_catalog', 'information_schema') AND r.schema NOT LIKE 'pg\\_toast%'
-                -- rules, triggers, defaults and policies belong to their table's schema
-                AND COALESCE(
-                      (SELECT n.nspname FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
-                        WHERE c.oid = CASE d.classid
-                                WHEN 'pg_catalog.pg_rewrite'::regclass THEN (SELECT x.ev_class FROM pg_catalog.pg_rewrite x WHERE x.oid = d.objid)
-                                WHEN 'pg_catalog.pg_trigger'::regclass THEN (SELECT x.tgrelid FROM pg_catalog.pg_trigger x WHERE x.oid = d.objid)
-                                WHEN 'pg_catalog.pg_attrdef'::regclass THEN (SELECT x.adrelid FROM pg_catalog.pg_attrdef x WHERE x.oid = d.objid)
-                                WHEN 'pg_catalog.pg_policy'::regclass THEN (SELECT x.polrelid FROM pg_catalog.pg_policy x WHERE x.oid = d.objid)
-                              END),
-                      (pg_catalog.pg_identify_object(d.classid, d.objid, 0)).schema) = ANY($1)
-              ORDER BY 1",
+            &format!(
+                "SELECT DISTINCT rn.nspname::text
+                   FROM pg_catalog.pg_depend d
+                   JOIN LATERAL pg_catalog.pg_identify_object(d.refclassid, d.refobjid, 0) r ON true
+                   JOIN pg_catalog.pg_namespace rn ON rn.nspname = r.schema
+                  WHERE d.deptype = 'n' AND NOT (r.schema = ANY($1))
+                    AND r.schema NOT IN ('pg_catalog', 'information_schema') AND r.schema NOT LIKE 'pg\\_toast%'
+                    AND {} = ANY($1)
+                  ORDER BY 1",
+                crate::swap::rollback::DEPENDENT_SCHEMA
+            ),
             &[&schemas],
         )
         .await

@@ -6,11 +6,15 @@
 //! the migration record, the foreign keys to validate afterwards, the preview
 //! for `--dry-run`.
 //!
-//! - ACCESS EXCLUSIVE locks on every affected relation first, in a stable
-//!   order, under a short `lock_timeout`; on a lock timeout (or deadlock) the
-//!   transaction rolls back and is retried after a jittered backoff
-//!   (`pg::exec::retry`), so a long-running query causes a retry rather than a
-//!   queue of application queries piling up behind the swap.
+//! - ACCESS EXCLUSIVE locks on every affected table first (not views: their
+//!   readers lock what they read), in a stable order, under a short
+//!   `lock_timeout` that also ends each wait before the server's deadlock
+//!   detector could act; on a lock timeout (or deadlock) the transaction rolls
+//!   back and is retried after a jittered backoff (`pg::exec::retry`), so a
+//!   long-running query causes a retry rather than a queue of application
+//!   queries piling up behind the swap, and an application transaction that
+//!   waits for the swap while the swap waits for it is never the one
+//!   cancelled.
 //! - `statement_timeout` and `idle_in_transaction_session_timeout` bound the
 //!   transaction even if pgshift stalls.
 //! - Work that must happen under the same locks (the preserved tables' final
@@ -708,9 +712,6 @@ async fn strays(
 /// What moves, pair by pair: (out of the live schema, in from the incoming one).
 struct Listed {
     pairs: Vec<(Vec<Movable>, Vec<Movable>)>,
-    /// Foreign keys between relations of the swapped schemas: (referencing,
-    /// referenced), qualified as `Movable::lockable` is.
-    references: Vec<(String, String)>,
 }
 
 impl Listed {
@@ -731,35 +732,19 @@ async fn list(client: &Client, exchange: &Exchange) -> Result<Listed> {
         let inc = objects::movables(client, &p.incoming).await?;
         pairs.push(filter_keep(out, inc, &p.keep));
     }
-    let schemas: Vec<&str> = exchange
-        .pairs
-        .iter()
-        .flat_map(|p| [p.live.as_str(), p.incoming.as_str()])
-        .collect();
-    let references = client
-        .query(
-            "SELECT cn.nspname::text, c.relname::text, pn.nspname::text, p.relname::text
-               FROM pg_catalog.pg_constraint con
-               JOIN pg_catalog.pg_class c ON c.oid = con.conrelid
-               JOIN pg_catalog.pg_namespace cn ON cn.oid = c.relnamespace
-               JOIN pg_catalog.pg_class p ON p.oid = con.confrelid
-               JOIN pg_catalog.pg_namespace pn ON pn.oid = p.relnamespace
-              WHERE con.contype = 'f' AND con.conrelid <> con.confrelid
-                AND cn.nspname = ANY($1) AND pn.nspname = ANY($1)",
-            &[&schemas],
-        )
-        .await
-        .context("listing the foreign keys of the swapped schemas")?
-        .iter()
-        .map(|r| (qualified(r.get(0), r.get(1)), qualified(r.get(2), r.get(3))))
-        .collect();
-    Ok(Listed { pairs, references })
+    Ok(Listed { pairs })
 }
 
+/// The swap transaction's settings. Its lock waits end before the server's
+/// deadlock detector could act (at most 4/5 of `deadlock_timeout`): an
+/// application transaction that comes to wait for the swap while the swap
+/// waits for it is never the one cancelled; the swap gives up, releases its
+/// locks and retries.
 fn session_settings(req: &Request) -> Vec<String> {
     vec![
         format!(
-            "SET LOCAL lock_timeout = '{}ms'",
+            "SELECT pg_catalog.set_config('lock_timeout', LEAST({}, GREATEST(1, (SELECT s.setting::bigint * 4 / 5
+                      FROM pg_catalog.pg_settings s WHERE s.name = 'deadlock_timeout')))::text || 'ms', true)",
             req.policy.lock_timeout.as_millis().max(1)
         ),
         format!(
@@ -806,63 +791,16 @@ fn lock_statement(req: &Request, listed: &Listed) -> Option<String> {
     ))
 }
 
-/// The relations [`lock_statement`] locks, referencing tables before the
-/// tables they reference (see [`referencing_first`]).
+/// The relations [`lock_statement`] locks, sorted.
 fn lock_names<'a>(req: &'a Request, listed: &'a Listed) -> Vec<&'a str> {
-    let names: Vec<&str> = listed
+    let mut names: Vec<&str> = listed
         .out()
         .filter_map(|m| m.lockable.as_deref())
         .chain(req.incoming_locks.iter().map(String::as_str))
         .collect();
-    referencing_first(names, &listed.references)
-}
-
-/// `names`, deduplicated, each table before the tables it references, else
-/// by name (a cycle is broken by name). An application that writes a row
-/// locks its table, then the referenced table for the key check: locking in
-/// the same order makes the swap wait behind it instead of deadlocking with
-/// it (and losing one of the two to the deadlock detector).
-fn referencing_first<'a>(mut names: Vec<&'a str>, references: &[(String, String)]) -> Vec<&'a str> {
     names.sort_unstable();
     names.dedup();
-    let index: std::collections::HashMap<&str, usize> =
-        names.iter().enumerate().map(|(i, n)| (*n, i)).collect();
-    // How many locked tables reference each one, and whom each references.
-    let mut referenced_by = vec![0usize; names.len()];
-    let mut refers_to: Vec<Vec<usize>> = vec![Vec::new(); names.len()];
-    for (from, to) in references {
-        if let (Some(&a), Some(&b)) = (index.get(from.as_str()), index.get(to.as_str()))
-            && a != b
-            && !refers_to[a].contains(&b)
-        {
-            refers_to[a].push(b);
-            referenced_by[b] += 1;
-        }
-    }
-    let mut ready: BTreeSet<usize> = (0..names.len())
-        .filter(|&i| referenced_by[i] == 0)
-        .collect();
-    let mut done = vec![false; names.len()];
-    let mut out = Vec::with_capacity(names.len());
-    while out.len() < names.len() {
-        // In a cycle nothing is ready: take the first remaining by name.
-        let i = match ready.pop_first() {
-            Some(i) => i,
-            None => (0..names.len()).find(|&i| !done[i]).unwrap_or_default(),
-        };
-        if done[i] {
-            continue;
-        }
-        done[i] = true;
-        out.push(names[i]);
-        for &j in &refers_to[i] {
-            referenced_by[j] = referenced_by[j].saturating_sub(1);
-            if referenced_by[j] == 0 && !done[j] {
-                ready.insert(j);
-            }
-        }
-    }
-    out
+    names
 }
 
 fn move_statements(req: &Request, listed: &Listed) -> Vec<String> {
@@ -1135,46 +1073,4 @@ fn check_sql(req: &Request) -> String {
             {triggers})",
             not_where = quote_literal(not_where),
         )
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn referencing_tables_are_locked_before_the_tables_they_reference() {
-        let refs = |pairs: &[(&str, &str)]| -> Vec<(String, String)> {
-            pairs
-                .iter()
-                .map(|(a, b)| (a.to_string(), b.to_string()))
-                .collect()
-        };
-        // orders -> users, items -> orders; audit alone; a reference to a
-        // table not locked is ignored.
-        let names = vec!["users", "orders", "items", "audit", "users"];
-        assert_eq!(
-            referencing_first(
-                names,
-                &refs(&[
-                    ("orders", "users"),
-                    ("items", "orders"),
-                    ("audit", "elsewhere")
-                ])
-            ),
-            vec!["audit", "items", "orders", "users"]
-        );
-        // A cycle (a <-> b) is broken by name; c references a.
-        assert_eq!(
-            referencing_first(
-                vec!["a", "b", "c"],
-                &refs(&[("a", "b"), ("b", "a"), ("c", "a")])
-            ),
-            vec!["c", "a", "b"]
-        );
-        // Self-references and no references: by name.
-        assert_eq!(
-            referencing_first(vec!["b", "a"], &refs(&[("a", "a")])),
-            vec!["a", "b"]
-        );
-    }
 }

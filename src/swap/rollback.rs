@@ -1045,7 +1045,7 @@ fn not_part_of(own: &str, except_foreign_keys: bool) -> String {
 
 /// The schema of a dependent object: its relation's for rules (views),
 /// triggers, column defaults and policies, which have none of their own.
-const DEPENDENT_SCHEMA: &str = "
+pub(crate) const DEPENDENT_SCHEMA: &str = "
     COALESCE(
       (SELECT n.nspname::text FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
         WHERE c.oid = CASE d.classid
