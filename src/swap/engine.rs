@@ -743,8 +743,8 @@ async fn list(client: &Client, exchange: &Exchange) -> Result<Listed> {
 fn session_settings(req: &Request) -> Vec<String> {
     vec![
         format!(
-            "SELECT pg_catalog.set_config('lock_timeout', LEAST({}, GREATEST(1, (SELECT s.setting::bigint * 4 / 5
-                      FROM pg_catalog.pg_settings s WHERE s.name = 'deadlock_timeout')))::text || 'ms', true)",
+            "SELECT pg_catalog.set_config('lock_timeout', LEAST({}, GREATEST(1, (SELECT s.setting::bigint * 4 / 5 \
+             FROM pg_catalog.pg_settings s WHERE s.name = 'deadlock_timeout')))::text || 'ms', true)",
             req.policy.lock_timeout.as_millis().max(1)
         ),
         format!(
