@@ -388,9 +388,9 @@ fn new_objects_keep_the_sources_owner_and_grants() {
     );
 }
 
-/// Grants made and revoked on the live destination between prepare and the
-/// swap hold after the swap (table, column and function privileges, grant
-/// options), in both modes.
+/// Owners and grants changed on the live destination between prepare and the
+/// swap hold after the swap (owners, table, column and function privileges,
+/// grant options), in both modes.
 #[test]
 fn grants_changed_after_prepare_hold_after_the_swap() {
     let pid = std::process::id();
@@ -401,6 +401,7 @@ fn grants_changed_after_prepare_hold_after_the_swap() {
             "DO $$ BEGIN CREATE ROLE {r1}; EXCEPTION WHEN duplicate_object THEN NULL; END $$;
              DO $$ BEGIN CREATE ROLE {r2}; EXCEPTION WHEN duplicate_object THEN NULL; END $$;
              CREATE TABLE t (id int PRIMARY KEY, secret text);
+             CREATE TABLE u (id int PRIMARY KEY);
              CREATE FUNCTION f() RETURNS int LANGUAGE sql AS 'SELECT 1';"
         );
         dbs.src.psql(&ddl);
@@ -413,7 +414,9 @@ fn grants_changed_after_prepare_hold_after_the_swap() {
              REVOKE SELECT ON t FROM {r1};
              GRANT UPDATE (secret) ON t TO {r1};
              REVOKE EXECUTE ON FUNCTION f() FROM PUBLIC;
-             GRANT EXECUTE ON FUNCTION f() TO {r2} WITH GRANT OPTION;"
+             GRANT EXECUTE ON FUNCTION f() TO {r2} WITH GRANT OPTION;
+             ALTER TABLE u OWNER TO {r2};
+             GRANT SELECT ON u TO {r1};"
         ));
         assert_success(&wd.run(&["swap", "--dest", &dbs.dst.url(), "--swap-mode", mode]));
         assert_eq!(
@@ -426,6 +429,16 @@ fn grants_changed_after_prepare_hold_after_the_swap() {
                     has_function_privilege('{r2}', 'public.f()', 'EXECUTE WITH GRANT OPTION'))"
             )),
             "t,f,t,f,t",
+            "{mode}"
+        );
+        // The owner changed since prepare too.
+        assert_eq!(
+            dbs.dst.psql(&format!(
+                "SELECT concat_ws(',', pg_get_userbyid(relowner),
+                    has_table_privilege('{r1}', 'public.u', 'SELECT'))
+                   FROM pg_class WHERE oid = 'public.u'::regclass"
+            )),
+            format!("{r2},t"),
             "{mode}"
         );
     }

@@ -380,6 +380,15 @@ fn prepare_of_a_schema_larger_than_the_lock_table_is_exact() {
     );
     assert_eq!(json(&out)["swap_mode"], "rename");
     assert_eq!(row_counts(&dst, "public"), row_counts(src, "public"));
+    // --keep-source-owners holds through the swap (it does not level owners
+    // with the destination's).
+    assert_eq!(
+        dst.psql(
+            "SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+              WHERE n.nspname = 'public' AND c.relkind IN ('r', 'p') AND c.relowner <> 'scale_owner'::regrole"
+        ),
+        "0"
+    );
 
     // Rolling back object by object does not fit either: refused under its
     // own name before any lock; the destination is unchanged.

@@ -91,6 +91,10 @@ pub struct Details {
     /// the swap committed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub write_baseline: Option<WriteBaseline>,
+    /// Prepare gave relations the source's owners (`--keep-source-owners`):
+    /// the swap then leaves owners as they are in the shadow.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub keep_source_owners: bool,
 }
 
 /// The whole record.

@@ -562,6 +562,7 @@ async fn phases(run: &mut Run<'_>, rec: &mut Recorder) -> Result<usize> {
     let deferred = rec.phase(sess, Phase::Indexes, indexes(run)).await?;
     let deferred_count = deferred.len();
     rec.state.details.deferred_sql = deferred;
+    rec.state.details.keep_source_owners = run.opts.keep_source_owners;
     rec.phase(sess, Phase::Sequences, sequences(run)).await?;
     let synced = rec
         .phase(sess, Phase::Sync, sync_phase(run, rec.state.id))

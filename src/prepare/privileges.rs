@@ -18,10 +18,11 @@
 //! PUBLIC does not arrive executable by everyone, and a new table keeps the
 //! application roles' access.
 //!
-//! Grants go on changing while a migration waits to be swapped: just before
-//! the swap, [`catch_up`] compares each live object's grants with its shadow
-//! namesake's and grants or revokes the difference, so what was granted (or
-//! revoked) since prepare holds after the swap too.
+//! Owners and grants go on changing while a migration waits to be swapped:
+//! just before the swap, [`catch_up`] compares each live object's owner and
+//! grants with its shadow namesake's and levels the difference (owners not
+//! when prepare kept the source's), so what changed since prepare holds after
+//! the swap too.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
@@ -511,11 +512,17 @@ fn level(
     }
 }
 
-/// The grants made or revoked on `live`'s objects since prepare copied them
-/// to their namesakes in `shadow`: the statements that level the shadow's
-/// (table, column, function and type privileges; owners stay as prepare set
-/// them).
-pub async fn catch_up(client: &Client, shadow: &str, live: &str) -> Result<Vec<String>> {
+/// What changed on `live`'s objects since prepare copied their owners and
+/// grants to their namesakes in `shadow`: the statements that level the
+/// shadow's (owners too unless `keep_owners`, as `--keep-source-owners` asked;
+/// table, column, function and type privileges), and warnings for owners this
+/// role may not give objects to.
+pub async fn catch_up(
+    client: &Client,
+    shadow: &str,
+    live: &str,
+    keep_owners: bool,
+) -> Result<(Vec<String>, Vec<String>)> {
     client.batch_execute("SET search_path = ''").await?;
     let listed = async {
         let theirs: HashMap<String, Obj> = objects(client, live)
@@ -523,21 +530,69 @@ pub async fn catch_up(client: &Client, shadow: &str, live: &str) -> Result<Vec<S
             .into_iter()
             .map(|o| (o.key.clone(), o))
             .collect();
-        Ok::<_, anyhow::Error>((theirs, objects(client, shadow).await?))
+        let current: String = client
+            .query_one("SELECT current_user::text", &[])
+            .await?
+            .get(0);
+        Ok::<_, anyhow::Error>((theirs, objects(client, shadow).await?, current))
     }
     .await;
     client.batch_execute("RESET search_path").await?;
-    let (theirs, ours) = listed?;
+    let (theirs, ours, current) = listed?;
+    let assignable = async |role: &str| -> Result<bool> {
+        Ok(client
+            .query_one(
+                "SELECT pg_catalog.pg_has_role($1::text, 'MEMBER')",
+                &[&role],
+            )
+            .await?
+            .get::<_, bool>(0))
+    };
     let mut sql = Vec::new();
+    let mut warnings = Vec::new();
+    let mut create_granted: Vec<String> = Vec::new();
     for o in &ours {
         let Some(c) = theirs.get(&o.key) else {
             continue;
         };
+        // The owner first: it takes the old owner's entries along.
+        let mut have_acl = effective(o);
+        if !keep_owners && !o.owned_sequence && c.owner != o.owner {
+            if assignable(&c.owner).await? {
+                if c.owner != current && !create_granted.contains(&c.owner) {
+                    create_granted.push(c.owner.clone());
+                    sql.push(format!(
+                        "GRANT CREATE ON SCHEMA {} TO {}",
+                        quote_ident(shadow),
+                        quote_ident(&c.owner)
+                    ));
+                }
+                sql.push(format!(
+                    "ALTER {} {} OWNER TO {}",
+                    alter_kind(o.kind),
+                    o.sql_name,
+                    quote_ident(&c.owner)
+                ));
+                have_acl.retain(|(g, _), _| g != &c.owner);
+            } else {
+                warnings.push(format!(
+                    "{} {} changed owner to {} since prepare, which this role may not give objects to: the new one keeps {}",
+                    o.kind.to_lowercase(),
+                    o.sql_name,
+                    c.owner,
+                    o.owner
+                ));
+            }
+        }
         let on = |p: &str| format!("{p} ON {} {}", grant_kind(o.kind), o.sql_name);
-        level(on, &effective(c), &effective(o), &mut sql);
+        level(on, &effective(c), &have_acl, &mut sql);
         let columns = |x: &Obj| -> BTreeMap<String, BTreeMap<(String, String), bool>> {
             let mut m: BTreeMap<String, BTreeMap<(String, String), bool>> = BTreeMap::new();
-            for (col, g, p, w) in x.column_acl.iter().filter(|e| e.1 != x.owner) {
+            for (col, g, p, w) in x
+                .column_acl
+                .iter()
+                .filter(|e| e.1 != x.owner && e.1 != c.owner)
+            {
                 m.entry(col.clone())
                     .or_default()
                     .insert((g.clone(), p.clone()), *w);
@@ -559,5 +614,5 @@ pub async fn catch_up(client: &Client, shadow: &str, live: &str) -> Result<Vec<S
             level(on, w, h, &mut sql);
         }
     }
-    Ok(sql)
+    Ok((sql, warnings))
 }

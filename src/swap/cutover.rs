@@ -509,9 +509,19 @@ pub async fn swap(sess: &Session, opts: &SwapOptions) -> Result<SwapReport> {
             "preserved tables caught up before the swap"
         );
     }
-    // Grants made or revoked on the live objects since prepare copied them.
+    // Owners and grants changed on the live objects since prepare copied them.
     for p in pairs(&m) {
-        let stmts = privileges::catch_up(&sess.control, &p.shadow, &p.live).await?;
+        let (stmts, caught_warnings) = privileges::catch_up(
+            &sess.control,
+            &p.shadow,
+            &p.live,
+            m.state.details.keep_source_owners,
+        )
+        .await?;
+        for w in caught_warnings {
+            tracing::warn!("{w}");
+            warnings.push(w);
+        }
         if !stmts.is_empty() {
             let sql = format!("BEGIN;\n{};\nCOMMIT;", stmts.join(";\n"));
             if let Err(e) = sess.control.batch_execute(&sql).await {
@@ -527,7 +537,7 @@ pub async fn swap(sess: &Session, opts: &SwapOptions) -> Result<SwapReport> {
             tracing::info!(
                 schema = %p.live,
                 statements = stmts.len(),
-                "grants made or revoked since prepare carried over to the shadow"
+                "owners and grants changed since prepare carried over to the shadow"
             );
         }
     }
