@@ -353,12 +353,7 @@ fn prepare_of_a_schema_larger_than_the_lock_table_is_exact() {
     );
     let before = row_counts(&dst, "public");
     let out = wd.run_env(&["swap", "--dest", &dst.url()], &object);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{stderr}");
-    let line = stderr
-        .lines()
-        .find(|l| l.starts_with("error: "))
-        .unwrap_or_default();
+    let (line, stderr) = error_line(&out);
     assert!(
         line.contains(&format!("max_locks_per_transaction = {setting}"))
             && line.contains("nothing was changed"),
@@ -393,12 +388,7 @@ fn prepare_of_a_schema_larger_than_the_lock_table_is_exact() {
     // Rolling back object by object does not fit either: refused under its
     // own name before any lock; the destination is unchanged.
     let out = wd.run_env(&["rollback", "--dest", &dst.url(), "--latest"], &object);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{stderr}");
-    let line = stderr
-        .lines()
-        .find(|l| l.starts_with("error: "))
-        .unwrap_or_default();
+    let (line, stderr) = error_line(&out);
     assert!(
         line.contains("the rollback needs about")
             && line.contains("max_locks_per_transaction = ")
@@ -461,6 +451,18 @@ fn a_failure_in_the_middle_of_a_batched_phase_leaves_nothing_behind() {
     let r = json(&out);
     assert_eq!(r["aborted"], true, "{r}");
     assert_nothing_left(&dst, "abort after a half-done cleanup");
+}
+
+/// A run that failed (exit 1): its `error: ` line and the whole stderr.
+fn error_line(out: &std::process::Output) -> (String, String) {
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    let line = stderr
+        .lines()
+        .find(|l| l.starts_with("error: "))
+        .unwrap_or_default()
+        .to_string();
+    (line, stderr)
 }
 
 /// Count the lock-table slots (distinct locks outside the fast path) held by

@@ -31,19 +31,23 @@ fn hold_lock(dbs: &TestDbs, sql: &str, hold: Duration) -> std::thread::JoinHandl
     let h = std::thread::spawn(move || {
         info.psql(&db, &script);
     });
-    // Wait until the lock is really held.
+    wait_for_lock(dbs, "items", None);
+    h
+}
+
+/// Wait (up to 10 s) until another session holds a lock on `table` (in
+/// `mode`, when given).
+fn wait_for_lock(dbs: &TestDbs, table: &str, mode: Option<&str>) {
     let start = Instant::now();
-    while start.elapsed() < Duration::from_secs(10) {
-        let n = dbs.dst.psql(
-            "SELECT count(*) FROM pg_locks l JOIN pg_class c ON c.oid = l.relation
-              WHERE c.relname = 'items' AND l.granted AND l.pid <> pg_backend_pid()",
-        );
-        if n != "0" {
-            break;
-        }
+    let sql = format!(
+        "SELECT count(*) FROM pg_locks l JOIN pg_class c ON c.oid = l.relation
+          WHERE c.relname = '{table}' AND l.granted AND l.pid <> pg_backend_pid(){}",
+        mode.map(|m| format!(" AND l.mode = '{m}'"))
+            .unwrap_or_default()
+    );
+    while start.elapsed() < Duration::from_secs(10) && dbs.dst.psql(&sql) == "0" {
         std::thread::sleep(Duration::from_millis(50));
     }
-    h
 }
 
 #[test]
@@ -370,15 +374,7 @@ fn an_application_transaction_is_never_the_victim_of_a_deadlock_with_the_swap() 
         )
     });
     // Until the application holds its lock on orders.
-    let start = Instant::now();
-    while start.elapsed() < Duration::from_secs(10)
-        && dbs.dst.psql(
-            "SELECT count(*) FROM pg_locks l JOIN pg_class c ON c.oid = l.relation
-              WHERE c.relname = 'orders' AND l.mode = 'RowExclusiveLock' AND l.granted",
-        ) == "0"
-    {
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_for_lock(&dbs, "orders", Some("RowExclusiveLock"));
     let out = wd.run_env(
         &[
             "swap",

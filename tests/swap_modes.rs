@@ -31,6 +31,17 @@ fn login_role(db: &common::TestDb, role: &str, password: &str) -> String {
     )
 }
 
+/// A managed cloud's migrating role: a login role (no superuser) that owns
+/// `db`'s database and its schema public. The URL of `db` as that role.
+fn database_owner(db: &common::TestDb, role: &str, password: &str) -> String {
+    let url = login_role(db, role, password);
+    db.psql(&format!(
+        "ALTER DATABASE \"{}\" OWNER TO {role}; ALTER SCHEMA public OWNER TO {role};",
+        db.name()
+    ));
+    url
+}
+
 fn public_properties(db: &common::TestDb) -> String {
     db.query_one_string(
         "SELECT concat_ws(' | ',
@@ -296,19 +307,16 @@ fn postgis_in_public_picks_the_object_level_swap() {
 fn rename_mode_as_the_owner_of_public_without_superuser() {
     let dbs = TestDbs::new("rename_owner");
     let role = "rename_owner";
-    let dst = login_role(&dbs.dst, role, "owner-pw");
+    let dst = database_owner(&dbs.dst, role, "owner-pw");
     dbs.dst.psql(&format!(
         "DO $$ BEGIN CREATE ROLE rename_reader; EXCEPTION WHEN duplicate_object THEN NULL; END $$;
          DO $$ BEGIN CREATE ROLE rename_tables; EXCEPTION WHEN duplicate_object THEN NULL; END $$;
          GRANT rename_tables TO {role};
-         ALTER DATABASE \"{db}\" OWNER TO {role};
-         ALTER SCHEMA public OWNER TO {role};
          GRANT USAGE ON SCHEMA public TO rename_reader;
          GRANT CREATE ON SCHEMA public TO rename_tables;
          SET ROLE rename_tables;
          CREATE TABLE accounts (id int PRIMARY KEY, email text);
-         INSERT INTO accounts SELECT g, 'dst' || g FROM generate_series(1, 5) g;",
-        db = dbs.dst.name()
+         INSERT INTO accounts SELECT g, 'dst' || g FROM generate_series(1, 5) g;"
     ));
     dbs.src.psql(
         "CREATE TABLE accounts (id int PRIMARY KEY, email text, plan text);
@@ -482,14 +490,11 @@ fn a_view_owned_by_a_read_only_role_does_not_stop_the_swap() {
 fn an_extension_this_role_does_not_own_picks_the_object_level_swap() {
     let dbs = TestDbs::new("ext_not_owned");
     let role = "ext_mover";
-    let dst = login_role(&dbs.dst, role, "mover-pw");
+    let dst = database_owner(&dbs.dst, role, "mover-pw");
     dbs.dst.psql(&format!(
-        "ALTER DATABASE \"{db}\" OWNER TO {role};
-         ALTER SCHEMA public OWNER TO {role};
-         CREATE EXTENSION IF NOT EXISTS hstore WITH SCHEMA public;
+        "CREATE EXTENSION IF NOT EXISTS hstore WITH SCHEMA public;
          SET ROLE {role};
-         CREATE TABLE t (id int PRIMARY KEY);",
-        db = dbs.dst.name()
+         CREATE TABLE t (id int PRIMARY KEY);"
     ));
     dbs.src
         .psql("CREATE TABLE t (id int PRIMARY KEY); INSERT INTO t VALUES (1), (2);");
