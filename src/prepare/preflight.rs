@@ -131,17 +131,17 @@ async fn relations(client: &Client, schemas: &[String], condition: &str) -> Resu
         )
         .await
         .map_err(crate::pg::exec::pg_error)?;
-    Ok(rows
-        .iter()
-        .map(|r| {
-            let (schema, name): (String, String) = (r.get(0), r.get(1));
-            if schema == meta::PUBLIC {
-                display_ident(&name)
-            } else {
-                meta::table_display(&schema, &name)
-            }
-        })
-        .collect())
+    Ok(rows.iter().map(|r| named(r.get(0), r.get(1))).collect())
+}
+
+/// An object of `schema` named for people: `name` in public (quoted where
+/// needed), `schema.name` elsewhere.
+fn named(schema: &str, name: &str) -> String {
+    if schema == meta::PUBLIC {
+        display_ident(name)
+    } else {
+        meta::table_display(schema, name)
+    }
 }
 
 /// The relations, types and routines of `schemas` whose owner this role is
@@ -189,13 +189,12 @@ async fn not_owned(
     for r in rows {
         let (schema, kind, name, owner): (String, String, String, String) =
             (r.get(0), r.get(1), r.get(2), r.get(3));
-        // A routine's name carries its arguments: quote the name part only.
+        // A routine's name carries its arguments: name the name part only.
         let shown = match name.split_once('(') {
-            Some((n, args)) if !kind.is_empty() => {
-                format!("{}({args}", meta::table_display(&schema, n))
+            Some((n, args)) if !kind.is_empty() && kind != "type " => {
+                format!("{}({args}", named(&schema, n))
             }
-            _ if schema == meta::PUBLIC => display_ident(&name),
-            _ => meta::table_display(&schema, &name),
+            _ => named(&schema, &name),
         };
         names.push(format!("{kind}{shown}"));
         if !owners.contains(&owner) {

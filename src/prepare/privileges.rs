@@ -245,6 +245,27 @@ fn grant_kind(kind: &str) -> &str {
     }
 }
 
+/// The destination's roles, and those this role may give objects to (a
+/// member of them, or superuser).
+async fn roles(client: &Client) -> Result<(HashSet<String>, HashSet<String>)> {
+    let mut roles = HashSet::new();
+    let mut assignable = HashSet::new();
+    for r in client
+        .query(
+            "SELECT rolname::text, pg_catalog.pg_has_role(oid, 'MEMBER') FROM pg_catalog.pg_roles",
+            &[],
+        )
+        .await?
+    {
+        let name: String = r.get(0);
+        if r.get::<_, bool>(1) {
+            assignable.insert(name.clone());
+        }
+        roles.insert(name);
+    }
+    Ok((roles, assignable))
+}
+
 /// Build the statements; `source_owners`: relation name -> owner on the source,
 /// used with `--keep-source-owners`; `source`: a session on the source, whose
 /// `public` (the live schema's namesake) models the objects the destination
@@ -269,22 +290,7 @@ pub async fn plan(
         .query_one("SELECT current_user::text", &[])
         .await?
         .get(0);
-    let mut roles: HashSet<String> = HashSet::new();
-    // The roles this one may give objects to (a member of them, or superuser).
-    let mut assignable: HashSet<String> = HashSet::new();
-    for r in client
-        .query(
-            "SELECT rolname::text, pg_catalog.pg_has_role(oid, 'MEMBER') FROM pg_catalog.pg_roles",
-            &[],
-        )
-        .await?
-    {
-        let name: String = r.get(0);
-        if r.get::<_, bool>(1) {
-            assignable.insert(name.clone());
-        }
-        roles.insert(name);
-    }
+    let (roles, assignable) = roles(client).await?;
     let mut missing_grantees: Vec<String> = Vec::new();
     // New objects whose source owner this role may not give them to.
     let mut kept_by_us: Vec<String> = Vec::new();
@@ -539,15 +545,7 @@ pub async fn catch_up(
     .await;
     client.batch_execute("RESET search_path").await?;
     let (theirs, ours, current) = listed?;
-    let assignable = async |role: &str| -> Result<bool> {
-        Ok(client
-            .query_one(
-                "SELECT pg_catalog.pg_has_role($1::text, 'MEMBER')",
-                &[&role],
-            )
-            .await?
-            .get::<_, bool>(0))
-    };
+    let (_, assignable) = roles(client).await?;
     let mut sql = Vec::new();
     let mut warnings = Vec::new();
     let mut create_granted: Vec<String> = Vec::new();
@@ -558,7 +556,7 @@ pub async fn catch_up(
         // The owner first: it takes the old owner's entries along.
         let mut have_acl = effective(o);
         if !keep_owners && !o.owned_sequence && c.owner != o.owner {
-            if assignable(&c.owner).await? {
+            if assignable.contains(&c.owner) {
                 if c.owner != current && !create_granted.contains(&c.owner) {
                     create_granted.push(c.owner.clone());
                     sql.push(format!(
