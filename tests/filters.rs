@@ -277,6 +277,30 @@ fn swap_keeps_destination_only_tables() {
     let out = wd.run(&["swap", "--dest", &dst, "--keep-tables", "app_state_a"]);
     assert_usage_error(&out, "app_state_a is a partition (or child) of app_state");
 
+    // The dry run's transaction shows the kept tables' foreign-key step.
+    let dry = json(&wd.run_ok(&[
+        "swap",
+        "--dest",
+        &dst,
+        "--keep-tables",
+        "app_*",
+        "--dry-run",
+        "--json",
+    ]));
+    let sql: Vec<&str> = dry["swap"]["sql"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l.as_str().unwrap())
+        .collect();
+    let fk_note = sql
+        .iter()
+        .position(|l| l.starts_with("-- foreign keys between kept tables and the backup"));
+    let manifest_note = sql
+        .iter()
+        .position(|l| l.starts_with("-- backup manifest written"));
+    assert!(fk_note.is_some() && fk_note < manifest_note, "{sql:#?}");
+
     let out = json(&wd.run_ok(&[
         "swap",
         "--dest",

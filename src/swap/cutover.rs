@@ -350,10 +350,15 @@ impl InTx for MigrationTx<'_> {
                 .to_string(),
             "-- deferred constraints, triggers and rules of preserved tables".to_string(),
         ]);
-        (
-            before,
-            vec!["-- backup manifest written to pgshift.backups".into()],
-        )
+        let mut at_commit = Vec::new();
+        if !self.kept.all.is_empty() {
+            at_commit.push(
+                "-- foreign keys between kept tables and the backup re-pointed (NOT VALID, validated after COMMIT) or detached (recorded in the manifest)"
+                    .to_string(),
+            );
+        }
+        at_commit.push("-- backup manifest written to pgshift.backups".into());
+        (before, at_commit)
     }
 
     fn lock_need(&self) -> Need {
