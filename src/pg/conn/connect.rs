@@ -166,12 +166,17 @@ pub fn describe_pg_error(e: &tokio_postgres::Error) -> String {
 }
 
 fn describe_db_error(db: &DbError) -> String {
-    let mut s = db.message().to_string();
-    if let Some(d) = db.detail() {
+    describe_fields(db.message(), db.detail(), db.hint())
+}
+
+/// A server error's message, detail and hint on one line.
+pub fn describe_fields(message: &str, detail: Option<&str>, hint: Option<&str>) -> String {
+    let mut s = message.to_string();
+    if let Some(d) = detail {
         s.push_str("; DETAIL: ");
         s.push_str(d);
     }
-    if let Some(h) = db.hint() {
+    if let Some(h) = hint {
         s.push_str("; HINT: ");
         s.push_str(h);
     }

@@ -70,24 +70,37 @@ pub enum Parsed {
     Other,
 }
 
+/// Is the parse one SELECT, INSERT, UPDATE, DELETE or MERGE (what
+/// `PREPARE … AS` takes whole)?
+fn one_dml(parsed: &pg_query::ParseResult) -> bool {
+    use pg_query::NodeEnum as N;
+    let [stmt] = parsed.protobuf.stmts.as_slice() else {
+        return false;
+    };
+    matches!(
+        stmt.stmt.as_ref().and_then(|n| n.node.as_ref()),
+        Some(
+            N::SelectStmt(_)
+                | N::InsertStmt(_)
+                | N::UpdateStmt(_)
+                | N::DeleteStmt(_)
+                | N::MergeStmt(_)
+        )
+    )
+}
+
+/// Is `query` exactly one SELECT, INSERT, UPDATE, DELETE or MERGE?
+pub fn is_one_dml(query: &str) -> bool {
+    pg_query::parse(query, 0).is_ok_and(|p| one_dml(&p))
+}
+
 /// Parse `query` and collect the names it uses.
 pub fn parse(query: &str) -> Result<Parsed, String> {
     let parsed = pg_query::parse(query, 0).map_err(|e| e.to_string())?;
-    if parsed.protobuf.stmts.len() != 1 {
+    if !one_dml(&parsed) {
         return Ok(Parsed::Other);
     }
     let tree = serde_json::to_value(&parsed.protobuf).map_err(|e| e.to_string())?;
-    let kind = tree
-        .pointer("/stmts/0/stmt/node")
-        .and_then(Value::as_object)
-        .and_then(|m| m.keys().next().cloned())
-        .unwrap_or_default();
-    if !matches!(
-        kind.as_str(),
-        "SelectStmt" | "InsertStmt" | "UpdateStmt" | "DeleteStmt" | "MergeStmt"
-    ) {
-        return Ok(Parsed::Other);
-    }
     let mut refs = Refs::default();
     let mut ctes: HashSet<String> = HashSet::new();
     walk(&tree, &mut refs, &mut ctes);

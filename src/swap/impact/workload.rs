@@ -49,6 +49,15 @@
 //! cannot get in time makes the statement unchecked; so does the overall time
 //! bound (`timeout`), after which the remaining statements are listed as
 //! unchecked. Statements are checked most-called first.
+//!
+//! The check writes nothing to the server log. A Parse that fails logs an
+//! ERROR line with the statement, and operators alert on those; so each
+//! statement is first prepared inside a PL/pgSQL block that catches the error
+//! (an error caught there is never logged) and hands its fields back ([`PROBE`]);
+//! only a statement that parses goes on to the protocol's Parse/Describe for
+//! its types. Without USAGE on PL/pgSQL, or for a text that is not exactly one
+//! DML statement (`PREPARE … AS` must take all of it), Parse runs alone, as a
+//! cancellation (statement_timeout) does, which PL/pgSQL cannot catch.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::time::{Duration, Instant};
@@ -366,6 +375,12 @@ pub async fn check_workload(
     }
     report.used_objects = used.into_iter().collect();
 
+    let checker = Checker {
+        client,
+        lock_timeout: opts.lock_timeout,
+        deadline,
+        quiet: can_probe(client).await?,
+    };
     let mut described: Vec<(Pending, Vec<Column>, Vec<Column>)> = Vec::new();
     let mut iter = pending.into_iter();
     for p in iter.by_ref() {
@@ -373,7 +388,7 @@ pub async fn check_workload(
             report.unchecked.push(bound_reached(&p, opts.timeout));
             break;
         }
-        let outcome = check_one(client, &p, pairs, &cat, opts, deadline).await?;
+        let outcome = check_one(&checker, &p, pairs, &cat).await?;
         match outcome {
             Outcome::Failing(error) => {
                 report.checked += 1;
@@ -600,86 +615,234 @@ fn path_sql(path: &[String]) -> String {
     }
 }
 
+/// Why a statement did not parse: PostgreSQL's error fields, from the quiet
+/// probe or from the protocol's Parse.
+#[derive(Debug, Clone)]
+struct ParseError {
+    code: SqlState,
+    message: String,
+    detail: Option<String>,
+    hint: Option<String>,
+}
+
+impl ParseError {
+    /// The server's error; anything else (the connection) is not the
+    /// statement's fault and ends the check.
+    fn from_pg(e: tokio_postgres::Error) -> Result<ParseError> {
+        match e.as_db_error() {
+            Some(db) => Ok(ParseError {
+                code: db.code().clone(),
+                message: db.message().to_string(),
+                detail: db.detail().map(str::to_string),
+                hint: db.hint().map(str::to_string),
+            }),
+            None => Err(anyhow::Error::new(e).context("checking a recorded statement")),
+        }
+    }
+
+    /// The message with its detail and hint, on one line.
+    fn describe(&self) -> String {
+        crate::pg::conn::connect::describe_fields(
+            &self.message,
+            self.detail.as_deref(),
+            self.hint.as_deref(),
+        )
+    }
+}
+
 /// Why a parse did not finish, if it was the lock or the clock.
-fn interrupted(e: &tokio_postgres::Error, lock_timeout: Duration) -> Option<String> {
-    let code = e.code()?;
-    if *code == SqlState::LOCK_NOT_AVAILABLE {
+fn interrupted(e: &ParseError, lock_timeout: Duration) -> Option<String> {
+    if e.code == SqlState::LOCK_NOT_AVAILABLE {
         Some(format!(
             "another session holds a lock it needs (waited {} ms, lock_timeout): {}",
             lock_timeout.as_millis(),
-            crate::pg::conn::connect::describe_pg_error(e)
+            e.describe()
         ))
-    } else if *code == SqlState::QUERY_CANCELED {
+    } else if e.code == SqlState::QUERY_CANCELED {
         Some(format!(
             "the check was cancelled (statement_timeout or the time bound): {}",
-            crate::pg::conn::connect::describe_pg_error(e)
+            e.describe()
         ))
     } else {
         None
     }
 }
 
-/// Parse and describe `sql` in a read-only transaction with `path`; the
-/// transaction is always rolled back.
-async fn describe(
-    client: &Client,
-    sql: &str,
-    path: &[String],
-    types: Option<&[Type]>,
-    lock_timeout: Duration,
-    deadline: Instant,
-) -> Result<std::result::Result<Described, tokio_postgres::Error>> {
-    let remaining = deadline.saturating_duration_since(Instant::now());
-    let begin = format!(
-        "BEGIN READ ONLY; SET LOCAL lock_timeout = {}; SET LOCAL statement_timeout = {}; SET LOCAL search_path = {}",
-        quote_literal(&format!("{}ms", lock_timeout.as_millis().max(1))),
-        quote_literal(&format!("{}ms", remaining.as_millis().clamp(1, 10_000))),
-        path_sql(path)
-    );
-    client
-        .batch_execute(&begin)
+/// Can this session run the quiet probe (`DO` needs USAGE on plpgsql)?
+async fn can_probe(client: &Client) -> Result<bool> {
+    let row = client
+        .query_one(
+            "SELECT COALESCE((SELECT pg_catalog.has_language_privilege(l.oid, 'USAGE')
+                                FROM pg_catalog.pg_language l WHERE l.lanname = 'plpgsql'), false)",
+            &[],
+        )
         .await
-        .context("starting a read-only check")?;
-    let r = match types {
-        Some(t) => client.prepare_typed(sql, t).await,
-        None => client.prepare(sql).await,
+        .context("looking for PL/pgSQL")?;
+    Ok(row.get(0))
+}
+
+/// The quiet probe: `PREPARE` (with the statement from `pgshift.probe`)
+/// inside a PL/pgSQL block that catches the error and keeps its fields in
+/// `pgshift.probe_error`. An error caught this way never reaches the server
+/// log, where a Parse that fails writes an ERROR line per statement for the
+/// operator to wonder about. Every name in the block is qualified: it runs
+/// under the application's search path.
+const PROBE: &str = "DO $pgshift_probe$
+DECLARE
+  e_state pg_catalog.text;
+  e_message pg_catalog.text;
+  e_detail pg_catalog.text;
+  e_hint pg_catalog.text;
+BEGIN
+  EXECUTE pg_catalog.current_setting('pgshift.probe');
+  DEALLOCATE pgshift_probe;
+EXCEPTION WHEN OTHERS THEN
+  GET STACKED DIAGNOSTICS e_state = RETURNED_SQLSTATE, e_message = MESSAGE_TEXT,
+    e_detail = PG_EXCEPTION_DETAIL, e_hint = PG_EXCEPTION_HINT;
+  PERFORM pg_catalog.set_config('pgshift.probe_error',
+    pg_catalog.json_build_array(e_state, e_message, e_detail, e_hint)::pg_catalog.text, true);
+END
+$pgshift_probe$";
+
+/// Run the quiet probe on `sql` inside the check's transaction (its search
+/// path already set). `sql` must be one DML statement, so that `PREPARE … AS`
+/// takes all of it ([`resolve::is_one_dml`]).
+async fn probe(client: &Client, sql: &str, types: Option<&[Type]>) -> Result<Option<ParseError>> {
+    let params = match types {
+        Some(t) if !t.is_empty() => {
+            let oids: Vec<u32> = t.iter().map(Type::oid).collect();
+            let names: String = client
+                .query_one(
+                    "SELECT pg_catalog.string_agg(pg_catalog.format('%I.%I', n.nspname, t.typname), ', ' ORDER BY u.i)
+                       FROM pg_catalog.unnest($1::pg_catalog.oid[]) WITH ORDINALITY AS u(o, i)
+                       JOIN pg_catalog.pg_type t ON t.oid = u.o
+                       JOIN pg_catalog.pg_namespace n ON n.oid = t.typnamespace",
+                    &[&oids],
+                )
+                .await
+                .context("naming parameter types")?
+                .get(0);
+            format!("({names})")
+        }
+        _ => String::new(),
     };
+    let statement = format!("PREPARE pgshift_probe{params} AS {sql}");
     client
-        .batch_execute("ROLLBACK")
+        .query_typed(
+            "SELECT pg_catalog.set_config('pgshift.probe', $1, true)",
+            &[(&statement, Type::TEXT)],
+        )
         .await
-        .context("ending a read-only check")?;
-    Ok(r.map(|st| Described {
-        params: st.params().to_vec(),
-        columns: st
-            .columns()
-            .iter()
-            .map(|c| Column {
-                name: c.name().to_string(),
-                type_oid: c.type_().oid(),
-                typmod: c.type_modifier(),
-                origin: c.table_oid().zip(c.column_id()).filter(|(t, _)| *t != 0),
-            })
-            .collect(),
+        .context("checking a recorded statement")?;
+    if let Err(e) = client.batch_execute(PROBE).await {
+        // Not caught by the block: a cancellation (statement_timeout).
+        return ParseError::from_pg(e).map(Some);
+    }
+    let row = client
+        .query_one(
+            "SELECT pg_catalog.current_setting('pgshift.probe_error', true)",
+            &[],
+        )
+        .await
+        .context("checking a recorded statement")?;
+    let Some(fields) = row.get::<_, Option<String>>(0).filter(|f| !f.is_empty()) else {
+        return Ok(None);
+    };
+    let (code, message, detail, hint): (String, String, Option<String>, Option<String>) =
+        serde_json::from_str(&fields).context("reading a recorded statement's error")?;
+    Ok(Some(ParseError {
+        code: SqlState::from_code(&code),
+        message,
+        detail,
+        hint,
     }))
 }
 
+/// How statements are parsed and described: each in its own read-only
+/// transaction, within the lock timeout and the overall deadline.
+struct Checker<'a> {
+    client: &'a Client,
+    lock_timeout: Duration,
+    deadline: Instant,
+    /// Use the quiet probe before Parse (see [`PROBE`]).
+    quiet: bool,
+}
+
+impl Checker<'_> {
+    /// Parse and describe `sql` in a read-only transaction with `path`; the
+    /// transaction is always rolled back. A statement that does not parse is
+    /// found by the quiet probe first where it can run, so the server logs
+    /// nothing.
+    async fn describe(
+        &self,
+        sql: &str,
+        path: &[String],
+        types: Option<&[Type]>,
+    ) -> Result<std::result::Result<Described, ParseError>> {
+        let client = self.client;
+        let remaining = self.deadline.saturating_duration_since(Instant::now());
+        let begin = format!(
+            "BEGIN READ ONLY; SET LOCAL lock_timeout = {}; SET LOCAL statement_timeout = {}; SET LOCAL search_path = {}",
+            quote_literal(&format!("{}ms", self.lock_timeout.as_millis().max(1))),
+            quote_literal(&format!("{}ms", remaining.as_millis().clamp(1, 10_000))),
+            path_sql(path)
+        );
+        client
+            .batch_execute(&begin)
+            .await
+            .context("starting a read-only check")?;
+        let result = async {
+            if self.quiet
+                && resolve::is_one_dml(sql)
+                && let Some(e) = probe(client, sql, types).await?
+            {
+                return Ok(Err(e));
+            }
+            let r = match types {
+                Some(t) => client.prepare_typed(sql, t).await,
+                None => client.prepare(sql).await,
+            };
+            match r {
+                Ok(st) => Ok(Ok(Described {
+                    params: st.params().to_vec(),
+                    columns: st
+                        .columns()
+                        .iter()
+                        .map(|c| Column {
+                            name: c.name().to_string(),
+                            type_oid: c.type_().oid(),
+                            typmod: c.type_modifier(),
+                            origin: c.table_oid().zip(c.column_id()).filter(|(t, _)| *t != 0),
+                        })
+                        .collect(),
+                })),
+                Err(e) => ParseError::from_pg(e).map(Err),
+            }
+        }
+        .await;
+        client
+            .batch_execute("ROLLBACK")
+            .await
+            .context("ending a read-only check")?;
+        result
+    }
+}
+
 async fn check_one(
-    client: &Client,
+    checker: &Checker<'_>,
     p: &Pending,
     pairs: &[SchemaPair],
     cat: &Catalog,
-    opts: &WorkloadOptions,
-    deadline: Instant,
 ) -> Result<Outcome> {
-    let lt = opts.lock_timeout;
-    let today = match describe(client, &p.rec.text, &p.rec.path, None, lt, deadline).await? {
+    let lt = checker.lock_timeout;
+    let today = match checker.describe(&p.rec.text, &p.rec.path, None).await? {
         Ok(d) => d,
         Err(e) => {
             if let Some(why) = interrupted(&e, lt) {
                 return Ok(Outcome::Unchecked(why));
             }
-            let msg = crate::pg::conn::connect::describe_pg_error(&e);
-            let reason = if e.code() == Some(&SqlState::INDETERMINATE_DATATYPE) {
+            let msg = e.describe();
+            let reason = if e.code == SqlState::INDETERMINATE_DATATYPE {
                 format!(
                     "a parameter's type cannot be inferred from the recorded text (pg_stat_statements replaces constants by parameters): {msg}"
                 )
@@ -696,30 +859,23 @@ async fn check_one(
     if let Some(err) = &p.res.failing {
         return Ok(Outcome::Failing(err.clone()));
     }
-    let future = match describe(
-        client,
-        &p.res.rewritten,
-        &p.res.future_path,
-        None,
-        lt,
-        deadline,
-    )
-    .await?
+    let future = match checker
+        .describe(&p.res.rewritten, &p.res.future_path, None)
+        .await?
     {
         Ok(d) => d,
         Err(e) => {
             if let Some(why) = interrupted(&e, lt) {
                 return Ok(Outcome::Unchecked(why));
             }
-            if e.code() == Some(&SqlState::INDETERMINATE_DATATYPE) {
+            if e.code == SqlState::INDETERMINATE_DATATYPE {
                 return Ok(Outcome::Unchecked(format!(
                     "a parameter's type cannot be inferred after the swap: {}",
-                    crate::pg::conn::connect::describe_pg_error(&e)
+                    e.describe()
                 )));
             }
-            let msg = db_message(&e);
             return Ok(Outcome::Failing(resolve::map_error(
-                &msg,
+                &e.message,
                 pairs,
                 &p.res.qualified_calls,
             )));
@@ -731,15 +887,9 @@ async fn check_one(
         .iter()
         .any(|t| cat.live_type_oids.contains(&t.oid()))
     {
-        let typed = describe(
-            client,
-            &p.res.rewritten,
-            &p.res.future_path,
-            Some(&today.params),
-            lt,
-            deadline,
-        )
-        .await?;
+        let typed = checker
+            .describe(&p.res.rewritten, &p.res.future_path, Some(&today.params))
+            .await?;
         if let Err(e) = typed {
             if let Some(why) = interrupted(&e, lt) {
                 return Ok(Outcome::Unchecked(why));
@@ -753,19 +903,11 @@ async fn check_one(
             return Ok(Outcome::Failing(format!(
                 "when prepared before the swap (its parameter types {} then belong to the backup schema): {}",
                 types.join(", "),
-                resolve::map_error(&db_message(&e), pairs, &p.res.qualified_calls)
+                resolve::map_error(&e.message, pairs, &p.res.qualified_calls)
             )));
         }
     }
     Ok(Outcome::Described(today.columns, future.columns))
-}
-
-/// The server's message (the primary text only, as the application sees it).
-fn db_message(e: &tokio_postgres::Error) -> String {
-    match e.as_db_error() {
-        Some(db) => db.message().to_string(),
-        None => crate::pg::conn::connect::describe_pg_error(e),
-    }
 }
 
 /// A result column's real type (`(type OID, typmod)`, a table column's own
