@@ -422,6 +422,7 @@ fn rollback_keep_tables_carries_rows_and_sequences_over() {
         .query_one_string("SELECT last_value FROM users_id_seq");
     assert_eq!(seq_before, "42");
 
+    let logged = common::clusters().1.log_len();
     let r = run_json(
         &wd,
         &[
@@ -435,6 +436,11 @@ fn rollback_keep_tables_carries_rows_and_sequences_over() {
     );
     assert_eq!(r["kept_tables"], serde_json::json!(["users"]));
     assert_eq!(r["restored_schema_dropped"], false);
+    // The restored schema keeps users: it is not even tried (no ERROR logged).
+    assert_eq!(
+        common::clusters().1.errors_since(logged, dbs.dst.name()),
+        Vec::<String>::new()
+    );
     assert!(r["fk_not_valid"].as_array().unwrap().is_empty(), "{r}");
     // The kept table stayed in public on purpose: not reported as created meanwhile.
     assert!(

@@ -29,25 +29,6 @@ fn db(name: &str) -> Option<TestDb> {
     cluster().map(|c| c.create_db("impact", name))
 }
 
-/// The server log's length now.
-fn log_len() -> usize {
-    std::fs::metadata(cluster().unwrap().log_path())
-        .unwrap()
-        .len() as usize
-}
-
-/// ERROR lines of `db` logged since the log was `len` long. Statements that
-/// fail or do not parse must be found without them: operators' alerts read
-/// the server log.
-fn errors_logged_since(len: usize, db: &TestDb) -> Vec<String> {
-    let log = std::fs::read_to_string(cluster().unwrap().log_path()).unwrap();
-    log[len..]
-        .lines()
-        .filter(|l| l.contains(&format!("@{} ERROR:", db.name())))
-        .map(str::to_string)
-        .collect()
-}
-
 fn public_shadow() -> Vec<SchemaPair> {
     vec![SchemaPair::new("public", "shadow")]
 }
@@ -635,9 +616,12 @@ async fn recorded_statements_are_checked_against_the_incoming_schema() {
     let c = db.client().await;
     let pairs = public_shadow();
 
-    let logged = log_len();
+    let logged = cluster().unwrap().log_len();
     let report = impact::check_workload(&c, &pairs, &opts()).await.unwrap();
-    assert_eq!(errors_logged_since(logged, &db), Vec::<String>::new());
+    assert_eq!(
+        cluster().unwrap().errors_since(logged, db.name()),
+        Vec::<String>::new()
+    );
     assert_eq!(report.source, "pg_stat_statements");
     assert_eq!(report.not_checked, None);
     let failing: Vec<(&str, i64, &str)> = report
@@ -928,11 +912,14 @@ async fn types_the_swap_replaces_break_prepared_statements() {
         .await
         .unwrap();
     let c = db.client().await;
-    let logged = log_len();
+    let logged = cluster().unwrap().log_len();
     let report = impact::check_workload(&c, &public_shadow(), &opts())
         .await
         .unwrap();
-    assert_eq!(errors_logged_since(logged, &db), Vec::<String>::new());
+    assert_eq!(
+        cluster().unwrap().errors_since(logged, db.name()),
+        Vec::<String>::new()
+    );
     let changed: Vec<(&str, &Vec<String>)> = report
         .result_type_changed
         .iter()

@@ -83,6 +83,23 @@ pub async fn schema_exists(client: &impl GenericClient, schema: &str) -> Result<
         .get(0))
 }
 
+/// Does `schema` hold no object (every object of a schema depends on it in
+/// `pg_depend`), so that `DROP SCHEMA … RESTRICT` succeeds? Asking first keeps
+/// a refused DROP, and its ERROR line, out of the server log.
+pub async fn schema_is_empty(client: &impl GenericClient, schema: &str) -> Result<bool> {
+    Ok(client
+        .query_one(
+            "SELECT NOT EXISTS (SELECT 1 FROM pg_catalog.pg_depend d
+                                  JOIN pg_catalog.pg_namespace n ON n.oid = d.refobjid
+                                 WHERE d.refclassid = 'pg_catalog.pg_namespace'::pg_catalog.regclass
+                                   AND n.nspname = $1)",
+            &[&schema],
+        )
+        .await
+        .with_context(|| format!("looking into schema {schema}"))?
+        .get(0))
+}
+
 /// Tables, partitioned tables, materialized views and foreign tables of `schema`
 /// that are not extension members, largest first.
 pub async fn tables(client: &impl GenericClient, schema: &str) -> Result<Vec<TableInfo>> {

@@ -226,23 +226,16 @@ pub async fn remove_prepared(
 
 /// Drop pgshift's shadow schema if it holds nothing (RESTRICT).
 async fn drop_empty_shadow(client: &Client) -> Result<()> {
-    if let ShadowState::Ours(oid) = meta::shadow_state(client).await? {
-        let empty: bool = client
-            .query_one(
-                "SELECT NOT EXISTS (SELECT 1 FROM pg_catalog.pg_depend WHERE refclassid = 'pg_catalog.pg_namespace'::regclass AND refobjid = $1)",
-                &[&oid],
-            )
-            .await?
-            .get(0);
-        if empty {
-            let sql = format!(
-                "DROP SCHEMA IF EXISTS {} RESTRICT",
-                quote_ident(SHADOW_SCHEMA)
-            );
-            exec(client, &sql)
-                .await
-                .context("dropping the empty shadow")?;
-        }
+    if let ShadowState::Ours(_) = meta::shadow_state(client).await?
+        && crate::pg::catalog::schema_is_empty(client, SHADOW_SCHEMA).await?
+    {
+        let sql = format!(
+            "DROP SCHEMA IF EXISTS {} RESTRICT",
+            quote_ident(SHADOW_SCHEMA)
+        );
+        exec(client, &sql)
+            .await
+            .context("dropping the empty shadow")?;
     }
     Ok(())
 }

@@ -591,6 +591,10 @@ impl InTx for RollbackTx<'_> {
         for m in &restored_maps {
             let renamed = !catalog::schema_exists(client, &m.backup).await?;
             if !renamed {
+                if !catalog::schema_is_empty(client, &m.backup).await? {
+                    dropped = Err(anyhow::anyhow!("{} is not empty", m.backup));
+                    break;
+                }
                 dropped = exec(
                     client,
                     &format!("DROP SCHEMA {} RESTRICT", quote_ident(&m.backup)),

@@ -279,6 +279,23 @@ impl Cluster {
         let log = std::fs::read_to_string(self.log_path()).unwrap_or_default();
         tail(&log, lines).to_string()
     }
+    /// The server log's length now, to read what is logged after it
+    /// ([`Cluster::errors_since`]).
+    pub fn log_len(&self) -> usize {
+        std::fs::metadata(self.log_path()).map_or(0, |m| m.len() as usize)
+    }
+    /// ERROR lines logged in database `db` since the log was `len` long
+    /// (`log_line_prefix` names the database). pgshift's normal work logs
+    /// none: operators alert on them.
+    pub fn errors_since(&self, len: usize, db: &str) -> Vec<String> {
+        let log = std::fs::read_to_string(self.log_path()).unwrap_or_default();
+        log.get(len..)
+            .unwrap_or("")
+            .lines()
+            .filter(|l| l.contains(&format!("@{db} ERROR:")))
+            .map(str::to_string)
+            .collect()
+    }
     /// The postmaster's pid, from `postmaster.pid` (None when stopped).
     pub fn postmaster_pid(&self) -> Option<i32> {
         teardown::postmaster_pid_from(&self.data_dir().join("postmaster.pid"))
