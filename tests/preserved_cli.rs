@@ -157,6 +157,108 @@ fn a_valid_fk_to_a_preserved_table_is_validated_after_the_swap() {
     );
 }
 
+/// A partitioned table's key to a preserved table (PostgreSQL before 18
+/// cannot add it NOT VALID): each leaf partition gets it NOT VALID inside the
+/// swap, validated after it, then the parent's key is added and attaches them.
+/// The result is the source's DDL, and the key works.
+#[test]
+fn a_partitioned_tables_fk_to_a_preserved_table_survives_the_swap() {
+    let dbs = TestDbs::new("preserved_fk_part");
+    let users = "CREATE TABLE users (id int PRIMARY KEY, email text);
+         INSERT INTO users SELECT g, 'x' || g FROM generate_series(1, 10) g;";
+    dbs.src.psql(&format!(
+        "{users}
+         CREATE TABLE events (id int, user_id int REFERENCES users (id) ON DELETE CASCADE,
+                              kind text, at int) PARTITION BY LIST (kind);
+         CREATE TABLE events_a PARTITION OF events FOR VALUES IN ('a');
+         CREATE TABLE events_b PARTITION OF events FOR VALUES IN ('b') PARTITION BY RANGE (at);
+         CREATE TABLE events_b1 PARTITION OF events_b FOR VALUES FROM (0) TO (100);
+         CREATE TABLE events_b2 PARTITION OF events_b FOR VALUES FROM (100) TO (200);
+         INSERT INTO events SELECT g, 1 + g % 10, CASE WHEN g % 2 = 0 THEN 'a' ELSE 'b' END, g % 200
+           FROM generate_series(1, 60) g;"
+    ));
+    dbs.dst.psql(users);
+    let wd = Workdir::new();
+    let (src, dst) = (dbs.src.url(), dbs.dst.url());
+    let out = assert_success(&wd.run(&[
+        "start",
+        "--source",
+        &src,
+        "--dest",
+        &dst,
+        "--preserved-tables",
+        "users",
+        "--json",
+    ]));
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["swap"]["fk_not_valid"], serde_json::json!([]), "{v}");
+    assert_eq!(v["swap"]["warnings"], serde_json::json!([]), "{v}");
+    let keys = "SELECT string_agg(conrelid::regclass || ':' || convalidated || ':' || (conparentid <> 0), ' ' ORDER BY conrelid::regclass::text)
+                  FROM pg_constraint WHERE contype = 'f'";
+    assert_eq!(
+        dbs.dst.psql(keys),
+        "events:true:false events_a:true:true events_b:true:true events_b1:true:true events_b2:true:true"
+    );
+    assert_eq!(dbs.dst.psql(keys), dbs.src.psql(keys));
+    assert_eq!(
+        common::schema_ddl(&dbs.dst, &["public"]),
+        common::schema_ddl(&dbs.src, &["public"])
+    );
+    // The key works: a cascade from the preserved table, a refused orphan.
+    dbs.dst.psql("DELETE FROM users WHERE id = 2");
+    assert_eq!(
+        dbs.dst
+            .psql("SELECT count(*) FROM events WHERE user_id = 2"),
+        "0"
+    );
+    let err = dbs
+        .dst
+        .try_psql("INSERT INTO events VALUES (999, 999, 'b', 150)")
+        .unwrap_err();
+    assert!(err.contains("violates foreign key constraint"), "{err}");
+
+    // With a violation allowed, the partitions' copies stay NOT VALID and the
+    // parent's key is not added (it would claim rows it does not hold).
+    let bad = TestDbs::new("preserved_fk_part_bad");
+    bad.src.psql(&format!(
+        "{users}
+         INSERT INTO users VALUES (11, 'x11');
+         CREATE TABLE events (id int, user_id int REFERENCES users (id), kind text)
+           PARTITION BY LIST (kind);
+         CREATE TABLE events_a PARTITION OF events FOR VALUES IN ('a');
+         CREATE TABLE events_b PARTITION OF events FOR VALUES IN ('b');
+         INSERT INTO events VALUES (1, 1, 'a'), (2, 11, 'b');"
+    ));
+    bad.dst.psql(users);
+    let wd = Workdir::new();
+    let (src, dst) = (bad.src.url(), bad.dst.url());
+    let out = assert_success(&wd.run(&[
+        "start",
+        "--source",
+        &src,
+        "--dest",
+        &dst,
+        "--preserved-tables",
+        "users",
+        "--allow-fk-violations",
+        "--json",
+    ]));
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        v["swap"]["fk_not_valid"],
+        serde_json::json!([
+            "events_a.events_user_id_fkey",
+            "events_b.events_user_id_fkey",
+            "events.events_user_id_fkey"
+        ]),
+        "{v}"
+    );
+    assert_eq!(
+        bad.dst.psql(keys),
+        "events_a:false:false events_b:false:false"
+    );
+}
+
 /// After the swap, what depends on a preserved table agrees with its rows
 /// (the destination's): a materialized view over it (directly, and through a
 /// view, into a second materialized view) counts them, and a sequence that

@@ -1947,7 +1947,7 @@ pub async fn fk_violations(client: &Client, deferred_sql: &[String]) -> Result<V
 }
 
 /// A foreign key [`apply_deferred`] created as NOT VALID.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CreatedFk {
     /// The live schema the table is in after the swap (absent = public).
     #[serde(default = "public_string", skip_serializing_if = "is_public_str")]
@@ -1955,11 +1955,23 @@ pub struct CreatedFk {
     /// Table name (the table moves with the swap).
     pub table: String,
     pub constraint: String,
+    /// A leaf partition's copy of a partitioned table's key: that table's
+    /// name (see [`apply_deferred`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub partition_of: Option<String>,
+    /// A partitioned table's key: the statement that adds it once its
+    /// partitions' copies are valid (it attaches them), instead of VALIDATE.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub add_sql: Option<String>,
 }
 
 impl CreatedFk {
-    /// `ALTER TABLE "schema"."table" VALIDATE CONSTRAINT "name"`.
+    /// `ALTER TABLE "schema"."table" VALIDATE CONSTRAINT "name"` (or, for a
+    /// partitioned table's key, the statement that adds it).
     pub fn validate_sql(&self, schema: &str) -> String {
+        if let Some(sql) = &self.add_sql {
+            return sql.clone();
+        }
         format!(
             "ALTER TABLE {} VALIDATE CONSTRAINT {}",
             qualified(schema, &self.table),
@@ -1968,10 +1980,99 @@ impl CreatedFk {
     }
 }
 
+/// The deferred foreign key `sql` (one statement adding one key) on another
+/// table `schema.table`, NOT VALID or not, its referenced table's schema
+/// replaced by `ref_schema` when given. Rewritten on PostgreSQL's parse tree
+/// and deparsed, so nothing is spliced into the text.
+fn fk_on(
+    sql: &str,
+    schema: &str,
+    table: &str,
+    not_valid: bool,
+    ref_schema: Option<&str>,
+) -> Result<String> {
+    let mut parsed = pg_query::parse(sql, 0).map_err(|e| anyhow!("parsing deferred SQL: {e}"))?;
+    let mut done = false;
+    for raw in &mut parsed.protobuf.stmts {
+        let Some(NodeEnum::AlterTableStmt(s)) = raw.stmt.as_mut().and_then(|s| s.node.as_mut())
+        else {
+            continue;
+        };
+        let Some(rel) = s.relation.as_mut() else {
+            continue;
+        };
+        rel.schemaname = schema.to_string();
+        rel.relname = table.to_string();
+        rel.inh = true;
+        for cmd in &mut s.cmds {
+            if let Some(NodeEnum::AlterTableCmd(c)) = cmd.node.as_mut()
+                && let Some(def) = c.def.as_mut()
+                && let Some(NodeEnum::Constraint(con)) = def.node.as_mut()
+                && con.contype == ConstrType::ConstrForeign as i32
+            {
+                con.skip_validation = not_valid;
+                con.initially_valid = !not_valid;
+                if let (Some(pk), Some(r)) = (con.pktable.as_mut(), ref_schema) {
+                    pk.schemaname = r.to_string();
+                }
+                done = true;
+            }
+        }
+    }
+    if !done {
+        bail!("not a foreign key constraint: {}", first_line(sql));
+    }
+    let out = pg_query::deparse(&parsed.protobuf, Default::default())
+        .map_err(|e| anyhow!("rewriting deferred SQL: {e}"))?;
+    Ok(format!("{out};"))
+}
+
+/// The leaf partitions (`schema`, `name`) of `schema.table` when it is a
+/// partitioned table; None for any other table.
+async fn partition_leaves(
+    client: &Client,
+    schema: &str,
+    table: &str,
+) -> Result<Option<Vec<(String, String)>>> {
+    let name = qualified(schema, table);
+    let partitioned: bool = client
+        .query_opt(
+            "SELECT c.relkind = 'p' FROM pg_catalog.pg_class c WHERE c.oid = pg_catalog.to_regclass($1)",
+            &[&name],
+        )
+        .await
+        .with_context(|| format!("looking up {name}"))?
+        .is_some_and(|r| r.get(0));
+    if !partitioned {
+        return Ok(None);
+    }
+    let rows = client
+        .query(
+            "SELECT n.nspname::text, c.relname::text
+               FROM pg_catalog.pg_partition_tree(pg_catalog.to_regclass($1)) t
+               JOIN pg_catalog.pg_class c ON c.oid = t.relid
+               JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+              WHERE t.isleaf
+              ORDER BY 1, 2",
+            &[&name],
+        )
+        .await
+        .with_context(|| format!("listing the partitions of {name}"))?;
+    Ok(Some(rows.iter().map(|r| (r.get(0), r.get(1))).collect()))
+}
+
 /// Inside the swap transaction, before shadow's objects move (the SQL names
 /// schema shadow): run the deferred SQL, every foreign key as NOT VALID. Returns
 /// the foreign keys to `VALIDATE CONSTRAINT` after the commit (those that were
 /// valid in the source).
+///
+/// PostgreSQL before 18 cannot add a NOT VALID key to a partitioned table, and
+/// adding it valid would scan every partition under the swap's locks. So a
+/// partitioned table's key goes onto each leaf partition, NOT VALID and named
+/// like the parent's (as PostgreSQL names the partitions' copies); after the
+/// commit each is validated (SHARE UPDATE EXCLUSIVE: the application goes
+/// on), then the parent's key is added, which finds the valid copies and
+/// attaches them instead of scanning ([`CreatedFk::add_sql`]).
 pub async fn apply_deferred(
     client: &Client,
     deferred_sql: &[String],
@@ -1987,6 +2088,45 @@ pub async fn apply_deferred(
     let mut created = Vec::new();
     for sql in deferred_sql {
         let (fks, _) = parse_fks(sql)?;
+        if let [fk] = fks.as_slice()
+            && !fk.not_valid
+        {
+            let schema = fk.schema.clone().unwrap_or_else(|| SHADOW_SCHEMA.into());
+            if let Some(leaves) = partition_leaves(client, &schema, &fk.table).await? {
+                for (s, t) in &leaves {
+                    exec(
+                        client,
+                        &fk_on(sql, s, t, true, None)?,
+                        &format!(
+                            "running deferred SQL on partition {t} ({})",
+                            first_line(sql)
+                        ),
+                    )
+                    .await?;
+                    created.push(CreatedFk {
+                        schema: live_of(Some(s)),
+                        table: t.clone(),
+                        constraint: fk.constraint.clone(),
+                        partition_of: Some(fk.table.clone()),
+                        add_sql: None,
+                    });
+                }
+                let live = live_of(fk.schema.as_ref());
+                let ref_live = fk
+                    .ref_schema
+                    .as_ref()
+                    .and_then(|r| pairs.iter().find(|p| &p.shadow == r))
+                    .map(|p| p.live.as_str());
+                created.push(CreatedFk {
+                    schema: live.clone(),
+                    table: fk.table.clone(),
+                    constraint: fk.constraint.clone(),
+                    partition_of: None,
+                    add_sql: Some(fk_on(sql, &live, &fk.table, false, ref_live)?),
+                });
+                continue;
+            }
+        }
         let run = if fks.is_empty() {
             sql.clone()
         } else {
@@ -2002,6 +2142,7 @@ pub async fn apply_deferred(
             schema: live_of(f.schema.as_ref()),
             table: f.table,
             constraint: f.constraint,
+            ..CreatedFk::default()
         }));
     }
     Ok(created)
@@ -2057,6 +2198,48 @@ mod tests {
         assert!(out.ends_with("INITIALLY DEFERRED NOT VALID;"), "{out}");
         assert!(not_valid("CREATE INDEX i ON shadow.a (x);").is_err());
         assert!(not_valid("ALTER TABLE shadow.a ADD CONSTRAINT c CHECK (x > 0);").is_err());
+    }
+
+    #[test]
+    fn a_key_moves_to_another_table_with_its_clauses() {
+        let sql = "ALTER TABLE shadow.\"Events\"\n    ADD CONSTRAINT \"Events_fk\" FOREIGN KEY (a, b) REFERENCES shadow.\"Users\"(x, y) MATCH FULL ON UPDATE CASCADE ON DELETE SET NULL (b) DEFERRABLE INITIALLY DEFERRED;";
+        let leaf = fk_on(sql, "pgshift_shadow_p", "ev 1", true, None).unwrap();
+        let (fks, n) = parse_fks(&leaf).unwrap();
+        assert_eq!(n, 1);
+        assert_eq!(
+            fks,
+            vec![FkDef {
+                constraint: "Events_fk".into(),
+                schema: Some("pgshift_shadow_p".into()),
+                table: "ev 1".into(),
+                inh: true,
+                columns: vec!["a".into(), "b".into()],
+                ref_schema: Some("shadow".into()),
+                ref_table: "Users".into(),
+                ref_columns: vec!["x".into(), "y".into()],
+                match_full: true,
+                not_valid: true,
+            }]
+        );
+        for clause in [
+            "ON UPDATE CASCADE",
+            "ON DELETE SET NULL (b)",
+            "DEFERRABLE",
+            "INITIALLY DEFERRED",
+        ] {
+            assert!(leaf.contains(clause), "{clause}: {leaf}");
+        }
+        let parent = fk_on(sql, "public", "Events", false, Some("public")).unwrap();
+        let (fks, _) = parse_fks(&parent).unwrap();
+        assert_eq!(
+            (
+                fks[0].schema.as_deref(),
+                fks[0].ref_schema.as_deref(),
+                fks[0].not_valid
+            ),
+            (Some("public"), Some("public"), false)
+        );
+        assert!(fk_on("CREATE INDEX i ON shadow.a (x);", "s", "t", true, None).is_err());
     }
 
     #[test]

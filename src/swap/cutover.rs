@@ -609,9 +609,10 @@ pub async fn swap(sess: &Session, opts: &SwapOptions) -> Result<SwapReport> {
     // Foreign keys involving preserved tables were created NOT VALID inside the
     // swap; validate them now. Those with known violations stay NOT VALID (allowed).
     let known = |fk: &CreatedFk| {
-        violations
-            .iter()
-            .any(|v| v.constraint == fk.constraint && v.table == fk.table)
+        violations.iter().any(|v| {
+            v.constraint == fk.constraint
+                && (v.table == fk.table || fk.partition_of.as_ref() == Some(&v.table))
+        })
     };
     let mut not_valid: Vec<String> = Vec::new();
     let mut to_validate = Vec::new();

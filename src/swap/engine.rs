@@ -632,13 +632,27 @@ pub struct StaysNotValid {
 
 /// `ALTER TABLE public.t VALIDATE CONSTRAINT c` for each key created NOT VALID
 /// inside the swap (SHARE UPDATE EXCLUSIVE: the application's reads and writes
-/// go on). Returns those that stay NOT VALID, with the reason.
+/// go on); a partitioned table's key is added after its partitions' copies
+/// (in `keys` before it) are valid, and not while one of them is not.
+/// Returns those that stay NOT VALID (or, partitioned, absent), with the reason.
 pub async fn validate_foreign_keys(client: &Client, keys: &[CreatedFk]) -> Vec<StaysNotValid> {
-    let mut failed = Vec::new();
+    let mut failed: Vec<StaysNotValid> = Vec::new();
+    let mut failed_parts: BTreeSet<(String, String)> = BTreeSet::new();
     for fk in keys {
         let (table, constraint) = (&fk.table, &fk.constraint);
+        if fk.add_sql.is_some() && failed_parts.contains(&(table.clone(), constraint.clone())) {
+            failed.push(StaysNotValid {
+                table: table.clone(),
+                constraint: constraint.clone(),
+                error: "not added: its partitions' copies are not valid".into(),
+            });
+            continue;
+        }
         let sql = fk.validate_sql(&fk.schema);
         if let Err(e) = exec(client, &sql).await {
+            if let Some(parent) = &fk.partition_of {
+                failed_parts.insert((parent.clone(), constraint.clone()));
+            }
             failed.push(StaysNotValid {
                 table: table.clone(),
                 constraint: constraint.clone(),

@@ -573,6 +573,7 @@ impl InTx for RollbackTx<'_> {
                     schema: fk.schema.clone(),
                     table: fk.table.clone(),
                     constraint: fk.name.clone(),
+                    ..CreatedFk::default()
                 });
             }
             res.changes.push(FkChange {
@@ -748,6 +749,7 @@ pub(crate) async fn fix_crossing_fks(
                     schema: fk.schema.clone(),
                     table: fk.def.table.clone(),
                     constraint: fk.def.name.clone(),
+                    ..CreatedFk::default()
                 });
             }
             res.changes.push(FkChange {
