@@ -143,3 +143,48 @@ fn prepare_warns_about_what_will_not_follow_the_swap() {
         "{v}"
     );
 }
+
+/// Timeouts a database sets for its applications do not cut pgshift's own
+/// sessions short (pg_dump resets them for itself too): a statement_timeout
+/// shorter than the copy, an idle-in-transaction timeout shorter than the
+/// source's snapshot session waits, an idle-session timeout shorter than the
+/// control session that holds the run lock stays idle.
+#[test]
+fn the_databases_own_timeouts_do_not_stop_prepare_or_swap() {
+    let dbs = TestDbs::new("db_timeouts");
+    dbs.src.psql(
+        "CREATE TABLE big (id int PRIMARY KEY, pad text);
+         INSERT INTO big SELECT g, repeat('x', 200) FROM generate_series(1, 200000) g;",
+    );
+    dbs.dst.psql(
+        "CREATE TABLE big (id int PRIMARY KEY, pad text); INSERT INTO big VALUES (1, 'old');",
+    );
+    for db in [&dbs.src, &dbs.dst] {
+        // Short, but not shorter than a connection takes to send its first
+        // statement (idle_session_timeout ends a session before any SET could).
+        for (setting, value) in [
+            ("statement_timeout", "20ms"),
+            ("idle_in_transaction_session_timeout", "100ms"),
+            ("idle_session_timeout", "1s"),
+        ] {
+            db.psql(&format!(
+                "ALTER DATABASE \"{}\" SET {setting} = '{value}'",
+                db.name()
+            ));
+        }
+    }
+    let wd = Workdir::new();
+    let out = wd.run(&[
+        "start",
+        "--source",
+        &dbs.src.url(),
+        "--dest",
+        &dbs.dst.url(),
+    ]);
+    common::assert_success(&out);
+    assert_eq!(
+        dbs.dst
+            .query_one_string("SET statement_timeout = 0; SELECT count(*) FROM public.big"),
+        "200000"
+    );
+}

@@ -395,3 +395,31 @@ fn an_application_transaction_is_never_the_victim_of_a_deadlock_with_the_swap() 
     let report: serde_json::Value = serde_json::from_str(&assert_success(&out)).unwrap();
     assert!(report["attempts"].as_u64().unwrap() > 1, "{report}");
 }
+
+/// `status` never waits behind a session that holds the shadow's tables (as a
+/// running prepare's loads do): the shadow's size is estimated instead, and
+/// it exits 0 while the lock is still held.
+#[test]
+fn status_does_not_wait_behind_a_lock_on_the_shadow() {
+    let dbs = setup("status_nowait");
+    let wd = Workdir::new();
+    assert_success(&wd.prepare(&dbs, &[]));
+    let holder = hold_lock(
+        &dbs,
+        "LOCK TABLE shadow.items IN ACCESS EXCLUSIVE MODE",
+        Duration::from_secs(30),
+    );
+    let out = wd.run(&["status", "--dest", &dbs.dst.url(), "--json"]);
+    assert!(
+        !holder.is_finished(),
+        "status waited for the lock to be released"
+    );
+    let v: serde_json::Value = serde_json::from_str(&assert_success(&out)).unwrap();
+    assert_eq!(v["shadow"]["exists"], true, "{v}");
+    assert!(v["shadow"]["size_bytes"].as_i64().unwrap() > 0, "{v}");
+    dbs.dst.psql(
+        "SELECT pg_cancel_backend(pid) FROM pg_stat_activity
+          WHERE datname = current_database() AND query LIKE '%pg_sleep%' AND pid <> pg_backend_pid()",
+    );
+    let _ = holder.join();
+}

@@ -299,6 +299,45 @@ pub struct SchemaFacts {
     pub size_bytes: i64,
 }
 
+/// The size of `schema` without waiting behind a session that holds its
+/// tables (a running prepare's loads lock them): measured under a short
+/// `lock_timeout`, else estimated from `pg_class.relpages` (as of the last
+/// VACUUM, ANALYZE or index build), which takes no lock. For `status`.
+pub async fn schema_size_nowait(client: &Client, schema: &str) -> Result<i64> {
+    client
+        .batch_execute("BEGIN READ ONLY; SET LOCAL lock_timeout = '200ms'")
+        .await
+        .with_context(|| format!("measuring schema {schema}"))?;
+    let measured = schema_facts(client, schema).await;
+    client
+        .batch_execute("ROLLBACK")
+        .await
+        .with_context(|| format!("measuring schema {schema}"))?;
+    match measured {
+        Ok(f) => Ok(f.size_bytes),
+        Err(e)
+            if e.downcast_ref::<tokio_postgres::Error>()
+                .and_then(tokio_postgres::Error::code)
+                == Some(&tokio_postgres::error::SqlState::LOCK_NOT_AVAILABLE) =>
+        {
+            Ok(client
+                .query_one(
+                    "SELECT (COALESCE(sum(c.relpages + COALESCE(t.relpages, 0)), 0)
+                             * pg_catalog.current_setting('block_size')::bigint)::bigint
+                       FROM pg_catalog.pg_class c
+                       JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+                       LEFT JOIN pg_catalog.pg_class t ON t.oid = c.reltoastrelid
+                      WHERE n.nspname = $1 AND c.relkind IN ('r', 'm', 'S', 'i')",
+                    &[&schema],
+                )
+                .await
+                .with_context(|| format!("estimating the size of schema {schema}"))?
+                .get(0))
+        }
+        Err(e) => Err(e),
+    }
+}
+
 /// Size on disk and ownership of a schema.
 pub async fn schema_facts(client: &impl GenericClient, schema: &str) -> Result<SchemaFacts> {
     let row = client

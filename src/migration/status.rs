@@ -222,7 +222,7 @@ async fn shadow_info(client: &Client, d: &Destination) -> Result<ShadowInfo> {
         .collect();
     let mut size_bytes = 0;
     for s in &shadows {
-        size_bytes += verify::schema_facts(client, s).await?.size_bytes;
+        size_bytes += verify::schema_size_nowait(client, s).await?;
     }
     let tables: i64 = client
         .query_one(

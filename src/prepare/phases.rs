@@ -1003,6 +1003,7 @@ async fn analyze(run: &mut Run<'_>) -> Result<()> {
                 .get()
                 .await
                 .map_err(|e| anyhow!("{}", crate::pg::conn::connect::describe_pool_error(&e)))?;
+            crate::pg::conn::connect::session_defaults(&client, "destination").await;
             loop {
                 let Some((name, rel)) = queue.lock().ok().and_then(|mut q| q.pop()) else {
                     return Ok::<_, anyhow::Error>(());

@@ -58,14 +58,7 @@ pub async fn connect(
                     if attempt > 1 {
                         tracing::info!("connected to {label} {spec} after {attempt} attempts");
                     }
-                    // pgshift's own queries read the catalogs; on a large one their
-                    // cost estimates pass jit_above_cost and compiling them takes
-                    // seconds (3.4 s instead of 80 ms for cleanup's drop planning
-                    // on 600 tables). A SET, not a startup option: poolers refuse
-                    // unknown startup parameters.
-                    if let Err(e) = client.batch_execute("SET jit = off").await {
-                        tracing::debug!("{label}: SET jit = off: {}", describe_pg_error(&e));
-                    }
+                    session_defaults(&client, label).await;
                     return Ok(client);
                 }
                 Err(e) => failures.push((endpoint, e)),
@@ -100,6 +93,35 @@ pub async fn connect(
         }
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(MAX_BACKOFF);
+    }
+}
+
+/// Session settings of every pgshift session, as SETs (not startup options:
+/// poolers refuse unknown startup parameters).
+///
+/// - `jit = off`: pgshift's own queries read the catalogs; on a large one their
+///   cost estimates pass jit_above_cost and compiling them takes seconds (3.4 s
+///   instead of 80 ms for cleanup's drop planning on 600 tables).
+/// - The timeouts a role or database may set for its applications
+///   (`statement_timeout`, `idle_in_transaction_session_timeout`,
+///   `idle_session_timeout` 14+, `transaction_timeout` 17+) are 0, as pg_dump
+///   sets them for itself: they would cancel a long copy, end the source's
+///   snapshot session while the copies run, or drop the control session that
+///   holds the run lock. pgshift bounds its own waits where they matter
+///   (`SET LOCAL` in the swap, the impact check, the DDL retries).
+pub async fn session_defaults(client: &tokio_postgres::Client, label: &str) {
+    if let Err(e) = client.batch_execute("SET jit = off").await {
+        tracing::debug!("{label}: SET jit = off: {}", describe_pg_error(&e));
+    }
+    if let Err(e) = client
+        .batch_execute(
+            "SELECT pg_catalog.set_config(name, '0', false) FROM pg_catalog.pg_settings
+              WHERE name IN ('statement_timeout', 'idle_in_transaction_session_timeout',
+                             'idle_session_timeout', 'transaction_timeout')",
+        )
+        .await
+    {
+        tracing::debug!("{label}: resetting timeouts: {}", describe_pg_error(&e));
     }
 }
 
