@@ -2,6 +2,7 @@
 
 mod common;
 
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use common::{TestDbs, Workdir, assert_success, catalog_fingerprint};
@@ -422,4 +423,58 @@ fn status_does_not_wait_behind_a_lock_on_the_shadow() {
           WHERE datname = current_database() AND query LIKE '%pg_sleep%' AND pid <> pg_backend_pid()",
     );
     let _ = holder.join();
+}
+
+/// An application whose every transaction takes `users` and then `sessions`
+/// meets the swap's sorted lock order (`sessions`, `users`) in a cycle on
+/// every attempt; the attempt after one that waited for `users` locks it
+/// first, and the swap goes through under that load.
+#[test]
+fn a_retry_locks_first_what_the_last_attempt_waited_for() {
+    let dbs = TestDbs::new("swap_lock_order");
+    let ddl = "CREATE TABLE users (id int PRIMARY KEY, n int NOT NULL DEFAULT 0);
+         INSERT INTO users SELECT generate_series(1, 20);
+         CREATE TABLE sessions (id bigserial PRIMARY KEY, user_id int);";
+    dbs.src.psql(ddl);
+    dbs.dst.psql(ddl);
+    let wd = Workdir::new();
+    assert_success(&wd.prepare(&dbs, &[]));
+    let dir = tempfile::tempdir().unwrap();
+    let script = dir.path().join("app.sql");
+    std::fs::write(
+        &script,
+        "\\set id random(1, 20)\n\
+         BEGIN;\n\
+         SELECT n FROM users WHERE id = :id;\n\
+         INSERT INTO sessions (user_id) VALUES (:id);\n\
+         UPDATE users SET n = n + 1 WHERE id = :id;\n\
+         END;\n",
+    )
+    .unwrap();
+    let mut cmd = dbs.dst.client_command("pgbench");
+    cmd.args(["-n", "-c", "4", "-j", "2", "-T", "12", "-f"])
+        .arg(&script)
+        .arg(dbs.dst.name())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let pgbench = cmd.spawn().expect("start pgbench");
+    std::thread::sleep(Duration::from_secs(1));
+    let out = wd.run(&[
+        "swap",
+        "--dest",
+        &dbs.dst.url(),
+        "--swap-retries",
+        "4",
+        "--allow-discard",
+        "all",
+        "--json",
+    ]);
+    let bench = pgbench.wait_with_output().unwrap();
+    let report: serde_json::Value = serde_json::from_str(&assert_success(&out)).unwrap();
+    assert!(report["attempts"].as_u64().unwrap() <= 5, "{report}");
+    assert!(
+        bench.status.success(),
+        "{}",
+        String::from_utf8_lossy(&bench.stderr)
+    );
 }

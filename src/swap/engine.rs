@@ -14,7 +14,11 @@
 //!   long-running query causes a retry rather than a queue of application
 //!   queries piling up behind the swap, and an application transaction that
 //!   waits for the swap while the swap waits for it is never the one
-//!   cancelled.
+//!   cancelled. While an attempt waits, the control session notes which
+//!   relation it waits for, and the next attempt locks that one first: an
+//!   application that takes `users` then `sessions` in every transaction
+//!   would otherwise meet the sorted order (`sessions`, `users`) in a cycle
+//!   on every attempt.
 //! - `statement_timeout` and `idle_in_transaction_session_timeout` bound the
 //!   transaction even if pgshift stalls.
 //! - Work that must happen under the same locks (the preserved tables' final
@@ -368,7 +372,7 @@ pub async fn preview<H: InTx>(
     let (before, at_commit) = hook.preview_notes();
     let mut sql = vec!["BEGIN".to_string()];
     sql.extend(session_settings(&req));
-    if let Some(l) = lock_statement(&req, &listed) {
+    if let Some(l) = lock_statement(&req, &listed, &[]) {
         sql.push(l);
     }
     sql.extend(before);
@@ -503,11 +507,30 @@ pub async fn swap<H: InTx>(
     // The first attempt moves what was just listed; a retry lists again.
     let first_listing = std::sync::Mutex::new(Some(listed));
     let last_gone = std::sync::Mutex::new(None);
+    let pid: i32 = client
+        .query_one("SELECT pg_catalog.pg_backend_pid()", &[])
+        .await
+        .context("reading the swap session's process id")?
+        .get(0);
+    let waited_for = std::sync::Mutex::new(Vec::new());
     let attempt = || async {
         let listed = first_listing.lock().ok().and_then(|mut l| l.take());
-        let r = one_attempt(&client, &req, hook, &manifest, record.as_ref(), listed)
-            .await
-            .map_err(|e| gone_or_failed(e, req.exchange, &last_gone));
+        let first = waited_for.lock().map(|w| w.clone()).unwrap_or_default();
+        let run = one_attempt(
+            &client,
+            &req,
+            hook,
+            &manifest,
+            record.as_ref(),
+            listed,
+            &first,
+        );
+        tokio::pin!(run);
+        let r = tokio::select! {
+            r = &mut run => r,
+            () = watch_waits(control, pid, &waited_for) => run.await,
+        };
+        let r = r.map_err(|e| gone_or_failed(e, req.exchange, &last_gone));
         rollback_on_err(&client, r).await
     };
     let done = match retry(
@@ -523,7 +546,7 @@ pub async fn swap<H: InTx>(
             done
         }
         Err(Stop::Exhausted { attempts, why, .. }) => bail!(
-            "the swap could not take its locks after {attempts} attempts ({why}); nothing was changed. A long-running query or transaction on the destination holds a lock on a public table: end it, or raise --lock-timeout / --swap-retries"
+            "the swap could not take its locks after {attempts} attempts ({why}); nothing was changed. A long-running query or transaction on the destination holds a lock on a table the swap locks, or the application's transactions keep waiting for the swap while it waits for them (each wait ends at 4/5 of deadlock_timeout, whatever --lock-timeout says): end it, or raise --swap-retries"
         ),
         Err(Stop::Failed(e)) => {
             return Err(e.context("the swap was rolled back; the destination is unchanged"));
@@ -663,6 +686,40 @@ pub async fn validate_foreign_keys(client: &Client, keys: &[CreatedFk]) -> Vec<S
     failed
 }
 
+/// While an attempt runs, note the relation the swap session waits for (from
+/// the control session, every 100 ms): the next attempt locks it first (see
+/// [`lock_statement`]). Returns only when the control session fails.
+async fn watch_waits(control: &Client, pid: i32, waited_for: &std::sync::Mutex<Vec<String>>) {
+    loop {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let row = control
+            .query_opt(
+                "SELECT n.nspname::text, c.relname::text
+                   FROM pg_catalog.pg_locks l
+                   JOIN pg_catalog.pg_class c ON c.oid = l.relation
+                   JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+                  WHERE l.pid = $1 AND NOT l.granted AND l.locktype = 'relation'
+                  LIMIT 1",
+                &[&pid],
+            )
+            .await;
+        match row {
+            Ok(Some(r)) => {
+                let name = qualified(r.get(0), r.get(1));
+                if let Ok(mut w) = waited_for.lock()
+                    && w.last() != Some(&name)
+                {
+                    tracing::debug!(relation = %name, "the swap waits for a lock; a retry takes it first");
+                    w.retain(|n| n != &name);
+                    w.push(name);
+                }
+            }
+            Ok(None) => {}
+            Err(_) => return,
+        }
+    }
+}
+
 /// One attempt's request.
 struct Request<'a> {
     exchange: &'a Exchange,
@@ -794,8 +851,17 @@ fn filter_keep(
 /// object mode each ALTER takes its object's lock itself. `ONLY`: every
 /// partition and child is listed itself, and recursing through pg_inherits
 /// for each relation costs more than the locks.
-fn lock_statement(req: &Request, listed: &Listed) -> Option<String> {
-    let names = lock_names(req, listed);
+fn lock_statement(req: &Request, listed: &Listed, first: &[String]) -> Option<String> {
+    let mut names = lock_names(req, listed);
+    // Relations earlier attempts waited for go first, the latest first: an
+    // application whose transactions take them in another order than ours
+    // (users, then sessions) would otherwise meet every attempt in a cycle.
+    for f in first {
+        if let Some(i) = names.iter().position(|n| n == f) {
+            let n = names.remove(i);
+            names.insert(0, n);
+        }
+    }
     if names.is_empty() {
         return None;
     }
@@ -949,6 +1015,7 @@ async fn one_attempt<H: InTx>(
     manifest: &Manifest,
     record: Option<&MigrationState>,
     listed: Option<Listed>,
+    first: &[String],
 ) -> Result<Done<H::Before, H::After>> {
     // Outside the transaction and before any lock: what moves (`listed`, when
     // the caller just listed it). Under the locks nothing scans the catalogs:
@@ -961,7 +1028,7 @@ async fn one_attempt<H: InTx>(
         Some(l) => l,
         None => list(client, req.exchange).await?,
     };
-    let lock = lock_statement(req, &listed);
+    let lock = lock_statement(req, &listed, first);
     let locked = lock
         .as_ref()
         .map(|l| l.matches(", ").count() + 1)

@@ -35,7 +35,8 @@
 //! `TYPE_REPLACED` exists because PostgreSQL checks a prepared statement's
 //! result row by type OID: after the swap a column of an enum or domain that
 //! kept its name still has a new type, and a statement prepared before the swap
-//! that returns it fails once with `cached plan must not change result type`.
+//! that returns it fails with `cached plan must not change result type` until
+//! it is prepared again.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
@@ -58,7 +59,7 @@ words! {
         Breaks = "breaks",
         /// Writes the old application makes may be rejected.
         RejectsWrites = "rejects_writes",
-        /// Prepared statements fail once per connection (`cached plan must not
+        /// Prepared statements fail until prepared again (`cached plan must not
         /// change result type`); a `SELECT *` gets other columns.
         ResultType = "result_type",
         /// Only added.
@@ -560,7 +561,7 @@ fn compare_pair(
                         Effect::ResultType,
                         qualified_display(&p.live, name),
                         format!(
-                            "replaced by the incoming schema's copy (same name, new type): statements prepared before the swap that return {}{more} fail once",
+                            "replaced by the incoming schema's copy (same name, new type): statements prepared before the swap that return {}{more} fail until prepared again",
                             users.join(", ")
                         ),
                     ));

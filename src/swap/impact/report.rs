@@ -166,7 +166,7 @@ pub fn render(i: &Impact) -> String {
             );
             statement_section(
                 &mut out,
-                "Will change result type (prepared statements fail once per connection with \"cached plan must not change result type\")",
+                "Will change result type (prepared statements fail until prepared again with \"cached plan must not change result type\")",
                 s.result_type_changed
                     .iter()
                     .map(|c| (&c.query, Some(c.calls), c.columns.join("; "))),
@@ -322,7 +322,7 @@ mod tests {
   Will fail after the swap:
     SELECT a FROM t (1 call)
       column \"a\" does not exist
-  Will change result type (prepared statements fail once per connection with \"cached plan must not change result type\"):
+  Will change result type (prepared statements fail until prepared again with \"cached plan must not change result type\"):
     SELECT * FROM u (7 calls)
       b: text -> email; c: (none) -> integer
   Not checked:
