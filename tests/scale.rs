@@ -492,6 +492,9 @@ fn the_swap_budget_covers_the_locks_a_real_swap_holds() {
     // aggregate, types; a preserved table with a deferred foreign key.
     let schema = "CREATE TABLE users (id bigserial PRIMARY KEY, name text);
          INSERT INTO users (name) VALUES ('a'), ('b');
+         DO $$ BEGIN FOR i IN 1..12 LOOP
+           EXECUTE format('CREATE INDEX %I ON users (name, id) WHERE id > %s', 'users_i' || i, i);
+         END LOOP; END $$;
          CREATE TABLE orders (id int GENERATED ALWAYS AS IDENTITY PRIMARY KEY, user_id bigint REFERENCES users, note text);
          DO $$ BEGIN FOR i IN 1..80 LOOP
            EXECUTE format('CREATE TABLE %I (id serial PRIMARY KEY, v text)', 'x_' || i);
@@ -514,6 +517,9 @@ fn the_swap_budget_covers_the_locks_a_real_swap_holds() {
     // The destination's public (moved out to the backup): an older version.
     dbs.dst.psql(
         "CREATE TABLE users (id bigserial PRIMARY KEY, name text); INSERT INTO users (name) VALUES ('x'), ('y'), ('z');
+         DO $$ BEGIN FOR i IN 1..12 LOOP
+           EXECUTE format('CREATE INDEX %I ON users (name, id) WHERE id > %s', 'users_i' || i, i);
+         END LOOP; END $$;
          DO $$ BEGIN FOR i IN 1..100 LOOP
            EXECUTE format('CREATE TABLE %I (id serial PRIMARY KEY, v text)', 'old_' || i);
          END LOOP; END $$;
@@ -542,11 +548,17 @@ fn the_swap_budget_covers_the_locks_a_real_swap_holds() {
     assert_eq!(budget["fits"], true, "{budget}");
     let needed = budget["needed"].as_i64().unwrap();
 
-    // Hold the swap at its commit and count what its backend holds.
+    // Hold the swap at its commit and count what its backend holds. Rows
+    // written to the preserved table after its last catch-up (while the swap
+    // pauses once it has listed what moves) are replayed under the locks,
+    // which locks the indexes of both its sides.
     let mut swap = wd
         .cmd()
         .args(["swap", "--dest", &dbs.dst.url(), "--swap-mode", "object"])
-        .env("PGSHIFT_FAILPOINT", "swap-commit:sleep=4000")
+        .env(
+            "PGSHIFT_FAILPOINT",
+            "swap-listed:sleep=2000,swap-commit:sleep=4000",
+        )
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
@@ -558,7 +570,10 @@ fn the_swap_budget_covers_the_locks_a_real_swap_holds() {
             Some(Ok(l)) => {
                 log.push_str(&l);
                 log.push('\n');
-                if l.contains("pausing") {
+                if l.contains("pausing") && l.contains("swap-listed") {
+                    dbs.dst
+                        .psql("UPDATE users SET name = name || '!'; INSERT INTO users (name) VALUES ('late')");
+                } else if l.contains("pausing") {
                     break true;
                 }
             }

@@ -50,10 +50,14 @@
 //!   counted once with the rest;
 //! * per preserved table, the final sync drops four triggers, four functions
 //!   and a changelog table (with its index, sequence, TOAST, default,
-//!   constraint and row types): [`PER_PRESERVED_TABLE`];
-//! * a fixed part: the schemas, the transaction id, the manifest's table and
-//!   the catalogs and catalog indexes that no longer fit the fast path:
-//!   [`PER_TRANSACTION`].
+//!   constraint and row types): [`PER_PRESERVED_TABLE`]; replaying rows
+//!   locks every index (and the TOAST) of the live and the shadow table
+//!   ([`replay`]); each deferred statement takes one more, one per leaf
+//!   partition for a partitioned table's foreign key;
+//! * a fixed part: the schemas, the transaction id, the manifest's and the
+//!   record's tables and the catalogs and catalog indexes that no longer fit
+//!   the fast path: [`PER_TRANSACTION`], and [`PER_EXTRA_PAIR`] for each
+//!   further schema pair (`--schemas`).
 //!
 //! [`moves`] and [`locks`] take the lists of objects a transaction will move
 //! or lock, so any swap (object-level or by renaming schemas) computes its own
@@ -74,11 +78,17 @@ use tokio_postgres::GenericClient;
 
 use crate::pg::objects::Movable;
 
-/// Slots a swap-like transaction needs beyond the objects it moves and locks:
-/// four schemas, the transaction id, the backup manifest's table, and catalogs
-/// and catalog indexes past the fast-path slots (measured at the
-/// `swap-commit` point: 6 to 16, depending on the kinds of objects moved).
-pub const PER_TRANSACTION: u64 = 32;
+/// Slots a swap-like transaction of one schema pair needs beyond the objects
+/// it moves and locks: four schemas, the transaction id, the manifest's and
+/// the migration record's tables with their keys and TOAST, and catalogs and
+/// catalog indexes past the fast-path slots (measured at COMMIT: 6 to 16
+/// catalogs on a small swap, 22 once thousands of ACCESS EXCLUSIVE locks
+/// leave no fast path to them; 34–40 in all).
+pub const PER_TRANSACTION: u64 = 40;
+
+/// Slots each further schema pair adds to the fixed part: its live schema,
+/// its incoming schema and its new backup schema.
+pub const PER_EXTRA_PAIR: u64 = 3;
 
 /// Slots the final sync of one preserved table takes inside the swap: four
 /// trigger drops (the table itself is already locked), four function drops and
@@ -318,12 +328,37 @@ pub fn preserved(preserved_tables: usize, deferred: usize) -> Need {
     }
 }
 
-/// The fixed part of one transaction.
-pub fn transaction() -> Need {
+/// The fixed part of one transaction that exchanges `pairs` schema pairs.
+pub fn transaction(pairs: usize) -> Need {
     Need {
-        fixed: PER_TRANSACTION,
+        fixed: PER_TRANSACTION + PER_EXTRA_PAIR * pairs.saturating_sub(1) as u64,
         ..Need::default()
     }
+}
+
+/// Slots the final replay of preserved tables takes beyond
+/// [`PER_PRESERVED_TABLE`]: replaying rows plans statements over the live and
+/// the shadow table, which locks every index of both until the end of the
+/// transaction, and their TOAST tables with their indexes. `relations`: the
+/// OIDs of both sides of every preserved table.
+pub async fn replay(client: &impl GenericClient, relations: &[u32]) -> Result<Need> {
+    if relations.is_empty() {
+        return Ok(Need::default());
+    }
+    let n: i64 = client
+        .query_one(
+            "SELECT (SELECT count(*) FROM pg_catalog.pg_index WHERE indrelid = ANY($1::pg_catalog.oid[]))
+                  + 2 * (SELECT count(*) FROM pg_catalog.pg_class
+                          WHERE oid = ANY($1::pg_catalog.oid[]) AND reltoastrelid <> 0)",
+            &[&relations],
+        )
+        .await
+        .context("counting the preserved tables' indexes")?
+        .get(0);
+    Ok(Need {
+        sync: n.max(0) as u64,
+        ..Need::default()
+    })
 }
 
 /// Today's object-level swap: every object of `out` moves to the backup and
@@ -338,11 +373,12 @@ pub async fn object_swap(
     inc: &[Movable],
     preserved_tables: usize,
     deferred: usize,
+    pairs: usize,
 ) -> Result<Need> {
     Ok(moves(out_client, out, true).await?
         + moves(inc_client, inc, true).await?
         + preserved(preserved_tables, deferred)
-        + transaction())
+        + transaction(pairs))
 }
 
 /// One swap-like transaction: it moves `moved` (relations, with their owned
@@ -357,6 +393,7 @@ pub async fn transaction_need(
     locked: &[String],
     extensions: &[String],
     extra: Need,
+    pairs: usize,
 ) -> Result<Need> {
     let members: i64 = if extensions.is_empty() {
         0
@@ -378,7 +415,7 @@ pub async fn transaction_need(
             ..Need::default()
         }
         + extra
-        + transaction())
+        + transaction(pairs))
 }
 
 /// A need against a capacity.

@@ -241,9 +241,9 @@ impl Checked {
         dest: &Client,
         src: &Client,
     ) -> Self {
-        let preserved = settings.preserved_tables.len();
-        self.swap_lock_budget =
-            budget_or_warn(plan_budget(dest, src, &settings.schemas, preserved).await);
+        self.swap_lock_budget = budget_or_warn(
+            plan_budget(dest, src, &settings.schemas, &settings.preserved_tables).await,
+        );
         self.warnings
             .extend(self.swap_lock_budget.as_ref().and_then(Budget::warning));
         self
@@ -257,17 +257,64 @@ async fn plan_budget(
     dest: &Client,
     src: &Client,
     schemas: &[String],
-    preserved: usize,
+    preserved: &[TableName],
 ) -> Result<Budget> {
     let (mut out, mut inc) = (Vec::new(), Vec::new());
     for s in schemas {
         out.extend(objects::movables(dest, s).await?);
         inc.extend(objects::movables(src, s).await?);
     }
-    let need = locks_budget::object_swap(dest, &out, src, &inc, preserved, 0).await?;
+    // The preserved tables: their replay locks the indexes of the live table
+    // (the destination's) and of its shadow (the source's structure); their
+    // deferred statements are at least the source's foreign keys to them
+    // (one per leaf partition of a partitioned table).
+    let names: Vec<String> = preserved
+        .iter()
+        .map(|t| qualified(t.schema.as_deref().unwrap_or(PUBLIC), &t.name))
+        .collect();
+    let (dest_oids, src_oids) = (oids_of(dest, &names).await?, oids_of(src, &names).await?);
+    let deferred: i64 = src
+        .query_one(
+            "SELECT COALESCE(sum(CASE WHEN c.relkind = 'p'
+                                      THEN (SELECT count(*) FROM pg_catalog.pg_partition_tree(c.oid) t WHERE t.isleaf) + 1
+                                      ELSE 1 END), 0)::bigint
+               FROM pg_catalog.pg_constraint k JOIN pg_catalog.pg_class c ON c.oid = k.conrelid
+              WHERE k.contype = 'f' AND k.conparentid = 0 AND k.confrelid = ANY($1::pg_catalog.oid[])",
+            &[&src_oids],
+        )
+        .await
+        .context("counting the foreign keys to the preserved tables")?
+        .get(0);
+    let need = locks_budget::object_swap(
+        dest,
+        &out,
+        src,
+        &inc,
+        preserved.len(),
+        deferred.max(0) as usize,
+        schemas.len(),
+    )
+    .await?
+        + locks_budget::replay(dest, &dest_oids).await?
+        + locks_budget::replay(src, &src_oids).await?;
     let mut b = Budget::evaluate(dest, need).await?;
     b.swap_mode = Some(Mode::Object.as_str().into());
     Ok(b)
+}
+
+/// The OIDs of the relations `names` (qualified) that exist on `c`.
+async fn oids_of(c: &Client, names: &[String]) -> Result<Vec<u32>> {
+    let rows = c
+        .query(
+            "SELECT pg_catalog.to_regclass(n)::pg_catalog.oid FROM pg_catalog.unnest($1::text[]) AS n",
+            &[&names],
+        )
+        .await
+        .context("looking up the preserved tables")?;
+    Ok(rows
+        .iter()
+        .filter_map(|r| r.get::<_, Option<u32>>(0))
+        .collect())
 }
 
 /// The swap's lock budget after prepare, in the mode `swap` would choose by
@@ -276,11 +323,9 @@ async fn prepared_budget(
     dest: &Client,
     pairs: &[SchemaPair],
     mode: ModeRequest,
-    preserved: usize,
-    deferred: usize,
+    extra: locks_budget::Need,
 ) -> Result<Budget> {
     let exchange = Exchange::of_shadows(pairs);
-    let extra = locks_budget::preserved(preserved, deferred);
     let policy = Policy {
         mode,
         ..Policy::default()
@@ -481,15 +526,14 @@ pub async fn run(
             rec.state.status = Status::Prepared;
             rec.state.phase = None;
             rec.save(sess).await?;
-            let preserved = run.preserved.len();
+            let details = &rec.state.details;
             let swap_lock_budget = budget_or_warn(
-                prepared_budget(
-                    &sess.control,
-                    &run.pairs,
-                    run.opts.swap_mode,
-                    preserved,
-                    deferred,
-                )
+                async {
+                    let extra =
+                        sync::swap_need(&sess.control, &details.sync, &details.deferred_sql)
+                            .await?;
+                    prepared_budget(&sess.control, &run.pairs, run.opts.swap_mode, extra).await
+                }
                 .await,
             );
             if let Some(w) = swap_lock_budget.as_ref().and_then(Budget::warning) {

@@ -2027,6 +2027,33 @@ fn fk_on(
     Ok(format!("{out};"))
 }
 
+/// The lock-table slots the swap's work for the preserved tables takes (see
+/// `pg::locks_budget`): the final sync of each, the replay's locks on their
+/// indexes on both sides, and each deferred statement (a partitioned table's
+/// foreign key: one per leaf partition, as [`apply_deferred`] adds it).
+pub async fn swap_need(
+    client: &Client,
+    synced: &[SyncedTable],
+    deferred_sql: &[String],
+) -> Result<crate::pg::locks_budget::Need> {
+    let mut statements = 0usize;
+    for sql in deferred_sql {
+        let (fks, _) = parse_fks(sql)?;
+        statements += match fks.as_slice() {
+            [fk] if !fk.not_valid => {
+                let schema = fk.schema.clone().unwrap_or_else(|| SHADOW_SCHEMA.into());
+                partition_leaves(client, &schema, &fk.table)
+                    .await?
+                    .map_or(1, |leaves| leaves.len() + 1)
+            }
+            _ => 1,
+        };
+    }
+    let oids: Vec<u32> = synced.iter().flat_map(|t| [t.oid, t.shadow_oid]).collect();
+    Ok(crate::pg::locks_budget::preserved(synced.len(), statements)
+        + crate::pg::locks_budget::replay(client, &oids).await?)
+}
+
 /// The leaf partitions (`schema`, `name`) of `schema.table` when it is a
 /// partitioned table; None for any other table.
 async fn partition_leaves(

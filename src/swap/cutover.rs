@@ -23,7 +23,7 @@ use crate::migration::record::{self, MigrationRow};
 use crate::migration::session::{Recorder, Session, failpoint};
 use crate::pg::catalog;
 use crate::pg::ident::{TableName, display_ident, qualified};
-use crate::pg::locks_budget::{self, Budget, Need};
+use crate::pg::locks_budget::{Budget, Need};
 use crate::pg::meta::{self, SchemaPair};
 use crate::pg::pattern::TablePattern;
 use crate::prepare::sync::{self, CreatedFk, FkViolation, SyncedTable};
@@ -299,6 +299,8 @@ struct MigrationTx<'a> {
     /// None for a migration prepared without a baseline (checked before).
     writes: Option<UnderLocks<'a>>,
     kept: &'a Kept,
+    /// Lock-table slots of the work above ([`sync::swap_need`]).
+    need: Need,
 }
 
 impl InTx for MigrationTx<'_> {
@@ -362,7 +364,20 @@ impl InTx for MigrationTx<'_> {
     }
 
     fn lock_need(&self) -> Need {
-        locks_budget::preserved(self.synced.len(), self.deferred.len())
+        self.need.clone()
+    }
+
+    /// The application kept writing the preserved tables while the last
+    /// attempt waited: replay that outside the locks, so the final replay
+    /// under them stays short however many attempts it takes.
+    async fn before_retry(&self, control: &Client) {
+        match sync::catch_up(control, self.synced).await {
+            Ok(0) => {}
+            Ok(rows) => tracing::info!(rows, "preserved tables caught up before a retry"),
+            Err(e) => {
+                tracing::warn!("could not catch up the preserved tables before a retry: {e:#}")
+            }
+        }
     }
 
     fn incoming_locks(&self) -> Vec<String> {
@@ -395,6 +410,7 @@ pub async fn preview(client: &Client, opts: &SwapOptions) -> Result<SwapPreview>
             .as_ref()
             .map(|b| under_locks(exempt(m, &kept), opts, b, b)),
         kept: &kept,
+        need: sync::swap_need(client, &details.sync, &details.deferred_sql).await?,
     };
     let p = engine::preview(client, &exchange(m, &kept), opts.policy, &hook).await?;
     let mut fk_violations = sync::fk_violations(client, &details.deferred_sql).await?;
@@ -434,6 +450,7 @@ pub async fn lock_budget(client: &Client, m: &MigrationRow, policy: Policy) -> R
         deferred: &details.deferred_sql,
         writes: None,
         kept: &kept,
+        need: sync::swap_need(client, &details.sync, &details.deferred_sql).await?,
     };
     engine::budget(client, &exchange(m, &kept), policy, hook.lock_need()).await
 }
@@ -577,6 +594,7 @@ pub async fn swap(sess: &Session, opts: &SwapOptions) -> Result<SwapReport> {
             .as_ref()
             .map(|b| under_locks(exempt.clone(), opts, b, &checked.listed)),
         kept: &kept,
+        need: sync::swap_need(&sess.control, synced, deferred).await?,
     };
     // The swapped record no longer needs the baseline (it travels in the
     // COMMIT's round trip: keep it small).

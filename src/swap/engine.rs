@@ -300,6 +300,12 @@ pub trait InTx {
     fn lock_need(&self) -> Need {
         Need::default()
     }
+    /// Before each retry, outside any lock, on the control session: work
+    /// that keeps what runs under the locks small (the preserved tables'
+    /// changelogs grow while the swap waits).
+    fn before_retry(&self, _control: &Client) -> impl Future<Output = ()> {
+        std::future::ready(())
+    }
 }
 
 /// What the committed swap transaction did; the swap's and the rollback's
@@ -431,11 +437,27 @@ async fn budget_of(
         // The renames lock no object of either schema; the extensions move.
         Some(steps) => {
             let extensions: Vec<String> = steps.iter().flat_map(|s| s.extensions.clone()).collect();
-            locks_budget::transaction_need(client, &[], &locked, &extensions, extra).await?
+            locks_budget::transaction_need(
+                client,
+                &[],
+                &locked,
+                &extensions,
+                extra,
+                req.exchange.pairs.len(),
+            )
+            .await?
         }
         None => {
             let moved: Vec<Movable> = listed.out().chain(listed.inc()).cloned().collect();
-            locks_budget::transaction_need(client, &moved, &locked, &[], extra).await?
+            locks_budget::transaction_need(
+                client,
+                &moved,
+                &locked,
+                &[],
+                extra,
+                req.exchange.pairs.len(),
+            )
+            .await?
         }
     };
     let mut b = Budget::evaluate(client, need).await?;
@@ -515,6 +537,9 @@ pub async fn swap<H: InTx>(
     let waited_for = std::sync::Mutex::new(Vec::new());
     let attempt = || async {
         let listed = first_listing.lock().ok().and_then(|mut l| l.take());
+        if listed.is_none() {
+            hook.before_retry(control).await;
+        }
         let first = waited_for.lock().map(|w| w.clone()).unwrap_or_default();
         let run = one_attempt(
             &client,
