@@ -541,3 +541,33 @@ fn the_source_dropping_connections_during_the_load_fails_clearly_and_a_rerun_com
     assert_success(&wd.prepare(&dbs, &[]));
     assert_eq!(dbs.dst.psql("SELECT count(*) FROM shadow.big"), "300000");
 }
+
+/// A pooler in transaction mode can hand a run the server session an earlier
+/// run left holding pgshift's lock (the process died, the pooled session
+/// lived on). The lock is re-entrant, so taking it again would let two runs
+/// in at once: it is refused, naming the session to end. Simulated by taking
+/// the lock twice on one session, which is what the pooler amounts to.
+#[test]
+fn a_server_session_that_already_holds_the_run_lock_is_refused() {
+    let dbs = TestDbs::new("lock_reentry");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let c = dbs.dst.client().await;
+        pgshift::pg::lock::acquire(&c).await.unwrap();
+        let err = format!("{:#}", pgshift::pg::lock::acquire(&c).await.unwrap_err());
+        assert!(err.contains("pooler in transaction mode"), "{err}");
+        assert!(err.contains("pg_terminate_backend("), "{err}");
+        // Still held once: the refusal took nothing.
+        let unlocked: Vec<bool> = c
+            .query(
+                "SELECT pg_advisory_unlock($1, $2) FROM generate_series(1, 2)",
+                &[&pgshift::pg::lock::LOCK_CLASS, &pgshift::pg::lock::LOCK_RUN],
+            )
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        assert_eq!(unlocked, vec![true, false]);
+    });
+}

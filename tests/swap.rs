@@ -180,6 +180,7 @@ fn a_second_mutating_run_is_refused_naming_the_holder() {
             "{stderr}"
         );
         assert!(stderr.contains(&format!("pid={}", first.id())), "{stderr}");
+        assert!(stderr.contains("SELECT pg_terminate_backend("), "{stderr}");
     }
     assert!(first.wait().unwrap().success());
 }

@@ -55,21 +55,65 @@ impl std::fmt::Display for Holder {
 
 /// Try to take the run lock on `client` (a session that stays open for the run).
 /// Fails at once, naming the holder, if another session has it.
+///
+/// The lock is re-entrant, so the same statement's transaction first asks
+/// whether this server session holds it already: pgshift takes it once per
+/// run on a fresh connection, so it does only when a pooler in transaction
+/// mode handed this run a server session that an earlier run left holding
+/// it. Taking it again would let two runs in at once; that is refused.
 pub async fn acquire(client: &Client) -> Result<()> {
-    let got: bool = client
-        .query_one(
-            "SELECT pg_try_advisory_lock($1, $2)",
-            &[&LOCK_CLASS, &LOCK_RUN],
-        )
-        .await
-        .context("taking pgshift's advisory lock on the destination")?
-        .get(0);
+    let taken = async {
+        client.batch_execute("BEGIN").await?;
+        let held: bool = client
+            .query_one(
+                "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_locks l
+                                 WHERE l.pid = pg_catalog.pg_backend_pid() AND l.locktype = 'advisory'
+                                   AND l.classid = $1::int4::oid AND l.objid = $2::int4::oid
+                                   AND l.objsubid = 2)",
+                &[&LOCK_CLASS, &LOCK_RUN],
+            )
+            .await?
+            .get(0);
+        let got: bool = if held {
+            false
+        } else {
+            client
+                .query_one(
+                    "SELECT pg_catalog.pg_try_advisory_lock($1, $2)",
+                    &[&LOCK_CLASS, &LOCK_RUN],
+                )
+                .await?
+                .get(0)
+        };
+        let pid: i32 = client
+            .query_one("SELECT pg_catalog.pg_backend_pid()", &[])
+            .await?
+            .get(0);
+        client.batch_execute("COMMIT").await?;
+        Ok::<_, tokio_postgres::Error>((held, got, pid))
+    }
+    .await;
+    let (held, got, pid) = match taken {
+        Ok(t) => t,
+        Err(e) => {
+            let _ = client.batch_execute("ROLLBACK").await;
+            return Err(
+                anyhow::Error::new(e).context("taking pgshift's advisory lock on the destination")
+            );
+        }
+    };
+    if held {
+        bail!(
+            "this connection's server session (pid {pid}) already holds pgshift's lock from an earlier run: the destination is reached through a pooler in transaction mode, which pgshift's sessions cannot use (connect directly or through session pooling); if no pgshift is running, end that session with SELECT pg_terminate_backend({pid})"
+        );
+    }
     if got {
         return Ok(());
     }
     match holder(client).await? {
         Some(h) => bail!(
-            "another pgshift run holds the destination's lock: {h}; wait for it to finish (or stop it) and try again"
+            "another pgshift run holds the destination's lock: {h}; wait for it to finish (or stop it) and try again; if no pgshift is running, end that session with SELECT pg_terminate_backend({})",
+            h.backend_pid
         ),
         None => bail!(
             "another pgshift run holds the destination's lock; wait for it to finish and try again"
