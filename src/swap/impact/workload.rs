@@ -750,11 +750,13 @@ async fn probe(client: &Client, sql: &str, types: Option<&[Type]>) -> Result<Opt
     };
     let (code, message, detail, hint): (String, String, Option<String>, Option<String>) =
         serde_json::from_str(&fields).context("reading a recorded statement's error")?;
+    // GET STACKED DIAGNOSTICS gives '' for a missing detail or hint.
+    let some = |s: Option<String>| s.filter(|s| !s.is_empty());
     Ok(Some(ParseError {
         code: SqlState::from_code(&code),
         message,
-        detail,
-        hint,
+        detail: some(detail),
+        hint: some(hint),
     }))
 }
 
@@ -842,7 +844,13 @@ async fn check_one(
                 return Ok(Outcome::Unchecked(why));
             }
             let msg = e.describe();
-            let reason = if e.code == SqlState::INDETERMINATE_DATATYPE {
+            // `generate_series($1, $2)` with the constants gone: the
+            // parameters are `unknown`, and the call is ambiguous.
+            let unknown_args = matches!(
+                e.code,
+                SqlState::AMBIGUOUS_FUNCTION | SqlState::UNDEFINED_FUNCTION
+            ) && e.message.contains("unknown");
+            let reason = if e.code == SqlState::INDETERMINATE_DATATYPE || unknown_args {
                 format!(
                     "a parameter's type cannot be inferred from the recorded text (pg_stat_statements replaces constants by parameters): {msg}"
                 )
