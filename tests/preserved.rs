@@ -745,6 +745,27 @@ async fn sequences_continue_after_both_sides() {
     .unwrap();
     sync::final_sync(&c, &synced).await.unwrap();
     c.batch_execute("COMMIT").await.unwrap();
+    // Each sequence reads like the one it continues: pg_sequences shows its
+    // last value (the source's, the destination's, the column's largest).
+    let last: Vec<String> = c
+        .query(
+            "SELECT sequencename || '=' || coalesce(last_value::text, 'null') FROM pg_sequences
+              WHERE schemaname = 'shadow' ORDER BY 1",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(
+        last,
+        vec![
+            "accounts_id_seq=700",
+            "sessions_id_seq=2000",
+            "users_id_seq=5000"
+        ]
+    );
     // Source 5000 > destination 300.
     assert_eq!(
         count(&c, "SELECT nextval('shadow.users_id_seq')").await,

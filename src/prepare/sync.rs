@@ -1487,11 +1487,17 @@ async fn carry_sequences(client: &Client, t: &SyncedTable, l: &Live) -> Result<(
         .collect();
     for s in column_sequences(client, t.shadow_oid).await? {
         let inc = s.increment;
+        // Each candidate state (`last_value`, `is_called`) with the value
+        // nextval would give: the shadow's own, the destination's sequence
+        // for the column, or the column's extreme as if just drawn. The one
+        // that continues furthest wins and is set as it is, so the carried
+        // sequence reads like the one it came from (`pg_sequences.last_value`
+        // stays set when it was).
         let (last, called) = sequence_state(client, &s.qual).await?;
-        let mut candidates = vec![next_value(last, called, inc)];
+        let mut candidates = vec![(next_value(last, called, inc), last, called)];
         if let Some(p) = public.get(&s.column) {
             let (pl, pc) = sequence_state(client, &p.qual).await?;
-            candidates.push(next_value(pl, pc, p.increment));
+            candidates.push((next_value(pl, pc, p.increment), pl, pc));
         } else {
             let agg = if inc > 0 { "max" } else { "min" };
             let v: Option<i64> = client
@@ -1508,30 +1514,33 @@ async fn carry_sequences(client: &Client, t: &SyncedTable, l: &Live) -> Result<(
                 .map_err(|e| pg_error_as(e, &format!("reading {}.{}", t.name, s.column)))?
                 .get(0);
             if let Some(v) = v {
-                candidates.push(v as i128 + inc as i128);
+                candidates.push((next_value(v, true, inc), v, true));
             }
         }
-        let target = if inc > 0 {
-            candidates.into_iter().max()
-        } else {
-            candidates.into_iter().min()
-        }
-        .unwrap_or(last as i128);
-        let target = i64::try_from(target).map_err(|_| {
-            anyhow!(
+        // Ties keep the earlier candidate (the shadow's own state first).
+        let (next, value, is_called) = candidates
+            .into_iter()
+            .reduce(|best, c| {
+                let further = if inc > 0 { c.0 > best.0 } else { c.0 < best.0 };
+                if further { c } else { best }
+            })
+            .expect("the shadow's own state");
+        if i64::try_from(next).is_err() {
+            bail!(
                 "sequence {} of {}.{} would go beyond the bigint range",
                 s.name,
                 t.name,
                 s.column
-            )
-        })?;
+            );
+        }
         client
             .query_one(
-                "SELECT pg_catalog.setval($1::text::regclass, $2, false)",
-                &[&s.qual, &target],
+                "SELECT pg_catalog.setval($1::text::regclass, $2, $3)",
+                &[&s.qual, &value, &is_called],
             )
             .await
             .map_err(|e| pg_error_as(e, &format!("setting sequence {}", s.name)))?;
+        let target = next;
         tracing::debug!(sequence = %s.name, next = target, "sequence carried over");
     }
     Ok(())
