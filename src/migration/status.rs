@@ -285,7 +285,7 @@ async fn swap_verdict(client: &Client, d: &Destination) -> Result<Option<String>
         Ok(v) if v.is_empty() => Ok(None),
         Ok(v) => Ok(Some(format!(
             "foreign keys involving preserved tables do not match the destination's rows: {} (fix the rows, or swap with --allow-fk-violations)",
-            v.iter().map(|x| x.to_string()).join("; ")
+            sync::violations_line(&v)
         ))),
         Err(e) => Ok(Some(format!("could not check foreign keys: {e:#}"))),
     }

@@ -1955,6 +1955,25 @@ pub async fn fk_violations(client: &Client, deferred_sql: &[String]) -> Result<V
     Ok(out)
 }
 
+/// The violations in one line for an error or a blocked reason: the first
+/// five, then how many more (`swap --dry-run --json` lists them all).
+pub fn violations_line(v: &[FkViolation]) -> String {
+    const SHOWN: usize = 5;
+    let mut line = v
+        .iter()
+        .take(SHOWN)
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("; ");
+    if v.len() > SHOWN {
+        line.push_str(&format!(
+            "; and {} more foreign keys (swap --dry-run --json lists them all under fk_violations)",
+            v.len() - SHOWN
+        ));
+    }
+    line
+}
+
 /// A foreign key [`apply_deferred`] created as NOT VALID.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CreatedFk {
@@ -2392,6 +2411,23 @@ mod tests {
         assert_eq!(
             v.to_string(),
             "orders_user_id_fkey: 3 rows of orders (user_id) reference no row of users (id), e.g. (user_id)=(6), (user_id)=(7)"
+        );
+        let many: Vec<FkViolation> = (0..7)
+            .map(|i| FkViolation {
+                constraint: format!("k{i}"),
+                ..v.clone()
+            })
+            .collect();
+        let line = violations_line(&many);
+        assert!(line.starts_with("k0: 3 rows"), "{line}");
+        assert!(line.contains("; k4: ") && !line.contains("k5"), "{line}");
+        assert!(
+            line.ends_with("; and 2 more foreign keys (swap --dry-run --json lists them all under fk_violations)"),
+            "{line}"
+        );
+        assert_eq!(
+            violations_line(&many[..1]),
+            v.to_string().replace("orders_user_id_fkey", "k0")
         );
     }
 }

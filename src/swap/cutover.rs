@@ -570,7 +570,7 @@ pub async fn swap(sess: &Session, opts: &SwapOptions) -> Result<SwapReport> {
         if !opts.allow_fk_violations {
             bail!(
                 "foreign keys involving preserved tables do not match the destination's rows; nothing was changed. {} (fix the rows, or pass --allow-fk-violations to create these constraints NOT VALID)",
-                lines.join("; ")
+                sync::violations_line(&violations)
             );
         }
         for l in &lines {
