@@ -1089,6 +1089,9 @@ async fn one_attempt<H: InTx>(
         bail!("{problems}; rolling back");
     }
     let mut manifest = manifest.clone();
+    // The backup exists from this attempt's COMMIT, however long the earlier
+    // ones waited (its name keeps the first attempt's time).
+    manifest.created_at = Utc::now();
     let after = hook.after_moves(client, &mut manifest).await?;
     failpoint("swap-commit").await?;
     // Round trip 3: the manifest, the migration's record and COMMIT.
