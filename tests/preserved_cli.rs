@@ -7,11 +7,11 @@ mod common;
 
 use common::{TestDbs, Workdir, assert_success, schema_fingerprint};
 
-/// `<command> --preserved-tables users` between the pair, which must succeed:
-/// its stdout.
-fn with_users_preserved(wd: &Workdir, dbs: &TestDbs, command: &str) -> String {
+/// `<command> --preserved-tables users <extra>` between the pair, which must
+/// succeed: its stdout.
+fn with_users_preserved(wd: &Workdir, dbs: &TestDbs, command: &str, extra: &[&str]) -> String {
     let (src, dst) = (dbs.src.url(), dbs.dst.url());
-    assert_success(&wd.run(&[
+    let mut args = vec![
         command,
         "--source",
         &src,
@@ -19,7 +19,16 @@ fn with_users_preserved(wd: &Workdir, dbs: &TestDbs, command: &str) -> String {
         &dst,
         "--preserved-tables",
         "users",
-    ]))
+    ];
+    args.extend(extra);
+    assert_success(&wd.run(&args))
+}
+
+/// `start --preserved-tables users --json <extra>`: its report.
+fn start_users_preserved(wd: &Workdir, dbs: &TestDbs, extra: &[&str]) -> serde_json::Value {
+    let mut args = vec!["--json"];
+    args.extend(extra);
+    serde_json::from_str(&with_users_preserved(wd, dbs, "start", &args)).unwrap()
 }
 
 #[test]
@@ -38,7 +47,7 @@ fn fk_violations_block_the_swap_unless_allowed_and_status_tells() {
     );
     let wd = Workdir::new();
     let dst = dbs.dst.url();
-    with_users_preserved(&wd, &dbs, "prepare");
+    with_users_preserved(&wd, &dbs, "prepare", &[]);
 
     // status: prepared, with the preserved table's sync health.
     let st: serde_json::Value = serde_json::from_str(&assert_success(
@@ -132,18 +141,7 @@ fn a_valid_fk_to_a_preserved_table_is_validated_after_the_swap() {
          INSERT INTO users SELECT g, 'dst' || g FROM generate_series(1, 10) g;",
     );
     let wd = Workdir::new();
-    let (src, dst) = (dbs.src.url(), dbs.dst.url());
-    let out = assert_success(&wd.run(&[
-        "start",
-        "--source",
-        &src,
-        "--dest",
-        &dst,
-        "--preserved-tables",
-        "users",
-        "--json",
-    ]));
-    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let v = start_users_preserved(&wd, &dbs, &[]);
     assert_eq!(v["swap"]["fk_not_valid"], serde_json::json!([]), "{v}");
     assert_eq!(
         dbs.dst
@@ -179,18 +177,7 @@ fn a_partitioned_tables_fk_to_a_preserved_table_survives_the_swap() {
     ));
     dbs.dst.psql(users);
     let wd = Workdir::new();
-    let (src, dst) = (dbs.src.url(), dbs.dst.url());
-    let out = assert_success(&wd.run(&[
-        "start",
-        "--source",
-        &src,
-        "--dest",
-        &dst,
-        "--preserved-tables",
-        "users",
-        "--json",
-    ]));
-    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let v = start_users_preserved(&wd, &dbs, &[]);
     assert_eq!(v["swap"]["fk_not_valid"], serde_json::json!([]), "{v}");
     assert_eq!(v["swap"]["warnings"], serde_json::json!([]), "{v}");
     let keys = "SELECT string_agg(conrelid::regclass || ':' || convalidated || ':' || (conparentid <> 0), ' ' ORDER BY conrelid::regclass::text)
@@ -231,19 +218,7 @@ fn a_partitioned_tables_fk_to_a_preserved_table_survives_the_swap() {
     ));
     bad.dst.psql(users);
     let wd = Workdir::new();
-    let (src, dst) = (bad.src.url(), bad.dst.url());
-    let out = assert_success(&wd.run(&[
-        "start",
-        "--source",
-        &src,
-        "--dest",
-        &dst,
-        "--preserved-tables",
-        "users",
-        "--allow-fk-violations",
-        "--json",
-    ]));
-    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let v = start_users_preserved(&wd, &bad, &["--allow-fk-violations"]);
     assert_eq!(
         v["swap"]["fk_not_valid"],
         serde_json::json!([
@@ -286,7 +261,7 @@ fn matviews_and_default_sequences_follow_the_preserved_rows() {
          REFRESH MATERIALIZED VIEW user_count; REFRESH MATERIALIZED VIEW named_count;",
     );
     let wd = Workdir::new();
-    with_users_preserved(&wd, &dbs, "start");
+    with_users_preserved(&wd, &dbs, "start", &[]);
     assert_eq!(dbs.dst.psql("SELECT count(*) FROM users"), "40");
     assert_eq!(dbs.dst.psql("SELECT n FROM user_count"), "40");
     assert_eq!(dbs.dst.psql("SELECT n FROM named_count"), "40");
@@ -315,7 +290,7 @@ fn status_tells_when_a_preserved_table_can_no_longer_be_replayed() {
     dbs.dst.psql("INSERT INTO users VALUES (1, 'a')");
     let wd = Workdir::new();
     let dst = dbs.dst.url();
-    with_users_preserved(&wd, &dbs, "prepare");
+    with_users_preserved(&wd, &dbs, "prepare", &[]);
     dbs.dst
         .psql("ALTER TABLE public.users RENAME COLUMN name TO full_name");
     let st: serde_json::Value = serde_json::from_str(&assert_success(

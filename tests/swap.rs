@@ -51,29 +51,39 @@ fn wait_for_lock(dbs: &TestDbs, table: &str, mode: Option<&str>) {
     }
 }
 
+/// `swap --json` with short lock waits and many retries, and `extra`.
+fn swap_retrying(wd: &Workdir, dbs: &TestDbs, extra: &[&str]) -> std::process::Output {
+    let url = dbs.dst.url();
+    let mut args = vec![
+        "swap",
+        "--dest",
+        &url,
+        "--lock-timeout",
+        "200ms",
+        "--swap-retries",
+        "50",
+        "--json",
+    ];
+    args.extend(extra);
+    wd.run(&args)
+}
+
+/// The report of a swap that succeeded after more than one attempt.
+fn retried(out: &std::process::Output) -> serde_json::Value {
+    let report: serde_json::Value = serde_json::from_str(&assert_success(out)).unwrap();
+    assert!(report["attempts"].as_u64().unwrap() > 1, "{report}");
+    report
+}
+
 #[test]
 fn a_held_lock_makes_the_swap_retry_then_succeed() {
     let dbs = setup("swap_retry");
     let wd = Workdir::new();
     assert_success(&wd.prepare(&dbs, &[]));
     let holder = hold_lock(&dbs, "SELECT count(*) FROM items", Duration::from_secs(3));
-    let out = wd.run_env(
-        &[
-            "swap",
-            "--dest",
-            &dbs.dst.url(),
-            "--lock-timeout",
-            "200ms",
-            "--swap-retries",
-            "50",
-            "--json",
-        ],
-        &[],
-    );
+    let out = swap_retrying(&wd, &dbs, &[]);
     holder.join().unwrap();
-    let stdout = assert_success(&out);
-    let report: serde_json::Value = serde_json::from_str(&stdout).unwrap();
-    assert!(report["attempts"].as_u64().unwrap() > 1, "{report}");
+    retried(&out);
     assert!(String::from_utf8_lossy(&out.stderr).contains("retrying"));
     assert_eq!(dbs.dst.psql("SELECT count(*) FROM items"), "200");
 }
@@ -503,22 +513,10 @@ fn retries_catch_the_preserved_tables_up_first() {
              END LOOP; END $$",
         )
     });
-    let out = wd.run(&[
-        "swap",
-        "--dest",
-        &dbs.dst.url(),
-        "--lock-timeout",
-        "200ms",
-        "--swap-retries",
-        "50",
-        "--allow-discard",
-        "items",
-        "--json",
-    ]);
+    let out = swap_retrying(&wd, &dbs, &["--allow-discard", "items"]);
     holder.join().unwrap();
     app.join().unwrap();
-    let report: serde_json::Value = serde_json::from_str(&assert_success(&out)).unwrap();
-    assert!(report["attempts"].as_u64().unwrap() > 1, "{report}");
+    retried(&out);
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("preserved tables caught up before a retry"),
         "{}",
