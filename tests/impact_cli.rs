@@ -453,6 +453,20 @@ async fn recorded_statements_are_reported_and_fail_on_breaking_refuses() {
     );
     assert_eq!(st["unchecked"], json!([]), "{d}");
     assert!(d["swap"]["refusal"].is_null(), "{d}");
+    // Kept, legacy stays in public: nothing drops it, its statement still
+    // finds it, and --fail-on-breaking has one finding less.
+    let k = dry(&["--workload-roles", "app_role", "--keep-tables", "legacy"]);
+    let ks = &k["swap"]["impact"]["statements"];
+    assert_eq!(ks["failing"], json!([]), "{k}");
+    assert_eq!(ks["result_type_changed"], st["result_type_changed"], "{k}");
+    assert!(
+        !k["swap"]["impact"]["hazards"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|h| h["object"] == "public.legacy"),
+        "{k}"
+    );
     assert!(
         dry(&["--workload-roles", "app_role", "--fail-on-breaking"])["swap"]["refusal"]
             .as_str()

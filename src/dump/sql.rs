@@ -187,6 +187,11 @@ impl DefinedNames {
         self.names.insert(name.into())
     }
 
+    /// Take one name out; true if it was there.
+    pub fn remove(&mut self, name: &str) -> bool {
+        self.names.remove(name)
+    }
+
     /// Whether `name` (exact catalog spelling) is defined.
     pub fn contains(&self, name: &str) -> bool {
         self.names.contains(name)

@@ -415,9 +415,10 @@ pub async fn preview(client: &Client, opts: &SwapOptions) -> Result<SwapPreview>
     let p = engine::preview(client, &exchange(m, &kept), opts.policy, &hook).await?;
     let mut fk_violations = sync::fk_violations(client, &details.deferred_sql).await?;
     fk_violations.extend(sync::fk_violations(client, &kept.fk_sql).await?);
-    let impact = gate::migration_report(
+    let impact = gate::migration_report_keeping(
         client,
         &m.state,
+        &kept.by_schema,
         &opts.impact.workload,
         opts.policy.lock_timeout,
     )
@@ -507,7 +508,7 @@ pub async fn swap(sess: &Session, opts: &SwapOptions) -> Result<SwapReport> {
     // What the swap does to the running application: refuse discarded
     // writes (and, with --fail-on-breaking, breaking findings) before any lock
     // and before the catch-up (a refusal changes nothing).
-    let impact_pairs = gate::migration_pairs(&m.state);
+    let impact_pairs = gate::migration_pairs(&m.state, &kept.by_schema);
     let exempt = exempt(&m, &kept);
     let baseline = gate::migration_baseline(&sess.control, &m.state).await?;
     let checked = gate::before_swap(

@@ -44,7 +44,7 @@
 //! (nothing could be verified). A discarded-writes check that cannot run
 //! always refuses: nothing can be known.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow};
@@ -75,12 +75,45 @@ pub struct ImpactOptions {
     pub workload: WorkloadOptions,
 }
 
-/// The schemas a migration's swap exchanges: each chosen schema and its shadow.
-pub fn migration_pairs(st: &MigrationState) -> Vec<SchemaPair> {
+/// The schemas a migration's swap exchanges: each chosen schema and its
+/// shadow, with the tables `kept` in it (by live schema).
+pub fn migration_pairs(
+    st: &MigrationState,
+    kept: &BTreeMap<String, BTreeSet<String>>,
+) -> Vec<SchemaPair> {
     st.schemas
         .iter()
-        .map(|s| SchemaPair::new(s, crate::pg::meta::shadow_schema_for(s)))
+        .map(|s| SchemaPair {
+            stays: kept
+                .get(s)
+                .map(|t| t.iter().cloned().collect())
+                .unwrap_or_default(),
+            ..SchemaPair::new(s, crate::pg::meta::shadow_schema_for(s))
+        })
         .collect()
+}
+
+/// The tables a migration keeps (`prepare --keep-tables`), with their
+/// partitions and children, by live schema.
+pub async fn migration_kept(
+    client: &Client,
+    st: &MigrationState,
+) -> Result<BTreeMap<String, BTreeSet<String>>> {
+    let mut roots: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for key in &st.keep_tables {
+        let t = st.table_of_key(key);
+        let schema = t
+            .schema
+            .unwrap_or_else(|| crate::pg::meta::PUBLIC.to_string());
+        roots.entry(schema).or_default().push(t.name);
+    }
+    let mut out = BTreeMap::new();
+    for (s, list) in roots {
+        let mut tables: BTreeSet<String> = list.iter().cloned().collect();
+        tables.extend(crate::swap::rollback::descendants(client, &s, &list).await?);
+        out.insert(s, tables);
+    }
+    Ok(out)
 }
 
 /// A migration's tables whose writes the swap keeps: its preserved tables.
@@ -173,7 +206,20 @@ pub async fn migration_report(
     workload: &WorkloadOptions,
     lock_timeout: Duration,
 ) -> Result<Impact> {
-    let pairs = migration_pairs(st);
+    let kept = migration_kept(client, st).await?;
+    migration_report_keeping(client, st, &kept, workload, lock_timeout).await
+}
+
+/// [`migration_report`] with the tables `kept` (the swap's own
+/// `--keep-tables` added to prepare's).
+pub async fn migration_report_keeping(
+    client: &Client,
+    st: &MigrationState,
+    kept: &BTreeMap<String, BTreeSet<String>>,
+    workload: &WorkloadOptions,
+    lock_timeout: Duration,
+) -> Result<Impact> {
+    let pairs = migration_pairs(st, kept);
     let exempt = migration_exempt(st);
     let baseline = migration_baseline(client, st).await?;
     report(

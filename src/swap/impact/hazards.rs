@@ -209,6 +209,15 @@ async fn read_and_compare(client: &Client, pairs: &[SchemaPair]) -> Result<Vec<H
         );
     }
 
+    // Kept tables stay as they are: not compared, never dropped.
+    for (i, p) in pairs.iter().enumerate() {
+        if let Some(side) = sides.get_mut(&(i as i64 + 1, 'L')) {
+            for t in &p.stays {
+                side.rels.remove(t);
+            }
+        }
+    }
+
     let rows = list(
         "columns",
         &format!(

@@ -161,6 +161,11 @@ pub struct SchemaPair {
     pub live: String,
     /// `shadow`, or `backup_<ts>` for a rollback.
     pub incoming: String,
+    /// Tables of the live schema that stay where they are (`--keep-tables`,
+    /// partitions and children included): neither dropped nor changed, and
+    /// statements still find them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub stays: Vec<String>,
 }
 
 impl SchemaPair {
@@ -168,6 +173,7 @@ impl SchemaPair {
         SchemaPair {
             live: live.into(),
             incoming: incoming.into(),
+            stays: Vec::new(),
         }
     }
 }

@@ -337,11 +337,15 @@ pub struct Catalog {
 }
 
 impl Catalog {
-    /// Load the names of `schemas`; `live` are the live schemas.
+    /// Load the names of `schemas`; `live` are the live schemas, `stays` the
+    /// `(schema, table)` of live tables the swap leaves where they are (kept
+    /// tables): they and their row types count as staying, like extension
+    /// members.
     pub async fn load(
         client: &impl GenericClient,
         schemas: &[String],
         live: &[String],
+        stays: &HashSet<(String, String)>,
     ) -> Result<Catalog> {
         let sql = "WITH RECURSIVE ext(classid, objid) AS (
                 SELECT d.classid, d.objid FROM pg_catalog.pg_depend d WHERE d.deptype = 'e'
@@ -379,11 +383,14 @@ impl Catalog {
                 _ => Kind::Operator,
             };
             let schema: String = r.get(1);
-            let ext: bool = r.get(3);
+            let name: String = r.get(2);
+            let kept = matches!(kind, Kind::Relation | Kind::Type)
+                && stays.contains(&(schema.clone(), name.clone()));
+            let ext: bool = r.get::<_, bool>(3) || kept;
             if kind == Kind::Type && !ext && live.contains(&schema) {
                 cat.live_type_oids.insert(r.get(4));
             }
-            let has = cat.names.entry((kind, schema, r.get(2))).or_default();
+            let has = cat.names.entry((kind, schema, name)).or_default();
             if ext {
                 has.ext = true;
             } else {

@@ -296,7 +296,11 @@ pub async fn check_workload(
         schemas.insert(p.incoming.clone());
     }
     let schemas: Vec<String> = schemas.into_iter().collect();
-    let cat = Catalog::load(client, &schemas, &live).await?;
+    let stays: HashSet<(String, String)> = pairs
+        .iter()
+        .flat_map(|p| p.stays.iter().map(|t| (p.live.clone(), t.clone())))
+        .collect();
+    let cat = Catalog::load(client, &schemas, &live, &stays).await?;
     let mut defined: Vec<DefinedNames> = Vec::with_capacity(pairs.len());
     let mut incoming_defined: Vec<(SchemaPair, DefinedNames)> = Vec::with_capacity(pairs.len());
     for p in pairs {
@@ -307,6 +311,10 @@ pub async fn check_workload(
             .into_iter()
             .collect();
         let mut d: DefinedNames = defined_names(client, &p.live).await?.into_iter().collect();
+        // A kept table stays in the live schema: its qualifier is not rewritten.
+        for t in &p.stays {
+            d.remove(t);
+        }
         d.extend(incoming.iter().map(str::to_string));
         defined.push(d);
         incoming_defined.push((p.clone(), incoming));
