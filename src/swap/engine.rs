@@ -713,10 +713,24 @@ pub async fn validate_foreign_keys(client: &Client, keys: &[CreatedFk]) -> Vec<S
 
 /// While an attempt runs, note the relation the swap session waits for (from
 /// the control session, every 100 ms): the next attempt locks it first (see
-/// [`lock_statement`]). Returns only when the control session fails.
+/// [`lock_statement`]). `pg_locks` is read only while the session waits for a
+/// lock (`pg_stat_activity` says so): reading it holds every lock-manager
+/// partition, which would slow the swap's own locking. Returns only when the
+/// control session fails.
 async fn watch_waits(control: &Client, pid: i32, waited_for: &std::sync::Mutex<Vec<String>>) {
     loop {
         tokio::time::sleep(Duration::from_millis(100)).await;
+        let waiting = control
+            .query_opt(
+                "SELECT 1 FROM pg_catalog.pg_stat_activity WHERE pid = $1 AND wait_event_type = 'Lock'",
+                &[&pid],
+            )
+            .await;
+        match waiting {
+            Ok(Some(_)) => {}
+            Ok(None) => continue,
+            Err(_) => return,
+        }
         let row = control
             .query_opt(
                 "SELECT n.nspname::text, c.relname::text

@@ -712,10 +712,16 @@ EXCEPTION WHEN OTHERS THEN
 END
 $pgshift_probe$";
 
-/// Run the quiet probe on `sql` inside the check's transaction (its search
-/// path already set). `sql` must be one DML statement, so that `PREPARE … AS`
-/// takes all of it ([`resolve::is_one_dml`]).
-async fn probe(client: &Client, sql: &str, types: Option<&[Type]>) -> Result<Option<ParseError>> {
+/// Open the check's transaction with `begin` (which sets its search path) and
+/// run the quiet probe on `sql` in it. `sql` must be one DML statement, so
+/// that `PREPARE … AS` takes all of it ([`resolve::is_one_dml`]). The
+/// transaction stays open (aborted after an error the block could not catch).
+async fn probe(
+    client: &Client,
+    sql: &str,
+    types: Option<&[Type]>,
+    begin: &str,
+) -> Result<Option<ParseError>> {
     let params = match types {
         Some(t) if !t.is_empty() => {
             let oids: Vec<u32> = t.iter().map(Type::oid).collect();
@@ -735,25 +741,35 @@ async fn probe(client: &Client, sql: &str, types: Option<&[Type]>) -> Result<Opt
         _ => String::new(),
     };
     let statement = format!("PREPARE pgshift_probe{params} AS {sql}");
-    client
-        .query_typed(
-            "SELECT pg_catalog.set_config('pgshift.probe', $1, true)",
-            &[(&statement, Type::TEXT)],
-        )
-        .await
-        .context("checking a recorded statement")?;
-    if let Err(e) = client.batch_execute(PROBE).await {
+    // One round trip: the statement goes into a session setting (a bind
+    // parameter, never spliced), then `begin` opens the check's transaction,
+    // the block runs and the error's fields are read back. Pipelined: the
+    // setting is sent first.
+    let param: [(&(dyn tokio_postgres::types::ToSql + Sync), Type); 1] = [(&statement, Type::TEXT)];
+    let set = client.query_typed(
+        "SELECT pg_catalog.set_config('pgshift.probe', $1, false)",
+        &param,
+    );
+    let batch = format!(
+        "{begin};\n{PROBE};\nSELECT pg_catalog.current_setting('pgshift.probe_error', true)"
+    );
+    let run = client.simple_query(&batch);
+    let (set, run) = tokio::join!(set, run);
+    set.context("checking a recorded statement")?;
+    let messages = match run {
+        Ok(m) => m,
         // Not caught by the block: a cancellation (statement_timeout).
-        return ParseError::from_pg(e).map(Some);
-    }
-    let row = client
-        .query_one(
-            "SELECT pg_catalog.current_setting('pgshift.probe_error', true)",
-            &[],
-        )
-        .await
-        .context("checking a recorded statement")?;
-    let Some(fields) = row.get::<_, Option<String>>(0).filter(|f| !f.is_empty()) else {
+        Err(e) => return ParseError::from_pg(e).map(Some),
+    };
+    let fields: Option<String> = messages
+        .iter()
+        .rev()
+        .find_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(r) => Some(r.get(0).map(str::to_string)),
+            _ => None,
+        })
+        .flatten();
+    let Some(fields) = fields.filter(|f| !f.is_empty()) else {
         return Ok(None);
     };
     let (code, message, detail, hint): (String, String, Option<String>, Option<String>) =
@@ -797,15 +813,17 @@ impl Checker<'_> {
             quote_literal(&format!("{}ms", remaining.as_millis().clamp(1, 10_000))),
             path_sql(path)
         );
-        client
-            .batch_execute(&begin)
-            .await
-            .context("starting a read-only check")?;
+        let probed = if self.quiet && resolve::is_one_dml(sql) {
+            Some(probe(client, sql, types, &begin).await)
+        } else {
+            client
+                .batch_execute(&begin)
+                .await
+                .context("starting a read-only check")?;
+            None
+        };
         let result = async {
-            if self.quiet
-                && resolve::is_one_dml(sql)
-                && let Some(e) = probe(client, sql, types).await?
-            {
+            if let Some(e) = probed.transpose()?.flatten() {
                 return Ok(Err(e));
             }
             let r = match types {
