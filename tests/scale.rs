@@ -479,6 +479,92 @@ fn slots_held(db: &TestDb, application_name: &str) -> i64 {
     .unwrap()
 }
 
+/// Run `args` (a swap) paused after it has listed what it moves (where
+/// `at_listed` runs) and at its commit, and count the lock-table slots its
+/// backend holds there; the swap must then succeed.
+fn held_at_commit(wd: &Workdir, dbs: &TestDbs, args: &[&str], at_listed: impl FnOnce()) -> i64 {
+    let mut swap = wd
+        .cmd()
+        .args(args)
+        .env(
+            "PGSHIFT_FAILPOINT",
+            "swap-listed:sleep=2000,swap-commit:sleep=4000",
+        )
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(swap.stderr.take().unwrap()).lines();
+    let mut log = String::new();
+    let mut at_listed = Some(at_listed);
+    let paused = loop {
+        match lines.next() {
+            Some(Ok(l)) => {
+                log.push_str(&l);
+                log.push('\n');
+                if l.contains("pausing") && l.contains("swap-listed") {
+                    if let Some(act) = at_listed.take() {
+                        act();
+                    }
+                } else if l.contains("pausing") {
+                    break true;
+                }
+            }
+            _ => break false,
+        }
+    };
+    assert!(paused, "the swap never reached its commit:\n{log}");
+    let held = slots_held(&dbs.dst, "pgshift swap");
+    let rest: Vec<String> = lines.map_while(Result::ok).collect();
+    assert!(swap.wait().unwrap().success(), "{log}{}", rest.join("\n"));
+    held
+}
+
+/// Each schema pair adds its live, incoming and backup schemas to the fixed
+/// part: a swap of 15 schemas of one table each holds more than one pair's
+/// fixed part allows for.
+#[test]
+fn the_budget_of_a_swap_of_many_schemas_covers_their_locks() {
+    if !can_start_clusters() {
+        return;
+    }
+    let e = env();
+    let dbs = TestDbs::on(&e.src, &e.small, "scale_budget_schemas");
+    let schemas: Vec<String> = std::iter::once("public".to_string())
+        .chain((1..15).map(|i| format!("s{i}")))
+        .collect();
+    let ddl: String = schemas
+        .iter()
+        .map(|s| {
+            format!("CREATE SCHEMA IF NOT EXISTS {s}; CREATE TABLE {s}.t (id int PRIMARY KEY);")
+        })
+        .collect();
+    dbs.src.psql(&ddl);
+    dbs.dst.psql(&ddl);
+    let wd = Workdir::new();
+    let list = schemas.join(",");
+    json(&wd.prepare(&dbs, &["--schemas", &list, "--json"]));
+    let url = dbs.dst.url();
+    let swap = ["swap", "--dest", &url, "--swap-mode", "object"];
+    let mut dry = swap.to_vec();
+    dry.extend(["--dry-run", "--json"]);
+    let budget = &json(&wd.run(&dry))["swap"]["swap_lock_budget"];
+    let needed = budget["needed"].as_i64().unwrap();
+    let held = held_at_commit(&wd, &dbs, &swap, || {});
+    eprintln!(
+        "swap of {} schemas: estimated {needed}, held {held}",
+        schemas.len()
+    );
+    assert!(
+        needed >= held,
+        "estimated {needed}, the swap held {held}: {budget}"
+    );
+    assert!(
+        needed <= held + held / 4 + 40,
+        "estimated {needed}, far above the {held} the swap held"
+    );
+}
+
 #[test]
 fn the_swap_budget_covers_the_locks_a_real_swap_holds() {
     if !can_start_clusters() {
@@ -552,38 +638,16 @@ fn the_swap_budget_covers_the_locks_a_real_swap_holds() {
     // written to the preserved table after its last catch-up (while the swap
     // pauses once it has listed what moves) are replayed under the locks,
     // which locks the indexes of both its sides.
-    let mut swap = wd
-        .cmd()
-        .args(["swap", "--dest", &dbs.dst.url(), "--swap-mode", "object"])
-        .env(
-            "PGSHIFT_FAILPOINT",
-            "swap-listed:sleep=2000,swap-commit:sleep=4000",
-        )
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(swap.stderr.take().unwrap()).lines();
-    let mut log = String::new();
-    let paused = loop {
-        match lines.next() {
-            Some(Ok(l)) => {
-                log.push_str(&l);
-                log.push('\n');
-                if l.contains("pausing") && l.contains("swap-listed") {
-                    dbs.dst
-                        .psql("UPDATE users SET name = name || '!'; INSERT INTO users (name) VALUES ('late')");
-                } else if l.contains("pausing") {
-                    break true;
-                }
-            }
-            _ => break false,
-        }
-    };
-    assert!(paused, "the swap never reached its commit:\n{log}");
-    let held = slots_held(&dbs.dst, "pgshift swap");
-    let rest: Vec<String> = lines.map_while(Result::ok).collect();
-    assert!(swap.wait().unwrap().success(), "{log}{}", rest.join("\n"));
+    let held = held_at_commit(
+        &wd,
+        &dbs,
+        &["swap", "--dest", &dbs.dst.url(), "--swap-mode", "object"],
+        || {
+            dbs.dst.psql(
+                "UPDATE users SET name = name || '!'; INSERT INTO users (name) VALUES ('late')",
+            );
+        },
+    );
     eprintln!("swap lock budget: planned {planned}, estimated {needed}, held {held}");
     // Never below the real count; not far above it.
     assert!(
