@@ -828,11 +828,13 @@ async fn foreign_key_violations_are_reported_and_not_valid_works() {
 
     // NOT VALID: the statement runs, the constraint exists unvalidated, and
     // validating it fails.
+    let leaves = sync::deferred_leaves(&c, &deferred).await.unwrap();
     c.batch_execute("BEGIN").await.unwrap();
     let created = sync::apply_deferred(
         &c,
         &deferred,
         &pgshift::pg::meta::schema_pairs(&pgshift::pg::meta::default_schemas()),
+        &leaves,
     )
     .await
     .unwrap();

@@ -529,9 +529,15 @@ pub async fn run(
             let details = &rec.state.details;
             let swap_lock_budget = budget_or_warn(
                 async {
-                    let extra =
-                        sync::swap_need(&sess.control, &details.sync, &details.deferred_sql)
-                            .await?;
+                    let leaves =
+                        sync::deferred_leaves(&sess.control, &details.deferred_sql).await?;
+                    let extra = sync::swap_need(
+                        &sess.control,
+                        &details.sync,
+                        &details.deferred_sql,
+                        &leaves,
+                    )
+                    .await?;
                     prepared_budget(&sess.control, &run.pairs, run.opts.swap_mode, extra).await
                 }
                 .await,

@@ -2055,6 +2055,29 @@ fn fk_on(
     Ok(format!("{out};"))
 }
 
+/// The leaf partitions (`schema`, `name`) of each partitioned table a deferred
+/// foreign key is on, by that table (`schema`, `name`, as the deferred SQL
+/// names them): read before the swap's locks, so that [`apply_deferred`]
+/// queries nothing under them.
+pub type DeferredLeaves = HashMap<(String, String), Vec<(String, String)>>;
+
+/// Read the [`DeferredLeaves`] of `deferred_sql`.
+pub async fn deferred_leaves(client: &Client, deferred_sql: &[String]) -> Result<DeferredLeaves> {
+    let mut out = DeferredLeaves::new();
+    for sql in deferred_sql {
+        let (fks, _) = parse_fks(sql)?;
+        if let [fk] = fks.as_slice()
+            && !fk.not_valid
+        {
+            let schema = fk.schema.clone().unwrap_or_else(|| SHADOW_SCHEMA.into());
+            if let Some(leaves) = partition_leaves(client, &schema, &fk.table).await? {
+                out.insert((schema, fk.table.clone()), leaves);
+            }
+        }
+    }
+    Ok(out)
+}
+
 /// The lock-table slots the swap's work for the preserved tables takes (see
 /// `pg::locks_budget`): the final sync of each, the replay's locks on their
 /// indexes on both sides, and each deferred statement (a partitioned table's
@@ -2063,20 +2086,9 @@ pub async fn swap_need(
     client: &Client,
     synced: &[SyncedTable],
     deferred_sql: &[String],
+    leaves: &DeferredLeaves,
 ) -> Result<crate::pg::locks_budget::Need> {
-    let mut statements = 0usize;
-    for sql in deferred_sql {
-        let (fks, _) = parse_fks(sql)?;
-        statements += match fks.as_slice() {
-            [fk] if !fk.not_valid => {
-                let schema = fk.schema.clone().unwrap_or_else(|| SHADOW_SCHEMA.into());
-                partition_leaves(client, &schema, &fk.table)
-                    .await?
-                    .map_or(1, |leaves| leaves.len() + 1)
-            }
-            _ => 1,
-        };
-    }
+    let statements = deferred_sql.len() + leaves.values().map(Vec::len).sum::<usize>();
     let oids: Vec<u32> = synced.iter().flat_map(|t| [t.oid, t.shadow_oid]).collect();
     Ok(crate::pg::locks_budget::preserved(synced.len(), statements)
         + crate::pg::locks_budget::replay(client, &oids).await?)
@@ -2132,6 +2144,7 @@ pub async fn apply_deferred(
     client: &Client,
     deferred_sql: &[String],
     pairs: &[crate::pg::meta::SchemaPair],
+    leaves: &DeferredLeaves,
 ) -> Result<Vec<CreatedFk>> {
     let live_of = |shadow: Option<&String>| {
         let shadow = shadow.map_or(SHADOW_SCHEMA, String::as_str);
@@ -2147,8 +2160,8 @@ pub async fn apply_deferred(
             && !fk.not_valid
         {
             let schema = fk.schema.clone().unwrap_or_else(|| SHADOW_SCHEMA.into());
-            if let Some(leaves) = partition_leaves(client, &schema, &fk.table).await? {
-                for (s, t) in &leaves {
+            if let Some(leaves) = leaves.get(&(schema, fk.table.clone())) {
+                for (s, t) in leaves {
                     exec(
                         client,
                         &fk_on(sql, s, t, true, None)?,

@@ -301,6 +301,8 @@ struct MigrationTx<'a> {
     kept: &'a Kept,
     /// Lock-table slots of the work above ([`sync::swap_need`]).
     need: Need,
+    /// The partitions the deferred keys of partitioned tables go onto.
+    leaves: sync::DeferredLeaves,
 }
 
 impl InTx for MigrationTx<'_> {
@@ -316,7 +318,7 @@ impl InTx for MigrationTx<'_> {
             None => None,
         };
         sync::final_sync(client, self.synced).await?;
-        let fks = sync::apply_deferred(client, self.deferred, &self.pairs).await?;
+        let fks = sync::apply_deferred(client, self.deferred, &self.pairs, &self.leaves).await?;
         Ok((fks, writes))
     }
 
@@ -401,6 +403,7 @@ pub async fn preview(client: &Client, opts: &SwapOptions) -> Result<SwapPreview>
     let m = ready(&d, opts.timestamp.as_deref())?;
     let details = &m.state.details;
     let kept = kept_tables(client, m, &opts.keep_tables).await?;
+    let leaves = sync::deferred_leaves(client, &details.deferred_sql).await?;
     let hook = MigrationTx {
         pairs: pairs(m),
         synced: &details.sync,
@@ -410,7 +413,8 @@ pub async fn preview(client: &Client, opts: &SwapOptions) -> Result<SwapPreview>
             .as_ref()
             .map(|b| under_locks(exempt(m, &kept), opts, b, b)),
         kept: &kept,
-        need: sync::swap_need(client, &details.sync, &details.deferred_sql).await?,
+        need: sync::swap_need(client, &details.sync, &details.deferred_sql, &leaves).await?,
+        leaves,
     };
     let p = engine::preview(client, &exchange(m, &kept), opts.policy, &hook).await?;
     let mut fk_violations = sync::fk_violations(client, &details.deferred_sql).await?;
@@ -445,13 +449,15 @@ pub async fn preview(client: &Client, opts: &SwapOptions) -> Result<SwapPreview>
 pub async fn lock_budget(client: &Client, m: &MigrationRow, policy: Policy) -> Result<Budget> {
     let details = &m.state.details;
     let kept = kept_tables(client, m, &[]).await.unwrap_or_default();
+    let leaves = sync::deferred_leaves(client, &details.deferred_sql).await?;
     let hook = MigrationTx {
         pairs: pairs(m),
         synced: &details.sync,
         deferred: &details.deferred_sql,
         writes: None,
         kept: &kept,
-        need: sync::swap_need(client, &details.sync, &details.deferred_sql).await?,
+        need: sync::swap_need(client, &details.sync, &details.deferred_sql, &leaves).await?,
+        leaves,
     };
     engine::budget(client, &exchange(m, &kept), policy, hook.lock_need()).await
 }
@@ -587,6 +593,7 @@ pub async fn swap(sess: &Session, opts: &SwapOptions) -> Result<SwapReport> {
     }
     rec.save(sess).await?;
 
+    let leaves = sync::deferred_leaves(&sess.control, deferred).await?;
     let hook = MigrationTx {
         pairs: pairs(&m),
         synced,
@@ -595,7 +602,8 @@ pub async fn swap(sess: &Session, opts: &SwapOptions) -> Result<SwapReport> {
             .as_ref()
             .map(|b| under_locks(exempt.clone(), opts, b, &checked.listed)),
         kept: &kept,
-        need: sync::swap_need(&sess.control, synced, deferred).await?,
+        need: sync::swap_need(&sess.control, synced, deferred, &leaves).await?,
+        leaves,
     };
     // The swapped record no longer needs the baseline (it travels in the
     // COMMIT's round trip: keep it small).
