@@ -129,6 +129,13 @@ fn a_lock_held_past_all_retries_fails_cleanly() {
             .psql("SELECT status FROM pgshift.migration ORDER BY id DESC LIMIT 1"),
         "prepared"
     );
+    // status says why the last swap did not go through.
+    let text = assert_success(&wd.run(&["status", "--dest", &dbs.dst.url()]));
+    assert!(
+        text.lines().any(|l| l.starts_with("last error")
+            && l.contains("the swap could not take its locks after 4 attempts")),
+        "{text}"
+    );
     // Once the lock is gone the swap goes through.
     assert_success(&wd.run_env(&["swap", "--dest", &dbs.dst.url()], &[]));
     assert_eq!(dbs.dst.psql("SELECT count(*) FROM items"), "200");

@@ -44,7 +44,7 @@ fn print(ctx: &Ctx, r: &StatusReport) -> Result<()> {
         lines.push((
             "migration",
             format!(
-                "{} ({}; {} by pid {} on {})",
+                "{} ({}; last run: {}, pid {} on {})",
                 m.id, m.status, m.command, m.pid, m.host
             ),
         ));
@@ -58,10 +58,14 @@ fn print(ctx: &Ctx, r: &StatusReport) -> Result<()> {
             };
             lines.push((label, p.clone()));
         }
-        if r.state == State::Failed
-            && let Some(e) = &m.error
-        {
-            lines.push(("error", e.clone()));
+        if let Some(e) = &m.error {
+            // Failed: why. Still prepared: why the last swap did not go through.
+            let label = if r.state == State::Failed {
+                "error"
+            } else {
+                "last error"
+            };
+            lines.push((label, e.clone()));
         }
         if !m.source.is_empty() {
             lines.push(("source", m.source.clone()));
