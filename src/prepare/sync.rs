@@ -2061,18 +2061,29 @@ fn fk_on(
 /// queries nothing under them.
 pub type DeferredLeaves = HashMap<(String, String), Vec<(String, String)>>;
 
+/// The key of a deferred statement that adds exactly one foreign key valid
+/// in the source (created NOT VALID in the swap, validated after), and the
+/// table it is on (`schema`, `name`; unqualified: shadow's). Partitioned
+/// tables' keys of this kind go onto their leaves ([`apply_deferred`]).
+fn one_valid_fk(fks: &[FkDef]) -> Option<(&FkDef, (String, String))> {
+    match fks {
+        [fk] if !fk.not_valid => {
+            let schema = fk.schema.clone().unwrap_or_else(|| SHADOW_SCHEMA.into());
+            Some((fk, (schema, fk.table.clone())))
+        }
+        _ => None,
+    }
+}
+
 /// Read the [`DeferredLeaves`] of `deferred_sql`.
 pub async fn deferred_leaves(client: &Client, deferred_sql: &[String]) -> Result<DeferredLeaves> {
     let mut out = DeferredLeaves::new();
     for sql in deferred_sql {
         let (fks, _) = parse_fks(sql)?;
-        if let [fk] = fks.as_slice()
-            && !fk.not_valid
+        if let Some((_, on)) = one_valid_fk(&fks)
+            && let Some(leaves) = partition_leaves(client, &on.0, &on.1).await?
         {
-            let schema = fk.schema.clone().unwrap_or_else(|| SHADOW_SCHEMA.into());
-            if let Some(leaves) = partition_leaves(client, &schema, &fk.table).await? {
-                out.insert((schema, fk.table.clone()), leaves);
-            }
+            out.insert(on, leaves);
         }
     }
     Ok(out)
@@ -2156,44 +2167,41 @@ pub async fn apply_deferred(
     let mut created = Vec::new();
     for sql in deferred_sql {
         let (fks, _) = parse_fks(sql)?;
-        if let [fk] = fks.as_slice()
-            && !fk.not_valid
+        if let Some((fk, on)) = one_valid_fk(&fks)
+            && let Some(leaves) = leaves.get(&on)
         {
-            let schema = fk.schema.clone().unwrap_or_else(|| SHADOW_SCHEMA.into());
-            if let Some(leaves) = leaves.get(&(schema, fk.table.clone())) {
-                for (s, t) in leaves {
-                    exec(
-                        client,
-                        &fk_on(sql, s, t, true, None)?,
-                        &format!(
-                            "running deferred SQL on partition {t} ({})",
-                            first_line(sql)
-                        ),
-                    )
-                    .await?;
-                    created.push(CreatedFk {
-                        schema: live_of(Some(s)),
-                        table: t.clone(),
-                        constraint: fk.constraint.clone(),
-                        partition_of: Some(fk.table.clone()),
-                        add_sql: None,
-                    });
-                }
-                let live = live_of(fk.schema.as_ref());
-                let ref_live = fk
-                    .ref_schema
-                    .as_ref()
-                    .and_then(|r| pairs.iter().find(|p| &p.shadow == r))
-                    .map(|p| p.live.as_str());
+            for (s, t) in leaves {
+                exec(
+                    client,
+                    &fk_on(sql, s, t, true, None)?,
+                    &format!(
+                        "running deferred SQL on partition {t} ({})",
+                        first_line(sql)
+                    ),
+                )
+                .await?;
                 created.push(CreatedFk {
-                    schema: live.clone(),
-                    table: fk.table.clone(),
+                    schema: live_of(Some(s)),
+                    table: t.clone(),
                     constraint: fk.constraint.clone(),
-                    partition_of: None,
-                    add_sql: Some(fk_on(sql, &live, &fk.table, false, ref_live)?),
+                    partition_of: Some(fk.table.clone()),
+                    add_sql: None,
                 });
-                continue;
             }
+            let live = live_of(fk.schema.as_ref());
+            let ref_live = fk
+                .ref_schema
+                .as_ref()
+                .and_then(|r| pairs.iter().find(|p| &p.shadow == r))
+                .map(|p| p.live.as_str());
+            created.push(CreatedFk {
+                schema: live.clone(),
+                table: fk.table.clone(),
+                constraint: fk.constraint.clone(),
+                partition_of: None,
+                add_sql: Some(fk_on(sql, &live, &fk.table, false, ref_live)?),
+            });
+            continue;
         }
         let run = if fks.is_empty() {
             sql.clone()
