@@ -64,10 +64,21 @@
 //! Left alone: references to names not in [`DefinedNames`] (extension members such as
 //! `public.geometry`, `public.uuid_generate_v4()`, `OPERATOR(public.&&)`), ordinary string
 //! literals (`COMMENT … IS 'see public.users'`, `to_regclass('public.t'::text)`), dollar-quoted
-//! bodies, comments, and every byte not named above. Strings and plpgsql bodies are resolved
-//! when they run, which is after the swap has moved the objects back into `public`, so they
-//! are right as they are. SQL-standard bodies (`BEGIN ATOMIC … END`, `RETURN …`) are ordinary
-//! tokens and are rewritten like any other DDL, as PostgreSQL resolves them at creation time.
+//! bodies, comments, and every byte not named above. Strings and function bodies are resolved
+//! when they run, and after the swap they must name `public` again. SQL-standard bodies
+//! (`BEGIN ATOMIC … END`, `RETURN …`) are ordinary tokens and are rewritten like any other
+//! DDL, as PostgreSQL resolves them at creation time.
+//!
+//! # Function bodies ([`prepare_time_function`], [`restore_function`])
+//!
+//! Some functions run before the swap, in the shadow: in index expressions, CHECK
+//! constraints and generated columns while prepare loads the tables, in materialized views,
+//! while preserved tables sync. A SQL or PL/pgSQL body that names its own schema
+//! (`public.norm_impl(t)`) or a `SET search_path = public` would then reach the
+//! destination's live objects. So such a function is created in its *prepare-time* form,
+//! its body remapped by the rules above and each chosen schema of its `search_path`
+//! preceded by its shadow; the swap puts back the definition as written (`CREATE OR
+//! REPLACE`, one deferred statement each) before the shadow's objects move.
 //!
 //! A table (or alias, or parameter) that is itself called `public` makes `public.X`
 //! ambiguous: pg_dump writes `SELECT public.users FROM public.public` for a column `users` of
@@ -401,14 +412,7 @@ fn split_entries_chunked(sql: &str, chunk: usize) -> Result<Vec<Entry>> {
 }
 
 fn remap_chunked(sql: &str, maps: &[Mapping<'_>], chunk: usize) -> Result<String> {
-    let mut remapper = Remapper { maps: Vec::new() };
-    for m in maps {
-        check_schema_name("source", m.from)?;
-        check_schema_name("target", m.to)?;
-        remapper
-            .maps
-            .push((m.from, crate::pg::ident::display_ident(m.to), m.defined));
-    }
+    let remapper = Remapper::new(maps)?;
     let mut out = String::with_capacity(sql.len() + sql.len() / 64);
     for_each_chunk(sql, chunk, |start, end, toks| {
         let headers = find_headers(sql, toks)?;
@@ -417,7 +421,14 @@ fn remap_chunked(sql: &str, maps: &[Mapping<'_>], chunk: usize) -> Result<String
         for (s, e, h) in entry_ranges(start, end, &headers) {
             let last_tok = first_tok + toks[first_tok..].partition_point(|t| t.start < e);
             let label = || h.map_or_else(|| "preamble".to_string(), |k| headers[k].header.label());
-            remapper.remap_entry(sql, s, e, &toks[first_tok..last_tok], &label, &mut edits);
+            remapper.remap_entry(
+                sql,
+                s,
+                e,
+                &toks[first_tok..last_tok],
+                Some(&label),
+                &mut edits,
+            );
             first_tok = last_tok;
         }
         apply_edits_into(&mut out, sql, start, end, &edits);
@@ -1061,15 +1072,29 @@ struct Found {
     bare_name: String,
 }
 
-impl Remapper<'_> {
+impl<'a> Remapper<'a> {
+    fn new(maps: &[Mapping<'a>]) -> Result<Remapper<'a>> {
+        let mut remapper = Remapper { maps: Vec::new() };
+        for m in maps {
+            check_schema_name("source", m.from)?;
+            check_schema_name("target", m.to)?;
+            remapper
+                .maps
+                .push((m.from, crate::pg::ident::display_ident(m.to), m.defined));
+        }
+        Ok(remapper)
+    }
+
     /// Rewrite one entry (`sql[start..end]`, tokens `toks`), pushing edits in order.
+    /// `label` names the entry in the warning about an entry that does not
+    /// parse; `None`: no warning (a function body, which need not be SQL).
     fn remap_entry(
         &self,
         sql: &str,
         start: usize,
         end: usize,
         toks: &[Tok],
-        label: &dyn Fn() -> String,
+        label: Option<&dyn Fn() -> String>,
         edits: &mut Vec<Edit>,
     ) {
         let tokens = Tokens::new(sql, toks);
@@ -1078,13 +1103,17 @@ impl Remapper<'_> {
         if found.bare_use && !qualifiers.is_empty() {
             match two_part_column_refs(&sql[start..end]) {
                 Ok(locations) => qualifiers.retain(|e| !locations.contains(&(e.start - start))),
-                Err(e) => tracing::warn!(
-                    entry = %label(),
-                    "cannot parse an entry that uses {:?} as a name; \
-                     every {:?}.X reference in it is treated as schema-qualified: {e}",
-                    found.bare_name,
-                    found.bare_name
-                ),
+                Err(e) => {
+                    if let Some(label) = label {
+                        tracing::warn!(
+                            entry = %label(),
+                            "cannot parse an entry that uses {:?} as a name; \
+                             every {:?}.X reference in it is treated as schema-qualified: {e}",
+                            found.bare_name,
+                            found.bare_name
+                        )
+                    }
+                }
             }
         }
         // Merge the two ordered lists.
@@ -1355,6 +1384,177 @@ fn two_part_column_refs(sql: &str) -> Result<HashSet<usize>> {
         }
     }
     Ok(out)
+}
+
+// ---------------------------------------------------------------------------------------
+// Function bodies
+// ---------------------------------------------------------------------------------------
+
+/// The languages whose bodies are SQL text, which [`prepare_time_function`] remaps.
+const SQL_BODY_LANGUAGES: &[&str] = &["sql", "plpgsql"];
+
+/// A function's definition for the time before the swap; `None` when it is
+/// `stmt` itself.
+///
+/// [`remap`] leaves a function's body as written: it names the schemas the
+/// function lives in after the swap. But prepare already runs functions in the
+/// shadow: in index expressions, CHECK constraints and generated columns while
+/// the tables load, in materialized views, and while preserved tables sync. A
+/// body that names its own schema (`SELECT app.norm_impl($1)`, as functions
+/// used by indexes must, since pg_dump restores with an empty `search_path`), or
+/// a `SET search_path = app`, then reaches the destination's *live* schema:
+/// into an empty destination prepare fails, and where the live version differs
+/// an index is built with the wrong function, silently. So the shadow first gets
+/// the function with its SQL or PL/pgSQL body remapped by the rules above and
+/// each chosen schema of its `search_path` preceded by its shadow (the live
+/// schema stays, for the extension members in it); the swap puts back the
+/// definition as written ([`restore_function`]), before its objects move.
+///
+/// `stmt`: one remapped entry. Anything but a `CREATE FUNCTION` (a procedure,
+/// a body in another language, a SQL-standard body, which is remapped as DDL
+/// already), or text that does not parse, gives `None`.
+pub fn prepare_time_function(stmt: &str, maps: &[Mapping<'_>]) -> Result<Option<String>> {
+    use pg_query::NodeEnum;
+    let remapper = Remapper::new(maps)?;
+    let Ok(mut parsed) = pg_query::parse(stmt, 0) else {
+        return Ok(None);
+    };
+    let mut changed = false;
+    for raw in &mut parsed.protobuf.stmts {
+        let Some(NodeEnum::CreateFunctionStmt(f)) = raw.stmt.as_mut().and_then(|s| s.node.as_mut())
+        else {
+            continue;
+        };
+        if f.is_procedure || f.sql_body.is_some() {
+            continue;
+        }
+        let sql_body = f.options.iter().any(|o| match &o.node {
+            Some(NodeEnum::DefElem(d)) if d.defname == "language" => {
+                matches!(d.arg.as_ref().and_then(|a| a.node.as_ref()),
+                    Some(NodeEnum::String(l)) if SQL_BODY_LANGUAGES.contains(&l.sval.as_str()))
+            }
+            _ => false,
+        });
+        for o in &mut f.options {
+            let Some(NodeEnum::DefElem(d)) = o.node.as_mut() else {
+                continue;
+            };
+            match (
+                d.defname.as_str(),
+                d.arg.as_mut().and_then(|a| a.node.as_mut()),
+            ) {
+                ("as", Some(NodeEnum::List(l))) if sql_body && l.items.len() == 1 => {
+                    if let Some(NodeEnum::String(s)) = l.items[0].node.as_mut()
+                        && let Some(body) = remapper.remap_body(&s.sval)
+                    {
+                        s.sval = body;
+                        changed = true;
+                    }
+                }
+                ("set", Some(NodeEnum::VariableSetStmt(v))) if v.name == "search_path" => {
+                    let mut args = Vec::with_capacity(v.args.len() + 1);
+                    for a in std::mem::take(&mut v.args) {
+                        if let Some(m) =
+                            string_const(&a).and_then(|s| maps.iter().find(|m| m.from == s))
+                        {
+                            args.push(string_const_node(m.to));
+                            changed = true;
+                        }
+                        args.push(a);
+                    }
+                    v.args = args;
+                }
+                _ => {}
+            }
+        }
+    }
+    if !changed {
+        return Ok(None);
+    }
+    let out = pg_query::deparse(&parsed.protobuf, Default::default())
+        .map_err(|e| anyhow!("rewriting a function for prepare: {e}"))?;
+    Ok(Some(format!("{out};\n")))
+}
+
+/// The statement that puts back the definition of a function that
+/// [`prepare_time_function`] changed: `stmt` (its entry as [`remap`] wrote
+/// it, the function in the shadow and its body as written) as `CREATE OR
+/// REPLACE`, alone, after `SET LOCAL check_function_bodies = off` (the body may
+/// name objects that exist only once the swap has moved them). The swap runs it
+/// before the shadow's objects move.
+pub fn restore_function(stmt: &str) -> Result<String> {
+    use pg_query::NodeEnum;
+    let parsed = pg_query::parse(stmt, 0).map_err(|e| anyhow!("parsing a function: {e}"))?;
+    let raw = parsed
+        .protobuf
+        .stmts
+        .iter()
+        .find(|r| {
+            matches!(
+                r.stmt.as_ref().and_then(|s| s.node.as_ref()),
+                Some(NodeEnum::CreateFunctionStmt(_))
+            )
+        })
+        .ok_or_else(|| anyhow!("not a CREATE FUNCTION: {}", first_line(stmt)))?;
+    let start = usize::try_from(raw.stmt_location).unwrap_or(0);
+    let end = match usize::try_from(raw.stmt_len) {
+        Ok(0) | Err(_) => stmt.len(),
+        Ok(len) => start + len,
+    };
+    let text = stmt
+        .get(start..end)
+        .ok_or_else(|| anyhow!("a bad statement span in {}", first_line(stmt)))?;
+    let toks = scan_raw(text, 0).map_err(|e| anyhow!("scanning a function: {e}"))?;
+    let t = Tokens::new(text, &toks);
+    if !(t.is(0, Token::Create) && t.is(1, Token::Function)) {
+        bail!("not a plain CREATE FUNCTION: {}", first_line(text));
+    }
+    let create = t.toks[0];
+    Ok(format!(
+        "SET LOCAL check_function_bodies = off; {} OR REPLACE{};",
+        create.text(text),
+        text[create.end..].trim_end().trim_end_matches(';')
+    ))
+}
+
+fn first_line(sql: &str) -> &str {
+    sql.trim_start().lines().next().unwrap_or("")
+}
+
+/// The value of a string constant node (`'app'` in `SET search_path TO 'app'`).
+fn string_const(node: &pg_query::protobuf::Node) -> Option<&str> {
+    match &node.node {
+        Some(pg_query::NodeEnum::AConst(c)) => match &c.val {
+            Some(pg_query::protobuf::a_const::Val::Sval(s)) => Some(s.sval.as_str()),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+fn string_const_node(value: &str) -> pg_query::protobuf::Node {
+    pg_query::protobuf::Node {
+        node: Some(pg_query::NodeEnum::AConst(pg_query::protobuf::AConst {
+            isnull: false,
+            location: -1,
+            val: Some(pg_query::protobuf::a_const::Val::Sval(
+                pg_query::protobuf::String {
+                    sval: value.to_string(),
+                },
+            )),
+        })),
+    }
+}
+
+impl Remapper<'_> {
+    /// A function body remapped as an entry is; `None` if nothing changes or
+    /// it does not scan (a body need not be SQL).
+    fn remap_body(&self, body: &str) -> Option<String> {
+        let toks = scan_raw(body, 0).ok()?;
+        let mut edits = Vec::new();
+        self.remap_entry(body, 0, body.len(), &toks, None, &mut edits);
+        (!edits.is_empty()).then(|| apply_edits(body, &edits))
+    }
 }
 
 #[cfg(test)]
@@ -2384,5 +2584,83 @@ ALTER TABLE ONLY public.users ALTER COLUMN id SET DEFAULT nextval('public.users_
             sql
         );
         assert_eq!(strip_meta_commands(&sql).unwrap(), sql);
+    }
+
+    fn prepare_time(sql: &str) -> Option<String> {
+        let (public, app) = (
+            names(&["f", "norm_impl", "t"]),
+            names(&["norm_impl", "norm"]),
+        );
+        let maps = [
+            Mapping {
+                from: "public",
+                to: "shadow",
+                defined: &public,
+            },
+            Mapping {
+                from: "app",
+                to: "shadow_app",
+                defined: &app,
+            },
+        ];
+        prepare_time_function(sql, &maps).unwrap()
+    }
+
+    #[test]
+    fn a_functions_body_names_the_shadow_until_the_swap() {
+        let sql = "--\n-- Name: norm(text); Type: FUNCTION; Schema: app; Owner: -\n--\n\n\
+                   CREATE FUNCTION shadow_app.norm(t text) RETURNS text\n    LANGUAGE sql IMMUTABLE\n    \
+                   AS $_$ SELECT app.norm_impl(t) || 'app.norm_impl' || public.f() || public.g() $_$;\n\n\n";
+        let out = prepare_time(sql).expect("changed");
+        assert!(
+            out.starts_with("CREATE FUNCTION shadow_app.norm(t text)"),
+            "{out}"
+        );
+        // Defined names are remapped, strings and other names are not.
+        assert!(
+            out.contains(
+                "SELECT shadow_app.norm_impl(t) || 'app.norm_impl' || shadow.f() || public.g()"
+            ),
+            "{out}"
+        );
+        // The swap puts the definition back as written, in place.
+        let back = restore_function(sql).unwrap();
+        assert_eq!(
+            back,
+            "SET LOCAL check_function_bodies = off; CREATE OR REPLACE FUNCTION shadow_app.norm(t text) RETURNS text\n    \
+             LANGUAGE sql IMMUTABLE\n    AS $_$ SELECT app.norm_impl(t) || 'app.norm_impl' || public.f() || public.g() $_$;"
+        );
+        // Both parse; the restore is a replacement.
+        assert!(pg_query::parse(&out, 0).is_ok() && pg_query::parse(&back, 0).is_ok());
+    }
+
+    #[test]
+    fn a_functions_search_path_puts_each_shadow_first() {
+        let sql = "CREATE FUNCTION shadow_app.ok(t text) RETURNS boolean LANGUAGE plpgsql IMMUTABLE \
+                   SET search_path TO 'app', 'public', 'pg_temp' AS $$ BEGIN RETURN norm_impl(t) IS NOT NULL; END $$;";
+        let out = prepare_time(sql).expect("changed");
+        assert!(
+            out.contains("search_path TO shadow_app, app, shadow, public, pg_temp"),
+            "{out}"
+        );
+        assert!(out.contains("RETURN norm_impl(t) IS NOT NULL"), "{out}");
+    }
+
+    #[test]
+    fn other_functions_keep_their_definition() {
+        for sql in [
+            // Nothing to remap.
+            "CREATE FUNCTION shadow.f() RETURNS integer LANGUAGE sql AS $$ SELECT 1 $$;",
+            // Not SQL: the body is left alone.
+            "CREATE FUNCTION shadow.f() RETURNS integer LANGUAGE plpython3u AS $$ return public.f $$;",
+            // A procedure never runs in prepare.
+            "CREATE PROCEDURE shadow.p() LANGUAGE sql AS $$ SELECT public.f() $$;",
+            // A SQL-standard body is DDL: remap rewrote it already.
+            "CREATE FUNCTION shadow.f2() RETURNS integer LANGUAGE sql RETURN shadow.f();",
+            "CREATE TABLE shadow.t (a integer);",
+        ] {
+            assert_eq!(prepare_time(sql), None, "{sql}");
+        }
+        assert!(restore_function("CREATE TABLE shadow.t (a integer);").is_err());
     }
 }

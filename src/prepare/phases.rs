@@ -424,6 +424,9 @@ struct Run<'a> {
     dump_exclude: Vec<String>,
     /// What the phases found worth saying (logged, and in the report).
     warnings: Vec<String>,
+    /// The statements that put back the definitions of the functions restored
+    /// in their prepare-time form ([`prepare_time_functions`]).
+    function_restores: Vec<String>,
 }
 
 impl Run<'_> {
@@ -515,6 +518,7 @@ pub async fn run(
         filters: checked.filters.clone(),
         dump_exclude: Vec::new(),
         warnings: Vec::new(),
+        function_restores: Vec::new(),
     };
     let result = phases(&mut run, rec).await;
     // The snapshot session is no longer needed either way.
@@ -832,9 +836,9 @@ fn skip_entry(e: &Entry) -> bool {
     }
 }
 
-fn remap_entries(run: &Run<'_>, entries: Vec<Entry>) -> Result<Vec<Entry>> {
-    let maps: Vec<sql::Mapping> = run
-        .pairs
+/// Each chosen schema's remapping to its shadow.
+fn mappings<'a>(run: &'a Run<'_>) -> Vec<sql::Mapping<'a>> {
+    run.pairs
         .iter()
         .zip(&run.defined)
         .map(|(p, d)| sql::Mapping {
@@ -842,7 +846,11 @@ fn remap_entries(run: &Run<'_>, entries: Vec<Entry>) -> Result<Vec<Entry>> {
             to: &p.shadow,
             defined: d,
         })
-        .collect();
+        .collect()
+}
+
+fn remap_entries(run: &Run<'_>, entries: Vec<Entry>) -> Result<Vec<Entry>> {
+    let maps = mappings(run);
     entries
         .into_iter()
         .filter(|e| !skip_entry(e))
@@ -858,9 +866,36 @@ fn remap_entries(run: &Run<'_>, entries: Vec<Entry>) -> Result<Vec<Entry>> {
         .collect()
 }
 
+/// The functions whose body or `search_path` names a chosen schema get their
+/// definition for the time before the swap ([`sql::prepare_time_function`]);
+/// returns the entries and the statements that put back each one's definition
+/// as written, which the swap runs with the deferred statements.
+fn prepare_time_functions(run: &Run<'_>, entries: Vec<Entry>) -> Result<(Vec<Entry>, Vec<String>)> {
+    let maps = mappings(run);
+    let mut restores = Vec::new();
+    let mut out = Vec::with_capacity(entries.len());
+    for e in entries {
+        if e.header.as_ref().is_some_and(|h| h.kind == "FUNCTION")
+            && let Some(sql) = sql::prepare_time_function(&e.sql, &maps)
+                .with_context(|| format!("rewriting {}", e.label()))?
+        {
+            restores.push(sql::restore_function(&e.sql)?);
+            out.push(Entry {
+                header: e.header,
+                sql,
+            });
+        } else {
+            out.push(e);
+        }
+    }
+    Ok((out, restores))
+}
+
 async fn schema(run: &mut Run<'_>) -> Result<()> {
     let entries = restore_section(run, "pre-data").await?;
     let entries = remap_entries(run, entries)?;
+    let (entries, restores) = prepare_time_functions(run, entries)?;
+    run.function_restores = restores;
     let client = run.dest_client().await?;
     // An empty shadow left by the last swap is replaced (RESTRICT: never
     // anything in it; leftovers were handled before).
@@ -968,7 +1003,11 @@ async fn indexes(run: &mut Run<'_>) -> Result<Vec<String>> {
         run.progress,
     )
     .await?;
-    Ok(run.post.deferred.clone())
+    // The functions' own definitions go back last, after the preserved
+    // tables' constraints, which are checked with the prepare-time ones.
+    let mut deferred = run.post.deferred.clone();
+    deferred.extend(run.function_restores.iter().cloned());
+    Ok(deferred)
 }
 
 async fn sequences(run: &mut Run<'_>) -> Result<()> {
