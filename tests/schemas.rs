@@ -1421,3 +1421,36 @@ fn functions_naming_their_own_schema_run_on_the_shadow_during_prepare() {
         assert_same_schema(&dbs.src, &dbs.dst, "public");
     }
 }
+
+/// A rollback that keeps a table of billing written since the swap goes
+/// through: the check under the locks exempts it as the one before them
+/// does (it used to look for `billing.kept` in public and refuse).
+#[test]
+fn a_rollback_keeping_a_written_table_of_billing_goes_through() {
+    let dbs = TestDbs::new("sch_rb_keep");
+    let ddl = "CREATE SCHEMA billing;
+         CREATE TABLE public.t (id int PRIMARY KEY);
+         CREATE TABLE billing.kept (id int PRIMARY KEY, v text);";
+    dbs.src.psql(ddl);
+    dbs.dst.psql(ddl);
+    let wd = Workdir::new();
+    let dst = dbs.dst.url();
+    start_two(&wd, &dbs, &[]);
+    dbs.dst
+        .psql("INSERT INTO billing.kept VALUES (1, 'written after the swap')");
+    let args = [
+        "rollback",
+        "--dest",
+        &dst,
+        "--latest",
+        "--keep-tables",
+        "billing.kept",
+    ];
+    let plan = run_json(&wd, &[&args[..], &["--dry-run"]].concat());
+    assert_eq!(plan["rollback"]["refusal"], Value::Null, "{plan}");
+    wd.run_ok(&args);
+    assert_eq!(
+        dbs.dst.query_one_string("SELECT v FROM billing.kept"),
+        "written after the swap"
+    );
+}

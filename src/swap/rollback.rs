@@ -336,8 +336,8 @@ pub async fn plan(client: &Client, opts: &RollbackOptions) -> Result<Plan> {
     })
 }
 
-/// What comes in (the backup), what stays (kept tables).
-/// The kept tables of `pairs` as names (for the discarded-writes check).
+/// The kept tables of `pairs` as names, each in its live schema (for the
+/// discarded-writes checks, before and under the locks).
 fn kept_names(pairs: &[engine::Pair]) -> Vec<TableName> {
     pairs
         .iter()
@@ -349,6 +349,7 @@ fn kept_names(pairs: &[engine::Pair]) -> Vec<TableName> {
         .collect()
 }
 
+/// What comes in (the backup) and what stays (the kept tables).
 fn exchange(plan: &Plan) -> Exchange {
     Exchange {
         pairs: plan.pairs.clone(),
@@ -367,14 +368,7 @@ fn hook(plan: &Plan, pg15: bool) -> RollbackTx<'_> {
             op: Operation::Rollback,
             baseline,
             listed: &plan.listed,
-            exempt: plan
-                .keep
-                .iter()
-                .map(|name| TableName {
-                    schema: None,
-                    name: name.clone(),
-                })
-                .collect(),
+            exempt: kept_names(&plan.pairs),
             allow: &plan.allow_discard,
         }),
     }
