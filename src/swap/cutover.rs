@@ -645,7 +645,11 @@ pub async fn swap(sess: &Session, opts: &SwapOptions) -> Result<SwapReport> {
     let mut to_validate = Vec::new();
     for fk in &done.before.0 {
         if known(fk) {
-            not_valid.push(format!("{}.{}", fk.table, fk.constraint));
+            not_valid.push(format!(
+                "{}.{}",
+                meta::table_display(&fk.schema, &fk.table),
+                fk.constraint
+            ));
         } else {
             to_validate.push(fk.clone());
         }
@@ -654,7 +658,11 @@ pub async fn swap(sess: &Session, opts: &SwapOptions) -> Result<SwapReport> {
     let done_schemas = done.manifest.schemas.clone();
     to_validate.extend(crossing.to_validate.iter().cloned());
     for f in engine::validate_foreign_keys(&sess.control, &to_validate).await {
-        let name = format!("{}.{}", f.table, f.constraint);
+        let name = format!(
+            "{}.{}",
+            meta::table_display(&f.schema, &f.table),
+            f.constraint
+        );
         warnings.push(format!("foreign key {name} stays NOT VALID: {}", f.error));
         not_valid.push(name);
     }

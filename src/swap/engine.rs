@@ -673,6 +673,8 @@ async fn describe_all(
 /// A foreign key that failed its validation after the swap.
 #[derive(Debug, Clone)]
 pub struct StaysNotValid {
+    /// The table's live schema.
+    pub schema: String,
     pub table: String,
     pub constraint: String,
     pub error: String,
@@ -690,6 +692,7 @@ pub async fn validate_foreign_keys(client: &Client, keys: &[CreatedFk]) -> Vec<S
         let (table, constraint) = (&fk.table, &fk.constraint);
         if fk.add_sql.is_some() && failed_parts.contains(&(table.clone(), constraint.clone())) {
             failed.push(StaysNotValid {
+                schema: fk.schema.clone(),
                 table: table.clone(),
                 constraint: constraint.clone(),
                 error: "not added: its partitions' copies are not valid".into(),
@@ -702,6 +705,7 @@ pub async fn validate_foreign_keys(client: &Client, keys: &[CreatedFk]) -> Vec<S
                 failed_parts.insert((parent.clone(), constraint.clone()));
             }
             failed.push(StaysNotValid {
+                schema: fk.schema.clone(),
                 table: table.clone(),
                 constraint: constraint.clone(),
                 error: format!("{e:#}"),

@@ -443,8 +443,10 @@ pub async fn execute(sess: &Session, plan: &Plan, policy: Policy) -> Result<Roll
     let mut not_valid = Vec::new();
     for f in engine::validate_foreign_keys(control, &result.to_validate).await {
         warnings.push(format!(
-            "foreign key {} on public.{} stays NOT VALID: {}",
-            f.constraint, f.table, f.error
+            "foreign key {} on {} stays NOT VALID: {}",
+            f.constraint,
+            qualified(&f.schema, &f.table),
+            f.error
         ));
         not_valid.push(f.constraint);
     }
