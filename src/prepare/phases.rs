@@ -200,14 +200,16 @@ pub async fn check(settings: &PrepareOptions, sess_dest: &Client, src: &Client) 
     for s in &settings.schemas {
         tables.extend(catalog::tables(src, s).await?);
     }
-    sync::validate(
-        &settings.preserved_tables,
-        &settings.schemas,
-        &tables,
-        src,
-        sess_dest,
-    )
-    .await?;
+    warnings.extend(
+        sync::validate(
+            &settings.preserved_tables,
+            &settings.schemas,
+            &tables,
+            src,
+            sess_dest,
+        )
+        .await?,
+    );
     let filters = filters::resolve(
         &settings.filters,
         &settings.preserved_tables,

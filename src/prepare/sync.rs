@@ -392,21 +392,34 @@ fn assignable<'a>(
 /// columns only in the source are nullable or have defaults, shared columns have
 /// the same or an assignable type (same-named user types: enum labels of the
 /// destination must exist in the source). Every violation is one line of one
-/// [`crate::error::UserError`].
+/// [`crate::error::UserError`]. Returns the warnings (columns only the
+/// destination has).
 pub async fn validate(
     preserved: &[TableName],
     schemas: &[String],
     source_tables: &[TableInfo],
     source: &Client,
     dest: &Client,
-) -> Result<()> {
+) -> Result<Vec<String>> {
     let mut problems: Vec<String> = Vec::new();
+    let mut warnings = Vec::new();
     for p in preserved {
         let shown = p.to_string();
-        problems.extend(validate_one(p, &shown, schemas, source_tables, source, dest).await?);
+        problems.extend(
+            validate_one(
+                p,
+                &shown,
+                schemas,
+                source_tables,
+                source,
+                dest,
+                &mut warnings,
+            )
+            .await?,
+        );
     }
     if problems.is_empty() {
-        return Ok(());
+        return Ok(warnings);
     }
     let n = problems.len();
     Err(crate::user_error!(
@@ -424,6 +437,7 @@ async fn validate_one(
     source_tables: &[TableInfo],
     source: &Client,
     dest: &Client,
+    warnings: &mut Vec<String>,
 ) -> Result<Vec<String>> {
     let mut problems = Vec::new();
     let schema = p.schema_or_public();
@@ -568,10 +582,10 @@ async fn validate_one(
     }
     for d in &dest_cols {
         if !src_names.contains(d.name.as_str()) {
-            tracing::warn!(
+            warnings.push(format!(
                 "preserved table {shown}: column {} exists only in the destination; its values are not carried over",
                 display_ident(&d.name)
-            );
+            ));
         }
     }
     Ok(problems)
