@@ -1454,3 +1454,46 @@ fn a_rollback_keeping_a_written_table_of_billing_goes_through() {
         "written after the swap"
     );
 }
+
+/// A preserved table of billing: the column only the destination has is a
+/// warning of prepare's report, and a foreign key to it left NOT VALID by
+/// `--allow-fk-violations` is named with its schema.
+#[test]
+fn a_preserved_table_of_billing_is_named_with_its_schema() {
+    let dbs = TestDbs::new("sch_pres_names");
+    let ddl = |extra: &str| {
+        format!(
+            "CREATE SCHEMA billing;
+             CREATE TABLE public.t (id int PRIMARY KEY);
+             CREATE TABLE billing.customers (id int PRIMARY KEY, name text{extra});
+             CREATE TABLE billing.invoices (id int PRIMARY KEY, customer_id int REFERENCES billing.customers (id));"
+        )
+    };
+    dbs.src.psql(&ddl(""));
+    dbs.src.psql(
+        "INSERT INTO billing.customers SELECT g, 'c' || g FROM generate_series(1, 5) g;
+         INSERT INTO billing.invoices SELECT g, g FROM generate_series(1, 5) g;",
+    );
+    dbs.dst.psql(&ddl(", legacy text"));
+    dbs.dst
+        .psql("INSERT INTO billing.customers SELECT g, 'd' || g, 'x' FROM generate_series(1, 2) g");
+    let wd = Workdir::new();
+    let dst = dbs.dst.url();
+    let p = run_two(
+        &wd,
+        &dbs,
+        "prepare",
+        &["--preserved-tables", "billing.customers"],
+    );
+    let warned = p["warnings"].as_array().unwrap().iter().any(|w| {
+        w.as_str().unwrap()
+            == "preserved table billing.customers: column legacy exists only in the destination; its values are not carried over"
+    });
+    assert!(warned, "{p}");
+    let s = run_json(&wd, &["swap", "--dest", &dst, "--allow-fk-violations"]);
+    assert_eq!(
+        s["fk_not_valid"],
+        json!(["billing.invoices.invoices_customer_id_fkey"]),
+        "{s}"
+    );
+}
