@@ -66,13 +66,16 @@ fn main() {
     };
     let code = runtime.block_on(async move {
         tokio::spawn(watch_signals(cancel));
-        match commands::run(cli.command, ctx).await {
+        let code = match commands::run(cli.command, ctx).await {
             Ok(code) => code.code(),
             Err(e) => {
                 eprintln!("error: {e:#}");
                 exit_code_for(&e).code()
             }
-        }
+        };
+        // The command's clients are gone: let their connections say goodbye.
+        pgshift::pg::conn::connect::close_connections(std::time::Duration::from_secs(2)).await;
+        code
     });
     runtime.shutdown_timeout(std::time::Duration::from_millis(500));
     exit(code);

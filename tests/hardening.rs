@@ -571,3 +571,33 @@ fn a_server_session_that_already_holds_the_run_lock_is_refused() {
         assert_eq!(unlocked, vec![true, false]);
     });
 }
+
+/// Every session pgshift opens ends cleanly (`Terminate`, then the socket
+/// closed), also the pooled ones of prepare's workers and those still open
+/// when the command finishes: neither server logs a client that went away
+/// ("unexpected EOF", "connection reset by peer"), lines operators alert on.
+#[test]
+fn every_session_ends_cleanly() {
+    let dbs = TestDbs::new("hard_goodbye");
+    big_source(&dbs.src, 2_000);
+    dbs.dst.psql("CREATE TABLE old (id int PRIMARY KEY)");
+    let (src_cluster, dst_cluster) = common::clusters();
+    let (src_len, dst_len) = (src_cluster.log_len(), dst_cluster.log_len());
+    let wd = Workdir::new();
+    let (src, dst) = (dbs.src.url(), dbs.dst.url());
+    wd.run_ok(&["prepare", "--source", &src, "--dest", &dst, "--jobs", "3"]);
+    wd.run_ok(&["status", "--dest", &dst]);
+    wd.run_ok(&["swap", "--dest", &dst]);
+    wd.run_ok(&["list", "--dest", &dst]);
+    wd.run_ok(&["rollback", "--dest", &dst, "--latest"]);
+    // Let the servers write what they have.
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(
+        src_cluster.lost_clients_since(src_len, dbs.src.name()),
+        Vec::<String>::new()
+    );
+    assert_eq!(
+        dst_cluster.lost_clients_since(dst_len, dbs.dst.name()),
+        Vec::<String>::new()
+    );
+}

@@ -296,6 +296,24 @@ impl Cluster {
             .map(str::to_string)
             .collect()
     }
+    /// Lines logged in database `db` since the log was `len` long that say a
+    /// client went away without ending its session (no `Terminate`): what a
+    /// process exiting under its open connections leaves.
+    pub fn lost_clients_since(&self, len: usize, db: &str) -> Vec<String> {
+        const LOST: [&str; 4] = [
+            "could not receive data from client",
+            "could not send data to client",
+            "unexpected EOF on client connection",
+            "connection to client lost",
+        ];
+        let log = std::fs::read_to_string(self.log_path()).unwrap_or_default();
+        log.get(len..)
+            .unwrap_or("")
+            .lines()
+            .filter(|l| l.contains(&format!("@{db} ")) && LOST.iter().any(|m| l.contains(m)))
+            .map(str::to_string)
+            .collect()
+    }
     /// The postmaster's pid, from `postmaster.pid` (None when stopped).
     pub fn postmaster_pid(&self) -> Option<i32> {
         teardown::postmaster_pid_from(&self.data_dir().join("postmaster.pid"))

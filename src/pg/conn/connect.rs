@@ -18,6 +18,79 @@ use tokio_postgres::error::{DbError, SqlState};
 use super::connspec::{ConnSpec, Endpoint, Host};
 use super::tls::{describe_rustls_error, make_tls};
 
+/// Every connection's task, so that the process lets each one end cleanly before
+/// it exits ([`close_connections`]).
+static CONNECTIONS: std::sync::LazyLock<tokio_util::task::TaskTracker> =
+    std::sync::LazyLock::new(tokio_util::task::TaskTracker::new);
+
+/// Drive `connection` on the runtime until its clients are gone, when it sends
+/// `Terminate` and closes; tracked for [`close_connections`].
+fn spawn_connection<F>(connection: F, side: String) -> tokio::task::JoinHandle<()>
+where
+    F: std::future::Future<Output = Result<(), tokio_postgres::Error>> + Send + 'static,
+{
+    CONNECTIONS.spawn(async move {
+        if let Err(e) = connection.await {
+            tracing::debug!(
+                "{side} connection ended with an error: {}",
+                describe_pg_error(&e)
+            );
+        }
+    })
+}
+
+/// Let every connection whose clients are gone end cleanly (`Terminate`, then
+/// the socket closed), waiting at most `within`. A runtime shut down under
+/// them drops them mid-stream instead, and the server logs "could not receive
+/// data from client: Connection reset by peer" or "unexpected EOF" for each:
+/// lines operators are taught to look into.
+pub async fn close_connections(within: Duration) {
+    CONNECTIONS.close();
+    if tokio::time::timeout(within, CONNECTIONS.wait())
+        .await
+        .is_err()
+    {
+        tracing::debug!(open = CONNECTIONS.len(), "connections still open at exit");
+    }
+}
+
+/// The pools' connections, tracked like [`connect`]'s. deadpool aborts the
+/// task it is handed when it drops a pooled client, which would cut the
+/// connection mid-stream; it is handed a task that waits for the connection's
+/// instead, so the connection still ends cleanly once its client is gone.
+struct TrackedConnect {
+    tls: tokio_postgres_rustls::MakeRustlsConnect,
+}
+
+impl deadpool_postgres::Connect for TrackedConnect {
+    fn connect(
+        &self,
+        pg_config: &tokio_postgres::Config,
+    ) -> std::pin::Pin<
+        Box<
+            dyn std::future::Future<
+                    Output = Result<
+                        (tokio_postgres::Client, tokio::task::JoinHandle<()>),
+                        tokio_postgres::Error,
+                    >,
+                > + Send
+                + '_,
+        >,
+    > {
+        let (tls, config) = (self.tls.clone(), pg_config.clone());
+        Box::pin(async move {
+            let (client, connection) = config.connect(tls).await?;
+            let task = spawn_connection(connection, "pooled".into());
+            Ok((
+                client,
+                tokio::spawn(async move {
+                    let _ = task.await;
+                }),
+            ))
+        })
+    }
+}
+
 const FIRST_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(1);
 
@@ -46,15 +119,7 @@ pub async fn connect(
             }
             match config.connect(tls.clone()).await {
                 Ok((client, connection)) => {
-                    let side = label.to_string();
-                    tokio::spawn(async move {
-                        if let Err(e) = connection.await {
-                            tracing::debug!(
-                                "{side} connection ended with an error: {}",
-                                describe_pg_error(&e)
-                            );
-                        }
-                    });
+                    spawn_connection(connection, label.to_string());
                     if attempt > 1 {
                         tracing::info!("connected to {label} {spec} after {attempt} attempts");
                     }
@@ -134,9 +199,9 @@ pub fn pool(spec: &ConnSpec, app_name: &str, max_size: usize) -> anyhow::Result<
         config.application_name(app_name);
     }
     let tls = make_tls(spec).map_err(|e| anyhow!("cannot connect to {spec}: {e}"))?;
-    let manager = Manager::from_config(
+    let manager = Manager::from_connect(
         config,
-        tls,
+        TrackedConnect { tls },
         ManagerConfig {
             recycling_method: RecyclingMethod::Clean,
         },
