@@ -563,3 +563,32 @@ fn start_refuses_to_discard_writes_made_during_prepare() {
     assert_eq!(s["state"], "prepared", "{s}");
     assert_eq!(writes(&s["impact"]["discarded_writes"]), orders(2), "{s}");
 }
+
+/// A CHECK listing the values of a varchar column reads differently after a
+/// dump and restore (PostgreSQL moves the casts into the array), so the
+/// shadow's copy of an unchanged constraint prints otherwise than the live
+/// one: it is no `CHECK_ADDED` hazard, while a changed list still is.
+#[test]
+fn a_check_reprinted_by_a_dump_is_no_hazard() {
+    let dbs = TestDbs::new("imp_check_print");
+    let ddl = |kinds: &str| {
+        format!(
+            "CREATE TABLE orders (id int PRIMARY KEY,
+               status varchar(10) CONSTRAINT status_ok CHECK (status IN ('new', 'paid')),
+               kind varchar(10) CONSTRAINT kind_ok CHECK (kind IN ({kinds})));"
+        )
+    };
+    dbs.src.psql(&ddl("'x', 'y', 'z'"));
+    dbs.dst.psql(&ddl("'x', 'y'"));
+    let wd = Workdir::new();
+    let (src, dst) = (dbs.src.url(), dbs.dst.url());
+    let p = json_of(&wd.run_ok(&["prepare", "--source", &src, "--dest", &dst, "--json"]));
+    let checks: Vec<&str> = p["impact"]["hazards"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|h| h["code"] == "CHECK_ADDED")
+        .map(|h| h["object"].as_str().unwrap())
+        .collect();
+    assert_eq!(checks, ["public.orders.kind_ok"], "{p}");
+}

@@ -13,7 +13,7 @@
 //! | `COLUMN_LIST_CHANGED` | result_type | the ordered column names differ (`SELECT *` gets other columns) |
 //! | `TYPE_REPLACED` | result_type | a type columns use is replaced by the incoming copy (same name, new OID) |
 //! | `NOT_NULL_ADDED` | rejects_writes | a column became NOT NULL, or a new NOT NULL column has no default |
-//! | `CHECK_ADDED`, `UNIQUE_ADDED`, `FOREIGN_KEY_ADDED`, `EXCLUSION_ADDED` | rejects_writes | a constraint the old table did not have (compared by definition) |
+//! | `CHECK_ADDED`, `UNIQUE_ADDED`, `FOREIGN_KEY_ADDED`, `EXCLUSION_ADDED` | rejects_writes | a constraint the old table did not have (compared by definition, as parsed: the casts a dump and restore re-prints do not count) |
 //! | `ENUM_VALUE_DROPPED` | rejects_writes | an enum lost a label |
 //! | `TYPE_DROPPED` | breaks | a type or domain has no namesake |
 //! | `FUNCTION_DROPPED` | breaks | no function/procedure/aggregate of that name is left |
@@ -680,8 +680,20 @@ fn compare_columns(
             .iter()
             .map(|(t, d, _)| (*t, d.as_str()))
             .collect();
+        // Only where the text differs: the parsed forms, for what a dump and
+        // restore prints differently.
+        let mut canonical_existing: Option<HashSet<(char, serde_json::Value)>> = None;
         for (t, def, cname) in &ir.constraints {
             if existing.contains(&(*t, def.as_str())) {
+                continue;
+            }
+            let known = canonical_existing.get_or_insert_with(|| {
+                lr.constraints
+                    .iter()
+                    .filter_map(|(t, d, _)| Some((*t, canonical_constraint(d)?)))
+                    .collect()
+            });
+            if canonical_constraint(def).is_some_and(|c| known.contains(&(*t, c))) {
                 continue;
             }
             let code = match t {
@@ -698,6 +710,70 @@ fn compare_columns(
             ));
         }
     }
+}
+
+/// A constraint's definition (`pg_get_constraintdef`) as PostgreSQL's parse
+/// tree, without locations and with the casts a dump and restore moves put
+/// back: a CHECK written `status IN ('a', 'b')` on a varchar column prints as
+/// `((status)::text = ANY ((ARRAY['a'::character varying, …])::text[]))`,
+/// and after a round trip through pg_dump (the shadow's copy) as
+/// `… = ANY (ARRAY[('a'::character varying)::text, …])`: the same
+/// constraint. An array constructor cast to an array type is taken as its
+/// elements cast to the element type. `None` when it does not parse.
+fn canonical_constraint(def: &str) -> Option<serde_json::Value> {
+    let parsed = pg_query::parse(&format!("ALTER TABLE t ADD {def}"), 0).ok()?;
+    let mut tree = serde_json::to_value(&parsed.protobuf).ok()?;
+    canonicalise(&mut tree);
+    Some(tree)
+}
+
+fn canonicalise(v: &mut serde_json::Value) {
+    use serde_json::Value;
+    match v {
+        Value::Object(map) => {
+            // Positions in the text: `location`, `stmt_location`,
+            // `list_start`, `rexpr_list_end`, `stmt_len`, ...
+            map.retain(|k, _| {
+                !(k.ends_with("location")
+                    || k.ends_with("list_start")
+                    || k.ends_with("list_end")
+                    || k == "stmt_len")
+            });
+            if let Some(cast) = map.get_mut("TypeCast")
+                && let Some(pushed) = push_array_cast(cast)
+            {
+                *v = pushed;
+                canonicalise(v);
+                return;
+            }
+            map.values_mut().for_each(canonicalise);
+        }
+        Value::Array(items) => items.iter_mut().for_each(canonicalise),
+        _ => {}
+    }
+}
+
+/// `(ARRAY[a, b])::T[]` as `ARRAY[a::T, b::T]` (the `A_ArrayExpr` node),
+/// when `cast` is such a cast.
+fn push_array_cast(cast: &serde_json::Value) -> Option<serde_json::Value> {
+    use serde_json::{Value, json};
+    let elements = cast
+        .get("arg")?
+        .get("node")?
+        .get("AArrayExpr")?
+        .get("elements");
+    let mut element_type = cast.get("type_name")?.clone();
+    let bounds = element_type.get_mut("array_bounds")?.as_array_mut()?;
+    bounds.pop()?;
+    let elements: Vec<Value> = elements
+        .and_then(Value::as_array)
+        .map(|els| {
+            els.iter()
+                .map(|e| json!({"node": {"TypeCast": {"arg": e, "type_name": element_type}}}))
+                .collect()
+        })
+        .unwrap_or_default();
+    Some(json!({"AArrayExpr": {"elements": elements}}))
 }
 
 /// Argument lists and results for display: `public.` dropped from type names.
@@ -723,6 +799,26 @@ fn show_args(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_check_printed_after_a_dump_and_restore_is_the_same_check() {
+        let before = "CHECK (((status)::text = ANY ((ARRAY['a'::character varying, 'b'::character varying])::text[])))";
+        let after = "CHECK (((status)::text = ANY (ARRAY[('a'::character varying)::text, ('b'::character varying)::text])))";
+        assert_eq!(canonical_constraint(before), canonical_constraint(after));
+        assert!(canonical_constraint(before).is_some());
+        // Another list is another constraint.
+        let other = "CHECK (((status)::text = ANY (ARRAY[('a'::character varying)::text, ('c'::character varying)::text])))";
+        assert_ne!(canonical_constraint(before), canonical_constraint(other));
+        // Locations do not matter; names do.
+        assert_eq!(
+            canonical_constraint("CHECK ((a > 0))"),
+            canonical_constraint("CHECK ( (a >   0))")
+        );
+        assert_ne!(
+            canonical_constraint("CHECK ((a > 0))"),
+            canonical_constraint("CHECK ((b > 0))")
+        );
+    }
 
     #[test]
     fn shows_types() {
