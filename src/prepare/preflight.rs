@@ -68,7 +68,7 @@ pub async fn check_source(src: &Client, schemas: &[String]) -> Result<Vec<String
             "SELECT current_user::text,
                     ARRAY(SELECT n.nspname::text FROM pg_catalog.pg_namespace n
                            WHERE n.nspname = ANY($1) AND NOT pg_catalog.has_schema_privilege(n.oid, 'USAGE')
-                           ORDER BY pg_catalog.array_position($1, n.nspname::text))",
+                           ORDER BY pg_catalog.array_position($1, n.nspname))",
             &[&schemas],
         )
         .await
@@ -125,7 +125,7 @@ async fn relations(client: &Client, schemas: &[String], condition: &str) -> Resu
                 "SELECT n.nspname::text, c.relname::text
                    FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
                   WHERE n.nspname = ANY($1) AND c.relkind IN ('r', 'p', 'v', 'm', 'S', 'f') AND {condition}
-                  ORDER BY pg_catalog.array_position($1, n.nspname::text), c.relname"
+                  ORDER BY pg_catalog.array_position($1, n.nspname), c.relname"
             ),
             &[&schemas],
         )
@@ -227,7 +227,7 @@ pub async fn check_dest(dst: &Client, schemas: &[String]) -> Result<Vec<String>>
                     has_database_privilege(current_database(), 'CREATE'),
                     ARRAY(SELECT n.nspname::text FROM pg_catalog.pg_namespace n
                            WHERE n.nspname = ANY($1) AND NOT pg_catalog.has_schema_privilege(n.oid, 'CREATE')
-                           ORDER BY pg_catalog.array_position($1, n.nspname::text)),
+                           ORDER BY pg_catalog.array_position($1, n.nspname)),
                     (SELECT rolsuper FROM pg_catalog.pg_roles WHERE rolname = current_user)",
             &[&schemas],
         )
@@ -350,7 +350,7 @@ pub async fn outside_dependents(dst: &Client, schemas: &[String]) -> Result<Vec<
                JOIN pg_catalog.pg_class c ON c.oid = pr.prrelid
                JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
               WHERE n.nspname = ANY($1)
-              ORDER BY 1, pg_catalog.array_position($1, n.nspname::text), 3",
+              ORDER BY 1, pg_catalog.array_position($1, n.nspname), 3",
             &[&schemas],
         )
         .await
