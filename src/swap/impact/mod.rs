@@ -86,8 +86,9 @@
 //!   and table rewrites) gives the table a new `relfilenode`, so such a table is
 //!   reported as *unknown* (rewritten), never as clean.
 //! * Counters that went backwards, a changed `stats_reset` (`pg_stat_reset()`,
-//!   and on 15+ also `pg_stat_reset_single_table_counters()`; a crash discards
-//!   all statistics), `track_counts = off`, or a migration prepared without a
+//!   `pg_stat_reset_single_table_counters()`; a crash discards all statistics;
+//!   on 13 and 14 the baseline waits for the collector to know the database,
+//!   see [`writes`]), `track_counts = off`, or a migration prepared without a
 //!   baseline ([`compare_without_baseline`]) make the tables *unknown*. Unknown
 //!   tables refuse the swap like discarded writes unless `--allow-discard`
 //!   covers them. A check that cannot run at all is an error for the caller

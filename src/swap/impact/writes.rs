@@ -8,6 +8,20 @@
 //!   counters and `relfilenode`, plus the database's `stats_reset` and
 //!   `track_counts`. A [`WriteBaseline`] is serde-ready for the state file and
 //!   `pgshift.migration`.
+//! * `stats_reset` means two things. On 15+ it is null until the database's
+//!   statistics are first reset. On 13 and 14 it is null while the statistics
+//!   collector has no entry for the database (a young database, or statistics
+//!   lost in a crash), and the collector sets it when it creates the entry, on
+//!   the first counts a backend sends, though nothing was reset. A baseline
+//!   that recorded that null would later see a timestamp and report a reset
+//!   that never happened. It cannot simply treat a null baseline as "never
+//!   reset" on 13 and 14: without an entry every table's counters read 0, so
+//!   the counters-went-backwards test never fires, and a real `pg_stat_reset()`
+//!   after the entry appeared would go unnoticed (the writes before it lost
+//!   from the count). So [`take_baseline`] waits, on 13 and 14, until the
+//!   collector has the entry (about a second; it gives up after a few seconds
+//!   and records the null). Then every change of `stats_reset`, null included,
+//!   is a reset, on every version.
 //! * [`compare`] of the baseline with a later snapshot (taken the same way) gives a
 //!   [`WriteCheck`]: per table, matched by OID, the writes since the baseline
 //!   (`discarded`), or why they cannot be known (`unknown`: rewritten or
@@ -288,20 +302,65 @@ const GLOBAL_SQL: &str = "SELECT pg_catalog.current_setting('track_counts')::boo
         pg_catalog.clock_timestamp() AS now
    FROM pg_catalog.pg_database d WHERE d.datname = pg_catalog.current_database()";
 
+/// How long [`database_statistics`] waits for the statistics collector of
+/// PostgreSQL 13 and 14 to start counting for a database it has no entry for:
+/// a backend sends its counts at most every 500 ms (`PGSTAT_STAT_INTERVAL`)
+/// and a reader accepts a statistics file up to 500 ms old, so about a second,
+/// with room for a busy collector.
+const COLLECTOR_ENTRY_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// [`GLOBAL_SQL`]'s row, read after discarding the backend's statistics
+/// snapshot. On PostgreSQL 13 and 14 a database the statistics collector has
+/// no entry for yet (a young database, or statistics lost in a crash) has a
+/// null `stats_reset`, and the collector sets it to the time it creates the
+/// entry, on the first counts any backend sends: a later reading would see a
+/// change that is no reset. So there, with `track_counts` on, this waits (up
+/// to [`COLLECTOR_ENTRY_WAIT`]) for the entry; each query ends a transaction,
+/// after which this backend itself sends its counts, so outside a transaction
+/// the wait ends in about a second. On 15+ `stats_reset` stays null until the
+/// first reset, and is read once.
+async fn database_statistics(client: &impl GenericClient) -> Result<tokio_postgres::Row> {
+    let read = || async {
+        client
+            .execute("SELECT pg_catalog.pg_stat_clear_snapshot()", &[])
+            .await
+            .context("reading the write counters")?;
+        client
+            .query_one(GLOBAL_SQL, &[])
+            .await
+            .context("reading the statistics settings")
+    };
+    let g = read().await?;
+    let waits = |g: &tokio_postgres::Row| {
+        g.get::<_, bool>("track") && g.get::<_, Option<DateTime<Utc>>>("reset").is_none()
+    };
+    if !waits(&g) || crate::pg::catalog::server_major(client).await? >= 15 {
+        return Ok(g);
+    }
+    let deadline = std::time::Instant::now() + COLLECTOR_ENTRY_WAIT;
+    loop {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        let g = read().await?;
+        if !waits(&g) || std::time::Instant::now() >= deadline {
+            if waits(&g) {
+                tracing::debug!(
+                    "the statistics collector has no entry for this database yet: its stats_reset is recorded as null"
+                );
+            }
+            return Ok(g);
+        }
+    }
+}
+
 /// The counters of every ordinary table of `schemas` now. Works inside or
 /// outside a transaction (it discards the backend's statistics snapshot first).
+/// On PostgreSQL 13 and 14 it first waits for the statistics collector to
+/// know the database ([`database_statistics`]).
 pub async fn take_baseline(
     client: &impl GenericClient,
     schemas: &[String],
 ) -> Result<WriteBaseline> {
-    client
-        .execute("SELECT pg_catalog.pg_stat_clear_snapshot()", &[])
-        .await
-        .context("reading the write counters")?;
-    let g = client
-        .query_one(GLOBAL_SQL, &[])
-        .await
-        .context("reading the statistics settings")?;
+    let g = database_statistics(client).await?;
     let sql = format!(
         "{} ORDER BY 2, 3",
         tables_sql("n.nspname = ANY($1::text[])")
