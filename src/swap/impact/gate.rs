@@ -406,9 +406,17 @@ impl UnderLocks<'_> {
 }
 
 /// The counters of public's tables right after a swap or rollback COMMIT, for
-/// the next rollback's check. On PostgreSQL 15+ the sessions that wrote inside
-/// the swap (the final replay of preserved tables) publish their counts first
-/// (`pg_stat_force_next_flush`), so they are not mistaken for later writes.
+/// the next rollback's check. The sessions that wrote inside the swap (the
+/// final replay of preserved tables, kept tables' rows) publish their counts
+/// first, so they are not mistaken for later writes: on PostgreSQL 15+ with
+/// `pg_stat_force_next_flush`; on 13 and 14, which have no such function, a
+/// backend sends its counts to the statistics collector when it goes idle at
+/// least 500 ms (`PGSTAT_STAT_INTERVAL`) after its last sending, and a reader
+/// accepts a statistics file up to 500 ms old: so both sessions run a
+/// statement after [`COLLECTOR_SEND_INTERVAL`] (they send before they answer)
+/// and the counters are read [`COLLECTOR_FILE_AGE`] later, about 1.2 s after
+/// the COMMIT (no lock is held any more). That is as sure as the collector is
+/// (it may fall behind under load, and drops what it cannot receive).
 pub async fn live_baseline(
     swap_session: &Client,
     control: &Client,
@@ -428,9 +436,26 @@ pub async fn live_baseline(
                 .await
                 .context("publishing the swap's own write counters")?;
         }
+    } else {
+        tokio::time::sleep(COLLECTOR_SEND_INTERVAL).await;
+        for c in [swap_session, control] {
+            c.batch_execute("SELECT 1")
+                .await
+                .context("publishing the swap's own write counters")?;
+        }
+        tokio::time::sleep(COLLECTOR_FILE_AGE).await;
     }
     take_baseline(control, schemas).await
 }
+
+/// PostgreSQL 13 and 14: a backend sends its counts to the statistics
+/// collector at most this often (`PGSTAT_STAT_INTERVAL`, 500 ms), with margin.
+const COLLECTOR_SEND_INTERVAL: Duration = Duration::from_millis(550);
+
+/// PostgreSQL 13 and 14: a reader accepts a statistics file up to
+/// `PGSTAT_STAT_INTERVAL` (500 ms) old; waiting longer than that after the
+/// counts were sent gives a file the collector wrote after it received them.
+const COLLECTOR_FILE_AGE: Duration = Duration::from_millis(650);
 
 /// The rollback's refusal, if `allow` does not cover `check`.
 pub fn rollback_gate(check: &WriteCheck, allow: &AllowDiscard) -> Result<()> {
