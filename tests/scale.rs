@@ -599,7 +599,18 @@ fn the_swap_budget_covers_the_locks_a_real_swap_holds() {
          CREATE FUNCTION f2() RETURNS bigint LANGUAGE sql BEGIN ATOMIC SELECT count(*) FROM users; END;
          CREATE PROCEDURE p1() LANGUAGE sql AS 'SELECT 1';
          CREATE AGGREGATE agg1(int) (sfunc = int4pl, stype = int);";
-    dbs.src.psql(schema);
+    let atomic = "BEGIN ATOMIC SELECT count(*) FROM users; END;";
+    assert!(schema.contains(atomic));
+    if dbs.src.server_major() >= 14 {
+        dbs.src.psql(schema);
+    } else {
+        println!(
+            "skipped on PostgreSQL {}: f2's SQL-standard body (BEGIN ATOMIC, from 14 on); it has a string body",
+            dbs.src.server_major()
+        );
+        dbs.src
+            .psql(&schema.replace(atomic, "AS 'SELECT count(*) FROM users';"));
+    }
     // The destination's public (moved out to the backup): an older version.
     dbs.dst.psql(
         "CREATE TABLE users (id bigserial PRIMARY KEY, name text); INSERT INTO users (name) VALUES ('x'), ('y'), ('z');

@@ -115,6 +115,14 @@ impl TestDb {
     pub fn try_psql(&self, sql: &str) -> Result<String, String> {
         self.server.try_psql(&self.name, sql)
     }
+    /// The server's major version (`server_version_num / 10000`).
+    pub fn server_major(&self) -> u32 {
+        let n: u32 = self
+            .query_one_string("SHOW server_version_num")
+            .parse()
+            .expect("server_version_num");
+        n / 10000
+    }
     /// The trimmed output of a query returning one value.
     pub fn query_one_string(&self, sql: &str) -> String {
         self.psql(sql).trim().to_string()

@@ -38,7 +38,7 @@ pub use conn::{ServerInfo, conninfo_value};
 #[allow(unused_imports)]
 pub use db::{TestDb, TestDbs, database_exists, fresh_pair, unique_db_name};
 #[allow(unused_imports)]
-pub use proc::{pg_bindir, process_alive, wait_until};
+pub use proc::{bin_major, pg_bindir, process_alive, wait_until};
 #[allow(unused_imports)]
 pub use teardown::NO_WATCHDOG_ENV;
 

@@ -96,6 +96,25 @@ pub fn pg_bindir() -> PathBuf {
         .clone()
 }
 
+/// Major version of the client programs in [`pg_bindir`] (`psql --version`): the
+/// libpq that psql, pg_dump and pg_restore use, and the harness clusters' server.
+pub fn bin_major() -> u32 {
+    static MAJOR: OnceLock<u32> = OnceLock::new();
+    *MAJOR.get_or_init(|| {
+        let out = Command::new(pg_bindir().join("psql"))
+            .arg("--version")
+            .output()
+            .expect("psql --version");
+        let text = String::from_utf8_lossy(&out.stdout);
+        // "psql (PostgreSQL) 13.16 (Debian …)"
+        text.split_whitespace()
+            .nth(2)
+            .and_then(|v| v.split(|c: char| !c.is_ascii_digit()).next())
+            .and_then(|m| m.parse().ok())
+            .unwrap_or_else(|| panic!("cannot read a version in {text:?}"))
+    })
+}
+
 /// Every `PG*` variable of this process (that includes `PGSHIFT_*`).
 pub fn inherited_pg_vars() -> Vec<OsString> {
     std::env::vars_os()
