@@ -44,10 +44,15 @@ fn env() -> &'static Env {
         std::thread::scope(|s| {
             let src = s.spawn(|| Cluster::start_with("scale-src", ""));
             let small = s.spawn(|| {
-                Cluster::start_with(
-                    "small-locks",
-                    "max_connections = 20\nmax_locks_per_transaction = 64",
-                )
+                // The lock table has max_locks_per_transaction slots per server
+                // process. PostgreSQL 18 counts autovacuum_worker_slots (default
+                // 16) where 13-17 count autovacuum_max_workers (3): 3 slots give
+                // it the same size (within a special process) on every version.
+                let mut conf = String::from("max_connections = 20\nmax_locks_per_transaction = 64");
+                if common::bin_major() >= 18 {
+                    conf.push_str("\nautovacuum_worker_slots = 3");
+                }
+                Cluster::start_with("small-locks", &conf)
             });
             let env = Env {
                 src: src.join().expect("source cluster"),
