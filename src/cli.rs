@@ -473,11 +473,16 @@ pub struct CleanupArgs {
 }
 
 #[derive(Debug, Args, Clone, Default)]
+#[command(group(clap::ArgGroup::new("which").required(true).args(["latest", "timestamp"])))]
 pub struct VerifyArgs {
     #[command(flatten)]
     pub dest: DestArg,
 
+    /// Verify the newest backup.
+    #[arg(long, conflicts_with = "timestamp")]
+    pub latest: bool,
+
     /// The backup to verify: its unix-ms timestamp or its schema name.
     #[arg(long, value_name = "TS")]
-    pub timestamp: String,
+    pub timestamp: Option<String>,
 }

@@ -161,8 +161,10 @@ fn list_and_verify_after_start() {
     let b = &list(&wd, &dbs.dst)[0];
     assert_eq!(b["last_verify_ok"], true);
     assert!(b["last_verified_at"].as_str().is_some());
-    // The schema name works as well as the timestamp.
+    // The schema name works as well as the timestamp, and --latest names it too.
     wd.run_ok(&["verify", "--dest", &dbs.dst.url(), "--timestamp", &schema]);
+    let latest = run_json(&wd, &["verify", "--dest", &dbs.dst.url(), "--latest"]);
+    assert_eq!(latest["schema"], schema.as_str(), "{latest}");
 
     // A row deleted from a backup table: exit 3, naming the table.
     dbs.dst
@@ -269,6 +271,10 @@ fn bad_input_changes_nothing() {
     );
     let out = wd.run(&["verify", "--dest", &url, "--timestamp", "backup_x;drop"]);
     assert_usage_error(&out, "verify of a bad reference", "is not a backup");
+    let out = wd.run(&["verify", "--dest", &url]);
+    assert_usage_error(&out, "verify of no backup", "--latest");
+    let out = wd.run(&["verify", "--dest", &url, "--latest", "--timestamp", "1"]);
+    assert_usage_error(&out, "verify of two backups", "cannot be used with");
     let out = wd.run(&["rollback", "--dest", &url, "--timestamp", "999"]);
     assert_usage_error(
         &out,

@@ -13,9 +13,20 @@ use crate::output::{self, Table};
 pub async fn run(args: VerifyArgs, ctx: Ctx) -> Result<ExitCode> {
     ctx.settings.require_dest()?;
     // Refuse bad input before connecting.
-    verify::parse_ref(&args.timestamp)?;
+    if let Some(ts) = &args.timestamp {
+        verify::parse_ref(ts)?;
+    }
     let client = ctx.connect_dest().await?;
-    let backup = verify::find(&client, &args.timestamp).await?;
+    let backup = match &args.timestamp {
+        Some(ts) => verify::find(&client, ts).await?,
+        None => crate::backups::manifest::list_backups(&client)
+            .await?
+            .into_iter()
+            .next()
+            .ok_or_else(|| {
+                crate::error::UserError::new("there are no backups on the destination to verify")
+            })?,
+    };
     let report = verify::check(&client, &backup).await?;
     verify::record(&client, &report).await?;
     print(&ctx, &report)?;
