@@ -1381,19 +1381,24 @@ fn a_type_used_across_schemas_is_reported_replaced() {
 /// must reach the source's functions in the shadow, not the destination's
 /// live ones: into an empty destination prepare would fail, and where the
 /// live version differs (`upper` instead of `lower`) the index would be built
-/// with it and answer wrongly after the swap. After the swap the functions
+/// with it and answer wrongly after the swap. The same for a text search
+/// configuration named in a string (`to_tsvector('app.cfg', t)`, a regconfig
+/// by the function's signature). After the swap the functions
 /// read exactly as in the source, in public as in `app`.
 #[test]
 fn functions_naming_their_own_schema_run_on_the_shadow_during_prepare() {
-    let ddl = |norm: &str| {
+    let ddl = |norm: &str, cfg: &str| {
         format!(
             "CREATE SCHEMA app;
+             CREATE TEXT SEARCH CONFIGURATION app.cfg (COPY = {cfg});
+             CREATE FUNCTION app.tsv(t text) RETURNS tsvector LANGUAGE sql IMMUTABLE AS $$ SELECT to_tsvector('app.cfg', t) $$;
              CREATE FUNCTION app.norm_impl(t text) RETURNS text LANGUAGE sql IMMUTABLE AS $$ SELECT {norm}(t) $$;
              CREATE FUNCTION app.norm(t text) RETURNS text LANGUAGE sql IMMUTABLE AS $$ SELECT app.norm_impl(t) $$;
              CREATE FUNCTION app.ok(t text) RETURNS bool LANGUAGE plpgsql IMMUTABLE SET search_path = app
                AS $$ BEGIN RETURN norm_impl(t) IS NOT NULL AND norm_impl(t) = app.norm(t); END $$;
              CREATE TABLE app.item (id int PRIMARY KEY, name text CHECK (app.ok(name)));
              CREATE INDEX item_norm ON app.item (app.norm(name));
+             CREATE INDEX item_tsv ON app.item USING gin (app.tsv(name));
              CREATE FUNCTION public.pnorm_impl(t text) RETURNS text LANGUAGE sql IMMUTABLE AS $$ SELECT {norm}(t) $$;
              CREATE FUNCTION public.pnorm(t text) RETURNS text LANGUAGE sql IMMUTABLE AS $$ SELECT public.pnorm_impl(t) $$;
              CREATE TABLE public.person (id int PRIMARY KEY, name text);
@@ -1403,17 +1408,21 @@ fn functions_naming_their_own_schema_run_on_the_shadow_during_prepare() {
     let found = |db: &TestDb, scan: &str| {
         db.query_one_string(&format!(
             "SET enable_seqscan = {scan}; SET enable_indexscan = {idx}; SET enable_bitmapscan = {idx};
-             SELECT (SELECT count(*) FROM app.item WHERE app.norm(name) = 'name7')
-                 || ',' || (SELECT count(*) FROM public.person WHERE public.pnorm(name) = 'name7')",
+             SELECT (SELECT count(*) FROM app.item WHERE app.norm(name) = 'name7 running')
+                 || ',' || (SELECT count(*) FROM public.person WHERE public.pnorm(name) = 'name7')
+                 || ',' || (SELECT count(*) FROM app.item WHERE app.tsv(name) @@ to_tsquery('simple', 'running'))",
             idx = if scan == "off" { "on" } else { "off" }
         ))
     };
     // An older destination (its functions differ), and an empty one.
-    for (name, dest_ddl) in [("fn_own_older", Some(ddl("upper"))), ("fn_own_empty", None)] {
+    for (name, dest_ddl) in [
+        ("fn_own_older", Some(ddl("upper", "english"))),
+        ("fn_own_empty", None),
+    ] {
         let dbs = TestDbs::new(name);
-        dbs.src.psql(&ddl("lower"));
+        dbs.src.psql(&ddl("lower", "simple"));
         dbs.src.psql(
-            "INSERT INTO app.item SELECT g, 'Name' || g FROM generate_series(1, 1000) g;
+            "INSERT INTO app.item SELECT g, 'Name' || g || ' running' FROM generate_series(1, 1000) g;
              INSERT INTO public.person SELECT g, 'Name' || g FROM generate_series(1, 1000) g;",
         );
         if let Some(d) = &dest_ddl {
@@ -1430,8 +1439,8 @@ fn functions_naming_their_own_schema_run_on_the_shadow_during_prepare() {
             "--schemas",
             "public,app",
         ]);
-        assert_eq!(found(&dbs.dst, "off"), "1,1", "{name}: by the indexes");
-        assert_eq!(found(&dbs.dst, "on"), "1,1", "{name}: by scanning");
+        assert_eq!(found(&dbs.dst, "off"), "1,1,1000", "{name}: by the indexes");
+        assert_eq!(found(&dbs.dst, "on"), "1,1,1000", "{name}: by scanning");
         assert_same_schema(&dbs.src, &dbs.dst, "app");
         assert_same_schema(&dbs.src, &dbs.dst, "public");
     }

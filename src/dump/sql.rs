@@ -76,8 +76,10 @@
 //! while preserved tables sync. A SQL or PL/pgSQL body that names its own schema
 //! (`public.norm_impl(t)`) or a `SET search_path = public` would then reach the
 //! destination's live objects. So such a function is created in its *prepare-time* form,
-//! its body remapped by the rules above and each chosen schema of its `search_path`
-//! preceded by its shadow; the swap puts back the definition as written (`CREATE OR
+//! its body remapped by the rules above (and a string constant that is only a qualified
+//! name the dump defines, `to_tsvector('public.cfg', t)`, which the called function's
+//! signature makes a `regconfig`) and each chosen schema of its `search_path` preceded by
+//! its shadow; the swap puts back the definition as written (`CREATE OR
 //! REPLACE`, one deferred statement each) before the shadow's objects move.
 //!
 //! A table (or alias, or parameter) that is itself called `public` makes `public.X`
@@ -1547,13 +1549,48 @@ fn string_const_node(value: &str) -> pg_query::protobuf::Node {
 }
 
 impl Remapper<'_> {
-    /// A function body remapped as an entry is; `None` if nothing changes or
-    /// it does not scan (a body need not be SQL).
+    /// A function body remapped as an entry is, plus every string constant
+    /// that is nothing but a qualified name the dump defines
+    /// (`to_tsvector('app.cfg', t)`, where the function's signature makes the
+    /// constant a `regconfig`, unseen in the text); `None` if nothing changes
+    /// or it does not scan (a body need not be SQL). Only for the prepare-time
+    /// form: the swap puts the body back as written.
     fn remap_body(&self, body: &str) -> Option<String> {
         let toks = scan_raw(body, 0).ok()?;
         let mut edits = Vec::new();
         self.remap_entry(body, 0, body.len(), &toks, None, &mut edits);
+        let tokens = Tokens::new(body, &toks);
+        for (i, tok) in tokens.toks.iter().enumerate() {
+            if tok.token != Token::Sconst
+                || tokens.is(i + 1, Token::Typecast)
+                || edits.iter().any(|e| e.start == tok.start)
+            {
+                continue;
+            }
+            if let Some(text) = self.name_literal(tok.text(body)) {
+                edits.push(Edit {
+                    start: tok.start,
+                    end: tok.end,
+                    text,
+                });
+            }
+        }
+        edits.sort_by_key(|e| e.start);
         (!edits.is_empty()).then(|| apply_edits(body, &edits))
+    }
+
+    /// `'app.cfg'` as `'shadow_app.cfg'` when the constant is exactly a
+    /// qualified name of an object the dump defines.
+    fn name_literal(&self, literal: &str) -> Option<String> {
+        let content = decode_literal(literal)?;
+        let scanned = scan_raw(&content, 0).ok()?;
+        let inner = Tokens::new(&content, &scanned);
+        let (_, last) = inner.ident(0)?;
+        if !(inner.is(last + 1, Token::Ascii46) && inner.toks.len() == last + 3) {
+            return None;
+        }
+        let rewritten = self.reg_value(&content)?;
+        Some(format!("'{}'", rewritten.replace('\'', "''")))
     }
 }
 
@@ -2610,7 +2647,7 @@ ALTER TABLE ONLY public.users ALTER COLUMN id SET DEFAULT nextval('public.users_
     fn a_functions_body_names_the_shadow_until_the_swap() {
         let sql = "--\n-- Name: norm(text); Type: FUNCTION; Schema: app; Owner: -\n--\n\n\
                    CREATE FUNCTION shadow_app.norm(t text) RETURNS text\n    LANGUAGE sql IMMUTABLE\n    \
-                   AS $_$ SELECT app.norm_impl(t) || 'app.norm_impl' || public.f() || public.g() $_$;\n\n\n";
+                   AS $_$ SELECT app.norm_impl(t) || 'see app.norm_impl' || public.f() || public.g() $_$;\n\n\n";
         let out = prepare_time(sql).expect("changed");
         assert!(
             out.starts_with("CREATE FUNCTION shadow_app.norm(t text)"),
@@ -2619,7 +2656,7 @@ ALTER TABLE ONLY public.users ALTER COLUMN id SET DEFAULT nextval('public.users_
         // Defined names are remapped, strings and other names are not.
         assert!(
             out.contains(
-                "SELECT shadow_app.norm_impl(t) || 'app.norm_impl' || shadow.f() || public.g()"
+                "SELECT shadow_app.norm_impl(t) || 'see app.norm_impl' || shadow.f() || public.g()"
             ),
             "{out}"
         );
@@ -2628,7 +2665,7 @@ ALTER TABLE ONLY public.users ALTER COLUMN id SET DEFAULT nextval('public.users_
         assert_eq!(
             back,
             "SET LOCAL check_function_bodies = off; CREATE OR REPLACE FUNCTION shadow_app.norm(t text) RETURNS text\n    \
-             LANGUAGE sql IMMUTABLE\n    AS $_$ SELECT app.norm_impl(t) || 'app.norm_impl' || public.f() || public.g() $_$;"
+             LANGUAGE sql IMMUTABLE\n    AS $_$ SELECT app.norm_impl(t) || 'see app.norm_impl' || public.f() || public.g() $_$;"
         );
         // Both parse; the restore is a replacement.
         assert!(pg_query::parse(&out, 0).is_ok() && pg_query::parse(&back, 0).is_ok());
@@ -2638,6 +2675,17 @@ ALTER TABLE ONLY public.users ALTER COLUMN id SET DEFAULT nextval('public.users_
     fn a_functions_search_path_puts_each_shadow_first() {
         let sql = "CREATE FUNCTION shadow_app.ok(t text) RETURNS boolean LANGUAGE plpgsql IMMUTABLE \
                    SET search_path TO 'app', 'public', 'pg_temp' AS $$ BEGIN RETURN norm_impl(t) IS NOT NULL; END $$;";
+        // A constant that is only a name the dump defines (a regconfig by the
+        // called function's signature) names the shadow's object too; one
+        // that says more, or names something else, stays.
+        let tsv = "CREATE FUNCTION shadow_app.tsv(t text) RETURNS tsvector LANGUAGE sql IMMUTABLE \
+                   AS $$ SELECT to_tsvector('app.norm', t) || to_tsvector('app.other', t) \
+                   || to_tsvector('see app.norm', t) || to_tsvector('\"app\".norm'::regconfig, t) $$;";
+        let out = prepare_time(tsv).expect("changed");
+        assert!(
+            out.contains("to_tsvector('shadow_app.norm', t) || to_tsvector('app.other', t) || to_tsvector('see app.norm', t) || to_tsvector('shadow_app.norm'::regconfig, t)"),
+            "{out}"
+        );
         let out = prepare_time(sql).expect("changed");
         assert!(
             out.contains("search_path TO shadow_app, app, shadow, public, pg_temp"),
