@@ -810,11 +810,15 @@ async fn foreign_key_violations_are_reported_and_not_valid_works() {
     assert_prepared(&prepare(&dbs, &["--preserved-tables", "users"]));
     let c = dbs.dst.client().await;
     let (_, deferred) = recorded(&c).await;
-    let mut v = sync::fk_violations(&c, &deferred).await.unwrap();
+    let pairs = pgshift::pg::meta::schema_pairs(&["public".to_string()]);
+    let mut v = sync::fk_violations(&c, &deferred, &pairs).await.unwrap();
     v.sort_by(|a, b| a.constraint.cmp(&b.constraint));
     assert_eq!(v.len(), 2, "{v:?}");
     assert_eq!(v[0].constraint, "orders_user_fk");
-    assert_eq!(v[0].table, "orders");
+    assert_eq!(
+        (v[0].schema.as_str(), v[0].table.as_str()),
+        ("public", "orders")
+    );
     assert_eq!(v[0].referenced_table, "users");
     // Users 6..10 are missing: 50 orders (the NULL one is fine).
     assert_eq!(v[0].count, 50);

@@ -1480,7 +1480,8 @@ fn a_rollback_keeping_a_written_table_of_billing_goes_through() {
 }
 
 /// A preserved table of billing: the column only the destination has is a
-/// warning of prepare's report, and a foreign key to it left NOT VALID by
+/// warning of prepare's report, the dry run's foreign-key violations name
+/// their schemas, and a foreign key to it left NOT VALID by
 /// `--allow-fk-violations` is named with its schema.
 #[test]
 fn a_preserved_table_of_billing_is_named_with_its_schema() {
@@ -1514,6 +1515,13 @@ fn a_preserved_table_of_billing_is_named_with_its_schema() {
             == "preserved table billing.customers: column legacy exists only in the destination; its values are not carried over"
     });
     assert!(warned, "{p}");
+    let plan = run_json(&wd, &["swap", "--dest", &dst, "--dry-run"]);
+    let v = &plan["swap"]["fk_violations"][0];
+    assert_eq!(
+        (&v["schema"], &v["table"], &v["referenced_schema"]),
+        (&json!("billing"), &json!("invoices"), &json!("billing")),
+        "{plan}"
+    );
     let s = run_json(&wd, &["swap", "--dest", &dst, "--allow-fk-violations"]);
     assert_eq!(
         s["fk_not_valid"],

@@ -281,7 +281,8 @@ async fn swap_verdict(client: &Client, d: &Destination) -> Result<Option<String>
             ));
         }
     }
-    match sync::fk_violations(client, &st.details.deferred_sql).await {
+    let pairs = crate::pg::meta::schema_pairs(&st.schemas);
+    match sync::fk_violations(client, &st.details.deferred_sql, &pairs).await {
         Ok(v) if v.is_empty() => Ok(None),
         Ok(v) => Ok(Some(format!(
             "foreign keys involving preserved tables do not match the destination's rows: {} (fix the rows, or swap with --allow-fk-violations)",

@@ -1810,8 +1810,14 @@ fn first_line(sql: &str) -> String {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct FkViolation {
     pub constraint: String,
+    /// The table's live schema (absent = public).
+    #[serde(skip_serializing_if = "is_public_str")]
+    pub schema: String,
     pub table: String,
     pub columns: Vec<String>,
+    /// The referenced table's live schema (absent = public).
+    #[serde(skip_serializing_if = "is_public_str")]
+    pub referenced_schema: String,
     pub referenced_table: String,
     pub referenced_columns: Vec<String>,
     /// Violating rows.
@@ -1830,10 +1836,10 @@ impl fmt::Display for FkViolation {
             display_ident(&self.constraint),
             self.count,
             if self.count == 1 { "" } else { "s" },
-            display_ident(&self.table),
+            crate::pg::meta::table_display(&self.schema, &self.table),
             lhs,
             if self.count == 1 { "s" } else { "" },
-            display_ident(&self.referenced_table),
+            crate::pg::meta::table_display(&self.referenced_schema, &self.referenced_table),
             cols(&self.referenced_columns),
         )?;
         if !self.examples.is_empty() {
@@ -1866,8 +1872,19 @@ async fn primary_key_columns(client: &Client, rel: &str) -> Result<Vec<String>> 
 /// For each deferred foreign key (all in schema shadow), the rows of the
 /// referencing table whose non-null key has no match in the referenced table
 /// (MATCH FULL: partially null keys too), with up to 5 example keys. Foreign keys
-/// that are NOT VALID in the source are not checked.
-pub async fn fk_violations(client: &Client, deferred_sql: &[String]) -> Result<Vec<FkViolation>> {
+/// that are NOT VALID in the source are not checked. Tables are named in the
+/// live schema `pairs` maps their shadow to.
+pub async fn fk_violations(
+    client: &Client,
+    deferred_sql: &[String],
+    pairs: &[crate::pg::meta::SchemaPair],
+) -> Result<Vec<FkViolation>> {
+    let live = |schema: &str| {
+        pairs
+            .iter()
+            .find(|p| p.shadow == schema)
+            .map_or_else(|| schema.to_string(), |p| p.live.clone())
+    };
     let mut out = Vec::new();
     for sql in deferred_sql {
         let (fks, _) = parse_fks(sql)?;
@@ -1956,6 +1973,8 @@ pub async fn fk_violations(client: &Client, deferred_sql: &[String]) -> Result<V
             if count > 0 {
                 out.push(FkViolation {
                     constraint: fk.constraint,
+                    schema: live(schema),
+                    referenced_schema: live(ref_schema),
                     table: fk.table,
                     columns: fk.columns,
                     referenced_table: fk.ref_table,
@@ -2436,8 +2455,10 @@ mod tests {
     fn violations_read_well() {
         let v = FkViolation {
             constraint: "orders_user_id_fkey".into(),
+            schema: "public".into(),
             table: "orders".into(),
             columns: vec!["user_id".into()],
+            referenced_schema: "public".into(),
             referenced_table: "users".into(),
             referenced_columns: vec!["id".into()],
             count: 3,
@@ -2464,5 +2485,17 @@ mod tests {
             violations_line(&many[..1]),
             v.to_string().replace("orders_user_id_fkey", "k0")
         );
+        // Outside public, with the schema.
+        let billing = FkViolation {
+            schema: "billing".into(),
+            ..v.clone()
+        };
+        assert!(
+            billing.to_string().starts_with("orders_user_id_fkey: 3 rows of billing.orders (user_id) reference no row of users (id)"),
+            "{billing}"
+        );
+        let json = serde_json::to_value(&billing).unwrap();
+        assert_eq!(json["schema"], "billing");
+        assert!(json.get("referenced_schema").is_none(), "{json}");
     }
 }

@@ -417,8 +417,8 @@ pub async fn preview(client: &Client, opts: &SwapOptions) -> Result<SwapPreview>
         leaves,
     };
     let p = engine::preview(client, &exchange(m, &kept), opts.policy, &hook).await?;
-    let mut fk_violations = sync::fk_violations(client, &details.deferred_sql).await?;
-    fk_violations.extend(sync::fk_violations(client, &kept.fk_sql).await?);
+    let mut fk_violations = sync::fk_violations(client, &details.deferred_sql, &pairs(m)).await?;
+    fk_violations.extend(sync::fk_violations(client, &kept.fk_sql, &pairs(m)).await?);
     let impact = gate::migration_report_keeping(
         client,
         &m.state,
@@ -570,8 +570,8 @@ pub async fn swap(sess: &Session, opts: &SwapOptions) -> Result<SwapReport> {
             );
         }
     }
-    let mut violations = sync::fk_violations(&sess.control, deferred).await?;
-    violations.extend(sync::fk_violations(&sess.control, &kept.fk_sql).await?);
+    let mut violations = sync::fk_violations(&sess.control, deferred, &pairs(&m)).await?;
+    violations.extend(sync::fk_violations(&sess.control, &kept.fk_sql, &pairs(&m)).await?);
     if !violations.is_empty() {
         let lines: Vec<String> = violations.iter().map(|v| v.to_string()).collect();
         if !opts.allow_fk_violations {
