@@ -23,10 +23,50 @@ pub fn short_time(rfc: &str) -> String {
 
 /// Print one JSON document on stdout.
 pub fn print_json<T: Serialize + ?Sized>(value: &T) -> anyhow::Result<()> {
-    let mut out = std::io::stdout().lock();
-    serde_json::to_writer_pretty(&mut out, value)?;
-    writeln!(out)?;
+    let mut text = serde_json::to_string_pretty(value)?;
+    text.push('\n');
+    write_stdout(format_args!("{text}"));
     Ok(())
+}
+
+/// `println!` that never panics: see [`write_stdout`].
+#[macro_export]
+macro_rules! outln {
+    () => {
+        $crate::output::write_stdout(format_args!("\n"))
+    };
+    ($($arg:tt)*) => {
+        $crate::output::write_stdout(format_args!("{}\n", format_args!($($arg)*)))
+    };
+}
+
+/// `print!` that never panics: see [`write_stdout`].
+#[macro_export]
+macro_rules! out {
+    ($($arg:tt)*) => {
+        $crate::output::write_stdout(format_args!($($arg)*))
+    };
+}
+
+/// Write to stdout. A reader that went away (`pgshift list | head -1`) ends
+/// the process as it ends `cat` or `grep`, by SIGPIPE, quietly: the command's
+/// work is done, only its report has no reader. Any other failure (a full
+/// disk behind a redirect) is one `error:` line and exit 1. Never a panic,
+/// which is what `println!` does.
+pub fn write_stdout(args: std::fmt::Arguments<'_>) {
+    let mut out = std::io::stdout().lock();
+    if let Err(e) = out.write_fmt(args).and_then(|()| out.flush()) {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            // SAFETY: restoring the default action of SIGPIPE and raising it
+            // ends the process; nothing runs after it.
+            unsafe {
+                libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+                libc::raise(libc::SIGPIPE);
+            }
+        }
+        eprintln!("error: writing to standard output: {e}");
+        std::process::exit(crate::error::ExitCode::Failure.code());
+    }
 }
 
 /// A plain aligned table: a header row, then rows; columns padded with two spaces.
@@ -102,7 +142,7 @@ impl Table {
     }
 
     pub fn print(&self) {
-        print!("{}", self.render());
+        crate::out!("{}", self.render());
     }
 }
 

@@ -299,3 +299,35 @@ fn status_reports_a_run_that_died_during_prepare() {
     assert_eq!(s["state"], "idle", "{s}");
     assert_eq!(s["leftovers"]["found"], false, "{s}");
 }
+
+/// A reader that goes away (`pgshift status | head -1`) ends pgshift as it
+/// ends `cat`: by SIGPIPE, quietly (no panic, no backtrace, no error line),
+/// with `--json` too.
+#[test]
+fn a_closed_stdout_ends_pgshift_quietly() {
+    use std::os::unix::process::ExitStatusExt;
+    let dbs = TestDbs::new("st_pipe");
+    let wd = Workdir::new();
+    let dst = dbs.dst.url();
+    for json in [false, true] {
+        let mut cmd = wd.cmd();
+        cmd.args(["status", "--dest", &dst]);
+        if json {
+            cmd.arg("--json");
+        }
+        let mut child = cmd
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("running pgshift");
+        // The reader is gone before anything is written.
+        drop(child.stdout.take());
+        let out = child.wait_with_output().expect("waiting for pgshift");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.signal(), Some(13), "json {json}: {stderr}");
+        assert!(
+            !stderr.contains("panicked") && !stderr.contains("error"),
+            "json {json}: {stderr}"
+        );
+    }
+}

@@ -27,18 +27,18 @@ fn print(ctx: &Ctx, r: &AbortReport) -> Result<()> {
     if ctx.settings.json {
         return output::print_json(r);
     }
-    println!("{}", capitalised(&r.message));
+    crate::outln!("{}", capitalised(&r.message));
     if r.removed.shadow {
-        println!("  dropped the shadow schema");
+        crate::outln!("  dropped the shadow schema");
     }
     for t in &r.removed.triggers {
-        println!("  dropped trigger {t}");
+        crate::outln!("  dropped trigger {t}");
     }
     for t in &r.removed.helper_tables {
-        println!("  dropped helper table pgshift.{t}");
+        crate::outln!("  dropped helper table pgshift.{t}");
     }
     if r.removed.helper_functions > 0 {
-        println!(
+        crate::outln!(
             "  dropped {} helper function{}",
             r.removed.helper_functions,
             if r.removed.helper_functions == 1 {
@@ -49,10 +49,10 @@ fn print(ctx: &Ctx, r: &AbortReport) -> Result<()> {
         );
     }
     if let Some(d) = &r.dump_dir_removed {
-        println!("  removed the dump directory {d}");
+        crate::outln!("  removed the dump directory {d}");
     }
     if r.aborted {
-        println!("The destination's public was not touched.");
+        crate::outln!("The destination's public was not touched.");
     }
     Ok(())
 }

@@ -45,7 +45,7 @@ fn print(ctx: &Ctx, r: &CleanupReport) -> Result<()> {
     }
     let verb = if r.dry_run { "would drop" } else { "dropped" };
     if r.dropped.is_empty() && r.skipped.is_empty() {
-        println!(
+        crate::outln!(
             "Nothing to clean up: no backup created before {}{}.",
             r.before,
             r.keep_latest
@@ -75,13 +75,13 @@ fn print(ctx: &Ctx, r: &CleanupReport) -> Result<()> {
     }
     t.print();
     for s in &r.skipped {
-        println!(
+        crate::outln!(
             "warning: skipped {}: {}",
             s.schema,
             s.reason.as_deref().unwrap_or("")
         );
     }
-    println!(
+    crate::outln!(
         "{} {} backup{} ({}); {} kept{}",
         if r.dry_run { "Would drop" } else { "Dropped" },
         r.dropped.len(),

@@ -16,7 +16,7 @@ pub async fn run(ctx: Ctx) -> Result<ExitCode> {
         return Ok(ExitCode::Ok);
     }
     if entries.is_empty() {
-        println!("No backups on {}.", dest.redacted());
+        crate::outln!("No backups on {}.", dest.redacted());
         return Ok(ExitCode::Ok);
     }
     let mut t = Table::new([

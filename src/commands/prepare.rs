@@ -163,16 +163,16 @@ pub fn print_plan(ctx: &Ctx, p: &Plan) -> Result<()> {
         };
         return output::print_json(&serde_json::json!({ "dry_run": true, "plan": out }));
     }
-    println!("Plan (dry run: nothing was changed)");
-    println!("  source:      {}", plan.source);
-    println!("  destination: {}", plan.dest);
-    println!("  jobs:        {}", plan.jobs);
-    println!("  phases:      {}", plan.phases.join(" -> "));
+    crate::outln!("Plan (dry run: nothing was changed)");
+    crate::outln!("  source:      {}", plan.source);
+    crate::outln!("  destination: {}", plan.dest);
+    crate::outln!("  jobs:        {}", plan.jobs);
+    crate::outln!("  phases:      {}", plan.phases.join(" -> "));
     if !plan.schemas.is_empty() {
-        println!("  schemas:     {}", plan.schemas.join(", "));
+        crate::outln!("  schemas:     {}", plan.schemas.join(", "));
     }
     if !plan.preserved_tables.is_empty() {
-        println!("  preserved:   {}", plan.preserved_tables.join(", "));
+        crate::outln!("  preserved:   {}", plan.preserved_tables.join(", "));
     }
     for e in &plan.extensions {
         let what = if e.action == "create" {
@@ -180,15 +180,15 @@ pub fn print_plan(ctx: &Ctx, p: &Plan) -> Result<()> {
         } else {
             "present"
         };
-        println!("  extension:   {} in schema {} ({what})", e.name, e.schema);
+        crate::outln!("  extension:   {} in schema {} ({what})", e.name, e.schema);
     }
     if let Some(l) = &plan.leftovers {
-        println!("  leftovers:   {l}");
+        crate::outln!("  leftovers:   {l}");
     }
     if let Some(f) = &plan.filters {
         print_filters(f);
     }
-    println!();
+    crate::outln!();
     let mut t = Table::new(["table", "kind", "rows (est.)", "size"])
         .right(2)
         .right(3);
@@ -208,7 +208,7 @@ pub fn print_plan(ctx: &Ctx, p: &Plan) -> Result<()> {
         ]);
     }
     t.print();
-    println!(
+    crate::outln!(
         "{} tables, {} in total",
         plan.tables.len(),
         human_bytes(plan.total_bytes)
@@ -221,7 +221,7 @@ pub fn print_plan(ctx: &Ctx, p: &Plan) -> Result<()> {
         print_writes_hint(plan, w);
     }
     for w in &plan.warnings {
-        println!("warning: {w}");
+        crate::outln!("warning: {w}");
     }
     Ok(())
 }
@@ -232,16 +232,18 @@ fn print_writes_hint(plan: &PlanReport, w: &WritesSinceReset) {
         .stats_reset
         .map(|t| format!("since {}", t.format("%Y-%m-%d %H:%M:%S UTC")))
         .unwrap_or_else(|| "since the statistics began (never reset)".to_string());
-    println!();
+    crate::outln!();
     if !w.track_counts {
-        println!("Destination tables written: unknown (track_counts is off on the destination)");
+        crate::outln!(
+            "Destination tables written: unknown (track_counts is off on the destination)"
+        );
         return;
     }
     if w.tables.is_empty() {
-        println!("Destination tables written {since}: none");
+        crate::outln!("Destination tables written {since}: none");
         return;
     }
-    println!(
+    crate::outln!(
         "Destination tables written {since} (their rows are replaced by the swap unless preserved):"
     );
     let preserved = |tw: &TableWrites| {
@@ -252,7 +254,7 @@ fn print_writes_hint(plan: &PlanReport, w: &WritesSinceReset) {
         }
     };
     report::writes_table(&w.tables, Some(&preserved)).print();
-    println!(
+    crate::outln!(
         "Tables the application keeps writing belong in --preserved-tables; the swap refuses to discard writes made after prepare starts."
     );
 }
@@ -265,7 +267,7 @@ fn print_filters(f: &Matched) {
         ("keep:", &f.keep_tables),
     ] {
         for m in matches {
-            println!("  {label:<13}{} -> {}", m.pattern, m.tables.join(", "));
+            crate::outln!("  {label:<13}{} -> {}", m.pattern, m.tables.join(", "));
         }
     }
 }
@@ -274,7 +276,7 @@ pub fn print_report(ctx: &Ctx, r: &PrepareReport, impact: Option<&Impact>) -> Re
     if ctx.settings.json {
         return output::print_json(&PrepareOutput { report: r, impact });
     }
-    println!(
+    crate::outln!(
         "Prepared migration {}: {} tables, {} rows in shadow (snapshot {})",
         r.migration_id,
         r.tables.len(),
@@ -284,7 +286,7 @@ pub fn print_report(ctx: &Ctx, r: &PrepareReport, impact: Option<&Impact>) -> Re
             .unwrap_or_default()
     );
     if !r.schemas.is_empty() {
-        println!("Schemas: {}", shadows_line(&r.schemas));
+        crate::outln!("Schemas: {}", shadows_line(&r.schemas));
     }
     let mut t = Table::new(["phase", "duration"]).right(1);
     for (name, ms) in &r.phases_ms {
@@ -292,15 +294,15 @@ pub fn print_report(ctx: &Ctx, r: &PrepareReport, impact: Option<&Impact>) -> Re
     }
     t.print();
     for w in &r.warnings {
-        println!("warning: {w}");
+        crate::outln!("warning: {w}");
     }
     if let Some(i) = impact {
-        println!(
+        crate::outln!(
             "{}   (the whole report: pgshift swap --dry-run)",
             i.summary()
         );
     }
-    println!("Next: pgshift swap --dest <URL>   (or pgshift abort to drop it)");
+    crate::outln!("Next: pgshift swap --dest <URL>   (or pgshift abort to drop it)");
     Ok(())
 }
 
@@ -314,16 +316,16 @@ fn shadows_line(schemas: &[String]) -> String {
 
 /// One line for `start`, before the swap's report.
 pub fn print_report_brief(r: &PrepareReport) {
-    println!(
+    crate::outln!(
         "Prepared migration {}: {} tables, {} rows in shadow",
         r.migration_id,
         r.tables.len(),
         r.total_rows
     );
     if !r.schemas.is_empty() {
-        println!("Schemas: {}", shadows_line(&r.schemas));
+        crate::outln!("Schemas: {}", shadows_line(&r.schemas));
     }
     for w in &r.warnings {
-        println!("warning: {w}");
+        crate::outln!("warning: {w}");
     }
 }

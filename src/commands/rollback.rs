@@ -60,11 +60,11 @@ fn print_preview(ctx: &Ctx, p: &RollbackPreview) -> Result<()> {
     if ctx.settings.json {
         return output::print_json(&serde_json::json!({ "dry_run": true, "rollback": p }));
     }
-    println!(
+    crate::outln!(
         "Rollback plan: restore {} (dry run: nothing was changed)",
         p.restore_schema
     );
-    println!(
+    crate::outln!(
         "Backup check: {}",
         if p.verification.ok {
             "matches its manifest".to_string()
@@ -73,19 +73,19 @@ fn print_preview(ctx: &Ctx, p: &RollbackPreview) -> Result<()> {
         }
     );
     if !p.kept_tables.is_empty() {
-        println!("Kept from the current public: {}", p.kept_tables.join(", "));
+        crate::outln!("Kept from the current public: {}", p.kept_tables.join(", "));
     }
-    println!("Swap mode: {} ({})", p.mode.mode.as_str(), p.mode.reason);
+    crate::outln!("Swap mode: {} ({})", p.mode.mode.as_str(), p.mode.reason);
     print_budget(&p.swap_lock_budget, "rollback");
     if !p.discarded_writes.is_empty() || !p.unknown_writes.is_empty() {
-        println!(
+        crate::outln!(
             "Written since the current public went live (these rows would stay in the new backup):"
         );
         for d in &p.discarded_writes {
-            println!("  {}: {}", d.table, d.counts());
+            crate::outln!("  {}: {}", d.table, d.counts());
         }
         for u in &p.unknown_writes {
-            println!("  {}: cannot be checked ({})", u.table, u.reason);
+            crate::outln!("  {}: cannot be checked ({})", u.table, u.reason);
         }
     }
     print_moves(
@@ -110,15 +110,15 @@ fn print_report(ctx: &Ctx, r: &RollbackReport) -> Result<()> {
         &r.moved,
     );
     if !r.kept_tables.is_empty() {
-        println!(
+        crate::outln!(
             "Kept from the replaced public: {}",
             r.kept_tables.join(", ")
         );
     }
     if r.restored_schema_dropped {
-        println!("{} is now empty and was dropped", r.restored_schema);
+        crate::outln!("{} is now empty and was dropped", r.restored_schema);
     } else {
-        println!(
+        crate::outln!(
             "{} keeps its own copies of the kept tables",
             r.restored_schema
         );

@@ -23,11 +23,11 @@ pub async fn run(ctx: Ctx) -> Result<ExitCode> {
         let plan = prepare::dry_run(&ctx, &popts).await?;
         prepare::print_plan(&ctx, &plan)?;
         if !ctx.settings.json {
-            println!(
+            crate::outln!(
                 "\nThen the swap moves every non-extension object of public into backup_<unix ms> and every object of shadow into public, in one transaction."
             );
             if !popts.filters.keep_tables.is_empty() {
-                println!("The kept tables stay in public as they are.");
+                crate::outln!("The kept tables stay in public as they are.");
             }
         }
         return Ok(ExitCode::Ok);
@@ -68,6 +68,6 @@ fn print_summary(p: &PrepareReport, s: &SwapReport) {
         "swap (locks held)".to_string(),
         human_ms(s.moved.lock_held_ms),
     ]);
-    println!();
+    crate::outln!();
     t.print();
 }

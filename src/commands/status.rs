@@ -208,13 +208,13 @@ fn print(ctx: &Ctx, r: &StatusReport) -> Result<()> {
     }
     let width = lines.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
     for (k, v) in &lines {
-        println!("{:width$}  {v}", format!("{k}:"), width = width + 1);
+        crate::outln!("{:width$}  {v}", format!("{k}:"), width = width + 1);
     }
     if let Some(m) = &r.migration
         && !m.phases.is_empty()
         && r.state != State::Idle
     {
-        println!();
+        crate::outln!();
         let mut t = Table::new(["phase", "status", "duration", "detail"]).right(2);
         for p in &m.phases {
             t.row([
@@ -227,7 +227,7 @@ fn print(ctx: &Ctx, r: &StatusReport) -> Result<()> {
         t.print();
     }
     for w in &r.warnings {
-        println!("warning: {w}");
+        crate::outln!("warning: {w}");
     }
     Ok(())
 }

@@ -47,18 +47,18 @@ pub fn print_preview(ctx: &Ctx, p: &SwapPreview) -> Result<()> {
     if ctx.settings.json {
         return output::print_json(&serde_json::json!({ "dry_run": true, "swap": p }));
     }
-    println!(
+    crate::outln!(
         "Swap plan for migration {} (dry run: nothing was changed)",
         p.migration_id
     );
-    println!("Swap mode: {} ({})", p.mode.mode.as_str(), p.mode.reason);
+    crate::outln!("Swap mode: {} ({})", p.mode.mode.as_str(), p.mode.reason);
     print_schemas(&p.schemas);
     print_budget(&p.swap_lock_budget, "swap");
-    println!();
-    print!("{}", p.impact.render());
-    println!();
+    crate::outln!();
+    crate::out!("{}", p.impact.render());
+    crate::outln!();
     if !p.kept_tables.is_empty() {
-        println!("Kept in public as they are: {}", p.kept_tables.join(", "));
+        crate::outln!("Kept in public as they are: {}", p.kept_tables.join(", "));
     }
     print_moves(
         "swap",
@@ -84,31 +84,33 @@ pub fn print_moves<W: std::fmt::Display>(
         ("public", backup, &moves.move_out),
         (incoming, "public", &moves.move_in),
     ] {
-        println!("{from} -> {to} ({} objects):", objects.len());
+        crate::outln!("{from} -> {to} ({} objects):", objects.len());
         for m in objects {
-            println!("  {m}");
+            crate::outln!("  {m}");
         }
     }
     for w in warnings {
-        println!("warning: {w}");
+        crate::outln!("warning: {w}");
     }
-    println!("\nThe {what} transaction:");
+    crate::outln!("\nThe {what} transaction:");
     for s in &moves.sql {
-        println!("  {s};");
+        crate::outln!("  {s};");
     }
     if let Some(why) = refusal {
-        println!("\nThe {what} would refuse: {why}");
+        crate::outln!("\nThe {what} would refuse: {why}");
     }
 }
 
 /// A dry run's lock-table budget: one line, or the refusal the real run would give.
 pub fn print_budget(b: &Budget, what: &str) {
     match b.refusal(&format!("the {what}")) {
-        None => println!(
+        None => crate::outln!(
             "Lock table: needs about {} of {} slots ({} in use): fits",
-            b.needed, b.capacity, b.in_use
+            b.needed,
+            b.capacity,
+            b.in_use
         ),
-        Some(line) => println!("warning: {line}; the {what} would be refused before any lock"),
+        Some(line) => crate::outln!("warning: {line}; the {what} would be refused before any lock"),
     }
 }
 
@@ -119,7 +121,7 @@ pub fn print_schemas(schemas: &[crate::backups::manifest::SchemaMap]) {
             .iter()
             .map(|m| format!("{} -> {}", m.live, m.backup))
             .collect();
-        println!("Schemas (live -> backup): {}", shown.join(", "));
+        crate::outln!("Schemas (live -> backup): {}", shown.join(", "));
     }
 }
 
@@ -140,12 +142,13 @@ pub fn print_head(
     } else {
         ("the live schemas", replaced[1])
     };
-    println!(
+    crate::outln!(
         "{done}: {} objects into {live}{replaced} kept as {backup} ({} objects)",
-        m.moved_in, m.moved_out
+        m.moved_in,
+        m.moved_out
     );
     print_schemas(schemas);
-    println!(
+    crate::outln!(
         "Locks held for {} ms ({} attempt{})",
         m.lock_held_ms,
         m.attempts,
@@ -163,18 +166,21 @@ pub fn print_ending(
     backup_timestamp: i64,
 ) {
     for c in foreign_keys {
-        println!(
+        crate::outln!(
             "foreign key {} on {}: {} ({})",
-            c.constraint, c.table, c.action, c.references
+            c.constraint,
+            c.table,
+            c.action,
+            c.references
         );
     }
     for fk in fk_not_valid {
-        println!("warning: foreign key {fk} is NOT VALID");
+        crate::outln!("warning: foreign key {fk} is NOT VALID");
     }
     for w in warnings {
-        println!("warning: {w}");
+        crate::outln!("warning: {w}");
     }
-    println!("{undo} with: pgshift rollback --timestamp {backup_timestamp}");
+    crate::outln!("{undo} with: pgshift rollback --timestamp {backup_timestamp}");
 }
 
 pub fn print_report(ctx: &Ctx, r: &SwapReport) -> Result<()> {
@@ -188,15 +194,15 @@ pub fn print_report(ctx: &Ctx, r: &SwapReport) -> Result<()> {
         &r.schemas,
         &r.moved,
     );
-    println!("Checked before the swap: {}", r.impact.summary());
+    crate::outln!("Checked before the swap: {}", r.impact.summary());
     if !r.preserved_tables.is_empty() {
-        println!(
+        crate::outln!(
             "Preserved tables carried over: {}",
             r.preserved_tables.join(", ")
         );
     }
     if !r.kept_tables.is_empty() {
-        println!("Kept in public as they were: {}", r.kept_tables.join(", "));
+        crate::outln!("Kept in public as they were: {}", r.kept_tables.join(", "));
     }
     print_ending(
         &r.foreign_keys,

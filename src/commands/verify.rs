@@ -46,7 +46,7 @@ pub fn print(ctx: &Ctx, r: &VerifyReport) -> Result<()> {
     if ctx.settings.json {
         return output::print_json(r);
     }
-    println!(
+    crate::outln!(
         "Backup {} ({}): {}",
         r.schema,
         r.timestamp,
@@ -84,10 +84,10 @@ pub fn print(ctx: &Ctx, r: &VerifyReport) -> Result<()> {
         t.print();
     }
     for w in &r.warnings {
-        println!("warning: {w}");
+        crate::outln!("warning: {w}");
     }
     for d in &r.differences {
-        println!("difference: {}", d.message);
+        crate::outln!("difference: {}", d.message);
     }
     Ok(())
 }
