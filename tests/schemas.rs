@@ -1529,3 +1529,39 @@ fn a_preserved_table_of_billing_is_named_with_its_schema() {
         "{s}"
     );
 }
+
+/// Objects outside the migrated schemas bound to a function or type of a
+/// migrated one (a trigger on auth.users running public.handle_new_user(),
+/// a column of type public.mood) keep the backup's copy after the swap:
+/// prepare says so, as it does for views, foreign keys and publications.
+#[test]
+fn outside_objects_using_a_migrated_function_or_type_are_warned_about() {
+    let dbs = TestDbs::new("sch_outside_fn");
+    let app = "CREATE TYPE public.mood AS ENUM ('ok', 'sad');
+         CREATE TABLE public.profiles (id int PRIMARY KEY);
+         CREATE FUNCTION public.handle_new_user() RETURNS trigger LANGUAGE plpgsql
+           AS $$ BEGIN INSERT INTO public.profiles VALUES (NEW.id); RETURN NEW; END $$;";
+    dbs.src.psql(app);
+    dbs.dst.psql(app);
+    dbs.dst.psql(
+        "CREATE SCHEMA auth;
+         CREATE TABLE auth.users (id int PRIMARY KEY, m public.mood);
+         CREATE TRIGGER on_auth_user_created AFTER INSERT ON auth.users
+           FOR EACH ROW EXECUTE FUNCTION public.handle_new_user();",
+    );
+    let wd = Workdir::new();
+    let (src, dst) = (dbs.src.url(), dbs.dst.url());
+    let p = run_json(&wd, &["prepare", "--source", &src, "--dest", &dst]);
+    let warnings: Vec<&str> = p["warnings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| w.as_str().unwrap())
+        .collect();
+    for expected in [
+        "trigger on_auth_user_created on table auth.users uses function public.handle_new_user(); after the swap it will use the backup's copy (recreate it after the swap, or migrate its schema too)",
+        "column m of table auth.users uses type public.mood; after the swap it will use the backup's copy (recreate it after the swap, or migrate its schema too)",
+    ] {
+        assert!(warnings.contains(&expected), "{expected}\n{warnings:#?}");
+    }
+}

@@ -343,6 +343,44 @@ pub async fn outside_dependents(dst: &Client, schemas: &[String]) -> Result<Vec<
             display_ident(&p)
         ));
     }
+    // Triggers, policies, defaults, constraints, columns, functions… outside
+    // that use a function or type of a migrated schema: they are bound to it
+    // by OID, so the swap leaves them with the backup's copy (a trigger on
+    // auth.users would go on running the old public.handle_new_user()).
+    let rows = dst
+        .query(
+            &format!(
+                "SELECT DISTINCT
+                        CASE WHEN d.classid = 'pg_catalog.pg_rewrite'::regclass THEN {describe}
+                             ELSE pg_catalog.pg_describe_object(d.classid, d.objid, d.objsubid) END,
+                        r.type || ' ' || r.identity
+                   FROM pg_catalog.pg_depend d
+                   JOIN LATERAL pg_catalog.pg_identify_object(d.refclassid, d.refobjid, 0) r ON true
+                  WHERE d.deptype = 'n'
+                    AND d.refclassid IN ('pg_catalog.pg_proc'::regclass, 'pg_catalog.pg_type'::regclass)
+                    AND r.schema = ANY($1)
+                    AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_depend e
+                                     WHERE e.classid = d.refclassid AND e.objid = d.refobjid AND e.deptype = 'e')
+                    AND NOT ({dep} = ANY($1))
+                    AND {dep} NOT IN ('shadow', 'pgshift', 'pg_catalog', 'information_schema')
+                    AND {dep} NOT LIKE 'backup\\_%' AND {dep} NOT LIKE 'pgshift\\_shadow\\_%'
+                    AND {dep} NOT LIKE 'pg\\_toast%'
+                  ORDER BY 1, 2",
+                describe = crate::swap::rollback::DESCRIBE_DEPENDENT,
+                dep = crate::swap::rollback::DEPENDENT_SCHEMA,
+            ),
+            &[&schemas],
+        )
+        .await
+        .context("looking for objects outside the migrated schemas that use their functions or types")?;
+    for r in rows {
+        let (what, uses): (Option<String>, Option<String>) = (r.get(0), r.get(1));
+        if let (Some(what), Some(uses)) = (what, uses) {
+            out.push(format!(
+                "{what} uses {uses}; after the swap it will use the backup's copy (recreate it after the swap, or migrate its schema too)"
+            ));
+        }
+    }
     let rows = dst
         .query(
             "SELECT p.pubname, n.nspname, c.relname FROM pg_catalog.pg_publication_rel pr

@@ -1060,7 +1060,7 @@ pub(crate) const DEPENDENT_SCHEMA: &str = "
 
 /// How to name a dependent object for people: views by name, the rest as
 /// `pg_describe_object` says.
-const DESCRIBE_DEPENDENT: &str = "
+pub(crate) const DESCRIBE_DEPENDENT: &str = "
     CASE WHEN d.classid = 'pg_catalog.pg_rewrite'::regclass
          THEN (SELECT CASE v.relkind WHEN 'm' THEN 'materialized view ' ELSE 'view ' END
                       || pg_catalog.quote_ident(vn.nspname) || '.' || pg_catalog.quote_ident(v.relname)
