@@ -2,7 +2,7 @@
 
 mod common;
 
-use common::{TestDbs, Workdir};
+use common::{TestDbs, Workdir, assert_success};
 
 #[test]
 fn prepare_copies_a_simple_schema_into_shadow() {
@@ -193,5 +193,46 @@ fn the_databases_own_timeouts_do_not_stop_prepare_or_swap() {
         dbs.dst
             .query_one_string("SET statement_timeout = 0; SELECT count(*) FROM public.big"),
         "200000"
+    );
+}
+
+/// A table owned by another role, whose owned sequence grants this role
+/// rights: the shadow's sequence carries the same grants from prepare on. (A
+/// grant made before the table's owner change, which gives the sequence to
+/// the new owner too, was rewritten by PostgreSQL as the new owner's own and
+/// lost until the swap's catch-up, when the sequence was listed before its
+/// table.)
+#[test]
+fn grants_on_a_sequence_owned_through_another_roles_table_survive_prepare() {
+    let dbs = TestDbs::new("prep_seq_grant");
+    let role = "pgshift_t_seq_owner";
+    let ddl = format!(
+        "DO $$ BEGIN CREATE ROLE {role} NOLOGIN; EXCEPTION WHEN duplicate_object THEN NULL; END $$;
+         CREATE SEQUENCE a_tokens_seq;
+         CREATE TABLE tokens (id bigint PRIMARY KEY DEFAULT nextval('a_tokens_seq'), pad text);
+         ALTER SEQUENCE a_tokens_seq OWNED BY tokens.id;
+         ALTER TABLE tokens OWNER TO {role};
+         GRANT USAGE, SELECT ON SEQUENCE a_tokens_seq TO CURRENT_USER;"
+    );
+    dbs.src.psql(&ddl);
+    // Big enough to be loaded with TRUNCATE + COPY FREEZE, which gives the
+    // table a new catalog row after its sequence's: listed after it.
+    dbs.src
+        .psql("INSERT INTO tokens (pad) SELECT repeat('x', 200) FROM generate_series(1, 30000)");
+    dbs.dst.psql(&ddl);
+    let wd = Workdir::new();
+    assert_success(&wd.prepare(&dbs, &[]));
+    let acl = |schema: &str| {
+        dbs.dst.query_one_string(&format!(
+            "SELECT string_agg(pg_get_userbyid(a.grantee) || ':' || a.privilege_type, ',' ORDER BY 1)
+               FROM pg_class c, aclexplode(c.relacl) a
+              WHERE c.oid = '{schema}.a_tokens_seq'::regclass"
+        ))
+    };
+    assert_eq!(acl("shadow"), acl("public"));
+    assert!(
+        acl("shadow").contains(&format!("{role}:UPDATE")),
+        "{}",
+        acl("shadow")
     );
 }

@@ -330,6 +330,11 @@ pub async fn plan(
     // shadow's own grants from the schema it becomes; an object-level swap
     // leaves them with the emptied shadow).
     let mut new_owners: Vec<String> = Vec::new();
+    // Grants go after every owner change: a table's new owner is given its
+    // owned sequences too, and PostgreSQL then rewrites the old owner's
+    // entries (this role's) in their ACL as the new owner's, so a grant to
+    // this role made on such a sequence before would be lost.
+    let mut grants = Vec::new();
     for o in &ours {
         let counterpart = theirs.get(&o.key);
         let source_owner = source_owners.and_then(|m| {
@@ -383,7 +388,7 @@ pub async fn plan(
             ) && !acl.iter().any(|(g, _, _)| g.is_empty())
             {
                 // Their default PUBLIC privilege was revoked there; revoke it here too.
-                sql.push(format!(
+                grants.push(format!(
                     "REVOKE ALL ON {} {} FROM PUBLIC",
                     grant_kind(o.kind),
                     o.sql_name
@@ -399,7 +404,7 @@ pub async fn plan(
                     }
                     continue;
                 }
-                sql.push(format!(
+                grants.push(format!(
                     "GRANT {privilege} ON {} {} TO {}{}",
                     grant_kind(o.kind),
                     o.sql_name,
@@ -419,7 +424,7 @@ pub async fn plan(
                 }
                 continue;
             }
-            sql.push(format!(
+            grants.push(format!(
                 "GRANT {privilege} ({}) ON TABLE {} TO {}{}",
                 quote_ident(column),
                 o.sql_name,
@@ -429,6 +434,7 @@ pub async fn plan(
             applied.grants += 1;
         }
     }
+    sql.append(&mut grants);
     if !kept_by_us.is_empty() {
         applied.warnings.push(format!(
             "new objects in {public} belong to {current}, which may not give them to their owner on the source (the owner there in parentheses; a SECURITY DEFINER function runs as its owner): {}",
