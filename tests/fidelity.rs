@@ -50,7 +50,8 @@ fn prepare_reproduces_a_rich_schema_exactly() {
     let dbs = TestDbs::new("fidelity");
     dbs.src.create_extensions();
     dbs.dst.create_extensions();
-    dbs.src.psql(RICH);
+    dbs.src
+        .psql(&common::sql_bodies_for(dbs.src.server_major(), RICH));
     // The destination serves an older version, with an application role.
     let role = format!("app_ro_{}", std::process::id());
     dbs.dst.psql(&format!(
@@ -248,20 +249,21 @@ fn a_rich_schema_swaps_and_rolls_back_object_by_object() {
     let dbs = TestDbs::new("fidelity_object");
     dbs.src.create_extensions();
     dbs.dst.create_extensions();
-    dbs.src.psql(RICH);
-    dbs.src.psql(
+    dbs.src
+        .psql(&common::sql_bodies_for(dbs.src.server_major(), RICH));
+    dbs.src.psql(&common::sql_bodies_for(dbs.src.server_major(),
         "CREATE FUNCTION mood_min(a mood, b mood) RETURNS mood LANGUAGE sql IMMUTABLE RETURN least(a, b);
          CREATE AGGREGATE saddest(mood) (SFUNC = mood_min, STYPE = mood);
          CREATE OPERATOR === (LEFTARG = mood, RIGHTARG = mood, FUNCTION = mood_min);
          CREATE FUNCTION user_line(u users) RETURNS text LANGUAGE sql RETURN u.id || ':' || u.email;",
-    );
-    dbs.dst.psql(
+    ));
+    dbs.dst.psql(&common::sql_bodies_for(dbs.dst.server_major(),
         "CREATE TYPE mood AS ENUM ('sad', 'ok');
          CREATE TABLE users (id serial PRIMARY KEY, email text, mood mood);
          INSERT INTO users (email, mood) VALUES ('old@example.com', 'sad');
          CREATE FUNCTION mood_rank(m mood) RETURNS int LANGUAGE sql IMMUTABLE RETURN array_position(enum_range(NULL::mood), m);
          CREATE FUNCTION user_line(u users) RETURNS text LANGUAGE sql RETURN u.email;",
-    );
+    ));
     let src_ddl = normalised_dump(&dbs.src, "public");
     let src_data = data_fingerprint(&dbs.src, "public");
     let dst_ddl = normalised_dump(&dbs.dst, "public");

@@ -160,10 +160,14 @@ fn the_databases_own_timeouts_do_not_stop_prepare_or_swap() {
         "CREATE TABLE big (id int PRIMARY KEY, pad text); INSERT INTO big VALUES (1, 'old');",
     );
     for db in [&dbs.src, &dbs.dst] {
-        // Short, but not shorter than a connection takes to send its first
-        // statement (idle_session_timeout ends a session before any SET could).
+        // Short: 1 ms cancels any catalog lookup, so the first statement
+        // must be a plain SET (it used to be a lookup of pg_settings, which a
+        // short statement_timeout cancelled on a busy server, leaving every
+        // timeout in force). idle_session_timeout is not shorter than a
+        // connection takes to send its first statement (it would end a
+        // session before any SET could).
         for (setting, value) in [
-            ("statement_timeout", "20ms"),
+            ("statement_timeout", "1ms"),
             ("idle_in_transaction_session_timeout", "100ms"),
             ("idle_session_timeout", "1s"),
         ] {

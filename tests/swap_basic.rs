@@ -9,12 +9,12 @@ fn start_swaps_with_postgis_staying_in_public() {
     let dbs = TestDbs::new("swap_postgis");
     dbs.src.create_extensions();
     dbs.dst.create_extensions();
-    dbs.src.psql(
+    dbs.src.psql(&common::sql_bodies_for(dbs.src.server_major(),
         "CREATE TABLE places (id uuid PRIMARY KEY DEFAULT uuid_generate_v4(), name text, geom geometry(Point, 4326));
          CREATE INDEX places_geom ON places USING gist (geom);
          INSERT INTO places (name, geom) SELECT 'p' || g, ST_SetSRID(ST_MakePoint(g, g), 4326) FROM generate_series(1, 100) g;
          CREATE FUNCTION place_count() RETURNS bigint LANGUAGE sql BEGIN ATOMIC SELECT count(*) FROM places; END;",
-    );
+    ));
     dbs.dst.psql(
         "CREATE TABLE places (id int PRIMARY KEY, name text, geom geometry(Point, 4326));
          INSERT INTO places VALUES (1, 'old', ST_SetSRID(ST_MakePoint(0, 0), 4326));",

@@ -213,3 +213,36 @@ impl TestDbs {
 pub fn fresh_pair(name: &str) -> TestDbs {
     TestDbs::new(name)
 }
+
+/// `sql` for a server of major version `major`: below 14, one-line SQL-standard
+/// function bodies (`BEGIN ATOMIC <stmt>; END;`, `RETURN <expr>;`, PostgreSQL 14+)
+/// become string bodies (`AS $f$ <stmt> $f$`, `AS $f$ SELECT <expr> $f$`).
+pub fn sql_bodies_for(major: u32, sql: &str) -> String {
+    if major >= 14 {
+        return sql.to_string();
+    }
+    eprintln!("on PostgreSQL {major}: SQL-standard function bodies are written as string bodies");
+    sql.lines()
+        .map(|line| {
+            let t = line.trim_start();
+            if !t.starts_with("CREATE FUNCTION") && !t.starts_with("CREATE OR REPLACE FUNCTION") {
+                return line.to_string();
+            }
+            if let (Some(i), true) = (
+                line.find(" BEGIN ATOMIC "),
+                line.trim_end().ends_with("END;"),
+            ) {
+                let body = line[i + " BEGIN ATOMIC ".len()..].trim_end();
+                let body = body.strip_suffix("END;").unwrap().trim_end();
+                return format!("{} AS $f${}$f$;", &line[..i], body);
+            }
+            if let Some(i) = line.find(" RETURN ") {
+                let body = line[i + " RETURN ".len()..].trim_end();
+                let body = body.strip_suffix(';').unwrap_or(body);
+                return format!("{} AS $f$SELECT {}$f$;", &line[..i], body);
+            }
+            line.to_string()
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}

@@ -36,7 +36,7 @@ pub use cluster::{
 #[allow(unused_imports)]
 pub use conn::{ServerInfo, conninfo_value};
 #[allow(unused_imports)]
-pub use db::{TestDb, TestDbs, database_exists, fresh_pair, unique_db_name};
+pub use db::{TestDb, TestDbs, database_exists, fresh_pair, sql_bodies_for, unique_db_name};
 #[allow(unused_imports)]
 pub use proc::{bin_major, pg_bindir, process_alive, wait_until};
 #[allow(unused_imports)]

@@ -174,15 +174,28 @@ pub async fn connect(
 ///   snapshot session while the copies run, or drop the control session that
 ///   holds the run lock. pgshift bounds its own waits where they matter
 ///   (`SET LOCAL` in the swap, the impact check, the DDL retries).
+///
+/// The first statement is a plain `SET statement_timeout = 0` (microseconds),
+/// retried if a short `statement_timeout` still cancels it on a loaded
+/// server; only then the slower lookup of the settings that depend on the
+/// server's version.
 pub async fn session_defaults(client: &tokio_postgres::Client, label: &str) {
-    if let Err(e) = client.batch_execute("SET jit = off").await {
-        tracing::debug!("{label}: SET jit = off: {}", describe_pg_error(&e));
+    const FIRST: &str =
+        "SET statement_timeout = 0; SET idle_in_transaction_session_timeout = 0; SET jit = off";
+    for attempt in 1..=5 {
+        match client.batch_execute(FIRST).await {
+            Ok(()) => break,
+            Err(e) if e.code() == Some(&SqlState::QUERY_CANCELED) && attempt < 5 => continue,
+            Err(e) => {
+                tracing::debug!("{label}: resetting timeouts: {}", describe_pg_error(&e));
+                break;
+            }
+        }
     }
     if let Err(e) = client
         .batch_execute(
             "SELECT pg_catalog.set_config(name, '0', false) FROM pg_catalog.pg_settings
-              WHERE name IN ('statement_timeout', 'idle_in_transaction_session_timeout',
-                             'idle_session_timeout', 'transaction_timeout')",
+              WHERE name IN ('idle_session_timeout', 'transaction_timeout')",
         )
         .await
     {
