@@ -160,14 +160,12 @@ fn the_databases_own_timeouts_do_not_stop_prepare_or_swap() {
         "CREATE TABLE big (id int PRIMARY KEY, pad text); INSERT INTO big VALUES (1, 'old');",
     );
     for db in [&dbs.src, &dbs.dst] {
-        // Short: 1 ms cancels any catalog lookup, so the first statement
-        // must be a plain SET (it used to be a lookup of pg_settings, which a
-        // short statement_timeout cancelled on a busy server, leaving every
-        // timeout in force). idle_session_timeout is not shorter than a
-        // connection takes to send its first statement (it would end a
-        // session before any SET could).
+        // Short, but not shorter than a connection takes to send its first
+        // statement (idle_session_timeout ends a session before any SET could),
+        // nor than pg_dump's first statements take before it resets the
+        // timeouts itself.
         for (setting, value) in [
-            ("statement_timeout", "1ms"),
+            ("statement_timeout", "20ms"),
             ("idle_in_transaction_session_timeout", "100ms"),
             ("idle_session_timeout", "1s"),
         ] {
@@ -239,4 +237,47 @@ fn grants_on_a_sequence_owned_through_another_roles_table_survive_prepare() {
         "{}",
         acl("shadow")
     );
+}
+
+/// Every pgshift session resets the database's timeouts first thing, even a
+/// `statement_timeout` of 1 ms, which cancels any catalog lookup: the first
+/// statement is a plain SET (it used to be a lookup of pg_settings, which a
+/// short statement_timeout cancelled on a busy server, leaving every timeout
+/// in force and, once, ending a source session mid-prepare).
+#[tokio::test]
+async fn a_sessions_first_statement_resets_even_a_1ms_statement_timeout() {
+    use pgshift::pg::conn::connect::connect;
+    use pgshift::pg::conn::connspec::ConnSpec;
+    let dbs = TestDbs::new("prep_1ms");
+    for (setting, value) in [
+        ("statement_timeout", "1ms"),
+        ("idle_in_transaction_session_timeout", "100ms"),
+    ] {
+        dbs.dst.psql(&format!(
+            "ALTER DATABASE \"{}\" SET {setting} = '{value}'",
+            dbs.dst.name()
+        ));
+    }
+    let spec = ConnSpec::parse(&dbs.dst.url()).unwrap();
+    for _ in 0..5 {
+        let c = connect(
+            &spec,
+            "destination",
+            "pgshift-test",
+            std::time::Duration::ZERO,
+        )
+        .await
+        .unwrap();
+        let row = c
+            .query_one(
+                "SELECT current_setting('statement_timeout'), current_setting('idle_in_transaction_session_timeout')",
+                &[],
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            (row.get::<_, String>(0), row.get::<_, String>(1)),
+            ("0".to_string(), "0".to_string())
+        );
+    }
 }
