@@ -937,3 +937,26 @@ fn rollback_keep_tables_repoints_foreign_keys_both_ways() {
         .psql("DELETE FROM orders; DELETE FROM plans WHERE id = 1");
     assert_eq!(dbs.dst.query_one_string("SELECT count(*) FROM users"), "17");
 }
+
+/// `--latest` on a destination without backups: one usage error line (exit
+/// 2) naming what there was none to do, and nothing changes.
+#[test]
+fn latest_without_backups_is_a_usage_error() {
+    let dbs = TestDbs::new("bk_none");
+    dbs.dst.psql("CREATE TABLE t (id int PRIMARY KEY)");
+    let wd = Workdir::new();
+    let url = dbs.dst.url();
+    let ours = "SELECT count(*) FROM pg_namespace
+                 WHERE nspname IN ('pgshift', 'shadow') OR nspname LIKE 'backup\\_%'";
+    assert_usage_error(
+        &wd.run(&["verify", "--dest", &url, "--latest"]),
+        "verify --latest",
+        "there are no backups on the destination to verify",
+    );
+    assert_usage_error(
+        &wd.run(&["rollback", "--dest", &url, "--latest"]),
+        "rollback --latest",
+        "there are no backups on the destination to roll back to",
+    );
+    assert_eq!(dbs.dst.query_one_string(ours), "0");
+}

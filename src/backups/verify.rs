@@ -39,6 +39,18 @@ pub async fn find(client: &impl GenericClient, text: &str) -> Result<BackupRow> 
     }
 }
 
+/// The newest backup (`--latest`), or a usage error (exit 2) naming what
+/// there was none `to` do.
+pub async fn latest(client: &impl GenericClient, to: &str) -> Result<BackupRow> {
+    manifest::list_backups(client)
+        .await?
+        .into_iter()
+        .next()
+        .ok_or_else(|| {
+            UserError::new(format!("there are no backups on the destination to {to}")).into()
+        })
+}
+
 /// One way a backup differs from its manifest.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Difference {

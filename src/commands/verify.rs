@@ -19,13 +19,7 @@ pub async fn run(args: VerifyArgs, ctx: Ctx) -> Result<ExitCode> {
     let client = ctx.connect_dest().await?;
     let backup = match &args.timestamp {
         Some(ts) => verify::find(&client, ts).await?,
-        None => crate::backups::manifest::list_backups(&client)
-            .await?
-            .into_iter()
-            .next()
-            .ok_or_else(|| {
-                crate::error::UserError::new("there are no backups on the destination to verify")
-            })?,
+        None => verify::latest(&client, "verify").await?,
     };
     let report = verify::check(&client, &backup).await?;
     verify::record(&client, &report).await?;

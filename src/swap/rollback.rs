@@ -35,7 +35,7 @@ use tokio_postgres::Client;
 
 use crate::backups::manifest::{self, BackupRow, ForeignKeyDef, Manifest};
 use crate::backups::verify::{self, VerifyReport};
-use crate::error::{UserError, VerificationFailed};
+use crate::error::VerificationFailed;
 use crate::migration::derive::Destination;
 use crate::migration::session::Session;
 use crate::pg::catalog;
@@ -170,13 +170,7 @@ pub struct RollbackPreview {
 pub async fn plan(client: &Client, opts: &RollbackOptions) -> Result<Plan> {
     let restore = match &opts.target {
         Target::Named(text) => verify::find(client, text).await?,
-        Target::Latest => manifest::list_backups(client)
-            .await?
-            .into_iter()
-            .next()
-            .ok_or_else(|| {
-                UserError::new("there are no backups on the destination to roll back to")
-            })?,
+        Target::Latest => verify::latest(client, "roll back to").await?,
     };
     let schema = restore.schema_name.clone();
     let facts = verify::schema_facts(client, &schema).await?;
