@@ -1519,8 +1519,16 @@ pub fn restore_function(stmt: &str) -> Result<String> {
     ))
 }
 
-fn first_line(sql: &str) -> &str {
-    sql.trim_start().lines().next().unwrap_or("")
+/// The first line of SQL that is not blank or a comment, at most 120
+/// characters: how a statement is named in an error.
+pub(crate) fn first_line(sql: &str) -> String {
+    sql.lines()
+        .map(str::trim)
+        .find(|l| !l.is_empty() && !l.starts_with("--"))
+        .unwrap_or("")
+        .chars()
+        .take(120)
+        .collect()
 }
 
 /// The value of a string constant node (`'app'` in `SET search_path TO 'app'`).

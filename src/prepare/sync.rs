@@ -58,6 +58,7 @@ use pg_query::protobuf::{ConstrType, Token};
 use serde::{Deserialize, Serialize};
 use tokio_postgres::Client;
 
+use crate::dump::sql::first_line;
 use crate::pg::catalog::TableInfo;
 use crate::pg::exec::{
     RetryPolicy, Stop, exec_as as exec, pg_error_as, query_map, retry, rollback_on_err,
@@ -1794,16 +1795,6 @@ pub fn not_valid(sql: &str) -> Result<String> {
         );
     }
     Ok(out)
-}
-
-fn first_line(sql: &str) -> String {
-    sql.lines()
-        .map(str::trim)
-        .find(|l| !l.is_empty() && !l.starts_with("--"))
-        .unwrap_or("")
-        .chars()
-        .take(120)
-        .collect()
 }
 
 /// Rows of a foreign key's table without a match in the referenced table.
