@@ -417,8 +417,7 @@ pub async fn preview(client: &Client, opts: &SwapOptions) -> Result<SwapPreview>
         leaves,
     };
     let p = engine::preview(client, &exchange(m, &kept), opts.policy, &hook).await?;
-    let mut fk_violations = sync::fk_violations(client, &details.deferred_sql, &pairs(m)).await?;
-    fk_violations.extend(sync::fk_violations(client, &kept.fk_sql, &pairs(m)).await?);
+    let fk_violations = fk_violations(client, m, &kept).await?;
     let impact = gate::migration_report_keeping(
         client,
         &m.state,
@@ -442,6 +441,15 @@ pub async fn preview(client: &Client, opts: &SwapOptions) -> Result<SwapPreview>
         kept_tables: kept.all.iter().cloned().collect(),
         schemas,
     })
+}
+
+/// The rows that break the foreign keys the swap creates: the preserved
+/// tables' deferred keys and the kept tables' crossing ones.
+async fn fk_violations(client: &Client, m: &MigrationRow, kept: &Kept) -> Result<Vec<FkViolation>> {
+    let pairs = pairs(m);
+    let mut out = sync::fk_violations(client, &m.state.details.deferred_sql, &pairs).await?;
+    out.extend(sync::fk_violations(client, &kept.fk_sql, &pairs).await?);
+    Ok(out)
 }
 
 /// The lock budget of swapping the prepared migration `m` now, in the mode
@@ -570,8 +578,7 @@ pub async fn swap(sess: &Session, opts: &SwapOptions) -> Result<SwapReport> {
             );
         }
     }
-    let mut violations = sync::fk_violations(&sess.control, deferred, &pairs(&m)).await?;
-    violations.extend(sync::fk_violations(&sess.control, &kept.fk_sql, &pairs(&m)).await?);
+    let violations = fk_violations(&sess.control, &m, &kept).await?;
     if !violations.is_empty() {
         let lines: Vec<String> = violations.iter().map(|v| v.to_string()).collect();
         if !opts.allow_fk_violations {
