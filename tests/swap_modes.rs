@@ -524,3 +524,72 @@ fn an_extension_this_role_does_not_own_picks_the_object_level_swap() {
         "public"
     );
 }
+
+/// A trusted extension created by the database owner (no superuser): the
+/// extension is the role's, but its functions, types and operator classes
+/// belong to the bootstrap superuser, and `ALTER EXTENSION … SET SCHEMA` needs
+/// the owner of every one of them. Rename mode cannot move it, so the swap
+/// picks the object-level mode and names the extension, `--swap-mode rename`
+/// is refused with exit 2 changing nothing, and the swap and its rollback both
+/// go through.
+#[test]
+fn a_trusted_extension_whose_objects_the_role_does_not_own_picks_the_object_level_swap() {
+    let dbs = TestDbs::new("trusted_ext");
+    let role = "trusted_ext_owner";
+    let dst = database_owner(&dbs.dst, role, "trusted-pw");
+    dbs.dst.psql(&format!(
+        "SET ROLE {role};
+         CREATE EXTENSION IF NOT EXISTS pg_trgm WITH SCHEMA public;
+         CREATE TABLE t (id int PRIMARY KEY, s text);
+         INSERT INTO t VALUES (1, 'dst');"
+    ));
+    dbs.src.psql(
+        "CREATE TABLE t (id int PRIMARY KEY, s text);
+         INSERT INTO t VALUES (1, 'src'), (2, 'src');",
+    );
+    let wd = Workdir::new();
+    assert_success(&wd.run(&["prepare", "--source", &dbs.src.url(), "--dest", &dst]));
+    let out = assert_success(&wd.run(&["swap", "--dry-run", "--json", "--dest", &dst]));
+    let plan: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(plan["swap"]["swap_mode"], "object", "{plan}");
+    let reason = plan["swap"]["swap_mode_reason"].as_str().unwrap_or("");
+    assert!(reason.contains("(pg_trgm)"), "{plan}");
+    assert!(reason.contains("not own"), "{plan}");
+    let out = wd.run(&["swap", "--swap-mode", "rename", "--dest", &dst]);
+    assert_eq!(out.status.code(), Some(2), "{}", common::stderr_of(&out));
+    let err = common::stderr_of(&out);
+    assert!(err.contains("pg_trgm"), "{err}");
+    assert_eq!(
+        dbs.dst
+            .query_one_string("SELECT s FROM public.t WHERE id = 1"),
+        "dst"
+    );
+    assert_eq!(
+        dbs.dst.query_one_string("SELECT count(*) FROM shadow.t"),
+        "2"
+    );
+    let out = assert_success(&wd.run(&["swap", "--json", "--dest", &dst]));
+    let report: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(report["swap_mode"], "object", "{report}");
+    assert_eq!(
+        dbs.dst.query_one_string("SELECT count(*) FROM public.t"),
+        "2"
+    );
+    assert_eq!(
+        dbs.dst
+            .query_one_string("SELECT similarity('abc', 'abd') > 0"),
+        "t"
+    );
+    assert_success(&wd.run(&["rollback", "--latest", "--dest", &dst]));
+    assert_eq!(
+        dbs.dst
+            .query_one_string("SELECT s FROM public.t WHERE id = 1"),
+        "dst"
+    );
+    assert_eq!(
+        dbs.dst.query_one_string(
+            "SELECT extnamespace::regnamespace::text FROM pg_extension WHERE extname = 'pg_trgm'"
+        ),
+        "public"
+    );
+}

@@ -7,7 +7,10 @@
 //! - public holds no member of a non-relocatable extension (PostGIS is not
 //!   relocatable: renaming public would take it into the backup). Relocatable
 //!   extensions in public are moved into the new public in the same
-//!   transaction (`ALTER EXTENSION … SET SCHEMA public`);
+//!   transaction (`ALTER EXTENSION … SET SCHEMA public`), which needs this
+//!   role to have the privileges of the extension's owner and of the owner of
+//!   each of its objects (a trusted extension created by a database owner
+//!   without superuser is the owner's, its functions and types are not);
 //! - this role may rename both schemas (owns them) and give the new public
 //!   public's owner, grants, comment and default privileges (is a member of
 //!   public's owner and of every role with default privileges in public);
@@ -340,7 +343,31 @@ async fn rename_obstacles(
                     pg_catalog.pg_has_role(inc.nspowner, 'USAGE'),
                     (SELECT array_agg(e.extname::text ORDER BY e.extname) FROM pg_catalog.pg_extension e
                       WHERE e.extnamespace = pub.oid AND e.extrelocatable
-                        AND NOT pg_catalog.pg_has_role(e.extowner, 'USAGE'))
+                        AND NOT pg_catalog.pg_has_role(e.extowner, 'USAGE')),
+                    (SELECT array_agg(DISTINCT e.extname::text ORDER BY e.extname::text)
+                       FROM pg_catalog.pg_extension e
+                       JOIN pg_catalog.pg_depend d
+                         ON d.refclassid = 'pg_catalog.pg_extension'::regclass AND d.refobjid = e.oid
+                        AND d.deptype = 'e'
+                      WHERE e.extnamespace = pub.oid AND e.extrelocatable
+                        AND NOT CASE d.classid
+                              WHEN 'pg_catalog.pg_class'::regclass THEN pg_catalog.pg_has_role((SELECT relowner FROM pg_catalog.pg_class WHERE oid = d.objid), 'USAGE')
+                              WHEN 'pg_catalog.pg_proc'::regclass THEN pg_catalog.pg_has_role((SELECT proowner FROM pg_catalog.pg_proc WHERE oid = d.objid), 'USAGE')
+                              WHEN 'pg_catalog.pg_type'::regclass THEN pg_catalog.pg_has_role((SELECT typowner FROM pg_catalog.pg_type WHERE oid = d.objid), 'USAGE')
+                              WHEN 'pg_catalog.pg_operator'::regclass THEN pg_catalog.pg_has_role((SELECT oprowner FROM pg_catalog.pg_operator WHERE oid = d.objid), 'USAGE')
+                              WHEN 'pg_catalog.pg_opclass'::regclass THEN pg_catalog.pg_has_role((SELECT opcowner FROM pg_catalog.pg_opclass WHERE oid = d.objid), 'USAGE')
+                              WHEN 'pg_catalog.pg_opfamily'::regclass THEN pg_catalog.pg_has_role((SELECT opfowner FROM pg_catalog.pg_opfamily WHERE oid = d.objid), 'USAGE')
+                              WHEN 'pg_catalog.pg_collation'::regclass THEN pg_catalog.pg_has_role((SELECT collowner FROM pg_catalog.pg_collation WHERE oid = d.objid), 'USAGE')
+                              WHEN 'pg_catalog.pg_conversion'::regclass THEN pg_catalog.pg_has_role((SELECT conowner FROM pg_catalog.pg_conversion WHERE oid = d.objid), 'USAGE')
+                              WHEN 'pg_catalog.pg_statistic_ext'::regclass THEN pg_catalog.pg_has_role((SELECT stxowner FROM pg_catalog.pg_statistic_ext WHERE oid = d.objid), 'USAGE')
+                              WHEN 'pg_catalog.pg_ts_config'::regclass THEN pg_catalog.pg_has_role((SELECT cfgowner FROM pg_catalog.pg_ts_config WHERE oid = d.objid), 'USAGE')
+                              WHEN 'pg_catalog.pg_ts_dict'::regclass THEN pg_catalog.pg_has_role((SELECT dictowner FROM pg_catalog.pg_ts_dict WHERE oid = d.objid), 'USAGE')
+                              -- text search parsers and templates have no owner: only a superuser moves them
+                              WHEN 'pg_catalog.pg_ts_parser'::regclass THEN (SELECT r.rolsuper FROM pg_catalog.pg_roles r WHERE r.rolname = current_user)
+                              WHEN 'pg_catalog.pg_ts_template'::regclass THEN (SELECT r.rolsuper FROM pg_catalog.pg_roles r WHERE r.rolname = current_user)
+                              -- the rest (casts, languages, …) live in no schema and do not move
+                              ELSE true
+                            END)
                FROM pg_catalog.pg_namespace pub, pg_catalog.pg_namespace inc
               WHERE pub.nspname = $2 AND inc.nspname = $1",
             &[&incoming, &live],
@@ -368,6 +395,12 @@ async fn rename_obstacles(
     if let Some(exts) = r.get::<_, Option<Vec<String>>>(13) {
         return Ok(Err(format!(
             "{live} holds extensions this role does not own ({}), which could not move along (moving an extension needs its owner)",
+            exts.join(", ")
+        )));
+    }
+    if let Some(exts) = r.get::<_, Option<Vec<String>>>(14) {
+        return Ok(Err(format!(
+            "{live} holds extensions whose objects this role does not own ({}), which could not move along (moving an extension needs the owner of each of its objects; a trusted extension's belong to the superuser who ran its script)",
             exts.join(", ")
         )));
     }
