@@ -593,3 +593,69 @@ fn a_trusted_extension_whose_objects_the_role_does_not_own_picks_the_object_leve
         "public"
     );
 }
+
+/// The application's role (a database owner, no superuser) prepares and a
+/// superuser swaps, in each mode: the new backup and the new empty shadow go
+/// to the role that owned the shadow, so that role can verify the backup,
+/// prepare again and roll back. A shadow left by a role this one cannot act
+/// as stops prepare before the snapshot, naming the fix.
+#[test]
+fn a_superusers_swap_leaves_the_backup_and_shadow_to_the_role_that_prepared() {
+    let dbs = TestDbs::new("handover");
+    let role = "handover_app";
+    let app = database_owner(&dbs.dst, role, "app-pw");
+    dbs.dst.psql(&format!(
+        "SET ROLE {role};
+         CREATE TABLE t (id int PRIMARY KEY, s text);
+         INSERT INTO t VALUES (1, 'dst');"
+    ));
+    dbs.src.psql(
+        "CREATE TABLE t (id int PRIMARY KEY, s text);
+         INSERT INTO t VALUES (1, 'src'), (2, 'src');",
+    );
+    let su = dbs.dst.url();
+    let wd = Workdir::new();
+    let owner_of = |schema: &str| {
+        dbs.dst.query_one_string(&format!(
+            "SELECT pg_get_userbyid(nspowner) FROM pg_namespace WHERE nspname = '{schema}'"
+        ))
+    };
+    for mode in ["object", "rename"] {
+        assert_success(&wd.run(&["prepare", "--source", &dbs.src.url(), "--dest", &app]));
+        let out = assert_success(&wd.run(&["swap", "--json", "--swap-mode", mode, "--dest", &su]));
+        let report: serde_json::Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(report["swap_mode"], mode, "{report}");
+        let backup = report["backup_schema"].as_str().unwrap().to_string();
+        assert_eq!(owner_of(&backup), role, "{mode}");
+        assert_eq!(owner_of("shadow"), role, "{mode}");
+        assert_success(&wd.run(&["verify", "--latest", "--dest", &app]));
+    }
+    assert_eq!(
+        dbs.dst.query_one_string("SELECT count(*) FROM public.t"),
+        "2"
+    );
+    assert_success(&wd.run(&["rollback", "--latest", "--dest", &app]));
+    assert_eq!(
+        dbs.dst.query_one_string("SELECT count(*) FROM public.t"),
+        "2"
+    );
+    // A shadow the superuser prepared (and kept, swapping its own) is not
+    // the application role's to replace: refused before any work.
+    assert_success(&wd.run(&["prepare", "--source", &dbs.src.url(), "--dest", &su]));
+    assert_success(&wd.run(&["swap", "--dest", &su]));
+    assert_eq!(owner_of("shadow"), dbs.dst.user());
+    let out = wd.run(&["prepare", "--source", &dbs.src.url(), "--dest", &app]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = common::stderr_of(&out);
+    assert!(
+        err.contains(&format!("schema shadow belongs to role {}", dbs.dst.user()))
+            && err.contains(&format!("ALTER SCHEMA shadow OWNER TO {role}")),
+        "{err}"
+    );
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert_eq!(
+        dbs.dst
+            .query_one_string("SELECT count(*) FROM pgshift.migration WHERE status = 'preparing'"),
+        "0"
+    );
+}

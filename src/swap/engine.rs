@@ -33,6 +33,11 @@
 //!   (nothing writes a backup any more), and so are the write counters of the
 //!   new public (`live_baseline`, for the next rollback's check).
 //!
+//! - The new backup schema and the new empty shadow belong to the owner of
+//!   the incoming schema when this role may act as it (a superuser swapping
+//!   what the application's role prepared leaves that role able to verify,
+//!   roll back and prepare again).
+//!
 //! The locked window is three round trips plus what the hook does.
 //!
 //! Callers say what comes in and what stays, per live schema ([`Pair`]: a
@@ -826,6 +831,11 @@ async fn strays(
 /// What moves, pair by pair: (out of the live schema, in from the incoming one).
 struct Listed {
     pairs: Vec<(Vec<Movable>, Vec<Movable>)>,
+    /// Per pair: the owner of the incoming schema when it is another role
+    /// this role may act as (a superuser swapping what the application's
+    /// role prepared). The new backup and the new empty shadow go to it, so
+    /// that role can still verify, roll back, clean up and prepare again.
+    handover: Vec<Option<String>>,
 }
 
 impl Listed {
@@ -841,12 +851,35 @@ impl Listed {
 /// with an empty search_path: names come back qualified).
 async fn list(client: &Client, exchange: &Exchange) -> Result<Listed> {
     let mut pairs = Vec::with_capacity(exchange.pairs.len());
+    let mut handover = Vec::with_capacity(exchange.pairs.len());
     for p in &exchange.pairs {
         let out = objects::movables(client, &p.live).await?;
         let inc = objects::movables(client, &p.incoming).await?;
         pairs.push(filter_keep(out, inc, &p.keep));
+        handover.push(incoming_owner(client, &p.incoming).await?);
     }
-    Ok(Listed { pairs })
+    Ok(Listed { pairs, handover })
+}
+
+/// The owner of `incoming` when it is not this role but one whose privileges
+/// this role has and which it may make an owner (SET ROLE on PostgreSQL 16+,
+/// membership before).
+async fn incoming_owner(client: &Client, incoming: &str) -> Result<Option<String>> {
+    let row = client
+        .query_opt(
+            "SELECT pg_catalog.pg_get_userbyid(n.nspowner)::text
+               FROM pg_catalog.pg_namespace n
+              WHERE n.nspname = $1
+                AND pg_catalog.pg_get_userbyid(n.nspowner) <> current_user
+                AND pg_catalog.pg_has_role(n.nspowner, 'USAGE')
+                AND pg_catalog.pg_has_role(n.nspowner,
+                      CASE WHEN pg_catalog.current_setting('server_version_num')::int >= 160000
+                           THEN 'SET' ELSE 'MEMBER' END)",
+            &[&incoming],
+        )
+        .await
+        .with_context(|| format!("reading the owner of schema {incoming}"))?;
+    Ok(row.map(|r| r.get(0)))
 }
 
 /// The swap transaction's settings. Its lock waits end before the server's
@@ -927,6 +960,35 @@ fn lock_names<'a>(req: &'a Request, listed: &'a Listed) -> Vec<&'a str> {
 }
 
 fn move_statements(req: &Request, listed: &Listed) -> Vec<String> {
+    let mut sql = moves(req, listed);
+    // The new backup and the new empty shadow belong to whoever owned the
+    // incoming schema (see `Listed::handover`).
+    for ((pair, backup), owner) in req
+        .exchange
+        .pairs
+        .iter()
+        .zip(&req.backups)
+        .zip(&listed.handover)
+    {
+        let Some(owner) = owner else { continue };
+        sql.push(format!(
+            "ALTER SCHEMA {} OWNER TO {}",
+            quote_ident(backup),
+            quote_ident(owner)
+        ));
+        if req.exchange.recreate_incoming && pair.live == PUBLIC {
+            sql.push(format!(
+                "ALTER SCHEMA {} OWNER TO {}",
+                quote_ident(&pair.incoming),
+                quote_ident(owner)
+            ));
+        }
+    }
+    sql
+}
+
+/// The renames or the moves of [`move_statements`].
+fn moves(req: &Request, listed: &Listed) -> Vec<String> {
     if let Some(steps) = &req.choice.rename {
         let mut sql = Vec::new();
         for ((pair, backup), steps) in req.exchange.pairs.iter().zip(&req.backups).zip(steps) {

@@ -157,7 +157,8 @@ impl RenameSteps {
                 quote_ident(backup)
             ),
         ];
-        // The backup: owned by this role, no grants (as an object-level backup).
+        // The backup: owned by this role (or handed to the shadow's owner by
+        // the engine), no grants (as an object-level backup).
         sql.push(format!(
             "ALTER SCHEMA {} OWNER TO CURRENT_USER",
             quote_ident(backup)
