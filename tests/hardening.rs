@@ -601,3 +601,26 @@ fn every_session_ends_cleanly() {
         Vec::<String>::new()
     );
 }
+
+/// A prepare killed before it rebuilt the shadow, after a swap had left the
+/// shadow empty: abort clears the run, drops the empty shadow and says so.
+#[test]
+fn abort_after_a_killed_prepare_reports_the_empty_shadow_it_dropped() {
+    let dbs = TestDbs::new("abort_empty_shadow");
+    dbs.src
+        .psql("CREATE TABLE t (id int PRIMARY KEY); INSERT INTO t VALUES (1);");
+    let wd = Workdir::new();
+    assert_success(&wd.prepare(&dbs, &[]));
+    assert_success(&wd.run_env(&["swap", "--dest", &dbs.dst.url()], &[]));
+    let mut child = spawn_prepare(&wd, &dbs, &[("PGSHIFT_FAILPOINT", "dump:sleep=60000")]);
+    wait_for_phase(&wd, &dbs.dst, "dump", &mut child);
+    signal(&child, libc::SIGKILL);
+    child.wait().unwrap();
+    let shadows = "SELECT count(*) FROM pg_namespace WHERE nspname = 'shadow'";
+    assert_eq!(dbs.dst.query_one_string(shadows), "1");
+    let out = wd.run_env(&["abort", "--json", "--dest", &dbs.dst.url()], &[]);
+    let v: serde_json::Value = serde_json::from_str(&assert_success(&out)).unwrap();
+    assert_eq!(v["aborted"], true, "{v}");
+    assert_eq!(v["removed"]["shadow"], true, "{v}");
+    assert_eq!(dbs.dst.query_one_string(shadows), "0");
+}

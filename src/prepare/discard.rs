@@ -161,7 +161,8 @@ pub async fn remove_prepared(
         // A run that failed half-way through restoring the schema may leave
         // its shadow empty (the batches before the failure committed nothing
         // but settings): not a leftover, but not worth keeping either.
-        drop_empty_shadow(client).await?;
+        let mut found = found;
+        found.shadow = drop_empty_shadow(client).await?;
         return Ok(found);
     }
     shrink(client, &found, lock_timeout, retries)
@@ -224,8 +225,8 @@ pub async fn remove_prepared(
     Ok(found)
 }
 
-/// Drop pgshift's shadow schema if it holds nothing (RESTRICT).
-async fn drop_empty_shadow(client: &Client) -> Result<()> {
+/// Drop pgshift's shadow schema if it holds nothing (RESTRICT); whether it did.
+async fn drop_empty_shadow(client: &Client) -> Result<bool> {
     if let ShadowState::Ours(_) = meta::shadow_state(client).await?
         && crate::pg::catalog::schema_is_empty(client, SHADOW_SCHEMA).await?
     {
@@ -236,8 +237,9 @@ async fn drop_empty_shadow(client: &Client) -> Result<()> {
         exec(client, &sql)
             .await
             .context("dropping the empty shadow")?;
+        return Ok(true);
     }
-    Ok(())
+    Ok(false)
 }
 
 /// When the leftovers are too many for one transaction (thousands of shadow
