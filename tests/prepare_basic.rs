@@ -128,6 +128,20 @@ fn prepare_warns_about_what_will_not_follow_the_swap() {
             "{needle:?} missing from {warnings}"
         );
     }
+    // The text plan names the mode its lock budget is for (the upper bound).
+    let out = wd.run_ok(&[
+        "prepare",
+        "--dry-run",
+        "--source",
+        &dbs.src.url(),
+        "--dest",
+        &dbs.dst.url(),
+    ]);
+    assert!(
+        out.lines().any(|l| l.starts_with("Lock table: needs about")
+            && l.ends_with(" for an object-level swap: fits")),
+        "{out}"
+    );
     // The real run reports the same warnings.
     let out = wd.run_ok(&[
         "prepare",

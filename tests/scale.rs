@@ -343,7 +343,8 @@ fn prepare_of_a_schema_larger_than_the_lock_table_is_exact() {
     assert!(
         shown
             .lines()
-            .any(|l| l.starts_with("Lock table: needs about") && l.ends_with(": fits")),
+            .any(|l| l.starts_with("Lock table: needs about")
+                && l.ends_with(" for the swap by renaming schemas: fits")),
         "{shown}"
     );
     let st = json(&wd.run_env(&["status", "--dest", &dst.url(), "--json"], &object));

@@ -216,6 +216,9 @@ pub fn print_plan(ctx: &Ctx, p: &Plan) -> Result<()> {
     if let Some(b) = &plan.swap_lock_budget {
         // An upper bound: the budget of an object-level swap of the source's objects.
         crate::commands::swap::print_budget(b, "swap");
+        crate::outln!(
+            "  (the upper bound: the mode is chosen at swap time, and renaming schemas needs far fewer)"
+        );
     }
     if let Some(w) = &p.writes {
         print_writes_hint(plan, w);

@@ -105,10 +105,15 @@ pub fn print_moves<W: std::fmt::Display>(
 pub fn print_budget(b: &Budget, what: &str) {
     match b.refusal(&format!("the {what}")) {
         None => crate::outln!(
-            "Lock table: needs about {} of {} slots ({} in use): fits",
+            "Lock table: needs about {} of {} slots ({} in use){}: fits",
             b.needed,
             b.capacity,
-            b.in_use
+            b.in_use,
+            match b.swap_mode.as_deref() {
+                Some("object") => " for an object-level swap",
+                Some("rename") => " for the swap by renaming schemas",
+                _ => "",
+            }
         ),
         Some(line) => crate::outln!("warning: {line}; the {what} would be refused before any lock"),
     }
