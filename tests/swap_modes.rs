@@ -642,8 +642,33 @@ fn a_superusers_swap_leaves_the_backup_and_shadow_to_the_role_that_prepared() {
     // A shadow the superuser prepared (and kept, swapping its own) is not
     // the application role's to replace: refused before any work.
     assert_success(&wd.run(&["prepare", "--source", &dbs.src.url(), "--dest", &su]));
-    assert_success(&wd.run(&["swap", "--dest", &su]));
+    let out = assert_success(&wd.run(&["swap", "--json", "--dest", &su]));
+    let report: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let backup = report["backup_schema"].as_str().unwrap().to_string();
     assert_eq!(owner_of("shadow"), dbs.dst.user());
+    // Its backup is the superuser's too: verify and rollback as the
+    // application's role say so in one line, changing nothing.
+    let public_before = dbs
+        .dst
+        .query_one_string("SELECT string_agg(s, ',' ORDER BY id) FROM public.t");
+    for args in [&["verify", "--latest"][..], &["rollback", "--latest"][..]] {
+        let out = wd.run(&[args, &["--dest", app.as_str()]].concat());
+        assert_eq!(out.status.code(), Some(1), "{args:?}");
+        let err = common::stderr_of(&out);
+        assert!(
+            err.contains(&format!(
+                "cannot read backup schema {backup}, which belongs to role {}",
+                dbs.dst.user()
+            )),
+            "{args:?}: {err}"
+        );
+        assert_eq!(err.trim().lines().count(), 1, "{err}");
+    }
+    assert_eq!(
+        dbs.dst
+            .query_one_string("SELECT string_agg(s, ',' ORDER BY id) FROM public.t"),
+        public_before
+    );
     let out = wd.run(&["prepare", "--source", &dbs.src.url(), "--dest", &app]);
     assert_eq!(out.status.code(), Some(1));
     let err = common::stderr_of(&out);

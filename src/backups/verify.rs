@@ -161,6 +161,7 @@ pub async fn check(client: &Client, b: &BackupRow) -> Result<VerifyReport> {
             b.schema_name
         ));
     }
+    readable(client, b).await?;
     // Every schema of the backup (one for a migration of public alone).
     for m in b.manifest.schema_maps() {
         check_schema(client, b, &m.live, &m.backup, &mut report).await?;
@@ -348,6 +349,37 @@ pub async fn schema_size_nowait(client: &Client, schema: &str) -> Result<i64> {
         }
         Err(e) => Err(e),
     }
+}
+
+/// Refuses, naming the owner and the fix, when this role may not use one of
+/// the backup's schemas (a backup schema has no grants: its owner, a member of
+/// the owner, or a superuser reads it). Missing schemas are left to the caller.
+pub async fn readable(client: &impl GenericClient, b: &BackupRow) -> Result<()> {
+    let schemas: Vec<String> = b
+        .manifest
+        .schema_maps()
+        .into_iter()
+        .map(|m| m.backup)
+        .collect();
+    let row = client
+        .query_opt(
+            "SELECT n.nspname::text, pg_catalog.pg_get_userbyid(n.nspowner)::text, current_user::text
+               FROM pg_catalog.pg_namespace n
+              WHERE n.nspname = ANY($1) AND NOT pg_catalog.has_schema_privilege(n.oid, 'USAGE')
+              ORDER BY 1 LIMIT 1",
+            &[&schemas],
+        )
+        .await
+        .context("checking access to the backup")?;
+    if let Some(r) = row {
+        let (schema, owner, me): (String, String, String) = (r.get(0), r.get(1), r.get(2));
+        anyhow::bail!(
+            "insufficient privileges: role {me} cannot read backup schema {schema}, which belongs to role {owner} (run as {owner}, or ALTER SCHEMA {} OWNER TO {})",
+            crate::pg::ident::display_ident(&schema),
+            crate::pg::ident::display_ident(&me)
+        );
+    }
+    Ok(())
 }
 
 /// Size on disk and ownership of a schema.

@@ -185,6 +185,7 @@ pub async fn plan(client: &Client, opts: &RollbackOptions) -> Result<Plan> {
             "schema {schema} does not carry pgshift's marker comment (it was not created by pgshift, or was replaced); not restoring it"
         );
     }
+    verify::readable(client, &restore).await?;
     let triggers = Destination::observe(client, Ok(None))
         .await?
         .sync_triggers_on_public();
