@@ -522,10 +522,13 @@ fn the_source_dropping_connections_during_the_load_fails_clearly_and_a_rerun_com
     let mut child = spawn_prepare(&wd, &dbs, &[]);
     wait_for_phase(&wd, &dbs.dst, "data", &mut child);
     wait_for_statement(&dbs.src, "COPY", &mut child);
-    // The source kills every session of the run (as a restart or a DBA would).
+    // The source kills every session of the run (as a restart or a DBA
+    // would); only this test's database: the cluster is shared with the
+    // tests running beside this one.
     dbs.src.psql(
         "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
-          WHERE application_name LIKE 'pgshift%' AND pid <> pg_backend_pid()",
+          WHERE application_name LIKE 'pgshift%' AND pid <> pg_backend_pid()
+            AND datname = current_database()",
     );
     let status = wait_exit(&mut child, Duration::from_secs(60));
     let out = child.wait_with_output().unwrap();
