@@ -199,8 +199,14 @@ async fn rename_mode_keeps_sessions_writers_and_public_itself() {
     assert_eq!(missing, "0", "committed writes lost");
 
     // Public itself: same owner, grants, comment, default privileges; the
-    // extensions moved along and still resolve; a backup like any other.
+    // extensions moved along and still resolve; a backup like any other
+    // (no grants, no default privileges: those stay with the renamed
+    // schema's oid unless revoked, and would keep an emptied backup alive).
     assert_eq!(public_properties(&dbs.dst), before);
+    let backup_default_acls =
+        "SELECT count(*) FROM pg_default_acl d JOIN pg_namespace n ON n.oid = d.defaclnamespace
+                                WHERE n.nspname LIKE 'backup\\_%'";
+    assert_eq!(dbs.dst.query_one_string(backup_default_acls), "0");
     assert_eq!(
         dbs.dst.query_one_string(
             "SELECT string_agg(e.extname || '@' || n.nspname, ',' ORDER BY e.extname)
@@ -246,6 +252,7 @@ async fn rename_mode_keeps_sessions_writers_and_public_itself() {
         "dst1@x"
     );
     assert_eq!(public_properties(&dbs.dst), before);
+    assert_eq!(dbs.dst.query_one_string(backup_default_acls), "0");
     assert_eq!(
         dbs.dst.query_one_string(&format!(
             "SELECT count(*) FROM pg_namespace WHERE nspname = '{backup}'"

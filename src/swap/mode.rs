@@ -113,6 +113,9 @@ pub struct RenameSteps {
     /// `ALTER DEFAULT PRIVILEGES FOR ROLE r IN SCHEMA public GRANT …` for each
     /// of public's default privileges.
     pub default_privileges: Vec<String>,
+    /// The same default privileges as (role, kind, grantee), to revoke from
+    /// the backup: they stay with the renamed schema's oid.
+    pub default_privilege_revokes: Vec<(String, &'static str, String)>,
     /// This role (`current_user`), the backup's owner.
     pub me: String,
 }
@@ -181,6 +184,17 @@ impl RenameSteps {
             sql.push(format!(
                 "GRANT ALL ON SCHEMA {} TO CURRENT_USER",
                 quote_ident(backup)
+            ));
+        }
+        // Default privileges stay with the renamed schema's oid: the backup
+        // keeps none (nor does a later rollback's backup), and an emptied
+        // backup is empty for `catalog::schema_is_empty`.
+        for (owner, kind, grantee) in &self.default_privilege_revokes {
+            sql.push(format!(
+                "ALTER DEFAULT PRIVILEGES FOR ROLE {} IN SCHEMA {} REVOKE ALL ON {kind} FROM {}",
+                quote_ident(owner),
+                quote_ident(backup),
+                role(grantee)
             ));
         }
         // The new live schema: the old one's owner, grants, comment, default
@@ -443,6 +457,14 @@ async fn rename_obstacles(
         .filter(|p| p.len() == 3)
         .map(|p| (p[0].clone(), p[1].clone(), p[2] == "true"))
         .collect();
+    let mut default_privilege_revokes: Vec<(String, &'static str, String)> = r
+        .get::<_, Vec<String>>(9)
+        .iter()
+        .map(split)
+        .filter(|p| p.len() == 5)
+        .filter_map(|p| Some((p[0].clone(), default_acl_kind(&p[1])?, p[2].clone())))
+        .collect();
+    default_privilege_revokes.dedup();
     let default_privileges = r
         .get::<_, Vec<String>>(9)
         .iter()
@@ -473,6 +495,7 @@ async fn rename_obstacles(
         incoming_grantees: r.get(6),
         comment: r.get(7),
         default_privileges,
+        default_privilege_revokes,
         me: r.get(11),
     }))
 }
