@@ -646,9 +646,57 @@ fn a_superusers_swap_leaves_the_backup_and_shadow_to_the_role_that_prepared() {
         dbs.dst.query_one_string("SELECT count(*) FROM public.t"),
         "2"
     );
-    // A shadow the superuser prepared (and kept, swapping its own) is not
-    // the application role's to replace: refused before any work.
+    // A table the superuser created in public after prepare goes into the
+    // application role's backup still the superuser's: verify and rollback
+    // as that role name the table, changing nothing.
+    assert_success(&wd.run(&["prepare", "--source", &dbs.src.url(), "--dest", &app]));
+    dbs.dst
+        .psql("CREATE TABLE public.dba_tab (x int); INSERT INTO public.dba_tab VALUES (1);");
+    let out = assert_success(&wd.run(&["swap", "--json", "--allow-discard", "all", "--dest", &su]));
+    let report: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let backup = report["backup_schema"].as_str().unwrap().to_string();
+    for args in [&["verify", "--latest"][..], &["rollback", "--latest"][..]] {
+        let out = wd.run(&[args, &["--dest", app.as_str()]].concat());
+        assert_eq!(out.status.code(), Some(1), "{args:?}");
+        let err = common::stderr_of(&out);
+        assert!(
+            err.contains(&format!(
+                "cannot read table {backup}.dba_tab of the backup, which belongs to role {}",
+                dbs.dst.user()
+            )),
+            "{args:?}: {err}"
+        );
+        assert_eq!(err.trim().lines().count(), 1, "{err}");
+    }
+    // A shadow the superuser prepared is not the application role's to
+    // swap, abort or replace: each refused before any work, in one line.
     assert_success(&wd.run(&["prepare", "--source", &dbs.src.url(), "--dest", &su]));
+    let public_before = dbs
+        .dst
+        .query_one_string("SELECT string_agg(s, ',' ORDER BY id) FROM public.t");
+    for (args, action) in [(&["swap"][..], "rename or drop"), (&["abort"][..], "drop")] {
+        let out = wd.run(&[args, &["--dest", app.as_str()]].concat());
+        assert_eq!(out.status.code(), Some(1), "{args:?}");
+        let err = common::stderr_of(&out);
+        assert!(
+            err.contains(&format!(
+                "schema shadow belongs to role {}, and role {role} cannot {action} it",
+                dbs.dst.user()
+            )) && err.contains(&format!("ALTER SCHEMA shadow OWNER TO {role}")),
+            "{args:?}: {err}"
+        );
+        assert_eq!(err.trim().lines().count(), 1, "{err}");
+    }
+    assert_eq!(
+        dbs.dst
+            .query_one_string("SELECT string_agg(s, ',' ORDER BY id) FROM public.t"),
+        public_before
+    );
+    assert_eq!(
+        dbs.dst
+            .query_one_string("SELECT status FROM pgshift.migration ORDER BY id DESC LIMIT 1"),
+        "prepared"
+    );
     let out = assert_success(&wd.run(&["swap", "--json", "--dest", &su]));
     let report: serde_json::Value = serde_json::from_str(&out).unwrap();
     let backup = report["backup_schema"].as_str().unwrap().to_string();

@@ -379,6 +379,34 @@ pub async fn readable(client: &impl GenericClient, b: &BackupRow) -> Result<()> 
             crate::pg::ident::display_ident(&me)
         );
     }
+    // The schema may be this role's (a superuser's swap hands the backup to
+    // the shadow's owner) while a relation in it is not (created in the live
+    // schema by another role between prepare and swap).
+    let row = client
+        .query_opt(
+            "SELECT n.nspname::text, c.relname::text, pg_catalog.pg_get_userbyid(c.relowner)::text, current_user::text
+               FROM pg_catalog.pg_class c
+               JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+              WHERE n.nspname = ANY($1) AND c.relkind IN ('r', 'p', 'm')
+                AND NOT pg_catalog.has_table_privilege(c.oid, 'SELECT')
+              ORDER BY 1, 2 LIMIT 1",
+            &[&schemas],
+        )
+        .await
+        .context("checking access to the backup's tables")?;
+    if let Some(r) = row {
+        let (schema, table, owner, me): (String, String, String, String) =
+            (r.get(0), r.get(1), r.get(2), r.get(3));
+        let name = format!(
+            "{}.{}",
+            crate::pg::ident::display_ident(&schema),
+            crate::pg::ident::display_ident(&table)
+        );
+        anyhow::bail!(
+            "insufficient privileges: role {me} cannot read table {name} of the backup, which belongs to role {owner} (run as {owner}, or ALTER TABLE {name} OWNER TO {})",
+            crate::pg::ident::display_ident(&me)
+        );
+    }
     Ok(())
 }
 

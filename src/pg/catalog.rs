@@ -83,6 +83,37 @@ pub async fn schema_exists(client: &impl GenericClient, schema: &str) -> Result<
         .get(0))
 }
 
+/// Refuses, in one line naming the owner and the fix, the first of `schemas`
+/// (that exists) whose owner's privileges this role lacks: renaming or
+/// dropping a schema needs its owner. `action` says what this run would do
+/// ("replace", "rename or drop"). Checked before any work, so that the server's
+/// "must be owner of schema …" never comes half-way through a run.
+pub async fn refuse_unowned_schemas(
+    client: &impl GenericClient,
+    schemas: &[String],
+    action: &str,
+) -> Result<()> {
+    let row = client
+        .query_opt(
+            "SELECT n.nspname::text, pg_catalog.pg_get_userbyid(n.nspowner)::text, current_user::text
+               FROM pg_catalog.pg_namespace n
+              WHERE n.nspname = ANY($1) AND NOT pg_catalog.pg_has_role(n.nspowner, 'USAGE')
+              ORDER BY pg_catalog.array_position($1, n.nspname) LIMIT 1",
+            &[&schemas],
+        )
+        .await
+        .context("checking the owners of the schemas this run changes")?;
+    if let Some(r) = row {
+        let (schema, owner, me): (String, String, String) = (r.get(0), r.get(1), r.get(2));
+        anyhow::bail!(
+            "insufficient privileges on the destination: schema {schema} belongs to role {owner}, and role {me} cannot {action} it (run as {owner}, or ALTER SCHEMA {} OWNER TO {})",
+            crate::pg::ident::display_ident(&schema),
+            crate::pg::ident::display_ident(&me)
+        );
+    }
+    Ok(())
+}
+
 /// Does `schema` hold no object (every object of a schema depends on it in
 /// `pg_depend`), so that `DROP SCHEMA … RESTRICT` succeeds? Asking first keeps
 /// a refused DROP, and its ERROR line, out of the server log.

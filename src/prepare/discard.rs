@@ -157,6 +157,10 @@ pub async fn remove_prepared(
         );
     }
     let found = find_leftovers(client).await?;
+    let shadows: Vec<String> = std::iter::once(SHADOW_SCHEMA.to_string())
+        .chain(found.other_shadows.iter().cloned())
+        .collect();
+    crate::pg::catalog::refuse_unowned_schemas(client, &shadows, "drop").await?;
     if found.is_empty() {
         // A run that failed half-way through restoring the schema may leave
         // its shadow empty (the batches before the failure committed nothing

@@ -252,24 +252,7 @@ pub async fn check_dest(dst: &Client, schemas: &[String]) -> Result<Vec<String>>
     // recreated, say) is dropped and recreated by prepare, which needs its
     // owner: say so now rather than after the snapshot and the dump.
     let shadows: Vec<String> = schemas.iter().map(|s| meta::shadow_schema_for(s)).collect();
-    let foreign = dst
-        .query(
-            "SELECT n.nspname::text, pg_catalog.pg_get_userbyid(n.nspowner)::text
-               FROM pg_catalog.pg_namespace n
-              WHERE n.nspname = ANY($1) AND NOT pg_catalog.pg_has_role(n.nspowner, 'USAGE')
-              ORDER BY pg_catalog.array_position($1, n.nspname)",
-            &[&shadows],
-        )
-        .await
-        .context("checking the owner of the shadow schema")?;
-    if let Some(row) = foreign.first() {
-        let (shadow, owner): (String, String) = (row.get(0), row.get(1));
-        bail!(
-            "insufficient privileges on the destination: schema {shadow} belongs to role {owner}, and role {user} cannot replace it (run as {owner}, or ALTER SCHEMA {} OWNER TO {})",
-            display_ident(&shadow),
-            display_ident(&user)
-        );
-    }
+    crate::pg::catalog::refuse_unowned_schemas(dst, &shadows, "replace").await?;
     let superuser: bool = r.get(4);
     if !superuser {
         let (not_owned, owners) = not_owned(dst, schemas).await?;

@@ -515,6 +515,15 @@ pub async fn swap(sess: &Session, opts: &SwapOptions) -> Result<SwapReport> {
     let mut warnings = Vec::new();
     let mut rec = Recorder::resume(m.state.clone(), sess.run.command);
 
+    // A shadow this role may not rename or drop is a privilege problem (exit
+    // 1, named), not a shadow that changed since prepare.
+    let shadows: Vec<String> = m
+        .state
+        .schemas
+        .iter()
+        .map(|s| meta::shadow_schema_for(s))
+        .collect();
+    crate::pg::catalog::refuse_unowned_schemas(&sess.control, &shadows, "rename or drop").await?;
     if !opts.prevalidated {
         check_shadow_counts(&sess.control, &m).await?;
     }

@@ -499,6 +499,9 @@ pub async fn swap<H: InTx>(
     let control = &sess.control;
     let ts = fresh_backup_timestamp(control).await?;
     let backups = exchange.backups(&ts.to_string());
+    // Both modes rename or drop each incoming schema.
+    let incoming: Vec<String> = exchange.pairs.iter().map(|p| p.incoming.clone()).collect();
+    crate::pg::catalog::refuse_unowned_schemas(control, &incoming, "rename or drop").await?;
     let choice = choose_mode(control, exchange, policy).await?;
     tracing::info!(mode = ?choice.mode, reason = %choice.reason, "swap mode");
     let mut manifest = origin.manifest(ts, backups[0].clone());
