@@ -724,6 +724,38 @@ fn a_superusers_swap_leaves_the_backup_and_shadow_to_the_role_that_prepared() {
             .query_one_string("SELECT string_agg(s, ',' ORDER BY id) FROM public.t"),
         public_before
     );
+    // cleanup as the application's role: its own backups go (in the dry run
+    // too), the superuser's is skipped with the reason.
+    for dry in [true, false] {
+        let mut args = vec![
+            "cleanup",
+            "--before",
+            "2099-01-01",
+            "--json",
+            "--dest",
+            app.as_str(),
+        ];
+        if dry {
+            args.push("--dry-run");
+        }
+        let out = assert_success(&wd.run(&args));
+        let report: serde_json::Value = serde_json::from_str(&out).unwrap();
+        let skipped = report["skipped"].as_array().unwrap();
+        assert_eq!(skipped.len(), 1, "{report}");
+        assert_eq!(skipped[0]["schema"], backup.as_str(), "{report}");
+        assert!(
+            skipped[0]["reason"]
+                .as_str()
+                .unwrap_or("")
+                .contains(&format!("ALTER SCHEMA {backup} OWNER TO {role}")),
+            "{report}"
+        );
+    }
+    assert_eq!(
+        dbs.dst
+            .query_one_string("SELECT count(*) FROM pg_namespace WHERE nspname LIKE 'backup\\_%'"),
+        "1"
+    );
     let out = wd.run(&["prepare", "--source", &dbs.src.url(), "--dest", &app]);
     assert_eq!(out.status.code(), Some(1));
     let err = common::stderr_of(&out);

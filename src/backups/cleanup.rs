@@ -170,6 +170,12 @@ pub async fn cleanup(
             item.reason = Some(format!(
                 "schema {foreign} does not carry pgshift's marker comment; not dropping a schema pgshift did not create"
             ));
+        } else if let Err(e) =
+            crate::pg::catalog::refuse_unowned_schemas(client, &schemas, "drop").await
+        {
+            // Not this role's to drop: say so (in the dry run too) rather
+            // than fail on the server's "must be owner of schema".
+            item.reason = Some(format!("{e:#}"));
         } else if opts.dry_run {
             match external_dependents(client, &schemas).await? {
                 deps if deps.is_empty() => {}
