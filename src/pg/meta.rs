@@ -189,7 +189,7 @@ pub async fn meta_exists(client: &impl GenericClient) -> Result<bool> {
             let Some(tables) = r.get::<_, Option<bool>>(1) else {
                 let (owner, me): (String, String) = (r.get(2), r.get(3));
                 bail!(
-                    "role {me} may not use the destination's pgshift schema, which records its migrations and backups (it belongs to {owner}); run pgshift as {owner} or a member of it"
+                    "role {me} may not use the destination's pgshift schema, which records its migrations and backups (it belongs to {owner}); run pgshift as {owner} or a member of it that inherits its privileges"
                 );
             };
             if !comment.as_deref().unwrap_or("").starts_with(MARKER) || !tables {
