@@ -351,9 +351,11 @@ pub async fn schema_size_nowait(client: &Client, schema: &str) -> Result<i64> {
     }
 }
 
-/// Refuses, naming the owner and the fix, when this role may not use one of
-/// the backup's schemas (a backup schema has no grants: its owner, a member of
-/// the owner, or a superuser reads it). Missing schemas are left to the caller.
+/// Refuses, naming the owner and the fix, when this role may not read the
+/// backup: one of its schemas (a backup schema has no grants: its owner, a
+/// member of the owner, or a superuser reads it), or a table in one (the
+/// schema may be this role's while a table created in the live schema by
+/// another role after prepare is not). Missing schemas are left to the caller.
 pub async fn readable(client: &impl GenericClient, b: &BackupRow) -> Result<()> {
     let schemas: Vec<String> = b
         .manifest
@@ -361,53 +363,36 @@ pub async fn readable(client: &impl GenericClient, b: &BackupRow) -> Result<()> 
         .into_iter()
         .map(|m| m.backup)
         .collect();
+    // 'schema' sorts before 'table': an unreadable schema is named first.
     let row = client
         .query_opt(
-            "SELECT n.nspname::text, pg_catalog.pg_get_userbyid(n.nspowner)::text, current_user::text
+            "SELECT 'schema', n.nspname::text, '', pg_catalog.pg_get_userbyid(n.nspowner)::text, current_user::text
                FROM pg_catalog.pg_namespace n
               WHERE n.nspname = ANY($1) AND NOT pg_catalog.has_schema_privilege(n.oid, 'USAGE')
-              ORDER BY 1 LIMIT 1",
+             UNION ALL
+             SELECT 'table', n.nspname::text, c.relname::text, pg_catalog.pg_get_userbyid(c.relowner)::text, current_user::text
+               FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+              WHERE n.nspname = ANY($1) AND c.relkind IN ('r', 'p', 'm')
+                AND NOT pg_catalog.has_table_privilege(c.oid, 'SELECT')
+              ORDER BY 1, 2, 3 LIMIT 1",
             &[&schemas],
         )
         .await
         .context("checking access to the backup")?;
-    if let Some(r) = row {
-        let (schema, owner, me): (String, String, String) = (r.get(0), r.get(1), r.get(2));
+    let Some(r) = row else { return Ok(()) };
+    let (kind, schema, table, owner, me): (String, String, String, String, String) =
+        (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4));
+    let me = crate::pg::ident::display_ident(&me);
+    let schema = crate::pg::ident::display_ident(&schema);
+    if kind == "schema" {
         anyhow::bail!(
-            "insufficient privileges: role {me} cannot read backup schema {schema}, which belongs to role {owner} (run as {owner}, or ALTER SCHEMA {} OWNER TO {})",
-            crate::pg::ident::display_ident(&schema),
-            crate::pg::ident::display_ident(&me)
+            "insufficient privileges: role {me} cannot read backup schema {schema}, which belongs to role {owner} (run as {owner}, or ALTER SCHEMA {schema} OWNER TO {me})"
         );
     }
-    // The schema may be this role's (a superuser's swap hands the backup to
-    // the shadow's owner) while a relation in it is not (created in the live
-    // schema by another role between prepare and swap).
-    let row = client
-        .query_opt(
-            "SELECT n.nspname::text, c.relname::text, pg_catalog.pg_get_userbyid(c.relowner)::text, current_user::text
-               FROM pg_catalog.pg_class c
-               JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
-              WHERE n.nspname = ANY($1) AND c.relkind IN ('r', 'p', 'm')
-                AND NOT pg_catalog.has_table_privilege(c.oid, 'SELECT')
-              ORDER BY 1, 2 LIMIT 1",
-            &[&schemas],
-        )
-        .await
-        .context("checking access to the backup's tables")?;
-    if let Some(r) = row {
-        let (schema, table, owner, me): (String, String, String, String) =
-            (r.get(0), r.get(1), r.get(2), r.get(3));
-        let name = format!(
-            "{}.{}",
-            crate::pg::ident::display_ident(&schema),
-            crate::pg::ident::display_ident(&table)
-        );
-        anyhow::bail!(
-            "insufficient privileges: role {me} cannot read table {name} of the backup, which belongs to role {owner} (run as {owner}, or ALTER TABLE {name} OWNER TO {})",
-            crate::pg::ident::display_ident(&me)
-        );
-    }
-    Ok(())
+    let name = format!("{schema}.{}", crate::pg::ident::display_ident(&table));
+    anyhow::bail!(
+        "insufficient privileges: role {me} cannot read table {name} of the backup, which belongs to role {owner} (run as {owner}, or ALTER TABLE {name} OWNER TO {me})"
+    )
 }
 
 /// Size on disk and ownership of a schema.
