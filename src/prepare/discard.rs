@@ -117,10 +117,7 @@ pub async fn find_leftovers(client: &Client) -> Result<Removed> {
             trigger: g,
         });
     }
-    // A pgshift schema this role may not use (or not pgshift's) holds no
-    // leftovers of this role's: `status` reports it, the commands that need
-    // it refuse.
-    if meta::meta_exists(client).await.unwrap_or(false) {
+    if meta::meta_exists(client).await? {
         for row in client
             .query(
                 "SELECT c.relname FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
