@@ -31,6 +31,7 @@
 //! proves it).
 
 use anyhow::{Context, Result};
+use itertools::Itertools;
 use serde::Serialize;
 use tokio_postgres::Client;
 
@@ -110,14 +111,25 @@ pub struct RenameSteps {
     /// Grantees of the incoming schema's own grants (revoked from the new public).
     pub incoming_grantees: Vec<String>,
     pub comment: Option<String>,
-    /// `ALTER DEFAULT PRIVILEGES FOR ROLE r IN SCHEMA public GRANT …` for each
-    /// of public's default privileges.
-    pub default_privileges: Vec<String>,
-    /// The same default privileges as (role, kind, grantee), to revoke from
-    /// the backup: they stay with the renamed schema's oid.
-    pub default_privilege_revokes: Vec<(String, &'static str, String)>,
+    /// Public's default privileges (`pg_default_acl` in public): granted in
+    /// the new public, revoked from the backup (they stay with the renamed
+    /// schema's oid).
+    pub default_privileges: Vec<DefaultPrivilege>,
     /// This role (`current_user`), the backup's owner.
     pub me: String,
+}
+
+/// One entry of a schema's default privileges:
+/// `ALTER DEFAULT PRIVILEGES FOR ROLE role IN SCHEMA … GRANT privilege ON kind TO grantee`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DefaultPrivilege {
+    pub role: String,
+    /// `TABLES`, `SEQUENCES`, … (see [`default_acl_kind`]).
+    pub kind: &'static str,
+    /// Empty for PUBLIC.
+    pub grantee: String,
+    pub privilege: String,
+    pub grantable: bool,
 }
 
 fn role(name: &str) -> String {
@@ -189,7 +201,13 @@ impl RenameSteps {
         // Default privileges stay with the renamed schema's oid: the backup
         // keeps none (nor does a later rollback's backup), and an emptied
         // backup is empty for `catalog::schema_is_empty`.
-        for (owner, kind, grantee) in &self.default_privilege_revokes {
+        let revokes: Vec<(&str, &str, &str)> = self
+            .default_privileges
+            .iter()
+            .map(|d| (d.role.as_str(), d.kind, d.grantee.as_str()))
+            .dedup()
+            .collect();
+        for (owner, kind, grantee) in revokes {
             sql.push(format!(
                 "ALTER DEFAULT PRIVILEGES FOR ROLE {} IN SCHEMA {} REVOKE ALL ON {kind} FROM {}",
                 quote_ident(owner),
@@ -220,7 +238,20 @@ impl RenameSteps {
                 .map(quote_literal)
                 .unwrap_or_else(|| "NULL".into())
         ));
-        sql.extend(self.default_privileges.iter().cloned());
+        for d in &self.default_privileges {
+            sql.push(format!(
+                "ALTER DEFAULT PRIVILEGES FOR ROLE {} IN SCHEMA {live} GRANT {} ON {} TO {}{}",
+                quote_ident(&d.role),
+                d.privilege,
+                d.kind,
+                role(&d.grantee),
+                if d.grantable {
+                    " WITH GRANT OPTION"
+                } else {
+                    ""
+                }
+            ));
+        }
         for e in &self.extensions {
             sql.push(format!(
                 "ALTER EXTENSION {} SET SCHEMA {live}",
@@ -457,33 +488,19 @@ async fn rename_obstacles(
         .filter(|p| p.len() == 3)
         .map(|p| (p[0].clone(), p[1].clone(), p[2] == "true"))
         .collect();
-    let mut default_privilege_revokes: Vec<(String, &'static str, String)> = r
-        .get::<_, Vec<String>>(9)
-        .iter()
-        .map(split)
-        .filter(|p| p.len() == 5)
-        .filter_map(|p| Some((p[0].clone(), default_acl_kind(&p[1])?, p[2].clone())))
-        .collect();
-    default_privilege_revokes.dedup();
     let default_privileges = r
         .get::<_, Vec<String>>(9)
         .iter()
         .map(split)
         .filter(|p| p.len() == 5)
         .filter_map(|p| {
-            let kind = default_acl_kind(&p[1])?;
-            Some(format!(
-                "ALTER DEFAULT PRIVILEGES FOR ROLE {} IN SCHEMA {} GRANT {} ON {kind} TO {}{}",
-                quote_ident(&p[0]),
-                crate::pg::ident::display_ident(live),
-                p[3],
-                role(&p[2]),
-                if p[4] == "true" {
-                    " WITH GRANT OPTION"
-                } else {
-                    ""
-                }
-            ))
+            Some(DefaultPrivilege {
+                kind: default_acl_kind(&p[1])?,
+                role: p[0].clone(),
+                grantee: p[2].clone(),
+                privilege: p[3].clone(),
+                grantable: p[4] == "true",
+            })
         })
         .collect();
     Ok(Ok(RenameSteps {
@@ -495,7 +512,6 @@ async fn rename_obstacles(
         incoming_grantees: r.get(6),
         comment: r.get(7),
         default_privileges,
-        default_privilege_revokes,
         me: r.get(11),
     }))
 }
