@@ -627,6 +627,21 @@ fn a_superusers_swap_leaves_the_backup_and_shadow_to_the_role_that_prepared() {
             "SELECT pg_get_userbyid(nspowner) FROM pg_namespace WHERE nspname = '{schema}'"
         ))
     };
+    // `args` run as the application's role: exit 1, one line holding every
+    // one of `needles`.
+    let refused = |args: &[&str], needles: &[String]| {
+        let out = wd.run(&[args, &["--dest", app.as_str()]].concat());
+        assert_eq!(out.status.code(), Some(1), "{args:?}");
+        let err = common::stderr_of(&out);
+        for needle in needles {
+            assert!(err.contains(needle.as_str()), "{args:?}: {err}");
+        }
+        assert_eq!(err.trim().lines().count(), 1, "{err}");
+    };
+    let public_rows = || {
+        dbs.dst
+            .query_one_string("SELECT string_agg(s, ',' ORDER BY id) FROM public.t")
+    };
     for mode in ["object", "rename"] {
         assert_success(&wd.run(&["prepare", "--source", &dbs.src.url(), "--dest", &app]));
         let out = assert_success(&wd.run(&["swap", "--json", "--swap-mode", mode, "--dest", &su]));
@@ -656,42 +671,31 @@ fn a_superusers_swap_leaves_the_backup_and_shadow_to_the_role_that_prepared() {
     let report: serde_json::Value = serde_json::from_str(&out).unwrap();
     let backup = report["backup_schema"].as_str().unwrap().to_string();
     for args in [&["verify", "--latest"][..], &["rollback", "--latest"][..]] {
-        let out = wd.run(&[args, &["--dest", app.as_str()]].concat());
-        assert_eq!(out.status.code(), Some(1), "{args:?}");
-        let err = common::stderr_of(&out);
-        assert!(
-            err.contains(&format!(
+        refused(
+            args,
+            &[format!(
                 "cannot read table {backup}.dba_tab of the backup, which belongs to role {}",
                 dbs.dst.user()
-            )),
-            "{args:?}: {err}"
+            )],
         );
-        assert_eq!(err.trim().lines().count(), 1, "{err}");
     }
     // A shadow the superuser prepared is not the application role's to
     // swap, abort or replace: each refused before any work, in one line.
     assert_success(&wd.run(&["prepare", "--source", &dbs.src.url(), "--dest", &su]));
-    let public_before = dbs
-        .dst
-        .query_one_string("SELECT string_agg(s, ',' ORDER BY id) FROM public.t");
+    let public_before = public_rows();
     for (args, action) in [(&["swap"][..], "rename or drop"), (&["abort"][..], "drop")] {
-        let out = wd.run(&[args, &["--dest", app.as_str()]].concat());
-        assert_eq!(out.status.code(), Some(1), "{args:?}");
-        let err = common::stderr_of(&out);
-        assert!(
-            err.contains(&format!(
-                "schema shadow belongs to role {}, and role {role} cannot {action} it",
-                dbs.dst.user()
-            )) && err.contains(&format!("ALTER SCHEMA shadow OWNER TO {role}")),
-            "{args:?}: {err}"
+        refused(
+            args,
+            &[
+                format!(
+                    "schema shadow belongs to role {}, and role {role} cannot {action} it",
+                    dbs.dst.user()
+                ),
+                format!("ALTER SCHEMA shadow OWNER TO {role}"),
+            ],
         );
-        assert_eq!(err.trim().lines().count(), 1, "{err}");
     }
-    assert_eq!(
-        dbs.dst
-            .query_one_string("SELECT string_agg(s, ',' ORDER BY id) FROM public.t"),
-        public_before
-    );
+    assert_eq!(public_rows(), public_before);
     assert_eq!(
         dbs.dst
             .query_one_string("SELECT status FROM pgshift.migration ORDER BY id DESC LIMIT 1"),
@@ -703,27 +707,17 @@ fn a_superusers_swap_leaves_the_backup_and_shadow_to_the_role_that_prepared() {
     assert_eq!(owner_of("shadow"), dbs.dst.user());
     // Its backup is the superuser's too: verify and rollback as the
     // application's role say so in one line, changing nothing.
-    let public_before = dbs
-        .dst
-        .query_one_string("SELECT string_agg(s, ',' ORDER BY id) FROM public.t");
+    let public_before = public_rows();
     for args in [&["verify", "--latest"][..], &["rollback", "--latest"][..]] {
-        let out = wd.run(&[args, &["--dest", app.as_str()]].concat());
-        assert_eq!(out.status.code(), Some(1), "{args:?}");
-        let err = common::stderr_of(&out);
-        assert!(
-            err.contains(&format!(
+        refused(
+            args,
+            &[format!(
                 "cannot read backup schema {backup}, which belongs to role {}",
                 dbs.dst.user()
-            )),
-            "{args:?}: {err}"
+            )],
         );
-        assert_eq!(err.trim().lines().count(), 1, "{err}");
     }
-    assert_eq!(
-        dbs.dst
-            .query_one_string("SELECT string_agg(s, ',' ORDER BY id) FROM public.t"),
-        public_before
-    );
+    assert_eq!(public_rows(), public_before);
     // cleanup as the application's role: its own backups go (in the dry run
     // too), the superuser's is skipped with the reason.
     for dry in [true, false] {
@@ -756,15 +750,13 @@ fn a_superusers_swap_leaves_the_backup_and_shadow_to_the_role_that_prepared() {
             .query_one_string("SELECT count(*) FROM pg_namespace WHERE nspname LIKE 'backup\\_%'"),
         "1"
     );
-    let out = wd.run(&["prepare", "--source", &dbs.src.url(), "--dest", &app]);
-    assert_eq!(out.status.code(), Some(1));
-    let err = common::stderr_of(&out);
-    assert!(
-        err.contains(&format!("schema shadow belongs to role {}", dbs.dst.user()))
-            && err.contains(&format!("ALTER SCHEMA shadow OWNER TO {role}")),
-        "{err}"
+    refused(
+        &["prepare", "--source", &dbs.src.url()],
+        &[
+            format!("schema shadow belongs to role {}", dbs.dst.user()),
+            format!("ALTER SCHEMA shadow OWNER TO {role}"),
+        ],
     );
-    assert_eq!(err.trim().lines().count(), 1, "{err}");
     assert_eq!(
         dbs.dst
             .query_one_string("SELECT count(*) FROM pgshift.migration WHERE status = 'preparing'"),
