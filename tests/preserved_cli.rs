@@ -74,6 +74,36 @@ fn fk_violations_block_the_swap_unless_allowed_and_status_tells() {
         "late"
     );
 
+    // The dry run says the swap would refuse, and why; with the flag it would not.
+    let plan: serde_json::Value = serde_json::from_str(&assert_success(&wd.run(&[
+        "swap",
+        "--dest",
+        &dst,
+        "--dry-run",
+        "--json",
+    ])))
+    .unwrap();
+    let refusal = plan["swap"]["refusal"].as_str().unwrap_or_default();
+    assert!(
+        refusal.contains("orders_user_id_fkey") && refusal.contains("--allow-fk-violations"),
+        "{plan}"
+    );
+    let plan: serde_json::Value = serde_json::from_str(&assert_success(&wd.run(&[
+        "swap",
+        "--dest",
+        &dst,
+        "--dry-run",
+        "--json",
+        "--allow-fk-violations",
+    ])))
+    .unwrap();
+    assert_eq!(plan["swap"]["refusal"], serde_json::Value::Null, "{plan}");
+    assert_eq!(
+        plan["swap"]["fk_violations"].as_array().map(Vec::len),
+        Some(1),
+        "{plan}"
+    );
+
     // The swap is refused, naming the constraint and the count; nothing changes.
     let before = schema_fingerprint(&dbs.dst, "public");
     let out = wd.run(&["swap", "--dest", &dst]);

@@ -426,8 +426,11 @@ pub async fn preview(client: &Client, opts: &SwapOptions) -> Result<SwapPreview>
         opts.policy.lock_timeout,
     )
     .await?;
-    let refusal =
-        gate::refusal(&impact, &opts.impact).or_else(|| p.lock_budget.refusal("the swap"));
+    // In the order the swap itself refuses: the impact gates, the foreign
+    // keys, the lock table.
+    let refusal = gate::refusal(&impact, &opts.impact)
+        .or_else(|| fk_refusal(&fk_violations, opts.allow_fk_violations))
+        .or_else(|| p.lock_budget.refusal("the swap"));
     let schemas = p.schemas.clone();
     Ok(SwapPreview {
         migration_id: m.id,
@@ -450,6 +453,16 @@ async fn fk_violations(client: &Client, m: &MigrationRow, kept: &Kept) -> Result
     let mut out = sync::fk_violations(client, &m.state.details.deferred_sql, &pairs).await?;
     out.extend(sync::fk_violations(client, &kept.fk_sql, &pairs).await?);
     Ok(out)
+}
+
+/// Why the swap refuses these foreign-key violations, unless allowed.
+fn fk_refusal(violations: &[FkViolation], allowed: bool) -> Option<String> {
+    (!violations.is_empty() && !allowed).then(|| {
+        format!(
+            "foreign keys involving preserved tables do not match the destination's rows; nothing was changed. {} (fix the rows, or pass --allow-fk-violations to create these constraints NOT VALID)",
+            sync::violations_line(violations)
+        )
+    })
 }
 
 /// The lock budget of swapping the prepared migration `m` now, in the mode
@@ -588,14 +601,11 @@ pub async fn swap(sess: &Session, opts: &SwapOptions) -> Result<SwapReport> {
         }
     }
     let violations = fk_violations(&sess.control, &m, &kept).await?;
+    if let Some(refusal) = fk_refusal(&violations, opts.allow_fk_violations) {
+        bail!(refusal);
+    }
     if !violations.is_empty() {
         let lines: Vec<String> = violations.iter().map(|v| v.to_string()).collect();
-        if !opts.allow_fk_violations {
-            bail!(
-                "foreign keys involving preserved tables do not match the destination's rows; nothing was changed. {} (fix the rows, or pass --allow-fk-violations to create these constraints NOT VALID)",
-                sync::violations_line(&violations)
-            );
-        }
         for l in &lines {
             tracing::warn!("{l} (allowed: the constraint will be NOT VALID)");
         }
