@@ -576,6 +576,41 @@ fn rollback_refusals_change_nothing() {
     );
     assert_eq!(catalog_fingerprint(&dbs.dst), before);
 
+    // A write to users since the swap: the refusal explains why users cannot
+    // be kept instead of advising the --keep-tables that would be refused.
+    let inserted = |db: &TestDb| {
+        db.query_one_string(
+            "SELECT n_tup_ins FROM pg_stat_user_tables WHERE relid = 'public.users'::regclass",
+        )
+    };
+    let was = inserted(&dbs.dst);
+    dbs.dst
+        .psql("INSERT INTO users (id, name) VALUES (1000, 'late')");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while inserted(&dbs.dst) == was {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no counters for the insert"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let before = catalog_fingerprint(&dbs.dst);
+    let out = wd.run(&["rollback", "--dest", &url, "--latest"]);
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    for part in [
+        "users (1 insert)".to_string(),
+        format!(
+            "users cannot be kept (objects of {b1} depend on its own copy: view {b1}.user_names)"
+        ),
+        "Pass --allow-discard users (or --allow-discard all) to roll back anyway".to_string(),
+    ] {
+        assert!(err.contains(&part), "{part:?} not in {err:?}");
+    }
+    assert!(!err.contains("--keep-tables"), "{err}");
+    assert_eq!(catalog_fingerprint(&dbs.dst), before);
+
     // A backup that no longer matches its manifest: refused (exit 3) unless forced.
     dbs.dst
         .psql(&format!("DELETE FROM {b1}.orders WHERE id = 1"));
@@ -593,7 +628,18 @@ fn rollback_refusals_change_nothing() {
         text(&out.stderr)
     );
     assert_eq!(catalog_fingerprint(&dbs.dst), before);
-    let r = run_json(&wd, &["rollback", "--dest", &url, "--latest", "--force"]);
+    let r = run_json(
+        &wd,
+        &[
+            "rollback",
+            "--dest",
+            &url,
+            "--latest",
+            "--force",
+            "--allow-discard",
+            "users",
+        ],
+    );
     assert_eq!(r["verified"], false);
     assert_eq!(
         dbs.dst.query_one_string("SELECT count(*) FROM orders"),

@@ -30,7 +30,9 @@ use crate::prepare::sync::{self, CreatedFk, FkViolation, SyncedTable};
 use crate::prepare::{filters, privileges};
 use crate::swap::engine::{self, Exchange, InTx, Moved, Moves, Origin, Policy};
 use crate::swap::impact::gate::{self, ImpactOptions, UnderLocks};
-use crate::swap::impact::{Impact, ImpactRequest, Operation, WriteBaseline, WriteCheck};
+use crate::swap::impact::{
+    Impact, ImpactRequest, Operation, Unkeepable, WriteBaseline, WriteCheck,
+};
 use crate::swap::mode::Chosen;
 use crate::swap::rollback::{self, CrossingFixed, FkChange, Place};
 
@@ -513,8 +515,12 @@ fn under_locks<'a>(
         listed,
         exempt,
         allow: &opts.impact.allow_discard,
+        unkeepable: &NO_UNKEEPABLE,
     }
 }
+
+/// A swap keeps no table with `--keep-tables` that it cannot.
+static NO_UNKEEPABLE: Unkeepable = Unkeepable::new();
 
 /// Swap the prepared migration on an open session.
 pub async fn swap(sess: &Session, opts: &SwapOptions) -> Result<SwapReport> {

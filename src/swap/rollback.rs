@@ -46,7 +46,7 @@ use crate::prepare::sync::CreatedFk;
 use crate::swap::engine::{self, Exchange, InTx, Moved, Moves, Origin, Policy};
 use crate::swap::impact::gate::{self, UnderLocks};
 use crate::swap::impact::{
-    AllowDiscard, DiscardedWrite, Operation, UnknownWrite, WriteBaseline, WriteCheck,
+    AllowDiscard, DiscardedWrite, Operation, Unkeepable, UnknownWrite, WriteBaseline, WriteCheck,
 };
 use crate::swap::mode::Chosen;
 
@@ -93,6 +93,9 @@ pub struct Plan {
     /// under the locks looks at again).
     pub listed: WriteBaseline,
     pub allow_discard: AllowDiscard,
+    /// Written tables that `--keep-tables` could not keep (objects of the
+    /// backup depend on its own copy), with the reason, for the refusal's advice.
+    pub unkeepable: Unkeepable,
     /// Why the rollback refuses these writes, if it does.
     pub refusal: Option<String>,
 }
@@ -298,7 +301,11 @@ pub async fn plan(client: &Client, opts: &RollbackOptions) -> Result<Plan> {
     let kept: Vec<TableName> = kept_names(&pairs);
     let (listed, writes) =
         gate::writes_since(client, Operation::Rollback, live_baseline.as_ref(), &kept).await?;
-    let refusal = gate::rollback_gate(&writes, &opts.allow_discard)
+    let mut unkeepable = Unkeepable::new();
+    if gate::rollback_gate(&writes, &opts.allow_discard, &unkeepable).is_err() {
+        unkeepable = unkeepable_writes(client, &maps, &writes).await?;
+    }
+    let refusal = gate::rollback_gate(&writes, &opts.allow_discard, &unkeepable)
         .err()
         .map(|e| e.to_string());
 
@@ -327,8 +334,54 @@ pub async fn plan(client: &Client, opts: &RollbackOptions) -> Result<Plan> {
         live_baseline,
         listed,
         allow_discard: opts.allow_discard.clone(),
+        unkeepable,
         refusal,
     })
+}
+
+/// The written tables (partitions by their root) that `--keep-tables` would
+/// refuse to keep because objects of their backup depend on the backup's own
+/// copy (see [`dependents`]), with that reason.
+async fn unkeepable_writes(
+    client: &Client,
+    maps: &[crate::backups::manifest::SchemaMap],
+    writes: &WriteCheck,
+) -> Result<Unkeepable> {
+    let written = writes
+        .discarded
+        .iter()
+        .map(|d| (&d.at, d.partition_of.as_deref().unwrap_or(&d.table)))
+        .chain(
+            writes
+                .unknown
+                .iter()
+                .map(|u| (&u.at, u.partition_of.as_deref().unwrap_or(&u.table))),
+        );
+    let mut out = Unkeepable::new();
+    for (at, shown) in written {
+        let (schema, name) = match at.ancestors.last() {
+            Some((s, n)) => (s, n),
+            None => (&at.schema, &at.name),
+        };
+        let Some(m) = maps.iter().find(|m| &m.live == schema) else {
+            continue;
+        };
+        if out.contains_key(shown) {
+            continue;
+        }
+        let blockers = dependents(client, &m.backup, std::slice::from_ref(name)).await?;
+        if !blockers.is_empty() {
+            out.insert(
+                shown.to_string(),
+                format!(
+                    "objects of {} depend on its own copy: {}",
+                    m.backup,
+                    blockers.join(", ")
+                ),
+            );
+        }
+    }
+    Ok(out)
 }
 
 /// The kept tables of `pairs` as names, each in its live schema (for the
@@ -365,6 +418,7 @@ fn hook(plan: &Plan, pg15: bool) -> RollbackTx<'_> {
             listed: &plan.listed,
             exempt: kept_names(&plan.pairs),
             allow: &plan.allow_discard,
+            unkeepable: &plan.unkeepable,
         }),
     }
 }

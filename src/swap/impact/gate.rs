@@ -50,7 +50,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, anyhow};
 use tokio_postgres::Client;
 
-use super::writes::{Operation, compare_without_live_baseline, gate_for};
+use super::writes::{Operation, Unkeepable, compare_without_live_baseline, gate_for, gate_keeping};
 use super::{
     AllowDiscard, Impact, ImpactRequest, SchemaPair, StatementsReport, WorkloadOptions,
     WriteBaseline, WriteCheck, compare, compare_without_baseline, listed_check_sql, parse_check,
@@ -372,6 +372,8 @@ pub struct UnderLocks<'a> {
     pub listed: &'a WriteBaseline,
     pub exempt: Vec<TableName>,
     pub allow: &'a AllowDiscard,
+    /// A rollback's tables that `--keep-tables` cannot keep (for its advice).
+    pub unkeepable: &'a Unkeepable,
 }
 
 impl UnderLocks<'_> {
@@ -395,7 +397,7 @@ impl UnderLocks<'_> {
             tables = self.baseline.tables.len(),
             "discarded-writes check under the locks"
         );
-        gate_for(self.op, &check, self.allow).map_err(|why| anyhow!(why))?;
+        gate_keeping(self.op, &check, self.allow, self.unkeepable).map_err(|why| anyhow!(why))?;
         Ok(check)
     }
 
@@ -457,9 +459,14 @@ const COLLECTOR_SEND_INTERVAL: Duration = Duration::from_millis(550);
 /// counts were sent gives a file the collector wrote after it received them.
 const COLLECTOR_FILE_AGE: Duration = Duration::from_millis(650);
 
-/// The rollback's refusal, if `allow` does not cover `check`.
-pub fn rollback_gate(check: &WriteCheck, allow: &AllowDiscard) -> Result<()> {
-    gate_for(Operation::Rollback, check, allow).map_err(|why| anyhow!(why))
+/// The rollback's refusal, if `allow` does not cover `check`; it advises
+/// `--keep-tables` only for the tables not in `unkeepable`.
+pub fn rollback_gate(
+    check: &WriteCheck,
+    allow: &AllowDiscard,
+    unkeepable: &Unkeepable,
+) -> Result<()> {
+    gate_keeping(Operation::Rollback, check, allow, unkeepable).map_err(|why| anyhow!(why))
 }
 
 /// One line per discarded or unknown write, for logs and warnings.

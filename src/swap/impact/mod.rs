@@ -149,7 +149,7 @@ pub use workload::{
     check_workload,
 };
 pub use writes::{
-    AllowDiscard, DiscardedWrite, Operation, TableCounters, TableWrites, UnknownWrite,
+    AllowDiscard, DiscardedWrite, Operation, TableCounters, TableWrites, Unkeepable, UnknownWrite,
     WriteBaseline, WriteCheck, WritesSinceReset, check_sql, compare, compare_without_baseline,
     compare_without_live_baseline, gate, gate_for, listed_check_sql, parse_check, take_baseline,
     writes_since_reset,

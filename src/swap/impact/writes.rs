@@ -768,9 +768,24 @@ pub fn gate(check: &WriteCheck, allow: &AllowDiscard) -> Result<(), String> {
     gate_for(Operation::Swap, check, allow)
 }
 
+/// Tables a rollback cannot keep (`--keep-tables`), by the name the gate
+/// shows, with the reason: left out of its advice and explained instead.
+pub type Unkeepable = std::collections::BTreeMap<String, String>;
+
 /// [`gate`] for a swap or a rollback: the tables with their counts (the
 /// largest few, then "and N more"), and the two ways out.
 pub fn gate_for(op: Operation, check: &WriteCheck, allow: &AllowDiscard) -> Result<(), String> {
+    gate_keeping(op, check, allow, &Unkeepable::new())
+}
+
+/// [`gate_for`], advising `--keep-tables` only for the tables a rollback can
+/// keep.
+pub fn gate_keeping(
+    op: Operation,
+    check: &WriteCheck,
+    allow: &AllowDiscard,
+    unkeepable: &Unkeepable,
+) -> Result<(), String> {
     let discarded: Vec<&DiscardedWrite> = check
         .discarded
         .iter()
@@ -838,16 +853,21 @@ pub fn gate_for(op: Operation, check: &WriteCheck, allow: &AllowDiscard) -> Resu
             }
             acc
         });
-    let list = if names.len() <= 10 {
-        names.join(",")
-    } else {
-        "TABLES".to_string()
+    let list_of = |names: &[&str]| {
+        if names.len() <= 10 {
+            names.join(",")
+        } else {
+            "TABLES".to_string()
+        }
     };
-    let these = if names.len() == 1 {
-        "this table"
-    } else {
-        "these tables"
+    let these_of = |names: &[&str]| {
+        if names.len() == 1 {
+            "this table"
+        } else {
+            "these tables"
+        }
     };
+    let (list, these) = (list_of(&names), these_of(&names));
     let only_unrecorded = discarded.is_empty()
         && unknown.iter().all(|u| {
             u.reason == Unknown::NoBaseline.reason() || u.reason == Unknown::NoLiveBaseline.reason()
@@ -857,10 +877,31 @@ pub fn gate_for(op: Operation, check: &WriteCheck, allow: &AllowDiscard) -> Resu
             "Prepare again (this version records the counters; preserve the tables the application writes with --preserved-tables)".to_string()
         }
         Operation::Swap => format!("Prepare again with {these} in --preserved-tables"),
-        Operation::Rollback => format!("Keep {these} with --keep-tables {list}"),
+        Operation::Rollback => {
+            let (cannot, can): (Vec<&str>, Vec<&str>) =
+                names.iter().partition(|n| unkeepable.contains_key(**n));
+            let mut advice: Vec<String> = cannot
+                .iter()
+                .map(|n| format!("{n} cannot be kept ({})", unkeepable[*n]))
+                .collect();
+            if !can.is_empty() {
+                advice.push(format!(
+                    "Keep {} with --keep-tables {}",
+                    these_of(&can),
+                    list_of(&can)
+                ));
+            }
+            advice.join(". ")
+        }
+    };
+    // No table can be kept: the way out is to discard.
+    let pass = if op == Operation::Rollback && names.iter().all(|n| unkeepable.contains_key(*n)) {
+        format!("{keep}. Pass")
+    } else {
+        format!("{keep}, or pass")
     };
     Err(format!(
-        "{}; nothing was changed. {keep}, or pass --allow-discard {list} (or --allow-discard all) {}",
+        "{}; nothing was changed. {pass} --allow-discard {list} (or --allow-discard all) {}",
         parts.join("; "),
         op.anyway(),
     ))
