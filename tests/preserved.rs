@@ -160,6 +160,27 @@ fn validation_lists_every_problem_and_changes_nothing() {
     assert_eq!(lines, 9, "{err}");
     assert_eq!(fingerprint(&dbs.dst), before, "the destination changed");
 
+    // One problem is one line; a table on neither side is one problem.
+    for (name, expected) in [
+        (
+            "nosuch",
+            "error: --preserved-tables: nosuch: no such table in the destination's nor in the source's public schema; nothing was changed",
+        ),
+        (
+            "only_in_dest",
+            "error: --preserved-tables: only_in_dest: not in the source's public schema",
+        ),
+    ] {
+        let out = prepare(&dbs, &["--preserved-tables", name]);
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(2), "{err}");
+        let errors: Vec<&str> = err.lines().filter(|l| l.starts_with("error: ")).collect();
+        assert_eq!(errors.len(), 1, "{err}");
+        assert!(!err.lines().any(|l| l.starts_with("  ")), "{err}");
+        assert!(errors[0].starts_with(expected), "{err}");
+    }
+    assert_eq!(fingerprint(&dbs.dst), before, "the destination changed");
+
     // Names are identifiers, never SQL: refused while parsing the flags.
     for (name, why) in [
         ("users;drop table fine", "semicolon"),

@@ -422,13 +422,15 @@ pub async fn validate(
     if problems.is_empty() {
         return Ok(warnings);
     }
-    let n = problems.len();
-    Err(crate::user_error!(
-        "--preserved-tables: {} problem{} found, nothing was changed:\n  {}",
-        n,
-        if n == 1 { "" } else { "s" },
-        problems.join("\n  ")
-    ))
+    // One problem is one line; several are counted, then listed one a line.
+    Err(match problems.as_slice() {
+        [one] => crate::user_error!("--preserved-tables: {one}; nothing was changed"),
+        many => crate::user_error!(
+            "--preserved-tables: {} problems found, nothing was changed:\n  {}",
+            many.len(),
+            many.join("\n  ")
+        ),
+    })
 }
 
 async fn validate_one(
@@ -466,6 +468,12 @@ async fn validate_one(
     let src = source_tables
         .iter()
         .find(|t| t.schema == schema && t.name == p.name);
+    if dest_row.is_none() && src.is_none() {
+        problems.push(format!(
+            "{shown}: no such table in the destination's nor in the source's {schema} schema"
+        ));
+        return Ok(problems);
+    }
     let dest_oid = match &dest_row {
         None => {
             problems.push(format!(
