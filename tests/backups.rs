@@ -808,7 +808,9 @@ fn cleanup_never_drops_what_is_not_a_pgshift_backup() {
     dbs.dst.psql(&format!(
         "CREATE SCHEMA backup_1; CREATE TABLE backup_1.x (i int);
          CREATE TABLE {b}.kept (i int);
-         CREATE SCHEMA reports; CREATE VIEW reports.v AS SELECT * FROM {b}.kept;"
+         CREATE SCHEMA reports; CREATE VIEW reports.v AS SELECT * FROM {b}.kept;
+         CREATE FUNCTION {b}.plus(int) RETURNS int LANGUAGE sql IMMUTABLE AS 'SELECT $1 + 1';
+         CREATE TABLE reports.g (a int, b int GENERATED ALWAYS AS ({b}.plus(a)) STORED);"
     ));
     let far = (chrono::Utc::now() + chrono::Duration::days(1))
         .timestamp_millis()
@@ -829,6 +831,15 @@ fn cleanup_never_drops_what_is_not_a_pgshift_backup() {
             .as_str()
             .unwrap()
             .contains("reports.v"),
+        "{v}"
+    );
+    // A generated column outside that computes with a function of the backup
+    // (CASCADE would drop the column and its data).
+    assert!(
+        v["skipped"][0]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("column b of table reports.g"),
         "{v}"
     );
     assert_eq!(

@@ -236,9 +236,12 @@ async fn external_dependents(client: &Client, schemas: &[String]) -> Result<Vec<
                     SELECT 'pg_catalog.pg_class'::regclass, c.oid FROM pg_catalog.pg_class c WHERE c.relnamespace IN (SELECT oid FROM ns)
                     UNION ALL SELECT 'pg_catalog.pg_type'::regclass, t.oid FROM pg_catalog.pg_type t WHERE t.typnamespace IN (SELECT oid FROM ns)
                     UNION ALL SELECT 'pg_catalog.pg_proc'::regclass, p.oid FROM pg_catalog.pg_proc p WHERE p.pronamespace IN (SELECT oid FROM ns))
-             SELECT DISTINCT pg_catalog.pg_describe_object(d.classid, d.objid, 0)
+             SELECT DISTINCT pg_catalog.pg_describe_object(d.classid, d.objid, d.objsubid)
                FROM pg_catalog.pg_depend d JOIN objs o ON d.refclassid = o.classid AND d.refobjid = o.objid
-              WHERE d.deptype = 'n'
+              WHERE (d.deptype = 'n'
+                     -- A generated column's expression (or a sequence owned by
+                     -- a column) depends automatically: CASCADE drops it too.
+                     OR (d.deptype = 'a' AND d.classid = 'pg_catalog.pg_class'::regclass))
                 AND COALESCE((CASE d.classid
                        WHEN 'pg_catalog.pg_class'::regclass THEN (SELECT x.relnamespace FROM pg_catalog.pg_class x WHERE x.oid = d.objid)
                        WHEN 'pg_catalog.pg_type'::regclass THEN (SELECT x.typnamespace FROM pg_catalog.pg_type x WHERE x.oid = d.objid)

@@ -361,15 +361,23 @@ pub async fn outside_dependents(dst: &Client, schemas: &[String]) -> Result<Vec<
                         r.type || ' ' || r.identity
                    FROM pg_catalog.pg_depend d
                    JOIN LATERAL pg_catalog.pg_identify_object(d.refclassid, d.refobjid, 0) r ON true
-                  WHERE d.deptype = 'n'
-                    AND d.refclassid IN ('pg_catalog.pg_proc'::regclass, 'pg_catalog.pg_type'::regclass)
+                  WHERE (d.deptype = 'n'
+                         -- a generated column's expression depends automatically
+                         OR (d.deptype = 'a' AND d.classid = 'pg_catalog.pg_class'::regclass AND d.objsubid <> 0))
+                    AND (d.refclassid IN ('pg_catalog.pg_proc'::regclass, 'pg_catalog.pg_type'::regclass)
+                         -- sequences (a default's nextval('public.s'))
+                         -- (views are the query above)
+                         OR (d.refclassid = 'pg_catalog.pg_class'::regclass
+                             AND EXISTS (SELECT 1 FROM pg_catalog.pg_class s WHERE s.oid = d.refobjid AND s.relkind = 'S')
+                             AND d.classid NOT IN ('pg_catalog.pg_class'::regclass, 'pg_catalog.pg_rewrite'::regclass)))
                     AND r.schema = ANY($1)
                     AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_depend e
                                      WHERE e.classid = d.refclassid AND e.objid = d.refobjid AND e.deptype = 'e')
-                    AND NOT ({dep} = ANY($1))
-                    AND {dep} NOT IN ('shadow', 'pgshift', 'pg_catalog', 'information_schema')
-                    AND {dep} NOT LIKE 'backup\\_%' AND {dep} NOT LIKE 'pgshift\\_shadow\\_%'
-                    AND {dep} NOT LIKE 'pg\\_toast%'
+                    -- objects of no schema (an event trigger) are outside too
+                    AND NOT (COALESCE({dep}, '') = ANY($1))
+                    AND COALESCE({dep}, '') NOT IN ('shadow', 'pgshift', 'pg_catalog', 'information_schema')
+                    AND COALESCE({dep}, '') NOT LIKE 'backup\\_%' AND COALESCE({dep}, '') NOT LIKE 'pgshift\\_shadow\\_%'
+                    AND COALESCE({dep}, '') NOT LIKE 'pg\\_toast%'
                   ORDER BY 1, 2",
                 describe = crate::swap::rollback::DESCRIBE_DEPENDENT,
                 dep = crate::swap::rollback::DEPENDENT_SCHEMA,
@@ -385,6 +393,39 @@ pub async fn outside_dependents(dst: &Client, schemas: &[String]) -> Result<Vec<
                 "{what} uses {uses}; after the swap it will use the backup's copy (recreate it after the swap, or migrate its schema too)"
             ));
         }
+    }
+    // Partitions and inheritance children outside whose parent is migrated:
+    // they stay attached to the backup's copy.
+    let rows = dst
+        .query(
+            "SELECT cn.nspname, c.relname, pn.nspname, p.relname, c.relispartition
+               FROM pg_catalog.pg_inherits i
+               JOIN pg_catalog.pg_class c ON c.oid = i.inhrelid
+               JOIN pg_catalog.pg_namespace cn ON cn.oid = c.relnamespace
+               JOIN pg_catalog.pg_class p ON p.oid = i.inhparent
+               JOIN pg_catalog.pg_namespace pn ON pn.oid = p.relnamespace
+              WHERE pn.nspname = ANY($1) AND NOT (cn.nspname = ANY($1))
+                AND c.relkind IN ('r', 'p', 'f')
+                AND cn.nspname NOT IN ('shadow', 'pgshift')
+                AND cn.nspname NOT LIKE 'backup\\_%' AND cn.nspname NOT LIKE 'pgshift\\_shadow\\_%'
+              ORDER BY 1, 2",
+            &[&schemas],
+        )
+        .await
+        .context("looking for partitions outside the migrated schemas")?;
+    for r in rows {
+        let (cs, c, ps, p, partition): (String, String, String, String, bool) =
+            (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4));
+        out.push(format!(
+            "table {}.{} is {} of {}.{}; after the swap it stays with the backup's copy, and its rows are no longer in {}.{} (recreate it after the swap, or migrate its schema too)",
+            display_ident(&cs),
+            display_ident(&c),
+            if partition { "a partition" } else { "an inheritance child" },
+            display_ident(&ps),
+            display_ident(&p),
+            display_ident(&ps),
+            display_ident(&p),
+        ));
     }
     let rows = dst
         .query(
