@@ -1592,4 +1592,23 @@ fn outside_objects_using_a_migrated_function_or_type_are_warned_about() {
         6,
         "{warnings:#?}"
     );
+
+    // A rollback says the same of what is bound to the public it replaces.
+    run_json(&wd, &["swap", "--dest", &dst]);
+    dbs.dst
+        .psql("CREATE VIEW auth.profile_ids AS SELECT id FROM public.profiles");
+    let plan = run_json(&wd, &["rollback", "--dest", &dst, "--latest", "--dry-run"]);
+    let warnings = plan["rollback"]["warnings"].as_array().unwrap();
+    assert_eq!(
+        warnings,
+        &vec![json!(
+            "view auth.profile_ids reads public.profiles; after the rollback it will read the backup's copy (recreate it after the rollback)"
+        )],
+        "{plan}"
+    );
+    let done = run_json(&wd, &["rollback", "--dest", &dst, "--latest"]);
+    assert!(
+        done["warnings"].as_array().unwrap().contains(&warnings[0]),
+        "{done}"
+    );
 }

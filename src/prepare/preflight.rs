@@ -284,14 +284,19 @@ pub async fn check_dest(dst: &Client, schemas: &[String]) -> Result<Vec<String>>
             );
         }
     }
-    warnings.extend(outside_dependents(dst, schemas).await?);
+    warnings.extend(outside_dependents(dst, schemas, "swap").await?);
     Ok(warnings)
 }
 
 /// Objects outside the migrated schemas that point at their objects: after
-/// the swap they keep pointing at the backup.
-pub async fn outside_dependents(dst: &Client, schemas: &[String]) -> Result<Vec<String>> {
+/// the swap (or the rollback: `op`) they keep pointing at the backup.
+pub async fn outside_dependents(dst: &Client, schemas: &[String], op: &str) -> Result<Vec<String>> {
     let mut out = Vec::new();
+    let too = if op == "swap" {
+        ", or migrate its schema too"
+    } else {
+        ""
+    };
     let rows = dst
         .query(
             "SELECT DISTINCT vn.nspname, v.relname, c.relname, cn.nspname
@@ -313,7 +318,7 @@ pub async fn outside_dependents(dst: &Client, schemas: &[String]) -> Result<Vec<
         let (s, v, t, ts): (String, String, String, String) =
             (r.get(0), r.get(1), r.get(2), r.get(3));
         out.push(format!(
-            "view {}.{} reads {}.{}; after the swap it will read the backup's copy (recreate it after the swap)",
+            "view {}.{} reads {}.{}; after the {op} it will read the backup's copy (recreate it after the {op})",
             display_ident(&s),
             display_ident(&v),
             display_ident(&ts),
@@ -340,7 +345,7 @@ pub async fn outside_dependents(dst: &Client, schemas: &[String]) -> Result<Vec<
         let (s, t, c, p, ps): (String, String, String, String, String) =
             (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4));
         out.push(format!(
-            "foreign key {} on {}.{} references {}.{}; after the swap it will reference the backup's copy",
+            "foreign key {} on {}.{} references {}.{}; after the {op} it will reference the backup's copy",
             display_ident(&c),
             display_ident(&s),
             display_ident(&t),
@@ -390,7 +395,7 @@ pub async fn outside_dependents(dst: &Client, schemas: &[String]) -> Result<Vec<
         let (what, uses): (Option<String>, Option<String>) = (r.get(0), r.get(1));
         if let (Some(what), Some(uses)) = (what, uses) {
             out.push(format!(
-                "{what} uses {uses}; after the swap it will use the backup's copy (recreate it after the swap, or migrate its schema too)"
+                "{what} uses {uses}; after the {op} it will use the backup's copy (recreate it after the {op}{too})"
             ));
         }
     }
@@ -417,7 +422,7 @@ pub async fn outside_dependents(dst: &Client, schemas: &[String]) -> Result<Vec<
         let (cs, c, ps, p, partition): (String, String, String, String, bool) =
             (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4));
         out.push(format!(
-            "table {}.{} is {} of {}.{}; after the swap it stays with the backup's copy, and its rows are no longer in {}.{} (recreate it after the swap, or migrate its schema too)",
+            "table {}.{} is {} of {}.{}; after the {op} it stays with the backup's copy, and its rows are no longer in {}.{} (recreate it after the {op}{too})",
             display_ident(&cs),
             display_ident(&c),
             if partition { "a partition" } else { "an inheritance child" },
@@ -442,7 +447,7 @@ pub async fn outside_dependents(dst: &Client, schemas: &[String]) -> Result<Vec<
     for r in rows {
         let (p, s, t): (String, String, String) = (r.get(0), r.get(1), r.get(2));
         out.push(format!(
-            "publication {} names {}.{}; after the swap it will publish the backup's copy (ALTER PUBLICATION ... SET TABLE after the swap)",
+            "publication {} names {}.{}; after the {op} it will publish the backup's copy (ALTER PUBLICATION ... SET TABLE after the {op})",
             display_ident(&p),
             display_ident(&s),
             display_ident(&t)

@@ -291,6 +291,12 @@ pub async fn plan(client: &Client, opts: &RollbackOptions) -> Result<Plan> {
         });
     }
 
+    // Objects of other schemas bound to the schemas being replaced stay with
+    // them, in the new backup (a backup of fewer schemas than the migration
+    // that replaced it leaves the others' objects behind, say).
+    warnings
+        .extend(crate::prepare::preflight::outside_dependents(client, &lives, "rollback").await?);
+
     // Writes the application made to the public being replaced since it went
     // live (the newest backup's manifest has its counters from that moment).
     let live_baseline = manifest::list_backups(client)
