@@ -763,3 +763,63 @@ fn a_superusers_swap_leaves_the_backup_and_shadow_to_the_role_that_prepared() {
         "0"
     );
 }
+
+/// Row-level security on the source that applies to the migrating role (a
+/// FORCEd policy on its own table, a policy on a table it only may read)
+/// would make the copy silently short: prepare refuses before any work,
+/// naming the tables; their data can be left out instead.
+#[test]
+fn row_level_security_on_the_source_is_refused_not_copied_short() {
+    let dbs = TestDbs::new("rls_source");
+    let src = database_owner(&dbs.src, "rls_app", "rls-pw");
+    let dst = database_owner(&dbs.dst, "rls_app", "rls-pw");
+    let tables = "CREATE TABLE forced (id int PRIMARY KEY, who text);
+         CREATE TABLE enabled (id int PRIMARY KEY, who text);
+         CREATE TABLE plain (id int PRIMARY KEY);
+         INSERT INTO forced SELECT g, CASE WHEN g % 2 = 0 THEN 'rls_app' ELSE 'alice' END FROM generate_series(1, 10) g;
+         INSERT INTO enabled SELECT * FROM forced;
+         ALTER TABLE forced OWNER TO rls_app; ALTER TABLE plain OWNER TO rls_app;
+         GRANT SELECT ON enabled TO rls_app;";
+    dbs.src.psql(tables);
+    dbs.dst.psql(tables);
+    dbs.dst.psql("ALTER TABLE enabled OWNER TO rls_app");
+    dbs.src.psql(
+        "ALTER TABLE forced ENABLE ROW LEVEL SECURITY; ALTER TABLE forced FORCE ROW LEVEL SECURITY;
+         CREATE POLICY mine ON forced USING (who = current_user);
+         ALTER TABLE enabled ENABLE ROW LEVEL SECURITY;
+         CREATE POLICY mine ON enabled USING (who = current_user);",
+    );
+    let wd = Workdir::new();
+    let out = wd.run(&["prepare", "--source", &src, "--dest", &dst]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    let errors: Vec<&str> = err.lines().filter(|l| l.starts_with("error: ")).collect();
+    assert_eq!(errors.len(), 1, "{err}");
+    assert!(
+        errors[0]
+            .contains("row-level security of the source applies to this role on enabled, forced")
+            && errors[0].contains("nothing was changed"),
+        "{err}"
+    );
+    assert_eq!(
+        dbs.dst.query_one_string(
+            "SELECT count(*) FROM pg_namespace WHERE nspname IN ('shadow', 'pgshift')"
+        ),
+        "0"
+    );
+    // Leaving their data out is a way through; the rest is copied.
+    assert_success(&wd.run(&[
+        "prepare",
+        "--source",
+        &src,
+        "--dest",
+        &dst,
+        "--exclude-table-data",
+        "enabled,forced",
+    ]));
+    assert_eq!(
+        dbs.dst
+            .query_one_string("SELECT count(*) FROM shadow.forced"),
+        "0"
+    );
+}

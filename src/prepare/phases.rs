@@ -219,10 +219,24 @@ pub async fn check(settings: &PrepareOptions, sess_dest: &Client, src: &Client) 
     )
     .await?;
     warnings.extend(filters.warnings.iter().cloned());
-    let tables = tables
+    let tables: Vec<_> = tables
         .into_iter()
         .filter(|t| !filters.not_migrated.contains(&t.key()))
         .collect();
+    // The tables whose rows come from the source (preserved ones come from
+    // the destination).
+    let copied: Vec<u32> = tables
+        .iter()
+        .filter(|t| !filters.data_excluded.contains(&t.key()))
+        .filter(|t| {
+            !settings
+                .preserved_tables
+                .iter()
+                .any(|p| p.schema_or_public() == t.schema && p.name == t.name)
+        })
+        .map(|t| t.oid)
+        .collect();
+    preflight::refuse_row_security(src, &copied).await?;
     Ok(Checked {
         tools,
         extensions,

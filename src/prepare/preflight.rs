@@ -115,6 +115,41 @@ pub async fn check_source(src: &Client, schemas: &[String]) -> Result<Vec<String
     Ok(warnings)
 }
 
+/// Refuse to copy tables of the source whose row-level security applies to
+/// this role: its reads would see only the rows the policies show it, and
+/// the copy would be short without an error. (Every source session also runs
+/// with `row_security = off`, as pg_dump's do, so a read that RLS would
+/// filter fails instead: see `pg::conn::connect::session_defaults`.)
+pub async fn refuse_row_security(src: &Client, tables: &[u32]) -> Result<()> {
+    let rows = src
+        .query(
+            "SELECT n.nspname::text, c.relname::text, c.relforcerowsecurity
+               FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+              WHERE c.oid = ANY($1) AND c.relrowsecurity
+                AND (c.relforcerowsecurity OR NOT pg_catalog.pg_has_role(c.relowner, 'USAGE'))
+                AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles r WHERE r.rolname = current_user
+                                   AND (r.rolsuper OR r.rolbypassrls))
+              ORDER BY 1, 2",
+            &[&tables],
+        )
+        .await
+        .context("looking for row-level security on the source")?;
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let names: Vec<String> = rows.iter().map(|r| named(r.get(0), r.get(1))).collect();
+    let forced = rows.iter().any(|r| r.get::<_, bool>(2));
+    bail!(
+        "row-level security of the source applies to this role on {}: the copy would miss the rows its policies hide; nothing was changed (connect to the source as a superuser or a role with BYPASSRLS{}, or pass --exclude-table-data for them)",
+        list_some(&names),
+        if forced {
+            ", or as the tables' owner after ALTER TABLE … NO FORCE ROW LEVEL SECURITY"
+        } else {
+            ", or as the tables' owner"
+        }
+    );
+}
+
 /// The relations (tables, views, sequences, foreign tables) of `schemas`
 /// for which `condition` holds (on `c`, their `pg_class` row), named for
 /// people (`name` in public, `schema.name` elsewhere), by schema then name.

@@ -164,6 +164,9 @@ pub async fn connect(
 /// Session settings of every pgshift session, as SETs (not startup options:
 /// poolers refuse unknown startup parameters).
 ///
+/// - `row_security = off` on the source, as pg_dump sets it: a read that
+///   row-level security would filter fails instead of copying fewer rows
+///   (prepare refuses such tables up front: `preflight::refuse_row_security`).
 /// - `jit = off`: pgshift's own queries read the catalogs; on a large one their
 ///   cost estimates pass jit_above_cost and compiling them takes seconds (3.4 s
 ///   instead of 80 ms for cleanup's drop planning on 600 tables).
@@ -182,8 +185,10 @@ pub async fn connect(
 pub async fn session_defaults(client: &tokio_postgres::Client, label: &str) {
     const FIRST: &str =
         "SET statement_timeout = 0; SET idle_in_transaction_session_timeout = 0; SET jit = off";
+    const SOURCE: &str = "SET statement_timeout = 0; SET idle_in_transaction_session_timeout = 0; SET jit = off; SET row_security = off";
+    let first = if label == "source" { SOURCE } else { FIRST };
     for attempt in 1..=5 {
-        match client.batch_execute(FIRST).await {
+        match client.batch_execute(first).await {
             Ok(()) => break,
             Err(e) if e.code() == Some(&SqlState::QUERY_CANCELED) && attempt < 5 => continue,
             Err(e) => {
