@@ -823,3 +823,88 @@ fn row_level_security_on_the_source_is_refused_not_copied_short() {
         "0"
     );
 }
+
+/// In object mode the swap moves each view and sequence with its own ALTER.
+/// A session that holds one while it waits for a table the swap has locked
+/// (a view's reader holds the view; a transaction that takes `nextval()`
+/// before its INSERT holds the sequence) met every attempt in a cycle, and
+/// the swap failed all its retries; a retry now takes what it waited for
+/// first, and the swap gets through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn object_mode_gets_through_view_readers_and_sequence_first_writers() {
+    let dbs = TestDbs::new("object_cycles");
+    let app = "CREATE TABLE orders (id bigserial PRIMARY KEY, note text);
+         CREATE TABLE t (id int PRIMARY KEY, v text);
+         INSERT INTO t SELECT g, 'x' FROM generate_series(1, 2000) g;
+         CREATE VIEW v AS SELECT id, v FROM t;";
+    dbs.src.psql(app);
+    dbs.dst.psql(app);
+    let wd = Workdir::new();
+    assert_success(&wd.run(&[
+        "prepare",
+        "--source",
+        &dbs.src.url(),
+        "--dest",
+        &dbs.dst.url(),
+    ]));
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut load = Vec::new();
+    for i in 0..8 {
+        let c = dbs.dst.client().await;
+        let stop = stop.clone();
+        load.push(tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                if i % 2 == 0 {
+                    let _ = c
+                        .simple_query("SELECT count(*) FROM v WHERE id < 1000")
+                        .await;
+                } else {
+                    let r = async {
+                        c.batch_execute("BEGIN").await?;
+                        let id: i64 = c
+                            .query_one("SELECT nextval('orders_id_seq')", &[])
+                            .await?
+                            .get(0);
+                        c.execute("INSERT INTO orders (id, note) VALUES ($1, 'x')", &[&id])
+                            .await?;
+                        c.batch_execute("COMMIT").await
+                    }
+                    .await;
+                    if r.is_err() {
+                        let _ = c.batch_execute("ROLLBACK").await;
+                    }
+                }
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut cmd = wd.cmd();
+    cmd.args([
+        "swap",
+        "--json",
+        "--dest",
+        &dbs.dst.url(),
+        "--swap-mode",
+        "object",
+        "--allow-discard",
+        "all",
+    ]);
+    let out = tokio::task::spawn_blocking(move || cmd.output().unwrap())
+        .await
+        .unwrap();
+    stop.store(true, Ordering::Relaxed);
+    for l in load {
+        l.await.unwrap();
+    }
+    let report: serde_json::Value = serde_json::from_str(&assert_success(&out)).unwrap();
+    assert_eq!(report["swap_mode"], "object", "{report}");
+    // The moved view and sequence kept their owner.
+    assert_eq!(
+        dbs.dst.query_one_string(
+            "SELECT pg_get_userbyid(relowner) = current_user FROM pg_class
+              WHERE oid IN ('public.v'::regclass, 'public.orders_id_seq'::regclass)
+              GROUP BY 1"
+        ),
+        "t"
+    );
+}

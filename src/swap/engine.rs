@@ -18,7 +18,8 @@
 //!   relation it waits for, and the next attempt locks that one first: an
 //!   application that takes `users` then `sessions` in every transaction
 //!   would otherwise meet the sorted order (`sessions`, `users`) in a cycle
-//!   on every attempt.
+//!   on every attempt. In object mode that holds for the views and sequences
+//!   the ALTERs move too (see [`lock_statements`]).
 //! - `statement_timeout` and `idle_in_transaction_session_timeout` bound the
 //!   transaction even if pgshift stalls.
 //! - Work that must happen under the same locks (the preserved tables' final
@@ -383,9 +384,7 @@ pub async fn preview<H: InTx>(
     let (before, at_commit) = hook.preview_notes();
     let mut sql = vec!["BEGIN".to_string()];
     sql.extend(session_settings(&req));
-    if let Some(l) = lock_statement(&req, &listed, &[]) {
-        sql.push(l);
-    }
+    sql.extend(lock_statements(&req, &listed, &[]));
     sql.extend(before);
     sql.extend(move_statements(&req, &listed));
     sql.extend(at_commit);
@@ -725,11 +724,11 @@ pub async fn validate_foreign_keys(client: &Client, keys: &[CreatedFk]) -> Vec<S
 
 /// While an attempt runs, note the relation the swap session waits for (from
 /// the control session, every 100 ms): the next attempt locks it first (see
-/// [`lock_statement`]). `pg_locks` is read only while the session waits for a
+/// [`lock_statements`]). `pg_locks` is read only while the session waits for a
 /// lock (`pg_stat_activity` says so): reading it holds every lock-manager
 /// partition, which would slow the swap's own locking. Returns only when the
 /// control session fails.
-async fn watch_waits(control: &Client, pid: i32, waited_for: &std::sync::Mutex<Vec<String>>) {
+async fn watch_waits(control: &Client, pid: i32, waited_for: &std::sync::Mutex<Vec<Waited>>) {
     loop {
         tokio::time::sleep(Duration::from_millis(100)).await;
         let waiting = control
@@ -745,7 +744,8 @@ async fn watch_waits(control: &Client, pid: i32, waited_for: &std::sync::Mutex<V
         }
         let row = control
             .query_opt(
-                "SELECT n.nspname::text, c.relname::text
+                "SELECT n.nspname::text, c.relname::text, c.relkind::text,
+                        pg_catalog.pg_get_userbyid(c.relowner)::text
                    FROM pg_catalog.pg_locks l
                    JOIN pg_catalog.pg_class c ON c.oid = l.relation
                    JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
@@ -756,13 +756,18 @@ async fn watch_waits(control: &Client, pid: i32, waited_for: &std::sync::Mutex<V
             .await;
         match row {
             Ok(Some(r)) => {
-                let name = qualified(r.get(0), r.get(1));
+                let waited = Waited {
+                    schema: r.get(0),
+                    name: qualified(r.get(0), r.get(1)),
+                    relkind: r.get(2),
+                    owner: r.get(3),
+                };
                 if let Ok(mut w) = waited_for.lock()
-                    && w.last() != Some(&name)
+                    && w.last().map(|l| &l.name) != Some(&waited.name)
                 {
-                    tracing::debug!(relation = %name, "the swap waits for a lock; a retry takes it first");
-                    w.retain(|n| n != &name);
-                    w.push(name);
+                    tracing::debug!(relation = %waited.name, "the swap waits for a lock; a retry takes it first");
+                    w.retain(|n| n.name != waited.name);
+                    w.push(waited);
                 }
             }
             Ok(None) => {}
@@ -921,36 +926,79 @@ fn filter_keep(
     )
 }
 
-/// One LOCK statement, in a stable order, for public's tables and foreign
-/// tables and the hook's relations in the incoming schema (the preserved
-/// tables' shadow copies). That is what the guarantees need: no session is in
-/// the middle of using public when it changes (a session reading a view locks
-/// the tables the view reads; views themselves are not locked, see
-/// `pg::objects`). Nobody else uses the incoming schema; in
-/// object mode each ALTER takes its object's lock itself. `ONLY`: every
-/// partition and child is listed itself, and recursing through pg_inherits
-/// for each relation costs more than the locks.
-fn lock_statement(req: &Request, listed: &Listed, first: &[String]) -> Option<String> {
-    let mut names = lock_names(req, listed);
-    // Relations earlier attempts waited for go first, the latest first: an
-    // application whose transactions take them in another order than ours
-    // (users, then sessions) would otherwise meet every attempt in a cycle.
-    for f in first {
-        if let Some(i) = names.iter().position(|n| n == f) {
-            let n = names.remove(i);
-            names.insert(0, n);
-        }
-    }
-    if names.is_empty() {
-        return None;
-    }
-    Some(format!(
-        "LOCK TABLE ONLY {} IN ACCESS EXCLUSIVE MODE",
-        names.join(", ")
-    ))
+/// A relation an attempt waited for (see [`watch_waits`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Waited {
+    schema: String,
+    /// Qualified and quoted, as the lock statements write it.
+    name: String,
+    /// `pg_class.relkind`.
+    relkind: String,
+    owner: String,
 }
 
-/// The relations [`lock_statement`] locks, sorted.
+/// The locks, before anything moves: one LOCK statement, in a stable order,
+/// for public's tables and foreign tables and the hook's relations in the
+/// incoming schema (the preserved tables' shadow copies). That is what the
+/// guarantees need: no session is in the middle of using public when it
+/// changes (a session reading a view locks the tables the view reads; views
+/// themselves are not locked, see `pg::objects`). Nobody else uses the
+/// incoming schema; in object mode each ALTER takes its object's lock
+/// itself. `ONLY`: every partition and child is listed itself, and recursing
+/// through pg_inherits for each relation costs more than the locks.
+///
+/// Relations earlier attempts waited for go first, the latest first: an
+/// application whose transactions take them in another order than ours
+/// (users, then sessions) would otherwise meet every attempt in a cycle. In
+/// object mode that includes the views and sequences its ALTERs move (a
+/// session reading a view holds the view while it waits for a table; a
+/// transaction that takes `nextval()` before its INSERT holds the sequence):
+/// LOCK TABLE takes neither without side effects (a view's lock recurses into
+/// what it reads, with its owner's privileges; sequences are refused), so an
+/// `ALTER … OWNER TO` its own owner, which changes nothing and takes the same
+/// ACCESS EXCLUSIVE lock as the move, takes it first.
+fn lock_statements(req: &Request, listed: &Listed, first: &[Waited]) -> Vec<String> {
+    let mut names = lock_names(req, listed);
+    let mut lead = Vec::new();
+    let ours = |schema: &str| {
+        req.exchange
+            .pairs
+            .iter()
+            .any(|p| p.live == schema || p.incoming == schema)
+    };
+    for f in first.iter().rev() {
+        if let Some(i) = names.iter().position(|n| *n == f.name) {
+            names.remove(i);
+            lead.push(format!(
+                "LOCK TABLE ONLY {} IN ACCESS EXCLUSIVE MODE",
+                f.name
+            ));
+            continue;
+        }
+        let kind = match f.relkind.as_str() {
+            "v" => "VIEW",
+            "m" => "MATERIALIZED VIEW",
+            "S" => "SEQUENCE",
+            _ => continue,
+        };
+        if req.choice.rename.is_none() && ours(&f.schema) {
+            lead.push(format!(
+                "ALTER {kind} {} OWNER TO {}",
+                f.name,
+                quote_ident(&f.owner)
+            ));
+        }
+    }
+    if !names.is_empty() {
+        lead.push(format!(
+            "LOCK TABLE ONLY {} IN ACCESS EXCLUSIVE MODE",
+            names.join(", ")
+        ));
+    }
+    lead
+}
+
+/// The relations [`lock_statements`] locks with LOCK TABLE, sorted.
 fn lock_names<'a>(req: &'a Request, listed: &'a Listed) -> Vec<&'a str> {
     let mut names: Vec<&str> = listed
         .out()
@@ -1123,7 +1171,7 @@ async fn one_attempt<H: InTx>(
     manifest: &Manifest,
     record: Option<&MigrationState>,
     listed: Option<Listed>,
-    first: &[String],
+    first: &[Waited],
 ) -> Result<Done<H::Before, H::After>> {
     // Outside the transaction and before any lock: what moves (`listed`, when
     // the caller just listed it). Under the locks nothing scans the catalogs:
@@ -1136,17 +1184,14 @@ async fn one_attempt<H: InTx>(
         Some(l) => l,
         None => list(client, req.exchange).await?,
     };
-    let lock = lock_statement(req, &listed, first);
-    let locked = lock
-        .as_ref()
-        .map(|l| l.matches(", ").count() + 1)
-        .unwrap_or(0);
+    let lock = lock_statements(req, &listed, first);
+    let locked: usize = lock.iter().map(|l| l.matches(", ").count() + 1).sum();
 
     // The locked window starts here. Round trip 1: begin, bounds, locks.
     let started = Instant::now();
     let mut first = String::from("BEGIN;\n");
     first.push_str(&session_settings(req).join(";\n"));
-    if let Some(l) = &lock {
+    for l in &lock {
         first.push_str(";\n");
         first.push_str(l);
     }
