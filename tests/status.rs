@@ -226,11 +226,17 @@ fn status_reports_leftovers_and_a_dead_lock_holder() {
     let wd = Workdir::new();
     let url = dbs.dst.url();
     wd.run_ok(&["start", "--source", &dbs.src.url(), "--dest", &url]);
-    // A pgshift trigger left on a public table, and the lock held by a session
-    // whose pgshift process (on this host) is gone.
+    // A pgshift sync trigger (its name, its function in the pgshift schema)
+    // left on a public table, and the lock held by a session whose pgshift
+    // process (on this host) is gone. Beside it, application triggers that
+    // only look like pgshift's: not leftovers.
     dbs.dst.psql(
-        "CREATE FUNCTION noop() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RETURN NEW; END $$;
-         CREATE TRIGGER pgshift_sync_items AFTER INSERT ON items FOR EACH ROW EXECUTE FUNCTION noop();",
+        "CREATE SCHEMA IF NOT EXISTS pgshift;
+         CREATE FUNCTION pgshift.sync_1_ins() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RETURN NULL; END $$;
+         CREATE TRIGGER pgshift_sync_ins AFTER INSERT ON items FOR EACH STATEMENT EXECUTE FUNCTION pgshift.sync_1_ins();
+         CREATE FUNCTION noop() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RETURN NEW; END $$;
+         CREATE TRIGGER pgshift_sync_upd AFTER UPDATE ON items FOR EACH ROW EXECUTE FUNCTION noop();
+         CREATE TRIGGER pgshift_audit AFTER INSERT ON items FOR EACH ROW EXECUTE FUNCTION noop();",
     );
     let mut child = std::process::Command::new("true").spawn().unwrap();
     let dead_pid = child.id();
@@ -247,7 +253,8 @@ fn status_reports_leftovers_and_a_dead_lock_holder() {
     let l = &s["leftovers"];
     assert_eq!(l["found"], true, "{s}");
     assert_eq!(
-        l["triggers"][0], "pgshift_sync_items on public.items",
+        l["triggers"],
+        serde_json::json!(["pgshift_sync_ins on public.items"]),
         "{s}"
     );
     assert!(
@@ -259,6 +266,98 @@ fn status_reports_leftovers_and_a_dead_lock_holder() {
     );
     assert_eq!(s["running"]["alive"], false);
     drop(holder);
+}
+
+/// The live triggers on `public.items`, by name.
+fn items_triggers(db: &TestDb) -> String {
+    db.query_one_string(
+        "SELECT string_agg(tgname, ',' ORDER BY tgname) FROM pg_trigger
+          WHERE tgrelid = 'public.items'::regclass AND NOT tgisinternal",
+    )
+}
+
+/// An application's own trigger whose name starts with `pgshift_` is not
+/// pgshift's: status does not call it a leftover, prepare (whose own sync
+/// triggers sit beside it on a preserved table), abort and the swap leave it
+/// alone, and it keeps firing throughout.
+#[test]
+fn an_application_trigger_named_pgshift_is_left_alone() {
+    let dbs = TestDbs::new("st_apptrig");
+    let audit = "CREATE TABLE aud (id int);
+         CREATE FUNCTION audf() RETURNS trigger LANGUAGE plpgsql
+             AS $$ BEGIN INSERT INTO aud VALUES (NEW.id); RETURN NEW; END $$;
+         CREATE TRIGGER pgshift_audit AFTER INSERT ON items FOR EACH ROW EXECUTE FUNCTION audf();";
+    dbs.src.psql(&format!(
+        "CREATE TABLE items (id serial PRIMARY KEY, name text);
+         INSERT INTO items (name) SELECT 'i' || g FROM generate_series(1, 10) g;
+         {audit}"
+    ));
+    dbs.dst.psql(&format!(
+        "CREATE TABLE items (id int PRIMARY KEY); INSERT INTO items VALUES (1);
+         {audit}"
+    ));
+    let wd = Workdir::new();
+    let url = dbs.dst.url();
+    // The audit trigger fires: one more row in the (live) audit table.
+    let fires = |id: i32| {
+        let before: i64 = dbs
+            .dst
+            .query_one_string("SELECT count(*) FROM aud")
+            .parse()
+            .unwrap();
+        dbs.dst
+            .psql(&format!("INSERT INTO items (id) VALUES ({id})"));
+        let after: i64 = dbs
+            .dst
+            .query_one_string("SELECT count(*) FROM aud")
+            .parse()
+            .unwrap();
+        assert_eq!(after, before + 1, "the audit trigger did not fire for {id}");
+    };
+
+    let s = status(&wd, &dbs.dst);
+    assert_eq!(s["leftovers"]["found"], false, "{s}");
+    let human = wd.run_ok(&["status", "--dest", &url]);
+    assert!(!human.contains("pgshift_audit"), "{human}");
+
+    let prepare = || {
+        let out = wd
+            .cmd()
+            .args(["prepare", "--source", &dbs.src.url(), "--dest", &url])
+            .args(["--preserved-tables", "items"])
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "prepare failed: {err}");
+        assert!(!err.contains("pgshift_audit"), "{err}");
+    };
+    prepare();
+    assert_eq!(
+        items_triggers(&dbs.dst),
+        "pgshift_audit,pgshift_sync_del,pgshift_sync_ins,pgshift_sync_trunc,pgshift_sync_upd"
+    );
+    fires(100);
+    let s = status(&wd, &dbs.dst);
+    assert_eq!(s["state"], "prepared", "{s}");
+    assert!(!s.to_string().contains("pgshift_audit"), "{s}");
+
+    let out = wd.run_ok(&["abort", "--dest", &url, "--json"]);
+    assert!(!out.contains("pgshift_audit"), "{out}");
+    assert_eq!(items_triggers(&dbs.dst), "pgshift_audit");
+    fires(101);
+    // Nothing prepared: abort still leaves it alone.
+    let out = wd.run_ok(&["abort", "--dest", &url, "--json"]);
+    assert!(!out.contains("pgshift_audit"), "{out}");
+    assert_eq!(items_triggers(&dbs.dst), "pgshift_audit");
+
+    // Prepare and swap: the trigger goes along with its table.
+    prepare();
+    wd.run_ok(&["swap", "--dest", &url]);
+    assert_eq!(items_triggers(&dbs.dst), "pgshift_audit");
+    fires(102);
+    let s = status(&wd, &dbs.dst);
+    assert_eq!(s["migration"]["status"], "swapped", "{s}");
+    assert_eq!(s["leftovers"]["found"], false, "{s}");
 }
 
 fn hostname() -> String {

@@ -1,5 +1,7 @@
 //! Removing a prepared (or half-prepared) migration from the destination:
-//! pgshift's triggers on public tables, the sync changelogs and functions in the
+//! pgshift's triggers on public tables (its sync triggers by exact name and
+//! function schema, [`own_trigger_sql`]; an application's `pgshift_…` trigger
+//! is not one), the sync changelogs and functions in the
 //! `pgshift` schema, and the shadow schema. The destination's public and the
 //! migration records are left alone. One transaction, under a short
 //! lock_timeout, retried: dropping a trigger needs a brief lock on its table.
@@ -27,6 +29,7 @@ use crate::pg::batch;
 use crate::pg::exec::{RetryPolicy, exec, retry, rollback_on_err};
 use crate::pg::ident::{qualified, quote_ident};
 use crate::pg::meta::{self, META_SCHEMA, SHADOW_SCHEMA, ShadowState};
+use crate::prepare::sync::own_trigger_sql;
 
 /// Tables of the `pgshift` schema that are records, not migration objects.
 pub const RECORD_TABLES: &[&str] = &["meta", "migration", "backups"];
@@ -99,11 +102,15 @@ pub async fn find_leftovers(client: &Client) -> Result<Removed> {
         .collect();
     for row in client
         .query(
-            "SELECT n.nspname, c.relname, t.tgname FROM pg_catalog.pg_trigger t
-               JOIN pg_catalog.pg_class c ON c.oid = t.tgrelid
-               JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
-              WHERE NOT t.tgisinternal AND t.tgname LIKE 'pgshift\\_%'
-              ORDER BY 1, 2, 3",
+            format!(
+                "SELECT n.nspname, c.relname, t.tgname FROM pg_catalog.pg_trigger t
+                   JOIN pg_catalog.pg_class c ON c.oid = t.tgrelid
+                   JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+                  WHERE NOT t.tgisinternal AND {}
+                  ORDER BY 1, 2, 3",
+                own_trigger_sql("t")
+            )
+            .as_str(),
             &[],
         )
         .await

@@ -12,7 +12,12 @@
 //!   tables, one per event (PostgreSQL forbids transition tables on multi-event
 //!   triggers): `pgshift_sync_ins`, `pgshift_sync_upd`, `pgshift_sync_del`,
 //!   `pgshift_sync_trunc`, `ENABLE ALWAYS` (they fire under
-//!   `session_replication_role = replica` too). Their functions
+//!   `session_replication_role = replica` too). A trigger is pgshift's when it
+//!   has one of these exact names *and* its function is in the `pgshift` schema
+//!   ([`own_trigger_sql`]); the name prefix alone proves nothing (an application
+//!   may well call its trigger `pgshift_audit`), and every lookup that lists,
+//!   drops or refuses pgshift's triggers (leftovers, abort, the swap's check,
+//!   the final sync) uses that rule. Their functions
 //!   `pgshift.sync_<oid>_{ins,upd,del,trunc}` are `SECURITY DEFINER` (owned by the
 //!   connecting role, `EXECUTE` revoked from PUBLIC), `SET search_path =
 //!   pg_catalog, pg_temp`, every name quoted and qualified. Each one first logs the
@@ -97,6 +102,20 @@ pub const TRIGGER_NAMES: [&str; 4] = [
     "pgshift_sync_del",
     "pgshift_sync_trunc",
 ];
+
+/// SQL condition that the `pg_trigger` row aliased `t` is one of pgshift's sync
+/// triggers: one of [`TRIGGER_NAMES`] exactly, calling a function in the
+/// `pgshift` schema ([`META_SCHEMA`]). An application's own trigger never
+/// matches, whatever its name.
+pub fn own_trigger_sql(t: &str) -> String {
+    format!(
+        "({t}.tgname::text IN ({names}) AND EXISTS (
+            SELECT 1 FROM pg_catalog.pg_proc own_p JOIN pg_catalog.pg_namespace own_n ON own_n.oid = own_p.pronamespace
+             WHERE own_p.oid = {t}.tgfoid AND own_n.nspname = {schema}))",
+        names = TRIGGER_NAMES.iter().map(|n| quote_literal(n)).join(", "),
+        schema = quote_literal(META_SCHEMA),
+    )
+}
 
 impl Event {
     fn suffix(self) -> &'static str {
@@ -1446,8 +1465,12 @@ pub async fn final_sync(client: &Client, synced: &[SyncedTable]) -> Result<()> {
         let mut sql = String::new();
         for row in client
             .query(
-                "SELECT tgname::text FROM pg_catalog.pg_trigger
-                  WHERE tgrelid = $1 AND NOT tgisinternal AND tgname LIKE 'pgshift\\_%'",
+                format!(
+                    "SELECT t.tgname::text FROM pg_catalog.pg_trigger t
+                      WHERE t.tgrelid = $1 AND NOT t.tgisinternal AND {}",
+                    own_trigger_sql("t")
+                )
+                .as_str(),
                 &[&t.oid],
             )
             .await

@@ -73,7 +73,7 @@ use crate::pg::ident::{qualified, quote_ident, quote_literal};
 use crate::pg::locks_budget::{self, Budget, Need};
 use crate::pg::meta::{MARKER, PUBLIC};
 use crate::pg::objects::{self, Movable};
-use crate::prepare::sync::CreatedFk;
+use crate::prepare::sync::{CreatedFk, own_trigger_sql};
 use crate::swap::impact;
 use crate::swap::mode::{self, Choice, Chosen, Mode, ModeRequest};
 
@@ -1294,8 +1294,9 @@ fn check_sql(req: &Request) -> String {
         format!(
             "(SELECT count(*) || {still_on} FROM pg_catalog.pg_trigger t
            JOIN pg_catalog.pg_class c ON c.oid = t.tgrelid JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
-          WHERE n.nspname = ANY({lives}) AND NOT t.tgisinternal AND t.tgname LIKE 'pgshift\\_%' HAVING count(*) > 0)",
+          WHERE n.nspname = ANY({lives}) AND NOT t.tgisinternal AND {own} HAVING count(*) > 0)",
             still_on = quote_literal(&format!(" pgshift triggers are still on {place} tables")),
+            own = own_trigger_sql("t"),
         )
     } else {
         "NULL".to_string()
