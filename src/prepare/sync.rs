@@ -12,8 +12,8 @@
 //!   tables, one per event (PostgreSQL forbids transition tables on multi-event
 //!   triggers): `pgshift_sync_ins`, `pgshift_sync_upd`, `pgshift_sync_del`,
 //!   `pgshift_sync_trunc`, `ENABLE ALWAYS` (they fire under
-//!   `session_replication_role = replica` too). A trigger is pgshift's when it
-//!   has one of these exact names *and* its function is in the `pgshift` schema
+//!   `session_replication_role = replica` too). A trigger is pgshift's when its
+//!   name starts `pgshift_` *and* its function is in the `pgshift` schema
 //!   ([`own_trigger_sql`]); the name prefix alone proves nothing (an application
 //!   may well call its trigger `pgshift_audit`), and every lookup that lists,
 //!   drops or refuses pgshift's triggers (leftovers, abort, the swap's check,
@@ -104,15 +104,15 @@ pub const TRIGGER_NAMES: [&str; 4] = [
 ];
 
 /// SQL condition that the `pg_trigger` row aliased `t` is one of pgshift's sync
-/// triggers: one of [`TRIGGER_NAMES`] exactly, calling a function in the
-/// `pgshift` schema ([`META_SCHEMA`]). An application's own trigger never
-/// matches, whatever its name.
+/// triggers: named `pgshift_…` (the [`TRIGGER_NAMES`] today; the prefix also
+/// finds what another version left) *and* calling a function in the
+/// `pgshift` schema ([`META_SCHEMA`], which pgshift refuses to share). An
+/// application's own trigger never matches, whatever its name.
 pub fn own_trigger_sql(t: &str) -> String {
     format!(
-        "({t}.tgname::text IN ({names}) AND EXISTS (
+        "({t}.tgname LIKE 'pgshift\\_%' AND EXISTS (
             SELECT 1 FROM pg_catalog.pg_proc own_p JOIN pg_catalog.pg_namespace own_n ON own_n.oid = own_p.pronamespace
              WHERE own_p.oid = {t}.tgfoid AND own_n.nspname = {schema}))",
-        names = TRIGGER_NAMES.iter().map(|n| quote_literal(n)).join(", "),
         schema = quote_literal(META_SCHEMA),
     )
 }
