@@ -470,8 +470,11 @@ pub fn resolve(
         .into_iter()
         .filter(|s| !s.trim().is_empty())
         .collect();
-    let preserved_tables = TableName::parse_list(&preserved_raw)
+    let mut preserved_tables = TableName::parse_list(&preserved_raw)
         .map_err(|e| UserError::new(format!("--preserved-tables: {e}")))?;
+    // One table named twice (`users,public.users`) is preserved once.
+    let mut seen = std::collections::HashSet::new();
+    preserved_tables.retain(|t| seen.insert((t.schema_or_public().to_string(), t.name.clone())));
     let schemas = parse_schemas(match (&inputs.schemas, &f.schemas) {
         (Some(v), _) => v.iter().flat_map(|s| split_list(s)).collect(),
         (None, Some(l)) => l.items(),
@@ -731,6 +734,14 @@ mod tests {
         assert_eq!(s.preserved_tables[1].name, "Sessions");
         let s = settings(&["pgshift", "list"], "preserved_tables = 'a,b'").unwrap();
         assert_eq!(s.preserved_tables.len(), 2);
+        // One table named several ways is preserved once.
+        let s = settings(
+            &["pgshift", "list"],
+            "preserved_tables = 'users,public.users,\"users\",b'",
+        )
+        .unwrap();
+        let names: Vec<String> = s.preserved_tables.iter().map(|t| t.to_string()).collect();
+        assert_eq!(names, ["users", "b"]);
         let err = settings_error(&["pgshift", "list"], "preserved_tables = 'a;drop table b'");
         assert!(err.contains("semicolon"), "{err}");
         let err = settings_error(&["pgshift", "list"], "preserved_tables = 'other.users'");
