@@ -334,3 +334,48 @@ fn status_tells_when_a_preserved_table_can_no_longer_be_replayed() {
         "{st}"
     );
 }
+
+/// A write to a preserved table that the shadow's constraints reject (the
+/// source made the column NOT NULL) succeeds in public and stays in the
+/// changelog; the swap's catch-up fails on it, changing nothing, and the
+/// migration record keeps the error for `status` until a swap gets through.
+#[test]
+fn a_write_the_shadow_rejects_fails_the_swap_and_status_shows_why() {
+    let dbs = TestDbs::new("preserved_reject");
+    dbs.src
+        .psql("CREATE TABLE users (id int PRIMARY KEY, email text NOT NULL);");
+    dbs.dst.psql(
+        "CREATE TABLE users (id int PRIMARY KEY, email text);
+         INSERT INTO users VALUES (1, 'a');",
+    );
+    let wd = Workdir::new();
+    let dst = dbs.dst.url();
+    with_users_preserved(&wd, &dbs, "prepare", &[]);
+    dbs.dst.psql("INSERT INTO users VALUES (2, NULL)");
+    let before = schema_fingerprint(&dbs.dst, "public");
+    let out = wd.run(&["swap", "--dest", &dst]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("email"), "{err}");
+    assert_eq!(schema_fingerprint(&dbs.dst, "public"), before);
+    let st: serde_json::Value = serde_json::from_str(&assert_success(
+        &wd.run(&["status", "--dest", &dst, "--json"]),
+    ))
+    .unwrap();
+    assert_eq!(st["state"], "prepared", "{st}");
+    let recorded = st["migration"]["error"].as_str().unwrap_or_default();
+    assert!(
+        recorded.starts_with("swap failed") && recorded.contains("email"),
+        "{st}"
+    );
+    // Fixed in public: the swap gets through, and the error is history.
+    dbs.dst.psql("UPDATE users SET email = 'b' WHERE id = 2");
+    assert_success(&wd.run(&["swap", "--dest", &dst]));
+    assert_eq!(dbs.dst.psql("SELECT email FROM users WHERE id = 2"), "b");
+    let st: serde_json::Value = serde_json::from_str(&assert_success(
+        &wd.run(&["status", "--dest", &dst, "--json"]),
+    ))
+    .unwrap();
+    assert_eq!(st["migration"]["status"], "swapped", "{st}");
+    assert_eq!(st["migration"]["error"], serde_json::Value::Null, "{st}");
+}

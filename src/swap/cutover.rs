@@ -567,7 +567,19 @@ pub async fn swap(sess: &Session, opts: &SwapOptions) -> Result<SwapReport> {
     .await?;
     warnings.extend(checked.warnings.iter().cloned());
 
-    let replayed = sync::catch_up(&sess.control, synced).await?;
+    // A change the shadow rejects (a row the source's constraints refuse) is
+    // left in the changelog by the sync; the catch-up fails on it: recorded,
+    // as a failed swap is, for `status`.
+    let replayed = match sync::catch_up(&sess.control, synced).await {
+        Ok(n) => n,
+        Err(e) => {
+            rec.state.error = Some(format!("swap failed: {e:#}"));
+            if let Err(se) = rec.save(sess).await {
+                tracing::warn!("could not record the failed swap: {se:#}");
+            }
+            return Err(e);
+        }
+    };
     if replayed > 0 {
         tracing::info!(
             rows = replayed,
@@ -620,6 +632,8 @@ pub async fn swap(sess: &Session, opts: &SwapOptions) -> Result<SwapReport> {
 
     rec.state.status = Status::Swapping;
     rec.state.phase = Some(Phase::Swap);
+    // An earlier attempt's error is not this one's.
+    rec.state.error = None;
     if !kept.all.is_empty() {
         rec.state.keep_tables = kept.all.iter().cloned().collect();
     }
