@@ -106,7 +106,7 @@ fn a_lock_held_past_all_retries_fails_cleanly() {
             "--dest",
             &dbs.dst.url(),
             "--lock-timeout",
-            "100ms",
+            "300ms",
             "--swap-retries",
             "3",
         ],
@@ -118,6 +118,13 @@ fn a_lock_held_past_all_retries_fails_cleanly() {
     let last = stderr.trim_end().lines().last().unwrap();
     assert!(
         last.starts_with("error: swap failed: the swap could not take its locks after 4 attempts"),
+        "{stderr}"
+    );
+    // It names what it waited for and who holds it (the psql session sleeping
+    // in its transaction).
+    assert!(
+        last.contains("; the last attempt waited for public.items, held by pid ")
+            && last.contains(", active); nothing was changed"),
         "{stderr}"
     );
     assert!(took < Duration::from_secs(8), "gave up only after {took:?}");

@@ -578,7 +578,8 @@ pub async fn swap<H: InTx>(
             done
         }
         Err(Stop::Exhausted { attempts, why, .. }) => bail!(
-            "the swap could not take its locks after {attempts} attempts ({why}); nothing was changed. A long-running query or transaction on the destination holds a lock on a table the swap locks, or the application's transactions keep waiting for the swap while it waits for them (each wait ends at 4/5 of deadlock_timeout, whatever --lock-timeout says): end it, or raise --swap-retries"
+            "the swap could not take its locks after {attempts} attempts ({why}){}; nothing was changed. A long-running query or transaction on the destination holds a lock on a table the swap locks, or the application's transactions keep waiting for the swap while it waits for them (each wait ends at 4/5 of deadlock_timeout, whatever --lock-timeout says): end it, or raise --swap-retries",
+            last_wait(&waited_for)
         ),
         Err(Stop::Failed(e)) => {
             return Err(e.context("the swap was rolled back; the destination is unchanged"));
@@ -756,16 +757,30 @@ async fn watch_waits(control: &Client, pid: i32, waited_for: &std::sync::Mutex<V
             .await;
         match row {
             Ok(Some(r)) => {
+                let held_by = control
+                    .query(
+                        "SELECT 'pid ' || b.pid || ' (' || concat_ws(', ', b.usename::text,
+                                NULLIF(b.application_name, ''), b.state) || ')'
+                           FROM pg_catalog.pg_stat_activity b
+                          WHERE b.pid = ANY (pg_catalog.pg_blocking_pids($1))
+                          ORDER BY b.pid LIMIT 3",
+                        &[&pid],
+                    )
+                    .await
+                    .map(|rows| rows.iter().map(|b| b.get::<_, String>(0)).join(", "))
+                    .unwrap_or_default();
                 let waited = Waited {
                     schema: r.get(0),
                     name: qualified(r.get(0), r.get(1)),
+                    shown: crate::swap::impact::qualified_display(r.get(0), r.get(1)),
                     relkind: r.get(2),
                     owner: r.get(3),
+                    held_by,
                 };
-                if let Ok(mut w) = waited_for.lock()
-                    && w.last().map(|l| &l.name) != Some(&waited.name)
-                {
-                    tracing::debug!(relation = %waited.name, "the swap waits for a lock; a retry takes it first");
+                if let Ok(mut w) = waited_for.lock() {
+                    if w.last().map(|l| &l.name) != Some(&waited.name) {
+                        tracing::debug!(relation = %waited.name, held_by = %waited.held_by, "the swap waits for a lock; a retry takes it first");
+                    }
                     w.retain(|n| n.name != waited.name);
                     w.push(waited);
                 }
@@ -926,15 +941,36 @@ fn filter_keep(
     )
 }
 
+/// `; the last attempt waited for public.users, held by pid 4242 (…)`, when
+/// the watch saw it wait.
+fn last_wait(waited_for: &std::sync::Mutex<Vec<Waited>>) -> String {
+    let Some(w) = waited_for.lock().ok().and_then(|w| w.last().cloned()) else {
+        return String::new();
+    };
+    if w.held_by.is_empty() {
+        format!("; the last attempt waited for {}", w.shown)
+    } else {
+        format!(
+            "; the last attempt waited for {}, held by {}",
+            w.shown, w.held_by
+        )
+    }
+}
+
 /// A relation an attempt waited for (see [`watch_waits`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Waited {
     schema: String,
     /// Qualified and quoted, as the lock statements write it.
     name: String,
+    /// For people: `public.users`.
+    shown: String,
     /// `pg_class.relkind`.
     relkind: String,
     owner: String,
+    /// The sessions holding it up, for people (`pid 4242 (app, psql, idle in
+    /// transaction)`); empty when they could not be read.
+    held_by: String,
 }
 
 /// The locks, before anything moves: one LOCK statement, in a stable order,
