@@ -342,15 +342,24 @@ fn status_tells_when_a_preserved_table_can_no_longer_be_replayed() {
 #[test]
 fn a_write_the_shadow_rejects_fails_the_swap_and_status_shows_why() {
     let dbs = TestDbs::new("preserved_reject");
-    dbs.src
-        .psql("CREATE TABLE users (id int PRIMARY KEY, email text NOT NULL);");
+    dbs.src.psql(
+        "CREATE TABLE users (id int PRIMARY KEY, email text NOT NULL,
+                             shout text GENERATED ALWAYS AS (upper(email)) STORED);",
+    );
     dbs.dst.psql(
-        "CREATE TABLE users (id int PRIMARY KEY, email text);
-         INSERT INTO users VALUES (1, 'a');",
+        "CREATE TABLE users (id int PRIMARY KEY, email text, shout text);
+         INSERT INTO users VALUES (1, 'a', 'mine');",
     );
     let wd = Workdir::new();
     let dst = dbs.dst.url();
-    with_users_preserved(&wd, &dbs, "prepare", &[]);
+    let p: serde_json::Value =
+        serde_json::from_str(&with_users_preserved(&wd, &dbs, "prepare", &["--json"])).unwrap();
+    // A column the source generates replaces the destination's own values: said.
+    assert!(
+        p["warnings"].as_array().unwrap().iter().any(|w| w
+            == "preserved table users: column shout is generated in the source but not in the destination; the destination's values are replaced by the computed ones"),
+        "{p}"
+    );
     dbs.dst.psql("INSERT INTO users VALUES (2, NULL)");
     let before = schema_fingerprint(&dbs.dst, "public");
     let out = wd.run(&["swap", "--dest", &dst]);

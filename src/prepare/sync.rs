@@ -593,8 +593,16 @@ async fn validate_one(
                     ));
                 }
             }
-            // Generated in the source: computed in shadow, never copied.
-            Some(_) if s.generated => {}
+            // Generated in the source: computed in shadow, never copied. The
+            // destination's own values are lost unless it computed them too.
+            Some(d) if s.generated => {
+                if !d.generated {
+                    warnings.push(format!(
+                        "preserved table {shown}: column {} is generated in the source but not in the destination; the destination's values are replaced by the computed ones",
+                        display_ident(&s.name)
+                    ));
+                }
+            }
             Some(d) => {
                 shared += 1;
                 if let Some(why) = type_problem(dest, d, s, schemas).await? {
