@@ -15,6 +15,7 @@ use crate::pg::catalog::{self, ExtensionInfo, not_ext_member};
 use crate::pg::ident::{display_ident, quote_ident};
 use crate::pg::meta::{self, ShadowState};
 use crate::process;
+use crate::swap::impact::qualified_display;
 
 /// The client programs pgshift runs, checked against the source server.
 #[derive(Debug, Clone)]
@@ -353,11 +354,9 @@ pub async fn outside_dependents(dst: &Client, schemas: &[String], op: &str) -> R
         let (s, v, t, ts): (String, String, String, String) =
             (r.get(0), r.get(1), r.get(2), r.get(3));
         out.push(format!(
-            "view {}.{} reads {}.{}; after the {op} it will read the backup's copy (recreate it after the {op})",
-            display_ident(&s),
-            display_ident(&v),
-            display_ident(&ts),
-            display_ident(&t)
+            "view {} reads {}; after the {op} it will read the backup's copy (recreate it after the {op})",
+            qualified_display(&s, &v),
+            qualified_display(&ts, &t)
         ));
     }
     let rows = dst
@@ -380,12 +379,10 @@ pub async fn outside_dependents(dst: &Client, schemas: &[String], op: &str) -> R
         let (s, t, c, p, ps): (String, String, String, String, String) =
             (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4));
         out.push(format!(
-            "foreign key {} on {}.{} references {}.{}; after the {op} it will reference the backup's copy",
+            "foreign key {} on {} references {}; after the {op} it will reference the backup's copy",
             display_ident(&c),
-            display_ident(&s),
-            display_ident(&t),
-            display_ident(&ps),
-            display_ident(&p)
+            qualified_display(&s, &t),
+            qualified_display(&ps, &p)
         ));
     }
     // Triggers, policies, defaults, constraints, columns, functions… outside
@@ -456,15 +453,11 @@ pub async fn outside_dependents(dst: &Client, schemas: &[String], op: &str) -> R
     for r in rows {
         let (cs, c, ps, p, partition): (String, String, String, String, bool) =
             (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4));
+        let parent = qualified_display(&ps, &p);
         out.push(format!(
-            "table {}.{} is {} of {}.{}; after the {op} it stays with the backup's copy, and its rows are no longer in {}.{} (recreate it after the {op}{too})",
-            display_ident(&cs),
-            display_ident(&c),
+            "table {} is {} of {parent}; after the {op} it stays with the backup's copy, and its rows are no longer in {parent} (recreate it after the {op}{too})",
+            qualified_display(&cs, &c),
             if partition { "a partition" } else { "an inheritance child" },
-            display_ident(&ps),
-            display_ident(&p),
-            display_ident(&ps),
-            display_ident(&p),
         ));
     }
     let rows = dst
