@@ -132,6 +132,57 @@ fn redact(index: usize, arg: &[u8], skip: usize) -> Option<Edit> {
     })
 }
 
+/// The passwords of pgshift's own arguments as a message could quote them:
+/// each argument (and the value of a `--flag=value` one) that holds a
+/// password, with its redacted form, longest first. A URL typed where clap
+/// expects something else (a forgotten `--dest`, a URL given to `--jobs`)
+/// comes back verbatim in clap's error, and a config path in a config error:
+/// [`scrub_message`] hides them there.
+pub fn secret_arguments(args: &[OsString]) -> Vec<(String, String)> {
+    let mut out: Vec<(String, String)> = Vec::new();
+    for a in args.iter().skip(1) {
+        let Some(a) = a.to_str() else { continue };
+        let mut candidates = vec![a];
+        if let Some((flag, value)) = a.split_once('=')
+            && flag.starts_with("--")
+        {
+            candidates.push(value);
+        }
+        for c in candidates {
+            let spans = password_spans(c);
+            if spans.is_empty() {
+                continue;
+            }
+            let mut red = String::new();
+            let mut last = 0;
+            for span in &spans {
+                if span.start < last {
+                    continue;
+                }
+                red.push_str(&c[last..span.start]);
+                red.push_str("***");
+                last = span.end;
+            }
+            red.push_str(&c[last..]);
+            out.push((c.to_string(), red));
+        }
+    }
+    out.sort_by_key(|(c, _)| std::cmp::Reverse(c.len()));
+    out
+}
+
+/// `text` with every argument of [`secret_arguments`] replaced by its
+/// redacted form.
+pub fn scrub_message(text: &str, secrets: &[(String, String)]) -> String {
+    let mut out = text.to_string();
+    for (plain, red) in secrets {
+        if out.contains(plain.as_str()) {
+            out = out.replace(plain.as_str(), red);
+        }
+    }
+    out
+}
+
 /// `arg_start` and `arg_end` from `/proc/self/stat`.
 fn arg_area() -> Result<(usize, usize), String> {
     let stat = std::fs::read_to_string("/proc/self/stat")

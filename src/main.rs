@@ -21,17 +21,22 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 fn main() {
     // First of all: passwords in --source/--dest out of `ps` (see argv_scrub).
     let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    // Messages never quote a password pgshift was given on its command line.
+    let secrets = argv_scrub::secret_arguments(&args);
     let scrubbed = argv_scrub::hide_passwords(&args, &["--source", "--dest"]);
     let cli = match Cli::try_parse_from(&args) {
         Ok(cli) => cli,
-        Err(e) => exit(report_clap_error(e)),
+        Err(e) => exit(report_clap_error(e, &secrets)),
     };
     let settings = match config::load_file(cli.global.config.as_deref())
         .and_then(|file| config::resolve(&cli.global, &cli.command, file))
     {
         Ok(s) => s,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!(
+                "{}",
+                argv_scrub::scrub_message(&format!("error: {e:#}"), &secrets)
+            );
             exit(exit_code_for(&e).code());
         }
     };
@@ -69,7 +74,10 @@ fn main() {
         let code = match commands::run(cli.command, ctx).await {
             Ok(code) => code.code(),
             Err(e) => {
-                eprintln!("error: {e:#}");
+                eprintln!(
+                    "{}",
+                    argv_scrub::scrub_message(&format!("error: {e:#}"), &secrets)
+                );
                 exit_code_for(&e).code()
             }
         };
@@ -112,7 +120,7 @@ async fn watch_signals(cancel: CancellationToken) {
 }
 
 /// Print clap's error as one line (help and version go to stdout as usual).
-fn report_clap_error(e: clap::Error) -> i32 {
+fn report_clap_error(e: clap::Error, secrets: &[(String, String)]) -> i32 {
     use clap::error::ErrorKind;
     match e.kind() {
         ErrorKind::DisplayHelp | ErrorKind::DisplayVersion => {
@@ -124,7 +132,7 @@ fn report_clap_error(e: clap::Error) -> i32 {
             ExitCode::Usage.code()
         }
         _ => {
-            let text = e.render().to_string();
+            let text = argv_scrub::scrub_message(&e.render().to_string(), secrets);
             let main = text.split("\n\nUsage:").next().unwrap_or(&text);
             let one_line = main.split_whitespace().join(" ");
             let one_line = one_line.strip_prefix("error: ").unwrap_or(&one_line);

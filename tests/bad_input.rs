@@ -45,6 +45,11 @@ fn check(dbs: &TestDbs, case: Case) {
         case.name
     );
     assert!(lines[0].starts_with("error: "), "{}: {stderr}", case.name);
+    assert!(
+        !stderr.contains("Sekret-0815"),
+        "{}: a password in the error: {stderr}",
+        case.name
+    );
     for m in &case.message {
         assert!(
             lines[0].contains(m),
@@ -175,7 +180,31 @@ fn bad_input_is_one_line_a_documented_code_and_no_change() {
     let config = wd.join("bad.toml");
     std::fs::write(&config, "jobs = 2\ndestination_url = 'x'\n").unwrap();
 
+    let secret_url = "postgresql://u:Sekret-0815@127.0.0.1:1/db";
     let cases = vec![
+        // A URL typed where pgshift expects something else comes back in the
+        // error without its password.
+        Case {
+            name: "a URL where the command takes none (a forgotten --dest)",
+            args: s(&["list", secret_url]),
+            env: vec![],
+            code: 2,
+            message: vec!["unexpected argument", "postgresql://u:***@127.0.0.1:1/db"],
+        },
+        Case {
+            name: "a URL given to --jobs",
+            args: s(&["list", "--dest", &dst, &format!("--jobs={secret_url}")]),
+            env: vec![],
+            code: 2,
+            message: vec!["--jobs", "postgresql://u:***@127.0.0.1:1/db"],
+        },
+        Case {
+            name: "a URL given to --config",
+            args: s(&["list", "--dest", &dst, "--config", secret_url]),
+            env: vec![],
+            code: 2,
+            message: vec!["postgresql://u:***@127.0.0.1:1/db"],
+        },
         Case {
             name: "unreachable host",
             args: s(&[
