@@ -48,7 +48,7 @@ pub struct Cli {
 #[derive(Debug, Args, Clone, Default)]
 pub struct GlobalArgs {
     /// Print one machine-readable JSON document on stdout instead of text.
-    #[arg(long, global = true, env = "PGSHIFT_JSON", value_parser = clap::builder::FalseyValueParser::new(), action = ArgAction::SetTrue)]
+    #[arg(long, global = true, env = "PGSHIFT_JSON", value_parser = clap::builder::BoolishValueParser::new(), action = ArgAction::SetTrue)]
     pub json: bool,
 
     /// More log output (-v debug, -vv trace). RUST_LOG overrides.
@@ -259,7 +259,7 @@ pub struct PrepareOpts {
     pub dump_dir: Option<PathBuf>,
 
     /// Keep the dump directory after a successful swap.
-    #[arg(long, env = "PGSHIFT_KEEP_DUMP", value_parser = clap::builder::FalseyValueParser::new(), action = ArgAction::SetTrue)]
+    #[arg(long, env = "PGSHIFT_KEEP_DUMP", value_parser = clap::builder::BoolishValueParser::new(), action = ArgAction::SetTrue)]
     pub keep_dump: bool,
 
     /// Validation after the load: `counts` (exact row counts, default) or
@@ -270,11 +270,11 @@ pub struct PrepareOpts {
     /// Give shadow objects the source's owners where those roles exist on the
     /// destination (default: the destination's owner of the same-named object,
     /// else the connecting user).
-    #[arg(long, env = "PGSHIFT_KEEP_SOURCE_OWNERS", value_parser = clap::builder::FalseyValueParser::new(), action = ArgAction::SetTrue)]
+    #[arg(long, env = "PGSHIFT_KEEP_SOURCE_OWNERS", value_parser = clap::builder::BoolishValueParser::new(), action = ArgAction::SetTrue)]
     pub keep_source_owners: bool,
 
     /// Print the plan and change nothing on either database.
-    #[arg(long, env = "PGSHIFT_DRY_RUN", value_parser = clap::builder::FalseyValueParser::new(), action = ArgAction::SetTrue)]
+    #[arg(long, env = "PGSHIFT_DRY_RUN", value_parser = clap::builder::BoolishValueParser::new(), action = ArgAction::SetTrue)]
     pub dry_run: bool,
 
     #[command(flatten)]
@@ -336,7 +336,7 @@ pub struct SwapOpts {
 
     /// Swap even when rows violate foreign keys that involve preserved tables;
     /// those constraints are created NOT VALID.
-    #[arg(long, env = "PGSHIFT_ALLOW_FK_VIOLATIONS", value_parser = clap::builder::FalseyValueParser::new(), action = ArgAction::SetTrue)]
+    #[arg(long, env = "PGSHIFT_ALLOW_FK_VIOLATIONS", value_parser = clap::builder::BoolishValueParser::new(), action = ArgAction::SetTrue)]
     pub allow_fk_violations: bool,
 
     /// Swap (or roll back) even though the application wrote these tables
@@ -354,7 +354,7 @@ pub struct BreakingOpt {
     /// Refuse the swap (exit 1, nothing changed) when a recorded statement
     /// would fail or change result type, or a dropped object is used by one.
     /// Without it these are warnings printed before the swap.
-    #[arg(long, env = "PGSHIFT_FAIL_ON_BREAKING", value_parser = clap::builder::FalseyValueParser::new(), action = ArgAction::SetTrue)]
+    #[arg(long, env = "PGSHIFT_FAIL_ON_BREAKING", value_parser = clap::builder::BoolishValueParser::new(), action = ArgAction::SetTrue)]
     pub fail_on_breaking: bool,
 }
 
@@ -387,7 +387,7 @@ pub struct SwapArgs {
     pub timestamp: Option<String>,
 
     /// Keep the dump directory after the swap.
-    #[arg(long, env = "PGSHIFT_KEEP_DUMP", value_parser = clap::builder::FalseyValueParser::new(), action = ArgAction::SetTrue)]
+    #[arg(long, env = "PGSHIFT_KEEP_DUMP", value_parser = clap::builder::BoolishValueParser::new(), action = ArgAction::SetTrue)]
     pub keep_dump: bool,
 
     /// Destination tables that stay in public as they are, in addition to
@@ -408,7 +408,7 @@ pub struct SwapArgs {
     /// Print the impact report (what the swap would break or discard for the
     /// running application), the objects that would move and the swap's SQL;
     /// change nothing.
-    #[arg(long, env = "PGSHIFT_DRY_RUN", value_parser = clap::builder::FalseyValueParser::new(), action = ArgAction::SetTrue)]
+    #[arg(long, env = "PGSHIFT_DRY_RUN", value_parser = clap::builder::BoolishValueParser::new(), action = ArgAction::SetTrue)]
     pub dry_run: bool,
 }
 
@@ -448,7 +448,7 @@ pub struct RollbackArgs {
     pub swap: SwapOpts,
 
     /// Print what would move and change nothing.
-    #[arg(long, env = "PGSHIFT_DRY_RUN", value_parser = clap::builder::FalseyValueParser::new(), action = ArgAction::SetTrue)]
+    #[arg(long, env = "PGSHIFT_DRY_RUN", value_parser = clap::builder::BoolishValueParser::new(), action = ArgAction::SetTrue)]
     pub dry_run: bool,
 }
 
@@ -468,7 +468,7 @@ pub struct CleanupArgs {
     pub keep_latest: Option<usize>,
 
     /// Print what would be dropped and drop nothing.
-    #[arg(long, env = "PGSHIFT_DRY_RUN", value_parser = clap::builder::FalseyValueParser::new(), action = ArgAction::SetTrue)]
+    #[arg(long, env = "PGSHIFT_DRY_RUN", value_parser = clap::builder::BoolishValueParser::new(), action = ArgAction::SetTrue)]
     pub dry_run: bool,
 }
 

@@ -544,7 +544,7 @@ pub fn resolve(
 
     let verbosity = (global.verbose as i8).saturating_sub(global.quiet as i8);
     Ok(Settings {
-        json: global.json || f.json.unwrap_or(false),
+        json: switch(global.json, "PGSHIFT_JSON", f.json),
         verbosity,
         log_format: global
             .log_format
@@ -574,15 +574,27 @@ pub fn resolve(
         schemas,
         filters,
         dump_dir,
-        keep_dump: inputs.keep_dump || f.keep_dump.unwrap_or(false),
+        keep_dump: switch(inputs.keep_dump, "PGSHIFT_KEEP_DUMP", f.keep_dump),
         verify: inputs.verify.or(f.verify).unwrap_or(VerifyMode::Counts),
-        keep_source_owners: inputs.keep_source_owners || f.keep_source_owners.unwrap_or(false),
+        keep_source_owners: switch(
+            inputs.keep_source_owners,
+            "PGSHIFT_KEEP_SOURCE_OWNERS",
+            f.keep_source_owners,
+        ),
         dry_run: inputs.dry_run,
-        allow_fk_violations: inputs.allow_fk_violations || f.allow_fk_violations.unwrap_or(false),
+        allow_fk_violations: switch(
+            inputs.allow_fk_violations,
+            "PGSHIFT_ALLOW_FK_VIOLATIONS",
+            f.allow_fk_violations,
+        ),
         keep_latest: inputs.keep_latest.or(f.keep_latest),
         impact: ImpactOptions {
             allow_discard,
-            fail_on_breaking: inputs.fail_on_breaking || f.fail_on_breaking.unwrap_or(false),
+            fail_on_breaking: switch(
+                inputs.fail_on_breaking,
+                "PGSHIFT_FAIL_ON_BREAKING",
+                f.fail_on_breaking,
+            ),
             workload: WorkloadOptions {
                 roles: workload_roles,
                 timeout: impact_timeout,
@@ -592,6 +604,20 @@ pub fn resolve(
         config_file,
         warnings,
     })
+}
+
+/// An on/off setting, flags > env > file: `cli` is what clap made of the flag
+/// and its environment variable `env` (true from either); when it is false
+/// and `env` is set (clap read a false value there), the environment's false
+/// wins over the file.
+fn switch(cli: bool, env: &str, file: Option<bool>) -> bool {
+    if cli {
+        return true;
+    }
+    if std::env::var_os(env).is_some_and(|v| !v.is_empty()) {
+        return false;
+    }
+    file.unwrap_or(false)
 }
 
 impl From<SwapModeArg> for ModeRequest {

@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{Cluster, TestDbs, Workdir, can_start_clusters, stderr_of};
+use common::{Cluster, TestDbs, Workdir, assert_success, can_start_clusters, stderr_of};
 
 /// `url` with query parameters appended.
 fn with_params(url: &str, params: &str) -> String {
@@ -199,4 +199,28 @@ fn flags_beat_environment_beat_config_file() {
         assert!(v["level"].is_string(), "{l}");
     }
     assert!(!err.contains(dbs.dst.password()), "password in the logs");
+
+    // On/off settings: the environment's false beats the file's true; a value
+    // that is neither is refused, not taken for true.
+    std::fs::write(
+        wd.join("pgshift.toml"),
+        format!(
+            "dest_url = '{good}'
+json = true
+"
+        ),
+    )
+    .unwrap();
+    let out = wd.run_env(&["list"], &[]);
+    assert_eq!(assert_success(&out).trim(), "[]");
+    let out = wd.run_env(&["list"], &[("PGSHIFT_JSON", "0")]);
+    assert!(
+        assert_success(&out).starts_with("No backups"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let out = wd.run_env(&["list"], &[("PGSHIFT_JSON", "nope")]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr_of(&out));
+    assert!(stderr_of(&out).contains("nope"), "{}", stderr_of(&out));
+    assert!(out.stdout.is_empty());
 }
