@@ -127,12 +127,23 @@ pub fn kill_all_now() {
     }
 }
 
-struct GroupGuard(i32);
+/// The child's process group while [`run`] owns it. Dropped before the child
+/// is reaped (it is declared after it), so while it is armed the group id
+/// cannot have been reused: a `run` future dropped half-way (a failure
+/// elsewhere in a `select!`, the command's end) kills the whole group, not
+/// only the leader that `kill_on_drop` reaches.
+struct GroupGuard {
+    pgid: i32,
+    armed: bool,
+}
 
 impl Drop for GroupGuard {
     fn drop(&mut self) {
+        if self.armed {
+            signal_group(self.pgid, libc::SIGKILL);
+        }
         if let Ok(mut g) = live_groups().lock() {
-            g.remove(&self.0);
+            g.remove(&self.pgid);
         }
     }
 }
@@ -158,7 +169,10 @@ pub async fn run(spec: &ChildSpec, cancel: &CancellationToken) -> Result<Finishe
         .with_context(|| format!("starting {}", spec.program.display()))?;
     let pid = child.id().context("child has no pid")? as i32;
     live_groups().lock().map(|mut g| g.insert(pid)).ok();
-    let _guard = GroupGuard(pid);
+    let mut guard = GroupGuard {
+        pgid: pid,
+        armed: true,
+    };
     tracing::debug!(program = %spec.name(), pid, "started child process");
 
     let mut stdout = child.stdout.take().context("child stdout")?;
@@ -176,10 +190,13 @@ pub async fn run(spec: &ChildSpec, cancel: &CancellationToken) -> Result<Finishe
         status = child.wait() => status.with_context(|| format!("waiting for {}", spec.name()))?,
         _ = cancel.cancelled() => {
             stop_group(&mut child, pid).await;
+            guard.armed = false;
             return Err(anyhow::Error::new(Interrupted)
                 .context(format!("{} stopped", spec.name())));
         }
     };
+    // The leader is reaped: its id may be reused, never signal it again.
+    guard.armed = false;
     let stdout = out_task.await.context("joining stdout reader")??;
     let stderr =
         String::from_utf8_lossy(&err_task.await.context("joining stderr reader")??).into_owned();
@@ -358,5 +375,32 @@ mod tests {
             std::thread::sleep(Duration::from_millis(100));
         }
         assert!(gone, "grandchild {pid} survived cancellation");
+    }
+
+    #[tokio::test]
+    async fn dropping_a_run_kills_the_whole_group() {
+        let dir = tempfile::tempdir().unwrap();
+        let pidfile = dir.path().join("grandchild");
+        let script = format!("sleep 300 & echo $! > {}; wait", pidfile.display());
+        let spec = ChildSpec::new("/bin/sh").args(["-c", &script]);
+        let cancel = CancellationToken::new();
+        // The future is dropped (as a select! elsewhere drops it), not cancelled.
+        let r = tokio::time::timeout(Duration::from_millis(300), run(&spec, &cancel)).await;
+        assert!(r.is_err(), "the child should still have been running");
+        let pid: i32 = std::fs::read_to_string(&pidfile)
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        let mut gone = false;
+        for _ in 0..50 {
+            // SAFETY: signal 0 only checks for existence.
+            if unsafe { libc::kill(pid, 0) } != 0 {
+                gone = true;
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        assert!(gone, "grandchild {pid} survived the dropped run");
     }
 }
