@@ -9,7 +9,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use serde::Deserialize;
 
 use crate::cli::{
@@ -308,8 +308,9 @@ pub fn load_file(explicit: Option<&Path>) -> Result<Option<(PathBuf, FileConfig)
             p
         }
     };
+    // Unreadable or not UTF-8: bad input (exit 2), like a file that does not parse.
     let text = std::fs::read_to_string(&path)
-        .with_context(|| format!("reading config file {}", path.display()))?;
+        .map_err(|e| UserError::new(format!("cannot read config file {}: {e}", path.display())))?;
     let cfg = parse_file(&text)
         .map_err(|msg| UserError::new(format!("config file {}: {msg}", path.display())))?;
     Ok(Some((path, cfg)))
@@ -452,6 +453,12 @@ pub fn resolve(
         .dump_dir
         .clone()
         .or_else(|| f.dump_dir.as_ref().map(from_file_path));
+    if let Some(d) = &dump_dir
+        && d.exists()
+        && !d.is_dir()
+    {
+        crate::refuse!("--dump-dir: {} exists and is not a directory", d.display());
+    }
 
     let source = match inputs.source.as_deref().or(f.source_url.as_deref()) {
         Some(s) => Some(parse_conn("--source", s)?),

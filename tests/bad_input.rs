@@ -180,8 +180,33 @@ fn bad_input_is_one_line_a_documented_code_and_no_change() {
     let config = wd.join("bad.toml");
     std::fs::write(&config, "jobs = 2\ndestination_url = 'x'\n").unwrap();
 
+    let binary_config = wd.join("binary.toml");
+    std::fs::write(&binary_config, [0xff, 0xfe, 0x00, b'\n']).unwrap();
+    let a_file = wd.join("a-file");
+    std::fs::write(&a_file, "not a directory").unwrap();
+
     let secret_url = "postgresql://u:Sekret-0815@127.0.0.1:1/db";
     let cases = vec![
+        Case {
+            name: "a config file that is not UTF-8",
+            args: s(&[
+                "--config",
+                binary_config.to_str().unwrap(),
+                "list",
+                "--dest",
+                &dst,
+            ]),
+            env: vec![],
+            code: 2,
+            message: vec!["cannot read config file", "binary.toml"],
+        },
+        Case {
+            name: "a --dump-dir that is a file",
+            args: prepare(&["--dump-dir", a_file.to_str().unwrap()]),
+            env: vec![],
+            code: 2,
+            message: vec!["--dump-dir", "a-file exists and is not a directory"],
+        },
         // A URL typed where pgshift expects something else comes back in the
         // error without its password.
         Case {
