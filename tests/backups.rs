@@ -628,6 +628,28 @@ fn rollback_refusals_change_nothing() {
         text(&out.stderr)
     );
     assert_eq!(catalog_fingerprint(&dbs.dst), before);
+    // Its dry run shows the plan with the failed verification and the
+    // refusal, and exits 3 as well.
+    let out = wd.run(&[
+        "rollback",
+        "--dest",
+        &url,
+        "--latest",
+        "--dry-run",
+        "--json",
+    ]);
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out.stderr));
+    let plan: Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("not JSON ({e}): {}", text(&out.stdout)));
+    assert_eq!(plan["rollback"]["verification"]["ok"], false, "{plan}");
+    assert!(
+        plan["rollback"]["refusal"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("does not match its manifest"),
+        "{plan}"
+    );
+    assert_eq!(catalog_fingerprint(&dbs.dst), before);
     let r = run_json(
         &wd,
         &[

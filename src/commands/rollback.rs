@@ -42,6 +42,12 @@ pub async fn run(args: RollbackArgs, ctx: Ctx) -> Result<ExitCode> {
         let plan = rollback::plan(&client, &opts).await?;
         let p = rollback::preview(&client, &plan, ctx.settings.swap).await?;
         print_preview(&ctx, &p)?;
+        // A backup that no longer matches its manifest: the plan, then exit 3
+        // as `verify` and the rollback itself give.
+        if let Some(why) = &plan.mismatch {
+            eprintln!("error: {why}");
+            return Ok(ExitCode::Verification);
+        }
         return Ok(ExitCode::Ok);
     }
     let sess = ctx.open_session().await?;

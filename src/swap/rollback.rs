@@ -98,6 +98,9 @@ pub struct Plan {
     pub unkeepable: Unkeepable,
     /// Why the rollback refuses these writes, if it does.
     pub refusal: Option<String>,
+    /// Why it refuses the backup (it no longer matches its manifest, and no
+    /// `--force`): exit 3, before any other refusal.
+    pub mismatch: Option<String>,
 }
 
 /// A foreign key the rollback changed.
@@ -316,13 +319,13 @@ pub async fn plan(client: &Client, opts: &RollbackOptions) -> Result<Plan> {
         .map(|e| e.to_string());
 
     let verification = verify::check(client, &restore).await?;
-    if !verification.ok && !opts.force {
-        return Err(anyhow::Error::new(VerificationFailed(format!(
+    let mismatch = (!verification.ok && !opts.force).then(|| {
+        format!(
             "{schema} does not match its manifest: {}; nothing was changed (check it with `pgshift verify --timestamp {}`, or pass --force to roll back anyway)",
             verification.summary(),
             restore.ts
-        ))));
-    }
+        )
+    });
     if !verification.ok {
         warnings.push(format!(
             "{schema} does not match its manifest ({}); rolling back anyway (--force)",
@@ -342,6 +345,7 @@ pub async fn plan(client: &Client, opts: &RollbackOptions) -> Result<Plan> {
         allow_discard: opts.allow_discard.clone(),
         unkeepable,
         refusal,
+        mismatch,
     })
 }
 
@@ -444,8 +448,9 @@ pub async fn preview(client: &Client, plan: &Plan, policy: Policy) -> Result<Rol
         verification: plan.verification.clone(),
         warnings: plan.warnings.clone(),
         refusal: plan
-            .refusal
+            .mismatch
             .clone()
+            .or_else(|| plan.refusal.clone())
             .or_else(|| p.lock_budget.refusal("the rollback")),
         swap_lock_budget: p.lock_budget,
         discarded_writes: plan.writes.discarded.clone(),
@@ -457,6 +462,9 @@ pub async fn preview(client: &Client, plan: &Plan, policy: Policy) -> Result<Rol
 /// Run the rollback on an open session.
 pub async fn execute(sess: &Session, plan: &Plan, policy: Policy) -> Result<RollbackReport> {
     let control = &sess.control;
+    if let Some(why) = &plan.mismatch {
+        return Err(anyhow::Error::new(VerificationFailed(why.clone())));
+    }
     if let Some(why) = &plan.refusal {
         bail!("{why}");
     }
