@@ -553,3 +553,73 @@ fn retries_catch_the_preserved_tables_up_first() {
     let first_attempt = b["timestamp"].as_i64().unwrap();
     assert!(created - first_attempt > 1000, "{b}");
 }
+
+/// What the swap, its dry run and `status` say of a shadow that is no longer
+/// the one prepare built (its structure, its rows) and of a preserved table
+/// whose sync stopped logging: the same refusal, and nothing changes.
+#[test]
+fn a_changed_shadow_or_a_broken_sync_is_refused_by_swap_dry_run_and_status() {
+    let dbs = setup("swap_changed");
+    dbs.src
+        .psql("CREATE TABLE users (id int PRIMARY KEY, name text);");
+    dbs.dst.psql(
+        "CREATE TABLE users (id int PRIMARY KEY, name text);
+         INSERT INTO users VALUES (1, 'a');",
+    );
+    let wd = Workdir::new();
+    let dst = dbs.dst.url();
+    let json = |args: &[&str]| -> serde_json::Value {
+        serde_json::from_str(&assert_success(&wd.run(args))).unwrap()
+    };
+    // Each refusal: status blocks with it, the dry run says it, the swap
+    // refuses with the exit code and nothing changes.
+    let refused = |needle: &str, code: i32, in_status: bool| {
+        let st = json(&["status", "--dest", &dst, "--json"]);
+        if in_status {
+            assert_eq!(st["swap_allowed"], false, "{st}");
+            assert!(
+                st["swap_blocked_reason"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .contains(needle),
+                "{st}"
+            );
+        }
+        let plan = json(&["swap", "--dest", &dst, "--dry-run", "--json"]);
+        assert!(
+            plan["swap"]["refusal"]
+                .as_str()
+                .unwrap_or_default()
+                .contains(needle),
+            "{plan}"
+        );
+        let before = catalog_fingerprint(&dbs.dst);
+        let out = wd.run(&["swap", "--dest", &dst]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(code), "{err}");
+        assert!(err.contains(needle), "{err}");
+        assert_eq!(catalog_fingerprint(&dbs.dst), before);
+    };
+
+    // The structure: a key dropped, a column added.
+    assert_success(&wd.prepare(&dbs, &["--preserved-tables", "users"]));
+    dbs.dst
+        .psql("ALTER TABLE shadow.items DROP CONSTRAINT items_pkey; ALTER TABLE shadow.items ADD COLUMN junk int;");
+    refused("are not what prepare built", 3, true);
+    wd.run_ok(&["abort", "--dest", &dst]);
+
+    // The rows (counted by the swap and its dry run, not by status).
+    assert_success(&wd.prepare(&dbs, &["--preserved-tables", "users"]));
+    dbs.dst.psql("DELETE FROM shadow.items WHERE id = 1");
+    refused("items: prepared 200 rows, shadow has 199", 3, false);
+    wd.run_ok(&["abort", "--dest", &dst]);
+
+    // A sync trigger disabled: a write to users is not logged.
+    assert_success(&wd.prepare(&dbs, &["--preserved-tables", "users"]));
+    dbs.dst.psql(
+        "ALTER TABLE users DISABLE TRIGGER pgshift_sync_ins; INSERT INTO users VALUES (2, 'unlogged');",
+    );
+    refused("the sync of users is broken", 1, true);
+    wd.run_ok(&["abort", "--dest", &dst]);
+    assert_eq!(dbs.dst.psql("SELECT count(*) FROM users"), "2");
+}

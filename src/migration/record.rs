@@ -95,6 +95,12 @@ pub struct Details {
     /// the swap then leaves owners as they are in the shadow.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub keep_source_owners: bool,
+    /// The shadow's structure when prepare finished
+    /// (`catalog::structure_fingerprint`): the swap refuses a shadow whose
+    /// tables, columns, constraints or indexes changed since. Absent in
+    /// records of earlier versions (not checked then).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shadow_structure: Option<String>,
 }
 
 /// The whole record.

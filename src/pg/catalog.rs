@@ -3,7 +3,7 @@
 
 use anyhow::{Context, Result};
 use itertools::Itertools;
-use tokio_postgres::GenericClient;
+use tokio_postgres::{Client, GenericClient};
 
 /// `WHERE` fragment: the object (`classid`, `oid`) is not an extension member.
 macro_rules! not_ext_member {
@@ -117,6 +117,75 @@ pub async fn refuse_unowned_schemas(
 /// Does `schema` hold no object (every object of a schema depends on it in
 /// `pg_depend`), so that `DROP SCHEMA … RESTRICT` succeeds? Asking first keeps
 /// a refused DROP, and its ERROR line, out of the server log.
+/// A digest of what the relations of `schemas` are: their names and kinds,
+/// columns (type, NOT NULL, order), constraints, indexes and triggers, as
+/// PostgreSQL prints them with an empty `search_path` (so every name is
+/// qualified the same way whatever the session). Not their data, owners,
+/// grants or statistics. Prepare records it for its shadow; the swap refuses
+/// a shadow whose digest changed since (a key dropped, a column added).
+///
+/// With `lock_wait`, a lock held on a relation it describes (a session in the
+/// middle of changing it) makes it give up after that long: `Ok(None)`.
+pub async fn structure_fingerprint(
+    client: &Client,
+    schemas: &[String],
+    lock_wait: Option<std::time::Duration>,
+) -> Result<Option<String>> {
+    let bound = lock_wait
+        .map(|d| format!("; SET LOCAL lock_timeout = '{}ms'", d.as_millis().max(1)))
+        .unwrap_or_default();
+    client
+        .batch_execute(&format!("BEGIN; SET LOCAL search_path = ''{bound}"))
+        .await
+        .context("reading the shadow's structure")?;
+    let row = client
+        .query_one(
+            "SELECT pg_catalog.md5(COALESCE(pg_catalog.string_agg(x, E'\\n' ORDER BY x), ''))
+               FROM (SELECT pg_catalog.concat_ws(' ', 'rel', n.nspname, c.relname, c.relkind)
+                       FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+                      WHERE n.nspname = ANY($1) AND c.relkind IN ('r', 'p', 'v', 'm', 'f', 'S')
+                     UNION ALL
+                     SELECT pg_catalog.concat_ws(' ', 'col', n.nspname, c.relname, a.attnum, a.attname,
+                                                 pg_catalog.format_type(a.atttypid, a.atttypmod), a.attnotnull)
+                       FROM pg_catalog.pg_attribute a JOIN pg_catalog.pg_class c ON c.oid = a.attrelid
+                       JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+                      WHERE n.nspname = ANY($1) AND c.relkind IN ('r', 'p', 'v', 'm', 'f')
+                        AND a.attnum > 0 AND NOT a.attisdropped
+                     UNION ALL
+                     SELECT pg_catalog.concat_ws(' ', 'con', n.nspname, r.relname, o.conname,
+                                                 pg_catalog.pg_get_constraintdef(o.oid))
+                       FROM pg_catalog.pg_constraint o JOIN pg_catalog.pg_class r ON r.oid = o.conrelid
+                       JOIN pg_catalog.pg_namespace n ON n.oid = r.relnamespace
+                      WHERE n.nspname = ANY($1)
+                     UNION ALL
+                     SELECT pg_catalog.concat_ws(' ', 'idx', pg_catalog.pg_get_indexdef(i.indexrelid))
+                       FROM pg_catalog.pg_index i JOIN pg_catalog.pg_class r ON r.oid = i.indrelid
+                       JOIN pg_catalog.pg_namespace n ON n.oid = r.relnamespace
+                      WHERE n.nspname = ANY($1)
+                     UNION ALL
+                     SELECT pg_catalog.concat_ws(' ', 'trg', pg_catalog.pg_get_triggerdef(t.oid))
+                       FROM pg_catalog.pg_trigger t JOIN pg_catalog.pg_class r ON r.oid = t.tgrelid
+                       JOIN pg_catalog.pg_namespace n ON n.oid = r.relnamespace
+                      WHERE n.nspname = ANY($1) AND NOT t.tgisinternal) s(x)",
+            &[&schemas],
+        )
+        .await;
+    let _ = client.batch_execute("COMMIT").await;
+    match row {
+        Ok(r) => Ok(Some(r.get(0))),
+        Err(e)
+            if lock_wait.is_some()
+                && e.code() == Some(&tokio_postgres::error::SqlState::LOCK_NOT_AVAILABLE) =>
+        {
+            Ok(None)
+        }
+        Err(e) => Err(crate::pg::exec::pg_error_as(
+            e,
+            "reading the shadow's structure",
+        )),
+    }
+}
+
 pub async fn schema_is_empty(client: &impl GenericClient, schema: &str) -> Result<bool> {
     Ok(client
         .query_one(

@@ -656,6 +656,9 @@ async fn phases(run: &mut Run<'_>, rec: &mut Recorder) -> Result<usize> {
     }
     let tables = rec.phase(sess, Phase::Validate, validate(run)).await?;
     rec.state.tables = tables;
+    let shadows: Vec<String> = run.pairs.iter().map(|p| p.shadow.clone()).collect();
+    rec.state.details.shadow_structure =
+        catalog::structure_fingerprint(&run.sess.control, &shadows, None).await?;
     Ok(deferred_count)
 }
 

@@ -1663,40 +1663,72 @@ async fn count_rows(client: &Client, rel: &str) -> Result<i64> {
         .get(0))
 }
 
+/// Why the sync of a preserved table cannot be trusted any more (one of its
+/// triggers missing or disabled, its changelog gone): writes made meanwhile
+/// were not logged, and the swap would leave them in the backup. None when
+/// every sync is whole. Cheaper than [`health`] (no row counts): the swap
+/// and its dry run ask it.
+pub async fn broken(client: &Client, synced: &[SyncedTable]) -> Result<Option<String>> {
+    for t in synced {
+        let triggers = trigger_health(client, t).await?;
+        let changelog = changelog_present(client, t).await?;
+        let on = triggers.iter().filter(|t| t.present && t.enabled).count();
+        if on < triggers.len() || !changelog {
+            return Ok(Some(format!(
+                "the sync of {} is broken (triggers {on}/{} enabled{}): writes may have been missed; run `pgshift abort` and prepare again",
+                t.display(),
+                triggers.len(),
+                if changelog { "" } else { ", changelog missing" }
+            )));
+        }
+    }
+    Ok(None)
+}
+
+/// The four sync triggers of `t`'s live table: present, enabled.
+async fn trigger_health(client: &Client, t: &SyncedTable) -> Result<Vec<TriggerHealth>> {
+    let states: HashMap<String, String> = client
+        .query(
+            "SELECT tgname::text, tgenabled::text FROM pg_catalog.pg_trigger
+              WHERE tgrelid = $1 AND NOT tgisinternal",
+            &[&t.oid],
+        )
+        .await
+        .map_err(|e| pg_error_as(e, "listing triggers"))?
+        .into_iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    Ok(TRIGGER_NAMES
+        .iter()
+        .map(|name| {
+            let state = states.get(*name);
+            TriggerHealth {
+                name: name.to_string(),
+                present: state.is_some(),
+                enabled: state.is_some_and(|s| s == "O" || s == "A"),
+            }
+        })
+        .collect())
+}
+
+async fn changelog_present(client: &Client, t: &SyncedTable) -> Result<bool> {
+    let log = qualified(META_SCHEMA, &t.changelog);
+    Ok(client
+        .query_one("SELECT pg_catalog.to_regclass($1) IS NOT NULL", &[&log])
+        .await
+        .map_err(|e| pg_error_as(e, "looking up the changelog"))?
+        .get(0))
+}
+
 /// Per preserved table: triggers present and enabled, pending changelog rows,
 /// rows in public and shadow (exact counts). Missing objects show as absent, not
 /// as errors.
 pub async fn health(client: &Client, synced: &[SyncedTable]) -> Result<Vec<SyncHealth>> {
     let mut out = Vec::new();
     for t in synced {
-        let states: HashMap<String, String> = client
-            .query(
-                "SELECT tgname::text, tgenabled::text FROM pg_catalog.pg_trigger
-                  WHERE tgrelid = $1 AND NOT tgisinternal",
-                &[&t.oid],
-            )
-            .await
-            .map_err(|e| pg_error_as(e, "listing triggers"))?
-            .into_iter()
-            .map(|r| (r.get(0), r.get(1)))
-            .collect();
-        let triggers: Vec<TriggerHealth> = TRIGGER_NAMES
-            .iter()
-            .map(|name| {
-                let state = states.get(*name);
-                TriggerHealth {
-                    name: name.to_string(),
-                    present: state.is_some(),
-                    enabled: state.is_some_and(|s| s == "O" || s == "A"),
-                }
-            })
-            .collect();
+        let triggers = trigger_health(client, t).await?;
         let log = qualified(META_SCHEMA, &t.changelog);
-        let changelog_present: bool = client
-            .query_one("SELECT pg_catalog.to_regclass($1) IS NOT NULL", &[&log])
-            .await
-            .map_err(|e| pg_error_as(e, "looking up the changelog"))?
-            .get(0);
+        let changelog_present = changelog_present(client, t).await?;
         let pending = if changelog_present {
             Some(count_rows(client, &log).await?)
         } else {

@@ -428,9 +428,14 @@ pub async fn preview(client: &Client, opts: &SwapOptions) -> Result<SwapPreview>
         opts.policy.lock_timeout,
     )
     .await?;
-    // In the order the swap itself refuses: the impact gates, the foreign
-    // keys, the lock table.
-    let refusal = gate::refusal(&impact, &opts.impact)
+    // In the order the swap itself refuses: a shadow that changed since
+    // prepare, a broken sync, the impact gates, the foreign keys, the lock
+    // table.
+    let changed = shadow_changed(client, m, false).await?;
+    let broken = sync::broken(client, &details.sync).await?;
+    let refusal = changed
+        .or(broken)
+        .or_else(|| gate::refusal(&impact, &opts.impact))
         .or_else(|| fk_refusal(&fk_violations, opts.allow_fk_violations))
         .or_else(|| p.lock_budget.refusal("the swap"));
     let schemas = p.schemas.clone();
@@ -543,8 +548,11 @@ pub async fn swap(sess: &Session, opts: &SwapOptions) -> Result<SwapReport> {
         .map(|s| meta::shadow_schema_for(s))
         .collect();
     crate::pg::catalog::refuse_unowned_schemas(&sess.control, &shadows, "rename or drop").await?;
-    if !opts.prevalidated {
-        check_shadow_counts(&sess.control, &m).await?;
+    if let Some(why) = shadow_changed(&sess.control, &m, opts.prevalidated).await? {
+        return Err(anyhow::Error::new(VerificationFailed(why)));
+    }
+    if let Some(why) = sync::broken(&sess.control, synced).await? {
+        bail!(why);
     }
     let kept = kept_tables(&sess.control, &m, &opts.keep_tables).await?;
     // What the swap does to the running application: refuse discarded
@@ -752,25 +760,52 @@ pub async fn swap(sess: &Session, opts: &SwapOptions) -> Result<SwapReport> {
 }
 
 /// The shadow still holds the rows prepare validated (someone may have touched it).
-async fn check_shadow_counts(client: &Client, m: &MigrationRow) -> Result<()> {
+/// Why the shadow is not the one prepare built, if it is not: its structure
+/// (the fingerprint prepare recorded: tables, columns, constraints, indexes,
+/// triggers) and, with `counts`, its rows (the counts prepare recorded; exact
+/// counts of every table, so `status` leaves them out, and does not wait
+/// for a lock to read the structure either: `quick`).
+pub async fn shadow_changed(
+    client: &Client,
+    m: &MigrationRow,
+    quick: bool,
+) -> Result<Option<String>> {
+    let counts = !quick;
     let mut diffs = Vec::new();
-    for t in m.state.tables.iter().filter(|t| !t.preserved) {
-        let shadow = meta::shadow_schema_for(&t.schema);
-        match manifest::count_rows(client, &shadow, &t.name).await {
-            Ok(n) if n == t.rows => {}
-            Ok(n) => diffs.push(format!(
-                "{}: prepared {} rows, shadow has {n}",
-                t.display(),
-                t.rows
-            )),
-            Err(e) => diffs.push(format!("{}: {e:#}", t.display())),
+    if let Some(recorded) = &m.state.details.shadow_structure {
+        let shadows: Vec<String> = m
+            .state
+            .schemas
+            .iter()
+            .map(|s| meta::shadow_schema_for(s))
+            .collect();
+        let wait = quick.then(|| std::time::Duration::from_millis(200));
+        let now = crate::pg::catalog::structure_fingerprint(client, &shadows, wait).await?;
+        if now.is_some_and(|now| now != *recorded) {
+            diffs.push(
+                "its tables, columns, constraints, indexes or triggers are not what prepare built"
+                    .to_string(),
+            );
         }
     }
-    if !diffs.is_empty() {
-        return Err(anyhow::Error::new(VerificationFailed(format!(
+    if counts {
+        for t in m.state.tables.iter().filter(|t| !t.preserved) {
+            let shadow = meta::shadow_schema_for(&t.schema);
+            match manifest::count_rows(client, &shadow, &t.name).await {
+                Ok(n) if n == t.rows => {}
+                Ok(n) => diffs.push(format!(
+                    "{}: prepared {} rows, shadow has {n}",
+                    t.display(),
+                    t.rows
+                )),
+                Err(e) => diffs.push(format!("{}: {e:#}", t.display())),
+            }
+        }
+    }
+    Ok((!diffs.is_empty()).then(|| {
+        format!(
             "the shadow changed since prepare; nothing was swapped: {} (run `pgshift abort` and prepare again)",
             diffs.join("; ")
-        ))));
-    }
-    Ok(())
+        )
+    }))
 }
