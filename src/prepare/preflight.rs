@@ -324,6 +324,14 @@ pub async fn check_dest(dst: &Client, schemas: &[String]) -> Result<Vec<String>>
     Ok(warnings)
 }
 
+/// SQL: schema name `col` is none of pgshift's own (its shadows, its
+/// backups, its records' schema).
+fn not_pgshift(col: &str) -> String {
+    format!(
+        "{col} NOT IN ('shadow', 'pgshift') AND {col} NOT LIKE 'backup\\_%' AND {col} NOT LIKE 'pgshift\\_shadow\\_%'"
+    )
+}
+
 /// Objects outside the migrated schemas that point at their objects: after
 /// the swap (or the rollback: `op`) they keep pointing at the backup.
 pub async fn outside_dependents(dst: &Client, schemas: &[String], op: &str) -> Result<Vec<String>> {
@@ -335,7 +343,8 @@ pub async fn outside_dependents(dst: &Client, schemas: &[String], op: &str) -> R
     };
     let rows = dst
         .query(
-            "SELECT DISTINCT vn.nspname, v.relname, c.relname, cn.nspname
+            &format!(
+                "SELECT DISTINCT vn.nspname, v.relname, c.relname, cn.nspname
                FROM pg_catalog.pg_rewrite rw
                JOIN pg_catalog.pg_class v ON v.oid = rw.ev_class
                JOIN pg_catalog.pg_namespace vn ON vn.oid = v.relnamespace
@@ -343,9 +352,10 @@ pub async fn outside_dependents(dst: &Client, schemas: &[String], op: &str) -> R
                JOIN pg_catalog.pg_class c ON c.oid = d.refobjid AND c.oid <> v.oid
                JOIN pg_catalog.pg_namespace cn ON cn.oid = c.relnamespace
               WHERE cn.nspname = ANY($1) AND NOT (vn.nspname = ANY($1))
-                AND vn.nspname NOT IN ('shadow', 'pgshift', 'pg_catalog', 'information_schema')
-                AND vn.nspname NOT LIKE 'backup\\_%' AND vn.nspname NOT LIKE 'pgshift\\_shadow\\_%'
+                AND vn.nspname NOT IN ('pg_catalog', 'information_schema') AND {}
               ORDER BY 1, 2, 3",
+                not_pgshift("vn.nspname")
+            ),
             &[&schemas],
         )
         .await
@@ -361,16 +371,18 @@ pub async fn outside_dependents(dst: &Client, schemas: &[String], op: &str) -> R
     }
     let rows = dst
         .query(
-            "SELECT n.nspname, c.relname, con.conname, pc.relname, pn.nspname
+            &format!(
+                "SELECT n.nspname, c.relname, con.conname, pc.relname, pn.nspname
                FROM pg_catalog.pg_constraint con
                JOIN pg_catalog.pg_class c ON c.oid = con.conrelid
                JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
                JOIN pg_catalog.pg_class pc ON pc.oid = con.confrelid
                JOIN pg_catalog.pg_namespace pn ON pn.oid = pc.relnamespace
               WHERE con.contype = 'f' AND pn.nspname = ANY($1) AND NOT (n.nspname = ANY($1))
-                AND n.nspname NOT LIKE 'backup\\_%' AND n.nspname NOT IN ('shadow', 'pgshift')
-                AND n.nspname NOT LIKE 'pgshift\\_shadow\\_%'
+                AND {}
               ORDER BY 1, 2, 3",
+                not_pgshift("n.nspname")
+            ),
             &[&schemas],
         )
         .await
@@ -435,17 +447,18 @@ pub async fn outside_dependents(dst: &Client, schemas: &[String], op: &str) -> R
     // they stay attached to the backup's copy.
     let rows = dst
         .query(
-            "SELECT cn.nspname, c.relname, pn.nspname, p.relname, c.relispartition
+            &format!(
+                "SELECT cn.nspname, c.relname, pn.nspname, p.relname, c.relispartition
                FROM pg_catalog.pg_inherits i
                JOIN pg_catalog.pg_class c ON c.oid = i.inhrelid
                JOIN pg_catalog.pg_namespace cn ON cn.oid = c.relnamespace
                JOIN pg_catalog.pg_class p ON p.oid = i.inhparent
                JOIN pg_catalog.pg_namespace pn ON pn.oid = p.relnamespace
               WHERE pn.nspname = ANY($1) AND NOT (cn.nspname = ANY($1))
-                AND c.relkind IN ('r', 'p', 'f')
-                AND cn.nspname NOT IN ('shadow', 'pgshift')
-                AND cn.nspname NOT LIKE 'backup\\_%' AND cn.nspname NOT LIKE 'pgshift\\_shadow\\_%'
+                AND c.relkind IN ('r', 'p', 'f') AND {}
               ORDER BY 1, 2",
+                not_pgshift("cn.nspname")
+            ),
             &[&schemas],
         )
         .await

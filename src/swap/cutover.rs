@@ -541,13 +541,8 @@ pub async fn swap(sess: &Session, opts: &SwapOptions) -> Result<SwapReport> {
 
     // A shadow this role may not rename or drop is a privilege problem (exit
     // 1, named), not a shadow that changed since prepare.
-    let shadows: Vec<String> = m
-        .state
-        .schemas
-        .iter()
-        .map(|s| meta::shadow_schema_for(s))
-        .collect();
-    crate::pg::catalog::refuse_unowned_schemas(&sess.control, &shadows, "rename or drop").await?;
+    crate::pg::catalog::refuse_unowned_schemas(&sess.control, &shadows(&m), "rename or drop")
+        .await?;
     if let Some(why) = shadow_changed(&sess.control, &m, opts.prevalidated).await? {
         return Err(anyhow::Error::new(VerificationFailed(why)));
     }
@@ -760,6 +755,15 @@ pub async fn swap(sess: &Session, opts: &SwapOptions) -> Result<SwapReport> {
 }
 
 /// The shadow still holds the rows prepare validated (someone may have touched it).
+/// The shadow schemas of `m` (one per migrated schema).
+fn shadows(m: &MigrationRow) -> Vec<String> {
+    m.state
+        .schemas
+        .iter()
+        .map(|s| meta::shadow_schema_for(s))
+        .collect()
+}
+
 /// Why the shadow is not the one prepare built, if it is not: its structure
 /// (the fingerprint prepare recorded: tables, columns, constraints, indexes,
 /// triggers) and, with `counts`, its rows (the counts prepare recorded; exact
@@ -773,14 +777,8 @@ pub async fn shadow_changed(
     let counts = !quick;
     let mut diffs = Vec::new();
     if let Some(recorded) = &m.state.details.shadow_structure {
-        let shadows: Vec<String> = m
-            .state
-            .schemas
-            .iter()
-            .map(|s| meta::shadow_schema_for(s))
-            .collect();
         let wait = quick.then(|| std::time::Duration::from_millis(200));
-        let now = crate::pg::catalog::structure_fingerprint(client, &shadows, wait).await?;
+        let now = crate::pg::catalog::structure_fingerprint(client, &shadows(m), wait).await?;
         if now.is_some_and(|now| now != *recorded) {
             diffs.push(
                 "its tables, columns, constraints, indexes or triggers are not what prepare built"
