@@ -358,23 +358,30 @@ mod tests {
         });
         let err = run(&spec, &cancel).await.unwrap_err();
         assert!(err.chain().any(|c| c.is::<Interrupted>()));
-        let pid: i32 = std::fs::read_to_string(&pidfile)
+        // The grandchild (sleep) was in the child's group and must be gone.
+        let pid = grandchild(&pidfile);
+        assert!(gone(pid), "grandchild {pid} survived cancellation");
+    }
+
+    /// The pid a test's shell wrote to `pidfile`.
+    fn grandchild(pidfile: &Path) -> i32 {
+        std::fs::read_to_string(pidfile)
             .unwrap()
             .trim()
             .parse()
-            .unwrap();
-        // The grandchild (sleep) was in the child's group and must be gone.
-        let mut gone = false;
+            .unwrap()
+    }
+
+    /// Whether process `pid` is gone within 5 s.
+    fn gone(pid: i32) -> bool {
         for _ in 0..50 {
             // SAFETY: signal 0 only checks for existence.
             if unsafe { libc::kill(pid, 0) } != 0 {
-                gone = true;
-                break;
+                return true;
             }
-            // Reap if it became our zombie (it is not our child, so just wait).
             std::thread::sleep(Duration::from_millis(100));
         }
-        assert!(gone, "grandchild {pid} survived cancellation");
+        false
     }
 
     #[tokio::test]
@@ -387,20 +394,7 @@ mod tests {
         // The future is dropped (as a select! elsewhere drops it), not cancelled.
         let r = tokio::time::timeout(Duration::from_millis(300), run(&spec, &cancel)).await;
         assert!(r.is_err(), "the child should still have been running");
-        let pid: i32 = std::fs::read_to_string(&pidfile)
-            .unwrap()
-            .trim()
-            .parse()
-            .unwrap();
-        let mut gone = false;
-        for _ in 0..50 {
-            // SAFETY: signal 0 only checks for existence.
-            if unsafe { libc::kill(pid, 0) } != 0 {
-                gone = true;
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        assert!(gone, "grandchild {pid} survived the dropped run");
+        let pid = grandchild(&pidfile);
+        assert!(gone(pid), "grandchild {pid} survived the dropped run");
     }
 }

@@ -432,10 +432,14 @@ pub async fn cancel_running(client: &tokio_postgres::Client, spec: &ConnSpec) {
 
 /// Settings for pgshift's long-running destination sessions: notice a vanished
 /// pgshift (killed with -9) within seconds even in the middle of a long
-/// statement (PostgreSQL 14+; ignored where unsupported).
+/// statement (PostgreSQL 14+; set only where the server has it, so 13 logs no
+/// `unrecognized configuration parameter` error).
 pub async fn watch_client(client: &tokio_postgres::Client) {
     let _ = client
-        .batch_execute("SET client_connection_check_interval = '2s'")
+        .batch_execute(
+            "SELECT pg_catalog.set_config(name, '2s', false) FROM pg_catalog.pg_settings
+              WHERE name = 'client_connection_check_interval'",
+        )
         .await;
 }
 
