@@ -492,7 +492,23 @@ impl Budget {
         })
     }
 
-    /// A warning for a plan or a prepare whose swap would be refused, or None.
+    /// A warning for prepare's plan, whose budget is an object-level swap's
+    /// (the upper bound: the mode is chosen at swap time), when that does not
+    /// fit, or None.
+    pub fn plan_warning(&self) -> Option<String> {
+        (!self.fits).then(|| {
+            format!(
+                "an object-level swap would need about {} lock-table slots in one transaction, but the destination's lock table holds {} ({}) and {} are in use: it would be refused; a swap by renaming schemas needs far fewer (after prepare, `status` and `swap --dry-run` give the budget of the mode the swap will use); for an object-level swap set max_locks_per_transaction = {} on the destination before swapping (changing it needs a server restart)",
+                self.needed,
+                self.capacity,
+                self.capacity_formula(),
+                self.in_use,
+                self.setting_that_fits
+            )
+        })
+    }
+
+    /// A warning for a prepare whose swap would be refused, or None.
     pub fn warning(&self) -> Option<String> {
         (!self.fits).then(|| {
             format!(
@@ -565,6 +581,7 @@ mod tests {
         assert!(line.contains("7808"), "{line}");
         assert!(!line.contains('\n'));
         assert!(b.warning().unwrap().contains("= 128"));
+        assert!(b.plan_warning().unwrap().contains("= 128"));
     }
 
     #[test]

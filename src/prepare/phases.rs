@@ -260,8 +260,11 @@ impl Checked {
         self.swap_lock_budget = budget_or_warn(
             plan_budget(dest, src, &settings.schemas, &settings.preserved_tables).await,
         );
-        self.warnings
-            .extend(self.swap_lock_budget.as_ref().and_then(Budget::warning));
+        self.warnings.extend(
+            self.swap_lock_budget
+                .as_ref()
+                .and_then(Budget::plan_warning),
+        );
         self
     }
 }
