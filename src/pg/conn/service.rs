@@ -57,7 +57,7 @@ pub struct Service {
 /// Why a service could not be used.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ServiceError {
-    #[error("definition of service \"{name}\" not found (looked in {})", describe(.searched))]
+    #[error("definition of service \"{name}\" not found ({})", describe(.searched))]
     NotFound {
         name: String,
         searched: Vec<PathBuf>,
@@ -92,7 +92,10 @@ fn describe(searched: &[PathBuf]) -> String {
     if searched.is_empty() {
         return "no service file exists".to_string();
     }
-    searched.iter().map(|p| p.display().to_string()).join(", ")
+    format!(
+        "looked in {}",
+        searched.iter().map(|p| p.display().to_string()).join(", ")
+    )
 }
 
 /// Find service `name`. `env` answers `PGSERVICEFILE` and `PGSYSCONFDIR`; `home` is
@@ -326,6 +329,15 @@ mod tests {
                 user.display(),
                 sys.path().join("pg_service.conf").display()
             )
+        );
+        // No service file anywhere: said so, in words.
+        let e = ServiceError::NotFound {
+            name: "nope".into(),
+            searched: Vec::new(),
+        };
+        assert_eq!(
+            e.to_string(),
+            "definition of service \"nope\" not found (no service file exists)"
         );
         // A broken line in the service's section is reported with file and line.
         write(home.path(), ".pg_service.conf", "[both]\nhost\n");
