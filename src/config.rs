@@ -550,6 +550,9 @@ pub fn resolve(
     }
 
     let verbosity = (global.verbose as i8).saturating_sub(global.quiet as i8);
+    // What reading the connections' password files had to say (logging has
+    // not started yet).
+    warnings.extend(crate::pg::conn::connspec::take_early_warnings());
     Ok(Settings {
         json: switch(global.json, "PGSHIFT_JSON", f.json),
         verbosity,

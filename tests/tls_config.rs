@@ -223,4 +223,28 @@ json = true
     assert_eq!(out.status.code(), Some(2), "{}", stderr_of(&out));
     assert!(stderr_of(&out).contains("nope"), "{}", stderr_of(&out));
     assert!(out.stdout.is_empty());
+
+    // A password file others may read is ignored, as libpq ignores it, and
+    // said so (it is read while the configuration is resolved, before
+    // logging starts).
+    let passfile = wd.join("world.pgpass");
+    std::fs::write(&passfile, "*:*:*:*:unused\n").unwrap();
+    std::fs::set_permissions(
+        &passfile,
+        std::os::unix::fs::PermissionsExt::from_mode(0o644),
+    )
+    .unwrap();
+    let (_, at) = good.rsplit_once('@').unwrap();
+    let no_password = format!("postgresql://{}@{at}", dbs.dst.user());
+    let out = wd.run_env(
+        &["list", "--dest", &no_password],
+        &[("PGPASSFILE", passfile.to_str().unwrap())],
+    );
+    assert!(
+        stderr_of(&out).contains(
+            "has group or world access; permissions should be u=rw (0600) or less; ignoring it"
+        ),
+        "{}",
+        stderr_of(&out)
+    );
 }

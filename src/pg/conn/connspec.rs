@@ -1572,6 +1572,31 @@ fn pgpass_host(e: &Endpoint) -> String {
     }
 }
 
+/// Warnings of password-file lookups made before logging starts (the
+/// configuration, with its connection strings, is resolved first): the
+/// configuration hands them on with its own warnings
+/// ([`take_early_warnings`]).
+static EARLY_WARNINGS: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+
+/// Log `msg` now, or keep it for when logging has started.
+fn warn_now_or_later(msg: String) {
+    if tracing::dispatcher::has_been_set() {
+        tracing::warn!("{msg}");
+    } else if let Ok(mut w) = EARLY_WARNINGS.lock()
+        && !w.contains(&msg)
+    {
+        w.push(msg);
+    }
+}
+
+/// The warnings kept by [`warn_now_or_later`] so far (each once).
+pub fn take_early_warnings() -> Vec<String> {
+    EARLY_WARNINGS
+        .lock()
+        .map(|mut w| std::mem::take(&mut *w))
+        .unwrap_or_default()
+}
+
 /// Look a password up in a libpq password file. The file is ignored (with a warning)
 /// when it is not a plain file or is readable by group or others, like libpq does.
 pub fn lookup_pgpass(
@@ -1584,17 +1609,17 @@ pub fn lookup_pgpass(
     use std::os::unix::fs::PermissionsExt;
     let meta = std::fs::metadata(path).ok()?;
     if !meta.is_file() {
-        tracing::warn!(
+        warn_now_or_later(format!(
             "password file \"{}\" is not a plain file; ignoring it",
             path.display()
-        );
+        ));
         return None;
     }
     if meta.permissions().mode() & 0o077 != 0 {
-        tracing::warn!(
+        warn_now_or_later(format!(
             "password file \"{}\" has group or world access; permissions should be u=rw (0600) or less; ignoring it",
             path.display()
-        );
+        ));
         return None;
     }
     let contents = std::fs::read_to_string(path).ok()?;
