@@ -344,15 +344,13 @@ pub async fn report(
         Some(p) if d.state == State::Prepared => Some(p),
         _ => swap_verdict(client, &d).await?,
     };
-    // A shadow whose structure changed since prepare (one catalog query; its
-    // row counts are the swap's and its dry run's to check).
-    if blocked.is_none()
-        && let (State::Prepared, Some(m)) = (d.state, d.swappable())
-    {
-        blocked = crate::swap::cutover::shadow_changed(client, m, true).await?;
-    }
     let mut swap_lock_budget = None;
     if let (State::Prepared, Some(m)) = (d.state, d.swappable()) {
+        // A shadow whose structure changed since prepare (one catalog query;
+        // its row counts are the swap's and its dry run's to check).
+        if blocked.is_none() {
+            blocked = cutover::shadow_changed(client, m, true).await?;
+        }
         let policy = Policy {
             mode: opts.swap_mode,
             ..Policy::default()

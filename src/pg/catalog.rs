@@ -114,9 +114,6 @@ pub async fn refuse_unowned_schemas(
     Ok(())
 }
 
-/// Does `schema` hold no object (every object of a schema depends on it in
-/// `pg_depend`), so that `DROP SCHEMA … RESTRICT` succeeds? Asking first keeps
-/// a refused DROP, and its ERROR line, out of the server log.
 /// A digest of what the relations of `schemas` are: their names and kinds,
 /// columns (type, NOT NULL, order), constraints, indexes and triggers, as
 /// PostgreSQL prints them with an empty `search_path` (so every name is
@@ -186,6 +183,9 @@ pub async fn structure_fingerprint(
     }
 }
 
+/// Does `schema` hold no object (every object of a schema depends on it in
+/// `pg_depend`), so that `DROP SCHEMA … RESTRICT` succeeds? Asking first keeps
+/// a refused DROP, and its ERROR line, out of the server log.
 pub async fn schema_is_empty(client: &impl GenericClient, schema: &str) -> Result<bool> {
     Ok(client
         .query_one(

@@ -754,7 +754,6 @@ pub async fn swap(sess: &Session, opts: &SwapOptions) -> Result<SwapReport> {
     })
 }
 
-/// The shadow still holds the rows prepare validated (someone may have touched it).
 /// The shadow schemas of `m` (one per migrated schema).
 fn shadows(m: &MigrationRow) -> Vec<String> {
     m.state
@@ -764,11 +763,12 @@ fn shadows(m: &MigrationRow) -> Vec<String> {
         .collect()
 }
 
-/// Why the shadow is not the one prepare built, if it is not: its structure
-/// (the fingerprint prepare recorded: tables, columns, constraints, indexes,
-/// triggers) and, with `counts`, its rows (the counts prepare recorded; exact
-/// counts of every table, so `status` leaves them out, and does not wait
-/// for a lock to read the structure either: `quick`).
+/// Why the shadow is not the one prepare built (someone may have touched
+/// it), if it is not: its structure (the fingerprint prepare recorded:
+/// tables, columns, constraints, indexes, triggers) and its rows (the counts
+/// prepare recorded). `quick` (`status`, and a swap right after its own
+/// prepare) skips the exact count of every table and gives up on the
+/// structure rather than wait for a lock.
 pub async fn shadow_changed(
     client: &Client,
     m: &MigrationRow,
