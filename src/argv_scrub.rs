@@ -109,27 +109,36 @@ fn plan(args: &[OsString], flags: &[&str]) -> Vec<Edit> {
 /// a shorter password), padded with NULs to the same length.
 fn redact(index: usize, arg: &[u8], skip: usize) -> Option<Edit> {
     let value = std::str::from_utf8(&arg[skip..]).ok()?;
+    let (starred, passwords) = starred(value, |len| len.min(3))?;
+    let mut out = arg[..skip].to_vec();
+    out.extend_from_slice(starred.as_bytes());
+    out.resize(arg.len(), 0);
+    Some(Edit {
+        index,
+        bytes: out,
+        passwords,
+    })
+}
+
+/// `value` with each of its passwords ([`password_spans`]) replaced by
+/// `stars(its length)` stars, and how many there were; None without one.
+fn starred(value: &str, stars: impl Fn(usize) -> usize) -> Option<(String, usize)> {
     let spans = password_spans(value);
     if spans.is_empty() {
         return None;
     }
-    let mut out = arg[..skip].to_vec();
+    let mut out = String::with_capacity(value.len());
     let mut last = 0;
     for span in &spans {
         if span.start < last {
             continue;
         }
-        out.extend_from_slice(&value.as_bytes()[last..span.start]);
-        out.extend(std::iter::repeat_n(b'*', span.len().min(3)));
+        out.push_str(&value[last..span.start]);
+        out.push_str(&"*".repeat(stars(span.len())));
         last = span.end;
     }
-    out.extend_from_slice(&value.as_bytes()[last..]);
-    out.resize(arg.len(), 0);
-    Some(Edit {
-        index,
-        bytes: out,
-        passwords: spans.len(),
-    })
+    out.push_str(&value[last..]);
+    Some((out, spans.len()))
 }
 
 /// The passwords of pgshift's own arguments as a message could quote them:
@@ -149,22 +158,9 @@ pub fn secret_arguments(args: &[OsString]) -> Vec<(String, String)> {
             candidates.push(value);
         }
         for c in candidates {
-            let spans = password_spans(c);
-            if spans.is_empty() {
-                continue;
+            if let Some((red, _)) = starred(c, |_| 3) {
+                out.push((c.to_string(), red));
             }
-            let mut red = String::new();
-            let mut last = 0;
-            for span in &spans {
-                if span.start < last {
-                    continue;
-                }
-                red.push_str(&c[last..span.start]);
-                red.push_str("***");
-                last = span.end;
-            }
-            red.push_str(&c[last..]);
-            out.push((c.to_string(), red));
         }
     }
     out.sort_by_key(|(c, _)| std::cmp::Reverse(c.len()));
