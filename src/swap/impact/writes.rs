@@ -872,11 +872,17 @@ pub fn gate_keeping(
         && unknown.iter().all(|u| {
             u.reason == Unknown::NoBaseline.reason() || u.reason == Unknown::NoLiveBaseline.reason()
         });
-    let keep = match op {
-        Operation::Swap if only_unrecorded => {
-            "Prepare again (this version records the counters; preserve the tables the application writes with --preserved-tables)".to_string()
-        }
-        Operation::Swap => format!("Prepare again with {these} in --preserved-tables"),
+    // The advice, then how the way out by discarding follows it ("Pass"
+    // alone when no table can be kept).
+    let (keep, pass) = match op {
+        Operation::Swap if only_unrecorded => (
+            "Prepare again (this version records the counters; preserve the tables the application writes with --preserved-tables)".to_string(),
+            ", or pass",
+        ),
+        Operation::Swap => (
+            format!("Prepare again with {these} in --preserved-tables"),
+            ", or pass",
+        ),
         Operation::Rollback => {
             let (cannot, can): (Vec<&str>, Vec<&str>) =
                 names.iter().partition(|n| unkeepable.contains_key(**n));
@@ -884,24 +890,20 @@ pub fn gate_keeping(
                 .iter()
                 .map(|n| format!("{n} cannot be kept ({})", unkeepable[*n]))
                 .collect();
-            if !can.is_empty() {
+            if can.is_empty() {
+                (advice.join(". "), ". Pass")
+            } else {
                 advice.push(format!(
                     "Keep {} with --keep-tables {}",
                     these_of(&can),
                     list_of(&can)
                 ));
+                (advice.join(". "), ", or pass")
             }
-            advice.join(". ")
         }
     };
-    // No table can be kept: the way out is to discard.
-    let pass = if op == Operation::Rollback && names.iter().all(|n| unkeepable.contains_key(*n)) {
-        format!("{keep}. Pass")
-    } else {
-        format!("{keep}, or pass")
-    };
     Err(format!(
-        "{}; nothing was changed. {pass} --allow-discard {list} (or --allow-discard all) {}",
+        "{}; nothing was changed. {keep}{pass} --allow-discard {list} (or --allow-discard all) {}",
         parts.join("; "),
         op.anyway(),
     ))
