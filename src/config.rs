@@ -405,26 +405,36 @@ pub fn resolve(
     let mut warnings = Vec::new();
 
     let cpus = num_cpus::get().max(1);
-    let mut jobs = global.jobs.or(f.jobs).unwrap_or_else(|| cpus.min(8));
+    // Messages name the setting as it was given: the flag (or its variable),
+    // else the config file's key.
+    let (mut jobs, jobs_name) = match (global.jobs, f.jobs) {
+        (Some(n), _) => (n, "--jobs"),
+        (None, Some(n)) => (n, "jobs"),
+        (None, None) => (cpus.min(8), "--jobs"),
+    };
     if jobs == 0 {
-        crate::refuse!("--jobs must be at least 1");
+        crate::refuse!("{jobs_name} must be at least 1");
     }
     if jobs > cpus {
         warnings.push(format!(
-            "--jobs {jobs} is more than this machine's {cpus} CPUs; using {cpus}"
+            "{jobs_name} {jobs} is more than this machine's {cpus} CPUs; using {cpus}"
         ));
         jobs = cpus;
     }
-    let max_connections = global.max_connections.or(f.max_connections).unwrap_or(20);
+    let (max_connections, max_name) = match (global.max_connections, f.max_connections) {
+        (Some(n), _) => (n, "--max-connections"),
+        (None, Some(n)) => (n, "max_connections"),
+        (None, None) => (20, "--max-connections"),
+    };
     if max_connections < 3 {
         crate::refuse!(
-            "--max-connections must be at least 3 (a lock session, a control session and one worker)"
+            "{max_name} must be at least 3 (a lock session, a control session and one worker)"
         );
     }
     if jobs + 2 > max_connections {
         let capped = max_connections - 2;
         warnings.push(format!(
-            "--jobs {jobs} does not fit in --max-connections {max_connections}; using {capped} jobs"
+            "{jobs_name} {jobs} does not fit in {max_name} {max_connections}; using {capped} jobs"
         ));
         jobs = capped;
     }
@@ -743,6 +753,15 @@ mod tests {
         assert_eq!(s.jobs, num_cpus::get().min(18));
         assert!(!s.warnings.is_empty());
         assert!(settings(&["pgshift", "--jobs", "0", "list"], "").is_err());
+        // A file's value is named by its key, as the file spells it.
+        let err = settings(&["pgshift", "list"], "jobs = 0\n").unwrap_err();
+        assert_eq!(err.to_string(), "jobs must be at least 1");
+        let err = settings(&["pgshift", "list"], "max_connections = 2\n").unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("max_connections must be at least 3"),
+            "{err}"
+        );
     }
 
     #[test]
