@@ -340,6 +340,59 @@ pub fn split_entries(sql: &str) -> Result<Vec<Entry>> {
     split_entries_chunked(sql, CHUNK_BYTES)
 }
 
+/// The preamble without the `SET name …` statements of settings the destination
+/// does not have (`known` says which it has), and the names of those it removed.
+/// pg_dump 17+ writes `SET transaction_timeout = 0;`, which PostgreSQL 16 and
+/// older reject with "unrecognized configuration parameter"; a setting the
+/// server lacks has nothing to turn off. Statements are found by PostgreSQL's
+/// scanner and parser; anything but a plain `SET` of an unknown built-in name
+/// (one without a `.`) stays exactly as written.
+pub fn drop_unknown_settings(
+    preamble: &str,
+    known: impl Fn(&str) -> bool,
+) -> Result<(String, Vec<String>)> {
+    use pg_query::NodeEnum;
+    let stmts = pg_query::split_with_scanner(preamble).map_err(|e| anyhow!("{e}"))?;
+    let mut dropped = Vec::new();
+    let mut out = String::with_capacity(preamble.len());
+    let mut rest = preamble;
+    for stmt in stmts {
+        let unknown = pg_query::parse(stmt, 0)
+            .ok()
+            .and_then(|p| {
+                let raw = p
+                    .protobuf
+                    .stmts
+                    .first()?
+                    .stmt
+                    .as_ref()?
+                    .node
+                    .as_ref()?
+                    .clone();
+                match raw {
+                    NodeEnum::VariableSetStmt(v) => Some(v.name),
+                    _ => None,
+                }
+            })
+            .filter(|name| !name.contains('.') && !known(name));
+        // Statements are slices of `preamble`, in order: everything between
+        // them (comments, blank lines) stays.
+        let at = stmt.as_ptr() as usize - rest.as_ptr() as usize;
+        let Some(name) = unknown else {
+            out.push_str(&rest[..at + stmt.len()]);
+            rest = &rest[at + stmt.len()..];
+            continue;
+        };
+        out.push_str(&rest[..at]);
+        rest = &rest[at + stmt.len()..];
+        // The statement's own `;` goes with it.
+        rest = rest.strip_prefix(';').unwrap_or(rest);
+        dropped.push(name);
+    }
+    out.push_str(rest);
+    Ok((out, dropped))
+}
+
 /// Rewrite references to objects of schema `from` that are in `defined` so they point at
 /// schema `to` (see the module documentation for the exact rules).
 pub fn remap(sql: &str, from: &str, to: &str, defined: &DefinedNames) -> Result<String> {
@@ -1884,6 +1937,22 @@ ALTER TABLE ONLY public.users ALTER COLUMN id SET DEFAULT nextval('public.users_
         );
         assert_eq!(users.label(), "TABLE public.users");
         assert!(entries.last().unwrap().sql.contains("dump complete"));
+    }
+
+    #[test]
+    fn settings_the_destination_lacks_are_dropped_from_the_preamble() {
+        let preamble = "-- Dumped by pg_dump version 18.6\n\nSET statement_timeout = 0;\nSET transaction_timeout = 0;\nSET client_encoding = 'UTF8';\nSELECT pg_catalog.set_config('search_path', '', false);\nSET my.thing TO 'x';\n\n";
+        let known = |n: &str| n != "transaction_timeout" && n != "my.thing";
+        let (out, dropped) = drop_unknown_settings(preamble, known).unwrap();
+        assert_eq!(dropped, vec!["transaction_timeout".to_string()]);
+        assert_eq!(
+            out,
+            "-- Dumped by pg_dump version 18.6\n\nSET statement_timeout = 0;\nSET client_encoding = 'UTF8';\nSELECT pg_catalog.set_config('search_path', '', false);\nSET my.thing TO 'x';\n\n"
+        );
+        // A destination that has them all: the text comes back unchanged.
+        let (same, none) = drop_unknown_settings(preamble, |_| true).unwrap();
+        assert_eq!(same, preamble);
+        assert!(none.is_empty());
     }
 
     #[test]

@@ -32,6 +32,7 @@ use crate::pg::batch;
 use crate::pg::catalog::{self, SequenceInfo, TableInfo};
 use crate::pg::conn::connect::{connect, describe_pg_error};
 use crate::pg::conn::connspec::ConnSpec;
+use crate::pg::exec::pg_error_as;
 use crate::pg::ident::{TableName, qualified, quote_ident, quote_literal};
 use crate::pg::locks_budget::{self, Budget};
 use crate::pg::meta::{self, PUBLIC, SHADOW_SCHEMA, SchemaPair};
@@ -845,7 +846,29 @@ async fn restore_section(run: &Run<'_>, section: &str) -> Result<Vec<Entry>> {
         .with_context(|| format!("rendering the {section} section"))?;
     let text = String::from_utf8(out.stdout).context("pg_restore output is not UTF-8")?;
     let text = sql::strip_meta_commands(&text)?;
-    sql::split_entries(&text)
+    let mut entries = sql::split_entries(&text)?;
+    // A newer pg_dump's session settings an older destination lacks
+    // (`transaction_timeout`, pg_dump 17+) are left out, not failed on.
+    if let Some(preamble) = entries.first_mut().filter(|e| e.header.is_none()) {
+        let client = run.dest_client().await?;
+        let known: HashSet<String> = client
+            .query("SELECT name FROM pg_catalog.pg_settings", &[])
+            .await
+            .map_err(|e| pg_error_as(e, "listing the destination's settings"))?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        let (sql, dropped) = sql::drop_unknown_settings(&preamble.sql, |n| known.contains(n))?;
+        if !dropped.is_empty() {
+            tracing::debug!(
+                ?dropped,
+                section,
+                "session settings the destination lacks left out"
+            );
+        }
+        preamble.sql = sql;
+    }
+    Ok(entries)
 }
 
 /// Entries that must not land in shadow.
