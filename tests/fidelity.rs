@@ -448,3 +448,95 @@ fn grants_changed_after_prepare_hold_after_the_swap() {
         );
     }
 }
+
+/// A table that cannot travel in binary (an enum array makes one) travels as
+/// text, which each server writes and reads under its own settings unless
+/// pgshift fixes them: a source database set to `DateStyle = 'SQL, DMY'`,
+/// `IntervalStyle = sql_standard` and `extra_float_digits = 0`, read by a
+/// destination set to `MDY`, turned December 5th into May 12th, `-1 days
+/// -02:00` into `-1 days +02:00` and 0.30000000000000004 into 0.3. And `reg*`
+/// values travelled in binary as OIDs, which name another object (or none)
+/// on the destination: they now travel as names, and name the migrated
+/// objects after the swap.
+#[test]
+fn text_copies_ignore_the_servers_own_settings_and_reg_values_travel_as_names() {
+    let dbs = TestDbs::new("text_io");
+    let set = |db: &TestDb, settings: &[(&str, &str)]| {
+        for (k, v) in settings {
+            db.psql(&format!(
+                "DO $$ BEGIN EXECUTE format('ALTER DATABASE %I SET {k} = %L', current_database(), '{v}'); END $$;"
+            ));
+        }
+    };
+    set(
+        &dbs.src,
+        &[
+            ("datestyle", "SQL, DMY"),
+            ("intervalstyle", "sql_standard"),
+            ("extra_float_digits", "0"),
+            ("timezone", "Asia/Kolkata"),
+        ],
+    );
+    set(
+        &dbs.dst,
+        &[("datestyle", "SQL, MDY"), ("timezone", "America/New_York")],
+    );
+    dbs.src.psql(
+        "CREATE TYPE mood AS ENUM ('sad', 'happy');
+         CREATE TEXT SEARCH CONFIGURATION my_cfg (COPY = pg_catalog.english);
+         CREATE TABLE t_txt (id int PRIMARY KEY, tags mood[], d date, ts timestamp,
+                             tz timestamptz, iv interval, f float8, m money);
+         INSERT INTO t_txt VALUES (1, '{sad,happy}', '2020-12-05', '2020-12-05 10:00',
+                                   '2020-12-05 10:00:00+00', '-1 days -2 hours', 0.1::float8 + 0.2, 1234.56);
+         CREATE TABLE docs (id int PRIMARY KEY, cfg regconfig, tbl regclass, typ regtype, cfgs regconfig[]);
+         INSERT INTO docs VALUES (1, 'english', 'docs', 'mood', '{simple,my_cfg}'),
+                                 (2, 'my_cfg', 't_txt', 'int4', NULL);",
+    );
+    // The destination has its own docs: a regclass OID copied as is would
+    // name its table, which the swap puts in the backup.
+    dbs.dst
+        .psql("CREATE TABLE docs (id int PRIMARY KEY); CREATE TABLE filler (x int);");
+    let wd = Workdir::new();
+    assert_success(&wd.run(&[
+        "start",
+        "--source",
+        &dbs.src.url(),
+        "--dest",
+        &dbs.dst.url(),
+    ]));
+    let fixed = "SET datestyle = 'ISO, YMD'; SET intervalstyle = 'postgres'; SET extra_float_digits = 3; SET timezone = 'UTC'; SET lc_monetary = 'C';";
+    let rows = |db: &TestDb| {
+        db.psql(&format!(
+            "{fixed} SELECT concat_ws(' | ', tags, d, ts, tz, iv, f, m) FROM t_txt"
+        ))
+    };
+    assert_eq!(
+        rows(&dbs.dst),
+        "{sad,happy} | 2020-12-05 | 2020-12-05 10:00:00 | 2020-12-05 10:00:00+00 | -1 days -02:00:00 | 0.30000000000000004 | $1,234.56"
+    );
+    assert_eq!(rows(&dbs.dst), rows(&dbs.src));
+    let names =
+        "SELECT string_agg(concat_ws(' ', cfg, tbl, typ, cfgs), '; ' ORDER BY id) FROM docs";
+    assert_eq!(
+        dbs.dst.psql(names),
+        "english docs mood {simple,my_cfg}; my_cfg t_txt integer"
+    );
+    // They name the new public's objects, not the backup's.
+    assert_eq!(
+        dbs.dst.psql(
+            "SELECT count(*) FROM docs WHERE tbl::oid IN ('public.docs'::regclass::oid, 'public.t_txt'::regclass::oid)
+                AND typ::oid IN ('public.mood'::regtype::oid, 'int4'::regtype::oid)"
+        ),
+        "2"
+    );
+    assert_eq!(
+        dbs.dst
+            .psql("SELECT (cfg = 'public.my_cfg'::regconfig)::text FROM docs WHERE id = 2"),
+        "true"
+    );
+    assert_eq!(
+        dbs.dst
+            .psql("SELECT to_tsvector(cfg, 'running dogs')::text FROM docs WHERE id = 1"),
+        "'dog':2 'run':1"
+    );
+}

@@ -247,9 +247,15 @@ pub async fn tables(client: &impl GenericClient, schema: &str) -> Result<Vec<Tab
                          UNION ALL
                          SELECT t.typbasetype, b.depth + 1 FROM base b JOIN pg_catalog.pg_type t ON t.oid = b.oid
                           WHERE t.typtype = 'd' AND b.depth < 10)
-                     SELECT bt.oid < 16384
-                            OR (bt.typtype IN ('b', 'e') AND bt.typreceive <> 0 AND bt.typsend <> 0
-                                AND bt.typreceive::regproc::text NOT IN ('array_recv', 'record_recv'))
+                     SELECT (bt.oid < 16384
+                             OR (bt.typtype IN ('b', 'e') AND bt.typreceive <> 0 AND bt.typsend <> 0
+                                 AND bt.typreceive::regproc::text NOT IN ('array_recv', 'record_recv')))
+                            -- reg* types (and arrays of them) send the OID itself, which names
+                            -- another object, or none, on another server: text sends the name
+                            AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_type rt
+                                             WHERE rt.oid IN (bt.oid, bt.typelem)
+                                               AND rt.typnamespace = 'pg_catalog'::regnamespace
+                                               AND rt.typname::text LIKE 'reg%')
                        FROM base JOIN pg_catalog.pg_type bt ON bt.oid = base.oid
                       ORDER BY base.depth DESC LIMIT 1)
                FROM pg_catalog.pg_attribute a

@@ -7,7 +7,14 @@
 //!   FREEZE (rows are written frozen: no later anti-wraparound rewrite, and with
 //!   `wal_level = minimal` no WAL).
 //! - Binary format where every column type round-trips between two databases;
-//!   text otherwise.
+//!   text otherwise. Text is written and read under fixed settings on both
+//!   ends ([`TextIo`]): the servers' own `DateStyle`, `IntervalStyle`,
+//!   `extra_float_digits`, `TimeZone` or `lc_monetary` (set per database or
+//!   role) would otherwise turn `05/12/2020` into May 12th, `-1 days -02:00`
+//!   into `-1 days +02:00`, and cut floats short. `reg*` values
+//!   (`regclass`, `regconfig`, …) are names in text, never OIDs, and resolve
+//!   against the migrated schemas on the source and their shadows on the
+//!   destination.
 //! - Rows are counted in the stream and compared with what COPY stored.
 //! - Largest tables first over `--jobs` workers.
 
@@ -87,6 +94,47 @@ pub struct DataPlan<'a> {
     pub connect_timeout: Duration,
     pub cancel: &'a CancellationToken,
     pub progress: &'a Progress,
+    pub text_io: &'a TextIo,
+}
+
+/// Session settings under which text-format COPY writes on the source and
+/// reads on the destination the same values (pg_dump's own choices), whatever
+/// either server's defaults.
+const TEXT_SETTINGS: &str = "datestyle = 'ISO, YMD'; SET {local} intervalstyle = 'postgres'; SET {local} extra_float_digits = 3; SET {local} timezone = 'UTC'; SET {local} lc_monetary = 'C'; SET {local} bytea_output = 'hex'";
+
+/// The settings of text-format COPY on each end (see the module doc).
+#[derive(Debug, Clone)]
+pub struct TextIo {
+    /// For the source session, once.
+    pub source: String,
+    /// For the destination, inside each text copy's transaction (`SET LOCAL`:
+    /// the session's index builds keep their own settings).
+    pub dest: String,
+}
+
+impl TextIo {
+    /// `pairs`: each migrated schema and its shadow, public's first. A
+    /// `reg*` value naming an object of a migrated schema is written
+    /// unqualified on the source (its schema is on the path) and read on the
+    /// destination against the shadows, in the same order; other schemas'
+    /// objects are written qualified.
+    pub fn new(pairs: &[(&str, &str)]) -> TextIo {
+        let path = |names: Vec<&str>| names.into_iter().map(quote_ident).join(", ");
+        let settings =
+            |local: &str| format!("SET {local} {}", TEXT_SETTINGS.replace("{local}", local));
+        TextIo {
+            source: format!(
+                "{}; SET search_path = {}",
+                settings(""),
+                path(pairs.iter().map(|p| p.0).collect())
+            ),
+            dest: format!(
+                "{}; SET LOCAL search_path = {}",
+                settings("LOCAL"),
+                path(pairs.iter().map(|p| p.1).collect())
+            ),
+        }
+    }
 }
 
 /// Open a source session that reads in the exported snapshot.
@@ -328,6 +376,9 @@ async fn worker(
     failed: CancellationToken,
 ) -> Result<()> {
     let src = source_in_snapshot(plan.source, plan.snapshot, plan.connect_timeout).await?;
+    src.batch_execute(&plan.text_io.source)
+        .await
+        .map_err(|e| anyhow::anyhow!("setting up a source session: {}", describe_pg_error(&e)))?;
     // Each COPY locks its table until the transaction ends; rolling back to
     // this savepoint after each table releases that lock (the snapshot stays),
     // so a worker never holds more than one table's lock on the source.
@@ -488,8 +539,18 @@ async fn copy_table(
     // costs a few milliseconds (new files, fsyncs), more than freezing saves on
     // a small table.
     let freeze = job.bytes >= FREEZE_MIN_BYTES;
-    if freeze {
-        dst.batch_execute(&format!("BEGIN; TRUNCATE ONLY {target}"))
+    // A text copy sets its settings for its own transaction.
+    let in_txn = freeze || !job.binary;
+    if in_txn {
+        let mut begin = String::from("BEGIN");
+        if freeze {
+            begin.push_str(&format!("; TRUNCATE ONLY {target}"));
+        }
+        if !job.binary {
+            begin.push_str("; ");
+            begin.push_str(&plan.text_io.dest);
+        }
+        dst.batch_execute(&begin)
             .await
             .map_err(|e| anyhow::anyhow!("{}: {}", what(), describe_pg_error(&e)))?;
     }
@@ -548,7 +609,7 @@ async fn copy_table(
         .finish()
         .map_err(|e| anyhow::anyhow!("{}: {e}", what()))?;
     if sent != stored {
-        if freeze {
+        if in_txn {
             let _ = dst.batch_execute("ROLLBACK").await;
         }
         bail!(
@@ -556,7 +617,7 @@ async fn copy_table(
             what()
         );
     }
-    if freeze {
+    if in_txn {
         dst.batch_execute("COMMIT")
             .await
             .map_err(|e| anyhow::anyhow!("{}: {}", what(), describe_pg_error(&e)))?;

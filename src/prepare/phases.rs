@@ -1024,6 +1024,12 @@ async fn load(run: &mut Run<'_>) -> Result<Vec<Loaded>> {
         index_session: run.post.preamble.clone(),
     };
     let snapshot = run.snapshot.clone().context("no snapshot")?;
+    let pairs: Vec<(&str, &str)> = run
+        .pairs
+        .iter()
+        .map(|p| (p.live.as_str(), p.shadow.as_str()))
+        .collect();
+    let text_io = data::TextIo::new(&pairs);
     let plan = DataPlan {
         source: &run.source,
         dest: &run.sess.dest,
@@ -1033,6 +1039,7 @@ async fn load(run: &mut Run<'_>) -> Result<Vec<Loaded>> {
         connect_timeout: run.sess.run.connect_timeout,
         cancel: &run.sess.run.cancel,
         progress: run.progress,
+        text_io: &text_io,
     };
     data::load_all(&plan, work).await
 }
