@@ -457,7 +457,8 @@ fn grants_changed_after_prepare_hold_after_the_swap() {
 /// -02:00` into `-1 days +02:00` and 0.30000000000000004 into 0.3. And `reg*`
 /// values travelled in binary as OIDs, which name another object (or none)
 /// on the destination: they now travel as names, and name the migrated
-/// objects after the swap.
+/// objects after the swap. `--verify checksums` agrees (a `reg*` value's text
+/// is taken with the migration's schemas on the path, on each side).
 #[test]
 fn text_copies_ignore_the_servers_own_settings_and_reg_values_travel_as_names() {
     let dbs = TestDbs::new("text_io");
@@ -499,6 +500,8 @@ fn text_copies_ignore_the_servers_own_settings_and_reg_values_travel_as_names() 
     let wd = Workdir::new();
     assert_success(&wd.run(&[
         "start",
+        "--verify",
+        "checksums",
         "--source",
         &dbs.src.url(),
         "--dest",

@@ -230,7 +230,10 @@ async fn check_schema(
                     );
                 }
                 if let Some(want) = &t.checksum {
-                    let got = crate::prepare::phases::checksum(client, schema, &t.name).await?;
+                    let maps = b.manifest.schema_maps();
+                    let path: Vec<&str> = maps.iter().map(|m| m.backup.as_str()).collect();
+                    let got =
+                        crate::prepare::phases::checksum(client, &path, schema, &t.name).await?;
                     if &got != want {
                         let message = format!(
                             "table {name}: content checksum {got}, the manifest recorded {want}"

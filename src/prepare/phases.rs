@@ -1268,12 +1268,20 @@ async fn validate(run: &mut Run<'_>) -> Result<Vec<TableRecord>> {
     }
     if settings.verify == Verify::Checksums {
         let src = run.snap_client.as_ref().context("no snapshot session")?;
+        let lives: Vec<&str> = run.pairs.iter().map(|p| p.live.as_str()).collect();
+        let shadows: Vec<&str> = run.pairs.iter().map(|p| p.shadow.as_str()).collect();
         for r in records
             .iter_mut()
             .filter(|r| !r.preserved && !r.data_excluded)
         {
-            let a = batch::released(src, checksum(src, &r.schema, &r.name)).await?;
-            let b = checksum(&run.sess.control, run.shadow_of(&r.schema), &r.name).await?;
+            let a = batch::released(src, checksum(src, &lives, &r.schema, &r.name)).await?;
+            let b = checksum(
+                &run.sess.control,
+                &shadows,
+                run.shadow_of(&r.schema),
+                &r.name,
+            )
+            .await?;
             if a != b {
                 mismatches.push(format!(
                     "table {}: content checksum differs (source {a}, shadow {b})",
@@ -1301,11 +1309,37 @@ async fn validate(run: &mut Run<'_>) -> Result<Vec<TableRecord>> {
 
 /// An order-independent content checksum: row count and the sum of each row's
 /// md5 (first 64 bits), with session settings that make text output identical.
-pub async fn checksum(client: &Client, schema: &str, table: &str) -> Result<String> {
+/// `path`: the schemas of the migration as they are named where the table is
+/// (the source's, the shadows, a backup's), public's first: a `reg*` value
+/// naming one of their objects is written unqualified, so the same row has the
+/// same text in the source, the shadow and the backups.
+pub async fn checksum(client: &Client, path: &[&str], schema: &str, table: &str) -> Result<String> {
+    // The session's own search_path comes back afterwards.
+    let was: String = client
+        .query_one("SELECT pg_catalog.current_setting('search_path')", &[])
+        .await?
+        .get(0);
+    let sum = checksum_with_path(client, path, schema, table).await;
     client
-        .batch_execute(
-            "SET datestyle = 'ISO, YMD'; SET timezone = 'UTC'; SET extra_float_digits = 3; SET bytea_output = 'hex'; SET intervalstyle = 'postgres'",
+        .execute(
+            "SELECT pg_catalog.set_config('search_path', $1, false)",
+            &[&was],
         )
+        .await?;
+    sum
+}
+
+async fn checksum_with_path(
+    client: &Client,
+    path: &[&str],
+    schema: &str,
+    table: &str,
+) -> Result<String> {
+    client
+        .batch_execute(&format!(
+            "SET datestyle = 'ISO, YMD'; SET timezone = 'UTC'; SET extra_float_digits = 3; SET bytea_output = 'hex'; SET intervalstyle = 'postgres'; SET lc_monetary = 'C'; SET search_path = {}",
+            path.iter().map(|s| quote_ident(s)).collect::<Vec<_>>().join(", ")
+        ))
         .await?;
     let rel = qualified(schema, table);
     let row = client
