@@ -393,6 +393,70 @@ fn new_objects_keep_the_sources_owner_and_grants() {
     );
 }
 
+/// The restore creates the shadow's objects as this role, so the
+/// destination's default privileges for this role (`ALTER DEFAULT PRIVILEGES
+/// GRANT SELECT ON TABLES TO ro`, `REVOKE EXECUTE ON FUNCTIONS FROM PUBLIC`,
+/// common on managed servers) landed on them: a new table readable by a role
+/// the source never granted, a new function no longer executable by PUBLIC,
+/// and namesakes with grants the live objects do not have. The grants are now
+/// levelled to the model's (the source's for new objects, the live namesake's
+/// otherwise).
+#[test]
+fn the_destinations_default_privileges_do_not_leak_into_the_shadow() {
+    let dbs = TestDbs::new("default_acl");
+    let ro = format!("ro_defacl_{}", std::process::id());
+    for db in [&dbs.src, &dbs.dst] {
+        db.psql(&format!(
+            "DO $$ BEGIN CREATE ROLE {ro}; EXCEPTION WHEN duplicate_object THEN NULL; END $$;"
+        ));
+    }
+    dbs.src.psql(&format!(
+        "CREATE TABLE secrets (id int PRIMARY KEY, token text);
+         CREATE TABLE shared (id int PRIMARY KEY);
+         GRANT SELECT ON shared TO {ro};
+         CREATE TABLE old_t (id int PRIMARY KEY);
+         CREATE FUNCTION hello() RETURNS int LANGUAGE sql AS 'SELECT 1';"
+    ));
+    dbs.dst.psql(&format!(
+        "CREATE TABLE old_t (id int PRIMARY KEY);
+         GRANT INSERT ON old_t TO {ro};
+         ALTER DEFAULT PRIVILEGES GRANT SELECT ON TABLES TO {ro};
+         ALTER DEFAULT PRIVILEGES GRANT USAGE ON SEQUENCES TO {ro};
+         ALTER DEFAULT PRIVILEGES REVOKE EXECUTE ON FUNCTIONS FROM PUBLIC;"
+    ));
+    let wd = Workdir::new();
+    assert_success(&wd.run(&[
+        "start",
+        "--source",
+        &dbs.src.url(),
+        "--dest",
+        &dbs.dst.url(),
+    ]));
+    let can = |sql: &str| dbs.dst.psql(&format!("SELECT {sql}"));
+    assert_eq!(
+        can(&format!(
+            "has_table_privilege('{ro}', 'public.secrets', 'SELECT')"
+        )),
+        "f"
+    );
+    assert_eq!(
+        can(&format!(
+            "has_table_privilege('{ro}', 'public.shared', 'SELECT')"
+        )),
+        "t"
+    );
+    assert_eq!(
+        can(&format!(
+            "has_table_privilege('{ro}', 'public.old_t', 'SELECT') || ':' || has_table_privilege('{ro}', 'public.old_t', 'INSERT')"
+        )),
+        "false:true"
+    );
+    assert_eq!(
+        can("has_function_privilege('public', 'public.hello()', 'EXECUTE')"),
+        "t"
+    );
+}
+
 /// Owners and grants changed on the live destination between prepare and the
 /// swap hold after the swap (owners, table, column and function privileges,
 /// grant options), in both modes.

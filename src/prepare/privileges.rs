@@ -18,6 +18,12 @@
 //! PUBLIC does not arrive executable by everyone, and a new table keeps the
 //! application roles' access.
 //!
+//! Either way the shadow object's ACL is *levelled* to its model's (GRANT
+//! what is missing, REVOKE what is extra), never only added to: the restore
+//! creates the objects as this role, so the destination's default privileges
+//! for this role are already on them, and would otherwise expose a new table
+//! to a role the source never granted or take EXECUTE from PUBLIC.
+//!
 //! Owners and grants go on changing while a migration waits to be swapped:
 //! just before the swap, [`catch_up`] compares each live object's owner and
 //! grants with its shadow namesake's and levels the difference (owners not
@@ -381,39 +387,31 @@ pub async fn plan(
         }
         let owner = want_owner.unwrap_or_else(|| current.clone());
         let Some(c) = model else { continue };
-        if let Some(acl) = &c.acl {
-            if matches!(
-                o.kind,
-                "FUNCTION" | "PROCEDURE" | "AGGREGATE" | "TYPE" | "DOMAIN"
-            ) && !acl.iter().any(|(g, _, _)| g.is_empty())
-            {
-                // Their default PUBLIC privilege was revoked there; revoke it here too.
-                grants.push(format!(
-                    "REVOKE ALL ON {} {} FROM PUBLIC",
-                    grant_kind(o.kind),
-                    o.sql_name
-                ));
+        // The shadow object's own ACL is not empty when the destination has
+        // default privileges for this role (ALTER DEFAULT PRIVILEGES FOR ROLE
+        // …, applied as the restore created it): levelled to the model's, not
+        // added to, so a default grant never exposes a new table and a
+        // default REVOKE never takes a function's EXECUTE from PUBLIC. The
+        // owner change takes this role's own entries along to the new owner.
+        let mut want = effective(c);
+        want.retain(|(g, _), _| {
+            if g == &owner || g == &c.owner {
+                return false;
             }
-            for (grantee, privilege, grantable) in acl {
-                if grantee == &owner {
-                    continue;
+            if !g.is_empty() && !roles.contains(g) {
+                if !missing_grantees.contains(g) {
+                    missing_grantees.push(g.clone());
                 }
-                if !grantee.is_empty() && !roles.contains(grantee) {
-                    if !missing_grantees.contains(grantee) {
-                        missing_grantees.push(grantee.clone());
-                    }
-                    continue;
-                }
-                grants.push(format!(
-                    "GRANT {privilege} ON {} {} TO {}{}",
-                    grant_kind(o.kind),
-                    o.sql_name,
-                    grantee_sql(grantee),
-                    if *grantable { " WITH GRANT OPTION" } else { "" }
-                ));
-                applied.grants += 1;
+                return false;
             }
-        }
+            true
+        });
+        let mut have = effective(o);
+        have.retain(|(g, _), _| g != &owner);
+        let before = grants.len();
+        let on = |p: &str| format!("{p} ON {} {}", grant_kind(o.kind), o.sql_name);
+        level(on, &want, &have, &mut grants);
+        applied.grants += grants.len() - before;
         for (column, grantee, privilege, grantable) in &c.column_acl {
             if grantee == &owner {
                 continue;
