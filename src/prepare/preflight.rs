@@ -180,21 +180,42 @@ fn named(schema: &str, name: &str) -> String {
     }
 }
 
+/// SQL (a literal, for `concat!`): this role may act as owner `$role` (it
+/// has its privileges: the swap moves its objects) and may give objects to it
+/// (PostgreSQL 16+ asks for the SET option of the membership: prepare makes it
+/// the owner of the shadow's namesakes).
+macro_rules! can_own {
+    ($role:literal) => {
+        concat!(
+            "(pg_catalog.pg_has_role(", $role, ", 'USAGE') AND pg_catalog.pg_has_role(", $role,
+            ", CASE WHEN pg_catalog.current_setting('server_version_num')::int >= 160000 THEN 'SET' ELSE 'MEMBER' END))"
+        )
+    };
+}
+
+/// An owner of destination objects this role cannot act for.
+struct Owner {
+    name: String,
+    superuser: bool,
+    /// A member already (without the privileges or, on 16+, the SET option
+    /// that acting as the owner needs).
+    member: bool,
+}
+
 /// The relations, types and routines of `schemas` whose owner this role is
 /// not a member of (extensions' members aside), named for people (types and
 /// routines say so: `type mood`, `function f(integer)`), and those owners
 /// (whether each is a superuser).
-async fn not_owned(
-    client: &Client,
-    schemas: &[String],
-) -> Result<(Vec<String>, Vec<(String, bool)>)> {
+async fn not_owned(client: &Client, schemas: &[String]) -> Result<(Vec<String>, Vec<Owner>)> {
     let rows = client
         .query(
             concat!(
                 "SELECT n.nspname::text, '', c.relname::text, pg_catalog.pg_get_userbyid(c.relowner)::text
                    FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
                   WHERE n.nspname = ANY($1) AND c.relkind IN ('r', 'p', 'v', 'm', 'S', 'f')
-                    AND NOT pg_catalog.pg_has_role(c.relowner, 'USAGE') AND ",
+                    AND NOT ",
+                can_own!("c.relowner"),
+                " AND ",
                 not_ext_member!("pg_class", "c.oid"),
                 "
                  UNION ALL
@@ -203,7 +224,9 @@ async fn not_owned(
                   WHERE n.nspname = ANY($1) AND t.typtype IN ('b', 'c', 'd', 'e', 'r')
                     AND (t.typrelid = 0 OR (SELECT c.relkind FROM pg_catalog.pg_class c WHERE c.oid = t.typrelid) = 'c')
                     AND NOT (t.typelem <> 0 AND t.typlen = -1)
-                    AND NOT pg_catalog.pg_has_role(t.typowner, 'USAGE') AND ",
+                    AND NOT ",
+                can_own!("t.typowner"),
+                " AND ",
                 not_ext_member!("pg_type", "t.oid"),
                 "
                  UNION ALL
@@ -211,7 +234,9 @@ async fn not_owned(
                         p.proname::text || '(' || pg_catalog.pg_get_function_identity_arguments(p.oid) || ')',
                         pg_catalog.pg_get_userbyid(p.proowner)::text
                    FROM pg_catalog.pg_proc p JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace
-                  WHERE n.nspname = ANY($1) AND NOT pg_catalog.pg_has_role(p.proowner, 'USAGE') AND ",
+                  WHERE n.nspname = ANY($1) AND NOT ",
+                can_own!("p.proowner"),
+                " AND ",
                 not_ext_member!("pg_proc", "p.oid"),
                 "
                   ORDER BY 2, 1, 3"
@@ -238,17 +263,23 @@ async fn not_owned(
         }
     }
     owners.sort();
-    let supers: Vec<String> = crate::pg::exec::column(
-        client,
-        "SELECT rolname::text FROM pg_catalog.pg_roles WHERE rolname = ANY($1) AND rolsuper",
-        &[&owners],
-    )
-    .await?;
+    let flags = client
+        .query(
+            "SELECT rolname::text, rolsuper, pg_catalog.pg_has_role(oid, 'MEMBER')
+               FROM pg_catalog.pg_roles WHERE rolname = ANY($1)",
+            &[&owners],
+        )
+        .await
+        .map_err(|e| crate::pg::exec::pg_error_as(e, "checking the owners on the destination"))?;
     let owners = owners
         .into_iter()
         .map(|o| {
-            let sup = supers.contains(&o);
-            (o, sup)
+            let row = flags.iter().find(|r| r.get::<_, String>(0) == o);
+            Owner {
+                superuser: row.is_some_and(|r| r.get(1)),
+                member: row.is_some_and(|r| r.get(2)),
+                name: o,
+            }
         })
         .collect();
     Ok((names, owners))
@@ -301,11 +332,30 @@ pub async fn check_dest(dst: &Client, schemas: &[String]) -> Result<Vec<String>>
             };
             // Membership in a superuser would make this role one: those
             // objects need another owner instead.
-            let (supers, others): (Vec<_>, Vec<_>) = owners.iter().partition(|o| o.1);
-            let names = |v: &[&(String, bool)]| v.iter().map(|o| display_ident(&o.0)).join(", ");
+            let (supers, others): (Vec<_>, Vec<_>) = owners.iter().partition(|o| o.superuser);
+            let names = |v: &[&Owner]| v.iter().map(|o| display_ident(&o.name)).join(", ");
             let mut fix = Vec::new();
             if !others.is_empty() {
-                fix.push(format!("grant {} to {user}", names(&others)));
+                // PostgreSQL 16+ grants a membership with options, and a
+                // plain GRANT of an existing one changes nothing.
+                if catalog::server_major(dst).await? >= 16 {
+                    fix.push(format!(
+                        "grant {} to {user} with inherit true, set true",
+                        names(&others)
+                    ));
+                } else {
+                    let (members, strangers): (Vec<&Owner>, Vec<&Owner>) =
+                        others.iter().partition(|o| o.member);
+                    if !strangers.is_empty() {
+                        fix.push(format!("grant {} to {user}", names(&strangers)));
+                    }
+                    if !members.is_empty() {
+                        fix.push(format!(
+                            "alter role {user} inherit ({user} is a member of {} but does not inherit its privileges)",
+                            names(&members)
+                        ));
+                    }
+                }
             }
             if !supers.is_empty() {
                 fix.push(format!(

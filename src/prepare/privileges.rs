@@ -258,7 +258,7 @@ async fn roles(client: &Client) -> Result<(HashSet<String>, HashSet<String>)> {
     let mut assignable = HashSet::new();
     for r in client
         .query(
-            "SELECT rolname::text, pg_catalog.pg_has_role(oid, 'MEMBER') FROM pg_catalog.pg_roles",
+            "SELECT rolname::text, pg_catalog.pg_has_role(oid, CASE WHEN pg_catalog.current_setting('server_version_num')::int >= 160000 THEN 'SET' ELSE 'MEMBER' END) FROM pg_catalog.pg_roles",
             &[],
         )
         .await?
