@@ -359,6 +359,79 @@ fn sigkill_during_the_swap_leaves_it_all_before() {
     assert_eq!(dbs.dst.psql("SELECT count(*) FROM public.t"), "100");
 }
 
+/// Killed after its COMMIT, before the steps that follow it: the backup's
+/// row counts were never recorded and the foreign key the swap created NOT
+/// VALID was never validated, for good, while the next `swap` said "nothing
+/// is prepared: run prepare first". `status` now says what is pending; the
+/// next swap finishes it and says the migration is already swapped.
+#[test]
+fn a_swap_killed_after_its_commit_is_finished_by_the_next_swap() {
+    let dbs = TestDbs::new("sigkill_committed");
+    let ddl = "CREATE TABLE users (id int PRIMARY KEY);
+               CREATE TABLE orders (id int PRIMARY KEY, user_id int REFERENCES users (id));";
+    dbs.src.psql(ddl);
+    dbs.src
+        .psql("INSERT INTO users VALUES (1); INSERT INTO orders VALUES (1, 1);");
+    dbs.dst.psql(ddl);
+    dbs.dst
+        .psql("INSERT INTO users SELECT generate_series(1, 10); INSERT INTO orders SELECT g, g FROM generate_series(1, 10) g;");
+    let wd = Workdir::new();
+    let dst = dbs.dst.url();
+    assert_success(&wd.prepare(&dbs, &["--preserved-tables", "users"]));
+    let mut child = spawn(
+        &wd,
+        &["swap", "--dest", &dst],
+        &[("PGSHIFT_FAILPOINT", "swap-committed:sleep=60000")],
+    );
+    let start = Instant::now();
+    while dbs
+        .dst
+        .psql("SELECT count(*) FROM pg_namespace WHERE nspname LIKE 'backup\\_%'")
+        == "0"
+    {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "the swap never committed"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    signal(&child, libc::SIGKILL);
+    child.wait().unwrap();
+    let not_valid = "SELECT count(*) FROM pg_constraint WHERE conname = 'orders_user_id_fkey' AND conrelid = 'public.orders'::regclass AND NOT convalidated";
+    assert_eq!(dbs.dst.psql(not_valid), "1");
+    let st: serde_json::Value = serde_json::from_str(&assert_success(
+        &wd.run(&["status", "--dest", &dst, "--json"]),
+    ))
+    .unwrap();
+    assert!(
+        st["warnings"]
+            .to_string()
+            .contains("stopped after its COMMIT"),
+        "{st}"
+    );
+    let again = wd.run(&["swap", "--dest", &dst]);
+    let err = String::from_utf8_lossy(&again.stderr);
+    assert_eq!(again.status.code(), Some(2), "{err}");
+    assert!(err.contains("already swapped into public"), "{err}");
+    assert!(
+        err.contains("validated foreign keys orders.orders_user_id_fkey"),
+        "{err}"
+    );
+    assert_eq!(dbs.dst.psql(not_valid), "0");
+    let list: serde_json::Value = serde_json::from_str(&assert_success(
+        &wd.run(&["list", "--dest", &dst, "--json"]),
+    ))
+    .unwrap();
+    assert_eq!(list[0]["total_rows"], 20, "{list}");
+    let st: serde_json::Value = serde_json::from_str(&assert_success(
+        &wd.run(&["status", "--dest", &dst, "--json"]),
+    ))
+    .unwrap();
+    assert_eq!(st["state"], "idle", "{st}");
+    assert_eq!(st["warnings"], serde_json::json!([]), "{st}");
+    assert_eq!(st["not_valid_foreign_keys"], serde_json::json!([]), "{st}");
+}
+
 #[test]
 fn a_destination_restart_during_the_load_fails_clearly_and_a_rerun_completes() {
     if !can_start_clusters() {

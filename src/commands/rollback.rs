@@ -51,6 +51,16 @@ pub async fn run(args: RollbackArgs, ctx: Ctx) -> Result<ExitCode> {
         return Ok(ExitCode::Ok);
     }
     let sess = ctx.open_session().await?;
+    // A swap or rollback that stopped after its COMMIT: finish its steps
+    // first (the backup it made may be the one restored).
+    if let Some(f) = crate::swap::engine::finish_committed(&sess.control).await? {
+        for n in &f.notes {
+            tracing::warn!(
+                "the run that made {} stopped after its COMMIT: {n}",
+                f.backup
+            );
+        }
+    }
     let plan = rollback::plan(&sess.control, &opts).await?;
     if !plan.verification.ok {
         for d in &plan.verification.differences {

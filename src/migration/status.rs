@@ -410,6 +410,15 @@ pub async fn report(
     } else {
         Vec::new()
     };
+    if let Some(b) = backups
+        .first()
+        .filter(|b| !b.manifest.counts_recorded && b.manifest.lock_held_ms.is_none())
+    {
+        warnings.push(format!(
+            "the {} that made backup {} stopped after its COMMIT: its row counts and the validation of the foreign keys it created are pending; the next swap or rollback finishes them",
+            b.kind, b.schema_name
+        ));
+    }
     Ok(StatusReport {
         state: d.state,
         destination: dest.redacted(),

@@ -1777,6 +1777,18 @@ struct FkDef {
     not_valid: bool,
 }
 
+/// The foreign keys the swap creates from `deferred_sql` (the preserved and
+/// kept tables' keys): (table, constraint), schemas aside.
+pub fn deferred_fk_names(deferred_sql: &[String]) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    for sql in deferred_sql {
+        if let Ok((fks, _)) = parse_fks(sql) {
+            out.extend(fks.into_iter().map(|f| (f.table, f.constraint)));
+        }
+    }
+    out
+}
+
 fn string_list(nodes: &[pg_query::protobuf::Node]) -> Vec<String> {
     nodes
         .iter()

@@ -532,6 +532,27 @@ pub async fn swap(sess: &Session, opts: &SwapOptions) -> Result<SwapReport> {
     let file = sess.state_file.load();
     let d = Destination::observe(&sess.control, file).await?;
     derive::settle_committed_swap(&sess.control, &d).await?;
+    // A swap that committed but stopped before the steps after its COMMIT
+    // (killed): finish them, then say it is done.
+    if let Some(f) = engine::finish_committed(&sess.control).await? {
+        for n in &f.notes {
+            tracing::warn!(
+                "the swap that made {} stopped after its COMMIT: {n}",
+                f.backup
+            );
+        }
+    }
+    if let Some(r) = &d.record
+        && r.status == Status::Swapped
+        && d.record_from == derive::RecordFrom::Both
+    {
+        sess.state_file.clear()?;
+        crate::refuse!(
+            "migration {} was already swapped into public (the old public is {}); nothing left to swap",
+            r.id,
+            r.details.backup.as_deref().unwrap_or("its backup")
+        );
+    }
     let m = ready(&d, opts.timestamp.as_deref())?.clone();
     failpoint("swap").await?;
     let synced = &m.state.details.sync;

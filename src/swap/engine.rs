@@ -591,6 +591,7 @@ pub async fn swap<H: InTx>(
         attempts = done.moved.attempts,
         "swap committed"
     );
+    failpoint("swap-committed").await?;
 
     // At once: the write counters of the public that just went live, for the
     // next rollback's discarded-writes check.
@@ -660,6 +661,113 @@ pub async fn swap<H: InTx>(
         after: done.after,
         warnings,
     })
+}
+
+/// What [`finish_committed`] did.
+#[derive(Debug, Clone)]
+pub struct Finished {
+    pub backup: String,
+    pub migration_id: Option<i64>,
+    /// Messages for the operator: what was done, what could not be.
+    pub notes: Vec<String>,
+}
+
+/// A swap or rollback that committed but stopped before the steps after its
+/// COMMIT (the process killed, the connection lost): its backup's manifest
+/// has neither row counts nor the lock time, which only those steps write.
+/// Do now what can still be done, under the caller's run lock: count the
+/// backup (nothing writes a backup), and for a migration validate the foreign
+/// keys its swap created NOT VALID and record them. The new public's write
+/// counters at the swap cannot be known any more: a rollback of it says so
+/// (unknown writes). Returns None when the newest backup is complete.
+pub async fn finish_committed(client: &Client) -> Result<Option<Finished>> {
+    let Some(b) = manifest::list_backups(client).await?.into_iter().next() else {
+        return Ok(None);
+    };
+    if b.manifest.counts_recorded || b.manifest.lock_held_ms.is_some() {
+        return Ok(None);
+    }
+    let mut notes = Vec::new();
+    let mut m = b.manifest.clone();
+    let mut all = Vec::new();
+    for map in m.schema_maps() {
+        for mut t in manifest::describe(client, &map.backup, true).await? {
+            t.schema = map.live.clone();
+            all.push(t);
+        }
+    }
+    m.tables = all;
+    m.counts_recorded = true;
+    manifest::update_manifest(client, &m).await?;
+    notes.push(format!(
+        "recorded the row counts of backup {} ({} tables)",
+        b.schema_name,
+        m.tables.len()
+    ));
+    let migration = match m.migration_id {
+        Some(id) if b.kind == "swap" => record::latest_migration(client)
+            .await?
+            .filter(|r| r.id == id && r.state.status == Status::Swapped),
+        _ => None,
+    };
+    if let Some(row) = &migration {
+        let names = crate::prepare::sync::deferred_fk_names(&row.state.details.deferred_sql);
+        let live: Vec<String> = m.schema_maps().into_iter().map(|s| s.live).collect();
+        let pending = client
+            .query(
+                "SELECT n.nspname::text, c.relname::text, con.conname::text
+                   FROM pg_catalog.pg_constraint con
+                   JOIN pg_catalog.pg_class c ON c.oid = con.conrelid
+                   JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+                  WHERE n.nspname = ANY($1) AND con.contype = 'f' AND NOT con.convalidated
+                  ORDER BY c.relispartition DESC, 1, 2, 3",
+                &[&live],
+            )
+            .await
+            .context("listing the NOT VALID foreign keys")?;
+        let mut stays = Vec::new();
+        let mut validated = Vec::new();
+        for r in pending {
+            let (schema, table, constraint): (String, String, String) =
+                (r.get(0), r.get(1), r.get(2));
+            // The swap's keys by name (a partition's copy of a partitioned
+            // table's key has the same name on each partition).
+            if !names.iter().any(|(_, c)| *c == constraint) {
+                continue;
+            }
+            let shown = format!(
+                "{}.{constraint}",
+                crate::pg::meta::table_display(&schema, &table)
+            );
+            let sql = format!(
+                "ALTER TABLE {} VALIDATE CONSTRAINT {}",
+                qualified(&schema, &table),
+                quote_ident(&constraint)
+            );
+            match exec(client, &sql).await {
+                Ok(()) => validated.push(shown),
+                Err(e) => {
+                    notes.push(format!("foreign key {shown} stays NOT VALID: {e:#}"));
+                    stays.push(shown);
+                }
+            }
+        }
+        if !validated.is_empty() {
+            notes.push(format!("validated foreign keys {}", validated.join(", ")));
+        }
+        let mut st = row.state.clone();
+        st.details.fk_not_valid = stays;
+        st.updated_at = Utc::now();
+        record::save_migration(client, &st).await?;
+    }
+    notes.push(
+        "the write counters of the new public at the swap were not recorded: a rollback of it counts every table's writes as unknown (--allow-discard)".into(),
+    );
+    Ok(Some(Finished {
+        backup: b.schema_name,
+        migration_id: migration.map(|r| r.id),
+        notes,
+    }))
 }
 
 /// The tables of every backup schema, counted, each with its live schema.
