@@ -271,15 +271,17 @@ impl Recorder {
         } else {
             format!("{err:#}")
         });
-        let result = match client {
-            Some(c) => self.save_via(sess, c).await,
-            None => {
-                self.state.updated_at = Utc::now();
-                sess.state_file.save(&self.state)
-            }
-        };
-        if let Err(e) = result {
-            // The state file is written before the destination; report what failed.
+        // Each place on its own: a full disk under the state file does not
+        // keep the destination's record from saying `failed`, nor the other
+        // way round; the warning says which one failed.
+        self.state.updated_at = Utc::now();
+        if let Err(e) = sess.state_file.save(&self.state) {
+            tracing::warn!("could not record the failure in the state file: {e:#}");
+        }
+        if let Some(c) = client
+            && self.meta_ready
+            && let Err(e) = record::save_migration(c, &self.state).await
+        {
             tracing::warn!("could not record the failure on the destination: {e:#}");
         }
     }

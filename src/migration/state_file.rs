@@ -126,21 +126,24 @@ impl StateFile {
             .path
             .with_extension(format!("json.tmp.{}", std::process::id()));
         let body = serde_json::to_vec_pretty(state).context("serialising state")?;
-        {
+        let written = (|| {
             let mut f = OpenOptions::new()
                 .create(true)
                 .truncate(true)
                 .write(true)
                 .mode(0o600)
-                .open(&tmp)
-                .with_context(|| format!("writing {}", tmp.display()))?;
+                .open(&tmp)?;
             f.write_all(&body)?;
             f.write_all(b"\n")?;
-            f.sync_all()
-                .with_context(|| format!("syncing {}", tmp.display()))?;
+            f.sync_all()?;
+            fs::rename(&tmp, &self.path)
+        })();
+        if let Err(e) = written {
+            // A full disk leaves an empty temporary file behind otherwise.
+            let _ = fs::remove_file(&tmp);
+            return Err(e)
+                .with_context(|| format!("writing the state file {}", self.path.display()));
         }
-        fs::rename(&tmp, &self.path)
-            .with_context(|| format!("replacing {}", self.path.display()))?;
         if let Ok(d) = File::open(dir) {
             let _ = d.sync_all();
         }
@@ -183,6 +186,29 @@ mod tests {
         assert!(sf.path().ends_with(".migration-state-shop.json"));
         sf.clear().unwrap();
         assert!(sf.load().unwrap().is_none());
+    }
+
+    /// A state directory whose disk is full said "could not record the
+    /// failure on the destination: No space left on device", naming no file,
+    /// and left an empty temporary file behind.
+    #[test]
+    fn a_failed_write_names_the_state_file_and_leaves_no_temporary_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let sf = StateFile::lock(dir.path(), "shop").unwrap();
+        // The file's place is taken by a directory: the rename over it fails.
+        fs::create_dir(sf.path()).unwrap();
+        fs::write(sf.path().join("x"), "").unwrap();
+        let err = format!("{:#}", sf.save(&sample()).unwrap_err());
+        assert!(
+            err.starts_with(&format!("writing the state file {}", sf.path().display())),
+            "{err}"
+        );
+        let left: Vec<String> = fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.contains(".tmp."))
+            .collect();
+        assert!(left.is_empty(), "{left:?}");
     }
 
     #[test]
