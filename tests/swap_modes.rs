@@ -432,8 +432,28 @@ fn rename_mode_refused_names_the_schema_not_owned() {
          INSERT INTO accounts SELECT g, 'src' || g, 'free' FROM generate_series(1, 7) g;",
     );
     let wd = Workdir::new();
-    assert_success(&wd.run(&["prepare", "--source", &dbs.src.url(), "--dest", &dst]));
     let reason = "this role does not own schema public, and renaming a schema needs its owner";
+    // `start --swap-mode rename` says so before it prepares anything (it
+    // prepared the whole shadow, then refused).
+    let before = common::catalog_fingerprint(&dbs.dst);
+    let out = wd.run(&[
+        "start",
+        "--swap-mode",
+        "rename",
+        "--source",
+        &dbs.src.url(),
+        "--dest",
+        &dst,
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = common::stderr_of(&out);
+    assert!(
+        err.contains(reason) && err.contains("nothing was changed"),
+        "{err}"
+    );
+    assert!(!err.contains("phase"), "{err}");
+    assert_eq!(common::catalog_fingerprint(&dbs.dst), before);
+    assert_success(&wd.run(&["prepare", "--source", &dbs.src.url(), "--dest", &dst]));
     let out = assert_success(&wd.run(&["swap", "--dry-run", "--json", "--dest", &dst]));
     let plan: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(plan["swap"]["swap_mode"], "object", "{plan}");

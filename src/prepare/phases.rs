@@ -192,6 +192,13 @@ pub async fn check(settings: &PrepareOptions, sess_dest: &Client, src: &Client) 
     }
     warnings.extend(preflight::check_source(src, &settings.schemas).await?);
     warnings.extend(preflight::check_dest(sess_dest, &settings.schemas).await?);
+    // A swap that must rename but cannot: say so before the prepare, not
+    // after it.
+    if settings.swap_mode == ModeRequest::Rename
+        && let Some(why) = crate::swap::mode::rename_refusal(sess_dest, &settings.schemas).await?
+    {
+        crate::refuse!("{why}");
+    }
     let src_exts = catalog::extensions(src).await?;
     let (extensions, ext_warnings) = preflight::plan_extensions(&src_exts, sess_dest).await?;
     warnings.extend(ext_warnings);

@@ -340,6 +340,26 @@ pub async fn choose(
     })
 }
 
+/// Before prepare (`--swap-mode rename`): what already stands in the way of
+/// renaming each live schema (its owner, non-relocatable extensions,
+/// publications, default privileges of other roles), read only. The swap
+/// checks again, with the shadow, when it runs.
+pub async fn rename_refusal(client: &Client, lives: &[String]) -> Result<Option<String>> {
+    for live in lives {
+        if let Err(reason) = rename_obstacles(client, live, live, false).await? {
+            let reason = if lives.len() > 1 && !reason.contains(live.as_str()) {
+                format!("{live}: {reason}")
+            } else {
+                reason
+            };
+            return Ok(Some(format!(
+                "--swap-mode rename is not possible here: {reason}; nothing was changed"
+            )));
+        }
+    }
+    Ok(None)
+}
+
 /// What rename mode needs, or the reason it is not possible.
 async fn rename_obstacles(
     client: &Client,
@@ -427,11 +447,13 @@ async fn rename_obstacles(
             f.join(", ")
         )));
     }
-    let not_owned: Vec<&str> = [(live, r.get::<_, bool>(2)), (incoming, r.get(12))]
+    let mut not_owned: Vec<&str> = [(live, r.get::<_, bool>(2)), (incoming, r.get(12))]
         .into_iter()
         .filter(|(_, owns)| !owns)
         .map(|(schema, _)| schema)
         .collect();
+    // Before prepare the live schema is asked about twice.
+    not_owned.dedup();
     if !not_owned.is_empty() {
         return Ok(Err(format!(
             "this role does not own schema {}, and renaming a schema needs its owner",
