@@ -219,6 +219,43 @@ fn abort_drops_a_prepared_migration() {
     assert_eq!(status(&other, &dbs.dst)["state"], "prepared");
 }
 
+/// Prepare creates the extensions the source uses and the destination lacks
+/// (in public, where the source has them). An abort said "the destination's
+/// public was not touched" while hstore's functions stayed in public; it now
+/// names what it keeps (the application may have started using it: a call
+/// leaves no dependency to check), as a failed prepare does.
+#[test]
+fn abort_names_the_extensions_prepare_created_and_keeps() {
+    let dbs = TestDbs::new("st_abort_ext");
+    dbs.src.psql(
+        "CREATE EXTENSION hstore;
+         CREATE TABLE items (id int PRIMARY KEY, attrs hstore);
+         INSERT INTO items VALUES (1, 'a=>1');",
+    );
+    dbs.dst.psql("CREATE TABLE items (id int PRIMARY KEY);");
+    let wd = Workdir::new();
+    let url = dbs.dst.url();
+    wd.run_ok(&["prepare", "--source", &dbs.src.url(), "--dest", &url]);
+    let out = wd.run_ok(&["abort", "--dest", &url]);
+    assert!(
+        out.contains("kept the extensions prepare created: hstore")
+            && out.contains("public was otherwise not touched"),
+        "{out}"
+    );
+    assert_eq!(
+        dbs.dst
+            .query_one_string("SELECT count(*) FROM pg_extension WHERE extname = 'hstore'"),
+        "1"
+    );
+    // In JSON, too (hstore dropped first, so that prepare creates it again).
+    dbs.dst.psql("DROP EXTENSION hstore");
+    wd.run_ok(&["prepare", "--source", &dbs.src.url(), "--dest", &url]);
+    let out = wd.run_ok(&["abort", "--dest", &url, "--json"]);
+    let v: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["aborted"], true, "{v}");
+    assert_eq!(v["extensions_kept"], serde_json::json!(["hstore"]), "{v}");
+}
+
 #[test]
 fn status_reports_leftovers_and_a_dead_lock_holder() {
     let dbs = TestDbs::new("st_leftovers");

@@ -52,7 +52,15 @@ fn print(ctx: &Ctx, r: &AbortReport) -> Result<()> {
         crate::outln!("  removed the dump directory {d}");
     }
     if r.aborted {
-        crate::outln!("The destination's public was not touched.");
+        if r.extensions_kept.is_empty() {
+            crate::outln!("The destination's public was not touched.");
+        } else {
+            crate::outln!(
+                "  kept the extensions prepare created: {} (DROP EXTENSION them if nothing uses them)",
+                r.extensions_kept.join(", ")
+            );
+            crate::outln!("The destination's public was otherwise not touched.");
+        }
     }
     Ok(())
 }

@@ -101,6 +101,11 @@ pub struct Details {
     /// records of earlier versions (not checked then).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub shadow_structure: Option<String>,
+    /// Extensions this prepare created on the destination (in the live
+    /// schemas, where the source has them). An abort or a failed prepare
+    /// leaves them, and says so: the application may have started using them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub extensions_created: Vec<String>,
 }
 
 /// The whole record.

@@ -308,6 +308,19 @@ pub struct AbortReport {
     pub state_file_cleared: bool,
     pub dump_dir_removed: Option<String>,
     pub message: String,
+    /// Extensions the aborted prepare created on the destination, left there
+    /// (the application may have started using them).
+    pub extensions_kept: Vec<String>,
+}
+
+/// What a failed or aborted prepare leaves of what it created: the
+/// extensions, which the application may have started using since (a call
+/// leaves no dependency to check), so they are not dropped.
+pub fn extensions_left(names: &[String]) -> String {
+    format!(
+        "the extensions prepare created on the destination stay: {} (DROP EXTENSION them if nothing uses them)",
+        names.join(", ")
+    )
 }
 
 /// What the caller asks of an abort.
@@ -362,6 +375,7 @@ pub async fn abort(sess: &Session, opts: &AbortOptions) -> Result<AbortReport> {
             state_file_cleared: false,
             dump_dir_removed: None,
             message: "nothing to abort: no migration is prepared on the destination".into(),
+            extensions_kept: Vec::new(),
         });
     }
 
@@ -413,5 +427,9 @@ pub async fn abort(sess: &Session, opts: &AbortOptions) -> Result<AbortReport> {
         state_file_cleared: true,
         dump_dir_removed,
         message,
+        extensions_kept: state
+            .as_ref()
+            .map(|s| s.details.extensions_created.clone())
+            .unwrap_or_default(),
     })
 }

@@ -509,6 +509,7 @@ pub async fn run(
     }
     let extensions_created =
         preflight::create_extensions(&sess.control, &checked.extensions).await?;
+    rec.state.details.extensions_created = extensions_created.clone();
     meta::ensure_meta(&sess.control).await?;
     rec.meta_ready = true;
     rec.state.preserved_tables = settings.preserved_tables.iter().map(key_of).collect();
@@ -597,6 +598,12 @@ pub async fn run(
         Err(e) => {
             let client = sess.recovery_client().await;
             rec.fail(sess, client.as_deref(), &e).await;
+            if !rec.state.details.extensions_created.is_empty() {
+                tracing::warn!(
+                    "{}",
+                    discard::extensions_left(&rec.state.details.extensions_created)
+                );
+            }
             // Streaming cannot resume from a dead snapshot: remove what this run made.
             match client {
                 Some(c) => {
