@@ -295,3 +295,38 @@ async fn a_sessions_first_statement_resets_even_a_1ms_statement_timeout() {
         );
     }
 }
+
+/// A restore transaction that fails (a source of a newer version whose DDL
+/// the destination does not know: `COMPRESSION` on 13, say) said only
+/// `syntax error at or near "COMPRESSION" (transaction 1 of 1, 4 statements)`.
+/// The statement the server points at is named now.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_restore_transaction_names_its_statement() {
+    use pgshift::pg::batch::{self, Stmt};
+    let dbs = TestDbs::new("batch_error");
+    let client = dbs.dst.client().await;
+    let opts = batch::Options::for_server(&client, "schema").await.unwrap();
+    let stmt = |sql: &str| Stmt {
+        sql: sql.into(),
+        locks: 1,
+    };
+    let stmts = [
+        stmt("CREATE TABLE a (id int);"),
+        stmt("CREATE TABLE public.b (\n    id int COMPRESSIONX pglz\n);"),
+        stmt("CREATE TABLE c (id int);"),
+    ];
+    let err = format!(
+        "{:#}",
+        batch::run(&client, &stmts, &opts).await.unwrap_err()
+    );
+    assert!(
+        err.contains("syntax error") && err.contains(", in: CREATE TABLE public.b ("),
+        "{err}"
+    );
+    // Rolled back, as before.
+    assert_eq!(
+        dbs.dst
+            .psql("SELECT count(*) FROM pg_class WHERE relname = 'a'"),
+        "0"
+    );
+}

@@ -382,6 +382,28 @@ fn transaction_sql(group: &[Stmt], opts: &Options) -> String {
     sql
 }
 
+/// The first line of the statement of `group` that an error's position (a
+/// character offset into `sql`, the transaction's text) falls in.
+fn failed_statement(sql: &str, group: &[Stmt], e: &tokio_postgres::Error) -> Option<String> {
+    let pos = match e.as_db_error()?.position()? {
+        tokio_postgres::error::ErrorPosition::Original(p) => *p as usize,
+        tokio_postgres::error::ErrorPosition::Internal { .. } => return None,
+    };
+    let byte = sql.char_indices().nth(pos.checked_sub(1)?)?.0;
+    // Each statement's text stands in `sql` in order, once.
+    let mut from = 0;
+    let mut found = None;
+    for s in group {
+        let start = from + sql[from..].find(s.sql.as_str())?;
+        if start > byte {
+            break;
+        }
+        found = Some(s);
+        from = start + s.sql.len();
+    }
+    found.map(|s| crate::dump::sql::first_line(&s.sql))
+}
+
 /// Test hook: with `PGSHIFT_CHECK_LOCKS=1`, every batch transaction counts the
 /// lock-table slots it holds before COMMIT and fails if they exceed its
 /// estimate (the tests run prepare and cleanup this way).
@@ -460,9 +482,14 @@ pub async fn run(client: &Client, stmts: &[Stmt], opts: &Options) -> Result<Ran>
     for (i, group) in groups.iter().enumerate() {
         let sql = transaction_sql(group, opts);
         run_transaction(client, &sql, opts).await.map_err(|e| {
+            // The statement the server points at, when it does (a syntax
+            // error the destination's version does not know, say).
+            let at = failed_statement(&sql, group, &e)
+                .map(|s| format!(", in: {s}"))
+                .unwrap_or_default();
             anyhow::Error::new(Failed {
                 message: format!(
-                    "{} (transaction {} of {n}, {} statements)",
+                    "{}{at} (transaction {} of {n}, {} statements)",
                     describe_pg_error(&e),
                     i + 1,
                     group.len()
