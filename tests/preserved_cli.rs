@@ -388,3 +388,38 @@ fn a_write_the_shadow_rejects_fails_the_swap_and_status_shows_why() {
     assert_eq!(st["migration"]["status"], "swapped", "{st}");
     assert_eq!(st["migration"]["error"], serde_json::Value::Null, "{st}");
 }
+
+/// A preserved column whose source type belongs to an extension the
+/// destination lacks (citext) was refused up front ("destination type text
+/// cannot be converted to the source's type citext"), although prepare
+/// creates the extension first and the conversion then exists. It is checked
+/// once the extension is there.
+#[test]
+fn a_preserved_column_of_an_extension_type_the_destination_lacks_is_checked_after_creating_it() {
+    let dbs = TestDbs::new("preserved_citext");
+    dbs.src.psql(
+        "CREATE EXTENSION citext;
+         CREATE TABLE users (id int PRIMARY KEY, email citext);",
+    );
+    dbs.dst.psql(
+        "CREATE TABLE users (id int PRIMARY KEY, email text);
+         INSERT INTO users VALUES (1, 'Ann@Example.com');",
+    );
+    let wd = Workdir::new();
+    let v = start_users_preserved(&wd, &dbs, &[]);
+    assert!(
+        v["prepare"]["warnings"]
+            .to_string()
+            .contains("checked once prepare has created it"),
+        "{v}"
+    );
+    assert_eq!(
+        dbs.dst
+            .psql("SELECT id FROM users WHERE email = 'ann@example.com'"),
+        "1"
+    );
+    assert_eq!(
+        dbs.dst.psql("SELECT format_type(atttypid, atttypmod) FROM pg_attribute WHERE attrelid = 'public.users'::regclass AND attname = 'email'"),
+        "citext"
+    );
+}

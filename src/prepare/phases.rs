@@ -510,6 +510,35 @@ pub async fn run(
     let extensions_created =
         preflight::create_extensions(&sess.control, &checked.extensions).await?;
     rec.state.details.extensions_created = extensions_created.clone();
+    // A preserved column of an extension's type that the destination did not
+    // have could not be checked before: it is now.
+    if !extensions_created.is_empty() && !settings.preserved_tables.is_empty() {
+        let checked_again = async {
+            let src = connect(
+                source,
+                "source",
+                &app_name("prepare"),
+                sess.run.connect_timeout,
+            )
+            .await?;
+            let mut tables = Vec::new();
+            for s in &settings.schemas {
+                tables.extend(catalog::tables(&src, s).await?);
+            }
+            sync::validate(
+                &settings.preserved_tables,
+                &settings.schemas,
+                &tables,
+                &src,
+                &sess.control,
+            )
+            .await
+        };
+        if let Err(e) = checked_again.await {
+            tracing::warn!("{}", discard::extensions_left(&extensions_created));
+            return Err(e);
+        }
+    }
     meta::ensure_meta(&sess.control).await?;
     rec.meta_ready = true;
     rec.state.preserved_tables = settings.preserved_tables.iter().map(key_of).collect();

@@ -605,8 +605,10 @@ async fn validate_one(
             }
             Some(d) => {
                 shared += 1;
-                if let Some(why) = type_problem(dest, d, s, schemas).await? {
-                    problems.push(format!("{col}: {why}"));
+                match type_problem(dest, d, s, schemas).await? {
+                    Some(TypeCheck::Refused(why)) => problems.push(format!("{col}: {why}")),
+                    Some(TypeCheck::NotYet(why)) => warnings.push(format!("{col}: {why}")),
+                    None => {}
                 }
             }
         }
@@ -643,12 +645,21 @@ fn relkind_name(kind: &str) -> String {
 }
 
 /// Why a destination value of column type `d` cannot go into the source's type `s`.
+/// What [`type_problem`] found.
+enum TypeCheck {
+    /// The destination's values cannot become the source's type.
+    Refused(String),
+    /// The source's type is an extension's that the destination does not
+    /// have yet (prepare creates it): checked again once it exists.
+    NotYet(String),
+}
+
 async fn type_problem(
     dest: &Client,
     d: &ColType,
     s: &ColType,
     schemas: &[String],
-) -> Result<Option<String>> {
+) -> Result<Option<TypeCheck>> {
     let remapped = schemas.contains(&s.base_schema) && !s.base_ext;
     if remapped {
         // A type the migration creates in shadow: only the same-named type fits
@@ -657,10 +668,10 @@ async fn type_problem(
             || d.is_array != s.is_array
             || d.base_typtype != s.base_typtype
         {
-            return Ok(Some(format!(
+            return Ok(Some(TypeCheck::Refused(format!(
                 "destination type {} cannot be converted to the source's type {} (only a type of the same name can)",
                 d.format, s.format
-            )));
+            ))));
         }
         if let (Some(dl), Some(sl)) = (&d.labels, &s.labels) {
             let known: HashSet<&String> = sl.iter().collect();
@@ -670,11 +681,11 @@ async fn type_problem(
                 .map(|l| quote_literal(l))
                 .collect();
             if !missing.is_empty() {
-                return Ok(Some(format!(
+                return Ok(Some(TypeCheck::Refused(format!(
                     "the source's enum type {} lacks labels the destination's rows may hold: {}",
                     display_ident(&s.base_name),
                     missing.join(", ")
-                )));
+                ))));
             }
         }
         return Ok(None);
@@ -692,10 +703,16 @@ async fn type_problem(
     {
         return Ok(None);
     }
-    Ok(Some(format!(
+    if resolved.is_none() && s.base_ext {
+        return Ok(Some(TypeCheck::NotYet(format!(
+            "the source's type {} belongs to an extension the destination does not have yet; whether destination type {} converts to it is checked once prepare has created it",
+            s.format, d.format
+        ))));
+    }
+    Ok(Some(TypeCheck::Refused(format!(
         "destination type {} cannot be converted to the source's type {}",
         d.format, s.format
-    )))
+    ))))
 }
 
 // ---------------------------------------------------------------------------------------
