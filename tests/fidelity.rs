@@ -422,7 +422,8 @@ fn the_destinations_default_privileges_do_not_leak_into_the_shadow() {
          GRANT INSERT ON old_t TO {ro};
          ALTER DEFAULT PRIVILEGES GRANT SELECT ON TABLES TO {ro};
          ALTER DEFAULT PRIVILEGES GRANT USAGE ON SEQUENCES TO {ro};
-         ALTER DEFAULT PRIVILEGES REVOKE EXECUTE ON FUNCTIONS FROM PUBLIC;"
+         ALTER DEFAULT PRIVILEGES REVOKE EXECUTE ON FUNCTIONS FROM PUBLIC;
+         ALTER DEFAULT PRIVILEGES GRANT USAGE ON SCHEMAS TO {ro};"
     ));
     let wd = Workdir::new();
     assert_success(&wd.run(&[
@@ -454,6 +455,12 @@ fn the_destinations_default_privileges_do_not_leak_into_the_shadow() {
     assert_eq!(
         can("has_function_privilege('public', 'public.hello()', 'EXECUTE')"),
         "t"
+    );
+    // pgshift's own schema (manifests, changelogs, sync functions) stays its
+    // owner's: the default USAGE grant is taken back when it is created.
+    assert_eq!(
+        can(&format!("has_schema_privilege('{ro}', 'pgshift', 'USAGE')")),
+        "f"
     );
 }
 
@@ -539,31 +546,51 @@ fn text_copies_ignore_the_servers_own_settings_and_reg_values_travel_as_names() 
             ("datestyle", "SQL, DMY"),
             ("intervalstyle", "sql_standard"),
             ("extra_float_digits", "0"),
-            ("timezone", "Asia/Kolkata"),
+            ("timezone", "America/New_York"),
+            ("quote_all_identifiers", "on"),
         ],
     );
     set(
         &dbs.dst,
-        &[("datestyle", "SQL, MDY"), ("timezone", "America/New_York")],
+        &[
+            ("datestyle", "SQL, MDY"),
+            ("timezone", "America/New_York"),
+            ("array_nulls", "off"),
+        ],
     );
+    for db in [&dbs.src, &dbs.dst] {
+        db.psql(
+            "CREATE EXTENSION IF NOT EXISTS hstore;
+             CREATE FUNCTION local_day(timestamptz) RETURNS date IMMUTABLE LANGUAGE sql AS 'SELECT $1::date';",
+        );
+    }
     dbs.src.psql(
         "CREATE TYPE mood AS ENUM ('sad', 'happy');
          CREATE TEXT SEARCH CONFIGURATION my_cfg (COPY = pg_catalog.english);
          CREATE TABLE t_txt (id int PRIMARY KEY, tags mood[], d date, ts timestamp,
-                             tz timestamptz, iv interval, f float8, m money);
+                             tz timestamptz CHECK (tz > '2000-01-01 00:00:00+00'), iv interval, f float8, m money,
+                             words text[], day date GENERATED ALWAYS AS (local_day(tz)) STORED);
          INSERT INTO t_txt VALUES (1, '{sad,happy}', '2020-12-05', '2020-12-05 10:00',
-                                   '2020-12-05 10:00:00+00', '-1 days -2 hours', 0.1::float8 + 0.2, 1234.56);
-         CREATE TABLE docs (id int PRIMARY KEY, cfg regconfig, tbl regclass, typ regtype, cfgs regconfig[]);
-         INSERT INTO docs VALUES (1, 'english', 'docs', 'mood', '{simple,my_cfg}'),
-                                 (2, 'my_cfg', 't_txt', 'int4', NULL);",
+                                   '2020-12-06 02:00:00+00', '-1 days -2 hours', 0.1::float8 + 0.2, 1234.56,
+                                   '{a,NULL}');
+         CREATE TABLE t_bin (id int PRIMARY KEY, tz timestamptz,
+                             day date GENERATED ALWAYS AS (local_day(tz)) STORED);
+         INSERT INTO t_bin VALUES (1, '2020-12-06 02:00:00+00');
+         CREATE TABLE docs (id int PRIMARY KEY, cfg regconfig, tbl regclass, typ regtype, cfgs regconfig[],
+                            ext regtype);
+         INSERT INTO docs VALUES (1, 'english', 'docs', 'mood', '{simple,my_cfg}', 'hstore'),
+                                 (2, 'my_cfg', 't_txt', 'int4', NULL, NULL);",
     );
     // The destination has its own docs: a regclass OID copied as is would
     // name its table, which the swap puts in the backup.
     dbs.dst
         .psql("CREATE TABLE docs (id int PRIMARY KEY); CREATE TABLE filler (x int);");
     let wd = Workdir::new();
+    // Prepare with checksums, then swap: the checksums' settings stay out of
+    // the session that records the shadow's structure (a CHECK with a
+    // timestamptz constant prints in the session's TimeZone).
     assert_success(&wd.run(&[
-        "start",
+        "prepare",
         "--verify",
         "checksums",
         "--source",
@@ -571,22 +598,31 @@ fn text_copies_ignore_the_servers_own_settings_and_reg_values_travel_as_names() 
         "--dest",
         &dbs.dst.url(),
     ]));
+    assert_success(&wd.run(&["swap", "--dest", &dbs.dst.url()]));
     let fixed = "SET datestyle = 'ISO, YMD'; SET intervalstyle = 'postgres'; SET extra_float_digits = 3; SET timezone = 'UTC'; SET lc_monetary = 'C';";
     let rows = |db: &TestDb| {
         db.psql(&format!(
-            "{fixed} SELECT concat_ws(' | ', tags, d, ts, tz, iv, f, m) FROM t_txt"
+            "{fixed} SELECT concat_ws(' | ', tags, d, ts, tz, iv, f, m, words, words[2] IS NULL) FROM t_txt"
         ))
     };
     assert_eq!(
         rows(&dbs.dst),
-        "{sad,happy} | 2020-12-05 | 2020-12-05 10:00:00 | 2020-12-05 10:00:00+00 | -1 days -02:00:00 | 0.30000000000000004 | $1,234.56"
+        "{sad,happy} | 2020-12-05 | 2020-12-05 10:00:00 | 2020-12-06 02:00:00+00 | -1 days -02:00:00 | 0.30000000000000004 | $1,234.56 | {a,NULL} | t"
     );
     assert_eq!(rows(&dbs.dst), rows(&dbs.src));
+    // A generated column computing with the time zone gets the destination's
+    // zone whichever format its table travelled in (text, binary).
+    assert_eq!(
+        dbs.dst
+            .psql("SELECT (SELECT day FROM t_txt) = (SELECT day FROM t_bin)"),
+        "t"
+    );
+    assert_eq!(dbs.dst.psql("SELECT day FROM t_bin"), "12/05/2020");
     let names =
-        "SELECT string_agg(concat_ws(' ', cfg, tbl, typ, cfgs), '; ' ORDER BY id) FROM docs";
+        "SELECT string_agg(concat_ws(' ', cfg, tbl, typ, cfgs, ext), '; ' ORDER BY id) FROM docs";
     assert_eq!(
         dbs.dst.psql(names),
-        "english docs mood {simple,my_cfg}; my_cfg t_txt integer"
+        "english docs mood {simple,my_cfg} hstore; my_cfg t_txt integer"
     );
     // They name the new public's objects, not the backup's.
     assert_eq!(

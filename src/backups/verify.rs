@@ -231,7 +231,11 @@ async fn check_schema(
                 }
                 if let Some(want) = &t.checksum {
                     let maps = b.manifest.schema_maps();
-                    let path: Vec<&str> = maps.iter().map(|m| m.backup.as_str()).collect();
+                    let path: Vec<&str> = maps
+                        .iter()
+                        .map(|m| m.backup.as_str())
+                        .chain(maps.iter().map(|m| m.live.as_str()))
+                        .collect();
                     let got =
                         crate::prepare::phases::checksum(client, &path, schema, &t.name).await?;
                     if &got != want {

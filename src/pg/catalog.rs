@@ -132,7 +132,11 @@ pub async fn structure_fingerprint(
         .map(|d| format!("; SET LOCAL lock_timeout = '{}ms'", d.as_millis().max(1)))
         .unwrap_or_default();
     client
-        .batch_execute(&format!("BEGIN; SET LOCAL search_path = ''{bound}"))
+        // Printed the same whatever the session's settings (prepare and swap
+        // may run as roles with their own TimeZone, say).
+        .batch_execute(&format!(
+            "BEGIN; SET LOCAL search_path = ''; SET LOCAL datestyle = 'ISO, YMD'; SET LOCAL timezone = 'UTC'; SET LOCAL intervalstyle = 'postgres'; SET LOCAL extra_float_digits = 3; SET LOCAL quote_all_identifiers = off{bound}"
+        ))
         .await
         .context("reading the shadow's structure")?;
     let row = client

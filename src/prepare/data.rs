@@ -7,11 +7,12 @@
 //!   FREEZE (rows are written frozen: no later anti-wraparound rewrite, and with
 //!   `wal_level = minimal` no WAL).
 //! - Binary format where every column type round-trips between two databases;
-//!   text otherwise. Text is written and read under fixed settings on both
-//!   ends ([`TextIo`]): the servers' own `DateStyle`, `IntervalStyle`,
-//!   `extra_float_digits`, `TimeZone` or `lc_monetary` (set per database or
-//!   role) would otherwise turn `05/12/2020` into May 12th, `-1 days -02:00`
-//!   into `-1 days +02:00`, and cut floats short. `reg*` values
+//!   text otherwise. Text is written and read under fixed settings
+//!   ([`TextIo`]): the servers' own `DateStyle`, `IntervalStyle`,
+//!   `extra_float_digits`, `TimeZone`, `lc_monetary` or `array_nulls` (set per
+//!   database or role) would otherwise turn `05/12/2020` into May 12th, `-1
+//!   days -02:00` into `-1 days +02:00`, a NULL array element into `'NULL'`,
+//!   and cut floats short. `reg*` values
 //!   (`regclass`, `regconfig`, …) are names in text, never OIDs, and resolve
 //!   against the migrated schemas on the source and their shadows on the
 //!   destination.
@@ -97,10 +98,20 @@ pub struct DataPlan<'a> {
     pub text_io: &'a TextIo,
 }
 
-/// Session settings under which text-format COPY writes on the source and
-/// reads on the destination the same values (pg_dump's own choices), whatever
-/// either server's defaults.
-const TEXT_SETTINGS: &str = "datestyle = 'ISO, YMD'; SET {local} intervalstyle = 'postgres'; SET {local} extra_float_digits = 3; SET {local} timezone = 'UTC'; SET {local} lc_monetary = 'C'; SET {local} bytea_output = 'hex'";
+/// How the source writes text-format COPY: pg_dump's own choices (ISO dates
+/// with numeric UTC offsets, `postgres` intervals, every float digit, hex
+/// bytea, money in the C locale, names unquoted unless needed), whatever the
+/// source database or role sets.
+const SOURCE_TEXT_SETTINGS: &str = "SET datestyle = 'ISO, YMD'; SET intervalstyle = 'postgres'; SET extra_float_digits = 3; SET timezone = 'UTC'; SET lc_monetary = 'C'; SET bytea_output = 'hex'; SET quote_all_identifiers = off";
+
+/// How the destination reads it: only what input depends on (an ISO date
+/// and a timestamp with its offset read the same under any DateStyle and
+/// TimeZone; `sql_standard` intervals, a money locale and `array_nulls = off`
+/// do not). DateStyle and TimeZone stay the destination's, as pg_restore
+/// leaves them: a stored generated column or a CHECK computing with the time
+/// zone gets the same value whichever format its table travelled in.
+const DEST_TEXT_SETTINGS: &str =
+    "SET LOCAL intervalstyle = 'postgres'; SET LOCAL lc_monetary = 'C'; SET LOCAL array_nulls = on";
 
 /// The settings of text-format COPY on each end (see the module doc).
 #[derive(Debug, Clone)]
@@ -116,22 +127,25 @@ impl TextIo {
     /// `pairs`: each migrated schema and its shadow, public's first. A
     /// `reg*` value naming an object of a migrated schema is written
     /// unqualified on the source (its schema is on the path) and read on the
-    /// destination against the shadows, in the same order; other schemas'
-    /// objects are written qualified.
+    /// destination against the shadows, in the same order; then the live
+    /// schemas, where the extensions' objects stay (`geometry`); other
+    /// schemas' objects are written qualified.
     pub fn new(pairs: &[(&str, &str)]) -> TextIo {
         let path = |names: Vec<&str>| names.into_iter().map(quote_ident).join(", ");
-        let settings =
-            |local: &str| format!("SET {local} {}", TEXT_SETTINGS.replace("{local}", local));
         TextIo {
             source: format!(
-                "{}; SET search_path = {}",
-                settings(""),
+                "{SOURCE_TEXT_SETTINGS}; SET search_path = {}",
                 path(pairs.iter().map(|p| p.0).collect())
             ),
             dest: format!(
-                "{}; SET LOCAL search_path = {}",
-                settings("LOCAL"),
-                path(pairs.iter().map(|p| p.1).collect())
+                "{DEST_TEXT_SETTINGS}; SET LOCAL search_path = {}",
+                path(
+                    pairs
+                        .iter()
+                        .map(|p| p.1)
+                        .chain(pairs.iter().map(|p| p.0))
+                        .collect()
+                )
             ),
         }
     }

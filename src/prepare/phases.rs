@@ -1312,7 +1312,13 @@ async fn validate(run: &mut Run<'_>) -> Result<Vec<TableRecord>> {
     if settings.verify == Verify::Checksums {
         let src = run.snap_client.as_ref().context("no snapshot session")?;
         let lives: Vec<&str> = run.pairs.iter().map(|p| p.live.as_str()).collect();
-        let shadows: Vec<&str> = run.pairs.iter().map(|p| p.shadow.as_str()).collect();
+        // Extensions' objects stay in the live schemas: after the shadows.
+        let shadows: Vec<&str> = run
+            .pairs
+            .iter()
+            .map(|p| p.shadow.as_str())
+            .chain(lives.iter().copied())
+            .collect();
         for r in records
             .iter_mut()
             .filter(|r| !r.preserved && !r.data_excluded)
@@ -1353,24 +1359,44 @@ async fn validate(run: &mut Run<'_>) -> Result<Vec<TableRecord>> {
 /// An order-independent content checksum: row count and the sum of each row's
 /// md5 (first 64 bits), with session settings that make text output identical.
 /// `path`: the schemas of the migration as they are named where the table is
-/// (the source's, the shadows, a backup's), public's first: a `reg*` value
-/// naming one of their objects is written unqualified, so the same row has the
-/// same text in the source, the shadow and the backups.
+/// (the source's, the shadows, a backup's), public's first, then (for a
+/// shadow or a backup) the live schemas, where extensions' objects stay: a
+/// `reg*` value naming one of their objects is written unqualified, so the
+/// same row has the same text in the source, the shadow and the backups.
 pub async fn checksum(client: &Client, path: &[&str], schema: &str, table: &str) -> Result<String> {
-    // The session's own search_path comes back afterwards.
-    let was: String = client
-        .query_one("SELECT pg_catalog.current_setting('search_path')", &[])
+    // The session's own settings come back afterwards (the control session
+    // goes on to print the shadow's structure, say).
+    let names: Vec<&str> = CHECKSUM_SETTINGS.to_vec();
+    let was: Vec<String> = client
+        .query_one(
+            "SELECT pg_catalog.array_agg(pg_catalog.current_setting(n) ORDER BY o)
+               FROM pg_catalog.unnest($1::text[]) WITH ORDINALITY AS u(n, o)",
+            &[&names],
+        )
         .await?
         .get(0);
     let sum = checksum_with_path(client, path, schema, table).await;
     client
         .execute(
-            "SELECT pg_catalog.set_config('search_path', $1, false)",
-            &[&was],
+            "SELECT pg_catalog.set_config(($1::text[])[i], ($2::text[])[i], false)
+               FROM pg_catalog.generate_subscripts($1::text[], 1) AS i",
+            &[&names, &was],
         )
         .await?;
     sum
 }
+
+/// The settings [`checksum`] changes (and puts back).
+const CHECKSUM_SETTINGS: [&str; 8] = [
+    "search_path",
+    "datestyle",
+    "timezone",
+    "extra_float_digits",
+    "bytea_output",
+    "intervalstyle",
+    "lc_monetary",
+    "quote_all_identifiers",
+];
 
 async fn checksum_with_path(
     client: &Client,
@@ -1380,7 +1406,7 @@ async fn checksum_with_path(
 ) -> Result<String> {
     client
         .batch_execute(&format!(
-            "SET datestyle = 'ISO, YMD'; SET timezone = 'UTC'; SET extra_float_digits = 3; SET bytea_output = 'hex'; SET intervalstyle = 'postgres'; SET lc_monetary = 'C'; SET search_path = {}",
+            "SET datestyle = 'ISO, YMD'; SET timezone = 'UTC'; SET extra_float_digits = 3; SET bytea_output = 'hex'; SET intervalstyle = 'postgres'; SET lc_monetary = 'C'; SET quote_all_identifiers = off; SET search_path = {}",
             path.iter().map(|s| quote_ident(s)).collect::<Vec<_>>().join(", ")
         ))
         .await?;
