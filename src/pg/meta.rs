@@ -223,6 +223,34 @@ pub async fn ensure_meta(client: &Client) -> Result<()> {
         .batch_execute(&format!("BEGIN;\n{META_DDL}\nCOMMIT;"))
         .await
         .context("creating the pgshift schema on the destination")?;
+    // The destination's default privileges for this role (ALTER DEFAULT
+    // PRIVILEGES … ON SCHEMAS) gave the new schema's USAGE to other roles:
+    // without it nobody else reaches the manifests, the changelogs (the keys
+    // of every changed row) or the sync functions, whatever default grants
+    // their tables got. Only at creation: a grant an operator makes later
+    // stays.
+    let grantees: Vec<String> = client
+        .query(
+            "SELECT DISTINCT CASE WHEN a.grantee = 0 THEN 'PUBLIC'
+                                  ELSE pg_catalog.quote_ident(pg_catalog.pg_get_userbyid(a.grantee)) END
+               FROM pg_catalog.pg_namespace n, pg_catalog.aclexplode(n.nspacl) a
+              WHERE n.nspname = $1 AND a.grantee <> n.nspowner",
+            &[&META_SCHEMA],
+        )
+        .await
+        .context("reading the pgshift schema's privileges")?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    for g in grantees {
+        client
+            .batch_execute(&format!(
+                "REVOKE ALL ON SCHEMA {} FROM {g}",
+                crate::pg::ident::quote_ident(META_SCHEMA)
+            ))
+            .await
+            .context("keeping the pgshift schema to its owner")?;
+    }
     Ok(())
 }
 
