@@ -432,6 +432,87 @@ fn a_swap_killed_after_its_commit_is_finished_by_the_next_swap() {
     assert_eq!(st["not_valid_foreign_keys"], serde_json::json!([]), "{st}");
 }
 
+/// The same for a rollback that keeps a table: the foreign key it re-pointed
+/// NOT VALID to the kept table is validated by the next `swap`, which says
+/// what it finished and that nothing was prepared to swap.
+#[test]
+fn a_rollback_killed_after_its_commit_is_finished_by_the_next_swap() {
+    let dbs = TestDbs::new("sigkill_rb_committed");
+    let ddl = "CREATE TABLE users (id int PRIMARY KEY);
+               CREATE TABLE orders (id int PRIMARY KEY, user_id int REFERENCES users (id));";
+    dbs.src.psql(ddl);
+    dbs.src
+        .psql("INSERT INTO users VALUES (1); INSERT INTO orders VALUES (1, 1);");
+    dbs.dst.psql(ddl);
+    dbs.dst.psql(
+        "INSERT INTO users SELECT generate_series(1, 10); INSERT INTO orders SELECT g, g FROM generate_series(1, 10) g;",
+    );
+    let wd = Workdir::new();
+    let dst = dbs.dst.url();
+    assert_success(&wd.run(&[
+        "start",
+        "--source",
+        &dbs.src.url(),
+        "--dest",
+        &dst,
+        "--preserved-tables",
+        "users",
+    ]));
+    let mut child = spawn(
+        &wd,
+        &[
+            "rollback",
+            "--latest",
+            "--keep-tables",
+            "users",
+            "--allow-discard",
+            "all",
+            "--dest",
+            &dst,
+        ],
+        &[("PGSHIFT_FAILPOINT", "swap-committed:sleep=60000")],
+    );
+    let start = Instant::now();
+    while dbs
+        .dst
+        .psql("SELECT count(*) FROM pgshift.backups WHERE kind = 'rollback'")
+        == "0"
+    {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "the rollback never committed"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    signal(&child, libc::SIGKILL);
+    child.wait().unwrap();
+    let not_valid = "SELECT count(*) FROM pg_constraint WHERE contype = 'f' AND conrelid = 'public.orders'::regclass AND NOT convalidated";
+    assert_eq!(dbs.dst.psql(not_valid), "1");
+    let st: serde_json::Value = serde_json::from_str(&assert_success(
+        &wd.run(&["status", "--dest", &dst, "--json"]),
+    ))
+    .unwrap();
+    assert!(
+        st["warnings"]
+            .to_string()
+            .contains("the rollback that made backup"),
+        "{st}"
+    );
+    let again = wd.run(&["swap", "--dest", &dst]);
+    let err = String::from_utf8_lossy(&again.stderr);
+    assert_eq!(again.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("finished the steps after the COMMIT of the rollback"),
+        "{err}"
+    );
+    assert_eq!(dbs.dst.psql(not_valid), "0");
+    let st: serde_json::Value = serde_json::from_str(&assert_success(
+        &wd.run(&["status", "--dest", &dst, "--json"]),
+    ))
+    .unwrap();
+    assert_eq!(st["warnings"], serde_json::json!([]), "{st}");
+}
+
 #[test]
 fn a_destination_restart_during_the_load_fails_clearly_and_a_rerun_completes() {
     if !can_start_clusters() {

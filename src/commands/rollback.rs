@@ -56,7 +56,8 @@ pub async fn run(args: RollbackArgs, ctx: Ctx) -> Result<ExitCode> {
     if let Some(f) = crate::swap::engine::finish_committed(&sess.control).await? {
         for n in &f.notes {
             tracing::warn!(
-                "the run that made {} stopped after its COMMIT: {n}",
+                "the {} that made {} stopped after its COMMIT: {n}",
+                f.kind,
                 f.backup
             );
         }

@@ -415,7 +415,7 @@ pub async fn report(
         .filter(|b| !b.manifest.counts_recorded && b.manifest.lock_held_ms.is_none())
     {
         warnings.push(format!(
-            "the {} that made backup {} stopped after its COMMIT: its row counts and the validation of the foreign keys it created are pending; the next swap or rollback finishes them",
+            "the {} that made backup {} stopped after its COMMIT: its row counts and the validation of the foreign keys it created are pending; `pgshift swap` finishes them (and swaps only a prepared migration), as does the next rollback before it rolls back",
             b.kind, b.schema_name
         ));
     }

@@ -534,10 +534,12 @@ pub async fn swap(sess: &Session, opts: &SwapOptions) -> Result<SwapReport> {
     derive::settle_committed_swap(&sess.control, &d).await?;
     // A swap that committed but stopped before the steps after its COMMIT
     // (killed): finish them, then say it is done.
-    if let Some(f) = engine::finish_committed(&sess.control).await? {
+    let finished = engine::finish_committed(&sess.control).await?;
+    if let Some(f) = &finished {
         for n in &f.notes {
             tracing::warn!(
-                "the swap that made {} stopped after its COMMIT: {n}",
+                "the {} that made {} stopped after its COMMIT: {n}",
+                f.kind,
                 f.backup
             );
         }
@@ -551,6 +553,15 @@ pub async fn swap(sess: &Session, opts: &SwapOptions) -> Result<SwapReport> {
             "migration {} was already swapped into public (the old public is {}); nothing left to swap",
             r.id,
             r.details.backup.as_deref().unwrap_or("its backup")
+        );
+    }
+    if let Some(f) = &finished
+        && d.swappable().is_none()
+    {
+        crate::refuse!(
+            "finished the steps after the COMMIT of the {} that made {}; nothing is prepared on the destination, so nothing was swapped",
+            f.kind,
+            f.backup
         );
     }
     let m = ready(&d, opts.timestamp.as_deref())?.clone();

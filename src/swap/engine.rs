@@ -667,6 +667,8 @@ pub async fn swap<H: InTx>(
 #[derive(Debug, Clone)]
 pub struct Finished {
     pub backup: String,
+    /// `swap` or `rollback`: what made the backup.
+    pub kind: String,
     pub migration_id: Option<i64>,
     /// Messages for the operator: what was done, what could not be.
     pub notes: Vec<String>,
@@ -710,9 +712,16 @@ pub async fn finish_committed(client: &Client) -> Result<Option<Finished>> {
             .filter(|r| r.id == id && r.state.status == Status::Swapped),
         _ => None,
     };
-    if let Some(row) = &migration {
-        let names = crate::prepare::sync::deferred_fk_names(&row.state.details.deferred_sql);
-        let live: Vec<String> = m.schema_maps().into_iter().map(|s| s.live).collect();
+    // The keys it created NOT VALID: a migration's deferred keys (by name),
+    // a rollback's keys between kept tables and the restored ones.
+    let live: Vec<String> = m.schema_maps().into_iter().map(|s| s.live).collect();
+    let names = migration
+        .as_ref()
+        .map(|row| crate::prepare::sync::deferred_fk_names(&row.state.details.deferred_sql));
+    if b.kind == "rollback" && !m.kept_tables.is_empty() {
+        validate_kept_keys(client, &live, &m.kept_tables, &mut notes).await?;
+    }
+    if let (Some(row), Some(names)) = (&migration, names) {
         let pending = client
             .query(
                 "SELECT n.nspname::text, c.relname::text, con.conname::text
@@ -765,9 +774,59 @@ pub async fn finish_committed(client: &Client) -> Result<Option<Finished>> {
     );
     Ok(Some(Finished {
         backup: b.schema_name,
+        kind: b.kind,
         migration_id: migration.map(|r| r.id),
         notes,
     }))
+}
+
+/// [`finish_committed`] for a rollback that kept tables: validate the NOT
+/// VALID foreign keys on the kept tables or referencing them (the rollback
+/// re-pointed them NOT VALID); those that cannot be are named in `notes`.
+async fn validate_kept_keys(
+    client: &Client,
+    live: &[String],
+    kept: &[String],
+    notes: &mut Vec<String>,
+) -> Result<()> {
+    let rows = client
+        .query(
+            "SELECT n.nspname::text, c.relname::text, con.conname::text,
+                    CASE WHEN n.nspname = 'public' THEN '' ELSE n.nspname::text || '.' END || c.relname::text,
+                    CASE WHEN rn.nspname = 'public' THEN '' ELSE rn.nspname::text || '.' END || r.relname::text
+               FROM pg_catalog.pg_constraint con
+               JOIN pg_catalog.pg_class c ON c.oid = con.conrelid
+               JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+               JOIN pg_catalog.pg_class r ON r.oid = con.confrelid
+               JOIN pg_catalog.pg_namespace rn ON rn.oid = r.relnamespace
+              WHERE n.nspname = ANY($1) AND con.contype = 'f' AND NOT con.convalidated
+              ORDER BY 1, 2, 3",
+            &[&live],
+        )
+        .await
+        .context("listing the NOT VALID foreign keys")?;
+    let mut validated = Vec::new();
+    for r in rows {
+        let (schema, table, constraint, key, ref_key): (String, String, String, String, String) =
+            (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4));
+        if !kept.contains(&key) && !kept.contains(&ref_key) {
+            continue;
+        }
+        let shown = format!("{key}.{constraint}");
+        let sql = format!(
+            "ALTER TABLE {} VALIDATE CONSTRAINT {}",
+            qualified(&schema, &table),
+            quote_ident(&constraint)
+        );
+        match exec(client, &sql).await {
+            Ok(()) => validated.push(shown),
+            Err(e) => notes.push(format!("foreign key {shown} stays NOT VALID: {e:#}")),
+        }
+    }
+    if !validated.is_empty() {
+        notes.push(format!("validated foreign keys {}", validated.join(", ")));
+    }
+    Ok(())
 }
 
 /// The tables of every backup schema, counted, each with its live schema.
