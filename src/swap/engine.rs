@@ -691,8 +691,9 @@ pub async fn finish_committed(client: &Client) -> Result<Option<Finished>> {
     }
     let mut notes = Vec::new();
     let mut m = b.manifest.clone();
+    let maps = m.schema_maps();
     let mut all = Vec::new();
-    for map in m.schema_maps() {
+    for map in &maps {
         for mut t in manifest::describe(client, &map.backup, true).await? {
             t.schema = map.live.clone();
             all.push(t);
@@ -712,58 +713,46 @@ pub async fn finish_committed(client: &Client) -> Result<Option<Finished>> {
             .filter(|r| r.id == id && r.state.status == Status::Swapped),
         _ => None,
     };
-    // The keys it created NOT VALID: a migration's deferred keys (by name),
-    // a rollback's keys between kept tables and the restored ones.
-    let live: Vec<String> = m.schema_maps().into_iter().map(|s| s.live).collect();
-    let names = migration
-        .as_ref()
-        .map(|row| crate::prepare::sync::deferred_fk_names(&row.state.details.deferred_sql));
-    if b.kind == "rollback" && !m.kept_tables.is_empty() {
-        validate_kept_keys(client, &live, &m.kept_tables, &mut notes).await?;
+    // The keys it created NOT VALID: a migration's deferred keys (by name: a
+    // partition's copy of a partitioned table's key has its name), a
+    // rollback's keys on or to the tables it kept.
+    let live: Vec<String> = maps.into_iter().map(|s| s.live).collect();
+    let pending = not_valid_keys(client, &live).await?;
+    let ours: Vec<&NotValidKey> = match &migration {
+        Some(row) => {
+            let names = crate::prepare::sync::deferred_fk_names(&row.state.details.deferred_sql);
+            pending
+                .iter()
+                .filter(|k| names.iter().any(|(_, c)| *c == k.constraint))
+                .collect()
+        }
+        None if b.kind == "rollback" => pending
+            .iter()
+            .filter(|k| m.kept_tables.contains(&k.key) || m.kept_tables.contains(&k.ref_key))
+            .collect(),
+        None => Vec::new(),
+    };
+    let mut stays = Vec::new();
+    let mut validated = Vec::new();
+    for k in ours {
+        let shown = format!("{}.{}", k.key, k.constraint);
+        let sql = format!(
+            "ALTER TABLE {} VALIDATE CONSTRAINT {}",
+            qualified(&k.schema, &k.table),
+            quote_ident(&k.constraint)
+        );
+        match exec(client, &sql).await {
+            Ok(()) => validated.push(shown),
+            Err(e) => {
+                notes.push(format!("foreign key {shown} stays NOT VALID: {e:#}"));
+                stays.push(shown);
+            }
+        }
     }
-    if let (Some(row), Some(names)) = (&migration, names) {
-        let pending = client
-            .query(
-                "SELECT n.nspname::text, c.relname::text, con.conname::text
-                   FROM pg_catalog.pg_constraint con
-                   JOIN pg_catalog.pg_class c ON c.oid = con.conrelid
-                   JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
-                  WHERE n.nspname = ANY($1) AND con.contype = 'f' AND NOT con.convalidated
-                  ORDER BY c.relispartition DESC, 1, 2, 3",
-                &[&live],
-            )
-            .await
-            .context("listing the NOT VALID foreign keys")?;
-        let mut stays = Vec::new();
-        let mut validated = Vec::new();
-        for r in pending {
-            let (schema, table, constraint): (String, String, String) =
-                (r.get(0), r.get(1), r.get(2));
-            // The swap's keys by name (a partition's copy of a partitioned
-            // table's key has the same name on each partition).
-            if !names.iter().any(|(_, c)| *c == constraint) {
-                continue;
-            }
-            let shown = format!(
-                "{}.{constraint}",
-                crate::pg::meta::table_display(&schema, &table)
-            );
-            let sql = format!(
-                "ALTER TABLE {} VALIDATE CONSTRAINT {}",
-                qualified(&schema, &table),
-                quote_ident(&constraint)
-            );
-            match exec(client, &sql).await {
-                Ok(()) => validated.push(shown),
-                Err(e) => {
-                    notes.push(format!("foreign key {shown} stays NOT VALID: {e:#}"));
-                    stays.push(shown);
-                }
-            }
-        }
-        if !validated.is_empty() {
-            notes.push(format!("validated foreign keys {}", validated.join(", ")));
-        }
+    if !validated.is_empty() {
+        notes.push(format!("validated foreign keys {}", validated.join(", ")));
+    }
+    if let Some(row) = &migration {
         let mut st = row.state.clone();
         st.details.fk_not_valid = stays;
         st.updated_at = Utc::now();
@@ -780,15 +769,20 @@ pub async fn finish_committed(client: &Client) -> Result<Option<Finished>> {
     }))
 }
 
-/// [`finish_committed`] for a rollback that kept tables: validate the NOT
-/// VALID foreign keys on the kept tables or referencing them (the rollback
-/// re-pointed them NOT VALID); those that cannot be are named in `notes`.
-async fn validate_kept_keys(
-    client: &Client,
-    live: &[String],
-    kept: &[String],
-    notes: &mut Vec<String>,
-) -> Result<()> {
+/// A NOT VALID foreign key of a live schema.
+struct NotValidKey {
+    schema: String,
+    table: String,
+    constraint: String,
+    /// The table as keys name it (`name` in public, `schema.name` elsewhere),
+    /// and the table it references.
+    key: String,
+    ref_key: String,
+}
+
+/// The NOT VALID foreign keys of the tables of `live`, partitions' first
+/// (a partitioned table's key validates once its partitions' copies are).
+async fn not_valid_keys(client: &Client, live: &[String]) -> Result<Vec<NotValidKey>> {
     let rows = client
         .query(
             "SELECT n.nspname::text, c.relname::text, con.conname::text,
@@ -800,33 +794,21 @@ async fn validate_kept_keys(
                JOIN pg_catalog.pg_class r ON r.oid = con.confrelid
                JOIN pg_catalog.pg_namespace rn ON rn.oid = r.relnamespace
               WHERE n.nspname = ANY($1) AND con.contype = 'f' AND NOT con.convalidated
-              ORDER BY 1, 2, 3",
+              ORDER BY c.relispartition DESC, 1, 2, 3",
             &[&live],
         )
         .await
         .context("listing the NOT VALID foreign keys")?;
-    let mut validated = Vec::new();
-    for r in rows {
-        let (schema, table, constraint, key, ref_key): (String, String, String, String, String) =
-            (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4));
-        if !kept.contains(&key) && !kept.contains(&ref_key) {
-            continue;
-        }
-        let shown = format!("{key}.{constraint}");
-        let sql = format!(
-            "ALTER TABLE {} VALIDATE CONSTRAINT {}",
-            qualified(&schema, &table),
-            quote_ident(&constraint)
-        );
-        match exec(client, &sql).await {
-            Ok(()) => validated.push(shown),
-            Err(e) => notes.push(format!("foreign key {shown} stays NOT VALID: {e:#}")),
-        }
-    }
-    if !validated.is_empty() {
-        notes.push(format!("validated foreign keys {}", validated.join(", ")));
-    }
-    Ok(())
+    Ok(rows
+        .iter()
+        .map(|r| NotValidKey {
+            schema: r.get(0),
+            table: r.get(1),
+            constraint: r.get(2),
+            key: r.get(3),
+            ref_key: r.get(4),
+        })
+        .collect())
 }
 
 /// The tables of every backup schema, counted, each with its live schema.
