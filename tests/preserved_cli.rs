@@ -423,3 +423,41 @@ fn a_preserved_column_of_an_extension_type_the_destination_lacks_is_checked_afte
         "citext"
     );
 }
+
+/// A preserved column whose type the restore re-creates (a domain, an enum
+/// array) reaches the shadow through its text form: under the destination's
+/// own `extra_float_digits = 0` a float came back as 0.3, under `array_nulls =
+/// off` a NULL element failed (enums) or became 'NULL' (text). The copy, the
+/// trigger functions and the replays now use fixed settings.
+#[test]
+fn preserved_values_through_text_ignore_the_destinations_settings() {
+    let dbs = TestDbs::new("preserved_via_text");
+    let ddl = "CREATE DOMAIN price AS float8;
+               CREATE DOMAIN label AS text;
+               CREATE TYPE mood AS ENUM ('sad', 'happy');
+               CREATE TABLE users (id int PRIMARY KEY, p price, moods mood[], labels label[]);";
+    dbs.src.psql(ddl);
+    dbs.dst.psql(ddl);
+    for (k, v) in [("extra_float_digits", "0"), ("array_nulls", "off")] {
+        dbs.dst.psql(&format!(
+            "DO $$ BEGIN EXECUTE format('ALTER DATABASE %I SET {k} = %L', current_database(), '{v}'); END $$;"
+        ));
+    }
+    dbs.dst.psql(
+        "INSERT INTO users VALUES (1, 0.1::float8 + 0.2, ARRAY['sad', NULL]::mood[], ARRAY['a', NULL]::label[]);",
+    );
+    let wd = Workdir::new();
+    with_users_preserved(&wd, &dbs, "prepare", &[]);
+    // Written between prepare and swap: through the triggers and the replay.
+    dbs.dst.psql(
+        "SET extra_float_digits = 0; SET array_nulls = off;
+         INSERT INTO users VALUES (2, 0.1::float8 + 0.7, ARRAY[NULL, 'happy']::mood[], ARRAY[NULL, 'b']::label[]);",
+    );
+    assert_success(&wd.run(&["swap", "--dest", &dbs.dst.url()]));
+    assert_eq!(
+        dbs.dst.psql(
+            "SET extra_float_digits = 3; SELECT string_agg(concat_ws(' ', id, p, moods, labels, labels[1] IS NULL), '; ' ORDER BY id) FROM users"
+        ),
+        "1 0.30000000000000004 {sad,NULL} {a,NULL} f; 2 0.7999999999999999 {NULL,happy} {NULL,b} t"
+    );
+}

@@ -719,6 +719,31 @@ async fn type_problem(
 // The live description of a synced table and the SQL built from it
 // ---------------------------------------------------------------------------------------
 
+/// The settings under which a value that goes through its text form
+/// ([`Conv::ViaText`]) comes back equal, whatever the destination database's
+/// or role's own (`extra_float_digits = 0` cut floats short, `array_nulls =
+/// off` turned a NULL element into `'NULL'`, a `SQL` DateStyle wrote `IST`,
+/// which PostgreSQL before 18 reads as Israel time): pg_dump's. Set by the
+/// trigger functions (their own `SET` clauses) and by every transaction of
+/// pgshift's that copies or replays rows (`SET LOCAL`).
+const VIA_TEXT_SETTINGS: [(&str, &str); 7] = [
+    ("datestyle", "ISO, YMD"),
+    ("intervalstyle", "postgres"),
+    ("extra_float_digits", "3"),
+    ("array_nulls", "on"),
+    ("lc_monetary", "C"),
+    ("bytea_output", "hex"),
+    ("quote_all_identifiers", "off"),
+];
+
+/// `SET LOCAL …` for [`VIA_TEXT_SETTINGS`], for the start of a transaction.
+fn via_text_local() -> String {
+    VIA_TEXT_SETTINGS
+        .iter()
+        .map(|(k, v)| format!("SET LOCAL {k} = {}", quote_literal(v)))
+        .join("; ")
+}
+
 /// How a value of public's column becomes a value of shadow's column.
 #[derive(Debug, Clone)]
 enum Conv {
@@ -1076,9 +1101,13 @@ END
     fn function_sql(&self, fname: &str, ev: Event, apply: bool) -> String {
         let body = self.function_body(ev, apply);
         let tag = dollar_tag(&body);
+        let settings: String = VIA_TEXT_SETTINGS
+            .iter()
+            .map(|(k, v)| format!(" SET {k} = {}", quote_literal(v)))
+            .collect();
         format!(
             "CREATE OR REPLACE FUNCTION {fname}() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER
-               SET search_path = pg_catalog, pg_temp
+               SET search_path = pg_catalog, pg_temp{settings}
              AS {tag}{body}{tag};
              REVOKE ALL ON FUNCTION {fname}() FROM PUBLIC;\n"
         )
@@ -1317,7 +1346,10 @@ pub async fn setup(
         // 2. The initial copy, under one snapshot taken after the triggers exist.
         exec(
             dest,
-            "BEGIN ISOLATION LEVEL REPEATABLE READ",
+            &format!(
+                "BEGIN ISOLATION LEVEL REPEATABLE READ; {}",
+                via_text_local()
+            ),
             "starting the copy",
         )
         .await?;
@@ -1408,8 +1440,9 @@ async fn replay_txn(client: &Client, l: &Live, lock_timeout: Duration) -> Result
     exec(
         client,
         &format!(
-            "BEGIN ISOLATION LEVEL READ COMMITTED; SET LOCAL lock_timeout = '{}ms'",
-            lock_timeout.as_millis().max(1)
+            "BEGIN ISOLATION LEVEL READ COMMITTED; SET LOCAL lock_timeout = '{}ms'; {}",
+            lock_timeout.as_millis().max(1),
+            via_text_local()
         ),
         "starting a replay",
     )
@@ -1476,6 +1509,9 @@ pub async fn catch_up(client: &Client, synced: &[SyncedTable]) -> Result<u64> {
 /// commits or rolls back. Relations are found by oid, so the schemas may already
 /// have been renamed; the sync functions must not fire after this.
 pub async fn final_sync(client: &Client, synced: &[SyncedTable]) -> Result<()> {
+    if !synced.is_empty() {
+        exec(client, &via_text_local(), "setting up the final replay").await?;
+    }
     for t in synced {
         let l = describe(client, t).await?;
         let mut replayed = 0;
