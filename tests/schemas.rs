@@ -1612,3 +1612,34 @@ fn outside_objects_using_a_migrated_function_or_type_are_warned_about() {
         "{done}"
     );
 }
+
+/// A rollback whose current public has no recorded write counters (its
+/// backup made by an earlier version, or a swap killed after its COMMIT)
+/// treats every table's writes as unknown: in every migrated schema, not in
+/// public alone (writes to billing left with the new backup without a word).
+#[test]
+fn unknown_writes_are_checked_in_every_migrated_schema() {
+    let dbs = TestDbs::new("unknown_all_schemas");
+    dbs.src.psql(
+        "CREATE SCHEMA billing;
+         CREATE TABLE public.accounts (id int PRIMARY KEY);
+         CREATE TABLE billing.invoices (id int PRIMARY KEY);",
+    );
+    dbs.dst.psql(
+        "CREATE SCHEMA billing;
+         CREATE TABLE public.accounts (id int PRIMARY KEY);
+         CREATE TABLE billing.invoices (id int PRIMARY KEY);",
+    );
+    let wd = Workdir::new();
+    start_two(&wd, &dbs, &[]);
+    dbs.dst.psql(
+        "UPDATE pgshift.backups SET manifest = manifest - 'live_baseline'
+          WHERE ts = (SELECT max(ts) FROM pgshift.backups);
+         INSERT INTO billing.invoices VALUES (7);",
+    );
+    let out = wd.run(&["rollback", "--latest", "--dest", &dbs.dst.url()]);
+    let err = common::stderr_of(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("billing.invoices"), "{err}");
+    assert_eq!(dbs.dst.psql("SELECT count(*) FROM billing.invoices"), "1");
+}

@@ -308,8 +308,14 @@ pub async fn plan(client: &Client, opts: &RollbackOptions) -> Result<Plan> {
         .next()
         .and_then(|b| b.manifest.live_baseline);
     let kept: Vec<TableName> = kept_names(&pairs);
-    let (listed, writes) =
-        gate::writes_since(client, Operation::Rollback, live_baseline.as_ref(), &kept).await?;
+    let (listed, writes) = gate::writes_since(
+        client,
+        Operation::Rollback,
+        live_baseline.as_ref(),
+        &kept,
+        &lives,
+    )
+    .await?;
     let mut unkeepable = Unkeepable::new();
     if gate::rollback_gate(&writes, &opts.allow_discard, &unkeepable).is_err() {
         unkeepable = unkeepable_writes(client, &maps, &writes).await?;

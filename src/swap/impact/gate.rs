@@ -121,24 +121,24 @@ pub fn migration_exempt(st: &MigrationState) -> Vec<TableName> {
     st.writes_kept()
 }
 
-fn live_schemas() -> Vec<String> {
-    vec![LIVE.to_string()]
-}
-
 /// The writes since `baseline` to the live tables that are not `exempt`, with
 /// the counters now (the tables the check under the locks looks at). For the
 /// swap, `baseline` is the migration's (taken when prepare started) and
 /// `exempt` its preserved tables; for a rollback, the newest backup's record of
 /// this public when it went live, and the kept tables. Without a baseline
-/// every such table is unknown, for the reason that fits `op`. Read only; works
-/// inside or outside a transaction.
+/// every such table of `lives` (the live schemas replaced) is unknown, for the
+/// reason that fits `op`. Read only; works inside or outside a transaction.
 pub async fn writes_since(
     client: &Client,
     op: Operation,
     baseline: Option<&WriteBaseline>,
     exempt: &[TableName],
+    lives: &[String],
 ) -> Result<(WriteBaseline, WriteCheck)> {
-    let schemas = baseline.map_or_else(live_schemas, |b| b.schemas.clone());
+    // A baseline names its schemas; without one, every live schema the
+    // operation replaces (not public alone: a migration of several schemas
+    // discards their writes too).
+    let schemas = baseline.map_or_else(|| lives.to_vec(), |b| b.schemas.clone());
     let now = take_baseline(client, &schemas)
         .await
         .context("checking the tables' write counters")?;
@@ -154,7 +154,14 @@ pub async fn writes_since(
 /// unknown, as the swap would see them). Read only; `client` must not be in a
 /// transaction.
 pub async fn report(client: &Client, req: &ImpactRequest<'_>) -> Result<Impact> {
-    let (_, writes) = writes_since(client, Operation::Swap, req.baseline, req.exempt).await?;
+    let (_, writes) = writes_since(
+        client,
+        Operation::Swap,
+        req.baseline,
+        req.exempt,
+        &req.lives(),
+    )
+    .await?;
     let mut impact = Impact::collect(
         client,
         &ImpactRequest {
@@ -291,7 +298,14 @@ pub async fn before_swap(
     req: &ImpactRequest<'_>,
     opts: &ImpactOptions,
 ) -> Result<Checked> {
-    let (listed, writes) = writes_since(client, Operation::Swap, req.baseline, req.exempt).await?;
+    let (listed, writes) = writes_since(
+        client,
+        Operation::Swap,
+        req.baseline,
+        req.exempt,
+        &req.lives(),
+    )
+    .await?;
     gate_for(Operation::Swap, &writes, &opts.allow_discard).map_err(|why| anyhow!(why))?;
     let allowed = writes.discarded.len() + writes.unknown.len();
     if allowed > 0 {

@@ -226,6 +226,13 @@ pub struct ImpactRequest<'a> {
     pub lock_timeout: Duration,
 }
 
+impl ImpactRequest<'_> {
+    /// The live schemas the swap replaces.
+    pub fn lives(&self) -> Vec<String> {
+        self.pairs.iter().map(|p| p.live.clone()).collect()
+    }
+}
+
 /// Note added whenever something was dropped.
 pub const RENAME_NOTE: &str = "a renamed table, column or function cannot be told from a drop and an add: it is reported as dropped (and added)";
 
