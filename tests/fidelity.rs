@@ -561,7 +561,8 @@ fn text_copies_ignore_the_servers_own_settings_and_reg_values_travel_as_names() 
     for db in [&dbs.src, &dbs.dst] {
         db.psql(
             "CREATE EXTENSION IF NOT EXISTS hstore;
-             CREATE FUNCTION local_day(timestamptz) RETURNS date IMMUTABLE LANGUAGE sql AS 'SELECT $1::date';",
+             CREATE FUNCTION local_day(timestamptz) RETURNS date IMMUTABLE LANGUAGE sql AS 'SELECT $1::date';
+             CREATE DOMAIN public.name AS text;",
         );
     }
     dbs.src.psql(
@@ -577,7 +578,7 @@ fn text_copies_ignore_the_servers_own_settings_and_reg_values_travel_as_names() 
                              day date GENERATED ALWAYS AS (local_day(tz)) STORED);
          INSERT INTO t_bin VALUES (1, '2020-12-06 02:00:00+00');
          CREATE TABLE docs (id int PRIMARY KEY, cfg regconfig, tbl regclass, typ regtype, cfgs regconfig[],
-                            ext regtype);
+                            ext regtype, hidden regtype DEFAULT 'public.name');
          INSERT INTO docs VALUES (1, 'english', 'docs', 'mood', '{simple,my_cfg}', 'hstore'),
                                  (2, 'my_cfg', 't_txt', 'int4', NULL, NULL);",
     );
@@ -636,6 +637,13 @@ fn text_copies_ignore_the_servers_own_settings_and_reg_values_travel_as_names() 
         dbs.dst
             .psql("SELECT (cfg = 'public.my_cfg'::regconfig)::text FROM docs WHERE id = 2"),
         "true"
+    );
+    // A public type that pg_catalog's `name` hides from the search path:
+    // the new public's, not the backup's.
+    assert_eq!(
+        dbs.dst
+            .psql("SELECT count(*) FROM docs WHERE hidden = 'public.name'::regtype"),
+        "2"
     );
     assert_eq!(
         dbs.dst

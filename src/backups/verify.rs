@@ -234,6 +234,7 @@ async fn check_schema(
                     let path: Vec<&str> = maps
                         .iter()
                         .map(|m| m.backup.as_str())
+                        .chain(["pg_catalog"])
                         .chain(maps.iter().map(|m| m.live.as_str()))
                         .collect();
                     let got =

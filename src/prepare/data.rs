@@ -126,16 +126,17 @@ pub struct TextIo {
 impl TextIo {
     /// `pairs`: each migrated schema and its shadow, public's first. A
     /// `reg*` value naming an object of a migrated schema is written
-    /// unqualified on the source (its schema is on the path) and read on the
-    /// destination against the shadows, in the same order; then the live
-    /// schemas, where the extensions' objects stay (`geometry`); other
-    /// schemas' objects are written qualified.
+    /// unqualified on the source (its schema is on the path, before
+    /// pg_catalog, so a built-in of the same name never hides it) and read on
+    /// the destination against the shadows, in the same order; then
+    /// pg_catalog; then the live schemas, where the extensions' objects stay
+    /// (`geometry`); other schemas' objects are written qualified.
     pub fn new(pairs: &[(&str, &str)]) -> TextIo {
         let path = |names: Vec<&str>| names.into_iter().map(quote_ident).join(", ");
         TextIo {
             source: format!(
                 "{SOURCE_TEXT_SETTINGS}; SET search_path = {}",
-                path(pairs.iter().map(|p| p.0).collect())
+                path(pairs.iter().map(|p| p.0).chain(["pg_catalog"]).collect())
             ),
             dest: format!(
                 "{DEST_TEXT_SETTINGS}; SET LOCAL search_path = {}",
@@ -143,6 +144,7 @@ impl TextIo {
                     pairs
                         .iter()
                         .map(|p| p.1)
+                        .chain(["pg_catalog"])
                         .chain(pairs.iter().map(|p| p.0))
                         .collect()
                 )
