@@ -150,18 +150,26 @@ pub async fn writes_since(
     Ok((now, check))
 }
 
-/// The whole report for a swap (`req.baseline` `None`: every table's writes
-/// unknown, as the swap would see them). Read only; `client` must not be in a
-/// transaction.
-pub async fn report(client: &Client, req: &ImpactRequest<'_>) -> Result<Impact> {
-    let (_, writes) = writes_since(
+/// [`writes_since`] for the swap `req` describes.
+async fn swap_writes(
+    client: &Client,
+    req: &ImpactRequest<'_>,
+) -> Result<(WriteBaseline, WriteCheck)> {
+    writes_since(
         client,
         Operation::Swap,
         req.baseline,
         req.exempt,
         &req.lives(),
     )
-    .await?;
+    .await
+}
+
+/// The whole report for a swap (`req.baseline` `None`: every table's writes
+/// unknown, as the swap would see them). Read only; `client` must not be in a
+/// transaction.
+pub async fn report(client: &Client, req: &ImpactRequest<'_>) -> Result<Impact> {
+    let (_, writes) = swap_writes(client, req).await?;
     let mut impact = Impact::collect(
         client,
         &ImpactRequest {
@@ -298,14 +306,7 @@ pub async fn before_swap(
     req: &ImpactRequest<'_>,
     opts: &ImpactOptions,
 ) -> Result<Checked> {
-    let (listed, writes) = writes_since(
-        client,
-        Operation::Swap,
-        req.baseline,
-        req.exempt,
-        &req.lives(),
-    )
-    .await?;
+    let (listed, writes) = swap_writes(client, req).await?;
     gate_for(Operation::Swap, &writes, &opts.allow_discard).map_err(|why| anyhow!(why))?;
     let allowed = writes.discarded.len() + writes.unknown.len();
     if allowed > 0 {
