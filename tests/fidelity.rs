@@ -584,8 +584,11 @@ fn text_copies_ignore_the_servers_own_settings_and_reg_values_travel_as_names() 
     );
     // The destination has its own docs: a regclass OID copied as is would
     // name its table, which the swap puts in the backup.
-    dbs.dst
-        .psql("CREATE TABLE docs (id int PRIMARY KEY); CREATE TABLE filler (x int);");
+    // (An enum of its own first: the shadow's `mood` gets another OID than
+    // the source's, which a binary copy of `mood[]` would trip on.)
+    dbs.dst.psql(
+        "CREATE TYPE dst_only AS ENUM ('x'); CREATE TABLE docs (id int PRIMARY KEY); CREATE TABLE filler (x int);",
+    );
     let wd = Workdir::new();
     // Prepare with checksums, then swap: the checksums' settings stay out of
     // the session that records the shadow's structure (a CHECK with a

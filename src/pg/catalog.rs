@@ -253,7 +253,8 @@ pub async fn tables(client: &impl GenericClient, schema: &str) -> Result<Vec<Tab
                           WHERE t.typtype = 'd' AND b.depth < 10)
                      SELECT (bt.oid < 16384
                              OR (bt.typtype IN ('b', 'e') AND bt.typreceive <> 0 AND bt.typsend <> 0
-                                 AND bt.typreceive::regproc::text NOT IN ('array_recv', 'record_recv')))
+                                 AND bt.typreceive NOT IN ('pg_catalog.array_recv'::pg_catalog.regproc,
+                                                         'pg_catalog.record_recv'::pg_catalog.regproc)))
                             -- reg* types (and arrays of them) send the OID itself, which names
                             -- another object, or none, on another server: text sends the name
                             AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_type rt

@@ -167,6 +167,8 @@ pub async fn connect(
 /// - `row_security = off` on the source, as pg_dump sets it: a read that
 ///   row-level security would filter fails instead of copying fewer rows
 ///   (prepare refuses such tables up front: `preflight::refuse_row_security`).
+/// - `quote_all_identifiers = off`: names pgshift reads back from the catalog
+///   as text are compared and printed as PostgreSQL writes them by default.
 /// - `jit = off`: pgshift's own queries read the catalogs; on a large one their
 ///   cost estimates pass jit_above_cost and compiling them takes seconds (3.4 s
 ///   instead of 80 ms for cleanup's drop planning on 600 tables).
@@ -183,9 +185,11 @@ pub async fn connect(
 /// server; only then the slower lookup of the settings that depend on the
 /// server's version.
 pub async fn session_defaults(client: &tokio_postgres::Client, label: &str) {
-    const FIRST: &str =
-        "SET statement_timeout = 0; SET idle_in_transaction_session_timeout = 0; SET jit = off";
-    const SOURCE: &str = "SET statement_timeout = 0; SET idle_in_transaction_session_timeout = 0; SET jit = off; SET row_security = off";
+    // `quote_all_identifiers` set for a database or role would quote every
+    // name pgshift reads back as text from the catalog (`"array_recv"` is
+    // not `array_recv`: an enum array went to binary COPY and failed).
+    const FIRST: &str = "SET statement_timeout = 0; SET idle_in_transaction_session_timeout = 0; SET jit = off; SET quote_all_identifiers = off";
+    const SOURCE: &str = "SET statement_timeout = 0; SET idle_in_transaction_session_timeout = 0; SET jit = off; SET quote_all_identifiers = off; SET row_security = off";
     let first = if label == "source" { SOURCE } else { FIRST };
     for attempt in 1..=5 {
         match client.batch_execute(first).await {
