@@ -359,6 +359,49 @@ fn sigkill_during_the_swap_leaves_it_all_before() {
     assert_eq!(dbs.dst.psql("SELECT count(*) FROM public.t"), "100");
 }
 
+/// `users` and `orders` (a foreign key to users) on both sides, with rows.
+fn users_and_orders(name: &str) -> TestDbs {
+    let dbs = TestDbs::new(name);
+    let ddl = "CREATE TABLE users (id int PRIMARY KEY);
+               CREATE TABLE orders (id int PRIMARY KEY, user_id int REFERENCES users (id));";
+    dbs.src.psql(ddl);
+    dbs.src
+        .psql("INSERT INTO users VALUES (1); INSERT INTO orders VALUES (1, 1);");
+    dbs.dst.psql(ddl);
+    dbs.dst.psql(
+        "INSERT INTO users SELECT generate_series(1, 10); INSERT INTO orders SELECT g, g FROM generate_series(1, 10) g;",
+    );
+    dbs
+}
+
+/// Run `args` paused right after its COMMIT; SIGKILL it once `committed`
+/// (a count on `db`) is no longer 0.
+fn kill_after_commit(wd: &Workdir, db: &TestDb, args: &[&str], committed: &str) {
+    let mut child = spawn(
+        wd,
+        args,
+        &[("PGSHIFT_FAILPOINT", "swap-committed:sleep=60000")],
+    );
+    let start = Instant::now();
+    while db.psql(committed) == "0" {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "{} never committed",
+            args[0]
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    signal(&child, libc::SIGKILL);
+    child.wait().unwrap();
+}
+
+fn status_json(wd: &Workdir, dst: &str) -> serde_json::Value {
+    serde_json::from_str(&assert_success(
+        &wd.run(&["status", "--dest", dst, "--json"]),
+    ))
+    .unwrap()
+}
+
 /// Killed after its COMMIT, before the steps that follow it: the backup's
 /// row counts were never recorded and the foreign key the swap created NOT
 /// VALID was never validated, for good, while the next `swap` said "nothing
@@ -366,43 +409,19 @@ fn sigkill_during_the_swap_leaves_it_all_before() {
 /// next swap finishes it and says the migration is already swapped.
 #[test]
 fn a_swap_killed_after_its_commit_is_finished_by_the_next_swap() {
-    let dbs = TestDbs::new("sigkill_committed");
-    let ddl = "CREATE TABLE users (id int PRIMARY KEY);
-               CREATE TABLE orders (id int PRIMARY KEY, user_id int REFERENCES users (id));";
-    dbs.src.psql(ddl);
-    dbs.src
-        .psql("INSERT INTO users VALUES (1); INSERT INTO orders VALUES (1, 1);");
-    dbs.dst.psql(ddl);
-    dbs.dst
-        .psql("INSERT INTO users SELECT generate_series(1, 10); INSERT INTO orders SELECT g, g FROM generate_series(1, 10) g;");
+    let dbs = users_and_orders("sigkill_committed");
     let wd = Workdir::new();
     let dst = dbs.dst.url();
     assert_success(&wd.prepare(&dbs, &["--preserved-tables", "users"]));
-    let mut child = spawn(
+    kill_after_commit(
         &wd,
+        &dbs.dst,
         &["swap", "--dest", &dst],
-        &[("PGSHIFT_FAILPOINT", "swap-committed:sleep=60000")],
+        "SELECT count(*) FROM pg_namespace WHERE nspname LIKE 'backup\\_%'",
     );
-    let start = Instant::now();
-    while dbs
-        .dst
-        .psql("SELECT count(*) FROM pg_namespace WHERE nspname LIKE 'backup\\_%'")
-        == "0"
-    {
-        assert!(
-            start.elapsed() < Duration::from_secs(30),
-            "the swap never committed"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    signal(&child, libc::SIGKILL);
-    child.wait().unwrap();
     let not_valid = "SELECT count(*) FROM pg_constraint WHERE conname = 'orders_user_id_fkey' AND conrelid = 'public.orders'::regclass AND NOT convalidated";
     assert_eq!(dbs.dst.psql(not_valid), "1");
-    let st: serde_json::Value = serde_json::from_str(&assert_success(
-        &wd.run(&["status", "--dest", &dst, "--json"]),
-    ))
-    .unwrap();
+    let st = status_json(&wd, &dst);
     assert!(
         st["warnings"]
             .to_string()
@@ -423,10 +442,7 @@ fn a_swap_killed_after_its_commit_is_finished_by_the_next_swap() {
     ))
     .unwrap();
     assert_eq!(list[0]["total_rows"], 20, "{list}");
-    let st: serde_json::Value = serde_json::from_str(&assert_success(
-        &wd.run(&["status", "--dest", &dst, "--json"]),
-    ))
-    .unwrap();
+    let st = status_json(&wd, &dst);
     assert_eq!(st["state"], "idle", "{st}");
     assert_eq!(st["warnings"], serde_json::json!([]), "{st}");
     assert_eq!(st["not_valid_foreign_keys"], serde_json::json!([]), "{st}");
@@ -437,16 +453,7 @@ fn a_swap_killed_after_its_commit_is_finished_by_the_next_swap() {
 /// what it finished and that nothing was prepared to swap.
 #[test]
 fn a_rollback_killed_after_its_commit_is_finished_by_the_next_swap() {
-    let dbs = TestDbs::new("sigkill_rb_committed");
-    let ddl = "CREATE TABLE users (id int PRIMARY KEY);
-               CREATE TABLE orders (id int PRIMARY KEY, user_id int REFERENCES users (id));";
-    dbs.src.psql(ddl);
-    dbs.src
-        .psql("INSERT INTO users VALUES (1); INSERT INTO orders VALUES (1, 1);");
-    dbs.dst.psql(ddl);
-    dbs.dst.psql(
-        "INSERT INTO users SELECT generate_series(1, 10); INSERT INTO orders SELECT g, g FROM generate_series(1, 10) g;",
-    );
+    let dbs = users_and_orders("sigkill_rb_committed");
     let wd = Workdir::new();
     let dst = dbs.dst.url();
     assert_success(&wd.run(&[
@@ -458,8 +465,9 @@ fn a_rollback_killed_after_its_commit_is_finished_by_the_next_swap() {
         "--preserved-tables",
         "users",
     ]));
-    let mut child = spawn(
+    kill_after_commit(
         &wd,
+        &dbs.dst,
         &[
             "rollback",
             "--latest",
@@ -470,28 +478,11 @@ fn a_rollback_killed_after_its_commit_is_finished_by_the_next_swap() {
             "--dest",
             &dst,
         ],
-        &[("PGSHIFT_FAILPOINT", "swap-committed:sleep=60000")],
+        "SELECT count(*) FROM pgshift.backups WHERE kind = 'rollback'",
     );
-    let start = Instant::now();
-    while dbs
-        .dst
-        .psql("SELECT count(*) FROM pgshift.backups WHERE kind = 'rollback'")
-        == "0"
-    {
-        assert!(
-            start.elapsed() < Duration::from_secs(30),
-            "the rollback never committed"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    signal(&child, libc::SIGKILL);
-    child.wait().unwrap();
     let not_valid = "SELECT count(*) FROM pg_constraint WHERE contype = 'f' AND conrelid = 'public.orders'::regclass AND NOT convalidated";
     assert_eq!(dbs.dst.psql(not_valid), "1");
-    let st: serde_json::Value = serde_json::from_str(&assert_success(
-        &wd.run(&["status", "--dest", &dst, "--json"]),
-    ))
-    .unwrap();
+    let st = status_json(&wd, &dst);
     assert!(
         st["warnings"]
             .to_string()
@@ -506,10 +497,7 @@ fn a_rollback_killed_after_its_commit_is_finished_by_the_next_swap() {
         "{err}"
     );
     assert_eq!(dbs.dst.psql(not_valid), "0");
-    let st: serde_json::Value = serde_json::from_str(&assert_success(
-        &wd.run(&["status", "--dest", &dst, "--json"]),
-    ))
-    .unwrap();
+    let st = status_json(&wd, &dst);
     assert_eq!(st["warnings"], serde_json::json!([]), "{st}");
 }
 
