@@ -626,7 +626,13 @@ pub async fn swap<H: InTx>(
         "swap".into(),
         serde_json::Value::from(done.moved.lock_held_ms),
     );
-    match describe_all(control, exchange, &backups).await {
+    let maps: Vec<(&str, &str)> = exchange
+        .pairs
+        .iter()
+        .map(|p| p.live.as_str())
+        .zip(backups.iter().map(String::as_str))
+        .collect();
+    match describe_all(control, &maps).await {
         Ok(tables) => {
             manifest.tables = tables;
             manifest.counts_recorded = true;
@@ -692,14 +698,11 @@ pub async fn finish_committed(client: &Client) -> Result<Option<Finished>> {
     let mut notes = Vec::new();
     let mut m = b.manifest.clone();
     let maps = m.schema_maps();
-    let mut all = Vec::new();
-    for map in &maps {
-        for mut t in manifest::describe(client, &map.backup, true).await? {
-            t.schema = map.live.clone();
-            all.push(t);
-        }
-    }
-    m.tables = all;
+    let pairs: Vec<(&str, &str)> = maps
+        .iter()
+        .map(|s| (s.live.as_str(), s.backup.as_str()))
+        .collect();
+    m.tables = describe_all(client, &pairs).await?;
     m.counts_recorded = true;
     manifest::update_manifest(client, &m).await?;
     notes.push(format!(
@@ -812,15 +815,12 @@ async fn not_valid_keys(client: &Client, live: &[String]) -> Result<Vec<NotValid
 }
 
 /// The tables of every backup schema, counted, each with its live schema.
-async fn describe_all(
-    client: &Client,
-    exchange: &Exchange,
-    backups: &[String],
-) -> Result<Vec<ManifestTable>> {
+/// `maps`: each live schema and its backup schema.
+async fn describe_all(client: &Client, maps: &[(&str, &str)]) -> Result<Vec<ManifestTable>> {
     let mut all = Vec::new();
-    for (p, b) in exchange.pairs.iter().zip(backups) {
-        for mut t in manifest::describe(client, b, true).await? {
-            t.schema = p.live.clone();
+    for (live, backup) in maps {
+        for mut t in manifest::describe(client, backup, true).await? {
+            t.schema = live.to_string();
             all.push(t);
         }
     }
