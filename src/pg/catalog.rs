@@ -135,7 +135,8 @@ pub async fn structure_fingerprint(
         // Printed the same whatever the session's settings (prepare and swap
         // may run as roles with their own TimeZone, say).
         .batch_execute(&format!(
-            "BEGIN; SET LOCAL search_path = ''; SET LOCAL datestyle = 'ISO, YMD'; SET LOCAL timezone = 'UTC'; SET LOCAL intervalstyle = 'postgres'; SET LOCAL extra_float_digits = 3; SET LOCAL quote_all_identifiers = off{bound}"
+            "BEGIN; SET LOCAL search_path = ''; {}{bound}",
+            crate::pg::settings::set_local(crate::pg::settings::OUTPUT)
         ))
         .await
         .context("reading the shadow's structure")?;

@@ -8,7 +8,7 @@
 //!   `wal_level = minimal` no WAL).
 //! - Binary format where every column type round-trips between two databases;
 //!   text otherwise. Text is written and read under fixed settings
-//!   ([`TextIo`]): the servers' own `DateStyle`, `IntervalStyle`,
+//!   ([`TextIo`], from `pg::settings`): the servers' own `DateStyle`, `IntervalStyle`,
 //!   `extra_float_digits`, `TimeZone`, `lc_monetary` or `array_nulls` (set per
 //!   database or role) would otherwise turn `05/12/2020` into May 12th, `-1
 //!   days -02:00` into `-1 days +02:00`, a NULL array element into `'NULL'`,
@@ -37,6 +37,7 @@ use crate::pg::catalog::TableInfo;
 use crate::pg::conn::connect::{connect, describe_pg_error};
 use crate::pg::conn::connspec::ConnSpec;
 use crate::pg::ident::{qualified, quote_ident};
+use crate::pg::settings;
 use crate::prepare::copycount::RowCounter;
 use crate::prepare::progress::Progress;
 
@@ -98,22 +99,10 @@ pub struct DataPlan<'a> {
     pub text_io: &'a TextIo,
 }
 
-/// How the source writes text-format COPY: pg_dump's own choices (ISO dates
-/// with numeric UTC offsets, `postgres` intervals, every float digit, hex
-/// bytea, money in the C locale, names unquoted unless needed), whatever the
-/// source database or role sets.
-const SOURCE_TEXT_SETTINGS: &str = "SET datestyle = 'ISO, YMD'; SET intervalstyle = 'postgres'; SET extra_float_digits = 3; SET timezone = 'UTC'; SET lc_monetary = 'C'; SET bytea_output = 'hex'; SET quote_all_identifiers = off";
-
-/// How the destination reads it: only what input depends on (an ISO date
-/// and a timestamp with its offset read the same under any DateStyle and
-/// TimeZone; `sql_standard` intervals, a money locale and `array_nulls = off`
-/// do not). DateStyle and TimeZone stay the destination's, as pg_restore
-/// leaves them: a stored generated column or a CHECK computing with the time
-/// zone gets the same value whichever format its table travelled in.
-const DEST_TEXT_SETTINGS: &str =
-    "SET LOCAL intervalstyle = 'postgres'; SET LOCAL lc_monetary = 'C'; SET LOCAL array_nulls = on";
-
-/// The settings of text-format COPY on each end (see the module doc).
+/// The settings of text-format COPY on each end: the source writes under
+/// [`settings::OUTPUT`] (pg_dump's), the destination reads under
+/// [`settings::INPUT`] and keeps its own DateStyle and TimeZone, as
+/// pg_restore does (see `pg::settings`).
 #[derive(Debug, Clone)]
 pub struct TextIo {
     /// For the source session, once.
@@ -135,11 +124,13 @@ impl TextIo {
         let path = |names: Vec<&str>| names.into_iter().map(quote_ident).join(", ");
         TextIo {
             source: format!(
-                "{SOURCE_TEXT_SETTINGS}; SET search_path = {}",
+                "{}; SET search_path = {}",
+                settings::set(settings::OUTPUT),
                 path(pairs.iter().map(|p| p.0).chain(["pg_catalog"]).collect())
             ),
             dest: format!(
-                "{DEST_TEXT_SETTINGS}; SET LOCAL search_path = {}",
+                "{}; SET LOCAL search_path = {}",
+                settings::set_local(settings::INPUT),
                 path(
                     pairs
                         .iter()

@@ -37,6 +37,7 @@ use crate::pg::ident::{TableName, qualified, quote_ident, quote_literal};
 use crate::pg::locks_budget::{self, Budget};
 use crate::pg::meta::{self, PUBLIC, SHADOW_SCHEMA, SchemaPair};
 use crate::pg::objects;
+use crate::pg::settings;
 use crate::prepare::data::{self, CopyJob, DataPlan, Loaded};
 use crate::prepare::discard;
 use crate::prepare::filters::{self, Matched, Resolved, TableFilters};
@@ -1371,7 +1372,10 @@ async fn validate(run: &mut Run<'_>) -> Result<Vec<TableRecord>> {
 pub async fn checksum(client: &Client, path: &[&str], schema: &str, table: &str) -> Result<String> {
     // The session's own settings come back afterwards (the control session
     // goes on to print the shadow's structure, say).
-    let names: Vec<&str> = CHECKSUM_SETTINGS.to_vec();
+    let names: Vec<&str> = ["search_path"]
+        .into_iter()
+        .chain(settings::names(settings::OUTPUT))
+        .collect();
     let was: Vec<String> = client
         .query_one(
             "SELECT pg_catalog.array_agg(pg_catalog.current_setting(n) ORDER BY o)
@@ -1391,18 +1395,6 @@ pub async fn checksum(client: &Client, path: &[&str], schema: &str, table: &str)
     sum
 }
 
-/// The settings [`checksum`] changes (and puts back).
-const CHECKSUM_SETTINGS: [&str; 8] = [
-    "search_path",
-    "datestyle",
-    "timezone",
-    "extra_float_digits",
-    "bytea_output",
-    "intervalstyle",
-    "lc_monetary",
-    "quote_all_identifiers",
-];
-
 async fn checksum_with_path(
     client: &Client,
     path: &[&str],
@@ -1411,8 +1403,12 @@ async fn checksum_with_path(
 ) -> Result<String> {
     client
         .batch_execute(&format!(
-            "SET datestyle = 'ISO, YMD'; SET timezone = 'UTC'; SET extra_float_digits = 3; SET bytea_output = 'hex'; SET intervalstyle = 'postgres'; SET lc_monetary = 'C'; SET quote_all_identifiers = off; SET search_path = {}",
-            path.iter().map(|s| quote_ident(s)).collect::<Vec<_>>().join(", ")
+            "{}; SET search_path = {}",
+            settings::set(settings::OUTPUT),
+            path.iter()
+                .map(|s| quote_ident(s))
+                .collect::<Vec<_>>()
+                .join(", ")
         ))
         .await?;
     let rel = qualified(schema, table);

@@ -70,6 +70,7 @@ use crate::pg::exec::{
 };
 use crate::pg::ident::{TableName, display_ident, qualified, quote_ident, quote_literal};
 use crate::pg::meta::{META_SCHEMA, SHADOW_SCHEMA, is_public_str, public_string};
+use crate::pg::settings;
 
 /// `lock_timeout` of a trigger's apply to the shadow table.
 pub const APPLY_LOCK_TIMEOUT: &str = "100ms";
@@ -719,29 +720,13 @@ async fn type_problem(
 // The live description of a synced table and the SQL built from it
 // ---------------------------------------------------------------------------------------
 
-/// The settings under which a value that goes through its text form
+/// `SET LOCAL …` under which a value that goes through its text form
 /// ([`Conv::ViaText`]) comes back equal, whatever the destination database's
-/// or role's own (`extra_float_digits = 0` cut floats short, `array_nulls =
-/// off` turned a NULL element into `'NULL'`, a `SQL` DateStyle wrote `IST`,
-/// which PostgreSQL before 18 reads as Israel time): pg_dump's. Set by the
-/// trigger functions (their own `SET` clauses) and by every transaction of
-/// pgshift's that copies or replays rows (`SET LOCAL`).
-const VIA_TEXT_SETTINGS: [(&str, &str); 7] = [
-    ("datestyle", "ISO, YMD"),
-    ("intervalstyle", "postgres"),
-    ("extra_float_digits", "3"),
-    ("array_nulls", "on"),
-    ("lc_monetary", "C"),
-    ("bytea_output", "hex"),
-    ("quote_all_identifiers", "off"),
-];
-
-/// `SET LOCAL …` for [`VIA_TEXT_SETTINGS`], for the start of a transaction.
+/// or role's own settings ([`settings::ROUND_TRIP`]): for every transaction
+/// of pgshift's that copies or replays rows; the trigger functions carry the
+/// same settings as their own `SET` clauses.
 fn via_text_local() -> String {
-    VIA_TEXT_SETTINGS
-        .iter()
-        .map(|(k, v)| format!("SET LOCAL {k} = {}", quote_literal(v)))
-        .join("; ")
+    settings::set_local(settings::ROUND_TRIP)
 }
 
 /// How a value of public's column becomes a value of shadow's column.
@@ -1101,13 +1086,10 @@ END
     fn function_sql(&self, fname: &str, ev: Event, apply: bool) -> String {
         let body = self.function_body(ev, apply);
         let tag = dollar_tag(&body);
-        let settings: String = VIA_TEXT_SETTINGS
-            .iter()
-            .map(|(k, v)| format!(" SET {k} = {}", quote_literal(v)))
-            .collect();
+        let fixed = settings::clauses(settings::ROUND_TRIP);
         format!(
             "CREATE OR REPLACE FUNCTION {fname}() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER
-               SET search_path = pg_catalog, pg_temp{settings}
+               SET search_path = pg_catalog, pg_temp{fixed}
              AS {tag}{body}{tag};
              REVOKE ALL ON FUNCTION {fname}() FROM PUBLIC;\n"
         )
