@@ -242,6 +242,51 @@ async fn writes_to_tables_that_are_not_preserved_are_counted_exactly() {
     assert_eq!(hint.tables[4].partition_of.as_deref(), Some("events"));
 }
 
+/// The check under the locks takes the partitions' ancestors from the
+/// snapshot before them (as literals): the same ancestors, names with quotes
+/// and backslashes, two levels deep, as the full check finds.
+#[tokio::test]
+async fn the_check_under_the_locks_names_partitions_as_the_full_check() {
+    let Some(db) = db("partition_ancestors") else {
+        return;
+    };
+    db.psql(
+        r#"CREATE SCHEMA "bil""ling\";
+         CREATE TABLE "ev""ents\" (id int, at date) PARTITION BY RANGE (at);
+         CREATE TABLE "bil""ling\"."ev 2024" PARTITION OF "ev""ents\"
+           FOR VALUES FROM ('2024-01-01') TO ('2025-01-01') PARTITION BY RANGE (id);
+         CREATE TABLE "ev,{low}" PARTITION OF "bil""ling\"."ev 2024" FOR VALUES FROM (0) TO (100);
+         CREATE TABLE plain (id int);"#,
+    );
+    let c = db.client().await;
+    let schemas = vec!["public".to_string(), "bil\"ling\\".to_string()];
+    let base = impact::take_baseline(&c, &schemas).await.unwrap();
+    db.psql(
+        r#"INSERT INTO "ev""ents\" VALUES (1, '2024-05-01'), (2, '2024-06-01');
+         INSERT INTO plain VALUES (1);"#,
+    );
+    wait_counts(&c, r#"public."ev,{low}""#, (2, 0, 0)).await;
+    wait_counts(&c, "public.plain", (1, 0, 0)).await;
+    let now = impact::take_baseline(&c, &schemas).await.unwrap();
+    let check = impact::compare(&base, &now, &[]);
+    assert_eq!(
+        tables(&check),
+        vec![(r#""ev,{low}""#.into(), 2, 0, 0), ("plain".into(), 1, 0, 0)]
+    );
+    assert_eq!(
+        check.discarded[0].partition_of.as_deref(),
+        Some(r#""ev""ents\""#)
+    );
+    assert_eq!(run_check_sql(&c, &base, &[]).await, check);
+    // Exempt through its grandparent: left out by the same ancestors.
+    let exempt = vec![TableName {
+        schema: None,
+        name: r#"ev"ents\"#.into(),
+    }];
+    let without = run_check_sql(&c, &base, &exempt).await;
+    assert_eq!(tables(&without), vec![("plain".into(), 1, 0, 0)]);
+}
+
 #[tokio::test]
 async fn truncate_new_tables_and_reset_statistics_are_reported() {
     let Some(db) = db("unknown_writes") else {
