@@ -111,7 +111,9 @@ impl TableName {
                 if let Some(c) = chars.find(|c| !(c.is_alphanumeric() || *c == '_' || *c == '$')) {
                     return Err(NameError::BadChar(input.to_string(), describe_char(c)));
                 }
-                (word.to_lowercase(), &rest[end..])
+                // Only ASCII letters fold, as in PostgreSQL's
+                // downcase_identifier: unquoted ÄPFEL is "Äpfel", not äpfel.
+                (word.to_ascii_lowercase(), &rest[end..])
             };
             if part.len() > 63 {
                 return Err(NameError::TooLong(input.to_string()));
@@ -257,6 +259,10 @@ mod tests {
         let t = TableName::parse("\"Ünïcode\"").unwrap();
         assert_eq!(t.name, "Ünïcode");
         assert_eq!(TableName::parse(" sessions ").unwrap().name, "sessions");
+        // Only ASCII letters fold, as in PostgreSQL's downcase_identifier.
+        assert_eq!(TableName::parse("ÄPFEL").unwrap().name, "Äpfel");
+        assert_eq!(TableName::parse("äpfel").unwrap().name, "äpfel");
+        assert_eq!(display_ident("Äpfel"), "\"Äpfel\"");
     }
 
     #[test]

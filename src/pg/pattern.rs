@@ -86,7 +86,9 @@ impl TablePattern {
                 '*' => cur.push(Tok::Any),
                 '?' => cur.push(Tok::One),
                 '.' => parts.push(Vec::new()),
-                c => cur.extend(c.to_lowercase().map(Tok::Char)),
+                // Only ASCII letters fold, as in PostgreSQL (downcase_identifier)
+                // and psql's patterns: unquoted ÄPFEL is "Äpfel", not äpfel.
+                c => cur.push(Tok::Char(c.to_ascii_lowercase())),
             }
         }
         if quoted {
@@ -222,6 +224,12 @@ mod tests {
         assert!(!m("a.b", "public", "a.b"));
         assert!(m("\"a.b\"", "public", "a.b"));
         assert!(m("[x]", "public", "[x]"), "regex syntax is literal");
+        // Only ASCII letters fold, as in PostgreSQL and psql.
+        assert!(m("ÄPFEL", "public", "Äpfel"));
+        assert!(!m("ÄPFEL", "public", "äpfel"));
+        assert!(m("äpfel*", "public", "äpfel_2"));
+        assert!(m("ÉTÉ.X", "ÉtÉ", "x"));
+        assert!(!m("ÉTÉ.X", "été", "x"));
     }
 
     #[test]

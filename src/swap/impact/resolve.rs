@@ -733,7 +733,7 @@ pub fn parse_search_path(value: &str) -> Vec<String> {
         let item = if *was_quoted {
             std::mem::take(cur)
         } else {
-            let t = cur.trim().to_lowercase();
+            let t = cur.trim().to_ascii_lowercase();
             cur.clear();
             t
         };
