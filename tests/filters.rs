@@ -322,3 +322,73 @@ fn swap_keeps_destination_only_tables() {
         "kept, written after prepare:5"
     );
 }
+
+/// What an excluded table takes along (the sequences it owns, every child of
+/// a parent) and what a partition without its rows breaks are refused or
+/// followed before anything changes.
+#[test]
+fn owned_sequences_inheritance_and_partitions_without_rows() {
+    let dbs = TestDbs::new("filters_deps");
+    dbs.src.psql(
+        "CREATE TABLE legacy (id serial PRIMARY KEY, x text);
+         SELECT setval('legacy_id_seq', 1000);
+         CREATE TABLE newt (id int PRIMARY KEY DEFAULT nextval('legacy_id_seq'), y text);
+         INSERT INTO newt (y) VALUES ('n');
+         CREATE TABLE pa (a int);
+         CREATE TABLE pb (b int);
+         CREATE TABLE kid () INHERITS (pa, pb);
+         INSERT INTO kid VALUES (1, 2);
+         CREATE TABLE p (id int, at date, PRIMARY KEY (id, at)) PARTITION BY RANGE (at);
+         CREATE TABLE p_2024 PARTITION OF p FOR VALUES FROM ('2024-01-01') TO ('2025-01-01');
+         CREATE TABLE p_2025 PARTITION OF p FOR VALUES FROM ('2025-01-01') TO ('2026-01-01');
+         CREATE TABLE pref (id int PRIMARY KEY, p_id int, p_at date, FOREIGN KEY (p_id, p_at) REFERENCES p);
+         INSERT INTO p VALUES (1, '2024-05-01');
+         INSERT INTO pref VALUES (1, 1, '2024-05-01');",
+    );
+    dbs.dst.psql(
+        "CREATE TABLE legacy (id serial PRIMARY KEY, x text);
+         INSERT INTO legacy (x) VALUES ('dst');",
+    );
+    let wd = Workdir::new();
+    let (src, dst) = (dbs.src.url(), dbs.dst.url());
+    let base = ["prepare", "--source", &src, "--dest", &dst];
+    let before = catalog_fingerprint(&dbs.dst);
+
+    // newt's default draws from the sequence legacy owns, which pg_dump
+    // leaves out with it: after the swap it would draw from the backup's.
+    let out = wd.run(&[base.as_slice(), &["--exclude-table", "legacy", "--dry-run"]].concat());
+    assert_usage_error(
+        &out,
+        "objects of the source depend on excluded tables and would be migrated without them: default value for column id of table newt",
+    );
+    // pref's rows reference rows of a partition migrated without them.
+    let out = wd.run(
+        &[
+            base.as_slice(),
+            &["--exclude-table-data", "p_2024", "--dry-run"],
+        ]
+        .concat(),
+    );
+    assert_usage_error(
+        &out,
+        "pref_p_id_p_at_fkey of pref references p (its partitions p_2024 without rows)",
+    );
+    assert_eq!(catalog_fingerprint(&dbs.dst), before);
+
+    // kid inherits from pa and pb: excluding either one's data takes kid's.
+    for parent in ["pa", "pb"] {
+        let plan = json(
+            &wd.run_ok(
+                &[
+                    base.as_slice(),
+                    &["--exclude-table-data", parent, "--dry-run", "--json"],
+                ]
+                .concat(),
+            ),
+        );
+        assert_eq!(
+            plan["plan"]["filters"]["exclude_table_data"],
+            serde_json::json!([{"pattern": parent, "tables": ["kid", parent]}])
+        );
+    }
+}

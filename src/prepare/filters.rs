@@ -3,14 +3,15 @@
 //! - `--exclude-table-data P`: the source's table is migrated without its
 //!   rows (structure, indexes, constraints, sequences as usual); the record
 //!   counts it with 0 rows, so the swap's check and `verify` expect it empty.
-//!   A foreign key of a table migrated with its rows that references it could
-//!   not be created: refused here.
+//!   A foreign key of a table migrated with its rows that references it (or
+//!   its partitioned parent) could not be created: refused here.
 //! - `--exclude-table P`: the source's table is not migrated at all: pg_dump
 //!   is given its exact name (`--exclude-table="public"."t"`, with the
 //!   sequences it owns) and no rows are copied. An object of the source that
-//!   depends on it (a view, a foreign key of another table, a function with an
-//!   SQL body, a column of its row type) would be restored without it, so it
-//!   is refused here, naming the dependents.
+//!   depends on it or on a sequence it owns (a view, a foreign key or a
+//!   column default of another table, a function with an SQL body, a column
+//!   of its row type) would be restored without it, so it is refused here,
+//!   naming the dependents.
 //! - `--keep-tables P`: destination tables that stay in the new public as
 //!   they are: not copied, no triggers; the source's namesake is not migrated
 //!   (as with `--exclude-table`). The swap leaves them in public (the engine's
@@ -95,14 +96,15 @@ pub struct Resolved {
     pub warnings: Vec<String>,
 }
 
-/// A relation of a schema: name, kind, parent (its key: the parent may be in
-/// another schema, as a partition may).
+/// A relation of a schema: name, kind, parents (their keys: a parent may be
+/// in another schema, as a partition's may; an inheritance child may have
+/// several, in `inhseqno` order).
 #[derive(Debug, Clone)]
 struct Rel {
     schema: String,
     name: String,
     relkind: char,
-    parent: Option<String>,
+    parents: Vec<String>,
 }
 
 /// Tables (plain, partitioned, foreign), views and materialized views of
@@ -110,14 +112,15 @@ struct Rel {
 async fn relations(client: &Client, schema: &str) -> Result<Vec<Rel>> {
     let rows = client
         .query(
-            "SELECT c.relname::text, c.relkind::text, par.nspname::text, par.relname::text
+            "SELECT c.relname::text, c.relkind::text,
+                    ARRAY(SELECT pn.nspname::text FROM pg_catalog.pg_inherits i
+                            JOIN pg_catalog.pg_class p ON p.oid = i.inhparent
+                            JOIN pg_catalog.pg_namespace pn ON pn.oid = p.relnamespace
+                           WHERE i.inhrelid = c.oid ORDER BY i.inhseqno),
+                    ARRAY(SELECT p.relname::text FROM pg_catalog.pg_inherits i
+                            JOIN pg_catalog.pg_class p ON p.oid = i.inhparent
+                           WHERE i.inhrelid = c.oid ORDER BY i.inhseqno)
                FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
-               LEFT JOIN LATERAL (
-                    SELECT pn.nspname, p.relname FROM pg_catalog.pg_inherits i
-                      JOIN pg_catalog.pg_class p ON p.oid = i.inhparent
-                      JOIN pg_catalog.pg_namespace pn ON pn.oid = p.relnamespace
-                     WHERE i.inhrelid = c.oid
-                     ORDER BY i.inhseqno LIMIT 1) par ON true
               WHERE n.nspname = $1 AND c.relkind IN ('r', 'p', 'f', 'v', 'm')
                 AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_depend d
                                  WHERE d.classid = 'pg_catalog.pg_class'::regclass
@@ -133,10 +136,12 @@ async fn relations(client: &Client, schema: &str) -> Result<Vec<Rel>> {
             schema: schema.to_string(),
             name: r.get(0),
             relkind: r.get::<_, String>(1).chars().next().unwrap_or('r'),
-            parent: r
-                .get::<_, Option<String>>(2)
-                .zip(r.get::<_, Option<String>>(3))
-                .map(|(ps, pn)| table_display(&ps, &pn)),
+            parents: r
+                .get::<_, Vec<String>>(2)
+                .iter()
+                .zip(r.get::<_, Vec<String>>(3))
+                .map(|(ps, pn)| table_display(ps, &pn))
+                .collect(),
         })
         .collect())
 }
@@ -161,7 +166,7 @@ async fn relations_of(client: &Client, schemas: &[String]) -> Result<Vec<Rel>> {
 fn with_descendants(rels: &[Rel], names: &BTreeSet<String>) -> BTreeSet<String> {
     let mut children: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for r in rels {
-        if let Some(p) = &r.parent {
+        for p in &r.parents {
             children.entry(p.clone()).or_default().push(r.key());
         }
     }
@@ -234,9 +239,9 @@ pub async fn match_keep(
     let listed: HashSet<String> = rels.iter().map(Rel::key).collect();
     for r in rels.iter().filter(|r| kept.contains(&r.key())) {
         if let Some(p) = r
-            .parent
-            .as_ref()
-            .filter(|p| listed.contains(*p) && !kept.contains(*p))
+            .parents
+            .iter()
+            .find(|p| listed.contains(*p) && !kept.contains(*p))
         {
             crate::refuse!(
                 "--keep-tables: {} is a partition (or child) of {p}, which is not kept; keep {p} itself; nothing was changed",
@@ -364,17 +369,29 @@ pub async fn resolve(
                 rollback::foreign_keys_of(src, schema, &with_rows, pg15)
                     .await?
                     .into_iter()
-                    .filter(|fk| {
-                        res.data_excluded
-                            .contains(&table_display(&fk.ref_schema, &fk.def.ref_table))
-                    })
-                    .map(|fk| {
-                        format!(
-                            "{} of {} references {}",
+                    .filter_map(|fk| {
+                        let to = table_display(&fk.ref_schema, &fk.def.ref_table);
+                        let shown = format!(
+                            "{} of {} references {to}",
                             display_ident(&fk.def.name),
                             table_display(&fk.schema, &fk.def.table),
-                            table_display(&fk.ref_schema, &fk.def.ref_table)
-                        )
+                        );
+                        if res.data_excluded.contains(&to) {
+                            return Some(shown);
+                        }
+                        // A partitioned table's rows are its partitions'.
+                        let partitioned = by_key.get(&to).is_some_and(|r| r.relkind == 'p');
+                        let empty: Vec<String> = if partitioned {
+                            with_descendants(&src_rels, &BTreeSet::from([to]))
+                                .intersection(&res.data_excluded)
+                                .cloned()
+                                .collect()
+                        } else {
+                            Vec::new()
+                        };
+                        (!empty.is_empty()).then(|| {
+                            format!("{shown} (its partitions {} without rows)", empty.join(", "))
+                        })
                     }),
             );
         }
@@ -467,8 +484,16 @@ async fn dependents(
     }
     rollback::depending_on(
         client,
-        "t AS (SELECT c.oid, c.reltype FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+        // The sequences they own go with them (pg_dump's -T): a default,
+        // a view or a function of a migrated table using one is a dependent
+        // too (it would go on drawing from the backup's copy).
+        "x AS (SELECT c.oid, c.reltype FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
                 WHERE (n.nspname, c.relname) IN (SELECT * FROM unnest($1::text[], $2::text[]))),
+         t AS (SELECT oid, reltype FROM x
+               UNION SELECT s.oid, s.reltype FROM pg_catalog.pg_depend o
+                       JOIN pg_catalog.pg_class s ON s.oid = o.objid AND s.relkind = 'S'
+                      WHERE o.classid = 'pg_catalog.pg_class'::regclass AND o.refclassid = 'pg_catalog.pg_class'::regclass
+                        AND o.deptype IN ('a', 'i') AND o.refobjid IN (SELECT oid FROM x)),
          l AS (SELECT c.oid FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
                 WHERE (n.nspname, c.relname) IN (SELECT * FROM unnest($3::text[], $4::text[])))",
         "l",
@@ -489,7 +514,7 @@ mod tests {
             schema: "public".into(),
             name: name.into(),
             relkind: if parent.is_none() { 'p' } else { 'r' },
-            parent: parent.map(str::to_string),
+            parents: parent.map(str::to_string).into_iter().collect(),
         }
     }
 
@@ -505,6 +530,15 @@ mod tests {
         let (m, all) = match_filter("--x", &pats, &rels, &['r', 'p'], "here").unwrap();
         assert_eq!(m[0].tables, ["log", "log_2024", "log_2024_01"]);
         assert_eq!(all.len(), 3);
+        // An inheritance child follows each of its parents.
+        let mut kid = rel("kid", Some("pa"));
+        kid.parents.push("pb".into());
+        let rels = vec![rel("pa", None), rel("pb", None), kid, rel("log", None)];
+        for parent in ["pa", "pb"] {
+            let pats = vec![TablePattern::parse(parent).unwrap()];
+            let (m, _) = match_filter("--x", &pats, &rels, &['r', 'p'], "here").unwrap();
+            assert_eq!(m[0].tables, ["kid", parent]);
+        }
         let pats = vec![TablePattern::parse("nope*").unwrap()];
         let err = match_filter("--x", &pats, &rels, &['r', 'p'], "here")
             .unwrap_err()
