@@ -392,3 +392,47 @@ fn owned_sequences_inheritance_and_partitions_without_rows() {
         );
     }
 }
+
+/// A kept table's key to a table migrated without its rows: `status` says
+/// the swap would be refused, and the swap's refusal names kept tables.
+#[test]
+fn status_sees_a_kept_tables_broken_key() {
+    let dbs = TestDbs::new("filters_kept_fk");
+    dbs.src.psql(
+        "CREATE TABLE orders (id int PRIMARY KEY);
+         INSERT INTO orders SELECT generate_series(1, 3);",
+    );
+    dbs.dst.psql(
+        "CREATE TABLE orders (id int PRIMARY KEY);
+         CREATE TABLE dst_log (id int PRIMARY KEY, order_id int REFERENCES orders);
+         INSERT INTO orders VALUES (1);
+         INSERT INTO dst_log VALUES (1, 1);",
+    );
+    let wd = Workdir::new();
+    let (src, dst) = (dbs.src.url(), dbs.dst.url());
+    wd.run_ok(&[
+        "prepare",
+        "--source",
+        &src,
+        "--dest",
+        &dst,
+        "--keep-tables",
+        "dst_log",
+        "--exclude-table-data",
+        "orders",
+    ]);
+    let status = json(&wd.run_ok(&["status", "--dest", &dst, "--json"]));
+    assert_eq!(status["swap_allowed"], false, "{status}");
+    let why = status["swap_blocked_reason"].as_str().unwrap_or_default();
+    assert!(
+        why.starts_with("foreign keys involving preserved or kept tables do not match"),
+        "{status}"
+    );
+    let out = wd.run(&["swap", "--dest", &dst]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("foreign keys involving preserved or kept tables do not match"),
+        "{stderr}"
+    );
+}

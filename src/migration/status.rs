@@ -282,10 +282,15 @@ async fn swap_verdict(client: &Client, d: &Destination) -> Result<Option<String>
         }
     }
     let pairs = crate::pg::meta::schema_pairs(&st.schemas);
-    match sync::fk_violations(client, &st.details.deferred_sql, &pairs).await {
+    // The kept tables' crossing keys too, as the swap checks them.
+    let violations = match d.swappable() {
+        Some(row) => cutover::fk_violations_now(client, row).await,
+        None => sync::fk_violations(client, &st.details.deferred_sql, &pairs).await,
+    };
+    match violations {
         Ok(v) if v.is_empty() => Ok(None),
         Ok(v) => Ok(Some(format!(
-            "foreign keys involving preserved tables do not match the destination's rows: {} (fix the rows, or swap with --allow-fk-violations)",
+            "foreign keys involving preserved or kept tables do not match the destination's rows: {} (fix the rows, or swap with --allow-fk-violations)",
             sync::violations_line(&v)
         ))),
         Err(e) => Ok(Some(format!("could not check foreign keys: {e:#}"))),

@@ -462,11 +462,18 @@ async fn fk_violations(client: &Client, m: &MigrationRow, kept: &Kept) -> Result
     Ok(out)
 }
 
+/// [`fk_violations`] of `m` as the swap would find them now, its kept
+/// tables looked up again (for `status`).
+pub async fn fk_violations_now(client: &Client, m: &MigrationRow) -> Result<Vec<FkViolation>> {
+    let kept = kept_tables(client, m, &[]).await?;
+    fk_violations(client, m, &kept).await
+}
+
 /// Why the swap refuses these foreign-key violations, unless allowed.
 fn fk_refusal(violations: &[FkViolation], allowed: bool) -> Option<String> {
     (!violations.is_empty() && !allowed).then(|| {
         format!(
-            "foreign keys involving preserved tables do not match the destination's rows; nothing was changed. {} (fix the rows, or pass --allow-fk-violations to create these constraints NOT VALID)",
+            "foreign keys involving preserved or kept tables do not match the destination's rows; nothing was changed. {} (fix the rows, or pass --allow-fk-violations to create these constraints NOT VALID)",
             sync::violations_line(violations)
         )
     })
