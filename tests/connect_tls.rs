@@ -273,3 +273,48 @@ fn children_connect_with_child_env_only() {
         format!("{ROLE} child true")
     );
 }
+
+/// A server (or proxy) that accepts the connection and never answers: the
+/// attempt ends after the string's connect_timeout, or else after the retry
+/// budget, with one clear line, instead of hanging.
+#[tokio::test]
+async fn a_server_that_never_answers_times_out() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for s in listener.incoming() {
+            held.push(s);
+        }
+    });
+    for (url, within) in [
+        (
+            format!("postgresql://u:pw@127.0.0.1:{port}/db?sslmode=disable&connect_timeout=2"),
+            Duration::from_secs(60),
+        ),
+        (
+            format!("postgresql://u:pw@127.0.0.1:{port}/db?sslmode=disable"),
+            Duration::from_secs(3),
+        ),
+    ] {
+        let spec = ConnSpec::parse(&url).unwrap();
+        let started = std::time::Instant::now();
+        let e = tokio::time::timeout(
+            Duration::from_secs(20),
+            connect(&spec, "destination", "", within),
+        )
+        .await
+        .expect("the attempt ends by itself")
+        .unwrap_err();
+        let t = format!("{e:#}");
+        assert!(started.elapsed() < Duration::from_secs(10), "{t}");
+        assert!(
+            t.ends_with(&format!(
+                ": timeout expired: no answer within {}s (is 127.0.0.1:{port} a PostgreSQL server, and is it responding?)",
+                if url.contains("connect_timeout") { 2 } else { 3 }
+            )),
+            "{t}"
+        );
+        assert!(!t.contains("pw"), "{t}");
+    }
+}

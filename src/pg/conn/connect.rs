@@ -92,6 +92,11 @@ impl deadpool_postgres::Connect for TrackedConnect {
 }
 
 const FIRST_BACKOFF: Duration = Duration::from_millis(100);
+/// The bound of a pooled connection's attempt without a connect_timeout.
+const POOLED_ATTEMPT: Duration = Duration::from_secs(60);
+/// The shortest bound of one connection attempt (libpq's connect_timeout
+/// minimum).
+const MIN_ATTEMPT: Duration = Duration::from_secs(2);
 const MAX_BACKOFF: Duration = Duration::from_secs(1);
 
 /// Connect to `spec` (`label` is "source" or "destination"), with `application_name`
@@ -107,17 +112,27 @@ pub async fn connect(
 ) -> anyhow::Result<tokio_postgres::Client> {
     let tls = make_tls(spec).map_err(|e| anyhow!("cannot connect to {label} {spec}: {e}"))?;
     let deadline = Instant::now() + retry_for;
+    // One attempt, TCP to authenticated session, ends after the string's
+    // connect_timeout (libpq's bound per host), else after --connect-timeout:
+    // a server (or a proxy) that accepts the connection and never answers
+    // must not hang the run.
+    let bound = spec.connect_timeout().unwrap_or(retry_for).max(MIN_ATTEMPT);
     let mut backoff = FIRST_BACKOFF;
     let mut attempt = 0u32;
     loop {
         attempt += 1;
         let mut failures: Vec<(&Endpoint, tokio_postgres::Error)> = Vec::new();
+        let mut timed_out: Vec<&Endpoint> = Vec::new();
         for (i, endpoint) in spec.hosts().iter().enumerate() {
             let mut config = spec.pg_config_for_host(i);
             if !app_name.is_empty() {
                 config.application_name(app_name);
             }
-            match config.connect(tls.clone()).await {
+            let Ok(result) = tokio::time::timeout(bound, config.connect(tls.clone())).await else {
+                timed_out.push(endpoint);
+                continue;
+            };
+            match result {
                 Ok((client, connection)) => {
                     spawn_connection(connection, label.to_string());
                     if attempt > 1 {
@@ -129,15 +144,27 @@ pub async fn connect(
                 Err(e) => failures.push((endpoint, e)),
             }
         }
-        let transient = failures.iter().all(|(_, e)| is_transient(e));
+        // A server that did not answer in time is not waited for again.
+        let transient = timed_out.is_empty() && failures.iter().all(|(_, e)| is_transient(e));
         let now = Instant::now();
         if !transient || now + backoff > deadline {
-            let text = if failures.len() == 1 {
-                describe_attempt(failures[0].0, &failures[0].1)
+            let silent = |ep: &Endpoint| {
+                format!(
+                    "timeout expired: no answer within {bound:?} (is {} a PostgreSQL server, and is it responding?)",
+                    ep.describe()
+                )
+            };
+            let mut texts: Vec<(&Endpoint, String)> = failures
+                .iter()
+                .map(|(ep, e)| (*ep, describe_attempt(ep, e)))
+                .chain(timed_out.iter().map(|ep| (*ep, silent(ep))))
+                .collect();
+            let text = if texts.len() == 1 {
+                texts.pop().expect("one").1
             } else {
-                failures
+                texts
                     .iter()
-                    .map(|(ep, e)| format!("{}: {}", ep.describe(), describe_attempt(ep, e)))
+                    .map(|(ep, t)| format!("{}: {t}", ep.describe()))
                     .join("; ")
             };
             return Err(anyhow!("cannot connect to {label} {spec}: {text}"));
@@ -228,8 +255,15 @@ pub fn pool(spec: &ConnSpec, app_name: &str, max_size: usize) -> anyhow::Result<
             recycling_method: RecyclingMethod::Clean,
         },
     );
+    // A pooled connection is made after a first one to the same server
+    // succeeded; still, one that never answers must not hang a worker.
+    let bound = spec
+        .connect_timeout()
+        .unwrap_or(POOLED_ATTEMPT)
+        .max(MIN_ATTEMPT);
     Pool::builder(manager)
         .max_size(max_size.max(1))
+        .create_timeout(Some(bound))
         .runtime(Runtime::Tokio1)
         .build()
         .map_err(|e| anyhow!("cannot create a connection pool for {spec}: {e}"))
