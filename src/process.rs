@@ -81,6 +81,13 @@ impl ChildSpec {
     fn command(&self) -> Command {
         let mut cmd = Command::new(&self.program);
         cmd.args(&self.args);
+        // pgshift's own variables are none of a child's business, and
+        // PGSHIFT_SOURCE_URL / PGSHIFT_DEST_URL may hold passwords.
+        for (name, _) in std::env::vars_os() {
+            if name.to_string_lossy().starts_with("PGSHIFT_") {
+                cmd.env_remove(&name);
+            }
+        }
         for name in &self.env_remove {
             cmd.env_remove(name);
         }
@@ -327,10 +334,12 @@ mod tests {
 
     #[tokio::test]
     async fn env_not_argv_and_failure_text() {
+        // SAFETY: no other test of this binary reads or writes this variable.
+        unsafe { std::env::set_var("PGSHIFT_DEST_URL", "postgresql://u:hush@h/db") };
         let spec = ChildSpec::new("/bin/sh")
             .args([
                 "-c",
-                "echo \"$PGPASSWORD\"; test -z \"$PGSERVICE\" || echo leaked",
+                "echo \"$PGPASSWORD\"; test -z \"$PGSERVICE\" || echo leaked; env | grep -q hush && echo leaked; true",
             ])
             .envs(vec![("PGPASSWORD".into(), "s3cret".into())])
             .env_remove(&["PGSERVICE"]);
