@@ -25,7 +25,8 @@
 //! remains visible in `/proc/<pid>/cmdline` as empty arguments.)
 //!
 //! **Residual window.** Between `execve` and the scrub (the dynamic loader and std's
-//! start-up, well under a millisecond) the password is readable in `/proc`. It also
+//! start-up: about a millisecond or two, up to ten measured on a loaded 2-core
+//! machine) the password is readable in `/proc`. It also
 //! stays in the shell's history and in any process accounting or audit log that
 //! records `execve`. So this is a safety net for pasted URLs: passwords belong in
 //! `PGSHIFT_DEST_URL`/`PGSHIFT_SOURCE_URL`, the config file, `PGPASSWORD`,

@@ -255,6 +255,12 @@ pub enum Problem {
     UnknownParameter(String),
     #[error("unknown parameter (name not shown)")]
     UnknownParameterHidden,
+    #[error("parameter \"{0}\" is libpq's, but pgshift does not support it; leave it out")]
+    UnsupportedParameter(String),
+    #[error(
+        "pgshift does not check certificate revocation lists; unset it rather than connect without the check"
+    )]
+    RevocationListUnsupported,
     #[error(
         "missing \"=\" after a parameter name (quote values containing spaces: password='a b')"
     )]
@@ -281,6 +287,10 @@ pub enum Problem {
     StrayAt,
     #[error("invalid port \"{0}\"")]
     InvalidPort(String),
+    #[error(
+        "invalid port: not a number (not quoted: if the URL reads user:password/…, the \"@\" before the host is missing)"
+    )]
+    PortNotANumber,
     #[error("could not match {ports} port numbers to {hosts} hosts")]
     PortCount { ports: usize, hosts: usize },
     #[error("invalid hostaddr \"{0}\" (expected an IP address)")]
@@ -452,19 +462,93 @@ pub fn password_spans(input: &str) -> Vec<Range<usize>> {
     let trimmed = input.trim();
     let offset = span_in(input, trimmed).start;
     let lower_prefix: String = trimmed.chars().take(13).collect::<String>().to_lowercase();
-    let parsed =
-        if lower_prefix.starts_with("postgresql://") || lower_prefix.starts_with("postgres://") {
-            parse_url(trimmed)
-        } else {
-            parse_conninfo(trimmed)
-        };
-    parsed
-        .unwrap_or_default()
+    let url = lower_prefix.starts_with("postgresql://") || lower_prefix.starts_with("postgres://");
+    let parsed = if url {
+        parse_url(trimmed)
+    } else {
+        parse_conninfo(trimmed)
+    };
+    let spans: Vec<Range<usize>> = match parsed {
+        Ok(values) => values
+            .into_iter()
+            .filter(|(k, v)| *k == "password" && !v.text.is_empty())
+            .filter_map(|(_, v)| v.span)
+            .collect(),
+        // A string pgshift cannot parse (a parameter it does not know, a
+        // typo) may still hold a password a message would quote.
+        Err(_) => lexical_password_spans(trimmed, url),
+    };
+    spans
         .into_iter()
-        .filter(|(k, v)| *k == "password" && !v.text.is_empty())
-        .filter_map(|(_, v)| v.span)
         .map(|r| r.start + offset..r.end + offset)
         .collect()
+}
+
+/// The passwords of a connection string that does not parse, found by its
+/// shape alone: a URL's `user:PW@` and `password=PW` query values, a
+/// conninfo's `password = PW` or `password='P W'`.
+fn lexical_password_spans(s: &str, url: bool) -> Vec<Range<usize>> {
+    let mut out = Vec::new();
+    let b = s.as_bytes();
+    if url {
+        let Some(scheme_end) = s.find("://").map(|i| i + 3) else {
+            return out;
+        };
+        let auth_end = s[scheme_end..]
+            .find(['/', '?', '#'])
+            .map_or(s.len(), |i| scheme_end + i);
+        if let Some(at) = s[scheme_end..auth_end].rfind('@').map(|i| scheme_end + i)
+            && let Some(colon) = s[scheme_end..at].find(':').map(|i| scheme_end + i)
+            && colon + 1 < at
+        {
+            out.push(colon + 1..at);
+        }
+        if let Some(q) = s.find('?') {
+            let mut start = q + 1;
+            for part in s[q + 1..].split(['&', '#']) {
+                if let Some(v) = part.strip_prefix("password=").filter(|v| !v.is_empty()) {
+                    let at = start + (part.len() - v.len());
+                    out.push(at..at + v.len());
+                }
+                start += part.len() + 1;
+            }
+        }
+        return out;
+    }
+    let mut i = 0;
+    while let Some(found) = s[i..].find("password") {
+        let key = i + found;
+        i = key + "password".len();
+        let before_ok = key == 0 || b[key - 1].is_ascii_whitespace();
+        let mut j = i;
+        while j < b.len() && b[j].is_ascii_whitespace() {
+            j += 1;
+        }
+        if !before_ok || j >= b.len() || b[j] != b'=' {
+            continue;
+        }
+        j += 1;
+        while j < b.len() && b[j].is_ascii_whitespace() {
+            j += 1;
+        }
+        let quoted = j < b.len() && b[j] == b'\'';
+        let start = if quoted { j + 1 } else { j };
+        let mut end = start;
+        if quoted {
+            while end < b.len() && b[end] != b'\'' {
+                end = (end + if b[end] == b'\\' { 2 } else { 1 }).min(b.len());
+            }
+        } else {
+            while end < b.len() && !b[end].is_ascii_whitespace() {
+                end += 1;
+            }
+        }
+        if end > start {
+            out.push(start..end);
+        }
+        i = end.max(i);
+    }
+    out
 }
 
 struct Params {
@@ -497,6 +581,41 @@ impl Params {
     }
 }
 
+/// libpq's parameters that pgshift does not take (its own connections do
+/// not implement them): refused by name, as not supported rather than
+/// unknown.
+const LIBPQ_ONLY: &[&str] = &[
+    "client_encoding",
+    "fallback_application_name",
+    "gssencmode",
+    "gssdelegation",
+    "gsslib",
+    "krbsrvname",
+    "load_balance_hosts",
+    "replication",
+    "require_auth",
+    "requirepeer",
+    "ssl_max_protocol_version",
+    "ssl_min_protocol_version",
+    "sslcertmode",
+    "sslcompression",
+    "sslcrl",
+    "sslcrldir",
+    "sslkeylogfile",
+    "sslnegotiation",
+    "sslpassword",
+    "sslsni",
+    "tcp_user_timeout",
+    "max_protocol_version",
+    "min_protocol_version",
+    "oauth_issuer",
+    "oauth_client_id",
+    "oauth_client_secret",
+    "oauth_scope",
+    "scram_client_key",
+    "scram_server_key",
+];
+
 fn known_param(key: &str) -> Result<&'static str, Problem> {
     PARAMS.iter().copied().find(|p| *p == key).ok_or_else(|| {
         let plausible = !key.is_empty()
@@ -504,7 +623,9 @@ fn known_param(key: &str) -> Result<&'static str, Problem> {
             && key
                 .chars()
                 .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
-        if plausible {
+        if LIBPQ_ONLY.contains(&key) {
+            Problem::UnsupportedParameter(key.to_string())
+        } else if plausible {
             Problem::UnknownParameter(key.to_string())
         } else {
             Problem::UnknownParameterHidden
@@ -549,6 +670,16 @@ impl ConnSpec {
         };
         // An empty value means "not given", as for libpq's password and host.
         params.values.retain(|(_, v)| !v.text.is_empty());
+        // A revocation list the operator relies on must not be skipped
+        // silently (pg_dump would check it, pgshift's own sessions not).
+        for var in ["PGSSLCRL", "PGSSLCRLDIR"] {
+            if env(var).is_some_and(|v| !v.is_empty()) {
+                return Err(ConnSpecError::Env {
+                    var,
+                    problem: Problem::RevocationListUnsupported,
+                });
+            }
+        }
         build(params, env)
     }
 
@@ -1390,10 +1521,19 @@ fn build(
                 if p.is_empty() {
                     return Ok(DEFAULT_PORT);
                 }
-                p.parse::<u16>()
-                    .ok()
-                    .filter(|n| *n != 0)
-                    .ok_or_else(|| params.error(Some(v), Problem::InvalidPort(shown(p))))
+                // In a URL, `user:password/db` without its "@" reads as
+                // host:port: a port that is no number is not quoted there.
+                let hidden = matches!(params.syntax, Syntax::Url)
+                    && matches!(v.origin, Origin::Given)
+                    && !p.bytes().all(|b| b.is_ascii_digit());
+                p.parse::<u16>().ok().filter(|n| *n != 0).ok_or_else(|| {
+                    let problem = if hidden {
+                        Problem::PortNotANumber
+                    } else {
+                        Problem::InvalidPort(shown(p))
+                    };
+                    params.error(Some(v), problem)
+                })
             })
             .collect::<Result<_, _>>()?,
     };
@@ -1933,7 +2073,7 @@ mod tests {
     fn url_errors() {
         assert_eq!(
             err("postgresql://h:abc/d"),
-            r#"invalid connection URL: invalid port "abc""#
+            r#"invalid connection URL: invalid port: not a number (not quoted: if the URL reads user:password/…, the "@" before the host is missing)"#
         );
         assert_eq!(
             err("postgresql://h:0/d"),
@@ -2209,6 +2349,10 @@ mod tests {
         assert_eq!(
             err_env("host=h", &[("PGPORT", "abc")]),
             r#"invalid PGPORT environment variable: invalid port "abc""#
+        );
+        assert_eq!(
+            err_env("host=h", &[("PGSSLCRL", "/etc/revoked.crl")]),
+            "invalid PGSSLCRL environment variable: pgshift does not check certificate revocation lists; unset it rather than connect without the check"
         );
         assert_eq!(
             err_env("host=h", &[("PGSSLMODE", "bogus")]),
@@ -2491,6 +2635,25 @@ h:5432:db:u:second
         assert!(cut("host=h password=''").is_empty());
         assert!(cut("service=prod").is_empty());
         assert!(cut("not a connection string").is_empty());
+        // Strings pgshift does not parse (a parameter it does not know): by
+        // their shape.
+        assert_eq!(
+            cut("postgresql://app:Qz7@127.0.0.1:5432/shop?gssencmode=disable&password=two"),
+            ["Qz7", "two"]
+        );
+        assert_eq!(cut("host=db password=Qz7 gssencmode=disable"), ["Qz7"]);
+        assert_eq!(
+            cut(r"gssencmode=disable password = 'a \' b' host=h"),
+            [r"a \' b"]
+        );
+        assert_eq!(cut("gssencmode=disable mypassword=x"), Vec::<String>::new());
+        // Refused by name: libpq's, not pgshift's.
+        assert_eq!(
+            ConnSpec::parse("host=h gssencmode=disable")
+                .unwrap_err()
+                .to_string(),
+            r#"invalid connection string: parameter "gssencmode" is libpq's, but pgshift does not support it; leave it out"#
+        );
     }
 
     // ---- redaction ----------------------------------------------------------------
