@@ -248,3 +248,39 @@ json = true
         stderr_of(&out)
     );
 }
+
+/// `sslrootcert=system` (the operating system's trust store, here pointed
+/// at the harness's CA with SSL_CERT_FILE) reaches pg_dump too: before
+/// libpq 16 pg_dump reads it as a file name, so prepare refuses up front.
+#[test]
+fn sslrootcert_system_needs_pg_dump_16() {
+    let dbs = TestDbs::new("tls_system");
+    if !can_start_clusters() {
+        eprintln!("skipped: needs the harness's own clusters (with their CA)");
+        return;
+    }
+    let (src_cluster, _) = common::clusters();
+    let ca = src_cluster.ca_cert_path().to_string_lossy().into_owned();
+    dbs.src
+        .psql("CREATE TABLE t (id int PRIMARY KEY); INSERT INTO t VALUES (1);");
+    let wd = Workdir::new();
+    let src = with_params(
+        &dbs.src.url().replacen("@127.0.0.1:", "@localhost:", 1),
+        "sslmode=verify-full&sslrootcert=system",
+    );
+    let before = common::catalog_fingerprint(&dbs.dst);
+    let out = wd.run_env(
+        &["prepare", "--source", &src, "--dest", &dbs.dst.url()],
+        &[("SSL_CERT_FILE", ca.as_str())],
+    );
+    if common::bin_major() < 16 {
+        common::assert_usage_error(
+            &out,
+            "the source's sslrootcert=system needs pg_dump 16 or later",
+        );
+        assert_eq!(common::catalog_fingerprint(&dbs.dst), before);
+    } else {
+        assert_success(&out);
+        assert_eq!(dbs.dst.psql("SELECT count(*) FROM shadow.t"), "1");
+    }
+}

@@ -185,6 +185,18 @@ pub async fn check(settings: &PrepareOptions, sess_dest: &Client, src: &Client) 
     let source_major = catalog::server_major(src).await?;
     let dest_major = catalog::server_major(sess_dest).await?;
     let tools = preflight::tools(source_major)?;
+    // pg_dump connects to the source with the same settings: libpq before 16
+    // reads sslrootcert=system as a file name, and would fail after the
+    // snapshot is taken.
+    if tools.major < 16
+        && ctx_source.effective_root_cert() == Some(crate::pg::conn::connspec::RootCert::System)
+    {
+        crate::refuse!(
+            "the source's sslrootcert=system needs pg_dump 16 or later, and {} is version {}; install newer client tools (PGSHIFT_PG_BINDIR) or give sslrootcert a CA file; nothing was changed",
+            tools.pg_dump.display(),
+            tools.major
+        );
+    }
     let mut warnings = Vec::new();
     if dest_major < source_major {
         warnings.push(format!(
