@@ -242,9 +242,9 @@ async fn writes_to_tables_that_are_not_preserved_are_counted_exactly() {
     assert_eq!(hint.tables[4].partition_of.as_deref(), Some("events"));
 }
 
-/// The check under the locks takes the partitions' ancestors from the
-/// snapshot before them (as literals): the same ancestors, names with quotes
-/// and backslashes, two levels deep, as the full check finds.
+/// The check under the locks (by OID) names partitions as the full check
+/// does: the same ancestors, names with quotes and backslashes, two levels
+/// deep, and a partition exempt through its grandparent.
 #[tokio::test]
 async fn the_check_under_the_locks_names_partitions_as_the_full_check() {
     let Some(db) = db("partition_ancestors") else {

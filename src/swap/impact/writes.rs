@@ -276,30 +276,12 @@ fn tables_sql(schema_filter: &str) -> String {
     )
 }
 
-/// [`tables_sql`]'s columns but the partition ancestors (a macro, to be
-/// spliced into constants).
-macro_rules! counter_columns {
-    () => {
-        "c.oid, n.nspname::text AS nsp, c.relname::text AS rel, c.relfilenode AS node,
+/// [`tables_sql`]'s columns over `pg_class c` and `pg_namespace n`.
+const TABLE_COLUMNS: &str =
+    "SELECT c.oid, n.nspname::text AS nsp, c.relname::text AS rel, c.relfilenode AS node,
                 pg_catalog.pg_stat_get_tuples_inserted(c.oid) AS ins,
                 pg_catalog.pg_stat_get_tuples_updated(c.oid) AS upd,
-                pg_catalog.pg_stat_get_tuples_deleted(c.oid) AS del"
-    };
-}
-
-/// `pg_class c` and `pg_namespace n`.
-macro_rules! from_class {
-    () => {
-        "FROM pg_catalog.pg_class c
-           JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace"
-    };
-}
-
-/// [`tables_sql`]'s columns over `pg_class c` and `pg_namespace n`.
-const TABLE_COLUMNS: &str = concat!(
-    "SELECT ",
-    counter_columns!(),
-    ",
+                pg_catalog.pg_stat_get_tuples_deleted(c.oid) AS del,
                 CASE WHEN c.relispartition THEN ARRAY(
                     SELECT an.nspname::text
                       FROM pg_catalog.pg_partition_ancestors(c.oid) WITH ORDINALITY AS p(relid, o)
@@ -311,9 +293,8 @@ const TABLE_COLUMNS: &str = concat!(
                       FROM pg_catalog.pg_partition_ancestors(c.oid) WITH ORDINALITY AS p(relid, o)
                       JOIN pg_catalog.pg_class ac ON ac.oid = p.relid
                      WHERE p.relid <> c.oid ORDER BY p.o) ELSE '{}'::text[] END AS anc_rel
-           ",
-    from_class!()
-);
+           FROM pg_catalog.pg_class c
+           JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace";
 
 /// `track_counts`, the database's `stats_reset` and the time, in one row.
 const GLOBAL_SQL: &str = "SELECT pg_catalog.current_setting('track_counts')::bool AS track,
@@ -538,64 +519,25 @@ pub fn check_sql(base: &WriteBaseline, exempt: &[TableName]) -> String {
 /// [`check_sql`]'s time at 1,000 tables. A table created after `listed` was
 /// taken is not looked at (in an object-level swap it stays in public; in a
 /// rename-mode swap it would go to the backup unchecked): take `listed` as
-/// late as possible. The partitions' ancestors are `listed`'s too, as
-/// literals: looking them up took longer than the rest of the query (27 of
-/// 34 ms at 4,000 tables with 200 partitions), under the swap's locks; the
-/// tables exempt through an ancestor are left out of the OIDs by the same
-/// ancestors.
+/// late as possible.
 pub fn listed_check_sql(
     base: &WriteBaseline,
     listed: &WriteBaseline,
     exempt: &[TableName],
 ) -> String {
-    let looked_at: Vec<&TableCounters> = listed
+    let oids: Vec<String> = listed
         .tables
         .iter()
         .filter(|t| !t.key.is_in(exempt))
+        .map(|t| t.oid.to_string())
         .collect();
-    let partitions: Vec<&TableCounters> = looked_at
-        .iter()
-        .copied()
-        .filter(|t| !t.key.ancestors.is_empty())
-        .collect();
-    let oids = |tables: &[&TableCounters]| {
-        quote_literal(&array_literal(tables.iter().map(|t| t.oid.to_string())))
-    };
-    let ancestors = |part: fn(&(String, String)) -> &String| {
-        quote_literal(&array_literal(partitions.iter().map(|t| {
-            array_literal(t.key.ancestors.iter().map(|a| part(a).clone()))
-        })))
-    };
     let schemas = text_array(&base.schemas);
     let cur = format!(
-        concat!(
-            "SELECT t.*, COALESCE(a.nsp::text[], '{{}}'::text[]) AS anc_nsp,
-                COALESCE(a.rel::text[], '{{}}'::text[]) AS anc_rel
-           FROM (SELECT ",
-            counter_columns!(),
-            " ",
-            from_class!(),
-            "
-                  WHERE c.oid = ANY({}::oid[]) AND n.nspname = ANY({}) AND c.relkind = 'r') t
-           LEFT JOIN ROWS FROM (pg_catalog.unnest({}::oid[]), pg_catalog.unnest({}::text[]),
-                                pg_catalog.unnest({}::text[])) AS a(oid, nsp, rel) ON a.oid = t.oid"
-        ),
-        oids(&looked_at),
-        schemas,
-        oids(&partitions),
-        ancestors(|a| &a.0),
-        ancestors(|a| &a.1),
+        "{TABLE_COLUMNS}
+          WHERE c.oid = ANY({}::oid[]) AND n.nspname = ANY({schemas}) AND c.relkind = 'r'",
+        quote_literal(&format!("{{{}}}", oids.join(",")))
     );
     comparison_sql(base, exempt, &cur)
-}
-
-/// A one-dimensional array literal's text (`{"a","b \"c\""}`), every element
-/// quoted: for `'…'::text[]` (or `::oid[]`) after [`quote_literal`].
-fn array_literal(items: impl Iterator<Item = String>) -> String {
-    let quoted: Vec<String> = items
-        .map(|i| format!("\"{}\"", i.replace('\\', "\\\\").replace('"', "\\\"")))
-        .collect();
-    format!("{{{}}}", quoted.join(","))
 }
 
 /// The comparison of `base` with the tables `tables` (a query with
