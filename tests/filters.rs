@@ -436,3 +436,46 @@ fn status_sees_a_kept_tables_broken_key() {
         "{stderr}"
     );
 }
+
+/// The source's key to a kept table that has no unique key on the referenced
+/// columns: `status` and the swap say so before the swap's transaction.
+#[test]
+fn a_kept_table_without_the_referenced_unique_key_is_named() {
+    let dbs = TestDbs::new("filters_kept_unique");
+    dbs.src.psql(
+        "CREATE TABLE audit (id int PRIMARY KEY);
+         CREATE TABLE audit_ref (id int PRIMARY KEY, audit_id int REFERENCES audit (id));
+         INSERT INTO audit VALUES (1); INSERT INTO audit_ref VALUES (1, 1);",
+    );
+    dbs.dst
+        .psql("CREATE TABLE audit (id int, note text); INSERT INTO audit VALUES (1, 'dst');");
+    let wd = Workdir::new();
+    let (src, dst) = (dbs.src.url(), dbs.dst.url());
+    wd.run_ok(&[
+        "prepare",
+        "--source",
+        &src,
+        "--dest",
+        &dst,
+        "--keep-tables",
+        "audit",
+    ]);
+    let needle = "foreign key audit_ref_audit_id_fkey of audit_ref references audit (id), which has no unique key on those columns on the destination";
+    let status = json(&wd.run_ok(&["status", "--dest", &dst, "--json"]));
+    assert_eq!(status["swap_allowed"], false, "{status}");
+    assert!(
+        status["swap_blocked_reason"]
+            .as_str()
+            .unwrap_or_default()
+            .contains(needle),
+        "{status}"
+    );
+    let before = catalog_fingerprint(&dbs.dst);
+    let out = wd.run(&["swap", "--dest", &dst]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    let errors: Vec<&str> = err.lines().filter(|l| l.starts_with("error: ")).collect();
+    assert_eq!(errors.len(), 1, "{err}");
+    assert!(errors[0].contains(needle), "{err}");
+    assert_eq!(catalog_fingerprint(&dbs.dst), before);
+}

@@ -2015,6 +2015,33 @@ pub async fn fk_violations(
                     ref_columns.len()
                 );
             }
+            // A kept table (or a preserved one changed since) may lack the
+            // unique key the source's table has: the key could not be
+            // created, and the swap would fail inside its transaction.
+            let unique: bool = client
+                .query_one(
+                    "SELECT EXISTS (
+                       SELECT 1 FROM pg_catalog.pg_index i
+                        WHERE i.indrelid = pg_catalog.to_regclass($1) AND i.indisunique AND i.indimmediate
+                          AND i.indisvalid AND i.indpred IS NULL AND i.indexprs IS NULL
+                          AND ARRAY(SELECT a.attname::text FROM unnest(i.indkey::int2[]) WITH ORDINALITY k(attnum, ord)
+                                      JOIN pg_catalog.pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
+                                     WHERE k.ord <= i.indnkeyatts ORDER BY 1)
+                              = ARRAY(SELECT c FROM unnest($2::text[]) c ORDER BY 1))",
+                    &[&parent, &ref_columns],
+                )
+                .await
+                .map_err(|e| pg_error_as(e, "looking for a referenced unique key"))?
+                .get(0);
+            if !unique {
+                crate::refuse!(
+                    "foreign key {} of {} references {} ({}), which has no unique key on those columns on the destination: the swap could not create it; add one, or migrate that table instead of keeping it",
+                    display_ident(&fk.constraint),
+                    crate::pg::meta::table_display(&live(schema), &fk.table),
+                    crate::pg::meta::table_display(&live(ref_schema), &fk.ref_table),
+                    ref_columns.iter().map(|c| display_ident(c)).join(", ")
+                );
+            }
             let parent_kind: Option<String> = client
                 .query_one(
                     "SELECT c.relkind::text FROM pg_catalog.pg_class c WHERE c.oid = pg_catalog.to_regclass($1)",
