@@ -308,11 +308,16 @@ mod tests {
             &["pgshift", "list", "--dest"],
             &["pgshift", "list", "--", "--dest", "postgresql://u:pw@h/db"],
             &["pgshift", "list", "--destination=postgresql://u:pw@h/db"],
-            // Refused by the parser, so pgshift stops at once.
-            &["pgshift", "list", "--dest", "postgresql://u:pw@h/db/x@y"],
         ] {
             assert!(plan(&args(list), &FLAGS).is_empty(), "{list:?}");
         }
+        // Refused by the parser (pgshift stops at once), hidden all the same:
+        // found by its shape.
+        let edits = plan(
+            &args(&["pgshift", "list", "--dest", "postgresql://u:pw@h/db/x@y"]),
+            &FLAGS,
+        );
+        assert_eq!(shown(&edits[0]), "postgresql://u:**@h/db/x@y");
         assert_eq!(
             hide_passwords(&args(&["pgshift", "list"]), &FLAGS),
             Outcome::NothingToHide

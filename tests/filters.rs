@@ -408,20 +408,10 @@ fn status_sees_a_kept_tables_broken_key() {
          INSERT INTO orders VALUES (1);
          INSERT INTO dst_log VALUES (1, 1);",
     );
-    let wd = Workdir::new();
-    let (src, dst) = (dbs.src.url(), dbs.dst.url());
-    wd.run_ok(&[
-        "prepare",
-        "--source",
-        &src,
-        "--dest",
-        &dst,
-        "--keep-tables",
-        "dst_log",
-        "--exclude-table-data",
-        "orders",
-    ]);
-    let status = json(&wd.run_ok(&["status", "--dest", &dst, "--json"]));
+    let (wd, dst, status) = prepare_then_status(
+        &dbs,
+        &["--keep-tables", "dst_log", "--exclude-table-data", "orders"],
+    );
     assert_eq!(status["swap_allowed"], false, "{status}");
     let why = status["swap_blocked_reason"].as_str().unwrap_or_default();
     assert!(
@@ -449,19 +439,8 @@ fn a_kept_table_without_the_referenced_unique_key_is_named() {
     );
     dbs.dst
         .psql("CREATE TABLE audit (id int, note text); INSERT INTO audit VALUES (1, 'dst');");
-    let wd = Workdir::new();
-    let (src, dst) = (dbs.src.url(), dbs.dst.url());
-    wd.run_ok(&[
-        "prepare",
-        "--source",
-        &src,
-        "--dest",
-        &dst,
-        "--keep-tables",
-        "audit",
-    ]);
+    let (wd, dst, status) = prepare_then_status(&dbs, &["--keep-tables", "audit"]);
     let needle = "foreign key audit_ref_audit_id_fkey of audit_ref references audit (id), which has no unique key on those columns on the destination";
-    let status = json(&wd.run_ok(&["status", "--dest", &dst, "--json"]));
     assert_eq!(status["swap_allowed"], false, "{status}");
     assert!(
         status["swap_blocked_reason"]
@@ -478,4 +457,20 @@ fn a_kept_table_without_the_referenced_unique_key_is_named() {
     assert_eq!(errors.len(), 1, "{err}");
     assert!(errors[0].contains(needle), "{err}");
     assert_eq!(catalog_fingerprint(&dbs.dst), before);
+}
+
+/// `prepare` from `dbs`'s source into its destination with `args`, then
+/// `status --json`: the work dir, the destination's URL and the status.
+fn prepare_then_status(dbs: &TestDbs, args: &[&str]) -> (Workdir, String, serde_json::Value) {
+    let wd = Workdir::new();
+    let (src, dst) = (dbs.src.url(), dbs.dst.url());
+    wd.run_ok(
+        &[
+            ["prepare", "--source", &src, "--dest", &dst].as_slice(),
+            args,
+        ]
+        .concat(),
+    );
+    let status = json(&wd.run_ok(&["status", "--dest", &dst, "--json"]));
+    (wd, dst, status)
 }
