@@ -231,12 +231,11 @@ async fn check_schema(
                 }
                 if let Some(want) = &t.checksum {
                     let maps = b.manifest.schema_maps();
-                    let path: Vec<&str> = maps
-                        .iter()
-                        .map(|m| m.backup.as_str())
-                        .chain(["pg_catalog"])
-                        .chain(maps.iter().map(|m| m.live.as_str()))
-                        .collect();
+                    let lives: Vec<&str> = maps.iter().map(|m| m.live.as_str()).collect();
+                    let path = crate::pg::settings::text_path(
+                        maps.iter().map(|m| m.backup.as_str()),
+                        &lives,
+                    );
                     let got =
                         crate::prepare::phases::checksum(client, &path, schema, &t.name).await?;
                     if &got != want {

@@ -64,6 +64,22 @@ pub const ROUND_TRIP: Settings = &[
     ("quote_all_identifiers", "off"),
 ];
 
+/// The search path under which a `reg*` value is written and read as text
+/// the same on every side: the schemas its objects are in (`own`: the
+/// migration's live schemas on the source, the shadows, or a backup's
+/// schemas), then pg_catalog (after them, so that a built-in of the same
+/// name never hides one of theirs), then `extensions_in`: the live schemas,
+/// where the extensions' objects stay (`geometry`) while the rest moves.
+pub fn text_path<'a>(
+    own: impl IntoIterator<Item = &'a str>,
+    extensions_in: &[&'a str],
+) -> Vec<&'a str> {
+    own.into_iter()
+        .chain(["pg_catalog"])
+        .chain(extensions_in.iter().copied())
+        .collect()
+}
+
 /// `SET k = 'v'; …` for the rest of the session.
 pub fn set(settings: Settings) -> String {
     render(settings, "SET ", "; ")
@@ -112,6 +128,18 @@ mod tests {
         let mut round_trip = ROUND_TRIP.to_vec();
         round_trip.sort();
         assert_eq!(round_trip, both);
+    }
+
+    #[test]
+    fn text_paths_put_pg_catalog_after_the_own_schemas() {
+        assert_eq!(
+            text_path(["public", "app"], &[]),
+            ["public", "app", "pg_catalog"]
+        );
+        assert_eq!(
+            text_path(["shadow"], &["public"]),
+            ["shadow", "pg_catalog", "public"]
+        );
     }
 
     #[test]

@@ -126,19 +126,15 @@ impl TextIo {
             source: format!(
                 "{}; SET search_path = {}",
                 settings::set(settings::OUTPUT),
-                path(pairs.iter().map(|p| p.0).chain(["pg_catalog"]).collect())
+                path(settings::text_path(pairs.iter().map(|p| p.0), &[]))
             ),
             dest: format!(
                 "{}; SET LOCAL search_path = {}",
                 settings::set_local(settings::INPUT),
-                path(
-                    pairs
-                        .iter()
-                        .map(|p| p.1)
-                        .chain(["pg_catalog"])
-                        .chain(pairs.iter().map(|p| p.0))
-                        .collect()
-                )
+                path(settings::text_path(
+                    pairs.iter().map(|p| p.1),
+                    &pairs.iter().map(|p| p.0).collect::<Vec<_>>()
+                ))
             ),
         }
     }

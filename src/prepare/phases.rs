@@ -1324,19 +1324,10 @@ async fn validate(run: &mut Run<'_>) -> Result<Vec<TableRecord>> {
     }
     if settings.verify == Verify::Checksums {
         let src = run.snap_client.as_ref().context("no snapshot session")?;
-        // As the copy has them (`data::TextIo`): pg_catalog after the
-        // migrated schemas, so that their objects are never hidden by a
-        // built-in of the same name; the extensions' objects, which stay in
-        // the live schemas, after the shadows.
+        // As the copy has them (`data::TextIo`).
         let live: Vec<&str> = run.pairs.iter().map(|p| p.live.as_str()).collect();
-        let lives: Vec<&str> = live.iter().copied().chain(["pg_catalog"]).collect();
-        let shadows: Vec<&str> = run
-            .pairs
-            .iter()
-            .map(|p| p.shadow.as_str())
-            .chain(["pg_catalog"])
-            .chain(live.iter().copied())
-            .collect();
+        let lives = settings::text_path(live.iter().copied(), &[]);
+        let shadows = settings::text_path(run.pairs.iter().map(|p| p.shadow.as_str()), &live);
         for r in records
             .iter_mut()
             .filter(|r| !r.preserved && !r.data_excluded)
