@@ -284,3 +284,208 @@ fn sslrootcert_system_needs_pg_dump_16() {
         assert_eq!(dbs.dst.psql("SELECT count(*) FROM shadow.t"), "1");
     }
 }
+
+/// The certificates PostgreSQL's documentation tells how to make with the openssl
+/// command ("Creating Certificates"), on a real server: a self-signed one (marked
+/// as a CA, its host only in the CN) and one signed by a root CA (version 1, its
+/// host only in the CN). pgshift accepts and refuses each connection as psql
+/// (libpq) does; with the default `sslmode=prefer` and a stale
+/// `~/.postgresql/root.crt` both connect without TLS.
+#[test]
+fn documented_openssl_certificates_are_judged_as_libpq_judges_them() {
+    if !can_start_clusters() {
+        eprintln!("skipped: needs a private cluster");
+        return;
+    }
+    let cluster = Cluster::start_new();
+    let wd = Workdir::new();
+    let openssl = |args: &[&str]| {
+        let out = std::process::Command::new("openssl")
+            .args(args)
+            .current_dir(wd.path())
+            .output()
+            .expect("running openssl");
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            stderr_of(&out)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let subj = ["-subj", "/CN=localhost"];
+    openssl(
+        &[
+            &["req", "-new", "-x509", "-days", "365", "-nodes"][..],
+            &subj,
+            &["-out", "self.crt", "-keyout", "self.key"],
+        ]
+        .concat(),
+    );
+    std::fs::write(
+        wd.join("v3_ca.cnf"),
+        "[v3_ca]\nbasicConstraints = critical, CA:TRUE\nkeyUsage = keyCertSign, cRLSign\n",
+    )
+    .unwrap();
+    openssl(&[
+        "req",
+        "-new",
+        "-nodes",
+        "-out",
+        "root.csr",
+        "-keyout",
+        "root.key",
+        "-subj",
+        "/CN=root.example",
+    ]);
+    openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        "root.csr",
+        "-days",
+        "3650",
+        "-extfile",
+        "v3_ca.cnf",
+        "-extensions",
+        "v3_ca",
+        "-signkey",
+        "root.key",
+        "-out",
+        "root.crt",
+    ]);
+    openssl(
+        &[
+            &[
+                "req",
+                "-new",
+                "-nodes",
+                "-out",
+                "server.csr",
+                "-keyout",
+                "server.key",
+            ][..],
+            &subj,
+        ]
+        .concat(),
+    );
+    openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-days",
+        "365",
+        "-CA",
+        "root.crt",
+        "-CAkey",
+        "root.key",
+        "-CAcreateserial",
+        "-out",
+        "server.crt",
+    ]);
+    // What the test is about: webpki alone refuses both.
+    let text = openssl(&["x509", "-in", "self.crt", "-noout", "-text"]);
+    assert!(
+        text.contains("CA:TRUE") && !text.contains("Alternative Name"),
+        "{text}"
+    );
+    let text = openssl(&["x509", "-in", "server.crt", "-noout", "-text"]);
+    assert!(text.contains("Version: 1 (0x0)"), "{text}");
+
+    // Serve `name`.crt/.key instead of the harness's certificate.
+    let serve = |name: &str| {
+        for (ext, mode) in [("crt", 0o644), ("key", 0o600)] {
+            use std::os::unix::fs::{MetadataExt, PermissionsExt};
+            let to = cluster.base_dir().join(format!("server.{ext}"));
+            let owner = std::fs::metadata(&to).unwrap();
+            std::fs::copy(wd.join(format!("{name}.{ext}")), &to).unwrap();
+            std::os::unix::fs::chown(&to, Some(owner.uid()), Some(owner.gid())).unwrap();
+            std::fs::set_permissions(&to, std::fs::Permissions::from_mode(mode)).unwrap();
+        }
+        cluster.restart();
+    };
+    let conninfo = |host: &str, params: &str| {
+        format!(
+            "host={host} hostaddr=127.0.0.1 port={} user={} dbname=postgres {params}",
+            cluster.port(),
+            cluster.superuser()
+        )
+    };
+    // (pgshift's verdict, psql's, pgshift's stderr) for one connection string.
+    let both = |conninfo: &str| {
+        let env = [("PGPASSWORD", cluster.password())];
+        let out = wd.run_env(&["list", "--dest", conninfo], &env);
+        let psql = common::hermetic_command(cluster.bindir().join("psql"), wd.path())
+            .args(["-X", "-At", "-c", "SELECT 1", conninfo])
+            .env("PGPASSWORD", cluster.password())
+            .output()
+            .unwrap();
+        (out.status.success(), psql.status.success(), stderr_of(&out))
+    };
+    let root = |file: &str| wd.join(file).display().to_string();
+
+    serve("self");
+    let own = format!("sslrootcert={}", root("self.crt"));
+    for (host, mode, ok) in [
+        ("localhost", "verify-full", true),
+        ("localhost", "verify-ca", true),
+        ("localhost", "require", true),
+        ("127.0.0.1", "verify-ca", true),
+        ("127.0.0.1", "verify-full", false),
+        ("elsewhere", "verify-full", false),
+    ] {
+        let (pgshift, psql, err) = both(&conninfo(host, &format!("sslmode={mode} {own}")));
+        assert_eq!(
+            (pgshift, psql),
+            (ok, ok),
+            "self-signed, {host} {mode}: {err}"
+        );
+    }
+    let (_, _, err) = both(&conninfo(
+        "127.0.0.1",
+        &format!("sslmode=verify-full {own}"),
+    ));
+    assert!(
+        err.contains(r#"server certificate is not valid for "127.0.0.1" (it is for localhost)"#),
+        "{err}"
+    );
+
+    serve("server");
+    let ca = format!("sslrootcert={}", root("root.crt"));
+    for (host, mode, ok) in [
+        ("localhost", "verify-full", true),
+        ("127.0.0.1", "verify-ca", true),
+        ("127.0.0.1", "verify-full", false),
+        ("localhost", &*format!("verify-full {own}"), false),
+    ] {
+        let params = if mode.contains("sslrootcert") {
+            format!("sslmode={mode}")
+        } else {
+            format!("sslmode={mode} {ca}")
+        };
+        let (pgshift, psql, err) = both(&conninfo(host, &params));
+        assert_eq!(
+            (pgshift, psql),
+            (ok, ok),
+            "CA-signed, {host} {params}: {err}"
+        );
+    }
+
+    // Without root certificates (no check of the certificate): TLS still works.
+    let (pgshift, psql, err) = both(&conninfo("127.0.0.1", "sslmode=require"));
+    assert_eq!((pgshift, psql), (true, true), "CA-signed, require: {err}");
+
+    // A stale ~/.postgresql/root.crt: prefer (the default) falls back to a
+    // connection without TLS, with a warning; require does not.
+    std::fs::create_dir_all(wd.join(".postgresql")).unwrap();
+    std::fs::copy(wd.join("self.crt"), wd.join(".postgresql/root.crt")).unwrap();
+    let (pgshift, psql, err) = both(&conninfo("localhost", ""));
+    assert_eq!((pgshift, psql), (true, true), "{err}");
+    assert!(
+        err.contains("connected without TLS, as libpq does"),
+        "{err}"
+    );
+    let (pgshift, psql, err) = both(&conninfo("localhost", "sslmode=require"));
+    assert_eq!((pgshift, psql), (false, false), "{err}");
+    assert!(err.contains("not trusted (unknown issuer)"), "{err}");
+}

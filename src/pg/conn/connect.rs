@@ -79,7 +79,7 @@ impl deadpool_postgres::Connect for TrackedConnect {
     > {
         let (tls, config) = (self.tls.clone(), pg_config.clone());
         Box::pin(async move {
-            let (client, connection) = config.connect(tls).await?;
+            let (client, connection) = connect_as_libpq(&config, &tls).await?;
             let task = spawn_connection(connection, "pooled".into());
             Ok((
                 client,
@@ -88,6 +88,49 @@ impl deadpool_postgres::Connect for TrackedConnect {
                 }),
             ))
         })
+    }
+}
+
+type Connection = tokio_postgres::Connection<
+    tokio_postgres::Socket,
+    <tokio_postgres_rustls::MakeRustlsConnect as tokio_postgres::tls::MakeTlsConnect<
+        tokio_postgres::Socket,
+    >>::Stream,
+>;
+
+/// One connection attempt as libpq makes it. With `sslmode=prefer` (the
+/// default) a TLS handshake that fails, on a certificate the root certificates
+/// do not vouch for say, is followed by one attempt without TLS, as libpq (and
+/// so pg_dump) does; the first such fallback of a run is logged as a warning. If
+/// that attempt fails too, the handshake's error is the one reported.
+async fn connect_as_libpq(
+    config: &tokio_postgres::Config,
+    tls: &tokio_postgres_rustls::MakeRustlsConnect,
+) -> Result<(tokio_postgres::Client, Connection), tokio_postgres::Error> {
+    use tokio_postgres::config::SslMode;
+    static WARNED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    let tls_error = match config.connect(tls.clone()).await {
+        Err(e) if config.get_ssl_mode() == SslMode::Prefer && is_tls_failure(&e) => e,
+        other => return other,
+    };
+    let mut plain = config.clone();
+    plain.ssl_mode(SslMode::Disable);
+    match plain.connect(tls.clone()).await {
+        Ok(connected) => {
+            let text = describe_pg_error(&tls_error);
+            if WARNED.swap(true, std::sync::atomic::Ordering::Relaxed) {
+                tracing::debug!("sslmode=prefer: connected without TLS ({text})");
+            } else {
+                tracing::warn!(
+                    "sslmode=prefer: the TLS handshake failed ({text}); connected without TLS, as libpq does (sslmode=require or stricter refuses that)"
+                );
+            }
+            Ok(connected)
+        }
+        Err(e) => {
+            tracing::debug!("sslmode=prefer: without TLS too: {}", describe_pg_error(&e));
+            Err(tls_error)
+        }
     }
 }
 
@@ -128,7 +171,8 @@ pub async fn connect(
             if !app_name.is_empty() {
                 config.application_name(app_name);
             }
-            let Ok(result) = tokio::time::timeout(bound, config.connect(tls.clone())).await else {
+            let Ok(result) = tokio::time::timeout(bound, connect_as_libpq(&config, &tls)).await
+            else {
                 timed_out.push(endpoint);
                 continue;
             };

@@ -14,6 +14,12 @@
 //! `~/.postgresql/postgresql.crt` + `postgresql.key` when the certificate exists.
 //! Over Unix sockets TLS is never used (libpq and the server agree on that).
 //!
+//! Certificates are judged by libpq's rules, not the web's: webpki decides first,
+//! and what it refuses but libpq accepts (a host name only in the subject's CN, a
+//! server certificate marked as a CA or of version 1) is decided again by
+//! [`libpq_x509`]. `sslmode=prefer`'s fallback to a connection without TLS after
+//! a failed handshake lives in `connect`.
+//!
 //! Everything uses the ring provider explicitly; no process-wide default is installed.
 
 use std::fmt;
@@ -32,6 +38,7 @@ use rustls::{
 use tokio_postgres_rustls::MakeRustlsConnect;
 
 use super::connspec::{ConnSpec, RootCert, SslMode};
+use super::libpq_x509;
 
 /// Why no TLS connector could be built. Messages are one line and name the file or
 /// parameter to fix.
@@ -144,27 +151,28 @@ pub fn config_for_plan(plan: &TlsPlan) -> Result<ClientConfig, TlsError> {
     let builder = ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
         .map_err(|e| TlsError::Setup(e.to_string()))?;
-    let verifier: Arc<dyn ServerCertVerifier> = match plan.verification {
-        Verification::Unused | Verification::None => Arc::new(Lenient {
-            provider: provider.clone(),
-            chain: None,
-        }),
+    let chain = match plan.verification {
+        Verification::Unused | Verification::None => None,
         Verification::Chain | Verification::Full => {
-            let roots = load_roots(plan.roots.as_ref().expect("plan has roots"))?;
-            let webpki =
-                WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())
-                    .build()
-                    .map_err(|e| TlsError::Setup(e.to_string()))?;
-            if plan.verification == Verification::Full {
-                webpki
-            } else {
-                Arc::new(Lenient {
-                    provider,
-                    chain: Some(webpki),
-                })
-            }
+            let roots = plan.roots.as_ref().expect("plan has roots");
+            let anchors = match roots {
+                RootCert::File(path) => load_pem_certs("sslrootcert", path)?,
+                RootCert::System => Vec::new(),
+            };
+            let webpki = WebPkiServerVerifier::builder_with_provider(
+                Arc::new(load_roots(roots)?),
+                provider.clone(),
+            )
+            .build()
+            .map_err(|e| TlsError::Setup(e.to_string()))?;
+            Some(Chain {
+                webpki,
+                anchors,
+                check_name: plan.verification == Verification::Full,
+            })
         }
     };
+    let verifier: Arc<dyn ServerCertVerifier> = Arc::new(Libpq { provider, chain });
     let builder = builder
         .dangerous()
         .with_custom_certificate_verifier(verifier);
@@ -282,29 +290,43 @@ fn check_key_permissions(path: &Path, meta: &std::fs::Metadata) -> Result<(), Tl
     Ok(())
 }
 
-/// The two lenient modes, one verifier: without `chain` (sslmode prefer/require
-/// without root certificates, like libpq) any certificate chain is accepted;
-/// with it (verify-ca) the webpki chain check runs and only host-name mismatches
-/// are forgiven (webpki checks the name after the chain, so a name error means
-/// the chain was good). Either way the server must prove it holds the
-/// certificate's key.
+/// One verifier for every mode, with libpq's rules:
+/// - without a `chain` (sslmode prefer/require without root certificates) any
+///   certificate is accepted;
+/// - with one (verify-ca, and prefer/require with root certificates) the chain
+///   must lead to a root certificate, and with `check_name` (verify-full) the
+///   certificate must name the host.
+///
+/// webpki decides first. What it refuses and libpq accepts, a host name only in
+/// the subject's CN, a server certificate marked as a CA or of version 1, is
+/// decided again the way libpq decides it ([`libpq_x509`]). webpki checks the
+/// name after the chain, so a name error from it means the chain was good.
+/// Whatever the mode, the server must prove it holds the certificate's key.
 #[derive(Debug)]
-struct Lenient {
+struct Libpq {
     provider: Arc<CryptoProvider>,
-    chain: Option<Arc<WebPkiServerVerifier>>,
+    chain: Option<Chain>,
+}
+
+#[derive(Debug)]
+struct Chain {
+    webpki: Arc<WebPkiServerVerifier>,
+    /// sslrootcert's certificates (none for `system`).
+    anchors: Vec<CertificateDer<'static>>,
+    check_name: bool,
 }
 
 type Cert<'a> = CertificateDer<'a>;
 type Dss = DigitallySignedStruct;
 type SignatureCheck = Result<HandshakeSignatureValid, rustls::Error>;
 
-impl Lenient {
+impl Libpq {
     fn algorithms(&self) -> &rustls::crypto::WebPkiSupportedAlgorithms {
         &self.provider.signature_verification_algorithms
     }
 }
 
-impl ServerCertVerifier for Lenient {
+impl ServerCertVerifier for Libpq {
     fn verify_server_cert(
         &self,
         end_entity: &CertificateDer<'_>,
@@ -316,20 +338,54 @@ impl ServerCertVerifier for Lenient {
         let Some(chain) = &self.chain else {
             return Ok(ServerCertVerified::assertion());
         };
-        match chain.verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now) {
+        match chain.webpki.verify_server_cert(
+            end_entity,
+            intermediates,
+            server_name,
+            ocsp_response,
+            now,
+        ) {
             Err(rustls::Error::InvalidCertificate(
                 CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
-            )) => Ok(ServerCertVerified::assertion()),
-            other => other,
+            )) => {}
+            Err(e) if libpq_x509::refused_for_form(&e) => {
+                libpq_x509::chain(end_entity, intermediates, &chain.anchors, now)
+                    .map_err(rustls::Error::InvalidCertificate)?;
+            }
+            verdict => return verdict,
+        }
+        if !chain.check_name {
+            return Ok(ServerCertVerified::assertion());
+        }
+        let Some(host) = libpq_x509::Host::of(server_name) else {
+            return Err(CertificateError::NotValidForName.into());
+        };
+        match libpq_x509::name_matches(end_entity, &host) {
+            (true, _) => Ok(ServerCertVerified::assertion()),
+            (false, presented) => Err(CertificateError::NotValidForNameContext {
+                expected: server_name.to_owned(),
+                presented,
+            }
+            .into()),
         }
     }
 
     fn verify_tls12_signature(&self, msg: &[u8], cert: &Cert, dss: &Dss) -> SignatureCheck {
-        rustls::crypto::verify_tls12_signature(msg, cert, dss, self.algorithms())
+        match rustls::crypto::verify_tls12_signature(msg, cert, dss, self.algorithms()) {
+            Err(e) if libpq_x509::refused_for_form(&e) => {
+                libpq_x509::verify_signature(cert, msg, dss, self.algorithms(), false)
+            }
+            verdict => verdict,
+        }
     }
 
     fn verify_tls13_signature(&self, msg: &[u8], cert: &Cert, dss: &Dss) -> SignatureCheck {
-        rustls::crypto::verify_tls13_signature(msg, cert, dss, self.algorithms())
+        match rustls::crypto::verify_tls13_signature(msg, cert, dss, self.algorithms()) {
+            Err(e) if libpq_x509::refused_for_form(&e) => {
+                libpq_x509::verify_signature(cert, msg, dss, self.algorithms(), true)
+            }
+            verdict => verdict,
+        }
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
@@ -677,6 +733,142 @@ mod tests {
         );
         let (chain, key) = other.leaf(&["db"]);
         assert!(handshake(cfg(&format!("host=db {full}")), "db", chain, key, None).is_err());
+    }
+
+    /// A certificate for `cn` (the subject's CN) and `sans`, marked as a CA when
+    /// `ca`, expired in 2002 when `expired`, signed by `by` or else by itself:
+    /// (its PEM, the chain the server sends, its key).
+    fn custom(
+        cn: &str,
+        sans: &[&str],
+        ca: bool,
+        expired: bool,
+        by: Option<&Ca>,
+    ) -> (String, Vec<CertificateDer<'static>>, PrivateKeyDer<'static>) {
+        let key = KeyPair::generate().unwrap();
+        let sans: Vec<String> = sans.iter().map(|s| s.to_string()).collect();
+        let mut params = CertificateParams::new(sans).unwrap();
+        params.distinguished_name.push(DnType::CommonName, cn);
+        if ca {
+            params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        }
+        if expired {
+            params.not_before = rcgen::date_time_ymd(2001, 1, 1);
+            params.not_after = rcgen::date_time_ymd(2002, 1, 1);
+        }
+        let cert = match by {
+            Some(ca) => params.signed_by(&key, &ca.issuer).unwrap(),
+            None => params.self_signed(&key).unwrap(),
+        };
+        (
+            cert.pem(),
+            vec![cert.der().clone()],
+            PrivateKeyDer::Pkcs8(key.serialize_der().into()),
+        )
+    }
+
+    /// What libpq accepts and webpki alone would refuse (`libpq_x509`), and what
+    /// both refuse. Version 1 certificates, which rcgen cannot write, are in
+    /// tests/tls_config.rs, made by the openssl command.
+    #[test]
+    fn certificates_as_libpq_judges_them() {
+        let home = tempfile::tempdir().unwrap();
+        let h = home.path();
+        let ca = Ca::new("ca");
+        let ca_path = write(h, "ca.pem", &ca.pem(), 0o644);
+        let cfg = |host: &str, mode: &str, root: &Path| {
+            let input = format!("host={host} sslmode={mode} sslrootcert={}", root.display());
+            client_config(&spec(&input, h)).unwrap()
+        };
+        let full = |host: &str, root: &Path| cfg(host, "verify-full", root);
+        let refusal = |host: &str, root: &Path, (chain, key): (Vec<_>, PrivateKeyDer<'static>)| {
+            describe_rustls_error(&handshake(full(host, root), host, chain, key, None).unwrap_err())
+        };
+
+        // PostgreSQL's documented self-signed certificate (`openssl req -x509
+        // -subj /CN=db`): marked as a CA, its host only in the CN, and trusted as
+        // sslrootcert itself.
+        let (pem, chain, key) = custom("db", &[], true, false, None);
+        let own = write(h, "own.pem", &pem, 0o644);
+        for mode in ["verify-full", "verify-ca", "require", "prefer"] {
+            handshake(
+                cfg("db", mode, &own),
+                "db",
+                chain.clone(),
+                key.clone_key(),
+                None,
+            )
+            .unwrap_or_else(|e| panic!("{mode}: {e}"));
+        }
+        assert_eq!(
+            refusal("other", &own, (chain, key)),
+            r#"server certificate is not valid for "other" (it is for db)"#
+        );
+        let (pem, chain, key) = custom("db", &[], true, true, None);
+        let old = write(h, "old.pem", &pem, 0o644);
+        assert_eq!(
+            refusal("db", &old, (chain, key)),
+            "server certificate has expired"
+        );
+
+        // Signed by the CA, the host only in the CN.
+        let (_, chain, key) = custom("db", &[], false, false, Some(&ca));
+        handshake(full("db", &ca_path), "db", chain, key, None).unwrap();
+        // A subjectAltName of the host's kind hides the CN (RFC 6125, libpq)...
+        let (_, chain, key) = custom("db", &["elsewhere"], false, false, Some(&ca));
+        assert_eq!(
+            refusal("db", &ca_path, (chain, key)),
+            r#"server certificate is not valid for "db" (it is for elsewhere)"#
+        );
+        // ... but a DNS name does not hide it from an address.
+        let (_, chain, key) = custom("127.0.0.1", &["elsewhere"], false, false, Some(&ca));
+        handshake(full("127.0.0.1", &ca_path), "127.0.0.1", chain, key, None).unwrap();
+        let (_, chain, key) = custom("127.0.0.1", &["10.0.0.1"], false, false, Some(&ca));
+        assert_eq!(
+            refusal("127.0.0.1", &ca_path, (chain, key)),
+            r#"server certificate is not valid for "127.0.0.1" (it is for 10.0.0.1)"#
+        );
+        // A wildcard stands for one label.
+        let (_, chain, key) = custom("*.example.com", &[], false, false, Some(&ca));
+        let host = "db.example.com";
+        handshake(
+            full(host, &ca_path),
+            host,
+            chain.clone(),
+            key.clone_key(),
+            None,
+        )
+        .unwrap();
+        assert_eq!(
+            refusal("a.db.example.com", &ca_path, (chain, key)),
+            r#"server certificate is not valid for "a.db.example.com" (it is for *.example.com)"#
+        );
+
+        // A server certificate marked as a CA: accepted from the CA, with its
+        // name checked; refused from another CA, or expired.
+        let (_, chain, key) = custom("leaf", &["db"], true, false, Some(&ca));
+        handshake(
+            full("db", &ca_path),
+            "db",
+            chain.clone(),
+            key.clone_key(),
+            None,
+        )
+        .unwrap();
+        assert_eq!(
+            refusal("other", &ca_path, (chain, key)),
+            r#"server certificate is not valid for "other" (it is for db)"#
+        );
+        let (_, chain, key) = custom("leaf", &["db"], true, false, Some(&Ca::new("other")));
+        assert_eq!(
+            refusal("db", &ca_path, (chain, key)),
+            "server certificate is not trusted (unknown issuer)"
+        );
+        let (_, chain, key) = custom("leaf", &["db"], true, true, Some(&ca));
+        assert_eq!(
+            refusal("db", &ca_path, (chain, key)),
+            "server certificate has expired"
+        );
     }
 
     #[test]
