@@ -393,6 +393,58 @@ fn owned_sequences_inheritance_and_partitions_without_rows() {
     }
 }
 
+/// A migrated table's default draws from a sequence the kept table's
+/// namesake owns: after the swap it draws from the destination's sequence,
+/// so one behind the source's is refused (its next values are ids the
+/// migrated rows hold), with the setval that fixes it; once set, the swap
+/// leaves new rows clear of the migrated ones.
+#[test]
+fn a_kept_tables_sequence_behind_the_sources_is_refused() {
+    let dbs = TestDbs::new("filters_kept_seq");
+    dbs.src.psql(
+        "CREATE TABLE legacy (id serial PRIMARY KEY, x text);
+         SELECT setval('legacy_id_seq', 1000);
+         CREATE TABLE newt (id int PRIMARY KEY DEFAULT nextval('legacy_id_seq'), y text);
+         INSERT INTO newt (y) SELECT 'src' FROM generate_series(1, 3);",
+    );
+    dbs.dst.psql(
+        "CREATE TABLE legacy (id serial PRIMARY KEY, x text);
+         INSERT INTO legacy (x) VALUES ('dst');",
+    );
+    let wd = Workdir::new();
+    let (src, dst) = (dbs.src.url(), dbs.dst.url());
+    let args = [
+        "prepare",
+        "--source",
+        &src,
+        "--dest",
+        &dst,
+        "--keep-tables",
+        "legacy",
+    ];
+    let before = catalog_fingerprint(&dbs.dst);
+    for dry in [true, false] {
+        let out = wd.run(&[args.as_slice(), if dry { &["--dry-run"] } else { &[] }].concat());
+        assert_usage_error(
+            &out,
+            "--keep-tables: default value for column id of table newt of the source uses sequence legacy_id_seq, which the source's legacy owns; after the swap they draw from the destination's legacy_id_seq, owned by the kept legacy, which would next give 2 while the source's gives 1004: values the migrated rows already hold; on the destination run `SELECT pg_catalog.setval('public.legacy_id_seq', 1003, true)` (or keep the tables that use it too), then prepare again; nothing was changed",
+        );
+    }
+    assert_eq!(catalog_fingerprint(&dbs.dst), before);
+
+    dbs.dst
+        .psql("SELECT pg_catalog.setval('public.legacy_id_seq', 1003, true);");
+    wd.run_ok(&args);
+    wd.run_ok(&["swap", "--dest", &dst]);
+    assert_eq!(
+        dbs.dst
+            .psql("INSERT INTO newt (y) VALUES ('after') RETURNING id; SELECT x FROM legacy;")
+            .split_whitespace()
+            .collect::<Vec<_>>(),
+        ["1004", "dst"]
+    );
+}
+
 /// A kept table's key to a table migrated without its rows: `status` says
 /// the swap would be refused, and the swap's refusal names kept tables.
 #[test]

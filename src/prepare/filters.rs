@@ -20,7 +20,11 @@
 //!   (`swap::rollback::fix_crossing_fks`); the source's foreign keys that
 //!   reference a kept table are deferred to the swap's transaction like a
 //!   preserved table's (checked for violations before it). A kept table's own
-//!   foreign key to a table that the migration does not bring is refused here.
+//!   foreign key to a table that the migration does not bring is refused here,
+//!   and so is a migrated object that uses a sequence the kept table's
+//!   namesake owns (a column default) when the destination's sequence of that
+//!   name is missing or behind the source's: after the swap it would hand out
+//!   values the migrated rows already hold.
 //!
 //! With several schemas (`--schemas`) every filter matches in each chosen
 //! schema (a pattern without a schema part in all of them) and tables are
@@ -351,6 +355,10 @@ pub async fn resolve(
         );
     }
 
+    // Sequences the kept tables' namesakes own that migrated objects use.
+    let kept_sources = parts(&mut with_descendants(&src_rels, &namesakes).iter());
+    kept_sequences(src, dest, &kept_sources, &leaving, schemas).await?;
+
     // A table migrated with its rows whose foreign key references a table
     // migrated without them: the key could not be created.
     if !res.data_excluded.is_empty() {
@@ -503,6 +511,113 @@ async fn dependents(
         "excluded tables",
     )
     .await
+}
+
+/// Sequences owned by kept tables' namesakes on the source (`tables`:
+/// schemas, names) that migrated objects use, a column default
+/// `nextval('legacy_id_seq')` of a migrated table say: pg_dump leaves them
+/// out with their table, so after the swap those objects draw from the
+/// destination's sequence of that name, the one the kept table owns. That is
+/// refused when the destination's sequence would give values the source's
+/// already gave (the migrated rows hold them: duplicate keys after the swap),
+/// or does not exist; the message says how to set it. Read only.
+async fn kept_sequences(
+    src: &Client,
+    dest: &Client,
+    tables: &(Vec<String>, Vec<String>),
+    leaving: &(Vec<String>, Vec<String>),
+    schemas: &[String],
+) -> Result<()> {
+    if tables.0.is_empty() {
+        return Ok(());
+    }
+    let owned = src
+        .query(
+            "SELECT s.oid, sn.nspname::text, s.relname::text, tn.nspname::text, t.relname::text, q.seqincrement
+               FROM pg_catalog.pg_depend o
+               JOIN pg_catalog.pg_class s ON s.oid = o.objid AND s.relkind = 'S'
+               JOIN pg_catalog.pg_sequence q ON q.seqrelid = s.oid
+               JOIN pg_catalog.pg_namespace sn ON sn.oid = s.relnamespace
+               JOIN pg_catalog.pg_class t ON t.oid = o.refobjid
+               JOIN pg_catalog.pg_namespace tn ON tn.oid = t.relnamespace
+              WHERE o.classid = 'pg_catalog.pg_class'::regclass AND o.refclassid = 'pg_catalog.pg_class'::regclass
+                AND o.deptype IN ('a', 'i')
+                AND (tn.nspname, t.relname) IN (SELECT * FROM unnest($1::text[], $2::text[]))
+              ORDER BY 2, 3",
+            &[&tables.0, &tables.1],
+        )
+        .await
+        .map_err(|e| pg_error_as(e, "listing the sequences of kept tables"))?;
+    for r in owned {
+        let (oid, schema, name, t_schema, table, increment): (
+            u32,
+            String,
+            String,
+            String,
+            String,
+            i64,
+        ) = (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4), r.get(5));
+        let users = rollback::depending_on(
+            src,
+            "t AS (SELECT oid, reltype FROM pg_catalog.pg_class WHERE oid = $1),
+             l AS (SELECT c.oid FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+                    WHERE (n.nspname, c.relname) IN (SELECT * FROM unnest($2::text[], $3::text[])))",
+            "l",
+            false,
+            Some("$4"),
+            &[&oid, &leaving.0, &leaving.1, &schemas],
+            "sequences of kept tables",
+        )
+        .await?;
+        if users.is_empty() {
+            continue;
+        }
+        let seq = table_display(&schema, &name);
+        let kept = table_display(&t_schema, &table);
+        let (last, called) = crate::pg::catalog::sequence_value(src, &schema, &name).await?;
+        let next = |last: i64, called: bool| {
+            i128::from(last) + if called { i128::from(increment) } else { 0 }
+        };
+        let setval = format!(
+            "SELECT pg_catalog.setval({}, {last}, {called})",
+            crate::pg::ident::quote_literal(&format!(
+                "{}.{}",
+                display_ident(&schema),
+                display_ident(&name)
+            ))
+        );
+        let usage = format!(
+            "{} of the source use{} sequence {seq}, which the source's {kept} owns",
+            users.join(", "),
+            if users.len() == 1 { "s" } else { "" }
+        );
+        let on_dest = dest
+            .query_opt(
+                "SELECT 1 FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+                  WHERE n.nspname = $1 AND c.relname = $2 AND c.relkind = 'S'",
+                &[&schema, &name],
+            )
+            .await
+            .map_err(|e| pg_error_as(e, "looking for the destination's sequences"))?;
+        if on_dest.is_none() {
+            crate::refuse!(
+                "--keep-tables: {usage}; the destination has no sequence {seq} for them after the swap; create it there (or keep the tables that use it too), then prepare again; nothing was changed"
+            );
+        }
+        let (d_last, d_called) = crate::pg::catalog::sequence_value(dest, &schema, &name).await?;
+        let (theirs, ours) = (next(d_last, d_called), next(last, called));
+        let behind = if increment > 0 {
+            theirs < ours
+        } else {
+            theirs > ours
+        };
+        if behind {
+            crate::refuse!(
+                "--keep-tables: {usage}; after the swap they draw from the destination's {seq}, owned by the kept {kept}, which would next give {theirs} while the source's gives {ours}: values the migrated rows already hold; on the destination run `{setval}` (or keep the tables that use it too), then prepare again; nothing was changed"
+            );
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
