@@ -445,6 +445,44 @@ fn a_kept_tables_sequence_behind_the_sources_is_refused() {
     );
 }
 
+/// Migrated objects that use columns the kept table lacks on the destination
+/// (a view's column, a foreign key's referenced column) are refused before
+/// anything is changed, instead of failing the restore halfway.
+#[test]
+fn a_column_the_kept_table_lacks_is_refused() {
+    let dbs = TestDbs::new("filters_kept_cols");
+    dbs.src.psql(
+        "CREATE TABLE audit (id int PRIMARY KEY, msg text, extra int UNIQUE, \"Note\" text);
+         CREATE VIEW v_audit AS SELECT id, extra, \"Note\" FROM audit;
+         CREATE VIEW v_ok AS SELECT id, msg FROM audit;
+         CREATE TABLE refs (id int PRIMARY KEY, audit_extra int REFERENCES audit (extra));",
+    );
+    dbs.dst.psql(
+        "CREATE TABLE audit (id int PRIMARY KEY, msg text);
+         INSERT INTO audit VALUES (1, 'dst');",
+    );
+    let wd = Workdir::new();
+    let (src, dst) = (dbs.src.url(), dbs.dst.url());
+    let args = [
+        "prepare",
+        "--source",
+        &src,
+        "--dest",
+        &dst,
+        "--keep-tables",
+        "audit",
+    ];
+    let before = catalog_fingerprint(&dbs.dst);
+    for dry in [true, false] {
+        let out = wd.run(&[args.as_slice(), if dry { &["--dry-run"] } else { &[] }].concat());
+        assert_usage_error(
+            &out,
+            "--keep-tables: objects of the source use columns the kept tables do not have on the destination: constraint refs_audit_extra_fkey on table refs uses audit.extra, view public.v_audit uses audit.\"Note\", view public.v_audit uses audit.extra; exclude those objects (--exclude-table), keep their tables too, or add the columns on the destination; nothing was changed",
+        );
+    }
+    assert_eq!(catalog_fingerprint(&dbs.dst), before);
+}
+
 /// A kept table's key to a table migrated without its rows: `status` says
 /// the swap would be refused, and the swap's refusal names kept tables.
 #[test]

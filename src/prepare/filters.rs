@@ -21,7 +21,8 @@
 //!   reference a kept table are deferred to the swap's transaction like a
 //!   preserved table's (checked for violations before it). A kept table's own
 //!   foreign key to a table that the migration does not bring is refused here,
-//!   and so is a migrated object that uses a sequence the kept table's
+//!   and so is a migrated object that uses a column the kept table lacks on
+//!   the destination (it would fail the restore), or a sequence the kept table's
 //!   namesake owns (a column default) when the destination's sequence of that
 //!   name is missing or behind the source's: after the swap it would hand out
 //!   values the migrated rows already hold.
@@ -358,6 +359,7 @@ pub async fn resolve(
     // Sequences the kept tables' namesakes own that migrated objects use.
     let kept_sources = parts(&mut with_descendants(&src_rels, &namesakes).iter());
     kept_sequences(src, dest, &kept_sources, &leaving, schemas).await?;
+    kept_columns(src, dest, &kept_sources, &leaving, schemas).await?;
 
     // A table migrated with its rows whose foreign key references a table
     // migrated without them: the key could not be created.
@@ -511,6 +513,91 @@ async fn dependents(
         "excluded tables",
     )
     .await
+}
+
+/// Columns of kept tables' namesakes on the source (`tables`: schemas,
+/// names) that migrated objects use (a view's column, a foreign key's
+/// referenced column): those objects are restored against the destination's
+/// kept table, so a column it lacks would fail the restore in the middle of
+/// prepare. Refused here, naming each object and column. Read only.
+async fn kept_columns(
+    src: &Client,
+    dest: &Client,
+    tables: &(Vec<String>, Vec<String>),
+    leaving: &(Vec<String>, Vec<String>),
+    schemas: &[String],
+) -> Result<()> {
+    if tables.0.is_empty() {
+        return Ok(());
+    }
+    let sql = format!(
+        "WITH t AS (SELECT c.oid, c.reltype FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+                     WHERE (n.nspname, c.relname) IN (SELECT * FROM unnest($1::text[], $2::text[]))),
+              l AS (SELECT c.oid FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+                     WHERE (n.nspname, c.relname) IN (SELECT * FROM unnest($3::text[], $4::text[])))
+         SELECT DISTINCT {describe}, n.nspname::text, c.relname::text, a.attname::text
+           FROM pg_catalog.pg_depend d
+           JOIN pg_catalog.pg_attribute a ON a.attrelid = d.refobjid AND a.attnum = d.refobjsubid
+           JOIN pg_catalog.pg_class c ON c.oid = a.attrelid
+           JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+          WHERE d.refobjsubid > 0 AND {filter} AND {dependent} = ANY($5)",
+        describe = rollback::DESCRIBE_DEPENDENT,
+        filter = rollback::not_part_of("l", false),
+        dependent = rollback::DEPENDENT_SCHEMA,
+    );
+    let used = src
+        .query(
+            sql.as_str(),
+            &[&tables.0, &tables.1, &leaving.0, &leaving.1, &schemas],
+        )
+        .await
+        .map_err(|e| {
+            pg_error_as(
+                e,
+                "looking for the columns of kept tables that migrated objects use",
+            )
+        })?;
+    if used.is_empty() {
+        return Ok(());
+    }
+    let present: HashSet<(String, String, String)> = dest
+        .query(
+            "SELECT n.nspname::text, c.relname::text, a.attname::text
+               FROM pg_catalog.pg_attribute a
+               JOIN pg_catalog.pg_class c ON c.oid = a.attrelid
+               JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+              WHERE (n.nspname, c.relname) IN (SELECT * FROM unnest($1::text[], $2::text[]))
+                AND a.attnum > 0 AND NOT a.attisdropped",
+            &[&tables.0, &tables.1],
+        )
+        .await
+        .map_err(|e| pg_error_as(e, "reading the kept tables' columns"))?
+        .into_iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect();
+    let missing: BTreeSet<String> = used
+        .into_iter()
+        .filter_map(|r| {
+            let (what, schema, table, column): (Option<String>, String, String, String) =
+                (r.get(0), r.get(1), r.get(2), r.get(3));
+            let key = (schema, table, column);
+            (!present.contains(&key)).then(|| {
+                format!(
+                    "{} uses {}.{}",
+                    what.unwrap_or_else(|| "an object".into()),
+                    table_display(&key.0, &key.1),
+                    display_ident(&key.2)
+                )
+            })
+        })
+        .collect();
+    if !missing.is_empty() {
+        crate::refuse!(
+            "--keep-tables: objects of the source use columns the kept tables do not have on the destination: {}; exclude those objects (--exclude-table), keep their tables too, or add the columns on the destination; nothing was changed",
+            missing.iter().join(", ")
+        );
+    }
+    Ok(())
 }
 
 /// Sequences owned by kept tables' namesakes on the source (`tables`:

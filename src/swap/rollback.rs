@@ -1088,7 +1088,7 @@ pub(crate) async fn descendants(
 /// tables in `t` (oid, row type) from objects that are not part of a table in
 /// `own` (the table itself, its constraints, rules, defaults, triggers and
 /// policies). With `except_foreign_keys`, no foreign key counts either.
-fn not_part_of(own: &str, except_foreign_keys: bool) -> String {
+pub(crate) fn not_part_of(own: &str, except_foreign_keys: bool) -> String {
     let fk = if except_foreign_keys {
         "c.contype = 'f' OR "
     } else {
