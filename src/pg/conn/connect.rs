@@ -416,6 +416,15 @@ fn describe_io(e: &io::Error) -> String {
 /// [`describe_pg_error`] plus a hint naming the address when nothing answered there.
 fn describe_attempt(ep: &Endpoint, e: &tokio_postgres::Error) -> String {
     let text = describe_pg_error(e);
+    // Bytes that are not PostgreSQL's protocol (a web server on the port).
+    let garbled = matches!(
+        e.to_string().as_str(),
+        "error parsing response from server" | "unexpected message from server"
+    ) || text == "bytes remaining on stream"
+        || text.starts_with("invalid message length");
+    if garbled && e.as_db_error().is_none() {
+        return format!("{text} (is {} a PostgreSQL server?)", ep.describe());
+    }
     match innermost_io_kind(e) {
         Some(io::ErrorKind::ConnectionRefused | io::ErrorKind::NotFound) => match &ep.host {
             Host::Unix(_) => format!(
@@ -639,6 +648,40 @@ mod tests {
                 "cannot connect to destination postgresql://app:***@127.0.0.1:{port}/shop: connection refused (is the server running on 127.0.0.1:{port}?)"
             )
         );
+    }
+
+    const SSL_REQUEST: [u8; 8] = [0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f];
+
+    /// Something that is not PostgreSQL (a web server, say) on the port: the
+    /// error says so, whether TLS was asked for first or not.
+    #[tokio::test]
+    async fn a_server_that_is_not_postgresql_is_named() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            loop {
+                let (mut sock, _) = listener.accept().await.unwrap();
+                tokio::spawn(async move {
+                    // Each request gets an answer; the connection ends after
+                    // the first that is not an SSLRequest.
+                    let mut buf = [0u8; 1024];
+                    while let Ok(n @ 1..) = sock.read(&mut buf).await {
+                        let reply = b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n";
+                        if sock.write_all(reply).await.is_err() || buf[..n] != SSL_REQUEST {
+                            break;
+                        }
+                    }
+                });
+            }
+        });
+        for mode in ["disable", "prefer"] {
+            let s = spec(&format!("host=127.0.0.1 port={port} sslmode={mode}"));
+            let e = failure(&s, "source", Duration::ZERO).await;
+            assert!(
+                e.ends_with(&format!("(is 127.0.0.1:{port} a PostgreSQL server?)")),
+                "{mode}: {e}"
+            );
+        }
     }
 
     #[tokio::test]

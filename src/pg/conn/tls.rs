@@ -428,6 +428,8 @@ pub fn describe_rustls_error(e: &rustls::Error) -> String {
             C::InvalidPurpose | C::InvalidPurposeContext { .. } => {
                 "server certificate is not meant for TLS servers (extended key usage)".to_string()
             }
+            // webpki's own reasons (UnsupportedCriticalExtension, …) by name.
+            C::Other(reason) => format!("server certificate rejected ({reason})"),
             other => format!("server certificate rejected ({other:?})"),
         },
         rustls::Error::AlertReceived(alert) => {
@@ -1008,6 +1010,11 @@ mod tests {
         assert_eq!(
             describe_rustls_error(&E::InvalidCertificate(CertificateError::NotValidForName)),
             "server certificate is not valid for this host name"
+        );
+        let reason = rustls::OtherError(Arc::new(webpki::Error::UnsupportedCriticalExtension));
+        assert_eq!(
+            describe_rustls_error(&E::InvalidCertificate(CertificateError::Other(reason))),
+            "server certificate rejected (UnsupportedCriticalExtension)"
         );
     }
 }
