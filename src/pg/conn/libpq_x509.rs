@@ -184,10 +184,19 @@ fn signed_by(cert: &X509Certificate<'_>, issuer: &X509Certificate<'_>) -> bool {
         && cert.verify_signature(Some(issuer.public_key())).is_ok()
 }
 
-/// Whether OpenSSL lets `cert` sign other certificates: `CA:TRUE`, or a version 1
+/// Whether OpenSSL lets `cert` sign other certificates (`check_ca`): `CA:TRUE`
+/// without a key usage that leaves out keyCertSign, or a self-signed version 1
 /// certificate (which has no extensions to say so).
 fn may_sign(cert: &X509Certificate<'_>) -> bool {
-    cert.version() == X509Version::V1 || cert.is_ca()
+    if cert.version() == X509Version::V1 {
+        return cert.issuer().as_raw() == cert.subject().as_raw();
+    }
+    let signs = match cert.key_usage() {
+        Ok(Some(ku)) => ku.value.key_cert_sign(),
+        Ok(None) => true,
+        Err(_) => false,
+    };
+    cert.is_ca() && signs
 }
 
 /// The longest chain OpenSSL builds by default is 100; PostgreSQL servers' are short.

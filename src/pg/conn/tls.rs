@@ -493,6 +493,20 @@ mod tests {
             self.issuer.pem()
         }
 
+        /// An issuer `name` this CA signs: a CA when `ca`, else a certificate
+        /// that signs without being allowed to.
+        fn intermediate(&self, name: &str, ca: bool) -> Ca {
+            let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+            if ca {
+                params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+            }
+            params.distinguished_name.push(DnType::CommonName, name);
+            let key = KeyPair::generate().unwrap();
+            Ca {
+                issuer: CertifiedIssuer::signed_by(params, key, &self.issuer).unwrap(),
+            }
+        }
+
         /// A leaf certificate for `sans`: (chain, key).
         fn leaf(&self, sans: &[&str]) -> (Vec<CertificateDer<'static>>, PrivateKeyDer<'static>) {
             let key = KeyPair::generate().unwrap();
@@ -871,6 +885,28 @@ mod tests {
             refusal("db", &ca_path, (chain, key)),
             "server certificate has expired"
         );
+        // ... through an intermediate the server sends: one that is a CA, not
+        // one that is not, and not without it.
+        for (inter_is_ca, send, ok) in [
+            (true, true, true),
+            (false, true, false),
+            (true, false, false),
+        ] {
+            let inter = ca.intermediate("inter", inter_is_ca);
+            let (_, mut chain, key) = custom("leaf", &["db"], true, false, Some(&inter));
+            if send {
+                chain.push(inter.issuer.der().clone());
+            }
+            let verdict = handshake(full("db", &ca_path), "db", chain, key, None);
+            match (ok, verdict) {
+                (true, Ok(())) => {}
+                (false, Err(e)) => assert_eq!(
+                    describe_rustls_error(&e),
+                    "server certificate is not trusted (unknown issuer)"
+                ),
+                (_, v) => panic!("intermediate CA {inter_is_ca}, sent {send}: {v:?}"),
+            }
+        }
     }
 
     #[test]
