@@ -703,6 +703,38 @@ fn two_schemas_failure_in_each_phase_leaves_both_untouched() {
         assert!(pairs.contains(&want), "{want} not in {pairs:?}");
     }
     wd.run_ok(&["verify", "--dest", &dst, "--timestamp", &ts.to_string()]);
+    // The manifest says which live schema the swap created.
+    let created: Vec<&str> = backups[0]["schemas"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|m| m["created"] == true)
+        .map(|m| m["live"].as_str().unwrap())
+        .collect();
+    assert_eq!(created, ["reporting"], "{backups:?}");
+
+    // A rollback leaves the schemas as they were: reporting, which the swap
+    // created, is dropped again; rolling that back brings it back, and so on.
+    for round in 0..3 {
+        let r = run_json(&wd, &["rollback", "--dest", &dst, "--latest"]);
+        let back = round % 2 == 1;
+        assert_eq!(
+            schema_exists(&dbs.dst, "reporting"),
+            back,
+            "round {round}: {r}"
+        );
+        if back {
+            assert!(r.get("dropped_schemas").is_none(), "{r}");
+            assert_eq!(
+                dbs.dst
+                    .query_one_string("SELECT n FROM reporting.invoice_count"),
+                "12"
+            );
+        } else {
+            assert_eq!(r["dropped_schemas"], json!(["reporting"]), "{r}");
+            assert_eq!(tables_of(&dbs.dst, "legacy"), "notes");
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------------------

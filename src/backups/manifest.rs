@@ -91,6 +91,12 @@ pub struct Manifest {
 pub struct SchemaMap {
     pub live: String,
     pub backup: String,
+    /// The live schema did not exist before this backup was made (a schema
+    /// only the source had, created by the swap): a rollback to this backup
+    /// drops it again when it ends up empty. Absent (false) otherwise, and in
+    /// manifests of earlier versions.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub created: bool,
 }
 
 impl Manifest {
@@ -100,6 +106,7 @@ impl Manifest {
             vec![SchemaMap {
                 live: crate::pg::meta::PUBLIC.to_string(),
                 backup: self.schema.clone(),
+                created: false,
             }]
         } else {
             self.schemas.clone()

@@ -132,6 +132,12 @@ fn print_report(ctx: &Ctx, r: &RollbackReport) -> Result<()> {
             r.kept_tables.join(", ")
         );
     }
+    for schema in &r.dropped_schemas {
+        crate::outln!(
+            "Schema {} did not exist before that backup was made and was dropped",
+            crate::pg::ident::display_ident(schema)
+        );
+    }
     if r.restored_schema_dropped {
         crate::outln!("{} is now empty and was dropped", r.restored_schema);
     } else {

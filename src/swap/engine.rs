@@ -156,8 +156,9 @@ impl Exchange {
     }
 
     /// The manifest's `schemas` for these backups: empty for public alone
-    /// (whose backup is the manifest's `schema`).
-    fn schema_maps(&self, backups: &[String]) -> Vec<SchemaMap> {
+    /// (whose backup is the manifest's `schema`). `existing`: the live
+    /// schemas that exist now (the others the swap creates).
+    fn schema_maps(&self, backups: &[String], existing: &BTreeSet<String>) -> Vec<SchemaMap> {
         if self.pairs.len() == 1 && self.pairs[0].live == PUBLIC {
             return Vec::new();
         }
@@ -167,8 +168,22 @@ impl Exchange {
             .map(|(p, b)| SchemaMap {
                 live: p.live.clone(),
                 backup: b.clone(),
+                created: !existing.contains(&p.live),
             })
             .collect()
+    }
+
+    /// Which of the live schemas exist now.
+    async fn existing_live(&self, client: &Client) -> Result<BTreeSet<String>> {
+        let names: Vec<&str> = self.pairs.iter().map(|p| p.live.as_str()).collect();
+        let rows = client
+            .query(
+                "SELECT nspname::text FROM pg_catalog.pg_namespace WHERE nspname = ANY($1)",
+                &[&names],
+            )
+            .await
+            .map_err(|e| crate::pg::exec::pg_error_as(e, "looking for the live schemas"))?;
+        Ok(rows.into_iter().map(|r| r.get(0)).collect())
     }
 
     /// Does any pair keep tables?
@@ -393,7 +408,7 @@ pub async fn preview<H: InTx>(
     Ok(Preview {
         mode: choice.chosen(),
         backup_schema: req.backups[0].clone(),
-        schemas: exchange.schema_maps(&req.backups),
+        schemas: exchange.schema_maps(&req.backups, &exchange.existing_live(client).await?),
         moves: Moves {
             move_out: listed.out().map(name).collect(),
             move_in: listed.inc().map(name).collect(),
@@ -505,7 +520,7 @@ pub async fn swap<H: InTx>(
     tracing::info!(mode = ?choice.mode, reason = %choice.reason, "swap mode");
     let mut manifest = origin.manifest(ts, backups[0].clone());
     manifest.swap_mode = Some(choice.mode);
-    manifest.schemas = exchange.schema_maps(&backups);
+    manifest.schemas = exchange.schema_maps(&backups, &exchange.existing_live(control).await?);
     let backup = backups[0].clone();
     let record = origin.swapped_record(&backup);
     let req = Request {

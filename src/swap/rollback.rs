@@ -131,6 +131,10 @@ pub struct RollbackReport {
     /// The restored backup schema was empty afterwards and was dropped with its
     /// manifest (false when kept tables' namesakes remain in it).
     pub restored_schema_dropped: bool,
+    /// Live schemas dropped because the restored backup's swap created them
+    /// (schemas only the source had) and the rollback left them empty.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub dropped_schemas: Vec<String>,
     pub foreign_keys: Vec<FkChange>,
     pub fk_not_valid: Vec<String>,
     /// The backup matched its manifest (false only with `--force`).
@@ -528,6 +532,7 @@ pub async fn execute(sess: &Session, plan: &Plan, policy: Policy) -> Result<Roll
         kept_tables: plan.keep.iter().cloned().collect(),
         moved: done.moved,
         restored_schema_dropped: result.restored_dropped,
+        dropped_schemas: result.dropped_schemas,
         foreign_keys: result.changes,
         fk_not_valid: not_valid,
         verified: plan.verification.ok,
@@ -543,6 +548,8 @@ pub struct TxResult {
     /// Keys of public tables to VALIDATE after the commit.
     to_validate: Vec<CreatedFk>,
     restored_dropped: bool,
+    /// Live schemas dropped because the restored backup's swap created them.
+    dropped_schemas: Vec<String>,
     warnings: Vec<String>,
 }
 
@@ -574,7 +581,7 @@ impl InTx for RollbackTx<'_> {
                 .iter()
                 .map(|_| UnderLocks::preview_note())
                 .collect(),
-            vec!["-- foreign keys crossing schemas re-pointed or detached; restored schema dropped if empty; manifests written to pgshift.backups".into()],
+            vec!["-- foreign keys crossing schemas re-pointed or detached; restored schema dropped if empty, and so are live schemas its swap created; manifests written to pgshift.backups".into()],
         )
     }
 
@@ -691,6 +698,34 @@ impl InTx for RollbackTx<'_> {
                 m.restored_at = Some(Utc::now());
                 m.detached_foreign_keys = still_detached;
                 manifest::update_manifest(client, &m).await?;
+            }
+        }
+
+        // Live schemas that did not exist before the restored backup was
+        // made (its swap created them: schemas only the source had) are
+        // dropped when the rollback leaves them empty, so the destination's
+        // schemas are as they were.
+        for m in restored_maps.iter().filter(|m| m.created) {
+            if !catalog::schema_exists(client, &m.live).await?
+                || !catalog::schema_is_empty(client, &m.live).await?
+            {
+                continue;
+            }
+            exec(client, "SAVEPOINT pgshift_created").await?;
+            let sql = format!("DROP SCHEMA {} RESTRICT", quote_ident(&m.live));
+            match exec(client, &sql).await {
+                Ok(()) => {
+                    exec(client, "RELEASE SAVEPOINT pgshift_created").await?;
+                    res.dropped_schemas.push(m.live.clone());
+                }
+                Err(e) => {
+                    exec(client, "ROLLBACK TO SAVEPOINT pgshift_created").await?;
+                    res.warnings.push(format!(
+                        "schema {} did not exist before {} was made and is empty now, but stays: {e:#}",
+                        crate::pg::ident::display_ident(&m.live),
+                        self.restored.schema_name
+                    ));
+                }
             }
         }
 
