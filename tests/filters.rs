@@ -411,30 +411,16 @@ fn a_kept_tables_sequence_behind_the_sources_is_refused() {
         "CREATE TABLE legacy (id serial PRIMARY KEY, x text);
          INSERT INTO legacy (x) VALUES ('dst');",
     );
-    let wd = Workdir::new();
-    let (src, dst) = (dbs.src.url(), dbs.dst.url());
-    let args = [
-        "prepare",
-        "--source",
-        &src,
-        "--dest",
-        &dst,
-        "--keep-tables",
+    let (wd, args) = refused_before_anything(
+        &dbs,
         "legacy",
-    ];
-    let before = catalog_fingerprint(&dbs.dst);
-    for dry in [true, false] {
-        let out = wd.run(&[args.as_slice(), if dry { &["--dry-run"] } else { &[] }].concat());
-        assert_usage_error(
-            &out,
-            "--keep-tables: default value for column id of table newt of the source uses sequence legacy_id_seq, which the source's legacy owns; after the swap they draw from the destination's legacy_id_seq, owned by the kept legacy, which would next give 2 while the source's gives 1004: values the migrated rows already hold; on the destination run `SELECT pg_catalog.setval('public.legacy_id_seq', 1003, true)` (or keep the tables that use it too), then prepare again; nothing was changed",
-        );
-    }
-    assert_eq!(catalog_fingerprint(&dbs.dst), before);
+        "--keep-tables: default value for column id of table newt of the source uses sequence legacy_id_seq, which the source's legacy owns; after the swap they draw from the destination's legacy_id_seq, owned by the kept legacy, which would next give 2 while the source's gives 1004: values the migrated rows already hold; on the destination run `SELECT pg_catalog.setval('public.legacy_id_seq', 1003, true)` (or keep the tables that use it too), then prepare again; nothing was changed",
+    );
+    let dst = dbs.dst.url();
 
     dbs.dst
         .psql("SELECT pg_catalog.setval('public.legacy_id_seq', 1003, true);");
-    wd.run_ok(&args);
+    wd.run_ok(&args.iter().map(String::as_str).collect::<Vec<_>>());
     wd.run_ok(&["swap", "--dest", &dst]);
     assert_eq!(
         dbs.dst
@@ -461,26 +447,40 @@ fn a_column_the_kept_table_lacks_is_refused() {
         "CREATE TABLE audit (id int PRIMARY KEY, msg text);
          INSERT INTO audit VALUES (1, 'dst');",
     );
+    refused_before_anything(
+        &dbs,
+        "audit",
+        "--keep-tables: objects of the source use columns the kept tables do not have on the destination: constraint refs_audit_extra_fkey on table refs uses audit.extra, view public.v_audit uses audit.\"Note\", view public.v_audit uses audit.extra; exclude those objects (--exclude-table), keep their tables too, or add the columns on the destination; nothing was changed",
+    );
+}
+
+/// `prepare --keep-tables kept` from `dbs`'s source into its destination,
+/// with and without `--dry-run`: a usage error containing `needle` both
+/// times, the destination unchanged. The work dir and prepare's arguments.
+fn refused_before_anything(dbs: &TestDbs, kept: &str, needle: &str) -> (Workdir, Vec<String>) {
     let wd = Workdir::new();
-    let (src, dst) = (dbs.src.url(), dbs.dst.url());
-    let args = [
+    let args: Vec<String> = [
         "prepare",
         "--source",
-        &src,
+        &dbs.src.url(),
         "--dest",
-        &dst,
-        "--keep-tables",
-        "audit",
-    ];
+        &dbs.dst.url(),
+    ]
+    .into_iter()
+    .map(String::from)
+    .chain(["--keep-tables".to_string(), kept.to_string()])
+    .collect();
     let before = catalog_fingerprint(&dbs.dst);
-    for dry in [true, false] {
-        let out = wd.run(&[args.as_slice(), if dry { &["--dry-run"] } else { &[] }].concat());
-        assert_usage_error(
-            &out,
-            "--keep-tables: objects of the source use columns the kept tables do not have on the destination: constraint refs_audit_extra_fkey on table refs uses audit.extra, view public.v_audit uses audit.\"Note\", view public.v_audit uses audit.extra; exclude those objects (--exclude-table), keep their tables too, or add the columns on the destination; nothing was changed",
-        );
+    for dry in [&["--dry-run"][..], &[]] {
+        let all: Vec<&str> = args
+            .iter()
+            .map(String::as_str)
+            .chain(dry.iter().copied())
+            .collect();
+        assert_usage_error(&wd.run(&all), needle);
     }
     assert_eq!(catalog_fingerprint(&dbs.dst), before);
+    (wd, args)
 }
 
 /// A kept table's key to a table migrated without its rows: `status` says

@@ -358,8 +358,15 @@ pub async fn resolve(
 
     // Sequences the kept tables' namesakes own that migrated objects use.
     let kept_sources = parts(&mut with_descendants(&src_rels, &namesakes).iter());
-    kept_sequences(src, dest, &kept_sources, &leaving, schemas).await?;
-    kept_columns(src, dest, &kept_sources, &leaving, schemas).await?;
+    let sources = KeptSources {
+        src,
+        dest,
+        tables: &kept_sources,
+        leaving: &leaving,
+        schemas,
+    };
+    sources.sequences().await?;
+    sources.columns().await?;
 
     // A table migrated with its rows whose foreign key references a table
     // migrated without them: the key could not be created.
@@ -515,22 +522,29 @@ async fn dependents(
     .await
 }
 
-/// Columns of kept tables' namesakes on the source (`tables`: schemas,
-/// names) that migrated objects use (a view's column, a foreign key's
-/// referenced column): those objects are restored against the destination's
-/// kept table, so a column it lacks would fail the restore in the middle of
-/// prepare. Refused here, naming each object and column. Read only.
-async fn kept_columns(
-    src: &Client,
-    dest: &Client,
-    tables: &(Vec<String>, Vec<String>),
-    leaving: &(Vec<String>, Vec<String>),
-    schemas: &[String],
-) -> Result<()> {
-    if tables.0.is_empty() {
-        return Ok(());
-    }
-    let sql = format!(
+/// The source's namesakes of kept tables (`tables`: schemas, names), which
+/// are not migrated, and what migrated objects need of them. `leaving`:
+/// every table not migrated; `schemas`: the migrated schemas. Read only.
+struct KeptSources<'a> {
+    src: &'a Client,
+    dest: &'a Client,
+    tables: &'a (Vec<String>, Vec<String>),
+    leaving: &'a (Vec<String>, Vec<String>),
+    schemas: &'a [String],
+}
+
+impl KeptSources<'_> {
+    /// Columns of the namesakes that migrated objects use (a view's column, a
+    /// foreign key's referenced column): those objects are restored against the
+    /// destination's kept table, so a column it lacks would fail the restore in
+    /// the middle of prepare. Refused here, naming each object and column.
+    async fn columns(&self) -> Result<()> {
+        let (src, dest, tables, leaving, schemas) =
+            (self.src, self.dest, self.tables, self.leaving, self.schemas);
+        if tables.0.is_empty() {
+            return Ok(());
+        }
+        let sql = format!(
         "WITH t AS (SELECT c.oid, c.reltype FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
                      WHERE (n.nspname, c.relname) IN (SELECT * FROM unnest($1::text[], $2::text[]))),
               l AS (SELECT c.oid FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
@@ -545,80 +559,75 @@ async fn kept_columns(
         filter = rollback::not_part_of("l", false),
         dependent = rollback::DEPENDENT_SCHEMA,
     );
-    let used = src
-        .query(
-            sql.as_str(),
-            &[&tables.0, &tables.1, &leaving.0, &leaving.1, &schemas],
-        )
-        .await
-        .map_err(|e| {
-            pg_error_as(
-                e,
-                "looking for the columns of kept tables that migrated objects use",
+        let used = src
+            .query(
+                sql.as_str(),
+                &[&tables.0, &tables.1, &leaving.0, &leaving.1, &schemas],
             )
-        })?;
-    if used.is_empty() {
-        return Ok(());
-    }
-    let present: HashSet<(String, String, String)> = dest
-        .query(
-            "SELECT n.nspname::text, c.relname::text, a.attname::text
+            .await
+            .map_err(|e| {
+                pg_error_as(
+                    e,
+                    "looking for the columns of kept tables that migrated objects use",
+                )
+            })?;
+        if used.is_empty() {
+            return Ok(());
+        }
+        let present: HashSet<(String, String, String)> = dest
+            .query(
+                "SELECT n.nspname::text, c.relname::text, a.attname::text
                FROM pg_catalog.pg_attribute a
                JOIN pg_catalog.pg_class c ON c.oid = a.attrelid
                JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
               WHERE (n.nspname, c.relname) IN (SELECT * FROM unnest($1::text[], $2::text[]))
                 AND a.attnum > 0 AND NOT a.attisdropped",
-            &[&tables.0, &tables.1],
-        )
-        .await
-        .map_err(|e| pg_error_as(e, "reading the kept tables' columns"))?
-        .into_iter()
-        .map(|r| (r.get(0), r.get(1), r.get(2)))
-        .collect();
-    let missing: BTreeSet<String> = used
-        .into_iter()
-        .filter_map(|r| {
-            let (what, schema, table, column): (Option<String>, String, String, String) =
-                (r.get(0), r.get(1), r.get(2), r.get(3));
-            let key = (schema, table, column);
-            (!present.contains(&key)).then(|| {
-                format!(
-                    "{} uses {}.{}",
-                    what.unwrap_or_else(|| "an object".into()),
-                    table_display(&key.0, &key.1),
-                    display_ident(&key.2)
-                )
+                &[&tables.0, &tables.1],
+            )
+            .await
+            .map_err(|e| pg_error_as(e, "reading the kept tables' columns"))?
+            .into_iter()
+            .map(|r| (r.get(0), r.get(1), r.get(2)))
+            .collect();
+        let missing: BTreeSet<String> = used
+            .into_iter()
+            .filter_map(|r| {
+                let (what, schema, table, column): (Option<String>, String, String, String) =
+                    (r.get(0), r.get(1), r.get(2), r.get(3));
+                let key = (schema, table, column);
+                (!present.contains(&key)).then(|| {
+                    format!(
+                        "{} uses {}.{}",
+                        what.unwrap_or_else(|| "an object".into()),
+                        table_display(&key.0, &key.1),
+                        display_ident(&key.2)
+                    )
+                })
             })
-        })
-        .collect();
-    if !missing.is_empty() {
-        crate::refuse!(
-            "--keep-tables: objects of the source use columns the kept tables do not have on the destination: {}; exclude those objects (--exclude-table), keep their tables too, or add the columns on the destination; nothing was changed",
-            missing.iter().join(", ")
-        );
+            .collect();
+        if !missing.is_empty() {
+            crate::refuse!(
+                "--keep-tables: objects of the source use columns the kept tables do not have on the destination: {}; exclude those objects (--exclude-table), keep their tables too, or add the columns on the destination; nothing was changed",
+                missing.iter().join(", ")
+            );
+        }
+        Ok(())
     }
-    Ok(())
-}
 
-/// Sequences owned by kept tables' namesakes on the source (`tables`:
-/// schemas, names) that migrated objects use, a column default
-/// `nextval('legacy_id_seq')` of a migrated table say: pg_dump leaves them
-/// out with their table, so after the swap those objects draw from the
-/// destination's sequence of that name, the one the kept table owns. That is
-/// refused when the destination's sequence would give values the source's
-/// already gave (the migrated rows hold them: duplicate keys after the swap),
-/// or does not exist; the message says how to set it. Read only.
-async fn kept_sequences(
-    src: &Client,
-    dest: &Client,
-    tables: &(Vec<String>, Vec<String>),
-    leaving: &(Vec<String>, Vec<String>),
-    schemas: &[String],
-) -> Result<()> {
-    if tables.0.is_empty() {
-        return Ok(());
-    }
-    let owned = src
+    /// Sequences owned by the namesakes that migrated objects use, a column
+    /// default `nextval('legacy_id_seq')` of a migrated table say: pg_dump
+    /// leaves them out with their table, so after the swap those objects draw
+    /// from the destination's sequence of that name, the one the kept table
+    /// owns. That is refused when the destination's sequence would give values
+    /// the source's already gave (the migrated rows hold them: duplicate keys
+    /// after the swap), or does not exist; the message says how to set it.
+    async fn sequences(&self) -> Result<()> {
+        let (src, dest, tables, leaving, schemas) =
+            (self.src, self.dest, self.tables, self.leaving, self.schemas);
+        if tables.0.is_empty() {
+            return Ok(());
+        }
+        let owned = src
         .query(
             "SELECT s.oid, sn.nspname::text, s.relname::text, tn.nspname::text, t.relname::text, q.seqincrement
                FROM pg_catalog.pg_depend o
@@ -635,16 +644,16 @@ async fn kept_sequences(
         )
         .await
         .map_err(|e| pg_error_as(e, "listing the sequences of kept tables"))?;
-    for r in owned {
-        let (oid, schema, name, t_schema, table, increment): (
-            u32,
-            String,
-            String,
-            String,
-            String,
-            i64,
-        ) = (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4), r.get(5));
-        let users = rollback::depending_on(
+        for r in owned {
+            let (oid, schema, name, t_schema, table, increment): (
+                u32,
+                String,
+                String,
+                String,
+                String,
+                i64,
+            ) = (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4), r.get(5));
+            let users = rollback::depending_on(
             src,
             "t AS (SELECT oid, reltype FROM pg_catalog.pg_class WHERE oid = $1),
              l AS (SELECT c.oid FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
@@ -656,29 +665,29 @@ async fn kept_sequences(
             "sequences of kept tables",
         )
         .await?;
-        if users.is_empty() {
-            continue;
-        }
-        let seq = table_display(&schema, &name);
-        let kept = table_display(&t_schema, &table);
-        let (last, called) = crate::pg::catalog::sequence_value(src, &schema, &name).await?;
-        let next = |last: i64, called: bool| {
-            i128::from(last) + if called { i128::from(increment) } else { 0 }
-        };
-        let setval = format!(
-            "SELECT pg_catalog.setval({}, {last}, {called})",
-            crate::pg::ident::quote_literal(&format!(
-                "{}.{}",
-                display_ident(&schema),
-                display_ident(&name)
-            ))
-        );
-        let usage = format!(
-            "{} of the source use{} sequence {seq}, which the source's {kept} owns",
-            users.join(", "),
-            if users.len() == 1 { "s" } else { "" }
-        );
-        let on_dest = dest
+            if users.is_empty() {
+                continue;
+            }
+            let seq = table_display(&schema, &name);
+            let kept = table_display(&t_schema, &table);
+            let (last, called) = crate::pg::catalog::sequence_value(src, &schema, &name).await?;
+            let next = |last: i64, called: bool| {
+                i128::from(last) + if called { i128::from(increment) } else { 0 }
+            };
+            let setval = format!(
+                "SELECT pg_catalog.setval({}, {last}, {called})",
+                crate::pg::ident::quote_literal(&format!(
+                    "{}.{}",
+                    display_ident(&schema),
+                    display_ident(&name)
+                ))
+            );
+            let usage = format!(
+                "{} of the source use{} sequence {seq}, which the source's {kept} owns",
+                users.join(", "),
+                if users.len() == 1 { "s" } else { "" }
+            );
+            let on_dest = dest
             .query_opt(
                 "SELECT 1 FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
                   WHERE n.nspname = $1 AND c.relname = $2 AND c.relkind = 'S'",
@@ -686,25 +695,27 @@ async fn kept_sequences(
             )
             .await
             .map_err(|e| pg_error_as(e, "looking for the destination's sequences"))?;
-        if on_dest.is_none() {
-            crate::refuse!(
-                "--keep-tables: {usage}; the destination has no sequence {seq} for them after the swap; create it there (or keep the tables that use it too), then prepare again; nothing was changed"
-            );
+            if on_dest.is_none() {
+                crate::refuse!(
+                    "--keep-tables: {usage}; the destination has no sequence {seq} for them after the swap; create it there (or keep the tables that use it too), then prepare again; nothing was changed"
+                );
+            }
+            let (d_last, d_called) =
+                crate::pg::catalog::sequence_value(dest, &schema, &name).await?;
+            let (theirs, ours) = (next(d_last, d_called), next(last, called));
+            let behind = if increment > 0 {
+                theirs < ours
+            } else {
+                theirs > ours
+            };
+            if behind {
+                crate::refuse!(
+                    "--keep-tables: {usage}; after the swap they draw from the destination's {seq}, owned by the kept {kept}, which would next give {theirs} while the source's gives {ours}: values the migrated rows already hold; on the destination run `{setval}` (or keep the tables that use it too), then prepare again; nothing was changed"
+                );
+            }
         }
-        let (d_last, d_called) = crate::pg::catalog::sequence_value(dest, &schema, &name).await?;
-        let (theirs, ours) = (next(d_last, d_called), next(last, called));
-        let behind = if increment > 0 {
-            theirs < ours
-        } else {
-            theirs > ours
-        };
-        if behind {
-            crate::refuse!(
-                "--keep-tables: {usage}; after the swap they draw from the destination's {seq}, owned by the kept {kept}, which would next give {theirs} while the source's gives {ours}: values the migrated rows already hold; on the destination run `{setval}` (or keep the tables that use it too), then prepare again; nothing was changed"
-            );
-        }
+        Ok(())
     }
-    Ok(())
 }
 
 #[cfg(test)]
