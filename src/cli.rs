@@ -281,7 +281,7 @@ pub struct PrepareOpts {
     pub impact: ImpactOpts,
 }
 
-/// Options of the impact report's workload check (prepare, swap, start, status).
+/// Options of the impact report's workload check (prepare, swap, start, rollback, status).
 #[derive(Debug, Args, Clone, Default)]
 pub struct ImpactOpts {
     /// Check only the recorded statements of these roles (the application's),
@@ -348,12 +348,12 @@ pub struct SwapOpts {
     pub allow_discard: Option<String>,
 }
 
-/// `--fail-on-breaking` (swap, start).
+/// `--fail-on-breaking` (swap, start, rollback).
 #[derive(Debug, Args, Clone, Default)]
 pub struct BreakingOpt {
-    /// Refuse the swap (exit 1, nothing changed) when a recorded statement
-    /// would fail or change result type, or a dropped object is used by one.
-    /// Without it these are warnings printed before the swap.
+    /// Refuse the swap (or rollback; exit 1, nothing changed) when a recorded
+    /// statement would fail or change result type, or a dropped object is used
+    /// by one. Without it these are warnings printed before the swap.
     #[arg(long, env = "PGSHIFT_FAIL_ON_BREAKING", value_parser = clap::builder::BoolishValueParser::new(), action = ArgAction::SetTrue)]
     pub fail_on_breaking: bool,
 }
@@ -446,6 +446,12 @@ pub struct RollbackArgs {
 
     #[command(flatten)]
     pub swap: SwapOpts,
+
+    #[command(flatten)]
+    pub breaking: BreakingOpt,
+
+    #[command(flatten)]
+    pub impact: ImpactOpts,
 
     /// Print what would move and change nothing.
     #[arg(long, env = "PGSHIFT_DRY_RUN", value_parser = clap::builder::BoolishValueParser::new(), action = ArgAction::SetTrue)]

@@ -271,6 +271,8 @@ impl CommandInputs {
                 c.dest = a.dest.dest.clone();
                 c.dry_run = a.dry_run;
                 swap(&a.swap, &mut c);
+                c.fail_on_breaking = a.breaking.fail_on_breaking;
+                impact(&a.impact, &mut c);
             }
             Command::Cleanup(a) => {
                 c.dest = a.dest.dest.clone();

@@ -528,6 +528,93 @@ async fn recorded_statements_are_reported_and_fail_on_breaking_refuses() {
         ),
         "email"
     );
+
+    // A rollback is judged the same way, against the backup it restores:
+    // email goes back to text, products loses tags, legacy comes back.
+    let rollback = |extra: &[&str]| {
+        let mut args = vec!["rollback", "--dest", url.as_str(), "--latest"];
+        args.extend_from_slice(&roles);
+        args.extend_from_slice(extra);
+        wd.run(&args)
+    };
+    let d = json_of(&assert_success(&rollback(&["--dry-run", "--json"])));
+    let rst = &d["rollback"]["impact"]["statements"];
+    assert_eq!(rst["source"], "pg_stat_statements", "{d}");
+    assert_eq!(rst["failing"], json!([]), "{d}");
+    let mut changed: Vec<(String, Vec<String>)> = rst["result_type_changed"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            (
+                c["query"].as_str().unwrap().to_string(),
+                serde_json::from_value(c["columns"].clone()).unwrap(),
+            )
+        })
+        .collect();
+    changed.sort();
+    assert_eq!(
+        changed,
+        vec![
+            (
+                APP_STATEMENTS[3].to_string(),
+                vec!["tags: text[] -> (none)".to_string()]
+            ),
+            (
+                APP_STATEMENTS[0].to_string(),
+                vec!["email: email -> text".to_string()]
+            ),
+        ],
+        "{d}"
+    );
+    assert!(d["rollback"]["refusal"].is_null(), "{d}");
+    let d = json_of(&assert_success(&rollback(&[
+        "--dry-run",
+        "--json",
+        "--fail-on-breaking",
+    ])));
+    assert!(
+        d["rollback"]["refusal"]
+            .as_str()
+            .unwrap_or_default()
+            .starts_with("the rollback would break statements the application runs"),
+        "{d}"
+    );
+    let text = String::from_utf8_lossy(&rollback(&["--dry-run"]).stdout).into_owned();
+    assert!(text.contains("Impact on the running application"), "{text}");
+
+    // --fail-on-breaking refuses and changes nothing; without it the
+    // rollback goes ahead, the findings as warnings.
+    let before = catalog_fingerprint(&dbs.dst);
+    let line = refused(&rollback(&["--fail-on-breaking"]));
+    assert!(
+        line.contains("the rollback would break statements")
+            && line.contains("email: email -> text"),
+        "{line}"
+    );
+    assert_eq!(catalog_fingerprint(&dbs.dst), before);
+    let r = json_of(&assert_success(&rollback(&["--json"])));
+    let changing = r["warnings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|w| {
+            w.as_str()
+                .unwrap()
+                .starts_with("statement will change result type")
+        })
+        .count();
+    assert_eq!(changing, 2, "{r}");
+    assert_eq!(
+        r["impact"]["statements"]["result_type_changed"], rst["result_type_changed"],
+        "{r}"
+    );
+    assert_eq!(
+        dbs.dst.psql(
+            "SELECT format_type(atttypid, atttypmod) FROM pg_attribute WHERE attrelid = 'public.accounts'::regclass AND attname = 'email'"
+        ),
+        "text"
+    );
 }
 
 #[test]

@@ -36,6 +36,8 @@ pub async fn run(args: RollbackArgs, ctx: Ctx) -> Result<ExitCode> {
         keep_tables,
         force: args.force,
         allow_discard: settings.impact.allow_discard.clone(),
+        fail_on_breaking: settings.impact.fail_on_breaking,
+        workload: settings.impact.workload.clone(),
     };
     if settings.dry_run {
         let client = ctx.connect_dest().await?;
@@ -94,6 +96,7 @@ fn print_preview(ctx: &Ctx, p: &RollbackPreview) -> Result<()> {
     }
     crate::outln!("Swap mode: {} ({})", p.mode.mode.as_str(), p.mode.reason);
     print_budget(&p.swap_lock_budget, "rollback");
+    crate::out!("{}", p.impact.render());
     if !p.discarded_writes.is_empty() || !p.unknown_writes.is_empty() {
         crate::outln!(
             "Written since the current public went live (these rows would stay in the new backup):"
@@ -126,6 +129,7 @@ fn print_report(ctx: &Ctx, r: &RollbackReport) -> Result<()> {
         &r.schemas,
         &r.moved,
     );
+    crate::outln!("Checked before the rollback: {}", r.impact.summary());
     if !r.kept_tables.is_empty() {
         crate::outln!(
             "Kept from the replaced public: {}",

@@ -46,7 +46,8 @@ use crate::prepare::sync::CreatedFk;
 use crate::swap::engine::{self, Exchange, InTx, Moved, Moves, Origin, Policy};
 use crate::swap::impact::gate::{self, UnderLocks};
 use crate::swap::impact::{
-    AllowDiscard, DiscardedWrite, Operation, Unkeepable, UnknownWrite, WriteBaseline, WriteCheck,
+    AllowDiscard, DiscardedWrite, Impact, ImpactRequest, Operation, SchemaPair, Unkeepable,
+    UnknownWrite, WorkloadOptions, WriteBaseline, WriteCheck,
 };
 use crate::swap::mode::Chosen;
 
@@ -66,6 +67,11 @@ pub struct RollbackOptions {
     pub force: bool,
     /// Writes to the current public that may be discarded (`--allow-discard`).
     pub allow_discard: AllowDiscard,
+    /// Refuse when the rollback would break recorded statements
+    /// (`--fail-on-breaking`).
+    pub fail_on_breaking: bool,
+    /// The impact report's workload check (`--workload-roles`, `--impact-timeout`).
+    pub workload: WorkloadOptions,
 }
 
 /// Everything decided before the transaction (read only).
@@ -93,6 +99,8 @@ pub struct Plan {
     /// under the locks looks at again).
     pub listed: WriteBaseline,
     pub allow_discard: AllowDiscard,
+    pub fail_on_breaking: bool,
+    pub workload: WorkloadOptions,
     /// Written tables that `--keep-tables` could not keep (objects of the
     /// backup depend on its own copy), with the reason, for the refusal's advice.
     pub unkeepable: Unkeepable,
@@ -144,6 +152,8 @@ pub struct RollbackReport {
     /// schema (absent for public alone).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub schemas: Vec<crate::backups::manifest::SchemaMap>,
+    /// The impact report checked before the rollback (the swap's shape).
+    pub impact: Impact,
 }
 
 /// A dry run's output.
@@ -174,6 +184,9 @@ pub struct RollbackPreview {
     /// schema (absent for public alone).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub schemas: Vec<crate::backups::manifest::SchemaMap>,
+    /// What the rollback would do to the running application (the swap's
+    /// impact object; its writes are `discarded_writes`/`unknown_writes`).
+    pub impact: Impact,
 }
 
 /// Choose the backup and check everything; changes nothing.
@@ -353,10 +366,50 @@ pub async fn plan(client: &Client, opts: &RollbackOptions) -> Result<Plan> {
         live_baseline,
         listed,
         allow_discard: opts.allow_discard.clone(),
+        fail_on_breaking: opts.fail_on_breaking,
+        workload: opts.workload.clone(),
         unkeepable,
         refusal,
         mismatch,
     })
+}
+
+/// The schemas the rollback exchanges, for the impact report: each live
+/// schema, the backup schema restored into it, and the tables that stay.
+fn impact_pairs(plan: &Plan) -> Vec<SchemaPair> {
+    plan.pairs
+        .iter()
+        .map(|p| SchemaPair {
+            stays: p.keep.iter().cloned().collect(),
+            ..SchemaPair::new(&p.live, &p.incoming)
+        })
+        .collect()
+}
+
+/// The impact report of the rollback `plan` as the checks before its locks
+/// see it (the writes: the plan's), with what it breaks as warnings; `Err`
+/// when `--fail-on-breaking` refuses, or a check that it needs cannot run.
+async fn impact(
+    client: &Client,
+    plan: &Plan,
+    policy: Policy,
+    fail_on_breaking: bool,
+) -> Result<(Impact, Vec<String>)> {
+    let pairs = impact_pairs(plan);
+    gate::before_moves(
+        client,
+        Operation::Rollback,
+        &ImpactRequest {
+            pairs: &pairs,
+            baseline: None,
+            exempt: &[],
+            workload: plan.workload.clone(),
+            lock_timeout: policy.lock_timeout,
+        },
+        plan.writes.clone(),
+        fail_on_breaking,
+    )
+    .await
 }
 
 /// The written tables (partitions by their root) that `--keep-tables` would
@@ -448,6 +501,8 @@ pub async fn preview(client: &Client, plan: &Plan, policy: Policy) -> Result<Rol
     let pg15 = catalog::server_major(client).await? >= 15;
     let p = engine::preview(client, &exchange(plan), policy, &hook(plan, pg15)).await?;
     let schemas = p.schemas.clone();
+    // The whole report, whatever --fail-on-breaking says: its refusal is below.
+    let (impact, _) = impact(client, plan, policy, false).await?;
     Ok(RollbackPreview {
         restore_schema: plan.restore.schema_name.clone(),
         mode: p.mode,
@@ -461,11 +516,15 @@ pub async fn preview(client: &Client, plan: &Plan, policy: Policy) -> Result<Rol
             .mismatch
             .clone()
             .or_else(|| plan.refusal.clone())
+            .or_else(|| {
+                gate::breaking_refusal_of(Operation::Rollback, &impact, plan.fail_on_breaking)
+            })
             .or_else(|| p.lock_budget.refusal("the rollback")),
         swap_lock_budget: p.lock_budget,
         discarded_writes: plan.writes.discarded.clone(),
         unknown_writes: plan.writes.unknown.clone(),
         schemas,
+        impact,
     })
 }
 
@@ -507,6 +566,10 @@ pub async fn execute(sess: &Session, plan: &Plan, policy: Policy) -> Result<Roll
             .collect(),
         kept_tables: kept_live,
     };
+    // What the rollback does to the running application, before any lock:
+    // breaking findings refuse with --fail-on-breaking, else are warnings.
+    let (impact, breaking) = impact(control, plan, policy, plan.fail_on_breaking).await?;
+    warnings.extend(breaking);
     let pg15 = catalog::server_major(control).await? >= 15;
     let done = engine::swap(sess, &exchange(plan), &origin, policy, &hook(plan, pg15)).await?;
     let result = done.after;
@@ -538,6 +601,7 @@ pub async fn execute(sess: &Session, plan: &Plan, policy: Policy) -> Result<Roll
         verified: plan.verification.ok,
         warnings,
         schemas: done.manifest.schemas.clone(),
+        impact,
     })
 }
 

@@ -261,15 +261,30 @@ pub fn writes_of(impact: &Impact) -> WriteCheck {
 /// How many breaking findings a refusal names before "and N more".
 const BREAKING_LISTED: usize = 3;
 
-fn breaking_refusal(breaking: &[String]) -> String {
+fn breaking_refusal(op: Operation, breaking: &[String]) -> String {
     let mut listed: Vec<String> = breaking.iter().take(BREAKING_LISTED).cloned().collect();
     if breaking.len() > BREAKING_LISTED {
         listed.push(format!("and {} more", breaking.len() - BREAKING_LISTED));
     }
+    let (subject, command) = match op {
+        Operation::Swap => ("the swap", "pgshift swap --dry-run"),
+        Operation::Rollback => ("the rollback", "pgshift rollback --dry-run"),
+    };
     format!(
-        "the swap would break statements the application runs, and --fail-on-breaking refuses that; nothing was changed: {} (the whole report: pgshift swap --dry-run)",
+        "{subject} would break statements the application runs, and --fail-on-breaking refuses that; nothing was changed: {} (the whole report: {command})",
         listed.join("; ")
     )
+}
+
+/// Why `op` would refuse the breaking findings of `impact` with
+/// `--fail-on-breaking` (`fail_on_breaking`), if it would.
+pub fn breaking_refusal_of(
+    op: Operation,
+    impact: &Impact,
+    fail_on_breaking: bool,
+) -> Option<String> {
+    let breaking = impact.breaking();
+    (fail_on_breaking && !breaking.is_empty()).then(|| breaking_refusal(op, &breaking))
 }
 
 /// Why a swap with `opts` would refuse `impact` now (the `error:` text), or
@@ -279,8 +294,7 @@ pub fn refusal(impact: &Impact, opts: &ImpactOptions) -> Option<String> {
     if let Err(why) = gate_for(Operation::Swap, &writes_of(impact), &opts.allow_discard) {
         return Some(why);
     }
-    let breaking = impact.breaking();
-    (opts.fail_on_breaking && !breaking.is_empty()).then(|| breaking_refusal(&breaking))
+    breaking_refusal_of(Operation::Swap, impact, opts.fail_on_breaking)
 }
 
 /// What the checks before a swap let through.
@@ -315,6 +329,32 @@ pub async fn before_swap(
             "discarding writes to tables that are not preserved, as --allow-discard allows"
         );
     }
+    let (impact, warnings) =
+        before_moves(client, Operation::Swap, req, writes, opts.fail_on_breaking).await?;
+    Ok(Checked {
+        impact,
+        listed,
+        warnings,
+    })
+}
+
+/// The schema, workload and blockers parts of the report, as the checks
+/// before `op`'s locks run them, completed with the `writes` the caller
+/// checked (`req.baseline` is not used). A check that cannot run refuses
+/// with `fail_on_breaking` (it needs them), else is a warning; breaking
+/// findings refuse with `fail_on_breaking`, else are logged and returned as
+/// warnings.
+pub async fn before_moves(
+    client: &Client,
+    op: Operation,
+    req: &ImpactRequest<'_>,
+    writes: WriteCheck,
+    fail_on_breaking: bool,
+) -> Result<(Impact, Vec<String>)> {
+    let subject = match op {
+        Operation::Swap => "the swap",
+        Operation::Rollback => "the rollback",
+    };
     let mut warnings = Vec::new();
     let mut impact = match Impact::collect(
         client,
@@ -327,14 +367,14 @@ pub async fn before_swap(
     {
         Ok(i) => i,
         Err(e) if e.chain().any(|c| c.is::<crate::error::UserError>()) => return Err(e),
-        Err(e) if opts.fail_on_breaking => {
+        Err(e) if fail_on_breaking => {
             return Err(e.context(
                 "the schema and workload checks could not run, and --fail-on-breaking needs them; nothing was changed",
             ));
         }
         Err(e) => {
             let w = format!(
-                "the schema and workload checks could not run, so what the swap breaks is unknown: {e:#}"
+                "the schema and workload checks could not run, so what {subject} breaks is unknown: {e:#}"
             );
             tracing::warn!("{w}");
             warnings.push(w.clone());
@@ -345,17 +385,16 @@ pub async fn before_swap(
         }
     };
     impact.set_writes(writes);
-    let breaking = impact.breaking();
-    if opts.fail_on_breaking && !breaking.is_empty() {
-        return Err(anyhow!(breaking_refusal(&breaking)));
+    if let Some(why) = breaking_refusal_of(op, &impact, fail_on_breaking) {
+        return Err(anyhow!(why));
     }
     tracing::info!("{}", impact.summary());
     if let Some(why) = &impact.statements.not_checked {
         tracing::info!("{why}");
     }
-    for b in &breaking {
+    for b in impact.breaking() {
         tracing::warn!("{b}");
-        warnings.push(b.clone());
+        warnings.push(b);
     }
     if !impact.blockers.is_empty() {
         let pids: Vec<String> = impact
@@ -364,15 +403,11 @@ pub async fn before_swap(
             .map(|b| format!("pid {} ({}, {})", b.pid, b.role, b.state))
             .collect();
         tracing::warn!(
-            "sessions that may hold the swap up (it retries on a lock timeout): {}",
+            "sessions that may hold {subject} up (it retries on a lock timeout): {}",
             pids.join(", ")
         );
     }
-    Ok(Checked {
-        impact,
-        listed,
-        warnings,
-    })
+    Ok((impact, warnings))
 }
 
 /// The discarded-writes check under the swap's locks (nobody can write any
