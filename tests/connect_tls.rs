@@ -8,7 +8,7 @@ mod common;
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use pgshift::pg::conn::connect::{connect, describe_pool_error, pool};
+use pgshift::pg::conn::connect::{connect, connect_pinned, describe_pool_error, pool};
 use pgshift::pg::conn::connspec::ConnSpec;
 
 use common::{Cluster, TestDb, can_start_clusters, clusters};
@@ -272,6 +272,70 @@ fn children_connect_with_child_env_only() {
         String::from_utf8_lossy(&out.stdout).trim(),
         format!("{ROLE} child true")
     );
+}
+
+/// `target_session_attrs` as libpq means it, checked against psql on the
+/// same string: a primary whose default is read-only is a primary, not a
+/// standby. Hosts are tried in order (the first refuses connections), and the
+/// spec comes back pinned to the host the session is on.
+#[tokio::test]
+async fn target_session_attrs_as_libpq_and_the_host_pinned() {
+    let Some(s) = server() else { return };
+    let db = s.cluster.create_db("dst", "tsa");
+    s.cluster.psql(
+        "postgres",
+        &format!(
+            "ALTER DATABASE \"{0}\" OWNER TO {ROLE};
+             ALTER DATABASE \"{0}\" SET default_transaction_read_only = on;",
+            db.name()
+        ),
+    );
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let port = s.cluster.port();
+    for (tsa, ok) in [
+        ("any", true),
+        ("primary", true),
+        ("prefer-standby", true),
+        ("read-only", true),
+        ("standby", false),
+        ("read-write", false),
+    ] {
+        let input = format!(
+            "host=127.0.0.1,127.0.0.1 port={dead},{port} user={ROLE} dbname={} sslmode=disable target_session_attrs={tsa}",
+            db.name()
+        );
+        let psql = common::hermetic_command(s.cluster.bindir().join("psql"), s.home.path())
+            .args(["-XAtc", "SELECT 1", &input])
+            .env("PGPASSWORD", PASSWORD)
+            .output()
+            .unwrap();
+        assert_eq!(psql.status.success(), ok, "psql, {tsa}: {psql:?}");
+        let home = s.home.path().display().to_string();
+        let spec = ConnSpec::parse_with_env(&input, &move |k| match k {
+            "HOME" => Some(home.clone()),
+            "PGPASSWORD" => Some(PASSWORD.into()),
+            _ => None,
+        })
+        .unwrap();
+        let got = connect_pinned(&spec, "source", "pgshift-e2e", Duration::ZERO).await;
+        match (ok, got) {
+            (true, Ok((_, pinned))) => {
+                let ports: Vec<u16> = pinned.hosts().iter().map(|e| e.port).collect();
+                assert_eq!(ports, [port], "{tsa}");
+            }
+            (false, Err(e)) if tsa == "standby" => assert!(
+                e.to_string()
+                    .contains("server is not in hot standby mode (target_session_attrs=standby)"),
+                "{e}"
+            ),
+            (false, Err(_)) => {}
+            (_, other) => panic!("{tsa}: {:?}", other.map(|(_, p)| p.to_string())),
+        }
+    }
 }
 
 /// A server (or proxy) that accepts the connection and never answers: the

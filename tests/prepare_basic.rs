@@ -330,3 +330,30 @@ async fn a_failing_restore_transaction_names_its_statement() {
         "0"
     );
 }
+
+/// A source string of several hosts (the first refuses connections): the
+/// snapshot's session finds the one that answers, and everything after it,
+/// the copies and pg_dump, goes to that same server.
+#[test]
+fn a_source_of_several_hosts_is_used_through_the_one_that_answers() {
+    let dbs = TestDbs::new("prep_hosts");
+    dbs.src.psql(
+        "CREATE TABLE t (id int PRIMARY KEY, v text);
+         INSERT INTO t SELECT g, 'v' || g FROM generate_series(1, 500) g;",
+    );
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let url = dbs.src.url();
+    let hosts = url.replacen("@127.0.0.1:", &format!("@127.0.0.1:{dead},127.0.0.1:"), 1);
+    assert_ne!(hosts, url, "{url}");
+    let wd = Workdir::new();
+    let out = wd.run(&["prepare", "--source", &hosts, "--dest", &dbs.dst.url()]);
+    assert_success(&out);
+    assert_eq!(
+        dbs.dst.query_one_string("SELECT count(*) FROM shadow.t"),
+        "500"
+    );
+}

@@ -723,13 +723,17 @@ async fn phases(run: &mut Run<'_>, rec: &mut Recorder) -> Result<usize> {
 }
 
 async fn snapshot(run: &mut Run<'_>) -> Result<DateTime<Utc>> {
-    let client = connect(
+    // The snapshot lives on the server this session reaches: every later
+    // source session (the copies importing it) and pg_dump go to that one
+    // host, whatever other hosts the string names.
+    let (client, pinned) = crate::pg::conn::connect::connect_pinned(
         &run.source,
         "source",
         &app_name("prepare"),
         run.sess.run.connect_timeout,
     )
     .await?;
+    run.source = pinned;
     client
         .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
         .await

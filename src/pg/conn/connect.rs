@@ -15,7 +15,7 @@ use deadpool_postgres::{Manager, ManagerConfig, Pool, PoolError, RecyclingMethod
 use itertools::Itertools;
 use tokio_postgres::error::{DbError, SqlState};
 
-use super::connspec::{ConnSpec, Endpoint, Host};
+use super::connspec::{ConnSpec, Endpoint, Host, TargetSessionAttrs};
 use super::tls::{describe_rustls_error, make_tls};
 
 /// Every connection's task, so that the process lets each one end cleanly before
@@ -153,7 +153,47 @@ pub async fn connect(
     app_name: &str,
     retry_for: Duration,
 ) -> anyhow::Result<tokio_postgres::Client> {
+    Ok(connect_pinned(spec, label, app_name, retry_for).await?.0)
+}
+
+/// The server's role as `target_session_attrs` `primary`, `standby` and
+/// `prefer-standby` ask for it, which libpq reads from `pg_is_in_recovery()`
+/// (tokio-postgres only knows `read-write` and `read-only`, which read
+/// `transaction_read_only`: a primary whose default is read-only is no
+/// standby).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Wanted {
+    /// Whatever tokio-postgres checks (any, read-write, read-only).
+    AsConfigured,
+    Primary,
+    Standby,
+    PreferStandby,
+}
+
+impl Wanted {
+    fn of(spec: &ConnSpec) -> Wanted {
+        match spec.target_session_attrs() {
+            TargetSessionAttrs::Primary => Wanted::Primary,
+            TargetSessionAttrs::Standby => Wanted::Standby,
+            TargetSessionAttrs::PreferStandby => Wanted::PreferStandby,
+            _ => Wanted::AsConfigured,
+        }
+    }
+}
+
+/// [`connect`], also returning `spec` pinned to the host the session is on
+/// ([`ConnSpec::pinned`]). Hosts are tried in order, as libpq does, with
+/// `target_session_attrs` as libpq means it: `primary` skips servers in
+/// recovery, `standby` skips the others, `prefer-standby` takes the first
+/// standby, else the first server.
+pub async fn connect_pinned(
+    spec: &ConnSpec,
+    label: &str,
+    app_name: &str,
+    retry_for: Duration,
+) -> anyhow::Result<(tokio_postgres::Client, ConnSpec)> {
     let tls = make_tls(spec).map_err(|e| anyhow!("cannot connect to {label} {spec}: {e}"))?;
+    let wanted = Wanted::of(spec);
     let deadline = Instant::now() + retry_for;
     // One attempt, TCP to authenticated session, ends after the string's
     // connect_timeout (libpq's bound per host), else after --connect-timeout:
@@ -166,10 +206,17 @@ pub async fn connect(
         attempt += 1;
         let mut failures: Vec<(&Endpoint, tokio_postgres::Error)> = Vec::new();
         let mut timed_out: Vec<&Endpoint> = Vec::new();
+        // Servers that answered but are not what target_session_attrs asks for.
+        let mut unwanted: Vec<(&Endpoint, String)> = Vec::new();
+        // prefer-standby: the first server that is not one, if no standby answers.
+        let mut fallback: Option<(tokio_postgres::Client, usize)> = None;
         for (i, endpoint) in spec.hosts().iter().enumerate() {
             let mut config = spec.pg_config_for_host(i);
             if !app_name.is_empty() {
                 config.application_name(app_name);
+            }
+            if wanted != Wanted::AsConfigured {
+                config.target_session_attrs(tokio_postgres::config::TargetSessionAttrs::Any);
             }
             let Ok(result) = tokio::time::timeout(bound, connect_as_libpq(&config, &tls)).await
             else {
@@ -179,17 +226,54 @@ pub async fn connect(
             match result {
                 Ok((client, connection)) => {
                     spawn_connection(connection, label.to_string());
+                    if wanted != Wanted::AsConfigured {
+                        let standby: bool = match client
+                            .query_one("SELECT pg_catalog.pg_is_in_recovery()", &[])
+                            .await
+                        {
+                            Ok(row) => row.get(0),
+                            Err(e) => {
+                                failures.push((endpoint, e));
+                                continue;
+                            }
+                        };
+                        match (wanted, standby) {
+                            (Wanted::Primary, true) => {
+                                unwanted.push((endpoint, "server is in hot standby mode".into()));
+                                continue;
+                            }
+                            (Wanted::Standby, false) => {
+                                unwanted
+                                    .push((endpoint, "server is not in hot standby mode".into()));
+                                continue;
+                            }
+                            (Wanted::PreferStandby, false) => {
+                                if fallback.is_none() {
+                                    fallback = Some((client, i));
+                                }
+                                continue;
+                            }
+                            _ => {}
+                        }
+                    }
                     if attempt > 1 {
                         tracing::info!("connected to {label} {spec} after {attempt} attempts");
                     }
                     session_defaults(&client, label).await;
-                    return Ok(client);
+                    return Ok((client, spec.pinned(i)));
                 }
                 Err(e) => failures.push((endpoint, e)),
             }
         }
-        // A server that did not answer in time is not waited for again.
-        let transient = timed_out.is_empty() && failures.iter().all(|(_, e)| is_transient(e));
+        if let Some((client, i)) = fallback {
+            session_defaults(&client, label).await;
+            return Ok((client, spec.pinned(i)));
+        }
+        // A server that did not answer in time is not waited for again, nor
+        // one that is not what target_session_attrs asks for (as libpq).
+        let transient = timed_out.is_empty()
+            && unwanted.is_empty()
+            && failures.iter().all(|(_, e)| is_transient(e));
         let now = Instant::now();
         if !transient || now + backoff > deadline {
             let silent = |ep: &Endpoint| {
@@ -202,6 +286,15 @@ pub async fn connect(
                 .iter()
                 .map(|(ep, e)| (*ep, describe_attempt(ep, e)))
                 .chain(timed_out.iter().map(|ep| (*ep, silent(ep))))
+                .chain(unwanted.iter().map(|(ep, t)| {
+                    (
+                        *ep,
+                        format!(
+                            "{t} (target_session_attrs={})",
+                            spec.target_session_attrs().as_str()
+                        ),
+                    )
+                }))
                 .collect();
             let text = if texts.len() == 1 {
                 texts.pop().expect("one").1
@@ -213,7 +306,9 @@ pub async fn connect(
             };
             return Err(anyhow!("cannot connect to {label} {spec}: {text}"));
         }
-        let (ep, e) = failures.last().expect("at least one host");
+        let Some((ep, e)) = failures.last() else {
+            unreachable!("a transient round has a failure")
+        };
         if attempt == 1 {
             // debug, not info: an unreachable server is reported once, by the error.
             tracing::debug!(

@@ -684,6 +684,15 @@ impl ConnSpec {
     }
 
     /// The hosts to try, in order, each with its port.
+    /// This spec with only its `index`th host: the server a session was
+    /// opened on, so that later sessions and children (a snapshot's
+    /// importers, pg_dump) reach that same server.
+    pub fn pinned(&self, index: usize) -> ConnSpec {
+        let mut s = self.clone();
+        s.endpoints = vec![self.endpoints[index].clone()];
+        s
+    }
+
     pub fn hosts(&self) -> &[Endpoint] {
         &self.endpoints
     }
@@ -1036,8 +1045,11 @@ impl ConnSpec {
                 .unwrap_or(DEFAULT_KEEPALIVES_COUNT)
                 .max(1),
         );
-        // tokio-postgres knows any / read-write / read-only; primary and standby are
-        // approximated by the read-only check, prefer-standby by any.
+        // tokio-postgres knows any / read-write / read-only. `connect` checks
+        // primary, standby and prefer-standby itself, as libpq does (from
+        // pg_is_in_recovery()); here, for pools (the destination's, opened after
+        // a first session found the host), they are approximated by the
+        // read-only check, prefer-standby by any.
         c.target_session_attrs(match self.target_session_attrs {
             TargetSessionAttrs::Any | TargetSessionAttrs::PreferStandby => PgTsa::Any,
             TargetSessionAttrs::ReadWrite | TargetSessionAttrs::Primary => PgTsa::ReadWrite,
