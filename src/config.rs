@@ -472,14 +472,17 @@ pub fn resolve(
         crate::refuse!("--dump-dir: {} exists and is not a directory", d.display());
     }
 
-    let source = match inputs.source.as_deref().or(f.source_url.as_deref()) {
-        Some(s) => Some(parse_conn("--source", s)?),
-        None => None,
+    // An error names where the string came from: the flag (or its
+    // environment variable), else the config file's key.
+    let conn = |flag: &str, given: &Option<String>, key: &str, file: &Option<String>| match (
+        given, file,
+    ) {
+        (Some(s), _) => parse_conn(flag, s).map(Some),
+        (None, Some(s)) => parse_conn(&format!("{key} in the config file"), s).map(Some),
+        (None, None) => Ok(None),
     };
-    let dest = match inputs.dest.as_deref().or(f.dest_url.as_deref()) {
-        Some(s) => Some(parse_conn("--dest", s)?),
-        None => None,
-    };
+    let source = conn("--source", &inputs.source, "source_url", &f.source_url)?;
+    let dest = conn("--dest", &inputs.dest, "dest_url", &f.dest_url)?;
     let preserved_raw: Vec<String> = match (&inputs.preserved_tables, &f.preserved_tables) {
         (Some(v), _) => v.clone(),
         (None, Some(l)) => l.items(),
@@ -739,6 +742,11 @@ mod tests {
         let s = settings(&["pgshift", "list"], "").unwrap();
         let err = s.require_dest().unwrap_err().to_string();
         assert!(err.contains("PGSHIFT_DEST_URL"), "{err}");
+        // A bad string from the file is named as the file's, not as a flag.
+        let err = settings_error(&["pgshift", "list"], "dest_url = 'postgresql://a@h:x/db'\n");
+        assert!(err.starts_with("dest_url in the config file: "), "{err}");
+        let err = settings_error(&["pgshift", "list", "--dest", "postgresql://a@h:x/db"], "");
+        assert!(err.starts_with("--dest: "), "{err}");
     }
 
     #[test]
