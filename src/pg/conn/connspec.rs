@@ -690,7 +690,27 @@ impl ConnSpec {
     pub fn pinned(&self, index: usize) -> ConnSpec {
         let mut s = self.clone();
         s.endpoints = vec![self.endpoints[index].clone()];
+        s.password = self.password_for(index);
         s
+    }
+
+    /// The password for the `index`th host: the one given, else that host's
+    /// own password-file entry, if any (libpq looks the file up per host, and
+    /// never sends one host's password to another).
+    fn password_for(&self, index: usize) -> Option<Password> {
+        match &self.password {
+            Some(p) if p.source != PasswordSource::Passfile => Some(p.clone()),
+            _ => {
+                let e = &self.endpoints[index];
+                let path = self.passfile.as_ref()?;
+                lookup_pgpass(path, &pgpass_host(e), e.port, &self.dbname, &self.user).map(
+                    |value| Password {
+                        value,
+                        source: PasswordSource::Passfile,
+                    },
+                )
+            }
+        }
     }
 
     pub fn hosts(&self) -> &[Endpoint] {
@@ -987,7 +1007,9 @@ impl ConnSpec {
     /// Like [`pg_config`](Self::pg_config) for the `index`th host alone (connect tries
     /// hosts one by one to report each failure).
     pub fn pg_config_for_host(&self, index: usize) -> tokio_postgres::Config {
-        self.pg_config_for(std::slice::from_ref(&self.endpoints[index]))
+        let mut me = self.clone();
+        me.password = self.password_for(index);
+        me.pg_config_for(std::slice::from_ref(&self.endpoints[index]))
     }
 
     fn pg_config_for(&self, endpoints: &[Endpoint]) -> tokio_postgres::Config {
@@ -2547,9 +2569,35 @@ h:5432:db:u:second
         // hostaddr alone: the address is the host name.
         let s = parse_env("hostaddr=10.0.0.1", &[("PGPASSFILE", pf)]);
         assert_eq!(password(&s).as_deref(), Some("addr"));
-        // Multi-host: the first host with a line wins.
+        // Multi-host: the first host with a line wins for the spec as a whole...
         let s = parse_env("host=nomatch,localhost", &[("PGPASSFILE", pf)]);
         assert_eq!(password(&s).as_deref(), Some("local"));
+        // ... and each host gets its own line, as in libpq: its session, and
+        // the spec pinned to it (what children get).
+        let s = parse_env("host=localhost,10.0.0.1", &[("PGPASSFILE", pf)]);
+        let of = |c: tokio_postgres::Config| c.get_password().map(|p| p.to_vec());
+        assert_eq!(of(s.pg_config_for_host(0)), Some(b"local".to_vec()));
+        assert_eq!(of(s.pg_config_for_host(1)), Some(b"addr".to_vec()));
+        let env = s.pinned(1).child_env();
+        assert!(
+            env.contains(&("PGPASSWORD".into(), "addr".into())),
+            "{env:?}"
+        );
+        // A host without a line gets no password: not another host's.
+        let s = parse_env("host=localhost,nomatch", &[("PGPASSFILE", pf)]);
+        assert_eq!(of(s.pg_config_for_host(1)), None);
+        assert!(
+            !s.pinned(1)
+                .child_env()
+                .iter()
+                .any(|(k, _)| k == "PGPASSWORD")
+        );
+        // A password given applies to every host.
+        let s = parse_env(
+            "host=localhost,nomatch password=given",
+            &[("PGPASSFILE", pf)],
+        );
+        assert_eq!(of(s.pg_config_for_host(1)), Some(b"given".to_vec()));
     }
 
     // ---- service files ---------------------------------------------------------------
