@@ -373,6 +373,25 @@ const APP_STATEMENTS: [&str; 4] = [
     "SELECT * FROM products WHERE id = $1",
 ];
 
+/// A report's `result_type_changed` as (query, columns), sorted; each
+/// statement was called once.
+fn result_type_changes(statements: &Value) -> Vec<(String, Vec<String>)> {
+    let mut changed: Vec<(String, Vec<String>)> = statements["result_type_changed"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            assert_eq!(c["calls"], 1, "{c}");
+            (
+                c["query"].as_str().unwrap().to_string(),
+                serde_json::from_value(c["columns"].clone()).unwrap(),
+            )
+        })
+        .collect();
+    changed.sort();
+    changed
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn recorded_statements_are_reported_and_fail_on_breaking_refuses() {
     let Some(dbs) = pair("workload") else { return };
@@ -424,21 +443,8 @@ async fn recorded_statements_are_reported_and_fail_on_breaking_refuses() {
         json!([{"query": APP_STATEMENTS[1], "calls": 1, "error": "relation \"legacy\" does not exist"}]),
         "{d}"
     );
-    let mut changed: Vec<(String, Vec<String>)> = st["result_type_changed"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|c| {
-            assert_eq!(c["calls"], 1, "{c}");
-            (
-                c["query"].as_str().unwrap().to_string(),
-                serde_json::from_value(c["columns"].clone()).unwrap(),
-            )
-        })
-        .collect();
-    changed.sort();
     assert_eq!(
-        changed,
+        result_type_changes(st),
         vec![
             (
                 APP_STATEMENTS[3].to_string(),
@@ -541,20 +547,8 @@ async fn recorded_statements_are_reported_and_fail_on_breaking_refuses() {
     let rst = &d["rollback"]["impact"]["statements"];
     assert_eq!(rst["source"], "pg_stat_statements", "{d}");
     assert_eq!(rst["failing"], json!([]), "{d}");
-    let mut changed: Vec<(String, Vec<String>)> = rst["result_type_changed"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|c| {
-            (
-                c["query"].as_str().unwrap().to_string(),
-                serde_json::from_value(c["columns"].clone()).unwrap(),
-            )
-        })
-        .collect();
-    changed.sort();
     assert_eq!(
-        changed,
+        result_type_changes(rst),
         vec![
             (
                 APP_STATEMENTS[3].to_string(),
