@@ -290,11 +290,7 @@ async fn target_session_attrs_as_libpq_and_the_host_pinned() {
             db.name()
         ),
     );
-    let dead = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let dead = common::closed_port();
     let port = s.cluster.port();
     for (tsa, ok) in [
         ("any", true),

@@ -341,11 +341,7 @@ fn a_source_of_several_hosts_is_used_through_the_one_that_answers() {
         "CREATE TABLE t (id int PRIMARY KEY, v text);
          INSERT INTO t SELECT g, 'v' || g FROM generate_series(1, 500) g;",
     );
-    let dead = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let dead = common::closed_port();
     let url = dbs.src.url();
     let hosts = url.replacen("@127.0.0.1:", &format!("@127.0.0.1:{dead},127.0.0.1:"), 1);
     assert_ne!(hosts, url, "{url}");

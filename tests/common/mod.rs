@@ -182,6 +182,15 @@ pub fn assert_success(out: &std::process::Output) -> String {
 }
 
 /// A run's stderr as text.
+/// A loopback TCP port nobody listens on (bound, then released): connecting
+/// to it is refused.
+pub fn closed_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free loopback port")
+        .port()
+}
+
 pub fn stderr_of(out: &std::process::Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }

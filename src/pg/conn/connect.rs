@@ -696,7 +696,7 @@ mod tests {
                         let len = u32::from_be_bytes(len) as usize;
                         let mut body = vec![0; len - 4];
                         sock.read_exact(&mut body).await?;
-                        if body == [0x04, 0xd2, 0x16, 0x2f] {
+                        if body == SSL_REQUEST[4..] {
                             sock.write_all(b"N").await?; // SSLRequest: no TLS here
                             continue;
                         }

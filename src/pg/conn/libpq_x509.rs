@@ -100,7 +100,7 @@ pub fn name_matches(der: &CertificateDer<'_>, host: &Host) -> (bool, Vec<String>
                 }
                 GeneralName::IPAddress(bytes) => {
                     compared.push(ip_text(bytes));
-                    (host.ip.is_some(), ip_matches(bytes, host.ip))
+                    (host.ip.is_some(), Some(ip_matches(bytes, host.ip)))
                 }
                 _ => continue,
             };
@@ -146,13 +146,13 @@ fn wildcard_matches(pattern: &[u8], host: &[u8]) -> bool {
     host[start..].eq_ignore_ascii_case(suffix) && !host[..start - 1].contains(&b'.')
 }
 
-/// An iPAddress entry against the host's address; `Some(false)` for a host name.
-fn ip_matches(bytes: &[u8], ip: Option<IpAddr>) -> Option<bool> {
-    Some(match ip {
+/// An iPAddress entry against the host's address; false for a host name.
+fn ip_matches(bytes: &[u8], ip: Option<IpAddr>) -> bool {
+    match ip {
         Some(IpAddr::V4(a)) => bytes == a.octets(),
         Some(IpAddr::V6(a)) => bytes == a.octets(),
         None => false,
-    })
+    }
 }
 
 fn ip_text(bytes: &[u8]) -> String {
@@ -298,13 +298,13 @@ mod tests {
     fn addresses_compare_as_bytes() {
         let v4: IpAddr = "10.0.0.1".parse().unwrap();
         let v6: IpAddr = "::1".parse().unwrap();
-        assert_eq!(ip_matches(&[10, 0, 0, 1], Some(v4)), Some(true));
-        assert_eq!(ip_matches(&[10, 0, 0, 2], Some(v4)), Some(false));
-        assert_eq!(ip_matches(&[10, 0, 0, 1], None), Some(false));
+        assert!(ip_matches(&[10, 0, 0, 1], Some(v4)));
+        assert!(!ip_matches(&[10, 0, 0, 2], Some(v4)));
+        assert!(!ip_matches(&[10, 0, 0, 1], None));
         let mut one = [0u8; 16];
         one[15] = 1;
-        assert_eq!(ip_matches(&one, Some(v6)), Some(true));
-        assert_eq!(ip_matches(&[0, 0, 0, 1], Some(v6)), Some(false));
+        assert!(ip_matches(&one, Some(v6)));
+        assert!(!ip_matches(&[0, 0, 0, 1], Some(v6)));
         assert_eq!(ip_text(&[10, 0, 0, 1]), "10.0.0.1");
         assert_eq!(ip_text(&one), "::1");
     }

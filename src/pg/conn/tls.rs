@@ -154,17 +154,19 @@ pub fn config_for_plan(plan: &TlsPlan) -> Result<ClientConfig, TlsError> {
     let chain = match plan.verification {
         Verification::Unused | Verification::None => None,
         Verification::Chain | Verification::Full => {
-            let roots = plan.roots.as_ref().expect("plan has roots");
-            let anchors = match roots {
-                RootCert::File(path) => load_pem_certs("sslrootcert", path)?,
-                RootCert::System => Vec::new(),
+            // The file is read once: its certificates are both the store and
+            // the anchors libpq_x509 compares a server certificate with.
+            let (store, anchors) = match plan.roots.as_ref().expect("plan has roots") {
+                RootCert::File(path) => {
+                    let anchors = load_pem_certs("sslrootcert", path)?;
+                    (store_of(path, &anchors)?, anchors)
+                }
+                system @ RootCert::System => (load_roots(system)?, Vec::new()),
             };
-            let webpki = WebPkiServerVerifier::builder_with_provider(
-                Arc::new(load_roots(roots)?),
-                provider.clone(),
-            )
-            .build()
-            .map_err(|e| TlsError::Setup(e.to_string()))?;
+            let webpki =
+                WebPkiServerVerifier::builder_with_provider(Arc::new(store), provider.clone())
+                    .build()
+                    .map_err(|e| TlsError::Setup(e.to_string()))?;
             Some(Chain {
                 webpki,
                 anchors,
@@ -224,15 +226,7 @@ fn load_pem_certs(
 pub fn load_roots(roots: &RootCert) -> Result<RootCertStore, TlsError> {
     let mut store = RootCertStore::empty();
     match roots {
-        RootCert::File(path) => {
-            for cert in load_pem_certs("sslrootcert", path)? {
-                store.add(cert).map_err(|e| TlsError::BadCertificate {
-                    what: "sslrootcert",
-                    path: path.clone(),
-                    message: e.to_string(),
-                })?;
-            }
-        }
+        RootCert::File(path) => return store_of(path, &load_pem_certs("sslrootcert", path)?),
         RootCert::System => {
             let found = rustls_native_certs::load_native_certs();
             let (added, _ignored) = store.add_parsable_certificates(found.certs);
@@ -245,6 +239,21 @@ pub fn load_roots(roots: &RootCert) -> Result<RootCertStore, TlsError> {
                 return Err(TlsError::NoSystemRoots { detail });
             }
         }
+    }
+    Ok(store)
+}
+
+/// The store of the certificates read from the sslrootcert file `path`.
+fn store_of(path: &Path, certs: &[CertificateDer<'static>]) -> Result<RootCertStore, TlsError> {
+    let mut store = RootCertStore::empty();
+    for cert in certs {
+        store
+            .add(cert.clone())
+            .map_err(|e| TlsError::BadCertificate {
+                what: "sslrootcert",
+                path: path.to_path_buf(),
+                message: e.to_string(),
+            })?;
     }
     Ok(store)
 }
