@@ -322,12 +322,27 @@ async fn target_session_attrs_as_libpq_and_the_host_pinned() {
             (true, Ok((_, pinned))) => {
                 let ports: Vec<u16> = pinned.hosts().iter().map(|e| e.port).collect();
                 assert_eq!(ports, [port], "{tsa}");
+                // The pinned spec's pool (prepare's workers) judges the server
+                // as the session did.
+                let p = pool(&pinned, "pgshift-e2e", 1).unwrap();
+                if let Err(e) = p.get().await {
+                    panic!("pool, {tsa}: {}", describe_pool_error(&e));
+                }
             }
-            (false, Err(e)) if tsa == "standby" => assert!(
-                e.to_string()
-                    .contains("server is not in hot standby mode (target_session_attrs=standby)"),
-                "{e}"
-            ),
+            (false, Err(e)) if tsa == "standby" => {
+                assert!(
+                    e.to_string().contains(
+                        "server is not in hot standby mode (target_session_attrs=standby)"
+                    ),
+                    "{e}"
+                );
+                let p = pool(&spec.pinned(1), "pgshift-e2e", 1).unwrap();
+                let Err(e) = p.get().await else {
+                    panic!("a pool of the primary's for standby")
+                };
+                let e = describe_pool_error(&e);
+                assert!(e.contains("server is not in hot standby mode"), "{e}");
+            }
             (false, Err(_)) => {}
             (_, other) => panic!("{tsa}: {:?}", other.map(|(_, p)| p.to_string())),
         }

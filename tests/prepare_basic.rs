@@ -353,3 +353,89 @@ fn a_source_of_several_hosts_is_used_through_the_one_that_answers() {
         "500"
     );
 }
+
+/// A destination string of several hosts: the run stays on the server that
+/// took its run lock. Here the first host (another server, each host with its
+/// own password-file line) has no such database when the run starts and gets
+/// one mid-run, as a host coming back or a failover would; prepare's later
+/// sessions and workers still go to the server of the lock, and nothing lands
+/// on the other one.
+#[test]
+fn a_destination_of_several_hosts_stays_on_the_server_of_the_run_lock() {
+    let dbs = TestDbs::new("prep_dest_hosts");
+    dbs.src.psql(
+        "CREATE TABLE t (id int PRIMARY KEY, v text);
+         INSERT INTO t SELECT g, 'v' || g FROM generate_series(1, 500) g;",
+    );
+    let (other, dst) = (dbs.src.server().clone(), dbs.dst.server().clone());
+    let wd = Workdir::new();
+    let passfile = wd.join("pgpass");
+    let esc = |p: &str| p.replace('\\', "\\\\").replace(':', "\\:");
+    std::fs::write(
+        &passfile,
+        format!(
+            "127.0.0.1:{}:*:{}:{}\n127.0.0.1:{}:*:{}:{}\n",
+            other.port,
+            dbs.src.user(),
+            esc(dbs.src.password()),
+            dst.port,
+            dbs.dst.user(),
+            esc(dbs.dst.password()),
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(
+        &passfile,
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .unwrap();
+    assert_eq!(dbs.src.user(), dbs.dst.user());
+    let name = dbs.dst.name().to_string();
+    let dest = format!(
+        "host=127.0.0.1,127.0.0.1 port={},{} user={} dbname={name}",
+        other.port,
+        dst.port,
+        dbs.dst.user()
+    );
+    let child = wd
+        .cmd()
+        .args(["prepare", "--source", &dbs.src.url(), "--dest", &dest])
+        .env("PGPASSFILE", &passfile)
+        .env("PGSHIFT_FAILPOINT", "snapshot:sleep=4000")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    assert!(
+        common::wait_until(std::time::Duration::from_secs(30), || {
+            dbs.dst.psql(
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE 'pgshift prepare pid=%'"
+        ) == "1"
+        }),
+        "the run never took its lock"
+    );
+    // The first host now has the database too.
+    other.psql(
+        &other.maintenance_db,
+        &format!("CREATE DATABASE \"{name}\""),
+    );
+    let out = child.wait_with_output().unwrap();
+    let on_other = other.try_psql(
+        &name,
+        "SELECT count(*) FROM pg_namespace WHERE nspname LIKE '%shadow%' OR nspname = 'pgshift'",
+    );
+    other.psql(
+        &other.maintenance_db,
+        &format!("DROP DATABASE \"{name}\" WITH (FORCE)"),
+    );
+    assert_success(&out);
+    assert_eq!(
+        on_other.as_deref(),
+        Ok("0"),
+        "the other server was written to"
+    );
+    assert_eq!(
+        dbs.dst.query_one_string("SELECT count(*) FROM shadow.t"),
+        "500"
+    );
+}

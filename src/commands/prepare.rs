@@ -121,7 +121,7 @@ pub async fn prepare_in_session(
     let src = sess.run.connect(&opts.source, "source").await?;
     let checked = phases::check(opts, &sess.control, &src).await?;
     drop(src);
-    let mut rec = Recorder::new(now_ms(), ctx.command, Some(&opts.source), &sess.dest);
+    let mut rec = Recorder::new(now_ms(), ctx.command, Some(&opts.source), &opts.dest);
     let progress = progress_for(ctx);
     phases::run(sess, &mut rec, opts, checked, &progress).await
 }

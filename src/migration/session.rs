@@ -21,7 +21,7 @@ use crate::error::Interrupted;
 use crate::migration::lifecycle::{Phase, PhaseStatus, Status};
 use crate::migration::record::{self, MigrationState, PhaseRecord};
 use crate::migration::state_file::StateFile;
-use crate::pg::conn::connect::connect;
+use crate::pg::conn::connect::{connect, connect_pinned};
 use crate::pg::conn::connspec::ConnSpec;
 use crate::pg::lock;
 
@@ -46,6 +46,10 @@ impl RunContext {
 /// A mutating command's hold on the destination.
 pub struct Session {
     pub run: RunContext,
+    /// The destination pinned to the server the run lock is held on
+    /// ([`ConnSpec::pinned`]): every later session, pool and retry of this run
+    /// goes to that same server, never to another host of a multi-host string
+    /// that starts answering mid-run (a failover, a host coming back).
     pub dest: ConnSpec,
     /// Holds the advisory lock; never used for anything else.
     lock_client: Client,
@@ -56,10 +60,11 @@ pub struct Session {
 
 impl Session {
     /// Connect to the destination, take the state-file lock (in `state_dir`)
-    /// and the advisory lock.
+    /// and the advisory lock. The hosts of `dest` are tried in order, as libpq
+    /// does; the one that takes the lock is the run's destination from then on.
     pub async fn open(run: &RunContext, dest: &ConnSpec, state_dir: &Path) -> Result<Session> {
         let state_file = StateFile::lock(state_dir, dest.dbname())?;
-        let lock_client = connect(
+        let (lock_client, dest) = connect_pinned(
             dest,
             "destination",
             &lock::lock_application_name(run.command),
@@ -67,10 +72,10 @@ impl Session {
         )
         .await?;
         lock::acquire(&lock_client).await?;
-        let control = run.connect(dest, "destination").await?;
+        let control = run.connect(&dest, "destination").await?;
         Ok(Session {
             run: run.clone(),
-            dest: dest.clone(),
+            dest,
             lock_client,
             control,
             state_file,

@@ -58,8 +58,26 @@ pub async fn close_connections(within: Duration) {
 /// task it is handed when it drops a pooled client, which would cut the
 /// connection mid-stream; it is handed a task that waits for the connection's
 /// instead, so the connection still ends cleanly once its client is gone.
+/// `target_session_attrs` `primary` and `standby` are checked as libpq checks
+/// them (`pg_is_in_recovery()`), not as tokio-postgres's read-write/read-only.
 struct TrackedConnect {
     tls: tokio_postgres_rustls::MakeRustlsConnect,
+    wanted: Wanted,
+}
+
+/// The server's own refusal when a pooled session is not the kind of server
+/// `target_session_attrs` asks for (a pool's error can only be a
+/// tokio-postgres one).
+fn role_check(wanted: Wanted) -> Option<&'static str> {
+    match wanted {
+        Wanted::Primary => Some(
+            "DO $$BEGIN IF pg_catalog.pg_is_in_recovery() THEN RAISE EXCEPTION 'server is in hot standby mode'; END IF; END$$",
+        ),
+        Wanted::Standby => Some(
+            "DO $$BEGIN IF NOT pg_catalog.pg_is_in_recovery() THEN RAISE EXCEPTION 'server is not in hot standby mode'; END IF; END$$",
+        ),
+        Wanted::AsConfigured | Wanted::PreferStandby => None,
+    }
 }
 
 impl deadpool_postgres::Connect for TrackedConnect {
@@ -77,10 +95,13 @@ impl deadpool_postgres::Connect for TrackedConnect {
                 + '_,
         >,
     > {
-        let (tls, config) = (self.tls.clone(), pg_config.clone());
+        let (tls, config, check) = (self.tls.clone(), pg_config.clone(), role_check(self.wanted));
         Box::pin(async move {
             let (client, connection) = connect_as_libpq(&config, &tls).await?;
             let task = spawn_connection(connection, "pooled".into());
+            if let Some(check) = check {
+                client.batch_execute(check).await?;
+            }
             Ok((
                 client,
                 tokio::spawn(async move {
@@ -380,16 +401,23 @@ pub async fn session_defaults(client: &tokio_postgres::Client, label: &str) {
 
 /// A connection pool for `spec` with `application_name` `app_name` (unless empty).
 /// Connections are made lazily; recycling runs `DISCARD ALL`-style cleaning
-/// (restore SQL changes `search_path` and friends).
+/// (restore SQL changes `search_path` and friends). Meant for a spec pinned
+/// to one host ([`ConnSpec::pinned`]): with `target_session_attrs` `primary`
+/// or `standby` a connection to the wrong kind of server is refused, not
+/// followed by the next host; `prefer-standby` takes the host as it is.
 pub fn pool(spec: &ConnSpec, app_name: &str, max_size: usize) -> anyhow::Result<Pool> {
     let mut config = spec.pg_config();
     if !app_name.is_empty() {
         config.application_name(app_name);
     }
+    let wanted = Wanted::of(spec);
+    if wanted != Wanted::AsConfigured {
+        config.target_session_attrs(tokio_postgres::config::TargetSessionAttrs::Any);
+    }
     let tls = make_tls(spec).map_err(|e| anyhow!("cannot connect to {spec}: {e}"))?;
     let manager = Manager::from_connect(
         config,
-        TrackedConnect { tls },
+        TrackedConnect { tls, wanted },
         ManagerConfig {
             recycling_method: RecyclingMethod::Clean,
         },

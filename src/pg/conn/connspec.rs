@@ -683,7 +683,6 @@ impl ConnSpec {
         build(params, env)
     }
 
-    /// The hosts to try, in order, each with its port.
     /// This spec with only its `index`th host: the server a session was
     /// opened on, so that later sessions and children (a snapshot's
     /// importers, pg_dump) reach that same server.
@@ -713,6 +712,7 @@ impl ConnSpec {
         }
     }
 
+    /// The hosts to try, in order, each with its port.
     pub fn hosts(&self) -> &[Endpoint] {
         &self.endpoints
     }
