@@ -471,6 +471,32 @@ fn documented_openssl_certificates_are_judged_as_libpq_judges_them() {
         );
     }
 
+    // sslrootcert=system: the system's roots (here SSL_CERT_FILE, which
+    // OpenSSL reads for libpq too) vouch for the version 1 certificate as
+    // the file does. libpq learnt `system` in 16: psql is asked from 16 on.
+    for (file, ok) in [("root.crt", true), ("self.crt", false)] {
+        let conninfo = conninfo("localhost", "sslmode=verify-full sslrootcert=system");
+        let env = [
+            ("PGPASSWORD", cluster.password()),
+            ("SSL_CERT_FILE", &root(file)),
+        ];
+        let out = wd.run_env(&["list", "--dest", &conninfo], &env);
+        assert_eq!(
+            out.status.success(),
+            ok,
+            "system roots from {file}: {}",
+            stderr_of(&out)
+        );
+        if common::bin_major() >= 16 {
+            let psql = common::hermetic_command(cluster.bindir().join("psql"), wd.path())
+                .args(["-X", "-At", "-c", "SELECT 1", &conninfo])
+                .envs(env)
+                .output()
+                .unwrap();
+            assert_eq!(psql.status.success(), ok, "psql, system roots from {file}");
+        }
+    }
+
     // Without root certificates (no check of the certificate): TLS still works.
     let (pgshift, psql, err) = both(&conninfo("127.0.0.1", "sslmode=require"));
     assert_eq!((pgshift, psql), (true, true), "CA-signed, require: {err}");

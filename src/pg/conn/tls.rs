@@ -161,7 +161,7 @@ pub fn config_for_plan(plan: &TlsPlan) -> Result<ClientConfig, TlsError> {
                     let anchors = load_pem_certs("sslrootcert", path)?;
                     (store_of(path, &anchors)?, anchors)
                 }
-                system @ RootCert::System => (load_roots(system)?, Vec::new()),
+                RootCert::System => system_roots()?,
             };
             let webpki =
                 WebPkiServerVerifier::builder_with_provider(Arc::new(store), provider.clone())
@@ -224,23 +224,29 @@ fn load_pem_certs(
 
 /// The trusted roots.
 pub fn load_roots(roots: &RootCert) -> Result<RootCertStore, TlsError> {
-    let mut store = RootCertStore::empty();
     match roots {
-        RootCert::File(path) => return store_of(path, &load_pem_certs("sslrootcert", path)?),
-        RootCert::System => {
-            let found = rustls_native_certs::load_native_certs();
-            let (added, _ignored) = store.add_parsable_certificates(found.certs);
-            if added == 0 {
-                let detail = found
-                    .errors
-                    .first()
-                    .map(|e| format!(" ({e})"))
-                    .unwrap_or_default();
-                return Err(TlsError::NoSystemRoots { detail });
-            }
-        }
+        RootCert::File(path) => store_of(path, &load_pem_certs("sslrootcert", path)?),
+        RootCert::System => Ok(system_roots()?.0),
     }
-    Ok(store)
+}
+
+/// `sslrootcert=system`: the operating system's trust store (or
+/// `SSL_CERT_FILE`/`SSL_CERT_DIR`, which OpenSSL, and so libpq, reads too),
+/// read once, as the store and as the anchors libpq_x509 compares a server
+/// certificate with.
+fn system_roots() -> Result<(RootCertStore, Vec<CertificateDer<'static>>), TlsError> {
+    let found = rustls_native_certs::load_native_certs();
+    let mut store = RootCertStore::empty();
+    let (added, _ignored) = store.add_parsable_certificates(found.certs.iter().cloned());
+    if added == 0 {
+        let detail = found
+            .errors
+            .first()
+            .map(|e| format!(" ({e})"))
+            .unwrap_or_default();
+        return Err(TlsError::NoSystemRoots { detail });
+    }
+    Ok((store, found.certs))
 }
 
 /// The store of the certificates read from the sslrootcert file `path`.
@@ -320,7 +326,7 @@ struct Libpq {
 #[derive(Debug)]
 struct Chain {
     webpki: Arc<WebPkiServerVerifier>,
-    /// sslrootcert's certificates (none for `system`).
+    /// sslrootcert's certificates (the system's for `system`).
     anchors: Vec<CertificateDer<'static>>,
     check_name: bool,
 }
