@@ -439,3 +439,72 @@ fn a_destination_of_several_hosts_stays_on_the_server_of_the_run_lock() {
         "500"
     );
 }
+
+/// A destination older than the source is told, before anything changes,
+/// every object of the source's schema it could not restore, by feature;
+/// relations the filters leave out do not count.
+#[tokio::test]
+async fn an_older_destination_is_told_what_it_cannot_restore() {
+    use pgshift::prepare::downgrade::lacking;
+    let dbs = TestDbs::new("prep_downgrade");
+    let major = dbs.src.server_major();
+    if major < 15 {
+        eprintln!("skipped: the source runs PostgreSQL {major}, which lacks the features");
+        return;
+    }
+    dbs.src.psql(
+        "CREATE FUNCTION std_body(a int) RETURNS int LANGUAGE sql RETURN a + 1;
+         CREATE FUNCTION string_body(a int) RETURNS int LANGUAGE sql AS 'SELECT a + 1';
+         CREATE PROCEDURE with_out(IN a int, OUT b int) LANGUAGE plpgsql AS $$BEGIN b := a; END$$;
+         CREATE PROCEDURE with_inout(INOUT a int) LANGUAGE plpgsql AS $$BEGIN a := a; END$$;
+         CREATE TYPE floatrange AS RANGE (subtype = float8);
+         CREATE TABLE t (id int PRIMARY KEY, spans int4multirange, body text COMPRESSION pglz,
+                         code text, a int, b int, plain text);
+         CREATE STATISTICS t_expr ON (a + b), (a - b) FROM t;
+         CREATE STATISTICS t_cols ON a, b FROM t;
+         CREATE UNIQUE INDEX t_code ON t (code) NULLS NOT DISTINCT;
+         CREATE UNIQUE INDEX t_plain ON t (plain);
+         CREATE VIEW v_inv WITH (security_invoker = true) AS SELECT id FROM t;
+         CREATE VIEW v_plain AS SELECT id FROM t;
+         CREATE TABLE c (id int, t_id int, other int,
+                         FOREIGN KEY (t_id) REFERENCES t ON DELETE SET NULL (t_id));
+         CREATE TABLE big_log (id int, body text COMPRESSION pglz, r floatrange);",
+    );
+    let client = dbs.src.client().await;
+    let schemas = vec!["public".to_string()];
+    let left_out: std::collections::BTreeSet<String> = ["big_log".to_string()].into();
+    let on = |dest: u32| {
+        let (client, schemas, left_out) = (&client, &schemas, &left_out);
+        async move {
+            lacking(client, schemas, major, dest, left_out)
+                .await
+                .unwrap()
+        }
+    };
+    let since_15 = [
+        "unique indexes and constraints with NULLS NOT DISTINCT (PostgreSQL 15+): public.t_code",
+        "views with the security_invoker option (PostgreSQL 15+): public.v_inv",
+        "foreign keys with ON DELETE SET NULL or SET DEFAULT of chosen columns (PostgreSQL 15+): public.c_t_id_fkey",
+    ];
+    let mut expected = vec![
+        "functions with an SQL-standard body (BEGIN ATOMIC or RETURN) (PostgreSQL 14+): public.std_body",
+        "procedures with OUT parameters (PostgreSQL 14+): public.with_out",
+        "range types (pg_dump names their multirange type) (PostgreSQL 14+): public.floatrange",
+        "columns of a multirange type (PostgreSQL 14+): public.t.spans",
+        "columns with a compression method (COMPRESSION pglz or lz4) (PostgreSQL 14+): public.t.body",
+        "statistics on expressions (PostgreSQL 14+): public.t_expr",
+    ];
+    expected.extend(since_15);
+    assert_eq!(on(13).await, expected);
+    assert_eq!(on(14).await, since_15);
+    assert!(on(major).await.is_empty());
+    // Without the filter, the left-out table's column counts too.
+    let all = lacking(&client, &schemas, major, 13, &Default::default())
+        .await
+        .unwrap();
+    assert!(
+        all.iter()
+            .any(|l| l.contains("public.big_log.body, public.t.body")),
+        "{all:?}"
+    );
+}

@@ -5,6 +5,7 @@
 pub mod copycount;
 pub mod data;
 pub mod discard;
+pub mod downgrade;
 pub mod filters;
 pub mod phases;
 pub mod postdata;

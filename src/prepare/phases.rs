@@ -240,6 +240,22 @@ pub async fn check(settings: &PrepareOptions, sess_dest: &Client, src: &Client) 
     )
     .await?;
     warnings.extend(filters.warnings.iter().cloned());
+    if dest_major < source_major {
+        let lacking = super::downgrade::lacking(
+            src,
+            &settings.schemas,
+            source_major,
+            dest_major,
+            &filters.not_migrated,
+        )
+        .await?;
+        if !lacking.is_empty() {
+            crate::refuse!(
+                "the destination runs PostgreSQL {dest_major}, older than the source ({source_major}), and cannot restore what the source's schema uses: {}; nothing was changed",
+                lacking.join("; ")
+            );
+        }
+    }
     let tables: Vec<_> = tables
         .into_iter()
         .filter(|t| !filters.not_migrated.contains(&t.key()))
