@@ -589,3 +589,55 @@ fn privileges_are_checked_in_every_chosen_schema() {
     );
     assert_success(&run(&wd, &s(&["abort", "--dest", &role_dst]), &[]));
 }
+
+/// A destination whose sessions start read-only (here the database's
+/// `default_transaction_read_only`; a standby reads the same) is refused by
+/// every command that writes to it, in one line naming why, before anything;
+/// the read-only commands still answer. Once it is turned off, prepare runs.
+#[test]
+fn a_read_only_destination_is_refused_before_anything() {
+    let dbs = TestDbs::new("bad_read_only");
+    dbs.src
+        .psql("CREATE TABLE t (id int PRIMARY KEY); INSERT INTO t VALUES (1);");
+    let server = dbs.dst.server().clone();
+    let set = |value: &str| {
+        server.psql(
+            &server.maintenance_db,
+            &format!(
+                "ALTER DATABASE \"{}\" SET default_transaction_read_only = {value}",
+                dbs.dst.name()
+            ),
+        )
+    };
+    set("on");
+    let (src, dst) = (dbs.src.url(), dbs.dst.url());
+    for args in [
+        s(&["prepare", "--source", &src, "--dest", &dst]),
+        s(&["start", "--source", &src, "--dest", &dst]),
+        s(&["swap", "--dest", &dst]),
+        s(&["abort", "--dest", &dst]),
+        s(&["rollback", "--latest", "--dest", &dst]),
+    ] {
+        check(
+            &dbs,
+            Case {
+                name: &args[0].clone(),
+                args,
+                env: vec![],
+                code: 2,
+                message: vec![
+                    "starts its sessions read-only (default_transaction_read_only is on",
+                    "nothing was changed",
+                ],
+            },
+        );
+    }
+    let wd = Workdir::new();
+    assert_success(&run(&wd, &s(&["status", "--dest", &dst]), &[]));
+    set("off");
+    assert_success(&run(
+        &wd,
+        &s(&["prepare", "--source", &src, "--dest", &dst]),
+        &[],
+    ));
+}

@@ -71,6 +71,7 @@ impl Session {
             run.connect_timeout,
         )
         .await?;
+        refuse_read_only(&lock_client, &dest).await?;
         lock::acquire(&lock_client).await?;
         let control = run.connect(&dest, "destination").await?;
         Ok(Session {
@@ -108,6 +109,34 @@ impl Session {
     pub fn lock_alive(&self) -> bool {
         !self.lock_client.is_closed()
     }
+}
+
+/// A mutating command writes to the destination: a standby, or a database or
+/// role whose sessions start read-only (`default_transaction_read_only`, a
+/// frozen database), is refused before anything, naming which (rather than
+/// failing on the first write with "cannot execute … in a read-only
+/// transaction"). pgshift does not override a read-only default: whoever set
+/// it meant the database not to change.
+async fn refuse_read_only(client: &Client, dest: &ConnSpec) -> Result<()> {
+    let row = client
+        .query_one(
+            "SELECT pg_catalog.pg_is_in_recovery(), pg_catalog.current_setting('transaction_read_only') = 'on'",
+            &[],
+        )
+        .await
+        .map_err(|e| crate::pg::exec::pg_error_as(e, "checking that the destination takes writes"))?;
+    let (standby, read_only): (bool, bool) = (row.get(0), row.get(1));
+    if standby {
+        crate::refuse!(
+            "the destination {dest} is a standby (in recovery) and takes no writes; give the primary (with several hosts, target_session_attrs=primary); nothing was changed"
+        );
+    }
+    if read_only {
+        crate::refuse!(
+            "the destination {dest} starts its sessions read-only (default_transaction_read_only is on for the database, the role or the server); pgshift does not override it: turn it off to migrate; nothing was changed"
+        );
+    }
+    Ok(())
 }
 
 /// A destination session for recovery work.

@@ -1067,11 +1067,10 @@ impl ConnSpec {
                 .unwrap_or(DEFAULT_KEEPALIVES_COUNT)
                 .max(1),
         );
-        // tokio-postgres knows any / read-write / read-only. `connect` checks
-        // primary, standby and prefer-standby itself, as libpq does (from
-        // pg_is_in_recovery()); here, for pools (the destination's, opened after
-        // a first session found the host), they are approximated by the
-        // read-only check, prefer-standby by any.
+        // tokio-postgres knows any / read-write / read-only. `connect` and
+        // `pool` check primary, standby and prefer-standby themselves, as
+        // libpq does (from pg_is_in_recovery()), and ask tokio-postgres for
+        // any; the mapping below is for callers of this config alone.
         c.target_session_attrs(match self.target_session_attrs {
             TargetSessionAttrs::Any | TargetSessionAttrs::PreferStandby => PgTsa::Any,
             TargetSessionAttrs::ReadWrite | TargetSessionAttrs::Primary => PgTsa::ReadWrite,
