@@ -46,15 +46,22 @@ struct Feature {
 }
 
 fn features() -> Vec<Feature> {
-    let proc = |cond: &str| {
+    // Objects of the chosen schemas that stand alone (functions, types,
+    // collations): `catalog` aliased `x`, with the object's name and schema
+    // columns.
+    let named = |catalog: &str, name: &str, schema: &str, cond: &str| {
         format!(
-            "SELECT n.nspname::text, p.proname::text, NULL::text, NULL::text, NULL::text
-               FROM pg_catalog.pg_proc p
-               JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace
-              WHERE n.nspname = ANY($1) AND {cond} AND {}",
-            not_ext_member!("pg_proc", "p.oid")
+            "SELECT n.nspname::text, x.{name}::text, NULL::text, NULL::text, NULL::text
+               FROM pg_catalog.{catalog} x
+               JOIN pg_catalog.pg_namespace n ON n.oid = x.{schema}
+              WHERE n.nspname = ANY($1) AND {cond}
+                AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_depend d
+                                 WHERE d.classid = 'pg_catalog.{catalog}'::pg_catalog.regclass
+                                   AND d.objid = x.oid AND d.deptype = 'e')"
         )
     };
+    let proc = |cond: &str| named("pg_proc", "proname", "pronamespace", cond);
+    let collation = |cond: &str| named("pg_collation", "collname", "collnamespace", cond);
     // Columns of the chosen schemas' tables, views' and composite types.
     let column = |cond: &str| {
         format!(
@@ -67,46 +74,39 @@ fn features() -> Vec<Feature> {
             not_ext_member!("pg_class", "c.oid")
         )
     };
-    let constraint = |cond: &str| {
+    // Objects of a relation `c` of the chosen schemas (`from` joins it):
+    // the relation itself, its indexes, its constraints.
+    let of_relation = |object: &str, from: &str, cond: &str| {
         format!(
-            "SELECT n.nspname::text, con.conname::text, NULL::text, n.nspname::text, c.relname::text
-               FROM pg_catalog.pg_constraint con
-               JOIN pg_catalog.pg_class c ON c.oid = con.conrelid
+            "SELECT n.nspname::text, {object}::text, NULL::text, n.nspname::text, c.relname::text
+               FROM {from}
                JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
               WHERE n.nspname = ANY($1) AND {cond} AND {}",
             not_ext_member!("pg_class", "c.oid")
         )
     };
-    let collation = |cond: &str| {
-        format!(
-            "SELECT n.nspname::text, co.collname::text, NULL::text, NULL::text, NULL::text
-               FROM pg_catalog.pg_collation co
-               JOIN pg_catalog.pg_namespace n ON n.oid = co.collnamespace
-              WHERE n.nspname = ANY($1) AND {cond} AND {}",
-            not_ext_member!("pg_collation", "co.oid")
+    let constraint = |cond: &str| {
+        of_relation(
+            "con.conname",
+            "pg_catalog.pg_constraint con JOIN pg_catalog.pg_class c ON c.oid = con.conrelid",
+            cond,
         )
     };
     vec![
         Feature {
             since: 14,
             what: "functions with an SQL-standard body (BEGIN ATOMIC or RETURN)",
-            sql: proc("p.prosqlbody IS NOT NULL"),
+            sql: proc("x.prosqlbody IS NOT NULL"),
         },
         Feature {
             since: 14,
             what: "procedures with OUT parameters",
-            sql: proc("p.prokind = 'p' AND 'o' = ANY (p.proargmodes)"),
+            sql: proc("x.prokind = 'p' AND 'o' = ANY (x.proargmodes)"),
         },
         Feature {
             since: 14,
             what: "range types (pg_dump names their multirange type)",
-            sql: format!(
-                "SELECT n.nspname::text, t.typname::text, NULL::text, NULL::text, NULL::text
-                   FROM pg_catalog.pg_type t
-                   JOIN pg_catalog.pg_namespace n ON n.oid = t.typnamespace
-                  WHERE n.nspname = ANY($1) AND t.typtype = 'r' AND {}",
-                not_ext_member!("pg_type", "t.oid")
-            ),
+            sql: named("pg_type", "typname", "typnamespace", "x.typtype = 'r'"),
         },
         Feature {
             since: 14,
@@ -136,28 +136,22 @@ fn features() -> Vec<Feature> {
         Feature {
             since: 15,
             what: "unique indexes and constraints with NULLS NOT DISTINCT",
-            sql: format!(
-                "SELECT n.nspname::text, ic.relname::text, NULL::text, n.nspname::text, c.relname::text
-                   FROM pg_catalog.pg_index i
-                   JOIN pg_catalog.pg_class ic ON ic.oid = i.indexrelid
-                   JOIN pg_catalog.pg_class c ON c.oid = i.indrelid
-                   JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
-                  WHERE n.nspname = ANY($1) AND i.indnullsnotdistinct AND {}",
-                not_ext_member!("pg_class", "c.oid")
+            sql: of_relation(
+                "ic.relname",
+                "pg_catalog.pg_index i
+                 JOIN pg_catalog.pg_class ic ON ic.oid = i.indexrelid
+                 JOIN pg_catalog.pg_class c ON c.oid = i.indrelid",
+                "i.indnullsnotdistinct",
             ),
         },
         Feature {
             since: 15,
             what: "views with the security_invoker option",
-            sql: format!(
-                "SELECT n.nspname::text, c.relname::text, NULL::text, n.nspname::text, c.relname::text
-                   FROM pg_catalog.pg_class c
-                   JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
-                  WHERE n.nspname = ANY($1) AND c.relkind = 'v'
-                    AND EXISTS (SELECT 1 FROM pg_catalog.unnest(c.reloptions) o
-                                 WHERE o LIKE 'security\\_invoker=%')
-                    AND {}",
-                not_ext_member!("pg_class", "c.oid")
+            sql: of_relation(
+                "c.relname",
+                "pg_catalog.pg_class c",
+                "c.relkind = 'v' AND EXISTS (SELECT 1 FROM pg_catalog.unnest(c.reloptions) o
+                                              WHERE o LIKE 'security\\_invoker=%')",
             ),
         },
         Feature {
@@ -170,12 +164,12 @@ fn features() -> Vec<Feature> {
         Feature {
             since: 16,
             what: "ICU collations with custom rules",
-            sql: collation("co.collicurules IS NOT NULL"),
+            sql: collation("x.collicurules IS NOT NULL"),
         },
         Feature {
             since: 17,
             what: "collations of the builtin provider",
-            sql: collation("co.collprovider = 'b'"),
+            sql: collation("x.collprovider = 'b'"),
         },
         Feature {
             since: 17,
