@@ -18,7 +18,9 @@
 //! does not check it at restore. Objects of extensions (which the
 //! destination's own extension provides), relations the filters leave out
 //! and the namesakes of kept tables are not counted. The general warning
-//! that the destination is older stays.
+//! that the destination is older stays. Grants are not the schema's: the
+//! privileges phase leaves out the ones the destination lacks (`MAINTAIN`,
+//! 17) with a warning.
 //!
 //! Each feature's query reads catalog columns that exist from the version
 //! that brought the feature, so it runs only when the source has that

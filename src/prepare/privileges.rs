@@ -297,7 +297,10 @@ pub async fn plan(
         .await?
         .get(0);
     let (roles, assignable) = roles(client).await?;
+    let dest_major = crate::pg::catalog::server_major(client).await?;
     let mut missing_grantees: Vec<String> = Vec::new();
+    // Grants of a newer source's privileges the destination lacks.
+    let mut unknown: Vec<String> = Vec::new();
     // New objects whose source owner this role may not give them to.
     let mut kept_by_us: Vec<String> = Vec::new();
     let theirs: HashMap<String, Obj> = objects(client, public)
@@ -394,8 +397,12 @@ pub async fn plan(
         // default REVOKE never takes a function's EXECUTE from PUBLIC. The
         // owner change takes this role's own entries along to the new owner.
         let mut want = effective(c);
-        want.retain(|(g, _), _| {
+        want.retain(|(g, p), _| {
             if g == &owner || g == &c.owner {
+                return false;
+            }
+            if unknown_privilege(dest_major, p) {
+                unknown.push(format!("{p} on {} to {}", o.key, grantee_sql(g)));
                 return false;
             }
             if !g.is_empty() && !roles.contains(g) {
@@ -446,8 +453,21 @@ pub async fn plan(
             missing_grantees.join(", ")
         ));
     }
+    if !unknown.is_empty() {
+        applied.warnings.push(format!(
+            "grants of new objects in {public} that PostgreSQL {dest_major} does not have were left out: {}",
+            unknown.join(", ")
+        ));
+    }
     client.batch_execute("RESET search_path").await?;
     Ok((sql, applied))
+}
+
+/// A privilege of a newer source's ACL that a destination of `major` does
+/// not know, so that granting it would fail the phase: MAINTAIN came with
+/// PostgreSQL 17.
+fn unknown_privilege(major: u32, privilege: &str) -> bool {
+    privilege == "MAINTAIN" && major < 17
 }
 
 /// Apply owners and grants, in transactions that stay within the lock table
@@ -617,4 +637,30 @@ pub async fn catch_up(
         }
     }
     Ok((sql, warnings))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::unknown_privilege;
+
+    #[test]
+    fn maintain_is_left_out_below_17_only() {
+        assert!(unknown_privilege(16, "MAINTAIN"));
+        assert!(unknown_privilege(13, "MAINTAIN"));
+        assert!(!unknown_privilege(17, "MAINTAIN"));
+        assert!(!unknown_privilege(18, "MAINTAIN"));
+        for p in [
+            "SELECT",
+            "INSERT",
+            "UPDATE",
+            "DELETE",
+            "TRUNCATE",
+            "REFERENCES",
+            "TRIGGER",
+            "EXECUTE",
+            "USAGE",
+        ] {
+            assert!(!unknown_privilege(13, p), "{p}");
+        }
+    }
 }
