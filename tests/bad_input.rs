@@ -634,6 +634,17 @@ fn a_read_only_destination_is_refused_before_anything() {
     }
     let wd = Workdir::new();
     assert_success(&run(&wd, &s(&["status", "--dest", &dst]), &[]));
+    // A dry run only reads: it runs, and warns.
+    let out = run(
+        &wd,
+        &s(&["prepare", "--dry-run", "--source", &src, "--dest", &dst]),
+        &[],
+    );
+    let text = assert_success(&out) + &String::from_utf8_lossy(&out.stderr);
+    assert!(
+        text.contains("the destination starts its sessions read-only (default_transaction_read_only): the run itself will be refused"),
+        "{text}"
+    );
     set("off");
     assert_success(&run(
         &wd,

@@ -118,6 +118,42 @@ impl Session {
 /// transaction"). pgshift does not override a read-only default: whoever set
 /// it meant the database not to change.
 async fn refuse_read_only(client: &Client, dest: &ConnSpec) -> Result<()> {
+    match takes_no_writes(client).await? {
+        Some(NoWrites::Standby) => crate::refuse!(
+            "the destination {dest} is a standby (in recovery) and takes no writes; give the primary (with several hosts, target_session_attrs=primary); nothing was changed"
+        ),
+        Some(NoWrites::ReadOnly) => crate::refuse!(
+            "the destination {dest} starts its sessions read-only (default_transaction_read_only is on for the database, the role or the server); pgshift does not override it: turn it off to migrate; nothing was changed"
+        ),
+        None => Ok(()),
+    }
+}
+
+/// Why a destination takes no writes, if it does not.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NoWrites {
+    /// In recovery.
+    Standby,
+    /// `transaction_read_only` on from the session's start.
+    ReadOnly,
+}
+
+impl NoWrites {
+    /// For a dry run's warnings (a dry run itself only reads).
+    pub fn warning(self) -> &'static str {
+        match self {
+            NoWrites::Standby => {
+                "the destination is a standby (in recovery) and takes no writes: the run itself will be refused"
+            }
+            NoWrites::ReadOnly => {
+                "the destination starts its sessions read-only (default_transaction_read_only): the run itself will be refused"
+            }
+        }
+    }
+}
+
+/// Whether `client`'s server takes writes in a new session's transactions.
+pub async fn takes_no_writes(client: &Client) -> Result<Option<NoWrites>> {
     let row = client
         .query_one(
             "SELECT pg_catalog.pg_is_in_recovery(), pg_catalog.current_setting('transaction_read_only') = 'on'",
@@ -125,18 +161,11 @@ async fn refuse_read_only(client: &Client, dest: &ConnSpec) -> Result<()> {
         )
         .await
         .map_err(|e| crate::pg::exec::pg_error_as(e, "checking that the destination takes writes"))?;
-    let (standby, read_only): (bool, bool) = (row.get(0), row.get(1));
-    if standby {
-        crate::refuse!(
-            "the destination {dest} is a standby (in recovery) and takes no writes; give the primary (with several hosts, target_session_attrs=primary); nothing was changed"
-        );
-    }
-    if read_only {
-        crate::refuse!(
-            "the destination {dest} starts its sessions read-only (default_transaction_read_only is on for the database, the role or the server); pgshift does not override it: turn it off to migrate; nothing was changed"
-        );
-    }
-    Ok(())
+    Ok(match (row.get(0), row.get(1)) {
+        (true, _) => Some(NoWrites::Standby),
+        (false, true) => Some(NoWrites::ReadOnly),
+        (false, false) => None,
+    })
 }
 
 /// A destination session for recovery work.

@@ -198,6 +198,11 @@ pub async fn check(settings: &PrepareOptions, sess_dest: &Client, src: &Client) 
         );
     }
     let mut warnings = Vec::new();
+    // Only a dry run gets here with such a destination: a run's session
+    // refused it already.
+    if let Some(why) = crate::migration::session::takes_no_writes(sess_dest).await? {
+        warnings.push(why.warning().to_string());
+    }
     if dest_major < source_major {
         warnings.push(format!(
             "the destination runs PostgreSQL {dest_major}, older than the source ({source_major}); the schema may use features it lacks"

@@ -181,7 +181,6 @@ pub fn assert_success(out: &std::process::Output) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-/// A run's stderr as text.
 /// A loopback TCP port nobody listens on (bound, then released): connecting
 /// to it is refused.
 pub fn closed_port() -> u16 {
@@ -191,6 +190,7 @@ pub fn closed_port() -> u16 {
         .port()
 }
 
+/// A run's stderr as text.
 pub fn stderr_of(out: &std::process::Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
