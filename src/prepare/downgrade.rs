@@ -35,6 +35,7 @@ use crate::pg::catalog::not_ext_member;
 use crate::pg::exec::pg_error_as;
 use crate::pg::ident::display_ident;
 use crate::pg::meta::table_display;
+use crate::prepare::preflight::list_some;
 use crate::swap::impact::qualified_display;
 
 /// One feature: the version that brought it, what to call it, and the query
@@ -244,17 +245,12 @@ pub async fn lacking(
         if found.is_empty() {
             continue;
         }
-        const SHOWN: usize = 5;
-        let more = match found.len() {
-            n if n > SHOWN => format!(" and {} more", n - SHOWN),
-            _ => String::new(),
-        };
-        let names: Vec<String> = found.into_iter().take(SHOWN).collect();
+        let found: Vec<String> = found.into_iter().collect();
         out.push(format!(
-            "{} (PostgreSQL {}+): {}{more}",
+            "{} (PostgreSQL {}+): {}",
             f.what,
             f.since,
-            names.join(", ")
+            list_some(&found)
         ));
     }
     Ok(out)
