@@ -255,6 +255,21 @@ async fn external_dependents(client: &Client, schemas: &[String]) -> Result<Vec<
                                                                      JOIN pg_catalog.pg_class r ON r.oid = x.tgrelid WHERE x.oid = d.objid)
                        WHEN 'pg_catalog.pg_policy'::regclass THEN (SELECT r.relnamespace FROM pg_catalog.pg_policy x
                                                                     JOIN pg_catalog.pg_class r ON r.oid = x.polrelid WHERE x.oid = d.objid)
+                       -- An operator family's members have no schema of
+                       -- their own: the family's.
+                       WHEN 'pg_catalog.pg_amop'::regclass THEN (SELECT f.opfnamespace FROM pg_catalog.pg_amop x
+                                                                  JOIN pg_catalog.pg_opfamily f ON f.oid = x.amopfamily WHERE x.oid = d.objid)
+                       WHEN 'pg_catalog.pg_amproc'::regclass THEN (SELECT f.opfnamespace FROM pg_catalog.pg_amproc x
+                                                                    JOIN pg_catalog.pg_opfamily f ON f.oid = x.amprocfamily WHERE x.oid = d.objid)
+                       -- Nor do casts and transforms: one from or to a type of
+                       -- the backup goes with it (it is of no use without the
+                       -- type); one between types outside that only calls a
+                       -- function of the backup is outside.
+                       WHEN 'pg_catalog.pg_cast'::regclass THEN (SELECT t.typnamespace FROM pg_catalog.pg_cast x
+                                                                  JOIN pg_catalog.pg_type t ON t.oid IN (x.castsource, x.casttarget)
+                                                                 WHERE x.oid = d.objid AND t.typnamespace IN (SELECT oid FROM ns) LIMIT 1)
+                       WHEN 'pg_catalog.pg_transform'::regclass THEN (SELECT t.typnamespace FROM pg_catalog.pg_transform x
+                                                                       JOIN pg_catalog.pg_type t ON t.oid = x.trftype WHERE x.oid = d.objid)
                        ELSE (SELECT n.oid FROM pg_catalog.pg_namespace n
                               WHERE n.nspname = (pg_catalog.pg_identify_object(d.classid, d.objid, 0)).schema)
                      END), 0) NOT IN (SELECT oid FROM ns)
