@@ -66,7 +66,11 @@ fn verify_checksums_records_a_checksum_per_table() {
     dbs.src.psql(
         "CREATE TABLE t (id int PRIMARY KEY, v text, f float8, at timestamptz DEFAULT now(), b bytea);
          INSERT INTO t SELECT g, md5(g::text), g / 3.0, now(), decode(md5(g::text), 'hex') FROM generate_series(1, 2000) g;
-         CREATE TABLE empty (x int);",
+         CREATE TABLE empty (x int);
+         -- A column named as the checksum's row alias: the checksum still
+         -- covers the whole row.
+         CREATE TABLE a (t text, v int); INSERT INTO a VALUES ('x', 1);
+         CREATE TABLE b (t text, v int); INSERT INTO b VALUES ('x', 2);",
     );
     let wd = Workdir::new();
     let out = wd.run_ok(&[
@@ -81,13 +85,21 @@ fn verify_checksums_records_a_checksum_per_table() {
     ]);
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     let tables = v["tables"].as_array().unwrap();
-    assert_eq!(tables.len(), 2);
+    assert_eq!(tables.len(), 4);
     for t in tables {
         let sum = t["checksum"]
             .as_str()
             .unwrap_or_else(|| panic!("no checksum: {t}"));
         assert!(sum.starts_with(&format!("{}:", t["rows"])), "{t}");
     }
+    let sum_of = |name: &str| {
+        tables
+            .iter()
+            .find(|t| t["name"] == name)
+            .unwrap_or_else(|| panic!("no table {name}: {v}"))["checksum"]
+            .clone()
+    };
+    assert_ne!(sum_of("a"), sum_of("b"), "{v}");
 }
 
 #[test]

@@ -1440,10 +1440,12 @@ async fn checksum_with_path(
         ))
         .await?;
     let rel = qualified(schema, table);
+    // `ROW(t.*)`, not `t`: a lone `t` names a column called t before the
+    // row, and would checksum that column alone. The text is the same.
     let row = client
         .query_one(
             &format!(
-                "SELECT count(*)::text || ':' || COALESCE(sum(('x' || substr(md5(t::text), 1, 16))::bit(64)::bigint::numeric), 0)::text
+                "SELECT count(*)::text || ':' || COALESCE(sum(('x' || substr(md5(ROW(t.*)::text), 1, 16))::bit(64)::bigint::numeric), 0)::text
                    FROM ONLY {rel} t"
             ),
             &[],
