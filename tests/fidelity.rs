@@ -393,6 +393,66 @@ fn new_objects_keep_the_sources_owner_and_grants() {
     );
 }
 
+/// `--keep-source-owners` gives every object its owner on the source, not
+/// the tables alone: views, sequences, functions, types and domains too, also
+/// where the destination's namesake has another owner.
+#[test]
+fn keep_source_owners_covers_every_kind_of_object() {
+    let dbs = TestDbs::new("keep_owners");
+    let pid = std::process::id();
+    let (owner, other) = (format!("owner_ko_{pid}"), format!("other_ko_{pid}"));
+    for db in [&dbs.src, &dbs.dst] {
+        for role in [&owner, &other] {
+            db.psql(&format!(
+                "DO $$ BEGIN CREATE ROLE {role}; EXCEPTION WHEN duplicate_object THEN NULL; END $$;"
+            ));
+        }
+    }
+    let objects = "CREATE TABLE t (id serial PRIMARY KEY);
+         CREATE VIEW v AS SELECT id FROM t;
+         CREATE SEQUENCE s;
+         CREATE FUNCTION f() RETURNS int LANGUAGE sql AS 'SELECT 1';
+         CREATE TYPE e AS ENUM ('a');
+         CREATE DOMAIN d AS int CHECK (VALUE > 0);";
+    let owned_by = |role: &str| {
+        format!(
+            "ALTER TABLE t OWNER TO {role}; ALTER VIEW v OWNER TO {role};
+             ALTER SEQUENCE s OWNER TO {role}; ALTER FUNCTION f() OWNER TO {role};
+             ALTER TYPE e OWNER TO {role}; ALTER DOMAIN d OWNER TO {role};"
+        )
+    };
+    dbs.src.psql(&format!("{objects} {}", owned_by(&owner)));
+    // The destination's namesakes of some belong to another role.
+    dbs.dst.psql(&format!(
+        "CREATE TABLE t (id serial PRIMARY KEY); CREATE SEQUENCE s;
+         CREATE FUNCTION f() RETURNS int LANGUAGE sql AS 'SELECT 0';
+         ALTER TABLE t OWNER TO {other}; ALTER SEQUENCE s OWNER TO {other};
+         ALTER FUNCTION f() OWNER TO {other};"
+    ));
+    let wd = Workdir::new();
+    wd.run_ok(&[
+        "start",
+        "--keep-source-owners",
+        "--source",
+        &dbs.src.url(),
+        "--dest",
+        &dbs.dst.url(),
+    ]);
+    let owners = dbs.dst.psql(
+        "SELECT string_agg(name || '=' || who, ',' ORDER BY name) FROM (
+           SELECT c.relname::text AS name, pg_get_userbyid(c.relowner) AS who FROM pg_class c
+            WHERE c.relnamespace = 'public'::regnamespace AND c.relkind IN ('r', 'v', 'S')
+           UNION ALL SELECT p.proname, pg_get_userbyid(p.proowner) FROM pg_proc p
+            WHERE p.pronamespace = 'public'::regnamespace
+           UNION ALL SELECT y.typname, pg_get_userbyid(y.typowner) FROM pg_type y
+            WHERE y.typnamespace = 'public'::regnamespace AND y.typtype IN ('e', 'd')) x",
+    );
+    let want = ["d", "e", "f", "s", "t", "t_id_seq", "v"]
+        .map(|n| format!("{n}={owner}"))
+        .join(",");
+    assert_eq!(owners, want);
+}
+
 /// The restore creates the shadow's objects as this role, so the
 /// destination's default privileges for this role (`ALTER DEFAULT PRIVILEGES
 /// GRANT SELECT ON TABLES TO ro`, `REVOKE EXECUTE ON FUNCTIONS FROM PUBLIC`,

@@ -1248,18 +1248,11 @@ async fn privs(run: &mut Run<'_>) -> Result<privileges::Applied> {
     let client = run.dest_client().await?;
     let mut total = privileges::Applied::default();
     for p in &run.pairs {
-        let owners: Option<HashMap<String, String>> = settings.keep_source_owners.then(|| {
-            run.tables
-                .iter()
-                .filter(|t| t.schema == p.live)
-                .map(|t| (t.name.clone(), t.owner.clone()))
-                .collect()
-        });
         let applied = privileges::apply(
             &client,
             &p.shadow,
             &p.live,
-            owners.as_ref(),
+            settings.keep_source_owners,
             run.snap_client.as_ref(),
         )
         .await?;

@@ -272,15 +272,16 @@ async fn roles(client: &Client) -> Result<(HashSet<String>, HashSet<String>)> {
     Ok((roles, assignable))
 }
 
-/// Build the statements; `source_owners`: relation name -> owner on the source,
-/// used with `--keep-source-owners`; `source`: a session on the source, whose
-/// `public` (the live schema's namesake) models the objects the destination
-/// lacks.
+/// Build the statements; `source`: a session on the source, whose `public`
+/// (the live schema's namesake) models the objects the destination lacks and,
+/// with `keep_source_owners` (`--keep-source-owners`), gives every object
+/// (relations, functions, types) its owner there where the destination has
+/// that role and this role may give objects to it.
 pub async fn plan(
     client: &Client,
     shadow: &str,
     public: &str,
-    source_owners: Option<&HashMap<String, String>>,
+    keep_source_owners: bool,
     source: Option<&Client>,
 ) -> Result<(Vec<String>, Applied)> {
     let from_source: HashMap<String, Obj> = match source {
@@ -303,6 +304,9 @@ pub async fn plan(
     let mut unknown: Vec<String> = Vec::new();
     // New objects whose source owner this role may not give them to.
     let mut kept_by_us: Vec<String> = Vec::new();
+    // Objects whose source owner (`--keep-source-owners`) this role may not
+    // give them to.
+    let mut not_given: Vec<String> = Vec::new();
     let theirs: HashMap<String, Obj> = objects(client, public)
         .await?
         .into_iter()
@@ -346,13 +350,19 @@ pub async fn plan(
     let mut grants = Vec::new();
     for o in &ours {
         let counterpart = theirs.get(&o.key);
-        let source_owner = source_owners.and_then(|m| {
-            o.key
-                .strip_prefix("rel:")
-                .and_then(|n| m.get(n))
-                .filter(|r| roles.contains(*r))
-                .cloned()
-        });
+        let source_owner = from_source
+            .get(&o.key)
+            .filter(|_| keep_source_owners && !o.owned_sequence)
+            .map(|m| &m.owner)
+            .filter(|r| roles.contains(*r))
+            .filter(|r| {
+                let ok = assignable.contains(*r);
+                if !ok {
+                    not_given.push(format!("{} ({r})", o.sql_name));
+                }
+                ok
+            })
+            .cloned();
         // A new object (no namesake on the destination) follows the source.
         let model = counterpart.or_else(|| from_source.get(&o.key));
         let want_owner = source_owner.or_else(|| match counterpart {
@@ -446,6 +456,12 @@ pub async fn plan(
             kept_by_us.join(", ")
         ));
     }
+    if !not_given.is_empty() {
+        applied.warnings.push(format!(
+            "--keep-source-owners: {current} may not give these objects in {public} to their owner on the source (in parentheses), so they take the owner they would have without it: {}",
+            not_given.join(", ")
+        ));
+    }
     if !missing_grantees.is_empty() {
         missing_grantees.sort();
         applied.warnings.push(format!(
@@ -476,10 +492,10 @@ pub async fn apply(
     client: &Client,
     shadow: &str,
     public: &str,
-    source_owners: Option<&HashMap<String, String>>,
+    keep_source_owners: bool,
     source: Option<&Client>,
 ) -> Result<Applied> {
-    let (stmts, applied) = plan(client, shadow, public, source_owners, source).await?;
+    let (stmts, applied) = plan(client, shadow, public, keep_source_owners, source).await?;
     if stmts.is_empty() {
         return Ok(applied);
     }
