@@ -652,3 +652,62 @@ fn a_read_only_destination_is_refused_before_anything() {
         &[],
     ));
 }
+
+/// A foreign table whose server only the source has (servers and user
+/// mappings belong to no schema and are not migrated) is refused before
+/// anything changes, naming the table and the server; left out with
+/// `--exclude-table`, or once the destination has the server, it runs.
+#[test]
+fn a_foreign_table_without_its_server_on_the_destination_is_refused() {
+    let dbs = TestDbs::new("bad_fdw");
+    dbs.src.psql(
+        "CREATE EXTENSION postgres_fdw;
+         CREATE SERVER remote FOREIGN DATA WRAPPER postgres_fdw OPTIONS (dbname 'elsewhere');
+         CREATE FOREIGN TABLE ft (id int) SERVER remote;
+         CREATE TABLE t (id int PRIMARY KEY); INSERT INTO t VALUES (1);",
+    );
+    dbs.dst.psql("CREATE EXTENSION postgres_fdw;");
+    let (src, dst) = (dbs.src.url(), dbs.dst.url());
+    for args in [
+        s(&["prepare", "--source", &src, "--dest", &dst]),
+        s(&["prepare", "--dry-run", "--source", &src, "--dest", &dst]),
+    ] {
+        check(
+            &dbs,
+            Case {
+                name: "foreign table",
+                args,
+                env: vec![],
+                code: 2,
+                message: vec![
+                    "foreign tables use servers the destination does not have",
+                    "ft (server remote)",
+                    "nothing was changed",
+                ],
+            },
+        );
+    }
+    let wd = Workdir::new();
+    assert_success(&run(
+        &wd,
+        &s(&[
+            "prepare",
+            "--dry-run",
+            "--exclude-table",
+            "ft",
+            "--source",
+            &src,
+            "--dest",
+            &dst,
+        ]),
+        &[],
+    ));
+    dbs.dst.psql(
+        "CREATE SERVER remote FOREIGN DATA WRAPPER postgres_fdw OPTIONS (dbname 'elsewhere');",
+    );
+    assert_success(&run(
+        &wd,
+        &s(&["prepare", "--source", &src, "--dest", &dst]),
+        &[],
+    ));
+}

@@ -107,7 +107,18 @@ fn prepare_warns_about_what_will_not_follow_the_swap() {
     let dbs = TestDbs::new("prep_warnings");
     dbs.src.psql(
         "CREATE TABLE t (id int PRIMARY KEY); INSERT INTO t VALUES (1);
-         SELECT lo_from_bytea(0, 'large object');",
+         SELECT lo_from_bytea(0, 'large object');
+         -- Belong to no schema: a cast of a migrated type, a publication,
+         -- an event trigger.
+         CREATE TYPE pair AS (a int, b int);
+         CREATE FUNCTION to_pair(text) RETURNS pair LANGUAGE sql IMMUTABLE AS 'SELECT ROW(1, 2)::pair';
+         CREATE CAST (text AS pair) WITH FUNCTION to_pair(text);
+         CREATE PUBLICATION src_pub FOR TABLE t;
+         CREATE FUNCTION on_ddl() RETURNS event_trigger LANGUAGE plpgsql AS 'BEGIN END';
+         CREATE EVENT TRIGGER src_ddl ON ddl_command_end EXECUTE FUNCTION on_ddl();
+         -- A schema public uses that the destination lacks.
+         CREATE SCHEMA lookup; CREATE FUNCTION lookup.rate() RETURNS int LANGUAGE sql AS 'SELECT 2';
+         CREATE VIEW rated AS SELECT id * lookup.rate() AS r FROM t;",
     );
     dbs.dst.psql(
         "CREATE TABLE t (id int PRIMARY KEY);
@@ -134,12 +145,18 @@ fn prepare_warns_about_what_will_not_follow_the_swap() {
         "reporting.refs",
         "publication pub_t",
         "large objects",
+        "casts belong to no schema and are not migrated: cast from text to pair",
+        "the source's publications are not migrated: src_pub",
+        "the source's event triggers are not migrated: src_ddl",
+        "reference schema lookup of the source, which is not migrated and does not exist on the destination",
     ] {
         assert!(
             warnings.contains(needle),
             "{needle:?} missing from {warnings}"
         );
     }
+    dbs.src
+        .psql("DROP VIEW rated; DROP SCHEMA lookup CASCADE; DROP EVENT TRIGGER src_ddl;");
     // The text plan names the mode its lock budget is for (the upper bound).
     let out = wd.run_ok(&[
         "prepare",

@@ -271,6 +271,22 @@ fn postgis_in_public_picks_the_object_level_swap() {
     dbs.src.psql(sql);
     dbs.dst.psql(sql);
     let wd = Workdir::new();
+    // A row the source's application added to PostGIS's configuration table
+    // stays behind with the extension: prepare says so until the
+    // destination has it too.
+    let srid = "INSERT INTO spatial_ref_sys (srid, auth_name, auth_srid, srtext, proj4text)
+                SELECT 990001, 'custom', 990001, srtext, proj4text FROM spatial_ref_sys WHERE srid = 3857";
+    dbs.src.psql(srid);
+    let warned = |wd: &Workdir| {
+        let out = assert_success(&wd.prepare(&dbs, &["--dry-run", "--json"]));
+        let plan: serde_json::Value = serde_json::from_str(&out).unwrap();
+        plan["plan"]["warnings"].to_string().contains(
+            "extension postgis: 1 row the source added to its configuration table spatial_ref_sys is not on the destination",
+        )
+    };
+    assert!(warned(&wd));
+    dbs.dst.psql(srid);
+    assert!(!warned(&wd));
     assert_success(&wd.prepare(&dbs, &[]));
     let out = assert_success(&wd.run(&["swap", "--dry-run", "--json", "--dest", &dbs.dst.url()]));
     let plan: serde_json::Value = serde_json::from_str(&out).unwrap();

@@ -220,6 +220,7 @@ pub async fn check(settings: &PrepareOptions, sess_dest: &Client, src: &Client) 
     let src_exts = catalog::extensions(src).await?;
     let (extensions, ext_warnings) = preflight::plan_extensions(&src_exts, sess_dest).await?;
     warnings.extend(ext_warnings);
+    warnings.extend(preflight::extension_config_rows(src, sess_dest).await?);
     let leftover = preflight::leftovers(sess_dest).await?;
     warnings.extend(preflight::check_schemas(&settings.schemas, src, sess_dest).await?);
     let mut tables = Vec::new();
@@ -245,6 +246,8 @@ pub async fn check(settings: &PrepareOptions, sess_dest: &Client, src: &Client) 
     )
     .await?;
     warnings.extend(filters.warnings.iter().cloned());
+    preflight::refuse_missing_servers(src, sess_dest, &settings.schemas, &filters.not_migrated)
+        .await?;
     if dest_major < source_major {
         let lacking = super::downgrade::lacking(
             src,

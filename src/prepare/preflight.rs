@@ -113,7 +113,198 @@ pub async fn check_source(src: &Client, schemas: &[String]) -> Result<Vec<String
             }
         ));
     }
+    warnings.extend(outside_any_schema(src, schemas).await?);
     Ok(warnings)
+}
+
+/// What the source has that belongs to no schema, and that a migration of
+/// schemas (`pg_dump -n`) therefore leaves behind: casts of the chosen
+/// schemas' types or functions, publications and subscriptions, event
+/// triggers. Extension members come with their extension.
+async fn outside_any_schema(src: &Client, schemas: &[String]) -> Result<Vec<String>> {
+    let r = src
+        .query_one(
+            "WITH own(classid, objid) AS (SELECT classid, objid FROM pg_catalog.pg_depend WHERE deptype = 'e')
+             SELECT ARRAY(SELECT pg_catalog.format('cast from %s to %s',
+                                                   pg_catalog.format_type(c.castsource, NULL),
+                                                   pg_catalog.format_type(c.casttarget, NULL))
+                            FROM pg_catalog.pg_cast c
+                           WHERE c.oid >= 16384
+                             AND NOT EXISTS (SELECT 1 FROM own WHERE own.classid = 'pg_catalog.pg_cast'::regclass AND own.objid = c.oid)
+                             AND EXISTS (SELECT 1 FROM pg_catalog.pg_type t JOIN pg_catalog.pg_namespace n ON n.oid = t.typnamespace
+                                          WHERE t.oid IN (c.castsource, c.casttarget) AND n.nspname = ANY($1)
+                                         UNION ALL
+                                         SELECT 1 FROM pg_catalog.pg_proc f JOIN pg_catalog.pg_namespace n ON n.oid = f.pronamespace
+                                          WHERE f.oid = c.castfunc AND n.nspname = ANY($1))
+                           ORDER BY 1),
+                    ARRAY(SELECT pg_catalog.quote_ident(p.pubname) FROM pg_catalog.pg_publication p ORDER BY 1),
+                    ARRAY(SELECT pg_catalog.quote_ident(s.subname) FROM pg_catalog.pg_subscription s
+                           WHERE s.subdbid = (SELECT d.oid FROM pg_catalog.pg_database d WHERE d.datname = pg_catalog.current_database())
+                           ORDER BY 1),
+                    ARRAY(SELECT pg_catalog.quote_ident(e.evtname) FROM pg_catalog.pg_event_trigger e
+                           WHERE NOT EXISTS (SELECT 1 FROM own WHERE own.classid = 'pg_catalog.pg_event_trigger'::regclass AND own.objid = e.oid)
+                           ORDER BY 1)",
+            &[&schemas],
+        )
+        .await
+        .map_err(|e| crate::pg::exec::pg_error_as(e, "listing the source's casts, publications and event triggers"))?;
+    let mut warnings = Vec::new();
+    let casts: Vec<String> = r.get(0);
+    if !casts.is_empty() {
+        warnings.push(format!(
+            "casts belong to no schema and are not migrated: {}; create them on the destination after the swap",
+            list_some(&casts)
+        ));
+    }
+    let kinds = [
+        (1, "publications"),
+        (2, "subscriptions"),
+        (3, "event triggers"),
+    ];
+    for (i, what) in kinds {
+        let names: Vec<String> = r.get(i);
+        if !names.is_empty() {
+            warnings.push(format!(
+                "the source's {what} are not migrated: {}",
+                list_some(&names)
+            ));
+        }
+    }
+    Ok(warnings)
+}
+
+/// Rows the source's application added to its extensions' configuration
+/// tables (`pg_extension.extconfig`, the rows `extcondition` selects, as
+/// pg_dump dumps them: PostGIS's own `spatial_ref_sys` entries) that the
+/// destination's same table lacks. Extension tables are not copied: the
+/// destination's extension keeps its own, so such rows would be missing
+/// after the swap (a geometry with a custom SRID no longer transforms).
+pub async fn extension_config_rows(src: &Client, dst: &Client) -> Result<Vec<String>> {
+    let configs = src
+        .query(
+            "SELECT e.extname::text, n.nspname::text, c.relname::text, COALESCE(u.cond, '')
+               FROM pg_catalog.pg_extension e
+               CROSS JOIN LATERAL ROWS FROM (pg_catalog.unnest(e.extconfig), pg_catalog.unnest(e.extcondition)) AS u(cfg, cond)
+               JOIN pg_catalog.pg_class c ON c.oid = u.cfg
+               JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+              WHERE c.relkind = 'r' AND pg_catalog.has_table_privilege(c.oid, 'SELECT')
+              ORDER BY 1, 2, 3",
+            &[],
+        )
+        .await
+        .map_err(|e| crate::pg::exec::pg_error_as(e, "listing the source's extension configuration tables"))?;
+    let mut warnings = Vec::new();
+    for r in configs {
+        let (ext, schema, table, cond): (String, String, String, String) =
+            (r.get(0), r.get(1), r.get(2), r.get(3));
+        let rel = crate::pg::ident::qualified(&schema, &table);
+        // The condition is the extension's own SQL from the catalog, as
+        // pg_dump splices it too.
+        let theirs = row_hashes(src, &format!("SELECT {HASH} FROM {rel} t {cond}")).await?;
+        if theirs.is_empty() {
+            continue;
+        }
+        let readable: bool = dst
+            .query_one(
+                "SELECT COALESCE(pg_catalog.has_table_privilege(pg_catalog.to_regclass($1), 'SELECT'), false)",
+                &[&rel],
+            )
+            .await?
+            .get(0);
+        let ours = if readable {
+            row_hashes(dst, &format!("SELECT {HASH} FROM {rel} t")).await?
+        } else {
+            std::collections::HashSet::new()
+        };
+        let missing = theirs.difference(&ours).count();
+        if missing > 0 {
+            warnings.push(format!(
+                "extension {ext}: {missing} row{} the source added to its configuration table {} {} not on the destination, and extension tables are not copied; add {} there before the swap",
+                if missing == 1 { "" } else { "s" },
+                named(&schema, &table),
+                if missing == 1 { "is" } else { "are" },
+                if missing == 1 { "it" } else { "them" },
+            ));
+        }
+    }
+    Ok(warnings)
+}
+
+/// A row's text, hashed, under the settings that make it mean one thing.
+const HASH: &str = "pg_catalog.md5(ROW(t.*)::text)";
+
+/// The hashes a query of [`HASH`]es returns, in a transaction whose
+/// settings (output ones, an empty search_path) end with it.
+async fn row_hashes(client: &Client, query: &str) -> Result<std::collections::HashSet<String>> {
+    client
+        .batch_execute(&format!(
+            "BEGIN; {}; SET LOCAL search_path = ''",
+            crate::pg::settings::set_local(crate::pg::settings::OUTPUT)
+        ))
+        .await?;
+    let rows = client.query(query, &[]).await;
+    client.batch_execute("ROLLBACK").await?;
+    let rows = rows.map_err(|e| {
+        crate::pg::exec::pg_error_as(e, "reading an extension's configuration table")
+    })?;
+    Ok(rows.into_iter().map(|r| r.get(0)).collect())
+}
+
+/// Refuse foreign tables whose server the destination lacks (servers and
+/// user mappings belong to no schema and are not migrated): their restore
+/// would fail in the schema phase, after the dump.
+pub async fn refuse_missing_servers(
+    src: &Client,
+    dst: &Client,
+    schemas: &[String],
+    not_migrated: &std::collections::BTreeSet<String>,
+) -> Result<()> {
+    let rows = src
+        .query(
+            "SELECT n.nspname::text, c.relname::text, s.srvname::text
+               FROM pg_catalog.pg_foreign_table f
+               JOIN pg_catalog.pg_class c ON c.oid = f.ftrelid
+               JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+               JOIN pg_catalog.pg_foreign_server s ON s.oid = f.ftserver
+              WHERE n.nspname = ANY($1)
+              ORDER BY 1, 2",
+            &[&schemas],
+        )
+        .await
+        .map_err(|e| crate::pg::exec::pg_error_as(e, "listing the source's foreign tables"))?;
+    let mut servers: Vec<String> = Vec::new();
+    let mut missing: Vec<String> = Vec::new();
+    for r in rows {
+        let (schema, table, server): (String, String, String) = (r.get(0), r.get(1), r.get(2));
+        if not_migrated.contains(&meta::table_display(&schema, &table)) {
+            continue;
+        }
+        let there: bool = dst
+            .query_one(
+                "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_foreign_server WHERE srvname = $1)",
+                &[&server],
+            )
+            .await?
+            .get(0);
+        if !there {
+            missing.push(format!(
+                "{} (server {})",
+                named(&schema, &table),
+                display_ident(&server)
+            ));
+            if !servers.contains(&server) {
+                servers.push(server);
+            }
+        }
+    }
+    if !missing.is_empty() {
+        crate::refuse!(
+            "foreign tables use servers the destination does not have (servers and user mappings are not migrated): {}; create {} on the destination first, or leave the tables out with --exclude-table; nothing was changed",
+            list_some(&missing),
+            servers.iter().map(|s| display_ident(s)).join(", ")
+        );
+    }
+    Ok(())
 }
 
 /// Refuse to copy tables of the source whose row-level security applies to
@@ -744,9 +935,6 @@ pub async fn check_schemas(schemas: &[String], src: &Client, dst: &Client) -> Re
             "--schemas: {first}{more}; add that schema to --schemas; nothing was changed"
         );
     }
-    if meta::is_default_schemas(schemas) {
-        return Ok(Vec::new());
-    }
     // Schemas the chosen ones depend on (types, functions, tables, sequences
     // of other schemas) that the destination lacks.
     let rows = src
@@ -759,6 +947,9 @@ pub async fn check_schemas(schemas: &[String], src: &Client, dst: &Client) -> Re
                   WHERE d.deptype = 'n' AND NOT (r.schema = ANY($1))
                     AND r.schema NOT IN ('pg_catalog', 'information_schema') AND r.schema NOT LIKE 'pg\\_toast%'
                     AND {} = ANY($1)
+                    -- An extension's members come with the extension.
+                    AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_depend e
+                                     WHERE e.classid = d.classid AND e.objid = d.objid AND e.deptype = 'e')
                   ORDER BY 1",
                 crate::swap::rollback::DEPENDENT_SCHEMA
             ),
