@@ -184,6 +184,11 @@ fn bad_input_is_one_line_a_documented_code_and_no_change() {
     std::fs::write(&binary_config, [0xff, 0xfe, 0x00, b'\n']).unwrap();
     let a_file = wd.join("a-file");
     std::fs::write(&a_file, "not a directory").unwrap();
+    // A pg_dump -Fd backup of the user's own: never pgshift's to empty.
+    let a_backup = wd.join("my-backup");
+    std::fs::create_dir(&a_backup).unwrap();
+    std::fs::write(a_backup.join("toc.dat"), "PGDMP").unwrap();
+    std::fs::write(a_backup.join("3362.dat.gz"), "rows").unwrap();
 
     let secret_url = "postgresql://u:Sekret-0815@127.0.0.1:1/db";
     let cases = vec![
@@ -206,6 +211,13 @@ fn bad_input_is_one_line_a_documented_code_and_no_change() {
             env: vec![],
             code: 2,
             message: vec!["--dump-dir", "a-file exists and is not a directory"],
+        },
+        Case {
+            name: "a --dump-dir holding files pgshift did not write",
+            args: prepare(&["--dump-dir", a_backup.to_str().unwrap()]),
+            env: vec![],
+            code: 2,
+            message: vec!["--dump-dir", "my-backup holds files pgshift did not write"],
         },
         // A URL typed where pgshift expects something else comes back in the
         // error without its password.
@@ -439,12 +451,28 @@ fn bad_input_is_one_line_a_documented_code_and_no_change() {
     for case in cases {
         check(&dbs, case);
     }
+    let mut kept: Vec<_> = std::fs::read_dir(&a_backup)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    kept.sort();
+    assert_eq!(kept, ["3362.dat.gz", "toc.dat"]);
 
     // Once the destination has pgshift's schema (here: after an aborted
     // prepare), a role that may not use it is told whose it is.
     let wd = Workdir::new();
-    assert_success(&run(&wd, &prepare(&[]), &[]));
+    // The dump directory pgshift makes carries its marker, and only such a
+    // directory is removed by abort (and by the swap).
+    let dump_dir = wd.join("dump");
+    assert_success(&run(
+        &wd,
+        &prepare(&["--dump-dir", dump_dir.to_str().unwrap()]),
+        &[],
+    ));
+    assert!(dump_dir.join(".pgshift-dump").is_file());
+    assert!(dump_dir.join("schema").join("toc.dat").is_file());
     assert_success(&run(&wd, &s(&["abort", "--dest", &dst]), &[]));
+    assert!(!dump_dir.exists());
     for command in ["status", "list"] {
         check(
             &dbs,

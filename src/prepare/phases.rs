@@ -844,37 +844,62 @@ async fn snapshot(run: &mut Run<'_>) -> Result<DateTime<Utc>> {
     Ok(at)
 }
 
-/// Remove a previous dump directory (only if it is one) and check free space.
+/// The file that makes a dump directory pgshift's: written into it before
+/// pg_dump runs (pg_dump writes into [`schema_dump`] below it), so a
+/// directory only ever counts as pgshift's, and is only ever removed, when
+/// pgshift made it, also after a run killed halfway through its dump. A
+/// directory of the user's (a `pg_dump -Fd` backup of their own, say) never
+/// has it.
+pub const DUMP_MARKER: &str = ".pgshift-dump";
+
+/// Whether `dir` is a dump directory pgshift made.
+pub fn is_pgshift_dump(dir: &Path) -> bool {
+    dir.join(DUMP_MARKER).is_file()
+}
+
+/// Whether `dir` may serve as a dump directory: absent, empty, or pgshift's.
+pub fn dump_dir_usable(dir: &Path) -> bool {
+    !dir.exists()
+        || is_pgshift_dump(dir)
+        || std::fs::read_dir(dir)
+            .map(|mut d| d.next().is_none())
+            .unwrap_or(false)
+}
+
+/// pg_dump's directory-format dump inside a dump directory.
+fn schema_dump(dir: &Path) -> PathBuf {
+    dir.join("schema")
+}
+
+/// Remove a previous dump directory (only if it is pgshift's or empty),
+/// create it with its marker, and check free space.
 fn prepare_dump_dir(dir: &Path, objects: usize) -> Result<()> {
     if dir.exists() {
-        let is_dump = dir.join("toc.dat").is_file();
-        let empty = std::fs::read_dir(dir)
-            .map(|mut d| d.next().is_none())
-            .unwrap_or(false);
-        if is_dump || empty {
-            std::fs::remove_dir_all(dir)
-                .with_context(|| format!("removing the old dump directory {}", dir.display()))?;
-        } else {
+        if !dump_dir_usable(dir) {
             bail!(
                 "dump directory {} exists and is not a pgshift dump; choose another --dump-dir",
                 dir.display()
             );
         }
+        std::fs::remove_dir_all(dir)
+            .with_context(|| format!("removing the old dump directory {}", dir.display()))?;
     }
-    let parent = dir
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    std::fs::write(
+        dir.join(DUMP_MARKER),
+        "The source's schema dump of a pgshift migration (pg_dump -Fd in ./schema).\n\
+         pgshift removes this directory after the swap or abort, unless --keep-dump.\n",
+    )
+    .with_context(|| format!("writing into {}", dir.display()))?;
     // A schema-only dump: a few kB per object, plus headroom.
     let needed: u64 = 16 * 1024 * 1024 + 8 * 1024 * objects as u64;
-    let st = nix::sys::statvfs::statvfs(parent)
-        .with_context(|| format!("checking free space in {}", parent.display()))?;
+    let st = nix::sys::statvfs::statvfs(dir)
+        .with_context(|| format!("checking free space in {}", dir.display()))?;
     let free = st.blocks_available() as u64 * st.fragment_size() as u64;
     if free < needed {
         bail!(
             "not enough free disk space for the dump in {}: {} free, about {} needed",
-            parent.display(),
+            dir.display(),
             crate::output::human_bytes(free as i64),
             crate::output::human_bytes(needed as i64)
         );
@@ -902,7 +927,7 @@ async fn dump(run: &mut Run<'_>) -> Result<()> {
                 .map(|t| format!("--exclude-table={t}")),
         )
         .arg("--file")
-        .arg(run.dump_dir.as_os_str())
+        .arg(schema_dump(&run.dump_dir).as_os_str())
         .env_remove(ConnSpec::child_env_remove())
         .envs(run.source.child_env());
     let spec = with_appname(spec, "pgshift pg_dump");
@@ -923,7 +948,7 @@ async fn restore_section(run: &Run<'_>, section: &str) -> Result<Vec<Entry>> {
     let spec = ChildSpec::new(&run.tools.pg_restore)
         .arg(format!("--section={section}"))
         .args(["--no-owner", "--no-privileges", "--file=-"])
-        .arg(run.dump_dir.as_os_str())
+        .arg(schema_dump(&run.dump_dir).as_os_str())
         .env_remove(ConnSpec::child_env_remove());
     let out = process::run(&spec, &run.sess.run.cancel)
         .await

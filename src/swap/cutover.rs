@@ -768,7 +768,7 @@ pub async fn swap(sess: &Session, opts: &SwapOptions) -> Result<SwapReport> {
     sess.state_file.clear()?;
     if let Some(dir) = &m.state.dump_dir
         && !opts.keep_dump
-        && dir.join("toc.dat").is_file()
+        && crate::prepare::phases::is_pgshift_dump(dir)
         && let Err(e) = std::fs::remove_dir_all(dir)
     {
         warnings.push(format!(
