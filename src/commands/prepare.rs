@@ -93,6 +93,15 @@ pub fn options(ctx: &Ctx) -> Result<PrepareOptions> {
         s.state_dir
             .join(format!("pgshift-dump-{}", file_safe(dest.dbname())))
     });
+    // The default one too (--dump-dir was checked with the settings): a dump
+    // an earlier pgshift left there without the marker is not emptied.
+    if !crate::prepare::phases::dump_dir_usable(&dump_dir) {
+        crate::refuse!(
+            "the dump directory {} holds files pgshift did not write (it has no {} file); remove it or choose another --dump-dir",
+            dump_dir.display(),
+            crate::prepare::phases::DUMP_MARKER
+        );
+    }
     Ok(PrepareOptions {
         source,
         dest,
