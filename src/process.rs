@@ -81,13 +81,7 @@ impl ChildSpec {
     fn command(&self) -> Command {
         let mut cmd = Command::new(&self.program);
         cmd.args(&self.args);
-        // pgshift's own variables are none of a child's business, and
-        // PGSHIFT_SOURCE_URL / PGSHIFT_DEST_URL may hold passwords.
-        for (name, _) in std::env::vars_os() {
-            if name.to_string_lossy().starts_with("PGSHIFT_") {
-                cmd.env_remove(&name);
-            }
-        }
+        without_own_env(cmd.as_std_mut());
         for name in &self.env_remove {
             cmd.env_remove(name);
         }
@@ -243,6 +237,28 @@ pub fn tail_lines(text: &str, n: usize) -> String {
     lines[start..].join(" | ")
 }
 
+/// pgshift's own variables are none of a child's business, and
+/// PGSHIFT_SOURCE_URL / PGSHIFT_DEST_URL may hold passwords.
+fn without_own_env(cmd: &mut std::process::Command) {
+    for (name, _) in std::env::vars_os() {
+        if name.to_string_lossy().starts_with("PGSHIFT_") {
+            cmd.env_remove(&name);
+        }
+    }
+}
+
+/// A short-lived probe (`pg_config --bindir`, `pg_dump --version`): it
+/// connects nowhere, so it gets neither pgshift's variables nor libpq's
+/// (`PGPASSWORD`, `PGSERVICEFILE`, …), as a real run's child does not.
+fn probe(program: impl AsRef<std::ffi::OsStr>) -> std::process::Command {
+    let mut cmd = std::process::Command::new(program);
+    without_own_env(&mut cmd);
+    for name in crate::pg::conn::connspec::ConnSpec::child_env_remove() {
+        cmd.env_remove(name);
+    }
+    cmd
+}
+
 /// Find a PostgreSQL client program: `$PGSHIFT_PG_BINDIR`, then
 /// `pg_config --bindir`, then `PATH`.
 pub fn find_pg_program(name: &str) -> Result<PathBuf> {
@@ -253,9 +269,7 @@ pub fn find_pg_program(name: &str) -> Result<PathBuf> {
         }
         bail!("{name} not found in PGSHIFT_PG_BINDIR={dir}");
     }
-    if let Ok(out) = std::process::Command::new("pg_config")
-        .arg("--bindir")
-        .output()
+    if let Ok(out) = probe("pg_config").arg("--bindir").output()
         && out.status.success()
     {
         let dir = String::from_utf8_lossy(&out.stdout).trim().to_string();
@@ -277,7 +291,7 @@ pub fn find_pg_program(name: &str) -> Result<PathBuf> {
 
 /// The major version of a PostgreSQL client program (`pg_dump --version`).
 pub fn program_major_version(program: &Path) -> Result<u32> {
-    let out = std::process::Command::new(program)
+    let out = probe(program)
         .arg("--version")
         .output()
         .with_context(|| format!("running {} --version", program.display()))?;

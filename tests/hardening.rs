@@ -148,10 +148,12 @@ fn slow_pg_dump_bindir(dir: &Path, sleep_secs: u32) -> PathBuf {
             std::os::unix::fs::symlink(e.path(), bindir.join(&name)).unwrap();
         }
     }
-    // `--version` answers at once (pgshift checks versions before starting).
+    // `--version` answers at once (pgshift checks versions before starting),
+    // and leaves the environment it got in `version-env`.
     let script = format!(
-        "#!/bin/sh\ncase \"$1\" in --version) exec {real}/pg_dump --version;; esac\nsleep {sleep_secs}\nexec {real}/pg_dump \"$@\"\n",
-        real = real.display()
+        "#!/bin/sh\ncase \"$1\" in --version) env > {bin}/version-env; exec {real}/pg_dump --version;; esac\nsleep {sleep_secs}\nexec {real}/pg_dump \"$@\"\n",
+        real = real.display(),
+        bin = bindir.display()
     );
     let path = bindir.join("pg_dump");
     std::fs::write(&path, script).unwrap();
@@ -581,6 +583,21 @@ fn passwords_never_leak_into_argv_logs_or_the_state_file() {
     assert!(
         saw_pg_dump,
         "never saw pg_dump running; the argv check proved nothing"
+    );
+    // The version probe connects nowhere: none of pgshift's variables (the
+    // URLs with their passwords), none of libpq's.
+    let probe_env = std::fs::read_to_string(bindir.join("version-env")).unwrap();
+    for s in &secrets {
+        assert!(
+            !probe_env.contains(s.as_str()),
+            "password in the environment of pg_dump --version"
+        );
+    }
+    assert!(
+        !probe_env
+            .lines()
+            .any(|l| l.starts_with("PGSHIFT_") || l.starts_with("PGPASSWORD=")),
+        "{probe_env}"
     );
     let out = child.wait_with_output().unwrap();
     assert_success(&out);
