@@ -261,6 +261,8 @@ pub enum Problem {
         "pgshift does not check certificate revocation lists; unset it rather than connect without the check"
     )]
     RevocationListUnsupported,
+    #[error("pgshift cannot {0}; unset it rather than connect without it")]
+    CheckUnsupported(&'static str),
     #[error(
         "missing \"=\" after a parameter name (quote values containing spaces: password='a b')"
     )]
@@ -581,6 +583,42 @@ impl Params {
     }
 }
 
+/// libpq's environment variables for checks pgshift's own sessions do not
+/// make: the value that asks for one, and what it asks for.
+type EnvCheck = (&'static str, fn(&str) -> bool, &'static str);
+const ENV_CHECKS: &[EnvCheck] = &[
+    (
+        "PGGSSENCMODE",
+        |v| v == "require",
+        "encrypt with GSSAPI (gssencmode=require)",
+    ),
+    (
+        "PGSSLMINPROTOCOLVERSION",
+        |v| v.eq_ignore_ascii_case("TLSv1.3"),
+        "hold TLS to version 1.3 at the least (it takes 1.2 and 1.3)",
+    ),
+    (
+        "PGSSLMAXPROTOCOLVERSION",
+        |v| !v.is_empty() && !v.eq_ignore_ascii_case("TLSv1.3"),
+        "hold TLS below version 1.3",
+    ),
+    (
+        "PGREQUIREPEER",
+        |v| !v.is_empty(),
+        "check the server process's operating-system user (requirepeer)",
+    ),
+    (
+        "PGREQUIREAUTH",
+        |v| !v.is_empty(),
+        "restrict how the server may authenticate it (require_auth)",
+    ),
+    (
+        "PGSSLCERTMODE",
+        |v| v == "require",
+        "insist on sending a client certificate (sslcertmode=require)",
+    ),
+];
+
 /// libpq's parameters that pgshift does not take (its own connections do
 /// not implement them): refused by name, as not supported rather than
 /// unknown.
@@ -677,6 +715,17 @@ impl ConnSpec {
                 return Err(ConnSpecError::Env {
                     var,
                     problem: Problem::RevocationListUnsupported,
+                });
+            }
+        }
+        // Nor any other check libpq would make that pgshift's sessions do
+        // not (their keywords are refused by name in the string itself). A
+        // value that asks for no more than pgshift does passes.
+        for (var, asks_more, what) in ENV_CHECKS {
+            if env(var).is_some_and(|v| asks_more(v.trim())) {
+                return Err(ConnSpecError::Env {
+                    var,
+                    problem: Problem::CheckUnsupported(what),
                 });
             }
         }
@@ -2387,6 +2436,37 @@ mod tests {
             err_env("host=h", &[("PGSSLCRL", "/etc/revoked.crl")]),
             "invalid PGSSLCRL environment variable: pgshift does not check certificate revocation lists; unset it rather than connect without the check"
         );
+        assert_eq!(
+            err_env("host=h", &[("PGGSSENCMODE", "require")]),
+            "invalid PGGSSENCMODE environment variable: pgshift cannot encrypt with GSSAPI (gssencmode=require); unset it rather than connect without it"
+        );
+        assert_eq!(
+            err_env("host=h", &[("PGSSLMINPROTOCOLVERSION", "TLSv1.3")]),
+            "invalid PGSSLMINPROTOCOLVERSION environment variable: pgshift cannot hold TLS to version 1.3 at the least (it takes 1.2 and 1.3); unset it rather than connect without it"
+        );
+        for (var, value) in [
+            ("PGSSLMAXPROTOCOLVERSION", "TLSv1.2"),
+            ("PGREQUIREPEER", "postgres"),
+            ("PGREQUIREAUTH", "scram-sha-256"),
+            ("PGSSLCERTMODE", "require"),
+        ] {
+            assert!(
+                err_env("host=h", &[(var, value)]).starts_with(&format!(
+                    "invalid {var} environment variable: pgshift cannot "
+                )),
+                "{var}"
+            );
+        }
+        // Values that ask for no more than pgshift does.
+        for (var, value) in [
+            ("PGGSSENCMODE", "disable"),
+            ("PGGSSENCMODE", "prefer"),
+            ("PGSSLMINPROTOCOLVERSION", "TLSv1.2"),
+            ("PGSSLMAXPROTOCOLVERSION", "TLSv1.3"),
+            ("PGSSLCERTMODE", "allow"),
+        ] {
+            parse_env("host=h", &[(var, value)]);
+        }
         assert_eq!(
             err_env("host=h", &[("PGSSLMODE", "bogus")]),
             "invalid PGSSLMODE environment variable: invalid sslmode \"bogus\" (expected disable, allow, prefer, require, verify-ca or verify-full)"
