@@ -287,6 +287,10 @@ pub enum Problem {
         "\"@\" after the host part; percent-encode \"/\", \"?\", \"#\" and \"@\" in the user name and password (%2F, %3F, %23, %40)"
     )]
     StrayAt,
+    #[error(
+        "more than one \"@\" before the host; percent-encode \"@\" in the user name and password (%40)"
+    )]
+    SeveralAts,
     #[error("invalid port \"{0}\"")]
     InvalidPort(String),
     #[error(
@@ -1269,6 +1273,11 @@ fn parse_url(input: &str) -> Result<Vec<(&'static str, Value)>, Problem> {
         return Err(Problem::StrayAt);
     }
 
+    // libpq ends the user part at the first '@', and would take the rest for
+    // the host: a second one is refused rather than read either way.
+    if authority.matches('@').count() > 1 {
+        return Err(Problem::SeveralAts);
+    }
     let hostlist = match authority.rfind('@') {
         Some(at) => {
             let userinfo = &authority[..at];
@@ -2061,8 +2070,14 @@ mod tests {
     }
 
     #[test]
-    fn url_raw_at_in_password_uses_last_at() {
-        let s = parse("postgresql://u:p@ss@h/d");
+    fn url_raw_at_in_password_is_refused() {
+        // libpq reads user "u", password "p" and host "ss@h" here; pgshift
+        // reads it neither way.
+        assert_eq!(
+            err("postgresql://u:p@ss@h/d"),
+            "invalid connection URL: more than one \"@\" before the host; percent-encode \"@\" in the user name and password (%40)"
+        );
+        let s = parse("postgresql://u:p%40ss@h/d");
         assert_eq!(password(&s).as_deref(), Some("p@ss"));
         assert_eq!(s.hosts(), &[tcp("h", 5432)]);
     }
