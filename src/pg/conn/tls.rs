@@ -127,7 +127,15 @@ pub fn plan(spec: &ConnSpec) -> Result<TlsPlan, TlsError> {
         } else {
             roots
         },
-        client_cert: spec.effective_client_cert(),
+        // A certificate file that does not exist is no certificate, as libpq
+        // has it (it stats the file and goes on without one on ENOENT or
+        // ENOTDIR; pg_dump gets the same path and does the same).
+        client_cert: spec.effective_client_cert().filter(|(cert, _)| {
+            !matches!(
+                std::fs::metadata(cert).map_err(|e| e.kind()),
+                Err(std::io::ErrorKind::NotFound | std::io::ErrorKind::NotADirectory)
+            )
+        }),
     })
 }
 
@@ -653,6 +661,17 @@ mod tests {
         .unwrap();
         assert_eq!(p.roots, Some(RootCert::File(ca.into())));
         assert_eq!(p.client_cert, None);
+        // A client certificate that does not exist is none (libpq goes on
+        // without one), one that does is sent.
+        let cert = h.join("client.crt");
+        let with = |c: &std::path::Path| {
+            let input = format!("host=db sslmode=require sslcert={}", c.display());
+            plan(&spec(&input, h)).unwrap().client_cert
+        };
+        assert_eq!(with(&h.join("missing.crt")), None);
+        std::fs::write(&cert, "x").unwrap();
+        assert_eq!(with(&cert.join("below-a-file.crt")), None);
+        assert_eq!(with(&cert).map(|(c, _)| c), Some(cert.clone()));
     }
 
     #[test]
