@@ -615,6 +615,12 @@ fn privileges_are_checked_in_every_chosen_schema() {
         )),
         "{report}"
     );
+    // Named as in the live schema, not the shadow.
+    let w = report["warnings"].to_string();
+    assert!(
+        w.contains(": billing.total() (") && !w.contains("shadow"),
+        "{report}"
+    );
     assert_success(&run(&wd, &s(&["abort", "--dest", &role_dst]), &[]));
 }
 

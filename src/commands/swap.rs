@@ -207,7 +207,7 @@ pub fn print_report(ctx: &Ctx, r: &SwapReport) -> Result<()> {
         );
     }
     if !r.kept_tables.is_empty() {
-        crate::outln!("Kept in public as they were: {}", r.kept_tables.join(", "));
+        crate::outln!("Kept live as they were: {}", r.kept_tables.join(", "));
     }
     print_ending(
         &r.foreign_keys,

@@ -63,6 +63,24 @@ struct Obj {
     owned_sequence: bool,
 }
 
+impl Obj {
+    /// The object as people know it: by its name in the live schema `live`
+    /// (functions with their arguments), not the shadow's quoted one.
+    fn shown(&self, live: &str) -> String {
+        let (kind, name) = self.key.split_once(':').unwrap_or(("", &self.key));
+        let name = match kind {
+            // Its arguments are already as PostgreSQL prints them.
+            "fn" => name.to_string(),
+            _ => crate::pg::ident::display_ident(name),
+        };
+        if live == crate::pg::meta::PUBLIC {
+            name
+        } else {
+            format!("{}.{name}", crate::pg::ident::display_ident(live))
+        }
+    }
+}
+
 /// An ACL column as text rows `grantee|privilege|grantable` (`aclexplode`;
 /// an empty grantee is PUBLIC).
 fn acl_rows(column: &str) -> String {
@@ -358,7 +376,7 @@ pub async fn plan(
             .filter(|r| {
                 let ok = assignable.contains(*r);
                 if !ok {
-                    not_given.push(format!("{} ({r})", o.sql_name));
+                    not_given.push(format!("{} ({r})", o.shown(public)));
                 }
                 ok
             })
@@ -371,7 +389,7 @@ pub async fn plan(
                 let m = model?;
                 if !assignable.contains(&m.owner) {
                     if !o.owned_sequence {
-                        kept_by_us.push(format!("{} ({})", o.sql_name, m.owner));
+                        kept_by_us.push(format!("{} ({})", o.shown(public), m.owner));
                     }
                     return None;
                 }
