@@ -72,10 +72,14 @@ fn parse_schemas(raw: Vec<String>) -> Result<Vec<String>> {
     let mut out: Vec<String> = Vec::new();
     for r in &raw {
         let t = TableName::parse(r).map_err(|e| {
-            UserError::new(format!(
-                "--schemas: {}",
-                e.to_string().replace("table name", "schema name")
-            ))
+            let e = e.to_string();
+            // A name of three parts is no schema name, not a table name of
+            // too many parts.
+            UserError::new(if e.contains("more than two parts") {
+                format!("--schemas: {r:?} is not a schema name")
+            } else {
+                format!("--schemas: {}", e.replace("table name", "schema name"))
+            })
         })?;
         if t.schema.is_some() {
             crate::refuse!("--schemas: {r:?} is not a schema name");
@@ -295,6 +299,11 @@ impl CommandInputs {
 pub fn load_file(explicit: Option<&Path>) -> Result<Option<(PathBuf, FileConfig)>> {
     let path = match explicit {
         Some(p) => {
+            if p.is_dir() {
+                return Err(
+                    UserError::new(format!("config file {} is a directory", p.display())).into(),
+                );
+            }
             if !p.is_file() {
                 return Err(
                     UserError::new(format!("config file {} does not exist", p.display())).into(),
@@ -698,8 +707,14 @@ fn parse_roles(items: &[String]) -> Result<Vec<String>> {
     let mut roles: Vec<String> = Vec::new();
     for item in items.iter().filter(|s| !s.trim().is_empty()) {
         let bad = |why: String| UserError::new(format!("--workload-roles: {why}"));
-        let name = TableName::parse(item)
-            .map_err(|e| bad(e.to_string().replacen("table name", "role name", 1)))?;
+        let name = TableName::parse(item).map_err(|e| {
+            let e = e.to_string();
+            bad(if e.contains("more than two parts") {
+                format!("{:?} is not a role name (it has dots)", item.trim())
+            } else {
+                e.replacen("table name", "role name", 1)
+            })
+        })?;
         if name.schema.is_some() {
             return Err(bad(format!(
                 "{:?} is not a role name (it has a dot)",

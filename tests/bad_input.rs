@@ -213,6 +213,33 @@ fn bad_input_is_one_line_a_documented_code_and_no_change() {
             message: vec!["--dump-dir", "a-file exists and is not a directory"],
         },
         Case {
+            name: "a --timestamp that is no migration id",
+            args: s(&["swap", "--timestamp", "abc", "--dest", &dst]),
+            env: vec![],
+            code: 2,
+            message: vec!["--timestamp \"abc\" is not a migration id"],
+        },
+        Case {
+            name: "a --config that is a directory",
+            args: s(&[
+                "list",
+                "--config",
+                wd.path().to_str().unwrap(),
+                "--dest",
+                &dst,
+            ]),
+            env: vec![],
+            code: 2,
+            message: vec!["is a directory"],
+        },
+        Case {
+            name: "a schema name of three parts",
+            args: prepare(&["--schemas", "public,a.b.c"]),
+            env: vec![],
+            code: 2,
+            message: vec!["--schemas: \"a.b.c\" is not a schema name"],
+        },
+        Case {
             name: "a --dump-dir holding files pgshift did not write",
             args: prepare(&["--dump-dir", a_backup.to_str().unwrap()]),
             env: vec![],

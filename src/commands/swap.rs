@@ -12,6 +12,12 @@ use crate::swap::engine::{Moved, Moves};
 use crate::swap::rollback::FkChange;
 
 pub async fn run(args: SwapArgs, ctx: Ctx) -> Result<ExitCode> {
+    // Bad input is told as such before anything connects.
+    if let Some(ts) = &args.timestamp
+        && ts.trim().parse::<i64>().is_err()
+    {
+        crate::refuse!("--timestamp {ts:?} is not a migration id (unix milliseconds)");
+    }
     let opts = options(&ctx, args.timestamp.clone(), args.keep_dump, false);
     if ctx.settings.dry_run {
         let client = ctx.connect_dest().await?;
