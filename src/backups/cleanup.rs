@@ -309,9 +309,10 @@ async fn drop_backup(
     b: &BackupRow,
     lock_timeout: std::time::Duration,
 ) -> Result<Outcome> {
-    if let Some(outcome) = shrink_backup(client, b, lock_timeout).await? {
-        return Ok(outcome);
-    }
+    let shrunk = match shrink_backup(client, b, lock_timeout).await? {
+        Err(outcome) => return Ok(outcome),
+        Ok(n) => n,
+    };
     let begin = format!(
         "BEGIN; SET LOCAL lock_timeout = '{}ms'",
         lock_timeout.as_millis().max(1)
@@ -347,7 +348,13 @@ async fn drop_backup(
                     .and_then(|pe| pe.code())
                     .is_some_and(|code| *code == SqlState::LOCK_NOT_AVAILABLE)
             });
-            if lock {
+            if lock && shrunk > 0 {
+                Ok(Outcome::Skipped(format!(
+                    "{} is partly dropped: emptied in parts, then a table of it was in use (lock timeout after {} ms); verify shows it incomplete, and a later run drops the rest",
+                    b.schema_name,
+                    lock_timeout.as_millis()
+                )))
+            } else if lock {
                 Ok(Outcome::Skipped(format!(
                     "a table of {} is in use (lock timeout after {} ms); it will be dropped by a later run",
                     b.schema_name,
@@ -367,39 +374,74 @@ async fn drop_backup(
 
 /// Empty a backup that is too big to drop in one transaction, down to what
 /// fits one (nothing happens to a backup that fits). Only once nothing outside
-/// depends on it. Some(outcome) when it must be skipped.
+/// depends on it.
+///
+/// Emptying in parts commits part by part, so a table in use found half way
+/// would leave the backup partly dropped: such a backup that any other
+/// session holds a lock on (a reader in an open transaction, say) is skipped
+/// before anything is dropped. Ok(transactions it took), or Err(outcome) when
+/// skipped.
 async fn shrink_backup(
     client: &Client,
     b: &BackupRow,
     lock_timeout: std::time::Duration,
-) -> Result<Option<Outcome>> {
+) -> Result<std::result::Result<usize, Outcome>> {
     let opts = batch::Options::for_server(client, "cleanup")
         .await?
         .with_lock_timeout(lock_timeout, 3);
     let schemas = backup_schemas(b);
     let deps = external_dependents(client, &schemas).await?;
     if !deps.is_empty() {
-        return Ok(Some(Outcome::Skipped(dependents_reason(&deps))));
+        return Ok(Err(Outcome::Skipped(dependents_reason(&deps))));
+    }
+    let mut fits = true;
+    for s in &schemas {
+        fits &= batch::drop_fits(client, s, &opts).await?;
+    }
+    if fits {
+        // One transaction drops it all or nothing, under lock_timeout.
+        return Ok(Ok(0));
+    }
+    let users: Vec<i32> = crate::pg::exec::column(
+        client,
+        "SELECT DISTINCT l.pid FROM pg_catalog.pg_locks l
+           JOIN pg_catalog.pg_class c ON c.oid = l.relation
+           JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+          WHERE n.nspname = ANY($1) AND l.pid <> pg_catalog.pg_backend_pid()
+          ORDER BY 1",
+        &[&schemas],
+    )
+    .await?;
+    if !users.is_empty() {
+        return Ok(Err(Outcome::Skipped(format!(
+            "a table of {} is in use (by the session{} with pid {}); nothing was dropped, and a later run drops it",
+            b.schema_name,
+            if users.len() == 1 { "" } else { "s" },
+            users.iter().map(i32::to_string).join(", ")
+        ))));
     }
     let mut shrunk = Ok(0);
+    let mut total = 0;
     for s in &schemas {
         shrunk = batch::shrink_schema(client, s, &opts).await;
-        if shrunk.is_err() {
-            break;
+        match &shrunk {
+            Ok(n) => total += n,
+            Err(_) => break,
         }
     }
     match shrunk {
-        Ok(0) => Ok(None),
-        Ok(n) => {
-            tracing::info!(
-                schema = %b.schema_name,
-                transactions = n,
-                "emptied the backup in lock-bounded transactions"
-            );
-            Ok(None)
+        Ok(_) => {
+            if total > 0 {
+                tracing::info!(
+                    schema = %b.schema_name,
+                    transactions = total,
+                    "emptied the backup in lock-bounded transactions"
+                );
+            }
+            Ok(Ok(total))
         }
-        Err(e) if batch::is_lock_timeout(&e) => Ok(Some(Outcome::Skipped(format!(
-            "a table of {} is in use (lock timeout after {} ms) while dropping it in parts; the rest will be dropped by a later run",
+        Err(e) if batch::is_lock_timeout(&e) => Ok(Err(Outcome::Skipped(format!(
+            "a table of {} came into use (lock timeout after {} ms) while it was dropped in parts, so part of it may be gone already; verify shows what is left, and a later run drops the rest",
             b.schema_name,
             lock_timeout.as_millis()
         )))),

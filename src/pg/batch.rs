@@ -691,6 +691,13 @@ pub async fn shrink_objects(
 }
 
 /// [`shrink_objects`] for a whole schema, until the rest fits one transaction.
+/// Whether dropping `schema` fits one transaction's share of the lock
+/// table ([`shrink_schema`] would do nothing).
+pub async fn drop_fits(client: &Client, schema: &str, opts: &Options) -> Result<bool> {
+    let plan = plan_drops(client, schema, &[]).await?;
+    Ok(plan.total <= opts.room() || plan.drops.is_empty())
+}
+
 pub async fn shrink_schema(client: &Client, schema: &str, opts: &Options) -> Result<usize> {
     shrink_objects(client, schema, &[], opts.room(), opts).await
 }
