@@ -361,6 +361,56 @@ fn sigkill_during_the_swap_leaves_it_all_before() {
     assert_eq!(dbs.dst.psql("SELECT count(*) FROM public.t"), "100");
 }
 
+/// Ctrl-C once the migration is prepared (while prepare makes its impact
+/// report): the migration stays prepared, and the run still exits 130, so
+/// `prepare && swap` stops there.
+#[test]
+fn an_interrupt_after_prepare_completed_still_exits_130() {
+    let dbs = TestDbs::new("sigint_tail");
+    dbs.src
+        .psql("CREATE TABLE t (id int PRIMARY KEY); INSERT INTO t VALUES (1);");
+    let wd = Workdir::new();
+    let mut child = spawn_prepare(
+        &wd,
+        &dbs,
+        &[("PGSHIFT_FAILPOINT", "prepare-impact:sleep=3000")],
+    );
+    let start = Instant::now();
+    let prepared = || {
+        dbs.dst
+            .psql("SELECT to_regclass('pgshift.migration') IS NOT NULL")
+            == "t"
+            && dbs
+                .dst
+                .psql("SELECT count(*) FROM pgshift.migration WHERE status = 'prepared'")
+                == "1"
+    };
+    while !prepared() {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "prepare never finished"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    signal(&child, libc::SIGINT);
+    let status = wait_exit(&mut child, Duration::from_secs(30));
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(status.code(), Some(130), "{stderr}");
+    assert!(
+        stderr
+            .trim_end()
+            .lines()
+            .last()
+            .unwrap()
+            .contains("it stays prepared"),
+        "{stderr}"
+    );
+    let s: serde_json::Value =
+        serde_json::from_str(&wd.run_ok(&["status", "--json", "--dest", &dbs.dst.url()])).unwrap();
+    assert_eq!(s["state"], "prepared", "{s}");
+}
+
 /// `users` and `orders` (a foreign key to users) on both sides, with rows.
 fn users_and_orders(name: &str) -> TestDbs {
     let dbs = TestDbs::new(name);

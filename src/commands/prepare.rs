@@ -57,6 +57,17 @@ pub async fn run(ctx: Ctx) -> Result<ExitCode> {
     let report = prepare_in_session(&ctx, &sess, &opts).await?;
     let impact = impact_after_prepare(&ctx, &sess).await;
     print_report(&ctx, &report, impact.as_ref())?;
+    // Interrupted once the migration was prepared (during the impact report,
+    // say): it stays prepared, and the run still ends as interrupted, so that
+    // `prepare && swap` does not go on.
+    if sess.run.cancel.is_cancelled() {
+        return Err(
+            anyhow::Error::new(crate::error::Interrupted).context(format!(
+                "interrupted after migration {} was prepared; it stays prepared (pgshift status)",
+                report.migration_id
+            )),
+        );
+    }
     Ok(ExitCode::Ok)
 }
 
@@ -64,6 +75,7 @@ pub async fn run(ctx: Ctx) -> Result<ExitCode> {
 /// failure, when it cannot be made: the prepare itself succeeded).
 async fn impact_after_prepare(ctx: &Ctx, sess: &Session) -> Option<Impact> {
     let made = async {
+        crate::migration::session::failpoint("prepare-impact").await?;
         let row = record::latest_migration(&sess.control)
             .await?
             .ok_or_else(|| anyhow::anyhow!("the migration record is missing"))?;
