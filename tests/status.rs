@@ -305,6 +305,42 @@ fn status_reports_leftovers_and_a_dead_lock_holder() {
     drop(holder);
 }
 
+/// A prepared migration whose lock a dead run's session still holds: the
+/// swap would be refused, and status says so (and how to end that session).
+#[test]
+fn a_dead_lock_holder_blocks_the_swap_in_status_too() {
+    let dbs = TestDbs::new("st_dead_holder");
+    sample(&dbs);
+    let wd = Workdir::new();
+    let url = dbs.dst.url();
+    wd.run_ok(&["prepare", "--source", &dbs.src.url(), "--dest", &url]);
+    let mut child = std::process::Command::new("true").spawn().unwrap();
+    let dead_pid = child.id();
+    child.wait().unwrap();
+    let host = hostname();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let holder = rt.block_on(dbs.dst.client());
+    rt.block_on(holder.batch_execute(&format!(
+        "SET application_name = 'pgshift swap pid={dead_pid} host={host}'; SELECT pg_advisory_lock(1885827944, 1)"
+    )))
+    .unwrap();
+    let s = status(&wd, &dbs.dst);
+    assert_eq!(s["state"], "prepared", "{s}");
+    assert_eq!(s["running"]["alive"], false, "{s}");
+    assert_eq!(s["swap_allowed"], false, "{s}");
+    assert!(
+        s["swap_blocked_reason"]
+            .as_str()
+            .unwrap()
+            .contains("pg_terminate_backend("),
+        "{s}"
+    );
+    rt.block_on(holder.batch_execute("SELECT pg_advisory_unlock_all()"))
+        .unwrap();
+    let s = status(&wd, &dbs.dst);
+    assert_eq!(s["swap_allowed"], true, "{s}");
+}
+
 /// The live triggers on `public.items`, by name.
 fn items_triggers(db: &TestDb) -> String {
     db.query_one_string(

@@ -244,11 +244,20 @@ async fn shadow_info(client: &Client, d: &Destination) -> Result<ShadowInfo> {
 /// Would `swap` go ahead now? (The same checks `swap` makes before it changes
 /// anything, without taking the lock.)
 async fn swap_verdict(client: &Client, d: &Destination) -> Result<Option<String>> {
-    if let Some(r) = d.running.as_ref().filter(|r| r.alive != Some(false)) {
-        return Ok(Some(format!(
-            "another pgshift run holds the destination's lock: {}",
-            r.holder
-        )));
+    if let Some(r) = &d.running {
+        // A dead run's session holds it as firmly: the swap would be
+        // refused until the server notices, or someone ends that session.
+        return Ok(Some(if r.alive == Some(false) {
+            format!(
+                "a session of a pgshift run that is no longer running holds the destination's lock: {}; end it with SELECT pg_terminate_backend({})",
+                r.holder, r.holder.backend_pid
+            )
+        } else {
+            format!(
+                "another pgshift run holds the destination's lock: {}",
+                r.holder
+            )
+        }));
     }
     match d.state {
         State::Prepared => {}
