@@ -814,6 +814,60 @@ fn every_session_ends_cleanly() {
     );
 }
 
+/// pg_dump waits on a lock of the source (another session holds a table
+/// ACCESS EXCLUSIVE) when pgshift is killed: its session on the source ends
+/// within seconds (the server checks that its client is still there), rather
+/// than holding its place, and the locks it took, until that other session
+/// ends. From PostgreSQL 14 on.
+#[test]
+fn a_killed_prepare_leaves_no_pg_dump_session_waiting_on_the_source() {
+    let dbs = TestDbs::new("dump_orphan");
+    if dbs.src.server_major() < 14 {
+        println!("skipped: client_connection_check_interval is from PostgreSQL 14 on");
+        return;
+    }
+    dbs.src.psql(
+        "CREATE TABLE a (id int PRIMARY KEY); CREATE TABLE b (id int PRIMARY KEY);
+         INSERT INTO a VALUES (1); INSERT INTO b VALUES (1);",
+    );
+    let wd = Workdir::new();
+    let mut child = spawn_prepare(&wd, &dbs, &[("PGSHIFT_FAILPOINT", "dump:sleep=2000")]);
+    wait_for_phase(&wd, &dbs.dst, "dump", &mut child);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let blocker = rt.block_on(dbs.src.client());
+    rt.block_on(
+        blocker.batch_execute(
+            "SET lock_timeout = '20s'; BEGIN; LOCK TABLE b IN ACCESS EXCLUSIVE MODE",
+        ),
+    )
+    .unwrap();
+    let count = |sql: &str| dbs.src.psql(sql);
+    let start = Instant::now();
+    while count(
+        "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'pgshift pg_dump' AND wait_event_type = 'Lock'",
+    ) != "1"
+    {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "pg_dump never waited on the lock"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    signal(&child, libc::SIGKILL);
+    child.wait().unwrap();
+    let start = Instant::now();
+    while count("SELECT count(*) FROM pg_stat_activity WHERE application_name = 'pgshift pg_dump'")
+        != "0"
+    {
+        assert!(
+            start.elapsed() < Duration::from_secs(15),
+            "pg_dump's session still waits on the source after pgshift was killed"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    rt.block_on(blocker.batch_execute("ROLLBACK")).unwrap();
+}
+
 /// A prepare killed before it rebuilt the shadow, after a swap had left the
 /// shadow empty: abort clears the run, drops the empty shadow and says so.
 #[test]

@@ -913,6 +913,31 @@ async fn dump(run: &mut Run<'_>) -> Result<()> {
         &run.dump_dir,
         run.defined.iter().map(DefinedNames::len).sum(),
     )?;
+    // pg_dump's session, too, ends when the server notices pgshift is gone
+    // (see `session_defaults`), where the source's server has the setting.
+    let snap_client = run.snap_client.as_ref().context("no snapshot session")?;
+    let checks = batch::released(snap_client, async {
+        snap_client
+            .batch_execute(&format!(
+                "SET LOCAL client_connection_check_interval = {}",
+                crate::pg::conn::connect::CLIENT_CHECK_MS
+            ))
+            .await
+            .map_err(anyhow::Error::from)
+    })
+    .await
+    .is_ok();
+    let mut env = run.source.child_env();
+    if checks {
+        let check = format!(
+            "-c client_connection_check_interval={}",
+            crate::pg::conn::connect::CLIENT_CHECK_MS
+        );
+        match env.iter_mut().find(|(k, _)| k == "PGOPTIONS") {
+            Some((_, v)) => *v = format!("{v} {check}"),
+            None => env.push(("PGOPTIONS".into(), check)),
+        }
+    }
     let spec = ChildSpec::new(&run.tools.pg_dump)
         .args(["--format=directory", "--schema-only", "--no-password"])
         .args(
@@ -929,7 +954,7 @@ async fn dump(run: &mut Run<'_>) -> Result<()> {
         .arg("--file")
         .arg(schema_dump(&run.dump_dir).as_os_str())
         .env_remove(ConnSpec::child_env_remove())
-        .envs(run.source.child_env());
+        .envs(env);
     let spec = with_appname(spec, "pgshift pg_dump");
     process::run(&spec, &run.sess.run.cancel)
         .await

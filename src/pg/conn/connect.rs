@@ -397,7 +397,23 @@ pub async fn session_defaults(client: &tokio_postgres::Client, label: &str) {
     {
         tracing::debug!("{label}: resetting timeouts: {}", describe_pg_error(&e));
     }
+    // A session whose pgshift is gone (killed, or stopped while this session
+    // waits on a lock) ends when the server next checks, not once the wait
+    // is over: it would otherwise hold its locks, and its queue place, for as
+    // long. From PostgreSQL 14 on, and where the server's platform has it.
+    if let Err(e) = client
+        .batch_execute(&format!(
+            "SELECT pg_catalog.set_config(name, '{CLIENT_CHECK_MS}', false) FROM pg_catalog.pg_settings
+              WHERE name = 'client_connection_check_interval'"
+        ))
+        .await
+    {
+        tracing::debug!("{label}: client connection checks: {}", describe_pg_error(&e));
+    }
 }
+
+/// `client_connection_check_interval` for pgshift's sessions and pg_dump's (ms).
+pub const CLIENT_CHECK_MS: u32 = 2000;
 
 /// A connection pool for `spec` with `application_name` `app_name` (unless empty).
 /// Connections are made lazily; recycling runs `DISCARD ALL`-style cleaning
