@@ -275,16 +275,7 @@ fn status_reports_leftovers_and_a_dead_lock_holder() {
          CREATE TRIGGER pgshift_sync_upd AFTER UPDATE ON items FOR EACH ROW EXECUTE FUNCTION noop();
          CREATE TRIGGER pgshift_audit AFTER INSERT ON items FOR EACH ROW EXECUTE FUNCTION noop();",
     );
-    let mut child = std::process::Command::new("true").spawn().unwrap();
-    let dead_pid = child.id();
-    child.wait().unwrap();
-    let host = hostname();
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    let holder = rt.block_on(dbs.dst.client());
-    rt.block_on(holder.batch_execute(&format!(
-        "SET application_name = 'pgshift prepare pid={dead_pid} host={host}'; SELECT pg_advisory_lock(1885827944, 1)"
-    )))
-    .unwrap();
+    let (_rt, holder, dead_pid) = hold_lock_as_dead_run(&dbs.dst, "prepare");
     let s = status(&wd, &dbs.dst);
     assert_eq!(s["state"], "idle", "{s}");
     let l = &s["leftovers"];
@@ -305,6 +296,26 @@ fn status_reports_leftovers_and_a_dead_lock_holder() {
     drop(holder);
 }
 
+/// Take the destination's run lock in a session named as a `command` run
+/// of this host whose process is gone. Keep the runtime and the client: the
+/// lock lasts as long as they do.
+fn hold_lock_as_dead_run(
+    db: &TestDb,
+    command: &str,
+) -> (tokio::runtime::Runtime, tokio_postgres::Client, u32) {
+    let mut child = std::process::Command::new("true").spawn().unwrap();
+    let dead_pid = child.id();
+    child.wait().unwrap();
+    let host = hostname();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let holder = rt.block_on(db.client());
+    rt.block_on(holder.batch_execute(&format!(
+        "SET application_name = 'pgshift {command} pid={dead_pid} host={host}'; SELECT pg_advisory_lock(1885827944, 1)"
+    )))
+    .unwrap();
+    (rt, holder, dead_pid)
+}
+
 /// A prepared migration whose lock a dead run's session still holds: the
 /// swap would be refused, and status says so (and how to end that session).
 #[test]
@@ -314,16 +325,7 @@ fn a_dead_lock_holder_blocks_the_swap_in_status_too() {
     let wd = Workdir::new();
     let url = dbs.dst.url();
     wd.run_ok(&["prepare", "--source", &dbs.src.url(), "--dest", &url]);
-    let mut child = std::process::Command::new("true").spawn().unwrap();
-    let dead_pid = child.id();
-    child.wait().unwrap();
-    let host = hostname();
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    let holder = rt.block_on(dbs.dst.client());
-    rt.block_on(holder.batch_execute(&format!(
-        "SET application_name = 'pgshift swap pid={dead_pid} host={host}'; SELECT pg_advisory_lock(1885827944, 1)"
-    )))
-    .unwrap();
+    let (rt, holder, _) = hold_lock_as_dead_run(&dbs.dst, "swap");
     let s = status(&wd, &dbs.dst);
     assert_eq!(s["state"], "prepared", "{s}");
     assert_eq!(s["running"]["alive"], false, "{s}");

@@ -274,19 +274,18 @@ pub async fn refuse_missing_servers(
         .map_err(|e| crate::pg::exec::pg_error_as(e, "listing the source's foreign tables"))?;
     let mut servers: Vec<String> = Vec::new();
     let mut missing: Vec<String> = Vec::new();
+    let theirs: Vec<String> = crate::pg::exec::column(
+        dst,
+        "SELECT srvname::text FROM pg_catalog.pg_foreign_server",
+        &[],
+    )
+    .await?;
     for r in rows {
         let (schema, table, server): (String, String, String) = (r.get(0), r.get(1), r.get(2));
         if not_migrated.contains(&meta::table_display(&schema, &table)) {
             continue;
         }
-        let there: bool = dst
-            .query_one(
-                "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_foreign_server WHERE srvname = $1)",
-                &[&server],
-            )
-            .await?
-            .get(0);
-        if !there {
+        if !theirs.contains(&server) {
             missing.push(format!(
                 "{} (server {})",
                 named(&schema, &table),

@@ -468,30 +468,39 @@ pub async fn plan(
         }
     }
     sql.append(&mut grants);
-    if !kept_by_us.is_empty() {
-        applied.warnings.push(format!(
-            "new objects in {public} belong to {current}, which may not give them to their owner on the source (the owner there in parentheses; a SECURITY DEFINER function runs as its owner): {}",
-            kept_by_us.join(", ")
-        ));
-    }
-    if !not_given.is_empty() {
-        applied.warnings.push(format!(
-            "--keep-source-owners: {current} may not give these objects in {public} to their owner on the source (in parentheses), so they take the owner they would have without it: {}",
-            not_given.join(", ")
-        ));
-    }
-    if !missing_grantees.is_empty() {
-        missing_grantees.sort();
-        applied.warnings.push(format!(
-            "grants of new objects in {public} to roles the destination does not have were left out: {}",
-            missing_grantees.join(", ")
-        ));
-    }
-    if !unknown.is_empty() {
-        applied.warnings.push(format!(
-            "grants of new objects in {public} that PostgreSQL {dest_major} does not have were left out: {}",
-            unknown.join(", ")
-        ));
+    missing_grantees.sort();
+    // What was left out or kept back, one warning per kind.
+    for (items, lead) in [
+        (
+            &kept_by_us,
+            format!(
+                "new objects in {public} belong to {current}, which may not give them to their owner on the source (the owner there in parentheses; a SECURITY DEFINER function runs as its owner)"
+            ),
+        ),
+        (
+            &not_given,
+            format!(
+                "--keep-source-owners: {current} may not give these objects in {public} to their owner on the source (in parentheses), so they take the owner they would have without it"
+            ),
+        ),
+        (
+            &missing_grantees,
+            format!(
+                "grants of new objects in {public} to roles the destination does not have were left out"
+            ),
+        ),
+        (
+            &unknown,
+            format!(
+                "grants of new objects in {public} that PostgreSQL {dest_major} does not have were left out"
+            ),
+        ),
+    ] {
+        if !items.is_empty() {
+            applied
+                .warnings
+                .push(format!("{lead}: {}", items.join(", ")));
+        }
     }
     client.batch_execute("RESET search_path").await?;
     Ok((sql, applied))
