@@ -480,44 +480,6 @@ pub fn resolve(
     {
         crate::refuse!("--dump-dir: {} exists and is not a directory", d.display());
     }
-    // Only a directory pgshift made is ever emptied: one holding anything
-    // else (a pg_dump backup of the user's own) is refused before anything
-    // connects.
-    if let Some(d) = &dump_dir
-        && !crate::prepare::phases::dump_dir_usable(d)
-    {
-        crate::refuse!(
-            "--dump-dir: {} holds files pgshift did not write (it has no {} file); choose a new or empty directory",
-            d.display(),
-            crate::prepare::phases::DUMP_MARKER
-        );
-    }
-    // The dump directory is made (or emptied) in the dump phase: one that
-    // could not be would fail there, after the destination got its run record.
-    if let Some(d) = &dump_dir {
-        let mut at = d.as_path();
-        while !at.exists() {
-            match at.parent() {
-                Some(p) if !p.as_os_str().is_empty() => at = p,
-                _ => {
-                    at = std::path::Path::new(".");
-                    break;
-                }
-            }
-        }
-        if nix::unistd::access(
-            at,
-            nix::unistd::AccessFlags::W_OK | nix::unistd::AccessFlags::X_OK,
-        )
-        .is_err()
-        {
-            crate::refuse!(
-                "--dump-dir: {} is not writable, so {} cannot be made there",
-                at.display(),
-                d.display()
-            );
-        }
-    }
 
     // An error names where the string came from: the flag (or its
     // environment variable), else the config file's key.

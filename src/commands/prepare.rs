@@ -96,6 +96,45 @@ async fn impact_after_prepare(ctx: &Ctx, sess: &Session) -> Option<Impact> {
     }
 }
 
+/// Before anything connects: the dump directory (given, or the default in
+/// the state directory) is one the dump phase may empty and make. Only a
+/// directory pgshift made is ever emptied, so one holding anything else (a
+/// pg_dump backup of the user's own, or a dump an earlier version left
+/// without the marker) is refused, and so is one that could not be made
+/// (which would fail after the destination got its run record).
+fn check_dump_dir(dir: &std::path::Path) -> Result<()> {
+    if !crate::prepare::phases::dump_dir_usable(dir) {
+        crate::refuse!(
+            "the dump directory {} holds files pgshift did not write (it has no {} file); remove it or choose another --dump-dir",
+            dir.display(),
+            crate::prepare::phases::DUMP_MARKER
+        );
+    }
+    let mut at = dir;
+    while !at.exists() {
+        match at.parent() {
+            Some(p) if !p.as_os_str().is_empty() => at = p,
+            _ => {
+                at = std::path::Path::new(".");
+                break;
+            }
+        }
+    }
+    if nix::unistd::access(
+        at,
+        nix::unistd::AccessFlags::W_OK | nix::unistd::AccessFlags::X_OK,
+    )
+    .is_err()
+    {
+        crate::refuse!(
+            "the dump directory {} cannot be made: {} is not writable (choose another --dump-dir)",
+            dir.display(),
+            at.display()
+        );
+    }
+    Ok(())
+}
+
 /// The prepare's options from the settings (`start` prepares with them too).
 pub fn options(ctx: &Ctx) -> Result<PrepareOptions> {
     let s = &ctx.settings;
@@ -105,15 +144,7 @@ pub fn options(ctx: &Ctx) -> Result<PrepareOptions> {
         s.state_dir
             .join(format!("pgshift-dump-{}", file_safe(dest.dbname())))
     });
-    // The default one too (--dump-dir was checked with the settings): a dump
-    // an earlier pgshift left there without the marker is not emptied.
-    if !crate::prepare::phases::dump_dir_usable(&dump_dir) {
-        crate::refuse!(
-            "the dump directory {} holds files pgshift did not write (it has no {} file); remove it or choose another --dump-dir",
-            dump_dir.display(),
-            crate::prepare::phases::DUMP_MARKER
-        );
-    }
+    check_dump_dir(&dump_dir)?;
     Ok(PrepareOptions {
         source,
         dest,

@@ -690,7 +690,6 @@ pub async fn shrink_objects(
     }
 }
 
-/// [`shrink_objects`] for a whole schema, until the rest fits one transaction.
 /// Whether dropping `schema` fits one transaction's share of the lock
 /// table ([`shrink_schema`] would do nothing).
 pub async fn drop_fits(client: &Client, schema: &str, opts: &Options) -> Result<bool> {
@@ -698,6 +697,7 @@ pub async fn drop_fits(client: &Client, schema: &str, opts: &Options) -> Result<
     Ok(plan.total <= opts.room() || plan.drops.is_empty())
 }
 
+/// [`shrink_objects`] for a whole schema, until the rest fits one transaction.
 pub async fn shrink_schema(client: &Client, schema: &str, opts: &Options) -> Result<usize> {
     shrink_objects(client, schema, &[], opts.room(), opts).await
 }
