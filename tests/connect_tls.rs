@@ -393,3 +393,64 @@ async fn a_server_that_never_answers_times_out() {
         assert!(!t.contains("pw"), "{t}");
     }
 }
+
+/// `sslcertmode=disable` sends no client certificate, not even libpq's
+/// default `~/.postgresql/postgresql.crt`: with a default certificate that
+/// cannot be used, pgshift's session and a child on `child_env` both connect
+/// (and both fail without the setting, as psql does).
+#[tokio::test]
+async fn sslcertmode_disable_sends_no_default_certificate() {
+    let Some(s) = server() else { return };
+    let home = tempfile::tempdir().unwrap();
+    let dir = home.path().join(".postgresql");
+    std::fs::create_dir(&dir).unwrap();
+    std::fs::write(dir.join("postgresql.crt"), "not a certificate\n").unwrap();
+    std::fs::write(dir.join("postgresql.key"), "not a key\n").unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(
+        dir.join("postgresql.key"),
+        std::fs::Permissions::from_mode(0o600),
+    )
+    .unwrap();
+    let input = |extra: &str| {
+        format!(
+            "postgresql://{ROLE}:app%20pw@localhost:{}/{}?sslmode=verify-full&sslrootcert={}{extra}",
+            s.cluster.port(),
+            s.db.name(),
+            s.cluster.ca_cert_path().display()
+        )
+    };
+    let h = home.path().display().to_string();
+    let spec = |input: &str| {
+        let h = h.clone();
+        ConnSpec::parse_with_env(input, &move |k| (k == "HOME").then(|| h.clone())).unwrap()
+    };
+    let psql = |spec: &ConnSpec| {
+        let mut cmd = std::process::Command::new(s.cluster.bindir().join("psql"));
+        cmd.args(["-XAtc", "SELECT 1"]);
+        for var in ConnSpec::child_env_remove() {
+            cmd.env_remove(var);
+        }
+        cmd.env("HOME", home.path()).envs(spec.child_env());
+        cmd.output().unwrap()
+    };
+
+    let with_default = spec(&input(""));
+    let Err(e) = connect(&with_default, "destination", "pgshift-e2e", Duration::ZERO).await else {
+        panic!("connected: the unusable default certificate was not sent");
+    };
+    assert!(e.to_string().contains("postgresql.crt"), "{e}");
+    assert!(!psql(&with_default).status.success());
+
+    let disabled = spec(&input("&sslcertmode=disable"));
+    let client = connect(&disabled, "destination", "pgshift-e2e", Duration::ZERO)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(ssl_in_use(&client).await);
+    let out = psql(&disabled);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

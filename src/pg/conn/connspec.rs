@@ -191,6 +191,9 @@ pub struct ConnSpec {
     sslrootcert: Option<RootCert>,
     sslcert: Option<PathBuf>,
     sslkey: Option<PathBuf>,
+    /// `sslcertmode` is not `disable`: a client certificate is sent when one
+    /// applies.
+    client_cert: bool,
     application_name: Option<String>,
     options: Option<String>,
     /// Seconds; `None` waits forever (libpq: 0 or negative), at least 2 (libpq).
@@ -315,6 +318,12 @@ pub enum Problem {
     InvalidTargetSessionAttrs(String),
     #[error("invalid channel_binding \"{0}\" (expected disable, prefer or require)")]
     InvalidChannelBinding(String),
+    #[error("invalid sslcertmode \"{0}\" (expected disable or allow)")]
+    InvalidSslCertMode(String),
+    #[error(
+        "pgshift cannot insist on sending a client certificate (sslcertmode=require); use allow or disable, or leave it out"
+    )]
+    SslCertModeRequire,
     #[error("invalid {param} \"{value}\" (expected a whole number)")]
     InvalidInteger { param: &'static str, value: String },
     #[error("cannot determine the user name: set user=... or PGUSER")]
@@ -333,6 +342,7 @@ const PARAMS: &[&str] = &[
     "sslrootcert",
     "sslcert",
     "sslkey",
+    "sslcertmode",
     "application_name",
     "options",
     "connect_timeout",
@@ -359,6 +369,7 @@ fn env_var_for(param: &str) -> Option<&'static str> {
         "sslrootcert" => "PGSSLROOTCERT",
         "sslcert" => "PGSSLCERT",
         "sslkey" => "PGSSLKEY",
+        "sslcertmode" => "PGSSLCERTMODE",
         "application_name" => "PGAPPNAME",
         "options" => "PGOPTIONS",
         "connect_timeout" => "PGCONNECT_TIMEOUT",
@@ -616,11 +627,6 @@ const ENV_CHECKS: &[EnvCheck] = &[
         |v| !v.is_empty(),
         "restrict how the server may authenticate it (require_auth)",
     ),
-    (
-        "PGSSLCERTMODE",
-        |v| v == "require",
-        "insist on sending a client certificate (sslcertmode=require)",
-    ),
 ];
 
 /// libpq's parameters that pgshift does not take (its own connections do
@@ -639,7 +645,6 @@ const LIBPQ_ONLY: &[&str] = &[
     "requirepeer",
     "ssl_max_protocol_version",
     "ssl_min_protocol_version",
-    "sslcertmode",
     "sslcompression",
     "sslcrl",
     "sslcrldir",
@@ -990,6 +995,12 @@ impl ConnSpec {
         if let Some((cert, key)) = self.effective_client_cert() {
             put("PGSSLCERT", cert.display().to_string());
             put("PGSSLKEY", key.display().to_string());
+        } else if !self.client_cert {
+            // libpq 16 on knows sslcertmode; an older one sends
+            // `~/.postgresql/postgresql.crt` unless sslcert names a file that
+            // is not there (ENOTDIR: no certificate, as with ENOENT).
+            put("PGSSLCERTMODE", "disable".to_string());
+            put("PGSSLCERT", "/dev/null/no-client-certificate".to_string());
         }
         if let Some(a) = &self.application_name {
             put("PGAPPNAME", a.clone());
@@ -1033,7 +1044,11 @@ impl ConnSpec {
 
     /// The client certificate and key that apply: `sslcert`/`sslkey`, else libpq's
     /// defaults `~/.postgresql/postgresql.crt` / `.key` when the certificate exists.
+    /// None with `sslcertmode=disable`.
     pub fn effective_client_cert(&self) -> Option<(PathBuf, PathBuf)> {
+        if !self.client_cert {
+            return None;
+        }
         let dir = self.postgresql_dir();
         let cert = match &self.sslcert {
             Some(c) => c.clone(),
@@ -1703,6 +1718,19 @@ fn build(
         })?),
     };
 
+    // `sslcertmode`: `allow` (the default) sends a certificate when one
+    // applies, `disable` never does; `require` is a check pgshift's sessions
+    // do not make.
+    let client_cert = match params.get("sslcertmode") {
+        None => true,
+        Some(v) => match v.text.as_str() {
+            "allow" => true,
+            "disable" => false,
+            "require" => return Err(params.error(Some(v), Problem::SslCertModeRequire)),
+            other => return Err(params.error(Some(v), Problem::InvalidSslCertMode(shown(other)))),
+        },
+    };
+
     let passfile_explicit = params.get("passfile").is_some();
     let passfile = match params.get("passfile") {
         Some(v) => Some(PathBuf::from(&v.text)),
@@ -1726,6 +1754,7 @@ fn build(
         sslrootcert,
         sslcert: params.get("sslcert").map(|v| PathBuf::from(&v.text)),
         sslkey: params.get("sslkey").map(|v| PathBuf::from(&v.text)),
+        client_cert,
         application_name: params.get("application_name").map(|v| v.text.clone()),
         options: params.get("options").map(|v| v.text.clone()),
         connect_timeout,
@@ -2280,6 +2309,10 @@ mod tests {
         assert!(err("keepalives_idle=-1").contains("keepalives_idle"));
         assert!(err("target_session_attrs=master").contains("invalid target_session_attrs"));
         assert!(err("channel_binding=maybe").contains("invalid channel_binding"));
+        assert!(err("sslcertmode=maybe").contains(r#"invalid sslcertmode "maybe""#));
+        assert!(
+            err("sslcertmode=require").contains("cannot insist on sending a client certificate")
+        );
     }
 
     #[test]
@@ -2479,9 +2512,14 @@ mod tests {
             ("PGSSLMINPROTOCOLVERSION", "TLSv1.2"),
             ("PGSSLMAXPROTOCOLVERSION", "TLSv1.3"),
             ("PGSSLCERTMODE", "allow"),
+            ("PGSSLCERTMODE", "disable"),
         ] {
             parse_env("host=h", &[(var, value)]);
         }
+        assert_eq!(
+            err_env("host=h", &[("PGSSLCERTMODE", "never")]),
+            "invalid PGSSLCERTMODE environment variable: invalid sslcertmode \"never\" (expected disable or allow)"
+        );
         assert_eq!(
             err_env("host=h", &[("PGSSLMODE", "bogus")]),
             "invalid PGSSLMODE environment variable: invalid sslmode \"bogus\" (expected disable, allow, prefer, require, verify-ca or verify-full)"

@@ -1061,6 +1061,35 @@ mod tests {
             Some((dir.join("postgresql.crt"), dir.join("postgresql.key")))
         );
         with_client_ca(&s).unwrap();
+        // sslcertmode=disable (or PGSSLCERTMODE) sends none, not even a named
+        // one, and tells pg_dump the same; allow is the default.
+        for input in [
+            "host=db sslmode=require sslcertmode=disable".to_string(),
+            format!(
+                "host=db sslmode=require sslcertmode=disable sslcert={} sslkey={}",
+                cert.display(),
+                key.display()
+            ),
+        ] {
+            let s = spec(&input, h);
+            assert_eq!(plan(&s).unwrap().client_cert, None, "{input}");
+            let env = s.child_env();
+            let get = |k: &str| env.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
+            assert_eq!(get("PGSSLCERTMODE"), Some("disable"));
+            assert!(
+                std::fs::metadata(get("PGSSLCERT").unwrap()).is_err(),
+                "pg_dump's sslcert must name no file"
+            );
+        }
+        let s = ConnSpec::parse_with_env("host=db sslmode=require", &|name| match name {
+            "HOME" => Some(h.display().to_string()),
+            "PGSSLCERTMODE" => Some("disable".into()),
+            _ => None,
+        })
+        .unwrap();
+        assert_eq!(plan(&s).unwrap().client_cert, None);
+        let s = spec("host=db sslmode=require sslcertmode=allow", h);
+        assert!(plan(&s).unwrap().client_cert.is_some());
     }
 
     #[test]
