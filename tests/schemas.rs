@@ -1675,3 +1675,87 @@ fn unknown_writes_are_checked_in_every_migrated_schema() {
     assert!(err.contains("billing.invoices"), "{err}");
     assert_eq!(dbs.dst.psql("SELECT count(*) FROM billing.invoices"), "1");
 }
+
+/// A chosen schema whose name needs quotes (`"Mixed Case"`) gets every
+/// dependency check an unquoted one gets (`pg_identify_object` gives schema
+/// names quoted): a foreign key into a table it excludes is refused, objects
+/// outside that use its types are warned about, a rollback does not keep a
+/// table that the backup's own objects read, and cleanup drops a backup that
+/// holds an operator of that schema.
+#[test]
+fn a_schema_whose_name_needs_quotes_gets_every_dependency_check() {
+    let dbs = TestDbs::new("sch_quoted");
+    let app = "CREATE SCHEMA \"Mixed Case\";
+         CREATE TYPE \"Mixed Case\".mood AS ENUM ('ok', 'sad');
+         CREATE TABLE \"Mixed Case\".t (id int PRIMARY KEY);
+         CREATE FUNCTION \"Mixed Case\".cnt() RETURNS bigint LANGUAGE sql
+           BEGIN ATOMIC SELECT count(*) FROM \"Mixed Case\".t; END;
+         CREATE FUNCTION \"Mixed Case\".plus(int, int) RETURNS int LANGUAGE sql IMMUTABLE
+           AS 'SELECT $1 + $2';
+         CREATE OPERATOR \"Mixed Case\".## (LEFTARG = int, RIGHTARG = int, FUNCTION = \"Mixed Case\".plus);
+         CREATE TABLE \"Mixed Case\".parent (id int PRIMARY KEY);";
+    dbs.src.psql(app);
+    dbs.dst.psql(app);
+    dbs.src.psql(
+        "CREATE TABLE \"Mixed Case\".child (id int, pid int REFERENCES \"Mixed Case\".parent (id));
+         INSERT INTO \"Mixed Case\".t SELECT generate_series(1, 10);
+         INSERT INTO \"Mixed Case\".parent VALUES (1), (2);
+         INSERT INTO \"Mixed Case\".child VALUES (1, 1), (2, 2);",
+    );
+    dbs.dst.psql(
+        "INSERT INTO \"Mixed Case\".t SELECT generate_series(1, 3);
+         CREATE SCHEMA other;
+         CREATE TABLE other.moods (m \"Mixed Case\".mood);",
+    );
+    let wd = Workdir::new();
+    let (src, dst) = (dbs.src.url(), dbs.dst.url());
+    let base = [
+        "--source",
+        src.as_str(),
+        "--dest",
+        dst.as_str(),
+        "--schemas",
+        "public,\"Mixed Case\"",
+    ];
+
+    let before = catalog_fingerprint(&dbs.dst);
+    let out = wd.run(
+        &[
+            &["prepare"][..],
+            &base,
+            &["--exclude-table", "\"Mixed Case\".parent"],
+        ]
+        .concat(),
+    );
+    assert_usage_error(&out, "child_pid_fkey");
+    assert_eq!(catalog_fingerprint(&dbs.dst), before);
+
+    let done = run_json(&wd, &[&["start"][..], &base].concat());
+    let warnings = done["prepare"]["warnings"].to_string();
+    assert!(
+        warnings.contains("column m of table other.moods uses type \\\"Mixed Case\\\".mood"),
+        "{warnings}"
+    );
+
+    dbs.dst.psql("INSERT INTO \"Mixed Case\".t VALUES (100)");
+    let out = wd.run(&[
+        "rollback",
+        "--dest",
+        &dst,
+        "--latest",
+        "--keep-tables",
+        "\"Mixed Case\".t",
+    ]);
+    assert_usage_error(&out, "depend on its own copy");
+    assert_eq!(
+        dbs.dst
+            .query_one_string("SELECT count(*) FROM \"Mixed Case\".t"),
+        "11"
+    );
+
+    // What used the backup's type is gone; the backup's own operator does
+    // not hold it back.
+    dbs.dst.psql("DROP TABLE other.moods");
+    let cleaned = run_json(&wd, &["cleanup", "--dest", &dst, "--before", &far_future()]);
+    assert_eq!(backups_left(&dbs.dst), "", "{cleaned}");
+}

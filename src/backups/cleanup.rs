@@ -271,7 +271,8 @@ async fn external_dependents(client: &Client, schemas: &[String]) -> Result<Vec<
                        WHEN 'pg_catalog.pg_transform'::regclass THEN (SELECT t.typnamespace FROM pg_catalog.pg_transform x
                                                                        JOIN pg_catalog.pg_type t ON t.oid = x.trftype WHERE x.oid = d.objid)
                        ELSE (SELECT n.oid FROM pg_catalog.pg_namespace n
-                              WHERE n.nspname = (pg_catalog.pg_identify_object(d.classid, d.objid, 0)).schema)
+                              -- (pg_identify_object quotes the schema's name)
+                              WHERE pg_catalog.quote_ident(n.nspname) = (pg_catalog.pg_identify_object(d.classid, d.objid, 0)).schema)
                      END), 0) NOT IN (SELECT oid FROM ns)
              UNION
              -- Partitioning (or inheritance) across the backup's edge: a table

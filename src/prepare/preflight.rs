@@ -659,7 +659,8 @@ pub async fn outside_dependents(dst: &Client, schemas: &[String], op: &str) -> R
                          OR (d.refclassid = 'pg_catalog.pg_class'::regclass
                              AND EXISTS (SELECT 1 FROM pg_catalog.pg_class s WHERE s.oid = d.refobjid AND s.relkind = 'S')
                              AND d.classid NOT IN ('pg_catalog.pg_class'::regclass, 'pg_catalog.pg_rewrite'::regclass)))
-                    AND r.schema = ANY($1)
+                    -- (pg_identify_object quotes the schema's name)
+                    AND r.schema IN (SELECT pg_catalog.quote_ident(x) FROM pg_catalog.unnest($1::text[]) x)
                     AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_depend e
                                      WHERE e.classid = d.refclassid AND e.objid = d.refobjid AND e.deptype = 'e')
                     -- objects of no schema (an event trigger) are outside too
@@ -942,9 +943,10 @@ pub async fn check_schemas(schemas: &[String], src: &Client, dst: &Client) -> Re
                 "SELECT DISTINCT rn.nspname::text
                    FROM pg_catalog.pg_depend d
                    JOIN LATERAL pg_catalog.pg_identify_object(d.refclassid, d.refobjid, 0) r ON true
-                   JOIN pg_catalog.pg_namespace rn ON rn.nspname = r.schema
-                  WHERE d.deptype = 'n' AND NOT (r.schema = ANY($1))
-                    AND r.schema NOT IN ('pg_catalog', 'information_schema') AND r.schema NOT LIKE 'pg\\_toast%'
+                   -- (pg_identify_object quotes the schema's name)
+                   JOIN pg_catalog.pg_namespace rn ON pg_catalog.quote_ident(rn.nspname) = r.schema
+                  WHERE d.deptype = 'n' AND NOT (rn.nspname = ANY($1))
+                    AND rn.nspname NOT IN ('pg_catalog', 'information_schema') AND rn.nspname NOT LIKE 'pg\\_toast%'
                     AND {} = ANY($1)
                     -- An extension's members come with the extension.
                     AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_depend e

@@ -1214,7 +1214,8 @@ pub(crate) fn not_part_of(own: &str, except_foreign_keys: bool) -> String {
 }
 
 /// The schema of a dependent object: its relation's for rules (views),
-/// triggers, column defaults and policies, which have none of their own.
+/// triggers, column defaults and policies, which have none of their own. Its
+/// name as stored: `pg_identify_object` gives it quoted where it needs quotes.
 pub(crate) const DEPENDENT_SCHEMA: &str = "
     COALESCE(
       (SELECT n.nspname::text FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
@@ -1224,7 +1225,8 @@ pub(crate) const DEPENDENT_SCHEMA: &str = "
                 WHEN 'pg_catalog.pg_attrdef'::regclass THEN (SELECT x.adrelid FROM pg_catalog.pg_attrdef x WHERE x.oid = d.objid)
                 WHEN 'pg_catalog.pg_policy'::regclass THEN (SELECT x.polrelid FROM pg_catalog.pg_policy x WHERE x.oid = d.objid)
               END),
-      (pg_catalog.pg_identify_object(d.classid, d.objid, 0)).schema)";
+      (SELECT n.nspname::text FROM pg_catalog.pg_namespace n
+        WHERE pg_catalog.quote_ident(n.nspname) = (pg_catalog.pg_identify_object(d.classid, d.objid, 0)).schema))";
 
 /// How to name a dependent object for people: views by name, the rest as
 /// `pg_describe_object` says.
@@ -1335,7 +1337,8 @@ pub(crate) async fn kept_table_warnings(
              SELECT DISTINCT pg_catalog.pg_describe_object(d.refclassid, d.refobjid, 0)
                FROM pg_catalog.pg_depend d JOIN parts p ON p.classid = d.classid AND p.objid = d.objid
               WHERE d.deptype = 'n'
-                AND (pg_catalog.pg_identify_object(d.refclassid, d.refobjid, 0)).schema = $2
+                -- (pg_identify_object quotes the schema's name)
+                AND (pg_catalog.pg_identify_object(d.refclassid, d.refobjid, 0)).schema = pg_catalog.quote_ident($2)
                 AND NOT (d.refclassid = 'pg_catalog.pg_class'::regclass AND d.refobjid IN (SELECT oid FROM kept))
                 AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_depend o
                                  WHERE o.classid = d.refclassid AND o.objid = d.refobjid
