@@ -131,6 +131,10 @@ async fn outside_any_schema(src: &Client, schemas: &[String]) -> Result<Vec<Stri
                             FROM pg_catalog.pg_cast c
                            WHERE c.oid >= 16384
                              AND NOT EXISTS (SELECT 1 FROM own WHERE own.classid = 'pg_catalog.pg_cast'::regclass AND own.objid = c.oid)
+                             -- nor casts made with a type (a range's to its
+                             -- multirange): they come with it
+                             AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_depend i
+                                              WHERE i.classid = 'pg_catalog.pg_cast'::regclass AND i.objid = c.oid AND i.deptype = 'i')
                              AND EXISTS (SELECT 1 FROM pg_catalog.pg_type t JOIN pg_catalog.pg_namespace n ON n.oid = t.typnamespace
                                           WHERE t.oid IN (c.castsource, c.casttarget) AND n.nspname = ANY($1)
                                          UNION ALL
