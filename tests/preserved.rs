@@ -741,7 +741,13 @@ async fn sequences_continue_after_both_sides() {
          CREATE TABLE sessions (id int GENERATED ALWAYS AS IDENTITY PRIMARY KEY, v text);
          INSERT INTO sessions (v) SELECT 's' FROM generate_series(1, 10);
          CREATE TABLE accounts (id serial PRIMARY KEY, v text);
-         SELECT setval('accounts_id_seq', 50);",
+         SELECT setval('accounts_id_seq', 50);
+         -- A column the destination's table lacks, drawing from a sequence
+         -- it does not own: filling it for the destination's rows draws from
+         -- the shadow's sequence, which validation allows.
+         CREATE SEQUENCE member_no START 1000;
+         CREATE TABLE members (id int PRIMARY KEY, no bigint NOT NULL DEFAULT nextval('member_no'));
+         INSERT INTO members (id) SELECT generate_series(1, 100);",
     );
     dbs.dst.psql(
         "CREATE TABLE users (id serial PRIMARY KEY, name text);
@@ -749,18 +755,21 @@ async fn sequences_continue_after_both_sides() {
          CREATE TABLE sessions (id int GENERATED ALWAYS AS IDENTITY PRIMARY KEY, v text);
          INSERT INTO sessions (v) SELECT 'd' FROM generate_series(1, 2000);
          CREATE TABLE accounts (id int PRIMARY KEY, v text);
-         INSERT INTO accounts SELECT g, 'a' FROM generate_series(1, 700) g;",
+         INSERT INTO accounts SELECT g, 'a' FROM generate_series(1, 700) g;
+         CREATE TABLE members (id int PRIMARY KEY);
+         INSERT INTO members SELECT generate_series(1, 50);",
     );
     assert_prepared(&prepare(
         &dbs,
-        &["--preserved-tables", "users,sessions,accounts"],
+        &["--preserved-tables", "users,sessions,accounts,members"],
     ));
     let c = dbs.dst.client().await;
     let (synced, _) = recorded(&c).await;
-    assert_eq!(synced.iter().map(|t| t.sequences.len()).sum::<usize>(), 3);
+    assert_eq!(synced.iter().map(|t| t.sequences.len()).sum::<usize>(), 4);
     c.batch_execute(
         "BEGIN; LOCK TABLE public.users, shadow.users, public.sessions, shadow.sessions,
-                           public.accounts, shadow.accounts IN ACCESS EXCLUSIVE MODE",
+                           public.accounts, shadow.accounts, public.members, shadow.members
+                           IN ACCESS EXCLUSIVE MODE",
     )
     .await
     .unwrap();
@@ -783,6 +792,7 @@ async fn sequences_continue_after_both_sides() {
         last,
         vec![
             "accounts_id_seq=700",
+            "member_no=1149",
             "sessions_id_seq=2000",
             "users_id_seq=5000"
         ]

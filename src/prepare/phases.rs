@@ -738,7 +738,10 @@ async fn phases(run: &mut Run<'_>, rec: &mut Recorder) -> Result<usize> {
         tracing::warn!("{w}");
         run.warnings.push(w);
     }
-    let tables = rec.phase(sess, Phase::Validate, validate(run)).await?;
+    let synced = rec.state.details.sync.clone();
+    let tables = rec
+        .phase(sess, Phase::Validate, validate(run, &synced))
+        .await?;
     rec.state.tables = tables;
     let shadows: Vec<String> = run.pairs.iter().map(|p| p.shadow.clone()).collect();
     rec.state.details.shadow_structure =
@@ -1346,10 +1349,24 @@ async fn privs(run: &mut Run<'_>) -> Result<privileges::Applied> {
     Ok(total)
 }
 
-async fn validate(run: &mut Run<'_>) -> Result<Vec<TableRecord>> {
+async fn validate(run: &mut Run<'_>, synced: &[sync::SyncedTable]) -> Result<Vec<TableRecord>> {
     let settings = run.opts;
     let started = Instant::now();
-    // Sequences: every shadow sequence holds the source's value.
+    // Sequences: every shadow sequence holds the source's value, but for
+    // those of preserved tables' columns (owned, or drawn from by a default):
+    // the sync's copy of the destination's rows may have drawn from them, and
+    // the swap takes the greater of the two values.
+    let mut drawn: HashSet<(String, String)> = HashSet::new();
+    for t in synced {
+        for s in sync::column_sequences(&run.sess.control, t.shadow_oid).await? {
+            let live = run
+                .pairs
+                .iter()
+                .find(|p| p.shadow == s.schema)
+                .map_or(s.schema.clone(), |p| p.live.clone());
+            drawn.insert((live, s.name));
+        }
+    }
     let mut mismatches = Vec::new();
     for pair in &run.pairs {
         let names: Vec<String> = run
@@ -1362,6 +1379,7 @@ async fn validate(run: &mut Run<'_>) -> Result<Vec<TableRecord>> {
                         .contains(&meta::table_display(&s.schema, &o.0))
                 })
             })
+            .filter(|s| !drawn.contains(&(s.schema.clone(), s.name.clone())))
             .map(|s| s.name.clone())
             .collect();
         let got_all = catalog::sequence_values(&run.sess.control, &pair.shadow, &names).await?;
@@ -1370,7 +1388,8 @@ async fn validate(run: &mut Run<'_>) -> Result<Vec<TableRecord>> {
             let got = got_all.get(name).copied();
             if got != Some(want) {
                 let shown = meta::table_display(&pair.live, name);
-                mismatches.push(format!("sequence {shown}: source {want:?}, shadow {got:?}"));
+                let got = got.map_or_else(|| "missing".to_string(), |g| format!("{g:?}"));
+                mismatches.push(format!("sequence {shown}: source {want:?}, shadow {got}"));
             }
         }
     }

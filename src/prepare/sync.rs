@@ -1219,10 +1219,12 @@ async fn plan_table(dest: &Client, p: &TableName) -> Result<SyncedTable> {
     })
 }
 
-struct SeqRow {
+pub(crate) struct SeqRow {
     column: String,
+    /// The sequence's schema.
+    pub(crate) schema: String,
     /// Unqualified name.
-    name: String,
+    pub(crate) name: String,
     /// `"schema"."name"`.
     qual: String,
     increment: i64,
@@ -1231,7 +1233,7 @@ struct SeqRow {
 /// The sequences of a table's columns: those the columns own (serial,
 /// identity) and those their defaults draw from (`DEFAULT nextval('s')` on a
 /// sequence created apart, which may serve other tables too).
-async fn column_sequences(client: &Client, rel: u32) -> Result<Vec<SeqRow>> {
+pub(crate) async fn column_sequences(client: &Client, rel: u32) -> Result<Vec<SeqRow>> {
     query_map(
         client,
             "WITH used(seq, attnum) AS (
@@ -1245,7 +1247,7 @@ async fn column_sequences(client: &Client, rel: u32) -> Result<Vec<SeqRow>> {
                      WHERE ad.adrelid = $1)
              SELECT a.attname::text, sc.relname::text,
                     pg_catalog.quote_ident(sn.nspname) || '.' || pg_catalog.quote_ident(sc.relname),
-                    s.seqincrement
+                    s.seqincrement, sn.nspname::text
                FROM used u
                JOIN pg_catalog.pg_class sc ON sc.oid = u.seq AND sc.relkind = 'S'
                JOIN pg_catalog.pg_namespace sn ON sn.oid = sc.relnamespace
@@ -1259,6 +1261,7 @@ async fn column_sequences(client: &Client, rel: u32) -> Result<Vec<SeqRow>> {
             name: r.get(1),
             qual: r.get(2),
             increment: r.get(3),
+            schema: r.get(4),
         },
     )
     .await
