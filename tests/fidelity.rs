@@ -180,6 +180,46 @@ fn materialized_views_are_refreshed_from_the_shadow() {
     assert_eq!(dbs.dst.psql("SELECT n FROM public.user_count"), "2");
 }
 
+/// A string constant in a function body that spells a migrated table's name
+/// but is data (an audit trail's table names) keeps its value while prepare
+/// computes with the function: CHECK constraints pass the source's rows, and
+/// stored generated columns, expression indexes and materialized views hold
+/// what the source's do.
+#[test]
+fn a_name_spelled_as_data_in_a_function_body_keeps_its_value() {
+    let dbs = TestDbs::new("body_data");
+    dbs.src.psql(
+        "CREATE TABLE accounts (id int PRIMARY KEY);
+         CREATE TABLE orders (id int PRIMARY KEY);
+         CREATE FUNCTION table_for(kind text) RETURNS text LANGUAGE plpgsql IMMUTABLE AS $f$
+           BEGIN RETURN CASE kind WHEN 'account' THEN 'public.accounts' WHEN 'order' THEN 'public.orders' END; END $f$;
+         CREATE FUNCTION is_audited(t text) RETURNS bool LANGUAGE plpgsql IMMUTABLE AS $f$
+           BEGIN RETURN t IN ('public.orders', 'public.accounts'); END $f$;
+         CREATE TABLE audit_log (id int, kind text, tbl text GENERATED ALWAYS AS (table_for(kind)) STORED,
+                                 CHECK (is_audited(table_for(kind))));
+         CREATE INDEX audit_log_tbl ON audit_log (table_for(kind));
+         INSERT INTO audit_log SELECT g, CASE WHEN g % 2 = 0 THEN 'account' ELSE 'order' END
+           FROM generate_series(1, 200) g;
+         CREATE MATERIALIZED VIEW mv AS SELECT table_for('account') AS t;",
+    );
+    let wd = Workdir::new();
+    wd.run_ok(&[
+        "start",
+        "--source",
+        &dbs.src.url(),
+        "--dest",
+        &dbs.dst.url(),
+    ]);
+    for sql in [
+        "SELECT tbl FROM audit_log WHERE id = 2",
+        "SELECT t FROM mv",
+        "SET enable_seqscan = off; SELECT count(*) FROM audit_log WHERE table_for(kind) = 'public.accounts'",
+    ] {
+        assert_eq!(dbs.dst.psql(sql), dbs.src.psql(sql), "{sql}");
+    }
+    assert_eq!(dbs.dst.psql("SELECT t FROM mv"), "public.accounts");
+}
+
 #[test]
 fn a_failure_in_any_phase_leaves_nothing_behind() {
     let dbs = TestDbs::new("failpoints");

@@ -77,8 +77,10 @@
 //! (`public.norm_impl(t)`) or a `SET search_path = public` would then reach the
 //! destination's live objects. So such a function is created in its *prepare-time* form,
 //! its body remapped by the rules above (and a string constant that is only a qualified
-//! name the dump defines, `to_tsvector('public.cfg', t)`, which the called function's
-//! signature makes a `regconfig`) and each chosen schema of its `search_path` preceded by
+//! name the dump defines and a whole argument of a function call, `to_tsvector('public.cfg',
+//! t)`, `nextval('public.s')`, which the called function's signature makes a `regconfig`
+//! or a `regclass`; the same constant compared, listed or returned, `THEN 'public.t'`,
+//! `IN ('public.t')`, is data and stays) and each chosen schema of its `search_path` preceded by
 //! its shadow; the swap puts back the definition as written (`CREATE OR
 //! REPLACE`, one deferred statement each) before the shadow's objects move.
 //!
@@ -1057,6 +1059,41 @@ impl<'a> Tokens<'a> {
         Some((truncate_ident(value), last))
     }
 
+    /// Whether token `i` is a whole argument of a function call
+    /// (`nextval('public.s')`, `to_tsvector('public.cfg', t)`), where the
+    /// called function's signature may make a string a name (a `regclass`,
+    /// a `regconfig`); not a value compared, listed or returned
+    /// (`THEN 'public.t'`, `IN ('public.t')`, `x = 'public.t'`), which is data.
+    fn call_argument(&self, i: usize) -> bool {
+        let before = |t: Token| i > 0 && self.is(i - 1, t);
+        if !(before(Token::Ascii40) || before(Token::Ascii44))
+            || !(self.is(i + 1, Token::Ascii41) || self.is(i + 1, Token::Ascii44))
+        {
+            return false;
+        }
+        // The parenthesis that opens the list the argument is in.
+        let mut depth = 0usize;
+        let mut j = i;
+        while j > 0 {
+            j -= 1;
+            match self.toks[j].token {
+                Token::Ascii41 | Token::Ascii93 => depth += 1,
+                Token::Ascii40 | Token::Ascii91 if depth > 0 => depth -= 1,
+                Token::Ascii40 => break,
+                // An array's elements are values.
+                Token::Ascii91 => return false,
+                _ => {}
+            }
+        }
+        if !self.is(j, Token::Ascii40) || j == 0 {
+            return false;
+        }
+        // A function's name; not a keyword, which is SQL's own syntax
+        // (`IN (`, `VALUES (`, `RETURN (`) or a function on values
+        // (`coalesce`, `greatest`, `nullif`).
+        matches!(self.toks[j - 1].token, Token::Ident | Token::Uident)
+    }
+
     /// The name of an object at token `i`: an identifier or an operator.
     fn object_name(&self, i: usize) -> Option<String> {
         if let Some((name, _)) = self.ident(i) {
@@ -1625,6 +1662,7 @@ impl Remapper<'_> {
             if tok.token != Token::Sconst
                 || tokens.is(i + 1, Token::Typecast)
                 || edits.iter().any(|e| e.start == tok.start)
+                || !tokens.call_argument(i)
             {
                 continue;
             }
@@ -2761,6 +2799,22 @@ ALTER TABLE ONLY public.users ALTER COLUMN id SET DEFAULT nextval('public.users_
         let out = prepare_time(tsv).expect("changed");
         assert!(
             out.contains("to_tsvector('shadow_app.norm', t) || to_tsvector('app.other', t) || to_tsvector('see app.norm', t) || to_tsvector('shadow_app.norm'::regconfig, t)"),
+            "{out}"
+        );
+        // A constant compared, listed or returned is data (an audit trail's
+        // table names): it stays as written, also inside a call's other
+        // parentheses or an array.
+        let data = "CREATE FUNCTION shadow.table_for(kind text) RETURNS text LANGUAGE plpgsql IMMUTABLE \
+                    AS $$ BEGIN IF kind IN ('public.t', 'x') OR kind = 'public.t' \
+                    OR kind = ANY (ARRAY['public.t']) OR kind = coalesce(kind, ('public.t')) THEN \
+                    RETURN CASE kind WHEN 'k' THEN 'public.t' END; END IF; \
+                    RETURN ('public.t'); END $$;";
+        assert_eq!(prepare_time(data), None);
+        let seq = "CREATE FUNCTION shadow.next_t() RETURNS bigint LANGUAGE sql \
+                   AS $$ SELECT nextval('public.t') + pg_catalog.length(coalesce(NULL, 'public.t')) $$;";
+        let out = prepare_time(seq).expect("changed");
+        assert!(
+            out.contains("nextval('shadow.t') + pg_catalog.length(coalesce(NULL, 'public.t'))"),
             "{out}"
         );
         let out = prepare_time(sql).expect("changed");
