@@ -309,6 +309,33 @@ fn matviews_and_default_sequences_follow_the_preserved_rows() {
     );
 }
 
+/// A sequence no column owns or draws from, whose values the application
+/// takes itself (`SELECT nextval('users_seq')`, then the INSERT: Hibernate's
+/// ids), continues after the greater of the destination's and the source's
+/// values when tables are preserved: the destination's users keep their ids,
+/// and the next id is new. One the source is further on keeps the source's.
+#[test]
+fn a_sequence_the_application_draws_from_itself_does_not_go_back() {
+    let dbs = TestDbs::new("preserved_app_seq");
+    let schema = "CREATE SEQUENCE users_seq; CREATE SEQUENCE other_seq;
+         CREATE TABLE users (id bigint PRIMARY KEY, name text);";
+    dbs.src.psql(schema);
+    dbs.dst.psql(schema);
+    dbs.src.psql(
+        "INSERT INTO users SELECT nextval('users_seq'), 's' FROM generate_series(1, 100);
+         SELECT setval('other_seq', 5000);",
+    );
+    dbs.dst.psql(
+        "INSERT INTO users SELECT nextval('users_seq'), 'd' FROM generate_series(1, 3000);
+         SELECT setval('other_seq', 70);",
+    );
+    let wd = Workdir::new();
+    with_users_preserved(&wd, &dbs, "start", &[]);
+    assert_eq!(dbs.dst.psql("SELECT max(id) FROM users"), "3000");
+    assert_eq!(dbs.dst.psql("SELECT nextval('users_seq')"), "3001");
+    assert_eq!(dbs.dst.psql("SELECT nextval('other_seq')"), "5001");
+}
+
 /// A column of a preserved table renamed on the destination after prepare:
 /// status says the swap is not allowed and why, before the swap finds out.
 #[test]

@@ -1547,6 +1547,78 @@ pub async fn final_sync(client: &Client, synced: &[SyncedTable]) -> Result<()> {
     Ok(())
 }
 
+/// Inside the open swap transaction of a migration with preserved tables,
+/// before the moves: each sequence of a shadow that no column owns or draws
+/// from by a default, and that its live schema has too, continues after the
+/// greater of the two next values. The application calls `nextval` on such a
+/// sequence itself (Hibernate's `SEQUENCE` ids) and may key a preserved
+/// table's rows with it: taking the source's value alone would hand those
+/// keys out again. The live sequence is locked first (`ALTER SEQUENCE …
+/// OWNED BY NONE`, which it already is: SHARE ROW EXCLUSIVE, which `nextval`
+/// waits for), so no value drawn before the commit is handed out again.
+/// Returns the sequences moved forward, as `schema.name`.
+pub async fn carry_standalone_sequences(
+    client: &Client,
+    pairs: &[crate::pg::meta::SchemaPair],
+) -> Result<Vec<String>> {
+    let lives: Vec<&str> = pairs.iter().map(|p| p.live.as_str()).collect();
+    let shadows: Vec<&str> = pairs.iter().map(|p| p.shadow.as_str()).collect();
+    let rows = client
+        .query(
+            "WITH pair(live, shadow) AS (SELECT * FROM ROWS FROM (pg_catalog.unnest($1::text[]), pg_catalog.unnest($2::text[])))
+             SELECT p.live, l.relname::text,
+                    pg_catalog.quote_ident(p.live) || '.' || pg_catalog.quote_ident(l.relname),
+                    pg_catalog.quote_ident(p.shadow) || '.' || pg_catalog.quote_ident(s.relname),
+                    ls.seqincrement
+               FROM pair p
+               JOIN pg_catalog.pg_namespace sn ON sn.nspname = p.shadow
+               JOIN pg_catalog.pg_class s ON s.relnamespace = sn.oid AND s.relkind = 'S'
+               JOIN pg_catalog.pg_namespace ln ON ln.nspname = p.live
+               JOIN pg_catalog.pg_class l ON l.relnamespace = ln.oid AND l.relkind = 'S' AND l.relname = s.relname
+               JOIN pg_catalog.pg_sequence ls ON ls.seqrelid = l.oid
+              WHERE NOT EXISTS (SELECT 1 FROM pg_catalog.pg_depend d
+                                 WHERE d.classid = 'pg_catalog.pg_class'::regclass AND d.refclassid = 'pg_catalog.pg_class'::regclass
+                                   AND d.objid IN (s.oid, l.oid) AND d.deptype IN ('a', 'i'))
+                AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_depend d
+                                 WHERE d.classid = 'pg_catalog.pg_attrdef'::regclass AND d.refclassid = 'pg_catalog.pg_class'::regclass
+                                   AND d.refobjid = s.oid AND d.deptype = 'n')
+              ORDER BY 1, 2",
+            &[&lives, &shadows],
+        )
+        .await
+        .map_err(|e| pg_error_as(e, "listing the sequences no column uses"))?;
+    let mut carried = Vec::new();
+    for r in rows {
+        let (schema, name, live, shadow, inc): (String, String, String, String, i64) =
+            (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4));
+        exec(
+            client,
+            &format!("ALTER SEQUENCE {live} OWNED BY NONE"),
+            &format!("locking sequence {live}"),
+        )
+        .await?;
+        let (ll, lc) = sequence_state(client, &live).await?;
+        let (sl, sc) = sequence_state(client, &shadow).await?;
+        let further = if inc > 0 {
+            next_value(ll, lc, inc) > next_value(sl, sc, inc)
+        } else {
+            next_value(ll, lc, inc) < next_value(sl, sc, inc)
+        };
+        if further {
+            client
+                .query_one(
+                    "SELECT pg_catalog.setval($1::text::regclass, $2, $3)",
+                    &[&shadow, &ll, &lc],
+                )
+                .await
+                .map_err(|e| pg_error_as(e, &format!("setting sequence {shadow}")))?;
+            tracing::info!(sequence = %live, value = ll, "sequence no column uses kept the destination's further value");
+            carried.push(crate::pg::meta::table_display(&schema, &name));
+        }
+    }
+    Ok(carried)
+}
+
 /// The value the next `nextval` returns, from `last_value`, `is_called`.
 fn next_value(last: i64, called: bool, increment: i64) -> i128 {
     if called {

@@ -320,6 +320,9 @@ impl InTx for MigrationTx<'_> {
             None => None,
         };
         sync::final_sync(client, self.synced).await?;
+        if !self.synced.is_empty() {
+            sync::carry_standalone_sequences(client, &self.pairs).await?;
+        }
         let fks = sync::apply_deferred(client, self.deferred, &self.pairs, &self.leaves).await?;
         Ok((fks, writes))
     }
