@@ -379,7 +379,7 @@ pub async fn describe(
     let mut out = Vec::new();
     for t in table_facts(client, schema).await? {
         let rows = if count {
-            Some(count_rows(client, schema, &t.name).await?)
+            count_rows(client, schema, &t.name).await?
         } else {
             None
         };
@@ -395,14 +395,35 @@ pub async fn describe(
     Ok(out)
 }
 
-/// `SELECT count(*) FROM ONLY schema.table`.
-pub async fn count_rows(client: &impl GenericClient, schema: &str, table: &str) -> Result<i64> {
-    let sql = format!("SELECT count(*) FROM ONLY {}", qualified(schema, table));
-    Ok(client
-        .query_one(sql.as_str(), &[])
+/// `SELECT count(*) FROM ONLY schema.table`; None when row-level security
+/// applies to this role on the table (its policies would hide rows, and
+/// pgshift's sessions run with `row_security = off`): such a count is not
+/// taken rather than taken wrong.
+pub async fn count_rows(
+    client: &impl GenericClient,
+    schema: &str,
+    table: &str,
+) -> Result<Option<i64>> {
+    let name = qualified(schema, table);
+    let hidden: bool = client
+        .query_one(
+            "SELECT pg_catalog.row_security_active($1::text::regclass)",
+            &[&name],
+        )
         .await
         .with_context(|| format!("counting rows of {schema}.{table}"))?
-        .get(0))
+        .get(0);
+    if hidden {
+        return Ok(None);
+    }
+    let sql = format!("SELECT count(*) FROM ONLY {name}");
+    Ok(Some(
+        client
+            .query_one(sql.as_str(), &[])
+            .await
+            .with_context(|| format!("counting rows of {schema}.{table}"))?
+            .get(0),
+    ))
 }
 
 #[cfg(test)]

@@ -216,9 +216,20 @@ async fn check_schema(
                 format!("table {name} is missing"),
             ),
             Some(p) => {
-                let n = manifest::count_rows(client, schema, &t.name).await?;
-                check.rows = Some(n);
-                if let Some(want) = t.rows
+                let counted = manifest::count_rows(client, schema, &t.name).await?;
+                check.rows = counted;
+                if let (Some(want), None) = (t.rows, counted) {
+                    report.differ(
+                        &name,
+                        "row_count",
+                        Some(&want.to_string()),
+                        None,
+                        format!(
+                            "table {name}: its rows cannot be counted, row-level security applies to this role (verify as a role with BYPASSRLS, or the table's owner without FORCE ROW LEVEL SECURITY)"
+                        ),
+                    );
+                }
+                if let (Some(want), Some(n)) = (t.rows, counted)
                     && want != n
                 {
                     report.differ(

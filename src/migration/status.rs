@@ -185,10 +185,9 @@ async fn preserved_health(
             break;
         }
         if let Err(e) = sync::check_replayable(client, s).await {
-            problem = Some(format!(
-                "the sync of {} cannot be replayed ({e:#}); run `pgshift abort` and prepare again",
-                s.display()
-            ));
+            problem = Some(sync::unreplayable(s, &e));
+        } else {
+            problem = sync::hidden_rows(client, s).await?;
         }
     }
     let infos = synced

@@ -1765,12 +1765,27 @@ impl fmt::Display for SyncHealth {
     }
 }
 
-async fn count_rows(client: &Client, rel: &str) -> Result<i64> {
-    Ok(client
-        .query_one(format!("SELECT count(*) FROM ONLY {rel}").as_str(), &[])
+/// None where row-level security applies to this role (see
+/// [`hidden_rows`]): not counted rather than counted wrong.
+async fn count_rows(client: &Client, rel: &str) -> Result<Option<i64>> {
+    let hidden: bool = client
+        .query_one(
+            "SELECT pg_catalog.row_security_active($1::text::regclass)",
+            &[&rel],
+        )
         .await
         .map_err(|e| pg_error_as(e, &format!("counting {rel}")))?
-        .get(0))
+        .get(0);
+    if hidden {
+        return Ok(None);
+    }
+    Ok(Some(
+        client
+            .query_one(format!("SELECT count(*) FROM ONLY {rel}").as_str(), &[])
+            .await
+            .map_err(|e| pg_error_as(e, &format!("counting {rel}")))?
+            .get(0),
+    ))
 }
 
 /// Why the sync of a preserved table cannot be trusted any more (one of its
@@ -1792,7 +1807,52 @@ pub async fn broken(client: &Client, synced: &[SyncedTable]) -> Result<Option<St
             )));
         }
     }
+    for t in synced {
+        if let Err(e) = check_replayable(client, t).await {
+            return Ok(Some(unreplayable(t, &e)));
+        }
+        if let Some(why) = hidden_rows(client, t).await? {
+            return Ok(Some(why));
+        }
+    }
     Ok(None)
+}
+
+/// Why the sync of `t` cannot be replayed (a column dropped or renamed since
+/// prepare), as status and the swap say it.
+pub fn unreplayable(t: &SyncedTable, e: &anyhow::Error) -> String {
+    format!(
+        "the sync of {} cannot be replayed ({e:#}); run `pgshift abort` and prepare again",
+        t.display()
+    )
+}
+
+/// Row-level security that applies to this role on `t`'s live or shadow
+/// table (turned on, or forced, since prepare): the replay reads the live
+/// rows and would miss those its policies hide (pgshift's sessions run with
+/// `row_security = off`, so it would fail rather than lose them).
+pub async fn hidden_rows(client: &Client, t: &SyncedTable) -> Result<Option<String>> {
+    let row = client
+        .query_one(
+            "SELECT current_user::text,
+                    (SELECT pg_catalog.row_security_active(c.oid) FROM pg_catalog.pg_class c WHERE c.oid = $1),
+                    (SELECT pg_catalog.row_security_active(c.oid) FROM pg_catalog.pg_class c WHERE c.oid = $2)",
+            &[&t.oid, &t.shadow_oid],
+        )
+        .await
+        .map_err(|e| pg_error_as(e, "checking row-level security on the preserved tables"))?;
+    let (role, live, shadow): (String, Option<bool>, Option<bool>) =
+        (row.get(0), row.get(1), row.get(2));
+    let which = match (live == Some(true), shadow == Some(true)) {
+        (false, false) => return Ok(None),
+        (true, _) => "its live table",
+        (false, true) => "its shadow table",
+    };
+    Ok(Some(format!(
+        "row-level security applies to role {} on {which} {}: the sync's replay would miss the rows its policies hide; run pgshift as a role with BYPASSRLS (or the table's owner, with FORCE ROW LEVEL SECURITY off until the swap)",
+        display_ident(&role),
+        t.display()
+    )))
 }
 
 /// The four sync triggers of `t`'s live table: present, enabled.
@@ -1840,16 +1900,16 @@ pub async fn health(client: &Client, synced: &[SyncedTable]) -> Result<Vec<SyncH
         let log = qualified(META_SCHEMA, &t.changelog);
         let changelog_present = changelog_present(client, t).await?;
         let pending = if changelog_present {
-            Some(count_rows(client, &log).await?)
+            count_rows(client, &log).await?
         } else {
             None
         };
         let rows_public = match rel_name(client, t.oid).await? {
-            Some(r) => Some(count_rows(client, &r).await?),
+            Some(r) => count_rows(client, &r).await?,
             None => None,
         };
         let rows_shadow = match rel_name(client, t.shadow_oid).await? {
-            Some(r) => Some(count_rows(client, &r).await?),
+            Some(r) => count_rows(client, &r).await?,
             None => None,
         };
         out.push(SyncHealth {

@@ -351,9 +351,13 @@ pub async fn connect_pinned(
 /// Session settings of every pgshift session, as SETs (not startup options:
 /// poolers refuse unknown startup parameters).
 ///
-/// - `row_security = off` on the source, as pg_dump sets it: a read that
-///   row-level security would filter fails instead of copying fewer rows
-///   (prepare refuses such tables up front: `preflight::refuse_row_security`).
+/// - `row_security = off`, as pg_dump sets it: a read that row-level security
+///   would filter fails instead of copying, replaying or counting fewer rows
+///   (prepare refuses such source tables up front,
+///   `preflight::refuse_row_security`; the swap refuses such preserved tables,
+///   `sync::hidden_rows`; counts of such tables are not taken,
+///   `manifest::count_rows`). The impact report's probes run with it on, as
+///   the application's statements do.
 /// - `quote_all_identifiers = off`: names pgshift reads back from the catalog
 ///   as text are compared and printed as PostgreSQL writes them by default.
 /// - `jit = off`: pgshift's own queries read the catalogs; on a large one their
@@ -375,11 +379,9 @@ pub async fn session_defaults(client: &tokio_postgres::Client, label: &str) {
     // `quote_all_identifiers` set for a database or role would quote every
     // name pgshift reads back as text from the catalog (`"array_recv"` is
     // not `array_recv`: an enum array went to binary COPY and failed).
-    const FIRST: &str = "SET statement_timeout = 0; SET idle_in_transaction_session_timeout = 0; SET jit = off; SET quote_all_identifiers = off";
-    const SOURCE: &str = "SET statement_timeout = 0; SET idle_in_transaction_session_timeout = 0; SET jit = off; SET quote_all_identifiers = off; SET row_security = off";
-    let first = if label == "source" { SOURCE } else { FIRST };
+    const FIRST: &str = "SET statement_timeout = 0; SET idle_in_transaction_session_timeout = 0; SET jit = off; SET quote_all_identifiers = off; SET row_security = off";
     for attempt in 1..=5 {
-        match client.batch_execute(first).await {
+        match client.batch_execute(FIRST).await {
             Ok(()) => break,
             Err(e) if e.code() == Some(&SqlState::QUERY_CANCELED) && attempt < 5 => continue,
             Err(e) => {

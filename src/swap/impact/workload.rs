@@ -808,7 +808,7 @@ impl Checker<'_> {
         let client = self.client;
         let remaining = self.deadline.saturating_duration_since(Instant::now());
         let begin = format!(
-            "BEGIN READ ONLY; SET LOCAL lock_timeout = {}; SET LOCAL statement_timeout = {}; SET LOCAL search_path = {}",
+            "BEGIN READ ONLY; SET LOCAL row_security = on; SET LOCAL lock_timeout = {}; SET LOCAL statement_timeout = {}; SET LOCAL search_path = {}",
             quote_literal(&format!("{}ms", self.lock_timeout.as_millis().max(1))),
             quote_literal(&format!("{}ms", remaining.as_millis().clamp(1, 10_000))),
             path_sql(path)
