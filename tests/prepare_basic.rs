@@ -126,6 +126,8 @@ fn prepare_warns_about_what_will_not_follow_the_swap() {
         "CREATE TABLE t (id int PRIMARY KEY);
          CREATE SCHEMA reporting;
          CREATE VIEW reporting.t_ids AS SELECT id FROM public.t;
+         -- An application's schema named like a backup is not one.
+         CREATE SCHEMA backup_2023; CREATE VIEW backup_2023.t_ids AS SELECT id FROM public.t;
          CREATE TABLE reporting.refs (t_id int REFERENCES public.t (id));
          CREATE PUBLICATION pub_t FOR TABLE public.t;",
     );
@@ -143,6 +145,7 @@ fn prepare_warns_about_what_will_not_follow_the_swap() {
     let warnings = v["plan"]["warnings"].to_string();
     for needle in [
         "view reporting.t_ids reads public.t",
+        "view backup_2023.t_ids reads public.t",
         "foreign key",
         "reporting.refs",
         "publication pub_t",

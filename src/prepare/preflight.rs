@@ -569,10 +569,11 @@ pub async fn check_dest(dst: &Client, schemas: &[String]) -> Result<Vec<String>>
 }
 
 /// SQL: schema name `col` is none of pgshift's own (its shadows, its
-/// backups, its records' schema).
+/// backups, its records' schema). A backup is `backup_<unix ms>` (and
+/// `_<live schema>`): an application's `backup_2023` is not one.
 fn not_pgshift(col: &str) -> String {
     format!(
-        "{col} NOT IN ('shadow', 'pgshift') AND {col} NOT LIKE 'backup\\_%' AND {col} NOT LIKE 'pgshift\\_shadow\\_%'"
+        "{col} NOT IN ('shadow', 'pgshift') AND {col} !~ '^backup_[0-9]{{13}}(_|$)' AND {col} NOT LIKE 'pgshift\\_shadow\\_%'"
     )
 }
 
@@ -670,7 +671,7 @@ pub async fn outside_dependents(dst: &Client, schemas: &[String], op: &str) -> R
                     -- objects of no schema (an event trigger) are outside too
                     AND NOT (COALESCE({dep}, '') = ANY($1))
                     AND COALESCE({dep}, '') NOT IN ('shadow', 'pgshift', 'pg_catalog', 'information_schema')
-                    AND COALESCE({dep}, '') NOT LIKE 'backup\\_%' AND COALESCE({dep}, '') NOT LIKE 'pgshift\\_shadow\\_%'
+                    AND COALESCE({dep}, '') !~ '^backup_[0-9]{{13}}(_|$)' AND COALESCE({dep}, '') NOT LIKE 'pgshift\\_shadow\\_%'
                     AND COALESCE({dep}, '') NOT LIKE 'pg\\_toast%'
                   ORDER BY 1, 2",
                 describe = crate::swap::rollback::DESCRIBE_DEPENDENT,
