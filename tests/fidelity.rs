@@ -613,11 +613,22 @@ fn grants_changed_after_prepare_hold_after_the_swap() {
         );
         dbs.src.psql(&ddl);
         dbs.dst.psql(&ddl);
-        dbs.dst.psql(&format!("GRANT SELECT ON t TO {r1}"));
-        let wd = Workdir::new();
-        assert_success(&wd.prepare(&dbs, &[]));
+        // Columns the source dropped: their grants are left out, with a
+        // word, at prepare and at the swap.
         dbs.dst.psql(&format!(
-            "GRANT INSERT ON t TO {r2};
+            "GRANT SELECT ON t TO {r1};
+             ALTER TABLE t ADD COLUMN legacy int, ADD COLUMN later int;
+             GRANT SELECT (id, legacy) ON t TO {r2};"
+        ));
+        let wd = Workdir::new();
+        let out = assert_success(&wd.prepare(&dbs, &["--json"]));
+        assert!(
+            out.contains("column privileges of the destination's columns that the source's tables do not have were left out: t.legacy"),
+            "{out}"
+        );
+        dbs.dst.psql(&format!(
+            "GRANT UPDATE (later) ON t TO {r1};
+             GRANT INSERT ON t TO {r2};
              REVOKE SELECT ON t FROM {r1};
              GRANT UPDATE (secret) ON t TO {r1};
              REVOKE EXECUTE ON FUNCTION f() FROM PUBLIC;

@@ -59,6 +59,8 @@ struct Obj {
     acl: Option<Vec<(String, String, bool)>>,
     /// Column grants: (column, grantee, privilege, grantable)
     column_acl: Vec<(String, String, String, bool)>,
+    /// A relation's columns (column grants go to those the other side has).
+    columns: Vec<String>,
     /// Sequences owned by a column follow their table's owner.
     owned_sequence: bool,
 }
@@ -129,7 +131,9 @@ async fn objects(client: &Client, schema: &str) -> Result<Vec<Obj>> {
                                 LEFT JOIN pg_catalog.pg_roles r ON r.oid = a.grantee
                                WHERE att.attrelid = c.oid AND att.attacl IS NOT NULL AND NOT att.attisdropped), '{{}}'),
                     EXISTS (SELECT 1 FROM pg_catalog.pg_depend d WHERE d.classid = 'pg_class'::regclass AND d.objid = c.oid
-                             AND d.refclassid = 'pg_class'::regclass AND d.deptype IN ('a', 'i'))
+                             AND d.refclassid = 'pg_class'::regclass AND d.deptype IN ('a', 'i')),
+                    ARRAY(SELECT att.attname::text FROM pg_catalog.pg_attribute att
+                           WHERE att.attrelid = c.oid AND att.attnum > 0 AND NOT att.attisdropped)
                FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
               WHERE n.nspname = $1 AND c.relkind IN ('r', 'p', 'v', 'm', 'S', 'f')",
             acl = acl_rows("c.relacl"),
@@ -165,6 +169,7 @@ async fn objects(client: &Client, schema: &str) -> Result<Vec<Obj>> {
                 })
                 .collect(),
             owned_sequence: kind == "SEQUENCE" && r.get::<_, bool>(6),
+            columns: r.get(7),
         });
     }
     let funcs = rows_of(
@@ -198,6 +203,7 @@ async fn objects(client: &Client, schema: &str) -> Result<Vec<Obj>> {
             owner: r.get(4),
             acl: grants(&r, 5, 6),
             column_acl: Vec::new(),
+            columns: Vec::new(),
             owned_sequence: false,
         });
     }
@@ -230,6 +236,7 @@ async fn objects(client: &Client, schema: &str) -> Result<Vec<Obj>> {
             owner: r.get(2),
             acl: grants(&r, 3, 4),
             column_acl: Vec::new(),
+            columns: Vec::new(),
             owned_sequence: false,
         });
     }
@@ -320,6 +327,8 @@ pub async fn plan(
     let mut missing_grantees: Vec<String> = Vec::new();
     // Grants of a newer source's privileges the destination lacks.
     let mut unknown: Vec<String> = Vec::new();
+    // Column grants on columns the source's tables do not have.
+    let mut gone_columns: Vec<String> = Vec::new();
     // New objects whose source owner this role may not give them to.
     let mut kept_by_us: Vec<String> = Vec::new();
     // Objects whose source owner (`--keep-source-owners`) this role may not
@@ -451,6 +460,17 @@ pub async fn plan(
             if grantee == &owner {
                 continue;
             }
+            if !o.columns.contains(column) {
+                let col = format!(
+                    "{}.{}",
+                    o.shown(public),
+                    crate::pg::ident::display_ident(column)
+                );
+                if !gone_columns.contains(&col) {
+                    gone_columns.push(col);
+                }
+                continue;
+            }
             if !grantee.is_empty() && !roles.contains(grantee) {
                 if !missing_grantees.contains(grantee) {
                     missing_grantees.push(grantee.clone());
@@ -494,6 +514,10 @@ pub async fn plan(
             format!(
                 "grants of new objects in {public} that PostgreSQL {dest_major} does not have were left out"
             ),
+        ),
+        (
+            &gone_columns,
+            "column privileges of the destination's columns that the source's tables do not have were left out".to_string(),
         ),
     ] {
         if !items.is_empty() {
@@ -664,7 +688,9 @@ pub async fn catch_up(
             }
             m
         };
-        let (want, have) = (columns(c), columns(o));
+        let (mut want, have) = (columns(c), columns(o));
+        // A column the source's table does not have takes no grant.
+        want.retain(|col, _| o.columns.contains(col));
         let empty = BTreeMap::new();
         for col in want
             .keys()
