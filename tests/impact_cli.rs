@@ -562,6 +562,28 @@ async fn recorded_statements_are_reported_and_fail_on_breaking_refuses() {
         "{d}"
     );
     assert!(d["rollback"]["refusal"].is_null(), "{d}");
+    // Kept, accounts and products stay as they are (the backup's copies do
+    // not come in): their statements do not change, no hazard names them,
+    // and --fail-on-breaking has nothing to refuse.
+    let k = json_of(&assert_success(&rollback(&[
+        "--dry-run",
+        "--json",
+        "--fail-on-breaking",
+        "--keep-tables",
+        "accounts,products",
+    ])));
+    let kst = &k["rollback"]["impact"]["statements"];
+    assert_eq!(kst["failing"], json!([]), "{k}");
+    assert_eq!(kst["result_type_changed"], json!([]), "{k}");
+    assert!(
+        !k["rollback"]["impact"]["hazards"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|h| h["object"] == "public.accounts" || h["object"] == "public.products"),
+        "{k}"
+    );
+    assert!(k["rollback"]["refusal"].is_null(), "{k}");
     let d = json_of(&assert_success(&rollback(&[
         "--dry-run",
         "--json",

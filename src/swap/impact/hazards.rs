@@ -209,11 +209,15 @@ async fn read_and_compare(client: &Client, pairs: &[SchemaPair]) -> Result<Vec<H
         );
     }
 
-    // Kept tables stay as they are: not compared, never dropped.
+    // Kept tables stay as they are: not compared, never dropped; the
+    // incoming schema's namesake (a rollback's backup has one) does not come
+    // in.
     for (i, p) in pairs.iter().enumerate() {
-        if let Some(side) = sides.get_mut(&(i as i64 + 1, 'L')) {
-            for t in &p.stays {
-                side.rels.remove(t);
+        for letter in ['L', 'I'] {
+            if let Some(side) = sides.get_mut(&(i as i64 + 1, letter)) {
+                for t in &p.stays {
+                    side.rels.remove(t);
+                }
             }
         }
     }

@@ -324,6 +324,9 @@ pub enum Kind {
 struct Has {
     ext: bool,
     own: bool,
+    /// A kept table (or its row type) of a live schema: it stays where it
+    /// is, even where the incoming schema has a namesake.
+    kept: bool,
 }
 
 /// Object names of the schemas that matter (the search paths, live, incoming,
@@ -391,6 +394,7 @@ impl Catalog {
                 cat.live_type_oids.insert(r.get(4));
             }
             let has = cat.names.entry((kind, schema, name)).or_default();
+            has.kept |= kept;
             if ext {
                 has.ext = true;
             } else {
@@ -507,6 +511,9 @@ pub fn resolve(
         for s in &eff {
             match live_idx(s) {
                 Some(i) => {
+                    if cat.has(kind, s, name).kept {
+                        return Found::LiveExt(i);
+                    }
                     let inc = cat.has(kind, &pairs[i].incoming, name);
                     if inc.own || inc.ext {
                         return Found::Incoming(i);
@@ -527,6 +534,8 @@ pub fn resolve(
     };
 
     let mut needs_live_ext = false;
+    // Unqualified references to kept tables: (offset, live schema).
+    let mut kept_refs: Vec<(usize, String)> = Vec::new();
     // Unqualified function calls whose name the live schemas define themselves.
     let mut conflicts: Vec<(&NameRef, usize)> = Vec::new();
     let kinds: [(Kind, &Vec<NameRef>); 4] = [
@@ -569,7 +578,16 @@ pub fn resolve(
             }
             match &then {
                 Found::Incoming(_) => res.in_scope = true,
-                Found::LiveExt(_) => needs_live_ext = true,
+                Found::LiveExt(i) => {
+                    needs_live_ext = true;
+                    // A kept table whose namesake the incoming schema has (a
+                    // rollback's backup): the check names the live one.
+                    if cat.has(kind, &pairs[*i].live, &r.name).kept
+                        && let Some(loc) = r.location
+                    {
+                        kept_refs.push((loc, pairs[*i].live.clone()));
+                    }
+                }
                 _ => {}
             }
             // Functions and operators: any extension member of that name in a
@@ -624,8 +642,13 @@ pub fn resolve(
     // when the live schema stays on the path for its extension members and no
     // other schema there has a function of that name.
     let mut text = query.to_string();
+    // (offset, schema, the function's name when it is a call): applied from
+    // the end, so each offset still holds.
+    let mut inserts: Vec<(usize, String, Option<String>)> = kept_refs
+        .into_iter()
+        .map(|(loc, live)| (loc, live, None))
+        .collect();
     if needs_live_ext {
-        let mut inserts: Vec<(usize, String, String)> = Vec::new();
         for (r, i) in conflicts {
             let Some(loc) = r.location else { continue };
             let elsewhere = eff.iter().any(|s| {
@@ -636,15 +659,20 @@ pub fn resolve(
                     has.own || has.ext
                 }
             });
-            if !elsewhere && text.is_char_boundary(loc) {
-                inserts.push((loc, pairs[i].incoming.clone(), r.name.clone()));
+            if !elsewhere {
+                inserts.push((loc, pairs[i].incoming.clone(), Some(r.name.clone())));
             }
         }
-        inserts.sort_by_key(|x| std::cmp::Reverse(x.0));
-        inserts.dedup_by_key(|x| x.0);
-        for (loc, incoming, name) in inserts {
-            text.insert_str(loc, &format!("{}.", display_ident(&incoming)));
-            res.qualified_calls.push((incoming, name));
+    }
+    inserts.sort_by_key(|x| std::cmp::Reverse(x.0));
+    inserts.dedup_by_key(|x| x.0);
+    for (loc, schema, call) in inserts {
+        if !text.is_char_boundary(loc) {
+            continue;
+        }
+        text.insert_str(loc, &format!("{}.", display_ident(&schema)));
+        if let Some(name) = call {
+            res.qualified_calls.push((schema, name));
         }
     }
     for (p, d) in pairs.iter().zip(defined) {

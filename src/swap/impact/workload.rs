@@ -306,9 +306,12 @@ pub async fn check_workload(
     for p in pairs {
         // Everything the swap moves away or brings in; a live extension
         // member's qualifier is never rewritten (it stays).
+        // A kept table's namesake in the incoming schema (a rollback's
+        // backup has one) does not come in: statements keep the live table.
         let incoming: DefinedNames = defined_names(client, &p.incoming)
             .await?
             .into_iter()
+            .filter(|n| !p.stays.contains(n))
             .collect();
         let mut d: DefinedNames = defined_names(client, &p.live).await?.into_iter().collect();
         // A kept table stays in the live schema: its qualifier is not rewritten.
