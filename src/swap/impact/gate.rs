@@ -392,6 +392,22 @@ pub async fn before_moves(
     if let Some(why) = &impact.statements.not_checked {
         tracing::info!("{why}");
     }
+    // Statements this role may not see: a blind spot of the check, said
+    // where it is seen (a CI gate would otherwise pass them silently).
+    for u in impact
+        .statements
+        .unchecked
+        .iter()
+        .filter(|u| u.query == super::workload::HIDDEN_QUERY)
+    {
+        let w = if fail_on_breaking {
+            format!("{}; --fail-on-breaking cannot judge them", u.reason)
+        } else {
+            u.reason.clone()
+        };
+        tracing::warn!("{w}");
+        warnings.push(w);
+    }
     for b in impact.breaking() {
         tracing::warn!("{b}");
         warnings.push(b);

@@ -294,10 +294,21 @@ impl Impact {
                 c.columns.join(", ")
             ));
         }
+        // Statements of other roles this role cannot see may use any object.
+        let hidden = self
+            .statements
+            .unchecked
+            .iter()
+            .any(|u| u.query == workload::HIDDEN_QUERY);
         for h in self.hazards.iter().filter(|h| h.effect == Effect::Breaks) {
             if self.statements.uses(&h.object) {
                 out.push(format!(
                     "{} {} ({}), used by recorded statements",
+                    h.code, h.object, h.detail
+                ));
+            } else if hidden {
+                out.push(format!(
+                    "{} {} ({}), which statements of other roles this role cannot see may use (grant it pg_read_all_stats)",
                     h.code, h.object, h.detail
                 ));
             }
@@ -327,5 +338,31 @@ mod tests {
         assert_eq!(display_table("billing", "invoices"), "billing.invoices");
         assert_eq!(display_table("public", "Order"), "\"Order\"");
         assert_eq!(qualified_display("public", "accounts"), "public.accounts");
+    }
+
+    /// A breaking change no visible statement uses is breaking all the same
+    /// when statements of other roles are hidden from this role: a CI gate
+    /// (`--fail-on-breaking`) must not pass what it cannot see.
+    #[test]
+    fn a_breaking_change_counts_when_statements_are_hidden() {
+        let mut i = Impact::default();
+        i.hazards.push(Hazard {
+            code: "COLUMN_DROPPED".into(),
+            effect: Effect::Breaks,
+            object: "public.orders.total".into(),
+            detail: "numeric".into(),
+        });
+        assert!(i.breaking().is_empty());
+        i.statements.unchecked.push(UncheckedStatement {
+            query: workload::HIDDEN_QUERY.into(),
+            reason: "2 statements of other roles are hidden from this role".into(),
+            calls: 0,
+        });
+        assert_eq!(
+            i.breaking(),
+            vec![
+                "COLUMN_DROPPED public.orders.total (numeric), which statements of other roles this role cannot see may use (grant it pg_read_all_stats)"
+            ]
+        );
     }
 }

@@ -335,7 +335,7 @@ pub async fn check_workload(
     };
     if hidden > 0 {
         report.unchecked.push(UncheckedStatement {
-            query: "<insufficient privilege>".into(),
+            query: HIDDEN_QUERY.into(),
             reason: format!(
                 "{hidden} statements of other roles are hidden from this role: grant it pg_read_all_stats to check them"
             ),
@@ -691,6 +691,11 @@ async fn can_probe(client: &Client) -> Result<bool> {
         .context("looking for PL/pgSQL")?;
     Ok(row.get(0))
 }
+
+/// The `query` of the unchecked entry that counts the statements of other
+/// roles this role may not see (`pg_stat_statements` shows
+/// `<insufficient privilege>` for them).
+pub const HIDDEN_QUERY: &str = "<insufficient privilege>";
 
 /// The quiet probe: `PREPARE` (with the statement from `pgshift.probe`)
 /// inside a PL/pgSQL block that catches the error and keeps its fields in
