@@ -393,6 +393,11 @@ fn a_write_the_shadow_rejects_fails_the_swap_and_status_shows_why() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(err.contains("email"), "{err}");
+    // And what to do about it.
+    assert!(
+        err.contains("a row written to it since prepare does not fit the source's definition of the table: fix that row on the destination, or run `pgshift abort` and prepare again"),
+        "{err}"
+    );
     assert_eq!(schema_fingerprint(&dbs.dst, "public"), before);
     let st: serde_json::Value = serde_json::from_str(&assert_success(
         &wd.run(&["status", "--dest", &dst, "--json"]),

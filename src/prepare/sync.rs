@@ -1408,7 +1408,24 @@ async fn replay_batch(client: &Client, l: &Live, limit: i64) -> Result<u64> {
         client
             .execute(sql.as_str(), &[&ids])
             .await
-            .map_err(|e| pg_error_as(e, &what))?;
+            .map_err(|e| {
+                // A value the source's definition rejects (data exception,
+                // constraint violation): a row written since prepare.
+                let advice = e.code().is_some_and(|c| {
+                    let c = c.code();
+                    c.starts_with("22") || c.starts_with("23")
+                });
+                if advice {
+                    pg_error_as(
+                        e,
+                        &format!(
+                            "{what} (a row written to it since prepare does not fit the source's definition of the table: fix that row on the destination, or run `pgshift abort` and prepare again)"
+                        ),
+                    )
+                } else {
+                    pg_error_as(e, &what)
+                }
+            })?;
     }
     client
         .execute(
