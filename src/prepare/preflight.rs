@@ -93,6 +93,23 @@ pub async fn check_source(src: &Client, schemas: &[String]) -> Result<Vec<String
             list_some(&unreadable)
         );
     }
+    // A standby cancels a long read that conflicts with replay (a vacuum
+    // the primary ran), unless told to wait or to keep the rows it reads.
+    let r = src
+        .query_one(
+            "SELECT pg_catalog.pg_is_in_recovery(),
+                    pg_catalog.current_setting('hot_standby_feedback')::bool,
+                    pg_catalog.current_setting('max_standby_streaming_delay')",
+            &[],
+        )
+        .await
+        .context("checking whether the source is a standby")?;
+    let (standby, feedback, delay): (bool, bool, String) = (r.get(0), r.get(1), r.get(2));
+    if standby && !feedback && delay != "-1" {
+        warnings.push(format!(
+            "the source is a standby with hot_standby_feedback off and max_standby_streaming_delay = {delay}: a conflict with recovery may cancel the copy (the error then reads like a lost connection or an invalid snapshot); turn hot_standby_feedback on, or set max_standby_streaming_delay = -1 for the migration"
+        ));
+    }
     let lobs: i64 = src
         .query_one(
             "SELECT count(*) FROM pg_catalog.pg_largeobject_metadata",
