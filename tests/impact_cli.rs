@@ -695,3 +695,52 @@ fn a_check_reprinted_by_a_dump_is_no_hazard() {
         .collect();
     assert_eq!(checks, ["public.orders.kind_ok"], "{p}");
 }
+
+/// A transaction that began before prepare and still holds its snapshot:
+/// the report notes it (a REPEATABLE READ one reads the new tables as empty
+/// after the swap, as the session below shows, until it ends).
+#[tokio::test]
+async fn a_snapshot_older_than_prepare_is_noted() {
+    let dbs = TestDbs::new("old_snapshot");
+    dbs.src
+        .psql("CREATE TABLE t (id int PRIMARY KEY); INSERT INTO t SELECT generate_series(1, 10);");
+    dbs.dst.psql("CREATE TABLE t (id int PRIMARY KEY);");
+    let mut cfg = dbs.dst.pg_config();
+    cfg.application_name("app");
+    let (app, conn) = cfg.connect(NoTls).await.unwrap();
+    tokio::spawn(conn);
+    // Its snapshot taken, no lock on a table (the swap need not wait).
+    app.batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ; SELECT 1;")
+        .await
+        .unwrap();
+    let pid: i32 = app
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let wd = Workdir::new();
+    let url = dbs.dst.url();
+    assert_success(&wd.prepare(&dbs, &[]));
+    let dry = |wd: &Workdir| json_of(&wd.run_ok(&["swap", "--dest", &url, "--dry-run", "--json"]));
+    let notes = dry(&wd)["swap"]["impact"]["notes"].to_string();
+    assert!(
+        notes.contains(&format!(
+            "1 transaction that began before prepare is still open (pid {pid})"
+        )),
+        "{notes}"
+    );
+    assert_success(&wd.run(&["swap", "--dest", &url]));
+    let seen: i64 = app
+        .query_one("SELECT count(*) FROM t", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(seen, 0, "PostgreSQL's MVCC: the snapshot predates the rows");
+    app.batch_execute("COMMIT").await.unwrap();
+    let seen: i64 = app
+        .query_one("SELECT count(*) FROM t", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(seen, 10);
+}

@@ -110,3 +110,49 @@ pub async fn blockers(
         })
         .collect())
 }
+
+/// The note about transactions that began before `since` (when prepare
+/// started: the incoming tables were filled after it) and are still open
+/// with a snapshot: one at REPEATABLE READ or SERIALIZABLE keeps that
+/// snapshot, in which the rows written since are not there yet, so after
+/// the swap it reads the new tables as empty (PostgreSQL's MVCC, as after a
+/// TRUNCATE). None when there are none.
+pub async fn older_snapshots(
+    client: &impl GenericClient,
+    since: chrono::DateTime<chrono::Utc>,
+) -> Result<Option<String>> {
+    let pids: Vec<i32> = client
+        .query(
+            "SELECT a.pid FROM pg_catalog.pg_stat_activity a
+              WHERE a.datname = pg_catalog.current_database()
+                AND a.pid <> pg_catalog.pg_backend_pid()
+                AND a.backend_type = 'client backend'
+                AND COALESCE(a.application_name, '') NOT LIKE 'pgshift%'
+                AND a.backend_xmin IS NOT NULL
+                AND a.xact_start < $1
+              ORDER BY a.xact_start, a.pid",
+            &[&since],
+        )
+        .await
+        .context("looking for transactions older than prepare")?
+        .into_iter()
+        .map(|r| r.get(0))
+        .collect();
+    if pids.is_empty() {
+        return Ok(None);
+    }
+    let shown: Vec<String> = pids.iter().take(10).map(i32::to_string).collect();
+    Ok(Some(format!(
+        "{} transaction{} that began before prepare {} still open (pid {}{}): one at REPEATABLE READ or SERIALIZABLE keeps its snapshot, which predates the new tables' rows, and reads them as empty after the swap; end {} before the swap",
+        pids.len(),
+        if pids.len() == 1 { "" } else { "s" },
+        if pids.len() == 1 { "is" } else { "are" },
+        shown.join(", "),
+        if pids.len() > shown.len() {
+            ", …"
+        } else {
+            ""
+        },
+        if pids.len() == 1 { "it" } else { "them" },
+    )))
+}

@@ -179,7 +179,23 @@ pub async fn report(client: &Client, req: &ImpactRequest<'_>) -> Result<Impact> 
     )
     .await?;
     impact.set_writes(writes);
+    note_older_snapshots(client, req, &mut impact).await?;
     Ok(impact)
+}
+
+/// The note about transactions older than the baseline
+/// ([`blockers::older_snapshots`](super::blockers::older_snapshots)).
+async fn note_older_snapshots(
+    client: &Client,
+    req: &ImpactRequest<'_>,
+    impact: &mut Impact,
+) -> Result<()> {
+    if let Some(base) = req.baseline {
+        impact
+            .notes
+            .extend(super::blockers::older_snapshots(client, base.taken_at).await?);
+    }
+    Ok(())
 }
 
 /// The baseline a migration's swap compares with: the counters recorded when
@@ -385,6 +401,7 @@ pub async fn before_moves(
         }
     };
     impact.set_writes(writes);
+    note_older_snapshots(client, req, &mut impact).await?;
     if let Some(why) = breaking_refusal_of(op, &impact, fail_on_breaking) {
         return Err(anyhow!(why));
     }
@@ -411,6 +428,9 @@ pub async fn before_moves(
     for b in impact.breaking() {
         tracing::warn!("{b}");
         warnings.push(b);
+    }
+    for n in impact.notes.iter().filter(|n| *n != super::RENAME_NOTE) {
+        tracing::warn!("{n}");
     }
     if !impact.blockers.is_empty() {
         let pids: Vec<String> = impact
