@@ -618,6 +618,28 @@ fn privileges_are_checked_in_every_chosen_schema() {
         ],
     );
 
+    // An extension the destination lacks that only a superuser may create
+    // (dblink is not trusted) is refused before anything, dry run included.
+    dbs.src.psql(&format!(
+        "GRANT SELECT ON billing.invoices TO {role}; CREATE EXTENSION dblink;"
+    ));
+    dbs.dst.psql(&format!(
+        "ALTER TABLE billing.invoices OWNER TO {role}; ALTER DOMAIN billing.amount OWNER TO {role}"
+    ));
+    let superuser_only = vec![
+        "extension dblink is missing on the destination, and creating it takes a superuser",
+        "CREATE EXTENSION dblink WITH SCHEMA public",
+    ];
+    refused(
+        "an extension only a superuser may create",
+        prepare(&role_src, &role_dst),
+        superuser_only.clone(),
+    );
+    let mut dry = prepare(&role_src, &role_dst);
+    dry.push("--dry-run".into());
+    refused("the same, in a dry run", dry, superuser_only);
+    dbs.src.psql("DROP EXTENSION dblink;");
+
     // Granted: the role prepares both schemas.
     dbs.src
         .psql(&format!("GRANT SELECT ON billing.invoices TO {role}"));

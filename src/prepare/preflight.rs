@@ -809,6 +809,13 @@ pub async fn plan_extensions(
                         "extension {} lives in schema {} on the source, which does not exist on the destination",
                         e.name, e.schema
                     ));
+                } else if !may_create_extension(dst, &e.name).await? {
+                    problems.push(format!(
+                        "extension {} is missing on the destination, and creating it takes a superuser (it is not a trusted extension): have one run CREATE EXTENSION {} WITH SCHEMA {} there, then prepare again",
+                        e.name,
+                        display_ident(&e.name),
+                        display_ident(&e.schema)
+                    ));
                 } else {
                     plans.push(ExtensionPlan {
                         name: e.name.clone(),
@@ -824,6 +831,24 @@ pub async fn plan_extensions(
         bail!("{}", problems.join("; "));
     }
     Ok((plans, warnings))
+}
+
+/// Whether this role may create extension `name` (its default version): a
+/// superuser may, and so may a role that may create in the database when
+/// the version is trusted or needs no superuser.
+async fn may_create_extension(dst: &Client, name: &str) -> Result<bool> {
+    Ok(dst
+        .query_one(
+            "SELECT COALESCE((SELECT r.rolsuper FROM pg_catalog.pg_roles r WHERE r.rolname = current_user), false)
+                 OR COALESCE((SELECT v.trusted OR NOT v.superuser
+                                FROM pg_catalog.pg_available_extension_versions v
+                                JOIN pg_catalog.pg_available_extensions a ON a.name = v.name AND a.default_version = v.version
+                               WHERE v.name = $1), true)",
+            &[&name],
+        )
+        .await
+        .context("checking who may create an extension")?
+        .get(0))
 }
 
 /// Create the missing extensions (the first change prepare makes). Each one in
