@@ -586,3 +586,49 @@ fn row_level_security_on_a_preserved_table_refuses_the_swap() {
     // users' 50; notes not counted (its policy would have shown 10 of 30).
     assert_eq!(listed[0]["total_rows"], 50, "{listed}");
 }
+
+/// An abort that cannot take its locks (a session idle in transaction on a
+/// preserved table) names the session that holds them, and changes
+/// nothing; once it ends, the abort goes through.
+#[tokio::test]
+async fn an_abort_held_up_by_a_lock_names_the_holder() {
+    let dbs = TestDbs::new("abort_holder");
+    let schema = "CREATE TABLE users (id int PRIMARY KEY, name text);";
+    dbs.src.psql(schema);
+    dbs.dst.psql(schema);
+    let wd = Workdir::new();
+    with_users_preserved(&wd, &dbs, "prepare", &[]);
+    std::fs::write(wd.join("pgshift.toml"), "swap_retries = 1\n").unwrap();
+    let (app, conn) = dbs
+        .dst
+        .pg_config()
+        .connect(tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    app.batch_execute("BEGIN; LOCK TABLE users IN ACCESS SHARE MODE;")
+        .await
+        .unwrap();
+    let pid: i32 = app
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let dst = dbs.dst.url();
+    let out = wd.run(&["abort", "--dest", &dst, "--lock-timeout", "100ms"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains(&format!(
+            "sessions hold locks on what it removes: pid {pid} ("
+        )),
+        "{err}"
+    );
+    assert_eq!(
+        dbs.dst
+            .psql("SELECT count(*) FROM pg_trigger WHERE tgrelid = 'public.users'::regclass AND NOT tgisinternal"),
+        "4"
+    );
+    app.batch_execute("COMMIT").await.unwrap();
+    assert_success(&wd.run(&["abort", "--dest", &dst, "--lock-timeout", "100ms"]));
+}
