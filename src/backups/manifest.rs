@@ -395,35 +395,39 @@ pub async fn describe(
     Ok(out)
 }
 
-/// `SELECT count(*) FROM ONLY schema.table`; None when row-level security
-/// applies to this role on the table (its policies would hide rows, and
-/// pgshift's sessions run with `row_security = off`): such a count is not
-/// taken rather than taken wrong.
+/// `SELECT count(*) FROM ONLY schema.table`; see [`count_relation`].
 pub async fn count_rows(
     client: &impl GenericClient,
     schema: &str,
     table: &str,
 ) -> Result<Option<i64>> {
-    let name = qualified(schema, table);
+    count_relation(client, &qualified(schema, table)).await
+}
+
+/// `SELECT count(*) FROM ONLY rel` (`rel` quoted SQL); None when row-level
+/// security applies to this role on it (its policies would hide rows, and
+/// pgshift's sessions run with `row_security = off`): such a count is not
+/// taken rather than taken wrong.
+pub async fn count_relation(client: &impl GenericClient, rel: &str) -> Result<Option<i64>> {
+    let what = || format!("counting the rows of {rel}");
     let hidden: bool = client
         .query_one(
             "SELECT pg_catalog.row_security_active($1::text::regclass)",
-            &[&name],
+            &[&rel],
         )
         .await
-        .with_context(|| format!("counting rows of {schema}.{table}"))?
+        .with_context(what)?
         .get(0);
     if hidden {
         return Ok(None);
     }
-    let sql = format!("SELECT count(*) FROM ONLY {name}");
-    Ok(Some(
-        client
-            .query_one(sql.as_str(), &[])
-            .await
-            .with_context(|| format!("counting rows of {schema}.{table}"))?
-            .get(0),
-    ))
+    let sql = format!("SELECT count(*) FROM ONLY {rel}");
+    let n: i64 = client
+        .query_one(sql.as_str(), &[])
+        .await
+        .with_context(what)?
+        .get(0);
+    Ok(Some(n))
 }
 
 #[cfg(test)]

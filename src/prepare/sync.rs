@@ -1785,24 +1785,7 @@ impl fmt::Display for SyncHealth {
 /// None where row-level security applies to this role (see
 /// [`hidden_rows`]): not counted rather than counted wrong.
 async fn count_rows(client: &Client, rel: &str) -> Result<Option<i64>> {
-    let hidden: bool = client
-        .query_one(
-            "SELECT pg_catalog.row_security_active($1::text::regclass)",
-            &[&rel],
-        )
-        .await
-        .map_err(|e| pg_error_as(e, &format!("counting {rel}")))?
-        .get(0);
-    if hidden {
-        return Ok(None);
-    }
-    Ok(Some(
-        client
-            .query_one(format!("SELECT count(*) FROM ONLY {rel}").as_str(), &[])
-            .await
-            .map_err(|e| pg_error_as(e, &format!("counting {rel}")))?
-            .get(0),
-    ))
+    crate::backups::manifest::count_relation(client, rel).await
 }
 
 /// Why the sync of a preserved table cannot be trusted any more (one of its

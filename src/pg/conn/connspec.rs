@@ -2476,22 +2476,40 @@ mod tests {
 
     #[test]
     fn env_errors_name_the_variable() {
-        assert_eq!(
-            err_env("host=h", &[("PGPORT", "abc")]),
-            r#"invalid PGPORT environment variable: invalid port "abc""#
-        );
-        assert_eq!(
-            err_env("host=h", &[("PGSSLCRL", "/etc/revoked.crl")]),
-            "invalid PGSSLCRL environment variable: pgshift does not check certificate revocation lists; unset it rather than connect without the check"
-        );
-        assert_eq!(
-            err_env("host=h", &[("PGGSSENCMODE", "require")]),
-            "invalid PGGSSENCMODE environment variable: pgshift cannot encrypt with GSSAPI (gssencmode=require); unset it rather than connect without it"
-        );
-        assert_eq!(
-            err_env("host=h", &[("PGSSLMINPROTOCOLVERSION", "TLSv1.3")]),
-            "invalid PGSSLMINPROTOCOLVERSION environment variable: pgshift cannot hold TLS to version 1.3 at the least (it takes 1.2 and 1.3); unset it rather than connect without it"
-        );
+        for (var, value, want) in [
+            (
+                "PGPORT",
+                "abc",
+                r#"invalid PGPORT environment variable: invalid port "abc""#,
+            ),
+            (
+                "PGSSLCRL",
+                "/etc/revoked.crl",
+                "invalid PGSSLCRL environment variable: pgshift does not check certificate revocation lists; unset it rather than connect without the check",
+            ),
+            (
+                "PGGSSENCMODE",
+                "require",
+                "invalid PGGSSENCMODE environment variable: pgshift cannot encrypt with GSSAPI (gssencmode=require); unset it rather than connect without it",
+            ),
+            (
+                "PGSSLMINPROTOCOLVERSION",
+                "TLSv1.3",
+                "invalid PGSSLMINPROTOCOLVERSION environment variable: pgshift cannot hold TLS to version 1.3 at the least (it takes 1.2 and 1.3); unset it rather than connect without it",
+            ),
+            (
+                "PGSSLCERTMODE",
+                "never",
+                "invalid PGSSLCERTMODE environment variable: invalid sslcertmode \"never\" (expected disable or allow)",
+            ),
+            (
+                "PGSSLMODE",
+                "bogus",
+                "invalid PGSSLMODE environment variable: invalid sslmode \"bogus\" (expected disable, allow, prefer, require, verify-ca or verify-full)",
+            ),
+        ] {
+            assert_eq!(err_env("host=h", &[(var, value)]), want);
+        }
         for (var, value) in [
             ("PGSSLMAXPROTOCOLVERSION", "TLSv1.2"),
             ("PGREQUIREPEER", "postgres"),
@@ -2516,14 +2534,6 @@ mod tests {
         ] {
             parse_env("host=h", &[(var, value)]);
         }
-        assert_eq!(
-            err_env("host=h", &[("PGSSLCERTMODE", "never")]),
-            "invalid PGSSLCERTMODE environment variable: invalid sslcertmode \"never\" (expected disable or allow)"
-        );
-        assert_eq!(
-            err_env("host=h", &[("PGSSLMODE", "bogus")]),
-            "invalid PGSSLMODE environment variable: invalid sslmode \"bogus\" (expected disable, allow, prefer, require, verify-ca or verify-full)"
-        );
     }
 
     #[test]

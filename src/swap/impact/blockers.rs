@@ -121,9 +121,9 @@ pub async fn older_snapshots(
     client: &impl GenericClient,
     since: chrono::DateTime<chrono::Utc>,
 ) -> Result<Option<String>> {
-    let pids: Vec<i32> = client
-        .query(
-            "SELECT a.pid FROM pg_catalog.pg_stat_activity a
+    let pids: Vec<i32> = crate::pg::exec::query_map(
+        client,
+        "SELECT a.pid FROM pg_catalog.pg_stat_activity a
               WHERE a.datname = pg_catalog.current_database()
                 AND a.pid <> pg_catalog.pg_backend_pid()
                 AND a.backend_type = 'client backend'
@@ -131,13 +131,11 @@ pub async fn older_snapshots(
                 AND a.backend_xmin IS NOT NULL
                 AND a.xact_start < $1
               ORDER BY a.xact_start, a.pid",
-            &[&since],
-        )
-        .await
-        .context("looking for transactions older than prepare")?
-        .into_iter()
-        .map(|r| r.get(0))
-        .collect();
+        &[&since],
+        "looking for transactions older than prepare",
+        |r| r.get(0),
+    )
+    .await?;
     if pids.is_empty() {
         return Ok(None);
     }
