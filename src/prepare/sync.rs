@@ -1586,7 +1586,11 @@ pub async fn carry_standalone_sequences(
              SELECT p.live, l.relname::text,
                     pg_catalog.quote_ident(p.live) || '.' || pg_catalog.quote_ident(l.relname),
                     pg_catalog.quote_ident(p.shadow) || '.' || pg_catalog.quote_ident(s.relname),
-                    ls.seqincrement
+                    ls.seqincrement,
+                    pg_catalog.pg_has_role(l.relowner, 'USAGE'),
+                    pg_catalog.has_sequence_privilege(l.oid, 'SELECT')
+                      AND pg_catalog.has_sequence_privilege(s.oid, 'SELECT')
+                      AND pg_catalog.has_sequence_privilege(s.oid, 'UPDATE')
                FROM pair p
                JOIN pg_catalog.pg_namespace sn ON sn.nspname = p.shadow
                JOIN pg_catalog.pg_class s ON s.relnamespace = sn.oid AND s.relkind = 'S'
@@ -1608,12 +1612,21 @@ pub async fn carry_standalone_sequences(
     for r in rows {
         let (schema, name, live, shadow, inc): (String, String, String, String, i64) =
             (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4));
-        exec(
-            client,
-            &format!("ALTER SEQUENCE {live} OWNED BY NONE"),
-            &format!("locking sequence {live}"),
-        )
-        .await?;
+        let (owner, may): (bool, bool) = (r.get(5), r.get(6));
+        if !may {
+            tracing::warn!(sequence = %live, "this role may not read both sequences: its value is the source's");
+            continue;
+        }
+        // Only its owner may lock it so; otherwise a value drawn between the
+        // read and the commit may come again.
+        if owner {
+            exec(
+                client,
+                &format!("ALTER SEQUENCE {live} OWNED BY NONE"),
+                &format!("locking sequence {live}"),
+            )
+            .await?;
+        }
         let (ll, lc) = sequence_state(client, &live).await?;
         let (sl, sc) = sequence_state(client, &shadow).await?;
         let further = if inc > 0 {
