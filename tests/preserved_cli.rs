@@ -360,6 +360,22 @@ fn status_tells_when_a_preserved_table_can_no_longer_be_replayed() {
         "the sync of users cannot be replayed (preserved table users: column name is no longer in both tables); run `pgshift abort` and prepare again",
         "{st}"
     );
+    // The dry run says the same, and so does the swap, which changes nothing.
+    let dry: serde_json::Value = serde_json::from_str(&assert_success(&wd.run(&[
+        "swap",
+        "--dest",
+        &dst,
+        "--dry-run",
+        "--json",
+    ])))
+    .unwrap();
+    assert_eq!(dry["swap"]["refusal"], st["swap_blocked_reason"], "{dry}");
+    let out = wd.run(&["swap", "--dest", &dst]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("the sync of users cannot be replayed"),
+        "{out:?}"
+    );
 }
 
 /// A write to a preserved table that the shadow's constraints reject (the
