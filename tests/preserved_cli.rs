@@ -549,7 +549,7 @@ fn row_level_security_on_a_preserved_table_refuses_the_swap() {
     );
     let src = dbs.src.url();
     let wd = Workdir::new();
-    assert_success(&wd.run(&[
+    let prepare = [
         "prepare",
         "--source",
         &src,
@@ -557,7 +557,22 @@ fn row_level_security_on_a_preserved_table_refuses_the_swap() {
         &dst,
         "--preserved-tables",
         "users",
-    ]));
+    ];
+    // Forced on the source, it would be on the shadow: refused up front.
+    dbs.src.psql(
+        "ALTER TABLE users ENABLE ROW LEVEL SECURITY; ALTER TABLE users FORCE ROW LEVEL SECURITY;",
+    );
+    let out = wd.run(&prepare);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains("the source's table forces row-level security, which its shadow takes"),
+        "{out:?}"
+    );
+    dbs.src.psql(
+        "ALTER TABLE users NO FORCE ROW LEVEL SECURITY; ALTER TABLE users DISABLE ROW LEVEL SECURITY;",
+    );
+    assert_success(&wd.run(&prepare));
     dbs.dst.psql(
         "ALTER TABLE users ENABLE ROW LEVEL SECURITY; ALTER TABLE users FORCE ROW LEVEL SECURITY;
          CREATE POLICY half ON users USING (id <= 25);

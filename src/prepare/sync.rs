@@ -533,6 +533,32 @@ async fn validate_one(
             }
         }
     };
+    // The shadow takes the source's row-level security: forced, it applies to
+    // this role on the destination unless it may bypass it, and the sync's
+    // copy into the shadow would fail late (or keep fewer rows).
+    if let Some(t) = src {
+        let forced: bool = source
+            .query_one(
+                "SELECT c.relrowsecurity AND c.relforcerowsecurity FROM pg_catalog.pg_class c WHERE c.oid = $1",
+                &[&t.oid],
+            )
+            .await
+            .map_err(|e| pg_error_as(e, "looking up a preserved table on the source"))?
+            .get(0);
+        let bypass: bool = dest
+            .query_one(
+                "SELECT r.rolsuper OR r.rolbypassrls FROM pg_catalog.pg_roles r WHERE r.rolname = current_user",
+                &[],
+            )
+            .await
+            .map_err(|e| pg_error_as(e, "looking up the connecting role"))?
+            .get(0);
+        if forced && !bypass {
+            problems.push(format!(
+                "{shown}: the source's table forces row-level security, which its shadow takes, and the connecting role cannot bypass it on the destination (the sync could not copy the destination's rows)"
+            ));
+        }
+    }
     let src_oid = match src {
         None => {
             problems.push(format!(
