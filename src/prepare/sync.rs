@@ -46,6 +46,14 @@
 //!   replayed is right (the replay read the row after that change committed), and
 //!   a key whose last change was not replayed is still in the changelog. The last
 //!   replay runs inside the swap transaction under its locks ([`final_sync`]).
+//! * **Reads are never filtered.** pgshift's sessions run with `row_security =
+//!   off`, so a replay that row-level security would filter fails instead of
+//!   dropping rows; the swap, its dry run and `status` refuse beforehand when
+//!   RLS applies to this role on a preserved table ([`hidden_rows`]).
+//! * **Sequences** never go back at the swap: those of `T`'s columns continue
+//!   after the greater of the two values ([`final_sync`]), and so do the
+//!   sequences no column uses that both sides have, since the application may
+//!   draw `T`'s keys from them itself ([`carry_standalone_sequences`]).
 //!
 //! The sync lives in the database: it runs without pgshift and survives restarts.
 //! [`health`] reports it for `status`; [`final_sync`] and `cleanup` remove it.
