@@ -362,6 +362,23 @@ async fn writes_to_tables_that_are_not_preserved_refuse_swap_and_rollback() {
     ]);
     assert_eq!(dbs.dst.psql("SELECT count(*) FROM public.orders"), "21");
     assert_eq!(dbs.dst.psql("SELECT count(*) FROM public.catalog"), "1");
+
+    // 7. A table truncated since the current public went live is unknown,
+    // and said so in the rollback's words.
+    dbs.dst.psql("TRUNCATE orders");
+    let d = json_of(&wd.run_ok(&[
+        "rollback",
+        "--dest",
+        &url,
+        "--latest",
+        "--dry-run",
+        "--json",
+    ]));
+    let unknown = d["rollback"]["unknown_writes"].to_string();
+    assert!(
+        unknown.contains("truncated or rewritten since the current public went live"),
+        "{d}"
+    );
 }
 
 /// The destination's application: four statements recorded by

@@ -142,11 +142,23 @@ pub async fn writes_since(
     let now = take_baseline(client, &schemas)
         .await
         .context("checking the tables' write counters")?;
-    let check = match (baseline, op) {
+    let mut check = match (baseline, op) {
         (Some(base), _) => compare(base, &now, exempt),
         (None, Operation::Swap) => compare_without_baseline(&now, exempt),
         (None, Operation::Rollback) => compare_without_live_baseline(&now, exempt),
     };
+    // A rollback's baseline was taken when the current public went live.
+    if op == Operation::Rollback && baseline.is_some() {
+        for u in &mut check.unknown {
+            u.reason = u
+                .reason
+                .replace(
+                    "since prepare started",
+                    "since the current public went live",
+                )
+                .replace("when prepare started", "when the current public went live");
+        }
+    }
     Ok((now, check))
 }
 
