@@ -220,6 +220,43 @@ fn a_name_spelled_as_data_in_a_function_body_keeps_its_value() {
     assert_eq!(dbs.dst.psql("SELECT t FROM mv"), "public.accounts");
 }
 
+/// A name a function body holds in a variable, a parameter or a `CASE` of a
+/// name type (`cfg regconfig := 'public.mycfg'`) is the shadow's while the
+/// shadow is built: stored generated columns and index entries use the
+/// source's configuration, not an older one of the same name the
+/// destination has.
+#[test]
+fn a_name_a_function_body_holds_in_a_variable_is_the_shadows() {
+    let dbs = TestDbs::new("body_names");
+    dbs.src.psql(
+        "CREATE TEXT SEARCH CONFIGURATION public.mycfg (COPY = pg_catalog.english);
+         CREATE FUNCTION doc_tsv(t text) RETURNS tsvector IMMUTABLE LANGUAGE plpgsql AS $f$
+           DECLARE cfg regconfig := 'public.mycfg'; BEGIN RETURN to_tsvector(cfg, t); END $f$;
+         CREATE FUNCTION doc_tsv2(lang text, t text) RETURNS tsvector IMMUTABLE LANGUAGE sql AS $f$
+           SELECT to_tsvector(CASE WHEN lang = 'en' THEN 'public.mycfg' ELSE 'pg_catalog.simple' END::regconfig, t) $f$;
+         CREATE TABLE docs (id int PRIMARY KEY, lang text, body text,
+           tsv tsvector GENERATED ALWAYS AS (doc_tsv(body)) STORED,
+           tsv2 tsvector GENERATED ALWAYS AS (doc_tsv2(lang, body)) STORED);
+         CREATE INDEX docs_tsv ON docs USING gin (doc_tsv(body));
+         INSERT INTO docs (id, lang, body) VALUES (1, 'en', 'the running dogs are jumping'), (2, 'fr', 'les chiens courent');",
+    );
+    dbs.dst
+        .psql("CREATE TEXT SEARCH CONFIGURATION public.mycfg (COPY = pg_catalog.simple)");
+    let wd = Workdir::new();
+    wd.run_ok(&[
+        "start",
+        "--source",
+        &dbs.src.url(),
+        "--dest",
+        &dbs.dst.url(),
+    ]);
+    let sql = "SELECT id, tsv, tsv2 FROM docs ORDER BY id";
+    assert_eq!(dbs.dst.psql(sql), dbs.src.psql(sql));
+    let by_index =
+        "SET enable_seqscan = off; SELECT id FROM docs WHERE doc_tsv(body) @@ 'dog'::tsquery";
+    assert_eq!(dbs.dst.psql(by_index), "1");
+}
+
 #[test]
 fn a_failure_in_any_phase_leaves_nothing_behind() {
     let dbs = TestDbs::new("failpoints");

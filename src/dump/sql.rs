@@ -77,10 +77,14 @@
 //! (`public.norm_impl(t)`) or a `SET search_path = public` would then reach the
 //! destination's live objects. So such a function is created in its *prepare-time* form,
 //! its body remapped by the rules above (and a string constant that is only a qualified
-//! name the dump defines and a whole argument of a function call, `to_tsvector('public.cfg',
-//! t)`, `nextval('public.s')`, which the called function's signature makes a `regconfig`
-//! or a `regclass`; the same constant compared, listed or returned, `THEN 'public.t'`,
-//! `IN ('public.t')`, is data and stays) and each chosen schema of its `search_path` preceded by
+//! name the dump defines where its context makes it a name: a whole argument of a function
+//! call, `to_tsvector('public.cfg', t)`, `nextval('public.s')`, which the called function's
+//! signature makes a `regconfig` or a `regclass`; the value of a variable or parameter of a
+//! `reg*` type, `cfg regconfig := 'public.cfg'`; a `CASE` cast to one. The same constant
+//! compared with text, listed or returned as text, `THEN 'public.t'`, `IN ('public.t')`, or
+//! an argument of a text function, `concat_ws(':', 'public.t')`, is data and stays; the
+//! scanner sees no types, so [`Tokens::name_context`] reads the context) and each chosen
+//! schema of its `search_path` preceded by
 //! its shadow; the swap puts back the definition as written (`CREATE OR
 //! REPLACE`, one deferred statement each) before the shadow's objects move.
 //!
@@ -1059,19 +1063,10 @@ impl<'a> Tokens<'a> {
         Some((truncate_ident(value), last))
     }
 
-    /// Whether token `i` is a whole argument of a function call
-    /// (`nextval('public.s')`, `to_tsvector('public.cfg', t)`), where the
-    /// called function's signature may make a string a name (a `regclass`,
-    /// a `regconfig`); not a value compared, listed or returned
-    /// (`THEN 'public.t'`, `IN ('public.t')`, `x = 'public.t'`), which is data.
-    fn call_argument(&self, i: usize) -> bool {
-        let before = |t: Token| i > 0 && self.is(i - 1, t);
-        if !(before(Token::Ascii40) || before(Token::Ascii44))
-            || !(self.is(i + 1, Token::Ascii41) || self.is(i + 1, Token::Ascii44))
-        {
-            return false;
-        }
-        // The parenthesis that opens the list the argument is in.
+    /// The opening parenthesis of the list token `i` is directly in; `None`
+    /// inside an array (`ARRAY['public.t']`, whose elements are values) or
+    /// outside any parentheses.
+    fn enclosing_paren(&self, i: usize) -> Option<usize> {
         let mut depth = 0usize;
         let mut j = i;
         while j > 0 {
@@ -1079,19 +1074,152 @@ impl<'a> Tokens<'a> {
             match self.toks[j].token {
                 Token::Ascii41 | Token::Ascii93 => depth += 1,
                 Token::Ascii40 | Token::Ascii91 if depth > 0 => depth -= 1,
-                Token::Ascii40 => break,
-                // An array's elements are values.
-                Token::Ascii91 => return false,
+                Token::Ascii40 => return Some(j),
+                Token::Ascii91 => return None,
                 _ => {}
             }
         }
-        if !self.is(j, Token::Ascii40) || j == 0 {
+        None
+    }
+
+    /// Whether token `i` is a whole element of a parenthesised list:
+    /// `(` or `,` before it, `)` or `,` after.
+    fn list_element(&self, i: usize) -> bool {
+        i > 0
+            && (self.is(i - 1, Token::Ascii40) || self.is(i - 1, Token::Ascii44))
+            && (self.is(i + 1, Token::Ascii41) || self.is(i + 1, Token::Ascii44))
+    }
+
+    /// Whether token `i` is a whole argument of a function call
+    /// (`nextval('public.s')`, `to_tsvector('public.cfg', t)`), where the
+    /// called function's signature may make a string a name (a `regclass`,
+    /// a `regconfig`); not a value compared, listed or returned
+    /// (`THEN 'public.t'`, `IN ('public.t')`, `x = 'public.t'`), nor an
+    /// argument of a function on text (`concat_ws`, `jsonb_build_object`),
+    /// which are data.
+    fn call_argument(&self, i: usize) -> bool {
+        if !self.list_element(i) {
             return false;
         }
+        let Some(j) = self.enclosing_paren(i).filter(|&j| j > 0) else {
+            return false;
+        };
         // A function's name; not a keyword, which is SQL's own syntax
         // (`IN (`, `VALUES (`, `RETURN (`) or a function on values
         // (`coalesce`, `greatest`, `nullif`).
         matches!(self.toks[j - 1].token, Token::Ident | Token::Uident)
+            && !self
+                .ident(j - 1)
+                .is_some_and(|(f, _)| TEXT_FUNCTIONS.contains(&f.as_str()))
+    }
+
+    /// The index of the last token of a name type (`regclass`,
+    /// `pg_catalog.regconfig`) starting at token `i`.
+    fn name_type(&self, i: usize) -> Option<usize> {
+        let (first, last) = self.ident(i)?;
+        if NAME_TYPES.contains(&first.as_str()) {
+            return Some(last);
+        }
+        let (second, last) = (first == "pg_catalog" && self.is(last + 1, Token::Ascii46))
+            .then(|| self.ident(last + 2))??;
+        NAME_TYPES.contains(&second.as_str()).then_some(last)
+    }
+
+    /// The index of the first token of a name type ending at token `i`.
+    fn name_type_ending(&self, i: usize) -> Option<usize> {
+        [i, i.saturating_sub(2)]
+            .into_iter()
+            .find(|&s| self.name_type(s) == Some(i))
+    }
+
+    /// The variables a PL/pgSQL body declares with a name type
+    /// (`cfg regconfig := …`, `t CONSTANT regclass = …`).
+    fn name_variables(&self) -> Vec<String> {
+        let mut vars = Vec::new();
+        for i in 1..self.toks.len() {
+            if self.name_type(i).is_none() {
+                continue;
+            }
+            let var = if self.is(i - 1, Token::Ident)
+                && self.ident(i - 1).is_some_and(|(c, _)| c == "constant")
+                && i >= 2
+            {
+                i - 2
+            } else {
+                i - 1
+            };
+            if self.is(var, Token::Ident)
+                && let Some((name, _)) = self.ident(var)
+            {
+                vars.push(name);
+            }
+        }
+        vars
+    }
+
+    /// Whether the operand ending at token `i` is a value of a name type:
+    /// a variable or parameter of one (`vars`), or a name type itself (a
+    /// declaration, `cfg regconfig := …`, or a cast, `x::regclass = …`).
+    fn name_operand(&self, i: usize, vars: &[String]) -> bool {
+        self.name_type_ending(i).is_some()
+            || (self.is(i, Token::Ident) && self.ident(i).is_some_and(|(n, _)| vars.contains(&n)))
+    }
+
+    /// Whether the string constant at token `i` is a name by its context:
+    /// a whole argument of a function call; the value of a variable or
+    /// parameter of a name type (`vars`), assigned, defaulted, compared or
+    /// listed (`cfg regconfig := 'public.c'`, `t IN ('public.a', 'public.b')`);
+    /// a branch of a `CASE` cast to one (`CASE … THEN 'public.c' END::regconfig`);
+    /// or returned by a function of one (`returns_name`).
+    fn name_context(&self, i: usize, vars: &[String], returns_name: bool) -> bool {
+        if self.call_argument(i) {
+            return true;
+        }
+        let compare = |t: usize| {
+            [
+                Token::ColonEquals,
+                Token::Ascii61,
+                Token::NotEquals,
+                Token::Default,
+            ]
+            .into_iter()
+            .any(|k| self.is(t, k))
+        };
+        if i >= 2 && compare(i - 1) && self.name_operand(i - 2, vars) {
+            return true;
+        }
+        if compare(i + 1) && !self.is(i + 1, Token::ColonEquals) && self.name_operand(i + 2, vars) {
+            return true;
+        }
+        if self.list_element(i)
+            && let Some(j) = self.enclosing_paren(i)
+            && j >= 2
+            && self.is(j - 1, Token::InP)
+        {
+            let operand = if self.is(j - 2, Token::Not) {
+                j.checked_sub(3)
+            } else {
+                Some(j - 2)
+            };
+            if operand.is_some_and(|o| self.name_operand(o, vars)) {
+                return true;
+            }
+        }
+        if i > 0 && (self.is(i - 1, Token::Then) || self.is(i - 1, Token::Else)) {
+            // The `END` of the `CASE` this branch is in, and its cast.
+            let mut depth = 0usize;
+            for j in i + 1..self.toks.len() {
+                match self.toks[j].token {
+                    Token::Case => depth += 1,
+                    Token::EndP if depth > 0 => depth -= 1,
+                    Token::EndP => {
+                        return self.is(j + 1, Token::Typecast) && self.name_type(j + 2).is_some();
+                    }
+                    _ => {}
+                }
+            }
+        }
+        returns_name && i > 0 && self.is(i - 1, Token::Return) && self.is(i + 1, Token::Ascii59)
     }
 
     /// The name of an object at token `i`: an identifier or an operator.
@@ -1485,6 +1613,51 @@ fn two_part_column_refs(sql: &str) -> Result<HashSet<usize>> {
 /// The languages whose bodies are SQL text, which [`prepare_time_function`] remaps.
 const SQL_BODY_LANGUAGES: &[&str] = &["sql", "plpgsql"];
 
+/// The types whose values are objects' names written as strings: a string
+/// constant of one in a prepare-time body names a shadow's object.
+const NAME_TYPES: &[&str] = &[
+    "regclass",
+    "regcollation",
+    "regconfig",
+    "regdictionary",
+    "regoper",
+    "regoperator",
+    "regproc",
+    "regprocedure",
+    "regtype",
+];
+
+/// Functions on text and values, whose string arguments are data even when
+/// they spell a migrated object's name (`concat_ws(':', 'public.t', id)`).
+const TEXT_FUNCTIONS: &[&str] = &[
+    "concat",
+    "concat_ws",
+    "format",
+    "json_build_array",
+    "json_build_object",
+    "jsonb_build_array",
+    "jsonb_build_object",
+    "to_json",
+    "to_jsonb",
+    "quote_ident",
+    "quote_literal",
+    "quote_nullable",
+    "lower",
+    "upper",
+    "length",
+    "md5",
+    "replace",
+    "split_part",
+    "strpos",
+    "starts_with",
+    "left",
+    "right",
+    "array_append",
+    "array_prepend",
+    "array_position",
+    "array_remove",
+];
+
 /// A function's definition for the time before the swap; `None` when it is
 /// `stmt` itself.
 ///
@@ -1520,6 +1693,7 @@ pub fn prepare_time_function(stmt: &str, maps: &[Mapping<'_>]) -> Result<Option<
         if f.is_procedure || f.sql_body.is_some() {
             continue;
         }
+        let names = name_typed(f);
         let sql_body = f.options.iter().any(|o| match &o.node {
             Some(NodeEnum::DefElem(d)) if d.defname == "language" => {
                 matches!(d.arg.as_ref().and_then(|a| a.node.as_ref()),
@@ -1537,7 +1711,7 @@ pub fn prepare_time_function(stmt: &str, maps: &[Mapping<'_>]) -> Result<Option<
             ) {
                 ("as", Some(NodeEnum::List(l))) if sql_body && l.items.len() == 1 => {
                     if let Some(NodeEnum::String(s)) = l.items[0].node.as_mut()
-                        && let Some(body) = remapper.remap_body(&s.sval)
+                        && let Some(body) = remapper.remap_body(&s.sval, &names)
                     {
                         s.sval = body;
                         changed = true;
@@ -1646,23 +1820,57 @@ fn string_const_node(value: &str) -> pg_query::protobuf::Node {
     }
 }
 
+/// A function's parameters of a name type (`t regclass`) and whether it
+/// returns one, for [`Tokens::name_context`].
+struct NameTyped {
+    params: Vec<String>,
+    returns: bool,
+}
+
+fn name_typed(f: &pg_query::protobuf::CreateFunctionStmt) -> NameTyped {
+    use pg_query::NodeEnum;
+    let is_name = |t: Option<&pg_query::protobuf::TypeName>| {
+        t.and_then(|t| t.names.last())
+            .and_then(|n| n.node.as_ref())
+            .is_some_and(
+                |n| matches!(n, NodeEnum::String(s) if NAME_TYPES.contains(&s.sval.as_str())),
+            )
+    };
+    NameTyped {
+        params: f
+            .parameters
+            .iter()
+            .filter_map(|p| match p.node.as_ref() {
+                Some(NodeEnum::FunctionParameter(p)) if is_name(p.arg_type.as_ref()) => {
+                    Some(p.name.clone())
+                }
+                _ => None,
+            })
+            .collect(),
+        returns: is_name(f.return_type.as_ref()),
+    }
+}
+
 impl Remapper<'_> {
     /// A function body remapped as an entry is, plus every string constant
-    /// that is nothing but a qualified name the dump defines
-    /// (`to_tsvector('app.cfg', t)`, where the function's signature makes the
-    /// constant a `regconfig`, unseen in the text); `None` if nothing changes
-    /// or it does not scan (a body need not be SQL). Only for the prepare-time
-    /// form: the swap puts the body back as written.
-    fn remap_body(&self, body: &str) -> Option<String> {
+    /// that is nothing but a qualified name the dump defines and a name by
+    /// its context ([`Tokens::name_context`]: `to_tsvector('app.cfg', t)`,
+    /// where the function's signature makes the constant a `regconfig`,
+    /// unseen in the text; `cfg regconfig := 'app.cfg'`); `None` if nothing
+    /// changes or it does not scan (a body need not be SQL). Only for the
+    /// prepare-time form: the swap puts the body back as written.
+    fn remap_body(&self, body: &str, typed: &NameTyped) -> Option<String> {
         let toks = scan_raw(body, 0).ok()?;
         let mut edits = Vec::new();
         self.remap_entry(body, 0, body.len(), &toks, None, &mut edits);
         let tokens = Tokens::new(body, &toks);
+        let mut vars = tokens.name_variables();
+        vars.extend(typed.params.iter().cloned());
         for (i, tok) in tokens.toks.iter().enumerate() {
             if tok.token != Token::Sconst
                 || tokens.is(i + 1, Token::Typecast)
                 || edits.iter().any(|e| e.start == tok.start)
-                || !tokens.call_argument(i)
+                || !tokens.name_context(i, &vars, typed.returns)
             {
                 continue;
             }
@@ -2810,6 +3018,20 @@ ALTER TABLE ONLY public.users ALTER COLUMN id SET DEFAULT nextval('public.users_
                     RETURN CASE kind WHEN 'k' THEN 'public.t' END; END IF; \
                     RETURN ('public.t'); END $$;";
         assert_eq!(prepare_time(data), None);
+        // A name by its context: a variable or parameter of a name type,
+        // assigned, defaulted, compared or listed; a CASE cast to one; the
+        // return value of a function returning one. A text function's
+        // argument stays data.
+        let typed = "CREATE FUNCTION shadow.pick(kind text, r regclass) RETURNS regclass LANGUAGE plpgsql IMMUTABLE \
+                     AS $$ DECLARE cfg regconfig := 'public.t'; k CONSTANT pg_catalog.regclass DEFAULT 'public.f'; \
+                     BEGIN cfg := 'public.t'; IF r IN ('public.t', 'x') OR 'public.f' = r OR r::regclass <> 'public.t' \
+                     THEN PERFORM concat_ws(':', 'public.t', kind); END IF; \
+                     PERFORM to_tsvector(CASE WHEN kind = 'a' THEN 'public.t' ELSE 'public.f' END::regconfig, kind); \
+                     RETURN 'public.t'; END $$;";
+        let out = prepare_time(typed).expect("changed");
+        assert_eq!(out.matches("'shadow.t'").count(), 6, "{out}");
+        assert_eq!(out.matches("'shadow.f'").count(), 3, "{out}");
+        assert!(out.contains("concat_ws(':', 'public.t', kind)"), "{out}");
         let seq = "CREATE FUNCTION shadow.next_t() RETURNS bigint LANGUAGE sql \
                    AS $$ SELECT nextval('public.t') + pg_catalog.length(coalesce(NULL, 'public.t')) $$;";
         let out = prepare_time(seq).expect("changed");
