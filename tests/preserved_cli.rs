@@ -618,6 +618,80 @@ fn row_level_security_on_a_preserved_table_refuses_the_swap() {
     assert_eq!(listed[0]["total_rows"], 50, "{listed}");
 }
 
+/// Row-level security on a table outside the migration (an `auth.users`
+/// its own role owns) that applies to the role running pgshift: a preserved
+/// table's foreign key into it is left to the swap's own validation, with a
+/// warning, and a materialized view over it holds the rows its owner may
+/// see, as on the source; neither fails.
+#[test]
+fn row_level_security_outside_the_migration_fails_neither_check_nor_refresh() {
+    let dbs = TestDbs::new("outside_rls");
+    if dbs.dst.socket_dir().is_none() {
+        println!("skipped: needs the harness's own clusters");
+        return;
+    }
+    let role = format!("rls_app_{}", std::process::id());
+    for (db, profiles) in [(&dbs.src, "1, 2"), (&dbs.dst, "1, 2, 3, 4, 5")] {
+        db.psql(&format!(
+            "DO $$ BEGIN CREATE ROLE {role} LOGIN; EXCEPTION WHEN duplicate_object THEN NULL; END $$;
+             ALTER DATABASE \"{name}\" OWNER TO {role};
+             CREATE SCHEMA auth;
+             CREATE TABLE auth.users (id int PRIMARY KEY, email text);
+             INSERT INTO auth.users SELECT g, 'u' || g FROM generate_series(1, 9) g;
+             ALTER TABLE auth.users ENABLE ROW LEVEL SECURITY;
+             CREATE POLICY few ON auth.users FOR SELECT TO PUBLIC USING (id <= 3);
+             GRANT USAGE ON SCHEMA auth TO {role};
+             GRANT SELECT, REFERENCES ON auth.users TO {role};
+             ALTER SCHEMA public OWNER TO {role};
+             SET ROLE {role};
+             CREATE TABLE profiles (id int PRIMARY KEY REFERENCES auth.users, name text);
+             INSERT INTO profiles SELECT g, 'p' FROM unnest(ARRAY[{profiles}]) g;
+             CREATE MATERIALIZED VIEW emails AS SELECT id, email FROM auth.users;
+             RESET ROLE;",
+            name = db.name()
+        ));
+    }
+    let as_role = |url: String, user: &str| {
+        url.replacen(
+            &format!("postgresql://{user}@"),
+            &format!("postgresql://{role}@"),
+            1,
+        )
+    };
+    let dst = as_role(dbs.dst.socket_url(), dbs.dst.user());
+    let wd = Workdir::new();
+    assert_success(&wd.run(&[
+        "prepare",
+        "--source",
+        &dbs.src.url(),
+        "--dest",
+        &dst,
+        "--preserved-tables",
+        "profiles",
+    ]));
+    assert_eq!(dbs.dst.psql("SELECT count(*) FROM shadow.emails"), "3");
+    let out = wd.run(&["swap", "--dest", &dst]);
+    assert_success(&out);
+    assert!(
+        common::stderr_of(&out)
+            .contains("cannot be checked before the swap: row-level security on auth.users"),
+        "{out:?}"
+    );
+    assert_eq!(dbs.dst.psql("SELECT count(*) FROM profiles"), "5");
+    assert_eq!(
+        dbs.dst
+            .psql("SELECT string_agg(email, ',' ORDER BY id) FROM emails"),
+        dbs.src
+            .psql("SELECT string_agg(email, ',' ORDER BY id) FROM emails")
+    );
+    assert_eq!(
+        dbs.dst.psql(
+            "SELECT convalidated FROM pg_constraint WHERE conrelid = 'public.profiles'::regclass AND contype = 'f'"
+        ),
+        "t"
+    );
+}
+
 /// An abort that cannot take its locks (a session idle in transaction on a
 /// preserved table) names the session that holds them, and changes
 /// nothing; once it ends, the abort goes through.

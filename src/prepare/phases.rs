@@ -1250,8 +1250,12 @@ async fn matviews(run: &mut Run<'_>) -> Result<()> {
         .map(|p| quote_ident(&p.shadow))
         .collect::<Vec<_>>()
         .join(", ");
+    // Row-level security on as the source had it when it refreshed: a view
+    // over a table whose policies apply to the view's owner holds the rows
+    // they let it see (with pgshift's `row_security = off` the refresh would
+    // fail instead).
     client
-        .batch_execute(&format!("SET search_path = {path}"))
+        .batch_execute(&format!("SET search_path = {path}; SET row_security = on"))
         .await?;
     for (schema, name, populated) in &run.matviews {
         if !populated {
@@ -1270,7 +1274,7 @@ async fn matviews(run: &mut Run<'_>) -> Result<()> {
     }
     client
         .execute(
-            "SELECT pg_catalog.set_config('search_path', $1, false)",
+            "SELECT pg_catalog.set_config('search_path', $1, false), pg_catalog.set_config('row_security', 'off', false)",
             &[&was],
         )
         .await?;

@@ -49,7 +49,10 @@
 //! * **Reads are never filtered.** pgshift's sessions run with `row_security =
 //!   off`, so a replay that row-level security would filter fails instead of
 //!   dropping rows; the swap, its dry run and `status` refuse beforehand when
-//!   RLS applies to this role on a preserved table ([`hidden_rows`]).
+//!   RLS applies to this role on a preserved table ([`hidden_rows`]). The one
+//!   read RLS may touch is the foreign-key pre-check ([`fk_violations`]): a key
+//!   into a table whose policies apply is left to PostgreSQL's validation in
+//!   the swap, which bypasses them.
 //! * **Sequences** never go back at the swap: those of `T`'s columns continue
 //!   after the greater of the two values ([`final_sync`]), and so do the
 //!   sequences no column uses that both sides have, since the application may
@@ -2223,6 +2226,27 @@ pub async fn fk_violations(
                     crate::pg::meta::table_display(&live(ref_schema), &fk.ref_table),
                     ref_columns.iter().map(|c| display_ident(c)).join(", ")
                 );
+            }
+            // Row-level security that applies to this role hides rows from the
+            // check (and, with `row_security = off`, makes it fail): PostgreSQL's
+            // own validation in the swap, which bypasses it, is the check then.
+            let hidden: bool = client
+                .query_one(
+                    "SELECT coalesce(pg_catalog.row_security_active(pg_catalog.to_regclass($1)), false)
+                         OR coalesce(pg_catalog.row_security_active(pg_catalog.to_regclass($2)), false)",
+                    &[&child, &parent],
+                )
+                .await
+                .map_err(|e| pg_error_as(e, "checking row-level security on a foreign key's tables"))?
+                .get(0);
+            if hidden {
+                tracing::warn!(
+                    "foreign key {} of {} cannot be checked before the swap: row-level security on {} hides rows from this role; the swap validates it as it creates it (a row without a match fails the swap, which then changes nothing)",
+                    display_ident(&fk.constraint),
+                    crate::pg::meta::table_display(&live(schema), &fk.table),
+                    crate::pg::meta::table_display(&live(ref_schema), &fk.ref_table),
+                );
+                continue;
             }
             let parent_kind: Option<String> = client
                 .query_one(
