@@ -317,23 +317,34 @@ fn matviews_and_default_sequences_follow_the_preserved_rows() {
 #[test]
 fn a_sequence_the_application_draws_from_itself_does_not_go_back() {
     let dbs = TestDbs::new("preserved_app_seq");
-    let schema = "CREATE SEQUENCE users_seq; CREATE SEQUENCE other_seq;
+    let schema =
+        "CREATE SEQUENCE users_seq; CREATE SEQUENCE other_seq; CREATE SEQUENCE bounded_seq;
          CREATE TABLE users (id bigint PRIMARY KEY, name text);";
     dbs.src.psql(schema);
     dbs.dst.psql(schema);
     dbs.src.psql(
         "INSERT INTO users SELECT nextval('users_seq'), 's' FROM generate_series(1, 100);
-         SELECT setval('other_seq', 5000);",
+         SELECT setval('other_seq', 5000);
+         ALTER SEQUENCE bounded_seq MAXVALUE 1000; SELECT setval('bounded_seq', 100);",
     );
     dbs.dst.psql(
         "INSERT INTO users SELECT nextval('users_seq'), 'd' FROM generate_series(1, 3000);
-         SELECT setval('other_seq', 70);",
+         SELECT setval('other_seq', 70); SELECT setval('bounded_seq', 4000);",
     );
     let wd = Workdir::new();
-    with_users_preserved(&wd, &dbs, "start", &[]);
+    with_users_preserved(&wd, &dbs, "prepare", &[]);
+    let out = wd.run(&["swap", "--dest", &dbs.dst.url()]);
+    assert_success(&out);
     assert_eq!(dbs.dst.psql("SELECT max(id) FROM users"), "3000");
     assert_eq!(dbs.dst.psql("SELECT nextval('users_seq')"), "3001");
     assert_eq!(dbs.dst.psql("SELECT nextval('other_seq')"), "5001");
+    // A value the source's definition cannot hold: the source's, with a warning.
+    assert_eq!(dbs.dst.psql("SELECT nextval('bounded_seq')"), "101");
+    assert!(
+        common::stderr_of(&out)
+            .contains("does not fit the source's definition (increment 1, 1 to 1000)"),
+        "{out:?}"
+    );
 }
 
 /// A column of a preserved table renamed on the destination after prepare:

@@ -1627,13 +1627,15 @@ pub async fn carry_standalone_sequences(
                     pg_catalog.pg_has_role(l.relowner, 'USAGE'),
                     pg_catalog.has_sequence_privilege(l.oid, 'SELECT')
                       AND pg_catalog.has_sequence_privilege(s.oid, 'SELECT')
-                      AND pg_catalog.has_sequence_privilege(s.oid, 'UPDATE')
+                      AND pg_catalog.has_sequence_privilege(s.oid, 'UPDATE'),
+                    ss.seqincrement, ss.seqmin, ss.seqmax
                FROM pair p
                JOIN pg_catalog.pg_namespace sn ON sn.nspname = p.shadow
                JOIN pg_catalog.pg_class s ON s.relnamespace = sn.oid AND s.relkind = 'S'
                JOIN pg_catalog.pg_namespace ln ON ln.nspname = p.live
                JOIN pg_catalog.pg_class l ON l.relnamespace = ln.oid AND l.relkind = 'S' AND l.relname = s.relname
                JOIN pg_catalog.pg_sequence ls ON ls.seqrelid = l.oid
+               JOIN pg_catalog.pg_sequence ss ON ss.seqrelid = s.oid
               WHERE NOT EXISTS (SELECT 1 FROM pg_catalog.pg_depend d
                                  WHERE d.classid = 'pg_catalog.pg_class'::regclass AND d.refclassid = 'pg_catalog.pg_class'::regclass
                                    AND d.objid IN (s.oid, l.oid) AND d.deptype IN ('a', 'i'))
@@ -1671,6 +1673,15 @@ pub async fn carry_standalone_sequences(
         } else {
             next_value(ll, lc, inc) < next_value(sl, sc, inc)
         };
+        let (shadow_inc, min, max): (i64, i64, i64) = (r.get(7), r.get(8), r.get(9));
+        if further && ((shadow_inc > 0) != (inc > 0) || ll < min || ll > max) {
+            tracing::warn!(
+                sequence = %live,
+                value = ll,
+                "the destination's sequence is further on, but its value does not fit the source's definition (increment {shadow_inc}, {min} to {max}): it takes the source's value, which the destination has passed"
+            );
+            continue;
+        }
         if further {
             client
                 .query_one(
