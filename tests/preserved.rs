@@ -842,7 +842,10 @@ async fn foreign_key_violations_are_reported_and_not_valid_works() {
     let c = dbs.dst.client().await;
     let (_, deferred) = recorded(&c).await;
     let pairs = pgshift::pg::meta::schema_pairs(&["public".to_string()]);
-    let mut v = sync::fk_violations(&c, &deferred, &pairs).await.unwrap();
+    let mut v = sync::fk_violations(&c, &deferred, &pairs)
+        .await
+        .unwrap()
+        .violations;
     v.sort_by(|a, b| a.constraint.cmp(&b.constraint));
     assert_eq!(v.len(), 2, "{v:?}");
     assert_eq!(v[0].constraint, "orders_user_fk");

@@ -681,12 +681,17 @@ fn row_level_security_outside_the_migration_fails_neither_check_nor_refresh() {
         "profiles",
     ]));
     assert_eq!(dbs.dst.psql("SELECT count(*) FROM shadow.emails"), "3");
-    let out = wd.run(&["swap", "--dest", &dst]);
-    assert_success(&out);
+    let out = wd.run(&["swap", "--dest", &dst, "--json"]);
+    let report: serde_json::Value = serde_json::from_str(&assert_success(&out)).unwrap();
+    let unchecked = "foreign key profiles_id_fkey of profiles cannot be checked before the swap: row-level security on auth.users";
+    assert!(common::stderr_of(&out).contains(unchecked), "{out:?}");
     assert!(
-        common::stderr_of(&out)
-            .contains("cannot be checked before the swap: row-level security on auth.users"),
-        "{out:?}"
+        report["warnings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|w| w.as_str().unwrap().starts_with(unchecked)),
+        "{report}"
     );
     assert_eq!(dbs.dst.psql("SELECT count(*) FROM profiles"), "5");
     assert_eq!(

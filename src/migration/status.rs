@@ -293,7 +293,9 @@ async fn swap_verdict(client: &Client, d: &Destination) -> Result<Option<String>
     // The kept tables' crossing keys too, as the swap checks them.
     let violations = match d.swappable() {
         Some(row) => cutover::fk_violations_now(client, row).await,
-        None => sync::fk_violations(client, &st.details.deferred_sql, &pairs).await,
+        None => sync::fk_violations(client, &st.details.deferred_sql, &pairs)
+            .await
+            .map(|c| c.violations),
     };
     match violations {
         Ok(v) if v.is_empty() => Ok(None),

@@ -2183,14 +2183,14 @@ pub async fn fk_violations(
     client: &Client,
     deferred_sql: &[String],
     pairs: &[crate::pg::meta::SchemaPair],
-) -> Result<Vec<FkViolation>> {
+) -> Result<FkCheck> {
     let live = |schema: &str| {
         pairs
             .iter()
             .find(|p| p.shadow == schema)
             .map_or_else(|| schema.to_string(), |p| p.live.clone())
     };
-    let mut out = Vec::new();
+    let mut out = FkCheck::default();
     for sql in deferred_sql {
         let (fks, _) = parse_fks(sql)?;
         for fk in fks.into_iter().filter(|f| !f.not_valid) {
@@ -2251,12 +2251,14 @@ pub async fn fk_violations(
                 .map_err(|e| pg_error_as(e, "checking row-level security on a foreign key's tables"))?
                 .get(0);
             if hidden {
-                tracing::warn!(
+                let why = format!(
                     "foreign key {} of {} cannot be checked before the swap: row-level security on {} hides rows from this role; the swap validates it as it creates it (a row without a match fails the swap, which then changes nothing)",
                     display_ident(&fk.constraint),
                     crate::pg::meta::table_display(&live(schema), &fk.table),
                     crate::pg::meta::table_display(&live(ref_schema), &fk.ref_table),
                 );
+                tracing::warn!("{why}");
+                out.unchecked.push(why);
                 continue;
             }
             let parent_kind: Option<String> = client
@@ -2324,7 +2326,7 @@ pub async fn fk_violations(
                 .map_err(|e| pg_error_as(e, &format!("checking foreign key {}", fk.constraint)))?;
             let count: i64 = row.get(0);
             if count > 0 {
-                out.push(FkViolation {
+                out.violations.push(FkViolation {
                     constraint: fk.constraint,
                     schema: live(schema),
                     referenced_schema: live(ref_schema),
@@ -2339,6 +2341,21 @@ pub async fn fk_violations(
         }
     }
     Ok(out)
+}
+
+/// What [`fk_violations`] found: the keys the rows break, and the keys it
+/// could not check (one line each: why).
+#[derive(Debug, Default)]
+pub struct FkCheck {
+    pub violations: Vec<FkViolation>,
+    pub unchecked: Vec<String>,
+}
+
+impl FkCheck {
+    pub fn extend(&mut self, other: FkCheck) {
+        self.violations.extend(other.violations);
+        self.unchecked.extend(other.unchecked);
+    }
 }
 
 /// The violations in one line for an error or a blocked reason: the first

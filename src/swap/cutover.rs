@@ -422,7 +422,7 @@ pub async fn preview(client: &Client, opts: &SwapOptions) -> Result<SwapPreview>
         leaves,
     };
     let p = engine::preview(client, &exchange(m, &kept), opts.policy, &hook).await?;
-    let fk_violations = fk_violations(client, m, &kept).await?;
+    let fk_violations = fk_violations(client, m, &kept).await?.violations;
     let impact = gate::migration_report_keeping(
         client,
         &m.state,
@@ -458,7 +458,7 @@ pub async fn preview(client: &Client, opts: &SwapOptions) -> Result<SwapPreview>
 
 /// The rows that break the foreign keys the swap creates: the preserved
 /// tables' deferred keys and the kept tables' crossing ones.
-async fn fk_violations(client: &Client, m: &MigrationRow, kept: &Kept) -> Result<Vec<FkViolation>> {
+async fn fk_violations(client: &Client, m: &MigrationRow, kept: &Kept) -> Result<sync::FkCheck> {
     let pairs = pairs(m);
     let mut out = sync::fk_violations(client, &m.state.details.deferred_sql, &pairs).await?;
     out.extend(sync::fk_violations(client, &kept.fk_sql, &pairs).await?);
@@ -469,7 +469,7 @@ async fn fk_violations(client: &Client, m: &MigrationRow, kept: &Kept) -> Result
 /// tables looked up again (for `status`).
 pub async fn fk_violations_now(client: &Client, m: &MigrationRow) -> Result<Vec<FkViolation>> {
     let kept = kept_tables(client, m, &[]).await?;
-    fk_violations(client, m, &kept).await
+    Ok(fk_violations(client, m, &kept).await?.violations)
 }
 
 /// Why the swap refuses these foreign-key violations, unless allowed.
@@ -663,7 +663,11 @@ pub async fn swap(sess: &Session, opts: &SwapOptions) -> Result<SwapReport> {
             );
         }
     }
-    let violations = fk_violations(&sess.control, &m, &kept).await?;
+    let sync::FkCheck {
+        violations,
+        unchecked,
+    } = fk_violations(&sess.control, &m, &kept).await?;
+    warnings.extend(unchecked);
     if let Some(refusal) = fk_refusal(&violations, opts.allow_fk_violations) {
         bail!(refusal);
     }
