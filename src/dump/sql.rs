@@ -78,12 +78,13 @@
 //! destination's live objects. So such a function is created in its *prepare-time* form,
 //! its body remapped by the rules above (and a string constant that is only a qualified
 //! name the dump defines where its context makes it a name: a whole argument of a function
-//! call, `to_tsvector('public.cfg', t)`, `nextval('public.s')`, which the called function's
-//! signature makes a `regconfig` or a `regclass`; the value of a variable or parameter of a
-//! `reg*` type, `cfg regconfig := 'public.cfg'`; a `CASE` cast to one. The same constant
-//! compared with text, listed or returned as text, `THEN 'public.t'`, `IN ('public.t')`, or
-//! an argument of a text function, `concat_ws(':', 'public.t')`, is data and stays; the
-//! scanner sees no types, so [`Tokens::name_context`] reads the context) and each chosen
+//! that takes names, `to_tsvector('public.cfg', t)`, `nextval('public.s')`, whose
+//! signature makes it a `regconfig` or a `regclass` ([`NAME_FUNCTIONS`], or one the dump
+//! defines); the value of a variable or parameter of a `reg*` type, `cfg regconfig :=
+//! 'public.cfg'`; a `CASE` or an array cast to one. The same constant compared with text,
+//! listed or returned as text, `THEN 'public.t'`, `IN ('public.t')`, or an argument of
+//! another function, `concat_ws(':', 'public.t')`, is data and stays; the scanner sees
+//! no types, so [`Tokens::name_context`] reads the context) and each chosen
 //! schema of its `search_path` preceded by
 //! its shadow; the swap puts back the definition as written (`CREATE OR
 //! REPLACE`, one deferred statement each) before the shadow's objects move.
@@ -1090,27 +1091,27 @@ impl<'a> Tokens<'a> {
             && (self.is(i + 1, Token::Ascii41) || self.is(i + 1, Token::Ascii44))
     }
 
-    /// Whether token `i` is a whole argument of a function call
-    /// (`nextval('public.s')`, `to_tsvector('public.cfg', t)`), where the
-    /// called function's signature may make a string a name (a `regclass`,
-    /// a `regconfig`); not a value compared, listed or returned
-    /// (`THEN 'public.t'`, `IN ('public.t')`, `x = 'public.t'`), nor an
-    /// argument of a function on text (`concat_ws`, `jsonb_build_object`),
-    /// which are data.
-    fn call_argument(&self, i: usize) -> bool {
+    /// The function-name token of the call token `i` is a whole argument
+    /// of (`nextval('public.s')`, `to_tsvector('public.cfg', t)`); `None`
+    /// for a value compared, listed or returned (`THEN 'public.t'`,
+    /// `IN ('public.t')`, `x = 'public.t'`) or an argument of SQL's own
+    /// syntax (`VALUES (`, `coalesce(`, `greatest(`), which are keywords.
+    fn call_argument(&self, i: usize) -> Option<usize> {
         if !self.list_element(i) {
-            return false;
+            return None;
         }
-        let Some(j) = self.enclosing_paren(i).filter(|&j| j > 0) else {
-            return false;
-        };
-        // A function's name; not a keyword, which is SQL's own syntax
-        // (`IN (`, `VALUES (`, `RETURN (`) or a function on values
-        // (`coalesce`, `greatest`, `nullif`).
-        matches!(self.toks[j - 1].token, Token::Ident | Token::Uident)
-            && !self
-                .ident(j - 1)
-                .is_some_and(|(f, _)| TEXT_FUNCTIONS.contains(&f.as_str()))
+        let j = self.enclosing_paren(i).filter(|&j| j > 0)?;
+        matches!(self.toks[j - 1].token, Token::Ident | Token::Uident).then_some(j - 1)
+    }
+
+    /// The function called at name token `f`: its schema as written (if
+    /// qualified) and its name.
+    fn called(&self, f: usize) -> Option<(Option<String>, String)> {
+        let (name, _) = self.ident(f)?;
+        let schema = (f >= 2 && self.is(f - 1, Token::Ascii46))
+            .then(|| self.ident(f - 2).map(|(s, _)| s))
+            .flatten();
+        Some((schema, name))
     }
 
     /// The index of the last token of a name type (`regclass`,
@@ -1161,8 +1162,45 @@ impl<'a> Tokens<'a> {
     /// a variable or parameter of one (`vars`), or a name type itself (a
     /// declaration, `cfg regconfig := …`, or a cast, `x::regclass = …`).
     fn name_operand(&self, i: usize, vars: &[String]) -> bool {
+        // `cfg regconfig NOT NULL := …`
+        if i >= 2 && self.is(i, Token::NullP) && self.is(i - 1, Token::Not) {
+            return self.name_type_ending(i - 2).is_some();
+        }
+        // `$1`, by its position in the signature.
+        if self.is(i, Token::Param) {
+            return vars.contains(&self.toks[i].text(self.sql).to_string());
+        }
         self.name_type_ending(i).is_some()
             || (self.is(i, Token::Ident) && self.ident(i).is_some_and(|(n, _)| vars.contains(&n)))
+    }
+
+    /// Whether the expression ending at token `e` is cast to a name type:
+    /// `… END::regconfig`, `(… END)::regconfig`, `CAST(… END AS regconfig)`,
+    /// `ARRAY[…]::regclass[]`.
+    fn cast_to_name(&self, e: usize) -> bool {
+        if self.is(e + 1, Token::As) {
+            return self.name_type(e + 2).is_some();
+        }
+        let mut k = e + 1;
+        while self.is(k, Token::Ascii41) {
+            k += 1;
+        }
+        self.is(k, Token::Typecast) && self.name_type(k + 1).is_some()
+    }
+
+    /// The `CASE` whose branch token `i` is in, scanning back over nested
+    /// `CASE … END`s.
+    fn case_start(&self, i: usize) -> Option<usize> {
+        let mut depth = 0usize;
+        for j in (0..i).rev() {
+            match self.toks[j].token {
+                Token::EndP => depth += 1,
+                Token::Case if depth > 0 => depth -= 1,
+                Token::Case => return Some(j),
+                _ => {}
+            }
+        }
+        None
     }
 
     /// Whether the string constant at token `i` is a name by its context:
@@ -1171,9 +1209,17 @@ impl<'a> Tokens<'a> {
     /// listed (`cfg regconfig := 'public.c'`, `t IN ('public.a', 'public.b')`);
     /// a branch of a `CASE` cast to one (`CASE … THEN 'public.c' END::regconfig`);
     /// or returned by a function of one (`returns_name`).
-    fn name_context(&self, i: usize, vars: &[String], returns_name: bool) -> bool {
-        if self.call_argument(i) {
-            return true;
+    fn name_context(
+        &self,
+        i: usize,
+        vars: &[String],
+        returns_name: bool,
+        takes_names: &dyn Fn(Option<String>, String) -> bool,
+    ) -> bool {
+        if let Some(f) = self.call_argument(i)
+            && let Some((schema, name)) = self.called(f)
+        {
+            return takes_names(schema, name);
         }
         let compare = |t: usize| {
             [
@@ -1206,15 +1252,39 @@ impl<'a> Tokens<'a> {
             }
         }
         if i > 0 && (self.is(i - 1, Token::Then) || self.is(i - 1, Token::Else)) {
-            // The `END` of the `CASE` this branch is in, and its cast.
+            // The `END` of the `CASE` this branch is in, and its cast; or
+            // the `CASE` assigned to a name (`cfg := CASE …`).
             let mut depth = 0usize;
             for j in i + 1..self.toks.len() {
                 match self.toks[j].token {
                     Token::Case => depth += 1,
                     Token::EndP if depth > 0 => depth -= 1,
                     Token::EndP => {
-                        return self.is(j + 1, Token::Typecast) && self.name_type(j + 2).is_some();
+                        if self.cast_to_name(j) {
+                            return true;
+                        }
+                        break;
                     }
+                    _ => {}
+                }
+            }
+            if let Some(c) = self.case_start(i)
+                && c >= 2
+                && compare(c - 1)
+                && self.name_operand(c - 2, vars)
+            {
+                return true;
+            }
+        }
+        // An element of an array cast to a name type.
+        if i > 0 && (self.is(i - 1, Token::Ascii91) || self.is(i - 1, Token::Ascii44)) {
+            let mut depth = 0usize;
+            for j in i + 1..self.toks.len() {
+                match self.toks[j].token {
+                    Token::Ascii40 | Token::Ascii91 => depth += 1,
+                    Token::Ascii41 if depth == 0 => break,
+                    Token::Ascii41 | Token::Ascii93 if depth > 0 => depth -= 1,
+                    Token::Ascii93 => return self.cast_to_name(j),
                     _ => {}
                 }
             }
@@ -1627,35 +1697,59 @@ const NAME_TYPES: &[&str] = &[
     "regtype",
 ];
 
-/// Functions on text and values, whose string arguments are data even when
-/// they spell a migrated object's name (`concat_ws(':', 'public.t', id)`).
-const TEXT_FUNCTIONS: &[&str] = &[
-    "concat",
-    "concat_ws",
-    "format",
-    "json_build_array",
-    "json_build_object",
-    "jsonb_build_array",
-    "jsonb_build_object",
-    "to_json",
-    "to_jsonb",
-    "quote_ident",
-    "quote_literal",
-    "quote_nullable",
-    "lower",
-    "upper",
-    "length",
-    "md5",
-    "replace",
-    "split_part",
-    "strpos",
-    "starts_with",
-    "left",
-    "right",
-    "array_append",
-    "array_prepend",
-    "array_position",
-    "array_remove",
+/// PostgreSQL's functions (and unaccent's) that take an object's name as a
+/// `reg*` or text argument: a string that is only a migrated object's
+/// qualified name passed to one of these is a name. Passed to any other
+/// function the dump does not define (`concat_ws(':', 'public.t', id)`,
+/// `substr`, an extension's), it is data.
+const NAME_FUNCTIONS: &[&str] = &[
+    "brin_desummarize_range",
+    "brin_summarize_new_values",
+    "brin_summarize_range",
+    "currval",
+    "gin_clean_pending_list",
+    "has_column_privilege",
+    "has_sequence_privilege",
+    "has_table_privilege",
+    "json_to_tsvector",
+    "jsonb_to_tsvector",
+    "nextval",
+    "pg_column_is_updatable",
+    "pg_get_replica_identity_index",
+    "pg_get_serial_sequence",
+    "pg_index_column_has_property",
+    "pg_index_has_property",
+    "pg_indexes_size",
+    "pg_partition_ancestors",
+    "pg_partition_root",
+    "pg_partition_tree",
+    "pg_relation_filenode",
+    "pg_relation_filepath",
+    "pg_relation_is_updatable",
+    "pg_relation_size",
+    "pg_sequence_last_value",
+    "pg_table_size",
+    "pg_total_relation_size",
+    "phraseto_tsquery",
+    "plainto_tsquery",
+    "setval",
+    "table_to_xml",
+    "table_to_xml_and_xmlschema",
+    "table_to_xmlschema",
+    "to_regclass",
+    "to_regcollation",
+    "to_regoper",
+    "to_regoperator",
+    "to_regproc",
+    "to_regprocedure",
+    "to_regtype",
+    "to_tsquery",
+    "to_tsvector",
+    "ts_debug",
+    "ts_headline",
+    "ts_lexize",
+    "unaccent",
+    "websearch_to_tsquery",
 ];
 
 /// A function's definition for the time before the swap; `None` when it is
@@ -1836,17 +1930,31 @@ fn name_typed(f: &pg_query::protobuf::CreateFunctionStmt) -> NameTyped {
                 |n| matches!(n, NodeEnum::String(s) if NAME_TYPES.contains(&s.sval.as_str())),
             )
     };
+    // Input parameters by name and by position (`$1`); OUT and TABLE ones
+    // take no position.
+    let mut params = Vec::new();
+    let mut position = 0;
+    for p in &f.parameters {
+        let Some(NodeEnum::FunctionParameter(p)) = p.node.as_ref() else {
+            continue;
+        };
+        let input = !matches!(
+            p.mode(),
+            pg_query::protobuf::FunctionParameterMode::FuncParamOut
+                | pg_query::protobuf::FunctionParameterMode::FuncParamTable
+        );
+        position += usize::from(input);
+        if is_name(p.arg_type.as_ref()) {
+            if !p.name.is_empty() {
+                params.push(p.name.clone());
+            }
+            if input {
+                params.push(format!("${position}"));
+            }
+        }
+    }
     NameTyped {
-        params: f
-            .parameters
-            .iter()
-            .filter_map(|p| match p.node.as_ref() {
-                Some(NodeEnum::FunctionParameter(p)) if is_name(p.arg_type.as_ref()) => {
-                    Some(p.name.clone())
-                }
-                _ => None,
-            })
-            .collect(),
+        params,
         returns: is_name(f.return_type.as_ref()),
     }
 }
@@ -1870,7 +1978,9 @@ impl Remapper<'_> {
             if tok.token != Token::Sconst
                 || tokens.is(i + 1, Token::Typecast)
                 || edits.iter().any(|e| e.start == tok.start)
-                || !tokens.name_context(i, &vars, typed.returns)
+                || !tokens.name_context(i, &vars, typed.returns, &|schema, name| {
+                    self.takes_names(schema.as_deref(), &name)
+                })
             {
                 continue;
             }
@@ -1884,6 +1994,20 @@ impl Remapper<'_> {
         }
         edits.sort_by_key(|e| e.start);
         (!edits.is_empty()).then(|| apply_edits(body, &edits))
+    }
+
+    /// Whether a call of `schema.name` may take a string as an object's
+    /// name: one of PostgreSQL's that do ([`NAME_FUNCTIONS`]), or a function
+    /// the dump defines, whose signature this text does not show.
+    fn takes_names(&self, schema: Option<&str>, name: &str) -> bool {
+        match schema {
+            None | Some("pg_catalog") if NAME_FUNCTIONS.contains(&name) => true,
+            None => self.maps.iter().any(|(_, _, d)| d.contains(name)),
+            Some(s) => self
+                .maps
+                .iter()
+                .any(|(from, _, d)| *from == s && d.contains(name)),
+        }
     }
 
     /// `'app.cfg'` as `'shadow_app.cfg'` when the constant is exactly a
@@ -3032,6 +3156,24 @@ ALTER TABLE ONLY public.users ALTER COLUMN id SET DEFAULT nextval('public.users_
         assert_eq!(out.matches("'shadow.t'").count(), 6, "{out}");
         assert_eq!(out.matches("'shadow.f'").count(), 3, "{out}");
         assert!(out.contains("concat_ws(':', 'public.t', kind)"), "{out}");
+        // Casts around a CASE, a CASE assigned, NOT NULL, positional
+        // parameters, arrays cast to a name type; a built-in function on text
+        // takes data, a function the dump defines may take a name.
+        let more = "CREATE FUNCTION shadow.more(kind text, regclass) RETURNS bool LANGUAGE plpgsql IMMUTABLE \
+                    AS $$ DECLARE cfg regconfig NOT NULL := 'public.t'; BEGIN \
+                    cfg := CASE WHEN kind = 'a' THEN 'public.t' END; \
+                    PERFORM CAST(CASE WHEN kind = 'a' THEN 'public.t' END AS regconfig), \
+                    (CASE WHEN kind = 'a' THEN 'public.t' END)::regconfig, \
+                    substr('public.f', 1), public.f('public.t'); \
+                    RETURN $2 IN ('public.t') OR $2 = ANY (ARRAY['public.f', 'public.t']::regclass[]) \
+                    OR kind = ANY (ARRAY['public.f']); END $$;";
+        let out = prepare_time(more).expect("changed");
+        assert_eq!(out.matches("'shadow.t'").count(), 7, "{out}");
+        assert_eq!(out.matches("'shadow.f'").count(), 1, "{out}");
+        assert!(
+            out.contains("substr('public.f', 1)") && out.contains("ARRAY['public.f']);"),
+            "{out}"
+        );
         let seq = "CREATE FUNCTION shadow.next_t() RETURNS bigint LANGUAGE sql \
                    AS $$ SELECT nextval('public.t') + pg_catalog.length(coalesce(NULL, 'public.t')) $$;";
         let out = prepare_time(seq).expect("changed");
