@@ -631,9 +631,10 @@ fn row_level_security_on_a_preserved_table_refuses_the_swap() {
 
 /// Row-level security on a table outside the migration (an `auth.users`
 /// its own role owns) that applies to the role running pgshift: a preserved
-/// table's foreign key into it is left to the swap's own validation, with a
-/// warning, and a materialized view over it holds the rows its owner may
-/// see, as on the source; neither fails.
+/// table's foreign key into it cannot be checked before the swap, which
+/// refuses unless `--allow-fk-violations` leaves it to PostgreSQL's
+/// validation right after; a materialized view over it holds the rows its
+/// owner may see, as on the source.
 #[test]
 fn row_level_security_outside_the_migration_fails_neither_check_nor_refresh() {
     let dbs = TestDbs::new("outside_rls");
@@ -642,21 +643,28 @@ fn row_level_security_outside_the_migration_fails_neither_check_nor_refresh() {
         return;
     }
     let role = format!("rls_app_{}", std::process::id());
+    // The view's owner sees 3 users; pgshift's role, a member of it, all 9.
+    let viewer = format!("rls_viewer_{}", std::process::id());
     for (db, profiles) in [(&dbs.src, "1, 2"), (&dbs.dst, "1, 2, 3, 4, 5")] {
         db.psql(&format!(
             "DO $$ BEGIN CREATE ROLE {role} LOGIN; EXCEPTION WHEN duplicate_object THEN NULL; END $$;
+             DO $$ BEGIN CREATE ROLE {viewer}; EXCEPTION WHEN duplicate_object THEN NULL; END $$;
+             GRANT {viewer} TO {role};
              ALTER DATABASE \"{name}\" OWNER TO {role};
              CREATE SCHEMA auth;
              CREATE TABLE auth.users (id int PRIMARY KEY, email text);
              INSERT INTO auth.users SELECT g, 'u' || g FROM generate_series(1, 9) g;
              ALTER TABLE auth.users ENABLE ROW LEVEL SECURITY;
              CREATE POLICY few ON auth.users FOR SELECT TO PUBLIC USING (id <= 3);
-             GRANT USAGE ON SCHEMA auth TO {role};
-             GRANT SELECT, REFERENCES ON auth.users TO {role};
+             CREATE POLICY mover ON auth.users FOR SELECT TO {role} USING (true);
+             GRANT USAGE ON SCHEMA auth TO {role}, {viewer};
+             GRANT CREATE ON SCHEMA public TO {viewer};
+             GRANT SELECT, REFERENCES ON auth.users TO {role}, {viewer};
              ALTER SCHEMA public OWNER TO {role};
              SET ROLE {role};
              CREATE TABLE profiles (id int PRIMARY KEY REFERENCES auth.users, name text);
              INSERT INTO profiles SELECT g, 'p' FROM unnest(ARRAY[{profiles}]) g;
+             SET ROLE {viewer};
              CREATE MATERIALIZED VIEW emails AS SELECT id, email FROM auth.users;
              RESET ROLE;",
             name = db.name()
@@ -681,9 +689,33 @@ fn row_level_security_outside_the_migration_fails_neither_check_nor_refresh() {
         "profiles",
     ]));
     assert_eq!(dbs.dst.psql("SELECT count(*) FROM shadow.emails"), "3");
-    let out = wd.run(&["swap", "--dest", &dst, "--json"]);
-    let report: serde_json::Value = serde_json::from_str(&assert_success(&out)).unwrap();
+    // The key cannot be checked: the swap refuses, changing nothing, unless
+    // allowed; then PostgreSQL validates it right after.
     let unchecked = "foreign key profiles_id_fkey of profiles cannot be checked before the swap: row-level security on auth.users";
+    let out = wd.run(&["swap", "--dest", &dst]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(
+        common::stderr_of(&out).contains(unchecked)
+            && common::stderr_of(&out).contains("--allow-fk-violations"),
+        "{out:?}"
+    );
+    assert_eq!(
+        dbs.dst
+            .psql("SELECT count(*) FROM pg_namespace WHERE nspname LIKE 'backup\\_%'"),
+        "0"
+    );
+    let status: serde_json::Value = serde_json::from_str(&assert_success(
+        &wd.run(&["status", "--json", "--dest", &dst]),
+    ))
+    .unwrap();
+    assert!(
+        status["swap_blocked_reason"]
+            .as_str()
+            .is_some_and(|r| r.starts_with(unchecked)),
+        "{status}"
+    );
+    let out = wd.run(&["swap", "--dest", &dst, "--json", "--allow-fk-violations"]);
+    let report: serde_json::Value = serde_json::from_str(&assert_success(&out)).unwrap();
     assert!(common::stderr_of(&out).contains(unchecked), "{out:?}");
     assert!(
         report["warnings"]

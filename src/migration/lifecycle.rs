@@ -70,9 +70,9 @@ impl Phase {
         Phase::Indexes,
         Phase::Sequences,
         Phase::Sync,
+        Phase::Privileges,
         Phase::Matviews,
         Phase::Analyze,
-        Phase::Privileges,
         Phase::Validate,
     ];
 }

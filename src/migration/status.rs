@@ -293,16 +293,18 @@ async fn swap_verdict(client: &Client, d: &Destination) -> Result<Option<String>
     // The kept tables' crossing keys too, as the swap checks them.
     let violations = match d.swappable() {
         Some(row) => cutover::fk_violations_now(client, row).await,
-        None => sync::fk_violations(client, &st.details.deferred_sql, &pairs)
-            .await
-            .map(|c| c.violations),
+        None => sync::fk_violations(client, &st.details.deferred_sql, &pairs).await,
     };
     match violations {
-        Ok(v) if v.is_empty() => Ok(None),
-        Ok(v) => Ok(Some(format!(
+        Ok(c) if !c.violations.is_empty() => Ok(Some(format!(
             "foreign keys involving preserved or kept tables do not match the destination's rows: {} (fix the rows, or swap with --allow-fk-violations)",
-            sync::violations_line(&v)
+            sync::violations_line(&c.violations)
         ))),
+        Ok(c) => Ok(c.unchecked_line().map(|line| {
+            format!(
+                "{line} (connect as a role that bypasses row-level security, or swap with --allow-fk-violations)"
+            )
+        })),
         Err(e) => Ok(Some(format!("could not check foreign keys: {e:#}"))),
     }
 }

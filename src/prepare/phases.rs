@@ -722,10 +722,6 @@ async fn phases(run: &mut Run<'_>, rec: &mut Recorder) -> Result<usize> {
         .phase(sess, Phase::Sync, sync_phase(run, rec.state.id))
         .await?;
     rec.state.details.sync = synced;
-    // After the sync's initial copy: a materialized view that reads a
-    // preserved table sees the destination's rows, as the new public will.
-    rec.phase(sess, Phase::Matviews, matviews(run)).await?;
-    rec.phase(sess, Phase::Analyze, analyze(run)).await?;
     let applied = rec.phase(sess, Phase::Privileges, privs(run)).await?;
     rec.detail(
         Phase::Privileges,
@@ -738,6 +734,13 @@ async fn phases(run: &mut Run<'_>, rec: &mut Recorder) -> Result<usize> {
         tracing::warn!("{w}");
         run.warnings.push(w);
     }
+    // After the sync's initial copy: a materialized view that reads a
+    // preserved table sees the destination's rows, as the new public will.
+    // After the owners: REFRESH runs the view's query as its owner, whose
+    // privileges and row-level security policies decide what it holds, as
+    // on the source.
+    rec.phase(sess, Phase::Matviews, matviews(run)).await?;
+    rec.phase(sess, Phase::Analyze, analyze(run)).await?;
     let synced = rec.state.details.sync.clone();
     let tables = rec
         .phase(sess, Phase::Validate, validate(run, &synced))
@@ -1234,7 +1237,10 @@ async fn sequences(run: &mut Run<'_>) -> Result<()> {
 /// that it reads the migrated rows, as it will once the shadows are live,
 /// and not the destination's live tables of the same names. (A name spelled
 /// out in dynamic SQL, `EXECUTE 'SELECT … FROM public.t'`, still reads the
-/// live table: README, Limitations.)
+/// live table: README, Limitations.) It runs after the privileges phase:
+/// REFRESH runs the query as the view's owner, so the owner the view will
+/// have, with its privileges and row-level security policies, decides its
+/// rows, as on the source.
 async fn matviews(run: &mut Run<'_>) -> Result<()> {
     if !run.matviews.iter().any(|(_, _, populated)| *populated) {
         return Ok(());

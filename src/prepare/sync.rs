@@ -51,8 +51,9 @@
 //!   dropping rows; the swap, its dry run and `status` refuse beforehand when
 //!   RLS applies to this role on a preserved table ([`hidden_rows`]). The one
 //!   read RLS may touch is the foreign-key pre-check ([`fk_violations`]): a key
-//!   into a table whose policies apply is left to PostgreSQL's validation in
-//!   the swap, which bypasses them.
+//!   into a table whose policies apply cannot be checked; the swap refuses it
+//!   unless `--allow-fk-violations` leaves it to PostgreSQL's validation right
+//!   after the swap, which bypasses them.
 //! * **Sequences** never go back at the swap: those of `T`'s columns continue
 //!   after the greater of the two values ([`final_sync`]), and so do the
 //!   sequences no column uses that both sides have, since the application may
@@ -2251,14 +2252,12 @@ pub async fn fk_violations(
                 .map_err(|e| pg_error_as(e, "checking row-level security on a foreign key's tables"))?
                 .get(0);
             if hidden {
-                let why = format!(
-                    "foreign key {} of {} cannot be checked before the swap: row-level security on {} hides rows from this role; the swap validates it as it creates it (a row without a match fails the swap, which then changes nothing)",
+                out.unchecked.push(format!(
+                    "foreign key {} of {} cannot be checked before the swap: row-level security on {} hides rows from this role",
                     display_ident(&fk.constraint),
                     crate::pg::meta::table_display(&live(schema), &fk.table),
                     crate::pg::meta::table_display(&live(ref_schema), &fk.ref_table),
-                );
-                tracing::warn!("{why}");
-                out.unchecked.push(why);
+                ));
                 continue;
             }
             let parent_kind: Option<String> = client
@@ -2355,6 +2354,16 @@ impl FkCheck {
     pub fn extend(&mut self, other: FkCheck) {
         self.violations.extend(other.violations);
         self.unchecked.extend(other.unchecked);
+    }
+
+    /// The keys that could not be checked, in one line: the first, and how
+    /// many more; `None` if every key was checked.
+    pub fn unchecked_line(&self) -> Option<String> {
+        let first = self.unchecked.first()?;
+        Some(match self.unchecked.len() {
+            1 => first.clone(),
+            n => format!("{first} (and {} more such keys)", n - 1),
+        })
     }
 }
 

@@ -422,7 +422,7 @@ pub async fn preview(client: &Client, opts: &SwapOptions) -> Result<SwapPreview>
         leaves,
     };
     let p = engine::preview(client, &exchange(m, &kept), opts.policy, &hook).await?;
-    let fk_violations = fk_violations(client, m, &kept).await?.violations;
+    let fk_check = fk_violations(client, m, &kept).await?;
     let impact = gate::migration_report_keeping(
         client,
         &m.state,
@@ -439,7 +439,7 @@ pub async fn preview(client: &Client, opts: &SwapOptions) -> Result<SwapPreview>
     let refusal = changed
         .or(broken)
         .or_else(|| gate::refusal(&impact, &opts.impact))
-        .or_else(|| fk_refusal(&fk_violations, opts.allow_fk_violations))
+        .or_else(|| fk_refusal(&fk_check, opts.allow_fk_violations))
         .or_else(|| p.lock_budget.refusal("the swap"));
     let schemas = p.schemas.clone();
     Ok(SwapPreview {
@@ -447,7 +447,7 @@ pub async fn preview(client: &Client, opts: &SwapOptions) -> Result<SwapPreview>
         mode: p.mode,
         backup_schema: p.backup_schema,
         moves: p.moves,
-        fk_violations,
+        fk_violations: fk_check.violations,
         swap_lock_budget: p.lock_budget,
         impact,
         refusal,
@@ -467,17 +467,26 @@ async fn fk_violations(client: &Client, m: &MigrationRow, kept: &Kept) -> Result
 
 /// [`fk_violations`] of `m` as the swap would find them now, its kept
 /// tables looked up again (for `status`).
-pub async fn fk_violations_now(client: &Client, m: &MigrationRow) -> Result<Vec<FkViolation>> {
+pub async fn fk_violations_now(client: &Client, m: &MigrationRow) -> Result<sync::FkCheck> {
     let kept = kept_tables(client, m, &[]).await?;
-    Ok(fk_violations(client, m, &kept).await?.violations)
+    fk_violations(client, m, &kept).await
 }
 
-/// Why the swap refuses these foreign-key violations, unless allowed.
-fn fk_refusal(violations: &[FkViolation], allowed: bool) -> Option<String> {
-    (!violations.is_empty() && !allowed).then(|| {
-        format!(
+/// Why the swap refuses these foreign-key violations, or keys it could not
+/// check, unless allowed.
+fn fk_refusal(check: &sync::FkCheck, allowed: bool) -> Option<String> {
+    if allowed {
+        return None;
+    }
+    if !check.violations.is_empty() {
+        return Some(format!(
             "foreign keys involving preserved or kept tables do not match the destination's rows; nothing was changed. {} (fix the rows, or pass --allow-fk-violations to create these constraints NOT VALID)",
-            sync::violations_line(violations)
+            sync::violations_line(&check.violations)
+        ));
+    }
+    check.unchecked_line().map(|line| {
+        format!(
+            "{line}; nothing was changed (connect as a role that bypasses row-level security, or pass --allow-fk-violations: such a key is then validated right after the swap, and stays NOT VALID if a row has no match)"
         )
     })
 }
@@ -663,14 +672,18 @@ pub async fn swap(sess: &Session, opts: &SwapOptions) -> Result<SwapReport> {
             );
         }
     }
-    let sync::FkCheck {
-        violations,
-        unchecked,
-    } = fk_violations(&sess.control, &m, &kept).await?;
-    warnings.extend(unchecked);
-    if let Some(refusal) = fk_refusal(&violations, opts.allow_fk_violations) {
+    let check = fk_violations(&sess.control, &m, &kept).await?;
+    if let Some(refusal) = fk_refusal(&check, opts.allow_fk_violations) {
         bail!(refusal);
     }
+    for u in &check.unchecked {
+        let line = format!(
+            "{u} (allowed: it is validated right after the swap, and stays NOT VALID if a row has no match)"
+        );
+        tracing::warn!("{line}");
+        warnings.push(line);
+    }
+    let violations = check.violations;
     if !violations.is_empty() {
         let lines: Vec<String> = violations.iter().map(|v| v.to_string()).collect();
         for l in &lines {

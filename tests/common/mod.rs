@@ -215,10 +215,10 @@ pub const PREPARE_PHASES: [&str; 11] = [
     "data",
     "indexes",
     "sequences",
-    "matviews",
     "sync",
-    "analyze",
     "privileges",
+    "matviews",
+    "analyze",
     "validate",
 ];
 
