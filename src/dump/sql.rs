@@ -1289,7 +1289,11 @@ impl<'a> Tokens<'a> {
                 }
             }
         }
-        returns_name && i > 0 && self.is(i - 1, Token::Return) && self.is(i + 1, Token::Ascii59)
+        // `RETURN 'public.t';`, or a SQL body's `SELECT 'public.t'`.
+        returns_name
+            && i > 0
+            && (self.is(i - 1, Token::Return) || self.is(i - 1, Token::Select))
+            && (self.is(i + 1, Token::Ascii59) || i + 1 == self.toks.len())
     }
 
     /// The name of an object at token `i`: an identifier or an operator.
@@ -3167,6 +3171,10 @@ ALTER TABLE ONLY public.users ALTER COLUMN id SET DEFAULT nextval('public.users_
                     substr('public.f', 1), public.f('public.t'); \
                     RETURN $2 IN ('public.t') OR $2 = ANY (ARRAY['public.f', 'public.t']::regclass[]) \
                     OR kind = ANY (ARRAY['public.f']); END $$;";
+        let sql_returns = "CREATE FUNCTION shadow.which() RETURNS regclass LANGUAGE sql IMMUTABLE \
+                           AS $$ SELECT 'public.t' $$;";
+        let out = prepare_time(sql_returns).expect("changed");
+        assert!(out.contains("SELECT 'shadow.t'"), "{out}");
         let out = prepare_time(more).expect("changed");
         assert_eq!(out.matches("'shadow.t'").count(), 7, "{out}");
         assert_eq!(out.matches("'shadow.f'").count(), 1, "{out}");
