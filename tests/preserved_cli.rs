@@ -645,7 +645,12 @@ fn row_level_security_outside_the_migration_fails_neither_check_nor_refresh() {
     let role = format!("rls_app_{}", std::process::id());
     // The view's owner sees 3 users; pgshift's role, a member of it, all 9.
     let viewer = format!("rls_viewer_{}", std::process::id());
-    for (db, profiles) in [(&dbs.src, "1, 2"), (&dbs.dst, "1, 2, 3, 4, 5")] {
+    // Only the source grants the view's owner what `note_count` reads.
+    let grant = format!("GRANT SELECT ON notes TO {viewer};");
+    for (db, profiles, grant) in [
+        (&dbs.src, "1, 2", grant.as_str()),
+        (&dbs.dst, "1, 2, 3, 4, 5", ""),
+    ] {
         db.psql(&format!(
             "DO $$ BEGIN CREATE ROLE {role} LOGIN; EXCEPTION WHEN duplicate_object THEN NULL; END $$;
              DO $$ BEGIN CREATE ROLE {viewer}; EXCEPTION WHEN duplicate_object THEN NULL; END $$;
@@ -664,9 +669,13 @@ fn row_level_security_outside_the_migration_fails_neither_check_nor_refresh() {
              SET ROLE {role};
              CREATE TABLE profiles (id int PRIMARY KEY REFERENCES auth.users, name text);
              INSERT INTO profiles SELECT g, 'p' FROM unnest(ARRAY[{profiles}]) g;
+             CREATE TABLE notes (id int); INSERT INTO notes VALUES (1), (2);
+             GRANT SELECT ON notes TO {viewer};
              SET ROLE {viewer};
              CREATE MATERIALIZED VIEW emails AS SELECT id, email FROM auth.users;
-             RESET ROLE;",
+             CREATE MATERIALIZED VIEW note_count AS SELECT count(*) AS n FROM notes;
+             RESET ROLE;
+             REVOKE SELECT ON notes FROM {viewer}; {grant}",
             name = db.name()
         ));
     }
@@ -679,7 +688,7 @@ fn row_level_security_outside_the_migration_fails_neither_check_nor_refresh() {
     };
     let dst = as_role(dbs.dst.socket_url(), dbs.dst.user());
     let wd = Workdir::new();
-    assert_success(&wd.run(&[
+    let out = wd.run(&[
         "prepare",
         "--source",
         &dbs.src.url(),
@@ -687,8 +696,21 @@ fn row_level_security_outside_the_migration_fails_neither_check_nor_refresh() {
         &dst,
         "--preserved-tables",
         "profiles",
-    ]));
+    ]);
+    assert_success(&out);
     assert_eq!(dbs.dst.psql("SELECT count(*) FROM shadow.emails"), "3");
+    // A view its owner may not refresh on the destination is filled as
+    // pgshift's role, with a warning, and keeps its owner.
+    assert!(
+        common::stderr_of(&out).contains(&format!(
+            "materialized view note_count was filled as this role: its owner {viewer} may not read what it reads on the destination"
+        )),
+        "{out:?}"
+    );
+    assert_eq!(
+        dbs.dst.psql("SELECT n || ' ' || pg_get_userbyid(c.relowner) FROM shadow.note_count, pg_class c WHERE c.oid = 'shadow.note_count'::regclass"),
+        format!("2 {viewer}")
+    );
     // The key cannot be checked: the swap refuses, changing nothing, unless
     // allowed; then PostgreSQL validates it right after.
     let unchecked = "foreign key profiles_id_fkey of profiles cannot be checked before the swap: row-level security on auth.users";

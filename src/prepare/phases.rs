@@ -1263,20 +1263,37 @@ async fn matviews(run: &mut Run<'_>) -> Result<()> {
     client
         .batch_execute(&format!("SET search_path = {path}; SET row_security = on"))
         .await?;
+    let mut warnings = Vec::new();
     for (schema, name, populated) in &run.matviews {
         if !populated {
             continue;
         }
-        let sql = format!(
-            "REFRESH MATERIALIZED VIEW {}",
-            qualified(run.shadow_of(schema), name)
-        );
-        client.batch_execute(&sql).await.map_err(|e| {
-            anyhow!(
-                "refreshing materialized view {name}: {}",
-                describe_pg_error(&e)
-            )
-        })?;
+        let qual = qualified(run.shadow_of(schema), name);
+        let Err(e) = client
+            .batch_execute(&format!("REFRESH MATERIALIZED VIEW {qual}"))
+            .await
+        else {
+            continue;
+        };
+        let why = describe_pg_error(&e);
+        let shown = meta::table_display(schema, name);
+        if e.code() != Some(&tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE) {
+            bail!("refreshing materialized view {shown}: {why}");
+        }
+        // Its owner may not read what it reads on the destination (the
+        // source granted it more): filled as pgshift's role instead, the
+        // owner and its grants put back in the same transaction.
+        let owner = fill_as_self(client, &qual)
+            .await
+            .with_context(|| format!("refreshing materialized view {shown}: {why}"))?;
+        warnings.push(format!(
+            "materialized view {shown} was filled as this role: its owner {} may not read what it reads on the destination ({why}); a REFRESH there as its owner fails until that is granted",
+            crate::pg::ident::display_ident(&owner)
+        ));
+    }
+    for w in warnings {
+        tracing::warn!("{w}");
+        run.warnings.push(w);
     }
     client
         .execute(
@@ -1285,6 +1302,35 @@ async fn matviews(run: &mut Run<'_>) -> Result<()> {
         )
         .await?;
     Ok(())
+}
+
+/// Refresh the materialized view `qual` as the connecting role, its owner
+/// for the time of one transaction; its owner's name. Refused (rolled back)
+/// if handing it over and back would change its grants (which name this
+/// role or its owner).
+async fn fill_as_self(client: &Client, qual: &str) -> Result<String> {
+    const ACL: &str = "SELECT pg_catalog.pg_get_userbyid(c.relowner)::text, c.relacl::text
+                         FROM pg_catalog.pg_class c WHERE c.oid = $1::text::regclass";
+    client.batch_execute("BEGIN").await?;
+    let result = async {
+        let before = client.query_one(ACL, &[&qual]).await?;
+        let (owner, acl): (String, Option<String>) = (before.get(0), before.get(1));
+        client
+            .batch_execute(&format!(
+                "ALTER MATERIALIZED VIEW {qual} OWNER TO CURRENT_USER; REFRESH MATERIALIZED VIEW {qual}; ALTER MATERIALIZED VIEW {qual} OWNER TO {}",
+                quote_ident(&owner)
+            ))
+            .await?;
+        let after: Option<String> = client.query_one(ACL, &[&qual]).await?.get(1);
+        if after != acl {
+            bail!("filling it as this role would change its grants");
+        }
+        Ok::<_, anyhow::Error>(owner)
+    }
+    .await;
+    let end = if result.is_ok() { "COMMIT" } else { "ROLLBACK" };
+    client.batch_execute(end).await?;
+    result
 }
 
 async fn sync_phase(run: &mut Run<'_>, id: i64) -> Result<Vec<sync::SyncedTable>> {
