@@ -736,6 +736,22 @@ fn row_level_security_outside_the_migration_fails_neither_check_nor_refresh() {
             .is_some_and(|r| r.starts_with(unchecked)),
         "{status}"
     );
+    let dry: serde_json::Value = serde_json::from_str(&assert_success(&wd.run(&[
+        "swap",
+        "--dest",
+        &dst,
+        "--dry-run",
+        "--json",
+        "--allow-fk-violations",
+    ])))
+    .unwrap();
+    assert_eq!(dry["swap"]["refusal"], serde_json::Value::Null, "{dry}");
+    assert!(
+        dry["swap"]["fk_unchecked"][0]
+            .as_str()
+            .is_some_and(|u| u.starts_with(unchecked)),
+        "{dry}"
+    );
     let out = wd.run(&["swap", "--dest", &dst, "--json", "--allow-fk-violations"]);
     let report: serde_json::Value = serde_json::from_str(&assert_success(&out)).unwrap();
     assert!(common::stderr_of(&out).contains(unchecked), "{out:?}");

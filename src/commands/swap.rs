@@ -66,11 +66,13 @@ pub fn print_preview(ctx: &Ctx, p: &SwapPreview) -> Result<()> {
     if !p.kept_tables.is_empty() {
         crate::outln!("Kept in public as they are: {}", p.kept_tables.join(", "));
     }
+    let mut warnings: Vec<String> = p.fk_violations.iter().map(ToString::to_string).collect();
+    warnings.extend(p.fk_unchecked.iter().cloned());
     print_moves(
         "swap",
         (&p.backup_schema, "shadow"),
         &p.moves,
-        &p.fk_violations,
+        &warnings,
         p.refusal.as_deref(),
     );
     Ok(())

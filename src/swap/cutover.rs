@@ -75,6 +75,10 @@ pub struct SwapPreview {
     #[serde(flatten)]
     pub moves: Moves,
     pub fk_violations: Vec<FkViolation>,
+    /// Foreign keys that cannot be checked before the swap (row-level
+    /// security hides rows from this role), one line each; absent if none.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub fk_unchecked: Vec<String>,
     /// The swap's need against the destination's lock table; a swap that
     /// does not fit (`fits: false`) is refused before any lock.
     pub swap_lock_budget: Budget,
@@ -448,6 +452,7 @@ pub async fn preview(client: &Client, opts: &SwapOptions) -> Result<SwapPreview>
         backup_schema: p.backup_schema,
         moves: p.moves,
         fk_violations: fk_check.violations,
+        fk_unchecked: fk_check.unchecked,
         swap_lock_budget: p.lock_budget,
         impact,
         refusal,
