@@ -1162,6 +1162,10 @@ impl<'a> Tokens<'a> {
     /// a variable or parameter of one (`vars`), or a name type itself (a
     /// declaration, `cfg regconfig := …`, or a cast, `x::regclass = …`).
     fn name_operand(&self, i: usize, vars: &[String]) -> bool {
+        // An array of a name type: `regclass[]`.
+        if i >= 2 && self.is(i, Token::Ascii93) && self.is(i - 1, Token::Ascii91) {
+            return self.name_type_ending(i - 2).is_some();
+        }
         // `cfg regconfig NOT NULL := …`
         if i >= 2 && self.is(i, Token::NullP) && self.is(i - 1, Token::Not) {
             return self.name_type_ending(i - 2).is_some();
@@ -1276,7 +1280,12 @@ impl<'a> Tokens<'a> {
                 return true;
             }
         }
-        // An element of an array cast to a name type.
+        // A typed literal: `regconfig 'public.cfg'`.
+        if i > 0 && self.name_type_ending(i - 1).is_some() {
+            return true;
+        }
+        // An element of an array cast to a name type, or assigned to an
+        // array of one (`ok regclass[] := ARRAY['public.t']`).
         if i > 0 && (self.is(i - 1, Token::Ascii91) || self.is(i - 1, Token::Ascii44)) {
             let mut depth = 0usize;
             for j in i + 1..self.toks.len() {
@@ -1284,7 +1293,29 @@ impl<'a> Tokens<'a> {
                     Token::Ascii40 | Token::Ascii91 => depth += 1,
                     Token::Ascii41 if depth == 0 => break,
                     Token::Ascii41 | Token::Ascii93 if depth > 0 => depth -= 1,
-                    Token::Ascii93 => return self.cast_to_name(j),
+                    Token::Ascii93 => {
+                        if self.cast_to_name(j) {
+                            return true;
+                        }
+                        break;
+                    }
+                    _ => {}
+                }
+            }
+            let mut depth = 0usize;
+            for j in (0..i).rev() {
+                match self.toks[j].token {
+                    Token::Ascii41 | Token::Ascii93 => depth += 1,
+                    Token::Ascii40 if depth == 0 => break,
+                    Token::Ascii40 | Token::Ascii91 if depth > 0 => depth -= 1,
+                    Token::Ascii91 => {
+                        let a = if j > 0 && self.is(j - 1, Token::Array) {
+                            j - 1
+                        } else {
+                            j
+                        };
+                        return a >= 2 && compare(a - 1) && self.name_operand(a - 2, vars);
+                    }
                     _ => {}
                 }
             }
@@ -3168,7 +3199,8 @@ ALTER TABLE ONLY public.users ALTER COLUMN id SET DEFAULT nextval('public.users_
                     cfg := CASE WHEN kind = 'a' THEN 'public.t' END; \
                     PERFORM CAST(CASE WHEN kind = 'a' THEN 'public.t' END AS regconfig), \
                     (CASE WHEN kind = 'a' THEN 'public.t' END)::regconfig, \
-                    substr('public.f', 1), public.f('public.t'); \
+                    substr('public.f', 1), public.f('public.t'), regconfig 'public.f'; \
+                    PERFORM 1 FROM (SELECT ARRAY['public.f']::text[] AS a) x; \
                     RETURN $2 IN ('public.t') OR $2 = ANY (ARRAY['public.f', 'public.t']::regclass[]) \
                     OR kind = ANY (ARRAY['public.f']); END $$;";
         let sql_returns = "CREATE FUNCTION shadow.which() RETURNS regclass LANGUAGE sql IMMUTABLE \
@@ -3177,9 +3209,18 @@ ALTER TABLE ONLY public.users ALTER COLUMN id SET DEFAULT nextval('public.users_
         assert!(out.contains("SELECT 'shadow.t'"), "{out}");
         let out = prepare_time(more).expect("changed");
         assert_eq!(out.matches("'shadow.t'").count(), 7, "{out}");
-        assert_eq!(out.matches("'shadow.f'").count(), 1, "{out}");
+        assert_eq!(out.matches("'shadow.f'").count(), 2, "{out}");
+        assert!(out.contains("ARRAY['public.f']::text[]"), "{out}");
         assert!(
             out.contains("substr('public.f', 1)") && out.contains("ARRAY['public.f']);"),
+            "{out}"
+        );
+        let arrays = "CREATE FUNCTION shadow.arr() RETURNS bool LANGUAGE plpgsql IMMUTABLE \
+                      AS $$ DECLARE ok regclass[] := ARRAY['public.t', 'public.f']; \
+                      names text[] := ARRAY['public.t']; BEGIN RETURN true; END $$;";
+        let out = prepare_time(arrays).expect("changed");
+        assert!(
+            out.contains("ARRAY['shadow.t', 'shadow.f']; names text[] := ARRAY['public.t']"),
             "{out}"
         );
         let seq = "CREATE FUNCTION shadow.next_t() RETURNS bigint LANGUAGE sql \
