@@ -238,12 +238,18 @@ fn a_name_a_function_body_holds_in_a_variable_is_the_shadows() {
            DECLARE cfg regconfig; BEGIN
            cfg := CASE WHEN lang = 'en' THEN 'public.mycfg' ELSE 'pg_catalog.simple' END;
            RETURN to_tsvector(cfg, t) || to_tsvector(CAST(CASE WHEN lang = 'en' THEN 'public.mycfg' END AS regconfig), t); END $f$;
+         CREATE FUNCTION lbl(t text, id int) RETURNS text IMMUTABLE LANGUAGE sql AS $f$
+           SELECT t || '#' || id $f$;
          CREATE FUNCTION label(id int) RETURNS text IMMUTABLE LANGUAGE sql AS $f$
-           SELECT substr('public.docs', 1) || ':' || id $f$;
+           SELECT substr('public.docs', 1) || ':' || public.lbl('public.docs', id) $f$;
+         CREATE DOMAIN cfgname AS regconfig;
+         CREATE FUNCTION doc_tsv4(t text) RETURNS tsvector IMMUTABLE LANGUAGE plpgsql AS $f$
+           DECLARE c public.cfgname := 'public.mycfg'; BEGIN RETURN to_tsvector(c, t); END $f$;
          CREATE TABLE docs (id int PRIMARY KEY, lang text, body text,
            tsv tsvector GENERATED ALWAYS AS (doc_tsv(body)) STORED,
            tsv2 tsvector GENERATED ALWAYS AS (doc_tsv2(lang, body)) STORED,
            tsv3 tsvector GENERATED ALWAYS AS (doc_tsv3(lang, body)) STORED,
+           tsv4 tsvector GENERATED ALWAYS AS (doc_tsv4(body)) STORED,
            tag text GENERATED ALWAYS AS (label(id)) STORED);
          CREATE INDEX docs_tsv ON docs USING gin (doc_tsv(body));
          INSERT INTO docs (id, lang, body) VALUES (1, 'en', 'the running dogs are jumping'), (2, 'fr', 'les chiens courent');",
@@ -258,7 +264,7 @@ fn a_name_a_function_body_holds_in_a_variable_is_the_shadows() {
         "--dest",
         &dbs.dst.url(),
     ]);
-    let sql = "SELECT id, tsv, tsv2, tsv3, tag FROM docs ORDER BY id";
+    let sql = "SELECT id, tsv, tsv2, tsv3, tsv4, tag FROM docs ORDER BY id";
     assert_eq!(dbs.dst.psql(sql), dbs.src.psql(sql));
     let by_index =
         "SET enable_seqscan = off; SELECT id FROM docs WHERE doc_tsv(body) @@ 'dog'::tsquery";

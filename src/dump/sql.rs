@@ -80,7 +80,7 @@
 //! name the dump defines where its context makes it a name: a whole argument of a function
 //! that takes names, `to_tsvector('public.cfg', t)`, `nextval('public.s')`, whose
 //! signature makes it a `regconfig` or a `regclass` ([`NAME_FUNCTIONS`], or one the dump
-//! defines); the value of a variable or parameter of a `reg*` type, `cfg regconfig :=
+//! defines with a name type at that position, [`NameSignatures`]); the value of a variable or parameter of a `reg*` type, `cfg regconfig :=
 //! 'public.cfg'`; a `CASE` or an array cast to one. The same constant compared with text,
 //! listed or returned as text, `THEN 'public.t'`, `IN ('public.t')`, or an argument of
 //! another function, `concat_ws(':', 'public.t')`, is data and stays; the scanner sees
@@ -1028,6 +1028,8 @@ fn is_operator(t: &Tok) -> bool {
 struct Tokens<'a> {
     sql: &'a str,
     toks: Vec<Tok>,
+    /// Domains over a name type the dump defines ([`NameSignatures`]).
+    domains: Option<&'a HashSet<String>>,
 }
 
 impl<'a> Tokens<'a> {
@@ -1035,6 +1037,7 @@ impl<'a> Tokens<'a> {
         Tokens {
             sql,
             toks: all.iter().filter(|t| !t.is_comment()).copied().collect(),
+            domains: None,
         }
     }
 
@@ -1091,17 +1094,31 @@ impl<'a> Tokens<'a> {
             && (self.is(i + 1, Token::Ascii41) || self.is(i + 1, Token::Ascii44))
     }
 
-    /// The function-name token of the call token `i` is a whole argument
+    /// The function-name token of the call token `i` is a whole argument, and its position,
     /// of (`nextval('public.s')`, `to_tsvector('public.cfg', t)`); `None`
     /// for a value compared, listed or returned (`THEN 'public.t'`,
     /// `IN ('public.t')`, `x = 'public.t'`) or an argument of SQL's own
     /// syntax (`VALUES (`, `coalesce(`, `greatest(`), which are keywords.
-    fn call_argument(&self, i: usize) -> Option<usize> {
+    fn call_argument(&self, i: usize) -> Option<(usize, usize)> {
         if !self.list_element(i) {
             return None;
         }
         let j = self.enclosing_paren(i).filter(|&j| j > 0)?;
-        matches!(self.toks[j - 1].token, Token::Ident | Token::Uident).then_some(j - 1)
+        if !matches!(self.toks[j - 1].token, Token::Ident | Token::Uident) {
+            return None;
+        }
+        // Its position: the commas before it at the call's own depth.
+        let mut depth = 0usize;
+        let mut position = 0;
+        for k in j + 1..i {
+            match self.toks[k].token {
+                Token::Ascii40 | Token::Ascii91 => depth += 1,
+                Token::Ascii41 | Token::Ascii93 => depth = depth.saturating_sub(1),
+                Token::Ascii44 if depth == 0 => position += 1,
+                _ => {}
+            }
+        }
+        Some((j - 1, position))
     }
 
     /// The function called at name token `f`: its schema as written (if
@@ -1117,13 +1134,16 @@ impl<'a> Tokens<'a> {
     /// The index of the last token of a name type (`regclass`,
     /// `pg_catalog.regconfig`) starting at token `i`.
     fn name_type(&self, i: usize) -> Option<usize> {
+        let domain = |n: &str| self.domains.is_some_and(|d| d.contains(n));
         let (first, last) = self.ident(i)?;
-        if NAME_TYPES.contains(&first.as_str()) {
+        if NAME_TYPES.contains(&first.as_str()) || domain(&first) {
             return Some(last);
         }
-        let (second, last) = (first == "pg_catalog" && self.is(last + 1, Token::Ascii46))
+        let (second, last) = self
+            .is(last + 1, Token::Ascii46)
             .then(|| self.ident(last + 2))??;
-        NAME_TYPES.contains(&second.as_str()).then_some(last)
+        (first == "pg_catalog" && NAME_TYPES.contains(&second.as_str()) || domain(&second))
+            .then_some(last)
     }
 
     /// The index of the first token of a name type ending at token `i`.
@@ -1218,12 +1238,12 @@ impl<'a> Tokens<'a> {
         i: usize,
         vars: &[String],
         returns_name: bool,
-        takes_names: &dyn Fn(Option<String>, String) -> bool,
+        takes_names: &dyn Fn(Option<String>, String, usize) -> bool,
     ) -> bool {
-        if let Some(f) = self.call_argument(i)
+        if let Some((f, position)) = self.call_argument(i)
             && let Some((schema, name)) = self.called(f)
         {
-            return takes_names(schema, name);
+            return takes_names(schema, name, position);
         }
         let compare = |t: usize| {
             [
@@ -1807,7 +1827,11 @@ const NAME_FUNCTIONS: &[&str] = &[
 /// `stmt`: one remapped entry. Anything but a `CREATE FUNCTION` (a procedure,
 /// a body in another language, a SQL-standard body, which is remapped as DDL
 /// already), or text that does not parse, gives `None`.
-pub fn prepare_time_function(stmt: &str, maps: &[Mapping<'_>]) -> Result<Option<String>> {
+pub fn prepare_time_function(
+    stmt: &str,
+    maps: &[Mapping<'_>],
+    sigs: &NameSignatures,
+) -> Result<Option<String>> {
     use pg_query::NodeEnum;
     let remapper = Remapper::new(maps)?;
     let Ok(mut parsed) = pg_query::parse(stmt, 0) else {
@@ -1822,7 +1846,7 @@ pub fn prepare_time_function(stmt: &str, maps: &[Mapping<'_>]) -> Result<Option<
         if f.is_procedure || f.sql_body.is_some() {
             continue;
         }
-        let names = name_typed(f);
+        let names = name_typed(f, &sigs.domains);
         let sql_body = f.options.iter().any(|o| match &o.node {
             Some(NodeEnum::DefElem(d)) if d.defname == "language" => {
                 matches!(d.arg.as_ref().and_then(|a| a.node.as_ref()),
@@ -1840,7 +1864,7 @@ pub fn prepare_time_function(stmt: &str, maps: &[Mapping<'_>]) -> Result<Option<
             ) {
                 ("as", Some(NodeEnum::List(l))) if sql_body && l.items.len() == 1 => {
                     if let Some(NodeEnum::String(s)) = l.items[0].node.as_mut()
-                        && let Some(body) = remapper.remap_body(&s.sval, &names)
+                        && let Some(body) = remapper.remap_body(&s.sval, &names, sigs)
                     {
                         s.sval = body;
                         changed = true;
@@ -1956,15 +1980,88 @@ struct NameTyped {
     returns: bool,
 }
 
-fn name_typed(f: &pg_query::protobuf::CreateFunctionStmt) -> NameTyped {
+/// Whether a type as written is a name type (or an array of one), or a
+/// domain over one of `domains`.
+fn is_name_type(t: Option<&pg_query::protobuf::TypeName>, domains: &HashSet<String>) -> bool {
     use pg_query::NodeEnum;
-    let is_name = |t: Option<&pg_query::protobuf::TypeName>| {
-        t.and_then(|t| t.names.last())
-            .and_then(|n| n.node.as_ref())
-            .is_some_and(
-                |n| matches!(n, NodeEnum::String(s) if NAME_TYPES.contains(&s.sval.as_str())),
-            )
-    };
+    t.and_then(|t| t.names.last())
+        .and_then(|n| n.node.as_ref())
+        .is_some_and(|n| {
+            matches!(n, NodeEnum::String(s)
+                if NAME_TYPES.contains(&s.sval.as_str()) || domains.contains(&s.sval))
+        })
+}
+
+/// What the dump's own definitions tell about names in function bodies:
+/// its domains over a name type (`CREATE DOMAIN cfg AS regconfig`), and for
+/// each function it defines (by name, overloads together) the positions of
+/// its input arguments of a name type, so that `audit('public.t')` is a
+/// name when `audit` takes a `regclass` and data when it takes `text`.
+#[derive(Debug, Default)]
+pub struct NameSignatures {
+    domains: HashSet<String>,
+    functions: std::collections::HashMap<String, HashSet<usize>>,
+}
+
+impl NameSignatures {
+    /// From the remapped entries' SQL (domains first, then functions).
+    pub fn from_sql<'s>(stmts: impl Iterator<Item = &'s str> + Clone) -> NameSignatures {
+        use pg_query::NodeEnum;
+        let mut sigs = NameSignatures::default();
+        let parsed = |sql: &str| {
+            pg_query::parse(sql, 0)
+                .map(|p| p.protobuf.stmts)
+                .unwrap_or_default()
+                .into_iter()
+                .filter_map(|r| r.stmt.and_then(|s| s.node))
+        };
+        for sql in stmts.clone().filter(|s| s.contains("DOMAIN")) {
+            for node in parsed(sql) {
+                if let NodeEnum::CreateDomainStmt(d) = node
+                    && is_name_type(d.type_name.as_ref(), &HashSet::new())
+                    && let Some(NodeEnum::String(n)) =
+                        d.domainname.last().and_then(|n| n.node.as_ref())
+                {
+                    sigs.domains.insert(n.sval.clone());
+                }
+            }
+        }
+        for sql in stmts.filter(|s| s.contains("FUNCTION")) {
+            for node in parsed(sql) {
+                let NodeEnum::CreateFunctionStmt(f) = node else {
+                    continue;
+                };
+                let Some(NodeEnum::String(name)) = f.funcname.last().and_then(|n| n.node.as_ref())
+                else {
+                    continue;
+                };
+                let positions = sigs.functions.entry(name.sval.clone()).or_default();
+                let mut position = 0;
+                for p in &f.parameters {
+                    let Some(NodeEnum::FunctionParameter(p)) = p.node.as_ref() else {
+                        continue;
+                    };
+                    if matches!(
+                        p.mode(),
+                        pg_query::protobuf::FunctionParameterMode::FuncParamOut
+                            | pg_query::protobuf::FunctionParameterMode::FuncParamTable
+                    ) {
+                        continue;
+                    }
+                    if is_name_type(p.arg_type.as_ref(), &sigs.domains) {
+                        positions.insert(position);
+                    }
+                    position += 1;
+                }
+            }
+        }
+        sigs
+    }
+}
+
+fn name_typed(f: &pg_query::protobuf::CreateFunctionStmt, domains: &HashSet<String>) -> NameTyped {
+    use pg_query::NodeEnum;
+    let is_name = |t: Option<&pg_query::protobuf::TypeName>| is_name_type(t, domains);
     // Input parameters by name and by position (`$1`); OUT and TABLE ones
     // take no position.
     let mut params = Vec::new();
@@ -2002,19 +2099,20 @@ impl Remapper<'_> {
     /// unseen in the text; `cfg regconfig := 'app.cfg'`); `None` if nothing
     /// changes or it does not scan (a body need not be SQL). Only for the
     /// prepare-time form: the swap puts the body back as written.
-    fn remap_body(&self, body: &str, typed: &NameTyped) -> Option<String> {
+    fn remap_body(&self, body: &str, typed: &NameTyped, sigs: &NameSignatures) -> Option<String> {
         let toks = scan_raw(body, 0).ok()?;
         let mut edits = Vec::new();
         self.remap_entry(body, 0, body.len(), &toks, None, &mut edits);
-        let tokens = Tokens::new(body, &toks);
+        let mut tokens = Tokens::new(body, &toks);
+        tokens.domains = Some(&sigs.domains);
         let mut vars = tokens.name_variables();
         vars.extend(typed.params.iter().cloned());
         for (i, tok) in tokens.toks.iter().enumerate() {
             if tok.token != Token::Sconst
                 || tokens.is(i + 1, Token::Typecast)
                 || edits.iter().any(|e| e.start == tok.start)
-                || !tokens.name_context(i, &vars, typed.returns, &|schema, name| {
-                    self.takes_names(schema.as_deref(), &name)
+                || !tokens.name_context(i, &vars, typed.returns, &|schema, name, position| {
+                    self.takes_names(sigs, schema.as_deref(), &name, position)
                 })
             {
                 continue;
@@ -2031,18 +2129,29 @@ impl Remapper<'_> {
         (!edits.is_empty()).then(|| apply_edits(body, &edits))
     }
 
-    /// Whether a call of `schema.name` may take a string as an object's
-    /// name: one of PostgreSQL's that do ([`NAME_FUNCTIONS`]), or a function
-    /// the dump defines, whose signature this text does not show.
-    fn takes_names(&self, schema: Option<&str>, name: &str) -> bool {
-        match schema {
-            None | Some("pg_catalog") if NAME_FUNCTIONS.contains(&name) => true,
+    /// Whether a call of `schema.name` takes a string at `position` as an
+    /// object's name: one of PostgreSQL's that do ([`NAME_FUNCTIONS`]), or a
+    /// function the dump defines with a name type there ([`NameSignatures`]).
+    fn takes_names(
+        &self,
+        sigs: &NameSignatures,
+        schema: Option<&str>,
+        name: &str,
+        position: usize,
+    ) -> bool {
+        let defined = match schema {
+            None | Some("pg_catalog") if NAME_FUNCTIONS.contains(&name) => return true,
             None => self.maps.iter().any(|(_, _, d)| d.contains(name)),
             Some(s) => self
                 .maps
                 .iter()
                 .any(|(from, _, d)| *from == s && d.contains(name)),
-        }
+        };
+        defined
+            && sigs
+                .functions
+                .get(name)
+                .is_some_and(|p| p.contains(&position))
     }
 
     /// `'app.cfg'` as `'shadow_app.cfg'` when the constant is exactly a
@@ -3122,7 +3231,17 @@ ALTER TABLE ONLY public.users ALTER COLUMN id SET DEFAULT nextval('public.users_
                 defined: &app,
             },
         ];
-        prepare_time_function(sql, &maps).unwrap()
+        // `f` takes a name first; `norm_impl` takes text; `cfgdom` is a
+        // domain over regconfig.
+        let sigs = NameSignatures::from_sql(
+            [
+                "CREATE DOMAIN shadow.cfgdom AS regconfig;",
+                "CREATE FUNCTION shadow.f(r regclass, n text) RETURNS int LANGUAGE sql AS 'SELECT 1';",
+                "CREATE FUNCTION shadow.norm_impl(t text, c shadow.cfgdom) RETURNS text LANGUAGE sql AS 'SELECT t';",
+            ]
+            .into_iter(),
+        );
+        prepare_time_function(sql, &maps, &sigs).unwrap()
     }
 
     #[test]
@@ -3199,7 +3318,8 @@ ALTER TABLE ONLY public.users ALTER COLUMN id SET DEFAULT nextval('public.users_
                     cfg := CASE WHEN kind = 'a' THEN 'public.t' END; \
                     PERFORM CAST(CASE WHEN kind = 'a' THEN 'public.t' END AS regconfig), \
                     (CASE WHEN kind = 'a' THEN 'public.t' END)::regconfig, \
-                    substr('public.f', 1), public.f('public.t'), regconfig 'public.f'; \
+                    substr('public.f', 1), public.f('public.t', 'public.f'), regconfig 'public.f', \
+                    public.norm_impl('public.t', 'public.f'); \
                     PERFORM 1 FROM (SELECT ARRAY['public.f']::text[] AS a) x; \
                     RETURN $2 IN ('public.t') OR $2 = ANY (ARRAY['public.f', 'public.t']::regclass[]) \
                     OR kind = ANY (ARRAY['public.f']); END $$;";
@@ -3209,7 +3329,12 @@ ALTER TABLE ONLY public.users ALTER COLUMN id SET DEFAULT nextval('public.users_
         assert!(out.contains("SELECT 'shadow.t'"), "{out}");
         let out = prepare_time(more).expect("changed");
         assert_eq!(out.matches("'shadow.t'").count(), 7, "{out}");
-        assert_eq!(out.matches("'shadow.f'").count(), 2, "{out}");
+        assert_eq!(out.matches("'shadow.f'").count(), 3, "{out}");
+        assert!(
+            out.contains("shadow.f('shadow.t', 'public.f')")
+                && out.contains("shadow.norm_impl('public.t', 'shadow.f')"),
+            "{out}"
+        );
         assert!(out.contains("ARRAY['public.f']::text[]"), "{out}");
         assert!(
             out.contains("substr('public.f', 1)") && out.contains("ARRAY['public.f']);"),
@@ -3217,10 +3342,11 @@ ALTER TABLE ONLY public.users ALTER COLUMN id SET DEFAULT nextval('public.users_
         );
         let arrays = "CREATE FUNCTION shadow.arr() RETURNS bool LANGUAGE plpgsql IMMUTABLE \
                       AS $$ DECLARE ok regclass[] := ARRAY['public.t', 'public.f']; \
-                      names text[] := ARRAY['public.t']; BEGIN RETURN true; END $$;";
+                      names text[] := ARRAY['public.t']; c public.cfgdom := 'public.t'; \
+                      BEGIN RETURN true; END $$;";
         let out = prepare_time(arrays).expect("changed");
         assert!(
-            out.contains("ARRAY['shadow.t', 'shadow.f']; names text[] := ARRAY['public.t']"),
+            out.contains("ARRAY['shadow.t', 'shadow.f']; names text[] := ARRAY['public.t']; c public.cfgdom := 'shadow.t'"),
             "{out}"
         );
         let seq = "CREATE FUNCTION shadow.next_t() RETURNS bigint LANGUAGE sql \

@@ -1057,11 +1057,21 @@ fn remap_entries(run: &Run<'_>, entries: Vec<Entry>) -> Result<Vec<Entry>> {
 /// as written, which the swap runs with the deferred statements.
 fn prepare_time_functions(run: &Run<'_>, entries: Vec<Entry>) -> Result<(Vec<Entry>, Vec<String>)> {
     let maps = mappings(run);
+    let sigs = sql::NameSignatures::from_sql(
+        entries
+            .iter()
+            .filter(|e| {
+                e.header
+                    .as_ref()
+                    .is_some_and(|h| matches!(h.kind.as_str(), "FUNCTION" | "DOMAIN"))
+            })
+            .map(|e| e.sql.as_str()),
+    );
     let mut restores = Vec::new();
     let mut out = Vec::with_capacity(entries.len());
     for e in entries {
         if e.header.as_ref().is_some_and(|h| h.kind == "FUNCTION")
-            && let Some(sql) = sql::prepare_time_function(&e.sql, &maps)
+            && let Some(sql) = sql::prepare_time_function(&e.sql, &maps, &sigs)
                 .with_context(|| format!("rewriting {}", e.label()))?
         {
             restores.push(sql::restore_function(&e.sql)?);
