@@ -2036,22 +2036,12 @@ impl NameSignatures {
                     continue;
                 };
                 let positions = sigs.functions.entry(name.sval.clone()).or_default();
-                let mut position = 0;
-                for p in &f.parameters {
-                    let Some(NodeEnum::FunctionParameter(p)) = p.node.as_ref() else {
-                        continue;
-                    };
-                    if matches!(
-                        p.mode(),
-                        pg_query::protobuf::FunctionParameterMode::FuncParamOut
-                            | pg_query::protobuf::FunctionParameterMode::FuncParamTable
-                    ) {
-                        continue;
+                for (p, at) in parameters(&f) {
+                    if let Some(at) = at
+                        && is_name_type(p.arg_type.as_ref(), &sigs.domains)
+                    {
+                        positions.insert(at);
                     }
-                    if is_name_type(p.arg_type.as_ref(), &sigs.domains) {
-                        positions.insert(position);
-                    }
-                    position += 1;
                 }
             }
         }
@@ -2059,35 +2049,40 @@ impl NameSignatures {
     }
 }
 
-fn name_typed(f: &pg_query::protobuf::CreateFunctionStmt, domains: &HashSet<String>) -> NameTyped {
+/// A function's parameters, each with its position among the input ones
+/// (`$1` is 0); `None` for OUT and TABLE ones, which take no position.
+fn parameters(
+    f: &pg_query::protobuf::CreateFunctionStmt,
+) -> impl Iterator<Item = (&pg_query::protobuf::FunctionParameter, Option<usize>)> {
     use pg_query::NodeEnum;
-    let is_name = |t: Option<&pg_query::protobuf::TypeName>| is_name_type(t, domains);
-    // Input parameters by name and by position (`$1`); OUT and TABLE ones
-    // take no position.
-    let mut params = Vec::new();
-    let mut position = 0;
-    for p in &f.parameters {
+    use pg_query::protobuf::FunctionParameterMode::{FuncParamOut, FuncParamTable};
+    let mut inputs = 0;
+    f.parameters.iter().filter_map(move |p| {
         let Some(NodeEnum::FunctionParameter(p)) = p.node.as_ref() else {
-            continue;
+            return None;
         };
-        let input = !matches!(
-            p.mode(),
-            pg_query::protobuf::FunctionParameterMode::FuncParamOut
-                | pg_query::protobuf::FunctionParameterMode::FuncParamTable
-        );
-        position += usize::from(input);
-        if is_name(p.arg_type.as_ref()) {
-            if !p.name.is_empty() {
-                params.push(p.name.clone());
-            }
-            if input {
-                params.push(format!("${position}"));
-            }
+        let at = (!matches!(p.mode(), FuncParamOut | FuncParamTable)).then(|| {
+            inputs += 1;
+            inputs - 1
+        });
+        Some((p.as_ref(), at))
+    })
+}
+
+fn name_typed(f: &pg_query::protobuf::CreateFunctionStmt, domains: &HashSet<String>) -> NameTyped {
+    // Parameters of a name type by name and by position (`$1`).
+    let mut params = Vec::new();
+    for (p, at) in parameters(f).filter(|(p, _)| is_name_type(p.arg_type.as_ref(), domains)) {
+        if !p.name.is_empty() {
+            params.push(p.name.clone());
+        }
+        if let Some(at) = at {
+            params.push(format!("${}", at + 1));
         }
     }
     NameTyped {
         params,
-        returns: is_name(f.return_type.as_ref()),
+        returns: is_name_type(f.return_type.as_ref(), domains),
     }
 }
 

@@ -1335,12 +1335,11 @@ async fn fill_as_self(client: &Client, qual: &str) -> Result<String> {
         if after != acl {
             bail!("filling it as this role would change its grants");
         }
-        Ok::<_, anyhow::Error>(owner)
+        client.batch_execute("COMMIT").await?;
+        Ok(owner)
     }
     .await;
-    let end = if result.is_ok() { "COMMIT" } else { "ROLLBACK" };
-    client.batch_execute(end).await?;
-    result
+    crate::pg::exec::rollback_on_err(client, result).await
 }
 
 async fn sync_phase(run: &mut Run<'_>, id: i64) -> Result<Vec<sync::SyncedTable>> {

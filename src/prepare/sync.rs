@@ -2240,8 +2240,9 @@ pub async fn fk_violations(
                 );
             }
             // Row-level security that applies to this role hides rows from the
-            // check (and, with `row_security = off`, makes it fail): PostgreSQL's
-            // own validation in the swap, which bypasses it, is the check then.
+            // check (and, with `row_security = off`, makes it fail): the key
+            // cannot be checked here; the swap refuses it unless allowed, and
+            // PostgreSQL's validation right after the swap bypasses RLS.
             let hidden: bool = client
                 .query_one(
                     "SELECT coalesce(pg_catalog.row_security_active(pg_catalog.to_regclass($1)), false)
