@@ -24,6 +24,20 @@ fn with_users_preserved(wd: &Workdir, dbs: &TestDbs, command: &str, extra: &[&st
     assert_success(&wd.run(&args))
 }
 
+/// `db`'s socket URL, connecting as `role`.
+fn socket_url_as(db: &common::TestDb, role: &str) -> String {
+    db.socket_url().replacen(
+        &format!("postgresql://{}@", db.user()),
+        &format!("postgresql://{role}@"),
+        1,
+    )
+}
+
+/// How many backup schemas `db` holds.
+fn backup_schemas(db: &common::TestDb) -> String {
+    db.psql("SELECT count(*) FROM pg_namespace WHERE nspname LIKE 'backup\\_%'")
+}
+
 /// `start --preserved-tables users --json <extra>`: its report.
 fn start_users_preserved(wd: &Workdir, dbs: &TestDbs, extra: &[&str]) -> serde_json::Value {
     let mut args = vec!["--json"];
@@ -553,11 +567,7 @@ fn row_level_security_on_a_preserved_table_refuses_the_swap() {
          ALTER TABLE notes ENABLE ROW LEVEL SECURITY; ALTER TABLE notes FORCE ROW LEVEL SECURITY;
          CREATE POLICY few ON notes USING (id <= 10);"
     ));
-    let dst = dbs.dst.socket_url().replacen(
-        &format!("postgresql://{}@", dbs.dst.user()),
-        &format!("postgresql://{role}@"),
-        1,
-    );
+    let dst = socket_url_as(&dbs.dst, &role);
     let src = dbs.src.url();
     let wd = Workdir::new();
     let prepare = [
@@ -607,11 +617,7 @@ fn row_level_security_on_a_preserved_table_refuses_the_swap() {
         String::from_utf8_lossy(&out.stderr).contains("row-level security applies to role"),
         "{out:?}"
     );
-    assert_eq!(
-        dbs.dst
-            .psql("SELECT count(*) FROM pg_namespace WHERE nspname LIKE 'backup\\_%'"),
-        "0"
-    );
+    assert_eq!(backup_schemas(&dbs.dst), "0");
 
     dbs.dst
         .psql("ALTER TABLE users NO FORCE ROW LEVEL SECURITY");
@@ -679,14 +685,7 @@ fn row_level_security_outside_the_migration_fails_neither_check_nor_refresh() {
             name = db.name()
         ));
     }
-    let as_role = |url: String, user: &str| {
-        url.replacen(
-            &format!("postgresql://{user}@"),
-            &format!("postgresql://{role}@"),
-            1,
-        )
-    };
-    let dst = as_role(dbs.dst.socket_url(), dbs.dst.user());
+    let dst = socket_url_as(&dbs.dst, &role);
     let wd = Workdir::new();
     let out = wd.run(&[
         "prepare",
@@ -721,11 +720,7 @@ fn row_level_security_outside_the_migration_fails_neither_check_nor_refresh() {
             && common::stderr_of(&out).contains("--allow-fk-violations"),
         "{out:?}"
     );
-    assert_eq!(
-        dbs.dst
-            .psql("SELECT count(*) FROM pg_namespace WHERE nspname LIKE 'backup\\_%'"),
-        "0"
-    );
+    assert_eq!(backup_schemas(&dbs.dst), "0");
     let status: serde_json::Value = serde_json::from_str(&assert_success(
         &wd.run(&["status", "--json", "--dest", &dst]),
     ))
