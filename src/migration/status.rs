@@ -300,11 +300,17 @@ async fn swap_verdict(client: &Client, d: &Destination) -> Result<Option<String>
             "foreign keys involving preserved or kept tables do not match the destination's rows: {} (fix the rows, or swap with --allow-fk-violations)",
             sync::violations_line(&c.violations)
         ))),
-        Ok(c) => Ok(c.unchecked_line().map(|line| {
+        Ok(c) if !c.unchecked.is_empty() => Ok(c.unchecked_line().map(|line| {
             format!(
                 "{line} (connect as a role that bypasses row-level security, or swap with --allow-fk-violations)"
             )
         })),
+        Ok(_) => match cutover::sequence_refusal(client, &st.details.sync).await {
+            Ok(why) => Ok(why.map(|w| w.replacen("; nothing was changed", "", 1))),
+            Err(e) => Ok(Some(format!(
+                "could not check the preserved tables' sequences: {e:#}"
+            ))),
+        },
         Err(e) => Ok(Some(format!("could not check foreign keys: {e:#}"))),
     }
 }

@@ -57,7 +57,11 @@
 //! * **Sequences** never go back at the swap: those of `T`'s columns continue
 //!   after the greater of the two values ([`final_sync`]), and so do the
 //!   sequences no column uses that both sides have, since the application may
-//!   draw `T`'s keys from them itself ([`carry_standalone_sequences`]).
+//!   draw `T`'s keys from them itself ([`carry_standalone_sequences`]). A
+//!   column's value the source's sequence cannot hold (a lower `MAXVALUE`) is
+//!   refused before the swap's locks, by its dry run and by `status`
+//!   ([`sequence_misfits`]); one that gets there during the final replay fails
+//!   the swap transaction with the same words.
 //!
 //! The sync lives in the database: it runs without pgshift and survives restarts.
 //! [`health`] reports it for `status`; [`final_sync`] and `cleanup` remove it.
@@ -1266,6 +1270,9 @@ pub(crate) struct SeqRow {
     /// `"schema"."name"`.
     qual: String,
     increment: i64,
+    /// Its `MINVALUE` and `MAXVALUE`.
+    min: i64,
+    max: i64,
 }
 
 /// The sequences of a table's columns: those the columns own (serial,
@@ -1285,7 +1292,7 @@ pub(crate) async fn column_sequences(client: &Client, rel: u32) -> Result<Vec<Se
                      WHERE ad.adrelid = $1)
              SELECT a.attname::text, sc.relname::text,
                     pg_catalog.quote_ident(sn.nspname) || '.' || pg_catalog.quote_ident(sc.relname),
-                    s.seqincrement, sn.nspname::text
+                    s.seqincrement, sn.nspname::text, s.seqmin, s.seqmax
                FROM used u
                JOIN pg_catalog.pg_class sc ON sc.oid = u.seq AND sc.relkind = 'S'
                JOIN pg_catalog.pg_namespace sn ON sn.oid = sc.relnamespace
@@ -1300,6 +1307,8 @@ pub(crate) async fn column_sequences(client: &Client, rel: u32) -> Result<Vec<Se
             qual: r.get(2),
             increment: r.get(3),
             schema: r.get(4),
+            min: r.get(5),
+            max: r.get(6),
         },
     )
     .await
@@ -1718,16 +1727,65 @@ async fn sequence_state(client: &Client, qual: &str) -> Result<(i64, bool)> {
     Ok((r.get(0), r.get(1)))
 }
 
+/// Where a column sequence of a preserved table's shadow continues after the
+/// swap: the state `setval` gives it (`last_value`, `is_called`) and where it
+/// came from.
+struct Carry {
+    seq: SeqRow,
+    value: i64,
+    is_called: bool,
+    from: CarryFrom,
+}
+
+#[derive(Clone, Copy)]
+enum CarryFrom {
+    /// The shadow's own state (the source's).
+    Shadow,
+    /// The destination's sequence for the same column.
+    Sequence,
+    /// The greatest (least, for a descending sequence) value of the column
+    /// in the destination's rows, the destination having no sequence for it.
+    Rows,
+}
+
+impl Carry {
+    /// Why the sequence cannot take this state: a value the source's
+    /// definition does not allow (a lower `MAXVALUE`, a higher `MINVALUE`),
+    /// which `setval` refuses. `None` when it fits.
+    fn misfit(&self, t: &SyncedTable) -> Option<String> {
+        let s = &self.seq;
+        if (s.min..=s.max).contains(&self.value) {
+            return None;
+        }
+        let reached = match self.from {
+            CarryFrom::Shadow => "the source's sequence is at",
+            CarryFrom::Sequence => "the destination's sequence has reached",
+            CarryFrom::Rows => "the destination's rows hold",
+        };
+        Some(format!(
+            "sequence {} of preserved table {} (column {}) cannot continue after the destination's rows: {reached} {}, outside the source's definition ({} to {}); widen it on the source (ALTER SEQUENCE … MAXVALUE/MINVALUE) and prepare again",
+            display_ident(&s.name),
+            display_ident(&t.name),
+            display_ident(&s.column),
+            self.value,
+            s.min,
+            s.max
+        ))
+    }
+}
+
 /// Each sequence of the shadow table's columns (owned, or drawn from by a
 /// default) continues after the greatest of its own next value and the
 /// destination's (the destination's sequence for the same column, or the
-/// column's maximum when it has none).
-async fn carry_sequences(client: &Client, t: &SyncedTable, l: &Live) -> Result<()> {
+/// column's maximum in `shadow_rel`, which holds the destination's rows, when
+/// it has none). Reads only.
+async fn carry_plan(client: &Client, t: &SyncedTable, shadow_rel: &str) -> Result<Vec<Carry>> {
     let public: HashMap<String, SeqRow> = column_sequences(client, t.oid)
         .await?
         .into_iter()
         .map(|s| (s.column.clone(), s))
         .collect();
+    let mut plan = Vec::new();
     for s in column_sequences(client, t.shadow_oid).await? {
         let inc = s.increment;
         // Each candidate state (`last_value`, `is_called`) with the value
@@ -1737,18 +1795,22 @@ async fn carry_sequences(client: &Client, t: &SyncedTable, l: &Live) -> Result<(
         // sequence reads like the one it came from (`pg_sequences.last_value`
         // stays set when it was).
         let (last, called) = sequence_state(client, &s.qual).await?;
-        let mut candidates = vec![(next_value(last, called, inc), last, called)];
+        let mut candidates = vec![(
+            next_value(last, called, inc),
+            last,
+            called,
+            CarryFrom::Shadow,
+        )];
         if let Some(p) = public.get(&s.column) {
             let (pl, pc) = sequence_state(client, &p.qual).await?;
-            candidates.push((next_value(pl, pc, p.increment), pl, pc));
+            candidates.push((next_value(pl, pc, p.increment), pl, pc, CarryFrom::Sequence));
         } else {
             let agg = if inc > 0 { "max" } else { "min" };
             let v: Option<i64> = client
                 .query_one(
                     format!(
-                        "SELECT pg_catalog.{agg}({})::bigint FROM ONLY {}",
+                        "SELECT pg_catalog.{agg}({})::bigint FROM ONLY {shadow_rel}",
                         quote_ident(&s.column),
-                        l.shadow_rel
                     )
                     .as_str(),
                     &[],
@@ -1757,36 +1819,60 @@ async fn carry_sequences(client: &Client, t: &SyncedTable, l: &Live) -> Result<(
                 .map_err(|e| pg_error_as(e, &format!("reading {}.{}", t.name, s.column)))?
                 .get(0);
             if let Some(v) = v {
-                candidates.push((next_value(v, true, inc), v, true));
+                candidates.push((next_value(v, true, inc), v, true, CarryFrom::Rows));
             }
         }
         // Ties keep the earlier candidate (the shadow's own state first).
-        let (next, value, is_called) = candidates
+        let (_, value, is_called, from) = candidates
             .into_iter()
             .reduce(|best, c| {
                 let further = if inc > 0 { c.0 > best.0 } else { c.0 < best.0 };
                 if further { c } else { best }
             })
             .expect("the shadow's own state");
-        if i64::try_from(next).is_err() {
-            bail!(
-                "sequence {} of {}.{} would go beyond the bigint range",
-                s.name,
-                t.name,
-                s.column
-            );
+        plan.push(Carry {
+            seq: s,
+            value,
+            is_called,
+            from,
+        });
+    }
+    Ok(plan)
+}
+
+/// Carry the column sequences of `t` over ([`carry_plan`]); a value the
+/// source's sequence cannot hold fails the swap (its rows hold those keys).
+async fn carry_sequences(client: &Client, t: &SyncedTable, l: &Live) -> Result<()> {
+    for c in carry_plan(client, t, &l.shadow_rel).await? {
+        if let Some(why) = c.misfit(t) {
+            bail!(why);
         }
         client
             .query_one(
                 "SELECT pg_catalog.setval($1::text::regclass, $2, $3)",
-                &[&s.qual, &value, &is_called],
+                &[&c.seq.qual, &c.value, &c.is_called],
             )
             .await
-            .map_err(|e| pg_error_as(e, &format!("setting sequence {}", s.name)))?;
-        let target = next;
-        tracing::debug!(sequence = %s.name, next = target, "sequence carried over");
+            .map_err(|e| pg_error_as(e, &format!("setting sequence {}", c.seq.name)))?;
+        tracing::debug!(sequence = %c.seq.name, value = c.value, "sequence carried over");
     }
     Ok(())
+}
+
+/// The column sequences of the preserved tables that the swap could not carry
+/// over as they stand now, one line each (read only: for the swap's checks
+/// before its locks, its dry run and `status`).
+pub async fn sequence_misfits(client: &Client, synced: &[SyncedTable]) -> Result<Vec<String>> {
+    let mut out = Vec::new();
+    for t in synced {
+        let shadow_rel = rel_name(client, t.shadow_oid)
+            .await?
+            .with_context(|| format!("preserved table {}: its shadow table is gone", t.name))?;
+        for c in carry_plan(client, t, &shadow_rel).await? {
+            out.extend(c.misfit(t));
+        }
+    }
+    Ok(out)
 }
 
 // ---------------------------------------------------------------------------------------

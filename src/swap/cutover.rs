@@ -440,10 +440,12 @@ pub async fn preview(client: &Client, opts: &SwapOptions) -> Result<SwapPreview>
     // table.
     let changed = shadow_changed(client, m, false).await?;
     let broken = sync::broken(client, &details.sync).await?;
+    let misfit = sequence_refusal(client, &details.sync).await?;
     let refusal = changed
         .or(broken)
         .or_else(|| gate::refusal(&impact, &opts.impact))
         .or_else(|| fk_refusal(&fk_check, opts.allow_fk_violations))
+        .or(misfit)
         .or_else(|| p.lock_budget.refusal("the swap"));
     let schemas = p.schemas.clone();
     Ok(SwapPreview {
@@ -494,6 +496,20 @@ fn fk_refusal(check: &sync::FkCheck, allowed: bool) -> Option<String> {
             "{line}; nothing was changed (connect as a role that bypasses row-level security, or pass --allow-fk-violations: such a key is then validated right after the swap, and stays NOT VALID if a row has no match)"
         )
     })
+}
+
+/// Why the swap refuses the preserved tables' column sequences as they stand
+/// ([`sync::sequence_misfits`]: the destination's value does not fit the
+/// source's sequence), or `None`.
+pub async fn sequence_refusal(client: &Client, synced: &[SyncedTable]) -> Result<Option<String>> {
+    let misfits = sync::sequence_misfits(client, synced).await?;
+    Ok(misfits.first().map(|first| {
+        let more = match misfits.len() {
+            1 => String::new(),
+            n => format!(" (and {} more such sequences)", n - 1),
+        };
+        format!("{first}{more}; nothing was changed")
+    }))
 }
 
 /// The lock budget of swapping the prepared migration `m` now, in the mode
@@ -687,6 +703,9 @@ pub async fn swap(sess: &Session, opts: &SwapOptions) -> Result<SwapReport> {
         );
         tracing::warn!("{line}");
         warnings.push(line);
+    }
+    if let Some(refusal) = sequence_refusal(&sess.control, synced).await? {
+        bail!(refusal);
     }
     let violations = check.violations;
     if !violations.is_empty() {
