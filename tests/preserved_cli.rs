@@ -347,8 +347,8 @@ fn a_sequence_the_application_draws_from_itself_does_not_go_back() {
     );
     let wd = Workdir::new();
     with_users_preserved(&wd, &dbs, "prepare", &[]);
-    let out = wd.run(&["swap", "--dest", &dbs.dst.url()]);
-    assert_success(&out);
+    let out = wd.run(&["swap", "--dest", &dbs.dst.url(), "--json"]);
+    let report: serde_json::Value = serde_json::from_str(&assert_success(&out)).unwrap();
     assert_eq!(dbs.dst.psql("SELECT max(id) FROM users"), "3000");
     assert_eq!(dbs.dst.psql("SELECT nextval('users_seq')"), "3001");
     assert_eq!(dbs.dst.psql("SELECT nextval('other_seq')"), "5001");
@@ -358,6 +358,14 @@ fn a_sequence_the_application_draws_from_itself_does_not_go_back() {
         common::stderr_of(&out)
             .contains("does not fit the source's definition (increment 1, 1 to 1000)"),
         "{out:?}"
+    );
+    // And in the report's warnings, for a CI job reading --json.
+    assert!(
+        report["warnings"].as_array().unwrap().iter().any(|w| w
+            .as_str()
+            .unwrap()
+            .starts_with("sequence public.bounded_seq: the destination's sequence is further on (4000), but its value does not fit the source's definition (increment 1, 1 to 1000)")),
+        "{report}"
     );
 }
 

@@ -311,10 +311,18 @@ struct MigrationTx<'a> {
     leaves: sync::DeferredLeaves,
 }
 
+/// What the work before the moves hands back.
+struct BeforeMoves {
+    /// Foreign keys created NOT VALID, to validate after the commit.
+    fks: Vec<CreatedFk>,
+    /// The writes the swap discards (allowed), as counted under the locks.
+    writes: Option<WriteCheck>,
+    /// Sequences left at the source's value ([`sync::StandaloneCarried`]).
+    warnings: Vec<String>,
+}
+
 impl InTx for MigrationTx<'_> {
-    /// Foreign keys created NOT VALID, to validate after the commit; the
-    /// writes the swap discards (allowed), as counted under the locks.
-    type Before = (Vec<CreatedFk>, Option<WriteCheck>);
+    type Before = BeforeMoves;
     /// Kept tables' foreign keys that crossed into the backup.
     type After = Option<CrossingFixed>;
 
@@ -324,11 +332,19 @@ impl InTx for MigrationTx<'_> {
             None => None,
         };
         sync::final_sync(client, self.synced).await?;
-        if !self.synced.is_empty() {
-            sync::carry_standalone_sequences(client, &self.pairs).await?;
-        }
+        let warnings = if self.synced.is_empty() {
+            Vec::new()
+        } else {
+            sync::carry_standalone_sequences(client, &self.pairs)
+                .await?
+                .warnings
+        };
         let fks = sync::apply_deferred(client, self.deferred, &self.pairs, &self.leaves).await?;
-        Ok((fks, writes))
+        Ok(BeforeMoves {
+            fks,
+            writes,
+            warnings,
+        })
     }
 
     /// Kept tables stayed in public: their keys into the backup are
@@ -761,7 +777,8 @@ pub async fn swap(sess: &Session, opts: &SwapOptions) -> Result<SwapReport> {
     };
     warnings.extend(done.warnings.iter().cloned());
     let mut impact = checked.impact;
-    if let Some(w) = done.before.1.clone() {
+    warnings.extend(done.before.warnings.iter().cloned());
+    if let Some(w) = done.before.writes.clone() {
         impact.set_writes(w);
     }
 
@@ -775,7 +792,7 @@ pub async fn swap(sess: &Session, opts: &SwapOptions) -> Result<SwapReport> {
     };
     let mut not_valid: Vec<String> = Vec::new();
     let mut to_validate = Vec::new();
-    for fk in &done.before.0 {
+    for fk in &done.before.fks {
         if known(fk) {
             not_valid.push(format!(
                 "{}.{}",
