@@ -1589,7 +1589,11 @@ fn outside_objects_using_a_migrated_function_or_type_are_warned_about() {
          CREATE TABLE auth.tickets (n bigint DEFAULT nextval('public.ticket'));
          CREATE TABLE auth.events_2025 PARTITION OF public.events FOR VALUES FROM ('2025-01-01') TO ('2026-01-01');
          CREATE TABLE auth.old_notes () INHERITS (public.notes);
-         CREATE EVENT TRIGGER ddl_watch ON ddl_command_end EXECUTE FUNCTION public.on_ddl();",
+         CREATE EVENT TRIGGER ddl_watch ON ddl_command_end EXECUTE FUNCTION public.on_ddl();
+         -- the application's own schema, named as pgshift names a backup but
+         -- listed by no manifest: outside like any other
+         CREATE SCHEMA backup_1234567890123;
+         CREATE VIEW backup_1234567890123.profile_list AS SELECT id FROM public.profiles;",
     );
     let wd = Workdir::new();
     let (src, dst) = (dbs.src.url(), dbs.dst.url());
@@ -1612,6 +1616,7 @@ fn outside_objects_using_a_migrated_function_or_type_are_warned_about() {
         // A partition and an inheritance child outside.
         "table auth.events_2025 is a partition of public.events; after the swap it stays with the backup's copy, and its rows are no longer in public.events (recreate it after the swap, or migrate its schema too)",
         "table auth.old_notes is an inheritance child of public.notes; after the swap it stays with the backup's copy, and its rows are no longer in public.notes (recreate it after the swap, or migrate its schema too)",
+        "view backup_1234567890123.profile_list reads public.profiles; after the swap it will read the backup's copy (recreate it after the swap)",
     ] {
         assert!(
             warnings.iter().any(|w| w.ends_with(expected)),

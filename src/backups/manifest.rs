@@ -239,6 +239,29 @@ pub async fn list_backups(client: &impl GenericClient) -> Result<Vec<BackupRow>>
         .collect()
 }
 
+/// The schemas of every recorded backup (each manifest's schema and those of
+/// its other live schemas), whether or not they still exist. Empty when the
+/// pgshift schema does not exist. Does not read the manifests as a whole, so
+/// an unreadable one does not stop the caller.
+pub async fn backup_schemas(client: &impl GenericClient) -> Result<Vec<String>> {
+    if !meta::meta_exists(client).await? {
+        return Ok(Vec::new());
+    }
+    let rows = client
+        .query(
+            "SELECT schema_name FROM pgshift.backups
+             UNION
+             SELECT s->>'backup' FROM pgshift.backups b,
+                    pg_catalog.jsonb_array_elements(CASE WHEN pg_catalog.jsonb_typeof(b.manifest->'schemas') = 'array'
+                                                         THEN b.manifest->'schemas' ELSE '[]' END) s
+              WHERE s->>'backup' IS NOT NULL",
+            &[],
+        )
+        .await
+        .context("reading the backups' schemas from pgshift.backups")?;
+    Ok(rows.iter().map(|r| r.get(0)).collect())
+}
+
 /// The backup the swap of migration `id` made, if that swap committed.
 pub async fn backup_of_migration(client: &impl GenericClient, id: i64) -> Result<Option<String>> {
     Ok(client

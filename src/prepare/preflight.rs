@@ -8,6 +8,7 @@ use anyhow::{Context, Result, bail};
 use itertools::Itertools;
 use tokio_postgres::Client;
 
+use crate::backups::manifest;
 use crate::error::UserError;
 use crate::migration::derive::{Destination, State};
 use crate::migration::lifecycle::Status;
@@ -586,11 +587,12 @@ pub async fn check_dest(dst: &Client, schemas: &[String]) -> Result<Vec<String>>
 }
 
 /// SQL: schema name `col` is none of pgshift's own (its shadows, its
-/// backups, its records' schema). A backup is `backup_<unix ms>` (and
-/// `_<live schema>`): an application's `backup_2023` is not one.
+/// backups, its records' schema). A backup is one a manifest lists (`$2`,
+/// [`manifest::backup_schemas`]): an application's `backup_2023`, or a
+/// `backup_<13 digits>` of its own, is not one.
 fn not_pgshift(col: &str) -> String {
     format!(
-        "{col} NOT IN ('shadow', 'pgshift') AND {col} !~ '^backup_[0-9]{{13}}(_|$)' AND {col} NOT LIKE 'pgshift\\_shadow\\_%'"
+        "{col} NOT IN ('shadow', 'pgshift') AND {col} <> ALL($2::text[]) AND {col} NOT LIKE 'pgshift\\_shadow\\_%'"
     )
 }
 
@@ -598,6 +600,7 @@ fn not_pgshift(col: &str) -> String {
 /// the swap (or the rollback: `op`) they keep pointing at the backup.
 pub async fn outside_dependents(dst: &Client, schemas: &[String], op: &str) -> Result<Vec<String>> {
     let mut out = Vec::new();
+    let backups = manifest::backup_schemas(dst).await?;
     let too = if op == "swap" {
         ", or migrate its schema too"
     } else {
@@ -618,7 +621,7 @@ pub async fn outside_dependents(dst: &Client, schemas: &[String], op: &str) -> R
               ORDER BY 1, 2, 3",
                 not_pgshift("vn.nspname")
             ),
-            &[&schemas],
+            &[&schemas, &backups],
         )
         .await
         .context("looking for views outside the migrated schemas")?;
@@ -645,7 +648,7 @@ pub async fn outside_dependents(dst: &Client, schemas: &[String], op: &str) -> R
               ORDER BY 1, 2, 3",
                 not_pgshift("n.nspname")
             ),
-            &[&schemas],
+            &[&schemas, &backups],
         )
         .await
         .context("looking for foreign keys from outside the migrated schemas")?;
@@ -687,14 +690,15 @@ pub async fn outside_dependents(dst: &Client, schemas: &[String], op: &str) -> R
                                      WHERE e.classid = d.refclassid AND e.objid = d.refobjid AND e.deptype = 'e')
                     -- objects of no schema (an event trigger) are outside too
                     AND NOT (COALESCE({dep}, '') = ANY($1))
-                    AND COALESCE({dep}, '') NOT IN ('shadow', 'pgshift', 'pg_catalog', 'information_schema')
-                    AND COALESCE({dep}, '') !~ '^backup_[0-9]{{13}}(_|$)' AND COALESCE({dep}, '') NOT LIKE 'pgshift\\_shadow\\_%'
+                    AND COALESCE({dep}, '') NOT IN ('pg_catalog', 'information_schema')
+                    AND {ours}
                     AND COALESCE({dep}, '') NOT LIKE 'pg\\_toast%'
                   ORDER BY 1, 2",
                 describe = crate::swap::rollback::DESCRIBE_DEPENDENT,
                 dep = crate::swap::rollback::DEPENDENT_SCHEMA,
+                ours = not_pgshift(&format!("COALESCE({}, '')", crate::swap::rollback::DEPENDENT_SCHEMA)),
             ),
-            &[&schemas],
+            &[&schemas, &backups],
         )
         .await
         .context("looking for objects outside the migrated schemas that use their functions or types")?;
@@ -722,7 +726,7 @@ pub async fn outside_dependents(dst: &Client, schemas: &[String], op: &str) -> R
               ORDER BY 1, 2",
                 not_pgshift("cn.nspname")
             ),
-            &[&schemas],
+            &[&schemas, &backups],
         )
         .await
         .context("looking for partitions outside the migrated schemas")?;
