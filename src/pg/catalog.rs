@@ -562,3 +562,157 @@ pub async fn server_identity(client: &impl GenericClient) -> Result<String> {
         .context("identifying the server")?;
     Ok(r.get(0))
 }
+
+/// A type a cast converts from or to.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CastType {
+    pub schema: String,
+    /// `pg_type.typname` (`_mood` for an array of `mood`).
+    pub name: String,
+    /// An extension's (a member, or part of one: PostGIS's `geometry`).
+    pub extension: bool,
+    /// The table whose row type it is (or whose row type it is an array of).
+    pub table: Option<String>,
+    /// The name of what defines it in the dump: the table, the element type
+    /// of an array, else the type itself.
+    pub defined_as: String,
+}
+
+/// A cast of the database's own (not built in, not an extension's, not one
+/// made with a type such as a range's to its multirange) from or to a type,
+/// or with a function, of `schemas` (`pg_dump -n` leaves every cast out).
+#[derive(Debug, Clone, PartialEq)]
+pub struct CastInfo {
+    pub source: CastType,
+    pub target: CastType,
+    /// `castmethod`: `f` a function, `i` I/O conversion, `b` binary coercible.
+    pub method: char,
+    /// The function's schema and name (`castmethod` `f`).
+    pub function: Option<(String, String)>,
+    /// `cast from mood to text`, for messages.
+    pub display: String,
+    /// `CREATE CAST …;` with every name schema-qualified (remap it to a
+    /// shadow), and its `COMMENT ON CAST …;` if it has one.
+    pub sql: String,
+}
+
+impl CastInfo {
+    /// Whether the migration brings it: it converts from or to a type the
+    /// migration creates (of `schemas`, not an extension's, not the row type
+    /// of a table left out: `leaves(schema, table)`), so it can be created on
+    /// the shadow's type without touching the destination's casts and goes
+    /// wherever that type goes (the swap, a rollback, the backup's cleanup).
+    /// Its function must come with it too (or be built in): one of another
+    /// schema takes the live type, not the shadow's. A binary-coercible one
+    /// needs a superuser (`superuser`).
+    pub fn migrates(
+        &self,
+        schemas: &[String],
+        leaves: impl Fn(&str, &str) -> bool,
+        superuser: bool,
+    ) -> bool {
+        let created = |t: &CastType| {
+            schemas.contains(&t.schema)
+                && !t.extension
+                && !t.table.as_ref().is_some_and(|rel| leaves(&t.schema, rel))
+        };
+        let function_comes = self
+            .function
+            .as_ref()
+            .is_none_or(|(schema, _)| schemas.contains(schema) || schema == "pg_catalog");
+        (created(&self.source) || created(&self.target))
+            && function_comes
+            && (self.method != 'b' || superuser)
+    }
+}
+
+/// The casts of [`CastInfo`] in the database `client` reaches.
+pub async fn casts(client: &impl GenericClient, schemas: &[String]) -> Result<Vec<CastInfo>> {
+    // A type as CREATE CAST takes it: built-in ones as format_type writes them,
+    // every other one schema-qualified by its own name (`"public"."_mood"` is
+    // an array of mood), so the remap to a shadow sees it.
+    let sql = format!(
+        "WITH RECURSIVE {EXT_CLOSURE},
+              typ AS (
+                SELECT t.oid, n.nspname::text AS nsp, t.typname::text AS name,
+                       CASE WHEN n.nspname = 'pg_catalog' THEN pg_catalog.format_type(t.oid, NULL)
+                            ELSE pg_catalog.quote_ident(n.nspname) || '.' || pg_catalog.quote_ident(t.typname) END AS sql,
+                       ('pg_catalog.pg_type'::regclass, t.oid) IN (SELECT classid, objid FROM ext)
+                         OR ('pg_catalog.pg_class'::regclass, r.oid) IN (SELECT classid, objid FROM ext) AS ext,
+                       r.relname::text AS rel,
+                       COALESCE(r.relname, e.typname, t.typname)::text AS defined_as
+                  FROM pg_catalog.pg_type t
+                  JOIN pg_catalog.pg_namespace n ON n.oid = t.typnamespace
+                  LEFT JOIN pg_catalog.pg_type e ON e.oid = t.typelem AND e.typarray = t.oid
+                  LEFT JOIN pg_catalog.pg_class r ON r.oid = COALESCE(NULLIF(t.typrelid, 0), NULLIF(e.typrelid, 0)))
+         SELECT s.nsp, s.name, s.ext, s.rel, d.nsp, d.name, d.ext, d.rel, c.castmethod::text,
+                pg_catalog.format('cast from %s to %s', pg_catalog.format_type(c.castsource, NULL),
+                                  pg_catalog.format_type(c.casttarget, NULL)),
+                pg_catalog.format('CREATE CAST (%s AS %s) %s%s;', s.sql, d.sql,
+                  CASE c.castmethod
+                    WHEN 'f' THEN 'WITH FUNCTION ' || pg_catalog.quote_ident(fn.nspname) || '.' || pg_catalog.quote_ident(f.proname)
+                                  || '(' || COALESCE((SELECT pg_catalog.string_agg(a.sql, ', ' ORDER BY x.ord)
+                                                        FROM pg_catalog.unnest(f.proargtypes::oid[]) WITH ORDINALITY x(oid, ord)
+                                                        JOIN typ a ON a.oid = x.oid), '') || ')'
+                    WHEN 'i' THEN 'WITH INOUT'
+                    ELSE 'WITHOUT FUNCTION' END,
+                  CASE c.castcontext WHEN 'a' THEN ' AS ASSIGNMENT' WHEN 'i' THEN ' AS IMPLICIT' ELSE '' END)
+                || COALESCE(pg_catalog.format(E'\\nCOMMENT ON CAST (%s AS %s) IS %L;', s.sql, d.sql,
+                                              pg_catalog.obj_description(c.oid, 'pg_cast')), ''),
+                s.defined_as, d.defined_as, fn.nspname::text, f.proname::text
+           FROM pg_catalog.pg_cast c
+           JOIN typ s ON s.oid = c.castsource
+           JOIN typ d ON d.oid = c.casttarget
+           LEFT JOIN pg_catalog.pg_proc f ON f.oid = c.castfunc
+           LEFT JOIN pg_catalog.pg_namespace fn ON fn.oid = f.pronamespace
+          WHERE c.oid >= 16384
+            AND ('pg_catalog.pg_cast'::regclass, c.oid) NOT IN (SELECT classid, objid FROM ext)
+            -- nor casts made with a type (a range's to its multirange): they
+            -- come with it
+            AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_depend i
+                             WHERE i.classid = 'pg_catalog.pg_cast'::regclass AND i.objid = c.oid AND i.deptype = 'i')
+            AND (s.nsp = ANY($1) OR d.nsp = ANY($1) OR fn.nspname = ANY($1))
+          ORDER BY 10"
+    );
+    let rows = client
+        .query(sql.as_str(), &[&schemas])
+        .await
+        .context("listing the casts")?;
+    Ok(rows
+        .iter()
+        .map(|r| CastInfo {
+            source: CastType {
+                schema: r.get(0),
+                name: r.get(1),
+                extension: r.get(2),
+                table: r.get(3),
+                defined_as: r.get(11),
+            },
+            target: CastType {
+                schema: r.get(4),
+                name: r.get(5),
+                extension: r.get(6),
+                table: r.get(7),
+                defined_as: r.get(12),
+            },
+            method: r.get::<_, String>(8).chars().next().unwrap_or('f'),
+            function: r
+                .get::<_, Option<String>>(13)
+                .zip(r.get::<_, Option<String>>(14)),
+            display: r.get(9),
+            sql: r.get(10),
+        })
+        .collect())
+}
+
+/// Whether the role `client` is connected as is a superuser.
+pub async fn is_superuser(client: &impl GenericClient) -> Result<bool> {
+    Ok(client
+        .query_one(
+            "SELECT COALESCE((SELECT r.rolsuper FROM pg_catalog.pg_roles r WHERE r.rolname = current_user), false)",
+            &[],
+        )
+        .await
+        .context("checking whether this role is a superuser")?
+        .get(0))
+}

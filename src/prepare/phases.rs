@@ -5,7 +5,11 @@
 //! privileges. One pg_dump covers every chosen schema; its SQL is remapped
 //! in one pass (`dump::sql::remap_many`), each schema's references to its own
 //! shadow. Tables are named by [`TableInfo::key`] (`name` in public,
-//! `schema.name` elsewhere) wherever one name per table is needed.
+//! `schema.name` elsewhere) wherever one name per table is needed. Casts
+//! belong to no schema, so `pg_dump -n` leaves them out: those from or to a
+//! type the migration creates are read from the catalog under the snapshot
+//! and placed among the dump's entries as pg_dump would place them
+//! ([`place_casts`]).
 //!
 //! Phases: snapshot, dump (schema only), schema (pre-data), data (streamed
 //! COPY), indexes (post-data), sequences, sync (preserved tables: the
@@ -246,6 +250,10 @@ pub async fn check(settings: &PrepareOptions, sess_dest: &Client, src: &Client) 
     )
     .await?;
     warnings.extend(filters.warnings.iter().cloned());
+    warnings.extend(
+        preflight::casts_left_behind(src, sess_dest, &settings.schemas, &filters.not_migrated)
+            .await?,
+    );
     preflight::refuse_missing_servers(src, sess_dest, &settings.schemas, &filters.not_migrated)
         .await?;
     if dest_major < source_major {
@@ -491,6 +499,9 @@ struct Run<'a> {
     /// The statements that put back the definitions of the functions restored
     /// in their prepare-time form ([`prepare_time_functions`]).
     function_restores: Vec<String>,
+    /// The source's casts the migration brings ([`catalog::CastInfo`]), read
+    /// under the snapshot.
+    casts: Vec<catalog::CastInfo>,
 }
 
 impl Run<'_> {
@@ -613,6 +624,7 @@ pub async fn run(
         dump_exclude: Vec::new(),
         warnings: Vec::new(),
         function_restores: Vec::new(),
+        casts: Vec::new(),
     };
     let result = phases(&mut run, rec).await;
     // The snapshot session is no longer needed either way.
@@ -839,6 +851,16 @@ async fn snapshot(run: &mut Run<'_>) -> Result<DateTime<Utc>> {
                 .map(|(n, populated)| (schema.to_string(), n, populated)),
         );
     }
+    // Casts belong to no schema, so pg_dump -n leaves them out: those from
+    // or to a type the migration creates are made on the shadow's type
+    // (the others were warned about at the checks).
+    let schemas: Vec<String> = run.pairs.iter().map(|p| p.live.clone()).collect();
+    let superuser = catalog::is_superuser(&run.sess.control).await?;
+    run.casts = catalog::casts(&client, &schemas)
+        .await?
+        .into_iter()
+        .filter(|c| c.migrates(&schemas, leaves, superuser))
+        .collect();
     for p in &run.preserved {
         if !run.tables.iter().any(|t| &t.key() == p && t.relkind == 'r') {
             bail!("preserved table {p} is not a table of the source");
@@ -1086,11 +1108,75 @@ fn prepare_time_functions(run: &Run<'_>, entries: Vec<Entry>) -> Result<(Vec<Ent
     Ok((out, restores))
 }
 
+/// The migrated casts among the schema's entries (pg_dump -n leaves them
+/// out), each remapped to the shadows and placed as pg_dump places one:
+/// right after the last entry that defines one of its types (the type, the
+/// table of a row type, the element of an array) or its function, so before
+/// what may use it (a default, a view, a function's SQL body).
+fn place_casts(
+    mut entries: Vec<Entry>,
+    casts: &[catalog::CastInfo],
+    maps: &[sql::Mapping<'_>],
+) -> Result<Vec<Entry>> {
+    // (position, cast), inserted from the back so positions hold.
+    let mut placed = Vec::with_capacity(casts.len());
+    for c in casts {
+        let defines = |h: &sql::EntryHeader| {
+            let schema = h.schema.as_deref();
+            [&c.source, &c.target]
+                .iter()
+                .any(|t| schema == Some(t.schema.as_str()) && h.name == t.defined_as)
+                || c.function.as_ref().is_some_and(|(fs, f)| {
+                    h.kind == "FUNCTION"
+                        && schema == Some(fs.as_str())
+                        && h.name
+                            .strip_prefix(f.as_str())
+                            .is_some_and(|rest| rest.starts_with('('))
+                })
+        };
+        let after = entries
+            .iter()
+            .rposition(|e| e.header.as_ref().is_some_and(defines))
+            .map_or_else(
+                || usize::from(entries.first().is_some_and(|e| e.header.is_none())),
+                |i| i + 1,
+            );
+        let sql = sql::remap_many(&c.sql, maps)
+            .with_context(|| format!("remapping the {}", c.display))?;
+        placed.push((
+            after,
+            Entry {
+                header: Some(sql::EntryHeader {
+                    name: c.display.clone(),
+                    kind: "CAST".into(),
+                    schema: None,
+                    owner: None,
+                }),
+                sql: format!("{sql}\n"),
+            },
+        ));
+    }
+    // Stable: casts placed at the same spot keep the source's order.
+    placed.sort_by_key(|(at, _)| std::cmp::Reverse(*at));
+    let mut by_spot: Vec<(usize, Vec<Entry>)> = Vec::new();
+    for (at, e) in placed {
+        match by_spot.last_mut() {
+            Some((spot, es)) if *spot == at => es.push(e),
+            _ => by_spot.push((at, vec![e])),
+        }
+    }
+    for (at, es) in by_spot {
+        entries.splice(at..at, es);
+    }
+    Ok(entries)
+}
+
 async fn schema(run: &mut Run<'_>) -> Result<()> {
     let entries = restore_section(run, "pre-data").await?;
     let entries = remap_entries(run, entries)?;
     let (entries, restores) = prepare_time_functions(run, entries)?;
     run.function_restores = restores;
+    let entries = place_casts(entries, &run.casts, &mappings(run))?;
     let client = run.dest_client().await?;
     // An empty shadow left by the last swap is replaced (RESTRICT: never
     // anything in it; leftovers were handled before).

@@ -131,57 +131,34 @@ pub async fn check_source(src: &Client, schemas: &[String]) -> Result<Vec<String
             }
         ));
     }
-    warnings.extend(outside_any_schema(src, schemas).await?);
+    warnings.extend(outside_any_schema(src).await?);
     Ok(warnings)
 }
 
 /// What the source has that belongs to no schema, and that a migration of
-/// schemas (`pg_dump -n`) therefore leaves behind: casts of the chosen
-/// schemas' types or functions, publications and subscriptions, event
-/// triggers. Extension members come with their extension.
-async fn outside_any_schema(src: &Client, schemas: &[String]) -> Result<Vec<String>> {
+/// schemas (`pg_dump -n`) therefore leaves behind: publications and
+/// subscriptions, event triggers (casts: [`casts_left_behind`]). Extension
+/// members come with their extension.
+async fn outside_any_schema(src: &Client) -> Result<Vec<String>> {
     let r = src
         .query_one(
             "WITH own(classid, objid) AS (SELECT classid, objid FROM pg_catalog.pg_depend WHERE deptype = 'e')
-             SELECT ARRAY(SELECT pg_catalog.format('cast from %s to %s',
-                                                   pg_catalog.format_type(c.castsource, NULL),
-                                                   pg_catalog.format_type(c.casttarget, NULL))
-                            FROM pg_catalog.pg_cast c
-                           WHERE c.oid >= 16384
-                             AND NOT EXISTS (SELECT 1 FROM own WHERE own.classid = 'pg_catalog.pg_cast'::regclass AND own.objid = c.oid)
-                             -- nor casts made with a type (a range's to its
-                             -- multirange): they come with it
-                             AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_depend i
-                                              WHERE i.classid = 'pg_catalog.pg_cast'::regclass AND i.objid = c.oid AND i.deptype = 'i')
-                             AND EXISTS (SELECT 1 FROM pg_catalog.pg_type t JOIN pg_catalog.pg_namespace n ON n.oid = t.typnamespace
-                                          WHERE t.oid IN (c.castsource, c.casttarget) AND n.nspname = ANY($1)
-                                         UNION ALL
-                                         SELECT 1 FROM pg_catalog.pg_proc f JOIN pg_catalog.pg_namespace n ON n.oid = f.pronamespace
-                                          WHERE f.oid = c.castfunc AND n.nspname = ANY($1))
-                           ORDER BY 1),
-                    ARRAY(SELECT pg_catalog.quote_ident(p.pubname) FROM pg_catalog.pg_publication p ORDER BY 1),
+             SELECT ARRAY(SELECT pg_catalog.quote_ident(p.pubname) FROM pg_catalog.pg_publication p ORDER BY 1),
                     ARRAY(SELECT pg_catalog.quote_ident(s.subname) FROM pg_catalog.pg_subscription s
                            WHERE s.subdbid = (SELECT d.oid FROM pg_catalog.pg_database d WHERE d.datname = pg_catalog.current_database())
                            ORDER BY 1),
                     ARRAY(SELECT pg_catalog.quote_ident(e.evtname) FROM pg_catalog.pg_event_trigger e
                            WHERE NOT EXISTS (SELECT 1 FROM own WHERE own.classid = 'pg_catalog.pg_event_trigger'::regclass AND own.objid = e.oid)
                            ORDER BY 1)",
-            &[&schemas],
+            &[],
         )
         .await
-        .map_err(|e| crate::pg::exec::pg_error_as(e, "listing the source's casts, publications and event triggers"))?;
+        .map_err(|e| crate::pg::exec::pg_error_as(e, "listing the source's publications and event triggers"))?;
     let mut warnings = Vec::new();
-    let casts: Vec<String> = r.get(0);
-    if !casts.is_empty() {
-        warnings.push(format!(
-            "casts belong to no schema and are not migrated: {}; create them on the destination after the swap",
-            list_some(&casts)
-        ));
-    }
     let kinds = [
-        (1, "publications"),
-        (2, "subscriptions"),
-        (3, "event triggers"),
+        (0, "publications"),
+        (1, "subscriptions"),
+        (2, "event triggers"),
     ];
     for (i, what) in kinds {
         let names: Vec<String> = r.get(i);
@@ -193,6 +170,36 @@ async fn outside_any_schema(src: &Client, schemas: &[String]) -> Result<Vec<Stri
         }
     }
     Ok(warnings)
+}
+
+/// The source's casts of the migrated schemas' types or functions that the
+/// migration does not bring ([`catalog::CastInfo::migrates`]): those between
+/// types it does not create (only the function is migrated), those whose
+/// function is of a schema not migrated, and binary-coercible ones when the
+/// destination's role is not a superuser. One warning, or none.
+pub async fn casts_left_behind(
+    src: &Client,
+    dst: &Client,
+    schemas: &[String],
+    not_migrated: &std::collections::BTreeSet<String>,
+) -> Result<Vec<String>> {
+    let superuser = catalog::is_superuser(dst).await?;
+    let leaves =
+        |schema: &str, name: &str| not_migrated.contains(&meta::table_display(schema, name));
+    let left: Vec<String> = catalog::casts(src, schemas)
+        .await?
+        .into_iter()
+        .filter(|c| !c.migrates(schemas, leaves, superuser))
+        .map(|c| c.display)
+        .collect();
+    Ok(if left.is_empty() {
+        Vec::new()
+    } else {
+        vec![format!(
+            "casts belong to no schema, and these are not migrated (only a cast from or to a migrated type is, with a function of a migrated schema or none, and a binary-coercible one only by a superuser): {}; create them on the destination after the swap",
+            list_some(&left)
+        )]
+    })
 }
 
 /// Rows the source's application added to its extensions' configuration
@@ -690,6 +697,14 @@ pub async fn outside_dependents(dst: &Client, schemas: &[String], op: &str) -> R
                                      WHERE e.classid = d.refclassid AND e.objid = d.refobjid AND e.deptype = 'e')
                     -- objects of no schema (an event trigger) are outside too
                     AND NOT (COALESCE({dep}, '') = ANY($1))
+                    -- but a cast from or to a type of the migrated schemas
+                    -- goes with the type (the source's own comes with the
+                    -- source's type)
+                    AND NOT (d.classid = 'pg_catalog.pg_cast'::regclass
+                             AND EXISTS (SELECT 1 FROM pg_catalog.pg_cast x
+                                           JOIN pg_catalog.pg_type t ON t.oid IN (x.castsource, x.casttarget)
+                                           JOIN pg_catalog.pg_namespace n ON n.oid = t.typnamespace
+                                          WHERE x.oid = d.objid AND n.nspname = ANY($1)))
                     AND COALESCE({dep}, '') NOT IN ('pg_catalog', 'information_schema')
                     AND {ours}
                     AND COALESCE({dep}, '') NOT LIKE 'pg\\_toast%'
