@@ -1700,3 +1700,101 @@ async fn checksum_with_path(
         .map_err(|e| anyhow!("checksumming {table}: {}", describe_pg_error(&e)))?;
     Ok(row.get(0))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(kind: &str, name: &str) -> Entry {
+        Entry {
+            header: Some(sql::EntryHeader {
+                name: name.into(),
+                kind: kind.into(),
+                schema: Some("public".into()),
+                owner: None,
+            }),
+            sql: format!("-- {kind} {name}\n"),
+        }
+    }
+
+    fn cast_type(name: &str, defined_as: &str) -> catalog::CastType {
+        catalog::CastType {
+            schema: "public".into(),
+            name: name.into(),
+            extension: false,
+            table: None,
+            defined_as: defined_as.into(),
+        }
+    }
+
+    /// A cast goes right after the last entry it needs (its types, the
+    /// element of an array, its function, not a namesake's overload
+    /// prefix), before what uses it; casts at one spot keep their order.
+    #[test]
+    fn a_cast_goes_after_what_it_needs_and_before_what_uses_it() {
+        let entries = vec![
+            Entry {
+                header: None,
+                sql: "SET x = 1;\n".into(),
+            },
+            entry("TYPE", "mood"),
+            entry("FUNCTION", "mood_text(public.mood)"),
+            entry("FUNCTION", "mood_textual(public.mood)"),
+            entry("TABLE", "t"),
+            entry("VIEW", "v"),
+        ];
+        let cast =
+            |src: catalog::CastType, tgt: &str, f: Option<&str>, sql: &str| catalog::CastInfo {
+                source: src,
+                target: cast_type(tgt, tgt),
+                method: if f.is_some() { 'f' } else { 'i' },
+                function: f.map(|f| ("public".to_string(), f.to_string())),
+                display: sql.into(),
+                sql: format!("CREATE CAST ({sql});"),
+            };
+        let casts = vec![
+            cast(
+                cast_type("mood", "mood"),
+                "text",
+                Some("mood_text"),
+                "public.mood AS text",
+            ),
+            cast(
+                cast_type("_mood", "mood"),
+                "int4",
+                None,
+                "public._mood AS int4",
+            ),
+            cast(cast_type("t", "t"), "int4", None, "public.t AS int4"),
+            cast(
+                cast_type("mood", "mood"),
+                "int8",
+                None,
+                "public.mood AS int8",
+            ),
+        ];
+        let defined: DefinedNames = ["mood", "_mood", "t", "mood_text"].into_iter().collect();
+        let maps = [sql::Mapping {
+            from: "public",
+            to: "shadow",
+            defined: &defined,
+        }];
+        let placed = place_casts(entries, &casts, &maps).unwrap();
+        let order: Vec<String> = placed.iter().map(|e| e.sql.trim().to_string()).collect();
+        assert_eq!(
+            order,
+            [
+                "SET x = 1;",
+                "-- TYPE mood",
+                "CREATE CAST (shadow._mood AS int4);",
+                "CREATE CAST (shadow.mood AS int8);",
+                "-- FUNCTION mood_text(public.mood)",
+                "CREATE CAST (shadow.mood AS text);",
+                "-- FUNCTION mood_textual(public.mood)",
+                "-- TABLE t",
+                "CREATE CAST (shadow.t AS int4);",
+                "-- VIEW v",
+            ]
+        );
+    }
+}
