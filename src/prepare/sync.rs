@@ -1620,12 +1620,12 @@ pub async fn final_sync(client: &Client, synced: &[SyncedTable]) -> Result<()> {
 /// keys out again. The live sequence is locked first (`ALTER SEQUENCE …
 /// OWNED BY NONE`, which it already is: SHARE ROW EXCLUSIVE, which `nextval`
 /// waits for), so no value drawn before the commit is handed out again.
-/// Returns what it did: the sequences moved forward, as `schema.name`, and
-/// the warnings for those left at the source's value.
+/// Returns one warning for each sequence left at the source's value
+/// although the destination's is further on (also logged).
 pub async fn carry_standalone_sequences(
     client: &Client,
     pairs: &[crate::pg::meta::SchemaPair],
-) -> Result<StandaloneCarried> {
+) -> Result<Vec<String>> {
     let lives: Vec<&str> = pairs.iter().map(|p| p.live.as_str()).collect();
     let shadows: Vec<&str> = pairs.iter().map(|p| p.shadow.as_str()).collect();
     let rows = client
@@ -1658,13 +1658,16 @@ pub async fn carry_standalone_sequences(
         )
         .await
         .map_err(|e| pg_error_as(e, "listing the sequences no column uses"))?;
-    let mut out = StandaloneCarried::default();
+    let mut warnings = Vec::new();
+    let mut warn = |line: String| {
+        tracing::warn!("{line}");
+        warnings.push(line);
+    };
     for r in rows {
-        let (schema, name, live, shadow, inc): (String, String, String, String, i64) =
-            (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4));
+        let (live, shadow, inc): (String, String, i64) = (r.get(2), r.get(3), r.get(4));
         let (owner, may): (bool, bool) = (r.get(5), r.get(6));
         if !may {
-            out.warn(format!(
+            warn(format!(
                 "sequence {live}: this role may not read both sequences, so its value is the source's"
             ));
             continue;
@@ -1688,7 +1691,7 @@ pub async fn carry_standalone_sequences(
         };
         let (shadow_inc, min, max): (i64, i64, i64) = (r.get(7), r.get(8), r.get(9));
         if further && ((shadow_inc > 0) != (inc > 0) || ll < min || ll > max) {
-            out.warn(format!(
+            warn(format!(
                 "sequence {live}: the destination's sequence is further on ({ll}), but its value does not fit the source's definition (increment {shadow_inc}, {min} to {max}): it takes the source's value, which the destination has passed"
             ));
             continue;
@@ -1702,28 +1705,9 @@ pub async fn carry_standalone_sequences(
                 .await
                 .map_err(|e| pg_error_as(e, &format!("setting sequence {shadow}")))?;
             tracing::info!(sequence = %live, value = ll, "sequence no column uses kept the destination's further value");
-            out.carried
-                .push(crate::pg::meta::table_display(&schema, &name));
         }
     }
-    Ok(out)
-}
-
-/// What [`carry_standalone_sequences`] did.
-#[derive(Debug, Default)]
-pub struct StandaloneCarried {
-    /// The sequences moved forward, as `schema.name`.
-    pub carried: Vec<String>,
-    /// One line for each sequence left at the source's value although the
-    /// destination's is further on (also logged).
-    pub warnings: Vec<String>,
-}
-
-impl StandaloneCarried {
-    fn warn(&mut self, line: String) {
-        tracing::warn!("{line}");
-        self.warnings.push(line);
-    }
+    Ok(warnings)
 }
 
 /// The value the next `nextval` returns, from `last_value`, `is_called`.

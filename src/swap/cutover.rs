@@ -317,7 +317,8 @@ struct BeforeMoves {
     fks: Vec<CreatedFk>,
     /// The writes the swap discards (allowed), as counted under the locks.
     writes: Option<WriteCheck>,
-    /// Sequences left at the source's value ([`sync::StandaloneCarried`]).
+    /// Sequences left at the source's value
+    /// ([`sync::carry_standalone_sequences`]).
     warnings: Vec<String>,
 }
 
@@ -335,9 +336,7 @@ impl InTx for MigrationTx<'_> {
         let warnings = if self.synced.is_empty() {
             Vec::new()
         } else {
-            sync::carry_standalone_sequences(client, &self.pairs)
-                .await?
-                .warnings
+            sync::carry_standalone_sequences(client, &self.pairs).await?
         };
         let fks = sync::apply_deferred(client, self.deferred, &self.pairs, &self.leaves).await?;
         Ok(BeforeMoves {
