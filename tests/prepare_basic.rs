@@ -153,7 +153,7 @@ fn prepare_warns_about_what_will_not_follow_the_swap() {
         "reporting.refs",
         "publication pub_t",
         "large objects",
-        "casts belong to no schema, and these are not migrated (only a cast from or to a migrated type is, with a function of a migrated schema or none, and a binary-coercible one only by a superuser): cast from point to text;",
+        "casts belong to no schema; these do not come with the migration: cast from point to text (a cast comes along when",
         "the source's publications are not migrated: src_pub",
         "the source's event triggers are not migrated: src_ddl",
         "reference schema lookup of the source, which is not migrated and does not exist on the destination",

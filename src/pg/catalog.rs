@@ -573,9 +573,14 @@ pub struct CastType {
     pub extension: bool,
     /// The table whose row type it is (or whose row type it is an array of).
     pub table: Option<String>,
-    /// The name of what defines it in the dump: the table, the element type
-    /// of an array, else the type itself.
+    /// The name of the dump entry that defines it: the table of a row type,
+    /// the element of an array, the range of a multirange, else the type
+    /// itself (newlines as spaces, as pg_restore writes entry headers).
     pub defined_as: String,
+    /// As `CREATE CAST` takes it: a built-in one as `format_type` writes it,
+    /// any other schema-qualified (`public.mood`, `public.mood[]`), so that
+    /// the remap to a shadow sees it.
+    pub sql: String,
 }
 
 /// A cast of the database's own (not built in, not an extension's, not one
@@ -587,7 +592,8 @@ pub struct CastInfo {
     pub target: CastType,
     /// `castmethod`: `f` a function, `i` I/O conversion, `b` binary coercible.
     pub method: char,
-    /// The function's schema and name (`castmethod` `f`).
+    /// The function's schema and its dump entry's name
+    /// (`conv(public.mood)`), for `castmethod` `f`.
     pub function: Option<(String, String)>,
     /// `cast from mood to text`, for messages.
     pub display: String,
@@ -596,113 +602,170 @@ pub struct CastInfo {
     pub sql: String,
 }
 
+/// Whether the migration creates a type: of `schemas`, not an
+/// extension's, not the row type of a table left out (`leaves(schema,
+/// table)`).
+fn creates(t: &CastType, schemas: &[String], leaves: &impl Fn(&str, &str) -> bool) -> bool {
+    schemas.contains(&t.schema)
+        && !t.extension
+        && !t.table.as_ref().is_some_and(|rel| leaves(&t.schema, rel))
+}
+
 impl CastInfo {
-    /// Whether the migration brings it: it converts from or to a type the
-    /// migration creates (of `schemas`, not an extension's, not the row type
-    /// of a table left out: `leaves(schema, table)`), so it can be created on
-    /// the shadow's type without touching the destination's casts and goes
-    /// wherever that type goes (the swap, a rollback, the backup's cleanup).
-    /// Its function must come with it too (or be built in): one of another
-    /// schema takes the live type, not the shadow's. A binary-coercible one
-    /// needs a superuser (`superuser`).
+    /// Whether the migration can bring it: it converts from or to a type the
+    /// migration creates ([`creates`]), so it is made on the shadow's type
+    /// without touching the destination's casts and goes wherever that type
+    /// goes (the swap, a rollback, the backup's cleanup). Its other type is
+    /// created too, or is one the migration leaves alone (built in, an
+    /// extension's, of another schema) that the destination has
+    /// (`on_destination`); never the live row type of a table left out. Its
+    /// function comes with it (or is built in): one of another schema takes
+    /// the live type, not the shadow's. A binary-coercible one needs a
+    /// superuser (`superuser`).
     pub fn migrates(
         &self,
         schemas: &[String],
         leaves: impl Fn(&str, &str) -> bool,
         superuser: bool,
+        on_destination: impl Fn(&CastType) -> bool,
     ) -> bool {
-        let created = |t: &CastType| {
-            schemas.contains(&t.schema)
-                && !t.extension
-                && !t.table.as_ref().is_some_and(|rel| leaves(&t.schema, rel))
+        let created = |t: &CastType| creates(t, schemas, &leaves);
+        let stays = |t: &CastType| {
+            if schemas.contains(&t.schema) && !t.extension {
+                // Of a migrated schema but not created: a table left out.
+                return false;
+            }
+            t.schema == "pg_catalog" || on_destination(t)
         };
         let function_comes = self
             .function
             .as_ref()
             .is_none_or(|(schema, _)| schemas.contains(schema) || schema == "pg_catalog");
         (created(&self.source) || created(&self.target))
+            && (created(&self.source) || stays(&self.source))
+            && (created(&self.target) || stays(&self.target))
             && function_comes
             && (self.method != 'b' || superuser)
+    }
+
+    /// Its types the migration does not create and that are not built in:
+    /// those [`CastInfo::migrates`] asks the destination about.
+    pub fn outside_types(
+        &self,
+        schemas: &[String],
+        leaves: impl Fn(&str, &str) -> bool,
+    ) -> Vec<&CastType> {
+        [&self.source, &self.target]
+            .into_iter()
+            .filter(|t| !creates(t, schemas, &leaves) && t.schema != "pg_catalog")
+            .collect()
     }
 }
 
 /// The casts of [`CastInfo`] in the database `client` reaches.
 pub async fn casts(client: &impl GenericClient, schemas: &[String]) -> Result<Vec<CastInfo>> {
-    // A type as CREATE CAST takes it: built-in ones as format_type writes them,
-    // every other one schema-qualified by its own name (`"public"."_mood"` is
-    // an array of mood), so the remap to a shadow sees it.
+    // `sql` as pg_dump (search_path '') writes a type in an entry's name,
+    // and `defined_as` the entry that creates it: arrays (their element) and
+    // multiranges (their range) depend internally on that type.
     let sql = format!(
         "WITH RECURSIVE {EXT_CLOSURE},
               typ AS (
                 SELECT t.oid, n.nspname::text AS nsp, t.typname::text AS name,
                        CASE WHEN n.nspname = 'pg_catalog' THEN pg_catalog.format_type(t.oid, NULL)
+                            WHEN e.oid IS NOT NULL
+                              THEN pg_catalog.quote_ident(n.nspname) || '.' || pg_catalog.quote_ident(e.typname) || '[]'
                             ELSE pg_catalog.quote_ident(n.nspname) || '.' || pg_catalog.quote_ident(t.typname) END AS sql,
-                       ('pg_catalog.pg_type'::regclass, t.oid) IN (SELECT classid, objid FROM ext)
-                         OR ('pg_catalog.pg_class'::regclass, r.oid) IN (SELECT classid, objid FROM ext) AS ext,
+                       EXISTS (SELECT 1 FROM ext WHERE (ext.classid = 'pg_catalog.pg_type'::regclass AND ext.objid = t.oid)
+                                                    OR (ext.classid = 'pg_catalog.pg_class'::regclass AND ext.objid = r.oid)) AS ext,
                        r.relname::text AS rel,
-                       COALESCE(r.relname, e.typname, t.typname)::text AS defined_as
+                       pg_catalog.translate(COALESCE(r.relname, e.typname,
+                                                     (SELECT o.typname FROM pg_catalog.pg_depend i
+                                                        JOIN pg_catalog.pg_type o ON o.oid = i.refobjid
+                                                       WHERE i.classid = 'pg_catalog.pg_type'::regclass AND i.objid = t.oid
+                                                         AND i.refclassid = 'pg_catalog.pg_type'::regclass AND i.deptype = 'i'
+                                                       LIMIT 1),
+                                                     t.typname), E'\\n\\r', '  ') AS defined_as
                   FROM pg_catalog.pg_type t
                   JOIN pg_catalog.pg_namespace n ON n.oid = t.typnamespace
                   LEFT JOIN pg_catalog.pg_type e ON e.oid = t.typelem AND e.typarray = t.oid
-                  LEFT JOIN pg_catalog.pg_class r ON r.oid = COALESCE(NULLIF(t.typrelid, 0), NULLIF(e.typrelid, 0)))
-         SELECT s.nsp, s.name, s.ext, s.rel, d.nsp, d.name, d.ext, d.rel, c.castmethod::text,
+                  LEFT JOIN pg_catalog.pg_class r ON r.oid = COALESCE(NULLIF(t.typrelid, 0), NULLIF(e.typrelid, 0))),
+              cast_fn AS (
+                SELECT f.oid, fn.nspname::text AS nsp,
+                       pg_catalog.quote_ident(fn.nspname) || '.' || pg_catalog.quote_ident(f.proname) || '(' || args.list || ')' AS sql,
+                       pg_catalog.translate(f.proname || '(' || args.list || ')', E'\\n\\r', '  ') AS tag
+                  FROM pg_catalog.pg_proc f
+                  JOIN pg_catalog.pg_namespace fn ON fn.oid = f.pronamespace
+                  CROSS JOIN LATERAL (SELECT COALESCE(pg_catalog.string_agg(a.sql, ', ' ORDER BY x.ord), '') AS list
+                                        FROM pg_catalog.unnest(f.proargtypes::oid[]) WITH ORDINALITY x(oid, ord)
+                                        JOIN typ a ON a.oid = x.oid) args
+                 WHERE f.oid IN (SELECT castfunc FROM pg_catalog.pg_cast))
+         SELECT s.nsp, s.name, s.ext, s.rel, s.defined_as, s.sql,
+                d.nsp, d.name, d.ext, d.rel, d.defined_as, d.sql,
+                c.castmethod::text, cf.nsp, cf.tag,
                 pg_catalog.format('cast from %s to %s', pg_catalog.format_type(c.castsource, NULL),
                                   pg_catalog.format_type(c.casttarget, NULL)),
                 pg_catalog.format('CREATE CAST (%s AS %s) %s%s;', s.sql, d.sql,
                   CASE c.castmethod
-                    WHEN 'f' THEN 'WITH FUNCTION ' || pg_catalog.quote_ident(fn.nspname) || '.' || pg_catalog.quote_ident(f.proname)
-                                  || '(' || COALESCE((SELECT pg_catalog.string_agg(a.sql, ', ' ORDER BY x.ord)
-                                                        FROM pg_catalog.unnest(f.proargtypes::oid[]) WITH ORDINALITY x(oid, ord)
-                                                        JOIN typ a ON a.oid = x.oid), '') || ')'
+                    WHEN 'f' THEN 'WITH FUNCTION ' || cf.sql
                     WHEN 'i' THEN 'WITH INOUT'
                     ELSE 'WITHOUT FUNCTION' END,
                   CASE c.castcontext WHEN 'a' THEN ' AS ASSIGNMENT' WHEN 'i' THEN ' AS IMPLICIT' ELSE '' END)
                 || COALESCE(pg_catalog.format(E'\\nCOMMENT ON CAST (%s AS %s) IS %L;', s.sql, d.sql,
-                                              pg_catalog.obj_description(c.oid, 'pg_cast')), ''),
-                s.defined_as, d.defined_as, fn.nspname::text, f.proname::text
+                                              pg_catalog.obj_description(c.oid, 'pg_cast')), '')
            FROM pg_catalog.pg_cast c
            JOIN typ s ON s.oid = c.castsource
            JOIN typ d ON d.oid = c.casttarget
-           LEFT JOIN pg_catalog.pg_proc f ON f.oid = c.castfunc
-           LEFT JOIN pg_catalog.pg_namespace fn ON fn.oid = f.pronamespace
+           LEFT JOIN cast_fn cf ON cf.oid = c.castfunc
           WHERE c.oid >= 16384
-            AND ('pg_catalog.pg_cast'::regclass, c.oid) NOT IN (SELECT classid, objid FROM ext)
+            AND NOT EXISTS (SELECT 1 FROM ext WHERE ext.classid = 'pg_catalog.pg_cast'::regclass AND ext.objid = c.oid)
             -- nor casts made with a type (a range's to its multirange): they
             -- come with it
             AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_depend i
                              WHERE i.classid = 'pg_catalog.pg_cast'::regclass AND i.objid = c.oid AND i.deptype = 'i')
-            AND (s.nsp = ANY($1) OR d.nsp = ANY($1) OR fn.nspname = ANY($1))
-          ORDER BY 10"
+            AND (s.nsp = ANY($1) OR d.nsp = ANY($1) OR cf.nsp = ANY($1))
+          ORDER BY 16"
     );
     let rows = client
         .query(sql.as_str(), &[&schemas])
         .await
         .context("listing the casts")?;
+    let cast_type = |r: &tokio_postgres::Row, at: usize| CastType {
+        schema: r.get(at),
+        name: r.get(at + 1),
+        extension: r.get(at + 2),
+        table: r.get(at + 3),
+        defined_as: r.get(at + 4),
+        sql: r.get(at + 5),
+    };
     Ok(rows
         .iter()
         .map(|r| CastInfo {
-            source: CastType {
-                schema: r.get(0),
-                name: r.get(1),
-                extension: r.get(2),
-                table: r.get(3),
-                defined_as: r.get(11),
-            },
-            target: CastType {
-                schema: r.get(4),
-                name: r.get(5),
-                extension: r.get(6),
-                table: r.get(7),
-                defined_as: r.get(12),
-            },
-            method: r.get::<_, String>(8).chars().next().unwrap_or('f'),
+            source: cast_type(r, 0),
+            target: cast_type(r, 6),
+            method: r.get::<_, String>(12).chars().next().unwrap_or('f'),
             function: r
                 .get::<_, Option<String>>(13)
                 .zip(r.get::<_, Option<String>>(14)),
-            display: r.get(9),
-            sql: r.get(10),
+            display: r.get(15),
+            sql: r.get(16),
         })
         .collect())
+}
+
+/// Which of `types` (as [`CastType::sql`] spells them) the database
+/// `client` reaches has.
+pub async fn types_present(client: &impl GenericClient, types: &[String]) -> Result<Vec<String>> {
+    if types.is_empty() {
+        return Ok(Vec::new());
+    }
+    let rows = client
+        .query(
+            "SELECT t FROM pg_catalog.unnest($1::text[]) t WHERE pg_catalog.to_regtype(t) IS NOT NULL",
+            &[&types],
+        )
+        .await
+        .context("looking the casts' types up")?;
+    Ok(rows.iter().map(|r| r.get(0)).collect())
 }
 
 /// Whether the role `client` is connected as is a superuser.

@@ -855,12 +855,9 @@ async fn snapshot(run: &mut Run<'_>) -> Result<DateTime<Utc>> {
     // or to a type the migration creates are made on the shadow's type
     // (the others were warned about at the checks).
     let schemas: Vec<String> = run.pairs.iter().map(|p| p.live.clone()).collect();
-    let superuser = catalog::is_superuser(&run.sess.control).await?;
-    run.casts = catalog::casts(&client, &schemas)
+    run.casts = preflight::plan_casts(&client, &run.sess.control, &schemas, leaves)
         .await?
-        .into_iter()
-        .filter(|c| c.migrates(&schemas, leaves, superuser))
-        .collect();
+        .0;
     for p in &run.preserved {
         if !run.tables.iter().any(|t| &t.key() == p && t.relkind == 'r') {
             bail!("preserved table {p} is not a table of the source");
@@ -1121,17 +1118,21 @@ fn place_casts(
     // (position, cast), inserted from the back so positions hold.
     let mut placed = Vec::with_capacity(casts.len());
     for c in casts {
+        // Entry headers write names with newlines as spaces, as
+        // `defined_as` and the function's tag do.
+        let flat = |name: &str| name.replace(['\n', '\r'], " ");
         let defines = |h: &sql::EntryHeader| {
-            let schema = h.schema.as_deref();
-            [&c.source, &c.target]
-                .iter()
-                .any(|t| schema == Some(t.schema.as_str()) && h.name == t.defined_as)
-                || c.function.as_ref().is_some_and(|(fs, f)| {
-                    h.kind == "FUNCTION"
-                        && schema == Some(fs.as_str())
-                        && h.name
-                            .strip_prefix(f.as_str())
-                            .is_some_and(|rest| rest.starts_with('('))
+            let in_schema = |s: &str| h.schema.as_deref() == Some(flat(s).as_str());
+            let type_entry = matches!(
+                h.kind.as_str(),
+                "TYPE" | "DOMAIN" | "TABLE" | "VIEW" | "MATERIALIZED VIEW" | "FOREIGN TABLE"
+            );
+            (type_entry
+                && [&c.source, &c.target]
+                    .iter()
+                    .any(|t| in_schema(&t.schema) && h.name == t.defined_as))
+                || c.function.as_ref().is_some_and(|(fs, tag)| {
+                    h.kind == "FUNCTION" && in_schema(fs) && &h.name == tag
                 })
         };
         let after = entries
@@ -1724,12 +1725,14 @@ mod tests {
             extension: false,
             table: None,
             defined_as: defined_as.into(),
+            sql: format!("public.{name}"),
         }
     }
 
     /// A cast goes right after the last entry it needs (its types, the
-    /// element of an array, its function, not a namesake's overload
-    /// prefix), before what uses it; casts at one spot keep their order.
+    /// element of an array, its function by its whole signature, not an
+    /// overload or a later entry of the same name such as a partition's
+    /// ATTACH), before what uses it; casts at one spot keep their order.
     #[test]
     fn a_cast_goes_after_what_it_needs_and_before_what_uses_it() {
         let entries = vec![
@@ -1742,6 +1745,8 @@ mod tests {
             entry("FUNCTION", "mood_textual(public.mood)"),
             entry("TABLE", "t"),
             entry("VIEW", "v"),
+            entry("FUNCTION", "mood_text(public.v)"),
+            entry("TABLE ATTACH", "t"),
         ];
         let cast =
             |src: catalog::CastType, tgt: &str, f: Option<&str>, sql: &str| catalog::CastInfo {
@@ -1756,14 +1761,14 @@ mod tests {
             cast(
                 cast_type("mood", "mood"),
                 "text",
-                Some("mood_text"),
+                Some("mood_text(public.mood)"),
                 "public.mood AS text",
             ),
             cast(
                 cast_type("_mood", "mood"),
                 "int4",
                 None,
-                "public._mood AS int4",
+                "public.mood[] AS int4",
             ),
             cast(cast_type("t", "t"), "int4", None, "public.t AS int4"),
             cast(
@@ -1786,7 +1791,7 @@ mod tests {
             [
                 "SET x = 1;",
                 "-- TYPE mood",
-                "CREATE CAST (shadow._mood AS int4);",
+                "CREATE CAST (shadow.mood[] AS int4);",
                 "CREATE CAST (shadow.mood AS int8);",
                 "-- FUNCTION mood_text(public.mood)",
                 "CREATE CAST (shadow.mood AS text);",
@@ -1794,6 +1799,8 @@ mod tests {
                 "-- TABLE t",
                 "CREATE CAST (shadow.t AS int4);",
                 "-- VIEW v",
+                "-- FUNCTION mood_text(public.v)",
+                "-- TABLE ATTACH t",
             ]
         );
     }

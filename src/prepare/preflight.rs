@@ -172,32 +172,54 @@ async fn outside_any_schema(src: &Client) -> Result<Vec<String>> {
     Ok(warnings)
 }
 
-/// The source's casts of the migrated schemas' types or functions that the
-/// migration does not bring ([`catalog::CastInfo::migrates`]): those between
-/// types it does not create (only the function is migrated), those whose
-/// function is of a schema not migrated, and binary-coercible ones when the
-/// destination's role is not a superuser. One warning, or none.
+/// The source's casts of the migrated schemas' types or functions
+/// ([`catalog::casts`], read with `src`: the snapshot's session at prepare),
+/// split into those the migration brings and those it leaves behind, as
+/// [`catalog::CastInfo::migrates`] decides; `dst` says which of their other
+/// types it has and whether this role is a superuser. `leaves(schema,
+/// table)`: a table not migrated.
+pub async fn plan_casts(
+    src: &Client,
+    dst: &Client,
+    schemas: &[String],
+    leaves: impl Fn(&str, &str) -> bool + Copy,
+) -> Result<(Vec<catalog::CastInfo>, Vec<catalog::CastInfo>)> {
+    let casts = catalog::casts(src, schemas).await?;
+    if casts.is_empty() {
+        return Ok((Vec::new(), Vec::new()));
+    }
+    let superuser = catalog::is_superuser(dst).await?;
+    let outside: Vec<String> = casts
+        .iter()
+        .flat_map(|c| c.outside_types(schemas, leaves))
+        .map(|t| t.sql.clone())
+        .collect();
+    let present: std::collections::HashSet<String> = catalog::types_present(dst, &outside)
+        .await?
+        .into_iter()
+        .collect();
+    Ok(casts
+        .into_iter()
+        .partition(|c| c.migrates(schemas, leaves, superuser, |t| present.contains(&t.sql))))
+}
+
+/// The source's casts that the migration does not bring ([`plan_casts`]):
+/// one warning, or none.
 pub async fn casts_left_behind(
     src: &Client,
     dst: &Client,
     schemas: &[String],
     not_migrated: &std::collections::BTreeSet<String>,
 ) -> Result<Vec<String>> {
-    let superuser = catalog::is_superuser(dst).await?;
     let leaves =
         |schema: &str, name: &str| not_migrated.contains(&meta::table_display(schema, name));
-    let left: Vec<String> = catalog::casts(src, schemas)
-        .await?
-        .into_iter()
-        .filter(|c| !c.migrates(schemas, leaves, superuser))
-        .map(|c| c.display)
-        .collect();
+    let (_, left) = plan_casts(src, dst, schemas, leaves).await?;
     Ok(if left.is_empty() {
         Vec::new()
     } else {
         vec![format!(
-            "casts belong to no schema, and these are not migrated (only a cast from or to a migrated type is, with a function of a migrated schema or none, and a binary-coercible one only by a superuser): {}; create them on the destination after the swap",
-            list_some(&left)
+            "casts belong to no schema; these do not come with the migration: {} (a cast comes along when it converts from or to a type the migration creates, its other type is created too or exists on the destination, its function is migrated or built in, and a binary-coercible one only for a superuser); create them on the destination after the swap",
+            list_some(&left.iter().map(|c| c.display.clone()).collect::<Vec<_>>())
         )]
     })
 }
