@@ -386,8 +386,19 @@ fn a_column_sequence_beyond_the_sources_bounds_is_refused_before_the_swap() {
     );
     let wd = Workdir::new();
     let dst = dbs.dst.url();
-    with_users_preserved(&wd, &dbs, "prepare", &[]);
-    let why = "sequence users_id_seq of preserved table users (column id) cannot continue after the destination's rows: the destination's sequence has reached 4000, outside the source's definition (1 to 1000); widen it on the source (ALTER SEQUENCE … MAXVALUE/MINVALUE) and prepare again";
+    let prepared: serde_json::Value =
+        serde_json::from_str(&with_users_preserved(&wd, &dbs, "prepare", &["--json"])).unwrap();
+    let why = "sequence users_id_seq of preserved table users (column id) cannot continue after the destination's rows: the destination's sequence is at 4000, outside the source's definition (1 to 1000); widen it on the source (ALTER SEQUENCE … MAXVALUE/MINVALUE) and prepare again";
+    // Said at prepare already.
+    assert!(
+        prepared["warnings"]
+            .as_array()
+            .unwrap()
+            .contains(&serde_json::json!(format!(
+                "{why}; the swap refuses it until then"
+            ))),
+        "{prepared}"
+    );
     let st: serde_json::Value = serde_json::from_str(&assert_success(
         &wd.run(&["status", "--dest", &dst, "--json"]),
     ))
@@ -418,6 +429,46 @@ fn a_column_sequence_beyond_the_sources_bounds_is_refused_before_the_swap() {
     assert_eq!(schema_fingerprint(&dbs.dst, "public"), before);
     assert_eq!(backup_schemas(&dbs.dst), "0");
     assert_eq!(dbs.dst.psql("SELECT nextval('users_id_seq')"), "4001");
+    // At the very end of the source's definition the value fits, but the
+    // next insert would fail: refused too.
+    dbs.dst.psql("SELECT setval('users_id_seq', 1000)");
+    let st: serde_json::Value = serde_json::from_str(&assert_success(
+        &wd.run(&["status", "--dest", &dst, "--json"]),
+    ))
+    .unwrap();
+    assert_eq!(
+        st["swap_blocked_reason"],
+        "sequence users_id_seq of preserved table users (column id) cannot continue after the destination's rows: the destination's sequence is at 1000, the end of the source's definition, so the next insert would fail (1 to 1000); widen it on the source (ALTER SEQUENCE … MAXVALUE/MINVALUE) and prepare again",
+        "{st}"
+    );
+    // One short of it, the swap goes through and the sequence carries on.
+    dbs.dst.psql("SELECT setval('users_id_seq', 999)");
+    assert_success(&wd.run(&["swap", "--dest", &dst]));
+    assert_eq!(dbs.dst.psql("SELECT nextval('users_id_seq')"), "1000");
+}
+
+/// Two columns of a preserved table that draw from one sequence: it carries
+/// on after the furthest of them both, not set back by the second column's
+/// plan to the source's value (duplicate keys after the swap).
+#[test]
+fn columns_sharing_a_sequence_carry_it_once() {
+    let dbs = TestDbs::new("preserved_shared_seq");
+    dbs.src.psql(
+        "CREATE SEQUENCE ids;
+         CREATE TABLE users (id int PRIMARY KEY DEFAULT nextval('ids'), ext int DEFAULT nextval('ids'), name text);
+         INSERT INTO users (name) SELECT 's' FROM generate_series(1, 10);",
+    );
+    dbs.dst.psql(
+        "CREATE TABLE users (id serial PRIMARY KEY, ext int, name text);
+         INSERT INTO users (ext, name) SELECT 1, 'd' FROM generate_series(1, 500);",
+    );
+    let wd = Workdir::new();
+    with_users_preserved(&wd, &dbs, "start", &[]);
+    assert_eq!(
+        dbs.dst
+            .psql("INSERT INTO users (name) VALUES ('new') RETURNING id, ext"),
+        "501|502"
+    );
 }
 
 /// A column of a preserved table renamed on the destination after prepare:

@@ -1431,14 +1431,22 @@ async fn fill_as_self(client: &Client, qual: &str) -> Result<String> {
 
 async fn sync_phase(run: &mut Run<'_>, id: i64) -> Result<Vec<sync::SyncedTable>> {
     let settings = run.opts;
-    sync::setup(
+    let synced = sync::setup(
         &run.sess.control,
         &settings.preserved_tables,
         id,
         settings.lock_timeout,
         settings.swap_retries,
     )
-    .await
+    .await?;
+    // A sequence the swap could not carry over as things stand: said now,
+    // not first by the swap's refusal.
+    for why in sync::sequence_misfits(&run.sess.control, &synced).await? {
+        let w = format!("{why}; the swap refuses it until then");
+        tracing::warn!("{w}");
+        run.warnings.push(w);
+    }
+    Ok(synced)
 }
 
 async fn analyze(run: &mut Run<'_>) -> Result<()> {

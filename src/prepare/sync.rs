@@ -1270,9 +1270,10 @@ pub(crate) struct SeqRow {
     /// `"schema"."name"`.
     qual: String,
     increment: i64,
-    /// Its `MINVALUE` and `MAXVALUE`.
+    /// Its `MINVALUE` and `MAXVALUE`, and whether it cycles.
     min: i64,
     max: i64,
+    cycle: bool,
 }
 
 /// The sequences of a table's columns: those the columns own (serial,
@@ -1292,7 +1293,7 @@ pub(crate) async fn column_sequences(client: &Client, rel: u32) -> Result<Vec<Se
                      WHERE ad.adrelid = $1)
              SELECT a.attname::text, sc.relname::text,
                     pg_catalog.quote_ident(sn.nspname) || '.' || pg_catalog.quote_ident(sc.relname),
-                    s.seqincrement, sn.nspname::text, s.seqmin, s.seqmax
+                    s.seqincrement, sn.nspname::text, s.seqmin, s.seqmax, s.seqcycle
                FROM used u
                JOIN pg_catalog.pg_class sc ON sc.oid = u.seq AND sc.relkind = 'S'
                JOIN pg_catalog.pg_namespace sn ON sn.oid = sc.relnamespace
@@ -1309,6 +1310,7 @@ pub(crate) async fn column_sequences(client: &Client, rel: u32) -> Result<Vec<Se
             schema: r.get(4),
             min: r.get(5),
             max: r.get(6),
+            cycle: r.get(7),
         },
     )
     .await
@@ -1731,16 +1733,18 @@ async fn sequence_state(client: &Client, qual: &str) -> Result<(i64, bool)> {
 }
 
 /// Where a column sequence of a preserved table's shadow continues after the
-/// swap: the state `setval` gives it (`last_value`, `is_called`) and where it
-/// came from.
+/// swap: the state `setval` gives it (`last_value`, `is_called`), the value
+/// `nextval` then returns, and where it came from (the column whose
+/// candidate won, for a sequence several columns draw from).
 struct Carry {
     seq: SeqRow,
     value: i64,
     is_called: bool,
+    next: i128,
     from: CarryFrom,
 }
 
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, PartialEq)]
 enum CarryFrom {
     /// The shadow's own state (the source's).
     Shadow,
@@ -1752,23 +1756,38 @@ enum CarryFrom {
 }
 
 impl Carry {
-    /// Why the sequence cannot take this state: a value the source's
-    /// definition does not allow (a lower `MAXVALUE`, a higher `MINVALUE`),
-    /// which `setval` refuses. `None` when it fits.
+    /// Why the sequence cannot carry on from this state: a value the
+    /// source's definition does not allow (a lower `MAXVALUE`, a higher
+    /// `MINVALUE`), which `setval` refuses, or the destination's value at
+    /// the end of it, where the next insert fails (unless it cycles).
+    /// `None` when it fits.
     fn misfit(&self, t: &SyncedTable) -> Option<String> {
         let s = &self.seq;
-        if (s.min..=s.max).contains(&self.value) {
+        let bounds = i128::from(s.min)..=i128::from(s.max);
+        let outside = !bounds.contains(&i128::from(self.value));
+        let at_end = self.from != CarryFrom::Shadow && !s.cycle && !bounds.contains(&self.next);
+        if !outside && !at_end {
             return None;
         }
         let reached = match self.from {
             CarryFrom::Shadow => "the source's sequence is at",
-            CarryFrom::Sequence => "the destination's sequence has reached",
+            CarryFrom::Sequence => "the destination's sequence is at",
             CarryFrom::Rows => "the destination's rows hold",
         };
+        let beyond = if outside {
+            "outside the source's definition"
+        } else {
+            "the end of the source's definition, so the next insert would fail"
+        };
+        // The sequence by its live schema (the shadow's is pgshift's).
+        let seq = if s.schema == crate::pg::meta::shadow_schema_for(&t.schema) {
+            crate::pg::meta::table_display(&t.schema, &s.name)
+        } else {
+            crate::pg::meta::table_display(&s.schema, &s.name)
+        };
         Some(format!(
-            "sequence {} of preserved table {} (column {}) cannot continue after the destination's rows: {reached} {}, outside the source's definition ({} to {}); widen it on the source (ALTER SEQUENCE … MAXVALUE/MINVALUE) and prepare again",
-            display_ident(&s.name),
-            display_ident(&t.name),
+            "sequence {seq} of preserved table {} (column {}) cannot continue after the destination's rows: {reached} {}, {beyond} ({} to {}); widen it on the source (ALTER SEQUENCE … MAXVALUE/MINVALUE) and prepare again",
+            crate::pg::meta::table_display(&t.schema, &t.name),
             display_ident(&s.column),
             self.value,
             s.min,
@@ -1781,14 +1800,14 @@ impl Carry {
 /// default) continues after the greatest of its own next value and the
 /// destination's (the destination's sequence for the same column, or the
 /// column's maximum in `shadow_rel`, which holds the destination's rows, when
-/// it has none). Reads only.
+/// it has none), over every column that draws from it. Reads only.
 async fn carry_plan(client: &Client, t: &SyncedTable, shadow_rel: &str) -> Result<Vec<Carry>> {
     let public: HashMap<String, SeqRow> = column_sequences(client, t.oid)
         .await?
         .into_iter()
         .map(|s| (s.column.clone(), s))
         .collect();
-    let mut plan = Vec::new();
+    let mut plan: Vec<Carry> = Vec::new();
     for s in column_sequences(client, t.shadow_oid).await? {
         let inc = s.increment;
         // Each candidate state (`last_value`, `is_called`) with the value
@@ -1825,18 +1844,31 @@ async fn carry_plan(client: &Client, t: &SyncedTable, shadow_rel: &str) -> Resul
                 candidates.push((next_value(v, true, inc), v, true, CarryFrom::Rows));
             }
         }
+        let further = |a: i128, b: i128| if inc > 0 { a > b } else { a < b };
         // Ties keep the earlier candidate (the shadow's own state first).
-        let (_, value, is_called, from) = candidates
+        let (next, value, is_called, from) = candidates
             .into_iter()
-            .reduce(|best, c| {
-                let further = if inc > 0 { c.0 > best.0 } else { c.0 < best.0 };
-                if further { c } else { best }
-            })
+            .reduce(|best, c| if further(c.0, best.0) { c } else { best })
             .expect("the shadow's own state");
+        // Columns that draw from one sequence: it continues after the
+        // furthest of them all (a plan per column would set it back).
+        if let Some(same) = plan.iter_mut().find(|c| c.seq.qual == s.qual) {
+            if further(next, same.next) {
+                *same = Carry {
+                    seq: s,
+                    value,
+                    is_called,
+                    next,
+                    from,
+                };
+            }
+            continue;
+        }
         plan.push(Carry {
             seq: s,
             value,
             is_called,
+            next,
             from,
         });
     }
