@@ -213,7 +213,14 @@ pub async fn check(settings: &PrepareOptions, sess_dest: &Client, src: &Client) 
         ));
     }
     warnings.extend(preflight::check_source(src, &settings.schemas).await?);
-    warnings.extend(preflight::check_dest(sess_dest, &settings.schemas).await?);
+    // The swap renames the schemas when it can (kept tables and an
+    // extension such as PostGIS in public make it move objects instead).
+    let may_rename = settings.swap_mode != ModeRequest::Object
+        && settings.filters.keep_tables.is_empty()
+        && crate::swap::mode::rename_refusal(sess_dest, &settings.schemas)
+            .await?
+            .is_none();
+    warnings.extend(preflight::check_dest(sess_dest, &settings.schemas, may_rename).await?);
     // A swap that must rename but cannot: say so before the prepare, not
     // after it.
     if settings.swap_mode == ModeRequest::Rename
@@ -1108,8 +1115,9 @@ fn prepare_time_functions(run: &Run<'_>, entries: Vec<Entry>) -> Result<(Vec<Ent
 /// The migrated casts among the schema's entries (pg_dump -n leaves them
 /// out), each remapped to the shadows and placed as pg_dump places one:
 /// right after the last entry that defines one of its types (the type, the
-/// table of a row type, the element of an array) or its function, so before
-/// what may use it (a default, a view, a function's SQL body).
+/// table of a row type, the element of an array, the range of a multirange)
+/// or its function (by its whole signature), so before what may use it (a
+/// default, a view, a function's SQL body).
 fn place_casts(
     mut entries: Vec<Entry>,
     casts: &[catalog::CastInfo],

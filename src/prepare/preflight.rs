@@ -527,7 +527,7 @@ async fn not_owned(client: &Client, schemas: &[String]) -> Result<(Vec<String>, 
 }
 
 /// Checks on the destination (read only).
-pub async fn check_dest(dst: &Client, schemas: &[String]) -> Result<Vec<String>> {
+pub async fn check_dest(dst: &Client, schemas: &[String], may_rename: bool) -> Result<Vec<String>> {
     let mut warnings = Vec::new();
     let r = dst
         .query_one(
@@ -562,7 +562,10 @@ pub async fn check_dest(dst: &Client, schemas: &[String]) -> Result<Vec<String>>
     let shadows: Vec<String> = schemas.iter().map(|s| meta::shadow_schema_for(s)).collect();
     crate::pg::catalog::refuse_unowned_schemas(dst, &shadows, "replace").await?;
     let superuser: bool = r.get(4);
-    if !superuser {
+    // Only an object-level swap moves each object (and needs to own it); a
+    // rename needs the schemas alone (a range type's constructors, which
+    // PostgreSQL gives the bootstrap superuser, stay out of the way).
+    if !superuser && !may_rename {
         let (not_owned, owners) = not_owned(dst, schemas).await?;
         if !not_owned.is_empty() {
             // Names outside public are qualified.
