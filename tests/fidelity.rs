@@ -405,6 +405,9 @@ fn casts_placed_by_what_they_need_come_along() {
          CREATE FUNCTION tw(U&\"two\\000Awords\") RETURNS int IMMUTABLE LANGUAGE sql AS $$ SELECT 3 $$;
          CREATE CAST (U&\"two\\000Awords\" AS int) WITH FUNCTION tw(U&\"two\\000Awords\");
          CREATE VIEW tw_n AS SELECT 'a'::U&\"two\\000Awords\"::int AS n;
+         -- to an extension's type the destination gets at prepare
+         CREATE EXTENSION citext;
+         CREATE CAST (hue AS citext) WITH INOUT;
          -- left behind: the row type of a table not migrated, a type of a
          -- schema the destination lacks
          CREATE TABLE keepme (id int);
@@ -437,9 +440,9 @@ fn casts_placed_by_what_they_need_come_along() {
         serde_json::from_str(&wd.run_ok(&["swap", "--dest", &dst, "--json"])).unwrap();
     assert_eq!(s["swap_mode"], "object", "{s}");
     let views = "SELECT (SELECT n FROM paint_n), (SELECT n FROM shade_n), (SELECT s FROM spans),
-                        (SELECT n FROM ev_ids), (SELECT n FROM tw_n)";
+                        (SELECT n FROM ev_ids), (SELECT n FROM tw_n), 'RED'::citext = 'red'::hue::citext";
     assert_eq!(dbs.dst.psql(views), dbs.src.psql(views));
-    assert_eq!(dbs.dst.psql(views), "7|2|{[1,2)}|5|3");
+    assert_eq!(dbs.dst.psql(views), "7|2|{[1,2)}|5|3|t");
     // The destination's own table (now in the backup) got no cast of the
     // source's.
     assert_eq!(

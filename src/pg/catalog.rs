@@ -616,8 +616,8 @@ impl CastInfo {
     /// migration creates ([`creates`]), so it is made on the shadow's type
     /// without touching the destination's casts and goes wherever that type
     /// goes (the swap, a rollback, the backup's cleanup). Its other type is
-    /// created too, or is one the migration leaves alone (built in, an
-    /// extension's, of another schema) that the destination has
+    /// created too, built in, an extension's (prepare creates a missing
+    /// extension first), or of another schema and on the destination
     /// (`on_destination`); never the live row type of a table left out. Its
     /// function comes with it (or is built in): one of another schema takes
     /// the live type, not the shadow's. A binary-coercible one needs a
@@ -635,7 +635,9 @@ impl CastInfo {
                 // Of a migrated schema but not created: a table left out.
                 return false;
             }
-            t.schema == "pg_catalog" || on_destination(t)
+            // An extension's: prepare creates the extensions the
+            // destination lacks, before the schema.
+            t.schema == "pg_catalog" || t.extension || on_destination(t)
         };
         let function_comes = self
             .function
@@ -657,7 +659,7 @@ impl CastInfo {
     ) -> Vec<&CastType> {
         [&self.source, &self.target]
             .into_iter()
-            .filter(|t| !creates(t, schemas, &leaves) && t.schema != "pg_catalog")
+            .filter(|t| !creates(t, schemas, &leaves) && t.schema != "pg_catalog" && !t.extension)
             .collect()
     }
 }
