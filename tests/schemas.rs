@@ -1590,6 +1590,10 @@ fn outside_objects_using_a_migrated_function_or_type_are_warned_about() {
          CREATE TABLE auth.events_2025 PARTITION OF public.events FOR VALUES FROM ('2025-01-01') TO ('2026-01-01');
          CREATE TABLE auth.old_notes () INHERITS (public.notes);
          CREATE EVENT TRIGGER ddl_watch ON ddl_command_end EXECUTE FUNCTION public.on_ddl();
+         -- a SQL-standard function body and a policy that read a table
+         CREATE FUNCTION auth.profile_count() RETURNS bigint LANGUAGE sql
+           BEGIN ATOMIC SELECT count(*) FROM public.profiles; END;
+         CREATE POLICY with_profile ON auth.users USING (id IN (SELECT id FROM public.profiles));
          -- the application's own schema, named as pgshift names a backup but
          -- listed by no manifest: outside like any other
          CREATE SCHEMA backup_1234567890123;
@@ -1617,6 +1621,8 @@ fn outside_objects_using_a_migrated_function_or_type_are_warned_about() {
         "table auth.events_2025 is a partition of public.events; after the swap it stays with the backup's copy, and its rows are no longer in public.events (recreate it after the swap, or migrate its schema too)",
         "table auth.old_notes is an inheritance child of public.notes; after the swap it stays with the backup's copy, and its rows are no longer in public.notes (recreate it after the swap, or migrate its schema too)",
         "view backup_1234567890123.profile_list reads public.profiles; after the swap it will read the backup's copy (recreate it after the swap)",
+        "function auth.profile_count() uses table public.profiles; after the swap it will use the backup's copy (recreate it after the swap, or migrate its schema too)",
+        "policy with_profile on table auth.users uses table public.profiles; after the swap it will use the backup's copy (recreate it after the swap, or migrate its schema too)",
     ] {
         assert!(
             warnings.iter().any(|w| w.ends_with(expected)),
@@ -1626,7 +1632,7 @@ fn outside_objects_using_a_migrated_function_or_type_are_warned_about() {
     // Nothing else is said about them (an object is named once).
     assert_eq!(
         warnings.iter().filter(|w| w.contains("auth.")).count(),
-        6,
+        8,
         "{warnings:#?}"
     );
 

@@ -715,7 +715,11 @@ pub async fn outside_dependents(dst: &Client, schemas: &[String], op: &str) -> R
                          -- (views are the query above)
                          OR (d.refclassid = 'pg_catalog.pg_class'::regclass
                              AND EXISTS (SELECT 1 FROM pg_catalog.pg_class s WHERE s.oid = d.refobjid AND s.relkind = 'S')
-                             AND d.classid NOT IN ('pg_catalog.pg_class'::regclass, 'pg_catalog.pg_rewrite'::regclass)))
+                             AND d.classid NOT IN ('pg_catalog.pg_class'::regclass, 'pg_catalog.pg_rewrite'::regclass))
+                         -- any relation a function's SQL-standard body or a
+                         -- policy's expression reads
+                         OR (d.refclassid = 'pg_catalog.pg_class'::regclass
+                             AND d.classid IN ('pg_catalog.pg_proc'::regclass, 'pg_catalog.pg_policy'::regclass)))
                     -- (pg_identify_object quotes the schema's name)
                     AND r.schema IN (SELECT pg_catalog.quote_ident(x) FROM pg_catalog.unnest($1::text[]) x)
                     AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_depend e
