@@ -24,6 +24,11 @@ fn with_users_preserved(wd: &Workdir, dbs: &TestDbs, command: &str, extra: &[&st
     assert_success(&wd.run(&args))
 }
 
+/// A successful run's `--json` output.
+fn json_of(wd: &Workdir, args: &[&str]) -> serde_json::Value {
+    serde_json::from_str(&assert_success(&wd.run(args))).unwrap()
+}
+
 /// `db`'s socket URL, connecting as `role`.
 fn socket_url_as(db: &common::TestDb, role: &str) -> String {
     db.socket_url().replacen(
@@ -64,10 +69,7 @@ fn fk_violations_block_the_swap_unless_allowed_and_status_tells() {
     with_users_preserved(&wd, &dbs, "prepare", &[]);
 
     // status: prepared, with the preserved table's sync health.
-    let st: serde_json::Value = serde_json::from_str(&assert_success(
-        &wd.run(&["status", "--dest", &dst, "--json"]),
-    ))
-    .unwrap();
+    let st = json_of(&wd, &["status", "--dest", &dst, "--json"]);
     assert_eq!(st["state"], "prepared");
     let health = &st["preserved_tables"][0]["health"];
     assert_eq!(health["triggers_ok"], true, "{st}");
@@ -89,28 +91,23 @@ fn fk_violations_block_the_swap_unless_allowed_and_status_tells() {
     );
 
     // The dry run says the swap would refuse, and why; with the flag it would not.
-    let plan: serde_json::Value = serde_json::from_str(&assert_success(&wd.run(&[
-        "swap",
-        "--dest",
-        &dst,
-        "--dry-run",
-        "--json",
-    ])))
-    .unwrap();
+    let plan = json_of(&wd, &["swap", "--dest", &dst, "--dry-run", "--json"]);
     let refusal = plan["swap"]["refusal"].as_str().unwrap_or_default();
     assert!(
         refusal.contains("orders_user_id_fkey") && refusal.contains("--allow-fk-violations"),
         "{plan}"
     );
-    let plan: serde_json::Value = serde_json::from_str(&assert_success(&wd.run(&[
-        "swap",
-        "--dest",
-        &dst,
-        "--dry-run",
-        "--json",
-        "--allow-fk-violations",
-    ])))
-    .unwrap();
+    let plan = json_of(
+        &wd,
+        &[
+            "swap",
+            "--dest",
+            &dst,
+            "--dry-run",
+            "--json",
+            "--allow-fk-violations",
+        ],
+    );
     assert_eq!(plan["swap"]["refusal"], serde_json::Value::Null, "{plan}");
     assert_eq!(
         plan["swap"]["fk_violations"].as_array().map(Vec::len),
@@ -131,14 +128,10 @@ fn fk_violations_block_the_swap_unless_allowed_and_status_tells() {
     assert_eq!(schema_fingerprint(&dbs.dst, "public"), before);
 
     // Allowed: the constraint is created NOT VALID, and status says so.
-    let report: serde_json::Value = serde_json::from_str(&assert_success(&wd.run(&[
-        "swap",
-        "--dest",
-        &dst,
-        "--allow-fk-violations",
-        "--json",
-    ])))
-    .unwrap();
+    let report = json_of(
+        &wd,
+        &["swap", "--dest", &dst, "--allow-fk-violations", "--json"],
+    );
     assert_eq!(
         report["fk_not_valid"][0], "orders.orders_user_id_fkey",
         "{report}"
@@ -149,10 +142,7 @@ fn fk_violations_block_the_swap_unless_allowed_and_status_tells() {
         "f"
     );
     assert_eq!(dbs.dst.psql("SELECT count(*) FROM users"), "61");
-    let st: serde_json::Value = serde_json::from_str(&assert_success(
-        &wd.run(&["status", "--dest", &dst, "--json"]),
-    ))
-    .unwrap();
+    let st = json_of(&wd, &["status", "--dest", &dst, "--json"]);
     assert_eq!(st["state"], "idle");
     assert_eq!(
         st["not_valid_foreign_keys"][0], "orders.orders_user_id_fkey",
@@ -399,20 +389,10 @@ fn a_column_sequence_beyond_the_sources_bounds_is_refused_before_the_swap() {
             ))),
         "{prepared}"
     );
-    let st: serde_json::Value = serde_json::from_str(&assert_success(
-        &wd.run(&["status", "--dest", &dst, "--json"]),
-    ))
-    .unwrap();
+    let st = json_of(&wd, &["status", "--dest", &dst, "--json"]);
     assert_eq!(st["swap_allowed"], false, "{st}");
     assert_eq!(st["swap_blocked_reason"], why, "{st}");
-    let dry: serde_json::Value = serde_json::from_str(&assert_success(&wd.run(&[
-        "swap",
-        "--dest",
-        &dst,
-        "--dry-run",
-        "--json",
-    ])))
-    .unwrap();
+    let dry = json_of(&wd, &["swap", "--dest", &dst, "--dry-run", "--json"]);
     assert_eq!(
         dry["swap"]["refusal"],
         format!("{why}; nothing was changed"),
@@ -432,10 +412,7 @@ fn a_column_sequence_beyond_the_sources_bounds_is_refused_before_the_swap() {
     // At the very end of the source's definition the value fits, but the
     // next insert would fail: refused too.
     dbs.dst.psql("SELECT setval('users_id_seq', 1000)");
-    let st: serde_json::Value = serde_json::from_str(&assert_success(
-        &wd.run(&["status", "--dest", &dst, "--json"]),
-    ))
-    .unwrap();
+    let st = json_of(&wd, &["status", "--dest", &dst, "--json"]);
     assert_eq!(
         st["swap_blocked_reason"],
         "sequence users_id_seq of preserved table users (column id) cannot continue after the destination's rows: the destination's sequence is at 1000, the end of the source's definition, so the next insert would fail (1 to 1000); widen it on the source (ALTER SEQUENCE … MAXVALUE/MINVALUE) and prepare again",
@@ -485,10 +462,7 @@ fn status_tells_when_a_preserved_table_can_no_longer_be_replayed() {
     with_users_preserved(&wd, &dbs, "prepare", &[]);
     dbs.dst
         .psql("ALTER TABLE public.users RENAME COLUMN name TO full_name");
-    let st: serde_json::Value = serde_json::from_str(&assert_success(
-        &wd.run(&["status", "--dest", &dst, "--json"]),
-    ))
-    .unwrap();
+    let st = json_of(&wd, &["status", "--dest", &dst, "--json"]);
     assert_eq!(st["swap_allowed"], false, "{st}");
     assert_eq!(
         st["swap_blocked_reason"],
@@ -496,14 +470,7 @@ fn status_tells_when_a_preserved_table_can_no_longer_be_replayed() {
         "{st}"
     );
     // The dry run says the same, and so does the swap, which changes nothing.
-    let dry: serde_json::Value = serde_json::from_str(&assert_success(&wd.run(&[
-        "swap",
-        "--dest",
-        &dst,
-        "--dry-run",
-        "--json",
-    ])))
-    .unwrap();
+    let dry = json_of(&wd, &["swap", "--dest", &dst, "--dry-run", "--json"]);
     assert_eq!(dry["swap"]["refusal"], st["swap_blocked_reason"], "{dry}");
     let out = wd.run(&["swap", "--dest", &dst]);
     assert_eq!(out.status.code(), Some(1));
@@ -550,10 +517,7 @@ fn a_write_the_shadow_rejects_fails_the_swap_and_status_shows_why() {
         "{err}"
     );
     assert_eq!(schema_fingerprint(&dbs.dst, "public"), before);
-    let st: serde_json::Value = serde_json::from_str(&assert_success(
-        &wd.run(&["status", "--dest", &dst, "--json"]),
-    ))
-    .unwrap();
+    let st = json_of(&wd, &["status", "--dest", &dst, "--json"]);
     assert_eq!(st["state"], "prepared", "{st}");
     let recorded = st["migration"]["error"].as_str().unwrap_or_default();
     assert!(
@@ -564,10 +528,7 @@ fn a_write_the_shadow_rejects_fails_the_swap_and_status_shows_why() {
     dbs.dst.psql("UPDATE users SET email = 'b' WHERE id = 2");
     assert_success(&wd.run(&["swap", "--dest", &dst]));
     assert_eq!(dbs.dst.psql("SELECT email FROM users WHERE id = 2"), "b");
-    let st: serde_json::Value = serde_json::from_str(&assert_success(
-        &wd.run(&["status", "--dest", &dst, "--json"]),
-    ))
-    .unwrap();
+    let st = json_of(&wd, &["status", "--dest", &dst, "--json"]);
     assert_eq!(st["migration"]["status"], "swapped", "{st}");
     assert_eq!(st["migration"]["error"], serde_json::Value::Null, "{st}");
 }
@@ -709,10 +670,7 @@ fn row_level_security_on_a_preserved_table_refuses_the_swap() {
          CREATE POLICY half ON users USING (id <= 25);
          UPDATE users SET name = 'changed' WHERE id > 25;",
     );
-    let status: serde_json::Value = serde_json::from_str(&assert_success(
-        &wd.run(&["status", "--json", "--dest", &dst]),
-    ))
-    .unwrap();
+    let status = json_of(&wd, &["status", "--json", "--dest", &dst]);
     assert_eq!(status["swap_allowed"], false, "{status}");
     assert!(
         status["swap_blocked_reason"]
@@ -737,10 +695,7 @@ fn row_level_security_on_a_preserved_table_refuses_the_swap() {
             .psql("SELECT count(*) || ' ' || count(*) FILTER (WHERE name = 'changed') FROM users"),
         "50 25"
     );
-    let listed: serde_json::Value = serde_json::from_str(&assert_success(
-        &wd.run(&["list", "--json", "--dest", &dst]),
-    ))
-    .unwrap();
+    let listed = json_of(&wd, &["list", "--json", "--dest", &dst]);
     // users' 50; notes not counted (its policy would have shown 10 of 30).
     assert_eq!(listed[0]["total_rows"], 50, "{listed}");
 }
@@ -831,25 +786,24 @@ fn row_level_security_outside_the_migration_fails_neither_check_nor_refresh() {
         "{out:?}"
     );
     assert_eq!(backup_schemas(&dbs.dst), "0");
-    let status: serde_json::Value = serde_json::from_str(&assert_success(
-        &wd.run(&["status", "--json", "--dest", &dst]),
-    ))
-    .unwrap();
+    let status = json_of(&wd, &["status", "--json", "--dest", &dst]);
     assert!(
         status["swap_blocked_reason"]
             .as_str()
             .is_some_and(|r| r.starts_with(unchecked)),
         "{status}"
     );
-    let dry: serde_json::Value = serde_json::from_str(&assert_success(&wd.run(&[
-        "swap",
-        "--dest",
-        &dst,
-        "--dry-run",
-        "--json",
-        "--allow-fk-violations",
-    ])))
-    .unwrap();
+    let dry = json_of(
+        &wd,
+        &[
+            "swap",
+            "--dest",
+            &dst,
+            "--dry-run",
+            "--json",
+            "--allow-fk-violations",
+        ],
+    );
     assert_eq!(dry["swap"]["refusal"], serde_json::Value::Null, "{dry}");
     assert!(
         dry["swap"]["fk_unchecked"][0]
