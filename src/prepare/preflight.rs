@@ -526,7 +526,9 @@ async fn not_owned(client: &Client, schemas: &[String]) -> Result<(Vec<String>, 
     Ok((names, owners))
 }
 
-/// Checks on the destination (read only).
+/// Checks on the destination (read only). `may_rename`: the swap can rename
+/// the schemas, so a role without superuser need not own each of their
+/// objects (an object-level swap moves them one by one, and does).
 pub async fn check_dest(dst: &Client, schemas: &[String], may_rename: bool) -> Result<Vec<String>> {
     let mut warnings = Vec::new();
     let r = dst
