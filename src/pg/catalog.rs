@@ -760,14 +760,13 @@ pub async fn types_present(client: &impl GenericClient, types: &[String]) -> Res
     if types.is_empty() {
         return Ok(Vec::new());
     }
-    let rows = client
-        .query(
-            "SELECT t FROM pg_catalog.unnest($1::text[]) t WHERE pg_catalog.to_regtype(t) IS NOT NULL",
-            &[&types],
-        )
-        .await
-        .context("looking the casts' types up")?;
-    Ok(rows.iter().map(|r| r.get(0)).collect())
+    crate::pg::exec::column(
+        client,
+        "SELECT t FROM pg_catalog.unnest($1::text[]) t WHERE pg_catalog.to_regtype(t) IS NOT NULL",
+        &[&types],
+    )
+    .await
+    .context("looking the casts' types up")
 }
 
 /// Whether the role `client` is connected as is a superuser.
