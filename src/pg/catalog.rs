@@ -567,8 +567,6 @@ pub async fn server_identity(client: &impl GenericClient) -> Result<String> {
 #[derive(Debug, Clone, PartialEq)]
 pub struct CastType {
     pub schema: String,
-    /// `pg_type.typname` (`_mood` for an array of `mood`).
-    pub name: String,
     /// An extension's (a member, or part of one: PostGIS's `geometry`).
     pub extension: bool,
     /// The table whose row type it is (or whose row type it is an array of).
@@ -672,7 +670,7 @@ pub async fn casts(client: &impl GenericClient, schemas: &[String]) -> Result<Ve
     let sql = format!(
         "WITH RECURSIVE {EXT_CLOSURE},
               typ AS (
-                SELECT t.oid, n.nspname::text AS nsp, t.typname::text AS name,
+                SELECT t.oid, n.nspname::text AS nsp,
                        CASE WHEN n.nspname = 'pg_catalog' THEN pg_catalog.format_type(t.oid, NULL)
                             WHEN e.oid IS NOT NULL
                               THEN pg_catalog.quote_ident(n.nspname) || '.' || pg_catalog.quote_ident(e.typname) || '[]'
@@ -701,8 +699,8 @@ pub async fn casts(client: &impl GenericClient, schemas: &[String]) -> Result<Ve
                                         FROM pg_catalog.unnest(f.proargtypes::oid[]) WITH ORDINALITY x(oid, ord)
                                         JOIN typ a ON a.oid = x.oid) args
                  WHERE f.oid IN (SELECT castfunc FROM pg_catalog.pg_cast))
-         SELECT s.nsp, s.name, s.ext, s.rel, s.defined_as, s.sql,
-                d.nsp, d.name, d.ext, d.rel, d.defined_as, d.sql,
+         SELECT s.nsp, s.ext, s.rel, s.defined_as, s.sql,
+                d.nsp, d.ext, d.rel, d.defined_as, d.sql,
                 c.castmethod::text, cf.nsp, cf.tag,
                 pg_catalog.format('cast from %s to %s', pg_catalog.format_type(c.castsource, NULL),
                                   pg_catalog.format_type(c.casttarget, NULL)),
@@ -725,7 +723,7 @@ pub async fn casts(client: &impl GenericClient, schemas: &[String]) -> Result<Ve
             AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_depend i
                              WHERE i.classid = 'pg_catalog.pg_cast'::regclass AND i.objid = c.oid AND i.deptype = 'i')
             AND (s.nsp = ANY($1) OR d.nsp = ANY($1) OR cf.nsp = ANY($1))
-          ORDER BY 16"
+          ORDER BY 14"
     );
     let rows = client
         .query(sql.as_str(), &[&schemas])
@@ -733,23 +731,22 @@ pub async fn casts(client: &impl GenericClient, schemas: &[String]) -> Result<Ve
         .context("listing the casts")?;
     let cast_type = |r: &tokio_postgres::Row, at: usize| CastType {
         schema: r.get(at),
-        name: r.get(at + 1),
-        extension: r.get(at + 2),
-        table: r.get(at + 3),
-        defined_as: r.get(at + 4),
-        sql: r.get(at + 5),
+        extension: r.get(at + 1),
+        table: r.get(at + 2),
+        defined_as: r.get(at + 3),
+        sql: r.get(at + 4),
     };
     Ok(rows
         .iter()
         .map(|r| CastInfo {
             source: cast_type(r, 0),
-            target: cast_type(r, 6),
-            method: r.get::<_, String>(12).chars().next().unwrap_or('f'),
+            target: cast_type(r, 5),
+            method: r.get::<_, String>(10).chars().next().unwrap_or('f'),
             function: r
-                .get::<_, Option<String>>(13)
-                .zip(r.get::<_, Option<String>>(14)),
-            display: r.get(15),
-            sql: r.get(16),
+                .get::<_, Option<String>>(11)
+                .zip(r.get::<_, Option<String>>(12)),
+            display: r.get(13),
+            sql: r.get(14),
         })
         .collect())
 }

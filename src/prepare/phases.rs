@@ -1737,7 +1737,6 @@ mod tests {
     fn cast_type(name: &str, defined_as: &str) -> catalog::CastType {
         catalog::CastType {
             schema: "public".into(),
-            name: name.into(),
             extension: false,
             table: None,
             defined_as: defined_as.into(),
