@@ -58,10 +58,11 @@
 //!   after the greater of the two values ([`final_sync`]), and so do the
 //!   sequences no column uses that both sides have, since the application may
 //!   draw `T`'s keys from them itself ([`carry_standalone_sequences`]). A
-//!   column's value the source's sequence cannot hold (a lower `MAXVALUE`) is
-//!   refused before the swap's locks, by its dry run and by `status`
-//!   ([`sequence_misfits`]); one that gets there during the final replay fails
-//!   the swap transaction with the same words.
+//!   column's value the source's sequence cannot hold (a lower `MAXVALUE`),
+//!   or holds as its very last, is warned about at prepare and refused before
+//!   the swap's locks, by its dry run and by `status` ([`sequence_misfits`]);
+//!   one that gets there during the final replay fails the swap transaction
+//!   with the same words.
 //!
 //! The sync lives in the database: it runs without pgshift and survives restarts.
 //! [`health`] reports it for `status`; [`final_sync`] and `cleanup` remove it.
