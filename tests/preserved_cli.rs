@@ -318,26 +318,53 @@ fn matviews_and_default_sequences_follow_the_preserved_rows() {
 /// ids), continues after the greater of the destination's and the source's
 /// values when tables are preserved: the destination's users keep their ids,
 /// and the next id is new. One the source is further on keeps the source's.
+/// One whose value the source's definition cannot hold, or holds as its very
+/// last, is warned about at prepare, in the dry run and by the swap.
 #[test]
 fn a_sequence_the_application_draws_from_itself_does_not_go_back() {
     let dbs = TestDbs::new("preserved_app_seq");
     let schema =
         "CREATE SEQUENCE users_seq; CREATE SEQUENCE other_seq; CREATE SEQUENCE bounded_seq;
-         CREATE TABLE users (id bigint PRIMARY KEY, name text);";
+         CREATE SEQUENCE end_seq; CREATE TABLE users (id bigint PRIMARY KEY, name text);";
     dbs.src.psql(schema);
     dbs.dst.psql(schema);
     dbs.src.psql(
         "INSERT INTO users SELECT nextval('users_seq'), 's' FROM generate_series(1, 100);
          SELECT setval('other_seq', 5000);
-         ALTER SEQUENCE bounded_seq MAXVALUE 1000; SELECT setval('bounded_seq', 100);",
+         ALTER SEQUENCE bounded_seq MAXVALUE 1000; SELECT setval('bounded_seq', 100);
+         ALTER SEQUENCE end_seq MAXVALUE 1000; SELECT setval('end_seq', 10);",
     );
     dbs.dst.psql(
         "INSERT INTO users SELECT nextval('users_seq'), 'd' FROM generate_series(1, 3000);
-         SELECT setval('other_seq', 70); SELECT setval('bounded_seq', 4000);",
+         SELECT setval('other_seq', 70); SELECT setval('bounded_seq', 4000);
+         SELECT setval('end_seq', 1000);",
     );
+    let bounded = "sequence public.bounded_seq: the destination's sequence is further on (4000), but its value does not fit the source's definition (increment 1, 1 to 1000): it takes the source's value, which the destination has passed";
+    let end = "sequence public.end_seq: the destination's sequence is at 1000, the end of the source's definition (increment 1, 1 to 1000), so its next nextval fails; widen it on the source (ALTER SEQUENCE … MAXVALUE/MINVALUE) and prepare again";
     let wd = Workdir::new();
-    with_users_preserved(&wd, &dbs, "prepare", &[]);
-    let out = wd.run(&["swap", "--dest", &dbs.dst.url(), "--json"]);
+    let dst = dbs.dst.url();
+    // Said at prepare, as things stand then, and by the dry run.
+    let prepared: serde_json::Value =
+        serde_json::from_str(&with_users_preserved(&wd, &dbs, "prepare", &["--json"])).unwrap();
+    for w in [bounded, end] {
+        assert!(
+            prepared["warnings"]
+                .as_array()
+                .unwrap()
+                .contains(&serde_json::json!(format!(
+                    "{w} (as things stand now; the swap looks again)"
+                ))),
+            "{prepared}"
+        );
+    }
+    let dry = json_of(&wd, &["swap", "--dest", &dst, "--dry-run", "--json"]);
+    assert_eq!(
+        dry["swap"]["warnings"],
+        serde_json::json!([bounded, end]),
+        "{dry}"
+    );
+    assert_eq!(dry["swap"]["refusal"], serde_json::Value::Null, "{dry}");
+    let out = wd.run(&["swap", "--dest", &dst, "--json"]);
     let report: serde_json::Value = serde_json::from_str(&assert_success(&out)).unwrap();
     assert_eq!(dbs.dst.psql("SELECT max(id) FROM users"), "3000");
     assert_eq!(dbs.dst.psql("SELECT nextval('users_seq')"), "3001");
@@ -349,14 +376,17 @@ fn a_sequence_the_application_draws_from_itself_does_not_go_back() {
             .contains("does not fit the source's definition (increment 1, 1 to 1000)"),
         "{out:?}"
     );
+    // At the end of it: carried on (no value comes twice), with a warning.
+    let err = dbs
+        .dst
+        .try_psql("SELECT nextval('end_seq')")
+        .expect_err("end_seq is at its end");
+    assert!(err.contains("reached maximum value"), "{err}");
     // And in the report's warnings, for a CI job reading --json.
-    assert!(
-        report["warnings"].as_array().unwrap().iter().any(|w| w
-            .as_str()
-            .unwrap()
-            .starts_with("sequence public.bounded_seq: the destination's sequence is further on (4000), but its value does not fit the source's definition (increment 1, 1 to 1000)")),
-        "{report}"
-    );
+    let warnings = report["warnings"].as_array().unwrap();
+    for w in [bounded, end] {
+        assert!(warnings.contains(&serde_json::json!(w)), "{report}");
+    }
 }
 
 /// A preserved table's column sequence that the destination has drawn beyond

@@ -57,7 +57,10 @@
 //! * **Sequences** never go back at the swap: those of `T`'s columns continue
 //!   after the greater of the two values ([`final_sync`]), and so do the
 //!   sequences no column uses that both sides have, since the application may
-//!   draw `T`'s keys from them itself ([`carry_standalone_sequences`]). A
+//!   draw `T`'s keys from them itself ([`carry_standalone_sequences`]; one
+//!   left at the source's value, or carried to the end of the source's
+//!   definition, is warned about at prepare, by the dry run and by the swap:
+//!   [`standalone_sequence_warnings`]). A
 //!   column's value the source's sequence cannot hold (a lower `MAXVALUE`),
 //!   or holds as its very last, is warned about at prepare and refused before
 //!   the swap's locks, by its dry run and by `status` ([`sequence_misfits`]);
@@ -86,7 +89,7 @@ use crate::pg::exec::{
     RetryPolicy, Stop, exec_as as exec, pg_error_as, query_map, retry, rollback_on_err,
 };
 use crate::pg::ident::{TableName, display_ident, qualified, quote_ident, quote_literal};
-use crate::pg::meta::{META_SCHEMA, SHADOW_SCHEMA, is_public_str, public_string};
+use crate::pg::meta::{META_SCHEMA, SHADOW_SCHEMA, SchemaPair, is_public_str, public_string};
 use crate::pg::settings;
 
 /// `lock_timeout` of a trigger's apply to the shadow table.
@@ -1614,35 +1617,92 @@ pub async fn final_sync(client: &Client, synced: &[SyncedTable]) -> Result<()> {
     Ok(())
 }
 
-/// Inside the open swap transaction of a migration with preserved tables,
-/// before the moves: each sequence of a shadow that no column owns or draws
-/// from by a default, and that its live schema has too, continues after the
-/// greater of the two next values. The application calls `nextval` on such a
-/// sequence itself (Hibernate's `SEQUENCE` ids) and may key a preserved
-/// table's rows with it: taking the source's value alone would hand those
-/// keys out again. The live sequence is locked first (`ALTER SEQUENCE …
-/// OWNED BY NONE`, which it already is: SHARE ROW EXCLUSIVE, which `nextval`
-/// waits for), so no value drawn before the commit is handed out again.
-/// Returns one warning for each sequence left at the source's value
-/// although the destination's is further on (also logged).
-pub async fn carry_standalone_sequences(
-    client: &Client,
-    pairs: &[crate::pg::meta::SchemaPair],
-) -> Result<Vec<String>> {
+/// A sequence no column owns or draws from by a default that a live schema
+/// and its shadow both have ([`carry_standalone_sequences`]).
+struct Standalone {
+    /// Both quoted and schema-qualified.
+    live: String,
+    shadow: String,
+    /// This role may lock the live sequence (it is a member of its owner).
+    owner: bool,
+    /// This role may read both and set the shadow's.
+    may: bool,
+    /// The live sequence's increment.
+    inc: i64,
+    /// The shadow's (the source's) definition.
+    shadow_inc: i64,
+    min: i64,
+    max: i64,
+    cycle: bool,
+}
+
+/// What the swap does with one such sequence, from both states.
+struct StandalonePlan {
+    /// The state `setval` gives the shadow's, or `None` to keep the source's.
+    set: Option<(i64, bool)>,
+    /// What the operator should hear about it.
+    warning: Option<String>,
+}
+
+impl Standalone {
+    fn unreadable(&self) -> String {
+        format!(
+            "sequence {}: this role may not read both sequences, so its value is the source's",
+            self.live
+        )
+    }
+
+    fn plan(&self, (ll, lc): (i64, bool), (sl, sc): (i64, bool)) -> StandalonePlan {
+        let live = &self.live;
+        let (inc, min, max) = (self.shadow_inc, self.min, self.max);
+        let further = if self.inc > 0 {
+            next_value(ll, lc, self.inc) > next_value(sl, sc, self.inc)
+        } else {
+            next_value(ll, lc, self.inc) < next_value(sl, sc, self.inc)
+        };
+        if !further {
+            return StandalonePlan {
+                set: None,
+                warning: None,
+            };
+        }
+        if (inc > 0) != (self.inc > 0) || ll < min || ll > max {
+            return StandalonePlan {
+                set: None,
+                warning: Some(format!(
+                    "sequence {live}: the destination's sequence is further on ({ll}), but its value does not fit the source's definition (increment {inc}, {min} to {max}): it takes the source's value, which the destination has passed"
+                )),
+            };
+        }
+        // Carried on at the very end of a definition that does not cycle:
+        // the next `nextval` fails (as handing out a passed value again
+        // would be worse, it is carried on all the same).
+        let at_end = lc && !self.cycle && ll == if inc > 0 { max } else { min };
+        StandalonePlan {
+            set: Some((ll, lc)),
+            warning: at_end.then(|| format!(
+                "sequence {live}: the destination's sequence is at {ll}, the end of the source's definition (increment {inc}, {min} to {max}), so its next nextval fails; widen it on the source (ALTER SEQUENCE … MAXVALUE/MINVALUE) and prepare again"
+            )),
+        }
+    }
+}
+
+/// The sequences no column uses that the live schemas and their shadows
+/// both have.
+async fn standalone_sequences(client: &Client, pairs: &[SchemaPair]) -> Result<Vec<Standalone>> {
     let lives: Vec<&str> = pairs.iter().map(|p| p.live.as_str()).collect();
     let shadows: Vec<&str> = pairs.iter().map(|p| p.shadow.as_str()).collect();
     let rows = client
         .query(
             "WITH pair(live, shadow) AS (SELECT * FROM ROWS FROM (pg_catalog.unnest($1::text[]), pg_catalog.unnest($2::text[])))
-             SELECT p.live, l.relname::text,
-                    pg_catalog.quote_ident(p.live) || '.' || pg_catalog.quote_ident(l.relname),
+             SELECT pg_catalog.quote_ident(p.live) || '.' || pg_catalog.quote_ident(l.relname),
                     pg_catalog.quote_ident(p.shadow) || '.' || pg_catalog.quote_ident(s.relname),
                     ls.seqincrement,
                     pg_catalog.pg_has_role(l.relowner, 'USAGE'),
                     pg_catalog.has_sequence_privilege(l.oid, 'SELECT')
                       AND pg_catalog.has_sequence_privilege(s.oid, 'SELECT')
                       AND pg_catalog.has_sequence_privilege(s.oid, 'UPDATE'),
-                    ss.seqincrement, ss.seqmin, ss.seqmax
+                    ss.seqincrement, ss.seqmin, ss.seqmax, ss.seqcycle
                FROM pair p
                JOIN pg_catalog.pg_namespace sn ON sn.nspname = p.shadow
                JOIN pg_catalog.pg_class s ON s.relnamespace = sn.oid AND s.relkind = 'S'
@@ -1656,28 +1716,76 @@ pub async fn carry_standalone_sequences(
                 AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_depend d
                                  WHERE d.classid = 'pg_catalog.pg_attrdef'::regclass AND d.refclassid = 'pg_catalog.pg_class'::regclass
                                    AND d.refobjid = s.oid AND d.deptype = 'n')
-              ORDER BY 1, 2",
+              ORDER BY p.live, l.relname",
             &[&lives, &shadows],
         )
         .await
         .map_err(|e| pg_error_as(e, "listing the sequences no column uses"))?;
+    Ok(rows
+        .iter()
+        .map(|r| Standalone {
+            live: r.get(0),
+            shadow: r.get(1),
+            inc: r.get(2),
+            owner: r.get(3),
+            may: r.get(4),
+            shadow_inc: r.get(5),
+            min: r.get(6),
+            max: r.get(7),
+            cycle: r.get(8),
+        })
+        .collect())
+}
+
+/// The warnings [`carry_standalone_sequences`] would give if the swap ran
+/// now (read only, locks nothing: for prepare and the swap's dry run).
+pub async fn standalone_sequence_warnings(
+    client: &Client,
+    pairs: &[SchemaPair],
+) -> Result<Vec<String>> {
+    let mut out = Vec::new();
+    for s in standalone_sequences(client, pairs).await? {
+        if !s.may {
+            out.push(s.unreadable());
+            continue;
+        }
+        let live = sequence_state(client, &s.live).await?;
+        let shadow = sequence_state(client, &s.shadow).await?;
+        out.extend(s.plan(live, shadow).warning);
+    }
+    Ok(out)
+}
+
+/// Inside the open swap transaction of a migration with preserved tables,
+/// before the moves: each sequence of a shadow that no column owns or draws
+/// from by a default, and that its live schema has too, continues after the
+/// greater of the two next values. The application calls `nextval` on such a
+/// sequence itself (Hibernate's `SEQUENCE` ids) and may key a preserved
+/// table's rows with it: taking the source's value alone would hand those
+/// keys out again. The live sequence is locked first (`ALTER SEQUENCE …
+/// OWNED BY NONE`, which it already is: SHARE ROW EXCLUSIVE, which `nextval`
+/// waits for), so no value drawn before the commit is handed out again.
+/// Returns one warning for each sequence left at the source's value
+/// although the destination's is further on, or carried on to the very end
+/// of the source's definition (also logged).
+pub async fn carry_standalone_sequences(
+    client: &Client,
+    pairs: &[SchemaPair],
+) -> Result<Vec<String>> {
     let mut warnings = Vec::new();
     let mut warn = |line: String| {
         tracing::warn!("{line}");
         warnings.push(line);
     };
-    for r in rows {
-        let (live, shadow, inc): (String, String, i64) = (r.get(2), r.get(3), r.get(4));
-        let (owner, may): (bool, bool) = (r.get(5), r.get(6));
-        if !may {
-            warn(format!(
-                "sequence {live}: this role may not read both sequences, so its value is the source's"
-            ));
+    for s in standalone_sequences(client, pairs).await? {
+        if !s.may {
+            warn(s.unreadable());
             continue;
         }
+        let live = &s.live;
         // Only its owner may lock it so; otherwise a value drawn between the
         // read and the commit may come again.
-        if owner {
+        if s.owner {
             exec(
                 client,
                 &format!("ALTER SEQUENCE {live} OWNED BY NONE"),
@@ -1685,29 +1793,22 @@ pub async fn carry_standalone_sequences(
             )
             .await?;
         }
-        let (ll, lc) = sequence_state(client, &live).await?;
-        let (sl, sc) = sequence_state(client, &shadow).await?;
-        let further = if inc > 0 {
-            next_value(ll, lc, inc) > next_value(sl, sc, inc)
-        } else {
-            next_value(ll, lc, inc) < next_value(sl, sc, inc)
-        };
-        let (shadow_inc, min, max): (i64, i64, i64) = (r.get(7), r.get(8), r.get(9));
-        if further && ((shadow_inc > 0) != (inc > 0) || ll < min || ll > max) {
-            warn(format!(
-                "sequence {live}: the destination's sequence is further on ({ll}), but its value does not fit the source's definition (increment {shadow_inc}, {min} to {max}): it takes the source's value, which the destination has passed"
-            ));
-            continue;
-        }
-        if further {
+        let plan = s.plan(
+            sequence_state(client, live).await?,
+            sequence_state(client, &s.shadow).await?,
+        );
+        if let Some((value, is_called)) = plan.set {
             client
                 .query_one(
                     "SELECT pg_catalog.setval($1::text::regclass, $2, $3)",
-                    &[&shadow, &ll, &lc],
+                    &[&s.shadow, &value, &is_called],
                 )
                 .await
-                .map_err(|e| pg_error_as(e, &format!("setting sequence {shadow}")))?;
-            tracing::info!(sequence = %live, value = ll, "sequence no column uses kept the destination's further value");
+                .map_err(|e| pg_error_as(e, &format!("setting sequence {}", s.shadow)))?;
+            tracing::info!(sequence = %live, value, "sequence no column uses kept the destination's further value");
+        }
+        if let Some(w) = plan.warning {
+            warn(w);
         }
     }
     Ok(warnings)
@@ -2305,7 +2406,7 @@ async fn primary_key_columns(client: &Client, rel: &str) -> Result<Vec<String>> 
 pub async fn fk_violations(
     client: &Client,
     deferred_sql: &[String],
-    pairs: &[crate::pg::meta::SchemaPair],
+    pairs: &[SchemaPair],
 ) -> Result<FkCheck> {
     let live = |schema: &str| {
         pairs
@@ -2689,7 +2790,7 @@ async fn partition_leaves(
 pub async fn apply_deferred(
     client: &Client,
     deferred_sql: &[String],
-    pairs: &[crate::pg::meta::SchemaPair],
+    pairs: &[SchemaPair],
     leaves: &DeferredLeaves,
 ) -> Result<Vec<CreatedFk>> {
     let live_of = |shadow: Option<&String>| {

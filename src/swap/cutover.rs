@@ -87,6 +87,10 @@ pub struct SwapPreview {
     /// Why the swap would refuse now with these options (discarded writes,
     /// or breaking findings with `--fail-on-breaking`), or null.
     pub refusal: Option<String>,
+    /// What the swap would warn about as things stand (sequences no column
+    /// uses that keep the source's value, or reach the end of its
+    /// definition), as in the swap's own `warnings`.
+    pub warnings: Vec<String>,
     /// Tables that stay in public as they are (`--keep-tables`).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub kept_tables: Vec<String>,
@@ -463,6 +467,11 @@ pub async fn preview(client: &Client, opts: &SwapOptions) -> Result<SwapPreview>
         .or(misfit)
         .or_else(|| p.lock_budget.refusal("the swap"));
     let schemas = p.schemas.clone();
+    let warnings = if details.sync.is_empty() {
+        Vec::new()
+    } else {
+        sync::standalone_sequence_warnings(client, &pairs(m)).await?
+    };
     Ok(SwapPreview {
         migration_id: m.id,
         mode: p.mode,
@@ -475,6 +484,7 @@ pub async fn preview(client: &Client, opts: &SwapOptions) -> Result<SwapPreview>
         refusal,
         kept_tables: kept.all.iter().cloned().collect(),
         schemas,
+        warnings,
     })
 }
 
