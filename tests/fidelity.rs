@@ -1029,3 +1029,63 @@ fn text_copies_ignore_the_servers_own_settings_and_reg_values_travel_as_names() 
         "'dog':2 'run':1"
     );
 }
+
+/// A source in another encoding than the destination's (LATIN1, as legacy
+/// databases are): the same characters arrive, in the schema (a table's and
+/// an enum label's name, a default, a comment) and in the rows, by either
+/// copy (a plain table goes binary, an enum array as text), and
+/// `--verify checksums` agrees, although the two sides hold other bytes.
+#[test]
+fn a_source_in_another_encoding_arrives_with_the_same_characters() {
+    let (src, dst) = common::clusters();
+    let dbs = TestDbs {
+        src: src.create_db_with(
+            "src",
+            "latin1",
+            "ENCODING 'LATIN1' LC_COLLATE 'C' LC_CTYPE 'C' TEMPLATE template0",
+        ),
+        dst: dst.create_db("dst", "latin1"),
+    };
+    assert_eq!(dbs.src.psql("SHOW server_encoding"), "LATIN1");
+    dbs.src.psql(
+        "SET client_encoding = 'UTF8';
+         CREATE TYPE humeur AS ENUM ('ça va', 'très bien');
+         CREATE TABLE \"café\" (id int PRIMARY KEY, nom text DEFAULT 'crème brûlée', h humeur[]);
+         COMMENT ON TABLE \"café\" IS 'déjà vu';
+         INSERT INTO \"café\" VALUES (1, 'Ångström ÿ', '{\"ça va\"}'), (2, DEFAULT, '{\"très bien\"}');
+         CREATE TABLE plain (id int PRIMARY KEY, v text, c char(3));
+         INSERT INTO plain VALUES (1, 'déjà', 'ñÑü'), (2, 'Übermaß ½ © µ', NULL);",
+    );
+    let wd = Workdir::new();
+    assert_success(&wd.run(&[
+        "prepare",
+        "--verify",
+        "checksums",
+        "--source",
+        &dbs.src.url(),
+        "--dest",
+        &dbs.dst.url(),
+    ]));
+    assert_success(&wd.run(&["swap", "--dest", &dbs.dst.url()]));
+    // Compared as UTF-8 bytes on each side, whatever the session's encoding.
+    let text = |db: &TestDb| {
+        db.psql(
+            "SET client_encoding = 'UTF8';
+             SELECT encode(convert_to(concat_ws(' | ',
+                 (SELECT string_agg(concat_ws(',', id, nom, h), ';' ORDER BY id) FROM \"café\"),
+                 (SELECT string_agg(concat_ws(',', id, v, c), ';' ORDER BY id) FROM plain),
+                 (SELECT string_agg(enumlabel, ',' ORDER BY enumsortorder) FROM pg_enum
+                   WHERE enumtypid = 'humeur'::regtype),
+                 obj_description('\"café\"'::regclass, 'pg_class'),
+                 (SELECT pg_get_expr(adbin, adrelid) FROM pg_attrdef
+                   WHERE adrelid = '\"café\"'::regclass)), 'UTF8'), 'hex')",
+        )
+    };
+    let want = text(&dbs.src);
+    assert_eq!(text(&dbs.dst), want);
+    assert_eq!(
+        dbs.dst
+            .psql("SET client_encoding = 'UTF8'; SELECT nom FROM \"café\" WHERE id = 1"),
+        "Ångström ÿ"
+    );
+}

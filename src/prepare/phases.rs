@@ -971,7 +971,14 @@ async fn dump(run: &mut Run<'_>) -> Result<()> {
         }
     }
     let spec = ChildSpec::new(&run.tools.pg_dump)
-        .args(["--format=directory", "--schema-only", "--no-password"])
+        // In UTF-8, whatever the source's encoding: pgshift's sessions
+        // speak UTF-8, and run the dump's preamble (its client_encoding).
+        .args([
+            "--format=directory",
+            "--schema-only",
+            "--no-password",
+            "--encoding=UTF8",
+        ])
         .args(
             run.pairs
                 .iter()
@@ -1713,10 +1720,14 @@ async fn checksum_with_path(
     let rel = qualified(schema, table);
     // `ROW(t.*)`, not `t`: a lone `t` names a column called t before the
     // row, and would checksum that column alone. The text is the same.
+    // Hashed as UTF-8 (the same bytes as the text in a UTF-8 database): a
+    // LATIN1 source and a UTF-8 destination hold the same characters in
+    // other bytes. (An SQL_ASCII database's bytes that are not UTF-8 fail
+    // here, as they fail the copy.)
     let row = client
         .query_one(
             &format!(
-                "SELECT count(*)::text || ':' || COALESCE(sum(('x' || substr(md5(ROW(t.*)::text), 1, 16))::bit(64)::bigint::numeric), 0)::text
+                "SELECT count(*)::text || ':' || COALESCE(sum(('x' || substr(md5(pg_catalog.convert_to(ROW(t.*)::text, 'UTF8')), 1, 16))::bit(64)::bigint::numeric), 0)::text
                    FROM ONLY {rel} t"
             ),
             &[],

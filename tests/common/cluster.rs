@@ -367,6 +367,11 @@ impl Cluster {
     pub fn create_db(&self, prefix: &str, name: &str) -> TestDb {
         TestDb::create(self.info.clone(), prefix, name)
     }
+
+    /// [`create_db`](Self::create_db) with `CREATE DATABASE` options.
+    pub fn create_db_with(&self, prefix: &str, name: &str, options: &str) -> TestDb {
+        TestDb::create_with(self.info.clone(), prefix, name, options)
+    }
 }
 
 impl Managed {

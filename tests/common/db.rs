@@ -36,10 +36,16 @@ pub fn unique_db_name(prefix: &str, name: &str) -> String {
 impl TestDb {
     /// Create a fresh database on `server`.
     pub fn create(server: Arc<ServerInfo>, prefix: &str, name: &str) -> TestDb {
+        TestDb::create_with(server, prefix, name, "")
+    }
+
+    /// Create a fresh database on `server` with `options` after `CREATE
+    /// DATABASE name` (e.g. `ENCODING 'LATIN1' LOCALE 'C' TEMPLATE template0`).
+    pub fn create_with(server: Arc<ServerInfo>, prefix: &str, name: &str, options: &str) -> TestDb {
         let name = unique_db_name(prefix, name);
         server.psql(
             &server.maintenance_db,
-            &format!("CREATE DATABASE \"{name}\""),
+            &format!("CREATE DATABASE \"{name}\" {options}"),
         );
         TestDb { server, name }
     }
