@@ -1089,3 +1089,28 @@ fn a_source_in_another_encoding_arrives_with_the_same_characters() {
         "Ångström ÿ"
     );
 }
+
+/// A built-in type without binary input and output (`aclitem`, a table that
+/// keeps privileges), or an array or domain of it: its table is copied as
+/// text, not failed on.
+#[test]
+fn a_built_in_type_without_binary_io_is_copied_as_text() {
+    let dbs = TestDbs::new("aclitem");
+    dbs.src.psql(
+        "CREATE DOMAIN acl AS aclitem[];
+         CREATE TABLE perms (id int PRIMARY KEY, item aclitem, items aclitem[], d acl);
+         INSERT INTO perms
+         SELECT 1, makeaclitem(current_user::regrole, current_user::regrole, 'SELECT', true),
+                acldefault('r', current_user::regrole), acldefault('f', current_user::regrole);",
+    );
+    let wd = Workdir::new();
+    assert_success(&wd.run(&[
+        "start",
+        "--source",
+        &dbs.src.url(),
+        "--dest",
+        &dbs.dst.url(),
+    ]));
+    let q = "SELECT item, items, d FROM perms";
+    assert_eq!(dbs.dst.psql(q), dbs.src.psql(q));
+}

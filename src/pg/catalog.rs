@@ -262,6 +262,10 @@ pub async fn tables(client: &impl GenericClient, schema: &str) -> Result<Vec<Tab
                                              WHERE rt.oid IN (bt.oid, bt.typelem)
                                                AND rt.typnamespace = 'pg_catalog'::regnamespace
                                                AND rt.typname::text LIKE 'reg%')
+                            -- built-in types without binary I/O (aclitem), or arrays of them
+                            AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_type st
+                                             WHERE st.oid IN (bt.oid, bt.typelem)
+                                               AND (st.typsend = 0 OR st.typreceive = 0))
                        FROM base JOIN pg_catalog.pg_type bt ON bt.oid = base.oid
                       ORDER BY base.depth DESC LIMIT 1)
                FROM pg_catalog.pg_attribute a
