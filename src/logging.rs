@@ -28,7 +28,7 @@ pub fn init(format: LogFormat, verbosity: i8) {
     };
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(|| crate::output::LogStderr);
     let _ = match format {
         LogFormat::Json => builder.json().with_current_span(false).try_init(),
         LogFormat::Text => builder

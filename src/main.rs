@@ -33,7 +33,7 @@ fn main() {
     {
         Ok(s) => s,
         Err(e) => {
-            eprintln!(
+            pgshift::errln!(
                 "{}",
                 argv_scrub::scrub_message(&format!("error: {e:#}"), &secrets)
             );
@@ -59,7 +59,7 @@ fn main() {
     {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("error: starting the async runtime: {e}");
+            pgshift::errln!("error: starting the async runtime: {e}");
             exit(ExitCode::Failure.code());
         }
     };
@@ -74,7 +74,7 @@ fn main() {
         let code = match commands::run(cli.command, ctx).await {
             Ok(code) => code.code(),
             Err(e) => {
-                eprintln!(
+                pgshift::errln!(
                     "{}",
                     argv_scrub::scrub_message(&format!("error: {e:#}"), &secrets)
                 );
@@ -89,7 +89,7 @@ fn main() {
     exit(code);
 }
 
-/// First SIGINT/SIGTERM: cancel the run (children get TERM, then KILL; work is
+/// First SIGINT/SIGTERM/SIGHUP: cancel the run (children get TERM, then KILL; work is
 /// rolled back or left resumable). Second: kill the children and exit now.
 async fn watch_signals(cancel: CancellationToken) {
     use tokio::signal::unix::{SignalKind, signal};
@@ -99,11 +99,22 @@ async fn watch_signals(cancel: CancellationToken) {
     ) else {
         return;
     };
+    // A hang-up (the SSH session closed) stops the run cleanly too, unless
+    // it is ignored (`nohup`), which stays so.
+    let mut hup = (!ignored(libc::SIGHUP))
+        .then(|| signal(SignalKind::hangup()).ok())
+        .flatten();
     let mut seen = 0;
     loop {
         tokio::select! {
             _ = int.recv() => {}
             _ = term.recv() => {}
+            Some(()) = async {
+                match hup.as_mut() {
+                    Some(h) => h.recv().await,
+                    None => std::future::pending().await,
+                }
+            } => {}
         }
         seen += 1;
         if seen == 1 {
@@ -111,11 +122,20 @@ async fn watch_signals(cancel: CancellationToken) {
             cancel.cancel();
         } else {
             process::kill_all_now();
-            eprintln!(
+            pgshift::errln!(
                 "error: interrupted again: stopped at once; run `pgshift status` to see what is left"
             );
             exit(ExitCode::Interrupted.code());
         }
+    }
+}
+
+/// Whether `sig` is ignored (inherited from the parent, as `nohup` does).
+fn ignored(sig: libc::c_int) -> bool {
+    // SAFETY: a query only (no new action); `old` is a plain C struct.
+    unsafe {
+        let mut old: libc::sigaction = std::mem::zeroed();
+        libc::sigaction(sig, std::ptr::null(), &mut old) == 0 && old.sa_sigaction == libc::SIG_IGN
     }
 }
 
@@ -146,8 +166,8 @@ fn report_clap_error(e: clap::Error, secrets: &[(String, String)]) -> i32 {
                 .skip(1)
                 .find(|a| names.iter().any(|n| n == a));
             match sub {
-                Some(sub) => eprintln!("error: {one_line} (see pgshift {sub} --help)"),
-                None => eprintln!("error: {one_line} (see pgshift --help)"),
+                Some(sub) => pgshift::errln!("error: {one_line} (see pgshift {sub} --help)"),
+                None => pgshift::errln!("error: {one_line} (see pgshift --help)"),
             }
             ExitCode::Usage.code()
         }

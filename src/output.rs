@@ -48,6 +48,40 @@ macro_rules! out {
     };
 }
 
+/// `eprintln!` that never panics: see [`write_stderr`].
+#[macro_export]
+macro_rules! errln {
+    ($($arg:tt)*) => {
+        $crate::output::write_stderr(format_args!("{}\n", format_args!($($arg)*)))
+    };
+}
+
+/// Write to stderr, ignoring a failure: a reader that went away (`2>&1 |
+/// head`, a log shipper that died) or a terminal that closed costs the
+/// messages, never the run, which goes on to finish or clean up (a failed
+/// `eprintln!` panics, mid-run).
+pub fn write_stderr(args: std::fmt::Arguments<'_>) {
+    let mut err = std::io::stderr().lock();
+    let _ = err.write_fmt(args).and_then(|()| err.flush());
+}
+
+/// stderr for the log: writes that fail are dropped, as [`write_stderr`]
+/// drops them (tracing-subscriber reports a failed write with `eprint!`,
+/// which panics when stderr is what failed).
+pub struct LogStderr;
+
+impl Write for LogStderr {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let _ = std::io::stderr().write_all(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        let _ = std::io::stderr().flush();
+        Ok(())
+    }
+}
+
 /// Write to stdout. A reader that went away (`pgshift list | head -1`) ends
 /// the process as it ends `cat` or `grep`, by SIGPIPE, quietly: the command's
 /// work is done, only its report has no reader. Any other failure (a full
@@ -64,7 +98,7 @@ pub fn write_stdout(args: std::fmt::Arguments<'_>) {
                 libc::raise(libc::SIGPIPE);
             }
         }
-        eprintln!("error: writing to standard output: {e}");
+        crate::errln!("error: writing to standard output: {e}");
         std::process::exit(crate::error::ExitCode::Failure.code());
     }
 }

@@ -890,3 +890,78 @@ fn abort_after_a_killed_prepare_reports_the_empty_shadow_it_dropped() {
     assert_eq!(v["removed"]["shadow"], true, "{v}");
     assert_eq!(dbs.dst.query_one_string(shadows), "0");
 }
+
+/// The reader of pgshift's log going away (`2>&1 | head -3`, a log shipper
+/// that died) costs the log lines, not the run: prepare and swap finish, exit
+/// 0, and leave nothing half done (a failed write to stderr used to panic,
+/// exit 101, mid-phase).
+#[test]
+fn a_log_reader_that_goes_away_costs_the_log_not_the_run() {
+    let dbs = TestDbs::new("epipe");
+    dbs.src.psql(
+        "CREATE TABLE t (id int PRIMARY KEY); INSERT INTO t SELECT generate_series(1, 1000);",
+    );
+    let wd = Workdir::new();
+    let (src, dst) = (dbs.src.url(), dbs.dst.url());
+    for (args, format) in [
+        (
+            vec!["prepare", "--source", &src, "--dest", &dst, "-v"],
+            "text",
+        ),
+        (vec!["swap", "--dest", &dst, "-v"], "json"),
+    ] {
+        let mut child = spawn(&wd, &[&args[..], &["--log-format", format]].concat(), &[]);
+        // The reader is gone before the first line.
+        drop(child.stderr.take());
+        let status = wait_exit(&mut child, Duration::from_secs(120));
+        assert_eq!(status.code(), Some(0), "{args:?}");
+    }
+    assert_eq!(dbs.dst.psql("SELECT count(*) FROM public.t"), "1000");
+    assert_eq!(dbs.dst.psql("SELECT count(*) FROM pgshift.backups"), "1");
+    let st = status_json(&wd, &dst);
+    assert_eq!(st["state"], "idle", "{st}");
+}
+
+/// A hang-up (the SSH session that ran pgshift closed) stops a prepare as
+/// Ctrl-C does: exit 130, nothing left behind. Under `nohup` (SIGHUP
+/// ignored, inherited) it goes on and completes.
+#[test]
+fn a_hang_up_stops_cleanly_unless_ignored() {
+    use std::os::unix::process::CommandExt;
+    let dbs = TestDbs::new("sighup");
+    big_source(&dbs.src, 200_000);
+    let wd = Workdir::new();
+    let mut child = spawn_prepare(&wd, &dbs, &[]);
+    wait_for_phase(&wd, &dbs.dst, "data", &mut child);
+    signal(&child, libc::SIGHUP);
+    let status = wait_exit(&mut child, Duration::from_secs(15));
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(status.code(), Some(130), "{out:?}");
+    leftover_free(&dbs.dst);
+
+    let wd = Workdir::new();
+    let mut cmd = wd.cmd();
+    cmd.args([
+        "prepare",
+        "--source",
+        &dbs.src.url(),
+        "--dest",
+        &dbs.dst.url(),
+    ])
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped());
+    // SAFETY: only signal(2) between fork and exec, as nohup does.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::signal(libc::SIGHUP, libc::SIG_IGN);
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn().unwrap();
+    wait_for_phase(&wd, &dbs.dst, "data", &mut child);
+    signal(&child, libc::SIGHUP);
+    let status = wait_exit(&mut child, Duration::from_secs(120));
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(status.code(), Some(0), "{out:?}");
+    assert_eq!(dbs.dst.psql("SELECT count(*) FROM shadow.big"), "200000");
+}

@@ -47,7 +47,7 @@ pub async fn run(args: RollbackArgs, ctx: Ctx) -> Result<ExitCode> {
         // A backup that no longer matches its manifest: the plan, then exit 3
         // as `verify` and the rollback itself give.
         if let Some(why) = &plan.mismatch {
-            eprintln!("error: {why}");
+            crate::errln!("error: {why}");
             return Ok(ExitCode::Verification);
         }
         return Ok(ExitCode::Ok);

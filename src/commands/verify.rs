@@ -27,7 +27,7 @@ pub async fn run(args: VerifyArgs, ctx: Ctx) -> Result<ExitCode> {
     if report.ok {
         Ok(ExitCode::Ok)
     } else {
-        eprintln!(
+        crate::errln!(
             "error: {} does not match its manifest: {}",
             report.schema,
             report.summary()
