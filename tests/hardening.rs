@@ -965,3 +965,42 @@ fn a_hang_up_stops_cleanly_unless_ignored() {
     assert_eq!(status.code(), Some(0), "{out:?}");
     assert_eq!(dbs.dst.psql("SELECT count(*) FROM shadow.big"), "200000");
 }
+
+/// A pgshift that stalls inside the swap transaction, holding its locks
+/// (stopped with Ctrl-Z, a paused VM; here a pause injected before COMMIT):
+/// the server ends its session after a few seconds idle, so the application
+/// waits that long, not as long as the stall; the swap rolls back and says
+/// so, and public is as before.
+#[test]
+fn a_swap_that_stalls_holding_its_locks_releases_them_within_seconds() {
+    let dbs = TestDbs::new("stalled_swap");
+    dbs.src
+        .psql("CREATE TABLE t (id int PRIMARY KEY); INSERT INTO t SELECT generate_series(1, 100);");
+    dbs.dst
+        .psql("CREATE TABLE t (id int PRIMARY KEY); INSERT INTO t VALUES (1);");
+    let wd = Workdir::new();
+    assert_success(&wd.prepare(&dbs, &[]));
+    let prepared = catalog_without_pgshift(&dbs.dst);
+    let mut child = spawn(
+        &wd,
+        &["swap", "--dest", &dbs.dst.url()],
+        &[("PGSHIFT_FAILPOINT", "swap-commit:sleep=25000")],
+    );
+    let start = Instant::now();
+    while dbs.dst.psql("SELECT count(*) FROM pg_locks l JOIN pg_class c ON c.oid = l.relation WHERE c.relname = 't' AND l.mode = 'AccessExclusiveLock'") == "0" {
+        assert!(start.elapsed() < Duration::from_secs(20), "swap never took its locks");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // The application's query waits for the locks, and gets its answer
+    // well before the stall ends.
+    assert_eq!(
+        dbs.dst
+            .psql("SET statement_timeout = '15s'; SELECT count(*) FROM public.t"),
+        "1"
+    );
+    let status = wait_exit(&mut child, Duration::from_secs(60));
+    let err = drain_stderr(&mut child);
+    assert_eq!(status.code(), Some(1), "{err}");
+    assert!(err.contains("the destination is unchanged"), "{err}");
+    assert_eq!(catalog_without_pgshift(&dbs.dst), prepared);
+}

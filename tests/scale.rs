@@ -498,7 +498,7 @@ fn held_at_commit(wd: &Workdir, dbs: &TestDbs, args: &[&str], at_listed: impl Fn
         .args(args)
         .env(
             "PGSHIFT_FAILPOINT",
-            "swap-listed:sleep=2000,swap-commit:sleep=4000",
+            "swap-listed:sleep=2000,swap-commit:sleep=3000",
         )
         .stdout(Stdio::null())
         .stderr(Stdio::piped())

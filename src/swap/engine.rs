@@ -21,7 +21,9 @@
 //!   on every attempt. In object mode that holds for the views and sequences
 //!   the ALTERs move too (see [`lock_statements`]).
 //! - `statement_timeout` and `idle_in_transaction_session_timeout` bound the
-//!   transaction even if pgshift stalls.
+//!   transaction even if pgshift stalls: a pgshift stopped (Ctrl-Z, a paused
+//!   VM) or cut off while it holds the locks loses its session, and the swap
+//!   rolls back, after at most [`IDLE_IN_SWAP_MS`], not after the stall.
 //! - Work that must happen under the same locks (the preserved tables' final
 //!   replay and deferred constraints; a rollback's foreign keys) runs inside it
 //!   through [`InTx`], whose typed results come back with the outcome.
@@ -1069,6 +1071,12 @@ async fn incoming_owner(client: &Client, incoming: &str) -> Result<Option<String
     Ok(row.map(|r| r.get(0)))
 }
 
+/// The longest the swap transaction may sit idle between its statements
+/// (the server then ends the session, and the swap rolls back): pgshift's
+/// own pauses between them last milliseconds; the application waits behind
+/// the locks for as long as a stalled pgshift holds them.
+pub const IDLE_IN_SWAP_MS: u128 = 5_000;
+
 /// The swap transaction's settings. Its lock waits end before the server's
 /// deadlock detector could act (at most 4/5 of `deadlock_timeout`): an
 /// application transaction that comes to wait for the swap while the swap
@@ -1087,7 +1095,10 @@ fn session_settings(req: &Request) -> Vec<String> {
         ),
         format!(
             "SET LOCAL idle_in_transaction_session_timeout = '{}ms'",
-            req.policy.statement_timeout.as_millis().clamp(1000, 60_000)
+            req.policy
+                .statement_timeout
+                .as_millis()
+                .clamp(1000, IDLE_IN_SWAP_MS)
         ),
         "SET LOCAL search_path = ''".to_string(),
     ]
