@@ -331,6 +331,10 @@ pub async fn plan(
     let mut gone_columns: Vec<String> = Vec::new();
     // New objects whose source owner this role may not give them to.
     let mut kept_by_us: Vec<String> = Vec::new();
+    // The same, of objects PostgreSQL gave another owner here (a range
+    // type's constructors are the bootstrap superuser's, whoever creates the
+    // type).
+    let mut kept_by_others: Vec<String> = Vec::new();
     // Objects whose source owner (`--keep-source-owners`) this role may not
     // give them to.
     let mut not_given: Vec<String> = Vec::new();
@@ -383,7 +387,7 @@ pub async fn plan(
             .map(|m| &m.owner)
             .filter(|r| roles.contains(*r))
             .filter(|r| {
-                let ok = assignable.contains(*r);
+                let ok = *r == &o.owner || assignable.contains(*r);
                 if !ok {
                     not_given.push(format!("{} ({r})", o.shown(public)));
                 }
@@ -396,9 +400,23 @@ pub async fn plan(
             Some(c) => Some(c.owner.clone()),
             None => {
                 let m = model?;
+                // Already its owner there (a range type's constructors: the
+                // bootstrap superuser's on both sides).
+                if m.owner == o.owner {
+                    return Some(m.owner.clone());
+                }
                 if !assignable.contains(&m.owner) {
-                    if !o.owned_sequence {
+                    if o.owned_sequence {
+                        // It follows its table.
+                    } else if o.owner == current {
                         kept_by_us.push(format!("{} ({})", o.shown(public), m.owner));
+                    } else {
+                        kept_by_others.push(format!(
+                            "{} ({}; {} here)",
+                            o.shown(public),
+                            m.owner,
+                            o.owner
+                        ));
                     }
                     return None;
                 }
@@ -425,7 +443,7 @@ pub async fn plan(
             ));
             applied.owners_changed += 1;
         }
-        let owner = want_owner.unwrap_or_else(|| current.clone());
+        let owner = want_owner.unwrap_or_else(|| o.owner.clone());
         let Some(c) = model else { continue };
         // The shadow object's own ACL is not empty when the destination has
         // default privileges for this role (ALTER DEFAULT PRIVILEGES FOR ROLE
@@ -495,6 +513,12 @@ pub async fn plan(
             &kept_by_us,
             format!(
                 "new objects in {public} belong to {current}, which may not give them to their owner on the source (the owner there in parentheses; a SECURITY DEFINER function runs as its owner)"
+            ),
+        ),
+        (
+            &kept_by_others,
+            format!(
+                "new objects in {public} keep the owner PostgreSQL gave them here, and {current} may not give them to their owner on the source (in parentheses, with their owner here)"
             ),
         ),
         (
