@@ -641,6 +641,187 @@ fn a_trusted_extension_whose_objects_the_role_does_not_own_picks_the_object_leve
     );
 }
 
+/// PostgreSQL makes a range type's constructor functions (`floatrange(…)`,
+/// and on 14+ `floatmultirange(…)`) the bootstrap superuser's, whoever
+/// creates the type, and `ALTER TYPE … SET SCHEMA` leaves them where they
+/// are: the object-level swap has to move each itself, which needs their
+/// owner's privileges. A database owner without superuser, with a trusted
+/// extension in public (so the swap cannot rename), gets from prepare a
+/// warning naming them and the remedy (not one claiming they are its own);
+/// `status`, the dry run and the swap refuse with the same words, the swap
+/// before any lock (exit 1, one line, nothing changed). Once a superuser
+/// gives them to the role, the swap goes through.
+#[test]
+fn range_constructors_the_role_cannot_move_are_refused_before_the_object_level_swap() {
+    let dbs = TestDbs::new("range_ctor");
+    let role = "range_ctor_owner";
+    let dst = database_owner(&dbs.dst, role, "range-pw");
+    dbs.dst.psql(&format!(
+        "SET ROLE {role};
+         CREATE EXTENSION IF NOT EXISTS pg_trgm WITH SCHEMA public;
+         CREATE TABLE t (id int PRIMARY KEY);
+         INSERT INTO t VALUES (1);"
+    ));
+    dbs.src.psql(
+        "CREATE TYPE floatrange AS RANGE (subtype = float8);
+         CREATE TABLE t (id int PRIMARY KEY, r floatrange);
+         INSERT INTO t VALUES (1, '[1,2)'), (2, '[3,4)');",
+    );
+    let wd = Workdir::new();
+    let out = assert_success(&wd.run(&[
+        "prepare",
+        "--json",
+        "--source",
+        &dbs.src.url(),
+        "--dest",
+        &dst,
+    ]));
+    let prepared: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let warnings: Vec<&str> = prepared["warnings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|w| w.as_str())
+        .collect();
+    // The type is the role's (it restored it); its constructors are not.
+    assert!(
+        !warnings
+            .iter()
+            .any(|w| w.contains(&format!("belong to {role}")) && w.contains("floatrange(")),
+        "the constructors are not the role's: {warnings:?}"
+    );
+    let warned: Vec<&&str> = warnings
+        .iter()
+        .filter(|w| w.contains("floatrange(double precision, double precision)"))
+        .collect();
+    assert_eq!(warned.len(), 1, "{warnings:?}");
+    let warned = warned[0];
+    assert!(
+        warned.contains("OWNER TO") && warned.contains("superuser"),
+        "{warned}"
+    );
+
+    let status: serde_json::Value = serde_json::from_str(&assert_success(
+        &wd.run(&["status", "--json", "--dest", &dst]),
+    ))
+    .unwrap();
+    assert_eq!(status["swap_allowed"], false, "{status}");
+    let blocked = status["swap_blocked_reason"].as_str().unwrap_or_default();
+    assert!(
+        blocked.contains("floatrange(double precision, double precision)"),
+        "{status}"
+    );
+    let plan: serde_json::Value = serde_json::from_str(&assert_success(&wd.run(&[
+        "swap",
+        "--dry-run",
+        "--json",
+        "--dest",
+        &dst,
+    ])))
+    .unwrap();
+    assert_eq!(plan["swap"]["swap_mode"], "object", "{plan}");
+    let refusal = plan["swap"]["refusal"].as_str().unwrap_or_default();
+    assert_eq!(refusal.replacen("; nothing was changed", "", 1), blocked);
+
+    let before = common::catalog_fingerprint(&dbs.dst);
+    let out = wd.run(&["swap", "--dest", &dst]);
+    let err = common::stderr_of(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    let errors: Vec<&str> = err.lines().filter(|l| l.starts_with("error: ")).collect();
+    assert_eq!(errors.len(), 1, "{err}");
+    assert!(errors[0].ends_with(refusal), "{err} / {refusal}");
+    assert!(
+        !err.contains("rolled back"),
+        "refused before any lock: {err}"
+    );
+    assert_eq!(common::catalog_fingerprint(&dbs.dst), before);
+
+    // The remedy: a superuser gives them to the role.
+    dbs.dst.psql(&format!(
+        "DO $$ DECLARE f regprocedure; BEGIN
+           FOR f IN SELECT p.oid FROM pg_proc p WHERE p.pronamespace = 'shadow'::regnamespace LOOP
+             EXECUTE format('ALTER FUNCTION %s OWNER TO {role}', f);
+           END LOOP; END $$;"
+    ));
+    let out = assert_success(&wd.run(&["swap", "--json", "--dest", &dst]));
+    let report: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(report["swap_mode"], "object", "{report}");
+    assert_eq!(
+        dbs.dst
+            .query_one_string("SELECT count(*) FROM public.t WHERE r @> 1.5::float8"),
+        "1"
+    );
+    assert_eq!(
+        dbs.dst.query_one_string(
+            "SELECT count(*) FROM pg_proc WHERE pronamespace = 'public'::regnamespace AND proname = 'floatrange'"
+        ),
+        "2"
+    );
+}
+
+/// The same hole in a rollback: the public a rename swap replaced held a
+/// range type (its constructors the bootstrap superuser's), and a trusted
+/// extension created since makes the rollback object-level. Its dry run
+/// refuses, naming them, and the rollback refuses before any lock (exit 1,
+/// nothing changed).
+#[test]
+fn range_constructors_the_role_cannot_move_are_refused_before_an_object_level_rollback() {
+    let dbs = TestDbs::new("range_back");
+    let role = "range_back_owner";
+    let dst = database_owner(&dbs.dst, role, "range-pw");
+    dbs.dst.psql(&format!(
+        "SET ROLE {role};
+         CREATE TYPE timerange AS RANGE (subtype = time);
+         CREATE TABLE t (id int PRIMARY KEY, r timerange);
+         INSERT INTO t VALUES (1, '[08:00,12:00)');"
+    ));
+    dbs.src.psql(
+        "CREATE TABLE t (id int PRIMARY KEY);
+         INSERT INTO t VALUES (1), (2);",
+    );
+    let wd = Workdir::new();
+    let out = assert_success(&wd.run(&[
+        "start",
+        "--json",
+        "--source",
+        &dbs.src.url(),
+        "--dest",
+        &dst,
+    ]));
+    let started: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(started["swap"]["swap_mode"], "rename", "{started}");
+    dbs.dst.psql(&format!(
+        "SET ROLE {role}; CREATE EXTENSION IF NOT EXISTS pg_trgm WITH SCHEMA public;"
+    ));
+    let plan: serde_json::Value = serde_json::from_str(&assert_success(&wd.run(&[
+        "rollback",
+        "--latest",
+        "--dry-run",
+        "--json",
+        "--dest",
+        &dst,
+    ])))
+    .unwrap();
+    assert_eq!(plan["rollback"]["swap_mode"], "object", "{plan}");
+    let refusal = plan["rollback"]["refusal"].as_str().unwrap_or_default();
+    assert!(
+        refusal.contains("timerange(time without time zone, time without time zone)"),
+        "{plan}"
+    );
+    let before = common::catalog_fingerprint(&dbs.dst);
+    let out = wd.run(&["rollback", "--latest", "--dest", &dst]);
+    let err = common::stderr_of(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    let errors: Vec<&str> = err.lines().filter(|l| l.starts_with("error: ")).collect();
+    assert_eq!(errors.len(), 1, "{err}");
+    assert!(errors[0].ends_with(refusal), "{err} / {refusal}");
+    assert!(
+        !err.contains("rolled back"),
+        "refused before any lock: {err}"
+    );
+    assert_eq!(common::catalog_fingerprint(&dbs.dst), before);
+}
+
 /// The application's role (a database owner, no superuser) prepares and a
 /// superuser swaps, in each mode: the new backup and the new empty shadow go
 /// to the role that owned the shadow, so that role can verify the backup,

@@ -378,12 +378,16 @@ pub async fn report(
             mode: opts.swap_mode,
             ..Policy::default()
         };
-        match cutover::lock_budget(client, m, policy).await {
-            Ok(b) => {
+        match cutover::outlook(client, m, policy).await {
+            Ok(o) => {
                 if blocked.is_none() {
-                    blocked = b.refusal("the swap");
+                    blocked = o
+                        .unmovable
+                        .refusal("the swap")
+                        .map(|why| why.replacen("; nothing was changed", "", 1))
+                        .or_else(|| o.lock_budget.refusal("the swap"));
                 }
-                swap_lock_budget = Some(b);
+                swap_lock_budget = Some(o.lock_budget);
             }
             Err(e) => tracing::warn!("could not compute the swap's lock budget: {e:#}"),
         }

@@ -14,6 +14,13 @@
 //! Functions, procedures, aggregates and operators are named by a signature
 //! whose types are written out with their schema, so the swap moves them
 //! before any type or table ([`Movable::named_by_signature`]).
+//!
+//! `ALTER … SET SCHEMA` needs the privileges of the object's owner (a text
+//! search parser or template, which has none, needs a superuser): each
+//! object says whose privileges this role lacks ([`Movable::owner_lacked`]).
+//! A range type's constructors are the usual case: PostgreSQL gives them the
+//! bootstrap superuser, whoever creates the type, and `ALTER TYPE … SET
+//! SCHEMA` leaves them where they are.
 
 use anyhow::{Context, Result};
 use tokio_postgres::GenericClient;
@@ -32,6 +39,10 @@ pub struct Movable {
     pub name: String,
     /// For relations that LOCK TABLE accepts: the qualified name to lock.
     pub lockable: Option<String>,
+    /// The owner whose privileges this role lacks (it may not move the
+    /// object), or None.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub owner_lacked: Option<String>,
 }
 
 impl Movable {
@@ -58,45 +69,70 @@ impl Movable {
 }
 
 /// The kinds `ALTER … SET SCHEMA` takes with a plain qualified name, and
-/// where they live: (keyword, catalog, name column, namespace column).
-const SIMPLE_KINDS: &[(&str, &str, &str, &str)] = &[
-    ("COLLATION", "pg_collation", "collname", "collnamespace"),
-    ("CONVERSION", "pg_conversion", "conname", "connamespace"),
+/// where they live: (keyword, catalog, name column, namespace column, owner
+/// column; none: only a superuser moves it).
+const SIMPLE_KINDS: &[(&str, &str, &str, &str, Option<&str>)] = &[
+    (
+        "COLLATION",
+        "pg_collation",
+        "collname",
+        "collnamespace",
+        Some("collowner"),
+    ),
+    (
+        "CONVERSION",
+        "pg_conversion",
+        "conname",
+        "connamespace",
+        Some("conowner"),
+    ),
     (
         "TEXT SEARCH CONFIGURATION",
         "pg_ts_config",
         "cfgname",
         "cfgnamespace",
+        Some("cfgowner"),
     ),
     (
         "TEXT SEARCH DICTIONARY",
         "pg_ts_dict",
         "dictname",
         "dictnamespace",
+        Some("dictowner"),
     ),
     (
         "TEXT SEARCH PARSER",
         "pg_ts_parser",
         "prsname",
         "prsnamespace",
+        None,
     ),
     (
         "TEXT SEARCH TEMPLATE",
         "pg_ts_template",
         "tmplname",
         "tmplnamespace",
+        None,
     ),
-    ("STATISTICS", "pg_statistic_ext", "stxname", "stxnamespace"),
+    (
+        "STATISTICS",
+        "pg_statistic_ext",
+        "stxname",
+        "stxnamespace",
+        Some("stxowner"),
+    ),
 ];
 
-/// Operator classes and families: (keyword, catalog, name, namespace, access method).
-const AM_KINDS: &[(&str, &str, &str, &str, &str)] = &[
+/// Operator classes and families: (keyword, catalog, name, namespace, access
+/// method, owner).
+const AM_KINDS: &[(&str, &str, &str, &str, &str, &str)] = &[
     (
         "OPERATOR CLASS",
         "pg_opclass",
         "opcname",
         "opcnamespace",
         "opcmethod",
+        "opcowner",
     ),
     (
         "OPERATOR FAMILY",
@@ -104,6 +140,7 @@ const AM_KINDS: &[(&str, &str, &str, &str, &str)] = &[
         "opfname",
         "opfnamespace",
         "opfmethod",
+        "opfowner",
     ),
 ];
 
@@ -112,52 +149,72 @@ const AM_KINDS: &[(&str, &str, &str, &str, &str)] = &[
 pub fn named_catalogs() -> impl Iterator<Item = (&'static str, &'static str, &'static str)> {
     SIMPLE_KINDS
         .iter()
-        .map(|(_, c, n, s)| (*c, *n, *s))
-        .chain(AM_KINDS.iter().map(|(_, c, n, s, _)| (*c, *n, *s)))
+        .map(|(_, c, n, s, _)| (*c, *n, *s))
+        .chain(AM_KINDS.iter().map(|(_, c, n, s, _, _)| (*c, *n, *s)))
+}
+
+/// SQL: the name of owner `col` when this role lacks its privileges (it may
+/// not move the object), else NULL; without an owner column, a superuser
+/// alone may (named as the bootstrap superuser).
+fn owner_lacked_sql(col: Option<&str>) -> String {
+    match col {
+        Some(col) => format!(
+            "CASE WHEN pg_catalog.pg_has_role({col}, 'USAGE') THEN NULL
+                  ELSE pg_catalog.pg_get_userbyid({col})::text END"
+        ),
+        None => {
+            "CASE WHEN (SELECT r.rolsuper FROM pg_catalog.pg_roles r WHERE r.rolname = current_user)
+                      THEN NULL ELSE pg_catalog.pg_get_userbyid(10)::text END"
+                .to_string()
+        }
+    }
 }
 
 /// One query listing every object of schema `$1` that must move, in a stable
 /// order: relations, types, functions, then the rarer kinds. Columns: group,
 /// keyword (or relkind/typtype/prokind), name, extra (access method, or the
-/// server-rendered signature of functions and operators).
+/// server-rendered signature of functions and operators), the owner whose
+/// privileges this role lacks.
 fn movables_sql() -> String {
     let mut parts = vec![
         // Relations. Sequences owned by a column move with their table.
-        "SELECT 1 AS grp, c.relkind::text AS what, c.relname::text AS name, NULL::text AS extra,
-                c.relname AS sort_name, NULL::text AS sort_text, c.oid AS sort_oid
+        format!("SELECT 1 AS grp, c.relkind::text AS what, c.relname::text AS name, NULL::text AS extra,
+                c.relname AS sort_name, NULL::text AS sort_text, c.oid AS sort_oid,
+                {} AS owner_lacked
            FROM pg_catalog.pg_class c, ns WHERE c.relnamespace = ns.oid
             AND c.relkind IN ('r', 'p', 'v', 'm', 'f', 'S', 'c')
             AND (c.tableoid, c.oid) NOT IN (SELECT classid, objid FROM ext)
             AND NOT (c.relkind = 'S' AND EXISTS (
                  SELECT 1 FROM pg_catalog.pg_depend d
                   WHERE d.classid = 'pg_catalog.pg_class'::regclass AND d.objid = c.oid
-                    AND d.refclassid = 'pg_catalog.pg_class'::regclass AND d.deptype IN ('a', 'i')))"
-            .to_string(),
+                    AND d.refclassid = 'pg_catalog.pg_class'::regclass AND d.deptype IN ('a', 'i')))",
+            owner_lacked_sql(Some("c.relowner"))),
         // Types and domains: not row types of relations (they move with them,
         // except standalone composites listed above), not array types (they
         // move with their element type). Multirange types do not move with
         // their range type (nor do the range's constructor functions, listed
         // below), so they are listed too.
-        "SELECT 2, t.typtype::text, t.typname::text, NULL, t.typname, NULL, t.oid
+        format!("SELECT 2, t.typtype::text, t.typname::text, NULL, t.typname, NULL, t.oid, {}
            FROM pg_catalog.pg_type t, ns WHERE t.typnamespace = ns.oid
             AND t.typtype IN ('b', 'd', 'e', 'r', 'm') AND t.typrelid = 0
             AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_type e WHERE e.typarray = t.oid)
-            AND (t.tableoid, t.oid) NOT IN (SELECT classid, objid FROM ext)"
-            .to_string(),
+            AND (t.tableoid, t.oid) NOT IN (SELECT classid, objid FROM ext)",
+            owner_lacked_sql(Some("t.typowner"))),
         // Functions, procedures, aggregates: regprocedure-style text, quoted and
         // (with an empty search_path) qualified.
-        "SELECT 3, p.prokind::text, p.proname::text,
+        format!("SELECT 3, p.prokind::text, p.proname::text,
                 pg_catalog.quote_ident(ns.nspname) || '.' || pg_catalog.quote_ident(p.proname)
                 || '(' || pg_catalog.pg_get_function_identity_arguments(p.oid) || ')',
-                p.proname, NULL, p.oid
+                p.proname, NULL, p.oid, {}
            FROM pg_catalog.pg_proc p, ns WHERE p.pronamespace = ns.oid
-            AND (p.tableoid, p.oid) NOT IN (SELECT classid, objid FROM ext)"
-            .to_string(),
+            AND (p.tableoid, p.oid) NOT IN (SELECT classid, objid FROM ext)",
+            owner_lacked_sql(Some("p.proowner"))),
     ];
     let mut grp = 4;
-    for (kind, cat, namecol, nscol) in SIMPLE_KINDS {
+    for (kind, cat, namecol, nscol, owner) in SIMPLE_KINDS {
+        let lacked = owner_lacked_sql(owner.map(|o| format!("o.{o}")).as_deref());
         parts.push(format!(
-            "SELECT {grp}, '{kind}', o.{namecol}::text, NULL, NULL, o.{namecol}::text, o.oid
+            "SELECT {grp}, '{kind}', o.{namecol}::text, NULL, NULL, o.{namecol}::text, o.oid, {lacked}
                FROM pg_catalog.{cat} o, ns WHERE o.{nscol} = ns.oid
                 AND (o.tableoid, o.oid) NOT IN (SELECT classid, objid FROM ext)"
         ));
@@ -168,14 +225,16 @@ fn movables_sql() -> String {
                 pg_catalog.quote_ident(ns.nspname) || '.' || o.oprname || ' (' ||
                 COALESCE(pg_catalog.format_type(NULLIF(o.oprleft, 0), NULL), 'NONE') || ', ' ||
                 COALESCE(pg_catalog.format_type(NULLIF(o.oprright, 0), NULL), 'NONE') || ')',
-                NULL, o.oprname::text, o.oid
+                NULL, o.oprname::text, o.oid, {lacked}
            FROM pg_catalog.pg_operator o, ns WHERE o.oprnamespace = ns.oid
-            AND (o.tableoid, o.oid) NOT IN (SELECT classid, objid FROM ext)"
+            AND (o.tableoid, o.oid) NOT IN (SELECT classid, objid FROM ext)",
+        lacked = owner_lacked_sql(Some("o.oprowner"))
     ));
     grp += 1;
-    for (kind, cat, namecol, nscol, amcol) in AM_KINDS {
+    for (kind, cat, namecol, nscol, amcol, owner) in AM_KINDS {
+        let lacked = owner_lacked_sql(Some(&format!("o.{owner}")));
         parts.push(format!(
-            "SELECT {grp}, '{kind}', o.{namecol}::text, am.amname::text, NULL, o.{namecol}::text, o.oid
+            "SELECT {grp}, '{kind}', o.{namecol}::text, am.amname::text, NULL, o.{namecol}::text, o.oid, {lacked}
                FROM pg_catalog.{cat} o JOIN pg_catalog.pg_am am ON am.oid = o.{amcol}, ns
               WHERE o.{nscol} = ns.oid AND (o.tableoid, o.oid) NOT IN (SELECT classid, objid FROM ext)"
         ));
@@ -184,7 +243,7 @@ fn movables_sql() -> String {
     format!(
         "WITH RECURSIVE {},
               ns AS (SELECT oid, nspname FROM pg_catalog.pg_namespace WHERE nspname = $1)
-         SELECT grp, what, name, extra FROM ({}) m
+         SELECT grp, what, name, extra, owner_lacked FROM ({}) m
           ORDER BY grp, sort_name, sort_text, sort_oid",
         crate::pg::catalog::EXT_CLOSURE,
         parts.join("\n UNION ALL ")
@@ -204,6 +263,7 @@ pub async fn movables(client: &impl GenericClient, schema: &str) -> Result<Vec<M
         let what: String = r.get(1);
         let name: String = r.get(2);
         let extra: Option<String> = r.get(3);
+        let owner_lacked: Option<String> = r.get(4);
         let q = qualified(schema, &name);
         let (kind, sql_name, lockable) = match (grp, what.as_str()) {
             (1, "r" | "p") => ("TABLE", q.clone(), true),
@@ -238,6 +298,7 @@ pub async fn movables(client: &impl GenericClient, schema: &str) -> Result<Vec<M
             lockable: lockable.then(|| q.clone()),
             sql_name,
             name,
+            owner_lacked,
         });
     }
     Ok(out)

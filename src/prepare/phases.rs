@@ -397,19 +397,20 @@ async fn oids_of(c: &Client, names: &[String]) -> Result<Vec<u32>> {
 }
 
 /// The swap's lock budget after prepare, in the mode `swap` would choose by
-/// default, from the destination's catalog.
-async fn prepared_budget(
+/// default, from the destination's catalog, and what that swap could not
+/// move.
+async fn prepared_outlook(
     dest: &Client,
     pairs: &[SchemaPair],
     mode: ModeRequest,
     extra: locks_budget::Need,
-) -> Result<Budget> {
+) -> Result<engine::Outlook> {
     let exchange = Exchange::of_shadows(pairs);
     let policy = Policy {
         mode,
         ..Policy::default()
     };
-    engine::budget(dest, &exchange, policy, extra).await
+    engine::outlook(dest, &exchange, policy, extra).await
 }
 
 /// A budget that could not be computed is reported, not fatal.
@@ -644,22 +645,25 @@ pub async fn run(
             rec.state.phase = None;
             rec.save(sess).await?;
             let details = &rec.state.details;
-            let swap_lock_budget = budget_or_warn(
-                async {
-                    let leaves =
-                        sync::deferred_leaves(&sess.control, &details.deferred_sql).await?;
-                    let extra = sync::swap_need(
-                        &sess.control,
-                        &details.sync,
-                        &details.deferred_sql,
-                        &leaves,
-                    )
-                    .await?;
-                    prepared_budget(&sess.control, &run.pairs, run.opts.swap_mode, extra).await
-                }
-                .await,
-            );
-            if let Some(w) = swap_lock_budget.as_ref().and_then(Budget::warning) {
+            let outlook = async {
+                let leaves = sync::deferred_leaves(&sess.control, &details.deferred_sql).await?;
+                let extra =
+                    sync::swap_need(&sess.control, &details.sync, &details.deferred_sql, &leaves)
+                        .await?;
+                prepared_outlook(&sess.control, &run.pairs, run.opts.swap_mode, extra).await
+            }
+            .await;
+            // What the swap will refuse (the words `status` uses).
+            let unmovable = outlook.as_ref().ok().and_then(|o| {
+                o.unmovable
+                    .refusal("the swap")
+                    .map(|why| why.replacen("; nothing was changed", "", 1))
+            });
+            let swap_lock_budget = budget_or_warn(outlook.map(|o| o.lock_budget));
+            for w in unmovable
+                .into_iter()
+                .chain(swap_lock_budget.as_ref().and_then(Budget::warning))
+            {
                 tracing::warn!("{w}");
                 warnings.push(w);
             }

@@ -455,8 +455,8 @@ pub async fn preview(client: &Client, opts: &SwapOptions) -> Result<SwapPreview>
     )
     .await?;
     // In the order the swap itself refuses: a shadow that changed since
-    // prepare, a broken sync, the impact gates, the foreign keys, the lock
-    // table.
+    // prepare, a broken sync, the impact gates, the foreign keys, the
+    // sequences, objects this role may not move, the lock table.
     let changed = shadow_changed(client, m, false).await?;
     let broken = sync::broken(client, &details.sync).await?;
     let misfit = sequence_refusal(client, &details.sync).await?;
@@ -465,6 +465,7 @@ pub async fn preview(client: &Client, opts: &SwapOptions) -> Result<SwapPreview>
         .or_else(|| gate::refusal(&impact, &opts.impact))
         .or_else(|| fk_refusal(&fk_check, opts.allow_fk_violations))
         .or(misfit)
+        .or_else(|| p.unmovable.refusal("the swap"))
         .or_else(|| p.lock_budget.refusal("the swap"));
     let schemas = p.schemas.clone();
     let warnings = if details.sync.is_empty() {
@@ -538,8 +539,9 @@ pub async fn sequence_refusal(client: &Client, synced: &[SyncedTable]) -> Result
 }
 
 /// The lock budget of swapping the prepared migration `m` now, in the mode
-/// `policy` would choose (for `status`); changes nothing.
-pub async fn lock_budget(client: &Client, m: &MigrationRow, policy: Policy) -> Result<Budget> {
+/// `policy` would choose, and what that swap could not move (for
+/// `status`); changes nothing.
+pub async fn outlook(client: &Client, m: &MigrationRow, policy: Policy) -> Result<engine::Outlook> {
     let details = &m.state.details;
     let kept = kept_tables(client, m, &[]).await.unwrap_or_default();
     let leaves = sync::deferred_leaves(client, &details.deferred_sql).await?;
@@ -552,7 +554,7 @@ pub async fn lock_budget(client: &Client, m: &MigrationRow, policy: Policy) -> R
         need: sync::swap_need(client, &details.sync, &details.deferred_sql, &leaves).await?,
         leaves,
     };
-    engine::budget(client, &exchange(m, &kept), policy, hook.lock_need()).await
+    engine::outlook(client, &exchange(m, &kept), policy, hook.lock_need()).await
 }
 
 /// Tables whose writes the swap keeps: preserved, and kept at prepare or now

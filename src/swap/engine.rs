@@ -71,7 +71,7 @@ use crate::migration::session::{Session, failpoint};
 use crate::pg::exec::{
     PgError, RetryPolicy, Stop, Transient, exec, retry, rollback_on_err, simple,
 };
-use crate::pg::ident::{qualified, quote_ident, quote_literal};
+use crate::pg::ident::{display_ident, qualified, quote_ident, quote_literal};
 use crate::pg::locks_budget::{self, Budget, Need};
 use crate::pg::meta::{MARKER, PUBLIC};
 use crate::pg::objects::{self, Movable};
@@ -376,6 +376,130 @@ pub struct Preview {
     pub moves: Moves,
     /// The transaction's need against the destination's lock table.
     pub lock_budget: Budget,
+    /// What an object-level swap could not move (refused before any lock).
+    pub unmovable: Unmovable,
+}
+
+/// What the swap (or a rollback) would run into as things stand: its need
+/// against the lock table, and the objects it could not move.
+#[derive(Debug, Clone)]
+pub struct Outlook {
+    pub lock_budget: Budget,
+    pub unmovable: Unmovable,
+}
+
+/// The objects an object-level swap would have to move that this role may
+/// not (`ALTER … SET SCHEMA` needs the privileges of each one's owner; see
+/// `pg::objects`): a range type's constructors, which PostgreSQL gives the
+/// bootstrap superuser whoever creates the type, are the usual ones. Empty
+/// in rename mode, which moves none of them. Such a swap fails at its first
+/// one, under its locks: it is refused before them, and `status`, the dry
+/// runs and prepare say so in the same words.
+#[derive(Debug, Clone, Default)]
+pub struct Unmovable {
+    /// For people: `function shadow.floatrange(double precision, double precision)`.
+    objects: Vec<String>,
+    /// Their owners (whose privileges this role lacks), sorted.
+    owners: BTreeSet<String>,
+    /// The ALTER keyword when they are all of one kind (`FUNCTION`).
+    kind: Option<String>,
+    /// This role.
+    me: String,
+    /// Why renaming the schemas is not possible, or None when it is (the
+    /// object-level swap was asked for).
+    no_rename: Option<String>,
+}
+
+impl Unmovable {
+    /// One line refusing `what` (`the swap`, `the rollback`), or None.
+    pub fn refusal(&self, what: &str) -> Option<String> {
+        if self.objects.is_empty() {
+            return None;
+        }
+        let owners = self.owners.iter().map(|o| display_ident(o)).join(", ");
+        let alter = match &self.kind {
+            Some(k) => format!("ALTER {k}"),
+            None => "ALTER".to_string(),
+        };
+        let rename = match &self.no_rename {
+            None => {
+                ", or use --swap-mode rename: renaming the schemas moves none of them".to_string()
+            }
+            Some(why) => format!(
+                "; renaming the schemas would move none of them, but is not possible here: {why}"
+            ),
+        };
+        let whose = if self.owners.len() == 1 {
+            "their owner"
+        } else {
+            "their owners"
+        };
+        Some(format!(
+            "{what} moves objects one by one, and role {me} may not move {list} (ALTER … SET SCHEMA needs the privileges of {whose}, {owners}); nothing was changed: have a superuser, or {whose}, give them to {me} ({alter} … OWNER TO {me_sql}), or run {what} as a superuser{rename}",
+            me = display_ident(&self.me),
+            list = crate::prepare::preflight::list_some(&self.objects),
+            me_sql = quote_ident(&self.me),
+        ))
+    }
+}
+
+/// What the object-level swap of `listed` could not move ([`Unmovable`]).
+async fn unmovable(
+    client: &Client,
+    exchange: &Exchange,
+    policy: Policy,
+    choice: &Choice,
+    listed: &Listed,
+) -> Result<Unmovable> {
+    if choice.rename.is_some() {
+        return Ok(Unmovable::default());
+    }
+    let mut found = Unmovable::default();
+    let mut kinds = BTreeSet::new();
+    for (p, (out, inc)) in exchange.pairs.iter().zip(&listed.pairs) {
+        let sides = out
+            .iter()
+            .map(|m| (&p.live, m))
+            .chain(inc.iter().map(|m| (&p.incoming, m)));
+        for (schema, m) in sides {
+            let Some(owner) = &m.owner_lacked else {
+                continue;
+            };
+            // Signatures are written out with their schema already.
+            let name = if m.named_by_signature() {
+                m.sql_name.clone()
+            } else {
+                format!("{}.{}", display_ident(schema), display_ident(&m.name))
+            };
+            found
+                .objects
+                .push(format!("{} {name}", m.kind.to_lowercase()));
+            found.owners.insert(owner.clone());
+            kinds.insert(m.kind.clone());
+        }
+    }
+    if found.objects.is_empty() {
+        return Ok(found);
+    }
+    if kinds.len() == 1 {
+        found.kind = kinds.into_iter().next();
+    }
+    found.me = client
+        .query_one("SELECT current_user::text", &[])
+        .await
+        .context("reading the current role")?
+        .get(0);
+    found.no_rename = if policy.mode == ModeRequest::Object {
+        let auto = Policy {
+            mode: ModeRequest::Auto,
+            ..policy
+        };
+        let could = choose_mode(client, exchange, auto).await?;
+        could.rename.is_none().then_some(could.reason)
+    } else {
+        Some(choice.reason.clone())
+    };
+    Ok(found)
 }
 
 /// The swap as it would run now; changes nothing.
@@ -398,6 +522,7 @@ pub async fn preview<H: InTx>(
     exec(client, "RESET search_path").await?;
     let listed = listed?;
     let lock_budget = budget_of(client, &req, &listed, hook.lock_need()).await?;
+    let unmovable = unmovable(client, exchange, policy, &choice, &listed).await?;
     let (before, at_commit) = hook.preview_notes();
     let mut sql = vec!["BEGIN".to_string()];
     sql.extend(session_settings(&req));
@@ -417,17 +542,19 @@ pub async fn preview<H: InTx>(
             sql,
         },
         lock_budget,
+        unmovable,
     })
 }
 
 /// The lock budget of the swap of `exchange` as it would run now (the mode
-/// chosen under `policy`), with `extra` for work inside it; changes nothing.
-pub async fn budget(
+/// chosen under `policy`), with `extra` for work inside it, and what it could
+/// not move; changes nothing.
+pub async fn outlook(
     client: &Client,
     exchange: &Exchange,
     policy: Policy,
     extra: Need,
-) -> Result<Budget> {
+) -> Result<Outlook> {
     let choice = choose_mode(client, exchange, policy).await?;
     let req = Request {
         exchange,
@@ -439,7 +566,11 @@ pub async fn budget(
     exec(client, "SET search_path = ''").await?;
     let listed = list(client, exchange).await;
     exec(client, "RESET search_path").await?;
-    budget_of(client, &req, &listed?, extra).await
+    let listed = listed?;
+    Ok(Outlook {
+        lock_budget: budget_of(client, &req, &listed, extra).await?,
+        unmovable: unmovable(client, exchange, policy, &choice, &listed).await?,
+    })
 }
 
 /// The need of this request's transaction (its mode, what it moves and
@@ -540,6 +671,16 @@ pub async fn swap<H: InTx>(
     let listed = list(&client, exchange).await;
     exec(&client, "RESET search_path").await?;
     let listed = listed?;
+    // An object this role may not move would fail the transaction under
+    // its locks.
+    let what = match origin {
+        Origin::Migration(_) => "the swap",
+        Origin::Rollback { .. } => "the rollback",
+    };
+    let blocked = unmovable(&client, exchange, policy, &choice, &listed).await?;
+    if let Some(refusal) = blocked.refusal(what) {
+        bail!(refusal);
+    }
     let lock_budget = budget_of(&client, &req, &listed, hook.lock_need()).await?;
     if let Some(refusal) = lock_refusal(&lock_budget, &choice, origin) {
         bail!(refusal);

@@ -519,6 +519,7 @@ pub async fn preview(client: &Client, plan: &Plan, policy: Policy) -> Result<Rol
             .or_else(|| {
                 gate::breaking_refusal_of(Operation::Rollback, &impact, plan.fail_on_breaking)
             })
+            .or_else(|| p.unmovable.refusal("the rollback"))
             .or_else(|| p.lock_budget.refusal("the rollback")),
         swap_lock_budget: p.lock_budget,
         discarded_writes: plan.writes.discarded.clone(),
