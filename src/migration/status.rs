@@ -383,8 +383,7 @@ pub async fn report(
                 if blocked.is_none() {
                     blocked = o
                         .unmovable
-                        .refusal("the swap")
-                        .map(|why| why.replacen("; nothing was changed", "", 1))
+                        .reason("the swap")
                         .or_else(|| o.lock_budget.refusal("the swap"));
                 }
                 swap_lock_budget = Some(o.lock_budget);

@@ -653,11 +653,11 @@ pub async fn run(
                 prepared_outlook(&sess.control, &run.pairs, run.opts.swap_mode, extra).await
             }
             .await;
-            // What the swap will refuse (the words `status` uses).
+            // What the swap will refuse (in the words of `status`).
             let unmovable = outlook.as_ref().ok().and_then(|o| {
                 o.unmovable
-                    .refusal("the swap")
-                    .map(|why| why.replacen("; nothing was changed", "", 1))
+                    .reason("the swap")
+                    .map(|why| format!("the swap will be refused as things stand: {why}"))
             });
             let swap_lock_budget = budget_or_warn(outlook.map(|o| o.lock_budget));
             for w in unmovable

@@ -411,6 +411,13 @@ pub struct Unmovable {
 }
 
 impl Unmovable {
+    /// [`refusal`](Self::refusal) as `status` and prepare say it: nothing
+    /// is being changed there.
+    pub fn reason(&self, what: &str) -> Option<String> {
+        self.refusal(what)
+            .map(|why| why.replacen("; nothing was changed", "", 1))
+    }
+
     /// One line refusing `what` (`the swap`, `the rollback`), or None.
     pub fn refusal(&self, what: &str) -> Option<String> {
         if self.objects.is_empty() {
