@@ -1004,3 +1004,41 @@ fn a_swap_that_stalls_holding_its_locks_releases_them_within_seconds() {
     assert!(err.contains("the destination is unchanged"), "{err}");
     assert_eq!(catalog_without_pgshift(&dbs.dst), prepared);
 }
+
+/// Ctrl-C while the shadow's index takes long to build: the build is
+/// cancelled on the server (not left running by a dropped session, where it
+/// held its table and failed the removal of the shadow), the run exits 130
+/// within seconds, and nothing is left behind.
+#[test]
+fn an_interrupt_cancels_a_long_index_build_on_the_server() {
+    let dbs = TestDbs::new("sigint_slow_index");
+    dbs.src.psql(
+        "CREATE FUNCTION slow(x int) RETURNS int IMMUTABLE LANGUAGE plpgsql
+           AS $$ BEGIN
+                   -- Slow on the destination only (30 s for the index).
+                   IF current_database() LIKE 'dst%' THEN PERFORM pg_sleep(0.01); END IF;
+                   RETURN x;
+                 END $$;
+         CREATE TABLE t (id int PRIMARY KEY);
+         INSERT INTO t SELECT generate_series(1, 3000);
+         CREATE INDEX t_slow ON t (slow(id));",
+    );
+    let wd = Workdir::new();
+    let mut child = spawn_prepare(&wd, &dbs, &[]);
+    wait_for_statement(&dbs.dst, "INDEX t_slow", &mut child);
+    let sent = Instant::now();
+    signal(&child, libc::SIGINT);
+    let status = wait_exit(&mut child, Duration::from_secs(30));
+    let took = sent.elapsed();
+    let err = drain_stderr(&mut child);
+    assert_eq!(status.code(), Some(130), "{err}");
+    assert!(took < Duration::from_secs(10), "exit took {took:?}: {err}");
+    assert!(!err.contains("could not remove"), "{err}");
+    assert_eq!(
+        dbs.dst.psql(
+            "SELECT count(*) FROM pg_stat_activity WHERE query LIKE '%INDEX t_slow%' AND pid <> pg_backend_pid()"
+        ),
+        "0"
+    );
+    leftover_free(&dbs.dst);
+}

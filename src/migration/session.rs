@@ -213,6 +213,10 @@ pub async fn failpoint(name: &str) -> Result<()> {
     Ok(())
 }
 
+/// How long an interrupted phase has to cancel its running statements on
+/// the server and return, before it is dropped.
+const PHASE_WIND_DOWN: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Writes progress to the state file and the destination's record.
 pub struct Recorder {
     pub state: MigrationState,
@@ -257,7 +261,8 @@ impl Recorder {
         self.save(sess).await
     }
 
-    /// Run one phase: record its start, run it (stopping on Ctrl-C), record the
+    /// Run one phase: record its start, run it (stopping on Ctrl-C, with up
+    /// to [`PHASE_WIND_DOWN`] for its statements to be cancelled), record the
     /// outcome with its duration. Errors carry the phase name.
     pub async fn phase<T, F>(&mut self, sess: &Session, name: Phase, fut: F) -> Result<T>
     where
@@ -285,10 +290,19 @@ impl Recorder {
                 );
             }
             failpoint(name.as_str()).await?;
+            let mut fut = std::pin::pin!(fut);
             tokio::select! {
                 biased;
-                _ = sess.run.cancel.cancelled() => Err(anyhow::Error::new(Interrupted)),
-                r = fut => r,
+                _ = sess.run.cancel.cancelled() => {
+                    // The phase's workers see the cancellation too: they
+                    // cancel their statements on the server and return.
+                    // Dropped at once, their sessions would leave a long
+                    // statement (an index build) running, holding what the
+                    // removal of the shadow then waits for.
+                    let _ = tokio::time::timeout(PHASE_WIND_DOWN, &mut fut).await;
+                    Err(anyhow::Error::new(Interrupted))
+                }
+                r = &mut fut => r,
             }
         }
         .await;
