@@ -1042,3 +1042,63 @@ fn an_interrupt_cancels_a_long_index_build_on_the_server() {
     );
     leftover_free(&dbs.dst);
 }
+
+/// Ctrl-C while `abort` retries against a session that holds the shadow
+/// (a reader in a long transaction): it stops waiting, exits 130, and a
+/// later `abort` completes once the reader is done.
+#[test]
+fn an_interrupt_stops_abort_between_its_retries() {
+    use std::io::Write;
+    let dbs = TestDbs::new("abort_interrupt");
+    dbs.src
+        .psql("CREATE TABLE t (id int PRIMARY KEY); INSERT INTO t VALUES (1);");
+    let wd = Workdir::new();
+    assert_success(&wd.prepare(&dbs, &[]));
+    // A reader that keeps its transaction (and its lock on shadow.t) open.
+    let mut reader = dbs
+        .dst
+        .client_command("psql")
+        .args(["-X", "-q"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut input = reader.stdin.take().unwrap();
+    writeln!(input, "BEGIN; SELECT * FROM shadow.t;").unwrap();
+    input.flush().unwrap();
+    let start = Instant::now();
+    while dbs.dst.psql("SELECT count(*) FROM pg_locks l JOIN pg_class c ON c.oid = l.relation JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = 'shadow' AND c.relname = 't' AND l.granted") == "0" {
+        assert!(start.elapsed() < Duration::from_secs(20), "the reader never locked shadow.t");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let mut child = spawn(
+        &wd,
+        &["abort", "--dest", &dbs.dst.url(), "--lock-timeout", "200ms"],
+        &[],
+    );
+    let mut err = std::io::BufReader::new(child.stderr.take().unwrap());
+    let mut log = String::new();
+    loop {
+        use std::io::BufRead;
+        let mut line = String::new();
+        assert!(err.read_line(&mut line).unwrap() > 0, "abort ended: {log}");
+        log.push_str(&line);
+        if line.contains("retrying in") {
+            break;
+        }
+    }
+    let sent = Instant::now();
+    signal(&child, libc::SIGINT);
+    let status = wait_exit(&mut child, Duration::from_secs(30));
+    assert_eq!(status.code(), Some(130), "{log}");
+    assert!(
+        sent.elapsed() < Duration::from_secs(5),
+        "took {:?}",
+        sent.elapsed()
+    );
+    drop(input);
+    reader.wait().unwrap();
+    assert_success(&wd.run(&["abort", "--dest", &dbs.dst.url()]));
+    leftover_free(&dbs.dst);
+}

@@ -152,11 +152,14 @@ pub async fn find_leftovers(client: &Client) -> Result<Removed> {
 }
 
 /// Drop every migration object. Refuses to touch a shadow schema pgshift did
-/// not create.
+/// not create. `cancel` (an `abort`, or the start of a prepare, that an
+/// operator interrupts) stops the waiting between retries; none for the
+/// removal after an interrupted or failed run, which goes on regardless.
 pub async fn remove_prepared(
     client: &Client,
     lock_timeout: Duration,
     retries: u32,
+    cancel: Option<&tokio_util::sync::CancellationToken>,
 ) -> Result<Removed> {
     if matches!(meta::shadow_state(client).await?, ShadowState::Foreign(_)) {
         bail!(
@@ -224,11 +227,10 @@ pub async fn remove_prepared(
         ));
     }
     sql.push_str("COMMIT;");
-    // No cancellation token: this also runs to clean up after an interrupted run.
     let result = retry(
         "removing the prepared migration",
         RetryPolicy::new(retries),
-        None,
+        cancel,
         || async { rollback_on_err(client, exec(client, &sql).await).await },
     )
     .await;
@@ -432,7 +434,13 @@ pub async fn abort(sess: &Session, opts: &AbortOptions) -> Result<AbortReport> {
     }
 
     let removed = if open.is_some() || leftovers {
-        remove_prepared(client, opts.lock_timeout, opts.retries).await?
+        remove_prepared(
+            client,
+            opts.lock_timeout,
+            opts.retries,
+            Some(&sess.run.cancel),
+        )
+        .await?
     } else {
         Removed::default()
     };

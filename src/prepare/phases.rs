@@ -555,9 +555,13 @@ pub async fn run(
     if let Leftover::StartOver(why) = &checked.leftover {
         tracing::warn!("{why}");
         warnings.push(why.clone());
-        let removed =
-            discard::remove_prepared(&sess.control, settings.lock_timeout, settings.swap_retries)
-                .await?;
+        let removed = discard::remove_prepared(
+            &sess.control,
+            settings.lock_timeout,
+            settings.swap_retries,
+            Some(&sess.run.cancel),
+        )
+        .await?;
         tracing::info!(?removed, "removed leftovers of the earlier run");
     }
     for w in &checked.warnings {
@@ -696,8 +700,13 @@ pub async fn run(
             // Streaming cannot resume from a dead snapshot: remove what this run made.
             match client {
                 Some(c) => {
-                    match discard::remove_prepared(&c, settings.lock_timeout, settings.swap_retries)
-                        .await
+                    match discard::remove_prepared(
+                        &c,
+                        settings.lock_timeout,
+                        settings.swap_retries,
+                        None,
+                    )
+                    .await
                     {
                         Ok(r) if !r.is_empty() => {
                             tracing::info!("removed the partial shadow and sync objects")
