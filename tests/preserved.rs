@@ -373,7 +373,7 @@ async fn initial_copy_then_real_time_sync_then_abort() {
     );
 
     // abort: cleanup removes triggers, changelogs, functions and shadow.
-    let removed = pgshift::prepare::discard::remove_prepared(&c, Duration::from_secs(2), 3)
+    let removed = pgshift::prepare::discard::remove_prepared(&c, Duration::from_secs(2), 3, None)
         .await
         .unwrap();
     assert!(removed.shadow);
