@@ -273,6 +273,14 @@ pub struct PrepareOpts {
     #[arg(long, env = "PGSHIFT_KEEP_SOURCE_OWNERS", value_parser = clap::builder::BoolishValueParser::new(), action = ArgAction::SetTrue)]
     pub keep_source_owners: bool,
 
+    /// Restore every table, index and materialized view into the
+    /// destination's default tablespace, whatever tablespace it is in on the
+    /// source (as `pg_restore --no-tablespaces`). Without it, prepare refuses
+    /// a source whose objects are in a tablespace the destination lacks or
+    /// this role may not create in.
+    #[arg(long, env = "PGSHIFT_NO_TABLESPACES", value_parser = clap::builder::BoolishValueParser::new(), action = ArgAction::SetTrue)]
+    pub no_tablespaces: bool,
+
     /// Print the plan and change nothing on either database.
     #[arg(long, env = "PGSHIFT_DRY_RUN", value_parser = clap::builder::BoolishValueParser::new(), action = ArgAction::SetTrue)]
     pub dry_run: bool,

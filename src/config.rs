@@ -51,6 +51,7 @@ pub struct FileConfig {
     pub keep_dump: Option<bool>,
     pub verify: Option<VerifyMode>,
     pub keep_source_owners: Option<bool>,
+    pub no_tablespaces: Option<bool>,
     pub swap_retries: Option<u32>,
     pub swap_mode: Option<SwapModeArg>,
     pub allow_fk_violations: Option<bool>,
@@ -165,6 +166,9 @@ pub struct Settings {
     pub keep_dump: bool,
     pub verify: VerifyMode,
     pub keep_source_owners: bool,
+    /// `--no-tablespaces` (prepare, start): everything into the
+    /// destination's default tablespace.
+    pub no_tablespaces: bool,
     pub dry_run: bool,
     pub allow_fk_violations: bool,
     pub keep_latest: Option<usize>,
@@ -216,6 +220,7 @@ struct CommandInputs {
     keep_dump: bool,
     verify: Option<VerifyMode>,
     keep_source_owners: bool,
+    no_tablespaces: bool,
     dry_run: bool,
     swap_retries: Option<u32>,
     swap_mode: Option<SwapModeArg>,
@@ -241,6 +246,7 @@ impl CommandInputs {
             c.keep_dump = p.keep_dump;
             c.verify = p.verify;
             c.keep_source_owners = p.keep_source_owners;
+            c.no_tablespaces = p.no_tablespaces;
             c.dry_run = p.dry_run;
             impact(&p.impact, c);
         }
@@ -614,6 +620,11 @@ pub fn resolve(
             inputs.keep_source_owners,
             "PGSHIFT_KEEP_SOURCE_OWNERS",
             f.keep_source_owners,
+        ),
+        no_tablespaces: switch(
+            inputs.no_tablespaces,
+            "PGSHIFT_NO_TABLESPACES",
+            f.no_tablespaces,
         ),
         dry_run: inputs.dry_run,
         allow_fk_violations: switch(

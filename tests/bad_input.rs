@@ -794,3 +794,90 @@ fn a_foreign_table_without_its_server_on_the_destination_is_refused() {
         &[],
     ));
 }
+
+/// Tables and indexes in a tablespace only the source has (common when
+/// moving to a managed server): prepare and its dry run refuse before
+/// anything changes, naming the tablespace and the remedy, instead of
+/// failing halfway through the schema phase. With `--no-tablespaces`
+/// everything lands in the destination's default tablespace and goes live.
+#[test]
+fn a_tablespace_only_the_source_has_is_refused_unless_no_tablespaces() {
+    if !common::can_start_clusters() {
+        println!("skipping: tablespaces need directories on clusters the harness started");
+        return;
+    }
+    let (src_cluster, dst_cluster) = common::clusters();
+    src_cluster.create_tablespace("fastsrc");
+    src_cluster.create_tablespace("fastboth");
+    dst_cluster.create_tablespace("fastboth");
+    let dbs = TestDbs::new("bad_tablespace");
+    dbs.src.psql(
+        "CREATE TABLE t (id int PRIMARY KEY USING INDEX TABLESPACE fastsrc, v text) TABLESPACE fastsrc;
+         CREATE INDEX t_v ON t (v) TABLESPACE fastsrc;
+         INSERT INTO t VALUES (1, 'a'), (2, 'b');
+         CREATE MATERIALIZED VIEW mv TABLESPACE fastsrc AS SELECT id FROM t;
+         CREATE TABLE p (id int) PARTITION BY RANGE (id) TABLESPACE fastsrc;
+         CREATE TABLE p1 PARTITION OF p FOR VALUES FROM (0) TO (10);
+         CREATE TABLE both_t (id int) TABLESPACE fastboth;
+         CREATE TABLE plain (id int);",
+    );
+    dbs.dst.psql("CREATE TABLE old (x int);");
+    let (src, dst) = (dbs.src.url(), dbs.dst.url());
+    for args in [
+        s(&["prepare", "--source", &src, "--dest", &dst]),
+        s(&["prepare", "--dry-run", "--source", &src, "--dest", &dst]),
+    ] {
+        check(
+            &dbs,
+            Case {
+                name: "source-only tablespace",
+                args,
+                env: vec![],
+                code: 2,
+                message: vec![
+                    "tablespace fastsrc",
+                    "--no-tablespaces",
+                    "nothing was changed",
+                ],
+            },
+        );
+    }
+    assert_eq!(
+        dbs.dst
+            .query_one_string("SELECT count(*) FROM pg_namespace WHERE nspname = 'shadow'"),
+        "0"
+    );
+    let wd = Workdir::new();
+    assert_success(&run(
+        &wd,
+        &s(&[
+            "prepare",
+            "--no-tablespaces",
+            "--source",
+            &src,
+            "--dest",
+            &dst,
+        ]),
+        &[],
+    ));
+    assert_success(&run(&wd, &s(&["swap", "--dest", &dst]), &[]));
+    assert_eq!(dbs.dst.psql("SELECT id, v FROM t ORDER BY id"), "1|a\n2|b");
+    assert_eq!(dbs.dst.psql("SELECT count(*) FROM mv"), "2");
+    // Every migrated relation in the destination's default tablespace.
+    assert_eq!(
+        dbs.dst.psql(
+            "SELECT c.relname FROM pg_class c
+              WHERE c.relnamespace = 'public'::regnamespace AND c.reltablespace <> 0
+              ORDER BY 1"
+        ),
+        ""
+    );
+    assert_eq!(
+        dbs.dst.psql(
+            "SELECT c.relname FROM pg_class c
+              WHERE c.relnamespace = 'public'::regnamespace AND c.relkind IN ('r', 'p', 'm', 'i')
+              ORDER BY 1"
+        ),
+        "both_t\nmv\np\np1\nplain\nt\nt_pkey\nt_v"
+    );
+}

@@ -157,6 +157,7 @@ pub fn options(ctx: &Ctx) -> Result<PrepareOptions> {
             VerifyMode::Checksums => Verify::Checksums,
         },
         keep_source_owners: s.keep_source_owners,
+        no_tablespaces: s.no_tablespaces,
         lock_timeout: s.swap.lock_timeout,
         swap_retries: s.swap.retries,
         swap_mode: s.swap.mode,

@@ -141,6 +141,10 @@ pub struct PrepareOptions {
     pub verify: Verify,
     /// Give shadow objects the source's owners where those roles exist.
     pub keep_source_owners: bool,
+    /// `--no-tablespaces`: the SQL is rendered without tablespaces, so every
+    /// object lands in the destination's default one (see
+    /// [`preflight::check_tablespaces`]).
+    pub no_tablespaces: bool,
     /// lock_timeout for DDL on tables the application uses (sync triggers, cleanup).
     pub lock_timeout: Duration,
     /// Retries of such DDL after a lock timeout.
@@ -263,6 +267,16 @@ pub async fn check(settings: &PrepareOptions, sess_dest: &Client, src: &Client) 
     );
     preflight::refuse_missing_servers(src, sess_dest, &settings.schemas, &filters.not_migrated)
         .await?;
+    warnings.extend(
+        preflight::check_tablespaces(
+            src,
+            sess_dest,
+            &settings.schemas,
+            &filters.not_migrated,
+            settings.no_tablespaces,
+        )
+        .await?,
+    );
     if dest_major < source_major {
         let lacking = super::downgrade::lacking(
             src,
@@ -1025,6 +1039,9 @@ async fn restore_section(run: &Run<'_>, section: &str) -> Result<Vec<Entry>> {
     let spec = ChildSpec::new(&run.tools.pg_restore)
         .arg(format!("--section={section}"))
         .args(["--no-owner", "--no-privileges", "--file=-"])
+        // No `SET default_tablespace` then: everything lands in the
+        // destination's default tablespace.
+        .args(run.opts.no_tablespaces.then_some("--no-tablespaces"))
         .arg(schema_dump(&run.dump_dir).as_os_str())
         .env_remove(ConnSpec::child_env_remove());
     let out = process::run(&spec, &run.sess.run.cancel)

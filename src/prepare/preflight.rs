@@ -1,6 +1,6 @@
 //! Checks before prepare changes anything: tools and versions, privileges,
-//! extensions, leftovers of earlier runs, and warnings an operator should see.
-//! Everything here only reads.
+//! extensions, tablespaces, leftovers of earlier runs, and warnings an
+//! operator should see. Everything here only reads.
 
 use std::path::PathBuf;
 
@@ -355,6 +355,142 @@ pub async fn refuse_missing_servers(
         );
     }
     Ok(())
+}
+
+/// The tablespaces the migrated tables, partitioned tables, materialized
+/// views and indexes are in on the source (`reltablespace <> 0`: one in the
+/// source database's default tablespace names none, and pg_dump names none
+/// for it). pg_restore sets `default_tablespace` to each before creating its
+/// objects, which fails halfway through the schema phase when the
+/// destination lacks it, and so would a CREATE in one this role may not
+/// create in (the destination database's own default tablespace needs no
+/// privilege). Such a tablespace is refused here, before anything changes:
+/// exit 2 when the destination lacks one, 1 when it only lacks the
+/// privilege (as other privileges). With `--no-tablespaces` the SQL names
+/// no tablespace and everything lands in the destination's default one:
+/// a warning then names what moves there.
+pub async fn check_tablespaces(
+    src: &Client,
+    dst: &Client,
+    schemas: &[String],
+    not_migrated: &std::collections::BTreeSet<String>,
+    no_tablespaces: bool,
+) -> Result<Vec<String>> {
+    // Indexes go with their table: its extension, its filter.
+    let rows = src
+        .query(
+            concat!(
+                "SELECT s.spcname::text, n.nspname::text, c.relname::text, COALESCE(t.relname, c.relname)::text
+                   FROM pg_catalog.pg_class c
+                   JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+                   JOIN pg_catalog.pg_tablespace s ON s.oid = c.reltablespace
+                   LEFT JOIN pg_catalog.pg_index i ON i.indexrelid = c.oid
+                   LEFT JOIN pg_catalog.pg_class t ON t.oid = i.indrelid
+                  WHERE n.nspname = ANY($1) AND c.relkind IN ('r', 'p', 'm', 'i', 'I')
+                    AND ",
+                not_ext_member!("pg_class", "COALESCE(i.indrelid, c.oid)"),
+                " ORDER BY 1, pg_catalog.array_position($1, n.nspname), 3"
+            ),
+            &[&schemas],
+        )
+        .await
+        .map_err(|e| crate::pg::exec::pg_error_as(e, "listing the source's tablespaces"))?;
+    // Tablespace -> the objects in it, in the order above.
+    let mut used: Vec<(String, Vec<String>)> = Vec::new();
+    for r in rows {
+        let (space, schema, name, table): (String, String, String, String) =
+            (r.get(0), r.get(1), r.get(2), r.get(3));
+        if not_migrated.contains(&meta::table_display(&schema, &table)) {
+            continue;
+        }
+        match used.last_mut() {
+            Some((s, objects)) if *s == space => objects.push(named(&schema, &name)),
+            _ => used.push((space, vec![named(&schema, &name)])),
+        }
+    }
+    if used.is_empty() {
+        return Ok(Vec::new());
+    }
+    let in_spaces = |spaces: &[&(String, Vec<String>)]| {
+        spaces
+            .iter()
+            .map(|(s, objects)| format!("{} ({})", display_ident(s), list_some(objects)))
+            .join(", ")
+    };
+    if no_tablespaces {
+        return Ok(vec![format!(
+            "--no-tablespaces: what the source keeps in tablespaces goes into the destination's default tablespace: {}",
+            in_spaces(&used.iter().collect::<Vec<_>>())
+        )]);
+    }
+    let names: Vec<&str> = used.iter().map(|(s, _)| s.as_str()).collect();
+    let r = dst
+        .query_one(
+            "SELECT current_user::text,
+                    ARRAY(SELECT u.name FROM pg_catalog.unnest($1::text[]) WITH ORDINALITY AS u(name, at)
+                           WHERE NOT EXISTS (SELECT 1 FROM pg_catalog.pg_tablespace s WHERE s.spcname = u.name)
+                           ORDER BY u.at),
+                    ARRAY(SELECT u.name FROM pg_catalog.unnest($1::text[]) WITH ORDINALITY AS u(name, at)
+                           JOIN pg_catalog.pg_tablespace s ON s.spcname = u.name
+                          WHERE s.oid <> (SELECT d.dattablespace FROM pg_catalog.pg_database d
+                                           WHERE d.datname = pg_catalog.current_database())
+                            AND NOT pg_catalog.has_tablespace_privilege(s.oid, 'CREATE')
+                          ORDER BY u.at)",
+            &[&names],
+        )
+        .await
+        .map_err(|e| {
+            crate::pg::exec::pg_error_as(e, "looking for the tablespaces on the destination")
+        })?;
+    let (user, missing, denied): (String, Vec<String>, Vec<String>) =
+        (r.get(0), r.get(1), r.get(2));
+    if missing.is_empty() && denied.is_empty() {
+        return Ok(Vec::new());
+    }
+    let of = |wanted: &[String]| -> Vec<&(String, Vec<String>)> {
+        used.iter().filter(|(s, _)| wanted.contains(s)).collect()
+    };
+    let spaces = |wanted: &[String]| wanted.iter().map(|s| display_ident(s)).join(", ");
+    let mut problems = Vec::new();
+    let mut remedies = Vec::new();
+    if !missing.is_empty() {
+        problems.push(format!(
+            "the source keeps objects in {} {}, which the destination does not have",
+            if missing.len() == 1 {
+                "tablespace"
+            } else {
+                "tablespaces"
+            },
+            in_spaces(&of(&missing))
+        ));
+        remedies.push(format!("create {} on the destination", spaces(&missing)));
+    }
+    if !denied.is_empty() {
+        problems.push(format!(
+            "role {} may not create in the destination's {} {}",
+            display_ident(&user),
+            if denied.len() == 1 {
+                "tablespace"
+            } else {
+                "tablespaces"
+            },
+            in_spaces(&of(&denied))
+        ));
+        remedies.push(format!(
+            "GRANT CREATE ON TABLESPACE {} TO {} there",
+            denied.iter().map(|s| quote_ident(s)).join(", "),
+            quote_ident(&user)
+        ));
+    }
+    let message = format!(
+        "{}; {}, or pass --no-tablespaces to put everything in the destination's default tablespace; nothing was changed",
+        problems.join("; "),
+        remedies.join(" and ")
+    );
+    if missing.is_empty() {
+        bail!("{message}");
+    }
+    crate::refuse!("{message}");
 }
 
 /// Refuse to copy tables of the source whose row-level security applies to

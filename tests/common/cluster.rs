@@ -363,6 +363,33 @@ impl Cluster {
         self.info.psql(db, sql)
     }
 
+    /// Create tablespace `name` (a plain lower-case name) on this cluster, in a
+    /// directory of its own below the cluster's base directory: owned by the
+    /// server's OS user, removed with the cluster. Tablespaces belong to the
+    /// whole cluster, which the tests of one binary share: each test names its
+    /// own. Panics in external-server mode (check [`can_start_clusters`] first).
+    pub fn create_tablespace(&self, name: &str) {
+        let managed = self.managed("create_tablespace()");
+        assert!(
+            !name.is_empty()
+                && name
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_'),
+            "tablespace name {name:?}: lower-case letters, digits and _ only"
+        );
+        let parent = managed.reg.base.join("tablespaces");
+        let dir = parent.join(name);
+        std::fs::create_dir_all(&dir).expect("create tablespace dir");
+        chown_to(&parent, managed.reg.run_as.as_ref());
+        chown_to(&dir, managed.reg.run_as.as_ref());
+        let location = dir.to_str().expect("a UTF-8 tablespace path");
+        assert!(!location.contains('\''), "{location}");
+        self.psql(
+            &self.info.maintenance_db,
+            &format!("CREATE TABLESPACE {name} LOCATION '{location}'"),
+        );
+    }
+
     /// A fresh database `<prefix>_<name>_<pid>_<n>` on this server, dropped when the guard drops.
     pub fn create_db(&self, prefix: &str, name: &str) -> TestDb {
         TestDb::create(self.info.clone(), prefix, name)
