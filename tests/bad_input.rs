@@ -799,7 +799,8 @@ fn a_foreign_table_without_its_server_on_the_destination_is_refused() {
 /// moving to a managed server): prepare and its dry run refuse before
 /// anything changes, naming the tablespace and the remedy, instead of
 /// failing halfway through the schema phase. With `--no-tablespaces`
-/// everything lands in the destination's default tablespace and goes live.
+/// everything lands in the destination's default tablespace and goes live;
+/// a tablespace the destination has too still gets its objects.
 #[test]
 fn a_tablespace_only_the_source_has_is_refused_unless_no_tablespaces() {
     if !common::can_start_clusters() {
@@ -879,5 +880,36 @@ fn a_tablespace_only_the_source_has_is_refused_unless_no_tablespaces() {
               ORDER BY 1"
         ),
         "both_t\nmv\np\np1\nplain\nt\nt_pkey\nt_v"
+    );
+
+    // A tablespace the destination has too: no refusal, and what the source
+    // keeps in it lands in it: the first table too (pg_restore sets its
+    // tablespace at the end of the schema's comment, which the shadow
+    // leaves out), and each index, whichever index session builds it.
+    let dbs = TestDbs::new("tablespace_both");
+    dbs.src.psql(
+        "CREATE TABLE t (id int PRIMARY KEY USING INDEX TABLESPACE fastboth, v text) TABLESPACE fastboth;
+         CREATE INDEX t_v ON t (v) TABLESPACE fastboth;
+         CREATE INDEX t_plain ON t (v, id);
+         INSERT INTO t VALUES (1, 'a');
+         CREATE MATERIALIZED VIEW mv TABLESPACE fastboth AS SELECT id FROM t;
+         CREATE TABLE z_plain (id int PRIMARY KEY);",
+    );
+    let wd = Workdir::new();
+    let (src, dst) = (dbs.src.url(), dbs.dst.url());
+    assert_success(&run(
+        &wd,
+        &s(&["prepare", "--source", &src, "--dest", &dst]),
+        &[],
+    ));
+    assert_success(&run(&wd, &s(&["swap", "--dest", &dst]), &[]));
+    assert_eq!(
+        dbs.dst.psql(
+            "SELECT c.relname || ':' || COALESCE(s.spcname, '-') FROM pg_class c
+               LEFT JOIN pg_tablespace s ON s.oid = c.reltablespace
+              WHERE c.relnamespace = 'public'::regnamespace AND c.relkind IN ('r', 'm', 'i')
+              ORDER BY 1"
+        ),
+        "mv:fastboth\nt:fastboth\nt_pkey:fastboth\nt_plain:-\nt_v:fastboth\nz_plain:-\nz_plain_pkey:-"
     );
 }

@@ -36,7 +36,8 @@
 //! one, so the entries concatenate back to the input exactly. Note that pg_restore emits
 //! `SET default_tablespace = …;` / `SET default_table_access_method = …;` *before* the
 //! header of the entry they are meant for, so such lines end up at the tail of the previous
-//! entry.
+//! entry ([`object_settings`] finds them: an entry left out keeps them, and an entry run
+//! out of order starts with the ones in force at its place).
 //!
 //! # Remapping ([`remap`])
 //!
@@ -398,6 +399,45 @@ pub fn drop_unknown_settings(
     }
     out.push_str(rest);
     Ok((out, dropped))
+}
+
+/// The settings pg_restore sets for the entry after the one they end
+/// (see the module documentation).
+pub const OBJECT_SETTINGS: [&str; 2] = ["default_tablespace", "default_table_access_method"];
+
+/// The `SET` statements of [`OBJECT_SETTINGS`] in `sql`, in order, each as
+/// `(setting, statement as written without its `;`)`, found by PostgreSQL's
+/// scanner and parser.
+pub fn object_settings(sql: &str) -> Result<Vec<(String, String)>> {
+    use pg_query::NodeEnum;
+    if !OBJECT_SETTINGS.iter().any(|n| sql.contains(n)) {
+        return Ok(Vec::new());
+    }
+    let stmts = pg_query::split_with_scanner(sql).map_err(|e| anyhow!("{e}"))?;
+    Ok(stmts
+        .into_iter()
+        .filter(|stmt| OBJECT_SETTINGS.iter().any(|n| stmt.contains(n)))
+        .filter_map(|stmt| {
+            let parsed = pg_query::parse(stmt, 0).ok()?;
+            match parsed
+                .protobuf
+                .stmts
+                .first()?
+                .stmt
+                .as_ref()?
+                .node
+                .as_ref()?
+            {
+                NodeEnum::VariableSetStmt(v) if OBJECT_SETTINGS.contains(&v.name.as_str()) => {
+                    Some((
+                        v.name.clone(),
+                        stmt.trim().trim_end_matches(';').to_string(),
+                    ))
+                }
+                _ => None,
+            }
+        })
+        .collect())
 }
 
 /// Rewrite references to objects of schema `from` that are in `defined` so they point at
@@ -2446,6 +2486,29 @@ ALTER TABLE ONLY public.users ALTER COLUMN id SET DEFAULT nextval('public.users_
         );
         assert_eq!(users.label(), "TABLE public.users");
         assert!(entries.last().unwrap().sql.contains("dump complete"));
+    }
+
+    #[test]
+    fn object_settings_are_found_as_written() {
+        let sql = "COMMENT ON SCHEMA public IS 'default_tablespace';\n\n\nSET default_tablespace = \"Odd Space\";\n\nSET default_table_access_method = heap;\n\n";
+        assert_eq!(
+            object_settings(sql).unwrap(),
+            vec![
+                (
+                    "default_tablespace".to_string(),
+                    "SET default_tablespace = \"Odd Space\"".to_string()
+                ),
+                (
+                    "default_table_access_method".to_string(),
+                    "SET default_table_access_method = heap".to_string()
+                ),
+            ]
+        );
+        assert!(
+            object_settings("CREATE INDEX i ON t (x);")
+                .unwrap()
+                .is_empty()
+        );
     }
 
     #[test]

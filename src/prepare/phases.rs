@@ -1097,21 +1097,38 @@ fn mappings<'a>(run: &'a Run<'_>) -> Vec<sql::Mapping<'a>> {
         .collect()
 }
 
+/// The entries for the shadow, remapped. An entry left out ([`skip_entry`])
+/// leaves its `SET default_tablespace` and `SET default_table_access_method`
+/// to the entry before it: pg_restore writes them at the end of the entry
+/// before the one they are for, and the first table after `CREATE SCHEMA
+/// public` and its comment would otherwise land in the default tablespace.
 fn remap_entries(run: &Run<'_>, entries: Vec<Entry>) -> Result<Vec<Entry>> {
     let maps = mappings(run);
-    entries
-        .into_iter()
-        .filter(|e| !skip_entry(e))
-        .map(|e| {
-            let label = e.label();
-            let sql =
-                sql::remap_many(&e.sql, &maps).with_context(|| format!("remapping {label}"))?;
-            Ok(Entry {
-                header: e.header,
-                sql,
-            })
-        })
-        .collect()
+    let mut out: Vec<Entry> = Vec::with_capacity(entries.len());
+    for e in entries {
+        let label = e.label();
+        if skip_entry(&e) {
+            let sets = sql::object_settings(&e.sql).with_context(|| format!("reading {label}"))?;
+            if sets.is_empty() {
+                continue;
+            }
+            let sets: String = sets.iter().map(|(_, s)| format!("{s};\n")).collect();
+            match out.last_mut() {
+                Some(prev) => prev.sql.push_str(&format!("\n{sets}")),
+                None => out.push(Entry {
+                    header: None,
+                    sql: sets,
+                }),
+            }
+            continue;
+        }
+        let sql = sql::remap_many(&e.sql, &maps).with_context(|| format!("remapping {label}"))?;
+        out.push(Entry {
+            header: e.header,
+            sql,
+        });
+    }
+    Ok(out)
 }
 
 /// The functions whose body or `search_path` names a chosen schema get their

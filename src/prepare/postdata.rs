@@ -9,6 +9,14 @@
 //! 4. everything else (triggers, rules, policies, comments, statistics), in
 //!    pg_restore's order.
 //!
+//! pg_restore writes `SET default_tablespace = …;` only when the tablespace
+//! changes, at the end of the entry *before* the one it is meant for (or of
+//! the preamble). Run in parallel sessions in another order, an index would
+//! land in whatever tablespace its session's previous entry left set, so each
+//! job starts with the `SET default_tablespace` in force at its place in
+//! pg_restore's order ([`tablespace_set`]); with `--no-tablespaces` there is
+//! none.
+//!
 //! Entries that touch a preserved table — foreign keys from or to it, its
 //! triggers and rules, and comments on those — are not run here: they would
 //! fire on (or reject) the rows the sync copies in. They are returned as
@@ -180,11 +188,18 @@ pub fn plan(
     // (table, object) of every deferred constraint, trigger and rule, so that
     // comments on them are deferred too.
     let mut deferred_objects: HashSet<(String, String)> = HashSet::new();
+    // The `SET default_tablespace` in force, as pg_restore wrote it.
+    let mut tablespace: Option<String> = None;
     for e in entries {
         let Some(h) = &e.header else {
             p.preamble.push_str(&e.sql);
+            tablespace = tablespace_set(&e.sql)?.or(tablespace);
             continue;
         };
+        let own_tablespace = tablespace.clone();
+        tablespace = tablespace_set(&e.sql)
+            .with_context(|| format!("reading {}", e.label()))?
+            .or(tablespace);
         let t = targets_keyed(&e.sql, key).with_context(|| format!("reading {}", e.label()))?;
         let is_preserved = |n: &Option<String>| n.as_ref().is_some_and(|n| preserved.contains(n));
         let defer = match h.kind.as_str() {
@@ -213,7 +228,10 @@ pub fn plan(
         p.waves[w].push(Job {
             label: e.label(),
             kind: h.kind.clone(),
-            sql: e.sql.clone(),
+            sql: match own_tablespace {
+                Some(set) => format!("{set};\n{}", e.sql),
+                None => e.sql.clone(),
+            },
             table: t.table,
             weight,
         });
@@ -223,6 +241,16 @@ pub fn plan(
         p.waves[w].sort_by_key(|j| std::cmp::Reverse(j.weight));
     }
     Ok(p)
+}
+
+/// The last `SET default_tablespace …` statement of `sql`, as written
+/// (without its `;`).
+fn tablespace_set(sql: &str) -> Result<Option<String>> {
+    Ok(crate::dump::sql::object_settings(sql)?
+        .into_iter()
+        .rev()
+        .find(|(name, _)| name == "default_tablespace")
+        .map(|(_, stmt)| stmt))
 }
 
 /// Run the plan's waves on the destination with `workers` sessions.
@@ -347,6 +375,44 @@ mod tests {
         let t = targets("CREATE TRIGGER trg AFTER INSERT ON shadow.users FOR EACH ROW EXECUTE FUNCTION shadow.f();")
             .unwrap();
         assert_eq!(t.table.as_deref(), Some("users"));
+    }
+
+    /// pg_restore's post-data output: each `SET default_tablespace` is at the
+    /// end of the entry (or preamble) before the one it is meant for.
+    #[test]
+    fn each_job_starts_with_the_tablespace_in_force_at_its_place() {
+        let text = "SET row_security = off;\n\nSET default_tablespace = fast;\n\n--\n-- Name: t t_pkey; Type: CONSTRAINT; Schema: shadow; Owner: -; Tablespace: fast\n--\n\nALTER TABLE ONLY shadow.t\n    ADD CONSTRAINT t_pkey PRIMARY KEY (id);\n\n\n--\n-- Name: t_v; Type: INDEX; Schema: shadow; Owner: -; Tablespace: fast\n--\n\nCREATE INDEX t_v ON shadow.t USING btree (v);\n\n\nSET default_tablespace = '';\n\n--\n-- Name: t_w; Type: INDEX; Schema: shadow; Owner: -\n--\n\nCREATE INDEX t_w ON shadow.t USING btree (v, id);\n\n\nSET default_tablespace = \"Odd Space\";\n\n--\n-- Name: u_v; Type: INDEX; Schema: shadow; Owner: -; Tablespace: Odd Space\n--\n\nCREATE INDEX u_v ON shadow.u USING btree (v);\n";
+        let entries = crate::dump::sql::split_entries(text).unwrap();
+        let p = plan(&entries, &HashMap::new(), &HashSet::new(), &|_, r| {
+            r.to_string()
+        })
+        .unwrap();
+        let starts: Vec<(&str, &str)> = p.waves[0]
+            .iter()
+            .map(|j| (j.label.as_str(), j.sql.lines().next().unwrap()))
+            .collect();
+        assert_eq!(
+            starts,
+            vec![
+                (
+                    "CONSTRAINT shadow.t t_pkey",
+                    "SET default_tablespace = fast;"
+                ),
+                ("INDEX shadow.t_v", "SET default_tablespace = fast;"),
+                ("INDEX shadow.t_w", "SET default_tablespace = '';"),
+                (
+                    "INDEX shadow.u_v",
+                    "SET default_tablespace = \"Odd Space\";"
+                ),
+            ]
+        );
+        // Without tablespaces (`--no-tablespaces`), nothing is added.
+        let entries = vec![entry("INDEX", "CREATE INDEX a ON shadow.small (x);")];
+        let p = plan(&entries, &HashMap::new(), &HashSet::new(), &|_, r| {
+            r.to_string()
+        })
+        .unwrap();
+        assert_eq!(p.waves[0][0].sql, "CREATE INDEX a ON shadow.small (x);");
     }
 
     #[test]
