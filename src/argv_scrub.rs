@@ -168,6 +168,20 @@ pub fn secret_arguments(args: &[OsString]) -> Vec<(String, String)> {
     out
 }
 
+/// [`secret_arguments`] of pgshift's own environment variables
+/// (`PGSHIFT_*`): a URL given to the wrong one (`PGSHIFT_JOBS`) is quoted by
+/// the error about its value.
+pub fn secret_environment() -> Vec<(String, String)> {
+    let values: Vec<OsString> = std::iter::once(OsString::new())
+        .chain(
+            std::env::vars_os()
+                .filter(|(k, _)| k.to_str().is_some_and(|k| k.starts_with("PGSHIFT_")))
+                .map(|(_, v)| v),
+        )
+        .collect();
+    secret_arguments(&values)
+}
+
 /// `text` with every argument of [`secret_arguments`] replaced by its
 /// redacted form.
 pub fn scrub_message(text: &str, secrets: &[(String, String)]) -> String {

@@ -22,7 +22,9 @@ fn main() {
     // First of all: passwords in --source/--dest out of `ps` (see argv_scrub).
     let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
     // Messages never quote a password pgshift was given on its command line.
-    let secrets = argv_scrub::secret_arguments(&args);
+    let mut secrets = argv_scrub::secret_arguments(&args);
+    secrets.extend(argv_scrub::secret_environment());
+    secrets.sort_by_key(|(plain, _)| std::cmp::Reverse(plain.len()));
     let scrubbed = argv_scrub::hide_passwords(&args, &["--source", "--dest"]);
     let cli = match Cli::try_parse_from(&args) {
         Ok(cli) => cli,

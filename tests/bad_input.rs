@@ -263,6 +263,13 @@ fn bad_input_is_one_line_a_documented_code_and_no_change() {
             message: vec!["--jobs", "postgresql://u:***@127.0.0.1:1/db"],
         },
         Case {
+            name: "a URL given to PGSHIFT_JOBS",
+            args: s(&["list", "--dest", &dst]),
+            env: vec![("PGSHIFT_JOBS".into(), secret_url.into())],
+            code: 2,
+            message: vec!["--jobs", "postgresql://u:***@127.0.0.1:1/db"],
+        },
+        Case {
             name: "a URL given to --config",
             args: s(&["list", "--dest", &dst, "--config", secret_url]),
             env: vec![],
