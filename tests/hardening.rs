@@ -930,8 +930,31 @@ fn a_hang_up_stops_cleanly_unless_ignored() {
     use std::os::unix::process::CommandExt;
     let dbs = TestDbs::new("sighup");
     big_source(&dbs.src, 200_000);
+    // A prepare whose SIGHUP is as a terminal leaves it (default), or as
+    // nohup leaves it (ignored): set either way, whatever this test inherited
+    // (CI may itself run under nohup).
+    let spawn_with = |wd: &Workdir, disposition: libc::sighandler_t| {
+        let mut cmd = wd.cmd();
+        cmd.args([
+            "prepare",
+            "--source",
+            &dbs.src.url(),
+            "--dest",
+            &dbs.dst.url(),
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+        // SAFETY: only signal(2) between fork and exec, as nohup does.
+        unsafe {
+            cmd.pre_exec(move || {
+                libc::signal(libc::SIGHUP, disposition);
+                Ok(())
+            });
+        }
+        cmd.spawn().unwrap()
+    };
     let wd = Workdir::new();
-    let mut child = spawn_prepare(&wd, &dbs, &[]);
+    let mut child = spawn_with(&wd, libc::SIG_DFL);
     wait_for_phase(&wd, &dbs.dst, "data", &mut child);
     signal(&child, libc::SIGHUP);
     let status = wait_exit(&mut child, Duration::from_secs(15));
@@ -940,24 +963,7 @@ fn a_hang_up_stops_cleanly_unless_ignored() {
     leftover_free(&dbs.dst);
 
     let wd = Workdir::new();
-    let mut cmd = wd.cmd();
-    cmd.args([
-        "prepare",
-        "--source",
-        &dbs.src.url(),
-        "--dest",
-        &dbs.dst.url(),
-    ])
-    .stdout(Stdio::piped())
-    .stderr(Stdio::piped());
-    // SAFETY: only signal(2) between fork and exec, as nohup does.
-    unsafe {
-        cmd.pre_exec(|| {
-            libc::signal(libc::SIGHUP, libc::SIG_IGN);
-            Ok(())
-        });
-    }
-    let mut child = cmd.spawn().unwrap();
+    let mut child = spawn_with(&wd, libc::SIG_IGN);
     wait_for_phase(&wd, &dbs.dst, "data", &mut child);
     signal(&child, libc::SIGHUP);
     let status = wait_exit(&mut child, Duration::from_secs(120));
