@@ -359,30 +359,12 @@ pub fn drop_unknown_settings(
     preamble: &str,
     known: impl Fn(&str) -> bool,
 ) -> Result<(String, Vec<String>)> {
-    use pg_query::NodeEnum;
     let stmts = pg_query::split_with_scanner(preamble).map_err(|e| anyhow!("{e}"))?;
     let mut dropped = Vec::new();
     let mut out = String::with_capacity(preamble.len());
     let mut rest = preamble;
     for stmt in stmts {
-        let unknown = pg_query::parse(stmt, 0)
-            .ok()
-            .and_then(|p| {
-                let raw = p
-                    .protobuf
-                    .stmts
-                    .first()?
-                    .stmt
-                    .as_ref()?
-                    .node
-                    .as_ref()?
-                    .clone();
-                match raw {
-                    NodeEnum::VariableSetStmt(v) => Some(v.name),
-                    _ => None,
-                }
-            })
-            .filter(|name| !name.contains('.') && !known(name));
+        let unknown = set_name(stmt).filter(|name| !name.contains('.') && !known(name));
         // Statements are slices of `preamble`, in order: everything between
         // them (comments, blank lines) stays.
         let at = stmt.as_ptr() as usize - rest.as_ptr() as usize;
@@ -409,7 +391,6 @@ pub const OBJECT_SETTINGS: [&str; 2] = ["default_tablespace", "default_table_acc
 /// `(setting, statement as written without its `;`)`, found by PostgreSQL's
 /// scanner and parser.
 pub fn object_settings(sql: &str) -> Result<Vec<(String, String)>> {
-    use pg_query::NodeEnum;
     if !OBJECT_SETTINGS.iter().any(|n| sql.contains(n)) {
         return Ok(Vec::new());
     }
@@ -418,26 +399,28 @@ pub fn object_settings(sql: &str) -> Result<Vec<(String, String)>> {
         .into_iter()
         .filter(|stmt| OBJECT_SETTINGS.iter().any(|n| stmt.contains(n)))
         .filter_map(|stmt| {
-            let parsed = pg_query::parse(stmt, 0).ok()?;
-            match parsed
-                .protobuf
-                .stmts
-                .first()?
-                .stmt
-                .as_ref()?
-                .node
-                .as_ref()?
-            {
-                NodeEnum::VariableSetStmt(v) if OBJECT_SETTINGS.contains(&v.name.as_str()) => {
-                    Some((
-                        v.name.clone(),
-                        stmt.trim().trim_end_matches(';').to_string(),
-                    ))
-                }
-                _ => None,
-            }
+            let name = set_name(stmt).filter(|n| OBJECT_SETTINGS.contains(&n.as_str()))?;
+            Some((name, stmt.trim().trim_end_matches(';').to_string()))
         })
         .collect())
+}
+
+/// The setting a `SET` statement sets, by PostgreSQL's parser; `None` for
+/// any other statement.
+fn set_name(stmt: &str) -> Option<String> {
+    let parsed = pg_query::parse(stmt, 0).ok()?;
+    match parsed
+        .protobuf
+        .stmts
+        .first()?
+        .stmt
+        .as_ref()?
+        .node
+        .as_ref()?
+    {
+        pg_query::NodeEnum::VariableSetStmt(v) => Some(v.name.clone()),
+        _ => None,
+    }
 }
 
 /// Rewrite references to objects of schema `from` that are in `defined` so they point at
