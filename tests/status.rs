@@ -2,7 +2,7 @@
 
 mod common;
 
-use common::{TestDb, TestDbs, Workdir};
+use common::{TestDb, TestDbs, Workdir, assert_success};
 use serde_json::Value;
 
 fn status(wd: &Workdir, db: &TestDb) -> Value {
@@ -504,4 +504,90 @@ fn a_closed_stdout_ends_pgshift_quietly() {
             "json {json}: {stderr}"
         );
     }
+}
+
+fn warned_of_another_destination(s: &Value) -> bool {
+    s["warnings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|w| w.as_str().unwrap().contains("of another destination"))
+}
+
+/// The state file is named after the database only, so one directory used
+/// for two destinations of one name (staging and production both `app`)
+/// held one file for both: `status` against the second said "prepared"
+/// with the first's record, and `abort` against it "cleared the leftovers"
+/// of the first's migration, deleting its state file and its dump. Another
+/// destination's file is now ignored with a warning and left alone; a
+/// prepare into the second says it replaces the file.
+#[test]
+fn a_state_file_of_a_namesake_on_another_server_is_left_alone() {
+    let dbs = TestDbs::new("st_twin");
+    sample(&dbs);
+    let (other_server, _) = common::clusters();
+    let twin = dbs.dst.twin_on(other_server.info().clone());
+    twin.psql("CREATE TABLE items (id int PRIMARY KEY); INSERT INTO items VALUES (7);");
+    let wd = Workdir::new();
+    let (url, twin_url) = (dbs.dst.url(), twin.url());
+    wd.run_ok(&["prepare", "--source", &dbs.src.url(), "--dest", &url]);
+    let files = state_files(&wd);
+    assert_eq!(files.len(), 1);
+    let file: Value =
+        serde_json::from_str(&std::fs::read_to_string(wd.join(&files[0])).unwrap()).unwrap();
+    let dump_dir = wd.join(file["dump_dir"].as_str().unwrap());
+    assert!(dump_dir.is_dir(), "{file}");
+
+    // Nothing is prepared on the namesake, whatever the file says.
+    let s = status(&wd, &twin);
+    assert_eq!(s["state"], "idle", "{s}");
+    assert_eq!(s["record_from"], "none", "{s}");
+    assert!(s["migration"].is_null(), "{s}");
+    assert!(warned_of_another_destination(&s), "{s}");
+    let out = wd.run(&["abort", "--dest", &twin_url, "--json"]);
+    let v: Value = serde_json::from_str(&assert_success(&out)).unwrap();
+    assert_eq!(v["aborted"], false, "{v}");
+    assert_eq!(v["state_file_cleared"], false, "{v}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("of another destination"),
+        "{out:?}"
+    );
+    assert_eq!(state_files(&wd), files);
+    assert!(dump_dir.is_dir(), "the first migration's dump was removed");
+    let s = status(&wd, &dbs.dst);
+    assert_eq!(
+        (&s["state"], &s["record_from"]),
+        (&"prepared".into(), &"both".into()),
+        "{s}"
+    );
+
+    // A prepare into the namesake replaces the file, and says so.
+    let out = wd.run(&["prepare", "--source", &dbs.src.url(), "--dest", &twin_url]);
+    assert_success(&out);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("records migration") && stderr.contains("replaces the file"),
+        "{stderr}"
+    );
+    // The first destination goes by its own record; its swap leaves the
+    // namesake's file in place.
+    let s = status(&wd, &dbs.dst);
+    assert_eq!(s["state"], "prepared", "{s}");
+    assert_eq!(s["record_from"], "destination", "{s}");
+    assert!(warned_of_another_destination(&s), "{s}");
+    wd.run_ok(&["swap", "--dest", &url]);
+    assert_eq!(
+        dbs.dst.query_one_string("SELECT count(*) FROM items"),
+        "500"
+    );
+    assert_eq!(state_files(&wd).len(), 1);
+    let s = status(&wd, &twin);
+    assert_eq!(
+        (&s["state"], &s["record_from"]),
+        (&"prepared".into(), &"both".into()),
+        "{s}"
+    );
+    wd.run_ok(&["swap", "--dest", &twin_url]);
+    assert_eq!(twin.query_one_string("SELECT count(*) FROM items"), "500");
+    assert!(state_files(&wd).is_empty());
 }

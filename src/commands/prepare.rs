@@ -9,6 +9,7 @@ use serde::Serialize;
 use crate::cli::VerifyMode;
 use crate::commands::Ctx;
 use crate::error::ExitCode;
+use crate::migration::derive::{self, Destination};
 use crate::migration::record;
 use crate::migration::session::{Recorder, Session, now_ms};
 use crate::migration::state_file::file_safe;
@@ -174,6 +175,25 @@ pub async fn prepare_in_session(
     let src = sess.run.connect(&opts.source, "source").await?;
     let checked = phases::check(opts, &sess.control, &src).await?;
     drop(src);
+    // The state file is named after the database: one left by a migration to
+    // a database of that name on another server is replaced, not continued.
+    let other = match sess.state_file.load().ok().flatten() {
+        Some(f) if !f.status.is_finished() && derive::recorded_elsewhere(&f, &sess.dest) => {
+            Destination::observe_with_file(&sess.control, Ok(Some(f)), &sess.dest)
+                .await?
+                .foreign_file
+        }
+        _ => None,
+    };
+    if let Some(other) = other {
+        tracing::warn!(
+            "the state file {} records migration {} ({}) of another destination, {}; this run replaces the file (that destination keeps its own record of the migration, which `pgshift status` against it shows; give each destination its own --state-dir)",
+            sess.state_file.path().display(),
+            other.id,
+            other.status,
+            other.dest
+        );
+    }
     let mut rec = Recorder::new(now_ms(), ctx.command, Some(&opts.source), &opts.dest);
     let progress = progress_for(ctx);
     phases::run(sess, &mut rec, opts, checked, &progress).await

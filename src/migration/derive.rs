@@ -9,6 +9,13 @@
 //!   latest `pgshift.migration` row describe the same migration when their ids
 //!   match: a finished row (swapped, aborted) or a newer one wins, otherwise
 //!   the file (it is written first). An older file than the row is stale.
+//! * **Whose file.** The state file is named after the database only, so one
+//!   directory can hold the file of a migration to a database of that name on
+//!   another server (staging and production both called `app`). A file whose
+//!   recorded destination is another server or database
+//!   ([`ConnSpec::same_server_and_db`]) and whose migration this destination's
+//!   latest row is not, is another destination's: it is ignored, with a
+//!   warning, and the commands that clear the file leave it alone.
 //! * **A run that died.** A `preparing` or `swapping` record whose run does
 //!   not hold the destination's lock is not running any more: a prepare that
 //!   died is `failed`; a swap that died either committed (the record says
@@ -30,6 +37,7 @@ use tokio_postgres::Client;
 use crate::backups::manifest as backups;
 use crate::migration::lifecycle::Status;
 use crate::migration::record::{self, MigrationRow, MigrationState};
+use crate::pg::conn::connspec::ConnSpec;
 use crate::pg::lock::{self, Holder};
 use crate::pg::meta::{self, ShadowState};
 use crate::prepare::discard::{self, Removed};
@@ -154,6 +162,10 @@ pub struct Destination {
     /// The chosen record, with its own status (see the module doc).
     pub record: Option<MigrationState>,
     pub record_from: RecordFrom,
+    /// The state file's record, when it is this destination's.
+    pub file: Option<MigrationState>,
+    /// The state file's record when it is another destination's (left alone).
+    pub foreign_file: Option<MigrationState>,
     /// The destination's latest row (the shadow oid it recorded).
     pub row: Option<MigrationRow>,
     pub state: State,
@@ -172,9 +184,27 @@ pub struct Destination {
 }
 
 impl Destination {
-    /// Read everything; change nothing. `file` is the state file as read
-    /// (an unreadable one becomes a warning).
-    pub async fn observe(client: &Client, file: Result<Option<MigrationState>>) -> Result<Self> {
+    /// Read everything on the destination; change nothing. No state file.
+    pub async fn observe(client: &Client) -> Result<Self> {
+        Self::observe_inner(client, Ok(None), None).await
+    }
+
+    /// Read everything; change nothing. `file` is the state file as read (an
+    /// unreadable one becomes a warning); `here` is the destination `client`
+    /// was reached by, to tell another destination's file (see the module doc).
+    pub async fn observe_with_file(
+        client: &Client,
+        file: Result<Option<MigrationState>>,
+        here: &ConnSpec,
+    ) -> Result<Self> {
+        Self::observe_inner(client, file, Some(here)).await
+    }
+
+    async fn observe_inner(
+        client: &Client,
+        file: Result<Option<MigrationState>>,
+        here: Option<&ConnSpec>,
+    ) -> Result<Self> {
         let mut warnings = Vec::new();
         let file = file.unwrap_or_else(|e| {
             warnings.push(format!("ignoring the state file: {e:#}"));
@@ -205,7 +235,19 @@ impl Destination {
             empty,
             state: shadow_state,
         };
-        let (record, record_from) = choose_record(file, row.as_ref(), &mut warnings);
+        let (file, foreign_file) = match file {
+            Some(f)
+                if here.is_some_and(|h| recorded_elsewhere(&f, h))
+                    && row.as_ref().is_none_or(|r| r.id != f.id) =>
+            {
+                (None, Some(f))
+            }
+            f => (f, None),
+        };
+        if let Some(f) = &foreign_file {
+            warnings.push(foreign_file_note(f));
+        }
+        let (record, record_from) = choose_record(file.clone(), row.as_ref(), &mut warnings);
         let committed_unrecorded = match &record {
             Some(st) if st.status == Status::Swapping && meta_ok => {
                 backups::backup_of_migration(client, st.id).await?
@@ -215,6 +257,8 @@ impl Destination {
         let mut d = Destination {
             record,
             record_from,
+            file,
+            foreign_file,
             row,
             state: State::Idle,
             shadow,
@@ -320,6 +364,29 @@ impl Destination {
             found.helper_functions = 0;
         }
         found
+    }
+}
+
+/// The warning about another destination's state file.
+pub fn foreign_file_note(f: &MigrationState) -> String {
+    format!(
+        "ignoring the state file: it records migration {} ({}) of another destination, {}",
+        f.id, f.status, f.dest
+    )
+}
+
+/// The record names a destination that is not `here`: another server, or
+/// another database. A record without a readable destination (written by an
+/// older version) is not told apart.
+pub fn recorded_elsewhere(st: &MigrationState, here: &ConnSpec) -> bool {
+    if st.dest.is_empty() {
+        return false;
+    }
+    // The recorded destination is redacted; its password and the machine's
+    // environment play no part in where it points.
+    match ConnSpec::parse_with_env(&st.dest, &|_| None) {
+        Ok(there) => !here.same_server_and_db(&there),
+        Err(_) => false,
     }
 }
 

@@ -8,11 +8,18 @@
 //! `.lock` file for its whole duration so two runs from one directory cannot
 //! interleave. The destination keeps its own copy of the same record (see
 //! `migration::record`), so `status` also works without this file.
+//!
+//! The file is named after the database only: a directory used for two
+//! destinations of one name holds one file. A run whose destination finds the
+//! file to be another destination's (`migration::derive`) calls
+//! [`StateFile::leave_alone`]: it then neither writes nor removes it, and goes
+//! by the destination's own record. A prepare replaces it, saying so.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::{Context, Result, bail};
 
@@ -74,6 +81,8 @@ fn read_path(path: &Path) -> Result<Option<MigrationState>> {
 pub struct StateFile {
     path: PathBuf,
     _lock: File,
+    /// The file records another destination's migration: not ours to write.
+    left_alone: AtomicBool,
 }
 
 impl StateFile {
@@ -108,7 +117,21 @@ impl StateFile {
             }
             return Err(err).with_context(|| format!("locking {}", lock_path.display()));
         }
-        Ok(StateFile { path, _lock: lock })
+        Ok(StateFile {
+            path,
+            _lock: lock,
+            left_alone: AtomicBool::new(false),
+        })
+    }
+
+    /// From now on this run neither writes nor removes the file (it records
+    /// another destination's migration).
+    pub fn leave_alone(&self) {
+        self.left_alone.store(true, Ordering::Relaxed);
+    }
+
+    fn left_alone(&self) -> bool {
+        self.left_alone.load(Ordering::Relaxed)
     }
 
     pub fn path(&self) -> &Path {
@@ -121,6 +144,9 @@ impl StateFile {
 
     /// Write atomically: 0600 temporary file, fsync, rename over, fsync the directory.
     pub fn save(&self, state: &MigrationState) -> Result<()> {
+        if self.left_alone() {
+            return Ok(());
+        }
         let dir = self.path.parent().unwrap_or(Path::new("."));
         let tmp = self
             .path
@@ -152,6 +178,9 @@ impl StateFile {
 
     /// Remove the state file (after a successful swap or an abort).
     pub fn clear(&self) -> Result<()> {
+        if self.left_alone() {
+            return Ok(());
+        }
         match fs::remove_file(&self.path) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),

@@ -324,7 +324,7 @@ pub async fn report(
     opts: &StatusOptions,
 ) -> Result<StatusReport> {
     let file = state_file::read(state_dir, dest.dbname());
-    let d = Destination::observe(client, file).await?;
+    let d = Destination::observe_with_file(client, file, dest).await?;
     let mut warnings = d.warnings.clone();
     let shadow = shadow_info(client, &d).await?;
     let synced: &[SyncedTable] = match &d.record {

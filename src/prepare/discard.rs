@@ -398,7 +398,14 @@ pub async fn abort(sess: &Session, opts: &AbortOptions) -> Result<AbortReport> {
         tracing::warn!("ignoring the unreadable state file: {e:#}");
         None
     });
-    let d = Destination::observe(client, Ok(file_state.clone())).await?;
+    let d = Destination::observe_with_file(client, Ok(file_state), &sess.dest).await?;
+    if let Some(f) = &d.foreign_file {
+        tracing::warn!("{}", derive::foreign_file_note(f));
+        sess.state_file.leave_alone();
+    }
+    // The state file's record when it is this destination's (another
+    // destination's file is neither aborted nor cleared).
+    let file_state = d.file.clone();
     if let Some(backup) = derive::settle_committed_swap(client, &d).await? {
         tracing::warn!(
             "migration {} was swapped (its backup {backup} exists); recording it as swapped, not aborting it",
@@ -466,6 +473,7 @@ pub async fn abort(sess: &Session, opts: &AbortOptions) -> Result<AbortReport> {
             Err(e) => tracing::warn!("could not remove the dump directory {}: {e}", dir.display()),
         }
     }
+    let state_file_cleared = d.foreign_file.is_none();
     sess.state_file.clear()?;
     let id = open
         .as_ref()
@@ -484,7 +492,7 @@ pub async fn abort(sess: &Session, opts: &AbortOptions) -> Result<AbortReport> {
             .map(|m| m.state.status.to_string())
             .or_else(|| state.as_ref().map(|s| s.status.to_string())),
         removed,
-        state_file_cleared: true,
+        state_file_cleared,
         dump_dir_removed,
         message,
         extensions_kept: state

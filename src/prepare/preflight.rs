@@ -1073,7 +1073,7 @@ pub enum Leftover {
 /// migration; start over after a dead or failed run.
 pub async fn leftovers(dst: &Client) -> Result<Leftover> {
     meta::meta_exists(dst).await?; // refuses a foreign pgshift schema
-    let d = Destination::observe(dst, Ok(None)).await?;
+    let d = Destination::observe(dst).await?;
     if matches!(d.shadow.state, ShadowState::Foreign(_)) {
         return Err(UserError::new(
             "the destination already has a schema named \"shadow\" that pgshift did not create; rename or drop it first",

@@ -427,7 +427,7 @@ impl InTx for MigrationTx<'_> {
 
 /// Plan without changing anything (`--dry-run`).
 pub async fn preview(client: &Client, opts: &SwapOptions) -> Result<SwapPreview> {
-    let d = Destination::observe(client, Ok(None)).await?;
+    let d = Destination::observe(client).await?;
     let m = ready(&d, opts.timestamp.as_deref())?;
     let details = &m.state.details;
     let kept = kept_tables(client, m, &opts.keep_tables).await?;
@@ -597,7 +597,10 @@ static NO_UNKEEPABLE: Unkeepable = Unkeepable::new();
 /// Swap the prepared migration on an open session.
 pub async fn swap(sess: &Session, opts: &SwapOptions) -> Result<SwapReport> {
     let file = sess.state_file.load();
-    let d = Destination::observe(&sess.control, file).await?;
+    let d = Destination::observe_with_file(&sess.control, file, &sess.dest).await?;
+    if d.foreign_file.is_some() {
+        sess.state_file.leave_alone();
+    }
     derive::settle_committed_swap(&sess.control, &d).await?;
     // A swap that committed but stopped before the steps after its COMMIT
     // (killed): finish them, then say it is done.

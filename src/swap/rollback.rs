@@ -209,7 +209,7 @@ pub async fn plan(client: &Client, opts: &RollbackOptions) -> Result<Plan> {
         );
     }
     verify::readable(client, &restore).await?;
-    let triggers = Destination::observe(client, Ok(None))
+    let triggers = Destination::observe(client)
         .await?
         .sync_triggers_on_public();
     if !triggers.is_empty() {

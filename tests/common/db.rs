@@ -50,6 +50,17 @@ impl TestDb {
         TestDb { server, name }
     }
 
+    /// A database of this one's name on another server (staging and
+    /// production both called `app`).
+    pub fn twin_on(&self, server: Arc<ServerInfo>) -> TestDb {
+        let name = self.name.clone();
+        server.psql(
+            &server.maintenance_db,
+            &format!("CREATE DATABASE \"{name}\""),
+        );
+        TestDb { server, name }
+    }
+
     /// The database name.
     pub fn name(&self) -> &str {
         &self.name
