@@ -269,6 +269,15 @@ fn bad_input_is_one_line_a_documented_code_and_no_change() {
             code: 2,
             message: vec!["--jobs", "postgresql://u:***@127.0.0.1:1/db"],
         },
+        // Only prepare said so (of its dump directory); swap, abort,
+        // rollback and cleanup failed with exit 1 on the lock file.
+        Case {
+            name: "a state directory that cannot be written",
+            args: s(&["swap", "--dest", &dst, "--state-dir", "/sys"]),
+            env: vec![],
+            code: 2,
+            message: vec!["the state directory /sys is not writable", "--state-dir"],
+        },
         Case {
             name: "a URL given to --config",
             args: s(&["list", "--dest", &dst, "--config", secret_url]),

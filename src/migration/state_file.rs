@@ -76,6 +76,22 @@ fn read_path(path: &Path) -> Result<Option<MigrationState>> {
     Ok(Some(state))
 }
 
+/// A state directory the user cannot write to (a read-only working
+/// directory, a cron job's `/`) is bad input, with the way out: exit 2.
+fn unwritable(dir: &Path, e: std::io::Error, doing: &str, what: &Path) -> anyhow::Error {
+    let denied =
+        e.kind() == std::io::ErrorKind::PermissionDenied || e.raw_os_error() == Some(libc::EROFS);
+    if denied {
+        crate::error::UserError::new(format!(
+            "the state directory {} is not writable ({e}); run from a writable directory or give --state-dir",
+            dir.display()
+        ))
+        .into()
+    } else {
+        anyhow::Error::new(e).context(format!("{doing} {}", what.display()))
+    }
+}
+
 /// The state file of one destination database, locked for this run.
 #[derive(Debug)]
 pub struct StateFile {
@@ -89,8 +105,7 @@ impl StateFile {
     /// Take the exclusive lock (without waiting) and return the handle.
     /// Fails if another pgshift run in the same directory holds it.
     pub fn lock(dir: &Path, database: &str) -> Result<StateFile> {
-        fs::create_dir_all(dir)
-            .with_context(|| format!("creating state directory {}", dir.display()))?;
+        fs::create_dir_all(dir).map_err(|e| unwritable(dir, e, "creating state directory", dir))?;
         let path = state_path(dir, database);
         let lock_path = path.with_extension("lock");
         let lock = OpenOptions::new()
@@ -99,7 +114,7 @@ impl StateFile {
             .write(true)
             .mode(0o600)
             .open(&lock_path)
-            .with_context(|| format!("opening lock file {}", lock_path.display()))?;
+            .map_err(|e| unwritable(dir, e, "opening lock file", &lock_path))?;
         // SAFETY: flock on a file descriptor we own; no memory is involved.
         let rc = unsafe {
             libc::flock(
