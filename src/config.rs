@@ -366,6 +366,21 @@ pub fn parse_duration(what: &str, text: &str) -> Result<Duration> {
     }
 }
 
+/// A timeout pgshift sets on the server (`lock_timeout`, `statement_timeout`)
+/// is an int of milliseconds there: a longer one is refused here, before
+/// anything runs, rather than by the server in the middle of a run.
+const SERVER_TIMEOUT_MAX_MS: u64 = i32::MAX as u64;
+
+fn server_timeout(what: &str, d: Duration) -> Result<Duration> {
+    if d.as_millis() > u128::from(SERVER_TIMEOUT_MAX_MS) {
+        return Err(crate::user_error!(
+            "{what} {} is too long: PostgreSQL takes at most {SERVER_TIMEOUT_MAX_MS}ms (about 24 days)",
+            humantime::format_duration(d)
+        ));
+    }
+    Ok(d)
+}
+
 fn duration_value(what: &str, v: &DurationValue) -> Result<Duration> {
     match v {
         DurationValue::Seconds(0) => Err(crate::user_error!("{what} must be greater than zero")),
@@ -462,12 +477,12 @@ pub fn resolve(
         (None, None) => Duration::from_secs(10),
     };
     let lock_timeout = match (&global.lock_timeout, &f.lock_timeout) {
-        (Some(t), _) => parse_duration("--lock-timeout", t)?,
-        (None, Some(v)) => duration_value("lock_timeout", v)?,
+        (Some(t), _) => server_timeout("--lock-timeout", parse_duration("--lock-timeout", t)?)?,
+        (None, Some(v)) => server_timeout("lock_timeout", duration_value("lock_timeout", v)?)?,
         (None, None) => Duration::from_secs(1),
     };
     let statement_timeout = match &f.statement_timeout {
-        Some(v) => duration_value("statement_timeout", v)?,
+        Some(v) => server_timeout("statement_timeout", duration_value("statement_timeout", v)?)?,
         None => Duration::from_secs(60),
     };
 
@@ -546,8 +561,8 @@ pub fn resolve(
     };
     let workload_roles = parse_roles(&roles_raw)?;
     let impact_timeout = match (&inputs.impact_timeout, &f.impact_timeout) {
-        (Some(t), _) => parse_duration("--impact-timeout", t)?,
-        (None, Some(v)) => duration_value("impact_timeout", v)?,
+        (Some(t), _) => server_timeout("--impact-timeout", parse_duration("--impact-timeout", t)?)?,
+        (None, Some(v)) => server_timeout("impact_timeout", duration_value("impact_timeout", v)?)?,
         (None, None) => Duration::from_secs(30),
     };
     // Filters apply to the commands that take them; `rollback --keep-tables`

@@ -278,6 +278,15 @@ fn bad_input_is_one_line_a_documented_code_and_no_change() {
             code: 2,
             message: vec!["the state directory /sys is not writable", "--state-dir"],
         },
+        // It passed, and the swap failed on the server (exit 1) after the
+        // impact report: PostgreSQL's timeouts are ints of milliseconds.
+        Case {
+            name: "a lock timeout longer than PostgreSQL takes",
+            args: s(&["swap", "--dest", &dst, "--lock-timeout", "30days"]),
+            env: vec![],
+            code: 2,
+            message: vec!["--lock-timeout 30days is too long", "2147483647ms"],
+        },
         Case {
             name: "a URL given to --config",
             args: s(&["list", "--dest", &dst, "--config", secret_url]),
