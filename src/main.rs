@@ -1,6 +1,7 @@
 //! The pgshift binary: parse, configure, log, run, report. All work is in the library.
 
 use std::process::exit;
+use std::sync::atomic::{AtomicI32, Ordering};
 
 use clap::Parser;
 use itertools::Itertools;
@@ -83,6 +84,7 @@ fn main() {
                 exit_code_for(&e).code()
             }
         };
+        FINISHED.store(code, Ordering::SeqCst);
         // The command's clients are gone: let their connections say goodbye.
         pgshift::pg::conn::connect::close_connections(std::time::Duration::from_secs(2)).await;
         code
@@ -90,6 +92,9 @@ fn main() {
     runtime.shutdown_timeout(std::time::Duration::from_millis(500));
     exit(code);
 }
+
+/// The command's exit code once it has finished and reported (-1 before).
+static FINISHED: AtomicI32 = AtomicI32::new(-1);
 
 /// First SIGINT/SIGTERM/SIGHUP: cancel the run (children get TERM, then KILL; work is
 /// rolled back or left resumable). Second: kill the children and exit now.
@@ -124,6 +129,12 @@ async fn watch_signals(cancel: CancellationToken) {
             cancel.cancel();
         } else {
             process::kill_all_now();
+            // The command has finished and said how (its sessions are only
+            // saying goodbye): one error line is enough.
+            let finished = FINISHED.load(Ordering::SeqCst);
+            if finished >= 0 {
+                exit(finished);
+            }
             pgshift::errln!(
                 "error: interrupted again: stopped at once; run `pgshift status` to see what is left"
             );
