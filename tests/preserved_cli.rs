@@ -912,3 +912,52 @@ async fn an_abort_held_up_by_a_lock_names_the_holder() {
     app.batch_execute("COMMIT").await.unwrap();
     assert_success(&wd.run(&["abort", "--dest", &dst, "--lock-timeout", "100ms"]));
 }
+
+/// The same when what is held is a table of the shadow (someone inspecting
+/// it) in a migration big enough that the abort first empties the shadow in
+/// lock-bounded transactions: that step gave up naming no one.
+#[tokio::test]
+async fn an_abort_held_up_emptying_a_big_shadow_names_the_holder() {
+    let dbs = TestDbs::new("abort_holder_big");
+    dbs.src.psql(
+        "DO $$ BEGIN FOR i IN 1..200 LOOP
+           EXECUTE format('CREATE TABLE t%s (id serial PRIMARY KEY, v text UNIQUE)', i);
+         END LOOP; END $$;",
+    );
+    let wd = Workdir::new();
+    assert_success(&wd.prepare(&dbs, &[]));
+    std::fs::write(wd.join("pgshift.toml"), "swap_retries = 1\n").unwrap();
+    let (app, conn) = dbs
+        .dst
+        .pg_config()
+        .connect(tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    app.batch_execute("BEGIN; SELECT count(*) FROM shadow.t1;")
+        .await
+        .unwrap();
+    let pid: i32 = app
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let dst = dbs.dst.url();
+    let out = wd.run(&["abort", "--dest", &dst, "--lock-timeout", "100ms"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("dropping the objects of shadow"), "{err}");
+    assert!(
+        err.contains(&format!(
+            "sessions hold locks on what it removes: pid {pid} ("
+        )),
+        "{err}"
+    );
+    app.batch_execute("COMMIT").await.unwrap();
+    assert_success(&wd.run(&["abort", "--dest", &dst, "--lock-timeout", "100ms"]));
+    assert_eq!(
+        dbs.dst
+            .psql("SELECT count(*) FROM pg_namespace WHERE nspname = 'shadow'"),
+        "0"
+    );
+}

@@ -179,9 +179,13 @@ pub async fn remove_prepared(
         found.shadow = drop_empty_shadow(client).await?;
         return Ok(found);
     }
-    shrink(client, &found, lock_timeout, retries)
-        .await
-        .context("removing the prepared migration")?;
+    if let Err(e) = shrink(client, &found, lock_timeout, retries).await {
+        let mut err = e.context("removing the prepared migration");
+        if batch::is_lock_timeout(&err) {
+            err = name_lock_holders(client, &shadows, &found.trigger_sites, err).await;
+        }
+        return Err(err);
+    }
     let mut sql = String::from("BEGIN;\n");
     sql.push_str(&format!(
         "SET LOCAL lock_timeout = '{}ms';\n",
@@ -238,17 +242,29 @@ pub async fn remove_prepared(
         let exhausted = matches!(stop, crate::pg::exec::Stop::Exhausted { .. });
         let mut err = stop.into_error().context("removing the prepared migration");
         if exhausted {
-            let holders = lock_holders(client, &shadows, &found.trigger_sites).await;
-            if !holders.is_empty() {
-                err = err.context(format!(
-                    "sessions hold locks on what it removes: {} (end them, or wait, and run it again)",
-                    holders.join(", ")
-                ));
-            }
+            err = name_lock_holders(client, &shadows, &found.trigger_sites, err).await;
         }
         return Err(err);
     }
     Ok(found)
+}
+
+/// `err`, a removal that ran out of retries waiting for locks, with the
+/// sessions holding them, when they can be read.
+async fn name_lock_holders(
+    client: &Client,
+    shadows: &[String],
+    sites: &[TriggerSite],
+    err: anyhow::Error,
+) -> anyhow::Error {
+    let holders = lock_holders(client, shadows, sites).await;
+    if holders.is_empty() {
+        return err;
+    }
+    err.context(format!(
+        "sessions hold locks on what it removes: {} (end them, or wait, and run it again)",
+        holders.join(", ")
+    ))
 }
 
 /// The sessions that hold locks on the shadows, pgshift's own schema or the
