@@ -324,9 +324,28 @@ fn sigkill_leaves_leftovers_that_the_next_prepare_replaces() {
     }
 }
 
-#[test]
-fn sigkill_during_the_swap_leaves_it_all_before() {
-    let dbs = TestDbs::new("sigkill_swap");
+/// Poll `cond` every 20 ms; panic if it does not come true within `secs`.
+fn wait_until(what: &str, secs: u64, cond: impl Fn() -> bool) {
+    let start = Instant::now();
+    while !cond() {
+        assert!(
+            start.elapsed() < Duration::from_secs(secs),
+            "not within {secs} s: {what}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Some session holds an ACCESS EXCLUSIVE lock on a table named `t`.
+fn t_locked_exclusively(db: &TestDb) -> bool {
+    db.psql("SELECT count(*) FROM pg_locks l JOIN pg_class c ON c.oid = l.relation WHERE c.relname = 't' AND l.mode = 'AccessExclusiveLock'") != "0"
+}
+
+/// A prepared migration of a table `t` (100 rows over the destination's 1),
+/// and a swap that pauses `pause_ms` before its COMMIT, returned once it
+/// holds its locks; with the destination's catalog as prepared.
+fn swap_paused_before_commit(name: &str, pause_ms: u32) -> (TestDbs, Workdir, String, Child) {
+    let dbs = TestDbs::new(name);
     dbs.src
         .psql("CREATE TABLE t (id int PRIMARY KEY); INSERT INTO t SELECT generate_series(1, 100);");
     dbs.dst
@@ -334,26 +353,29 @@ fn sigkill_during_the_swap_leaves_it_all_before() {
     let wd = Workdir::new();
     assert_success(&wd.prepare(&dbs, &[]));
     let prepared = catalog_without_pgshift(&dbs.dst);
-    let mut child = spawn(
+    let failpoint = format!("swap-commit:sleep={pause_ms}");
+    let child = spawn(
         &wd,
         &["swap", "--dest", &dbs.dst.url()],
-        &[("PGSHIFT_FAILPOINT", "swap-commit:sleep=5000")],
+        &[("PGSHIFT_FAILPOINT", &failpoint)],
     );
+    wait_until("the swap took its locks", 20, || {
+        t_locked_exclusively(&dbs.dst)
+    });
+    (dbs, wd, prepared, child)
+}
+
+#[test]
+fn sigkill_during_the_swap_leaves_it_all_before() {
     // Inside the transaction: the moves are done but not committed.
-    let start = Instant::now();
-    while dbs.dst.psql("SELECT count(*) FROM pg_locks l JOIN pg_class c ON c.oid = l.relation WHERE c.relname = 't' AND l.mode = 'AccessExclusiveLock'") == "0" {
-        assert!(start.elapsed() < Duration::from_secs(20), "swap never took its locks");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let (dbs, wd, prepared, mut child) = swap_paused_before_commit("sigkill_swap", 5000);
     std::thread::sleep(Duration::from_millis(200));
     signal(&child, libc::SIGKILL);
     child.wait().unwrap();
     // The server rolls the transaction back once the connection is gone.
-    let start = Instant::now();
-    while dbs.dst.psql("SELECT count(*) FROM pg_locks l JOIN pg_class c ON c.oid = l.relation WHERE c.relname = 't' AND l.mode = 'AccessExclusiveLock'") != "0" {
-        assert!(start.elapsed() < Duration::from_secs(20), "the swap's locks were never released");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_until("the swap's locks were released", 20, || {
+        !t_locked_exclusively(&dbs.dst)
+    });
     assert_eq!(catalog_without_pgshift(&dbs.dst), prepared);
     assert_eq!(dbs.dst.psql("SELECT count(*) FROM public.t"), "1");
     // Swapping again completes it.
@@ -434,15 +456,9 @@ fn kill_after_commit(wd: &Workdir, db: &TestDb, args: &[&str], committed: &str) 
         args,
         &[("PGSHIFT_FAILPOINT", "swap-committed:sleep=60000")],
     );
-    let start = Instant::now();
-    while db.psql(committed) == "0" {
-        assert!(
-            start.elapsed() < Duration::from_secs(30),
-            "{} never committed",
-            args[0]
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_until(&format!("{} committed", args[0]), 30, || {
+        db.psql(committed) != "0"
+    });
     signal(&child, libc::SIGKILL);
     child.wait().unwrap();
 }
@@ -842,29 +858,22 @@ fn a_killed_prepare_leaves_no_pg_dump_session_waiting_on_the_source() {
     )
     .unwrap();
     let count = |sql: &str| dbs.src.psql(sql);
-    let start = Instant::now();
-    while count(
-        "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'pgshift pg_dump' AND wait_event_type = 'Lock'",
-    ) != "1"
-    {
-        assert!(
-            start.elapsed() < Duration::from_secs(30),
-            "pg_dump never waited on the lock"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_until("pg_dump waits on the lock", 30, || {
+        count(
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'pgshift pg_dump' AND wait_event_type = 'Lock'",
+        ) == "1"
+    });
     signal(&child, libc::SIGKILL);
     child.wait().unwrap();
-    let start = Instant::now();
-    while count("SELECT count(*) FROM pg_stat_activity WHERE application_name = 'pgshift pg_dump'")
-        != "0"
-    {
-        assert!(
-            start.elapsed() < Duration::from_secs(15),
-            "pg_dump's session still waits on the source after pgshift was killed"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_until(
+        "pg_dump's session on the source ends after pgshift was killed",
+        15,
+        || {
+            count(
+                "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'pgshift pg_dump'",
+            ) == "0"
+        },
+    );
     rt.block_on(blocker.batch_execute("ROLLBACK")).unwrap();
 }
 
@@ -979,24 +988,7 @@ fn a_hang_up_stops_cleanly_unless_ignored() {
 /// so, and public is as before.
 #[test]
 fn a_swap_that_stalls_holding_its_locks_releases_them_within_seconds() {
-    let dbs = TestDbs::new("stalled_swap");
-    dbs.src
-        .psql("CREATE TABLE t (id int PRIMARY KEY); INSERT INTO t SELECT generate_series(1, 100);");
-    dbs.dst
-        .psql("CREATE TABLE t (id int PRIMARY KEY); INSERT INTO t VALUES (1);");
-    let wd = Workdir::new();
-    assert_success(&wd.prepare(&dbs, &[]));
-    let prepared = catalog_without_pgshift(&dbs.dst);
-    let mut child = spawn(
-        &wd,
-        &["swap", "--dest", &dbs.dst.url()],
-        &[("PGSHIFT_FAILPOINT", "swap-commit:sleep=25000")],
-    );
-    let start = Instant::now();
-    while dbs.dst.psql("SELECT count(*) FROM pg_locks l JOIN pg_class c ON c.oid = l.relation WHERE c.relname = 't' AND l.mode = 'AccessExclusiveLock'") == "0" {
-        assert!(start.elapsed() < Duration::from_secs(20), "swap never took its locks");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let (dbs, _wd, prepared, mut child) = swap_paused_before_commit("stalled_swap", 25000);
     // The application's query waits for the locks, and gets its answer
     // well before the stall ends.
     assert_eq!(
@@ -1073,11 +1065,9 @@ fn an_interrupt_stops_abort_between_its_retries() {
     let mut input = reader.stdin.take().unwrap();
     writeln!(input, "BEGIN; SELECT * FROM shadow.t;").unwrap();
     input.flush().unwrap();
-    let start = Instant::now();
-    while dbs.dst.psql("SELECT count(*) FROM pg_locks l JOIN pg_class c ON c.oid = l.relation JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = 'shadow' AND c.relname = 't' AND l.granted") == "0" {
-        assert!(start.elapsed() < Duration::from_secs(20), "the reader never locked shadow.t");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_until("the reader locked shadow.t", 20, || {
+        dbs.dst.psql("SELECT count(*) FROM pg_locks l JOIN pg_class c ON c.oid = l.relation JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = 'shadow' AND c.relname = 't' AND l.granted") != "0"
+    });
     let mut child = spawn(
         &wd,
         &["abort", "--dest", &dbs.dst.url(), "--lock-timeout", "200ms"],

@@ -867,6 +867,35 @@ fn row_level_security_outside_the_migration_fails_neither_check_nor_refresh() {
     );
 }
 
+/// Run `hold` in a session of the destination and leave its transaction
+/// open, then an abort that gives up after one retry of 100 ms (the
+/// workdir's config says so from then on): the session,
+/// its pid and the abort's stderr (the abort failed).
+async fn abort_held_up(
+    wd: &Workdir,
+    dbs: &TestDbs,
+    hold: &str,
+) -> (tokio_postgres::Client, i32, String) {
+    let (app, conn) = dbs
+        .dst
+        .pg_config()
+        .connect(tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    app.batch_execute(hold).await.unwrap();
+    std::fs::write(wd.join("pgshift.toml"), "swap_retries = 1\n").unwrap();
+    let pid: i32 = app
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let out = wd.run(&["abort", "--dest", &dbs.dst.url(), "--lock-timeout", "100ms"]);
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    (app, pid, err)
+}
+
 /// An abort that cannot take its locks (a session idle in transaction on a
 /// preserved table) names the session that holds them, and changes
 /// nothing; once it ends, the abort goes through.
@@ -878,26 +907,8 @@ async fn an_abort_held_up_by_a_lock_names_the_holder() {
     dbs.dst.psql(schema);
     let wd = Workdir::new();
     with_users_preserved(&wd, &dbs, "prepare", &[]);
-    std::fs::write(wd.join("pgshift.toml"), "swap_retries = 1\n").unwrap();
-    let (app, conn) = dbs
-        .dst
-        .pg_config()
-        .connect(tokio_postgres::NoTls)
-        .await
-        .unwrap();
-    tokio::spawn(conn);
-    app.batch_execute("BEGIN; LOCK TABLE users IN ACCESS SHARE MODE;")
-        .await
-        .unwrap();
-    let pid: i32 = app
-        .query_one("SELECT pg_backend_pid()", &[])
-        .await
-        .unwrap()
-        .get(0);
-    let dst = dbs.dst.url();
-    let out = wd.run(&["abort", "--dest", &dst, "--lock-timeout", "100ms"]);
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{err}");
+    let (app, pid, err) =
+        abort_held_up(&wd, &dbs, "BEGIN; LOCK TABLE users IN ACCESS SHARE MODE;").await;
     assert!(
         err.contains(&format!(
             "sessions hold locks on what it removes: pid {pid} ("
@@ -910,7 +921,7 @@ async fn an_abort_held_up_by_a_lock_names_the_holder() {
         "4"
     );
     app.batch_execute("COMMIT").await.unwrap();
-    assert_success(&wd.run(&["abort", "--dest", &dst, "--lock-timeout", "100ms"]));
+    assert_success(&wd.run(&["abort", "--dest", &dbs.dst.url(), "--lock-timeout", "100ms"]));
 }
 
 /// The same when what is held is a table of the shadow (someone inspecting
@@ -926,26 +937,7 @@ async fn an_abort_held_up_emptying_a_big_shadow_names_the_holder() {
     );
     let wd = Workdir::new();
     assert_success(&wd.prepare(&dbs, &[]));
-    std::fs::write(wd.join("pgshift.toml"), "swap_retries = 1\n").unwrap();
-    let (app, conn) = dbs
-        .dst
-        .pg_config()
-        .connect(tokio_postgres::NoTls)
-        .await
-        .unwrap();
-    tokio::spawn(conn);
-    app.batch_execute("BEGIN; SELECT count(*) FROM shadow.t1;")
-        .await
-        .unwrap();
-    let pid: i32 = app
-        .query_one("SELECT pg_backend_pid()", &[])
-        .await
-        .unwrap()
-        .get(0);
-    let dst = dbs.dst.url();
-    let out = wd.run(&["abort", "--dest", &dst, "--lock-timeout", "100ms"]);
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{err}");
+    let (app, pid, err) = abort_held_up(&wd, &dbs, "BEGIN; SELECT count(*) FROM shadow.t1;").await;
     assert!(err.contains("dropping the objects of shadow"), "{err}");
     assert!(
         err.contains(&format!(
@@ -954,7 +946,7 @@ async fn an_abort_held_up_emptying_a_big_shadow_names_the_holder() {
         "{err}"
     );
     app.batch_execute("COMMIT").await.unwrap();
-    assert_success(&wd.run(&["abort", "--dest", &dst, "--lock-timeout", "100ms"]));
+    assert_success(&wd.run(&["abort", "--dest", &dbs.dst.url(), "--lock-timeout", "100ms"]));
     assert_eq!(
         dbs.dst
             .psql("SELECT count(*) FROM pg_namespace WHERE nspname = 'shadow'"),
