@@ -641,6 +641,24 @@ fn a_trusted_extension_whose_objects_the_role_does_not_own_picks_the_object_leve
     );
 }
 
+/// `args` (a swap or a rollback) fails (exit 1) with one error line that
+/// ends with `refusal` (its dry run's), before taking any lock: `db`'s
+/// catalog is unchanged.
+fn refused_before_any_lock(wd: &Workdir, db: &common::TestDb, args: &[&str], refusal: &str) {
+    let before = common::catalog_fingerprint(db);
+    let out = wd.run(args);
+    let err = common::stderr_of(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    let errors: Vec<&str> = err.lines().filter(|l| l.starts_with("error: ")).collect();
+    assert_eq!(errors.len(), 1, "{err}");
+    assert!(errors[0].ends_with(refusal), "{err} / {refusal}");
+    assert!(
+        !err.contains("rolled back"),
+        "refused before any lock: {err}"
+    );
+    assert_eq!(common::catalog_fingerprint(db), before);
+}
+
 /// PostgreSQL makes a range type's constructor functions (`floatrange(…)`,
 /// and on 14+ `floatmultirange(…)`) the bootstrap superuser's, whoever
 /// creates the type, and `ALTER TYPE … SET SCHEMA` leaves them where they
@@ -723,18 +741,7 @@ fn range_constructors_the_role_cannot_move_are_refused_before_the_object_level_s
     let refusal = plan["swap"]["refusal"].as_str().unwrap_or_default();
     assert_eq!(refusal.replacen("; nothing was changed", "", 1), blocked);
 
-    let before = common::catalog_fingerprint(&dbs.dst);
-    let out = wd.run(&["swap", "--dest", &dst]);
-    let err = common::stderr_of(&out);
-    assert_eq!(out.status.code(), Some(1), "{err}");
-    let errors: Vec<&str> = err.lines().filter(|l| l.starts_with("error: ")).collect();
-    assert_eq!(errors.len(), 1, "{err}");
-    assert!(errors[0].ends_with(refusal), "{err} / {refusal}");
-    assert!(
-        !err.contains("rolled back"),
-        "refused before any lock: {err}"
-    );
-    assert_eq!(common::catalog_fingerprint(&dbs.dst), before);
+    refused_before_any_lock(&wd, &dbs.dst, &["swap", "--dest", &dst], refusal);
 
     // The remedy: a superuser gives them to the role.
     dbs.dst.psql(&format!(
@@ -808,18 +815,12 @@ fn range_constructors_the_role_cannot_move_are_refused_before_an_object_level_ro
         refusal.contains("timerange(time without time zone, time without time zone)"),
         "{plan}"
     );
-    let before = common::catalog_fingerprint(&dbs.dst);
-    let out = wd.run(&["rollback", "--latest", "--dest", &dst]);
-    let err = common::stderr_of(&out);
-    assert_eq!(out.status.code(), Some(1), "{err}");
-    let errors: Vec<&str> = err.lines().filter(|l| l.starts_with("error: ")).collect();
-    assert_eq!(errors.len(), 1, "{err}");
-    assert!(errors[0].ends_with(refusal), "{err} / {refusal}");
-    assert!(
-        !err.contains("rolled back"),
-        "refused before any lock: {err}"
+    refused_before_any_lock(
+        &wd,
+        &dbs.dst,
+        &["rollback", "--latest", "--dest", &dst],
+        refusal,
     );
-    assert_eq!(common::catalog_fingerprint(&dbs.dst), before);
 }
 
 /// The application's role (a database owner, no superuser) prepares and a
