@@ -1130,3 +1130,59 @@ async fn object_mode_gets_through_view_readers_and_sequence_first_writers() {
         "t"
     );
 }
+
+/// A rename swap takes the destination's tables into the backup with public
+/// and moves the kept ones (`--keep-tables`) back, one `ALTER TABLE … SET
+/// SCHEMA` each, which needs the privileges of each one's owner. A kept
+/// table of a role this one may not act as failed that statement under the
+/// swap's locks; it is refused before them (exit 1, one line naming the
+/// table, its owner and the remedy, nothing changed), and `--dry-run` says
+/// so. Once the role may, the swap keeps it.
+#[test]
+fn a_kept_table_of_another_role_is_refused_before_a_rename_swap() {
+    let dbs = TestDbs::new("keep_owner");
+    let role = "keep_owner_app";
+    let other = "keep_owner_other";
+    let dst = database_owner(&dbs.dst, role, "keep-pw");
+    dbs.dst.psql(&format!(
+        "DROP ROLE IF EXISTS {other}; CREATE ROLE {other};
+         CREATE TABLE audit (id int PRIMARY KEY); INSERT INTO audit VALUES (7);
+         ALTER TABLE audit OWNER TO {other};
+         SET ROLE {role}; CREATE TABLE t (id int PRIMARY KEY); INSERT INTO t VALUES (1);"
+    ));
+    dbs.src
+        .psql("CREATE TABLE t (id int PRIMARY KEY); INSERT INTO t VALUES (1), (2);");
+    let wd = Workdir::new();
+    assert_success(&wd.run(&["prepare", "--source", &dbs.src.url(), "--dest", &dst]));
+    let plan: serde_json::Value = serde_json::from_str(&assert_success(&wd.run(&[
+        "swap",
+        "--dry-run",
+        "--json",
+        "--keep-tables",
+        "audit",
+        "--dest",
+        &dst,
+    ])))
+    .unwrap();
+    assert_eq!(plan["swap"]["swap_mode"], "rename", "{plan}");
+    let refusal = plan["swap"]["refusal"].as_str().unwrap_or_default();
+    assert!(
+        refusal.contains("public.audit") && refusal.contains(other),
+        "{plan}"
+    );
+    refused_before_any_lock(
+        &wd,
+        &dbs.dst,
+        &["swap", "--keep-tables", "audit", "--dest", &dst],
+        refusal,
+    );
+    dbs.dst.psql(&format!("GRANT {other} TO {role}"));
+    assert_success(&wd.run(&["swap", "--keep-tables", "audit", "--dest", &dst]));
+    assert_eq!(
+        dbs.dst.query_one_string("SELECT count(*) FROM public.t"),
+        "2"
+    );
+    assert_eq!(dbs.dst.query_one_string("SELECT id FROM public.audit"), "7");
+    dbs.dst
+        .psql(&format!("DROP OWNED BY {other} CASCADE; DROP ROLE {other}"));
+}

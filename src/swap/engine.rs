@@ -391,10 +391,11 @@ pub struct Outlook {
 /// The objects an object-level swap would have to move that this role may
 /// not (`ALTER … SET SCHEMA` needs the privileges of each one's owner; see
 /// `pg::objects`): a range type's constructors, which PostgreSQL gives the
-/// bootstrap superuser whoever creates the type, are the usual ones. Empty
-/// in rename mode, which moves none of them. Such a swap fails at its first
-/// one, under its locks: it is refused before them, and `status`, the dry
-/// runs and prepare say so in the same words.
+/// bootstrap superuser whoever creates the type, are the usual ones. In
+/// rename mode only the kept tables (`--keep-tables`) move, back from the
+/// backup: the ones of those this role may not move. Such a swap fails at its first one, under its locks: it is
+/// refused before them, and `status`, the dry runs and prepare say so in
+/// the same words.
 #[derive(Debug, Clone, Default)]
 pub struct Unmovable {
     /// For people: `function shadow.floatrange(double precision, double precision)`.
@@ -408,6 +409,9 @@ pub struct Unmovable {
     /// Why renaming the schemas is not possible, or None when it is (the
     /// object-level swap was asked for).
     no_rename: Option<String>,
+    /// The schemas are renamed: the objects are kept tables, moved back
+    /// from the backup.
+    renaming: bool,
 }
 
 impl Unmovable {
@@ -428,21 +432,28 @@ impl Unmovable {
             Some(k) => format!("ALTER {k}"),
             None => "ALTER".to_string(),
         };
-        let rename = match &self.no_rename {
-            None => {
-                ", or use --swap-mode rename: renaming the schemas moves none of them".to_string()
-            }
-            Some(why) => format!(
-                "; renaming the schemas would move none of them, but is not possible here: {why}"
-            ),
-        };
         let whose = if self.owners.len() == 1 {
             "their owner"
         } else {
             "their owners"
         };
+        let (how, way_out) = if self.renaming {
+            (
+                "renames the schemas and moves the kept tables back one by one",
+                ", or do not keep them, or use --swap-mode object: moving objects leaves the kept tables where they are".to_string(),
+            )
+        } else {
+            let rename = match &self.no_rename {
+                None => ", or use --swap-mode rename: renaming the schemas moves none of them"
+                    .to_string(),
+                Some(why) => format!(
+                    "; renaming the schemas would move none of them, but is not possible here: {why}"
+                ),
+            };
+            ("moves objects one by one", rename)
+        };
         Some(format!(
-            "{what} moves objects one by one, and role {me} may not move {list} (ALTER … SET SCHEMA needs the privileges of {whose}, {owners}); nothing was changed: have a superuser, or {whose}, give them to {me} ({alter} … OWNER TO {me_sql}), or run {what} as a superuser{rename}",
+            "{what} {how}, and role {me} may not move {list} (ALTER … SET SCHEMA needs the privileges of {whose}, {owners}); nothing was changed: have a superuser, or {whose}, give them to {me} ({alter} … OWNER TO {me_sql}), or run {what} as a superuser{way_out}",
             me = display_ident(&self.me),
             list = crate::prepare::preflight::list_some(&self.objects),
             me_sql = quote_ident(&self.me),
@@ -458,16 +469,22 @@ async fn unmovable(
     choice: &Choice,
     listed: &Listed,
 ) -> Result<Unmovable> {
-    if choice.rename.is_some() {
-        return Ok(Unmovable::default());
-    }
-    let mut found = Unmovable::default();
+    let renaming = choice.rename.is_some();
+    let mut found = Unmovable {
+        renaming,
+        ..Unmovable::default()
+    };
     let mut kinds = BTreeSet::new();
-    for (p, (out, inc)) in exchange.pairs.iter().zip(&listed.pairs) {
-        let sides = out
-            .iter()
-            .map(|m| (&p.live, m))
-            .chain(inc.iter().map(|m| (&p.incoming, m)));
+    for ((p, (out, inc)), kept) in exchange.pairs.iter().zip(&listed.pairs).zip(&listed.kept) {
+        // Renaming moves only the kept tables, back from the backup.
+        let sides: Vec<(&String, &Movable)> = if renaming {
+            kept.iter().map(|m| (&p.live, m)).collect()
+        } else {
+            out.iter()
+                .map(|m| (&p.live, m))
+                .chain(inc.iter().map(|m| (&p.incoming, m)))
+                .collect()
+        };
         for (schema, m) in sides {
             let Some(owner) = &m.owner_lacked else {
                 continue;
@@ -496,7 +513,9 @@ async fn unmovable(
         .await
         .context("reading the current role")?
         .get(0);
-    found.no_rename = if policy.mode == ModeRequest::Object {
+    found.no_rename = if renaming {
+        None
+    } else if policy.mode == ModeRequest::Object {
         let auto = Policy {
             mode: ModeRequest::Auto,
             ..policy
@@ -1168,6 +1187,9 @@ async fn strays(
 /// What moves, pair by pair: (out of the live schema, in from the incoming one).
 struct Listed {
     pairs: Vec<(Vec<Movable>, Vec<Movable>)>,
+    /// Per pair: the live schema's kept tables (a rename swap moves them
+    /// back from the backup).
+    kept: Vec<Vec<Movable>>,
     /// Per pair: the owner of the incoming schema when it is another role
     /// this role may act as (a superuser swapping what the application's
     /// role prepared). The new backup and the new empty shadow go to it, so
@@ -1188,14 +1210,21 @@ impl Listed {
 /// with an empty search_path: names come back qualified).
 async fn list(client: &Client, exchange: &Exchange) -> Result<Listed> {
     let mut pairs = Vec::with_capacity(exchange.pairs.len());
+    let mut kept = Vec::with_capacity(exchange.pairs.len());
     let mut handover = Vec::with_capacity(exchange.pairs.len());
     for p in &exchange.pairs {
         let out = objects::movables(client, &p.live).await?;
         let inc = objects::movables(client, &p.incoming).await?;
-        pairs.push(filter_keep(out, inc, &p.keep));
+        let (moving, kept_here) = filter_keep(out, inc, &p.keep);
+        pairs.push(moving);
+        kept.push(kept_here);
         handover.push(incoming_owner(client, &p.incoming).await?);
     }
-    Ok(Listed { pairs, handover })
+    Ok(Listed {
+        pairs,
+        kept,
+        handover,
+    })
 }
 
 /// The owner of `incoming` when it is not this role but one whose privileges
@@ -1252,15 +1281,18 @@ fn session_settings(req: &Request) -> Vec<String> {
     ]
 }
 
+/// What moves out and in, without the kept tables; and the live side's kept
+/// tables.
 fn filter_keep(
     out: Vec<Movable>,
     inc: Vec<Movable>,
     keep: &BTreeSet<String>,
-) -> (Vec<Movable>, Vec<Movable>) {
+) -> ((Vec<Movable>, Vec<Movable>), Vec<Movable>) {
     let is_kept = |m: &Movable| m.kind == "TABLE" && keep.contains(&m.name);
+    let (kept, out): (Vec<Movable>, Vec<Movable>) = out.into_iter().partition(is_kept);
     (
-        out.into_iter().filter(|m| !is_kept(m)).collect(),
-        inc.into_iter().filter(|m| !is_kept(m)).collect(),
+        (out, inc.into_iter().filter(|m| !is_kept(m)).collect()),
+        kept,
     )
 }
 
