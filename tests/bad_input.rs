@@ -761,6 +761,68 @@ fn a_read_only_destination_is_refused_before_anything() {
     ));
 }
 
+/// The same for a standby (a read replica the destination URL points at by
+/// mistake): every mutating command is refused before it takes the lock,
+/// naming the standby and the way out; `status` answers, and a dry run runs
+/// and warns.
+#[test]
+fn a_standby_destination_is_refused_before_anything() {
+    if !common::can_start_clusters() {
+        return;
+    }
+    let replica = common::Cluster::start_with("bad_standby", "hot_standby = on");
+    let dbs = TestDbs {
+        src: common::clusters().0.create_db("src", "bad_standby"),
+        dst: replica.create_db("dst", "bad_standby"),
+    };
+    dbs.src
+        .psql("CREATE TABLE t (id int PRIMARY KEY); INSERT INTO t VALUES (1);");
+    replica.become_standby();
+    assert_eq!(dbs.dst.query_one_string("SELECT pg_is_in_recovery()"), "t");
+    let (src, dst) = (dbs.src.url(), dbs.dst.url());
+    for args in [
+        s(&["prepare", "--source", &src, "--dest", &dst]),
+        s(&["start", "--source", &src, "--dest", &dst]),
+        s(&["swap", "--dest", &dst]),
+        s(&["abort", "--dest", &dst]),
+        s(&["rollback", "--latest", "--dest", &dst]),
+        s(&["cleanup", "--before", "2030-01-01", "--dest", &dst]),
+    ] {
+        check(
+            &dbs,
+            Case {
+                name: &args[0].clone(),
+                args,
+                env: vec![],
+                code: 2,
+                message: vec![
+                    "is a standby (in recovery) and takes no writes",
+                    "target_session_attrs=primary",
+                    "nothing was changed",
+                ],
+            },
+        );
+    }
+    let wd = Workdir::new();
+    let status: serde_json::Value = serde_json::from_str(&assert_success(&run(
+        &wd,
+        &s(&["status", "--json", "--dest", &dst]),
+        &[],
+    )))
+    .unwrap();
+    assert_eq!(status["state"], "idle", "{status}");
+    let out = run(
+        &wd,
+        &s(&["prepare", "--dry-run", "--source", &src, "--dest", &dst]),
+        &[],
+    );
+    let text = assert_success(&out) + &String::from_utf8_lossy(&out.stderr);
+    assert!(
+        text.contains("the destination is a standby (in recovery) and takes no writes: the run itself will be refused"),
+        "{text}"
+    );
+}
+
 /// A foreign table whose server only the source has (servers and user
 /// mappings belong to no schema and are not migrated) is refused before
 /// anything changes, naming the table and the server; left out with

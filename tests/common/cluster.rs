@@ -342,6 +342,19 @@ impl Cluster {
         }
     }
 
+    /// Restart this cluster as a standby with no primary (`standby.signal`,
+    /// no `primary_conninfo`): it stays in recovery, answering read-only
+    /// queries, as a read replica a destination URL may point at by mistake.
+    /// Only for clusters from [`Cluster::start_with`].
+    pub fn become_standby(&self) {
+        let m = self.managed("become_standby()");
+        self.stop();
+        let signal = m.reg.data.join("standby.signal");
+        std::fs::write(&signal, "").expect("write standby.signal");
+        chown_to(&signal, m.reg.run_as.as_ref());
+        self.start();
+    }
+
     /// `pg_ctl restart -m fast`.
     pub fn restart(&self) {
         let m = self.managed("restart()");
