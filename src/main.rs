@@ -85,6 +85,8 @@ fn main() {
             }
         };
         FINISHED.store(code, Ordering::SeqCst);
+        // Tests pause here to interrupt a command that has finished.
+        let _ = pgshift::migration::session::failpoint("exit").await;
         // The command's clients are gone: let their connections say goodbye.
         pgshift::pg::conn::connect::close_connections(std::time::Duration::from_secs(2)).await;
         code
@@ -123,18 +125,19 @@ async fn watch_signals(cancel: CancellationToken) {
                 }
             } => {}
         }
+        // The command has finished and said how (its sessions are only
+        // saying goodbye): stop now, with its code, without another word.
+        let finished = FINISHED.load(Ordering::SeqCst);
+        if finished >= 0 {
+            process::kill_all_now();
+            exit(finished);
+        }
         seen += 1;
         if seen == 1 {
             tracing::warn!("interrupted: stopping cleanly (interrupt again to stop at once)");
             cancel.cancel();
         } else {
             process::kill_all_now();
-            // The command has finished and said how (its sessions are only
-            // saying goodbye): one error line is enough.
-            let finished = FINISHED.load(Ordering::SeqCst);
-            if finished >= 0 {
-                exit(finished);
-            }
             pgshift::errln!(
                 "error: interrupted again: stopped at once; run `pgshift status` to see what is left"
             );

@@ -931,6 +931,47 @@ fn a_log_reader_that_goes_away_costs_the_log_not_the_run() {
     assert_eq!(st["state"], "idle", "{st}");
 }
 
+/// Ctrl-C (once, or twice) while a command that has finished and printed
+/// its error closes its connections: it stops with the command's own exit
+/// code and says nothing more. It printed a second `error:` line
+/// ("interrupted again") and exited 130, as if the command had been cut short.
+#[test]
+fn an_interrupt_after_the_command_has_reported_changes_nothing_it_said() {
+    use std::io::BufRead;
+    let dbs = TestDbs::new("interrupt_reported");
+    let wd = Workdir::new();
+    let mut child = spawn(
+        &wd,
+        &["swap", "--dest", &dbs.dst.url()],
+        &[("PGSHIFT_FAILPOINT", "exit:sleep=20000")],
+    );
+    let mut err = std::io::BufReader::new(child.stderr.take().unwrap());
+    let mut log = String::new();
+    while !log.contains("pausing") {
+        let mut line = String::new();
+        assert!(err.read_line(&mut line).unwrap() > 0, "swap ended: {log}");
+        log.push_str(&line);
+    }
+    let sent = Instant::now();
+    signal(&child, libc::SIGINT);
+    std::thread::sleep(Duration::from_millis(100));
+    signal(&child, libc::SIGINT);
+    let status = wait_exit(&mut child, Duration::from_secs(10));
+    assert!(
+        sent.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        sent.elapsed()
+    );
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut err, &mut rest).unwrap();
+    let all = log + &rest;
+    assert_eq!(status.code(), Some(2), "{all}");
+    let errors: Vec<&str> = all.lines().filter(|l| l.starts_with("error: ")).collect();
+    assert_eq!(errors.len(), 1, "{all}");
+    assert!(errors[0].contains("nothing is prepared"), "{all}");
+    assert!(!all.contains("interrupted"), "{all}");
+}
+
 /// A hang-up (the SSH session that ran pgshift closed) stops a prepare as
 /// Ctrl-C does: exit 130, nothing left behind. Under `nohup` (SIGHUP
 /// ignored, inherited) it goes on and completes.
