@@ -564,3 +564,43 @@ fn prepare_then_status(dbs: &TestDbs, args: &[&str]) -> (Workdir, String, serde_
     let status = json(&wd.run_ok(&["status", "--dest", &dst, "--json"]));
     (wd, dst, status)
 }
+
+/// The same when the destination's sequence of that name is not the kept
+/// table's (not owned by it): it went to the backup with the rest of public
+/// at the swap, and the migrated table's default drew from the backup's
+/// copy (`nextval('backup_<ts>.legacy_id_seq')`), which also kept cleanup
+/// from ever dropping that backup. Refused, with the statement that makes it
+/// the kept table's; then the default draws from the live sequence.
+#[test]
+fn a_sequence_the_kept_table_does_not_own_is_refused() {
+    let dbs = TestDbs::new("filters_kept_seq_unowned");
+    dbs.src.psql(
+        "CREATE TABLE legacy (id serial PRIMARY KEY, x text);
+         SELECT setval('legacy_id_seq', 500);
+         CREATE TABLE newt (id int PRIMARY KEY DEFAULT nextval('legacy_id_seq'), y text);
+         INSERT INTO newt (y) VALUES ('src');",
+    );
+    dbs.dst.psql(
+        "CREATE SEQUENCE legacy_id_seq START 1000;
+         CREATE TABLE legacy (id int PRIMARY KEY DEFAULT nextval('legacy_id_seq'), x text);
+         INSERT INTO legacy (x) VALUES ('dst');",
+    );
+    let (wd, args) = refused_before_anything(
+        &dbs,
+        "legacy",
+        "--keep-tables: default value for column id of table newt of the source uses sequence legacy_id_seq, which the source's legacy owns; the destination's legacy_id_seq is not the kept legacy's: it goes to the backup with the rest of public at the swap, and they would draw from that copy; on the destination run `ALTER SEQUENCE public.legacy_id_seq OWNED BY public.legacy.id` (or keep the tables that use it too), then prepare again; nothing was changed",
+    );
+    dbs.dst
+        .psql("ALTER SEQUENCE public.legacy_id_seq OWNED BY public.legacy.id;");
+    wd.run_ok(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    wd.run_ok(&["swap", "--dest", &dbs.dst.url()]);
+    assert_eq!(
+        dbs.dst.psql(
+            "INSERT INTO newt (y) VALUES ('after') RETURNING id;
+             SELECT pg_get_expr(adbin, adrelid) FROM pg_attrdef WHERE adrelid = 'public.newt'::regclass;"
+        )
+        .lines()
+        .collect::<Vec<_>>(),
+        ["1001", "nextval('legacy_id_seq'::regclass)"]
+    );
+}

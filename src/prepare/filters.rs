@@ -620,7 +620,9 @@ impl KeptSources<'_> {
     /// from the destination's sequence of that name, the one the kept table
     /// owns. That is refused when the destination's sequence would give values
     /// the source's already gave (the migrated rows hold them: duplicate keys
-    /// after the swap), or does not exist; the message says how to set it.
+    /// after the swap), does not exist, or is not a kept table's (it would go
+    /// to the backup, and they would draw from the backup's copy); the
+    /// message says how to set it.
     async fn sequences(&self) -> Result<()> {
         let (src, dest, tables, leaving, schemas) =
             (self.src, self.dest, self.tables, self.leaving, self.schemas);
@@ -687,18 +689,54 @@ impl KeptSources<'_> {
                 users.join(", "),
                 if users.len() == 1 { "s" } else { "" }
             );
+            // The destination's sequence stays live only as a kept table's
+            // (owned by it, or its identity): any other goes to the backup
+            // with the rest of its schema, and the migrated objects with it.
             let on_dest = dest
             .query_opt(
-                "SELECT 1 FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+                "SELECT EXISTS (
+                        SELECT 1 FROM pg_catalog.pg_depend d
+                          JOIN pg_catalog.pg_class t ON t.oid = d.refobjid
+                          JOIN pg_catalog.pg_namespace tn ON tn.oid = t.relnamespace
+                         WHERE d.classid = 'pg_catalog.pg_class'::regclass AND d.objid = c.oid
+                           AND d.refclassid = 'pg_catalog.pg_class'::regclass AND d.deptype IN ('a', 'i')
+                           AND (tn.nspname, t.relname) IN (SELECT * FROM unnest($3::text[], $4::text[]))),
+                        (SELECT a.attname::text
+                           FROM pg_catalog.pg_depend d
+                           JOIN pg_catalog.pg_attrdef ad ON ad.oid = d.objid
+                           JOIN pg_catalog.pg_attribute a ON a.attrelid = ad.adrelid AND a.attnum = ad.adnum
+                           JOIN pg_catalog.pg_class t ON t.oid = ad.adrelid
+                           JOIN pg_catalog.pg_namespace tn ON tn.oid = t.relnamespace
+                          WHERE d.classid = 'pg_catalog.pg_attrdef'::regclass
+                            AND d.refclassid = 'pg_catalog.pg_class'::regclass AND d.refobjid = c.oid
+                            AND tn.nspname = $5 AND t.relname = $6
+                          ORDER BY a.attnum LIMIT 1)
+                   FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
                   WHERE n.nspname = $1 AND c.relname = $2 AND c.relkind = 'S'",
-                &[&schema, &name],
+                &[&schema, &name, &tables.0, &tables.1, &t_schema, &table],
             )
             .await
             .map_err(|e| pg_error_as(e, "looking for the destination's sequences"))?;
-            if on_dest.is_none() {
-                crate::refuse!(
-                    "--keep-tables: {usage}; the destination has no sequence {seq} for them after the swap; create it there (or keep the tables that use it too), then prepare again; nothing was changed"
-                );
+            let column = on_dest
+                .as_ref()
+                .and_then(|r| r.get::<_, Option<String>>(1))
+                .map(|c| display_ident(&c))
+                .unwrap_or_else(|| "<its column>".into());
+            let seq_sql = format!("{}.{}", display_ident(&schema), display_ident(&name));
+            let owned_by = format!(
+                "{}.{}.{column}",
+                display_ident(&t_schema),
+                display_ident(&table)
+            );
+            match on_dest.map(|r| r.get::<_, bool>(0)) {
+                None => crate::refuse!(
+                    "--keep-tables: {usage}; the destination has no sequence {seq} for them after the swap; create it there, owned by the kept table (`CREATE SEQUENCE {seq_sql} OWNED BY {owned_by}`), or keep the tables that use it too, then prepare again; nothing was changed"
+                ),
+                Some(false) => crate::refuse!(
+                    "--keep-tables: {usage}; the destination's {seq} is not the kept {kept}'s: it goes to the backup with the rest of {schema_d} at the swap, and they would draw from that copy; on the destination run `ALTER SEQUENCE {seq_sql} OWNED BY {owned_by}` (or keep the tables that use it too), then prepare again; nothing was changed",
+                    schema_d = display_ident(&schema)
+                ),
+                Some(true) => {}
             }
             let (d_last, d_called) =
                 crate::pg::catalog::sequence_value(dest, &schema, &name).await?;
