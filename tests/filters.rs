@@ -604,3 +604,50 @@ fn a_sequence_the_kept_table_does_not_own_is_refused() {
         ["1001", "nextval('legacy_id_seq'::regclass)"]
     );
 }
+
+/// `swap --keep-tables` says what a kept table leaves behind as the rest of
+/// public moves to the backup, as `prepare --keep-tables` and `rollback
+/// --keep-tables` do: a view that reads it goes along, a type it uses goes
+/// along and it keeps using the backup's copy. The swap and its dry run
+/// said nothing.
+#[test]
+fn swap_keep_tables_warns_of_what_the_kept_table_leaves_behind() {
+    let dbs = TestDbs::new("filters_swap_keep_warn");
+    dbs.dst.psql(
+        "CREATE TYPE lvl AS ENUM ('info', 'warn');
+         CREATE TABLE applog (id serial PRIMARY KEY, l lvl);
+         INSERT INTO applog (l) VALUES ('info');
+         CREATE VIEW applog_v AS SELECT * FROM applog;",
+    );
+    dbs.src.psql(
+        "CREATE TYPE lvl AS ENUM ('info', 'warn', 'error');
+         CREATE TABLE t (id int PRIMARY KEY, l lvl);",
+    );
+    let wd = Workdir::new();
+    let dst = dbs.dst.url();
+    wd.run_ok(&["prepare", "--source", &dbs.src.url(), "--dest", &dst]);
+    let warned = |v: &serde_json::Value| {
+        let w = v["warnings"].to_string();
+        assert!(
+            w.contains("a kept table uses type lvl, which moves to the backup"),
+            "{v}"
+        );
+        assert!(
+            w.contains("view public.applog_v depends on a kept table"),
+            "{v}"
+        );
+    };
+    let plan = json(&wd.run_ok(&[
+        "swap",
+        "--dry-run",
+        "--json",
+        "--keep-tables",
+        "applog",
+        "--dest",
+        &dst,
+    ]));
+    warned(&plan["swap"]);
+    let report = json(&wd.run_ok(&["swap", "--json", "--keep-tables", "applog", "--dest", &dst]));
+    warned(&report);
+    assert_eq!(dbs.dst.psql("SELECT count(*) FROM public.applog"), "1");
+}

@@ -201,6 +201,20 @@ struct Kept {
     pg15: bool,
 }
 
+impl Kept {
+    /// What the kept tables leave behind as the rest of their schemas moves
+    /// to the backup (objects that read them, objects they use), as prepare
+    /// and a rollback say it.
+    async fn warnings(&self, client: &Client) -> Result<Vec<String>> {
+        let mut out = Vec::new();
+        for (s, tables) in &self.by_schema {
+            let tables: Vec<String> = tables.iter().cloned().collect();
+            out.extend(rollback::kept_table_warnings(client, s, &tables, "the backup").await?);
+        }
+        Ok(out)
+    }
+}
+
 /// Find the kept tables and check them (read only): each exists in its live
 /// schema, its shadow has no namesake (it would have to move in beside it),
 /// and every table of the migrated schemas a kept table's foreign key
@@ -468,11 +482,10 @@ pub async fn preview(client: &Client, opts: &SwapOptions) -> Result<SwapPreview>
         .or_else(|| p.unmovable.refusal("the swap"))
         .or_else(|| p.lock_budget.refusal("the swap"));
     let schemas = p.schemas.clone();
-    let warnings = if details.sync.is_empty() {
-        Vec::new()
-    } else {
-        sync::standalone_sequence_warnings(client, &pairs(m)).await?
-    };
+    let mut warnings = kept.warnings(client).await?;
+    if !details.sync.is_empty() {
+        warnings.extend(sync::standalone_sequence_warnings(client, &pairs(m)).await?);
+    }
     Ok(SwapPreview {
         migration_id: m.id,
         mode: p.mode,
@@ -652,6 +665,7 @@ pub async fn swap(sess: &Session, opts: &SwapOptions) -> Result<SwapReport> {
         bail!(why);
     }
     let kept = kept_tables(&sess.control, &m, &opts.keep_tables).await?;
+    warnings.extend(kept.warnings(&sess.control).await?);
     // What the swap does to the running application: refuse discarded
     // writes (and, with --fail-on-breaking, breaking findings) before any lock
     // and before the catch-up (a refusal changes nothing).
