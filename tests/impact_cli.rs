@@ -761,3 +761,76 @@ async fn a_snapshot_older_than_prepare_is_noted() {
         .get(0);
     assert_eq!(seen, 10);
 }
+
+/// A column whose collation changes (`text` to `text COLLATE "C"`) fails a
+/// statement prepared before the swap as a type change does: PostgreSQL
+/// compares result collations too. The report said nothing (no hazard, the
+/// statement not among `result_type_changed`, `--fail-on-breaking` let it
+/// through); now it names both, and the statement does fail.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_column_whose_collation_changes_is_a_result_type_change() {
+    let Some(dbs) = pair("collation") else { return };
+    dbs.src.psql(
+        "CREATE TABLE acct (id int PRIMARY KEY, email text COLLATE \"C\", note text);
+         INSERT INTO acct VALUES (1, 'a@x', 'n');",
+    );
+    dbs.dst.psql(
+        "CREATE EXTENSION pg_stat_statements;
+         CREATE TABLE acct (id int PRIMARY KEY, email text, note text);
+         INSERT INTO acct VALUES (1, 'a@x', 'n');
+         SELECT pg_stat_statements_reset();",
+    );
+    let (app, conn) = dbs.dst.pg_config().connect(NoTls).await.unwrap();
+    tokio::spawn(conn);
+    let email = app
+        .prepare("SELECT email FROM acct WHERE id = $1")
+        .await
+        .unwrap();
+    let note = app
+        .prepare("SELECT note FROM acct WHERE id = $1")
+        .await
+        .unwrap();
+    app.query(&email, &[&1i32]).await.unwrap();
+    app.query(&note, &[&1i32]).await.unwrap();
+
+    let wd = Workdir::new();
+    let url = dbs.dst.url();
+    assert_success(&wd.prepare(&dbs, &[]));
+    let d = json_of(&wd.run_ok(&["swap", "--dest", &url, "--dry-run", "--json"]));
+    let impact = &d["swap"]["impact"];
+    assert!(
+        impact["hazards"].as_array().unwrap().iter().any(|h| {
+            h["code"] == "COLUMN_TYPE_CHANGED"
+                && h["object"] == "public.acct.email"
+                && h["detail"] == "text -> text COLLATE \"C\""
+        }),
+        "{d}"
+    );
+    let changed: Vec<(String, Vec<String>)> = impact["statements"]["result_type_changed"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            (
+                c["query"].as_str().unwrap().to_string(),
+                serde_json::from_value(c["columns"].clone()).unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        changed,
+        vec![(
+            "SELECT email FROM acct WHERE id = $1".to_string(),
+            vec!["email: text -> text COLLATE \"C\"".to_string()]
+        )],
+        "{d}"
+    );
+    assert_success(&wd.run(&["swap", "--dest", &url]));
+    let err = app.query(&email, &[&1i32]).await.unwrap_err();
+    assert_eq!(
+        err.as_db_error().map(|e| e.message()),
+        Some("cached plan must not change result type"),
+        "{err:?}"
+    );
+    app.query(&note, &[&1i32]).await.unwrap();
+}

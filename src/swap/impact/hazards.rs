@@ -9,7 +9,7 @@
 //! | `SEQUENCE_DROPPED` | breaks | a sequence not owned by a column has no namesake |
 //! | `RELATION_KIND_CHANGED` | rejects_writes (table -> view) / info | same name, other kind |
 //! | `COLUMN_DROPPED` | breaks | a column of a relation kept by name is gone |
-//! | `COLUMN_TYPE_CHANGED` | result_type | `format_type` text differs (domain, enum, typmod, array element) |
+//! | `COLUMN_TYPE_CHANGED` | result_type | `format_type` text differs (domain, enum, typmod, array element), or the column's collation (`text -> text COLLATE "C"`: PostgreSQL compares result collations too) |
 //! | `COLUMN_LIST_CHANGED` | result_type | the ordered column names differ (`SELECT *` gets other columns) |
 //! | `TYPE_REPLACED` | result_type | a type columns use is replaced by the incoming copy (same name, new OID) |
 //! | `NOT_NULL_ADDED` | rejects_writes | a column became NOT NULL, or a new NOT NULL column has no default |
@@ -112,7 +112,8 @@ struct Rel {
 
 struct Col {
     name: String,
-    /// `format_type`, qualified, mapped to the live schema.
+    /// `format_type`, qualified, mapped to the live schema, with ` COLLATE …`
+    /// when the column's collation is not its type's.
     type_name: String,
     not_null: bool,
     has_default: bool,
@@ -227,9 +228,13 @@ async fn read_and_compare(client: &Client, pairs: &[SchemaPair]) -> Result<Vec<H
         &format!(
             "WITH {NS}
              SELECT ns.pair, ns.side, c.relname::text, a.attname::text,
-                    pg_catalog.format_type(a.atttypid, a.atttypmod), a.attnotnull,
+                    pg_catalog.format_type(a.atttypid, a.atttypmod) ||
+                      CASE WHEN a.attcollation <> ty.typcollation
+                           THEN ' COLLATE ' || a.attcollation::pg_catalog.regcollation::text ELSE '' END,
+                    a.attnotnull,
                     a.atthasdef OR a.attidentity <> '' OR a.attgenerated <> ''
                FROM pg_catalog.pg_attribute a
+               JOIN pg_catalog.pg_type ty ON ty.oid = a.atttypid
                JOIN pg_catalog.pg_class c ON c.oid = a.attrelid
                JOIN ns ON ns.oid = c.relnamespace
               WHERE c.relkind IN ('r', 'p', 'f', 'v', 'm') AND a.attnum > 0 AND NOT a.attisdropped

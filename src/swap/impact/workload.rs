@@ -974,16 +974,29 @@ async fn column_types(
         .await
         .context("naming result types")?;
     let result = async {
+        // A table column's collation, where it is not its type's: a result
+        // column whose collation changes fails a prepared statement as a
+        // type change does (the server compares both).
+        let mut collations: HashMap<(u32, i16), String> = HashMap::new();
         let origins: HashMap<(u32, i16), (u32, i32)> = client
             .query(
-                "SELECT t.r, t.a, a.atttypid, a.atttypmod
+                "SELECT t.r, t.a, a.atttypid, a.atttypmod,
+                        CASE WHEN a.attcollation <> ty.typcollation
+                             THEN a.attcollation::pg_catalog.regcollation::text END
                    FROM ROWS FROM (pg_catalog.unnest($1::oid[]), pg_catalog.unnest($2::int2[])) AS t(r, a)
-                   JOIN pg_catalog.pg_attribute a ON a.attrelid = t.r AND a.attnum = t.a",
+                   JOIN pg_catalog.pg_attribute a ON a.attrelid = t.r AND a.attnum = t.a
+                   JOIN pg_catalog.pg_type ty ON ty.oid = a.atttypid",
                 &[&rels, &atts],
             )
             .await?
             .into_iter()
-            .map(|r| ((r.get(0), r.get(1)), (r.get(2), r.get(3))))
+            .map(|r| {
+                let key = (r.get(0), r.get(1));
+                if let Some(coll) = r.get::<_, Option<String>>(4) {
+                    collations.insert(key, coll);
+                }
+                (key, (r.get(2), r.get(3)))
+            })
             .collect();
         let real = |c: &Column| -> (u32, i32) {
             c.origin
@@ -1004,10 +1017,13 @@ async fn column_types(
         let mut out: ColumnTypes = HashMap::new();
         for c in &cols {
             let t = real(c);
-            let name = names
+            let mut name = names
                 .get(&t)
                 .map(|n| mapper.map(n))
                 .unwrap_or_else(|| format!("type {}", t.0));
+            if let Some(coll) = c.origin.and_then(|o| collations.get(&o)) {
+                name = format!("{name} COLLATE {}", mapper.map(coll));
+            }
             out.insert((c.type_oid, c.typmod, c.origin), (t, name));
         }
         anyhow::Ok(out)
