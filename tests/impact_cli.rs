@@ -834,3 +834,54 @@ async fn a_column_whose_collation_changes_is_a_result_type_change() {
     );
     app.query(&note, &[&1i32]).await.unwrap();
 }
+
+/// A statement prepared before the swap keeps its parameter types: with
+/// `code` retyped from text to integer, `WHERE code = $1` prepared with a
+/// text parameter fails after the swap (`operator does not exist: integer =
+/// text`). The report listed only the column's hazard, not the statement
+/// (only parameter types the swap moves to the backup were checked so).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_parameter_compared_with_a_retyped_column_fails_when_prepared_before() {
+    let Some(dbs) = pair("param_retyped") else {
+        return;
+    };
+    dbs.src.psql(
+        "CREATE TABLE acct (id int PRIMARY KEY, code int);
+         INSERT INTO acct VALUES (1, 5);",
+    );
+    dbs.dst.psql(
+        "CREATE EXTENSION pg_stat_statements;
+         CREATE TABLE acct (id int PRIMARY KEY, code text);
+         INSERT INTO acct VALUES (1, '5');
+         SELECT pg_stat_statements_reset();",
+    );
+    let (app, conn) = dbs.dst.pg_config().connect(NoTls).await.unwrap();
+    tokio::spawn(conn);
+    let by_code = app
+        .prepare("SELECT id FROM acct WHERE code = $1")
+        .await
+        .unwrap();
+    app.query(&by_code, &[&"5"]).await.unwrap();
+
+    let wd = Workdir::new();
+    let url = dbs.dst.url();
+    assert_success(&wd.prepare(&dbs, &[]));
+    let d = json_of(&wd.run_ok(&["swap", "--dest", &url, "--dry-run", "--json"]));
+    let failing = &d["swap"]["impact"]["statements"]["failing"];
+    assert_eq!(
+        failing,
+        &json!([{
+            "query": "SELECT id FROM acct WHERE code = $1",
+            "calls": 1,
+            "error": "when prepared before the swap (it keeps its parameter types: $1 text (now int4)): operator does not exist: integer = text"
+        }]),
+        "{d}"
+    );
+    assert_success(&wd.run(&["swap", "--dest", &url]));
+    let err = app.query(&by_code, &[&"5"]).await.unwrap_err();
+    assert_eq!(
+        err.as_db_error().map(|e| e.message()),
+        Some("operator does not exist: integer = text"),
+        "{err:?}"
+    );
+}

@@ -35,11 +35,15 @@
 //!    own type from `pg_attribute`; an expression cast to a domain is seen as
 //!    the base type;
 //! 3. when today's parameter types include a type of a live schema (which the
-//!    swap moves to the backup), it is parsed once more in the future namespace
-//!    with those parameter types, as a statement prepared before the swap will
-//!    be re-analysed: `operator does not exist: mood = backup.mood` makes it
-//!    failing (new connections are not affected, prepared statements are until
-//!    they are prepared again).
+//!    swap moves to the backup), or differ from those the future statement
+//!    infers (a column retyped from text to integer), it is parsed once more
+//!    in the future namespace with today's parameter types, as a statement
+//!    prepared before the swap will be re-analysed: `operator does not exist:
+//!    mood = backup.mood` or `integer = text` makes it failing (new
+//!    connections are not affected, prepared statements are until they are
+//!    prepared again). pg_stat_statements writes constants as parameters too,
+//!    and a constant is analysed afresh: a literal compared with such a
+//!    column is reported as failing although it would not fail.
 //!
 //! The check is read-only and never waits behind the application: each parse
 //! runs in its own `BEGIN READ ONLY … ROLLBACK` with `SET LOCAL lock_timeout`
@@ -923,12 +927,20 @@ async fn check_one(
             )));
         }
     };
-    // Statements prepared before the swap keep today's parameter types.
-    if today
+    // Statements prepared before the swap keep today's parameter types: a
+    // type the swap moves to the backup, or a type the future statement
+    // would infer otherwise (a column retyped from text to integer).
+    let moved = today
         .params
         .iter()
-        .any(|t| cat.live_type_oids.contains(&t.oid()))
-    {
+        .any(|t| cat.live_type_oids.contains(&t.oid()));
+    let retyped = today.params.len() == future.params.len()
+        && today
+            .params
+            .iter()
+            .zip(&future.params)
+            .any(|(a, b)| a.oid() != b.oid());
+    if moved || retyped {
         let typed = checker
             .describe(&p.res.rewritten, &p.res.future_path, Some(&today.params))
             .await?;
@@ -936,15 +948,30 @@ async fn check_one(
             if let Some(why) = interrupted(&e, lt) {
                 return Ok(Outcome::Unchecked(why));
             }
-            let types: Vec<String> = today
-                .params
-                .iter()
-                .filter(|t| cat.live_type_oids.contains(&t.oid()))
-                .map(|t| t.name().to_string())
-                .collect();
+            let why = if moved {
+                let types: Vec<String> = today
+                    .params
+                    .iter()
+                    .filter(|t| cat.live_type_oids.contains(&t.oid()))
+                    .map(|t| t.name().to_string())
+                    .collect();
+                format!(
+                    "its parameter types {} then belong to the backup schema",
+                    types.join(", ")
+                )
+            } else {
+                let changes: Vec<String> = today
+                    .params
+                    .iter()
+                    .zip(&future.params)
+                    .enumerate()
+                    .filter(|(_, (a, b))| a.oid() != b.oid())
+                    .map(|(i, (a, b))| format!("${} {} (now {})", i + 1, a.name(), b.name()))
+                    .collect();
+                format!("it keeps its parameter types: {}", changes.join(", "))
+            };
             return Ok(Outcome::Failing(format!(
-                "when prepared before the swap (its parameter types {} then belong to the backup schema): {}",
-                types.join(", "),
+                "when prepared before the swap ({why}): {}",
                 resolve::map_error(&e.message, pairs, &p.res.qualified_calls)
             )));
         }
