@@ -41,7 +41,7 @@ use super::{SchemaPair, qualified_display};
 use crate::dump::sql::{DefinedNames, remap};
 use crate::pg::catalog::defined_names;
 use crate::pg::ident::display_ident;
-use crate::pg::meta::{BACKUP_PREFIX, META_SCHEMA};
+use crate::pg::meta::{BACKUP_PREFIX, META_SCHEMA, SHADOW_PREFIX, SHADOW_SCHEMA};
 
 /// A name as written in a statement.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -471,13 +471,22 @@ pub struct Resolution {
     pub qualified_calls: Vec<(String, String)>,
 }
 
-/// The schema names pgshift owns: the incoming schemas, `pgshift`, `backup_<digits>`.
+/// The schema names pgshift owns: the incoming schemas, `pgshift`, the
+/// shadows (`shadow`, `pgshift_shadow_…`: in a rollback they are not the
+/// incoming ones, and prepare's replay of a preserved table names them),
+/// `backup_<digits>` and another schema's `backup_<unix ms>_…`.
 fn is_pgshift_schema(schema: &str, pairs: &[SchemaPair]) -> bool {
+    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
     schema == META_SCHEMA
+        || schema == SHADOW_SCHEMA
+        || schema.starts_with(SHADOW_PREFIX)
         || pairs.iter().any(|p| p.incoming == schema)
-        || schema
-            .strip_prefix(BACKUP_PREFIX)
-            .is_some_and(|ts| !ts.is_empty() && ts.bytes().all(|b| b.is_ascii_digit()))
+        || schema.strip_prefix(BACKUP_PREFIX).is_some_and(|rest| {
+            digits(rest)
+                || rest
+                    .split_once('_')
+                    .is_some_and(|(ts, _)| ts.len() >= 13 && digits(ts))
+        })
 }
 
 /// Resolve the names of one statement for the application whose search path is
@@ -811,6 +820,34 @@ mod tests {
                 None => r.name.clone(),
             })
             .collect()
+    }
+
+    /// A rollback's incoming schema is the backup: the shadows stay
+    /// pgshift's (prepare's replay of a preserved table names `shadow`), and
+    /// so do another schema's backups; an application's `backup_archive`
+    /// does not.
+    #[test]
+    fn pgshift_schemas_in_a_rollback() {
+        let pairs = vec![SchemaPair::new("public", "backup_1796419422535")];
+        for own in [
+            "pgshift",
+            "shadow",
+            "pgshift_shadow_billing",
+            "backup_1796419422535",
+            "backup_1796419422535_billing",
+            "backup_17",
+        ] {
+            assert!(is_pgshift_schema(own, &pairs), "{own}");
+        }
+        for theirs in [
+            "public",
+            "billing",
+            "backup_archive",
+            "backup_2024_old",
+            "shadows",
+        ] {
+            assert!(!is_pgshift_schema(theirs, &pairs), "{theirs}");
+        }
     }
 
     #[test]

@@ -4,8 +4,8 @@
 //! the statements of this database (`dbid`) that ran at least once, top-level
 //! only where the view says so (14+), narrowed to `roles` when given. Utility
 //! statements and multi-statement texts are left out ([`resolve::parse`]), so
-//! are pgshift's own statements (those naming the incoming schemas, `pgshift`
-//! or backup schemas) and statements that name nothing a swap changes (only
+//! are pgshift's own statements (those naming the incoming schemas, the
+//! shadows, `pgshift` or backup schemas) and statements that name nothing a swap changes (only
 //! catalogs, other schemas, extension members).
 //!
 //! pg_stat_statements replaces constants by `$n`; a typed constant then reads
