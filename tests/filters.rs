@@ -651,3 +651,54 @@ fn swap_keep_tables_warns_of_what_the_kept_table_leaves_behind() {
     warned(&report);
     assert_eq!(dbs.dst.psql("SELECT count(*) FROM public.applog"), "1");
 }
+
+/// An object that uses an array of an excluded table's row type (`base[]`: a
+/// column, a function's argument or result, a composite type's attribute, a
+/// domain) needs the table as much as one of its row type does. Each was
+/// missed: prepare failed in the schema phase (`type "public.base[]" does
+/// not exist`) with a clean dry run, or, when the destination had its own
+/// `base`, bound the shadow's column to the live `base[]`, which the swap
+/// moves to the backup. Each is refused before anything changes, in the dry
+/// run too, whether the destination has a `base` or not, as an object of
+/// the row type itself is (a domain over `base`, and what uses an array of
+/// that domain through it).
+#[test]
+fn an_array_of_an_excluded_tables_row_type_is_refused() {
+    let dbs = TestDbs::new("filters_array_rowtype");
+    dbs.src.psql(
+        "CREATE TABLE base (id int PRIMARY KEY, v text);
+         INSERT INTO base VALUES (1, 'a');
+         CREATE TABLE arr_user (id int, bs base[]);
+         INSERT INTO arr_user VALUES (1, ARRAY[ROW(1, 'a')::base]);
+         CREATE FUNCTION f_arg(xs base[]) RETURNS int LANGUAGE sql AS 'SELECT 1';
+         CREATE FUNCTION f_ret() RETURNS base[] LANGUAGE sql AS 'SELECT NULL::base[]';
+         CREATE TYPE ct AS (xs base[]);
+         CREATE DOMAIN d_arr AS base[];
+         CREATE DOMAIN d_row AS base;
+         CREATE TABLE dom_arr_user (id int, ds d_row[]);
+         CREATE TABLE plain (id int);",
+    );
+    let needle = "--exclude-table: objects of the source depend on excluded tables and would be migrated without them: composite type ct, function f_arg(base[]), function f_ret(), table arr_user, type d_arr, type d_row; exclude them too";
+    let wd = Workdir::new();
+    let (src, dst) = (dbs.src.url(), dbs.dst.url());
+    let base = [
+        "prepare",
+        "--source",
+        &src,
+        "--dest",
+        &dst,
+        "--exclude-table",
+        "base",
+    ];
+    for dest_has_base in [false, true] {
+        if dest_has_base {
+            dbs.dst
+                .psql("CREATE TABLE base (id int PRIMARY KEY, v text); INSERT INTO base VALUES (7, 'dst');");
+        }
+        let before = catalog_fingerprint(&dbs.dst);
+        for dry in [&["--dry-run"][..], &[]] {
+            assert_usage_error(&wd.run(&[base.as_slice(), dry].concat()), needle);
+        }
+        assert_eq!(catalog_fingerprint(&dbs.dst), before);
+    }
+}

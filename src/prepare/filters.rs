@@ -9,9 +9,10 @@
 //!   is given its exact name (`--exclude-table="public"."t"`, with the
 //!   sequences it owns) and no rows are copied. An object of the source that
 //!   depends on it or on a sequence it owns (a view, a foreign key or a
-//!   column default of another table, a function with an SQL body, a column
-//!   of its row type) would be restored without it, so it is refused here,
-//!   naming the dependents.
+//!   column default of another table, a function with an SQL body, a column,
+//!   argument, attribute or domain of its row type or of an array of it)
+//!   would be restored without it, so it is refused here, naming the
+//!   dependents.
 //! - `--keep-tables P`: destination tables that stay in the new public as
 //!   they are: not copied, no triggers; the source's namesake is not migrated
 //!   (as with `--exclude-table`). The swap leaves them in public (the engine's

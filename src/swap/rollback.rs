@@ -1185,9 +1185,13 @@ pub(crate) async fn descendants(
 }
 
 /// The dependency filter of [`depending_on`]: normal dependencies on the
-/// tables in `t` (oid, row type) from objects that are not part of a table in
-/// `own` (the table itself, its constraints, rules, defaults, triggers and
-/// policies). With `except_foreign_keys`, no foreign key counts either.
+/// tables in `t` (oid, row type), or on their row types' array types (a
+/// column, an argument, an attribute or a domain of type `t[]`: the array
+/// type is part of the row type, it goes where the table goes), from objects
+/// that are not part of a table in `own` (the table itself, its constraints,
+/// rules, defaults, triggers and policies). With `except_foreign_keys`, no
+/// foreign key counts either. What uses a domain over the row type (or an
+/// array of that domain) depends on the domain, which is named instead.
 pub(crate) fn not_part_of(own: &str, except_foreign_keys: bool) -> String {
     let fk = if except_foreign_keys {
         "c.contype = 'f' OR "
@@ -1198,7 +1202,9 @@ pub(crate) fn not_part_of(own: &str, except_foreign_keys: bool) -> String {
         "
     d.deptype = 'n'
     AND ((d.refclassid = 'pg_catalog.pg_class'::regclass AND d.refobjid IN (SELECT oid FROM t))
-      OR (d.refclassid = 'pg_catalog.pg_type'::regclass AND d.refobjid IN (SELECT reltype FROM t)))
+      OR (d.refclassid = 'pg_catalog.pg_type'::regclass AND d.refobjid IN (
+            SELECT reltype FROM t
+            UNION ALL SELECT y.typarray FROM pg_catalog.pg_type y WHERE y.oid IN (SELECT reltype FROM t))))
     AND NOT (d.classid = 'pg_catalog.pg_class'::regclass AND d.objid IN (SELECT oid FROM {own}))
     AND NOT (d.classid = 'pg_catalog.pg_constraint'::regclass AND EXISTS (
              SELECT 1 FROM pg_catalog.pg_constraint c WHERE c.oid = d.objid
