@@ -223,12 +223,7 @@ pub struct PrepareOpts {
     /// Destination tables whose rows survive the migration, comma separated
     /// (`users,sessions`, `"Mixed",public.t`). Their structure comes from the
     /// source, their rows from the destination, kept in sync until the swap.
-    #[arg(
-        long,
-        env = "PGSHIFT_PRESERVED_TABLES",
-        value_name = "TABLES",
-        value_delimiter = ','
-    )]
+    #[arg(long, env = "PGSHIFT_PRESERVED_TABLES", value_name = "TABLES")]
     pub preserved_tables: Option<Vec<String>>,
 
     /// The schemas to migrate, comma separated (`public,billing`; default
@@ -294,12 +289,7 @@ pub struct PrepareOpts {
 pub struct ImpactOpts {
     /// Check only the recorded statements of these roles (the application's),
     /// comma separated. Default: every role's.
-    #[arg(
-        long,
-        env = "PGSHIFT_WORKLOAD_ROLES",
-        value_name = "ROLES",
-        value_delimiter = ','
-    )]
+    #[arg(long, env = "PGSHIFT_WORKLOAD_ROLES", value_name = "ROLES")]
     pub workload_roles: Option<Vec<String>>,
 
     /// Time bound of the recorded-statements check, e.g. `30s` (default 30s);
@@ -445,7 +435,7 @@ pub struct RollbackArgs {
 
     /// Keep these tables (rows and sequence values) from the current public
     /// instead of the backup's, comma separated.
-    #[arg(long, value_name = "TABLES", value_delimiter = ',')]
+    #[arg(long, value_name = "TABLES")]
     pub keep_tables: Option<Vec<String>>,
 
     /// Roll back even if the backup no longer matches its manifest.

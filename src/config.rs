@@ -66,7 +66,6 @@ pub struct FileConfig {
 /// lower case), no duplicates, public among them (listed first), none of
 /// pgshift's own or the system's. Empty: `["public"]`.
 fn parse_schemas(raw: Vec<String>) -> Result<Vec<String>> {
-    let raw: Vec<String> = raw.into_iter().filter(|s| !s.trim().is_empty()).collect();
     if raw.is_empty() {
         return Ok(crate::pg::meta::default_schemas());
     }
@@ -125,11 +124,82 @@ pub enum StringList {
 }
 
 impl StringList {
-    fn items(&self) -> Vec<String> {
+    /// The items; an empty string or item is refused, naming the file's `key`
+    /// (an empty list, `[]`, is an explicit "none").
+    fn items(&self, key: &str, what: &str) -> Result<Vec<String>> {
         match self {
-            StringList::One(s) => split_list(s),
-            StringList::Many(v) => v.clone(),
+            StringList::One(s) if s.trim().is_empty() => {
+                crate::refuse!(
+                    "{key} in the config file is empty: give {what}, or leave the key out"
+                )
+            }
+            StringList::One(s) => {
+                let items = split_list(s);
+                if items.iter().any(|i| i.trim().is_empty()) {
+                    crate::refuse!(
+                        "{key} in the config file: {s:?} has an empty item (a comma too many?)"
+                    );
+                }
+                Ok(items)
+            }
+            StringList::Many(v) => {
+                if v.iter().any(|i| i.trim().is_empty()) {
+                    crate::refuse!("{key} in the config file has an empty item: give {what}");
+                }
+                Ok(v.clone())
+            }
         }
+    }
+}
+
+/// The items of a list setting given on the command line or in its
+/// environment variable `env` (clap reads both into `values`, one per
+/// flag), each value split on commas outside double quotes ([`split_list`],
+/// the one splitter of every list). A value with nothing in it
+/// (`--exclude-table "$UNSET"`, `PGSHIFT_EXCLUDE_TABLE=`) or an empty item
+/// (`a,,b`, `a,`) is refused, naming the flag or the variable: it must not
+/// silently mean "none". `what` is what the list takes ("a pattern").
+pub fn list_items(
+    flag: &str,
+    env: Option<&str>,
+    values: &[String],
+    what: &str,
+) -> Result<Vec<String>> {
+    // The variable's value is what clap used when the flag was not given.
+    let from_env =
+        env.filter(|e| values.len() == 1 && std::env::var(e).is_ok_and(|v| v == values[0]));
+    let mut out = Vec::new();
+    for v in values {
+        if v.trim().is_empty() {
+            match from_env {
+                Some(e) => crate::refuse!("{e} is empty: give {what}, or unset it"),
+                None => crate::refuse!("{flag} is empty: give {what}, or leave the flag out"),
+            }
+        }
+        let items = split_list(v);
+        if items.iter().any(|i| i.trim().is_empty()) {
+            crate::refuse!(
+                "{}: {v:?} has an empty item (a comma too many?)",
+                from_env.unwrap_or(flag)
+            );
+        }
+        out.extend(items);
+    }
+    Ok(out)
+}
+
+/// A list setting, flags (or environment) > config file: its items, or none.
+fn list_setting(
+    given: &Option<Vec<String>>,
+    (flag, env): (&str, &str),
+    file: &Option<StringList>,
+    key: &str,
+    what: &str,
+) -> Result<Vec<String>> {
+    match (given, file) {
+        (Some(v), _) => list_items(flag, Some(env), v, what),
+        (None, Some(l)) => l.items(key, what),
+        (None, None) => Ok(Vec::new()),
     }
 }
 
@@ -513,25 +583,25 @@ pub fn resolve(
     };
     let source = conn("--source", &inputs.source, "source_url", &f.source_url)?;
     let dest = conn("--dest", &inputs.dest, "dest_url", &f.dest_url)?;
-    let preserved_raw: Vec<String> = match (&inputs.preserved_tables, &f.preserved_tables) {
-        (Some(v), _) => v.clone(),
-        (None, Some(l)) => l.items(),
-        (None, None) => Vec::new(),
-    };
-    let preserved_raw: Vec<String> = preserved_raw
-        .into_iter()
-        .filter(|s| !s.trim().is_empty())
-        .collect();
+    let preserved_raw = list_setting(
+        &inputs.preserved_tables,
+        ("--preserved-tables", "PGSHIFT_PRESERVED_TABLES"),
+        &f.preserved_tables,
+        "preserved_tables",
+        "table names",
+    )?;
     let mut preserved_tables = TableName::parse_list(&preserved_raw)
         .map_err(|e| UserError::new(format!("--preserved-tables: {e}")))?;
     // One table named twice (`users,public.users`) is preserved once.
     let mut seen = std::collections::HashSet::new();
     preserved_tables.retain(|t| seen.insert((t.schema_or_public().to_string(), t.name.clone())));
-    let schemas = parse_schemas(match (&inputs.schemas, &f.schemas) {
-        (Some(v), _) => v.iter().flat_map(|s| split_list(s)).collect(),
-        (None, Some(l)) => l.items(),
-        (None, None) => Vec::new(),
-    })?;
+    let schemas = parse_schemas(list_setting(
+        &inputs.schemas,
+        ("--schemas", "PGSHIFT_SCHEMAS"),
+        &f.schemas,
+        "schemas",
+        "schema names",
+    )?)?;
     for t in &preserved_tables {
         if !schemas.iter().any(|s| s == t.schema_or_public()) {
             crate::refuse!(
@@ -541,9 +611,18 @@ pub fn resolve(
         }
     }
 
+    let what = "table names, or all";
     let allow_discard = match (&inputs.allow_discard, &f.allow_discard) {
-        (Some(v), _) => Some(v.clone()),
-        (None, Some(l)) => Some(l.items().join(",")),
+        (Some(v), _) => Some(
+            list_items(
+                "--allow-discard",
+                Some("PGSHIFT_ALLOW_DISCARD"),
+                std::slice::from_ref(v),
+                what,
+            )?
+            .join(","),
+        ),
+        (None, Some(l)) => Some(l.items("allow_discard", what)?.join(",")),
         (None, None) => None,
     };
     let allow_discard = match allow_discard {
@@ -554,11 +633,13 @@ pub fn resolve(
             ))
         })?,
     };
-    let roles_raw: Vec<String> = match (&inputs.workload_roles, &f.workload_roles) {
-        (Some(v), _) => v.clone(),
-        (None, Some(l)) => l.items(),
-        (None, None) => Vec::new(),
-    };
+    let roles_raw = list_setting(
+        &inputs.workload_roles,
+        ("--workload-roles", "PGSHIFT_WORKLOAD_ROLES"),
+        &f.workload_roles,
+        "workload_roles",
+        "role names",
+    )?;
     let workload_roles = parse_roles(&roles_raw)?;
     let impact_timeout = match (&inputs.impact_timeout, &f.impact_timeout) {
         (Some(t), _) => server_timeout("--impact-timeout", parse_duration("--impact-timeout", t)?)?,
@@ -572,26 +653,36 @@ pub fn resolve(
         Command::Swap(_) => !all,
         _ => false,
     };
-    let patterns = |flag: &str, given: &Option<Vec<String>>, file: &Option<StringList>| {
-        let raw: Vec<String> = match (given, file) {
-            (Some(v), _) => v.iter().flat_map(|s| split_list(s)).collect(),
-            (None, Some(l)) => l.items(),
-            (None, None) => Vec::new(),
-        };
-        TablePattern::parse_list(&raw).map_err(|e| UserError::new(format!("{flag}: {e}")))
+    let patterns = |(flag, env): (&str, &str),
+                    given: &Option<Vec<String>>,
+                    file: &Option<StringList>,
+                    key: &str|
+     -> Result<Vec<TablePattern>> {
+        let raw = list_setting(given, (flag, env), file, key, "a pattern")?;
+        Ok(TablePattern::parse_list(&raw).map_err(|e| UserError::new(format!("{flag}: {e}")))?)
     };
     let mut filters = TableFilters::default();
     if takes(true) {
         filters.exclude_table_data = patterns(
-            "--exclude-table-data",
+            ("--exclude-table-data", "PGSHIFT_EXCLUDE_TABLE_DATA"),
             &inputs.exclude_table_data,
             &f.exclude_table_data,
+            "exclude_table_data",
         )?;
-        filters.exclude_table =
-            patterns("--exclude-table", &inputs.exclude_table, &f.exclude_table)?;
+        filters.exclude_table = patterns(
+            ("--exclude-table", "PGSHIFT_EXCLUDE_TABLE"),
+            &inputs.exclude_table,
+            &f.exclude_table,
+            "exclude_table",
+        )?;
     }
     if takes(false) {
-        filters.keep_tables = patterns("--keep-tables", &inputs.keep_tables, &f.keep_tables)?;
+        filters.keep_tables = patterns(
+            ("--keep-tables", "PGSHIFT_KEEP_TABLES"),
+            &inputs.keep_tables,
+            &f.keep_tables,
+            "keep_tables",
+        )?;
     }
 
     let verbosity = (global.verbose as i8).saturating_sub(global.quiet as i8);
@@ -693,7 +784,7 @@ impl From<SwapModeArg> for ModeRequest {
 /// `--workload-roles`: role names as typed (`app`, `"App"`), never SQL.
 fn parse_roles(items: &[String]) -> Result<Vec<String>> {
     let mut roles: Vec<String> = Vec::new();
-    for item in items.iter().filter(|s| !s.trim().is_empty()) {
+    for item in items {
         let bad = |why: String| UserError::new(format!("--workload-roles: {why}"));
         let name = TableName::parse(item).map_err(|e| {
             let e = e.to_string();
@@ -951,6 +1042,99 @@ mod tests {
         assert!(err.starts_with("--keep-tables: "), "{err}");
         let err = settings_error(&["pgshift", "start"], "exclude_table = '\"open'");
         assert!(err.contains("unterminated quote"), "{err}");
+    }
+
+    #[test]
+    fn preserved_tables_split_outside_quotes() {
+        // As the filters' lists: a quoted name keeps its comma, from the flag
+        // (and its variable) and from the file.
+        let s = settings(
+            &["pgshift", "prepare", "--preserved-tables", "\"a,b\",users"],
+            "",
+        )
+        .unwrap();
+        let names: Vec<&str> = s.preserved_tables.iter().map(|t| t.name.as_str()).collect();
+        assert_eq!(names, ["a,b", "users"]);
+        let s = settings(&["pgshift", "prepare"], "preserved_tables = '\"a,b\"'").unwrap();
+        assert_eq!(s.preserved_tables[0].name, "a,b");
+        let s = settings(
+            &["pgshift", "status", "--workload-roles", "app,\"Web,2\""],
+            "",
+        )
+        .unwrap();
+        assert_eq!(s.impact.workload.roles, vec!["app", "Web,2"]);
+    }
+
+    #[test]
+    fn empty_lists_and_items_are_refused() {
+        // An empty value (an unset shell variable: `--exclude-table "$X"`)
+        // must not silently mean "no filter", nor an empty item.
+        for (args, want) in [
+            (
+                vec!["pgshift", "prepare", "--exclude-table="],
+                "--exclude-table is empty: give a pattern, or leave the flag out",
+            ),
+            (
+                vec!["pgshift", "prepare", "--exclude-table-data", " "],
+                "--exclude-table-data is empty",
+            ),
+            (
+                vec!["pgshift", "prepare", "--keep-tables="],
+                "--keep-tables is empty",
+            ),
+            (
+                vec!["pgshift", "swap", "--keep-tables="],
+                "--keep-tables is empty",
+            ),
+            (
+                vec!["pgshift", "prepare", "--exclude-table=,"],
+                "--exclude-table: \",\" has an empty item",
+            ),
+            (
+                vec!["pgshift", "prepare", "--exclude-table", "a,,b"],
+                "--exclude-table: \"a,,b\" has an empty item",
+            ),
+            (
+                vec!["pgshift", "prepare", "--preserved-tables="],
+                "--preserved-tables is empty: give table names, or leave the flag out",
+            ),
+            (
+                vec!["pgshift", "prepare", "--preserved-tables", "users,"],
+                "--preserved-tables: \"users,\" has an empty item",
+            ),
+            (
+                vec!["pgshift", "prepare", "--schemas="],
+                "--schemas is empty",
+            ),
+            (
+                vec!["pgshift", "status", "--workload-roles="],
+                "--workload-roles is empty",
+            ),
+            (
+                vec!["pgshift", "swap", "--allow-discard="],
+                "--allow-discard is empty",
+            ),
+        ] {
+            let err = settings(&args, "").unwrap_err();
+            assert!(err.to_string().starts_with(want), "{args:?}: {err}");
+            assert_eq!(
+                crate::error::exit_code_for(&err),
+                crate::error::ExitCode::Usage
+            );
+        }
+        // The file's keys alike; an empty list is an explicit "none".
+        let err = settings_error(&["pgshift", "prepare"], "exclude_table = ''");
+        assert!(
+            err.starts_with("exclude_table in the config file is empty"),
+            "{err}"
+        );
+        let err = settings_error(&["pgshift", "prepare"], "keep_tables = ['a', '']");
+        assert!(
+            err.starts_with("keep_tables in the config file has an empty item"),
+            "{err}"
+        );
+        let s = settings(&["pgshift", "prepare"], "exclude_table = []").unwrap();
+        assert!(s.filters.is_empty());
     }
 
     #[test]

@@ -190,6 +190,9 @@ fn bad_input_is_one_line_a_documented_code_and_no_change() {
     std::fs::write(a_backup.join("toc.dat"), "PGDMP").unwrap();
     std::fs::write(a_backup.join("3362.dat.gz"), "rows").unwrap();
 
+    let excluding = wd.join("excluding.toml");
+    std::fs::write(&excluding, "exclude_table = 'nokey'\n").unwrap();
+
     let secret_url = "postgresql://u:Sekret-0815@127.0.0.1:1/db";
     let cases = vec![
         Case {
@@ -483,6 +486,78 @@ fn bad_input_is_one_line_a_documented_code_and_no_change() {
             env: vec![],
             code: 2,
             message: vec!["bad.toml", "unknown field", "destination_url", "line 2"],
+        },
+        // An empty value (`--exclude-table "$UNSET"`) or list item is no
+        // filter at all: refused, not read as "nothing to filter".
+        Case {
+            name: "an empty --exclude-table",
+            args: prepare(&["--exclude-table="]),
+            env: vec![],
+            code: 2,
+            message: vec!["--exclude-table is empty: give a pattern, or leave the flag out"],
+        },
+        Case {
+            name: "an empty --exclude-table-data",
+            args: prepare(&["--exclude-table-data", ""]),
+            env: vec![],
+            code: 2,
+            message: vec!["--exclude-table-data is empty"],
+        },
+        Case {
+            name: "an empty --keep-tables",
+            args: prepare(&["--keep-tables="]),
+            env: vec![],
+            code: 2,
+            message: vec!["--keep-tables is empty"],
+        },
+        Case {
+            name: "an --exclude-table of commas",
+            args: prepare(&["--exclude-table=,"]),
+            env: vec![],
+            code: 2,
+            message: vec!["--exclude-table: \",\" has an empty item"],
+        },
+        Case {
+            name: "an empty item in --exclude-table",
+            args: prepare(&["--exclude-table", "users,"]),
+            env: vec![],
+            code: 2,
+            message: vec!["--exclude-table: \"users,\" has an empty item"],
+        },
+        Case {
+            name: "an empty --preserved-tables",
+            args: prepare(&["--preserved-tables="]),
+            env: vec![],
+            code: 2,
+            message: vec!["--preserved-tables is empty"],
+        },
+        Case {
+            name: "an empty --schemas",
+            args: prepare(&["--schemas="]),
+            env: vec![],
+            code: 2,
+            message: vec!["--schemas is empty"],
+        },
+        Case {
+            name: "an empty PGSHIFT_EXCLUDE_TABLE over the file's exclude_table",
+            args: [s(&["--config", excluding.to_str().unwrap()]), prepare(&[])].concat(),
+            env: vec![("PGSHIFT_EXCLUDE_TABLE".into(), "".into())],
+            code: 2,
+            message: vec!["PGSHIFT_EXCLUDE_TABLE is empty: give a pattern, or unset it"],
+        },
+        Case {
+            name: "an empty swap --keep-tables",
+            args: s(&["swap", "--dest", &dst, "--keep-tables="]),
+            env: vec![],
+            code: 2,
+            message: vec!["--keep-tables is empty"],
+        },
+        Case {
+            name: "an empty rollback --keep-tables",
+            args: s(&["rollback", "--dest", &dst, "--latest", "--keep-tables="]),
+            env: vec![],
+            code: 2,
+            message: vec!["--keep-tables is empty"],
         },
         Case {
             name: "unknown option value",

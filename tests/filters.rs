@@ -737,3 +737,45 @@ fn an_excluded_materialized_view_is_not_refreshed() {
         "mv_kept,t:2:3"
     );
 }
+
+/// Every list flag splits on commas outside double quotes: a table whose
+/// name holds a comma can be preserved as it can be filtered.
+#[test]
+fn a_quoted_name_with_a_comma_in_every_list_flag() {
+    let dbs = TestDbs::new("filters_comma");
+    for db in [&dbs.src, &dbs.dst] {
+        db.psql("CREATE TABLE \"a,b\" (id int PRIMARY KEY); CREATE TABLE \"c,d\" (id int);");
+    }
+    let wd = Workdir::new();
+    let (src, dst) = (dbs.src.url(), dbs.dst.url());
+    let base = ["prepare", "--source", &src, "--dest", &dst, "--dry-run"];
+    let plan = json(
+        &wd.run_ok(
+            &[
+                base.as_slice(),
+                &[
+                    "--json",
+                    "--preserved-tables",
+                    "\"a,b\"",
+                    "--exclude-table",
+                    "\"c,d\"",
+                ],
+            ]
+            .concat(),
+        ),
+    );
+    assert_eq!(
+        plan["plan"]["preserved_tables"],
+        serde_json::json!(["\"a,b\""])
+    );
+    // The same from the environment.
+    let out = wd.run_env(
+        &[base.as_slice(), &["--json"]].concat(),
+        &[("PGSHIFT_PRESERVED_TABLES", "\"a,b\"")],
+    );
+    let plan = json(&common::assert_success(&out));
+    assert_eq!(
+        plan["plan"]["preserved_tables"],
+        serde_json::json!(["\"a,b\""])
+    );
+}

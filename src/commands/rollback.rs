@@ -22,13 +22,10 @@ pub async fn run(args: RollbackArgs, ctx: Ctx) -> Result<ExitCode> {
         }
         (None, _) => Target::Latest,
     };
-    let keep_raw: Vec<String> = args
-        .keep_tables
-        .clone()
-        .unwrap_or_default()
-        .into_iter()
-        .filter(|s| !s.trim().is_empty())
-        .collect();
+    let keep_raw = match &args.keep_tables {
+        Some(v) => crate::config::list_items("--keep-tables", None, v, "table names")?,
+        None => Vec::new(),
+    };
     let keep_tables = TableName::parse_list(&keep_raw)
         .map_err(|e| UserError::new(format!("--keep-tables: {e}")))?;
     let opts = RollbackOptions {

@@ -146,6 +146,10 @@ impl fmt::Display for TablePattern {
 }
 
 /// Split a list on commas outside double quotes (`a,"b,c"` is two items).
+/// Every item comes back, blank ones too (`a,,b` is three): whether an empty
+/// item is an error is the caller's to say (`config::list_items`). The one
+/// splitter of every list setting: table filters, preserved tables, schemas,
+/// roles, `--allow-discard`, `rollback --keep-tables`.
 pub fn split_list(text: &str) -> Vec<String> {
     let mut out = Vec::new();
     let mut cur = String::new();
@@ -161,7 +165,7 @@ pub fn split_list(text: &str) -> Vec<String> {
         }
     }
     out.push(cur);
-    out.into_iter().filter(|s| !s.trim().is_empty()).collect()
+    out
 }
 
 /// Glob matching with `*` and `?`, iterative with one backtrack point (linear
@@ -259,7 +263,12 @@ mod tests {
 
     #[test]
     fn lists_split_outside_quotes() {
-        assert_eq!(split_list("a, \"b,c\" ,,d"), vec!["a", " \"b,c\" ", "d"]);
+        assert_eq!(
+            split_list("a, \"b,c\" ,,d"),
+            vec!["a", " \"b,c\" ", "", "d"]
+        );
+        assert_eq!(split_list(""), vec![""]);
+        assert_eq!(split_list("\"x\"\"y,z\""), vec!["\"x\"\"y,z\""]);
         let l = TablePattern::parse_list(&split_list("a,b,a")).unwrap();
         assert_eq!(l.len(), 2);
         assert_eq!(l[1].to_string(), "b");

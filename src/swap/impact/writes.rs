@@ -680,7 +680,10 @@ pub enum AllowDiscard {
 impl AllowDiscard {
     /// `all`, or a comma-separated list of table names (identifiers, never SQL).
     pub fn parse(input: &str) -> Result<AllowDiscard, NameError> {
-        let items: Vec<&str> = input.split(',').map(str::trim).collect();
+        let items: Vec<String> = crate::pg::pattern::split_list(input)
+            .into_iter()
+            .map(|i| i.trim().to_string())
+            .collect();
         if items.iter().any(|i| i.eq_ignore_ascii_case("all")) {
             return Ok(AllowDiscard::All);
         }
