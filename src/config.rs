@@ -116,11 +116,66 @@ fn parse_schemas(raw: Vec<String>) -> Result<Vec<String>> {
 }
 
 /// `"a,b"` or `["a", "b"]`.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(untagged)]
+#[derive(Debug, Clone)]
 pub enum StringList {
     One(String),
     Many(Vec<String>),
+}
+
+/// What a [`StringList`] key takes, as a refusal says it.
+const STRING_LIST: &str = "a list of strings or a comma-separated string";
+
+/// What a [`DurationValue`] key takes, as a refusal says it.
+const DURATION: &str = "a duration (\"500ms\", \"10s\", \"2m\") or a whole number of seconds";
+
+impl<'de> Deserialize<'de> for StringList {
+    /// By hand rather than `untagged`, whose error ("data did not match any
+    /// variant") says neither what was found nor what the key takes.
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        /// One string of the list (anything else: the list's own message).
+        struct Item(String);
+        impl<'de> Deserialize<'de> for Item {
+            fn deserialize<D: serde::Deserializer<'de>>(
+                d: D,
+            ) -> std::result::Result<Self, D::Error> {
+                struct V;
+                impl serde::de::Visitor<'_> for V {
+                    type Value = Item;
+                    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                        f.write_str(STRING_LIST)
+                    }
+                    fn visit_str<E: serde::de::Error>(
+                        self,
+                        v: &str,
+                    ) -> std::result::Result<Item, E> {
+                        Ok(Item(v.to_string()))
+                    }
+                }
+                d.deserialize_any(V)
+            }
+        }
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = StringList;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(STRING_LIST)
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> std::result::Result<StringList, E> {
+                Ok(StringList::One(v.to_string()))
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> std::result::Result<StringList, A::Error> {
+                let mut out = Vec::new();
+                while let Some(Item(s)) = seq.next_element()? {
+                    out.push(s);
+                }
+                Ok(StringList::Many(out))
+            }
+        }
+        d.deserialize_any(V)
+    }
 }
 
 impl StringList {
@@ -204,11 +259,44 @@ fn list_setting(
 }
 
 /// `"500ms"`, `"10s"` or a number of seconds.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(untagged)]
+#[derive(Debug, Clone)]
 pub enum DurationValue {
     Seconds(u64),
     Text(String),
+}
+
+impl<'de> Deserialize<'de> for DurationValue {
+    /// By hand rather than `untagged`, for an error that says what the key takes.
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = DurationValue;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(DURATION)
+            }
+            fn visit_u64<E: serde::de::Error>(
+                self,
+                v: u64,
+            ) -> std::result::Result<DurationValue, E> {
+                Ok(DurationValue::Seconds(v))
+            }
+            fn visit_i64<E: serde::de::Error>(
+                self,
+                v: i64,
+            ) -> std::result::Result<DurationValue, E> {
+                u64::try_from(v)
+                    .map(DurationValue::Seconds)
+                    .map_err(|_| E::invalid_value(serde::de::Unexpected::Signed(v), &self))
+            }
+            fn visit_str<E: serde::de::Error>(
+                self,
+                v: &str,
+            ) -> std::result::Result<DurationValue, E> {
+                Ok(DurationValue::Text(v.to_string()))
+            }
+        }
+        d.deserialize_any(V)
+    }
 }
 
 /// Everything a command needs to know, validated.
@@ -404,17 +492,53 @@ pub fn load_file(explicit: Option<&Path>) -> Result<Option<(PathBuf, FileConfig)
 }
 
 /// Parse config text; the error is one line (`unknown field "x" ... at line 3`).
+/// A value of the wrong type is named by its key and what the key takes
+/// (`exclude_table must be a list of strings or a comma-separated string,
+/// not integer `5` (line 1)`), not in serde's words.
 pub fn parse_file(text: &str) -> std::result::Result<FileConfig, String> {
     toml::from_str::<FileConfig>(text).map_err(|e| {
         let msg = e.message().trim().replace('\n', " ");
         match e.span() {
             Some(span) => {
+                let msg = match key_at(text, span.start) {
+                    Some(key) => wrong_value(&key, &msg),
+                    None => msg,
+                };
                 let line = text[..span.start.min(text.len())].matches('\n').count() + 1;
                 format!("{msg} (line {line})")
             }
             None => msg,
         }
     })
+}
+
+/// The top-level key whose value holds byte `at` of the config text.
+fn key_at(text: &str, at: usize) -> Option<String> {
+    let table = toml::de::DeTable::parse(text).ok()?;
+    table
+        .get_ref()
+        .iter()
+        .find(|(_, v)| v.span().contains(&at))
+        .map(|(k, _)| k.get_ref().to_string())
+}
+
+/// serde's `invalid type: X, expected Y` (or `invalid value`) about `key`'s
+/// value as `key must be Y, not X`; any other message prefixed with the key.
+fn wrong_value(key: &str, msg: &str) -> String {
+    let parsed = ["invalid type: ", "invalid value: "]
+        .iter()
+        .find_map(|p| msg.strip_prefix(p))
+        .and_then(|rest| rest.rsplit_once(", expected "));
+    match parsed {
+        Some((found, expected)) => {
+            let expected = match expected {
+                "usize" | "u32" | "u64" => "a whole number (0 or more)",
+                e => e,
+            };
+            format!("{key} must be {expected}, not {found}")
+        }
+        None => format!("{key}: {msg}"),
+    }
 }
 
 /// Parse a duration flag: `500ms`, `1s`, `2m`, or a bare number of seconds.
@@ -1135,6 +1259,58 @@ mod tests {
         );
         let s = settings(&["pgshift", "prepare"], "exclude_table = []").unwrap();
         assert!(s.filters.is_empty());
+    }
+
+    #[test]
+    fn a_value_of_the_wrong_type_names_its_key() {
+        for key in [
+            "preserved_tables",
+            "schemas",
+            "exclude_table_data",
+            "exclude_table",
+            "keep_tables",
+            "allow_discard",
+            "workload_roles",
+        ] {
+            for value in ["5", "true", "[1, 2]", "{ a = 'b' }"] {
+                let err = parse_file(&format!("jobs = 2\n{key} = {value}\n")).unwrap_err();
+                assert!(
+                    err.starts_with(&format!(
+                        "{key} must be a list of strings or a comma-separated string"
+                    )),
+                    "{key} = {value}: {err}"
+                );
+                assert!(err.ends_with("(line 2)"), "{err}");
+                assert!(!err.contains("untagged"), "{err}");
+            }
+        }
+        for key in [
+            "connect_timeout",
+            "lock_timeout",
+            "statement_timeout",
+            "impact_timeout",
+        ] {
+            for value in ["true", "-5", "1.5", "['1s']"] {
+                let err = parse_file(&format!("{key} = {value}\n")).unwrap_err();
+                assert!(
+                    err.starts_with(&format!(
+                        "{key} must be a duration (\"500ms\", \"10s\", \"2m\") or a whole number of seconds"
+                    )),
+                    "{key} = {value}: {err}"
+                );
+                assert!(!err.contains("untagged"), "{err}");
+            }
+        }
+        // Other keys are named too.
+        let err = parse_file("jobs = 'four'\n").unwrap_err();
+        assert_eq!(
+            err,
+            "jobs must be a whole number (0 or more), not string \"four\" (line 1)"
+        );
+        // What still parses, still parses.
+        let f = parse_file("lock_timeout = 3\nconnect_timeout = '2s'\nschemas = ['public']\nexclude_table = 'a,b'\n").unwrap();
+        assert!(matches!(f.lock_timeout, Some(DurationValue::Seconds(3))));
+        assert!(matches!(f.exclude_table, Some(StringList::One(_))));
     }
 
     #[test]

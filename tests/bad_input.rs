@@ -192,6 +192,10 @@ fn bad_input_is_one_line_a_documented_code_and_no_change() {
 
     let excluding = wd.join("excluding.toml");
     std::fs::write(&excluding, "exclude_table = 'nokey'\n").unwrap();
+    let mistyped = wd.join("mistyped.toml");
+    std::fs::write(&mistyped, "jobs = 2\nexclude_table = 5\n").unwrap();
+    let mistyped_duration = wd.join("mistyped_duration.toml");
+    std::fs::write(&mistyped_duration, "lock_timeout = true\n").unwrap();
 
     let secret_url = "postgresql://u:Sekret-0815@127.0.0.1:1/db";
     let cases = vec![
@@ -558,6 +562,36 @@ fn bad_input_is_one_line_a_documented_code_and_no_change() {
             env: vec![],
             code: 2,
             message: vec!["--keep-tables is empty"],
+        },
+        Case {
+            name: "a config list key of the wrong type",
+            args: s(&[
+                "--config",
+                mistyped.to_str().unwrap(),
+                "list",
+                "--dest",
+                &dst,
+            ]),
+            env: vec![],
+            code: 2,
+            message: vec![
+                "mistyped.toml",
+                "exclude_table must be a list of strings or a comma-separated string",
+                "line 2",
+            ],
+        },
+        Case {
+            name: "a config duration of the wrong type",
+            args: s(&[
+                "--config",
+                mistyped_duration.to_str().unwrap(),
+                "list",
+                "--dest",
+                &dst,
+            ]),
+            env: vec![],
+            code: 2,
+            message: vec!["lock_timeout must be a duration", "line 1"],
         },
         Case {
             name: "unknown option value",
