@@ -779,3 +779,58 @@ fn a_quoted_name_with_a_comma_in_every_list_flag() {
         serde_json::json!(["\"a,b\""])
     );
 }
+
+/// An excluded table other objects need: the refusal names each as what it
+/// is (a table's rule is a rule, not a view) and gives advice that fits
+/// them: views and tables can be excluded too, functions, types and domains
+/// come with the schema.
+#[test]
+fn dependents_are_named_as_what_they_are_with_fitting_advice() {
+    let dbs = TestDbs::new("filters_dep_kinds");
+    dbs.src.psql(
+        "CREATE TABLE rtarget (id int PRIMARY KEY, v text);
+         CREATE TABLE rule_t (id int);
+         CREATE RULE r AS ON INSERT TO rule_t DO ALSO INSERT INTO rtarget VALUES (new.id, 'x');
+         CREATE TABLE ftarget (id int PRIMARY KEY, v text);
+         CREATE FUNCTION f_arg(b ftarget) RETURNS int LANGUAGE plpgsql AS $$BEGIN RETURN 1; END$$;
+         CREATE TYPE ct AS (x ftarget);
+         CREATE DOMAIN d AS ftarget;",
+    );
+    let wd = Workdir::new();
+    let (src, dst) = (dbs.src.url(), dbs.dst.url());
+    let base = ["prepare", "--source", &src, "--dest", &dst, "--dry-run"];
+    let before = catalog_fingerprint(&dbs.dst);
+    let refused = |excluded: &str| {
+        let out = wd.run(&[base.as_slice(), &["--exclude-table", excluded]].concat());
+        assert_eq!(out.status.code(), Some(2), "{out:?}");
+        common::stderr_of(&out)
+    };
+
+    let err = refused("rtarget");
+    assert_usage_error(
+        &wd.run(&[base.as_slice(), &["--exclude-table", "rtarget"]].concat()),
+        "would be migrated without them: rule r on table public.rule_t; exclude them too (views and tables: --exclude-table), or migrate the tables; nothing was changed",
+    );
+    assert!(!err.contains("view public.rule_t"), "{err}");
+
+    let err = refused("ftarget");
+    for part in ["composite type ", "function ", "f_arg(", "type ", "d"] {
+        assert!(err.contains(part), "{part}: {err}");
+    }
+    assert!(
+        err.contains("; they are migrated with the schema (no flag leaves them out): drop or change them on the source, or do not exclude the tables; nothing was changed"),
+        "{err}"
+    );
+    assert!(!err.contains("--exclude-table)"), "{err}");
+
+    let err = refused("rtarget,ftarget");
+    assert!(
+        err.contains("; exclude the tables and views they belong to too (--exclude-table); "),
+        "{err}"
+    );
+    assert!(
+        err.contains(" are migrated with the schema (no flag leaves them out): drop or change them on the source; or do not exclude the tables; nothing was changed"),
+        "{err}"
+    );
+    assert_eq!(catalog_fingerprint(&dbs.dst), before);
+}

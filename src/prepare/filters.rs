@@ -10,9 +10,11 @@
 //!   sequences it owns) and no rows are copied. An object of the source that
 //!   depends on it or on a sequence it owns (a view, a foreign key or a
 //!   column default of another table, a function with an SQL body, a column,
-//!   argument, attribute or domain of its row type or of an array of it)
-//!   would be restored without it, so it is refused here, naming the
-//!   dependents.
+//!   argument, attribute or domain of its row type or of an array of it, a
+//!   rule of another table) would be restored without it, so it is refused
+//!   here, naming the dependents, with advice that fits them: tables and
+//!   views can be excluded too; functions, types and domains come with the
+//!   schema (no flag leaves them out).
 //! - `--keep-tables P`: destination tables that stay in the new public as
 //!   they are: not copied, no triggers; the source's namesake is not migrated
 //!   (as with `--exclude-table`). The swap leaves them in public (the engine's
@@ -352,8 +354,9 @@ pub async fn resolve(
     let deps = dependents(src, &excluded_only, &leaving, schemas).await?;
     if !deps.is_empty() {
         crate::refuse!(
-            "--exclude-table: objects of the source depend on excluded tables and would be migrated without them: {}; exclude them too (views and tables: --exclude-table), or migrate the tables; nothing was changed",
-            deps.join(", ")
+            "--exclude-table: objects of the source depend on excluded tables and would be migrated without them: {}; {}; nothing was changed",
+            deps.iter().map(|(d, _)| d).join(", "),
+            dependents_advice(&deps)
         );
     }
 
@@ -488,19 +491,44 @@ pub async fn kept_foreign_keys(
     Ok(out)
 }
 
+/// What to do about objects that need an excluded table, as fits them
+/// (`deps`: each named, with whether it is or belongs to a relation): tables
+/// and views (and what belongs to them: rules, defaults, policies, keys) can
+/// be excluded too; functions, types and domains come with the schema, and
+/// no flag leaves them out.
+fn dependents_advice(deps: &[(String, bool)]) -> String {
+    let others: Vec<&str> = deps
+        .iter()
+        .filter(|(_, in_relation)| !in_relation)
+        .map(|(d, _)| d.as_str())
+        .collect();
+    if others.is_empty() {
+        "exclude them too (views and tables: --exclude-table), or migrate the tables".into()
+    } else if others.len() == deps.len() {
+        "they are migrated with the schema (no flag leaves them out): drop or change them on the source, or do not exclude the tables".into()
+    } else {
+        format!(
+            "exclude the tables and views they belong to too (--exclude-table); {} {} migrated with the schema (no flag leaves them out): drop or change them on the source; or do not exclude the tables",
+            others.join(", "),
+            if others.len() == 1 { "is" } else { "are" }
+        )
+    }
+}
+
 /// Objects of the source's migrated `schemas` that depend on `tables` other than the
 /// tables' own parts and other tables in `leaving` (views, foreign keys of
-/// other tables, SQL-body functions, columns of their row type …).
+/// other tables, SQL-body functions, columns of their row type …), each with
+/// whether it is or belongs to a relation.
 async fn dependents(
     client: &Client,
     tables: &(Vec<String>, Vec<String>),
     leaving: &(Vec<String>, Vec<String>),
     schemas: &[String],
-) -> Result<Vec<String>> {
+) -> Result<Vec<(String, bool)>> {
     if tables.0.is_empty() {
         return Ok(Vec::new());
     }
-    rollback::depending_on(
+    rollback::depending_on_kinds(
         client,
         // The sequences they own go with them (pg_dump's -T): a default,
         // a view or a function of a migrated table using one is a dependent

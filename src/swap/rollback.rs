@@ -1235,15 +1235,36 @@ pub(crate) const DEPENDENT_SCHEMA: &str = "
       (SELECT n.nspname::text FROM pg_catalog.pg_namespace n
         WHERE pg_catalog.quote_ident(n.nspname) = (pg_catalog.pg_identify_object(d.classid, d.objid, 0)).schema))";
 
-/// How to name a dependent object for people: views by name, the rest as
-/// `pg_describe_object` says.
+/// How to name a dependent object for people: views by name (their query is
+/// their `_RETURN` rule), other rules as `rule r on table public.t`, the rest
+/// as `pg_describe_object` says.
 pub(crate) const DESCRIBE_DEPENDENT: &str = "
     CASE WHEN d.classid = 'pg_catalog.pg_rewrite'::regclass
-         THEN (SELECT CASE v.relkind WHEN 'm' THEN 'materialized view ' ELSE 'view ' END
+         THEN (SELECT CASE WHEN r.rulename = '_RETURN' AND v.relkind IN ('v', 'm')
+                           THEN CASE v.relkind WHEN 'm' THEN 'materialized view ' ELSE 'view ' END
+                           ELSE 'rule ' || pg_catalog.quote_ident(r.rulename) || ' on '
+                                || CASE v.relkind WHEN 'v' THEN 'view ' WHEN 'm' THEN 'materialized view '
+                                                  WHEN 'f' THEN 'foreign table ' ELSE 'table ' END END
                       || pg_catalog.quote_ident(vn.nspname) || '.' || pg_catalog.quote_ident(v.relname)
                  FROM pg_catalog.pg_rewrite r JOIN pg_catalog.pg_class v ON v.oid = r.ev_class
                  JOIN pg_catalog.pg_namespace vn ON vn.oid = v.relnamespace WHERE r.oid = d.objid)
          ELSE pg_catalog.pg_describe_object(d.classid, d.objid, 0) END";
+
+/// Whether a dependent object is, or is part of, a table, view,
+/// materialized view or foreign table (a view's rule, a table's column,
+/// constraint, default, trigger, rule or policy): something `--exclude-table`
+/// can leave out with its relation. Functions, types, domains and the like
+/// are not: they come with their schema.
+pub(crate) const DEPENDENT_IN_RELATION: &str = "
+    COALESCE((SELECT c.relkind IN ('r', 'p', 'f', 'v', 'm') FROM pg_catalog.pg_class c
+               WHERE c.oid = CASE d.classid
+                       WHEN 'pg_catalog.pg_class'::regclass THEN d.objid
+                       WHEN 'pg_catalog.pg_rewrite'::regclass THEN (SELECT x.ev_class FROM pg_catalog.pg_rewrite x WHERE x.oid = d.objid)
+                       WHEN 'pg_catalog.pg_trigger'::regclass THEN (SELECT x.tgrelid FROM pg_catalog.pg_trigger x WHERE x.oid = d.objid)
+                       WHEN 'pg_catalog.pg_attrdef'::regclass THEN (SELECT x.adrelid FROM pg_catalog.pg_attrdef x WHERE x.oid = d.objid)
+                       WHEN 'pg_catalog.pg_policy'::regclass THEN (SELECT x.polrelid FROM pg_catalog.pg_policy x WHERE x.oid = d.objid)
+                       WHEN 'pg_catalog.pg_constraint'::regclass THEN (SELECT x.conrelid FROM pg_catalog.pg_constraint x WHERE x.oid = d.objid)
+                     END), false)";
 
 /// Objects of `schema` that depend on its copies of `tables` (views, functions with
 /// SQL bodies, columns of their row type…), other than the tables' own parts
@@ -1289,12 +1310,39 @@ pub(crate) async fn depending_on(
     params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
     what: &str,
 ) -> Result<Vec<String>> {
+    Ok(depending_on_kinds(
+        client,
+        with,
+        own,
+        except_foreign_keys,
+        only_in,
+        params,
+        what,
+    )
+    .await?
+    .into_iter()
+    .map(|(name, _)| name)
+    .collect())
+}
+
+/// [`depending_on`], each object with whether it is or belongs to a
+/// relation ([`DEPENDENT_IN_RELATION`]).
+pub(crate) async fn depending_on_kinds(
+    client: &Client,
+    with: &str,
+    own: &str,
+    except_foreign_keys: bool,
+    only_in: Option<&str>,
+    params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    what: &str,
+) -> Result<Vec<(String, bool)>> {
     let within = only_in
         .map(|p| format!(" AND {DEPENDENT_SCHEMA} = ANY({p})"))
         .unwrap_or_default();
     let sql = format!(
         "WITH {with}
-         SELECT DISTINCT {DESCRIBE_DEPENDENT} FROM pg_catalog.pg_depend d WHERE {}{within} ORDER BY 1",
+         SELECT DISTINCT {DESCRIBE_DEPENDENT}, {DEPENDENT_IN_RELATION}
+           FROM pg_catalog.pg_depend d WHERE {}{within} ORDER BY 1",
         not_part_of(own, except_foreign_keys)
     );
     let rows = client
@@ -1303,7 +1351,7 @@ pub(crate) async fn depending_on(
         .map_err(|e| pg_error_as(e, &format!("looking for objects that depend on {what}")))?;
     Ok(rows
         .into_iter()
-        .filter_map(|r| r.get::<_, Option<String>>(0))
+        .filter_map(|r| Some((r.get::<_, Option<String>>(0)?, r.get::<_, bool>(1))))
         .collect())
 }
 
