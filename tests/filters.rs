@@ -834,3 +834,61 @@ fn dependents_are_named_as_what_they_are_with_fitting_advice() {
     );
     assert_eq!(catalog_fingerprint(&dbs.dst), before);
 }
+
+/// A preserved table's foreign key to a table migrated without its rows
+/// cannot be fixed by excluding the preserved table's data (a preserved
+/// table cannot be filtered): the refusal says so and what is possible.
+#[test]
+fn a_preserved_tables_key_to_a_table_without_rows_is_refused_with_what_is_possible() {
+    let dbs = TestDbs::new("filters_preserved_fk");
+    for db in [&dbs.src, &dbs.dst] {
+        db.psql(
+            "CREATE TABLE orgs (id int PRIMARY KEY);
+             CREATE TABLE users (id int PRIMARY KEY, org_id int REFERENCES orgs (id));
+             CREATE TABLE teams (id int PRIMARY KEY, org_id int REFERENCES orgs (id));
+             INSERT INTO orgs VALUES (1), (2);
+             INSERT INTO users VALUES (1, 1);",
+        );
+    }
+    let wd = Workdir::new();
+    let (src, dst) = (dbs.src.url(), dbs.dst.url());
+    let base = ["prepare", "--source", &src, "--dest", &dst];
+    let before = catalog_fingerprint(&dbs.dst);
+    for dry in [&["--dry-run"][..], &[]] {
+        let out = wd.run(
+            &[
+                base.as_slice(),
+                &[
+                    "--preserved-tables",
+                    "users",
+                    "--exclude-table-data",
+                    "orgs,teams",
+                ],
+                dry,
+            ]
+            .concat(),
+        );
+        assert_usage_error(
+            &out,
+            "--exclude-table-data: tables migrated with their rows have foreign keys to tables migrated without them: users_org_id_fkey of users references orgs; users is preserved, and a preserved table cannot be filtered: do not exclude the data of orgs, or do not preserve users; nothing was changed",
+        );
+        let out = wd.run(
+            &[
+                base.as_slice(),
+                &[
+                    "--preserved-tables",
+                    "users",
+                    "--exclude-table-data",
+                    "orgs",
+                ],
+                dry,
+            ]
+            .concat(),
+        );
+        assert_usage_error(
+            &out,
+            "references orgs, users_org_id_fkey of users references orgs; exclude the data of teams too; users is preserved, and a preserved table cannot be filtered: do not exclude the data of orgs, or do not preserve users; nothing was changed",
+        );
+    }
+    assert_eq!(catalog_fingerprint(&dbs.dst), before);
+}

@@ -4,7 +4,9 @@
 //!   rows (structure, indexes, constraints, sequences as usual); the record
 //!   counts it with 0 rows, so the swap's check and `verify` expect it empty.
 //!   A foreign key of a table migrated with its rows that references it (or
-//!   its partitioned parent) could not be created: refused here.
+//!   its partitioned parent) could not be created: refused here (for a
+//!   preserved table's key, which no filter can take, the ways out are the
+//!   referenced table's rows or not preserving it).
 //! - `--exclude-table P`: the source's table is not migrated at all: pg_dump
 //!   is given its exact name (`--exclude-table="public"."t"`, with the
 //!   sequences it owns) and no rows are copied. An object of the source that
@@ -392,13 +394,11 @@ pub async fn resolve(
                     .into_iter()
                     .filter_map(|fk| {
                         let to = table_display(&fk.ref_schema, &fk.def.ref_table);
-                        let shown = format!(
-                            "{} of {} references {to}",
-                            display_ident(&fk.def.name),
-                            table_display(&fk.schema, &fk.def.table),
-                        );
+                        let from = table_display(&fk.schema, &fk.def.table);
+                        let shown =
+                            format!("{} of {from} references {to}", display_ident(&fk.def.name));
                         if res.data_excluded.contains(&to) {
-                            return Some(shown);
+                            return Some((shown, from, vec![to]));
                         }
                         // A partitioned table's rows are its partitions'.
                         let partitioned = by_key.get(&to).is_some_and(|r| r.relkind == 'p');
@@ -411,15 +411,21 @@ pub async fn resolve(
                             Vec::new()
                         };
                         (!empty.is_empty()).then(|| {
-                            format!("{shown} (its partitions {} without rows)", empty.join(", "))
+                            let shown = format!(
+                                "{shown} (its partitions {} without rows)",
+                                empty.join(", ")
+                            );
+                            (shown, from, empty)
                         })
                     }),
             );
         }
         if !blocking.is_empty() {
+            blocking.sort();
             crate::refuse!(
-                "--exclude-table-data: tables migrated with their rows have foreign keys to tables migrated without them: {}; exclude their data too; nothing was changed",
-                blocking.join(", ")
+                "--exclude-table-data: tables migrated with their rows have foreign keys to tables migrated without them: {}; {}; nothing was changed",
+                blocking.iter().map(|(shown, _, _)| shown).join(", "),
+                blocking_advice(&blocking, &preserved)
             );
         }
     }
@@ -444,6 +450,46 @@ pub async fn resolve(
         res.kept = kept;
     }
     Ok(res)
+}
+
+/// What to do about foreign keys of tables migrated with their rows to
+/// tables migrated without them (`blocking`: each key shown, its table, the
+/// tables without rows it needs): exclude the referencing tables' data too;
+/// a preserved table cannot be filtered, so for its keys the ways out are to
+/// keep the referenced table's rows or not to preserve it.
+fn blocking_advice(
+    blocking: &[(String, String, Vec<String>)],
+    preserved: &BTreeSet<String>,
+) -> String {
+    let (kept, plain): (Vec<_>, Vec<_>) = blocking
+        .iter()
+        .partition(|(_, from, _)| preserved.contains(from));
+    if kept.is_empty() {
+        return "exclude their data too".into();
+    }
+    let tables = |v: &[&(String, String, Vec<String>)]| -> BTreeSet<String> {
+        v.iter().map(|(_, from, _)| from.clone()).collect()
+    };
+    let kept_tables = tables(&kept);
+    let targets: BTreeSet<String> = kept
+        .iter()
+        .flat_map(|(_, _, to)| to.iter().cloned())
+        .collect();
+    let mut advice = String::new();
+    if !plain.is_empty() {
+        advice.push_str(&format!(
+            "exclude the data of {} too; ",
+            names(&tables(&plain))
+        ));
+    }
+    advice.push_str(&format!(
+        "{} {} preserved, and a preserved table cannot be filtered: do not exclude the data of {}, or do not preserve {}",
+        names(&kept_tables),
+        if kept_tables.len() == 1 { "is" } else { "are" },
+        names(&targets),
+        names(&kept_tables),
+    ));
+    advice
 }
 
 /// The foreign keys of kept tables (`kept`: names by live schema) that
