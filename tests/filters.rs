@@ -678,7 +678,7 @@ fn an_array_of_an_excluded_tables_row_type_is_refused() {
          CREATE TABLE dom_arr_user (id int, ds d_row[]);
          CREATE TABLE plain (id int);",
     );
-    let needle = "--exclude-table: objects of the source depend on excluded tables and would be migrated without them: composite type ct, function f_arg(base[]), function f_ret(), table arr_user, type d_arr, type d_row; exclude them too";
+    let needle = "--exclude-table: objects of the source depend on excluded tables and would be migrated without them: composite type ct, function f_arg(base[]), function f_ret(), table arr_user, type d_arr, type d_row; exclude the tables and views they belong to too (--exclude-table); composite type ct, function f_arg(base[]), function f_ret(), type d_arr, type d_row are migrated with the schema (no flag leaves them out)";
     let wd = Workdir::new();
     let (src, dst) = (dbs.src.url(), dbs.dst.url());
     let base = [
