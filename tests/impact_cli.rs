@@ -23,6 +23,9 @@ fn cluster() -> Option<&'static Cluster> {
 }
 
 /// A source and a destination database on the pg_stat_statements cluster.
+/// The tests of this file share it and run at once: each resets only its
+/// own database's statistics (`pg_stat_statements_reset(0, dbid, 0)`), as a
+/// plain reset would wipe the statements another test just recorded.
 fn pair(name: &str) -> Option<TestDbs> {
     let c = cluster()?;
     Some(TestDbs {
@@ -428,7 +431,7 @@ async fn recorded_statements_are_reported_and_fail_on_breaking_refuses() {
          CREATE TABLE products (id int PRIMARY KEY, title text);
          DO $$ BEGIN CREATE ROLE app_role LOGIN PASSWORD 'app-pw'; EXCEPTION WHEN duplicate_object THEN NULL; END $$;
          GRANT SELECT ON ALL TABLES IN SCHEMA public TO app_role;
-         SELECT pg_stat_statements_reset();",
+         SELECT pg_stat_statements_reset(0, (SELECT oid FROM pg_database WHERE datname = current_database()), 0);",
     );
     wait_counts(&dbs.dst, "public.accounts", (1, 0, 0));
     let mut cfg = dbs.dst.pg_config();
@@ -778,7 +781,7 @@ async fn a_column_whose_collation_changes_is_a_result_type_change() {
         "CREATE EXTENSION pg_stat_statements;
          CREATE TABLE acct (id int PRIMARY KEY, email text, note text);
          INSERT INTO acct VALUES (1, 'a@x', 'n');
-         SELECT pg_stat_statements_reset();",
+         SELECT pg_stat_statements_reset(0, (SELECT oid FROM pg_database WHERE datname = current_database()), 0);",
     );
     let (app, conn) = dbs.dst.pg_config().connect(NoTls).await.unwrap();
     tokio::spawn(conn);
@@ -853,7 +856,7 @@ async fn a_parameter_compared_with_a_retyped_column_fails_when_prepared_before()
         "CREATE EXTENSION pg_stat_statements;
          CREATE TABLE acct (id int PRIMARY KEY, code text);
          INSERT INTO acct VALUES (1, '5');
-         SELECT pg_stat_statements_reset();",
+         SELECT pg_stat_statements_reset(0, (SELECT oid FROM pg_database WHERE datname = current_database()), 0);",
     );
     let (app, conn) = dbs.dst.pg_config().connect(NoTls).await.unwrap();
     tokio::spawn(conn);
