@@ -888,3 +888,51 @@ async fn a_parameter_compared_with_a_retyped_column_fails_when_prepared_before()
         "{err:?}"
     );
 }
+
+/// A statement prepared with SQL (`PREPARE p(int) AS SELECT * …`, then
+/// `EXECUTE p(1)`: psql scripts, some poolers' clients) fails after the swap
+/// as a protocol-level one does. pg_stat_statements records it as the
+/// `PREPARE`, which the check left out as a utility statement; it is now
+/// checked as the statement it prepares.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_statement_prepared_with_sql_is_checked_as_what_it_prepares() {
+    let Some(dbs) = pair("sql_prepare") else {
+        return;
+    };
+    dbs.src.psql(
+        "CREATE TABLE users (id int PRIMARY KEY, email text, age int);
+         INSERT INTO users VALUES (1, 'a@x', 30);",
+    );
+    dbs.dst.psql(
+        "CREATE EXTENSION pg_stat_statements;
+         CREATE TABLE users (id int PRIMARY KEY, email text);
+         INSERT INTO users VALUES (1, 'a@x');
+         SELECT pg_stat_statements_reset(0, (SELECT oid FROM pg_database WHERE datname = current_database()), 0);",
+    );
+    let (app, conn) = dbs.dst.pg_config().connect(NoTls).await.unwrap();
+    tokio::spawn(conn);
+    app.batch_execute("PREPARE p(int) AS SELECT * FROM users WHERE id = $1")
+        .await
+        .unwrap();
+    app.batch_execute("EXECUTE p(1)").await.unwrap();
+
+    let wd = Workdir::new();
+    let url = dbs.dst.url();
+    assert_success(&wd.prepare(&dbs, &[]));
+    let d = json_of(&wd.run_ok(&["swap", "--dest", &url, "--dry-run", "--json"]));
+    let changed = &d["swap"]["impact"]["statements"]["result_type_changed"];
+    assert!(
+        changed.as_array().unwrap().iter().any(|c| {
+            c["query"] == "PREPARE p(int) AS SELECT * FROM users WHERE id = $1"
+                && c["columns"] == json!(["age: (none) -> integer"])
+        }),
+        "{d}"
+    );
+    assert_success(&wd.run(&["swap", "--dest", &url]));
+    let err = app.batch_execute("EXECUTE p(1)").await.unwrap_err();
+    assert_eq!(
+        err.as_db_error().map(|e| e.message()),
+        Some("cached plan must not change result type"),
+        "{err:?}"
+    );
+}

@@ -89,6 +89,41 @@ fn one_dml(parsed: &pg_query::ParseResult) -> bool {
     )
 }
 
+/// The statement an SQL-level `PREPARE name [(types)] AS statement` prepares
+/// (pg_stat_statements records it so, and `EXECUTE name` runs it): the text
+/// after the `AS` outside parentheses, found with PostgreSQL's own scanner.
+/// A session that prepared it before the swap fails the same way a
+/// protocol-level prepared statement does, so it is checked as one. None
+/// for any other text.
+pub fn prepared_body(query: &str) -> Option<&str> {
+    use pg_query::NodeEnum as N;
+    use pg_query::protobuf::Token;
+    let parsed = pg_query::parse(query, 0).ok()?;
+    let [stmt] = parsed.protobuf.stmts.as_slice() else {
+        return None;
+    };
+    if !matches!(
+        stmt.stmt.as_ref().and_then(|n| n.node.as_ref()),
+        Some(N::PrepareStmt(_))
+    ) {
+        return None;
+    }
+    let scanned = pg_query::scan(query).ok()?;
+    let mut depth = 0i32;
+    for t in &scanned.tokens {
+        match t.token() {
+            Token::Ascii40 => depth += 1,
+            Token::Ascii41 => depth -= 1,
+            Token::As if depth == 0 => {
+                let body = query.get(usize::try_from(t.end).ok()?..)?.trim();
+                return (!body.is_empty()).then_some(body);
+            }
+            _ => {}
+        }
+    }
+    None
+}
+
 /// Is `query` exactly one SELECT, INSERT, UPDATE, DELETE or MERGE?
 pub fn is_one_dml(query: &str) -> bool {
     pg_query::parse(query, 0).is_ok_and(|p| one_dml(&p))
@@ -848,6 +883,20 @@ mod tests {
         ] {
             assert!(!is_pgshift_schema(theirs, &pairs), "{theirs}");
         }
+    }
+
+    #[test]
+    fn the_statement_a_prepare_prepares() {
+        assert_eq!(
+            prepared_body("PREPARE p(int, numeric(10, 2)) AS SELECT * FROM users WHERE id = $1"),
+            Some("SELECT * FROM users WHERE id = $1")
+        );
+        assert_eq!(
+            prepared_body("prepare \"As\" as\n  update t set a = $1 returning *"),
+            Some("update t set a = $1 returning *")
+        );
+        assert_eq!(prepared_body("SELECT 1 AS x"), None);
+        assert_eq!(prepared_body("EXECUTE p(1)"), None);
     }
 
     #[test]

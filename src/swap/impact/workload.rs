@@ -2,7 +2,10 @@
 //!
 //! Source: `pg_stat_statements` (found in whatever schema it was created in),
 //! the statements of this database (`dbid`) that ran at least once, top-level
-//! only where the view says so (14+), narrowed to `roles` when given. Utility
+//! only where the view says so (14+), narrowed to `roles` when given. An
+//! SQL-level `PREPARE … AS statement` is checked as its statement
+//! ([`resolve::prepared_body`]: a session that prepared it fails as a
+//! protocol-level prepared statement does). Other utility
 //! statements and multi-statement texts are left out ([`resolve::parse`]), so
 //! are pgshift's own statements (those naming the incoming schemas, the
 //! shadows, `pgshift` or backup schemas) and statements that name nothing a swap changes (only
@@ -360,6 +363,9 @@ pub async fn check_workload(
     let mut used: BTreeSet<String> = BTreeSet::new();
     let mut pending: Vec<Pending> = Vec::new();
     for mut rec in recorded {
+        if let Some(body) = resolve::prepared_body(&rec.text) {
+            rec.text = body.to_string();
+        }
         if let Some(fixed) = resolve::repair_typed_constants(&rec.text) {
             rec.text = fixed;
         }
