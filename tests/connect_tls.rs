@@ -349,6 +349,49 @@ async fn target_session_attrs_as_libpq_and_the_host_pinned() {
     }
 }
 
+/// A server that answers and refuses the login (here: the role is not
+/// there, so authentication fails) ends the search, as in libpq ("if a
+/// connection is established successfully, but authentication fails, the
+/// remaining hosts in the list are not tried"): pgshift went on to the next
+/// host, handing it the credentials the first one refused, and connected
+/// where psql does not.
+#[tokio::test]
+async fn a_host_that_refuses_the_login_ends_the_search_as_in_libpq() {
+    let Some(s) = server() else { return };
+    let (other, _) = clusters();
+    let input = format!(
+        "host=127.0.0.1,127.0.0.1 port={},{} user={ROLE} dbname={} sslmode=disable",
+        other.port(),
+        s.cluster.port(),
+        s.db.name()
+    );
+    let psql = common::hermetic_command(s.cluster.bindir().join("psql"), s.home.path())
+        .args(["-XAtc", "SELECT 1", &input])
+        .env("PGPASSWORD", PASSWORD)
+        .output()
+        .unwrap();
+    assert!(!psql.status.success(), "psql: {psql:?}");
+    let home = s.home.path().display().to_string();
+    let spec = ConnSpec::parse_with_env(&input, &move |k| match k {
+        "HOME" => Some(home.clone()),
+        "PGPASSWORD" => Some(PASSWORD.into()),
+        _ => None,
+    })
+    .unwrap();
+    let got = connect_pinned(&spec, "destination", "pgshift-e2e", Duration::ZERO).await;
+    let Err(e) = got else {
+        panic!("connected past a host that refused the login")
+    };
+    // One attempt, the first host's: the second was never asked.
+    let e = e.to_string();
+    assert!(
+        e.ends_with(&format!(
+            "?sslmode=disable: password authentication failed for user \"{ROLE}\""
+        )),
+        "{e}"
+    );
+}
+
 /// A server (or proxy) that accepts the connection and never answers: the
 /// attempt ends after the string's connect_timeout, or else after the retry
 /// budget, with one clear line, instead of hanging.

@@ -203,7 +203,10 @@ impl Wanted {
 }
 
 /// [`connect`], also returning `spec` pinned to the host the session is on
-/// ([`ConnSpec::pinned`]). Hosts are tried in order, as libpq does, with
+/// ([`ConnSpec::pinned`]). Hosts are tried in order, as libpq does (a host
+/// that answers and refuses the login, or has no such database, ends the
+/// search: the next host is tried only after a connection failure or a
+/// server not accepting connections yet), with
 /// `target_session_attrs` as libpq means it: `primary` skips servers in
 /// recovery, `standby` skips the others, `prefer-standby` takes the first
 /// standby, else the first server.
@@ -283,7 +286,19 @@ pub async fn connect_pinned(
                     session_defaults(&client, label).await;
                     return Ok((client, spec.pinned(i)));
                 }
-                Err(e) => failures.push((endpoint, e)),
+                Err(e) => {
+                    // As libpq: a server that answered and refused (the
+                    // login failed, no such database) ends the search; the
+                    // next host is tried after a connection failure or a
+                    // server not accepting connections yet (57P03) only.
+                    let refused = e
+                        .as_db_error()
+                        .is_some_and(|d| *d.code() != SqlState::CANNOT_CONNECT_NOW);
+                    failures.push((endpoint, e));
+                    if refused {
+                        break;
+                    }
+                }
             }
         }
         if let Some((client, i)) = fallback {
