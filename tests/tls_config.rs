@@ -515,3 +515,48 @@ fn documented_openssl_certificates_are_judged_as_libpq_judges_them() {
     assert_eq!((pgshift, psql), (false, false), "{err}");
     assert!(err.contains("not trusted (unknown issuer)"), "{err}");
 }
+
+/// A client certificate of X.509 version 1 (what `openssl x509 -req`
+/// writes without `-extfile`): libpq sends it, rustls refuses it. The error
+/// was `invalid peer certificate: Other(OtherError(UnsupportedCertVersion))`;
+/// it now says what the certificate is and how to issue one that works,
+/// before anything connects (exit 1, one line).
+#[test]
+fn a_version_1_client_certificate_is_named_with_the_way_out() {
+    let wd = Workdir::new();
+    let openssl = |args: &[&str]| {
+        let out = std::process::Command::new("openssl")
+            .args(args)
+            .current_dir(wd.path())
+            .output()
+            .expect("running openssl");
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            stderr_of(&out)
+        );
+    };
+    openssl(&[
+        "req", "-new", "-nodes", "-out", "c.csr", "-keyout", "c.key", "-subj", "/CN=app",
+    ]);
+    openssl(&[
+        "x509", "-req", "-in", "c.csr", "-days", "30", "-signkey", "c.key", "-out", "c.crt",
+    ]);
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(wd.join("c.key"), std::fs::Permissions::from_mode(0o600)).unwrap();
+    let dest = format!(
+        "host=127.0.0.1 port={} user=app dbname=app sslmode=require sslcert={} sslkey={}",
+        common::closed_port(),
+        wd.join("c.crt").display(),
+        wd.join("c.key").display()
+    );
+    let out = wd.run(&["status", "--dest", &dest]);
+    let err = stderr_of(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(
+        err.contains("c.crt is an X.509 version 1 certificate")
+            && err.contains("issue it as version 3"),
+        "{err}"
+    );
+}

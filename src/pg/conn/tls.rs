@@ -78,6 +78,20 @@ pub enum TlsError {
     Setup(String),
 }
 
+/// Why the client certificate `cert` was not taken, in words: a version 1
+/// certificate (what `openssl x509 -req` writes without `-extfile`), which
+/// libpq sends but rustls refuses, says how to issue one it takes.
+fn client_cert_problem(cert: &std::path::Path, e: &rustls::Error) -> String {
+    let text = e.to_string();
+    if format!("{e:?}").contains("UnsupportedCertVersion") {
+        return format!(
+            "{} is an X.509 version 1 certificate, which libpq sends but pgshift's TLS library (rustls) does not: issue it as version 3 (`openssl x509 -req … -extfile client.ext`, with for instance `extendedKeyUsage = clientAuth` in client.ext)",
+            cert.display()
+        );
+    }
+    text
+}
+
 /// How the server's certificate is checked.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Verification {
@@ -191,7 +205,7 @@ pub fn config_for_plan(plan: &TlsPlan) -> Result<ClientConfig, TlsError> {
             let (certs, key) = load_client_cert(cert, key)?;
             builder
                 .with_client_auth_cert(certs, key)
-                .map_err(|e| TlsError::ClientAuth(e.to_string()))?
+                .map_err(|e| TlsError::ClientAuth(client_cert_problem(cert, &e)))?
         }
         _ => builder.with_no_client_auth(),
     };
