@@ -1838,13 +1838,20 @@ fn pgpass_host(e: &Endpoint) -> String {
 /// ([`take_early_warnings`]).
 static EARLY_WARNINGS: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
 
-/// Log `msg` now, or keep it for when logging has started.
+/// The warnings already given, so each is given once per run (every
+/// connection looks the password file up again).
+static WARNED: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+
+/// Log `msg` now, or keep it for when logging has started; once per run.
 fn warn_now_or_later(msg: String) {
+    match WARNED.lock() {
+        Ok(seen) if seen.contains(&msg) => return,
+        Ok(mut seen) => seen.push(msg.clone()),
+        Err(_) => {}
+    }
     if tracing::dispatcher::has_been_set() {
         tracing::warn!("{msg}");
-    } else if let Ok(mut w) = EARLY_WARNINGS.lock()
-        && !w.contains(&msg)
-    {
+    } else if let Ok(mut w) = EARLY_WARNINGS.lock() {
         w.push(msg);
     }
 }
