@@ -574,7 +574,7 @@ async fn dependents(
     if tables.0.is_empty() {
         return Ok(Vec::new());
     }
-    rollback::depending_on_kinds(
+    rollback::depending_on(
         client,
         // The sequences they own go with them (pg_dump's -T): a default,
         // a view or a function of a migrated table using one is a dependent
@@ -730,7 +730,7 @@ impl KeptSources<'_> {
                 String,
                 i64,
             ) = (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4), r.get(5));
-            let users = rollback::depending_on(
+            let users = rollback::names(rollback::depending_on(
             src,
             "t AS (SELECT oid, reltype FROM pg_catalog.pg_class WHERE oid = $1),
              l AS (SELECT c.oid FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
@@ -741,7 +741,7 @@ impl KeptSources<'_> {
             &[&oid, &leaving.0, &leaving.1, &schemas],
             "sequences of kept tables",
         )
-        .await?;
+        .await?);
             if users.is_empty() {
                 continue;
             }

@@ -1279,18 +1279,25 @@ pub(crate) async fn dependents(
     if tables.is_empty() {
         return Ok(Vec::new());
     }
-    depending_on(
-        client,
-        "t AS (SELECT c.oid, c.reltype FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+    Ok(names(
+        depending_on(
+            client,
+            "t AS (SELECT c.oid, c.reltype FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
                 WHERE n.nspname = $1 AND c.relname = ANY($2) AND c.relkind IN ('r', 'p'))",
-        "t",
-        true,
-        // Only `schema`'s objects move; others keep reading the kept table.
-        Some("ARRAY[$1]::text[]"),
-        &[&schema, &tables],
-        "kept tables",
-    )
-    .await
+            "t",
+            true,
+            // Only `schema`'s objects move; others keep reading the kept table.
+            Some("ARRAY[$1]::text[]"),
+            &[&schema, &tables],
+            "kept tables",
+        )
+        .await?,
+    ))
+}
+
+/// The names of [`depending_on`]'s objects.
+pub(crate) fn names(objects: Vec<(String, bool)>) -> Vec<String> {
+    objects.into_iter().map(|(name, _)| name).collect()
 }
 
 /// Objects (named for people, sorted) with a normal dependency on the tables
@@ -1300,34 +1307,9 @@ pub(crate) async fn dependents(
 /// `with` defines the CTE `t` (oid, reltype), and `own` when it differs;
 /// `only_in` names a text[] parameter (`$5`, say) and keeps the objects of
 /// those schemas;
-/// `what` names the tables in an error.
+/// `what` names the tables in an error. Each object comes with whether it is or
+/// belongs to a relation ([`DEPENDENT_IN_RELATION`]).
 pub(crate) async fn depending_on(
-    client: &Client,
-    with: &str,
-    own: &str,
-    except_foreign_keys: bool,
-    only_in: Option<&str>,
-    params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
-    what: &str,
-) -> Result<Vec<String>> {
-    Ok(depending_on_kinds(
-        client,
-        with,
-        own,
-        except_foreign_keys,
-        only_in,
-        params,
-        what,
-    )
-    .await?
-    .into_iter()
-    .map(|(name, _)| name)
-    .collect())
-}
-
-/// [`depending_on`], each object with whether it is or belongs to a
-/// relation ([`DEPENDENT_IN_RELATION`]).
-pub(crate) async fn depending_on_kinds(
     client: &Client,
     with: &str,
     own: &str,
