@@ -395,10 +395,12 @@ fn a_source_of_several_hosts_is_used_through_the_one_that_answers() {
 
 /// A destination string of several hosts: the run stays on the server that
 /// took its run lock. Here the first host (another server, each host with its
-/// own password-file line) has no such database when the run starts and gets
-/// one mid-run, as a host coming back or a failover would; prepare's later
-/// sessions and workers still go to the server of the lock, and nothing lands
-/// on the other one.
+/// own password-file line) is passed over when the run starts, its database
+/// being read-only (`target_session_attrs=read-write`: libpq moves on from a
+/// server of the wrong kind, not from one that refuses the login or lacks the
+/// database), and becomes writable mid-run, as a failover would make it;
+/// prepare's later sessions and workers still go to the server of the lock,
+/// and nothing lands on the other one.
 #[test]
 fn a_destination_of_several_hosts_stays_on_the_server_of_the_run_lock() {
     let dbs = TestDbs::new("prep_dest_hosts");
@@ -430,8 +432,14 @@ fn a_destination_of_several_hosts_stays_on_the_server_of_the_run_lock() {
     .unwrap();
     assert_eq!(dbs.src.user(), dbs.dst.user());
     let name = dbs.dst.name().to_string();
+    other.psql(
+        &other.maintenance_db,
+        &format!(
+            "CREATE DATABASE \"{name}\"; ALTER DATABASE \"{name}\" SET default_transaction_read_only = on"
+        ),
+    );
     let dest = format!(
-        "host=127.0.0.1,127.0.0.1 port={},{} user={} dbname={name}",
+        "host=127.0.0.1,127.0.0.1 port={},{} user={} dbname={name} target_session_attrs=read-write",
         other.port,
         dst.port,
         dbs.dst.user()
@@ -453,10 +461,10 @@ fn a_destination_of_several_hosts_stays_on_the_server_of_the_run_lock() {
         }),
         "the run never took its lock"
     );
-    // The first host now has the database too.
+    // The first host now takes writes too.
     other.psql(
         &other.maintenance_db,
-        &format!("CREATE DATABASE \"{name}\""),
+        &format!("ALTER DATABASE \"{name}\" SET default_transaction_read_only = off"),
     );
     let out = child.wait_with_output().unwrap();
     let on_other = other.try_psql(
