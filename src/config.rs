@@ -575,6 +575,27 @@ fn server_timeout(what: &str, d: Duration) -> Result<Duration> {
     Ok(d)
 }
 
+/// A duration setting, flag (or environment) > config file > `default`;
+/// `on_server`: a timeout pgshift sets on the server ([`server_timeout`]).
+fn duration_setting(
+    given: &Option<String>,
+    (flag, key): (&str, &str),
+    file: &Option<DurationValue>,
+    default: Duration,
+    on_server: bool,
+) -> Result<Duration> {
+    let (name, d) = match (given, file) {
+        (Some(t), _) => (flag, parse_duration(flag, t)?),
+        (None, Some(v)) => (key, duration_value(key, v)?),
+        (None, None) => return Ok(default),
+    };
+    if on_server {
+        server_timeout(name, d)
+    } else {
+        Ok(d)
+    }
+}
+
 fn duration_value(what: &str, v: &DurationValue) -> Result<Duration> {
     match v {
         DurationValue::Seconds(0) => Err(crate::user_error!("{what} must be greater than zero")),
@@ -665,20 +686,27 @@ pub fn resolve(
         jobs = capped;
     }
 
-    let connect_timeout = match (&global.connect_timeout, &f.connect_timeout) {
-        (Some(t), _) => parse_duration("--connect-timeout", t)?,
-        (None, Some(v)) => duration_value("connect_timeout", v)?,
-        (None, None) => Duration::from_secs(10),
-    };
-    let lock_timeout = match (&global.lock_timeout, &f.lock_timeout) {
-        (Some(t), _) => server_timeout("--lock-timeout", parse_duration("--lock-timeout", t)?)?,
-        (None, Some(v)) => server_timeout("lock_timeout", duration_value("lock_timeout", v)?)?,
-        (None, None) => Duration::from_secs(1),
-    };
-    let statement_timeout = match &f.statement_timeout {
-        Some(v) => server_timeout("statement_timeout", duration_value("statement_timeout", v)?)?,
-        None => Duration::from_secs(60),
-    };
+    let connect_timeout = duration_setting(
+        &global.connect_timeout,
+        ("--connect-timeout", "connect_timeout"),
+        &f.connect_timeout,
+        Duration::from_secs(10),
+        false,
+    )?;
+    let lock_timeout = duration_setting(
+        &global.lock_timeout,
+        ("--lock-timeout", "lock_timeout"),
+        &f.lock_timeout,
+        Duration::from_secs(1),
+        true,
+    )?;
+    let statement_timeout = duration_setting(
+        &None,
+        ("", "statement_timeout"),
+        &f.statement_timeout,
+        Duration::from_secs(60),
+        true,
+    )?;
 
     let state_dir = match (&global.state_dir, &f.state_dir) {
         (Some(d), _) => d.clone(),
@@ -765,11 +793,13 @@ pub fn resolve(
         "role names",
     )?;
     let workload_roles = parse_roles(&roles_raw)?;
-    let impact_timeout = match (&inputs.impact_timeout, &f.impact_timeout) {
-        (Some(t), _) => server_timeout("--impact-timeout", parse_duration("--impact-timeout", t)?)?,
-        (None, Some(v)) => server_timeout("impact_timeout", duration_value("impact_timeout", v)?)?,
-        (None, None) => Duration::from_secs(30),
-    };
+    let impact_timeout = duration_setting(
+        &inputs.impact_timeout,
+        ("--impact-timeout", "impact_timeout"),
+        &f.impact_timeout,
+        Duration::from_secs(30),
+        true,
+    )?;
     // Filters apply to the commands that take them; `rollback --keep-tables`
     // is its own flag (a config file's keep_tables never applies to it).
     let takes = |all: bool| match cmd {
