@@ -575,7 +575,12 @@ fn a_state_file_of_a_namesake_on_another_server_is_left_alone() {
     assert_eq!(s["state"], "prepared", "{s}");
     assert_eq!(s["record_from"], "destination", "{s}");
     assert!(warned_of_another_destination(&s), "{s}");
-    wd.run_ok(&["swap", "--dest", &url]);
+    let out = wd.run(&["swap", "--dest", &url]);
+    assert_success(&out);
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("of another destination"),
+        "the swap says it leaves the file alone: {out:?}"
+    );
     assert_eq!(
         dbs.dst.query_one_string("SELECT count(*) FROM items"),
         "500"

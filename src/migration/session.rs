@@ -18,6 +18,7 @@ use tokio_postgres::Client;
 use tokio_util::sync::CancellationToken;
 
 use crate::error::Interrupted;
+use crate::migration::derive::{self, Destination};
 use crate::migration::lifecycle::{Phase, PhaseStatus, Status};
 use crate::migration::record::{self, MigrationState, PhaseRecord};
 use crate::migration::state_file::StateFile;
@@ -103,6 +104,23 @@ impl Session {
                 None
             }
         }
+    }
+
+    /// The destination as it stands, with this directory's state file (see
+    /// `migration::derive`): an unreadable file, or one that is another
+    /// destination's, is warned about and not used; the latter is left
+    /// alone from then on, neither written nor removed by this run.
+    pub async fn observe(&self) -> Result<Destination> {
+        let file = self.state_file.load().unwrap_or_else(|e| {
+            tracing::warn!("ignoring the unreadable state file: {e:#}");
+            None
+        });
+        let d = Destination::observe_with_file(&self.control, Ok(file), &self.dest).await?;
+        if let Some(f) = &d.foreign_file {
+            tracing::warn!("{}", derive::foreign_file_note(f));
+            self.state_file.leave_alone();
+        }
+        Ok(d)
     }
 
     /// Is the lock session still alive? (A dead one means the lock is gone.)

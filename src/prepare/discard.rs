@@ -21,7 +21,7 @@ use serde::Serialize;
 use anyhow::{Context, Result, bail};
 use tokio_postgres::Client;
 
-use crate::migration::derive::{self, Destination};
+use crate::migration::derive;
 use crate::migration::lifecycle::Status;
 use crate::migration::record;
 use crate::migration::session::Session;
@@ -410,15 +410,7 @@ pub struct AbortOptions {
 /// destination's public and the backups are never touched.
 pub async fn abort(sess: &Session, opts: &AbortOptions) -> Result<AbortReport> {
     let client = &sess.control;
-    let file_state = sess.state_file.load().unwrap_or_else(|e| {
-        tracing::warn!("ignoring the unreadable state file: {e:#}");
-        None
-    });
-    let d = Destination::observe_with_file(client, Ok(file_state), &sess.dest).await?;
-    if let Some(f) = &d.foreign_file {
-        tracing::warn!("{}", derive::foreign_file_note(f));
-        sess.state_file.leave_alone();
-    }
+    let d = sess.observe().await?;
     // The state file's record when it is this destination's (another
     // destination's file is neither aborted nor cleared).
     let file_state = d.file.clone();

@@ -609,11 +609,7 @@ static NO_UNKEEPABLE: Unkeepable = Unkeepable::new();
 
 /// Swap the prepared migration on an open session.
 pub async fn swap(sess: &Session, opts: &SwapOptions) -> Result<SwapReport> {
-    let file = sess.state_file.load();
-    let d = Destination::observe_with_file(&sess.control, file, &sess.dest).await?;
-    if d.foreign_file.is_some() {
-        sess.state_file.leave_alone();
-    }
+    let d = sess.observe().await?;
     derive::settle_committed_swap(&sess.control, &d).await?;
     // A swap that committed but stopped before the steps after its COMMIT
     // (killed): finish them, then say it is done.
