@@ -139,6 +139,23 @@ struct Side {
     types: BTreeMap<String, Type>,
 }
 
+/// SQL: the collation of column `a` (`pg_attribute`; its type joined as
+/// `ty`) when it is not its type's, as people read it; else NULL. A result
+/// column whose collation changes fails a prepared statement as a change
+/// of type does (PostgreSQL compares both), so it is part of the type
+/// compared ([`with_collation`]).
+pub(super) const COLUMN_COLLATION: &str = "CASE WHEN a.attcollation <> ty.typcollation
+         THEN a.attcollation::pg_catalog.regcollation::text END";
+
+/// A column's type as compared and shown: `text`, or `text COLLATE "C"`
+/// for a column with a collation of its own ([`COLUMN_COLLATION`]).
+pub(super) fn with_collation(type_name: String, collation: Option<&str>) -> String {
+    match collation {
+        Some(c) => format!("{type_name} COLLATE {c}"),
+        None => type_name,
+    }
+}
+
 /// A type as people read it: `email` for `public.email`, `billing.email`.
 pub(crate) fn show_type(t: &str) -> String {
     t.strip_prefix("public.").unwrap_or(t).to_string()
@@ -228,9 +245,7 @@ async fn read_and_compare(client: &Client, pairs: &[SchemaPair]) -> Result<Vec<H
         &format!(
             "WITH {NS}
              SELECT ns.pair, ns.side, c.relname::text, a.attname::text,
-                    pg_catalog.format_type(a.atttypid, a.atttypmod) ||
-                      CASE WHEN a.attcollation <> ty.typcollation
-                           THEN ' COLLATE ' || a.attcollation::pg_catalog.regcollation::text ELSE '' END,
+                    pg_catalog.format_type(a.atttypid, a.atttypmod), {COLUMN_COLLATION},
                     a.attnotnull,
                     a.atthasdef OR a.attidentity <> '' OR a.attgenerated <> ''
                FROM pg_catalog.pg_attribute a
@@ -246,7 +261,7 @@ async fn read_and_compare(client: &Client, pairs: &[SchemaPair]) -> Result<Vec<H
     .await?;
     for r in rows {
         let side = side_of(&r);
-        let raw: String = r.get(4);
+        let raw = with_collation(r.get(4), r.get::<_, Option<String>>(5).as_deref());
         let type_name = if side.1 == 'I' { mapper.map(&raw) } else { raw };
         if let Some(rel) = sides
             .get_mut(&side)
@@ -255,8 +270,8 @@ async fn read_and_compare(client: &Client, pairs: &[SchemaPair]) -> Result<Vec<H
             rel.columns.push(Col {
                 name: r.get(3),
                 type_name,
-                not_null: r.get(5),
-                has_default: r.get(6),
+                not_null: r.get(6),
+                has_default: r.get(7),
             });
         }
     }

@@ -1007,18 +1007,18 @@ async fn column_types(
         .await
         .context("naming result types")?;
     let result = async {
-        // A table column's collation, where it is not its type's: a result
-        // column whose collation changes fails a prepared statement as a
-        // type change does (the server compares both).
+        // A table column's own collation ([`super::hazards::COLUMN_COLLATION`]).
         let mut collations: HashMap<(u32, i16), String> = HashMap::new();
         let origins: HashMap<(u32, i16), (u32, i32)> = client
             .query(
-                "SELECT t.r, t.a, a.atttypid, a.atttypmod,
-                        CASE WHEN a.attcollation <> ty.typcollation
-                             THEN a.attcollation::pg_catalog.regcollation::text END
-                   FROM ROWS FROM (pg_catalog.unnest($1::oid[]), pg_catalog.unnest($2::int2[])) AS t(r, a)
-                   JOIN pg_catalog.pg_attribute a ON a.attrelid = t.r AND a.attnum = t.a
-                   JOIN pg_catalog.pg_type ty ON ty.oid = a.atttypid",
+                format!(
+                    "SELECT t.r, t.a, a.atttypid, a.atttypmod, {}
+                       FROM ROWS FROM (pg_catalog.unnest($1::oid[]), pg_catalog.unnest($2::int2[])) AS t(r, a)
+                       JOIN pg_catalog.pg_attribute a ON a.attrelid = t.r AND a.attnum = t.a
+                       JOIN pg_catalog.pg_type ty ON ty.oid = a.atttypid",
+                    super::hazards::COLUMN_COLLATION
+                )
+                .as_str(),
                 &[&rels, &atts],
             )
             .await?
@@ -1050,13 +1050,16 @@ async fn column_types(
         let mut out: ColumnTypes = HashMap::new();
         for c in &cols {
             let t = real(c);
-            let mut name = names
-                .get(&t)
-                .map(|n| mapper.map(n))
-                .unwrap_or_else(|| format!("type {}", t.0));
-            if let Some(coll) = c.origin.and_then(|o| collations.get(&o)) {
-                name = format!("{name} COLLATE {}", mapper.map(coll));
-            }
+            let name = super::hazards::with_collation(
+                names
+                    .get(&t)
+                    .map(|n| mapper.map(n))
+                    .unwrap_or_else(|| format!("type {}", t.0)),
+                c.origin
+                    .and_then(|o| collations.get(&o))
+                    .map(|coll| mapper.map(coll))
+                    .as_deref(),
+            );
             out.insert((c.type_oid, c.typmod, c.origin), (t, name));
         }
         anyhow::Ok(out)
