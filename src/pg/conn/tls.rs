@@ -82,14 +82,13 @@ pub enum TlsError {
 /// certificate (what `openssl x509 -req` writes without `-extfile`), which
 /// libpq sends but rustls refuses, says how to issue one it takes.
 fn client_cert_problem(cert: &std::path::Path, e: &rustls::Error) -> String {
-    let text = e.to_string();
     if format!("{e:?}").contains("UnsupportedCertVersion") {
         return format!(
             "{} is an X.509 version 1 certificate, which libpq sends but pgshift's TLS library (rustls) does not: issue it as version 3 (`openssl x509 -req … -extfile client.ext`, with for instance `extendedKeyUsage = clientAuth` in client.ext)",
             cert.display()
         );
     }
-    text
+    e.to_string()
 }
 
 /// How the server's certificate is checked.
