@@ -68,6 +68,24 @@ impl Server {
             .unwrap_or_else(|e| panic!("{input}: {e}"))
     }
 
+    /// Whether psql connects with `input` (PGPASSWORD set, the empty HOME),
+    /// and `input` parsed as pgshift reads it in that same environment.
+    fn psql_and_spec(&self, input: &str) -> (std::process::Output, ConnSpec) {
+        let psql = common::hermetic_command(self.cluster.bindir().join("psql"), self.home.path())
+            .args(["-XAtc", "SELECT 1", input])
+            .env("PGPASSWORD", PASSWORD)
+            .output()
+            .unwrap();
+        let home = self.home.path().display().to_string();
+        let spec = ConnSpec::parse_with_env(input, &move |k| match k {
+            "HOME" => Some(home.clone()),
+            "PGPASSWORD" => Some(PASSWORD.into()),
+            _ => None,
+        })
+        .unwrap();
+        (psql, spec)
+    }
+
     async fn ok(&self, input: &str) -> tokio_postgres::Client {
         connect(
             &self.spec(input),
@@ -304,19 +322,8 @@ async fn target_session_attrs_as_libpq_and_the_host_pinned() {
             "host=127.0.0.1,127.0.0.1 port={dead},{port} user={ROLE} dbname={} sslmode=disable target_session_attrs={tsa}",
             db.name()
         );
-        let psql = common::hermetic_command(s.cluster.bindir().join("psql"), s.home.path())
-            .args(["-XAtc", "SELECT 1", &input])
-            .env("PGPASSWORD", PASSWORD)
-            .output()
-            .unwrap();
+        let (psql, spec) = s.psql_and_spec(&input);
         assert_eq!(psql.status.success(), ok, "psql, {tsa}: {psql:?}");
-        let home = s.home.path().display().to_string();
-        let spec = ConnSpec::parse_with_env(&input, &move |k| match k {
-            "HOME" => Some(home.clone()),
-            "PGPASSWORD" => Some(PASSWORD.into()),
-            _ => None,
-        })
-        .unwrap();
         let got = connect_pinned(&spec, "source", "pgshift-e2e", Duration::ZERO).await;
         match (ok, got) {
             (true, Ok((_, pinned))) => {
@@ -365,19 +372,8 @@ async fn a_host_that_refuses_the_login_ends_the_search_as_in_libpq() {
         s.cluster.port(),
         s.db.name()
     );
-    let psql = common::hermetic_command(s.cluster.bindir().join("psql"), s.home.path())
-        .args(["-XAtc", "SELECT 1", &input])
-        .env("PGPASSWORD", PASSWORD)
-        .output()
-        .unwrap();
+    let (psql, spec) = s.psql_and_spec(&input);
     assert!(!psql.status.success(), "psql: {psql:?}");
-    let home = s.home.path().display().to_string();
-    let spec = ConnSpec::parse_with_env(&input, &move |k| match k {
-        "HOME" => Some(home.clone()),
-        "PGPASSWORD" => Some(PASSWORD.into()),
-        _ => None,
-    })
-    .unwrap();
     let got = connect_pinned(&spec, "destination", "pgshift-e2e", Duration::ZERO).await;
     let Err(e) = got else {
         panic!("connected past a host that refused the login")

@@ -289,6 +289,21 @@ fn sslrootcert_system_needs_pg_dump_16() {
     }
 }
 
+/// Run the openssl command in `wd` (it must succeed); its stdout.
+fn openssl(wd: &Workdir, args: &[&str]) -> String {
+    let out = std::process::Command::new("openssl")
+        .args(args)
+        .current_dir(wd.path())
+        .output()
+        .expect("running openssl");
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        stderr_of(&out)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 /// The certificates PostgreSQL's documentation tells how to make with the openssl
 /// command ("Creating Certificates"), on a real server: a self-signed one (marked
 /// as a CA, its host only in the CN) and one signed by a root CA (version 1, its
@@ -303,19 +318,7 @@ fn documented_openssl_certificates_are_judged_as_libpq_judges_them() {
     }
     let cluster = Cluster::start_new();
     let wd = Workdir::new();
-    let openssl = |args: &[&str]| {
-        let out = std::process::Command::new("openssl")
-            .args(args)
-            .current_dir(wd.path())
-            .output()
-            .expect("running openssl");
-        assert!(
-            out.status.success(),
-            "openssl {args:?}: {}",
-            stderr_of(&out)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    };
+    let openssl = |args: &[&str]| openssl(&wd, args);
     let subj = ["-subj", "/CN=localhost"];
     openssl(
         &[
@@ -528,18 +531,7 @@ fn documented_openssl_certificates_are_judged_as_libpq_judges_them() {
 #[test]
 fn a_version_1_client_certificate_is_named_with_the_way_out() {
     let wd = Workdir::new();
-    let openssl = |args: &[&str]| {
-        let out = std::process::Command::new("openssl")
-            .args(args)
-            .current_dir(wd.path())
-            .output()
-            .expect("running openssl");
-        assert!(
-            out.status.success(),
-            "openssl {args:?}: {}",
-            stderr_of(&out)
-        );
-    };
+    let openssl = |args: &[&str]| openssl(&wd, args);
     openssl(&[
         "req", "-new", "-nodes", "-out", "c.csr", "-keyout", "c.key", "-subj", "/CN=app",
     ]);
