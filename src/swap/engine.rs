@@ -393,9 +393,9 @@ pub struct Outlook {
 /// `pg::objects`): a range type's constructors, which PostgreSQL gives the
 /// bootstrap superuser whoever creates the type, are the usual ones. In
 /// rename mode only the kept tables (`--keep-tables`) move, back from the
-/// backup: the ones of those this role may not move. Such a swap fails at its first one, under its locks: it is
-/// refused before them, and `status`, the dry runs and prepare say so in
-/// the same words.
+/// backup: the ones of those this role may not move. Such a swap fails at
+/// its first one, under its locks: it is refused before them, and `status`,
+/// the dry runs and prepare say so in the same words.
 #[derive(Debug, Clone, Default)]
 pub struct Unmovable {
     /// For people: `function shadow.floatrange(double precision, double precision)`.
