@@ -506,7 +506,9 @@ async fn concurrent_writers_during_prepare_and_after_end_identical() {
     c.batch_execute("BEGIN; LOCK TABLE public.users, shadow.users IN ACCESS EXCLUSIVE MODE")
         .await
         .unwrap();
-    sync::final_sync(&c, &synced).await.unwrap();
+    sync::final_sync(&c, &synced, &mut Default::default())
+        .await
+        .unwrap();
     c.batch_execute("COMMIT").await.unwrap();
 
     assert_eq!(differences(&c, "users", RACE_COLS).await, 0);
@@ -588,7 +590,9 @@ async fn writers_keep_running_through_the_final_sync() {
         .unwrap();
     let locked_at = Instant::now();
     let ops_at_lock = writers.stats.ops.load(Ordering::Relaxed);
-    sync::final_sync(&c, &synced).await.unwrap();
+    sync::final_sync(&c, &synced, &mut Default::default())
+        .await
+        .unwrap();
     // Under the lock: identical, and the writers are waiting.
     assert_eq!(differences(&c, "users", RACE_COLS).await, 0);
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -773,7 +777,9 @@ async fn sequences_continue_after_both_sides() {
     )
     .await
     .unwrap();
-    sync::final_sync(&c, &synced).await.unwrap();
+    sync::final_sync(&c, &synced, &mut Default::default())
+        .await
+        .unwrap();
     c.batch_execute("COMMIT").await.unwrap();
     // Each sequence reads like the one it continues: pg_sequences shows its
     // last value (the source's, the destination's, the column's largest).

@@ -953,3 +953,117 @@ async fn an_abort_held_up_emptying_a_big_shadow_names_the_holder() {
         "0"
     );
 }
+
+/// A `nextval` that resolved a sequence the swap carries over before the
+/// swap (it waits for the swap's lock) draws nothing from it after the
+/// COMMIT, when it is in the backup: the swap fences the destination's
+/// sequence at the value it carried, so the late call fails instead of
+/// getting a value the new public hands out too. Both kinds: a sequence no
+/// column uses, a preserved table's column sequence, and one never drawn
+/// from. A rollback gives them their definitions and values back.
+#[test]
+fn a_nextval_waiting_for_the_swap_never_gets_a_value_twice() {
+    nextval_waiting_for_the_swap("preserved_seq_fence", "rename");
+}
+
+/// The same, moving object by object.
+#[test]
+fn a_nextval_waiting_for_an_object_mode_swap_never_gets_a_value_twice() {
+    nextval_waiting_for_the_swap("preserved_seq_fence_obj", "object");
+}
+
+fn nextval_waiting_for_the_swap(name: &str, mode: &str) {
+    let dbs = TestDbs::new(name);
+    let schema = "CREATE SEQUENCE ticket_seq; CREATE SEQUENCE fresh_seq START 7 MINVALUE 7 CYCLE;
+                  CREATE TABLE users (id bigserial PRIMARY KEY, name text);";
+    dbs.src.psql(schema);
+    dbs.dst.psql(schema);
+    dbs.src.psql(
+        "INSERT INTO users (name) SELECT 's' FROM generate_series(1, 10); SELECT setval('ticket_seq', 5);",
+    );
+    dbs.dst.psql(
+        "INSERT INTO users (name) SELECT 'd' FROM generate_series(1, 300); SELECT setval('ticket_seq', 500);",
+    );
+    let definitions = "SELECT string_agg(format('%s %s %s %s %s', seqrelid::regclass, seqmin, seqmax, seqstart, seqcycle), ', ' ORDER BY seqrelid::regclass::text)
+                         FROM pg_sequence WHERE seqrelid::regclass::text IN ('ticket_seq', 'users_id_seq', 'fresh_seq')";
+    let before = dbs.dst.psql(definitions);
+    let wd = Workdir::new();
+    let dst = dbs.dst.url();
+    with_users_preserved(&wd, &dbs, "prepare", &[]);
+    let mut cmd = wd.cmd();
+    cmd.args(["swap", "--dest", &dst, "--json", "--swap-mode", mode])
+        .env("PGSHIFT_FAILPOINT", "swap-commit:sleep=3000")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let swap = cmd.spawn().unwrap();
+    let seqs = ["ticket_seq", "users_id_seq", "fresh_seq"];
+    let locked = |mode: &str, granted: bool| {
+        dbs.dst.psql(&format!(
+            "SELECT count(*) FROM pg_locks l JOIN pg_class c ON c.oid = l.relation
+              WHERE c.relname IN ('ticket_seq', 'users_id_seq', 'fresh_seq') AND l.mode = '{mode}' AND l.granted = {granted}"
+        ))
+    };
+    let until = |what: &str, cond: &dyn Fn() -> bool| {
+        let start = std::time::Instant::now();
+        while !cond() {
+            assert!(start.elapsed().as_secs() < 30, "not within 30 s: {what}");
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    };
+    // ticket_seq is the last the swap locks before its COMMIT.
+    until("the swap holds the sequences", &|| {
+        dbs.dst.psql(
+            "SELECT count(*) FROM pg_locks l JOIN pg_class c ON c.oid = l.relation
+              WHERE c.relname = 'ticket_seq' AND l.mode = 'ShareRowExclusiveLock' AND l.granted",
+        ) == "1"
+    });
+    let done = std::sync::atomic::AtomicUsize::new(0);
+    let late: Vec<Result<String, String>> = std::thread::scope(|s| {
+        let calls: Vec<_> = seqs
+            .iter()
+            .map(|seq| {
+                let (db, done) = (&dbs.dst, &done);
+                s.spawn(move || {
+                    let r = db.try_psql(&format!("SELECT nextval('{seq}')"));
+                    done.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    r
+                })
+            })
+            .collect();
+        until("the nextval calls wait for the swap (or are done)", &|| {
+            let waiting: usize = locked("RowExclusiveLock", false).parse().unwrap();
+            waiting + done.load(std::sync::atomic::Ordering::SeqCst) == 3
+        });
+        calls.into_iter().map(|c| c.join().unwrap()).collect()
+    });
+    let out = swap.wait_with_output().unwrap();
+    let report: serde_json::Value = serde_json::from_str(&assert_success(&out)).unwrap();
+    assert_eq!(report["swap_mode"], mode, "{report}");
+    for (seq, r) in seqs.iter().zip(&late) {
+        let err = r
+            .as_ref()
+            .expect_err(&format!("late nextval('{seq}') got a value"));
+        assert!(err.contains("reached maximum value"), "{seq}: {err}");
+    }
+    // The new public's sequences continue after the destination's.
+    assert_eq!(dbs.dst.psql("SELECT nextval('ticket_seq')"), "501");
+    assert_eq!(dbs.dst.psql("SELECT nextval('users_id_seq')"), "301");
+    assert_eq!(dbs.dst.psql("SELECT nextval('fresh_seq')"), "7");
+    // The manifest records the three as they were.
+    let backup = report["backup_schema"].as_str().unwrap().to_string();
+    let recorded = dbs.dst.psql(&format!(
+        "SELECT string_agg(format('%s %s %s', f->>'name', f->>'last_value', f->>'is_called'), ', ' ORDER BY f->>'name')
+           FROM pgshift.backups b, jsonb_array_elements(b.manifest::jsonb->'fenced_sequences') f
+          WHERE b.schema_name = '{backup}'"
+    ));
+    assert_eq!(
+        recorded,
+        "fresh_seq 7 false, ticket_seq 500 true, users_id_seq 300 true"
+    );
+    // A rollback gives them back: definitions, and values where they stopped.
+    assert_success(&wd.run(&["rollback", "--dest", &dst, "--latest"]));
+    assert_eq!(dbs.dst.psql(definitions), before);
+    assert_eq!(dbs.dst.psql("SELECT nextval('ticket_seq')"), "501");
+    assert_eq!(dbs.dst.psql("SELECT nextval('users_id_seq')"), "301");
+    assert_eq!(dbs.dst.psql("SELECT nextval('fresh_seq')"), "7");
+}

@@ -84,6 +84,12 @@ pub struct Manifest {
     /// to find writes it would discard. Absent in manifests of earlier versions.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub live_baseline: Option<crate::swap::impact::WriteBaseline>,
+    /// The sequences the swap that made this backup fenced (carried over to
+    /// the new public, stopped here at the value carried; `swap::fence`), as
+    /// they were before: a rollback to this backup gives them back. Absent
+    /// when none was, and in manifests of earlier versions.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub fenced_sequences: Vec<crate::swap::fence::FencedSequence>,
 }
 
 /// One schema of a backup.

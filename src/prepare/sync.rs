@@ -91,6 +91,7 @@ use crate::pg::exec::{
 use crate::pg::ident::{TableName, display_ident, qualified, quote_ident, quote_literal};
 use crate::pg::meta::{META_SCHEMA, SHADOW_SCHEMA, SchemaPair, is_public_str, public_string};
 use crate::pg::settings;
+use crate::swap::fence::Fences;
 
 /// `lock_timeout` of a trigger's apply to the shadow table.
 pub const APPLY_LOCK_TIMEOUT: &str = "100ms";
@@ -1563,7 +1564,11 @@ pub async fn catch_up(client: &Client, synced: &[SyncedTable]) -> Result<u64> {
 /// drop the sync triggers, the changelogs and the trigger functions. Never
 /// commits or rolls back. Relations are found by oid, so the schemas may already
 /// have been renamed; the sync functions must not fire after this.
-pub async fn final_sync(client: &Client, synced: &[SyncedTable]) -> Result<()> {
+pub async fn final_sync(
+    client: &Client,
+    synced: &[SyncedTable],
+    fences: &mut Fences,
+) -> Result<()> {
     if !synced.is_empty() {
         exec(client, &via_text_local(), "setting up the final replay").await?;
     }
@@ -1577,7 +1582,7 @@ pub async fn final_sync(client: &Client, synced: &[SyncedTable]) -> Result<()> {
             }
             replayed += n;
         }
-        carry_sequences(client, t, &l).await?;
+        carry_sequences(client, t, &l, fences).await?;
         let mut sql = String::new();
         for row in client
             .query(
@@ -1622,6 +1627,8 @@ pub async fn final_sync(client: &Client, synced: &[SyncedTable]) -> Result<()> {
 struct Standalone {
     /// Both quoted and schema-qualified.
     live: String,
+    /// The live one's schema and name.
+    live_at: (String, String),
     shadow: String,
     /// This role may lock the live sequence (it is a member of its owner).
     owner: bool,
@@ -1702,7 +1709,8 @@ async fn standalone_sequences(client: &Client, pairs: &[SchemaPair]) -> Result<V
                     pg_catalog.has_sequence_privilege(l.oid, 'SELECT')
                       AND pg_catalog.has_sequence_privilege(s.oid, 'SELECT')
                       AND pg_catalog.has_sequence_privilege(s.oid, 'UPDATE'),
-                    ss.seqincrement, ss.seqmin, ss.seqmax, ss.seqcycle
+                    ss.seqincrement, ss.seqmin, ss.seqmax, ss.seqcycle,
+                    p.live, l.relname::text
                FROM pair p
                JOIN pg_catalog.pg_namespace sn ON sn.nspname = p.shadow
                JOIN pg_catalog.pg_class s ON s.relnamespace = sn.oid AND s.relkind = 'S'
@@ -1733,6 +1741,7 @@ async fn standalone_sequences(client: &Client, pairs: &[SchemaPair]) -> Result<V
             min: r.get(6),
             max: r.get(7),
             cycle: r.get(8),
+            live_at: (r.get(9), r.get(10)),
         })
         .collect())
 }
@@ -1762,41 +1771,54 @@ pub async fn standalone_sequence_warnings(
 /// greater of the two next values. The application calls `nextval` on such a
 /// sequence itself (Hibernate's `SEQUENCE` ids) and may key a preserved
 /// table's rows with it: taking the source's value alone would hand those
-/// keys out again. The live sequence is locked first (`ALTER SEQUENCE …
-/// OWNED BY NONE`, which it already is: SHARE ROW EXCLUSIVE, which `nextval`
-/// waits for), so no value drawn before the commit is handed out again.
+/// keys out again. The live sequence is fenced first ([`Fences`]: locked,
+/// read, and stopped at the value read, so that nothing drawn from it before
+/// or after the commit is handed out again); one that stays in use after
+/// the swap is only locked (`ALTER SEQUENCE … OWNED BY NONE`, which it
+/// already is: SHARE ROW EXCLUSIVE, which `nextval` waits for).
 /// Returns one warning for each sequence left at the source's value
 /// although the destination's is further on, or carried on to the very end
 /// of the source's definition (also logged).
 pub async fn carry_standalone_sequences(
     client: &Client,
     pairs: &[SchemaPair],
+    fences: &mut Fences,
 ) -> Result<Vec<String>> {
     let mut warnings = Vec::new();
     let mut warn = |line: String| {
         tracing::warn!("{line}");
         warnings.push(line);
     };
-    for s in standalone_sequences(client, pairs).await? {
+    let standalone = standalone_sequences(client, pairs).await?;
+    let fenceable: Vec<(String, String)> = standalone
+        .iter()
+        .filter(|s| s.may)
+        .map(|s| s.live_at.clone())
+        .collect();
+    fences.fence_all(client, &fenceable).await?;
+    for s in standalone {
         if !s.may {
             warn(s.unreadable());
             continue;
         }
         let live = &s.live;
-        // Only its owner may lock it so; otherwise a value drawn between the
-        // read and the commit may come again.
-        if s.owner {
-            exec(
-                client,
-                &format!("ALTER SEQUENCE {live} OWNED BY NONE"),
-                &format!("locking sequence {live}"),
-            )
-            .await?;
-        }
-        let plan = s.plan(
-            sequence_state(client, live).await?,
-            sequence_state(client, &s.shadow).await?,
-        );
+        let live_state = match fences.state(&s.live_at.0, &s.live_at.1) {
+            Some(state) => state,
+            None => {
+                // Only its owner may lock it so; otherwise a value drawn
+                // between the read and the commit may come again.
+                if s.owner {
+                    exec(
+                        client,
+                        &format!("ALTER SEQUENCE {live} OWNED BY NONE"),
+                        &format!("locking sequence {live}"),
+                    )
+                    .await?;
+                }
+                sequence_state(client, live).await?
+            }
+        };
+        let plan = s.plan(live_state, sequence_state(client, &s.shadow).await?);
         if let Some((value, is_called)) = plan.set {
             client
                 .query_one(
@@ -1903,7 +1925,14 @@ impl Carry {
 /// destination's (the destination's sequence for the same column, or the
 /// column's maximum in `shadow_rel`, which holds the destination's rows, when
 /// it has none), over every column that draws from it. Reads only.
-async fn carry_plan(client: &Client, t: &SyncedTable, shadow_rel: &str) -> Result<Vec<Carry>> {
+/// `fenced`: the destination's sequences fenced in this transaction, whose
+/// state before the fence counts.
+async fn carry_plan(
+    client: &Client,
+    t: &SyncedTable,
+    shadow_rel: &str,
+    fenced: Option<&Fences>,
+) -> Result<Vec<Carry>> {
     let public: HashMap<String, SeqRow> = column_sequences(client, t.oid)
         .await?
         .into_iter()
@@ -1926,7 +1955,10 @@ async fn carry_plan(client: &Client, t: &SyncedTable, shadow_rel: &str) -> Resul
             CarryFrom::Shadow,
         )];
         if let Some(p) = public.get(&s.column) {
-            let (pl, pc) = sequence_state(client, &p.qual).await?;
+            let (pl, pc) = match fenced.and_then(|f| f.state(&p.schema, &p.name)) {
+                Some(state) => state,
+                None => sequence_state(client, &p.qual).await?,
+            };
             candidates.push((next_value(pl, pc, p.increment), pl, pc, CarryFrom::Sequence));
         } else {
             let agg = if inc > 0 { "max" } else { "min" };
@@ -1977,10 +2009,22 @@ async fn carry_plan(client: &Client, t: &SyncedTable, shadow_rel: &str) -> Resul
     Ok(plan)
 }
 
-/// Carry the column sequences of `t` over ([`carry_plan`]); a value the
-/// source's sequence cannot hold fails the swap (its rows hold those keys).
-async fn carry_sequences(client: &Client, t: &SyncedTable, l: &Live) -> Result<()> {
-    for c in carry_plan(client, t, &l.shadow_rel).await? {
+/// Carry the column sequences of `t` over ([`carry_plan`]), after fencing
+/// the destination's ([`Fences`]); a value the source's sequence cannot hold
+/// fails the swap (its rows hold those keys).
+async fn carry_sequences(
+    client: &Client,
+    t: &SyncedTable,
+    l: &Live,
+    fences: &mut Fences,
+) -> Result<()> {
+    let live: Vec<(String, String)> = column_sequences(client, t.oid)
+        .await?
+        .into_iter()
+        .map(|s| (s.schema, s.name))
+        .collect();
+    fences.fence_all(client, &live).await?;
+    for c in carry_plan(client, t, &l.shadow_rel, Some(fences)).await? {
         if let Some(why) = c.misfit(t) {
             bail!(why);
         }
@@ -2005,7 +2049,7 @@ pub async fn sequence_misfits(client: &Client, synced: &[SyncedTable]) -> Result
         let shadow_rel = rel_name(client, t.shadow_oid)
             .await?
             .with_context(|| format!("preserved table {}: its shadow table is gone", t.name))?;
-        for c in carry_plan(client, t, &shadow_rel).await? {
+        for c in carry_plan(client, t, &shadow_rel, None).await? {
             out.extend(c.misfit(t));
         }
     }
@@ -2728,7 +2772,8 @@ pub async fn deferred_leaves(client: &Client, deferred_sql: &[String]) -> Result
 /// The lock-table slots the swap's work for the preserved tables takes (see
 /// `pg::locks_budget`): the final sync of each, the replay's locks on their
 /// indexes on both sides, and each deferred statement (a partitioned table's
-/// foreign key: one per leaf partition, as [`apply_deferred`] adds it).
+/// foreign key: one per leaf partition, as [`apply_deferred`] adds it), and
+/// the lock that fences each column sequence of theirs ([`Fences`]).
 pub async fn swap_need(
     client: &Client,
     synced: &[SyncedTable],
@@ -2737,8 +2782,20 @@ pub async fn swap_need(
 ) -> Result<crate::pg::locks_budget::Need> {
     let statements = deferred_sql.len() + leaves.values().map(Vec::len).sum::<usize>();
     let oids: Vec<u32> = synced.iter().flat_map(|t| [t.oid, t.shadow_oid]).collect();
-    Ok(crate::pg::locks_budget::preserved(synced.len(), statements)
-        + crate::pg::locks_budget::replay(client, &oids).await?)
+    // The fence locks each of the live tables' column sequences once.
+    let mut sequences = HashSet::new();
+    for t in synced {
+        sequences.extend(
+            column_sequences(client, t.oid)
+                .await?
+                .into_iter()
+                .map(|s| s.qual),
+        );
+    }
+    let mut need = crate::pg::locks_budget::preserved(synced.len(), statements)
+        + crate::pg::locks_budget::replay(client, &oids).await?;
+    need.sync += sequences.len() as u64;
+    Ok(need)
 }
 
 /// The leaf partitions (`schema`, `name`) of `schema.table` when it is a

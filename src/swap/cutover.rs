@@ -29,6 +29,7 @@ use crate::pg::pattern::TablePattern;
 use crate::prepare::sync::{self, CreatedFk, FkViolation, SyncedTable};
 use crate::prepare::{filters, privileges};
 use crate::swap::engine::{self, Exchange, InTx, Moved, Moves, Origin, Policy};
+use crate::swap::fence::{self, FencedSequence, Fences};
 use crate::swap::impact::gate::{self, ImpactOptions, UnderLocks};
 use crate::swap::impact::{
     Impact, ImpactRequest, Operation, Unkeepable, WriteBaseline, WriteCheck,
@@ -338,6 +339,24 @@ struct BeforeMoves {
     /// Sequences left at the source's value
     /// ([`sync::carry_standalone_sequences`]).
     warnings: Vec<String>,
+    /// The destination's sequences the carry fenced, for the manifest
+    /// ([`crate::swap::fence`]).
+    fenced: Vec<FencedSequence>,
+}
+
+impl MigrationTx<'_> {
+    /// What stays live through the swap, for the fence.
+    fn scope(&self) -> fence::Scope {
+        fence::Scope {
+            live_schemas: self.pairs.iter().map(|p| p.live.clone()).collect(),
+            kept: self
+                .kept
+                .by_schema
+                .iter()
+                .flat_map(|(s, ts)| ts.iter().map(move |t| (s.clone(), t.clone())))
+                .collect(),
+        }
+    }
 }
 
 impl InTx for MigrationTx<'_> {
@@ -350,17 +369,20 @@ impl InTx for MigrationTx<'_> {
             Some(w) => Some(w.check(client).await?),
             None => None,
         };
-        sync::final_sync(client, self.synced).await?;
+        let mut fences = Fences::new(self.scope());
+        sync::final_sync(client, self.synced, &mut fences).await?;
         let warnings = if self.synced.is_empty() {
             Vec::new()
         } else {
-            sync::carry_standalone_sequences(client, &self.pairs).await?
+            sync::carry_standalone_sequences(client, &self.pairs, &mut fences).await?
         };
+        let fenced = fences.records;
         let fks = sync::apply_deferred(client, self.deferred, &self.pairs, &self.leaves).await?;
         Ok(BeforeMoves {
             fks,
             writes,
             warnings,
+            fenced,
         })
     }
 
@@ -370,8 +392,10 @@ impl InTx for MigrationTx<'_> {
     async fn after_moves(
         &self,
         client: &Client,
+        before: &BeforeMoves,
         manifest: &mut Manifest,
     ) -> Result<Option<CrossingFixed>> {
+        manifest.fenced_sequences = before.fenced.clone();
         if self.kept.all.is_empty() {
             return Ok(None);
         }
@@ -392,7 +416,7 @@ impl InTx for MigrationTx<'_> {
             before.push(UnderLocks::preview_note());
         }
         before.extend([
-            "-- preserved tables: final replay, sequences carried over, sync triggers dropped"
+            "-- preserved tables: final replay, sequences carried over (the destination's fenced in the backup, recorded in its manifest), sync triggers dropped"
                 .to_string(),
             "-- deferred constraints, triggers and rules of preserved tables".to_string(),
         ]);

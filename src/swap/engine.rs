@@ -252,6 +252,7 @@ impl Origin {
                 detached_foreign_keys: Vec::new(),
                 schemas: Vec::new(),
                 live_baseline: None,
+                fenced_sequences: Vec::new(),
             },
             Origin::Rollback {
                 restored,
@@ -278,6 +279,7 @@ impl Origin {
                 detached_foreign_keys: Vec::new(),
                 schemas: Vec::new(),
                 live_baseline: None,
+                fenced_sequences: Vec::new(),
             },
         }
     }
@@ -304,11 +306,13 @@ pub trait InTx {
     type After;
     /// After the locks, before the moves. Must not COMMIT or ROLLBACK.
     fn before_moves(&self, client: &Client) -> impl Future<Output = Result<Self::Before>>;
-    /// After the moves and the checks, before COMMIT; may amend the manifest
-    /// that the COMMIT writes.
+    /// After the moves and the checks, before COMMIT, with what
+    /// [`InTx::before_moves`] handed back; may amend the manifest that the
+    /// COMMIT writes.
     fn after_moves(
         &self,
         client: &Client,
+        before: &Self::Before,
         manifest: &mut Manifest,
     ) -> impl Future<Output = Result<Self::After>>;
     /// What `--dry-run` shows for the hook's work: lines after the locks and
@@ -1611,7 +1615,7 @@ async fn one_attempt<H: InTx>(
     // The backup exists from this attempt's COMMIT, however long the earlier
     // ones waited (its name keeps the first attempt's time).
     manifest.created_at = Utc::now();
-    let after = hook.after_moves(client, &mut manifest).await?;
+    let after = hook.after_moves(client, &before, &mut manifest).await?;
     failpoint("swap-commit").await?;
     // Round trip 3: the manifest, the migration's record and COMMIT.
     let mut last = manifest::insert_backup_sql(&manifest)?;

@@ -44,6 +44,7 @@ use crate::pg::ident::{TableName, display_ident, qualified, quote_ident};
 use crate::pg::locks_budget::Budget;
 use crate::prepare::sync::CreatedFk;
 use crate::swap::engine::{self, Exchange, InTx, Moved, Moves, Origin, Policy};
+use crate::swap::fence;
 use crate::swap::impact::gate::{self, UnderLocks};
 use crate::swap::impact::{
     AllowDiscard, DiscardedWrite, Impact, ImpactRequest, Operation, SchemaPair, Unkeepable,
@@ -574,6 +575,7 @@ pub async fn execute(sess: &Session, plan: &Plan, policy: Policy) -> Result<Roll
     let pg15 = catalog::server_major(control).await? >= 15;
     let done = engine::swap(sess, &exchange(plan), &origin, policy, &hook(plan, pg15)).await?;
     let result = done.after;
+    warnings.extend(done.before.iter().cloned());
     warnings.extend(done.warnings.iter().cloned());
     warnings.extend(result.warnings.iter().cloned());
 
@@ -630,27 +632,45 @@ struct RollbackTx<'a> {
 }
 
 impl InTx for RollbackTx<'_> {
-    type Before = ();
+    /// Warnings: fenced sequences that are gone.
+    type Before = Vec<String>;
     type After = TxResult;
 
-    async fn before_moves(&self, client: &Client) -> Result<()> {
+    /// The discarded-writes check, then the sequences the restored backup's
+    /// swap fenced get their definitions back (`swap::fence`).
+    async fn before_moves(&self, client: &Client) -> Result<Vec<String>> {
         if let Some(w) = &self.writes {
             w.check(client).await?;
         }
-        Ok(())
+        let m = &self.restored.manifest;
+        fence::restore(client, &m.fenced_sequences, &m.schema_maps()).await
     }
 
     fn preview_notes(&self) -> (Vec<String>, Vec<String>) {
+        let mut before: Vec<String> = self
+            .writes
+            .iter()
+            .map(|_| UnderLocks::preview_note())
+            .collect();
+        if !self.restored.manifest.fenced_sequences.is_empty() {
+            before.push(format!(
+                "-- {} sequence(s) fenced by the swap that made {} given their definitions back",
+                self.restored.manifest.fenced_sequences.len(),
+                self.restored.schema_name
+            ));
+        }
         (
-            self.writes
-                .iter()
-                .map(|_| UnderLocks::preview_note())
-                .collect(),
+            before,
             vec!["-- foreign keys crossing schemas re-pointed or detached; restored schema dropped if empty, and so are live schemas its swap created; manifests written to pgshift.backups".into()],
         )
     }
 
-    async fn after_moves(&self, client: &Client, manifest: &mut Manifest) -> Result<TxResult> {
+    async fn after_moves(
+        &self,
+        client: &Client,
+        _before: &Vec<String>,
+        manifest: &mut Manifest,
+    ) -> Result<TxResult> {
         let mut res = TxResult::default();
         let restored_maps = self.restored.manifest.schema_maps();
         let new_maps = manifest.schema_maps();

@@ -1,0 +1,376 @@
+//! Fencing the destination's sequences that a swap carries over.
+//!
+//! With preserved tables, the swap continues some of the incoming schema's
+//! sequences after the destination's (a preserved table's column sequences,
+//! and the sequences no column uses that both sides have: `prepare::sync`'s
+//! `final_sync` and `carry_standalone_sequences`). It reads the destination's
+//! value inside the swap transaction and sets the incoming sequence after it.
+//! A statement that resolved the destination's sequence before the swap
+//! (`nextval('users_id_seq')` waiting for the swap's locks, or already
+//! parsed) still draws from it after the COMMIT, when it is in the backup:
+//! the value it gets is one the new sequence hands out too. So, in the swap
+//! transaction, each such sequence is **fenced**:
+//!
+//! 1. locked: `ALTER SEQUENCE s [NO] CYCLE` as it is (SHARE ROW EXCLUSIVE,
+//!    which `nextval` waits for; the definition does not change);
+//! 2. read: its definition and state, which the carry then uses;
+//! 3. fenced: `setval(s, last_value, true)` when the value read was not
+//!    handed out yet, then `ALTER SEQUENCE s NO CYCLE` with `MAXVALUE` (an
+//!    ascending sequence; `MINVALUE` a descending one) at that value, the
+//!    other bound and `START` moved only as far as PostgreSQL requires.
+//!
+//! A late `nextval` then fails (`reached maximum value of sequence`) instead
+//! of handing out a value twice; one in the same session's cache was drawn
+//! before the fence and is not handed out by the new sequence. Everything is
+//! transactional: the `ALTER` gives the sequence a new relfilenode, so a
+//! swap attempt that rolls back leaves it as it was.
+//!
+//! The original definition and state go into the backup's manifest
+//! (`fenced_sequences`); a rollback to that backup gives them back in its own
+//! transaction, before anything moves ([`restore`]), so the restored
+//! sequences continue exactly where they stopped.
+//!
+//! Only a sequence whose every user leaves with the backup is fenced: one
+//! that a table or view staying live uses (a kept table, another schema,
+//! an extension's table, a function's SQL body) keeps serving them, and this
+//! role must own it (only an owner may `ALTER` it).
+
+use std::collections::HashMap;
+
+use anyhow::Result;
+use itertools::Itertools;
+use serde::{Deserialize, Serialize};
+use tokio_postgres::Client;
+
+use crate::backups::manifest::SchemaMap;
+use crate::pg::exec::{exec_as, pg_error_as};
+use crate::pg::ident::qualified;
+use crate::pg::meta::{is_public_str, public_string};
+
+/// A sequence fenced by the swap that made a backup: its definition and
+/// state before the fence, as the backup's manifest records them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FencedSequence {
+    /// The live schema it belonged to (absent = public).
+    #[serde(default = "public_string", skip_serializing_if = "is_public_str")]
+    pub schema: String,
+    pub name: String,
+    pub min: i64,
+    pub max: i64,
+    pub start: i64,
+    pub cycle: bool,
+    pub last_value: i64,
+    pub is_called: bool,
+}
+
+/// What stays live through the swap: every live schema that is swapped, and
+/// the tables that stay in them (`schema`, `name`).
+#[derive(Debug, Clone, Default)]
+pub struct Scope {
+    pub live_schemas: Vec<String>,
+    pub kept: Vec<(String, String)>,
+}
+
+impl Scope {
+    /// Of the sequences `(schema, name)`, those that may be fenced: in a
+    /// swapped schema, owned by this role, no extension's, and used only by
+    /// relations that leave with the backup.
+    pub async fn fenceable(
+        &self,
+        client: &Client,
+        seqs: &[(String, String)],
+    ) -> Result<Vec<(String, String)>> {
+        if seqs.is_empty() {
+            return Ok(Vec::new());
+        }
+        let schemas: Vec<&str> = seqs.iter().map(|s| s.0.as_str()).collect();
+        let names: Vec<&str> = seqs.iter().map(|s| s.1.as_str()).collect();
+        let kept_s: Vec<&str> = self.kept.iter().map(|k| k.0.as_str()).collect();
+        let kept_t: Vec<&str> = self.kept.iter().map(|k| k.1.as_str()).collect();
+        let rows = client
+            .query(
+                "WITH cand(s, t) AS (SELECT * FROM ROWS FROM (pg_catalog.unnest($1::text[]), pg_catalog.unnest($2::text[]))),
+                      kept(s, t) AS (SELECT * FROM ROWS FROM (pg_catalog.unnest($4::text[]), pg_catalog.unnest($5::text[]))),
+                      seq AS (SELECT cand.s, cand.t, c.oid, c.relowner
+                                FROM cand
+                                JOIN pg_catalog.pg_namespace n ON n.nspname = cand.s
+                                JOIN pg_catalog.pg_class c ON c.relnamespace = n.oid AND c.relname = cand.t AND c.relkind = 'S'
+                               WHERE cand.s = ANY ($3::text[]))
+                 SELECT seq.s, seq.t FROM seq
+                  WHERE pg_catalog.pg_has_role(seq.relowner, 'USAGE')
+                    AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_depend e
+                                     WHERE e.classid = 'pg_catalog.pg_class'::regclass AND e.objid = seq.oid AND e.deptype = 'e')
+                    -- Users that stay: relations outside the swapped schemas,
+                    -- kept tables, extensions' relations, anything else.
+                    AND NOT EXISTS (
+                      SELECT 1 FROM pg_catalog.pg_depend d
+                        LEFT JOIN pg_catalog.pg_attrdef ad ON d.classid = 'pg_catalog.pg_attrdef'::regclass AND ad.oid = d.objid
+                        LEFT JOIN pg_catalog.pg_rewrite rw ON d.classid = 'pg_catalog.pg_rewrite'::regclass AND rw.oid = d.objid
+                        LEFT JOIN pg_catalog.pg_class c ON c.oid = COALESCE(ad.adrelid, rw.ev_class)
+                        LEFT JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+                       WHERE d.refclassid = 'pg_catalog.pg_class'::regclass AND d.refobjid = seq.oid AND d.deptype = 'n'
+                         AND (c.oid IS NULL OR NOT (n.nspname = ANY ($3::text[]))
+                              OR EXISTS (SELECT 1 FROM kept k WHERE k.s = n.nspname AND k.t = c.relname)
+                              OR EXISTS (SELECT 1 FROM pg_catalog.pg_depend e
+                                          WHERE e.classid = 'pg_catalog.pg_class'::regclass AND e.objid = c.oid AND e.deptype = 'e')))
+                    -- Owned by a column of a table that stays.
+                    AND NOT EXISTS (
+                      SELECT 1 FROM pg_catalog.pg_depend d
+                        JOIN pg_catalog.pg_class c ON c.oid = d.refobjid
+                        JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+                       WHERE d.classid = 'pg_catalog.pg_class'::regclass AND d.objid = seq.oid
+                         AND d.refclassid = 'pg_catalog.pg_class'::regclass AND d.deptype IN ('a', 'i')
+                         AND (NOT (n.nspname = ANY ($3::text[]))
+                              OR EXISTS (SELECT 1 FROM kept k WHERE k.s = n.nspname AND k.t = c.relname)))",
+                &[&schemas, &names, &self.live_schemas, &kept_s, &kept_t],
+            )
+            .await
+            .map_err(|e| pg_error_as(e, "listing the sequences the swap fences"))?;
+        Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+    }
+}
+
+/// The fences of one swap transaction: each sequence fenced once, however
+/// many preserved tables draw from it, its state as read before the fence.
+#[derive(Debug, Default)]
+pub struct Fences {
+    scope: Scope,
+    states: HashMap<(String, String), (i64, bool)>,
+    /// For the backup's manifest, in the order fenced.
+    pub records: Vec<FencedSequence>,
+}
+
+impl Fences {
+    pub fn new(scope: Scope) -> Self {
+        Fences {
+            scope,
+            ..Fences::default()
+        }
+    }
+
+    /// Fence those of `seqs` (`schema`, `name`) that may be
+    /// ([`Scope::fenceable`]) and are not yet.
+    pub async fn fence_all(&mut self, client: &Client, seqs: &[(String, String)]) -> Result<()> {
+        let todo: Vec<(String, String)> = seqs
+            .iter()
+            .filter(|s| !self.states.contains_key(*s))
+            .unique()
+            .cloned()
+            .collect();
+        for (schema, name) in self.scope.fenceable(client, &todo).await? {
+            let (state, record) = fence(client, &schema, &name).await?;
+            self.records.extend(record);
+            self.states.insert((schema, name), state);
+        }
+        Ok(())
+    }
+
+    /// The state (`last_value`, `is_called`) a fenced sequence had before
+    /// its fence; None for one not fenced.
+    pub fn state(&self, schema: &str, name: &str) -> Option<(i64, bool)> {
+        self.states
+            .get(&(schema.to_string(), name.to_string()))
+            .copied()
+    }
+}
+
+/// A sequence's definition and state, read under its lock.
+struct Read {
+    min: i64,
+    max: i64,
+    start: i64,
+    increment: i64,
+    cycle: bool,
+    last_value: i64,
+    is_called: bool,
+    /// The bounds of its data type.
+    type_min: i64,
+    type_max: i64,
+}
+
+async fn read(client: &Client, qual: &str) -> Result<Read> {
+    let def = client
+        .query_one(
+            "SELECT s.seqmin, s.seqmax, s.seqstart, s.seqincrement, s.seqcycle,
+                    CASE s.seqtypid WHEN 'pg_catalog.int2'::regtype THEN -32768
+                                    WHEN 'pg_catalog.int4'::regtype THEN -2147483648
+                                    ELSE -9223372036854775808 END::bigint,
+                    CASE s.seqtypid WHEN 'pg_catalog.int2'::regtype THEN 32767
+                                    WHEN 'pg_catalog.int4'::regtype THEN 2147483647
+                                    ELSE 9223372036854775807 END::bigint
+               FROM pg_catalog.pg_sequence s WHERE s.seqrelid = $1::text::regclass",
+            &[&qual],
+        )
+        .await
+        .map_err(|e| pg_error_as(e, &format!("reading sequence {qual}")))?;
+    let state = client
+        .query_one(
+            format!("SELECT last_value, is_called FROM {qual}").as_str(),
+            &[],
+        )
+        .await
+        .map_err(|e| pg_error_as(e, &format!("reading sequence {qual}")))?;
+    Ok(Read {
+        min: def.get(0),
+        max: def.get(1),
+        start: def.get(2),
+        increment: def.get(3),
+        cycle: def.get(4),
+        type_min: def.get(5),
+        type_max: def.get(6),
+        last_value: state.get(0),
+        is_called: state.get(1),
+    })
+}
+
+impl Read {
+    /// The fenced definition (`MINVALUE`, `MAXVALUE`, `START`): the bound in
+    /// the direction of travel at `last_value`, the other one moved by one
+    /// where PostgreSQL wants `MINVALUE < MAXVALUE`, `START` inside them.
+    /// None when the data type leaves no room for that.
+    fn fenced(&self) -> Option<(i64, i64, i64)> {
+        let last = self.last_value;
+        let (min, max) = if self.increment > 0 {
+            let min = if self.min < last {
+                self.min
+            } else {
+                last.checked_sub(1).filter(|m| *m >= self.type_min)?
+            };
+            (min, last)
+        } else {
+            let max = if self.max > last {
+                self.max
+            } else {
+                last.checked_add(1).filter(|m| *m <= self.type_max)?
+            };
+            (last, max)
+        };
+        Some((min, max, self.start.clamp(min, max)))
+    }
+}
+
+/// Lock, read and fence the sequence `schema.name` inside the open swap
+/// transaction (see the module's comment). Returns its state as read
+/// (`last_value`, `is_called`), which the carry continues after, and the
+/// record for the backup's manifest (None when its data type left no room
+/// for a fence: logged).
+async fn fence(
+    client: &Client,
+    schema: &str,
+    name: &str,
+) -> Result<((i64, bool), Option<FencedSequence>)> {
+    let qual = qualified(schema, name);
+    let cycle: bool = client
+        .query_one(
+            "SELECT s.seqcycle FROM pg_catalog.pg_sequence s WHERE s.seqrelid = $1::text::regclass",
+            &[&qual],
+        )
+        .await
+        .map_err(|e| pg_error_as(e, &format!("reading sequence {qual}")))?
+        .get(0);
+    let as_is = if cycle { "CYCLE" } else { "NO CYCLE" };
+    exec_as(
+        client,
+        &format!("ALTER SEQUENCE {qual} {as_is}"),
+        &format!("locking sequence {qual}"),
+    )
+    .await?;
+    let r = read(client, &qual).await?;
+    let state = (r.last_value, r.is_called);
+    let Some((min, max, start)) = r.fenced() else {
+        tracing::warn!(sequence = %qual, "sequence not fenced: its data type leaves no room for a bound at its value");
+        return Ok((state, None));
+    };
+    if !r.is_called {
+        client
+            .query_one(
+                "SELECT pg_catalog.setval($1::text::regclass, $2, true)",
+                &[&qual, &r.last_value],
+            )
+            .await
+            .map_err(|e| pg_error_as(e, &format!("fencing sequence {qual}")))?;
+    }
+    exec_as(
+        client,
+        &format!("ALTER SEQUENCE {qual} NO CYCLE MINVALUE {min} MAXVALUE {max} START WITH {start}"),
+        &format!("fencing sequence {qual}"),
+    )
+    .await?;
+    tracing::debug!(sequence = %qual, last_value = r.last_value, "sequence fenced");
+    Ok((
+        state,
+        Some(FencedSequence {
+            schema: schema.to_string(),
+            name: name.to_string(),
+            min: r.min,
+            max: r.max,
+            start: r.start,
+            cycle: r.cycle,
+            last_value: r.last_value,
+            is_called: r.is_called,
+        }),
+    ))
+}
+
+/// Inside a rollback's transaction, before anything moves: give the
+/// sequences the restored backup's swap fenced (`fences`, in the backup
+/// schemas of `maps`) their definitions back, and their state when nothing
+/// drew from them since (nothing can: they are fenced). Returns a warning
+/// for each one that is gone.
+pub async fn restore(
+    client: &Client,
+    fences: &[FencedSequence],
+    maps: &[SchemaMap],
+) -> Result<Vec<String>> {
+    let mut warnings = Vec::new();
+    for f in fences {
+        let Some(map) = maps.iter().find(|m| m.live == f.schema) else {
+            continue;
+        };
+        let qual = qualified(&map.backup, &f.name);
+        let here = client
+            .query_opt(
+                "SELECT c.oid FROM pg_catalog.pg_class c
+                   JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+                  WHERE n.nspname = $1 AND c.relname = $2 AND c.relkind = 'S'",
+                &[&map.backup, &f.name],
+            )
+            .await
+            .map_err(|e| pg_error_as(e, &format!("looking up sequence {qual}")))?;
+        if here.is_none() {
+            let line = format!(
+                "sequence {qual}: fenced by the swap that made {} but gone now; nothing to give back",
+                map.backup
+            );
+            tracing::warn!("{line}");
+            warnings.push(line);
+            continue;
+        }
+        let cycle = if f.cycle { "CYCLE" } else { "NO CYCLE" };
+        exec_as(
+            client,
+            &format!(
+                "ALTER SEQUENCE {qual} {cycle} MINVALUE {} MAXVALUE {} START WITH {}",
+                f.min, f.max, f.start
+            ),
+            &format!("giving sequence {qual} its definition back"),
+        )
+        .await?;
+        if !f.is_called {
+            // Still where the fence left it: the value read was never handed out.
+            client
+                .query_opt(
+                    format!(
+                        "SELECT pg_catalog.setval($1::text::regclass, $2, false) FROM {qual}
+                          WHERE last_value = $2 AND is_called"
+                    )
+                    .as_str(),
+                    &[&qual, &f.last_value],
+                )
+                .await
+                .map_err(|e| pg_error_as(e, &format!("giving sequence {qual} its value back")))?;
+        }
+        tracing::debug!(sequence = %qual, "fenced sequence given its definition back");
+    }
+    Ok(warnings)
+}
