@@ -1067,3 +1067,36 @@ fn nextval_waiting_for_the_swap(name: &str, mode: &str) {
     assert_eq!(dbs.dst.psql("SELECT nextval('users_id_seq')"), "301");
     assert_eq!(dbs.dst.psql("SELECT nextval('fresh_seq')"), "7");
 }
+
+/// A carried sequence that something staying live also draws from (a table
+/// of a schema the swap leaves alone) is not fenced: it goes on serving that
+/// table from the backup.
+#[test]
+fn a_carried_sequence_a_live_table_still_uses_is_not_fenced() {
+    let dbs = TestDbs::new("preserved_seq_shared");
+    let schema = "CREATE SEQUENCE shared_seq;
+                  CREATE TABLE users (id bigint PRIMARY KEY DEFAULT nextval('shared_seq'), name text);";
+    dbs.src.psql(schema);
+    dbs.dst.psql(schema);
+    dbs.dst.psql(
+        "CREATE SCHEMA audit;
+         CREATE TABLE audit.log (id bigint PRIMARY KEY DEFAULT nextval('public.shared_seq'), what text);
+         INSERT INTO users (name) SELECT 'd' FROM generate_series(1, 50);",
+    );
+    let wd = Workdir::new();
+    with_users_preserved(&wd, &dbs, "prepare", &[]);
+    let report = json_of(&wd, &["swap", "--dest", &dbs.dst.url(), "--json"]);
+    let backup = report["backup_schema"].as_str().unwrap().to_string();
+    assert_eq!(
+        dbs.dst.psql(&format!(
+            "SELECT coalesce(jsonb_array_length(manifest::jsonb->'fenced_sequences'), 0) FROM pgshift.backups WHERE schema_name = '{backup}'"
+        )),
+        "0"
+    );
+    // audit.log draws on from the backup's sequence.
+    assert_eq!(
+        dbs.dst
+            .psql("INSERT INTO audit.log (what) VALUES ('x') RETURNING id"),
+        "51"
+    );
+}
