@@ -91,7 +91,7 @@ use crate::pg::exec::{
 use crate::pg::ident::{TableName, display_ident, qualified, quote_ident, quote_literal};
 use crate::pg::meta::{META_SCHEMA, SHADOW_SCHEMA, SchemaPair, is_public_str, public_string};
 use crate::pg::settings;
-use crate::swap::fence::Fences;
+use crate::swap::fence::{Fences, sequence_state};
 
 /// `lock_timeout` of a trigger's apply to the shadow table.
 pub const APPLY_LOCK_TIMEOUT: &str = "100ms";
@@ -1843,17 +1843,6 @@ fn next_value(last: i64, called: bool, increment: i64) -> i128 {
     } else {
         last as i128
     }
-}
-
-async fn sequence_state(client: &Client, qual: &str) -> Result<(i64, bool)> {
-    let r = client
-        .query_one(
-            format!("SELECT last_value, is_called FROM {qual}").as_str(),
-            &[],
-        )
-        .await
-        .map_err(|e| pg_error_as(e, &format!("reading sequence {qual}")))?;
-    Ok((r.get(0), r.get(1)))
 }
 
 /// Where a column sequence of a preserved table's shadow continues after the

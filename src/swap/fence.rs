@@ -203,13 +203,7 @@ async fn read(client: &Client, qual: &str) -> Result<Read> {
         )
         .await
         .map_err(|e| pg_error_as(e, &format!("reading sequence {qual}")))?;
-    let state = client
-        .query_one(
-            format!("SELECT last_value, is_called FROM {qual}").as_str(),
-            &[],
-        )
-        .await
-        .map_err(|e| pg_error_as(e, &format!("reading sequence {qual}")))?;
+    let (last_value, is_called) = sequence_state(client, qual).await?;
     Ok(Read {
         min: def.get(0),
         max: def.get(1),
@@ -218,9 +212,21 @@ async fn read(client: &Client, qual: &str) -> Result<Read> {
         cycle: def.get(4),
         type_min: def.get(5),
         type_max: def.get(6),
-        last_value: state.get(0),
-        is_called: state.get(1),
+        last_value,
+        is_called,
     })
+}
+
+/// A sequence's `last_value` and `is_called` (`qual`: quoted, qualified).
+pub async fn sequence_state(client: &Client, qual: &str) -> Result<(i64, bool)> {
+    let r = client
+        .query_one(
+            format!("SELECT last_value, is_called FROM {qual}").as_str(),
+            &[],
+        )
+        .await
+        .map_err(|e| pg_error_as(e, &format!("reading sequence {qual}")))?;
+    Ok((r.get(0), r.get(1)))
 }
 
 impl Read {
@@ -260,15 +266,12 @@ async fn fence(
     name: &str,
 ) -> Result<((i64, bool), Option<FencedSequence>)> {
     let qual = qualified(schema, name);
-    let cycle: bool = client
-        .query_one(
-            "SELECT s.seqcycle FROM pg_catalog.pg_sequence s WHERE s.seqrelid = $1::text::regclass",
-            &[&qual],
-        )
-        .await
-        .map_err(|e| pg_error_as(e, &format!("reading sequence {qual}")))?
-        .get(0);
-    let as_is = if cycle { "CYCLE" } else { "NO CYCLE" };
+    // Its CYCLE as it is, to lock it without changing it.
+    let as_is = if read(client, &qual).await?.cycle {
+        "CYCLE"
+    } else {
+        "NO CYCLE"
+    };
     exec_as(
         client,
         &format!("ALTER SEQUENCE {qual} {as_is}"),
