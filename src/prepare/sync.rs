@@ -60,7 +60,11 @@
 //!   draw `T`'s keys from them itself ([`carry_standalone_sequences`]; one
 //!   left at the source's value, or carried to the end of the source's
 //!   definition, is warned about at prepare, by the dry run and by the swap:
-//!   [`standalone_sequence_warnings`]). A
+//!   [`standalone_sequence_warnings`]). Each destination sequence carried
+//!   from is fenced in the swap transaction first (`swap::fence`: locked,
+//!   read, stopped at the value read), so a `nextval` that resolved it
+//!   before the swap fails after the COMMIT instead of handing out a value
+//!   the new sequence hands out too. A
 //!   column's value the source's sequence cannot hold (a lower `MAXVALUE`),
 //!   or holds as its very last, is warned about at prepare and refused before
 //!   the swap's locks, by its dry run and by `status` ([`sequence_misfits`]);
