@@ -1100,3 +1100,90 @@ fn a_carried_sequence_a_live_table_still_uses_is_not_fenced() {
         "51"
     );
 }
+
+/// A destination sequence a preserved table's column draws from, that this
+/// role does not own (nor is a member of its owner) and the source does not
+/// have (prepare refuses a namesake it cannot give its owner), cannot be
+/// fenced: the swap carries on after it and says, once, that a `nextval`
+/// that resolved it before the swap may get a value twice.
+#[test]
+fn a_carried_sequence_of_another_role_is_said_to_be_unfenced() {
+    let dbs = TestDbs::new("preserved_seq_notmine");
+    if dbs.dst.socket_dir().is_none() {
+        println!("skipped: needs the harness's own clusters");
+        return;
+    }
+    let role = format!("seq_mover_{}", std::process::id());
+    let owner = format!("seq_owner_{}", std::process::id());
+    for db in [&dbs.src, &dbs.dst] {
+        db.psql(&format!(
+            "DO $$ BEGIN CREATE ROLE {role} LOGIN; EXCEPTION WHEN duplicate_object THEN NULL; END $$;
+             DO $$ BEGIN CREATE ROLE {owner}; EXCEPTION WHEN duplicate_object THEN NULL; END $$;
+             ALTER DATABASE \"{name}\" OWNER TO {role};
+             ALTER SCHEMA public OWNER TO {role};
+             SET ROLE {role};
+             CREATE TABLE users (id bigserial PRIMARY KEY, name text);",
+            name = db.name()
+        ));
+    }
+    dbs.dst.psql(&format!(
+        "CREATE SEQUENCE legacy_ids START 900; ALTER SEQUENCE legacy_ids OWNER TO {owner};
+         GRANT USAGE, SELECT ON legacy_ids TO {role};
+         ALTER TABLE users ALTER id SET DEFAULT nextval('legacy_ids');
+         INSERT INTO users (name) SELECT 'd' FROM generate_series(1, 20);"
+    ));
+    let dst = socket_url_as(&dbs.dst, &role);
+    let wd = Workdir::new();
+    assert_success(&wd.run(&[
+        "prepare",
+        "--source",
+        &dbs.src.url(),
+        "--dest",
+        &dst,
+        "--preserved-tables",
+        "users",
+    ]));
+    let out = wd.run(&["swap", "--dest", &dst, "--json"]);
+    let report: serde_json::Value = serde_json::from_str(&assert_success(&out)).unwrap();
+    let unfenced = "sequence \"public\".\"legacy_ids\" is not this role's to alter, so the swap does not fence it";
+    assert_eq!(
+        common::stderr_of(&out).matches(unfenced).count(),
+        1,
+        "{out:?}"
+    );
+    // Carried on after it all the same; the users' own sequence, this
+    // role's, fenced.
+    assert_eq!(dbs.dst.psql("SELECT nextval('users_id_seq')"), "920");
+    let backup = report["backup_schema"].as_str().unwrap().to_string();
+    assert_eq!(
+        dbs.dst.psql(&format!(
+            "SELECT string_agg(f->>'name', ', ') FROM pgshift.backups b, jsonb_array_elements(b.manifest::jsonb->'fenced_sequences') f WHERE b.schema_name = '{backup}'"
+        )),
+        "users_id_seq"
+    );
+}
+
+/// A destination column whose default draws from another sequence than the
+/// one it owns (a default changed after the serial column was created):
+/// the shadow's sequence continues after the one the rows came from, not
+/// after the owned one that stood still.
+#[test]
+fn a_column_drawing_from_another_sequence_than_its_own_continues_after_it() {
+    let dbs = TestDbs::new("preserved_seq_redrawn");
+    let schema = "CREATE TABLE users (id bigserial PRIMARY KEY, name text);";
+    dbs.src.psql(schema);
+    dbs.dst.psql(schema);
+    dbs.dst.psql(
+        "CREATE SEQUENCE legacy_ids START 900;
+         ALTER TABLE users ALTER id SET DEFAULT nextval('legacy_ids');
+         INSERT INTO users (name) SELECT 'd' FROM generate_series(1, 20);",
+    );
+    let wd = Workdir::new();
+    with_users_preserved(&wd, &dbs, "prepare", &[]);
+    assert_success(&wd.run(&["swap", "--dest", &dbs.dst.url()]));
+    assert_eq!(
+        dbs.dst
+            .psql("INSERT INTO users (name) VALUES ('new') RETURNING id"),
+        "920"
+    );
+}

@@ -1915,9 +1915,10 @@ impl Carry {
 
 /// Each sequence of the shadow table's columns (owned, or drawn from by a
 /// default) continues after the greatest of its own next value and the
-/// destination's (the destination's sequence for the same column, or the
-/// column's maximum in `shadow_rel`, which holds the destination's rows, when
-/// it has none), over every column that draws from it. Reads only.
+/// destination's (each of the destination's sequences for the same column:
+/// the one it owns and the one its default draws from, which may differ; or
+/// the column's maximum in `shadow_rel`, which holds the destination's rows,
+/// when it has none), over every column that draws from it. Reads only.
 /// `fenced`: the destination's sequences fenced in this transaction, whose
 /// state before the fence counts.
 async fn carry_plan(
@@ -1926,11 +1927,12 @@ async fn carry_plan(
     shadow_rel: &str,
     fenced: Option<&Fences>,
 ) -> Result<Vec<Carry>> {
-    let public: HashMap<String, SeqRow> = column_sequences(client, t.oid)
-        .await?
-        .into_iter()
-        .map(|s| (s.column.clone(), s))
-        .collect();
+    // A column may have two: the sequence it owns and another its default
+    // draws from (a default changed after a serial column was created).
+    let mut public: HashMap<String, Vec<SeqRow>> = HashMap::new();
+    for s in column_sequences(client, t.oid).await? {
+        public.entry(s.column.clone()).or_default().push(s);
+    }
     let mut plan: Vec<Carry> = Vec::new();
     for s in column_sequences(client, t.shadow_oid).await? {
         let inc = s.increment;
@@ -1947,12 +1949,14 @@ async fn carry_plan(
             called,
             CarryFrom::Shadow,
         )];
-        if let Some(p) = public.get(&s.column) {
-            let (pl, pc) = match fenced.and_then(|f| f.state(&p.schema, &p.name)) {
-                Some(state) => state,
-                None => sequence_state(client, &p.qual).await?,
-            };
-            candidates.push((next_value(pl, pc, p.increment), pl, pc, CarryFrom::Sequence));
+        if let Some(ps) = public.get(&s.column) {
+            for p in ps {
+                let (pl, pc) = match fenced.and_then(|f| f.state(&p.schema, &p.name)) {
+                    Some(state) => state,
+                    None => sequence_state(client, &p.qual).await?,
+                };
+                candidates.push((next_value(pl, pc, p.increment), pl, pc, CarryFrom::Sequence));
+            }
         } else {
             let agg = if inc > 0 { "max" } else { "min" };
             let v: Option<i64> = client

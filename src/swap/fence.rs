@@ -35,7 +35,7 @@
 //! an extension's table, a function's SQL body) keeps serving them, and this
 //! role must own it (only an owner may `ALTER` it).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use anyhow::Result;
 use itertools::Itertools;
@@ -72,14 +72,14 @@ pub struct Scope {
 }
 
 impl Scope {
-    /// Of the sequences `(schema, name)`, those that may be fenced: in a
-    /// swapped schema, owned by this role, no extension's, and used only by
-    /// relations that leave with the backup.
-    pub async fn fenceable(
+    /// Of the sequences `(schema, name)`, those to fence: in a swapped
+    /// schema, no extension's, and used only by relations that leave with the
+    /// backup; with whether this role owns it (only then may it).
+    async fn fenceable(
         &self,
         client: &Client,
         seqs: &[(String, String)],
-    ) -> Result<Vec<(String, String)>> {
+    ) -> Result<Vec<((String, String), bool)>> {
         if seqs.is_empty() {
             return Ok(Vec::new());
         }
@@ -96,9 +96,8 @@ impl Scope {
                                 JOIN pg_catalog.pg_namespace n ON n.nspname = cand.s
                                 JOIN pg_catalog.pg_class c ON c.relnamespace = n.oid AND c.relname = cand.t AND c.relkind = 'S'
                                WHERE cand.s = ANY ($3::text[]))
-                 SELECT seq.s, seq.t FROM seq
-                  WHERE pg_catalog.pg_has_role(seq.relowner, 'USAGE')
-                    AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_depend e
+                 SELECT seq.s, seq.t, pg_catalog.pg_has_role(seq.relowner, 'USAGE') FROM seq
+                  WHERE NOT EXISTS (SELECT 1 FROM pg_catalog.pg_depend e
                                      WHERE e.classid = 'pg_catalog.pg_class'::regclass AND e.objid = seq.oid AND e.deptype = 'e')
                     -- Users that stay: relations outside the swapped schemas,
                     -- kept tables, extensions' relations, anything else.
@@ -126,7 +125,10 @@ impl Scope {
             )
             .await
             .map_err(|e| pg_error_as(e, "listing the sequences the swap fences"))?;
-        Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+        Ok(rows
+            .iter()
+            .map(|r| ((r.get(0), r.get(1)), r.get(2)))
+            .collect())
     }
 }
 
@@ -136,6 +138,8 @@ impl Scope {
 pub struct Fences {
     scope: Scope,
     states: HashMap<(String, String), (i64, bool)>,
+    /// Sequences this role may not fence (warned about once).
+    unfenced: HashSet<(String, String)>,
     /// For the backup's manifest, in the order fenced.
     pub records: Vec<FencedSequence>,
 }
@@ -153,11 +157,19 @@ impl Fences {
     pub async fn fence_all(&mut self, client: &Client, seqs: &[(String, String)]) -> Result<()> {
         let todo: Vec<(String, String)> = seqs
             .iter()
-            .filter(|s| !self.states.contains_key(*s))
+            .filter(|s| !self.states.contains_key(*s) && !self.unfenced.contains(*s))
             .unique()
             .cloned()
             .collect();
-        for (schema, name) in self.scope.fenceable(client, &todo).await? {
+        for ((schema, name), mine) in self.scope.fenceable(client, &todo).await? {
+            if !mine {
+                tracing::warn!(
+                    "sequence {} is not this role's to alter, so the swap does not fence it: a nextval that resolved it before the swap may get a value the new sequence hands out too",
+                    qualified(&schema, &name)
+                );
+                self.unfenced.insert((schema, name));
+                continue;
+            }
             let (state, record) = fence(client, &schema, &name).await?;
             self.records.extend(record);
             self.states.insert((schema, name), state);
