@@ -1109,3 +1109,86 @@ fn a_tablespace_only_the_source_has_is_refused_unless_no_tablespaces() {
         "mv:fastboth\nt:fastboth\nt_pkey:fastboth\nt_plain:-\nt_v:fastboth\nz_plain:-\nz_plain_pkey:-"
     );
 }
+
+/// A swap that renames the schemas needs no ownership of their objects, but
+/// prepare gives each shadow object the owner of its destination namesake,
+/// which takes membership in that owner: a destination object the source
+/// has too, owned by a role this one may not act for, is refused in one line
+/// before anything is created (it failed prepare in phase privileges, after
+/// the copy). One only the destination has goes to the backup as it is and
+/// is no obstacle, nor is an excluded table, nor are a range type's
+/// constructors (PostgreSQL makes them the bootstrap superuser's on both
+/// sides): once the role may act for the owner, prepare runs.
+#[test]
+fn a_namesake_this_role_cannot_give_its_owner_is_refused_before_a_renaming_prepare() {
+    let dbs = TestDbs::new("bad_input_rename_owner");
+    let role = format!("renamer_{}", std::process::id());
+    let owner = format!("stranger_{}", std::process::id());
+    for db in [&dbs.src, &dbs.dst] {
+        db.psql(&format!(
+            "DO $$ BEGIN CREATE ROLE {role} LOGIN PASSWORD 'moverpw'; EXCEPTION WHEN duplicate_object THEN NULL; END $$;
+             DO $$ BEGIN CREATE ROLE {owner}; EXCEPTION WHEN duplicate_object THEN NULL; END $$;
+             ALTER DATABASE \"{name}\" OWNER TO {role};
+             CREATE SEQUENCE ticket_seq; ALTER SEQUENCE ticket_seq OWNER TO {owner};
+             GRANT SELECT ON ticket_seq TO {role};
+             CREATE TABLE audit_log (id int); ALTER TABLE audit_log OWNER TO {owner};
+             ALTER SCHEMA public OWNER TO {role};
+             SET ROLE {role};
+             CREATE TABLE users (id bigserial PRIMARY KEY, name text);
+             CREATE TYPE floatrange AS RANGE (subtype = float8);",
+            name = db.name()
+        ));
+    }
+    dbs.dst.psql(&format!(
+        "CREATE SEQUENCE legacy_seq; ALTER SEQUENCE legacy_seq OWNER TO {owner};"
+    ));
+    let dst = with_url(&dbs.dst.url(), |p| {
+        p.user = role.clone();
+        p.password = "moverpw".into();
+    });
+    let prepare = s(&[
+        "prepare",
+        "--source",
+        &dbs.src.url(),
+        "--dest",
+        &dst,
+        "--exclude-table",
+        "audit_log",
+    ]);
+    let grant = if dbs.dst.server_major() >= 16 {
+        format!("grant {owner} to {role} with inherit true, set true")
+    } else {
+        format!("grant {owner} to {role}")
+    };
+    check(
+        &dbs,
+        Case {
+            name: "a namesake of a role this one may not act for, renaming",
+            args: prepare.clone(),
+            env: vec![],
+            code: 1,
+            message: vec![
+                "insufficient privileges on the destination",
+                &format!(
+                    "role {role} does not own ticket_seq in public, whose shadow namesakes prepare must give the same owner"
+                ),
+                &grant,
+            ],
+        },
+    );
+    if dbs.dst.server_major() >= 16 {
+        dbs.dst.psql(&format!(
+            "GRANT {owner} TO {role} WITH INHERIT TRUE, SET TRUE"
+        ));
+    } else {
+        dbs.dst.psql(&format!("GRANT {owner} TO {role}"));
+    }
+    let wd = Workdir::new();
+    let args: Vec<&str> = prepare.iter().map(String::as_str).collect();
+    assert_success(&wd.run(&args));
+    assert_eq!(
+        dbs.dst
+            .psql("SELECT pg_get_userbyid(relowner) FROM pg_class WHERE oid = 'shadow.ticket_seq'::regclass"),
+        owner
+    );
+}

@@ -261,6 +261,15 @@ pub async fn check(settings: &PrepareOptions, sess_dest: &Client, src: &Client) 
     )
     .await?;
     warnings.extend(filters.warnings.iter().cloned());
+    if may_rename {
+        preflight::refuse_unowned_namesakes(
+            sess_dest,
+            src,
+            &settings.schemas,
+            &filters.not_migrated,
+        )
+        .await?;
+    }
     warnings.extend(
         preflight::casts_left_behind(src, sess_dest, &settings.schemas, &filters.not_migrated)
             .await?,

@@ -2,6 +2,7 @@
 //! extensions, tablespaces, leftovers of earlier runs, and warnings an
 //! operator should see. Everything here only reads.
 
+use std::collections::BTreeSet;
 use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
@@ -579,15 +580,34 @@ struct Owner {
     member: bool,
 }
 
+/// One object [`not_owned`] finds.
+struct NotOwned {
+    schema: String,
+    /// `""` for a relation, else `type `, `function `, `procedure `,
+    /// `aggregate `.
+    kind: String,
+    /// A routine's carries its identity arguments.
+    name: String,
+    owner: String,
+    /// Part of another object (a range type's constructor).
+    internal: bool,
+}
+
 /// The relations, types and routines of `schemas` whose owner this role is
 /// not a member of (extensions' members aside), named for people (types and
 /// routines say so: `type mood`, `function f(integer)`), and those owners
-/// (whether each is a superuser).
-async fn not_owned(client: &Client, schemas: &[String]) -> Result<(Vec<String>, Vec<Owner>)> {
+/// (whether each is a superuser). With `namesakes_on` (the source, and the
+/// tables not migrated by their keys), only those that are migrated and
+/// that the source's same-named schema has a namesake of.
+async fn not_owned(
+    client: &Client,
+    schemas: &[String],
+    namesakes_on: Option<(&Client, &BTreeSet<String>)>,
+) -> Result<(Vec<String>, Vec<Owner>)> {
     let rows = client
         .query(
             concat!(
-                "SELECT n.nspname::text, '', c.relname::text, pg_catalog.pg_get_userbyid(c.relowner)::text
+                "SELECT n.nspname::text, '', c.relname::text, pg_catalog.pg_get_userbyid(c.relowner)::text, false
                    FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
                   WHERE n.nspname = ANY($1) AND c.relkind IN ('r', 'p', 'v', 'm', 'S', 'f')
                     AND NOT ",
@@ -596,7 +616,7 @@ async fn not_owned(client: &Client, schemas: &[String]) -> Result<(Vec<String>, 
                 not_ext_member!("pg_class", "c.oid"),
                 "
                  UNION ALL
-                 SELECT n.nspname::text, 'type ', t.typname::text, pg_catalog.pg_get_userbyid(t.typowner)::text
+                 SELECT n.nspname::text, 'type ', t.typname::text, pg_catalog.pg_get_userbyid(t.typowner)::text, false
                    FROM pg_catalog.pg_type t JOIN pg_catalog.pg_namespace n ON n.oid = t.typnamespace
                   WHERE n.nspname = ANY($1) AND t.typtype IN ('b', 'c', 'd', 'e', 'r')
                     AND (t.typrelid = 0 OR (SELECT c.relkind FROM pg_catalog.pg_class c WHERE c.oid = t.typrelid) = 'c')
@@ -609,7 +629,9 @@ async fn not_owned(client: &Client, schemas: &[String]) -> Result<(Vec<String>, 
                  UNION ALL
                  SELECT n.nspname::text, CASE p.prokind WHEN 'p' THEN 'procedure ' WHEN 'a' THEN 'aggregate ' ELSE 'function ' END,
                         p.proname::text || '(' || pg_catalog.pg_get_function_identity_arguments(p.oid) || ')',
-                        pg_catalog.pg_get_userbyid(p.proowner)::text
+                        pg_catalog.pg_get_userbyid(p.proowner)::text,
+                        EXISTS (SELECT 1 FROM pg_catalog.pg_depend d
+                                 WHERE d.classid = 'pg_catalog.pg_proc'::regclass AND d.objid = p.oid AND d.deptype = 'i')
                    FROM pg_catalog.pg_proc p JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace
                   WHERE n.nspname = ANY($1) AND NOT ",
                 can_own!("p.proowner"),
@@ -622,11 +644,41 @@ async fn not_owned(client: &Client, schemas: &[String]) -> Result<(Vec<String>, 
         )
         .await
         .map_err(|e| crate::pg::exec::pg_error_as(e, "checking the owners on the destination"))?;
+    let mut found: Vec<NotOwned> = rows
+        .iter()
+        .map(|r| NotOwned {
+            schema: r.get(0),
+            kind: r.get(1),
+            name: r.get(2),
+            owner: r.get(3),
+            internal: r.get(4),
+        })
+        .collect();
+    if let Some((src, not_migrated)) = namesakes_on {
+        // A range type's constructors: PostgreSQL makes them the bootstrap
+        // superuser's, on both sides; prepare leaves them be. Tables not
+        // migrated have no shadow namesake.
+        let not_migrated = |o: &NotOwned| {
+            o.kind.is_empty() && not_migrated.contains(&meta::table_display(&o.schema, &o.name))
+        };
+        found.retain(|o| !o.internal && !not_migrated(o));
+        let has = namesakes(src, &found).await?;
+        found = found
+            .into_iter()
+            .zip(has)
+            .filter_map(|(o, has)| has.then_some(o))
+            .collect();
+    }
     let mut names = Vec::new();
     let mut owners: Vec<String> = Vec::new();
-    for r in rows {
-        let (schema, kind, name, owner): (String, String, String, String) =
-            (r.get(0), r.get(1), r.get(2), r.get(3));
+    for NotOwned {
+        schema,
+        kind,
+        name,
+        owner,
+        ..
+    } in found
+    {
         // A routine's name carries its arguments: name the name part only.
         let shown = match name.split_once('(') {
             Some((n, args)) if !kind.is_empty() && kind != "type " => {
@@ -660,6 +712,132 @@ async fn not_owned(client: &Client, schemas: &[String]) -> Result<(Vec<String>, 
         })
         .collect();
     Ok((names, owners))
+}
+
+/// For each of `objects`, whether `src` has a same-named one in the
+/// same-named schema (a relation, a type, a routine with the same identity
+/// arguments).
+async fn namesakes(src: &Client, objects: &[NotOwned]) -> Result<Vec<bool>> {
+    let schemas: Vec<&str> = objects.iter().map(|o| o.schema.as_str()).collect();
+    let kinds: Vec<&str> = objects.iter().map(|o| o.kind.as_str()).collect();
+    let names: Vec<&str> = objects.iter().map(|o| o.name.as_str()).collect();
+    let rows = src
+        .query(
+            "SELECT CASE i.k
+                      WHEN '' THEN EXISTS (
+                        SELECT 1 FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+                         WHERE n.nspname = i.s AND c.relname = i.n)
+                      WHEN 'type ' THEN EXISTS (
+                        SELECT 1 FROM pg_catalog.pg_type t JOIN pg_catalog.pg_namespace n ON n.oid = t.typnamespace
+                         WHERE n.nspname = i.s AND t.typname = i.n)
+                      ELSE EXISTS (
+                        SELECT 1 FROM pg_catalog.pg_proc p JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace
+                         WHERE n.nspname = i.s
+                           AND p.proname::text || '(' || pg_catalog.pg_get_function_identity_arguments(p.oid) || ')' = i.n)
+                    END
+               FROM ROWS FROM (pg_catalog.unnest($1::text[]), pg_catalog.unnest($2::text[]), pg_catalog.unnest($3::text[]))
+                    WITH ORDINALITY AS i(s, k, n, ord)
+              ORDER BY i.ord",
+            &[&schemas, &kinds, &names],
+        )
+        .await
+        .map_err(|e| crate::pg::exec::pg_error_as(e, "looking up the source's namesakes"))?;
+    Ok(rows.iter().map(|r| r.get(0)).collect())
+}
+
+/// Refuse, in one line naming them and what would fix it, the objects of
+/// `not_owned` (with their `owners`) this role `user` may not act for; `why`
+/// says what needs it.
+async fn refuse_not_owned(
+    dst: &Client,
+    user: &str,
+    schemas: &[String],
+    not_owned: &[String],
+    owners: &[Owner],
+    why: &str,
+) -> Result<()> {
+    if not_owned.is_empty() {
+        return Ok(());
+    }
+    // Names outside public are qualified.
+    let place = if meta::is_default_schemas(schemas) {
+        " in public"
+    } else {
+        ""
+    };
+    // Membership in a superuser would make this role one: those
+    // objects need another owner instead.
+    let (supers, others): (Vec<_>, Vec<_>) = owners.iter().partition(|o| o.superuser);
+    let names = |v: &[&Owner]| v.iter().map(|o| display_ident(&o.name)).join(", ");
+    let mut fix = Vec::new();
+    if !others.is_empty() {
+        // PostgreSQL 16+ grants a membership with options, and a
+        // plain GRANT of an existing one changes nothing.
+        if catalog::server_major(dst).await? >= 16 {
+            fix.push(format!(
+                "grant {} to {user} with inherit true, set true",
+                names(&others)
+            ));
+        } else {
+            let (members, strangers): (Vec<&Owner>, Vec<&Owner>) =
+                others.iter().partition(|o| o.member);
+            if !strangers.is_empty() {
+                fix.push(format!("grant {} to {user}", names(&strangers)));
+            }
+            if !members.is_empty() {
+                fix.push(format!(
+                    "alter role {user} inherit ({user} is a member of {} but does not inherit its privileges)",
+                    names(&members)
+                ));
+            }
+        }
+    }
+    if !supers.is_empty() {
+        fix.push(format!(
+            "give those of the superuser {} another owner {user} is a member of (ALTER … OWNER TO)",
+            names(&supers)
+        ));
+    }
+    bail!(
+        "insufficient privileges on the destination: role {user} does not own {}{place}, {why} (owners or superuser only: {})",
+        list_some(not_owned),
+        fix.join("; ")
+    );
+}
+
+/// When the swap can rename the schemas (so [`check_dest`] did not ask this
+/// role to own their objects): prepare still makes each shadow object its
+/// destination namesake's owner's, which takes membership in that owner.
+/// Refuse the destination's objects that the source has namesakes of and
+/// that are migrated (not in `not_migrated`), whose owner this role may not
+/// act for. A superuser may.
+pub async fn refuse_unowned_namesakes(
+    dst: &Client,
+    src: &Client,
+    schemas: &[String],
+    not_migrated: &BTreeSet<String>,
+) -> Result<()> {
+    let r = dst
+        .query_one(
+            "SELECT current_user::text, (SELECT rolsuper FROM pg_catalog.pg_roles WHERE rolname = current_user)",
+            &[],
+        )
+        .await
+        .context("checking privileges on the destination")?;
+    if r.get::<_, bool>(1) {
+        return Ok(());
+    }
+    let user: String = r.get(0);
+    let (not_owned, owners) = not_owned(dst, schemas, Some((src, not_migrated))).await?;
+    refuse_not_owned(
+        dst,
+        &user,
+        schemas,
+        &not_owned,
+        &owners,
+        "whose shadow namesakes prepare must give the same owner",
+    )
+    .await
 }
 
 /// Checks on the destination (read only). `may_rename`: the swap can rename
@@ -702,55 +880,19 @@ pub async fn check_dest(dst: &Client, schemas: &[String], may_rename: bool) -> R
     let superuser: bool = r.get(4);
     // Only an object-level swap moves each object (and needs to own it); a
     // rename needs the schemas alone (a range type's constructors, which
-    // PostgreSQL gives the bootstrap superuser, stay out of the way).
+    // PostgreSQL gives the bootstrap superuser, stay out of the way), and
+    // prepare's namesakes ([`refuse_unowned_namesakes`]).
     if !superuser && !may_rename {
-        let (not_owned, owners) = not_owned(dst, schemas).await?;
-        if !not_owned.is_empty() {
-            // Names outside public are qualified.
-            let place = if meta::is_default_schemas(schemas) {
-                " in public"
-            } else {
-                ""
-            };
-            // Membership in a superuser would make this role one: those
-            // objects need another owner instead.
-            let (supers, others): (Vec<_>, Vec<_>) = owners.iter().partition(|o| o.superuser);
-            let names = |v: &[&Owner]| v.iter().map(|o| display_ident(&o.name)).join(", ");
-            let mut fix = Vec::new();
-            if !others.is_empty() {
-                // PostgreSQL 16+ grants a membership with options, and a
-                // plain GRANT of an existing one changes nothing.
-                if catalog::server_major(dst).await? >= 16 {
-                    fix.push(format!(
-                        "grant {} to {user} with inherit true, set true",
-                        names(&others)
-                    ));
-                } else {
-                    let (members, strangers): (Vec<&Owner>, Vec<&Owner>) =
-                        others.iter().partition(|o| o.member);
-                    if !strangers.is_empty() {
-                        fix.push(format!("grant {} to {user}", names(&strangers)));
-                    }
-                    if !members.is_empty() {
-                        fix.push(format!(
-                            "alter role {user} inherit ({user} is a member of {} but does not inherit its privileges)",
-                            names(&members)
-                        ));
-                    }
-                }
-            }
-            if !supers.is_empty() {
-                fix.push(format!(
-                    "give those of the superuser {} another owner {user} is a member of (ALTER … OWNER TO)",
-                    names(&supers)
-                ));
-            }
-            bail!(
-                "insufficient privileges on the destination: role {user} does not own {}{place}, which the swap must move (owners or superuser only: {})",
-                list_some(&not_owned),
-                fix.join("; ")
-            );
-        }
+        let (not_owned, owners) = not_owned(dst, schemas, None).await?;
+        refuse_not_owned(
+            dst,
+            &user,
+            schemas,
+            &not_owned,
+            &owners,
+            "which the swap must move",
+        )
+        .await?;
     }
     warnings.extend(outside_dependents(dst, schemas, "swap").await?);
     Ok(warnings)
