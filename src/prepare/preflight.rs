@@ -746,16 +746,16 @@ async fn namesakes(src: &Client, objects: &[NotOwned]) -> Result<Vec<bool>> {
 }
 
 /// Refuse, in one line naming them and what would fix it, the objects of
-/// `not_owned` (with their `owners`) this role `user` may not act for; `why`
-/// says what needs it.
+/// `schemas` whose owner this role `user` may not act for ([`not_owned`],
+/// with `namesakes_on`); `why` says what needs it.
 async fn refuse_not_owned(
     dst: &Client,
     user: &str,
     schemas: &[String],
-    not_owned: &[String],
-    owners: &[Owner],
+    namesakes_on: Option<(&Client, &BTreeSet<String>)>,
     why: &str,
 ) -> Result<()> {
+    let (not_owned, owners) = not_owned(dst, schemas, namesakes_on).await?;
     if not_owned.is_empty() {
         return Ok(());
     }
@@ -800,7 +800,7 @@ async fn refuse_not_owned(
     }
     bail!(
         "insufficient privileges on the destination: role {user} does not own {}{place}, {why} (owners or superuser only: {})",
-        list_some(not_owned),
+        list_some(&not_owned),
         fix.join("; ")
     );
 }
@@ -828,13 +828,11 @@ pub async fn refuse_unowned_namesakes(
         return Ok(());
     }
     let user: String = r.get(0);
-    let (not_owned, owners) = not_owned(dst, schemas, Some((src, not_migrated))).await?;
     refuse_not_owned(
         dst,
         &user,
         schemas,
-        &not_owned,
-        &owners,
+        Some((src, not_migrated)),
         "whose shadow namesakes prepare must give the same owner",
     )
     .await
@@ -883,16 +881,7 @@ pub async fn check_dest(dst: &Client, schemas: &[String], may_rename: bool) -> R
     // PostgreSQL gives the bootstrap superuser, stay out of the way), and
     // prepare's namesakes ([`refuse_unowned_namesakes`]).
     if !superuser && !may_rename {
-        let (not_owned, owners) = not_owned(dst, schemas, None).await?;
-        refuse_not_owned(
-            dst,
-            &user,
-            schemas,
-            &not_owned,
-            &owners,
-            "which the swap must move",
-        )
-        .await?;
+        refuse_not_owned(dst, &user, schemas, None, "which the swap must move").await?;
     }
     warnings.extend(outside_dependents(dst, schemas, "swap").await?);
     Ok(warnings)
