@@ -1145,7 +1145,8 @@ fn a_carried_sequence_of_another_role_is_said_to_be_unfenced() {
     ]));
     let out = wd.run(&["swap", "--dest", &dst, "--json"]);
     let report: serde_json::Value = serde_json::from_str(&assert_success(&out)).unwrap();
-    let unfenced = "sequence \"public\".\"legacy_ids\" is not this role's to alter, so the swap does not fence it";
+    let unfenced =
+        "sequence public.legacy_ids is not this role's to alter, so the swap does not fence it";
     assert_eq!(
         common::stderr_of(&out).matches(unfenced).count(),
         1,

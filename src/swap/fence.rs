@@ -44,7 +44,7 @@ use tokio_postgres::Client;
 
 use crate::backups::manifest::SchemaMap;
 use crate::pg::exec::{exec_as, pg_error_as};
-use crate::pg::ident::qualified;
+use crate::pg::ident::{display_ident, qualified};
 use crate::pg::meta::{is_public_str, public_string};
 
 /// A sequence fenced by the swap that made a backup: its definition and
@@ -164,8 +164,9 @@ impl Fences {
         for ((schema, name), mine) in self.scope.fenceable(client, &todo).await? {
             if !mine {
                 tracing::warn!(
-                    "sequence {} is not this role's to alter, so the swap does not fence it: a nextval that resolved it before the swap may get a value the new sequence hands out too",
-                    qualified(&schema, &name)
+                    "sequence {}.{} is not this role's to alter, so the swap does not fence it: a nextval that resolved it before the swap may get a value the new sequence hands out too",
+                    display_ident(&schema),
+                    display_ident(&name)
                 );
                 self.unfenced.insert((schema, name));
                 continue;
