@@ -1152,6 +1152,14 @@ fn a_carried_sequence_of_another_role_is_said_to_be_unfenced() {
         1,
         "{out:?}"
     );
+    assert!(
+        report["warnings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|w| w.as_str().unwrap().starts_with(unfenced)),
+        "{report}"
+    );
     // Carried on after it all the same; the users' own sequence, this
     // role's, fenced.
     assert_eq!(dbs.dst.psql("SELECT nextval('users_id_seq')"), "920");

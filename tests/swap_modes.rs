@@ -1186,3 +1186,97 @@ fn a_kept_table_of_another_role_is_refused_before_a_rename_swap() {
     dbs.dst
         .psql(&format!("DROP OWNED BY {other} CASCADE; DROP ROLE {other}"));
 }
+
+/// A rename swap with preserved tables fences the sequences it carries over
+/// (`swap::fence`), so it locks them after the tables, as an object-mode swap
+/// moves them: a transaction that takes `nextval()` before its INSERT holds
+/// the sequence while it waits for the table, and met every attempt in a
+/// cycle. A retry takes the sequence first here too, and the swap gets
+/// through; no id is handed out twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_rename_swap_gets_through_sequence_first_writers_of_preserved_tables() {
+    let dbs = TestDbs::new("rename_seq_cycles");
+    let app = "CREATE TABLE orders (id bigserial PRIMARY KEY, note text);
+               CREATE SEQUENCE ticket_seq;";
+    dbs.src.psql(app);
+    dbs.dst.psql(app);
+    let wd = Workdir::new();
+    assert_success(&wd.run(&[
+        "prepare",
+        "--source",
+        &dbs.src.url(),
+        "--dest",
+        &dbs.dst.url(),
+        "--preserved-tables",
+        "orders",
+    ]));
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut load = Vec::new();
+    for i in 0..6 {
+        let c = dbs.dst.client().await;
+        let stop = stop.clone();
+        load.push(tokio::spawn(async move {
+            let seq = if i % 3 == 0 {
+                "ticket_seq"
+            } else {
+                "orders_id_seq"
+            };
+            let mut ids = Vec::new();
+            while !stop.load(Ordering::Relaxed) {
+                let r = async {
+                    c.batch_execute("BEGIN").await?;
+                    let id: i64 = c
+                        .query_one(&format!("SELECT nextval('{seq}')"), &[])
+                        .await?
+                        .get(0);
+                    c.batch_execute("SELECT pg_sleep(0.005)").await?;
+                    if seq == "orders_id_seq" {
+                        c.execute("INSERT INTO orders (id, note) VALUES ($1, 'x')", &[&id])
+                            .await?;
+                    } else {
+                        c.execute("INSERT INTO orders (note) VALUES ($1)", &[&id.to_string()])
+                            .await?;
+                    }
+                    c.batch_execute("COMMIT").await?;
+                    Ok::<i64, tokio_postgres::Error>(id)
+                }
+                .await;
+                match r {
+                    Ok(id) => ids.push(id),
+                    Err(_) => {
+                        let _ = c.batch_execute("ROLLBACK").await;
+                    }
+                }
+            }
+            (seq, ids)
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut cmd = wd.cmd();
+    cmd.args([
+        "swap",
+        "--json",
+        "--dest",
+        &dbs.dst.url(),
+        "--swap-mode",
+        "rename",
+    ]);
+    let out = tokio::task::spawn_blocking(move || cmd.output().unwrap())
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut drawn: std::collections::HashMap<&str, Vec<i64>> = Default::default();
+    for l in load {
+        let (seq, ids) = l.await.unwrap();
+        drawn.entry(seq).or_default().extend(ids);
+    }
+    let report: serde_json::Value = serde_json::from_str(&assert_success(&out)).unwrap();
+    assert_eq!(report["swap_mode"], "rename", "{report}");
+    for (seq, mut ids) in drawn {
+        let n = ids.len();
+        ids.sort_unstable();
+        ids.dedup();
+        assert_eq!(ids.len(), n, "{seq}: a committed id came twice");
+    }
+}

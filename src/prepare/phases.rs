@@ -674,9 +674,14 @@ pub async fn run(
             let details = &rec.state.details;
             let outlook = async {
                 let leaves = sync::deferred_leaves(&sess.control, &details.deferred_sql).await?;
-                let extra =
-                    sync::swap_need(&sess.control, &details.sync, &details.deferred_sql, &leaves)
-                        .await?;
+                let extra = sync::swap_need(
+                    &sess.control,
+                    &details.sync,
+                    &run.pairs,
+                    &details.deferred_sql,
+                    &leaves,
+                )
+                .await?;
                 prepared_outlook(&sess.control, &run.pairs, run.opts.swap_mode, extra).await
             }
             .await;

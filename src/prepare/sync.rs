@@ -2770,16 +2770,20 @@ pub async fn deferred_leaves(client: &Client, deferred_sql: &[String]) -> Result
 /// `pg::locks_budget`): the final sync of each, the replay's locks on their
 /// indexes on both sides, and each deferred statement (a partitioned table's
 /// foreign key: one per leaf partition, as [`apply_deferred`] adds it), and
-/// the lock that fences each column sequence of theirs ([`Fences`]).
+/// the lock that fences each column sequence of theirs ([`Fences`]) and each
+/// sequence no column uses that `pairs` carry over
+/// ([`carry_standalone_sequences`]).
 pub async fn swap_need(
     client: &Client,
     synced: &[SyncedTable],
+    pairs: &[SchemaPair],
     deferred_sql: &[String],
     leaves: &DeferredLeaves,
 ) -> Result<crate::pg::locks_budget::Need> {
     let statements = deferred_sql.len() + leaves.values().map(Vec::len).sum::<usize>();
     let oids: Vec<u32> = synced.iter().flat_map(|t| [t.oid, t.shadow_oid]).collect();
-    // The fence locks each of the live tables' column sequences once.
+    // The fence locks each of the live tables' column sequences once, and
+    // the carry each sequence no column uses.
     let mut sequences = HashSet::new();
     for t in synced {
         sequences.extend(
@@ -2787,6 +2791,14 @@ pub async fn swap_need(
                 .await?
                 .into_iter()
                 .map(|s| s.qual),
+        );
+    }
+    if !synced.is_empty() {
+        sequences.extend(
+            standalone_sequences(client, pairs)
+                .await?
+                .into_iter()
+                .map(|s| s.live),
         );
     }
     let mut need = crate::pg::locks_budget::preserved(synced.len(), statements)

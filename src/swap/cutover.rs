@@ -337,7 +337,8 @@ struct BeforeMoves {
     /// The writes the swap discards (allowed), as counted under the locks.
     writes: Option<WriteCheck>,
     /// Sequences left at the source's value
-    /// ([`sync::carry_standalone_sequences`]).
+    /// ([`sync::carry_standalone_sequences`]), and those the fence could
+    /// not stop ([`Fences`]).
     warnings: Vec<String>,
     /// The destination's sequences the carry fenced, for the manifest
     /// ([`crate::swap::fence`]).
@@ -371,11 +372,12 @@ impl InTx for MigrationTx<'_> {
         };
         let mut fences = Fences::new(self.scope());
         sync::final_sync(client, self.synced, &mut fences).await?;
-        let warnings = if self.synced.is_empty() {
+        let mut warnings = if self.synced.is_empty() {
             Vec::new()
         } else {
             sync::carry_standalone_sequences(client, &self.pairs, &mut fences).await?
         };
+        warnings.extend(fences.warnings);
         let fenced = fences.records;
         let fks = sync::apply_deferred(client, self.deferred, &self.pairs, &self.leaves).await?;
         Ok(BeforeMoves {
@@ -479,7 +481,14 @@ pub async fn preview(client: &Client, opts: &SwapOptions) -> Result<SwapPreview>
             .as_ref()
             .map(|b| under_locks(exempt(m, &kept), opts, b, b)),
         kept: &kept,
-        need: sync::swap_need(client, &details.sync, &details.deferred_sql, &leaves).await?,
+        need: sync::swap_need(
+            client,
+            &details.sync,
+            &pairs(m),
+            &details.deferred_sql,
+            &leaves,
+        )
+        .await?,
         leaves,
     };
     let p = engine::preview(client, &exchange(m, &kept), opts.policy, &hook).await?;
@@ -588,7 +597,14 @@ pub async fn outlook(client: &Client, m: &MigrationRow, policy: Policy) -> Resul
         deferred: &details.deferred_sql,
         writes: None,
         kept: &kept,
-        need: sync::swap_need(client, &details.sync, &details.deferred_sql, &leaves).await?,
+        need: sync::swap_need(
+            client,
+            &details.sync,
+            &pairs(m),
+            &details.deferred_sql,
+            &leaves,
+        )
+        .await?,
         leaves,
     };
     engine::outlook(client, &exchange(m, &kept), policy, hook.lock_need()).await
@@ -798,7 +814,7 @@ pub async fn swap(sess: &Session, opts: &SwapOptions) -> Result<SwapReport> {
             .as_ref()
             .map(|b| under_locks(exempt.clone(), opts, b, &checked.listed)),
         kept: &kept,
-        need: sync::swap_need(&sess.control, synced, deferred, &leaves).await?,
+        need: sync::swap_need(&sess.control, synced, &pairs(&m), deferred, &leaves).await?,
         leaves,
     };
     // The swapped record no longer needs the baseline (it travels in the

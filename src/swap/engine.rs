@@ -1345,7 +1345,8 @@ struct Waited {
 /// Relations earlier attempts waited for go first, the latest first: an
 /// application whose transactions take them in another order than ours
 /// (users, then sessions) would otherwise meet every attempt in a cycle. In
-/// object mode that includes the views and sequences its ALTERs move (a
+/// object mode that includes the views and sequences its ALTERs move, in
+/// either mode the sequences the swap fences (a
 /// session reading a view holds the view while it waits for a table; a
 /// transaction that takes `nextval()` before its INSERT holds the sequence):
 /// LOCK TABLE takes neither without side effects (a view's lock recurses into
@@ -1376,7 +1377,10 @@ fn lock_statements(req: &Request, listed: &Listed, first: &[Waited]) -> Vec<Stri
             "S" => "SEQUENCE",
             _ => continue,
         };
-        if req.choice.rename.is_none() && ours(&f.schema) {
+        // A rename locks no view; it locks the sequences the swap carries
+        // over (`swap::fence`), which a transaction that takes `nextval()`
+        // before its INSERT holds just the same.
+        if (req.choice.rename.is_none() || kind == "SEQUENCE") && ours(&f.schema) {
             lead.push(format!(
                 "ALTER {kind} {} OWNER TO {}",
                 f.name,

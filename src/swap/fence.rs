@@ -142,6 +142,8 @@ pub struct Fences {
     unfenced: HashSet<(String, String)>,
     /// For the backup's manifest, in the order fenced.
     pub records: Vec<FencedSequence>,
+    /// One for each sequence that could not be fenced (also logged).
+    pub warnings: Vec<String>,
 }
 
 impl Fences {
@@ -162,16 +164,23 @@ impl Fences {
             .cloned()
             .collect();
         for ((schema, name), mine) in self.scope.fenceable(client, &todo).await? {
-            if !mine {
-                tracing::warn!(
-                    "sequence {}.{} is not this role's to alter, so the swap does not fence it: a nextval that resolved it before the swap may get a value the new sequence hands out too",
-                    display_ident(&schema),
-                    display_ident(&name)
+            let shown = format!("{}.{}", display_ident(&schema), display_ident(&name));
+            let mut warn = |why: &str| {
+                let line = format!(
+                    "sequence {shown} {why}, so the swap does not fence it: a nextval that resolved it before the swap may get a value the new sequence hands out too"
                 );
+                tracing::warn!("{line}");
+                self.warnings.push(line);
+            };
+            if !mine {
+                warn("is not this role's to alter");
                 self.unfenced.insert((schema, name));
                 continue;
             }
             let (state, record) = fence(client, &schema, &name).await?;
+            if record.is_none() {
+                warn("is at the edge of its data type's range");
+            }
             self.records.extend(record);
             self.states.insert((schema, name), state);
         }
@@ -272,7 +281,7 @@ impl Read {
 /// transaction (see the module's comment). Returns its state as read
 /// (`last_value`, `is_called`), which the carry continues after, and the
 /// record for the backup's manifest (None when its data type left no room
-/// for a fence: logged).
+/// for a fence).
 async fn fence(
     client: &Client,
     schema: &str,
@@ -294,7 +303,6 @@ async fn fence(
     let r = read(client, &qual).await?;
     let state = (r.last_value, r.is_called);
     let Some((min, max, start)) = r.fenced() else {
-        tracing::warn!(sequence = %qual, "sequence not fenced: its data type leaves no room for a bound at its value");
         return Ok((state, None));
     };
     if !r.is_called {
