@@ -1059,3 +1059,88 @@ fn latest_without_backups_is_a_usage_error() {
     );
     assert_eq!(dbs.dst.query_one_string(ours), "0");
 }
+
+/// A rollback that keeps a table keeps its rows: a sequence no column uses
+/// that the application keys it with (Hibernate's `SEQUENCE` ids) must not
+/// go back with the restored public, or its next value is a key the kept
+/// table holds. It continues after the greater of the two, as the swap's
+/// carry does; the current one is fenced in the new backup, recorded in its
+/// manifest, and a rollback of the rollback gives it its definition back.
+#[test]
+fn a_rollback_keeping_a_table_does_not_take_its_key_sequence_back() {
+    let dbs = TestDbs::new("bk_keep_seq");
+    let ddl = "CREATE SEQUENCE ticket_seq;
+               CREATE TABLE tickets (id bigint PRIMARY KEY, v text);
+               CREATE TABLE notes (id int);";
+    dbs.src.psql(ddl);
+    dbs.dst.psql(ddl);
+    dbs.dst.psql(
+        "INSERT INTO tickets SELECT nextval('ticket_seq'), 'old' FROM generate_series(1, 50);",
+    );
+    let wd = Workdir::new();
+    let url = dbs.dst.url();
+    wd.run_ok(&[
+        "prepare",
+        "--source",
+        &dbs.src.url(),
+        "--dest",
+        &url,
+        "--preserved-tables",
+        "tickets",
+    ]);
+    wd.run_ok(&["swap", "--dest", &url]);
+    dbs.dst.psql(
+        "INSERT INTO tickets SELECT nextval('ticket_seq'), 'new' FROM generate_series(1, 5);",
+    );
+    let r = run_json(
+        &wd,
+        &[
+            "rollback",
+            "--dest",
+            &url,
+            "--latest",
+            "--keep-tables",
+            "tickets",
+        ],
+    );
+    assert_eq!(
+        dbs.dst
+            .psql("INSERT INTO tickets VALUES (nextval('ticket_seq'), 'after') RETURNING id"),
+        "56"
+    );
+    let b2 = r["backup_schema"].as_str().unwrap().to_string();
+    let fenced = format!(
+        "SELECT string_agg(f->>'name' || ' ' || (f->>'last_value'), ', ')
+           FROM pgshift.backups b, jsonb_array_elements(b.manifest::jsonb->'fenced_sequences') f
+          WHERE b.schema_name = '{b2}'"
+    );
+    assert_eq!(dbs.dst.psql(&fenced), "ticket_seq 55");
+    assert_eq!(
+        dbs.dst.psql(&format!(
+            "SELECT seqmax FROM pg_sequence WHERE seqrelid = '{b2}.ticket_seq'::regclass"
+        )),
+        "55"
+    );
+    // Rolling the rollback back restores that public with its sequence's
+    // definition as it was; tickets stays (that backup was made without it),
+    // so the sequence continues after its rows again.
+    wd.run_ok(&[
+        "rollback",
+        "--dest",
+        &url,
+        "--latest",
+        "--allow-discard",
+        "all",
+    ]);
+    assert_eq!(
+        dbs.dst
+            .psql("SELECT seqmax FROM pg_sequence WHERE seqrelid = 'public.ticket_seq'::regclass"),
+        "9223372036854775807"
+    );
+    assert_eq!(dbs.dst.psql("SELECT max(id) FROM tickets"), "56");
+    assert_eq!(
+        dbs.dst
+            .psql("INSERT INTO tickets VALUES (nextval('ticket_seq'), 'again') RETURNING id"),
+        "57"
+    );
+}

@@ -42,9 +42,9 @@ use crate::pg::catalog;
 use crate::pg::exec::{exec, pg_error_as, query_map};
 use crate::pg::ident::{TableName, display_ident, qualified, quote_ident};
 use crate::pg::locks_budget::Budget;
-use crate::prepare::sync::CreatedFk;
+use crate::prepare::sync::{self, CreatedFk};
 use crate::swap::engine::{self, Exchange, InTx, Moved, Moves, Origin, Policy};
-use crate::swap::fence;
+use crate::swap::fence::{self, FencedSequence, Fences};
 use crate::swap::impact::gate::{self, UnderLocks};
 use crate::swap::impact::{
     AllowDiscard, DiscardedWrite, Impact, ImpactRequest, Operation, SchemaPair, Unkeepable,
@@ -485,6 +485,7 @@ fn hook(plan: &Plan, pg15: bool) -> RollbackTx<'_> {
     RollbackTx {
         restored: &plan.restore,
         keep: &plan.keep,
+        pairs: &plan.pairs,
         pg15,
         writes: plan.live_baseline.as_ref().map(|baseline| UnderLocks {
             op: Operation::Rollback,
@@ -575,7 +576,7 @@ pub async fn execute(sess: &Session, plan: &Plan, policy: Policy) -> Result<Roll
     let pg15 = catalog::server_major(control).await? >= 15;
     let done = engine::swap(sess, &exchange(plan), &origin, policy, &hook(plan, pg15)).await?;
     let result = done.after;
-    warnings.extend(done.before.iter().cloned());
+    warnings.extend(done.before.warnings.iter().cloned());
     warnings.extend(done.warnings.iter().cloned());
     warnings.extend(result.warnings.iter().cloned());
 
@@ -620,11 +621,21 @@ pub struct TxResult {
     warnings: Vec<String>,
 }
 
+/// What the rollback's work before the moves hands back.
+#[derive(Debug, Clone, Default)]
+pub struct RollbackBefore {
+    /// Fenced sequences that are gone; sequences carried or not fenced.
+    warnings: Vec<String>,
+    /// The current public's sequences fenced, for the new backup's manifest.
+    fenced: Vec<FencedSequence>,
+}
+
 /// Work inside the swap transaction: foreign keys, the restored backup's
 /// schema and manifest, the new backup's detached keys.
 struct RollbackTx<'a> {
     restored: &'a BackupRow,
     keep: &'a BTreeSet<String>,
+    pairs: &'a [engine::Pair],
     pg15: bool,
     /// The discarded-writes check under the locks (None without a baseline:
     /// checked before, every table unknown).
@@ -632,18 +643,49 @@ struct RollbackTx<'a> {
 }
 
 impl InTx for RollbackTx<'_> {
-    /// Warnings: fenced sequences that are gone.
-    type Before = Vec<String>;
+    type Before = RollbackBefore;
     type After = TxResult;
 
     /// The discarded-writes check, then the sequences the restored backup's
-    /// swap fenced get their definitions back (`swap::fence`).
-    async fn before_moves(&self, client: &Client) -> Result<Vec<String>> {
+    /// swap fenced get their definitions back (`swap::fence`). With kept
+    /// tables, whose rows stay: the sequences no column uses that both the
+    /// current public and the backup have continue after the greater of the
+    /// two (the application may key a kept table with one: going back would
+    /// hand those keys out again), the current ones fenced.
+    async fn before_moves(&self, client: &Client) -> Result<RollbackBefore> {
         if let Some(w) = &self.writes {
             w.check(client).await?;
         }
         let m = &self.restored.manifest;
-        fence::restore(client, &m.fenced_sequences, &m.schema_maps()).await
+        let mut warnings = fence::restore(client, &m.fenced_sequences, &m.schema_maps()).await?;
+        if self.keep.is_empty() {
+            return Ok(RollbackBefore {
+                warnings,
+                fenced: Vec::new(),
+            });
+        }
+        let mut fences = Fences::new(fence::Scope {
+            live_schemas: self.pairs.iter().map(|p| p.live.clone()).collect(),
+            kept: self
+                .pairs
+                .iter()
+                .flat_map(|p| p.keep.iter().map(|t| (p.live.clone(), t.clone())))
+                .collect(),
+        });
+        let pairs: Vec<crate::pg::meta::SchemaPair> = self
+            .pairs
+            .iter()
+            .map(|p| crate::pg::meta::SchemaPair {
+                live: p.live.clone(),
+                shadow: p.incoming.clone(),
+            })
+            .collect();
+        warnings.extend(sync::carry_standalone_sequences(client, &pairs, &mut fences).await?);
+        warnings.extend(fences.warnings);
+        Ok(RollbackBefore {
+            warnings,
+            fenced: fences.records,
+        })
     }
 
     fn preview_notes(&self) -> (Vec<String>, Vec<String>) {
@@ -659,6 +701,12 @@ impl InTx for RollbackTx<'_> {
                 self.restored.schema_name
             ));
         }
+        if !self.keep.is_empty() {
+            before.push(
+                "-- kept tables: sequences no column uses that both have continue after the greater value (the current ones fenced, recorded in the new backup's manifest)"
+                    .into(),
+            );
+        }
         (
             before,
             vec!["-- foreign keys crossing schemas re-pointed or detached; restored schema dropped if empty, and so are live schemas its swap created; manifests written to pgshift.backups".into()],
@@ -668,9 +716,10 @@ impl InTx for RollbackTx<'_> {
     async fn after_moves(
         &self,
         client: &Client,
-        _before: &Vec<String>,
+        before: &RollbackBefore,
         manifest: &mut Manifest,
     ) -> Result<TxResult> {
+        manifest.fenced_sequences = before.fenced.clone();
         let mut res = TxResult::default();
         let restored_maps = self.restored.manifest.schema_maps();
         let new_maps = manifest.schema_maps();
