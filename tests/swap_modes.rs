@@ -1192,12 +1192,14 @@ fn a_kept_table_of_another_role_is_refused_before_a_rename_swap() {
 /// moves them: a transaction that takes `nextval()` before its INSERT holds
 /// the sequence while it waits for the table, and met every attempt in a
 /// cycle. A retry takes the sequence first here too, and the swap gets
-/// through; no id is handed out twice.
+/// through; no id is handed out twice. (An application that also inserts
+/// through the column's default takes the table before the sequence: both
+/// orders at once cannot be met, see README's Limitations.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_rename_swap_gets_through_sequence_first_writers_of_preserved_tables() {
     let dbs = TestDbs::new("rename_seq_cycles");
     let app = "CREATE TABLE orders (id bigserial PRIMARY KEY, note text);
-               CREATE SEQUENCE ticket_seq;";
+               CREATE SEQUENCE ticket_seq; CREATE TABLE tickets (id bigint PRIMARY KEY);";
     dbs.src.psql(app);
     dbs.dst.psql(app);
     let wd = Workdir::new();
@@ -1208,7 +1210,7 @@ async fn a_rename_swap_gets_through_sequence_first_writers_of_preserved_tables()
         "--dest",
         &dbs.dst.url(),
         "--preserved-tables",
-        "orders",
+        "orders,tickets",
     ]));
     let stop = Arc::new(AtomicBool::new(false));
     let mut load = Vec::new();
@@ -1234,7 +1236,7 @@ async fn a_rename_swap_gets_through_sequence_first_writers_of_preserved_tables()
                         c.execute("INSERT INTO orders (id, note) VALUES ($1, 'x')", &[&id])
                             .await?;
                     } else {
-                        c.execute("INSERT INTO orders (note) VALUES ($1)", &[&id.to_string()])
+                        c.execute("INSERT INTO tickets (id) VALUES ($1)", &[&id])
                             .await?;
                     }
                     c.batch_execute("COMMIT").await?;

@@ -345,7 +345,36 @@ struct BeforeMoves {
     fenced: Vec<FencedSequence>,
 }
 
-impl MigrationTx<'_> {
+impl<'a> MigrationTx<'a> {
+    /// The hook of `m`'s swap as things stand, for a dry run or an outlook
+    /// (read only).
+    async fn read(
+        client: &Client,
+        m: &'a MigrationRow,
+        kept: &'a Kept,
+        writes: Option<UnderLocks<'a>>,
+    ) -> Result<Self> {
+        let details = &m.state.details;
+        let leaves = sync::deferred_leaves(client, &details.deferred_sql).await?;
+        let pairs = pairs(m);
+        Ok(MigrationTx {
+            need: sync::swap_need(
+                client,
+                &details.sync,
+                &pairs,
+                &details.deferred_sql,
+                &leaves,
+            )
+            .await?,
+            pairs,
+            synced: &details.sync,
+            deferred: &details.deferred_sql,
+            writes,
+            kept,
+            leaves,
+        })
+    }
+
     /// What stays live through the swap, for the fence.
     fn scope(&self) -> fence::Scope {
         fence::Scope {
@@ -471,26 +500,11 @@ pub async fn preview(client: &Client, opts: &SwapOptions) -> Result<SwapPreview>
     let m = ready(&d, opts.timestamp.as_deref())?;
     let details = &m.state.details;
     let kept = kept_tables(client, m, &opts.keep_tables).await?;
-    let leaves = sync::deferred_leaves(client, &details.deferred_sql).await?;
-    let hook = MigrationTx {
-        pairs: pairs(m),
-        synced: &details.sync,
-        deferred: &details.deferred_sql,
-        writes: details
-            .write_baseline
-            .as_ref()
-            .map(|b| under_locks(exempt(m, &kept), opts, b, b)),
-        kept: &kept,
-        need: sync::swap_need(
-            client,
-            &details.sync,
-            &pairs(m),
-            &details.deferred_sql,
-            &leaves,
-        )
-        .await?,
-        leaves,
-    };
+    let writes = details
+        .write_baseline
+        .as_ref()
+        .map(|b| under_locks(exempt(m, &kept), opts, b, b));
+    let hook = MigrationTx::read(client, m, &kept, writes).await?;
     let p = engine::preview(client, &exchange(m, &kept), opts.policy, &hook).await?;
     let fk_check = fk_violations(client, m, &kept).await?;
     let impact = gate::migration_report_keeping(
@@ -588,25 +602,8 @@ pub async fn sequence_refusal(client: &Client, synced: &[SyncedTable]) -> Result
 /// `policy` would choose, and what that swap could not move (for
 /// `status`); changes nothing.
 pub async fn outlook(client: &Client, m: &MigrationRow, policy: Policy) -> Result<engine::Outlook> {
-    let details = &m.state.details;
     let kept = kept_tables(client, m, &[]).await.unwrap_or_default();
-    let leaves = sync::deferred_leaves(client, &details.deferred_sql).await?;
-    let hook = MigrationTx {
-        pairs: pairs(m),
-        synced: &details.sync,
-        deferred: &details.deferred_sql,
-        writes: None,
-        kept: &kept,
-        need: sync::swap_need(
-            client,
-            &details.sync,
-            &pairs(m),
-            &details.deferred_sql,
-            &leaves,
-        )
-        .await?,
-        leaves,
-    };
+    let hook = MigrationTx::read(client, m, &kept, None).await?;
     engine::outlook(client, &exchange(m, &kept), policy, hook.lock_need()).await
 }
 
