@@ -28,7 +28,18 @@
 //! The original definition and state go into the backup's manifest
 //! (`fenced_sequences`); a rollback to that backup gives them back in its own
 //! transaction, before anything moves ([`restore`]), so the restored
-//! sequences continue exactly where they stopped.
+//! sequences continue exactly where they stopped. A rollback that keeps
+//! tables carries the sequences no column uses the same way, from the
+//! current public to the restored one, and fences the current ones
+//! (`swap::rollback`).
+//!
+//! The fence locks a sequence after the swap's tables. A transaction that
+//! takes `nextval()` before its INSERT holds the sequence while it waits for
+//! the table: the attempt times out, and the engine's next attempt takes the
+//! sequence first (`swap::engine::lock_statements`). An application that
+//! also inserts through the column's default (table, then sequence) on the
+//! same sequence can hold up either order; the swap then fails after its
+//! retries, nothing changed (README, Limitations).
 //!
 //! Only a sequence whose every user leaves with the backup is fenced: one
 //! that a table or view staying live uses (a kept table, another schema,
