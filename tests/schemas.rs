@@ -1230,6 +1230,19 @@ fn a_kept_table_with_partitions_in_another_schema_is_refused() {
     assert_eq!(written[0]["table"], "billing.ev_2025", "{plan}");
     assert_eq!(written[0]["inserts"], 10, "{plan}");
     assert_eq!(written[0]["partition_of"], "ev", "{plan}");
+    // Each planned table says its schema (absent in public), as prepare's
+    // report does.
+    let planned = |name: &str| {
+        plan["plan"]["tables"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|t| t["name"] == name)
+            .cloned()
+            .unwrap_or_else(|| panic!("{name} not planned: {plan}"))
+    };
+    assert_eq!(planned("billing.ev_2025")["schema"], "billing", "{plan}");
+    assert_eq!(planned("ev")["schema"], serde_json::Value::Null, "{plan}");
 
     let before = catalog_fingerprint(&dbs.dst);
     let out = wd.run(&[

@@ -58,7 +58,11 @@ use crate::swap::mode::{Mode, ModeRequest};
 /// A table in the plan (dry run and report).
 #[derive(Debug, Clone, Serialize)]
 pub struct PlannedTable {
+    /// `name` in public, `schema.name` elsewhere.
     pub name: String,
+    /// Its schema (absent = public), as prepare's report and manifests say it.
+    #[serde(skip_serializing_if = "crate::pg::meta::is_public_str")]
+    pub schema: String,
     pub kind: String,
     pub bytes: i64,
     pub total_bytes: i64,
@@ -450,6 +454,7 @@ pub fn plan_report(settings: &PrepareOptions, checked: &Checked) -> PlanReport {
         .iter()
         .map(|t| PlannedTable {
             name: t.key(),
+            schema: t.schema.clone(),
             kind: match t.relkind {
                 'p' => "partitioned table",
                 'm' => "materialized view",
