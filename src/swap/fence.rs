@@ -90,7 +90,7 @@ impl Scope {
         &self,
         client: &Client,
         seqs: &[(String, String)],
-    ) -> Result<Vec<((String, String), bool)>> {
+    ) -> Result<Vec<Fenceable>> {
         if seqs.is_empty() {
             return Ok(Vec::new());
         }
@@ -107,7 +107,9 @@ impl Scope {
                                 JOIN pg_catalog.pg_namespace n ON n.nspname = cand.s
                                 JOIN pg_catalog.pg_class c ON c.relnamespace = n.oid AND c.relname = cand.t AND c.relkind = 'S'
                                WHERE cand.s = ANY ($3::text[]))
-                 SELECT seq.s, seq.t, pg_catalog.pg_has_role(seq.relowner, 'USAGE') FROM seq
+                 SELECT seq.s, seq.t, pg_catalog.pg_has_role(seq.relowner, 'USAGE'),
+                        (SELECT ps.seqcycle FROM pg_catalog.pg_sequence ps WHERE ps.seqrelid = seq.oid)
+                   FROM seq
                   WHERE NOT EXISTS (SELECT 1 FROM pg_catalog.pg_depend e
                                      WHERE e.classid = 'pg_catalog.pg_class'::regclass AND e.objid = seq.oid AND e.deptype = 'e')
                     -- Users that stay: relations outside the swapped schemas,
@@ -138,9 +140,23 @@ impl Scope {
             .map_err(|e| pg_error_as(e, "listing the sequences the swap fences"))?;
         Ok(rows
             .iter()
-            .map(|r| ((r.get(0), r.get(1)), r.get(2)))
+            .map(|r| Fenceable {
+                at: (r.get(0), r.get(1)),
+                mine: r.get(2),
+                cycle: r.get(3),
+            })
             .collect())
     }
+}
+
+/// A sequence [`Scope::fenceable`] found.
+struct Fenceable {
+    /// Schema and name.
+    at: (String, String),
+    /// This role may alter it.
+    mine: bool,
+    /// Its CYCLE, to lock it with an ALTER that changes nothing.
+    cycle: bool,
 }
 
 /// The fences of one swap transaction: each sequence fenced once, however
@@ -174,7 +190,12 @@ impl Fences {
             .unique()
             .cloned()
             .collect();
-        for ((schema, name), mine) in self.scope.fenceable(client, &todo).await? {
+        for Fenceable {
+            at: (schema, name),
+            mine,
+            cycle,
+        } in self.scope.fenceable(client, &todo).await?
+        {
             let shown = format!("{}.{}", display_ident(&schema), display_ident(&name));
             let mut warn = |why: &str| {
                 let line = format!(
@@ -188,7 +209,7 @@ impl Fences {
                 self.unfenced.insert((schema, name));
                 continue;
             }
-            let (state, record) = fence(client, &schema, &name).await?;
+            let (state, record) = fence(client, &schema, &name, cycle).await?;
             if record.is_none() {
                 warn("is at the edge of its data type's range");
             }
@@ -221,22 +242,28 @@ struct Read {
     type_max: i64,
 }
 
+/// One round trip: the catalog's definition and the sequence's own state
+/// (`qual`: quoted, qualified; read from the catalog, never user input).
 async fn read(client: &Client, qual: &str) -> Result<Read> {
     let def = client
         .query_one(
-            "SELECT s.seqmin, s.seqmax, s.seqstart, s.seqincrement, s.seqcycle,
-                    CASE s.seqtypid WHEN 'pg_catalog.int2'::regtype THEN -32768
-                                    WHEN 'pg_catalog.int4'::regtype THEN -2147483648
-                                    ELSE -9223372036854775808 END::bigint,
-                    CASE s.seqtypid WHEN 'pg_catalog.int2'::regtype THEN 32767
-                                    WHEN 'pg_catalog.int4'::regtype THEN 2147483647
-                                    ELSE 9223372036854775807 END::bigint
-               FROM pg_catalog.pg_sequence s WHERE s.seqrelid = $1::text::regclass",
+            format!(
+                "SELECT s.seqmin, s.seqmax, s.seqstart, s.seqincrement, s.seqcycle,
+                        CASE s.seqtypid WHEN 'pg_catalog.int2'::regtype THEN -32768
+                                        WHEN 'pg_catalog.int4'::regtype THEN -2147483648
+                                        ELSE -9223372036854775808 END::bigint,
+                        CASE s.seqtypid WHEN 'pg_catalog.int2'::regtype THEN 32767
+                                        WHEN 'pg_catalog.int4'::regtype THEN 2147483647
+                                        ELSE 9223372036854775807 END::bigint,
+                        l.last_value, l.is_called
+                   FROM pg_catalog.pg_sequence s, {qual} l
+                  WHERE s.seqrelid = $1::text::regclass"
+            )
+            .as_str(),
             &[&qual],
         )
         .await
         .map_err(|e| pg_error_as(e, &format!("reading sequence {qual}")))?;
-    let (last_value, is_called) = sequence_state(client, qual).await?;
     Ok(Read {
         min: def.get(0),
         max: def.get(1),
@@ -245,8 +272,8 @@ async fn read(client: &Client, qual: &str) -> Result<Read> {
         cycle: def.get(4),
         type_min: def.get(5),
         type_max: def.get(6),
-        last_value,
-        is_called,
+        last_value: def.get(7),
+        is_called: def.get(8),
     })
 }
 
@@ -297,14 +324,11 @@ async fn fence(
     client: &Client,
     schema: &str,
     name: &str,
+    cycle: bool,
 ) -> Result<((i64, bool), Option<FencedSequence>)> {
     let qual = qualified(schema, name);
-    // Its CYCLE as it is, to lock it without changing it.
-    let as_is = if read(client, &qual).await?.cycle {
-        "CYCLE"
-    } else {
-        "NO CYCLE"
-    };
+    // Its CYCLE as it is (read just before), to lock it without changing it.
+    let as_is = if cycle { "CYCLE" } else { "NO CYCLE" };
     exec_as(
         client,
         &format!("ALTER SEQUENCE {qual} {as_is}"),
