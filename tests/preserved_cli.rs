@@ -43,6 +43,22 @@ fn backup_schemas(db: &common::TestDb) -> String {
     db.psql("SELECT count(*) FROM pg_namespace WHERE nspname LIKE 'backup\\_%'")
 }
 
+/// The sequences the swap that made the backup `report` names fenced, as
+/// its manifest records them: `name last_value is_called` each, by name.
+fn fenced_in(db: &common::TestDb, report: &serde_json::Value) -> Vec<String> {
+    let backup = report["backup_schema"].as_str().unwrap();
+    db.psql(&format!(
+        "SELECT format('%s %s %s', f->>'name', f->>'last_value', f->>'is_called')
+           FROM pgshift.backups b,
+                jsonb_array_elements(coalesce(b.manifest::jsonb->'fenced_sequences', '[]')) f
+          WHERE b.schema_name = '{backup}'
+          ORDER BY 1"
+    ))
+    .lines()
+    .map(String::from)
+    .collect()
+}
+
 /// `start --preserved-tables users --json <extra>`: its report.
 fn start_users_preserved(wd: &Workdir, dbs: &TestDbs, extra: &[&str]) -> serde_json::Value {
     let mut args = vec!["--json"];
@@ -1050,15 +1066,13 @@ fn nextval_waiting_for_the_swap(name: &str, mode: &str) {
     assert_eq!(dbs.dst.psql("SELECT nextval('users_id_seq')"), "301");
     assert_eq!(dbs.dst.psql("SELECT nextval('fresh_seq')"), "7");
     // The manifest records the three as they were.
-    let backup = report["backup_schema"].as_str().unwrap().to_string();
-    let recorded = dbs.dst.psql(&format!(
-        "SELECT string_agg(format('%s %s %s', f->>'name', f->>'last_value', f->>'is_called'), ', ' ORDER BY f->>'name')
-           FROM pgshift.backups b, jsonb_array_elements(b.manifest::jsonb->'fenced_sequences') f
-          WHERE b.schema_name = '{backup}'"
-    ));
     assert_eq!(
-        recorded,
-        "fresh_seq 7 false, ticket_seq 500 true, users_id_seq 300 true"
+        fenced_in(&dbs.dst, &report),
+        [
+            "fresh_seq 7 false",
+            "ticket_seq 500 true",
+            "users_id_seq 300 true"
+        ]
     );
     // A rollback gives them back: definitions, and values where they stopped.
     assert_success(&wd.run(&["rollback", "--dest", &dst, "--latest"]));
@@ -1086,13 +1100,7 @@ fn a_carried_sequence_a_live_table_still_uses_is_not_fenced() {
     let wd = Workdir::new();
     with_users_preserved(&wd, &dbs, "prepare", &[]);
     let report = json_of(&wd, &["swap", "--dest", &dbs.dst.url(), "--json"]);
-    let backup = report["backup_schema"].as_str().unwrap().to_string();
-    assert_eq!(
-        dbs.dst.psql(&format!(
-            "SELECT coalesce(jsonb_array_length(manifest::jsonb->'fenced_sequences'), 0) FROM pgshift.backups WHERE schema_name = '{backup}'"
-        )),
-        "0"
-    );
+    assert_eq!(fenced_in(&dbs.dst, &report), Vec::<String>::new());
     // audit.log draws on from the backup's sequence.
     assert_eq!(
         dbs.dst
@@ -1163,13 +1171,11 @@ fn a_carried_sequence_of_another_role_is_said_to_be_unfenced() {
     // Carried on after it all the same; the users' own sequence, this
     // role's, fenced.
     assert_eq!(dbs.dst.psql("SELECT nextval('users_id_seq')"), "920");
-    let backup = report["backup_schema"].as_str().unwrap().to_string();
-    assert_eq!(
-        dbs.dst.psql(&format!(
-            "SELECT string_agg(f->>'name', ', ') FROM pgshift.backups b, jsonb_array_elements(b.manifest::jsonb->'fenced_sequences') f WHERE b.schema_name = '{backup}'"
-        )),
-        "users_id_seq"
-    );
+    let names: Vec<String> = fenced_in(&dbs.dst, &report)
+        .iter()
+        .map(|f| f.split(' ').next().unwrap().to_string())
+        .collect();
+    assert_eq!(names, ["users_id_seq"]);
 }
 
 /// A destination column whose default draws from another sequence than the
