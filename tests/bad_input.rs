@@ -5,7 +5,7 @@ mod common;
 
 use std::process::Output;
 
-use common::{TestDbs, Workdir, assert_success, catalog_fingerprint, pg_bindir};
+use common::{TestDbs, Workdir, assert_success, catalog_fingerprint, create_role, pg_bindir};
 
 struct Case<'a> {
     name: &'a str,
@@ -162,9 +162,9 @@ fn bad_input_is_one_line_a_documented_code_and_no_change() {
     // read the source's table.
     let weak = format!("weak_{}", std::process::id());
     for db in [&dbs.src, &dbs.dst] {
+        db.psql(&create_role(&weak, "LOGIN PASSWORD 'weakpw'"));
         db.psql(&format!(
-            "DO $$ BEGIN CREATE ROLE {weak} LOGIN PASSWORD 'weakpw'; EXCEPTION WHEN duplicate_object THEN NULL; END $$;
-             REVOKE CREATE ON DATABASE {} FROM PUBLIC;",
+            "REVOKE CREATE ON DATABASE {} FROM PUBLIC;",
             db.name()
         ));
     }
@@ -661,9 +661,7 @@ fn privileges_are_checked_in_every_chosen_schema() {
     let dbs = TestDbs::new("bad_input_schemas");
     let role = format!("mover_{}", std::process::id());
     for db in [&dbs.src, &dbs.dst] {
-        db.psql(&format!(
-            "DO $$ BEGIN CREATE ROLE {role} LOGIN PASSWORD 'moverpw'; EXCEPTION WHEN duplicate_object THEN NULL; END $$;"
-        ));
+        db.psql(&create_role(&role, "LOGIN PASSWORD 'moverpw'"));
     }
     dbs.src.psql(&format!(
         "CREATE TABLE users (id int PRIMARY KEY); GRANT SELECT ON users TO {role};
@@ -1125,10 +1123,10 @@ fn a_namesake_this_role_cannot_give_its_owner_is_refused_before_a_renaming_prepa
     let role = format!("renamer_{}", std::process::id());
     let owner = format!("stranger_{}", std::process::id());
     for db in [&dbs.src, &dbs.dst] {
+        db.psql(&create_role(&role, "LOGIN PASSWORD 'moverpw'"));
+        db.psql(&create_role(&owner, ""));
         db.psql(&format!(
-            "DO $$ BEGIN CREATE ROLE {role} LOGIN PASSWORD 'moverpw'; EXCEPTION WHEN duplicate_object THEN NULL; END $$;
-             DO $$ BEGIN CREATE ROLE {owner}; EXCEPTION WHEN duplicate_object THEN NULL; END $$;
-             ALTER DATABASE \"{name}\" OWNER TO {role};
+            "ALTER DATABASE \"{name}\" OWNER TO {role};
              CREATE SEQUENCE ticket_seq; ALTER SEQUENCE ticket_seq OWNER TO {owner};
              GRANT SELECT ON ticket_seq TO {role};
              CREATE TABLE audit_log (id int); ALTER TABLE audit_log OWNER TO {owner};

@@ -10,7 +10,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use common::{
-    PREPARE_PHASES, TestDb, TestDbs, Workdir, assert_same_ddl, assert_success, normalised_dump,
+    PREPARE_PHASES, TestDb, TestDbs, Workdir, assert_same_ddl, assert_success, create_role,
+    normalised_dump,
 };
 
 const RICH: &str = include_str!("fixtures/rich_schema.sql");
@@ -58,8 +59,9 @@ fn prepare_reproduces_a_rich_schema_exactly() {
         "CREATE TABLE users (id serial PRIMARY KEY, email text);
          INSERT INTO users (email) VALUES ('old@example.com');
          CREATE TABLE legacy (x int); INSERT INTO legacy VALUES (42);
-         DO $$ BEGIN CREATE ROLE {role} LOGIN; EXCEPTION WHEN duplicate_object THEN NULL; END $$;
-         GRANT SELECT ON users TO {role};"
+         {}
+         GRANT SELECT ON users TO {role};",
+        create_role(&role, "LOGIN")
     ));
     let src_ddl_before = normalised_dump(&dbs.src, "public");
     let src_data_before = data_fingerprint(&dbs.src, "public");
@@ -621,9 +623,7 @@ fn new_objects_keep_the_sources_owner_and_grants() {
         format!("gone_new_{pid}"),
     );
     let create = |db: &TestDb, role: &str| {
-        db.psql(&format!(
-            "DO $$ BEGIN CREATE ROLE {role}; EXCEPTION WHEN duplicate_object THEN NULL; END $$;"
-        ));
+        db.psql(&create_role(role, ""));
     };
     for db in [&dbs.src, &dbs.dst] {
         create(db, &app);
@@ -707,9 +707,7 @@ fn keep_source_owners_covers_every_kind_of_object() {
     let (owner, other) = (format!("owner_ko_{pid}"), format!("other_ko_{pid}"));
     for db in [&dbs.src, &dbs.dst] {
         for role in [&owner, &other] {
-            db.psql(&format!(
-                "DO $$ BEGIN CREATE ROLE {role}; EXCEPTION WHEN duplicate_object THEN NULL; END $$;"
-            ));
+            db.psql(&create_role(role, ""));
         }
     }
     let objects = "CREATE TABLE t (id serial PRIMARY KEY);
@@ -770,9 +768,7 @@ fn the_destinations_default_privileges_do_not_leak_into_the_shadow() {
     let dbs = TestDbs::new("default_acl");
     let ro = format!("ro_defacl_{}", std::process::id());
     for db in [&dbs.src, &dbs.dst] {
-        db.psql(&format!(
-            "DO $$ BEGIN CREATE ROLE {ro}; EXCEPTION WHEN duplicate_object THEN NULL; END $$;"
-        ));
+        db.psql(&create_role(&ro, ""));
     }
     dbs.src.psql(&format!(
         "CREATE TABLE secrets (id int PRIMARY KEY, token text);
@@ -838,11 +834,13 @@ fn grants_changed_after_prepare_hold_after_the_swap() {
     for mode in ["rename", "object"] {
         let dbs = TestDbs::new(&format!("late_grants_{mode}"));
         let ddl = format!(
-            "DO $$ BEGIN CREATE ROLE {r1}; EXCEPTION WHEN duplicate_object THEN NULL; END $$;
-             DO $$ BEGIN CREATE ROLE {r2}; EXCEPTION WHEN duplicate_object THEN NULL; END $$;
+            "{}
+             {}
              CREATE TABLE t (id int PRIMARY KEY, secret text);
              CREATE TABLE u (id int PRIMARY KEY);
-             CREATE FUNCTION f() RETURNS int LANGUAGE sql AS 'SELECT 1';"
+             CREATE FUNCTION f() RETURNS int LANGUAGE sql AS 'SELECT 1';",
+            create_role(&r1, ""),
+            create_role(&r2, "")
         );
         dbs.src.psql(&ddl);
         dbs.dst.psql(&ddl);

@@ -13,7 +13,7 @@ use std::process::{Child, Output, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use common::{Cluster, TestDb, TestDbs, Workdir, assert_success, catalog_fingerprint};
+use common::{Cluster, TestDb, TestDbs, Workdir, assert_success, catalog_fingerprint, create_role};
 use serde_json::{Value, json};
 use tokio_postgres::NoTls;
 
@@ -422,6 +422,8 @@ async fn recorded_statements_are_reported_and_fail_on_breaking_refuses() {
          CREATE TABLE quiet (id int PRIMARY KEY, n int);
          CREATE TABLE products (id int PRIMARY KEY, title text, tags text[]);",
     );
+    dbs.dst
+        .psql(&create_role("app_role", "LOGIN PASSWORD 'app-pw'"));
     dbs.dst.psql(
         "CREATE EXTENSION pg_stat_statements;
          CREATE TABLE accounts (id int PRIMARY KEY, email text);
@@ -429,7 +431,6 @@ async fn recorded_statements_are_reported_and_fail_on_breaking_refuses() {
          CREATE TABLE legacy (id int PRIMARY KEY);
          CREATE TABLE quiet (id int PRIMARY KEY, n int);
          CREATE TABLE products (id int PRIMARY KEY, title text);
-         DO $$ BEGIN CREATE ROLE app_role LOGIN PASSWORD 'app-pw'; EXCEPTION WHEN duplicate_object THEN NULL; END $$;
          GRANT SELECT ON ALL TABLES IN SCHEMA public TO app_role;
          SELECT pg_stat_statements_reset(0, (SELECT oid FROM pg_database WHERE datname = current_database()), 0);",
     );

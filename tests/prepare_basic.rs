@@ -2,7 +2,7 @@
 
 mod common;
 
-use common::{TestDbs, Workdir, assert_success};
+use common::{TestDbs, Workdir, assert_success, create_role};
 
 #[test]
 fn prepare_copies_a_simple_schema_into_shadow() {
@@ -262,12 +262,13 @@ fn grants_on_a_sequence_owned_through_another_roles_table_survive_prepare() {
     let dbs = TestDbs::new("prep_seq_grant");
     let role = "pgshift_t_seq_owner";
     let ddl = format!(
-        "DO $$ BEGIN CREATE ROLE {role} NOLOGIN; EXCEPTION WHEN duplicate_object THEN NULL; END $$;
+        "{}
          CREATE SEQUENCE a_tokens_seq;
          CREATE TABLE tokens (id bigint PRIMARY KEY DEFAULT nextval('a_tokens_seq'), pad text);
          ALTER SEQUENCE a_tokens_seq OWNED BY tokens.id;
          ALTER TABLE tokens OWNER TO {role};
-         GRANT USAGE, SELECT ON SEQUENCE a_tokens_seq TO CURRENT_USER;"
+         GRANT USAGE, SELECT ON SEQUENCE a_tokens_seq TO CURRENT_USER;",
+        create_role(role, "NOLOGIN")
     );
     dbs.src.psql(&ddl);
     // Big enough to be loaded with TRUNCATE + COPY FREEZE, which gives the

@@ -25,7 +25,7 @@ use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 
-use common::{Cluster, TestDb, TestDbs, Workdir, assert_same_ddl, can_start_clusters};
+use common::{Cluster, TestDb, TestDbs, Workdir, assert_same_ddl, can_start_clusters, create_role};
 use serde_json::Value;
 
 /// Tables in the generated schema, besides `hub` and the partitioned `events`.
@@ -58,18 +58,16 @@ fn env() -> &'static Env {
                 src: src.join().expect("source cluster"),
                 small: small.join().expect("small-locks cluster"),
             };
+            // Roles the schema uses, on both clusters (roles are cluster-wide).
             for c in [&env.src, &env.small] {
-                c.psql("postgres", ROLES);
+                for role in ["scale_owner", "scale_ro"] {
+                    c.psql("postgres", &create_role(role, ""));
+                }
             }
             env
         })
     })
 }
-
-/// Roles the schema uses, on both clusters (roles are cluster-wide).
-const ROLES: &str =
-    "DO $$ BEGIN CREATE ROLE scale_owner; EXCEPTION WHEN duplicate_object THEN NULL; END $$;
-DO $$ BEGIN CREATE ROLE scale_ro; EXCEPTION WHEN duplicate_object THEN NULL; END $$;";
 
 /// The big source database, generated once: TABLES tables (bigserial key,
 /// a foreign key to the previous table, text, a second index, a grant), a

@@ -13,16 +13,14 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use common::{TestDbs, Workdir, assert_success};
+use common::{TestDbs, Workdir, assert_success, create_role};
 use tokio::sync::Mutex;
 
 /// Owner, grants, comment and default privileges of schema public.
 /// Create the login role `role` (unless it exists) on `db`'s server: the URL
 /// of `db` as that role.
 fn login_role(db: &common::TestDb, role: &str, password: &str) -> String {
-    db.psql(&format!(
-        "DO $$ BEGIN CREATE ROLE {role} LOGIN PASSWORD '{password}'; EXCEPTION WHEN duplicate_object THEN NULL; END $$;"
-    ));
+    db.psql(&create_role(role, &format!("LOGIN PASSWORD '{password}'")));
     format!(
         "postgresql://{role}:{password}@{}:{}/{}",
         db.host(),
@@ -334,15 +332,17 @@ fn rename_mode_as_the_owner_of_public_without_superuser() {
     let role = "rename_owner";
     let dst = database_owner(&dbs.dst, role, "owner-pw");
     dbs.dst.psql(&format!(
-        "DO $$ BEGIN CREATE ROLE rename_reader; EXCEPTION WHEN duplicate_object THEN NULL; END $$;
-         DO $$ BEGIN CREATE ROLE rename_tables; EXCEPTION WHEN duplicate_object THEN NULL; END $$;
+        "{}
+         {}
          GRANT rename_tables TO {role};
          GRANT USAGE ON SCHEMA public TO rename_reader;
          GRANT CREATE ON SCHEMA public TO rename_tables;
          SET ROLE rename_tables;
          CREATE TABLE accounts (id int PRIMARY KEY, email text);
          INSERT INTO accounts SELECT g, 'dst' || g FROM generate_series(1, 5) g;
-         CREATE TYPE span AS RANGE (subtype = int4);"
+         CREATE TYPE span AS RANGE (subtype = int4);",
+        create_role("rename_reader", ""),
+        create_role("rename_tables", "")
     ));
     dbs.src.psql(
         "CREATE TYPE span AS RANGE (subtype = int4);
@@ -438,13 +438,14 @@ fn rename_mode_refused_names_the_schema_not_owned() {
     let role = "not_owner";
     let dst = login_role(&dbs.dst, role, "guest-pw");
     dbs.dst.psql(&format!(
-        "DO $$ BEGIN CREATE ROLE not_owner_admin; EXCEPTION WHEN duplicate_object THEN NULL; END $$;
+        "{}
          ALTER DATABASE \"{db}\" OWNER TO {role};
          ALTER SCHEMA public OWNER TO not_owner_admin;
          GRANT USAGE, CREATE ON SCHEMA public TO {role};
          SET ROLE {role};
          CREATE TABLE accounts (id int PRIMARY KEY, email text);
          INSERT INTO accounts SELECT g, 'dst' || g FROM generate_series(1, 5) g;",
+        create_role("not_owner_admin", ""),
         db = dbs.dst.name()
     ));
     dbs.src.psql(
@@ -501,9 +502,9 @@ fn a_view_owned_by_a_read_only_role_does_not_stop_the_swap() {
     let dbs = TestDbs::new("view_owner");
     let role = format!("viewer_{}", std::process::id());
     for db in [&dbs.src, &dbs.dst] {
+        db.psql(&create_role(&role, ""));
         db.psql(&format!(
-            "DO $$ BEGIN CREATE ROLE {role}; EXCEPTION WHEN duplicate_object THEN NULL; END $$;
-             CREATE TABLE t (id int PRIMARY KEY);
+            "CREATE TABLE t (id int PRIMARY KEY);
              CREATE VIEW v AS SELECT * FROM t;
              GRANT SELECT ON t TO {role};
              ALTER VIEW v OWNER TO {role};"
@@ -1046,6 +1047,47 @@ fn row_level_security_on_the_source_is_refused_not_copied_short() {
     );
 }
 
+/// A Hibernate-style writer on its own connection until `stop`: each
+/// transaction takes `nextval(seq)` first (and holds the sequence), pauses,
+/// then inserts that id into `table` (and waits for the table while a swap
+/// holds it). Returns the ids it committed.
+fn sequence_first_writer(
+    c: tokio_postgres::Client,
+    seq: &'static str,
+    table: &'static str,
+    pause: Duration,
+    stop: Arc<AtomicBool>,
+) -> tokio::task::JoinHandle<Vec<i64>> {
+    tokio::spawn(async move {
+        let mut ids = Vec::new();
+        while !stop.load(Ordering::Relaxed) {
+            let r = async {
+                c.batch_execute("BEGIN").await?;
+                let id: i64 = c
+                    .query_one(&format!("SELECT nextval('{seq}')"), &[])
+                    .await?
+                    .get(0);
+                if !pause.is_zero() {
+                    c.batch_execute(&format!("SELECT pg_sleep({})", pause.as_secs_f64()))
+                        .await?;
+                }
+                c.execute(&format!("INSERT INTO {table} (id) VALUES ($1)"), &[&id])
+                    .await?;
+                c.batch_execute("COMMIT").await?;
+                Ok::<i64, tokio_postgres::Error>(id)
+            }
+            .await;
+            match r {
+                Ok(id) => ids.push(id),
+                Err(_) => {
+                    let _ = c.batch_execute("ROLLBACK").await;
+                }
+            }
+        }
+        ids
+    })
+}
+
 /// In object mode the swap moves each view and sequence with its own ALTER.
 /// A session that holds one while it waits for a table the swap has locked
 /// (a view's reader holds the view; a transaction that takes `nextval()`
@@ -1074,30 +1116,18 @@ async fn object_mode_gets_through_view_readers_and_sequence_first_writers() {
     for i in 0..8 {
         let c = dbs.dst.client().await;
         let stop = stop.clone();
-        load.push(tokio::spawn(async move {
-            while !stop.load(Ordering::Relaxed) {
-                if i % 2 == 0 {
+        load.push(if i % 2 == 0 {
+            tokio::spawn(async move {
+                while !stop.load(Ordering::Relaxed) {
                     let _ = c
                         .simple_query("SELECT count(*) FROM v WHERE id < 1000")
                         .await;
-                } else {
-                    let r = async {
-                        c.batch_execute("BEGIN").await?;
-                        let id: i64 = c
-                            .query_one("SELECT nextval('orders_id_seq')", &[])
-                            .await?
-                            .get(0);
-                        c.execute("INSERT INTO orders (id, note) VALUES ($1, 'x')", &[&id])
-                            .await?;
-                        c.batch_execute("COMMIT").await
-                    }
-                    .await;
-                    if r.is_err() {
-                        let _ = c.batch_execute("ROLLBACK").await;
-                    }
                 }
-            }
-        }));
+                Vec::new()
+            })
+        } else {
+            sequence_first_writer(c, "orders_id_seq", "orders", Duration::ZERO, stop)
+        });
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
     let mut cmd = wd.cmd();
@@ -1215,43 +1245,17 @@ async fn a_rename_swap_gets_through_sequence_first_writers_of_preserved_tables()
     let stop = Arc::new(AtomicBool::new(false));
     let mut load = Vec::new();
     for i in 0..6 {
+        let (seq, table) = if i % 3 == 0 {
+            ("ticket_seq", "tickets")
+        } else {
+            ("orders_id_seq", "orders")
+        };
         let c = dbs.dst.client().await;
-        let stop = stop.clone();
-        load.push(tokio::spawn(async move {
-            let seq = if i % 3 == 0 {
-                "ticket_seq"
-            } else {
-                "orders_id_seq"
-            };
-            let mut ids = Vec::new();
-            while !stop.load(Ordering::Relaxed) {
-                let r = async {
-                    c.batch_execute("BEGIN").await?;
-                    let id: i64 = c
-                        .query_one(&format!("SELECT nextval('{seq}')"), &[])
-                        .await?
-                        .get(0);
-                    c.batch_execute("SELECT pg_sleep(0.005)").await?;
-                    if seq == "orders_id_seq" {
-                        c.execute("INSERT INTO orders (id, note) VALUES ($1, 'x')", &[&id])
-                            .await?;
-                    } else {
-                        c.execute("INSERT INTO tickets (id) VALUES ($1)", &[&id])
-                            .await?;
-                    }
-                    c.batch_execute("COMMIT").await?;
-                    Ok::<i64, tokio_postgres::Error>(id)
-                }
-                .await;
-                match r {
-                    Ok(id) => ids.push(id),
-                    Err(_) => {
-                        let _ = c.batch_execute("ROLLBACK").await;
-                    }
-                }
-            }
-            (seq, ids)
-        }));
+        let pause = Duration::from_millis(5);
+        load.push((
+            seq,
+            sequence_first_writer(c, seq, table, pause, stop.clone()),
+        ));
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
     let mut cmd = wd.cmd();
@@ -1269,9 +1273,8 @@ async fn a_rename_swap_gets_through_sequence_first_writers_of_preserved_tables()
     tokio::time::sleep(Duration::from_millis(300)).await;
     stop.store(true, Ordering::Relaxed);
     let mut drawn: std::collections::HashMap<&str, Vec<i64>> = Default::default();
-    for l in load {
-        let (seq, ids) = l.await.unwrap();
-        drawn.entry(seq).or_default().extend(ids);
+    for (seq, l) in load {
+        drawn.entry(seq).or_default().extend(l.await.unwrap());
     }
     let report: serde_json::Value = serde_json::from_str(&assert_success(&out)).unwrap();
     assert_eq!(report["swap_mode"], "rename", "{report}");

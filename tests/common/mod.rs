@@ -169,6 +169,15 @@ impl Workdir {
     }
 }
 
+/// SQL creating the role `name` with `attributes` (`LOGIN PASSWORD '…'`, or
+/// none) unless it exists: roles are cluster-wide, and a test binary's tests
+/// share its clusters (and may run again on a kept one).
+pub fn create_role(name: &str, attributes: &str) -> String {
+    format!(
+        "DO $$ BEGIN CREATE ROLE {name} {attributes}; EXCEPTION WHEN duplicate_object THEN NULL; END $$;"
+    )
+}
+
 /// Assert a pgshift run succeeded (showing its output if not); returns stdout.
 pub fn assert_success(out: &std::process::Output) -> String {
     assert!(
