@@ -346,8 +346,8 @@ struct BeforeMoves {
 }
 
 impl<'a> MigrationTx<'a> {
-    /// The hook of `m`'s swap as things stand, for a dry run or an outlook
-    /// (read only).
+    /// The hook of `m`'s swap as things stand (read only): for the swap, its
+    /// dry run and the outlook of `status`.
     async fn read(
         client: &Client,
         m: &'a MigrationRow,
@@ -377,15 +377,7 @@ impl<'a> MigrationTx<'a> {
 
     /// What stays live through the swap, for the fence.
     fn scope(&self) -> fence::Scope {
-        fence::Scope {
-            live_schemas: self.pairs.iter().map(|p| p.live.clone()).collect(),
-            kept: self
-                .kept
-                .by_schema
-                .iter()
-                .flat_map(|(s, ts)| ts.iter().map(move |t| (s.clone(), t.clone())))
-                .collect(),
-        }
+        fence::Scope::of(self.pairs.iter().map(|p| &p.live), &self.kept.by_schema)
     }
 }
 
@@ -683,7 +675,6 @@ pub async fn swap(sess: &Session, opts: &SwapOptions) -> Result<SwapReport> {
     let m = ready(&d, opts.timestamp.as_deref())?.clone();
     failpoint("swap").await?;
     let synced = &m.state.details.sync;
-    let deferred = &m.state.details.deferred_sql;
     let mut warnings = Vec::new();
     let mut rec = Recorder::resume(m.state.clone(), sess.run.command);
 
@@ -802,18 +793,10 @@ pub async fn swap(sess: &Session, opts: &SwapOptions) -> Result<SwapReport> {
     }
     rec.save(sess).await?;
 
-    let leaves = sync::deferred_leaves(&sess.control, deferred).await?;
-    let hook = MigrationTx {
-        pairs: pairs(&m),
-        synced,
-        deferred,
-        writes: baseline
-            .as_ref()
-            .map(|b| under_locks(exempt.clone(), opts, b, &checked.listed)),
-        kept: &kept,
-        need: sync::swap_need(&sess.control, synced, &pairs(&m), deferred, &leaves).await?,
-        leaves,
-    };
+    let writes = baseline
+        .as_ref()
+        .map(|b| under_locks(exempt.clone(), opts, b, &checked.listed));
+    let hook = MigrationTx::read(&sess.control, &m, &kept, writes).await?;
     // The swapped record no longer needs the baseline (it travels in the
     // COMMIT's round trip: keep it small).
     let mut swapped = rec.state.clone();

@@ -46,7 +46,7 @@
 //! an extension's table, a function's SQL body) keeps serving them, and this
 //! role must own it (only an owner may `ALTER` it).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 
 use anyhow::Result;
 use itertools::Itertools;
@@ -83,6 +83,20 @@ pub struct Scope {
 }
 
 impl Scope {
+    /// The swapped live schemas, and the tables that stay in each.
+    pub fn of<'a>(
+        live_schemas: impl IntoIterator<Item = &'a String>,
+        kept: impl IntoIterator<Item = (&'a String, &'a BTreeSet<String>)>,
+    ) -> Scope {
+        Scope {
+            live_schemas: live_schemas.into_iter().cloned().collect(),
+            kept: kept
+                .into_iter()
+                .flat_map(|(s, ts)| ts.iter().map(move |t| (s.clone(), t.clone())))
+                .collect(),
+        }
+    }
+
     /// Of the sequences `(schema, name)`, those to fence: in a swapped
     /// schema, no extension's, and used only by relations that leave with the
     /// backup; with whether this role owns it (only then may it).

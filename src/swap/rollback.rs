@@ -664,14 +664,10 @@ impl InTx for RollbackTx<'_> {
                 fenced: Vec::new(),
             });
         }
-        let mut fences = Fences::new(fence::Scope {
-            live_schemas: self.pairs.iter().map(|p| p.live.clone()).collect(),
-            kept: self
-                .pairs
-                .iter()
-                .flat_map(|p| p.keep.iter().map(|t| (p.live.clone(), t.clone())))
-                .collect(),
-        });
+        let mut fences = Fences::new(fence::Scope::of(
+            self.pairs.iter().map(|p| &p.live),
+            self.pairs.iter().map(|p| (&p.live, &p.keep)),
+        ));
         let pairs: Vec<crate::pg::meta::SchemaPair> = self
             .pairs
             .iter()
