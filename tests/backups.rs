@@ -1144,3 +1144,83 @@ fn a_rollback_keeping_a_table_does_not_take_its_key_sequence_back() {
         "57"
     );
 }
+
+/// A rollback keeping a table carries the sequences no column uses from the
+/// current public into the backup's, as a swap does from the destination into
+/// the source's; its warnings say which is which (the current sequence, the
+/// backup's definition) and what to do after the rollback.
+#[test]
+fn a_rollback_keeping_a_table_warns_about_sequences_in_its_own_words() {
+    let dbs = TestDbs::new("bk_keep_seq_words");
+    let tables = "CREATE TABLE tickets (id bigint PRIMARY KEY, v text);";
+    dbs.src.psql(&format!(
+        "CREATE SEQUENCE end_seq; CREATE SEQUENCE bounded_seq; {tables}"
+    ));
+    dbs.dst.psql(&format!(
+        "CREATE SEQUENCE end_seq MAXVALUE 100; CREATE SEQUENCE bounded_seq MAXVALUE 100; {tables}"
+    ));
+    let wd = Workdir::new();
+    let url = dbs.dst.url();
+    wd.run_ok(&[
+        "prepare",
+        "--source",
+        &dbs.src.url(),
+        "--dest",
+        &url,
+        "--preserved-tables",
+        "tickets",
+    ]);
+    wd.run_ok(&["swap", "--dest", &url]);
+    dbs.dst
+        .psql("SELECT setval('end_seq', 100); SELECT setval('bounded_seq', 150);");
+    let words = [
+        "sequence public.bounded_seq: the current sequence is further on (150), but its value does not fit the backup's definition (increment 1, 1 to 100): it takes the backup's value, which the current public has passed",
+        "sequence public.end_seq: the current sequence is at 100, the end of the backup's definition (increment 1, 1 to 100), so its next nextval fails; widen it after the rollback (ALTER SEQUENCE … MAXVALUE/MINVALUE)",
+    ];
+    // The dry run foresees them, weighing the backup's sequences as the
+    // rollback gives them back (the swap fenced them at 1).
+    let dry = run_json(
+        &wd,
+        &[
+            "rollback",
+            "--dest",
+            &url,
+            "--latest",
+            "--keep-tables",
+            "tickets",
+            "--dry-run",
+        ],
+    );
+    let foreseen = dry["rollback"]["warnings"].as_array().unwrap();
+    for want in words {
+        assert!(
+            foreseen.contains(&Value::from(want)),
+            "{want:?} not in {dry:#}"
+        );
+    }
+    let r = run_json(
+        &wd,
+        &[
+            "rollback",
+            "--dest",
+            &url,
+            "--latest",
+            "--keep-tables",
+            "tickets",
+        ],
+    );
+    let warnings: Vec<&str> = r["warnings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| w.as_str().unwrap())
+        .collect();
+    for want in words {
+        assert!(warnings.contains(&want), "{want:?} not in {warnings:#?}");
+    }
+    assert_eq!(
+        dbs.dst
+            .psql("SELECT last_value || ' ' || is_called FROM end_seq"),
+        "100 true"
+    );
+}

@@ -1532,7 +1532,14 @@ async fn sync_phase(run: &mut Run<'_>, id: i64) -> Result<Vec<sync::SyncedTable>
     }
     // And what the swap would say of the sequences no column uses.
     if !synced.is_empty() {
-        for w in sync::standalone_sequence_warnings(&run.sess.control, &run.pairs).await? {
+        for w in sync::standalone_sequence_warnings(
+            &run.sess.control,
+            &run.pairs,
+            sync::CarrySides::SWAP,
+            &[],
+        )
+        .await?
+        {
             let w = format!("{w} (as things stand now; the swap looks again)");
             tracing::warn!("{w}");
             run.warnings.push(w);

@@ -95,7 +95,7 @@ use crate::pg::exec::{
 use crate::pg::ident::{TableName, display_ident, qualified, quote_ident, quote_literal};
 use crate::pg::meta::{META_SCHEMA, SHADOW_SCHEMA, SchemaPair, is_public_str, public_string};
 use crate::pg::settings;
-use crate::swap::fence::{Fences, sequence_state};
+use crate::swap::fence::{FencedSequence, Fences, sequence_state};
 
 /// `lock_timeout` of a trigger's apply to the shadow table.
 pub const APPLY_LOCK_TIMEOUT: &str = "100ms";
@@ -1626,6 +1626,36 @@ pub async fn final_sync(
     Ok(())
 }
 
+/// Who is who in the warnings of [`carry_standalone_sequences`]: a swap
+/// carries the destination's sequences into the source's, a rollback with
+/// kept tables the current public's into the backup's.
+#[derive(Debug, Clone, Copy)]
+pub struct CarrySides {
+    /// The sequence that stays live until the COMMIT.
+    pub live: &'static str,
+    /// Whose it is, as the one that has passed a value.
+    pub live_side: &'static str,
+    /// Whose definition the incoming sequence has.
+    pub incoming: &'static str,
+    /// What to do about a sequence carried to the end of that definition.
+    pub widen: &'static str,
+}
+
+impl CarrySides {
+    pub const SWAP: CarrySides = CarrySides {
+        live: "the destination's sequence",
+        live_side: "the destination",
+        incoming: "the source's",
+        widen: "widen it on the source (ALTER SEQUENCE … MAXVALUE/MINVALUE) and prepare again",
+    };
+    pub const ROLLBACK: CarrySides = CarrySides {
+        live: "the current sequence",
+        live_side: "the current public",
+        incoming: "the backup's",
+        widen: "widen it after the rollback (ALTER SEQUENCE … MAXVALUE/MINVALUE)",
+    };
+}
+
 /// A sequence no column owns or draws from by a default that a live schema
 /// and its shadow both have ([`carry_standalone_sequences`]).
 struct Standalone {
@@ -1663,8 +1693,19 @@ impl Standalone {
         )
     }
 
-    fn plan(&self, (ll, lc): (i64, bool), (sl, sc): (i64, bool)) -> StandalonePlan {
+    fn plan(
+        &self,
+        (ll, lc): (i64, bool),
+        (sl, sc): (i64, bool),
+        sides: CarrySides,
+    ) -> StandalonePlan {
         let live = &self.live;
+        let CarrySides {
+            live: current,
+            live_side,
+            incoming,
+            widen,
+        } = sides;
         let (inc, min, max) = (self.shadow_inc, self.min, self.max);
         let further = if self.inc > 0 {
             next_value(ll, lc, self.inc) > next_value(sl, sc, self.inc)
@@ -1681,7 +1722,7 @@ impl Standalone {
             return StandalonePlan {
                 set: None,
                 warning: Some(format!(
-                    "sequence {live}: the destination's sequence is further on ({ll}), but its value does not fit the source's definition (increment {inc}, {min} to {max}): it takes the source's value, which the destination has passed"
+                    "sequence {live}: {current} is further on ({ll}), but its value does not fit {incoming} definition (increment {inc}, {min} to {max}): it takes {incoming} value, which {live_side} has passed"
                 )),
             };
         }
@@ -1692,7 +1733,7 @@ impl Standalone {
         StandalonePlan {
             set: Some((ll, lc)),
             warning: at_end.then(|| format!(
-                "sequence {live}: the destination's sequence is at {ll}, the end of the source's definition (increment {inc}, {min} to {max}), so its next nextval fails; widen it on the source (ALTER SEQUENCE … MAXVALUE/MINVALUE) and prepare again"
+                "sequence {live}: {current} is at {ll}, the end of {incoming} definition (increment {inc}, {min} to {max}), so its next nextval fails; {widen}"
             )),
         }
     }
@@ -1750,21 +1791,35 @@ async fn standalone_sequences(client: &Client, pairs: &[SchemaPair]) -> Result<V
         .collect())
 }
 
-/// The warnings [`carry_standalone_sequences`] would give if the swap ran
-/// now (read only, locks nothing: for prepare and the swap's dry run).
+/// The warnings [`carry_standalone_sequences`] would give if the swap (or
+/// the rollback keeping tables) ran now (read only, locks nothing: for
+/// prepare and the dry runs). `given_back`: the incoming sequences a swap
+/// fenced, whose definitions and states the rollback gives back before it
+/// carries (`swap::fence::restore`): those are weighed, not the fences.
 pub async fn standalone_sequence_warnings(
     client: &Client,
     pairs: &[SchemaPair],
+    sides: CarrySides,
+    given_back: &[FencedSequence],
 ) -> Result<Vec<String>> {
     let mut out = Vec::new();
-    for s in standalone_sequences(client, pairs).await? {
+    for mut s in standalone_sequences(client, pairs).await? {
         if !s.may {
             out.push(s.unreadable());
             continue;
         }
         let live = sequence_state(client, &s.live).await?;
-        let shadow = sequence_state(client, &s.shadow).await?;
-        out.extend(s.plan(live, shadow).warning);
+        let fenced = given_back
+            .iter()
+            .find(|f| f.schema == s.live_at.0 && f.name == s.live_at.1);
+        let incoming = match fenced {
+            Some(f) => {
+                (s.min, s.max, s.cycle) = (f.min, f.max, f.cycle);
+                (f.last_value, f.is_called)
+            }
+            None => sequence_state(client, &s.shadow).await?,
+        };
+        out.extend(s.plan(live, incoming, sides).warning);
     }
     Ok(out)
 }
@@ -1787,6 +1842,7 @@ pub async fn carry_standalone_sequences(
     client: &Client,
     pairs: &[SchemaPair],
     fences: &mut Fences,
+    sides: CarrySides,
 ) -> Result<Vec<String>> {
     let mut warnings = Vec::new();
     let mut warn = |line: String| {
@@ -1822,7 +1878,7 @@ pub async fn carry_standalone_sequences(
                 sequence_state(client, live).await?
             }
         };
-        let plan = s.plan(live_state, sequence_state(client, &s.shadow).await?);
+        let plan = s.plan(live_state, sequence_state(client, &s.shadow).await?, sides);
         if let Some((value, is_called)) = plan.set {
             client
                 .query_one(

@@ -396,7 +396,13 @@ impl InTx for MigrationTx<'_> {
         let mut warnings = if self.synced.is_empty() {
             Vec::new()
         } else {
-            sync::carry_standalone_sequences(client, &self.pairs, &mut fences).await?
+            sync::carry_standalone_sequences(
+                client,
+                &self.pairs,
+                &mut fences,
+                sync::CarrySides::SWAP,
+            )
+            .await?
         };
         warnings.extend(fences.warnings);
         let fenced = fences.records;
@@ -523,7 +529,10 @@ pub async fn preview(client: &Client, opts: &SwapOptions) -> Result<SwapPreview>
     let schemas = p.schemas.clone();
     let mut warnings = kept.warnings(client).await?;
     if !details.sync.is_empty() {
-        warnings.extend(sync::standalone_sequence_warnings(client, &pairs(m)).await?);
+        warnings.extend(
+            sync::standalone_sequence_warnings(client, &pairs(m), sync::CarrySides::SWAP, &[])
+                .await?,
+        );
     }
     Ok(SwapPreview {
         migration_id: m.id,

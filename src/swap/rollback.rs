@@ -498,6 +498,18 @@ fn hook(plan: &Plan, pg15: bool) -> RollbackTx<'_> {
     }
 }
 
+/// Each live schema and the backup schema restored into it, as the carry of
+/// the sequences no column uses takes them.
+fn carried_pairs(pairs: &[engine::Pair]) -> Vec<crate::pg::meta::SchemaPair> {
+    pairs
+        .iter()
+        .map(|p| crate::pg::meta::SchemaPair {
+            live: p.live.clone(),
+            shadow: p.incoming.clone(),
+        })
+        .collect()
+}
+
 /// What would move, and the transaction's SQL; changes nothing.
 pub async fn preview(client: &Client, plan: &Plan, policy: Policy) -> Result<RollbackPreview> {
     let pg15 = catalog::server_major(client).await? >= 15;
@@ -505,6 +517,20 @@ pub async fn preview(client: &Client, plan: &Plan, policy: Policy) -> Result<Rol
     let schemas = p.schemas.clone();
     // The whole report, whatever --fail-on-breaking says: its refusal is below.
     let (impact, _) = impact(client, plan, policy, false).await?;
+    // With kept tables, what the carry of the sequences no column uses would
+    // warn about (the backup's fenced ones weighed as they are given back).
+    let mut warnings = plan.warnings.clone();
+    if !plan.keep.is_empty() {
+        warnings.extend(
+            sync::standalone_sequence_warnings(
+                client,
+                &carried_pairs(&plan.pairs),
+                sync::CarrySides::ROLLBACK,
+                &plan.restore.manifest.fenced_sequences,
+            )
+            .await?,
+        );
+    }
     Ok(RollbackPreview {
         restore_schema: plan.restore.schema_name.clone(),
         mode: p.mode,
@@ -513,7 +539,7 @@ pub async fn preview(client: &Client, plan: &Plan, policy: Policy) -> Result<Rol
         kept_tables: plan.keep.iter().cloned().collect(),
         moves: p.moves,
         verification: plan.verification.clone(),
-        warnings: plan.warnings.clone(),
+        warnings,
         refusal: plan
             .mismatch
             .clone()
@@ -668,15 +694,15 @@ impl InTx for RollbackTx<'_> {
             self.pairs.iter().map(|p| &p.live),
             self.pairs.iter().map(|p| (&p.live, &p.keep)),
         ));
-        let pairs: Vec<crate::pg::meta::SchemaPair> = self
-            .pairs
-            .iter()
-            .map(|p| crate::pg::meta::SchemaPair {
-                live: p.live.clone(),
-                shadow: p.incoming.clone(),
-            })
-            .collect();
-        warnings.extend(sync::carry_standalone_sequences(client, &pairs, &mut fences).await?);
+        warnings.extend(
+            sync::carry_standalone_sequences(
+                client,
+                &carried_pairs(self.pairs),
+                &mut fences,
+                sync::CarrySides::ROLLBACK,
+            )
+            .await?,
+        );
         warnings.extend(fences.warnings);
         Ok(RollbackBefore {
             warnings,
