@@ -150,9 +150,14 @@ fn print(ctx: &Ctx, r: &StatusReport) -> Result<()> {
     }
     lines.push((
         "swap now",
-        match &r.swap_blocked_reason {
-            None => "allowed".into(),
-            Some(why) => format!("not allowed: {why}"),
+        match r.swap_blocked_reasons.as_slice() {
+            [] => "allowed".into(),
+            [why] => format!("not allowed: {why}"),
+            many => format!(
+                "not allowed, for {} reasons:\n  - {}",
+                many.len(),
+                many.join("\n  - ")
+            ),
         },
     ));
     if let Some(run) = &r.running {

@@ -65,8 +65,11 @@ pub struct StatusReport {
     /// A swap that does not fit is refused (`swap_blocked_reason` says why).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub swap_lock_budget: Option<Budget>,
-    /// Why not, when it would not.
+    /// Why not, when it would not (the first of `swap_blocked_reasons`).
     pub swap_blocked_reason: Option<String>,
+    /// Every reason found (empty when it would be allowed): fixing the
+    /// first may not be enough.
+    pub swap_blocked_reasons: Vec<String>,
     /// The pgshift run holding the destination's lock now, if any.
     pub running: Option<RunningInfo>,
     pub leftovers: LeftoverInfo,
@@ -240,13 +243,13 @@ async fn shadow_info(client: &Client, d: &Destination) -> Result<ShadowInfo> {
     })
 }
 
-/// Would `swap` go ahead now? (The same checks `swap` makes before it changes
-/// anything, without taking the lock.)
-async fn swap_verdict(client: &Client, d: &Destination) -> Result<Option<String>> {
+/// Why nothing can be swapped now, whatever the shadow holds: another run,
+/// no prepared migration, a shadow that is not its own.
+fn swap_gate(d: &Destination) -> Option<String> {
     if let Some(r) = &d.running {
         // A dead run's session holds it as firmly: the swap would be
         // refused until the server notices, or someone ends that session.
-        return Ok(Some(if r.alive == Some(false) {
+        return Some(if r.alive == Some(false) {
             format!(
                 "a session of a pgshift run that is no longer running holds the destination's lock: {}; end it with SELECT pg_terminate_backend({})",
                 r.holder, r.holder.backend_pid
@@ -256,39 +259,43 @@ async fn swap_verdict(client: &Client, d: &Destination) -> Result<Option<String>
                 "another pgshift run holds the destination's lock: {}",
                 r.holder
             )
-        }));
+        });
     }
     match d.state {
         State::Prepared => {}
         State::Failed => {
-            return Ok(Some(
+            return Some(
                 "the last prepare failed; run `pgshift prepare` again (or `pgshift abort`)".into(),
-            ));
+            );
         }
-        _ => return Ok(Some("nothing is prepared on the destination".into())),
+        _ => return Some("nothing is prepared on the destination".into()),
     }
     let Some(st) = &d.record else {
-        return Ok(Some("nothing is prepared on the destination".into()));
+        return Some("nothing is prepared on the destination".into());
     };
     match d.shadow.state {
-        ShadowState::Ours(_) if d.shadow_replaced() => {
-            return Ok(Some(format!(
-                "the shadow schema is not the one migration {} created; run `pgshift abort` and prepare again",
-                st.id
-            )));
-        }
-        ShadowState::Ours(_) => {}
+        ShadowState::Ours(_) if d.shadow_replaced() => Some(format!(
+            "the shadow schema is not the one migration {} created; run `pgshift abort` and prepare again",
+            st.id
+        )),
+        ShadowState::Ours(_) => None,
         ShadowState::Absent => {
-            return Ok(Some(
-                "the shadow schema is gone; run `pgshift abort` and prepare again".into(),
-            ));
+            Some("the shadow schema is gone; run `pgshift abort` and prepare again".into())
         }
         ShadowState::Foreign(_) => {
-            return Ok(Some(
-                "the schema named shadow was not created by pgshift".into(),
-            ));
+            Some("the schema named shadow was not created by pgshift".into())
         }
     }
+}
+
+/// What the swap of the prepared migration would refuse in its rows: foreign
+/// keys involving preserved or kept tables, then the preserved tables'
+/// sequences (a check that cannot run is a reason too).
+async fn prepared_refusals(client: &Client, d: &Destination) -> Vec<String> {
+    let Some(st) = &d.record else {
+        return Vec::new();
+    };
+    let mut reasons = Vec::new();
     let pairs = crate::pg::meta::schema_pairs(&st.schemas);
     // The kept tables' crossing keys too, as the swap checks them.
     let violations = match d.swappable() {
@@ -296,23 +303,24 @@ async fn swap_verdict(client: &Client, d: &Destination) -> Result<Option<String>
         None => sync::fk_violations(client, &st.details.deferred_sql, &pairs).await,
     };
     match violations {
-        Ok(c) if !c.violations.is_empty() => Ok(Some(format!(
+        Ok(c) if !c.violations.is_empty() => reasons.push(format!(
             "foreign keys involving preserved or kept tables do not match the destination's rows: {} (fix the rows, or swap with --allow-fk-violations)",
             sync::violations_line(&c.violations)
-        ))),
-        Ok(c) if !c.unchecked.is_empty() => Ok(c.unchecked_line().map(|line| {
+        )),
+        Ok(c) => reasons.extend(c.unchecked_line().map(|line| {
             format!(
                 "{line} (connect as a role that bypasses row-level security, or swap with --allow-fk-violations)"
             )
         })),
-        Ok(_) => match cutover::sequence_refusal(client, &st.details.sync).await {
-            Ok(why) => Ok(why.map(|w| w.replacen("; nothing was changed", "", 1))),
-            Err(e) => Ok(Some(format!(
-                "could not check the preserved tables' sequences: {e:#}"
-            ))),
-        },
-        Err(e) => Ok(Some(format!("could not check foreign keys: {e:#}"))),
+        Err(e) => reasons.push(format!("could not check foreign keys: {e:#}")),
     }
+    match cutover::sequence_refusal(client, &st.details.sync).await {
+        Ok(why) => reasons.extend(why.map(|w| w.replacen("; nothing was changed", "", 1))),
+        Err(e) => reasons.push(format!(
+            "could not check the preserved tables' sequences: {e:#}"
+        )),
+    }
+    reasons
 }
 
 /// The status of the destination `dest` (`client` is connected to it); the
@@ -363,16 +371,26 @@ pub async fn report(
         );
     }
 
-    let mut blocked = match sync_problem {
-        Some(p) if d.state == State::Prepared => Some(p),
-        _ => swap_verdict(client, &d).await?,
+    // Would `swap` go ahead now? The checks it makes before it changes
+    // anything, without its lock: every reason found. With the gate shut
+    // (nothing prepared, another run, not our shadow) no more than why
+    // (after a broken sync, which comes first).
+    let mut blocked: Vec<String> = match sync_problem {
+        Some(p) if d.state == State::Prepared => vec![p],
+        _ => Vec::new(),
     };
+    let shut = swap_gate(&d);
+    let open = shut.is_none();
+    match shut {
+        Some(why) => blocked.push(why),
+        None => blocked.extend(prepared_refusals(client, &d).await),
+    }
     let mut swap_lock_budget = None;
     if let (State::Prepared, Some(m)) = (d.state, d.swappable()) {
         // A shadow whose structure changed since prepare (one catalog query;
         // its row counts are the swap's and its dry run's to check).
-        if blocked.is_none() {
-            blocked = cutover::shadow_changed(client, m, true).await?;
+        if open {
+            blocked.extend(cutover::shadow_changed(client, m, true).await?);
         }
         let policy = Policy {
             mode: opts.swap_mode,
@@ -380,11 +398,9 @@ pub async fn report(
         };
         match cutover::outlook(client, m, policy).await {
             Ok(o) => {
-                if blocked.is_none() {
-                    blocked = o
-                        .unmovable
-                        .reason("the swap")
-                        .or_else(|| o.lock_budget.refusal("the swap"));
+                if open {
+                    blocked.extend(o.unmovable.reason("the swap"));
+                    blocked.extend(o.lock_budget.refusal("the swap"));
                 }
                 swap_lock_budget = Some(o.lock_budget);
             }
@@ -402,9 +418,11 @@ pub async fn report(
     }) {
         match gate::migration_report(client, st, &opts.workload, opts.lock_timeout).await {
             Ok(i) => {
-                if blocked.is_none() {
-                    blocked = gate::refusal(&i, &ImpactOptions::default())
-                        .map(|why| why.replacen("; nothing was changed.", ".", 1));
+                if open {
+                    blocked.extend(
+                        gate::refusal(&i, &ImpactOptions::default())
+                            .map(|why| why.replacen("; nothing was changed.", ".", 1)),
+                    );
                 }
                 impact = Some(i);
             }
@@ -452,9 +470,10 @@ pub async fn report(
         migration: d.record.as_ref().map(migration_info),
         shadow,
         preserved_tables,
-        swap_allowed: blocked.is_none(),
+        swap_allowed: blocked.is_empty(),
         swap_lock_budget,
-        swap_blocked_reason: blocked,
+        swap_blocked_reason: blocked.first().cloned(),
+        swap_blocked_reasons: blocked,
         running: d.running.clone(),
         leftovers,
         backups: backups.len(),

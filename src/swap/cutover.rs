@@ -86,8 +86,11 @@ pub struct SwapPreview {
     /// What the swap would do to the running application.
     pub impact: Impact,
     /// Why the swap would refuse now with these options (discarded writes,
-    /// or breaking findings with `--fail-on-breaking`), or null.
+    /// or breaking findings with `--fail-on-breaking`), or null: the first
+    /// of `refusals`, where the swap refuses.
     pub refusal: Option<String>,
+    /// Every reason it would refuse for, in the order it checks them.
+    pub refusals: Vec<String>,
     /// What the swap would warn about as things stand (sequences no column
     /// uses that keep the source's value, or reach the end of its
     /// definition), as in the swap's own `warnings`.
@@ -519,13 +522,18 @@ pub async fn preview(client: &Client, opts: &SwapOptions) -> Result<SwapPreview>
     let changed = shadow_changed(client, m, false).await?;
     let broken = sync::broken(client, &details.sync).await?;
     let misfit = sequence_refusal(client, &details.sync).await?;
-    let refusal = changed
-        .or(broken)
-        .or_else(|| gate::refusal(&impact, &opts.impact))
-        .or_else(|| fk_refusal(&fk_check, opts.allow_fk_violations))
-        .or(misfit)
-        .or_else(|| p.unmovable.refusal("the swap"))
-        .or_else(|| p.lock_budget.refusal("the swap"));
+    let refusals: Vec<String> = [
+        changed,
+        broken,
+        gate::refusal(&impact, &opts.impact),
+        fk_refusal(&fk_check, opts.allow_fk_violations),
+        misfit,
+        p.unmovable.refusal("the swap"),
+        p.lock_budget.refusal("the swap"),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
     let schemas = p.schemas.clone();
     let mut warnings = kept.warnings(client).await?;
     if !details.sync.is_empty() {
@@ -543,7 +551,8 @@ pub async fn preview(client: &Client, opts: &SwapOptions) -> Result<SwapPreview>
         fk_unchecked: fk_check.unchecked,
         swap_lock_budget: p.lock_budget,
         impact,
-        refusal,
+        refusal: refusals.first().cloned(),
+        refusals,
         kept_tables: kept.all.iter().cloned().collect(),
         schemas,
         warnings,

@@ -179,8 +179,10 @@ pub struct RollbackPreview {
     /// Tables whose writes since then cannot be known.
     pub unknown_writes: Vec<UnknownWrite>,
     /// Why the rollback would refuse (discarded or unknown writes not
-    /// covered by `--allow-discard`), or null.
+    /// covered by `--allow-discard`), or null: the first of `refusals`.
     pub refusal: Option<String>,
+    /// Every reason it would refuse for, in the order it checks them.
+    pub refusals: Vec<String>,
     /// A migration of several schemas: each live schema and its backup
     /// schema (absent for public alone).
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -517,6 +519,16 @@ pub async fn preview(client: &Client, plan: &Plan, policy: Policy) -> Result<Rol
     let schemas = p.schemas.clone();
     // The whole report, whatever --fail-on-breaking says: its refusal is below.
     let (impact, _) = impact(client, plan, policy, false).await?;
+    let refusals: Vec<String> = [
+        plan.mismatch.clone(),
+        plan.refusal.clone(),
+        gate::breaking_refusal_of(Operation::Rollback, &impact, plan.fail_on_breaking),
+        p.unmovable.refusal("the rollback"),
+        p.lock_budget.refusal("the rollback"),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
     // With kept tables, what the carry of the sequences no column uses would
     // warn about (the backup's fenced ones weighed as they are given back).
     let mut warnings = plan.warnings.clone();
@@ -540,15 +552,8 @@ pub async fn preview(client: &Client, plan: &Plan, policy: Policy) -> Result<Rol
         moves: p.moves,
         verification: plan.verification.clone(),
         warnings,
-        refusal: plan
-            .mismatch
-            .clone()
-            .or_else(|| plan.refusal.clone())
-            .or_else(|| {
-                gate::breaking_refusal_of(Operation::Rollback, &impact, plan.fail_on_breaking)
-            })
-            .or_else(|| p.unmovable.refusal("the rollback"))
-            .or_else(|| p.lock_budget.refusal("the rollback")),
+        refusal: refusals.first().cloned(),
+        refusals,
         swap_lock_budget: p.lock_budget,
         discarded_writes: plan.writes.discarded.clone(),
         unknown_writes: plan.writes.unknown.clone(),
