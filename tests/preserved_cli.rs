@@ -380,6 +380,11 @@ fn a_sequence_the_application_draws_from_itself_does_not_go_back() {
         "{dry}"
     );
     assert_eq!(dry["swap"]["refusal"], serde_json::Value::Null, "{dry}");
+    // The dry run for people says them too.
+    let text = assert_success(&wd.run(&["swap", "--dest", &dst, "--dry-run"]));
+    for w in [bounded, end] {
+        assert!(text.contains(&format!("warning: {w}")), "{text}");
+    }
     let out = wd.run(&["swap", "--dest", &dst, "--json"]);
     let report: serde_json::Value = serde_json::from_str(&assert_success(&out)).unwrap();
     assert_eq!(dbs.dst.psql("SELECT max(id) FROM users"), "3000");
@@ -459,6 +464,12 @@ fn status_lists_every_reason_the_swap_would_refuse() {
             .starts_with("sequence users_id_seq"),
         "{dry}"
     );
+    let text = assert_success(&wd.run(&["swap", "--dest", &dst, "--dry-run"]));
+    assert!(
+        text.contains("The swap would refuse, for 2 reasons:"),
+        "{text}"
+    );
+    assert!(text.contains("  - sequence users_id_seq"), "{text}");
     // The terminal output names both.
     let text = assert_success(&wd.run(&["status", "--dest", &dst]));
     assert!(text.contains("not allowed, for 2 reasons:"), "{text}");

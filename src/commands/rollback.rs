@@ -110,7 +110,7 @@ fn print_preview(ctx: &Ctx, p: &RollbackPreview) -> Result<()> {
         (&p.backup_schema, &p.restore_schema),
         &p.moves,
         &p.warnings,
-        p.refusal.as_deref(),
+        &p.refusals,
     );
     Ok(())
 }

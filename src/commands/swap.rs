@@ -68,25 +68,27 @@ pub fn print_preview(ctx: &Ctx, p: &SwapPreview) -> Result<()> {
     }
     let mut warnings: Vec<String> = p.fk_violations.iter().map(ToString::to_string).collect();
     warnings.extend(p.fk_unchecked.iter().cloned());
+    warnings.extend(p.warnings.iter().cloned());
     print_moves(
         "swap",
         (&p.backup_schema, "shadow"),
         &p.moves,
         &warnings,
-        p.refusal.as_deref(),
+        &p.refusals,
     );
     Ok(())
 }
 
 /// The end of a swap's (or rollback's) dry run, for people: what moves
 /// between public and the `(backup, incoming)` schemas, the warnings, the
-/// transaction statement by statement, and why it would refuse.
+/// transaction statement by statement, and why it would refuse (every
+/// reason).
 pub fn print_moves<W: std::fmt::Display>(
     what: &str,
     (backup, incoming): (&str, &str),
     moves: &Moves,
     warnings: &[W],
-    refusal: Option<&str>,
+    refusals: &[String],
 ) {
     for (from, to, objects) in [
         ("public", backup, &moves.move_out),
@@ -104,8 +106,15 @@ pub fn print_moves<W: std::fmt::Display>(
     for s in &moves.sql {
         crate::outln!("  {s};");
     }
-    if let Some(why) = refusal {
-        crate::outln!("\nThe {what} would refuse: {why}");
+    match refusals {
+        [] => {}
+        [why] => crate::outln!("\nThe {what} would refuse: {why}"),
+        many => {
+            crate::outln!("\nThe {what} would refuse, for {} reasons:", many.len());
+            for why in many {
+                crate::outln!("  - {why}");
+            }
+        }
     }
 }
 
