@@ -639,6 +639,17 @@ fn a_write_the_shadow_rejects_fails_the_swap_and_status_shows_why() {
         "{p}"
     );
     dbs.dst.psql("INSERT INTO users VALUES (2, NULL)");
+    let advice = "a row written to it since prepare does not fit the source's definition of the table: fix that row on the destination, or run `pgshift abort` and prepare again";
+    // Status and the dry run foresee it (a replay tried and rolled back),
+    // and change nothing: the row still waits in the changelog.
+    let st = json_of(&wd, &["status", "--dest", &dst, "--json"]);
+    assert_eq!(st["swap_allowed"], false, "{st}");
+    let why = st["swap_blocked_reason"].as_str().unwrap_or_default();
+    assert!(why.contains(advice) && why.contains("email"), "{st}");
+    assert_eq!(st["preserved_tables"][0]["health"]["pending"], 1, "{st}");
+    let dry = json_of(&wd, &["swap", "--dest", &dst, "--dry-run", "--json"]);
+    let refusal = dry["swap"]["refusal"].as_str().unwrap_or_default();
+    assert!(refusal.contains(advice), "{dry}");
     let before = schema_fingerprint(&dbs.dst, "public");
     let out = wd.run(&["swap", "--dest", &dst]);
     let err = String::from_utf8_lossy(&out.stderr);

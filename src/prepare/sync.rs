@@ -90,7 +90,7 @@ use tokio_postgres::Client;
 use crate::dump::sql::first_line;
 use crate::pg::catalog::TableInfo;
 use crate::pg::exec::{
-    RetryPolicy, Stop, exec_as as exec, pg_error_as, query_map, retry, rollback_on_err,
+    PgError, RetryPolicy, Stop, exec_as as exec, pg_error_as, query_map, retry, rollback_on_err,
 };
 use crate::pg::ident::{TableName, display_ident, qualified, quote_ident, quote_literal};
 use crate::pg::meta::{META_SCHEMA, SHADOW_SCHEMA, SchemaPair, is_public_str, public_string};
@@ -1467,12 +1467,9 @@ async fn replay_batch(client: &Client, l: &Live, limit: i64) -> Result<u64> {
             .execute(sql.as_str(), &[&ids])
             .await
             .map_err(|e| {
-                // A value the source's definition rejects (data exception,
-                // constraint violation): a row written since prepare.
-                let advice = e.code().is_some_and(|c| {
-                    let c = c.code();
-                    c.starts_with("22") || c.starts_with("23")
-                });
+                // A value the source's definition rejects: a row written
+                // since prepare.
+                let advice = e.code().is_some_and(source_rejects);
                 if advice {
                     pg_error_as(
                         e,
@@ -1548,6 +1545,53 @@ async fn drain(client: &Client, l: &Live, lock_timeout: Duration, retries: u32) 
             Err(stop) => return Err(stop.into_error()),
         }
     }
+}
+
+/// Would the swap's replay take every row written to `t` since prepare? For
+/// `status` and the swap's dry run, which must not wait behind the
+/// application nor change anything: up to one batch of `t`'s changelog is
+/// replayed in a transaction that is rolled back, under a short
+/// `lock_timeout` and `statement_timeout`. `Some(why)`, in the swap's own
+/// words, when a row does not fit the source's definition of the table (a
+/// data exception or a constraint violation: what makes the swap refuse);
+/// `None` when it fits, and when the trial gets no answer (a lock wait, a
+/// timeout: the swap looks again, under its own retries).
+pub async fn trial_replay(client: &Client, t: &SyncedTable) -> Result<Option<String>> {
+    let l = match describe(client, t).await {
+        Ok(l) => l,
+        Err(_) => return Ok(None),
+    };
+    let begun = exec(
+        client,
+        &format!(
+            "BEGIN ISOLATION LEVEL READ COMMITTED; SET LOCAL lock_timeout = '{APPLY_LOCK_TIMEOUT}'; SET LOCAL statement_timeout = '5s'; {}",
+            via_text_local()
+        ),
+        "starting a trial replay",
+    )
+    .await;
+    let tried = match begun {
+        Ok(()) => replay_batch(client, &l, BATCH).await,
+        Err(e) => Err(e),
+    };
+    exec(client, "ROLLBACK", "ending a trial replay").await?;
+    match tried {
+        Err(e) if PgError::code_in(&e).is_some_and(|c| source_rejects(&c)) => {
+            Ok(Some(format!("{e:#}")))
+        }
+        Err(e) => {
+            tracing::debug!(table = %t.name, "trial replay: no answer: {e:#}");
+            Ok(None)
+        }
+        Ok(_) => Ok(None),
+    }
+}
+
+/// A replay error that is the row's fault, not the moment's: a value the
+/// source's definition rejects (data exception, constraint violation).
+fn source_rejects(code: &tokio_postgres::error::SqlState) -> bool {
+    let c = code.code();
+    c.starts_with("22") || c.starts_with("23")
 }
 
 /// Replay outside the swap's locks until each backlog is smaller than a batch

@@ -517,15 +517,26 @@ pub async fn preview(client: &Client, opts: &SwapOptions) -> Result<SwapPreview>
     )
     .await?;
     // In the order the swap itself refuses: a shadow that changed since
-    // prepare, a broken sync, the impact gates, the foreign keys, the
-    // sequences, objects this role may not move, the lock table.
+    // prepare, a broken sync, the impact gates, a row written since prepare
+    // that the replay would fail on (tried and rolled back), the foreign
+    // keys, the sequences, objects this role may not move, the lock table.
     let changed = shadow_changed(client, m, false).await?;
     let broken = sync::broken(client, &details.sync).await?;
+    let mut rejected = None;
+    if broken.is_none() {
+        for t in &details.sync {
+            rejected = sync::trial_replay(client, t).await?;
+            if rejected.is_some() {
+                break;
+            }
+        }
+    }
     let misfit = sequence_refusal(client, &details.sync).await?;
     let refusals: Vec<String> = [
         changed,
         broken,
         gate::refusal(&impact, &opts.impact),
+        rejected,
         fk_refusal(&fk_check, opts.allow_fk_violations),
         misfit,
         p.unmovable.refusal("the swap"),
