@@ -167,6 +167,7 @@ fn migration_info(st: &MigrationState) -> MigrationInfo {
 async fn preserved_health(
     client: &Client,
     synced: &[SyncedTable],
+    trial: bool,
 ) -> Result<(Vec<PreservedInfo>, Option<String>)> {
     if synced.is_empty() {
         return Ok((Vec::new(), None));
@@ -195,7 +196,7 @@ async fn preserved_health(
         // A row written since prepare that the shadow rejected waits in
         // the changelog, where the swap's replay would fail on it.
         let pending = health.iter().find(|h| h.table == s.display());
-        if problem.is_none() && pending.is_some_and(|h| h.pending.unwrap_or(0) > 0) {
+        if trial && problem.is_none() && pending.is_some_and(|h| h.pending.unwrap_or(0) > 0) {
             problem = sync::trial_replay(client, s).await?;
         }
     }
@@ -345,7 +346,10 @@ pub async fn report(
         Some(st) if d.state.is_busy() => &st.details.sync,
         _ => &[],
     };
-    let (preserved_tables, sync_problem) = preserved_health(client, synced).await?;
+    // The trial replay only while no run holds the destination: its locks
+    // on the shadow must not hold up a running swap's.
+    let (preserved_tables, sync_problem) =
+        preserved_health(client, synced, d.running.is_none()).await?;
 
     // Leftovers: migration objects while nothing is prepared or running.
     let found = d.leftovers();

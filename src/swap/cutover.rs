@@ -522,8 +522,10 @@ pub async fn preview(client: &Client, opts: &SwapOptions) -> Result<SwapPreview>
     // keys, the sequences, objects this role may not move, the lock table.
     let changed = shadow_changed(client, m, false).await?;
     let broken = sync::broken(client, &details.sync).await?;
+    // Not while a run holds the destination (its locks on the shadow must
+    // not hold up a running swap's).
     let mut rejected = None;
-    if broken.is_none() {
+    if broken.is_none() && d.running.is_none() {
         for t in &details.sync {
             rejected = sync::trial_replay(client, t).await?;
             if rejected.is_some() {
