@@ -193,12 +193,11 @@ async fn preserved_health(
         } else {
             problem = sync::hidden_rows(client, s).await?;
         }
-        // A row written since prepare that the shadow rejected waits in
-        // the changelog, where the swap's replay would fail on it.
-        let pending = health.iter().find(|h| h.table == s.display());
-        if trial && problem.is_none() && pending.is_some_and(|h| h.pending.unwrap_or(0) > 0) {
-            problem = sync::trial_replay(client, s).await?;
-        }
+    }
+    // A row written since prepare that the shadow rejected waits in a
+    // changelog, where the swap's replay would fail on it.
+    if trial && problem.is_none() {
+        problem = sync::first_rejected(client, synced).await?;
     }
     let infos = synced
         .iter()

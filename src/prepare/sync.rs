@@ -1547,16 +1547,43 @@ async fn drain(client: &Client, l: &Live, lock_timeout: Duration, retries: u32) 
     }
 }
 
-/// Would the swap's replay take every row written to `t` since prepare? For
-/// `status` and the swap's dry run, which must not wait behind the
-/// application nor change anything: up to one batch of `t`'s changelog is
-/// replayed in a transaction that is rolled back, under a short
-/// `lock_timeout` and `statement_timeout`. `Some(why)`, in the swap's own
-/// words, when a row does not fit the source's definition of the table (a
-/// data exception or a constraint violation: what makes the swap refuse);
-/// `None` when it fits, and when the trial gets no answer (a lock wait, a
-/// timeout: the swap looks again, under its own retries).
-pub async fn trial_replay(client: &Client, t: &SyncedTable) -> Result<Option<String>> {
+/// Would the swap's replay take every row written to the preserved tables
+/// since prepare? For `status` and the swap's dry run, which must not wait
+/// behind the application nor change anything: the first rejection
+/// [`trial_replay`] finds, table by table.
+pub async fn first_rejected(client: &Client, synced: &[SyncedTable]) -> Result<Option<String>> {
+    for t in synced {
+        if let Some(why) = trial_replay(client, t).await? {
+            return Ok(Some(why));
+        }
+    }
+    Ok(None)
+}
+
+/// Up to one batch of `t`'s changelog (when it has entries) replayed in a
+/// transaction that is rolled back, under a short `lock_timeout` and
+/// `statement_timeout`. `Some(why)`, in the swap's own words, when a row does
+/// not fit the source's definition of the table (a data exception or a
+/// constraint violation: what makes the swap refuse); `None` when it fits,
+/// and when the trial gets no answer (a lock wait, a timeout: the swap looks
+/// again, under its own retries).
+async fn trial_replay(client: &Client, t: &SyncedTable) -> Result<Option<String>> {
+    let waiting = changelog_present(client, t).await?
+        && client
+            .query_one(
+                format!(
+                    "SELECT EXISTS (SELECT 1 FROM {})",
+                    qualified(META_SCHEMA, &t.changelog)
+                )
+                .as_str(),
+                &[],
+            )
+            .await
+            .map(|r| r.get::<_, bool>(0))
+            .unwrap_or(false);
+    if !waiting {
+        return Ok(None);
+    }
     let l = match describe(client, t).await {
         Ok(l) => l,
         Err(_) => return Ok(None),

@@ -378,6 +378,15 @@ impl<'a> MigrationTx<'a> {
         })
     }
 
+    /// What [`sync::carry_standalone_sequences`] would warn about if the
+    /// swap ran now: it runs with preserved tables only (read only).
+    async fn carry_foreseen(&self, client: &Client) -> Result<Vec<String>> {
+        if self.synced.is_empty() {
+            return Ok(Vec::new());
+        }
+        sync::standalone_sequence_warnings(client, &self.pairs, sync::CarrySides::SWAP, &[]).await
+    }
+
     /// What stays live through the swap, for the fence.
     fn scope(&self) -> fence::Scope {
         fence::Scope::of(self.pairs.iter().map(|p| &p.live), &self.kept.by_schema)
@@ -524,15 +533,11 @@ pub async fn preview(client: &Client, opts: &SwapOptions) -> Result<SwapPreview>
     let broken = sync::broken(client, &details.sync).await?;
     // Not while a run holds the destination (its locks on the shadow must
     // not hold up a running swap's).
-    let mut rejected = None;
-    if broken.is_none() && d.running.is_none() {
-        for t in &details.sync {
-            rejected = sync::trial_replay(client, t).await?;
-            if rejected.is_some() {
-                break;
-            }
-        }
-    }
+    let rejected = if broken.is_none() && d.running.is_none() {
+        sync::first_rejected(client, &details.sync).await?
+    } else {
+        None
+    };
     let misfit = sequence_refusal(client, &details.sync).await?;
     let refusals: Vec<String> = [
         changed,
@@ -549,12 +554,7 @@ pub async fn preview(client: &Client, opts: &SwapOptions) -> Result<SwapPreview>
     .collect();
     let schemas = p.schemas.clone();
     let mut warnings = kept.warnings(client).await?;
-    if !details.sync.is_empty() {
-        warnings.extend(
-            sync::standalone_sequence_warnings(client, &pairs(m), sync::CarrySides::SWAP, &[])
-                .await?,
-        );
-    }
+    warnings.extend(hook.carry_foreseen(client).await?);
     Ok(SwapPreview {
         migration_id: m.id,
         mode: p.mode,

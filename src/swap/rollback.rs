@@ -515,7 +515,8 @@ fn carried_pairs(pairs: &[engine::Pair]) -> Vec<crate::pg::meta::SchemaPair> {
 /// What would move, and the transaction's SQL; changes nothing.
 pub async fn preview(client: &Client, plan: &Plan, policy: Policy) -> Result<RollbackPreview> {
     let pg15 = catalog::server_major(client).await? >= 15;
-    let p = engine::preview(client, &exchange(plan), policy, &hook(plan, pg15)).await?;
+    let tx = hook(plan, pg15);
+    let p = engine::preview(client, &exchange(plan), policy, &tx).await?;
     let schemas = p.schemas.clone();
     // The whole report, whatever --fail-on-breaking says: its refusal is below.
     let (impact, _) = impact(client, plan, policy, false).await?;
@@ -529,20 +530,8 @@ pub async fn preview(client: &Client, plan: &Plan, policy: Policy) -> Result<Rol
     .into_iter()
     .flatten()
     .collect();
-    // With kept tables, what the carry of the sequences no column uses would
-    // warn about (the backup's fenced ones weighed as they are given back).
     let mut warnings = plan.warnings.clone();
-    if !plan.keep.is_empty() {
-        warnings.extend(
-            sync::standalone_sequence_warnings(
-                client,
-                &carried_pairs(&plan.pairs),
-                sync::CarrySides::ROLLBACK,
-                &plan.restore.manifest.fenced_sequences,
-            )
-            .await?,
-        );
-    }
+    warnings.extend(tx.carry_foreseen(client).await?);
     Ok(RollbackPreview {
         restore_schema: plan.restore.schema_name.clone(),
         mode: p.mode,
@@ -671,6 +660,25 @@ struct RollbackTx<'a> {
     /// The discarded-writes check under the locks (None without a baseline:
     /// checked before, every table unknown).
     writes: Option<UnderLocks<'a>>,
+}
+
+impl RollbackTx<'_> {
+    /// What the carry in [`InTx::before_moves`] would warn about if the
+    /// rollback ran now: it runs with kept tables only, after the restored
+    /// backup's fenced sequences are given back, which are weighed as they
+    /// will be (read only).
+    async fn carry_foreseen(&self, client: &Client) -> Result<Vec<String>> {
+        if self.keep.is_empty() {
+            return Ok(Vec::new());
+        }
+        sync::standalone_sequence_warnings(
+            client,
+            &carried_pairs(self.pairs),
+            sync::CarrySides::ROLLBACK,
+            &self.restored.manifest.fenced_sequences,
+        )
+        .await
+    }
 }
 
 impl InTx for RollbackTx<'_> {
