@@ -1080,10 +1080,19 @@ async fn watch_waits(control: &Client, pid: i32, waited_for: &std::sync::Mutex<V
             Ok(None) => continue,
             Err(_) => return,
         }
+        // The relation and who holds it up, read in one statement: asked
+        // apart, the wait could end between them (the attempt's lock timeout)
+        // and the holder be lost.
         let row = control
             .query_opt(
                 "SELECT n.nspname::text, c.relname::text, c.relkind::text,
-                        pg_catalog.pg_get_userbyid(c.relowner)::text
+                        pg_catalog.pg_get_userbyid(c.relowner)::text,
+                        (SELECT pg_catalog.string_agg(h.shown, ', ' ORDER BY h.pid)
+                           FROM (SELECT b.pid, 'pid ' || b.pid || ' (' || concat_ws(', ', b.usename::text,
+                                        NULLIF(b.application_name, ''), b.state) || ')' AS shown
+                                   FROM pg_catalog.pg_stat_activity b
+                                  WHERE b.pid = ANY (pg_catalog.pg_blocking_pids($1))
+                                  ORDER BY b.pid LIMIT 3) h)
                    FROM pg_catalog.pg_locks l
                    JOIN pg_catalog.pg_class c ON c.oid = l.relation
                    JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
@@ -1094,27 +1103,22 @@ async fn watch_waits(control: &Client, pid: i32, waited_for: &std::sync::Mutex<V
             .await;
         match row {
             Ok(Some(r)) => {
-                let held_by = control
-                    .query(
-                        "SELECT 'pid ' || b.pid || ' (' || concat_ws(', ', b.usename::text,
-                                NULLIF(b.application_name, ''), b.state) || ')'
-                           FROM pg_catalog.pg_stat_activity b
-                          WHERE b.pid = ANY (pg_catalog.pg_blocking_pids($1))
-                          ORDER BY b.pid LIMIT 3",
-                        &[&pid],
-                    )
-                    .await
-                    .map(|rows| rows.iter().map(|b| b.get::<_, String>(0)).join(", "))
-                    .unwrap_or_default();
-                let waited = Waited {
+                let mut waited = Waited {
                     schema: r.get(0),
                     name: qualified(r.get(0), r.get(1)),
                     shown: crate::swap::impact::qualified_display(r.get(0), r.get(1)),
                     relkind: r.get(2),
                     owner: r.get(3),
-                    held_by,
+                    held_by: r.get::<_, Option<String>>(4).unwrap_or_default(),
                 };
                 if let Ok(mut w) = waited_for.lock() {
+                    // Seen as the wait ended, nobody holds it up any more:
+                    // the holder an earlier look saw is still the best answer.
+                    if waited.held_by.is_empty()
+                        && let Some(seen) = w.iter().find(|n| n.name == waited.name)
+                    {
+                        waited.held_by = seen.held_by.clone();
+                    }
                     if w.last().map(|l| &l.name) != Some(&waited.name) {
                         tracing::debug!(relation = %waited.name, held_by = %waited.held_by, "the swap waits for a lock; a retry takes it first");
                     }
