@@ -677,6 +677,77 @@ fn a_write_the_shadow_rejects_fails_the_swap_and_status_shows_why() {
     assert_eq!(st["migration"]["error"], serde_json::Value::Null, "{st}");
 }
 
+/// After a TRUNCATE of a preserved table, the swap copies all of it again;
+/// status's trial of that copy used to truncate the shadow table itself, which
+/// waited for (and gave up behind, saying nothing) any open application
+/// transaction that had written to the table, and would otherwise have held up
+/// every write meanwhile. The trial copies into a temporary table like the
+/// shadow's, beside the application's open write, and finds the row.
+#[test]
+fn a_truncated_preserved_table_is_tried_beside_an_open_application_write() {
+    let dbs = TestDbs::new("preserved_trunc_trial");
+    dbs.src
+        .psql("CREATE TABLE users (id int PRIMARY KEY, email text NOT NULL CHECK (email <> ''));");
+    dbs.dst.psql(
+        "CREATE TABLE users (id int PRIMARY KEY, email text);
+         INSERT INTO users SELECT g, 'u' || g FROM generate_series(1, 50) g;",
+    );
+    let wd = Workdir::new();
+    let dst = dbs.dst.url();
+    with_users_preserved(&wd, &dbs, "prepare", &[]);
+    dbs.dst
+        .psql("TRUNCATE users; INSERT INTO users VALUES (1, 'a'), (2, NULL);");
+    // An application transaction writes to users and stays open: the sync
+    // trigger's apply holds its lock on the shadow table until it ends.
+    let (info, db) = (dbs.dst.server().clone(), dbs.dst.name().to_string());
+    let app = std::thread::spawn(move || {
+        info.psql(
+            &db,
+            "BEGIN; INSERT INTO users VALUES (3, 'c'); SELECT pg_sleep(4); COMMIT;",
+        )
+    });
+    let started = std::time::Instant::now();
+    while dbs.dst.psql(
+        "SELECT count(*) FROM pg_locks WHERE relation = 'shadow.users'::regclass AND granted AND pid <> pg_backend_pid()",
+    ) == "0"
+    {
+        assert!(started.elapsed().as_secs() < 10, "the write never reached the shadow");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let advice = "a row written to it since prepare does not fit the source's definition of the table: fix that row on the destination, or run `pgshift abort` and prepare again";
+    let st = json_of(&wd, &["status", "--dest", &dst, "--json"]);
+    assert_eq!(st["swap_allowed"], false, "{st}");
+    let why = st["swap_blocked_reason"].as_str().unwrap_or_default();
+    assert!(why.contains(advice) && why.contains("email"), "{st}");
+    let dry = json_of(&wd, &["swap", "--dest", &dst, "--dry-run", "--json"]);
+    assert!(
+        dry["swap"]["refusal"]
+            .as_str()
+            .unwrap_or_default()
+            .contains(advice),
+        "{dry}"
+    );
+    // The application's transaction went through, and nothing was replayed:
+    // the TRUNCATE and both rows still wait, the application's row beside them.
+    app.join().unwrap();
+    assert_eq!(dbs.dst.psql("SELECT count(*) FROM users"), "3");
+    assert_eq!(st["preserved_tables"][0]["health"]["pending"], 3, "{st}");
+    let st = json_of(&wd, &["status", "--dest", &dst, "--json"]);
+    assert_eq!(st["preserved_tables"][0]["health"]["pending"], 4, "{st}");
+    // The swap refuses it in the same words, and goes through once it is fixed.
+    let out = wd.run(&["swap", "--dest", &dst]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains(advice) && err.contains("email"), "{err}");
+    dbs.dst.psql("UPDATE users SET email = 'b' WHERE id = 2");
+    assert_success(&wd.run(&["swap", "--dest", &dst]));
+    assert_eq!(
+        dbs.dst
+            .psql("SELECT string_agg(id || email, ',' ORDER BY id) FROM users"),
+        "1a,2b,3c"
+    );
+}
+
 /// A preserved column whose source type belongs to an extension the
 /// destination lacks (citext) was refused up front ("destination type text
 /// cannot be converted to the source's type citext"), although prepare

@@ -1016,9 +1016,15 @@ impl Live {
 
     /// The initial copy and the full resync.
     fn copy_sql(&self) -> String {
+        self.copy_into_sql(&self.shadow_rel)
+    }
+
+    /// `public.T`'s rows into `target` (the shadow table, or the trial's copy
+    /// of it).
+    fn copy_into_sql(&self, target: &str) -> String {
         format!(
             "INSERT INTO {} ({}) OVERRIDING SYSTEM VALUE SELECT {} FROM ONLY {} p",
-            self.shadow_rel,
+            target,
             self.col_list(),
             self.values("p"),
             self.public_rel
@@ -1459,28 +1465,14 @@ async fn replay_batch(client: &Client, l: &Live, limit: i64) -> Result<u64> {
         client
             .execute(l.copy_sql().as_str(), &[])
             .await
-            .map_err(|e| pg_error_as(e, &what))?;
+            .map_err(|e| replay_error(e, &what))?;
         return Ok(n);
     }
     for sql in [l.delete_keys_sql(), l.reinsert_keys_sql()] {
         client
             .execute(sql.as_str(), &[&ids])
             .await
-            .map_err(|e| {
-                // A value the source's definition rejects: a row written
-                // since prepare.
-                let advice = e.code().is_some_and(source_rejects);
-                if advice {
-                    pg_error_as(
-                        e,
-                        &format!(
-                            "{what} (a row written to it since prepare does not fit the source's definition of the table: fix that row on the destination, or run `pgshift abort` and prepare again)"
-                        ),
-                    )
-                } else {
-                    pg_error_as(e, &what)
-                }
-            })?;
+            .map_err(|e| replay_error(e, &what))?;
     }
     client
         .execute(
@@ -1490,6 +1482,21 @@ async fn replay_batch(client: &Client, l: &Live, limit: i64) -> Result<u64> {
         .await
         .map_err(|e| pg_error_as(e, &what))?;
     Ok(ids.len() as u64)
+}
+
+/// A replay's error; a value the source's definition rejects is a row written
+/// since prepare, and the error says what to do about it.
+fn replay_error(e: tokio_postgres::Error, what: &str) -> anyhow::Error {
+    if e.code().is_some_and(source_rejects) {
+        pg_error_as(
+            e,
+            &format!(
+                "{what} (a row written to it since prepare does not fit the source's definition of the table: fix that row on the destination, or run `pgshift abort` and prepare again)"
+            ),
+        )
+    } else {
+        pg_error_as(e, what)
+    }
 }
 
 /// One replay batch in its own READ COMMITTED transaction.
@@ -1598,7 +1605,7 @@ async fn trial_replay(client: &Client, t: &SyncedTable) -> Result<Option<String>
     )
     .await;
     let tried = match begun {
-        Ok(()) => replay_batch(client, &l, BATCH).await,
+        Ok(()) => trial_batch(client, &l).await,
         Err(e) => Err(e),
     };
     exec(client, "ROLLBACK", "ending a trial replay").await?;
@@ -1612,6 +1619,42 @@ async fn trial_replay(client: &Client, t: &SyncedTable) -> Result<Option<String>
         }
         Ok(_) => Ok(None),
     }
+}
+
+/// The batch [`replay_batch`] would replay, in the trial's transaction. A
+/// TRUNCATE among it means copying all of `public.T` again: the trial copies
+/// into a temporary table made `LIKE` the shadow table (its types, defaults,
+/// `CHECK` and `NOT NULL` constraints, unique and exclusion indexes) and named
+/// as it is, so a rejection reads as the swap's would. Replayed into the shadow
+/// table itself, the copy would hold its `TRUNCATE`'s ACCESS EXCLUSIVE lock for
+/// as long as it takes (up to the trial's 5 s), and every write the
+/// application makes to `T` meanwhile would wait out its sync trigger's 100 ms
+/// lock timeout on it; the `TRUNCATE` itself would wait for, and give up
+/// behind, any open application transaction that wrote to `T`.
+async fn trial_batch(client: &Client, l: &Live) -> Result<u64> {
+    let what = format!("replaying the changelog of {}", l.name);
+    let truncated: bool = client
+        .query_one(l.pick_sql().as_str(), &[&BATCH])
+        .await
+        .map_err(|e| pg_error_as(e, &what))?
+        .get(1);
+    if !truncated {
+        return replay_batch(client, l, BATCH).await;
+    }
+    let copy = format!("pg_temp.{}", quote_ident(&l.name));
+    exec(
+        client,
+        &format!(
+            "CREATE TEMPORARY TABLE {copy} (LIKE {} INCLUDING ALL)",
+            l.shadow_rel
+        ),
+        &what,
+    )
+    .await?;
+    client
+        .execute(l.copy_into_sql(&copy).as_str(), &[])
+        .await
+        .map_err(|e| replay_error(e, &what))
 }
 
 /// A replay error that is the row's fault, not the moment's: a value the
