@@ -18,6 +18,37 @@ fn run_json(wd: &Workdir, args: &[&str]) -> Value {
     serde_json::from_str(&out).unwrap_or_else(|e| panic!("{args:?}: not JSON ({e}):\n{out}"))
 }
 
+/// `rollback --latest --keep-tables <table>` with `extra`, as JSON.
+fn rollback_keeping(wd: &Workdir, url: &str, table: &str, extra: &[&str]) -> Value {
+    let mut args = vec![
+        "rollback",
+        "--dest",
+        url,
+        "--latest",
+        "--keep-tables",
+        table,
+    ];
+    args.extend(extra);
+    run_json(wd, &args)
+}
+
+/// Prepare with `table` preserved, and swap: what a rollback keeping it
+/// starts from. Returns the destination's URL.
+fn swapped_preserving(wd: &Workdir, dbs: &TestDbs, table: &str) -> String {
+    let url = dbs.dst.url();
+    wd.run_ok(&[
+        "prepare",
+        "--source",
+        &dbs.src.url(),
+        "--dest",
+        &url,
+        "--preserved-tables",
+        table,
+    ]);
+    wd.run_ok(&["swap", "--dest", &url]);
+    url
+}
+
 /// Exit code and a one-line `error:` on stderr.
 fn assert_usage_error(out: &Output, what: &str, needle: &str) {
     let stderr = text(&out.stderr);
@@ -429,17 +460,7 @@ fn rollback_keep_tables_carries_rows_and_sequences_over() {
     assert_eq!(seq_before, "42");
 
     let logged = common::clusters().1.log_len();
-    let r = run_json(
-        &wd,
-        &[
-            "rollback",
-            "--dest",
-            &url,
-            "--latest",
-            "--keep-tables",
-            "users",
-        ],
-    );
+    let r = rollback_keeping(&wd, &url, "users", &[]);
     assert_eq!(r["kept_tables"], serde_json::json!(["users"]));
     assert_eq!(r["restored_schema_dropped"], false);
     // The restored schema keeps users: it is not even tried (no ERROR logged).
@@ -953,17 +974,7 @@ fn rollback_keep_tables_repoints_foreign_keys_both_ways() {
                FROM pg_constraint WHERE conrelid = '{table}'::regclass AND contype = 'f'"
         ))
     };
-    let r = run_json(
-        &wd,
-        &[
-            "rollback",
-            "--dest",
-            &url,
-            "--latest",
-            "--keep-tables",
-            "users",
-        ],
-    );
+    let r = rollback_keeping(&wd, &url, "users", &[]);
     assert!(r["fk_not_valid"].as_array().unwrap().is_empty(), "{r}");
     let b2 = r["backup_schema"].as_str().unwrap().to_string();
     // The kept users (v2) now reference the restored plans; the restored orders the kept users.
@@ -1078,31 +1089,11 @@ fn a_rollback_keeping_a_table_does_not_take_its_key_sequence_back() {
         "INSERT INTO tickets SELECT nextval('ticket_seq'), 'old' FROM generate_series(1, 50);",
     );
     let wd = Workdir::new();
-    let url = dbs.dst.url();
-    wd.run_ok(&[
-        "prepare",
-        "--source",
-        &dbs.src.url(),
-        "--dest",
-        &url,
-        "--preserved-tables",
-        "tickets",
-    ]);
-    wd.run_ok(&["swap", "--dest", &url]);
+    let url = swapped_preserving(&wd, &dbs, "tickets");
     dbs.dst.psql(
         "INSERT INTO tickets SELECT nextval('ticket_seq'), 'new' FROM generate_series(1, 5);",
     );
-    let r = run_json(
-        &wd,
-        &[
-            "rollback",
-            "--dest",
-            &url,
-            "--latest",
-            "--keep-tables",
-            "tickets",
-        ],
-    );
+    let r = rollback_keeping(&wd, &url, "tickets", &[]);
     assert_eq!(
         dbs.dst
             .psql("INSERT INTO tickets VALUES (nextval('ticket_seq'), 'after') RETURNING id"),
@@ -1160,17 +1151,7 @@ fn a_rollback_keeping_a_table_warns_about_sequences_in_its_own_words() {
         "CREATE SEQUENCE end_seq MAXVALUE 100; CREATE SEQUENCE bounded_seq MAXVALUE 100; {tables}"
     ));
     let wd = Workdir::new();
-    let url = dbs.dst.url();
-    wd.run_ok(&[
-        "prepare",
-        "--source",
-        &dbs.src.url(),
-        "--dest",
-        &url,
-        "--preserved-tables",
-        "tickets",
-    ]);
-    wd.run_ok(&["swap", "--dest", &url]);
+    let url = swapped_preserving(&wd, &dbs, "tickets");
     dbs.dst
         .psql("SELECT setval('end_seq', 100); SELECT setval('bounded_seq', 150);");
     let words = [
@@ -1179,18 +1160,7 @@ fn a_rollback_keeping_a_table_warns_about_sequences_in_its_own_words() {
     ];
     // The dry run foresees them, weighing the backup's sequences as the
     // rollback gives them back (the swap fenced them at 1).
-    let dry = run_json(
-        &wd,
-        &[
-            "rollback",
-            "--dest",
-            &url,
-            "--latest",
-            "--keep-tables",
-            "tickets",
-            "--dry-run",
-        ],
-    );
+    let dry = rollback_keeping(&wd, &url, "tickets", &["--dry-run"]);
     let foreseen = dry["rollback"]["warnings"].as_array().unwrap();
     for want in words {
         assert!(
@@ -1198,17 +1168,7 @@ fn a_rollback_keeping_a_table_warns_about_sequences_in_its_own_words() {
             "{want:?} not in {dry:#}"
         );
     }
-    let r = run_json(
-        &wd,
-        &[
-            "rollback",
-            "--dest",
-            &url,
-            "--latest",
-            "--keep-tables",
-            "tickets",
-        ],
-    );
+    let r = rollback_keeping(&wd, &url, "tickets", &[]);
     let warnings: Vec<&str> = r["warnings"]
         .as_array()
         .unwrap()

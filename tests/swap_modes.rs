@@ -1088,6 +1088,25 @@ fn sequence_first_writer(
     })
 }
 
+/// After 300 ms of the load, `pgshift <args>` beside it; the load is stopped
+/// `settle` after it ends.
+async fn run_beside_load(
+    wd: &Workdir,
+    args: &[&str],
+    settle: Duration,
+    stop: &AtomicBool,
+) -> std::process::Output {
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut cmd = wd.cmd();
+    cmd.args(args);
+    let out = tokio::task::spawn_blocking(move || cmd.output().unwrap())
+        .await
+        .unwrap();
+    tokio::time::sleep(settle).await;
+    stop.store(true, Ordering::Relaxed);
+    out
+}
+
 /// In object mode the swap moves each view and sequence with its own ALTER.
 /// A session that holds one while it waits for a table the swap has locked
 /// (a view's reader holds the view; a transaction that takes `nextval()`
@@ -1129,22 +1148,18 @@ async fn object_mode_gets_through_view_readers_and_sequence_first_writers() {
             sequence_first_writer(c, "orders_id_seq", "orders", Duration::ZERO, stop)
         });
     }
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let mut cmd = wd.cmd();
-    cmd.args([
+    let url = dbs.dst.url();
+    let args = [
         "swap",
         "--json",
         "--dest",
-        &dbs.dst.url(),
+        &url,
         "--swap-mode",
         "object",
         "--allow-discard",
         "all",
-    ]);
-    let out = tokio::task::spawn_blocking(move || cmd.output().unwrap())
-        .await
-        .unwrap();
-    stop.store(true, Ordering::Relaxed);
+    ];
+    let out = run_beside_load(&wd, &args, Duration::ZERO, &stop).await;
     for l in load {
         l.await.unwrap();
     }
@@ -1257,21 +1272,9 @@ async fn a_rename_swap_gets_through_sequence_first_writers_of_preserved_tables()
             sequence_first_writer(c, seq, table, pause, stop.clone()),
         ));
     }
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let mut cmd = wd.cmd();
-    cmd.args([
-        "swap",
-        "--json",
-        "--dest",
-        &dbs.dst.url(),
-        "--swap-mode",
-        "rename",
-    ]);
-    let out = tokio::task::spawn_blocking(move || cmd.output().unwrap())
-        .await
-        .unwrap();
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    stop.store(true, Ordering::Relaxed);
+    let url = dbs.dst.url();
+    let args = ["swap", "--json", "--dest", &url, "--swap-mode", "rename"];
+    let out = run_beside_load(&wd, &args, Duration::from_millis(300), &stop).await;
     let mut drawn: std::collections::HashMap<&str, Vec<i64>> = Default::default();
     for (seq, l) in load {
         drawn.entry(seq).or_default().extend(l.await.unwrap());
