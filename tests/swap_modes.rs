@@ -134,15 +134,10 @@ async fn rename_mode_keeps_sessions_writers_and_public_itself() {
             }
         })
     };
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    let mut cmd = wd.cmd();
-    cmd.args(["swap", "--json", "--dest", &dbs.dst.url()]);
-    let out = tokio::task::spawn_blocking(move || cmd.output().unwrap())
-        .await
-        .unwrap();
+    let url = dbs.dst.url();
+    let args = ["swap", "--json", "--dest", &url];
+    let out = run_beside_load(&wd, &args, Duration::from_millis(200), &stop).await;
     let report: serde_json::Value = serde_json::from_str(&assert_success(&out)).unwrap();
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    stop.store(true, Ordering::Relaxed);
     writer.await.unwrap();
     assert_eq!(report["swap_mode"], "rename", "{report}");
     assert!(
