@@ -1019,6 +1019,20 @@ impl Live {
         self.copy_into_sql(&self.shadow_rel)
     }
 
+    /// The rows of `public.T` whose keys the changelog holds, into `target`.
+    fn copy_logged_into_sql(&self, target: &str) -> String {
+        format!(
+            "{} WHERE ({}) IN (SELECT {} FROM {} l)",
+            self.copy_into_sql(target),
+            self.keys_of("p"),
+            self.keys
+                .iter()
+                .map(|k| format!("l.{}", k.log_col))
+                .join(", "),
+            self.log_rel
+        )
+    }
+
     /// `public.T`'s rows into `target` (the shadow table, or the trial's copy
     /// of it).
     fn copy_into_sql(&self, target: &str) -> String {
@@ -1567,9 +1581,9 @@ pub async fn first_rejected(client: &Client, synced: &[SyncedTable]) -> Result<O
     Ok(None)
 }
 
-/// Up to one batch of `t`'s changelog (when it has entries) replayed in a
-/// transaction that is rolled back, under a short `lock_timeout` and
-/// `statement_timeout`. `Some(why)`, in the swap's own words, when a row does
+/// `t`'s changelog (when it has entries) tried as the swap would replay it
+/// ([`trial`]) in a transaction that is rolled back, under a short
+/// `lock_timeout` and `statement_timeout`. `Some(why)`, in the swap's own words, when a row does
 /// not fit the source's definition of the table (a data exception or a
 /// constraint violation: what makes the swap refuse); `None` when it fits,
 /// and when the trial gets no answer (a lock wait, a timeout: the swap looks
@@ -1605,7 +1619,7 @@ async fn trial_replay(client: &Client, t: &SyncedTable) -> Result<Option<String>
     )
     .await;
     let tried = match begun {
-        Ok(()) => trial_batch(client, &l).await,
+        Ok(()) => trial(client, &l).await,
         Err(e) => Err(e),
     };
     exec(client, "ROLLBACK", "ending a trial replay").await?;
@@ -1621,26 +1635,54 @@ async fn trial_replay(client: &Client, t: &SyncedTable) -> Result<Option<String>
     }
 }
 
-/// The batch [`replay_batch`] would replay, in the trial's transaction. A
-/// TRUNCATE among it means copying all of `public.T` again: the trial copies
-/// into a temporary table made `LIKE` the shadow table (its types, defaults,
-/// `CHECK` and `NOT NULL` constraints, unique and exclusion indexes) and named
-/// as it is, so a rejection reads as the swap's would. Replayed into the shadow
-/// table itself, the copy would hold its `TRUNCATE`'s ACCESS EXCLUSIVE lock for
-/// as long as it takes (up to the trial's 5 s), and every write the
-/// application makes to `T` meanwhile would wait out its sync trigger's 100 ms
-/// lock timeout on it; the `TRUNCATE` itself would wait for, and give up
-/// behind, any open application transaction that wrote to `T`.
-async fn trial_batch(client: &Client, l: &Live) -> Result<u64> {
+/// What the swap's replay would make of `T`'s changelog, tried in the trial's
+/// transaction without holding up the application's writes to `T` (whose
+/// sync triggers apply to the shadow table under a 100 ms lock timeout):
+///
+/// 1. The oldest batch is replayed into the shadow table as the swap replays
+///    it (row locks on that batch's keys, for the moment it takes): what only
+///    the shadow's other rows can reject (a unique key only the source has)
+///    shows there.
+/// 2. The keys of every entry beyond it: their rows in `public.T` are copied
+///    into a temporary table made `LIKE` the shadow table (its types,
+///    defaults, `CHECK` and `NOT NULL` constraints, unique and exclusion
+///    indexes), named as it is so a rejection reads as the swap's would. The
+///    changelog keeps every write since prepare until the swap, so under load
+///    it is long, and a row written a minute ago lies far beyond the first
+///    batch.
+///
+/// A TRUNCATE in the first batch means the swap copies all of `public.T`
+/// again: the trial copies it into the temporary table. Replayed into the
+/// shadow table itself, the copy would hold its `TRUNCATE`'s ACCESS EXCLUSIVE
+/// lock for as long as it takes (up to the trial's 5 s), every write to `T`
+/// meanwhile waiting out its trigger's lock timeout; and the `TRUNCATE` would
+/// wait for, and give up behind, any open transaction that wrote to `T`.
+/// (One beyond the first batch needs nothing more: every row `public.T` has
+/// since was written after it, so its key is in the changelog.)
+async fn trial(client: &Client, l: &Live) -> Result<()> {
     let what = format!("replaying the changelog of {}", l.name);
     let truncated: bool = client
         .query_one(l.pick_sql().as_str(), &[&BATCH])
         .await
         .map_err(|e| pg_error_as(e, &what))?
         .get(1);
-    if !truncated {
-        return replay_batch(client, l, BATCH).await;
-    }
+    let copy = if truncated {
+        l.copy_into_sql(&trial_table(client, l, &what).await?)
+    } else if replay_batch(client, l, BATCH).await? == BATCH as u64 {
+        l.copy_logged_into_sql(&trial_table(client, l, &what).await?)
+    } else {
+        return Ok(());
+    };
+    client
+        .execute(copy.as_str(), &[])
+        .await
+        .map_err(|e| replay_error(e, &what))?;
+    Ok(())
+}
+
+/// The trial's temporary copy of `T`'s shadow table (see [`trial`]), dropped
+/// with the trial's transaction.
+async fn trial_table(client: &Client, l: &Live, what: &str) -> Result<String> {
     let copy = format!("pg_temp.{}", quote_ident(&l.name));
     exec(
         client,
@@ -1648,13 +1690,10 @@ async fn trial_batch(client: &Client, l: &Live) -> Result<u64> {
             "CREATE TEMPORARY TABLE {copy} (LIKE {} INCLUDING ALL)",
             l.shadow_rel
         ),
-        &what,
+        what,
     )
     .await?;
-    client
-        .execute(l.copy_into_sql(&copy).as_str(), &[])
-        .await
-        .map_err(|e| replay_error(e, &what))
+    Ok(copy)
 }
 
 /// A replay error that is the row's fault, not the moment's: a value the
