@@ -46,6 +46,12 @@
 //!   replayed is right (the replay read the row after that change committed), and
 //!   a key whose last change was not replayed is still in the changelog. The last
 //!   replay runs inside the swap transaction under its locks ([`final_sync`]).
+//! * **Trial** ([`first_rejected`]): `status` and the swap's dry run ask
+//!   whether that last replay would take every waiting row (one the source's
+//!   definition rejects fails the swap), in a transaction they roll back: the
+//!   oldest batch replayed as the swap would, the rows of the keys beyond it
+//!   copied into a temporary table like the shadow table ([`trial`]), so the
+//!   application's writes never wait for more than that batch's rows.
 //! * **Reads are never filtered.** pgshift's sessions run with `row_security =
 //!   off`, so a replay that row-level security would filter fails instead of
 //!   dropping rows; the swap, its dry run and `status` refuse beforehand when
@@ -1583,11 +1589,11 @@ pub async fn first_rejected(client: &Client, synced: &[SyncedTable]) -> Result<O
 
 /// `t`'s changelog (when it has entries) tried as the swap would replay it
 /// ([`trial`]) in a transaction that is rolled back, under a short
-/// `lock_timeout` and `statement_timeout`. `Some(why)`, in the swap's own words, when a row does
-/// not fit the source's definition of the table (a data exception or a
-/// constraint violation: what makes the swap refuse); `None` when it fits,
-/// and when the trial gets no answer (a lock wait, a timeout: the swap looks
-/// again, under its own retries).
+/// `lock_timeout` and `statement_timeout`. `Some(why)`, in the swap's own
+/// words, when a row does not fit the source's definition of the table (a
+/// data exception or a constraint violation: what makes the swap refuse);
+/// `None` when it fits, and when the trial gets no answer (a lock wait, a
+/// timeout: the swap looks again, under its own retries).
 async fn trial_replay(client: &Client, t: &SyncedTable) -> Result<Option<String>> {
     let waiting = changelog_present(client, t).await?
         && client
@@ -1657,8 +1663,8 @@ async fn trial_replay(client: &Client, t: &SyncedTable) -> Result<Option<String>
 /// lock for as long as it takes (up to the trial's 5 s), every write to `T`
 /// meanwhile waiting out its trigger's lock timeout; and the `TRUNCATE` would
 /// wait for, and give up behind, any open transaction that wrote to `T`.
-/// (One beyond the first batch needs nothing more: every row `public.T` has
-/// since was written after it, so its key is in the changelog.)
+/// A TRUNCATE beyond the first batch needs nothing more: every row
+/// `public.T` holds was written after it, so its key is in the changelog.
 async fn trial(client: &Client, l: &Live) -> Result<()> {
     let what = format!("replaying the changelog of {}", l.name);
     let truncated: bool = client
