@@ -798,6 +798,129 @@ fn a_rejected_row_behind_a_long_backlog_is_foreseen() {
     );
 }
 
+/// Two rows a unique key only the source has forbids, written far apart: the
+/// first within the batch the trial replays, the second far beyond it. The
+/// keys beyond the batch were tried apart from it, and the pair never met.
+#[test]
+fn two_rows_a_unique_key_of_the_source_forbids_are_foreseen_however_far_apart() {
+    let dbs = TestDbs::new("preserved_far_dup");
+    dbs.src
+        .psql("CREATE TABLE users (id int PRIMARY KEY, email text UNIQUE);");
+    dbs.dst.psql(
+        "CREATE TABLE users (id int PRIMARY KEY, email text);
+         INSERT INTO users VALUES (1, 'a');",
+    );
+    let wd = Workdir::new();
+    let dst = dbs.dst.url();
+    with_users_preserved(&wd, &dbs, "prepare", &[]);
+    dbs.dst.psql(
+        "INSERT INTO users VALUES (2, 'dup');
+         INSERT INTO users SELECT g, 'e' || g FROM generate_series(100, 12099) g;
+         INSERT INTO users VALUES (3, 'dup');",
+    );
+    let st = json_of(&wd, &["status", "--dest", &dst, "--json"]);
+    assert_eq!(st["swap_allowed"], false, "{st}");
+    let why = st["swap_blocked_reason"].as_str().unwrap_or_default();
+    assert!(
+        why.contains("users_email_key") && why.contains("dup"),
+        "{st}"
+    );
+    let out = wd.run(&["swap", "--dest", &dst]);
+    assert_eq!(out.status.code(), Some(1));
+    dbs.dst.psql("DELETE FROM users WHERE id = 3");
+    let st = json_of(&wd, &["status", "--dest", &dst, "--json"]);
+    assert_eq!(st["swap_allowed"], true, "{st}");
+    assert_success(&wd.run(&["swap", "--dest", &dst]));
+    assert_eq!(dbs.dst.psql("SELECT count(*) FROM users"), "12002");
+}
+
+/// A unique key only the source has, `DEFERRABLE INITIALLY DEFERRED`: the
+/// sync trigger's apply of an application write that breaks it queued a check
+/// for the application's own COMMIT, out of reach of the trigger's EXCEPTION
+/// block, and the application's write failed. Now the shadow's deferrable
+/// constraints are checked at the apply (the write goes through, the key is
+/// logged); status and the dry run foresee the violation, and the swap
+/// refuses it in its own words.
+#[test]
+fn a_deferred_unique_key_only_the_source_has_never_fails_the_applications_write() {
+    let dbs = TestDbs::new("preserved_deferred");
+    dbs.src.psql(
+        "CREATE TABLE users (id int PRIMARY KEY, email text,
+                             CONSTRAINT email_u UNIQUE (email) DEFERRABLE INITIALLY DEFERRED);",
+    );
+    dbs.dst.psql(
+        "CREATE TABLE users (id int PRIMARY KEY, email text);
+         INSERT INTO users VALUES (1, 'a'), (2, 'b');",
+    );
+    let wd = Workdir::new();
+    let dst = dbs.dst.url();
+    with_users_preserved(&wd, &dbs, "prepare", &[]);
+    // The application's write commits (it failed at COMMIT with
+    // `duplicate key value violates unique constraint "email_u"`).
+    assert_eq!(
+        dbs.dst
+            .psql("BEGIN; INSERT INTO users VALUES (3, 'a'); COMMIT; SELECT count(*) FROM users"),
+        "3"
+    );
+    let advice =
+        "a row written to it since prepare does not fit the source's definition of the table";
+    let st = json_of(&wd, &["status", "--dest", &dst, "--json"]);
+    assert_eq!(st["swap_allowed"], false, "{st}");
+    let why = st["swap_blocked_reason"].as_str().unwrap_or_default();
+    assert!(why.contains(advice) && why.contains("email_u"), "{st}");
+    let dry = json_of(&wd, &["swap", "--dest", &dst, "--dry-run", "--json"]);
+    assert!(
+        dry["swap"]["refusal"]
+            .as_str()
+            .unwrap_or_default()
+            .contains(advice),
+        "{dry}"
+    );
+    let out = wd.run(&["swap", "--dest", &dst]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains(advice) && err.contains("email_u"), "{err}");
+    dbs.dst.psql("UPDATE users SET email = 'c' WHERE id = 3");
+    assert_success(&wd.run(&["swap", "--dest", &dst]));
+    assert_eq!(
+        dbs.dst
+            .psql("SELECT string_agg(id || email, ',' ORDER BY id) FROM users"),
+        "1a,2b,3c"
+    );
+}
+
+/// A key the source's type cannot hold (the destination's `bigint` past the
+/// source's `int`), written since prepare and then deleted or given another
+/// key, is not in the shadow and has no row left to fix; the replay converted
+/// it to find its row and failed (`integer out of range`) at every swap, for
+/// good. It is passed over.
+#[test]
+fn a_key_the_source_cannot_hold_that_is_gone_does_not_block_the_swap() {
+    let dbs = TestDbs::new("preserved_stale_key");
+    dbs.src
+        .psql("CREATE TABLE users (id int PRIMARY KEY, email text);");
+    dbs.dst.psql(
+        "CREATE TABLE users (id bigint PRIMARY KEY, email text);
+         INSERT INTO users VALUES (1, 'a');",
+    );
+    let wd = Workdir::new();
+    let dst = dbs.dst.url();
+    with_users_preserved(&wd, &dbs, "prepare", &[]);
+    dbs.dst.psql(
+        "INSERT INTO users VALUES (5000000000, 'gone'), (6000000000, 'moved');
+         DELETE FROM users WHERE id = 5000000000;
+         UPDATE users SET id = 7 WHERE id = 6000000000;",
+    );
+    let st = json_of(&wd, &["status", "--dest", &dst, "--json"]);
+    assert_eq!(st["swap_allowed"], true, "{st}");
+    assert_success(&wd.run(&["swap", "--dest", &dst]));
+    assert_eq!(
+        dbs.dst
+            .psql("SELECT string_agg(id || email, ',' ORDER BY id) FROM users"),
+        "1a,7moved"
+    );
+}
+
 /// A preserved column whose source type belongs to an extension the
 /// destination lacks (citext) was refused up front ("destination type text
 /// cannot be converted to the source's type citext"), although prepare

@@ -28,7 +28,10 @@
 //!   CONFLICT (key) DO UPDATE`, `DELETE … USING` the transition table, `TRUNCATE`.
 //!   Any error there is swallowed (and written to the server log): the logged key
 //!   guarantees the replay fixes it. The application's write never fails because
-//!   of the sync.
+//!   of the sync: the shadow table's deferrable constraints (a `DEFERRABLE`
+//!   unique key only the source has) are set `IMMEDIATE` inside that block, or
+//!   their check would wait for the application's COMMIT, out of its reach;
+//!   the replays set them so too, so a violation names its statement.
 //! * **Setup** ([`setup`]), race-free: (1) one transaction creates the changelog,
 //!   the functions in *log-only* form and the triggers (CREATE TRIGGER's lock waits
 //!   out in-flight writers, so every later write is logged); (2) the initial copy
@@ -38,8 +41,10 @@
 //!   application write never waits on the copy's uncommitted rows and the copy can
 //!   never collide with an applied row.
 //! * **Replay** (a batch, READ COMMITTED): read the oldest changelog ids, delete
-//!   their keys from `shadow.T`, re-insert the current rows of `public.T` for those
-//!   keys (`ON CONFLICT DO NOTHING`: a concurrent apply holds a row at least as new),
+//!   their keys from `shadow.T` (a key the shadow's type cannot hold, written
+//!   and deleted since prepare, is passed over: [`delete_keys`]), re-insert the
+//!   current rows of `public.T` for those keys (`ON CONFLICT DO NOTHING`: a
+//!   concurrent apply holds a row at least as new),
 //!   delete exactly those ids (never "id <= watermark": ids are assigned at insert,
 //!   not at commit). A TRUNCATE marker in the batch means a full resync. Whatever
 //!   interleaving of applies and replays happened, a key whose last change was
@@ -838,12 +843,17 @@ struct LiveKey {
 /// works before and after the swap moved the schemas.
 #[derive(Debug, Clone)]
 struct Live {
+    /// For people: `users`, `billing.users`.
     name: String,
+    /// The bare table name (the trial's temporary copy is named after it).
+    table: String,
     public_rel: String,
     shadow_rel: String,
     log_rel: String,
     cols: Vec<LiveCol>,
     keys: Vec<LiveKey>,
+    /// The shadow table's deferrable constraints, qualified and quoted.
+    deferrable: Vec<String>,
 }
 
 /// A column's type for SQL generation: `"schema"."type"` (arrays `…[]`), and
@@ -953,8 +963,28 @@ async fn describe(client: &Client, t: &SyncedTable) -> Result<Live> {
             conv: conv_for(p, s),
         });
     }
+    // Checked at commit, a deferred constraint of the shadow table would fail
+    // the application's own COMMIT for a row the sync trigger applied (its
+    // EXCEPTION block long gone), and a replay at its COMMIT: each checks them
+    // at once instead (see `Live::immediate`).
+    let deferrable = client
+        .query(
+            "SELECT pg_catalog.quote_ident(n.nspname) || '.' || pg_catalog.quote_ident(c.conname)
+               FROM pg_catalog.pg_constraint c
+               JOIN pg_catalog.pg_namespace n ON n.oid = c.connamespace
+              WHERE c.conrelid = $1 AND c.condeferrable
+              ORDER BY 1",
+            &[&t.shadow_oid],
+        )
+        .await
+        .with_context(|| format!("reading the deferrable constraints of {}", t.display()))?
+        .iter()
+        .map(|r| r.get::<_, String>(0))
+        .collect();
     Ok(Live {
-        name: t.name.clone(),
+        name: t.display(),
+        table: t.name.clone(),
+        deferrable,
         public_rel,
         shadow_rel,
         log_rel: qualified(META_SCHEMA, &t.changelog),
@@ -969,6 +999,19 @@ fn joined<T>(items: &[T], sep: &str, f: impl Fn(&T) -> String) -> String {
 }
 
 impl Live {
+    /// `SET CONSTRAINTS … IMMEDIATE;` for the shadow table's deferrable
+    /// constraints (empty without any): what writes the shadow table checks
+    /// them at its own statement, where the sync trigger's EXCEPTION block
+    /// catches a violation and a replay's error names it, not at COMMIT. The
+    /// mode lasts for the transaction (a subtransaction rolled back restores
+    /// it) and touches no constraint but the shadow table's.
+    fn immediate(&self) -> String {
+        if self.deferrable.is_empty() {
+            String::new()
+        } else {
+            format!("SET CONSTRAINTS {} IMMEDIATE;", self.deferrable.join(", "))
+        }
+    }
     fn col_list(&self) -> String {
         joined(&self.cols, ", ", |c| c.name.clone())
     }
@@ -1144,7 +1187,7 @@ BEGIN
   {log}
   BEGIN
     PERFORM pg_catalog.set_config('lock_timeout', {timeout}, true);
-    {apply}
+    {immediate}{apply}
     PERFORM pg_catalog.set_config('lock_timeout', pgshift_caller_lock_timeout, true);
   EXCEPTION WHEN OTHERS THEN
     -- Never fail the application's write: the logged keys get replayed.
@@ -1155,6 +1198,10 @@ BEGIN
 END
 ",
             timeout = quote_literal(APPLY_LOCK_TIMEOUT),
+            immediate = match self.immediate().as_str() {
+                "" => String::new(),
+                set => format!("{set}\n    "),
+            },
             apply = self.apply_statements(ev),
             table = quote_literal(&self.name),
         )
@@ -1192,6 +1239,37 @@ END
             self.log_rel,
             self.shadow_match("s", "l", true)
         )
+    }
+    /// [`Self::delete_keys_sql`] key by key, passing over a key the
+    /// shadow's type cannot hold (see [`delete_keys`]). `ids` are the
+    /// changelog's own.
+    fn delete_keys_one_by_one_sql(&self, ids: &[i64]) -> String {
+        let body = format!(
+            "
+DECLARE
+  pgshift_key record;
+BEGIN
+  FOR pgshift_key IN SELECT DISTINCT {cols} FROM {log} l WHERE l.id = ANY ('{{{ids}}}'::bigint[]) LOOP
+    BEGIN
+      DELETE FROM ONLY {shadow} s WHERE {matched};
+    EXCEPTION WHEN data_exception OR check_violation THEN
+      NULL; -- a key the shadow's type cannot hold is not in the shadow
+    END;
+  END LOOP;
+END
+",
+            cols = self
+                .keys
+                .iter()
+                .map(|k| format!("l.{}", k.log_col))
+                .join(", "),
+            log = self.log_rel,
+            ids = ids.iter().join(","),
+            shadow = self.shadow_rel,
+            matched = self.shadow_match("s", "pgshift_key", true),
+        );
+        let tag = dollar_tag(&body);
+        format!("DO {tag}{body}{tag}")
     }
     fn reinsert_keys_sql(&self) -> String {
         format!(
@@ -1474,6 +1552,9 @@ async fn replay_batch(client: &Client, l: &Live, limit: i64) -> Result<u64> {
     if ids.is_empty() {
         return Ok(0);
     }
+    if !l.deferrable.is_empty() {
+        exec(client, &l.immediate(), &what).await?;
+    }
     if truncated {
         // A TRUNCATE: resync the whole table. Every entry visible now is covered
         // by the copy, whose snapshot is newer.
@@ -1488,12 +1569,11 @@ async fn replay_batch(client: &Client, l: &Live, limit: i64) -> Result<u64> {
             .map_err(|e| replay_error(e, &what))?;
         return Ok(n);
     }
-    for sql in [l.delete_keys_sql(), l.reinsert_keys_sql()] {
-        client
-            .execute(sql.as_str(), &[&ids])
-            .await
-            .map_err(|e| replay_error(e, &what))?;
-    }
+    delete_keys(client, l, &ids, &what).await?;
+    client
+        .execute(l.reinsert_keys_sql().as_str(), &[&ids])
+        .await
+        .map_err(|e| replay_error(e, &what))?;
     client
         .execute(
             format!("DELETE FROM {} WHERE id = ANY($1)", l.log_rel).as_str(),
@@ -1502,6 +1582,32 @@ async fn replay_batch(client: &Client, l: &Live, limit: i64) -> Result<u64> {
         .await
         .map_err(|e| pg_error_as(e, &what))?;
     Ok(ids.len() as u64)
+}
+
+/// The shadow's rows of the keys logged under `ids`. A key logged in the
+/// destination's type that the shadow's type cannot hold (a `bigint` past the
+/// source's `int`, a value the source's domain rejects: a row written since
+/// prepare, then deleted or given another key) cannot be in the shadow; but
+/// converting it fails the whole statement, and every replay after it, for a
+/// row that is no longer there to fix. Under a savepoint, then: when the
+/// conversion fails, the keys are deleted one by one, and one the shadow cannot
+/// hold is passed over.
+async fn delete_keys(client: &Client, l: &Live, ids: &[i64], what: &str) -> Result<()> {
+    exec(client, "SAVEPOINT pgshift_delete_keys", what).await?;
+    match client.execute(l.delete_keys_sql().as_str(), &[&ids]).await {
+        Ok(_) => exec(client, "RELEASE SAVEPOINT pgshift_delete_keys", what).await,
+        Err(e) if e.code().is_some_and(unconvertible) => {
+            exec(client, "ROLLBACK TO SAVEPOINT pgshift_delete_keys", what).await?;
+            exec(client, &l.delete_keys_one_by_one_sql(ids), what).await?;
+            exec(client, "RELEASE SAVEPOINT pgshift_delete_keys", what).await
+        }
+        Err(e) => Err(replay_error(e, what)),
+    }
+}
+
+/// A conversion's failure: a data exception, or a domain's `CHECK`.
+fn unconvertible(code: &tokio_postgres::error::SqlState) -> bool {
+    code.code().starts_with("22") || code == &tokio_postgres::error::SqlState::CHECK_VIOLATION
 }
 
 /// A replay's error; a value the source's definition rejects is a row written
@@ -1645,51 +1751,61 @@ async fn trial_replay(client: &Client, t: &SyncedTable) -> Result<Option<String>
 /// transaction without holding up the application's writes to `T` (whose
 /// sync triggers apply to the shadow table under a 100 ms lock timeout):
 ///
-/// 1. The oldest batch is replayed into the shadow table as the swap replays
-///    it (row locks on that batch's keys, for the moment it takes): what only
-///    the shadow's other rows can reject (a unique key only the source has)
-///    shows there.
-/// 2. The keys of every entry beyond it: their rows in `public.T` are copied
-///    into a temporary table made `LIKE` the shadow table (its types,
-///    defaults, `CHECK` and `NOT NULL` constraints, unique and exclusion
-///    indexes), named as it is so a rejection reads as the swap's would. The
-///    changelog keeps every write since prepare until the swap, so under load
-///    it is long, and a row written a minute ago lies far beyond the first
-///    batch.
+/// 1. When the changelog holds more than a batch: the rows of `public.T` of
+///    every key it holds are copied into a temporary table made `LIKE` the
+///    shadow table (its types, defaults, `CHECK` and `NOT NULL` constraints,
+///    unique and exclusion indexes), named as it is so a rejection reads as
+///    the swap's would. The changelog keeps every write since prepare until
+///    the swap, so under load it is long, and a row written a minute ago lies
+///    far beyond the first batch; two rows written far apart that a unique
+///    key only the source has forbids meet here.
+/// 2. The oldest batch is replayed into the shadow table as the swap replays
+///    it (row locks on that batch's keys, for the moment it takes): what the
+///    shadow's other rows reject (that unique key against a row copied at
+///    prepare) shows there.
 ///
 /// A TRUNCATE in the first batch means the swap copies all of `public.T`
-/// again: the trial copies it into the temporary table. Replayed into the
-/// shadow table itself, the copy would hold its `TRUNCATE`'s ACCESS EXCLUSIVE
-/// lock for as long as it takes (up to the trial's 5 s), every write to `T`
-/// meanwhile waiting out its trigger's lock timeout; and the `TRUNCATE` would
-/// wait for, and give up behind, any open transaction that wrote to `T`.
+/// again: the trial copies it into the temporary table instead. Replayed into
+/// the shadow table itself, the copy would hold its `TRUNCATE`'s ACCESS
+/// EXCLUSIVE lock for as long as it takes (up to the trial's 5 s), every write
+/// to `T` meanwhile waiting out its trigger's lock timeout; and the `TRUNCATE`
+/// would wait for, and give up behind, any open transaction that wrote to `T`.
 /// A TRUNCATE beyond the first batch needs nothing more: every row
 /// `public.T` holds was written after it, so its key is in the changelog.
 async fn trial(client: &Client, l: &Live) -> Result<()> {
     let what = format!("replaying the changelog of {}", l.name);
-    let truncated: bool = client
+    // Deferred, a constraint would be checked at a COMMIT the trial never
+    // makes: its own, the shadow's and the temporary copy's, checked now.
+    exec(client, "SET CONSTRAINTS ALL IMMEDIATE", &what).await?;
+    let row = client
         .query_one(l.pick_sql().as_str(), &[&BATCH])
         .await
-        .map_err(|e| pg_error_as(e, &what))?
-        .get(1);
-    let copy = if truncated {
-        l.copy_into_sql(&trial_table(client, l, &what).await?)
-    } else if replay_batch(client, l, BATCH).await? == BATCH as u64 {
-        l.copy_logged_into_sql(&trial_table(client, l, &what).await?)
-    } else {
+        .map_err(|e| pg_error_as(e, &what))?;
+    let (first, truncated): (Vec<i64>, bool) = (row.get(0), row.get(1));
+    if !truncated && (first.len() as i64) < BATCH {
+        replay_batch(client, l, BATCH).await?;
         return Ok(());
+    }
+    let copy = trial_table(client, l, &what).await?;
+    let copy = if truncated {
+        l.copy_into_sql(&copy)
+    } else {
+        l.copy_logged_into_sql(&copy)
     };
     client
         .execute(copy.as_str(), &[])
         .await
         .map_err(|e| replay_error(e, &what))?;
+    if !truncated {
+        replay_batch(client, l, BATCH).await?;
+    }
     Ok(())
 }
 
 /// The trial's temporary copy of `T`'s shadow table (see [`trial`]), dropped
 /// with the trial's transaction.
 async fn trial_table(client: &Client, l: &Live, what: &str) -> Result<String> {
-    let copy = format!("pg_temp.{}", quote_ident(&l.name));
+    let copy = format!("pg_temp.{}", quote_ident(&l.table));
     exec(
         client,
         &format!(
@@ -3148,6 +3264,8 @@ mod tests {
     fn live() -> Live {
         Live {
             name: "users".into(),
+            table: "users".into(),
+            deferrable: Vec::new(),
             public_rel: "\"public\".\"users\"".into(),
             shadow_rel: "\"shadow\".\"users\"".into(),
             log_rel: "\"pgshift\".\"log_1\"".into(),
