@@ -798,6 +798,47 @@ fn a_rejected_row_behind_a_long_backlog_is_foreseen() {
     );
 }
 
+/// A rejected row in each of two preserved tables: status and the dry run
+/// name both, so that fixing one does not just uncover the other.
+#[test]
+fn a_rejected_row_in_each_of_two_preserved_tables_gives_two_reasons() {
+    let dbs = TestDbs::new("preserved_two_rejects");
+    dbs.src.psql(
+        "CREATE TABLE users (id int PRIMARY KEY, email text NOT NULL);
+         CREATE TABLE orders (id int PRIMARY KEY, qty int CHECK (qty > 0));",
+    );
+    dbs.dst.psql(
+        "CREATE TABLE users (id int PRIMARY KEY, email text);
+         CREATE TABLE orders (id int PRIMARY KEY, qty int);",
+    );
+    let wd = Workdir::new();
+    let (src, dst) = (dbs.src.url(), dbs.dst.url());
+    assert_success(&wd.run(&[
+        "prepare",
+        "--source",
+        &src,
+        "--dest",
+        &dst,
+        "--preserved-tables",
+        "users,orders",
+    ]));
+    dbs.dst
+        .psql("INSERT INTO users VALUES (1, NULL); INSERT INTO orders VALUES (1, 0);");
+    let named = |reasons: &serde_json::Value| {
+        let all = reasons.as_array().cloned().unwrap_or_default();
+        ["changelog of users", "changelog of orders"]
+            .iter()
+            .all(|t| {
+                all.iter()
+                    .any(|r| r.as_str().unwrap_or_default().contains(t))
+            })
+    };
+    let st = json_of(&wd, &["status", "--dest", &dst, "--json"]);
+    assert!(named(&st["swap_blocked_reasons"]), "{st}");
+    let dry = json_of(&wd, &["swap", "--dest", &dst, "--dry-run", "--json"]);
+    assert!(named(&dry["swap"]["refusals"]), "{dry}");
+}
+
 /// Two rows a unique key only the source has forbids, written far apart: the
 /// first within the batch the trial replays, the second far beyond it. The
 /// keys beyond the batch were tried apart from it, and the pair never met.

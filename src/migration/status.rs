@@ -168,9 +168,9 @@ async fn preserved_health(
     client: &Client,
     synced: &[SyncedTable],
     trial: bool,
-) -> Result<(Vec<PreservedInfo>, Option<String>)> {
+) -> Result<(Vec<PreservedInfo>, Vec<String>)> {
     if synced.is_empty() {
-        return Ok((Vec::new(), None));
+        return Ok((Vec::new(), Vec::new()));
     }
     let health = sync::health(client, synced).await?;
     let mut problem = health
@@ -196,9 +196,11 @@ async fn preserved_health(
     }
     // A row written since prepare that the shadow rejected waits in a
     // changelog, where the swap's replay would fail on it.
-    if trial && problem.is_none() {
-        problem = sync::first_rejected(client, synced).await?;
-    }
+    let problems = match problem {
+        Some(p) => vec![p],
+        None if trial => sync::rejected(client, synced).await?,
+        None => Vec::new(),
+    };
     let infos = synced
         .iter()
         .map(|s| PreservedInfo {
@@ -210,7 +212,7 @@ async fn preserved_health(
                 .and_then(|h| serde_json::to_value(h).ok()),
         })
         .collect();
-    Ok((infos, problem))
+    Ok((infos, problems))
 }
 
 async fn shadow_info(client: &Client, d: &Destination) -> Result<ShadowInfo> {
@@ -347,7 +349,7 @@ pub async fn report(
     };
     // The trial replay only while no run holds the destination: its locks
     // on the shadow must not hold up a running swap's.
-    let (preserved_tables, sync_problem) =
+    let (preserved_tables, sync_problems) =
         preserved_health(client, synced, d.running.is_none()).await?;
 
     // Leftovers: migration objects while nothing is prepared or running.
@@ -384,8 +386,8 @@ pub async fn report(
     // anything, without its lock: every reason found. With the gate shut
     // (nothing prepared, another run, not our shadow) no more than why
     // (after a broken sync, which comes first).
-    let mut blocked: Vec<String> = match sync_problem {
-        Some(p) if d.state == State::Prepared => vec![p],
+    let mut blocked: Vec<String> = match sync_problems {
+        ps if d.state == State::Prepared => ps,
         _ => Vec::new(),
     };
     let shut = swap_gate(&d);

@@ -51,7 +51,7 @@
 //!   replayed is right (the replay read the row after that change committed), and
 //!   a key whose last change was not replayed is still in the changelog. The last
 //!   replay runs inside the swap transaction under its locks ([`final_sync`]).
-//! * **Trial** ([`first_rejected`]): `status` and the swap's dry run ask
+//! * **Trial** ([`rejected`]): `status` and the swap's dry run ask
 //!   whether that last replay would take every waiting row (one the source's
 //!   definition rejects fails the swap), in a transaction they roll back: the
 //!   oldest batch replayed as the swap would, the rows of the keys beyond it
@@ -1682,15 +1682,15 @@ async fn drain(client: &Client, l: &Live, lock_timeout: Duration, retries: u32) 
 
 /// Would the swap's replay take every row written to the preserved tables
 /// since prepare? For `status` and the swap's dry run, which must not wait
-/// behind the application nor change anything: the first rejection
-/// [`trial_replay`] finds, table by table.
-pub async fn first_rejected(client: &Client, synced: &[SyncedTable]) -> Result<Option<String>> {
+/// behind the application nor change anything: the rejection
+/// [`trial_replay`] finds in each table, so that fixing one table's row does
+/// not just uncover the next table's.
+pub async fn rejected(client: &Client, synced: &[SyncedTable]) -> Result<Vec<String>> {
+    let mut out = Vec::new();
     for t in synced {
-        if let Some(why) = trial_replay(client, t).await? {
-            return Ok(Some(why));
-        }
+        out.extend(trial_replay(client, t).await?);
     }
-    Ok(None)
+    Ok(out)
 }
 
 /// `t`'s changelog (when it has entries) tried as the swap would replay it

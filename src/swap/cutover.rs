@@ -534,24 +534,26 @@ pub async fn preview(client: &Client, opts: &SwapOptions) -> Result<SwapPreview>
     // Not while a run holds the destination (its locks on the shadow must
     // not hold up a running swap's).
     let rejected = if broken.is_none() && d.running.is_none() {
-        sync::first_rejected(client, &details.sync).await?
+        sync::rejected(client, &details.sync).await?
     } else {
-        None
+        Vec::new()
     };
     let misfit = sequence_refusal(client, &details.sync).await?;
-    let refusals: Vec<String> = [
-        changed,
-        broken,
-        gate::refusal(&impact, &opts.impact),
-        rejected,
-        fk_refusal(&fk_check, opts.allow_fk_violations),
-        misfit,
-        p.unmovable.refusal("the swap"),
-        p.lock_budget.refusal("the swap"),
-    ]
-    .into_iter()
-    .flatten()
-    .collect();
+    let refusals: Vec<String> = [changed, broken, gate::refusal(&impact, &opts.impact)]
+        .into_iter()
+        .flatten()
+        .chain(rejected)
+        .chain(
+            [
+                fk_refusal(&fk_check, opts.allow_fk_violations),
+                misfit,
+                p.unmovable.refusal("the swap"),
+                p.lock_budget.refusal("the swap"),
+            ]
+            .into_iter()
+            .flatten(),
+        )
+        .collect();
     let schemas = p.schemas.clone();
     let mut warnings = kept.warnings(client).await?;
     warnings.extend(hook.carry_foreseen(client).await?);
