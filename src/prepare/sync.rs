@@ -53,10 +53,11 @@
 //!   replay runs inside the swap transaction under its locks ([`final_sync`]).
 //! * **Trial** ([`rejected`]): `status` and the swap's dry run ask
 //!   whether that last replay would take every waiting row (one the source's
-//!   definition rejects fails the swap), in a transaction they roll back: the
-//!   oldest batch replayed as the swap would, the rows of the keys beyond it
-//!   copied into a temporary table like the shadow table ([`trial`]), so the
-//!   application's writes never wait for more than that batch's rows.
+//!   definition rejects fails the swap), in a transaction they roll back: when
+//!   more than a batch waits, the rows of every waiting key copied into a
+//!   temporary table like the shadow table, then the oldest batch replayed as
+//!   the swap would ([`trial`]), so the application's writes never wait for
+//!   more than that batch's rows.
 //! * **Reads are never filtered.** pgshift's sessions run with `row_security =
 //!   off`, so a replay that row-level security would filter fails instead of
 //!   dropping rows; the swap, its dry run and `status` refuse beforehand when
