@@ -930,6 +930,40 @@ fn a_deferred_unique_key_only_the_source_has_never_fails_the_applications_write(
     );
 }
 
+/// The destination's rows break a deferrable unique key only the source has:
+/// prepare's copy of them fails at the copy, saying so, not at its COMMIT
+/// ("committing the copy").
+#[test]
+fn destination_rows_a_deferred_unique_key_of_the_source_forbids_fail_the_copy() {
+    let dbs = TestDbs::new("preserved_deferred_copy");
+    dbs.src.psql(
+        "CREATE TABLE users (id int PRIMARY KEY, email text,
+                             CONSTRAINT email_u UNIQUE (email) DEFERRABLE INITIALLY DEFERRED);",
+    );
+    dbs.dst.psql(
+        "CREATE TABLE users (id int PRIMARY KEY, email text);
+         INSERT INTO users VALUES (1, 'a'), (2, 'a');",
+    );
+    let wd = Workdir::new();
+    let out = wd.run(&[
+        "prepare",
+        "--source",
+        &dbs.src.url(),
+        "--dest",
+        &dbs.dst.url(),
+        "--preserved-tables",
+        "users",
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    let last = err.trim_end().lines().last().unwrap_or_default();
+    assert!(
+        last.contains("copying the destination's rows of users into shadow")
+            && last.contains("email_u"),
+        "{err}"
+    );
+}
+
 /// A key the source's type cannot hold (the destination's `bigint` past the
 /// source's `int`), written since prepare and then deleted or given another
 /// key, is not in the shadow and has no row left to fix; the replay converted

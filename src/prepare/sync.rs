@@ -1491,12 +1491,15 @@ pub async fn setup(
         ));
         ddl(&sql, "creating the sync triggers on").await?;
 
-        // 2. The initial copy, under one snapshot taken after the triggers exist.
+        // 2. The initial copy, under one snapshot taken after the triggers
+        // exist (a deferrable key the destination's rows break fails the
+        // copy, not its COMMIT).
         exec(
             dest,
             &format!(
-                "BEGIN ISOLATION LEVEL REPEATABLE READ; {}",
-                via_text_local()
+                "BEGIN ISOLATION LEVEL REPEATABLE READ; {}; {}",
+                via_text_local(),
+                live.immediate()
             ),
             "starting the copy",
         )
