@@ -254,23 +254,26 @@ fn replay_policy(retries: u32) -> RetryPolicy {
 // Catalog reads
 // ---------------------------------------------------------------------------------------
 
-/// A unique, immediate, non-partial key of plain not-null columns.
+/// A unique, non-partial key of plain not-null columns.
 #[derive(Debug, Clone)]
 struct KeyCandidate {
     primary: bool,
     columns: Vec<String>,
+    /// `DEFERRABLE`: listed in messages, never chosen (`ON CONFLICT` cannot
+    /// use it, and it holds only at COMMIT).
+    deferrable: bool,
 }
 
 async fn key_candidates(client: &Client, rel: u32) -> Result<Vec<KeyCandidate>> {
     query_map(
         client,
-            "SELECT i.indisprimary,
+            "SELECT i.indisprimary, NOT i.indimmediate,
                     ARRAY(SELECT a.attname::text
                             FROM unnest(i.indkey::int2[]) WITH ORDINALITY k(attnum, ord)
                             JOIN pg_catalog.pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
                            WHERE k.ord <= i.indnkeyatts ORDER BY k.ord)
                FROM pg_catalog.pg_index i JOIN pg_catalog.pg_class ic ON ic.oid = i.indexrelid
-              WHERE i.indrelid = $1 AND i.indisunique AND i.indisvalid AND i.indimmediate
+              WHERE i.indrelid = $1 AND i.indisunique AND i.indisvalid
                 AND i.indpred IS NULL AND i.indexprs IS NULL
                 AND NOT EXISTS (SELECT 1 FROM unnest(i.indkey::int2[]) WITH ORDINALITY k(attnum, ord)
                                   JOIN pg_catalog.pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
@@ -280,7 +283,8 @@ async fn key_candidates(client: &Client, rel: u32) -> Result<Vec<KeyCandidate>> 
         "listing unique keys",
         |r| KeyCandidate {
             primary: r.get(0),
-            columns: r.get(1),
+            deferrable: r.get(1),
+            columns: r.get(2),
         },
     )
     .await
@@ -290,11 +294,14 @@ async fn key_candidates(client: &Client, rel: u32) -> Result<Vec<KeyCandidate>> 
 /// of the destination too.
 fn choose_key(dest: &[KeyCandidate], source: &[KeyCandidate]) -> Option<Vec<String>> {
     let set = |c: &[String]| c.iter().cloned().collect::<HashSet<_>>();
-    let mut ordered: Vec<&KeyCandidate> = source.iter().collect();
+    let mut ordered: Vec<&KeyCandidate> = source.iter().filter(|k| !k.deferrable).collect();
     ordered.sort_by_key(|k| !k.primary);
     ordered
         .into_iter()
-        .find(|s| dest.iter().any(|d| set(&d.columns) == set(&s.columns)))
+        .find(|s| {
+            dest.iter()
+                .any(|d| !d.deferrable && set(&d.columns) == set(&s.columns))
+        })
         .map(|s| s.columns.clone())
 }
 
@@ -305,8 +312,13 @@ fn describe_keys(keys: &[KeyCandidate]) -> String {
     keys.iter()
         .map(|k| {
             format!(
-                "({})",
-                k.columns.iter().map(|c| display_ident(c)).join(", ")
+                "({}){}",
+                k.columns.iter().map(|c| display_ident(c)).join(", "),
+                if k.deferrable {
+                    " DEFERRABLE, which the sync cannot use"
+                } else {
+                    ""
+                }
             )
         })
         .join(", ")
@@ -3385,6 +3397,7 @@ mod tests {
         let k = |p: bool, c: &[&str]| KeyCandidate {
             primary: p,
             columns: c.iter().map(|s| s.to_string()).collect(),
+            deferrable: false,
         };
         let dest = [k(true, &["id"]), k(false, &["b", "a"])];
         let src = [k(false, &["a", "b"]), k(true, &["id"])];
@@ -3393,6 +3406,17 @@ mod tests {
         assert_eq!(choose_key(&dest, &src).unwrap(), ["a", "b"]);
         assert!(choose_key(&dest, &[k(true, &["uuid"])]).is_none());
         assert!(choose_key(&[], &src).is_none());
+        // A deferrable key is never chosen, on either side.
+        let deferred = KeyCandidate {
+            deferrable: true,
+            ..k(true, &["id"])
+        };
+        assert!(choose_key(&dest, std::slice::from_ref(&deferred)).is_none());
+        assert!(choose_key(std::slice::from_ref(&deferred), &[k(true, &["id"])]).is_none());
+        assert_eq!(
+            describe_keys(&[deferred]),
+            "(id) DEFERRABLE, which the sync cannot use"
+        );
     }
 
     #[test]
