@@ -29,6 +29,32 @@ fn json_of(wd: &Workdir, args: &[&str]) -> serde_json::Value {
     serde_json::from_str(&assert_success(&wd.run(args))).unwrap()
 }
 
+/// The swap's words for a row written to a preserved table since prepare that
+/// the source's definition of the table rejects.
+const REJECTED: &str = "a row written to it since prepare does not fit the source's definition of the table: fix that row on the destination, or run `pgshift abort` and prepare again";
+
+/// Status and the swap's dry run foresee such a row, the reason naming
+/// `needle`. Returns status's JSON.
+fn rejection_foreseen(wd: &Workdir, dst: &str, needle: &str) -> serde_json::Value {
+    let st = json_of(wd, &["status", "--dest", dst, "--json"]);
+    assert_eq!(st["swap_allowed"], false, "{st}");
+    let why = st["swap_blocked_reason"].as_str().unwrap_or_default();
+    assert!(why.contains(REJECTED) && why.contains(needle), "{st}");
+    let dry = json_of(wd, &["swap", "--dest", dst, "--dry-run", "--json"]);
+    let refusal = dry["swap"]["refusal"].as_str().unwrap_or_default();
+    assert!(refusal.contains(REJECTED), "{dry}");
+    st
+}
+
+/// The swap refuses such a row: exit 1, its error naming `needle`, in those
+/// words.
+fn swap_refuses_rejection(wd: &Workdir, dst: &str, needle: &str) {
+    let out = wd.run(&["swap", "--dest", dst]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains(REJECTED) && err.contains(needle), "{err}");
+}
+
 /// `db`'s socket URL, connecting as `role`.
 fn socket_url_as(db: &common::TestDb, role: &str) -> String {
     db.socket_url().replacen(
@@ -639,27 +665,13 @@ fn a_write_the_shadow_rejects_fails_the_swap_and_status_shows_why() {
         "{p}"
     );
     dbs.dst.psql("INSERT INTO users VALUES (2, NULL)");
-    let advice = "a row written to it since prepare does not fit the source's definition of the table: fix that row on the destination, or run `pgshift abort` and prepare again";
     // Status and the dry run foresee it (a replay tried and rolled back),
     // and change nothing: the row still waits in the changelog.
-    let st = json_of(&wd, &["status", "--dest", &dst, "--json"]);
-    assert_eq!(st["swap_allowed"], false, "{st}");
-    let why = st["swap_blocked_reason"].as_str().unwrap_or_default();
-    assert!(why.contains(advice) && why.contains("email"), "{st}");
+    let st = rejection_foreseen(&wd, &dst, "email");
     assert_eq!(st["preserved_tables"][0]["health"]["pending"], 1, "{st}");
-    let dry = json_of(&wd, &["swap", "--dest", &dst, "--dry-run", "--json"]);
-    let refusal = dry["swap"]["refusal"].as_str().unwrap_or_default();
-    assert!(refusal.contains(advice), "{dry}");
     let before = schema_fingerprint(&dbs.dst, "public");
-    let out = wd.run(&["swap", "--dest", &dst]);
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{err}");
-    assert!(err.contains("email"), "{err}");
-    // And what to do about it.
-    assert!(
-        err.contains("a row written to it since prepare does not fit the source's definition of the table: fix that row on the destination, or run `pgshift abort` and prepare again"),
-        "{err}"
-    );
+    // The swap refuses it, and says what to do about it.
+    swap_refuses_rejection(&wd, &dst, "email");
     assert_eq!(schema_fingerprint(&dbs.dst, "public"), before);
     let st = json_of(&wd, &["status", "--dest", &dst, "--json"]);
     assert_eq!(st["state"], "prepared", "{st}");
@@ -714,19 +726,7 @@ fn a_truncated_preserved_table_is_tried_beside_an_open_application_write() {
         assert!(started.elapsed().as_secs() < 10, "the write never reached the shadow");
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
-    let advice = "a row written to it since prepare does not fit the source's definition of the table: fix that row on the destination, or run `pgshift abort` and prepare again";
-    let st = json_of(&wd, &["status", "--dest", &dst, "--json"]);
-    assert_eq!(st["swap_allowed"], false, "{st}");
-    let why = st["swap_blocked_reason"].as_str().unwrap_or_default();
-    assert!(why.contains(advice) && why.contains("email"), "{st}");
-    let dry = json_of(&wd, &["swap", "--dest", &dst, "--dry-run", "--json"]);
-    assert!(
-        dry["swap"]["refusal"]
-            .as_str()
-            .unwrap_or_default()
-            .contains(advice),
-        "{dry}"
-    );
+    let st = rejection_foreseen(&wd, &dst, "email");
     // The application's transaction went through, and nothing was replayed:
     // the TRUNCATE and both rows still wait, the application's row beside them.
     app.join().unwrap();
@@ -735,10 +735,7 @@ fn a_truncated_preserved_table_is_tried_beside_an_open_application_write() {
     let st = json_of(&wd, &["status", "--dest", &dst, "--json"]);
     assert_eq!(st["preserved_tables"][0]["health"]["pending"], 4, "{st}");
     // The swap refuses it in the same words, and goes through once it is fixed.
-    let out = wd.run(&["swap", "--dest", &dst]);
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{err}");
-    assert!(err.contains(advice) && err.contains("email"), "{err}");
+    swap_refuses_rejection(&wd, &dst, "email");
     dbs.dst.psql("UPDATE users SET email = 'b' WHERE id = 2");
     assert_success(&wd.run(&["swap", "--dest", &dst]));
     assert_eq!(
@@ -768,23 +765,10 @@ fn a_rejected_row_behind_a_long_backlog_is_foreseen() {
         "INSERT INTO users SELECT g, 'e' || g FROM generate_series(100, 12099) g;
          INSERT INTO users VALUES (2, NULL);",
     );
-    let advice =
-        "a row written to it since prepare does not fit the source's definition of the table";
-    let st = json_of(&wd, &["status", "--dest", &dst, "--json"]);
-    assert_eq!(st["swap_allowed"], false, "{st}");
-    let why = st["swap_blocked_reason"].as_str().unwrap_or_default();
-    assert!(why.contains(advice) && why.contains("email"), "{st}");
+    let st = rejection_foreseen(&wd, &dst, "email");
     assert_eq!(
         st["preserved_tables"][0]["health"]["pending"], 12001,
         "{st}"
-    );
-    let dry = json_of(&wd, &["swap", "--dest", &dst, "--dry-run", "--json"]);
-    assert!(
-        dry["swap"]["refusal"]
-            .as_str()
-            .unwrap_or_default()
-            .contains(advice),
-        "{dry}"
     );
     // Fixed: the whole backlog is tried and fits, and the swap takes it.
     dbs.dst.psql("UPDATE users SET email = 'b' WHERE id = 2");
@@ -859,15 +843,10 @@ fn two_rows_a_unique_key_of_the_source_forbids_are_foreseen_however_far_apart() 
          INSERT INTO users SELECT g, 'e' || g FROM generate_series(100, 12099) g;
          INSERT INTO users VALUES (3, 'dup');",
     );
-    let st = json_of(&wd, &["status", "--dest", &dst, "--json"]);
-    assert_eq!(st["swap_allowed"], false, "{st}");
+    let st = rejection_foreseen(&wd, &dst, "users_email_key");
     let why = st["swap_blocked_reason"].as_str().unwrap_or_default();
-    assert!(
-        why.contains("users_email_key") && why.contains("dup"),
-        "{st}"
-    );
-    let out = wd.run(&["swap", "--dest", &dst]);
-    assert_eq!(out.status.code(), Some(1));
+    assert!(why.contains("dup"), "{st}");
+    swap_refuses_rejection(&wd, &dst, "users_email_key");
     dbs.dst.psql("DELETE FROM users WHERE id = 3");
     let st = json_of(&wd, &["status", "--dest", &dst, "--json"]);
     assert_eq!(st["swap_allowed"], true, "{st}");
@@ -903,24 +882,8 @@ fn a_deferred_unique_key_only_the_source_has_never_fails_the_applications_write(
             .psql("BEGIN; INSERT INTO users VALUES (3, 'a'); COMMIT; SELECT count(*) FROM users"),
         "3"
     );
-    let advice =
-        "a row written to it since prepare does not fit the source's definition of the table";
-    let st = json_of(&wd, &["status", "--dest", &dst, "--json"]);
-    assert_eq!(st["swap_allowed"], false, "{st}");
-    let why = st["swap_blocked_reason"].as_str().unwrap_or_default();
-    assert!(why.contains(advice) && why.contains("email_u"), "{st}");
-    let dry = json_of(&wd, &["swap", "--dest", &dst, "--dry-run", "--json"]);
-    assert!(
-        dry["swap"]["refusal"]
-            .as_str()
-            .unwrap_or_default()
-            .contains(advice),
-        "{dry}"
-    );
-    let out = wd.run(&["swap", "--dest", &dst]);
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{err}");
-    assert!(err.contains(advice) && err.contains("email_u"), "{err}");
+    rejection_foreseen(&wd, &dst, "email_u");
+    swap_refuses_rejection(&wd, &dst, "email_u");
     dbs.dst.psql("UPDATE users SET email = 'c' WHERE id = 3");
     assert_success(&wd.run(&["swap", "--dest", &dst]));
     assert_eq!(
