@@ -1040,6 +1040,10 @@ impl Live {
     fn log_cols(&self) -> String {
         joined(&self.keys, ", ", |k| k.log_col.clone())
     }
+    /// The changelog's key columns of rows aliased `alias`.
+    fn log_keys_of(&self, alias: &str) -> String {
+        joined(&self.keys, ", ", |k| format!("{alias}.{}", k.log_col))
+    }
     /// The key columns of rows aliased `alias` (public-side rows).
     fn keys_of(&self, alias: &str) -> String {
         joined(&self.keys, ", ", |k| format!("{alias}.{}", k.name))
@@ -1087,10 +1091,7 @@ impl Live {
             "{} WHERE ({}) IN (SELECT {} FROM {} l)",
             self.copy_into_sql(target),
             self.keys_of("p"),
-            self.keys
-                .iter()
-                .map(|k| format!("l.{}", k.log_col))
-                .join(", "),
+            self.log_keys_of("l"),
             self.log_rel
         )
     }
@@ -1245,10 +1246,7 @@ END
         format!(
             "DELETE FROM ONLY {} s USING (SELECT DISTINCT {} FROM {} l WHERE l.id = ANY($1)) l WHERE {}",
             self.shadow_rel,
-            self.keys
-                .iter()
-                .map(|k| format!("l.{}", k.log_col))
-                .join(", "),
+            self.log_keys_of("l"),
             self.log_rel,
             self.shadow_match("s", "l", true)
         )
@@ -1271,11 +1269,7 @@ BEGIN
   END LOOP;
 END
 ",
-            cols = self
-                .keys
-                .iter()
-                .map(|k| format!("l.{}", k.log_col))
-                .join(", "),
+            cols = self.log_keys_of("l"),
             log = self.log_rel,
             ids = ids.iter().join(","),
             shadow = self.shadow_rel,
@@ -1294,10 +1288,7 @@ END
             self.values("p"),
             self.public_rel,
             self.keys_of("p"),
-            self.keys
-                .iter()
-                .map(|k| format!("l.{}", k.log_col))
-                .join(", "),
+            self.log_keys_of("l"),
             self.log_rel,
             self.key_list()
         )
