@@ -689,6 +689,51 @@ fn a_write_the_shadow_rejects_fails_the_swap_and_status_shows_why() {
     assert_eq!(st["migration"]["error"], serde_json::Value::Null, "{st}");
 }
 
+/// PostgreSQL's errors for a value the source's type cannot hold (a
+/// `varchar(n)` too short, a numeric's precision, a domain's check) name no
+/// row, so "fix that row" did not say which: the row is looked for, key by
+/// key, and its key added to the error, in status, the dry run and the swap.
+#[test]
+fn a_rejected_row_whose_error_names_no_row_is_named_by_its_key() {
+    let dbs = TestDbs::new("preserved_named");
+    dbs.src.psql(
+        "CREATE DOMAIN adult AS int CHECK (VALUE >= 18);
+         CREATE TABLE users (tenant int, id int, code varchar(5), age adult, PRIMARY KEY (tenant, id));",
+    );
+    dbs.dst.psql(
+        "CREATE DOMAIN adult AS int CHECK (VALUE >= 0);
+         CREATE TABLE users (tenant int, id int, code text, age adult, PRIMARY KEY (tenant, id));
+         INSERT INTO users SELECT 1, g, 'c', 20 FROM generate_series(1, 100) g;",
+    );
+    let wd = Workdir::new();
+    let dst = dbs.dst.url();
+    with_users_preserved(&wd, &dbs, "prepare", &[]);
+    dbs.dst.psql(
+        "INSERT INTO users SELECT 2, g, 'n', 30 FROM generate_series(1, 500) g;
+         UPDATE users SET code = 'toolong' WHERE (tenant, id) = (2, 250);",
+    );
+    rejection_foreseen(
+        &wd,
+        &dst,
+        "value too long for type character varying(5); DETAIL: Key (tenant, id)=(2, 250).",
+    );
+    swap_refuses_rejection(&wd, &dst, "Key (tenant, id)=(2, 250).");
+    // A row prepare copied, its value made one the source's domain rejects.
+    dbs.dst.psql(
+        "UPDATE users SET code = 'ok' WHERE (tenant, id) = (2, 250);
+         UPDATE users SET age = 3 WHERE (tenant, id) = (1, 42);",
+    );
+    rejection_foreseen(
+        &wd,
+        &dst,
+        "adult_check\"; DETAIL: Key (tenant, id)=(1, 42).",
+    );
+    dbs.dst
+        .psql("UPDATE users SET age = 18 WHERE (tenant, id) = (1, 42)");
+    assert_success(&wd.run(&["swap", "--dest", &dst]));
+    assert_eq!(dbs.dst.psql("SELECT count(*) FROM users"), "600");
+}
+
 /// After a TRUNCATE of a preserved table, the swap copies all of it again;
 /// status's trial of that copy used to truncate the shadow table itself, which
 /// waited for (and gave up behind, saying nothing) any open application

@@ -57,7 +57,10 @@
 //!   more than a batch waits, the rows of every waiting key copied into a
 //!   temporary table like the shadow table, then the oldest batch replayed as
 //!   the swap would ([`trial`]), so the application's writes never wait for
-//!   more than that batch's rows.
+//!   more than that batch's rows. A rejection whose error names no row (a
+//!   `varchar(n)` too short, a domain's check) is given the key of a row that
+//!   fails it, found key by key after the failure ([`named`]; the swap's
+//!   catch-up does the same).
 //! * **Reads are never filtered.** pgshift's sessions run with `row_security =
 //!   off`, so a replay that row-level security would filter fails instead of
 //!   dropping rows; the swap, its dry run and `status` refuse beforehand when
@@ -845,6 +848,8 @@ struct LiveCol {
 struct LiveKey {
     /// Quoted column name.
     name: String,
+    /// The column's name for people (quoted only where it must be).
+    shown: String,
     /// Changelog column: `k1`, `k2`, …
     log_col: String,
     /// Qualified type of public's key column (the changelog column's type).
@@ -971,6 +976,7 @@ async fn describe(client: &Client, t: &SyncedTable) -> Result<Live> {
         let (p, s) = pair(c)?;
         keys.push(LiveKey {
             name: quote_ident(c),
+            shown: display_ident(c),
             log_col: format!("k{}", i + 1),
             log_type: p.qual.clone(),
             conv: conv_for(p, s),
@@ -1274,6 +1280,43 @@ END
             ids = ids.iter().join(","),
             shadow = self.shadow_rel,
             matched = self.shadow_match("s", "pgshift_key", true),
+        );
+        let tag = dollar_tag(&body);
+        format!("DO {tag}{body}{tag}")
+    }
+    /// The statement that tries the rows of `public.T` whose keys the
+    /// changelog holds, one key at a time in the changelog's order, into
+    /// `probe` (see [`named`]), and fails on the first row it rejects with
+    /// that row's error, its key added to the DETAIL.
+    fn locate_sql(&self, probe: &str) -> String {
+        let cols = self.log_keys_of("l");
+        let body = format!(
+            "
+DECLARE
+  pgshift_key record;
+  pgshift_message text;
+  pgshift_detail text;
+BEGIN
+  FOR pgshift_key IN SELECT {cols} FROM {log} l WHERE l.op <> 'T' GROUP BY {cols} ORDER BY pg_catalog.min(l.id) LOOP
+    BEGIN
+      {copy} WHERE {matched};
+    EXCEPTION WHEN data_exception OR check_violation OR not_null_violation THEN
+      GET STACKED DIAGNOSTICS pgshift_message = MESSAGE_TEXT, pgshift_detail = PG_EXCEPTION_DETAIL;
+      RAISE EXCEPTION USING ERRCODE = SQLSTATE, MESSAGE = pgshift_message,
+        DETAIL = pg_catalog.concat_ws(' ', NULLIF(pgshift_detail, ''),
+                   'Key (' || {names} || ')=(' || pg_catalog.concat_ws(', ', {values}) || ').');
+    END;
+  END LOOP;
+END
+",
+            log = self.log_rel,
+            copy = self.copy_into_sql(probe),
+            matched = joined(&self.keys, " AND ", |k| format!(
+                "p.{} = pgshift_key.{}",
+                k.name, k.log_col
+            )),
+            names = quote_literal(&joined(&self.keys, ", ", |k| k.shown.clone())),
+            values = joined(&self.keys, ", ", |k| format!("pgshift_key.{}", k.log_col)),
         );
         let tag = dollar_tag(&body);
         format!("DO {tag}{body}{tag}")
@@ -1651,8 +1694,49 @@ async fn replay_txn(client: &Client, l: &Live, lock_timeout: Duration) -> Result
         }
         Err(e) => {
             let _ = client.batch_execute("ROLLBACK").await;
-            Err(e)
+            Err(named(client, l, e).await)
         }
+    }
+}
+
+/// A rejection whose error names no row (`value too long for type character
+/// varying(5)`, `numeric field overflow`, an enum's or a domain's error; NOT
+/// NULL and CHECK show the row's values, not its key) with the key of a row
+/// that fails it: "fix that row" needs to say which. The rows of every key
+/// the changelog holds are tried one at a time ([`Live::locate_sql`]) into a
+/// temporary table `LIKE` the shadow table (its types, defaults, `CHECK` and
+/// `NOT NULL` constraints, generated columns; no indexes: a unique key's
+/// error names its key already), in a transaction of its own that is rolled
+/// back, under the trial's lock and statement timeouts. Runs only after the
+/// replay failed so, outside the swap's locks (the swap's catch-up, the
+/// trial). `e` unchanged when the search finds no row or no answer.
+async fn named(client: &Client, l: &Live, e: anyhow::Error) -> anyhow::Error {
+    let nameless = |c: &tokio_postgres::error::SqlState| {
+        unconvertible(c) || c == &tokio_postgres::error::SqlState::NOT_NULL_VIOLATION
+    };
+    if !PgError::code_in(&e).is_some_and(|c| nameless(&c)) {
+        return e;
+    }
+    let what = format!("replaying the changelog of {}", l.name);
+    let probe = format!("pg_temp.{}", quote_ident(&l.table));
+    let sql = format!(
+        "BEGIN ISOLATION LEVEL READ COMMITTED; SET LOCAL lock_timeout = '{APPLY_LOCK_TIMEOUT}'; SET LOCAL statement_timeout = '5s'; {};
+         CREATE TEMPORARY TABLE {probe} (LIKE {} INCLUDING DEFAULTS INCLUDING CONSTRAINTS INCLUDING GENERATED);
+         {}",
+        via_text_local(),
+        l.shadow_rel,
+        l.locate_sql(&probe)
+    );
+    let found = client.batch_execute(&sql).await;
+    let _ = client.batch_execute("ROLLBACK").await;
+    match found {
+        Err(row) if row.code().is_some_and(nameless) => replay_error(row, &what),
+        Err(other) => {
+            let other = pg_error_as(other, "looking for the rejected row: no answer");
+            tracing::debug!(table = %l.name, "{other:#}");
+            e
+        }
+        Ok(()) => e,
     }
 }
 
@@ -1742,6 +1826,10 @@ async fn trial_replay(client: &Client, t: &SyncedTable) -> Result<Option<String>
         Err(e) => Err(e),
     };
     exec(client, "ROLLBACK", "ending a trial replay").await?;
+    let tried = match tried {
+        Err(e) => Err(named(client, &l, e).await),
+        ok => ok,
+    };
     match tried {
         Err(e) if PgError::code_in(&e).is_some_and(|c| source_rejects(&c)) => {
             Ok(Some(format!("{e:#}")))
@@ -3288,6 +3376,7 @@ mod tests {
             ],
             keys: vec![LiveKey {
                 name: "\"id\"".into(),
+                shown: "id".into(),
                 log_col: "k1".into(),
                 log_type: "\"pg_catalog\".\"int4\"".into(),
                 conv: Conv::Assign("\"pg_catalog\".\"int8\"".into()),
