@@ -7,9 +7,13 @@ mod common;
 
 use common::{TestDbs, Workdir, assert_success, create_role, schema_fingerprint};
 
-/// `<command> --preserved-tables users <extra>` between the pair, which must
-/// succeed: its stdout.
-fn with_users_preserved(wd: &Workdir, dbs: &TestDbs, command: &str, extra: &[&str]) -> String {
+/// `<command> --preserved-tables users <extra>` between the pair.
+fn run_users_preserved(
+    wd: &Workdir,
+    dbs: &TestDbs,
+    command: &str,
+    extra: &[&str],
+) -> std::process::Output {
     let (src, dst) = (dbs.src.url(), dbs.dst.url());
     let mut args = vec![
         command,
@@ -21,7 +25,25 @@ fn with_users_preserved(wd: &Workdir, dbs: &TestDbs, command: &str, extra: &[&st
         "users",
     ];
     args.extend(extra);
-    assert_success(&wd.run(&args))
+    wd.run(&args)
+}
+
+/// The same, which must succeed: its stdout.
+fn with_users_preserved(wd: &Workdir, dbs: &TestDbs, command: &str, extra: &[&str]) -> String {
+    assert_success(&run_users_preserved(wd, dbs, command, extra))
+}
+
+/// `prepare --preserved-tables users` between the pair, which must fail with
+/// exit 1: the last line of its stderr.
+fn users_prepare_fails(wd: &Workdir, dbs: &TestDbs) -> String {
+    let out = run_users_preserved(wd, dbs, "prepare", &[]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    err.trim_end()
+        .lines()
+        .last()
+        .unwrap_or_default()
+        .to_string()
 }
 
 /// A successful run's `--json` output.
@@ -952,23 +974,38 @@ fn destination_rows_a_deferred_unique_key_of_the_source_forbids_fail_the_copy() 
         "CREATE TABLE users (id int PRIMARY KEY, email text);
          INSERT INTO users VALUES (1, 'a'), (2, 'a');",
     );
-    let wd = Workdir::new();
-    let out = wd.run(&[
-        "prepare",
-        "--source",
-        &dbs.src.url(),
-        "--dest",
-        &dbs.dst.url(),
-        "--preserved-tables",
-        "users",
-    ]);
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{err}");
-    let last = err.trim_end().lines().last().unwrap_or_default();
+    let last = users_prepare_fails(&Workdir::new(), &dbs);
     assert!(
         last.contains("copying the destination's rows of users into shadow")
             && last.contains("email_u"),
-        "{err}"
+        "{last}"
+    );
+}
+
+/// A destination row the source's type cannot hold fails prepare's copy with
+/// PostgreSQL's error, which names no row: the error names it by its key, and
+/// prepare leaves nothing behind.
+#[test]
+fn destination_rows_the_source_rejects_fail_prepare_naming_the_row() {
+    let dbs = TestDbs::new("preserved_copy_named");
+    dbs.src
+        .psql("CREATE TABLE users (id int PRIMARY KEY, code varchar(5));");
+    dbs.dst.psql(
+        "CREATE TABLE users (id int PRIMARY KEY, code text);
+         INSERT INTO users SELECT g, 'c' FROM generate_series(1, 2000) g;
+         UPDATE users SET code = 'toolong' WHERE id = 1234;",
+    );
+    let last = users_prepare_fails(&Workdir::new(), &dbs);
+    assert!(
+        last.ends_with("copying the destination's rows of users into shadow: value too long for type character varying(5); DETAIL: Key (id)=(1234)."),
+        "{last}"
+    );
+    assert_eq!(
+        dbs.dst.psql(
+            "SELECT count(*) FROM pg_namespace WHERE nspname = 'shadow'
+             UNION ALL SELECT count(*) FROM pg_trigger WHERE tgrelid = 'users'::regclass"
+        ),
+        "0\n0"
     );
 }
 

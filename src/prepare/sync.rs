@@ -1284,37 +1284,73 @@ END
         let tag = dollar_tag(&body);
         format!("DO {tag}{body}{tag}")
     }
-    /// The statement that tries the rows of `public.T` whose keys the
-    /// changelog holds, one key at a time in the changelog's order, into
-    /// `probe` (see [`named`]), and fails on the first row it rejects with
-    /// that row's error, its key added to the DETAIL.
-    fn locate_sql(&self, probe: &str) -> String {
-        let cols = self.log_keys_of("l");
+    /// The statement that looks for a row of `public.T`, `among` those, that
+    /// `probe` rejects (see [`locate`]), and fails with that row's error, its
+    /// key added to the DETAIL. The keys are numbered into `keys` (a
+    /// temporary table), then halved: the rows of the first half tried in a
+    /// subtransaction, and the half that fails kept, until one key is left.
+    /// Each try that writes takes a transaction id, so a search takes about
+    /// log2(rows) of them (a try per row would spend one per row, at every
+    /// `status`), and reads about as many rows as a copy of them.
+    fn locate_sql(&self, probe: &str, keys: &str, among: Among) -> String {
+        let numbered = match among {
+            Among::Logged => format!(
+                "SELECT pg_catalog.row_number() OVER (ORDER BY pg_catalog.min(l.id)) AS pgshift_n, {cols}
+                   FROM {} l WHERE l.op <> 'T' GROUP BY {cols}",
+                self.log_rel,
+                cols = self.log_keys_of("l")
+            ),
+            Among::All => format!(
+                "SELECT pg_catalog.row_number() OVER () AS pgshift_n, {} FROM ONLY {} p",
+                joined(&self.keys, ", ", |k| format!("p.{} AS {}", k.name, k.log_col)),
+                self.public_rel
+            ),
+        };
+        // The rows of the keys numbered $1 to $2, run by EXECUTE so that each
+        // half is planned for its own size.
+        let try_range = format!(
+            "{} JOIN {keys} k ON {} WHERE k.pgshift_n BETWEEN $1 AND $2",
+            self.copy_into_sql(probe),
+            joined(&self.keys, " AND ", |k| format!(
+                "p.{} = k.{}",
+                k.name, k.log_col
+            )),
+        );
         let body = format!(
             "
 DECLARE
+  pgshift_lo bigint := 1;
+  pgshift_hi bigint;
+  pgshift_mid bigint;
   pgshift_key record;
   pgshift_message text;
   pgshift_detail text;
 BEGIN
-  FOR pgshift_key IN SELECT {cols} FROM {log} l WHERE l.op <> 'T' GROUP BY {cols} ORDER BY pg_catalog.min(l.id) LOOP
+  CREATE TEMPORARY TABLE {keys} AS {numbered};
+  CREATE INDEX ON {keys} (pgshift_n);
+  ANALYZE {keys};
+  SELECT pg_catalog.count(*) INTO pgshift_hi FROM {keys};
+  WHILE pgshift_lo < pgshift_hi LOOP
+    pgshift_mid := (pgshift_lo + pgshift_hi) / 2;
     BEGIN
-      {copy} WHERE {matched};
+      EXECUTE {try_range} USING pgshift_lo, pgshift_mid;
+      pgshift_lo := pgshift_mid + 1;
     EXCEPTION WHEN data_exception OR check_violation OR not_null_violation THEN
-      GET STACKED DIAGNOSTICS pgshift_message = MESSAGE_TEXT, pgshift_detail = PG_EXCEPTION_DETAIL;
-      RAISE EXCEPTION USING ERRCODE = SQLSTATE, MESSAGE = pgshift_message,
-        DETAIL = pg_catalog.concat_ws(' ', NULLIF(pgshift_detail, ''),
-                   'Key (' || {names} || ')=(' || pg_catalog.concat_ws(', ', {values}) || ').');
+      pgshift_hi := pgshift_mid;
     END;
   END LOOP;
+  BEGIN
+    EXECUTE {try_range} USING pgshift_lo, pgshift_lo;
+  EXCEPTION WHEN data_exception OR check_violation OR not_null_violation THEN
+    GET STACKED DIAGNOSTICS pgshift_message = MESSAGE_TEXT, pgshift_detail = PG_EXCEPTION_DETAIL;
+    SELECT * INTO pgshift_key FROM {keys} k WHERE k.pgshift_n = pgshift_lo;
+    RAISE EXCEPTION USING ERRCODE = SQLSTATE, MESSAGE = pgshift_message,
+      DETAIL = pg_catalog.concat_ws(' ', NULLIF(pgshift_detail, ''),
+                 'Key (' || {names} || ')=(' || pg_catalog.concat_ws(', ', {values}) || ').');
+  END;
 END
 ",
-            log = self.log_rel,
-            copy = self.copy_into_sql(probe),
-            matched = joined(&self.keys, " AND ", |k| format!(
-                "p.{} = pgshift_key.{}",
-                k.name, k.log_col
-            )),
+            try_range = quote_literal(&try_range),
             names = quote_literal(&joined(&self.keys, ", ", |k| k.shown.clone())),
             values = joined(&self.keys, ", ", |k| format!("pgshift_key.{}", k.log_col)),
         );
@@ -1554,6 +1590,10 @@ pub async fn setup(
             Ok(n) => n,
             Err(e) => {
                 let _ = dest.batch_execute("ROLLBACK").await;
+                let e = match e.code().is_some_and(nameless) {
+                    true => locate(dest, &live, Among::All).await.unwrap_or(e),
+                    false => e,
+                };
                 return Err(pg_error_as(
                     e,
                     &format!("copying the destination's rows of {} into shadow", t.name),
@@ -1699,44 +1739,70 @@ async fn replay_txn(client: &Client, l: &Live, lock_timeout: Duration) -> Result
     }
 }
 
-/// A rejection whose error names no row (`value too long for type character
-/// varying(5)`, `numeric field overflow`, an enum's or a domain's error; NOT
-/// NULL and CHECK show the row's values, not its key) with the key of a row
-/// that fails it: "fix that row" needs to say which. The rows of every key
-/// the changelog holds are tried one at a time ([`Live::locate_sql`]) into a
-/// temporary table `LIKE` the shadow table (its types, defaults, `CHECK` and
-/// `NOT NULL` constraints, generated columns; no indexes: a unique key's
-/// error names its key already), in a transaction of its own that is rolled
-/// back, under the trial's lock and statement timeouts. Runs only after the
-/// replay failed so, outside the swap's locks (the swap's catch-up, the
-/// trial). `e` unchanged when the search finds no row or no answer.
+/// A replay's rejection whose error names no row, with the key of a row
+/// that fails it (see [`locate`]), among the rows the changelog holds keys
+/// of. `e` unchanged when the search finds no row or no answer.
 async fn named(client: &Client, l: &Live, e: anyhow::Error) -> anyhow::Error {
-    let nameless = |c: &tokio_postgres::error::SqlState| {
-        unconvertible(c) || c == &tokio_postgres::error::SqlState::NOT_NULL_VIOLATION
-    };
     if !PgError::code_in(&e).is_some_and(|c| nameless(&c)) {
         return e;
     }
-    let what = format!("replaying the changelog of {}", l.name);
+    match locate(client, l, Among::Logged).await {
+        Some(row) => replay_error(row, &format!("replaying the changelog of {}", l.name)),
+        None => e,
+    }
+}
+
+/// An error that names no row (`value too long for type character
+/// varying(5)`, `numeric field overflow`, an enum's or a domain's error; NOT
+/// NULL and CHECK show the row's values, not its key): "fix that row" needs
+/// [`locate`] to say which.
+fn nameless(code: &tokio_postgres::error::SqlState) -> bool {
+    unconvertible(code) || code == &tokio_postgres::error::SqlState::NOT_NULL_VIOLATION
+}
+
+/// Which rows of `public.T` [`locate`] tries.
+#[derive(Debug, Clone, Copy)]
+enum Among {
+    /// Those whose keys the changelog holds, in its order (a replay's).
+    Logged,
+    /// All of them (prepare's copy).
+    All,
+}
+
+/// The error of the first row of `public.T`, `among` those, that the shadow
+/// table rejects, its key in the DETAIL. The rows are tried one at a time
+/// ([`Live::locate_sql`]) into a temporary table `LIKE` the shadow table (its
+/// types, defaults, `CHECK` and `NOT NULL` constraints, generated columns; no
+/// indexes: a unique key's error names its key already), in a transaction of
+/// its own that is rolled back, under the trial's lock and statement timeouts.
+/// Run only after a copy or a replay failed, outside the swap's locks (the
+/// swap's catch-up, the trial, prepare's copy). `None` when no row fails or
+/// the search gets no answer in time.
+async fn locate(client: &Client, l: &Live, among: Among) -> Option<tokio_postgres::Error> {
     let probe = format!("pg_temp.{}", quote_ident(&l.table));
+    // Named apart from the probe, which is named after the table.
+    let keys = match l.table.as_str() {
+        "pgshift_keys" => "pg_temp.pgshift_keys_",
+        _ => "pg_temp.pgshift_keys",
+    };
     let sql = format!(
         "BEGIN ISOLATION LEVEL READ COMMITTED; SET LOCAL lock_timeout = '{APPLY_LOCK_TIMEOUT}'; SET LOCAL statement_timeout = '5s'; {};
          CREATE TEMPORARY TABLE {probe} (LIKE {} INCLUDING DEFAULTS INCLUDING CONSTRAINTS INCLUDING GENERATED);
          {}",
         via_text_local(),
         l.shadow_rel,
-        l.locate_sql(&probe)
+        l.locate_sql(&probe, keys, among)
     );
     let found = client.batch_execute(&sql).await;
     let _ = client.batch_execute("ROLLBACK").await;
     match found {
-        Err(row) if row.code().is_some_and(nameless) => replay_error(row, &what),
+        Err(row) if row.code().is_some_and(nameless) => Some(row),
         Err(other) => {
             let other = pg_error_as(other, "looking for the rejected row: no answer");
             tracing::debug!(table = %l.name, "{other:#}");
-            e
+            None
         }
-        Ok(()) => e,
+        Ok(()) => None,
     }
 }
 
