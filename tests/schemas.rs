@@ -1575,6 +1575,52 @@ fn a_preserved_table_of_billing_is_named_with_its_schema() {
     );
 }
 
+/// A preserved table whose columns use a type of another migrated schema
+/// (an enum of public in billing.customers, billing's enum and an array of
+/// public's in public.t): the shadow's type is the one the restore created
+/// in the other shadow schema, which values reach through their text form as
+/// they do a type of the table's own schema (the copy failed: `column "m" is
+/// of type shadow.mood but expression is of type mood`).
+#[test]
+fn a_preserved_table_using_a_type_of_another_migrated_schema_is_synced() {
+    let dbs = TestDbs::new("sch_pres_types");
+    let ddl = "CREATE SCHEMA billing;
+         CREATE TYPE public.mood AS ENUM ('ok', 'bad');
+         CREATE TYPE billing.tier AS ENUM ('free', 'paid');
+         CREATE TABLE public.t (id int PRIMARY KEY, tier billing.tier, moods public.mood[]);
+         CREATE TABLE billing.customers (id int PRIMARY KEY, m public.mood, tier billing.tier);";
+    dbs.src.psql(ddl);
+    dbs.dst.psql(ddl);
+    dbs.dst.psql(
+        "INSERT INTO public.t VALUES (1, 'free', '{ok}');
+         INSERT INTO billing.customers VALUES (1, 'ok', 'free');",
+    );
+    let wd = Workdir::new();
+    let dst = dbs.dst.url();
+    run_two(
+        &wd,
+        &dbs,
+        "prepare",
+        &["--preserved-tables", "t,billing.customers"],
+    );
+    dbs.dst.psql(
+        "INSERT INTO public.t VALUES (2, 'paid', '{bad,ok}');
+         UPDATE billing.customers SET m = 'bad', tier = 'paid' WHERE id = 1;
+         INSERT INTO billing.customers VALUES (2, 'ok', 'free');",
+    );
+    let st = run_json(&wd, &["status", "--dest", &dst]);
+    assert_eq!(st["swap_allowed"], true, "{st}");
+    run_json(&wd, &["swap", "--dest", &dst]);
+    assert_eq!(
+        dbs.dst.psql(
+            "SELECT string_agg(format('%s %s %s', id, tier, moods), ', ' ORDER BY id) FROM public.t
+             UNION ALL
+             SELECT string_agg(format('%s %s %s', id, m, tier), ', ' ORDER BY id) FROM billing.customers"
+        ),
+        "1 free {ok}, 2 paid {bad,ok}\n1 bad paid, 2 ok free"
+    );
+}
+
 /// Objects outside the migrated schemas bound to a function or type of a
 /// migrated one (a trigger on auth.users running public.handle_new_user(),
 /// a column of type public.mood) keep the backup's copy after the swap:

@@ -875,11 +875,11 @@ struct Live {
 }
 
 /// A column's type for SQL generation: `"schema"."type"` (arrays `…[]`), and
-/// whether the type (or element type) lives in the table's own schema.
+/// what the type (or element type) is wherever it lives: its name and kind.
 struct AttrType {
     type_oid: u32,
     qual: String,
-    local: bool,
+    base: (String, i8),
 }
 
 async fn attr_types(client: &Client, rel: u32) -> Result<HashMap<String, AttrType>> {
@@ -889,10 +889,10 @@ async fn attr_types(client: &Client, rel: u32) -> Result<HashMap<String, AttrTyp
                     CASE WHEN t.typcategory = 'A' AND t.typelem <> 0
                          THEN pg_catalog.quote_ident(en.nspname) || '.' || pg_catalog.quote_ident(et.typname) || '[]'
                          ELSE pg_catalog.quote_ident(tn.nspname) || '.' || pg_catalog.quote_ident(t.typname) END,
-                    COALESCE(CASE WHEN t.typcategory = 'A' AND t.typelem <> 0 THEN et.typnamespace
-                                  ELSE t.typnamespace END = c.relnamespace, false)
+                    CASE WHEN t.typcategory = 'A' AND t.typelem <> 0 THEN et.typname || '[]'
+                         ELSE t.typname::text END,
+                    CASE WHEN t.typcategory = 'A' AND t.typelem <> 0 THEN et.typtype ELSE t.typtype END
                FROM pg_catalog.pg_attribute a
-               JOIN pg_catalog.pg_class c ON c.oid = a.attrelid
                JOIN pg_catalog.pg_type t ON t.oid = a.atttypid
                JOIN pg_catalog.pg_namespace tn ON tn.oid = t.typnamespace
                LEFT JOIN pg_catalog.pg_type et ON et.oid = t.typelem
@@ -906,7 +906,7 @@ async fn attr_types(client: &Client, rel: u32) -> Result<HashMap<String, AttrTyp
                 AttrType {
                     type_oid: r.get(1),
                     qual: r.get(2),
-                    local: r.get(3),
+                    base: (r.get(3), r.get(4)),
                 },
             )
         },
@@ -928,10 +928,14 @@ async fn rel_name(client: &Client, oid: u32) -> Result<Option<String>> {
         .map(|r| r.get(0)))
 }
 
+/// Two types of the same name and kind are a type of a migrated schema as
+/// the destination has it and as the restore created it in a shadow schema
+/// (the table's own or another's: prepare accepts no other pair of a
+/// migrated schema's types), and no cast joins them.
 fn conv_for(public: &AttrType, shadow: &AttrType) -> Conv {
     if public.type_oid == shadow.type_oid {
         Conv::Same
-    } else if shadow.local {
+    } else if public.base == shadow.base {
         Conv::ViaText(shadow.qual.clone())
     } else {
         Conv::Assign(shadow.qual.clone())
@@ -945,12 +949,15 @@ pub async fn check_replayable(client: &Client, t: &SyncedTable) -> Result<()> {
 }
 
 async fn describe(client: &Client, t: &SyncedTable) -> Result<Live> {
-    let public_rel = rel_name(client, t.oid)
-        .await?
-        .with_context(|| format!("preserved table {}: its destination table is gone", t.name))?;
+    let public_rel = rel_name(client, t.oid).await?.with_context(|| {
+        format!(
+            "preserved table {}: its destination table is gone",
+            t.display()
+        )
+    })?;
     let shadow_rel = rel_name(client, t.shadow_oid)
         .await?
-        .with_context(|| format!("preserved table {}: its shadow table is gone", t.name))?;
+        .with_context(|| format!("preserved table {}: its shadow table is gone", t.display()))?;
     let pub_types = attr_types(client, t.oid).await?;
     let sh_types = attr_types(client, t.shadow_oid).await?;
     let pair = |c: &str| -> Result<(&AttrType, &AttrType)> {
@@ -958,7 +965,7 @@ async fn describe(client: &Client, t: &SyncedTable) -> Result<Live> {
             (Some(p), Some(s)) => Ok((p, s)),
             _ => bail!(
                 "preserved table {}: column {} is no longer in both tables",
-                t.name,
+                t.display(),
                 display_ident(c)
             ),
         }
@@ -1540,7 +1547,7 @@ pub async fn setup(
         let started = Instant::now();
         // DDL on the live table: one transaction, retried on lock timeouts.
         let ddl = async |sql: &str, what: &str| {
-            run_with_lock_retries(dest, sql, &format!("{what} {}", t.name), retries).await
+            run_with_lock_retries(dest, sql, &format!("{what} {}", t.display()), retries).await
         };
 
         // 1. Changelog, log-only functions, triggers.
@@ -1596,7 +1603,10 @@ pub async fn setup(
                 };
                 return Err(pg_error_as(
                     e,
-                    &format!("copying the destination's rows of {} into shadow", t.name),
+                    &format!(
+                        "copying the destination's rows of {} into shadow",
+                        t.display()
+                    ),
                 ));
             }
         };
@@ -1614,7 +1624,7 @@ pub async fn setup(
         // 4. What was written during the copy.
         let replayed = drain(dest, &live, lock_timeout.max(REPLAY_LOCK_TIMEOUT), retries).await?;
         tracing::info!(
-            table = %t.name,
+            table = %t.display(),
             copied,
             replayed,
             ms = started.elapsed().as_millis() as u64,
@@ -1901,7 +1911,7 @@ async fn trial_replay(client: &Client, t: &SyncedTable) -> Result<Option<String>
             Ok(Some(format!("{e:#}")))
         }
         Err(e) => {
-            tracing::debug!(table = %t.name, "trial replay: no answer: {e:#}");
+            tracing::debug!(table = %t.display(), "trial replay: no answer: {e:#}");
             Ok(None)
         }
         Ok(_) => Ok(None),
@@ -2054,10 +2064,10 @@ pub async fn final_sync(
         exec(
             client,
             &sql,
-            &format!("removing the sync of {} at the swap", t.name),
+            &format!("removing the sync of {} at the swap", t.display()),
         )
         .await?;
-        tracing::info!(table = %t.name, replayed, "final sync done");
+        tracing::info!(table = %t.display(), replayed, "final sync done");
     }
     Ok(())
 }
@@ -2461,7 +2471,7 @@ async fn carry_plan(
                     &[],
                 )
                 .await
-                .map_err(|e| pg_error_as(e, &format!("reading {}.{}", t.name, s.column)))?
+                .map_err(|e| pg_error_as(e, &format!("reading {}.{}", t.display(), s.column)))?
                 .get(0);
             if let Some(v) = v {
                 candidates.push((next_value(v, true, inc), v, true, CarryFrom::Rows));
@@ -2535,9 +2545,9 @@ async fn carry_sequences(
 pub async fn sequence_misfits(client: &Client, synced: &[SyncedTable]) -> Result<Vec<String>> {
     let mut out = Vec::new();
     for t in synced {
-        let shadow_rel = rel_name(client, t.shadow_oid)
-            .await?
-            .with_context(|| format!("preserved table {}: its shadow table is gone", t.name))?;
+        let shadow_rel = rel_name(client, t.shadow_oid).await?.with_context(|| {
+            format!("preserved table {}: its shadow table is gone", t.display())
+        })?;
         for c in carry_plan(client, t, &shadow_rel, None).await? {
             out.extend(c.misfit(t));
         }
