@@ -5,7 +5,13 @@
 //!    tables first (CREATE INDEX takes SHARE locks, so several indexes of one
 //!    table build side by side);
 //! 2. `ALTER INDEX … ATTACH PARTITION` (needs the indexes of wave 1);
-//! 3. foreign keys, in parallel (they need the unique indexes they reference);
+//! 3. foreign keys, in parallel (they need the unique indexes they reference),
+//!    never two at once that touch one table: `ADD FOREIGN KEY` takes SHARE ROW
+//!    EXCLUSIVE locks on its table and then on the one it references, a lock
+//!    that conflicts with itself, so two keys between the same tables in
+//!    opposite directions (GitLab's `projects` and `namespaces`) deadlocked
+//!    when run side by side. pg_restore keeps the same rule
+//!    (`has_lock_conflicts`); see [`next_job`];
 //! 4. everything else (triggers, rules, policies, comments, statistics), in
 //!    pg_restore's order.
 //!
@@ -164,8 +170,43 @@ pub struct Job {
     pub kind: String,
     pub sql: String,
     pub table: Option<String>,
+    /// A foreign key's referenced table, which it locks too.
+    pub references: Option<String>,
     /// Sort key: bigger first.
     pub weight: i64,
+}
+
+impl Job {
+    /// The tables the job locks.
+    fn locks(&self) -> impl Iterator<Item = &String> {
+        self.table.iter().chain(self.references.iter())
+    }
+}
+
+/// The first queued job that locks no table a running job locks (taken off
+/// the queue, its tables added to `running`); `None` when the queue is empty
+/// or every queued job must wait for one that runs.
+fn next_job(queue: &mut VecDeque<Job>, running: &mut HashMap<String, usize>) -> Option<Job> {
+    let i = queue
+        .iter()
+        .position(|j| j.locks().all(|t| !running.contains_key(t)))?;
+    let job = queue.remove(i)?;
+    for t in job.locks() {
+        *running.entry(t.clone()).or_default() += 1;
+    }
+    Some(job)
+}
+
+/// `job` is done: its tables are free again.
+fn release(job: &Job, running: &mut HashMap<String, usize>) {
+    for t in job.locks() {
+        if let Some(n) = running.get_mut(t) {
+            *n -= 1;
+            if *n == 0 {
+                running.remove(t);
+            }
+        }
+    }
 }
 
 /// The post-data plan: waves of jobs plus deferred SQL.
@@ -233,6 +274,7 @@ pub fn plan(
                 None => e.sql.clone(),
             },
             table: t.table,
+            references: t.references,
             weight,
         });
     }
@@ -295,12 +337,18 @@ async fn run_wave(
     cancel: &CancellationToken,
     progress: &Progress,
 ) -> Result<()> {
-    let queue = Arc::new(Mutex::new(jobs.iter().cloned().collect::<VecDeque<_>>()));
+    // The jobs waiting, and the tables the running ones lock (a table a job
+    // both alters and references counts twice); a job done wakes the others.
+    let state = Arc::new(Mutex::new((
+        jobs.iter().cloned().collect::<VecDeque<_>>(),
+        HashMap::<String, usize>::new(),
+    )));
+    let freed = Arc::new(tokio::sync::Notify::new());
     let failed = CancellationToken::new();
     let n = parallel.min(jobs.len()).max(1);
     let mut tasks = Vec::new();
     for _ in 0..n {
-        let queue = queue.clone();
+        let (state, freed) = (state.clone(), freed.clone());
         let failed = failed.clone();
         tasks.push(async move {
             let client = connect(dest, "destination", "pgshift prepare", connect_timeout).await?;
@@ -316,7 +364,26 @@ async fn run_wave(
                 if failed.is_cancelled() {
                     return Ok(());
                 }
-                let Some(job) = queue.lock().ok().and_then(|mut q| q.pop_front()) else { return Ok(()) };
+                // Registered before looking, so a job finishing in between
+                // still wakes this one.
+                let woken = freed.notified();
+                let picked = {
+                    let mut st = state.lock().map_err(|_| anyhow!("a worker panicked"))?;
+                    let (queue, running) = &mut *st;
+                    match next_job(queue, running) {
+                        Some(job) => Some(job),
+                        None if queue.is_empty() => return Ok(()),
+                        None => None,
+                    }
+                };
+                let Some(job) = picked else {
+                    tokio::select! {
+                        _ = woken => {}
+                        _ = cancel.cancelled() => {}
+                        _ = failed.cancelled() => {}
+                    }
+                    continue;
+                };
                 tracing::debug!(entry = %job.label, "running");
                 let r = tokio::select! {
                     biased;
@@ -332,6 +399,10 @@ async fn run_wave(
                     crate::pg::conn::connect::cancel_running(&client, dest).await;
                     return Err(e);
                 }
+                if let Ok(mut st) = state.lock() {
+                    release(&job, &mut st.1);
+                }
+                freed.notify_waiters();
                 progress.item_done("indexes");
             }
         });
@@ -358,6 +429,52 @@ mod tests {
             }),
             sql: sql.into(),
         }
+    }
+
+    /// Two foreign keys between the same tables in opposite directions
+    /// deadlocked side by side: no job starts while another locks one of its
+    /// tables; the others go ahead of it.
+    #[test]
+    fn jobs_that_lock_a_table_in_common_never_run_together() {
+        let job = |label: &str, table: &str, references: Option<&str>| Job {
+            label: label.into(),
+            kind: "FK CONSTRAINT".into(),
+            sql: String::new(),
+            table: Some(table.into()),
+            references: references.map(Into::into),
+            weight: 0,
+        };
+        let mut queue: VecDeque<Job> = [
+            job("projects->namespaces", "projects", Some("namespaces")),
+            job("namespaces->projects", "namespaces", Some("projects")),
+            job("issues->projects", "issues", Some("projects")),
+            job("self", "users", Some("users")),
+            job("notes->issues", "notes", Some("issues")),
+        ]
+        .into();
+        let mut running = HashMap::new();
+        let take =
+            |q: &mut VecDeque<Job>, r: &mut HashMap<String, usize>| next_job(q, r).map(|j| j.label);
+        let first = next_job(&mut queue, &mut running).unwrap();
+        assert_eq!(first.label, "projects->namespaces");
+        assert_eq!(take(&mut queue, &mut running).as_deref(), Some("self"));
+        let notes = next_job(&mut queue, &mut running).unwrap();
+        assert_eq!(notes.label, "notes->issues");
+        // The rest each wait for a running job's table.
+        assert_eq!(take(&mut queue, &mut running), None);
+        release(&first, &mut running);
+        assert_eq!(
+            take(&mut queue, &mut running).as_deref(),
+            Some("namespaces->projects")
+        );
+        assert_eq!(take(&mut queue, &mut running), None);
+        release(&notes, &mut running);
+        assert_eq!(
+            take(&mut queue, &mut running).as_deref(),
+            None,
+            "issues->projects waits for projects"
+        );
+        assert_eq!(queue.len(), 1);
     }
 
     #[test]
