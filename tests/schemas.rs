@@ -1621,6 +1621,37 @@ fn a_preserved_table_using_a_type_of_another_migrated_schema_is_synced() {
     );
 }
 
+/// A kept table of billing using a domain of public, and a view of billing
+/// reading a kept table of public: the domain and the view move to their
+/// schemas' backups as surely as the kept table's own schema's objects do,
+/// and prepare says so (it looked in the kept table's own schema only: the
+/// table was left bound to the backup's domain without a word).
+#[test]
+fn what_a_kept_table_leaves_in_another_migrated_schema_is_warned_about() {
+    let dbs = TestDbs::new("sch_kept_across");
+    let ddl = "CREATE DOMAIN public.label AS varchar(50);
+         CREATE SCHEMA billing;
+         CREATE TABLE billing.reasons (id int PRIMARY KEY, name public.label);
+         CREATE TABLE public.t (id int PRIMARY KEY);
+         CREATE VIEW billing.t_ids AS SELECT id FROM public.t;";
+    dbs.src.psql(ddl);
+    dbs.dst.psql(ddl);
+    let wd = Workdir::new();
+    let p = run_two(
+        &wd,
+        &dbs,
+        "prepare",
+        &["--keep-tables", "billing.reasons,t"],
+    );
+    let warnings = p["warnings"].to_string();
+    for w in [
+        "a kept table uses type label, which moves to the backup with the rest of public; the kept table (billing.reasons) keeps using that copy",
+        "view billing.t_ids depends on a kept table of public; it moves to the backup with the rest of its schema and keeps reading the kept table",
+    ] {
+        assert!(warnings.contains(w), "{w}: {p}");
+    }
+}
+
 /// Objects outside the migrated schemas bound to a function or type of a
 /// migrated one (a trigger on auth.users running public.handle_new_user(),
 /// a column of type public.mood) keep the backup's copy after the swap:

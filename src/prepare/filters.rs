@@ -444,8 +444,9 @@ pub async fn resolve(
         .await?;
         for (s, tables) in &kept_by_schema {
             let roots: Vec<String> = tables.iter().cloned().collect();
-            res.warnings
-                .extend(rollback::kept_table_warnings(dest, s, &roots, "the backup").await?);
+            res.warnings.extend(
+                rollback::kept_table_warnings(dest, s, &roots, schemas, "the backup").await?,
+            );
         }
         res.kept = kept;
     }

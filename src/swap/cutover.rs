@@ -203,6 +203,8 @@ struct Kept {
     /// shadows' namesakes (checked for violations like deferred keys).
     fk_sql: Vec<String>,
     pg15: bool,
+    /// The migrated schemas, whose objects move to their backups.
+    moving: Vec<String>,
 }
 
 impl Kept {
@@ -213,7 +215,10 @@ impl Kept {
         let mut out = Vec::new();
         for (s, tables) in &self.by_schema {
             let tables: Vec<String> = tables.iter().cloned().collect();
-            out.extend(rollback::kept_table_warnings(client, s, &tables, "the backup").await?);
+            out.extend(
+                rollback::kept_table_warnings(client, s, &tables, &self.moving, "the backup")
+                    .await?,
+            );
         }
         Ok(out)
     }
@@ -289,6 +294,7 @@ async fn kept_tables(client: &Client, m: &MigrationRow, extra: &[TablePattern]) 
     Ok(Kept {
         all,
         by_schema,
+        moving: schemas.clone(),
         fk_sql,
         pg15,
     })

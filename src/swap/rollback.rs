@@ -298,7 +298,7 @@ pub async fn plan(client: &Client, opts: &RollbackOptions) -> Result<Plan> {
                 blockers.join(", ")
             );
         }
-        warnings.extend(kept_table_warnings(client, live, &roots, "the new backup").await?);
+        warnings.extend(kept_table_warnings(client, live, &roots, &lives, "the new backup").await?);
         let mut expected: BTreeSet<String> = backup_tables
             .iter()
             .filter(|t| !keep.contains(*t))
@@ -1372,13 +1372,25 @@ pub(crate) const DEPENDENT_IN_RELATION: &str = "
 
 /// Objects of `schema` that depend on its copies of `tables` (views, functions with
 /// SQL bodies, columns of their row type…), other than the tables' own parts
-/// and foreign keys (those are re-pointed). For a live schema's kept tables:
-/// they move to the new backup (a warning); for a backup's own copies of
+/// and foreign keys (those are re-pointed). For a backup's own copies of
 /// kept tables: they would move in while the copy stays behind (a refusal).
 pub(crate) async fn dependents(
     client: &Client,
     schema: &str,
     tables: &[String],
+) -> Result<Vec<String>> {
+    dependents_among(client, schema, tables, &[schema.to_string()]).await
+}
+
+/// [`dependents`] of `schema`'s `tables` in any schema of `among`. For a
+/// live schema's kept tables, `among` the schemas that move (to their
+/// backups): those objects move along, and keep reading the kept table (a
+/// warning); objects elsewhere stay where they are.
+async fn dependents_among(
+    client: &Client,
+    schema: &str,
+    tables: &[String],
+    among: &[String],
 ) -> Result<Vec<String>> {
     if tables.is_empty() {
         return Ok(Vec::new());
@@ -1390,9 +1402,8 @@ pub(crate) async fn dependents(
                 WHERE n.nspname = $1 AND c.relname = ANY($2) AND c.relkind IN ('r', 'p'))",
             "t",
             true,
-            // Only `schema`'s objects move; others keep reading the kept table.
-            Some("ARRAY[$1]::text[]"),
-            &[&schema, &tables],
+            Some("$3::text[]"),
+            &[&schema, &tables, &among],
             "kept tables",
         )
         .await?,
@@ -1442,57 +1453,70 @@ pub(crate) async fn depending_on(
 }
 
 /// What an operator should know about `schema`'s kept `tables` when the rest
-/// of `schema` moves to `to` (a backup): objects depending on them move along
-/// and keep reading the kept table; objects of `schema` they use (types,
-/// standalone sequences, functions) move along and the kept table keeps
-/// using that copy.
+/// of `schema`, and of every schema of `moving`, moves to `to` (a backup):
+/// objects depending on them move along and keep reading the kept table;
+/// objects of those schemas they use (types, standalone sequences,
+/// functions: their own schema's, or another's, say a domain of public used
+/// by a kept table of billing) move along and the kept table keeps using
+/// that copy.
 pub(crate) async fn kept_table_warnings(
     client: &Client,
     schema: &str,
     tables: &[String],
+    moving: &[String],
     to: &str,
 ) -> Result<Vec<String>> {
     if tables.is_empty() {
         return Ok(Vec::new());
     }
-    let mut warnings: Vec<String> = dependents(client, schema, tables)
+    let mut moving = moving.to_vec();
+    if !moving.iter().any(|s| s == schema) {
+        moving.push(schema.to_string());
+    }
+    let mut warnings: Vec<String> = dependents_among(client, schema, tables, &moving)
         .await?
         .into_iter()
         .map(|d| {
             format!(
-                "{d} depends on a kept table; it moves to {to} with the rest of {schema} and keeps reading the kept table"
+                "{d} depends on a kept table of {schema}; it moves to {to} with the rest of its schema and keeps reading the kept table"
             )
         })
         .collect();
-    let uses: Vec<String> = query_map(
+    let uses: Vec<(String, String, String)> = query_map(
         client,
-            "WITH kept AS (SELECT c.oid FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+            "WITH kept AS (SELECT c.oid, c.relname FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
                             WHERE n.nspname = $2 AND c.relname = ANY($1) AND c.relkind IN ('r', 'p')),
-                  parts(classid, objid) AS (
-                    SELECT 'pg_catalog.pg_class'::regclass, oid FROM kept
-                    UNION ALL SELECT 'pg_catalog.pg_attrdef'::regclass, a.oid FROM pg_catalog.pg_attrdef a WHERE a.adrelid IN (SELECT oid FROM kept)
-                    UNION ALL SELECT 'pg_catalog.pg_constraint'::regclass, c.oid FROM pg_catalog.pg_constraint c
+                  parts(classid, objid, rel) AS (
+                    SELECT 'pg_catalog.pg_class'::regclass, oid, oid FROM kept
+                    UNION ALL SELECT 'pg_catalog.pg_attrdef'::regclass, a.oid, a.adrelid FROM pg_catalog.pg_attrdef a WHERE a.adrelid IN (SELECT oid FROM kept)
+                    UNION ALL SELECT 'pg_catalog.pg_constraint'::regclass, c.oid, c.conrelid FROM pg_catalog.pg_constraint c
                                WHERE c.conrelid IN (SELECT oid FROM kept) AND c.contype <> 'f'
-                    UNION ALL SELECT 'pg_catalog.pg_trigger'::regclass, g.oid FROM pg_catalog.pg_trigger g
-                               WHERE g.tgrelid IN (SELECT oid FROM kept) AND NOT g.tgisinternal)
-             SELECT DISTINCT pg_catalog.pg_describe_object(d.refclassid, d.refobjid, 0)
-               FROM pg_catalog.pg_depend d JOIN parts p ON p.classid = d.classid AND p.objid = d.objid
-              WHERE d.deptype = 'n'
-                -- (pg_identify_object quotes the schema's name)
-                AND (pg_catalog.pg_identify_object(d.refclassid, d.refobjid, 0)).schema = pg_catalog.quote_ident($2)
-                AND NOT (d.refclassid = 'pg_catalog.pg_class'::regclass AND d.refobjid IN (SELECT oid FROM kept))
-                AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_depend o
-                                 WHERE o.classid = d.refclassid AND o.objid = d.refobjid
-                                   AND (o.deptype = 'e' OR (o.deptype IN ('a', 'i') AND o.refobjid IN (SELECT oid FROM kept))))
-              ORDER BY 1",
-            &[&tables, &schema],
+                    UNION ALL SELECT 'pg_catalog.pg_trigger'::regclass, g.oid, g.tgrelid FROM pg_catalog.pg_trigger g
+                               WHERE g.tgrelid IN (SELECT oid FROM kept) AND NOT g.tgisinternal),
+                  used AS (
+                    SELECT d.refclassid, d.refobjid, k.relname,
+                           (pg_catalog.pg_identify_object(d.refclassid, d.refobjid, 0)).schema AS quoted
+                      FROM pg_catalog.pg_depend d JOIN parts p ON p.classid = d.classid AND p.objid = d.objid
+                      JOIN kept k ON k.oid = p.rel
+                     WHERE d.deptype = 'n'
+                       AND NOT (d.refclassid = 'pg_catalog.pg_class'::regclass AND d.refobjid IN (SELECT oid FROM kept))
+                       AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_depend o
+                                        WHERE o.classid = d.refclassid AND o.objid = d.refobjid
+                                          AND (o.deptype = 'e' OR (o.deptype IN ('a', 'i') AND o.refobjid IN (SELECT oid FROM kept)))))
+             SELECT DISTINCT pg_catalog.pg_describe_object(u.refclassid, u.refobjid, 0), m.s, u.relname::text
+               FROM used u
+               -- (pg_identify_object quotes the schema's name)
+               JOIN pg_catalog.unnest($3::text[]) AS m(s) ON pg_catalog.quote_ident(m.s) = u.quoted
+              ORDER BY 1, 3",
+            &[&tables, &schema, &moving],
         "looking for what kept tables use",
-        |r| r.get(0),
+        |r| (r.get(0), r.get(1), r.get(2)),
     )
     .await?;
-    warnings.extend(uses.into_iter().map(|d| {
+    warnings.extend(uses.into_iter().map(|(d, of, table)| {
         format!(
-            "a kept table uses {d}, which moves to {to} with the rest of {schema}; the kept table keeps using that copy"
+            "a kept table uses {d}, which moves to {to} with the rest of {of}; the kept table ({}) keeps using that copy",
+            crate::pg::meta::table_display(schema, &table)
         )
     }));
     Ok(warnings)
