@@ -839,6 +839,81 @@ async fn a_column_whose_collation_changes_is_a_result_type_change() {
     app.query(&note, &[&1i32]).await.unwrap();
 }
 
+/// A collation of a migrated schema that the source defines too (MusicBrainz
+/// defines `musicbrainz.musicbrainz` for its names) comes in as a new
+/// collation of the same name: a statement prepared before the swap that
+/// returns a column using it fails after the swap, as for a replaced type.
+/// The report said nothing (names equal, types equal).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_collation_defined_again_is_a_result_type_change() {
+    let Some(dbs) = pair("collation_again") else {
+        return;
+    };
+    let ddl = "CREATE COLLATION nat FROM \"C\";
+         CREATE TABLE acct (id int PRIMARY KEY, name text COLLATE nat, note text);
+         INSERT INTO acct VALUES (1, 'a', 'n');";
+    dbs.src.psql(ddl);
+    dbs.dst.psql(&format!(
+        "CREATE EXTENSION pg_stat_statements; {ddl}
+         SELECT pg_stat_statements_reset(0, (SELECT oid FROM pg_database WHERE datname = current_database()), 0);"
+    ));
+    let (app, conn) = dbs.dst.pg_config().connect(NoTls).await.unwrap();
+    tokio::spawn(conn);
+    let name = app
+        .prepare("SELECT name FROM acct WHERE id = $1")
+        .await
+        .unwrap();
+    let note = app
+        .prepare("SELECT note FROM acct WHERE id = $1")
+        .await
+        .unwrap();
+    app.query(&name, &[&1i32]).await.unwrap();
+    app.query(&note, &[&1i32]).await.unwrap();
+
+    let wd = Workdir::new();
+    let url = dbs.dst.url();
+    assert_success(&wd.prepare(&dbs, &[]));
+    let d = json_of(&wd.run_ok(&["swap", "--dest", &url, "--dry-run", "--json"]));
+    let impact = &d["swap"]["impact"];
+    let hazards: Vec<(&str, &str, &str)> = impact["hazards"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| {
+            (
+                h["code"].as_str().unwrap(),
+                h["object"].as_str().unwrap(),
+                h["detail"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        hazards,
+        vec![(
+            "COLLATION_REPLACED",
+            "public.nat",
+            "replaced by the incoming schema's copy (same name, new collation): statements prepared before the swap that return public.acct.name fail until prepared again"
+        )],
+        "{d}"
+    );
+    assert_eq!(
+        result_type_changes(&impact["statements"]),
+        vec![(
+            "SELECT name FROM acct WHERE id = $1".to_string(),
+            vec!["name: text COLLATE public.nat -> text COLLATE public.nat (its collation replaced by the incoming schema's of the same name)".to_string()]
+        )],
+        "{d}"
+    );
+    assert_success(&wd.run(&["swap", "--dest", &url]));
+    let err = app.query(&name, &[&1i32]).await.unwrap_err();
+    assert_eq!(
+        err.as_db_error().map(|e| e.message()),
+        Some("cached plan must not change result type"),
+        "{err:?}"
+    );
+    app.query(&note, &[&1i32]).await.unwrap();
+}
+
 /// A statement prepared before the swap keeps its parameter types: with
 /// `code` retyped from text to integer, `WHERE code = $1` prepared with a
 /// text parameter fails after the swap (`operator does not exist: integer =

@@ -12,6 +12,7 @@
 //! | `COLUMN_TYPE_CHANGED` | result_type | `format_type` text differs (domain, enum, typmod, array element), or the column's collation (`text -> text COLLATE "C"`: PostgreSQL compares result collations too) |
 //! | `COLUMN_LIST_CHANGED` | result_type | the ordered column names differ (`SELECT *` gets other columns) |
 //! | `TYPE_REPLACED` | result_type | a type columns use is replaced by the incoming copy (same name, new OID) |
+//! | `COLLATION_REPLACED` | result_type | a collation of a migrated schema columns use is replaced by the incoming copy (same name, new OID) |
 //! | `NOT_NULL_ADDED` | rejects_writes | a column became NOT NULL, or a new NOT NULL column has no default |
 //! | `CHECK_ADDED`, `UNIQUE_ADDED`, `FOREIGN_KEY_ADDED`, `EXCLUSION_ADDED` | rejects_writes | a constraint the old table did not have (compared by definition, as parsed: the casts a dump and restore re-prints do not count) |
 //! | `ENUM_VALUE_DROPPED` | rejects_writes | an enum lost a label |
@@ -36,7 +37,9 @@
 //! result row by type OID: after the swap a column of an enum or domain that
 //! kept its name still has a new type, and a statement prepared before the swap
 //! that returns it fails with `cached plan must not change result type` until
-//! it is prepared again.
+//! it is prepared again. PostgreSQL compares the result's collations too, so a
+//! collation a migrated schema defines (MusicBrainz's `musicbrainz.musicbrainz`
+//! on `artist.name`) is `COLLATION_REPLACED` for the same reason.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
@@ -117,6 +120,10 @@ struct Col {
     type_name: String,
     not_null: bool,
     has_default: bool,
+    /// On the incoming side, the column's own collation (mapped, as in
+    /// `type_name`) when an incoming schema holds it: after the swap the
+    /// column has a collation of the same name and a new OID.
+    incoming_collation: Option<String>,
 }
 
 struct Func {
@@ -247,7 +254,10 @@ async fn read_and_compare(client: &Client, pairs: &[SchemaPair]) -> Result<Vec<H
              SELECT ns.pair, ns.side, c.relname::text, a.attname::text,
                     pg_catalog.format_type(a.atttypid, a.atttypmod), {COLUMN_COLLATION},
                     a.attnotnull,
-                    a.atthasdef OR a.attidentity <> '' OR a.attgenerated <> ''
+                    a.atthasdef OR a.attidentity <> '' OR a.attgenerated <> '',
+                    a.attcollation <> ty.typcollation AND EXISTS (
+                        SELECT 1 FROM pg_catalog.pg_collation co JOIN ns i ON i.oid = co.collnamespace AND i.side = 'I'
+                         WHERE co.oid = a.attcollation)
                FROM pg_catalog.pg_attribute a
                JOIN pg_catalog.pg_type ty ON ty.oid = a.atttypid
                JOIN pg_catalog.pg_class c ON c.oid = a.attrelid
@@ -261,8 +271,13 @@ async fn read_and_compare(client: &Client, pairs: &[SchemaPair]) -> Result<Vec<H
     .await?;
     for r in rows {
         let side = side_of(&r);
-        let raw = with_collation(r.get(4), r.get::<_, Option<String>>(5).as_deref());
+        let collation: Option<String> = r.get(5);
+        let raw = with_collation(r.get(4), collation.as_deref());
         let type_name = if side.1 == 'I' { mapper.map(&raw) } else { raw };
+        let incoming_collation = match (r.get::<_, bool>(8), collation) {
+            (true, Some(c)) => Some(mapper.map(&c)),
+            _ => None,
+        };
         if let Some(rel) = sides
             .get_mut(&side)
             .and_then(|s| s.rels.get_mut(&r.get::<_, String>(2)))
@@ -272,6 +287,7 @@ async fn read_and_compare(client: &Client, pairs: &[SchemaPair]) -> Result<Vec<H
                 type_name,
                 not_null: r.get(6),
                 has_default: r.get(7),
+                incoming_collation,
             });
         }
     }
@@ -384,6 +400,7 @@ async fn read_and_compare(client: &Client, pairs: &[SchemaPair]) -> Result<Vec<H
         let inc = sides.get(&(idx, 'I')).unwrap_or(&empty_i);
         compare_pair(p, l, inc, &incoming, &mut out);
     }
+    replaced_collations(&incoming, &mut out);
     out.sort_by(|a, b| (a.effect, &a.object, &a.code).cmp(&(b.effect, &b.object, &b.code)));
     Ok(out)
 }
@@ -582,25 +599,68 @@ fn compare_pair(
                     }
                 }
                 if !users.is_empty() {
-                    let n = users.len();
-                    users.truncate(3);
-                    let more = if n > 3 {
-                        format!(" and {} more", n - 3)
-                    } else {
-                        String::new()
-                    };
                     out.push(Hazard::new(
                         "TYPE_REPLACED",
                         Effect::ResultType,
                         qualified_display(&p.live, name),
-                        format!(
-                            "replaced by the incoming schema's copy (same name, new type): statements prepared before the swap that return {}{more} fail until prepared again",
-                            users.join(", ")
-                        ),
+                        replaced_detail("type", users),
                     ));
                 }
             }
         }
+    }
+}
+
+/// "replaced by the incoming schema's copy …" naming the first three
+/// columns of `users` (`public.artist.name`) and how many more.
+fn replaced_detail(what: &str, mut users: Vec<String>) -> String {
+    let n = users.len();
+    users.truncate(3);
+    let more = if n > 3 {
+        format!(" and {} more", n - 3)
+    } else {
+        String::new()
+    };
+    format!(
+        "replaced by the incoming schema's copy (same name, new {what}): statements prepared before the swap that return {}{more} fail until prepared again",
+        users.join(", ")
+    )
+}
+
+/// `COLLATION_REPLACED`: columns the live relation has too (statements
+/// prepared before the swap cannot return the others) whose own collation
+/// an incoming schema holds, under the same name as the live column's (a
+/// collation of another name is a `COLUMN_TYPE_CHANGED`), by collation.
+fn replaced_collations(incoming: &[(&SchemaPair, &Side, &Side)], out: &mut Vec<Hazard>) {
+    let mut users: BTreeMap<&str, Vec<String>> = BTreeMap::new();
+    for (q, live_side, side) in incoming {
+        for (rel, r) in side.rels.iter().filter(|(_, r)| !r.partition) {
+            for c in &r.columns {
+                let Some(coll) = &c.incoming_collation else {
+                    continue;
+                };
+                let same = live_side.rels.get(rel).is_some_and(|lr| {
+                    lr.columns
+                        .iter()
+                        .any(|lc| lc.name == c.name && lc.type_name == c.type_name)
+                });
+                if same {
+                    users.entry(coll).or_default().push(format!(
+                        "{}.{}",
+                        qualified_display(&q.live, rel),
+                        display_ident(&c.name)
+                    ));
+                }
+            }
+        }
+    }
+    for (coll, users) in users {
+        out.push(Hazard::new(
+            "COLLATION_REPLACED",
+            Effect::ResultType,
+            coll.to_string(),
+            replaced_detail("collation", users),
+        ));
     }
 }
 

@@ -987,9 +987,10 @@ async fn check_one(
 
 /// A result column's real type (`(type OID, typmod)`, a table column's own
 /// type where the column comes from one, since Describe reports domains as
-/// their base type) and its name as people read it (`format_type` with the
-/// incoming schemas mapped back to the live ones).
-type ColumnTypes = HashMap<(u32, i32, Option<(u32, i16)>), ((u32, i32), String)>;
+/// their base type), the table column's collation OID (0 when the column
+/// comes from no table: Describe does not say), and its name as people read
+/// it (`format_type` with the incoming schemas mapped back to the live ones).
+type ColumnTypes = HashMap<(u32, i32, Option<(u32, i16)>), ((u32, i32), u32, String)>;
 
 /// The real types of every result column of `described`, in two queries.
 async fn column_types(
@@ -1009,10 +1010,11 @@ async fn column_types(
     let result = async {
         // A table column's own collation ([`super::hazards::COLUMN_COLLATION`]).
         let mut collations: HashMap<(u32, i16), String> = HashMap::new();
+        let mut collation_oids: HashMap<(u32, i16), u32> = HashMap::new();
         let origins: HashMap<(u32, i16), (u32, i32)> = client
             .query(
                 format!(
-                    "SELECT t.r, t.a, a.atttypid, a.atttypmod, {}
+                    "SELECT t.r, t.a, a.atttypid, a.atttypmod, {}, a.attcollation
                        FROM ROWS FROM (pg_catalog.unnest($1::oid[]), pg_catalog.unnest($2::int2[])) AS t(r, a)
                        JOIN pg_catalog.pg_attribute a ON a.attrelid = t.r AND a.attnum = t.a
                        JOIN pg_catalog.pg_type ty ON ty.oid = a.atttypid",
@@ -1028,6 +1030,7 @@ async fn column_types(
                 if let Some(coll) = r.get::<_, Option<String>>(4) {
                     collations.insert(key, coll);
                 }
+                collation_oids.insert(key, r.get(5));
                 (key, (r.get(2), r.get(3)))
             })
             .collect();
@@ -1060,7 +1063,11 @@ async fn column_types(
                     .map(|coll| mapper.map(coll))
                     .as_deref(),
             );
-            out.insert((c.type_oid, c.typmod, c.origin), (t, name));
+            let collation = c
+                .origin
+                .and_then(|o| collation_oids.get(&o).copied())
+                .unwrap_or(0);
+            out.insert((c.type_oid, c.typmod, c.origin), (t, collation, name));
         }
         anyhow::Ok(out)
     }
@@ -1077,15 +1084,15 @@ async fn column_types(
 /// middle is `b: (none) -> boolean`, and a new order is said once), else by
 /// position.
 fn column_changes(today: &[Column], future: &[Column], types: &ColumnTypes) -> Vec<String> {
-    let real = |c: &Column| -> ((u32, i32), String) {
+    let real = |c: &Column| -> ((u32, i32), u32, String) {
         types
             .get(&(c.type_oid, c.typmod, c.origin))
-            .map(|(t, n)| (*t, super::hazards::show_type(n)))
-            .unwrap_or_else(|| ((c.type_oid, c.typmod), format!("type {}", c.type_oid)))
+            .map(|(t, coll, n)| (*t, *coll, super::hazards::show_type(n)))
+            .unwrap_or_else(|| ((c.type_oid, c.typmod), 0, format!("type {}", c.type_oid)))
     };
     let changed = |a: &Column, b: &Column| -> Option<String> {
-        let ((oa, _), ta) = real(a);
-        let ((ob, _), tb) = real(b);
+        let ((oa, _), ca, ta) = real(a);
+        let ((ob, _), cb, tb) = real(b);
         if a.name != b.name {
             Some(format!("{}: {ta} -> {}: {tb}", a.name, b.name))
         } else if ta != tb {
@@ -1095,12 +1102,17 @@ fn column_changes(today: &[Column], future: &[Column], types: &ColumnTypes) -> V
                 "{}: {ta} -> {tb} (replaced by the incoming schema's type of the same name)",
                 a.name
             ))
+        } else if ca != cb && ca != 0 && cb != 0 {
+            Some(format!(
+                "{}: {ta} -> {tb} (its collation replaced by the incoming schema's of the same name)",
+                a.name
+            ))
         } else {
             None
         }
     };
-    let removed = |a: &Column| format!("{}: {} -> (none)", a.name, real(a).1);
-    let added = |b: &Column| format!("{}: (none) -> {}", b.name, real(b).1);
+    let removed = |a: &Column| format!("{}: {} -> (none)", a.name, real(a).2);
+    let added = |b: &Column| format!("{}: (none) -> {}", b.name, real(b).2);
     fn names(cs: &[Column]) -> Vec<&str> {
         cs.iter().map(|c| c.name.as_str()).collect()
     }
@@ -1166,14 +1178,17 @@ mod tests {
         };
         let mut types: ColumnTypes = HashMap::new();
         // email: text today, a domain over text in the future (Describe says text).
-        types.insert((25, -1, Some((1, 1))), ((25, -1), "text".into()));
-        types.insert((25, -1, Some((2, 1))), ((90001, -1), "public.email".into()));
-        types.insert((90002, -1, None), ((90002, -1), "public.mood".into()));
-        types.insert((90003, -1, None), ((90003, -1), "public.mood".into()));
-        types.insert((25, -1, None), ((25, -1), "text".into()));
+        types.insert((25, -1, Some((1, 1))), ((25, -1), 0, "text".into()));
+        types.insert(
+            (25, -1, Some((2, 1))),
+            ((90001, -1), 0, "public.email".into()),
+        );
+        types.insert((90002, -1, None), ((90002, -1), 0, "public.mood".into()));
+        types.insert((90003, -1, None), ((90003, -1), 0, "public.mood".into()));
+        types.insert((25, -1, None), ((25, -1), 0, "text".into()));
         types.insert(
             (1184, -1, None),
-            ((1184, -1), "timestamp with time zone".into()),
+            ((1184, -1), 0, "timestamp with time zone".into()),
         );
         let today = vec![
             col("email", 25, Some((1, 1))),
