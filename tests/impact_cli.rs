@@ -393,6 +393,23 @@ const APP_STATEMENTS: [&str; 4] = [
     "SELECT * FROM products WHERE id = $1",
 ];
 
+/// A connection to `db` holding `queries` prepared, each run once with
+/// `$1 = 1`, as an application's pool holds them across the swap.
+async fn holding<const N: usize>(
+    db: &TestDb,
+    queries: [&str; N],
+) -> (tokio_postgres::Client, [tokio_postgres::Statement; N]) {
+    let (app, conn) = db.pg_config().connect(NoTls).await.unwrap();
+    tokio::spawn(conn);
+    let mut held = Vec::new();
+    for q in queries {
+        let st = app.prepare(q).await.unwrap();
+        app.query(&st, &[&1i32]).await.unwrap();
+        held.push(st);
+    }
+    (app, held.try_into().unwrap())
+}
+
 /// A report's `result_type_changed` as (query, columns), sorted; each
 /// statement was called once.
 fn result_type_changes(statements: &Value) -> Vec<(String, Vec<String>)> {
@@ -784,18 +801,14 @@ async fn a_column_whose_collation_changes_is_a_result_type_change() {
          INSERT INTO acct VALUES (1, 'a@x', 'n');
          SELECT pg_stat_statements_reset(0, (SELECT oid FROM pg_database WHERE datname = current_database()), 0);",
     );
-    let (app, conn) = dbs.dst.pg_config().connect(NoTls).await.unwrap();
-    tokio::spawn(conn);
-    let email = app
-        .prepare("SELECT email FROM acct WHERE id = $1")
-        .await
-        .unwrap();
-    let note = app
-        .prepare("SELECT note FROM acct WHERE id = $1")
-        .await
-        .unwrap();
-    app.query(&email, &[&1i32]).await.unwrap();
-    app.query(&note, &[&1i32]).await.unwrap();
+    let (app, [email, note]) = holding(
+        &dbs.dst,
+        [
+            "SELECT email FROM acct WHERE id = $1",
+            "SELECT note FROM acct WHERE id = $1",
+        ],
+    )
+    .await;
 
     let wd = Workdir::new();
     let url = dbs.dst.url();
@@ -857,18 +870,14 @@ async fn a_collation_defined_again_is_a_result_type_change() {
         "CREATE EXTENSION pg_stat_statements; {ddl}
          SELECT pg_stat_statements_reset(0, (SELECT oid FROM pg_database WHERE datname = current_database()), 0);"
     ));
-    let (app, conn) = dbs.dst.pg_config().connect(NoTls).await.unwrap();
-    tokio::spawn(conn);
-    let name = app
-        .prepare("SELECT name FROM acct WHERE id = $1")
-        .await
-        .unwrap();
-    let note = app
-        .prepare("SELECT note FROM acct WHERE id = $1")
-        .await
-        .unwrap();
-    app.query(&name, &[&1i32]).await.unwrap();
-    app.query(&note, &[&1i32]).await.unwrap();
+    let (app, [name, note]) = holding(
+        &dbs.dst,
+        [
+            "SELECT name FROM acct WHERE id = $1",
+            "SELECT note FROM acct WHERE id = $1",
+        ],
+    )
+    .await;
 
     let wd = Workdir::new();
     let url = dbs.dst.url();
