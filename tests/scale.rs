@@ -245,6 +245,27 @@ fn prepare_of_a_schema_larger_than_the_lock_table_is_exact() {
                 && w.contains("a swap by renaming schemas needs far fewer")
         });
     assert!(warned, "{plan}");
+    // The text plan says it once, as that bound, not as a refusal too.
+    let text = String::from_utf8_lossy(
+        &wd.run(&[
+            "prepare",
+            "--source",
+            &src.url(),
+            "--dest",
+            &dst.url(),
+            "--dry-run",
+        ])
+        .stdout,
+    )
+    .into_owned();
+    let said: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains("lock-table slots"))
+        .collect();
+    assert!(
+        said.len() == 1 && said[0].starts_with("warning: an object-level swap would need about"),
+        "{text}"
+    );
 
     // Meanwhile, the most lock-table slots any of pgshift's own sessions holds
     // on the source (pg_dump, which needs one per table, is not one of them).

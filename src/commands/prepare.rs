@@ -286,8 +286,11 @@ pub fn print_plan(ctx: &Ctx, p: &Plan) -> Result<()> {
         plan.tables.len(),
         human_bytes(plan.total_bytes)
     );
-    if let Some(b) = &plan.swap_lock_budget {
-        // An upper bound: the budget of an object-level swap of the source's objects.
+    // An upper bound: the budget of an object-level swap of the source's
+    // objects. One that does not fit is the plan's warning, which says it is
+    // that bound (a refusal here would contradict it: the swap by renaming
+    // schemas may well fit).
+    if let Some(b) = plan.swap_lock_budget.as_ref().filter(|b| b.fits) {
         crate::commands::swap::print_budget(b, "swap");
         crate::outln!(
             "  (the upper bound: the mode is chosen at swap time, and renaming schemas needs far fewer)"
