@@ -111,7 +111,7 @@ fn filters_dry_run_refusals_start_and_rollback() {
     let out = wd.run_env(&base, &[("PGSHIFT_KEEP_TABLES", "Settings")]);
     assert_usage_error(
         &out,
-        "--keep-tables Settings: no table of the destination's public matches",
+        "--keep-tables Settings: no table of the destination's public matches (letters outside double quotes are folded to lower case, as in psql: write \"Settings\" with its quotes); nothing was changed",
     );
     std::fs::write(
         wd.join("pgshift.toml"),

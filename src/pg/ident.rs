@@ -185,6 +185,19 @@ impl fmt::Display for TableName {
 
 /// Quote only when the identifier would not survive unquoted (upper case,
 /// special characters, or a keyword, as PostgreSQL's own scanner says).
+/// The end of an error about a name that names nothing, when `near` (the
+/// names it would be but for case, as one writes them: `"AppSettings"`) is
+/// not empty: unquoted, `AppSettings` is `appsettings`, as in psql.
+pub fn fold_hint(near: &[String]) -> String {
+    match near {
+        [] => String::new(),
+        _ => format!(
+            " (letters outside double quotes are folded to lower case, as in psql: write {} with its quotes)",
+            near[..near.len().min(3)].join(" or ")
+        ),
+    }
+}
+
 pub fn display_ident(name: &str) -> String {
     let plain = name
         .chars()

@@ -130,6 +130,25 @@ impl TablePattern {
             .is_none_or(|s| glob(s, &schema.chars().collect::<Vec<_>>()))
     }
 
+    /// For a pattern that matched none of `tables`: [`crate::pg::ident::fold_hint`]
+    /// naming those it would match but for case (`AppSettings` typed without
+    /// quotes for the table `"AppSettings"`).
+    pub fn fold_hint<'a>(&self, tables: impl IntoIterator<Item = (&'a str, &'a str)>) -> String {
+        use crate::pg::ident::display_ident;
+        let near: Vec<String> = tables
+            .into_iter()
+            .filter(|(s, n)| {
+                !self.matches(s, n)
+                    && self.matches(&s.to_ascii_lowercase(), &n.to_ascii_lowercase())
+            })
+            .map(|(s, n)| match self.schema {
+                Some(_) => format!("{}.{}", display_ident(s), display_ident(n)),
+                None => display_ident(n),
+            })
+            .collect();
+        crate::pg::ident::fold_hint(&near)
+    }
+
     /// Does the pattern select table `name` of schema `schema`?
     pub fn matches(&self, schema: &str, name: &str) -> bool {
         self.schema
@@ -243,6 +262,26 @@ mod tests {
         assert!(m("*.t", "billing", "t"));
         assert!(m("t", "billing", "t"));
         assert!(m("PUBLIC.T*", "public", "tx"));
+    }
+
+    /// A pattern that matches nothing only because of case says how to
+    /// write what it missed.
+    #[test]
+    fn a_miss_by_case_is_hinted() {
+        let tables = [
+            ("public", "AppSettings"),
+            ("Sales", "Orders"),
+            ("public", "plain"),
+        ];
+        let hint = |p: &str| TablePattern::parse(p).unwrap().fold_hint(tables);
+        assert!(
+            hint("AppSettings").ends_with("write \"AppSettings\" with its quotes)"),
+            "{}",
+            hint("AppSettings")
+        );
+        assert!(hint("sales.ord*").contains("write \"Sales\".\"Orders\" with"));
+        assert_eq!(hint("\"AppSettings\""), "");
+        assert_eq!(hint("nothing"), "");
     }
 
     #[test]

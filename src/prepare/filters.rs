@@ -210,7 +210,12 @@ fn match_filter(
             .map(Rel::key)
             .collect();
         if hits.is_empty() {
-            crate::refuse!("{flag} {p}: no table of {where_} matches; nothing was changed");
+            let hint = p.fold_hint(
+                rels.iter()
+                    .filter(|r| kinds.contains(&r.relkind))
+                    .map(|r| (r.schema.as_str(), r.name.as_str())),
+            );
+            crate::refuse!("{flag} {p}: no table of {where_} matches{hint}; nothing was changed");
         }
         let hits = with_descendants(rels, &hits);
         all.extend(hits.iter().cloned());
