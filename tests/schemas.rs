@@ -1517,6 +1517,12 @@ fn a_rollback_keeping_a_written_table_of_billing_goes_through() {
     ];
     let plan = run_json(&wd, &[&args[..], &["--dry-run"]].concat());
     assert_eq!(plan["rollback"]["refusal"], Value::Null, "{plan}");
+    // The object-level mode is the whole rollback's, not public's.
+    assert_eq!(
+        plan["rollback"]["swap_mode_reason"],
+        "kept tables stay live where they are (--keep-tables, or kept when the backup was made), which only the object-level swap can do",
+        "{plan}"
+    );
     wd.run_ok(&args);
     assert_eq!(
         dbs.dst.query_one_string("SELECT v FROM billing.kept"),

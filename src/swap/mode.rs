@@ -299,10 +299,22 @@ pub async fn choose(
     if request == ModeRequest::Object {
         return Ok(object("--swap-mode object".into()));
     }
+    // The whole swap's, not one schema's (it read `public: kept tables …`
+    // with a table kept in billing only).
+    if keeps_tables {
+        let reason = "kept tables stay live where they are (--keep-tables, or kept when the backup was made), which only the object-level swap can do".to_string();
+        if request == ModeRequest::Rename {
+            return Err(crate::error::UserError::new(format!(
+                "--swap-mode rename is not possible here: {reason}"
+            ))
+            .into());
+        }
+        return Ok(object(reason));
+    }
     let several = !(pairs.len() == 1 && pairs[0].0 == PUBLIC);
     let mut all = Vec::with_capacity(pairs.len());
     for (live, incoming) in pairs {
-        match rename_obstacles(client, live, incoming, keeps_tables).await? {
+        match rename_obstacles(client, live, incoming).await? {
             Ok(steps) => all.push(steps),
             Err(reason) => {
                 let reason = if several && !reason.contains(live.as_str()) {
@@ -346,7 +358,7 @@ pub async fn choose(
 /// checks again, with the shadow, when it runs.
 pub async fn rename_refusal(client: &Client, lives: &[String]) -> Result<Option<String>> {
     for live in lives {
-        if let Err(reason) = rename_obstacles(client, live, live, false).await? {
+        if let Err(reason) = rename_obstacles(client, live, live).await? {
             let reason = if lives.len() > 1 && !reason.contains(live.as_str()) {
                 format!("{live}: {reason}")
             } else {
@@ -365,14 +377,7 @@ async fn rename_obstacles(
     client: &Client,
     live: &str,
     incoming: &str,
-    keeps_tables: bool,
 ) -> Result<std::result::Result<RenameSteps, String>> {
-    if keeps_tables {
-        return Ok(Err(
-            "kept tables stay live where they are (--keep-tables, or kept when the backup was made), which only the object-level swap can do"
-                .to_string(),
-        ));
-    }
     if !crate::pg::catalog::schema_exists(client, live).await? {
         return Ok(Ok(RenameSteps {
             live: live.to_string(),
