@@ -787,6 +787,9 @@ pub fn map_error(msg: &str, pairs: &[SchemaPair], qualified_calls: &[(String, St
                 format!("{}.", display_ident(&p.live)),
             ),
             (format!("\"{}\".", p.incoming), format!("\"{}\".", p.live)),
+            // `relation "schema.name" does not exist`: raw names in one pair
+            // of quotes.
+            (format!("\"{}.", p.incoming), format!("\"{}.", p.live)),
         ] {
             out = out.replace(&from, &to);
         }
@@ -1024,6 +1027,15 @@ mod tests {
                 &r.qualified_calls
             ),
             "function score(integer) does not exist"
+        );
+        let sales = [SchemaPair::new("Sales", "pgshift_shadow_Sales")];
+        assert_eq!(
+            map_error(
+                "relation \"pgshift_shadow_Sales.SaleReason\" does not exist",
+                &sales,
+                &[]
+            ),
+            "relation \"Sales.SaleReason\" does not exist"
         );
 
         // Catalog-only statements are out of scope; pgshift's own are flagged.
