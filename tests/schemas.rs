@@ -1658,6 +1658,76 @@ fn what_a_kept_table_leaves_in_another_migrated_schema_is_warned_about() {
     }
 }
 
+/// Names that need quotes are quoted wherever a report names a table with
+/// its schema, as status does (`"Sales"."Ticket"`): abort's triggers and a
+/// rollback's foreign keys said `Sales.Ticket`, which names another table.
+#[test]
+fn mixed_case_tables_are_quoted_in_abort_and_rollback_reports() {
+    let dbs = TestDbs::new("sch_quoted_reports");
+    let ddl = "CREATE SCHEMA \"Sales\";
+         CREATE TABLE public.t (id int PRIMARY KEY);
+         CREATE TABLE \"Sales\".\"Reason\" (id int PRIMARY KEY);
+         CREATE TABLE \"Sales\".\"Ticket\" (id int PRIMARY KEY, reason int REFERENCES \"Sales\".\"Reason\");";
+    dbs.src.psql(ddl);
+    dbs.dst.psql(ddl);
+    let wd = Workdir::new();
+    let (src, dst) = (dbs.src.url(), dbs.dst.url());
+    let base = [
+        "--source",
+        src.as_str(),
+        "--dest",
+        dst.as_str(),
+        "--schemas",
+        "public,\"Sales\"",
+    ];
+    run_json(
+        &wd,
+        &[
+            &["prepare"][..],
+            &base,
+            &["--preserved-tables", "\"Sales\".\"Ticket\""],
+        ]
+        .concat(),
+    );
+    let aborted = run_json(&wd, &["abort", "--dest", &dst]);
+    assert!(
+        aborted["removed"]["triggers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|t| t == "pgshift_sync_ins on \"Sales\".\"Ticket\""),
+        "{aborted}"
+    );
+    run_json(&wd, &[&["start"][..], &base].concat());
+    let back = run_json(
+        &wd,
+        &[
+            "rollback",
+            "--dest",
+            &dst,
+            "--latest",
+            "--keep-tables",
+            "\"Sales\".\"Reason\"",
+        ],
+    );
+    let fks: Vec<(&str, &str, &str)> = back["foreign_keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| {
+            (
+                f["table"].as_str().unwrap(),
+                f["action"].as_str().unwrap(),
+                f["references"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert!(
+        fks.contains(&("\"Sales\".\"Ticket\"", "repointed", "\"Sales\".\"Reason\"")),
+        "{back}"
+    );
+}
+
 /// Objects outside the migrated schemas bound to a function or type of a
 /// migrated one (a trigger on auth.users running public.handle_new_user(),
 /// a column of type public.mood) keep the backup's copy after the swap:

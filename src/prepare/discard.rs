@@ -27,7 +27,7 @@ use crate::migration::record;
 use crate::migration::session::Session;
 use crate::pg::batch;
 use crate::pg::exec::{RetryPolicy, exec, retry, rollback_on_err};
-use crate::pg::ident::{qualified, quote_ident};
+use crate::pg::ident::{display_ident, qualified, quote_ident};
 use crate::pg::meta::{self, META_SCHEMA, SHADOW_SCHEMA, ShadowState};
 use crate::prepare::sync::own_trigger_sql;
 
@@ -117,7 +117,12 @@ pub async fn find_leftovers(client: &Client) -> Result<Removed> {
         .context("looking for pgshift triggers")?
     {
         let (s, t, g): (String, String, String) = (row.get(0), row.get(1), row.get(2));
-        r.triggers.push(format!("{g} on {s}.{t}"));
+        r.triggers.push(format!(
+            "{} on {}.{}",
+            display_ident(&g),
+            display_ident(&s),
+            display_ident(&t)
+        ));
         r.trigger_sites.push(TriggerSite {
             schema: s,
             table: t,

@@ -253,11 +253,11 @@ pub async fn plan(client: &Client, opts: &RollbackOptions) -> Result<Plan> {
             let near: Vec<String> = tables
                 .iter()
                 .filter(|n| n.to_ascii_lowercase() == t.name)
-                .map(|n| crate::pg::ident::display_ident(n))
+                .map(|n| display_ident(n))
                 .collect();
             crate::refuse!(
                 "--keep-tables: {s} has no table {}{}; nothing was changed",
-                crate::pg::ident::display_ident(&t.name),
+                display_ident(&t.name),
                 crate::pg::ident::fold_hint(&near)
             );
         }
@@ -825,9 +825,13 @@ impl InTx for RollbackTx<'_> {
             }
             res.changes.push(FkChange {
                 constraint: fk.name.clone(),
-                table: format!("{}.{}", fk.schema, fk.table),
+                table: format!("{}.{}", display_ident(&fk.schema), display_ident(&fk.table)),
                 action: "reattached".into(),
-                references: format!("{}.{}", fk.ref_schema, fk.ref_table),
+                references: format!(
+                    "{}.{}",
+                    display_ident(&fk.ref_schema),
+                    display_ident(&fk.ref_table)
+                ),
             });
         }
 
@@ -993,7 +997,7 @@ pub(crate) async fn fix_crossing_fks(
             qualified(&fk.schema, &fk.def.table),
             quote_ident(&fk.def.name)
         );
-        let shown = |s: &str, t: &str| format!("{s}.{t}");
+        let shown = |s: &str, t: &str| format!("{}.{}", display_ident(s), display_ident(t));
         if from.group.is_none() {
             let target = to.live.as_str();
             if !res.is_live(target, &fk.def.ref_table) {
