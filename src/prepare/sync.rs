@@ -59,8 +59,8 @@
 //!   the swap would ([`trial`]), so the application's writes never wait for
 //!   more than that batch's rows. A rejection whose error names no row (a
 //!   `varchar(n)` too short, a domain's check) is given the key of a row that
-//!   fails it, found key by key after the failure ([`named`]; the swap's
-//!   catch-up does the same).
+//!   fails it, found by halving the waiting keys after the failure
+//!   ([`named`]; the swap's catch-up and prepare's copy do the same).
 //! * **Reads are never filtered.** pgshift's sessions run with `row_security =
 //!   off`, so a replay that row-level security would filter fails instead of
 //!   dropping rows; the swap, its dry run and `status` refuse beforehand when
@@ -1786,7 +1786,7 @@ enum Among {
 }
 
 /// The error of the first row of `public.T`, `among` those, that the shadow
-/// table rejects, its key in the DETAIL. The rows are tried one at a time
+/// table rejects, its key in the DETAIL. The rows are tried in halves
 /// ([`Live::locate_sql`]) into a temporary table `LIKE` the shadow table (its
 /// types, defaults, `CHECK` and `NOT NULL` constraints, generated columns; no
 /// indexes: a unique key's error names its key already), in a transaction of
