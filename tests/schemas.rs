@@ -1659,8 +1659,10 @@ fn what_a_kept_table_leaves_in_another_migrated_schema_is_warned_about() {
 }
 
 /// Names that need quotes are quoted wherever a report names a table with
-/// its schema, as status does (`"Sales"."Ticket"`): abort's triggers and a
-/// rollback's foreign keys said `Sales.Ticket`, which names another table.
+/// its schema, as status does (`"Sales"."Ticket"`): abort's triggers, the
+/// swap's foreign keys left NOT VALID and a rollback's foreign keys said
+/// `Sales.Ticket`, which names another table; a schema named unquoted
+/// says how to write it.
 #[test]
 fn mixed_case_tables_are_quoted_in_abort_and_rollback_reports() {
     let dbs = TestDbs::new("sch_quoted_reports");
@@ -1670,6 +1672,12 @@ fn mixed_case_tables_are_quoted_in_abort_and_rollback_reports() {
          CREATE TABLE \"Sales\".\"Ticket\" (id int PRIMARY KEY, reason int REFERENCES \"Sales\".\"Reason\");";
     dbs.src.psql(ddl);
     dbs.dst.psql(ddl);
+    // A ticket of the destination's whose reason the source lacks.
+    dbs.src.psql("INSERT INTO \"Sales\".\"Reason\" VALUES (1)");
+    dbs.dst.psql(
+        "INSERT INTO \"Sales\".\"Reason\" VALUES (1), (2);
+         INSERT INTO \"Sales\".\"Ticket\" VALUES (1, 2);",
+    );
     let wd = Workdir::new();
     let (src, dst) = (dbs.src.url(), dbs.dst.url());
     let base = [
@@ -1680,15 +1688,19 @@ fn mixed_case_tables_are_quoted_in_abort_and_rollback_reports() {
         "--schemas",
         "public,\"Sales\"",
     ];
-    run_json(
-        &wd,
-        &[
-            &["prepare"][..],
-            &base,
-            &["--preserved-tables", "\"Sales\".\"Ticket\""],
-        ]
-        .concat(),
+    let preserved = ["--preserved-tables", "\"Sales\".\"Ticket\""];
+    assert_usage_error(
+        &wd.run(
+            &[
+                &["prepare"][..],
+                &base,
+                &["--preserved-tables", "Sales.\"Ticket\""],
+            ]
+            .concat(),
+        ),
+        "is not in a schema the migration moves (public, \"Sales\") (letters outside double quotes are folded to lower case, as in psql: write \"Sales\" with its quotes)",
     );
+    run_json(&wd, &[&["prepare"][..], &base, &preserved].concat());
     let aborted = run_json(&wd, &["abort", "--dest", &dst]);
     assert!(
         aborted["removed"]["triggers"]
@@ -1698,7 +1710,21 @@ fn mixed_case_tables_are_quoted_in_abort_and_rollback_reports() {
             .any(|t| t == "pgshift_sync_ins on \"Sales\".\"Ticket\""),
         "{aborted}"
     );
-    run_json(&wd, &[&["start"][..], &base].concat());
+    let started = run_json(
+        &wd,
+        &[
+            &["start"][..],
+            &base,
+            &preserved,
+            &["--allow-fk-violations"],
+        ]
+        .concat(),
+    );
+    assert_eq!(
+        started["swap"]["fk_not_valid"],
+        json!(["\"Sales\".\"Ticket\".\"Ticket_reason_fkey\""]),
+        "{started}"
+    );
     let back = run_json(
         &wd,
         &[

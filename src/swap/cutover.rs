@@ -880,7 +880,7 @@ pub async fn swap(sess: &Session, opts: &SwapOptions) -> Result<SwapReport> {
             not_valid.push(format!(
                 "{}.{}",
                 meta::table_display(&fk.schema, &fk.table),
-                fk.constraint
+                display_ident(&fk.constraint)
             ));
         } else {
             to_validate.push(fk.clone());
@@ -893,7 +893,7 @@ pub async fn swap(sess: &Session, opts: &SwapOptions) -> Result<SwapReport> {
         let name = format!(
             "{}.{}",
             meta::table_display(&f.schema, &f.table),
-            f.constraint
+            display_ident(&f.constraint)
         );
         warnings.push(format!("foreign key {name} stays NOT VALID: {}", f.error));
         not_valid.push(name);

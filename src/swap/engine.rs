@@ -926,7 +926,7 @@ pub async fn finish_committed(client: &Client) -> Result<Option<Finished>> {
     let mut stays = Vec::new();
     let mut validated = Vec::new();
     for k in ours {
-        let shown = format!("{}.{}", k.key, k.constraint);
+        let shown = format!("{}.{}", k.key, display_ident(&k.constraint));
         let sql = format!(
             "ALTER TABLE {} VALIDATE CONSTRAINT {}",
             qualified(&k.schema, &k.table),
