@@ -1754,6 +1754,45 @@ fn mixed_case_tables_are_quoted_in_abort_and_rollback_reports() {
     );
 }
 
+/// An extension's own objects are not objects outside the migrated schemas
+/// bound to them: ltree's operator family (its support functions use
+/// `ltree[]`), and a column outside of type `ltree[]`, whose array type goes
+/// where the extension goes. Prepare warned four times that ltree's
+/// `gist__ltree_ops` would use the backup's copy (Lemmy).
+#[test]
+fn an_extensions_own_objects_are_not_warned_about() {
+    let dbs = TestDbs::new("sch_ext_own");
+    let ddl = "CREATE EXTENSION ltree;
+         CREATE SCHEMA other;
+         CREATE TABLE other.o (paths ltree[]);
+         CREATE TABLE t (id int PRIMARY KEY, p ltree, ps ltree[]);
+         CREATE INDEX ON t USING gist (p);";
+    dbs.src.psql(ddl);
+    dbs.dst.psql(ddl);
+    let wd = Workdir::new();
+    let p = run_json(
+        &wd,
+        &[
+            "prepare",
+            "--source",
+            &dbs.src.url(),
+            "--dest",
+            &dbs.dst.url(),
+        ],
+    );
+    assert_eq!(p["warnings"], json!([]), "{p}");
+    // Rightly: after the swap the column outside still has public's type.
+    run_json(&wd, &["swap", "--dest", &dbs.dst.url()]);
+    assert_eq!(
+        dbs.dst.psql(
+            "SELECT format_type(atttypid, NULL) || ' ' || (SELECT extnamespace::regnamespace::text
+                                                               FROM pg_extension WHERE extname = 'ltree')
+               FROM pg_attribute WHERE attrelid = 'other.o'::regclass AND attname = 'paths'"
+        ),
+        "ltree[] public"
+    );
+}
+
 /// Objects outside the migrated schemas bound to a function or type of a
 /// migrated one (a trigger on auth.users running public.handle_new_user(),
 /// a column of type public.mood) keep the backup's copy after the swap:

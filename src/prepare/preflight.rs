@@ -993,6 +993,22 @@ pub async fn outside_dependents(dst: &Client, schemas: &[String], op: &str) -> R
                     AND r.schema IN (SELECT pg_catalog.quote_ident(x) FROM pg_catalog.unnest($1::text[]) x)
                     AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_depend e
                                      WHERE e.classid = d.refclassid AND e.objid = d.refobjid AND e.deptype = 'e')
+                    -- nor the array type of an extension's type (it goes
+                    -- where the extension goes: ltree[] with ltree)
+                    AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_type a
+                                      JOIN pg_catalog.pg_depend e ON e.classid = 'pg_catalog.pg_type'::regclass
+                                       AND e.objid = a.typelem AND e.deptype = 'e'
+                                     WHERE d.refclassid = 'pg_catalog.pg_type'::regclass
+                                       AND a.oid = d.refobjid AND a.typelem <> 0)
+                    -- nor an extension's own objects: its members and their
+                    -- parts (the support functions of its operator family)
+                    AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_depend o
+                                     WHERE o.classid = d.classid AND o.objid = d.objid
+                                       AND (o.deptype = 'e'
+                                            OR (o.deptype IN ('a', 'i')
+                                                AND EXISTS (SELECT 1 FROM pg_catalog.pg_depend e
+                                                             WHERE e.classid = o.refclassid AND e.objid = o.refobjid
+                                                               AND e.deptype = 'e'))))
                     -- objects of no schema (an event trigger) are outside too
                     AND NOT (COALESCE({dep}, '') = ANY($1))
                     -- but a cast from or to a type of the migrated schemas
