@@ -1754,6 +1754,60 @@ fn mixed_case_tables_are_quoted_in_abort_and_rollback_reports() {
     );
 }
 
+/// A schema the application uses but the migration leaves out (Lemmy's `r`
+/// of trigger functions, migrating public only) exists on the destination in
+/// its older version, without the function a new trigger calls: prepare
+/// failed after the data copy (`function r.f_new() does not exist`); the dry
+/// run and prepare now say which objects are missing before anything runs.
+#[test]
+fn what_the_migration_uses_of_a_schema_left_out_is_checked() {
+    let dbs = TestDbs::new("sch_missing_outside");
+    let old = "CREATE SCHEMA r;
+         CREATE FUNCTION r.f_old() RETURNS trigger LANGUAGE plpgsql AS 'BEGIN RETURN NEW; END';";
+    dbs.src.psql(old);
+    dbs.dst.psql(old);
+    dbs.src.psql(
+        "CREATE FUNCTION r.f_new() RETURNS trigger LANGUAGE plpgsql AS 'BEGIN RETURN NEW; END';
+         CREATE TABLE t (id int PRIMARY KEY);
+         CREATE TRIGGER t_new BEFORE INSERT ON t FOR EACH ROW EXECUTE FUNCTION r.f_new();
+         CREATE TRIGGER t_old BEFORE UPDATE ON t FOR EACH ROW EXECUTE FUNCTION r.f_old();",
+    );
+    let wd = Workdir::new();
+    let plan = run_json(
+        &wd,
+        &[
+            "prepare",
+            "--source",
+            &dbs.src.url(),
+            "--dest",
+            &dbs.dst.url(),
+            "--dry-run",
+        ],
+    );
+    assert_eq!(
+        plan["plan"]["warnings"],
+        json!([
+            "the chosen schemas use function r.f_new() of schema r, which is not migrated and the destination lacks: prepare will fail where it creates what uses them (create them on the destination first, or add schema r to --schemas)"
+        ]),
+        "{plan}"
+    );
+    // Created on the destination, nothing is missing.
+    dbs.dst.psql(
+        "CREATE FUNCTION r.f_new() RETURNS trigger LANGUAGE plpgsql AS 'BEGIN RETURN NEW; END';",
+    );
+    let p = run_json(
+        &wd,
+        &[
+            "prepare",
+            "--source",
+            &dbs.src.url(),
+            "--dest",
+            &dbs.dst.url(),
+        ],
+    );
+    assert_eq!(p["warnings"], json!([]), "{p}");
+}
+
 /// An extension's own objects are not objects outside the migrated schemas
 /// bound to them: ltree's operator family (its support functions use
 /// `ltree[]`), and a column outside of type `ltree[]`, whose array type goes
