@@ -1388,6 +1388,13 @@ async fn missing_outside(
                                  WHERE e.classid = d.classid AND e.objid = d.objid AND e.deptype = 'e')
                 AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_depend e
                                  WHERE e.classid = d.refclassid AND e.objid = d.refobjid AND e.deptype = 'e')
+                -- (nor the array type of an extension's type: prepare creates
+                -- an extension the destination lacks, and its types' arrays)
+                AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_type a
+                                  JOIN pg_catalog.pg_depend e ON e.classid = 'pg_catalog.pg_type'::regclass
+                                   AND e.objid = a.typelem AND e.deptype = 'e'
+                                 WHERE d.refclassid = 'pg_catalog.pg_type'::regclass
+                                   AND a.oid = d.refobjid AND a.typelem <> 0)
               ORDER BY 1, 2, 3",
             crate::swap::rollback::DEPENDENT_SCHEMA
         ),
