@@ -410,6 +410,35 @@ async fn holding<const N: usize>(
     (app, held.try_into().unwrap())
 }
 
+/// `prepare` between the pair, which must succeed, then the swap's dry run:
+/// the working directory, the destination's URL and the plan's JSON.
+fn prepared_plan(dbs: &TestDbs) -> (Workdir, String, Value) {
+    let wd = Workdir::new();
+    let url = dbs.dst.url();
+    assert_success(&wd.prepare(dbs, &[]));
+    let d = json_of(&wd.run_ok(&["swap", "--dest", &url, "--dry-run", "--json"]));
+    (wd, url, d)
+}
+
+/// The swap goes through; then `broken`, held by `app` from before it,
+/// fails with `cached plan must not change result type` and `intact` runs.
+async fn swap_breaks_result_type(
+    wd: &Workdir,
+    url: &str,
+    app: &tokio_postgres::Client,
+    broken: &tokio_postgres::Statement,
+    intact: &tokio_postgres::Statement,
+) {
+    assert_success(&wd.run(&["swap", "--dest", url]));
+    let err = app.query(broken, &[&1i32]).await.unwrap_err();
+    assert_eq!(
+        err.as_db_error().map(|e| e.message()),
+        Some("cached plan must not change result type"),
+        "{err:?}"
+    );
+    app.query(intact, &[&1i32]).await.unwrap();
+}
+
 /// A report's `result_type_changed` as (query, columns), sorted; each
 /// statement was called once.
 fn result_type_changes(statements: &Value) -> Vec<(String, Vec<String>)> {
@@ -810,10 +839,7 @@ async fn a_column_whose_collation_changes_is_a_result_type_change() {
     )
     .await;
 
-    let wd = Workdir::new();
-    let url = dbs.dst.url();
-    assert_success(&wd.prepare(&dbs, &[]));
-    let d = json_of(&wd.run_ok(&["swap", "--dest", &url, "--dry-run", "--json"]));
+    let (wd, url, d) = prepared_plan(&dbs);
     let impact = &d["swap"]["impact"];
     assert!(
         impact["hazards"].as_array().unwrap().iter().any(|h| {
@@ -823,33 +849,15 @@ async fn a_column_whose_collation_changes_is_a_result_type_change() {
         }),
         "{d}"
     );
-    let changed: Vec<(String, Vec<String>)> = impact["statements"]["result_type_changed"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|c| {
-            (
-                c["query"].as_str().unwrap().to_string(),
-                serde_json::from_value(c["columns"].clone()).unwrap(),
-            )
-        })
-        .collect();
     assert_eq!(
-        changed,
+        result_type_changes(&impact["statements"]),
         vec![(
             "SELECT email FROM acct WHERE id = $1".to_string(),
             vec!["email: text -> text COLLATE \"C\"".to_string()]
         )],
         "{d}"
     );
-    assert_success(&wd.run(&["swap", "--dest", &url]));
-    let err = app.query(&email, &[&1i32]).await.unwrap_err();
-    assert_eq!(
-        err.as_db_error().map(|e| e.message()),
-        Some("cached plan must not change result type"),
-        "{err:?}"
-    );
-    app.query(&note, &[&1i32]).await.unwrap();
+    swap_breaks_result_type(&wd, &url, &app, &email, &note).await;
 }
 
 /// A collation of a migrated schema that the source defines too (MusicBrainz
@@ -879,10 +887,7 @@ async fn a_collation_defined_again_is_a_result_type_change() {
     )
     .await;
 
-    let wd = Workdir::new();
-    let url = dbs.dst.url();
-    assert_success(&wd.prepare(&dbs, &[]));
-    let d = json_of(&wd.run_ok(&["swap", "--dest", &url, "--dry-run", "--json"]));
+    let (wd, url, d) = prepared_plan(&dbs);
     let impact = &d["swap"]["impact"];
     let hazards: Vec<(&str, &str, &str)> = impact["hazards"]
         .as_array()
@@ -913,14 +918,7 @@ async fn a_collation_defined_again_is_a_result_type_change() {
         )],
         "{d}"
     );
-    assert_success(&wd.run(&["swap", "--dest", &url]));
-    let err = app.query(&name, &[&1i32]).await.unwrap_err();
-    assert_eq!(
-        err.as_db_error().map(|e| e.message()),
-        Some("cached plan must not change result type"),
-        "{err:?}"
-    );
-    app.query(&note, &[&1i32]).await.unwrap();
+    swap_breaks_result_type(&wd, &url, &app, &name, &note).await;
 }
 
 /// A statement prepared before the swap keeps its parameter types: with
@@ -951,10 +949,7 @@ async fn a_parameter_compared_with_a_retyped_column_fails_when_prepared_before()
         .unwrap();
     app.query(&by_code, &[&"5"]).await.unwrap();
 
-    let wd = Workdir::new();
-    let url = dbs.dst.url();
-    assert_success(&wd.prepare(&dbs, &[]));
-    let d = json_of(&wd.run_ok(&["swap", "--dest", &url, "--dry-run", "--json"]));
+    let (wd, url, d) = prepared_plan(&dbs);
     let failing = &d["swap"]["impact"]["statements"]["failing"];
     assert_eq!(
         failing,
@@ -1001,10 +996,7 @@ async fn a_statement_prepared_with_sql_is_checked_as_what_it_prepares() {
         .unwrap();
     app.batch_execute("EXECUTE p(1)").await.unwrap();
 
-    let wd = Workdir::new();
-    let url = dbs.dst.url();
-    assert_success(&wd.prepare(&dbs, &[]));
-    let d = json_of(&wd.run_ok(&["swap", "--dest", &url, "--dry-run", "--json"]));
+    let (wd, url, d) = prepared_plan(&dbs);
     let changed = &d["swap"]["impact"]["statements"]["result_type_changed"];
     assert!(
         changed.as_array().unwrap().iter().any(|c| {
