@@ -36,6 +36,13 @@ fn run_json(wd: &Workdir, args: &[&str]) -> Value {
     parse(&format!("{args:?}"), &wd.run_ok(&a))
 }
 
+/// `prepare <extra> --json` between the pair (public only), which must
+/// succeed: its report.
+fn prepare_json(wd: &Workdir, dbs: &TestDbs, extra: &[&str]) -> Value {
+    let out = wd.prepare(dbs, &[extra, &["--json"]].concat());
+    parse("prepare", &assert_success(&out))
+}
+
 /// The fingerprints (DDL and row counts) of public and billing.
 fn both_fingerprints(db: &TestDb) -> (String, String) {
     (
@@ -1776,17 +1783,7 @@ fn what_the_migration_uses_of_a_schema_left_out_is_checked() {
          CREATE TRIGGER t_old BEFORE UPDATE ON t FOR EACH ROW EXECUTE FUNCTION r.f_old();",
     );
     let wd = Workdir::new();
-    let plan = run_json(
-        &wd,
-        &[
-            "prepare",
-            "--source",
-            &dbs.src.url(),
-            "--dest",
-            &dbs.dst.url(),
-            "--dry-run",
-        ],
-    );
+    let plan = prepare_json(&wd, &dbs, &["--dry-run"]);
     assert_eq!(
         plan["plan"]["warnings"],
         json!([
@@ -1798,16 +1795,7 @@ fn what_the_migration_uses_of_a_schema_left_out_is_checked() {
     dbs.dst.psql(
         "CREATE FUNCTION r.f_new() RETURNS trigger LANGUAGE plpgsql AS 'BEGIN RETURN NEW; END';",
     );
-    let p = run_json(
-        &wd,
-        &[
-            "prepare",
-            "--source",
-            &dbs.src.url(),
-            "--dest",
-            &dbs.dst.url(),
-        ],
-    );
+    let p = prepare_json(&wd, &dbs, &[]);
     assert_eq!(p["warnings"], json!([]), "{p}");
 }
 
@@ -1827,16 +1815,7 @@ fn an_extensions_own_objects_are_not_warned_about() {
     dbs.src.psql(ddl);
     dbs.dst.psql(ddl);
     let wd = Workdir::new();
-    let p = run_json(
-        &wd,
-        &[
-            "prepare",
-            "--source",
-            &dbs.src.url(),
-            "--dest",
-            &dbs.dst.url(),
-        ],
-    );
+    let p = prepare_json(&wd, &dbs, &[]);
     assert_eq!(p["warnings"], json!([]), "{p}");
     // Rightly: after the swap the column outside still has public's type.
     run_json(&wd, &["swap", "--dest", &dbs.dst.url()]);
