@@ -211,16 +211,16 @@ fn prepare_of_a_schema_larger_than_the_lock_table_is_exact() {
     let wd = Workdir::new();
 
     // The plan already knows the swap will not fit this lock table.
-    let out = wd.run(&[
+    let (src_url, dst_url) = (src.url(), dst.url());
+    let dry = [
         "prepare",
         "--source",
-        &src.url(),
+        &src_url,
         "--dest",
-        &dst.url(),
+        &dst_url,
         "--dry-run",
-        "--json",
-    ]);
-    let plan = json(&out);
+    ];
+    let plan = json(&wd.run(&[&dry[..], &["--json"]].concat()));
     let budget = &plan["plan"]["swap_lock_budget"];
     assert_eq!(budget["fits"], false, "{budget}");
     // 64 × (20 connections + autovacuum, worker and WAL sender processes).
@@ -246,18 +246,7 @@ fn prepare_of_a_schema_larger_than_the_lock_table_is_exact() {
         });
     assert!(warned, "{plan}");
     // The text plan says it once, as that bound, not as a refusal too.
-    let text = String::from_utf8_lossy(
-        &wd.run(&[
-            "prepare",
-            "--source",
-            &src.url(),
-            "--dest",
-            &dst.url(),
-            "--dry-run",
-        ])
-        .stdout,
-    )
-    .into_owned();
+    let text = String::from_utf8_lossy(&wd.run(&dry).stdout).into_owned();
     let said: Vec<&str> = text
         .lines()
         .filter(|l| l.contains("lock-table slots"))
