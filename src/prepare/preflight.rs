@@ -1252,9 +1252,14 @@ pub async fn leftovers(dst: &Client) -> Result<Leftover> {
 /// The first five of `items` (named for people already) and how many more:
 /// "a, b, c, d, e and 4 more".
 pub fn list_some(items: &[String]) -> String {
-    let shown: Vec<&str> = items.iter().take(5).map(String::as_str).collect();
-    if items.len() > 5 {
-        format!("{} and {} more", shown.join(", "), items.len() - 5)
+    list_first(items, 5)
+}
+
+/// The first `n` of `items` and how many more: "a, b, c and 4 more".
+pub fn list_first(items: &[String], n: usize) -> String {
+    let shown: Vec<&str> = items.iter().take(n).map(String::as_str).collect();
+    if items.len() > n {
+        format!("{} and {} more", shown.join(", "), items.len() - n)
     } else {
         shown.join(", ")
     }
@@ -1430,15 +1435,9 @@ async fn missing_outside(
     Ok(by_schema
         .into_iter()
         .map(|(s, missing)| {
-            let n = missing.len();
-            let more = if n > 3 {
-                format!(" and {} more", n - 3)
-            } else {
-                String::new()
-            };
             format!(
-                "the chosen schemas use {}{more} of schema {}, which is not migrated and the destination lacks: prepare will fail where it creates what uses them (create them on the destination first, or add schema {} to --schemas)",
-                missing[..n.min(3)].join(", "),
+                "the chosen schemas use {} of schema {}, which is not migrated and the destination lacks: prepare will fail where it creates what uses them (create them on the destination first, or add schema {} to --schemas)",
+                list_some(&missing),
                 display_ident(s),
                 display_ident(s)
             )

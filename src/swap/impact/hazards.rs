@@ -603,7 +603,7 @@ fn compare_pair(
                         "TYPE_REPLACED",
                         Effect::ResultType,
                         qualified_display(&p.live, name),
-                        replaced_detail("type", users),
+                        replaced_detail("type", &users),
                     ));
                 }
             }
@@ -613,17 +613,10 @@ fn compare_pair(
 
 /// "replaced by the incoming schema's copy …" naming the first three
 /// columns of `users` (`public.artist.name`) and how many more.
-fn replaced_detail(what: &str, mut users: Vec<String>) -> String {
-    let n = users.len();
-    users.truncate(3);
-    let more = if n > 3 {
-        format!(" and {} more", n - 3)
-    } else {
-        String::new()
-    };
+fn replaced_detail(what: &str, users: &[String]) -> String {
     format!(
-        "replaced by the incoming schema's copy (same name, new {what}): statements prepared before the swap that return {}{more} fail until prepared again",
-        users.join(", ")
+        "replaced by the incoming schema's copy (same name, new {what}): statements prepared before the swap that return {} fail until prepared again",
+        crate::prepare::preflight::list_first(users, 3)
     )
 }
 
@@ -659,7 +652,7 @@ fn replaced_collations(incoming: &[(&SchemaPair, &Side, &Side)], out: &mut Vec<H
             "COLLATION_REPLACED",
             Effect::ResultType,
             coll.to_string(),
-            replaced_detail("collation", users),
+            replaced_detail("collation", &users),
         ));
     }
 }
