@@ -1322,12 +1322,10 @@ END
         // The rows of the keys numbered $1 to $2, run by EXECUTE so that each
         // half is planned for its own size.
         let try_range = format!(
-            "{} JOIN {keys} k ON {} WHERE k.pgshift_n BETWEEN $1 AND $2",
+            "{} JOIN {keys} k ON ({}) = ({}) WHERE k.pgshift_n BETWEEN $1 AND $2",
             self.copy_into_sql(probe),
-            joined(&self.keys, " AND ", |k| format!(
-                "p.{} = k.{}",
-                k.name, k.log_col
-            )),
+            self.keys_of("p"),
+            self.log_keys_of("k"),
         );
         let body = format!(
             "

@@ -203,20 +203,18 @@ struct Kept {
     /// shadows' namesakes (checked for violations like deferred keys).
     fk_sql: Vec<String>,
     pg15: bool,
-    /// The migrated schemas, whose objects move to their backups.
-    moving: Vec<String>,
 }
 
 impl Kept {
     /// What the kept tables leave behind as the rest of their schemas moves
     /// to the backup (objects that read them, objects they use), as prepare
-    /// and a rollback say it.
-    async fn warnings(&self, client: &Client) -> Result<Vec<String>> {
+    /// and a rollback say it; every migrated schema of `m` moves.
+    async fn warnings(&self, client: &Client, m: &MigrationRow) -> Result<Vec<String>> {
         let mut out = Vec::new();
         for (s, tables) in &self.by_schema {
             let tables: Vec<String> = tables.iter().cloned().collect();
             out.extend(
-                rollback::kept_table_warnings(client, s, &tables, &self.moving, "the backup")
+                rollback::kept_table_warnings(client, s, &tables, &m.state.schemas, "the backup")
                     .await?,
             );
         }
@@ -294,7 +292,6 @@ async fn kept_tables(client: &Client, m: &MigrationRow, extra: &[TablePattern]) 
     Ok(Kept {
         all,
         by_schema,
-        moving: schemas.clone(),
         fk_sql,
         pg15,
     })
@@ -561,7 +558,7 @@ pub async fn preview(client: &Client, opts: &SwapOptions) -> Result<SwapPreview>
         )
         .collect();
     let schemas = p.schemas.clone();
-    let mut warnings = kept.warnings(client).await?;
+    let mut warnings = kept.warnings(client, m).await?;
     warnings.extend(hook.carry_foreseen(client).await?);
     Ok(SwapPreview {
         migration_id: m.id,
@@ -728,7 +725,7 @@ pub async fn swap(sess: &Session, opts: &SwapOptions) -> Result<SwapReport> {
         bail!(why);
     }
     let kept = kept_tables(&sess.control, &m, &opts.keep_tables).await?;
-    warnings.extend(kept.warnings(&sess.control).await?);
+    warnings.extend(kept.warnings(&sess.control, &m).await?);
     // What the swap does to the running application: refuse discarded
     // writes (and, with --fail-on-breaking, breaking findings) before any lock
     // and before the catch-up (a refusal changes nothing).
