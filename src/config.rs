@@ -756,11 +756,6 @@ pub fn resolve(
     )?)?;
     for t in &preserved_tables {
         if !schemas.iter().any(|s| s == t.schema_or_public()) {
-            let near: Vec<String> = schemas
-                .iter()
-                .filter(|s| s.to_ascii_lowercase() == t.schema_or_public())
-                .map(|s| crate::pg::ident::display_ident(s))
-                .collect();
             crate::refuse!(
                 "--preserved-tables: {t} is not in a schema the migration moves ({}){}",
                 schemas
@@ -768,7 +763,7 @@ pub fn resolve(
                     .map(|s| crate::pg::ident::display_ident(s))
                     .collect::<Vec<_>>()
                     .join(", "),
-                crate::pg::ident::fold_hint(&near)
+                crate::pg::ident::fold_hint_among(t.schema_or_public(), &schemas)
             );
         }
     }

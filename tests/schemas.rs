@@ -1707,6 +1707,17 @@ fn mixed_case_tables_are_quoted_in_abort_and_rollback_reports() {
         ),
         "is not in a schema the migration moves (public, \"Sales\") (letters outside double quotes are folded to lower case, as in psql: write \"Sales\" with its quotes)",
     );
+    assert_usage_error(
+        &wd.run(
+            &[
+                &["prepare"][..],
+                &base,
+                &["--preserved-tables", "\"Sales\".ticket"],
+            ]
+            .concat(),
+        ),
+        "(letters outside double quotes are folded to lower case, as in psql: write \"Ticket\" with its quotes)",
+    );
     run_json(&wd, &[&["prepare"][..], &base, &preserved].concat());
     let aborted = run_json(&wd, &["abort", "--dest", &dst]);
     assert!(
@@ -1731,6 +1742,17 @@ fn mixed_case_tables_are_quoted_in_abort_and_rollback_reports() {
         started["swap"]["fk_not_valid"],
         json!(["\"Sales\".\"Ticket\".\"Ticket_reason_fkey\""]),
         "{started}"
+    );
+    assert_usage_error(
+        &wd.run(&[
+            "rollback",
+            "--dest",
+            &dst,
+            "--latest",
+            "--keep-tables",
+            "\"Sales\".reason",
+        ]),
+        "--keep-tables: Sales has no table reason (letters outside double quotes are folded to lower case, as in psql: write \"Reason\" with its quotes)",
     );
     let back = run_json(
         &wd,

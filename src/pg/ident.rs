@@ -188,6 +188,17 @@ impl fmt::Display for TableName {
 /// The end of an error about a name that names nothing, when `near` (the
 /// names it would be but for case, as one writes them: `"AppSettings"`) is
 /// not empty: unquoted, `AppSettings` is `appsettings`, as in psql.
+/// [`fold_hint`] for `name` (as typed, so folded) among `names`: those that
+/// are `name` but for case.
+pub fn fold_hint_among<'a>(name: &str, names: impl IntoIterator<Item = &'a String>) -> String {
+    let near: Vec<String> = names
+        .into_iter()
+        .filter(|n| n.to_ascii_lowercase() == name)
+        .map(|n| display_ident(n))
+        .collect();
+    fold_hint(&near)
+}
+
 pub fn fold_hint(near: &[String]) -> String {
     match near {
         [] => String::new(),

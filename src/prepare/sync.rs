@@ -541,14 +541,15 @@ async fn validate_one(
         .iter()
         .find(|t| t.schema == schema && t.name == p.name);
     if dest_row.is_none() && src.is_none() {
-        let near: Vec<String> = source_tables
-            .iter()
-            .filter(|t| t.schema == schema && t.name.to_ascii_lowercase() == p.name)
-            .map(|t| display_ident(&t.name))
-            .collect();
         problems.push(format!(
             "{shown}: no such table in the destination's nor in the source's {schema} schema{}",
-            crate::pg::ident::fold_hint(&near)
+            crate::pg::ident::fold_hint_among(
+                &p.name,
+                source_tables
+                    .iter()
+                    .filter(|t| t.schema == schema)
+                    .map(|t| &t.name)
+            )
         ));
         return Ok(problems);
     }

@@ -250,15 +250,10 @@ pub async fn plan(client: &Client, opts: &RollbackOptions) -> Result<Plan> {
             );
         };
         if !tables.contains(&t.name) {
-            let near: Vec<String> = tables
-                .iter()
-                .filter(|n| n.to_ascii_lowercase() == t.name)
-                .map(|n| display_ident(n))
-                .collect();
             crate::refuse!(
                 "--keep-tables: {s} has no table {}{}; nothing was changed",
                 display_ident(&t.name),
-                crate::pg::ident::fold_hint(&near)
+                crate::pg::ident::fold_hint_among(&t.name, tables)
             );
         }
         asked
