@@ -556,3 +556,75 @@ async fn an_older_destination_is_told_what_it_cannot_restore() {
         "{all:?}"
     );
 }
+
+/// Two tables whose foreign keys reference each other, built by two workers:
+/// `ADD FOREIGN KEY` takes SHARE ROW EXCLUSIVE on its table and then on the
+/// one it references, a lock that conflicts with itself, so run side by side
+/// the two keys wait on each other (and deadlock when each holds its first
+/// lock, as GitLab's `projects` and `namespaces` did). Prepare must never run
+/// them together: a poller watches `pg_locks` for one of prepare's sessions
+/// waiting for that lock while the keys are built.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn foreign_keys_between_the_same_tables_are_never_built_side_by_side() {
+    let dbs = TestDbs::new("fk_sched");
+    dbs.src.psql(
+        "CREATE TABLE a (id int PRIMARY KEY, b_id int);
+         CREATE TABLE b (id int PRIMARY KEY, a_id int);
+         INSERT INTO a SELECT g, g FROM generate_series(1, 300000) g;
+         INSERT INTO b SELECT g, g FROM generate_series(1, 300000) g;
+         ALTER TABLE a ADD CONSTRAINT a_b_fkey FOREIGN KEY (b_id) REFERENCES b (id);
+         ALTER TABLE b ADD CONSTRAINT b_a_fkey FOREIGN KEY (a_id) REFERENCES a (id);",
+    );
+    let wd = Workdir::new();
+    let mut cmd = wd.cmd();
+    cmd.args([
+        "prepare",
+        "--source",
+        &dbs.src.url(),
+        "--dest",
+        &dbs.dst.url(),
+        "--jobs",
+        "2",
+    ]);
+    let child = tokio::process::Command::from(cmd)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn prepare");
+    let watcher = dbs.dst.client().await;
+    let poll = watcher
+        .prepare(
+            "SELECT count(*) FROM pg_catalog.pg_locks l
+               JOIN pg_catalog.pg_stat_activity a ON a.pid = l.pid
+              WHERE NOT l.granted AND l.locktype = 'relation'
+                AND l.mode = 'ShareRowExclusiveLock'
+                AND a.datname = current_database()",
+        )
+        .await
+        .unwrap();
+    let done = tokio::spawn(child.wait_with_output());
+    let (mut polls, mut waits) = (0u32, 0i64);
+    while !done.is_finished() {
+        waits += watcher
+            .query_one(&poll, &[])
+            .await
+            .unwrap()
+            .get::<_, i64>(0);
+        polls += 1;
+        tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+    }
+    let out = done.await.unwrap().unwrap();
+    assert_success(&out);
+    assert!(polls > 10, "the poller ran {polls} times");
+    assert_eq!(
+        waits, 0,
+        "prepare's foreign-key sessions waited on each other"
+    );
+    assert_eq!(
+        dbs.dst.query_one_string(
+            "SELECT string_agg(conname, ',' ORDER BY conname) FROM pg_constraint
+              WHERE contype = 'f' AND connamespace = 'shadow'::regnamespace AND convalidated"
+        ),
+        "a_b_fkey,b_a_fkey"
+    );
+}
