@@ -516,6 +516,46 @@ fn a_swap_killed_after_its_commit_is_finished_by_the_next_swap() {
     assert_eq!(st["not_valid_foreign_keys"], serde_json::json!([]), "{st}");
 }
 
+/// The same in a schema whose names need quotes: the next swap names the key
+/// it validated as the swap itself does (`"Sales"."Orders"."Orders_user_fkey"`);
+/// it said `Sales.Orders."Orders_user_fkey"`, which names another table.
+#[test]
+fn a_killed_swaps_keys_are_named_quoted_when_the_next_swap_validates_them() {
+    let dbs = TestDbs::new("sigkill_quoted");
+    let ddl = "CREATE SCHEMA \"Sales\";
+               CREATE TABLE \"Sales\".\"Users\" (id int PRIMARY KEY);
+               CREATE TABLE \"Sales\".\"Orders\" (id int PRIMARY KEY,
+                   \"user\" int CONSTRAINT \"Orders_user_fkey\" REFERENCES \"Sales\".\"Users\");";
+    dbs.src.psql(ddl);
+    dbs.dst.psql(ddl);
+    dbs.dst.psql(
+        "INSERT INTO \"Sales\".\"Users\" VALUES (1); INSERT INTO \"Sales\".\"Orders\" VALUES (1, 1);",
+    );
+    let wd = Workdir::new();
+    let dst = dbs.dst.url();
+    let schemas = ["--schemas", "public,\"Sales\""];
+    assert_success(&wd.prepare(
+        &dbs,
+        &[&schemas[..], &["--preserved-tables", "\"Sales\".\"Users\""]].concat(),
+    ));
+    kill_after_commit(
+        &wd,
+        &dbs.dst,
+        &["swap", "--dest", &dst],
+        "SELECT count(*) FROM pg_namespace WHERE nspname LIKE 'backup\\_%'",
+    );
+    let not_valid = "SELECT count(*) FROM pg_constraint WHERE conname = 'Orders_user_fkey' AND NOT convalidated AND connamespace = '\"Sales\"'::regnamespace";
+    assert_eq!(dbs.dst.psql(not_valid), "1");
+    let again = wd.run(&["swap", "--dest", &dst]);
+    let err = String::from_utf8_lossy(&again.stderr);
+    assert_eq!(again.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("validated foreign keys \"Sales\".\"Orders\".\"Orders_user_fkey\""),
+        "{err}"
+    );
+    assert_eq!(dbs.dst.psql(not_valid), "0");
+}
+
 /// The same for a rollback that keeps a table: the foreign key it re-pointed
 /// NOT VALID to the kept table is validated by the next `swap`, which says
 /// what it finished and that nothing was prepared to swap.

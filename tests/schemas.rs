@@ -1781,6 +1781,23 @@ fn mixed_case_tables_are_quoted_in_abort_and_rollback_reports() {
         fks.contains(&("\"Sales\".\"Ticket\"", "repointed", "\"Sales\".\"Reason\"")),
         "{back}"
     );
+    // Back to the backup that rollback made: its ticket's key, detached from
+    // the kept reasons, is re-created.
+    let b2 = back["backup_schema"].as_str().unwrap();
+    let again = run_json(&wd, &["rollback", "--dest", &dst, "--timestamp", b2]);
+    let reattached = |f: &serde_json::Value| {
+        f["action"] == "reattached"
+            && f["table"] == "\"Sales\".\"Ticket\""
+            && f["references"] == "\"Sales\".\"Reason\""
+    };
+    assert!(
+        again["foreign_keys"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(reattached),
+        "{again}"
+    );
 }
 
 /// A schema the application uses but the migration leaves out (Lemmy's `r`

@@ -73,7 +73,7 @@ use crate::pg::exec::{
 };
 use crate::pg::ident::{display_ident, qualified, quote_ident, quote_literal};
 use crate::pg::locks_budget::{self, Budget, Need};
-use crate::pg::meta::{MARKER, PUBLIC};
+use crate::pg::meta::{self, MARKER, PUBLIC};
 use crate::pg::objects::{self, Movable};
 use crate::prepare::sync::{CreatedFk, own_trigger_sql};
 use crate::swap::impact;
@@ -926,7 +926,11 @@ pub async fn finish_committed(client: &Client) -> Result<Option<Finished>> {
     let mut stays = Vec::new();
     let mut validated = Vec::new();
     for k in ours {
-        let shown = format!("{}.{}", k.key, display_ident(&k.constraint));
+        let shown = format!(
+            "{}.{}",
+            meta::table_display(&k.schema, &k.table),
+            display_ident(&k.constraint)
+        );
         let sql = format!(
             "ALTER TABLE {} VALIDATE CONSTRAINT {}",
             qualified(&k.schema, &k.table),

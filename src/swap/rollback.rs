@@ -793,8 +793,13 @@ impl InTx for RollbackTx<'_> {
                     (&fk.schema, &fk.table)
                 };
                 res.warnings.push(format!(
-                    "foreign key {} of {} ({} -> {}) was not re-created: {s} has no table {t}",
-                    fk.name, self.restored.schema_name, fk.table, fk.ref_table,
+                    "foreign key {} of {} ({} -> {}) was not re-created: {} has no table {}",
+                    display_ident(&fk.name),
+                    self.restored.schema_name,
+                    display_ident(&fk.table),
+                    display_ident(&fk.ref_table),
+                    display_ident(s),
+                    display_ident(t),
                 ));
                 continue;
             }
@@ -806,8 +811,10 @@ impl InTx for RollbackTx<'_> {
             .await
             .with_context(|| {
                 format!(
-                    "re-creating foreign key {} on {}.{} (recorded in the manifest of {})",
-                    fk.name, fk.schema, fk.table, self.restored.schema_name
+                    "re-creating foreign key {} on {} (recorded in the manifest of {})",
+                    display_ident(&fk.name),
+                    qualified(&fk.schema, &fk.table),
+                    self.restored.schema_name
                 )
             })?;
             if !partitioned {
