@@ -525,6 +525,44 @@ fn a_view_owned_by_a_read_only_role_does_not_stop_the_swap() {
     }
 }
 
+/// A foreign table in public, on both sides: LOCK TABLE refuses foreign
+/// tables ("This operation is not supported for foreign tables"), and the
+/// swap listed them in its LOCK, so every swap and rollback of such a public
+/// failed (PostgREST's fixtures, file_fdw) while the dry run said allowed.
+#[test]
+fn a_foreign_table_in_public_is_swapped_and_rolled_back_in_both_modes() {
+    let dbs = TestDbs::new("foreign_table_swap");
+    for (db, columns) in [(&dbs.src, "id int, label text"), (&dbs.dst, "id int")] {
+        db.psql(&format!(
+            "CREATE EXTENSION postgres_fdw;
+             CREATE SERVER remote FOREIGN DATA WRAPPER postgres_fdw OPTIONS (dbname 'elsewhere');
+             CREATE FOREIGN TABLE ft ({columns}) SERVER remote;
+             CREATE TABLE t (id int PRIMARY KEY);"
+        ));
+    }
+    let columns = "SELECT string_agg(attname, ',' ORDER BY attnum) FROM pg_attribute
+                    WHERE attrelid = 'public.ft'::regclass AND attnum > 0";
+    let (src, dst) = (dbs.src.url(), dbs.dst.url());
+    for mode in ["rename", "object"] {
+        let wd = Workdir::new();
+        let env = [("PGSHIFT_SWAP_MODE", mode)];
+        assert_success(&wd.run_env(&["prepare", "--source", &src, "--dest", &dst], &env));
+        let plan: serde_json::Value = serde_json::from_str(&assert_success(
+            &wd.run_env(&["swap", "--dry-run", "--json", "--dest", &dst], &env),
+        ))
+        .unwrap();
+        assert_eq!(
+            plan["swap"]["refusal"],
+            serde_json::Value::Null,
+            "{mode}: {plan}"
+        );
+        assert_success(&wd.run_env(&["swap", "--dest", &dst], &env));
+        assert_eq!(dbs.dst.query_one_string(columns), "id,label", "{mode}");
+        assert_success(&wd.run_env(&["rollback", "--latest", "--dest", &dst], &env));
+        assert_eq!(dbs.dst.query_one_string(columns), "id", "{mode}");
+    }
+}
+
 /// A relocatable extension in public that this role does not own cannot move
 /// along with a renamed public (ALTER EXTENSION … SET SCHEMA needs its
 /// owner): the automatic choice is the object-level swap, which leaves it in

@@ -272,7 +272,10 @@ pub async fn movables(client: &impl GenericClient, schema: &str) -> Result<Vec<M
             // sessions lock the tables it reads themselves.
             (1, "v") => ("VIEW", q.clone(), false),
             (1, "m") => ("MATERIALIZED VIEW", q.clone(), false),
-            (1, "f") => ("FOREIGN TABLE", q.clone(), true),
+            // Not locked: LOCK TABLE refuses foreign tables ("This
+            // operation is not supported for foreign tables"); a move takes
+            // its lock itself, and a rename takes none.
+            (1, "f") => ("FOREIGN TABLE", q.clone(), false),
             (1, "S") => ("SEQUENCE", q.clone(), false),
             (1, _) => ("TYPE", q.clone(), false), // standalone composite type
             (2, "d") => ("DOMAIN", q.clone(), false),

@@ -1189,7 +1189,7 @@ async fn strays(
                 .await?
                 .into_iter()
                 .filter(|m| !moved.contains(&(m.kind.clone(), p.live.clone(), m.name.clone())))
-                .filter(|m| !(m.lockable.is_some() && p.keep.contains(&m.name)))
+                .filter(|m| !(m.kind == "TABLE" && p.keep.contains(&m.name)))
                 .map(|m| format!("{} {}", m.kind, m.sql_name)),
         );
     }
@@ -1341,11 +1341,12 @@ struct Waited {
 }
 
 /// The locks, before anything moves: one LOCK statement, in a stable order,
-/// for public's tables and foreign tables and the hook's relations in the
-/// incoming schema (the preserved tables' shadow copies). That is what the
-/// guarantees need: no session is in the middle of using public when it
-/// changes (a session reading a view locks the tables the view reads; views
-/// themselves are not locked, see `pg::objects`). Nobody else uses the
+/// for public's tables and the hook's relations in the incoming schema (the
+/// preserved tables' shadow copies). That is what the guarantees need: no
+/// session is in the middle of using public when it changes (a session
+/// reading a view locks the tables the view reads; views themselves are not
+/// locked, see `pg::objects`; LOCK TABLE refuses foreign tables, whose rows
+/// live elsewhere). Nobody else uses the
 /// incoming schema; in object mode each ALTER takes its object's lock
 /// itself. `ONLY`: every partition and child is listed itself, and recursing
 /// through pg_inherits for each relation costs more than the locks.
@@ -1358,7 +1359,8 @@ struct Waited {
 /// session reading a view holds the view while it waits for a table; a
 /// transaction that takes `nextval()` before its INSERT holds the sequence):
 /// LOCK TABLE takes neither without side effects (a view's lock recurses into
-/// what it reads, with its owner's privileges; sequences are refused), so an
+/// what it reads, with its owner's privileges; sequences and foreign tables
+/// are refused), so an
 /// `ALTER … OWNER TO` its own owner, which changes nothing and takes the same
 /// ACCESS EXCLUSIVE lock as the move, takes it first.
 fn lock_statements(req: &Request, listed: &Listed, first: &[Waited]) -> Vec<String> {
@@ -1382,6 +1384,7 @@ fn lock_statements(req: &Request, listed: &Listed, first: &[Waited]) -> Vec<Stri
         let kind = match f.relkind.as_str() {
             "v" => "VIEW",
             "m" => "MATERIALIZED VIEW",
+            "f" => "FOREIGN TABLE",
             "S" => "SEQUENCE",
             _ => continue,
         };
