@@ -72,7 +72,8 @@ fn env() -> &'static Env {
 /// The big source database, generated once: TABLES tables (bigserial key,
 /// a foreign key to the previous table, text, a second index, a grant), a
 /// `hub`, and `events` partitioned into PARTITIONS (with an index and a
-/// foreign key to `hub`), all owned by scale_owner. Committed
+/// foreign key to `hub`), all owned by scale_owner, and an aggregate over
+/// `(*)`, whose drop needs `cnt(*)` where PostgreSQL prints `cnt()`. Committed
 /// every 200 tables: the source's own lock table is default-sized.
 fn big_source() -> &'static TestDb {
     static SRC: OnceLock<TestDb> = OnceLock::new();
@@ -115,6 +116,8 @@ fn big_source() -> &'static TestDb {
                FROM generate_series(1, 5000) g;
              GRANT SELECT ON events TO scale_ro;
              CREATE VIEW recent AS SELECT e.id, h.name FROM events e JOIN hub h ON h.id = e.hub_id;
+             CREATE FUNCTION inc(int) RETURNS int LANGUAGE sql IMMUTABLE AS 'SELECT $1 + 1';
+             CREATE AGGREGATE cnt(*) (sfunc = inc, stype = int, initcond = '0');
              ANALYZE;"
         ));
         db

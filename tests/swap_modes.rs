@@ -563,6 +563,37 @@ fn a_foreign_table_in_public_is_swapped_and_rolled_back_in_both_modes() {
     }
 }
 
+/// Aggregates over `(*)`, which PostgreSQL names with no arguments (`cnt()`),
+/// a text ALTER AGGREGATE and DROP AGGREGATE refuse as a syntax error: an
+/// object-level swap and rollback move them, prepare gives them their owner.
+/// PostgREST's fixtures have one (`test.unsupported_agg(*)`).
+#[test]
+fn aggregates_over_star_are_moved_and_owned() {
+    let dbs = TestDbs::new("agg_star");
+    let role = format!("agg_owner_{}", std::process::id());
+    for (db, init) in [(&dbs.src, "1"), (&dbs.dst, "0")] {
+        db.psql(&create_role(&role, ""));
+        db.psql(&format!(
+            "CREATE TABLE t (id int PRIMARY KEY);
+             CREATE FUNCTION inc(int) RETURNS int LANGUAGE sql IMMUTABLE AS 'SELECT $1 + 1';
+             CREATE AGGREGATE cnt(*) (sfunc = inc, stype = int, initcond = '{init}');
+             CREATE AGGREGATE within(ORDER BY int) (sfunc = int4pl, stype = int);
+             GRANT CREATE ON SCHEMA public TO {role};
+             ALTER AGGREGATE cnt(*) OWNER TO {role};"
+        ));
+    }
+    let (src, dst) = (dbs.src.url(), dbs.dst.url());
+    let started =
+        "SELECT (SELECT cnt(*) FROM t) || ' ' || pg_get_userbyid(p.proowner) FROM pg_proc p
+                     WHERE p.oid = 'public.cnt'::regproc";
+    let wd = Workdir::new();
+    let env = [("PGSHIFT_SWAP_MODE", "object")];
+    assert_success(&wd.run_env(&["start", "--source", &src, "--dest", &dst], &env));
+    assert_eq!(dbs.dst.query_one_string(started), format!("1 {role}"));
+    assert_success(&wd.run_env(&["rollback", "--latest", "--dest", &dst], &env));
+    assert_eq!(dbs.dst.query_one_string(started), format!("0 {role}"));
+}
+
 /// A relocatable extension in public that this role does not own cannot move
 /// along with a renamed public (ALTER EXTENSION … SET SCHEMA needs its
 /// owner): the automatic choice is the object-level swap, which leaves it in

@@ -527,7 +527,8 @@ pub async fn run(client: &Client, stmts: &[Stmt], opts: &Options) -> Result<Ran>
 /// it, transitively, and what those are internal parts of) plus every table
 /// that holds a constraint, trigger, rule, default or policy of the closure,
 /// or is the parent of a partition in it. The last row is (NULL, cost of the
-/// objects of other kinds: operators, collations, …).
+/// objects of other kinds: operators, collations, …). `{proc_args}` stands
+/// for [`signature_args_sql`](crate::pg::objects::signature_args_sql).
 const DROP_PLAN: &str = "
 WITH RECURSIVE
   ns AS (SELECT oid FROM pg_catalog.pg_namespace WHERE nspname = $1),
@@ -548,7 +549,7 @@ WITH RECURSIVE
     SELECT 'pg_catalog.pg_proc'::regclass::oid, p.oid,
            format('DROP %s IF EXISTS %I.%I(%s) CASCADE',
                   CASE p.prokind WHEN 'p' THEN 'PROCEDURE' WHEN 'a' THEN 'AGGREGATE' ELSE 'FUNCTION' END,
-                  $1::text, p.proname, pg_catalog.pg_get_function_identity_arguments(p.oid))
+                  $1::text, p.proname, {proc_args})
       FROM pg_catalog.pg_proc p
      WHERE p.pronamespace IN (SELECT oid FROM ns)
        AND ('pg_catalog.pg_proc'::regclass, p.oid) NOT IN (SELECT classid, objid FROM ext)
@@ -613,7 +614,12 @@ struct DropPlan {
 async fn plan_drops(client: &Client, schema: &str, except: &[&str]) -> Result<DropPlan> {
     let except: Vec<String> = except.iter().map(|s| s.to_string()).collect();
     let rows = client
-        .query(DROP_PLAN, &[&schema, &except])
+        .query(
+            DROP_PLAN
+                .replace("{proc_args}", &crate::pg::objects::signature_args_sql("p"))
+                .as_str(),
+            &[&schema, &except],
+        )
         .await
         .map_err(|e| {
             anyhow!(

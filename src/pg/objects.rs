@@ -153,6 +153,16 @@ pub fn named_catalogs() -> impl Iterator<Item = (&'static str, &'static str, &'s
         .chain(AM_KINDS.iter().map(|(_, c, n, s, _, _)| (*c, *n, *s)))
 }
 
+/// SQL: the argument list of `pg_proc` row `p` as `ALTER`/`DROP AGGREGATE`
+/// take it: PostgreSQL prints an aggregate over `(*)` with no arguments
+/// (`cnt()`), which those statements refuse as a syntax error.
+pub fn signature_args_sql(p: &str) -> String {
+    format!(
+        "CASE WHEN {p}.prokind = 'a' AND {p}.pronargs = 0 THEN '*'
+              ELSE pg_catalog.pg_get_function_identity_arguments({p}.oid) END"
+    )
+}
+
 /// SQL: the name of owner `col` when this role lacks its privileges (it may
 /// not move the object), else NULL; without an owner column, a superuser
 /// alone may (named as the bootstrap superuser).
@@ -204,10 +214,11 @@ fn movables_sql() -> String {
         // (with an empty search_path) qualified.
         format!("SELECT 3, p.prokind::text, p.proname::text,
                 pg_catalog.quote_ident(ns.nspname) || '.' || pg_catalog.quote_ident(p.proname)
-                || '(' || pg_catalog.pg_get_function_identity_arguments(p.oid) || ')',
+                || '(' || {} || ')',
                 p.proname, NULL, p.oid, {}
            FROM pg_catalog.pg_proc p, ns WHERE p.pronamespace = ns.oid
             AND (p.tableoid, p.oid) NOT IN (SELECT classid, objid FROM ext)",
+            signature_args_sql("p"),
             owner_lacked_sql(Some("p.proowner"))),
     ];
     let mut grp = 4;

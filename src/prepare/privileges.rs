@@ -259,10 +259,12 @@ fn grantee_sql(g: &str) -> String {
     }
 }
 
-/// The ALTER keyword for an object kind.
+/// The ALTER keyword for an object kind: aggregates are named by their
+/// `regprocedure` text, which writes an aggregate over `(*)` as `cnt()`;
+/// ALTER AGGREGATE refuses that, ALTER FUNCTION takes every aggregate.
 fn alter_kind(kind: &str) -> &str {
     match kind {
-        "AGGREGATE" => "AGGREGATE",
+        "AGGREGATE" => "FUNCTION",
         k => k,
     }
 }
