@@ -332,8 +332,8 @@ pub struct SwapOpts {
     #[arg(long, env = "PGSHIFT_SWAP_RETRIES", value_name = "N")]
     pub swap_retries: Option<u32>,
 
-    /// Swap even when rows violate foreign keys that involve preserved tables;
-    /// those constraints are created NOT VALID.
+    /// Swap (or roll back) even when rows violate foreign keys that involve
+    /// preserved or kept tables; those constraints are created NOT VALID.
     #[arg(long, env = "PGSHIFT_ALLOW_FK_VIOLATIONS", value_parser = clap::builder::BoolishValueParser::new(), action = ArgAction::SetTrue)]
     pub allow_fk_violations: bool,
 

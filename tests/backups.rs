@@ -4,7 +4,7 @@ mod common;
 
 use std::process::Output;
 
-use common::{TestDb, TestDbs, Workdir};
+use common::{TestDb, TestDbs, Workdir, assert_success};
 use serde_json::Value;
 
 fn text(b: &[u8]) -> String {
@@ -648,6 +648,12 @@ fn rollback_refusals_change_nothing() {
         "{}",
         text(&out.stderr)
     );
+    // Not forced: no warning that reads as if it were.
+    assert!(
+        !text(&out.stderr).contains("(--force)"),
+        "{}",
+        text(&out.stderr)
+    );
     assert_eq!(catalog_fingerprint(&dbs.dst), before);
     // Its dry run shows the plan with the failed verification and the
     // refusal, and exits 3 as well.
@@ -668,6 +674,12 @@ fn rollback_refusals_change_nothing() {
             .as_str()
             .unwrap_or_default()
             .contains("does not match its manifest"),
+        "{plan}"
+    );
+    assert!(
+        !plan["rollback"]["warnings"]
+            .to_string()
+            .contains("(--force)"),
         "{plan}"
     );
     assert_eq!(catalog_fingerprint(&dbs.dst), before);
@@ -1046,6 +1058,85 @@ fn rollback_keep_tables_repoints_foreign_keys_both_ways() {
     dbs.dst
         .psql("DELETE FROM orders; DELETE FROM plans WHERE id = 1");
     assert_eq!(dbs.dst.query_one_string("SELECT count(*) FROM users"), "17");
+}
+
+/// The keys a rollback creates between kept and restored tables are checked
+/// before any lock, as the swap checks its deferred keys: rows that would
+/// not match refuse the rollback (exit 1, nothing changed), its dry run
+/// lists them, and `--allow-fk-violations` creates the key NOT VALID. It
+/// committed and left the key NOT VALID with a warning, whatever the flag
+/// said (Wagtail's form submissions kept, pointing at pages the restored
+/// backup lacks). Both directions: a kept table's key to a restored table,
+/// and a restored table's key to a kept one.
+#[test]
+fn a_rollback_refuses_kept_rows_its_keys_would_not_match() {
+    let dbs = TestDbs::new("bk_fk_refused");
+    let ddl = "CREATE TABLE page (id int PRIMARY KEY);
+               CREATE TABLE sub (id int PRIMARY KEY, page_id int REFERENCES page);
+               CREATE TABLE users (id int PRIMARY KEY);
+               CREATE TABLE orders (id int PRIMARY KEY, user_id int REFERENCES users);";
+    dbs.src.psql(ddl);
+    dbs.dst.psql(ddl);
+    dbs.src
+        .psql("INSERT INTO page VALUES (1), (2); INSERT INTO users VALUES (1), (2);");
+    dbs.dst.psql(
+        "INSERT INTO page VALUES (1); INSERT INTO sub VALUES (1, 1);
+         INSERT INTO users VALUES (1), (2); INSERT INTO orders VALUES (1, 1), (2, 2);",
+    );
+    let wd = Workdir::new();
+    let url = swapped_preserving(&wd, &dbs, "sub,users");
+    // A submission for a page only the new public has; a user the old
+    // public's orders still reference, deleted.
+    dbs.dst
+        .psql("INSERT INTO sub VALUES (2, 2); DELETE FROM users WHERE id = 2;");
+    let keep = ["--keep-tables", "sub,users"];
+    let rollback = |extra: &[&str]| {
+        let mut args = vec!["rollback", "--dest", url.as_str(), "--latest"];
+        args.extend_from_slice(&keep);
+        args.extend_from_slice(extra);
+        wd.run(&args)
+    };
+    let before = catalog_fingerprint(&dbs.dst);
+    let dry: Value =
+        serde_json::from_str(&assert_success(&rollback(&["--dry-run", "--json"]))).unwrap();
+    let shown: Vec<String> = dry["rollback"]["fk_violations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| format!("{} {} {}", v["constraint"], v["count"], v["examples"]))
+        .collect();
+    assert_eq!(
+        shown,
+        [
+            "\"sub_page_id_fkey\" 1 [\"(2)\"]",
+            "\"orders_user_id_fkey\" 1 [\"(2)\"]"
+        ],
+        "{dry}"
+    );
+    let refusal = dry["rollback"]["refusal"].as_str().unwrap();
+    assert!(refusal.contains("--allow-fk-violations"), "{dry}");
+    let out = rollback(&[]);
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("sub_page_id_fkey: 1 row of sub (page_id) references no row of page (id), e.g. (page_id)=(2)")
+            && err.contains("nothing was changed"),
+        "{err}"
+    );
+    assert_eq!(catalog_fingerprint(&dbs.dst), before);
+    let r = rollback_keeping(&wd, &url, "sub,users", &["--allow-fk-violations"]);
+    let mut not_valid: Vec<&str> = r["fk_not_valid"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    not_valid.sort_unstable();
+    assert_eq!(
+        not_valid,
+        ["orders_user_id_fkey", "sub_page_id_fkey"],
+        "{r}"
+    );
 }
 
 /// `--latest` on a destination without backups: one usage error line (exit

@@ -35,6 +35,7 @@ pub async fn run(args: RollbackArgs, ctx: Ctx) -> Result<ExitCode> {
         allow_discard: settings.impact.allow_discard.clone(),
         fail_on_breaking: settings.impact.fail_on_breaking,
         workload: settings.impact.workload.clone(),
+        allow_fk_violations: settings.allow_fk_violations,
     };
     if settings.dry_run {
         let client = ctx.connect_dest().await?;
@@ -62,7 +63,7 @@ pub async fn run(args: RollbackArgs, ctx: Ctx) -> Result<ExitCode> {
         }
     }
     let plan = rollback::plan(&sess.control, &opts).await?;
-    if !plan.verification.ok {
+    if !plan.verification.ok && opts.force {
         for d in &plan.verification.differences {
             tracing::warn!("{} (--force)", d.message);
         }

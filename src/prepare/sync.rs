@@ -3116,7 +3116,7 @@ pub async fn fk_violations(
 
 /// What [`fk_violations`] found: the keys the rows break, and the keys it
 /// could not check (one line each: why).
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct FkCheck {
     pub violations: Vec<FkViolation>,
     pub unchecked: Vec<String>,

@@ -595,7 +595,7 @@ pub async fn fk_violations_now(client: &Client, m: &MigrationRow) -> Result<sync
 
 /// Why the swap refuses these foreign-key violations, or keys it could not
 /// check, unless allowed.
-fn fk_refusal(check: &sync::FkCheck, allowed: bool) -> Option<String> {
+pub(crate) fn fk_refusal(check: &sync::FkCheck, allowed: bool) -> Option<String> {
     if allowed {
         return None;
     }

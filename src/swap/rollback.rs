@@ -73,6 +73,9 @@ pub struct RollbackOptions {
     pub fail_on_breaking: bool,
     /// The impact report's workload check (`--workload-roles`, `--impact-timeout`).
     pub workload: WorkloadOptions,
+    /// Create the foreign keys between kept and restored tables NOT VALID
+    /// even when rows do not match (`--allow-fk-violations`).
+    pub allow_fk_violations: bool,
 }
 
 /// Everything decided before the transaction (read only).
@@ -105,6 +108,11 @@ pub struct Plan {
     /// Written tables that `--keep-tables` could not keep (objects of the
     /// backup depend on its own copy), with the reason, for the refusal's advice.
     pub unkeepable: Unkeepable,
+    /// The foreign keys the rollback creates between kept and restored
+    /// tables, checked against the rows they would join ([`joining_keys`]).
+    pub fk_check: sync::FkCheck,
+    /// Why the rollback refuses those keys' rows, if it does.
+    pub fk_refusal: Option<String>,
     /// Why the rollback refuses these writes, if it does.
     pub refusal: Option<String>,
     /// Why it refuses the backup (it no longer matches its manifest, and no
@@ -178,6 +186,9 @@ pub struct RollbackPreview {
     pub discarded_writes: Vec<DiscardedWrite>,
     /// Tables whose writes since then cannot be known.
     pub unknown_writes: Vec<UnknownWrite>,
+    /// Rows of kept or restored tables that the foreign keys the rollback
+    /// creates between them would not match (as `swap --dry-run` reports).
+    pub fk_violations: Vec<sync::FkViolation>,
     /// Why the rollback would refuse (discarded or unknown writes not
     /// covered by `--allow-discard`), or null: the first of `refusals`.
     pub refusal: Option<String>,
@@ -345,6 +356,17 @@ pub async fn plan(client: &Client, opts: &RollbackOptions) -> Result<Plan> {
         .err()
         .map(|e| e.to_string());
 
+    let pg15 = catalog::server_major(client).await? >= 15;
+    let joining = joining_keys(
+        client,
+        &pairs,
+        &restore.manifest.detached_foreign_keys,
+        pg15,
+    )
+    .await?;
+    let fk_check = sync::fk_violations(client, &joining, &carried_pairs(&pairs)).await?;
+    let fk_refusal = crate::swap::cutover::fk_refusal(&fk_check, opts.allow_fk_violations);
+
     let verification = verify::check(client, &restore).await?;
     let mismatch = (!verification.ok && !opts.force).then(|| {
         format!(
@@ -353,7 +375,7 @@ pub async fn plan(client: &Client, opts: &RollbackOptions) -> Result<Plan> {
             restore.ts
         )
     });
-    if !verification.ok {
+    if !verification.ok && opts.force {
         warnings.push(format!(
             "{schema} does not match its manifest ({}); rolling back anyway (--force)",
             verification.summary()
@@ -373,9 +395,80 @@ pub async fn plan(client: &Client, opts: &RollbackOptions) -> Result<Plan> {
         fail_on_breaking: opts.fail_on_breaking,
         workload: opts.workload.clone(),
         unkeepable,
+        fk_check,
+        fk_refusal,
         refusal,
         mismatch,
     })
+}
+
+/// The foreign keys the rollback creates NOT VALID between tables that
+/// stay live and tables it restores, to validate after its COMMIT, written
+/// as `ADD FOREIGN KEY` against where their tables are *now*, so that the
+/// rows they would join can be checked before any lock (as the swap checks
+/// its deferred keys, [`sync::fk_violations`]):
+///
+/// - a kept table's key to a table that moves out: re-pointed to the
+///   restored table of that name (now in the backup);
+/// - a restored table's key to its backup's copy of a kept table:
+///   re-pointed to the kept table;
+/// - a key an earlier rollback detached from the restored backup (recorded
+///   in its manifest): re-attached.
+///
+/// Keys PostgreSQL holds NOT VALID already stay unchecked, as on the source.
+async fn joining_keys(
+    client: &Client,
+    pairs: &[engine::Pair],
+    detached: &[ForeignKeyDef],
+    pg15: bool,
+) -> Result<Vec<String>> {
+    let by_live = |s: &str| pairs.iter().find(|p| p.live == s);
+    let by_backup = |s: &str| pairs.iter().find(|p| p.incoming == s);
+    let restored =
+        |p: &engine::Pair, t: &str| !p.keep.contains(t) && p.expected_tables.iter().any(|e| e == t);
+    let mut out = Vec::new();
+    for p in pairs {
+        let kept: Vec<String> = p.keep.iter().cloned().collect();
+        for fk in foreign_keys_of(client, &p.live, &kept, pg15).await? {
+            if let Some(q) = by_live(&fk.ref_schema)
+                && fk.validated
+                && restored(q, &fk.def.ref_table)
+            {
+                out.push(add_fk_sql(&fk.def, &p.live, &q.incoming, false));
+            }
+        }
+        let incoming: Vec<String> = p
+            .expected_tables
+            .iter()
+            .filter(|t| !p.keep.contains(*t))
+            .cloned()
+            .collect();
+        for fk in foreign_keys_of(client, &p.incoming, &incoming, pg15).await? {
+            if let Some(q) = by_backup(&fk.ref_schema)
+                && fk.validated
+                && q.keep.contains(&fk.def.ref_table)
+            {
+                out.push(add_fk_sql(&fk.def, &p.incoming, &q.live, false));
+            }
+        }
+    }
+    for fk in detached {
+        let (Some(p), Some(q)) = (by_live(&fk.schema), by_live(&fk.ref_schema)) else {
+            continue;
+        };
+        if !restored(p, &fk.table) {
+            continue;
+        }
+        let ref_now = if q.keep.contains(&fk.ref_table) {
+            &q.live
+        } else if restored(q, &fk.ref_table) {
+            &q.incoming
+        } else {
+            continue;
+        };
+        out.push(add_fk_sql(fk, &p.incoming, ref_now, false));
+    }
+    Ok(out)
 }
 
 /// The schemas the rollback exchanges, for the impact report: each live
@@ -525,6 +618,7 @@ pub async fn preview(client: &Client, plan: &Plan, policy: Policy) -> Result<Rol
         plan.mismatch.clone(),
         plan.refusal.clone(),
         gate::breaking_refusal_of(Operation::Rollback, &impact, plan.fail_on_breaking),
+        plan.fk_refusal.clone(),
         p.unmovable.refusal("the rollback"),
         p.lock_budget.refusal("the rollback"),
     ]
@@ -547,6 +641,7 @@ pub async fn preview(client: &Client, plan: &Plan, policy: Policy) -> Result<Rol
         swap_lock_budget: p.lock_budget,
         discarded_writes: plan.writes.discarded.clone(),
         unknown_writes: plan.writes.unknown.clone(),
+        fk_violations: plan.fk_check.violations.clone(),
         schemas,
         impact,
     })
@@ -594,6 +689,22 @@ pub async fn execute(sess: &Session, plan: &Plan, policy: Policy) -> Result<Roll
     // breaking findings refuse with --fail-on-breaking, else are warnings.
     let (impact, breaking) = impact(control, plan, policy, plan.fail_on_breaking).await?;
     warnings.extend(breaking);
+    if let Some(why) = &plan.fk_refusal {
+        bail!("{why}");
+    }
+    for v in &plan.fk_check.violations {
+        let line =
+            format!("{v} (allowed: the key is created NOT VALID, validated after the rollback)");
+        tracing::warn!("{line}");
+        warnings.push(line);
+    }
+    for u in &plan.fk_check.unchecked {
+        let line = format!(
+            "{u} (allowed: it is validated right after the rollback, and stays NOT VALID if a row has no match)"
+        );
+        tracing::warn!("{line}");
+        warnings.push(line);
+    }
     let pg15 = catalog::server_major(control).await? >= 15;
     let done = engine::swap(sess, &exchange(plan), &origin, policy, &hook(plan, pg15)).await?;
     let result = done.after;
@@ -1065,6 +1176,8 @@ pub(crate) struct CrossingFk {
     pub schema: String,
     pub ref_schema: String,
     pub partitioned: bool,
+    /// Not NOT VALID.
+    pub validated: bool,
     pub def: ForeignKeyDef,
 }
 
@@ -1137,7 +1250,7 @@ async fn foreign_keys(
     let sql = format!(
         "SELECT con.conname::text, cn.nspname::text, c.relname::text, fn.nspname::text, f.relname::text,
                 {}, {}, con.confmatchtype::text, con.confupdtype::text, con.confdeltype::text, {delset},
-                con.condeferrable, con.condeferred, c.relkind = 'p'
+                con.condeferrable, con.condeferred, c.relkind = 'p', con.convalidated
            FROM pg_catalog.pg_constraint con
            JOIN pg_catalog.pg_class c ON c.oid = con.conrelid
            JOIN pg_catalog.pg_namespace cn ON cn.oid = c.relnamespace
@@ -1158,6 +1271,7 @@ async fn foreign_keys(
             schema: r.get(1),
             ref_schema: r.get(3),
             partitioned: r.get(13),
+            validated: r.get(14),
             def: ForeignKeyDef {
                 schema: r.get(1),
                 ref_schema: r.get(3),
