@@ -628,3 +628,57 @@ async fn foreign_keys_between_the_same_tables_are_never_built_side_by_side() {
         "a_b_fkey,b_a_fkey"
     );
 }
+
+/// `--max-connections 3` is what pgshift may open on each server, as its
+/// refusal of anything lower says (a lock session, a control session, one
+/// worker). On a destination whose role has exactly 3 connection slots,
+/// prepare opened a fourth to read the destination's settings while the
+/// schema's session was open, and failed after 10 s of retries ("remaining
+/// connection slots are reserved"). The lifecycle now runs within 3.
+#[test]
+fn three_connection_slots_are_enough_for_prepare_swap_and_rollback() {
+    if !common::can_start_clusters() {
+        return;
+    }
+    let (src_cluster, _) = common::clusters();
+    let dst_cluster = common::Cluster::start_with(
+        "three-slots",
+        "max_connections = 6\nsuperuser_reserved_connections = 3",
+    );
+    let dbs = TestDbs::on(src_cluster, &dst_cluster, "three_slots");
+    let ddl = "CREATE TABLE posts (id int PRIMARY KEY, body text);
+               CREATE TABLE channels (id int PRIMARY KEY);";
+    dbs.src.psql(ddl);
+    dbs.src
+        .psql("INSERT INTO posts SELECT g, 'p' || g FROM generate_series(1, 100) g;");
+    let role = format!("slots_owner_{}", std::process::id());
+    dbs.dst.psql(&create_role(&role, "LOGIN PASSWORD 'slots'"));
+    dbs.dst.psql(&format!(
+        "ALTER DATABASE \"{}\" OWNER TO {role}; ALTER SCHEMA public OWNER TO {role};",
+        dbs.dst.name()
+    ));
+    let dst = format!(
+        "postgresql://{role}:slots@{}:{}/{}",
+        dbs.dst.host(),
+        dbs.dst.port(),
+        dbs.dst.name()
+    );
+    dbs.dst.psql(&format!(
+        "SET ROLE {role}; {ddl} INSERT INTO posts VALUES (1, 'mine');"
+    ));
+    let wd = Workdir::new();
+    let src = dbs.src.url();
+    let budget = ["--max-connections", "3", "--dest", dst.as_str()];
+    for args in [
+        &["prepare", "--source", &src, "--preserved-tables", "posts"][..],
+        &["swap"],
+        &["rollback", "--latest", "--keep-tables", "posts"],
+    ] {
+        assert_success(&wd.run(&[args, &budget[..]].concat()));
+    }
+    assert_eq!(
+        dbs.dst
+            .query_one_string("SELECT string_agg(body, ',') FROM posts"),
+        "mine"
+    );
+}

@@ -1074,9 +1074,12 @@ async fn restore_section(run: &Run<'_>, section: &str) -> Result<Vec<Entry>> {
     let mut entries = sql::split_entries(&text)?;
     // A newer pg_dump's session settings an older destination lacks
     // (`transaction_timeout`, pg_dump 17+) are left out, not failed on.
+    // Read on the control session: a session of its own here would be one
+    // more than --max-connections allows while the schema's is open.
     if let Some(preamble) = entries.first_mut().filter(|e| e.header.is_none()) {
-        let client = run.dest_client().await?;
-        let known: HashSet<String> = client
+        let known: HashSet<String> = run
+            .sess
+            .control
             .query("SELECT name FROM pg_catalog.pg_settings", &[])
             .await
             .map_err(|e| pg_error_as(e, "listing the destination's settings"))?
