@@ -1013,3 +1013,35 @@ async fn a_statement_prepared_with_sql_is_checked_as_what_it_prepares() {
         "{err:?}"
     );
 }
+
+/// A kept table's own sequence stays with it: a statement reading it was
+/// reported as failing (`relation "audit_id_seq" does not exist`), and
+/// would have made `--fail-on-breaking` refuse a swap that breaks nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kept_tables_own_sequence_is_no_failing_statement() {
+    let Some(dbs) = pair("kept_seq") else {
+        return;
+    };
+    dbs.src.psql("CREATE TABLE t (id int PRIMARY KEY);");
+    dbs.dst.psql(
+        "CREATE EXTENSION pg_stat_statements;
+         CREATE TABLE t (id int PRIMARY KEY);
+         CREATE TABLE audit (id serial PRIMARY KEY, msg text);
+         INSERT INTO audit (msg) VALUES ('kept');
+         SELECT pg_stat_statements_reset(0, (SELECT oid FROM pg_database WHERE datname = current_database()), 0);",
+    );
+    let (app, [seq]) = holding(
+        &dbs.dst,
+        ["SELECT last_value FROM audit_id_seq WHERE $1 = 1"],
+    )
+    .await;
+    let wd = Workdir::new();
+    let url = dbs.dst.url();
+    assert_success(&wd.prepare(&dbs, &["--keep-tables", "audit"]));
+    let d = json_of(&wd.run_ok(&["swap", "--dest", &url, "--dry-run", "--json"]));
+    let statements = &d["swap"]["impact"]["statements"];
+    assert_eq!(statements["failing"], json!([]), "{d}");
+    assert_success(&wd.run(&["swap", "--dest", &url, "--fail-on-breaking"]));
+    let last: i64 = app.query_one(&seq, &[&1i32]).await.unwrap().get(0);
+    assert_eq!(last, 1);
+}

@@ -377,8 +377,8 @@ pub struct Catalog {
 impl Catalog {
     /// Load the names of `schemas`; `live` are the live schemas, `stays` the
     /// `(schema, table)` of live tables the swap leaves where they are (kept
-    /// tables): they and their row types count as staying, like extension
-    /// members.
+    /// tables): they, their row and array types and the sequences they own
+    /// (which move with them) count as staying, like extension members.
     pub async fn load(
         client: &impl GenericClient,
         schemas: &[String],
@@ -392,7 +392,12 @@ impl Catalog {
                   JOIN ext ON d.refclassid = ext.classid AND d.refobjid = ext.objid
                  WHERE d.deptype IN ('i', 'a')),
               ns AS (SELECT oid, nspname FROM pg_catalog.pg_namespace WHERE nspname = ANY($1::text[]))
-            SELECT 'r', ns.nspname::text, c.relname::text, (c.tableoid, c.oid) IN (SELECT * FROM ext), 0::oid
+            SELECT 'r', ns.nspname::text, c.relname::text, (c.tableoid, c.oid) IN (SELECT * FROM ext), 0::oid,
+                   (SELECT o.relname::text FROM pg_catalog.pg_depend d
+                      JOIN pg_catalog.pg_class o ON o.oid = d.refobjid
+                     WHERE c.relkind = 'S' AND d.classid = 'pg_catalog.pg_class'::pg_catalog.regclass
+                       AND d.objid = c.oid AND d.refclassid = 'pg_catalog.pg_class'::pg_catalog.regclass
+                       AND d.deptype IN ('a', 'i') AND o.relnamespace = c.relnamespace LIMIT 1)
               FROM pg_catalog.pg_class c JOIN ns ON ns.oid = c.relnamespace
              WHERE c.relkind IN ('r', 'p', 'v', 'm', 'f', 'S')
             UNION ALL
@@ -400,13 +405,16 @@ impl Catalog {
                    (t.tableoid, t.oid) IN (SELECT * FROM ext)
                    OR (t.typrelid <> 0 AND ('pg_catalog.pg_class'::pg_catalog.regclass, t.typrelid) IN (SELECT * FROM ext))
                    OR (t.typelem <> 0 AND ('pg_catalog.pg_type'::pg_catalog.regclass, t.typelem) IN (SELECT * FROM ext)),
-                   t.oid
+                   t.oid,
+                   (SELECT e.typname::text FROM pg_catalog.pg_type e
+                     WHERE t.typelem <> 0 AND e.oid = t.typelem AND e.typarray = t.oid
+                       AND e.typnamespace = t.typnamespace)
               FROM pg_catalog.pg_type t JOIN ns ON ns.oid = t.typnamespace
             UNION ALL
-            SELECT 'f', ns.nspname::text, p.proname::text, (p.tableoid, p.oid) IN (SELECT * FROM ext), 0::oid
+            SELECT 'f', ns.nspname::text, p.proname::text, (p.tableoid, p.oid) IN (SELECT * FROM ext), 0::oid, NULL
               FROM pg_catalog.pg_proc p JOIN ns ON ns.oid = p.pronamespace
             UNION ALL
-            SELECT 'o', ns.nspname::text, o.oprname::text, (o.tableoid, o.oid) IN (SELECT * FROM ext), 0::oid
+            SELECT 'o', ns.nspname::text, o.oprname::text, (o.tableoid, o.oid) IN (SELECT * FROM ext), 0::oid, NULL
               FROM pg_catalog.pg_operator o JOIN ns ON ns.oid = o.oprnamespace";
         let rows = client
             .query(sql, &[&schemas])
@@ -422,8 +430,11 @@ impl Catalog {
             };
             let schema: String = r.get(1);
             let name: String = r.get(2);
+            // Its owning table (a sequence) or element type (an array type).
+            let owner: Option<String> = r.get(5);
             let kept = matches!(kind, Kind::Relation | Kind::Type)
-                && stays.contains(&(schema.clone(), name.clone()));
+                && (stays.contains(&(schema.clone(), name.clone()))
+                    || owner.is_some_and(|o| stays.contains(&(schema.clone(), o))));
             let ext: bool = r.get::<_, bool>(3) || kept;
             if kind == Kind::Type && !ext && live.contains(&schema) {
                 cat.live_type_oids.insert(r.get(4));
