@@ -94,7 +94,11 @@ fn print_preview(ctx: &Ctx, p: &RollbackPreview) -> Result<()> {
     }
     crate::outln!("Swap mode: {} ({})", p.mode.mode.as_str(), p.mode.reason);
     print_budget(&p.swap_lock_budget, "rollback");
-    crate::out!("{}", p.impact.render());
+    crate::out!(
+        "{}",
+        p.impact
+            .render_for(crate::swap::impact::Operation::Rollback)
+    );
     if !p.discarded_writes.is_empty() || !p.unknown_writes.is_empty() {
         crate::outln!(
             "Written since the current public went live (these rows would stay in the new backup):"

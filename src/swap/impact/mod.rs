@@ -323,8 +323,14 @@ impl Impact {
     }
 
     /// The report for people (`swap --dry-run`).
+    /// The whole report as text, for a swap.
     pub fn render(&self) -> String {
-        report::render(self)
+        report::render(self, Operation::Swap)
+    }
+
+    /// The whole report as text, in the words of `op`.
+    pub fn render_for(&self, op: Operation) -> String {
+        report::render(self, op)
     }
 }
 

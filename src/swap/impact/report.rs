@@ -1,6 +1,6 @@
 //! The report for people (`swap --dry-run`) and `status`'s one-line summary.
 
-use super::{Effect, Impact, TableWrites};
+use super::{Effect, Impact, Operation, TableWrites};
 use crate::output::{Table, human_ms};
 use itertools::Itertools;
 
@@ -87,7 +87,6 @@ fn indent(text: &str, by: &str) -> String {
         .collect::<String>()
 }
 
-/// The whole report as text.
 /// Writes per table (table, inserts, updates, deletes), with `note` as a
 /// fifth, unnamed column when given.
 pub fn writes_table(
@@ -112,12 +111,19 @@ pub fn writes_table(
     t
 }
 
-pub fn render(i: &Impact) -> String {
+/// The whole report as text, in the words of `op` (a rollback's writes are
+/// those since the current public went live, kept rather than preserved).
+pub fn render(i: &Impact, op: Operation) -> String {
     let mut out = String::from("Impact on the running application\n");
     out.push_str(&format!("  {}\n", summary(i)));
 
     if !i.discarded_writes.is_empty() {
-        out.push_str("\nDiscarded writes: written since prepare started to tables that are not preserved; these rows would stay in the backup, not in the new public:\n");
+        out.push_str(&format!(
+            "\nDiscarded writes: written {} to {}; {}:\n",
+            op.since(),
+            op.not_covered(2),
+            op.fate()
+        ));
         let t = writes_table(&i.discarded_writes, None);
         out.push_str(&indent(&t.render(), "  "));
     }
@@ -128,7 +134,14 @@ pub fn render(i: &Impact) -> String {
         }
     }
     if !i.discarded_writes.is_empty() || !i.unknown_writes.is_empty() {
-        out.push_str("  Unless --allow-discard covers them, the swap refuses these: prepare again with the tables in --preserved-tables, or pass --allow-discard TABLES (or all).\n");
+        out.push_str(&format!(
+            "  Unless --allow-discard covers them, {} refuses these: {}, or pass --allow-discard TABLES (or all).\n",
+            op.subject(),
+            match op {
+                Operation::Swap => "prepare again with the tables in --preserved-tables",
+                Operation::Rollback => "keep the tables with --keep-tables",
+            }
+        ));
     }
 
     if !i.hazards.is_empty() {
@@ -159,7 +172,7 @@ pub fn render(i: &Impact) -> String {
             ));
             statement_section(
                 &mut out,
-                "Will fail after the swap",
+                &format!("Will fail after {}", op.subject()),
                 s.failing
                     .iter()
                     .map(|f| (&f.query, Some(f.calls), f.error.clone())),
@@ -182,7 +195,10 @@ pub fn render(i: &Impact) -> String {
     }
 
     if !i.blockers.is_empty() {
-        out.push_str("\nSessions that would hold the swap up:\n");
+        out.push_str(&format!(
+            "\nSessions that would hold {} up:\n",
+            op.subject()
+        ));
         let mut t = Table::new([
             "pid",
             "role",
@@ -287,12 +303,28 @@ mod tests {
             summary(&i),
             "impact: 2 statements will fail, 1 will change result type, writes to 1 non-preserved table"
         );
-        let text = render(&i);
+        let text = render(&i, Operation::Swap);
         assert!(
             text.contains("accounts        3        0        0"),
             "{text}"
         );
         assert!(text.contains("a: text -> email"), "{text}");
+        assert!(
+            text.contains("written since prepare started to tables that are not preserved")
+                && text.contains(
+                    "the swap refuses these: prepare again with the tables in --preserved-tables"
+                ),
+            "{text}"
+        );
+        // A rollback's dry run says it in its own words.
+        let text = render(&i, Operation::Rollback);
+        assert!(
+            text.contains("written since the current public went live to tables that are not kept; the rows would stay in the new backup")
+                && text.contains("the rollback refuses these: keep the tables with --keep-tables")
+                && text.contains("Will fail after the rollback")
+                && !text.contains("swap"),
+            "{text}"
+        );
         assert_eq!(short_query("SELECT  a,\n b FROM t", 12), "SELECT a, b…");
     }
 
@@ -314,7 +346,7 @@ mod tests {
             reason: "the recorded text does not parse: syntax error".into(),
             calls: 2,
         }];
-        let text = render(&i);
+        let text = render(&i, Operation::Swap);
         let at = text.find("Recorded statements").expect(&text);
         assert_eq!(
             &text[at..],

@@ -722,21 +722,21 @@ pub enum Operation {
 }
 
 impl Operation {
-    fn subject(self) -> &'static str {
+    pub(crate) fn subject(self) -> &'static str {
         match self {
             Operation::Swap => "the swap",
             Operation::Rollback => "the rollback",
         }
     }
 
-    fn since(self) -> &'static str {
+    pub(crate) fn since(self) -> &'static str {
         match self {
             Operation::Swap => "since prepare started",
             Operation::Rollback => "since the current public went live",
         }
     }
 
-    fn fate(self) -> &'static str {
+    pub(crate) fn fate(self) -> &'static str {
         match self {
             Operation::Swap => "the rows would stay in the backup, not in the new public",
             Operation::Rollback => {
@@ -745,7 +745,7 @@ impl Operation {
         }
     }
 
-    fn not_covered(self, n: usize) -> String {
+    pub(crate) fn not_covered(self, n: usize) -> String {
         let (these, are) = if n == 1 {
             ("table", "is")
         } else {
