@@ -253,6 +253,49 @@ fn a_valid_fk_to_a_preserved_table_is_validated_after_the_swap() {
     );
 }
 
+/// A check the source added NOT VALID (Synapse's `profiles`: `CHECK
+/// (full_user_id IS NOT NULL) NOT VALID`, from a migration that left the
+/// old rows alone) exempts the rows that were there. The destination's rows
+/// of a preserved table are such rows: prepare failed copying them in
+/// ("violates check constraint"). The swap now adds the check after them,
+/// NOT VALID as on the source, and it holds for new rows.
+#[test]
+fn a_not_valid_check_of_the_source_exempts_the_preserved_rows() {
+    let dbs = TestDbs::new("preserved_check_not_valid");
+    dbs.src.psql(
+        "CREATE TABLE users (id int PRIMARY KEY, email text);
+         ALTER TABLE users ADD CONSTRAINT users_email_set CHECK (email IS NOT NULL) NOT VALID;
+         COMMENT ON CONSTRAINT users_email_set ON users IS 'new rows only';",
+    );
+    dbs.dst.psql(
+        "CREATE TABLE users (id int PRIMARY KEY, email text);
+         INSERT INTO users VALUES (1, NULL), (2, 'b@x');",
+    );
+    let wd = Workdir::new();
+    with_users_preserved(&wd, &dbs, "prepare", &[]);
+    // Written while prepared, replayed, exempt as well.
+    dbs.dst.psql("INSERT INTO users VALUES (3, NULL)");
+    assert_success(&wd.run(&["swap", "--dest", &dbs.dst.url()]));
+    assert_eq!(
+        dbs.dst.psql(
+            "SELECT string_agg(id || ':' || coalesce(email, '-'), ',' ORDER BY id) FROM users"
+        ),
+        "1:-,2:b@x,3:-"
+    );
+    assert_eq!(
+        dbs.dst.psql(
+            "SELECT convalidated || ' ' || obj_description(oid, 'pg_constraint')
+               FROM pg_constraint WHERE conname = 'users_email_set'"
+        ),
+        "false new rows only"
+    );
+    let err = dbs
+        .dst
+        .try_psql("INSERT INTO users VALUES (4, NULL)")
+        .unwrap_err();
+    assert!(err.contains("users_email_set"), "{err}");
+}
+
 /// A partitioned table's key to a preserved table (PostgreSQL before 18
 /// cannot add it NOT VALID): each leaf partition gets it NOT VALID inside the
 /// swap, validated after it, then the parent's key is added and attaches them.

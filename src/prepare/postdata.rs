@@ -24,9 +24,11 @@
 //! none.
 //!
 //! Entries that touch a preserved table — foreign keys from or to it, its
-//! triggers and rules, and comments on those — are not run here: they would
-//! fire on (or reject) the rows the sync copies in. They are returned as
-//! *deferred* SQL that the swap runs inside its transaction.
+//! triggers and rules, constraints the source added `NOT VALID` (which exempt
+//! the rows already there, as the destination's are), and comments on those —
+//! are not run here: they would fire on (or reject) the rows the sync copies
+//! in. They are returned as *deferred* SQL that the swap runs inside its
+//! transaction.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -58,6 +60,9 @@ pub struct EntryTargets {
     pub object: Option<String>,
     /// The table named by a COMMENT on a constraint, trigger, rule or policy.
     pub comment_table: Option<String>,
+    /// The entry adds a constraint `NOT VALID` (a check, or a PostgreSQL 18
+    /// not-null): rows already there are exempt.
+    pub not_valid: bool,
 }
 
 /// Find what an entry's statements touch (tables by bare name).
@@ -92,6 +97,7 @@ pub fn targets_keyed(sql: &str, key: KeyFn<'_>) -> Result<EntryTargets> {
                         && let Some(NodeEnum::Constraint(con)) = &def.node
                     {
                         t.object.get_or_insert(con.conname.clone());
+                        t.not_valid |= con.skip_validation;
                         if con.contype == ConstrType::ConstrForeign as i32
                             && let Some(pk) = &con.pktable
                         {
@@ -246,6 +252,10 @@ pub fn plan(
         let defer = match h.kind.as_str() {
             "FK CONSTRAINT" => is_preserved(&t.table) || is_preserved(&t.references),
             "TRIGGER" | "RULE" => is_preserved(&t.table),
+            // A constraint the source added NOT VALID exempts the rows that
+            // were there: the destination's rows of a preserved table are
+            // such rows, so it is added by the swap, after they are in.
+            "CHECK CONSTRAINT" | "CONSTRAINT" => t.not_valid && is_preserved(&t.table),
             "COMMENT" => match (&t.comment_table, &t.object) {
                 (Some(tab), Some(obj)) => deferred_objects.contains(&(tab.clone(), obj.clone())),
                 _ => false,
@@ -573,5 +583,40 @@ mod tests {
         // The FK to users, the trigger on users, and the comment on that FK.
         assert_eq!(p.deferred.len(), 3);
         assert!(p.waves[3].is_empty());
+    }
+
+    /// A check the source added NOT VALID exempts the rows that were there
+    /// (Synapse's `profiles`): on a preserved table, whose rows are the
+    /// destination's, the swap adds it after they are in; a valid one, or one
+    /// on a table the source fills, runs here.
+    #[test]
+    fn not_valid_checks_of_preserved_tables_are_deferred() {
+        let entries = vec![
+            entry(
+                "CHECK CONSTRAINT",
+                "ALTER TABLE shadow.users ADD CONSTRAINT named CHECK (name IS NOT NULL) NOT VALID;",
+            ),
+            entry(
+                "COMMENT",
+                "COMMENT ON CONSTRAINT named ON shadow.users IS 'x';",
+            ),
+            entry(
+                "CHECK CONSTRAINT",
+                "ALTER TABLE shadow.users ADD CONSTRAINT valid CHECK (shadow.ok(id));",
+            ),
+            entry(
+                "CHECK CONSTRAINT",
+                "ALTER TABLE shadow.orders ADD CONSTRAINT positive CHECK (n > 0) NOT VALID;",
+            ),
+        ];
+        let preserved: HashSet<String> = ["users".to_string()].into();
+        let p = plan(&entries, &HashMap::new(), &preserved, &|_, r| r.to_string()).unwrap();
+        assert_eq!(p.deferred.len(), 2, "{:?}", p.deferred);
+        assert!(p.deferred[0].contains("named") && p.deferred[1].starts_with("COMMENT"));
+        let here: Vec<&str> = p.waves[3].iter().map(|j| j.sql.as_str()).collect();
+        assert!(
+            here.len() == 2 && here[0].contains("valid CHECK") && here[1].contains("positive"),
+            "{here:?}"
+        );
     }
 }
