@@ -290,6 +290,12 @@ pub enum Problem {
         "\"@\" after the host part; percent-encode \"/\", \"?\", \"#\" and \"@\" in the user name and password (%2F, %3F, %23, %40)"
     )]
     StrayAt,
+    /// A raw `/` or `?` in the user name or password (the authority ended
+    /// there and an `@` follows), or a raw `#` in either.
+    #[error(
+        "a raw \"{0}\" in the user name or password; percent-encode \"/\", \"?\", \"#\" and \"@\" there (%2F, %3F, %23, %40)"
+    )]
+    RawInUserinfo(char),
     #[error(
         "more than one \"@\" before the host; percent-encode \"@\" in the user name and password (%40)"
     )]
@@ -511,9 +517,21 @@ fn lexical_password_spans(s: &str, url: bool) -> Vec<Range<usize>> {
         let Some(scheme_end) = s.find("://").map(|i| i + 3) else {
             return out;
         };
-        let auth_end = s[scheme_end..]
-            .find(['/', '?', '#'])
+        // The authority ends at the first '/' or '?', as libpq reads it; one
+        // without an '@' was cut short by a raw '/' or '?' in the password (why
+        // the URL was refused): then it runs to the last '@' before the path,
+        // so that the password is hidden whole.
+        let first_end = s[scheme_end..]
+            .find(['/', '?'])
             .map_or(s.len(), |i| scheme_end + i);
+        let auth_end = if s[scheme_end..first_end].contains('@') {
+            first_end
+        } else {
+            s[scheme_end..]
+                .rfind('@')
+                .and_then(|at| s[scheme_end + at..].find('/').map(|i| scheme_end + at + i))
+                .unwrap_or(s.len())
+        };
         if let Some(at) = s[scheme_end..auth_end].rfind('@').map(|i| scheme_end + i)
             && let Some(colon) = s[scheme_end..at].find(':').map(|i| scheme_end + i)
             && colon + 1 < at
@@ -1282,10 +1300,15 @@ fn parse_url(input: &str) -> Result<Vec<(&'static str, Value)>, Problem> {
     };
 
     // A raw '@' after the host part almost always means a password with an unencoded
-    // '/', '?' or '#'; refuse before any of it can end up in a host or database name.
+    // '/', '?' or '#'; refuse before any of it can end up in a host or database name,
+    // naming the character that ended the user part early when there was no '@' before.
+    let stray_at = || match tail.chars().next() {
+        Some(c @ ('/' | '?')) if !authority.contains('@') => Problem::RawInUserinfo(c),
+        _ => Problem::StrayAt,
+    };
     let path_part = tail.split('?').next().unwrap_or("");
     if path_part.contains('@') {
-        return Err(Problem::StrayAt);
+        return Err(stray_at());
     }
 
     // libpq ends the user part at the first '@', and would take the rest for
@@ -1296,6 +1319,10 @@ fn parse_url(input: &str) -> Result<Vec<(&'static str, Value)>, Problem> {
     let hostlist = match authority.rfind('@') {
         Some(at) => {
             let userinfo = &authority[..at];
+            // libpq takes a raw '#' there; RFC 3986 starts a fragment at it.
+            if userinfo.contains('#') {
+                return Err(Problem::RawInUserinfo('#'));
+            }
             let (user, password) = match userinfo.split_once(':') {
                 Some((u, p)) => (u, Some(p)),
                 None => (userinfo, None),
@@ -1313,7 +1340,7 @@ fn parse_url(input: &str) -> Result<Vec<(&'static str, Value)>, Problem> {
         let (hosts, ports) = split_url_hosts(hostlist)?;
         for p in &ports {
             if !p.bytes().all(|b| b.is_ascii_digit()) && tail.contains('@') {
-                return Err(Problem::StrayAt);
+                return Err(stray_at());
             }
         }
         if hosts.len() > 1 || hosts.iter().any(|h| !h.is_empty()) {
@@ -1337,7 +1364,7 @@ fn parse_url(input: &str) -> Result<Vec<(&'static str, Value)>, Problem> {
         for piece in query.split('&').filter(|p| !p.is_empty()) {
             let Some((k, v)) = piece.split_once('=') else {
                 return Err(if piece.contains('@') {
-                    Problem::StrayAt
+                    stray_at()
                 } else {
                     Problem::MissingEquals
                 });
@@ -2248,6 +2275,25 @@ mod tests {
     }
 
     #[test]
+    fn url_raw_specials_in_the_password_are_named() {
+        for (url, c) in [
+            ("postgresql://u:ab#c@h/d", '#'),
+            ("postgresql://u:ab?c@h/d", '?'),
+            ("postgresql://u:ab/c@h/d", '/'),
+        ] {
+            assert_eq!(
+                err(url),
+                format!(
+                    "invalid connection URL: a raw \"{c}\" in the user name or password; percent-encode \"/\", \"?\", \"#\" and \"@\" there (%2F, %3F, %23, %40)"
+                ),
+                "{url}"
+            );
+        }
+        let s = parse("postgresql://u:ab%23c@h/d");
+        assert_eq!(password(&s).as_deref(), Some("ab#c"));
+    }
+
+    #[test]
     fn url_password_with_unencoded_specials_is_refused_without_echo() {
         refused_without_echo(
             &[
@@ -2856,6 +2902,11 @@ h:5432:db:u:second
             [r"a \' b"]
         );
         assert_eq!(cut("gssencmode=disable mypassword=x"), Vec::<String>::new());
+        // Refused for a raw '#', '?' or '/' in the password: hidden whole.
+        assert_eq!(cut("postgresql://u:ab#Qz7@h/d"), ["ab#Qz7"]);
+        assert_eq!(cut("postgresql://u:ab?Qz7@h/d"), ["ab?Qz7"]);
+        assert_eq!(cut("postgresql://u:ab/Qz7@h/d"), ["ab/Qz7"]);
+        assert_eq!(cut("postgresql://u:p@Qz7@h/d"), ["p@Qz7"]);
         // Refused by name: libpq's, not pgshift's.
         assert_eq!(
             ConnSpec::parse("host=h gssencmode=disable")
