@@ -131,7 +131,14 @@ pub fn is_one_dml(query: &str) -> bool {
 
 /// Parse `query` and collect the names it uses.
 pub fn parse(query: &str) -> Result<Parsed, String> {
-    let parsed = pg_query::parse(query, 0).map_err(|e| e.to_string())?;
+    let parsed = match pg_query::parse(query, 0) {
+        Ok(p) => p,
+        // The parser is PostgreSQL 18's: text an older server recorded may
+        // not parse (`CREATE FUNCTION f(json json)`: JSON is a keyword now).
+        // Utility statements are left out whether or not they parse.
+        Err(_) if starts_as_utility(query) => return Ok(Parsed::Other),
+        Err(e) => return Err(e.to_string()),
+    };
     if !one_dml(&parsed) {
         return Ok(Parsed::Other);
     }
@@ -150,6 +157,72 @@ pub fn parse(query: &str) -> Result<Parsed, String> {
         list.sort_by_key(|r| r.location.unwrap_or(usize::MAX));
     }
     Ok(Parsed::Dml(refs))
+}
+
+/// Does `query`'s first word (after comments and opening parentheses) start
+/// a utility statement, which the check leaves out?
+fn starts_as_utility(query: &str) -> bool {
+    let mut rest = query;
+    loop {
+        let t = rest.trim_start_matches(|c: char| c.is_whitespace() || c == '(');
+        if let Some(after) = t.strip_prefix("--") {
+            rest = after.split_once('\n').map_or("", |(_, r)| r);
+        } else if let Some(after) = t.strip_prefix("/*") {
+            rest = after.split_once("*/").map_or("", |(_, r)| r);
+        } else {
+            rest = t;
+            break;
+        }
+    }
+    let word: String = rest
+        .chars()
+        .take_while(char::is_ascii_alphabetic)
+        .collect::<String>()
+        .to_ascii_lowercase();
+    matches!(
+        word.as_str(),
+        "create"
+            | "alter"
+            | "drop"
+            | "comment"
+            | "grant"
+            | "revoke"
+            | "security"
+            | "set"
+            | "reset"
+            | "show"
+            | "begin"
+            | "start"
+            | "commit"
+            | "end"
+            | "rollback"
+            | "abort"
+            | "savepoint"
+            | "release"
+            | "vacuum"
+            | "analyze"
+            | "refresh"
+            | "reindex"
+            | "cluster"
+            | "truncate"
+            | "lock"
+            | "copy"
+            | "do"
+            | "call"
+            | "explain"
+            | "listen"
+            | "unlisten"
+            | "notify"
+            | "discard"
+            | "deallocate"
+            | "declare"
+            | "fetch"
+            | "move"
+            | "close"
+            | "checkpoint"
+            | "load"
+            | "import"
+    )
 }
 
 /// Type names that may precede a string constant (`interval '1 day'`,
@@ -1052,6 +1125,25 @@ mod tests {
         // Catalog-only statements are out of scope; pgshift's own are flagged.
         assert!(!go("SELECT now()").in_scope);
         assert!(go("SELECT * FROM shadow.accounts").pgshift_own);
+        // Utility statements are left out even when PostgreSQL 18's parser
+        // refuses what an older server recorded; DML that does not parse is not.
+        assert!(matches!(
+            parse("CREATE FUNCTION shadow.f(json json) RETURNS int LANGUAGE sql AS $1"),
+            Ok(Parsed::Other)
+        ));
+        assert!(matches!(
+            parse("/* c */ COMMENT ON FUNCTION pgshift_shadow_test.f(json json) IS $1"),
+            Ok(Parsed::Other)
+        ));
+        assert!(
+            pg_query::parse(
+                "CREATE FUNCTION shadow.f(json json) RETURNS int LANGUAGE sql AS $1",
+                0
+            )
+            .is_err()
+        );
+        assert!(parse("SELECT f(json json) FROM t").is_err());
+        assert!(parse(" ( SELECT 1 FROM").is_err());
         assert!(go("SELECT * FROM pgshift.migration").pgshift_own);
         assert!(go("SELECT count(*) FROM backup_1752567000000.accounts").pgshift_own);
         assert!(!go("SELECT * FROM spatial_ref_sys").in_scope);
