@@ -1045,3 +1045,66 @@ async fn a_kept_tables_own_sequence_is_no_failing_statement() {
     let last: i64 = app.query_one(&seq, &[&1i32]).await.unwrap().get(0);
     assert_eq!(last, 1);
 }
+
+/// `--allow-discard` naming a table the replaced schemas do not have (a
+/// typo) was accepted without a word, letting nothing through: it is bad
+/// input, refused (exit 2) before anything changes, by the swap, its dry run
+/// and the rollback.
+#[test]
+fn allow_discard_of_a_table_that_does_not_exist_is_refused() {
+    let dbs = TestDbs::new("imp_allow_typo");
+    for db in [&dbs.src, &dbs.dst] {
+        db.psql("CREATE TABLE orders (id int PRIMARY KEY); CREATE TABLE \"Items\" (id int);");
+    }
+    let wd = Workdir::new();
+    let url = dbs.dst.url();
+    assert_success(&wd.prepare(&dbs, &[]));
+    let usage = |args: &[&str], needle: &str| {
+        let out = wd.run(args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        let last = err.trim_end().lines().last().unwrap_or_default();
+        assert!(
+            last.starts_with("error: ") && last.contains(needle),
+            "{args:?}: {err}"
+        );
+    };
+    for extra in [&[][..], &["--dry-run"]] {
+        usage(
+            &[
+                &["swap", "--dest", &url, "--allow-discard", "orders,ordres"][..],
+                extra,
+            ]
+            .concat(),
+            "--allow-discard: public has no table ordres; nothing was changed",
+        );
+    }
+    usage(
+        &["swap", "--dest", &url, "--allow-discard", "items"],
+        "public has no table items (letters outside double quotes are folded to lower case, as in psql: write \"Items\" with its quotes)",
+    );
+    usage(
+        &["swap", "--dest", &url, "--allow-discard", "billing.orders"],
+        "--allow-discard: billing.orders is not in a schema the swap replaces (public)",
+    );
+    let s = status(&wd, &dbs.dst, &[]);
+    assert_eq!(s["state"], "prepared", "{s}");
+    assert_success(&wd.run(&[
+        "swap",
+        "--dest",
+        &url,
+        "--allow-discard",
+        "orders,\"Items\"",
+    ]));
+    usage(
+        &[
+            "rollback",
+            "--dest",
+            &url,
+            "--latest",
+            "--allow-discard",
+            "ordres",
+        ],
+        "--allow-discard: public has no table ordres",
+    );
+}

@@ -511,6 +511,13 @@ impl InTx for MigrationTx<'_> {
 pub async fn preview(client: &Client, opts: &SwapOptions) -> Result<SwapPreview> {
     let d = Destination::observe(client).await?;
     let m = ready(&d, opts.timestamp.as_deref())?;
+    gate::check_allowed_tables(
+        client,
+        Operation::Swap,
+        &opts.impact.allow_discard,
+        &lives(m),
+    )
+    .await?;
     let details = &m.state.details;
     let kept = kept_tables(client, m, &opts.keep_tables).await?;
     let writes = details
@@ -669,6 +676,11 @@ fn under_locks<'a>(
     }
 }
 
+/// The live schemas the migration replaces.
+fn lives(m: &MigrationRow) -> Vec<String> {
+    pairs(m).into_iter().map(|p| p.live).collect()
+}
+
 /// A swap keeps no table with `--keep-tables` that it cannot.
 static NO_UNKEEPABLE: Unkeepable = Unkeepable::new();
 
@@ -709,6 +721,13 @@ pub async fn swap(sess: &Session, opts: &SwapOptions) -> Result<SwapReport> {
         );
     }
     let m = ready(&d, opts.timestamp.as_deref())?.clone();
+    gate::check_allowed_tables(
+        &sess.control,
+        Operation::Swap,
+        &opts.impact.allow_discard,
+        &lives(&m),
+    )
+    .await?;
     failpoint("swap").await?;
     let synced = &m.state.details.sync;
     let mut warnings = Vec::new();

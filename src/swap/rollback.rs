@@ -246,6 +246,7 @@ pub async fn plan(client: &Client, opts: &RollbackOptions) -> Result<Plan> {
         }
     }
     let lives: Vec<String> = maps.iter().map(|m| m.live.clone()).collect();
+    gate::check_allowed_tables(client, Operation::Rollback, &opts.allow_discard, &lives).await?;
     let mut warnings = Vec::new();
     let mut asked: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
     let mut live_tables: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();

@@ -582,6 +582,44 @@ pub fn write_lines(check: &WriteCheck) -> Vec<String> {
         .collect()
 }
 
+/// `--allow-discard`'s tables must be tables of the schemas `op` replaces
+/// (`lives`): a name that matches none, a typo, would let nothing through
+/// without a word. Refused (exit 2) before anything changes.
+pub async fn check_allowed_tables(
+    client: &Client,
+    op: Operation,
+    allow: &AllowDiscard,
+    lives: &[String],
+) -> Result<()> {
+    let AllowDiscard::Tables(names) = allow else {
+        return Ok(());
+    };
+    for t in names {
+        let s = t.schema_or_public();
+        if !lives.iter().any(|l| l == s) {
+            crate::refuse!(
+                "--allow-discard: {t} is not in a schema {} replaces ({}); nothing was changed",
+                op.subject(),
+                lives
+                    .iter()
+                    .map(|l| crate::pg::ident::display_ident(l))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+        }
+        let tables = crate::swap::rollback::tables_of(client, s).await?;
+        if !tables.contains(&t.name) {
+            crate::refuse!(
+                "--allow-discard: {} has no table {}{}; nothing was changed",
+                crate::pg::ident::display_ident(s),
+                crate::pg::ident::display_ident(&t.name),
+                crate::pg::ident::fold_hint_among(&t.name, &tables)
+            );
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::super::{FailingStatement, Hazard};
