@@ -1107,4 +1107,23 @@ fn allow_discard_of_a_table_that_does_not_exist_is_refused() {
         ],
         "--allow-discard: public has no table ordres",
     );
+    // start says so before it prepares.
+    let src = dbs.src.url();
+    usage(
+        &[
+            "start",
+            "--source",
+            &src,
+            "--dest",
+            &url,
+            "--allow-discard",
+            "ordres",
+        ],
+        "--allow-discard: public has no table ordres",
+    );
+    assert_eq!(
+        dbs.dst
+            .psql("SELECT count(*) FROM pg_class WHERE relnamespace = 'shadow'::regnamespace"),
+        "0"
+    );
 }

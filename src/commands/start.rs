@@ -33,6 +33,14 @@ pub async fn run(ctx: Ctx) -> Result<ExitCode> {
         return Ok(ExitCode::Ok);
     }
     let sess = ctx.open_session().await?;
+    // A typo in --allow-discard is refused before the prepare, not after it.
+    crate::swap::impact::gate::check_allowed_tables(
+        &sess.control,
+        crate::swap::impact::Operation::Swap,
+        &ctx.settings.impact.allow_discard,
+        &popts.schemas,
+    )
+    .await?;
     let prepared = prepare::prepare_in_session(&ctx, &sess, &popts)
         .await
         .context("prepare step")?;
