@@ -682,3 +682,33 @@ fn three_connection_slots_are_enough_for_prepare_swap_and_rollback() {
         "mine"
     );
 }
+
+/// The plan's row estimates come from `reltuples`: a table the source never
+/// analyzed reads "?", not 0 rows (MLflow's `experiments` held 5).
+#[test]
+fn the_plan_says_when_a_row_estimate_is_unknown() {
+    let dbs = TestDbs::new("plan_unknown_rows");
+    dbs.src.psql(
+        "CREATE TABLE counted (id int); INSERT INTO counted VALUES (1), (2), (3); ANALYZE counted;
+         CREATE TABLE fresh (id int); INSERT INTO fresh VALUES (1), (2), (3);",
+    );
+    if dbs.src.server_major() < 14 {
+        return; // reltuples is 0 there until the first VACUUM or ANALYZE
+    }
+    let wd = Workdir::new();
+    let text = assert_success(&wd.prepare(&dbs, &["--dry-run"]));
+    let row = |name: &str| {
+        text.lines()
+            .find(|l| l.split_whitespace().next() == Some(name))
+            .unwrap_or_else(|| panic!("{name} not in:\n{text}"))
+            .split_whitespace()
+            .nth(2)
+            .unwrap()
+            .to_string()
+    };
+    assert_eq!(
+        (row("counted"), row("fresh")),
+        ("3".into(), "?".into()),
+        "{text}"
+    );
+}

@@ -276,7 +276,11 @@ pub fn print_plan(ctx: &Ctx, p: &Plan) -> Result<()> {
         t.row([
             name,
             tb.kind.clone(),
-            tb.estimated_rows.to_string(),
+            if tb.estimate_unknown {
+                "?".to_string()
+            } else {
+                tb.estimated_rows.to_string()
+            },
             human_bytes(tb.total_bytes),
         ]);
     }

@@ -67,6 +67,10 @@ pub struct PlannedTable {
     pub bytes: i64,
     pub total_bytes: i64,
     pub estimated_rows: i64,
+    /// The source never counted its rows (`reltuples` -1: never vacuumed or
+    /// analyzed, PostgreSQL 14+): `estimated_rows` is 0 but unknown.
+    #[serde(skip)]
+    pub estimate_unknown: bool,
     pub preserved: bool,
     /// Migrated without its rows (`--exclude-table-data`).
     #[serde(skip_serializing_if = "std::ops::Not::not")]
@@ -465,6 +469,7 @@ pub fn plan_report(settings: &PrepareOptions, checked: &Checked) -> PlanReport {
             bytes: t.bytes,
             total_bytes: t.total_bytes,
             estimated_rows: t.est_rows.max(0.0) as i64,
+            estimate_unknown: t.est_rows < 0.0,
             preserved: preserved.contains(&t.key()),
             data_excluded: checked.filters.data_excluded.contains(&t.key()),
         })
