@@ -425,8 +425,10 @@ async fn joining_keys(
 ) -> Result<Vec<String>> {
     let by_live = |s: &str| pairs.iter().find(|p| p.live == s);
     let by_backup = |s: &str| pairs.iter().find(|p| p.incoming == s);
-    let restored =
-        |p: &engine::Pair, t: &str| !p.keep.contains(t) && p.expected_tables.iter().any(|e| e == t);
+    // Live after the rollback: restored from the backup, or kept (and live now).
+    let live_after = |p: &engine::Pair, t: &str| p.expected_tables.iter().any(|e| e == t);
+    let restored = |p: &engine::Pair, t: &str| !p.keep.contains(t) && live_after(p, t);
+    let kept_live = |p: &engine::Pair, t: &str| p.keep.contains(t) && live_after(p, t);
     let mut out = Vec::new();
     for p in pairs {
         let kept: Vec<String> = p.keep.iter().cloned().collect();
@@ -447,7 +449,7 @@ async fn joining_keys(
         for fk in foreign_keys_of(client, &p.incoming, &incoming, pg15).await? {
             if let Some(q) = by_backup(&fk.ref_schema)
                 && fk.validated
-                && q.keep.contains(&fk.def.ref_table)
+                && kept_live(q, &fk.def.ref_table)
             {
                 out.push(add_fk_sql(&fk.def, &p.incoming, &q.live, false));
             }
@@ -460,7 +462,7 @@ async fn joining_keys(
         if !restored(p, &fk.table) {
             continue;
         }
-        let ref_now = if q.keep.contains(&fk.ref_table) {
+        let ref_now = if kept_live(q, &fk.ref_table) {
             &q.live
         } else if restored(q, &fk.ref_table) {
             &q.incoming
