@@ -1030,9 +1030,15 @@ async fn a_kept_tables_own_sequence_is_no_failing_statement() {
          INSERT INTO audit (msg) VALUES ('kept');
          SELECT pg_stat_statements_reset(0, (SELECT oid FROM pg_database WHERE datname = current_database()), 0);",
     );
-    let (app, [seq]) = holding(
+    // Alone, and beside a table the swap replaces (whose names are mapped
+    // to the incoming schema: the kept table's sequence and array type were).
+    let (app, [seq, with_t, array]) = holding(
         &dbs.dst,
-        ["SELECT last_value FROM audit_id_seq WHERE $1 = 1"],
+        [
+            "SELECT last_value FROM audit_id_seq WHERE $1 = 1",
+            "SELECT s.last_value FROM audit_id_seq s, t WHERE $1 = 1",
+            "SELECT NULL::_audit AS a, t.id FROM t WHERE $1 = 1",
+        ],
     )
     .await;
     let wd = Workdir::new();
@@ -1044,6 +1050,8 @@ async fn a_kept_tables_own_sequence_is_no_failing_statement() {
     assert_success(&wd.run(&["swap", "--dest", &url, "--fail-on-breaking"]));
     let last: i64 = app.query_one(&seq, &[&1i32]).await.unwrap().get(0);
     assert_eq!(last, 1);
+    app.query(&with_t, &[&1i32]).await.unwrap();
+    app.query(&array, &[&1i32]).await.unwrap();
 }
 
 /// `--allow-discard` naming a table the replaced schemas do not have (a

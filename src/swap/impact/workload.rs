@@ -314,15 +314,17 @@ pub async fn check_workload(
         // Everything the swap moves away or brings in; a live extension
         // member's qualifier is never rewritten (it stays).
         // A kept table's namesake in the incoming schema (a rollback's
-        // backup has one) does not come in: statements keep the live table.
+        // backup has one) does not come in: statements keep the live table,
+        // and with it the sequences it owns and its array type.
+        let stays = staying_names(client, p).await?;
         let incoming: DefinedNames = defined_names(client, &p.incoming)
             .await?
             .into_iter()
-            .filter(|n| !p.stays.contains(n))
+            .filter(|n| !stays.contains(n))
             .collect();
         let mut d: DefinedNames = defined_names(client, &p.live).await?.into_iter().collect();
         // A kept table stays in the live schema: its qualifier is not rewritten.
-        for t in &p.stays {
+        for t in &stays {
             d.remove(t);
         }
         d.extend(incoming.iter().map(str::to_string));
@@ -1162,6 +1164,40 @@ fn column_changes(today: &[Column], future: &[Column], types: &ColumnTypes) -> V
 /// The start of a statement on one line (for messages).
 pub fn short(query: &str) -> String {
     report::short_query(query, 80)
+}
+
+/// The names that stay where they are with `p`'s kept tables, in the live
+/// schema and (their namesakes) in the incoming one: the tables, the
+/// sequences they own and their array types (`_audit`; the row type has the
+/// table's name).
+async fn staying_names(client: &Client, p: &SchemaPair) -> Result<HashSet<String>> {
+    let mut out: HashSet<String> = p.stays.iter().cloned().collect();
+    if p.stays.is_empty() {
+        return Ok(out);
+    }
+    let rows = client
+        .query(
+            "SELECT s.relname::text
+               FROM pg_catalog.pg_class t
+               JOIN pg_catalog.pg_namespace n ON n.oid = t.relnamespace
+               JOIN pg_catalog.pg_depend d ON d.refclassid = 'pg_catalog.pg_class'::pg_catalog.regclass
+                    AND d.refobjid = t.oid AND d.classid = 'pg_catalog.pg_class'::pg_catalog.regclass
+                    AND d.deptype IN ('a', 'i')
+               JOIN pg_catalog.pg_class s ON s.oid = d.objid AND s.relkind = 'S'
+              WHERE n.nspname = ANY($1) AND t.relname = ANY($2)
+             UNION
+             SELECT a.typname::text
+               FROM pg_catalog.pg_class t
+               JOIN pg_catalog.pg_namespace n ON n.oid = t.relnamespace
+               JOIN pg_catalog.pg_type r ON r.oid = t.reltype
+               JOIN pg_catalog.pg_type a ON a.oid = r.typarray
+              WHERE n.nspname = ANY($1) AND t.relname = ANY($2)",
+            &[&[p.live.as_str(), p.incoming.as_str()].as_slice(), &p.stays],
+        )
+        .await
+        .context("reading what stays with the kept tables")?;
+    out.extend(rows.iter().map(|r| r.get::<_, String>(0)));
+    Ok(out)
 }
 
 #[cfg(test)]
