@@ -373,6 +373,35 @@ fn a_partitioned_tables_fk_to_a_preserved_table_survives_the_swap() {
         bad.dst.psql(keys),
         "events_a:false:false events_b:false:false"
     );
+    // The report says the parent has no key at all (it read as if it had one
+    // NOT VALID), and how to add it once the rows match.
+    assert_eq!(
+        v["swap"]["fk_not_added"],
+        serde_json::json!(["events.events_user_id_fkey"]),
+        "{v}"
+    );
+    let advice = v["swap"]["warnings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|w| w.as_str())
+        .find(|w| {
+            w.starts_with(
+                "foreign key events.events_user_id_fkey of a partitioned table was not added",
+            )
+        })
+        .unwrap_or_else(|| panic!("{v}"));
+    let add = advice
+        .split("run: ")
+        .nth(1)
+        .unwrap_or_else(|| panic!("{advice}"));
+    bad.dst.psql(&format!(
+        "DELETE FROM events WHERE user_id = 11;
+         ALTER TABLE events_a VALIDATE CONSTRAINT events_user_id_fkey;
+         ALTER TABLE events_b VALIDATE CONSTRAINT events_user_id_fkey;
+         {add};"
+    ));
+    assert_eq!(bad.dst.psql(keys), bad.src.psql(keys));
 }
 
 /// After the swap, what depends on a preserved table agrees with its rows

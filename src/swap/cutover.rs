@@ -50,6 +50,10 @@ pub struct SwapReport {
     pub tables: usize,
     pub preserved_tables: Vec<String>,
     pub fk_not_valid: Vec<String>,
+    /// Of `fk_not_valid`, the partitioned tables' keys that could not be
+    /// added at all (their partitions' copies stay NOT VALID); absent when none.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub fk_not_added: Vec<String>,
     pub warnings: Vec<String>,
     /// The impact report checked before the swap (its discarded writes as
     /// allowed by `--allow-discard`).
@@ -890,14 +894,25 @@ pub async fn swap(sess: &Session, opts: &SwapOptions) -> Result<SwapReport> {
         })
     };
     let mut not_valid: Vec<String> = Vec::new();
+    let mut not_added = Vec::new();
     let mut to_validate = Vec::new();
     for fk in &done.before.fks {
         if known(fk) {
-            not_valid.push(format!(
+            let name = format!(
                 "{}.{}",
                 meta::table_display(&fk.schema, &fk.table),
                 display_ident(&fk.constraint)
-            ));
+            );
+            // A partitioned table's own key is added after its partitions'
+            // copies are valid, which these are not.
+            if let Some(sql) = &fk.add_sql {
+                warnings.push(format!(
+                    "foreign key {name} of a partitioned table was not added: {}",
+                    engine::parent_key_advice(sql)
+                ));
+                not_added.push(name.clone());
+            }
+            not_valid.push(name);
         } else {
             to_validate.push(fk.clone());
         }
@@ -911,7 +926,15 @@ pub async fn swap(sess: &Session, opts: &SwapOptions) -> Result<SwapReport> {
             meta::table_display(&f.schema, &f.table),
             display_ident(&f.constraint)
         );
-        warnings.push(format!("foreign key {name} stays NOT VALID: {}", f.error));
+        if f.absent {
+            warnings.push(format!(
+                "foreign key {name} of a partitioned table was not added: {}",
+                f.error
+            ));
+            not_added.push(name.clone());
+        } else {
+            warnings.push(format!("foreign key {name} stays NOT VALID: {}", f.error));
+        }
         not_valid.push(name);
     }
 
@@ -945,6 +968,7 @@ pub async fn swap(sess: &Session, opts: &SwapOptions) -> Result<SwapReport> {
         tables: m.state.tables.len(),
         preserved_tables: m.state.preserved_tables.clone(),
         fk_not_valid: not_valid,
+        fk_not_added: not_added,
         warnings,
         impact,
         kept_tables: kept.all.iter().cloned().collect(),

@@ -1027,6 +1027,16 @@ pub struct StaysNotValid {
     pub table: String,
     pub constraint: String,
     pub error: String,
+    /// A partitioned table's key that was never added (PostgreSQL before 18
+    /// adds one only over valid partition keys): the table has none.
+    pub absent: bool,
+}
+
+/// Why a partitioned table's key was not added, and how to add it (`sql`).
+pub fn parent_key_advice(sql: &str) -> String {
+    format!(
+        "its partitions' copies have rows without a match, and a partitioned table's key is added only over valid ones: partitions created from now on get no key. Once the rows match, validate the partitions' keys and run: {sql}"
+    )
 }
 
 /// `ALTER TABLE public.t VALIDATE CONSTRAINT c` for each key created NOT VALID
@@ -1039,16 +1049,17 @@ pub async fn validate_foreign_keys(client: &Client, keys: &[CreatedFk]) -> Vec<S
     let mut failed_parts: BTreeSet<(String, String)> = BTreeSet::new();
     for fk in keys {
         let (table, constraint) = (&fk.table, &fk.constraint);
+        let sql = fk.validate_sql(&fk.schema);
         if fk.add_sql.is_some() && failed_parts.contains(&(table.clone(), constraint.clone())) {
             failed.push(StaysNotValid {
                 schema: fk.schema.clone(),
                 table: table.clone(),
                 constraint: constraint.clone(),
-                error: "not added: its partitions' copies are not valid".into(),
+                error: parent_key_advice(&sql),
+                absent: true,
             });
             continue;
         }
-        let sql = fk.validate_sql(&fk.schema);
         if let Err(e) = exec(client, &sql).await {
             if let Some(parent) = &fk.partition_of {
                 failed_parts.insert((parent.clone(), constraint.clone()));
@@ -1058,6 +1069,7 @@ pub async fn validate_foreign_keys(client: &Client, keys: &[CreatedFk]) -> Vec<S
                 table: table.clone(),
                 constraint: constraint.clone(),
                 error: format!("{e:#}"),
+                absent: fk.add_sql.is_some(),
             });
         }
     }
