@@ -1908,6 +1908,7 @@ fn outside_objects_using_a_migrated_function_or_type_are_warned_about() {
          CREATE TABLE auth.events_2025 PARTITION OF public.events FOR VALUES FROM ('2025-01-01') TO ('2026-01-01');
          CREATE TABLE auth.old_notes () INHERITS (public.notes);
          CREATE EVENT TRIGGER ddl_watch ON ddl_command_end EXECUTE FUNCTION public.on_ddl();
+         CREATE PUBLICATION everything FOR ALL TABLES;
          -- a SQL-standard function body and a policy that read a table
          CREATE FUNCTION auth.profile_count() RETURNS bigint LANGUAGE sql
            BEGIN ATOMIC SELECT count(*) FROM public.profiles; END;
@@ -1935,6 +1936,10 @@ fn outside_objects_using_a_migrated_function_or_type_are_warned_about() {
         "column b of table auth.g uses function public.plus(integer); after the swap it will use the backup's copy (recreate it after the swap, or migrate its schema too)",
         "default value for column n of table auth.tickets uses sequence public.ticket; after the swap it will use the backup's copy (recreate it after the swap, or migrate its schema too)",
         "event trigger ddl_watch uses function public.on_ddl(); after the swap it will use the backup's copy (recreate it after the swap, or migrate its schema too)",
+        // It fires on pgshift's own DDL too; a publication of all tables
+        // publishes pgshift's.
+        "event trigger ddl_watch runs on ddl_command_end, also for pgshift's own DDL (prepare's restore, the swap's moves): one that fails, or writes to a table the swap replaces, makes the swap fail (rolled back, nothing changed) or counts as the application's writes; disable it for the migration (ALTER EVENT TRIGGER ddl_watch DISABLE, as its owner)",
+        "publication everything publishes all tables: also the shadow's and pgshift's own as they are made, and the backup's after the swap; a subscriber without them stops replicating (logical replication target relation … does not exist): publish the application's tables by name or schema for the migration",
         // A partition and an inheritance child outside.
         "table auth.events_2025 is a partition of public.events; after the swap it stays with the backup's copy, and its rows are no longer in public.events (recreate it after the swap, or migrate its schema too)",
         "table auth.old_notes is an inheritance child of public.notes; after the swap it stays with the backup's copy, and its rows are no longer in public.notes (recreate it after the swap, or migrate its schema too)",
@@ -1962,9 +1967,17 @@ fn outside_objects_using_a_migrated_function_or_type_are_warned_about() {
     let warnings = plan["rollback"]["warnings"].as_array().unwrap();
     assert_eq!(
         warnings,
-        &vec![json!(
-            "view auth.profile_ids reads public.profiles; after the rollback it will read the backup's copy (recreate it after the rollback)"
-        )],
+        &vec![
+            json!(
+                "view auth.profile_ids reads public.profiles; after the rollback it will read the backup's copy (recreate it after the rollback)"
+            ),
+            json!(
+                "event trigger ddl_watch runs on ddl_command_end, also for pgshift's own DDL (the rollback's moves): one that fails, or writes to a table the rollback replaces, makes the rollback fail (rolled back, nothing changed) or counts as the application's writes; disable it for the migration (ALTER EVENT TRIGGER ddl_watch DISABLE, as its owner)"
+            ),
+            json!(
+                "publication everything publishes all tables: also pgshift's own and the backups'; a subscriber without them stops replicating (logical replication target relation … does not exist): publish the application's tables by name or schema for the migration"
+            ),
+        ],
         "{plan}"
     );
     let done = run_json(&wd, &["rollback", "--dest", &dst, "--latest"]);

@@ -1090,6 +1090,44 @@ pub async fn outside_dependents(dst: &Client, schemas: &[String], op: &str) -> R
             display_ident(&t)
         ));
     }
+    // Objects of no schema that pgshift's own work reaches: a publication of
+    // every table publishes the shadow's, pgshift's and the backups'; an
+    // event trigger fires on pgshift's DDL as on the application's.
+    let rows = dst
+        .query(
+            "SELECT 'p', p.pubname::text, NULL::text FROM pg_catalog.pg_publication p WHERE p.puballtables
+             UNION ALL
+             SELECT 'e', e.evtname::text, e.evtevent::text FROM pg_catalog.pg_event_trigger e
+              WHERE e.evtenabled <> 'D' AND e.evtevent IN ('ddl_command_start', 'ddl_command_end', 'sql_drop', 'table_rewrite')
+             ORDER BY 1, 2",
+            &[],
+        )
+        .await
+        .context("looking for publications of all tables and event triggers")?;
+    let (ours, ddl) = if op == "swap" {
+        (
+            "the shadow's and pgshift's own as they are made, and the backup's after the swap",
+            "prepare's restore, the swap's moves",
+        )
+    } else {
+        ("pgshift's own and the backups'", "the rollback's moves")
+    };
+    for r in rows {
+        let (kind, name, event): (String, String, Option<String>) = (r.get(0), r.get(1), r.get(2));
+        out.push(if kind == "p" {
+            format!(
+                "publication {} publishes all tables: also {ours}; a subscriber without them stops replicating (logical replication target relation … does not exist): publish the application's tables by name or schema for the migration",
+                display_ident(&name)
+            )
+        } else {
+            format!(
+                "event trigger {} runs on {}, also for pgshift's own DDL ({ddl}): one that fails, or writes to a table the {op} replaces, makes the {op} fail (rolled back, nothing changed) or counts as the application's writes; disable it for the migration (ALTER EVENT TRIGGER {} DISABLE, as its owner)",
+                display_ident(&name),
+                event.unwrap_or_default(),
+                display_ident(&name)
+            )
+        });
+    }
     Ok(out)
 }
 
