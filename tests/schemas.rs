@@ -1878,6 +1878,21 @@ fn an_extensions_own_objects_are_not_warned_about() {
         ),
         "ltree[] public"
     );
+    // Kept by a rollback, t's column of ltree[] stays the extension's as
+    // well: it was said to move to the new backup with the rest of public.
+    let plan = run_json(
+        &wd,
+        &[
+            "rollback",
+            "--dest",
+            &dbs.dst.url(),
+            "--latest",
+            "--keep-tables",
+            "t",
+            "--dry-run",
+        ],
+    );
+    assert_eq!(plan["rollback"]["warnings"], json!([]), "{plan}");
 }
 
 /// Objects outside the migrated schemas bound to a function or type of a

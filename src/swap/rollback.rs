@@ -1631,7 +1631,14 @@ pub(crate) async fn kept_table_warnings(
                        AND NOT (d.refclassid = 'pg_catalog.pg_class'::regclass AND d.refobjid IN (SELECT oid FROM kept))
                        AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_depend o
                                         WHERE o.classid = d.refclassid AND o.objid = d.refobjid
-                                          AND (o.deptype = 'e' OR (o.deptype IN ('a', 'i') AND o.refobjid IN (SELECT oid FROM kept)))))
+                                          AND (o.deptype = 'e' OR (o.deptype IN ('a', 'i') AND o.refobjid IN (SELECT oid FROM kept))))
+                       -- nor the array type of an extension's type (citext[]
+                       -- goes where citext goes)
+                       AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_type a
+                                         JOIN pg_catalog.pg_depend e ON e.classid = 'pg_catalog.pg_type'::regclass
+                                          AND e.objid = a.typelem AND e.deptype = 'e'
+                                        WHERE d.refclassid = 'pg_catalog.pg_type'::regclass
+                                          AND a.oid = d.refobjid AND a.typelem <> 0))
              SELECT DISTINCT pg_catalog.pg_describe_object(u.refclassid, u.refobjid, 0), m.s, u.relname::text
                FROM used u
                -- (pg_identify_object quotes the schema's name)
