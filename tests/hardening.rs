@@ -556,6 +556,46 @@ fn a_killed_swaps_keys_are_named_quoted_when_the_next_swap_validates_them() {
     assert_eq!(dbs.dst.psql(not_valid), "0");
 }
 
+/// A partitioned table's key to a preserved table is added after the
+/// COMMIT, once its partitions' copies are valid: a swap killed in between
+/// left the partitioned table without it for good (the next swap validated
+/// the partitions' copies only). It now adds it.
+#[test]
+fn a_killed_swaps_partitioned_key_is_added_by_the_next_swap() {
+    let dbs = TestDbs::new("sigkill_part_key");
+    let users = "CREATE TABLE users (id int PRIMARY KEY);
+                 INSERT INTO users SELECT generate_series(1, 5);";
+    dbs.src.psql(&format!(
+        "{users}
+         CREATE TABLE events (id int, user_id int REFERENCES users, kind text) PARTITION BY LIST (kind);
+         CREATE TABLE events_a PARTITION OF events FOR VALUES IN ('a');
+         CREATE TABLE events_b PARTITION OF events FOR VALUES IN ('b');
+         INSERT INTO events VALUES (1, 1, 'a'), (2, 2, 'b');"
+    ));
+    dbs.dst.psql(users);
+    let wd = Workdir::new();
+    let dst = dbs.dst.url();
+    assert_success(&wd.prepare(&dbs, &["--preserved-tables", "users"]));
+    kill_after_commit(
+        &wd,
+        &dbs.dst,
+        &["swap", "--dest", &dst],
+        "SELECT count(*) FROM pg_namespace WHERE nspname LIKE 'backup\\_%'",
+    );
+    let keys = "SELECT string_agg(conrelid::regclass || ':' || convalidated, ' ' ORDER BY conrelid::regclass::text)
+                  FROM pg_constraint WHERE contype = 'f'";
+    assert_eq!(dbs.dst.psql(keys), "events_a:false events_b:false");
+    let again = wd.run(&["swap", "--dest", &dst]);
+    let err = String::from_utf8_lossy(&again.stderr);
+    assert_eq!(again.status.code(), Some(2), "{err}");
+    assert!(err.contains("events.events_user_id_fkey"), "{err}");
+    assert_eq!(dbs.dst.psql(keys), dbs.src.psql(keys));
+    assert_eq!(
+        dbs.dst.psql(keys),
+        "events:true events_a:true events_b:true"
+    );
+}
+
 /// The same for a rollback that keeps a table: the foreign key it re-pointed
 /// NOT VALID to the kept table is validated by the next `swap`, which says
 /// what it finished and that nothing was prepared to swap.

@@ -3259,6 +3259,54 @@ fn one_valid_fk(fks: &[FkDef]) -> Option<(&FkDef, (String, String))> {
     }
 }
 
+/// The partitioned tables' keys among `deferred_sql` that the swap adds after
+/// its COMMIT, over their partitions' copies ([`apply_deferred`]), and that
+/// the live schemas still lack: a swap stopped right after its COMMIT never
+/// added them. Each with the statement that adds it.
+pub async fn unadded_partitioned_keys(
+    client: &Client,
+    deferred_sql: &[String],
+    pairs: &[SchemaPair],
+) -> Result<Vec<CreatedFk>> {
+    let mut out = Vec::new();
+    for sql in deferred_sql {
+        let (fks, _) = parse_fks(sql)?;
+        let Some((fk, (shadow, table))) = one_valid_fk(&fks) else {
+            continue;
+        };
+        let Some(p) = pairs.iter().find(|p| p.shadow == shadow) else {
+            continue;
+        };
+        let missing = client
+            .query_opt(
+                "SELECT c.relkind = 'p' AND NOT EXISTS (
+                          SELECT 1 FROM pg_catalog.pg_constraint k
+                           WHERE k.conrelid = c.oid AND k.conname = $3 AND k.contype = 'f')
+                   FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+                  WHERE n.nspname = $1 AND c.relname = $2",
+                &[&p.live, &table, &fk.constraint],
+            )
+            .await
+            .map_err(|e| pg_error_as(e, "looking for a partitioned table's key"))?
+            .is_some_and(|r| r.get::<_, bool>(0));
+        if missing {
+            let ref_live = fk
+                .ref_schema
+                .as_ref()
+                .and_then(|r| pairs.iter().find(|q| &q.shadow == r))
+                .map(|q| q.live.as_str());
+            out.push(CreatedFk {
+                schema: p.live.clone(),
+                table: table.clone(),
+                constraint: fk.constraint.clone(),
+                partition_of: None,
+                add_sql: Some(fk_on(sql, &p.live, &table, false, ref_live)?),
+            });
+        }
+    }
+    Ok(out)
+}
+
 /// Read the [`DeferredLeaves`] of `deferred_sql`.
 pub async fn deferred_leaves(client: &Client, deferred_sql: &[String]) -> Result<DeferredLeaves> {
     let mut out = DeferredLeaves::new();

@@ -944,6 +944,35 @@ pub async fn finish_committed(client: &Client) -> Result<Option<Finished>> {
             }
         }
     }
+    // A partitioned table's key is added once its partitions' copies are
+    // valid, after the COMMIT: a swap stopped before never added it.
+    if let Some(row) = &migration {
+        let pairs = meta::schema_pairs(&row.state.schemas);
+        let deferred = &row.state.details.deferred_sql;
+        for fk in crate::prepare::sync::unadded_partitioned_keys(client, deferred, &pairs).await? {
+            let shown = format!(
+                "{}.{}",
+                meta::table_display(&fk.schema, &fk.table),
+                display_ident(&fk.constraint)
+            );
+            let sql = fk.validate_sql(&fk.schema);
+            let part = format!(".{}", display_ident(&fk.constraint));
+            let why = if stays.iter().any(|s| s.ends_with(&part)) {
+                Some(parent_key_advice(&sql))
+            } else {
+                exec(client, &sql).await.err().map(|e| format!("{e:#}"))
+            };
+            match why {
+                None => validated.push(shown),
+                Some(why) => {
+                    notes.push(format!(
+                        "foreign key {shown} of a partitioned table was not added: {why}"
+                    ));
+                    stays.push(shown);
+                }
+            }
+        }
+    }
     if !validated.is_empty() {
         notes.push(format!("validated foreign keys {}", validated.join(", ")));
     }
