@@ -594,6 +594,73 @@ fn aggregates_over_star_are_moved_and_owned() {
     assert_eq!(dbs.dst.query_one_string(started), format!("0 {role}"));
 }
 
+/// Objects with an owner but no privileges (collations, text search
+/// configurations and dictionaries, operators, operator classes and
+/// families, statistics) take their owner as tables and functions do: the
+/// destination's namesake's, else the source's. They stayed the role running
+/// pgshift's (NetBox's `natural_sort` collation ended up the superuser's),
+/// which then kept the application's own role from moving them in a later
+/// object-level swap.
+#[test]
+fn collations_operators_and_text_search_objects_get_their_owners() {
+    let dbs = TestDbs::new("owned_only");
+    let role = format!("own_only_{}", std::process::id());
+    // Operator classes and families need a superuser to create: made, then
+    // given to the role, as an application's migration running as one would.
+    let objects = format!(
+        "CREATE TABLE t (id int PRIMARY KEY, name text COLLATE natsort, a int, b int);
+         CREATE STATISTICS t_ab ON a, b FROM t;
+         CREATE TEXT SEARCH DICTIONARY dict (TEMPLATE = simple);
+         CREATE TEXT SEARCH CONFIGURATION myts (COPY = simple);
+         CREATE FUNCTION cmp(int, int) RETURNS int LANGUAGE sql IMMUTABLE AS 'SELECT $1 - $2';
+         CREATE OPERATOR === (LEFTARG = int, RIGHTARG = int, FUNCTION = int4eq);
+         CREATE OPERATOR FAMILY fam USING btree;
+         CREATE OPERATOR CLASS cls FOR TYPE int USING btree FAMILY fam AS
+           OPERATOR 1 <, OPERATOR 3 =, FUNCTION 1 cmp(int, int);
+         ALTER TABLE t OWNER TO {role};
+         ALTER STATISTICS t_ab OWNER TO {role};
+         ALTER TEXT SEARCH DICTIONARY dict OWNER TO {role};
+         ALTER TEXT SEARCH CONFIGURATION myts OWNER TO {role};
+         ALTER FUNCTION cmp(int, int) OWNER TO {role};
+         ALTER OPERATOR === (int, int) OWNER TO {role};
+         ALTER OPERATOR FAMILY fam USING btree OWNER TO {role};
+         ALTER OPERATOR CLASS cls USING btree OWNER TO {role};"
+    );
+    for db in [&dbs.src, &dbs.dst] {
+        db.psql(&create_role(&role, ""));
+        db.psql(&format!(
+            "GRANT CREATE ON SCHEMA public TO {role}; SET ROLE {role};
+             CREATE COLLATION natsort FROM \"C\";"
+        ));
+    }
+    // The destination has the collation (its owner's), not the rest; the
+    // source made everything as the role.
+    dbs.src.psql(&objects);
+    dbs.dst.psql("CREATE TABLE t (id int PRIMARY KEY);");
+    let owners = "SELECT string_agg(k || ' ' || pg_get_userbyid(o), ', ' ORDER BY k) FROM (
+                    SELECT 'collation' k, collowner o FROM pg_collation WHERE collname = 'natsort' AND collnamespace = 'public'::regnamespace
+                    UNION ALL SELECT 'statistics', stxowner FROM pg_statistic_ext WHERE stxname = 't_ab' AND stxnamespace = 'public'::regnamespace
+                    UNION ALL SELECT 'dictionary', dictowner FROM pg_ts_dict WHERE dictname = 'dict' AND dictnamespace = 'public'::regnamespace
+                    UNION ALL SELECT 'configuration', cfgowner FROM pg_ts_config WHERE cfgname = 'myts' AND cfgnamespace = 'public'::regnamespace
+                    UNION ALL SELECT 'operator', oprowner FROM pg_operator WHERE oprname = '===' AND oprnamespace = 'public'::regnamespace
+                    UNION ALL SELECT 'family', opfowner FROM pg_opfamily WHERE opfname = 'fam' AND opfnamespace = 'public'::regnamespace
+                    UNION ALL SELECT 'class', opcowner FROM pg_opclass WHERE opcname = 'cls' AND opcnamespace = 'public'::regnamespace) x";
+    let wd = Workdir::new();
+    assert_success(&wd.run(&[
+        "start",
+        "--source",
+        &dbs.src.url(),
+        "--dest",
+        &dbs.dst.url(),
+    ]));
+    assert_eq!(dbs.dst.psql(owners), dbs.src.psql(owners));
+    assert!(
+        !dbs.dst.psql(owners).contains(dbs.dst.user()),
+        "{}",
+        dbs.dst.psql(owners)
+    );
+}
+
 /// A relocatable extension in public that this role does not own cannot move
 /// along with a renamed public (ALTER EXTENSION … SET SCHEMA needs its
 /// owner): the automatic choice is the object-level swap, which leaves it in

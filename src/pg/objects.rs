@@ -144,6 +144,82 @@ const AM_KINDS: &[(&str, &str, &str, &str, &str, &str)] = &[
     ),
 ];
 
+/// The objects of `schema` that have an owner but no privileges, not
+/// extension members: collations, conversions, text search configurations
+/// and dictionaries, extended statistics, operators, operator classes and
+/// families. Each as (keyword, name to match across schemas, name to use
+/// after the keyword, owner): an operator is matched by its name and
+/// argument types without `schema`'s qualifier (its shadow's differs), a
+/// class or family by its name and access method.
+pub async fn owned_only(
+    client: &impl GenericClient,
+    schema: &str,
+) -> Result<Vec<(&'static str, String, String, String)>> {
+    let not_ext = |cat: &str| {
+        format!(
+            "NOT EXISTS (SELECT 1 FROM pg_catalog.pg_depend d WHERE d.classid = 'pg_catalog.{cat}'::pg_catalog.regclass
+                            AND d.objid = o.oid AND d.deptype = 'e')"
+        )
+    };
+    let mut parts = Vec::new();
+    for (kind, cat, namecol, nscol, owner) in SIMPLE_KINDS {
+        let Some(owner) = owner else { continue };
+        parts.push(format!(
+            "SELECT '{kind}', o.{namecol}::text, pg_catalog.quote_ident(n.nspname) || '.' || pg_catalog.quote_ident(o.{namecol}),
+                    pg_catalog.pg_get_userbyid(o.{owner})::text
+               FROM pg_catalog.{cat} o JOIN pg_catalog.pg_namespace n ON n.oid = o.{nscol}
+              WHERE n.nspname = $1 AND {}",
+            not_ext(cat)
+        ));
+    }
+    parts.push(format!(
+        "SELECT 'OPERATOR', o.oprname || ' (' || a.args || ')',
+                pg_catalog.quote_ident(n.nspname) || '.' || o.oprname || ' (' || a.args || ')',
+                pg_catalog.pg_get_userbyid(o.oprowner)::text
+           FROM pg_catalog.pg_operator o JOIN pg_catalog.pg_namespace n ON n.oid = o.oprnamespace,
+                LATERAL (SELECT COALESCE(pg_catalog.format_type(NULLIF(o.oprleft, 0), NULL), 'NONE') || ', ' ||
+                                COALESCE(pg_catalog.format_type(NULLIF(o.oprright, 0), NULL), 'NONE') AS args) a
+          WHERE n.nspname = $1 AND {}",
+        not_ext("pg_operator")
+    ));
+    for (kind, cat, namecol, nscol, amcol, owner) in AM_KINDS {
+        parts.push(format!(
+            "SELECT '{kind}', o.{namecol} || ' USING ' || am.amname,
+                    pg_catalog.quote_ident(n.nspname) || '.' || pg_catalog.quote_ident(o.{namecol})
+                      || ' USING ' || pg_catalog.quote_ident(am.amname),
+                    pg_catalog.pg_get_userbyid(o.{owner})::text
+               FROM pg_catalog.{cat} o JOIN pg_catalog.pg_namespace n ON n.oid = o.{nscol}
+               JOIN pg_catalog.pg_am am ON am.oid = o.{amcol}
+              WHERE n.nspname = $1 AND {}",
+            not_ext(cat)
+        ));
+    }
+    let rows = client
+        .query(parts.join("\nUNION ALL\n").as_str(), &[&schema])
+        .await
+        .with_context(|| format!("listing the owners of {schema}'s other objects"))?;
+    let unqualified = [format!("{}.", quote_ident(schema)), format!("{schema}.")];
+    let mut out = Vec::with_capacity(rows.len());
+    for r in rows {
+        let what: String = r.get(0);
+        let kind = SIMPLE_KINDS
+            .iter()
+            .map(|k| k.0)
+            .chain(AM_KINDS.iter().map(|k| k.0))
+            .chain(["OPERATOR"])
+            .find(|k| *k == what)
+            .context("an object kind pgshift did not ask for")?;
+        let mut name: String = r.get(1);
+        if kind == "OPERATOR" {
+            for q in &unqualified {
+                name = name.replace(q.as_str(), "");
+            }
+        }
+        out.push((kind, name, r.get(2), r.get(3)));
+    }
+    Ok(out)
+}
+
 /// The catalogs [`SIMPLE_KINDS`] and [`AM_KINDS`] read, with their name and
 /// namespace columns (also what `catalog::defined_names` lists).
 pub fn named_catalogs() -> impl Iterator<Item = (&'static str, &'static str, &'static str)> {

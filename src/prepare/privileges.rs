@@ -4,8 +4,11 @@
 //! The restore runs with `--no-owner --no-privileges`, so shadow objects belong
 //! to the connecting user and carry no grants. Then, for each shadow object
 //! with a same-named object in the destination's public (relations, functions,
-//! types): the owner becomes that object's owner and its grants (table and
-//! column privileges, function EXECUTE, type USAGE) are replayed. With
+//! types, and the objects that have an owner but no privileges: collations,
+//! conversions, text search configurations and dictionaries, statistics,
+//! operators, operator classes and families): the owner becomes that object's
+//! owner and its grants (table and column privileges, function EXECUTE, type
+//! USAGE) are replayed. With
 //! `--keep-source-owners`, relations take the source's owner where that role
 //! exists on the destination. Each new owner first gets CREATE on the shadow:
 //! without superuser, `ALTER … OWNER TO r` needs r to be able to create in the
@@ -235,6 +238,20 @@ async fn objects(client: &Client, schema: &str) -> Result<Vec<Obj>> {
             sql_name: qualified(schema, &name),
             owner: r.get(2),
             acl: grants(&r, 3, 4),
+            column_acl: Vec::new(),
+            columns: Vec::new(),
+            owned_sequence: false,
+        });
+    }
+    // Objects with an owner and no privileges (collations, text search
+    // configurations, operators, …): their owner only.
+    for (kind, name, sql_name, owner) in crate::pg::objects::owned_only(client, schema).await? {
+        out.push(Obj {
+            kind,
+            key: format!("{}:{name}", kind.to_ascii_lowercase()),
+            sql_name,
+            owner,
+            acl: None,
             column_acl: Vec::new(),
             columns: Vec::new(),
             owned_sequence: false,
