@@ -3290,11 +3290,7 @@ pub async fn unadded_partitioned_keys(
             .map_err(|e| pg_error_as(e, "looking for a partitioned table's key"))?
             .is_some_and(|r| r.get::<_, bool>(0));
         if missing {
-            let ref_live = fk
-                .ref_schema
-                .as_ref()
-                .and_then(|r| pairs.iter().find(|q| &q.shadow == r))
-                .map(|q| q.live.as_str());
+            let ref_live = referenced_live(fk, pairs);
             out.push(CreatedFk {
                 schema: p.live.clone(),
                 table: table.clone(),
@@ -3305,6 +3301,15 @@ pub async fn unadded_partitioned_keys(
         }
     }
     Ok(out)
+}
+
+/// The live schema of a deferred key's referenced table, when it is in a
+/// shadow of `pairs`.
+fn referenced_live<'a>(fk: &FkDef, pairs: &'a [SchemaPair]) -> Option<&'a str> {
+    fk.ref_schema
+        .as_ref()
+        .and_then(|r| pairs.iter().find(|p| &p.shadow == r))
+        .map(|p| p.live.as_str())
 }
 
 /// Read the [`DeferredLeaves`] of `deferred_sql`.
@@ -3446,11 +3451,7 @@ pub async fn apply_deferred(
                 });
             }
             let live = live_of(fk.schema.as_ref());
-            let ref_live = fk
-                .ref_schema
-                .as_ref()
-                .and_then(|r| pairs.iter().find(|p| &p.shadow == r))
-                .map(|p| p.live.as_str());
+            let ref_live = referenced_live(fk, pairs);
             created.push(CreatedFk {
                 schema: live.clone(),
                 table: fk.table.clone(),
