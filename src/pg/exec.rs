@@ -26,6 +26,19 @@ use tokio_util::sync::CancellationToken;
 use crate::error::Interrupted;
 use crate::pg::conn::connect::describe_pg_error;
 
+/// `SELECT set_config('lock_timeout', …, true)`: at most `max`, and below
+/// the server's `deadlock_timeout` (4/5 of it). A transaction of pgshift's
+/// that waits for a lock while holding others then gives up before the
+/// deadlock detector could act, so an application transaction that comes to
+/// wait for it meanwhile is never the one cancelled.
+pub fn lock_timeout_under_deadlock_sql(max: Duration) -> String {
+    format!(
+        "SELECT pg_catalog.set_config('lock_timeout', LEAST({}, GREATEST(1, (SELECT s.setting::bigint * 4 / 5 \
+         FROM pg_catalog.pg_settings s WHERE s.name = 'deadlock_timeout')))::text || 'ms', true)",
+        max.as_millis().max(1)
+    )
+}
+
 /// Run SQL text (one or more statements), keeping the server error in the chain.
 pub async fn exec(client: &Client, sql: &str) -> Result<()> {
     client.batch_execute(sql).await.map_err(pg_error)

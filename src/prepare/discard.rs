@@ -3,8 +3,15 @@
 //! function schema, [`own_trigger_sql`]; an application's `pgshift_…` trigger
 //! is not one), the sync changelogs and functions in the
 //! `pgshift` schema, and the shadow schema. The destination's public and the
-//! migration records are left alone. One transaction, under a short
-//! lock_timeout, retried: dropping a trigger needs a brief lock on its table.
+//! migration records are left alone.
+//!
+//! The sync triggers go first, one table per transaction: dropping a trigger
+//! takes an ACCESS EXCLUSIVE lock on its table, and a transaction holding one
+//! table while waiting for the next met the application's transactions,
+//! which write them in another order, in a deadlock that cancelled theirs.
+//! Each waits for its one lock for less than `deadlock_timeout` (as the
+//! swap's waits do), and is retried. The rest is pgshift's own, which the
+//! application never waits for: one transaction, retried.
 //! When that transaction would need more of the lock table than one
 //! transaction should take (thousands of shadow tables), the bulk is dropped
 //! first in lock-bounded transactions ([`crate::pg::batch`]); every step is
@@ -26,7 +33,7 @@ use crate::migration::lifecycle::Status;
 use crate::migration::record;
 use crate::migration::session::Session;
 use crate::pg::batch;
-use crate::pg::exec::{RetryPolicy, exec, retry, rollback_on_err};
+use crate::pg::exec::{RetryPolicy, exec, lock_timeout_under_deadlock_sql, retry, rollback_on_err};
 use crate::pg::ident::{display_ident, qualified, quote_ident};
 use crate::pg::meta::{self, META_SCHEMA, SHADOW_SCHEMA, ShadowState};
 use crate::prepare::sync::own_trigger_sql;
@@ -184,6 +191,20 @@ pub async fn remove_prepared(
         found.shadow = drop_empty_shadow(client).await?;
         return Ok(found);
     }
+    // The sync triggers first, one table per transaction, each lock wait
+    // ending below deadlock_timeout: dropped together, the removal held one
+    // table while it waited for the next, and an application transaction
+    // writing both in the other order was the one cancelled.
+    if let Err(stop) =
+        drop_sync_triggers(client, &found.trigger_sites, lock_timeout, retries, cancel).await
+    {
+        let exhausted = matches!(stop, crate::pg::exec::Stop::Exhausted { .. });
+        let mut err = stop.into_error().context("removing the prepared migration");
+        if exhausted {
+            err = name_lock_holders(client, &shadows, &found.trigger_sites, err).await;
+        }
+        return Err(err);
+    }
     if let Err(e) = shrink(client, &found, lock_timeout, retries).await {
         let mut err = e.context("removing the prepared migration");
         if batch::is_lock_timeout(&err) {
@@ -192,17 +213,8 @@ pub async fn remove_prepared(
         return Err(err);
     }
     let mut sql = String::from("BEGIN;\n");
-    sql.push_str(&format!(
-        "SET LOCAL lock_timeout = '{}ms';\n",
-        lock_timeout.as_millis().max(1)
-    ));
-    for t in &found.trigger_sites {
-        sql.push_str(&format!(
-            "DROP TRIGGER IF EXISTS {} ON {};\n",
-            quote_ident(&t.trigger),
-            qualified(&t.schema, &t.table)
-        ));
-    }
+    sql.push_str(&lock_timeout_under_deadlock_sql(lock_timeout));
+    sql.push_str(";\n");
     for t in &found.helper_tables {
         sql.push_str(&format!(
             "DROP TABLE IF EXISTS {} CASCADE;\n",
@@ -252,6 +264,47 @@ pub async fn remove_prepared(
         return Err(err);
     }
     Ok(found)
+}
+
+/// Drop the sync triggers of `sites`, each table's in a transaction of its
+/// own that waits for that one lock only, for less than `deadlock_timeout`
+/// (and at most `lock_timeout`), retried as the swap is.
+async fn drop_sync_triggers(
+    client: &Client,
+    sites: &[TriggerSite],
+    lock_timeout: Duration,
+    retries: u32,
+    cancel: Option<&tokio_util::sync::CancellationToken>,
+) -> std::result::Result<(), crate::pg::exec::Stop> {
+    let mut by_table: std::collections::BTreeMap<(&str, &str), Vec<&str>> = Default::default();
+    for t in sites {
+        by_table
+            .entry((t.schema.as_str(), t.table.as_str()))
+            .or_default()
+            .push(t.trigger.as_str());
+    }
+    for ((schema, table), triggers) in by_table {
+        let mut sql = format!(
+            "BEGIN;\n{};\n",
+            lock_timeout_under_deadlock_sql(lock_timeout)
+        );
+        for t in triggers {
+            sql.push_str(&format!(
+                "DROP TRIGGER IF EXISTS {} ON {};\n",
+                quote_ident(t),
+                qualified(schema, table)
+            ));
+        }
+        sql.push_str("COMMIT;");
+        retry(
+            "removing the sync triggers",
+            RetryPolicy::new(retries),
+            cancel,
+            || async { rollback_on_err(client, exec(client, &sql).await).await },
+        )
+        .await?;
+    }
+    Ok(())
 }
 
 /// `err`, a removal that ran out of retries waiting for locks, with the
@@ -330,9 +383,9 @@ async fn drop_empty_shadow(client: &Client) -> Result<bool> {
 
 /// When the leftovers are too many for one transaction (thousands of shadow
 /// tables), drop them in lock-bounded transactions until the rest fits the
-/// single transaction [`remove_prepared`] ends with: the triggers, the helper
-/// objects and the shadow's contents, each down to a third of one
-/// transaction's share of the lock table. Idempotent.
+/// single transaction [`remove_prepared`] ends with: the helper objects and
+/// the shadow's contents, each down to a third of one transaction's share of
+/// the lock table. Idempotent.
 async fn shrink(
     client: &Client,
     found: &Removed,
@@ -343,22 +396,7 @@ async fn shrink(
         .await?
         .with_lock_timeout(lock_timeout, retries);
     let third = opts.room() / 3;
-    // A trigger drop locks the trigger and its table.
-    if found.triggers.len() as u64 * 2 > third {
-        let stmts: Vec<batch::Stmt> = found
-            .trigger_sites
-            .iter()
-            .map(|t| batch::Stmt {
-                sql: format!(
-                    "DROP TRIGGER IF EXISTS {} ON {}",
-                    quote_ident(&t.trigger),
-                    qualified(&t.schema, &t.table)
-                ),
-                locks: 2,
-            })
-            .collect();
-        batch::run(client, &stmts, &opts).await?;
-    }
+    // (The sync triggers are gone by now: [`drop_sync_triggers`].)
     if !found.helper_tables.is_empty() || found.helper_functions > 0 {
         batch::shrink_objects(client, META_SCHEMA, RECORD_TABLES, third, &opts).await?;
     }

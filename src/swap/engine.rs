@@ -1314,11 +1314,7 @@ pub const IDLE_IN_SWAP_MS: u128 = 5_000;
 /// locks and retries.
 fn session_settings(req: &Request) -> Vec<String> {
     vec![
-        format!(
-            "SELECT pg_catalog.set_config('lock_timeout', LEAST({}, GREATEST(1, (SELECT s.setting::bigint * 4 / 5 \
-             FROM pg_catalog.pg_settings s WHERE s.name = 'deadlock_timeout')))::text || 'ms', true)",
-            req.policy.lock_timeout.as_millis().max(1)
-        ),
+        crate::pg::exec::lock_timeout_under_deadlock_sql(req.policy.lock_timeout),
         format!(
             "SET LOCAL statement_timeout = '{}ms'",
             req.policy.statement_timeout.as_millis().max(1)
