@@ -422,6 +422,83 @@ fn an_application_transaction_is_never_the_victim_of_a_deadlock_with_the_swap() 
     assert!(report["attempts"].as_u64().unwrap() > 1, "{report}");
 }
 
+/// The same when the swap waited for another table first: it holds `events`
+/// while it waits for `hold` (another session's), and an application
+/// transaction that holds `users` queues behind it on `events`. When the swap
+/// then waits for `users`, the application has waited longer than the swap:
+/// each wait of the swap bounded by 4/5 of `deadlock_timeout` alone outlasted
+/// the application's, whose deadlock check cancelled it (the chaos run: 12
+/// transactions at once). All of the swap's waits now share one bound from
+/// its first lock, so the application's INSERT goes through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_application_transaction_queued_behind_the_swaps_first_locks_is_never_the_victim() {
+    let dbs = TestDbs::new("swap_window");
+    let ddl = "CREATE TABLE events (id int PRIMARY KEY); CREATE TABLE hold (id int);
+               CREATE TABLE users (id int PRIMARY KEY); INSERT INTO users VALUES (1);";
+    dbs.src.psql(ddl);
+    dbs.dst.psql(ddl);
+    let wd = Workdir::new();
+    assert_success(&wd.prepare(&dbs, &[]));
+    let app = dbs.dst.client().await;
+    app.batch_execute("BEGIN; UPDATE users SET id = id")
+        .await
+        .unwrap();
+    let blocker = dbs.dst.client().await;
+    blocker
+        .batch_execute("BEGIN; LOCK hold IN ACCESS SHARE MODE")
+        .await
+        .unwrap();
+    let mut cmd = wd.cmd();
+    cmd.args([
+        "swap",
+        "--dest",
+        &dbs.dst.url(),
+        "--swap-retries",
+        "30",
+        "--allow-discard",
+        "all",
+    ]);
+    let swap = tokio::process::Command::from(cmd)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let swap = tokio::spawn(swap.wait_with_output());
+    // Until the swap holds events and waits for hold.
+    let watcher = dbs.dst.client().await;
+    let start = Instant::now();
+    while watcher
+        .query_one(
+            "SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
+              WHERE NOT l.granted AND l.relation = 'public.hold'::regclass
+                AND a.application_name LIKE 'pgshift%'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get::<_, i64>(0)
+        == 0
+    {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "the swap never waited"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // The application queues behind the swap on events; half a second later
+    // hold is free and the swap goes on to wait for users.
+    let insert = tokio::spawn(async move {
+        let r = app.batch_execute("INSERT INTO events VALUES (1)").await;
+        (app, r)
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    blocker.batch_execute("COMMIT").await.unwrap();
+    let (app, r) = insert.await.unwrap();
+    assert!(r.is_ok(), "the application's transaction failed: {r:?}");
+    app.batch_execute("COMMIT").await.unwrap();
+    assert_success(&swap.await.unwrap().unwrap());
+}
+
 /// `status` never waits behind a session that holds the shadow's tables (as a
 /// running prepare's loads do): the shadow's size is estimated instead, and
 /// it exits 0 while the lock is still held.

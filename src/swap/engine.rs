@@ -556,6 +556,10 @@ pub async fn preview<H: InTx>(
     let (before, at_commit) = hook.preview_notes();
     let mut sql = vec!["BEGIN".to_string()];
     sql.extend(session_settings(&req));
+    sql.push(
+        "-- the lock window: the locks and every later wait get what is left of one lock wait's bound"
+            .into(),
+    );
     sql.extend(lock_statements(&req, &listed, &[]));
     sql.extend(before);
     sql.extend(move_statements(&req, &listed));
@@ -1307,6 +1311,35 @@ async fn incoming_owner(client: &Client, incoming: &str) -> Result<Option<String
 /// the locks for as long as a stalled pgshift holds them.
 pub const IDLE_IN_SWAP_MS: u128 = 5_000;
 
+/// Marks the start of the locked window in the swap transaction (with the
+/// lock wait's bound, as the settings just set it), so that every later wait
+/// gets only what is left of that bound: see [`window_left`].
+const LOCK_WINDOW_START: &str = "SELECT pg_catalog.set_config('pgshift.lock_budget', \
+     (SELECT s.setting FROM pg_catalog.pg_settings s WHERE s.name = 'lock_timeout'), true), \
+     pg_catalog.set_config('pgshift.lock_started', pg_catalog.clock_timestamp()::text, true)";
+
+/// `SELECT set_config(setting, …)`: what is left of the lock window's bound
+/// (at least 1 ms). An application transaction that queues behind a lock the
+/// swap took at the window's start has waited since then: each of the swap's
+/// own waits bounded by 4/5 of `deadlock_timeout` alone could still outlast
+/// it (the swap waited for other tables first), and the deadlock detector
+/// then cancelled the application's transaction (the chaos run: 12 at once).
+/// Bounded by the window, every wait of the swap ends before any
+/// application's wait behind it reaches `deadlock_timeout`. `LOCK TABLE` of
+/// many tables is one statement: its `statement_timeout` is what is left.
+fn window_left(setting: &str) -> String {
+    format!(
+        "SELECT pg_catalog.set_config('{setting}', GREATEST(1, pg_catalog.current_setting('pgshift.lock_budget')::bigint \
+         - (EXTRACT(EPOCH FROM pg_catalog.clock_timestamp() - pg_catalog.current_setting('pgshift.lock_started')::timestamptz) * 1000)::bigint)::text || 'ms', true)"
+    )
+}
+
+/// Did the lock window's `statement_timeout` end this statement?
+fn window_closed(e: &anyhow::Error) -> bool {
+    PgError::code_in(e).is_some_and(|c| c == SqlState::QUERY_CANCELED)
+        && format!("{e:#}").contains("statement timeout")
+}
+
 /// The swap transaction's settings. Its lock waits end before the server's
 /// deadlock detector could act (at most 4/5 of `deadlock_timeout`): an
 /// application transaction that comes to wait for the swap while the swap
@@ -1638,12 +1671,26 @@ async fn one_attempt<H: InTx>(
     let started = Instant::now();
     let mut first = String::from("BEGIN;\n");
     first.push_str(&session_settings(req).join(";\n"));
+    first.push_str(";\n");
+    first.push_str(LOCK_WINDOW_START);
     for l in &lock {
+        first.push_str(";\n");
+        first.push_str(&window_left("statement_timeout"));
         first.push_str(";\n");
         first.push_str(l);
     }
+    first.push_str(&format!(
+        ";\nSET LOCAL statement_timeout = '{}ms';\n{}",
+        req.policy.statement_timeout.as_millis().max(1),
+        window_left("lock_timeout")
+    ));
     match exec(client, &first).await {
         Ok(()) => {}
+        Err(e) if window_closed(&e) => {
+            return Err(anyhow::Error::new(Transient(
+                "the locks took longer than one lock wait may (4/5 of deadlock_timeout)".into(),
+            )));
+        }
         Err(e) => return Err(e.context("locking the tables")),
     }
     tracing::debug!(
@@ -1653,7 +1700,9 @@ async fn one_attempt<H: InTx>(
     );
     let before = hook.before_moves(client).await?;
     // Round trip 2: every move, then one query checking the result.
-    let mut moves = move_statements(req, &listed).join(";\n");
+    let mut moves = window_left("lock_timeout");
+    moves.push_str(";\n");
+    moves.push_str(&move_statements(req, &listed).join(";\n"));
     moves.push_str(";\n");
     moves.push_str(&check_sql(req));
     let problems = match simple(client, &moves).await {
