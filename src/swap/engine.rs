@@ -8,8 +8,11 @@
 //!
 //! - ACCESS EXCLUSIVE locks on every affected table first (not views: their
 //!   readers lock what they read), in a stable order, under a short
-//!   `lock_timeout` that also ends each wait before the server's deadlock
-//!   detector could act; on a lock timeout (or deadlock) the transaction rolls
+//!   `lock_timeout` that also ends the waits before the server's deadlock
+//!   detector could act: all of them together, from the first lock on (the
+//!   lock window, [`window_left`]), so that an application transaction queued
+//!   behind the first lock has not waited long enough for its own detector
+//!   either; on a lock timeout (or deadlock) the transaction rolls
 //!   back and is retried after a jittered backoff (`pg::exec::retry`), so a
 //!   long-running query causes a retry rather than a queue of application
 //!   queries piling up behind the swap, and an application transaction that
