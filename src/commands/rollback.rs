@@ -131,7 +131,11 @@ fn print_report(ctx: &Ctx, r: &RollbackReport) -> Result<()> {
         &r.schemas,
         &r.moved,
     );
-    crate::outln!("Checked before the rollback: {}", r.impact.summary());
+    crate::outln!(
+        "Checked before the rollback: {}",
+        r.impact
+            .summary_for(crate::swap::impact::Operation::Rollback)
+    );
     if !r.kept_tables.is_empty() {
         crate::outln!(
             "Kept from the replaced public: {}",

@@ -1303,7 +1303,10 @@ fn parse_url(input: &str) -> Result<Vec<(&'static str, Value)>, Problem> {
     // '/', '?' or '#'; refuse before any of it can end up in a host or database name,
     // naming the character that ended the user part early when there was no '@' before.
     let stray_at = || match tail.chars().next() {
-        Some(c @ ('/' | '?')) if !authority.contains('@') => Problem::RawInUserinfo(c),
+        // The first of them: a '#' before it did not end the user part.
+        Some(c @ ('/' | '?')) if !authority.contains('@') => {
+            Problem::RawInUserinfo(if authority.contains('#') { '#' } else { c })
+        }
         _ => Problem::StrayAt,
     };
     let path_part = tail.split('?').next().unwrap_or("");
@@ -2280,6 +2283,7 @@ mod tests {
             ("postgresql://u:ab#c@h/d", '#'),
             ("postgresql://u:ab?c@h/d", '?'),
             ("postgresql://u:ab/c@h/d", '/'),
+            ("postgresql://u:ab#?/4@h/d", '#'),
         ] {
             assert_eq!(
                 err(url),

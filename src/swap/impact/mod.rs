@@ -322,6 +322,11 @@ impl Impact {
         report::summary(self)
     }
 
+    /// The one-line summary, in the words of `op`.
+    pub fn summary_for(&self, op: Operation) -> String {
+        report::summary_of(self, op)
+    }
+
     /// The report for people (`swap --dry-run`).
     /// The whole report as text, for a swap.
     pub fn render(&self) -> String {

@@ -23,6 +23,12 @@ pub fn short_query(query: &str, max: usize) -> String {
 /// `impact: 2 statements will fail, 1 will change result type, writes to 1
 /// non-preserved table`.
 pub fn summary(i: &Impact) -> String {
+    summary_of(i, Operation::Swap)
+}
+
+/// [`summary`] in the words of `op` (a rollback discards writes to tables
+/// that are not kept).
+pub fn summary_of(i: &Impact, op: Operation) -> String {
     let s = &i.statements;
     let mut parts: Vec<String> = Vec::new();
     if !s.failing.is_empty() {
@@ -40,10 +46,11 @@ pub fn summary(i: &Impact) -> String {
         });
     }
     if !i.discarded_writes.is_empty() {
-        parts.push(format!(
-            "writes to {}",
-            plural(i.discarded_writes.len(), "non-preserved table")
-        ));
+        let n = i.discarded_writes.len();
+        parts.push(match op {
+            Operation::Swap => format!("writes to {}", plural(n, "non-preserved table")),
+            Operation::Rollback => format!("writes to {} not kept", plural(n, "table")),
+        });
     }
     if !i.unknown_writes.is_empty() {
         parts.push(format!(
@@ -115,7 +122,7 @@ pub fn writes_table(
 /// those since the current public went live, kept rather than preserved).
 pub fn render(i: &Impact, op: Operation) -> String {
     let mut out = String::from("Impact on the running application\n");
-    out.push_str(&format!("  {}\n", summary(i)));
+    out.push_str(&format!("  {}\n", summary_of(i, op)));
 
     if !i.discarded_writes.is_empty() {
         out.push_str(&format!(
@@ -322,6 +329,7 @@ mod tests {
             text.contains("written since the current public went live to tables that are not kept; the rows would stay in the new backup")
                 && text.contains("the rollback refuses these: keep the tables with --keep-tables")
                 && text.contains("Will fail after the rollback")
+                && text.contains("writes to 1 table not kept")
                 && !text.contains("swap"),
             "{text}"
         );
