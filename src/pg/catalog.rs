@@ -19,6 +19,15 @@ macro_rules! not_ext_member {
 }
 pub(crate) use not_ext_member;
 
+/// SQL condition on a `pg_depend` row `d`: what it refers to is not the
+/// array type of an extension's type (`ltree[]`, `citext[]`), which belongs
+/// to no extension itself but goes where its element type's extension goes.
+pub const NOT_EXT_ARRAY_REF: &str = "NOT EXISTS (SELECT 1 FROM pg_catalog.pg_type a
+                    JOIN pg_catalog.pg_depend e ON e.classid = 'pg_catalog.pg_type'::regclass
+                     AND e.objid = a.typelem AND e.deptype = 'e'
+                   WHERE d.refclassid = 'pg_catalog.pg_type'::regclass
+                     AND a.oid = d.refobjid AND a.typelem <> 0)";
+
 /// One column of a table.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ColumnInfo {

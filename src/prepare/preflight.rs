@@ -995,11 +995,7 @@ pub async fn outside_dependents(dst: &Client, schemas: &[String], op: &str) -> R
                                      WHERE e.classid = d.refclassid AND e.objid = d.refobjid AND e.deptype = 'e')
                     -- nor the array type of an extension's type (it goes
                     -- where the extension goes: ltree[] with ltree)
-                    AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_type a
-                                      JOIN pg_catalog.pg_depend e ON e.classid = 'pg_catalog.pg_type'::regclass
-                                       AND e.objid = a.typelem AND e.deptype = 'e'
-                                     WHERE d.refclassid = 'pg_catalog.pg_type'::regclass
-                                       AND a.oid = d.refobjid AND a.typelem <> 0)
+                    AND {not_ext_array}
                     -- nor an extension's own objects: its members and their
                     -- parts (the support functions of its operator family)
                     AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_depend o
@@ -1026,6 +1022,7 @@ pub async fn outside_dependents(dst: &Client, schemas: &[String], op: &str) -> R
                 describe = crate::swap::rollback::DESCRIBE_DEPENDENT,
                 dep = crate::swap::rollback::DEPENDENT_SCHEMA,
                 ours = not_pgshift(&format!("COALESCE({}, '')", crate::swap::rollback::DEPENDENT_SCHEMA)),
+                not_ext_array = catalog::NOT_EXT_ARRAY_REF,
             ),
             &[&schemas, &backups],
         )
@@ -1433,13 +1430,10 @@ async fn missing_outside(
                                  WHERE e.classid = d.refclassid AND e.objid = d.refobjid AND e.deptype = 'e')
                 -- (nor the array type of an extension's type: prepare creates
                 -- an extension the destination lacks, and its types' arrays)
-                AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_type a
-                                  JOIN pg_catalog.pg_depend e ON e.classid = 'pg_catalog.pg_type'::regclass
-                                   AND e.objid = a.typelem AND e.deptype = 'e'
-                                 WHERE d.refclassid = 'pg_catalog.pg_type'::regclass
-                                   AND a.oid = d.refobjid AND a.typelem <> 0)
+                AND {}
               ORDER BY 1, 2, 3",
-            crate::swap::rollback::DEPENDENT_SCHEMA
+            crate::swap::rollback::DEPENDENT_SCHEMA,
+            catalog::NOT_EXT_ARRAY_REF
         ),
         &[&schemas, &outside],
         "listing what the chosen schemas use of schemas not migrated",

@@ -1613,6 +1613,7 @@ pub(crate) async fn kept_table_warnings(
         .collect();
     let uses: Vec<(String, String, String)> = query_map(
         client,
+        &format!(
             "WITH kept AS (SELECT c.oid, c.relname FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
                             WHERE n.nspname = $2 AND c.relname = ANY($1) AND c.relkind IN ('r', 'p')),
                   parts(classid, objid, rel) AS (
@@ -1634,17 +1635,15 @@ pub(crate) async fn kept_table_warnings(
                                           AND (o.deptype = 'e' OR (o.deptype IN ('a', 'i') AND o.refobjid IN (SELECT oid FROM kept))))
                        -- nor the array type of an extension's type (citext[]
                        -- goes where citext goes)
-                       AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_type a
-                                         JOIN pg_catalog.pg_depend e ON e.classid = 'pg_catalog.pg_type'::regclass
-                                          AND e.objid = a.typelem AND e.deptype = 'e'
-                                        WHERE d.refclassid = 'pg_catalog.pg_type'::regclass
-                                          AND a.oid = d.refobjid AND a.typelem <> 0))
+                       AND {not_ext_array})
              SELECT DISTINCT pg_catalog.pg_describe_object(u.refclassid, u.refobjid, 0), m.s, u.relname::text
                FROM used u
                -- (pg_identify_object quotes the schema's name)
                JOIN pg_catalog.unnest($3::text[]) AS m(s) ON pg_catalog.quote_ident(m.s) = u.quoted
               ORDER BY 1, 3",
-            &[&tables, &schema, &moving],
+            not_ext_array = crate::pg::catalog::NOT_EXT_ARRAY_REF
+        ),
+        &[&tables, &schema, &moving],
         "looking for what kept tables use",
         |r| (r.get(0), r.get(1), r.get(2)),
     )
