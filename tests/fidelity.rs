@@ -786,13 +786,7 @@ fn the_destinations_default_privileges_do_not_leak_into_the_shadow() {
          ALTER DEFAULT PRIVILEGES GRANT USAGE ON SCHEMAS TO {ro};"
     ));
     let wd = Workdir::new();
-    assert_success(&wd.run(&[
-        "start",
-        "--source",
-        &dbs.src.url(),
-        "--dest",
-        &dbs.dst.url(),
-    ]));
+    assert_success(&wd.start(&dbs, &[]));
     let can = |sql: &str| dbs.dst.psql(&format!("SELECT {sql}"));
     assert_eq!(
         can(&format!(
@@ -1102,13 +1096,7 @@ fn a_built_in_type_without_binary_io_is_copied_as_text() {
                 acldefault('r', current_user::regrole), acldefault('f', current_user::regrole);",
     );
     let wd = Workdir::new();
-    assert_success(&wd.run(&[
-        "start",
-        "--source",
-        &dbs.src.url(),
-        "--dest",
-        &dbs.dst.url(),
-    ]));
+    assert_success(&wd.start(&dbs, &[]));
     let q = "SELECT item, items, d FROM perms";
     assert_eq!(dbs.dst.psql(q), dbs.src.psql(q));
 }

@@ -463,6 +463,17 @@ fn kill_after_commit(wd: &Workdir, db: &TestDb, args: &[&str], committed: &str) 
     child.wait().unwrap();
 }
 
+/// `swap` run paused right after its COMMIT, SIGKILLed once its backup
+/// schema exists.
+fn swap_killed_after_commit(wd: &Workdir, db: &TestDb) {
+    kill_after_commit(
+        wd,
+        db,
+        &["swap", "--dest", &db.url()],
+        "SELECT count(*) FROM pg_namespace WHERE nspname LIKE 'backup\\_%'",
+    );
+}
+
 fn status_json(wd: &Workdir, dst: &str) -> serde_json::Value {
     serde_json::from_str(&assert_success(
         &wd.run(&["status", "--dest", dst, "--json"]),
@@ -481,12 +492,7 @@ fn a_swap_killed_after_its_commit_is_finished_by_the_next_swap() {
     let wd = Workdir::new();
     let dst = dbs.dst.url();
     assert_success(&wd.prepare(&dbs, &["--preserved-tables", "users"]));
-    kill_after_commit(
-        &wd,
-        &dbs.dst,
-        &["swap", "--dest", &dst],
-        "SELECT count(*) FROM pg_namespace WHERE nspname LIKE 'backup\\_%'",
-    );
+    swap_killed_after_commit(&wd, &dbs.dst);
     let not_valid = "SELECT count(*) FROM pg_constraint WHERE conname = 'orders_user_id_fkey' AND conrelid = 'public.orders'::regclass AND NOT convalidated";
     assert_eq!(dbs.dst.psql(not_valid), "1");
     let st = status_json(&wd, &dst);
@@ -538,12 +544,7 @@ fn a_killed_swaps_keys_are_named_quoted_when_the_next_swap_validates_them() {
         &dbs,
         &[&schemas[..], &["--preserved-tables", "\"Sales\".\"Users\""]].concat(),
     ));
-    kill_after_commit(
-        &wd,
-        &dbs.dst,
-        &["swap", "--dest", &dst],
-        "SELECT count(*) FROM pg_namespace WHERE nspname LIKE 'backup\\_%'",
-    );
+    swap_killed_after_commit(&wd, &dbs.dst);
     let not_valid = "SELECT count(*) FROM pg_constraint WHERE conname = 'Orders_user_fkey' AND NOT convalidated AND connamespace = '\"Sales\"'::regnamespace";
     assert_eq!(dbs.dst.psql(not_valid), "1");
     let again = wd.run(&["swap", "--dest", &dst]);
@@ -576,12 +577,7 @@ fn a_killed_swaps_partitioned_key_is_added_by_the_next_swap() {
     let wd = Workdir::new();
     let dst = dbs.dst.url();
     assert_success(&wd.prepare(&dbs, &["--preserved-tables", "users"]));
-    kill_after_commit(
-        &wd,
-        &dbs.dst,
-        &["swap", "--dest", &dst],
-        "SELECT count(*) FROM pg_namespace WHERE nspname LIKE 'backup\\_%'",
-    );
+    swap_killed_after_commit(&wd, &dbs.dst);
     let keys = "SELECT string_agg(conrelid::regclass || ':' || convalidated, ' ' ORDER BY conrelid::regclass::text)
                   FROM pg_constraint WHERE contype = 'f'";
     assert_eq!(dbs.dst.psql(keys), "events_a:false events_b:false");
@@ -1064,16 +1060,8 @@ fn a_hang_up_stops_cleanly_unless_ignored() {
     // nohup leaves it (ignored): set either way, whatever this test inherited
     // (CI may itself run under nohup).
     let spawn_with = |wd: &Workdir, disposition: libc::sighandler_t| {
-        let mut cmd = wd.cmd();
-        cmd.args([
-            "prepare",
-            "--source",
-            &dbs.src.url(),
-            "--dest",
-            &dbs.dst.url(),
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+        let mut cmd = wd.prepare_cmd(&dbs, &[]);
+        cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
         // SAFETY: only signal(2) between fork and exec, as nohup does.
         unsafe {
             cmd.pre_exec(move || {

@@ -576,17 +576,7 @@ async fn foreign_keys_between_the_same_tables_are_never_built_side_by_side() {
          ALTER TABLE b ADD CONSTRAINT b_a_fkey FOREIGN KEY (a_id) REFERENCES a (id);",
     );
     let wd = Workdir::new();
-    let mut cmd = wd.cmd();
-    cmd.args([
-        "prepare",
-        "--source",
-        &dbs.src.url(),
-        "--dest",
-        &dbs.dst.url(),
-        "--jobs",
-        "2",
-    ]);
-    let child = tokio::process::Command::from(cmd)
+    let child = tokio::process::Command::from(wd.prepare_cmd(&dbs, &["--jobs", "2"]))
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()

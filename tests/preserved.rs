@@ -15,17 +15,7 @@ use tokio_postgres::Client;
 
 /// `pgshift prepare` from `dbs.src` into `dbs.dst`, extra arguments appended.
 fn prepare(dbs: &TestDbs, extra: &[&str]) -> Output {
-    let wd = Workdir::new();
-    let mut cmd = wd.cmd();
-    cmd.args([
-        "prepare",
-        "--source",
-        &dbs.src.url(),
-        "--dest",
-        &dbs.dst.url(),
-    ]);
-    cmd.args(extra);
-    cmd.output().expect("run pgshift")
+    Workdir::new().prepare(dbs, extra)
 }
 
 fn stderr(out: &Output) -> String {

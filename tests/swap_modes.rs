@@ -646,13 +646,7 @@ fn collations_operators_and_text_search_objects_get_their_owners() {
                     UNION ALL SELECT 'family', opfowner FROM pg_opfamily WHERE opfname = 'fam' AND opfnamespace = 'public'::regnamespace
                     UNION ALL SELECT 'class', opcowner FROM pg_opclass WHERE opcname = 'cls' AND opcnamespace = 'public'::regnamespace) x";
     let wd = Workdir::new();
-    assert_success(&wd.run(&[
-        "start",
-        "--source",
-        &dbs.src.url(),
-        "--dest",
-        &dbs.dst.url(),
-    ]));
+    assert_success(&wd.start(&dbs, &[]));
     assert_eq!(dbs.dst.psql(owners), dbs.src.psql(owners));
     assert!(
         !dbs.dst.psql(owners).contains(dbs.dst.user()),
@@ -1254,13 +1248,7 @@ async fn object_mode_gets_through_view_readers_and_sequence_first_writers() {
     dbs.src.psql(app);
     dbs.dst.psql(app);
     let wd = Workdir::new();
-    assert_success(&wd.run(&[
-        "prepare",
-        "--source",
-        &dbs.src.url(),
-        "--dest",
-        &dbs.dst.url(),
-    ]));
+    assert_success(&wd.prepare(&dbs, &[]));
     let stop = Arc::new(AtomicBool::new(false));
     let mut load = Vec::new();
     for i in 0..8 {

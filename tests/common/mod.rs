@@ -158,10 +158,32 @@ impl Workdir {
     }
     /// `pgshift prepare` from the pair's source into its destination, plus `extra` arguments.
     pub fn prepare(&self, dbs: &TestDbs, extra: &[&str]) -> std::process::Output {
-        let (src, dst) = (dbs.src.url(), dbs.dst.url());
-        let mut args = vec!["prepare", "--source", src.as_str(), "--dest", dst.as_str()];
-        args.extend_from_slice(extra);
-        self.run(&args)
+        self.prepare_cmd(dbs, extra)
+            .output()
+            .expect("running pgshift")
+    }
+    /// The [`prepare`](Self::prepare) command, not started (to spawn it).
+    pub fn prepare_cmd(&self, dbs: &TestDbs, extra: &[&str]) -> Command {
+        self.between("prepare", dbs, extra)
+    }
+    /// `pgshift start` from the pair's source into its destination, plus `extra` arguments.
+    pub fn start(&self, dbs: &TestDbs, extra: &[&str]) -> std::process::Output {
+        self.between("start", dbs, extra)
+            .output()
+            .expect("running pgshift")
+    }
+    /// `pgshift <command> --source <src> --dest <dst> <extra>`, not started.
+    fn between(&self, command: &str, dbs: &TestDbs, extra: &[&str]) -> Command {
+        let mut cmd = self.cmd();
+        cmd.args([
+            command,
+            "--source",
+            &dbs.src.url(),
+            "--dest",
+            &dbs.dst.url(),
+        ])
+        .args(extra);
+        cmd
     }
     /// Run pgshift, assert it succeeded, return its stdout.
     pub fn run_ok(&self, args: &[&str]) -> String {
