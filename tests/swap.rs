@@ -75,6 +75,43 @@ fn retried(out: &std::process::Output) -> serde_json::Value {
     report
 }
 
+/// The swap's lock waits all end within 4/5 of `deadlock_timeout` from its
+/// first lock (the lock window). Where taking the locks alone takes longer
+/// than that (a tiny `deadlock_timeout`, a thousand tables), nobody holds the
+/// swap up and retrying cannot help: the error says so and names the
+/// setting, instead of blaming a long-running query.
+#[test]
+fn a_lock_window_shorter_than_taking_the_locks_names_deadlock_timeout() {
+    let dbs = setup("swap_window");
+    dbs.dst.psql(
+        "DO $$ BEGIN FOR i IN 1..1000 LOOP
+           EXECUTE format('CREATE TABLE %I (id int)', 'w_' || i);
+         END LOOP; END $$;",
+    );
+    let wd = Workdir::new();
+    assert_success(&wd.prepare(&dbs, &[]));
+    let before = catalog_fingerprint(&dbs.dst);
+    let db = dbs.dst.name().to_string();
+    dbs.dst.psql(&format!(
+        "ALTER DATABASE \"{db}\" SET deadlock_timeout = '1ms'"
+    ));
+    let out = wd.run(&["swap", "--dest", &dbs.dst.url(), "--swap-retries", "1"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    let last = stderr.trim_end().lines().last().unwrap();
+    assert!(
+        last.starts_with("error: swap failed: the swap could not take its locks after 2 attempts")
+            && last.contains("nothing was changed. Taking the swap's locks alone takes longer than its lock window, 4/5 of deadlock_timeout (1ms)")
+            && !last.contains("long-running query"),
+        "{stderr}"
+    );
+    assert_eq!(catalog_fingerprint(&dbs.dst), before);
+    dbs.dst
+        .psql(&format!("ALTER DATABASE \"{db}\" RESET deadlock_timeout"));
+    assert_success(&wd.run(&["swap", "--dest", &dbs.dst.url()]));
+    assert_eq!(dbs.dst.psql("SELECT count(*) FROM items"), "200");
+}
+
 #[test]
 fn a_held_lock_makes_the_swap_retry_then_succeed() {
     let dbs = setup("swap_retry");
@@ -128,6 +165,14 @@ fn a_lock_held_past_all_retries_fails_cleanly() {
         "{stderr}"
     );
     assert!(took < Duration::from_secs(8), "gave up only after {took:?}");
+    // Each retry's warning says what the attempt waited for, too.
+    assert!(
+        stderr.lines().any(
+            |l| l.contains("the swap waited for public.items, held by pid ")
+                && l.ends_with("; the next attempt locks it first")
+        ),
+        "{stderr}"
+    );
     // Exactly as before: still prepared, public untouched.
     assert_eq!(catalog_fingerprint(&dbs.dst), before);
     holder.join().unwrap();

@@ -55,6 +55,7 @@
 
 use std::collections::{BTreeSet, HashSet};
 use std::future::Future;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
@@ -737,12 +738,20 @@ pub async fn swap<H: InTx>(
         .context("reading the swap session's process id")?
         .get(0);
     let waited_for = std::sync::Mutex::new(Vec::new());
+    // How often the watch saw the swap wait (to tell whether this attempt
+    // did), how many attempts ran, and whether the last one ran out of its
+    // lock window without being seen waiting for anyone.
+    let waits_seen = AtomicU32::new(0);
+    let attempts_run = AtomicU32::new(0);
+    let unheld = AtomicBool::new(false);
     let attempt = || async {
         let listed = first_listing.lock().ok().and_then(|mut l| l.take());
         if listed.is_none() {
             hook.before_retry(control).await;
         }
         let first = waited_for.lock().map(|w| w.clone()).unwrap_or_default();
+        let seen_before = waits_seen.load(Ordering::Relaxed);
+        let this_attempt = attempts_run.fetch_add(1, Ordering::Relaxed) + 1;
         let run = one_attempt(
             &client,
             &req,
@@ -755,9 +764,25 @@ pub async fn swap<H: InTx>(
         tokio::pin!(run);
         let r = tokio::select! {
             r = &mut run => r,
-            () = watch_waits(control, pid, &waited_for) => run.await,
+            () = watch_waits(control, pid, &waited_for, &waits_seen) => run.await,
         };
         let r = r.map_err(|e| gone_or_failed(e, req.exchange, &last_gone));
+        let waited = waits_seen.load(Ordering::Relaxed) != seen_before;
+        unheld.store(
+            !waited && r.as_ref().is_err_and(is_window_closed),
+            Ordering::Relaxed,
+        );
+        if waited
+            && this_attempt <= policy.retries
+            && let Err(e) = &r
+            && RetryPolicy::new(policy.retries).retryable(e).is_some()
+            && let Some(w) = waited_for.lock().ok().and_then(|w| w.last().cloned())
+        {
+            tracing::warn!(
+                "{}; the next attempt locks it first",
+                w.describe("the swap waited for")
+            );
+        }
         rollback_on_err(&client, r).await
     };
     let done = match retry(
@@ -772,6 +797,10 @@ pub async fn swap<H: InTx>(
             done.moved.attempts = attempts;
             done
         }
+        Err(Stop::Exhausted { attempts, why, .. }) if unheld.load(Ordering::Relaxed) => bail!(
+            "the swap could not take its locks after {attempts} attempts ({why}); nothing was changed. Taking the swap's locks alone takes longer than its lock window, 4/5 of deadlock_timeout ({}) from the first lock: raise deadlock_timeout on the destination (a superuser's setting: ALTER DATABASE … SET deadlock_timeout, or the server's configuration)",
+            show_setting(control, "deadlock_timeout").await
+        ),
         Err(Stop::Exhausted { attempts, why, .. }) => bail!(
             "the swap could not take its locks after {attempts} attempts ({why}){}; nothing was changed. A long-running query or transaction on the destination holds a lock on a table the swap locks, or the application's transactions keep waiting for the swap while it waits for them (each wait ends at 4/5 of deadlock_timeout, whatever --lock-timeout says): end it, or raise --swap-retries",
             last_wait(&waited_for)
@@ -1118,7 +1147,12 @@ pub async fn validate_foreign_keys(client: &Client, keys: &[CreatedFk]) -> Vec<S
 /// lock (`pg_stat_activity` says so): reading it holds every lock-manager
 /// partition, which would slow the swap's own locking. Returns only when the
 /// control session fails.
-async fn watch_waits(control: &Client, pid: i32, waited_for: &std::sync::Mutex<Vec<Waited>>) {
+async fn watch_waits(
+    control: &Client,
+    pid: i32,
+    waited_for: &std::sync::Mutex<Vec<Waited>>,
+    seen: &AtomicU32,
+) {
     loop {
         tokio::time::sleep(Duration::from_millis(100)).await;
         let waiting = control
@@ -1155,6 +1189,7 @@ async fn watch_waits(control: &Client, pid: i32, waited_for: &std::sync::Mutex<V
             .await;
         match row {
             Ok(Some(r)) => {
+                seen.fetch_add(1, Ordering::Relaxed);
                 let mut waited = Waited {
                     schema: r.get(0),
                     name: qualified(r.get(0), r.get(1)),
@@ -1337,10 +1372,27 @@ fn window_left(setting: &str) -> String {
     )
 }
 
-/// Did the lock window's `statement_timeout` end this statement?
+/// Why an attempt gave up when its lock window closed.
+const WINDOW_CLOSED: &str =
+    "the locks took longer than one lock wait may (4/5 of deadlock_timeout)";
+
+/// Did this attempt give up because its lock window closed?
+fn is_window_closed(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<Transient>()
+            .is_some_and(|t| t.0 == WINDOW_CLOSED)
+    })
+}
+
+/// Did the lock window's `statement_timeout` end the locking round trip?
+/// Any cancel counts, not only one the server calls a statement timeout: a
+/// `LOCK` of many uncontended tables checks for interrupts only once it is
+/// done, so a timeout that fires during it is noticed by the next statement,
+/// whose timer start clears the timeout's mark, and PostgreSQL reports that
+/// as "canceling statement due to user request". (A real cancel request is a
+/// retry too, and pgshift's own Ctrl-C ends the retries.)
 fn window_closed(e: &anyhow::Error) -> bool {
     PgError::code_in(e).is_some_and(|c| c == SqlState::QUERY_CANCELED)
-        && format!("{e:#}").contains("statement timeout")
 }
 
 /// The swap transaction's settings. Its lock waits end before the server's
@@ -1384,17 +1436,19 @@ fn filter_keep(
 /// `; the last attempt waited for public.users, held by pid 4242 (…)`, when
 /// the watch saw it wait.
 fn last_wait(waited_for: &std::sync::Mutex<Vec<Waited>>) -> String {
-    let Some(w) = waited_for.lock().ok().and_then(|w| w.last().cloned()) else {
-        return String::new();
-    };
-    if w.held_by.is_empty() {
-        format!("; the last attempt waited for {}", w.shown)
-    } else {
-        format!(
-            "; the last attempt waited for {}, held by {}",
-            w.shown, w.held_by
-        )
+    match waited_for.lock().ok().and_then(|w| w.last().cloned()) {
+        Some(w) => format!("; {}", w.describe("the last attempt waited for")),
+        None => String::new(),
     }
+}
+
+/// A server setting as `SHOW` gives it (`1s`), or `?` when it cannot be read.
+async fn show_setting(control: &Client, name: &str) -> String {
+    control
+        .query_one("SELECT pg_catalog.current_setting($1)", &[&name])
+        .await
+        .map(|r| r.get(0))
+        .unwrap_or_else(|_| "?".into())
 }
 
 /// A relation an attempt waited for (see [`watch_waits`]).
@@ -1411,6 +1465,17 @@ struct Waited {
     /// The sessions holding it up, for people (`pid 4242 (app, psql, idle in
     /// transaction)`); empty when they could not be read.
     held_by: String,
+}
+
+impl Waited {
+    /// `{waited} public.users, held by pid 4242 (…)`.
+    fn describe(&self, waited: &str) -> String {
+        if self.held_by.is_empty() {
+            format!("{waited} {}", self.shown)
+        } else {
+            format!("{waited} {}, held by {}", self.shown, self.held_by)
+        }
+    }
 }
 
 /// The locks, before anything moves: one LOCK statement, in a stable order,
@@ -1690,9 +1755,7 @@ async fn one_attempt<H: InTx>(
     match exec(client, &first).await {
         Ok(()) => {}
         Err(e) if window_closed(&e) => {
-            return Err(anyhow::Error::new(Transient(
-                "the locks took longer than one lock wait may (4/5 of deadlock_timeout)".into(),
-            )));
+            return Err(anyhow::Error::new(Transient(WINDOW_CLOSED.into())));
         }
         Err(e) => return Err(e.context("locking the tables")),
     }
