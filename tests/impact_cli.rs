@@ -1135,3 +1135,61 @@ fn allow_discard_of_a_table_that_does_not_exist_is_refused() {
         "0"
     );
 }
+
+/// pgshift's own statements on the destination's live tables (status counts a
+/// preserved table's rows in public; the swap reads public's sequences) are
+/// recorded by pg_stat_statements beside the application's: they are no
+/// application statements. Counted as such, a column the new version drops
+/// from a preserved table was "used by recorded statements", and
+/// `--fail-on-breaking` refused a swap that breaks nothing (Documenso's
+/// `DocumentAuditLog`, after one `status`).
+#[test]
+fn pgshifts_own_counts_are_no_application_statements() {
+    let Some(dbs) = pair("own_counts") else {
+        return;
+    };
+    dbs.src.psql(
+        "CREATE TABLE \"AuditLog\" (id serial PRIMARY KEY, what text);
+         CREATE TABLE other (id int PRIMARY KEY);",
+    );
+    dbs.dst.psql(
+        "CREATE EXTENSION pg_stat_statements;
+         CREATE TABLE \"AuditLog\" (id serial PRIMARY KEY, what text, \"documentId\" int);
+         INSERT INTO \"AuditLog\" (what, \"documentId\") VALUES ('a', 1), ('b', 2);
+         SELECT pg_stat_statements_reset(0, (SELECT oid FROM pg_database WHERE datname = current_database()), 0);",
+    );
+    let wd = Workdir::new();
+    let url = dbs.dst.url();
+    assert_success(&wd.prepare(&dbs, &["--preserved-tables", "\"AuditLog\""]));
+    let dry = || {
+        json_of(&assert_success(&wd.run(&[
+            "swap",
+            "--dest",
+            &url,
+            "--dry-run",
+            "--json",
+            "--fail-on-breaking",
+        ])))
+    };
+    let d = dry();
+    assert!(d["swap"]["refusal"].is_null(), "{d}");
+    // status counts the preserved table's rows in public and shadow.
+    let s = status(&wd, &dbs.dst, &[]);
+    assert!(s.to_string().contains("AuditLog"), "{s}");
+    assert_ne!(
+        dbs.dst.psql(
+            "SELECT count(*) FROM pg_stat_statements WHERE query LIKE '%count(*) FROM ONLY public.\"AuditLog\"%'"
+        ),
+        "0",
+        "status's count was not recorded: the test proves nothing"
+    );
+    let d = dry();
+    assert!(d["swap"]["refusal"].is_null(), "{d}");
+    assert!(
+        !d["swap"]["impact"]["statements"]["used_objects"]
+            .to_string()
+            .contains("AuditLog"),
+        "{d}"
+    );
+    assert_success(&wd.run(&["swap", "--dest", &url, "--fail-on-breaking"]));
+}

@@ -450,7 +450,10 @@ pub async fn count_relation(client: &impl GenericClient, rel: &str) -> Result<Op
     if hidden {
         return Ok(None);
     }
-    let sql = format!("SELECT count(*) FROM ONLY {rel}");
+    let sql = format!(
+        "SELECT {} count(*) FROM ONLY {rel}",
+        crate::pg::meta::OWN_STATEMENT
+    );
     let n: i64 = client
         .query_one(sql.as_str(), &[])
         .await

@@ -403,7 +403,8 @@ pub async fn sequence_value(
     name: &str,
 ) -> Result<(i64, bool)> {
     let sql = format!(
-        "SELECT last_value, is_called FROM {}",
+        "SELECT {} last_value, is_called FROM {}",
+        crate::pg::meta::OWN_STATEMENT,
         crate::pg::ident::qualified(schema, name)
     );
     let r = client
@@ -428,7 +429,8 @@ pub async fn sequence_values(
             .enumerate()
             .map(|(i, n)| {
                 format!(
-                    "SELECT {i}, last_value, is_called FROM {}",
+                    "SELECT {} {i}, last_value, is_called FROM {}",
+                    crate::pg::meta::OWN_STATEMENT,
                     crate::pg::ident::qualified(schema, n)
                 )
             })

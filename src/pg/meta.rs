@@ -17,6 +17,13 @@ pub const SHADOW_SCHEMA: &str = "shadow";
 pub const BACKUP_PREFIX: &str = "backup_";
 /// Marker in the comments of schemas pgshift creates.
 pub const MARKER: &str = "pgshift:";
+/// Marker in the text of pgshift's own statements that name nothing but live
+/// objects (a count of a preserved table's rows in public, a sequence's
+/// value): `pg_stat_statements` records them beside the application's, and
+/// the impact report leaves out what carries it, as it leaves out statements
+/// naming pgshift's schemas. Inside the statement, after its first word: a
+/// statement's recorded text starts at its first token.
+pub const OWN_STATEMENT: &str = "/* pgshift */";
 const META_VERSION: i32 = 1;
 /// pgshift's own namespace for the shadows of schemas other than public.
 pub const SHADOW_PREFIX: &str = "pgshift_shadow_";

@@ -56,7 +56,7 @@ use tokio_postgres::Client;
 use crate::backups::manifest::SchemaMap;
 use crate::pg::exec::{exec_as, pg_error_as};
 use crate::pg::ident::{display_ident, qualified};
-use crate::pg::meta::{is_public_str, public_string};
+use crate::pg::meta::{OWN_STATEMENT, is_public_str, public_string};
 
 /// A sequence fenced by the swap that made a backup: its definition and
 /// state before the fence, as the backup's manifest records them.
@@ -295,7 +295,7 @@ async fn read(client: &Client, qual: &str) -> Result<Read> {
 pub async fn sequence_state(client: &Client, qual: &str) -> Result<(i64, bool)> {
     let r = client
         .query_one(
-            format!("SELECT last_value, is_called FROM {qual}").as_str(),
+            format!("SELECT {OWN_STATEMENT} last_value, is_called FROM {qual}").as_str(),
             &[],
         )
         .await
@@ -434,7 +434,7 @@ pub async fn restore(
             client
                 .query_opt(
                     format!(
-                        "SELECT pg_catalog.setval($1::text::regclass, $2, false) FROM {qual}
+                        "SELECT {OWN_STATEMENT} pg_catalog.setval($1::text::regclass, $2, false) FROM {qual}
                           WHERE last_value = $2 AND is_called"
                     )
                     .as_str(),

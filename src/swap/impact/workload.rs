@@ -8,7 +8,8 @@
 //! protocol-level prepared statement does). Other utility
 //! statements and multi-statement texts are left out ([`resolve::parse`]), so
 //! are pgshift's own statements (those naming the incoming schemas, the
-//! shadows, `pgshift` or backup schemas) and statements that name nothing a swap changes (only
+//! shadows, `pgshift` or backup schemas, and those marked
+//! [`OWN_STATEMENT`]: a count of a preserved table in public) and statements that name nothing a swap changes (only
 //! catalogs, other schemas, extension members).
 //!
 //! pg_stat_statements replaces constants by `$n`; a typed constant then reads
@@ -81,6 +82,7 @@ use super::{SchemaPair, report};
 use crate::dump::sql::DefinedNames;
 use crate::pg::catalog::defined_names;
 use crate::pg::ident::{quote_ident, quote_literal};
+use crate::pg::meta::OWN_STATEMENT;
 
 /// What the workload check needs.
 #[derive(Debug, Clone)]
@@ -390,7 +392,7 @@ pub async fn check_workload(
                 continue;
             }
         };
-        if res.pgshift_own || !res.in_scope {
+        if res.pgshift_own || !res.in_scope || rec.text.contains(OWN_STATEMENT) {
             continue;
         }
         used.extend(res.uses.iter().cloned());
