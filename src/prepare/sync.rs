@@ -435,18 +435,22 @@ fn assignable<'a>(
         if t.0 == "d" {
             return assignable(client, from, t.1, depth + 1).await;
         }
-        let cast: bool = client
-            .query_one(
-                "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_cast WHERE castsource = $1 AND casttarget = $2
-                                   AND castcontext IN ('a', 'i'))",
+        // The cast PostgreSQL would use: one in pg_cast, whose context says
+        // whether an assignment may use it (an explicit-only cast from text,
+        // as semver's, rules out the I/O conversion too); without one, the
+        // automatic I/O conversion to a string type.
+        let context: Option<String> = client
+            .query_opt(
+                "SELECT castcontext::text FROM pg_catalog.pg_cast WHERE castsource = $1 AND casttarget = $2",
                 &[&from, &to],
             )
             .await
             .map_err(|e| pg_error_as(e, "reading casts"))?
-            .get(0);
-        if cast || t.2 == "S" {
-            // A cast, or the automatic I/O conversion to a string type.
-            return Ok(true);
+            .map(|r| r.get(0));
+        match context.as_deref() {
+            Some(c) => return Ok(c == "a" || c == "i"),
+            None if t.2 == "S" => return Ok(true),
+            None => {}
         }
         if f.2 == "A" && t.2 == "A" && f.3 != 0 && t.3 != 0 {
             return assignable(client, f.3, t.3, depth + 1).await;
@@ -768,7 +772,7 @@ async fn type_problem(
                 .collect();
             if !missing.is_empty() {
                 return Ok(Some(TypeCheck::Refused(format!(
-                    "the source's enum type {} lacks labels the destination's rows may hold: {}",
+                    "the source's enum type {} lacks labels the destination's rows may hold: {} (rewrite those rows to labels the source has, as the new version's migration does, or do not preserve the table)",
                     display_ident(&s.base_name),
                     missing.join(", ")
                 ))));
@@ -796,7 +800,7 @@ async fn type_problem(
         ))));
     }
     Ok(Some(TypeCheck::Refused(format!(
-        "destination type {} cannot be converted to the source's type {}",
+        "destination type {} cannot be converted to the source's type {} by assignment, as INSERT converts (pgshift applies no explicit cast, which may change values silently: convert the destination's column first, or do not preserve the table)",
         d.format, s.format
     ))))
 }
