@@ -84,6 +84,8 @@ need_pkg "postgresql-$pg_major"
 need_pkg "postgresql-client-$pg_major"
 need_pkg postgresql-contrib
 need_pkg "postgresql-$pg_major-postgis-3"
+# The tests of pgshift behind a connection pooler (tests/common/pooler.rs).
+need_pkg pgbouncer
 # pg_query builds PostgreSQL's parser from C and generates bindings with libclang.
 need_pkg clang
 need_pkg libclang-dev

@@ -1190,3 +1190,72 @@ fn a_namesake_this_role_cannot_give_its_owner_is_refused_before_a_renaming_prepa
         owner
     );
 }
+
+/// A destination (or source) reached through a pooler in transaction mode:
+/// pgshift's sessions keep a lock and settings across statements, which such
+/// a pooler hands to other clients. Before, prepare failed half-way with
+/// `prepared statement "s103" does not exist` and left its advisory lock on a
+/// pooled server session, and a swap could succeed and leave the lock and
+/// `row_security = off` on sessions the application then got. It is refused
+/// by the first session, before it sets anything: one line, exit 2, nothing
+/// changed, no lock left. Through session pooling everything works.
+#[test]
+fn a_pooler_in_transaction_mode_is_refused_before_anything() {
+    let dbs = TestDbs::new("pooler_txn");
+    dbs.src
+        .psql("CREATE TABLE t (id int PRIMARY KEY); INSERT INTO t VALUES (1);");
+    dbs.dst.psql("CREATE TABLE t (id int PRIMARY KEY);");
+    let txn = common::pooler::Bouncer::start(&dbs.dst, "transaction");
+    let pooled = txn.url(&dbs.dst);
+    let message = vec![
+        "is reached through a connection pooler in transaction mode",
+        "connect pgshift directly to the server, or through session pooling",
+        "nothing was changed",
+    ];
+    for args in [
+        vec!["status", "--dest", &pooled],
+        vec!["prepare", "--source", &dbs.src.url(), "--dest", &pooled],
+        vec!["list", "--dest", &pooled],
+    ] {
+        check(
+            &dbs,
+            Case {
+                name: args[0],
+                args: s(&args),
+                env: vec![],
+                code: 2,
+                message: message.clone(),
+            },
+        );
+    }
+    let src_txn = common::pooler::Bouncer::start(&dbs.src, "transaction");
+    let args = [
+        "prepare",
+        "--source",
+        &src_txn.url(&dbs.src),
+        "--dest",
+        &dbs.dst.url(),
+    ];
+    check(
+        &dbs,
+        Case {
+            name: "source through the pooler",
+            args: s(&args),
+            env: vec![],
+            code: 2,
+            message: vec!["the source", "in transaction mode"],
+        },
+    );
+    assert_eq!(
+        dbs.dst
+            .psql("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'"),
+        "0"
+    );
+    // Session pooling is fine: prepare and swap through it.
+    let session = common::pooler::Bouncer::start(&dbs.dst, "session");
+    let wd = Workdir::new();
+    let url = session.url(&dbs.dst);
+    assert_success(&wd.run(&["prepare", "--source", &dbs.src.url(), "--dest", &url]));
+    assert_success(&wd.run(&["swap", "--dest", &url]));
+    assert_eq!(dbs.dst.psql("SELECT count(*) FROM public.t"), "1");
+}

@@ -18,6 +18,7 @@
 mod cluster;
 mod conn;
 mod db;
+pub mod pooler;
 mod proc;
 mod teardown;
 pub mod writers;

@@ -283,6 +283,7 @@ pub async fn connect_pinned(
                     if attempt > 1 {
                         tracing::info!("connected to {label} {spec} after {attempt} attempts");
                     }
+                    refuse_transaction_pooling(&client, &config, &tls, label, spec, i).await?;
                     session_defaults(&client, label).await;
                     return Ok((client, spec.pinned(i)));
                 }
@@ -302,6 +303,12 @@ pub async fn connect_pinned(
             }
         }
         if let Some((client, i)) = fallback {
+            let mut config = spec.pg_config_for_host(i);
+            if !app_name.is_empty() {
+                config.application_name(app_name);
+            }
+            config.target_session_attrs(tokio_postgres::config::TargetSessionAttrs::Any);
+            refuse_transaction_pooling(&client, &config, &tls, label, spec, i).await?;
             session_defaults(&client, label).await;
             return Ok((client, spec.pinned(i)));
         }
@@ -361,6 +368,130 @@ pub async fn connect_pinned(
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(MAX_BACKOFF);
     }
+}
+
+/// How long the pooler check waits for its first session's answer while a
+/// second session holds a transaction open: a server answers
+/// `SELECT pg_backend_pid()` at once; a pooler in transaction mode with one
+/// server connection makes it wait for that transaction.
+const POOLER_CHECK_WAIT: Duration = Duration::from_secs(10);
+
+/// The servers (endpoint, database, role) this process has checked for a
+/// pooler in transaction mode: the first session of a run to each is checked,
+/// the others are not.
+static POOLER_CHECKED: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+
+/// Refuse a server reached through a pooler in transaction mode (PgBouncer
+/// `pool_mode = transaction`, proxies that multiplex sessions), before this
+/// first session of the run sets anything. Such a pooler hands each
+/// transaction whatever server session is free: pgshift's session-level
+/// settings (`row_security = off` among them) and its advisory run lock
+/// would stay on server sessions the pooler then gives the application, and
+/// pgshift's own statements would fail mid-run (`prepared statement "s103"
+/// does not exist`), or, worse, a run would succeed and leave the lock held.
+///
+/// The check: this session asks for its server's process id; a second
+/// session opens a transaction (which a pooler pins to one server session)
+/// and asks too; this session asks again. A server, or a pooler in session
+/// mode, gives two sessions two process ids and one session the same one
+/// twice. A pooler in transaction mode gives the second session the first
+/// one's (it is idle, and PgBouncer reuses the last one freed), then the
+/// first session another, or keeps the first waiting when it has no other.
+/// Nothing here writes or sets anything; the second session only reads.
+/// When the second session cannot be opened (no slot left), nothing is
+/// concluded.
+async fn refuse_transaction_pooling(
+    client: &tokio_postgres::Client,
+    config: &tokio_postgres::Config,
+    tls: &tokio_postgres_rustls::MakeRustlsConnect,
+    label: &str,
+    spec: &ConnSpec,
+    host: usize,
+) -> anyhow::Result<()> {
+    let key = format!(
+        "{} {} {}",
+        spec.hosts()[host].describe(),
+        spec.dbname(),
+        spec.user()
+    );
+    {
+        let mut checked = POOLER_CHECKED.lock().unwrap_or_else(|p| p.into_inner());
+        if checked.contains(&key) {
+            return Ok(());
+        }
+        checked.push(key);
+    }
+    let first = match backend_pid(client).await {
+        Ok(p) => p,
+        Err(e) => {
+            tracing::debug!("{label}: pooler check: {}", describe_pg_error(&e));
+            return Ok(());
+        }
+    };
+    let second = match tokio::time::timeout(MIN_ATTEMPT * 5, connect_as_libpq(config, tls)).await {
+        Ok(Ok((c, connection))) => {
+            spawn_connection(connection, label.to_string());
+            c
+        }
+        Ok(Err(e)) => {
+            tracing::debug!(
+                "{label}: pooler check: a second session: {}",
+                describe_pg_error(&e)
+            );
+            return Ok(());
+        }
+        Err(_) => {
+            tracing::debug!("{label}: pooler check: a second session did not connect in time");
+            return Ok(());
+        }
+    };
+    let pinned = async {
+        second.batch_execute("BEGIN").await?;
+        backend_pid(&second).await
+    }
+    .await;
+    let pinned = match pinned {
+        Ok(p) => p,
+        Err(e) => {
+            tracing::debug!("{label}: pooler check: {}", describe_pg_error(&e));
+            return Ok(());
+        }
+    };
+    let again = tokio::time::timeout(POOLER_CHECK_WAIT, backend_pid(client)).await;
+    let _ = second.batch_execute("ROLLBACK").await;
+    drop(second);
+    let evidence = match again {
+        _ if pinned == first => format!(
+            "a second session of pgshift's was given the first one's server session (pid {first})"
+        ),
+        Ok(Ok(p)) if p != first => format!(
+            "one session of pgshift's was served by server session pid {first}, then by pid {p}"
+        ),
+        Ok(_) => return Ok(()),
+        Err(_) => format!(
+            "a session of pgshift's got no answer to SELECT pg_backend_pid() for {}s while another held a transaction open",
+            POOLER_CHECK_WAIT.as_secs()
+        ),
+    };
+    Err(crate::error::UserError::new(format!(
+        "the {label} {spec} is reached through a connection pooler in transaction mode ({evidence}): pgshift's sessions keep a lock and settings from one statement to the next, which such a pooler hands to other clients; connect pgshift directly to the server, or through session pooling (the application can stay on its pooler); nothing was changed"
+    ))
+    .into())
+}
+
+/// The server process serving `client` now (simple protocol: no statement is
+/// prepared, which a pooler in transaction mode could lose).
+async fn backend_pid(client: &tokio_postgres::Client) -> Result<i32, tokio_postgres::Error> {
+    let msgs = client
+        .simple_query("SELECT pg_catalog.pg_backend_pid()")
+        .await?;
+    Ok(msgs
+        .iter()
+        .find_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).and_then(|v| v.parse().ok()),
+            _ => None,
+        })
+        .unwrap_or(0))
 }
 
 /// Session settings of every pgshift session, as SETs (not startup options:
