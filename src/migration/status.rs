@@ -362,7 +362,7 @@ pub async fn report(
         && r.alive == Some(false)
     {
         leftovers.dead_lock_holder = Some(format!(
-            "{} holds the destination's lock, but pgshift pid {} on this host is no longer running; the server releases the lock when it notices the connection is gone (or: SELECT pg_terminate_backend({}))",
+            "{} holds the destination's lock, but pgshift pid {} on this host is no longer running; the server releases the lock when it notices the connection is gone, unless a connection pooler keeps that server session open (either way: SELECT pg_terminate_backend({}))",
             r.holder,
             r.pid.unwrap_or(0),
             r.holder.backend_pid
