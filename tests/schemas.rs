@@ -1537,8 +1537,8 @@ fn a_rollback_keeping_a_written_table_of_billing_goes_through() {
     );
 }
 
-/// A preserved table of billing: the column only the destination has is a
-/// warning of prepare's report, the dry run's foreign-key violations name
+/// A preserved table of billing: the columns only the destination or only
+/// the source has are warnings of prepare's report, the dry run's foreign-key violations name
 /// their schemas, and a foreign key to it left NOT VALID by
 /// `--allow-fk-violations` is named with its schema.
 #[test]
@@ -1552,7 +1552,8 @@ fn a_preserved_table_of_billing_is_named_with_its_schema() {
              CREATE TABLE billing.invoices (id int PRIMARY KEY, customer_id int REFERENCES billing.customers (id));"
         )
     };
-    dbs.src.psql(&ddl(""));
+    dbs.src
+        .psql(&ddl(", tier text NOT NULL DEFAULT 'basic', \"Note\" text"));
     dbs.src.psql(
         "INSERT INTO billing.customers SELECT g, 'c' || g FROM generate_series(1, 5) g;
          INSERT INTO billing.invoices SELECT g, g FROM generate_series(1, 5) g;",
@@ -1571,6 +1572,13 @@ fn a_preserved_table_of_billing_is_named_with_its_schema() {
     let warned = p["warnings"].as_array().unwrap().iter().any(|w| {
         w.as_str().unwrap()
             == "preserved table billing.customers: column legacy exists only in the destination; its values are not carried over"
+    });
+    assert!(warned, "{p}");
+    // And the columns only the source has, which the destination's rows get
+    // the defaults of.
+    let warned = p["warnings"].as_array().unwrap().iter().any(|w| {
+        w.as_str().unwrap()
+            == "preserved table billing.customers: columns tier, \"Note\" exist only in the source; the destination's rows get the default (NULL where there is none)"
     });
     assert!(warned, "{p}");
     let plan = run_json(&wd, &["swap", "--dest", &dst, "--dry-run"]);

@@ -673,6 +673,9 @@ async fn validate_one(
         dest_cols.iter().map(|c| (c.name.as_str(), c)).collect();
     let src_names: HashSet<&str> = src_cols.iter().map(|c| c.name.as_str()).collect();
     let mut shared = 0;
+    // Columns only the source has (a new column, or one it renamed): the
+    // destination's rows get their defaults, NULL where there is none.
+    let mut source_only: Vec<String> = Vec::new();
     for s in &src_cols {
         let col = format!("{}.{}", shown, display_ident(&s.name));
         match dest_by_name.get(s.name.as_str()) {
@@ -681,6 +684,8 @@ async fn validate_one(
                     problems.push(format!(
                         "{col}: only in the source, NOT NULL and without a default (the destination's rows have no value for it)"
                     ));
+                } else if !s.generated {
+                    source_only.push(display_ident(&s.name));
                 }
             }
             // Generated in the source: computed in shadow, never copied. The
@@ -715,6 +720,15 @@ async fn validate_one(
                 display_ident(&d.name)
             ));
         }
+    }
+    if !source_only.is_empty() {
+        let (cols, verb) = match source_only.as_slice() {
+            [one] => (format!("column {one}"), "exists"),
+            many => (format!("columns {}", many.join(", ")), "exist"),
+        };
+        warnings.push(format!(
+            "preserved table {shown}: {cols} {verb} only in the source; the destination's rows get the default (NULL where there is none)"
+        ));
     }
     Ok(problems)
 }
