@@ -745,3 +745,85 @@ fn a_changed_shadow_or_a_broken_sync_is_refused_by_swap_dry_run_and_status() {
     wd.run_ok(&["abort", "--dest", &dst]);
     assert_eq!(dbs.dst.psql("SELECT count(*) FROM users"), "2");
 }
+
+/// Wait (up to 60 s) until an autovacuum worker vacuums `table` (`schema.name`).
+fn wait_for_autovacuum(db: &common::TestDb, table: &str) {
+    let start = Instant::now();
+    let sql = format!(
+        "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'autovacuum worker'
+          AND query LIKE 'autovacuum: VACUUM%{table}%'"
+    );
+    while db.psql(&sql) == "0" {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "no autovacuum of {table} started"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Slow, eager autovacuum settings for one table: vacuumed as soon as it has a
+/// dead or inserted row, a page every 100 ms (pg_dump copies them to the
+/// shadow's copy).
+const SLOW_VACUUM: &str = "autovacuum_vacuum_threshold = 0, autovacuum_vacuum_scale_factor = 0,
+     autovacuum_vacuum_insert_threshold = 0, autovacuum_vacuum_insert_scale_factor = 0,
+     autovacuum_vacuum_cost_delay = 100, autovacuum_vacuum_cost_limit = 1";
+
+/// Autovacuum holds a table for as long as it vacuums it, and the server
+/// cancels it for a session that waits for it past `deadlock_timeout`; the
+/// swap's waits end before that (an application transaction queued behind
+/// them must never be the deadlock detector's victim), and so did abort's. So
+/// a vacuum of a big table made the swap fail after all its retries ("held
+/// by pid … (active)"), and abort fail half-way through dropping a freshly
+/// loaded shadow, whose tables autovacuum visits first. Now a retry first
+/// waits for such a table alone, past deadlock_timeout, in a mode the
+/// application's reads and writes do not conflict with; abort's drops of
+/// pgshift's own objects wait past it themselves.
+#[test]
+fn an_autovacuum_holds_up_neither_the_swap_nor_abort() {
+    if !common::can_start_clusters() {
+        return;
+    }
+    let (src_cluster, _) = common::clusters();
+    let dst_cluster = common::Cluster::start_with("autovacuum", "autovacuum_naptime = 1");
+    let dbs = TestDbs::on(src_cluster, &dst_cluster, "autovacuum");
+    dbs.src.psql(&format!(
+        "CREATE TABLE fresh (id int PRIMARY KEY, pad text) WITH ({SLOW_VACUUM});
+         INSERT INTO fresh SELECT g, repeat('x', 200) FROM generate_series(1, 20000) g;"
+    ));
+    dbs.dst.psql(&format!(
+        "CREATE TABLE live (id int PRIMARY KEY, pad text) WITH ({SLOW_VACUUM});
+         INSERT INTO live SELECT g, repeat('y', 200) FROM generate_series(1, 20000) g;"
+    ));
+    wait_for_autovacuum(&dbs.dst, "public.live");
+    let wd = Workdir::new();
+    let url = dbs.dst.url();
+    let quick = ["--lock-timeout", "300ms", "--swap-retries", "2"];
+    assert_success(&wd.prepare(&dbs, &[]));
+    wait_for_autovacuum(&dbs.dst, "shadow.fresh");
+    assert_success(&wd.run_env(
+        &["abort", "--dest", &url, "--lock-timeout", "300ms"],
+        &[("PGSHIFT_SWAP_RETRIES", "2")],
+    ));
+    assert_eq!(
+        dbs.dst
+            .psql("SELECT count(*) FROM pg_namespace WHERE nspname = 'shadow'"),
+        "0"
+    );
+    assert_success(&wd.prepare(&dbs, &[]));
+    dbs.dst.psql("DELETE FROM live WHERE id % 2 = 0");
+    wait_for_autovacuum(&dbs.dst, "public.live");
+    let out = wd.run(
+        &[
+            &["swap", "--dest", url.as_str(), "--allow-discard", "live"][..],
+            &quick[..],
+        ]
+        .concat(),
+    );
+    let text = assert_success(&out);
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("is being vacuumed by autovacuum"),
+        "{text}"
+    );
+    assert_eq!(dbs.dst.psql("SELECT count(*) FROM fresh"), "20000");
+}

@@ -39,6 +39,51 @@ pub fn lock_timeout_under_deadlock_sql(max: Duration) -> String {
     )
 }
 
+/// Have the server cancel an autovacuum worker that holds `rel` (quoted,
+/// qualified), as it cancels one for any session that waits for it past
+/// `deadlock_timeout`: pgshift's own waits on tables the application uses end
+/// before that (see [`lock_timeout_under_deadlock_sql`]), so a vacuum of a big
+/// table outlasted every retry of a swap. This waits for `rel` alone, in a
+/// transaction of its own that holds nothing else, in SHARE UPDATE EXCLUSIVE
+/// mode (the application's reads and writes do not conflict with it), for a
+/// little longer than `deadlock_timeout`, then rolls back. A vacuum to prevent
+/// wraparound is not cancelled; nor is anything when this role may not lock
+/// the table. True when a worker held it.
+pub async fn nudge_autovacuum(client: &Client, rel: &str) -> bool {
+    let held = client
+        .query_one(
+            "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_locks l
+                              JOIN pg_catalog.pg_stat_activity a ON a.pid = l.pid
+                             WHERE a.backend_type = 'autovacuum worker' AND l.granted
+                               AND l.locktype = 'relation' AND l.relation = pg_catalog.to_regclass($1))",
+            &[&rel],
+        )
+        .await
+        .map(|r| r.get::<_, bool>(0))
+        .unwrap_or(false);
+    if !held {
+        return false;
+    }
+    tracing::info!(
+        "{rel} is being vacuumed by autovacuum: waiting for it past deadlock_timeout, so that the server cancels the vacuum"
+    );
+    let sql = format!(
+        "BEGIN;
+         SELECT pg_catalog.set_config('lock_timeout', ((SELECT s.setting::bigint FROM pg_catalog.pg_settings s
+                  WHERE s.name = 'deadlock_timeout') + 1000)::text || 'ms', true);
+         LOCK TABLE ONLY {rel} IN SHARE UPDATE EXCLUSIVE MODE;
+         ROLLBACK;"
+    );
+    if let Err(e) = client.batch_execute(&sql).await {
+        let _ = client.batch_execute("ROLLBACK").await;
+        tracing::debug!(
+            "waiting out the autovacuum of {rel}: {}",
+            describe_pg_error(&e)
+        );
+    }
+    true
+}
+
 /// Run SQL text (one or more statements), keeping the server error in the chain.
 pub async fn exec(client: &Client, sql: &str) -> Result<()> {
     client.batch_execute(sql).await.map_err(pg_error)

@@ -205,7 +205,13 @@ pub async fn remove_prepared(
         }
         return Err(err);
     }
-    if let Err(e) = shrink(client, &found, lock_timeout, retries).await {
+    // pgshift's own objects, which the application never waits for (the
+    // sync triggers are gone): their waits may outlast deadlock_timeout, so
+    // that the server cancels an autovacuum of a freshly loaded shadow table
+    // that holds one (its TOAST table, which no LOCK TABLE reaches), as it
+    // does for any waiter; bounded by deadlock_timeout, every retry met it.
+    let own_timeout = past_deadlock_timeout(client, lock_timeout).await;
+    if let Err(e) = shrink(client, &found, own_timeout, retries).await {
         let mut err = e.context("removing the prepared migration");
         if batch::is_lock_timeout(&err) {
             err = name_lock_holders(client, &shadows, &found.trigger_sites, err).await;
@@ -213,8 +219,10 @@ pub async fn remove_prepared(
         return Err(err);
     }
     let mut sql = String::from("BEGIN;\n");
-    sql.push_str(&lock_timeout_under_deadlock_sql(lock_timeout));
-    sql.push_str(";\n");
+    sql.push_str(&format!(
+        "SET LOCAL lock_timeout = '{}ms';\n",
+        own_timeout.as_millis().max(1)
+    ));
     for t in &found.helper_tables {
         sql.push_str(&format!(
             "DROP TABLE IF EXISTS {} CASCADE;\n",
@@ -296,15 +304,40 @@ async fn drop_sync_triggers(
             ));
         }
         sql.push_str("COMMIT;");
+        let rel = qualified(schema, table);
+        let mut again = false;
         retry(
             "removing the sync triggers",
             RetryPolicy::new(retries),
             cancel,
-            || async { rollback_on_err(client, exec(client, &sql).await).await },
+            || {
+                let nudge = std::mem::replace(&mut again, true);
+                let (sql, rel) = (&sql, &rel);
+                async move {
+                    if nudge {
+                        crate::pg::exec::nudge_autovacuum(client, rel).await;
+                    }
+                    rollback_on_err(client, exec(client, sql).await).await
+                }
+            },
         )
         .await?;
     }
     Ok(())
+}
+
+/// `lock_timeout`, or a second longer than the server's `deadlock_timeout`
+/// when that is more (see [`remove_prepared`]).
+async fn past_deadlock_timeout(client: &Client, lock_timeout: Duration) -> Duration {
+    let deadlock: i64 = client
+        .query_one(
+            "SELECT s.setting::bigint FROM pg_catalog.pg_settings s WHERE s.name = 'deadlock_timeout'",
+            &[],
+        )
+        .await
+        .map(|r| r.get(0))
+        .unwrap_or(1000);
+    lock_timeout.max(Duration::from_millis(deadlock.max(0) as u64 + 1000))
 }
 
 /// `err`, a removal that ran out of retries waiting for locks, with the

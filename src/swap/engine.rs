@@ -737,7 +737,7 @@ pub async fn swap<H: InTx>(
         .await
         .context("reading the swap session's process id")?
         .get(0);
-    let waited_for = std::sync::Mutex::new(Vec::new());
+    let waited_for = std::sync::Mutex::new(Vec::<Waited>::new());
     // How often the watch saw the swap wait (to tell whether this attempt
     // did), how many attempts ran, and whether the last one ran out of its
     // lock window without being seen waiting for anyone.
@@ -747,6 +747,12 @@ pub async fn swap<H: InTx>(
     let attempt = || async {
         let listed = first_listing.lock().ok().and_then(|mut l| l.take());
         if listed.is_none() {
+            // A vacuum that held the swap up is cancelled by the server
+            // once something waits for it past deadlock_timeout, which the
+            // swap's own waits never do.
+            if let Some(w) = waited_for.lock().ok().and_then(|w| w.last().cloned()) {
+                crate::pg::exec::nudge_autovacuum(&client, &w.name).await;
+            }
             hook.before_retry(control).await;
         }
         let first = waited_for.lock().map(|w| w.clone()).unwrap_or_default();
@@ -1175,7 +1181,8 @@ async fn watch_waits(
                         pg_catalog.pg_get_userbyid(c.relowner)::text,
                         (SELECT pg_catalog.string_agg(h.shown, ', ' ORDER BY h.pid)
                            FROM (SELECT b.pid, 'pid ' || b.pid || ' (' || concat_ws(', ', b.usename::text,
-                                        NULLIF(b.application_name, ''), b.state) || ')' AS shown
+                                        NULLIF(b.application_name, ''), NULLIF(b.backend_type, 'client backend'),
+                                        b.state) || ')' AS shown
                                    FROM pg_catalog.pg_stat_activity b
                                   WHERE b.pid = ANY (pg_catalog.pg_blocking_pids($1))
                                   ORDER BY b.pid LIMIT 3) h)
