@@ -1202,6 +1202,15 @@ fn an_interrupt_stops_abort_between_its_retries() {
         "took {:?}",
         sent.elapsed()
     );
+    // What an abort that stopped may have dropped stays dropped: status says
+    // so, and that abort finishes it.
+    let text = assert_success(&wd.run(&["status", "--dest", &dbs.dst.url()]));
+    assert!(
+        text.lines().any(|l| l.starts_with("last error")
+            && l.contains("abort stopped before it finished")
+            && l.contains("run pgshift abort again")),
+        "{text}"
+    );
     drop(input);
     reader.wait().unwrap();
     assert_success(&wd.run(&["abort", "--dest", &dbs.dst.url()]));

@@ -525,13 +525,31 @@ pub async fn abort(sess: &Session, opts: &AbortOptions) -> Result<AbortReport> {
     }
 
     let removed = if open.is_some() || leftovers {
-        remove_prepared(
+        match remove_prepared(
             client,
             opts.lock_timeout,
             opts.retries,
             Some(&sess.run.cancel),
         )
-        .await?
+        .await
+        {
+            Ok(r) => r,
+            Err(e) => {
+                // What committed stays dropped (the triggers, batches of the
+                // shadow): status says so, and that abort finishes it.
+                if let Some(m) = &open {
+                    let mut st = m.state.clone();
+                    st.error = Some(format!(
+                        "abort stopped before it finished, part of the migration's objects may be dropped already; run pgshift abort again: {e:#}"
+                    ));
+                    st.updated_at = Utc::now();
+                    if let Err(se) = record::save_migration(client, &st).await {
+                        tracing::warn!("could not record the failed abort: {se:#}");
+                    }
+                }
+                return Err(e);
+            }
+        }
     } else {
         Removed::default()
     };
