@@ -1677,21 +1677,31 @@ fn what_a_kept_table_leaves_in_another_migrated_schema_is_warned_about() {
 /// its schema, as status does (`"Sales"."Ticket"`): abort's triggers, the
 /// swap's foreign keys left NOT VALID and a rollback's foreign keys said
 /// `Sales.Ticket`, which names another table; a schema named unquoted
-/// says how to write it.
+/// says how to write it. A key left NOT VALID is named alike by the swap,
+/// status and the rollback, a public table's name quoted too
+/// (`"WebhookCall"."WebhookCall_webhookId_fkey"`: Documenso's swap said
+/// `WebhookCall."WebhookCall_webhookId_fkey"`, status
+/// `WebhookCall.WebhookCall_webhookId_fkey`, its rollback the key alone).
 #[test]
 fn mixed_case_tables_are_quoted_in_abort_and_rollback_reports() {
     let dbs = TestDbs::new("sch_quoted_reports");
     let ddl = "CREATE SCHEMA \"Sales\";
          CREATE TABLE public.t (id int PRIMARY KEY);
          CREATE TABLE \"Sales\".\"Reason\" (id int PRIMARY KEY);
-         CREATE TABLE \"Sales\".\"Ticket\" (id int PRIMARY KEY, reason int REFERENCES \"Sales\".\"Reason\");";
+         CREATE TABLE \"Sales\".\"Ticket\" (id int PRIMARY KEY, reason int REFERENCES \"Sales\".\"Reason\");
+         CREATE TABLE \"Webhook\" (id int PRIMARY KEY);
+         CREATE TABLE \"WebhookCall\" (id int PRIMARY KEY, \"webhookId\" int REFERENCES \"Webhook\");";
     dbs.src.psql(ddl);
     dbs.dst.psql(ddl);
-    // A ticket of the destination's whose reason the source lacks.
-    dbs.src.psql("INSERT INTO \"Sales\".\"Reason\" VALUES (1)");
+    // A ticket (and a webhook call) of the destination's whose reason (and
+    // webhook) the source lacks.
+    dbs.src
+        .psql("INSERT INTO \"Sales\".\"Reason\" VALUES (1); INSERT INTO \"Webhook\" VALUES (1);");
     dbs.dst.psql(
         "INSERT INTO \"Sales\".\"Reason\" VALUES (1), (2);
-         INSERT INTO \"Sales\".\"Ticket\" VALUES (1, 2);",
+         INSERT INTO \"Sales\".\"Ticket\" VALUES (1, 2);
+         INSERT INTO \"Webhook\" VALUES (1), (2);
+         INSERT INTO \"WebhookCall\" VALUES (1, 2);",
     );
     let wd = Workdir::new();
     let (src, dst) = (dbs.src.url(), dbs.dst.url());
@@ -1703,7 +1713,7 @@ fn mixed_case_tables_are_quoted_in_abort_and_rollback_reports() {
         "--schemas",
         "public,\"Sales\"",
     ];
-    let preserved = ["--preserved-tables", "\"Sales\".\"Ticket\""];
+    let preserved = ["--preserved-tables", "\"Sales\".\"Ticket\",\"WebhookCall\""];
     assert_usage_error(
         &wd.run(
             &[
@@ -1746,11 +1756,18 @@ fn mixed_case_tables_are_quoted_in_abort_and_rollback_reports() {
         ]
         .concat(),
     );
-    assert_eq!(
-        started["swap"]["fk_not_valid"],
-        json!(["\"Sales\".\"Ticket\".\"Ticket_reason_fkey\""]),
-        "{started}"
-    );
+    let keys = json!([
+        "\"Sales\".\"Ticket\".\"Ticket_reason_fkey\"",
+        "\"WebhookCall\".\"WebhookCall_webhookId_fkey\""
+    ]);
+    let mut swapped = started["swap"]["fk_not_valid"].clone();
+    swapped
+        .as_array_mut()
+        .unwrap()
+        .sort_by_key(|v| v.to_string());
+    assert_eq!(swapped, keys, "{started}");
+    let st = run_json(&wd, &["status", "--dest", &dst]);
+    assert_eq!(st["not_valid_foreign_keys"], keys, "{st}");
     assert_usage_error(
         &wd.run(&[
             "rollback",
@@ -1789,6 +1806,11 @@ fn mixed_case_tables_are_quoted_in_abort_and_rollback_reports() {
         .collect();
     assert!(
         fks.contains(&("\"Sales\".\"Ticket\"", "repointed", "\"Sales\".\"Reason\"")),
+        "{back}"
+    );
+    assert_eq!(
+        back["fk_not_valid"],
+        json!(["\"Sales\".\"Ticket\".\"Ticket_reason_fkey\""]),
         "{back}"
     );
     // Back to the backup that rollback made: its ticket's key, detached from

@@ -97,7 +97,7 @@ fn print(ctx: &Ctx, r: &StatusReport) -> Result<()> {
             .map(|p| match &p.health {
                 Some(h) => format!(
                     "{}: triggers {}, {} pending, {} rows in {}, {} in {}",
-                    p.name,
+                    p.shown,
                     if h["triggers_ok"] == true {
                         "ok"
                     } else {
@@ -105,7 +105,7 @@ fn print(ctx: &Ctx, r: &StatusReport) -> Result<()> {
                     },
                     h["pending"],
                     h["rows_public"],
-                    p.schema,
+                    crate::pg::ident::display_ident(&p.schema),
                     h["rows_shadow"],
                     if p.schema == crate::pg::meta::PUBLIC {
                         "shadow"
@@ -113,7 +113,7 @@ fn print(ctx: &Ctx, r: &StatusReport) -> Result<()> {
                         "its shadow"
                     }
                 ),
-                None => format!("{} (sync health not available)", p.name),
+                None => format!("{} (sync health not available)", p.shown),
             })
             .collect();
         lines.push(("preserved", names.join("; ")));

@@ -190,7 +190,7 @@ pub fn print_ending(
     for c in foreign_keys {
         crate::outln!(
             "foreign key {} on {}: {} ({})",
-            c.constraint,
+            crate::pg::ident::display_ident(&c.constraint),
             c.table,
             c.action,
             c.references
@@ -220,7 +220,7 @@ pub fn print_report(ctx: &Ctx, r: &SwapReport) -> Result<()> {
     if !r.preserved_tables.is_empty() {
         crate::outln!(
             "Preserved tables carried over: {}",
-            r.preserved_tables.join(", ")
+            r.preserved_shown.join(", ")
         );
     }
     if !r.kept_tables.is_empty() {

@@ -20,7 +20,7 @@ use crate::migration::record::{MigrationState, PhaseRecord};
 use crate::migration::state_file;
 use crate::output::rfc3339;
 use crate::pg::conn::connspec::ConnSpec;
-use crate::pg::exec::column;
+use crate::pg::exec::query_map;
 use crate::pg::locks_budget::Budget;
 use crate::pg::meta::{SHADOW_SCHEMA, ShadowState};
 use crate::prepare::discard::Removed;
@@ -125,6 +125,9 @@ pub struct PreservedInfo {
     /// Its live schema (for the text report).
     #[serde(skip)]
     pub schema: String,
+    /// As the text report names it (`"User"`, quoted where it must be).
+    #[serde(skip)]
+    pub shown: String,
     /// The sync health as `sync::health` reports it (trigger present and
     /// enabled, pending changelog rows, rows in public and shadow); null until
     /// the destination can report it.
@@ -206,6 +209,7 @@ async fn preserved_health(
         .map(|s| PreservedInfo {
             name: s.display(),
             schema: s.schema.clone(),
+            shown: crate::pg::meta::table_shown(&s.schema, &s.name),
             health: health
                 .iter()
                 .find(|h| h.table == s.display())
@@ -442,24 +446,26 @@ pub async fn report(
     }
 
     // In the live schemas of the latest migration (public alone by default):
-    // `table.constraint` in public, `schema.table.constraint` elsewhere.
+    // `table.constraint` in public, `schema.table.constraint` elsewhere, each
+    // name quoted where it must be, as the swap names them.
     let live_schemas = d
         .record
         .as_ref()
         .map(|r| r.schemas.clone())
         .unwrap_or_else(crate::pg::meta::default_schemas);
-    let not_valid_foreign_keys: Vec<String> = column(
+    let mut not_valid_foreign_keys: Vec<String> = query_map(
         client,
-        "SELECT CASE WHEN n.nspname = 'public' THEN '' ELSE n.nspname::text || '.' END
-                || c.relname::text || '.' || con.conname::text
-               FROM pg_catalog.pg_constraint con
-               JOIN pg_catalog.pg_class c ON c.oid = con.conrelid
-               JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
-              WHERE n.nspname = ANY($1) AND con.contype = 'f' AND NOT con.convalidated
-              ORDER BY 1",
+        "SELECT n.nspname::text, c.relname::text, con.conname::text
+           FROM pg_catalog.pg_constraint con
+           JOIN pg_catalog.pg_class c ON c.oid = con.conrelid
+           JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+          WHERE n.nspname = ANY($1) AND con.contype = 'f' AND NOT con.convalidated",
         &[&live_schemas],
+        "listing the NOT VALID foreign keys",
+        |r| crate::pg::meta::constraint_shown(r.get(0), r.get(1), r.get(2)),
     )
     .await?;
+    not_valid_foreign_keys.sort_unstable();
     let backups = if d.meta_ok {
         manifest::list_backups(client).await?
     } else {

@@ -122,6 +122,25 @@ pub fn table_display(schema: &str, name: &str) -> String {
     }
 }
 
+/// How a report names a table to a reader: as [`table_display`], but a
+/// table of public is quoted where it must be too (`users`, `"WebhookCall"`;
+/// unquoted, `WebhookCall` names `webhookcall`). `table_display` stays the
+/// key form (public's names as stored) that records and comparisons use.
+pub fn table_shown(schema: &str, name: &str) -> String {
+    crate::pg::ident::TableName::in_schema(schema, name).to_string()
+}
+
+/// `table.constraint` for a foreign key (or any constraint) in reports: the
+/// table as [`table_shown`] names it, the constraint quoted where it must be
+/// (`users.users_org_fkey`, `"WebhookCall"."WebhookCall_webhookId_fkey"`).
+pub fn constraint_shown(schema: &str, table: &str, constraint: &str) -> String {
+    format!(
+        "{}.{}",
+        table_shown(schema, table),
+        crate::pg::ident::display_ident(constraint)
+    )
+}
+
 /// `prefix` followed by `name` when that fits PostgreSQL's 63 bytes;
 /// otherwise `prefix`, the longest beginning of `name` that fits (cut on a
 /// UTF-8 boundary), `_` and 8 hex digits of the FNV-1a hash of the whole
@@ -339,5 +358,30 @@ mod names_tests {
             fit_name("p_", &"a".repeat(70)),
             format!("p_{}_{}", "a".repeat(52), "5904740b")
         );
+    }
+}
+
+#[cfg(test)]
+mod shown_tests {
+    use super::*;
+
+    #[test]
+    fn tables_and_keys_are_shown_quoted_where_they_must_be() {
+        assert_eq!(
+            constraint_shown("public", "users", "users_org_fkey"),
+            "users.users_org_fkey"
+        );
+        assert_eq!(
+            constraint_shown("public", "WebhookCall", "WebhookCall_webhookId_fkey"),
+            "\"WebhookCall\".\"WebhookCall_webhookId_fkey\""
+        );
+        assert_eq!(
+            constraint_shown("billing", "invoices", "invoices_user_fk"),
+            "billing.invoices.invoices_user_fk"
+        );
+        assert_eq!(table_shown("Sales", "Ticket"), "\"Sales\".\"Ticket\"");
+        assert_eq!(table_shown("public", "user"), "\"user\"");
+        // The key form is unchanged: public's names as stored.
+        assert_eq!(table_display("public", "WebhookCall"), "WebhookCall");
     }
 }

@@ -245,6 +245,12 @@ impl SyncedTable {
     pub fn display(&self) -> String {
         crate::pg::meta::table_display(&self.schema, &self.name)
     }
+
+    /// As messages name it: [`display`](Self::display), a table of public
+    /// quoted where it must be too (`"Passkey"`).
+    pub fn shown(&self) -> String {
+        crate::pg::meta::table_shown(&self.schema, &self.name)
+    }
 }
 
 /// Replays run READ COMMITTED transactions that may meet lock timeouts and
@@ -977,12 +983,12 @@ async fn describe(client: &Client, t: &SyncedTable) -> Result<Live> {
     let public_rel = rel_name(client, t.oid).await?.with_context(|| {
         format!(
             "preserved table {}: its destination table is gone",
-            t.display()
+            t.shown()
         )
     })?;
     let shadow_rel = rel_name(client, t.shadow_oid)
         .await?
-        .with_context(|| format!("preserved table {}: its shadow table is gone", t.display()))?;
+        .with_context(|| format!("preserved table {}: its shadow table is gone", t.shown()))?;
     let pub_types = attr_types(client, t.oid).await?;
     let sh_types = attr_types(client, t.shadow_oid).await?;
     let pair = |c: &str| -> Result<(&AttrType, &AttrType)> {
@@ -990,7 +996,7 @@ async fn describe(client: &Client, t: &SyncedTable) -> Result<Live> {
             (Some(p), Some(s)) => Ok((p, s)),
             _ => bail!(
                 "preserved table {}: column {} is no longer in both tables",
-                t.display(),
+                t.shown(),
                 display_ident(c)
             ),
         }
@@ -1028,7 +1034,7 @@ async fn describe(client: &Client, t: &SyncedTable) -> Result<Live> {
             &[&t.shadow_oid],
         )
         .await
-        .with_context(|| format!("reading the deferrable constraints of {}", t.display()))?
+        .with_context(|| format!("reading the deferrable constraints of {}", t.shown()))?
         .iter()
         .map(|r| r.get::<_, String>(0))
         .collect();
@@ -1570,7 +1576,7 @@ pub async fn setup(
         let started = Instant::now();
         // DDL on the live table: one transaction, retried on lock timeouts.
         let ddl = async |sql: &str, what: &str| {
-            run_with_lock_retries(dest, sql, &format!("{what} {}", t.display()), retries).await
+            run_with_lock_retries(dest, sql, &format!("{what} {}", t.shown()), retries).await
         };
 
         // 1. Changelog, log-only functions, triggers.
@@ -1628,7 +1634,7 @@ pub async fn setup(
                     e,
                     &format!(
                         "copying the destination's rows of {} into shadow",
-                        t.display()
+                        t.shown()
                     ),
                 ));
             }
@@ -1647,7 +1653,7 @@ pub async fn setup(
         // 4. What was written during the copy.
         let replayed = drain(dest, &live, lock_timeout.max(REPLAY_LOCK_TIMEOUT), retries).await?;
         tracing::info!(
-            table = %t.display(),
+            table = %t.shown(),
             copied,
             replayed,
             ms = started.elapsed().as_millis() as u64,
@@ -1934,7 +1940,7 @@ async fn trial_replay(client: &Client, t: &SyncedTable) -> Result<Option<String>
             Ok(Some(format!("{e:#}")))
         }
         Err(e) => {
-            tracing::debug!(table = %t.display(), "trial replay: no answer: {e:#}");
+            tracing::debug!(table = %t.shown(), "trial replay: no answer: {e:#}");
             Ok(None)
         }
         Ok(_) => Ok(None),
@@ -2087,10 +2093,10 @@ pub async fn final_sync(
         exec(
             client,
             &sql,
-            &format!("removing the sync of {} at the swap", t.display()),
+            &format!("removing the sync of {} at the swap", t.shown()),
         )
         .await?;
-        tracing::info!(table = %t.display(), replayed, "final sync done");
+        tracing::info!(table = %t.shown(), replayed, "final sync done");
     }
     Ok(())
 }
@@ -2423,13 +2429,13 @@ impl Carry {
         };
         // The sequence by its live schema (the shadow's is pgshift's).
         let seq = if s.schema == crate::pg::meta::shadow_schema_for(&t.schema) {
-            crate::pg::meta::table_display(&t.schema, &s.name)
+            crate::pg::meta::table_shown(&t.schema, &s.name)
         } else {
-            crate::pg::meta::table_display(&s.schema, &s.name)
+            crate::pg::meta::table_shown(&s.schema, &s.name)
         };
         Some(format!(
             "sequence {seq} of preserved table {} (column {}) cannot continue after the destination's rows: {reached} {}, {beyond} ({} to {}); widen it on the source (ALTER SEQUENCE … MAXVALUE/MINVALUE) and prepare again",
-            crate::pg::meta::table_display(&t.schema, &t.name),
+            crate::pg::meta::table_shown(&t.schema, &t.name),
             display_ident(&s.column),
             self.value,
             s.min,
@@ -2494,7 +2500,12 @@ async fn carry_plan(
                     &[],
                 )
                 .await
-                .map_err(|e| pg_error_as(e, &format!("reading {}.{}", t.display(), s.column)))?
+                .map_err(|e| {
+                    pg_error_as(
+                        e,
+                        &format!("reading {}.{}", t.shown(), display_ident(&s.column)),
+                    )
+                })?
                 .get(0);
             if let Some(v) = v {
                 candidates.push((next_value(v, true, inc), v, true, CarryFrom::Rows));
@@ -2568,9 +2579,9 @@ async fn carry_sequences(
 pub async fn sequence_misfits(client: &Client, synced: &[SyncedTable]) -> Result<Vec<String>> {
     let mut out = Vec::new();
     for t in synced {
-        let shadow_rel = rel_name(client, t.shadow_oid).await?.with_context(|| {
-            format!("preserved table {}: its shadow table is gone", t.display())
-        })?;
+        let shadow_rel = rel_name(client, t.shadow_oid)
+            .await?
+            .with_context(|| format!("preserved table {}: its shadow table is gone", t.shown()))?;
         for c in carry_plan(client, t, &shadow_rel, None).await? {
             out.extend(c.misfit(t));
         }
@@ -2652,7 +2663,7 @@ pub async fn broken(client: &Client, synced: &[SyncedTable]) -> Result<Option<St
         if on < triggers.len() || !changelog {
             return Ok(Some(format!(
                 "the sync of {} is broken (triggers {on}/{} enabled{}): writes may have been missed; run `pgshift abort` and prepare again",
-                t.display(),
+                t.shown(),
                 triggers.len(),
                 if changelog { "" } else { ", changelog missing" }
             )));
@@ -2674,7 +2685,7 @@ pub async fn broken(client: &Client, synced: &[SyncedTable]) -> Result<Option<St
 pub fn unreplayable(t: &SyncedTable, e: &anyhow::Error) -> String {
     format!(
         "the sync of {} cannot be replayed ({e:#}); run `pgshift abort` and prepare again",
-        t.display()
+        t.shown()
     )
 }
 
@@ -2702,7 +2713,7 @@ pub async fn hidden_rows(client: &Client, t: &SyncedTable) -> Result<Option<Stri
     Ok(Some(format!(
         "row-level security applies to role {} on {which} {}: the sync's replay would miss the rows its policies hide; run pgshift as a role with BYPASSRLS (or the table's owner, with FORCE ROW LEVEL SECURITY off until the swap)",
         display_ident(&role),
-        t.display()
+        t.shown()
     )))
 }
 
@@ -2931,10 +2942,10 @@ impl fmt::Display for FkViolation {
             display_ident(&self.constraint),
             self.count,
             if self.count == 1 { "" } else { "s" },
-            crate::pg::meta::table_display(&self.schema, &self.table),
+            crate::pg::meta::table_shown(&self.schema, &self.table),
             lhs,
             if self.count == 1 { "s" } else { "" },
-            crate::pg::meta::table_display(&self.referenced_schema, &self.referenced_table),
+            crate::pg::meta::table_shown(&self.referenced_schema, &self.referenced_table),
             cols(&self.referenced_columns),
         )?;
         if !self.examples.is_empty() {
@@ -3023,8 +3034,8 @@ pub async fn fk_violations(
                 crate::refuse!(
                     "foreign key {} of {} references {} ({}), which has no unique key on those columns on the destination: the swap could not create it; add one, or migrate that table instead of keeping it",
                     display_ident(&fk.constraint),
-                    crate::pg::meta::table_display(&live(schema), &fk.table),
-                    crate::pg::meta::table_display(&live(ref_schema), &fk.ref_table),
+                    crate::pg::meta::table_shown(&live(schema), &fk.table),
+                    crate::pg::meta::table_shown(&live(ref_schema), &fk.ref_table),
                     ref_columns.iter().map(|c| display_ident(c)).join(", ")
                 );
             }
@@ -3045,8 +3056,8 @@ pub async fn fk_violations(
                 out.unchecked.push(format!(
                     "foreign key {} of {} cannot be checked before the swap: row-level security on {} hides rows from this role",
                     display_ident(&fk.constraint),
-                    crate::pg::meta::table_display(&live(schema), &fk.table),
-                    crate::pg::meta::table_display(&live(ref_schema), &fk.ref_table),
+                    crate::pg::meta::table_shown(&live(schema), &fk.table),
+                    crate::pg::meta::table_shown(&live(ref_schema), &fk.ref_table),
                 ));
                 continue;
             }

@@ -49,6 +49,9 @@ pub struct SwapReport {
     pub moved: Moved,
     pub tables: usize,
     pub preserved_tables: Vec<String>,
+    /// `preserved_tables` as the text report names them (`"User"`).
+    #[serde(skip)]
+    pub preserved_shown: Vec<String>,
     pub fk_not_valid: Vec<String>,
     /// Of `fk_not_valid`, the partitioned tables' keys that could not be
     /// added at all (their partitions' copies stay NOT VALID); absent when none.
@@ -898,11 +901,7 @@ pub async fn swap(sess: &Session, opts: &SwapOptions) -> Result<SwapReport> {
     let mut to_validate = Vec::new();
     for fk in &done.before.fks {
         if known(fk) {
-            let name = format!(
-                "{}.{}",
-                meta::table_display(&fk.schema, &fk.table),
-                display_ident(&fk.constraint)
-            );
+            let name = meta::constraint_shown(&fk.schema, &fk.table, &fk.constraint);
             // A partitioned table's own key is added after its partitions'
             // copies are valid, which these are not.
             if let Some(sql) = &fk.add_sql {
@@ -921,11 +920,7 @@ pub async fn swap(sess: &Session, opts: &SwapOptions) -> Result<SwapReport> {
     let done_schemas = done.manifest.schemas.clone();
     to_validate.extend(crossing.to_validate.iter().cloned());
     for f in engine::validate_foreign_keys(&sess.control, &to_validate).await {
-        let name = format!(
-            "{}.{}",
-            meta::table_display(&f.schema, &f.table),
-            display_ident(&f.constraint)
-        );
+        let name = meta::constraint_shown(&f.schema, &f.table, &f.constraint);
         if f.absent {
             warnings.push(format!(
                 "foreign key {name} of a partitioned table was not added: {}",
@@ -967,6 +962,12 @@ pub async fn swap(sess: &Session, opts: &SwapOptions) -> Result<SwapReport> {
         moved: done.moved,
         tables: m.state.tables.len(),
         preserved_tables: m.state.preserved_tables.clone(),
+        preserved_shown: m
+            .state
+            .preserved_tables
+            .iter()
+            .map(|k| m.state.table_of_key(k).to_string())
+            .collect(),
         fk_not_valid: not_valid,
         fk_not_added: not_added,
         warnings,

@@ -968,11 +968,7 @@ pub async fn finish_committed(client: &Client) -> Result<Option<Finished>> {
     let mut stays = Vec::new();
     let mut validated = Vec::new();
     for k in ours {
-        let shown = format!(
-            "{}.{}",
-            meta::table_display(&k.schema, &k.table),
-            display_ident(&k.constraint)
-        );
+        let shown = meta::constraint_shown(&k.schema, &k.table, &k.constraint);
         let sql = format!(
             "ALTER TABLE {} VALIDATE CONSTRAINT {}",
             qualified(&k.schema, &k.table),
@@ -992,11 +988,7 @@ pub async fn finish_committed(client: &Client) -> Result<Option<Finished>> {
         let pairs = meta::schema_pairs(&row.state.schemas);
         let deferred = &row.state.details.deferred_sql;
         for fk in crate::prepare::sync::unadded_partitioned_keys(client, deferred, &pairs).await? {
-            let shown = format!(
-                "{}.{}",
-                meta::table_display(&fk.schema, &fk.table),
-                display_ident(&fk.constraint)
-            );
+            let shown = meta::constraint_shown(&fk.schema, &fk.table, &fk.constraint);
             let sql = fk.validate_sql(&fk.schema);
             let part = format!(".{}", display_ident(&fk.constraint));
             let why = if stays.iter().any(|s| s.ends_with(&part)) {

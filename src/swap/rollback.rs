@@ -717,13 +717,10 @@ pub async fn execute(sess: &Session, plan: &Plan, policy: Policy) -> Result<Roll
 
     let mut not_valid = Vec::new();
     for f in engine::validate_foreign_keys(control, &result.to_validate).await {
-        warnings.push(format!(
-            "foreign key {} on {} stays NOT VALID: {}",
-            f.constraint,
-            qualified(&f.schema, &f.table),
-            f.error
-        ));
-        not_valid.push(f.constraint);
+        // `table.constraint`, as the swap's fk_not_valid and status name it.
+        let name = crate::pg::meta::constraint_shown(&f.schema, &f.table, &f.constraint);
+        warnings.push(format!("foreign key {name} stays NOT VALID: {}", f.error));
+        not_valid.push(name);
     }
     Ok(RollbackReport {
         restored_schema: restored.schema_name.clone(),
