@@ -1193,3 +1193,71 @@ fn pgshifts_own_counts_are_no_application_statements() {
     );
     assert_success(&wd.run(&["swap", "--dest", &url, "--fail-on-breaking"]));
 }
+
+/// pg_stat_statements may be in any schema: moved to one the role running
+/// pgshift may not use (`permission denied for schema ext`), the dry run said
+/// to add it to shared_preload_libraries and create it, which it was; it
+/// now says to grant USAGE on that schema, and SELECT on its view when that
+/// is what is missing.
+#[test]
+fn pg_stat_statements_in_a_schema_the_role_may_not_use_says_what_to_grant() {
+    let Some(dbs) = pair("pss_schema") else {
+        return;
+    };
+    if dbs.dst.socket_dir().is_none() {
+        println!("skipped: needs the harness's own clusters");
+        return;
+    }
+    let role = format!("pss_owner_{}", std::process::id());
+    dbs.dst.psql(&create_role(&role, "LOGIN"));
+    dbs.src.psql("CREATE TABLE t (id int PRIMARY KEY);");
+    dbs.dst.psql(&format!(
+        "ALTER DATABASE \"{db}\" OWNER TO {role};
+         CREATE EXTENSION pg_stat_statements;
+         CREATE SCHEMA ext;
+         ALTER EXTENSION pg_stat_statements SET SCHEMA ext;
+         CREATE TABLE t (id int PRIMARY KEY);
+         ALTER TABLE t OWNER TO {role};",
+        db = dbs.dst.name()
+    ));
+    let dst = dbs.dst.socket_url().replacen(
+        &format!("postgresql://{}@", dbs.dst.user()),
+        &format!("postgresql://{role}@"),
+        1,
+    );
+    let src = dbs.src.url();
+    let wd = Workdir::new();
+    assert_success(&wd.run(&["prepare", "--source", &src, "--dest", &dst]));
+    let not_checked = || {
+        let d = json_of(&wd.run_ok(&["swap", "--dest", &dst, "--dry-run", "--json"]));
+        let why = d["swap"]["impact"]["statements"]["not_checked"].clone();
+        why.as_str()
+            .map(str::to_string)
+            .unwrap_or_else(|| panic!("{d}"))
+    };
+    let why = not_checked();
+    assert!(
+        why.contains("permission denied for schema ext")
+            && why.contains(&format!("GRANT USAGE ON SCHEMA ext TO {role}"))
+            && !why.contains("shared_preload_libraries"),
+        "{why}"
+    );
+    dbs.dst.psql(&format!(
+        "GRANT USAGE ON SCHEMA ext TO {role};
+         REVOKE SELECT ON ext.pg_stat_statements FROM PUBLIC;"
+    ));
+    let why = not_checked();
+    assert!(
+        why.contains(&format!("GRANT SELECT ON ext.pg_stat_statements TO {role}"))
+            && !why.contains("shared_preload_libraries"),
+        "{why}"
+    );
+    dbs.dst.psql(&format!(
+        "GRANT SELECT ON ext.pg_stat_statements TO {role};"
+    ));
+    let d = json_of(&wd.run_ok(&["swap", "--dest", &dst, "--dry-run", "--json"]));
+    assert_eq!(
+        d["swap"]["impact"]["statements"]["source"], "pg_stat_statements",
+        "{d}"
+    );
+}

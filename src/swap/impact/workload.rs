@@ -502,21 +502,17 @@ async fn read_statements(
     roles: &[u32],
 ) -> std::result::Result<(Vec<Recorded>, usize), String> {
     let view = format!("{}.pg_stat_statements", quote_ident(schema));
-    let fail = |e: tokio_postgres::Error| -> String {
-        let msg = crate::pg::conn::connect::describe_pg_error(&e);
-        format!(
-            "pg_stat_statements cannot be read, so the application's statements were not checked: {msg} ({ENABLE_HINT})"
-        )
-    };
-    let toplevel: bool = client
+    let toplevel: bool = match client
         .query_one(
             "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_attribute
                              WHERE attrelid = pg_catalog.to_regclass($1) AND attname = 'toplevel')",
             &[&view],
         )
         .await
-        .map_err(fail)?
-        .get(0);
+    {
+        Ok(r) => r.get(0),
+        Err(e) => return Err(unreadable(client, schema, &view, &e).await),
+    };
     let sql = format!(
         "SELECT s.userid, s.query, sum(s.calls)::int8
            FROM {view} s
@@ -531,12 +527,14 @@ async fn read_statements(
             "AND s.userid = ANY($1::oid[])"
         }
     );
-    let rows = if roles.is_empty() {
+    let rows = match if roles.is_empty() {
         client.query(sql.as_str(), &[]).await
     } else {
         client.query(sql.as_str(), &[&roles]).await
-    }
-    .map_err(fail)?;
+    } {
+        Ok(rows) => rows,
+        Err(e) => return Err(unreadable(client, schema, &view, &e).await),
+    };
     let userids: Vec<u32> = rows.iter().map(|r| r.get::<_, u32>(0)).collect();
     let paths = search_paths(client, &userids)
         .await
@@ -571,6 +569,67 @@ async fn read_statements(
     }
     grouped.sort_by(|a, b| b.calls.cmp(&a.calls).then_with(|| a.query.cmp(&b.query)));
     Ok((grouped, hidden))
+}
+
+/// Why `view` (pg_stat_statements in `schema`) cannot be read, and what to
+/// do: a privilege this role lacks (the extension may be in any schema, and
+/// is installed) is granted; anything else is the extension to set up.
+async fn unreadable(
+    client: &Client,
+    schema: &str,
+    view: &str,
+    e: &tokio_postgres::Error,
+) -> String {
+    let msg = crate::pg::conn::connect::describe_pg_error(e);
+    let advice = if e.code() == Some(&SqlState::INSUFFICIENT_PRIVILEGE) {
+        privilege_advice(client, schema, view).await
+    } else {
+        ENABLE_HINT.to_string()
+    };
+    format!(
+        "pg_stat_statements cannot be read, so the application's statements were not checked: {msg} ({advice})"
+    )
+}
+
+/// What to grant this role so it reads `view` in `schema`: USAGE on the
+/// schema, SELECT on the view, else the privilege the error names.
+async fn privilege_advice(client: &Client, schema: &str, view: &str) -> String {
+    use crate::pg::ident::display_ident;
+    // The schema first: naming the view in a schema without USAGE is itself
+    // "permission denied for schema".
+    let row = client
+        .query_one(
+            "SELECT current_user::text, pg_catalog.has_schema_privilege($1::text, 'USAGE')",
+            &[&schema],
+        )
+        .await;
+    let Ok(row) = row else {
+        return "the extension is installed but this role lacks a privilege to read it: grant it the privilege named".into();
+    };
+    let role = display_ident(&row.get::<_, String>(0));
+    let shown = format!("{}.pg_stat_statements", display_ident(schema));
+    if !row.get::<_, bool>(1) {
+        return format!(
+            "the extension is installed in schema {}, which this role may not use: GRANT USAGE ON SCHEMA {} TO {role}",
+            display_ident(schema),
+            display_ident(schema)
+        );
+    }
+    let select = client
+        .query_one(
+            "SELECT pg_catalog.has_table_privilege($1::text, 'SELECT')",
+            &[&view],
+        )
+        .await
+        .map(|r| r.get::<_, bool>(0));
+    if select.is_ok_and(|ok| !ok) {
+        return format!(
+            "the extension is installed, but this role may not read its view: GRANT SELECT ON {shown} TO {role}"
+        );
+    }
+    format!(
+        "the extension is installed, but this role lacks a privilege {shown} needs: grant {role} the privilege named"
+    )
 }
 
 /// The search path each role gets in this database: existing schemas only,
