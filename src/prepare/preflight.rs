@@ -226,11 +226,26 @@ pub async fn casts_left_behind(
 }
 
 /// Rows the source's application added to its extensions' configuration
-/// tables (`pg_extension.extconfig`, the rows `extcondition` selects, as
-/// pg_dump dumps them: PostGIS's own `spatial_ref_sys` entries) that the
-/// destination's same table lacks. Extension tables are not copied: the
+/// tables (`pg_extension.extconfig`, the rows `extcondition` selects:
+/// PostGIS's own `spatial_ref_sys` entries) that the destination's same
+/// table lacks or has otherwise. Extension tables are not copied: the
 /// destination's extension keeps its own, so such rows would be missing
-/// after the swap (a geometry with a custom SRID no longer transforms).
+/// (or keep the destination's values) after the swap (a geometry with a
+/// custom SRID no longer transforms).
+///
+/// Each side's table is read `ONLY`: an inheritance child of a
+/// configuration table holds rows of its own, not configuration (pgq's
+/// queues are children of `pgq.event_template`, holding events), and
+/// reading through would count every one of them on both servers. pg_dump
+/// too copies a configuration table without its children (`COPY t`; only
+/// its `COPY (SELECT … FROM t cond)` for a table with a condition reads
+/// through, a quirk not followed here).
+///
+/// A row is told missing from differing by the table's primary key when
+/// both sides have the same one (a row of the same key with other values,
+/// pg_partman's `part_config` of one table with another `premake`, is not
+/// one to add: its insert would fail on the key); without one, a row not
+/// found whole on the destination may be either.
 pub async fn extension_config_rows(src: &Client, dst: &Client) -> Result<Vec<String>> {
     let configs = src
         .query(
@@ -250,9 +265,10 @@ pub async fn extension_config_rows(src: &Client, dst: &Client) -> Result<Vec<Str
         let (ext, schema, table, cond): (String, String, String, String) =
             (r.get(0), r.get(1), r.get(2), r.get(3));
         let rel = crate::pg::ident::qualified(&schema, &table);
+        let key = primary_key(src, &rel).await?;
         // The condition is the extension's own SQL from the catalog, as
         // pg_dump splices it too.
-        let theirs = row_hashes(src, &format!("SELECT {HASH} FROM {rel} t {cond}")).await?;
+        let theirs = row_hashes(src, &rel, &key, &cond).await?;
         if theirs.is_empty() {
             continue;
         }
@@ -263,43 +279,154 @@ pub async fn extension_config_rows(src: &Client, dst: &Client) -> Result<Vec<Str
             )
             .await?
             .get(0);
-        let ours = if readable {
-            row_hashes(dst, &format!("SELECT {HASH} FROM {rel} t")).await?
+        // The destination's rows by the same key, if it has the same one.
+        let (key, ours) = if !readable {
+            (key, Vec::new())
+        } else if primary_key(dst, &rel).await? == key {
+            let ours = row_hashes(dst, &rel, &key, "").await?;
+            (key, ours)
         } else {
-            std::collections::HashSet::new()
+            (Vec::new(), row_hashes(dst, &rel, &[], "").await?)
         };
-        let missing = theirs.difference(&ours).count();
-        if missing > 0 {
-            warnings.push(format!(
-                "extension {ext}: {missing} row{} the source added to its configuration table {} {} not on the destination, and extension tables are not copied; add {} there before the swap",
-                if missing == 1 { "" } else { "s" },
-                named(&schema, &table),
-                if missing == 1 { "is" } else { "are" },
-                if missing == 1 { "it" } else { "them" },
-            ));
+        let (missing, differ) = compare_rows(&theirs, &ours, !key.is_empty());
+        if let Some(w) = config_rows_warning(&ext, &named(&schema, &table), &key, missing, differ) {
+            warnings.push(w);
         }
     }
     Ok(warnings)
 }
 
-/// A row's text, hashed, under the settings that make it mean one thing.
-const HASH: &str = "pg_catalog.md5(ROW(t.*)::text)";
+/// Of the source's rows `theirs` (each its key's and its whole row's hash,
+/// [`row_hashes`]), how many the destination's `ours` lacks and how many it
+/// has by key with other values (`keyed`: the hashes' keys are a primary
+/// key's; else every row not found whole counts as missing).
+fn compare_rows(
+    theirs: &[(String, String)],
+    ours: &[(String, String)],
+    keyed: bool,
+) -> (usize, usize) {
+    use std::collections::{HashMap, HashSet};
+    if keyed {
+        let ours: HashMap<&str, &str> =
+            ours.iter().map(|(k, r)| (k.as_str(), r.as_str())).collect();
+        let mut missing = 0;
+        let mut differ = 0;
+        for (k, r) in theirs {
+            match ours.get(k.as_str()) {
+                None => missing += 1,
+                Some(o) if o != r => differ += 1,
+                Some(_) => {}
+            }
+        }
+        (missing, differ)
+    } else {
+        let ours: HashSet<&str> = ours.iter().map(|(_, r)| r.as_str()).collect();
+        let theirs: HashSet<&str> = theirs.iter().map(|(_, r)| r.as_str()).collect();
+        (theirs.difference(&ours).count(), 0)
+    }
+}
 
-/// The hashes a query of [`HASH`]es returns, in a transaction whose
-/// settings (output ones, an empty search_path) end with it.
-async fn row_hashes(client: &Client, query: &str) -> Result<std::collections::HashSet<String>> {
+/// The warning about a configuration table's `missing` and `differ`ing
+/// rows ([`compare_rows`]; `key`: its primary key's columns, empty when
+/// rows were compared whole), or none.
+fn config_rows_warning(
+    ext: &str,
+    table: &str,
+    key: &[String],
+    missing: usize,
+    differ: usize,
+) -> Option<String> {
+    let rows = |n: usize| format!("{n} row{}", if n == 1 { "" } else { "s" });
+    let is = |n: usize| if n == 1 { "is" } else { "are" };
+    let of = format!("the source added to its configuration table {table}");
+    let key = key.iter().map(|c| display_ident(c)).join(", ");
+    let not_copied = "and extension tables are not copied";
+    Some(match (missing, differ) {
+        (0, 0) => return None,
+        (m, 0) if key.is_empty() => format!(
+            "extension {ext}: {} {of} {} not on the destination, or {} there with other values (the table has no primary key to tell which), {not_copied}; add or update {} there before the swap",
+            rows(m),
+            is(m),
+            is(m),
+            if m == 1 { "it" } else { "them" },
+        ),
+        (m, 0) => format!(
+            "extension {ext}: {} {of} {} not on the destination, {not_copied}; add {} there before the swap",
+            rows(m),
+            is(m),
+            if m == 1 { "it" } else { "them" },
+        ),
+        (0, d) => format!(
+            "extension {ext}: {} {of} {} other values on the destination (the same {key}), {not_copied}; update {} there before the swap if the application needs the source's",
+            rows(d),
+            if d == 1 { "has" } else { "have" },
+            if d == 1 { "it" } else { "them" },
+        ),
+        (m, d) => format!(
+            "extension {ext}: of the rows {of}, {} {} not on the destination and {} {} other values there (the same {key}), {not_copied}; add the missing and update the others there before the swap if the application needs the source's",
+            rows(m),
+            is(m),
+            rows(d),
+            if d == 1 { "has" } else { "have" },
+        ),
+    })
+}
+
+/// The columns of relation `rel`'s (quoted, qualified) primary key, in its
+/// order; none when it has none (or does not exist).
+async fn primary_key(client: &Client, rel: &str) -> Result<Vec<String>> {
+    crate::pg::exec::column(
+        client,
+        "SELECT a.attname::text
+           FROM pg_catalog.pg_index i
+           CROSS JOIN LATERAL pg_catalog.unnest(i.indkey) WITH ORDINALITY AS k(attnum, at)
+           JOIN pg_catalog.pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
+          WHERE i.indrelid = pg_catalog.to_regclass($1) AND i.indisprimary
+          ORDER BY k.at",
+        &[&rel],
+    )
+    .await
+}
+
+/// Each row of configuration table `rel` (its own: `ONLY`) that `cond`
+/// selects, as the hash of its `key` columns' values (of the whole row
+/// without a key) and of the whole row, read in a transaction whose
+/// settings (output ones, an empty search_path) make a row's text mean one
+/// thing and end with it.
+async fn row_hashes(
+    client: &Client,
+    rel: &str,
+    key: &[String],
+    cond: &str,
+) -> Result<Vec<(String, String)>> {
+    let whole = "pg_catalog.md5(ROW(t.*)::text)";
+    let key = if key.is_empty() {
+        whole.to_string()
+    } else {
+        format!(
+            "pg_catalog.md5(ROW({})::text)",
+            key.iter()
+                .map(|c| format!("t.{}", quote_ident(c)))
+                .join(", ")
+        )
+    };
     client
         .batch_execute(&format!(
             "BEGIN; {}; SET LOCAL search_path = ''",
             crate::pg::settings::set_local(crate::pg::settings::OUTPUT)
         ))
         .await?;
-    let rows = client.query(query, &[]).await;
+    let rows = client
+        .query(
+            &format!("SELECT {key}, {whole} FROM ONLY {rel} t {cond}"),
+            &[],
+        )
+        .await;
     client.batch_execute("ROLLBACK").await?;
     let rows = rows.map_err(|e| {
         crate::pg::exec::pg_error_as(e, "reading an extension's configuration table")
     })?;
-    Ok(rows.into_iter().map(|r| r.get(0)).collect())
+    Ok(rows.into_iter().map(|r| (r.get(0), r.get(1))).collect())
 }
 
 /// Refuse foreign tables whose server the destination lacks (servers and
@@ -1475,4 +1602,33 @@ async fn missing_outside(
             )
         })
         .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rows(r: &[(&str, &str)]) -> Vec<(String, String)> {
+        r.iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn config_rows_tell_missing_from_differing_by_key_only() {
+        let theirs = rows(&[("1", "a"), ("2", "b"), ("3", "c")]);
+        let ours = rows(&[("1", "a"), ("2", "x")]);
+        assert_eq!(compare_rows(&theirs, &ours, true), (1, 1));
+        // Without a key a changed row cannot be told from a missing one
+        // (each row's key hash is its whole row's).
+        let theirs = rows(&[("a", "a"), ("b", "b")]);
+        let ours = rows(&[("a", "a"), ("x", "x")]);
+        assert_eq!(compare_rows(&theirs, &ours, false), (1, 0));
+        assert_eq!(config_rows_warning("e", "t", &[], 0, 0), None);
+        let w = config_rows_warning("e", "t", &[], 2, 0).unwrap();
+        assert!(w.contains("2 rows the source added to its configuration table t are not on the destination, or are there with other values (the table has no primary key to tell which)"), "{w}");
+        let key = ["id".to_string(), "Kind".to_string()];
+        let w = config_rows_warning("e", "t", &key, 2, 1).unwrap();
+        assert!(w.starts_with("extension e: of the rows the source added to its configuration table t, 2 rows are not on the destination and 1 row has other values there (the same id, \"Kind\")"), "{w}");
+    }
 }
