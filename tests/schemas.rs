@@ -1925,6 +1925,100 @@ fn an_extensions_own_objects_are_not_warned_about() {
     assert_eq!(plan["rollback"]["warnings"], json!([]), "{plan}");
 }
 
+/// An extension's configuration table that names the application's objects
+/// by OID (periods' `periods.periods`, `table_name regclass`) names the
+/// backup's after the swap, which the extension then acts on: prepare and
+/// the swap's dry run say so, for any `reg*` column or array of one, and
+/// not of objects outside the migrated schemas or of tables the swap keeps.
+/// The extension is emulated with a contrib one: tables made its members
+/// and listed in `pg_extension.extconfig`, as `pg_extension_config_dump()`
+/// does from an extension's script (the tests run as a superuser).
+#[test]
+fn outside_objects_extension_config_naming_migrated_objects_are_warned_about() {
+    let dbs = TestDbs::new("sch_ext_config");
+    let app = "CREATE TABLE public.ledger (id int PRIMARY KEY);
+               CREATE FUNCTION public.f(int) RETURNS int LANGUAGE sql AS 'SELECT $1';
+               CREATE TYPE public.mood AS ENUM ('ok');";
+    dbs.src.psql(app);
+    dbs.dst.psql(app);
+    dbs.dst.psql(
+        "CREATE TABLE public.audit (id int);
+         CREATE SCHEMA auth;
+         CREATE TABLE auth.users (id int);
+         CREATE SCHEMA periods;
+         CREATE EXTENSION hstore SCHEMA periods;
+         CREATE TABLE periods.periods (table_name regclass, period_name name,
+                                       PRIMARY KEY (table_name, period_name));
+         CREATE TABLE periods.hooks (fns regprocedure[], t regtype, s regnamespace, note text);
+         ALTER EXTENSION hstore ADD TABLE periods.periods;
+         ALTER EXTENSION hstore ADD TABLE periods.hooks;
+         UPDATE pg_catalog.pg_extension
+            SET extconfig = ARRAY['periods.periods'::regclass, 'periods.hooks'::regclass]::oid[],
+                extcondition = ARRAY['', '']
+          WHERE extname = 'hstore';
+         INSERT INTO periods.periods VALUES ('public.ledger', 'system_time'),
+                                            ('public.audit', 'system_time'),
+                                            ('auth.users', 'system_time');
+         INSERT INTO periods.hooks VALUES
+           (ARRAY['public.f(int)'::regprocedure, 'pg_catalog.now()'], 'public.mood', 'public', 'x'),
+           (ARRAY['periods.hstore(text, text)'::regprocedure], 'auth.users', 'auth', 'y');",
+    );
+    let wd = Workdir::new();
+    let (src, dst) = (dbs.src.url(), dbs.dst.url());
+    let said = |warnings: &Value| -> Vec<String> {
+        warnings
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|w| w.as_str().unwrap().to_string())
+            .filter(|w| w.contains("configuration table"))
+            .collect()
+    };
+    let warning = |col: &str, table: &str, named: &str| {
+        format!(
+            "extension hstore: column {col} of its configuration table periods.{table} names {named} by OID; after the swap it names the backup's copy, which the extension then acts on instead of the new one, and a cleanup of that backup drops it from under the extension: register the new one with it again after the swap"
+        )
+    };
+    let expected = [
+        warning("fns", "hooks", "function public.f(integer)"),
+        warning("t", "hooks", "type public.mood"),
+        warning(
+            "s",
+            "hooks",
+            "schema public (if the swap renames the schemas)",
+        ),
+        "extension hstore: column table_name of its configuration table periods.periods names table public.audit, table public.ledger by OID; after the swap they name the backup's copies, which the extension then acts on instead of the new ones, and a cleanup of that backup drops them from under the extension: register the new ones with it again after the swap".to_string(),
+    ];
+    let plan = run_json(
+        &wd,
+        &["prepare", "--source", &src, "--dest", &dst, "--dry-run"],
+    );
+    assert_eq!(said(&plan["plan"]["warnings"]), expected, "{plan}");
+    let p = run_json(&wd, &["prepare", "--source", &src, "--dest", &dst]);
+    assert_eq!(said(&p["warnings"]), expected, "{p}");
+    // The swap's dry run says it again, without a table the swap keeps.
+    let plan = run_json(
+        &wd,
+        &[
+            "swap",
+            "--dest",
+            &dst,
+            "--keep-tables",
+            "audit",
+            "--dry-run",
+        ],
+    );
+    let mut kept = expected.to_vec();
+    kept[3] = warning("table_name", "periods", "table public.ledger");
+    assert_eq!(said(&plan["swap"]["warnings"]), kept, "{plan}");
+    // What it warns about: after the swap, the OID is the backup's table.
+    run_json(&wd, &["swap", "--dest", &dst, "--keep-tables", "audit"]);
+    let named = dbs.dst.query_one_string(
+        "SELECT table_name::text FROM periods.periods WHERE table_name::text LIKE '%ledger'",
+    );
+    assert!(named.starts_with("backup_"), "{named}");
+}
+
 /// Objects outside the migrated schemas bound to a function or type of a
 /// migrated one (a trigger on auth.users running public.handle_new_user(),
 /// a column of type public.mood) keep the backup's copy after the swap:

@@ -1214,6 +1214,7 @@ pub async fn outside_dependents(dst: &Client, schemas: &[String], op: &str) -> R
             display_ident(&t)
         ));
     }
+    out.extend(extension_config_refs(dst, schemas, op, &BTreeSet::new()).await?);
     // Objects of no schema that pgshift's own work reaches: a publication of
     // every table publishes the shadow's, pgshift's and the backups'; an
     // event trigger fires on pgshift's DDL as on the application's.
@@ -1251,6 +1252,182 @@ pub async fn outside_dependents(dst: &Client, schemas: &[String], op: &str) -> R
                 display_ident(&name)
             )
         });
+    }
+    Ok(out)
+}
+
+/// The `reg*` types an extension's configuration table may name objects of
+/// schemas by (their OIDs), and the catalog of each. `regrole` names no
+/// object of a schema.
+const REG_CATALOGS: &[(&str, &str)] = &[
+    ("regclass", "pg_catalog.pg_class"),
+    ("regproc", "pg_catalog.pg_proc"),
+    ("regprocedure", "pg_catalog.pg_proc"),
+    ("regoper", "pg_catalog.pg_operator"),
+    ("regoperator", "pg_catalog.pg_operator"),
+    ("regtype", "pg_catalog.pg_type"),
+    ("regconfig", "pg_catalog.pg_ts_config"),
+    ("regdictionary", "pg_catalog.pg_ts_dict"),
+    ("regcollation", "pg_catalog.pg_collation"),
+    ("regnamespace", "pg_catalog.pg_namespace"),
+];
+
+/// A column of an extension's configuration table holding OIDs
+/// ([`REG_CATALOGS`]): one value, or an array of them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RegColumn {
+    pub extension: String,
+    pub schema: String,
+    pub table: String,
+    pub column: String,
+    /// The `reg*` type (the element type of an array).
+    pub reg_type: String,
+    pub array: bool,
+}
+
+/// The columns of `reg*` types (or arrays of them) of the extensions'
+/// configuration tables (`pg_extension.extconfig`) this role may read:
+/// where an extension keeps the objects it acts on (`periods.periods`'
+/// `table_name regclass`).
+pub async fn extension_reg_columns(client: &Client) -> Result<Vec<RegColumn>> {
+    let types: Vec<&str> = REG_CATALOGS.iter().map(|(t, _)| *t).collect();
+    crate::pg::exec::query_map(
+        client,
+        "SELECT e.extname::text, n.nspname::text, c.relname::text, a.attname::text, et.typname::text,
+                a.atttypid <> et.oid
+           FROM pg_catalog.pg_extension e
+          CROSS JOIN LATERAL pg_catalog.unnest(e.extconfig) AS u(cfg)
+           JOIN pg_catalog.pg_class c ON c.oid = u.cfg
+           JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+           JOIN pg_catalog.pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
+           JOIN pg_catalog.pg_type t ON t.oid = a.atttypid
+           JOIN pg_catalog.pg_type et
+             ON et.oid = CASE WHEN t.typelem <> 0 AND t.typlen = -1 THEN t.typelem ELSE t.oid END
+          WHERE c.relkind = 'r' AND pg_catalog.has_table_privilege(c.oid, 'SELECT')
+            AND et.typnamespace = 'pg_catalog'::regnamespace AND et.typname::text = ANY($1)
+          ORDER BY 1, 2, 3, a.attnum",
+        &[&types],
+        "listing the extensions' configuration tables that name objects",
+        |r| RegColumn {
+            extension: r.get(0),
+            schema: r.get(1),
+            table: r.get(2),
+            column: r.get(3),
+            reg_type: r.get(4),
+            array: r.get(5),
+        },
+    )
+    .await
+}
+
+/// One object a [`RegColumn`] names: its type and identity
+/// (`pg_identify_object`: `table`, `public.ledger`), and its schema and
+/// name (a table's, a kept one's key).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Named {
+    pub kind: String,
+    pub identity: String,
+    pub schema: Option<String>,
+    pub name: Option<String>,
+}
+
+/// The objects of `schemas` (extensions' members aside: they stay where
+/// the extension is) that column `col` of its table names, any table's
+/// column of a `reg*` type or array (its own rows: `ONLY`), by type and
+/// identity. A schema of `schemas` named by a `regnamespace` is one too.
+pub async fn reg_values_in(
+    client: &Client,
+    col: &RegColumn,
+    schemas: &[String],
+) -> Result<Vec<Named>> {
+    let Some((_, catalog)) = REG_CATALOGS.iter().find(|(t, _)| *t == col.reg_type) else {
+        return Ok(Vec::new());
+    };
+    let value = format!("t.{}", quote_ident(&col.column));
+    let values = if col.array {
+        value
+    } else {
+        format!("ARRAY[{value}]")
+    };
+    // The catalog is one of REG_CATALOGS, the column and table quoted.
+    crate::pg::exec::query_map(
+        client,
+        &format!(
+            "SELECT DISTINCT o.type, o.identity, a.object_names[1], a.object_names[2]
+               FROM ONLY {rel} t
+              CROSS JOIN LATERAL pg_catalog.unnest({values}) AS v(x)
+               JOIN {catalog} k ON k.oid = v.x::oid
+              CROSS JOIN LATERAL pg_catalog.pg_identify_object('{catalog}'::regclass, k.oid, 0) o
+              CROSS JOIN LATERAL pg_catalog.pg_identify_object_as_address('{catalog}'::regclass, k.oid, 0) a
+              -- (pg_identify_object quotes the schema's name; a schema has none)
+              WHERE COALESCE(o.schema, o.identity) IN (SELECT pg_catalog.quote_ident(s) FROM pg_catalog.unnest($1::text[]) s)
+                AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_depend e
+                                 WHERE e.classid = '{catalog}'::regclass AND e.objid = k.oid AND e.deptype = 'e')
+              ORDER BY 1, 2",
+            rel = crate::pg::ident::qualified(&col.schema, &col.table),
+        ),
+        &[&schemas],
+        "reading an extension's configuration table",
+        |r| Named {
+            kind: r.get(0),
+            identity: r.get(1),
+            schema: r.get(2),
+            name: r.get(3),
+        },
+    )
+    .await
+}
+
+/// The destination's extensions' configuration tables that name objects
+/// of the migrated `schemas` by OID (`periods.periods` naming
+/// `public.ledger`): after the swap (or the rollback: `op`) those OIDs are
+/// the backup's objects, which the extension goes on acting on instead of
+/// the new ones (periods' `UPDATE ledger` failed: no period on the new
+/// table), and a cleanup of that backup drops them from under it. Nothing
+/// pgshift does can re-point them: the extension's own functions register
+/// the new objects. `kept`: tables that stay live (their keys, `name` in
+/// public, `schema.name` elsewhere).
+pub async fn extension_config_refs(
+    client: &Client,
+    schemas: &[String],
+    op: &str,
+    kept: &BTreeSet<String>,
+) -> Result<Vec<String>> {
+    let mut out = Vec::new();
+    for col in extension_reg_columns(client).await? {
+        let named: Vec<String> = reg_values_in(client, &col, schemas)
+            .await?
+            .into_iter()
+            .filter(|n| match (&n.schema, &n.name) {
+                (Some(s), Some(t)) if n.kind.ends_with("table") => {
+                    !kept.contains(&meta::table_display(s, t))
+                }
+                _ => true,
+            })
+            .map(|n| {
+                if n.kind == "schema" {
+                    format!("schema {} (if the {op} renames the schemas)", n.identity)
+                } else {
+                    format!("{} {}", n.kind, n.identity)
+                }
+            })
+            .collect();
+        if named.is_empty() {
+            continue;
+        }
+        let one = named.len() == 1;
+        out.push(format!(
+            "extension {}: column {} of its configuration table {} names {} by OID; after the {op} {} the backup's {}, which the extension then acts on instead of the new {}, and a cleanup of that backup drops {} from under the extension: register the new {} with it again after the {op}",
+            display_ident(&col.extension),
+            display_ident(&col.column),
+            qualified_display(&col.schema, &col.table),
+            list_some(&named),
+            if one { "it names" } else { "they name" },
+            if one { "copy" } else { "copies" },
+            if one { "one" } else { "ones" },
+            if one { "it" } else { "them" },
+            if one { "one" } else { "ones" },
+        ));
     }
     Ok(out)
 }

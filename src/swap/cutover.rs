@@ -573,6 +573,15 @@ pub async fn preview(client: &Client, opts: &SwapOptions) -> Result<SwapPreview>
         .collect();
     let schemas = p.schemas.clone();
     let mut warnings = kept.warnings(client, m).await?;
+    warnings.extend(
+        crate::prepare::preflight::extension_config_refs(
+            client,
+            &m.state.schemas,
+            "swap",
+            &kept.all,
+        )
+        .await?,
+    );
     warnings.extend(hook.carry_foreseen(client).await?);
     Ok(SwapPreview {
         migration_id: m.id,
@@ -752,6 +761,15 @@ pub async fn swap(sess: &Session, opts: &SwapOptions) -> Result<SwapReport> {
     }
     let kept = kept_tables(&sess.control, &m, &opts.keep_tables).await?;
     warnings.extend(kept.warnings(&sess.control, &m).await?);
+    warnings.extend(
+        crate::prepare::preflight::extension_config_refs(
+            &sess.control,
+            &m.state.schemas,
+            "swap",
+            &kept.all,
+        )
+        .await?,
+    );
     // What the swap does to the running application: refuse discarded
     // writes (and, with --fail-on-breaking, breaking findings) before any lock
     // and before the catch-up (a refusal changes nothing).
