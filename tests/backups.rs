@@ -1134,7 +1134,7 @@ fn a_rollback_refuses_kept_rows_its_keys_would_not_match() {
     not_valid.sort_unstable();
     assert_eq!(
         not_valid,
-        ["orders.orders_user_id_fkey", "sub.sub_page_id_fkey"],
+        ["orders_user_id_fkey", "sub_page_id_fkey"],
         "{r}"
     );
 }

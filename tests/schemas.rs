@@ -1808,9 +1808,17 @@ fn mixed_case_tables_are_quoted_in_abort_and_rollback_reports() {
         fks.contains(&("\"Sales\".\"Ticket\"", "repointed", "\"Sales\".\"Reason\"")),
         "{back}"
     );
+    // The rollback's fk_not_valid holds the constraint's name, as stored; its
+    // warning names the table.
     assert_eq!(
         back["fk_not_valid"],
-        json!(["\"Sales\".\"Ticket\".\"Ticket_reason_fkey\""]),
+        json!(["Ticket_reason_fkey"]),
+        "{back}"
+    );
+    assert!(
+        back["warnings"].to_string().contains(
+            "foreign key \\\"Sales\\\".\\\"Ticket\\\".\\\"Ticket_reason_fkey\\\" stays NOT VALID"
+        ),
         "{back}"
     );
     // Back to the backup that rollback made: its ticket's key, detached from

@@ -717,10 +717,12 @@ pub async fn execute(sess: &Session, plan: &Plan, policy: Policy) -> Result<Roll
 
     let mut not_valid = Vec::new();
     for f in engine::validate_foreign_keys(control, &result.to_validate).await {
-        // `table.constraint`, as the swap's fk_not_valid and status name it.
+        // The warning names it `table.constraint`, as the swap's
+        // fk_not_valid and status do; the rollback's fk_not_valid has held
+        // the constraint's name alone since it exists, and keeps it.
         let name = crate::pg::meta::constraint_shown(&f.schema, &f.table, &f.constraint);
         warnings.push(format!("foreign key {name} stays NOT VALID: {}", f.error));
-        not_valid.push(name);
+        not_valid.push(f.constraint);
     }
     Ok(RollbackReport {
         restored_schema: restored.schema_name.clone(),
