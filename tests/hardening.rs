@@ -670,6 +670,11 @@ fn a_destination_restart_during_the_load_fails_clearly_and_a_rerun_completes() {
         last.starts_with("error: prepare failed: phase data:"),
         "{stderr}"
     );
+    // The broken connection is the run's error; the restart is its cause.
+    assert!(
+        last.ends_with("(the destination server restarted while prepare ran: it crashed or was restarted, and its log says why; a full disk, pg_wal's included, is a common cause)"),
+        "{stderr}"
+    );
     assert_success(&wd.prepare(&dbs, &[]));
     assert_eq!(dbs.dst.psql("SELECT count(*) FROM shadow.big"), "400000");
 }

@@ -728,6 +728,10 @@ pub async fn run(
         }
         Err(e) => {
             let client = sess.recovery_client().await;
+            let e = match &client {
+                Some(c) => restarted_meanwhile(c, rec.state.started_at, e).await,
+                None => e,
+            };
             rec.fail(sess, client.as_deref(), &e).await;
             if !rec.state.details.extensions_created.is_empty() {
                 tracing::warn!(
@@ -761,6 +765,34 @@ pub async fn run(
             }
             Err(e)
         }
+    }
+}
+
+/// `e`, and when the destination server started again since the run did (a
+/// crash: its write-ahead log's disk full, which is a PANIC, or a restart),
+/// that too: the run's own error is only the connection that broke.
+async fn restarted_meanwhile(
+    client: &Client,
+    run_started: chrono::DateTime<chrono::Utc>,
+    e: anyhow::Error,
+) -> anyhow::Error {
+    let restarted = client
+        .query_one(
+            "SELECT pg_catalog.pg_postmaster_start_time() > $1",
+            &[&run_started],
+        )
+        .await
+        .map(|r| r.get::<_, bool>(0))
+        .unwrap_or(false);
+    let typed = e
+        .chain()
+        .any(|c| c.is::<crate::error::Interrupted>() || c.is::<crate::error::UserError>());
+    if restarted && !typed {
+        anyhow::anyhow!(
+            "{e:#} (the destination server restarted while prepare ran: it crashed or was restarted, and its log says why; a full disk, pg_wal's included, is a common cause)"
+        )
+    } else {
+        e
     }
 }
 
