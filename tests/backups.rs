@@ -940,6 +940,10 @@ fn rollback_leaves_a_prepared_shadow_alone() {
         "SELECT string_agg(c.relname || ':' || c.oid, ',' ORDER BY c.relname) FROM pg_class c
           WHERE c.relnamespace = 'shadow'::regnamespace",
     );
+    let restored = run_json(&wd, &["status", "--dest", &url])["latest_backup"]
+        .as_str()
+        .unwrap()
+        .to_string();
     run_json(&wd, &["rollback", "--dest", &url, "--latest"]);
     assert_eq!(dbs.dst.query_one_string("SELECT app_version()"), "v1");
     let shadow_after = dbs.dst.psql(
@@ -950,6 +954,14 @@ fn rollback_leaves_a_prepared_shadow_alone() {
     let s = run_json(&wd, &["status", "--dest", &url]);
     assert_eq!(s["state"], "prepared", "{s}");
     assert_eq!(s["swap_allowed"], true, "{s}");
+    // status tells the rollback apart from the swap it undid: the newest
+    // backup is the rollback's, and says which backup it restored.
+    assert_eq!(s["latest_rollback_restored"], restored.as_str(), "{s}");
+    let text = wd.run_ok(&["status", "--dest", &url]);
+    assert!(
+        text.contains(&format!("made by the rollback that restored {restored}")),
+        "{text}"
+    );
     // And the prepared migration still swaps.
     wd.run_ok(&["swap", "--dest", &url]);
     assert_eq!(dbs.dst.query_one_string("SELECT app_version()"), "v2");

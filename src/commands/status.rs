@@ -202,9 +202,13 @@ fn print(ctx: &Ctx, r: &StatusReport) -> Result<()> {
     ));
     lines.push((
         "backups",
-        match &r.latest_backup {
-            Some(b) => format!("{} (newest {b})", r.backups),
-            None => "none".into(),
+        match (&r.latest_backup, &r.latest_rollback_restored) {
+            (Some(b), Some(restored)) => format!(
+                "{} (newest {b}, made by the rollback that restored {restored})",
+                r.backups
+            ),
+            (Some(b), None) => format!("{} (newest {b})", r.backups),
+            (None, _) => "none".into(),
         },
     ));
     lines.push(("record", r.record_from.replace('_', " ")));

@@ -75,6 +75,10 @@ pub struct StatusReport {
     pub leftovers: LeftoverInfo,
     pub backups: usize,
     pub latest_backup: Option<String>,
+    /// When the newest backup was made by a rollback: the backup it restored
+    /// (the migration line still tells the last migration, which that
+    /// rollback undid).
+    pub latest_rollback_restored: Option<String>,
     /// Foreign keys in the live schemas that are NOT VALID (`table.constraint`
     /// in public, `schema.table.constraint` elsewhere), e.g. created so by a
     /// swap with `--allow-fk-violations`.
@@ -495,6 +499,9 @@ pub async fn report(
         leftovers,
         backups: backups.len(),
         latest_backup: backups.first().map(|b| b.schema_name.clone()),
+        latest_rollback_restored: backups
+            .first()
+            .and_then(|b| b.manifest.restored_from.clone()),
         not_valid_foreign_keys,
         warnings,
         impact,
