@@ -1251,6 +1251,29 @@ fn a_pooler_in_transaction_mode_is_refused_before_anything() {
             .psql("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'"),
         "0"
     );
+    // A pooler in statement mode refuses the check's transaction.
+    let stmt = common::pooler::Bouncer::start(&dbs.dst, "statement");
+    let args = ["status", "--dest", &stmt.url(&dbs.dst)];
+    check(
+        &dbs,
+        Case {
+            name: "statement mode",
+            args: s(&args),
+            env: vec![],
+            code: 2,
+            message: vec!["is reached through a connection pooler in statement mode"],
+        },
+    );
+    // A session pool with no server session to spare: the check's second
+    // session gets none, and concludes nothing (it waited for one forever).
+    let full = common::pooler::Bouncer::start_with(&dbs.dst, "session", "default_pool_size = 1");
+    let started = std::time::Instant::now();
+    assert_success(&Workdir::new().run(&["status", "--dest", &full.url(&dbs.dst)]));
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(15),
+        "status took {:?}",
+        started.elapsed()
+    );
     // Session pooling is fine: prepare and swap through it.
     let session = common::pooler::Bouncer::start(&dbs.dst, "session");
     let wd = Workdir::new();

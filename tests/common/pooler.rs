@@ -20,6 +20,11 @@ pub struct Bouncer {
 impl Bouncer {
     /// PgBouncer in `pool_mode` (`session`, `transaction`) before `db`'s server.
     pub fn start(db: &TestDb, pool_mode: &str) -> Bouncer {
+        Bouncer::start_with(db, pool_mode, "")
+    }
+
+    /// [`Bouncer::start`] with more `[pgbouncer]` settings (later lines win).
+    pub fn start_with(db: &TestDb, pool_mode: &str, extra: &str) -> Bouncer {
         let bin = ["/usr/sbin/pgbouncer", "/usr/bin/pgbouncer"]
             .into_iter()
             .find(|p| Path::new(p).exists())
@@ -36,7 +41,7 @@ impl Bouncer {
                 "[databases]\n* = host={} port={} user={} password={}\n\
                  [pgbouncer]\nlisten_addr = 127.0.0.1\nlisten_port = {port}\nunix_socket_dir =\n\
                  auth_type = any\npool_mode = {pool_mode}\ndefault_pool_size = 4\nmax_client_conn = 50\n\
-                 logfile = {}\npidfile = {}\n",
+                 logfile = {}\npidfile = {}\n{extra}\n",
                 db.host(),
                 db.port(),
                 quoted(db.user()),

@@ -375,6 +375,10 @@ pub async fn connect_pinned(
 /// `SELECT pg_backend_pid()` at once; a pooler in transaction mode with one
 /// server connection makes it wait for that transaction.
 const POOLER_CHECK_WAIT: Duration = Duration::from_secs(10);
+/// How long the pooler check's second session may take to get its
+/// transaction going: behind a pooler in session mode with no server session
+/// to spare it never does, and the check concludes nothing.
+const POOLER_SECOND_WAIT: Duration = Duration::from_secs(3);
 
 /// The servers (endpoint, database, role) this process has checked for a
 /// pooler in transaction mode: the first session of a run to each is checked,
@@ -396,10 +400,13 @@ static POOLER_CHECKED: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec
 /// mode, gives two sessions two process ids and one session the same one
 /// twice. A pooler in transaction mode gives the second session the first
 /// one's (it is idle, and PgBouncer reuses the last one freed), then the
-/// first session another, or keeps the first waiting when it has no other.
-/// Nothing here writes or sets anything; the second session only reads.
-/// When the second session cannot be opened (no slot left), nothing is
-/// concluded.
+/// first session another, or keeps the first waiting when it has no other;
+/// the first asks up to three times, for a pooler that hands out server
+/// sessions round-robin. A pooler in statement mode refuses the
+/// transaction, which no server does. Nothing here writes or sets anything;
+/// the second session only reads. When the second session cannot be opened
+/// (no slot left), or gets no server session within a few seconds (a pooler
+/// in session mode with none to spare), nothing is concluded.
 async fn refuse_transaction_pooling(
     client: &tokio_postgres::Client,
     config: &tokio_postgres::Config,
@@ -445,38 +452,94 @@ async fn refuse_transaction_pooling(
             return Ok(());
         }
     };
-    let pinned = async {
+    // Bounded: behind a pooler in session mode whose server sessions are
+    // all taken (one, held by the first session), the second session's
+    // statement waits for one that never frees up; nothing is concluded.
+    let pinned = tokio::time::timeout(POOLER_SECOND_WAIT, async {
         second.batch_execute("BEGIN").await?;
         backend_pid(&second).await
-    }
+    })
     .await;
     let pinned = match pinned {
-        Ok(p) => p,
-        Err(e) => {
+        Ok(Ok(p)) => p,
+        // No server refuses BEGIN: a pooler in statement mode does (PgBouncer:
+        // "transaction blocks not allowed in statement pooling mode"). Its
+        // other errors (a wait for a server session that timed out) tell
+        // nothing.
+        Ok(Err(e))
+            if e.as_db_error().is_some_and(|d| {
+                let m = d.message().to_lowercase();
+                m.contains("pooling mode") || m.contains("statement mode")
+            }) =>
+        {
+            return Err(pooled(
+                label,
+                spec,
+                "statement",
+                &format!("a transaction was refused: {}", describe_pg_error(&e)),
+            ));
+        }
+        Ok(Err(e)) => {
             tracing::debug!("{label}: pooler check: {}", describe_pg_error(&e));
             return Ok(());
         }
+        Err(_) => {
+            tracing::debug!(
+                "{label}: pooler check: a second session got no server session in time"
+            );
+            return Ok(());
+        }
     };
-    let again = tokio::time::timeout(POOLER_CHECK_WAIT, backend_pid(client)).await;
+    // While the second session holds its server session: a pooler in
+    // transaction mode serves the first one's statements from the others
+    // (round-robin ones even when the last one freed is free again).
+    let mut again = Vec::new();
+    for _ in 0..3 {
+        match tokio::time::timeout(POOLER_CHECK_WAIT, backend_pid(client)).await {
+            Ok(Ok(p)) => {
+                again.push(Ok(p));
+                if p != first {
+                    break;
+                }
+            }
+            Ok(Err(_)) => break,
+            Err(e) => {
+                again.push(Err(e));
+                break;
+            }
+        }
+    }
     let _ = second.batch_execute("ROLLBACK").await;
     drop(second);
-    let evidence = match again {
-        _ if pinned == first => format!(
+    let moved = again.iter().find_map(|a| match a {
+        Ok(p) if *p != first => Some(*p),
+        _ => None,
+    });
+    let evidence = if pinned == first {
+        format!(
             "a second session of pgshift's was given the first one's server session (pid {first})"
-        ),
-        Ok(Ok(p)) if p != first => format!(
+        )
+    } else if let Some(p) = moved {
+        format!(
             "one session of pgshift's was served by server session pid {first}, then by pid {p}"
-        ),
-        Ok(_) => return Ok(()),
-        Err(_) => format!(
+        )
+    } else if again.iter().any(Result::is_err) {
+        format!(
             "a session of pgshift's got no answer to SELECT pg_backend_pid() for {}s while another held a transaction open",
             POOLER_CHECK_WAIT.as_secs()
-        ),
+        )
+    } else {
+        return Ok(());
     };
-    Err(crate::error::UserError::new(format!(
-        "the {label} {spec} is reached through a connection pooler in transaction mode ({evidence}): pgshift's sessions keep a lock and settings from one statement to the next, which such a pooler hands to other clients; connect pgshift directly to the server, or through session pooling (the application can stay on its pooler); nothing was changed"
+    Err(pooled(label, spec, "transaction", &evidence))
+}
+
+/// The refusal of a server reached through a pooler that multiplexes sessions.
+fn pooled(label: &str, spec: &ConnSpec, mode: &str, evidence: &str) -> anyhow::Error {
+    crate::error::UserError::new(format!(
+        "the {label} {spec} is reached through a connection pooler in {mode} mode ({evidence}): pgshift's sessions keep a lock and settings from one statement to the next, which such a pooler hands to other clients; connect pgshift directly to the server, or through session pooling (the application can stay on its pooler); nothing was changed"
     ))
-    .into())
+    .into()
 }
 
 /// The server process serving `client` now (simple protocol: no statement is
