@@ -807,6 +807,18 @@ pub async fn swap<H: InTx>(
             "the swap could not take its locks after {attempts} attempts ({why}); nothing was changed. Taking the swap's locks alone takes longer than its lock window, 4/5 of deadlock_timeout ({}) from the first lock: raise deadlock_timeout on the destination (a superuser's setting: ALTER DATABASE … SET deadlock_timeout, or the server's configuration)",
             show_setting(control, "deadlock_timeout").await
         ),
+        Err(Stop::Exhausted { attempts, why, .. })
+            if waited_for
+                .lock()
+                .ok()
+                .and_then(|w| w.last().map(|l| l.held_by.contains("autovacuum worker")))
+                .unwrap_or(false) =>
+        {
+            bail!(
+                "the swap could not take its locks after {attempts} attempts ({why}){}; nothing was changed. An autovacuum that the server does not cancel (one that prevents transaction ID wraparound) holds the table: wait for it to finish (pg_stat_progress_vacuum shows how far it is), then swap again",
+                last_wait(&waited_for)
+            )
+        }
         Err(Stop::Exhausted { attempts, why, .. }) => bail!(
             "the swap could not take its locks after {attempts} attempts ({why}){}; nothing was changed. A long-running query or transaction on the destination holds a lock on a table the swap locks, or the application's transactions keep waiting for the swap while it waits for them (each wait ends at 4/5 of deadlock_timeout, whatever --lock-timeout says): end it, or raise --swap-retries",
             last_wait(&waited_for)
