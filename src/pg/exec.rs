@@ -67,12 +67,13 @@ pub async fn nudge_autovacuum(client: &Client, rel: &str) -> bool {
     tracing::info!(
         "{rel} is being vacuumed by autovacuum: waiting for it past deadlock_timeout, so that the server cancels the vacuum"
     );
+    let wait = past_deadlock_timeout(client, Duration::ZERO).await;
     let sql = format!(
         "BEGIN;
-         SELECT pg_catalog.set_config('lock_timeout', ((SELECT s.setting::bigint FROM pg_catalog.pg_settings s
-                  WHERE s.name = 'deadlock_timeout') + 1000)::text || 'ms', true);
+         SET LOCAL lock_timeout = '{}ms';
          LOCK TABLE ONLY {rel} IN SHARE UPDATE EXCLUSIVE MODE;
-         ROLLBACK;"
+         ROLLBACK;",
+        wait.as_millis()
     );
     if let Err(e) = client.batch_execute(&sql).await {
         let _ = client.batch_execute("ROLLBACK").await;
@@ -82,6 +83,23 @@ pub async fn nudge_autovacuum(client: &Client, rel: &str) -> bool {
         );
     }
     true
+}
+
+/// A lock wait that outlasts the server's `deadlock_timeout` by a second, or
+/// `at_least` when that is more: long enough for the server to cancel an
+/// autovacuum that holds the lock (it does for a waiter once its deadlock
+/// check runs), for waits no application transaction can queue behind (the
+/// counterpart of [`lock_timeout_under_deadlock_sql`]).
+pub async fn past_deadlock_timeout(client: &Client, at_least: Duration) -> Duration {
+    let deadlock: i64 = client
+        .query_one(
+            "SELECT s.setting::bigint FROM pg_catalog.pg_settings s WHERE s.name = 'deadlock_timeout'",
+            &[],
+        )
+        .await
+        .map(|r| r.get(0))
+        .unwrap_or(1000);
+    at_least.max(Duration::from_millis(deadlock.max(0) as u64 + 1000))
 }
 
 /// Run SQL text (one or more statements), keeping the server error in the chain.

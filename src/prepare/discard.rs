@@ -210,7 +210,7 @@ pub async fn remove_prepared(
     // that the server cancels an autovacuum of a freshly loaded shadow table
     // that holds one (its TOAST table, which no LOCK TABLE reaches), as it
     // does for any waiter; bounded by deadlock_timeout, every retry met it.
-    let own_timeout = past_deadlock_timeout(client, lock_timeout).await;
+    let own_timeout = crate::pg::exec::past_deadlock_timeout(client, lock_timeout).await;
     if let Err(e) = shrink(client, &found, own_timeout, retries).await {
         let mut err = e.context("removing the prepared migration");
         if batch::is_lock_timeout(&err) {
@@ -324,20 +324,6 @@ async fn drop_sync_triggers(
         .await?;
     }
     Ok(())
-}
-
-/// `lock_timeout`, or a second longer than the server's `deadlock_timeout`
-/// when that is more (see [`remove_prepared`]).
-async fn past_deadlock_timeout(client: &Client, lock_timeout: Duration) -> Duration {
-    let deadlock: i64 = client
-        .query_one(
-            "SELECT s.setting::bigint FROM pg_catalog.pg_settings s WHERE s.name = 'deadlock_timeout'",
-            &[],
-        )
-        .await
-        .map(|r| r.get(0))
-        .unwrap_or(1000);
-    lock_timeout.max(Duration::from_millis(deadlock.max(0) as u64 + 1000))
 }
 
 /// `err`, a removal that ran out of retries waiting for locks, with the
