@@ -233,7 +233,7 @@ pub async fn connect_pinned(
         // Servers that answered but are not what target_session_attrs asks for.
         let mut unwanted: Vec<(&Endpoint, String)> = Vec::new();
         // prefer-standby: the first server that is not one, if no standby answers.
-        let mut fallback: Option<(tokio_postgres::Client, usize)> = None;
+        let mut fallback: Option<(tokio_postgres::Client, usize, tokio_postgres::Config)> = None;
         for (i, endpoint) in spec.hosts().iter().enumerate() {
             let mut config = spec.pg_config_for_host(i);
             if !app_name.is_empty() {
@@ -273,7 +273,7 @@ pub async fn connect_pinned(
                             }
                             (Wanted::PreferStandby, false) => {
                                 if fallback.is_none() {
-                                    fallback = Some((client, i));
+                                    fallback = Some((client, i, config.clone()));
                                 }
                                 continue;
                             }
@@ -302,12 +302,7 @@ pub async fn connect_pinned(
                 }
             }
         }
-        if let Some((client, i)) = fallback {
-            let mut config = spec.pg_config_for_host(i);
-            if !app_name.is_empty() {
-                config.application_name(app_name);
-            }
-            config.target_session_attrs(tokio_postgres::config::TargetSessionAttrs::Any);
+        if let Some((client, i, config)) = fallback {
             refuse_transaction_pooling(&client, &config, &tls, label, spec, i).await?;
             session_defaults(&client, label).await;
             return Ok((client, spec.pinned(i)));
@@ -493,42 +488,34 @@ async fn refuse_transaction_pooling(
     // While the second session holds its server session: a pooler in
     // transaction mode serves the first one's statements from the others
     // (round-robin ones even when the last one freed is free again).
-    let mut again = Vec::new();
+    let mut evidence = (pinned == first).then(|| {
+        format!(
+            "a second session of pgshift's was given the first one's server session (pid {first})"
+        )
+    });
     for _ in 0..3 {
+        if evidence.is_some() {
+            break;
+        }
         match tokio::time::timeout(POOLER_CHECK_WAIT, backend_pid(client)).await {
-            Ok(Ok(p)) => {
-                again.push(Ok(p));
-                if p != first {
-                    break;
-                }
+            Ok(Ok(p)) if p != first => {
+                evidence = Some(format!(
+                    "one session of pgshift's was served by server session pid {first}, then by pid {p}"
+                ));
             }
+            Ok(Ok(_)) => {}
             Ok(Err(_)) => break,
-            Err(e) => {
-                again.push(Err(e));
-                break;
+            Err(_) => {
+                evidence = Some(format!(
+                    "a session of pgshift's got no answer to SELECT pg_backend_pid() for {}s while another held a transaction open",
+                    POOLER_CHECK_WAIT.as_secs()
+                ));
             }
         }
     }
     let _ = second.batch_execute("ROLLBACK").await;
     drop(second);
-    let moved = again.iter().find_map(|a| match a {
-        Ok(p) if *p != first => Some(*p),
-        _ => None,
-    });
-    let evidence = if pinned == first {
-        format!(
-            "a second session of pgshift's was given the first one's server session (pid {first})"
-        )
-    } else if let Some(p) = moved {
-        format!(
-            "one session of pgshift's was served by server session pid {first}, then by pid {p}"
-        )
-    } else if again.iter().any(Result::is_err) {
-        format!(
-            "a session of pgshift's got no answer to SELECT pg_backend_pid() for {}s while another held a transaction open",
-            POOLER_CHECK_WAIT.as_secs()
-        )
-    } else {
+    let Some(evidence) = evidence else {
         return Ok(());
     };
     Err(pooled(label, spec, "transaction", &evidence))
