@@ -1973,15 +1973,7 @@ fn outside_objects_extension_config_naming_migrated_objects_are_warned_about() {
     );
     let wd = Workdir::new();
     let (src, dst) = (dbs.src.url(), dbs.dst.url());
-    let said = |warnings: &Value| -> Vec<String> {
-        warnings
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|w| w.as_str().unwrap().to_string())
-            .filter(|w| w.contains("configuration table"))
-            .collect()
-    };
+    let said = |warnings: &Value| common::strings_containing(warnings, "configuration table");
     let warning = |col: &str, table: &str, named: &str| {
         format!(
             "extension hstore: column {col} of its configuration table periods.{table} names {named} by OID; after the swap it names the backup's copy, which the extension then acts on instead of the new one, and a cleanup of that backup drops it from under the extension: register the new one with it again after the swap"

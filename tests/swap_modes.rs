@@ -281,13 +281,7 @@ fn postgis_in_public_picks_the_object_level_swap() {
     let config_warnings = |wd: &Workdir| -> Vec<String> {
         let out = assert_success(&wd.prepare(&dbs, &["--dry-run", "--json"]));
         let plan: serde_json::Value = serde_json::from_str(&out).unwrap();
-        plan["plan"]["warnings"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|w| w.as_str().unwrap().to_string())
-            .filter(|w| w.contains("configuration table"))
-            .collect()
+        common::strings_containing(&plan["plan"]["warnings"], "configuration table")
     };
     assert_eq!(
         config_warnings(&wd),

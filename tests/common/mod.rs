@@ -43,6 +43,16 @@ pub use proc::{bin_major, pg_bindir, process_alive, wait_until};
 #[allow(unused_imports)]
 pub use teardown::NO_WATCHDOG_ENV;
 
+/// The strings of a JSON array (a report's `warnings`, say) that contain `needle`.
+pub fn strings_containing(list: &serde_json::Value, needle: &str) -> Vec<String> {
+    list.as_array()
+        .unwrap_or_else(|| panic!("not an array: {list}"))
+        .iter()
+        .map(|w| w.as_str().unwrap().to_string())
+        .filter(|w| w.contains(needle))
+        .collect()
+}
+
 /// The shared source and destination servers of this test process, started on first use.
 /// In external mode (`TEST_PGHOST`) both are the external server.
 pub fn clusters() -> (&'static Cluster, &'static Cluster) {
