@@ -827,3 +827,61 @@ fn an_autovacuum_holds_up_neither_the_swap_nor_abort() {
     );
     assert_eq!(dbs.dst.psql("SELECT count(*) FROM fresh"), "20000");
 }
+
+/// The server does not cancel an autovacuum that prevents transaction ID
+/// wraparound, however long a session waits for it: the swap's retries then
+/// cannot get past it, and the error says to wait for that vacuum (naming
+/// the autovacuum worker), not to end a long-running query. The worker is
+/// told apart by its backend type, read with the relation the swap waited
+/// for.
+#[test]
+fn an_autovacuum_to_prevent_wraparound_is_waited_for_not_blamed_on_a_query() {
+    if !common::can_start_clusters() {
+        return;
+    }
+    let (src_cluster, _) = common::clusters();
+    let dst_cluster = common::Cluster::start_with("wraparound", "autovacuum_naptime = 1");
+    let dbs = TestDbs::on(src_cluster, &dst_cluster, "wraparound");
+    dbs.src
+        .psql("CREATE TABLE frozen (id int PRIMARY KEY, pad text)");
+    // Never vacuumed for its dead or inserted rows: only once its oldest
+    // transaction ID is 100,000 transactions old, then slowly.
+    dbs.dst.psql(
+        "CREATE TABLE frozen (id int PRIMARY KEY, pad text) WITH (autovacuum_enabled = false,
+             autovacuum_freeze_max_age = 100000, autovacuum_vacuum_cost_delay = 100,
+             autovacuum_vacuum_cost_limit = 1);
+         INSERT INTO frozen SELECT g, repeat('z', 200) FROM generate_series(1, 20000) g;",
+    );
+    let wd = Workdir::new();
+    let url = dbs.dst.url();
+    assert_success(&wd.prepare(&dbs, &[]));
+    let before = catalog_fingerprint(&dbs.dst);
+    dbs.dst.psql(
+        "SET synchronous_commit = off;
+         DO $$ BEGIN FOR i IN 1..101000 LOOP PERFORM pg_catalog.txid_current(); COMMIT; END LOOP; END $$;",
+    );
+    wait_for_autovacuum(&dbs.dst, "public.frozen (to prevent wraparound)");
+    let out = wd.run(&[
+        "swap",
+        "--dest",
+        &url,
+        "--allow-discard",
+        "frozen",
+        "--lock-timeout",
+        "300ms",
+        "--swap-retries",
+        "1",
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    let last = stderr.trim_end().lines().last().unwrap();
+    assert!(
+        last.starts_with("error: swap failed: the swap could not take its locks after 2 attempts")
+            && last.contains("the last attempt waited for public.frozen, held by pid ")
+            && last.contains("autovacuum worker")
+            && last.contains("An autovacuum that the server does not cancel (one that prevents transaction ID wraparound) holds the table")
+            && !last.contains("long-running query"),
+        "{stderr}"
+    );
+    assert_eq!(catalog_fingerprint(&dbs.dst), before);
+}

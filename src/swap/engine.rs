@@ -750,7 +750,7 @@ pub async fn swap<H: InTx>(
             // A vacuum that held the swap up is cancelled by the server
             // once something waits for it past deadlock_timeout, which the
             // swap's own waits never do.
-            if let Some(w) = waited_for.lock().ok().and_then(|w| w.last().cloned()) {
+            if let Some(w) = latest(&waited_for) {
                 crate::pg::exec::nudge_autovacuum(&client, &w.name).await;
             }
             hook.before_retry(control).await;
@@ -782,7 +782,7 @@ pub async fn swap<H: InTx>(
             && this_attempt <= policy.retries
             && let Err(e) = &r
             && RetryPolicy::new(policy.retries).retryable(e).is_some()
-            && let Some(w) = waited_for.lock().ok().and_then(|w| w.last().cloned())
+            && let Some(w) = latest(&waited_for)
         {
             tracing::warn!(
                 "{}; the next attempt locks it first",
@@ -808,11 +808,7 @@ pub async fn swap<H: InTx>(
             show_setting(control, "deadlock_timeout").await
         ),
         Err(Stop::Exhausted { attempts, why, .. })
-            if waited_for
-                .lock()
-                .ok()
-                .and_then(|w| w.last().map(|l| l.held_by.contains("autovacuum worker")))
-                .unwrap_or(false) =>
+            if latest(&waited_for).is_some_and(|w| w.by_autovacuum) =>
         {
             bail!(
                 "the swap could not take its locks after {attempts} attempts ({why}){}; nothing was changed. An autovacuum that the server does not cancel (one that prevents transaction ID wraparound) holds the table: wait for it to finish (pg_stat_progress_vacuum shows how far it is), then swap again",
@@ -1190,16 +1186,20 @@ async fn watch_waits(
             .query_opt(
                 "SELECT n.nspname::text, c.relname::text, c.relkind::text,
                         pg_catalog.pg_get_userbyid(c.relowner)::text,
-                        (SELECT pg_catalog.string_agg(h.shown, ', ' ORDER BY h.pid)
-                           FROM (SELECT b.pid, 'pid ' || b.pid || ' (' || concat_ws(', ', b.usename::text,
-                                        NULLIF(b.application_name, ''), NULLIF(b.backend_type, 'client backend'),
-                                        b.state) || ')' AS shown
-                                   FROM pg_catalog.pg_stat_activity b
-                                  WHERE b.pid = ANY (pg_catalog.pg_blocking_pids($1))
-                                  ORDER BY b.pid LIMIT 3) h)
+                        blockers.shown, blockers.autovacuum
                    FROM pg_catalog.pg_locks l
                    JOIN pg_catalog.pg_class c ON c.oid = l.relation
                    JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+                  CROSS JOIN LATERAL
+                        (SELECT pg_catalog.string_agg(h.shown, ', ' ORDER BY h.pid) AS shown,
+                                coalesce(pg_catalog.bool_or(h.autovacuum), false) AS autovacuum
+                           FROM (SELECT b.pid, 'pid ' || b.pid || ' (' || concat_ws(', ', b.usename::text,
+                                        NULLIF(b.application_name, ''), NULLIF(b.backend_type, 'client backend'),
+                                        b.state) || ')' AS shown,
+                                        b.backend_type = 'autovacuum worker' AS autovacuum
+                                   FROM pg_catalog.pg_stat_activity b
+                                  WHERE b.pid = ANY (pg_catalog.pg_blocking_pids($1))
+                                  ORDER BY b.pid LIMIT 3) h) blockers
                   WHERE l.pid = $1 AND NOT l.granted AND l.locktype = 'relation'
                   LIMIT 1",
                 &[&pid],
@@ -1215,6 +1215,7 @@ async fn watch_waits(
                     relkind: r.get(2),
                     owner: r.get(3),
                     held_by: r.get::<_, Option<String>>(4).unwrap_or_default(),
+                    by_autovacuum: r.get(5),
                 };
                 if let Ok(mut w) = waited_for.lock() {
                     // Seen as the wait ended, nobody holds it up any more:
@@ -1223,6 +1224,7 @@ async fn watch_waits(
                         && let Some(seen) = w.iter().find(|n| n.name == waited.name)
                     {
                         waited.held_by = seen.held_by.clone();
+                        waited.by_autovacuum = seen.by_autovacuum;
                     }
                     if w.last().map(|l| &l.name) != Some(&waited.name) {
                         tracing::debug!(relation = %waited.name, held_by = %waited.held_by, "the swap waits for a lock; a retry takes it first");
@@ -1451,10 +1453,15 @@ fn filter_keep(
     )
 }
 
+/// The relation the watch last saw an attempt wait for.
+fn latest(waited_for: &std::sync::Mutex<Vec<Waited>>) -> Option<Waited> {
+    waited_for.lock().ok().and_then(|w| w.last().cloned())
+}
+
 /// `; the last attempt waited for public.users, held by pid 4242 (…)`, when
 /// the watch saw it wait.
 fn last_wait(waited_for: &std::sync::Mutex<Vec<Waited>>) -> String {
-    match waited_for.lock().ok().and_then(|w| w.last().cloned()) {
+    match latest(waited_for) {
         Some(w) => format!("; {}", w.describe("the last attempt waited for")),
         None => String::new(),
     }
@@ -1483,6 +1490,8 @@ struct Waited {
     /// The sessions holding it up, for people (`pid 4242 (app, psql, idle in
     /// transaction)`); empty when they could not be read.
     held_by: String,
+    /// Whether one of them is an autovacuum worker.
+    by_autovacuum: bool,
 }
 
 impl Waited {
