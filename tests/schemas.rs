@@ -1848,6 +1848,24 @@ fn mixed_case_tables_are_quoted_in_abort_and_rollback_reports() {
             .any(reattached),
         "{again}"
     );
+    // The text names kept tables of public as one types them (the reasons
+    // stay live too: the backup restored lacks them, as its rollback kept
+    // them).
+    let plan = assert_success(&wd.run(&[
+        "rollback",
+        "--dest",
+        &dst,
+        "--latest",
+        "--dry-run",
+        "--keep-tables",
+        "\"Webhook\",\"WebhookCall\"",
+    ]));
+    assert!(
+        plan.contains(
+            "Kept from the current public: \"Sales\".\"Reason\", \"Webhook\", \"WebhookCall\"\n"
+        ),
+        "{plan}"
+    );
 }
 
 /// A schema the application uses but the migration leaves out (Lemmy's `r`

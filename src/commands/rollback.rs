@@ -90,7 +90,10 @@ fn print_preview(ctx: &Ctx, p: &RollbackPreview) -> Result<()> {
         }
     );
     if !p.kept_tables.is_empty() {
-        crate::outln!("Kept from the current public: {}", p.kept_tables.join(", "));
+        crate::outln!(
+            "Kept from the current public: {}",
+            crate::pg::ident::TableName::keys_shown(&p.kept_tables, &p.schemas)
+        );
     }
     crate::outln!("Swap mode: {} ({})", p.mode.mode.as_str(), p.mode.reason);
     print_budget(&p.swap_lock_budget, "rollback");

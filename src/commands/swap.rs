@@ -64,7 +64,10 @@ pub fn print_preview(ctx: &Ctx, p: &SwapPreview) -> Result<()> {
     crate::out!("{}", p.impact.render());
     crate::outln!();
     if !p.kept_tables.is_empty() {
-        crate::outln!("Kept in public as they are: {}", p.kept_tables.join(", "));
+        crate::outln!(
+            "Kept in public as they are: {}",
+            crate::pg::ident::TableName::keys_shown(&p.kept_tables, &p.schemas)
+        );
     }
     let mut warnings: Vec<String> = p.fk_violations.iter().map(ToString::to_string).collect();
     warnings.extend(p.fk_unchecked.iter().cloned());
@@ -224,7 +227,10 @@ pub fn print_report(ctx: &Ctx, r: &SwapReport) -> Result<()> {
         );
     }
     if !r.kept_tables.is_empty() {
-        crate::outln!("Kept live as they were: {}", r.kept_tables.join(", "));
+        crate::outln!(
+            "Kept live as they were: {}",
+            crate::pg::ident::TableName::keys_shown(&r.kept_tables, &r.schemas)
+        );
     }
     print_ending(
         &r.foreign_keys,

@@ -184,19 +184,7 @@ impl MigrationState {
     /// The table a key names (`name` in public, `schema.name` in another
     /// of the migration's schemas).
     pub fn table_of_key(&self, key: &str) -> TableName {
-        match TableName::parse(key) {
-            Ok(t)
-                if t.schema
-                    .as_ref()
-                    .is_some_and(|s| s != crate::pg::meta::PUBLIC && self.schemas.contains(s)) =>
-            {
-                t
-            }
-            _ => TableName {
-                schema: None,
-                name: key.to_string(),
-            },
-        }
+        TableName::of_key(key, |s| self.schemas.iter().any(|m| m == s))
     }
 
     /// A fresh record for a new migration started by `command`.

@@ -72,6 +72,35 @@ pub enum NameError {
 }
 
 impl TableName {
+    /// The table a key of the migration record names (`users` in public,
+    /// `billing.invoices` in another migrated schema, as
+    /// [`table_display`](crate::pg::meta::table_display) writes them):
+    /// `migrated` says which schemas the migration covers.
+    pub fn of_key(key: &str, migrated: impl Fn(&str) -> bool) -> TableName {
+        match TableName::parse(key) {
+            Ok(t)
+                if t.schema
+                    .as_deref()
+                    .is_some_and(|s| s != crate::pg::meta::PUBLIC && migrated(s)) =>
+            {
+                t
+            }
+            _ => TableName {
+                schema: None,
+                name: key.to_string(),
+            },
+        }
+    }
+
+    /// Keys of the migration record as reports name the tables
+    /// (`"WebhookCall"`, `billing.invoices`), for the schemas of `maps`.
+    pub fn keys_shown(keys: &[String], maps: &[crate::backups::manifest::SchemaMap]) -> String {
+        keys.iter()
+            .map(|k| TableName::of_key(k, |s| maps.iter().any(|m| m.live == s)).to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
     /// Parse `name`, `schema.name`, `"Name"`, `"schema"."Name"`.
     ///
     /// Refuses anything that is not plainly an identifier: semicolons, quotes
