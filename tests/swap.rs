@@ -885,3 +885,83 @@ fn an_autovacuum_to_prevent_wraparound_is_waited_for_not_blamed_on_a_query() {
     );
     assert_eq!(catalog_fingerprint(&dbs.dst), before);
 }
+
+/// A rollback that keeps a table changes that table's foreign keys to and
+/// from what moves, which locks it. It was not locked with the rest, up
+/// front, but in the middle of the transaction, under a lock timeout set
+/// before the moves: an application transaction that had written the kept
+/// table and then read a table the rollback held waited for the rollback
+/// while the rollback waited for it, and the deadlock detector cancelled the
+/// application's transaction (Lago's `memberships`, kept while
+/// `organizations` moved). Kept tables are now locked with the rest, and
+/// every wait of the transaction gets what is left of its lock window. The
+/// pause after the moves stands in for the moves of a big schema (object by
+/// object, as with an extension in public that cannot be renamed along).
+#[test]
+fn a_rollback_keeping_a_table_never_makes_the_application_the_deadlock_victim() {
+    let dbs = TestDbs::new("rollback_keep_deadlock");
+    let ddl = "CREATE TABLE org (id int PRIMARY KEY);
+               CREATE TABLE member (id int PRIMARY KEY, org int REFERENCES org);
+               CREATE TABLE export (id int PRIMARY KEY, member int REFERENCES member);
+               INSERT INTO org SELECT generate_series(1, 3);
+               INSERT INTO member SELECT g, 1 + g % 3 FROM generate_series(1, 10) g;";
+    dbs.src.psql(ddl);
+    dbs.dst.psql(ddl);
+    dbs.src.psql("INSERT INTO export VALUES (1, 1)");
+    let wd = Workdir::new();
+    let url = dbs.dst.url();
+    assert_success(&wd.prepare(&dbs, &[]));
+    assert_success(&wd.run(&["swap", "--dest", &url]));
+    // The application: writes the kept table (no key to check: it holds no
+    // lock on org), waits until the rollback holds the first table it locks,
+    // then reads that table.
+    let info = dbs.dst.server().clone();
+    let db = dbs.dst.name().to_string();
+    let app = std::thread::spawn(move || {
+        info.try_psql(
+            &db,
+            "BEGIN;
+             INSERT INTO member VALUES (100, NULL);
+             DO $$ BEGIN
+               FOR i IN 1..1000 LOOP
+                 EXIT WHEN EXISTS (SELECT 1 FROM pg_locks l JOIN pg_class c ON c.oid = l.relation
+                                    WHERE c.relname = 'export' AND l.mode = 'AccessExclusiveLock'
+                                      AND l.granted AND l.pid <> pg_backend_pid());
+                 PERFORM pg_sleep(0.02);
+               END LOOP;
+             END $$;
+             SELECT count(*) FROM export;
+             COMMIT;",
+        )
+    });
+    let out = wd.run_env(
+        &[
+            "rollback",
+            "--dest",
+            &url,
+            "--latest",
+            "--keep-tables",
+            "member",
+            "--swap-mode",
+            "object",
+            "--swap-retries",
+            "5",
+        ],
+        &[("PGSHIFT_FAILPOINT", "swap-moved:sleep=600")],
+    );
+    let app = app.join().unwrap();
+    assert_success(&out);
+    assert!(app.is_ok(), "the application's transaction failed: {app:?}");
+    assert_eq!(
+        dbs.dst.psql("SELECT count(*) FROM member WHERE id = 100"),
+        "1"
+    );
+    // The kept table's key now points at the restored org, validated.
+    assert_eq!(
+        dbs.dst.psql(
+            "SELECT confrelid::regclass::text || ' ' || convalidated FROM pg_constraint
+              WHERE conrelid = 'public.member'::regclass AND contype = 'f'"
+        ),
+        "org true"
+    );
+}

@@ -500,16 +500,11 @@ impl InTx for MigrationTx<'_> {
     }
 
     fn incoming_locks(&self) -> Vec<String> {
-        // Kept tables stay, but their foreign keys change under these locks.
+        // The preserved tables' shadow copies take the final replay (kept
+        // tables the engine locks itself).
         self.synced
             .iter()
             .map(|t| qualified(&meta::shadow_schema_for(&t.schema), &t.name))
-            .chain(
-                self.kept
-                    .by_schema
-                    .iter()
-                    .flat_map(|(s, ts)| ts.iter().map(move |t| qualified(s, t))),
-            )
             .collect()
     }
 }

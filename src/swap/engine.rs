@@ -44,7 +44,7 @@
 //!   what the application's role prepared leaves that role able to verify,
 //!   roll back and prepare again).
 //!
-//! The locked window is three round trips plus what the hook does.
+//! The locked window is four round trips plus what the hook does.
 //!
 //! Callers say what comes in and what stays, per live schema ([`Pair`]: a
 //! migration of several schemas (`--schemas`) swaps every pair in the same
@@ -323,7 +323,7 @@ pub trait InTx {
     /// before COMMIT.
     fn preview_notes(&self) -> (Vec<String>, Vec<String>);
     /// Relations of the incoming schema the hook works on under the swap's
-    /// locks (the swap locks public's relations and these).
+    /// locks (the swap locks public's relations, its kept tables and these).
     fn incoming_locks(&self) -> Vec<String> {
         Vec::new()
     }
@@ -1546,6 +1546,14 @@ fn lock_statements(req: &Request, listed: &Listed, first: &[Waited]) -> Vec<Stri
             ));
             continue;
         }
+        // A table the hook's work waited for (one outside what moves).
+        if matches!(f.relkind.as_str(), "r" | "p") {
+            lead.push(format!(
+                "LOCK TABLE ONLY {} IN ACCESS EXCLUSIVE MODE",
+                f.name
+            ));
+            continue;
+        }
         let kind = match f.relkind.as_str() {
             "v" => "VIEW",
             "m" => "MATERIALIZED VIEW",
@@ -1574,9 +1582,15 @@ fn lock_statements(req: &Request, listed: &Listed, first: &[Waited]) -> Vec<Stri
 }
 
 /// The relations [`lock_statements`] locks with LOCK TABLE, sorted.
+/// Kept tables among them: they stay, but their foreign keys to and from
+/// what moves change under the locks (and a rename moves them back), which
+/// takes their locks too. Taken there, in the middle of the transaction, an
+/// application transaction that had written a kept table and then waited for
+/// a table the swap holds was the deadlock detector's victim.
 fn lock_names<'a>(req: &'a Request, listed: &'a Listed) -> Vec<&'a str> {
     let mut names: Vec<&str> = listed
         .out()
+        .chain(listed.kept.iter().flatten())
         .filter_map(|m| m.lockable.as_deref())
         .chain(req.incoming_locks.iter().map(String::as_str))
         .collect();
@@ -1809,6 +1823,11 @@ async fn one_attempt<H: InTx>(
     // The backup exists from this attempt's COMMIT, however long the earlier
     // ones waited (its name keeps the first attempt's time).
     manifest.created_at = Utc::now();
+    failpoint("swap-moved").await?;
+    // The hook's waits get what is left of the window too (the moves took
+    // some of it): set once before the moves, a wait of the hook's could
+    // outlast an application's wait behind the swap's locks.
+    exec(client, &window_left("lock_timeout")).await?;
     let after = hook.after_moves(client, &before, &mut manifest).await?;
     failpoint("swap-commit").await?;
     // Round trip 3: the manifest, the migration's record and COMMIT.
