@@ -32,6 +32,7 @@ use chrono::Utc;
 use itertools::Itertools;
 use serde::Serialize;
 use tokio_postgres::Client;
+use tracing::instrument::WithSubscriber;
 
 use crate::backups::manifest::{self, BackupRow, ForeignKeyDef, Manifest};
 use crate::backups::verify::{self, VerifyReport};
@@ -615,8 +616,12 @@ pub async fn preview(client: &Client, plan: &Plan, policy: Policy) -> Result<Rol
     let tx = hook(plan, pg15);
     let p = engine::preview(client, &exchange(plan), policy, &tx).await?;
     let schemas = p.schemas.clone();
-    // The whole report, whatever --fail-on-breaking says: its refusal is below.
-    let (impact, _) = impact(client, plan, policy, false).await?;
+    // The whole report, whatever --fail-on-breaking says: its refusal is
+    // below. The dry run prints it, so its findings are not logged as
+    // warnings too (the swap's dry run does not log them either).
+    let (impact, _) = impact(client, plan, policy, false)
+        .with_subscriber(tracing::subscriber::NoSubscriber::default())
+        .await?;
     let refusals: Vec<String> = [
         plan.mismatch.clone(),
         plan.refusal.clone(),

@@ -437,7 +437,7 @@ pub async fn before_moves(
         tracing::warn!("{w}");
         warnings.push(w);
     }
-    for b in impact.breaking() {
+    for b in impact.breaking().into_iter().chain(impact.rejecting()) {
         tracing::warn!("{b}");
         warnings.push(b);
     }

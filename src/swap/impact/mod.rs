@@ -316,6 +316,23 @@ impl Impact {
         out
     }
 
+    /// The `rejects_writes` changes to objects recorded statements use (a new
+    /// NOT NULL column of a table the application inserts into): warnings,
+    /// never a refusal, since whether a write is refused depends on its
+    /// values (and the statement may only read).
+    pub fn rejecting(&self) -> Vec<String> {
+        self.hazards
+            .iter()
+            .filter(|h| h.effect == Effect::RejectsWrites && self.statements.uses(&h.object))
+            .map(|h| {
+                format!(
+                    "{} {} ({}): recorded statements use it, and their writes may be refused",
+                    h.code, h.object, h.detail
+                )
+            })
+            .collect()
+    }
+
     /// `status`'s line: `impact: 2 statements will fail, 1 will change result
     /// type, writes to 1 non-preserved table`.
     pub fn summary(&self) -> String {

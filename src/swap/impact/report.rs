@@ -66,6 +66,20 @@ pub fn summary_of(i: &Impact, op: Operation) -> String {
     if breaking > 0 {
         parts.push(plural(breaking, "breaking schema change"));
     }
+    // Neither the server's parse of the statements nor their result types
+    // show a write a new constraint will reject: the summary must not say
+    // "nothing found" over them.
+    let rejecting = i
+        .hazards
+        .iter()
+        .filter(|h| h.effect == Effect::RejectsWrites)
+        .count();
+    if rejecting > 0 {
+        parts.push(format!(
+            "{} that may reject writes",
+            plural(rejecting, "schema change")
+        ));
+    }
     if !i.blockers.is_empty() {
         parts.push(plural(i.blockers.len(), "blocking session"));
     }
@@ -282,6 +296,19 @@ mod tests {
         assert_eq!(
             summary(&i),
             "impact: nothing found (12 recorded statements checked)"
+        );
+        // A new constraint that the old application's writes may break is
+        // no "nothing found" (Airflow's new NOT NULL column of dag).
+        let mut with_hazard = checked(1, "pg_stat_statements");
+        with_hazard.hazards.push(Hazard {
+            code: "NOT_NULL_ADDED".into(),
+            effect: Effect::RejectsWrites,
+            object: "public.dag.max_runs".into(),
+            detail: "new NOT NULL column without a default".into(),
+        });
+        assert_eq!(
+            summary(&with_hazard),
+            "impact: 1 schema change that may reject writes"
         );
         let f = FailingStatement {
             query: "SELECT 1".into(),
