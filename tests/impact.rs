@@ -398,6 +398,7 @@ async fn every_hazard_class_is_found() {
          CREATE TABLE events (id int, at date) PARTITION BY RANGE (at);
          CREATE TABLE events_2024 PARTITION OF events FOR VALUES FROM ('2024-01-01') TO ('2025-01-01');
          CREATE TABLE same (id int PRIMARY KEY, account_id int REFERENCES accounts (id), n int CHECK (n > 0));
+         CREATE TABLE notes (id int, account_id int REFERENCES accounts (id) ON DELETE CASCADE);
          CREATE FUNCTION gone(int) RETURNS int LANGUAGE sql AS 'SELECT 1';
          CREATE FUNCTION calc(int) RETURNS int LANGUAGE sql AS 'SELECT 1';
          CREATE FUNCTION total() RETURNS int LANGUAGE sql AS 'SELECT 1';
@@ -416,6 +417,7 @@ async fn every_hazard_class_is_found() {
          CREATE TABLE shadow.events (id int, at date, note text) PARTITION BY RANGE (at);
          CREATE TABLE shadow.events_2024 PARTITION OF shadow.events FOR VALUES FROM ('2024-01-01') TO ('2025-01-01');
          CREATE TABLE shadow.same (id int PRIMARY KEY, account_id int REFERENCES shadow.accounts (id), n int CHECK (n > 0));
+         CREATE TABLE shadow.notes (id int, account_id int REFERENCES shadow.accounts (id));
          CREATE TABLE shadow.fresh (id int);
          CREATE VIEW shadow.v_new AS SELECT 1 AS x;
          CREATE FUNCTION shadow.calc(bigint) RETURNS int LANGUAGE sql AS 'SELECT 1';
@@ -444,6 +446,12 @@ async fn every_hazard_class_is_found() {
         ("UNIQUE_ADDED", "public.orders.orders_id_key"),
         ("CHECK_ADDED", "public.orders.orders_amount_check"),
         ("FOREIGN_KEY_ADDED", "public.orders.orders_account_id_fkey"),
+        // Only its action changed: no write the old key took breaks it,
+        // but the deletes that cascaded are refused now.
+        (
+            "FOREIGN_KEY_ACTION_CHANGED",
+            "public.notes.notes_account_id_fkey",
+        ),
         ("EXCLUSION_ADDED", "public.orders.orders_code_excl"),
         ("ENUM_VALUE_DROPPED", "public.mood"),
         ("TYPE_REPLACED", "public.mood"),
@@ -480,6 +488,22 @@ async fn every_hazard_class_is_found() {
     assert_eq!(
         d("FOREIGN_KEY_ADDED", "public.orders.orders_account_id_fkey"),
         "FOREIGN KEY (account_id) REFERENCES public.accounts(id)"
+    );
+    assert_eq!(
+        d(
+            "FOREIGN_KEY_ACTION_CHANGED",
+            "public.notes.notes_account_id_fkey"
+        ),
+        "ON DELETE CASCADE -> NO ACTION"
+    );
+    assert_eq!(
+        detail(
+            &h,
+            "FOREIGN_KEY_ACTION_CHANGED",
+            "public.notes.notes_account_id_fkey"
+        )
+        .effect,
+        impact::Effect::RejectsWrites
     );
     assert_eq!(
         d("CHECK_ADDED", "public.orders.orders_amount_check"),

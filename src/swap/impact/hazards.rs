@@ -15,6 +15,7 @@
 //! | `COLLATION_REPLACED` | result_type | a collation of a migrated schema columns use is replaced by the incoming copy (same name, new OID) |
 //! | `NOT_NULL_ADDED` | rejects_writes | a column became NOT NULL, or a new NOT NULL column has no default |
 //! | `CHECK_ADDED`, `UNIQUE_ADDED`, `FOREIGN_KEY_ADDED`, `EXCLUSION_ADDED` | rejects_writes | a constraint the old table did not have (compared by definition, as parsed: the casts a dump and restore re-prints do not count) |
+//! | `FOREIGN_KEY_ACTION_CHANGED` | rejects_writes (where the new action refuses a delete or update the old one did not) / info | a foreign key the old table has too, but for its `ON DELETE` / `ON UPDATE` actions |
 //! | `ENUM_VALUE_DROPPED` | rejects_writes | an enum lost a label |
 //! | `TYPE_DROPPED` | breaks | a type or domain has no namesake |
 //! | `FUNCTION_DROPPED` | breaks | no function/procedure/aggregate of that name is left |
@@ -773,6 +774,12 @@ fn compare_columns(
             if canonical_constraint(def).is_some_and(|c| known.contains(&(*t, c))) {
                 continue;
             }
+            if *t == 'f'
+                && let Some(h) = fk_action_changed(&lr.constraints, def, &rel_obj(name), cname)
+            {
+                out.push(h);
+                continue;
+            }
             let code = match t {
                 'c' => "CHECK_ADDED",
                 'u' | 'p' => "UNIQUE_ADDED",
@@ -787,6 +794,94 @@ fn compare_columns(
             ));
         }
     }
+}
+
+/// A foreign key of the incoming table that the live table has too, but for
+/// its referential actions (`ON DELETE SET DEFAULT` became `SET NULL`): no
+/// write that satisfied the old key violates it, so it is no
+/// `FOREIGN_KEY_ADDED`. Deletes and updates of the referenced rows do other
+/// things; they may be refused only where the new action refuses them
+/// (`NO ACTION`, `RESTRICT`) and the old one did not.
+fn fk_action_changed(
+    live: &[(char, String, String)],
+    def: &str,
+    table: &str,
+    cname: &str,
+) -> Option<Hazard> {
+    let (base, new) = fk_without_actions(def);
+    let old = live
+        .iter()
+        .filter(|(t, _, _)| *t == 'f')
+        .map(|(_, d, _)| fk_without_actions(d))
+        .find(|(b, _)| *b == base)?
+        .1;
+    let refuses = |a: &str| matches!(a, "NO ACTION" | "RESTRICT");
+    let rejects = ["UPDATE", "DELETE"]
+        .iter()
+        .any(|on| refuses(fk_action(&new, on)) && !refuses(fk_action(&old, on)));
+    let shown = |actions: &[String]| {
+        if actions.is_empty() {
+            "NO ACTION".to_string()
+        } else {
+            actions.join(" ")
+        }
+    };
+    Some(Hazard::new(
+        "FOREIGN_KEY_ACTION_CHANGED",
+        if rejects {
+            Effect::RejectsWrites
+        } else {
+            Effect::Info
+        },
+        format!("{table}.{}", display_ident(cname)),
+        format!("{} -> {}", shown(&old), shown(&new)),
+    ))
+}
+
+/// A foreign key's definition without its referential actions, and the
+/// actions as printed (`ON DELETE SET NULL (a)`; `NO ACTION`, the default,
+/// is not printed).
+fn fk_without_actions(def: &str) -> (String, Vec<String>) {
+    let mut base = def.to_string();
+    let mut actions = Vec::new();
+    for on in [" ON UPDATE ", " ON DELETE "] {
+        let Some(refs) = base.find("REFERENCES ") else {
+            break;
+        };
+        let Some(at) = base[refs..].find(on).map(|i| refs + i) else {
+            continue;
+        };
+        let after = at + on.len();
+        let Some(word) = [
+            "CASCADE",
+            "RESTRICT",
+            "SET NULL",
+            "SET DEFAULT",
+            "NO ACTION",
+        ]
+        .iter()
+        .find(|w| base[after..].starts_with(**w)) else {
+            continue;
+        };
+        let mut end = after + word.len();
+        if base[end..].starts_with(" (")
+            && let Some(close) = base[end..].find(')')
+        {
+            end += close + 1;
+        }
+        actions.push(base[at + 1..end].to_string());
+        base.replace_range(at..end, "");
+    }
+    (base, actions)
+}
+
+/// The action `ON {on}` of [`fk_without_actions`]'s list (`CASCADE`, `SET
+/// NULL (a)`), or `NO ACTION`.
+fn fk_action<'a>(actions: &'a [String], on: &str) -> &'a str {
+    actions
+        .iter()
+        .find_map(|a| a.strip_prefix("ON ")?.strip_prefix(on)?.strip_prefix(' '))
+        .unwrap_or("NO ACTION")
 }
 
 /// A constraint's definition (`pg_get_constraintdef`) as PostgreSQL's parse
@@ -876,6 +971,70 @@ fn show_args(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// listmonk's `campaigns_template_id_fkey` went from `SET DEFAULT` to
+    /// `SET NULL`: no write the old key took breaks the new one.
+    #[test]
+    fn a_foreign_key_whose_actions_changed_is_not_added() {
+        let live = vec![(
+            'f',
+            "FOREIGN KEY (t) REFERENCES public.templates(id) ON DELETE SET DEFAULT".to_string(),
+            "c_t_fkey".to_string(),
+        )];
+        let h = fk_action_changed(
+            &live,
+            "FOREIGN KEY (t) REFERENCES public.templates(id) ON DELETE SET NULL (t)",
+            "public.c",
+            "c_t_fkey",
+        )
+        .unwrap();
+        assert_eq!(
+            (
+                h.code.as_str(),
+                h.effect,
+                h.object.as_str(),
+                h.detail.as_str()
+            ),
+            (
+                "FOREIGN_KEY_ACTION_CHANGED",
+                Effect::Info,
+                "public.c.c_t_fkey",
+                "ON DELETE SET DEFAULT -> ON DELETE SET NULL (t)"
+            )
+        );
+        // Deletes that cascaded are refused now.
+        let live = vec![(
+            'f',
+            "FOREIGN KEY (t) REFERENCES public.templates(id) ON UPDATE CASCADE ON DELETE CASCADE DEFERRABLE".to_string(),
+            "c_t_fkey".to_string(),
+        )];
+        let h = fk_action_changed(
+            &live,
+            "FOREIGN KEY (t) REFERENCES public.templates(id) ON UPDATE CASCADE DEFERRABLE",
+            "public.c",
+            "c_t_fkey",
+        )
+        .unwrap();
+        assert_eq!(
+            (h.effect, h.detail.as_str()),
+            (
+                Effect::RejectsWrites,
+                "ON UPDATE CASCADE ON DELETE CASCADE -> ON UPDATE CASCADE"
+            )
+        );
+        // Another column, another table, or MATCH FULL: a key of its own.
+        for other in [
+            "FOREIGN KEY (u) REFERENCES public.templates(id)",
+            "FOREIGN KEY (t) REFERENCES public.layouts(id)",
+            "FOREIGN KEY (t) REFERENCES public.templates(id) MATCH FULL ON DELETE CASCADE",
+        ] {
+            assert_eq!(
+                fk_action_changed(&live, other, "public.c", "k"),
+                None,
+                "{other}"
+            );
+        }
+    }
 
     #[test]
     fn a_check_printed_after_a_dump_and_restore_is_the_same_check() {
