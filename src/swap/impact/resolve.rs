@@ -287,6 +287,19 @@ pub fn repair_typed_constants(query: &str) -> Option<String> {
         })
     };
     let mut edits: Vec<(usize, usize, String)> = Vec::new();
+    // A constant written against a keyword (`ELSE'FALSE'`) becomes `ELSE$3`,
+    // which scans as one identifier (`$` may continue one): split it again.
+    for (i, t) in toks.iter().enumerate() {
+        if t.token() == Token::Ident
+            && let Some((keyword, param)) = fused_keyword_param(text(i))
+        {
+            edits.push((
+                t.start as usize,
+                t.end as usize,
+                format!("{keyword} {param}"),
+            ));
+        }
+    }
     for i in 1..toks.len() {
         if toks[i].token() != Token::Param {
             continue;
@@ -326,11 +339,29 @@ pub fn repair_typed_constants(query: &str) -> Option<String> {
     if edits.is_empty() {
         return None;
     }
+    edits.sort_by_key(|e| e.0);
     let mut out = query.to_string();
     for (start, end, replacement) in edits.into_iter().rev() {
         out.replace_range(start..end, &replacement);
     }
     pg_query::parse(&out, 0).ok().map(|_| out)
+}
+
+/// `ELSE$3` as (`ELSE`, `$3`): an unquoted identifier that is a keyword
+/// followed by a parameter, as pg_stat_statements leaves a constant that was
+/// written without a space after the keyword.
+fn fused_keyword_param(ident: &str) -> Option<(&str, &str)> {
+    let at = ident.find('$').filter(|&at| at > 0)?;
+    let (keyword, param) = ident.split_at(at);
+    let digits = &param[1..];
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let scanned = pg_query::scan(keyword).ok()?;
+    let [only] = scanned.tokens.as_slice() else {
+        return None;
+    };
+    (only.keyword_kind() != pg_query::protobuf::KeywordKind::NoKeyword).then_some((keyword, param))
 }
 
 /// The `sval`s of a list of `String` nodes.
@@ -1034,6 +1065,14 @@ mod tests {
             repair_typed_constants("SELECT timestamp with time zone $1, public.mood $2").as_deref(),
             Some("SELECT $1::timestamp with time zone, $2::public.mood")
         );
+        // TypeORM writes `ELSE'FALSE'`; normalised, `ELSE$3` is one identifier.
+        assert_eq!(
+            repair_typed_constants("SELECT CASE WHEN a THEN$1 ELSE$2 END FROM t WHERE b = $3")
+                .as_deref(),
+            Some("SELECT CASE WHEN a THEN $1 ELSE $2 END FROM t WHERE b = $3")
+        );
+        // An identifier that merely contains a `$` stays.
+        assert_eq!(repair_typed_constants("SELECT status$1 FROM t"), None);
         assert_eq!(repair_typed_constants("SELECT a FROM t LIMIT $1"), None);
         assert_eq!(repair_typed_constants("SELEC $1"), None);
     }

@@ -14,7 +14,9 @@
 //!
 //! pg_stat_statements replaces constants by `$n`; a typed constant then reads
 //! `interval $1`, which PostgreSQL does not parse: it is checked as
-//! `$1::interval` ([`resolve::repair_typed_constants`]).
+//! `$1::interval`; one written against a keyword (`ELSE'FALSE'`) reads
+//! `ELSE$3`, one identifier, and is split again
+//! ([`resolve::repair_typed_constants`]).
 //!
 //! Each statement is checked as the application will run it after the swap:
 //!
@@ -348,7 +350,9 @@ pub async fn check_workload(
         report.unchecked.push(UncheckedStatement {
             query: HIDDEN_QUERY.into(),
             reason: format!(
-                "{hidden} statements of other roles are hidden from this role: grant it pg_read_all_stats to check them"
+                "{} of other roles {} hidden from this role: grant it pg_read_all_stats to check them",
+                super::report::plural(hidden, "statement"),
+                if hidden == 1 { "is" } else { "are" }
             ),
             calls: 0,
         });
@@ -957,13 +961,19 @@ async fn check_one(
                 e.code,
                 SqlState::AMBIGUOUS_FUNCTION | SqlState::UNDEFINED_FUNCTION
             ) && e.message.contains("unknown");
+            // pg_stat_statements records only statements that completed, so
+            // a syntax error is its own doing (`ELSE'FALSE'` became `ELSE$3`).
             let reason = if e.code == SqlState::INDETERMINATE_DATATYPE || unknown_args {
                 format!(
                     "a parameter's type cannot be inferred from the recorded text (pg_stat_statements replaces constants by parameters): {msg}"
                 )
+            } else if e.code == SqlState::SYNTAX_ERROR {
+                format!(
+                    "the recorded text does not parse: pg_stat_statements replaced a constant by a parameter where the syntax takes none: {msg}"
+                )
             } else {
                 format!(
-                    "it does not parse as recorded with the role's search path today (a temporary table, or a search_path the application sets itself?): {msg}"
+                    "it does not run as recorded on today's schema with the role's search path (a statement of an older version of the application, its migrations say; a temporary table; a search_path the application sets itself; or a constant pg_stat_statements replaced by a parameter of another type): {msg}"
                 )
             };
             return Ok(Outcome::Unchecked(reason));
