@@ -1441,3 +1441,69 @@ async fn statements_pg_stat_statements_evicted_are_reported() {
         evicted.reason
     );
 }
+
+/// An INSERT that leaves out a column the incoming table requires (a new NOT
+/// NULL column without a default) parses and describes after the swap, and
+/// fails on every call: Airflow 2.8's `INSERT INTO dag (…)` against 2.10's
+/// `max_consecutive_failed_dag_runs`. Named or positional, it is a failing
+/// statement; a default, an identity, a domain's default or a BEFORE INSERT
+/// trigger that may fill it in are not.
+#[tokio::test]
+async fn an_insert_that_leaves_out_a_new_required_column_fails() {
+    let Some(db) = db("insert_required") else {
+        return;
+    };
+    db.psql(
+        "CREATE SCHEMA \"Stats\";
+         CREATE EXTENSION pg_stat_statements SCHEMA \"Stats\";
+         CREATE SCHEMA shadow;
+         CREATE TABLE dag (id int PRIMARY KEY, name text);
+         CREATE TABLE shadow.dag (id int PRIMARY KEY, name text, max_runs int NOT NULL);
+         CREATE TABLE note (id int PRIMARY KEY, body text);
+         CREATE TABLE shadow.note (id int PRIMARY KEY, body text, lang text NOT NULL);
+         CREATE TABLE job (id int PRIMARY KEY);
+         CREATE TABLE shadow.job (id int PRIMARY KEY, state text NOT NULL);
+         CREATE FUNCTION shadow.fill() RETURNS trigger LANGUAGE plpgsql
+             AS 'BEGIN NEW.state := ''new''; RETURN NEW; END';
+         CREATE TRIGGER fill BEFORE INSERT ON shadow.job FOR EACH ROW EXECUTE FUNCTION shadow.fill();
+         CREATE DOMAIN shadow.positive AS int DEFAULT 1 NOT NULL;
+         CREATE TABLE run (id int PRIMARY KEY);
+         CREATE TABLE shadow.run (id int PRIMARY KEY, tries int NOT NULL DEFAULT 0,
+                                  seq int GENERATED ALWAYS AS IDENTITY, weight shadow.positive);
+         SELECT \"Stats\".pg_stat_statements_reset();",
+    );
+    let app = connect_as(&db, "app").await;
+    for sql in [
+        "INSERT INTO dag (id, name) VALUES (1, 'a')",
+        "INSERT INTO note VALUES (1, 'x')",
+        "INSERT INTO job (id) VALUES (1)",
+        "INSERT INTO run (id) VALUES (1)",
+    ] {
+        app.simple_query(sql).await.unwrap();
+    }
+    let c = db.client().await;
+    let report = impact::check_workload(&c, &public_shadow(), &opts())
+        .await
+        .unwrap();
+    let mut failing: Vec<(&str, &str)> = report
+        .failing
+        .iter()
+        .map(|f| (f.query.as_str(), f.error.as_str()))
+        .collect();
+    failing.sort();
+    assert_eq!(
+        failing,
+        vec![
+            (
+                "INSERT INTO dag (id, name) VALUES ($1, $2)",
+                "null value in column \"max_runs\" of relation \"dag\" violates not-null constraint (the statement does not set it, and it has no default)"
+            ),
+            (
+                "INSERT INTO note VALUES ($1, $2)",
+                "null value in column \"lang\" of relation \"note\" violates not-null constraint (the statement does not set it, and it has no default)"
+            ),
+        ],
+        "{report:#?}"
+    );
+    assert_eq!(report.checked, 4, "{report:#?}");
+}

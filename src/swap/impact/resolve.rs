@@ -70,6 +70,71 @@ pub enum Parsed {
     Other,
 }
 
+/// The table an INSERT writes and the columns it sets (see
+/// [`insert_target`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InsertTarget {
+    /// As written, quoted for `to_regclass` (`"shadow"."dag"`, `"dag"`).
+    pub relation: String,
+    pub sets: InsertColumns,
+}
+
+/// The columns an INSERT sets.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum InsertColumns {
+    /// Named: `INSERT INTO t (a, b)` (none: `DEFAULT VALUES`).
+    Named(Vec<String>),
+    /// By position: `INSERT INTO t VALUES ($1, $2)` sets the first two.
+    First(usize),
+}
+
+/// What one INSERT statement sets, when the text tells: named columns, or
+/// the first n by position for `VALUES` rows of n items (the shortest row).
+/// None for any other statement, and for an INSERT of a `SELECT` without a
+/// column list.
+pub fn insert_target(query: &str) -> Option<InsertTarget> {
+    use pg_query::NodeEnum as N;
+    let parsed = pg_query::parse(query, 0).ok()?;
+    let [stmt] = parsed.protobuf.stmts.as_slice() else {
+        return None;
+    };
+    let Some(N::InsertStmt(ins)) = stmt.stmt.as_ref().and_then(|n| n.node.as_ref()) else {
+        return None;
+    };
+    let rel = ins.relation.as_ref()?;
+    let relation = if rel.schemaname.is_empty() {
+        crate::pg::ident::quote_ident(&rel.relname)
+    } else {
+        crate::pg::ident::qualified(&rel.schemaname, &rel.relname)
+    };
+    let sets = if !ins.cols.is_empty() {
+        InsertColumns::Named(
+            ins.cols
+                .iter()
+                .filter_map(|c| match c.node.as_ref()? {
+                    N::ResTarget(r) => Some(r.name.clone()),
+                    _ => None,
+                })
+                .collect(),
+        )
+    } else {
+        match ins.select_stmt.as_ref().and_then(|n| n.node.as_ref()) {
+            None => InsertColumns::Named(Vec::new()),
+            Some(N::SelectStmt(sel)) if !sel.values_lists.is_empty() => InsertColumns::First(
+                sel.values_lists
+                    .iter()
+                    .filter_map(|l| match l.node.as_ref()? {
+                        N::List(l) => Some(l.items.len()),
+                        _ => None,
+                    })
+                    .min()?,
+            ),
+            _ => return None,
+        }
+    };
+    Some(InsertTarget { relation, sets })
+}
+
 /// Is the parse one SELECT, INSERT, UPDATE, DELETE or MERGE (what
 /// `PREPARE … AS` takes whole)?
 fn one_dml(parsed: &pg_query::ParseResult) -> bool {
@@ -1052,6 +1117,31 @@ mod tests {
             m.map("CHECK ((note <> 'shadow.email'::text))"),
             "CHECK ((note <> 'shadow.email'::text))"
         );
+    }
+
+    #[test]
+    fn what_an_insert_sets() {
+        let t = |q: &str| insert_target(q);
+        assert_eq!(
+            t("INSERT INTO dag (dag_id, is_paused) VALUES ($1, $2) ON CONFLICT DO NOTHING"),
+            Some(InsertTarget {
+                relation: "\"dag\"".into(),
+                sets: InsertColumns::Named(vec!["dag_id".into(), "is_paused".into()]),
+            })
+        );
+        assert_eq!(
+            t("INSERT INTO \"Shadow\".\"Dag\" VALUES ($1, $2), ($3, $4, $5)"),
+            Some(InsertTarget {
+                relation: "\"Shadow\".\"Dag\"".into(),
+                sets: InsertColumns::First(2),
+            })
+        );
+        assert_eq!(
+            t("INSERT INTO t DEFAULT VALUES").map(|t| t.sets),
+            Some(InsertColumns::Named(Vec::new()))
+        );
+        assert_eq!(t("INSERT INTO t SELECT * FROM u"), None);
+        assert_eq!(t("UPDATE t SET a = $1"), None);
     }
 
     #[test]

@@ -880,6 +880,74 @@ struct Checker<'a> {
 }
 
 impl Checker<'_> {
+    /// The error every call of the INSERT `target` will get after the swap
+    /// (with `path`): a column of its table that is NOT NULL without a
+    /// default (its own, its domain's, identity or generated) that it does
+    /// not set. None when it sets them all, or when a BEFORE INSERT row
+    /// trigger or an INSERT rule of the table may set them.
+    async fn unset_required(
+        &self,
+        target: &resolve::InsertTarget,
+        path: &[String],
+    ) -> Result<Option<String>> {
+        let (named, first): (Vec<String>, i64) = match &target.sets {
+            resolve::InsertColumns::Named(n) => (n.clone(), -1),
+            resolve::InsertColumns::First(n) => (Vec::new(), *n as i64),
+        };
+        let client = self.client;
+        client
+            .batch_execute(&format!(
+                "BEGIN READ ONLY; SET LOCAL search_path = {}",
+                path_sql(path)
+            ))
+            .await
+            .context("starting a read-only check")?;
+        let row = client
+            .query_opt(
+                "WITH t AS (SELECT pg_catalog.to_regclass($1) AS oid),
+                      cols AS (SELECT a.attname, a.attnotnull, a.atthasdef, a.attidentity, a.attgenerated,
+                                      a.atttypid, pg_catalog.row_number() OVER (ORDER BY a.attnum) AS pos
+                                 FROM pg_catalog.pg_attribute a, t
+                                WHERE a.attrelid = t.oid AND a.attnum > 0 AND NOT a.attisdropped)
+                 SELECT c.attname::text, r.relname::text
+                   FROM cols c, t JOIN pg_catalog.pg_class r ON r.oid = t.oid
+                  WHERE c.attnotnull AND NOT c.atthasdef AND c.attidentity = '' AND c.attgenerated = ''
+                    AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_type d
+                                     WHERE d.oid = c.atttypid AND d.typdefaultbin IS NOT NULL)
+                    AND CASE WHEN $3::int8 < 0 THEN NOT (c.attname::text = ANY ($2)) ELSE c.pos > $3::int8 END
+                    AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_trigger g
+                                     WHERE g.tgrelid = t.oid AND NOT g.tgisinternal AND g.tgenabled <> 'D'
+                                       AND (g.tgtype & 7) = 7)
+                    AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_rewrite w
+                                     WHERE w.ev_class = t.oid AND w.ev_type = '3')
+                  ORDER BY c.pos LIMIT 1",
+                &[&target.relation, &named, &first],
+            )
+            .await;
+        client
+            .batch_execute("ROLLBACK")
+            .await
+            .context("ending a read-only check")?;
+        // A catalog read that fails leaves the statement as described.
+        let row = match row {
+            Ok(row) => row,
+            Err(e) => {
+                tracing::debug!(
+                    "reading the columns an INSERT must set: {}",
+                    crate::pg::conn::connect::describe_pg_error(&e)
+                );
+                None
+            }
+        };
+        Ok(row.map(|r| {
+                format!(
+                    "null value in column {} of relation {} violates not-null constraint (the statement does not set it, and it has no default)",
+                    crate::pg::ident::quote_ident(r.get(0)),
+                    crate::pg::ident::quote_ident(r.get(1))
+                )
+            }))
+    }
+
     /// Parse and describe `sql` in a read-only transaction with `path`; the
     /// transaction is always rolled back. A statement that does not parse is
     /// found by the quiet probe first where it can run, so the server logs
@@ -1054,6 +1122,14 @@ async fn check_one(
                 resolve::map_error(&e.message, pairs, &p.res.qualified_calls)
             )));
         }
+    }
+    // An INSERT that does not set a column the incoming table requires (a new
+    // NOT NULL column without a default) describes fine and fails on every
+    // call.
+    if let Some(target) = resolve::insert_target(&p.res.rewritten)
+        && let Some(err) = checker.unset_required(&target, &p.res.future_path).await?
+    {
+        return Ok(Outcome::Failing(err));
     }
     Ok(Outcome::Described(today.columns, future.columns))
 }
