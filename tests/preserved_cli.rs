@@ -1736,3 +1736,52 @@ fn a_column_drawing_from_another_sequence_than_its_own_continues_after_it() {
         "920"
     );
 }
+
+/// A unique value that moves from one row to another (row 20010 gives up
+/// `e20010` in a key shift whose apply to the shadow fails on the email key,
+/// row 1 takes it), with the two rows' changelog entries in different replay
+/// batches of 10,000: replaying the first batch re-inserted row 1 beside the
+/// shadow's stale row 20010, and prepare, status, the dry run and every swap
+/// refused a row that is valid ("fix that row"). A batch that meets a unique
+/// violation is now replayed with the whole changelog, which is consistent.
+#[test]
+fn a_unique_value_moved_between_rows_of_different_replay_batches_is_no_rejection() {
+    let dbs = TestDbs::new("uniq_moved");
+    dbs.src
+        .psql("CREATE TABLE u (id int PRIMARY KEY, email text UNIQUE, n int)");
+    dbs.dst.psql(
+        "CREATE TABLE u (id int PRIMARY KEY, email text UNIQUE, n int);
+         INSERT INTO u SELECT g, 'e' || g, 0 FROM generate_series(1, 15000) g;
+         INSERT INTO u SELECT g, 'e' || g, 0 FROM generate_series(20000, 20010) g ORDER BY g DESC;",
+    );
+    let wd = Workdir::new();
+    let dst = dbs.dst.url();
+    assert_success(&wd.prepare(&dbs, &["--preserved-tables", "u"]));
+    dbs.dst.psql("UPDATE u SET n = n + 1 WHERE id = 1");
+    dbs.dst
+        .psql("UPDATE u SET n = n + 1 WHERE id BETWEEN 1000 AND 11100");
+    dbs.dst.psql(
+        "UPDATE u SET id = id + 1, email = CASE WHEN id = 20010 THEN NULL ELSE email END
+          WHERE id BETWEEN 20000 AND 20010",
+    );
+    dbs.dst.psql("UPDATE u SET email = 'e20010' WHERE id = 1");
+    assert_eq!(
+        dbs.dst
+            .psql("SELECT id FROM shadow.u WHERE email = 'e20010'"),
+        "20010",
+        "the key shift was applied to the shadow: the case is not set up"
+    );
+    let st = json_of(&wd, &["status", "--dest", &dst, "--json"]);
+    assert_eq!(st["swap_allowed"], true, "{st}");
+    let dry = json_of(&wd, &["swap", "--dest", &dst, "--dry-run", "--json"]);
+    assert!(dry["swap"]["refusal"].is_null(), "{dry}");
+    let before = dbs
+        .dst
+        .psql("SELECT md5(string_agg(u::text, ',' ORDER BY id)) FROM u");
+    assert_success(&wd.run(&["swap", "--dest", &dst]));
+    assert_eq!(
+        dbs.dst
+            .psql("SELECT md5(string_agg(u::text, ',' ORDER BY id)) FROM u"),
+        before
+    );
+}

@@ -46,7 +46,9 @@
 //!   current rows of `public.T` for those keys (`ON CONFLICT DO NOTHING`: a
 //!   concurrent apply holds a row at least as new),
 //!   delete exactly those ids (never "id <= watermark": ids are assigned at insert,
-//!   not at commit). A TRUNCATE marker in the batch means a full resync. Whatever
+//!   not at commit). A batch that meets a unique violation is replayed with the
+//!   whole changelog instead: a unique value that moved between two rows whose
+//!   entries fall in different batches collides with the shadow's stale row. A TRUNCATE marker in the batch means a full resync. Whatever
 //!   interleaving of applies and replays happened, a key whose last change was
 //!   replayed is right (the replay read the row after that change committed), and
 //!   a key whose last change was not replayed is still in the changelog. The last
@@ -1698,11 +1700,39 @@ async fn replay_batch(client: &Client, l: &Live, limit: i64) -> Result<u64> {
             .map_err(|e| replay_error(e, &what))?;
         return Ok(n);
     }
+    // A unique value can move from one row to another (row 2 gives up an
+    // email, row 1 takes it). When this batch holds row 1's entry and a later
+    // one row 2's, the shadow still has row 2's old value and re-inserting
+    // row 1 collides with it, however valid both rows are. Every shadow row
+    // that differs from the destination's has an entry, so the whole
+    // changelog at once is consistent: a bounded batch that meets a unique
+    // (or exclusion) violation is replayed whole instead.
+    let bounded = ids.len() as i64 >= limit;
+    if bounded {
+        exec(client, "SAVEPOINT pgshift_batch", &what).await?;
+    }
     delete_keys(client, l, &ids, &what).await?;
-    client
+    match client
         .execute(l.reinsert_keys_sql().as_str(), &[&ids])
         .await
-        .map_err(|e| replay_error(e, &what))?;
+    {
+        Ok(_) => {}
+        Err(e)
+            if bounded
+                && e.code().is_some_and(|c| {
+                    c == &tokio_postgres::error::SqlState::UNIQUE_VIOLATION
+                        || c == &tokio_postgres::error::SqlState::EXCLUSION_VIOLATION
+                }) =>
+        {
+            exec(client, "ROLLBACK TO SAVEPOINT pgshift_batch", &what).await?;
+            tracing::debug!(
+                table = %l.name,
+                "a unique value moved between rows of different replay batches: replaying the whole changelog at once"
+            );
+            return Box::pin(replay_batch(client, l, i64::MAX)).await;
+        }
+        Err(e) => return Err(replay_error(e, &what)),
+    }
     client
         .execute(
             format!("DELETE FROM {} WHERE id = ANY($1)", l.log_rel).as_str(),
@@ -1710,6 +1740,9 @@ async fn replay_batch(client: &Client, l: &Live, limit: i64) -> Result<u64> {
         )
         .await
         .map_err(|e| pg_error_as(e, &what))?;
+    if bounded {
+        exec(client, "RELEASE SAVEPOINT pgshift_batch", &what).await?;
+    }
     Ok(ids.len() as u64)
 }
 
