@@ -1785,3 +1785,56 @@ fn a_unique_value_moved_between_rows_of_different_replay_batches_is_no_rejection
         before
     );
 }
+
+/// A transaction that holds a preserved table past every retry of the sync
+/// triggers' creation fails prepare; the error now names it, as the swap
+/// names what it waited for (it said only "canceling statement due to lock
+/// timeout").
+#[test]
+fn a_transaction_holding_a_preserved_table_is_named_when_prepare_gives_up() {
+    let dbs = TestDbs::new("sync_held");
+    dbs.src
+        .psql("CREATE TABLE acct (id int PRIMARY KEY, n int)");
+    dbs.dst
+        .psql("CREATE TABLE acct (id int PRIMARY KEY, n int); INSERT INTO acct VALUES (1, 0)");
+    let info = dbs.dst.server().clone();
+    let db = dbs.dst.name().to_string();
+    let holder = std::thread::spawn(move || {
+        info.psql(
+            &db,
+            "BEGIN; UPDATE acct SET n = 1; SELECT pg_sleep(6); COMMIT;",
+        );
+    });
+    let started = std::time::Instant::now();
+    while dbs.dst.psql(
+        "SELECT count(*) FROM pg_locks WHERE relation = 'acct'::regclass AND mode = 'RowExclusiveLock' AND granted",
+    ) == "0"
+    {
+        assert!(started.elapsed() < std::time::Duration::from_secs(10));
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let wd = Workdir::new();
+    std::fs::write(wd.join("pgshift.toml"), "swap_retries = 1\n").unwrap();
+    let out = wd.run(&[
+        "prepare",
+        "--source",
+        &dbs.src.url(),
+        "--dest",
+        &dbs.dst.url(),
+        "--preserved-tables",
+        "acct",
+        "--lock-timeout",
+        "100ms",
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    let last = err.trim_end().lines().last().unwrap();
+    assert!(
+        last.contains("creating the sync triggers on acct")
+            && last.contains("creating the sync triggers on acct was held up by pid ")
+            && last.contains("pgshift-test-harness, active)")
+            && last.contains("end that transaction (or wait for it), then prepare again"),
+        "{err}"
+    );
+    holder.join().unwrap();
+}

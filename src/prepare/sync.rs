@@ -1551,13 +1551,56 @@ pub(crate) async fn column_sequences(client: &Client, rel: u32) -> Result<Vec<Se
 }
 
 /// Run `sql` (a whole transaction, `BEGIN … COMMIT`) with retries on lock timeouts.
-async fn run_with_lock_retries(client: &Client, sql: &str, what: &str, retries: u32) -> Result<()> {
-    retry(what, RetryPolicy::new(retries), None, || async {
+async fn run_with_lock_retries(
+    client: &Client,
+    sql: &str,
+    what: &str,
+    rel: &str,
+    retries: u32,
+) -> Result<()> {
+    let out = retry(what, RetryPolicy::new(retries), None, || async {
         rollback_on_err(client, exec(client, sql, what).await).await
     })
     .await
     .map(|_| ())
-    .map_err(Stop::into_error)
+    .map_err(Stop::into_error);
+    match out {
+        Err(e)
+            if PgError::code_in(&e)
+                .is_some_and(|c| c == tokio_postgres::error::SqlState::LOCK_NOT_AVAILABLE) =>
+        {
+            let holders = lock_holders(client, rel).await;
+            if holders.is_empty() {
+                Err(e)
+            } else {
+                Err(e.context(format!(
+                    "{what} was held up by {}: end that transaction (or wait for it), then prepare again",
+                    holders.join(", ")
+                )))
+            }
+        }
+        out => out,
+    }
+}
+
+/// The sessions holding a lock on `rel` (quoted and qualified), as the swap
+/// names them: `pid 4242 (app, psql, idle in transaction)`. Best effort:
+/// empty when they cannot be read.
+async fn lock_holders(client: &Client, rel: &str) -> Vec<String> {
+    client
+        .query(
+            "SELECT 'pid ' || a.pid || ' (' || concat_ws(', ', a.usename::text, NULLIF(a.application_name, ''),
+                    NULLIF(a.backend_type, 'client backend'), a.state) || ')'
+               FROM pg_catalog.pg_locks l
+               JOIN pg_catalog.pg_stat_activity a ON a.pid = l.pid
+              WHERE l.granted AND l.locktype = 'relation' AND l.pid <> pg_catalog.pg_backend_pid()
+                AND l.relation = pg_catalog.to_regclass($1)
+              ORDER BY a.pid LIMIT 3",
+            &[&rel],
+        )
+        .await
+        .map(|rows| rows.iter().map(|r| r.get(0)).collect())
+        .unwrap_or_default()
 }
 
 /// Copy the destination's rows into the shadow and start the sync, table by
@@ -1578,7 +1621,14 @@ pub async fn setup(
         let started = Instant::now();
         // DDL on the live table: one transaction, retried on lock timeouts.
         let ddl = async |sql: &str, what: &str| {
-            run_with_lock_retries(dest, sql, &format!("{what} {}", t.shown()), retries).await
+            run_with_lock_retries(
+                dest,
+                sql,
+                &format!("{what} {}", t.shown()),
+                &live.public_rel,
+                retries,
+            )
+            .await
         };
 
         // 1. Changelog, log-only functions, triggers.
