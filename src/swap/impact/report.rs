@@ -58,22 +58,15 @@ pub fn summary_of(i: &Impact, op: Operation) -> String {
             plural(i.unknown_writes.len(), "table")
         ));
     }
-    let breaking = i
-        .hazards
-        .iter()
-        .filter(|h| h.effect == Effect::Breaks)
-        .count();
+    let with_effect = |e: Effect| i.hazards.iter().filter(|h| h.effect == e).count();
+    let breaking = with_effect(Effect::Breaks);
     if breaking > 0 {
         parts.push(plural(breaking, "breaking schema change"));
     }
     // Neither the server's parse of the statements nor their result types
     // show a write a new constraint will reject: the summary must not say
     // "nothing found" over them.
-    let rejecting = i
-        .hazards
-        .iter()
-        .filter(|h| h.effect == Effect::RejectsWrites)
-        .count();
+    let rejecting = with_effect(Effect::RejectsWrites);
     if rejecting > 0 {
         parts.push(format!(
             "{} that may reject writes",
