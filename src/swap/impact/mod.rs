@@ -317,13 +317,24 @@ impl Impact {
     }
 
     /// The `rejects_writes` changes to objects recorded statements use (a new
-    /// NOT NULL column of a table the application inserts into): warnings,
-    /// never a refusal, since whether a write is refused depends on its
-    /// values (and the statement may only read).
+    /// CHECK of a table the application writes): warnings, never a refusal,
+    /// since whether a write is refused depends on its values (and the
+    /// statement may only read). A new column's NOT NULL is left out: only
+    /// an INSERT can meet it, and each recorded INSERT that does not set it
+    /// is a failing statement already.
     pub fn rejecting(&self) -> Vec<String> {
+        let added = |object: &str| {
+            self.hazards
+                .iter()
+                .any(|a| a.code == "COLUMN_ADDED" && a.object == object)
+        };
         self.hazards
             .iter()
-            .filter(|h| h.effect == Effect::RejectsWrites && self.statements.uses(&h.object))
+            .filter(|h| {
+                h.effect == Effect::RejectsWrites
+                    && self.statements.uses(&h.object)
+                    && !(h.code == "NOT_NULL_ADDED" && added(&h.object))
+            })
             .map(|h| {
                 format!(
                     "{} {} ({}): recorded statements use it, and their writes may be refused",
@@ -366,6 +377,39 @@ mod tests {
         assert_eq!(display_table("billing", "invoices"), "billing.invoices");
         assert_eq!(display_table("public", "Order"), "\"Order\"");
         assert_eq!(qualified_display("public", "accounts"), "public.accounts");
+    }
+
+    /// A new column's NOT NULL is no warning of its own: the recorded INSERTs
+    /// that leave it out are failing statements. A new CHECK of a table the
+    /// application uses is.
+    #[test]
+    fn what_may_reject_the_applications_writes() {
+        let mut i = Impact::default();
+        let h = |code: &str, effect, object: &str| Hazard {
+            code: code.into(),
+            effect,
+            object: object.into(),
+            detail: "d".into(),
+        };
+        i.hazards = vec![
+            h("COLUMN_ADDED", Effect::Info, "public.dag.runs"),
+            h("NOT_NULL_ADDED", Effect::RejectsWrites, "public.dag.runs"),
+            h("NOT_NULL_ADDED", Effect::RejectsWrites, "public.dag.name"),
+            h("CHECK_ADDED", Effect::RejectsWrites, "public.dag.dag_check"),
+            h(
+                "CHECK_ADDED",
+                Effect::RejectsWrites,
+                "public.quiet.quiet_check",
+            ),
+        ];
+        i.statements.used_objects = vec!["public.dag".into()];
+        assert_eq!(
+            i.rejecting(),
+            vec![
+                "NOT_NULL_ADDED public.dag.name (d): recorded statements use it, and their writes may be refused",
+                "CHECK_ADDED public.dag.dag_check (d): recorded statements use it, and their writes may be refused",
+            ]
+        );
     }
 
     /// A breaking change no visible statement uses is breaking all the same
