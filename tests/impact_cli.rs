@@ -8,12 +8,14 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::process::{Child, Output, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use common::{Cluster, TestDb, TestDbs, Workdir, assert_success, catalog_fingerprint, create_role};
+use common::{
+    Cluster, TestDb, TestDbs, Workdir, assert_success, catalog_fingerprint, create_role,
+    with_child_paused,
+};
 use serde_json::{Value, json};
 use tokio_postgres::NoTls;
 
@@ -89,41 +91,6 @@ fn spawn(wd: &Workdir, args: &[&str], env: &[(&str, &str)]) -> Child {
         cmd.env(k, v);
     }
     cmd.spawn().expect("spawn pgshift")
-}
-
-/// Wait for `child` to log a line containing `needle` on stderr, then let it
-/// finish (the caller acts in between through `act`); returns its output
-/// with the whole of stderr.
-fn with_child_paused(mut child: Child, needle: &str, act: impl FnOnce()) -> Output {
-    let stderr = child.stderr.take().expect("stderr piped");
-    let (tx, rx) = std::sync::mpsc::channel();
-    let wanted = needle.to_string();
-    let reader = std::thread::spawn(move || {
-        let mut seen = Vec::new();
-        for line in BufReader::new(stderr).lines() {
-            let line = line.expect("stderr line");
-            if line.contains(&wanted) {
-                let _ = tx.send(());
-            }
-            seen.push(line);
-        }
-        seen
-    });
-    let paused = rx.recv_timeout(Duration::from_secs(60)).is_ok();
-    if paused {
-        act();
-    }
-    let out = child.wait_with_output().expect("wait for pgshift");
-    let seen = reader.join().expect("stderr reader");
-    assert!(
-        paused,
-        "pgshift never logged {needle:?}:\n{}",
-        seen.join("\n")
-    );
-    Output {
-        stderr: seen.join("\n").into_bytes(),
-        ..out
-    }
 }
 
 fn status(wd: &Workdir, db: &TestDb, extra: &[&str]) -> Value {

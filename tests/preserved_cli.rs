@@ -1838,3 +1838,68 @@ fn a_transaction_holding_a_preserved_table_is_named_when_prepare_gives_up() {
     );
     holder.join().unwrap();
 }
+
+/// A unique value that moves while a replay runs: the replay picked row 1's
+/// entry, then row 2 gave up `e2` and row 1 took it, and the sync triggers'
+/// applies of both gave up (a session held row 2's shadow copy, as the
+/// replay's own row locks do). Re-inserting row 1 met the shadow's stale row
+/// 2, and the swap failed, calling a valid row one the source rejects. A
+/// collision with entries written since the pick is now a moment's, retried;
+/// the next replay picks row 2's entry too.
+#[test]
+fn a_unique_value_moved_during_a_replay_is_retried() {
+    let dbs = TestDbs::new("uniq_during");
+    dbs.src
+        .psql("CREATE TABLE u (id int PRIMARY KEY, email text UNIQUE, n int)");
+    dbs.dst.psql(
+        "CREATE TABLE u (id int PRIMARY KEY, email text UNIQUE, n int);
+         INSERT INTO u SELECT g, 'e' || g, 0 FROM generate_series(1, 100) g;",
+    );
+    let wd = Workdir::new();
+    let dst = dbs.dst.url();
+    assert_success(&wd.prepare(&dbs, &["--preserved-tables", "u"]));
+    // Row 1's entry, which the swap's catch-up picks and then pauses on.
+    dbs.dst.psql("UPDATE u SET n = n + 1 WHERE id = 1");
+    let mut cmd = wd.cmd();
+    cmd.args(["swap", "--dest", &dst])
+        .env("PGSHIFT_FAILPOINT", "replay-picked:sleep=2000")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let child = cmd.spawn().unwrap();
+    let out = common::with_child_paused(child, "pausing 2000 ms at replay-picked", || {
+        let info = dbs.dst.server().clone();
+        let db = dbs.dst.name().to_string();
+        let holder = std::thread::spawn(move || {
+            info.psql(
+                &db,
+                "BEGIN; SELECT 1 FROM shadow.u WHERE id = 2 FOR UPDATE; SELECT pg_sleep(0.8); COMMIT;",
+            );
+        });
+        let started = std::time::Instant::now();
+        while dbs.dst.psql(
+            "SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'SELECT pg_sleep(0.8)%' AND state = 'active'",
+        ) == "0"
+        {
+            assert!(started.elapsed() < std::time::Duration::from_secs(10));
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        dbs.dst.psql(
+            "UPDATE u SET email = NULL WHERE id = 2;
+             UPDATE u SET email = 'e2' WHERE id = 1;",
+        );
+        assert_eq!(
+            dbs.dst.psql("SELECT email FROM shadow.u WHERE id = 2"),
+            "e2",
+            "the applies went through: the case is not set up"
+        );
+        holder.join().unwrap();
+    });
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert!(err.contains("moved while the replay ran"), "{err}");
+    assert_eq!(
+        dbs.dst
+            .psql("SELECT string_agg(id || ':' || coalesce(email, '-'), ',' ORDER BY id) FROM u WHERE id <= 2"),
+        "1:e2,2:-"
+    );
+}

@@ -48,7 +48,10 @@
 //!   delete exactly those ids (never "id <= watermark": ids are assigned at insert,
 //!   not at commit). A batch that meets a unique violation is replayed with the
 //!   whole changelog instead: a unique value that moved between two rows whose
-//!   entries fall in different batches collides with the shadow's stale row. A TRUNCATE marker in the batch means a full resync. Whatever
+//!   entries fall in different batches collides with the shadow's stale row.
+//!   One that moves while a replay runs collides the same way: a collision
+//!   with entries written since the pick is retried (outside the swap's locks;
+//!   under them nothing writes). A TRUNCATE marker in the batch means a full resync. Whatever
 //!   interleaving of applies and replays happened, a key whose last change was
 //!   replayed is right (the replay read the row after that change committed), and
 //!   a key whose last change was not replayed is still in the changelog. The last
@@ -1720,9 +1723,17 @@ pub async fn setup(
 // Replay
 // ---------------------------------------------------------------------------------------
 
+/// Whether the application may write `T` while a replay runs: it may, but for
+/// the swap's final replay, under its ACCESS EXCLUSIVE locks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Writes {
+    Concurrent,
+    Locked,
+}
+
 /// One replay batch in the current transaction: the oldest `limit` changelog
 /// entries. Returns the number of entries consumed.
-async fn replay_batch(client: &Client, l: &Live, limit: i64) -> Result<u64> {
+async fn replay_batch(client: &Client, l: &Live, limit: i64, writes: Writes) -> Result<u64> {
     let what = format!("replaying the changelog of {}", l.name);
     let row = client
         .query_one(l.pick_sql().as_str(), &[&limit])
@@ -1756,9 +1767,21 @@ async fn replay_batch(client: &Client, l: &Live, limit: i64) -> Result<u64> {
     // row 1 collides with it, however valid both rows are. Every shadow row
     // that differs from the destination's has an entry, so the whole
     // changelog at once is consistent: a bounded batch that meets a unique
-    // (or exclusion) violation is replayed whole instead.
+    // (or exclusion) violation is replayed whole instead. It is consistent
+    // as of its reads, though: a value that moves while it runs (the giving
+    // row's entry comes after the ones it picked, and its trigger's apply
+    // gave up behind the replay's own row locks) collides the same way. Such
+    // a collision, with entries written since the pick, is a moment's, and
+    // is retried ([`Transient`]; the swap's final replay, under its locks,
+    // meets no writes).
+    if writes == Writes::Concurrent {
+        crate::migration::session::failpoint("replay-picked").await?;
+    }
     let bounded = ids.len() as i64 >= limit;
-    if bounded {
+    // Under the swap's locks, only a bounded batch has anything to go back
+    // to: the final replay's usual single batch costs no round trip more.
+    let savepoint = bounded || writes == Writes::Concurrent;
+    if savepoint {
         exec(client, "SAVEPOINT pgshift_batch", &what).await?;
     }
     delete_keys(client, l, &ids, &what).await?;
@@ -1767,19 +1790,31 @@ async fn replay_batch(client: &Client, l: &Live, limit: i64) -> Result<u64> {
         .await
     {
         Ok(_) => {}
-        Err(e)
-            if bounded
-                && e.code().is_some_and(|c| {
-                    c == &tokio_postgres::error::SqlState::UNIQUE_VIOLATION
-                        || c == &tokio_postgres::error::SqlState::EXCLUSION_VIOLATION
-                }) =>
-        {
+        Err(e) if savepoint && moved_value(&e) => {
             exec(client, "ROLLBACK TO SAVEPOINT pgshift_batch", &what).await?;
-            tracing::debug!(
-                table = %l.name,
-                "a unique value moved between rows of different replay batches: replaying the whole changelog at once"
-            );
-            return Box::pin(replay_batch(client, l, i64::MAX)).await;
+            if bounded {
+                tracing::debug!(
+                    table = %l.name,
+                    "a unique value moved between rows of different replay batches: replaying the whole changelog at once"
+                );
+                return Box::pin(replay_batch(client, l, i64::MAX, writes)).await;
+            }
+            let last = ids.iter().max().copied().unwrap_or(0);
+            let newer: bool = client
+                .query_one(
+                    format!("SELECT EXISTS (SELECT 1 FROM {} WHERE id > $1)", l.log_rel).as_str(),
+                    &[&last],
+                )
+                .await
+                .map_err(|e| pg_error_as(e, &what))?
+                .get(0);
+            if newer {
+                return Err(anyhow::Error::new(crate::pg::exec::Transient(format!(
+                    "a unique value of {} moved while the replay ran",
+                    l.name
+                ))));
+            }
+            return Err(replay_error(e, &what));
         }
         Err(e) => return Err(replay_error(e, &what)),
     }
@@ -1790,10 +1825,19 @@ async fn replay_batch(client: &Client, l: &Live, limit: i64) -> Result<u64> {
         )
         .await
         .map_err(|e| pg_error_as(e, &what))?;
-    if bounded {
+    if savepoint {
         exec(client, "RELEASE SAVEPOINT pgshift_batch", &what).await?;
     }
     Ok(ids.len() as u64)
+}
+
+/// A unique or exclusion violation: what a value that moved between rows
+/// replayed apart meets (see [`replay_batch`]).
+fn moved_value(e: &tokio_postgres::Error) -> bool {
+    e.code().is_some_and(|c| {
+        c == &tokio_postgres::error::SqlState::UNIQUE_VIOLATION
+            || c == &tokio_postgres::error::SqlState::EXCLUSION_VIOLATION
+    })
 }
 
 /// The shadow's rows of the keys logged under `ids`. A key logged in the
@@ -1849,7 +1893,7 @@ async fn replay_txn(client: &Client, l: &Live, lock_timeout: Duration) -> Result
         "starting a replay",
     )
     .await?;
-    match replay_batch(client, l, BATCH).await {
+    match replay_batch(client, l, BATCH, Writes::Concurrent).await {
         Ok(n) => {
             exec(client, "COMMIT", "committing a replay").await?;
             Ok(n)
@@ -2066,7 +2110,7 @@ async fn trial(client: &Client, l: &Live) -> Result<()> {
         .map_err(|e| pg_error_as(e, &what))?;
     let (first, truncated): (Vec<i64>, bool) = (row.get(0), row.get(1));
     if !truncated && (first.len() as i64) < BATCH {
-        replay_batch(client, l, BATCH).await?;
+        replay_batch(client, l, BATCH, Writes::Concurrent).await?;
         return Ok(());
     }
     let copy = trial_table(client, l, &what).await?;
@@ -2080,7 +2124,7 @@ async fn trial(client: &Client, l: &Live) -> Result<()> {
         .await
         .map_err(|e| replay_error(e, &what))?;
     if !truncated {
-        replay_batch(client, l, BATCH).await?;
+        replay_batch(client, l, BATCH, Writes::Concurrent).await?;
     }
     Ok(())
 }
@@ -2138,7 +2182,7 @@ pub async fn final_sync(
         let l = describe(client, t).await?;
         let mut replayed = 0;
         loop {
-            let n = replay_batch(client, &l, FINAL_BATCH).await?;
+            let n = replay_batch(client, &l, FINAL_BATCH, Writes::Locked).await?;
             if n == 0 {
                 break;
             }

@@ -392,3 +392,43 @@ pub fn assert_same_ddl(src: &TestDb, dst: &TestDb) {
         );
     }
 }
+
+/// Wait for `child` to log a line containing `needle` on stderr, then let it
+/// finish (the caller acts in between through `act`); returns its output
+/// with the whole of stderr.
+pub fn with_child_paused(
+    mut child: std::process::Child,
+    needle: &str,
+    act: impl FnOnce(),
+) -> std::process::Output {
+    let stderr = child.stderr.take().expect("stderr piped");
+    let (tx, rx) = std::sync::mpsc::channel();
+    let wanted = needle.to_string();
+    let reader = std::thread::spawn(move || {
+        use std::io::BufRead;
+        let mut seen = Vec::new();
+        for line in std::io::BufReader::new(stderr).lines() {
+            let line = line.expect("stderr line");
+            if line.contains(&wanted) {
+                let _ = tx.send(());
+            }
+            seen.push(line);
+        }
+        seen
+    });
+    let paused = rx.recv_timeout(std::time::Duration::from_secs(60)).is_ok();
+    if paused {
+        act();
+    }
+    let out = child.wait_with_output().expect("wait for pgshift");
+    let seen = reader.join().expect("stderr reader");
+    assert!(
+        paused,
+        "pgshift never logged {needle:?}:\n{}",
+        seen.join("\n")
+    );
+    std::process::Output {
+        stderr: seen.join("\n").into_bytes(),
+        ..out
+    }
+}
