@@ -1833,7 +1833,15 @@ fn a_transaction_holding_a_preserved_table_is_named_when_prepare_gives_up() {
         last.contains("creating the sync triggers on acct")
             && last.contains("creating the sync triggers on acct was held up by pid ")
             && last.contains("pgshift-test-harness, active)")
-            && last.contains("end that transaction (or wait for it), then prepare again"),
+            && last.contains("end that transaction (or wait for it), then prepare again")
+            && last.matches("creating the sync triggers on acct").count() == 1,
+        "{err}"
+    );
+    // So does the warning before each retry.
+    assert!(
+        err.lines().any(|l| l.contains("WARN")
+            && l.contains("creating the sync triggers on acct: held up by pid ")
+            && l.contains("rolled back, retrying")),
         "{err}"
     );
     holder.join().unwrap();

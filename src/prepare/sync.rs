@@ -1553,7 +1553,9 @@ pub(crate) async fn column_sequences(client: &Client, rel: u32) -> Result<Vec<Se
     .await
 }
 
-/// Run `sql` (a whole transaction, `BEGIN … COMMIT`) with retries on lock timeouts.
+/// Run `sql` (a whole transaction, `BEGIN … COMMIT`) on `rel` with retries on
+/// lock timeouts. Each retry's warning, and the error when they are spent,
+/// name the sessions holding `rel`, as the swap's do.
 async fn run_with_lock_retries(
     client: &Client,
     sql: &str,
@@ -1561,28 +1563,51 @@ async fn run_with_lock_retries(
     rel: &str,
     retries: u32,
 ) -> Result<()> {
+    let lock_timeout = |e: &anyhow::Error| {
+        PgError::code_in(e)
+            .is_some_and(|c| c == tokio_postgres::error::SqlState::LOCK_NOT_AVAILABLE)
+    };
     let out = retry(what, RetryPolicy::new(retries), None, || async {
-        rollback_on_err(client, exec(client, sql, what).await).await
+        let done = client
+            .batch_execute(sql)
+            .await
+            .map_err(crate::pg::exec::pg_error);
+        match rollback_on_err(client, done).await {
+            Err(e) if lock_timeout(&e) => {
+                let holders = lock_holders(client, rel).await;
+                if holders.is_empty() {
+                    Err(e)
+                } else {
+                    Err(anyhow::Error::new(PgError {
+                        message: format!("held up by {}", holders.join(", ")),
+                        code: Some(tokio_postgres::error::SqlState::LOCK_NOT_AVAILABLE),
+                    }))
+                }
+            }
+            done => done,
+        }
     })
     .await
     .map(|_| ())
     .map_err(Stop::into_error);
     match out {
-        Err(e)
-            if PgError::code_in(&e)
-                .is_some_and(|c| c == tokio_postgres::error::SqlState::LOCK_NOT_AVAILABLE) =>
-        {
+        Err(e) if lock_timeout(&e) => {
             let holders = lock_holders(client, rel).await;
-            if holders.is_empty() {
-                Err(e)
+            let message = if holders.is_empty() {
+                format!("{what}: canceling statement due to lock timeout")
             } else {
-                Err(e.context(format!(
-                    "{what} was held up by {}: end that transaction (or wait for it), then prepare again",
+                format!(
+                    "{what} was held up by {}: end that transaction (or wait for it), then prepare again (canceling statement due to lock timeout)",
                     holders.join(", ")
-                )))
-            }
+                )
+            };
+            Err(anyhow::Error::new(PgError {
+                message,
+                code: Some(tokio_postgres::error::SqlState::LOCK_NOT_AVAILABLE),
+            }))
         }
-        out => out,
+        Err(e) => Err(e.context(what.to_string())),
+        Ok(()) => Ok(()),
     }
 }
 
