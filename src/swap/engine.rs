@@ -1546,8 +1546,9 @@ fn lock_statements(req: &Request, listed: &Listed, first: &[Waited]) -> Vec<Stri
             ));
             continue;
         }
-        // A table the hook's work waited for (one outside what moves).
-        if matches!(f.relkind.as_str(), "r" | "p") {
+        // A table of the exchanged schemas the hook's work waited for (one
+        // outside what moves). Never another schema's, nor a catalog's.
+        if matches!(f.relkind.as_str(), "r" | "p") && ours(&f.schema) {
             lead.push(format!(
                 "LOCK TABLE ONLY {} IN ACCESS EXCLUSIVE MODE",
                 f.name
