@@ -1805,27 +1805,20 @@ fn a_transaction_holding_a_preserved_table_is_named_when_prepare_gives_up() {
             "BEGIN; UPDATE acct SET n = 1; SELECT pg_sleep(6); COMMIT;",
         );
     });
-    let started = std::time::Instant::now();
-    while dbs.dst.psql(
-        "SELECT count(*) FROM pg_locks WHERE relation = 'acct'::regclass AND mode = 'RowExclusiveLock' AND granted",
-    ) == "0"
-    {
-        assert!(started.elapsed() < std::time::Duration::from_secs(10));
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
+    assert!(common::wait_until(
+        std::time::Duration::from_secs(10),
+        || {
+            dbs.dst.psql(
+            "SELECT count(*) FROM pg_locks WHERE relation = 'acct'::regclass AND mode = 'RowExclusiveLock' AND granted",
+        ) != "0"
+        }
+    ));
     let wd = Workdir::new();
     std::fs::write(wd.join("pgshift.toml"), "swap_retries = 1\n").unwrap();
-    let out = wd.run(&[
-        "prepare",
-        "--source",
-        &dbs.src.url(),
-        "--dest",
-        &dbs.dst.url(),
-        "--preserved-tables",
-        "acct",
-        "--lock-timeout",
-        "100ms",
-    ]);
+    let out = wd.prepare(
+        &dbs,
+        &["--preserved-tables", "acct", "--lock-timeout", "100ms"],
+    );
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
     let last = err.trim_end().lines().last().unwrap();
@@ -1883,14 +1876,14 @@ fn a_unique_value_moved_during_a_replay_is_retried() {
                 "BEGIN; SELECT 1 FROM shadow.u WHERE id = 2 FOR UPDATE; SELECT pg_sleep(0.8); COMMIT;",
             );
         });
-        let started = std::time::Instant::now();
-        while dbs.dst.psql(
-            "SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'SELECT pg_sleep(0.8)%' AND state = 'active'",
-        ) == "0"
-        {
-            assert!(started.elapsed() < std::time::Duration::from_secs(10));
-            std::thread::sleep(std::time::Duration::from_millis(20));
-        }
+        assert!(common::wait_until(
+            std::time::Duration::from_secs(10),
+            || {
+                dbs.dst.psql(
+                "SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'SELECT pg_sleep(0.8)%' AND state = 'active'",
+            ) != "0"
+            }
+        ));
         dbs.dst.psql(
             "UPDATE u SET email = NULL WHERE id = 2;
              UPDATE u SET email = 'e2' WHERE id = 1;",

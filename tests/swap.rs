@@ -762,6 +762,19 @@ fn wait_for_autovacuum(db: &common::TestDb, table: &str) {
     }
 }
 
+/// A pair whose destination runs on a cluster of its own whose autovacuum
+/// looks every second (the cluster is returned to outlive the databases);
+/// None where clusters cannot be started.
+fn on_eager_autovacuum(label: &str) -> Option<(common::Cluster, TestDbs)> {
+    if !common::can_start_clusters() {
+        return None;
+    }
+    let (src_cluster, _) = common::clusters();
+    let dst_cluster = common::Cluster::start_with(label, "autovacuum_naptime = 1");
+    let dbs = TestDbs::on(src_cluster, &dst_cluster, label);
+    Some((dst_cluster, dbs))
+}
+
 /// Slow, eager autovacuum settings for one table: vacuumed as soon as it has a
 /// dead or inserted row, a page every 100 ms (pg_dump copies them to the
 /// shadow's copy).
@@ -781,12 +794,9 @@ const SLOW_VACUUM: &str = "autovacuum_vacuum_threshold = 0, autovacuum_vacuum_sc
 /// pgshift's own objects wait past it themselves.
 #[test]
 fn an_autovacuum_holds_up_neither_the_swap_nor_abort() {
-    if !common::can_start_clusters() {
+    let Some((_dst_cluster, dbs)) = on_eager_autovacuum("autovacuum") else {
         return;
-    }
-    let (src_cluster, _) = common::clusters();
-    let dst_cluster = common::Cluster::start_with("autovacuum", "autovacuum_naptime = 1");
-    let dbs = TestDbs::on(src_cluster, &dst_cluster, "autovacuum");
+    };
     dbs.src.psql(&format!(
         "CREATE TABLE fresh (id int PRIMARY KEY, pad text) WITH ({SLOW_VACUUM});
          INSERT INTO fresh SELECT g, repeat('x', 200) FROM generate_series(1, 20000) g;"
@@ -836,12 +846,9 @@ fn an_autovacuum_holds_up_neither_the_swap_nor_abort() {
 /// for.
 #[test]
 fn an_autovacuum_to_prevent_wraparound_is_waited_for_not_blamed_on_a_query() {
-    if !common::can_start_clusters() {
+    let Some((_dst_cluster, dbs)) = on_eager_autovacuum("wraparound") else {
         return;
-    }
-    let (src_cluster, _) = common::clusters();
-    let dst_cluster = common::Cluster::start_with("wraparound", "autovacuum_naptime = 1");
-    let dbs = TestDbs::on(src_cluster, &dst_cluster, "wraparound");
+    };
     dbs.src
         .psql("CREATE TABLE frozen (id int PRIMARY KEY, pad text)");
     // Never vacuumed for its dead or inserted rows: only once its oldest
