@@ -144,6 +144,41 @@ pub async fn holder(client: &Client) -> Result<Option<Holder>> {
     }))
 }
 
+/// How pgshift names another session in its messages, as SQL over
+/// `pg_stat_activity` aliased `a`: `pid 4242 (app, psql, idle in transaction)`
+/// — role, application, backend type (unless a client backend), state.
+pub const SESSION_SHOWN: &str = "'pid ' || a.pid || ' (' || concat_ws(', ', a.usename::text, \
+     NULLIF(a.application_name, ''), NULLIF(a.backend_type, 'client backend'), a.state) || ')'";
+
+/// The other sessions holding locks on the relations of `schemas` or on
+/// `relations` (quoted and qualified) in this database, named as
+/// [`SESSION_SHOWN`], the first `limit` by pid. Best effort: empty when they
+/// cannot be read (the caller is already reporting a failure).
+pub async fn relation_lock_holders(
+    client: &Client,
+    schemas: &[String],
+    relations: &[String],
+    limit: i64,
+) -> Vec<String> {
+    let sql = format!(
+        "SELECT s.shown FROM (
+           SELECT DISTINCT a.pid, {SESSION_SHOWN} AS shown
+             FROM pg_catalog.pg_locks l
+             JOIN pg_catalog.pg_stat_activity a ON a.pid = l.pid
+             JOIN pg_catalog.pg_class c ON c.oid = l.relation
+             JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+            WHERE l.granted AND l.locktype = 'relation' AND l.pid <> pg_catalog.pg_backend_pid()
+              AND l.database = (SELECT oid FROM pg_catalog.pg_database WHERE datname = pg_catalog.current_database())
+              AND (n.nspname = ANY($1) OR c.oid IN (SELECT pg_catalog.to_regclass(x) FROM pg_catalog.unnest($2::text[]) x))
+         ) s ORDER BY s.pid LIMIT $3"
+    );
+    client
+        .query(&sql, &[&schemas, &relations, &limit])
+        .await
+        .map(|rows| rows.iter().map(|r| r.get(0)).collect())
+        .unwrap_or_default()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

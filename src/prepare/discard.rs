@@ -345,8 +345,7 @@ async fn name_lock_holders(
 }
 
 /// The sessions that hold locks on the shadows, pgshift's own schema or the
-/// live tables with sync triggers, as `pid N (role, state)` (best effort:
-/// empty when they cannot be read).
+/// live tables with sync triggers (best effort: empty when they cannot be read).
 async fn lock_holders(client: &Client, shadows: &[String], sites: &[TriggerSite]) -> Vec<String> {
     let tables: Vec<String> = sites
         .iter()
@@ -354,33 +353,7 @@ async fn lock_holders(client: &Client, shadows: &[String], sites: &[TriggerSite]
         .collect();
     let mut schemas = shadows.to_vec();
     schemas.push(META_SCHEMA.to_string());
-    client
-        .query(
-            "SELECT DISTINCT a.pid, COALESCE(a.usename::text, ''), COALESCE(a.state, '')
-               FROM pg_catalog.pg_locks l
-               JOIN pg_catalog.pg_stat_activity a ON a.pid = l.pid
-               JOIN pg_catalog.pg_class c ON c.oid = l.relation
-               JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
-              WHERE l.granted AND l.locktype = 'relation' AND l.pid <> pg_catalog.pg_backend_pid()
-                AND l.database = (SELECT oid FROM pg_catalog.pg_database WHERE datname = pg_catalog.current_database())
-                AND (n.nspname = ANY($1) OR c.oid IN (SELECT pg_catalog.to_regclass(x) FROM pg_catalog.unnest($2::text[]) x))
-              ORDER BY 1",
-            &[&schemas, &tables],
-        )
-        .await
-        .map(|rows| {
-            rows.iter()
-                .map(|r| {
-                    format!(
-                        "pid {} ({}, {})",
-                        r.get::<_, i32>(0),
-                        r.get::<_, String>(1),
-                        r.get::<_, String>(2)
-                    )
-                })
-                .collect()
-        })
-        .unwrap_or_default()
+    crate::pg::lock::relation_lock_holders(client, &schemas, &tables, 10).await
 }
 
 /// Drop pgshift's shadow schema if it holds nothing (RESTRICT); whether it did.

@@ -1615,20 +1615,7 @@ async fn run_with_lock_retries(
 /// names them: `pid 4242 (app, psql, idle in transaction)`. Best effort:
 /// empty when they cannot be read.
 async fn lock_holders(client: &Client, rel: &str) -> Vec<String> {
-    client
-        .query(
-            "SELECT 'pid ' || a.pid || ' (' || concat_ws(', ', a.usename::text, NULLIF(a.application_name, ''),
-                    NULLIF(a.backend_type, 'client backend'), a.state) || ')'
-               FROM pg_catalog.pg_locks l
-               JOIN pg_catalog.pg_stat_activity a ON a.pid = l.pid
-              WHERE l.granted AND l.locktype = 'relation' AND l.pid <> pg_catalog.pg_backend_pid()
-                AND l.relation = pg_catalog.to_regclass($1)
-              ORDER BY a.pid LIMIT 3",
-            &[&rel],
-        )
-        .await
-        .map(|rows| rows.iter().map(|r| r.get(0)).collect())
-        .unwrap_or_default()
+    crate::pg::lock::relation_lock_holders(client, &[], &[rel.to_string()], 3).await
 }
 
 /// Copy the destination's rows into the shadow and start the sync, table by

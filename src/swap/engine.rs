@@ -76,6 +76,7 @@ use crate::pg::exec::{
     PgError, RetryPolicy, Stop, Transient, exec, retry, rollback_on_err, simple,
 };
 use crate::pg::ident::{display_ident, qualified, quote_ident, quote_literal};
+use crate::pg::lock::SESSION_SHOWN;
 use crate::pg::locks_budget::{self, Budget, Need};
 use crate::pg::meta::{self, MARKER, PUBLIC};
 use crate::pg::objects::{self, Movable};
@@ -1184,7 +1185,8 @@ async fn watch_waits(
         // and the holder be lost.
         let row = control
             .query_opt(
-                "SELECT n.nspname::text, c.relname::text, c.relkind::text,
+                &format!(
+                    "SELECT n.nspname::text, c.relname::text, c.relkind::text,
                         pg_catalog.pg_get_userbyid(c.relowner)::text,
                         blockers.shown, blockers.autovacuum
                    FROM pg_catalog.pg_locks l
@@ -1193,15 +1195,14 @@ async fn watch_waits(
                   CROSS JOIN LATERAL
                         (SELECT pg_catalog.string_agg(h.shown, ', ' ORDER BY h.pid) AS shown,
                                 coalesce(pg_catalog.bool_or(h.autovacuum), false) AS autovacuum
-                           FROM (SELECT b.pid, 'pid ' || b.pid || ' (' || concat_ws(', ', b.usename::text,
-                                        NULLIF(b.application_name, ''), NULLIF(b.backend_type, 'client backend'),
-                                        b.state) || ')' AS shown,
-                                        b.backend_type = 'autovacuum worker' AS autovacuum
-                                   FROM pg_catalog.pg_stat_activity b
-                                  WHERE b.pid = ANY (pg_catalog.pg_blocking_pids($1))
-                                  ORDER BY b.pid LIMIT 3) h) blockers
+                           FROM (SELECT a.pid, {SESSION_SHOWN} AS shown,
+                                        a.backend_type = 'autovacuum worker' AS autovacuum
+                                   FROM pg_catalog.pg_stat_activity a
+                                  WHERE a.pid = ANY (pg_catalog.pg_blocking_pids($1))
+                                  ORDER BY a.pid LIMIT 3) h) blockers
                   WHERE l.pid = $1 AND NOT l.granted AND l.locktype = 'relation'
-                  LIMIT 1",
+                  LIMIT 1"
+                ),
                 &[&pid],
             )
             .await;
