@@ -345,6 +345,23 @@ fn bad_input_changes_nothing() {
         "a;drop table b",
     ]);
     assert_usage_error(&out, "--keep-tables with SQL", "--keep-tables");
+    // Only the object-level swap leaves a table where it is: said before
+    // anything is read, without the impact report's warnings first.
+    let out = wd.run(&[
+        "rollback",
+        "--dest",
+        &url,
+        "--latest",
+        "--keep-tables",
+        "users",
+        "--swap-mode",
+        "rename",
+    ]);
+    assert_usage_error(
+        &out,
+        "--keep-tables with --swap-mode rename",
+        "--swap-mode rename is not possible with --keep-tables",
+    );
     for bad in ["yesterday", "2025-13-45", "15/07/2025", "12h"] {
         let out = wd.run(&["cleanup", "--dest", &url, "--before", bad]);
         assert_usage_error(&out, "unparsable --before", "--before");

@@ -28,6 +28,15 @@ pub async fn run(args: RollbackArgs, ctx: Ctx) -> Result<ExitCode> {
     };
     let keep_tables = TableName::parse_list(&keep_raw)
         .map_err(|e| UserError::new(format!("--keep-tables: {e}")))?;
+    // Said before anything is read: only the object-level swap can leave a
+    // table where it is (the engine refuses it too, for tables the backup
+    // itself keeps).
+    if !keep_tables.is_empty() && settings.swap.mode == crate::swap::mode::ModeRequest::Rename {
+        return Err(UserError::new(
+            "--swap-mode rename is not possible with --keep-tables: kept tables stay live where they are, which only the object-level swap can do",
+        )
+        .into());
+    }
     let opts = RollbackOptions {
         target,
         keep_tables,
