@@ -65,7 +65,11 @@
 //!   more than that batch's rows. A rejection whose error names no row (a
 //!   `varchar(n)` too short, a domain's check) is given the key of a row that
 //!   fails it, found by halving the waiting keys after the failure
-//!   ([`named`]; the swap's catch-up and prepare's copy do the same).
+//!   ([`named`]; the swap's catch-up and prepare's copy do the same). The
+//!   foreign-key pre-check of `status`, the dry run and the swap counts the
+//!   waiting changes as replayed the same way, in a transaction rolled back
+//!   ([`fk_violations_replayed`]): a row whose referenced row waits in its
+//!   changelog breaks no key at the swap.
 //! * **Reads are never filtered.** pgshift's sessions run with `row_security =
 //!   off`, so a replay that row-level security would filter fails instead of
 //!   dropping rows; the swap, its dry run and `status` refuse beforehand when
@@ -3281,6 +3285,93 @@ pub async fn fk_violations(
     }
     Ok(out)
 }
+
+/// [`fk_violations`] of each of `deferred` (lists of `ALTER TABLE … ADD
+/// CONSTRAINT` statements) as they stand once the changes waiting in the
+/// preserved tables' changelogs are replayed, which the swap does before it
+/// creates the keys. A write's apply to the shadow gives way to a lock (the
+/// trigger's 100 ms `lock_timeout`) and its key waits in the changelog: a row
+/// of another table written in the same transaction then references, in the
+/// shadow alone, a row that is not there yet, and the plain check would
+/// refuse a swap that never meets it. So when that check finds violations
+/// and changes wait, they are replayed in a transaction that is rolled back
+/// (READ COMMITTED, the trial's short `lock_timeout`, a bounded time), the
+/// keys checked there, and that answer given; when the trial gets no answer,
+/// the plain check's stands.
+pub async fn fk_violations_replayed(
+    client: &Client,
+    synced: &[SyncedTable],
+    deferred: &[&[String]],
+    pairs: &[SchemaPair],
+) -> Result<FkCheck> {
+    let check_all = async || -> Result<FkCheck> {
+        let mut out = FkCheck::default();
+        for sql in deferred {
+            out.extend(fk_violations(client, sql, pairs).await?);
+        }
+        Ok(out)
+    };
+    let plain = check_all().await?;
+    if plain.violations.is_empty() {
+        return Ok(plain);
+    }
+    let mut waiting = Vec::new();
+    for t in synced {
+        if changelog_present(client, t).await?
+            && client
+                .query_one(
+                    format!(
+                        "SELECT EXISTS (SELECT 1 FROM {})",
+                        qualified(META_SCHEMA, &t.changelog)
+                    )
+                    .as_str(),
+                    &[],
+                )
+                .await
+                .map_err(|e| pg_error_as(e, "looking for changes to replay"))?
+                .get::<_, bool>(0)
+        {
+            waiting.push(describe(client, t).await?);
+        }
+    }
+    if waiting.is_empty() {
+        return Ok(plain);
+    }
+    exec(
+        client,
+        &format!(
+            "BEGIN ISOLATION LEVEL READ COMMITTED; SET LOCAL lock_timeout = '{APPLY_LOCK_TIMEOUT}'; SET LOCAL statement_timeout = '{}ms'; {}",
+            FK_TRIAL_BUDGET.as_millis(),
+            via_text_local()
+        ),
+        "starting a trial replay for the foreign-key check",
+    )
+    .await?;
+    let started = Instant::now();
+    let tried = async {
+        for l in &waiting {
+            while replay_batch(client, l, BATCH, Writes::Concurrent).await? >= BATCH as u64 {
+                if started.elapsed() >= FK_TRIAL_BUDGET {
+                    bail!("more changes wait than the trial replays in {FK_TRIAL_BUDGET:?}");
+                }
+            }
+        }
+        check_all().await
+    }
+    .await;
+    exec(client, "ROLLBACK", "ending a trial replay").await?;
+    match tried {
+        Ok(replayed) => Ok(replayed),
+        Err(e) => {
+            tracing::debug!("foreign keys after the waiting changes: no answer: {e:#}");
+            Ok(plain)
+        }
+    }
+}
+
+/// How long [`fk_violations_replayed`]'s trial may take (each statement, and
+/// the replay as a whole).
+const FK_TRIAL_BUDGET: Duration = Duration::from_secs(30);
 
 /// What [`fk_violations`] found: the keys the rows break, and the keys it
 /// could not check (one line each: why).

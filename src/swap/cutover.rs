@@ -597,11 +597,16 @@ pub async fn preview(client: &Client, opts: &SwapOptions) -> Result<SwapPreview>
 
 /// The rows that break the foreign keys the swap creates: the preserved
 /// tables' deferred keys and the kept tables' crossing ones.
+/// The changes still waiting in the changelogs count as replayed, as the
+/// swap replays them first ([`sync::fk_violations_replayed`]).
 async fn fk_violations(client: &Client, m: &MigrationRow, kept: &Kept) -> Result<sync::FkCheck> {
-    let pairs = pairs(m);
-    let mut out = sync::fk_violations(client, &m.state.details.deferred_sql, &pairs).await?;
-    out.extend(sync::fk_violations(client, &kept.fk_sql, &pairs).await?);
-    Ok(out)
+    sync::fk_violations_replayed(
+        client,
+        &m.state.details.sync,
+        &[&m.state.details.deferred_sql, &kept.fk_sql],
+        &pairs(m),
+    )
+    .await
 }
 
 /// [`fk_violations`] of `m` as the swap would find them now, its kept
