@@ -984,6 +984,61 @@ fn rollback_leaves_a_prepared_shadow_alone() {
     assert_eq!(dbs.dst.query_one_string("SELECT app_version()"), "v2");
 }
 
+/// A kept table's foreign key to a table only the current public has (the
+/// new version's `"Tags"`) would reference nothing after the rollback: it is
+/// refused before anything is locked (exit 2, one line naming the key and
+/// the remedy), by the dry run too, and nothing changes. Keeping that table
+/// as well goes through. (The dry run passed, and the rollback failed under
+/// its locks.)
+#[test]
+fn a_kept_tables_key_to_a_table_the_backup_lacks_is_refused_before_any_lock() {
+    let dbs = TestDbs::new("bk_orphan_fk");
+    dbs.dst.psql(
+        "CREATE TABLE articles (id int PRIMARY KEY, title text);
+         INSERT INTO articles VALUES (1, 'old');",
+    );
+    dbs.src.psql(
+        "CREATE TABLE \"Tags\" (id int PRIMARY KEY);
+         INSERT INTO \"Tags\" VALUES (7);
+         CREATE TABLE articles (id int PRIMARY KEY, title text, tag_id int REFERENCES \"Tags\" (id));
+         INSERT INTO articles VALUES (1, 'new', 7);",
+    );
+    let wd = Workdir::new();
+    let url = dbs.dst.url();
+    start(&wd, &dbs);
+    let before = catalog_fingerprint(&dbs.dst);
+    for dry in [true, false] {
+        let mut args = vec![
+            "rollback",
+            "--dest",
+            &url,
+            "--latest",
+            "--keep-tables",
+            "articles",
+        ];
+        if dry {
+            args.push("--dry-run");
+        }
+        assert_usage_error(
+            &wd.run(&args),
+            "a kept table's key to a table the backup lacks",
+            "--keep-tables: foreign key articles_tag_id_fkey of articles references \"Tags\", which the rollback moves out and backup_",
+        );
+        assert!(text(&wd.run(&args).stderr).contains(
+            "does not have: keep \"Tags\" too, or drop that key first; nothing was changed"
+        ),);
+    }
+    assert_eq!(catalog_fingerprint(&dbs.dst), before);
+    let r = rollback_keeping(&wd, &url, "articles,\"Tags\"", &[]);
+    assert_eq!(r["fk_not_valid"], serde_json::json!([]), "{r}");
+    assert_eq!(
+        dbs.dst.query_one_string(
+            "SELECT a.title || ' ' || t.id FROM articles a JOIN \"Tags\" t ON t.id = a.tag_id"
+        ),
+        "new 7"
+    );
+}
+
 #[test]
 fn rollback_keep_tables_repoints_foreign_keys_both_ways() {
     let dbs = TestDbs::new("bk_fks");
