@@ -45,6 +45,10 @@ const DEFAULT_SOCKET_DIRS: [&str; 2] = ["/var/run/postgresql", "/tmp"];
 const DEFAULT_KEEPALIVES_IDLE: u32 = 30;
 const DEFAULT_KEEPALIVES_INTERVAL: u32 = 10;
 const DEFAULT_KEEPALIVES_COUNT: u32 = 3;
+// Data sent that the server never acknowledges (a route gone dead while
+// pgshift waits for an answer) is no idle connection, which keepalives
+// probe: `tcp_user_timeout` bounds that wait, by default as long as the
+// keepalives take to give up (idle + interval × count).
 
 words! {
     /// `sslmode`, in libpq's spelling. `allow` is accepted and treated like `prefer`.
@@ -203,6 +207,8 @@ pub struct ConnSpec {
     keepalives_idle: Option<u32>,
     keepalives_interval: Option<u32>,
     keepalives_count: Option<u32>,
+    /// `tcp_user_timeout` in ms as given (0: the system's default).
+    tcp_user_timeout: Option<u32>,
     channel_binding: Option<ChannelBinding>,
     /// The password file that was (or would be) read, and whether the user named it.
     passfile: Option<PathBuf>,
@@ -357,6 +363,7 @@ const PARAMS: &[&str] = &[
     "keepalives_idle",
     "keepalives_interval",
     "keepalives_count",
+    "tcp_user_timeout",
     "channel_binding",
     "passfile",
     "service",
@@ -1086,6 +1093,34 @@ impl ConnSpec {
 
     /// Configuration for tokio-postgres. `verify-ca`/`verify-full` become `Require`: the
     /// TLS connector from [`make_tls`](crate::pg::conn::tls::make_tls) does the verifying.
+    /// The TCP user timeout for pgshift's sessions: `tcp_user_timeout` as
+    /// given (0: none of pgshift's, the system's), else with keepalives on
+    /// as long as they take to give up.
+    fn tcp_user_timeout(&self) -> Option<Duration> {
+        match self.tcp_user_timeout {
+            Some(0) => None,
+            Some(ms) => Some(Duration::from_millis(u64::from(ms))),
+            None if self.keepalives => {
+                let idle = self
+                    .keepalives_idle
+                    .unwrap_or(DEFAULT_KEEPALIVES_IDLE)
+                    .max(1);
+                let interval = self
+                    .keepalives_interval
+                    .unwrap_or(DEFAULT_KEEPALIVES_INTERVAL)
+                    .max(1);
+                let count = self
+                    .keepalives_count
+                    .unwrap_or(DEFAULT_KEEPALIVES_COUNT)
+                    .max(1);
+                Some(Duration::from_secs(
+                    u64::from(idle) + u64::from(interval) * u64::from(count),
+                ))
+            }
+            None => None,
+        }
+    }
+
     pub fn pg_config(&self) -> tokio_postgres::Config {
         self.pg_config_for(&self.endpoints)
     }
@@ -1153,6 +1188,9 @@ impl ConnSpec {
                 .unwrap_or(DEFAULT_KEEPALIVES_COUNT)
                 .max(1),
         );
+        if let Some(t) = self.tcp_user_timeout() {
+            c.tcp_user_timeout(t);
+        }
         // tokio-postgres knows any / read-write / read-only. `connect` and
         // `pool` check primary, standby and prefer-standby themselves, as
         // libpq does (from pg_is_in_recovery()), and ask tokio-postgres for
@@ -1734,6 +1772,7 @@ fn build(
     let keepalives_idle = parse_nonneg_u32(&params, "keepalives_idle")?.filter(|n| *n > 0);
     let keepalives_interval = parse_nonneg_u32(&params, "keepalives_interval")?.filter(|n| *n > 0);
     let keepalives_count = parse_nonneg_u32(&params, "keepalives_count")?.filter(|n| *n > 0);
+    let tcp_user_timeout = parse_nonneg_u32(&params, "tcp_user_timeout")?;
 
     let target_session_attrs = match params.get("target_session_attrs") {
         None => TargetSessionAttrs::Any,
@@ -1793,6 +1832,7 @@ fn build(
         keepalives_idle,
         keepalives_interval,
         keepalives_count,
+        tcp_user_timeout,
         channel_binding,
         passfile,
         passfile_explicit,
@@ -3177,9 +3217,25 @@ h:5432:db:u:second
                 expected
             );
         }
+        // Unacknowledged data gives up as the keepalives do, unless told.
+        assert_eq!(c.get_tcp_user_timeout(), Some(&Duration::from_secs(60)));
         let c = parse("host=h keepalives=0 keepalives_idle=100").pg_config();
         assert!(!c.get_keepalives());
         assert_eq!(c.get_keepalives_idle(), Duration::from_secs(100));
+        assert_eq!(c.get_tcp_user_timeout(), None);
+        let c =
+            parse("host=h keepalives_idle=5 keepalives_interval=2 keepalives_count=4").pg_config();
+        assert_eq!(c.get_tcp_user_timeout(), Some(&Duration::from_secs(13)));
+        let c = parse("host=h tcp_user_timeout=2500").pg_config();
+        assert_eq!(c.get_tcp_user_timeout(), Some(&Duration::from_millis(2500)));
+        let c = parse("host=h tcp_user_timeout=0").pg_config();
+        assert_eq!(c.get_tcp_user_timeout(), None);
+        assert!(
+            ConnSpec::parse_with_env("host=h tcp_user_timeout=-1", &|_| None)
+                .unwrap_err()
+                .to_string()
+                .contains("tcp_user_timeout")
+        );
         let c = parse("host=db hostaddr=10.0.0.1").pg_config();
         assert_eq!(c.get_hostaddrs(), &["10.0.0.1".parse::<IpAddr>().unwrap()]);
         assert_eq!(c.get_hosts(), &[PgHost::Tcp("db".into())]);
