@@ -522,6 +522,88 @@ fn a_swap_killed_after_its_commit_is_finished_by_the_next_swap() {
     assert_eq!(st["not_valid_foreign_keys"], serde_json::json!([]), "{st}");
 }
 
+/// `prepare` then `swap` with `users` preserved, through a proxy that loses
+/// the answer to the swap's last round trip (its manifest, its record and
+/// COMMIT), the message reaching the server (`delivered`) or not. Returns the
+/// destination's URL through the proxy and the swap's stderr (exit 1).
+fn swap_losing_its_commit(dbs: &TestDbs, wd: &Workdir, delivered: bool) -> (String, String) {
+    let proxy =
+        common::proxy::LosingProxy::start(&dbs.dst, b"INSERT INTO pgshift.backups", delivered);
+    let dst = proxy.url(&dbs.dst);
+    assert_success(&wd.run(&[
+        "prepare",
+        "--source",
+        &dbs.src.url(),
+        "--dest",
+        &dst,
+        "--preserved-tables",
+        "users",
+    ]));
+    let out = wd.run(&["swap", "--dest", &dst]);
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(proxy.cut.load(std::sync::atomic::Ordering::SeqCst), "{err}");
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    (dst, err)
+}
+
+/// The swap's COMMIT reaches the server and its answer is lost with the
+/// connection: the swap committed, and it says so. It said "the swap was
+/// rolled back; the destination is unchanged", and recorded the migration
+/// as prepared again when it could. The next swap finishes what comes after
+/// the COMMIT.
+#[test]
+fn a_swap_whose_commit_answer_is_lost_says_it_committed() {
+    let dbs = users_and_orders("commit_answer_lost");
+    let wd = Workdir::new();
+    let (dst, err) = swap_losing_its_commit(&dbs, &wd, true);
+    assert!(
+        err.contains("the connection was lost as the swap committed, and it did commit (backup_"),
+        "{err}"
+    );
+    assert!(!err.contains("rolled back"), "{err}");
+    assert_eq!(
+        dbs.dst
+            .psql("SELECT status FROM pgshift.migration ORDER BY updated_at DESC LIMIT 1"),
+        "swapped"
+    );
+    assert_eq!(dbs.dst.psql("SELECT count(*) FROM public.orders"), "1");
+    let st = status_json(&wd, &dst);
+    assert_eq!(st["state"], "idle", "{st}");
+    let again = wd.run(&["swap", "--dest", &dst]);
+    let err = String::from_utf8_lossy(&again.stderr);
+    assert_eq!(again.status.code(), Some(2), "{err}");
+    assert!(err.contains("already swapped into public"), "{err}");
+    assert_eq!(
+        dbs.dst.psql(
+            "SELECT count(*) FROM pg_constraint WHERE conname = 'orders_user_id_fkey' AND NOT convalidated"
+        ),
+        "0"
+    );
+}
+
+/// The swap's COMMIT never reaches the server, which sees the connection
+/// end inside the transaction: the swap rolled back, it says so once the
+/// server has ended that session, and the next swap goes through.
+#[test]
+fn a_swap_whose_commit_never_arrives_says_it_rolled_back() {
+    let dbs = users_and_orders("commit_never_sent");
+    let wd = Workdir::new();
+    let (dst, err) = swap_losing_its_commit(&dbs, &wd, false);
+    assert!(
+        err.contains("the swap was rolled back; the destination is unchanged"),
+        "{err}"
+    );
+    assert_eq!(
+        dbs.dst
+            .psql("SELECT count(*) FROM pg_namespace WHERE nspname LIKE 'backup\\_%'"),
+        "0"
+    );
+    let st = status_json(&wd, &dst);
+    assert_eq!(st["state"], "prepared", "{st}");
+    assert_success(&wd.run(&["swap", "--dest", &dst]));
+    assert_eq!(dbs.dst.psql("SELECT count(*) FROM public.orders"), "1");
+}
+
 /// The same in a schema whose names need quotes: the next swap names the key
 /// it validated as the swap itself does (`"Sales"."Orders"."Orders_user_fkey"`);
 /// it said `Sales.Orders."Orders_user_fkey"`, which names another table.

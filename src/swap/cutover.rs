@@ -888,6 +888,11 @@ pub async fn swap(sess: &Session, opts: &SwapOptions) -> Result<SwapReport> {
     };
     let done = match attempt.await {
         Ok(done) => done,
+        // It committed (the record says swapped: it travelled with the
+        // COMMIT), or nobody can tell yet: as after a swap killed after its
+        // COMMIT, `status` and the next swap work it out from the
+        // destination; nothing is recorded over it.
+        Err(e) if e.chain().any(|c| c.is::<engine::CommitLost>()) => return Err(e),
         Err(e) => {
             // Nothing changed: the migration is still prepared.
             rec.state.status = Status::Prepared;

@@ -35,7 +35,10 @@
 //!   difference rolls the whole thing back: the swap is all or nothing.
 //! - The backup's manifest, and for a migration its record saying `swapped`,
 //!   travel with the COMMIT in the same round trip: they exist exactly when
-//!   the swap committed. Row counts of the backup are added after the commit
+//!   the swap committed. A COMMIT that gets no answer (the connection lost,
+//!   not an error of the server's) may have committed: the engine asks the
+//!   server, once the swap's session has ended or its backup exists, and
+//!   says which ([`CommitLost`]), never "rolled back" unasked. Row counts of the backup are added after the commit
 //!   (nothing writes a backup any more), and so are the write counters of the
 //!   new public (`live_baseline`, for the next rollback's check).
 //!
@@ -820,6 +823,24 @@ pub async fn swap<H: InTx>(
             "the swap could not take its locks after {attempts} attempts ({why}){}; nothing was changed. A long-running query or transaction on the destination holds a lock on a table the swap locks, or the application's transactions keep waiting for the swap while it waits for them (each wait ends at 4/5 of deadlock_timeout, whatever --lock-timeout says): end it, or raise --swap-retries",
             last_wait(&waited_for)
         ),
+        Err(Stop::Failed(e)) if e.chain().any(|c| c.is::<CommitUnanswered>()) => {
+            let what = match origin {
+                Origin::Migration(_) => "swap",
+                Origin::Rollback { .. } => "rollback",
+            };
+            return Err(match commit_outcome(sess, pid, &backups[0]).await {
+                Ok(false) => e.context("the swap was rolled back; the destination is unchanged"),
+                Ok(true) => anyhow::Error::new(CommitLost::Committed {
+                    what,
+                    backup: backups[0].clone(),
+                }),
+                Err(why) => anyhow::Error::new(CommitLost::Unknown {
+                    what,
+                    backup: backups[0].clone(),
+                    why,
+                }),
+            });
+        }
         Err(Stop::Failed(e)) => {
             return Err(e.context("the swap was rolled back; the destination is unchanged"));
         }
@@ -906,6 +927,87 @@ pub async fn swap<H: InTx>(
         after: done.after,
         warnings,
     })
+}
+
+/// The swap's COMMIT got no answer: the connection was lost, with no error
+/// of the server's (which would mean it rolled back).
+#[derive(Debug, thiserror::Error)]
+#[error("committing the swap: {0}")]
+struct CommitUnanswered(String);
+
+/// A swap or rollback whose COMMIT got no answer, as the server tells it
+/// afterwards ([`commit_outcome`]). Never "rolled back": the caller must not
+/// record the migration as still prepared.
+#[derive(Debug, thiserror::Error)]
+pub enum CommitLost {
+    #[error(
+        "the connection was lost as the {what} committed, and it did commit ({backup} holds what it replaced); the steps after its COMMIT did not run: `pgshift status` shows the result, and the next swap or rollback finishes them"
+    )]
+    Committed { what: &'static str, backup: String },
+    #[error(
+        "the connection was lost as the {what} committed, and whether it did is unknown ({why}): once the destination answers, `pgshift status` tells (a committed one made {backup})"
+    )]
+    Unknown {
+        what: &'static str,
+        backup: String,
+        why: String,
+    },
+}
+
+/// How long [`commit_outcome`] asks: past the swap's
+/// `idle_in_transaction_session_timeout`, after which a server that never
+/// got the COMMIT has ended the session and rolled back.
+const OUTCOME_WAIT: Duration = Duration::from_millis(IDLE_IN_SWAP_MS as u64 + 15_000);
+
+/// Did the swap whose COMMIT got no answer commit? Asked of the server on
+/// the control session (a new one when that does not answer within a few
+/// seconds): yes once `backup` exists; no once the swap's session `pid` has
+/// ended or left its transaction without it. `Err(why)` when the server
+/// cannot be asked, or the session is still in its transaction after
+/// [`OUTCOME_WAIT`].
+async fn commit_outcome(sess: &Session, pid: i32, backup: &str) -> Result<bool, String> {
+    const ASK: Duration = Duration::from_secs(5);
+    let deadline = Instant::now() + OUTCOME_WAIT;
+    let mut fresh: Option<Client> = None;
+    loop {
+        let client = fresh.as_ref().unwrap_or(&sess.control);
+        let asked = tokio::time::timeout(
+            ASK,
+            client.query_one(
+                "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_namespace WHERE nspname = $1),
+                        EXISTS (SELECT 1 FROM pg_catalog.pg_stat_activity
+                                 WHERE pid = $2 AND state IS DISTINCT FROM 'idle')",
+                &[&backup, &pid],
+            ),
+        )
+        .await;
+        match asked {
+            Ok(Ok(row)) => {
+                if row.get::<_, bool>(0) {
+                    return Ok(true);
+                }
+                if !row.get::<_, bool>(1) {
+                    return Ok(false);
+                }
+            }
+            _ if fresh.is_none() => match tokio::time::timeout(ASK, sess.connect()).await {
+                Ok(Ok(c)) => {
+                    fresh = Some(c);
+                    continue;
+                }
+                Ok(Err(e)) => return Err(format!("the destination cannot be reached: {e:#}")),
+                Err(_) => return Err("the destination does not answer".into()),
+            },
+            Ok(Err(e)) => return Err(format!("the destination cannot be asked: {e:#}")),
+            Err(_) => return Err("the destination does not answer".into()),
+        }
+        if Instant::now() >= deadline {
+            return Err(format!(
+                "its session (pid {pid}) is still in its transaction"
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
 }
 
 /// What [`finish_committed`] did.
@@ -1839,7 +1941,13 @@ async fn one_attempt<H: InTx>(
         last.push_str(&record::save_migration_sql(st)?);
     }
     last.push_str(";\nCOMMIT");
-    exec(client, &last).await.context("committing the swap")?;
+    if let Err(e) = exec(client, &last).await {
+        // No answer at all (no error of the server's): it may have committed.
+        if PgError::code_in(&e).is_none() {
+            return Err(anyhow::Error::new(CommitUnanswered(format!("{e:#}"))));
+        }
+        return Err(e.context("committing the swap"));
+    }
     let held = started.elapsed().as_millis() as u64;
     exec(client, "RESET search_path").await?;
     Ok(Done {

@@ -20,6 +20,7 @@ mod conn;
 mod db;
 pub mod pooler;
 mod proc;
+pub mod proxy;
 mod teardown;
 pub mod writers;
 
