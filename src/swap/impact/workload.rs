@@ -518,7 +518,7 @@ async fn read_statements(
         Err(e) => return Err(unreadable(client, schema, &view, &e).await),
     };
     let sql = format!(
-        "SELECT s.userid, s.query, sum(s.calls)::int8
+        "SELECT s.userid, s.query, sum(s.calls)::int8, count(*)::int8
            FROM {view} s
           WHERE s.dbid = (SELECT oid FROM pg_catalog.pg_database WHERE datname = pg_catalog.current_database())
             AND s.calls > 0 {} {}
@@ -543,16 +543,19 @@ async fn read_statements(
     let paths = search_paths(client, &userids)
         .await
         .map_err(|e| format!("{e:#}"))?;
+    // Every hidden statement of a role reads `<insufficient privilege>`:
+    // one group per role, counted by its entries.
     let mut hidden = 0;
     let mut grouped: Vec<Recorded> = Vec::new();
     let mut index: HashMap<(String, Vec<String>), usize> = HashMap::new();
     for r in rows {
+        let entries = usize::try_from(r.get::<_, i64>(3)).unwrap_or(1);
         let Some(query) = r.get::<_, Option<String>>(1) else {
-            hidden += 1;
+            hidden += entries;
             continue;
         };
         if query == "<insufficient privilege>" {
-            hidden += 1;
+            hidden += entries;
             continue;
         }
         let userid: u32 = r.get(0);
