@@ -541,6 +541,8 @@ pub struct Catalog {
     /// OIDs of the live schemas' own types (array and row types included):
     /// statements prepared before the swap keep such parameter types.
     pub live_type_oids: HashSet<u32>,
+    /// Those types' `(schema, name)`, to name them where they will be.
+    live_types: Vec<(String, String)>,
 }
 
 impl Catalog {
@@ -607,6 +609,7 @@ impl Catalog {
             let ext: bool = r.get::<_, bool>(3) || kept;
             if kind == Kind::Type && !ext && live.contains(&schema) {
                 cat.live_type_oids.insert(r.get(4));
+                cat.live_types.push((schema.clone(), name.clone()));
             }
             let has = cat.names.entry((kind, schema, name)).or_default();
             has.kept |= kept;
@@ -617,6 +620,34 @@ impl Catalog {
             }
         }
         Ok(cat)
+    }
+
+    /// `msg`, an error of a statement checked before the swap, with the live
+    /// schemas' own types named where the swap puts them: `public.mood`, the
+    /// type of today's public that a prepared statement or a kept table
+    /// still uses, is `backup_<unix ms>.mood` after the swap, and the server
+    /// names it so then (read before the swap, `public.mood` against the
+    /// incoming `mood` read as the same type twice). Before [`map_error`],
+    /// which names the incoming schemas' objects as the live schemas'.
+    pub fn name_moved_types(&self, msg: &str) -> String {
+        let mut out = msg.to_string();
+        let mut types: Vec<&(String, String)> = self.live_types.iter().collect();
+        // The longer first: `public.mood_x` is no `public.mood` followed by `_x`.
+        types.sort_by_key(|(s, n)| std::cmp::Reverse(s.len() + n.len()));
+        for (schema, name) in types {
+            let from = format!("{}.{}", display_ident(schema), display_ident(name));
+            if !out.contains(&from) {
+                continue;
+            }
+            // The backup's name as the dry run writes it (`backup_<unix ms>`).
+            let to = format!(
+                "{}.{}",
+                crate::pg::meta::backup_schema_stamped("<unix ms>", schema),
+                display_ident(name)
+            );
+            out = replace_names(&out, &from, &to);
+        }
+        out
     }
 
     fn has(&self, kind: Kind, schema: &str, name: &str) -> Has {
@@ -952,6 +983,25 @@ impl Mapper {
 /// Word an error of the future check as the application will see it: the
 /// incoming schema's name replaced by the live one's, qualifiers the rewrite
 /// added removed.
+/// `text` with each `from` that is a whole name (not followed by more of
+/// an identifier) replaced by `to`.
+fn replace_names(text: &str, from: &str, to: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(i) = rest.find(from) {
+        let after = &rest[i + from.len()..];
+        let whole = !after
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_alphanumeric() || c == '_' || c == '$');
+        out.push_str(&rest[..i]);
+        out.push_str(if whole { to } else { from });
+        rest = after;
+    }
+    out.push_str(rest);
+    out
+}
+
 pub fn map_error(msg: &str, pairs: &[SchemaPair], qualified_calls: &[(String, String)]) -> String {
     let mut out = msg.to_string();
     for (incoming, name) in qualified_calls {

@@ -1071,7 +1071,7 @@ async fn check_one(
                 )));
             }
             return Ok(Outcome::Failing(resolve::map_error(
-                &e.message,
+                &cat.name_moved_types(&e.message),
                 pairs,
                 &p.res.qualified_calls,
             )));
@@ -1122,7 +1122,11 @@ async fn check_one(
             };
             return Ok(Outcome::Failing(format!(
                 "when prepared before the swap ({why}): {}",
-                resolve::map_error(&e.message, pairs, &p.res.qualified_calls)
+                resolve::map_error(
+                    &cat.name_moved_types(&e.message),
+                    pairs,
+                    &p.res.qualified_calls
+                )
             )));
         }
     }
