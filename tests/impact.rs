@@ -1388,13 +1388,14 @@ async fn long_transactions_and_idle_sessions_are_blockers() {
     assert!(first.xact_age_ms >= 300, "{first:?}");
     assert!(!first.waiting);
 
-    // A transaction younger than the lock timeout does not hold the swap up;
-    // idle-in-transaction sessions are always listed.
+    // A transaction younger than the lock timeout does not hold the swap up,
+    // nor one idle for less (a busy application's transactions are idle
+    // between their statements: they were all listed).
     let b = impact::blockers(&c, &public_shadow(), Duration::from_secs(3600))
         .await
         .unwrap();
     let pids: Vec<i32> = b.iter().map(|b| b.pid).collect();
-    assert_eq!(pids, vec![p_idle, p_no_lock]);
+    assert_eq!(pids, Vec::<i32>::new());
 
     c.batch_execute(
         "SELECT pg_cancel_backend(pid) FROM pg_stat_activity WHERE query = 'SELECT pg_sleep(60)'",

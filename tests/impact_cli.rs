@@ -218,6 +218,9 @@ async fn writes_to_tables_that_are_not_preserved_refuse_swap_and_rollback() {
         .psql("SELECT pid FROM pg_stat_activity WHERE application_name = 'shop-app'")
         .parse()
         .unwrap();
+    // Idle past the lock timeout (1 s): not a transaction between two of its
+    // statements.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
     let d = json_of(&wd.run_ok(&["swap", "--dest", &url, "--dry-run", "--json"]));
     let impact = &d["swap"]["impact"];
     assert_eq!(writes(&impact["discarded_writes"]), orders(3), "{d}");
