@@ -347,7 +347,10 @@ pub async fn load_all(plan: &DataPlan<'_>, work: Work) -> Result<Vec<Loaded>> {
             failed.clone(),
         ));
     }
-    let outcomes = futures_util::future::join_all(tasks).await;
+    let outcomes = plan
+        .progress
+        .ticking("data", futures_util::future::join_all(tasks))
+        .await;
     plan.progress.finish("data");
     // Report the first real error (not "stopped because another failed").
     let mut first: Option<anyhow::Error> = None;

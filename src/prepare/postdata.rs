@@ -318,22 +318,26 @@ pub async fn run(
     // as soon as its table is loaded; the rest needs every table done.
     let total: usize = plan.waves.iter().skip(1).map(Vec::len).sum();
     progress.start_items("indexes", total);
-    for (i, jobs) in plan.waves.iter().enumerate().skip(1) {
-        if jobs.is_empty() {
-            continue;
+    let waves = async {
+        for (i, jobs) in plan.waves.iter().enumerate().skip(1) {
+            if jobs.is_empty() {
+                continue;
+            }
+            let parallel = if i == 0 || i == 2 { workers.max(1) } else { 1 };
+            run_wave(
+                jobs,
+                &plan.preamble,
+                dest,
+                parallel,
+                connect_timeout,
+                cancel,
+                progress,
+            )
+            .await?;
         }
-        let parallel = if i == 0 || i == 2 { workers.max(1) } else { 1 };
-        run_wave(
-            jobs,
-            &plan.preamble,
-            dest,
-            parallel,
-            connect_timeout,
-            cancel,
-            progress,
-        )
-        .await?;
-    }
+        anyhow::Ok(())
+    };
+    progress.ticking("indexes", waves).await?;
     progress.finish("indexes");
     Ok(())
 }

@@ -1,5 +1,7 @@
 //! Progress of long phases: a bar (bytes or items, with an ETA) on a terminal,
-//! and a plain log line every few seconds otherwise (CI, cron).
+//! and a plain log line every few seconds otherwise (CI, cron), also while
+//! nothing moves ([`Progress::ticking`]): a stalled copy says for how long
+//! nothing came, rather than falling silent.
 
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -19,6 +21,8 @@ struct Current {
     items_done: usize,
     started: Instant,
     last_log: Instant,
+    /// When bytes or items last moved.
+    last_moved: Instant,
     bar: Option<ProgressBar>,
 }
 
@@ -26,6 +30,8 @@ struct Current {
 pub struct Progress {
     bars: bool,
     current: Mutex<Option<Current>>,
+    /// [`LOG_EVERY`], but in tests.
+    log_every: Duration,
 }
 
 impl Progress {
@@ -34,6 +40,7 @@ impl Progress {
         Progress {
             bars,
             current: Mutex::new(None),
+            log_every: LOG_EVERY,
         }
     }
 
@@ -42,6 +49,7 @@ impl Progress {
         Progress {
             bars: false,
             current: Mutex::new(None),
+            log_every: LOG_EVERY,
         }
     }
 
@@ -85,6 +93,7 @@ impl Progress {
                 items_done: 0,
                 started: now,
                 last_log: now,
+                last_moved: now,
                 bar,
             });
         }
@@ -118,6 +127,9 @@ impl Progress {
         }
         c.bytes_done += bytes;
         c.items_done += items;
+        if bytes > 0 || items > 0 {
+            c.last_moved = Instant::now();
+        }
         if let Some(bar) = &c.bar {
             if c.bytes_total > 0 {
                 bar.set_position(c.bytes_done.min(c.bytes_total));
@@ -125,9 +137,21 @@ impl Progress {
             } else {
                 bar.set_position(c.items_done as u64);
             }
-        } else if c.last_log.elapsed() >= LOG_EVERY {
+        } else if c.last_log.elapsed() >= self.log_every {
             c.last_log = Instant::now();
             let elapsed = c.started.elapsed().as_secs_f64();
+            let still = c.last_moved.elapsed();
+            // Whole seconds, or milliseconds below one (tests).
+            let still_shown = if still >= Duration::from_secs(1) {
+                format!("{} s", still.as_secs())
+            } else {
+                format!("{} ms", still.as_millis())
+            };
+            let stalled = if still >= self.log_every {
+                format!(" (nothing for {still_shown})")
+            } else {
+                String::new()
+            };
             if c.bytes_total > 0 {
                 let frac = c.bytes_done as f64 / c.bytes_total as f64;
                 let eta = if frac > 0.0 {
@@ -137,7 +161,7 @@ impl Progress {
                 };
                 tracing::info!(
                     phase,
-                    "{} of ~{} ({:.0}%), {}/{} tables, eta {:.0} s",
+                    "{} of ~{} ({:.0}%), {}/{} tables, eta {:.0} s{stalled}",
                     human_bytes(c.bytes_done as i64),
                     human_bytes(c.bytes_total as i64),
                     (frac * 100.0).min(100.0),
@@ -146,7 +170,21 @@ impl Progress {
                     eta.max(0.0)
                 );
             } else {
-                tracing::info!(phase, "{}/{} done", c.items_done, c.items_total);
+                tracing::info!(phase, "{}/{} done{stalled}", c.items_done, c.items_total);
+            }
+        }
+    }
+
+    /// `fut`, with `phase`'s progress line logged every [`LOG_EVERY`] while
+    /// it runs, whether or not anything moves.
+    pub async fn ticking<T>(&self, phase: &str, fut: impl std::future::Future<Output = T>) -> T {
+        let mut fut = std::pin::pin!(fut);
+        let every = self.log_every;
+        let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+        loop {
+            tokio::select! {
+                r = &mut fut => return r,
+                _ = tick.tick() => self.update(phase, 0, 0),
             }
         }
     }
@@ -159,5 +197,60 @@ impl Progress {
         {
             bar.finish_and_clear();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    /// Log lines written to a buffer.
+    #[derive(Clone, Default)]
+    struct Captured(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Captured {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// A copy that stalls still logs its line every interval, saying for how
+    /// long nothing came (it logged only when bytes arrived: a stalled copy
+    /// fell silent).
+    #[test]
+    fn a_stalled_phase_keeps_logging_and_says_so() {
+        let captured = Captured::default();
+        let writer = captured.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(move || writer.clone())
+            .with_ansi(false)
+            .finish();
+        let _guard = tracing::subscriber::set_default(subscriber);
+        let progress = Progress {
+            bars: false,
+            current: Mutex::new(None),
+            log_every: Duration::from_millis(40),
+        };
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap();
+        progress.start_bytes("data", 1000, 2);
+        progress.add_bytes("data", 250);
+        rt.block_on(async {
+            progress
+                .ticking("data", tokio::time::sleep(Duration::from_millis(300)))
+                .await
+        });
+        progress.finish("data");
+        let text = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+        let lines: Vec<&str> = text.lines().filter(|l| l.contains("(25%)")).collect();
+        assert!(lines.len() >= 3, "{text}");
+        assert!(lines.iter().all(|l| l.contains("nothing for ")), "{text}");
     }
 }
