@@ -933,6 +933,34 @@ fn the_source_dropping_connections_during_the_load_fails_clearly_and_a_rerun_com
     assert_eq!(dbs.dst.psql("SELECT count(*) FROM shadow.big"), "300000");
 }
 
+/// The source's snapshot session lost before pg_dump runs (the connection
+/// dropped): the error says so, not pg_dump's "invalid snapshot identifier"
+/// alone, which blamed pg_dump. The destination is left as it was.
+#[test]
+fn a_snapshot_session_lost_before_the_dump_is_named() {
+    let dbs = TestDbs::new("snap_lost");
+    dbs.src
+        .psql("CREATE TABLE t (id int PRIMARY KEY); INSERT INTO t VALUES (1);");
+    let wd = Workdir::new();
+    let mut child = spawn_prepare(&wd, &dbs, &[("PGSHIFT_FAILPOINT", "dump:sleep=3000")]);
+    wait_for_phase(&wd, &dbs.dst, "dump", &mut child);
+    dbs.src.psql(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+          WHERE application_name LIKE 'pgshift%' AND pid <> pg_backend_pid()
+            AND datname = current_database()",
+    );
+    let status = wait_exit(&mut child, Duration::from_secs(60));
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("phase dump: the source's snapshot session was lost (its connection to the source dropped), and the snapshot with it: prepare again"),
+        "{stderr}"
+    );
+    leftover_free(&dbs.dst);
+    assert_success(&wd.prepare(&dbs, &[]));
+}
+
 /// A pooler in transaction mode can hand a run the server session an earlier
 /// run left holding pgshift's lock (the process died, the pooled session
 /// lived on). The lock is re-entrant, so taking it again would let two runs

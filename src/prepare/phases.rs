@@ -1081,9 +1081,22 @@ async fn dump(run: &mut Run<'_>) -> Result<()> {
         .env_remove(ConnSpec::child_env_remove())
         .envs(env);
     let spec = with_appname(spec, "pgshift pg_dump");
+    // The snapshot lives as long as its session: lost, pg_dump fails on it
+    // ("invalid snapshot identifier"), which is not pg_dump's fault.
+    const LOST: &str = "the source's snapshot session was lost (its connection to the source dropped), and the snapshot with it: prepare again";
+    if !checks && snap_client.is_closed() {
+        bail!("{LOST}");
+    }
     process::run(&spec, &run.sess.run.cancel)
         .await
-        .context("dumping the source schema")?;
+        .context("dumping the source schema")
+        .map_err(|e| {
+            if snap_client.is_closed() {
+                e.context(LOST)
+            } else {
+                e
+            }
+        })?;
     Ok(())
 }
 
