@@ -64,7 +64,11 @@ impl Session {
     /// and the advisory lock. The hosts of `dest` are tried in order, as libpq
     /// does; the one that takes the lock is the run's destination from then on.
     pub async fn open(run: &RunContext, dest: &ConnSpec, state_dir: &Path) -> Result<Session> {
-        let state_file = StateFile::lock(state_dir, dest.dbname())?;
+        let state_file = StateFile::lock(
+            state_dir,
+            dest.dbname(),
+            &lock::lock_application_name(run.command),
+        )?;
         let (lock_client, dest) = connect_pinned(
             dest,
             "destination",

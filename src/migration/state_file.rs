@@ -77,13 +77,21 @@ fn read_path(path: &Path) -> Result<Option<MigrationState>> {
 }
 
 /// A state directory the user cannot write to (a read-only working
-/// directory, a cron job's `/`) is bad input, with the way out: exit 2.
+/// directory, a cron job's `/`, a full disk) is bad input, with the way out:
+/// exit 2.
 fn unwritable(dir: &Path, e: std::io::Error, doing: &str, what: &Path) -> anyhow::Error {
     let denied =
         e.kind() == std::io::ErrorKind::PermissionDenied || e.raw_os_error() == Some(libc::EROFS);
+    let full = matches!(e.raw_os_error(), Some(libc::ENOSPC | libc::EDQUOT));
     if denied {
         crate::error::UserError::new(format!(
             "the state directory {} is not writable ({e}); run from a writable directory or give --state-dir",
+            dir.display()
+        ))
+        .into()
+    } else if full {
+        crate::error::UserError::new(format!(
+            "the state directory {} cannot be written ({e}); free some space there, or give --state-dir",
             dir.display()
         ))
         .into()
@@ -103,8 +111,11 @@ pub struct StateFile {
 
 impl StateFile {
     /// Take the exclusive lock (without waiting) and return the handle.
-    /// Fails if another pgshift run in the same directory holds it.
-    pub fn lock(dir: &Path, database: &str) -> Result<StateFile> {
+    /// Fails if another pgshift run in the same directory holds it, naming
+    /// it as it named itself: the lock file holds its `holder` line
+    /// (`pgshift swap pid=4242 host=ops1`) and since when. Writing that line
+    /// is also this run's first write there: a full disk is said now.
+    pub fn lock(dir: &Path, database: &str, holder: &str) -> Result<StateFile> {
         fs::create_dir_all(dir).map_err(|e| unwritable(dir, e, "creating state directory", dir))?;
         let path = state_path(dir, database);
         let lock_path = path.with_extension("lock");
@@ -125,13 +136,27 @@ impl StateFile {
         if rc != 0 {
             let err = std::io::Error::last_os_error();
             if err.raw_os_error() == Some(libc::EWOULDBLOCK) {
+                let by = fs::read_to_string(&lock_path)
+                    .ok()
+                    .and_then(|t| t.lines().next().map(str::trim).map(str::to_string))
+                    .filter(|l| !l.is_empty())
+                    .map(|l| format!("{l}; "))
+                    .unwrap_or_default();
                 bail!(
-                    "another pgshift run in this state directory holds {} (one run at a time)",
+                    "another pgshift run in this state directory holds {} ({by}one run at a time)",
                     lock_path.display()
                 );
             }
             return Err(err).with_context(|| format!("locking {}", lock_path.display()));
         }
+        let line = format!(
+            "{holder} since {}\n",
+            chrono::Utc::now().format("%Y-%m-%d %H:%M:%S UTC")
+        );
+        let mut f = &lock;
+        f.set_len(0)
+            .and_then(|()| f.write_all(line.as_bytes()))
+            .map_err(|e| unwritable(dir, e, "writing lock file", &lock_path))?;
         Ok(StateFile {
             path,
             _lock: lock,
@@ -219,7 +244,7 @@ mod tests {
     #[test]
     fn save_load_clear_roundtrip_with_0600() {
         let dir = tempfile::tempdir().unwrap();
-        let sf = StateFile::lock(dir.path(), "shop").unwrap();
+        let sf = StateFile::lock(dir.path(), "shop", "pgshift prepare").unwrap();
         assert!(sf.load().unwrap().is_none());
         let st = sample();
         sf.save(&st).unwrap();
@@ -238,7 +263,7 @@ mod tests {
     #[test]
     fn a_failed_write_names_the_state_file_and_leaves_no_temporary_file() {
         let dir = tempfile::tempdir().unwrap();
-        let sf = StateFile::lock(dir.path(), "shop").unwrap();
+        let sf = StateFile::lock(dir.path(), "shop", "pgshift prepare").unwrap();
         // The file's place is taken by a directory: the rename over it fails.
         fs::create_dir(sf.path()).unwrap();
         fs::write(sf.path().join("x"), "").unwrap();
@@ -258,11 +283,51 @@ mod tests {
     #[test]
     fn second_lock_is_refused() {
         let dir = tempfile::tempdir().unwrap();
-        let _a = StateFile::lock(dir.path(), "db").unwrap();
-        let err = StateFile::lock(dir.path(), "db").unwrap_err().to_string();
+        let _a = StateFile::lock(dir.path(), "db", "pgshift swap pid=4242 host=ops1").unwrap();
+        let err = StateFile::lock(dir.path(), "db", "pgshift status pid=1 host=h")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("another pgshift run"), "{err}");
+        // Named as it named itself.
+        assert!(
+            err.contains(".lock (pgshift swap pid=4242 host=ops1 since 20"),
+            "{err}"
+        );
+        assert!(err.ends_with(" UTC; one run at a time)"), "{err}");
         // A different database in the same directory is independent.
-        let _c = StateFile::lock(dir.path(), "other").unwrap();
+        let _c = StateFile::lock(dir.path(), "other", "pgshift swap pid=4242 host=ops1").unwrap();
+    }
+
+    /// A full disk (or quota) at the state directory is bad input as an
+    /// unwritable one is (exit 2, with the way out); another error is not.
+    #[test]
+    fn a_full_state_directory_is_bad_input() {
+        let dir = Path::new("/srv/pgshift");
+        for errno in [libc::ENOSPC, libc::EDQUOT] {
+            let e = unwritable(
+                dir,
+                std::io::Error::from_raw_os_error(errno),
+                "writing",
+                dir,
+            );
+            assert!(e.is::<crate::error::UserError>(), "{e:#}");
+            assert!(
+                e.to_string()
+                    .starts_with("the state directory /srv/pgshift cannot be written ("),
+                "{e:#}"
+            );
+            assert!(
+                e.to_string()
+                    .ends_with("); free some space there, or give --state-dir")
+            );
+        }
+        let e = unwritable(
+            dir,
+            std::io::Error::from_raw_os_error(libc::EIO),
+            "writing",
+            dir,
+        );
+        assert!(!e.is::<crate::error::UserError>(), "{e:#}");
     }
 
     #[test]
