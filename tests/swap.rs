@@ -254,6 +254,31 @@ fn a_second_mutating_run_is_refused_naming_the_holder() {
     assert!(first.wait().unwrap().success());
 }
 
+/// A run lock whose pgshift process is gone (killed on this host; its
+/// server session lives on until the server notices) is named so, with the
+/// way out, rather than "wait for it to finish".
+#[tokio::test]
+async fn a_run_lock_left_by_a_process_that_is_gone_says_so() {
+    let dbs = setup("swap_dead_holder");
+    let mut cfg = dbs.dst.pg_config();
+    cfg.application_name(format!(
+        "pgshift swap pid=2147483000 host={}",
+        pgshift::process::this_host()
+    ));
+    let (c, conn) = cfg.connect(tokio_postgres::NoTls).await.unwrap();
+    tokio::spawn(conn);
+    pgshift::pg::lock::acquire(&c).await.unwrap();
+    let out = Workdir::new().run(&["swap", "--dest", &dbs.dst.url()]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("its process (pid 2147483000) no longer runs on this host")
+            && stderr.contains("end that session with SELECT pg_terminate_backend(")
+            && !stderr.contains("wait for it"),
+        "{stderr}"
+    );
+}
+
 #[test]
 fn dry_runs_change_nothing() {
     let dbs = setup("swap_dry");

@@ -41,7 +41,6 @@ use crate::pg::conn::connspec::ConnSpec;
 use crate::pg::lock::{self, Holder};
 use crate::pg::meta::{self, ShadowState};
 use crate::prepare::discard::{self, Removed};
-use crate::process::this_host;
 use crate::words::words;
 
 words! {
@@ -86,20 +85,8 @@ pub struct RunningInfo {
 
 impl RunningInfo {
     fn from_holder(h: Holder) -> RunningInfo {
-        let (pid, host) = h
-            .application_name
-            .as_deref()
-            .map(parse_app_name)
-            .unwrap_or((None, None));
-        let me = this_host();
-        // application_name is cut at 63 bytes, so the host may be a prefix.
-        let local = host
-            .as_deref()
-            .is_some_and(|hn| !hn.is_empty() && (hn == me || me.starts_with(hn)));
-        let alive = match (pid, local) {
-            (Some(p), true) => Some(process_alive(p)),
-            _ => None,
-        };
+        let (pid, host) = h.process();
+        let alive = h.process_alive();
         RunningInfo {
             holder: h,
             pid,
@@ -115,26 +102,6 @@ impl RunningInfo {
             && self.pid.is_none_or(|p| p == st.pid)
             && self.host.as_deref().is_none_or(|h| st.host.starts_with(h))
     }
-}
-
-/// `pgshift <command> pid=<pid> host=<host>` -> (pid, host).
-fn parse_app_name(app: &str) -> (Option<u32>, Option<String>) {
-    let mut pid = None;
-    let mut host = None;
-    for part in app.split_whitespace() {
-        if let Some(p) = part.strip_prefix("pid=") {
-            pid = p.parse().ok();
-        } else if let Some(h) = part.strip_prefix("host=") {
-            host = Some(h.to_string());
-        }
-    }
-    (pid, host)
-}
-
-fn process_alive(pid: u32) -> bool {
-    // SAFETY: signal 0 only checks for existence and permission.
-    let rc = unsafe { libc::kill(pid as libc::pid_t, 0) };
-    rc == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
 }
 
 /// The shadow schema.
@@ -438,18 +405,4 @@ pub async fn settle_committed_swap(client: &Client, d: &Destination) -> Result<O
     st.details.backup = Some(backup.clone());
     record::save_migration(client, &st).await?;
     Ok(Some(backup.clone()))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn app_names() {
-        assert_eq!(
-            parse_app_name("pgshift prepare pid=42 host=db-1"),
-            (Some(42), Some("db-1".into()))
-        );
-        assert_eq!(parse_app_name("psql"), (None, None));
-    }
 }

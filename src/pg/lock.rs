@@ -53,6 +53,45 @@ impl std::fmt::Display for Holder {
     }
 }
 
+impl Holder {
+    /// The pgshift process its `application_name` names
+    /// (`pgshift <command> pid=<pid> host=<host>`): (pid, host).
+    pub fn process(&self) -> (Option<u32>, Option<String>) {
+        let mut pid = None;
+        let mut host = None;
+        for part in self
+            .application_name
+            .as_deref()
+            .unwrap_or_default()
+            .split_whitespace()
+        {
+            if let Some(p) = part.strip_prefix("pid=") {
+                pid = p.parse().ok();
+            } else if let Some(h) = part.strip_prefix("host=") {
+                host = Some(h.to_string());
+            }
+        }
+        (pid, host)
+    }
+
+    /// false when that process ran on this host and runs no more (its server
+    /// session lives on until the server notices); None when that cannot be
+    /// told (another host, no pid).
+    pub fn process_alive(&self) -> Option<bool> {
+        let (Some(pid), Some(host)) = self.process() else {
+            return None;
+        };
+        let me = crate::process::this_host();
+        // application_name is cut at 63 bytes, so the host may be a prefix.
+        if host.is_empty() || !(host == me || me.starts_with(&host)) {
+            return None;
+        }
+        // SAFETY: signal 0 only checks for existence and permission.
+        let rc = unsafe { libc::kill(pid as libc::pid_t, 0) };
+        Some(rc == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM))
+    }
+}
+
 /// Try to take the run lock on `client` (a session that stays open for the run).
 /// Fails at once, naming the holder, if another session has it.
 ///
@@ -111,6 +150,14 @@ pub async fn acquire(client: &Client) -> Result<()> {
         return Ok(());
     }
     match holder(client).await? {
+        Some(h) if h.process_alive() == Some(false) => bail!(
+            "another pgshift run holds the destination's lock: {h}; its process ({}) no longer runs on this host, and its server session lives on until the server notices: end that session with SELECT pg_terminate_backend({}) and try again",
+            h.process()
+                .0
+                .map(|p| format!("pid {p}"))
+                .unwrap_or_default(),
+            h.backend_pid
+        ),
         Some(h) => bail!(
             "another pgshift run holds the destination's lock: {h}; wait for it to finish (or stop it) and try again; if no pgshift is running, end that session with SELECT pg_terminate_backend({})",
             h.backend_pid
@@ -182,6 +229,37 @@ pub async fn relation_lock_holders(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn holder(app: &str) -> Holder {
+        Holder {
+            backend_pid: 7,
+            application_name: Some(app.into()),
+            since: None,
+            client_addr: None,
+        }
+    }
+
+    #[test]
+    fn the_holders_process() {
+        assert_eq!(
+            holder("pgshift prepare pid=42 host=db-1").process(),
+            (Some(42), Some("db-1".into()))
+        );
+        assert_eq!(holder("psql").process(), (None, None));
+        assert_eq!(
+            holder("pgshift swap pid=42 host=elsewhere.example").process_alive(),
+            None
+        );
+        let here = crate::process::this_host();
+        let me = holder(&format!(
+            "pgshift swap pid={} host={here}",
+            std::process::id()
+        ));
+        assert_eq!(me.process_alive(), Some(true));
+        // A pid no process has (above the kernel's pid_max).
+        let gone = holder(&format!("pgshift swap pid=2147483000 host={here}"));
+        assert_eq!(gone.process_alive(), Some(false));
+    }
 
     #[test]
     fn application_name_fits() {
