@@ -2040,20 +2040,8 @@ pub async fn rejected(client: &Client, synced: &[SyncedTable]) -> Result<Vec<Str
 /// `None` when it fits, and when the trial gets no answer (a lock wait, a
 /// timeout: the swap looks again, under its own retries).
 async fn trial_replay(client: &Client, t: &SyncedTable) -> Result<Option<String>> {
-    let waiting = changelog_present(client, t).await?
-        && client
-            .query_one(
-                format!(
-                    "SELECT EXISTS (SELECT 1 FROM {})",
-                    qualified(META_SCHEMA, &t.changelog)
-                )
-                .as_str(),
-                &[],
-            )
-            .await
-            .map(|r| r.get::<_, bool>(0))
-            .unwrap_or(false);
-    if !waiting {
+    // Best effort, as the trial itself: no answer is no rejection.
+    if !changes_waiting(client, t).await.unwrap_or(false) {
         return Ok(None);
     }
     let l = match describe(client, t).await {
@@ -2886,6 +2874,23 @@ async fn trigger_health(client: &Client, t: &SyncedTable) -> Result<Vec<TriggerH
         .collect())
 }
 
+/// Does `t`'s changelog exist and hold entries (changes not in the shadow
+/// yet, or not known to be)?
+async fn changes_waiting(client: &Client, t: &SyncedTable) -> Result<bool> {
+    if !changelog_present(client, t).await? {
+        return Ok(false);
+    }
+    let sql = format!(
+        "SELECT EXISTS (SELECT 1 FROM {})",
+        qualified(META_SCHEMA, &t.changelog)
+    );
+    Ok(client
+        .query_one(sql.as_str(), &[])
+        .await
+        .map_err(|e| pg_error_as(e, "looking for changes to replay"))?
+        .get(0))
+}
+
 async fn changelog_present(client: &Client, t: &SyncedTable) -> Result<bool> {
     let log = qualified(META_SCHEMA, &t.changelog);
     Ok(client
@@ -3317,20 +3322,7 @@ pub async fn fk_violations_replayed(
     }
     let mut waiting = Vec::new();
     for t in synced {
-        if changelog_present(client, t).await?
-            && client
-                .query_one(
-                    format!(
-                        "SELECT EXISTS (SELECT 1 FROM {})",
-                        qualified(META_SCHEMA, &t.changelog)
-                    )
-                    .as_str(),
-                    &[],
-                )
-                .await
-                .map_err(|e| pg_error_as(e, "looking for changes to replay"))?
-                .get::<_, bool>(0)
-        {
+        if changes_waiting(client, t).await? {
             waiting.push(describe(client, t).await?);
         }
     }
