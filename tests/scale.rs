@@ -691,11 +691,14 @@ fn the_swap_budget_covers_the_locks_a_real_swap_holds() {
         needed <= held + held / 4 + 40,
         "estimated {needed}, far above the {held} the swap held"
     );
-    // The plan (from the source's catalog) is as close.
+    // The plan (from the source's catalog) is as close, and the upper bound
+    // it says it is: never below the prepared migration's estimate (it left
+    // out the sequences the swap fences and carries).
     assert!(
         planned >= held && planned <= held + held / 4 + 40,
         "planned {planned}, held {held}"
     );
+    assert!(planned >= needed, "planned {planned}, estimated {needed}");
 
     // The backup (the old public: 100 tables with their sequences, keys and
     // TOAST) needs more than one transaction's share of this lock table to

@@ -395,7 +395,7 @@ async fn plan_budget(
         .await
         .context("counting the foreign keys to the preserved tables")?
         .get(0);
-    let need = locks_budget::object_swap(
+    let mut need = locks_budget::object_swap(
         dest,
         &out,
         src,
@@ -407,6 +407,40 @@ async fn plan_budget(
     .await?
         + locks_budget::replay(dest, &dest_oids).await?
         + locks_budget::replay(src, &src_oids).await?;
+    // The fence locks the live preserved tables' column sequences, and the
+    // carry each sequence no column uses that both sides have: counted on
+    // the destination alone, at most that many (`sync::swap_need` after
+    // prepare; the plan left them out and read 20 slots under it).
+    if !preserved.is_empty() {
+        let mut sequences = HashSet::new();
+        for oid in &dest_oids {
+            sequences.extend(
+                sync::column_sequences(dest, *oid)
+                    .await?
+                    .into_iter()
+                    .map(|s| s.qual),
+            );
+        }
+        let standalone: Vec<String> = crate::pg::exec::query_map(
+            dest,
+            "SELECT pg_catalog.quote_ident(n.nspname) || '.' || pg_catalog.quote_ident(s.relname)
+               FROM pg_catalog.pg_class s
+               JOIN pg_catalog.pg_namespace n ON n.oid = s.relnamespace
+              WHERE s.relkind = 'S' AND n.nspname = ANY($1::text[])
+                AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_depend d
+                                 WHERE d.classid = 'pg_catalog.pg_class'::regclass AND d.objid = s.oid
+                                   AND d.refclassid = 'pg_catalog.pg_class'::regclass AND d.deptype IN ('a', 'i'))
+                AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_depend d
+                                 WHERE d.classid = 'pg_catalog.pg_attrdef'::regclass AND d.refobjid = s.oid
+                                   AND d.refclassid = 'pg_catalog.pg_class'::regclass AND d.deptype = 'n')",
+            &[&schemas],
+            "counting the sequences no column uses",
+            |r| r.get::<_, String>(0),
+        )
+        .await?;
+        sequences.extend(standalone);
+        need.sync += sequences.len() as u64;
+    }
     let mut b = Budget::evaluate(dest, need).await?;
     b.swap_mode = Some(Mode::Object.as_str().into());
     Ok(b)

@@ -1509,7 +1509,7 @@ pub(crate) struct SeqRow {
     /// Unqualified name.
     pub(crate) name: String,
     /// `"schema"."name"`.
-    qual: String,
+    pub(crate) qual: String,
     increment: i64,
     /// Its `MINVALUE` and `MAXVALUE`, and whether it cycles.
     min: i64,
