@@ -1068,6 +1068,35 @@ fn a_killed_prepare_leaves_no_pg_dump_session_waiting_on_the_source() {
     rt.block_on(blocker.batch_execute("ROLLBACK")).unwrap();
 }
 
+/// pgshift's sessions ask the server to probe them (30 s, then every 10 s,
+/// 3 times) and to give up on unacknowledged data after 60 s: a run cut off
+/// by the network loses its server sessions, and with them the run lock and
+/// any lock a swap held, within about a minute rather than the system's two
+/// hours (the re-check's blackholed run left them for 117 minutes).
+#[tokio::test]
+async fn pgshift_sessions_ask_the_server_to_notice_a_vanished_client() {
+    let dbs = TestDbs::new("server_keepalives");
+    let spec = pgshift::pg::conn::connspec::ConnSpec::parse(&dbs.dst.url()).unwrap();
+    let c = pgshift::pg::conn::connect::connect(
+        &spec,
+        "destination",
+        "pgshift test",
+        Duration::from_secs(10),
+    )
+    .await
+    .unwrap();
+    let row = c
+        .query_one(
+            "SELECT current_setting('tcp_keepalives_idle'), current_setting('tcp_keepalives_interval'),
+                    current_setting('tcp_keepalives_count'), current_setting('tcp_user_timeout')",
+            &[],
+        )
+        .await
+        .unwrap();
+    let got: Vec<String> = (0..4).map(|i| row.get(i)).collect();
+    assert_eq!(got, ["30", "10", "3", "60000"]);
+}
+
 /// A prepare killed before it rebuilt the shadow, after a swap had left the
 /// shadow empty: abort clears the run, drops the empty shadow and says so.
 #[test]

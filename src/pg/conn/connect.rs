@@ -599,14 +599,28 @@ pub async fn session_defaults(client: &tokio_postgres::Client, label: &str) {
     // waits on a lock) ends when the server next checks, not once the wait
     // is over: it would otherwise hold its locks, and its queue place, for as
     // long. From PostgreSQL 14 on, and where the server's platform has it.
+    // An idle one (the run lock's) whose pgshift is cut off by the network
+    // ends when the server's keepalives give up: within about a minute, as
+    // pgshift's own side does, not the system's two hours (TCP only; the
+    // server ignores them on a Unix socket).
     if let Err(e) = client
         .batch_execute(&format!(
-            "SELECT pg_catalog.set_config(name, '{CLIENT_CHECK_MS}', false) FROM pg_catalog.pg_settings
-              WHERE name = 'client_connection_check_interval'"
+            "SELECT pg_catalog.set_config(name,
+                      CASE name WHEN 'client_connection_check_interval' THEN '{CLIENT_CHECK_MS}'
+                                WHEN 'tcp_keepalives_idle' THEN '30'
+                                WHEN 'tcp_keepalives_interval' THEN '10'
+                                WHEN 'tcp_keepalives_count' THEN '3'
+                                ELSE '60000' END, false)
+               FROM pg_catalog.pg_settings
+              WHERE name IN ('client_connection_check_interval', 'tcp_keepalives_idle',
+                             'tcp_keepalives_interval', 'tcp_keepalives_count', 'tcp_user_timeout')"
         ))
         .await
     {
-        tracing::debug!("{label}: client connection checks: {}", describe_pg_error(&e));
+        tracing::debug!(
+            "{label}: client connection checks: {}",
+            describe_pg_error(&e)
+        );
     }
 }
 
