@@ -298,6 +298,13 @@ async fn writes_to_tables_that_are_not_preserved_refuse_swap_and_rollback() {
     ]));
     assert_eq!(writes(&d["rollback"]["discarded_writes"]), orders(1), "{d}");
     assert_eq!(d["rollback"]["unknown_writes"], json!([]), "{d}");
+    // In the text, once: in the impact report (a second table repeated it).
+    let text = wd.run_ok(&["rollback", "--dest", &url, "--latest", "--dry-run"]);
+    assert_eq!(text.matches("Discarded writes").count(), 1, "{text}");
+    assert!(
+        !text.contains("Written since the current public went live"),
+        "{text}"
+    );
     let before = catalog_fingerprint(&dbs.dst);
     let line = refused(&wd.run(&["rollback", "--dest", &url, "--latest"]));
     for part in [

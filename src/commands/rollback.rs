@@ -111,17 +111,8 @@ fn print_preview(ctx: &Ctx, p: &RollbackPreview) -> Result<()> {
         p.impact
             .render_for(crate::swap::impact::Operation::Rollback)
     );
-    if !p.discarded_writes.is_empty() || !p.unknown_writes.is_empty() {
-        crate::outln!(
-            "Written since the current public went live (these rows would stay in the new backup):"
-        );
-        for d in &p.discarded_writes {
-            crate::outln!("  {}: {}", d.table, d.counts());
-        }
-        for u in &p.unknown_writes {
-            crate::outln!("  {}: cannot be checked ({})", u.table, u.reason);
-        }
-    }
+    // The writes since the current public went live are the impact report's
+    // discarded writes (JSON keeps both fields): printed once, there.
     print_moves(
         "rollback",
         (&p.backup_schema, &p.restore_schema),
