@@ -38,9 +38,10 @@
 //!   the swap committed. A COMMIT that gets no answer (the connection lost,
 //!   not an error of the server's) may have committed: the engine asks the
 //!   server, once the swap's session has ended or its backup exists, and
-//!   says which ([`CommitLost`]), never "rolled back" unasked. Row counts of the backup are added after the commit
-//!   (nothing writes a backup any more), and so are the write counters of the
-//!   new public (`live_baseline`, for the next rollback's check).
+//!   says which ([`CommitLost`]), never "rolled back" unasked. Row counts of
+//!   the backup are added after the commit (nothing writes a backup any
+//!   more), and so are the write counters of the new public
+//!   (`live_baseline`, for the next rollback's check).
 //!
 //! - The new backup schema and the new empty shadow belong to the owner of
 //!   the incoming schema when this role may act as it (a superuser swapping
