@@ -530,15 +530,7 @@ fn swap_losing_its_commit(dbs: &TestDbs, wd: &Workdir, delivered: bool) -> (Stri
     let proxy =
         common::proxy::LosingProxy::start(&dbs.dst, b"INSERT INTO pgshift.backups", delivered);
     let dst = proxy.url(&dbs.dst);
-    assert_success(&wd.run(&[
-        "prepare",
-        "--source",
-        &dbs.src.url(),
-        "--dest",
-        &dst,
-        "--preserved-tables",
-        "users",
-    ]));
+    assert_success(&wd.prepare_to(dbs, &dst, &["--preserved-tables", "users"]));
     let out = wd.run(&["swap", "--dest", &dst]);
     let err = String::from_utf8_lossy(&out.stderr).into_owned();
     assert!(proxy.cut.load(std::sync::atomic::Ordering::SeqCst), "{err}");
@@ -899,6 +891,22 @@ fn percent_encode(s: &str) -> String {
         .collect()
 }
 
+/// The source ends every session of the running `child` (as a restart or a
+/// DBA would; only this test's database: the cluster is shared with the
+/// tests running beside this one), which must then fail (exit 1): its stderr.
+fn source_ends_the_runs_sessions(dbs: &TestDbs, mut child: Child) -> String {
+    dbs.src.psql(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+          WHERE application_name LIKE 'pgshift%' AND pid <> pg_backend_pid()
+            AND datname = current_database()",
+    );
+    let status = wait_exit(&mut child, Duration::from_secs(60));
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    stderr
+}
+
 #[test]
 fn the_source_dropping_connections_during_the_load_fails_clearly_and_a_rerun_completes() {
     let dbs = TestDbs::new("src_drop");
@@ -910,18 +918,7 @@ fn the_source_dropping_connections_during_the_load_fails_clearly_and_a_rerun_com
     let mut child = spawn_prepare(&wd, &dbs, &[]);
     wait_for_phase(&wd, &dbs.dst, "data", &mut child);
     wait_for_statement(&dbs.src, "COPY", &mut child);
-    // The source kills every session of the run (as a restart or a DBA
-    // would); only this test's database: the cluster is shared with the
-    // tests running beside this one.
-    dbs.src.psql(
-        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
-          WHERE application_name LIKE 'pgshift%' AND pid <> pg_backend_pid()
-            AND datname = current_database()",
-    );
-    let status = wait_exit(&mut child, Duration::from_secs(60));
-    let out = child.wait_with_output().unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(status.code(), Some(1), "{stderr}");
+    let stderr = source_ends_the_runs_sessions(&dbs, child);
     let last = stderr.trim_end().lines().last().unwrap();
     assert!(
         last.starts_with("error: prepare failed: phase data:"),
@@ -944,15 +941,7 @@ fn a_snapshot_session_lost_before_the_dump_is_named() {
     let wd = Workdir::new();
     let mut child = spawn_prepare(&wd, &dbs, &[("PGSHIFT_FAILPOINT", "dump:sleep=3000")]);
     wait_for_phase(&wd, &dbs.dst, "dump", &mut child);
-    dbs.src.psql(
-        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
-          WHERE application_name LIKE 'pgshift%' AND pid <> pg_backend_pid()
-            AND datname = current_database()",
-    );
-    let status = wait_exit(&mut child, Duration::from_secs(60));
-    let out = child.wait_with_output().unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(status.code(), Some(1), "{stderr}");
+    let stderr = source_ends_the_runs_sessions(&dbs, child);
     assert!(
         stderr.contains("phase dump: the source's snapshot session was lost (its connection to the source dropped), and the snapshot with it: prepare again"),
         "{stderr}"

@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{TestDbs, Workdir, assert_success, create_role, schema_fingerprint};
+use common::{TestDb, TestDbs, Workdir, assert_success, create_role, schema_fingerprint};
 
 /// `<command> --preserved-tables users <extra>` between the pair.
 fn run_users_preserved(
@@ -49,6 +49,21 @@ fn users_prepare_fails(wd: &Workdir, dbs: &TestDbs) -> String {
 /// A successful run's `--json` output.
 fn json_of(wd: &Workdir, args: &[&str]) -> serde_json::Value {
     serde_json::from_str(&assert_success(&wd.run(args))).unwrap()
+}
+
+/// Run `sql` on `db` in a thread of its own, once `started` (a count) is no
+/// longer 0 (within 10 s): the thread, to join.
+fn in_background(db: &TestDb, sql: &'static str, started: &str) -> std::thread::JoinHandle<()> {
+    let info = db.server().clone();
+    let name = db.name().to_string();
+    let thread = std::thread::spawn(move || {
+        info.psql(&name, sql);
+    });
+    assert!(common::wait_until(
+        std::time::Duration::from_secs(10),
+        || db.psql(started) != "0"
+    ));
+    thread
 }
 
 /// The swap's words for a row written to a preserved table since prepare that
@@ -1756,15 +1771,7 @@ fn a_carried_sequence_of_another_role_is_said_to_be_unfenced() {
     ));
     let dst = socket_url_as(&dbs.dst, &role);
     let wd = Workdir::new();
-    assert_success(&wd.run(&[
-        "prepare",
-        "--source",
-        &dbs.src.url(),
-        "--dest",
-        &dst,
-        "--preserved-tables",
-        "users",
-    ]));
+    assert_success(&wd.prepare_to(&dbs, &dst, &["--preserved-tables", "users"]));
     let out = wd.run(&["swap", "--dest", &dst, "--json"]);
     let report: serde_json::Value = serde_json::from_str(&assert_success(&out)).unwrap();
     let unfenced =
@@ -1877,22 +1884,11 @@ fn a_transaction_holding_a_preserved_table_is_named_when_prepare_gives_up() {
         .psql("CREATE TABLE acct (id int PRIMARY KEY, n int)");
     dbs.dst
         .psql("CREATE TABLE acct (id int PRIMARY KEY, n int); INSERT INTO acct VALUES (1, 0)");
-    let info = dbs.dst.server().clone();
-    let db = dbs.dst.name().to_string();
-    let holder = std::thread::spawn(move || {
-        info.psql(
-            &db,
-            "BEGIN; UPDATE acct SET n = 1; SELECT pg_sleep(6); COMMIT;",
-        );
-    });
-    assert!(common::wait_until(
-        std::time::Duration::from_secs(10),
-        || {
-            dbs.dst.psql(
-            "SELECT count(*) FROM pg_locks WHERE relation = 'acct'::regclass AND mode = 'RowExclusiveLock' AND granted",
-        ) != "0"
-        }
-    ));
+    let holder = in_background(
+        &dbs.dst,
+        "BEGIN; UPDATE acct SET n = 1; SELECT pg_sleep(6); COMMIT;",
+        "SELECT count(*) FROM pg_locks WHERE relation = 'acct'::regclass AND mode = 'RowExclusiveLock' AND granted",
+    );
     let wd = Workdir::new();
     std::fs::write(wd.join("pgshift.toml"), "swap_retries = 1\n").unwrap();
     let out = wd.prepare(
@@ -1948,22 +1944,11 @@ fn a_unique_value_moved_during_a_replay_is_retried() {
         .stderr(std::process::Stdio::piped());
     let child = cmd.spawn().unwrap();
     let out = common::with_child_paused(child, "pausing 2000 ms at replay-picked", || {
-        let info = dbs.dst.server().clone();
-        let db = dbs.dst.name().to_string();
-        let holder = std::thread::spawn(move || {
-            info.psql(
-                &db,
-                "BEGIN; SELECT 1 FROM shadow.u WHERE id = 2 FOR UPDATE; SELECT pg_sleep(0.8); COMMIT;",
-            );
-        });
-        assert!(common::wait_until(
-            std::time::Duration::from_secs(10),
-            || {
-                dbs.dst.psql(
-                "SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'SELECT pg_sleep(0.8)%' AND state = 'active'",
-            ) != "0"
-            }
-        ));
+        let holder = in_background(
+            &dbs.dst,
+            "BEGIN; SELECT 1 FROM shadow.u WHERE id = 2 FOR UPDATE; SELECT pg_sleep(0.8); COMMIT;",
+            "SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'SELECT pg_sleep(0.8)%' AND state = 'active'",
+        );
         dbs.dst.psql(
             "UPDATE u SET email = NULL WHERE id = 2;
              UPDATE u SET email = 'e2' WHERE id = 1;",

@@ -184,17 +184,21 @@ impl Workdir {
             .output()
             .expect("running pgshift")
     }
+    /// [`prepare`](Self::prepare) into `dest`, another way to the pair's
+    /// destination (through a proxy, as another role).
+    pub fn prepare_to(&self, dbs: &TestDbs, dest: &str, extra: &[&str]) -> std::process::Output {
+        self.between_to("prepare", dbs, dest, extra)
+            .output()
+            .expect("running pgshift")
+    }
     /// `pgshift <command> --source <src> --dest <dst> <extra>`, not started.
     fn between(&self, command: &str, dbs: &TestDbs, extra: &[&str]) -> Command {
+        self.between_to(command, dbs, &dbs.dst.url(), extra)
+    }
+    fn between_to(&self, command: &str, dbs: &TestDbs, dest: &str, extra: &[&str]) -> Command {
         let mut cmd = self.cmd();
-        cmd.args([
-            command,
-            "--source",
-            &dbs.src.url(),
-            "--dest",
-            &dbs.dst.url(),
-        ])
-        .args(extra);
+        cmd.args([command, "--source", &dbs.src.url(), "--dest", dest])
+            .args(extra);
         cmd
     }
     /// Run pgshift, assert it succeeded, return its stdout.
