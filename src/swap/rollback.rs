@@ -329,10 +329,6 @@ pub async fn plan(client: &Client, opts: &RollbackOptions) -> Result<Plan> {
     }
 
     let pg15 = catalog::server_major(client).await? >= 15;
-    if let Some(key) = orphaned_keys(client, &pairs, pg15).await?.first() {
-        crate::refuse!("{key}; nothing was changed");
-    }
-
     // Objects of other schemas bound to the schemas being replaced stay with
     // them, in the new backup (a backup of fewer schemas than the migration
     // that replaced it leaves the others' objects behind, say).
@@ -422,6 +418,8 @@ pub async fn plan(client: &Client, opts: &RollbackOptions) -> Result<Plan> {
 ///   in its manifest): re-attached.
 ///
 /// Keys PostgreSQL holds NOT VALID already stay unchecked, as on the source.
+/// A kept table's key to a table that neither stays nor comes back is
+/// refused (exit 2): nothing could be re-pointed to.
 async fn joining_keys(
     client: &Client,
     pairs: &[engine::Pair],
@@ -438,6 +436,21 @@ async fn joining_keys(
     for p in pairs {
         let kept: Vec<String> = p.keep.iter().cloned().collect();
         for fk in foreign_keys_of(client, &p.live, &kept, pg15).await? {
+            // To a table of an exchanged schema that neither stays nor comes
+            // back: after the rollback it would reference nothing, and the
+            // swap transaction would fail on it under its locks.
+            if let Some(q) = by_live(&fk.ref_schema)
+                && !live_after(q, &fk.def.ref_table)
+            {
+                crate::refuse!(
+                    "--keep-tables: foreign key {} of {} references {}, which the rollback moves out and {} does not have: keep {} too, or drop that key first; nothing was changed",
+                    display_ident(&fk.def.name),
+                    crate::pg::meta::table_shown(&p.live, &fk.def.table),
+                    crate::pg::meta::table_shown(&q.live, &fk.def.ref_table),
+                    display_ident(&q.incoming),
+                    crate::pg::meta::table_shown(&q.live, &fk.def.ref_table),
+                );
+            }
             if let Some(q) = by_live(&fk.ref_schema)
                 && fk.validated
                 && restored(q, &fk.def.ref_table)
@@ -475,34 +488,6 @@ async fn joining_keys(
             continue;
         };
         out.push(add_fk_sql(fk, &p.incoming, ref_now, false));
-    }
-    Ok(out)
-}
-
-/// The kept tables' foreign keys to tables of an exchanged schema that
-/// neither stay nor come back from the backup: after the rollback they would
-/// reference nothing, and the swap transaction would fail on them under its
-/// locks. One line each, naming the key and the remedy.
-async fn orphaned_keys(client: &Client, pairs: &[engine::Pair], pg15: bool) -> Result<Vec<String>> {
-    let mut out = Vec::new();
-    for p in pairs {
-        let kept: Vec<String> = p.keep.iter().cloned().collect();
-        for fk in foreign_keys_of(client, &p.live, &kept, pg15).await? {
-            let Some(q) = pairs.iter().find(|q| q.live == fk.ref_schema) else {
-                continue;
-            };
-            if q.expected_tables.contains(&fk.def.ref_table) {
-                continue;
-            }
-            out.push(format!(
-                "--keep-tables: foreign key {} of {} references {}, which the rollback moves out and {} does not have: keep {} too, or drop that key first",
-                display_ident(&fk.def.name),
-                crate::pg::meta::table_shown(&p.live, &fk.def.table),
-                crate::pg::meta::table_shown(&q.live, &fk.def.ref_table),
-                display_ident(&q.incoming),
-                crate::pg::meta::table_shown(&q.live, &fk.def.ref_table),
-            ));
-        }
     }
     Ok(out)
 }
