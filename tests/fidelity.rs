@@ -182,6 +182,44 @@ fn materialized_views_are_refreshed_from_the_shadow() {
     assert_eq!(dbs.dst.psql("SELECT n FROM public.user_count"), "2");
 }
 
+/// A function a materialized view calls that names an extension's operator
+/// or function without a schema (pgvector's `embedding <=> q`, PostGIS's
+/// `ST_Distance`) finds it during the refresh, whether the extension lives in
+/// public or in a schema of its own, as it does on the source.
+#[test]
+fn a_materialized_view_over_an_extensions_operators_is_refreshed() {
+    let dbs = TestDbs::new("matview_ext");
+    if dbs.dst.server_major() >= 17 {
+        println!("skipped: REFRESH sets its own search_path from PostgreSQL 17 on");
+        return;
+    }
+    for db in [&dbs.src, &dbs.dst] {
+        db.psql(
+            "CREATE EXTENSION hstore; CREATE SCHEMA extensions; CREATE EXTENSION ltree SCHEMA extensions;",
+        );
+    }
+    dbs.src.psql(
+        "SET search_path = public, extensions;
+         CREATE TABLE items (id int PRIMARY KEY, attrs hstore, path ltree);
+         INSERT INTO items VALUES (1, 'vip => 1', 'a.b'), (2, 'x => 2', 'a.c'), (3, 'vip => 3', 'b');
+         CREATE FUNCTION vips_under(p ltree) RETURNS bigint LANGUAGE sql STABLE
+           AS 'SELECT count(*) FROM items WHERE attrs ? ''vip'' AND path <@ p AND nlevel(path) > 0';
+         CREATE MATERIALIZED VIEW vip_count AS SELECT vips_under('a') AS n;",
+    );
+    dbs.dst.psql(
+        "CREATE TABLE items (id int PRIMARY KEY); INSERT INTO items SELECT generate_series(1, 10);",
+    );
+    let wd = Workdir::new();
+    wd.run_ok(&[
+        "start",
+        "--source",
+        &dbs.src.url(),
+        "--dest",
+        &dbs.dst.url(),
+    ]);
+    assert_eq!(dbs.dst.psql("SELECT n FROM public.vip_count"), "1");
+}
+
 /// A string constant in a function body that spells a migrated table's name
 /// but is data (an audit trail's table names) keeps its value while prepare
 /// computes with the function: CHECK constraints pass the source's rows, and

@@ -1503,7 +1503,11 @@ async fn sequences(run: &mut Run<'_>) -> Result<()> {
 /// names tables without a schema (and sets no search_path of its own) finds
 /// them on the search path: the shadows', in the chosen schemas' order, so
 /// that it reads the migrated rows, as it will once the shadows are live,
-/// and not the destination's live tables of the same names. (A name spelled
+/// and not the destination's live tables of the same names. The schemas
+/// that hold extensions follow the shadows (a live public too, where
+/// PostGIS or pgvector stay while the shadow is built), so the operators
+/// and functions such a body names without a schema (`embedding <=> q`,
+/// `ST_Distance`) are found as on the source. (A name spelled
 /// out in dynamic SQL, `EXECUTE 'SELECT … FROM public.t'`, still reads the
 /// live table: README, Limitations.) It runs after the privileges phase:
 /// REFRESH runs the query as the view's owner, so the owner the view will
@@ -1518,10 +1522,23 @@ async fn matviews(run: &mut Run<'_>) -> Result<()> {
         .query_one("SELECT pg_catalog.current_setting('search_path')", &[])
         .await?
         .get(0);
-    let path = run
-        .pairs
+    let shadows: Vec<&str> = run.pairs.iter().map(|p| p.shadow.as_str()).collect();
+    let extension_schemas: Vec<String> = crate::pg::exec::query_map(
+        client,
+        "SELECT DISTINCT n.nspname::text FROM pg_catalog.pg_extension e
+           JOIN pg_catalog.pg_namespace n ON n.oid = e.extnamespace
+          WHERE n.nspname <> 'pg_catalog' AND n.nspname <> ALL($1::text[])
+          ORDER BY 1",
+        &[&shadows],
+        "listing the schemas that hold extensions",
+        |r| r.get(0),
+    )
+    .await?;
+    let path = shadows
         .iter()
-        .map(|p| quote_ident(&p.shadow))
+        .copied()
+        .chain(extension_schemas.iter().map(String::as_str))
+        .map(quote_ident)
         .collect::<Vec<_>>()
         .join(", ");
     // Row-level security on as the source had it when it refreshed: a view
