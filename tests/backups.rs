@@ -189,6 +189,21 @@ fn list_and_verify_after_start() {
     assert_eq!(v["ok"], true, "{v}");
     assert!(v["differences"].as_array().unwrap().is_empty());
     assert!(v.get("warnings").is_none(), "{v}");
+    let found = |v: &Value, table: &str, what: &str| {
+        v["tables"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|t| t["name"] == table)
+            .unwrap_or_else(|| panic!("{table} in {v}"))[what]
+            .as_u64()
+            .unwrap()
+    };
+    let (places_indexes, orders_sequences) = (
+        found(&v, "places", "indexes"),
+        found(&v, "orders", "sequences"),
+    );
+    assert!(places_indexes >= 1 && orders_sequences >= 1, "{v}");
     let b = &list(&wd, &dbs.dst)[0];
     assert_eq!(b["last_verify_ok"], true);
     assert!(b["last_verified_at"].as_str().is_some());
@@ -266,6 +281,13 @@ fn list_and_verify_after_start() {
     assert!(
         kinds.contains(&("orders".into(), "missing_sequence".into())),
         "{kinds:?}"
+    );
+    // The counts are what was found, not what the manifest recorded.
+    assert_eq!(found(&v, "places", "indexes"), places_indexes - 1, "{v}");
+    assert_eq!(
+        found(&v, "orders", "sequences"),
+        orders_sequences - 1,
+        "{v}"
     );
 
     // A manifest without recorded row counts lists no tables: verify can only

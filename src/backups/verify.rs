@@ -100,7 +100,9 @@ pub struct TableCheck {
     pub name: String,
     pub expected_rows: Option<i64>,
     pub rows: Option<i64>,
+    /// How many of the indexes the manifest recorded are there and valid.
     pub indexes: usize,
+    /// How many of the owned sequences the manifest recorded are there.
     pub sequences: usize,
     pub ok: bool,
 }
@@ -203,8 +205,8 @@ async fn check_schema(
             name: name.clone(),
             expected_rows: t.rows,
             rows: None,
-            indexes: t.indexes.len(),
-            sequences: t.sequences.len(),
+            indexes: 0,
+            sequences: 0,
             ok: true,
         };
         let before = report.differences.len();
@@ -266,7 +268,7 @@ async fn check_schema(
                             let message = format!("table {name}: index {i} is not valid");
                             report.recorded(&name, "invalid_index", i, message)
                         }
-                        Some(true) => {}
+                        Some(true) => check.indexes += 1,
                     }
                 }
                 for (i, valid) in &p.indexes {
@@ -279,6 +281,8 @@ async fn check_schema(
                     if !p.sequences.contains(s) {
                         let message = format!("table {name}: sequence {s} is missing");
                         report.recorded(&name, "missing_sequence", s, message);
+                    } else {
+                        check.sequences += 1;
                     }
                 }
             }
