@@ -220,6 +220,57 @@ fn a_materialized_view_over_an_extensions_operators_is_refreshed() {
     assert_eq!(dbs.dst.psql("SELECT n FROM public.vip_count"), "1");
 }
 
+/// An extension whose version differs: the plan says the shadow uses the
+/// destination's copy, and, when the destination's is the older one, how to
+/// update it; prepare then works.
+#[test]
+fn an_extension_version_behind_the_sources_is_named_with_its_update() {
+    let dbs = TestDbs::new("ext_version");
+    dbs.src.psql(
+        "CREATE EXTENSION hstore; CREATE TABLE items (id int PRIMARY KEY, attrs hstore);
+         INSERT INTO items VALUES (1, 'a => 1');",
+    );
+    dbs.dst.psql("CREATE EXTENSION hstore VERSION '1.4'");
+    let source_version = dbs
+        .src
+        .psql("SELECT extversion FROM pg_extension WHERE extname = 'hstore'");
+    assert_ne!(source_version, "1.4");
+    let wd = Workdir::new();
+    let (src, dst) = (dbs.src.url(), dbs.dst.url());
+    let plan = || {
+        let out = wd.run(&["prepare", "--dry-run", "--source", &src, "--dest", &dst]);
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    };
+    let said = plan();
+    assert!(
+        said.contains(&format!(
+            "extension hstore is version {source_version} on the source and 1.4 on the destination"
+        )) && said.contains(&format!(
+            "ALTER EXTENSION hstore UPDATE TO '{source_version}' on the destination first"
+        )),
+        "{said}"
+    );
+    dbs.dst.psql(&format!(
+        "ALTER EXTENSION hstore UPDATE TO '{source_version}'"
+    ));
+    wd.run_ok(&["start", "--source", &src, "--dest", &dst]);
+    assert_eq!(dbs.dst.psql("SELECT attrs -> 'a' FROM items"), "1");
+    // The other way round, the destination's newer copy serves the shadow.
+    dbs.src
+        .psql("DROP TABLE items; DROP EXTENSION hstore; CREATE EXTENSION hstore VERSION '1.4'");
+    let said = plan();
+    assert!(
+        said.contains(&format!(
+            "extension hstore is version 1.4 on the source and {source_version} on the destination: the shadow uses the destination's (newer)"
+        )),
+        "{said}"
+    );
+}
+
 /// A string constant in a function body that spells a migrated table's name
 /// but is data (an audit trail's table names) keeps its value while prepare
 /// computes with the function: CHECK constraints pass the source's rows, and

@@ -1432,6 +1432,41 @@ pub async fn extension_config_refs(
     Ok(out)
 }
 
+/// The warning for an extension whose version differs: the shadow uses the
+/// destination's copy, so what only the source's version has (a type, an
+/// operator) fails the restore, naming it; the way forward when the
+/// destination's server can update to the source's version.
+async fn version_warning(dst: &Client, name: &str, source: &str, dest: &str) -> Result<String> {
+    let row = dst
+        .query_one(
+            "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_extension_update_paths($1) WHERE source = $3 AND target = $2 AND path IS NOT NULL),
+                    EXISTS (SELECT 1 FROM pg_catalog.pg_extension_update_paths($1) WHERE source = $2 AND target = $3 AND path IS NOT NULL)",
+            &[&name, &source, &dest],
+        )
+        .await
+        .with_context(|| format!("reading the update paths of extension {name}"))?;
+    let (to_source, from_source): (bool, bool) = (row.get(0), row.get(1));
+    let update = format!(
+        "ALTER EXTENSION {} UPDATE TO {}",
+        display_ident(name),
+        crate::pg::ident::quote_literal(source)
+    );
+    let advice = if to_source {
+        format!(
+            "the shadow uses the destination's, so what only the source's has fails the restore: {update} on the destination first"
+        )
+    } else if from_source {
+        "the shadow uses the destination's (newer)".to_string()
+    } else {
+        format!(
+            "the shadow uses the destination's, so what only the source's has fails the restore; the destination's server offers no update to {source}: install it there, then {update}"
+        )
+    };
+    Ok(format!(
+        "extension {name} is version {source} on the source and {dest} on the destination: {advice}"
+    ))
+}
+
 /// Decide what to do for each source extension; fails if one is missing on the
 /// destination and not available, or lives in another schema there.
 pub async fn plan_extensions(
@@ -1450,10 +1485,7 @@ pub async fn plan_extensions(
             )),
             Some(d) => {
                 if d.version != e.version {
-                    warnings.push(format!(
-                        "extension {} is version {} on the source and {} on the destination",
-                        e.name, e.version, d.version
-                    ));
+                    warnings.push(version_warning(dst, &e.name, &e.version, &d.version).await?);
                 }
                 plans.push(ExtensionPlan {
                     name: e.name.clone(),
