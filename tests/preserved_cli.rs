@@ -1243,6 +1243,64 @@ fn a_preserved_column_of_an_extension_type_the_destination_lacks_is_checked_afte
     );
 }
 
+/// The destination's rows of a preserved table that the source's columns
+/// cannot hold (a longer text than the new length, a number beyond the new
+/// precision, a NULL where the source says NOT NULL) are found before
+/// anything changes, by the dry run and by prepare: exit 2, naming each
+/// column, instead of a prepare that fails at its sync phase after the whole
+/// copy. Rows that fit a changed column pass, and once changed, prepare runs.
+#[test]
+fn preserved_rows_that_do_not_fit_the_sources_columns_are_refused_before_prepare() {
+    let dbs = TestDbs::new("preserved_fit");
+    dbs.src.psql(
+        "CREATE TABLE users (id int PRIMARY KEY, name varchar(5), score numeric(4,2),
+                             nick text NOT NULL DEFAULT '', born int8, email varchar(80));",
+    );
+    dbs.dst.psql(
+        "CREATE TABLE users (id int PRIMARY KEY, name varchar(50), score numeric(6,2),
+                             nick text, born int4, email varchar(40));
+         INSERT INTO users VALUES (1, 'Ann', 1.5, 'a', 1990, 'ann@example.com'),
+                                  (2, 'Bartholomew', 123.45, NULL, 1985, 'bart@example.com');",
+    );
+    let wd = Workdir::new();
+    let state = || {
+        format!(
+            "{}{}",
+            schema_fingerprint(&dbs.dst, "public"),
+            dbs.dst
+                .psql("SELECT string_agg(nspname, ',' ORDER BY nspname) FROM pg_namespace")
+        )
+    };
+    let before = state();
+    for extra in [&["--dry-run"][..], &[]] {
+        let out = run_users_preserved(&wd, &dbs, "prepare", extra);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{extra:?}: {err}");
+        for needle in [
+            "users.name: the destination's rows do not all fit the source's column (character varying(50) becomes character varying(5)): value too long for type character varying(5)",
+            "users.score: the destination's rows do not all fit the source's column (numeric(6,2) becomes numeric(4,2)): numeric field overflow",
+            "users.nick: the destination's rows do not all fit the source's column (text becomes NOT NULL)",
+        ] {
+            assert!(err.contains(needle), "{extra:?}: {needle}: {err}");
+        }
+        // Widened columns fit: not named.
+        assert!(
+            !err.contains("users.born") && !err.contains("users.email"),
+            "{err}"
+        );
+        assert_eq!(state(), before, "{extra:?}");
+    }
+    dbs.dst
+        .psql("UPDATE users SET name = 'Bart', score = 99.5, nick = 'b' WHERE id = 2");
+    with_users_preserved(&wd, &dbs, "start", &[]);
+    assert_eq!(
+        dbs.dst.psql(
+            "SELECT name || ' ' || score || ' ' || nick || ' ' || born FROM users WHERE id = 2"
+        ),
+        "Bart 99.50 b 1985"
+    );
+}
+
 /// A preserved column whose type the restore re-creates (a domain, an enum
 /// array) reaches the shadow through its text form: under the destination's
 /// own `extra_float_digits = 0` a float came back as 0.3, under `array_nulls =

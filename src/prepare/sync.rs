@@ -349,6 +349,7 @@ struct ColType {
     /// `format_type()` with typmod, for messages.
     format: String,
     type_oid: u32,
+    typmod: i32,
     not_null: bool,
     /// A default, identity or generation expression supplies a value.
     has_default: bool,
@@ -379,7 +380,8 @@ async fn column_types(client: &Client, rel: u32) -> Result<Vec<ColType>> {
                              AND d.objid = bt.oid AND d.deptype = 'e'),
                     CASE WHEN bt.typtype = 'e' THEN
                          ARRAY(SELECT e.enumlabel::text FROM pg_catalog.pg_enum e
-                                WHERE e.enumtypid = bt.oid ORDER BY e.enumsortorder) END
+                                WHERE e.enumtypid = bt.oid ORDER BY e.enumsortorder) END,
+                    a.atttypmod
                FROM pg_catalog.pg_attribute a
                JOIN pg_catalog.pg_type t ON t.oid = a.atttypid
                JOIN pg_catalog.pg_namespace tn ON tn.oid = t.typnamespace
@@ -404,6 +406,7 @@ async fn column_types(client: &Client, rel: u32) -> Result<Vec<ColType>> {
             is_array: r.get(10),
             base_ext: r.get(11),
             labels: r.get(12),
+            typmod: r.get(13),
         },
     )
     .await
@@ -718,7 +721,12 @@ async fn validate_one(
                 match type_problem(dest, d, s, schemas).await? {
                     Some(TypeCheck::Refused(why)) => problems.push(format!("{col}: {why}")),
                     Some(TypeCheck::NotYet(why)) => warnings.push(format!("{col}: {why}")),
-                    None => {}
+                    None => {
+                        let live = qualified(schema, &p.name);
+                        if let Some(why) = fit_problem(dest, &live, d, s, schemas).await? {
+                            problems.push(format!("{col}: {why}"));
+                        }
+                    }
                 }
             }
         }
@@ -833,6 +841,97 @@ async fn type_problem(
         d.format, s.format
     ))))
 }
+
+/// Do the destination's values of column `d` of `live` all fit the source's
+/// column `s` as the sync's copy stores them, when the two differ in type,
+/// length, precision or dimensions (`varchar(50)` to `varchar(20)`,
+/// pgvector's `vector(4)` to `vector(8)`) or the source's is NOT NULL? Tried
+/// as that copy does it (an INSERT's assignment) into a temporary table, in a
+/// transaction that is rolled back, for a bounded time: so that the dry run
+/// foresees what would otherwise fail prepare at its sync phase, after the
+/// whole copy. Why not, when they do not fit; `None` when they do, or when
+/// the trial gets no answer (out of time, not allowed a temporary table):
+/// then the copy's own error names the row's key. A type the migration
+/// creates (its values travel as text) is not tried: it does not exist yet.
+async fn fit_problem(
+    dest: &Client,
+    live: &str,
+    d: &ColType,
+    s: &ColType,
+    schemas: &[String],
+) -> Result<Option<String>> {
+    if schemas.contains(&s.base_schema) && !s.base_ext {
+        return Ok(None);
+    }
+    // The source's type as this session names it (qualified when the search
+    // path would not find it), with the source's typmod.
+    let row = dest
+        .query_one(
+            "SELECT t.oid, pg_catalog.format_type(t.oid, $2) FROM pg_catalog.pg_type t WHERE t.oid = pg_catalog.to_regtype($1)",
+            &[&s.qual, &s.typmod],
+        )
+        .await;
+    let Ok(row) = row else {
+        return Ok(None);
+    };
+    let (to, sql_type): (u32, String) = (row.get(0), row.get(1));
+    let narrows_null = s.not_null && !d.not_null;
+    if to == d.type_oid && s.typmod == d.typmod && !narrows_null {
+        return Ok(None);
+    }
+    exec(
+        dest,
+        &format!(
+            "BEGIN; SET LOCAL lock_timeout = '{APPLY_LOCK_TIMEOUT}'; SET LOCAL statement_timeout = '{}ms'",
+            FIT_TRIAL_BUDGET.as_millis()
+        ),
+        "starting a trial of the preserved rows' conversion",
+    )
+    .await?;
+    let tried = dest
+        .batch_execute(&format!(
+            "CREATE TEMPORARY TABLE pgshift_fit (v {sql_type}{}); INSERT INTO pgshift_fit SELECT {} FROM {live}",
+            if s.not_null { " NOT NULL" } else { "" },
+            quote_ident(&d.name),
+        ))
+        .await;
+    exec(
+        dest,
+        "ROLLBACK",
+        "ending a trial of the preserved rows' conversion",
+    )
+    .await?;
+    let Err(e) = tried else {
+        return Ok(None);
+    };
+    let Some(db) = e.as_db_error() else {
+        return Err(pg_error_as(e, "trying the preserved rows' conversion"));
+    };
+    let code = db.code().code();
+    // Data exceptions (too long, out of range, pgvector's dimensions) and a
+    // NULL where the source allows none: the rows do not fit. Anything else
+    // (out of time, a lock, no temporary tables allowed) is no answer.
+    if !(code.starts_with("22") || code == "23502") {
+        tracing::debug!(
+            "the preserved rows' conversion: no answer: {}",
+            db.message()
+        );
+        return Ok(None);
+    }
+    let becomes = match (s.format != d.format, narrows_null) {
+        (true, true) => format!("{} NOT NULL", s.format),
+        (true, false) => s.format.clone(),
+        (false, _) => "NOT NULL".into(),
+    };
+    Ok(Some(format!(
+        "the destination's rows do not all fit the source's column ({} becomes {becomes}): {}; the sync's copy would fail: change those rows first, or do not preserve the table",
+        d.format,
+        db.message()
+    )))
+}
+
+/// How long [`fit_problem`]'s trial may take, per column.
+const FIT_TRIAL_BUDGET: Duration = Duration::from_secs(10);
 
 // ---------------------------------------------------------------------------------------
 // The live description of a synced table and the SQL built from it
