@@ -451,17 +451,35 @@ fn users_and_orders(name: &str) -> TestDbs {
 /// Run `args` paused right after its COMMIT; SIGKILL it once `committed`
 /// (a count on `db`) is no longer 0.
 fn kill_after_commit(wd: &Workdir, db: &TestDb, args: &[&str], committed: &str) {
-    let mut child = spawn(
-        wd,
-        args,
-        &[("PGSHIFT_FAILPOINT", "swap-committed:sleep=60000")],
-    );
-    wait_until(&format!("{} committed", args[0]), 30, || {
-        db.psql(committed) != "0"
-    });
+    kill_at(wd, db, args, "swap-committed", committed);
+}
+
+/// Run `args` paused at failpoint `point`; SIGKILL it once `reached` (a
+/// count on `db`) is no longer 0.
+fn kill_at(wd: &Workdir, db: &TestDb, args: &[&str], point: &str, reached: &str) {
+    let mut child = paused_at(wd, db, args, point, reached);
     signal(&child, libc::SIGKILL);
     child.wait().unwrap();
 }
+
+/// Run `args` paused at failpoint `point`, once `reached` (a count on `db`)
+/// is no longer 0: the running child.
+fn paused_at(wd: &Workdir, db: &TestDb, args: &[&str], point: &str, reached: &str) -> Child {
+    let child = spawn(
+        wd,
+        args,
+        &[("PGSHIFT_FAILPOINT", &format!("{point}:sleep=60000"))],
+    );
+    wait_until(&format!("{} at {point}", args[0]), 30, || {
+        db.psql(reached) != "0"
+    });
+    child
+}
+
+/// A backup whose manifest records the steps after its COMMIT up to the
+/// validation of its keys (its row counts).
+const COUNTED: &str =
+    "SELECT count(*) FROM pgshift.backups WHERE (manifest->>'counts_recorded')::bool";
 
 /// `swap` run paused right after its COMMIT, SIGKILLed once its backup
 /// schema exists.
@@ -492,7 +510,26 @@ fn a_swap_killed_after_its_commit_is_finished_by_the_next_swap() {
     let wd = Workdir::new();
     let dst = dbs.dst.url();
     assert_success(&wd.prepare(&dbs, &["--preserved-tables", "users"]));
-    swap_killed_after_commit(&wd, &dbs.dst);
+    // While the swap is still at those steps, nothing says it stopped, and
+    // verify says it could not compare yet, recording nothing.
+    let mut child = paused_at(
+        &wd,
+        &dbs.dst,
+        &["swap", "--dest", &dst],
+        "swap-committed",
+        "SELECT count(*) FROM pg_namespace WHERE nspname LIKE 'backup\\_%'",
+    );
+    let st = status_json(&wd, &dst);
+    assert!(!st["warnings"].to_string().contains("stopped"), "{st}");
+    let v = wd.run_ok(&["verify", "--latest", "--json", "--dest", &dst]);
+    assert!(v.contains("has not recorded its tables yet"), "{v}");
+    assert_eq!(
+        dbs.dst
+            .psql("SELECT count(*) FROM pgshift.backups WHERE last_verified_at IS NOT NULL"),
+        "0"
+    );
+    signal(&child, libc::SIGKILL);
+    child.wait().unwrap();
     let not_valid = "SELECT count(*) FROM pg_constraint WHERE conname = 'orders_user_id_fkey' AND conrelid = 'public.orders'::regclass AND NOT convalidated";
     assert_eq!(dbs.dst.psql(not_valid), "1");
     let st = status_json(&wd, &dst);
@@ -520,6 +557,47 @@ fn a_swap_killed_after_its_commit_is_finished_by_the_next_swap() {
     assert_eq!(st["state"], "idle", "{st}");
     assert_eq!(st["warnings"], serde_json::json!([]), "{st}");
     assert_eq!(st["not_valid_foreign_keys"], serde_json::json!([]), "{st}");
+}
+
+/// Killed while it validates the keys it created NOT VALID (which can take
+/// long), after it recorded the backup's row counts: the keys stayed NOT
+/// VALID for good, `status` said nothing and the next swap did not notice.
+/// The manifest now says the keys are pending until they are validated:
+/// `status` says so, and the next swap validates them.
+#[test]
+fn a_swap_killed_while_it_validates_its_keys_is_finished_by_the_next_swap() {
+    let dbs = users_and_orders("sigkill_validating");
+    let wd = Workdir::new();
+    let dst = dbs.dst.url();
+    assert_success(&wd.prepare(&dbs, &["--preserved-tables", "users"]));
+    kill_at(
+        &wd,
+        &dbs.dst,
+        &["swap", "--dest", &dst],
+        "validating-keys",
+        COUNTED,
+    );
+    let not_valid = "SELECT count(*) FROM pg_constraint WHERE conname = 'orders_user_id_fkey' AND NOT convalidated";
+    assert_eq!(dbs.dst.psql(not_valid), "1");
+    let st = status_json(&wd, &dst);
+    assert!(
+        st["warnings"]
+            .to_string()
+            .contains("stopped while it validated the foreign keys it created NOT VALID"),
+        "{st}"
+    );
+    let again = wd.run(&["swap", "--dest", &dst]);
+    let err = String::from_utf8_lossy(&again.stderr);
+    assert_eq!(again.status.code(), Some(2), "{err}");
+    assert!(err.contains("already swapped into public"), "{err}");
+    assert!(
+        err.contains("validated foreign keys orders.orders_user_id_fkey")
+            && !err.contains("write counters"),
+        "{err}"
+    );
+    assert_eq!(dbs.dst.psql(not_valid), "0");
+    let st = status_json(&wd, &dst);
+    assert_eq!(st["warnings"], serde_json::json!([]), "{st}");
 }
 
 /// `prepare` then `swap` with `users` preserved, through a proxy that loses
@@ -671,7 +749,27 @@ fn a_killed_swaps_partitioned_key_is_added_by_the_next_swap() {
 /// what it finished and that nothing was prepared to swap.
 #[test]
 fn a_rollback_killed_after_its_commit_is_finished_by_the_next_swap() {
-    let dbs = users_and_orders("sigkill_rb_committed");
+    rollback_killed_then_finished_by_the_next_swap(
+        "sigkill_rb_committed",
+        "swap-committed",
+        "SELECT count(*) FROM pgshift.backups WHERE kind = 'rollback'",
+    );
+}
+
+/// And one killed while it validates that key.
+#[test]
+fn a_rollback_killed_while_it_validates_its_keys_is_finished_by_the_next_swap() {
+    rollback_killed_then_finished_by_the_next_swap(
+        "sigkill_rb_validating",
+        "validating-keys",
+        &format!("{COUNTED} AND kind = 'rollback'"),
+    );
+}
+
+/// A rollback keeping `users`, killed at failpoint `point` once `reached`;
+/// `status` says what is pending, and the next swap finishes it.
+fn rollback_killed_then_finished_by_the_next_swap(name: &str, point: &str, reached: &str) {
+    let dbs = users_and_orders(name);
     let wd = Workdir::new();
     let dst = dbs.dst.url();
     assert_success(&wd.run(&[
@@ -683,7 +781,7 @@ fn a_rollback_killed_after_its_commit_is_finished_by_the_next_swap() {
         "--preserved-tables",
         "users",
     ]));
-    kill_after_commit(
+    kill_at(
         &wd,
         &dbs.dst,
         &[
@@ -696,7 +794,8 @@ fn a_rollback_killed_after_its_commit_is_finished_by_the_next_swap() {
             "--dest",
             &dst,
         ],
-        "SELECT count(*) FROM pgshift.backups WHERE kind = 'rollback'",
+        point,
+        reached,
     );
     let not_valid = "SELECT count(*) FROM pg_constraint WHERE contype = 'f' AND conrelid = 'public.orders'::regclass AND NOT convalidated";
     assert_eq!(dbs.dst.psql(not_valid), "1");

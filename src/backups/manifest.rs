@@ -58,6 +58,13 @@ pub struct Manifest {
     pub lock_held_ms: Option<u64>,
     #[serde(default)]
     pub counts_recorded: bool,
+    /// The keys the swap (or rollback) that made this backup created NOT
+    /// VALID are still to be validated: written with the manifest at its
+    /// COMMIT, removed once the validation after it has run, so that one
+    /// killed during that validation (which can take long) is finished by
+    /// the next swap or rollback ([`crate::swap::engine::finish_committed`]).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub keys_pending: bool,
     /// For rollback backups: the backup that was restored.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub restored_from: Option<String>,
@@ -106,6 +113,13 @@ pub struct SchemaMap {
 }
 
 impl Manifest {
+    /// The steps after the COMMIT that made this backup have not run (yet:
+    /// the run may still be at them, or it was killed): only they record the
+    /// lock time and the row counts.
+    pub fn steps_pending(&self) -> bool {
+        !self.counts_recorded && self.lock_held_ms.is_none()
+    }
+
     /// Every schema of the backup (public's alone for earlier manifests).
     pub fn schema_maps(&self) -> Vec<SchemaMap> {
         if self.schemas.is_empty() {
@@ -200,6 +214,19 @@ pub fn insert_backup_sql(m: &Manifest) -> Result<String> {
         opt(m.snapshot_at.map(|t| t.to_rfc3339())),
         quote_literal(&manifest),
     ))
+}
+
+/// The validation after the COMMIT that made backup `ts` has run (see
+/// [`Manifest::keys_pending`]).
+pub async fn keys_validated(client: &impl GenericClient, ts: i64) -> Result<()> {
+    client
+        .execute(
+            "UPDATE pgshift.backups SET manifest = manifest - 'keys_pending' WHERE ts = $1",
+            &[&ts],
+        )
+        .await
+        .context("recording the validation of the backup's foreign keys")?;
+    Ok(())
 }
 
 pub async fn update_manifest(client: &impl GenericClient, m: &Manifest) -> Result<()> {

@@ -124,6 +124,10 @@ pub struct VerifyReport {
     /// without recorded row counts lists no tables to compare.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub warnings: Vec<String>,
+    /// The manifest had tables to compare: the outcome is worth recording
+    /// (not while the run that made the backup has yet to record them).
+    #[serde(skip)]
+    pub recordable: bool,
 }
 
 impl VerifyReport {
@@ -156,8 +160,14 @@ pub async fn check(client: &Client, b: &BackupRow) -> Result<VerifyReport> {
         differences: Vec::new(),
         schemas: b.manifest.schemas.clone(),
         warnings: Vec::new(),
+        recordable: !b.manifest.steps_pending(),
     };
-    if !b.manifest.counts_recorded {
+    if b.manifest.steps_pending() {
+        report.warnings.push(format!(
+            "the {} that made {} has not recorded its tables yet (a {} still running records them after its COMMIT, else the next swap or rollback does): only that its schemas exist was checked, and this verification is not recorded; verify again then",
+            b.kind, b.schema_name, b.kind
+        ));
+    } else if !b.manifest.counts_recorded {
         report.warnings.push(format!(
             "the manifest of {} recorded no tables (their row counts could not be taken after the swap): only that its schemas exist was checked",
             b.schema_name
@@ -319,8 +329,12 @@ async fn present_tables(client: &Client, schema: &str) -> Result<BTreeMap<String
         .collect())
 }
 
-/// Write the outcome into the manifest row.
+/// Write the outcome into the manifest row (unless nothing could be
+/// compared yet, [`VerifyReport::recordable`]).
 pub async fn record(client: &impl GenericClient, r: &VerifyReport) -> Result<()> {
+    if !r.recordable {
+        return Ok(());
+    }
     manifest::record_verification(client, r.timestamp, r.verified_at, r.ok).await
 }
 

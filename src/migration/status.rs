@@ -475,12 +475,23 @@ pub async fn report(
     } else {
         Vec::new()
     };
+    // A swap or rollback that still runs is at those steps; one that runs no
+    // more (or another command holding the lock) left them.
+    let finishing = d.running.as_ref().is_some_and(|r| {
+        r.alive != Some(false) && matches!(r.holder.command(), Some("swap" | "rollback" | "start"))
+    });
     if let Some(b) = backups
         .first()
-        .filter(|b| !b.manifest.counts_recorded && b.manifest.lock_held_ms.is_none())
+        .filter(|b| b.manifest.steps_pending() || b.manifest.keys_pending)
+        .filter(|_| !finishing)
     {
+        let pending = if b.manifest.steps_pending() {
+            "stopped after its COMMIT: its row counts and the validation of the foreign keys it created are pending"
+        } else {
+            "stopped while it validated the foreign keys it created NOT VALID: their validation is pending"
+        };
         warnings.push(format!(
-            "the {} that made backup {} stopped after its COMMIT: its row counts and the validation of the foreign keys it created are pending; `pgshift swap` finishes them (and swaps only a prepared migration), as does the next rollback before it rolls back",
+            "the {} that made backup {} {pending}; `pgshift swap` finishes them (and swaps only a prepared migration), as does the next rollback before it rolls back",
             b.kind, b.schema_name
         ));
     }

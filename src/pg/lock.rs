@@ -74,6 +74,15 @@ impl Holder {
         (pid, host)
     }
 
+    /// The pgshift command its `application_name` names (`swap`, `rollback`,
+    /// …), if it is a pgshift run's.
+    pub fn command(&self) -> Option<&str> {
+        let mut words = self.application_name.as_deref()?.split_whitespace();
+        (words.next() == Some("pgshift"))
+            .then(|| words.next())
+            .flatten()
+    }
+
     /// false when that process ran on this host and runs no more (its server
     /// session lives on until the server notices); None when that cannot be
     /// told (another host, no pid).

@@ -957,6 +957,9 @@ pub async fn swap(sess: &Session, opts: &SwapOptions) -> Result<SwapReport> {
     }
 
     // The COMMIT recorded the migration as swapped; add what came after it.
+    // (The record first: the next swap finishes a validation that stopped,
+    // and records the keys it leaves NOT VALID, only while the manifest
+    // still says the keys are pending.)
     let mut st = rec.state.clone();
     st.status = Status::Swapped;
     st.phase = None;
@@ -966,6 +969,7 @@ pub async fn swap(sess: &Session, opts: &SwapOptions) -> Result<SwapReport> {
     st.details.write_baseline = None;
     st.updated_at = chrono::Utc::now();
     record::save_migration(&sess.control, &st).await?;
+    manifest::keys_validated(&sess.control, done.backup_timestamp).await?;
     sess.state_file.clear()?;
     if let Some(dir) = &m.state.dump_dir
         && !opts.keep_dump

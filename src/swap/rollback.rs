@@ -746,6 +746,7 @@ pub async fn execute(sess: &Session, plan: &Plan, policy: Policy) -> Result<Roll
         warnings.push(format!("foreign key {name} stays NOT VALID: {}", f.error));
         not_valid.push(f.constraint);
     }
+    manifest::keys_validated(control, done.backup_timestamp).await?;
     Ok(RollbackReport {
         restored_schema: restored.schema_name.clone(),
         mode: done.mode,
