@@ -219,6 +219,32 @@ fn abort_drops_a_prepared_migration() {
     assert_eq!(status(&other, &dbs.dst)["state"], "prepared");
 }
 
+/// One operator prepares, another swaps from another directory, then the
+/// first runs `abort` with its out-of-date state file: it said it aborted the
+/// migration (`"aborted": true`, `"previous_status": "prepared"`) that was
+/// swapped. Nothing is left to abort: it says so, with the destination's
+/// status, and clears the file.
+#[test]
+fn abort_with_a_state_file_the_destination_has_gone_past_aborts_nothing() {
+    let dbs = TestDbs::new("st_abort_stale");
+    sample(&dbs);
+    let (wd, other) = (Workdir::new(), Workdir::new());
+    let url = dbs.dst.url();
+    wd.run_ok(&["prepare", "--source", &dbs.src.url(), "--dest", &url]);
+    other.run_ok(&["swap", "--dest", &url]);
+    let v: Value = serde_json::from_str(&wd.run_ok(&["abort", "--dest", &url, "--json"])).unwrap();
+    assert_eq!(v["aborted"], false, "{v}");
+    assert_eq!(v["previous_status"], "swapped", "{v}");
+    assert_eq!(v["state_file_cleared"], true, "{v}");
+    assert!(
+        v["message"].as_str().unwrap().contains("out of date"),
+        "{v}"
+    );
+    assert!(state_files(&wd).is_empty(), "{:?}", state_files(&wd));
+    let s = status(&wd, &dbs.dst);
+    assert_eq!(s["migration"]["status"], "swapped", "{s}");
+}
+
 /// Prepare creates the extensions the source uses and the destination lacks
 /// (in public, where the source has them). An abort said "the destination's
 /// public was not touched" while hstore's functions stayed in public; it now

@@ -468,17 +468,35 @@ pub async fn abort(sess: &Session, opts: &AbortOptions) -> Result<AbortReport> {
         .filter(|m| !m.state.status.is_finished() && d.committed_unrecorded.is_none())
         .cloned();
     let leftovers = !d.objects.is_empty();
-    let file_open = file_state.as_ref().is_some_and(|s| !s.status.is_finished());
+    // A state file whose migration the destination has since finished (swapped
+    // from another directory, or aborted there) or gone past is out of date:
+    // nothing of it is left to abort.
+    let file_stale = match (&file_state, &d.row) {
+        (Some(f), Some(row)) => f.id < row.id || (f.id == row.id && open.is_none()),
+        _ => false,
+    };
+    let file_open = !file_stale && file_state.as_ref().is_some_and(|s| !s.status.is_finished());
 
     if open.is_none() && !leftovers && !file_open {
+        let mut message =
+            "nothing to abort: no migration is prepared on the destination".to_string();
+        let mut state_file_cleared = false;
+        if let (true, Some(f), Some(status)) = (file_stale, &file_state, latest_status) {
+            sess.state_file.clear()?;
+            state_file_cleared = true;
+            message.push_str(&format!(
+                " (the state file's migration {} is out of date: the destination's latest migration is {status}; the file was cleared)",
+                f.id
+            ));
+        }
         return Ok(AbortReport {
             aborted: false,
             migration_id: None,
             previous_status: latest_status.map(|s| s.to_string()),
             removed: Removed::default(),
-            state_file_cleared: false,
+            state_file_cleared,
             dump_dir_removed: None,
-            message: "nothing to abort: no migration is prepared on the destination".into(),
+            message,
             extensions_kept: Vec::new(),
         });
     }
