@@ -369,6 +369,39 @@ fn a_dead_lock_holder_blocks_the_swap_in_status_too() {
     assert_eq!(s["swap_allowed"], true, "{s}");
 }
 
+/// A cron cleanup with nothing old enough to drop exits 0 while another run
+/// holds the lock (it failed, exit 1, whenever a prepare or a swap ran); one
+/// with something to drop is still refused, naming the holder.
+#[test]
+fn a_cleanup_with_nothing_to_do_succeeds_while_another_run_holds_the_lock() {
+    let dbs = TestDbs::new("st_cleanup_busy");
+    sample(&dbs);
+    let wd = Workdir::new();
+    let url = dbs.dst.url();
+    wd.run_ok(&["start", "--source", &dbs.src.url(), "--dest", &url]);
+    let (_rt, _holder, _) = hold_lock_as_dead_run(&dbs.dst, "prepare");
+    let out = wd.run_ok(&[
+        "cleanup",
+        "--dest",
+        &url,
+        "--before",
+        "2000-01-01",
+        "--json",
+    ]);
+    let v: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["dry_run"], false, "{v}");
+    assert_eq!(v["dropped"], serde_json::json!([]), "{v}");
+    assert_eq!(v["kept"], 1, "{v}");
+    let out = wd.run(&["cleanup", "--dest", &url, "--before", "2999-01-01"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("another pgshift run holds the destination's lock"),
+        "{err}"
+    );
+    assert_eq!(dbs.dst.psql("SELECT count(*) FROM pgshift.backups"), "1");
+}
+
 /// The live triggers on `public.items`, by name.
 fn items_triggers(db: &TestDb) -> String {
     db.query_one_string(

@@ -115,6 +115,45 @@ pub struct CleanupOptions {
     pub lock_timeout: std::time::Duration,
 }
 
+/// The backups old enough to drop (oldest first), and the report that
+/// starts from them (nothing dropped or skipped yet).
+async fn candidates(
+    client: &Client,
+    opts: &CleanupOptions,
+) -> Result<(Vec<BackupRow>, CleanupReport)> {
+    let backups = manifest::list_backups(client).await?; // newest first
+    let protected = opts.keep_latest.unwrap_or(0);
+    let total = backups.len();
+    let mut candidates: Vec<BackupRow> = backups
+        .into_iter()
+        .enumerate()
+        .filter(|(i, b)| *i >= protected && b.created_at < opts.before)
+        .map(|(_, b)| b)
+        .collect();
+    candidates.reverse(); // oldest first
+    let report = CleanupReport {
+        dry_run: opts.dry_run,
+        before: rfc3339(&opts.before),
+        keep_latest: opts.keep_latest,
+        dropped: Vec::new(),
+        skipped: Vec::new(),
+        kept: total - candidates.len(),
+        freed_bytes: 0,
+    };
+    Ok((candidates, report))
+}
+
+/// The report of a cleanup with nothing to do (no backup old enough), read
+/// without the run lock: a cron run then exits 0 whatever else runs. None
+/// when there is something to drop.
+pub async fn nothing_to_do(
+    client: &Client,
+    opts: &CleanupOptions,
+) -> Result<Option<CleanupReport>> {
+    let (candidates, report) = candidates(client, opts).await?;
+    Ok(candidates.is_empty().then_some(report))
+}
+
 /// Drop old backups (or, with `dry_run`, say which). `client` holds the run
 /// lock for a real run. Returns the report and the backups whose drop failed
 /// for a reason other than a busy table (the caller reports them after the
@@ -123,28 +162,7 @@ pub async fn cleanup(
     client: &Client,
     opts: &CleanupOptions,
 ) -> Result<(CleanupReport, Vec<String>)> {
-    let before = opts.before;
-    let keep_latest = opts.keep_latest;
-
-    let backups = manifest::list_backups(client).await?; // newest first
-    let protected = keep_latest.unwrap_or(0);
-    let total = backups.len();
-    let mut candidates: Vec<BackupRow> = backups
-        .into_iter()
-        .enumerate()
-        .filter(|(i, b)| *i >= protected && b.created_at < before)
-        .map(|(_, b)| b)
-        .collect();
-    candidates.reverse(); // oldest first
-    let mut report = CleanupReport {
-        dry_run: opts.dry_run,
-        before: rfc3339(&before),
-        keep_latest,
-        dropped: Vec::new(),
-        skipped: Vec::new(),
-        kept: total - candidates.len(),
-        freed_bytes: 0,
-    };
+    let (candidates, mut report) = candidates(client, opts).await?;
     let mut failures = Vec::new();
     for b in &candidates {
         let schemas = backup_schemas(b);

@@ -20,9 +20,13 @@ pub async fn run(args: CleanupArgs, ctx: Ctx) -> Result<ExitCode> {
         lock_timeout: settings.swap.lock_timeout,
     };
     settings.require_dest()?;
-    // A dry run reads only; a real run holds the run lock like every mutating command.
+    // A dry run reads only; a real run holds the run lock like every mutating
+    // command, once there is something to drop (with nothing to do, a cron
+    // run exits 0 while another run holds the lock).
     let (report, failures) = if opts.dry_run {
         cleanup::cleanup(&ctx.connect_dest().await?, &opts).await?
+    } else if let Some(report) = cleanup::nothing_to_do(&ctx.connect_dest().await?, &opts).await? {
+        (report, Vec::new())
     } else {
         let sess = ctx.open_session().await?;
         cleanup::cleanup(&sess.control, &opts).await?
