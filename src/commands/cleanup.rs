@@ -1,7 +1,8 @@
 //! `pgshift cleanup`: drop backup schemas created before a moment
 //! (`backups::cleanup`). Built for cron: never prompts, exits 0 when there is
-//! nothing to do; exit 1 only when dropping a backup failed for another reason
-//! than a busy table.
+//! nothing to do (whatever else runs); exit 1 when another run holds the lock
+//! while there is something to drop, or dropping a backup failed for another
+//! reason than a busy table.
 
 use anyhow::Result;
 
