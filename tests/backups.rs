@@ -306,6 +306,66 @@ fn list_and_verify_after_start() {
     );
 }
 
+/// A backup that changes while `verify` reads it (a rollback restoring it,
+/// a cleanup dropping it) fails verify with the server's bare `relation …
+/// does not exist`; it now says the backup changed meanwhile, naming the run
+/// that holds the lock, and to verify again.
+#[test]
+fn a_backup_changed_while_verify_reads_it_is_said_so() {
+    let dbs = TestDbs::new("bk_verify_race");
+    app_v1_v2(&dbs);
+    let wd = Workdir::new();
+    start(&wd, &dbs);
+    let url = dbs.dst.url();
+    let backup = dbs.dst.psql("SELECT schema_name FROM pgshift.backups");
+    let mut child = wd
+        .cmd()
+        .args(["verify", "--dest", &url, "--latest"])
+        .env("PGSHIFT_FAILPOINT", "verify-listed:sleep=5000")
+        .stderr(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Paused once it has listed the backup's tables: it says so.
+    let mut stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+    let mut said = String::new();
+    while !said.contains("pausing 5000 ms at verify-listed") {
+        let mut line = String::new();
+        if std::io::BufRead::read_line(&mut stderr, &mut line).unwrap() == 0 {
+            panic!("verify ended before the pause: {said}");
+        }
+        said.push_str(&line);
+    }
+    // A rollback's session holds the lock and moves the backup's tables.
+    let holder = dbs.dst.server().clone();
+    let db = dbs.dst.name().to_string();
+    let lock = std::thread::spawn(move || {
+        holder.psql(
+            &db,
+            "SET application_name = 'pgshift rollback pid=1 host=elsewhere'; SELECT pg_advisory_lock(1885827944, 1); SELECT pg_sleep(8)",
+        );
+    });
+    assert!(common::wait_until(
+        std::time::Duration::from_secs(10),
+        || {
+            dbs.dst
+                .psql("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted")
+                == "1"
+        }
+    ));
+    dbs.dst.psql(&format!("DROP TABLE {backup}.orders CASCADE"));
+    std::io::Read::read_to_string(&mut stderr, &mut said).unwrap();
+    let (status, err) = (child.wait().unwrap(), said);
+    assert_eq!(status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("error: verify failed: the backup changed while verify read it: pgshift rollback pid=1 host=elsewhere (server pid")
+            && err.contains("verify again once it is done")
+            && err.contains("does not exist"),
+        "{err}"
+    );
+    lock.join().unwrap();
+}
+
 #[test]
 fn bad_input_changes_nothing() {
     let dbs = TestDbs::new("bk_badinput");

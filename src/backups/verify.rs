@@ -203,6 +203,8 @@ async fn check_schema(
         return Ok(());
     }
     let present = present_tables(client, schema).await?;
+    // A pause for the test of a backup that changes while it is read.
+    crate::migration::session::failpoint("verify-listed").await?;
     let tables: Vec<&manifest::ManifestTable> = b
         .manifest
         .tables

@@ -21,7 +21,10 @@ pub async fn run(args: VerifyArgs, ctx: Ctx) -> Result<ExitCode> {
         Some(ts) => verify::find(&client, ts).await?,
         None => verify::latest(&client, "verify").await?,
     };
-    let report = verify::check(&client, &backup).await?;
+    let report = match verify::check(&client, &backup).await {
+        Ok(r) => r,
+        Err(e) => return Err(changed_under(&client, e).await),
+    };
     verify::record(&client, &report).await?;
     print(&ctx, &report)?;
     if report.ok {
@@ -33,6 +36,27 @@ pub async fn run(args: VerifyArgs, ctx: Ctx) -> Result<ExitCode> {
             report.summary()
         );
         Ok(ExitCode::Verification)
+    }
+}
+
+/// A table or schema of the backup gone while verify read it: another run
+/// (a rollback restoring it, a cleanup dropping it) moved it meanwhile.
+/// Said so, naming the run that holds the lock, instead of the server's bare
+/// "relation … does not exist".
+async fn changed_under(client: &tokio_postgres::Client, e: anyhow::Error) -> anyhow::Error {
+    use tokio_postgres::error::SqlState;
+    let code = crate::pg::exec::PgError::code_in(&e);
+    if !matches!(
+        code,
+        Some(SqlState::UNDEFINED_TABLE | SqlState::INVALID_SCHEMA_NAME)
+    ) {
+        return e;
+    }
+    match crate::pg::lock::holder(client).await {
+        Ok(Some(h)) => e.context(format!(
+            "the backup changed while verify read it: {h} holds the run lock (a rollback or cleanup moves or drops backups); verify again once it is done"
+        )),
+        _ => e.context("the backup changed while verify read it (a rollback or cleanup that ran meanwhile moves or drops backups); verify again"),
     }
 }
 
