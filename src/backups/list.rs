@@ -26,6 +26,9 @@ pub struct BackupEntry {
     pub size_bytes: i64,
     /// The schema still exists.
     pub exists: bool,
+    /// A cleanup began dropping it in parts and did not finish: part of it
+    /// may be gone (a later cleanup drops the rest; it cannot be restored).
+    pub partly_dropped: bool,
     /// The migration's source (redacted), for `swap` backups.
     pub source: Option<String>,
     pub migration_id: Option<i64>,
@@ -63,6 +66,7 @@ pub async fn entry(client: &Client, b: &BackupRow) -> Result<BackupEntry> {
         },
         size_bytes: facts.size_bytes,
         exists: facts.exists,
+        partly_dropped: m.dropping_since.is_some(),
         source: m.source.clone(),
         migration_id: m.migration_id,
         restored_from: m.restored_from.clone(),

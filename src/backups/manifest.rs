@@ -65,6 +65,11 @@ pub struct Manifest {
     /// the next swap or rollback ([`crate::swap::engine::finish_committed`]).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub keys_pending: bool,
+    /// A cleanup began emptying this backup in parts (too big to drop in
+    /// one transaction) at this moment: until the schema is gone, part of it
+    /// may be gone already (a later cleanup drops the rest).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dropping_since: Option<DateTime<Utc>>,
     /// For rollback backups: the backup that was restored.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub restored_from: Option<String>,
@@ -214,6 +219,21 @@ pub fn insert_backup_sql(m: &Manifest) -> Result<String> {
         opt(m.snapshot_at.map(|t| t.to_rfc3339())),
         quote_literal(&manifest),
     ))
+}
+
+/// A cleanup begins emptying backup `ts` in parts (see
+/// [`Manifest::dropping_since`]).
+pub async fn mark_dropping(client: &impl GenericClient, ts: i64) -> Result<()> {
+    client
+        .execute(
+            "UPDATE pgshift.backups
+                SET manifest = manifest || pg_catalog.jsonb_build_object('dropping_since', $2::text)
+              WHERE ts = $1 AND NOT manifest ? 'dropping_since'",
+            &[&ts, &Utc::now().to_rfc3339()],
+        )
+        .await
+        .context("recording that the backup is dropped in parts")?;
+    Ok(())
 }
 
 /// The validation after the COMMIT that made backup `ts` has run (see

@@ -51,7 +51,9 @@ pub async fn run(ctx: Ctx) -> Result<ExitCode> {
             e.total_rows
                 .map(|n| n.to_string())
                 .unwrap_or_else(|| "-".into()),
-            if e.exists {
+            if e.partly_dropped {
+                format!("{} (partly dropped)", human_bytes(e.size_bytes))
+            } else if e.exists {
                 human_bytes(e.size_bytes)
             } else {
                 "missing".into()

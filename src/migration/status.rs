@@ -495,6 +495,15 @@ pub async fn report(
             b.kind, b.schema_name
         ));
     }
+    for b in backups
+        .iter()
+        .filter(|b| b.manifest.dropping_since.is_some())
+    {
+        warnings.push(format!(
+            "backup {} is partly dropped: a cleanup began dropping it in parts and did not finish (part of it may be gone, so it cannot be rolled back to); the next cleanup drops the rest",
+            b.schema_name
+        ));
+    }
     Ok(StatusReport {
         state: d.state,
         destination: dest.redacted(),

@@ -370,14 +370,24 @@ pub async fn plan(client: &Client, opts: &RollbackOptions) -> Result<Plan> {
     let fk_refusal = crate::swap::cutover::fk_refusal(&fk_check, opts.allow_fk_violations);
 
     let verification = verify::check(client, &restore).await?;
-    let mismatch = (!verification.ok && !opts.force).then(|| {
+    // A backup a cleanup began dropping in parts is never restored, not even
+    // with --force: which of its tables are gone is not known.
+    let partly_dropped = restore.manifest.dropping_since.map(|since| {
         format!(
-            "{schema} does not match its manifest: {}; nothing was changed (check it with `pgshift verify --timestamp {}`, or pass --force to roll back anyway)",
-            verification.summary(),
-            restore.ts
+            "{schema} is partly dropped: a cleanup began dropping it in parts at {} and did not finish, so part of it may be gone; it cannot be restored, even with --force (the next cleanup drops the rest); nothing was changed",
+            since.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
         )
     });
-    if !verification.ok && opts.force {
+    let mismatch = partly_dropped.or_else(|| {
+        (!verification.ok && !opts.force).then(|| {
+            format!(
+                "{schema} does not match its manifest: {}; nothing was changed (check it with `pgshift verify --timestamp {}`, or pass --force to roll back anyway)",
+                verification.summary(),
+                restore.ts
+            )
+        })
+    });
+    if !verification.ok && opts.force && restore.manifest.dropping_since.is_none() {
         warnings.push(format!(
             "{schema} does not match its manifest ({}); rolling back anyway (--force)",
             verification.summary()
