@@ -1237,8 +1237,11 @@ async fn column_types(
 
 /// `email: text -> email` for each column that differs. Columns are paired by
 /// name when both lists name their columns once each (a column added in the
-/// middle is `b: (none) -> boolean`, and a new order is said once), else by
-/// position.
+/// middle is `b: (none) -> boolean`, and a new order is said once); a list
+/// that names one twice (`t.*, t.id`, as knex writes) is paired by position
+/// when both have as many columns, else along the longest common
+/// subsequence of the names, so that a column added to `t` is said once
+/// and not as every later column shifted.
 fn column_changes(today: &[Column], future: &[Column], types: &ColumnTypes) -> Vec<String> {
     let real = |c: &Column| -> ((u32, i32), u32, String) {
         types
@@ -1275,7 +1278,36 @@ fn column_changes(today: &[Column], future: &[Column], types: &ColumnTypes) -> V
     let once = |n: &[&str]| n.iter().collect::<HashSet<_>>().len() == n.len();
     let (tn, fnames) = (names(today), names(future));
     let mut out = Vec::new();
-    if tn == fnames || !once(&tn) || !once(&fnames) {
+    let repeated = !once(&tn) || !once(&fnames);
+    if repeated && tn.len() != fnames.len() {
+        let (n, m) = (tn.len(), fnames.len());
+        // common[i][j]: the longest common subsequence of tn[i..], fnames[j..].
+        let mut common = vec![vec![0usize; m + 1]; n + 1];
+        for i in (0..n).rev() {
+            for j in (0..m).rev() {
+                common[i][j] = if tn[i] == fnames[j] {
+                    common[i + 1][j + 1] + 1
+                } else {
+                    common[i + 1][j].max(common[i][j + 1])
+                };
+            }
+        }
+        let (mut i, mut j) = (0, 0);
+        while i < n || j < m {
+            if i < n && j < m && tn[i] == fnames[j] {
+                out.extend(changed(&today[i], &future[j]));
+                (i, j) = (i + 1, j + 1);
+            } else if j < m && (i == n || common[i][j + 1] >= common[i + 1][j]) {
+                out.push(added(&future[j]));
+                j += 1;
+            } else {
+                out.push(removed(&today[i]));
+                i += 1;
+            }
+        }
+        return out;
+    }
+    if tn == fnames || repeated {
         for i in 0..today.len().max(future.len()) {
             match (today.get(i), future.get(i)) {
                 (Some(a), Some(b)) => out.extend(changed(a, b)),
@@ -1426,6 +1458,24 @@ mod tests {
         assert_eq!(
             column_changes(&today, &future, &types),
             vec!["a: text -> b: text"]
+        );
+        // `t.*, t.id` where t gained a column in the middle: that column
+        // alone (it read `a: text -> d: …; id: … -> a: text; id: (none) -> …`).
+        let today = vec![col("id", 25, None), col("a", 25, None), col("id", 25, None)];
+        let future = vec![
+            col("id", 25, None),
+            col("d", 1184, None),
+            col("a", 25, None),
+            col("id", 25, None),
+        ];
+        assert_eq!(
+            column_changes(&today, &future, &types),
+            vec!["d: (none) -> timestamp with time zone"]
+        );
+        // And one dropped from it.
+        assert_eq!(
+            column_changes(&future, &today, &types),
+            vec!["d: timestamp with time zone -> (none)"]
         );
     }
 
