@@ -365,6 +365,9 @@ struct ColType {
     base_ext: bool,
     /// Labels when the (element) type is an enum.
     labels: Option<Vec<String>>,
+    /// When the (element) type is a domain: the type it is over
+    /// (`"schema"."type"`, its schema) and its typmod.
+    domain_over: Option<(String, String, i32)>,
 }
 
 async fn column_types(client: &Client, rel: u32) -> Result<Vec<ColType>> {
@@ -381,13 +384,17 @@ async fn column_types(client: &Client, rel: u32) -> Result<Vec<ColType>> {
                     CASE WHEN bt.typtype = 'e' THEN
                          ARRAY(SELECT e.enumlabel::text FROM pg_catalog.pg_enum e
                                 WHERE e.enumtypid = bt.oid ORDER BY e.enumsortorder) END,
-                    a.atttypmod
+                    a.atttypmod,
+                    pg_catalog.quote_ident(dn.nspname) || '.' || pg_catalog.quote_ident(dt.typname),
+                    dn.nspname::text, bt.typtypmod
                FROM pg_catalog.pg_attribute a
                JOIN pg_catalog.pg_type t ON t.oid = a.atttypid
                JOIN pg_catalog.pg_namespace tn ON tn.oid = t.typnamespace
                JOIN pg_catalog.pg_type bt
                  ON bt.oid = CASE WHEN t.typcategory = 'A' AND t.typelem <> 0 THEN t.typelem ELSE t.oid END
                JOIN pg_catalog.pg_namespace bn ON bn.oid = bt.typnamespace
+               LEFT JOIN pg_catalog.pg_type dt ON dt.oid = bt.typbasetype
+               LEFT JOIN pg_catalog.pg_namespace dn ON dn.oid = dt.typnamespace
               WHERE a.attrelid = $1 AND a.attnum > 0 AND NOT a.attisdropped
               ORDER BY a.attnum",
             &[&rel],
@@ -407,6 +414,9 @@ async fn column_types(client: &Client, rel: u32) -> Result<Vec<ColType>> {
             base_ext: r.get(11),
             labels: r.get(12),
             typmod: r.get(13),
+            domain_over: r
+                .get::<_, Option<String>>(14)
+                .map(|qual| (qual, r.get(15), r.get(16))),
         },
     )
     .await
@@ -678,7 +688,8 @@ async fn validate_one(
     }
     let dest_keys = key_candidates(dest, dest_oid).await?;
     let src_keys = key_candidates(source, src_oid).await?;
-    if choose_key(&dest_keys, &src_keys).is_none() {
+    let key = choose_key(&dest_keys, &src_keys).unwrap_or_default();
+    if key.is_empty() {
         problems.push(format!(
             "{shown}: no primary key or unique NOT NULL key with the same columns on both sides (destination: {}; source: {})",
             describe_keys(&dest_keys),
@@ -723,8 +734,10 @@ async fn validate_one(
                     Some(TypeCheck::NotYet(why)) => warnings.push(format!("{col}: {why}")),
                     None => {
                         let live = qualified(schema, &p.name);
-                        if let Some(why) = fit_problem(dest, &live, d, s, schemas).await? {
-                            problems.push(format!("{col}: {why}"));
+                        match fit_problem(dest, &live, &key, d, s, schemas).await? {
+                            Fit::Fits => {}
+                            Fit::DoesNot(why) => problems.push(format!("{col}: {why}")),
+                            Fit::NoAnswer(why) => warnings.push(format!("{col}: {why}")),
                         }
                     }
                 }
@@ -842,6 +855,17 @@ async fn type_problem(
     ))))
 }
 
+/// What [`fit_problem`]'s trial found.
+enum Fit {
+    /// The rows fit, or nothing needed trying.
+    Fits,
+    /// They do not: why.
+    DoesNot(String),
+    /// The trial got no answer: why (the copy's own error then names a
+    /// row's key).
+    NoAnswer(String),
+}
+
 /// Do the destination's values of column `d` of `live` all fit the source's
 /// column `s` as the sync's copy stores them, when the two differ in type,
 /// length, precision or dimensions (`varchar(50)` to `varchar(20)`,
@@ -849,35 +873,50 @@ async fn type_problem(
 /// as that copy does it (an INSERT's assignment) into a temporary table, in a
 /// transaction that is rolled back, for a bounded time: so that the dry run
 /// foresees what would otherwise fail prepare at its sync phase, after the
-/// whole copy. Why not, when they do not fit; `None` when they do, or when
-/// the trial gets no answer (out of time, not allowed a temporary table):
-/// then the copy's own error names the row's key. A type the migration
-/// creates (its values travel as text) is not tried: it does not exist yet.
+/// whole copy. A domain of a migrated schema (created with the shadow, so
+/// not there yet) is tried as the type it is over, when that type is not
+/// the migration's too (its CHECKs, not there yet either, fail the copy).
 async fn fit_problem(
     dest: &Client,
     live: &str,
+    key: &[String],
     d: &ColType,
     s: &ColType,
     schemas: &[String],
-) -> Result<Option<String>> {
-    if schemas.contains(&s.base_schema) && !s.base_ext {
-        return Ok(None);
-    }
-    // The source's type as this session names it (qualified when the search
-    // path would not find it), with the source's typmod.
-    let row = dest
+) -> Result<Fit> {
+    let remapped = |schema: &str, ext: bool| schemas.iter().any(|m| m == schema) && !ext;
+    // The type the source's column holds values of, as this server names it
+    // (qualified when the search path would not find it), and its typmod.
+    let domain = remapped(&s.base_schema, s.base_ext);
+    let (target, typmod, array) = if !domain {
+        (s.qual.as_str(), s.typmod, "")
+    } else {
+        match &s.domain_over {
+            Some((over, schema, typmod)) if !remapped(schema, false) => {
+                (over.as_str(), *typmod, if s.is_array { "[]" } else { "" })
+            }
+            _ => return Ok(Fit::Fits),
+        }
+    };
+    let Ok(row) = dest
         .query_one(
             "SELECT t.oid, pg_catalog.format_type(t.oid, $2) FROM pg_catalog.pg_type t WHERE t.oid = pg_catalog.to_regtype($1)",
-            &[&s.qual, &s.typmod],
+            &[&target, &typmod],
         )
-        .await;
-    let Ok(row) = row else {
-        return Ok(None);
+        .await
+    else {
+        return Ok(Fit::Fits);
     };
     let (to, sql_type): (u32, String) = (row.get(0), row.get(1));
     let narrows_null = s.not_null && !d.not_null;
-    if to == d.type_oid && s.typmod == d.typmod && !narrows_null {
-        return Ok(None);
+    let same = if domain {
+        // The destination's domain is over the same type, with the same typmod.
+        matches!(&d.domain_over, Some((over, _, dmod)) if over == target && *dmod == typmod)
+    } else {
+        to == d.type_oid && typmod == d.typmod
+    };
+    if same && !narrows_null {
+        return Ok(Fit::Fits);
     }
     exec(
         dest,
@@ -888,13 +927,29 @@ async fn fit_problem(
         "starting a trial of the preserved rows' conversion",
     )
     .await?;
+    let column = quote_ident(&d.name);
+    let not_null = if s.not_null { " NOT NULL" } else { "" };
     let tried = dest
         .batch_execute(&format!(
-            "CREATE TEMPORARY TABLE pgshift_fit (v {sql_type}{}); INSERT INTO pgshift_fit SELECT {} FROM {live}",
-            if s.not_null { " NOT NULL" } else { "" },
-            quote_ident(&d.name),
+            "CREATE TEMPORARY TABLE pgshift_fit (v {sql_type}{array}{not_null}); SAVEPOINT fit; INSERT INTO pgshift_fit SELECT {column} FROM {live}",
         ))
         .await;
+    // Rows that do not fit: the first one's key, found row by row (a value
+    // stored into a variable of the column's type converts by assignment,
+    // as INSERT does), within the same time bound.
+    let misfit = |e: &tokio_postgres::Error| {
+        e.as_db_error()
+            .is_some_and(|db| does_not_fit(db.code().code()))
+    };
+    let first = match &tried {
+        Err(e) if misfit(e) && !key.is_empty() => {
+            let target = format!("{sql_type}{array}");
+            first_misfit(dest, live, key, d, &target, s.not_null)
+                .await
+                .unwrap_or_default()
+        }
+        _ => None,
+    };
     exec(
         dest,
         "ROLLBACK",
@@ -902,32 +957,96 @@ async fn fit_problem(
     )
     .await?;
     let Err(e) = tried else {
-        return Ok(None);
+        return Ok(Fit::Fits);
     };
     let Some(db) = e.as_db_error() else {
         return Err(pg_error_as(e, "trying the preserved rows' conversion"));
     };
     let code = db.code().code();
-    // Data exceptions (too long, out of range, pgvector's dimensions) and a
-    // NULL where the source allows none: the rows do not fit. Anything else
-    // (out of time, a lock, no temporary tables allowed) is no answer.
-    if !(code.starts_with("22") || code == "23502") {
-        tracing::debug!(
-            "the preserved rows' conversion: no answer: {}",
+    if !does_not_fit(code) {
+        return Ok(Fit::NoAnswer(format!(
+            "whether the destination's rows fit the source's column ({}) could not be tried ({}); the sync's copy finds a row that does not, naming its key",
+            s.format,
             db.message()
-        );
-        return Ok(None);
+        )));
     }
-    let becomes = match (s.format != d.format, narrows_null) {
-        (true, true) => format!("{} NOT NULL", s.format),
-        (true, false) => s.format.clone(),
+    let shown = if domain {
+        format!("{} over {sql_type}{array}", s.format)
+    } else {
+        s.format.clone()
+    };
+    let becomes = match (domain || s.format != d.format, narrows_null) {
+        (true, true) => format!("{shown} NOT NULL"),
+        (true, false) => shown,
         (false, _) => "NOT NULL".into(),
     };
-    Ok(Some(format!(
-        "the destination's rows do not all fit the source's column ({} becomes {becomes}): {}; the sync's copy would fail: change those rows first, or do not preserve the table",
-        d.format,
-        db.message()
+    let mut why = if code == "23502" {
+        "a row holds NULL".to_string()
+    } else {
+        db.message().to_string()
+    };
+    if let Some(first) = first {
+        why.push_str(&format!(" (Key {first}, for one)"));
+    }
+    Ok(Fit::DoesNot(format!(
+        "the destination's rows do not all fit the source's column ({} becomes {becomes}): {why}; the sync's copy would fail: change those rows first, or do not preserve the table",
+        d.format
     )))
+}
+
+/// Data exceptions (too long, out of range, pgvector's dimensions), a
+/// domain's CHECK, and a NULL where the source allows none: the rows do not
+/// fit. Anything else (out of time, a lock, no temporary tables allowed) is
+/// no answer.
+fn does_not_fit(code: &str) -> bool {
+    code.starts_with("22") || code == "23502" || code == "23514"
+}
+
+/// In [`fit_problem`]'s failed trial (rolled back to its savepoint): the key
+/// of the first row of `live` whose `d` does not fit `target` (as
+/// PostgreSQL's DETAIL shows one, `(id)=(1234)`), if one is found in time.
+async fn first_misfit(
+    dest: &Client,
+    live: &str,
+    key: &[String],
+    d: &ColType,
+    target: &str,
+    not_null: bool,
+) -> Result<Option<String>> {
+    let null_check = if not_null {
+        "IF v IS NULL THEN RETURN false; END IF; "
+    } else {
+        ""
+    };
+    dest.batch_execute(&format!(
+        "ROLLBACK TO SAVEPOINT fit;
+         CREATE FUNCTION pg_temp.pgshift_fits(v {}) RETURNS boolean LANGUAGE plpgsql AS $pgshift$
+           DECLARE x {target};
+           BEGIN {null_check}x := v; RETURN true; EXCEPTION WHEN OTHERS THEN RETURN false; END $pgshift$",
+        d.format
+    ))
+    .await?;
+    let cols: Vec<String> = key
+        .iter()
+        .map(|k| format!("{}::text", quote_ident(k)))
+        .collect();
+    let row = dest
+        .query_opt(
+            &format!(
+                "SELECT pg_catalog.concat_ws(', ', {}) FROM {live} WHERE NOT pg_temp.pgshift_fits({}) LIMIT 1",
+                cols.join(", "),
+                quote_ident(&d.name)
+            ),
+            &[],
+        )
+        .await?;
+    Ok(row.map(|r| {
+        format!(
+            "({})=({})",
+            key.iter().map(|k| display_ident(k)).join(", "),
+            r.get::<_, String>(0)
+        )
+    }))
 }
 
 /// How long [`fit_problem`]'s trial may take, per column.
@@ -1019,6 +1138,9 @@ struct AttrType {
     type_oid: u32,
     qual: String,
     base: (String, i8),
+    /// For a domain (or an array of one): the type it is over, and that
+    /// type's category (`S` for the string types).
+    domain_over: Option<(u32, String)>,
 }
 
 async fn attr_types(client: &Client, rel: u32) -> Result<HashMap<String, AttrType>> {
@@ -1030,12 +1152,15 @@ async fn attr_types(client: &Client, rel: u32) -> Result<HashMap<String, AttrTyp
                          ELSE pg_catalog.quote_ident(tn.nspname) || '.' || pg_catalog.quote_ident(t.typname) END,
                     CASE WHEN t.typcategory = 'A' AND t.typelem <> 0 THEN et.typname || '[]'
                          ELSE t.typname::text END,
-                    CASE WHEN t.typcategory = 'A' AND t.typelem <> 0 THEN et.typtype ELSE t.typtype END
+                    CASE WHEN t.typcategory = 'A' AND t.typelem <> 0 THEN et.typtype ELSE t.typtype END,
+                    bt.oid, bt.typcategory::text
                FROM pg_catalog.pg_attribute a
                JOIN pg_catalog.pg_type t ON t.oid = a.atttypid
                JOIN pg_catalog.pg_namespace tn ON tn.oid = t.typnamespace
                LEFT JOIN pg_catalog.pg_type et ON et.oid = t.typelem
                LEFT JOIN pg_catalog.pg_namespace en ON en.oid = et.typnamespace
+               LEFT JOIN pg_catalog.pg_type bt
+                 ON bt.oid = CASE WHEN t.typcategory = 'A' AND t.typelem <> 0 THEN et.typbasetype ELSE t.typbasetype END
               WHERE a.attrelid = $1 AND a.attnum > 0 AND NOT a.attisdropped",
             &[&rel],
         "reading column types",
@@ -1046,6 +1171,9 @@ async fn attr_types(client: &Client, rel: u32) -> Result<HashMap<String, AttrTyp
                     type_oid: r.get(1),
                     qual: r.get(2),
                     base: (r.get(3), r.get(4)),
+                    domain_over: r
+                        .get::<_, Option<u32>>(5)
+                        .map(|oid| (oid, r.get::<_, Option<String>>(6).unwrap_or_default())),
                 },
             )
         },
@@ -1070,11 +1198,19 @@ async fn rel_name(client: &Client, oid: u32) -> Result<Option<String>> {
 /// Two types of the same name and kind are a type of a migrated schema as
 /// the destination has it and as the restore created it in a shadow schema
 /// (the table's own or another's: prepare accepts no other pair of a
-/// migrated schema's types), and no cast joins them.
+/// migrated schema's types), and no cast joins them: through the text form.
+/// But two domains (or arrays of them) over the same type, or over string
+/// types, convert by assignment, as INSERT does: through the text form, an
+/// explicit cast, a value too long for the shadow's `varchar(5)` or
+/// `char(3)` was cut short without a word.
 fn conv_for(public: &AttrType, shadow: &AttrType) -> Conv {
+    let assignable_domains = match (&public.domain_over, &shadow.domain_over) {
+        (Some((a, ca)), Some((b, cb))) => a == b || (ca == "S" && cb == "S"),
+        _ => false,
+    };
     if public.type_oid == shadow.type_oid {
         Conv::Same
-    } else if public.base == shadow.base {
+    } else if public.base == shadow.base && !assignable_domains {
         Conv::ViaText(shadow.qual.clone())
     } else {
         Conv::Assign(shadow.qual.clone())
