@@ -20,13 +20,19 @@ pub async fn run(args: CleanupArgs, ctx: Ctx) -> Result<ExitCode> {
         dry_run: settings.dry_run,
         lock_timeout: settings.swap.lock_timeout,
     };
-    settings.require_dest()?;
+    let dest = settings.require_dest()?;
     // A dry run reads only; a real run holds the run lock like every mutating
     // command, once there is something to drop (with nothing to do, a cron
     // run exits 0 while another run holds the lock).
     let (report, failures) = if opts.dry_run {
         cleanup::cleanup(&ctx.connect_dest().await?, &opts).await?
-    } else if let Some(report) = cleanup::nothing_to_do(&ctx.connect_dest().await?, &opts).await? {
+    } else if let Some(report) = {
+        // A destination that takes no writes is refused as every mutating
+        // run is, even with nothing to drop (a cron job pointed at a standby).
+        let client = ctx.connect_dest().await?;
+        crate::migration::session::refuse_read_only(&client, dest).await?;
+        cleanup::nothing_to_do(&client, &opts).await?
+    } {
         (report, Vec::new())
     } else {
         let sess = ctx.open_session().await?;

@@ -139,7 +139,7 @@ impl Session {
 /// failing on the first write with "cannot execute … in a read-only
 /// transaction"). pgshift does not override a read-only default: whoever set
 /// it meant the database not to change.
-async fn refuse_read_only(client: &Client, dest: &ConnSpec) -> Result<()> {
+pub async fn refuse_read_only(client: &Client, dest: &ConnSpec) -> Result<()> {
     match takes_no_writes(client).await? {
         Some(NoWrites::Standby) => crate::refuse!(
             "the destination {dest} is a standby (in recovery) and takes no writes; give the primary (with several hosts, target_session_attrs=primary); nothing was changed"
