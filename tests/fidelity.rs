@@ -185,7 +185,10 @@ fn materialized_views_are_refreshed_from_the_shadow() {
 /// A function a materialized view calls that names an extension's operator
 /// or function without a schema (pgvector's `embedding <=> q`, PostGIS's
 /// `ST_Distance`) finds it during the refresh, whether the extension lives in
-/// public or in a schema of its own, as it does on the source.
+/// public or in a schema of its own, as it does on the source; and where the
+/// database's search path puts the extensions' schema first, an
+/// application's function of the same name (`public.nlevel`) does not take
+/// the extension's place.
 #[test]
 fn a_materialized_view_over_an_extensions_operators_is_refreshed() {
     let dbs = TestDbs::new("matview_ext");
@@ -195,19 +198,21 @@ fn a_materialized_view_over_an_extensions_operators_is_refreshed() {
     }
     for db in [&dbs.src, &dbs.dst] {
         db.psql(
-            "CREATE EXTENSION hstore; CREATE SCHEMA extensions; CREATE EXTENSION ltree SCHEMA extensions;",
+            "CREATE EXTENSION hstore; CREATE SCHEMA extensions; CREATE EXTENSION ltree SCHEMA extensions;
+             DO $$ BEGIN EXECUTE format('ALTER DATABASE %I SET search_path = extensions, public', current_database()); END $$;",
         );
     }
     dbs.src.psql(
-        "SET search_path = public, extensions;
-         CREATE TABLE items (id int PRIMARY KEY, attrs hstore, path ltree);
+        "SET search_path = extensions, public;
+         CREATE FUNCTION public.nlevel(ltree) RETURNS int LANGUAGE sql IMMUTABLE AS 'SELECT 0';
+         CREATE TABLE public.items (id int PRIMARY KEY, attrs hstore, path ltree);
          INSERT INTO items VALUES (1, 'vip => 1', 'a.b'), (2, 'x => 2', 'a.c'), (3, 'vip => 3', 'b');
-         CREATE FUNCTION vips_under(p ltree) RETURNS bigint LANGUAGE sql STABLE
+         CREATE FUNCTION public.vips_under(p ltree) RETURNS bigint LANGUAGE sql STABLE
            AS 'SELECT count(*) FROM items WHERE attrs ? ''vip'' AND path <@ p AND nlevel(path) > 0';
-         CREATE MATERIALIZED VIEW vip_count AS SELECT vips_under('a') AS n;",
+         CREATE MATERIALIZED VIEW public.vip_count AS SELECT vips_under('a') AS n;",
     );
     dbs.dst.psql(
-        "CREATE TABLE items (id int PRIMARY KEY); INSERT INTO items SELECT generate_series(1, 10);",
+        "CREATE TABLE public.items (id int PRIMARY KEY); INSERT INTO public.items SELECT generate_series(1, 10);",
     );
     let wd = Workdir::new();
     wd.run_ok(&[

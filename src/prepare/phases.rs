@@ -1503,11 +1503,13 @@ async fn sequences(run: &mut Run<'_>) -> Result<()> {
 /// names tables without a schema (and sets no search_path of its own) finds
 /// them on the search path: the shadows', in the chosen schemas' order, so
 /// that it reads the migrated rows, as it will once the shadows are live,
-/// and not the destination's live tables of the same names. The schemas
-/// that hold extensions follow the shadows (a live public too, where
-/// PostGIS or pgvector stay while the shadow is built), so the operators
-/// and functions such a body names without a schema (`embedding <=> q`,
-/// `ST_Distance`) are found as on the source. (A name spelled
+/// and not the destination's live tables of the same names: the
+/// destination's search path with each migrated schema replaced by its
+/// shadow (the shadows it lacks first). The schemas that hold extensions
+/// follow where it lacks them (a live public too, where PostGIS or pgvector
+/// stay while the shadow is built), so the operators and functions such a
+/// body names without a schema (`embedding <=> q`, `ST_Distance`) are
+/// found as on the source. (A name spelled
 /// out in dynamic SQL, `EXECUTE 'SELECT … FROM public.t'`, still reads the
 /// live table: README, Limitations.) It runs after the privileges phase:
 /// REFRESH runs the query as the view's owner, so the owner the view will
@@ -1534,10 +1536,43 @@ async fn matviews(run: &mut Run<'_>) -> Result<()> {
         |r| r.get(0),
     )
     .await?;
-    let path = shadows
+    // The destination's own search path, each migrated schema in it replaced
+    // by its shadow (so that an extension schema it puts first stays first,
+    // as the source's would: a function of the application's of the same
+    // name as an extension's does not take its place); the shadows it lacks
+    // first, the schemas that hold extensions it lacks last.
+    let current: Vec<String> = crate::pg::exec::query_map(
+        client,
+        "SELECT s::text FROM pg_catalog.unnest(pg_catalog.current_schemas(false)) WITH ORDINALITY AS u(s, i) ORDER BY i",
+        &[],
+        "reading the search path",
+        |r| r.get(0),
+    )
+    .await?;
+    let mapped: Vec<&str> = current
+        .iter()
+        .map(|s| {
+            run.pairs
+                .iter()
+                .find(|p| p.live == *s)
+                .map_or(s.as_str(), |p| p.shadow.as_str())
+        })
+        .collect();
+    let mut order: Vec<&str> = shadows
         .iter()
         .copied()
+        .filter(|s| !mapped.contains(s))
+        .collect();
+    for s in mapped
+        .into_iter()
         .chain(extension_schemas.iter().map(String::as_str))
+    {
+        if !order.contains(&s) {
+            order.push(s);
+        }
+    }
+    let path = order
+        .into_iter()
         .map(quote_ident)
         .collect::<Vec<_>>()
         .join(", ");
