@@ -214,7 +214,14 @@ impl Destination {
         if let Some(f) = &foreign_file {
             warnings.push(foreign_file_note(f));
         }
-        let (record, record_from) = choose_record(file.clone(), row.as_ref(), &mut warnings);
+        // The file's own run still at work (a swap between its COMMIT and
+        // the end, which clears the file): not stale.
+        let in_flight = match (&file, &running) {
+            (Some(f), Some(r)) => r.runs(f),
+            _ => false,
+        };
+        let (record, record_from) =
+            choose_record(file.clone(), row.as_ref(), in_flight, &mut warnings);
         let committed_unrecorded = match &record {
             Some(st) if st.status == Status::Swapping && meta_ok => {
                 backups::backup_of_migration(client, st.id).await?
@@ -358,9 +365,11 @@ pub fn recorded_elsewhere(st: &MigrationState, here: &ConnSpec) -> bool {
 }
 
 /// Pick the record: the state file, the destination's row, or both.
+/// `in_flight`: the run the file records is still at work.
 fn choose_record(
     file: Option<MigrationState>,
     row: Option<&MigrationRow>,
+    in_flight: bool,
     warnings: &mut Vec<String>,
 ) -> (Option<MigrationState>, RecordFrom) {
     match (file, row) {
@@ -370,7 +379,7 @@ fn choose_record(
         (Some(f), Some(d)) if f.id == d.id => {
             let finished = d.state.status.is_finished();
             if finished || d.state.updated_at >= f.updated_at {
-                if finished {
+                if finished && !in_flight {
                     warnings.push(format!(
                         "the state file still records migration {} as {}, but the destination says {}; the state file is stale",
                         f.id, f.status, d.state.status
