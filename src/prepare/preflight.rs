@@ -1459,7 +1459,7 @@ async fn version_warning(dst: &Client, name: &str, source: &str, dest: &str) -> 
         "the shadow uses the destination's (newer)".to_string()
     } else {
         format!(
-            "the shadow uses the destination's, so what only the source's has fails the restore; the destination's server offers no update to {source}: install it there, then {update}"
+            "the shadow uses the destination's, so what only the source's has fails the restore; the destination's server offers no update between the two: if the source's is the newer, install it there, then {update}"
         )
     };
     Ok(format!(
