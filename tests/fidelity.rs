@@ -46,6 +46,16 @@ fn data_fingerprint(db: &TestDb, schema: &str) -> Vec<(String, String)> {
         .collect()
 }
 
+/// `start` from the pair's source into its destination, which must succeed.
+fn start(dbs: &TestDbs) {
+    Workdir::new().run_ok(&[
+        "start",
+        "--source",
+        &dbs.src.url(),
+        "--dest",
+        &dbs.dst.url(),
+    ]);
+}
 #[test]
 fn prepare_reproduces_a_rich_schema_exactly() {
     let dbs = TestDbs::new("fidelity");
@@ -171,14 +181,7 @@ fn materialized_views_are_refreshed_from_the_shadow() {
     dbs.dst.psql(
         "CREATE TABLE users (id int PRIMARY KEY); INSERT INTO users SELECT generate_series(1, 1000);",
     );
-    let wd = Workdir::new();
-    wd.run_ok(&[
-        "start",
-        "--source",
-        &dbs.src.url(),
-        "--dest",
-        &dbs.dst.url(),
-    ]);
+    start(&dbs);
     assert_eq!(dbs.dst.psql("SELECT n FROM public.user_count"), "2");
 }
 
@@ -214,14 +217,7 @@ fn a_materialized_view_over_an_extensions_operators_is_refreshed() {
     dbs.dst.psql(
         "CREATE TABLE public.items (id int PRIMARY KEY); INSERT INTO public.items SELECT generate_series(1, 10);",
     );
-    let wd = Workdir::new();
-    wd.run_ok(&[
-        "start",
-        "--source",
-        &dbs.src.url(),
-        "--dest",
-        &dbs.dst.url(),
-    ]);
+    start(&dbs);
     assert_eq!(dbs.dst.psql("SELECT n FROM public.vip_count"), "1");
 }
 
@@ -298,14 +294,7 @@ fn a_name_spelled_as_data_in_a_function_body_keeps_its_value() {
            FROM generate_series(1, 200) g;
          CREATE MATERIALIZED VIEW mv AS SELECT table_for('account') AS t;",
     );
-    let wd = Workdir::new();
-    wd.run_ok(&[
-        "start",
-        "--source",
-        &dbs.src.url(),
-        "--dest",
-        &dbs.dst.url(),
-    ]);
+    start(&dbs);
     for sql in [
         "SELECT tbl FROM audit_log WHERE id = 2",
         "SELECT t FROM mv",
@@ -352,14 +341,7 @@ fn a_name_a_function_body_holds_in_a_variable_is_the_shadows() {
     );
     dbs.dst
         .psql("CREATE TEXT SEARCH CONFIGURATION public.mycfg (COPY = pg_catalog.simple)");
-    let wd = Workdir::new();
-    wd.run_ok(&[
-        "start",
-        "--source",
-        &dbs.src.url(),
-        "--dest",
-        &dbs.dst.url(),
-    ]);
+    start(&dbs);
     let sql = "SELECT id, tsv, tsv2, tsv3, tsv4, tag FROM docs ORDER BY id";
     assert_eq!(dbs.dst.psql(sql), dbs.src.psql(sql));
     let by_index =

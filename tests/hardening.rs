@@ -578,27 +578,36 @@ fn a_swap_killed_while_it_validates_its_keys_is_finished_by_the_next_swap() {
         "validating-keys",
         COUNTED,
     );
-    let not_valid = "SELECT count(*) FROM pg_constraint WHERE conname = 'orders_user_id_fkey' AND NOT convalidated";
-    assert_eq!(dbs.dst.psql(not_valid), "1");
-    let st = status_json(&wd, &dst);
-    assert!(
-        st["warnings"]
-            .to_string()
-            .contains("stopped while it validated the foreign keys it created NOT VALID"),
-        "{st}"
+    let err = finished_by_the_next_swap(
+        &wd,
+        &dbs.dst,
+        "SELECT count(*) FROM pg_constraint WHERE conname = 'orders_user_id_fkey' AND NOT convalidated",
+        "stopped while it validated the foreign keys it created NOT VALID",
     );
-    let again = wd.run(&["swap", "--dest", &dst]);
-    let err = String::from_utf8_lossy(&again.stderr);
-    assert_eq!(again.status.code(), Some(2), "{err}");
     assert!(err.contains("already swapped into public"), "{err}");
     assert!(
         err.contains("validated foreign keys orders.orders_user_id_fkey")
             && !err.contains("write counters"),
         "{err}"
     );
-    assert_eq!(dbs.dst.psql(not_valid), "0");
-    let st = status_json(&wd, &dst);
+}
+
+/// After a run killed among the steps after its COMMIT: one key is NOT
+/// VALID (`not_valid` counts it), `status` warns (`warned`), and the next
+/// `swap` finishes those steps (exit 2: nothing to swap), after which the
+/// key is valid and `status` quiet. The swap's stderr.
+fn finished_by_the_next_swap(wd: &Workdir, db: &TestDb, not_valid: &str, warned: &str) -> String {
+    let dst = db.url();
+    assert_eq!(db.psql(not_valid), "1");
+    let st = status_json(wd, &dst);
+    assert!(st["warnings"].to_string().contains(warned), "{st}");
+    let again = wd.run(&["swap", "--dest", &dst]);
+    let err = String::from_utf8_lossy(&again.stderr).into_owned();
+    assert_eq!(again.status.code(), Some(2), "{err}");
+    assert_eq!(db.psql(not_valid), "0");
+    let st = status_json(wd, &dst);
     assert_eq!(st["warnings"], serde_json::json!([]), "{st}");
+    err
 }
 
 /// `prepare` then `swap` with `users` preserved, through a proxy that loses
@@ -798,25 +807,16 @@ fn rollback_killed_then_finished_by_the_next_swap(name: &str, point: &str, reach
         point,
         reached,
     );
-    let not_valid = "SELECT count(*) FROM pg_constraint WHERE contype = 'f' AND conrelid = 'public.orders'::regclass AND NOT convalidated";
-    assert_eq!(dbs.dst.psql(not_valid), "1");
-    let st = status_json(&wd, &dst);
-    assert!(
-        st["warnings"]
-            .to_string()
-            .contains("the rollback that made backup"),
-        "{st}"
+    let err = finished_by_the_next_swap(
+        &wd,
+        &dbs.dst,
+        "SELECT count(*) FROM pg_constraint WHERE contype = 'f' AND conrelid = 'public.orders'::regclass AND NOT convalidated",
+        "the rollback that made backup",
     );
-    let again = wd.run(&["swap", "--dest", &dst]);
-    let err = String::from_utf8_lossy(&again.stderr);
-    assert_eq!(again.status.code(), Some(2), "{err}");
     assert!(
         err.contains("finished the steps after the COMMIT of the rollback"),
         "{err}"
     );
-    assert_eq!(dbs.dst.psql(not_valid), "0");
-    let st = status_json(&wd, &dst);
-    assert_eq!(st["warnings"], serde_json::json!([]), "{st}");
 }
 
 #[test]

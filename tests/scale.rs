@@ -744,20 +744,24 @@ fn the_swap_budget_covers_the_locks_a_real_swap_holds() {
     // Stopped once emptied in parts, before the last drop: list, status and
     // rollback (even forced) say it is partly dropped; the next cleanup
     // drops the rest.
-    let out = wd.run_env(
-        &[
-            "cleanup",
-            "--dest",
-            &dbs.dst.url(),
-            "--before",
-            "2999-01-01",
-        ],
-        &[
-            ("PGSHIFT_FAILPOINT", "cleanup-shrunk"),
-            ("PGSHIFT_CHECK_LOCKS", "1"),
-            ("RUST_LOG", "pgshift=info"),
-        ],
-    );
+    let cleanup = |failpoint: &str| {
+        wd.run_env(
+            &[
+                "cleanup",
+                "--dest",
+                &dbs.dst.url(),
+                "--before",
+                "2999-01-01",
+                "--json",
+            ],
+            &[
+                ("PGSHIFT_FAILPOINT", failpoint),
+                ("PGSHIFT_CHECK_LOCKS", "1"),
+                ("RUST_LOG", "pgshift=info"),
+            ],
+        )
+    };
+    let out = cleanup("cleanup-shrunk");
     assert_eq!(out.status.code(), Some(1));
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("lock-bounded transactions"),
@@ -789,18 +793,7 @@ fn the_swap_budget_covers_the_locks_a_real_swap_holds() {
             && err.contains("cannot be restored, even with --force"),
         "{err}"
     );
-    let out = wd.run_env(
-        &[
-            "cleanup",
-            "--dest",
-            &dbs.dst.url(),
-            "--before",
-            "2999-01-01",
-            "--json",
-        ],
-        &[("PGSHIFT_CHECK_LOCKS", "1"), ("RUST_LOG", "pgshift=info")],
-    );
-    let r = json(&out);
+    let r = json(&cleanup(""));
     assert_eq!(r["dropped"].as_array().unwrap().len(), 1, "{r}");
     assert_eq!(
         dbs.dst.psql(&format!(
