@@ -723,27 +723,6 @@ fn the_swap_budget_covers_the_locks_a_real_swap_holds() {
         "BEGIN; LOCK TABLE {backup}.{table} IN ACCESS SHARE MODE"
     )))
     .unwrap();
-    let out = wd.run(&[
-        "cleanup",
-        "--dest",
-        &dbs.dst.url(),
-        "--before",
-        "2999-01-01",
-        "--json",
-    ]);
-    let r = json(&out);
-    assert!(r["dropped"].as_array().unwrap().is_empty(), "{r}");
-    let reason = r["skipped"][0]["reason"].as_str().unwrap();
-    assert!(
-        reason.contains("is in use (by the session with pid")
-            && reason.contains("nothing was dropped"),
-        "{r}"
-    );
-    assert_eq!(count_relations(), before);
-    rt.block_on(holder.batch_execute("ROLLBACK")).unwrap();
-    // Stopped once emptied in parts, before the last drop: list, status and
-    // rollback (even forced) say it is partly dropped; the next cleanup
-    // drops the rest.
     let cleanup = |failpoint: &str| {
         wd.run_env(
             &[
@@ -761,6 +740,19 @@ fn the_swap_budget_covers_the_locks_a_real_swap_holds() {
             ],
         )
     };
+    let r = json(&cleanup(""));
+    assert!(r["dropped"].as_array().unwrap().is_empty(), "{r}");
+    let reason = r["skipped"][0]["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("is in use (by the session with pid")
+            && reason.contains("nothing was dropped"),
+        "{r}"
+    );
+    assert_eq!(count_relations(), before);
+    rt.block_on(holder.batch_execute("ROLLBACK")).unwrap();
+    // Stopped once emptied in parts, before the last drop: list, status and
+    // rollback (even forced) say it is partly dropped; the next cleanup
+    // drops the rest.
     let out = cleanup("cleanup-shrunk");
     assert_eq!(out.status.code(), Some(1));
     assert!(
