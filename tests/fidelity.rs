@@ -191,7 +191,8 @@ fn materialized_views_are_refreshed_from_the_shadow() {
 /// public or in a schema of its own, as it does on the source; and where the
 /// database's search path puts the extensions' schema first, an
 /// application's function of the same name (`public.nlevel`) does not take
-/// the extension's place.
+/// the extension's place; a schema the migration does not move that the
+/// destination's path puts first (`extra`) lends no table of the same name.
 #[test]
 fn a_materialized_view_over_an_extensions_operators_is_refreshed() {
     let dbs = TestDbs::new("matview_ext");
@@ -215,7 +216,11 @@ fn a_materialized_view_over_an_extensions_operators_is_refreshed() {
          CREATE MATERIALIZED VIEW public.vip_count AS SELECT vips_under('a') AS n;",
     );
     dbs.dst.psql(
-        "CREATE TABLE public.items (id int PRIMARY KEY); INSERT INTO public.items SELECT generate_series(1, 10);",
+        "CREATE TABLE public.items (id int PRIMARY KEY); INSERT INTO public.items SELECT generate_series(1, 10);
+         CREATE SCHEMA extra;
+         CREATE TABLE extra.items (id int PRIMARY KEY, attrs public.hstore, path extensions.ltree);
+         INSERT INTO extra.items SELECT g, 'vip => 1', 'a.b' FROM generate_series(1, 50) g;
+         DO $$ BEGIN EXECUTE format('ALTER DATABASE %I SET search_path = extra, extensions, public', current_database()); END $$;",
     );
     start(&dbs);
     assert_eq!(dbs.dst.psql("SELECT n FROM public.vip_count"), "1");

@@ -1505,8 +1505,9 @@ async fn sequences(run: &mut Run<'_>) -> Result<()> {
 /// that it reads the migrated rows, as it will once the shadows are live,
 /// and not the destination's live tables of the same names: the
 /// destination's search path with each migrated schema replaced by its
-/// shadow (the shadows it lacks first). The schemas that hold extensions
-/// follow where it lacks them (a live public too, where PostGIS or pgvector
+/// shadow and no other schema but those that hold extensions (the shadows
+/// it lacks first). The schemas that hold extensions follow where it lacks
+/// them (a live public too, where PostGIS or pgvector
 /// stay while the shadow is built), so the operators and functions such a
 /// body names without a schema (`embedding <=> q`, `ST_Distance`) are
 /// found as on the source. (A name spelled
@@ -1537,10 +1538,13 @@ async fn matviews(run: &mut Run<'_>) -> Result<()> {
     )
     .await?;
     // The destination's own search path, each migrated schema in it replaced
-    // by its shadow (so that an extension schema it puts first stays first,
-    // as the source's would: a function of the application's of the same
-    // name as an extension's does not take its place); the shadows it lacks
-    // first, the schemas that hold extensions it lacks last.
+    // by its shadow, and of the others only those that hold extensions (so
+    // that an extension schema it puts first stays first, as the source's
+    // would: a function of the application's of the same name as an
+    // extension's does not take its place; and a schema the migration does
+    // not move, "$user" or another, never lends a table of the same name);
+    // the shadows it lacks first, the schemas that hold extensions it lacks
+    // last.
     let current: Vec<String> = crate::pg::exec::query_map(
         client,
         "SELECT s::text FROM pg_catalog.unnest(pg_catalog.current_schemas(false)) WITH ORDINALITY AS u(s, i) ORDER BY i",
@@ -1551,11 +1555,9 @@ async fn matviews(run: &mut Run<'_>) -> Result<()> {
     .await?;
     let mapped: Vec<&str> = current
         .iter()
-        .map(|s| {
-            run.pairs
-                .iter()
-                .find(|p| p.live == *s)
-                .map_or(s.as_str(), |p| p.shadow.as_str())
+        .filter_map(|s| match run.pairs.iter().find(|p| p.live == *s) {
+            Some(p) => Some(p.shadow.as_str()),
+            None => extension_schemas.contains(s).then_some(s.as_str()),
         })
         .collect();
     let mut order: Vec<&str> = shadows
