@@ -1262,18 +1262,18 @@ fn preserved_rows_that_do_not_fit_the_sources_columns_are_refused_before_prepare
     let common =
         "CREATE SCHEMA common; CREATE DOMAIN common.short AS text CHECK (length(VALUE) < 5);";
     dbs.src.psql(&format!(
-        "{common} CREATE DOMAIN tag AS varchar(5);
+        "{common} CREATE DOMAIN tag AS varchar(5); CREATE DOMAIN addr AS inet;
          CREATE TABLE users (id int PRIMARY KEY, name varchar(5), score numeric(4,2),
                              nick text NOT NULL DEFAULT '', born int8, email varchar(80),
-                             tag tag, code common.short);"
+                             tag tag, code common.short, ip addr);"
     ));
     dbs.dst.psql(&format!(
-        "{common} CREATE DOMAIN tag AS varchar(50);
+        "{common} CREATE DOMAIN tag AS varchar(50); CREATE DOMAIN addr AS text;
          CREATE TABLE users (id int PRIMARY KEY, name varchar(50), score numeric(6,2),
-                             nick text, born int4, email varchar(40), tag tag, code text);
-         INSERT INTO users VALUES (1, 'Ann', 1.5, 'a', 1990, 'ann@example.com', 'a', 'x'),
+                             nick text, born int4, email varchar(40), tag tag, code text, ip addr);
+         INSERT INTO users VALUES (1, 'Ann', 1.5, 'a', 1990, 'ann@example.com', 'a', 'x', '10.0.0.1'),
                                   (2, 'Bartholomew', 123.45, NULL, 1985, 'bart@example.com',
-                                   'alexander', 'toolong');"
+                                   'alexander', 'toolong', 'not-an-ip');"
     ));
     let wd = Workdir::new();
     let state = || {
@@ -1295,6 +1295,7 @@ fn preserved_rows_that_do_not_fit_the_sources_columns_are_refused_before_prepare
             "users.nick: the destination's rows do not all fit the source's column (text becomes NOT NULL): a row holds NULL",
             "users.tag: the destination's rows do not all fit the source's column (tag becomes tag over character varying(5)): value too long for type character varying(5)",
             "users.code: the destination's rows do not all fit the source's column (text becomes common.short): value for domain common.short violates check constraint",
+            "users.ip: the destination's rows do not all fit the source's column (addr becomes addr over inet): invalid input syntax for type inet: \"not-an-ip\" (Key (id)=(2), for one)",
         ] {
             assert!(err.contains(needle), "{extra:?}: {needle}: {err}");
         }
@@ -1306,7 +1307,7 @@ fn preserved_rows_that_do_not_fit_the_sources_columns_are_refused_before_prepare
         assert_eq!(state(), before, "{extra:?}");
     }
     dbs.dst.psql(
-        "UPDATE users SET name = 'Bart', score = 99.5, nick = 'b', tag = 'alex', code = 'ok' WHERE id = 2",
+        "UPDATE users SET name = 'Bart', score = 99.5, nick = 'b', tag = 'alex', code = 'ok', ip = '10.0.0.2' WHERE id = 2",
     );
     with_users_preserved(&wd, &dbs, "prepare", &[]);
     dbs.dst

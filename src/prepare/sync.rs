@@ -929,11 +929,29 @@ async fn fit_problem(
     .await?;
     let column = quote_ident(&d.name);
     let not_null = if s.not_null { " NOT NULL" } else { "" };
-    let tried = dest
+    let mut tried = dest
         .batch_execute(&format!(
             "CREATE TEMPORARY TABLE pgshift_fit (v {sql_type}{array}{not_null}); SAVEPOINT fit; INSERT INTO pgshift_fit SELECT {column} FROM {live}",
         ))
         .await;
+    // Two domains over types no assignment joins (text and inet): the copy
+    // goes through the text form, and so does the trial.
+    let via_text = domain
+        && tried
+            .as_ref()
+            .err()
+            .and_then(|e| e.code())
+            .is_some_and(|c| {
+                *c == tokio_postgres::error::SqlState::DATATYPE_MISMATCH
+                    || *c == tokio_postgres::error::SqlState::CANNOT_COERCE
+            });
+    if via_text {
+        tried = dest
+            .batch_execute(&format!(
+                "ROLLBACK TO SAVEPOINT fit; INSERT INTO pgshift_fit SELECT ({column})::text::{sql_type}{array} FROM {live}",
+            ))
+            .await;
+    }
     // Rows that do not fit: the first one's key, found row by row (a value
     // stored into a variable of the column's type converts by assignment,
     // as INSERT does), within the same time bound.
@@ -944,7 +962,7 @@ async fn fit_problem(
     let first = match &tried {
         Err(e) if misfit(e) && !key.is_empty() => {
             let target = format!("{sql_type}{array}");
-            first_misfit(dest, live, key, d, &target, s.not_null)
+            first_misfit(dest, live, key, d, &target, s.not_null, via_text)
                 .await
                 .unwrap_or_default()
         }
@@ -1012,17 +1030,23 @@ async fn first_misfit(
     d: &ColType,
     target: &str,
     not_null: bool,
+    via_text: bool,
 ) -> Result<Option<String>> {
     let null_check = if not_null {
         "IF v IS NULL THEN RETURN false; END IF; "
     } else {
         ""
     };
+    let value = if via_text {
+        format!("v::text::{target}")
+    } else {
+        "v".to_string()
+    };
     dest.batch_execute(&format!(
         "ROLLBACK TO SAVEPOINT fit;
          CREATE FUNCTION pg_temp.pgshift_fits(v {}) RETURNS boolean LANGUAGE plpgsql AS $pgshift$
            DECLARE x {target};
-           BEGIN {null_check}x := v; RETURN true; EXCEPTION WHEN OTHERS THEN RETURN false; END $pgshift$",
+           BEGIN {null_check}x := {value}; RETURN true; EXCEPTION WHEN OTHERS THEN RETURN false; END $pgshift$",
         d.format
     ))
     .await?;
