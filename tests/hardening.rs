@@ -610,6 +610,57 @@ fn finished_by_the_next_swap(wd: &Workdir, db: &TestDb, not_valid: &str, warned:
     err
 }
 
+/// An interrupt while prepare's checks try the destination's rows of a
+/// preserved column into the source's type (up to 10 s a column) went
+/// unheeded: the dry run went on and exited 0. It now stops there, the
+/// trial's statement cancelled: exit 130, nothing left open.
+#[test]
+fn an_interrupt_stops_the_trial_of_the_preserved_rows() {
+    let dbs = TestDbs::new("sigint_fit");
+    let slow = "CREATE SCHEMA common;
+                CREATE FUNCTION common.slow_ok(text) RETURNS boolean LANGUAGE sql
+                  AS 'SELECT pg_sleep(0.01) IS NOT NULL';
+                CREATE DOMAIN common.slow AS text CHECK (common.slow_ok(VALUE));";
+    dbs.src.psql(&format!(
+        "{slow} CREATE TABLE users (id int PRIMARY KEY, v common.slow);"
+    ));
+    dbs.dst.psql(&format!(
+        "{slow} CREATE TABLE users (id int PRIMARY KEY, v text);
+         INSERT INTO users SELECT g, 'x' FROM generate_series(1, 3000) g;"
+    ));
+    let wd = Workdir::new();
+    let (src, dst) = (dbs.src.url(), dbs.dst.url());
+    let mut child = spawn(
+        &wd,
+        &[
+            "prepare",
+            "--dry-run",
+            "--source",
+            &src,
+            "--dest",
+            &dst,
+            "--preserved-tables",
+            "users",
+        ],
+        &[],
+    );
+    std::thread::sleep(Duration::from_secs(3));
+    signal(&child, libc::SIGINT);
+    let status = wait_exit(&mut child, Duration::from_secs(20));
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(
+        status.code(),
+        Some(130),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    wait_until("the trial's session to end", 10, || {
+        dbs.dst.psql(
+            "SELECT count(*) FROM pg_locks l JOIN pg_class c ON c.oid = l.relation WHERE c.relname = 'users'",
+        ) == "0"
+    });
+}
+
 /// `prepare` then `swap` with `users` preserved, through a proxy that loses
 /// the answer to the swap's last round trip (its manifest, its record and
 /// COMMIT), the message reaching the server (`delivered`) or not. Returns the

@@ -173,7 +173,7 @@ pub async fn prepare_in_session(
     opts: &PrepareOptions,
 ) -> Result<PrepareReport> {
     let src = sess.run.connect(&opts.source, "source").await?;
-    let checked = phases::check(opts, &sess.control, &src).await?;
+    let checked = phases::check_or_interrupted(opts, &sess.control, &src, &sess.run.cancel).await?;
     drop(src);
     // The state file is named after the database: one left by a migration to
     // a database of that name on another server is replaced, not continued.
@@ -210,7 +210,7 @@ pub async fn dry_run(ctx: &Ctx, opts: &PrepareOptions) -> Result<Plan> {
     let run = ctx.run_context();
     let src = run.connect(&opts.source, "source").await?;
     let dst = run.connect(&opts.dest, "destination").await?;
-    let checked = phases::check(opts, &dst, &src)
+    let checked = phases::check_or_interrupted(opts, &dst, &src, &run.cancel)
         .await?
         .with_plan_budget(opts, &dst, &src)
         .await;

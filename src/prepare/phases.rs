@@ -186,6 +186,26 @@ pub struct Checked {
     pub filters: Resolved,
 }
 
+/// [`check`], given up at the first interrupt: its trials of the preserved
+/// rows take up to 10 s a column. The statement the destination runs is
+/// cancelled (the trial's transaction rolls back), and the run ends as
+/// interrupted.
+pub async fn check_or_interrupted(
+    settings: &PrepareOptions,
+    sess_dest: &Client,
+    src: &Client,
+    cancel: &tokio_util::sync::CancellationToken,
+) -> Result<Checked> {
+    tokio::select! {
+        checked = check(settings, sess_dest, src) => checked,
+        _ = cancel.cancelled() => {
+            crate::pg::conn::connect::cancel_running(sess_dest, &settings.dest).await;
+            crate::pg::conn::connect::cancel_running(src, &settings.source).await;
+            Err(anyhow::Error::new(crate::error::Interrupted))
+        }
+    }
+}
+
 /// The read-only part: connections, versions, privileges, extensions,
 /// leftovers, preserved-table validation. Changes nothing.
 pub async fn check(settings: &PrepareOptions, sess_dest: &Client, src: &Client) -> Result<Checked> {
