@@ -885,8 +885,8 @@ async fn fit_problem(
     schemas: &[String],
 ) -> Result<Fit> {
     let remapped = |schema: &str, ext: bool| schemas.iter().any(|m| m == schema) && !ext;
-    // The type the source's column holds values of, as this server names it
-    // (qualified when the search path would not find it), and its typmod.
+    // The type the source's column holds values of (for a domain of a
+    // migrated schema, the type it is over), and its typmod.
     let domain = remapped(&s.base_schema, s.base_ext);
     let (target, typmod, array) = if !domain {
         (s.qual.as_str(), s.typmod, "")
@@ -898,26 +898,30 @@ async fn fit_problem(
             _ => return Ok(Fit::Fits),
         }
     };
-    let Ok(row) = dest
-        .query_one(
-            "SELECT t.oid, pg_catalog.format_type(t.oid, $2) FROM pg_catalog.pg_type t WHERE t.oid = pg_catalog.to_regtype($1)",
-            &[&target, &typmod],
-        )
-        .await
-    else {
-        return Ok(Fit::Fits);
-    };
-    let (to, sql_type): (u32, String) = (row.get(0), row.get(1));
     let narrows_null = s.not_null && !d.not_null;
+    // Nothing to try where the type (or the domain's, with its typmod) is
+    // the same and NOT NULL is not new: most columns, without a query.
     let same = if domain {
-        // The destination's domain is over the same type, with the same typmod.
         matches!(&d.domain_over, Some((over, _, dmod)) if over == target && *dmod == typmod)
     } else {
-        to == d.type_oid && typmod == d.typmod
+        d.qual == s.qual && d.typmod == s.typmod
     };
     if same && !narrows_null {
         return Ok(Fit::Fits);
     }
+    // That type as this session names it (qualified where its search path
+    // would not find it).
+    let Some(row) = dest
+        .query_opt(
+            "SELECT pg_catalog.format_type(t.oid, $2) FROM pg_catalog.pg_type t WHERE t.oid = pg_catalog.to_regtype($1)",
+            &[&target, &typmod],
+        )
+        .await
+        .map_err(|e| pg_error_as(e, "resolving a type"))?
+    else {
+        return Ok(Fit::Fits);
+    };
+    let sql_type: String = row.get(0);
     exec(
         dest,
         &format!(
