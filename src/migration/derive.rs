@@ -303,6 +303,20 @@ impl Destination {
         }
     }
 
+    /// The state file records a migration the destination has since finished
+    /// (swapped or aborted, from another directory, or swapped without a
+    /// record of it) or gone past: nothing of it is left to act on.
+    pub fn file_stale(&self) -> bool {
+        match (&self.file, &self.row) {
+            (Some(f), Some(row)) => {
+                f.id < row.id
+                    || (f.id == row.id
+                        && (row.state.status.is_finished() || self.committed_unrecorded.is_some()))
+            }
+            _ => false,
+        }
+    }
+
     /// The migration a swap can complete now: the record of a prepared
     /// migration (or of a swap that was rolled back) whose shadow is ours,
     /// as the destination recorded it.

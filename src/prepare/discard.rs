@@ -468,13 +468,8 @@ pub async fn abort(sess: &Session, opts: &AbortOptions) -> Result<AbortReport> {
         .filter(|m| !m.state.status.is_finished() && d.committed_unrecorded.is_none())
         .cloned();
     let leftovers = !d.objects.is_empty();
-    // A state file whose migration the destination has since finished (swapped
-    // from another directory, or aborted there) or gone past is out of date:
-    // nothing of it is left to abort.
-    let file_stale = match (&file_state, &d.row) {
-        (Some(f), Some(row)) => f.id < row.id || (f.id == row.id && open.is_none()),
-        _ => false,
-    };
+    // A state file the destination has gone past: nothing of it to abort.
+    let file_stale = d.file_stale();
     let file_open = !file_stale && file_state.as_ref().is_some_and(|s| !s.status.is_finished());
 
     if open.is_none() && !leftovers && !file_open {
