@@ -788,8 +788,22 @@ fn privileges_are_checked_in_every_chosen_schema() {
     let wd = Workdir::new();
     let mut args = prepare(&role_src, &role_dst);
     args.push("--json".into());
+    let mut dry = args.clone();
+    dry.push("--dry-run".into());
+    let plan: serde_json::Value =
+        serde_json::from_str(&assert_success(&run(&wd, &dry, &[]))).unwrap();
     let report: serde_json::Value =
         serde_json::from_str(&assert_success(&run(&wd, &args, &[]))).unwrap();
+    let owners = |warnings: &serde_json::Value| -> Vec<String> {
+        warnings
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|w| w.as_str())
+            .filter(|w| w.contains("which may not give them to their owner"))
+            .map(str::to_string)
+            .collect()
+    };
     assert!(
         report["warnings"].to_string().contains(&format!(
             "new objects in billing belong to {role}, which may not give them to their owner on the source"
@@ -801,6 +815,12 @@ fn privileges_are_checked_in_every_chosen_schema() {
     assert!(
         w.contains(": billing.total() (") && !w.contains("shadow"),
         "{report}"
+    );
+    // The dry run foresaw it, word for word.
+    assert_eq!(
+        owners(&plan["plan"]["warnings"]),
+        owners(&report["warnings"]),
+        "{plan}"
     );
     assert_success(&run(&wd, &s(&["abort", "--dest", &role_dst]), &[]));
 }

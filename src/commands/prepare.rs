@@ -213,6 +213,8 @@ pub async fn dry_run(ctx: &Ctx, opts: &PrepareOptions) -> Result<Plan> {
     let checked = phases::check_or_interrupted(opts, &dst, &src, &run.cancel)
         .await?
         .with_plan_budget(opts, &dst, &src)
+        .await
+        .with_foreseen_privileges(opts, &dst, &src)
         .await;
     let writes = match writes_since_reset(&dst, &opts.schemas).await {
         Ok(w) => Some(w),

@@ -378,6 +378,35 @@ impl Checked {
         );
         self
     }
+
+    /// For the dry-run plan: the warnings the privileges phase will give
+    /// (new objects whose source owner this role may not give them to,
+    /// grants to roles the destination lacks, …), foreseen from the source.
+    pub async fn with_foreseen_privileges(
+        mut self,
+        settings: &PrepareOptions,
+        dest: &Client,
+        src: &Client,
+    ) -> Self {
+        for s in &settings.schemas {
+            match privileges::foresee(
+                dest,
+                src,
+                s,
+                settings.keep_source_owners,
+                &self.filters.not_migrated,
+            )
+            .await
+            {
+                Ok(w) => self.warnings.extend(w),
+                Err(e) => self.warnings.push(format!(
+                    "could not foresee the owners and grants of the shadow of {}: {e:#}",
+                    crate::pg::ident::display_ident(s)
+                )),
+            }
+        }
+        self
+    }
 }
 
 /// The swap's lock budget before prepare, for an object-level swap (the

@@ -27,13 +27,17 @@
 //! for this role are already on them, and would otherwise expose a new table
 //! to a role the source never granted or take EXECUTE from PUBLIC.
 //!
+//! The dry run runs the same plan with the source's objects standing for the
+//! shadow's, as the restore will create them ([`foresee`]), and keeps only
+//! its warnings: an owner it may not give, a grantee the destination lacks.
+//!
 //! Owners and grants go on changing while a migration waits to be swapped:
 //! just before the swap, [`catch_up`] compares each live object's owner and
 //! grants with its shadow namesake's and levels the difference (owners not
 //! when prepare kept the source's), so what changed since prepare holds after
 //! the swap too.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use anyhow::{Context, Result};
 use tokio_postgres::{Client, Row};
@@ -50,6 +54,7 @@ pub struct Applied {
     pub warnings: Vec<String>,
 }
 
+#[derive(Clone)]
 struct Obj {
     /// `TABLE`, `VIEW`, `MATERIALIZED VIEW`, `SEQUENCE`, `FOREIGN TABLE`, `FUNCTION`, `PROCEDURE`, `TYPE`, `DOMAIN`
     kind: &'static str,
@@ -66,6 +71,9 @@ struct Obj {
     columns: Vec<String>,
     /// Sequences owned by a column follow their table's owner.
     owned_sequence: bool,
+    /// A function PostgreSQL makes with a type (a range type's
+    /// constructors), owned by the bootstrap superuser whoever creates it.
+    made_with_type: bool,
 }
 
 impl Obj {
@@ -173,6 +181,7 @@ async fn objects(client: &Client, schema: &str) -> Result<Vec<Obj>> {
                 .collect(),
             owned_sequence: kind == "SEQUENCE" && r.get::<_, bool>(6),
             columns: r.get(7),
+            made_with_type: false,
         });
     }
     let funcs = rows_of(
@@ -182,7 +191,9 @@ async fn objects(client: &Client, schema: &str) -> Result<Vec<Obj>> {
         &format!(
             "SELECT p.proname, pg_catalog.pg_get_function_identity_arguments(p.oid), p.oid::regprocedure::text,
                     p.prokind::text, pg_catalog.pg_get_userbyid(p.proowner)::text, p.proacl IS NOT NULL,
-                    {acl}
+                    {acl},
+                    EXISTS (SELECT 1 FROM pg_catalog.pg_depend d WHERE d.classid = 'pg_catalog.pg_proc'::pg_catalog.regclass
+                             AND d.objid = p.oid AND d.refclassid = 'pg_catalog.pg_type'::pg_catalog.regclass AND d.deptype = 'i')
                FROM pg_catalog.pg_proc p JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace
               WHERE n.nspname = $1",
             acl = acl_rows("p.proacl"),
@@ -208,6 +219,7 @@ async fn objects(client: &Client, schema: &str) -> Result<Vec<Obj>> {
             column_acl: Vec::new(),
             columns: Vec::new(),
             owned_sequence: false,
+            made_with_type: r.get(7),
         });
     }
     let types = rows_of(
@@ -241,6 +253,7 @@ async fn objects(client: &Client, schema: &str) -> Result<Vec<Obj>> {
             column_acl: Vec::new(),
             columns: Vec::new(),
             owned_sequence: false,
+            made_with_type: false,
         });
     }
     // Objects with an owner and no privileges (collations, text search
@@ -255,6 +268,7 @@ async fn objects(client: &Client, schema: &str) -> Result<Vec<Obj>> {
             column_acl: Vec::new(),
             columns: Vec::new(),
             owned_sequence: false,
+            made_with_type: false,
         });
     }
     Ok(out)
@@ -328,6 +342,54 @@ pub async fn plan(
     keep_source_owners: bool,
     source: Option<&Client>,
 ) -> Result<(Vec<String>, Applied)> {
+    plan_for(
+        client,
+        Shadow::Restored(shadow),
+        public,
+        keep_source_owners,
+        source,
+    )
+    .await
+}
+
+/// What the shadow of `public` holds when its owners and grants are planned.
+enum Shadow<'a> {
+    /// Restored, in the schema of this name.
+    Restored(&'a str),
+    /// Not yet (a dry run): the source's objects stand for it, but those not
+    /// migrated (the filters' table keys), each as the restore will create
+    /// it: owned by this role, a range type's constructors by the bootstrap
+    /// superuser.
+    Foreseen(&'a BTreeSet<String>),
+}
+
+/// The warnings [`apply`] will give for `public`, before anything is
+/// restored, for the dry run: `not_migrated` as the filters resolved it.
+pub async fn foresee(
+    dest: &Client,
+    src: &Client,
+    public: &str,
+    keep_source_owners: bool,
+    not_migrated: &BTreeSet<String>,
+) -> Result<Vec<String>> {
+    let (_, applied) = plan_for(
+        dest,
+        Shadow::Foreseen(not_migrated),
+        public,
+        keep_source_owners,
+        Some(src),
+    )
+    .await?;
+    Ok(applied.warnings)
+}
+
+async fn plan_for(
+    client: &Client,
+    shadow: Shadow<'_>,
+    public: &str,
+    keep_source_owners: bool,
+    source: Option<&Client>,
+) -> Result<(Vec<String>, Applied)> {
     let from_source: HashMap<String, Obj> = match source {
         Some(src) => objects(src, public)
             .await?
@@ -341,6 +403,35 @@ pub async fn plan(
         .query_one("SELECT current_user::text", &[])
         .await?
         .get(0);
+    let (ours, shadow) = match shadow {
+        Shadow::Restored(name) => (objects(client, name).await?, name),
+        Shadow::Foreseen(not_migrated) => {
+            let bootstrap: String = client
+                .query_one(
+                    "SELECT rolname::text FROM pg_catalog.pg_roles WHERE oid = 10",
+                    &[],
+                )
+                .await?
+                .get(0);
+            let ours = from_source
+                .values()
+                .filter(|o| {
+                    o.key.strip_prefix("rel:").is_none_or(|name| {
+                        !not_migrated.contains(&crate::pg::meta::table_display(public, name))
+                    })
+                })
+                .map(|o| Obj {
+                    owner: if o.made_with_type {
+                        bootstrap.clone()
+                    } else {
+                        current.clone()
+                    },
+                    ..o.clone()
+                })
+                .collect();
+            (ours, public)
+        }
+    };
     let (roles, assignable) = roles(client).await?;
     let dest_major = crate::pg::catalog::server_major(client).await?;
     let mut missing_grantees: Vec<String> = Vec::new();
@@ -362,7 +453,6 @@ pub async fn plan(
         .into_iter()
         .map(|o| (o.key.clone(), o))
         .collect();
-    let ours = objects(client, shadow).await?;
     let mut sql = Vec::new();
     let mut applied = Applied::default();
     // Whoever may use the destination's public may use the shadow, so the
