@@ -1765,6 +1765,7 @@ async fn plan_table(dest: &Client, p: &TableName) -> Result<SyncedTable> {
     })
 }
 
+#[derive(Clone)]
 pub(crate) struct SeqRow {
     column: String,
     /// The sequence's schema.
@@ -1784,29 +1785,37 @@ pub(crate) struct SeqRow {
 /// identity) and those their defaults draw from (`DEFAULT nextval('s')` on a
 /// sequence created apart, which may serve other tables too).
 pub(crate) async fn column_sequences(client: &Client, rel: u32) -> Result<Vec<SeqRow>> {
-    query_map(
+    Ok(columns_sequences(client, &[rel])
+        .await?
+        .remove(&rel)
+        .unwrap_or_default())
+}
+
+/// [`column_sequences`] of each of `rels`, in one round trip.
+async fn columns_sequences(client: &Client, rels: &[u32]) -> Result<HashMap<u32, Vec<SeqRow>>> {
+    let rows: Vec<(u32, SeqRow)> = query_map(
         client,
-            "WITH used(seq, attnum) AS (
-                    SELECT d.objid, d.refobjsubid FROM pg_catalog.pg_depend d
+            "WITH used(rel, seq, attnum) AS (
+                    SELECT d.refobjid, d.objid, d.refobjsubid FROM pg_catalog.pg_depend d
                      WHERE d.classid = 'pg_catalog.pg_class'::regclass AND d.refclassid = 'pg_catalog.pg_class'::regclass
-                       AND d.refobjid = $1 AND d.deptype IN ('a', 'i')
+                       AND d.refobjid = ANY ($1::pg_catalog.oid[]) AND d.deptype IN ('a', 'i')
                     UNION
-                    SELECT d.refobjid, ad.adnum FROM pg_catalog.pg_attrdef ad
+                    SELECT ad.adrelid, d.refobjid, ad.adnum FROM pg_catalog.pg_attrdef ad
                       JOIN pg_catalog.pg_depend d ON d.classid = 'pg_catalog.pg_attrdef'::regclass AND d.objid = ad.oid
                        AND d.refclassid = 'pg_catalog.pg_class'::regclass AND d.deptype = 'n'
-                     WHERE ad.adrelid = $1)
+                     WHERE ad.adrelid = ANY ($1::pg_catalog.oid[]))
              SELECT a.attname::text, sc.relname::text,
                     pg_catalog.quote_ident(sn.nspname) || '.' || pg_catalog.quote_ident(sc.relname),
-                    s.seqincrement, sn.nspname::text, s.seqmin, s.seqmax, s.seqcycle
+                    s.seqincrement, sn.nspname::text, s.seqmin, s.seqmax, s.seqcycle, u.rel
                FROM used u
                JOIN pg_catalog.pg_class sc ON sc.oid = u.seq AND sc.relkind = 'S'
                JOIN pg_catalog.pg_namespace sn ON sn.oid = sc.relnamespace
                JOIN pg_catalog.pg_sequence s ON s.seqrelid = sc.oid
-               JOIN pg_catalog.pg_attribute a ON a.attrelid = $1 AND a.attnum = u.attnum
-              ORDER BY a.attnum, 2",
-            &[&rel],
+               JOIN pg_catalog.pg_attribute a ON a.attrelid = u.rel AND a.attnum = u.attnum
+              ORDER BY u.rel, a.attnum, 2",
+            &[&rels],
         "listing the columns' sequences",
-        |r| SeqRow {
+        |r| (r.get(8), SeqRow {
             column: r.get(0),
             name: r.get(1),
             qual: r.get(2),
@@ -1815,9 +1824,14 @@ pub(crate) async fn column_sequences(client: &Client, rel: u32) -> Result<Vec<Se
             min: r.get(5),
             max: r.get(6),
             cycle: r.get(7),
-        },
+        }),
     )
-    .await
+    .await?;
+    let mut out: HashMap<u32, Vec<SeqRow>> = HashMap::new();
+    for (rel, row) in rows {
+        out.entry(rel).or_default().push(row);
+    }
+    Ok(out)
 }
 
 /// Run `sql` (a whole transaction, `BEGIN … COMMIT`) on `rel` with retries on
@@ -2437,62 +2451,128 @@ pub async fn catch_up(client: &Client, synced: &[SyncedTable]) -> Result<u64> {
 /// drop the sync triggers, the changelogs and the trigger functions. Never
 /// commits or rolls back. Relations are found by oid, so the schemas may already
 /// have been renamed; the sync functions must not fire after this.
+///
+/// Its time is lock time, so what does not depend on a table is asked of
+/// all at once: which changelogs hold entries (the locks keep new ones
+/// out: a table with none is not described or replayed), the tables'
+/// names, their triggers, and the drops, one statement list for all.
 pub async fn final_sync(
     client: &Client,
     synced: &[SyncedTable],
     fences: &mut Fences,
 ) -> Result<()> {
-    if !synced.is_empty() {
-        exec(client, &via_text_local(), "setting up the final replay").await?;
+    if synced.is_empty() {
+        return Ok(());
+    }
+    exec(client, &via_text_local(), "setting up the final replay").await?;
+    let waiting = changelogs_waiting(client, synced).await?;
+    let oids: Vec<u32> = synced.iter().flat_map(|t| [t.oid, t.shadow_oid]).collect();
+    let names = rel_names(client, &oids).await?;
+    let name_of = |t: &SyncedTable, oid: u32, which: &str| -> Result<String> {
+        names
+            .get(&oid)
+            .cloned()
+            .with_context(|| format!("preserved table {}: its {which} table is gone", t.shown()))
+    };
+    for (t, waiting) in synced.iter().zip(waiting) {
+        let mut replayed = 0;
+        if waiting {
+            let l = describe(client, t).await?;
+            loop {
+                let n = replay_batch(client, &l, FINAL_BATCH, Writes::Locked).await?;
+                if n == 0 {
+                    break;
+                }
+                replayed += n;
+            }
+        }
+        tracing::info!(table = %t.shown(), replayed, "final replay done");
+    }
+    carry_sequences(
+        client,
+        synced,
+        |t| name_of(t, t.shadow_oid, "shadow"),
+        fences,
+    )
+    .await?;
+    let tables: Vec<u32> = synced.iter().map(|t| t.oid).collect();
+    let mut sql = String::new();
+    for row in client
+        .query(
+            format!(
+                "SELECT t.tgrelid, t.tgname::text FROM pg_catalog.pg_trigger t
+                  WHERE t.tgrelid = ANY ($1::pg_catalog.oid[]) AND NOT t.tgisinternal AND {}
+                  ORDER BY 1, 2",
+                own_trigger_sql("t")
+            )
+            .as_str(),
+            &[&tables],
+        )
+        .await
+        .map_err(|e| pg_error_as(e, "listing the sync triggers"))?
+    {
+        let oid: u32 = row.get(0);
+        let name: String = row.get(1);
+        let t = synced.iter().find(|t| t.oid == oid).expect("asked for");
+        sql.push_str(&format!(
+            "DROP TRIGGER {} ON {};\n",
+            quote_ident(&name),
+            name_of(t, oid, "destination")?
+        ));
     }
     for t in synced {
-        let l = describe(client, t).await?;
-        let mut replayed = 0;
-        loop {
-            let n = replay_batch(client, &l, FINAL_BATCH, Writes::Locked).await?;
-            if n == 0 {
-                break;
-            }
-            replayed += n;
-        }
-        carry_sequences(client, t, &l, fences).await?;
-        let mut sql = String::new();
-        for row in client
-            .query(
-                format!(
-                    "SELECT t.tgname::text FROM pg_catalog.pg_trigger t
-                      WHERE t.tgrelid = $1 AND NOT t.tgisinternal AND {}",
-                    own_trigger_sql("t")
-                )
-                .as_str(),
-                &[&t.oid],
-            )
-            .await
-            .map_err(|e| pg_error_as(e, "listing the sync triggers"))?
-        {
-            let name: String = row.get(0);
-            sql.push_str(&format!(
-                "DROP TRIGGER {} ON {};\n",
-                quote_ident(&name),
-                l.public_rel
-            ));
-        }
-        sql.push_str(&format!("DROP TABLE IF EXISTS {};\n", l.log_rel));
+        sql.push_str(&format!(
+            "DROP TABLE IF EXISTS {};\n",
+            qualified(META_SCHEMA, &t.changelog)
+        ));
         for f in &t.functions {
             sql.push_str(&format!(
                 "DROP FUNCTION IF EXISTS {}();\n",
                 qualified(META_SCHEMA, f)
             ));
         }
-        exec(
-            client,
-            &sql,
-            &format!("removing the sync of {} at the swap", t.shown()),
-        )
-        .await?;
-        tracing::info!(table = %t.shown(), replayed, "final sync done");
     }
-    Ok(())
+    exec(
+        client,
+        &sql,
+        "removing the sync of the preserved tables at the swap",
+    )
+    .await
+}
+
+/// Whether the changelog of each of `synced` holds an entry, in one round
+/// trip (in their order).
+async fn changelogs_waiting(client: &Client, synced: &[SyncedTable]) -> Result<Vec<bool>> {
+    let sql = format!(
+        "SELECT ARRAY[{}]::bool[]",
+        joined(synced, ", ", |t| format!(
+            "EXISTS (SELECT 1 FROM {})",
+            qualified(META_SCHEMA, &t.changelog)
+        ))
+    );
+    let waiting: Vec<bool> = client
+        .query_one(sql.as_str(), &[])
+        .await
+        .map_err(|e| pg_error_as(e, "reading the changelogs"))?
+        .get(0);
+    Ok(waiting)
+}
+
+/// `"schema"."name"` of the relations of `oids` that exist, by oid, in one
+/// round trip.
+async fn rel_names(client: &Client, oids: &[u32]) -> Result<HashMap<u32, String>> {
+    Ok(client
+        .query(
+            "SELECT c.oid, pg_catalog.quote_ident(n.nspname) || '.' || pg_catalog.quote_ident(c.relname)
+               FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+              WHERE c.oid = ANY ($1::pg_catalog.oid[])",
+            &[&oids],
+        )
+        .await
+        .map_err(|e| pg_error_as(e, "looking up the preserved tables"))?
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect())
 }
 
 /// Who is who in the warnings of [`carry_standalone_sequences`]: a swap
@@ -2725,6 +2805,36 @@ pub async fn carry_standalone_sequences(
         .map(|s| s.live_at.clone())
         .collect();
     fences.fence_all(client, &fenceable).await?;
+    // The others this role owns: only an owner may lock one so; otherwise a
+    // value drawn between the read and the commit may come again.
+    let lock: String = standalone
+        .iter()
+        .filter(|s| s.may && s.owner && fences.state(&s.live_at.0, &s.live_at.1).is_none())
+        .map(|s| format!("ALTER SEQUENCE {} OWNED BY NONE;\n", s.live))
+        .collect();
+    if !lock.is_empty() {
+        exec(client, &lock, "locking the sequences no column uses").await?;
+    }
+    // Their states, in one round trip (each one's time is lock time).
+    let read: Vec<String> = standalone
+        .iter()
+        .filter(|s| s.may)
+        .flat_map(|s| {
+            let live = fences
+                .state(&s.live_at.0, &s.live_at.1)
+                .is_none()
+                .then(|| s.live.clone());
+            live.into_iter().chain([s.shadow.clone()])
+        })
+        .collect();
+    let states = crate::swap::fence::sequence_states(client, &read).await?;
+    let state = |qual: &str| {
+        states
+            .get(qual)
+            .copied()
+            .with_context(|| format!("sequence {qual} was not read"))
+    };
+    let (mut quals, mut values, mut called) = (Vec::new(), Vec::new(), Vec::new());
     for s in standalone {
         if !s.may {
             warn(s.unreadable());
@@ -2733,36 +2843,43 @@ pub async fn carry_standalone_sequences(
         let live = &s.live;
         let live_state = match fences.state(&s.live_at.0, &s.live_at.1) {
             Some(state) => state,
-            None => {
-                // Only its owner may lock it so; otherwise a value drawn
-                // between the read and the commit may come again.
-                if s.owner {
-                    exec(
-                        client,
-                        &format!("ALTER SEQUENCE {live} OWNED BY NONE"),
-                        &format!("locking sequence {live}"),
-                    )
-                    .await?;
-                }
-                sequence_state(client, live).await?
-            }
+            None => state(live)?,
         };
-        let plan = s.plan(live_state, sequence_state(client, &s.shadow).await?, sides);
+        let plan = s.plan(live_state, state(&s.shadow)?, sides);
         if let Some((value, is_called)) = plan.set {
-            client
-                .query_one(
-                    "SELECT pg_catalog.setval($1::text::regclass, $2, $3)",
-                    &[&s.shadow, &value, &is_called],
-                )
-                .await
-                .map_err(|e| pg_error_as(e, &format!("setting sequence {}", s.shadow)))?;
+            quals.push(s.shadow.clone());
+            values.push(value);
+            called.push(is_called);
             tracing::info!(sequence = %live, value, "sequence no column uses kept the destination's further value");
         }
         if let Some(w) = plan.warning {
             warn(w);
         }
     }
+    set_sequences(client, &quals, &values, &called).await?;
     Ok(warnings)
+}
+
+/// `setval` each of `quals` (quoted, qualified) to its value and
+/// `is_called`, in one round trip.
+async fn set_sequences(
+    client: &Client,
+    quals: &[String],
+    values: &[i64],
+    called: &[bool],
+) -> Result<()> {
+    if quals.is_empty() {
+        return Ok(());
+    }
+    client
+        .query(
+            "SELECT pg_catalog.setval(u.q::pg_catalog.regclass, u.v, u.c)
+               FROM ROWS FROM (pg_catalog.unnest($1::text[]), pg_catalog.unnest($2::int8[]), pg_catalog.unnest($3::bool[])) AS u(q, v, c)",
+            &[&quals, &values, &called],
+        )
+        .await
+        .map_err(|e| pg_error_as(e, "setting the sequences the swap carries over"))?;
+    Ok(())
 }
 
 /// The value the next `nextval` returns, from `last_value`, `is_called`.
@@ -2838,6 +2955,53 @@ impl Carry {
     }
 }
 
+/// What the carry of the preserved tables' column sequences reads, for all
+/// of them at once (each query's time is lock time in the swap): the
+/// columns' sequences of each table on both sides, and the state
+/// (`last_value`, `is_called`) of each sequence whose state counts, but those
+/// fenced in this transaction (their state before the fence counts).
+struct SeqFacts {
+    columns: HashMap<u32, Vec<SeqRow>>,
+    states: HashMap<String, (i64, bool)>,
+}
+
+impl SeqFacts {
+    /// The columns' sequences of `synced` (both sides), in one round trip.
+    async fn columns(client: &Client, synced: &[SyncedTable]) -> Result<HashMap<u32, Vec<SeqRow>>> {
+        let rels: Vec<u32> = synced.iter().flat_map(|t| [t.oid, t.shadow_oid]).collect();
+        columns_sequences(client, &rels).await
+    }
+
+    /// With the states of the sequences not in `fenced`, in one round trip.
+    async fn read(
+        client: &Client,
+        columns: HashMap<u32, Vec<SeqRow>>,
+        fenced: Option<&Fences>,
+    ) -> Result<SeqFacts> {
+        let quals: Vec<String> = columns
+            .values()
+            .flatten()
+            .filter(|s| fenced.and_then(|f| f.state(&s.schema, &s.name)).is_none())
+            .map(|s| s.qual.clone())
+            .unique()
+            .collect();
+        let states = crate::swap::fence::sequence_states(client, &quals).await?;
+        Ok(SeqFacts { columns, states })
+    }
+
+    fn of(&self, rel: u32) -> &[SeqRow] {
+        self.columns.get(&rel).map_or(&[], Vec::as_slice)
+    }
+
+    /// A sequence's state: as read, or before its fence.
+    fn state(&self, s: &SeqRow, fenced: Option<&Fences>) -> Result<(i64, bool)> {
+        fenced
+            .and_then(|f| f.state(&s.schema, &s.name))
+            .or_else(|| self.states.get(&s.qual).copied())
+            .with_context(|| format!("sequence {} was not read", s.qual))
+    }
+}
+
 /// Each sequence of the shadow table's columns (owned, or drawn from by a
 /// default) continues after the greatest of its own next value and the
 /// destination's (each of the destination's sequences for the same column:
@@ -2850,16 +3014,17 @@ async fn carry_plan(
     client: &Client,
     t: &SyncedTable,
     shadow_rel: &str,
+    facts: &SeqFacts,
     fenced: Option<&Fences>,
 ) -> Result<Vec<Carry>> {
     // A column may have two: the sequence it owns and another its default
     // draws from (a default changed after a serial column was created).
-    let mut public: HashMap<String, Vec<SeqRow>> = HashMap::new();
-    for s in column_sequences(client, t.oid).await? {
+    let mut public: HashMap<String, Vec<&SeqRow>> = HashMap::new();
+    for s in facts.of(t.oid) {
         public.entry(s.column.clone()).or_default().push(s);
     }
     let mut plan: Vec<Carry> = Vec::new();
-    for s in column_sequences(client, t.shadow_oid).await? {
+    for s in facts.of(t.shadow_oid) {
         let inc = s.increment;
         // Each candidate state (`last_value`, `is_called`) with the value
         // nextval would give: the shadow's own, the destination's sequence
@@ -2867,7 +3032,7 @@ async fn carry_plan(
         // that continues furthest wins and is set as it is, so the carried
         // sequence reads like the one it came from (`pg_sequences.last_value`
         // stays set when it was).
-        let (last, called) = sequence_state(client, &s.qual).await?;
+        let (last, called) = facts.state(s, None)?;
         let mut candidates = vec![(
             next_value(last, called, inc),
             last,
@@ -2876,10 +3041,7 @@ async fn carry_plan(
         )];
         if let Some(ps) = public.get(&s.column) {
             for p in ps {
-                let (pl, pc) = match fenced.and_then(|f| f.state(&p.schema, &p.name)) {
-                    Some(state) => state,
-                    None => sequence_state(client, &p.qual).await?,
-                };
+                let (pl, pc) = facts.state(p, fenced)?;
                 candidates.push((next_value(pl, pc, p.increment), pl, pc, CarryFrom::Sequence));
             }
         } else {
@@ -2905,63 +3067,77 @@ async fn carry_plan(
                 candidates.push((next_value(v, true, inc), v, true, CarryFrom::Rows));
             }
         }
-        let further = |a: i128, b: i128| if inc > 0 { a > b } else { a < b };
-        // Ties keep the earlier candidate (the shadow's own state first).
         let (next, value, is_called, from) = candidates
             .into_iter()
-            .reduce(|best, c| if further(c.0, best.0) { c } else { best })
+            .reduce(|best, c| if further(inc, c.0, best.0) { c } else { best })
             .expect("the shadow's own state");
-        // Columns that draw from one sequence: it continues after the
-        // furthest of them all (a plan per column would set it back).
-        if let Some(same) = plan.iter_mut().find(|c| c.seq.qual == s.qual) {
-            if further(next, same.next) {
-                *same = Carry {
-                    seq: s,
-                    value,
-                    is_called,
-                    next,
-                    from,
-                };
-            }
-            continue;
-        }
-        plan.push(Carry {
-            seq: s,
-            value,
-            is_called,
-            next,
-            from,
-        });
+        merge_carry(
+            &mut plan,
+            Carry {
+                seq: s.clone(),
+                value,
+                is_called,
+                next,
+                from,
+            },
+        );
     }
     Ok(plan)
 }
 
-/// Carry the column sequences of `t` over ([`carry_plan`]), after fencing
-/// the destination's ([`Fences`]); a value the source's sequence cannot hold
-/// fails the swap (its rows hold those keys).
+/// Whether `a` continues further than `b` for a sequence of increment `inc`
+/// (ties keep the earlier candidate: the shadow's own state first).
+fn further(inc: i64, a: i128, b: i128) -> bool {
+    if inc > 0 { a > b } else { a < b }
+}
+
+/// Columns (of one table or several) that draw from one sequence: it
+/// continues after the furthest of them all (a plan per column would set
+/// it back).
+fn merge_carry(plan: &mut Vec<Carry>, c: Carry) {
+    match plan.iter_mut().find(|p| p.seq.qual == c.seq.qual) {
+        Some(same) => {
+            if further(c.seq.increment, c.next, same.next) {
+                *same = c;
+            }
+        }
+        None => plan.push(c),
+    }
+}
+
+/// Carry the column sequences of `synced` over ([`carry_plan`]), after
+/// fencing the destination's ([`Fences`]); a value the source's sequence
+/// cannot hold fails the swap (its rows hold those keys). `shadow_rel`:
+/// each table's shadow relation. A handful of round trips for all tables,
+/// but the fences (a few per sequence).
 async fn carry_sequences(
     client: &Client,
-    t: &SyncedTable,
-    l: &Live,
+    synced: &[SyncedTable],
+    shadow_rel: impl Fn(&SyncedTable) -> Result<String>,
     fences: &mut Fences,
 ) -> Result<()> {
-    let live: Vec<(String, String)> = column_sequences(client, t.oid)
-        .await?
-        .into_iter()
-        .map(|s| (s.schema, s.name))
+    let columns = SeqFacts::columns(client, synced).await?;
+    let live: Vec<(String, String)> = synced
+        .iter()
+        .flat_map(|t| columns.get(&t.oid).into_iter().flatten())
+        .map(|s| (s.schema.clone(), s.name.clone()))
         .collect();
     fences.fence_all(client, &live).await?;
-    for c in carry_plan(client, t, &l.shadow_rel, Some(fences)).await? {
-        if let Some(why) = c.misfit(t) {
-            bail!(why);
+    let facts = SeqFacts::read(client, columns, Some(fences)).await?;
+    let mut carried: Vec<Carry> = Vec::new();
+    for t in synced {
+        for c in carry_plan(client, t, &shadow_rel(t)?, &facts, Some(fences)).await? {
+            if let Some(why) = c.misfit(t) {
+                bail!(why);
+            }
+            merge_carry(&mut carried, c);
         }
-        client
-            .query_one(
-                "SELECT pg_catalog.setval($1::text::regclass, $2, $3)",
-                &[&c.seq.qual, &c.value, &c.is_called],
-            )
-            .await
-            .map_err(|e| pg_error_as(e, &format!("setting sequence {}", c.seq.name)))?;
+    }
+    let quals: Vec<String> = carried.iter().map(|c| c.seq.qual.clone()).collect();
+    let values: Vec<i64> = carried.iter().map(|c| c.value).collect();
+    let called: Vec<bool> = carried.iter().map(|c| c.is_called).collect();
+    set_sequences(client, &quals, &values, &called).await?;
+    for c in &carried {
         tracing::debug!(sequence = %c.seq.name, value = c.value, "sequence carried over");
     }
     Ok(())
@@ -2971,12 +3147,15 @@ async fn carry_sequences(
 /// over as they stand now, one line each (read only: for the swap's checks
 /// before its locks, its dry run and `status`).
 pub async fn sequence_misfits(client: &Client, synced: &[SyncedTable]) -> Result<Vec<String>> {
+    let shadows: Vec<u32> = synced.iter().map(|t| t.shadow_oid).collect();
+    let names = rel_names(client, &shadows).await?;
+    let facts = SeqFacts::read(client, SeqFacts::columns(client, synced).await?, None).await?;
     let mut out = Vec::new();
     for t in synced {
-        let shadow_rel = rel_name(client, t.shadow_oid)
-            .await?
+        let shadow_rel = names
+            .get(&t.shadow_oid)
             .with_context(|| format!("preserved table {}: its shadow table is gone", t.shown()))?;
-        for c in carry_plan(client, t, &shadow_rel, None).await? {
+        for c in carry_plan(client, t, shadow_rel, &facts, None).await? {
             out.extend(c.misfit(t));
         }
     }

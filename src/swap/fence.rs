@@ -122,7 +122,7 @@ impl Scope {
                                 JOIN pg_catalog.pg_class c ON c.relnamespace = n.oid AND c.relname = cand.t AND c.relkind = 'S'
                                WHERE cand.s = ANY ($3::text[]))
                  SELECT seq.s, seq.t, pg_catalog.pg_has_role(seq.relowner, 'USAGE'),
-                        (SELECT ps.seqcycle FROM pg_catalog.pg_sequence ps WHERE ps.seqrelid = seq.oid)
+                        (SELECT ps.seqcycle FROM pg_catalog.pg_sequence ps WHERE ps.seqrelid = seq.oid), seq.oid
                    FROM seq
                   WHERE NOT EXISTS (SELECT 1 FROM pg_catalog.pg_depend e
                                      WHERE e.classid = 'pg_catalog.pg_class'::regclass AND e.objid = seq.oid AND e.deptype = 'e')
@@ -158,6 +158,7 @@ impl Scope {
                 at: (r.get(0), r.get(1)),
                 mine: r.get(2),
                 cycle: r.get(3),
+                oid: r.get(4),
             })
             .collect())
     }
@@ -167,6 +168,7 @@ impl Scope {
 struct Fenceable {
     /// Schema and name.
     at: (String, String),
+    oid: u32,
     /// This role may alter it.
     mine: bool,
     /// Its CYCLE, to lock it with an ALTER that changes nothing.
@@ -204,33 +206,34 @@ impl Fences {
             .unique()
             .cloned()
             .collect();
-        for Fenceable {
-            at: (schema, name),
-            mine,
-            cycle,
-        } in self.scope.fenceable(client, &todo).await?
-        {
-            let shown = format!("{}.{}", display_ident(&schema), display_ident(&name));
-            let mut warn = |why: &str| {
-                let line = format!(
-                    "sequence {shown} {why}, so the swap does not fence it: a nextval that resolved it before the swap may get a value the new sequence hands out too"
-                );
-                tracing::warn!("{line}");
-                self.warnings.push(line);
-            };
-            if !mine {
-                warn("is not this role's to alter");
-                self.unfenced.insert((schema, name));
+        let mut mine = Vec::new();
+        for f in self.scope.fenceable(client, &todo).await? {
+            if !f.mine {
+                self.warn(&f.at, "is not this role's to alter");
+                self.unfenced.insert(f.at);
                 continue;
             }
-            let (state, record) = fence(client, &schema, &name, cycle).await?;
+            mine.push(f);
+        }
+        for (f, (state, record)) in mine.iter().zip(fence(client, &mine).await?) {
             if record.is_none() {
-                warn("is at the edge of its data type's range");
+                self.warn(&f.at, "is at the edge of its data type's range");
             }
             self.records.extend(record);
-            self.states.insert((schema, name), state);
+            self.states.insert(f.at.clone(), state);
         }
         Ok(())
+    }
+
+    /// The warning of a sequence the swap does not fence (also logged).
+    fn warn(&mut self, (schema, name): &(String, String), why: &str) {
+        let line = format!(
+            "sequence {}.{} {why}, so the swap does not fence it: a nextval that resolved it before the swap may get a value the new sequence hands out too",
+            display_ident(schema),
+            display_ident(name)
+        );
+        tracing::warn!("{line}");
+        self.warnings.push(line);
     }
 
     /// The state (`last_value`, `is_called`) a fenced sequence had before
@@ -256,39 +259,73 @@ struct Read {
     type_max: i64,
 }
 
-/// One round trip: the catalog's definition and the sequence's own state
-/// (`qual`: quoted, qualified; read from the catalog, never user input).
-async fn read(client: &Client, qual: &str) -> Result<Read> {
-    let def = client
-        .query_one(
+/// The catalog's definition and the sequence's own state of each of
+/// `seqs`, in one round trip (in their order).
+async fn read(client: &Client, seqs: &[&Fenceable]) -> Result<Vec<Read>> {
+    let sql = seqs
+        .iter()
+        .enumerate()
+        .map(|(i, f)| {
             format!(
-                "SELECT s.seqmin, s.seqmax, s.seqstart, s.seqincrement, s.seqcycle,
-                        CASE s.seqtypid WHEN 'pg_catalog.int2'::regtype THEN -32768
-                                        WHEN 'pg_catalog.int4'::regtype THEN -2147483648
+                "SELECT {OWN_STATEMENT} {i}, s.seqmin, s.seqmax, s.seqstart, s.seqincrement, s.seqcycle,
+                        CASE s.seqtypid WHEN 'pg_catalog.int2'::pg_catalog.regtype THEN -32768
+                                        WHEN 'pg_catalog.int4'::pg_catalog.regtype THEN -2147483648
                                         ELSE -9223372036854775808 END::bigint,
-                        CASE s.seqtypid WHEN 'pg_catalog.int2'::regtype THEN 32767
-                                        WHEN 'pg_catalog.int4'::regtype THEN 2147483647
+                        CASE s.seqtypid WHEN 'pg_catalog.int2'::pg_catalog.regtype THEN 32767
+                                        WHEN 'pg_catalog.int4'::pg_catalog.regtype THEN 2147483647
                                         ELSE 9223372036854775807 END::bigint,
                         l.last_value, l.is_called
-                   FROM pg_catalog.pg_sequence s, {qual} l
-                  WHERE s.seqrelid = $1::text::regclass"
+                   FROM pg_catalog.pg_sequence s, {} l
+                  WHERE s.seqrelid = {}",
+                qualified(&f.at.0, &f.at.1),
+                f.oid
             )
-            .as_str(),
-            &[&qual],
-        )
+        })
+        .join("\nUNION ALL ");
+    let mut rows = client
+        .query(sql.as_str(), &[])
         .await
-        .map_err(|e| pg_error_as(e, &format!("reading sequence {qual}")))?;
-    Ok(Read {
-        min: def.get(0),
-        max: def.get(1),
-        start: def.get(2),
-        increment: def.get(3),
-        cycle: def.get(4),
-        type_min: def.get(5),
-        type_max: def.get(6),
-        last_value: def.get(7),
-        is_called: def.get(8),
-    })
+        .map_err(|e| pg_error_as(e, "reading the sequences the swap fences"))?;
+    rows.sort_by_key(|r| r.get::<_, i32>(0));
+    Ok(rows
+        .iter()
+        .map(|def| Read {
+            min: def.get(1),
+            max: def.get(2),
+            start: def.get(3),
+            increment: def.get(4),
+            cycle: def.get(5),
+            type_min: def.get(6),
+            type_max: def.get(7),
+            last_value: def.get(8),
+            is_called: def.get(9),
+        })
+        .collect())
+}
+
+/// The `last_value` and `is_called` of each of `quals` (quoted, qualified;
+/// read from the catalog, never user input), a few hundred per round trip.
+pub async fn sequence_states(
+    client: &Client,
+    quals: &[String],
+) -> Result<HashMap<String, (i64, bool)>> {
+    let mut out = HashMap::new();
+    for chunk in quals.chunks(500) {
+        let sql = chunk
+            .iter()
+            .enumerate()
+            .map(|(i, q)| format!("SELECT {OWN_STATEMENT} {i}, last_value, is_called FROM {q}"))
+            .join("\nUNION ALL ");
+        for r in client
+            .query(sql.as_str(), &[])
+            .await
+            .map_err(|e| pg_error_as(e, "reading the sequences"))?
+        {
+            let i: i32 = r.get(0);
+            out.insert(chunk[i as usize].clone(), (r.get(1), r.get(2)));
+        }
+    }
+    Ok(out)
 }
 
 /// A sequence's `last_value` and `is_called` (`qual`: quoted, qualified).
@@ -329,60 +366,66 @@ impl Read {
     }
 }
 
-/// Lock, read and fence the sequence `schema.name` inside the open swap
-/// transaction (see the module's comment). Returns its state as read
+/// Lock, read and fence the sequences `seqs` inside the open swap
+/// transaction (see the module's comment), a few hundred per three round
+/// trips: their time is lock time. Returns, for each, its state as read
 /// (`last_value`, `is_called`), which the carry continues after, and the
 /// record for the backup's manifest (None when its data type left no room
 /// for a fence).
+#[allow(clippy::type_complexity)]
 async fn fence(
     client: &Client,
-    schema: &str,
-    name: &str,
-    cycle: bool,
-) -> Result<((i64, bool), Option<FencedSequence>)> {
-    let qual = qualified(schema, name);
-    // Its CYCLE as it is (read just before), to lock it without changing it.
-    let as_is = if cycle { "CYCLE" } else { "NO CYCLE" };
-    exec_as(
-        client,
-        &format!("ALTER SEQUENCE {qual} {as_is}"),
-        &format!("locking sequence {qual}"),
-    )
-    .await?;
-    let r = read(client, &qual).await?;
-    let state = (r.last_value, r.is_called);
-    let Some((min, max, start)) = r.fenced() else {
-        return Ok((state, None));
-    };
-    if !r.is_called {
-        client
-            .query_one(
-                "SELECT pg_catalog.setval($1::text::regclass, $2, true)",
-                &[&qual, &r.last_value],
-            )
-            .await
-            .map_err(|e| pg_error_as(e, &format!("fencing sequence {qual}")))?;
+    seqs: &[Fenceable],
+) -> Result<Vec<((i64, bool), Option<FencedSequence>)>> {
+    let mut out = Vec::with_capacity(seqs.len());
+    for chunk in seqs.chunks(500) {
+        // Its CYCLE as it is (read just before), to lock it without changing it.
+        let lock = chunk
+            .iter()
+            .map(|f| {
+                let as_is = if f.cycle { "CYCLE" } else { "NO CYCLE" };
+                format!("ALTER SEQUENCE {} {as_is};", qualified(&f.at.0, &f.at.1))
+            })
+            .join("\n");
+        exec_as(client, &lock, "locking the sequences the swap fences").await?;
+        let chunk: Vec<&Fenceable> = chunk.iter().collect();
+        let mut sql = String::new();
+        for (f, r) in chunk.iter().zip(read(client, &chunk).await?) {
+            let qual = qualified(&f.at.0, &f.at.1);
+            let state = (r.last_value, r.is_called);
+            let Some((min, max, start)) = r.fenced() else {
+                out.push((state, None));
+                continue;
+            };
+            if !r.is_called {
+                sql.push_str(&format!(
+                    "SELECT pg_catalog.setval({}::pg_catalog.oid::pg_catalog.regclass, {}, true);\n",
+                    f.oid, r.last_value
+                ));
+            }
+            sql.push_str(&format!(
+                "ALTER SEQUENCE {qual} NO CYCLE MINVALUE {min} MAXVALUE {max} START WITH {start};\n"
+            ));
+            tracing::debug!(sequence = %qual, last_value = r.last_value, "sequence fenced");
+            out.push((
+                state,
+                Some(FencedSequence {
+                    schema: f.at.0.clone(),
+                    name: f.at.1.clone(),
+                    min: r.min,
+                    max: r.max,
+                    start: r.start,
+                    cycle: r.cycle,
+                    last_value: r.last_value,
+                    is_called: r.is_called,
+                }),
+            ));
+        }
+        if !sql.is_empty() {
+            exec_as(client, &sql, "fencing the sequences the swap carries over").await?;
+        }
     }
-    exec_as(
-        client,
-        &format!("ALTER SEQUENCE {qual} NO CYCLE MINVALUE {min} MAXVALUE {max} START WITH {start}"),
-        &format!("fencing sequence {qual}"),
-    )
-    .await?;
-    tracing::debug!(sequence = %qual, last_value = r.last_value, "sequence fenced");
-    Ok((
-        state,
-        Some(FencedSequence {
-            schema: schema.to_string(),
-            name: name.to_string(),
-            min: r.min,
-            max: r.max,
-            start: r.start,
-            cycle: r.cycle,
-            last_value: r.last_value,
-            is_called: r.is_called,
-        }),
-    ))
+    Ok(out)
 }
 
 /// Inside a rollback's transaction, before anything moves: give the
