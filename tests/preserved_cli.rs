@@ -645,7 +645,21 @@ fn status_lists_every_reason_the_swap_would_refuse() {
     );
     let wd = Workdir::new();
     let dst = dbs.dst.url();
-    with_users_preserved(&wd, &dbs, "prepare", &[]);
+    // Prepare says so already, rather than the swap after a whole prepare.
+    let prepared = with_users_preserved(&wd, &dbs, "prepare", &["--json"]);
+    let prepared: serde_json::Value = serde_json::from_str(&prepared).unwrap();
+    let fk = prepared["warnings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|w| w.as_str())
+        .find(|w| {
+            w.starts_with(
+                "foreign keys involving preserved tables do not match the destination's rows: ",
+            )
+        })
+        .unwrap_or_else(|| panic!("no foreign-key warning: {prepared}"));
+    assert!(fk.contains("orders_user_id_fkey"), "{fk}");
     let st = json_of(&wd, &["status", "--dest", &dst, "--json"]);
     assert_eq!(st["swap_allowed"], false, "{st}");
     let reasons: Vec<&str> = st["swap_blocked_reasons"]

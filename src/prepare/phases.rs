@@ -903,8 +903,9 @@ async fn phases(run: &mut Run<'_>, rec: &mut Recorder) -> Result<usize> {
     rec.state.details.deferred_sql = deferred;
     rec.state.details.keep_source_owners = run.opts.keep_source_owners;
     rec.phase(sess, Phase::Sequences, sequences(run)).await?;
+    let deferred = rec.state.details.deferred_sql.clone();
     let synced = rec
-        .phase(sess, Phase::Sync, sync_phase(run, rec.state.id))
+        .phase(sess, Phase::Sync, sync_phase(run, rec.state.id, &deferred))
         .await?;
     rec.state.details.sync = synced;
     let applied = rec.phase(sess, Phase::Privileges, privs(run)).await?;
@@ -1703,7 +1704,11 @@ async fn fill_as_self(client: &Client, qual: &str) -> Result<String> {
     crate::pg::exec::rollback_on_err(client, result).await
 }
 
-async fn sync_phase(run: &mut Run<'_>, id: i64) -> Result<Vec<sync::SyncedTable>> {
+async fn sync_phase(
+    run: &mut Run<'_>,
+    id: i64,
+    deferred: &[String],
+) -> Result<Vec<sync::SyncedTable>> {
     let settings = run.opts;
     let synced = sync::setup(
         &run.sess.control,
@@ -1719,6 +1724,25 @@ async fn sync_phase(run: &mut Run<'_>, id: i64) -> Result<Vec<sync::SyncedTable>
         let w = format!("{why}; the swap refuses it until then");
         tracing::warn!("{w}");
         run.warnings.push(w);
+    }
+    // The rows the foreign keys the swap creates (to and from the preserved
+    // tables) would refuse: said now, not first by the swap's refusal after
+    // the operator waited for a whole prepare.
+    if !synced.is_empty() && !deferred.is_empty() {
+        let w = match sync::fk_violations(&run.sess.control, deferred, &run.pairs).await {
+            Ok(c) if !c.violations.is_empty() => Some(format!(
+                "foreign keys involving preserved tables do not match the destination's rows: {}; the swap refuses them until the rows are fixed (or creates them NOT VALID with --allow-fk-violations)",
+                sync::violations_line(&c.violations)
+            )),
+            Ok(_) => None,
+            Err(e) => Some(format!(
+                "could not check the foreign keys involving preserved tables (the swap checks them again): {e:#}"
+            )),
+        };
+        if let Some(w) = w {
+            tracing::warn!("{w}");
+            run.warnings.push(w);
+        }
     }
     // And what the swap would say of the sequences no column uses.
     if !synced.is_empty() {
