@@ -268,10 +268,14 @@ fn sigint_during_dump_load_and_index_build_stops_cleanly() {
             st["error"].as_str().unwrap().contains("interrupted"),
             "{st}"
         );
-        // A following prepare completes.
-        assert_success(&wd.prepare(&dbs, &[]));
-        assert_eq!(dbs.dst.psql("SELECT count(*) FROM shadow.big"), "400000");
-        assert_success(&wd.run_env(&["abort", "--dest", &dbs.dst.url()], &[]));
+        // A following prepare completes: the next moment's run starts from
+        // what this one left (and is interrupted in a later phase); after
+        // the last, one runs to the end, from the same state directory.
+        if moment == "CREATE INDEX" {
+            assert_success(&wd.prepare(&dbs, &[]));
+            assert_eq!(dbs.dst.psql("SELECT count(*) FROM shadow.big"), "400000");
+            assert_success(&wd.run_env(&["abort", "--dest", &dbs.dst.url()], &[]));
+        }
     }
     assert_eq!(catalog_fingerprint(&dbs.src), src_before);
 }
