@@ -729,30 +729,63 @@ fn start_refuses_to_discard_writes_made_during_prepare() {
 /// A CHECK listing the values of a varchar column reads differently after a
 /// dump and restore (PostgreSQL moves the casts into the array), so the
 /// shadow's copy of an unchanged constraint prints otherwise than the live
-/// one: it is no `CHECK_ADDED` hazard, while a changed list still is.
+/// one: it is no `CHECK_ADDED` hazard, while a changed list still is. A list
+/// that only grew refuses nothing it allowed: `CHECK_WIDENED`, for
+/// information.
 #[test]
 fn a_check_reprinted_by_a_dump_is_no_hazard() {
     let dbs = TestDbs::new("imp_check_print");
-    let ddl = |kinds: &str| {
+    let ddl = |kinds: &str, levels: &str| {
         format!(
             "CREATE TABLE orders (id int PRIMARY KEY,
                status varchar(10) CONSTRAINT status_ok CHECK (status IN ('new', 'paid')),
-               kind varchar(10) CONSTRAINT kind_ok CHECK (kind IN ({kinds})));"
+               kind varchar(10) CONSTRAINT kind_ok CHECK (kind IN ({kinds})),
+               level varchar(10) CONSTRAINT level_ok CHECK (level IN ({levels})));"
         )
     };
-    dbs.src.psql(&ddl("'x', 'y', 'z'"));
-    dbs.dst.psql(&ddl("'x', 'y'"));
+    dbs.src.psql(&ddl("'x', 'z'", "'low', 'high', 'urgent'"));
+    dbs.dst.psql(&ddl("'x', 'y'", "'low', 'high'"));
+    // A key over more columns is less strict, so it too is for information.
+    dbs.src
+        .psql("CREATE TABLE runs (a int, b int, c int NOT NULL, PRIMARY KEY (a, b, c));");
+    dbs.dst
+        .psql("CREATE TABLE runs (a int, b int, c int NOT NULL, PRIMARY KEY (a, b));");
     let wd = Workdir::new();
     let (src, dst) = (dbs.src.url(), dbs.dst.url());
     let p = json_of(&wd.run_ok(&["prepare", "--source", &src, "--dest", &dst, "--json"]));
-    let checks: Vec<&str> = p["impact"]["hazards"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|h| h["code"] == "CHECK_ADDED")
-        .map(|h| h["object"].as_str().unwrap())
-        .collect();
-    assert_eq!(checks, ["public.orders.kind_ok"], "{p}");
+    let checks = |code: &str| -> Vec<(String, String)> {
+        p["impact"]["hazards"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|h| h["code"] == code)
+            .map(|h| {
+                (
+                    h["object"].as_str().unwrap().to_string(),
+                    h["effect"].as_str().unwrap().to_string(),
+                )
+            })
+            .collect()
+    };
+    assert_eq!(
+        checks("CHECK_ADDED"),
+        [(
+            "public.orders.kind_ok".to_string(),
+            "rejects_writes".to_string()
+        )],
+        "{p}"
+    );
+    assert_eq!(
+        checks("CHECK_WIDENED"),
+        [("public.orders.level_ok".to_string(), "info".to_string())],
+        "{p}"
+    );
+    assert_eq!(checks("UNIQUE_ADDED"), [], "{p}");
+    assert_eq!(
+        checks("UNIQUE_KEY_WIDENED"),
+        [("public.runs.runs_pkey".to_string(), "info".to_string())],
+        "{p}"
+    );
 }
 
 /// A transaction that began before prepare and still holds its snapshot:

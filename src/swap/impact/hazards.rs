@@ -15,6 +15,8 @@
 //! | `COLLATION_REPLACED` | result_type | a collation of a migrated schema columns use is replaced by the incoming copy (same name, new OID) |
 //! | `NOT_NULL_ADDED` | rejects_writes | a column became NOT NULL, or a new NOT NULL column has no default |
 //! | `CHECK_ADDED`, `UNIQUE_ADDED`, `FOREIGN_KEY_ADDED`, `EXCLUSION_ADDED` | rejects_writes | a constraint the old table did not have (compared by definition, as parsed: the casts a dump and restore re-prints do not count) |
+//! | `CHECK_WIDENED` | info | a CHECK `x IN (…)` (`x = ANY (ARRAY[…])`) whose list holds the old table's same check's and more: it refuses nothing the old check allowed |
+//! | `UNIQUE_KEY_WIDENED` | info | a unique or primary key over the columns of one the old table has, and more (`(a, b)` became `(a, b, c)`): it refuses nothing the old key accepted |
 //! | `FOREIGN_KEY_ACTION_CHANGED` | rejects_writes (where the new action refuses a delete or update the old one did not) / info | a foreign key the old table has too, but for its `ON DELETE` / `ON UPDATE` actions |
 //! | `ENUM_VALUE_DROPPED` | rejects_writes | an enum lost a label |
 //! | `TYPE_DROPPED` | breaks | a type or domain has no namesake |
@@ -42,7 +44,7 @@
 //! collation a migrated schema defines (MusicBrainz's `musicbrainz.musicbrainz`
 //! on `artist.name`) is `COLLATION_REPLACED` for the same reason.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use anyhow::{Context, Result};
 use itertools::Itertools;
@@ -780,6 +782,28 @@ fn compare_columns(
                 out.push(h);
                 continue;
             }
+            if matches!(t, 'u' | 'p')
+                && let Some(old) = looser_unique(&lr.constraints, def)
+            {
+                out.push(Hazard::new(
+                    "UNIQUE_KEY_WIDENED",
+                    Effect::Info,
+                    format!("{}.{}", rel_obj(name), display_ident(cname)),
+                    format!("{def}, over the columns of {old} and more: no row that key accepted is refused"),
+                ));
+                continue;
+            }
+            if *t == 'c'
+                && let Some(old) = narrower_in_list(&lr.constraints, def)
+            {
+                out.push(Hazard::new(
+                    "CHECK_WIDENED",
+                    Effect::Info,
+                    format!("{}.{}", rel_obj(name), display_ident(cname)),
+                    format!("{def}: allows every value of {old} and more"),
+                ));
+                continue;
+            }
             let code = match t {
                 'c' => "CHECK_ADDED",
                 'u' | 'p' => "UNIQUE_ADDED",
@@ -794,6 +818,97 @@ fn compare_columns(
             ));
         }
     }
+}
+
+/// A unique key (or primary key) of the live table whose columns are among
+/// those of the incoming `def`, with NULLs as distinct or the same way and
+/// checked as early: any two rows equal on the incoming key are equal on
+/// that one, so no write that key accepted is refused (`(a, b)` became
+/// `(a, b, c)`). Its definition, or None.
+fn looser_unique<'a>(live: &'a [(char, String, String)], def: &str) -> Option<&'a str> {
+    let new = unique_key(def)?;
+    live.iter()
+        .filter(|(t, _, _)| matches!(t, 'u' | 'p'))
+        .find(|(_, d, _)| {
+            unique_key(d).is_some_and(|old| {
+                old.columns.is_subset(&new.columns)
+                    && (old.nulls_not_distinct || !new.nulls_not_distinct)
+                    && old.timing == new.timing
+            })
+        })
+        .map(|(_, d, _)| d.as_str())
+}
+
+/// A CHECK of the live table of the same form as the incoming `def`, `x =
+/// ANY (ARRAY[…])` (an `IN` list), on the same expression, whose list is
+/// part of the incoming one (`status IN ('a', 'b')` became `IN ('a', 'b',
+/// 'c')`): no value it allowed is refused. Its definition, or None.
+fn narrower_in_list<'a>(live: &'a [(char, String, String)], def: &str) -> Option<&'a str> {
+    let (tree, list) = in_list(def)?;
+    live.iter()
+        .filter(|(t, _, _)| *t == 'c')
+        .find(|(_, d, _)| {
+            in_list(d).is_some_and(|(old_tree, old_list)| {
+                old_tree == tree && old_list.iter().all(|e| list.contains(e))
+            })
+        })
+        .map(|(_, d, _)| d.as_str())
+}
+
+/// A CHECK `x = ANY (ARRAY[…])` as parsed ([`canonical_constraint`]): the
+/// tree with its list taken out, and the list.
+fn in_list(def: &str) -> Option<(serde_json::Value, Vec<serde_json::Value>)> {
+    let mut tree = canonical_constraint(def)?;
+    let expr = tree
+        .pointer_mut("/stmts/0/stmt/node/AlterTableStmt/cmds/0/node/AlterTableCmd/def/node/Constraint/raw_expr/node/AExpr")?;
+    // AEXPR_OP_ANY, with the operator `=`.
+    if expr.get("kind")?.as_i64()? != 2
+        || expr.pointer("/name/0/node/String/sval")?.as_str()? != "="
+        || expr.get("name")?.as_array()?.len() != 1
+    {
+        return None;
+    }
+    let list = expr.pointer_mut("/rexpr/node/AArrayExpr/elements")?.take();
+    Some((tree, list.as_array()?.clone()))
+}
+
+/// A unique or primary key as parsed.
+struct UniqueKey {
+    columns: BTreeSet<String>,
+    nulls_not_distinct: bool,
+    /// `DEFERRABLE`, `INITIALLY DEFERRED`.
+    timing: (bool, bool),
+}
+
+fn unique_key(def: &str) -> Option<UniqueKey> {
+    let parsed = pg_query::parse(&format!("ALTER TABLE t ADD {def}"), 0).ok()?;
+    let tree = serde_json::to_value(&parsed.protobuf).ok()?;
+    fn constraint(v: &serde_json::Value) -> Option<&serde_json::Value> {
+        match v {
+            serde_json::Value::Object(map) => map
+                .get("Constraint")
+                .or_else(|| map.values().find_map(constraint)),
+            serde_json::Value::Array(items) => items.iter().find_map(constraint),
+            _ => None,
+        }
+    }
+    let c = constraint(&tree)?;
+    let columns = c
+        .get("keys")?
+        .as_array()?
+        .iter()
+        .map(|k| k.pointer("/node/String/sval")?.as_str().map(str::to_string))
+        .collect::<Option<BTreeSet<String>>>()?;
+    let flag = |k: &str| {
+        c.get(k)
+            .and_then(serde_json::Value::as_bool)
+            .unwrap_or(false)
+    };
+    (!columns.is_empty()).then(|| UniqueKey {
+        columns,
+        nulls_not_distinct: flag("nulls_not_distinct"),
+        timing: (flag("deferrable"), flag("initdeferred")),
+    })
 }
 
 /// A foreign key of the incoming table that the live table has too, but for
@@ -1015,6 +1130,85 @@ mod tests {
                 "{other}"
             );
         }
+    }
+
+    /// Medusa's payment status checks gained values: nothing they allowed
+    /// is refused.
+    #[test]
+    fn a_check_whose_list_grew_is_no_added_check() {
+        let list = |values: &[&str]| {
+            format!(
+                "CHECK (((status)::text = ANY ((ARRAY[{}])::text[])))",
+                values
+                    .iter()
+                    .map(|v| format!("'{v}'::character varying"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        };
+        let live = vec![('c', list(&["a", "b"]), "k".to_string())];
+        let old = live[0].1.as_str();
+        assert_eq!(narrower_in_list(&live, &list(&["b", "c", "a"])), Some(old));
+        // As a dump and restore prints it.
+        assert_eq!(
+            narrower_in_list(
+                &live,
+                "CHECK (((status)::text = ANY (ARRAY[('a'::character varying)::text, ('b'::character varying)::text, ('c'::character varying)::text])))"
+            ),
+            Some(old)
+        );
+        for new in [
+            list(&["a", "c"]),
+            list(&["a"]).replace("(status)", "(kind)"),
+            list(&["a", "b", "c"]).replace(" = ANY", " <> ALL"),
+            format!("{} NOT VALID", list(&["a", "b", "c"])),
+            "CHECK ((n > 0))".to_string(),
+        ] {
+            assert_eq!(narrower_in_list(&live, &new), None, "{new}");
+        }
+    }
+
+    /// Medusa's `workflow_execution` key gained `run_id`: less strict, so
+    /// nothing the old key accepted is refused.
+    #[test]
+    fn a_unique_key_over_more_columns_is_no_added_key() {
+        let live = |def: &str| vec![('p', def.to_string(), "pk".to_string())];
+        let old = "PRIMARY KEY (workflow_id, transaction_id)";
+        assert_eq!(
+            looser_unique(
+                &live(old),
+                "PRIMARY KEY (workflow_id, transaction_id, run_id)"
+            ),
+            Some(old)
+        );
+        assert_eq!(
+            looser_unique(
+                &live("UNIQUE (\"A, b\", c)"),
+                "UNIQUE (c, \"A, b\", d) INCLUDE (e)"
+            ),
+            Some("UNIQUE (\"A, b\", c)")
+        );
+        // Fewer columns, other columns, NULLs now equal, checked earlier (or
+        // later): a key that may refuse what the old one took.
+        for (old, new) in [
+            (old, "PRIMARY KEY (workflow_id)"),
+            (old, "UNIQUE (workflow_id, run_id)"),
+            (
+                old,
+                "UNIQUE NULLS NOT DISTINCT (workflow_id, transaction_id, run_id)",
+            ),
+            ("UNIQUE (a) DEFERRABLE", "UNIQUE (a, b)"),
+            ("UNIQUE (a)", "UNIQUE (a, b) DEFERRABLE INITIALLY DEFERRED"),
+        ] {
+            assert_eq!(looser_unique(&live(old), new), None, "{old} -> {new}");
+        }
+        assert_eq!(
+            looser_unique(
+                &live("UNIQUE NULLS NOT DISTINCT (a)"),
+                "UNIQUE NULLS NOT DISTINCT (a, b)"
+            ),
+            Some("UNIQUE NULLS NOT DISTINCT (a)")
+        );
     }
 
     #[test]
