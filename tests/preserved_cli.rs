@@ -33,6 +33,17 @@ fn with_users_preserved(wd: &Workdir, dbs: &TestDbs, command: &str, extra: &[&st
     assert_success(&run_users_preserved(wd, dbs, command, extra))
 }
 
+/// The warning of the JSON array `warnings` that starts with `lead`.
+fn warning_starting<'a>(warnings: &'a serde_json::Value, lead: &str) -> &'a str {
+    warnings
+        .as_array()
+        .unwrap_or_else(|| panic!("no warnings: {warnings}"))
+        .iter()
+        .filter_map(|w| w.as_str())
+        .find(|w| w.starts_with(lead))
+        .unwrap_or_else(|| panic!("no warning starting {lead:?}: {warnings}"))
+}
+
 /// `prepare --preserved-tables users` between the pair, which must fail with
 /// exit 1: the last line of its stderr.
 fn users_prepare_fails(wd: &Workdir, dbs: &TestDbs) -> String {
@@ -475,17 +486,10 @@ fn a_partitioned_tables_fk_to_a_preserved_table_survives_the_swap() {
         serde_json::json!(["events.events_user_id_fkey"]),
         "{v}"
     );
-    let advice = v["swap"]["warnings"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter_map(|w| w.as_str())
-        .find(|w| {
-            w.starts_with(
-                "foreign key events.events_user_id_fkey of a partitioned table was not added",
-            )
-        })
-        .unwrap_or_else(|| panic!("{v}"));
+    let advice = warning_starting(
+        &v["swap"]["warnings"],
+        "foreign key events.events_user_id_fkey of a partitioned table was not added",
+    );
     let add = advice
         .split("run: ")
         .nth(1)
@@ -648,17 +652,10 @@ fn status_lists_every_reason_the_swap_would_refuse() {
     // Prepare says so already, rather than the swap after a whole prepare.
     let prepared = with_users_preserved(&wd, &dbs, "prepare", &["--json"]);
     let prepared: serde_json::Value = serde_json::from_str(&prepared).unwrap();
-    let fk = prepared["warnings"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter_map(|w| w.as_str())
-        .find(|w| {
-            w.starts_with(
-                "foreign keys involving preserved tables do not match the destination's rows: ",
-            )
-        })
-        .unwrap_or_else(|| panic!("no foreign-key warning: {prepared}"));
+    let fk = warning_starting(
+        &prepared["warnings"],
+        "foreign keys involving preserved tables do not match the destination's rows: ",
+    );
     assert!(fk.contains("orders_user_id_fkey"), "{fk}");
     let st = json_of(&wd, &["status", "--dest", &dst, "--json"]);
     assert_eq!(st["swap_allowed"], false, "{st}");

@@ -399,20 +399,18 @@ async fn plan_for(
         None => HashMap::new(),
     };
     client.batch_execute("SET search_path = ''").await?;
-    let current: String = client
-        .query_one("SELECT current_user::text", &[])
-        .await?
-        .get(0);
+    // This role, and the bootstrap superuser (who owns a range type's
+    // constructors).
+    let who = client
+        .query_one(
+            "SELECT current_user::text, (SELECT rolname::text FROM pg_catalog.pg_roles WHERE oid = 10)",
+            &[],
+        )
+        .await?;
+    let (current, bootstrap): (String, String) = (who.get(0), who.get(1));
     let (ours, shadow) = match shadow {
         Shadow::Restored(name) => (objects(client, name).await?, name),
         Shadow::Foreseen(not_migrated) => {
-            let bootstrap: String = client
-                .query_one(
-                    "SELECT rolname::text FROM pg_catalog.pg_roles WHERE oid = 10",
-                    &[],
-                )
-                .await?
-                .get(0);
             let ours = from_source
                 .values()
                 .filter(|o| {

@@ -782,25 +782,28 @@ fn compare_columns(
                 out.push(h);
                 continue;
             }
-            if matches!(t, 'u' | 'p')
-                && let Some(old) = looser_unique(&lr.constraints, def)
-            {
+            // Less strict than one the old table has: refuses nothing it took.
+            let widened = match t {
+                'u' | 'p' => looser_unique(&lr.constraints, def).map(|old| {
+                    (
+                        "UNIQUE_KEY_WIDENED",
+                        format!("{def}, over the columns of {old} and more: no row that key accepted is refused"),
+                    )
+                }),
+                'c' => narrower_in_list(&lr.constraints, def).map(|old| {
+                    (
+                        "CHECK_WIDENED",
+                        format!("{def}: allows every value of {old} and more"),
+                    )
+                }),
+                _ => None,
+            };
+            if let Some((code, detail)) = widened {
                 out.push(Hazard::new(
-                    "UNIQUE_KEY_WIDENED",
+                    code,
                     Effect::Info,
                     format!("{}.{}", rel_obj(name), display_ident(cname)),
-                    format!("{def}, over the columns of {old} and more: no row that key accepted is refused"),
-                ));
-                continue;
-            }
-            if *t == 'c'
-                && let Some(old) = narrower_in_list(&lr.constraints, def)
-            {
-                out.push(Hazard::new(
-                    "CHECK_WIDENED",
-                    Effect::Info,
-                    format!("{}.{}", rel_obj(name), display_ident(cname)),
-                    format!("{def}: allows every value of {old} and more"),
+                    detail,
                 ));
                 continue;
             }
