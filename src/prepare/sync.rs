@@ -3351,19 +3351,33 @@ pub async fn health(client: &Client, synced: &[SyncedTable]) -> Result<Vec<SyncH
         let triggers = trigger_health(client, t).await?;
         let log = qualified(META_SCHEMA, &t.changelog);
         let changelog_present = changelog_present(client, t).await?;
-        let pending = if changelog_present {
-            count_rows(client, &log).await?
-        } else {
-            None
-        };
-        let rows_public = match rel_name(client, t.oid).await? {
-            Some(r) => count_rows(client, &r).await?,
-            None => None,
-        };
-        let rows_shadow = match rel_name(client, t.shadow_oid).await? {
-            Some(r) => count_rows(client, &r).await?,
-            None => None,
-        };
+        // One snapshot for the three counts, so that while the application
+        // writes they agree (the sync applies each write in its own
+        // transaction): rows in public and in the shadow differ by what is
+        // pending, not by what was written between two counts.
+        client
+            .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            .await?;
+        let counted = async {
+            let pending = if changelog_present {
+                count_rows(client, &log).await?
+            } else {
+                None
+            };
+            let rows_public = match rel_name(client, t.oid).await? {
+                Some(r) => count_rows(client, &r).await?,
+                None => None,
+            };
+            let rows_shadow = match rel_name(client, t.shadow_oid).await? {
+                Some(r) => count_rows(client, &r).await?,
+                None => None,
+            };
+            client.batch_execute("COMMIT").await?;
+            anyhow::Ok((pending, rows_public, rows_shadow))
+        }
+        .await;
+        let (pending, rows_public, rows_shadow) =
+            crate::pg::exec::rollback_on_err(client, counted).await?;
         out.push(SyncHealth {
             table: t.display(),
             triggers_ok: triggers.iter().all(|t| t.present && t.enabled),
