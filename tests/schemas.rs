@@ -1906,6 +1906,39 @@ fn what_the_migration_uses_of_a_schema_left_out_is_checked() {
     assert_eq!(p["warnings"], json!([]), "{p}");
 }
 
+/// A foreign key into a schema the migration leaves out (Supabase's
+/// `auth.users`) keeps the destination's rows there: a source row whose
+/// user the destination lacks fails prepare where the key is created,
+/// saying which table keeps the destination's rows and what to do.
+#[test]
+fn a_key_into_a_schema_left_out_that_the_destinations_rows_break_says_so() {
+    let dbs = TestDbs::new("sch_key_outside");
+    let auth = "CREATE SCHEMA auth; CREATE TABLE auth.users (id int PRIMARY KEY);";
+    dbs.src.psql(auth);
+    dbs.dst.psql(auth);
+    dbs.src.psql(
+        "INSERT INTO auth.users VALUES (1), (2);
+         CREATE TABLE todos (id int PRIMARY KEY, user_id int REFERENCES auth.users);
+         INSERT INTO todos VALUES (10, 1), (11, 2);",
+    );
+    dbs.dst.psql("INSERT INTO auth.users VALUES (1);");
+    let wd = Workdir::new();
+    let out = wd.prepare(&dbs, &[]);
+    let err = stderr_of(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    let last = err.trim_end().lines().last().unwrap_or("");
+    assert!(
+        last.starts_with("error: prepare failed: phase indexes: ")
+            && last.contains("todos_user_id_fkey")
+            && last.contains("(user_id)=(2)")
+            && last.contains("(auth.users is not migrated and keeps the destination's rows, which lack the one the source's row references: add it on the destination, or fix the source's row, and prepare again)"),
+        "{err}"
+    );
+    // Added there, prepare goes through.
+    dbs.dst.psql("INSERT INTO auth.users VALUES (2);");
+    assert_success(&wd.prepare(&dbs, &[]));
+}
+
 /// An extension's own objects are not objects outside the migrated schemas
 /// bound to them: ltree's operator family (its support functions use
 /// `ltree[]`), and a column outside of type `ltree[]`, whose array type goes

@@ -406,7 +406,9 @@ async fn run_wave(
                         crate::pg::conn::connect::cancel_running(&client, dest).await;
                         return Ok(());
                     }
-                    r = client.batch_execute(&job.sql) => r.map_err(|e| anyhow!("{}: {}", job.label, describe_pg_error(&e))),
+                    r = client.batch_execute(&job.sql) => r.map_err(|e| {
+                        anyhow!("{}: {}{}", job.label, describe_pg_error(&e), key_outside(&e, &job.sql))
+                    }),
                 };
                 if let Err(e) = r {
                     failed.cancel();
@@ -426,6 +428,32 @@ async fn run_wave(
         r?;
     }
     Ok(())
+}
+
+/// What to do about a foreign key of the source that its own rows break
+/// here: it references a table the migration does not move (`auth.users` of
+/// a schema left out), which keeps the destination's rows; in the shadows,
+/// the source's rows always match. Empty for any other error.
+fn key_outside(e: &tokio_postgres::Error, sql: &str) -> String {
+    if e.code() != Some(&tokio_postgres::error::SqlState::FOREIGN_KEY_VIOLATION) {
+        return String::new();
+    }
+    let Some(target) = sql
+        .split_once("REFERENCES ")
+        .and_then(|(_, rest)| rest.split_once('('))
+        .map(|(name, _)| name.trim())
+    else {
+        return String::new();
+    };
+    let schema = target.split('.').next().unwrap_or("").trim_matches('"');
+    if schema == crate::pg::meta::SHADOW_SCHEMA
+        || schema.starts_with(crate::pg::meta::SHADOW_PREFIX)
+    {
+        return String::new();
+    }
+    format!(
+        " ({target} is not migrated and keeps the destination's rows, which lack the one the source's row references: add it on the destination, or fix the source's row, and prepare again)"
+    )
 }
 
 #[cfg(test)]
