@@ -1157,6 +1157,10 @@ struct Live {
     cols: Vec<LiveCol>,
     keys: Vec<LiveKey>,
     /// The shadow table's deferrable constraints, qualified and quoted.
+    /// Checked at commit, a deferred constraint of the shadow table would fail
+    /// the application's own COMMIT for a row the sync trigger applied (its
+    /// EXCEPTION block long gone), and a replay at its COMMIT: each checks them
+    /// at once instead (see `Live::immediate`).
     deferrable: Vec<String>,
 }
 
@@ -1172,9 +1176,20 @@ struct AttrType {
 }
 
 async fn attr_types(client: &Client, rel: u32) -> Result<HashMap<String, AttrType>> {
-    query_map(
+    Ok(attr_types_of(client, &[rel])
+        .await?
+        .remove(&rel)
+        .unwrap_or_default())
+}
+
+/// [`attr_types`] of each of `rels`, in one round trip.
+async fn attr_types_of(
+    client: &Client,
+    rels: &[u32],
+) -> Result<HashMap<u32, HashMap<String, AttrType>>> {
+    let rows: Vec<(u32, String, AttrType)> = query_map(
         client,
-            "SELECT a.attname::text, a.atttypid,
+            "SELECT a.attrelid, a.attname::text, a.atttypid,
                     CASE WHEN t.typcategory = 'A' AND t.typelem <> 0
                          THEN pg_catalog.quote_ident(en.nspname) || '.' || pg_catalog.quote_ident(et.typname) || '[]'
                          ELSE pg_catalog.quote_ident(tn.nspname) || '.' || pg_catalog.quote_ident(t.typname) END,
@@ -1189,24 +1204,30 @@ async fn attr_types(client: &Client, rel: u32) -> Result<HashMap<String, AttrTyp
                LEFT JOIN pg_catalog.pg_namespace en ON en.oid = et.typnamespace
                LEFT JOIN pg_catalog.pg_type bt
                  ON bt.oid = CASE WHEN t.typcategory = 'A' AND t.typelem <> 0 THEN et.typbasetype ELSE t.typbasetype END
-              WHERE a.attrelid = $1 AND a.attnum > 0 AND NOT a.attisdropped",
-            &[&rel],
+              WHERE a.attrelid = ANY ($1::pg_catalog.oid[]) AND a.attnum > 0 AND NOT a.attisdropped",
+            &[&rels],
         "reading column types",
         |r| {
             (
-                r.get::<_, String>(0),
+                r.get::<_, u32>(0),
+                r.get::<_, String>(1),
                 AttrType {
-                    type_oid: r.get(1),
-                    qual: r.get(2),
-                    base: (r.get(3), r.get(4)),
+                    type_oid: r.get(2),
+                    qual: r.get(3),
+                    base: (r.get(4), r.get(5)),
                     domain_over: r
-                        .get::<_, Option<u32>>(5)
-                        .map(|oid| (oid, r.get::<_, Option<String>>(6).unwrap_or_default())),
+                        .get::<_, Option<u32>>(6)
+                        .map(|oid| (oid, r.get::<_, Option<String>>(7).unwrap_or_default())),
                 },
             )
         },
     )
-    .await
+    .await?;
+    let mut out: HashMap<u32, HashMap<String, AttrType>> = HashMap::new();
+    for (rel, name, ty) in rows {
+        out.entry(rel).or_default().insert(name, ty);
+    }
+    Ok(out)
 }
 
 /// `"schema"."name"` of a relation by oid, if it exists.
@@ -1252,17 +1273,77 @@ pub async fn check_replayable(client: &Client, t: &SyncedTable) -> Result<()> {
 }
 
 async fn describe(client: &Client, t: &SyncedTable) -> Result<Live> {
-    let public_rel = rel_name(client, t.oid).await?.with_context(|| {
-        format!(
-            "preserved table {}: its destination table is gone",
-            t.shown()
-        )
-    })?;
-    let shadow_rel = rel_name(client, t.shadow_oid)
-        .await?
-        .with_context(|| format!("preserved table {}: its shadow table is gone", t.shown()))?;
-    let pub_types = attr_types(client, t.oid).await?;
-    let sh_types = attr_types(client, t.shadow_oid).await?;
+    Ok(describe_all(client, &[t]).await?.remove(0))
+}
+
+/// [`describe`] of each of `tables`, in their order, in three round trips
+/// whatever their number: the swap's final replay asks it under its locks,
+/// where a few round trips per table added up to seconds with hundreds of
+/// preserved tables written meanwhile.
+async fn describe_all(client: &Client, tables: &[&SyncedTable]) -> Result<Vec<Live>> {
+    let oids: Vec<u32> = tables.iter().flat_map(|t| [t.oid, t.shadow_oid]).collect();
+    let names = rel_names(client, &oids).await?;
+    let mut types = attr_types_of(client, &oids).await?;
+    let shadow_oids: Vec<u32> = tables.iter().map(|t| t.shadow_oid).collect();
+    let mut deferrable = deferrable_constraints(client, &shadow_oids).await?;
+    let mut out = Vec::with_capacity(tables.len());
+    for t in tables {
+        let public_rel = names.get(&t.oid).cloned().with_context(|| {
+            format!(
+                "preserved table {}: its destination table is gone",
+                t.shown()
+            )
+        })?;
+        let shadow_rel = names
+            .get(&t.shadow_oid)
+            .cloned()
+            .with_context(|| format!("preserved table {}: its shadow table is gone", t.shown()))?;
+        out.push(live(
+            t,
+            public_rel,
+            shadow_rel,
+            &types.remove(&t.oid).unwrap_or_default(),
+            &types.remove(&t.shadow_oid).unwrap_or_default(),
+            deferrable.remove(&t.shadow_oid).unwrap_or_default(),
+        )?);
+    }
+    Ok(out)
+}
+
+/// The deferrable constraints of each of `rels`, qualified and quoted, in
+/// one round trip.
+async fn deferrable_constraints(
+    client: &Client,
+    rels: &[u32],
+) -> Result<HashMap<u32, Vec<String>>> {
+    let rows: Vec<(u32, String)> = query_map(
+        client,
+        "SELECT c.conrelid, pg_catalog.quote_ident(n.nspname) || '.' || pg_catalog.quote_ident(c.conname)
+           FROM pg_catalog.pg_constraint c
+           JOIN pg_catalog.pg_namespace n ON n.oid = c.connamespace
+          WHERE c.conrelid = ANY ($1::pg_catalog.oid[]) AND c.condeferrable
+          ORDER BY 1, 2",
+        &[&rels],
+        "reading the deferrable constraints of the preserved tables",
+        |r| (r.get(0), r.get(1)),
+    )
+    .await?;
+    let mut out: HashMap<u32, Vec<String>> = HashMap::new();
+    for (rel, name) in rows {
+        out.entry(rel).or_default().push(name);
+    }
+    Ok(out)
+}
+
+/// What a replay of `t` needs, from what [`describe_all`] read.
+fn live(
+    t: &SyncedTable,
+    public_rel: String,
+    shadow_rel: String,
+    pub_types: &HashMap<String, AttrType>,
+    sh_types: &HashMap<String, AttrType>,
+    deferrable: Vec<String>,
+) -> Result<Live> {
     let pair = |c: &str| -> Result<(&AttrType, &AttrType)> {
         match (pub_types.get(c), sh_types.get(c)) {
             (Some(p), Some(s)) => Ok((p, s)),
@@ -1292,24 +1373,6 @@ async fn describe(client: &Client, t: &SyncedTable) -> Result<Live> {
             conv: conv_for(p, s),
         });
     }
-    // Checked at commit, a deferred constraint of the shadow table would fail
-    // the application's own COMMIT for a row the sync trigger applied (its
-    // EXCEPTION block long gone), and a replay at its COMMIT: each checks them
-    // at once instead (see `Live::immediate`).
-    let deferrable = client
-        .query(
-            "SELECT pg_catalog.quote_ident(n.nspname) || '.' || pg_catalog.quote_ident(c.conname)
-               FROM pg_catalog.pg_constraint c
-               JOIN pg_catalog.pg_namespace n ON n.oid = c.connamespace
-              WHERE c.conrelid = $1 AND c.condeferrable
-              ORDER BY 1",
-            &[&t.shadow_oid],
-        )
-        .await
-        .with_context(|| format!("reading the deferrable constraints of {}", t.shown()))?
-        .iter()
-        .map(|r| r.get::<_, String>(0))
-        .collect();
     Ok(Live {
         name: t.display(),
         table: t.name.clone(),
@@ -2142,6 +2205,15 @@ fn moved_value(e: &tokio_postgres::Error) -> bool {
 /// conversion fails, the keys are deleted one by one, and one the shadow cannot
 /// hold is passed over.
 async fn delete_keys(client: &Client, l: &Live, ids: &[i64], what: &str) -> Result<()> {
+    if l.keys.iter().all(|k| matches!(k.conv, Conv::Same)) {
+        // Keys of the same types on both sides: nothing to convert, nothing
+        // to fail (two round trips less for the swap's final replay).
+        return client
+            .execute(l.delete_keys_sql().as_str(), &[&ids])
+            .await
+            .map(|_| ())
+            .map_err(|e| replay_error(e, what));
+    }
     exec(client, "SAVEPOINT pgshift_delete_keys", what).await?;
     match client.execute(l.delete_keys_sql().as_str(), &[&ids]).await {
         Ok(_) => exec(client, "RELEASE SAVEPOINT pgshift_delete_keys", what).await,
@@ -2474,20 +2546,32 @@ pub async fn final_sync(
             .cloned()
             .with_context(|| format!("preserved table {}: its {which} table is gone", t.shown()))
     };
-    for (t, waiting) in synced.iter().zip(waiting) {
+    let waiting: Vec<&SyncedTable> = synced
+        .iter()
+        .zip(waiting)
+        .filter_map(|(t, waiting)| waiting.then_some(t))
+        .collect();
+    let mut replayed_in_all = 0;
+    for l in describe_all(client, &waiting).await? {
         let mut replayed = 0;
-        if waiting {
-            let l = describe(client, t).await?;
-            loop {
-                let n = replay_batch(client, &l, FINAL_BATCH, Writes::Locked).await?;
-                if n == 0 {
-                    break;
-                }
-                replayed += n;
+        loop {
+            let n = replay_batch(client, &l, FINAL_BATCH, Writes::Locked).await?;
+            replayed += n;
+            // Under the locks nothing writes the changelog: a batch short of
+            // the limit took all of it (no round trip to find it empty).
+            if (n as i64) < FINAL_BATCH {
+                break;
             }
         }
-        tracing::info!(table = %t.shown(), replayed, "final replay done");
+        replayed_in_all += replayed;
+        tracing::info!(table = %l.name, replayed, "final replay done");
     }
+    tracing::debug!(
+        tables = synced.len(),
+        written = waiting.len(),
+        replayed = replayed_in_all,
+        "final replay of the preserved tables done"
+    );
     carry_sequences(
         client,
         synced,
