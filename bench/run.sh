@@ -23,9 +23,11 @@
 #   BENCH_MANY_TABLES    tables of the many-tables dataset (default 4000), plus a table
 #   BENCH_MANY_PARTITIONS   partitioned into this many partitions (default 200)
 #   BENCH_MANY_REPEAT    timed runs per tool on it (default BENCH_REPEAT; each takes minutes)
+#   BENCH_PRESERVED_TABLES  tables of the preserved-tables swap benchmark (default 1000)
+#   BENCH_PRESERVED_COUNTS  how many of them are preserved, one swap each (default "0 100 500")
 #   BENCH_IMPACT_TABLES  tables of the impact-report benchmark (default 1000)
 #   BENCH_IMPACT_STATEMENTS  statements it records with pg_stat_statements (default 1000, at most 4 per table)
-#   BENCH_ONLY           subset of "prepare rss swap many impact" (default all five)
+#   BENCH_ONLY           subset of "prepare rss swap preserved many impact" (default all six)
 #   BENCH_OUT            report file (default BENCHMARKS.md at the repository root)
 #   BENCH_KEEP_WORK=1    keep the scratch directory (logs) after the run
 #   BENCH_BIN_STATIC     another pgshift binary (e.g. the static one from `make dist`) whose
@@ -63,13 +65,15 @@ BENCH_FSYNC=${BENCH_FSYNC:-on}
 BENCH_MANY_TABLES=${BENCH_MANY_TABLES:-4000}
 BENCH_MANY_PARTITIONS=${BENCH_MANY_PARTITIONS:-200}
 BENCH_MANY_REPEAT=${BENCH_MANY_REPEAT:-$BENCH_REPEAT}
+BENCH_PRESERVED_TABLES=${BENCH_PRESERVED_TABLES:-1000}
+BENCH_PRESERVED_COUNTS=${BENCH_PRESERVED_COUNTS:-0 100 500}
 BENCH_IMPACT_TABLES=${BENCH_IMPACT_TABLES:-1000}
 BENCH_IMPACT_STATEMENTS=${BENCH_IMPACT_STATEMENTS:-1000}
-BENCH_ONLY=${BENCH_ONLY:-prepare rss swap many impact}
+BENCH_ONLY=${BENCH_ONLY:-prepare rss swap preserved many impact}
 BENCH_OUT=${BENCH_OUT:-$ROOT/BENCHMARKS.md}
 is_int() { [[ $1 =~ ^[0-9]+$ ]] && [ "$1" -gt 0 ]; }
 for v in BENCH_SIZE_MB BENCH_REPEAT BENCH_JOBS BENCH_SMALL_SIZE_MB BENCH_SWAP_SECONDS BENCH_SWAP_AT BENCH_SWAP_CLIENTS \
-  BENCH_MANY_TABLES BENCH_MANY_PARTITIONS BENCH_MANY_REPEAT BENCH_IMPACT_TABLES BENCH_IMPACT_STATEMENTS; do
+  BENCH_MANY_TABLES BENCH_MANY_PARTITIONS BENCH_MANY_REPEAT BENCH_PRESERVED_TABLES BENCH_IMPACT_TABLES BENCH_IMPACT_STATEMENTS; do
   is_int "${!v}" || die "$v must be a positive integer, not '${!v}'"
 done
 for m in $BENCH_SWAP_MODES; do
@@ -84,7 +88,12 @@ case $BENCH_FSYNC in on | off) ;; *) die "BENCH_FSYNC must be on or off" ;; esac
 case $BENCH_SWAP_IDLE in 0 | 1) ;; *) die "BENCH_SWAP_IDLE must be 0 or 1" ;; esac
 want() { [[ " $BENCH_ONLY " == *" $1 "* ]]; }
 for part in $BENCH_ONLY; do
-  case $part in prepare | rss | swap | many | impact) ;; *) die "BENCH_ONLY: unknown part '$part' (use prepare, rss, swap, many, impact)" ;; esac
+  case $part in prepare | rss | swap | preserved | many | impact) ;; *) die "BENCH_ONLY: unknown part '$part' (use prepare, rss, swap, preserved, many, impact)" ;; esac
+done
+[ "$BENCH_PRESERVED_TABLES" -ge 10 ] && [ "$BENCH_PRESERVED_TABLES" -le 9999 ] || die "BENCH_PRESERVED_TABLES must be between 10 and 9999"
+for p in $BENCH_PRESERVED_COUNTS; do
+  [[ $p =~ ^[0-9]+$ ]] && [ "$p" -le "$BENCH_PRESERVED_TABLES" ] ||
+    die "BENCH_PRESERVED_COUNTS: each count must be an integer from 0 to BENCH_PRESERVED_TABLES, not '$p'"
 done
 [ "$BENCH_IMPACT_TABLES" -ge 10 ] && [ "$BENCH_IMPACT_TABLES" -le 9999 ] || die "BENCH_IMPACT_TABLES must be between 10 and 9999"
 [ "$BENCH_IMPACT_STATEMENTS" -le $((4 * BENCH_IMPACT_TABLES)) ] ||
@@ -218,7 +227,9 @@ SRC_MAIN=$(url "$SRC_PORT" bench_main)
 # pgshift prepare SRC_DB into a fresh destination DST_DB; sets RUN_SECS, RUN_RSS_KB
 # (max RSS of pgshift and its children, GNU time), RUN_HWM_KB (pgshift's own peak, VmHWM).
 # With a 4th argument `keep`, the destination database is used as it is; a 5th names
-# another pgshift binary (default: the one under test).
+# another pgshift binary (default: the one under test). PREPARE_ARGS (an array, empty
+# unless set) adds arguments to prepare.
+PREPARE_ARGS=()
 run_pgshift() {
   local label=$1 src_db=$2 dst_db=$3 dir="$WORK/$1" bin=${5:-$PGSHIFT}
   mkdir -p "$dir"
@@ -228,7 +239,8 @@ run_pgshift() {
   t0=$(now_us)
   (cd "$dir" && exec /usr/bin/time -f '%M' -o "$dir/time.txt" "$bin" prepare \
     --source "$(url "$SRC_PORT" "$src_db")" --dest "$(url "$DST_PORT" "$dst_db")" \
-    --jobs "$BENCH_JOBS" --json --state-dir "$dir" --dump-dir "$dir/dump" >"$dir/out.json" 2>"$dir/log.txt") &
+    --jobs "$BENCH_JOBS" --json --state-dir "$dir" --dump-dir "$dir/dump" "${PREPARE_ARGS[@]+"${PREPARE_ARGS[@]}"}" \
+    >"$dir/out.json" 2>"$dir/log.txt") &
   pid=$!
   BG_PIDS+=("$pid")
   sample_hwm "$pid" "$dir/hwm.txt"
@@ -510,6 +522,96 @@ if want swap; then
     drop_db "$SRC_PORT" "swap_$n"
     drop_db "$DST_PORT" "swap_$n"
   done
+fi
+
+# ---------------------------------------------------------------- swap with preserved tables
+# What preserved tables add to the swap's lock time: the final sync replays what their
+# changelogs still hold, drops their triggers and carries their sequences inside the locks.
+# One source and destination pair with the pgbench tables and BENCH_PRESERVED_TABLES small
+# tables (swap_tables.sql); for each count P: prepare preserving swap_0001 … swap_<P>, a
+# swap with no load (reference), prepare again, then the swap under the same pgbench load
+# as above plus a script writing the preserved tables (bench/preserved_write.pgbench,
+# weight 2, when P > 0). Every write it made must be in the new public: the rows counted
+# after the run, less those before it, against pgbench's successful transactions.
+: >"$WORK/preserved.tsv"
+if want preserved; then
+  n=$BENCH_PRESERVED_TABLES
+  db="preserved_$n"
+  pdir0="$WORK/preserved"
+  mkdir -p "$pdir0"
+  say "swap with preserved tables ($n tables, pgbench tables, scale $BENCH_SWAP_SCALE): building source and destination"
+  for side in SRC DST; do
+    port_var="${side}_PORT"
+    port=${!port_var}
+    recreate_db "$port" "$db"
+    run_logged "$pdir0/build.log" "pgbench -i ($side, preserved)" \
+      "$PGBIN/pgbench" -i -q -s "$BENCH_SWAP_SCALE" -I dtGvpf -h 127.0.0.1 -p "$port" -U bench "$db"
+    run_logged "$pdir0/build.log" "creating $n tables ($side)" \
+      psql_file "$port" "$db" "$HERE/swap_tables.sql" -v n="$n" -v parts=0 -v tag="$side"
+    run_logged "$pdir0/build.log" "preserved-tables functions ($side)" psql_file "$port" "$db" "$HERE/preserved.sql"
+  done
+  for p in $BENCH_PRESERVED_COUNTS; do
+    sdir="$pdir0/p$p"
+    mkdir -p "$sdir"
+    PREPARE_ARGS=()
+    [ "$p" -eq 0 ] || PREPARE_ARGS=(--preserved-tables "$(seq -f 'swap_%04g' -s, 1 "$p")")
+    say "swap with $p preserved tables: pgshift prepare, then swap with no load (reference)"
+    run_pgshift "preserved/p$p/idle" "$db" "$db" keep
+    pgshift_swap "$sdir/idle" "$db" rename
+    [ -z "$SWAP_REFUSED" ] || die "the swap with $p preserved tables was refused: $SWAP_REFUSED"
+    lock_idle_ms=$(jq -r '.lock_held_ms' "$sdir/idle/swap.json")
+    say "swap with $p preserved tables: pgshift prepare"
+    run_pgshift "preserved/p$p/prepare" "$db" "$db" keep
+    prepare_secs=$RUN_SECS
+    PREPARE_ARGS=()
+    rows_before=$(q "$DST_PORT" "$db" "SELECT bench_pgbench_rows($p)")
+    write_args=()
+    [ "$p" -eq 0 ] || write_args=(-f "$HERE/preserved_write.pgbench@2" -D "npres=$p")
+    rate_args=()
+    [ -n "$BENCH_SWAP_RATE" ] && rate_args=(-R "$BENCH_SWAP_RATE")
+    say "swap with $p preserved tables: pgbench for ${BENCH_SWAP_SECONDS}s, swap at ${BENCH_SWAP_AT}s"
+    "$PGBIN/pgbench" -n -M prepared -c "$BENCH_SWAP_CLIENTS" -j "$PGBENCH_THREADS" -T "$BENCH_SWAP_SECONDS" \
+      "${rate_args[@]+"${rate_args[@]}"}" -l --log-prefix="$sdir/pgbench_log" --failures-detailed \
+      -b tpcb-like@9 -f "$HERE/swap_read.pgbench@1" "${write_args[@]+"${write_args[@]}"}" \
+      -h 127.0.0.1 -p "$DST_PORT" -U bench "$db" >"$sdir/pgbench.out" 2>"$sdir/pgbench.err" &
+    pgb=$!
+    BG_PIDS+=("$pgb")
+    sleep "$BENCH_SWAP_AT"
+    kill -0 "$pgb" 2>/dev/null || {
+      show_tail "$sdir/pgbench.err"
+      die "pgbench ended before the swap"
+    }
+    s0=$(now_us)
+    pgshift_swap "$sdir/prepare" "$db" rename
+    s1=$(now_us)
+    pgb_rc=0
+    wait "$pgb" || pgb_rc=$?
+    forget_pid "$pgb"
+    [ -z "$SWAP_REFUSED" ] || die "the swap with $p preserved tables was refused under load: $SWAP_REFUSED"
+    lock_ms=$(jq -r '.lock_held_ms' "$sdir/prepare/swap.json")
+    attempts=$(jq -r '.attempts' "$sdir/prepare/swap.json")
+    swap_wall_ms=$(awk -v a="$s0" -v b="$s1" 'BEGIN { printf "%d", (b - a) / 1000 }')
+    read -r worst p99 outside failed_log nwin < <(latency_stats $((s0 - 1000000)) $((s1 + 1000000)) "$sdir"/pgbench_log.*)
+    failed=$(awk -F': ' '/^number of failed transactions/ { print $2 + 0 }' "$sdir/pgbench.out")
+    tps=$(awk '/^tps = / { printf "%.0f", $3 }' "$sdir/pgbench.out")
+    aborted=$(grep -c 'aborted' "$sdir/pgbench.err" || true)
+    [ -n "$failed" ] || failed=$failed_log
+    # Successful transactions of the third script (script numbers start at 0).
+    writes=$(cat "$sdir"/pgbench_log.* | awk '$4 == 2 && $3 ~ /^[0-9]+$/ { w++ } END { print w + 0 }')
+    rows_after=$(q "$DST_PORT" "$db" "SELECT bench_pgbench_rows($p)")
+    arrived=$((rows_after - rows_before))
+    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$p" "$lock_ms" "$lock_idle_ms" "$attempts" "$swap_wall_ms" \
+      "$worst" "$p99" "$outside" "$tps" "${failed:-0}" "$aborted" "$writes" "$arrived" "$prepare_secs" >>"$WORK/preserved.tsv"
+    say "  $p preserved tables: lock held ${lock_ms} ms (${lock_idle_ms} ms with no load), worst latency in the swap window ${worst} ms, failed ${failed:-?}, writes to preserved tables $writes, arrived $arrived"
+    [ "$pgb_rc" -eq 0 ] || {
+      say "WARNING: pgbench exited with status $pgb_rc during the swap with $p preserved tables"
+      show_tail "$sdir/pgbench.err" 10
+    }
+    [ "$arrived" -eq "$writes" ] ||
+      say "WARNING: $writes writes to the preserved tables succeeded, $arrived rows arrived in the new public"
+  done
+  drop_db "$SRC_PORT" "$db"
+  drop_db "$DST_PORT" "$db"
 fi
 
 # ---------------------------------------------------------------- many tables
