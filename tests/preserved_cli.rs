@@ -2064,3 +2064,106 @@ fn a_unique_value_moved_during_a_replay_is_retried() {
         "1:e2,2:-"
     );
 }
+
+/// Writes the sync trigger could not apply (the shadow tables locked), made
+/// after the swap's catch-up while it lists what to move, wait in the
+/// changelogs for the final replay under the swap's locks. That replay
+/// describes the written tables together: each of them, whatever its shape (an
+/// enum column, a composite text key, a deferrable unique key whose value moves
+/// between rows), ends with the destination's rows, and the table not written
+/// is not replayed at all.
+#[tokio::test]
+async fn writes_waiting_at_the_locks_reach_every_preserved_table() {
+    use std::io::{BufRead, BufReader};
+    use std::process::Stdio;
+    let dbs = TestDbs::new("final_many");
+    let ddl = "CREATE TYPE mood AS ENUM ('sad', 'ok', 'happy');
+         CREATE TABLE users (id int PRIMARY KEY, name text NOT NULL, feeling mood);
+         CREATE TABLE events (tenant text, seq bigint, payload jsonb, PRIMARY KEY (tenant, seq));
+         CREATE TABLE codes (id bigserial PRIMARY KEY, code text UNIQUE DEFERRABLE INITIALLY DEFERRED, n numeric);
+         CREATE TABLE quiet (id int PRIMARY KEY, note text);";
+    dbs.src.psql(ddl);
+    dbs.dst.psql(&format!(
+        "{ddl}
+         INSERT INTO users SELECT g, 'u' || g, 'ok' FROM generate_series(1, 20) g;
+         INSERT INTO events SELECT 't' || (g % 3), g, jsonb_build_object('g', g) FROM generate_series(1, 30) g;
+         INSERT INTO codes (code, n) SELECT 'c' || g, g / 7.0 FROM generate_series(1, 10) g;
+         INSERT INTO quiet SELECT g, 'q' FROM generate_series(1, 5) g;"
+    ));
+    let wd = Workdir::new();
+    let dst = dbs.dst.url();
+    wd.run_ok(&[
+        "prepare",
+        "--source",
+        &dbs.src.url(),
+        "--dest",
+        &dst,
+        "--preserved-tables",
+        "users,events,codes,quiet",
+    ]);
+    let mut child = wd
+        .cmd()
+        .args(["swap", "--json", "--swap-mode", "rename", "--dest", &dst])
+        .env("PGSHIFT_FAILPOINT", "swap-listed:sleep=3000")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn pgshift");
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let mut log = Vec::new();
+    for line in lines.by_ref() {
+        let line = line.unwrap();
+        let paused = line.contains("pausing 3000 ms at swap-listed");
+        log.push(line);
+        if paused {
+            break;
+        }
+    }
+    let locker = dbs.dst.client().await;
+    locker
+        .batch_execute(
+            "BEGIN; LOCK TABLE shadow.users, shadow.events, shadow.codes IN ACCESS EXCLUSIVE MODE",
+        )
+        .await
+        .unwrap();
+    dbs.dst.psql(
+        "INSERT INTO users VALUES (100, 'new', 'happy');
+         UPDATE users SET feeling = 'sad', name = 'changed' WHERE id = 3;
+         DELETE FROM users WHERE id = 4;
+         INSERT INTO events VALUES ('t9', 1, '{\"x\": 1}');
+         UPDATE events SET payload = '{}' WHERE tenant = 't1' AND seq = 1;
+         DELETE FROM events WHERE tenant = 't2' AND seq = 2;
+         BEGIN;
+         UPDATE codes SET code = 'gone' WHERE id = 1;
+         UPDATE codes SET code = 'c1' WHERE id = 2;
+         COMMIT;
+         INSERT INTO codes (code, n) VALUES ('new', 1.5);",
+    );
+    let contents = |db: &TestDb, schema: &str| {
+        db.psql(&format!(
+            "SELECT string_agg(r, ' | ' ORDER BY r) FROM (
+               SELECT 'users ' || t::text AS r FROM {schema}.users t
+               UNION ALL SELECT 'events ' || t::text FROM {schema}.events t
+               UNION ALL SELECT 'codes ' || t::text FROM {schema}.codes t
+               UNION ALL SELECT 'quiet ' || t::text FROM {schema}.quiet t) x"
+        ))
+    };
+    let written = contents(&dbs.dst, "public");
+    locker.batch_execute("COMMIT").await.unwrap();
+    // The trigger gave up on the locked shadow: only the final replay applies these.
+    assert_ne!(contents(&dbs.dst, "shadow"), written);
+    log.extend(lines.map(Result::unwrap));
+    let out = child.wait_with_output().unwrap();
+    let log = log.join("\n");
+    assert!(out.status.success(), "{log}");
+    assert_eq!(contents(&dbs.dst, "public"), written, "{log}");
+    for table in ["users", "events", "codes"] {
+        assert!(
+            log.lines().any(|l| l.contains("final replay done")
+                && l.contains(&format!("table={table} "))
+                && !l.contains("replayed=0")),
+            "{table}: {log}"
+        );
+    }
+    assert!(!log.contains("table=quiet"), "{log}");
+}
