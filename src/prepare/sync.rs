@@ -1281,6 +1281,9 @@ async fn describe(client: &Client, t: &SyncedTable) -> Result<Live> {
 /// where a few round trips per table added up to seconds with hundreds of
 /// preserved tables written meanwhile.
 async fn describe_all(client: &Client, tables: &[&SyncedTable]) -> Result<Vec<Live>> {
+    if tables.is_empty() {
+        return Ok(Vec::new());
+    }
     let oids: Vec<u32> = tables.iter().flat_map(|t| [t.oid, t.shadow_oid]).collect();
     let names = rel_names(client, &oids).await?;
     let mut types = attr_types_of(client, &oids).await?;
@@ -2552,7 +2555,7 @@ pub async fn final_sync(
         .filter_map(|(t, waiting)| waiting.then_some(t))
         .collect();
     let mut replayed_in_all = 0;
-    for l in describe_all(client, &waiting).await? {
+    for (t, l) in waiting.iter().zip(describe_all(client, &waiting).await?) {
         let mut replayed = 0;
         loop {
             let n = replay_batch(client, &l, FINAL_BATCH, Writes::Locked).await?;
@@ -2564,7 +2567,7 @@ pub async fn final_sync(
             }
         }
         replayed_in_all += replayed;
-        tracing::info!(table = %l.name, replayed, "final replay done");
+        tracing::info!(table = %t.shown(), replayed, "final replay done");
     }
     tracing::debug!(
         tables = synced.len(),
