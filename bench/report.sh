@@ -229,12 +229,14 @@ into one of the P preserved tables (weight 2), and \`pgshift swap --swap-mode re
 ${BENCH_SWAP_AT} s into it. *Writes* are that script's successful transactions; *arrived*
 is how many of its rows the preserved tables hold after the run, less those they held
 before it: each write acknowledged before, during or after the swap must be in the new
-public.
+public. The final sync takes lock-table slots inside the swap (its drops, the replay's
+indexes): a swap that would not fit the destination's default lock table is *refused*
+before any lock, as above (the slots it needs, of those the server has).
 
 | preserved tables (P) | lock held (ms) | lock held, no load (ms) | attempts | swap command (ms) | worst latency in swap window (ms) | p99 latency (ms) | worst outside window (ms) | tps | failed | aborted clients | writes to preserved tables | arrived | prepare before the swap (s) |
 |---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|
 EOF
-  awk -F'\t' '{ printf "| %s | **%s** | %s | %s | %s | **%s** | %s | %s | %s | %s | %s | %s | %s | %s |\n", $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14 }' "$WORK/preserved.tsv"
+  awk -F'\t' '{ lock = ($2 == "refused") ? "refused (needs " $15 " slots)" : "**" $2 "**"; printf "| %s | %s | %s | %s | %s | **%s** | %s | %s | %s | %s | %s | %s | %s | %s |\n", $1, lock, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14 }' "$WORK/preserved.tsv"
 }
 
 # column N of the many.tsv rows of TOOL
