@@ -442,6 +442,50 @@ pgshift_swap() {
 refusal_slots() { sed -E 's/.*needs about ([0-9]+) lock-table slots.*holds ([0-9]+) .*/\1 of \2/' <<<"$1"; }
 
 PGBENCH_THREADS=$((BENCH_SWAP_CLIENTS < 2 ? BENCH_SWAP_CLIENTS : 2))
+
+# swap_under_load DIR DB MODE [pgbench args...]: pgbench on the destination database DB
+# (tpcb-like, weight 9, and the read script, weight 1, plus the arguments given) for
+# BENCH_SWAP_SECONDS, and `pgshift swap` in MODE BENCH_SWAP_AT seconds into it, with the
+# state dir DIR/prepare (pgbench's logs and output in DIR). Sets SWAP_REFUSED (see
+# pgshift_swap) and, when the swap went through: LOCK_MS, ATTEMPTS, MOVED, SWAP_WALL_MS,
+# WORST, P99, OUTSIDE, NWIN (see latency_stats), PROCESSED, FAILED, TPS, ABORTED, PGB_RC.
+swap_under_load() {
+  local dir=$1 db=$2 mode=$3 pgb s0 s1 failed_log rate_args=()
+  shift 3
+  [ -n "$BENCH_SWAP_RATE" ] && rate_args=(-R "$BENCH_SWAP_RATE")
+  "$PGBIN/pgbench" -n -M prepared -c "$BENCH_SWAP_CLIENTS" -j "$PGBENCH_THREADS" -T "$BENCH_SWAP_SECONDS" \
+    "${rate_args[@]+"${rate_args[@]}"}" -l --log-prefix="$dir/pgbench_log" --failures-detailed \
+    -b tpcb-like@9 -f "$HERE/swap_read.pgbench@1" "$@" \
+    -h 127.0.0.1 -p "$DST_PORT" -U bench "$db" >"$dir/pgbench.out" 2>"$dir/pgbench.err" &
+  pgb=$!
+  BG_PIDS+=("$pgb")
+  sleep "$BENCH_SWAP_AT"
+  kill -0 "$pgb" 2>/dev/null || {
+    show_tail "$dir/pgbench.err"
+    die "pgbench ended before the swap"
+  }
+  s0=$(now_us)
+  pgshift_swap "$dir/prepare" "$db" "$mode"
+  s1=$(now_us)
+  PGB_RC=0
+  wait "$pgb" || PGB_RC=$?
+  forget_pid "$pgb"
+  [ -z "$SWAP_REFUSED" ] || return 0
+  LOCK_MS=$(jq -r '.lock_held_ms' "$dir/prepare/swap.json")
+  ATTEMPTS=$(jq -r '.attempts' "$dir/prepare/swap.json")
+  MOVED=$(jq -r '.moved_in' "$dir/prepare/swap.json")
+  SWAP_WALL_MS=$(awk -v a="$s0" -v b="$s1" 'BEGIN { printf "%d", (b - a) / 1000 }')
+  read -r WORST P99 OUTSIDE failed_log NWIN < <(latency_stats $((s0 - 1000000)) $((s1 + 1000000)) "$dir"/pgbench_log.*)
+  PROCESSED=$(awk -F': ' '/^number of transactions actually processed/ { split($2, a, "/"); print a[1] + 0 }' "$dir/pgbench.out")
+  FAILED=$(awk -F': ' '/^number of failed transactions/ { print $2 + 0 }' "$dir/pgbench.out")
+  TPS=$(awk '/^tps = / { printf "%.0f", $3 }' "$dir/pgbench.out")
+  ABORTED=$(grep -c 'aborted' "$dir/pgbench.err" || true)
+  [ -n "$FAILED" ] || FAILED=$failed_log
+  if [ "$PGB_RC" -ne 0 ]; then
+    say "WARNING: pgbench exited with status $PGB_RC during the swap in $dir"
+    show_tail "$dir/pgbench.err" 10
+  fi
+}
 : >"$WORK/swap.tsv"
 if want swap; then
   for n in $BENCH_SWAP_TABLES; do
@@ -476,48 +520,16 @@ if want swap; then
       say "swap with $n tables, $mode mode: pgshift prepare"
       run_pgshift "swap-$n/$mode/prepare" "swap_$n" "swap_$n" keep
       swap_prepare_secs=$RUN_SECS
-      rate_args=()
-      [ -n "$BENCH_SWAP_RATE" ] && rate_args=(-R "$BENCH_SWAP_RATE")
       say "swap with $n tables, $mode mode: pgbench for ${BENCH_SWAP_SECONDS}s, swap at ${BENCH_SWAP_AT}s"
-      "$PGBIN/pgbench" -n -M prepared -c "$BENCH_SWAP_CLIENTS" -j "$PGBENCH_THREADS" -T "$BENCH_SWAP_SECONDS" \
-        "${rate_args[@]+"${rate_args[@]}"}" -l --log-prefix="$sdir/pgbench_log" --failures-detailed \
-        -b tpcb-like@9 -f "$HERE/swap_read.pgbench@1" \
-        -h 127.0.0.1 -p "$DST_PORT" -U bench "swap_$n" >"$sdir/pgbench.out" 2>"$sdir/pgbench.err" &
-      pgb=$!
-      BG_PIDS+=("$pgb")
-      sleep "$BENCH_SWAP_AT"
-      kill -0 "$pgb" 2>/dev/null || {
-        show_tail "$sdir/pgbench.err"
-        die "pgbench ended before the swap"
-      }
-      s0=$(now_us)
-      pgshift_swap "$sdir/prepare" "swap_$n" "$mode"
-      s1=$(now_us)
-      pgb_rc=0
-      wait "$pgb" || pgb_rc=$?
-      forget_pid "$pgb"
+      swap_under_load "$sdir" "swap_$n" "$mode"
       if [ -n "$SWAP_REFUSED" ]; then
         say "  $n tables, $mode mode: refused under load: $SWAP_REFUSED"
         printf '%s\t-\trefused\t-\t-\t-\t-\t-\t0\t0\t0\t0\t-\t-\t-\t%s\t%s\t%s\n' "$n" "$lock_idle_ms" "$mode" "$(refusal_slots "$SWAP_REFUSED")" >>"$WORK/swap.tsv"
         continue
       fi
-      lock_ms=$(jq -r '.lock_held_ms' "$sdir/prepare/swap.json")
-      attempts=$(jq -r '.attempts' "$sdir/prepare/swap.json")
-      moved=$(jq -r '.moved_in' "$sdir/prepare/swap.json")
-      swap_wall_ms=$(awk -v a="$s0" -v b="$s1" 'BEGIN { printf "%d", (b - a) / 1000 }')
-      read -r worst p99 outside failed_log nwin < <(latency_stats $((s0 - 1000000)) $((s1 + 1000000)) "$sdir"/pgbench_log.*)
-      processed=$(awk -F': ' '/^number of transactions actually processed/ { split($2, a, "/"); print a[1] + 0 }' "$sdir/pgbench.out")
-      failed=$(awk -F': ' '/^number of failed transactions/ { print $2 + 0 }' "$sdir/pgbench.out")
-      tps=$(awk '/^tps = / { printf "%.0f", $3 }' "$sdir/pgbench.out")
-      aborted=$(grep -c 'aborted' "$sdir/pgbench.err" || true)
-      [ -n "$failed" ] || failed=$failed_log
-      printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$n" "$moved" "$lock_ms" "$attempts" "$swap_wall_ms" \
-        "$worst" "$p99" "$outside" "${processed:-0}" "${failed:-0}" "$aborted" "$pgb_rc" "$tps" "$swap_prepare_secs" "$nwin" "$lock_idle_ms" "$mode" "" >>"$WORK/swap.tsv"
-      say "  $n tables, $mode mode: lock held ${lock_ms} ms, worst latency in the swap window ${worst} ms, failed ${failed:-?}, aborted clients $aborted"
-      if [ "$pgb_rc" -ne 0 ]; then
-        say "WARNING: pgbench exited with status $pgb_rc during the $mode swap with $n tables"
-        show_tail "$sdir/pgbench.err" 10
-      fi
+      printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$n" "$MOVED" "$LOCK_MS" "$ATTEMPTS" "$SWAP_WALL_MS" \
+        "$WORST" "$P99" "$OUTSIDE" "${PROCESSED:-0}" "${FAILED:-0}" "$ABORTED" "$PGB_RC" "$TPS" "$swap_prepare_secs" "$NWIN" "$lock_idle_ms" "$mode" "" >>"$WORK/swap.tsv"
+      say "  $n tables, $mode mode: lock held ${LOCK_MS} ms, worst latency in the swap window ${WORST} ms, failed ${FAILED:-?}, aborted clients $ABORTED"
     done
     drop_db "$SRC_PORT" "swap_$n"
     drop_db "$DST_PORT" "swap_$n"
@@ -573,50 +585,20 @@ if want preserved; then
     rows_before=$(q "$DST_PORT" "$db" "SELECT bench_pgbench_rows($p)")
     write_args=()
     [ "$p" -eq 0 ] || write_args=(-f "$HERE/preserved_write.pgbench@2" -D "npres=$p")
-    rate_args=()
-    [ -n "$BENCH_SWAP_RATE" ] && rate_args=(-R "$BENCH_SWAP_RATE")
     say "swap with $p preserved tables: pgbench for ${BENCH_SWAP_SECONDS}s, swap at ${BENCH_SWAP_AT}s"
-    "$PGBIN/pgbench" -n -M prepared -c "$BENCH_SWAP_CLIENTS" -j "$PGBENCH_THREADS" -T "$BENCH_SWAP_SECONDS" \
-      "${rate_args[@]+"${rate_args[@]}"}" -l --log-prefix="$sdir/pgbench_log" --failures-detailed \
-      -b tpcb-like@9 -f "$HERE/swap_read.pgbench@1" "${write_args[@]+"${write_args[@]}"}" \
-      -h 127.0.0.1 -p "$DST_PORT" -U bench "$db" >"$sdir/pgbench.out" 2>"$sdir/pgbench.err" &
-    pgb=$!
-    BG_PIDS+=("$pgb")
-    sleep "$BENCH_SWAP_AT"
-    kill -0 "$pgb" 2>/dev/null || {
-      show_tail "$sdir/pgbench.err"
-      die "pgbench ended before the swap"
-    }
-    s0=$(now_us)
-    pgshift_swap "$sdir/prepare" "$db" rename
-    s1=$(now_us)
-    pgb_rc=0
-    wait "$pgb" || pgb_rc=$?
-    forget_pid "$pgb"
+    swap_under_load "$sdir" "$db" rename "${write_args[@]+"${write_args[@]}"}"
     if [ -n "$SWAP_REFUSED" ]; then
       say "  $p preserved tables: refused under load: $SWAP_REFUSED"
       printf '%s\trefused\t%s\t-\t-\t-\t-\t-\t-\t0\t0\t0\t0\t%s\t%s\n' "$p" "$lock_idle_ms" "$prepare_secs" "$(refusal_slots "$SWAP_REFUSED")" >>"$WORK/preserved.tsv"
       continue
     fi
-    lock_ms=$(jq -r '.lock_held_ms' "$sdir/prepare/swap.json")
-    attempts=$(jq -r '.attempts' "$sdir/prepare/swap.json")
-    swap_wall_ms=$(awk -v a="$s0" -v b="$s1" 'BEGIN { printf "%d", (b - a) / 1000 }')
-    read -r worst p99 outside failed_log nwin < <(latency_stats $((s0 - 1000000)) $((s1 + 1000000)) "$sdir"/pgbench_log.*)
-    failed=$(awk -F': ' '/^number of failed transactions/ { print $2 + 0 }' "$sdir/pgbench.out")
-    tps=$(awk '/^tps = / { printf "%.0f", $3 }' "$sdir/pgbench.out")
-    aborted=$(grep -c 'aborted' "$sdir/pgbench.err" || true)
-    [ -n "$failed" ] || failed=$failed_log
     # Successful transactions of the third script (script numbers start at 0).
     writes=$(cat "$sdir"/pgbench_log.* | awk '$4 == 2 && $3 ~ /^[0-9]+$/ { w++ } END { print w + 0 }')
     rows_after=$(q "$DST_PORT" "$db" "SELECT bench_pgbench_rows($p)")
     arrived=$((rows_after - rows_before))
-    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$p" "$lock_ms" "$lock_idle_ms" "$attempts" "$swap_wall_ms" \
-      "$worst" "$p99" "$outside" "$tps" "${failed:-0}" "$aborted" "$writes" "$arrived" "$prepare_secs" >>"$WORK/preserved.tsv"
-    say "  $p preserved tables: lock held ${lock_ms} ms (${lock_idle_ms} ms with no load), worst latency in the swap window ${worst} ms, failed ${failed:-?}, writes to preserved tables $writes, arrived $arrived"
-    [ "$pgb_rc" -eq 0 ] || {
-      say "WARNING: pgbench exited with status $pgb_rc during the swap with $p preserved tables"
-      show_tail "$sdir/pgbench.err" 10
-    }
+    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$p" "$LOCK_MS" "$lock_idle_ms" "$ATTEMPTS" "$SWAP_WALL_MS" \
+      "$WORST" "$P99" "$OUTSIDE" "$TPS" "${FAILED:-0}" "$ABORTED" "$writes" "$arrived" "$prepare_secs" >>"$WORK/preserved.tsv"
+    say "  $p preserved tables: lock held ${LOCK_MS} ms (${lock_idle_ms} ms with no load), worst latency in the swap window ${WORST} ms, failed ${FAILED:-?}, writes to preserved tables $writes, arrived $arrived"
     [ "$arrived" -eq "$writes" ] ||
       say "WARNING: $writes writes to the preserved tables succeeded, $arrived rows arrived in the new public"
   done

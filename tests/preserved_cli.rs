@@ -2110,15 +2110,7 @@ async fn writes_waiting_at_the_locks_reach_every_preserved_table() {
         .spawn()
         .expect("spawn pgshift");
     let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let mut log = Vec::new();
-    for line in lines.by_ref() {
-        let line = line.unwrap();
-        let paused = line.contains("pausing 3000 ms at swap-listed");
-        log.push(line);
-        if paused {
-            break;
-        }
-    }
+    let mut log = common::lines_until(&mut lines, "pausing 3000 ms at swap-listed");
     let locker = dbs.dst.client().await;
     locker
         .batch_execute(

@@ -420,15 +420,7 @@ fn an_object_dropped_after_the_listing_makes_the_swap_list_again() {
         let mut child = cmd.spawn().expect("spawn pgshift");
         let stderr = child.stderr.take().unwrap();
         let mut lines = BufReader::new(stderr).lines();
-        let mut log = Vec::new();
-        for line in lines.by_ref() {
-            let line = line.unwrap();
-            let paused = line.contains("pausing 3000 ms at swap-listed");
-            log.push(line);
-            if paused {
-                break;
-            }
-        }
+        let mut log = common::lines_until(&mut lines, "pausing 3000 ms at swap-listed");
         dbs.dst.psql("DROP TABLE old_labels");
         log.extend(lines.map(Result::unwrap));
         let out = child.wait_with_output().unwrap();

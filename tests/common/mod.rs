@@ -216,6 +216,25 @@ pub fn create_role(name: &str, attributes: &str) -> String {
     )
 }
 
+/// The lines of a running child's output up to and including the first that
+/// contains `needle` (all of them when none does): the moment a test acts at,
+/// e.g. a run paused by `PGSHIFT_FAILPOINT=<point>:sleep=MS`.
+pub fn lines_until(
+    lines: &mut impl Iterator<Item = std::io::Result<String>>,
+    needle: &str,
+) -> Vec<String> {
+    let mut seen = Vec::new();
+    for line in lines.by_ref() {
+        let line = line.unwrap();
+        let found = line.contains(needle);
+        seen.push(line);
+        if found {
+            break;
+        }
+    }
+    seen
+}
+
 /// Assert a pgshift run succeeded (showing its output if not); returns stdout.
 pub fn assert_success(out: &std::process::Output) -> String {
     assert!(
