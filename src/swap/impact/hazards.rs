@@ -863,7 +863,8 @@ fn narrower_in_list<'a>(live: &'a [(char, String, String)], def: &str) -> Option
 fn in_list(def: &str) -> Option<(serde_json::Value, Vec<serde_json::Value>)> {
     let mut tree = canonical_constraint(def)?;
     let expr = tree
-        .pointer_mut("/stmts/0/stmt/node/AlterTableStmt/cmds/0/node/AlterTableCmd/def/node/Constraint/raw_expr/node/AExpr")?;
+        .pointer_mut(CONSTRAINT_NODE)?
+        .pointer_mut("/raw_expr/node/AExpr")?;
     // AEXPR_OP_ANY, with the operator `=`.
     if expr.get("kind")?.as_i64()? != 2
         || expr.pointer("/name/0/node/String/sval")?.as_str()? != "="
@@ -884,18 +885,8 @@ struct UniqueKey {
 }
 
 fn unique_key(def: &str) -> Option<UniqueKey> {
-    let parsed = pg_query::parse(&format!("ALTER TABLE t ADD {def}"), 0).ok()?;
-    let tree = serde_json::to_value(&parsed.protobuf).ok()?;
-    fn constraint(v: &serde_json::Value) -> Option<&serde_json::Value> {
-        match v {
-            serde_json::Value::Object(map) => map
-                .get("Constraint")
-                .or_else(|| map.values().find_map(constraint)),
-            serde_json::Value::Array(items) => items.iter().find_map(constraint),
-            _ => None,
-        }
-    }
-    let c = constraint(&tree)?;
+    let tree = canonical_constraint(def)?;
+    let c = tree.pointer(CONSTRAINT_NODE)?;
     let columns = c
         .get("keys")?
         .as_array()?
@@ -1010,6 +1001,10 @@ fn fk_action<'a>(actions: &'a [String], on: &str) -> &'a str {
 /// `… = ANY (ARRAY[('a'::character varying)::text, …])`: the same
 /// constraint. An array constructor cast to an array type is taken as its
 /// elements cast to the element type. `None` when it does not parse.
+/// Where [`canonical_constraint`]'s tree holds the constraint itself.
+const CONSTRAINT_NODE: &str =
+    "/stmts/0/stmt/node/AlterTableStmt/cmds/0/node/AlterTableCmd/def/node/Constraint";
+
 fn canonical_constraint(def: &str) -> Option<serde_json::Value> {
     let parsed = pg_query::parse(&format!("ALTER TABLE t ADD {def}"), 0).ok()?;
     let mut tree = serde_json::to_value(&parsed.protobuf).ok()?;
