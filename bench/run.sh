@@ -24,7 +24,7 @@
 #   BENCH_MANY_PARTITIONS   partitioned into this many partitions (default 200)
 #   BENCH_MANY_REPEAT    timed runs per tool on it (default BENCH_REPEAT; each takes minutes)
 #   BENCH_PRESERVED_TABLES  tables of the preserved-tables swap benchmark (default 1000)
-#   BENCH_PRESERVED_COUNTS  how many of them are preserved, one swap each (default "0 100 200 500")
+#   BENCH_PRESERVED_COUNTS  how many of them are preserved, one swap each (default "0 100 200 400 500")
 #   BENCH_IMPACT_TABLES  tables of the impact-report benchmark (default 1000)
 #   BENCH_IMPACT_STATEMENTS  statements it records with pg_stat_statements (default 1000, at most 4 per table)
 #   BENCH_ONLY           subset of "prepare rss swap preserved many impact" (default all six)
@@ -66,7 +66,7 @@ BENCH_MANY_TABLES=${BENCH_MANY_TABLES:-4000}
 BENCH_MANY_PARTITIONS=${BENCH_MANY_PARTITIONS:-200}
 BENCH_MANY_REPEAT=${BENCH_MANY_REPEAT:-$BENCH_REPEAT}
 BENCH_PRESERVED_TABLES=${BENCH_PRESERVED_TABLES:-1000}
-BENCH_PRESERVED_COUNTS=${BENCH_PRESERVED_COUNTS:-0 100 200 500}
+BENCH_PRESERVED_COUNTS=${BENCH_PRESERVED_COUNTS:-0 100 200 400 500}
 BENCH_IMPACT_TABLES=${BENCH_IMPACT_TABLES:-1000}
 BENCH_IMPACT_STATEMENTS=${BENCH_IMPACT_STATEMENTS:-1000}
 BENCH_ONLY=${BENCH_ONLY:-prepare rss swap preserved many impact}

@@ -544,6 +544,17 @@ fn a_swap_killed_after_its_commit_is_finished_by_the_next_swap() {
             .contains("stopped after its COMMIT"),
         "{st}"
     );
+    // The sync triggers went under the locks; the changelog and functions
+    // they used, dropped after the COMMIT, are still there.
+    let helpers = "SELECT (SELECT count(*) FROM pg_class WHERE relnamespace = 'pgshift'::regnamespace AND relname LIKE 'log\\_%' AND relkind = 'r')
+                       || '/' || (SELECT count(*) FROM pg_proc WHERE pronamespace = 'pgshift'::regnamespace)";
+    assert_eq!(dbs.dst.psql(helpers), "1/4");
+    assert_eq!(
+        dbs.dst
+            .psql("SELECT count(*) FROM pg_trigger WHERE tgname LIKE 'pgshift\\_%'"),
+        "0"
+    );
+    assert_eq!(st["leftovers"]["found"], true, "{st}");
     let again = wd.run(&["swap", "--dest", &dst]);
     let err = String::from_utf8_lossy(&again.stderr);
     assert_eq!(again.status.code(), Some(2), "{err}");
@@ -552,6 +563,11 @@ fn a_swap_killed_after_its_commit_is_finished_by_the_next_swap() {
         err.contains("validated foreign keys orders.orders_user_id_fkey"),
         "{err}"
     );
+    assert!(
+        err.contains("dropped the changelogs and sync functions of 1 preserved table"),
+        "{err}"
+    );
+    assert_eq!(dbs.dst.psql(helpers), "0/0");
     assert_eq!(dbs.dst.psql(not_valid), "0");
     let list: serde_json::Value = serde_json::from_str(&assert_success(
         &wd.run(&["list", "--dest", &dst, "--json"]),
@@ -562,6 +578,7 @@ fn a_swap_killed_after_its_commit_is_finished_by_the_next_swap() {
     assert_eq!(st["state"], "idle", "{st}");
     assert_eq!(st["warnings"], serde_json::json!([]), "{st}");
     assert_eq!(st["not_valid_foreign_keys"], serde_json::json!([]), "{st}");
+    assert_eq!(st["leftovers"]["found"], false, "{st}");
 }
 
 /// Killed while it validates the keys it created NOT VALID (which can take

@@ -534,6 +534,13 @@ async fn concurrent_writers_during_prepare_and_after_end_identical() {
         .await
         .unwrap();
     c.batch_execute("COMMIT").await.unwrap();
+    // As the swap does after its COMMIT.
+    assert_eq!(
+        sync::remove_changelogs(&c, &synced, Duration::from_secs(1), 0)
+            .await
+            .unwrap(),
+        1
+    );
 
     assert_eq!(differences(&c, "users", RACE_COLS).await, 0);
     assert_eq!(

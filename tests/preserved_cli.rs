@@ -2159,3 +2159,124 @@ async fn writes_waiting_at_the_locks_reach_every_preserved_table() {
     }
     assert!(!log.contains("table=quiet"), "{log}");
 }
+
+/// A preserved table's changelog and trigger functions are dropped after
+/// the swap's COMMIT, outside its locks (under them it loses only its
+/// triggers). One a session still holds is left, and the swap says so
+/// (exit 0: it committed); `status` lists it, `abort` removes it, and the
+/// migration stays swapped.
+#[test]
+fn a_changelog_still_held_after_the_commit_is_left_to_abort() {
+    let dbs = TestDbs::new("preserved_changelog_held");
+    let ddl = "CREATE TABLE users (id int PRIMARY KEY, name text);";
+    dbs.src.psql(ddl);
+    dbs.dst.psql(ddl);
+    dbs.dst.psql("INSERT INTO users VALUES (1, 'a')");
+    let wd = Workdir::new();
+    let dst = dbs.dst.url();
+    with_users_preserved(&wd, &dbs, "prepare", &[]);
+    let helpers = "SELECT (SELECT count(*) FROM pg_class WHERE relnamespace = 'pgshift'::regnamespace AND relname LIKE 'log\\_%' AND relkind = 'r')
+                       || '/' || (SELECT count(*) FROM pg_proc WHERE pronamespace = 'pgshift'::regnamespace)";
+    assert_eq!(dbs.dst.psql(helpers), "1/4");
+    let log = dbs.dst.psql(
+        "SELECT relname FROM pg_class WHERE relnamespace = 'pgshift'::regnamespace AND relname LIKE 'log\\_%' AND relkind = 'r'",
+    );
+    // A reader of the changelog: it holds up no step of the swap, only the
+    // drop after it.
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let holder = rt.block_on(dbs.dst.client());
+    rt.block_on(holder.batch_execute(&format!(
+        "BEGIN; LOCK TABLE pgshift.{log} IN ACCESS SHARE MODE"
+    )))
+    .unwrap();
+    dbs.dst.psql("INSERT INTO users VALUES (2, 'b')");
+    let out = json_of(
+        &wd,
+        &["swap", "--dest", &dst, "--swap-retries", "0", "--json"],
+    );
+    rt.block_on(holder.batch_execute("ROLLBACK")).unwrap();
+    let said = warning_starting(
+        &out["warnings"],
+        "dropping the changelogs and sync functions of the preserved tables",
+    );
+    assert!(
+        said.contains("nothing uses them any more") && said.contains("pgshift abort"),
+        "{said}"
+    );
+    // The swap itself is whole: the write replayed, no trigger left.
+    assert_eq!(
+        dbs.dst
+            .psql("SELECT string_agg(name, ',' ORDER BY id) FROM users"),
+        "a,b"
+    );
+    assert_eq!(
+        dbs.dst
+            .psql("SELECT count(*) FROM pg_trigger WHERE tgname LIKE 'pgshift\\_%'"),
+        "0"
+    );
+    assert_eq!(dbs.dst.psql(helpers), "1/4");
+    let st = json_of(&wd, &["status", "--dest", &dst, "--json"]);
+    assert_eq!(st["state"], "idle", "{st}");
+    assert_eq!(
+        st["leftovers"]["helper_tables"],
+        serde_json::json!([log]),
+        "{st}"
+    );
+    assert!(
+        st["leftovers"]["hint"]
+            .as_str()
+            .unwrap()
+            .contains("pgshift abort"),
+        "{st}"
+    );
+    let ab = json_of(&wd, &["abort", "--dest", &dst, "--json"]);
+    assert_eq!(
+        ab["removed"]["helper_tables"],
+        serde_json::json!([log]),
+        "{ab}"
+    );
+    assert_eq!(ab["removed"]["helper_functions"], 4, "{ab}");
+    assert_eq!(dbs.dst.psql(helpers), "0/0");
+    let st = json_of(&wd, &["status", "--dest", &dst, "--json"]);
+    assert_eq!(st["leftovers"]["found"], false, "{st}");
+    assert_eq!(st["migration"]["status"], "swapped", "{st}");
+}
+
+/// The changelogs and functions of many preserved tables are dropped after
+/// the COMMIT in transactions that stay within the lock-table slots
+/// estimated for them: with `PGSHIFT_CHECK_LOCKS` a transaction holding more
+/// fails, and the swap would leave them with a warning.
+#[test]
+fn many_changelogs_are_dropped_within_their_lock_estimate() {
+    let dbs = TestDbs::new("preserved_many_drops");
+    let ddl = "DO $$ BEGIN FOR i IN 1..30 LOOP
+                 EXECUTE format('CREATE TABLE %I (k text, n int, v text, PRIMARY KEY (k, n))', 't' || i);
+               END LOOP; END $$;";
+    dbs.src.psql(ddl);
+    dbs.dst.psql(ddl);
+    let tables = (1..=30)
+        .map(|i| format!("t{i}"))
+        .collect::<Vec<_>>()
+        .join(",");
+    let wd = Workdir::new();
+    let dst = dbs.dst.url();
+    wd.run_ok(&[
+        "prepare",
+        "--source",
+        &dbs.src.url(),
+        "--dest",
+        &dst,
+        "--preserved-tables",
+        &tables,
+    ]);
+    let helpers = "SELECT (SELECT count(*) FROM pg_class WHERE relnamespace = 'pgshift'::regnamespace AND relname LIKE 'log\\_%' AND relkind = 'r')
+                       || '/' || (SELECT count(*) FROM pg_proc WHERE pronamespace = 'pgshift'::regnamespace)";
+    assert_eq!(dbs.dst.psql(helpers), "30/120");
+    let out = wd.run_env(
+        &["swap", "--dest", &dst, "--json"],
+        &[("PGSHIFT_CHECK_LOCKS", "1")],
+    );
+    let report: serde_json::Value = serde_json::from_str(&assert_success(&out)).unwrap();
+    assert_eq!(report["warnings"], serde_json::json!([]), "{report}");
+    assert_eq!(dbs.dst.psql(helpers), "0/0");
+}

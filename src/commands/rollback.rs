@@ -60,6 +60,11 @@ pub async fn run(args: RollbackArgs, ctx: Ctx) -> Result<ExitCode> {
         return Ok(ExitCode::Ok);
     }
     let sess = ctx.open_session().await?;
+    if let Some(note) =
+        crate::swap::cutover::drop_swapped_sync(&sess.control, ctx.settings.swap).await
+    {
+        tracing::warn!("{note}");
+    }
     // A swap or rollback that stopped after its COMMIT: finish its steps
     // first (the backup it made may be the one restored).
     if let Some(f) = crate::swap::engine::finish_committed(&sess.control).await? {

@@ -1614,7 +1614,7 @@ pub async fn leftovers(dst: &Client) -> Result<Leftover> {
             m.state.phase.map(|p| p.as_str()).unwrap_or("?")
         ))),
         _ if !d.objects.is_empty() => Ok(Leftover::StartOver(
-            "found objects of an earlier migration (shadow schema or sync triggers); dropping them and starting over".into(),
+            "found objects of an earlier migration (shadow schema, sync triggers, changelogs or trigger functions); dropping them and starting over".into(),
         )),
         _ => Ok(Leftover::None),
     }

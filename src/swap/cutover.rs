@@ -700,10 +700,46 @@ fn lives(m: &MigrationRow) -> Vec<String> {
 /// A swap keeps no table with `--keep-tables` that it cannot.
 static NO_UNKEEPABLE: Unkeepable = Unkeepable::new();
 
+/// The changelogs and sync functions of the latest migration when it is
+/// swapped: its swap stopped after its COMMIT before it dropped them, or
+/// could not drop them then ([`sync::remove_changelogs`]). Dropped now,
+/// under the caller's run lock (the swap and the rollback call this
+/// first); the note says so. Never fails the caller: what cannot be
+/// dropped now is a note too, and is left to the next run.
+pub async fn drop_swapped_sync(client: &Client, policy: Policy) -> Option<String> {
+    let m = match record::latest_migration(client).await {
+        Ok(Some(m)) if m.state.status == Status::Swapped => m,
+        Ok(_) => return None,
+        Err(e) => return Some(format!("could not read the latest migration: {e:#}")),
+    };
+    match sync::remove_changelogs(
+        client,
+        &m.state.details.sync,
+        policy.lock_timeout,
+        policy.retries,
+    )
+    .await
+    {
+        Ok(0) => None,
+        Ok(n) => Some(format!(
+            "dropped the changelogs and sync functions of {n} preserved {} that the swap of migration {} left after its COMMIT",
+            if n == 1 { "table" } else { "tables" },
+            m.id
+        )),
+        Err(e) => Some(format!(
+            "{e:#} (left by the swap of migration {}; nothing uses them any more)",
+            m.id
+        )),
+    }
+}
+
 /// Swap the prepared migration on an open session.
 pub async fn swap(sess: &Session, opts: &SwapOptions) -> Result<SwapReport> {
     let d = sess.observe().await?;
     derive::settle_committed_swap(&sess.control, &d).await?;
+    if let Some(note) = drop_swapped_sync(&sess.control, opts.policy).await {
+        tracing::warn!("{note}");
+    }
     // A swap that committed but stopped before the steps after its COMMIT
     // (killed): finish them, then say it is done.
     let finished = engine::finish_committed(&sess.control).await?;
@@ -905,6 +941,23 @@ pub async fn swap(sess: &Session, opts: &SwapOptions) -> Result<SwapReport> {
         }
     };
     warnings.extend(done.warnings.iter().cloned());
+    // The sync triggers went under the locks; their changelogs and
+    // functions, which nothing uses any more, go now, before the foreign
+    // keys' validation (which can take long).
+    if let Err(e) = sync::remove_changelogs(
+        &sess.control,
+        synced,
+        opts.policy.lock_timeout,
+        opts.policy.retries,
+    )
+    .await
+    {
+        let line = format!(
+            "{e:#}; nothing uses them any more: the next swap, rollback or prepare drops them, and so does `pgshift abort`"
+        );
+        tracing::warn!("{line}");
+        warnings.push(line);
+    }
     let mut impact = checked.impact;
     warnings.extend(done.before.warnings.iter().cloned());
     if let Some(w) = done.before.writes.clone() {
