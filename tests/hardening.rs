@@ -480,6 +480,11 @@ fn paused_at(wd: &Workdir, db: &TestDb, args: &[&str], point: &str, reached: &st
     child
 }
 
+/// The preserved tables' changelogs and sync functions left in pgshift's
+/// schema, `tables/functions`.
+const SYNC_HELPERS: &str = "SELECT (SELECT count(*) FROM pg_class WHERE relnamespace = 'pgshift'::regnamespace AND relname LIKE 'log\\_%' AND relkind = 'r')
+                       || '/' || (SELECT count(*) FROM pg_proc WHERE pronamespace = 'pgshift'::regnamespace)";
+
 /// A backup whose manifest records the steps after its COMMIT up to the
 /// validation of its keys (its row counts).
 const COUNTED: &str =
@@ -546,9 +551,7 @@ fn a_swap_killed_after_its_commit_is_finished_by_the_next_swap() {
     );
     // The sync triggers went under the locks; the changelog and functions
     // they used, dropped after the COMMIT, are still there.
-    let helpers = "SELECT (SELECT count(*) FROM pg_class WHERE relnamespace = 'pgshift'::regnamespace AND relname LIKE 'log\\_%' AND relkind = 'r')
-                       || '/' || (SELECT count(*) FROM pg_proc WHERE pronamespace = 'pgshift'::regnamespace)";
-    assert_eq!(dbs.dst.psql(helpers), "1/4");
+    assert_eq!(dbs.dst.psql(SYNC_HELPERS), "1/4");
     assert_eq!(
         dbs.dst
             .psql("SELECT count(*) FROM pg_trigger WHERE tgname LIKE 'pgshift\\_%'"),
@@ -567,7 +570,7 @@ fn a_swap_killed_after_its_commit_is_finished_by_the_next_swap() {
         err.contains("dropped the changelogs and sync functions of 1 preserved table"),
         "{err}"
     );
-    assert_eq!(dbs.dst.psql(helpers), "0/0");
+    assert_eq!(dbs.dst.psql(SYNC_HELPERS), "0/0");
     assert_eq!(dbs.dst.psql(not_valid), "0");
     let list: serde_json::Value = serde_json::from_str(&assert_success(
         &wd.run(&["list", "--dest", &dst, "--json"]),
@@ -579,6 +582,40 @@ fn a_swap_killed_after_its_commit_is_finished_by_the_next_swap() {
     assert_eq!(st["warnings"], serde_json::json!([]), "{st}");
     assert_eq!(st["not_valid_foreign_keys"], serde_json::json!([]), "{st}");
     assert_eq!(st["leftovers"]["found"], false, "{st}");
+}
+
+/// A swap killed after its COMMIT leaves its preserved table's changelog
+/// and trigger functions (its triggers went with the COMMIT); a rollback
+/// run next drops them before it restores the backup, as the next swap
+/// would.
+#[test]
+fn a_rollback_after_a_swap_killed_after_its_commit_drops_its_changelog() {
+    let dbs = users_and_orders("sigkill_then_rollback");
+    let wd = Workdir::new();
+    let dst = dbs.dst.url();
+    assert_success(&wd.prepare(&dbs, &["--preserved-tables", "users"]));
+    swap_killed_after_commit(&wd, &dbs.dst);
+    assert_eq!(dbs.dst.psql("SELECT count(*) FROM orders"), "1");
+    assert_eq!(dbs.dst.psql(SYNC_HELPERS), "1/4");
+    // (Its write counters at the swap are unknown: --allow-discard.)
+    let out = wd.run(&[
+        "rollback",
+        "--latest",
+        "--allow-discard",
+        "all",
+        "--dest",
+        &dst,
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains("dropped the changelogs and sync functions of 1 preserved table"),
+        "{err}"
+    );
+    assert_eq!(dbs.dst.psql(SYNC_HELPERS), "0/0");
+    // The destination's own orders are back.
+    assert_eq!(dbs.dst.psql("SELECT count(*) FROM orders"), "10");
+    assert_eq!(status_json(&wd, &dst)["leftovers"]["found"], false);
 }
 
 /// Killed while it validates the keys it created NOT VALID (which can take
