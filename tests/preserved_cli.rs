@@ -2266,18 +2266,33 @@ fn many_changelogs_are_dropped_within_their_lock_estimate() {
         .join(",");
     let wd = Workdir::new();
     let dst = dbs.dst.url();
-    wd.run_ok(&[
-        "prepare",
-        "--source",
-        &dbs.src.url(),
-        "--dest",
-        &dst,
-        "--preserved-tables",
-        &tables,
-    ]);
+    let prepared = json_of(
+        &wd,
+        &[
+            "prepare",
+            "--source",
+            &dbs.src.url(),
+            "--dest",
+            &dst,
+            "--preserved-tables",
+            &tables,
+            "--json",
+        ],
+    );
     let helpers = "SELECT (SELECT count(*) FROM pg_class WHERE relnamespace = 'pgshift'::regnamespace AND relname LIKE 'log\\_%' AND relkind = 'r')
                        || '/' || (SELECT count(*) FROM pg_proc WHERE pronamespace = 'pgshift'::regnamespace)";
     assert_eq!(dbs.dst.psql(helpers), "30/120");
+    // Prepare, status and the dry run give the swap the same budget (the
+    // preserved tables' shadow copies it locks counted by each).
+    let st = json_of(&wd, &["status", "--dest", &dst, "--json"]);
+    let dry = json_of(&wd, &["swap", "--dest", &dst, "--dry-run", "--json"]);
+    let needed = &dry["swap"]["swap_lock_budget"]["needed"];
+    assert!(needed.as_i64().unwrap() > 30, "{dry}");
+    assert_eq!(
+        &prepared["swap_lock_budget"]["needed"], needed,
+        "{prepared}"
+    );
+    assert_eq!(&st["swap_lock_budget"]["needed"], needed, "{st}");
     let out = wd.run_env(
         &["swap", "--dest", &dst, "--json"],
         &[("PGSHIFT_CHECK_LOCKS", "1")],

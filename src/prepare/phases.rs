@@ -518,13 +518,14 @@ async fn prepared_outlook(
     pairs: &[SchemaPair],
     mode: ModeRequest,
     extra: locks_budget::Need,
+    synced: &[sync::SyncedTable],
 ) -> Result<engine::Outlook> {
     let exchange = Exchange::of_shadows(pairs);
     let policy = Policy {
         mode,
         ..Policy::default()
     };
-    engine::outlook(dest, &exchange, policy, extra).await
+    engine::outlook(dest, &exchange, policy, extra, sync::shadow_locks(synced)).await
 }
 
 /// A budget that could not be computed is reported, not fatal.
@@ -775,7 +776,14 @@ pub async fn run(
                     &leaves,
                 )
                 .await?;
-                prepared_outlook(&sess.control, &run.pairs, run.opts.swap_mode, extra).await
+                prepared_outlook(
+                    &sess.control,
+                    &run.pairs,
+                    run.opts.swap_mode,
+                    extra,
+                    &details.sync,
+                )
+                .await
             }
             .await;
             // What the swap will refuse (in the words of `status`).

@@ -2771,6 +2771,16 @@ pub async fn remove_changelogs(
     Ok(tables)
 }
 
+/// The preserved tables' shadow copies, qualified: the swap locks them for
+/// the final replay, besides what it moves (so its budget counts them, in
+/// `status` and after prepare as in the swap and its dry run).
+pub fn shadow_locks(synced: &[SyncedTable]) -> Vec<String> {
+    synced
+        .iter()
+        .map(|t| qualified(&crate::pg::meta::shadow_schema_for(&t.schema), &t.name))
+        .collect()
+}
+
 /// What a changelog holds when the swap's final replay reads it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Waiting {

@@ -22,7 +22,7 @@ use crate::migration::lifecycle::{Phase, Status};
 use crate::migration::record::{self, MigrationRow};
 use crate::migration::session::{Recorder, Session, failpoint};
 use crate::pg::catalog;
-use crate::pg::ident::{TableName, display_ident, qualified};
+use crate::pg::ident::{TableName, display_ident};
 use crate::pg::locks_budget::{Budget, Need};
 use crate::pg::meta::{self, SchemaPair};
 use crate::pg::pattern::TablePattern;
@@ -500,12 +500,8 @@ impl InTx for MigrationTx<'_> {
     }
 
     fn incoming_locks(&self) -> Vec<String> {
-        // The preserved tables' shadow copies take the final replay (kept
-        // tables the engine locks itself).
-        self.synced
-            .iter()
-            .map(|t| qualified(&meta::shadow_schema_for(&t.schema), &t.name))
-            .collect()
+        // Kept tables the engine locks itself.
+        sync::shadow_locks(self.synced)
     }
 }
 
@@ -655,7 +651,14 @@ pub async fn sequence_refusal(client: &Client, synced: &[SyncedTable]) -> Result
 pub async fn outlook(client: &Client, m: &MigrationRow, policy: Policy) -> Result<engine::Outlook> {
     let kept = kept_tables(client, m, &[]).await.unwrap_or_default();
     let hook = MigrationTx::read(client, m, &kept, None).await?;
-    engine::outlook(client, &exchange(m, &kept), policy, hook.lock_need()).await
+    engine::outlook(
+        client,
+        &exchange(m, &kept),
+        policy,
+        hook.lock_need(),
+        hook.incoming_locks(),
+    )
+    .await
 }
 
 /// Tables whose writes the swap keeps: preserved, and kept at prepare or now

@@ -601,6 +601,7 @@ pub async fn outlook(
     exchange: &Exchange,
     policy: Policy,
     extra: Need,
+    incoming_locks: Vec<String>,
 ) -> Result<Outlook> {
     let choice = choose_mode(client, exchange, policy).await?;
     let req = Request {
@@ -608,7 +609,7 @@ pub async fn outlook(
         backups: vec![String::new(); exchange.pairs.len()],
         policy,
         choice: &choice,
-        incoming_locks: Vec::new(),
+        incoming_locks,
     };
     exec(client, "SET search_path = ''").await?;
     let listed = list(client, exchange).await;
