@@ -531,6 +531,10 @@ fn a_swap_killed_after_its_commit_is_finished_by_the_next_swap() {
     let st = status_json(&wd, &dst);
     let said = st["warnings"].to_string();
     assert!(!said.contains("stopped") && !said.contains("stale"), "{st}");
+    // Its changelog and functions, which it drops last, are its own, not
+    // leftovers for `abort`.
+    assert_eq!(dbs.dst.psql(SYNC_HELPERS), "1/4");
+    assert_eq!(st["leftovers"]["found"], false, "{st}");
     let v = wd.run_ok(&["verify", "--latest", "--json", "--dest", &dst]);
     assert!(v.contains("has not recorded its tables yet"), "{v}");
     assert_eq!(

@@ -536,7 +536,7 @@ async fn concurrent_writers_during_prepare_and_after_end_identical() {
     c.batch_execute("COMMIT").await.unwrap();
     // As the swap does after its COMMIT.
     assert_eq!(
-        sync::remove_changelogs(&c, &synced, Duration::from_secs(1), 0)
+        sync::remove_changelogs(&c, &synced, Duration::from_secs(1))
             .await
             .unwrap(),
         1

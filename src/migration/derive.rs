@@ -340,9 +340,12 @@ impl Destination {
     }
 
     /// Leftovers of earlier runs: migration objects while nothing is prepared
-    /// or running.
+    /// or running. While a live run holds the destination they are its own
+    /// (a swap drops its changelogs after its COMMIT, when the record already
+    /// says swapped), not leftovers.
     pub fn leftovers(&self) -> Removed {
-        if self.state.is_busy() {
+        let run_alive = self.running.as_ref().is_some_and(|r| r.alive != Some(false));
+        if self.state.is_busy() || run_alive {
             return Removed::default();
         }
         let mut found = self.objects.clone();

@@ -2695,13 +2695,19 @@ pub async fn final_sync(
 /// constraint rows; 18 adds one).
 const CHANGELOG_DROP_LOCKS: u64 = 14;
 
+/// Retries of [`remove_changelogs`]' transactions that meet a lock: what
+/// it leaves is harmless and the next run drops it, so a session holding a
+/// changelog holds up the end of the swap a few seconds, not its retries'.
+const REMOVE_RETRIES: u32 = 1;
+
 /// After the swap's COMMIT: drop the changelogs and trigger functions of
 /// `synced` whose triggers [`final_sync`] dropped under the locks. Nothing
 /// writes or calls them any more, and nobody but pgshift waits for them, so
 /// this is outside the swap: in lock-bounded transactions
 /// ([`crate::pg::batch`]: ~130 tables' at default settings), each waiting
-/// past `deadlock_timeout` for its locks (an autovacuum of a changelog is
-/// cancelled for it), retried `retries` times. Only what exists is dropped
+/// past `deadlock_timeout` (or `lock_timeout`, when longer) for its locks
+/// (an autovacuum of a changelog is cancelled for it), retried once; an
+/// error names the sessions holding pgshift's relations. Only what exists is dropped
 /// (by name, `IF EXISTS`): a run that stopped half-way is finished by the
 /// next, and one that stopped before it by the next swap or rollback
 /// ([`crate::swap::cutover::drop_swapped_sync`]), prepare, or `abort`, which
@@ -2711,7 +2717,6 @@ pub async fn remove_changelogs(
     client: &Client,
     synced: &[SyncedTable],
     lock_timeout: Duration,
-    retries: u32,
 ) -> Result<usize> {
     if synced.is_empty() || !crate::pg::meta::meta_exists(client).await? {
         return Ok(0);
@@ -2764,10 +2769,23 @@ pub async fn remove_changelogs(
     let wait = crate::pg::exec::past_deadlock_timeout(client, lock_timeout).await;
     let opts = crate::pg::batch::Options::for_server(client, "sync-cleanup")
         .await?
-        .with_lock_timeout(wait, retries);
-    crate::pg::batch::run(client, &stmts, &opts)
-        .await
-        .context("dropping the changelogs and sync functions of the preserved tables")?;
+        .with_lock_timeout(wait, REMOVE_RETRIES);
+    if let Err(e) = crate::pg::batch::run(client, &stmts, &opts).await {
+        let holders = if crate::pg::batch::is_lock_timeout(&e) {
+            crate::pg::lock::relation_lock_holders(client, &[META_SCHEMA.to_string()], &[], 10)
+                .await
+        } else {
+            Vec::new()
+        };
+        let held = if holders.is_empty() {
+            String::new()
+        } else {
+            format!(" (sessions holding locks on them: {})", holders.join(", "))
+        };
+        return Err(e.context(format!(
+            "dropping the changelogs and sync functions of the preserved tables{held}"
+        )));
+    }
     Ok(tables)
 }
 

@@ -715,14 +715,7 @@ pub async fn drop_swapped_sync(client: &Client, policy: Policy) -> Option<String
         Ok(_) => return None,
         Err(e) => return Some(format!("could not read the latest migration: {e:#}")),
     };
-    match sync::remove_changelogs(
-        client,
-        &m.state.details.sync,
-        policy.lock_timeout,
-        policy.retries,
-    )
-    .await
-    {
+    match sync::remove_changelogs(client, &m.state.details.sync, policy.lock_timeout).await {
         Ok(0) => None,
         Ok(n) => Some(format!(
             "dropped the changelogs and sync functions of {n} preserved {} that the swap of migration {} left after its COMMIT",
@@ -944,23 +937,6 @@ pub async fn swap(sess: &Session, opts: &SwapOptions) -> Result<SwapReport> {
         }
     };
     warnings.extend(done.warnings.iter().cloned());
-    // The sync triggers went under the locks; their changelogs and
-    // functions, which nothing uses any more, go now, before the foreign
-    // keys' validation (which can take long).
-    if let Err(e) = sync::remove_changelogs(
-        &sess.control,
-        synced,
-        opts.policy.lock_timeout,
-        opts.policy.retries,
-    )
-    .await
-    {
-        let line = format!(
-            "{e:#}; nothing uses them any more: the next swap, rollback or prepare drops them, and so does `pgshift abort`"
-        );
-        tracing::warn!("{line}");
-        warnings.push(line);
-    }
     let mut impact = checked.impact;
     warnings.extend(done.before.warnings.iter().cloned());
     if let Some(w) = done.before.writes.clone() {
@@ -1026,6 +1002,17 @@ pub async fn swap(sess: &Session, opts: &SwapOptions) -> Result<SwapReport> {
     st.updated_at = chrono::Utc::now();
     record::save_migration(&sess.control, &st).await?;
     manifest::keys_validated(&sess.control, done.backup_timestamp).await?;
+    // The sync triggers went under the locks; their changelogs and
+    // functions, which nothing uses any more, go now (after the steps the
+    // manifest tracks: a run stopped here leaves only them, which `status`
+    // lists and the next run drops).
+    if let Err(e) = sync::remove_changelogs(&sess.control, synced, opts.policy.lock_timeout).await {
+        let line = format!(
+            "{e:#}; nothing uses them any more: the next swap, rollback or prepare drops them, and so does `pgshift abort`"
+        );
+        tracing::warn!("{line}");
+        warnings.push(line);
+    }
     sess.state_file.clear()?;
     if let Some(dir) = &m.state.dump_dir
         && !opts.keep_dump
