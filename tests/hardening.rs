@@ -622,6 +622,38 @@ fn a_rollback_after_a_swap_killed_after_its_commit_drops_its_changelog() {
     assert_eq!(status_json(&wd, &dst)["leftovers"]["found"], false);
 }
 
+/// A prepare run after a swap killed after its COMMIT finishes that swap's
+/// steps first: they were left for good once the new migration's swap made
+/// a newer backup (found by a helper). Its changelog goes as a leftover.
+#[test]
+fn a_prepare_after_a_swap_killed_after_its_commit_finishes_its_steps() {
+    let dbs = users_and_orders("sigkill_then_prepare");
+    let wd = Workdir::new();
+    assert_success(&wd.prepare(&dbs, &["--preserved-tables", "users"]));
+    swap_killed_after_commit(&wd, &dbs.dst);
+    let not_valid = "SELECT count(*) FROM pg_constraint WHERE conname = 'orders_user_id_fkey' AND conrelid = 'public.orders'::regclass AND NOT convalidated";
+    assert_eq!(dbs.dst.psql(not_valid), "1");
+    assert_eq!(dbs.dst.psql(SYNC_HELPERS), "1/4");
+    let out = wd.prepare(&dbs, &["--preserved-tables", "users"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains("stopped after its COMMIT: validated foreign keys orders.orders_user_id_fkey"),
+        "{err}"
+    );
+    assert_eq!(dbs.dst.psql(not_valid), "0");
+    assert_eq!(
+        dbs.dst.psql(COUNTED),
+        "1",
+        "the killed swap's backup has its row counts"
+    );
+    // The new migration's own changelog only.
+    assert_eq!(dbs.dst.psql(SYNC_HELPERS), "1/4");
+    let st = status_json(&wd, &dbs.dst.url());
+    assert_eq!(st["state"], "prepared", "{st}");
+    assert_eq!(st["warnings"], serde_json::json!([]), "{st}");
+}
+
 /// Killed while it validates the keys it created NOT VALID (which can take
 /// long), after it recorded the backup's row counts: the keys stayed NOT
 /// VALID for good, `status` said nothing and the next swap did not notice.

@@ -344,7 +344,10 @@ impl Destination {
     /// (a swap drops its changelogs after its COMMIT, when the record already
     /// says swapped), not leftovers.
     pub fn leftovers(&self) -> Removed {
-        let run_alive = self.running.as_ref().is_some_and(|r| r.alive != Some(false));
+        let run_alive = self
+            .running
+            .as_ref()
+            .is_some_and(|r| r.alive != Some(false));
         if self.state.is_busy() || run_alive {
             return Removed::default();
         }

@@ -669,6 +669,19 @@ pub async fn run(
 ) -> Result<PrepareReport> {
     let source = &settings.source;
     let mut warnings = checked.warnings.clone();
+    // A swap or rollback that stopped after its COMMIT: finish its steps
+    // first, as the next swap or rollback would (the backup this migration
+    // makes becomes the newest, and its steps would be left for good).
+    if let Some(f) = engine::finish_committed(&sess.control).await? {
+        for n in &f.notes {
+            let line = format!(
+                "the {} that made {} stopped after its COMMIT: {n}",
+                f.kind, f.backup
+            );
+            tracing::warn!("{line}");
+            warnings.push(line);
+        }
+    }
     if let Leftover::StartOver(why) = &checked.leftover {
         tracing::warn!("{why}");
         warnings.push(why.clone());
