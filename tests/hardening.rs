@@ -480,11 +480,6 @@ fn paused_at(wd: &Workdir, db: &TestDb, args: &[&str], point: &str, reached: &st
     child
 }
 
-/// The preserved tables' changelogs and sync functions left in pgshift's
-/// schema, `tables/functions`.
-const SYNC_HELPERS: &str = "SELECT (SELECT count(*) FROM pg_class WHERE relnamespace = 'pgshift'::regnamespace AND relname LIKE 'log\\_%' AND relkind = 'r')
-                       || '/' || (SELECT count(*) FROM pg_proc WHERE pronamespace = 'pgshift'::regnamespace)";
-
 /// A backup whose manifest records the steps after its COMMIT up to the
 /// validation of its keys (its row counts).
 const COUNTED: &str =
@@ -533,7 +528,7 @@ fn a_swap_killed_after_its_commit_is_finished_by_the_next_swap() {
     assert!(!said.contains("stopped") && !said.contains("stale"), "{st}");
     // Its changelog and functions, which it drops last, are its own, not
     // leftovers for `abort`.
-    assert_eq!(dbs.dst.psql(SYNC_HELPERS), "1/4");
+    assert_eq!(dbs.dst.psql(common::SYNC_HELPERS), "1/4");
     assert_eq!(st["leftovers"]["found"], false, "{st}");
     let v = wd.run_ok(&["verify", "--latest", "--json", "--dest", &dst]);
     assert!(v.contains("has not recorded its tables yet"), "{v}");
@@ -555,7 +550,7 @@ fn a_swap_killed_after_its_commit_is_finished_by_the_next_swap() {
     );
     // The sync triggers went under the locks; the changelog and functions
     // they used, dropped after the COMMIT, are still there.
-    assert_eq!(dbs.dst.psql(SYNC_HELPERS), "1/4");
+    assert_eq!(dbs.dst.psql(common::SYNC_HELPERS), "1/4");
     assert_eq!(
         dbs.dst
             .psql("SELECT count(*) FROM pg_trigger WHERE tgname LIKE 'pgshift\\_%'"),
@@ -574,7 +569,7 @@ fn a_swap_killed_after_its_commit_is_finished_by_the_next_swap() {
         err.contains("dropped the changelogs and sync functions of 1 preserved table"),
         "{err}"
     );
-    assert_eq!(dbs.dst.psql(SYNC_HELPERS), "0/0");
+    assert_eq!(dbs.dst.psql(common::SYNC_HELPERS), "0/0");
     assert_eq!(dbs.dst.psql(not_valid), "0");
     let list: serde_json::Value = serde_json::from_str(&assert_success(
         &wd.run(&["list", "--dest", &dst, "--json"]),
@@ -600,7 +595,7 @@ fn a_rollback_after_a_swap_killed_after_its_commit_drops_its_changelog() {
     assert_success(&wd.prepare(&dbs, &["--preserved-tables", "users"]));
     swap_killed_after_commit(&wd, &dbs.dst);
     assert_eq!(dbs.dst.psql("SELECT count(*) FROM orders"), "1");
-    assert_eq!(dbs.dst.psql(SYNC_HELPERS), "1/4");
+    assert_eq!(dbs.dst.psql(common::SYNC_HELPERS), "1/4");
     // (Its write counters at the swap are unknown: --allow-discard.)
     let out = wd.run(&[
         "rollback",
@@ -616,7 +611,7 @@ fn a_rollback_after_a_swap_killed_after_its_commit_drops_its_changelog() {
         err.contains("dropped the changelogs and sync functions of 1 preserved table"),
         "{err}"
     );
-    assert_eq!(dbs.dst.psql(SYNC_HELPERS), "0/0");
+    assert_eq!(dbs.dst.psql(common::SYNC_HELPERS), "0/0");
     // The destination's own orders are back.
     assert_eq!(dbs.dst.psql("SELECT count(*) FROM orders"), "10");
     assert_eq!(status_json(&wd, &dst)["leftovers"]["found"], false);
@@ -633,7 +628,7 @@ fn a_prepare_after_a_swap_killed_after_its_commit_finishes_its_steps() {
     swap_killed_after_commit(&wd, &dbs.dst);
     let not_valid = "SELECT count(*) FROM pg_constraint WHERE conname = 'orders_user_id_fkey' AND conrelid = 'public.orders'::regclass AND NOT convalidated";
     assert_eq!(dbs.dst.psql(not_valid), "1");
-    assert_eq!(dbs.dst.psql(SYNC_HELPERS), "1/4");
+    assert_eq!(dbs.dst.psql(common::SYNC_HELPERS), "1/4");
     let out = wd.prepare(&dbs, &["--preserved-tables", "users"]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{err}");
@@ -648,7 +643,7 @@ fn a_prepare_after_a_swap_killed_after_its_commit_finishes_its_steps() {
         "the killed swap's backup has its row counts"
     );
     // The new migration's own changelog only.
-    assert_eq!(dbs.dst.psql(SYNC_HELPERS), "1/4");
+    assert_eq!(dbs.dst.psql(common::SYNC_HELPERS), "1/4");
     let st = status_json(&wd, &dbs.dst.url());
     assert_eq!(st["state"], "prepared", "{st}");
     assert_eq!(st["warnings"], serde_json::json!([]), "{st}");

@@ -33,6 +33,19 @@ fn with_users_preserved(wd: &Workdir, dbs: &TestDbs, command: &str, extra: &[&st
     assert_success(&run_users_preserved(wd, dbs, command, extra))
 }
 
+/// `users (id, name)` on both sides, one row on the destination, prepared
+/// with `users` preserved.
+fn users_prepared(name: &str) -> (TestDbs, Workdir) {
+    let dbs = TestDbs::new(name);
+    let ddl = "CREATE TABLE users (id int PRIMARY KEY, name text);";
+    dbs.src.psql(ddl);
+    dbs.dst.psql(ddl);
+    dbs.dst.psql("INSERT INTO users VALUES (1, 'a')");
+    let wd = Workdir::new();
+    with_users_preserved(&wd, &dbs, "prepare", &[]);
+    (dbs, wd)
+}
+
 /// The warning of the JSON array `warnings` that starts with `lead`.
 fn warning_starting<'a>(warnings: &'a serde_json::Value, lead: &str) -> &'a str {
     warnings
@@ -811,14 +824,8 @@ fn columns_sharing_a_sequence_carry_it_once() {
 /// status says the swap is not allowed and why, before the swap finds out.
 #[test]
 fn status_tells_when_a_preserved_table_can_no_longer_be_replayed() {
-    let dbs = TestDbs::new("preserved_renamed");
-    let ddl = "CREATE TABLE users (id int PRIMARY KEY, name text);";
-    dbs.src.psql(ddl);
-    dbs.dst.psql(ddl);
-    dbs.dst.psql("INSERT INTO users VALUES (1, 'a')");
-    let wd = Workdir::new();
+    let (dbs, wd) = users_prepared("preserved_renamed");
     let dst = dbs.dst.url();
-    with_users_preserved(&wd, &dbs, "prepare", &[]);
     dbs.dst
         .psql("ALTER TABLE public.users RENAME COLUMN name TO full_name");
     let st = json_of(&wd, &["status", "--dest", &dst, "--json"]);
@@ -2173,17 +2180,9 @@ async fn writes_waiting_at_the_locks_reach_every_preserved_table() {
 /// migration stays swapped.
 #[test]
 fn a_changelog_still_held_after_the_commit_is_left_to_abort() {
-    let dbs = TestDbs::new("preserved_changelog_held");
-    let ddl = "CREATE TABLE users (id int PRIMARY KEY, name text);";
-    dbs.src.psql(ddl);
-    dbs.dst.psql(ddl);
-    dbs.dst.psql("INSERT INTO users VALUES (1, 'a')");
-    let wd = Workdir::new();
+    let (dbs, wd) = users_prepared("preserved_changelog_held");
     let dst = dbs.dst.url();
-    with_users_preserved(&wd, &dbs, "prepare", &[]);
-    let helpers = "SELECT (SELECT count(*) FROM pg_class WHERE relnamespace = 'pgshift'::regnamespace AND relname LIKE 'log\\_%' AND relkind = 'r')
-                       || '/' || (SELECT count(*) FROM pg_proc WHERE pronamespace = 'pgshift'::regnamespace)";
-    assert_eq!(dbs.dst.psql(helpers), "1/4");
+    assert_eq!(dbs.dst.psql(common::SYNC_HELPERS), "1/4");
     let log = dbs.dst.psql(
         "SELECT relname FROM pg_class WHERE relnamespace = 'pgshift'::regnamespace AND relname LIKE 'log\\_%' AND relkind = 'r'",
     );
@@ -2219,7 +2218,7 @@ fn a_changelog_still_held_after_the_commit_is_left_to_abort() {
             .psql("SELECT count(*) FROM pg_trigger WHERE tgname LIKE 'pgshift\\_%'"),
         "0"
     );
-    assert_eq!(dbs.dst.psql(helpers), "1/4");
+    assert_eq!(dbs.dst.psql(common::SYNC_HELPERS), "1/4");
     let st = json_of(&wd, &["status", "--dest", &dst, "--json"]);
     assert_eq!(st["state"], "idle", "{st}");
     assert_eq!(
@@ -2241,7 +2240,7 @@ fn a_changelog_still_held_after_the_commit_is_left_to_abort() {
         "{ab}"
     );
     assert_eq!(ab["removed"]["helper_functions"], 4, "{ab}");
-    assert_eq!(dbs.dst.psql(helpers), "0/0");
+    assert_eq!(dbs.dst.psql(common::SYNC_HELPERS), "0/0");
     let st = json_of(&wd, &["status", "--dest", &dst, "--json"]);
     assert_eq!(st["leftovers"]["found"], false, "{st}");
     assert_eq!(st["migration"]["status"], "swapped", "{st}");
@@ -2278,9 +2277,7 @@ fn many_changelogs_are_dropped_within_their_lock_estimate() {
             "--json",
         ],
     );
-    let helpers = "SELECT (SELECT count(*) FROM pg_class WHERE relnamespace = 'pgshift'::regnamespace AND relname LIKE 'log\\_%' AND relkind = 'r')
-                       || '/' || (SELECT count(*) FROM pg_proc WHERE pronamespace = 'pgshift'::regnamespace)";
-    assert_eq!(dbs.dst.psql(helpers), "30/120");
+    assert_eq!(dbs.dst.psql(common::SYNC_HELPERS), "30/120");
     // Prepare, status and the dry run give the swap the same budget (the
     // preserved tables' shadow copies it locks counted by each).
     let st = json_of(&wd, &["status", "--dest", &dst, "--json"]);
@@ -2298,5 +2295,5 @@ fn many_changelogs_are_dropped_within_their_lock_estimate() {
     );
     let report: serde_json::Value = serde_json::from_str(&assert_success(&out)).unwrap();
     assert_eq!(report["warnings"], serde_json::json!([]), "{report}");
-    assert_eq!(dbs.dst.psql(helpers), "0/0");
+    assert_eq!(dbs.dst.psql(common::SYNC_HELPERS), "0/0");
 }

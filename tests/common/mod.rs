@@ -273,6 +273,11 @@ pub fn schema_fingerprint(db: &TestDb, schema: &str) -> String {
     fingerprint(db, Some(schema))
 }
 
+/// The preserved tables' changelogs and sync functions left in pgshift's
+/// schema, `tables/functions`.
+pub const SYNC_HELPERS: &str = "SELECT (SELECT count(*) FROM pg_class WHERE relnamespace = 'pgshift'::regnamespace AND relname LIKE 'log\\_%' AND relkind = 'r')
+                       || '/' || (SELECT count(*) FROM pg_proc WHERE pronamespace = 'pgshift'::regnamespace)";
+
 /// The prepare phases in order (`PGSHIFT_FAILPOINT=<phase>` fails one).
 pub const PREPARE_PHASES: [&str; 11] = [
     "snapshot",
