@@ -60,22 +60,9 @@ pub async fn run(args: RollbackArgs, ctx: Ctx) -> Result<ExitCode> {
         return Ok(ExitCode::Ok);
     }
     let sess = ctx.open_session().await?;
-    if let Some(note) =
-        crate::swap::cutover::drop_swapped_sync(&sess.control, ctx.settings.swap).await
-    {
-        tracing::warn!("{note}");
-    }
     // A swap or rollback that stopped after its COMMIT: finish its steps
     // first (the backup it made may be the one restored).
-    if let Some(f) = crate::swap::engine::finish_committed(&sess.control).await? {
-        for n in &f.notes {
-            tracing::warn!(
-                "the {} that made {} stopped after its COMMIT: {n}",
-                f.kind,
-                f.backup
-            );
-        }
-    }
+    crate::swap::cutover::finish_stopped(&sess.control, ctx.settings.swap).await?;
     let plan = rollback::plan(&sess.control, &opts).await?;
     if !plan.verification.ok && opts.force {
         for d in &plan.verification.differences {

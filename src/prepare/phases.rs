@@ -672,15 +672,10 @@ pub async fn run(
     // A swap or rollback that stopped after its COMMIT: finish its steps
     // first, as the next swap or rollback would (the backup this migration
     // makes becomes the newest, and its steps would be left for good).
-    if let Some(f) = engine::finish_committed(&sess.control).await? {
-        for n in &f.notes {
-            let line = format!(
-                "the {} that made {} stopped after its COMMIT: {n}",
-                f.kind, f.backup
-            );
-            tracing::warn!("{line}");
-            warnings.push(line);
-        }
+    let finished = engine::finish_committed(&sess.control).await?;
+    for line in finished.iter().flat_map(engine::Finished::lines) {
+        tracing::warn!("{line}");
+        warnings.push(line);
     }
     if let Leftover::StartOver(why) = &checked.leftover {
         tracing::warn!("{why}");

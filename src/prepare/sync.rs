@@ -2711,7 +2711,7 @@ const REMOVE_RETRIES: u32 = 1;
 /// error names the sessions holding pgshift's relations. Only what exists is dropped
 /// (by name, `IF EXISTS`): a run that stopped half-way is finished by the
 /// next, and one that stopped before it by the next swap or rollback
-/// ([`crate::swap::cutover::drop_swapped_sync`]), prepare, or `abort`, which
+/// ([`crate::swap::cutover::finish_stopped`]), prepare, or `abort`, which
 /// all drop pgshift's helper objects left without a migration. Returns the
 /// number of preserved tables whose objects were still there.
 pub async fn remove_changelogs(

@@ -709,7 +709,7 @@ static NO_UNKEEPABLE: Unkeepable = Unkeepable::new();
 /// under the caller's run lock (the swap and the rollback call this
 /// first); the note says so. Never fails the caller: what cannot be
 /// dropped now is a note too, and is left to the next run.
-pub async fn drop_swapped_sync(client: &Client, policy: Policy) -> Option<String> {
+async fn drop_swapped_sync(client: &Client, policy: Policy) -> Option<String> {
     let m = match record::latest_migration(client).await {
         Ok(Some(m)) if m.state.status == Status::Swapped => m,
         Ok(_) => return None,
@@ -729,25 +729,29 @@ pub async fn drop_swapped_sync(client: &Client, policy: Policy) -> Option<String
     }
 }
 
+/// What the swap and the rollback do first, under their run lock, for a
+/// run that stopped after its COMMIT: drop the changelogs a swapped
+/// migration left ([`drop_swapped_sync`]), and finish the steps the newest
+/// backup's manifest says are pending ([`engine::finish_committed`]); each
+/// note logged as a warning. What was finished, if anything.
+pub async fn finish_stopped(client: &Client, policy: Policy) -> Result<Option<engine::Finished>> {
+    if let Some(note) = drop_swapped_sync(client, policy).await {
+        tracing::warn!("{note}");
+    }
+    let finished = engine::finish_committed(client).await?;
+    for line in finished.iter().flat_map(engine::Finished::lines) {
+        tracing::warn!("{line}");
+    }
+    Ok(finished)
+}
+
 /// Swap the prepared migration on an open session.
 pub async fn swap(sess: &Session, opts: &SwapOptions) -> Result<SwapReport> {
     let d = sess.observe().await?;
     derive::settle_committed_swap(&sess.control, &d).await?;
-    if let Some(note) = drop_swapped_sync(&sess.control, opts.policy).await {
-        tracing::warn!("{note}");
-    }
     // A swap that committed but stopped before the steps after its COMMIT
     // (killed): finish them, then say it is done.
-    let finished = engine::finish_committed(&sess.control).await?;
-    if let Some(f) = &finished {
-        for n in &f.notes {
-            tracing::warn!(
-                "the {} that made {} stopped after its COMMIT: {n}",
-                f.kind,
-                f.backup
-            );
-        }
-    }
+    let finished = finish_stopped(&sess.control, opts.policy).await?;
     if let Some(r) = &d.record
         && r.status == Status::Swapped
         && d.record_from == derive::RecordFrom::Both

@@ -1027,6 +1027,21 @@ pub struct Finished {
     pub notes: Vec<String>,
 }
 
+impl Finished {
+    /// The notes as the operator reads them, each saying which run stopped.
+    pub fn lines(&self) -> Vec<String> {
+        self.notes
+            .iter()
+            .map(|n| {
+                format!(
+                    "the {} that made {} stopped after its COMMIT: {n}",
+                    self.kind, self.backup
+                )
+            })
+            .collect()
+    }
+}
+
 /// A swap or rollback that committed but stopped before the steps after its
 /// COMMIT (the process killed, the connection lost): its backup's manifest
 /// has neither row counts nor the lock time, which only those steps write;
