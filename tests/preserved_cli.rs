@@ -2297,3 +2297,59 @@ fn many_changelogs_are_dropped_within_their_lock_estimate() {
     assert_eq!(report["warnings"], serde_json::json!([]), "{report}");
     assert_eq!(dbs.dst.psql(common::SYNC_HELPERS), "0/0");
 }
+
+/// `abort` drops the shadow and the changelogs with CASCADE (their own
+/// objects depend on one another). An object of the application's that
+/// depends on them (a view over a shadow table or a changelog, a foreign key
+/// to a shadow table, a default drawing from a shadow sequence) would go
+/// along without a word: abort refuses, names each, and changes nothing.
+/// A view over pgshift's records is not one (they stay).
+#[test]
+fn abort_refuses_to_drop_the_applications_objects_built_on_the_migration() {
+    let (dbs, wd) = users_prepared("preserved_abort_dependents");
+    let dst = dbs.dst.url();
+    let log = dbs.dst.psql(
+        "SELECT relname FROM pg_class WHERE relnamespace = 'pgshift'::regnamespace AND relname LIKE 'log\\_%' AND relkind = 'r'",
+    );
+    dbs.dst.psql(&format!(
+        "CREATE SEQUENCE shadow.tickets;
+         CREATE VIEW peek AS SELECT * FROM shadow.users;
+         CREATE VIEW peek_log AS SELECT * FROM pgshift.{log};
+         CREATE VIEW runs AS SELECT id FROM pgshift.migration;
+         CREATE TABLE notes (user_id int REFERENCES shadow.users (id),
+                             ticket bigint DEFAULT nextval('shadow.tickets'));
+         INSERT INTO notes VALUES (NULL, DEFAULT)"
+    ));
+    let out = wd.run(&["abort", "--dest", &dst]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    for named in [
+        "view peek,",
+        "view peek_log",
+        "constraint notes_user_id_fkey on table notes",
+        "default value for column ticket of table notes",
+        "nothing was changed",
+    ] {
+        assert!(err.contains(named), "{named}: {err}");
+    }
+    assert!(!err.contains("runs"), "{err}");
+    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    // Nothing was dropped: the migration is still prepared and syncing.
+    assert_eq!(dbs.dst.psql(common::SYNC_HELPERS), "1/4");
+    dbs.dst.psql("INSERT INTO users VALUES (2, 'b')");
+    assert_eq!(dbs.dst.psql("SELECT count(*) FROM peek"), "2");
+    let st = json_of(&wd, &["status", "--dest", &dst, "--json"]);
+    assert_eq!(st["state"], "prepared", "{st}");
+    // Once they point elsewhere, abort goes through and leaves them be.
+    dbs.dst.psql(
+        "DROP VIEW peek, peek_log;
+         ALTER TABLE notes DROP CONSTRAINT notes_user_id_fkey, ALTER ticket DROP DEFAULT",
+    );
+    json_of(&wd, &["abort", "--dest", &dst, "--json"]);
+    assert_eq!(dbs.dst.psql(common::SYNC_HELPERS), "0/0");
+    assert_eq!(
+        dbs.dst
+            .psql("SELECT (SELECT count(*) FROM runs) > 0, (SELECT count(*) FROM notes)"),
+        "t|1"
+    );
+}

@@ -195,7 +195,7 @@ pub async fn cleanup(
             // than fail on the server's "must be owner of schema".
             item.reason = Some(format!("{e:#}"));
         } else if opts.dry_run {
-            match external_dependents(client, &schemas).await? {
+            match crate::pg::catalog::external_dependents(client, &schemas, None).await? {
                 deps if deps.is_empty() => {}
                 deps => item.reason = Some(dependents_reason(&deps)),
             }
@@ -241,84 +241,6 @@ fn backup_schemas(b: &BackupRow) -> Vec<String> {
         .collect()
 }
 
-/// Objects outside `schemas` that depend on objects in them (a `DROP SCHEMA …
-/// CASCADE` would take them along, partitions included), and tables outside
-/// whose partitions or inheritance children are in them (they would lose
-/// those rows).
-async fn external_dependents(client: &Client, schemas: &[String]) -> Result<Vec<String>> {
-    let shown = schemas.join(", ");
-    let rows = client
-        .query(
-            "WITH ns AS (SELECT oid FROM pg_catalog.pg_namespace WHERE nspname = ANY($1)),
-                  objs(classid, objid) AS (
-                    SELECT 'pg_catalog.pg_class'::regclass, c.oid FROM pg_catalog.pg_class c WHERE c.relnamespace IN (SELECT oid FROM ns)
-                    UNION ALL SELECT 'pg_catalog.pg_type'::regclass, t.oid FROM pg_catalog.pg_type t WHERE t.typnamespace IN (SELECT oid FROM ns)
-                    UNION ALL SELECT 'pg_catalog.pg_proc'::regclass, p.oid FROM pg_catalog.pg_proc p WHERE p.pronamespace IN (SELECT oid FROM ns))
-             SELECT DISTINCT pg_catalog.pg_describe_object(d.classid, d.objid, d.objsubid)
-               FROM pg_catalog.pg_depend d JOIN objs o ON d.refclassid = o.classid AND d.refobjid = o.objid
-              WHERE (d.deptype = 'n'
-                     -- A generated column's expression (or a sequence owned by
-                     -- a column) depends automatically: CASCADE drops it too.
-                     OR (d.deptype = 'a' AND d.classid = 'pg_catalog.pg_class'::regclass))
-                AND COALESCE((CASE d.classid
-                       WHEN 'pg_catalog.pg_class'::regclass THEN (SELECT x.relnamespace FROM pg_catalog.pg_class x WHERE x.oid = d.objid)
-                       WHEN 'pg_catalog.pg_type'::regclass THEN (SELECT x.typnamespace FROM pg_catalog.pg_type x WHERE x.oid = d.objid)
-                       WHEN 'pg_catalog.pg_proc'::regclass THEN (SELECT x.pronamespace FROM pg_catalog.pg_proc x WHERE x.oid = d.objid)
-                       WHEN 'pg_catalog.pg_constraint'::regclass THEN (SELECT x.connamespace FROM pg_catalog.pg_constraint x WHERE x.oid = d.objid)
-                       WHEN 'pg_catalog.pg_attrdef'::regclass THEN (SELECT r.relnamespace FROM pg_catalog.pg_attrdef x
-                                                                     JOIN pg_catalog.pg_class r ON r.oid = x.adrelid WHERE x.oid = d.objid)
-                       WHEN 'pg_catalog.pg_rewrite'::regclass THEN (SELECT r.relnamespace FROM pg_catalog.pg_rewrite x
-                                                                     JOIN pg_catalog.pg_class r ON r.oid = x.ev_class WHERE x.oid = d.objid)
-                       WHEN 'pg_catalog.pg_trigger'::regclass THEN (SELECT r.relnamespace FROM pg_catalog.pg_trigger x
-                                                                     JOIN pg_catalog.pg_class r ON r.oid = x.tgrelid WHERE x.oid = d.objid)
-                       WHEN 'pg_catalog.pg_policy'::regclass THEN (SELECT r.relnamespace FROM pg_catalog.pg_policy x
-                                                                    JOIN pg_catalog.pg_class r ON r.oid = x.polrelid WHERE x.oid = d.objid)
-                       -- An operator family's members have no schema of
-                       -- their own: the family's.
-                       WHEN 'pg_catalog.pg_amop'::regclass THEN (SELECT f.opfnamespace FROM pg_catalog.pg_amop x
-                                                                  JOIN pg_catalog.pg_opfamily f ON f.oid = x.amopfamily WHERE x.oid = d.objid)
-                       WHEN 'pg_catalog.pg_amproc'::regclass THEN (SELECT f.opfnamespace FROM pg_catalog.pg_amproc x
-                                                                    JOIN pg_catalog.pg_opfamily f ON f.oid = x.amprocfamily WHERE x.oid = d.objid)
-                       -- Nor do casts and transforms: one from or to a type of
-                       -- the backup goes with it (it is of no use without the
-                       -- type); one between types outside that only calls a
-                       -- function of the backup is outside.
-                       WHEN 'pg_catalog.pg_cast'::regclass THEN (SELECT t.typnamespace FROM pg_catalog.pg_cast x
-                                                                  JOIN pg_catalog.pg_type t ON t.oid IN (x.castsource, x.casttarget)
-                                                                 WHERE x.oid = d.objid AND t.typnamespace IN (SELECT oid FROM ns) LIMIT 1)
-                       WHEN 'pg_catalog.pg_transform'::regclass THEN (SELECT t.typnamespace FROM pg_catalog.pg_transform x
-                                                                       JOIN pg_catalog.pg_type t ON t.oid = x.trftype WHERE x.oid = d.objid)
-                       ELSE (SELECT n.oid FROM pg_catalog.pg_namespace n
-                              -- (pg_identify_object quotes the schema's name)
-                              WHERE pg_catalog.quote_ident(n.nspname) = (pg_catalog.pg_identify_object(d.classid, d.objid, 0)).schema)
-                     END), 0) NOT IN (SELECT oid FROM ns)
-             UNION
-             -- Partitioning (or inheritance) across the backup's edge: a table
-             -- outside would lose the rows of its partitions in the backup, and
-             -- a partition outside would go with its parent in the backup.
-             SELECT CASE WHEN c.relnamespace IN (SELECT oid FROM ns)
-                         THEN 'the rows of ' || pg_catalog.pg_describe_object('pg_catalog.pg_class'::regclass, p.oid, 0)
-                              || ' in its partition (or child) ' || pg_catalog.quote_ident(cn.nspname) || '.'
-                              || pg_catalog.quote_ident(c.relname)
-                         ELSE pg_catalog.pg_describe_object('pg_catalog.pg_class'::regclass, c.oid, 0)
-                              || ' (a partition or child of ' || pg_catalog.quote_ident(pn.nspname) || '.'
-                              || pg_catalog.quote_ident(p.relname) || ')'
-                    END
-               FROM pg_catalog.pg_inherits i
-               JOIN pg_catalog.pg_class c ON c.oid = i.inhrelid
-               JOIN pg_catalog.pg_namespace cn ON cn.oid = c.relnamespace
-               JOIN pg_catalog.pg_class p ON p.oid = i.inhparent
-               JOIN pg_catalog.pg_namespace pn ON pn.oid = p.relnamespace
-              WHERE (c.relnamespace IN (SELECT oid FROM ns)) <> (p.relnamespace IN (SELECT oid FROM ns))
-                AND c.relkind IN ('r', 'p', 'f')
-              ORDER BY 1",
-            &[&schemas],
-        )
-        .await
-        .map_err(|e| anyhow::anyhow!("looking for objects that depend on {shown}: {}", describe_pg_error(&e)))?;
-    Ok(rows.into_iter().map(|r| r.get(0)).collect())
-}
-
 /// Drop one backup in its own transaction under `lock_timeout`: the schema
 /// (CASCADE: its own objects) and its manifest row. A backup too big for one
 /// transaction's share of the lock table is first emptied in lock-bounded
@@ -339,7 +261,7 @@ async fn drop_backup(
     client.batch_execute(&begin).await?;
     let result = async {
         let schemas = backup_schemas(b);
-        let deps = external_dependents(client, &schemas).await?;
+        let deps = crate::pg::catalog::external_dependents(client, &schemas, None).await?;
         if !deps.is_empty() {
             return Ok::<_, anyhow::Error>(Some(dependents_reason(&deps)));
         }
@@ -409,7 +331,7 @@ async fn shrink_backup(
         .await?
         .with_lock_timeout(lock_timeout, 3);
     let schemas = backup_schemas(b);
-    let deps = external_dependents(client, &schemas).await?;
+    let deps = crate::pg::catalog::external_dependents(client, &schemas, None).await?;
     if !deps.is_empty() {
         return Ok(Err(Outcome::Skipped(dependents_reason(&deps))));
     }

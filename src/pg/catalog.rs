@@ -123,6 +123,126 @@ pub async fn refuse_unowned_schemas(
     Ok(())
 }
 
+/// pgshift's own objects in its records' schema that a removal drops along
+/// with the schemas it drops (see [`external_dependents`]): the named tables
+/// (the sync changelogs, with their row types) and, with `functions`, every
+/// function there (the sync functions). The triggers that call those
+/// functions are pgshift's sync triggers, dropped before: not dependents.
+pub struct Helpers<'a> {
+    pub schema: &'a str,
+    pub tables: &'a [String],
+    pub functions: bool,
+}
+
+/// Objects outside `schemas` (and outside `helpers`' schema) that depend on
+/// objects in them or on `helpers` (a `DROP … CASCADE` would take them along,
+/// partitions included), and tables outside whose partitions or inheritance
+/// children are in them (they would lose those rows). Used before dropping a
+/// backup (cleanup) and a prepared migration (abort, prepare starting over):
+/// an application's view, foreign key, default or column that points in is
+/// never dropped behind the operator's back.
+pub async fn external_dependents(
+    client: &Client,
+    schemas: &[String],
+    helpers: Option<&Helpers<'_>>,
+) -> Result<Vec<String>> {
+    let shown = schemas.join(", ");
+    let (own, own_tables, own_functions): (Option<&str>, &[String], bool) = match helpers {
+        Some(h) => (Some(h.schema), h.tables, h.functions),
+        None => (None, &[], false),
+    };
+    let rows = client
+        .query(
+            "WITH ns AS (SELECT oid FROM pg_catalog.pg_namespace WHERE nspname = ANY($1)),
+                  own AS (SELECT oid FROM pg_catalog.pg_namespace WHERE nspname = $2),
+                  own_procs AS (SELECT p.oid FROM pg_catalog.pg_proc p WHERE $4 AND p.pronamespace IN (SELECT oid FROM own)),
+                  inside AS (SELECT oid FROM ns UNION ALL SELECT oid FROM own),
+                  objs(classid, objid) AS (
+                    SELECT 'pg_catalog.pg_class'::regclass, c.oid FROM pg_catalog.pg_class c WHERE c.relnamespace IN (SELECT oid FROM ns)
+                    UNION ALL SELECT 'pg_catalog.pg_type'::regclass, t.oid FROM pg_catalog.pg_type t WHERE t.typnamespace IN (SELECT oid FROM ns)
+                    UNION ALL SELECT 'pg_catalog.pg_proc'::regclass, p.oid FROM pg_catalog.pg_proc p WHERE p.pronamespace IN (SELECT oid FROM ns)
+                    UNION ALL SELECT 'pg_catalog.pg_class'::regclass, c.oid FROM pg_catalog.pg_class c
+                               WHERE c.relnamespace IN (SELECT oid FROM own) AND c.relname = ANY($3)
+                    UNION ALL SELECT 'pg_catalog.pg_type'::regclass, c.reltype FROM pg_catalog.pg_class c
+                               WHERE c.relnamespace IN (SELECT oid FROM own) AND c.relname = ANY($3)
+                    UNION ALL SELECT 'pg_catalog.pg_proc'::regclass, oid FROM own_procs)
+             -- A view is named as such, not as its _RETURN rule.
+             SELECT DISTINCT COALESCE((SELECT pg_catalog.pg_describe_object('pg_catalog.pg_class'::regclass, rw.ev_class, 0)
+                                         FROM pg_catalog.pg_rewrite rw
+                                        WHERE d.classid = 'pg_catalog.pg_rewrite'::regclass AND rw.oid = d.objid
+                                          AND rw.rulename = '_RETURN'),
+                                      pg_catalog.pg_describe_object(d.classid, d.objid, d.objsubid))
+               FROM pg_catalog.pg_depend d JOIN objs o ON d.refclassid = o.classid AND d.refobjid = o.objid
+              WHERE (d.deptype = 'n'
+                     -- A generated column's expression (or a sequence owned by
+                     -- a column) depends automatically: CASCADE drops it too.
+                     OR (d.deptype = 'a' AND d.classid = 'pg_catalog.pg_class'::regclass))
+                AND NOT (d.classid = 'pg_catalog.pg_trigger'::regclass AND d.refclassid = 'pg_catalog.pg_proc'::regclass
+                         AND d.refobjid IN (SELECT oid FROM own_procs))
+                AND COALESCE((CASE d.classid
+                       WHEN 'pg_catalog.pg_class'::regclass THEN (SELECT x.relnamespace FROM pg_catalog.pg_class x WHERE x.oid = d.objid)
+                       WHEN 'pg_catalog.pg_type'::regclass THEN (SELECT x.typnamespace FROM pg_catalog.pg_type x WHERE x.oid = d.objid)
+                       WHEN 'pg_catalog.pg_proc'::regclass THEN (SELECT x.pronamespace FROM pg_catalog.pg_proc x WHERE x.oid = d.objid)
+                       WHEN 'pg_catalog.pg_constraint'::regclass THEN (SELECT x.connamespace FROM pg_catalog.pg_constraint x WHERE x.oid = d.objid)
+                       WHEN 'pg_catalog.pg_attrdef'::regclass THEN (SELECT r.relnamespace FROM pg_catalog.pg_attrdef x
+                                                                     JOIN pg_catalog.pg_class r ON r.oid = x.adrelid WHERE x.oid = d.objid)
+                       WHEN 'pg_catalog.pg_rewrite'::regclass THEN (SELECT r.relnamespace FROM pg_catalog.pg_rewrite x
+                                                                     JOIN pg_catalog.pg_class r ON r.oid = x.ev_class WHERE x.oid = d.objid)
+                       WHEN 'pg_catalog.pg_trigger'::regclass THEN (SELECT r.relnamespace FROM pg_catalog.pg_trigger x
+                                                                     JOIN pg_catalog.pg_class r ON r.oid = x.tgrelid WHERE x.oid = d.objid)
+                       WHEN 'pg_catalog.pg_policy'::regclass THEN (SELECT r.relnamespace FROM pg_catalog.pg_policy x
+                                                                    JOIN pg_catalog.pg_class r ON r.oid = x.polrelid WHERE x.oid = d.objid)
+                       -- An operator family's members have no schema of
+                       -- their own: the family's.
+                       WHEN 'pg_catalog.pg_amop'::regclass THEN (SELECT f.opfnamespace FROM pg_catalog.pg_amop x
+                                                                  JOIN pg_catalog.pg_opfamily f ON f.oid = x.amopfamily WHERE x.oid = d.objid)
+                       WHEN 'pg_catalog.pg_amproc'::regclass THEN (SELECT f.opfnamespace FROM pg_catalog.pg_amproc x
+                                                                    JOIN pg_catalog.pg_opfamily f ON f.oid = x.amprocfamily WHERE x.oid = d.objid)
+                       -- Nor do casts and transforms: one from or to a type of
+                       -- the backup goes with it (it is of no use without the
+                       -- type); one between types outside that only calls a
+                       -- function of the backup is outside.
+                       WHEN 'pg_catalog.pg_cast'::regclass THEN (SELECT t.typnamespace FROM pg_catalog.pg_cast x
+                                                                  JOIN pg_catalog.pg_type t ON t.oid IN (x.castsource, x.casttarget)
+                                                                 WHERE x.oid = d.objid AND t.typnamespace IN (SELECT oid FROM ns) LIMIT 1)
+                       WHEN 'pg_catalog.pg_transform'::regclass THEN (SELECT t.typnamespace FROM pg_catalog.pg_transform x
+                                                                       JOIN pg_catalog.pg_type t ON t.oid = x.trftype WHERE x.oid = d.objid)
+                       ELSE (SELECT n.oid FROM pg_catalog.pg_namespace n
+                              -- (pg_identify_object quotes the schema's name)
+                              WHERE pg_catalog.quote_ident(n.nspname) = (pg_catalog.pg_identify_object(d.classid, d.objid, 0)).schema)
+                     END), 0) NOT IN (SELECT oid FROM inside)
+             UNION
+             -- Partitioning (or inheritance) across the backup's edge: a table
+             -- outside would lose the rows of its partitions in the backup, and
+             -- a partition outside would go with its parent in the backup.
+             SELECT CASE WHEN c.relnamespace IN (SELECT oid FROM ns)
+                         THEN 'the rows of ' || pg_catalog.pg_describe_object('pg_catalog.pg_class'::regclass, p.oid, 0)
+                              || ' in its partition (or child) ' || pg_catalog.quote_ident(cn.nspname) || '.'
+                              || pg_catalog.quote_ident(c.relname)
+                         ELSE pg_catalog.pg_describe_object('pg_catalog.pg_class'::regclass, c.oid, 0)
+                              || ' (a partition or child of ' || pg_catalog.quote_ident(pn.nspname) || '.'
+                              || pg_catalog.quote_ident(p.relname) || ')'
+                    END
+               FROM pg_catalog.pg_inherits i
+               JOIN pg_catalog.pg_class c ON c.oid = i.inhrelid
+               JOIN pg_catalog.pg_namespace cn ON cn.oid = c.relnamespace
+               JOIN pg_catalog.pg_class p ON p.oid = i.inhparent
+               JOIN pg_catalog.pg_namespace pn ON pn.oid = p.relnamespace
+              WHERE (c.relnamespace IN (SELECT oid FROM ns)) <> (p.relnamespace IN (SELECT oid FROM ns))
+                AND c.relkind IN ('r', 'p', 'f')
+              ORDER BY 1",
+            &[&schemas, &own, &own_tables, &own_functions],
+        )
+        .await
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "looking for objects that depend on {shown}: {}",
+                crate::pg::conn::connect::describe_pg_error(&e)
+            )
+        })?;
+    Ok(rows.into_iter().map(|r| r.get(0)).collect())
+}
+
 /// A digest of what the relations of `schemas` are: their names and kinds,
 /// columns (type, NOT NULL, order), constraints, indexes and triggers, as
 /// PostgreSQL prints them with an empty `search_path` (so every name is

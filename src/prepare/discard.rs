@@ -16,6 +16,11 @@
 //! transaction should take (thousands of shadow tables), the bulk is dropped
 //! first in lock-bounded transactions ([`crate::pg::batch`]); every step is
 //! idempotent, so a cleanup that stopped half-way is finished by the next one.
+//! Those drops are CASCADE, for the shadow's objects depend on one another;
+//! before any of them, an object outside that depends on the migration (an
+//! operator's view over a shadow table) makes it refuse, naming it, with
+//! nothing changed ([`crate::pg::catalog::external_dependents`], as cleanup
+//! asks before dropping a backup).
 //!
 //! Used by `abort` ([`abort`]), by prepare when it starts over after a dead
 //! run, and by prepare after a failure (nothing half-done stays behind).
@@ -191,6 +196,7 @@ pub async fn remove_prepared(
         found.shadow = drop_empty_shadow(client).await?;
         return Ok(found);
     }
+    refuse_external_dependents(client, &shadows, &found).await?;
     // The sync triggers first, one table per transaction, each lock wait
     // ending below deadlock_timeout: dropped together, the removal held one
     // table while it waited for the next, and an application transaction
@@ -354,6 +360,31 @@ async fn lock_holders(client: &Client, shadows: &[String], sites: &[TriggerSite]
     let mut schemas = shadows.to_vec();
     schemas.push(META_SCHEMA.to_string());
     crate::pg::lock::relation_lock_holders(client, &schemas, &tables, 10).await
+}
+
+/// Refuse, before anything is dropped, when an object outside the migration
+/// (an operator's view over a shadow table or a changelog, a foreign key to a
+/// shadow table, a default calling a shadow sequence) depends on it: the
+/// drops below are CASCADE (the shadow's own objects depend on one another)
+/// and would take it along without a word.
+async fn refuse_external_dependents(
+    client: &Client,
+    shadows: &[String],
+    found: &Removed,
+) -> Result<()> {
+    let helpers = crate::pg::catalog::Helpers {
+        schema: META_SCHEMA,
+        tables: &found.helper_tables,
+        functions: found.helper_functions > 0,
+    };
+    let deps = crate::pg::catalog::external_dependents(client, shadows, Some(&helpers)).await?;
+    if !deps.is_empty() {
+        bail!(
+            "removing the prepared migration: objects outside it depend on it and would be dropped with it: {}; drop them (or point them elsewhere) first: nothing was changed",
+            deps.join(", ")
+        );
+    }
+    Ok(())
 }
 
 /// Drop pgshift's shadow schema if it holds nothing (RESTRICT); whether it did.
