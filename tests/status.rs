@@ -245,6 +245,35 @@ fn abort_with_a_state_file_the_destination_has_gone_past_aborts_nothing() {
     assert_eq!(s["migration"]["status"], "swapped", "{s}");
 }
 
+/// An abort run from a state directory whose migration the destination has
+/// gone past (swapped from elsewhere) while another operator prepared a newer
+/// one aborts the destination's migration, the newer one, and says that the
+/// file here recorded another.
+#[test]
+fn abort_from_an_older_state_directory_says_which_migration_it_aborted() {
+    let dbs = TestDbs::new("st_abort_older_dir");
+    sample(&dbs);
+    let (wd, other) = (Workdir::new(), Workdir::new());
+    let (src, url) = (dbs.src.url(), dbs.dst.url());
+    wd.run_ok(&["prepare", "--source", &src, "--dest", &url]);
+    let first = status(&wd, &dbs.dst)["migration"]["id"].clone();
+    other.run_ok(&["swap", "--dest", &url]);
+    other.run_ok(&["prepare", "--source", &src, "--dest", &url]);
+    let newer = status(&other, &dbs.dst)["migration"]["id"].clone();
+    assert_ne!(first, newer);
+    let v: Value = serde_json::from_str(&wd.run_ok(&["abort", "--dest", &url, "--json"])).unwrap();
+    assert_eq!(v["aborted"], true, "{v}");
+    assert_eq!(v["migration_id"], newer, "{v}");
+    assert_eq!(
+        v["message"],
+        format!(
+            "aborted migration {newer} (it was prepared); the state file here recorded migration {first}, which the destination has gone past"
+        ),
+        "{v}"
+    );
+    assert!(state_files(&wd).is_empty(), "{:?}", state_files(&wd));
+}
+
 /// Prepare creates the extensions the source uses and the destination lacks
 /// (in public, where the source has them). An abort said "the destination's
 /// public was not touched" while hstore's functions stayed in public; it now

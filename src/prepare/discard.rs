@@ -585,7 +585,18 @@ pub async fn abort(sess: &Session, opts: &AbortOptions) -> Result<AbortReport> {
         .map(|m| m.id)
         .or_else(|| state.as_ref().map(|s| s.id));
     let message = match (&open, id) {
-        (Some(m), _) => format!("aborted migration {} (it was {})", m.id, m.state.status),
+        (Some(m), _) => {
+            let mut said = format!("aborted migration {} (it was {})", m.id, m.state.status);
+            // Run from an older state directory: the migration aborted is
+            // the destination's, perhaps another operator's, not the file's.
+            if let Some(f) = file_state.as_ref().filter(|f| file_stale && f.id != m.id) {
+                said.push_str(&format!(
+                    "; the state file here recorded migration {}, which the destination has gone past",
+                    f.id
+                ));
+            }
+            said
+        }
         (None, Some(id)) => format!("cleared the leftovers of migration {id}"),
         (None, None) => "removed leftovers of an earlier migration".into(),
     };
