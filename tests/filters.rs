@@ -892,3 +892,51 @@ fn a_preserved_tables_key_to_a_table_without_rows_is_refused_with_what_is_possib
     }
     assert_eq!(catalog_fingerprint(&dbs.dst), before);
 }
+
+/// The refusals name tables as they must be typed back into the flags:
+/// `"Users"`, `"Sales"."Invoice"`, never quoted twice (`"""Sales"".""Invoice"""`).
+#[test]
+fn refusals_name_tables_as_the_flags_take_them() {
+    let dbs = TestDbs::new("filters_quoted_names");
+    for db in [&dbs.src, &dbs.dst] {
+        db.psql(
+            r#"CREATE SCHEMA "Sales";
+               CREATE TABLE "Orgs" (id int PRIMARY KEY);
+               CREATE TABLE "Users" (id int PRIMARY KEY, org int REFERENCES "Orgs" (id));
+               CREATE TABLE "Sales"."Invoice" (id int PRIMARY KEY, org int REFERENCES "Orgs" (id));"#,
+        );
+    }
+    let wd = Workdir::new();
+    let (src, dst) = (dbs.src.url(), dbs.dst.url());
+    let base = [
+        "prepare",
+        "--dry-run",
+        "--source",
+        &src,
+        "--dest",
+        &dst,
+        "--schemas",
+        r#"public,"Sales""#,
+    ];
+    let refused = |extra: &[&str], said: &str| {
+        assert_usage_error(&wd.run(&[base.as_slice(), extra].concat()), said);
+    };
+    refused(
+        &[
+            "--preserved-tables",
+            r#""Users""#,
+            "--exclude-table-data",
+            r#""Orgs""#,
+        ],
+        r#"foreign keys to tables migrated without them: "Invoice_org_fkey" of "Sales"."Invoice" references "Orgs", "Users_org_fkey" of "Users" references "Orgs"; exclude the data of "Sales"."Invoice" too; "Users" is preserved, and a preserved table cannot be filtered: do not exclude the data of "Orgs", or do not preserve "Users"; nothing was changed"#,
+    );
+    refused(
+        &[
+            "--preserved-tables",
+            r#""Sales"."Invoice""#,
+            "--exclude-table-data",
+            r#""Sales".*"#,
+        ],
+        r#"--exclude-table-data matches preserved table "Sales"."Invoice": a preserved table"#,
+    );
+}

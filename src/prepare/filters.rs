@@ -58,7 +58,7 @@ use tokio_postgres::Client;
 use crate::backups::manifest::ForeignKeyDef;
 use crate::pg::exec::pg_error_as;
 use crate::pg::ident::{TableName, display_ident};
-use crate::pg::meta::table_display;
+use crate::pg::meta::{table_display, table_shown};
 use crate::pg::pattern::TablePattern;
 use crate::swap::rollback;
 
@@ -227,8 +227,20 @@ fn match_filter(
     Ok((out, all))
 }
 
-fn names(set: &BTreeSet<String>) -> String {
-    set.iter().map(|t| display_ident(t)).join(", ")
+/// Tables named by their keys ([`table_display`]: public's as stored), as a
+/// reader must type them (`users`, `"Users"`, `"Sales"."Invoice"`): `shown`
+/// maps the keys of the source's relations.
+fn names(set: &BTreeSet<String>, shown: &BTreeMap<String, String>) -> String {
+    set.iter().map(|k| shown_key(k, shown)).join(", ")
+}
+
+/// One key as [`names`] shows it; a key of no source relation is a name of
+/// public as stored.
+fn shown_key(key: &str, shown: &BTreeMap<String, String>) -> String {
+    shown
+        .get(key)
+        .cloned()
+        .unwrap_or_else(|| display_ident(key))
 }
 
 /// Match `--keep-tables` patterns against the destination's public: the
@@ -297,6 +309,10 @@ pub async fn resolve(
         return Ok(res);
     }
     let src_rels = relations_of(src, schemas).await?;
+    let shown_of: BTreeMap<String, String> = src_rels
+        .iter()
+        .map(|r| (r.key(), table_shown(&r.schema, &r.name)))
+        .collect();
     let where_ = format!("the source's {}", schemas.join(", "));
     let (m, data) = match_filter(
         "--exclude-table-data",
@@ -330,7 +346,7 @@ pub async fn resolve(
             crate::refuse!(
                 "{flag} matches preserved table{} {}: a preserved table is migrated and kept in sync, so it cannot also be filtered; nothing was changed",
                 if both.len() == 1 { "" } else { "s" },
-                names(&both)
+                names(&both, &shown_of)
             );
         }
     }
@@ -400,8 +416,12 @@ pub async fn resolve(
                     .filter_map(|fk| {
                         let to = table_display(&fk.ref_schema, &fk.def.ref_table);
                         let from = table_display(&fk.schema, &fk.def.table);
-                        let shown =
-                            format!("{} of {from} references {to}", display_ident(&fk.def.name));
+                        let shown = format!(
+                            "{} of {} references {}",
+                            display_ident(&fk.def.name),
+                            table_shown(&fk.schema, &fk.def.table),
+                            table_shown(&fk.ref_schema, &fk.def.ref_table)
+                        );
                         if res.data_excluded.contains(&to) {
                             return Some((shown, from, vec![to]));
                         }
@@ -418,7 +438,7 @@ pub async fn resolve(
                         (!empty.is_empty()).then(|| {
                             let shown = format!(
                                 "{shown} (its partitions {} without rows)",
-                                empty.join(", ")
+                                empty.iter().map(|k| shown_key(k, &shown_of)).join(", ")
                             );
                             (shown, from, empty)
                         })
@@ -430,7 +450,7 @@ pub async fn resolve(
             crate::refuse!(
                 "--exclude-table-data: tables migrated with their rows have foreign keys to tables migrated without them: {}; {}; nothing was changed",
                 blocking.iter().map(|(shown, _, _)| shown).join(", "),
-                blocking_advice(&blocking, &preserved)
+                blocking_advice(&blocking, &preserved, &shown_of)
             );
         }
     }
@@ -466,6 +486,7 @@ pub async fn resolve(
 fn blocking_advice(
     blocking: &[(String, String, Vec<String>)],
     preserved: &BTreeSet<String>,
+    shown: &BTreeMap<String, String>,
 ) -> String {
     let (kept, plain): (Vec<_>, Vec<_>) = blocking
         .iter()
@@ -485,15 +506,15 @@ fn blocking_advice(
     if !plain.is_empty() {
         advice.push_str(&format!(
             "exclude the data of {} too; ",
-            names(&tables(&plain))
+            names(&tables(&plain), shown)
         ));
     }
     advice.push_str(&format!(
         "{} {} preserved, and a preserved table cannot be filtered: do not exclude the data of {}, or do not preserve {}",
-        names(&kept_tables),
+        names(&kept_tables, shown),
         if kept_tables.len() == 1 { "is" } else { "are" },
-        names(&targets),
-        names(&kept_tables),
+        names(&targets, shown),
+        names(&kept_tables, shown),
     ));
     advice
 }
