@@ -458,6 +458,39 @@ impl CommandInputs {
     }
 }
 
+/// The passwords in the config file's string values (a connection string
+/// given to the wrong key, `jobs = "postgresql://app:pw@h/db"`), as
+/// [`crate::argv_scrub::secret_arguments`] gives them for the command line:
+/// an error about such a value quotes it, plain or escaped, and
+/// [`crate::argv_scrub::scrub_message`] hides them there. Nothing when the
+/// file cannot be read or parsed (its error quotes no value).
+pub fn file_secrets(explicit: Option<&Path>) -> Vec<(String, String)> {
+    let path = explicit.map_or_else(|| PathBuf::from(DEFAULT_CONFIG_FILE), Path::to_path_buf);
+    let Some(table) = std::fs::read_to_string(&path)
+        .ok()
+        .and_then(|text| text.parse::<toml::Table>().ok())
+    else {
+        return Vec::new();
+    };
+    fn strings(v: &toml::Value, out: &mut Vec<std::ffi::OsString>) {
+        match v {
+            toml::Value::String(s) => {
+                out.push(s.into());
+                // serde quotes a wrong value escaped (`string "a\"b"`).
+                let escaped = format!("{s:?}");
+                out.push(escaped[1..escaped.len() - 1].into());
+            }
+            toml::Value::Array(a) => a.iter().for_each(|v| strings(v, out)),
+            toml::Value::Table(t) => t.values().for_each(|v| strings(v, out)),
+            _ => {}
+        }
+    }
+    // secret_arguments skips the first, a program's name.
+    let mut values = vec![std::ffi::OsString::new()];
+    table.values().for_each(|v| strings(v, &mut values));
+    crate::argv_scrub::secret_arguments(&values)
+}
+
 /// Read the config file: `explicit` if given (must exist), else
 /// `./pgshift.toml` if it exists. Returns the file's path and contents.
 pub fn load_file(explicit: Option<&Path>) -> Result<Option<(PathBuf, FileConfig)>> {

@@ -31,6 +31,8 @@ fn main() {
         Ok(cli) => cli,
         Err(e) => exit(report_clap_error(e, &secrets)),
     };
+    secrets.extend(config::file_secrets(cli.global.config.as_deref()));
+    secrets.sort_by_key(|(plain, _)| std::cmp::Reverse(plain.len()));
     let settings = match config::load_file(cli.global.config.as_deref())
         .and_then(|file| config::resolve(&cli.global, &cli.command, file))
     {

@@ -198,7 +198,41 @@ fn bad_input_is_one_line_a_documented_code_and_no_change() {
     std::fs::write(&mistyped_duration, "lock_timeout = true\n").unwrap();
 
     let secret_url = "postgresql://u:Sekret-0815@127.0.0.1:1/db";
+    // Connection strings under the wrong keys of a config file.
+    let (jobs_config, verify_config) = (wd.join("jobs.toml"), wd.join("verify.toml"));
+    std::fs::write(&jobs_config, format!("jobs = \"{secret_url}\"\n")).unwrap();
+    std::fs::write(
+        &verify_config,
+        "verify = \"host=h password='Sekret-0815\\\\' dbname=d\"\n",
+    )
+    .unwrap();
     let cases = vec![
+        Case {
+            name: "a URL given to jobs in the config file",
+            args: s(&[
+                "--config",
+                jobs_config.to_str().unwrap(),
+                "list",
+                "--dest",
+                &dst,
+            ]),
+            env: vec![],
+            code: 2,
+            message: vec!["jobs must be", "postgresql://u:***@127.0.0.1:1/db"],
+        },
+        Case {
+            name: "a connection string given to verify in the config file",
+            args: s(&[
+                "--config",
+                verify_config.to_str().unwrap(),
+                "list",
+                "--dest",
+                &dst,
+            ]),
+            env: vec![],
+            code: 2,
+            message: vec!["verify: unknown variant", "password="],
+        },
         Case {
             name: "a config file that is not UTF-8",
             args: s(&[
