@@ -947,7 +947,14 @@ impl ConnSpec {
             out.push_str(&parts.join(","));
         }
         out.push('/');
-        out.push_str(&utf8_percent_encode(&self.dbname, PATH).to_string());
+        // A connection string given as the database's name (libpq takes it
+        // as a name, `PGDATABASE=postgresql://app:pw@…`) keeps its password.
+        let secrets = crate::argv_scrub::secret_arguments(&[
+            std::ffi::OsString::new(),
+            (&self.dbname).into(),
+        ]);
+        let dbname = crate::argv_scrub::scrub_message(&self.dbname, &secrets);
+        out.push_str(&utf8_percent_encode(&dbname, PATH).to_string());
         if let Some(addrs) = self.hostaddrs() {
             query.push(("hostaddr", addrs));
         }
@@ -2961,6 +2968,20 @@ h:5432:db:u:second
     }
 
     // ---- redaction ----------------------------------------------------------------
+
+    #[test]
+    fn redaction_hides_a_connection_string_given_as_the_database() {
+        for dbname in [
+            "postgresql://app:Pl4inSecretXYZ@h/shop",
+            "host=h password=Pl4inSecretXYZ",
+        ] {
+            let mut spec = parse("postgresql://u@h/d");
+            spec.dbname = dbname.to_string();
+            let shown = spec.redacted();
+            assert!(!shown.contains("Pl4inSecretXYZ"), "{shown}");
+            assert!(shown.contains("***"), "{shown}");
+        }
+    }
 
     #[test]
     fn redaction_never_shows_the_password() {
