@@ -388,6 +388,143 @@ async fn a_host_that_refuses_the_login_ends_the_search_as_in_libpq() {
     );
 }
 
+/// A host that asks for a password pgshift has none for (the passfile holds
+/// a line for the next host only) ends the search too, as libpq's
+/// `pg_fe_sendauth` failing does ("fe_sendauth: no password supplied"):
+/// pgshift went on to the next host and connected where psql does not.
+#[tokio::test]
+async fn a_host_that_asks_for_a_password_none_was_given_for_ends_the_search() {
+    let Some(s) = server() else { return };
+    let (other, _) = clusters();
+    let passfile = s.home.path().join("second-only.pgpass");
+    std::fs::write(
+        &passfile,
+        format!("127.0.0.1:{}:*:{ROLE}:{PASSWORD}\n", s.cluster.port()),
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&passfile, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let input = format!(
+        "host=127.0.0.1,127.0.0.1 port={},{} user={ROLE} dbname={} sslmode=disable passfile={}",
+        other.port(),
+        s.cluster.port(),
+        s.db.name(),
+        passfile.display()
+    );
+    let psql = common::hermetic_command(s.cluster.bindir().join("psql"), s.home.path())
+        .args(["-XAtc", "SELECT 1", &input])
+        .output()
+        .unwrap();
+    assert!(!psql.status.success(), "psql: {psql:?}");
+    let got = connect_pinned(
+        &s.spec(&input),
+        "destination",
+        "pgshift-e2e",
+        Duration::ZERO,
+    )
+    .await;
+    let Err(e) = got else {
+        panic!("connected past a host that asked for a password")
+    };
+    let e = e.to_string();
+    assert!(
+        e.contains(&format!("127.0.0.1:{}", other.port()))
+            && e.ends_with("the server asks for a password and none was given (set it in the URL, PGPASSWORD or ~/.pgpass)"),
+        "{e}"
+    );
+}
+
+/// With `sslmode=prefer` (the default), a server that rejects the client's
+/// certificate (one of a CA it does not trust, in `~/.postgresql`) says so in
+/// TLS 1.3 after the client has finished its handshake: libpq, and so
+/// pg_dump, fails ("tlsv1 alert unknown ca") without trying again in plain
+/// text. pgshift's own session fell back to plain text and connected, so a
+/// dry run passed and prepare then failed in pg_dump; now both fail alike.
+#[tokio::test]
+async fn prefer_does_not_fall_back_when_the_server_rejects_the_client_certificate() {
+    if !can_start_clusters() {
+        return;
+    }
+    let cluster = Cluster::start_with("client_ca", "");
+    cluster.psql(
+        "postgres",
+        &format!(
+            "ALTER SYSTEM SET ssl_ca_file = '{}'; SELECT pg_reload_conf();",
+            cluster.ca_cert_path().display()
+        ),
+    );
+    // A certificate of the user's own, from a CA the server does not know.
+    let home = tempfile::tempdir().unwrap();
+    let dir = home.path().join(".postgresql");
+    std::fs::create_dir(&dir).unwrap();
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca.self_signed(&ca_key).unwrap();
+    let issuer = rcgen::Issuer::new(ca, ca_key);
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, cluster.superuser());
+    let cert = params.signed_by(&key, &issuer).unwrap();
+    std::fs::write(dir.join("postgresql.crt"), cert.pem()).unwrap();
+    std::fs::write(dir.join("postgresql.key"), key.serialize_pem()).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(
+        dir.join("postgresql.key"),
+        std::fs::Permissions::from_mode(0o600),
+    )
+    .unwrap();
+    let input = format!(
+        "host=127.0.0.1 port={} user={} dbname=postgres",
+        cluster.port(),
+        cluster.superuser()
+    );
+    let h = home.path().display().to_string();
+    let password = cluster.password().to_string();
+    let spec = ConnSpec::parse_with_env(&input, &move |k| match k {
+        "HOME" => Some(h.clone()),
+        "PGPASSWORD" => Some(password.clone()),
+        _ => None,
+    })
+    .unwrap();
+    let psql = common::hermetic_command(cluster.bindir().join("psql"), home.path())
+        .args(["-XAtc", "SELECT 1"])
+        .envs(spec.child_env())
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&psql.stderr).to_string();
+    assert!(
+        !psql.status.success() && said.contains("unknown ca"),
+        "psql: {said}"
+    );
+    let Err(e) = connect(&spec, "destination", "pgshift-e2e", Duration::ZERO).await else {
+        panic!("connected in plain text after the server rejected the certificate")
+    };
+    let e = e.to_string();
+    assert!(e.contains("UnknownCA") || e.contains("unknown"), "{e}");
+    // The same certificate left out (sslcertmode=disable): TLS, as psql.
+    let c = connect(
+        &ConnSpec::parse_with_env(&format!("{input} sslcertmode=disable"), &{
+            let h = home.path().display().to_string();
+            let password = cluster.password().to_string();
+            move |k| match k {
+                "HOME" => Some(h.clone()),
+                "PGPASSWORD" => Some(password.clone()),
+                _ => None,
+            }
+        })
+        .unwrap(),
+        "destination",
+        "pgshift-e2e",
+        Duration::ZERO,
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert!(ssl_in_use(&c).await);
+}
+
 /// A server (or proxy) that accepts the connection and never answers: the
 /// attempt ends after the string's connect_timeout, or else after the retry
 /// budget, with one clear line, instead of hanging.

@@ -123,7 +123,11 @@ type Connection = tokio_postgres::Connection<
 /// default) a TLS handshake that fails, on a certificate the root certificates
 /// do not vouch for say, is followed by one attempt without TLS, as libpq (and
 /// so pg_dump) does; the first such fallback of a run is logged as a warning. If
-/// that attempt fails too, the handshake's error is the one reported.
+/// that attempt fails too, the handshake's error is the one reported. A TLS
+/// error after the handshake is no reason to, for libpq either: in TLS 1.3 a
+/// server that rejects the client's certificate says so after the client has
+/// finished its handshake, and pg_dump then fails ("tlsv1 alert unknown
+/// ca") where a fallback would have let pgshift's own sessions in.
 async fn connect_as_libpq(
     config: &tokio_postgres::Config,
     tls: &tokio_postgres_rustls::MakeRustlsConnect,
@@ -131,7 +135,7 @@ async fn connect_as_libpq(
     use tokio_postgres::config::SslMode;
     static WARNED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
     let tls_error = match config.connect(tls.clone()).await {
-        Err(e) if config.get_ssl_mode() == SslMode::Prefer && is_tls_failure(&e) => e,
+        Err(e) if config.get_ssl_mode() == SslMode::Prefer && is_handshake_failure(&e) => e,
         other => return other,
     };
     let mut plain = config.clone();
@@ -292,9 +296,7 @@ pub async fn connect_pinned(
                     // login failed, no such database) ends the search; the
                     // next host is tried after a connection failure or a
                     // server not accepting connections yet (57P03) only.
-                    let refused = e
-                        .as_db_error()
-                        .is_some_and(|d| *d.code() != SqlState::CANNOT_CONNECT_NOW);
+                    let refused = refused_the_login(&e);
                     failures.push((endpoint, e));
                     if refused {
                         break;
@@ -810,6 +812,28 @@ fn innermost_io_kind(e: &tokio_postgres::Error) -> Option<io::ErrorKind> {
         }
     }
     kind
+}
+
+/// A server that answered and refused: an error of its own (the login
+/// failed, no such database) other than "not accepting connections yet"
+/// (57P03), or a login that could not go on on the client's side (it asks
+/// for a password and none was given, a SCRAM exchange that failed), where
+/// libpq's `pg_fe_sendauth` fails: either ends libpq's search of the hosts.
+fn refused_the_login(e: &tokio_postgres::Error) -> bool {
+    if let Some(d) = e.as_db_error() {
+        return *d.code() != SqlState::CANNOT_CONNECT_NOW;
+    }
+    let kind = e.to_string();
+    kind == "authentication error"
+        || (kind == "invalid configuration"
+            && e.source()
+                .is_some_and(|s| s.to_string() == "password missing"))
+}
+
+/// The TLS handshake itself failed (tokio-postgres's own words for it), as
+/// libpq's `pqsecure_open_client` fails: not a TLS error read later.
+fn is_handshake_failure(e: &tokio_postgres::Error) -> bool {
+    e.to_string() == "error performing TLS handshake"
 }
 
 fn is_tls_failure(e: &tokio_postgres::Error) -> bool {
