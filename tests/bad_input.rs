@@ -1336,3 +1336,31 @@ fn a_pooler_in_transaction_mode_is_refused_before_anything() {
     assert_success(&wd.run(&["swap", "--dest", &url]));
     assert_eq!(dbs.dst.psql("SELECT count(*) FROM public.t"), "1");
 }
+
+/// A `PG*` variable that is not UTF-8 is an error naming it (exit 2), not a
+/// variable unset: a `PGPASSWORD` skipped so let `~/.pgpass` answer in its
+/// place, and the error said no password was given.
+#[test]
+fn a_pg_variable_that_is_not_utf8_is_named() {
+    use std::os::unix::ffi::OsStringExt;
+    let dbs = TestDbs::new("bad_env_utf8");
+    let wd = Workdir::new();
+    let p = url_parts::split(&dbs.dst.url());
+    let no_password = format!("postgresql://{}@{}:{}/{}", p.user, p.host, p.port, p.db);
+    let out = wd
+        .cmd()
+        .args(["status", "--dest", &no_password])
+        .env(
+            "PGPASSWORD",
+            std::ffi::OsString::from_vec(b"Sekret-0815\xff".to_vec()),
+        )
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.trim_end()
+            == "error: --dest: the environment variable PGPASSWORD is not valid UTF-8 (pgshift reads connection settings as UTF-8; give the value in the connection string instead)",
+        "{err}"
+    );
+}

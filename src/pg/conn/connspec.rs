@@ -258,6 +258,10 @@ impl ConnSpecError {
 pub enum Problem {
     #[error("empty connection string")]
     Empty,
+    #[error(
+        "the environment variable {0} is not valid UTF-8 (pgshift reads connection settings as UTF-8; give the value in the connection string instead)"
+    )]
+    EnvNotUnicode(String),
     #[error("expected a postgresql:// URL or key=value pairs")]
     NotAConnectionString,
     #[error("unknown parameter \"{0}\"")]
@@ -709,7 +713,23 @@ impl ConnSpec {
     /// Parse a URL or conninfo string, filling in defaults from the process
     /// environment the way libpq does.
     pub fn parse(input: &str) -> Result<ConnSpec, ConnSpecError> {
-        Self::parse_with_env(input, &|name| std::env::var(name).ok())
+        // A variable that is not UTF-8 is an error, not a variable unset: a
+        // PGPASSWORD skipped so made ~/.pgpass answer in its place.
+        let not_unicode = std::cell::RefCell::new(None);
+        let spec = Self::parse_with_env(input, &|name| match std::env::var(name) {
+            Ok(v) => Some(v),
+            Err(std::env::VarError::NotUnicode(_)) => {
+                not_unicode
+                    .borrow_mut()
+                    .get_or_insert_with(|| name.to_string());
+                None
+            }
+            Err(std::env::VarError::NotPresent) => None,
+        });
+        match not_unicode.into_inner() {
+            Some(name) => Err(ConnSpecError::Other(Problem::EnvNotUnicode(name))),
+            None => spec,
+        }
     }
 
     /// Like [`parse`](Self::parse) with an explicit environment (for tests): `env` is
