@@ -941,6 +941,39 @@ fn a_rejected_row_whose_error_names_no_row_is_named_by_its_key() {
     assert_eq!(dbs.dst.psql("SELECT count(*) FROM users"), "600");
 }
 
+/// A column that becomes a new domain of the migration over its own type
+/// (`text` to `email`, a domain over text with a CHECK) is preserved: its
+/// values go in as INSERT assigns them to the type the domain is over, and the
+/// domain's CHECK refuses, by key, a row that does not pass it. Prepare
+/// refused it ("only a type of the same name can").
+#[test]
+fn a_column_that_becomes_a_new_domain_over_its_type_is_preserved() {
+    let dbs = TestDbs::new("preserved_new_domain");
+    dbs.src.psql(
+        "CREATE DOMAIN email AS text CHECK (VALUE LIKE '%@%');
+         CREATE TABLE users (id int PRIMARY KEY, name email);",
+    );
+    dbs.dst.psql(
+        "CREATE TABLE users (id int PRIMARY KEY, name text);
+         INSERT INTO users VALUES (1, 'a@x');",
+    );
+    let wd = Workdir::new();
+    let dst = dbs.dst.url();
+    with_users_preserved(&wd, &dbs, "prepare", &["--dry-run"]);
+    with_users_preserved(&wd, &dbs, "prepare", &[]);
+    dbs.dst
+        .psql("INSERT INTO users VALUES (2, 'b@x'), (3, 'nobody')");
+    rejection_foreseen(&wd, &dst, "email_check\"; DETAIL: Key (id)=(3).");
+    swap_refuses_rejection(&wd, &dst, "Key (id)=(3).");
+    dbs.dst.psql("UPDATE users SET name = 'c@x' WHERE id = 3");
+    assert_success(&wd.run(&["swap", "--dest", &dst]));
+    assert_eq!(
+        dbs.dst
+            .psql("SELECT string_agg(name || ':' || pg_typeof(name), ',' ORDER BY id) FROM users"),
+        "a@x:email,b@x:email,c@x:email"
+    );
+}
+
 /// After a TRUNCATE of a preserved table, the swap copies all of it again;
 /// status's trial of that copy used to truncate the shadow table itself, which
 /// waited for (and gave up behind, saying nothing) any open application

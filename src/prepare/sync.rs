@@ -808,8 +808,30 @@ async fn type_problem(
 ) -> Result<Option<TypeCheck>> {
     let remapped = schemas.contains(&s.base_schema) && !s.base_ext;
     if remapped {
-        // A type the migration creates in shadow: only the same-named type fits
-        // (its values travel as text).
+        // A new domain of the migration over a type of none of its schemas
+        // (`email` over text, where the destination's column is text): the
+        // values go in as INSERT assigns them to the type it is over, which
+        // fit_problem tries; its CHECKs are the copy's to enforce.
+        if d.base_name != s.base_name
+            && s.base_typtype == "d"
+            && !s.is_array
+            && !d.is_array
+            && let Some((over, over_schema, _)) = &s.domain_over
+            && !schemas.contains(over_schema)
+        {
+            let over_oid: Option<u32> = dest
+                .query_one("SELECT pg_catalog.to_regtype($1)::oid", &[over])
+                .await
+                .map_err(|e| pg_error_as(e, "resolving a type"))?
+                .get(0);
+            if let Some(to) = over_oid
+                && assignable(dest, d.type_oid, to, 0).await?
+            {
+                return Ok(None);
+            }
+        }
+        // Any other type the migration creates in shadow: only the
+        // same-named type fits (its values travel as text).
         if d.base_name != s.base_name
             || d.is_array != s.is_array
             || d.base_typtype != s.base_typtype
