@@ -154,6 +154,34 @@ fn one_dml(parsed: &pg_query::ParseResult) -> bool {
     )
 }
 
+/// A statement PostgreSQL's referential-integrity triggers run themselves
+/// (`ri_triggers.c`), which pg_stat_statements records as a top-level
+/// statement when a deferred key is checked at COMMIT: a key's check
+/// (`SELECT 1 FROM ONLY "public"."orders" x WHERE "id" OPERATOR(pg_catalog.=)
+/// $1 FOR KEY SHARE OF x`) and its cascades (`DELETE FROM ONLY … WHERE $1
+/// OPERATOR(pg_catalog.=) "user_id"`, `UPDATE ONLY … SET … WHERE $2
+/// OPERATOR(pg_catalog.=) …`). They belong to a foreign key, not to the
+/// application: after the swap the new tables' keys run their own, so none of
+/// them fails.
+pub fn referential_action(text: &str) -> bool {
+    let t = text.trim();
+    let operator = t.contains(" OPERATOR(pg_catalog.");
+    // The key's parameter on the left of its column, as only those
+    // cascades write it.
+    let cascade = || {
+        t.match_indices(" WHERE $").any(|(i, m)| {
+            let rest = &t[i + m.len()..];
+            let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
+            digits > 0 && rest[digits..].starts_with(" OPERATOR(pg_catalog.")
+        })
+    };
+    operator
+        && ((t.starts_with("SELECT ")
+            && t.contains(" x WHERE ")
+            && t.ends_with(" FOR KEY SHARE OF x"))
+            || ((t.starts_with("DELETE FROM ") || t.starts_with("UPDATE ")) && cascade()))
+}
+
 /// The statement an SQL-level `PREPARE name [(types)] AS statement` prepares
 /// (pg_stat_statements records it so, and `EXECUTE name` runs it): the text
 /// after the `AS` outside parentheses, found with PostgreSQL's own scanner.
@@ -1072,6 +1100,29 @@ pub fn parse_search_path(value: &str) -> Vec<String> {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn referential_actions_are_postgres_own() {
+        for own in [
+            r#"SELECT $2 FROM ONLY "public"."shop_customer" x WHERE "id" OPERATOR(pg_catalog.=) $1 FOR KEY SHARE OF x"#,
+            r#"SELECT $3 FROM "public"."events" x WHERE "tenant" OPERATOR(pg_catalog.=) $1 AND "id" OPERATOR(pg_catalog.=) $2 FOR KEY SHARE OF x"#,
+            r#"DELETE FROM ONLY "public"."orders" WHERE $1 OPERATOR(pg_catalog.=) "user_id""#,
+            r#"UPDATE ONLY "public"."orders" SET "user_id" = NULL WHERE $1 OPERATOR(pg_catalog.=) "user_id""#,
+            r#"UPDATE ONLY "public"."orders" SET "user_id" = $1 WHERE $2 OPERATOR(pg_catalog.=) "user_id""#,
+        ] {
+            assert!(referential_action(own), "{own}");
+        }
+        for app in [
+            "SELECT id FROM users WHERE id = $1 FOR KEY SHARE",
+            "SELECT 1 FROM users x WHERE id = $1 FOR KEY SHARE OF x",
+            "DELETE FROM orders WHERE user_id = $1",
+            r#"DELETE FROM orders WHERE "user_id" OPERATOR(pg_catalog.=) $1"#,
+            "UPDATE orders SET state = $1 WHERE id = $2",
+        ] {
+            assert!(!referential_action(app), "{app}");
+        }
+    }
+
     use super::*;
 
     fn refs(q: &str) -> Refs {

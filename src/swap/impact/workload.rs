@@ -10,7 +10,9 @@
 //! are pgshift's own statements (those naming the incoming schemas, the
 //! shadows, `pgshift` or backup schemas, and those marked
 //! [`OWN_STATEMENT`]: a count of a preserved table in public) and statements that name nothing a swap changes (only
-//! catalogs, other schemas, extension members).
+//! catalogs, other schemas, extension members), and PostgreSQL's own
+//! statements of a foreign key ([`resolve::referential_action`]: the check a
+//! deferred key runs at COMMIT is recorded as a top-level statement).
 //!
 //! pg_stat_statements replaces constants by `$n`; a typed constant then reads
 //! `interval $1`, which PostgreSQL does not parse: it is checked as
@@ -371,6 +373,9 @@ pub async fn check_workload(
     let mut used: BTreeSet<String> = BTreeSet::new();
     let mut pending: Vec<Pending> = Vec::new();
     for mut rec in recorded {
+        if resolve::referential_action(&rec.text) {
+            continue;
+        }
         if let Some(body) = resolve::prepared_body(&rec.text) {
             rec.text = body.to_string();
         }
