@@ -940,3 +940,38 @@ fn refusals_name_tables_as_the_flags_take_them() {
         r#"--exclude-table-data matches preserved table "Sales"."Invoice": a preserved table"#,
     );
 }
+
+/// The dry run's text names tables as a reader types them: the pattern's
+/// matches and the plan's public tables quoted where they must be (they were
+/// printed bare, `Audit Log`, beside other schemas' quoted names).
+#[test]
+fn the_dry_run_names_tables_as_the_flags_take_them() {
+    let dbs = TestDbs::new("filters_quoted_text");
+    for db in [&dbs.src, &dbs.dst] {
+        db.psql(r#"CREATE TABLE "Users" (id int PRIMARY KEY); CREATE TABLE "Audit Log" (id int);"#);
+    }
+    let wd = Workdir::new();
+    let (src, dst) = (dbs.src.url(), dbs.dst.url());
+    let out = common::assert_success(&wd.run(&[
+        "prepare",
+        "--dry-run",
+        "--source",
+        &src,
+        "--dest",
+        &dst,
+        "--preserved-tables",
+        r#""Users""#,
+        "--keep-tables",
+        r#""Audit Log""#,
+    ]));
+    assert!(
+        out.lines()
+            .any(|l| l.trim_end() == r#"  keep:        "Audit Log" -> "Audit Log""#),
+        "{out}"
+    );
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with(r#""Users" (preserved) "#)),
+        "{out}"
+    );
+}

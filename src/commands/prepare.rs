@@ -268,12 +268,18 @@ pub fn print_plan(ctx: &Ctx, p: &Plan) -> Result<()> {
         .right(2)
         .right(3);
     for tb in &plan.tables {
-        let name = if tb.preserved {
-            format!("{} (preserved)", tb.name)
-        } else if tb.data_excluded {
-            format!("{} (no data)", tb.name)
+        // The key quotes another schema's names already; public's as typed.
+        let shown = if crate::pg::meta::is_public_str(&tb.schema) {
+            crate::pg::ident::display_ident(&tb.name)
         } else {
             tb.name.clone()
+        };
+        let name = if tb.preserved {
+            format!("{shown} (preserved)")
+        } else if tb.data_excluded {
+            format!("{shown} (no data)")
+        } else {
+            shown
         };
         t.row([
             name,
@@ -352,7 +358,7 @@ fn print_filters(f: &Matched) {
         ("keep:", &f.keep_tables),
     ] {
         for m in matches {
-            crate::outln!("  {label:<13}{} -> {}", m.pattern, m.tables.join(", "));
+            crate::outln!("  {label:<13}{} -> {}", m.pattern, m.shown.join(", "));
         }
     }
 }

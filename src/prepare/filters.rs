@@ -82,7 +82,11 @@ impl TableFilters {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct PatternMatch {
     pub pattern: String,
+    /// Keys: public's names as stored, others' `schema.name` (README's JSON).
     pub tables: Vec<String>,
+    /// The same tables as a reader types them (`"Audit Log"`), for text.
+    #[serde(skip)]
+    pub shown: Vec<String>,
 }
 
 /// Each filter's patterns and their matches (`filters` in `prepare --dry-run --json`).
@@ -219,12 +223,22 @@ fn match_filter(
         }
         let hits = with_descendants(rels, &hits);
         all.extend(hits.iter().cloned());
+        let shown = shown_of(rels);
         out.push(PatternMatch {
             pattern: p.to_string(),
             tables: hits.iter().cloned().collect(),
+            shown: hits.iter().map(|k| shown_key(k, &shown)).collect(),
         });
     }
     Ok((out, all))
+}
+
+/// Each relation's key ([`table_display`]) and its name as a reader types
+/// it ([`table_shown`]).
+fn shown_of(rels: &[Rel]) -> BTreeMap<String, String> {
+    rels.iter()
+        .map(|r| (r.key(), table_shown(&r.schema, &r.name)))
+        .collect()
 }
 
 /// Tables named by their keys ([`table_display`]: public's as stored), as a
@@ -264,15 +278,17 @@ pub async fn match_keep(
         &format!("the destination's {}", schemas.join(", ")),
     )?;
     let listed: HashSet<String> = rels.iter().map(Rel::key).collect();
+    let shown = shown_of(&rels);
     for r in rels.iter().filter(|r| kept.contains(&r.key())) {
         if let Some(p) = r
             .parents
             .iter()
             .find(|p| listed.contains(*p) && !kept.contains(*p))
         {
+            let p = shown_key(p, &shown);
             crate::refuse!(
                 "--keep-tables: {} is a partition (or child) of {p}, which is not kept; keep {p} itself; nothing was changed",
-                r.key(),
+                table_shown(&r.schema, &r.name),
             );
         }
     }
@@ -309,10 +325,7 @@ pub async fn resolve(
         return Ok(res);
     }
     let src_rels = relations_of(src, schemas).await?;
-    let shown_of: BTreeMap<String, String> = src_rels
-        .iter()
-        .map(|r| (r.key(), table_shown(&r.schema, &r.name)))
-        .collect();
+    let shown_of = shown_of(&src_rels);
     let where_ = format!("the source's {}", schemas.join(", "));
     let (m, data) = match_filter(
         "--exclude-table-data",

@@ -44,7 +44,7 @@ use tokio_postgres::{Client, Row};
 
 use crate::pg::batch;
 use crate::pg::catalog::not_ext_member;
-use crate::pg::ident::{qualified, quote_ident};
+use crate::pg::ident::{display_ident, qualified, quote_ident};
 
 /// What the phase did.
 #[derive(Debug, Default, Clone, serde::Serialize)]
@@ -568,8 +568,9 @@ async fn plan_for(
                 return false;
             }
             if !g.is_empty() && !roles.contains(g) {
-                if !missing_grantees.contains(g) {
-                    missing_grantees.push(g.clone());
+                let g = display_ident(g);
+                if !missing_grantees.contains(&g) {
+                    missing_grantees.push(g);
                 }
                 return false;
             }
@@ -597,8 +598,9 @@ async fn plan_for(
                 continue;
             }
             if !grantee.is_empty() && !roles.contains(grantee) {
-                if !missing_grantees.contains(grantee) {
-                    missing_grantees.push(grantee.clone());
+                let g = display_ident(grantee);
+                if !missing_grantees.contains(&g) {
+                    missing_grantees.push(g);
                 }
                 continue;
             }

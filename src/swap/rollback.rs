@@ -295,8 +295,12 @@ pub async fn plan(client: &Client, opts: &RollbackOptions) -> Result<Plan> {
         }
         if !auto_here.is_empty() {
             warnings.push(format!(
-                "{} stayed live when {backup} was made, so the backup has no copy; keeping {live}'s",
-                auto_here.join(", ")
+                "{} stayed live when {backup} was made, so the backup has no copy; keeping {}'s",
+                auto_here
+                    .iter()
+                    .map(|t| crate::pg::meta::table_shown(live, t))
+                    .join(", "),
+                crate::pg::ident::display_ident(live)
             ));
         }
         let roots: Vec<String> = asked_here.iter().cloned().chain(auto_here).collect();
