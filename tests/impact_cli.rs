@@ -1325,3 +1325,35 @@ fn a_foreign_keys_own_check_is_no_failing_statement() {
     let statements = &d["swap"]["impact"]["statements"];
     assert_eq!(statements["failing"], json!([]), "{d}");
 }
+
+/// An INSERT recorded before the application's own migration made a column
+/// it does not set NOT NULL fails today already: it is left unchecked, as a
+/// statement that fails today is, not reported as one the swap breaks (which
+/// made `--fail-on-breaking` refuse a swap that changes nothing of it).
+#[test]
+fn an_insert_that_fails_today_already_is_no_failing_statement() {
+    let Some(dbs) = pair("insert_fails_today") else {
+        return;
+    };
+    dbs.src
+        .psql("CREATE TABLE t (id int PRIMARY KEY, a text, b text NOT NULL);");
+    dbs.dst.psql(
+        "CREATE EXTENSION pg_stat_statements;
+         CREATE TABLE t (id int PRIMARY KEY, a text);
+         SELECT pg_stat_statements_reset(0, (SELECT oid FROM pg_database WHERE datname = current_database()), 0);",
+    );
+    dbs.dst.psql("INSERT INTO t (id, a) VALUES (1, 'x')");
+    dbs.dst.psql(
+        "ALTER TABLE t ADD COLUMN b text NOT NULL DEFAULT 'z';
+         ALTER TABLE t ALTER b DROP DEFAULT;",
+    );
+    let (wd, url, d) = prepared_plan(&dbs);
+    let statements = &d["swap"]["impact"]["statements"];
+    assert_eq!(statements["failing"], json!([]), "{d}");
+    let unchecked = statements["unchecked"].to_string();
+    assert!(
+        unchecked.contains("INSERT INTO t") && unchecked.contains("today's schema"),
+        "{d}"
+    );
+    assert_success(&wd.run(&["swap", "--dest", &url, "--fail-on-breaking"]));
+}
