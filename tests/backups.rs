@@ -978,7 +978,14 @@ fn cleanup_never_drops_what_is_not_a_pgshift_backup() {
          -- is outside.
          CREATE TYPE reports.r AS (a int);
          CREATE FUNCTION {b}.to_r(text) RETURNS reports.r LANGUAGE sql IMMUTABLE AS 'SELECT ROW(length($1))::reports.r';
-         CREATE CAST (text AS reports.r) WITH FUNCTION {b}.to_r(text);"
+         CREATE CAST (text AS reports.r) WITH FUNCTION {b}.to_r(text);
+         -- A column collated, and a view compared, by the backup's own
+         -- collation and operator (CASCADE dropped the column with its data).
+         CREATE COLLATION {b}.c2 FROM \"C\";
+         CREATE TABLE reports.names (n text COLLATE {b}.c2);
+         INSERT INTO reports.names VALUES ('kept');
+         CREATE OPERATOR {b}.=== (LEFTARG = int, RIGHTARG = int, FUNCTION = int4eq);
+         CREATE VIEW reports.vop AS SELECT 1 OPERATOR({b}.===) 1 AS same;"
     ));
     let far = (chrono::Utc::now() + chrono::Duration::days(1))
         .timestamp_millis()
@@ -1012,6 +1019,10 @@ fn cleanup_never_drops_what_is_not_a_pgshift_backup() {
     );
     let reason = v["skipped"][0]["reason"].as_str().unwrap();
     assert!(reason.contains("cast from text to reports.r"), "{v}");
+    assert!(
+        reason.contains("column n of table reports.names") && reason.contains("view reports.vop"),
+        "{v}"
+    );
     assert!(
         !reason.contains("operator family") && !reason.contains(".mp"),
         "{v}"

@@ -2351,7 +2351,15 @@ fn abort_refuses_to_drop_the_applications_objects_built_on_the_migration() {
          CREATE VIEW runs AS SELECT id FROM pgshift.migration;
          CREATE TABLE notes (user_id int REFERENCES shadow.users (id),
                              ticket bigint DEFAULT nextval('shadow.tickets'));
-         INSERT INTO notes VALUES (NULL, DEFAULT)"
+         INSERT INTO notes VALUES (NULL, DEFAULT);
+         -- An operator's own view and table in schema pgshift are not
+         -- pgshift's objects: the view blocks like any, the table stays.
+         CREATE VIEW pgshift.shadow_users AS SELECT * FROM shadow.users;
+         CREATE TABLE pgshift.operator_notes (t text);
+         -- A column collated by a collation of the shadow.
+         CREATE COLLATION shadow.c2 FROM \"C\";
+         CREATE TABLE names (n text COLLATE shadow.c2);
+         INSERT INTO names VALUES ('kept');"
     ));
     let out = wd.run(&["abort", "--dest", &dst]);
     let err = String::from_utf8_lossy(&out.stderr);
@@ -2361,6 +2369,8 @@ fn abort_refuses_to_drop_the_applications_objects_built_on_the_migration() {
         "view peek_log",
         "constraint notes_user_id_fkey on table notes",
         "default value for column ticket of table notes",
+        "view pgshift.shadow_users",
+        "column n of table names",
         "nothing was changed",
     ] {
         assert!(err.contains(named), "{named}: {err}");
@@ -2373,16 +2383,26 @@ fn abort_refuses_to_drop_the_applications_objects_built_on_the_migration() {
     assert_eq!(dbs.dst.psql("SELECT count(*) FROM peek"), "2");
     let st = json_of(&wd, &["status", "--dest", &dst, "--json"]);
     assert_eq!(st["state"], "prepared", "{st}");
+    // Nothing was dropped, so no abort "stopped before it finished".
+    assert_eq!(st["migration"]["error"], serde_json::Value::Null, "{st}");
     // Once they point elsewhere, abort goes through and leaves them be.
     dbs.dst.psql(
-        "DROP VIEW peek, peek_log;
-         ALTER TABLE notes DROP CONSTRAINT notes_user_id_fkey, ALTER ticket DROP DEFAULT",
+        "DROP VIEW peek, peek_log, pgshift.shadow_users;
+         ALTER TABLE notes DROP CONSTRAINT notes_user_id_fkey, ALTER ticket DROP DEFAULT;
+         ALTER TABLE names ALTER n TYPE text COLLATE \"C\"",
     );
-    json_of(&wd, &["abort", "--dest", &dst, "--json"]);
+    let ab = json_of(&wd, &["abort", "--dest", &dst, "--json"]);
+    assert_eq!(
+        ab["removed"]["helper_tables"],
+        serde_json::json!([log]),
+        "{ab}"
+    );
     assert_eq!(dbs.dst.psql(common::SYNC_HELPERS), "0/0");
     assert_eq!(
-        dbs.dst
-            .psql("SELECT (SELECT count(*) FROM runs) > 0, (SELECT count(*) FROM notes)"),
-        "t|1"
+        dbs.dst.psql(
+            "SELECT (SELECT count(*) FROM runs) > 0, (SELECT count(*) FROM notes),
+                    to_regclass('pgshift.operator_notes') IS NOT NULL, (SELECT n FROM names)"
+        ),
+        "t|1|t|kept"
     );
 }

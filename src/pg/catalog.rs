@@ -125,13 +125,14 @@ pub async fn refuse_unowned_schemas(
 
 /// pgshift's own objects in its records' schema that a removal drops along
 /// with the schemas it drops (see [`external_dependents`]): the named tables
-/// (the sync changelogs, with their row types) and, with `functions`, every
-/// function there (the sync functions). The triggers that call those
+/// (the sync changelogs, with what they own: sequences, indexes, row types)
+/// and functions (the sync functions). The triggers that call those
 /// functions are pgshift's sync triggers, dropped before: not dependents.
+/// Anything else in that schema is not pgshift's to drop: outside.
 pub struct Helpers<'a> {
     pub schema: &'a str,
     pub tables: &'a [String],
-    pub functions: bool,
+    pub functions: &'a [String],
 }
 
 /// Objects outside `schemas` (and outside `helpers`' schema) that depend on
@@ -147,25 +148,54 @@ pub async fn external_dependents(
     helpers: Option<&Helpers<'_>>,
 ) -> Result<Vec<String>> {
     let shown = schemas.join(", ");
-    let (own, own_tables, own_functions): (Option<&str>, &[String], bool) = match helpers {
+    let (own, own_tables, own_functions): (Option<&str>, &[String], &[String]) = match helpers {
         Some(h) => (Some(h.schema), h.tables, h.functions),
-        None => (None, &[], false),
+        None => (None, &[], &[]),
     };
     let rows = client
         .query(
             "WITH ns AS (SELECT oid FROM pg_catalog.pg_namespace WHERE nspname = ANY($1)),
                   own AS (SELECT oid FROM pg_catalog.pg_namespace WHERE nspname = $2),
-                  own_procs AS (SELECT p.oid FROM pg_catalog.pg_proc p WHERE $4 AND p.pronamespace IN (SELECT oid FROM own)),
-                  inside AS (SELECT oid FROM ns UNION ALL SELECT oid FROM own),
+                  own_rels AS (SELECT c.oid FROM pg_catalog.pg_class c
+                                WHERE c.relnamespace IN (SELECT oid FROM own) AND c.relname = ANY($3)),
+                  own_procs AS (SELECT p.oid FROM pg_catalog.pg_proc p
+                                 WHERE p.pronamespace IN (SELECT oid FROM own) AND p.proname = ANY($4) AND p.pronargs = 0),
+                  -- What the helpers own (a changelog's sequence, index,
+                  -- TOAST table), and what that owns (the TOAST index).
+                  owned AS (SELECT dd.objid FROM pg_catalog.pg_depend dd
+                             WHERE dd.classid = 'pg_catalog.pg_class'::regclass AND dd.refclassid = 'pg_catalog.pg_class'::regclass
+                               AND dd.refobjid IN (SELECT oid FROM own_rels) AND dd.deptype IN ('a', 'i')),
+                  own_objs(classid, objid) AS (
+                    SELECT 'pg_catalog.pg_class'::regclass, oid FROM own_rels
+                    UNION ALL SELECT 'pg_catalog.pg_class'::regclass, objid FROM owned
+                    UNION ALL SELECT 'pg_catalog.pg_class'::regclass, dd.objid FROM pg_catalog.pg_depend dd
+                               WHERE dd.classid = 'pg_catalog.pg_class'::regclass AND dd.refclassid = 'pg_catalog.pg_class'::regclass
+                                 AND dd.refobjid IN (SELECT objid FROM owned) AND dd.deptype IN ('a', 'i')
+                    UNION ALL SELECT 'pg_catalog.pg_type'::regclass, c.reltype FROM pg_catalog.pg_class c
+                               WHERE c.oid IN (SELECT oid FROM own_rels)
+                    UNION ALL SELECT 'pg_catalog.pg_attrdef'::regclass, x.oid FROM pg_catalog.pg_attrdef x
+                               WHERE x.adrelid IN (SELECT oid FROM own_rels)
+                    UNION ALL SELECT 'pg_catalog.pg_constraint'::regclass, x.oid FROM pg_catalog.pg_constraint x
+                               WHERE x.conrelid IN (SELECT oid FROM own_rels)
+                    UNION ALL SELECT 'pg_catalog.pg_proc'::regclass, oid FROM own_procs),
+                  -- Every kind of object a schema holds, and the schema
+                  -- itself (a publication of all its tables).
                   objs(classid, objid) AS (
                     SELECT 'pg_catalog.pg_class'::regclass, c.oid FROM pg_catalog.pg_class c WHERE c.relnamespace IN (SELECT oid FROM ns)
                     UNION ALL SELECT 'pg_catalog.pg_type'::regclass, t.oid FROM pg_catalog.pg_type t WHERE t.typnamespace IN (SELECT oid FROM ns)
                     UNION ALL SELECT 'pg_catalog.pg_proc'::regclass, p.oid FROM pg_catalog.pg_proc p WHERE p.pronamespace IN (SELECT oid FROM ns)
-                    UNION ALL SELECT 'pg_catalog.pg_class'::regclass, c.oid FROM pg_catalog.pg_class c
-                               WHERE c.relnamespace IN (SELECT oid FROM own) AND c.relname = ANY($3)
-                    UNION ALL SELECT 'pg_catalog.pg_type'::regclass, c.reltype FROM pg_catalog.pg_class c
-                               WHERE c.relnamespace IN (SELECT oid FROM own) AND c.relname = ANY($3)
-                    UNION ALL SELECT 'pg_catalog.pg_proc'::regclass, oid FROM own_procs)
+                    UNION ALL SELECT 'pg_catalog.pg_collation'::regclass, x.oid FROM pg_catalog.pg_collation x WHERE x.collnamespace IN (SELECT oid FROM ns)
+                    UNION ALL SELECT 'pg_catalog.pg_operator'::regclass, x.oid FROM pg_catalog.pg_operator x WHERE x.oprnamespace IN (SELECT oid FROM ns)
+                    UNION ALL SELECT 'pg_catalog.pg_opclass'::regclass, x.oid FROM pg_catalog.pg_opclass x WHERE x.opcnamespace IN (SELECT oid FROM ns)
+                    UNION ALL SELECT 'pg_catalog.pg_opfamily'::regclass, x.oid FROM pg_catalog.pg_opfamily x WHERE x.opfnamespace IN (SELECT oid FROM ns)
+                    UNION ALL SELECT 'pg_catalog.pg_conversion'::regclass, x.oid FROM pg_catalog.pg_conversion x WHERE x.connamespace IN (SELECT oid FROM ns)
+                    UNION ALL SELECT 'pg_catalog.pg_ts_config'::regclass, x.oid FROM pg_catalog.pg_ts_config x WHERE x.cfgnamespace IN (SELECT oid FROM ns)
+                    UNION ALL SELECT 'pg_catalog.pg_ts_dict'::regclass, x.oid FROM pg_catalog.pg_ts_dict x WHERE x.dictnamespace IN (SELECT oid FROM ns)
+                    UNION ALL SELECT 'pg_catalog.pg_ts_parser'::regclass, x.oid FROM pg_catalog.pg_ts_parser x WHERE x.prsnamespace IN (SELECT oid FROM ns)
+                    UNION ALL SELECT 'pg_catalog.pg_ts_template'::regclass, x.oid FROM pg_catalog.pg_ts_template x WHERE x.tmplnamespace IN (SELECT oid FROM ns)
+                    UNION ALL SELECT 'pg_catalog.pg_statistic_ext'::regclass, x.oid FROM pg_catalog.pg_statistic_ext x WHERE x.stxnamespace IN (SELECT oid FROM ns)
+                    UNION ALL SELECT 'pg_catalog.pg_namespace'::regclass, oid FROM ns
+                    UNION ALL SELECT classid, objid FROM own_objs)
              -- A view is named as such, not as its _RETURN rule.
              SELECT DISTINCT COALESCE((SELECT pg_catalog.pg_describe_object('pg_catalog.pg_class'::regclass, rw.ev_class, 0)
                                          FROM pg_catalog.pg_rewrite rw
@@ -175,8 +205,21 @@ pub async fn external_dependents(
                FROM pg_catalog.pg_depend d JOIN objs o ON d.refclassid = o.classid AND d.refobjid = o.objid
               WHERE (d.deptype = 'n'
                      -- A generated column's expression (or a sequence owned by
-                     -- a column) depends automatically: CASCADE drops it too.
-                     OR (d.deptype = 'a' AND d.classid = 'pg_catalog.pg_class'::regclass))
+                     -- a column), a statistics object, a publication's table
+                     -- or schema depend automatically: CASCADE drops them too.
+                     OR (d.deptype = 'a'
+                         AND (d.classid IN ('pg_catalog.pg_class'::regclass, 'pg_catalog.pg_statistic_ext'::regclass,
+                                            'pg_catalog.pg_publication_rel'::regclass)
+                              OR d.classid = pg_catalog.to_regclass('pg_catalog.pg_publication_namespace'))))
+                -- Of the schema itself, only a publication (every object in
+                -- it depends on it).
+                AND (d.refclassid <> 'pg_catalog.pg_namespace'::regclass
+                     OR d.classid = pg_catalog.to_regclass('pg_catalog.pg_publication_namespace'))
+                AND (d.classid, d.objid) NOT IN (SELECT classid, objid FROM own_objs)
+                -- A partition or child across the edge is named below.
+                AND NOT (d.classid = 'pg_catalog.pg_class'::regclass AND d.refclassid = 'pg_catalog.pg_class'::regclass
+                         AND EXISTS (SELECT 1 FROM pg_catalog.pg_inherits i
+                                      WHERE i.inhrelid = d.objid AND i.inhparent = d.refobjid))
                 AND NOT (d.classid = 'pg_catalog.pg_trigger'::regclass AND d.refclassid = 'pg_catalog.pg_proc'::regclass
                          AND d.refobjid IN (SELECT oid FROM own_procs))
                 AND COALESCE((CASE d.classid
@@ -190,6 +233,8 @@ pub async fn external_dependents(
                                                                      JOIN pg_catalog.pg_class r ON r.oid = x.ev_class WHERE x.oid = d.objid)
                        WHEN 'pg_catalog.pg_trigger'::regclass THEN (SELECT r.relnamespace FROM pg_catalog.pg_trigger x
                                                                      JOIN pg_catalog.pg_class r ON r.oid = x.tgrelid WHERE x.oid = d.objid)
+                       -- An extension created in the schema goes with it.
+                       WHEN 'pg_catalog.pg_extension'::regclass THEN (SELECT x.extnamespace FROM pg_catalog.pg_extension x WHERE x.oid = d.objid)
                        WHEN 'pg_catalog.pg_policy'::regclass THEN (SELECT r.relnamespace FROM pg_catalog.pg_policy x
                                                                     JOIN pg_catalog.pg_class r ON r.oid = x.polrelid WHERE x.oid = d.objid)
                        -- An operator family's members have no schema of
@@ -210,7 +255,7 @@ pub async fn external_dependents(
                        ELSE (SELECT n.oid FROM pg_catalog.pg_namespace n
                               -- (pg_identify_object quotes the schema's name)
                               WHERE pg_catalog.quote_ident(n.nspname) = (pg_catalog.pg_identify_object(d.classid, d.objid, 0)).schema)
-                     END), 0) NOT IN (SELECT oid FROM inside)
+                     END), 0) NOT IN (SELECT oid FROM ns)
              UNION
              -- Partitioning (or inheritance) across the backup's edge: a table
              -- outside would lose the rows of its partitions in the backup, and

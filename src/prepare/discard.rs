@@ -41,10 +41,9 @@ use crate::pg::batch;
 use crate::pg::exec::{RetryPolicy, exec, lock_timeout_under_deadlock_sql, retry, rollback_on_err};
 use crate::pg::ident::{display_ident, qualified, quote_ident};
 use crate::pg::meta::{self, META_SCHEMA, SHADOW_SCHEMA, ShadowState};
-use crate::prepare::sync::own_trigger_sql;
-
-/// Tables of the `pgshift` schema that are records, not migration objects.
-pub const RECORD_TABLES: &[&str] = &["meta", "migration", "backups"];
+use crate::prepare::sync::{
+    CHANGELOG_NAMES, SYNC_FUNCTION_NAMES, changelog_drop, own_trigger_sql, sync_function_drop,
+};
 
 /// What [`remove_prepared`] found and dropped.
 #[derive(Debug, Default, Clone, serde::Serialize)]
@@ -57,6 +56,9 @@ pub struct Removed {
     pub triggers: Vec<String>,
     pub helper_tables: Vec<String>,
     pub helper_functions: usize,
+    /// The same functions, by name.
+    #[serde(skip)]
+    pub function_names: Vec<String>,
     /// The same triggers, as names.
     #[serde(skip)]
     pub trigger_sites: Vec<TriggerSite>,
@@ -142,28 +144,23 @@ pub async fn find_leftovers(client: &Client) -> Result<Removed> {
         });
     }
     if meta::meta_exists(client).await? {
-        for row in client
-            .query(
-                "SELECT c.relname FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
-                  WHERE n.nspname = $1 AND c.relkind IN ('r', 'p', 'v', 'S') AND NOT (c.relname = ANY($2))
-                    AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_depend d WHERE d.classid = 'pg_class'::regclass
-                                     AND d.objid = c.oid AND d.deptype IN ('a', 'i'))
-                  ORDER BY 1",
-                &[&META_SCHEMA, &RECORD_TABLES],
-            )
-            .await?
-        {
-            r.helper_tables.push(row.get(0));
-        }
-        let n: i64 = client
+        // pgshift's sync objects by their names: an operator's own table or
+        // view in schema pgshift is not one, and stays.
+        let row = client
             .query_one(
-                "SELECT count(*) FROM pg_catalog.pg_proc p JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace
-                  WHERE n.nspname = $1",
-                &[&META_SCHEMA],
+                "SELECT ARRAY(SELECT c.relname::text FROM pg_catalog.pg_class c
+                               WHERE c.relnamespace = $1::text::pg_catalog.regnamespace AND c.relkind = 'r'
+                                 AND c.relname ~ $2 ORDER BY 1),
+                        ARRAY(SELECT p.proname::text FROM pg_catalog.pg_proc p
+                               WHERE p.pronamespace = $1::text::pg_catalog.regnamespace AND p.pronargs = 0
+                                 AND p.proname ~ $3 ORDER BY 1)",
+                &[&META_SCHEMA, &CHANGELOG_NAMES, &SYNC_FUNCTION_NAMES],
             )
-            .await?
-            .get(0);
-        r.helper_functions = n as usize;
+            .await
+            .context("looking for pgshift's changelogs and sync functions")?;
+        r.helper_tables = row.get(0);
+        r.function_names = row.get(1);
+        r.helper_functions = r.function_names.len();
     }
     Ok(r)
 }
@@ -229,26 +226,6 @@ pub async fn remove_prepared(
         "SET LOCAL lock_timeout = '{}ms';\n",
         own_timeout.as_millis().max(1)
     ));
-    for t in &found.helper_tables {
-        sql.push_str(&format!(
-            "DROP TABLE IF EXISTS {} CASCADE;\n",
-            qualified(META_SCHEMA, t)
-        ));
-    }
-    if found.helper_functions > 0 {
-        for row in client
-            .query(
-                "SELECT p.oid::regprocedure::text FROM pg_catalog.pg_proc p
-                   JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace WHERE n.nspname = $1",
-                &[&META_SCHEMA],
-            )
-            .await?
-        {
-            // regprocedure text is already quoted and schema-qualified.
-            let f: String = row.get(0);
-            sql.push_str(&format!("DROP FUNCTION IF EXISTS {f} CASCADE;\n"));
-        }
-    }
     if found.shadow {
         sql.push_str(&format!(
             "DROP SCHEMA IF EXISTS {} CASCADE;\n",
@@ -375,17 +352,24 @@ async fn refuse_external_dependents(
     let helpers = crate::pg::catalog::Helpers {
         schema: META_SCHEMA,
         tables: &found.helper_tables,
-        functions: found.helper_functions > 0,
+        functions: &found.function_names,
     };
     let deps = crate::pg::catalog::external_dependents(client, shadows, Some(&helpers)).await?;
     if !deps.is_empty() {
-        bail!(
+        return Err(DependentsRefusal(format!(
             "removing the prepared migration: objects outside it depend on it and would be dropped with it: {}; drop them (or point them elsewhere) first: nothing was changed",
             deps.join(", ")
-        );
+        ))
+        .into());
     }
     Ok(())
 }
+
+/// [`refuse_external_dependents`]'s refusal: nothing was changed, so
+/// nothing is recorded of it either.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct DependentsRefusal(String);
 
 /// Drop pgshift's shadow schema if it holds nothing (RESTRICT); whether it did.
 async fn drop_empty_shadow(client: &Client) -> Result<bool> {
@@ -419,9 +403,16 @@ async fn shrink(
         .await?
         .with_lock_timeout(lock_timeout, retries);
     let third = opts.room() / 3;
-    // (The sync triggers are gone by now: [`drop_sync_triggers`].)
-    if !found.helper_tables.is_empty() || found.helper_functions > 0 {
-        batch::shrink_objects(client, META_SCHEMA, RECORD_TABLES, third, &opts).await?;
+    // (The sync triggers are gone by now: [`drop_sync_triggers`].) The
+    // changelogs and sync functions, by name, in lock-bounded transactions.
+    let helpers: Vec<batch::Stmt> = found
+        .helper_tables
+        .iter()
+        .map(|t| changelog_drop(t))
+        .chain(found.function_names.iter().map(|f| sync_function_drop(f)))
+        .collect();
+    if !helpers.is_empty() {
+        batch::run(client, &helpers, &opts).await?;
     }
     if found.shadow {
         batch::shrink_objects(client, SHADOW_SCHEMA, &[], third, &opts).await?;
@@ -539,8 +530,10 @@ pub async fn abort(sess: &Session, opts: &AbortOptions) -> Result<AbortReport> {
             Ok(r) => r,
             Err(e) => {
                 // What committed stays dropped (the triggers, batches of the
-                // shadow): status says so, and that abort finishes it.
-                if let Some(m) = &open {
+                // shadow): status says so, and that abort finishes it. A
+                // refusal dropped nothing.
+                let refused = e.downcast_ref::<DependentsRefusal>().is_some();
+                if let Some(m) = open.as_ref().filter(|_| !refused) {
                     let mut st = m.state.clone();
                     st.error = Some(format!(
                         "abort stopped before it finished, part of the migration's objects may be dropped already; run pgshift abort again: {e:#}"

@@ -213,6 +213,32 @@ pub fn changelog_name(oid: u32) -> String {
     format!("log_{oid}")
 }
 
+/// The names [`changelog_name`] and [`function_name`] give, as regular
+/// expressions for the catalogs: only relations and functions of schema
+/// `pgshift` named so are pgshift's sync objects (an operator's own table or
+/// view there is not one).
+pub const CHANGELOG_NAMES: &str = "^log_[0-9]+$";
+pub const SYNC_FUNCTION_NAMES: &str = "^sync_[0-9]+_(ins|upd|del|trunc)$";
+
+/// The drop of a changelog (its sequence, index and types go with it), as
+/// a statement of a lock-bounded batch ([`crate::pg::batch`]). RESTRICT: its
+/// triggers are gone first, and nothing else may depend on it
+/// ([`crate::pg::catalog::external_dependents`]).
+pub fn changelog_drop(name: &str) -> crate::pg::batch::Stmt {
+    crate::pg::batch::Stmt {
+        sql: format!("DROP TABLE IF EXISTS {}", qualified(META_SCHEMA, name)),
+        locks: CHANGELOG_DROP_LOCKS,
+    }
+}
+
+/// The drop of a sync trigger function, as [`changelog_drop`].
+pub fn sync_function_drop(name: &str) -> crate::pg::batch::Stmt {
+    crate::pg::batch::Stmt {
+        sql: format!("DROP FUNCTION IF EXISTS {}()", qualified(META_SCHEMA, name)),
+        locks: 1,
+    }
+}
+
 /// Name (in schema `pgshift`) of a trigger function of the table with this oid.
 fn function_name(oid: u32, ev: Event) -> String {
     format!("sync_{oid}_{}", ev.suffix())
@@ -2768,20 +2794,11 @@ pub async fn remove_changelogs(
     for t in synced {
         let mut any = false;
         if logs_there.contains(&t.changelog) {
-            stmts.push(crate::pg::batch::Stmt {
-                sql: format!(
-                    "DROP TABLE IF EXISTS {}",
-                    qualified(META_SCHEMA, &t.changelog)
-                ),
-                locks: CHANGELOG_DROP_LOCKS,
-            });
+            stmts.push(changelog_drop(&t.changelog));
             any = true;
         }
         for f in t.functions.iter().filter(|f| functions_there.contains(*f)) {
-            stmts.push(crate::pg::batch::Stmt {
-                sql: format!("DROP FUNCTION IF EXISTS {}()", qualified(META_SCHEMA, f)),
-                locks: 1,
-            });
+            stmts.push(sync_function_drop(f));
             any = true;
         }
         tables += usize::from(any);
