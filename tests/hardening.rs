@@ -614,7 +614,12 @@ fn a_rollback_after_a_swap_killed_after_its_commit_drops_its_changelog() {
     assert_eq!(dbs.dst.psql(common::SYNC_HELPERS), "0/0");
     // The destination's own orders are back.
     assert_eq!(dbs.dst.psql("SELECT count(*) FROM orders"), "10");
-    assert_eq!(status_json(&wd, &dst)["leftovers"]["found"], false);
+    // The killed swap's state file, which status called stale, is cleared
+    // as the swap would have.
+    assert!(err.contains("cleared the state file of migration"), "{err}");
+    let st = status_json(&wd, &dst);
+    assert_eq!(st["leftovers"]["found"], false, "{st}");
+    assert_eq!(st["warnings"], serde_json::json!([]), "{st}");
 }
 
 /// A prepare run after a swap killed after its COMMIT finishes that swap's

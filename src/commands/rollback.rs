@@ -63,6 +63,9 @@ pub async fn run(args: RollbackArgs, ctx: Ctx) -> Result<ExitCode> {
     // A swap or rollback that stopped after its COMMIT: finish its steps
     // first (the backup it made may be the one restored).
     crate::swap::cutover::finish_stopped(&sess.control, ctx.settings.swap).await?;
+    let d = sess.observe().await?;
+    crate::migration::derive::settle_committed_swap(&sess.control, &d).await?;
+    sess.clear_stale_file(&d)?;
     let plan = rollback::plan(&sess.control, &opts).await?;
     if !plan.verification.ok && opts.force {
         for d in &plan.verification.differences {

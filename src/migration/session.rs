@@ -127,6 +127,28 @@ impl Session {
         Ok(d)
     }
 
+    /// Clear a state file the destination has gone past ([`Destination::file_stale`]:
+    /// its migration swapped, also by a run that died after its COMMIT, or
+    /// aborted, or a newer one recorded since), as a swap clears its own at
+    /// its end: `status` would go on calling it stale. Its dump directory is
+    /// left, and named.
+    pub fn clear_stale_file(&self, d: &Destination) -> Result<()> {
+        if let Some(f) = d.file.as_ref().filter(|_| d.file_stale()) {
+            self.state_file.clear()?;
+            let dump = f
+                .dump_dir
+                .as_ref()
+                .filter(|p| p.exists())
+                .map(|p| format!(" (its dump directory {} is left)", p.display()))
+                .unwrap_or_default();
+            tracing::info!(
+                "cleared the state file of migration {}, which the destination has gone past{dump}",
+                f.id
+            );
+        }
+        Ok(())
+    }
+
     /// Is the lock session still alive? (A dead one means the lock is gone.)
     pub fn lock_alive(&self) -> bool {
         !self.lock_client.is_closed()

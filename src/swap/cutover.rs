@@ -752,6 +752,7 @@ pub async fn swap(sess: &Session, opts: &SwapOptions) -> Result<SwapReport> {
     // A swap that committed but stopped before the steps after its COMMIT
     // (killed): finish them, then say it is done.
     let finished = finish_stopped(&sess.control, opts.policy).await?;
+    sess.clear_stale_file(&d)?;
     if let Some(r) = &d.record
         && r.status == Status::Swapped
         && d.record_from == derive::RecordFrom::Both
