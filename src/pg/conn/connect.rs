@@ -134,8 +134,18 @@ async fn connect_as_libpq(
 ) -> Result<(tokio_postgres::Client, Connection), tokio_postgres::Error> {
     use tokio_postgres::config::SslMode;
     static WARNED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
-    let tls_error = match config.connect(tls.clone()).await {
-        Err(e) if config.get_ssl_mode() == SslMode::Prefer && is_handshake_failure(&e) => e,
+    // libpq's prefer retries without TLS when the handshake fails, and when
+    // the server refuses the session it asked for over TLS (a `hostnossl`
+    // line, `hostssl … reject`): an error of the server's before the
+    // session starts. (Over a server that declined TLS, the same error
+    // comes again.)
+    let (tls_error, refused) = match config.connect(tls.clone()).await {
+        Err(e) if config.get_ssl_mode() == SslMode::Prefer && is_handshake_failure(&e) => {
+            (e, false)
+        }
+        Err(e) if config.get_ssl_mode() == SslMode::Prefer && e.as_db_error().is_some() => {
+            (e, true)
+        }
         other => return other,
     };
     let mut plain = config.clone();
@@ -143,11 +153,16 @@ async fn connect_as_libpq(
     match plain.connect(tls.clone()).await {
         Ok(connected) => {
             let text = describe_pg_error(&tls_error);
+            let what = if refused {
+                "the server refused the session over TLS"
+            } else {
+                "the TLS handshake failed"
+            };
             if WARNED.swap(true, std::sync::atomic::Ordering::Relaxed) {
-                tracing::debug!("sslmode=prefer: connected without TLS ({text})");
+                tracing::debug!("sslmode=prefer: connected without TLS ({what}: {text})");
             } else {
                 tracing::warn!(
-                    "sslmode=prefer: the TLS handshake failed ({text}); connected without TLS, as libpq does (sslmode=require or stricter refuses that)"
+                    "sslmode=prefer: {what} ({text}); connected without TLS, as libpq does (sslmode=require or stricter refuses that)"
                 );
             }
             Ok(connected)
@@ -296,7 +311,7 @@ pub async fn connect_pinned(
                     // login failed, no such database) ends the search; the
                     // next host is tried after a connection failure or a
                     // server not accepting connections yet (57P03) only.
-                    let refused = refused_the_login(&e);
+                    let refused = refused_the_login(&e) || is_tls_failure(&e);
                     failures.push((endpoint, e));
                     if refused {
                         break;
@@ -818,7 +833,8 @@ fn innermost_io_kind(e: &tokio_postgres::Error) -> Option<io::ErrorKind> {
 /// failed, no such database) other than "not accepting connections yet"
 /// (57P03), or a login that could not go on on the client's side (it asks
 /// for a password and none was given, a SCRAM exchange that failed), where
-/// libpq's `pg_fe_sendauth` fails: either ends libpq's search of the hosts.
+/// libpq's `pg_fe_sendauth` fails: either ends libpq's search of the hosts,
+/// as a TLS failure does (the caller's `is_tls_failure`).
 fn refused_the_login(e: &tokio_postgres::Error) -> bool {
     if let Some(d) = e.as_db_error() {
         return *d.code() != SqlState::CANNOT_CONNECT_NOW;
