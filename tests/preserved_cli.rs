@@ -959,6 +959,17 @@ fn a_column_that_becomes_a_new_domain_over_its_type_is_preserved() {
     );
     let wd = Workdir::new();
     let dst = dbs.dst.url();
+    // A row the domain's CHECK refuses is found by the dry run (the domain
+    // tried as itself), not by prepare after the whole copy.
+    dbs.dst.psql("INSERT INTO users VALUES (9, 'nobody')");
+    let out = run_users_preserved(&wd, &dbs, "prepare", &["--dry-run"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("text becomes email over text): value for domain email violates check constraint \"email_check\" (Key (id)=(9), for one)"),
+        "{err}"
+    );
+    dbs.dst.psql("DELETE FROM users WHERE id = 9");
     with_users_preserved(&wd, &dbs, "prepare", &["--dry-run"]);
     with_users_preserved(&wd, &dbs, "prepare", &[]);
     dbs.dst

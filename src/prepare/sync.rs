@@ -400,6 +400,11 @@ struct ColType {
     /// When the (element) type is a domain: the type it is over
     /// (`"schema"."type"`, its schema) and its typmod.
     domain_over: Option<(String, String, i32)>,
+    /// When it is a domain: whether it is NOT NULL, and its CHECKs
+    /// (`CONSTRAINT "name" CHECK (…)`), which a trial of a domain not there
+    /// yet (one of a migrated schema) tries as well.
+    domain_not_null: bool,
+    domain_checks: Vec<String>,
 }
 
 async fn column_types(client: &Client, rel: u32) -> Result<Vec<ColType>> {
@@ -418,7 +423,13 @@ async fn column_types(client: &Client, rel: u32) -> Result<Vec<ColType>> {
                                 WHERE e.enumtypid = bt.oid ORDER BY e.enumsortorder) END,
                     a.atttypmod,
                     pg_catalog.quote_ident(dn.nspname) || '.' || pg_catalog.quote_ident(dt.typname),
-                    dn.nspname::text, bt.typtypmod
+                    dn.nspname::text, bt.typtypmod,
+                    bt.typtype = 'd' AND bt.typnotnull,
+                    ARRAY(SELECT 'CONSTRAINT ' || pg_catalog.quote_ident(k.conname) || ' '
+                                 || pg_catalog.pg_get_constraintdef(k.oid)
+                            FROM pg_catalog.pg_constraint k
+                           WHERE bt.typtype = 'd' AND k.contypid = bt.oid AND k.contype = 'c'
+                           ORDER BY k.conname)
                FROM pg_catalog.pg_attribute a
                JOIN pg_catalog.pg_type t ON t.oid = a.atttypid
                JOIN pg_catalog.pg_namespace tn ON tn.oid = t.typnamespace
@@ -449,6 +460,8 @@ async fn column_types(client: &Client, rel: u32) -> Result<Vec<ColType>> {
             domain_over: r
                 .get::<_, Option<String>>(14)
                 .map(|qual| (qual, r.get(15), r.get(16))),
+            domain_not_null: r.get(17),
+            domain_checks: r.get(18),
         },
     )
     .await
@@ -863,7 +876,7 @@ async fn type_problem(
             || d.base_typtype != s.base_typtype
         {
             return Ok(Some(TypeCheck::Refused(format!(
-                "destination type {} cannot be converted to the source's type {} (only a type of the same name can)",
+                "destination type {} cannot be converted to the source's type {} (a type the migration creates takes only the type of its name, or, for a new domain, one that converts by assignment to the type it is over)",
                 d.format, s.format
             ))));
         }
@@ -928,8 +941,10 @@ enum Fit {
 /// transaction that is rolled back, for a bounded time: so that the dry run
 /// foresees what would otherwise fail prepare at its sync phase, after the
 /// whole copy. A domain of a migrated schema (created with the shadow, so
-/// not there yet) is tried as the type it is over, when that type is not
-/// the migration's too (its CHECKs, not there yet either, fail the copy).
+/// not there yet) is tried as a temporary domain of its definition (the
+/// type it is over, NOT NULL, CHECKs), when that type is not the
+/// migration's too; as the type alone when a CHECK cannot be created here
+/// (it calls what only the source has yet: the copy then finds the row).
 async fn fit_problem(
     dest: &Client,
     live: &str,
@@ -953,6 +968,9 @@ async fn fit_problem(
         }
     };
     let narrows_null = s.not_null && !d.not_null;
+    // A domain of the migration that is NOT NULL or has CHECKs: tried as
+    // itself (a temporary one of the same definition), whatever the type.
+    let constrained = domain && (s.domain_not_null || !s.domain_checks.is_empty());
     // Nothing to try where the type (or the domain's, with its typmod) is
     // the same and NOT NULL is not new: most columns, without a query.
     let same = if domain {
@@ -960,7 +978,7 @@ async fn fit_problem(
     } else {
         d.qual == s.qual && d.typmod == s.typmod
     };
-    if same && !narrows_null {
+    if same && !narrows_null && !constrained {
         return Ok(Fit::Fits);
     }
     // That type as this session names it (qualified where its search path
@@ -987,6 +1005,42 @@ async fn fit_problem(
     .await?;
     let column = quote_ident(&d.name);
     let not_null = if s.not_null { " NOT NULL" } else { "" };
+    // The domain itself, in pg_temp under its own name (so that an error
+    // reads as the copy's would), where its CHECKs can be created here (they
+    // may call what only the source has: then the type it is over alone).
+    let over_type = sql_type.clone();
+    let sql_type = if constrained {
+        let name = quote_ident(&s.base_name);
+        let created = dest
+            .batch_execute(&format!(
+                "SAVEPOINT fit_domain; CREATE DOMAIN pg_temp.{name} AS {sql_type}{}{}",
+                if s.domain_not_null { " NOT NULL" } else { "" },
+                s.domain_checks
+                    .iter()
+                    .map(|c| format!(" {c}"))
+                    .collect::<String>()
+            ))
+            .await;
+        match created {
+            Ok(()) => format!("pg_temp.{name}"),
+            Err(e) => {
+                tracing::debug!(
+                    "trying {} without its constraints: {}",
+                    s.format,
+                    crate::pg::conn::connect::describe_pg_error(&e)
+                );
+                exec(
+                    dest,
+                    "ROLLBACK TO SAVEPOINT fit_domain",
+                    "trying a domain's constraints",
+                )
+                .await?;
+                sql_type
+            }
+        }
+    } else {
+        sql_type
+    };
     let mut tried = dest
         .batch_execute(&format!(
             "CREATE TEMPORARY TABLE pgshift_fit (v {sql_type}{array}{not_null}); SAVEPOINT fit; INSERT INTO pgshift_fit SELECT {column} FROM {live}",
@@ -1047,7 +1101,7 @@ async fn fit_problem(
         )));
     }
     let shown = if domain {
-        format!("{} over {sql_type}{array}", s.format)
+        format!("{} over {over_type}{array}", s.format)
     } else {
         s.format.clone()
     };
@@ -1103,8 +1157,11 @@ async fn first_misfit(
     dest.batch_execute(&format!(
         "ROLLBACK TO SAVEPOINT fit;
          CREATE FUNCTION pg_temp.pgshift_fits(v {}) RETURNS boolean LANGUAGE plpgsql AS $pgshift$
-           DECLARE x {target};
-           BEGIN {null_check}x := {value}; RETURN true; EXCEPTION WHEN OTHERS THEN RETURN false; END $pgshift$",
+           BEGIN {null_check}
+             -- Declared in a block of its own: a NOT NULL domain's variable
+             -- fails where it is declared, which the handler below catches.
+             DECLARE x {target} := {value}; BEGIN RETURN true; END;
+           EXCEPTION WHEN OTHERS THEN RETURN false; END $pgshift$",
         d.format
     ))
     .await?;
