@@ -123,6 +123,25 @@ pub async fn refuse_unowned_schemas(
     Ok(())
 }
 
+/// The catalogs of the objects a schema holds, with their namespace column
+/// (the schema's own dependents, a publication of all its tables, are asked
+/// apart).
+const SCHEMA_OBJECTS: &[(&str, &str)] = &[
+    ("pg_class", "relnamespace"),
+    ("pg_type", "typnamespace"),
+    ("pg_proc", "pronamespace"),
+    ("pg_collation", "collnamespace"),
+    ("pg_operator", "oprnamespace"),
+    ("pg_opclass", "opcnamespace"),
+    ("pg_opfamily", "opfnamespace"),
+    ("pg_conversion", "connamespace"),
+    ("pg_ts_config", "cfgnamespace"),
+    ("pg_ts_dict", "dictnamespace"),
+    ("pg_ts_parser", "prsnamespace"),
+    ("pg_ts_template", "tmplnamespace"),
+    ("pg_statistic_ext", "stxnamespace"),
+];
+
 /// pgshift's own objects in its records' schema that a removal drops along
 /// with the schemas it drops (see [`external_dependents`]): the named tables
 /// (the sync changelogs, with what they own: sequences, indexes, row types)
@@ -152,8 +171,16 @@ pub async fn external_dependents(
         Some(h) => (Some(h.schema), h.tables, h.functions),
         None => (None, &[], &[]),
     };
-    let rows = client
-        .query(
+    // Every kind of object a schema holds: its catalog and namespace column.
+    let in_schemas = SCHEMA_OBJECTS
+        .iter()
+        .map(|(catalog, column)| {
+            format!(
+                "SELECT 'pg_catalog.{catalog}'::regclass, x.oid FROM pg_catalog.{catalog} x WHERE x.{column} IN (SELECT oid FROM ns)"
+            )
+        })
+        .join("\n                    UNION ALL ");
+    let sql = format!(
             "WITH ns AS (SELECT oid FROM pg_catalog.pg_namespace WHERE nspname = ANY($1)),
                   own AS (SELECT oid FROM pg_catalog.pg_namespace WHERE nspname = $2),
                   own_rels AS (SELECT c.oid FROM pg_catalog.pg_class c
@@ -181,19 +208,7 @@ pub async fn external_dependents(
                   -- Every kind of object a schema holds, and the schema
                   -- itself (a publication of all its tables).
                   objs(classid, objid) AS (
-                    SELECT 'pg_catalog.pg_class'::regclass, c.oid FROM pg_catalog.pg_class c WHERE c.relnamespace IN (SELECT oid FROM ns)
-                    UNION ALL SELECT 'pg_catalog.pg_type'::regclass, t.oid FROM pg_catalog.pg_type t WHERE t.typnamespace IN (SELECT oid FROM ns)
-                    UNION ALL SELECT 'pg_catalog.pg_proc'::regclass, p.oid FROM pg_catalog.pg_proc p WHERE p.pronamespace IN (SELECT oid FROM ns)
-                    UNION ALL SELECT 'pg_catalog.pg_collation'::regclass, x.oid FROM pg_catalog.pg_collation x WHERE x.collnamespace IN (SELECT oid FROM ns)
-                    UNION ALL SELECT 'pg_catalog.pg_operator'::regclass, x.oid FROM pg_catalog.pg_operator x WHERE x.oprnamespace IN (SELECT oid FROM ns)
-                    UNION ALL SELECT 'pg_catalog.pg_opclass'::regclass, x.oid FROM pg_catalog.pg_opclass x WHERE x.opcnamespace IN (SELECT oid FROM ns)
-                    UNION ALL SELECT 'pg_catalog.pg_opfamily'::regclass, x.oid FROM pg_catalog.pg_opfamily x WHERE x.opfnamespace IN (SELECT oid FROM ns)
-                    UNION ALL SELECT 'pg_catalog.pg_conversion'::regclass, x.oid FROM pg_catalog.pg_conversion x WHERE x.connamespace IN (SELECT oid FROM ns)
-                    UNION ALL SELECT 'pg_catalog.pg_ts_config'::regclass, x.oid FROM pg_catalog.pg_ts_config x WHERE x.cfgnamespace IN (SELECT oid FROM ns)
-                    UNION ALL SELECT 'pg_catalog.pg_ts_dict'::regclass, x.oid FROM pg_catalog.pg_ts_dict x WHERE x.dictnamespace IN (SELECT oid FROM ns)
-                    UNION ALL SELECT 'pg_catalog.pg_ts_parser'::regclass, x.oid FROM pg_catalog.pg_ts_parser x WHERE x.prsnamespace IN (SELECT oid FROM ns)
-                    UNION ALL SELECT 'pg_catalog.pg_ts_template'::regclass, x.oid FROM pg_catalog.pg_ts_template x WHERE x.tmplnamespace IN (SELECT oid FROM ns)
-                    UNION ALL SELECT 'pg_catalog.pg_statistic_ext'::regclass, x.oid FROM pg_catalog.pg_statistic_ext x WHERE x.stxnamespace IN (SELECT oid FROM ns)
+                    {in_schemas}
                     UNION ALL SELECT 'pg_catalog.pg_namespace'::regclass, oid FROM ns
                     UNION ALL SELECT classid, objid FROM own_objs)
              -- A view is named as such, not as its _RETURN rule.
@@ -275,9 +290,10 @@ pub async fn external_dependents(
                JOIN pg_catalog.pg_namespace pn ON pn.oid = p.relnamespace
               WHERE (c.relnamespace IN (SELECT oid FROM ns)) <> (p.relnamespace IN (SELECT oid FROM ns))
                 AND c.relkind IN ('r', 'p', 'f')
-              ORDER BY 1",
-            &[&schemas, &own, &own_tables, &own_functions],
-        )
+              ORDER BY 1"
+    );
+    let rows = client
+        .query(sql.as_str(), &[&schemas, &own, &own_tables, &own_functions])
         .await
         .map_err(|e| {
             anyhow::anyhow!(

@@ -467,6 +467,20 @@ async fn column_types(client: &Client, rel: u32) -> Result<Vec<ColType>> {
     .await
 }
 
+/// [`assignable`] to the type named `to` (`"schema"."type"`); None when this
+/// server has no such type (yet).
+async fn assignable_to(client: &Client, from: u32, to: &str) -> Result<Option<bool>> {
+    let oid: Option<u32> = client
+        .query_one("SELECT pg_catalog.to_regtype($1)::oid", &[&to])
+        .await
+        .map_err(|e| pg_error_as(e, "resolving a type"))?
+        .get(0);
+    match oid {
+        Some(oid) => Ok(Some(assignable(client, from, oid, 0).await?)),
+        None => Ok(None),
+    }
+}
+
 /// Can a value of type `from` be stored into a column of type `to` (an INSERT's
 /// assignment coercion), judged on this server's catalog?
 fn assignable<'a>(
@@ -850,24 +864,16 @@ async fn type_problem(
         // A new domain of the migration over a type of none of its schemas
         // (`email` over text, where the destination's column is text): the
         // values go in as INSERT assigns them to the type it is over, which
-        // fit_problem tries; its CHECKs are the copy's to enforce.
+        // fit_problem tries with its NOT NULL and CHECKs.
         if d.base_name != s.base_name
             && s.base_typtype == "d"
             && !s.is_array
             && !d.is_array
             && let Some((over, over_schema, _)) = &s.domain_over
             && !schemas.contains(over_schema)
+            && assignable_to(dest, d.type_oid, over).await? == Some(true)
         {
-            let over_oid: Option<u32> = dest
-                .query_one("SELECT pg_catalog.to_regtype($1)::oid", &[over])
-                .await
-                .map_err(|e| pg_error_as(e, "resolving a type"))?
-                .get(0);
-            if let Some(to) = over_oid
-                && assignable(dest, d.type_oid, to, 0).await?
-            {
-                return Ok(None);
-            }
+            return Ok(None);
         }
         // Any other type the migration creates in shadow: only the
         // same-named type fits (its values travel as text).
@@ -900,17 +906,11 @@ async fn type_problem(
     if d.qual == s.qual {
         return Ok(None);
     }
-    let resolved: Option<u32> = dest
-        .query_one("SELECT pg_catalog.to_regtype($1)::oid", &[&s.qual])
-        .await
-        .map_err(|e| pg_error_as(e, "resolving a type"))?
-        .get(0);
-    if let Some(to) = resolved
-        && assignable(dest, d.type_oid, to, 0).await?
-    {
+    let fits = assignable_to(dest, d.type_oid, &s.qual).await?;
+    if fits == Some(true) {
         return Ok(None);
     }
-    if resolved.is_none() && s.base_ext {
+    if fits.is_none() && s.base_ext {
         return Ok(Some(TypeCheck::NotYet(format!(
             "the source's type {} belongs to an extension the destination does not have yet; whether destination type {} converts to it is checked once prepare has created it",
             s.format, d.format
