@@ -622,6 +622,33 @@ fn a_rollback_after_a_swap_killed_after_its_commit_drops_its_changelog() {
     assert_eq!(st["warnings"], serde_json::json!([]), "{st}");
 }
 
+/// A cleanup run after a swap killed after its COMMIT finishes that swap's
+/// steps before it drops backups: dropping the backup whose manifest listed
+/// them left its foreign key NOT VALID for good (found by a helper).
+#[test]
+fn a_cleanup_after_a_swap_killed_after_its_commit_finishes_its_steps() {
+    let dbs = users_and_orders("sigkill_then_cleanup");
+    let wd = Workdir::new();
+    let dst = dbs.dst.url();
+    assert_success(&wd.prepare(&dbs, &["--preserved-tables", "users"]));
+    swap_killed_after_commit(&wd, &dbs.dst);
+    let not_valid = "SELECT count(*) FROM pg_constraint WHERE conname = 'orders_user_id_fkey' AND conrelid = 'public.orders'::regclass AND NOT convalidated";
+    assert_eq!(dbs.dst.psql(not_valid), "1");
+    let out = wd.run(&["cleanup", "--before", "2100-01-01", "--dest", &dst]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains("stopped after its COMMIT: validated foreign keys orders.orders_user_id_fkey"),
+        "{err}"
+    );
+    assert_eq!(dbs.dst.psql(not_valid), "0");
+    assert_eq!(
+        dbs.dst
+            .psql("SELECT count(*) FROM pg_namespace WHERE nspname LIKE 'backup\\_%'"),
+        "0"
+    );
+}
+
 /// A prepare run after a swap killed after its COMMIT finishes that swap's
 /// steps first: they were left for good once the new migration's swap made
 /// a newer backup (found by a helper). Its changelog goes as a leftover.

@@ -2367,6 +2367,7 @@ fn abort_refuses_to_drop_the_applications_objects_built_on_the_migration() {
          -- pgshift's objects: the view blocks like any, the table stays.
          CREATE VIEW pgshift.shadow_users AS SELECT * FROM shadow.users;
          CREATE TABLE pgshift.operator_notes (t text);
+         CREATE TABLE pgshift.log_2024 (id int); INSERT INTO pgshift.log_2024 VALUES (1);
          -- A column collated by a collation of the shadow.
          CREATE COLLATION shadow.c2 FROM \"C\";
          CREATE TABLE names (n text COLLATE shadow.c2);
@@ -2412,8 +2413,9 @@ fn abort_refuses_to_drop_the_applications_objects_built_on_the_migration() {
     assert_eq!(
         dbs.dst.psql(
             "SELECT (SELECT count(*) FROM runs) > 0, (SELECT count(*) FROM notes),
-                    to_regclass('pgshift.operator_notes') IS NOT NULL, (SELECT n FROM names)"
+                    to_regclass('pgshift.operator_notes') IS NOT NULL, (SELECT n FROM names),
+                    (SELECT count(*) FROM pgshift.log_2024)"
         ),
-        "t|1|t|kept"
+        "t|1|t|kept|1"
     );
 }

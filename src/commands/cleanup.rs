@@ -36,6 +36,10 @@ pub async fn run(args: CleanupArgs, ctx: Ctx) -> Result<ExitCode> {
         (report, Vec::new())
     } else {
         let sess = ctx.open_session().await?;
+        // A swap or rollback stopped after its COMMIT: its steps (foreign
+        // keys to validate) first, while the backup whose manifest lists
+        // them is there (they were lost with it).
+        crate::swap::cutover::finish_stopped(&sess.control, settings.swap).await?;
         cleanup::cleanup(&sess.control, &opts).await?
     };
     print(&ctx, &report)?;

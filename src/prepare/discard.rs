@@ -144,16 +144,22 @@ pub async fn find_leftovers(client: &Client) -> Result<Removed> {
         });
     }
     if meta::meta_exists(client).await? {
-        // pgshift's sync objects by their names: an operator's own table or
-        // view in schema pgshift is not one, and stays.
+        // pgshift's sync objects by their names and make (a changelog
+        // carries pgshift's comment; a sync function is a SECURITY DEFINER
+        // trigger function): an operator's own table or view in schema
+        // pgshift (a `log_2024`) is not one, and stays.
         let row = client
             .query_one(
                 "SELECT ARRAY(SELECT c.relname::text FROM pg_catalog.pg_class c
                                WHERE c.relnamespace = $1::text::pg_catalog.regnamespace AND c.relkind = 'r'
-                                 AND c.relname ~ $2 ORDER BY 1),
+                                 AND c.relname ~ $2
+                                 AND pg_catalog.obj_description(c.oid, 'pg_class') LIKE 'pgshift: changelog of %'
+                               ORDER BY 1),
                         ARRAY(SELECT p.proname::text FROM pg_catalog.pg_proc p
                                WHERE p.pronamespace = $1::text::pg_catalog.regnamespace AND p.pronargs = 0
-                                 AND p.proname ~ $3 ORDER BY 1)",
+                                 AND p.proname ~ $3 AND p.prosecdef
+                                 AND p.prorettype = 'pg_catalog.trigger'::pg_catalog.regtype
+                               ORDER BY 1)",
                 &[&META_SCHEMA, &CHANGELOG_NAMES, &SYNC_FUNCTION_NAMES],
             )
             .await
@@ -214,6 +220,9 @@ pub async fn remove_prepared(
     // that holds one (its TOAST table, which no LOCK TABLE reaches), as it
     // does for any waiter; bounded by deadlock_timeout, every retry met it.
     let own_timeout = crate::pg::exec::past_deadlock_timeout(client, lock_timeout).await;
+    // Asked again: the triggers' drops may have waited long enough for an
+    // operator to make something depend on the migration meanwhile.
+    late_dependents(client, &shadows, &found).await?;
     if let Err(e) = shrink(client, &found, own_timeout, retries).await {
         let mut err = e.context("removing the prepared migration");
         if batch::is_lock_timeout(&err) {
@@ -221,11 +230,11 @@ pub async fn remove_prepared(
         }
         return Err(err);
     }
-    let mut sql = String::from("BEGIN;\n");
-    sql.push_str(&format!(
-        "SET LOCAL lock_timeout = '{}ms';\n",
+    let begin = format!(
+        "BEGIN;\nSET LOCAL lock_timeout = '{}ms';\n",
         own_timeout.as_millis().max(1)
-    ));
+    );
+    let mut sql = String::new();
     if found.shadow {
         sql.push_str(&format!(
             "DROP SCHEMA IF EXISTS {} CASCADE;\n",
@@ -243,7 +252,16 @@ pub async fn remove_prepared(
         "removing the prepared migration",
         RetryPolicy::new(retries),
         cancel,
-        || async { rollback_on_err(client, exec(client, &sql).await).await },
+        || async {
+            let dropped = async {
+                exec(client, &begin).await?;
+                // And in the transaction that drops the shadows (as
+                // cleanup asks in the one that drops a backup).
+                late_dependents(client, &shadows, &found).await?;
+                exec(client, &sql).await
+            };
+            rollback_on_err(client, dropped.await).await
+        },
     )
     .await;
     if let Err(stop) = result {
@@ -349,18 +367,36 @@ async fn refuse_external_dependents(
     shadows: &[String],
     found: &Removed,
 ) -> Result<()> {
-    let helpers = crate::pg::catalog::Helpers {
-        schema: META_SCHEMA,
-        tables: &found.helper_tables,
-        functions: &found.function_names,
-    };
-    let deps = crate::pg::catalog::external_dependents(client, shadows, Some(&helpers)).await?;
+    let deps = dependents(client, shadows, found).await?;
     if !deps.is_empty() {
         return Err(DependentsRefusal(format!(
             "removing the prepared migration: objects outside it depend on it and would be dropped with it: {}; drop them (or point them elsewhere) first: nothing was changed",
             deps.join(", ")
         ))
         .into());
+    }
+    Ok(())
+}
+
+/// The objects outside `found` and `shadows` that depend on them.
+async fn dependents(client: &Client, shadows: &[String], found: &Removed) -> Result<Vec<String>> {
+    let helpers = crate::pg::catalog::Helpers {
+        schema: META_SCHEMA,
+        tables: &found.helper_tables,
+        functions: &found.function_names,
+    };
+    crate::pg::catalog::external_dependents(client, shadows, Some(&helpers)).await
+}
+
+/// [`refuse_external_dependents`] once the sync triggers are dropped: the
+/// removal stops there, and says it is half-way.
+async fn late_dependents(client: &Client, shadows: &[String], found: &Removed) -> Result<()> {
+    let deps = dependents(client, shadows, found).await?;
+    if !deps.is_empty() {
+        bail!(
+            "removing the prepared migration: objects outside it came to depend on it while its sync triggers were dropped: {}; drop them (or point them elsewhere), then run pgshift abort again to finish",
+            deps.join(", ")
+        );
     }
     Ok(())
 }

@@ -1501,6 +1501,13 @@ pub(crate) const DEPENDENT_SCHEMA: &str = "
                 WHEN 'pg_catalog.pg_attrdef'::regclass THEN (SELECT x.adrelid FROM pg_catalog.pg_attrdef x WHERE x.oid = d.objid)
                 WHEN 'pg_catalog.pg_policy'::regclass THEN (SELECT x.polrelid FROM pg_catalog.pg_policy x WHERE x.oid = d.objid)
               END),
+      -- An operator family's members have no schema of their own: the
+      -- family's.
+      (SELECT n.nspname::text FROM pg_catalog.pg_opfamily f JOIN pg_catalog.pg_namespace n ON n.oid = f.opfnamespace
+        WHERE f.oid = CASE d.classid
+                WHEN 'pg_catalog.pg_amop'::regclass THEN (SELECT x.amopfamily FROM pg_catalog.pg_amop x WHERE x.oid = d.objid)
+                WHEN 'pg_catalog.pg_amproc'::regclass THEN (SELECT x.amprocfamily FROM pg_catalog.pg_amproc x WHERE x.oid = d.objid)
+              END),
       (SELECT n.nspname::text FROM pg_catalog.pg_namespace n
         WHERE pg_catalog.quote_ident(n.nspname) = (pg_catalog.pg_identify_object(d.classid, d.objid, 0)).schema))";
 

@@ -275,7 +275,8 @@ pub fn schema_fingerprint(db: &TestDb, schema: &str) -> String {
 
 /// The preserved tables' changelogs and sync functions left in pgshift's
 /// schema, `tables/functions`.
-pub const SYNC_HELPERS: &str = "SELECT (SELECT count(*) FROM pg_class WHERE relnamespace = 'pgshift'::regnamespace AND relname LIKE 'log\\_%' AND relkind = 'r')
+pub const SYNC_HELPERS: &str = "SELECT (SELECT count(*) FROM pg_class WHERE relnamespace = 'pgshift'::regnamespace AND relname LIKE 'log\\_%' AND relkind = 'r'
+                                         AND obj_description(oid, 'pg_class') LIKE 'pgshift: changelog of %')
                        || '/' || (SELECT count(*) FROM pg_proc WHERE pronamespace = 'pgshift'::regnamespace)";
 
 /// The prepare phases in order (`PGSHIFT_FAILPOINT=<phase>` fails one).

@@ -134,18 +134,8 @@ async fn connect_as_libpq(
 ) -> Result<(tokio_postgres::Client, Connection), tokio_postgres::Error> {
     use tokio_postgres::config::SslMode;
     static WARNED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
-    // libpq's prefer retries without TLS when the handshake fails, and when
-    // the server refuses the session it asked for over TLS (a `hostnossl`
-    // line, `hostssl … reject`): an error of the server's before the
-    // session starts. (Over a server that declined TLS, the same error
-    // comes again.)
-    let (tls_error, refused) = match config.connect(tls.clone()).await {
-        Err(e) if config.get_ssl_mode() == SslMode::Prefer && is_handshake_failure(&e) => {
-            (e, false)
-        }
-        Err(e) if config.get_ssl_mode() == SslMode::Prefer && e.as_db_error().is_some() => {
-            (e, true)
-        }
+    let tls_error = match config.connect(tls.clone()).await {
+        Err(e) if config.get_ssl_mode() == SslMode::Prefer && is_handshake_failure(&e) => e,
         other => return other,
     };
     let mut plain = config.clone();
@@ -153,16 +143,11 @@ async fn connect_as_libpq(
     match plain.connect(tls.clone()).await {
         Ok(connected) => {
             let text = describe_pg_error(&tls_error);
-            let what = if refused {
-                "the server refused the session over TLS"
-            } else {
-                "the TLS handshake failed"
-            };
             if WARNED.swap(true, std::sync::atomic::Ordering::Relaxed) {
-                tracing::debug!("sslmode=prefer: connected without TLS ({what}: {text})");
+                tracing::debug!("sslmode=prefer: connected without TLS ({text})");
             } else {
                 tracing::warn!(
-                    "sslmode=prefer: {what} ({text}); connected without TLS, as libpq does (sslmode=require or stricter refuses that)"
+                    "sslmode=prefer: the TLS handshake failed ({text}); connected without TLS, as libpq does (sslmode=require or stricter refuses that)"
                 );
             }
             Ok(connected)
