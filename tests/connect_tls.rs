@@ -541,6 +541,32 @@ async fn a_host_that_fails_the_tls_checks_ends_the_search() {
     );
 }
 
+/// With `sslmode=prefer`, a certificate the client cannot verify and a
+/// wrong password: the plain attempt's refusal is the one reported (psql
+/// reports both). pgshift said only "server certificate is not trusted",
+/// sending the operator after the certificate.
+#[tokio::test]
+async fn prefer_reports_the_plain_attempts_refusal_after_a_failed_handshake() {
+    let Some(s) = server() else { return };
+    let other_ca = s.home.path().join("prefer-other-ca.pem");
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    std::fs::write(&other_ca, params.self_signed(&key).unwrap().pem()).unwrap();
+    let e = s
+        .fails(&format!(
+            "postgresql://{ROLE}:wrong@localhost:{{port}}/{{db}}?sslmode=prefer&sslrootcert={}",
+            other_ca.display()
+        ))
+        .await;
+    assert!(
+        e.ends_with(&format!(
+            ": password authentication failed for user \"{ROLE}\""
+        )),
+        "{e}"
+    );
+}
+
 /// A server (or proxy) that accepts the connection and never answers: the
 /// attempt ends after the string's connect_timeout, or else after the retry
 /// budget, with one clear line, instead of hanging.

@@ -123,7 +123,9 @@ type Connection = tokio_postgres::Connection<
 /// default) a TLS handshake that fails, on a certificate the root certificates
 /// do not vouch for say, is followed by one attempt without TLS, as libpq (and
 /// so pg_dump) does; the first such fallback of a run is logged as a warning. If
-/// that attempt fails too, the handshake's error is the one reported. A TLS
+/// that attempt fails too, the server's refusal of it is reported (a wrong
+/// password behind an untrusted certificate), or the handshake's error when
+/// the server refuses sessions without TLS. A TLS
 /// error after the handshake is no reason to, for libpq either: in TLS 1.3 a
 /// server that rejects the client's certificate says so after the client has
 /// finished its handshake, and pg_dump then fails ("tlsv1 alert unknown
@@ -153,8 +155,23 @@ async fn connect_as_libpq(
             Ok(connected)
         }
         Err(e) => {
-            tracing::debug!("sslmode=prefer: without TLS too: {}", describe_pg_error(&e));
-            Err(tls_error)
+            // libpq reports both; one line says the one to act on: the
+            // server's refusal of the plain session (a wrong password, no
+            // such database), unless what it refuses is a session without
+            // TLS (no pg_hba line for it, 28000): then the handshake's.
+            let refused_plain = e
+                .as_db_error()
+                .is_some_and(|d| *d.code() != SqlState::INVALID_AUTHORIZATION_SPECIFICATION);
+            let (said, other) = if refused_plain {
+                (e, tls_error)
+            } else {
+                (tls_error, e)
+            };
+            tracing::debug!(
+                "sslmode=prefer: with TLS and without, both failed; the other error: {}",
+                describe_pg_error(&other)
+            );
+            Err(said)
         }
     }
 }
