@@ -2355,6 +2355,7 @@ fn abort_refuses_to_drop_the_applications_objects_built_on_the_migration() {
     let log = dbs.dst.psql(
         "SELECT relname FROM pg_class WHERE relnamespace = 'pgshift'::regnamespace AND relname LIKE 'log\\_%' AND relkind = 'r'",
     );
+    let users_oid = log.trim_start_matches("log_");
     dbs.dst.psql(&format!(
         "CREATE SEQUENCE shadow.tickets;
          CREATE VIEW peek AS SELECT * FROM shadow.users;
@@ -2368,6 +2369,9 @@ fn abort_refuses_to_drop_the_applications_objects_built_on_the_migration() {
          CREATE VIEW pgshift.shadow_users AS SELECT * FROM shadow.users;
          CREATE TABLE pgshift.operator_notes (t text);
          CREATE TABLE pgshift.log_2024 (id int); INSERT INTO pgshift.log_2024 VALUES (1);
+         -- An operator's own trigger calling a sync function.
+         CREATE TRIGGER mine AFTER TRUNCATE ON notes
+           FOR EACH STATEMENT EXECUTE FUNCTION pgshift.sync_{users_oid}_trunc();
          -- A column collated by a collation of the shadow.
          CREATE COLLATION shadow.c2 FROM \"C\";
          CREATE TABLE names (n text COLLATE shadow.c2);
@@ -2383,6 +2387,7 @@ fn abort_refuses_to_drop_the_applications_objects_built_on_the_migration() {
         "default value for column ticket of table notes",
         "view pgshift.shadow_users",
         "column n of table names",
+        "trigger mine on table notes",
         "nothing was changed",
     ] {
         assert!(err.contains(named), "{named}: {err}");
@@ -2399,7 +2404,7 @@ fn abort_refuses_to_drop_the_applications_objects_built_on_the_migration() {
     assert_eq!(st["migration"]["error"], serde_json::Value::Null, "{st}");
     // Once they point elsewhere, abort goes through and leaves them be.
     dbs.dst.psql(
-        "DROP VIEW peek, peek_log, pgshift.shadow_users;
+        "DROP VIEW peek, peek_log, pgshift.shadow_users; DROP TRIGGER mine ON notes;
          ALTER TABLE notes DROP CONSTRAINT notes_user_id_fkey, ALTER ticket DROP DEFAULT;
          ALTER TABLE names ALTER n TYPE text COLLATE \"C\"",
     );

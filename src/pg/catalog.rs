@@ -235,8 +235,12 @@ pub async fn external_dependents(
                 AND NOT (d.classid = 'pg_catalog.pg_class'::regclass AND d.refclassid = 'pg_catalog.pg_class'::regclass
                          AND EXISTS (SELECT 1 FROM pg_catalog.pg_inherits i
                                       WHERE i.inhrelid = d.objid AND i.inhparent = d.refobjid))
+                -- pgshift's sync triggers (its `pgshift_` triggers calling a
+                -- sync function, dropped first); another trigger calling one
+                -- is the operator's.
                 AND NOT (d.classid = 'pg_catalog.pg_trigger'::regclass AND d.refclassid = 'pg_catalog.pg_proc'::regclass
-                         AND d.refobjid IN (SELECT oid FROM own_procs))
+                         AND d.refobjid IN (SELECT oid FROM own_procs)
+                         AND d.objid IN (SELECT g.oid FROM pg_catalog.pg_trigger g WHERE g.tgname LIKE 'pgshift\\_%'))
                 AND COALESCE((CASE d.classid
                        WHEN 'pg_catalog.pg_class'::regclass THEN (SELECT x.relnamespace FROM pg_catalog.pg_class x WHERE x.oid = d.objid)
                        WHEN 'pg_catalog.pg_type'::regclass THEN (SELECT x.typnamespace FROM pg_catalog.pg_type x WHERE x.oid = d.objid)
