@@ -539,7 +539,7 @@ fn a_swap_killed_after_its_commit_is_finished_by_the_next_swap() {
     );
     signal(&child, libc::SIGKILL);
     child.wait().unwrap();
-    let not_valid = "SELECT count(*) FROM pg_constraint WHERE conname = 'orders_user_id_fkey' AND conrelid = 'public.orders'::regclass AND NOT convalidated";
+    let not_valid = ORDERS_KEY_NOT_VALID;
     assert_eq!(dbs.dst.psql(not_valid), "1");
     let st = status_json(&wd, &dst);
     assert!(
@@ -583,17 +583,27 @@ fn a_swap_killed_after_its_commit_is_finished_by_the_next_swap() {
     assert_eq!(st["leftovers"]["found"], false, "{st}");
 }
 
+/// The swap's foreign key from orders to users is NOT VALID (a count).
+const ORDERS_KEY_NOT_VALID: &str = "SELECT count(*) FROM pg_constraint WHERE conname = 'orders_user_id_fkey' AND conrelid = 'public.orders'::regclass AND NOT convalidated";
+
+/// [`users_and_orders`] prepared with users preserved, and its swap killed
+/// after its COMMIT: the pair, the workdir and the destination's URL.
+fn killed_after_commit(name: &str) -> (TestDbs, Workdir, String) {
+    let dbs = users_and_orders(name);
+    let wd = Workdir::new();
+    let dst = dbs.dst.url();
+    assert_success(&wd.prepare(&dbs, &["--preserved-tables", "users"]));
+    swap_killed_after_commit(&wd, &dbs.dst);
+    (dbs, wd, dst)
+}
+
 /// A swap killed after its COMMIT leaves its preserved table's changelog
 /// and trigger functions (its triggers went with the COMMIT); a rollback
 /// run next drops them before it restores the backup, as the next swap
 /// would.
 #[test]
 fn a_rollback_after_a_swap_killed_after_its_commit_drops_its_changelog() {
-    let dbs = users_and_orders("sigkill_then_rollback");
-    let wd = Workdir::new();
-    let dst = dbs.dst.url();
-    assert_success(&wd.prepare(&dbs, &["--preserved-tables", "users"]));
-    swap_killed_after_commit(&wd, &dbs.dst);
+    let (dbs, wd, dst) = killed_after_commit("sigkill_then_rollback");
     assert_eq!(dbs.dst.psql("SELECT count(*) FROM orders"), "1");
     assert_eq!(dbs.dst.psql(common::SYNC_HELPERS), "1/4");
     // (Its write counters at the swap are unknown: --allow-discard.)
@@ -627,12 +637,8 @@ fn a_rollback_after_a_swap_killed_after_its_commit_drops_its_changelog() {
 /// them left its foreign key NOT VALID for good (found by a helper).
 #[test]
 fn a_cleanup_after_a_swap_killed_after_its_commit_finishes_its_steps() {
-    let dbs = users_and_orders("sigkill_then_cleanup");
-    let wd = Workdir::new();
-    let dst = dbs.dst.url();
-    assert_success(&wd.prepare(&dbs, &["--preserved-tables", "users"]));
-    swap_killed_after_commit(&wd, &dbs.dst);
-    let not_valid = "SELECT count(*) FROM pg_constraint WHERE conname = 'orders_user_id_fkey' AND conrelid = 'public.orders'::regclass AND NOT convalidated";
+    let (dbs, wd, dst) = killed_after_commit("sigkill_then_cleanup");
+    let not_valid = ORDERS_KEY_NOT_VALID;
     assert_eq!(dbs.dst.psql(not_valid), "1");
     let out = wd.run(&["cleanup", "--before", "2100-01-01", "--dest", &dst]);
     let err = String::from_utf8_lossy(&out.stderr);
@@ -654,11 +660,8 @@ fn a_cleanup_after_a_swap_killed_after_its_commit_finishes_its_steps() {
 /// a newer backup (found by a helper). Its changelog goes as a leftover.
 #[test]
 fn a_prepare_after_a_swap_killed_after_its_commit_finishes_its_steps() {
-    let dbs = users_and_orders("sigkill_then_prepare");
-    let wd = Workdir::new();
-    assert_success(&wd.prepare(&dbs, &["--preserved-tables", "users"]));
-    swap_killed_after_commit(&wd, &dbs.dst);
-    let not_valid = "SELECT count(*) FROM pg_constraint WHERE conname = 'orders_user_id_fkey' AND conrelid = 'public.orders'::regclass AND NOT convalidated";
+    let (dbs, wd, _) = killed_after_commit("sigkill_then_prepare");
+    let not_valid = ORDERS_KEY_NOT_VALID;
     assert_eq!(dbs.dst.psql(not_valid), "1");
     assert_eq!(dbs.dst.psql(common::SYNC_HELPERS), "1/4");
     let out = wd.prepare(&dbs, &["--preserved-tables", "users"]);
