@@ -539,8 +539,7 @@ fn a_swap_killed_after_its_commit_is_finished_by_the_next_swap() {
     );
     signal(&child, libc::SIGKILL);
     child.wait().unwrap();
-    let not_valid = ORDERS_KEY_NOT_VALID;
-    assert_eq!(dbs.dst.psql(not_valid), "1");
+    assert_eq!(dbs.dst.psql(ORDERS_KEY_NOT_VALID), "1");
     let st = status_json(&wd, &dst);
     assert!(
         st["warnings"]
@@ -570,7 +569,7 @@ fn a_swap_killed_after_its_commit_is_finished_by_the_next_swap() {
         "{err}"
     );
     assert_eq!(dbs.dst.psql(common::SYNC_HELPERS), "0/0");
-    assert_eq!(dbs.dst.psql(not_valid), "0");
+    assert_eq!(dbs.dst.psql(ORDERS_KEY_NOT_VALID), "0");
     let list: serde_json::Value = serde_json::from_str(&assert_success(
         &wd.run(&["list", "--dest", &dst, "--json"]),
     ))
@@ -585,6 +584,18 @@ fn a_swap_killed_after_its_commit_is_finished_by_the_next_swap() {
 
 /// The swap's foreign key from orders to users is NOT VALID (a count).
 const ORDERS_KEY_NOT_VALID: &str = "SELECT count(*) FROM pg_constraint WHERE conname = 'orders_user_id_fkey' AND conrelid = 'public.orders'::regclass AND NOT convalidated";
+
+/// `out` succeeded and says it validated the killed swap's key, which is
+/// valid now.
+fn validated_the_killed_swaps_key(dbs: &TestDbs, out: &std::process::Output) {
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains("stopped after its COMMIT: validated foreign keys orders.orders_user_id_fkey"),
+        "{err}"
+    );
+    assert_eq!(dbs.dst.psql(ORDERS_KEY_NOT_VALID), "0");
+}
 
 /// [`users_and_orders`] prepared with users preserved, and its swap killed
 /// after its COMMIT: the pair, the workdir and the destination's URL.
@@ -638,16 +649,11 @@ fn a_rollback_after_a_swap_killed_after_its_commit_drops_its_changelog() {
 #[test]
 fn a_cleanup_after_a_swap_killed_after_its_commit_finishes_its_steps() {
     let (dbs, wd, dst) = killed_after_commit("sigkill_then_cleanup");
-    let not_valid = ORDERS_KEY_NOT_VALID;
-    assert_eq!(dbs.dst.psql(not_valid), "1");
-    let out = wd.run(&["cleanup", "--before", "2100-01-01", "--dest", &dst]);
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{err}");
-    assert!(
-        err.contains("stopped after its COMMIT: validated foreign keys orders.orders_user_id_fkey"),
-        "{err}"
+    assert_eq!(dbs.dst.psql(ORDERS_KEY_NOT_VALID), "1");
+    validated_the_killed_swaps_key(
+        &dbs,
+        &wd.run(&["cleanup", "--before", "2100-01-01", "--dest", &dst]),
     );
-    assert_eq!(dbs.dst.psql(not_valid), "0");
     assert_eq!(
         dbs.dst
             .psql("SELECT count(*) FROM pg_namespace WHERE nspname LIKE 'backup\\_%'"),
@@ -661,17 +667,9 @@ fn a_cleanup_after_a_swap_killed_after_its_commit_finishes_its_steps() {
 #[test]
 fn a_prepare_after_a_swap_killed_after_its_commit_finishes_its_steps() {
     let (dbs, wd, _) = killed_after_commit("sigkill_then_prepare");
-    let not_valid = ORDERS_KEY_NOT_VALID;
-    assert_eq!(dbs.dst.psql(not_valid), "1");
+    assert_eq!(dbs.dst.psql(ORDERS_KEY_NOT_VALID), "1");
     assert_eq!(dbs.dst.psql(common::SYNC_HELPERS), "1/4");
-    let out = wd.prepare(&dbs, &["--preserved-tables", "users"]);
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{err}");
-    assert!(
-        err.contains("stopped after its COMMIT: validated foreign keys orders.orders_user_id_fkey"),
-        "{err}"
-    );
-    assert_eq!(dbs.dst.psql(not_valid), "0");
+    validated_the_killed_swaps_key(&dbs, &wd.prepare(&dbs, &["--preserved-tables", "users"]));
     assert_eq!(
         dbs.dst.psql(COUNTED),
         "1",
