@@ -310,9 +310,11 @@ pub async fn connect_pinned(
                 }
                 Err(e) => {
                     // As libpq: a server that answered and refused (the
-                    // login failed, no such database) ends the search; the
-                    // next host is tried after a connection failure or a
-                    // server not accepting connections yet (57P03) only.
+                    // login failed or asked for a password none was given
+                    // for, no such database, the TLS checks failed) ends the
+                    // search; the next host is tried after a connection
+                    // failure or a server not accepting connections yet
+                    // (57P03) only.
                     let refused = refused_the_login(&e) || is_tls_failure(&e);
                     failures.push((endpoint, e));
                     if refused {
@@ -702,7 +704,7 @@ pub fn describe_pg_error(e: &tokio_postgres::Error) -> String {
         return describe_db_error(db);
     }
     let kind = e.to_string();
-    let tls = kind == "error performing TLS handshake";
+    let tls = is_handshake_failure(e);
     let cause = match e.source() {
         Some(source) => describe_cause(source),
         None => match kind.as_str() {
@@ -713,7 +715,7 @@ pub fn describe_pg_error(e: &tokio_postgres::Error) -> String {
     match kind.as_str() {
         _ if tls => format!("TLS: {cause}"),
         "authentication error" => format!("authentication failed: {cause}"),
-        "invalid configuration" if cause == "password missing" => {
+        _ if password_missing(e) => {
             "the server asks for a password and none was given (set it in the URL, PGPASSWORD or ~/.pgpass)"
                 .to_string()
         }
@@ -841,11 +843,15 @@ fn refused_the_login(e: &tokio_postgres::Error) -> bool {
     if let Some(d) = e.as_db_error() {
         return *d.code() != SqlState::CANNOT_CONNECT_NOW;
     }
-    let kind = e.to_string();
-    kind == "authentication error"
-        || (kind == "invalid configuration"
-            && e.source()
-                .is_some_and(|s| s.to_string() == "password missing"))
+    e.to_string() == "authentication error" || password_missing(e)
+}
+
+/// The server asks for a password and none was given (tokio-postgres's
+/// words for it).
+fn password_missing(e: &tokio_postgres::Error) -> bool {
+    e.to_string() == "invalid configuration"
+        && e.source()
+            .is_some_and(|s| s.to_string() == "password missing")
 }
 
 /// The TLS handshake itself failed (tokio-postgres's own words for it), as
@@ -855,7 +861,7 @@ fn is_handshake_failure(e: &tokio_postgres::Error) -> bool {
 }
 
 fn is_tls_failure(e: &tokio_postgres::Error) -> bool {
-    if e.to_string() == "error performing TLS handshake" {
+    if is_handshake_failure(e) {
         return true;
     }
     let mut cur: Option<&(dyn StdError + 'static)> = e.source();
