@@ -116,6 +116,15 @@ fn swap_refuses_rejection(wd: &Workdir, dst: &str, needle: &str) {
     assert!(err.contains(REJECTED) && err.contains(needle), "{err}");
 }
 
+/// [`swap_refuses_rejection`], then `fix` on the destination, and the swap
+/// goes through.
+fn swap_refused_until(wd: &Workdir, db: &TestDb, needle: &str, fix: &str) {
+    let dst = db.url();
+    swap_refuses_rejection(wd, &dst, needle);
+    db.psql(fix);
+    assert_success(&wd.run(&["swap", "--dest", &dst]));
+}
+
 /// `db`'s socket URL, connecting as `role`.
 fn socket_url_as(db: &common::TestDb, role: &str) -> String {
     db.socket_url().replacen(
@@ -975,9 +984,12 @@ fn a_column_that_becomes_a_new_domain_over_its_type_is_preserved() {
     dbs.dst
         .psql("INSERT INTO users VALUES (2, 'b@x'), (3, 'nobody')");
     rejection_foreseen(&wd, &dst, "email_check\"; DETAIL: Key (id)=(3).");
-    swap_refuses_rejection(&wd, &dst, "Key (id)=(3).");
-    dbs.dst.psql("UPDATE users SET name = 'c@x' WHERE id = 3");
-    assert_success(&wd.run(&["swap", "--dest", &dst]));
+    swap_refused_until(
+        &wd,
+        &dbs.dst,
+        "Key (id)=(3).",
+        "UPDATE users SET name = 'c@x' WHERE id = 3",
+    );
     assert_eq!(
         dbs.dst
             .psql("SELECT string_agg(name || ':' || pg_typeof(name), ',' ORDER BY id) FROM users"),
@@ -1031,9 +1043,12 @@ fn a_truncated_preserved_table_is_tried_beside_an_open_application_write() {
     let st = json_of(&wd, &["status", "--dest", &dst, "--json"]);
     assert_eq!(st["preserved_tables"][0]["health"]["pending"], 4, "{st}");
     // The swap refuses it in the same words, and goes through once it is fixed.
-    swap_refuses_rejection(&wd, &dst, "email");
-    dbs.dst.psql("UPDATE users SET email = 'b' WHERE id = 2");
-    assert_success(&wd.run(&["swap", "--dest", &dst]));
+    swap_refused_until(
+        &wd,
+        &dbs.dst,
+        "email",
+        "UPDATE users SET email = 'b' WHERE id = 2",
+    );
     assert_eq!(
         dbs.dst
             .psql("SELECT string_agg(id || email, ',' ORDER BY id) FROM users"),
@@ -1179,9 +1194,12 @@ fn a_deferred_unique_key_only_the_source_has_never_fails_the_applications_write(
         "3"
     );
     rejection_foreseen(&wd, &dst, "email_u");
-    swap_refuses_rejection(&wd, &dst, "email_u");
-    dbs.dst.psql("UPDATE users SET email = 'c' WHERE id = 3");
-    assert_success(&wd.run(&["swap", "--dest", &dst]));
+    swap_refused_until(
+        &wd,
+        &dbs.dst,
+        "email_u",
+        "UPDATE users SET email = 'c' WHERE id = 3",
+    );
     assert_eq!(
         dbs.dst
             .psql("SELECT string_agg(id || email, ',' ORDER BY id) FROM users"),
