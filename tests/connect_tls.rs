@@ -567,6 +567,57 @@ async fn prefer_reports_the_plain_attempts_refusal_after_a_failed_handshake() {
     );
 }
 
+/// With `sslmode=prefer`, a server that refuses the session over TLS (a
+/// `hostssl … reject` line before one that lets the client in) is asked again
+/// without TLS, as libpq does when the server answers its TLS session with an
+/// error: pgshift failed where psql connects.
+#[tokio::test]
+async fn prefer_asks_again_without_tls_when_the_server_refuses_tls_sessions() {
+    if !can_start_clusters() {
+        return;
+    }
+    let cluster = Cluster::start_with("hostnossl", "");
+    let hba = cluster.data_dir().join("pg_hba.conf");
+    let rules = std::fs::read_to_string(&hba).unwrap();
+    std::fs::write(
+        &hba,
+        format!("hostssl all all 127.0.0.1/32 reject\n{rules}"),
+    )
+    .unwrap();
+    cluster.psql("postgres", "SELECT pg_reload_conf()");
+    let input = format!(
+        "host=127.0.0.1 port={} user={} password='{}' dbname=postgres sslmode=prefer",
+        cluster.port(),
+        cluster.superuser(),
+        cluster.password()
+    );
+    let home = tempfile::tempdir().unwrap();
+    let psql = common::hermetic_command(cluster.bindir().join("psql"), home.path())
+        .args(["-XAtc", "SELECT 1", &input])
+        .output()
+        .unwrap();
+    assert!(psql.status.success(), "psql: {psql:?}");
+    let h = home.path().display().to_string();
+    let spec =
+        ConnSpec::parse_with_env(&input, &move |k| (k == "HOME").then(|| h.clone())).unwrap();
+    let c = connect(&spec, "destination", "pgshift-e2e", Duration::ZERO)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(!ssl_in_use(&c).await);
+    // require has no such fallback.
+    let required = input.replace("sslmode=prefer", "sslmode=require");
+    let h = home.path().display().to_string();
+    let spec =
+        ConnSpec::parse_with_env(&required, &move |k| (k == "HOME").then(|| h.clone())).unwrap();
+    let Err(e) = connect(&spec, "destination", "pgshift-e2e", Duration::ZERO).await else {
+        panic!("require connected without TLS")
+    };
+    assert!(
+        e.to_string().contains("pg_hba.conf rejects connection"),
+        "{e}"
+    );
+}
+
 /// A server (or proxy) that accepts the connection and never answers: the
 /// attempt ends after the string's connect_timeout, or else after the retry
 /// budget, with one clear line, instead of hanging.

@@ -14,6 +14,7 @@ use anyhow::anyhow;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, PoolError, RecyclingMethod, Runtime};
 use itertools::Itertools;
 use tokio_postgres::error::{DbError, SqlState};
+use tokio_postgres::tls::{MakeTlsConnect, TlsConnect};
 
 use super::connspec::{ConnSpec, Endpoint, Host, TargetSessionAttrs};
 use super::tls::{describe_rustls_error, make_tls};
@@ -114,42 +115,128 @@ impl deadpool_postgres::Connect for TrackedConnect {
 
 type Connection = tokio_postgres::Connection<
     tokio_postgres::Socket,
-    <tokio_postgres_rustls::MakeRustlsConnect as tokio_postgres::tls::MakeTlsConnect<
-        tokio_postgres::Socket,
-    >>::Stream,
+    <RustlsMake as MakeTlsConnect<tokio_postgres::Socket>>::Stream,
 >;
+
+/// `MakeRustlsConnect` that remembers whether a TLS session was started:
+/// tokio-postgres starts one only when the server answers the SSLRequest with
+/// yes, and does not say afterwards whether it did. One per attempt.
+#[derive(Clone)]
+struct WatchedTls {
+    inner: tokio_postgres_rustls::MakeRustlsConnect,
+    started: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+type RustlsMake = tokio_postgres_rustls::MakeRustlsConnect;
+type RustlsConnect = <RustlsMake as MakeTlsConnect<tokio_postgres::Socket>>::TlsConnect;
+
+impl WatchedTls {
+    fn new(inner: &RustlsMake) -> Self {
+        WatchedTls {
+            inner: inner.clone(),
+            started: Default::default(),
+        }
+    }
+
+    fn started(&self) -> bool {
+        self.started.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+struct WatchedConnect {
+    inner: RustlsConnect,
+    started: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl MakeTlsConnect<tokio_postgres::Socket> for WatchedTls {
+    type Stream = <RustlsMake as MakeTlsConnect<tokio_postgres::Socket>>::Stream;
+    type TlsConnect = WatchedConnect;
+    type Error = <RustlsMake as MakeTlsConnect<tokio_postgres::Socket>>::Error;
+
+    fn make_tls_connect(&mut self, domain: &str) -> Result<WatchedConnect, Self::Error> {
+        Ok(WatchedConnect {
+            inner: <RustlsMake as MakeTlsConnect<tokio_postgres::Socket>>::make_tls_connect(
+                &mut self.inner,
+                domain,
+            )?,
+            started: self.started.clone(),
+        })
+    }
+}
+
+impl TlsConnect<tokio_postgres::Socket> for WatchedConnect {
+    type Stream = <RustlsConnect as TlsConnect<tokio_postgres::Socket>>::Stream;
+    type Error = <RustlsConnect as TlsConnect<tokio_postgres::Socket>>::Error;
+    type Future = <RustlsConnect as TlsConnect<tokio_postgres::Socket>>::Future;
+
+    fn connect(self, stream: tokio_postgres::Socket) -> Self::Future {
+        self.started
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        self.inner.connect(stream)
+    }
+}
+
+/// Why `sslmode=prefer` asks again without TLS.
+#[derive(Clone, Copy)]
+enum PlainRetry {
+    /// The TLS handshake failed (a certificate the root certificates do not
+    /// vouch for, say).
+    Handshake,
+    /// The server refused the login it was asked for over TLS (a `hostssl …
+    /// reject` line, only `hostnossl` lines, a password line for TLS only):
+    /// libpq asks again without TLS on any error before the login is
+    /// accepted. Only the authentication class (28) is taken as such; an
+    /// error after the login (no such database) is not asked again, by libpq
+    /// either.
+    RefusedOverTls,
+}
 
 /// One connection attempt as libpq makes it. With `sslmode=prefer` (the
 /// default) a TLS handshake that fails, on a certificate the root certificates
-/// do not vouch for say, is followed by one attempt without TLS, as libpq (and
-/// so pg_dump) does; the first such fallback of a run is logged as a warning. If
-/// that attempt fails too, the server's refusal of it is reported (a wrong
-/// password behind an untrusted certificate), or the handshake's error when
-/// the server refuses sessions without TLS. A TLS
-/// error after the handshake is no reason to, for libpq either: in TLS 1.3 a
-/// server that rejects the client's certificate says so after the client has
-/// finished its handshake, and pg_dump then fails ("tlsv1 alert unknown
-/// ca") where a fallback would have let pgshift's own sessions in.
+/// do not vouch for say, or a server that refuses the login over TLS, is
+/// followed by one attempt without TLS, as libpq (and so pg_dump) does; the
+/// first such fallback of a run is logged as a warning. A server that declined
+/// TLS is not asked twice: its refusal stands. If the attempt without TLS fails
+/// too, the server's refusal of it is reported (a wrong password behind an
+/// untrusted certificate), or the first error when the server refuses sessions
+/// without TLS. A TLS error after the handshake is no reason to, for libpq
+/// either: in TLS 1.3 a server that rejects the client's certificate says so
+/// after the client has finished its handshake, and pg_dump then fails
+/// ("tlsv1 alert unknown ca") where a fallback would have let pgshift's own
+/// sessions in.
 async fn connect_as_libpq(
     config: &tokio_postgres::Config,
-    tls: &tokio_postgres_rustls::MakeRustlsConnect,
+    tls: &RustlsMake,
 ) -> Result<(tokio_postgres::Client, Connection), tokio_postgres::Error> {
     use tokio_postgres::config::SslMode;
     static WARNED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
-    let tls_error = match config.connect(tls.clone()).await {
-        Err(e) if config.get_ssl_mode() == SslMode::Prefer && is_handshake_failure(&e) => e,
+    let watched = WatchedTls::new(tls);
+    let prefer = config.get_ssl_mode() == SslMode::Prefer;
+    let (first_error, why) = match config.connect(watched.clone()).await {
+        Err(e) if prefer && is_handshake_failure(&e) => (e, PlainRetry::Handshake),
+        Err(e)
+            if prefer
+                && watched.started()
+                && e.code().is_some_and(|c| c.code().starts_with("28")) =>
+        {
+            (e, PlainRetry::RefusedOverTls)
+        }
         other => return other,
     };
     let mut plain = config.clone();
     plain.ssl_mode(SslMode::Disable);
-    match plain.connect(tls.clone()).await {
+    match plain.connect(WatchedTls::new(tls)).await {
         Ok(connected) => {
-            let text = describe_pg_error(&tls_error);
+            let text = describe_pg_error(&first_error);
+            let what = match why {
+                PlainRetry::Handshake => "the TLS handshake failed",
+                PlainRetry::RefusedOverTls => "the server refused the login over TLS",
+            };
             if WARNED.swap(true, std::sync::atomic::Ordering::Relaxed) {
-                tracing::debug!("sslmode=prefer: connected without TLS ({text})");
+                tracing::debug!("sslmode=prefer: connected without TLS ({what}: {text})");
             } else {
                 tracing::warn!(
-                    "sslmode=prefer: the TLS handshake failed ({text}); connected without TLS, as libpq does (sslmode=require or stricter refuses that)"
+                    "sslmode=prefer: {what} ({text}); connected without TLS, as libpq does (sslmode=require or stricter refuses that)"
                 );
             }
             Ok(connected)
@@ -158,14 +245,14 @@ async fn connect_as_libpq(
             // libpq reports both; one line says the one to act on: the
             // server's refusal of the plain session (a wrong password, no
             // such database), unless what it refuses is a session without
-            // TLS (no pg_hba line for it, 28000): then the handshake's.
+            // TLS (no pg_hba line for it, 28000): then the first attempt's.
             let refused_plain = e
                 .as_db_error()
                 .is_some_and(|d| *d.code() != SqlState::INVALID_AUTHORIZATION_SPECIFICATION);
             let (said, other) = if refused_plain {
-                (e, tls_error)
+                (e, first_error)
             } else {
-                (tls_error, e)
+                (first_error, e)
             };
             tracing::debug!(
                 "sslmode=prefer: with TLS and without, both failed; the other error: {}",
