@@ -17,7 +17,7 @@ use crate::cli::{
 };
 use crate::error::UserError;
 use crate::pg::conn::connspec::ConnSpec;
-use crate::pg::ident::TableName;
+use crate::pg::ident::{TableName, as_typed};
 use crate::pg::pattern::{TablePattern, split_list};
 use crate::prepare::filters::TableFilters;
 use crate::swap::engine::Policy;
@@ -76,13 +76,13 @@ fn parse_schemas(raw: Vec<String>) -> Result<Vec<String>> {
             // A name of three parts is no schema name, not a table name of
             // too many parts.
             UserError::new(if e.contains("more than two parts") {
-                format!("--schemas: {r:?} is not a schema name")
+                format!("--schemas: {} is not a schema name", as_typed(r))
             } else {
                 format!("--schemas: {}", e.replace("table name", "schema name"))
             })
         })?;
         if t.schema.is_some() {
-            crate::refuse!("--schemas: {r:?} is not a schema name");
+            crate::refuse!("--schemas: {} is not a schema name", as_typed(r));
         }
         let name = t.name;
         let reserved = name == crate::pg::meta::META_SCHEMA
@@ -192,7 +192,8 @@ impl StringList {
                 let items = split_list(s);
                 if items.iter().any(|i| i.trim().is_empty()) {
                     crate::refuse!(
-                        "{key} in the config file: {s:?} has an empty item (a comma too many?)"
+                        "{key} in the config file: {} has an empty item (a comma too many?)",
+                        as_typed(s)
                     );
                 }
                 Ok(items)
@@ -234,8 +235,9 @@ pub fn list_items(
         let items = split_list(v);
         if items.iter().any(|i| i.trim().is_empty()) {
             crate::refuse!(
-                "{}: {v:?} has an empty item (a comma too many?)",
-                from_env.unwrap_or(flag)
+                "{}: {} has an empty item (a comma too many?)",
+                from_env.unwrap_or(flag),
+                as_typed(v)
             );
         }
         out.extend(items);
@@ -981,15 +983,15 @@ fn parse_roles(items: &[String]) -> Result<Vec<String>> {
         let name = TableName::parse(item).map_err(|e| {
             let e = e.to_string();
             bad(if e.contains("more than two parts") {
-                format!("{:?} is not a role name (it has dots)", item.trim())
+                format!("{} is not a role name (it has dots)", as_typed(item.trim()))
             } else {
                 e.replacen("table name", "role name", 1)
             })
         })?;
         if name.schema.is_some() {
             return Err(bad(format!(
-                "{:?} is not a role name (it has a dot)",
-                item.trim()
+                "{} is not a role name (it has a dot)",
+                as_typed(item.trim())
             ))
             .into());
         }

@@ -280,6 +280,24 @@ fn bad_input_is_one_line_a_documented_code_and_no_change() {
             code: 2,
             message: vec!["--schemas: \"a.b.c\" is not a schema name"],
         },
+        // A name with quotes comes back as typed, not escaped Rust-style
+        // (`"\"Sales\".orders"` is not what to paste back).
+        Case {
+            name: "a quoted table name with an unterminated quote",
+            args: prepare(&["--preserved-tables", "\"Sales\".\"orders"]),
+            env: vec![],
+            code: 2,
+            message: vec![
+                "--preserved-tables: table name '\"Sales\".\"orders' has an unterminated quote",
+            ],
+        },
+        Case {
+            name: "a quoted schema name with text after its quote",
+            args: prepare(&["--schemas", "public,\"Billing\"x"]),
+            env: vec![],
+            code: 2,
+            message: vec!["--schemas: schema name '\"Billing\"x' is not an identifier"],
+        },
         Case {
             name: "a --dump-dir holding files pgshift did not write",
             args: prepare(&["--dump-dir", a_backup.to_str().unwrap()]),

@@ -61,13 +61,13 @@ pub struct TableName {
 pub enum NameError {
     #[error("empty table name")]
     Empty,
-    #[error("table name {0:?} is not an identifier: it contains {1}")]
+    #[error("table name {} is not an identifier: it contains {}", as_typed(.0), .1)]
     BadChar(String, String),
-    #[error("table name {0:?} has an unterminated quote")]
+    #[error("table name {} has an unterminated quote", as_typed(.0))]
     Unterminated(String),
-    #[error("table name {0:?} has more than two parts (only schema.table is allowed)")]
+    #[error("table name {} has more than two parts (only schema.table is allowed)", as_typed(.0))]
     TooManyParts(String),
-    #[error("table name {0:?} is longer than 63 bytes")]
+    #[error("table name {} is longer than 63 bytes", as_typed(.0))]
     TooLong(String),
 }
 
@@ -235,6 +235,20 @@ pub fn fold_hint(near: &[String]) -> String {
             " (letters outside double quotes are folded to lower case, as in psql: write {} with its quotes)",
             near[..near.len().min(3)].join(" or ")
         ),
+    }
+}
+
+/// A user's input as typed, quoted for an error message: `"users"`, or
+/// `'"Sales".orders'` when it holds double quotes or backslashes, which a
+/// Rust-style string would escape (`"\"Sales\".orders"`, not what to paste
+/// back). Input with control characters, or with both kinds of quote, keeps
+/// the escaped form: it shows what no terminal would.
+pub fn as_typed(input: &str) -> String {
+    let plain = !input.contains(['"', '\\']);
+    if plain || input.contains('\'') || input.chars().any(char::is_control) {
+        format!("{input:?}")
+    } else {
+        format!("'{input}'")
     }
 }
 

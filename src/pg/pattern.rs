@@ -41,11 +41,11 @@ pub struct TablePattern {
 pub enum PatternError {
     #[error("empty table pattern")]
     Empty,
-    #[error("table pattern {0:?} has an unterminated quote")]
+    #[error("table pattern {} has an unterminated quote", crate::pg::ident::as_typed(.0))]
     Unterminated(String),
-    #[error("table pattern {0:?} has more than two parts (only schema.table is allowed)")]
+    #[error("table pattern {} has more than two parts (only schema.table is allowed)", crate::pg::ident::as_typed(.0))]
     TooManyParts(String),
-    #[error("table pattern {0:?} has an empty part")]
+    #[error("table pattern {} has an empty part", crate::pg::ident::as_typed(.0))]
     EmptyPart(String),
     #[error("table pattern {0:?} contains a control character")]
     Control(String),
