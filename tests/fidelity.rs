@@ -1163,6 +1163,90 @@ fn a_source_in_another_encoding_arrives_with_the_same_characters() {
     );
 }
 
+/// A destination in LATIN1 (or any encoding that cannot hold every
+/// character): every statement pgshift sends is converted to it, comments
+/// included, so one character outside it failed the dry run, prepare and the
+/// swap before any row moved. The whole lifecycle runs, with a preserved
+/// table written to in between, and the characters the encoding holds arrive.
+#[test]
+fn a_destination_in_latin1_takes_the_whole_lifecycle() {
+    let (src, dst) = common::clusters();
+    let dbs = TestDbs {
+        src: src.create_db("src", "tolatin1"),
+        dst: dst.create_db_with(
+            "dst",
+            "tolatin1",
+            "ENCODING 'LATIN1' LC_COLLATE 'C' LC_CTYPE 'C' TEMPLATE template0",
+        ),
+    };
+    assert_eq!(dbs.dst.psql("SHOW server_encoding"), "LATIN1");
+    let schema = "CREATE TABLE \"café\" (id int PRIMARY KEY, nom text DEFAULT 'crème');
+         COMMENT ON TABLE \"café\" IS 'déjà vu';
+         CREATE TABLE notes (id serial PRIMARY KEY, body text NOT NULL);";
+    dbs.src.psql(&format!(
+        "{schema} INSERT INTO \"café\" VALUES (1, 'Ångström ÿ'), (2, DEFAULT);"
+    ));
+    dbs.dst.psql(&format!(
+        "SET client_encoding = 'UTF8'; {schema}
+         INSERT INTO notes (body) VALUES ('née à Zürich'), ('ça');"
+    ));
+    let (s, d) = (dbs.src.url(), dbs.dst.url());
+    let wd = Workdir::new();
+    let prepare = [
+        "prepare",
+        "--verify",
+        "checksums",
+        "--preserved-tables",
+        "notes",
+        "--source",
+        &s,
+        "--dest",
+        &d,
+    ];
+    let mut dry = prepare.to_vec();
+    dry.push("--dry-run");
+    wd.run_ok(&dry);
+    wd.run_ok(&prepare);
+    dbs.dst
+        .psql("SET client_encoding = 'UTF8'; INSERT INTO notes (body) VALUES ('über')");
+    wd.run_ok(&["status", "--json", "--dest", &d]);
+    wd.run_ok(&["swap", "--dry-run", "--dest", &d]);
+    wd.run_ok(&["swap", "--dest", &d]);
+    let utf8 = |db: &TestDb, sql: &str| db.psql(&format!("SET client_encoding = 'UTF8'; {sql}"));
+    assert_eq!(
+        utf8(
+            &dbs.dst,
+            "SELECT string_agg(nom, ',' ORDER BY id) FROM \"café\""
+        ),
+        "Ångström ÿ,crème"
+    );
+    assert_eq!(
+        utf8(
+            &dbs.dst,
+            "SELECT string_agg(body, ',' ORDER BY id) FROM notes"
+        ),
+        "née à Zürich,ça,über"
+    );
+    wd.run_ok(&["list", "--json", "--dest", &d]);
+    wd.run_ok(&["verify", "--latest", "--dest", &d]);
+    wd.run_ok(&["rollback", "--latest", "--dest", &d]);
+    assert_eq!(utf8(&dbs.dst, "SELECT count(*) FROM \"café\""), "0");
+    // A prepared migration abandoned, and the backups cleaned up.
+    wd.run_ok(&prepare);
+    wd.run_ok(&["abort", "--dest", &d]);
+    let far = (chrono::Utc::now() + chrono::Duration::days(1))
+        .timestamp_millis()
+        .to_string();
+    wd.run_ok(&["cleanup", "--dest", &d, "--before", &far]);
+    assert_eq!(
+        utf8(
+            &dbs.dst,
+            "SELECT string_agg(body, ',' ORDER BY id) FROM notes"
+        ),
+        "née à Zürich,ça,über"
+    );
+}
+
 /// A built-in type without binary input and output (`aclitem`, a table that
 /// keeps privileges), or an array or domain of it: its table is copied as
 /// text, not failed on.

@@ -436,7 +436,7 @@ async fn rename_obstacles(
                               -- text search parsers and templates have no owner: only a superuser moves them
                               WHEN 'pg_catalog.pg_ts_parser'::regclass THEN (SELECT r.rolsuper FROM pg_catalog.pg_roles r WHERE r.rolname = current_user)
                               WHEN 'pg_catalog.pg_ts_template'::regclass THEN (SELECT r.rolsuper FROM pg_catalog.pg_roles r WHERE r.rolname = current_user)
-                              -- the rest (casts, languages, …) live in no schema and do not move
+                              -- the rest (casts, languages and so on) live in no schema and do not move
                               ELSE true
                             END)
                FROM pg_catalog.pg_namespace pub, pg_catalog.pg_namespace inc
