@@ -1197,6 +1197,48 @@ fn row_level_security_on_the_source_is_refused_not_copied_short() {
     );
 }
 
+/// A table that forces row-level security on its owner, copied by a
+/// destination role that owns it (the source read by a superuser): its rows
+/// all arrive, and `--verify checksums` checksums the shadow's copy of it
+/// rather than failing after the whole copy ("query would be affected by
+/// row-level security policy"). FORCE stays on.
+#[test]
+fn a_table_forcing_row_level_security_is_checksummed_in_the_shadow() {
+    let dbs = TestDbs::new("rls_checksum");
+    let dst = database_owner(&dbs.dst, "rls_owner", "rls-pw");
+    dbs.src.psql(
+        "CREATE TABLE docs (id int PRIMARY KEY, who text);
+         INSERT INTO docs SELECT g, CASE WHEN g % 2 = 0 THEN 'a' ELSE 'b' END FROM generate_series(1, 40) g;
+         ALTER TABLE docs ENABLE ROW LEVEL SECURITY; ALTER TABLE docs FORCE ROW LEVEL SECURITY;
+         CREATE POLICY mine ON docs USING (who = 'a');",
+    );
+    let wd = Workdir::new();
+    assert_success(&wd.run(&[
+        "prepare",
+        "--verify",
+        "checksums",
+        "--source",
+        &dbs.src.url(),
+        "--dest",
+        &dst,
+    ]));
+    assert_eq!(
+        dbs.dst.query_one_string(
+            "SELECT count(*) || ' ' || bool_and(c.relforcerowsecurity)
+               FROM shadow.docs, pg_class c WHERE c.oid = 'shadow.docs'::regclass"
+        ),
+        "40 true"
+    );
+    assert_success(&wd.run(&["swap", "--dest", &dst]));
+    assert_eq!(
+        dbs.dst.query_one_string("SELECT count(*) FROM public.docs"),
+        "40"
+    );
+    // Back, and the backup of the migrated public verified, FORCE and all.
+    assert_success(&wd.run(&["rollback", "--latest", "--dest", &dst]));
+    assert_success(&wd.run(&["verify", "--latest", "--dest", &dst]));
+}
+
 /// A Hibernate-style writer on its own connection until `stop`: each
 /// transaction takes `nextval(seq)` first (and holds the sequence), pauses,
 /// then inserts that id into `table` (and waits for the table while a swap

@@ -261,8 +261,8 @@ async fn check_schema(
                         maps.iter().map(|m| m.backup.as_str()),
                         &lives,
                     );
-                    let got =
-                        crate::prepare::phases::checksum(client, &path, schema, &t.name).await?;
+                    let got = crate::prepare::phases::own_checksum(client, &path, schema, &t.name)
+                        .await?;
                     if &got != want {
                         let message = format!(
                             "table {name}: content checksum {got}, the manifest recorded {want}"

@@ -1942,7 +1942,7 @@ async fn validate(run: &mut Run<'_>, synced: &[sync::SyncedTable]) -> Result<Vec
             .filter(|r| !r.preserved && !r.data_excluded)
         {
             let a = batch::released(src, checksum(src, &lives, &r.schema, &r.name)).await?;
-            let b = checksum(
+            let b = own_checksum(
                 &run.sess.control,
                 &shadows,
                 run.shadow_of(&r.schema),
@@ -2006,6 +2006,51 @@ pub async fn checksum(client: &Client, path: &[&str], schema: &str, table: &str)
         .await?;
     sum
 }
+
+/// [`checksum`] of a table in one of pgshift's own schemas (a shadow, a
+/// backup), which no application reads. A table that forces row-level
+/// security on its owner hides rows from pgshift's role too (and with
+/// `row_security = off` the read fails, after the whole copy): its checksum is
+/// taken in a transaction that lifts FORCE for the read and is rolled back, so
+/// the table keeps it. Only the owner (or a member of its role) may lift it;
+/// anyone else gets the read's own error, naming the table.
+pub async fn own_checksum(
+    client: &Client,
+    path: &[&str],
+    schema: &str,
+    table: &str,
+) -> Result<String> {
+    let rel = qualified(schema, table);
+    let forced: bool = client
+        .query_one(
+            "SELECT c.relforcerowsecurity AND pg_catalog.row_security_active(c.oid)
+                    AND pg_catalog.pg_has_role(c.relowner, 'USAGE')
+               FROM pg_catalog.pg_class c WHERE c.oid = $1::text::regclass",
+            &[&rel],
+        )
+        .await
+        .map_err(|e| anyhow!("checksumming {table}: {}", describe_pg_error(&e)))?
+        .get(0);
+    if !forced {
+        return checksum(client, path, schema, table).await;
+    }
+    let lifted = client
+        .batch_execute(&format!(
+            "BEGIN; SET LOCAL lock_timeout = '{OWN_CHECKSUM_LOCK_TIMEOUT}';
+             ALTER TABLE {rel} NO FORCE ROW LEVEL SECURITY"
+        ))
+        .await
+        .map_err(|e| anyhow!("checksumming {table}: {}", describe_pg_error(&e)));
+    let sum = match lifted {
+        Ok(()) => checksum(client, path, schema, table).await,
+        Err(e) => Err(e),
+    };
+    client.batch_execute("ROLLBACK").await?;
+    sum
+}
+
+/// How long [`own_checksum`] waits for its table (someone reading a backup).
+const OWN_CHECKSUM_LOCK_TIMEOUT: &str = "10s";
 
 async fn checksum_with_path(
     client: &Client,
