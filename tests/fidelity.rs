@@ -1205,7 +1205,16 @@ fn a_destination_in_latin1_takes_the_whole_lifecycle() {
     ];
     let mut dry = prepare.to_vec();
     dry.push("--dry-run");
-    wd.run_ok(&dry);
+    let planned = wd.run_ok(&dry);
+    // Said before anything moves: the encoding, and the character classes
+    // (C here, C.UTF-8 on the source; both order text alike).
+    for said in [
+        "the destination's database encoding is LATIN1, the source's UTF8",
+        "the destination's character classification (LC_CTYPE) is C (libc), the source's C.UTF-8 (libc)",
+    ] {
+        assert!(planned.contains(said), "{said}: {planned}");
+    }
+    assert!(!planned.contains("default collation"), "{planned}");
     wd.run_ok(&prepare);
     dbs.dst
         .psql("SET client_encoding = 'UTF8'; INSERT INTO notes (body) VALUES ('über')");

@@ -136,6 +136,121 @@ pub async fn check_source(src: &Client, schemas: &[String]) -> Result<Vec<String
     Ok(warnings)
 }
 
+/// A database's encoding and default locale, as [`locale_differences`]
+/// compares them.
+struct DbLocale {
+    encoding: String,
+    /// `c` (libc), `i` (ICU), `b` (builtin, 17 and later).
+    provider: String,
+    collate: String,
+    ctype: String,
+    /// The ICU or builtin locale (empty for libc).
+    locale: String,
+}
+
+impl DbLocale {
+    async fn of(client: &Client, side: &str) -> Result<DbLocale> {
+        // Through to_jsonb: datlocprovider and daticulocale are 15's,
+        // datlocale 17's.
+        let r = client
+            .query_one(
+                "SELECT pg_catalog.pg_encoding_to_char(d.encoding)::text, d.datcollate::text, d.datctype::text,
+                        coalesce(pg_catalog.to_jsonb(d) ->> 'datlocprovider', 'c'),
+                        coalesce(pg_catalog.to_jsonb(d) ->> 'datlocale', pg_catalog.to_jsonb(d) ->> 'daticulocale', '')
+                   FROM pg_catalog.pg_database d WHERE d.datname = pg_catalog.current_database()",
+                &[],
+            )
+            .await
+            .map_err(|e| crate::pg::exec::pg_error_as(e, &format!("reading the {side}'s encoding and locale")))?;
+        Ok(DbLocale {
+            encoding: r.get(0),
+            collate: r.get(1),
+            ctype: r.get(2),
+            provider: r.get(3),
+            locale: r.get(4),
+        })
+    }
+
+    /// What orders and compares text: the provider's locale (`en-US, ICU`),
+    /// or libc's LC_COLLATE, spelled so that `en_US.UTF-8` and `en_US.utf8`
+    /// are one.
+    fn collation(&self) -> (String, String) {
+        self.described(&self.collate, true)
+    }
+
+    /// What classes characters (upper(), lower(), ILIKE, regular
+    /// expressions): the provider's locale, or libc's LC_CTYPE.
+    fn ctype(&self) -> (String, String) {
+        self.described(&self.ctype, false)
+    }
+
+    /// (a key to compare, the text to show).
+    fn described(&self, libc: &str, ordering: bool) -> (String, String) {
+        let (name, provider) = match self.provider.as_str() {
+            "i" => (self.locale.as_str(), "ICU"),
+            "b" => (self.locale.as_str(), "builtin"),
+            _ => (libc, "libc"),
+        };
+        let key = match name.to_lowercase().replace(['-', '_'], "").as_str() {
+            // C.UTF-8 orders by code point, as C orders UTF-8's bytes.
+            "posix" => "c".to_string(),
+            "c.utf8" if ordering => "c".to_string(),
+            n => n.to_string(),
+        };
+        (format!("{provider} {key}"), format!("{name} ({provider})"))
+    }
+}
+
+/// Where the source's and the destination's databases differ in encoding
+/// or default locale, one warning each: the copy carries the characters (a
+/// character the destination's encoding lacks fails it, naming the table),
+/// not how the server orders, compares or classes them. After the swap the
+/// destination's default collation orders text and backs its indexes and
+/// unique keys, and its LC_CTYPE decides upper(), lower() and regular
+/// expressions, which stored generated columns and expression indexes are
+/// computed with again; columns with a COLLATE of their own keep it.
+/// `pg_dump | pg_restore` does the same; the dry run says so before the swap
+/// changes what the application's queries return. An SQL_ASCII source's text
+/// travels as UTF-8: bytes that are not fail the copy.
+pub async fn locale_differences(src: &Client, dst: &Client) -> Result<Vec<String>> {
+    let (s, d) = (
+        DbLocale::of(src, "source").await?,
+        DbLocale::of(dst, "destination").await?,
+    );
+    let mut warnings = Vec::new();
+    if s.encoding == "SQL_ASCII" {
+        warnings.push(
+            "the source's database encoding is SQL_ASCII: its text travels as UTF-8, so bytes that are not valid UTF-8 (LATIN1 text stored in it, say) fail prepare, naming the table; convert them on the source first".to_string(),
+        );
+    } else if s.encoding != d.encoding {
+        warnings.push(format!(
+            "the destination's database encoding is {}, the source's {}: the characters travel, and one the destination's encoding lacks fails prepare, naming the table{}",
+            d.encoding,
+            s.encoding,
+            if d.encoding == "SQL_ASCII" {
+                " (SQL_ASCII holds them as UTF-8 bytes: char(n) and varchar(n) count bytes there, not characters)"
+            } else {
+                ""
+            }
+        ));
+    }
+    let (sc, dc) = (s.collation(), d.collation());
+    if sc.0 != dc.0 {
+        warnings.push(format!(
+            "the destination's default collation is {}, the source's {}: after the swap, text sorts and compares as the destination's does (ORDER BY, indexes, unique keys, comparisons), not as on the source (columns with a COLLATE of their own keep it)",
+            dc.1, sc.1
+        ));
+    }
+    let (st, dt) = (s.ctype(), d.ctype());
+    if st.0 != dt.0 {
+        warnings.push(format!(
+            "the destination's character classification (LC_CTYPE) is {}, the source's {}: upper(), lower(), ILIKE and regular expressions follow the destination's, and stored generated columns and expression indexes using them are computed again with it (--verify checksums then differs)",
+            dt.1, st.1
+        ));
+    }
+    Ok(warnings)
+}
+
 /// What the source has that belongs to no schema, and that a migration of
 /// schemas (`pg_dump -n`) therefore leaves behind: publications and
 /// subscriptions, event triggers (casts: [`casts_left_behind`]). Extension
@@ -1839,5 +1954,36 @@ mod tests {
         let key = ["id".to_string(), "Kind".to_string()];
         let w = config_rows_warning("e", "t", &key, 2, 1).unwrap();
         assert!(w.starts_with("extension e: of the rows the source added to its configuration table t, 2 rows are not on the destination and 1 row has other values there (the same id, \"Kind\")"), "{w}");
+    }
+
+    #[test]
+    fn locales_compare_by_what_orders_and_classes_text() {
+        let db = |provider: &str, collate: &str, ctype: &str, locale: &str| DbLocale {
+            encoding: "UTF8".into(),
+            provider: provider.into(),
+            collate: collate.into(),
+            ctype: ctype.into(),
+            locale: locale.into(),
+        };
+        let a = db("c", "en_US.UTF-8", "en_US.UTF-8", "");
+        let b = db("c", "en_US.utf8", "en_US.utf8", "");
+        assert_eq!(
+            (a.collation().0, a.ctype().0),
+            (b.collation().0, b.ctype().0)
+        );
+        assert_eq!(a.collation().1, "en_US.UTF-8 (libc)");
+        // C.UTF-8 orders as C does, and classes characters otherwise.
+        let (c, cu) = (db("c", "C", "C", ""), db("c", "C.UTF-8", "C.UTF-8", ""));
+        assert_eq!(c.collation().0, cu.collation().0);
+        assert_ne!(c.ctype().0, cu.ctype().0);
+        assert_eq!(db("c", "POSIX", "POSIX", "").collation().0, c.collation().0);
+        // An ICU database orders by its ICU locale, whatever LC_COLLATE says.
+        let icu = db("i", "C", "C", "en-US");
+        assert_ne!(icu.collation().0, c.collation().0);
+        assert_eq!(icu.collation().1, "en-US (ICU)");
+        assert_eq!(
+            icu.collation().0,
+            db("i", "en_US.utf8", "en_US.utf8", "en-US").collation().0
+        );
     }
 }
