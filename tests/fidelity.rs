@@ -1254,6 +1254,21 @@ fn a_destination_in_latin1_takes_the_whole_lifecycle() {
         ),
         "née à Zürich,ça,über"
     );
+    // A name LATIN1 cannot hold fails prepare's schema phase, which names
+    // the statement (the server's error has no position), and leaves nothing.
+    dbs.src.psql("CREATE TABLE \"Ωmega\" (id int)");
+    let out = wd.run(&prepare);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("has no equivalent in encoding \"LATIN1\", in: CREATE TABLE shadow.\"Ωmega\""),
+        "{err}"
+    );
+    assert_eq!(
+        dbs.dst
+            .psql("SELECT count(*) FROM pg_namespace WHERE nspname = 'shadow'"),
+        "0"
+    );
 }
 
 /// A built-in type without binary input and output (`aclitem`, a table that

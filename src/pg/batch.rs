@@ -385,7 +385,11 @@ fn transaction_sql(group: &[Stmt], opts: &Options) -> String {
 /// The first line of the statement of `group` that an error's position (a
 /// character offset into `sql`, the transaction's text) falls in.
 fn failed_statement(sql: &str, group: &[Stmt], e: &tokio_postgres::Error) -> Option<String> {
-    let pos = match e.as_db_error()?.position()? {
+    let db = e.as_db_error()?;
+    if *db.code() == SqlState::UNTRANSLATABLE_CHARACTER {
+        return untranslatable_statement(group, db.message());
+    }
+    let pos = match db.position()? {
         tokio_postgres::error::ErrorPosition::Original(p) => *p as usize,
         tokio_postgres::error::ErrorPosition::Internal { .. } => return None,
     };
@@ -402,6 +406,26 @@ fn failed_statement(sql: &str, group: &[Stmt], e: &tokio_postgres::Error) -> Opt
         from = start + s.sql.len();
     }
     found.map(|s| crate::dump::sql::first_line(&s.sql))
+}
+
+/// The statement holding the character the destination's encoding lacks: the
+/// server converts the whole text before it parses any of it, so its error
+/// has no position, only the character's bytes (`character with byte sequence
+/// 0xce 0xa9 in encoding "UTF8" has no equivalent in encoding "WIN1252"`).
+fn untranslatable_statement(group: &[Stmt], message: &str) -> Option<String> {
+    let bytes: Vec<u8> = message
+        .split(|c: char| !c.is_ascii_alphanumeric())
+        .filter_map(|w| w.strip_prefix("0x"))
+        .map(|h| u8::from_str_radix(h, 16))
+        .collect::<Result<_, _>>()
+        .ok()?;
+    if bytes.is_empty() {
+        return None;
+    }
+    group
+        .iter()
+        .find(|s| s.sql.as_bytes().windows(bytes.len()).any(|w| w == bytes))
+        .map(|s| crate::dump::sql::first_line(&s.sql))
 }
 
 /// Test hook: with `PGSHIFT_CHECK_LOCKS=1`, every batch transaction counts the
@@ -736,6 +760,27 @@ mod tests {
         map.insert("events".to_string(), (3, 603));
         map.insert("t".to_string(), (6, 6));
         Footprints { map }
+    }
+
+    #[test]
+    fn an_untranslatable_character_names_its_statement() {
+        let group: Vec<Stmt> = [
+            "CREATE TABLE shadow.plain (id int);",
+            "--\n-- Name: Ωmega\nCREATE TABLE shadow.\"Ωmega\" (\n    id integer\n);",
+        ]
+        .iter()
+        .map(|s| Stmt {
+            sql: s.to_string(),
+            locks: 1,
+        })
+        .collect();
+        let said = "character with byte sequence 0xce 0xa9 in encoding \"UTF8\" has no equivalent in encoding \"WIN1252\"";
+        assert_eq!(
+            untranslatable_statement(&group, said).as_deref(),
+            Some("CREATE TABLE shadow.\"Ωmega\" (")
+        );
+        assert_eq!(untranslatable_statement(&group, "no bytes named"), None);
+        assert_eq!(untranslatable_statement(&group, "byte 0xff"), None);
     }
 
     #[test]
