@@ -120,14 +120,43 @@ pub async fn check_source(src: &Client, schemas: &[String]) -> Result<Vec<String
         .await?
         .get(0);
     if lobs > 0 {
+        // Columns that may hold their OIDs (oid, or a domain over it such as
+        // the lo extension's): copied as numbers that name nothing on the
+        // destination.
+        let columns: Vec<String> = src
+            .query_one(
+                "SELECT ARRAY(SELECT pg_catalog.quote_ident(n.nspname) || '.' || pg_catalog.quote_ident(c.relname) || '.' || pg_catalog.quote_ident(a.attname)
+                                FROM pg_catalog.pg_attribute a
+                                JOIN pg_catalog.pg_class c ON c.oid = a.attrelid
+                                JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+                                JOIN pg_catalog.pg_type t ON t.oid = a.atttypid
+                               WHERE n.nspname = ANY($1) AND c.relkind IN ('r', 'p') AND a.attnum > 0
+                                 AND NOT a.attisdropped
+                                 AND 'pg_catalog.oid'::pg_catalog.regtype IN (t.oid, t.typbasetype)
+                                 AND NOT c.relispartition
+                               ORDER BY 1)",
+                &[&schemas],
+            )
+            .await
+            .map_err(|e| crate::pg::exec::pg_error_as(e, "listing the source's oid columns"))?
+            .get(0);
         warnings.push(format!(
-            "the source has {lobs} large objects; pgshift migrates {} only and does not copy them",
+            "the source has {lobs} large object{}; pgshift migrates {} only and does not copy them{}",
+            if lobs == 1 { "" } else { "s" },
             if meta::is_default_schemas(schemas) {
                 "the public schema".to_string()
             } else {
                 format!(
                     "schemas {}",
                     schemas.iter().map(|s| display_ident(s)).join(", ")
+                )
+            },
+            if columns.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    " (columns that may hold their OIDs, which then name no large object on the destination: {})",
+                    list_some(&columns)
                 )
             }
         ));
