@@ -1010,9 +1010,12 @@ fn text_copies_ignore_the_servers_own_settings_and_reg_values_travel_as_names() 
         db.psql(
             "CREATE EXTENSION IF NOT EXISTS hstore;
              CREATE FUNCTION local_day(timestamptz) RETURNS date IMMUTABLE LANGUAGE sql AS 'SELECT $1::date';
-             CREATE DOMAIN public.name AS text;",
+             CREATE DOMAIN public.name AS text;
+             CREATE TABLE notes (id int PRIMARY KEY, at timestamptz);",
         );
     }
+    dbs.dst
+        .psql("INSERT INTO notes VALUES (1, '2020-12-05 10:00:00+00'), (2, NULL)");
     dbs.src.psql(
         "CREATE TYPE mood AS ENUM ('sad', 'happy');
          CREATE TEXT SEARCH CONFIGURATION my_cfg (COPY = pg_catalog.english);
@@ -1041,16 +1044,29 @@ fn text_copies_ignore_the_servers_own_settings_and_reg_values_travel_as_names() 
     // Prepare with checksums, then swap: the checksums' settings stay out of
     // the session that records the shadow's structure (a CHECK with a
     // timestamptz constant prints in the session's TimeZone).
+    // A preserved table makes the swap time its lock window, which read
+    // back the window's start under the destination's DateStyle (`SQL, MDY`
+    // wrote it as 12/06/2026…, which failed to read back as a timestamp).
     assert_success(&wd.run(&[
         "prepare",
         "--verify",
         "checksums",
+        "--preserved-tables",
+        "notes",
         "--source",
         &dbs.src.url(),
         "--dest",
         &dbs.dst.url(),
     ]));
+    dbs.dst
+        .psql("INSERT INTO notes VALUES (3, '2020-12-06 02:00:00+00')");
     assert_success(&wd.run(&["swap", "--dest", &dbs.dst.url()]));
+    assert_eq!(
+        dbs.dst.psql(
+            "SET timezone = 'UTC'; SELECT string_agg(id || ':' || coalesce(to_char(at, 'YYYY-MM-DD HH24'), '-'), ',' ORDER BY id) FROM notes"
+        ),
+        "1:2020-12-05 10,2:-,3:2020-12-06 02"
+    );
     let fixed = "SET datestyle = 'ISO, YMD'; SET intervalstyle = 'postgres'; SET extra_float_digits = 3; SET timezone = 'UTC'; SET lc_monetary = 'C';";
     let rows = |db: &TestDb| {
         db.psql(&format!(

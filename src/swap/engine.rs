@@ -1507,10 +1507,13 @@ pub const IDLE_IN_SWAP_MS: u128 = 5_000;
 
 /// Marks the start of the locked window in the swap transaction (with the
 /// lock wait's bound, as the settings just set it), so that every later wait
-/// gets only what is left of that bound: see [`window_left`].
+/// gets only what is left of that bound: see [`window_left`]. The start is
+/// kept as milliseconds since the epoch: a timestamp's text follows the
+/// session's DateStyle, and `SQL, DMY` wrote one that did not read back.
 const LOCK_WINDOW_START: &str = "SELECT pg_catalog.set_config('pgshift.lock_budget', \
      (SELECT s.setting FROM pg_catalog.pg_settings s WHERE s.name = 'lock_timeout'), true), \
-     pg_catalog.set_config('pgshift.lock_started', pg_catalog.clock_timestamp()::text, true)";
+     pg_catalog.set_config('pgshift.lock_started', \
+     (EXTRACT(EPOCH FROM pg_catalog.clock_timestamp()) * 1000)::bigint::text, true)";
 
 /// `SELECT set_config(setting, …)`: what is left of the lock window's bound
 /// (at least 1 ms). An application transaction that queues behind a lock the
@@ -1524,7 +1527,7 @@ const LOCK_WINDOW_START: &str = "SELECT pg_catalog.set_config('pgshift.lock_budg
 fn window_left(setting: &str) -> String {
     format!(
         "SELECT pg_catalog.set_config('{setting}', GREATEST(1, pg_catalog.current_setting('pgshift.lock_budget')::bigint \
-         - (EXTRACT(EPOCH FROM pg_catalog.clock_timestamp() - pg_catalog.current_setting('pgshift.lock_started')::timestamptz) * 1000)::bigint)::text || 'ms', true)"
+         - ((EXTRACT(EPOCH FROM pg_catalog.clock_timestamp()) * 1000)::bigint - pg_catalog.current_setting('pgshift.lock_started')::bigint))::text || 'ms', true)"
     )
 }
 
