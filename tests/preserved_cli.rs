@@ -2442,3 +2442,81 @@ fn abort_refuses_to_drop_the_applications_objects_built_on_the_migration() {
         "t|1|t|kept|1"
     );
 }
+
+/// A destination whose database defaults to `repeatable read` (or
+/// `serializable`): pgshift's sessions run at read committed whatever the
+/// default. Under the default, the swap's transaction took its snapshot
+/// before it waited for the preserved table's lock, and an application
+/// transaction that committed a write meanwhile was not there for the
+/// replay: the swap failed under load (could not serialize access), or went
+/// on without the write.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_repeatable_read_default_keeps_a_write_committed_while_the_swap_waits() {
+    let dbs = TestDbs::new("preserved_rr_default");
+    dbs.dst.psql(
+        "DO $$ BEGIN
+           EXECUTE format('ALTER DATABASE %I SET default_transaction_isolation = %L', current_database(), 'repeatable read');
+           EXECUTE format('ALTER DATABASE %I SET deadlock_timeout = %L', current_database(), '5s');
+         END $$;",
+    );
+    let ddl = "CREATE TABLE users (id int PRIMARY KEY, name text);";
+    dbs.src.psql(ddl);
+    dbs.dst.psql(ddl);
+    dbs.dst.psql("INSERT INTO users VALUES (1, 'a')");
+    let wd = Workdir::new();
+    with_users_preserved(&wd, &dbs, "prepare", &[]);
+    dbs.dst
+        .psql("INSERT INTO users SELECT g, 'w' FROM generate_series(100, 150) g");
+    // Writers at the database's default, on the rows the swap replays.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut writers = Vec::new();
+    for w in 0..2u64 {
+        let (c, stop) = (dbs.dst.client().await, stop.clone());
+        writers.push(tokio::spawn(async move {
+            let mut n = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                n += 1;
+                let id = 100 + ((n * 7 + w) % 50) as i32;
+                let name = format!("w{n}");
+                let _ = c
+                    .execute("UPDATE users SET name = $2 WHERE id = $1", &[&id, &name])
+                    .await;
+            }
+        }));
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let app = dbs.dst.client().await;
+    app.batch_execute(
+        "BEGIN; INSERT INTO users VALUES (2, 'late'); UPDATE users SET name = 'b' WHERE id = 1",
+    )
+    .await
+    .unwrap();
+    let mut cmd = wd.cmd();
+    cmd.args(["swap", "--dest", &dbs.dst.url()])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let swap = cmd.spawn().unwrap();
+    let started = std::time::Instant::now();
+    while dbs.dst.psql(
+        "SELECT count(*) FROM pg_locks WHERE relation = 'public.users'::regclass AND NOT granted",
+    ) == "0"
+    {
+        assert!(
+            started.elapsed().as_secs() < 30,
+            "the swap never waited for users"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    app.batch_execute("COMMIT").await.unwrap();
+    let out = swap.wait_with_output().unwrap();
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    for w in writers {
+        w.await.unwrap();
+    }
+    assert_success(&out);
+    assert_eq!(
+        dbs.dst
+            .psql("SELECT string_agg(id || name, ',' ORDER BY id) FROM users WHERE id < 100"),
+        "1b,2late"
+    );
+}

@@ -675,6 +675,14 @@ async fn backend_pid(client: &tokio_postgres::Client) -> Result<i32, tokio_postg
 ///   holds the run lock. pgshift bounds its own waits where they matter
 ///   (`SET LOCAL` in the swap, the impact check, the DDL retries).
 ///
+/// - `default_transaction_isolation = 'read committed'` (and not deferrable):
+///   pgshift's transactions are written for it and ask for `repeatable read`
+///   where they need a snapshot (the source's). Under a database's
+///   `repeatable read` or `serializable` default the swap's replay met the
+///   application's writes to the same rows and failed (could not serialize
+///   access), every time under load, and its reads took part in the
+///   application's serialization conflicts.
+///
 /// The first statement is a plain `SET statement_timeout = 0` (microseconds),
 /// retried if a short `statement_timeout` still cancels it on a loaded
 /// server; only then the slower lookup of the settings that depend on the
@@ -683,7 +691,7 @@ pub async fn session_defaults(client: &tokio_postgres::Client, label: &str) {
     // `quote_all_identifiers` set for a database or role would quote every
     // name pgshift reads back as text from the catalog (`"array_recv"` is
     // not `array_recv`: an enum array went to binary COPY and failed).
-    const FIRST: &str = "SET statement_timeout = 0; SET idle_in_transaction_session_timeout = 0; SET jit = off; SET quote_all_identifiers = off; SET row_security = off";
+    const FIRST: &str = "SET statement_timeout = 0; SET idle_in_transaction_session_timeout = 0; SET jit = off; SET quote_all_identifiers = off; SET row_security = off; SET default_transaction_isolation = 'read committed'; SET default_transaction_deferrable = off";
     for attempt in 1..=5 {
         match client.batch_execute(FIRST).await {
             Ok(()) => break,
