@@ -8,7 +8,7 @@ mod common;
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use pgshift::pg::conn::connect::{connect, connect_pinned, describe_pool_error, pool};
+use pgshift::pg::conn::connect::{connect, connect_pinned};
 use pgshift::pg::conn::connspec::ConnSpec;
 
 use common::{Cluster, TestDb, can_start_clusters, clusters};
@@ -240,11 +240,12 @@ async fn failures_are_one_clear_line() {
 }
 
 #[tokio::test]
-async fn pools_and_application_name() {
+async fn a_workers_connection_and_application_name() {
     let Some(s) = server() else { return };
     let spec = s.spec("{app}localhost:{port}/{db}?sslmode=verify-full&sslrootcert={ca}");
-    let p = pool(&spec, "pgshift-pool", 4).unwrap();
-    let client = p.get().await.unwrap();
+    let client = connect(&spec, "destination", "pgshift-worker", Duration::ZERO)
+        .await
+        .unwrap();
     let row = client
         .query_one(
             "SELECT current_setting('application_name'), current_user",
@@ -252,14 +253,18 @@ async fn pools_and_application_name() {
         )
         .await
         .unwrap();
-    assert_eq!(row.get::<_, String>(0), "pgshift-pool");
+    assert_eq!(row.get::<_, String>(0), "pgshift-worker");
     assert_eq!(row.get::<_, String>(1), ROLE);
     assert!(ssl_in_use(&client).await);
     let bad = s.spec("{app}localhost:{port}/nope");
-    let err = pool(&bad, "x", 1).unwrap().get().await.err().unwrap();
-    assert_eq!(
-        describe_pool_error(&err),
-        r#"database "nope" does not exist"#
+    let err = connect(&bad, "destination", "x", Duration::ZERO)
+        .await
+        .err()
+        .unwrap();
+    assert!(
+        err.to_string()
+            .ends_with(r#"database "nope" does not exist"#),
+        "{err}"
     );
 }
 
@@ -329,11 +334,10 @@ async fn target_session_attrs_as_libpq_and_the_host_pinned() {
             (true, Ok((_, pinned))) => {
                 let ports: Vec<u16> = pinned.hosts().iter().map(|e| e.port).collect();
                 assert_eq!(ports, [port], "{tsa}");
-                // The pinned spec's pool (prepare's workers) judges the server
-                // as the session did.
-                let p = pool(&pinned, "pgshift-e2e", 1).unwrap();
-                if let Err(e) = p.get().await {
-                    panic!("pool, {tsa}: {}", describe_pool_error(&e));
+                // The pinned spec (prepare's workers) judges the server as
+                // the session did.
+                if let Err(e) = connect(&pinned, "source", "pgshift-e2e", Duration::ZERO).await {
+                    panic!("pinned, {tsa}: {e:#}");
                 }
             }
             (false, Err(e)) if tsa == "standby" => {
@@ -343,11 +347,12 @@ async fn target_session_attrs_as_libpq_and_the_host_pinned() {
                     ),
                     "{e}"
                 );
-                let p = pool(&spec.pinned(1), "pgshift-e2e", 1).unwrap();
-                let Err(e) = p.get().await else {
-                    panic!("a pool of the primary's for standby")
+                let Err(e) =
+                    connect(&spec.pinned(1), "source", "pgshift-e2e", Duration::ZERO).await
+                else {
+                    panic!("the primary pinned, for standby")
                 };
-                let e = describe_pool_error(&e);
+                let e = e.to_string();
                 assert!(e.contains("server is not in hot standby mode"), "{e}");
             }
             (false, Err(_)) => {}

@@ -1474,3 +1474,40 @@ async fn a_rename_swap_gets_through_sequence_first_writers_of_preserved_tables()
         assert_eq!(ids.len(), n, "{seq}: a committed id came twice");
     }
 }
+
+/// A role with few connection slots (`CONNECTION LIMIT`, or a server near
+/// `max_connections`): the data phase waits for a slot, and the last
+/// analyze, which opened `--jobs` connections at once, failed with "too many
+/// connections for role" after the whole copy. It now works with the
+/// connections it can open.
+#[test]
+fn a_role_with_few_connection_slots_prepares_with_what_it_has() {
+    let dbs = TestDbs::new("few_slots");
+    let dst = database_owner(&dbs.dst, "few_slots", "few-pw");
+    dbs.dst.psql("ALTER ROLE few_slots CONNECTION LIMIT 3");
+    dbs.src.psql(
+        "CREATE TABLE events (id int, at date) PARTITION BY RANGE (at);
+         CREATE TABLE events_2024 PARTITION OF events FOR VALUES FROM ('2024-01-01') TO ('2025-01-01');
+         INSERT INTO events SELECT g, '2024-03-01' FROM generate_series(1, 100) g;
+         CREATE MATERIALIZED VIEW event_days AS SELECT at, count(*) FROM events GROUP BY at;
+         CREATE MATERIALIZED VIEW event_ids AS SELECT id FROM events;",
+    );
+    let wd = Workdir::new();
+    assert_success(&wd.run(&[
+        "prepare",
+        "--jobs",
+        "2",
+        "--source",
+        &dbs.src.url(),
+        "--dest",
+        &dst,
+    ]));
+    assert_eq!(
+        dbs.dst.query_one_string(
+            "SELECT count(*) FROM pg_stat_user_tables
+              WHERE schemaname = 'shadow' AND relname IN ('events', 'event_days', 'event_ids')
+                AND last_analyze IS NOT NULL"
+        ),
+        "3"
+    );
+}

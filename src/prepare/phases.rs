@@ -1789,19 +1789,39 @@ async fn analyze(run: &mut Run<'_>) -> Result<()> {
         .filter(|t| matches!(t.relkind, 'p' | 'm') || run.preserved.contains(&t.key()))
         .map(|t| (t.key(), qualified(run.shadow_of(&t.schema), &t.name)))
         .collect();
-    let pool =
-        crate::pg::conn::connect::pool(&run.sess.dest, &app_name("prepare"), settings.jobs.max(1))?;
+    if names.is_empty() {
+        return Ok(());
+    }
+    // One connection at least (waited for, as every connection is); the
+    // others only where the server has room for them now: a server (or a
+    // role) with few connection slots left got "too many clients" here,
+    // after the whole copy.
+    let workers = settings.jobs.max(1).min(names.len()).max(1);
+    let mut clients = vec![run.dest_client().await?];
+    while clients.len() < workers {
+        match connect(
+            &run.sess.dest,
+            "destination",
+            &app_name("prepare"),
+            Duration::ZERO,
+        )
+        .await
+        {
+            Ok(c) => clients.push(c),
+            Err(e) => {
+                tracing::debug!(
+                    "analyze: {} connections, not {workers}: {e:#}",
+                    clients.len()
+                );
+                break;
+            }
+        }
+    }
     let mut set = tokio::task::JoinSet::new();
     let queue = std::sync::Arc::new(std::sync::Mutex::new(names));
-    for _ in 0..settings.jobs.max(1) {
-        let pool = pool.clone();
+    for client in clients {
         let queue = queue.clone();
         set.spawn(async move {
-            let client = pool
-                .get()
-                .await
-                .map_err(|e| anyhow!("{}", crate::pg::conn::connect::describe_pool_error(&e)))?;
-            crate::pg::conn::connect::session_defaults(&client, "destination").await;
             loop {
                 let Some((name, rel)) = queue.lock().ok().and_then(|mut q| q.pop()) else {
                     return Ok::<_, anyhow::Error>(());

@@ -1,5 +1,4 @@
-//! Connecting: retry while the server is not up yet, one clear line when it fails,
-//! connection pools.
+//! Connecting: retry while the server is not up yet, one clear line when it fails.
 //!
 //! Errors read `cannot connect to destination postgresql://app:***@db:5432/shop:
 //! password authentication failed for user "app"`: which side, the redacted URL, and
@@ -11,7 +10,6 @@ use std::io;
 use std::time::{Duration, Instant};
 
 use anyhow::anyhow;
-use deadpool_postgres::{Manager, ManagerConfig, Pool, PoolError, RecyclingMethod, Runtime};
 use itertools::Itertools;
 use tokio_postgres::error::{DbError, SqlState};
 use tokio_postgres::tls::{MakeTlsConnect, TlsConnect};
@@ -52,64 +50,6 @@ pub async fn close_connections(within: Duration) {
         .is_err()
     {
         tracing::debug!(open = CONNECTIONS.len(), "connections still open at exit");
-    }
-}
-
-/// The pools' connections, tracked like [`connect`]'s. deadpool aborts the
-/// task it is handed when it drops a pooled client, which would cut the
-/// connection mid-stream; it is handed a task that waits for the connection's
-/// instead, so the connection still ends cleanly once its client is gone.
-/// `target_session_attrs` `primary` and `standby` are checked as libpq checks
-/// them (`pg_is_in_recovery()`), not as tokio-postgres's read-write/read-only.
-struct TrackedConnect {
-    tls: tokio_postgres_rustls::MakeRustlsConnect,
-    wanted: Wanted,
-}
-
-/// The server's own refusal when a pooled session is not the kind of server
-/// `target_session_attrs` asks for (a pool's error can only be a
-/// tokio-postgres one).
-fn role_check(wanted: Wanted) -> Option<&'static str> {
-    match wanted {
-        Wanted::Primary => Some(
-            "DO $$BEGIN IF pg_catalog.pg_is_in_recovery() THEN RAISE EXCEPTION 'server is in hot standby mode'; END IF; END$$",
-        ),
-        Wanted::Standby => Some(
-            "DO $$BEGIN IF NOT pg_catalog.pg_is_in_recovery() THEN RAISE EXCEPTION 'server is not in hot standby mode'; END IF; END$$",
-        ),
-        Wanted::AsConfigured | Wanted::PreferStandby => None,
-    }
-}
-
-impl deadpool_postgres::Connect for TrackedConnect {
-    fn connect(
-        &self,
-        pg_config: &tokio_postgres::Config,
-    ) -> std::pin::Pin<
-        Box<
-            dyn std::future::Future<
-                    Output = Result<
-                        (tokio_postgres::Client, tokio::task::JoinHandle<()>),
-                        tokio_postgres::Error,
-                    >,
-                > + Send
-                + '_,
-        >,
-    > {
-        let (tls, config, check) = (self.tls.clone(), pg_config.clone(), role_check(self.wanted));
-        Box::pin(async move {
-            let (client, connection) = connect_as_libpq(&config, &tls).await?;
-            let task = spawn_connection(connection, "pooled".into());
-            if let Some(check) = check {
-                client.batch_execute(check).await?;
-            }
-            Ok((
-                client,
-                tokio::spawn(async move {
-                    let _ = task.await;
-                }),
-            ))
-        })
     }
 }
 
@@ -264,8 +204,6 @@ async fn connect_as_libpq(
 }
 
 const FIRST_BACKOFF: Duration = Duration::from_millis(100);
-/// The bound of a pooled connection's attempt without a connect_timeout.
-const POOLED_ATTEMPT: Duration = Duration::from_secs(60);
 /// The shortest bound of one connection attempt (libpq's connect_timeout
 /// minimum).
 const MIN_ATTEMPT: Duration = Duration::from_secs(2);
@@ -742,54 +680,6 @@ pub async fn session_defaults(client: &tokio_postgres::Client, label: &str) {
 
 /// `client_connection_check_interval` for pgshift's sessions and pg_dump's (ms).
 pub const CLIENT_CHECK_MS: u32 = 2000;
-
-/// A connection pool for `spec` with `application_name` `app_name` (unless empty).
-/// Connections are made lazily; recycling runs `DISCARD ALL`-style cleaning
-/// (restore SQL changes `search_path` and friends). Meant for a spec pinned
-/// to one host ([`ConnSpec::pinned`]): with `target_session_attrs` `primary`
-/// or `standby` a connection to the wrong kind of server is refused, not
-/// followed by the next host; `prefer-standby` takes the host as it is.
-pub fn pool(spec: &ConnSpec, app_name: &str, max_size: usize) -> anyhow::Result<Pool> {
-    let mut config = spec.pg_config();
-    if !app_name.is_empty() {
-        config.application_name(app_name);
-    }
-    let wanted = Wanted::of(spec);
-    if wanted != Wanted::AsConfigured {
-        config.target_session_attrs(tokio_postgres::config::TargetSessionAttrs::Any);
-    }
-    let tls = make_tls(spec).map_err(|e| anyhow!("cannot connect to {spec}: {e}"))?;
-    let manager = Manager::from_connect(
-        config,
-        TrackedConnect { tls, wanted },
-        ManagerConfig {
-            recycling_method: RecyclingMethod::Clean,
-        },
-    );
-    // A pooled connection is made after a first one to the same server
-    // succeeded; still, one that never answers must not hang a worker.
-    let bound = spec
-        .connect_timeout()
-        .unwrap_or(POOLED_ATTEMPT)
-        .max(MIN_ATTEMPT);
-    Pool::builder(manager)
-        .max_size(max_size.max(1))
-        .create_timeout(Some(bound))
-        .runtime(Runtime::Tokio1)
-        .build()
-        .map_err(|e| anyhow!("cannot create a connection pool for {spec}: {e}"))
-}
-
-/// One line for a pool error (the server's message for backend errors).
-pub fn describe_pool_error(e: &PoolError) -> String {
-    match e {
-        PoolError::Backend(e) => describe_pg_error(e),
-        PoolError::Timeout(t) => format!("timed out waiting for a pooled connection ({t:?})"),
-        PoolError::Closed => "the connection pool is closed".to_string(),
-        PoolError::NoRuntimeSpecified => "connection pool without a runtime".to_string(),
-        PoolError::PostCreateHook(h) => format!("connection set-up failed: {h}"),
-    }
-}
 
 /// What went wrong, in one line: the server's message (with DETAIL and HINT) for
 /// errors from the server, else the innermost cause in plain words. Never contains
@@ -1292,14 +1182,5 @@ mod tests {
             ),
             "{e}"
         );
-    }
-
-    #[tokio::test]
-    async fn pool_errors_are_described() {
-        let port = free_port().await;
-        let s = spec(&format!("host=127.0.0.1 port={port}"));
-        let pool = pool(&s, "pgshift", 2).unwrap();
-        let e = pool.get().await.unwrap_err();
-        assert_eq!(describe_pool_error(&e), "connection refused");
     }
 }

@@ -157,7 +157,7 @@ pub fn client_config(spec: &ConnSpec) -> Result<ClientConfig, TlsError> {
     config_for_plan(&plan(spec)?)
 }
 
-/// The TLS connector for tokio-postgres / deadpool.
+/// The TLS connector for tokio-postgres.
 pub fn make_tls(spec: &ConnSpec) -> Result<MakeRustlsConnect, TlsError> {
     Ok(MakeRustlsConnect::new(client_config(spec)?))
 }
