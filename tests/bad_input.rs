@@ -938,6 +938,23 @@ fn a_read_only_destination_is_refused_before_anything() {
         &s(&["prepare", "--source", &src, "--dest", &dst]),
         &[],
     ));
+    // verify answers on a read-only destination too: the outcome is
+    // printed, and said not to be recorded (it failed on the record).
+    assert_success(&run(&wd, &s(&["swap", "--dest", &dst]), &[]));
+    set("on");
+    let out = run(
+        &wd,
+        &s(&["verify", "--latest", "--json", "--dest", &dst]),
+        &[],
+    );
+    let v: serde_json::Value = serde_json::from_str(&assert_success(&out)).unwrap();
+    assert_eq!(v["ok"], true, "{v}");
+    assert_eq!(
+        v["warnings"][0],
+        "the destination starts its sessions read-only (default_transaction_read_only): this verification is not recorded",
+        "{v}"
+    );
+    assert_success(&run(&wd, &s(&["list", "--dest", &dst]), &[]));
 }
 
 /// The same for a standby (a read replica the destination URL points at by

@@ -21,11 +21,11 @@ pub async fn run(args: VerifyArgs, ctx: Ctx) -> Result<ExitCode> {
         Some(ts) => verify::find(&client, ts).await?,
         None => verify::latest(&client, "verify").await?,
     };
-    let report = match verify::check(&client, &backup).await {
+    let mut report = match verify::check(&client, &backup).await {
         Ok(r) => r,
         Err(e) => return Err(changed_under(&client, e).await),
     };
-    verify::record(&client, &report).await?;
+    record(&client, &mut report).await?;
     print(&ctx, &report)?;
     if report.ok {
         Ok(ExitCode::Ok)
@@ -36,6 +36,37 @@ pub async fn run(args: VerifyArgs, ctx: Ctx) -> Result<ExitCode> {
             report.summary()
         );
         Ok(ExitCode::Verification)
+    }
+}
+
+/// Record the outcome in the backup's manifest row, where the destination
+/// lets this role write: verify only reads otherwise, and on a destination
+/// that takes no writes (a standby, a read-only default) or a role that may
+/// not update `pgshift.backups` the outcome is still printed, with a
+/// warning that it was not recorded.
+async fn record(client: &tokio_postgres::Client, report: &mut VerifyReport) -> Result<()> {
+    use tokio_postgres::error::SqlState;
+    if !report.recordable {
+        return Ok(());
+    }
+    if let Some(why) = crate::migration::session::takes_no_writes(client).await? {
+        report.warnings.push(format!(
+            "{}: this verification is not recorded",
+            why.describe()
+        ));
+        return Ok(());
+    }
+    match verify::record(client, report).await {
+        Err(e)
+            if crate::pg::exec::PgError::code_in(&e) == Some(SqlState::INSUFFICIENT_PRIVILEGE) =>
+        {
+            report.warnings.push(format!(
+                "this verification is not recorded: {}",
+                e.root_cause()
+            ));
+            Ok(())
+        }
+        other => other,
     }
 }
 

@@ -183,16 +183,19 @@ pub enum NoWrites {
 }
 
 impl NoWrites {
-    /// For a dry run's warnings (a dry run itself only reads).
-    pub fn warning(self) -> &'static str {
+    /// What the destination is, in a few words.
+    pub fn describe(self) -> &'static str {
         match self {
-            NoWrites::Standby => {
-                "the destination is a standby (in recovery) and takes no writes: the run itself will be refused"
-            }
+            NoWrites::Standby => "the destination is a standby (in recovery) and takes no writes",
             NoWrites::ReadOnly => {
-                "the destination starts its sessions read-only (default_transaction_read_only): the run itself will be refused"
+                "the destination starts its sessions read-only (default_transaction_read_only)"
             }
         }
+    }
+
+    /// For a dry run's warnings (a dry run itself only reads).
+    pub fn warning(self) -> String {
+        format!("{}: the run itself will be refused", self.describe())
     }
 }
 
