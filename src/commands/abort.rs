@@ -31,6 +31,12 @@ fn print(ctx: &Ctx, r: &AbortReport) -> Result<()> {
     if r.removed.shadow {
         crate::outln!("  dropped the shadow schema");
     }
+    for s in &r.removed.other_shadows {
+        crate::outln!(
+            "  dropped the shadow schema {}",
+            crate::pg::ident::display_ident(s)
+        );
+    }
     for t in &r.removed.triggers {
         crate::outln!("  dropped trigger {t}");
     }

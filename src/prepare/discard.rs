@@ -87,6 +87,35 @@ pub async fn schema_has_objects(client: &Client, oid: u32) -> Result<bool> {
 }
 
 impl Removed {
+    /// One line for a log: `the shadow schema, shadow pgshift_shadow_billing,
+    /// 4 triggers, 1 helper table and 4 helper functions`.
+    pub fn summary(&self) -> String {
+        let count = |n: usize, what: &str| format!("{n} {what}{}", if n == 1 { "" } else { "s" });
+        let mut parts: Vec<String> = Vec::new();
+        if self.shadow {
+            parts.push("the shadow schema".into());
+        }
+        parts.extend(
+            self.other_shadows
+                .iter()
+                .map(|s| format!("shadow {}", display_ident(s))),
+        );
+        for (n, what) in [
+            (self.triggers.len(), "trigger"),
+            (self.helper_tables.len(), "helper table"),
+            (self.helper_functions, "helper function"),
+        ] {
+            if n > 0 {
+                parts.push(count(n, what));
+            }
+        }
+        match parts.as_slice() {
+            [] => "nothing".into(),
+            [one] => one.clone(),
+            [rest @ .., last] => format!("{} and {last}", rest.join(", ")),
+        }
+    }
+
     pub fn is_empty(&self) -> bool {
         !self.shadow
             && self.other_shadows.is_empty()
@@ -645,4 +674,24 @@ pub async fn abort(sess: &Session, opts: &AbortOptions) -> Result<AbortReport> {
             .map(|s| s.details.extensions_created.clone())
             .unwrap_or_default(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_removal_reads_as_a_sentence() {
+        let mut r = Removed::default();
+        assert_eq!(r.summary(), "nothing");
+        r.shadow = true;
+        assert_eq!(r.summary(), "the shadow schema");
+        r.other_shadows = vec!["pgshift_shadow_Billing".into()];
+        r.triggers = vec!["a".into(), "b".into()];
+        r.helper_functions = 1;
+        assert_eq!(
+            r.summary(),
+            "the shadow schema, shadow \"pgshift_shadow_Billing\", 2 triggers and 1 helper function"
+        );
+    }
 }

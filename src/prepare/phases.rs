@@ -688,7 +688,10 @@ pub async fn run(
             Some(&sess.run.cancel),
         )
         .await?;
-        tracing::info!(?removed, "removed leftovers of the earlier run");
+        tracing::info!(
+            "removed leftovers of the earlier run: {}",
+            removed.summary()
+        );
     }
     for w in &checked.warnings {
         tracing::warn!("{w}");
