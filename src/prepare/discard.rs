@@ -644,7 +644,13 @@ pub async fn abort(sess: &Session, opts: &AbortOptions) -> Result<AbortReport> {
         .or_else(|| state.as_ref().map(|s| s.id));
     let message = match (&open, id) {
         (Some(m), _) => {
-            let mut said = format!("aborted migration {} (it was {})", m.id, m.state.status);
+            // A record still `preparing` is a prepare that stopped (abort
+            // holds the run lock, so none runs): `status` calls it failed.
+            let was = match m.state.status {
+                Status::Preparing => "its prepare had stopped".to_string(),
+                other => format!("it was {other}"),
+            };
+            let mut said = format!("aborted migration {} ({was})", m.id);
             // Run from an older state directory: the migration aborted is
             // the destination's, perhaps another operator's, not the file's.
             if let Some(f) = file_state.as_ref().filter(|f| file_stale && f.id != m.id) {
