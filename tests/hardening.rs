@@ -1696,3 +1696,32 @@ async fn abort_never_holds_one_preserved_table_while_waiting_for_another() {
         "0"
     );
 }
+
+/// The source's server stopped while prepare runs: the error named only a
+/// lost connection ("connection closed"), not whose. It now says the source
+/// does not answer; nothing is left on the destination.
+#[test]
+fn a_source_stopped_during_prepare_is_named() {
+    if !can_start_clusters() {
+        return;
+    }
+    let source = Cluster::start_with("stopped_source", "");
+    let dbs = TestDbs {
+        src: source.create_db("src", "stopped_source"),
+        dst: common::clusters().1.create_db("dst", "stopped_source"),
+    };
+    dbs.src
+        .psql("CREATE TABLE t (id int PRIMARY KEY); INSERT INTO t SELECT generate_series(1, 100);");
+    let wd = Workdir::new();
+    let mut child = spawn_prepare(&wd, &dbs, &[("PGSHIFT_FAILPOINT", "privileges:sleep=3000")]);
+    wait_for_phase(&wd, &dbs.dst, "privileges", &mut child);
+    source.stop();
+    let status = wait_exit(&mut child, Duration::from_secs(60));
+    let err = drain_stderr(&mut child);
+    assert_eq!(status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("(the source does not answer now, so the connection lost was probably the source's: cannot connect to source"),
+        "{err}"
+    );
+    leftover_free(&dbs.dst);
+}

@@ -835,6 +835,7 @@ pub async fn run(
                 Some(c) => restarted_meanwhile(c, rec.state.started_at, e).await,
                 None => e,
             };
+            let e = which_side_was_lost(&settings.source, client.is_some(), e).await;
             rec.fail(sess, client.as_deref(), &e).await;
             if !rec.state.details.extensions_created.is_empty() {
                 tracing::warn!(
@@ -896,6 +897,43 @@ async fn restarted_meanwhile(
         )
     } else {
         e
+    }
+}
+
+/// `e`, and when it is a lost connection (whose words name no server), which
+/// server does not answer now: the destination (`dest_answers` false), or
+/// else the source, asked once.
+async fn which_side_was_lost(
+    source: &ConnSpec,
+    dest_answers: bool,
+    e: anyhow::Error,
+) -> anyhow::Error {
+    let text = format!("{e:#}").to_lowercase();
+    let lost = [
+        "connection closed",
+        "closed the connection",
+        "connection reset",
+        "broken pipe",
+        "terminating connection",
+    ]
+    .iter()
+    .any(|w| text.contains(w));
+    let typed = e
+        .chain()
+        .any(|c| c.is::<crate::error::Interrupted>() || c.is::<crate::error::UserError>());
+    if !lost || typed || text.contains("server restarted while") {
+        return e;
+    }
+    if !dest_answers {
+        return anyhow!(
+            "{e:#} (the destination does not answer now: its server stopped, or the network to it failed)"
+        );
+    }
+    match connect(source, "source", &app_name("prepare"), Duration::ZERO).await {
+        Ok(_) => e,
+        Err(why) => anyhow!(
+            "{e:#} (the source does not answer now, so the connection lost was probably the source's: {why:#})"
+        ),
     }
 }
 
