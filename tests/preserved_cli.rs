@@ -2520,3 +2520,56 @@ async fn a_repeatable_read_default_keeps_a_write_committed_while_the_swap_waits(
         "1b,2late"
     );
 }
+
+/// The source gives a preserved table a unique key the destination's rows
+/// break: a new `UNIQUE`, and a unique index under a case-insensitive
+/// collation of its own. The sync's copy failed on the duplicate after the
+/// whole copy; the dry run (and prepare, before anything) now refuses,
+/// naming the index and the key. A partial unique index counts only the
+/// rows it covers, and a key the destination already enforces is not tried.
+#[test]
+fn a_unique_key_the_destinations_rows_break_is_foreseen() {
+    let dbs = TestDbs::new("preserved_unique");
+    dbs.src.psql(
+        "CREATE COLLATION nocase (provider = icu, locale = 'und-u-ks-level2', deterministic = false);
+         CREATE TABLE users (id int PRIMARY KEY, email text UNIQUE, login text, active bool);
+         CREATE UNIQUE INDEX users_login_nocase ON users (login COLLATE nocase) WHERE active;",
+    );
+    dbs.dst.psql(
+        "CREATE TABLE users (id int PRIMARY KEY, email text, login text, active bool);
+         INSERT INTO users VALUES (1, 'a@x.org', 'Ann', true), (2, 'a@x.org', 'ann', true),
+                                  (3, NULL, 'Bob', false), (4, NULL, 'bob', true), (5, 'c@x.org', 'cy', true);",
+    );
+    let wd = Workdir::new();
+    let refused = |needle: &str| {
+        let out = run_users_preserved(&wd, &dbs, "prepare", &["--dry-run"]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{err}");
+        assert!(err.contains(needle), "{needle}: {err}");
+    };
+    refused(
+        "users: the destination's rows do not hold under the source's unique index users_email_key (email): Key (email)=(a@x.org) is held by more than one row",
+    );
+    refused("unique index users_login_nocase (login): Key (login)=(");
+    // prepare itself refuses before it creates anything.
+    let out = run_users_preserved(&wd, &dbs, "prepare", &[]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("users_email_key"), "{err}");
+    assert_eq!(
+        dbs.dst
+            .psql("SELECT count(*) FROM pg_namespace WHERE nspname = 'shadow'"),
+        "0"
+    );
+    dbs.dst
+        .psql("UPDATE users SET email = 'b@x.org' WHERE id = 2");
+    let out = run_users_preserved(&wd, &dbs, "prepare", &["--dry-run"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(!err.contains("users_email_key"), "{err}");
+    assert!(err.contains("users_login_nocase"), "{err}");
+    // 'Bob' is not active: only 'Ann' and 'ann' collide.
+    dbs.dst.psql("UPDATE users SET login = 'anne' WHERE id = 2");
+    with_users_preserved(&wd, &dbs, "prepare", &[]);
+    assert_eq!(dbs.dst.psql("SELECT count(*) FROM shadow.users"), "5");
+}

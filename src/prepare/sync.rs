@@ -808,6 +808,28 @@ async fn validate_one(
             "{shown}: no column in common between the source and the destination"
         ));
     }
+    if problems.is_empty() {
+        let live = qualified(schema, &p.name);
+        for u in unique_problems(
+            source,
+            dest,
+            src_oid,
+            dest_oid,
+            &live,
+            &key,
+            &dest_by_name,
+            &src_cols,
+            schemas,
+        )
+        .await?
+        {
+            match u {
+                Fit::Fits => {}
+                Fit::DoesNot(why) => problems.push(format!("{shown}: {why}")),
+                Fit::NoAnswer(why) => warnings.push(format!("preserved table {shown}: {why}")),
+            }
+        }
+    }
     for d in &dest_cols {
         if !src_names.contains(d.name.as_str()) {
             warnings.push(format!(
@@ -1122,6 +1144,241 @@ async fn fit_problem(
         "the destination's rows do not all fit the source's column ({} becomes {becomes}): {why}; the sync's copy would fail: change those rows first, or do not preserve the table",
         d.format
     )))
+}
+
+/// A unique index of a table, as [`unique_problems`] compares and tries it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct UniqueIndex {
+    name: String,
+    /// Key columns, in order (INCLUDE columns are not part of the key).
+    columns: Vec<String>,
+    /// Each key column's collation as `"schema"."name"` where it is
+    /// nondeterministic (case-insensitive, say); empty for any other, whose
+    /// equality is the bytes' (the database's default among them).
+    collations: Vec<String>,
+    /// Each collation's schema (empty where none).
+    collation_schemas: Vec<String>,
+    predicate: Option<String>,
+    nulls_not_distinct: bool,
+    /// An expression among its keys.
+    expressions: bool,
+}
+
+async fn unique_indexes(client: &Client, rel: u32) -> Result<Vec<UniqueIndex>> {
+    query_map(
+        client,
+        "SELECT ic.relname::text,
+                ARRAY(SELECT a.attname::text
+                        FROM unnest(i.indkey::int2[]) WITH ORDINALITY k(attnum, ord)
+                        JOIN pg_catalog.pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
+                       WHERE k.ord <= i.indnkeyatts ORDER BY k.ord),
+                ARRAY(SELECT CASE WHEN co.oid IS NULL OR co.collisdeterministic THEN ''
+                                  ELSE pg_catalog.quote_ident(cn.nspname) || '.' || pg_catalog.quote_ident(co.collname) END
+                        FROM unnest(i.indcollation::oid[]) WITH ORDINALITY k(coll, ord)
+                        LEFT JOIN pg_catalog.pg_collation co ON co.oid = k.coll
+                        LEFT JOIN pg_catalog.pg_namespace cn ON cn.oid = co.collnamespace
+                       ORDER BY k.ord),
+                ARRAY(SELECT coalesce(cn.nspname::text, '')
+                        FROM unnest(i.indcollation::oid[]) WITH ORDINALITY k(coll, ord)
+                        LEFT JOIN pg_catalog.pg_collation co ON co.oid = k.coll
+                        LEFT JOIN pg_catalog.pg_namespace cn ON cn.oid = co.collnamespace
+                       ORDER BY k.ord),
+                pg_catalog.pg_get_expr(i.indpred, i.indrelid),
+                coalesce((pg_catalog.to_jsonb(i) ->> 'indnullsnotdistinct')::bool, false),
+                i.indexprs IS NOT NULL
+           FROM pg_catalog.pg_index i JOIN pg_catalog.pg_class ic ON ic.oid = i.indexrelid
+          WHERE i.indrelid = $1 AND i.indisunique AND i.indisvalid
+          ORDER BY ic.relname",
+        &[&rel],
+        "listing unique indexes",
+        |r| UniqueIndex {
+            name: r.get(0),
+            columns: r.get(1),
+            collations: r.get(2),
+            collation_schemas: r.get(3),
+            predicate: r.get(4),
+            nulls_not_distinct: r.get(5),
+            expressions: r.get(6),
+        },
+    )
+    .await
+}
+
+/// Do the destination's rows of a preserved table hold under each unique
+/// index the source's table has and the destination's lacks (a new `UNIQUE`,
+/// a unique index under a case-insensitive collation)? The sync's copy
+/// would fail on the second row of a duplicate after the whole copy
+/// ("duplicate key value violates unique constraint"); the dry run says so
+/// first, naming the key. Tried as `GROUP BY` the index's columns under its
+/// collations (one of a migrated schema as a temporary copy of its
+/// definition), over the rows its predicate covers, for a bounded time, in a
+/// transaction that is rolled back. An index on an expression, or on a
+/// column whose type changes, is not tried (the copy still finds it); one
+/// whose predicate or collation cannot be read here is not either.
+#[allow(clippy::too_many_arguments)]
+async fn unique_problems(
+    source: &Client,
+    dest: &Client,
+    src_oid: u32,
+    dest_oid: u32,
+    live: &str,
+    key: &[String],
+    dest_by_name: &HashMap<&str, &ColType>,
+    src_cols: &[ColType],
+    schemas: &[String],
+) -> Result<Vec<Fit>> {
+    let theirs = unique_indexes(dest, dest_oid).await?;
+    let set = |c: &[String], k: &[String]| -> std::collections::BTreeSet<(String, String)> {
+        c.iter().cloned().zip(k.iter().cloned()).collect()
+    };
+    let mut out = Vec::new();
+    for u in unique_indexes(source, src_oid).await? {
+        if u.expressions || u.columns.is_empty() {
+            continue;
+        }
+        // Held already: the destination has a unique index on the same
+        // columns under the same collations, over all its rows.
+        let held = theirs.iter().any(|d| {
+            !d.expressions
+                && d.predicate.is_none()
+                && (d.nulls_not_distinct || !u.nulls_not_distinct)
+                && set(&d.columns, &d.collations) == set(&u.columns, &u.collations)
+        });
+        // The sync's own key holds on the destination by construction.
+        let is_key = u.predicate.is_none()
+            && u.collations.iter().all(String::is_empty)
+            && u.columns.iter().collect::<HashSet<_>>() == key.iter().collect::<HashSet<_>>();
+        if held || is_key {
+            continue;
+        }
+        // Only columns both sides have, of the same type.
+        let same_types = u.columns.iter().all(|c| {
+            let s = src_cols.iter().find(|s| &s.name == c);
+            matches!((s, dest_by_name.get(c.as_str())), (Some(s), Some(d)) if s.qual == d.qual)
+        });
+        if !same_types {
+            continue;
+        }
+        out.push(try_unique(source, dest, live, &u, schemas).await?);
+    }
+    Ok(out)
+}
+
+/// One trial of [`unique_problems`].
+async fn try_unique(
+    source: &Client,
+    dest: &Client,
+    live: &str,
+    u: &UniqueIndex,
+    schemas: &[String],
+) -> Result<Fit> {
+    exec(
+        dest,
+        &format!(
+            "BEGIN; SET LOCAL lock_timeout = '{APPLY_LOCK_TIMEOUT}'; SET LOCAL statement_timeout = '{}ms'",
+            FIT_TRIAL_BUDGET.as_millis()
+        ),
+        "starting a trial of the preserved rows' unique keys",
+    )
+    .await?;
+    let tried = unique_trial(source, dest, live, u, schemas).await;
+    exec(
+        dest,
+        "ROLLBACK",
+        "ending a trial of the preserved rows' unique keys",
+    )
+    .await?;
+    let shown = |cols: &[String]| cols.iter().map(|c| display_ident(c)).join(", ");
+    Ok(match tried {
+        Ok(None) => Fit::Fits,
+        Ok(Some(values)) => Fit::DoesNot(format!(
+            "the destination's rows do not hold under the source's unique index {} ({}): Key ({})=({values}) is held by more than one row; the sync's copy would fail: change those rows first, or do not preserve the table",
+            display_ident(&u.name),
+            shown(&u.columns),
+            shown(&u.columns)
+        )),
+        Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::QUERY_CANCELED) => {
+            Fit::NoAnswer(format!(
+                "whether the destination's rows hold under the source's unique index {} could not be tried in time; the sync's copy finds a duplicate, naming it",
+                display_ident(&u.name)
+            ))
+        }
+        Err(e) => {
+            tracing::debug!(
+                "unique index {} not tried: {}",
+                u.name,
+                crate::pg::conn::connect::describe_pg_error(&e)
+            );
+            Fit::Fits
+        }
+    })
+}
+
+/// The trial itself, in [`try_unique`]'s transaction: the key values of a
+/// duplicate, if there is one.
+async fn unique_trial(
+    source: &Client,
+    dest: &Client,
+    live: &str,
+    u: &UniqueIndex,
+    schemas: &[String],
+) -> Result<Option<String>, tokio_postgres::Error> {
+    let mut group = Vec::new();
+    let mut shown = Vec::new();
+    let mut not_null = Vec::new();
+    for (i, col) in u.columns.iter().enumerate() {
+        let c = quote_ident(col);
+        let coll = u.collations.get(i).map(String::as_str).unwrap_or("");
+        let coll_schema = u.collation_schemas.get(i).map(String::as_str).unwrap_or("");
+        let collate = if coll.is_empty() {
+            String::new()
+        } else if schemas.iter().any(|m| m == coll_schema) {
+            // Created with the shadow, not here yet: a temporary one of
+            // its definition.
+            let name = format!("pg_temp.pgshift_coll_{i}");
+            let def: Option<String> = source
+                .query_opt(
+                    "SELECT CASE coalesce(pg_catalog.to_jsonb(c) ->> 'collprovider', 'c')
+                              WHEN 'i' THEN 'provider = icu, locale = ' || pg_catalog.quote_literal(coalesce(pg_catalog.to_jsonb(c) ->> 'colllocale', pg_catalog.to_jsonb(c) ->> 'colliculocale', c.collcollate))
+                              WHEN 'b' THEN 'provider = builtin, locale = ' || pg_catalog.quote_literal(pg_catalog.to_jsonb(c) ->> 'colllocale')
+                              WHEN 'c' THEN 'provider = libc, lc_collate = ' || pg_catalog.quote_literal(c.collcollate) || ', lc_ctype = ' || pg_catalog.quote_literal(c.collctype)
+                            END || ', deterministic = ' || c.collisdeterministic::text
+                       FROM pg_catalog.pg_collation c WHERE c.oid = $1::text::regcollation",
+                    &[&coll],
+                )
+                .await?
+                .and_then(|r| r.get(0));
+            let Some(def) = def else {
+                return Ok(None);
+            };
+            dest.batch_execute(&format!("CREATE COLLATION {name} ({def})"))
+                .await?;
+            format!(" COLLATE {name}")
+        } else {
+            format!(" COLLATE {coll}")
+        };
+        group.push(format!("{c}{collate}"));
+        shown.push(format!("(pg_catalog.array_agg({c}::text))[1]"));
+        not_null.push(format!("{c} IS NOT NULL"));
+    }
+    let mut filter = Vec::new();
+    if !u.nulls_not_distinct {
+        filter.extend(not_null);
+    }
+    if let Some(p) = &u.predicate {
+        filter.push(format!("({p})"));
+    }
+    let sql = format!(
+        "SELECT pg_catalog.concat_ws(', ', {}) FROM {live}{} GROUP BY {} HAVING count(*) > 1 LIMIT 1",
+        shown.join(", "),
+        if filter.is_empty() {
+            String::new()
+        } else {
+            format!(" WHERE {}", filter.join(" AND "))
+        },
+        group.join(", ")
+    );
+    Ok(dest.query_opt(&sql, &[]).await?.map(|r| r.get(0)))
 }
 
 /// Data exceptions (too long, out of range, pgvector's dimensions), a
