@@ -57,19 +57,6 @@ fn warning_starting<'a>(warnings: &'a serde_json::Value, lead: &str) -> &'a str 
         .unwrap_or_else(|| panic!("no warning starting {lead:?}: {warnings}"))
 }
 
-/// `prepare --preserved-tables users` between the pair, which must fail with
-/// exit 1: the last line of its stderr.
-fn users_prepare_fails(wd: &Workdir, dbs: &TestDbs) -> String {
-    let out = run_users_preserved(wd, dbs, "prepare", &[]);
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{err}");
-    err.trim_end()
-        .lines()
-        .last()
-        .unwrap_or_default()
-        .to_string()
-}
-
 /// A successful run's `--json` output.
 fn json_of(wd: &Workdir, args: &[&str]) -> serde_json::Value {
     serde_json::from_str(&assert_success(&wd.run(args))).unwrap()
@@ -1209,9 +1196,12 @@ fn a_deferred_unique_key_only_the_source_has_never_fails_the_applications_write(
 
 /// The destination's rows break a deferrable unique key only the source has:
 /// prepare's copy of them fails at the copy, saying so, not at its COMMIT
-/// ("committing the copy").
+/// ("committing the copy"). The dry run's trial of unique keys refuses such
+/// rows before prepare starts, so the duplicate is written while prepare
+/// runs, after that trial and before the sync's copy.
 #[test]
 fn destination_rows_a_deferred_unique_key_of_the_source_forbids_fail_the_copy() {
+    use std::io::{BufRead, BufReader, Read};
     let dbs = TestDbs::new("preserved_deferred_copy");
     dbs.src.psql(
         "CREATE TABLE users (id int PRIMARY KEY, email text,
@@ -1219,13 +1209,44 @@ fn destination_rows_a_deferred_unique_key_of_the_source_forbids_fail_the_copy() 
     );
     dbs.dst.psql(
         "CREATE TABLE users (id int PRIMARY KEY, email text);
-         INSERT INTO users VALUES (1, 'a'), (2, 'a');",
+         INSERT INTO users VALUES (1, 'a'), (2, 'b');",
     );
-    let last = users_prepare_fails(&Workdir::new(), &dbs);
+    let wd = Workdir::new();
+    let (src, dst) = (dbs.src.url(), dbs.dst.url());
+    let mut child = wd
+        .cmd()
+        .args(["prepare", "--source", &src, "--dest", &dst])
+        .args(["--preserved-tables", "users"])
+        .env("PGSHIFT_FAILPOINT", "sync:sleep=2000")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let mut seen = String::new();
+    loop {
+        let mut line = String::new();
+        assert!(stderr.read_line(&mut line).unwrap() > 0, "{seen}");
+        seen.push_str(&line);
+        if line.contains("pausing 2000 ms at sync") {
+            break;
+        }
+    }
+    dbs.dst.psql("UPDATE users SET email = 'a' WHERE id = 2");
+    stderr.read_to_string(&mut seen).unwrap();
+    assert_eq!(child.wait().unwrap().code(), Some(1), "{seen}");
+    let last = seen.trim_end().lines().last().unwrap_or_default();
     assert!(
         last.contains("copying the destination's rows of users into shadow")
             && last.contains("email_u"),
         "{last}"
+    );
+    // Before prepare, the trial names the key.
+    let out = run_users_preserved(&wd, &dbs, "prepare", &["--dry-run"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("unique index email_u (email): Key (email)=(a)"),
+        "{err}"
     );
 }
 
