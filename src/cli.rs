@@ -467,7 +467,8 @@ pub struct CleanupArgs {
     #[arg(long, value_name = "DATE")]
     pub before: String,
 
-    /// Always keep the N newest backups, whatever their age.
+    /// Always keep the N newest backups, whatever their age (backups whose
+    /// schemas are gone do not count).
     #[arg(long, env = "PGSHIFT_KEEP_LATEST", value_name = "N")]
     pub keep_latest: Option<usize>,
 

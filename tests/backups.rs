@@ -889,6 +889,19 @@ fn cleanup_drops_exactly_the_old_backups() {
     let v = cleanup(&wd, &dbs.dst, &["--before", &far, "--keep-latest", "2"]);
     assert!(dropped(&v).is_empty(), "{v}");
     assert_eq!(v["kept"], 2);
+    // A backup whose schema is gone (dropped by hand) keeps nothing, so it
+    // does not count among the newest: the one before it is kept.
+    dbs.dst
+        .psql(&format!("ALTER SCHEMA {} RENAME TO elsewhere", b[3]));
+    let v = cleanup(
+        &wd,
+        &dbs.dst,
+        &["--before", &far, "--keep-latest", "1", "--dry-run"],
+    );
+    assert_eq!(dropped(&v), vec![b[3].clone()], "{v}");
+    assert_eq!(v["kept"], 1);
+    dbs.dst
+        .psql(&format!("ALTER SCHEMA elsewhere RENAME TO {}", b[3]));
     // Unix milliseconds: 2025-07-01.
     let v = cleanup(
         &wd,

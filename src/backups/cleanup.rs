@@ -4,6 +4,8 @@
 //! warning instead of blocking. Only schemas with a manifest in
 //! `pgshift.backups` and pgshift's marker comment are ever dropped.
 
+use std::collections::HashSet;
+
 use anyhow::Result;
 use chrono::{DateTime, NaiveDate, NaiveDateTime, TimeZone, Utc};
 use itertools::Itertools;
@@ -17,6 +19,7 @@ use crate::error::UserError;
 use crate::output::rfc3339;
 use crate::pg::batch;
 use crate::pg::conn::connect::describe_pg_error;
+use crate::pg::exec::query_map;
 use crate::pg::ident::quote_ident;
 
 const ACCEPTED: &str = "an ISO date (2025-07-15, midnight UTC), an ISO datetime with or without offset (2025-07-15T08:30:00, 2025-07-15T08:30:00+02:00; UTC when none), or unix milliseconds (1752567000000)";
@@ -122,14 +125,28 @@ async fn candidates(
     opts: &CleanupOptions,
 ) -> Result<(Vec<BackupRow>, CleanupReport)> {
     let backups = manifest::list_backups(client).await?; // newest first
-    let protected = opts.keep_latest.unwrap_or(0);
     let total = backups.len();
-    let mut candidates: Vec<BackupRow> = backups
-        .into_iter()
-        .enumerate()
-        .filter(|(i, b)| *i >= protected && b.created_at < opts.before)
-        .map(|(_, b)| b)
-        .collect();
+    // `--keep-latest N` keeps the N newest backups that are still there: a
+    // record whose schemas were dropped by hand keeps nothing, so it does not
+    // count (else one more real backup would go).
+    let all: Vec<String> = backups.iter().flat_map(backup_schemas).collect();
+    let present: HashSet<String> = query_map(
+        client,
+        "SELECT nspname::text FROM pg_catalog.pg_namespace WHERE nspname = ANY($1)",
+        &[&all],
+        "listing the backups' schemas",
+        |r| r.get::<_, String>(0),
+    )
+    .await?;
+    let mut protected = opts.keep_latest.unwrap_or(0);
+    let mut candidates: Vec<BackupRow> = Vec::new();
+    for b in backups {
+        if protected > 0 && backup_schemas(&b).iter().any(|s| present.contains(s)) {
+            protected -= 1;
+        } else if b.created_at < opts.before {
+            candidates.push(b);
+        }
+    }
     candidates.reverse(); // oldest first
     let report = CleanupReport {
         dry_run: opts.dry_run,
