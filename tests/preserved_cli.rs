@@ -2594,3 +2594,43 @@ fn a_unique_key_the_destinations_rows_break_is_foreseen() {
     with_users_preserved(&wd, &dbs, "prepare", &[]);
     assert_eq!(dbs.dst.psql("SELECT count(*) FROM shadow.users"), "5");
 }
+
+/// The unique-key trial reads each key as the source means it: a
+/// destination column that is itself case-insensitive does not make the
+/// source's (byte-wise) unique key refuse 'A@x' beside 'a@x'; a partial
+/// index's date under the source's `SQL, DMY` DateStyle is the source's date,
+/// not the destination's reading of '01/02/2024'; and a WHERE the
+/// destination cannot run (a column only the source has) is a warning, not
+/// a silent pass.
+#[test]
+fn unique_key_trials_read_the_key_as_the_source_means_it() {
+    let dbs = TestDbs::new("preserved_unique_meaning");
+    dbs.src.psql(
+        "DO $$ BEGIN EXECUTE format('ALTER DATABASE %I SET datestyle = %L', current_database(), 'SQL, DMY'); END $$;
+         CREATE TABLE users (id int PRIMARY KEY, email text UNIQUE, code text, created date, deleted_at timestamptz);
+         CREATE UNIQUE INDEX users_code_since ON users (code) WHERE created >= '2024-02-01';
+         CREATE UNIQUE INDEX users_code_live ON users (code, created) WHERE deleted_at IS NULL;",
+    );
+    dbs.dst.psql(
+        "CREATE COLLATION ci (provider = icu, locale = 'und-u-ks-level2', deterministic = false);
+         CREATE TABLE users (id int PRIMARY KEY, email text COLLATE ci, code text, created date);
+         INSERT INTO users VALUES (1, 'A@x', 'c1', '2024-01-15'), (2, 'a@x', 'c1', '2024-01-20'),
+                                  (3, 'b@x', 'c3', '2024-03-01');",
+    );
+    let wd = Workdir::new();
+    let out = run_users_preserved(&wd, &dbs, "prepare", &["--dry-run"]);
+    let err =
+        String::from_utf8_lossy(&out.stderr).to_string() + &String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert!(
+        err.contains("unique index users_code_live could not be tried (")
+            && err.contains("deleted_at"),
+        "{err}"
+    );
+    with_users_preserved(&wd, &dbs, "prepare", &[]);
+    assert_eq!(
+        dbs.dst
+            .psql("SELECT string_agg(email, ',' ORDER BY id) FROM shadow.users"),
+        "A@x,a@x,b@x"
+    );
+}

@@ -565,22 +565,56 @@ pub async fn validate(
     source: &Client,
     dest: &Client,
 ) -> Result<Vec<String>> {
+    // The trials run text the source prints (a domain's CHECK, a unique
+    // index's WHERE) on the destination: printed and read under the same
+    // settings, so that a date, a float or a backslash in a literal means
+    // there what it means on the source ('01/02/2024' under a source's
+    // `SQL, DMY` read as January 2nd on an MDY destination). Put back after.
+    const SOURCE_SIDE: &str = "SET datestyle = 'ISO, YMD'; SET intervalstyle = 'postgres'; SET extra_float_digits = 3; SET standard_conforming_strings = on";
+    const DEST_SIDE: &str = "SET intervalstyle = 'postgres'; SET standard_conforming_strings = on";
+    const PUT_BACK: &str = "RESET datestyle; RESET intervalstyle; RESET extra_float_digits; RESET standard_conforming_strings";
+    exec(
+        source,
+        SOURCE_SIDE,
+        "setting the source's session for the trials",
+    )
+    .await?;
+    exec(
+        dest,
+        DEST_SIDE,
+        "setting the destination's session for the trials",
+    )
+    .await?;
     let mut problems: Vec<String> = Vec::new();
     let mut warnings = Vec::new();
+    let mut failed = None;
     for p in preserved {
         let shown = p.to_string();
-        problems.extend(
-            validate_one(
-                p,
-                &shown,
-                schemas,
-                source_tables,
-                source,
-                dest,
-                &mut warnings,
-            )
-            .await?,
-        );
+        match validate_one(
+            p,
+            &shown,
+            schemas,
+            source_tables,
+            source,
+            dest,
+            &mut warnings,
+        )
+        .await
+        {
+            Ok(found) => problems.extend(found),
+            Err(e) => {
+                failed = Some(e);
+                break;
+            }
+        }
+    }
+    for (client, side) in [(source, "source"), (dest, "destination")] {
+        if let Err(e) = client.batch_execute(PUT_BACK).await {
+            tracing::debug!("putting the {side}'s session settings back: {e}");
+        }
+    }
+    if let Some(e) = failed {
+        return Err(e);
     }
     if problems.is_empty() {
         return Ok(warnings);
@@ -1153,15 +1187,19 @@ struct UniqueIndex {
     /// Key columns, in order (INCLUDE columns are not part of the key).
     columns: Vec<String>,
     /// Each key column's collation as `"schema"."name"` where it is
-    /// nondeterministic (case-insensitive, say); empty for any other, whose
-    /// equality is the bytes' (the database's default among them).
+    /// nondeterministic (case-insensitive, say); `pg_catalog."C"` for any
+    /// other, whose equality is the bytes' whatever the destination's
+    /// column's own collation; empty for a type without one.
     collations: Vec<String>,
-    /// Each collation's schema (empty where none).
+    /// Each nondeterministic collation's schema (empty for the others).
     collation_schemas: Vec<String>,
     predicate: Option<String>,
     nulls_not_distinct: bool,
     /// An expression among its keys.
     expressions: bool,
+    /// Functions its `WHERE` calls that are not built in, as
+    /// `name(argtypes)`: the destination's namesakes may compute otherwise.
+    functions: Vec<String>,
 }
 
 async fn unique_indexes(client: &Client, rel: u32) -> Result<Vec<UniqueIndex>> {
@@ -1172,20 +1210,26 @@ async fn unique_indexes(client: &Client, rel: u32) -> Result<Vec<UniqueIndex>> {
                         FROM unnest(i.indkey::int2[]) WITH ORDINALITY k(attnum, ord)
                         JOIN pg_catalog.pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
                        WHERE k.ord <= i.indnkeyatts ORDER BY k.ord),
-                ARRAY(SELECT CASE WHEN co.oid IS NULL OR co.collisdeterministic THEN ''
+                ARRAY(SELECT CASE WHEN co.oid IS NULL THEN ''
+                                  WHEN co.collisdeterministic THEN 'pg_catalog.\"C\"'
                                   ELSE pg_catalog.quote_ident(cn.nspname) || '.' || pg_catalog.quote_ident(co.collname) END
                         FROM unnest(i.indcollation::oid[]) WITH ORDINALITY k(coll, ord)
                         LEFT JOIN pg_catalog.pg_collation co ON co.oid = k.coll
                         LEFT JOIN pg_catalog.pg_namespace cn ON cn.oid = co.collnamespace
                        ORDER BY k.ord),
-                ARRAY(SELECT coalesce(cn.nspname::text, '')
+                ARRAY(SELECT CASE WHEN co.collisdeterministic THEN '' ELSE coalesce(cn.nspname::text, '') END
                         FROM unnest(i.indcollation::oid[]) WITH ORDINALITY k(coll, ord)
                         LEFT JOIN pg_catalog.pg_collation co ON co.oid = k.coll
                         LEFT JOIN pg_catalog.pg_namespace cn ON cn.oid = co.collnamespace
                        ORDER BY k.ord),
                 pg_catalog.pg_get_expr(i.indpred, i.indrelid),
                 coalesce((pg_catalog.to_jsonb(i) ->> 'indnullsnotdistinct')::bool, false),
-                i.indexprs IS NOT NULL
+                i.indexprs IS NOT NULL,
+                ARRAY(SELECT DISTINCT p.oid::regprocedure::text
+                        FROM pg_catalog.pg_depend d JOIN pg_catalog.pg_proc p ON p.oid = d.refobjid
+                       WHERE d.classid = 'pg_catalog.pg_class'::regclass AND d.objid = i.indexrelid
+                         AND d.refclassid = 'pg_catalog.pg_proc'::regclass AND p.oid >= 16384
+                       ORDER BY 1)
            FROM pg_catalog.pg_index i JOIN pg_catalog.pg_class ic ON ic.oid = i.indexrelid
           WHERE i.indrelid = $1 AND i.indisunique AND i.indisvalid
           ORDER BY ic.relname",
@@ -1199,6 +1243,7 @@ async fn unique_indexes(client: &Client, rel: u32) -> Result<Vec<UniqueIndex>> {
             predicate: r.get(4),
             nulls_not_distinct: r.get(5),
             expressions: r.get(6),
+            functions: r.get(7),
         },
     )
     .await
@@ -1214,7 +1259,8 @@ async fn unique_indexes(client: &Client, rel: u32) -> Result<Vec<UniqueIndex>> {
 /// definition), over the rows its predicate covers, for a bounded time, in a
 /// transaction that is rolled back. An index on an expression, or on a
 /// column whose type changes, is not tried (the copy still finds it); one
-/// whose predicate or collation cannot be read here is not either.
+/// whose WHERE calls functions that are not built in is not either, and
+/// says so, as does a trial that fails (no answer is not an answer).
 #[allow(clippy::too_many_arguments)]
 async fn unique_problems(
     source: &Client,
@@ -1237,16 +1283,17 @@ async fn unique_problems(
             continue;
         }
         // Held already: the destination has a unique index on the same
-        // columns under the same collations, over all its rows.
+        // columns under the same collations, over all its rows or the
+        // same ones.
         let held = theirs.iter().any(|d| {
             !d.expressions
-                && d.predicate.is_none()
+                && (d.predicate.is_none() || d.predicate == u.predicate)
                 && (d.nulls_not_distinct || !u.nulls_not_distinct)
                 && set(&d.columns, &d.collations) == set(&u.columns, &u.collations)
         });
         // The sync's own key holds on the destination by construction.
         let is_key = u.predicate.is_none()
-            && u.collations.iter().all(String::is_empty)
+            && u.collation_schemas.iter().all(String::is_empty)
             && u.columns.iter().collect::<HashSet<_>>() == key.iter().collect::<HashSet<_>>();
         if held || is_key {
             continue;
@@ -1257,6 +1304,14 @@ async fn unique_problems(
             matches!((s, dest_by_name.get(c.as_str())), (Some(s), Some(d)) if s.qual == d.qual)
         });
         if !same_types {
+            continue;
+        }
+        if !u.functions.is_empty() {
+            out.push(Fit::NoAnswer(format!(
+                "whether the destination's rows hold under the source's unique index {} was not tried: its WHERE calls {}, which the destination may define otherwise; the sync's copy finds a duplicate, naming it",
+                display_ident(&u.name),
+                u.functions.join(", ")
+            )));
             continue;
         }
         out.push(try_unique(source, dest, live, &u, schemas).await?);
@@ -1297,20 +1352,17 @@ async fn try_unique(
             shown(&u.columns),
             shown(&u.columns)
         )),
-        Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::QUERY_CANCELED) => {
-            Fit::NoAnswer(format!(
-                "whether the destination's rows hold under the source's unique index {} could not be tried in time; the sync's copy finds a duplicate, naming it",
-                display_ident(&u.name)
-            ))
-        }
-        Err(e) => {
-            tracing::debug!(
-                "unique index {} not tried: {}",
-                u.name,
+        // Out of time, a lock held, no TEMP privilege for a collation, a
+        // WHERE over a column only the source has: no answer, said.
+        Err(e) => Fit::NoAnswer(format!(
+            "whether the destination's rows hold under the source's unique index {} could not be tried ({}); the sync's copy finds a duplicate, naming it",
+            display_ident(&u.name),
+            if e.code() == Some(&tokio_postgres::error::SqlState::QUERY_CANCELED) {
+                "out of time".to_string()
+            } else {
                 crate::pg::conn::connect::describe_pg_error(&e)
-            );
-            Fit::Fits
-        }
+            }
+        )),
     })
 }
 
@@ -1358,7 +1410,9 @@ async fn unique_trial(
             format!(" COLLATE {coll}")
         };
         group.push(format!("{c}{collate}"));
-        shown.push(format!("(pg_catalog.array_agg({c}::text))[1]"));
+        shown.push(format!(
+            "(pg_catalog.array_agg(coalesce({c}::text, 'null')))[1]"
+        ));
         not_null.push(format!("{c} IS NOT NULL"));
     }
     let mut filter = Vec::new();
