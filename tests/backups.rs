@@ -1465,3 +1465,41 @@ fn a_rollback_keeping_a_table_warns_about_sequences_in_its_own_words() {
         "100 true"
     );
 }
+
+/// While another run holds the destination's lock (a swap waiting on the
+/// application's locks, say), the swap's and the rollback's dry runs say
+/// they would be refused, naming the holder, as the real ones are: they
+/// said "go", and the swap's also warned that an earlier swap had stopped.
+#[test]
+fn dry_runs_while_another_run_holds_the_lock_say_they_would_be_refused() {
+    let dbs = TestDbs::new("bk_dry_busy");
+    dbs.src
+        .psql("CREATE TABLE t (id int PRIMARY KEY); INSERT INTO t VALUES (1);");
+    dbs.dst.psql("CREATE TABLE t (id int PRIMARY KEY);");
+    let wd = Workdir::new();
+    start(&wd, &dbs);
+    assert_success(&wd.prepare(&dbs, &[]));
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let holder = rt.block_on(dbs.dst.client());
+    rt.block_on(pgshift::pg::lock::acquire(&holder)).unwrap();
+    let url = dbs.dst.url();
+    for args in [
+        vec!["swap", "--dest", &url, "--dry-run"],
+        vec!["rollback", "--dest", &url, "--latest", "--dry-run"],
+    ] {
+        let v = run_json(&wd, &args);
+        let what = if args[0] == "swap" {
+            "swap"
+        } else {
+            "rollback"
+        };
+        let refusal = v[what]["refusal"].as_str().unwrap_or_default();
+        assert!(
+            refusal.starts_with("another pgshift run holds the destination's lock: "),
+            "{v}"
+        );
+    }
+    drop(holder);
+    let v = run_json(&wd, &["swap", "--dest", &url, "--dry-run"]);
+    assert!(v["swap"]["refusal"].is_null(), "{v}");
+}

@@ -339,6 +339,25 @@ impl Destination {
             .collect()
     }
 
+    /// Why no swap or rollback can run now because another run holds the
+    /// destination's lock (a dead run's session holds it as firmly, until
+    /// the server notices or someone ends it), or None. The dry runs say it
+    /// as the real ones would be refused.
+    pub fn lock_refusal(&self) -> Option<String> {
+        let r = self.running.as_ref()?;
+        Some(if r.alive == Some(false) {
+            format!(
+                "a session of a pgshift run that is no longer running holds the destination's lock: {}; end it with SELECT pg_terminate_backend({})",
+                r.holder, r.holder.backend_pid
+            )
+        } else {
+            format!(
+                "another pgshift run holds the destination's lock: {}",
+                r.holder
+            )
+        })
+    }
+
     /// Leftovers of earlier runs: migration objects while nothing is prepared
     /// or running. While a live run holds the destination they are its own
     /// (a swap drops its changelogs after its COMMIT, when the record already

@@ -262,20 +262,8 @@ async fn shadow_info(client: &Client, d: &Destination) -> Result<ShadowInfo> {
 /// Why nothing can be swapped now, whatever the shadow holds: another run,
 /// no prepared migration, a shadow that is not its own.
 fn swap_gate(d: &Destination) -> Option<String> {
-    if let Some(r) = &d.running {
-        // A dead run's session holds it as firmly: the swap would be
-        // refused until the server notices, or someone ends that session.
-        return Some(if r.alive == Some(false) {
-            format!(
-                "a session of a pgshift run that is no longer running holds the destination's lock: {}; end it with SELECT pg_terminate_backend({})",
-                r.holder, r.holder.backend_pid
-            )
-        } else {
-            format!(
-                "another pgshift run holds the destination's lock: {}",
-                r.holder
-            )
-        });
+    if let Some(why) = d.lock_refusal() {
+        return Some(why);
     }
     match d.state {
         State::Prepared => {}

@@ -141,6 +141,7 @@ fn ready<'a>(d: &'a Destination, timestamp: Option<&str>) -> Result<&'a Migratio
     }
     if let Some(row) = &d.row
         && row.state.status == Status::Swapping
+        && d.running.is_none()
     {
         tracing::warn!(
             "an earlier swap of migration {} stopped before committing; the shadow is intact, swapping again",
@@ -547,21 +548,26 @@ pub async fn preview(client: &Client, opts: &SwapOptions) -> Result<SwapPreview>
         Vec::new()
     };
     let misfit = sequence_refusal(client, &details.sync).await?;
-    let refusals: Vec<String> = [changed, broken, gate::refusal(&impact, &opts.impact)]
+    let refusals: Vec<String> = [
+        d.lock_refusal(),
+        changed,
+        broken,
+        gate::refusal(&impact, &opts.impact),
+    ]
+    .into_iter()
+    .flatten()
+    .chain(rejected)
+    .chain(
+        [
+            fk_refusal(&fk_check, opts.allow_fk_violations),
+            misfit,
+            p.unmovable.refusal("the swap"),
+            p.lock_budget.refusal("the swap"),
+        ]
         .into_iter()
-        .flatten()
-        .chain(rejected)
-        .chain(
-            [
-                fk_refusal(&fk_check, opts.allow_fk_violations),
-                misfit,
-                p.unmovable.refusal("the swap"),
-                p.lock_budget.refusal("the swap"),
-            ]
-            .into_iter()
-            .flatten(),
-        )
-        .collect();
+        .flatten(),
+    )
+    .collect();
     let schemas = p.schemas.clone();
     let mut warnings = kept.warnings(client, m).await?;
     warnings.extend(

@@ -653,7 +653,10 @@ pub async fn preview(client: &Client, plan: &Plan, policy: Policy) -> Result<Rol
     let (impact, _) = impact(client, plan, policy, false)
         .with_subscriber(tracing::subscriber::NoSubscriber::default())
         .await?;
+    // Another run holding the destination refuses the rollback before all.
+    let busy = Destination::observe(client).await?.lock_refusal();
     let refusals: Vec<String> = [
+        busy,
         plan.mismatch.clone(),
         plan.refusal.clone(),
         gate::breaking_refusal_of(Operation::Rollback, &impact, plan.fail_on_breaking),
