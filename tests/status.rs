@@ -197,6 +197,16 @@ fn abort_drops_a_prepared_migration() {
     let url = dbs.dst.url();
     wd.run_ok(&["prepare", "--source", &dbs.src.url(), "--dest", &url]);
     let other = Workdir::new();
+    // A dry run asked for in the environment: abort has none, so it refuses
+    // rather than drop the migration.
+    let out = other.run_env(&["abort", "--dest", &url], &[("PGSHIFT_DRY_RUN", "1")]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.starts_with("error: PGSHIFT_DRY_RUN is set, but abort has no dry run"),
+        "{err}"
+    );
+    assert_eq!(status(&wd, &dbs.dst)["state"], "prepared");
     // From another machine: the destination's record is enough.
     let out = other.run_ok(&["abort", "--dest", &url, "--json"]);
     let v: Value = serde_json::from_str(&out).unwrap();

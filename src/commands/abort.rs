@@ -11,6 +11,18 @@ use crate::output;
 use crate::prepare::discard::{self, AbortOptions, AbortReport};
 
 pub async fn run(ctx: Ctx) -> Result<ExitCode> {
+    // abort has no dry run: one asked for in the environment (meant for
+    // the commands that have one) must not drop the prepared migration.
+    if let Ok(v) = std::env::var("PGSHIFT_DRY_RUN")
+        && !matches!(
+            v.trim().to_ascii_lowercase().as_str(),
+            "" | "0" | "false" | "f" | "no" | "n" | "off"
+        )
+    {
+        crate::refuse!(
+            "PGSHIFT_DRY_RUN is set, but abort has no dry run: it would drop the prepared migration; `pgshift status` shows what abort would remove, unset PGSHIFT_DRY_RUN to abort"
+        );
+    }
     let sess = ctx.open_session().await?;
     let settings = &ctx.settings;
     let opts = AbortOptions {
