@@ -1357,3 +1357,52 @@ fn an_insert_that_fails_today_already_is_no_failing_statement() {
     );
     assert_success(&wd.run(&["swap", "--dest", &url, "--fail-on-breaking"]));
 }
+
+/// A statement of a schema other than public that the swap breaks is worded
+/// as the application will see it (`relation "billing.old_inv" does not
+/// exist`), not with the name of pgshift's incoming schema rewritten inside
+/// it (`pgshift_shadow_backup_<unix ms>_billing.old_inv`).
+#[tokio::test]
+async fn a_failing_statement_of_another_schema_is_worded_as_the_application_sees_it() {
+    let Some(dbs) = pair("impact_schemas") else {
+        return;
+    };
+    dbs.src
+        .psql("CREATE SCHEMA billing; CREATE TABLE billing.inv (id int PRIMARY KEY);");
+    dbs.dst
+        .psql(&create_role("billing_app", "LOGIN PASSWORD 'app-pw'"));
+    dbs.dst.psql(
+        "CREATE EXTENSION pg_stat_statements;
+         CREATE SCHEMA billing;
+         CREATE TABLE billing.inv (id int PRIMARY KEY);
+         CREATE TABLE billing.old_inv (id int PRIMARY KEY);
+         GRANT USAGE ON SCHEMA billing TO billing_app;
+         GRANT SELECT ON ALL TABLES IN SCHEMA billing TO billing_app;
+         SELECT pg_stat_statements_reset(0, (SELECT oid FROM pg_database WHERE datname = current_database()), 0);",
+    );
+    let mut cfg = dbs.dst.pg_config();
+    cfg.user("billing_app").password("app-pw");
+    let (app, conn) = cfg.connect(NoTls).await.unwrap();
+    tokio::spawn(conn);
+    let sql = "SELECT id FROM billing.old_inv WHERE id = $1";
+    let st = app.prepare(sql).await.unwrap();
+    app.query(&st, &[&1i32]).await.unwrap();
+    drop(app);
+    let wd = Workdir::new();
+    assert_success(&wd.prepare(&dbs, &["--schemas", "public,billing"]));
+    let url = dbs.dst.url();
+    let d = json_of(&wd.run_ok(&[
+        "swap",
+        "--dest",
+        &url,
+        "--dry-run",
+        "--json",
+        "--workload-roles",
+        "billing_app",
+    ]));
+    assert_eq!(
+        d["swap"]["impact"]["statements"]["failing"],
+        json!([{"query": sql, "calls": 1, "error": "relation \"billing.old_inv\" does not exist"}]),
+        "{d}"
+    );
+}

@@ -1011,17 +1011,21 @@ impl Mapper {
 /// Word an error of the future check as the application will see it: the
 /// incoming schema's name replaced by the live one's, qualifiers the rewrite
 /// added removed.
-/// `text` with each `from` that is a whole name (not followed by more of
-/// an identifier) replaced by `to`.
+/// `text` with each `from` that is a whole name (neither preceded nor
+/// followed by more of an identifier: `billing.t` is not the end of
+/// `pgshift_shadow_billing.t`) replaced by `to`.
 fn replace_names(text: &str, from: &str, to: &str) -> String {
+    let part = |c: char| c.is_alphanumeric() || c == '_' || c == '$';
     let mut out = String::with_capacity(text.len());
     let mut rest = text;
     while let Some(i) = rest.find(from) {
         let after = &rest[i + from.len()..];
-        let whole = !after
-            .chars()
-            .next()
-            .is_some_and(|c| c.is_alphanumeric() || c == '_' || c == '$');
+        let whole = !after.chars().next().is_some_and(part)
+            && !rest[..i]
+                .chars()
+                .next_back()
+                .or_else(|| out.chars().next_back())
+                .is_some_and(part);
         out.push_str(&rest[..i]);
         out.push_str(if whole { to } else { from });
         rest = after;
@@ -1100,6 +1104,19 @@ pub fn parse_search_path(value: &str) -> Vec<String> {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn only_whole_names_are_replaced() {
+        use super::replace_names;
+        assert_eq!(
+            replace_names(
+                r#"relation "pgshift_shadow_billing.old_inv" does not exist; billing.old_inv, billing.old_inv_x"#,
+                "billing.old_inv",
+                "backup_1_billing.old_inv"
+            ),
+            r#"relation "pgshift_shadow_billing.old_inv" does not exist; backup_1_billing.old_inv, billing.old_inv_x"#
+        );
+    }
 
     #[test]
     fn referential_actions_are_postgres_own() {
