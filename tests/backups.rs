@@ -782,6 +782,27 @@ fn rollback_refusals_change_nothing() {
         "{plan}"
     );
     assert_eq!(catalog_fingerprint(&dbs.dst), before);
+    // A backup whose schema is gone (dropped by hand) does not match its
+    // manifest: exit 3, as verify says, with or without --force.
+    dbs.dst
+        .psql(&format!("ALTER SCHEMA {b1} RENAME TO gone_elsewhere"));
+    for extra in [
+        &["--dry-run"][..],
+        &["--force", "--allow-discard", "users"][..],
+    ] {
+        let mut args = vec!["rollback", "--dest", url.as_str(), "--latest"];
+        args.extend_from_slice(extra);
+        let out = wd.run(&args);
+        let err = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(3), "{err}");
+        assert!(
+            err.contains("no longer exists; there is nothing to roll back to"),
+            "{err}"
+        );
+    }
+    dbs.dst
+        .psql(&format!("ALTER SCHEMA gone_elsewhere RENAME TO {b1}"));
+    assert_eq!(catalog_fingerprint(&dbs.dst), before);
     let r = run_json(
         &wd,
         &[

@@ -724,7 +724,16 @@ fn a_changed_shadow_or_a_broken_sync_is_refused_by_swap_dry_run_and_status() {
                 "{st}"
             );
         }
-        let plan = json(&["swap", "--dest", &dst, "--dry-run", "--json"]);
+        // The dry run exits as the swap would for a changed shadow (3),
+        // after its plan; 0 for any other refusal.
+        let out = wd.run(&["swap", "--dest", &dst, "--dry-run", "--json"]);
+        assert_eq!(
+            out.status.code(),
+            Some(if code == 3 { 3 } else { 0 }),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let plan: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
         assert!(
             plan["swap"]["refusal"]
                 .as_str()

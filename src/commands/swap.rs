@@ -23,6 +23,12 @@ pub async fn run(args: SwapArgs, ctx: Ctx) -> Result<ExitCode> {
         let client = ctx.connect_dest().await?;
         let p = cutover::preview(&client, &opts).await?;
         print_preview(&ctx, &p)?;
+        // A shadow that is not what prepare built: the plan, then exit 3 as
+        // the swap itself and `rollback --dry-run` give.
+        if let Some(why) = &p.mismatch {
+            crate::errln!("error: {why}");
+            return Ok(ExitCode::Verification);
+        }
         return Ok(ExitCode::Ok);
     }
     let sess = ctx.open_session().await?;

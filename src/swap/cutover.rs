@@ -98,6 +98,10 @@ pub struct SwapPreview {
     pub refusal: Option<String>,
     /// Every reason it would refuse for, in the order it checks them.
     pub refusals: Vec<String>,
+    /// The shadow is not what prepare built (one of `refusals`): the dry
+    /// run exits 3 after its plan, as the swap and `rollback --dry-run` do.
+    #[serde(skip)]
+    pub mismatch: Option<String>,
     /// What the swap would warn about as things stand (sequences no column
     /// uses that keep the source's value, or reach the end of its
     /// definition), as in the swap's own `warnings`.
@@ -550,7 +554,7 @@ pub async fn preview(client: &Client, opts: &SwapOptions) -> Result<SwapPreview>
     let misfit = sequence_refusal(client, &details.sync).await?;
     let refusals: Vec<String> = [
         d.lock_refusal(),
-        changed,
+        changed.clone(),
         broken,
         gate::refusal(&impact, &opts.impact),
     ]
@@ -591,6 +595,7 @@ pub async fn preview(client: &Client, opts: &SwapOptions) -> Result<SwapPreview>
         impact,
         refusal: refusals.first().cloned(),
         refusals,
+        mismatch: changed,
         kept_tables: kept.all.iter().cloned().collect(),
         schemas,
         warnings,

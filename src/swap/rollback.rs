@@ -212,11 +212,13 @@ pub async fn plan(client: &Client, opts: &RollbackOptions) -> Result<Plan> {
     };
     let schema = restore.schema_name.clone();
     let facts = verify::schema_facts(client, &schema).await?;
+    // A backup whose schema is gone does not match its manifest: exit 3,
+    // as `verify` reports it.
     if !facts.exists {
-        bail!(
-            "backup {} has a manifest but its schema {schema} no longer exists; there is nothing to roll back to",
+        return Err(anyhow::Error::new(VerificationFailed(format!(
+            "backup {} has a manifest but its schema {schema} no longer exists; there is nothing to roll back to (`pgshift list` shows the others)",
             restore.ts
-        );
+        ))));
     }
     if !facts.ours {
         bail!(
@@ -238,12 +240,10 @@ pub async fn plan(client: &Client, opts: &RollbackOptions) -> Result<Plan> {
     for m in maps.iter().filter(|m| m.backup != schema) {
         let facts = verify::schema_facts(client, &m.backup).await?;
         if !facts.exists || !facts.ours {
-            bail!(
+            return Err(anyhow::Error::new(VerificationFailed(format!(
                 "backup {} holds schema {} in {}, which no longer exists or does not carry pgshift's marker comment; not restoring it",
-                restore.ts,
-                m.live,
-                m.backup
-            );
+                restore.ts, m.live, m.backup
+            ))));
         }
     }
     let lives: Vec<String> = maps.iter().map(|m| m.live.clone()).collect();
