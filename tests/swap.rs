@@ -282,6 +282,8 @@ async fn a_run_lock_left_by_a_process_that_is_gone_says_so() {
 #[test]
 fn dry_runs_change_nothing() {
     let dbs = setup("swap_dry");
+    // Never analyzed nor vacuumed: its row count is unknown, not 0.
+    dbs.src.psql("CREATE TABLE fresh (id int)");
     let wd = Workdir::new();
     let src_before = catalog_fingerprint(&dbs.src);
     let dst_before = catalog_fingerprint(&dbs.dst);
@@ -311,6 +313,23 @@ fn dry_runs_change_nothing() {
     ));
     let plan: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(plan["plan"]["tables"][0]["name"], "items");
+    let fresh = plan["plan"]["tables"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["name"] == "fresh")
+        .unwrap_or_else(|| panic!("{plan}"));
+    assert_eq!(fresh["estimated_rows"], 0, "{plan}");
+    // PostgreSQL 14+ tells a table never counted (reltuples -1) from an empty one.
+    if dbs
+        .src
+        .psql("SHOW server_version_num")
+        .parse::<i32>()
+        .unwrap()
+        >= 140000
+    {
+        assert_eq!(fresh["estimate_unknown"], true, "{plan}");
+    }
     assert_eq!(catalog_fingerprint(&dbs.src), src_before);
     assert_eq!(catalog_fingerprint(&dbs.dst), dst_before);
     assert!(

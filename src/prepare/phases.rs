@@ -68,8 +68,9 @@ pub struct PlannedTable {
     pub total_bytes: i64,
     pub estimated_rows: i64,
     /// The source never counted its rows (`reltuples` -1: never vacuumed or
-    /// analyzed, PostgreSQL 14+): `estimated_rows` is 0 but unknown.
-    #[serde(skip)]
+    /// analyzed, PostgreSQL 14+): `estimated_rows` is 0 but unknown
+    /// (`"estimate_unknown": true`, absent otherwise).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub estimate_unknown: bool,
     pub preserved: bool,
     /// Migrated without its rows (`--exclude-table-data`).
