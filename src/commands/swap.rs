@@ -173,10 +173,11 @@ pub fn print_head(
     } else {
         ("the live schemas", replaced[1])
     };
+    let objects = |n: usize| format!("{n} object{}", if n == 1 { "" } else { "s" });
     crate::outln!(
-        "{done}: {} objects into {live}{replaced} kept as {backup} ({} objects)",
-        m.moved_in,
-        m.moved_out
+        "{done}: {} into {live}{replaced} kept as {backup} ({})",
+        objects(m.moved_in),
+        objects(m.moved_out)
     );
     print_schemas(schemas);
     crate::outln!(

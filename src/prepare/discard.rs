@@ -648,6 +648,7 @@ pub async fn abort(sess: &Session, opts: &AbortOptions) -> Result<AbortReport> {
             // holds the run lock, so none runs): `status` calls it failed.
             let was = match m.state.status {
                 Status::Preparing => "its prepare had stopped".to_string(),
+                Status::Failed => "its prepare had failed".to_string(),
                 other => format!("it was {other}"),
             };
             let mut said = format!("aborted migration {} ({was})", m.id);
