@@ -25,6 +25,11 @@ use crate::swap::impact::gate::ImpactOptions;
 use crate::swap::impact::{AllowDiscard, WorkloadOptions};
 use crate::swap::mode::ModeRequest;
 
+/// The sessions pgshift holds on a server at once, at the least: a lock
+/// session, a control session and one worker (the restore, a copy, the
+/// swap's transaction).
+pub const MIN_CONNECTIONS: usize = 3;
+
 /// Name of the config file looked up in the current directory.
 pub const DEFAULT_CONFIG_FILE: &str = "pgshift.toml";
 
@@ -708,9 +713,9 @@ pub fn resolve(
         (None, Some(n)) => (n, "max_connections"),
         (None, None) => (20, "--max-connections"),
     };
-    if max_connections < 3 {
+    if max_connections < MIN_CONNECTIONS {
         crate::refuse!(
-            "{max_name} must be at least 3 (a lock session, a control session and one worker)"
+            "{max_name} must be at least {MIN_CONNECTIONS} (a lock session, a control session and one worker)"
         );
     }
     if jobs + 2 > max_connections {

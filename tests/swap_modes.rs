@@ -1480,10 +1480,33 @@ async fn a_rename_swap_gets_through_sequence_first_writers_of_preserved_tables()
 /// analyze, which opened `--jobs` connections at once, failed with "too many
 /// connections for role" after the whole copy. It now works with the
 /// connections it can open.
+/// A limit below what pgshift needs at once (3) can never be met: prepare
+/// and its dry run refuse it before anything changes, naming the setting
+/// (prepare failed after the dump with "too many connections for role").
 #[test]
 fn a_role_with_few_connection_slots_prepares_with_what_it_has() {
     let dbs = TestDbs::new("few_slots");
     let dst = database_owner(&dbs.dst, "few_slots", "few-pw");
+    dbs.dst.psql("ALTER ROLE few_slots CONNECTION LIMIT 2");
+    let wd = Workdir::new();
+    let src = dbs.src.url();
+    for extra in [&["--dry-run"][..], &[][..]] {
+        let mut args = vec!["prepare", "--source", &src, "--dest", &dst];
+        args.extend_from_slice(extra);
+        let out = wd.run(&args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{err}");
+        assert!(
+            err.contains("the destination's role few_slots may open 2 connections at once (CONNECTION LIMIT), and pgshift needs 3")
+                && err.contains("ALTER ROLE few_slots CONNECTION LIMIT 3"),
+            "{err}"
+        );
+    }
+    assert_eq!(
+        dbs.dst
+            .query_one_string("SELECT count(*) FROM pg_namespace WHERE nspname = 'shadow'"),
+        "0"
+    );
     dbs.dst.psql("ALTER ROLE few_slots CONNECTION LIMIT 3");
     dbs.src.psql(
         "CREATE TABLE events (id int, at date) PARTITION BY RANGE (at);

@@ -247,6 +247,7 @@ pub async fn check(settings: &PrepareOptions, sess_dest: &Client, src: &Client) 
     }
     warnings.extend(preflight::check_source(src, &settings.schemas).await?);
     warnings.extend(preflight::locale_differences(src, sess_dest).await?);
+    warnings.extend(preflight::connection_room(sess_dest).await?);
     // The swap renames the schemas when it can (kept tables and an
     // extension such as PostGIS in public make it move objects instead).
     let may_rename = settings.swap_mode != ModeRequest::Object

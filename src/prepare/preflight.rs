@@ -165,6 +165,77 @@ pub async fn check_source(src: &Client, schemas: &[String]) -> Result<Vec<String
     Ok(warnings)
 }
 
+/// Room for [`crate::config::MIN_CONNECTIONS`] sessions on the destination. A `CONNECTION LIMIT` of
+/// the role or the database below it can never be met: refused before
+/// anything changes (a prepare failed after the dump with "too many
+/// connections for role"). Too few slots free now (the limit's, or the
+/// server's `max_connections` less its reserved ones, taken by other
+/// sessions) is a warning: they may free up, and prepare waits for a slot
+/// where it can. pgshift's own sessions (its application_name) are not
+/// counted as taken.
+pub async fn connection_room(dst: &Client) -> Result<Vec<String>> {
+    let r = dst
+        .query_one(
+            "WITH others AS (
+                 SELECT a.usename, a.datname FROM pg_catalog.pg_stat_activity a
+                  WHERE a.backend_type = 'client backend' AND a.pid <> pg_catalog.pg_backend_pid()
+                    AND coalesce(a.application_name, '') NOT LIKE 'pgshift %')
+             SELECT current_user::text, r.rolsuper, r.rolconnlimit::int8,
+                    (SELECT count(*) FROM others o WHERE o.usename = current_user),
+                    current_database()::text, d.datconnlimit::int8,
+                    (SELECT count(*) FROM others o WHERE o.datname = current_database()),
+                    current_setting('max_connections')::int8
+                      - CASE WHEN r.rolsuper THEN 0 ELSE current_setting('superuser_reserved_connections')::int8 END
+                      - CASE WHEN r.rolsuper THEN 0
+                             -- PostgreSQL 16+: reserved_connections, for pg_use_reserved_connections
+                             WHEN NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles u WHERE u.rolname = 'pg_use_reserved_connections') THEN 0
+                             WHEN pg_catalog.pg_has_role('pg_use_reserved_connections', 'USAGE') THEN 0
+                             ELSE coalesce((SELECT s.setting::int8 FROM pg_catalog.pg_settings s WHERE s.name = 'reserved_connections'), 0) END,
+                    (SELECT count(*) FROM others)
+               FROM pg_catalog.pg_roles r, pg_catalog.pg_database d
+              WHERE r.rolname = current_user AND d.datname = current_database()",
+            &[],
+        )
+        .await
+        .context("reading the destination's connection limits")?;
+    let (role, superuser, role_limit, role_taken): (String, bool, i64, i64) =
+        (r.get(0), r.get(1), r.get(2), r.get(3));
+    let (db, db_limit, db_taken, server_room, server_taken): (String, i64, i64, i64, i64) =
+        (r.get(4), r.get(5), r.get(6), r.get(7), r.get(8));
+    let need = crate::config::MIN_CONNECTIONS as i64;
+    let mut warnings = Vec::new();
+    // Superusers are held to neither limit.
+    let limits = [
+        ("role", &role, role_limit, role_taken, "ROLE"),
+        ("database", &db, db_limit, db_taken, "DATABASE"),
+    ];
+    for (what, name, limit, taken, sql) in limits {
+        if superuser || limit < 0 {
+            continue;
+        }
+        let shown = display_ident(name);
+        if limit < need {
+            crate::refuse!(
+                "the destination's {what} {shown} may open {limit} connection{} at once (CONNECTION LIMIT), and pgshift needs {need} (a lock session, a control session and one worker): raise it with ALTER {sql} {} CONNECTION LIMIT {need} (or more); nothing was changed",
+                if limit == 1 { "" } else { "s" },
+                shown
+            );
+        }
+        if limit - taken < need {
+            warnings.push(format!(
+                "the destination's {what} {shown} may open {limit} connections at once (CONNECTION LIMIT) and {taken} are open now; pgshift needs {need}: prepare and swap may fail with too many connections unless some close"
+            ));
+        }
+    }
+    if server_room - server_taken < need {
+        warnings.push(format!(
+            "the destination server has {} connection slots free for this role now (max_connections less those reserved, less {server_taken} open); pgshift needs {need}: prepare and swap may fail with too many clients unless some close",
+            (server_room - server_taken).max(0)
+        ));
+    }
+    Ok(warnings)
+}
+
 /// A database's encoding and default locale, as [`locale_differences`]
 /// compares them.
 struct DbLocale {
