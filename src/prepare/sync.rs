@@ -844,19 +844,19 @@ async fn validate_one(
     }
     if problems.is_empty() {
         let live = qualified(schema, &p.name);
-        for u in unique_problems(
+        let t = Tried {
             source,
             dest,
             src_oid,
             dest_oid,
-            &live,
-            &key,
-            &dest_by_name,
-            &src_cols,
-            schemas,
-        )
-        .await?
-        {
+            live: &live,
+            key: &key,
+            dest_by_name: &dest_by_name,
+            src_cols: &src_cols,
+        };
+        let mut found = unique_problems(&t, schemas).await?;
+        found.extend(check_problems(&t).await?);
+        for u in found {
             match u {
                 Fit::Fits => {}
                 Fit::DoesNot(why) => problems.push(format!("{shown}: {why}")),
@@ -1180,6 +1180,22 @@ async fn fit_problem(
     )))
 }
 
+/// A preserved table as the trials of its keys and constraints
+/// ([`unique_problems`], [`check_problems`]) see it on both sides.
+#[derive(Clone, Copy)]
+struct Tried<'a> {
+    source: &'a Client,
+    dest: &'a Client,
+    src_oid: u32,
+    dest_oid: u32,
+    /// The destination's live table, quoted.
+    live: &'a str,
+    /// The sync's key columns.
+    key: &'a [String],
+    dest_by_name: &'a HashMap<&'a str, &'a ColType>,
+    src_cols: &'a [ColType],
+}
+
 /// A unique index of a table, as [`unique_problems`] compares and tries it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct UniqueIndex {
@@ -1261,24 +1277,13 @@ async fn unique_indexes(client: &Client, rel: u32) -> Result<Vec<UniqueIndex>> {
 /// column whose type changes, is not tried (the copy still finds it); one
 /// whose WHERE calls functions that are not built in is not either, and
 /// says so, as does a trial that fails (no answer is not an answer).
-#[allow(clippy::too_many_arguments)]
-async fn unique_problems(
-    source: &Client,
-    dest: &Client,
-    src_oid: u32,
-    dest_oid: u32,
-    live: &str,
-    key: &[String],
-    dest_by_name: &HashMap<&str, &ColType>,
-    src_cols: &[ColType],
-    schemas: &[String],
-) -> Result<Vec<Fit>> {
-    let theirs = unique_indexes(dest, dest_oid).await?;
+async fn unique_problems(t: &Tried<'_>, schemas: &[String]) -> Result<Vec<Fit>> {
+    let theirs = unique_indexes(t.dest, t.dest_oid).await?;
     let set = |c: &[String], k: &[String]| -> std::collections::BTreeSet<(String, String)> {
         c.iter().cloned().zip(k.iter().cloned()).collect()
     };
     let mut out = Vec::new();
-    for u in unique_indexes(source, src_oid).await? {
+    for u in unique_indexes(t.source, t.src_oid).await? {
         if u.expressions || u.columns.is_empty() {
             continue;
         }
@@ -1294,14 +1299,14 @@ async fn unique_problems(
         // The sync's own key holds on the destination by construction.
         let is_key = u.predicate.is_none()
             && u.collation_schemas.iter().all(String::is_empty)
-            && u.columns.iter().collect::<HashSet<_>>() == key.iter().collect::<HashSet<_>>();
+            && u.columns.iter().collect::<HashSet<_>>() == t.key.iter().collect::<HashSet<_>>();
         if held || is_key {
             continue;
         }
         // Only columns both sides have, of the same type.
         let same_types = u.columns.iter().all(|c| {
-            let s = src_cols.iter().find(|s| &s.name == c);
-            matches!((s, dest_by_name.get(c.as_str())), (Some(s), Some(d)) if s.qual == d.qual)
+            let s = t.src_cols.iter().find(|s| &s.name == c);
+            matches!((s, t.dest_by_name.get(c.as_str())), (Some(s), Some(d)) if s.qual == d.qual)
         });
         if !same_types {
             continue;
@@ -1314,7 +1319,7 @@ async fn unique_problems(
             )));
             continue;
         }
-        out.push(try_unique(source, dest, live, &u, schemas).await?);
+        out.push(try_unique(t.source, t.dest, t.live, &u, schemas).await?);
     }
     Ok(out)
 }
@@ -1327,20 +1332,10 @@ async fn try_unique(
     u: &UniqueIndex,
     schemas: &[String],
 ) -> Result<Fit> {
-    exec(
+    let tried = bounded(
         dest,
-        &format!(
-            "BEGIN; SET LOCAL lock_timeout = '{APPLY_LOCK_TIMEOUT}'; SET LOCAL statement_timeout = '{}ms'",
-            FIT_TRIAL_BUDGET.as_millis()
-        ),
-        "starting a trial of the preserved rows' unique keys",
-    )
-    .await?;
-    let tried = unique_trial(source, dest, live, u, schemas).await;
-    exec(
-        dest,
-        "ROLLBACK",
-        "ending a trial of the preserved rows' unique keys",
+        "unique keys",
+        unique_trial(source, dest, live, u, schemas),
     )
     .await?;
     let shown = |cols: &[String]| cols.iter().map(|c| display_ident(c)).join(", ");
@@ -1357,13 +1352,160 @@ async fn try_unique(
         Err(e) => Fit::NoAnswer(format!(
             "whether the destination's rows hold under the source's unique index {} could not be tried ({}); the sync's copy finds a duplicate, naming it",
             display_ident(&u.name),
-            if e.code() == Some(&tokio_postgres::error::SqlState::QUERY_CANCELED) {
-                "out of time".to_string()
-            } else {
-                crate::pg::conn::connect::describe_pg_error(&e)
-            }
+            no_answer(&e)
         )),
     })
+}
+
+/// Run a trial (`what`: what it tries, for errors) in a transaction of its
+/// own on the destination, bounded in time and lock waits, rolled back
+/// whatever it did. The trial's own error is its result, not the caller's.
+async fn bounded<T>(
+    dest: &Client,
+    what: &str,
+    trial: impl Future<Output = Result<T, tokio_postgres::Error>>,
+) -> Result<Result<T, tokio_postgres::Error>> {
+    exec(
+        dest,
+        &format!(
+            "BEGIN; SET LOCAL lock_timeout = '{APPLY_LOCK_TIMEOUT}'; SET LOCAL statement_timeout = '{}ms'",
+            FIT_TRIAL_BUDGET.as_millis()
+        ),
+        &format!("starting a trial of the preserved rows' {what}"),
+    )
+    .await?;
+    let tried = trial.await;
+    exec(
+        dest,
+        "ROLLBACK",
+        &format!("ending a trial of the preserved rows' {what}"),
+    )
+    .await?;
+    Ok(tried)
+}
+
+/// Why a trial got no answer, in a few words.
+fn no_answer(e: &tokio_postgres::Error) -> String {
+    if e.code() == Some(&tokio_postgres::error::SqlState::QUERY_CANCELED) {
+        "out of time".to_string()
+    } else {
+        crate::pg::conn::connect::describe_pg_error(e)
+    }
+}
+
+/// A `CHECK` constraint of a table, as [`check_problems`] compares and
+/// tries it.
+struct Check {
+    name: String,
+    /// Its expression as the server prints it.
+    expr: String,
+    /// The columns it reads.
+    columns: Vec<String>,
+    /// Functions it calls that are not built in (see [`UniqueIndex`]).
+    functions: Vec<String>,
+}
+
+async fn checks(client: &Client, rel: u32) -> Result<Vec<Check>> {
+    query_map(
+        client,
+        "SELECT con.conname::text, pg_catalog.pg_get_expr(con.conbin, con.conrelid),
+                ARRAY(SELECT a.attname::text FROM pg_catalog.pg_attribute a
+                       WHERE a.attrelid = con.conrelid AND a.attnum = ANY (con.conkey) ORDER BY a.attnum),
+                ARRAY(SELECT DISTINCT p.oid::regprocedure::text
+                        FROM pg_catalog.pg_depend d JOIN pg_catalog.pg_proc p ON p.oid = d.refobjid
+                       WHERE d.classid = 'pg_catalog.pg_constraint'::regclass AND d.objid = con.oid
+                         AND d.refclassid = 'pg_catalog.pg_proc'::regclass AND p.oid >= 16384
+                       ORDER BY 1)
+           FROM pg_catalog.pg_constraint con
+          WHERE con.conrelid = $1 AND con.contype = 'c' AND con.convalidated
+          ORDER BY 1",
+        &[&rel],
+        "listing check constraints",
+        |r| Check {
+            name: r.get(0),
+            expr: r.get(1),
+            columns: r.get(2),
+            functions: r.get(3),
+        },
+    )
+    .await
+}
+
+/// Do the destination's rows of a preserved table pass each `CHECK` the
+/// source's table has and the destination's lacks (`CHECK (price > 0)` new
+/// in this version)? The sync's copy would fail on the first row that does
+/// not ("violates check constraint") after the whole copy; the dry run says
+/// so first, naming the constraint and one row's key. Tried as `WHERE NOT
+/// (check)` (a CHECK passes on NULL, as here), in a rolled-back transaction,
+/// bounded in time. A constraint over a column only the source has or whose
+/// type changes is left to the copy; one calling functions that are not
+/// built in, or a trial that fails, is a warning.
+async fn check_problems(t: &Tried<'_>) -> Result<Vec<Fit>> {
+    let theirs: HashSet<String> = checks(t.dest, t.dest_oid)
+        .await?
+        .into_iter()
+        .map(|c| c.expr)
+        .collect();
+    let mut out = Vec::new();
+    for c in checks(t.source, t.src_oid).await? {
+        if theirs.contains(&c.expr) {
+            continue;
+        }
+        let same_types = c.columns.iter().all(|col| {
+            let s = t.src_cols.iter().find(|s| &s.name == col);
+            matches!((s, t.dest_by_name.get(col.as_str())), (Some(s), Some(d)) if s.qual == d.qual)
+        });
+        if !same_types {
+            continue;
+        }
+        let shown = display_ident(&c.name);
+        if !c.functions.is_empty() {
+            out.push(Fit::NoAnswer(format!(
+                "whether the destination's rows pass the source's check constraint {shown} was not tried: it calls {}, which the destination may define otherwise; the sync's copy finds a row that does not, naming it",
+                c.functions.join(", ")
+            )));
+            continue;
+        }
+        // The first row's key values, as PostgreSQL shows a key.
+        let values = if t.key.is_empty() {
+            "NULL::text".to_string()
+        } else {
+            format!(
+                "pg_catalog.concat_ws(', ', {})",
+                t.key
+                    .iter()
+                    .map(|k| format!("coalesce({}::text, 'null')", quote_ident(k)))
+                    .join(", ")
+            )
+        };
+        let sql = format!(
+            "SELECT {values} FROM {} WHERE NOT ({}) LIMIT 1",
+            t.live, c.expr
+        );
+        let names = t.key.iter().map(|k| display_ident(k)).join(", ");
+        let tried = bounded(t.dest, "check constraints", async {
+            Ok(t.dest
+                .query_opt(&sql, &[])
+                .await?
+                .map(|r| r.get::<_, Option<String>>(0)))
+        })
+        .await?;
+        out.push(match tried {
+            Ok(None) => Fit::Fits,
+            Ok(Some(first)) => Fit::DoesNot(format!(
+                "the destination's rows do not all pass the source's check constraint {shown} ({}){}; the sync's copy would fail: change those rows first, or do not preserve the table",
+                c.expr,
+                first
+                    .map(|v| format!(" (Key ({names})=({v}), for one)"))
+                    .unwrap_or_default()
+            )),
+            Err(e) => Fit::NoAnswer(format!(
+                "whether the destination's rows pass the source's check constraint {shown} could not be tried ({}); the sync's copy finds a row that does not, naming it",
+                no_answer(&e)
+            )),
+        });
+    }
+    Ok(out)
 }
 
 /// The trial itself, in [`try_unique`]'s transaction: the key values of a
