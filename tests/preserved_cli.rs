@@ -2670,3 +2670,47 @@ fn a_check_the_destinations_rows_fail_is_foreseen() {
     with_users_preserved(&wd, &dbs, "prepare", &[]);
     assert_eq!(dbs.dst.psql("SELECT count(*) FROM shadow.users"), "3");
 }
+
+/// What the unique-key trial cannot try as the copy will write it is said,
+/// not passed in silence (prepare failed after the whole copy) nor refused
+/// on values the copy replaces: a unique column the source generates (the
+/// destination's own values, '' twice, are replaced by the computed ones),
+/// one only the source has, and a partial index whose WHERE uses an
+/// operator of the application's, which the destination may define
+/// otherwise.
+#[test]
+fn unique_keys_the_trial_cannot_try_are_warnings() {
+    let dbs = TestDbs::new("preserved_unique_untried");
+    dbs.src.psql(
+        "CREATE FUNCTION live_op(text, text) RETURNS bool LANGUAGE sql IMMUTABLE AS 'SELECT $1 <> $2';
+         CREATE OPERATOR <!> (FUNCTION = live_op, LEFTARG = text, RIGHTARG = text);
+         CREATE TABLE users (id int PRIMARY KEY, email text, st text,
+                             email_lc text GENERATED ALWAYS AS (lower(email)) STORED UNIQUE,
+                             handle text UNIQUE);
+         CREATE UNIQUE INDEX users_email_live ON users (email) WHERE st <!> 'dead';",
+    );
+    dbs.dst.psql(
+        "CREATE FUNCTION live_op(text, text) RETURNS bool LANGUAGE sql IMMUTABLE AS 'SELECT false';
+         CREATE OPERATOR <!> (FUNCTION = live_op, LEFTARG = text, RIGHTARG = text);
+         CREATE TABLE users (id int PRIMARY KEY, email text, st text, email_lc text);
+         INSERT INTO users VALUES (1, 'a@x', 'dead', ''), (2, 'b@x', 'live', '');",
+    );
+    let wd = Workdir::new();
+    let out = run_users_preserved(&wd, &dbs, "prepare", &["--dry-run"]);
+    let all =
+        String::from_utf8_lossy(&out.stderr).to_string() + &String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{all}");
+    for needle in [
+        "unique index users_email_lc_key was not tried (column email_lc is generated in the source)",
+        "unique index users_handle_key was not tried (column handle is only in the source)",
+        "unique index users_email_live was not tried: its WHERE calls operator <!>(text,text)",
+    ] {
+        assert!(all.contains(needle), "{needle}: {all}");
+    }
+    with_users_preserved(&wd, &dbs, "prepare", &[]);
+    assert_eq!(
+        dbs.dst
+            .psql("SELECT string_agg(email_lc, ',' ORDER BY id) FROM shadow.users"),
+        "a@x,b@x"
+    );
+}

@@ -1507,6 +1507,20 @@ fn a_role_with_few_connection_slots_prepares_with_what_it_has() {
             .query_one_string("SELECT count(*) FROM pg_namespace WHERE nspname = 'shadow'"),
         "0"
     );
+    // The limit that holds is the login role's, not the one it becomes
+    // (SET ROLE in its settings): the group role's own limit does not count.
+    let deploy = login_role(&dbs.dst, "few_deploy", "deploy-pw");
+    dbs.dst.psql(
+        "GRANT few_slots TO few_deploy; ALTER ROLE few_deploy SET role = 'few_slots';
+         ALTER ROLE few_deploy CONNECTION LIMIT 2; ALTER ROLE few_slots CONNECTION LIMIT 0;",
+    );
+    let out = wd.run(&["prepare", "--dry-run", "--source", &src, "--dest", &deploy]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("the destination's role few_deploy may open 2 connections at once"),
+        "{err}"
+    );
     dbs.dst.psql("ALTER ROLE few_slots CONNECTION LIMIT 3");
     dbs.src.psql(
         "CREATE TABLE events (id int, at date) PARTITION BY RANGE (at);

@@ -126,9 +126,9 @@ async fn candidates(
 ) -> Result<(Vec<BackupRow>, CleanupReport)> {
     let backups = manifest::list_backups(client).await?; // newest first
     let total = backups.len();
-    // `--keep-latest N` keeps the N newest backups that are still there: a
-    // record whose schemas were dropped by hand keeps nothing, so it does not
-    // count (else one more real backup would go).
+    // `--keep-latest N` keeps the N newest backups that can still be
+    // restored: a record whose schemas (any of them) were dropped by hand
+    // does not count (else one more real backup would go).
     let all: Vec<String> = backups.iter().flat_map(backup_schemas).collect();
     let present: HashSet<String> = query_map(
         client,
@@ -141,7 +141,7 @@ async fn candidates(
     let mut protected = opts.keep_latest.unwrap_or(0);
     let mut candidates: Vec<BackupRow> = Vec::new();
     for b in backups {
-        if protected > 0 && backup_schemas(&b).iter().any(|s| present.contains(s)) {
+        if protected > 0 && backup_schemas(&b).iter().all(|s| present.contains(s)) {
             protected -= 1;
         } else if b.created_at < opts.before {
             candidates.push(b);

@@ -177,11 +177,17 @@ pub async fn connection_room(dst: &Client) -> Result<Vec<String>> {
     let r = dst
         .query_one(
             "WITH others AS (
+                 -- Another role's session shows no backend_type (nor
+                 -- application_name) to a role without pg_read_all_stats:
+                 -- a session of a role counts; background processes have none.
                  SELECT a.usename, a.datname FROM pg_catalog.pg_stat_activity a
-                  WHERE a.backend_type = 'client backend' AND a.pid <> pg_catalog.pg_backend_pid()
+                  WHERE (a.backend_type = 'client backend' OR (a.backend_type IS NULL AND a.usesysid IS NOT NULL))
+                    AND a.pid <> pg_catalog.pg_backend_pid()
                     AND coalesce(a.application_name, '') NOT LIKE 'pgshift %')
-             SELECT current_user::text, r.rolsuper, r.rolconnlimit::int8,
-                    (SELECT count(*) FROM others o WHERE o.usename = current_user),
+             -- The limits hold the role that logged in (session_user), not
+             -- one it becomes (SET ROLE in the role's settings).
+             SELECT session_user::text, r.rolsuper, r.rolconnlimit::int8,
+                    (SELECT count(*) FROM others o WHERE o.usename = session_user),
                     current_database()::text, d.datconnlimit::int8,
                     (SELECT count(*) FROM others o WHERE o.datname = current_database()),
                     current_setting('max_connections')::int8
@@ -189,11 +195,11 @@ pub async fn connection_room(dst: &Client) -> Result<Vec<String>> {
                       - CASE WHEN r.rolsuper THEN 0
                              -- PostgreSQL 16+: reserved_connections, for pg_use_reserved_connections
                              WHEN NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles u WHERE u.rolname = 'pg_use_reserved_connections') THEN 0
-                             WHEN pg_catalog.pg_has_role('pg_use_reserved_connections', 'USAGE') THEN 0
+                             WHEN pg_catalog.pg_has_role(session_user, 'pg_use_reserved_connections', 'USAGE') THEN 0
                              ELSE coalesce((SELECT s.setting::int8 FROM pg_catalog.pg_settings s WHERE s.name = 'reserved_connections'), 0) END,
                     (SELECT count(*) FROM others)
                FROM pg_catalog.pg_roles r, pg_catalog.pg_database d
-              WHERE r.rolname = current_user AND d.datname = current_database()",
+              WHERE r.rolname = session_user AND d.datname = current_database()",
             &[],
         )
         .await

@@ -588,16 +588,16 @@ pub async fn validate(
     let mut problems: Vec<String> = Vec::new();
     let mut warnings = Vec::new();
     let mut failed = None;
+    let deadline = Instant::now() + KEY_TRIALS_BUDGET;
     for p in preserved {
-        let shown = p.to_string();
         match validate_one(
             p,
-            &shown,
             schemas,
             source_tables,
             source,
             dest,
             &mut warnings,
+            deadline,
         )
         .await
         {
@@ -632,13 +632,14 @@ pub async fn validate(
 
 async fn validate_one(
     p: &TableName,
-    shown: &str,
     schemas: &[String],
     source_tables: &[TableInfo],
     source: &Client,
     dest: &Client,
     warnings: &mut Vec<String>,
+    deadline: Instant,
 ) -> Result<Vec<String>> {
+    let shown = &p.to_string();
     let mut problems = Vec::new();
     let schema = p.schema_or_public();
     if !schemas.iter().any(|s| s == schema) {
@@ -853,6 +854,7 @@ async fn validate_one(
             key: &key,
             dest_by_name: &dest_by_name,
             src_cols: &src_cols,
+            deadline,
         };
         let mut found = unique_problems(&t, schemas).await?;
         found.extend(check_problems(&t).await?);
@@ -1194,6 +1196,25 @@ struct Tried<'a> {
     key: &'a [String],
     dest_by_name: &'a HashMap<&'a str, &'a ColType>,
     src_cols: &'a [ColType],
+    /// The end of [`KEY_TRIALS_BUDGET`], for every table's trials.
+    deadline: Instant,
+}
+
+impl Tried<'_> {
+    /// The time the next trial may take, or None once the trials' time is
+    /// spent.
+    fn time_left(&self) -> Option<Duration> {
+        let left = self.deadline.saturating_duration_since(Instant::now());
+        (left >= Duration::from_millis(100)).then(|| left.min(FIT_TRIAL_BUDGET))
+    }
+}
+
+/// What a trial not made for want of time says.
+fn time_spent() -> String {
+    format!(
+        "the trials of keys and constraints took their {} s in all",
+        KEY_TRIALS_BUDGET.as_secs()
+    )
 }
 
 /// A unique index of a table, as [`unique_problems`] compares and tries it.
@@ -1218,10 +1239,56 @@ struct UniqueIndex {
     functions: Vec<String>,
 }
 
+/// An array of the functions and operators an object (`objid` of catalog
+/// `class`: an index's WHERE, a CHECK) calls that are neither built in nor
+/// an extension's: the application's own, which the destination's
+/// namesakes may compute otherwise (`name(argtypes)`, `operator <!>(…)`).
+/// Constants only are spliced: the caller's catalog and column names.
+fn app_calls(class: &str, objid: &str) -> String {
+    format!(
+        "ARRAY(SELECT f FROM (
+             SELECT p.oid::regprocedure::text AS f
+               FROM pg_catalog.pg_depend d JOIN pg_catalog.pg_proc p ON p.oid = d.refobjid
+              WHERE d.classid = 'pg_catalog.{class}'::regclass AND d.objid = {objid}
+                AND d.refclassid = 'pg_catalog.pg_proc'::regclass AND p.oid >= 16384
+                AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_depend e
+                                 WHERE e.classid = 'pg_catalog.pg_proc'::regclass AND e.objid = p.oid AND e.deptype = 'e')
+             UNION
+             SELECT 'operator ' || o.oid::regoperator::text
+               FROM pg_catalog.pg_depend d JOIN pg_catalog.pg_operator o ON o.oid = d.refobjid
+              WHERE d.classid = 'pg_catalog.{class}'::regclass AND d.objid = {objid}
+                AND d.refclassid = 'pg_catalog.pg_operator'::regclass AND o.oid >= 16384
+                AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_depend e
+                                 WHERE e.classid = 'pg_catalog.pg_operator'::regclass AND e.objid = o.oid AND e.deptype = 'e')
+           ) calls ORDER BY 1)"
+    )
+}
+
+/// Why a key or a constraint over `columns` is not tried but left to the
+/// copy: a column the source generates (the destination's values are not
+/// what the copy writes), one only the source has, one whose type changes.
+fn left_to_copy(t: &Tried<'_>, columns: &[String]) -> Option<String> {
+    columns.iter().find_map(|c| {
+        let shown = display_ident(c);
+        let s = t.src_cols.iter().find(|s| &s.name == c)?;
+        match t.dest_by_name.get(c.as_str()) {
+            None => Some(format!("column {shown} is only in the source")),
+            Some(d) if s.generated && !d.generated => {
+                Some(format!("column {shown} is generated in the source"))
+            }
+            Some(d) if s.qual != d.qual => Some(format!(
+                "column {shown} changes type ({} becomes {})",
+                d.format, s.format
+            )),
+            Some(_) => None,
+        }
+    })
+}
+
 async fn unique_indexes(client: &Client, rel: u32) -> Result<Vec<UniqueIndex>> {
     query_map(
         client,
-        "SELECT ic.relname::text,
+        &format!("SELECT ic.relname::text,
                 ARRAY(SELECT a.attname::text
                         FROM unnest(i.indkey::int2[]) WITH ORDINALITY k(attnum, ord)
                         JOIN pg_catalog.pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
@@ -1241,14 +1308,12 @@ async fn unique_indexes(client: &Client, rel: u32) -> Result<Vec<UniqueIndex>> {
                 pg_catalog.pg_get_expr(i.indpred, i.indrelid),
                 coalesce((pg_catalog.to_jsonb(i) ->> 'indnullsnotdistinct')::bool, false),
                 i.indexprs IS NOT NULL,
-                ARRAY(SELECT DISTINCT p.oid::regprocedure::text
-                        FROM pg_catalog.pg_depend d JOIN pg_catalog.pg_proc p ON p.oid = d.refobjid
-                       WHERE d.classid = 'pg_catalog.pg_class'::regclass AND d.objid = i.indexrelid
-                         AND d.refclassid = 'pg_catalog.pg_proc'::regclass AND p.oid >= 16384
-                       ORDER BY 1)
+                {}
            FROM pg_catalog.pg_index i JOIN pg_catalog.pg_class ic ON ic.oid = i.indexrelid
           WHERE i.indrelid = $1 AND i.indisunique AND i.indisvalid
           ORDER BY ic.relname",
+            app_calls("pg_class", "i.indexrelid")
+        ),
         &[&rel],
         "listing unique indexes",
         |r| UniqueIndex {
@@ -1303,12 +1368,11 @@ async fn unique_problems(t: &Tried<'_>, schemas: &[String]) -> Result<Vec<Fit>> 
         if held || is_key {
             continue;
         }
-        // Only columns both sides have, of the same type.
-        let same_types = u.columns.iter().all(|c| {
-            let s = t.src_cols.iter().find(|s| &s.name == c);
-            matches!((s, t.dest_by_name.get(c.as_str())), (Some(s), Some(d)) if s.qual == d.qual)
-        });
-        if !same_types {
+        if let Some(why) = left_to_copy(t, &u.columns) {
+            out.push(Fit::NoAnswer(format!(
+                "whether the destination's rows hold under the source's unique index {} was not tried ({why}); the sync's copy finds a duplicate, naming it",
+                display_ident(&u.name)
+            )));
             continue;
         }
         if !u.functions.is_empty() {
@@ -1319,7 +1383,15 @@ async fn unique_problems(t: &Tried<'_>, schemas: &[String]) -> Result<Vec<Fit>> 
             )));
             continue;
         }
-        out.push(try_unique(t.source, t.dest, t.live, &u, schemas).await?);
+        let Some(timeout) = t.time_left() else {
+            out.push(Fit::NoAnswer(format!(
+                "whether the destination's rows hold under the source's unique index {} was not tried ({}); the sync's copy finds a duplicate, naming it",
+                display_ident(&u.name),
+                time_spent()
+            )));
+            continue;
+        };
+        out.push(try_unique(t.source, t.dest, t.live, &u, schemas, timeout).await?);
     }
     Ok(out)
 }
@@ -1331,10 +1403,12 @@ async fn try_unique(
     live: &str,
     u: &UniqueIndex,
     schemas: &[String],
+    timeout: Duration,
 ) -> Result<Fit> {
     let tried = bounded(
         dest,
         "unique keys",
+        timeout,
         unique_trial(source, dest, live, u, schemas),
     )
     .await?;
@@ -1363,13 +1437,14 @@ async fn try_unique(
 async fn bounded<T>(
     dest: &Client,
     what: &str,
+    timeout: Duration,
     trial: impl Future<Output = Result<T, tokio_postgres::Error>>,
 ) -> Result<Result<T, tokio_postgres::Error>> {
     exec(
         dest,
         &format!(
             "BEGIN; SET LOCAL lock_timeout = '{APPLY_LOCK_TIMEOUT}'; SET LOCAL statement_timeout = '{}ms'",
-            FIT_TRIAL_BUDGET.as_millis()
+            timeout.as_millis().max(1)
         ),
         &format!("starting a trial of the preserved rows' {what}"),
     )
@@ -1408,17 +1483,15 @@ struct Check {
 async fn checks(client: &Client, rel: u32) -> Result<Vec<Check>> {
     query_map(
         client,
-        "SELECT con.conname::text, pg_catalog.pg_get_expr(con.conbin, con.conrelid),
+        &format!("SELECT con.conname::text, pg_catalog.pg_get_expr(con.conbin, con.conrelid),
                 ARRAY(SELECT a.attname::text FROM pg_catalog.pg_attribute a
                        WHERE a.attrelid = con.conrelid AND a.attnum = ANY (con.conkey) ORDER BY a.attnum),
-                ARRAY(SELECT DISTINCT p.oid::regprocedure::text
-                        FROM pg_catalog.pg_depend d JOIN pg_catalog.pg_proc p ON p.oid = d.refobjid
-                       WHERE d.classid = 'pg_catalog.pg_constraint'::regclass AND d.objid = con.oid
-                         AND d.refclassid = 'pg_catalog.pg_proc'::regclass AND p.oid >= 16384
-                       ORDER BY 1)
+                {}
            FROM pg_catalog.pg_constraint con
           WHERE con.conrelid = $1 AND con.contype = 'c' AND con.convalidated
           ORDER BY 1",
+            app_calls("pg_constraint", "con.oid")
+        ),
         &[&rel],
         "listing check constraints",
         |r| Check {
@@ -1451,14 +1524,13 @@ async fn check_problems(t: &Tried<'_>) -> Result<Vec<Fit>> {
         if theirs.contains(&c.expr) {
             continue;
         }
-        let same_types = c.columns.iter().all(|col| {
-            let s = t.src_cols.iter().find(|s| &s.name == col);
-            matches!((s, t.dest_by_name.get(col.as_str())), (Some(s), Some(d)) if s.qual == d.qual)
-        });
-        if !same_types {
+        let shown = display_ident(&c.name);
+        if let Some(why) = left_to_copy(t, &c.columns) {
+            out.push(Fit::NoAnswer(format!(
+                "whether the destination's rows pass the source's check constraint {shown} was not tried ({why}); the sync's copy finds a row that does not, naming it"
+            )));
             continue;
         }
-        let shown = display_ident(&c.name);
         if !c.functions.is_empty() {
             out.push(Fit::NoAnswer(format!(
                 "whether the destination's rows pass the source's check constraint {shown} was not tried: it calls {}, which the destination may define otherwise; the sync's copy finds a row that does not, naming it",
@@ -1483,7 +1555,14 @@ async fn check_problems(t: &Tried<'_>) -> Result<Vec<Fit>> {
             t.live, c.expr
         );
         let names = t.key.iter().map(|k| display_ident(k)).join(", ");
-        let tried = bounded(t.dest, "check constraints", async {
+        let Some(timeout) = t.time_left() else {
+            out.push(Fit::NoAnswer(format!(
+                "whether the destination's rows pass the source's check constraint {shown} was not tried ({}); the sync's copy finds a row that does not, naming it",
+                time_spent()
+            )));
+            continue;
+        };
+        let tried = bounded(t.dest, "check constraints", timeout, async {
             Ok(t.dest
                 .query_opt(&sql, &[])
                 .await?
@@ -1641,8 +1720,15 @@ async fn first_misfit(
     }))
 }
 
-/// How long [`fit_problem`]'s trial may take, per column.
+/// How long [`fit_problem`]'s trial may take, per column; and each trial
+/// of a key or a constraint.
 const FIT_TRIAL_BUDGET: Duration = Duration::from_secs(10);
+
+/// How long the trials of keys and constraints ([`unique_problems`],
+/// [`check_problems`]) may take in all, over every preserved table: each
+/// scans (and sorts) a live table of the application. Past it, the rest is
+/// not tried, and says so.
+const KEY_TRIALS_BUDGET: Duration = Duration::from_secs(60);
 
 // ---------------------------------------------------------------------------------------
 // The live description of a synced table and the SQL built from it

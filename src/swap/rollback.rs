@@ -241,7 +241,7 @@ pub async fn plan(client: &Client, opts: &RollbackOptions) -> Result<Plan> {
         let facts = verify::schema_facts(client, &m.backup).await?;
         if !facts.exists || !facts.ours {
             return Err(anyhow::Error::new(VerificationFailed(format!(
-                "backup {} holds schema {} in {}, which no longer exists or does not carry pgshift's marker comment; not restoring it",
+                "backup {} holds schema {} in {}, which no longer exists or does not carry pgshift's marker comment; not restoring it (`pgshift list` shows the others)",
                 restore.ts, m.live, m.backup
             ))));
         }
