@@ -1522,6 +1522,26 @@ fn a_role_with_few_connection_slots_prepares_with_what_it_has() {
         "{err}"
     );
     dbs.dst.psql("ALTER ROLE few_slots CONNECTION LIMIT 3");
+    // Sessions of other roles count against the database's limit, though
+    // a role without pg_read_all_stats sees no backend_type of theirs.
+    dbs.dst.psql(&format!(
+        "ALTER DATABASE \"{}\" CONNECTION LIMIT 4",
+        dbs.dst.name()
+    ));
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let others = [rt.block_on(dbs.dst.client()), rt.block_on(dbs.dst.client())];
+    let out = wd.run(&["prepare", "--dry-run", "--source", &src, "--dest", &dst]);
+    let all =
+        String::from_utf8_lossy(&out.stderr).to_string() + &String::from_utf8_lossy(&out.stdout);
+    assert!(
+        all.contains("may open 4 connections at once (CONNECTION LIMIT) and 2 are open now"),
+        "{all}"
+    );
+    drop(others);
+    dbs.dst.psql(&format!(
+        "ALTER DATABASE \"{}\" CONNECTION LIMIT -1",
+        dbs.dst.name()
+    ));
     dbs.src.psql(
         "CREATE TABLE events (id int, at date) PARTITION BY RANGE (at);
          CREATE TABLE events_2024 PARTITION OF events FOR VALUES FROM ('2024-01-01') TO ('2025-01-01');
