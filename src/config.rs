@@ -16,6 +16,7 @@ use crate::cli::{
     Command, GlobalArgs, ImpactOpts, LogFormat, PrepareOpts, SwapModeArg, SwapOpts, VerifyMode,
 };
 use crate::error::UserError;
+use crate::pg::conn::MIN_CONNECTIONS;
 use crate::pg::conn::connspec::ConnSpec;
 use crate::pg::ident::{TableName, as_typed};
 use crate::pg::pattern::{TablePattern, split_list};
@@ -24,11 +25,6 @@ use crate::swap::engine::Policy;
 use crate::swap::impact::gate::ImpactOptions;
 use crate::swap::impact::{AllowDiscard, WorkloadOptions};
 use crate::swap::mode::ModeRequest;
-
-/// The sessions pgshift holds on a server at once, at the least: a lock
-/// session, a control session and one worker (the restore, a copy, the
-/// swap's transaction).
-pub const MIN_CONNECTIONS: usize = 3;
 
 /// Name of the config file looked up in the current directory.
 pub const DEFAULT_CONFIG_FILE: &str = "pgshift.toml";

@@ -165,7 +165,7 @@ pub async fn check_source(src: &Client, schemas: &[String]) -> Result<Vec<String
     Ok(warnings)
 }
 
-/// Room for [`crate::config::MIN_CONNECTIONS`] sessions on the destination. A `CONNECTION LIMIT` of
+/// Room for [`crate::pg::conn::MIN_CONNECTIONS`] sessions on the destination. A `CONNECTION LIMIT` of
 /// the role or the database below it can never be met: refused before
 /// anything changes (a prepare failed after the dump with "too many
 /// connections for role"). Too few slots free now (the limit's, or the
@@ -208,7 +208,7 @@ pub async fn connection_room(dst: &Client) -> Result<Vec<String>> {
         (r.get(0), r.get(1), r.get(2), r.get(3));
     let (db, db_limit, db_taken, server_room, server_taken): (String, i64, i64, i64, i64) =
         (r.get(4), r.get(5), r.get(6), r.get(7), r.get(8));
-    let need = crate::config::MIN_CONNECTIONS as i64;
+    let need = crate::pg::conn::MIN_CONNECTIONS as i64;
     let mut warnings = Vec::new();
     // Superusers are held to neither limit.
     let limits = [

@@ -6,6 +6,12 @@
 //! Secrets stay in the spec: children get them through their environment,
 //! never argv, and every printed form is redacted.
 
+/// The sessions pgshift holds on a server at once, at the least: a lock
+/// session, a control session and one worker (the restore, a copy, the
+/// swap's transaction). `--max-connections` may not be lower, and prepare
+/// refuses a destination whose connection limits are.
+pub const MIN_CONNECTIONS: usize = 3;
+
 pub mod connect;
 pub mod connspec;
 pub mod libpq_x509;
