@@ -1007,7 +1007,7 @@ impl Settings {
     /// The destination, or a usage error saying every way to give one.
     pub fn require_dest(&self) -> Result<&ConnSpec> {
         self.dest.as_ref().ok_or_else(|| {
-            UserError::new("no destination database: pass --dest URL, set PGSHIFT_DEST_URL, or set dest_url in pgshift.toml")
+            UserError::new("no destination database: pass --dest URL, set PGSHIFT_DEST_URL, or set dest_url in pgshift.toml (`--dest postgresql://` takes it all from PGSERVICE and the PG* variables, as psql does)")
                 .into()
         })
     }
@@ -1015,7 +1015,7 @@ impl Settings {
     /// The source, or a usage error saying every way to give one.
     pub fn require_source(&self) -> Result<&ConnSpec> {
         self.source.as_ref().ok_or_else(|| {
-            UserError::new("no source database: pass --source URL, set PGSHIFT_SOURCE_URL, or set source_url in pgshift.toml")
+            UserError::new("no source database: pass --source URL, set PGSHIFT_SOURCE_URL, or set source_url in pgshift.toml (`--source postgresql://` takes it all from PGSERVICE and the PG* variables, as psql does)")
                 .into()
         })
     }

@@ -805,12 +805,10 @@ impl ConnSpec {
             _ => {
                 let e = &self.endpoints[index];
                 let path = self.passfile.as_ref()?;
-                lookup_pgpass(path, &pgpass_host(e), e.port, &self.dbname, &self.user).map(
-                    |value| Password {
-                        value,
-                        source: PasswordSource::Passfile,
-                    },
-                )
+                pgpass_lookup(path, e, &self.dbname, &self.user).map(|value| Password {
+                    value,
+                    source: PasswordSource::Passfile,
+                })
             }
         }
     }
@@ -1254,8 +1252,7 @@ impl ConnSpec {
     fn passfile_password(&self) -> Option<Password> {
         let path = self.passfile.as_ref()?;
         self.endpoints.iter().find_map(|e| {
-            let host = pgpass_host(e);
-            lookup_pgpass(path, &host, e.port, &self.dbname, &self.user).map(|value| Password {
+            pgpass_lookup(path, e, &self.dbname, &self.user).map(|value| Password {
                 value,
                 source: PasswordSource::Passfile,
             })
@@ -1918,15 +1915,26 @@ fn os_home_dir() -> Option<PathBuf> {
 // ---------------------------------------------------------------------------------
 // Password file
 
-/// The host name a password-file line is matched against: `localhost` for the default
-/// socket directory, the host otherwise (the address when only `hostaddr` was given).
-fn pgpass_host(e: &Endpoint) -> String {
+/// The host names a password-file line is matched against, in order: the
+/// host (the address when only `hostaddr` was given); for a default socket
+/// directory `localhost` first, then the directory itself. libpq matches
+/// `localhost` for the socket directory it was built with and the path for
+/// any other (Debian's is `/var/run/postgresql`, PostgreSQL's own `/tmp`):
+/// either habit finds its line.
+fn pgpass_hosts(e: &Endpoint) -> Vec<String> {
     match &e.host {
         Host::Unix(p) if DEFAULT_SOCKET_DIRS.iter().any(|d| Path::new(d) == p) => {
-            "localhost".to_string()
+            vec!["localhost".to_string(), e.host.as_libpq()]
         }
-        h => h.as_libpq(),
+        h => vec![h.as_libpq()],
     }
+}
+
+/// The password-file entry of endpoint `e`, if any (see [`pgpass_hosts`]).
+fn pgpass_lookup(path: &Path, e: &Endpoint, dbname: &str, user: &str) -> Option<String> {
+    pgpass_hosts(e)
+        .iter()
+        .find_map(|host| lookup_pgpass(path, host, e.port, dbname, user))
 }
 
 /// Warnings of password-file lookups made before logging starts (the
@@ -2832,6 +2840,12 @@ h:5432:db:u:second
         assert_eq!(password(&s).as_deref(), Some("local"));
         let s = parse_env("host=/tmp/x", &[("PGPASSFILE", pf)]);
         assert_eq!(password(&s).as_deref(), Some("sock"));
+        // A default socket directory written as such (Debian's libpq reads
+        // /tmp so): found after localhost.
+        let other = tempfile::tempdir().unwrap();
+        let only_path = write_pgpass(other.path(), "/tmp:5432:*:*:tmp\n", 0o600);
+        let s = parse_env("host=/tmp", &[("PGPASSFILE", only_path.to_str().unwrap())]);
+        assert_eq!(password(&s).as_deref(), Some("tmp"));
         // hostaddr alone: the address is the host name.
         let s = parse_env("hostaddr=10.0.0.1", &[("PGPASSFILE", pf)]);
         assert_eq!(password(&s).as_deref(), Some("addr"));
