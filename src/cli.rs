@@ -263,8 +263,9 @@ pub struct PrepareOpts {
     pub verify: Option<VerifyMode>,
 
     /// Give shadow objects the source's owners where those roles exist on the
-    /// destination (default: the destination's owner of the same-named object,
-    /// else the connecting user).
+    /// destination (default: the destination's owner of the same-named object;
+    /// an object the destination lacks keeps its source owner where that role
+    /// exists here and pgshift's role may act as it, else pgshift's role).
     #[arg(long, env = "PGSHIFT_KEEP_SOURCE_OWNERS", value_parser = clap::builder::BoolishValueParser::new(), action = ArgAction::SetTrue)]
     pub keep_source_owners: bool,
 

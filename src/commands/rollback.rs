@@ -129,6 +129,7 @@ fn print_report(ctx: &Ctx, r: &RollbackReport) -> Result<()> {
         &r.schemas,
         &r.moved,
     );
+    crate::outln!("Swap mode: {} ({})", r.mode.mode.as_str(), r.mode.reason);
     crate::outln!(
         "Checked before the rollback: {}",
         r.impact

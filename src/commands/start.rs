@@ -24,7 +24,7 @@ pub async fn run(ctx: Ctx) -> Result<ExitCode> {
         prepare::print_plan(&ctx, &plan)?;
         if !ctx.settings.json {
             crate::outln!(
-                "\nThen the swap moves every non-extension object of public into backup_<unix ms> and every object of shadow into public, in one transaction."
+                "\nThen the swap makes shadow public and keeps the old public as backup_<unix ms>, in one transaction: by renaming the schemas where it can, else by moving every non-extension object (`pgshift swap --dry-run` after prepare says which, and why)."
             );
             if !popts.filters.keep_tables.is_empty() {
                 crate::outln!("The kept tables stay in public as they are.");

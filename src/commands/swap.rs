@@ -226,6 +226,7 @@ pub fn print_report(ctx: &Ctx, r: &SwapReport) -> Result<()> {
         &r.schemas,
         &r.moved,
     );
+    crate::outln!("Swap mode: {} ({})", r.mode.mode.as_str(), r.mode.reason);
     crate::outln!("Checked before the swap: {}", r.impact.summary());
     if !r.preserved_tables.is_empty() {
         crate::outln!(

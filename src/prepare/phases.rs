@@ -952,8 +952,9 @@ async fn phases(run: &mut Run<'_>, rec: &mut Recorder) -> Result<usize> {
     rec.detail(
         Phase::Data,
         format!(
-            "{} tables, {} streamed",
+            "{} table{}, {} streamed",
             loaded.len(),
+            if loaded.len() == 1 { "" } else { "s" },
             crate::output::human_bytes(bytes as i64)
         ),
     );
