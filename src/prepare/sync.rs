@@ -1338,10 +1338,12 @@ async fn unique_indexes(client: &Client, rel: u32) -> Result<Vec<UniqueIndex>> {
 /// first, naming the key. Tried as `GROUP BY` the index's columns under its
 /// collations (one of a migrated schema as a temporary copy of its
 /// definition), over the rows its predicate covers, for a bounded time, in a
-/// transaction that is rolled back. An index on an expression, or on a
-/// column whose type changes, is not tried (the copy still finds it); one
-/// whose WHERE calls functions that are not built in is not either, and
-/// says so, as does a trial that fails (no answer is not an answer).
+/// transaction that is rolled back. An index on an expression is not tried
+/// (the copy still finds a duplicate, naming it). One over a column the
+/// copy writes otherwise than the destination holds it ([`left_to_copy`]),
+/// or whose WHERE calls the application's functions or operators, is not
+/// either, and says so, as does a trial that fails or finds no time left:
+/// no answer is not an answer.
 async fn unique_problems(t: &Tried<'_>, schemas: &[String]) -> Result<Vec<Fit>> {
     let theirs = unique_indexes(t.dest, t.dest_oid).await?;
     let set = |c: &[String], k: &[String]| -> std::collections::BTreeSet<(String, String)> {
@@ -1510,9 +1512,9 @@ async fn checks(client: &Client, rel: u32) -> Result<Vec<Check>> {
 /// not ("violates check constraint") after the whole copy; the dry run says
 /// so first, naming the constraint and one row's key. Tried as `WHERE NOT
 /// (check)` (a CHECK passes on NULL, as here), in a rolled-back transaction,
-/// bounded in time. A constraint over a column only the source has or whose
-/// type changes is left to the copy; one calling functions that are not
-/// built in, or a trial that fails, is a warning.
+/// bounded in time. A constraint over a column the copy writes otherwise
+/// ([`left_to_copy`]) or calling the application's functions, or a trial
+/// that fails, is a warning.
 async fn check_problems(t: &Tried<'_>) -> Result<Vec<Fit>> {
     let theirs: HashSet<String> = checks(t.dest, t.dest_oid)
         .await?
