@@ -1221,8 +1221,14 @@ fn time_spent() -> String {
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct UniqueIndex {
     name: String,
-    /// Key columns, in order (INCLUDE columns are not part of the key).
+    /// Each key as SQL, in order: a column's name (quoted where it must
+    /// be) or an expression (`lower(email)`), as `pg_get_indexdef` prints it
+    /// (INCLUDE columns are not part of the key).
+    keys: Vec<String>,
+    /// The key columns' names where no key is an expression.
     columns: Vec<String>,
+    /// Every column the index reads (keys, expressions, WHERE).
+    reads: Vec<String>,
     /// Each key column's collation as `"schema"."name"` where it is
     /// nondeterministic (case-insensitive, say); `pg_catalog."C"` for any
     /// other, whose equality is the bytes' whatever the destination's
@@ -1289,10 +1295,23 @@ async fn unique_indexes(client: &Client, rel: u32) -> Result<Vec<UniqueIndex>> {
     query_map(
         client,
         &format!("SELECT ic.relname::text,
+                ARRAY(SELECT pg_catalog.pg_get_indexdef(i.indexrelid, k, true)
+                        FROM pg_catalog.generate_series(1, i.indnkeyatts) k ORDER BY k),
                 ARRAY(SELECT a.attname::text
                         FROM unnest(i.indkey::int2[]) WITH ORDINALITY k(attnum, ord)
                         JOIN pg_catalog.pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
                        WHERE k.ord <= i.indnkeyatts ORDER BY k.ord),
+                -- The columns it reads: its plain ones (a constraint's index
+                -- records no dependency of its own on them) and those its
+                -- expressions and WHERE use.
+                ARRAY(SELECT a.attname::text FROM pg_catalog.pg_attribute a
+                       WHERE a.attrelid = i.indrelid
+                         AND (a.attnum = ANY ((i.indkey::int2[])[0:i.indnkeyatts - 1])
+                              OR a.attnum IN (SELECT d.refobjsubid FROM pg_catalog.pg_depend d
+                                               WHERE d.classid = 'pg_catalog.pg_class'::regclass AND d.objid = i.indexrelid
+                                                 AND d.refclassid = 'pg_catalog.pg_class'::regclass AND d.refobjid = i.indrelid))
+                         AND a.attnum > 0
+                       ORDER BY a.attnum),
                 ARRAY(SELECT CASE WHEN co.oid IS NULL THEN ''
                                   WHEN co.collisdeterministic THEN 'pg_catalog.\"C\"'
                                   ELSE pg_catalog.quote_ident(cn.nspname) || '.' || pg_catalog.quote_ident(co.collname) END
@@ -1318,13 +1337,15 @@ async fn unique_indexes(client: &Client, rel: u32) -> Result<Vec<UniqueIndex>> {
         "listing unique indexes",
         |r| UniqueIndex {
             name: r.get(0),
-            columns: r.get(1),
-            collations: r.get(2),
-            collation_schemas: r.get(3),
-            predicate: r.get(4),
-            nulls_not_distinct: r.get(5),
-            expressions: r.get(6),
-            functions: r.get(7),
+            keys: r.get(1),
+            columns: r.get(2),
+            reads: r.get(3),
+            collations: r.get(4),
+            collation_schemas: r.get(5),
+            predicate: r.get(6),
+            nulls_not_distinct: r.get(7),
+            expressions: r.get(8),
+            functions: r.get(9),
         },
     )
     .await
@@ -1338,8 +1359,8 @@ async fn unique_indexes(client: &Client, rel: u32) -> Result<Vec<UniqueIndex>> {
 /// first, naming the key. Tried as `GROUP BY` the index's columns under its
 /// collations (one of a migrated schema as a temporary copy of its
 /// definition), over the rows its predicate covers, for a bounded time, in a
-/// transaction that is rolled back. An index on an expression is not tried
-/// (the copy still finds a duplicate, naming it). One over a column the
+/// transaction that is rolled back; an index on an expression (`lower(email)`)
+/// over the expression. One over a column the
 /// copy writes otherwise than the destination holds it ([`left_to_copy`]),
 /// or whose WHERE calls the application's functions or operators, is not
 /// either, and says so, as does a trial that fails or finds no time left:
@@ -1351,26 +1372,26 @@ async fn unique_problems(t: &Tried<'_>, schemas: &[String]) -> Result<Vec<Fit>> 
     };
     let mut out = Vec::new();
     for u in unique_indexes(t.source, t.src_oid).await? {
-        if u.expressions || u.columns.is_empty() {
+        if u.keys.is_empty() {
             continue;
         }
         // Held already: the destination has a unique index on the same
         // columns under the same collations, over all its rows or the
         // same ones.
         let held = theirs.iter().any(|d| {
-            !d.expressions
-                && (d.predicate.is_none() || d.predicate == u.predicate)
+            (d.predicate.is_none() || d.predicate == u.predicate)
                 && (d.nulls_not_distinct || !u.nulls_not_distinct)
-                && set(&d.columns, &d.collations) == set(&u.columns, &u.collations)
+                && set(&d.keys, &d.collations) == set(&u.keys, &u.collations)
         });
         // The sync's own key holds on the destination by construction.
         let is_key = u.predicate.is_none()
+            && !u.expressions
             && u.collation_schemas.iter().all(String::is_empty)
             && u.columns.iter().collect::<HashSet<_>>() == t.key.iter().collect::<HashSet<_>>();
         if held || is_key {
             continue;
         }
-        if let Some(why) = left_to_copy(t, &u.columns) {
+        if let Some(why) = left_to_copy(t, &u.reads) {
             out.push(Fit::NoAnswer(format!(
                 "whether the destination's rows hold under the source's unique index {} was not tried ({why}); the sync's copy finds a duplicate, naming it",
                 display_ident(&u.name)
@@ -1414,14 +1435,12 @@ async fn try_unique(
         unique_trial(source, dest, live, u, schemas),
     )
     .await?;
-    let shown = |cols: &[String]| cols.iter().map(|c| display_ident(c)).join(", ");
+    let keys = u.keys.join(", ");
     Ok(match tried {
         Ok(None) => Fit::Fits,
         Ok(Some(values)) => Fit::DoesNot(format!(
-            "the destination's rows do not hold under the source's unique index {} ({}): Key ({})=({values}) is held by more than one row; the sync's copy would fail: change those rows first, or do not preserve the table",
+            "the destination's rows do not hold under the source's unique index {} ({keys}): Key ({keys})=({values}) is held by more than one row; the sync's copy would fail: change those rows first, or do not preserve the table",
             display_ident(&u.name),
-            shown(&u.columns),
-            shown(&u.columns)
         )),
         // Out of time, a lock held, no TEMP privilege for a collation, a
         // WHERE over a column only the source has: no answer, said.
@@ -1601,8 +1620,9 @@ async fn unique_trial(
     let mut group = Vec::new();
     let mut shown = Vec::new();
     let mut not_null = Vec::new();
-    for (i, col) in u.columns.iter().enumerate() {
-        let c = quote_ident(col);
+    for (i, key) in u.keys.iter().enumerate() {
+        // A column's name or an expression, as the index has it.
+        let c = format!("({key})");
         let coll = u.collations.get(i).map(String::as_str).unwrap_or("");
         let coll_schema = u.collation_schemas.get(i).map(String::as_str).unwrap_or("");
         let collate = if coll.is_empty() {
