@@ -14,7 +14,7 @@
 //! | `TYPE_REPLACED` | result_type | a type columns use is replaced by the incoming copy (same name, new OID) |
 //! | `COLLATION_REPLACED` | result_type | a collation of a migrated schema columns use is replaced by the incoming copy (same name, new OID) |
 //! | `NOT_NULL_ADDED` | rejects_writes | a column became NOT NULL, or a new NOT NULL column has no default |
-//! | `CHECK_ADDED`, `UNIQUE_ADDED`, `FOREIGN_KEY_ADDED`, `EXCLUSION_ADDED` | rejects_writes | a constraint the old table did not have (compared by definition, as parsed: the casts a dump and restore re-prints do not count) |
+//! | `CHECK_ADDED`, `UNIQUE_ADDED`, `FOREIGN_KEY_ADDED`, `EXCLUSION_ADDED` | rejects_writes | a constraint the old table did not have (compared by definition, as parsed: the casts a dump and restore re-prints do not count); `UNIQUE_ADDED` also for a unique index of its own (`lower(email)`, a partial one), compared by its keys and WHERE |
 //! | `CHECK_WIDENED` | info | a CHECK `x IN (…)` (`x = ANY (ARRAY[…])`) whose list holds the old table's same check's and more: it refuses nothing the old check allowed |
 //! | `UNIQUE_KEY_WIDENED` | info | a unique or primary key over the columns of one the old table has, and more (`(a, b)` became `(a, b, c)`): it refuses nothing the old key accepted |
 //! | `FOREIGN_KEY_ACTION_CHANGED` | rejects_writes (where the new action refuses a delete or update the old one did not) / info | a foreign key the old table has too, but for its `ON DELETE` / `ON UPDATE` actions |
@@ -305,7 +305,25 @@ async fn read_and_compare(client: &Client, pairs: &[SchemaPair]) -> Result<Vec<H
                JOIN pg_catalog.pg_class c ON c.oid = co.conrelid
                JOIN ns ON ns.oid = c.relnamespace
               WHERE co.contype IN ('c', 'u', 'p', 'f', 'x') AND co.conislocal AND co.conparentid = 0
-                AND c.relkind IN ('r', 'p', 'f') AND {}",
+                AND c.relkind IN ('r', 'p', 'f') AND {}
+             UNION ALL
+             -- A unique index that backs no constraint (an expression's, a
+             -- partial one) rejects writes as a UNIQUE does: its keys and
+             -- WHERE, printed as the index has them.
+             SELECT ns.pair, ns.side, c.relname::text, 'u', ic.relname::text,
+                    'UNIQUE INDEX (' || pg_catalog.array_to_string(ARRAY(
+                        SELECT pg_catalog.pg_get_indexdef(i.indexrelid, k, true)
+                          FROM pg_catalog.generate_series(1, i.indnkeyatts) k ORDER BY k), ', ') || ')'
+                    || CASE WHEN coalesce((pg_catalog.to_jsonb(i) ->> 'indnullsnotdistinct')::bool, false) THEN ' NULLS NOT DISTINCT' ELSE '' END
+                    || coalesce(' WHERE (' || pg_catalog.pg_get_expr(i.indpred, i.indrelid, true) || ')', '')
+               FROM pg_catalog.pg_index i
+               JOIN pg_catalog.pg_class ic ON ic.oid = i.indexrelid
+               JOIN pg_catalog.pg_class c ON c.oid = i.indrelid
+               JOIN ns ON ns.oid = c.relnamespace
+              WHERE i.indisunique AND NOT ic.relispartition AND c.relkind IN ('r', 'p')
+                AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_constraint k WHERE k.conindid = i.indexrelid AND k.conrelid = i.indrelid)
+                AND {}",
+            not_ext_member!("pg_class", "c.oid"),
             not_ext_member!("pg_class", "c.oid")
         ),
     )
