@@ -2718,3 +2718,32 @@ fn unique_keys_the_trial_cannot_try_are_warnings() {
         "a@x,b@x"
     );
 }
+
+/// The swap's dry run tries the changes waiting in a preserved table's
+/// changelog as the swap would replay them. A trial that gets no answer (a
+/// lock held on the shadow table, a value moved by a concurrent write) was
+/// passed in silence, so the dry run's verdict hung on timing; it is a
+/// warning now, and the swap tries again under its locks.
+#[test]
+fn a_replay_trial_without_an_answer_is_a_warning() {
+    let (dbs, wd) = users_prepared("preserved_trial_untried");
+    dbs.dst.psql("INSERT INTO users VALUES (2, 'b')");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let holder = rt.block_on(dbs.dst.client());
+    rt.block_on(holder.batch_execute("BEGIN; LOCK TABLE shadow.users IN SHARE MODE"))
+        .unwrap();
+    let url = dbs.dst.url();
+    let v = json_of(&wd, &["swap", "--dest", &url, "--dry-run", "--json"]);
+    assert!(v["swap"]["refusal"].is_null(), "{v}");
+    let w = warning_starting(
+        &v["swap"]["warnings"],
+        "the replay of the changes to users since prepare could not be tried now (",
+    );
+    assert!(
+        w.ends_with("the swap tries it again under its locks, and refuses a row that does not fit"),
+        "{w}"
+    );
+    rt.block_on(holder.batch_execute("ROLLBACK")).unwrap();
+    let v = json_of(&wd, &["swap", "--dest", &url, "--dry-run", "--json"]);
+    assert_eq!(v["swap"]["warnings"], serde_json::json!([]), "{v}");
+}

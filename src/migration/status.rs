@@ -205,7 +205,7 @@ async fn preserved_health(
     // changelog, where the swap's replay would fail on it.
     let problems = match problem {
         Some(p) => vec![p],
-        None if trial => sync::rejected(client, synced).await?,
+        None if trial => sync::rejected(client, synced).await?.0,
         None => Vec::new(),
     };
     let infos = synced

@@ -3093,12 +3093,35 @@ async fn drain(client: &Client, l: &Live, lock_timeout: Duration, retries: u32) 
 /// behind the application nor change anything: the rejection
 /// [`trial_replay`] finds in each table, so that fixing one table's row does
 /// not just uncover the next table's.
-pub async fn rejected(client: &Client, synced: &[SyncedTable]) -> Result<Vec<String>> {
-    let mut out = Vec::new();
+/// The rows written since prepare that the swap's replay would fail on,
+/// tried now (see [`trial_replay`]): the refusals, and the tables whose
+/// trial got no answer (a value moved by a concurrent write, a lock), said
+/// so rather than passed in silence.
+pub async fn rejected(
+    client: &Client,
+    synced: &[SyncedTable],
+) -> Result<(Vec<String>, Vec<String>)> {
+    let (mut refused, mut untried) = (Vec::new(), Vec::new());
     for t in synced {
-        out.extend(trial_replay(client, t).await?);
+        match trial_replay(client, t).await? {
+            Replayed::Fits => {}
+            Replayed::Refused(why) => refused.push(why),
+            Replayed::NoAnswer(why) => untried.push(format!(
+                "the replay of the changes to {} since prepare could not be tried now ({why}); the swap tries it again under its locks, and refuses a row that does not fit",
+                t.shown()
+            )),
+        }
     }
-    Ok(out)
+    Ok((refused, untried))
+}
+
+/// What [`trial_replay`] found.
+enum Replayed {
+    Fits,
+    /// A row does not fit, in the swap's own words.
+    Refused(String),
+    /// No answer (a lock wait, a timeout, a value moved meanwhile).
+    NoAnswer(String),
 }
 
 /// `t`'s changelog (when it has entries) tried as the swap would replay it
@@ -3108,14 +3131,14 @@ pub async fn rejected(client: &Client, synced: &[SyncedTable]) -> Result<Vec<Str
 /// data exception or a constraint violation: what makes the swap refuse);
 /// `None` when it fits, and when the trial gets no answer (a lock wait, a
 /// timeout: the swap looks again, under its own retries).
-async fn trial_replay(client: &Client, t: &SyncedTable) -> Result<Option<String>> {
+async fn trial_replay(client: &Client, t: &SyncedTable) -> Result<Replayed> {
     // Best effort, as the trial itself: no answer is no rejection.
     if !changes_waiting(client, t).await.unwrap_or(false) {
-        return Ok(None);
+        return Ok(Replayed::Fits);
     }
     let l = match describe(client, t).await {
         Ok(l) => l,
-        Err(_) => return Ok(None),
+        Err(e) => return Ok(Replayed::NoAnswer(format!("{e:#}"))),
     };
     let begun = exec(
         client,
@@ -3137,13 +3160,13 @@ async fn trial_replay(client: &Client, t: &SyncedTable) -> Result<Option<String>
     };
     match tried {
         Err(e) if PgError::code_in(&e).is_some_and(|c| source_rejects(&c)) => {
-            Ok(Some(format!("{e:#}")))
+            Ok(Replayed::Refused(format!("{e:#}")))
         }
         Err(e) => {
             tracing::debug!(table = %t.shown(), "trial replay: no answer: {e:#}");
-            Ok(None)
+            Ok(Replayed::NoAnswer(format!("{e:#}")))
         }
-        Ok(_) => Ok(None),
+        Ok(_) => Ok(Replayed::Fits),
     }
 }
 

@@ -546,10 +546,10 @@ pub async fn preview(client: &Client, opts: &SwapOptions) -> Result<SwapPreview>
     let broken = sync::broken(client, &details.sync).await?;
     // Not while a run holds the destination (its locks on the shadow must
     // not hold up a running swap's).
-    let rejected = if broken.is_none() && d.running.is_none() {
+    let (rejected, untried) = if broken.is_none() && d.running.is_none() {
         sync::rejected(client, &details.sync).await?
     } else {
-        Vec::new()
+        (Vec::new(), Vec::new())
     };
     let misfit = sequence_refusal(client, &details.sync).await?;
     let refusals: Vec<String> = [
@@ -584,6 +584,7 @@ pub async fn preview(client: &Client, opts: &SwapOptions) -> Result<SwapPreview>
         .await?,
     );
     warnings.extend(hook.carry_foreseen(client).await?);
+    warnings.extend(untried);
     Ok(SwapPreview {
         migration_id: m.id,
         mode: p.mode,
