@@ -179,6 +179,10 @@ pub struct Checked {
     pub tools: Tools,
     pub extensions: Vec<ExtensionPlan>,
     pub warnings: Vec<String>,
+    /// Those of `warnings` the trials of the preserved tables gave: tried
+    /// again once prepare has created the extensions they need, whose
+    /// answers replace them.
+    pub preserved_warnings: Vec<String>,
     pub leftover: Leftover,
     pub tables: Vec<TableInfo>,
     /// Only for a dry run (see [`plan_budget`]).
@@ -273,16 +277,15 @@ pub async fn check(settings: &PrepareOptions, sess_dest: &Client, src: &Client) 
     for s in &settings.schemas {
         tables.extend(catalog::tables(src, s).await?);
     }
-    warnings.extend(
-        sync::validate(
-            &settings.preserved_tables,
-            &settings.schemas,
-            &tables,
-            src,
-            sess_dest,
-        )
-        .await?,
-    );
+    let preserved_warnings = sync::validate(
+        &settings.preserved_tables,
+        &settings.schemas,
+        &tables,
+        src,
+        sess_dest,
+    )
+    .await?;
+    warnings.extend(preserved_warnings.iter().cloned());
     let filters = filters::resolve(
         &settings.filters,
         &settings.preserved_tables,
@@ -355,6 +358,7 @@ pub async fn check(settings: &PrepareOptions, sess_dest: &Client, src: &Client) 
         tools,
         extensions,
         warnings,
+        preserved_warnings,
         leftover,
         tables,
         swap_lock_budget: None,
@@ -704,6 +708,9 @@ pub async fn run(
     // A preserved column of an extension's type that the destination did not
     // have could not be checked before: it is now.
     if !extensions_created.is_empty() && !settings.preserved_tables.is_empty() {
+        tracing::info!(
+            "trying the preserved tables' rows again, now that the extensions they may need exist"
+        );
         let checked_again = async {
             let src = connect(
                 source,
@@ -725,9 +732,23 @@ pub async fn run(
             )
             .await
         };
-        if let Err(e) = checked_again.await {
-            tracing::warn!("{}", discard::extensions_left(&extensions_created));
-            return Err(e);
+        match checked_again.await {
+            // The second answers replace the first (a trial that could not
+            // run without the extension may have run now).
+            Ok(again) => {
+                for w in again
+                    .iter()
+                    .filter(|w| !checked.preserved_warnings.contains(w))
+                {
+                    tracing::warn!("{w}");
+                }
+                warnings.retain(|w| !checked.preserved_warnings.contains(w));
+                warnings.extend(again);
+            }
+            Err(e) => {
+                tracing::warn!("{}", discard::extensions_left(&extensions_created));
+                return Err(e);
+            }
         }
     }
     meta::ensure_meta(&sess.control).await?;

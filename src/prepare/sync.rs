@@ -405,6 +405,8 @@ struct ColType {
     /// yet (one of a migrated schema) tries as well.
     domain_not_null: bool,
     domain_checks: Vec<String>,
+    /// Its own `COLLATE` (`"pg_catalog"."C"`), empty where it has its type's.
+    collation: String,
 }
 
 async fn column_types(client: &Client, rel: u32) -> Result<Vec<ColType>> {
@@ -429,8 +431,12 @@ async fn column_types(client: &Client, rel: u32) -> Result<Vec<ColType>> {
                                  || pg_catalog.pg_get_constraintdef(k.oid)
                             FROM pg_catalog.pg_constraint k
                            WHERE bt.typtype = 'd' AND k.contypid = bt.oid AND k.contype = 'c'
-                           ORDER BY k.conname)
+                           ORDER BY k.conname),
+                    CASE WHEN a.attcollation = 0 OR a.attcollation = t.typcollation THEN ''
+                         ELSE pg_catalog.quote_ident(cn.nspname) || '.' || pg_catalog.quote_ident(co.collname) END
                FROM pg_catalog.pg_attribute a
+               LEFT JOIN pg_catalog.pg_collation co ON co.oid = a.attcollation
+               LEFT JOIN pg_catalog.pg_namespace cn ON cn.oid = co.collnamespace
                JOIN pg_catalog.pg_type t ON t.oid = a.atttypid
                JOIN pg_catalog.pg_namespace tn ON tn.oid = t.typnamespace
                JOIN pg_catalog.pg_type bt
@@ -462,6 +468,7 @@ async fn column_types(client: &Client, rel: u32) -> Result<Vec<ColType>> {
                 .map(|qual| (qual, r.get(15), r.get(16))),
             domain_not_null: r.get(17),
             domain_checks: r.get(18),
+            collation: r.get(19),
         },
     )
     .await
@@ -588,7 +595,7 @@ pub async fn validate(
     let mut problems: Vec<String> = Vec::new();
     let mut warnings = Vec::new();
     let mut failed = None;
-    let deadline = Instant::now() + KEY_TRIALS_BUDGET;
+    let deadline = Instant::now() + TRIALS_BUDGET;
     for p in preserved {
         match validate_one(
             p,
@@ -828,7 +835,17 @@ async fn validate_one(
                     Some(TypeCheck::NotYet(why)) => warnings.push(format!("{col}: {why}")),
                     None => {
                         let live = qualified(schema, &p.name);
-                        match fit_problem(dest, &live, &key, d, s, schemas).await? {
+                        let fit = match time_left(deadline) {
+                            Some(timeout) => {
+                                fit_problem(dest, &live, &key, d, s, schemas, timeout).await?
+                            }
+                            None => Fit::NoAnswer(format!(
+                                "whether the destination's rows fit the source's column ({}) was not tried ({}); the sync's copy finds a row that does not, naming its key",
+                                s.format,
+                                time_spent()
+                            )),
+                        };
+                        match fit {
                             Fit::Fits => {}
                             Fit::DoesNot(why) => problems.push(format!("{col}: {why}")),
                             Fit::NoAnswer(why) => warnings.push(format!("{col}: {why}")),
@@ -1010,6 +1027,7 @@ async fn fit_problem(
     d: &ColType,
     s: &ColType,
     schemas: &[String],
+    timeout: Duration,
 ) -> Result<Fit> {
     let remapped = |schema: &str, ext: bool| schemas.iter().any(|m| m == schema) && !ext;
     // The type the source's column holds values of (for a domain of a
@@ -1056,7 +1074,7 @@ async fn fit_problem(
         dest,
         &format!(
             "BEGIN; SET LOCAL lock_timeout = '{APPLY_LOCK_TIMEOUT}'; SET LOCAL statement_timeout = '{}ms'",
-            FIT_TRIAL_BUDGET.as_millis()
+            timeout.as_millis().max(1)
         ),
         "starting a trial of the preserved rows' conversion",
     )
@@ -1155,7 +1173,7 @@ async fn fit_problem(
         return Ok(Fit::NoAnswer(format!(
             "whether the destination's rows fit the source's column ({}) could not be tried ({}); the sync's copy finds a row that does not, naming its key",
             s.format,
-            db.message()
+            no_answer(&e)
         )));
     }
     let shown = if domain {
@@ -1196,25 +1214,27 @@ struct Tried<'a> {
     key: &'a [String],
     dest_by_name: &'a HashMap<&'a str, &'a ColType>,
     src_cols: &'a [ColType],
-    /// The end of [`KEY_TRIALS_BUDGET`], for every table's trials.
+    /// The end of [`TRIALS_BUDGET`], for every table's trials.
     deadline: Instant,
 }
 
 impl Tried<'_> {
-    /// The time the next trial may take, or None once the trials' time is
-    /// spent.
+    /// The time the next trial may take (see [`time_left`]).
     fn time_left(&self) -> Option<Duration> {
-        let left = self.deadline.saturating_duration_since(Instant::now());
-        (left >= Duration::from_millis(100)).then(|| left.min(FIT_TRIAL_BUDGET))
+        time_left(self.deadline)
     }
+}
+
+/// The time the next trial may take, until `deadline`, or None once the
+/// trials' time is spent.
+fn time_left(deadline: Instant) -> Option<Duration> {
+    let left = deadline.saturating_duration_since(Instant::now());
+    (left >= Duration::from_millis(100)).then(|| left.min(FIT_TRIAL_BUDGET))
 }
 
 /// What a trial not made for want of time says.
 fn time_spent() -> String {
-    format!(
-        "the trials of keys and constraints took their {} s in all",
-        KEY_TRIALS_BUDGET.as_secs()
-    )
+    format!("the trials took their {} s in all", TRIALS_BUDGET.as_secs())
 }
 
 /// A unique index of a table, as [`unique_problems`] compares and tries it.
@@ -1272,8 +1292,12 @@ fn app_calls(class: &str, objid: &str) -> String {
 
 /// Why a key or a constraint over `columns` is not tried but left to the
 /// copy: a column the source generates (the destination's values are not
-/// what the copy writes), one only the source has, one whose type changes.
-fn left_to_copy(t: &Tried<'_>, columns: &[String]) -> Option<String> {
+/// what the copy writes), one only the source has, one whose type changes;
+/// with `ordered` (a CHECK compares under the column's collation and its
+/// enum's order, where a unique index names its collations and only tells
+/// equal from unequal), one whose collation changes, or whose enum has
+/// other labels or another order.
+fn left_to_copy(t: &Tried<'_>, columns: &[String], ordered: bool) -> Option<String> {
     columns.iter().find_map(|c| {
         let shown = display_ident(c);
         let s = t.src_cols.iter().find(|s| &s.name == c)?;
@@ -1286,6 +1310,13 @@ fn left_to_copy(t: &Tried<'_>, columns: &[String]) -> Option<String> {
                 "column {shown} changes type ({} becomes {})",
                 d.format, s.format
             )),
+            Some(d) if ordered && s.labels != d.labels => Some(format!(
+                "column {shown}'s enum {} has other labels, or in another order, in the source",
+                s.format
+            )),
+            Some(d) if ordered && s.collation != d.collation => {
+                Some(format!("column {shown}'s collation changes"))
+            }
             Some(_) => None,
         }
     })
@@ -1391,7 +1422,7 @@ async fn unique_problems(t: &Tried<'_>, schemas: &[String]) -> Result<Vec<Fit>> 
         if held || is_key {
             continue;
         }
-        if let Some(why) = left_to_copy(t, &u.reads) {
+        if let Some(why) = left_to_copy(t, &u.reads, false) {
             out.push(Fit::NoAnswer(format!(
                 "whether the destination's rows hold under the source's unique index {} was not tried ({why}); the sync's copy finds a duplicate, naming it",
                 display_ident(&u.name)
@@ -1546,7 +1577,7 @@ async fn check_problems(t: &Tried<'_>) -> Result<Vec<Fit>> {
             continue;
         }
         let shown = display_ident(&c.name);
-        if let Some(why) = left_to_copy(t, &c.columns) {
+        if let Some(why) = left_to_copy(t, &c.columns, true) {
             out.push(Fit::NoAnswer(format!(
                 "whether the destination's rows pass the source's check constraint {shown} was not tried ({why}); the sync's copy finds a row that does not, naming it"
             )));
@@ -1746,11 +1777,11 @@ async fn first_misfit(
 /// of a key or a constraint.
 const FIT_TRIAL_BUDGET: Duration = Duration::from_secs(10);
 
-/// How long the trials of keys and constraints ([`unique_problems`],
-/// [`check_problems`]) may take in all, over every preserved table: each
-/// scans (and sorts) a live table of the application. Past it, the rest is
-/// not tried, and says so.
-const KEY_TRIALS_BUDGET: Duration = Duration::from_secs(60);
+/// How long the trials of columns, keys and constraints ([`fit_problem`],
+/// [`unique_problems`], [`check_problems`]) may take in all, over every
+/// preserved table: each scans (and sorts) a live table of the
+/// application. Past it, the rest is not tried, and says so.
+const TRIALS_BUDGET: Duration = Duration::from_secs(60);
 
 // ---------------------------------------------------------------------------------------
 // The live description of a synced table and the SQL built from it
