@@ -692,6 +692,31 @@ const LIBPQ_ONLY: &[&str] = &[
     "scram_server_key",
 ];
 
+/// A parameter of libpq's that pgshift does not take, given a value that
+/// asks no more than pgshift does (libpq's default, mostly): passed over as
+/// its environment variable is (a string copied from another tool works),
+/// where another value is refused by name.
+fn harmless(key: &str, value: &str) -> bool {
+    if !LIBPQ_ONLY.contains(&key) {
+        return false;
+    }
+    let v = value.trim().to_ascii_lowercase();
+    match key {
+        "gssencmode" => matches!(v.as_str(), "disable" | "prefer"),
+        "sslsni" => v == "1",
+        "sslcompression" => v == "0",
+        "sslnegotiation" => v == "postgres",
+        // pgshift's sessions speak TLS 1.2 and 1.3.
+        "ssl_min_protocol_version" => matches!(v.as_str(), "tlsv1" | "tlsv1.1" | "tlsv1.2"),
+        "ssl_max_protocol_version" => v == "tlsv1.3",
+        "load_balance_hosts" => v == "disable",
+        "client_encoding" => matches!(v.as_str(), "utf8" | "utf-8" | "unicode"),
+        // pgshift always names its sessions (application_name).
+        "fallback_application_name" => true,
+        _ => false,
+    }
+}
+
 fn known_param(key: &str) -> Result<&'static str, Problem> {
     PARAMS.iter().copied().find(|p| *p == key).ok_or_else(|| {
         let plausible = !key.is_empty()
@@ -1441,6 +1466,9 @@ fn parse_url(input: &str) -> Result<Vec<(&'static str, Value)>, Problem> {
                 push("sslmode", "require".to_string(), Some(v));
                 continue;
             }
+            if harmless(&key, &value) {
+                continue;
+            }
             let key = known_param(&key)?;
             push(key, value, Some(v));
         }
@@ -1549,6 +1577,10 @@ fn parse_conninfo(input: &str) -> Result<Vec<(&'static str, Value)>, Problem> {
             }
             raw_end = i;
         }
+        if harmless(&key, &value) {
+            after_unquoted_password = false;
+            continue;
+        }
         let key = match known_param(&key) {
             Err(Problem::UnknownParameter(_)) if after_unquoted_password => {
                 return Err(Problem::UnknownParameterHidden);
@@ -1623,6 +1655,9 @@ fn build(
     if let Some(name) = service {
         let found = service::lookup(&name, env, home.as_deref())?;
         for setting in found.settings {
+            if harmless(&setting.keyword, &setting.value) {
+                continue;
+            }
             let key = known_param(&setting.keyword)
                 .ok()
                 .filter(|k| *k != "service")
@@ -2978,23 +3013,31 @@ h:5432:db:u:second
         // Strings pgshift does not parse (a parameter it does not know): by
         // their shape.
         assert_eq!(
-            cut("postgresql://app:Qz7@127.0.0.1:5432/shop?gssencmode=disable&password=two"),
+            cut("postgresql://app:Qz7@127.0.0.1:5432/shop?gssencmode=require&password=two"),
             ["Qz7", "two"]
         );
-        assert_eq!(cut("host=db password=Qz7 gssencmode=disable"), ["Qz7"]);
+        assert_eq!(cut("host=db password=Qz7 gssencmode=require"), ["Qz7"]);
         assert_eq!(
-            cut(r"gssencmode=disable password = 'a \' b' host=h"),
+            cut(r"gssencmode=require password = 'a \' b' host=h"),
             [r"a \' b"]
         );
-        assert_eq!(cut("gssencmode=disable mypassword=x"), Vec::<String>::new());
+        assert_eq!(cut("gssencmode=require mypassword=x"), Vec::<String>::new());
         // Refused for a raw '#', '?' or '/' in the password: hidden whole.
         assert_eq!(cut("postgresql://u:ab#Qz7@h/d"), ["ab#Qz7"]);
         assert_eq!(cut("postgresql://u:ab?Qz7@h/d"), ["ab?Qz7"]);
         assert_eq!(cut("postgresql://u:ab/Qz7@h/d"), ["ab/Qz7"]);
         assert_eq!(cut("postgresql://u:p@Qz7@h/d"), ["p@Qz7"]);
+        // Passed over with a value that asks no more than pgshift does, as
+        // its environment variable is.
+        for s in [
+            "host=h gssencmode=disable sslsni=1 sslcompression=0 fallback_application_name=psql",
+            "postgresql://h/d?ssl_min_protocol_version=TLSv1.2&sslnegotiation=postgres&client_encoding=UTF8",
+        ] {
+            assert!(ConnSpec::parse(s).is_ok(), "{s}");
+        }
         // Refused by name: libpq's, not pgshift's.
         assert_eq!(
-            ConnSpec::parse("host=h gssencmode=disable")
+            ConnSpec::parse("host=h gssencmode=require")
                 .unwrap_err()
                 .to_string(),
             r#"invalid connection string: parameter "gssencmode" is libpq's, but pgshift does not support it; leave it out"#
