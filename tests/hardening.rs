@@ -1313,7 +1313,7 @@ fn a_killed_prepare_leaves_no_pg_dump_session_waiting_on_the_source() {
     let count = |sql: &str| dbs.src.psql(sql);
     wait_until("pg_dump waits on the lock", 30, || {
         count(
-            "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'pgshift pg_dump' AND wait_event_type = 'Lock'",
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'pgshift pg_dump' AND wait_event_type = 'Lock' AND datname = current_database()",
         ) == "1"
     });
     signal(&child, libc::SIGKILL);
@@ -1323,7 +1323,7 @@ fn a_killed_prepare_leaves_no_pg_dump_session_waiting_on_the_source() {
         15,
         || {
             count(
-                "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'pgshift pg_dump'",
+                "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'pgshift pg_dump' AND datname = current_database()",
             ) == "0"
         },
     );

@@ -459,7 +459,7 @@ fn a_destination_of_several_hosts_stays_on_the_server_of_the_run_lock() {
     assert!(
         common::wait_until(std::time::Duration::from_secs(30), || {
             dbs.dst.psql(
-            "SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE 'pgshift prepare pid=%'"
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE 'pgshift prepare pid=%' AND datname = current_database()"
         ) == "1"
         }),
         "the run never took its lock"

@@ -215,7 +215,7 @@ fn a_second_mutating_run_is_refused_naming_the_holder() {
     // Wait until the first run holds the lock.
     let start = Instant::now();
     while dbs.dst.psql(
-        "SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE 'pgshift prepare pid=%'",
+        "SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE 'pgshift prepare pid=%' AND datname = current_database()",
     ) == "0"
     {
         assert!(
