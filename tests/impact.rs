@@ -399,6 +399,7 @@ async fn every_hazard_class_is_found() {
          CREATE TABLE events_2024 PARTITION OF events FOR VALUES FROM ('2024-01-01') TO ('2025-01-01');
          CREATE TABLE same (id int PRIMARY KEY, account_id int REFERENCES accounts (id), n int CHECK (n > 0));
          CREATE UNIQUE INDEX same_n_big ON same (n) WHERE n > 5;
+         ALTER TABLE same ADD CONSTRAINT same_account_key UNIQUE (account_id);
          CREATE TABLE notes (id int, account_id int REFERENCES accounts (id) ON DELETE CASCADE);
          CREATE FUNCTION gone(int) RETURNS int LANGUAGE sql AS 'SELECT 1';
          CREATE FUNCTION calc(int) RETURNS int LANGUAGE sql AS 'SELECT 1';
@@ -419,6 +420,8 @@ async fn every_hazard_class_is_found() {
          CREATE TABLE shadow.events_2024 PARTITION OF shadow.events FOR VALUES FROM ('2024-01-01') TO ('2025-01-01');
          CREATE TABLE shadow.same (id int PRIMARY KEY, account_id int REFERENCES shadow.accounts (id), n int CHECK (n > 0));
          CREATE UNIQUE INDEX same_n_big ON shadow.same (n) WHERE n > 5;
+         -- The same keys as an index of its own: rejects what the constraint did.
+         CREATE UNIQUE INDEX same_account_idx ON shadow.same (account_id);
          CREATE UNIQUE INDEX accounts_email_lower ON shadow.accounts (lower(email));
          CREATE TABLE shadow.notes (id int, account_id int REFERENCES shadow.accounts (id));
          CREATE TABLE shadow.fresh (id int);
@@ -448,7 +451,8 @@ async fn every_hazard_class_is_found() {
         ("NOT_NULL_ADDED", "public.accounts.region"),
         ("UNIQUE_ADDED", "public.orders.orders_id_key"),
         // A unique index of its own (an expression's) rejects writes too;
-        // the same partial one on both sides does not count.
+        // the same partial one on both sides does not count, nor an index
+        // of the keys of a constraint the old table had.
         ("UNIQUE_ADDED", "public.accounts.accounts_email_lower"),
         ("CHECK_ADDED", "public.orders.orders_amount_check"),
         ("FOREIGN_KEY_ADDED", "public.orders.orders_account_id_fkey"),

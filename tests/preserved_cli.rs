@@ -2711,20 +2711,31 @@ fn a_check_the_destinations_rows_fail_is_foreseen() {
 #[test]
 fn unique_keys_the_trial_cannot_try_are_warnings() {
     let dbs = TestDbs::new("preserved_unique_untried");
-    dbs.src.psql(
-        "CREATE FUNCTION live_op(text, text) RETURNS bool LANGUAGE sql IMMUTABLE AS 'SELECT $1 <> $2';
+    // Functions of the application: norm differs between the sides (so
+    // even the destination's index of the same text holds nothing of the
+    // source's), same_fn does not (tried as a built-in is).
+    let same_fn = "CREATE FUNCTION same_fn(text) RETURNS bool LANGUAGE sql IMMUTABLE AS 'SELECT $1 IS NOT NULL';";
+    dbs.src.psql(&format!(
+        "{same_fn}
+         CREATE FUNCTION live_op(text, text) RETURNS bool LANGUAGE sql IMMUTABLE AS 'SELECT $1 <> $2';
          CREATE OPERATOR <!> (FUNCTION = live_op, LEFTARG = text, RIGHTARG = text);
-         CREATE TABLE users (id int PRIMARY KEY, email text, st text,
+         CREATE FUNCTION norm(text) RETURNS text LANGUAGE sql IMMUTABLE AS 'SELECT lower(trim($1))';
+         CREATE TABLE users (id int PRIMARY KEY, email text, st text CHECK (same_fn(st)),
                              email_lc text GENERATED ALWAYS AS (lower(email)) STORED UNIQUE,
-                             handle text UNIQUE);
-         CREATE UNIQUE INDEX users_email_live ON users (email) WHERE st <!> 'dead';",
-    );
-    dbs.dst.psql(
-        "CREATE FUNCTION live_op(text, text) RETURNS bool LANGUAGE sql IMMUTABLE AS 'SELECT false';
+                             handle text UNIQUE, code text COLLATE \"C\");
+         CREATE UNIQUE INDEX users_email_live ON users (email) WHERE st <!> 'dead';
+         CREATE UNIQUE INDEX users_norm ON users (norm(email));
+         CREATE UNIQUE INDEX users_code_lower ON users (lower(code));"
+    ));
+    dbs.dst.psql(&format!(
+        "{same_fn}
+         CREATE FUNCTION live_op(text, text) RETURNS bool LANGUAGE sql IMMUTABLE AS 'SELECT false';
          CREATE OPERATOR <!> (FUNCTION = live_op, LEFTARG = text, RIGHTARG = text);
-         CREATE TABLE users (id int PRIMARY KEY, email text, st text, email_lc text);
-         INSERT INTO users VALUES (1, 'a@x', 'dead', ''), (2, 'b@x', 'live', '');",
-    );
+         CREATE FUNCTION norm(text) RETURNS text LANGUAGE sql IMMUTABLE AS 'SELECT trim($1)';
+         CREATE TABLE users (id int PRIMARY KEY, email text, st text, email_lc text, code text);
+         CREATE UNIQUE INDEX users_norm ON users (norm(email));
+         INSERT INTO users VALUES (1, 'a@x', 'dead', '', 'É'), (2, 'b@x', 'live', '', 'é');"
+    ));
     let wd = Workdir::new();
     let out = run_users_preserved(&wd, &dbs, "prepare", &["--dry-run"]);
     let all =
@@ -2733,10 +2744,15 @@ fn unique_keys_the_trial_cannot_try_are_warnings() {
     for needle in [
         "unique index users_email_lc_key was not tried (column email_lc is generated in the source)",
         "unique index users_handle_key was not tried (column handle is only in the source)",
-        "unique index users_email_live was not tried: its WHERE calls operator <!>(text,text)",
+        "unique index users_email_live was not tried: it calls operator <!>(text,text), which the destination defines otherwise or lacks",
+        "unique index users_norm was not tried: it calls norm(text), which the destination defines otherwise or lacks",
+        // An expression computes under its column's collation ('É' and 'é'
+        // are two under "C").
+        "unique index users_code_lower was not tried (column code's collation changes)",
     ] {
         assert!(all.contains(needle), "{needle}: {all}");
     }
+    assert!(!all.contains("same_fn"), "{all}");
     with_users_preserved(&wd, &dbs, "prepare", &[]);
     assert_eq!(
         dbs.dst
@@ -2765,6 +2781,12 @@ fn a_replay_trial_without_an_answer_is_a_warning() {
         &v["swap"]["warnings"],
         "the replay of the changes to users since prepare could not be tried now (",
     );
+    // status says it too, and does not call the swap allowed in silence.
+    let st = json_of(&wd, &["status", "--dest", &url, "--json"]);
+    warning_starting(
+        &st["warnings"],
+        "the replay of the changes to users since prepare could not be tried now (",
+    );
     assert!(
         w.ends_with("the swap tries it again under its locks, and refuses a row that does not fit"),
         "{w}"
@@ -2772,4 +2794,31 @@ fn a_replay_trial_without_an_answer_is_a_warning() {
     rt.block_on(holder.batch_execute("ROLLBACK")).unwrap();
     let v = json_of(&wd, &["swap", "--dest", &url, "--dry-run", "--json"]);
     assert_eq!(v["swap"]["warnings"], serde_json::json!([]), "{v}");
+}
+
+/// A key or a CHECK whose expression fails on a destination row (a cast of
+/// 'x' to int) fails the copy as surely as a duplicate: refused, where the
+/// trial called it "could not be tried" and prepare failed after the whole
+/// copy.
+#[test]
+fn a_key_a_row_cannot_compute_is_refused() {
+    let dbs = TestDbs::new("preserved_key_error");
+    dbs.src.psql(
+        "CREATE TABLE users (id int PRIMARY KEY, data jsonb);
+         CREATE UNIQUE INDEX users_data_id ON users (((data ->> 'id')::int));",
+    );
+    dbs.dst.psql(
+        "CREATE TABLE users (id int PRIMARY KEY, data jsonb);
+         INSERT INTO users VALUES (1, '{\"id\": \"1\"}'), (2, '{\"id\": \"x\"}');",
+    );
+    let wd = Workdir::new();
+    let out = run_users_preserved(&wd, &dbs, "prepare", &["--dry-run"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains(
+            "users: a row of the destination's fails the source's unique index users_data_id"
+        ) && err.contains("invalid input syntax for type integer"),
+        "{err}"
+    );
 }

@@ -175,9 +175,9 @@ async fn preserved_health(
     client: &Client,
     synced: &[SyncedTable],
     trial: bool,
-) -> Result<(Vec<PreservedInfo>, Vec<String>)> {
+) -> Result<(Vec<PreservedInfo>, Vec<String>, Vec<String>)> {
     if synced.is_empty() {
-        return Ok((Vec::new(), Vec::new()));
+        return Ok((Vec::new(), Vec::new(), Vec::new()));
     }
     let health = sync::health(client, synced).await?;
     let mut problem = health
@@ -203,10 +203,11 @@ async fn preserved_health(
     }
     // A row written since prepare that the shadow rejected waits in a
     // changelog, where the swap's replay would fail on it.
-    let problems = match problem {
-        Some(p) => vec![p],
-        None if trial => sync::rejected(client, synced).await?.0,
-        None => Vec::new(),
+    // A trial that got no answer is said, as the swap's dry run says it.
+    let (problems, untried) = match problem {
+        Some(p) => (vec![p], Vec::new()),
+        None if trial => sync::rejected(client, synced).await?,
+        None => (Vec::new(), Vec::new()),
     };
     let infos = synced
         .iter()
@@ -220,7 +221,7 @@ async fn preserved_health(
                 .and_then(|h| serde_json::to_value(h).ok()),
         })
         .collect();
-    Ok((infos, problems))
+    Ok((infos, problems, untried))
 }
 
 async fn shadow_info(client: &Client, d: &Destination) -> Result<ShadowInfo> {
@@ -345,8 +346,9 @@ pub async fn report(
     };
     // The trial replay only while no run holds the destination: its locks
     // on the shadow must not hold up a running swap's.
-    let (preserved_tables, sync_problems) =
+    let (preserved_tables, sync_problems, untried) =
         preserved_health(client, synced, d.running.is_none()).await?;
+    warnings.extend(untried);
 
     // Leftovers: migration objects while nothing is prepared or running.
     let found = d.leftovers();

@@ -1266,21 +1266,24 @@ struct UniqueIndex {
 }
 
 /// An array of the functions and operators an object (`objid` of catalog
-/// `class`: an index's WHERE, a CHECK) calls that are neither built in nor
-/// an extension's: the application's own, which the destination's
-/// namesakes may compute otherwise (`name(argtypes)`, `operator <!>(…)`).
-/// Constants only are spliced: the caller's catalog and column names.
+/// `class`: an index's keys or WHERE, a CHECK) calls that are neither built
+/// in nor an extension's: the application's own, which the destination's
+/// namesakes may compute otherwise. Each as `kind md5 signature`: `f` or
+/// `o`, the md5 of the (operator's) function's definition, and
+/// `name(argtypes)` or the operator's `<!>(text,text)`; [`differing_calls`]
+/// keeps those the destination defines otherwise. Constants only are
+/// spliced: the caller's catalog and column names.
 fn app_calls(class: &str, objid: &str) -> String {
     format!(
         "ARRAY(SELECT f FROM (
-             SELECT p.oid::regprocedure::text AS f
+             SELECT 'f ' || pg_catalog.md5(pg_catalog.pg_get_functiondef(p.oid)) || ' ' || p.oid::regprocedure::text AS f
                FROM pg_catalog.pg_depend d JOIN pg_catalog.pg_proc p ON p.oid = d.refobjid
               WHERE d.classid = 'pg_catalog.{class}'::regclass AND d.objid = {objid}
                 AND d.refclassid = 'pg_catalog.pg_proc'::regclass AND p.oid >= 16384
                 AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_depend e
                                  WHERE e.classid = 'pg_catalog.pg_proc'::regclass AND e.objid = p.oid AND e.deptype = 'e')
              UNION
-             SELECT 'operator ' || o.oid::regoperator::text
+             SELECT 'o ' || pg_catalog.md5(pg_catalog.pg_get_functiondef(o.oprcode)) || ' ' || o.oid::regoperator::text
                FROM pg_catalog.pg_depend d JOIN pg_catalog.pg_operator o ON o.oid = d.refobjid
               WHERE d.classid = 'pg_catalog.{class}'::regclass AND d.objid = {objid}
                 AND d.refclassid = 'pg_catalog.pg_operator'::regclass AND o.oid >= 16384
@@ -1288,6 +1291,41 @@ fn app_calls(class: &str, objid: &str) -> String {
                                  WHERE e.classid = 'pg_catalog.pg_operator'::regclass AND e.objid = o.oid AND e.deptype = 'e')
            ) calls ORDER BY 1)"
     )
+}
+
+/// Of the application's functions and operators `calls` ([`app_calls`],
+/// read on the source), those the destination lacks or defines otherwise,
+/// as `name(argtypes)` or `operator <!>(text,text)`: a trial there would
+/// compute with its own. The same definitions on both sides compute alike,
+/// as a built-in does.
+async fn differing_calls(dest: &Client, calls: &[String]) -> Result<Vec<String>> {
+    if calls.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut kinds = Vec::new();
+    let mut sums = Vec::new();
+    let mut sigs = Vec::new();
+    for c in calls {
+        let mut parts = c.splitn(3, ' ');
+        kinds.push(parts.next().unwrap_or_default().to_string());
+        sums.push(parts.next().unwrap_or_default().to_string());
+        sigs.push(parts.next().unwrap_or_default().to_string());
+    }
+    query_map(
+        dest,
+        "SELECT CASE x.kind WHEN 'o' THEN 'operator ' || x.sig ELSE x.sig END
+           FROM unnest($1::text[], $2::text[], $3::text[]) x(kind, sum, sig)
+          WHERE x.sum IS DISTINCT FROM (CASE x.kind
+                  WHEN 'f' THEN pg_catalog.md5(pg_catalog.pg_get_functiondef(pg_catalog.to_regprocedure(x.sig)))
+                  ELSE pg_catalog.md5(pg_catalog.pg_get_functiondef(
+                         (SELECT o.oprcode FROM pg_catalog.pg_operator o WHERE o.oid = pg_catalog.to_regoperator(x.sig))))
+                END)
+          ORDER BY 1",
+        &[&kinds, &sums, &sigs],
+        "comparing the application's functions",
+        |r| r.get(0),
+    )
+    .await
 }
 
 /// Why a key or a constraint over `columns` is not tried but left to the
@@ -1402,18 +1440,23 @@ async fn unique_problems(t: &Tried<'_>, schemas: &[String]) -> Result<Vec<Fit>> 
         c.iter().cloned().zip(k.iter().cloned()).collect()
     };
     let mut out = Vec::new();
-    for u in unique_indexes(t.source, t.src_oid).await? {
+    for mut u in unique_indexes(t.source, t.src_oid).await? {
         if u.keys.is_empty() {
             continue;
         }
+        // Only the application's functions the destination computes
+        // otherwise count: with them a destination index of the same text
+        // holds nothing of the source's.
+        u.functions = differing_calls(t.dest, &u.functions).await?;
         // Held already: the destination has a unique index on the same
         // columns under the same collations, over all its rows or the
         // same ones.
-        let held = theirs.iter().any(|d| {
-            (d.predicate.is_none() || d.predicate == u.predicate)
-                && (d.nulls_not_distinct || !u.nulls_not_distinct)
-                && set(&d.keys, &d.collations) == set(&u.keys, &u.collations)
-        });
+        let held = u.functions.is_empty()
+            && theirs.iter().any(|d| {
+                (d.predicate.is_none() || d.predicate == u.predicate)
+                    && (d.nulls_not_distinct || !u.nulls_not_distinct)
+                    && set(&d.keys, &d.collations) == set(&u.keys, &u.collations)
+            });
         // The sync's own key holds on the destination by construction.
         let is_key = u.predicate.is_none()
             && !u.expressions
@@ -1422,7 +1465,9 @@ async fn unique_problems(t: &Tried<'_>, schemas: &[String]) -> Result<Vec<Fit>> 
         if held || is_key {
             continue;
         }
-        if let Some(why) = left_to_copy(t, &u.reads, false) {
+        // An expression (`lower(email)`) computes under its column's
+        // collation: one that changes is not tried here either.
+        if let Some(why) = left_to_copy(t, &u.reads, u.expressions) {
             out.push(Fit::NoAnswer(format!(
                 "whether the destination's rows hold under the source's unique index {} was not tried ({why}); the sync's copy finds a duplicate, naming it",
                 display_ident(&u.name)
@@ -1431,7 +1476,7 @@ async fn unique_problems(t: &Tried<'_>, schemas: &[String]) -> Result<Vec<Fit>> 
         }
         if !u.functions.is_empty() {
             out.push(Fit::NoAnswer(format!(
-                "whether the destination's rows hold under the source's unique index {} was not tried: its WHERE calls {}, which the destination may define otherwise; the sync's copy finds a duplicate, naming it",
+                "whether the destination's rows hold under the source's unique index {} was not tried: it calls {}, which the destination defines otherwise or lacks; the sync's copy finds a duplicate, naming it",
                 display_ident(&u.name),
                 u.functions.join(", ")
             )));
@@ -1473,6 +1518,13 @@ async fn try_unique(
             "the destination's rows do not hold under the source's unique index {} ({keys}): Key ({keys})=({values}) is held by more than one row; the sync's copy would fail: change those rows first, or do not preserve the table",
             display_ident(&u.name),
         )),
+        // A key expression that fails on a row (`(data->>'id')::int` on
+        // 'x', a division by zero): the copy fails on it as surely.
+        Err(e) if data_exception(&e) => Fit::DoesNot(format!(
+            "a row of the destination's fails the source's unique index {} ({keys}): {}; the sync's copy would fail: change those rows first, or do not preserve the table",
+            display_ident(&u.name),
+            no_answer(&e)
+        )),
         // Out of time, a lock held, no TEMP privilege for a collation, a
         // WHERE over a column only the source has: no answer, said.
         Err(e) => Fit::NoAnswer(format!(
@@ -1509,6 +1561,12 @@ async fn bounded<T>(
     )
     .await?;
     Ok(tried)
+}
+
+/// A data exception (class 22: invalid input, division by zero, out of
+/// range): the row, not the trial, is at fault.
+fn data_exception(e: &tokio_postgres::Error) -> bool {
+    e.code().is_some_and(|c| c.code().starts_with("22"))
 }
 
 /// Why a trial got no answer, in a few words.
@@ -1572,8 +1630,9 @@ async fn check_problems(t: &Tried<'_>) -> Result<Vec<Fit>> {
         .map(|c| c.expr)
         .collect();
     let mut out = Vec::new();
-    for c in checks(t.source, t.src_oid).await? {
-        if theirs.contains(&c.expr) {
+    for mut c in checks(t.source, t.src_oid).await? {
+        c.functions = differing_calls(t.dest, &c.functions).await?;
+        if c.functions.is_empty() && theirs.contains(&c.expr) {
             continue;
         }
         let shown = display_ident(&c.name);
@@ -1585,7 +1644,7 @@ async fn check_problems(t: &Tried<'_>) -> Result<Vec<Fit>> {
         }
         if !c.functions.is_empty() {
             out.push(Fit::NoAnswer(format!(
-                "whether the destination's rows pass the source's check constraint {shown} was not tried: it calls {}, which the destination may define otherwise; the sync's copy finds a row that does not, naming it",
+                "whether the destination's rows pass the source's check constraint {shown} was not tried: it calls {}, which the destination defines otherwise or lacks; the sync's copy finds a row that does not, naming it",
                 c.functions.join(", ")
             )));
             continue;
@@ -1629,6 +1688,11 @@ async fn check_problems(t: &Tried<'_>) -> Result<Vec<Fit>> {
                 first
                     .map(|v| format!(" (Key ({names})=({v}), for one)"))
                     .unwrap_or_default()
+            )),
+            Err(e) if data_exception(&e) => Fit::DoesNot(format!(
+                "a row of the destination's fails the source's check constraint {shown} ({}) with an error: {}; the sync's copy would fail: change those rows first, or do not preserve the table",
+                c.expr,
+                no_answer(&e)
             )),
             Err(e) => Fit::NoAnswer(format!(
                 "whether the destination's rows pass the source's check constraint {shown} could not be tried ({}); the sync's copy finds a row that does not, naming it",

@@ -308,13 +308,15 @@ async fn read_and_compare(client: &Client, pairs: &[SchemaPair]) -> Result<Vec<H
                 AND c.relkind IN ('r', 'p', 'f') AND {}
              UNION ALL
              -- A unique index that backs no constraint (an expression's, a
-             -- partial one) rejects writes as a UNIQUE does: its keys and
-             -- WHERE, printed as the index has them.
+             -- partial one) rejects writes as a UNIQUE does: written as
+             -- pg_get_constraintdef writes a UNIQUE, so that an index and a
+             -- constraint of the same keys compare equal, with its WHERE.
              SELECT ns.pair, ns.side, c.relname::text, 'u', ic.relname::text,
-                    'UNIQUE INDEX (' || pg_catalog.array_to_string(ARRAY(
+                    'UNIQUE '
+                    || CASE WHEN coalesce((pg_catalog.to_jsonb(i) ->> 'indnullsnotdistinct')::bool, false) THEN 'NULLS NOT DISTINCT ' ELSE '' END
+                    || '(' || pg_catalog.array_to_string(ARRAY(
                         SELECT pg_catalog.pg_get_indexdef(i.indexrelid, k, true)
                           FROM pg_catalog.generate_series(1, i.indnkeyatts) k ORDER BY k), ', ') || ')'
-                    || CASE WHEN coalesce((pg_catalog.to_jsonb(i) ->> 'indnullsnotdistinct')::bool, false) THEN ' NULLS NOT DISTINCT' ELSE '' END
                     || coalesce(' WHERE (' || pg_catalog.pg_get_expr(i.indpred, i.indrelid, true) || ')', '')
                FROM pg_catalog.pg_index i
                JOIN pg_catalog.pg_class ic ON ic.oid = i.indexrelid
