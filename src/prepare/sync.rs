@@ -1753,21 +1753,24 @@ async fn unique_trial(
         ));
         not_null.push(format!("{c} IS NOT NULL"));
     }
-    let mut filter = Vec::new();
-    if !u.nulls_not_distinct {
-        filter.extend(not_null);
-    }
-    if let Some(p) = &u.predicate {
-        filter.push(format!("({p})"));
-    }
+    // The rows the index covers, and of those the keys it compares (NULLs
+    // are distinct unless it says otherwise). The WHERE guards the keys, as
+    // in the index itself: `(100 / n) WHERE n <> 0` never divides by a zero
+    // it excludes, whatever order the planner would test them in.
+    let keys_compared = if u.nulls_not_distinct || not_null.is_empty() {
+        None
+    } else {
+        Some(not_null.join(" AND "))
+    };
+    let filter = match (&u.predicate, keys_compared) {
+        (Some(p), Some(k)) => format!(" WHERE CASE WHEN ({p}) THEN {k} ELSE false END"),
+        (Some(p), None) => format!(" WHERE CASE WHEN ({p}) THEN true ELSE false END"),
+        (None, Some(k)) => format!(" WHERE {k}"),
+        (None, None) => String::new(),
+    };
     let sql = format!(
-        "SELECT pg_catalog.concat_ws(', ', {}) FROM {live}{} GROUP BY {} HAVING count(*) > 1 LIMIT 1",
+        "SELECT pg_catalog.concat_ws(', ', {}) FROM {live}{filter} GROUP BY {} HAVING count(*) > 1 LIMIT 1",
         shown.join(", "),
-        if filter.is_empty() {
-            String::new()
-        } else {
-            format!(" WHERE {}", filter.join(" AND "))
-        },
         group.join(", ")
     );
     Ok(dest.query_opt(&sql, &[]).await?.map(|r| r.get(0)))
