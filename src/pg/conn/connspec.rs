@@ -268,7 +268,9 @@ pub enum Problem {
     UnknownParameter(String),
     #[error("unknown parameter (name not shown)")]
     UnknownParameterHidden,
-    #[error("parameter \"{0}\" is libpq's, but pgshift does not support it; leave it out")]
+    #[error(
+        "parameter \"{0}\" is libpq's, but pgshift does not support it (README, \"Connections, TLS and secrets\", lists the values of such parameters it passes over); leave it out only if the server does not need what it asks for"
+    )]
     UnsupportedParameter(String),
     #[error(
         "pgshift does not check certificate revocation lists; unset it rather than connect without the check"
@@ -1658,6 +1660,15 @@ fn build(
             if harmless(&setting.keyword, &setting.value) {
                 continue;
             }
+            // A parameter of libpq's that pgshift does not take is said so,
+            // as in a string; a word libpq does not know is its syntax error.
+            if let Err(problem @ Problem::UnsupportedParameter(_)) = known_param(&setting.keyword) {
+                return Err(ConnSpecError::ServiceValue {
+                    file: found.file.clone(),
+                    line: setting.line,
+                    problem,
+                });
+            }
             let key = known_param(&setting.keyword)
                 .ok()
                 .filter(|k| *k != "service")
@@ -2924,8 +2935,9 @@ h:5432:db:u:second
         std::fs::write(
             &file,
             "[prod]\nhost=db.example.com\nport=6432\nuser=svc\npassword=from service\n\
-             dbname=shop\nsslmode=verify-full\nsslrootcert=/ca.pem\n\
-             [bad]\nhost=h\nport=x\n",
+             dbname=shop\nsslmode=verify-full\nsslrootcert=/ca.pem\ngssencmode=disable\n\
+             [bad]\nhost=h\nport=x\n\
+             [gss]\nhost=h\ngssencmode=require\n",
         )
         .unwrap();
         let f = file.to_str().unwrap();
@@ -2937,6 +2949,19 @@ h:5432:db:u:second
             ("PGHOST", "env-host"),
             ("PGAPPNAME", "from-env"),
         ];
+        // A libpq parameter pgshift does not take: passed over with a value
+        // that asks no more than pgshift does, refused by name otherwise.
+        let err = ConnSpec::parse_with_env("service=gss", &|k| {
+            env.iter()
+                .find(|(n, _)| *n == k)
+                .map(|(_, v)| v.to_string())
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("line 15: parameter \"gssencmode\" is libpq's"),
+            "{err}"
+        );
         // Service values beat PG* variables; the environment still fills the rest.
         let s = parse_env("service=prod", &env);
         assert_eq!(s.hosts(), &[tcp("db.example.com", 6432)]);
@@ -2966,7 +2991,7 @@ h:5432:db:u:second
         // Errors name the file and line, never the value of a password.
         assert_eq!(
             err_env("service=bad", &env),
-            format!("service file \"{f}\", line 11: invalid port \"x\"")
+            format!("service file \"{f}\", line 12: invalid port \"x\"")
         );
         assert_eq!(
             err_env("service=nope", &env),
@@ -3040,7 +3065,7 @@ h:5432:db:u:second
             ConnSpec::parse("host=h gssencmode=require")
                 .unwrap_err()
                 .to_string(),
-            r#"invalid connection string: parameter "gssencmode" is libpq's, but pgshift does not support it; leave it out"#
+            r#"invalid connection string: parameter "gssencmode" is libpq's, but pgshift does not support it (README, "Connections, TLS and secrets", lists the values of such parameters it passes over); leave it out only if the server does not need what it asks for"#
         );
     }
 
