@@ -125,8 +125,8 @@ fn precedence_and_errors() {
         "{}",
         stderr_of(&out)
     );
-    // A keyword pgshift does not know, in the service's section: file and line, no value.
-    std::fs::write(wd.join("bad.conf"), "[dst]\nhost=h\nsslcompression=1\n").unwrap();
+    // A keyword libpq does not know, in the service's section: file and line, no value.
+    std::fs::write(wd.join("bad.conf"), "[dst]\nhost=h\ncolour=1\n").unwrap();
     let bad = wd.join("bad.conf");
     let out = wd.run_env(
         &["list", "--dest", "service=dst"],
@@ -134,7 +134,22 @@ fn precedence_and_errors() {
     );
     assert_eq!(out.status.code(), Some(2), "{}", stderr_of(&out));
     assert!(
-        stderr_of(&out).contains("bad.conf\", line 3: unknown parameter \"sslcompression\""),
+        stderr_of(&out).contains("bad.conf\", line 3: unknown parameter \"colour\""),
+        "{}",
+        stderr_of(&out)
+    );
+    // One of libpq's that pgshift does not take, with a value that asks for
+    // more than pgshift does: named as libpq's, as in a string.
+    std::fs::write(&bad, "[dst]\nhost=h\nsslcompression=1\n").unwrap();
+    let out = wd.run_env(
+        &["list", "--dest", "service=dst"],
+        &[("PGSERVICEFILE", bad.to_str().unwrap())],
+    );
+    assert_eq!(out.status.code(), Some(2), "{}", stderr_of(&out));
+    assert!(
+        stderr_of(&out).contains(
+            "bad.conf\", line 3: parameter \"sslcompression\" is libpq's, but pgshift does not support it"
+        ),
         "{}",
         stderr_of(&out)
     );
