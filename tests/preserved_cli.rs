@@ -1330,8 +1330,7 @@ fn a_preserved_column_of_an_extension_type_the_destination_lacks_is_checked_afte
     );
     let wd = Workdir::new();
     let dry = run_users_preserved(&wd, &dbs, "prepare", &["--dry-run"]);
-    let said =
-        String::from_utf8_lossy(&dry.stderr).to_string() + &String::from_utf8_lossy(&dry.stdout);
+    let said = common::said_by(&dry);
     assert!(
         said.contains("checked once prepare has created it"),
         "{said}"
@@ -2631,8 +2630,7 @@ fn unique_key_trials_read_the_key_as_the_source_means_it() {
     );
     let wd = Workdir::new();
     let out = run_users_preserved(&wd, &dbs, "prepare", &["--dry-run"]);
-    let err =
-        String::from_utf8_lossy(&out.stderr).to_string() + &String::from_utf8_lossy(&out.stdout);
+    let err = common::said_by(&out);
     assert_eq!(out.status.code(), Some(0), "{err}");
     assert!(
         err.contains(
@@ -2688,8 +2686,7 @@ fn a_check_the_destinations_rows_fail_is_foreseen() {
     );
     dbs.dst.psql("UPDATE users SET price = 1 WHERE id = 2");
     let out = run_users_preserved(&wd, &dbs, "prepare", &["--dry-run"]);
-    let all =
-        String::from_utf8_lossy(&out.stderr).to_string() + &String::from_utf8_lossy(&out.stdout);
+    let all = common::said_by(&out);
     assert_eq!(out.status.code(), Some(0), "{all}");
     for needle in [
         "check constraint users_code_check was not tried (column code's collation changes)",
@@ -2738,8 +2735,7 @@ fn unique_keys_the_trial_cannot_try_are_warnings() {
     ));
     let wd = Workdir::new();
     let out = run_users_preserved(&wd, &dbs, "prepare", &["--dry-run"]);
-    let all =
-        String::from_utf8_lossy(&out.stderr).to_string() + &String::from_utf8_lossy(&out.stdout);
+    let all = common::said_by(&out);
     assert_eq!(out.status.code(), Some(0), "{all}");
     for needle in [
         "unique index users_email_lc_key was not tried (column email_lc is generated in the source)",

@@ -1531,8 +1531,7 @@ fn a_role_with_few_connection_slots_prepares_with_what_it_has() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let others = [rt.block_on(dbs.dst.client()), rt.block_on(dbs.dst.client())];
     let out = wd.run(&["prepare", "--dry-run", "--source", &src, "--dest", &dst]);
-    let all =
-        String::from_utf8_lossy(&out.stderr).to_string() + &String::from_utf8_lossy(&out.stdout);
+    let all = common::said_by(&out);
     assert!(
         all.contains("may open 4 connections at once (CONNECTION LIMIT) and 2 are open now"),
         "{all}"

@@ -261,6 +261,12 @@ pub fn stderr_of(out: &std::process::Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
+/// All a run said, its log (stderr, where warnings go) then its report
+/// (stdout, where a dry run lists them too).
+pub fn said_by(out: &std::process::Output) -> String {
+    stderr_of(out) + &String::from_utf8_lossy(&out.stdout)
+}
+
 /// Everything observable about a database's catalog and data, for "nothing
 /// changed" assertions: the whole schema dump (volatile lines removed) and the
 /// row count of every table.
