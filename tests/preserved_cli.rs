@@ -2657,17 +2657,22 @@ fn a_check_the_destinations_rows_fail_is_foreseen() {
     // A CHECK compares under its column's collation and its enum's order:
     // where those differ between the sides, it is not tried here (the
     // destination's would answer), it is said.
+    // A CHECK is tried as the copy writes the rows: a date as ISO text
+    // whatever the destination database's DateStyle.
     dbs.src.psql(
         "CREATE TYPE mood AS ENUM ('ok', 'sad');
          CREATE TABLE users (id int PRIMARY KEY, price numeric CHECK (price > 0), email text,
                              code text COLLATE \"C\" CHECK (code < 'a'), m mood CHECK (m >= 'ok'),
+                             created date CHECK (created::text LIKE '2024-%'),
                              CONSTRAINT email_at CHECK (email LIKE '%@%'));",
     );
     dbs.dst.psql(
-        "CREATE TYPE mood AS ENUM ('sad', 'ok');
+        "DO $$ BEGIN EXECUTE format('ALTER DATABASE %I SET datestyle = %L', current_database(), 'SQL, DMY'); END $$;
+         CREATE TYPE mood AS ENUM ('sad', 'ok');
          CREATE TABLE users (id int PRIMARY KEY, price numeric, email text,
-                             code text COLLATE \"und-x-icu\", m mood);
-         INSERT INTO users VALUES (1, 5, 'a@x', 'B', 'sad'), (2, 0, 'b@x', NULL, NULL), (3, NULL, NULL, NULL, NULL);",
+                             code text COLLATE \"und-x-icu\", m mood, created date);
+         INSERT INTO users VALUES (1, 5, 'a@x', 'B', 'sad', '2024-01-15'), (2, 0, 'b@x', NULL, NULL, NULL),
+                                  (3, NULL, NULL, NULL, NULL, NULL);",
     );
     let wd = Workdir::new();
     for extra in [&["--dry-run"][..], &[][..]] {

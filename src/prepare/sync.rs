@@ -573,25 +573,26 @@ pub async fn validate(
     dest: &Client,
 ) -> Result<Vec<String>> {
     // The trials run text the source prints (a domain's CHECK, a unique
-    // index's WHERE) on the destination: printed and read under the same
-    // settings, so that a date, a float or a backslash in a literal means
-    // there what it means on the source ('01/02/2024' under a source's
-    // `SQL, DMY` read as January 2nd on an MDY destination). Put back after.
-    const SOURCE_SIDE: &str = "SET datestyle = 'ISO, YMD'; SET intervalstyle = 'postgres'; SET extra_float_digits = 3; SET standard_conforming_strings = on";
-    const DEST_SIDE: &str = "SET intervalstyle = 'postgres'; SET standard_conforming_strings = on";
-    const PUT_BACK: &str = "RESET datestyle; RESET intervalstyle; RESET extra_float_digits; RESET standard_conforming_strings";
-    exec(
-        source,
-        SOURCE_SIDE,
-        "setting the source's session for the trials",
-    )
-    .await?;
-    exec(
-        dest,
-        DEST_SIDE,
-        "setting the destination's session for the trials",
-    )
-    .await?;
+    // index's WHERE) on the destination: printed as a value is written
+    // ([`settings::OUTPUT`]) and tried as the copy of the preserved rows
+    // reads and writes ([`settings::ROUND_TRIP`]), so that a date, a float,
+    // money or a backslash in a literal means there what it means on the
+    // source ('01/02/2024' under a source's `SQL, DMY` read as January 2nd
+    // on an MDY destination). Put back after.
+    const LITERALS: settings::Settings = &[("standard_conforming_strings", "on")];
+    let sides = [
+        (source, "source", [settings::OUTPUT, LITERALS]),
+        (dest, "destination", [settings::ROUND_TRIP, LITERALS]),
+    ];
+    for (client, side, sets) in &sides {
+        let sql = sets.iter().map(|s| settings::set(s)).join("; ");
+        exec(
+            client,
+            &sql,
+            &format!("setting the {side}'s session for the trials"),
+        )
+        .await?;
+    }
     let mut problems: Vec<String> = Vec::new();
     let mut warnings = Vec::new();
     let mut failed = None;
@@ -615,8 +616,13 @@ pub async fn validate(
             }
         }
     }
-    for (client, side) in [(source, "source"), (dest, "destination")] {
-        if let Err(e) = client.batch_execute(PUT_BACK).await {
+    for (client, side, sets) in &sides {
+        let put_back = sets
+            .iter()
+            .flat_map(|s| settings::names(s))
+            .map(|name| format!("RESET {name}"))
+            .join("; ");
+        if let Err(e) = client.batch_execute(&put_back).await {
             tracing::debug!("putting the {side}'s session settings back: {e}");
         }
     }
