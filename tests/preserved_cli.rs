@@ -1316,25 +1316,44 @@ fn a_key_the_source_cannot_hold_that_is_gone_does_not_block_the_swap() {
 /// destination lacks (citext) was refused up front ("destination type text
 /// cannot be converted to the source's type citext"), although prepare
 /// creates the extension first and the conversion then exists. It is checked
-/// once the extension is there.
+/// once the extension is there. So is a unique key over it: the
+/// destination's case-sensitive `UNIQUE` on the text column held nothing of
+/// the source's case-insensitive one (a silent pass, then the copy failed
+/// on 'Ann@…' beside 'ann@…'); the key is tried as `citext`.
 #[test]
 fn a_preserved_column_of_an_extension_type_the_destination_lacks_is_checked_after_creating_it() {
     let dbs = TestDbs::new("preserved_citext");
     dbs.src.psql(
         "CREATE EXTENSION citext;
-         CREATE TABLE users (id int PRIMARY KEY, email citext);",
+         CREATE TABLE users (id int PRIMARY KEY, email citext UNIQUE);",
     );
     dbs.dst.psql(
-        "CREATE TABLE users (id int PRIMARY KEY, email text);
-         INSERT INTO users VALUES (1, 'Ann@Example.com');",
+        "CREATE TABLE users (id int PRIMARY KEY, email text UNIQUE);
+         INSERT INTO users VALUES (1, 'Ann@Example.com'), (2, 'ann@example.com');",
     );
     let wd = Workdir::new();
     let dry = run_users_preserved(&wd, &dbs, "prepare", &["--dry-run"]);
     let said = common::said_by(&dry);
+    assert_eq!(dry.status.code(), Some(0), "{said}");
+    for needle in [
+        "checked once prepare has created it",
+        "unique index users_email_key was not tried (column email changes type (text becomes citext))",
+    ] {
+        assert!(said.contains(needle), "{needle}: {said}");
+    }
+    let out = run_users_preserved(&wd, &dbs, "prepare", &[]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
     assert!(
-        said.contains("checked once prepare has created it"),
-        "{said}"
+        err.contains("the destination's rows do not hold under the source's unique index users_email_key (email): Key (email)=("),
+        "{err}"
     );
+    assert_eq!(
+        dbs.dst
+            .psql("SELECT count(*) FROM pg_namespace WHERE nspname = 'shadow'"),
+        "0"
+    );
+    dbs.dst.psql("DELETE FROM users WHERE id = 2");
     // prepare checks it once the extension is there: its report carries
     // that answer, not the first round's "checked once…".
     let v = start_users_preserved(&wd, &dbs, &[]);

@@ -1256,7 +1256,9 @@ struct UniqueIndex {
     /// Every column the index reads (keys, expressions, WHERE).
     reads: Vec<String>,
     /// Each key column's collation as `"schema"."name"` where it is
-    /// nondeterministic (case-insensitive, say); `pg_catalog."C"` for any
+    /// nondeterministic (case-insensitive, say); `pg_catalog."default"` for
+    /// the database's default, which the shadow's index has on the
+    /// destination (`citext` lowercases under it); `pg_catalog."C"` for any
     /// other, whose equality is the bytes' whatever the destination's
     /// column's own collation; empty for a type without one.
     collations: Vec<String>,
@@ -1388,6 +1390,7 @@ async fn unique_indexes(client: &Client, rel: u32) -> Result<Vec<UniqueIndex>> {
                          AND a.attnum > 0
                        ORDER BY a.attnum),
                 ARRAY(SELECT CASE WHEN co.oid IS NULL THEN ''
+                                  WHEN co.oid = 100 THEN 'pg_catalog.\"default\"'
                                   WHEN co.collisdeterministic THEN 'pg_catalog.\"C\"'
                                   ELSE pg_catalog.quote_ident(cn.nspname) || '.' || pg_catalog.quote_ident(co.collname) END
                         FROM unnest(i.indcollation::oid[]) WITH ORDINALITY k(coll, ord)
@@ -1454,10 +1457,13 @@ async fn unique_problems(t: &Tried<'_>, schemas: &[String]) -> Result<Vec<Fit>> 
         // otherwise count: with them a destination index of the same text
         // holds nothing of the source's.
         u.functions = differing_calls(t.dest, &u.functions).await?;
+        let retyped = u.reads.iter().any(|c| type_changes(t, c));
         // Held already: the destination has a unique index on the same
         // columns under the same collations, over all its rows or the
-        // same ones.
+        // same ones, and of the same types (a unique `text` column that
+        // becomes `citext` holds nothing of the new key).
         let held = u.functions.is_empty()
+            && !retyped
             && theirs.iter().any(|d| {
                 (d.predicate.is_none() || d.predicate == u.predicate)
                     && (d.nulls_not_distinct || !u.nulls_not_distinct)
@@ -1471,9 +1477,23 @@ async fn unique_problems(t: &Tried<'_>, schemas: &[String]) -> Result<Vec<Fit>> 
         if held || is_key {
             continue;
         }
+        // A key column whose type changes is tried as the copy stores it
+        // (`email::citext`), where it can be (see [`key_casts`]).
+        let casts = key_casts(t, &u, schemas).await?;
+        let reads: Vec<String> = u
+            .reads
+            .iter()
+            .filter(|c| {
+                !u.columns
+                    .iter()
+                    .zip(&casts)
+                    .any(|(k, cast)| k == *c && cast.is_some())
+            })
+            .cloned()
+            .collect();
         // An expression (`lower(email)`) computes under its column's
         // collation: one that changes is not tried here either.
-        if let Some(why) = left_to_copy(t, &u.reads, u.expressions) {
+        if let Some(why) = left_to_copy(t, &reads, u.expressions) {
             out.push(Fit::NoAnswer(format!(
                 "whether the destination's rows hold under the source's unique index {} was not tried ({why}); the sync's copy finds a duplicate, naming it",
                 display_ident(&u.name)
@@ -1496,9 +1516,85 @@ async fn unique_problems(t: &Tried<'_>, schemas: &[String]) -> Result<Vec<Fit>> 
             )));
             continue;
         };
-        out.push(try_unique(t.source, t.dest, t.live, &u, schemas, timeout).await?);
+        out.push(try_unique(t.source, t.dest, t.live, &u, &casts, schemas, timeout).await?);
     }
     Ok(out)
+}
+
+/// Does column `c`'s type (or typmod) differ between the sides?
+fn type_changes(t: &Tried<'_>, c: &str) -> bool {
+    let Some(s) = t.src_cols.iter().find(|s| s.name == c) else {
+        return false;
+    };
+    t.dest_by_name
+        .get(c)
+        .is_some_and(|d| d.qual != s.qual || d.typmod != s.typmod)
+}
+
+/// For each key of a unique index (`u.keys`), the type to cast the
+/// destination's column to where its type changes (`text` to `citext`,
+/// `numeric(10,2)` to `numeric(10,0)`), as this session names it; None
+/// for the others. The copy stores such a value by assignment, and an
+/// assignment cast is the explicit one (where the two differ, the column
+/// trial refuses first). Only a plain key column the index's WHERE does not
+/// read, of a type the destination has now and that is not the migration's
+/// own (created with the shadow, not here yet: the copy goes through its
+/// text form); the others are left to the copy, said.
+async fn key_casts(
+    t: &Tried<'_>,
+    u: &UniqueIndex,
+    schemas: &[String],
+) -> Result<Vec<Option<String>>> {
+    let mut out = vec![None; u.keys.len()];
+    if u.expressions {
+        return Ok(out);
+    }
+    let Some(in_where) = u
+        .predicate
+        .as_deref()
+        .map_or(Some(HashSet::new()), columns_read)
+    else {
+        return Ok(out);
+    };
+    for (i, c) in u.columns.iter().enumerate() {
+        let Some(s) = t.src_cols.iter().find(|s| &s.name == c) else {
+            continue;
+        };
+        if !type_changes(t, c)
+            || s.generated
+            || in_where.contains(c)
+            || (schemas.iter().any(|m| m == &s.base_schema) && !s.base_ext)
+        {
+            continue;
+        }
+        out[i] = t
+            .dest
+            .query_opt(
+                "SELECT pg_catalog.format_type(t.oid, $2) FROM pg_catalog.pg_type t WHERE t.oid = pg_catalog.to_regtype($1)",
+                &[&s.qual, &s.typmod],
+            )
+            .await
+            .map_err(|e| pg_error_as(e, "resolving a type"))?
+            .map(|r| r.get(0));
+    }
+    Ok(out)
+}
+
+/// The column names an expression of one table reads (`deleted_at IS
+/// NULL` reads `deleted_at`); None where it does not parse.
+fn columns_read(expr: &str) -> Option<HashSet<String>> {
+    let parsed = pg_query::parse(&format!("SELECT WHERE {expr}"), 0).ok()?;
+    Some(
+        parsed
+            .protobuf
+            .nodes()
+            .into_iter()
+            .filter_map(|(node, ..)| match node {
+                pg_query::NodeRef::ColumnRef(r) => string_list(&r.fields).pop(),
+                _ => None,
+            })
+            .collect(),
+    )
 }
 
 /// One trial of [`unique_problems`].
@@ -1507,6 +1603,7 @@ async fn try_unique(
     dest: &Client,
     live: &str,
     u: &UniqueIndex,
+    casts: &[Option<String>],
     schemas: &[String],
     timeout: Duration,
 ) -> Result<Fit> {
@@ -1514,7 +1611,7 @@ async fn try_unique(
         dest,
         "unique keys",
         timeout,
-        unique_trial(source, dest, live, u, schemas),
+        unique_trial(source, dest, live, u, casts, schemas),
     )
     .await?;
     let keys = u.keys.join(", ");
@@ -1716,14 +1813,19 @@ async fn unique_trial(
     dest: &Client,
     live: &str,
     u: &UniqueIndex,
+    casts: &[Option<String>],
     schemas: &[String],
 ) -> Result<Option<String>, tokio_postgres::Error> {
     let mut group = Vec::new();
     let mut shown = Vec::new();
     let mut not_null = Vec::new();
     for (i, key) in u.keys.iter().enumerate() {
-        // A column's name or an expression, as the index has it.
-        let c = format!("({key})");
+        // A column's name or an expression, as the index has it; a column
+        // as the copy stores it.
+        let c = match casts.get(i) {
+            Some(Some(ty)) => format!("(({key})::{ty})"),
+            _ => format!("({key})"),
+        };
         let coll = u.collations.get(i).map(String::as_str).unwrap_or("");
         let coll_schema = u.collation_schemas.get(i).map(String::as_str).unwrap_or("");
         let collate = if coll.is_empty() {
@@ -5303,6 +5405,21 @@ pub async fn apply_deferred(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_columns_an_index_where_reads() {
+        let read = |e: &str| columns_read(e).map(|c| c.into_iter().sorted().collect::<Vec<_>>());
+        assert_eq!(
+            read("(deleted_at IS NULL)"),
+            Some(vec!["deleted_at".to_string()])
+        );
+        assert_eq!(
+            read("((\"Kind\" = 'a'::text) AND (lower(email) <> ''::text))"),
+            Some(vec!["Kind".to_string(), "email".to_string()])
+        );
+        assert_eq!(read("now() > '2024-01-01'"), Some(vec![]));
+        assert_eq!(read("(unbalanced"), None);
+    }
 
     fn live() -> Live {
         Live {
