@@ -722,7 +722,7 @@ fn rollback_refusals_change_nothing() {
     for part in [
         "users (1 insert)".to_string(),
         format!(
-            "users cannot be kept (objects of {b1} depend on its own copy: view {b1}.user_names)"
+            "users cannot be kept (objects of the backup depend on {b1}'s own copy: view {b1}.user_names)"
         ),
         "Pass --allow-discard users (or --allow-discard all) to roll back anyway".to_string(),
     ] {

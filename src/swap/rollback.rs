@@ -237,6 +237,7 @@ pub async fn plan(client: &Client, opts: &RollbackOptions) -> Result<Plan> {
     }
 
     let maps = restore.manifest.schema_maps();
+    let backups: Vec<String> = maps.iter().map(|m| m.backup.clone()).collect();
     for m in maps.iter().filter(|m| m.backup != schema) {
         let facts = verify::schema_facts(client, &m.backup).await?;
         if !facts.exists || !facts.ours {
@@ -308,10 +309,11 @@ pub async fn plan(client: &Client, opts: &RollbackOptions) -> Result<Plan> {
         // Partitions and inheritance children go where their parent goes.
         keep.extend(descendants(client, live, &roots).await?);
         keep.extend(descendants(client, backup, &roots).await?);
-        let blockers = dependents(client, backup, &roots).await?;
+        let blockers = dependents(client, backup, &roots, &backups).await?;
         if !blockers.is_empty() {
             crate::refuse!(
-                "--keep-tables: objects of {backup} depend on its own copy of {}, which would stay behind in the backup: {}; nothing was changed (restore without --keep-tables, or drop or change those objects)",
+                "--keep-tables: objects of the backup depend on {}'s own copy of {}, which would stay behind in the backup: {}; nothing was changed (restore without --keep-tables, or drop or change those objects)",
+                crate::pg::ident::display_ident(backup),
                 roots.join(", "),
                 blockers.join(", ")
             );
@@ -552,6 +554,7 @@ async fn unkeepable_writes(
     maps: &[crate::backups::manifest::SchemaMap],
     writes: &WriteCheck,
 ) -> Result<Unkeepable> {
+    let backups: Vec<String> = maps.iter().map(|m| m.backup.clone()).collect();
     let written = writes
         .discarded
         .iter()
@@ -574,13 +577,13 @@ async fn unkeepable_writes(
         if out.contains_key(shown) {
             continue;
         }
-        let blockers = dependents(client, &m.backup, std::slice::from_ref(name)).await?;
+        let blockers = dependents(client, &m.backup, std::slice::from_ref(name), &backups).await?;
         if !blockers.is_empty() {
             out.insert(
                 shown.to_string(),
                 format!(
-                    "objects of {} depend on its own copy: {}",
-                    m.backup,
+                    "objects of the backup depend on {}'s own copy: {}",
+                    crate::pg::ident::display_ident(&m.backup),
                     blockers.join(", ")
                 ),
             );
@@ -1545,16 +1548,20 @@ pub(crate) const DEPENDENT_IN_RELATION: &str = "
                        WHEN 'pg_catalog.pg_constraint'::regclass THEN (SELECT x.conrelid FROM pg_catalog.pg_constraint x WHERE x.oid = d.objid)
                      END), false)";
 
-/// Objects of `schema` that depend on its copies of `tables` (views, functions with
-/// SQL bodies, columns of their row type…), other than the tables' own parts
-/// and foreign keys (those are re-pointed). For a backup's own copies of
-/// kept tables: they would move in while the copy stays behind (a refusal).
-pub(crate) async fn dependents(
+/// Objects of the backup's schemas (`backups`: every schema of it, not only
+/// `schema`) that depend on `schema`'s copies of `tables` (views, functions
+/// with SQL bodies, columns of their row type…), other than the tables' own
+/// parts and foreign keys (those are re-pointed). For a backup's own copies
+/// of kept tables: those objects would move in while the copy stays behind,
+/// and read it (a refusal). A view of the backup's `audit` over its
+/// `billing.invoices` counts as one of `billing`'s own.
+async fn dependents(
     client: &Client,
     schema: &str,
     tables: &[String],
+    backups: &[String],
 ) -> Result<Vec<String>> {
-    dependents_among(client, schema, tables, &[schema.to_string()]).await
+    dependents_among(client, schema, tables, backups).await
 }
 
 /// [`dependents`] of `schema`'s `tables` in any schema of `among`. For a
