@@ -123,7 +123,9 @@ use crate::pg::exec::{
     PgError, RetryPolicy, Stop, exec_as as exec, pg_error_as, query_map, retry, rollback_on_err,
 };
 use crate::pg::ident::{TableName, display_ident, qualified, quote_ident, quote_literal};
-use crate::pg::meta::{META_SCHEMA, SHADOW_SCHEMA, SchemaPair, is_public_str, public_string};
+use crate::pg::meta::{
+    META_SCHEMA, OWN_STATEMENT, SHADOW_SCHEMA, SchemaPair, is_public_str, public_string,
+};
 use crate::pg::settings;
 use crate::swap::fence::{FencedSequence, Fences, sequence_state};
 
@@ -1125,7 +1127,7 @@ async fn fit_problem(
     };
     let mut tried = dest
         .batch_execute(&format!(
-            "CREATE TEMPORARY TABLE pgshift_fit (v {sql_type}{array}{not_null}); SAVEPOINT fit; INSERT INTO pgshift_fit SELECT {column} FROM {live}",
+            "CREATE {OWN_STATEMENT} TEMPORARY TABLE pgshift_fit (v {sql_type}{array}{not_null}); SAVEPOINT fit; INSERT {OWN_STATEMENT} INTO pgshift_fit SELECT {column} FROM {live}",
         ))
         .await;
     // Two domains over types no assignment joins (text and inet): the copy
@@ -1142,7 +1144,7 @@ async fn fit_problem(
     if via_text {
         tried = dest
             .batch_execute(&format!(
-                "ROLLBACK TO SAVEPOINT fit; INSERT INTO pgshift_fit SELECT ({column})::text::{sql_type}{array} FROM {live}",
+                "ROLLBACK TO SAVEPOINT fit; INSERT {OWN_STATEMENT} INTO pgshift_fit SELECT ({column})::text::{sql_type}{array} FROM {live}",
             ))
             .await;
     }
@@ -1765,7 +1767,7 @@ async fn check_problems(t: &Tried<'_>) -> Result<Vec<Fit>> {
             )
         };
         let sql = format!(
-            "SELECT {values} FROM {} WHERE NOT ({}) LIMIT 1",
+            "SELECT {OWN_STATEMENT} {values} FROM {} WHERE NOT ({}) LIMIT 1",
             t.live, c.expr
         );
         let names = t.key.iter().map(|k| display_ident(k)).join(", ");
@@ -1877,7 +1879,7 @@ async fn unique_trial(
         (None, None) => String::new(),
     };
     let sql = format!(
-        "SELECT pg_catalog.concat_ws(', ', {}) FROM {live}{filter} GROUP BY {} HAVING count(*) > 1 LIMIT 1",
+        "SELECT {OWN_STATEMENT} pg_catalog.concat_ws(', ', {}) FROM {live}{filter} GROUP BY {} HAVING count(*) > 1 LIMIT 1",
         shown.join(", "),
         group.join(", ")
     );
@@ -1932,7 +1934,7 @@ async fn first_misfit(
     let row = dest
         .query_opt(
             &format!(
-                "SELECT pg_catalog.concat_ws(', ', {}) FROM {live} WHERE NOT pg_temp.pgshift_fits({}) LIMIT 1",
+                "SELECT {OWN_STATEMENT} pg_catalog.concat_ws(', ', {}) FROM {live} WHERE NOT pg_temp.pgshift_fits({}) LIMIT 1",
                 cols.join(", "),
                 quote_ident(&d.name)
             ),
