@@ -535,6 +535,22 @@ async fn recorded_statements_are_reported_and_fail_on_breaking_refuses() {
         "{text}"
     );
 
+    // A write the swap would discard refuses too: the dry run lists every
+    // reason, in the swap's order, not only the first.
+    dbs.dst.psql("INSERT INTO quiet VALUES (1, 1)");
+    wait_counts(&dbs.dst, "public.quiet", (1, 0, 0));
+    let both = dry(&["--workload-roles", "app_role", "--fail-on-breaking"]);
+    let reasons: Vec<&str> = both["swap"]["refusals"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{both}"))
+        .iter()
+        .filter_map(|r| r.as_str())
+        .collect();
+    assert_eq!(reasons.len(), 2, "{both}");
+    assert!(reasons[0].contains("quiet (1 insert)"), "{both}");
+    assert!(reasons[1].contains("--fail-on-breaking"), "{both}");
+    let roles = ["--workload-roles", "app_role", "--allow-discard", "quiet"];
+
     // --fail-on-breaking refuses and changes nothing.
     let before = catalog_fingerprint(&dbs.dst);
     let mut args = vec!["swap", "--dest", url.as_str(), "--fail-on-breaking"];

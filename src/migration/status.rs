@@ -429,7 +429,8 @@ pub async fn report(
             Ok(i) => {
                 if open {
                     blocked.extend(
-                        gate::refusal(&i, &ImpactOptions::default())
+                        gate::refusals(&i, &ImpactOptions::default())
+                            .into_iter()
                             .map(|why| why.replacen("; nothing was changed.", ".", 1)),
                     );
                 }

@@ -552,26 +552,22 @@ pub async fn preview(client: &Client, opts: &SwapOptions) -> Result<SwapPreview>
         (Vec::new(), Vec::new())
     };
     let misfit = sequence_refusal(client, &details.sync).await?;
-    let refusals: Vec<String> = [
-        d.lock_refusal(),
-        changed.clone(),
-        broken,
-        gate::refusal(&impact, &opts.impact),
-    ]
-    .into_iter()
-    .flatten()
-    .chain(rejected)
-    .chain(
-        [
-            fk_refusal(&fk_check, opts.allow_fk_violations),
-            misfit,
-            p.unmovable.refusal("the swap"),
-            p.lock_budget.refusal("the swap"),
-        ]
+    let refusals: Vec<String> = [d.lock_refusal(), changed.clone(), broken]
         .into_iter()
-        .flatten(),
-    )
-    .collect();
+        .flatten()
+        .chain(gate::refusals(&impact, &opts.impact))
+        .chain(rejected)
+        .chain(
+            [
+                fk_refusal(&fk_check, opts.allow_fk_violations),
+                misfit,
+                p.unmovable.refusal("the swap"),
+                p.lock_budget.refusal("the swap"),
+            ]
+            .into_iter()
+            .flatten(),
+        )
+        .collect();
     let schemas = p.schemas.clone();
     let mut warnings = kept.warnings(client, m).await?;
     warnings.extend(

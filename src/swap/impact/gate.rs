@@ -315,14 +315,18 @@ pub fn breaking_refusal_of(
     (fail_on_breaking && !breaking.is_empty()).then(|| breaking_refusal(op, &breaking))
 }
 
-/// Why a swap with `opts` would refuse `impact` now (the `error:` text), or
-/// `None`: discarded or unknown writes not allowed, then breaking findings
-/// with `--fail-on-breaking`.
-pub fn refusal(impact: &Impact, opts: &ImpactOptions) -> Option<String> {
-    if let Err(why) = gate_for(Operation::Swap, &writes_of(impact), &opts.allow_discard) {
-        return Some(why);
-    }
-    breaking_refusal_of(Operation::Swap, impact, opts.fail_on_breaking)
+/// Why a swap with `opts` would refuse `impact` now (each an `error:`
+/// text), in the order the swap checks them: discarded or unknown writes
+/// not allowed, then breaking findings with `--fail-on-breaking`. Every
+/// reason, so that mending one does not only uncover the next.
+pub fn refusals(impact: &Impact, opts: &ImpactOptions) -> Vec<String> {
+    [
+        gate_for(Operation::Swap, &writes_of(impact), &opts.allow_discard).err(),
+        breaking_refusal_of(Operation::Swap, impact, opts.fail_on_breaking),
+    ]
+    .into_iter()
+    .flatten()
+    .collect()
 }
 
 /// What the checks before a swap let through.
@@ -642,9 +646,9 @@ mod tests {
     fn refusal_follows_the_options() {
         let i = impact_with_failing(5);
         let mut opts = ImpactOptions::default();
-        assert_eq!(refusal(&i, &opts), None);
+        assert_eq!(refusals(&i, &opts), Vec::<String>::new());
         opts.fail_on_breaking = true;
-        let why = refusal(&i, &opts).unwrap();
+        let why = refusals(&i, &opts).concat();
         assert!(why.contains("--fail-on-breaking"), "{why}");
         assert!(why.contains("SELECT c2 FROM gone"), "{why}");
         assert!(!why.contains("SELECT c3 FROM gone"), "{why}");
@@ -658,8 +662,8 @@ mod tests {
             object: "public.gone".into(),
             detail: "dropped".into(),
         });
-        assert_eq!(refusal(&h, &opts), None);
+        assert!(refusals(&h, &opts).is_empty());
         h.statements.used_objects = vec!["public.gone".into()];
-        assert!(refusal(&h, &opts).is_some());
+        assert!(!refusals(&h, &opts).is_empty());
     }
 }
