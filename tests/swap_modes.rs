@@ -321,6 +321,19 @@ fn postgis_in_public_picks_the_object_level_swap() {
     assert_eq!(out.status.code(), Some(2));
     let err = common::stderr_of(&out);
     assert!(err.contains("postgis"), "{err}");
+    // status, asked about that swap, says it would not be allowed, and why.
+    let out = assert_success(&wd.run_env(
+        &["status", "--json", "--dest", &dbs.dst.url()],
+        &[("PGSHIFT_SWAP_MODE", "rename")],
+    ));
+    let st: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(st["swap_allowed"], false, "{st}");
+    assert!(
+        st["swap_blocked_reason"].as_str().is_some_and(|r| r
+            .contains("--swap-mode rename is not possible here")
+            && r.contains("postgis")),
+        "{st}"
+    );
     let out = assert_success(&wd.run(&["swap", "--json", "--dest", &dbs.dst.url()]));
     let report: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(report["swap_mode"], "object", "{report}");

@@ -413,6 +413,13 @@ pub async fn report(
                 }
                 swap_lock_budget = Some(o.lock_budget);
             }
+            // The swap would refuse (`--swap-mode rename` where it is not
+            // possible): a reason it is not allowed, not a check that failed.
+            Err(e) if e.downcast_ref::<crate::error::UserError>().is_some() => {
+                if open {
+                    blocked.push(format!("{e:#}"));
+                }
+            }
             Err(e) => tracing::warn!("could not compute the swap's lock budget: {e:#}"),
         }
     }
