@@ -1407,6 +1407,38 @@ async fn long_transactions_and_idle_sessions_are_blockers() {
     let pids: Vec<i32> = b.iter().map(|b| b.pid).collect();
     assert_eq!(pids, Vec::<i32>::new());
 
+    // A role without pg_read_all_stats sees none of those sessions as
+    // blockers; it is told so, with the pids and tables pg_locks shows it.
+    db.psql(&common::create_role(
+        "blockers_watcher",
+        "LOGIN PASSWORD 'watch-pw'",
+    ));
+    let mut cfg = db.pg_config();
+    cfg.user("blockers_watcher").password("watch-pw");
+    let (watcher, conn) = cfg.connect(NoTls).await.unwrap();
+    tokio::spawn(conn);
+    let unseen = impact::blockers(&watcher, &public_shadow(), Duration::from_millis(100))
+        .await
+        .unwrap();
+    assert_eq!(unseen, Vec::new());
+    let note = impact::hidden_sessions(&watcher, &public_shadow())
+        .await
+        .unwrap()
+        .unwrap_or_else(|| panic!("no note"));
+    for needle in [
+        format!("pid {p_idle} ({}, app-idle) on accounts", common::SUPERUSER),
+        format!("pid {p_busy} ({}, app-busy) on orders", common::SUPERUSER),
+        "grant this role pg_read_all_stats".to_string(),
+    ] {
+        assert!(note.contains(&needle), "{needle}: {note}");
+    }
+    assert!(!note.contains("pgshift swap"), "{note}");
+    assert_eq!(
+        impact::hidden_sessions(&c, &public_shadow()).await.unwrap(),
+        None
+    );
+    drop(watcher);
+
     c.batch_execute(
         "SELECT pg_cancel_backend(pid) FROM pg_stat_activity WHERE query = 'SELECT pg_sleep(60)'",
     )

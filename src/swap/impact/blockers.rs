@@ -16,7 +16,9 @@
 //! (`application_name` starting with `pgshift`). PostgreSQL shows another role's
 //! transaction start, state and query only to superusers and members of
 //! `pg_read_all_stats`: without that, pgshift's role cannot see other roles'
-//! sessions here (the swap still retries on their locks).
+//! sessions here (the swap still retries on their locks). [`hidden_sessions`]
+//! says so, from what every role may read: the pids and roles of those
+//! sessions, and the swapped tables they hold locks on (`pg_locks`).
 
 use std::time::Duration;
 
@@ -47,6 +49,29 @@ pub struct Blocker {
     pub tables: Vec<String>,
 }
 
+/// `locked (pid, tables)`: the sessions holding a granted lock on a relation
+/// of the schemas `$1` (text[]) in this database, and which (`accounts`,
+/// `billing.invoices`). From `pg_locks`, which every role may read.
+const LOCKED: &str = "WITH locked AS (
+     SELECT l.pid,
+            array_agg(DISTINCT CASE WHEN n.nspname = 'public' THEN pg_catalog.quote_ident(c.relname)
+                       ELSE pg_catalog.quote_ident(n.nspname) || '.' || pg_catalog.quote_ident(c.relname) END) AS tables
+       FROM pg_catalog.pg_locks l
+       JOIN pg_catalog.pg_class c ON c.oid = l.relation
+       JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+      WHERE l.locktype = 'relation' AND l.granted
+        AND l.database = (SELECT oid FROM pg_catalog.pg_database WHERE datname = pg_catalog.current_database())
+        AND n.nspname = ANY($1::text[]) AND c.relkind IN ('r', 'p', 'v', 'm', 'f', 'S')
+      GROUP BY l.pid)";
+
+/// The schemas a swap of `pairs` locks relations of.
+fn swapped(pairs: &[SchemaPair]) -> Vec<&str> {
+    pairs
+        .iter()
+        .flat_map(|p| [p.live.as_str(), p.incoming.as_str()])
+        .collect()
+}
+
 /// How much of a blocker's query is shown.
 const QUERY_CHARS: i32 = 200;
 
@@ -56,28 +81,15 @@ pub async fn blockers(
     pairs: &[SchemaPair],
     lock_timeout: Duration,
 ) -> Result<Vec<Blocker>> {
-    let schemas: Vec<&str> = pairs
-        .iter()
-        .flat_map(|p| [p.live.as_str(), p.incoming.as_str()])
-        .collect();
+    let schemas = swapped(pairs);
     let ms = lock_timeout.as_millis() as i64;
     let rows = client
         .query(
-            "WITH locked AS (
-                 SELECT l.pid,
-                        array_agg(DISTINCT CASE WHEN n.nspname = 'public' THEN pg_catalog.quote_ident(c.relname)
-                                   ELSE pg_catalog.quote_ident(n.nspname) || '.' || pg_catalog.quote_ident(c.relname) END) AS tables
-                   FROM pg_catalog.pg_locks l
-                   JOIN pg_catalog.pg_class c ON c.oid = l.relation
-                   JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
-                  WHERE l.locktype = 'relation' AND l.granted
-                    AND l.database = (SELECT oid FROM pg_catalog.pg_database WHERE datname = pg_catalog.current_database())
-                    AND n.nspname = ANY($1::text[]) AND c.relkind IN ('r', 'p', 'v', 'm', 'f', 'S')
-                  GROUP BY l.pid)
+            &format!("{LOCKED}
              SELECT a.pid, a.usename::text, a.application_name, pg_catalog.host(a.client_addr),
                     (extract(epoch FROM pg_catalog.clock_timestamp() - a.xact_start) * 1000)::int8,
                     a.state, pg_catalog.left(a.query, $3::int4), COALESCE(a.wait_event_type = 'Lock', false),
-                    COALESCE(locked.tables, '{}')
+                    COALESCE(locked.tables, '{{}}')
                FROM pg_catalog.pg_stat_activity a
                LEFT JOIN locked ON locked.pid = a.pid
               WHERE a.datname = pg_catalog.current_database()
@@ -89,7 +101,7 @@ pub async fn blockers(
                       AND pg_catalog.clock_timestamp() - a.state_change > $2::int8 * interval '1 millisecond')
                      OR (locked.pid IS NOT NULL
                          AND pg_catalog.clock_timestamp() - a.xact_start > $2::int8 * interval '1 millisecond'))
-              ORDER BY a.xact_start, a.pid",
+              ORDER BY a.xact_start, a.pid"),
             &[&schemas, &ms, &QUERY_CHARS],
         )
         .await
@@ -112,6 +124,72 @@ pub async fn blockers(
             }
         })
         .collect())
+}
+
+/// The note about this database's sessions of other roles that this role
+/// cannot see (`<insufficient privilege>`: no transaction start, state nor
+/// query without `pg_read_all_stats`), so neither [`blockers`] nor
+/// [`older_snapshots`] can judge them: those holding locks on the swapped
+/// relations now named with their tables. None when there are none.
+pub async fn hidden_sessions(
+    client: &impl GenericClient,
+    pairs: &[SchemaPair],
+) -> Result<Option<String>> {
+    let schemas = swapped(pairs);
+    let rows: Vec<(i32, String, String, Vec<String>)> = crate::pg::exec::query_map(
+        client,
+        &format!(
+            "{LOCKED}
+         SELECT a.pid, coalesce(a.usename::text, ''), coalesce(a.application_name, ''),
+                coalesce(locked.tables, '{{}}')
+           FROM pg_catalog.pg_stat_activity a
+           LEFT JOIN locked ON locked.pid = a.pid
+          WHERE a.datname = pg_catalog.current_database()
+            AND a.pid <> pg_catalog.pg_backend_pid()
+            AND a.query = '<insufficient privilege>'
+            AND COALESCE(a.application_name, '') NOT LIKE 'pgshift%'
+          ORDER BY locked.pid IS NULL, a.pid"
+        ),
+        &[&schemas],
+        "looking for sessions this role cannot see",
+        |r| (r.get(0), r.get(1), r.get(2), r.get(3)),
+    )
+    .await?;
+    if rows.is_empty() {
+        return Ok(None);
+    }
+    let holding: Vec<String> = rows
+        .iter()
+        .filter(|(.., tables)| !tables.is_empty())
+        .take(10)
+        .map(|(pid, role, app, tables)| {
+            let mut tables = tables.clone();
+            tables.sort();
+            let app = if app.is_empty() {
+                String::new()
+            } else {
+                format!(", {app}")
+            };
+            format!("pid {pid} ({role}{app}) on {}", tables.join(", "))
+        })
+        .collect();
+    let n = rows.len();
+    let (sessions, verb) = if n == 1 {
+        ("1 session of another role".to_string(), "is")
+    } else {
+        (format!("{n} sessions of other roles"), "are")
+    };
+    let locks = if holding.is_empty() {
+        String::new()
+    } else {
+        format!(
+            "; holding locks on swapped tables now: {}",
+            holding.join("; ")
+        )
+    };
+    Ok(Some(format!(
+        "{sessions} in this database {verb} hidden from this role{locks}: how long their transactions have been open (a long one holds the swap up) and whether they began before prepare are not known; grant this role pg_read_all_stats to see them"
+    )))
 }
 
 /// The note about transactions that began before `since` (when prepare

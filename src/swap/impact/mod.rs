@@ -142,7 +142,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::pg::ident::{TableName, display_ident};
 
-pub use blockers::{Blocker, blockers};
+pub use blockers::{Blocker, blockers, hidden_sessions};
 pub use hazards::{Effect, Hazard, hazards};
 pub use workload::{
     FailingStatement, StatementsReport, TypeChangedStatement, UncheckedStatement, WorkloadOptions,
@@ -253,6 +253,9 @@ impl Impact {
         impact.hazards = hazards(client, req.pairs).await?;
         impact.statements = check_workload(client, req.pairs, &req.workload).await?;
         impact.blockers = blockers(client, req.pairs, req.lock_timeout).await?;
+        impact
+            .notes
+            .extend(blockers::hidden_sessions(client, req.pairs).await?);
         impact.add_notes();
         Ok(impact)
     }
