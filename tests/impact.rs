@@ -953,7 +953,7 @@ async fn recorded_statements_are_checked_against_the_incoming_schema() {
     assert!(
         breaking
             .iter()
-            .any(|b| b.starts_with("statement will fail (1 calls): SELECT note FROM legacy")),
+            .any(|b| b.starts_with("statement will fail (1 call): SELECT note FROM legacy")),
         "{breaking:#?}"
     );
     for hazard in [

@@ -188,7 +188,7 @@ fn validation_lists_every_problem_and_changes_nothing() {
     for (name, expected) in [
         (
             "nosuch",
-            "error: --preserved-tables: nosuch: no such table in the destination's nor in the source's public schema; nothing was changed",
+            "error: --preserved-tables: nosuch: no such table in the destination's public schema, nor in the source's; nothing was changed",
         ),
         (
             "only_in_dest",

@@ -69,15 +69,21 @@ fn print(ctx: &Ctx, r: &AbortReport) -> Result<()> {
     if let Some(d) = &r.dump_dir_removed {
         crate::outln!("  removed the dump directory {d}");
     }
+    // The live schemas: public, and the others' whose shadows it dropped.
+    let live = if r.removed.other_shadows.is_empty() {
+        "public was"
+    } else {
+        "live schemas were"
+    };
     if r.aborted {
         if r.extensions_kept.is_empty() {
-            crate::outln!("The destination's public was not touched.");
+            crate::outln!("The destination's {live} not touched.");
         } else {
             crate::outln!(
                 "  kept the extensions prepare created: {} (DROP EXTENSION them if nothing uses them)",
                 r.extensions_kept.join(", ")
             );
-            crate::outln!("The destination's public was otherwise not touched.");
+            crate::outln!("The destination's {live} otherwise not touched.");
         }
     }
     Ok(())

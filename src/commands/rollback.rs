@@ -111,6 +111,7 @@ fn print_preview(ctx: &Ctx, p: &RollbackPreview) -> Result<()> {
     print_moves(
         "rollback",
         (&p.backup_schema, &p.restore_schema),
+        &p.schemas,
         &p.moves,
         &p.warnings,
         &p.refusals,
@@ -137,7 +138,12 @@ fn print_report(ctx: &Ctx, r: &RollbackReport) -> Result<()> {
     );
     if !r.kept_tables.is_empty() {
         crate::outln!(
-            "Kept from the replaced public: {}",
+            "Kept from the replaced {}: {}",
+            if r.schemas.len() > 1 {
+                "schemas"
+            } else {
+                "public"
+            },
             r.kept_tables.join(", ")
         );
     }

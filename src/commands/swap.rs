@@ -71,7 +71,7 @@ pub fn print_preview(ctx: &Ctx, p: &SwapPreview) -> Result<()> {
     crate::outln!();
     if !p.kept_tables.is_empty() {
         crate::outln!(
-            "Kept in public as they are: {}",
+            "Kept live as they are: {}",
             crate::pg::ident::TableName::keys_shown(&p.kept_tables, &p.schemas)
         );
     }
@@ -81,6 +81,7 @@ pub fn print_preview(ctx: &Ctx, p: &SwapPreview) -> Result<()> {
     print_moves(
         "swap",
         (&p.backup_schema, "shadow"),
+        &p.schemas,
         &p.moves,
         &warnings,
         &p.refusals,
@@ -95,13 +96,22 @@ pub fn print_preview(ctx: &Ctx, p: &SwapPreview) -> Result<()> {
 pub fn print_moves<W: std::fmt::Display>(
     what: &str,
     (backup, incoming): (&str, &str),
+    schemas: &[crate::backups::manifest::SchemaMap],
     moves: &Moves,
     warnings: &[W],
     refusals: &[String],
 ) {
+    // Several schemas: each pair is on the "Schemas" line above, and the
+    // objects are named with their schemas.
+    let several = schemas.len() > 1;
+    let (live, backup, incoming) = if several {
+        ("the live schemas", "their backups", "the incoming schemas")
+    } else {
+        ("public", backup, incoming)
+    };
     for (from, to, objects) in [
-        ("public", backup, &moves.move_out),
-        (incoming, "public", &moves.move_in),
+        (live, backup, &moves.move_out),
+        (incoming, live, &moves.move_in),
     ] {
         crate::outln!("{from} -> {to} ({} objects):", objects.len());
         for m in objects {

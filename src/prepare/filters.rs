@@ -196,13 +196,16 @@ fn with_descendants(rels: &[Rel], names: &BTreeSet<String>) -> BTreeSet<String> 
     out
 }
 
-/// Match each pattern of one filter against `candidates`; a pattern that
-/// matches nothing is a usage error naming the flag and where it looked.
+/// Match each pattern of one filter against `candidates` (the tables of the
+/// migrated `schemas`); a pattern that matches nothing is a usage error
+/// naming the flag and where it looked, and, when its schema part names none
+/// of `schemas`, that this is why.
 fn match_filter(
     flag: &str,
     patterns: &[TablePattern],
     rels: &[Rel],
     kinds: &[char],
+    schemas: &[String],
     where_: &str,
 ) -> Result<(Vec<PatternMatch>, BTreeSet<String>)> {
     let mut out = Vec::new();
@@ -214,11 +217,15 @@ fn match_filter(
             .map(Rel::key)
             .collect();
         if hits.is_empty() {
-            let hint = p.fold_hint(
-                rels.iter()
-                    .filter(|r| kinds.contains(&r.relkind))
-                    .map(|r| (r.schema.as_str(), r.name.as_str())),
-            );
+            let hint = if schemas.iter().any(|s| p.matches_schema(s)) {
+                p.fold_hint(
+                    rels.iter()
+                        .filter(|r| kinds.contains(&r.relkind))
+                        .map(|r| (r.schema.as_str(), r.name.as_str())),
+                )
+            } else {
+                " (its schema is not among --schemas: pgshift migrates only those, and leaves the tables of the others as they are)".to_string()
+            };
             crate::refuse!("{flag} {p}: no table of {where_} matches{hint}; nothing was changed");
         }
         let hits = with_descendants(rels, &hits);
@@ -275,6 +282,7 @@ pub async fn match_keep(
         patterns,
         &rels,
         &['r', 'p'],
+        schemas,
         &format!("the destination's {}", schemas.join(", ")),
     )?;
     let listed: HashSet<String> = rels.iter().map(Rel::key).collect();
@@ -332,6 +340,7 @@ pub async fn resolve(
         &filters.exclude_table_data,
         &src_rels,
         &['r', 'p'],
+        schemas,
         &where_,
     )?;
     res.matched.exclude_table_data = m;
@@ -340,6 +349,7 @@ pub async fn resolve(
         &filters.exclude_table,
         &src_rels,
         &['r', 'p', 'f', 'v', 'm'],
+        schemas,
         &where_,
     )?;
     res.matched.exclude_table = m;
@@ -886,6 +896,7 @@ mod tests {
 
     #[test]
     fn partitions_follow_their_parent_and_no_match_is_refused() {
+        let here = ["public".to_string()];
         let rels = vec![
             rel("log", None),
             rel("log_2024", Some("log")),
@@ -893,7 +904,7 @@ mod tests {
             rel("users", None),
         ];
         let pats = vec![TablePattern::parse("lo?").unwrap()];
-        let (m, all) = match_filter("--x", &pats, &rels, &['r', 'p'], "here").unwrap();
+        let (m, all) = match_filter("--x", &pats, &rels, &['r', 'p'], &here, "here").unwrap();
         assert_eq!(m[0].tables, ["log", "log_2024", "log_2024_01"]);
         assert_eq!(all.len(), 3);
         // An inheritance child follows each of its parents.
@@ -902,16 +913,25 @@ mod tests {
         let rels = vec![rel("pa", None), rel("pb", None), kid, rel("log", None)];
         for parent in ["pa", "pb"] {
             let pats = vec![TablePattern::parse(parent).unwrap()];
-            let (m, _) = match_filter("--x", &pats, &rels, &['r', 'p'], "here").unwrap();
+            let (m, _) = match_filter("--x", &pats, &rels, &['r', 'p'], &here, "here").unwrap();
             assert_eq!(m[0].tables, ["kid", parent]);
         }
         let pats = vec![TablePattern::parse("nope*").unwrap()];
-        let err = match_filter("--x", &pats, &rels, &['r', 'p'], "here")
+        let err = match_filter("--x", &pats, &rels, &['r', 'p'], &here, "here")
             .unwrap_err()
             .to_string();
         assert_eq!(
             err,
             "--x nope*: no table of here matches; nothing was changed"
+        );
+        // A schema part that names no migrated schema says so.
+        let pats = vec![TablePattern::parse("audit.log").unwrap()];
+        let err = match_filter("--x", &pats, &rels, &['r', 'p'], &here, "here")
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            err,
+            "--x audit.log: no table of here matches (its schema is not among --schemas: pgshift migrates only those, and leaves the tables of the others as they are); nothing was changed"
         );
     }
 }

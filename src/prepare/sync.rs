@@ -683,7 +683,7 @@ async fn validate_one(
         .find(|t| t.schema == schema && t.name == p.name);
     if dest_row.is_none() && src.is_none() {
         problems.push(format!(
-            "{shown}: no such table in the destination's nor in the source's {schema} schema{}",
+            "{shown}: no such table in the destination's {schema} schema, nor in the source's{}",
             crate::pg::ident::fold_hint_among(
                 &p.name,
                 source_tables

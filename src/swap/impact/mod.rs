@@ -283,16 +283,16 @@ impl Impact {
         let mut out = Vec::new();
         for f in &self.statements.failing {
             out.push(format!(
-                "statement will fail ({} calls): {}: {}",
-                f.calls,
+                "statement will fail ({}): {}: {}",
+                report::plural(f.calls.max(0) as usize, "call"),
                 report::short_query(&f.query, 80),
                 f.error
             ));
         }
         for c in &self.statements.result_type_changed {
             out.push(format!(
-                "statement will change result type ({} calls): {}: {}",
-                c.calls,
+                "statement will change result type ({}): {}: {}",
+                report::plural(c.calls.max(0) as usize, "call"),
                 report::short_query(&c.query, 80),
                 c.columns.join(", ")
             ));
