@@ -301,6 +301,11 @@ where
         let Some(why) = policy.retryable(&e) else {
             return Err(Stop::Failed(e));
         };
+        // Interrupted during the attempt (its wait ran to its timeout): no
+        // "retrying" after "stopping cleanly".
+        if cancel.is_some_and(|c| c.is_cancelled()) {
+            return Err(Stop::Interrupted);
+        }
         if n > policy.retries {
             return Err(Stop::Exhausted {
                 attempts: n,

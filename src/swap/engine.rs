@@ -814,8 +814,9 @@ pub async fn swap<H: InTx>(
             done
         }
         Err(Stop::Exhausted { attempts, why, .. }) if unheld.load(Ordering::Relaxed) => bail!(
-            "the swap could not take its locks after {attempts} attempts ({why}); nothing was changed. Taking the swap's locks alone takes longer than its lock window, 4/5 of deadlock_timeout ({}) from the first lock: raise deadlock_timeout on the destination (a superuser's setting: ALTER DATABASE … SET deadlock_timeout, or the server's configuration)",
-            show_setting(control, "deadlock_timeout").await
+            "the swap could not take its locks after {attempts} attempts ({why}); nothing was changed. Taking the swap's locks alone takes longer than its lock window, 4/5 of deadlock_timeout ({}) or --lock-timeout ({}), whichever is shorter, from the first lock: raise the shorter (deadlock_timeout is a superuser's setting: ALTER DATABASE … SET deadlock_timeout, or the server's configuration)",
+            show_setting(control, "deadlock_timeout").await,
+            crate::output::human_ms(policy.lock_timeout.as_millis() as u64)
         ),
         Err(Stop::Exhausted { attempts, why, .. })
             if latest(&waited_for).is_some_and(|w| w.by_autovacuum) =>
@@ -826,7 +827,7 @@ pub async fn swap<H: InTx>(
             )
         }
         Err(Stop::Exhausted { attempts, why, .. }) => bail!(
-            "the swap could not take its locks after {attempts} attempts ({why}){}; nothing was changed. A long-running query or transaction on the destination holds a lock on a table the swap locks, or the application's transactions keep waiting for the swap while it waits for them (each wait ends at 4/5 of deadlock_timeout, whatever --lock-timeout says): end it, or raise --swap-retries",
+            "the swap could not take its locks after {attempts} attempts ({why}){}; nothing was changed. A long-running query or transaction on the destination holds a lock on a table the swap locks, or the application's transactions keep waiting for the swap while it waits for them (each wait ends at --lock-timeout, or sooner at 4/5 of deadlock_timeout): end it, or raise --swap-retries",
             last_wait(&waited_for)
         ),
         Err(Stop::Failed(e)) if e.chain().any(|c| c.is::<CommitUnanswered>()) => {
@@ -848,7 +849,13 @@ pub async fn swap<H: InTx>(
             });
         }
         Err(Stop::Failed(e)) => {
-            return Err(e.context("the swap was rolled back; the destination is unchanged"));
+            // A refusal under the locks says "nothing was changed" already.
+            let said = format!("{e:#}").contains("nothing was changed");
+            return Err(e.context(if said {
+                "the swap was rolled back"
+            } else {
+                "the swap was rolled back; the destination is unchanged"
+            }));
         }
         Err(Stop::Interrupted) => return Err(anyhow::Error::new(Interrupted)),
     };
@@ -1532,8 +1539,7 @@ fn window_left(setting: &str) -> String {
 }
 
 /// Why an attempt gave up when its lock window closed.
-const WINDOW_CLOSED: &str =
-    "the locks took longer than one lock wait may (4/5 of deadlock_timeout)";
+const WINDOW_CLOSED: &str = "the locks took longer than one lock wait may (--lock-timeout, or 4/5 of deadlock_timeout when shorter)";
 
 /// Did this attempt give up because its lock window closed?
 fn is_window_closed(e: &anyhow::Error) -> bool {
