@@ -99,6 +99,14 @@ fn filters_dry_run_refusals_start_and_rollback() {
         "{text}"
     );
     assert!(text.contains("events_2 (no data)"), "{text}");
+    // The destination's written tables: the kept ones are said to be kept.
+    for table in ["audit", "\"Settings\""] {
+        assert!(
+            text.lines()
+                .any(|l| l.trim_start().starts_with(table) && l.trim_end().ends_with("kept")),
+            "{table}: {text}"
+        );
+    }
 
     // Refusals: exit 2, one line, nothing changed on the destination.
     let before = catalog_fingerprint(&dbs.dst);

@@ -335,11 +335,19 @@ fn print_writes_hint(plan: &PlanReport, w: &WritesSinceReset) {
         return;
     }
     crate::outln!(
-        "Destination tables written {since} (their rows are replaced by the swap unless preserved):"
+        "Destination tables written {since} (the swap replaces their rows unless they are preserved or kept):"
     );
+    let kept: Vec<&String> = plan
+        .filters
+        .iter()
+        .flat_map(|f| &f.keep_tables)
+        .flat_map(|m| &m.shown)
+        .collect();
     let preserved = |tw: &TableWrites| {
         if plan.preserved_tables.contains(&tw.table) {
             "preserved".to_string()
+        } else if kept.contains(&&tw.table) {
+            "kept".to_string()
         } else {
             String::new()
         }
