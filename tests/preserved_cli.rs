@@ -1374,6 +1374,51 @@ fn a_preserved_column_of_an_extension_type_the_destination_lacks_is_checked_afte
     );
 }
 
+/// Keys whose columns change type the way applications change them: a
+/// same-named domain now over `citext` (it passed in silence, then the copy
+/// failed on 'A@x' beside 'a@x'), a key widened from `varchar(10)` to `text`
+/// (values stay apart: tried as they are, where it was a warning), and a
+/// new domain over `citext`, of an extension in public (it was refused as a
+/// type the migration creates).
+#[test]
+fn keys_over_retyped_columns_are_tried_as_the_copy_stores_them() {
+    let dbs = TestDbs::new("preserved_retyped_keys");
+    dbs.src.psql(
+        "CREATE EXTENSION citext;
+         CREATE DOMAIN email AS citext; CREATE DOMAIN em AS citext;
+         CREATE TABLE users (id int PRIMARY KEY, email email UNIQUE, alt em, code text UNIQUE);",
+    );
+    dbs.dst.psql(
+        "CREATE EXTENSION citext;
+         CREATE DOMAIN email AS text;
+         CREATE TABLE users (id int PRIMARY KEY, email email UNIQUE, alt text, code varchar(10));
+         INSERT INTO users VALUES (1, 'A@x', 'a', 'c1'), (2, 'a@x', 'b', 'c1');",
+    );
+    let wd = Workdir::new();
+    let out = run_users_preserved(&wd, &dbs, "prepare", &["--dry-run"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    for needle in [
+        "unique index users_email_key (email): Key (email)=(",
+        "unique index users_code_key (code): Key (code)=(c1)",
+    ] {
+        assert!(err.contains(needle), "{needle}: {err}");
+    }
+    assert!(!err.contains("alt"), "{err}");
+    dbs.dst
+        .psql("UPDATE users SET email = 'b@x', code = 'c2' WHERE id = 2");
+    let out = run_users_preserved(&wd, &dbs, "prepare", &["--dry-run"]);
+    let said = common::said_by(&out);
+    assert_eq!(out.status.code(), Some(0), "{said}");
+    assert!(!said.contains("was not tried"), "{said}");
+    with_users_preserved(&wd, &dbs, "prepare", &[]);
+    assert_eq!(
+        dbs.dst
+            .psql("SELECT string_agg(email || alt || code, ',' ORDER BY id) FROM shadow.users"),
+        "A@xac1,b@xbc2"
+    );
+}
+
 /// The destination's rows of a preserved table that the source's columns
 /// cannot hold (a longer text than the new length, a number beyond the new
 /// precision, a NULL where the source says NOT NULL) are found before

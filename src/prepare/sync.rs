@@ -377,7 +377,7 @@ fn describe_keys(keys: &[KeyCandidate]) -> String {
 }
 
 /// A column's type as validation sees it.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 struct ColType {
     name: String,
     /// `format_type()` with typmod, for messages.
@@ -402,6 +402,9 @@ struct ColType {
     /// When the (element) type is a domain: the type it is over
     /// (`"schema"."type"`, its schema) and its typmod.
     domain_over: Option<(String, String, i32)>,
+    /// The type a domain is over belongs to an extension (`citext`, in a
+    /// migrated schema yet not the migration's).
+    domain_over_ext: bool,
     /// When it is a domain: whether it is NOT NULL, and its CHECKs
     /// (`CONSTRAINT "name" CHECK (…)`), which a trial of a domain not there
     /// yet (one of a migrated schema) tries as well.
@@ -435,7 +438,9 @@ async fn column_types(client: &Client, rel: u32) -> Result<Vec<ColType>> {
                            WHERE bt.typtype = 'd' AND k.contypid = bt.oid AND k.contype = 'c'
                            ORDER BY k.conname),
                     CASE WHEN a.attcollation = 0 OR a.attcollation = t.typcollation THEN ''
-                         ELSE pg_catalog.quote_ident(cn.nspname) || '.' || pg_catalog.quote_ident(co.collname) END
+                         ELSE pg_catalog.quote_ident(cn.nspname) || '.' || pg_catalog.quote_ident(co.collname) END,
+                    EXISTS (SELECT 1 FROM pg_catalog.pg_depend d WHERE d.classid = 'pg_catalog.pg_type'::regclass
+                             AND d.objid = dt.oid AND d.deptype = 'e')
                FROM pg_catalog.pg_attribute a
                LEFT JOIN pg_catalog.pg_collation co ON co.oid = a.attcollation
                LEFT JOIN pg_catalog.pg_namespace cn ON cn.oid = co.collnamespace
@@ -471,6 +476,7 @@ async fn column_types(client: &Client, rel: u32) -> Result<Vec<ColType>> {
             domain_not_null: r.get(17),
             domain_checks: r.get(18),
             collation: r.get(19),
+            domain_over_ext: r.get(20),
         },
     )
     .await
@@ -953,10 +959,19 @@ async fn type_problem(
             && !s.is_array
             && !d.is_array
             && let Some((over, over_schema, _)) = &s.domain_over
-            && !schemas.contains(over_schema)
-            && assignable_to(dest, d.type_oid, over).await? == Some(true)
+            && (!schemas.contains(over_schema) || s.domain_over_ext)
         {
-            return Ok(None);
+            match assignable_to(dest, d.type_oid, over).await? {
+                Some(true) => return Ok(None),
+                // Over an extension's type (`citext`) prepare creates.
+                None if s.domain_over_ext => {
+                    return Ok(Some(TypeCheck::NotYet(format!(
+                        "the source's domain {} is over {over}, of an extension the destination does not have yet; whether destination type {} converts to it is checked once prepare has created it",
+                        s.format, d.format
+                    ))));
+                }
+                _ => {}
+            }
         }
         // Any other type the migration creates in shadow: only the
         // same-named type fits (its values travel as text).
@@ -1045,7 +1060,7 @@ async fn fit_problem(
         (s.qual.as_str(), s.typmod, "")
     } else {
         match &s.domain_over {
-            Some((over, schema, typmod)) if !remapped(schema, false) => {
+            Some((over, schema, typmod)) if !remapped(schema, s.domain_over_ext) => {
                 (over.as_str(), *typmod, if s.is_array { "[]" } else { "" })
             }
             _ => return Ok(Fit::Fits),
@@ -1358,6 +1373,10 @@ fn left_to_copy(t: &Tried<'_>, columns: &[String], ordered: bool) -> Option<Stri
                 "column {shown} changes type ({} becomes {})",
                 d.format, s.format
             )),
+            Some(d) if stored_as(s) != stored_as(d) => Some(format!(
+                "column {shown}'s domain {} is over another type in the source",
+                s.format
+            )),
             Some(d) if ordered && s.labels != d.labels => Some(format!(
                 "column {shown}'s enum {} has other labels, or in another order, in the source",
                 s.format
@@ -1459,7 +1478,7 @@ async fn unique_problems(t: &Tried<'_>, schemas: &[String]) -> Result<Vec<Fit>> 
         // otherwise count: with them a destination index of the same text
         // holds nothing of the source's.
         u.functions = differing_calls(t.dest, &u.functions).await?;
-        let retyped = u.reads.iter().any(|c| type_changes(t, c));
+        let retyped = u.reads.iter().any(|c| may_merge(t, c));
         // Held already: the destination has a unique index on the same
         // columns under the same collations, over all its rows or the
         // same ones, and of the same types (a unique `text` column that
@@ -1481,16 +1500,11 @@ async fn unique_problems(t: &Tried<'_>, schemas: &[String]) -> Result<Vec<Fit>> 
         }
         // A key column whose type changes is tried as the copy stores it
         // (`email::citext`), where it can be (see [`key_casts`]).
-        let casts = key_casts(t, &u, schemas).await?;
+        let (casts, answered) = key_casts(t, &u, schemas).await?;
         let reads: Vec<String> = u
             .reads
             .iter()
-            .filter(|c| {
-                !u.columns
-                    .iter()
-                    .zip(&casts)
-                    .any(|(k, cast)| k == *c && cast.is_some())
-            })
+            .filter(|c| !answered.contains(*c))
             .cloned()
             .collect();
         // An expression (`lower(email)`) computes under its column's
@@ -1523,63 +1537,141 @@ async fn unique_problems(t: &Tried<'_>, schemas: &[String]) -> Result<Vec<Fit>> 
     Ok(out)
 }
 
-/// Does column `c`'s type (or typmod) differ between the sides?
-fn type_changes(t: &Tried<'_>, c: &str) -> bool {
-    let Some(s) = t.src_cols.iter().find(|s| s.name == c) else {
+/// The type a column's values are stored as, and its typmod: a domain's
+/// base type (`email` over `text`), else its own.
+fn stored_as(c: &ColType) -> (&str, i32) {
+    match &c.domain_over {
+        Some((over, _, typmod)) if !c.is_array => (over.as_str(), *typmod),
+        _ => (c.qual.as_str(), c.typmod),
+    }
+}
+
+/// Could the copy's conversion of column `c` from the destination's type
+/// to the source's make two of the destination's distinct values equal, so
+/// that a key that holds there no longer does? `text` to `citext`,
+/// `numeric(10,2)` to `numeric(10,0)`, a same-named domain now over
+/// `citext`: yes. A widening that keeps every value apart (`int` to
+/// `bigint`, `varchar(50)` to `text`, a longer `varchar`): no, and the key
+/// needs no trial for it (a scan of a big table, for nothing).
+fn may_merge(t: &Tried<'_>, c: &str) -> bool {
+    match (
+        t.dest_by_name.get(c),
+        t.src_cols.iter().find(|s| s.name == c),
+    ) {
+        (Some(d), Some(s)) => merges(d, s),
+        _ => false,
+    }
+}
+
+/// [`may_merge`] from the destination's column `d` to the source's `s`.
+fn merges(d: &ColType, s: &ColType) -> bool {
+    if d.qual == s.qual && d.typmod == s.typmod && stored_as(d) == stored_as(s) {
         return false;
-    };
-    t.dest_by_name
-        .get(c)
-        .is_some_and(|d| d.qual != s.qual || d.typmod != s.typmod)
+    }
+    let plain = |q: &str| q.replace('"', "");
+    let ((from, _), (to, to_mod)) = (stored_as(d), stored_as(s));
+    let (from, to) = (plain(from), plain(to));
+    if d.is_array != s.is_array {
+        return true;
+    }
+    const TEXTS: &[&str] = &["pg_catalog.text", "pg_catalog.varchar"];
+    if from == to {
+        // Only the typmod: a length bounds a string (too long a value is
+        // refused, never cut) and none bounds nothing; a scale or a
+        // precision rounds.
+        return !(to_mod == -1 || TEXTS.contains(&to.as_str()) || to == "pg_catalog.bpchar");
+    }
+    const WIDER: &[(&str, &[&str])] = &[
+        (
+            "pg_catalog.int2",
+            &[
+                "pg_catalog.int4",
+                "pg_catalog.int8",
+                "pg_catalog.numeric",
+                "pg_catalog.float4",
+                "pg_catalog.float8",
+            ],
+        ),
+        (
+            "pg_catalog.int4",
+            &["pg_catalog.int8", "pg_catalog.numeric", "pg_catalog.float8"],
+        ),
+        ("pg_catalog.int8", &["pg_catalog.numeric"]),
+        ("pg_catalog.float4", &["pg_catalog.float8"]),
+        ("pg_catalog.text", TEXTS),
+        ("pg_catalog.varchar", TEXTS),
+        ("pg_catalog.bpchar", TEXTS),
+    ];
+    !WIDER
+        .iter()
+        .any(|(f, tos)| *f == from && tos.contains(&to.as_str()))
 }
 
 /// For each key of a unique index (`u.keys`), the type to cast the
-/// destination's column to where its type changes (`text` to `citext`,
-/// `numeric(10,2)` to `numeric(10,0)`), as this session names it; None
-/// for the others. The copy stores such a value by assignment, and an
+/// destination's column to where the copy's conversion may merge its
+/// values ([`may_merge`]: `text` to `citext`), as this session names it;
+/// None for the others. The copy stores such a value by assignment, and an
 /// assignment cast is the explicit one (where the two differ, the column
 /// trial refuses first). Only a plain key column the index's WHERE does not
-/// read, of a type the destination has now and that is not the migration's
-/// own (created with the shadow, not here yet: the copy goes through its
-/// text form); the others are left to the copy, said.
+/// read, of a type the destination has now: the source's, or for a domain
+/// the migration creates (not here yet), the type it is over where that is
+/// not the migration's. Also the columns so answered, with those whose
+/// change keeps every value apart: the others are left to the copy, said.
 async fn key_casts(
     t: &Tried<'_>,
     u: &UniqueIndex,
     schemas: &[String],
-) -> Result<Vec<Option<String>>> {
+) -> Result<(Vec<Option<String>>, HashSet<String>)> {
     let mut out = vec![None; u.keys.len()];
+    let mut answered = HashSet::new();
     if u.expressions {
-        return Ok(out);
+        return Ok((out, answered));
     }
     let Some(in_where) = u
         .predicate
         .as_deref()
         .map_or(Some(HashSet::new()), columns_read)
     else {
-        return Ok(out);
+        return Ok((out, answered));
     };
+    let migrated = |schema: &str, ext: bool| schemas.iter().any(|m| m == schema) && !ext;
     for (i, c) in u.columns.iter().enumerate() {
         let Some(s) = t.src_cols.iter().find(|s| &s.name == c) else {
             continue;
         };
-        if !type_changes(t, c)
-            || s.generated
-            || in_where.contains(c)
-            || (schemas.iter().any(|m| m == &s.base_schema) && !s.base_ext)
-        {
+        if s.generated || in_where.contains(c) || !t.dest_by_name.contains_key(c.as_str()) {
             continue;
         }
+        if !may_merge(t, c) {
+            answered.insert(c.clone());
+            continue;
+        }
+        let (target, typmod) = if !migrated(&s.base_schema, s.base_ext) {
+            (s.qual.as_str(), s.typmod)
+        } else {
+            match &s.domain_over {
+                Some((over, schema, typmod))
+                    if !s.is_array && !migrated(schema, s.domain_over_ext) =>
+                {
+                    (over.as_str(), *typmod)
+                }
+                _ => continue,
+            }
+        };
         out[i] = t
             .dest
             .query_opt(
                 "SELECT pg_catalog.format_type(t.oid, $2) FROM pg_catalog.pg_type t WHERE t.oid = pg_catalog.to_regtype($1)",
-                &[&s.qual, &s.typmod],
+                &[&target, &typmod],
             )
             .await
             .map_err(|e| pg_error_as(e, "resolving a type"))?
             .map(|r| r.get(0));
+        if out[i].is_some() {
+            answered.insert(c.clone());
+        }
     }
-    Ok(out)
+    Ok((out, answered))
 }
 
 /// The column names an expression of one table reads (`deleted_at IS
@@ -5407,6 +5499,58 @@ pub async fn apply_deferred(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn widening_a_key_keeps_its_values_apart() {
+        let col = |qual: &str, typmod: i32| ColType {
+            qual: qual.into(),
+            typmod,
+            ..ColType::default()
+        };
+        let merges_to =
+            |from: (&str, i32), to: (&str, i32)| merges(&col(from.0, from.1), &col(to.0, to.1));
+        assert!(!merges_to(("pg_catalog.int4", -1), ("pg_catalog.int8", -1)));
+        assert!(!merges_to(
+            ("pg_catalog.int8", -1),
+            ("pg_catalog.\"numeric\"", -1)
+        ));
+        assert!(!merges_to(
+            ("pg_catalog.\"varchar\"", 54),
+            ("pg_catalog.text", -1)
+        ));
+        assert!(!merges_to(
+            ("pg_catalog.\"varchar\"", 54),
+            ("pg_catalog.\"varchar\"", 24)
+        ));
+        assert!(!merges_to(
+            ("pg_catalog.\"numeric\"", 655366),
+            ("pg_catalog.\"numeric\"", -1)
+        ));
+        assert!(merges_to(
+            ("pg_catalog.\"numeric\"", 655366),
+            ("pg_catalog.\"numeric\"", 655364)
+        ));
+        assert!(merges_to(("pg_catalog.text", -1), ("public.citext", -1)));
+        assert!(merges_to(
+            ("pg_catalog.text", -1),
+            ("pg_catalog.bpchar", 14)
+        ));
+        assert!(merges_to(
+            ("pg_catalog.int8", -1),
+            ("pg_catalog.float8", -1)
+        ));
+        assert!(merges_to(
+            ("pg_catalog.timestamptz", -1),
+            ("pg_catalog.\"timestamp\"", -1)
+        ));
+        // A same-named domain over another type.
+        let mut d = col("public.email", -1);
+        d.domain_over = Some(("pg_catalog.text".into(), "pg_catalog".into(), -1));
+        let mut s = d.clone();
+        s.domain_over = Some(("public.citext".into(), "public".into(), -1));
+        assert!(merges(&d, &s));
+        assert!(!merges(&d, &d.clone()));
+    }
 
     #[test]
     fn the_columns_an_index_where_reads() {
