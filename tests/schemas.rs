@@ -2226,7 +2226,9 @@ fn a_schema_whose_name_needs_quotes_gets_every_dependency_check() {
            AS 'SELECT $1 + $2';
          CREATE OPERATOR \"Mixed Case\".## (LEFTARG = int, RIGHTARG = int, FUNCTION = \"Mixed Case\".plus);
          CREATE TABLE \"Mixed Case\".parent (id int PRIMARY KEY);
-         CREATE VIEW public.t_count AS SELECT count(*) FROM \"Mixed Case\".t;";
+         CREATE VIEW public.t_count AS SELECT count(*) FROM \"Mixed Case\".t;
+         CREATE TABLE \"Mixed Case\".s (id serial PRIMARY KEY);
+         CREATE TABLE public.s_log (id int DEFAULT nextval('\"Mixed Case\".s_id_seq'));";
     dbs.src.psql(app);
     dbs.dst.psql(app);
     dbs.src.psql(
@@ -2284,6 +2286,22 @@ fn a_schema_whose_name_needs_quotes_gets_every_dependency_check() {
     assert_usage_error(&out, "own copy of t, which would stay behind");
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("t_count"), "{err}");
+    // So does a default drawing from the sequence of the copy left behind.
+    let out = wd.run(&[
+        "rollback",
+        "--dest",
+        &dst,
+        "--latest",
+        "--keep-tables",
+        "\"Mixed Case\".s",
+    ]);
+    assert_usage_error(&out, "own copy of s, which would stay behind");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("default value for column id of table"),
+        "{err}"
+    );
+    assert!(err.contains("s_log"), "{err}");
     assert_eq!(
         dbs.dst
             .query_one_string("SELECT count(*) FROM \"Mixed Case\".t"),

@@ -1549,8 +1549,10 @@ pub(crate) const DEPENDENT_IN_RELATION: &str = "
                      END), false)";
 
 /// Objects of the backup's schemas (`backups`: every schema of it, not only
-/// `schema`) that depend on `schema`'s copies of `tables` (views, functions
-/// with SQL bodies, columns of their row type…), other than the tables' own
+/// `schema`) that depend on `schema`'s copies of `tables` or on the
+/// sequences those own (views, functions with SQL bodies, columns of their
+/// row type, another table's default drawing from their sequence…), other
+/// than the tables' own
 /// parts and foreign keys (those are re-pointed). For a backup's own copies
 /// of kept tables: those objects would move in while the copy stays behind,
 /// and read it (a refusal). A view of the backup's `audit` over its
@@ -1580,8 +1582,14 @@ async fn dependents_among(
     Ok(names(
         depending_on(
             client,
-            "t AS (SELECT c.oid, c.reltype FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
-                WHERE n.nspname = $1 AND c.relname = ANY($2) AND c.relkind IN ('r', 'p'))",
+            "tables AS (SELECT c.oid, c.reltype FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+                WHERE n.nspname = $1 AND c.relname = ANY($2) AND c.relkind IN ('r', 'p')),
+             t AS (SELECT oid, reltype FROM tables
+                   UNION
+                   SELECT s.oid, s.reltype FROM pg_catalog.pg_class s JOIN pg_catalog.pg_depend d
+                       ON d.classid = 'pg_catalog.pg_class'::regclass AND d.objid = s.oid
+                      AND d.refclassid = 'pg_catalog.pg_class'::regclass AND d.deptype IN ('a', 'i')
+                    WHERE s.relkind = 'S' AND d.refobjid IN (SELECT oid FROM tables))",
             "t",
             true,
             Some("$3::text[]"),
