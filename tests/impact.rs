@@ -1433,6 +1433,11 @@ async fn long_transactions_and_idle_sessions_are_blockers() {
         assert!(note.contains(&needle), "{needle}: {note}");
     }
     assert!(!note.contains("pgshift swap"), "{note}");
+    // Those in a transaction: not the idle sessions (this test's own).
+    assert!(
+        note.starts_with("4 transactions of other roles open in this database are hidden"),
+        "{note}"
+    );
     assert_eq!(
         impact::hidden_sessions(&c, &public_shadow()).await.unwrap(),
         None

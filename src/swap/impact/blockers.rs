@@ -129,8 +129,11 @@ pub async fn blockers(
 /// The note about this database's sessions of other roles that this role
 /// cannot see (`<insufficient privilege>`: no transaction start, state nor
 /// query without `pg_read_all_stats`), so neither [`blockers`] nor
-/// [`older_snapshots`] can judge them: those holding locks on the swapped
-/// relations now named with their tables. None when there are none.
+/// [`older_snapshots`] can judge them: those in a transaction now (they
+/// hold their virtual transaction id's lock), and of those the ones holding
+/// locks on the swapped relations named with their tables. Not autovacuum
+/// (no role: the swap's waits end before it would hold them up). None when
+/// there are none.
 pub async fn hidden_sessions(
     client: &impl GenericClient,
     pairs: &[SchemaPair],
@@ -147,7 +150,12 @@ pub async fn hidden_sessions(
           WHERE a.datname = pg_catalog.current_database()
             AND a.pid <> pg_catalog.pg_backend_pid()
             AND a.query = '<insufficient privilege>'
+            AND a.usesysid IS NOT NULL
             AND COALESCE(a.application_name, '') NOT LIKE 'pgshift%'
+            -- In a transaction now: it holds its own virtual transaction
+            -- id's lock (an idle session holds nothing up).
+            AND EXISTS (SELECT 1 FROM pg_catalog.pg_locks v
+                         WHERE v.pid = a.pid AND v.locktype = 'virtualxid' AND v.granted)
           ORDER BY locked.pid IS NULL, a.pid"
         ),
         &[&schemas],
@@ -174,21 +182,28 @@ pub async fn hidden_sessions(
         })
         .collect();
     let n = rows.len();
-    let (sessions, verb) = if n == 1 {
-        ("1 session of another role".to_string(), "is")
-    } else {
-        (format!("{n} sessions of other roles"), "are")
-    };
     let locks = if holding.is_empty() {
         String::new()
     } else {
         format!(
-            "; holding locks on swapped tables now: {}",
+            " Holding locks on swapped tables now: {}.",
             holding.join("; ")
         )
     };
+    let (sessions, they) = if n == 1 {
+        (
+            "1 transaction of another role".to_string(),
+            ["is", "it has", "it began"],
+        )
+    } else {
+        (
+            format!("{n} transactions of other roles"),
+            ["are", "they have", "they began"],
+        )
+    };
     Ok(Some(format!(
-        "{sessions} in this database {verb} hidden from this role{locks}: how long their transactions have been open (a long one holds the swap up) and whether they began before prepare are not known; grant this role pg_read_all_stats to see them"
+        "{sessions} open in this database {} hidden from this role, so how long {} been open (a long one holds the swap up) and whether {} before prepare are not known; grant this role pg_read_all_stats to see them.{locks}",
+        they[0], they[1], they[2]
     )))
 }
 
