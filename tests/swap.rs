@@ -71,7 +71,14 @@ fn swap_retrying(wd: &Workdir, dbs: &TestDbs, extra: &[&str]) -> std::process::O
 /// The report of a swap that succeeded after more than one attempt.
 fn retried(out: &std::process::Output) -> serde_json::Value {
     let report: serde_json::Value = serde_json::from_str(&assert_success(out)).unwrap();
-    assert!(report["attempts"].as_u64().unwrap() > 1, "{report}");
+    let attempts = report["attempts"].as_u64().unwrap();
+    assert!(attempts > 1, "{report}");
+    // Each attempt that gave up waited out its lock wait (200 ms) holding
+    // what it had locked: said beside the committing attempt's time.
+    assert!(
+        report["earlier_attempts_ms"].as_u64().unwrap() >= 150 * (attempts - 1),
+        "{report}"
+    );
     report
 }
 

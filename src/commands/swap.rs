@@ -190,8 +190,16 @@ pub fn print_head(
         objects(m.moved_out)
     );
     print_schemas(schemas);
+    let earlier = match m.attempts {
+        0 | 1 => String::new(),
+        n => format!(
+            "; the {} that gave up held theirs {} more in all",
+            n - 1,
+            crate::output::human_ms(m.earlier_attempts_ms)
+        ),
+    };
     crate::outln!(
-        "Locks held for {} ms ({} attempt{})",
+        "Locks held for {} ms ({} attempt{}{earlier})",
         m.lock_held_ms,
         m.attempts,
         if m.attempts == 1 { "" } else { "s" }

@@ -59,7 +59,7 @@
 
 use std::collections::{BTreeSet, HashSet};
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
@@ -355,6 +355,9 @@ pub struct Moved {
     /// From the first lock request to the end of COMMIT, in milliseconds.
     pub lock_held_ms: u64,
     pub attempts: u32,
+    /// The attempts that gave up, together: from each one's first statement
+    /// to its rollback (the locks it took held the application up meanwhile).
+    pub earlier_attempts_ms: u64,
     pub moved_out: usize,
     pub moved_in: usize,
 }
@@ -754,6 +757,7 @@ pub async fn swap<H: InTx>(
     let waits_seen = AtomicU32::new(0);
     let attempts_run = AtomicU32::new(0);
     let unheld = AtomicBool::new(false);
+    let gave_up_ms = AtomicU64::new(0);
     let attempt = || async {
         let listed = first_listing.lock().ok().and_then(|mut l| l.take());
         if listed.is_none() {
@@ -768,6 +772,7 @@ pub async fn swap<H: InTx>(
         let first = waited_for.lock().map(|w| w.clone()).unwrap_or_default();
         let seen_before = waits_seen.load(Ordering::Relaxed);
         let this_attempt = attempts_run.fetch_add(1, Ordering::Relaxed) + 1;
+        let began = std::time::Instant::now();
         let run = one_attempt(
             &client,
             &req,
@@ -799,7 +804,11 @@ pub async fn swap<H: InTx>(
                 w.describe("the swap waited for")
             );
         }
-        rollback_on_err(&client, r).await
+        let r = rollback_on_err(&client, r).await;
+        if r.is_err() {
+            gave_up_ms.fetch_add(began.elapsed().as_millis() as u64, Ordering::Relaxed);
+        }
+        r
     };
     let done = match retry(
         "the swap could not take its locks",
@@ -811,6 +820,7 @@ pub async fn swap<H: InTx>(
     {
         Ok((mut done, attempts)) => {
             done.moved.attempts = attempts;
+            done.moved.earlier_attempts_ms = gave_up_ms.load(Ordering::Relaxed);
             done
         }
         Err(Stop::Exhausted { attempts, why, .. }) if unheld.load(Ordering::Relaxed) => bail!(
@@ -1996,6 +2006,7 @@ async fn one_attempt<H: InTx>(
         moved: Moved {
             lock_held_ms: held,
             attempts: 0,
+            earlier_attempts_ms: 0,
             moved_out: listed.out().count(),
             moved_in: listed.inc().count(),
         },
