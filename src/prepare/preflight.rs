@@ -1701,7 +1701,7 @@ pub async fn plan_extensions(
     for e in src_exts {
         match dst_exts.iter().find(|d| d.name == e.name) {
             Some(d) if d.schema != e.schema => problems.push(format!(
-                "extension {} is in schema {} on the source but in {} on the destination",
+                "extension {} is in schema {} on the source but in {} on the destination; the source's objects name its types and functions by schema: put it in the same schema on both sides (ALTER EXTENSION … SET SCHEMA where the extension allows it, as PostGIS 3 does not: there, drop it and create it in that schema, with what depends on it)",
                 e.name, e.schema, d.schema
             )),
             Some(d) => {
