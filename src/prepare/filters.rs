@@ -916,21 +916,19 @@ mod tests {
             let (m, _) = match_filter("--x", &pats, &rels, &['r', 'p'], &here, "here").unwrap();
             assert_eq!(m[0].tables, ["kid", parent]);
         }
-        let pats = vec![TablePattern::parse("nope*").unwrap()];
-        let err = match_filter("--x", &pats, &rels, &['r', 'p'], &here, "here")
-            .unwrap_err()
-            .to_string();
+        let refused = |pattern: &str| {
+            let pats = vec![TablePattern::parse(pattern).unwrap()];
+            match_filter("--x", &pats, &rels, &['r', 'p'], &here, "here")
+                .unwrap_err()
+                .to_string()
+        };
         assert_eq!(
-            err,
+            refused("nope*"),
             "--x nope*: no table of here matches; nothing was changed"
         );
         // A schema part that names no migrated schema says so.
-        let pats = vec![TablePattern::parse("audit.log").unwrap()];
-        let err = match_filter("--x", &pats, &rels, &['r', 'p'], &here, "here")
-            .unwrap_err()
-            .to_string();
         assert_eq!(
-            err,
+            refused("audit.log"),
             "--x audit.log: no table of here matches (its schema is not among --schemas: pgshift migrates only those, and leaves the tables of the others as they are); nothing was changed"
         );
     }

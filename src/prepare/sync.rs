@@ -1020,6 +1020,20 @@ async fn type_problem(
     ))))
 }
 
+/// The type `qual` (`"schema"."type"`) with `typmod` as this session names
+/// it (qualified where its search path would not find it), or None where
+/// this server has no such type (yet).
+async fn type_named(client: &Client, qual: &str, typmod: i32) -> Result<Option<String>> {
+    Ok(client
+        .query_opt(
+            "SELECT pg_catalog.format_type(t.oid, $2) FROM pg_catalog.pg_type t WHERE t.oid = pg_catalog.to_regtype($1)",
+            &[&qual, &typmod],
+        )
+        .await
+        .map_err(|e| pg_error_as(e, "resolving a type"))?
+        .map(|r| r.get(0)))
+}
+
 /// What [`fit_problem`]'s trial found.
 enum Fit {
     /// The rows fit, or nothing needed trying.
@@ -1080,19 +1094,9 @@ async fn fit_problem(
     if same && !narrows_null && !constrained {
         return Ok(Fit::Fits);
     }
-    // That type as this session names it (qualified where its search path
-    // would not find it).
-    let Some(row) = dest
-        .query_opt(
-            "SELECT pg_catalog.format_type(t.oid, $2) FROM pg_catalog.pg_type t WHERE t.oid = pg_catalog.to_regtype($1)",
-            &[&target, &typmod],
-        )
-        .await
-        .map_err(|e| pg_error_as(e, "resolving a type"))?
-    else {
+    let Some(sql_type) = type_named(dest, target, typmod).await? else {
         return Ok(Fit::Fits);
     };
-    let sql_type: String = row.get(0);
     exec(
         dest,
         &format!(
@@ -1658,15 +1662,7 @@ async fn key_casts(
                 _ => continue,
             }
         };
-        out[i] = t
-            .dest
-            .query_opt(
-                "SELECT pg_catalog.format_type(t.oid, $2) FROM pg_catalog.pg_type t WHERE t.oid = pg_catalog.to_regtype($1)",
-                &[&target, &typmod],
-            )
-            .await
-            .map_err(|e| pg_error_as(e, "resolving a type"))?
-            .map(|r| r.get(0));
+        out[i] = type_named(t.dest, target, typmod).await?;
         if out[i].is_some() {
             answered.insert(c.clone());
         }

@@ -64,6 +64,14 @@ const LOCKED: &str = "WITH locked AS (
         AND n.nspname = ANY($1::text[]) AND c.relkind IN ('r', 'p', 'v', 'm', 'f', 'S')
       GROUP BY l.pid)";
 
+/// `FROM … WHERE …` of the other sessions of this database (`a`, with
+/// [`LOCKED`]'s `locked` joined): not this one, nor pgshift's own.
+const OTHERS: &str = "FROM pg_catalog.pg_stat_activity a
+      LEFT JOIN locked ON locked.pid = a.pid
+     WHERE a.datname = pg_catalog.current_database()
+       AND a.pid <> pg_catalog.pg_backend_pid()
+       AND COALESCE(a.application_name, '') NOT LIKE 'pgshift%'";
+
 /// The schemas a swap of `pairs` locks relations of.
 fn swapped(pairs: &[SchemaPair]) -> Vec<&str> {
     pairs
@@ -90,12 +98,8 @@ pub async fn blockers(
                     (extract(epoch FROM pg_catalog.clock_timestamp() - a.xact_start) * 1000)::int8,
                     a.state, pg_catalog.left(a.query, $3::int4), COALESCE(a.wait_event_type = 'Lock', false),
                     COALESCE(locked.tables, '{{}}')
-               FROM pg_catalog.pg_stat_activity a
-               LEFT JOIN locked ON locked.pid = a.pid
-              WHERE a.datname = pg_catalog.current_database()
-                AND a.pid <> pg_catalog.pg_backend_pid()
+               {OTHERS}
                 AND a.backend_type = 'client backend'
-                AND COALESCE(a.application_name, '') NOT LIKE 'pgshift%'
                 AND a.xact_start IS NOT NULL
                 AND ((a.state LIKE 'idle in transaction%'
                       AND pg_catalog.clock_timestamp() - a.state_change > $2::int8 * interval '1 millisecond')
@@ -145,13 +149,9 @@ pub async fn hidden_sessions(
             "{LOCKED}
          SELECT a.pid, coalesce(a.usename::text, ''), coalesce(a.application_name, ''),
                 coalesce(locked.tables, '{{}}')
-           FROM pg_catalog.pg_stat_activity a
-           LEFT JOIN locked ON locked.pid = a.pid
-          WHERE a.datname = pg_catalog.current_database()
-            AND a.pid <> pg_catalog.pg_backend_pid()
+           {OTHERS}
             AND a.query = '<insufficient privilege>'
             AND a.usesysid IS NOT NULL
-            AND COALESCE(a.application_name, '') NOT LIKE 'pgshift%'
             -- In a transaction now: it holds its own virtual transaction
             -- id's lock (an idle session holds nothing up).
             AND EXISTS (SELECT 1 FROM pg_catalog.pg_locks v
