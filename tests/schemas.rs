@@ -2314,3 +2314,66 @@ fn a_schema_whose_name_needs_quotes_gets_every_dependency_check() {
     let cleaned = run_json(&wd, &["cleanup", "--dest", &dst, "--before", &far_future()]);
     assert_eq!(backups_left(&dbs.dst), "", "{cleaned}");
 }
+
+/// A later migration that takes in a schema the earlier one left out moves
+/// what the earlier backup's objects use (a CHECK's function of `util`) into
+/// its own backup: a rollback to the earlier backup brings them live bound
+/// to that backup. It says so (it was silent, and cleanup then skipped that
+/// backup for reasons nobody had been told).
+#[test]
+fn a_rollback_whose_objects_use_another_backup_says_so() {
+    let dbs = TestDbs::new("sch_bound_backups");
+    let app = "CREATE SCHEMA util;
+         CREATE FUNCTION util.pos(int) RETURNS bool LANGUAGE sql IMMUTABLE AS 'SELECT $1 > 0';
+         CREATE TABLE t (id int PRIMARY KEY CHECK (util.pos(id)));";
+    dbs.src.psql(app);
+    dbs.dst.psql(app);
+    let wd = Workdir::new();
+    let (src, dst) = (dbs.src.url(), dbs.dst.url());
+    let start = |schemas: &str| {
+        run_json(
+            &wd,
+            &[
+                "start",
+                "--source",
+                &src,
+                "--dest",
+                &dst,
+                "--schemas",
+                schemas,
+            ],
+        )
+    };
+    start("public");
+    start("public,util");
+    let earliest = list(&wd, &dbs.dst)
+        .iter()
+        .filter_map(|b| b["timestamp"].as_i64())
+        .min()
+        .unwrap();
+    let plan = run_json(
+        &wd,
+        &[
+            "rollback",
+            "--dest",
+            &dst,
+            "--timestamp",
+            &earliest.to_string(),
+            "--dry-run",
+        ],
+    );
+    let warnings = plan["rollback"]["warnings"].to_string();
+    assert!(
+        warnings.contains("objects that other backups hold now")
+            && warnings.contains("constraint t_id_check on table"),
+        "{plan}"
+    );
+    // The latest backup's own objects use nothing of another's.
+    let plan = run_json(&wd, &["rollback", "--dest", &dst, "--latest", "--dry-run"]);
+    assert!(
+        !plan["rollback"]["warnings"]
+            .to_string()
+            .contains("other backups hold"),
+        "{plan}"
+    );
+}

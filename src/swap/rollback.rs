@@ -340,6 +340,7 @@ pub async fn plan(client: &Client, opts: &RollbackOptions) -> Result<Plan> {
     // that replaced it leaves the others' objects behind, say).
     warnings
         .extend(crate::prepare::preflight::outside_dependents(client, &lives, "rollback").await?);
+    warnings.extend(bound_to_other_backups(client, &backups).await?);
 
     // Writes the application made to the public being replaced since it went
     // live (the newest backup's manifest has its counters from that moment).
@@ -544,6 +545,40 @@ async fn impact(
         fail_on_breaking,
     )
     .await
+}
+
+/// The warning about objects of the backup being restored (`restoring`: its
+/// schemas) that use objects of other backups: they go live so, and those
+/// backups cannot be dropped while they do (cleanup skips them). A CHECK
+/// calling `util.pos()` when `util` was migrated by a later swap calls
+/// `backup_<later>_util.pos()` now, the function having moved with its
+/// schema. Found as what depends on the other backups from outside them
+/// that does not once the restored schemas count as theirs.
+async fn bound_to_other_backups(client: &Client, restoring: &[String]) -> Result<Option<String>> {
+    let others: Vec<String> = manifest::list_backups(client)
+        .await?
+        .iter()
+        .flat_map(|b| b.manifest.schema_maps())
+        .map(|m| m.backup)
+        .filter(|s| !restoring.contains(s))
+        .collect();
+    if others.is_empty() {
+        return Ok(None);
+    }
+    let outside = |schemas: Vec<String>| async move {
+        crate::pg::catalog::external_dependents(client, &schemas, None)
+            .await
+            .map(|d| d.into_iter().collect::<BTreeSet<String>>())
+    };
+    let of_others = outside(others.clone()).await?;
+    let of_both = outside(others.iter().chain(restoring).cloned().collect()).await?;
+    let bound: Vec<String> = of_others.difference(&of_both).cloned().collect();
+    Ok((!bound.is_empty()).then(|| {
+        format!(
+            "objects of the backup being restored use objects that other backups hold now (a later swap moved them there with their schema), and go live so: {}; cleanup keeps those backups while they do (recreate these objects over the live ones to let it drop them)",
+            bound.join(", ")
+        )
+    }))
 }
 
 /// The written tables (partitions by their root) that `--keep-tables` would
