@@ -421,7 +421,7 @@ pub async fn before_moves(
     if let Some(why) = breaking_refusal_of(op, &impact, fail_on_breaking) {
         return Err(anyhow!(why));
     }
-    tracing::info!("{}", impact.summary());
+    tracing::info!("{}", impact.summary_for(op));
     if let Some(why) = &impact.statements.not_checked {
         tracing::info!("{why}");
     }
