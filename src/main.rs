@@ -157,6 +157,34 @@ fn ignored(sig: libc::c_int) -> bool {
     }
 }
 
+/// The environment variable a bad value of clap's error came from: its
+/// flag is not on the command line, and the variable is set.
+fn from_env(e: &clap::Error, sub: Option<&str>) -> Option<String> {
+    use clap::CommandFactory;
+    use clap::error::{ContextKind, ContextValue};
+    let Some(ContextValue::String(arg)) = e.get(ContextKind::InvalidArg) else {
+        return None;
+    };
+    let long = arg.strip_prefix("--")?.split([' ', '=']).next()?;
+    let mut cli = Cli::command();
+    cli.build();
+    let in_sub = sub
+        .and_then(|name| cli.find_subcommand(name))
+        .into_iter()
+        .flat_map(|c| c.get_arguments());
+    let var = in_sub
+        .chain(cli.get_arguments())
+        .find(|a| a.get_long() == Some(long))?
+        .get_env()?
+        .to_string_lossy()
+        .into_owned();
+    let flag = format!("--{long}");
+    let on_line = std::env::args()
+        .skip(1)
+        .any(|a| a == flag || a.starts_with(&format!("{flag}=")));
+    (!on_line && std::env::var_os(&var).is_some()).then_some(var)
+}
+
 /// Print clap's error as one line (help and version go to stdout as usual).
 fn report_clap_error(e: clap::Error, secrets: &[(String, String)]) -> i32 {
     use clap::error::ErrorKind;
@@ -172,6 +200,10 @@ fn report_clap_error(e: clap::Error, secrets: &[(String, String)]) -> i32 {
         _ => {
             let text = argv_scrub::scrub_message(&e.render().to_string(), secrets);
             let main = text.split("\n\nUsage:").next().unwrap_or(&text);
+            let main = main
+                .split("\n\nFor more information")
+                .next()
+                .unwrap_or(main);
             let one_line = main.split_whitespace().join(" ");
             let one_line = one_line.strip_prefix("error: ").unwrap_or(&one_line);
             // Point at the subcommand's help when there is one on the line.
@@ -183,6 +215,12 @@ fn report_clap_error(e: clap::Error, secrets: &[(String, String)]) -> i32 {
             let sub = std::env::args()
                 .skip(1)
                 .find(|a| names.iter().any(|n| n == a));
+            // A bad value that came from the environment, not the line:
+            // name the variable (`PGSHIFT_JSON=bogus` read as `--json`).
+            let one_line = match from_env(&e, sub.as_deref()) {
+                Some(var) => format!("{one_line} (the value of {var})"),
+                None => one_line.to_string(),
+            };
             match sub {
                 Some(sub) => pgshift::errln!("error: {one_line} (see pgshift {sub} --help)"),
                 None => pgshift::errln!("error: {one_line} (see pgshift --help)"),

@@ -221,7 +221,15 @@ json = true
     );
     let out = wd.run_env(&["list"], &[("PGSHIFT_JSON", "nope")]);
     assert_eq!(out.status.code(), Some(2), "{}", stderr_of(&out));
-    assert!(stderr_of(&out).contains("nope"), "{}", stderr_of(&out));
+    // One line, naming the variable the value came from.
+    let err = stderr_of(&out);
+    assert!(
+        err.contains("invalid value 'nope' for '--json'")
+            && err.contains("(the value of PGSHIFT_JSON)")
+            && !err.contains("For more information")
+            && err.trim_end().lines().count() == 1,
+        "{err}"
+    );
     assert!(out.stdout.is_empty());
 
     // A password file others may read is ignored, as libpq ignores it, and
