@@ -174,10 +174,14 @@ pub(crate) fn show_type(t: &str) -> String {
 /// Compare the objects of each live schema with its incoming schema.
 /// Read-only; the client must not be inside a transaction.
 pub async fn hazards(client: &Client, pairs: &[SchemaPair]) -> Result<Vec<Hazard>> {
+    // Definitions print their constants as values are written
+    // (`settings::OUTPUT`): ISO dates in UTC, not the destination's
+    // `SQL, DMY` and its time zone.
     client
-        .batch_execute(
-            "BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY; SET LOCAL search_path = ''",
-        )
+        .batch_execute(&format!(
+            "BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY; SET LOCAL search_path = ''; {}",
+            crate::pg::settings::set_local(crate::pg::settings::OUTPUT)
+        ))
         .await
         .context("comparing the schemas")?;
     let result = read_and_compare(client, pairs).await;
