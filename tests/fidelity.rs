@@ -919,10 +919,16 @@ fn grants_changed_after_prepare_hold_after_the_swap() {
         );
         dbs.src.psql(&ddl);
         dbs.dst.psql(&ddl);
+        // A column new in the source's version takes the source's grants
+        // (the destination has none to give it), and keeps them at the swap.
+        dbs.src.psql(&format!(
+            "ALTER TABLE t ADD COLUMN fresh int; GRANT SELECT (fresh) ON t TO {r1};"
+        ));
         // Columns the source dropped: their grants are left out, with a
         // word, at prepare and at the swap.
         dbs.dst.psql(&format!(
             "GRANT SELECT ON t TO {r1};
+             GRANT SELECT (secret) ON t TO {r1};
              ALTER TABLE t ADD COLUMN legacy int, ADD COLUMN later int;
              GRANT SELECT (id, legacy) ON t TO {r2};"
         ));
@@ -936,6 +942,7 @@ fn grants_changed_after_prepare_hold_after_the_swap() {
             "GRANT UPDATE (later) ON t TO {r1};
              GRANT INSERT ON t TO {r2};
              REVOKE SELECT ON t FROM {r1};
+             GRANT SELECT (secret) ON t TO {r1};
              GRANT UPDATE (secret) ON t TO {r1};
              REVOKE EXECUTE ON FUNCTION f() FROM PUBLIC;
              GRANT EXECUTE ON FUNCTION f() TO {r2} WITH GRANT OPTION;
@@ -949,10 +956,12 @@ fn grants_changed_after_prepare_hold_after_the_swap() {
                     has_table_privilege('{r2}', 'public.t', 'INSERT'),
                     has_table_privilege('{r1}', 'public.t', 'SELECT'),
                     has_column_privilege('{r1}', 'public.t', 'secret', 'UPDATE'),
+                    has_column_privilege('{r1}', 'public.t', 'fresh', 'SELECT'),
+                    has_column_privilege('{r1}', 'public.t', 'secret', 'SELECT'),
                     has_function_privilege('public', 'public.f()', 'EXECUTE'),
                     has_function_privilege('{r2}', 'public.f()', 'EXECUTE WITH GRANT OPTION'))"
             )),
-            "t,f,t,f,t",
+            "t,f,t,t,t,f,t",
             "{mode}"
         );
         // The owner changed since prepare too.

@@ -19,7 +19,9 @@
 //! and this role is a member of it, and its grants to the roles the
 //! destination has. So a new function whose EXECUTE the source revoked from
 //! PUBLIC does not arrive executable by everyone, and a new table keeps the
-//! application roles' access.
+//! application roles' access. So do the columns a same-named table gains in
+//! the new version: the destination has no grants on them to follow, they
+//! take the source's.
 //!
 //! Either way the shadow object's ACL is *levelled* to its model's (GRANT
 //! what is missing, REVOKE what is extra), never only added to: the restore
@@ -582,7 +584,15 @@ async fn plan_for(
         let on = |p: &str| format!("{p} ON {} {}", grant_kind(o.kind), o.sql_name);
         level(on, &want, &have, &mut grants);
         applied.grants += grants.len() - before;
-        for (column, grantee, privilege, grantable) in &c.column_acl {
+        // Column grants follow the model; a column the destination's table
+        // does not have (new in this version) has no grants there to
+        // follow: it takes the source's, as a new table does.
+        let new_columns = counterpart
+            .and_then(|_| from_source.get(&o.key))
+            .into_iter()
+            .flat_map(|src| &src.column_acl)
+            .filter(|(column, ..)| o.columns.contains(column) && !c.columns.contains(column));
+        for (column, grantee, privilege, grantable) in c.column_acl.iter().chain(new_columns) {
             if grantee == &owner {
                 continue;
             }
@@ -807,7 +817,14 @@ pub async fn catch_up(
             }
         }
         let on = |p: &str| format!("{p} ON {} {}", grant_kind(o.kind), o.sql_name);
-        level(on, &effective(c), &have_acl, &mut sql);
+        let want_acl = effective(c);
+        level(on, &want_acl, &have_acl, &mut sql);
+        // A table's REVOKE takes its columns' grants of that privilege to
+        // that role along: those are not had any more.
+        let revoked: BTreeSet<&(String, String)> = have_acl
+            .keys()
+            .filter(|k| !want_acl.contains_key(*k))
+            .collect();
         let columns = |x: &Obj| -> BTreeMap<String, BTreeMap<(String, String), bool>> {
             let mut m: BTreeMap<String, BTreeMap<(String, String), bool>> = BTreeMap::new();
             for (col, g, p, w) in x
@@ -821,9 +838,14 @@ pub async fn catch_up(
             }
             m
         };
-        let (mut want, have) = (columns(c), columns(o));
-        // A column the source's table does not have takes no grant.
+        let (mut want, mut have) = (columns(c), columns(o));
+        // A column the source's table does not have takes no grant. One the
+        // live table does not have keeps the source's, as prepare gave it
+        // (granted again where a REVOKE above took it along).
         want.retain(|col, _| o.columns.contains(col));
+        for grants in have.values_mut() {
+            grants.retain(|k, _| !revoked.contains(k));
+        }
         let empty = BTreeMap::new();
         for col in want
             .keys()
@@ -831,11 +853,13 @@ pub async fn catch_up(
             .collect::<std::collections::BTreeSet<_>>()
         {
             let on = |p: &str| format!("{p} ({}) ON TABLE {}", quote_ident(col), o.sql_name);
-            let (w, h) = (
-                want.get(col).unwrap_or(&empty),
-                have.get(col).unwrap_or(&empty),
-            );
-            level(on, w, h, &mut sql);
+            let h = have.get(col).unwrap_or(&empty);
+            if c.columns.contains(col) {
+                level(on, want.get(col).unwrap_or(&empty), h, &mut sql);
+            } else {
+                let given = columns(o).remove(col).unwrap_or_default();
+                level(on, &given, h, &mut sql);
+            }
         }
     }
     Ok((sql, warnings))
