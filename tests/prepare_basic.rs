@@ -154,7 +154,7 @@ fn prepare_warns_about_what_will_not_follow_the_swap() {
         "foreign key",
         "reporting.refs",
         "publication pub_t",
-        "the source has 1 large object; pgshift migrates the public schema only and does not copy them (columns that may hold their OIDs, which then name no large object on the destination: public.\\\"Files\\\".content, public.\\\"Files\\\".thumb)",
+        "the source has 1 large object; pgshift migrates the public schema only and does not copy them (columns that may hold their OIDs, which then name no large object on the destination, or one of its own that has the same OID: public.\\\"Files\\\".content, public.\\\"Files\\\".thumb)",
         "casts belong to no schema; these do not come with the migration: cast from point to text (a cast comes along when",
         "the source's publications are not migrated: src_pub",
         "the source's event triggers are not migrated: src_ddl",

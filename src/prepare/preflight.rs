@@ -155,7 +155,7 @@ pub async fn check_source(src: &Client, schemas: &[String]) -> Result<Vec<String
                 String::new()
             } else {
                 format!(
-                    " (columns that may hold their OIDs, which then name no large object on the destination: {})",
+                    " (columns that may hold their OIDs, which then name no large object on the destination, or one of its own that has the same OID: {})",
                     list_some(&columns)
                 )
             }
