@@ -2302,6 +2302,24 @@ fn a_schema_whose_name_needs_quotes_gets_every_dependency_check() {
         "{err}"
     );
     assert!(err.contains("s_log"), "{err}");
+    // Written, s and s_log can be kept together: the refusal to discard
+    // their writes says so, rather than that s cannot be kept.
+    dbs.dst.psql(
+        "INSERT INTO \"Mixed Case\".s DEFAULT VALUES; INSERT INTO public.s_log DEFAULT VALUES;",
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while dbs.dst.query_one_string(
+        "SELECT n_tup_ins FROM pg_stat_user_tables WHERE relid = 'public.s_log'::regclass",
+    ) == "0"
+    {
+        assert!(std::time::Instant::now() < deadline, "no counters");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let out = wd.run(&["rollback", "--dest", &dst, "--latest"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(!err.contains(".s cannot be kept"), "{err}");
+    assert!(err.contains("\"Mixed Case\".s,"), "{err}");
     assert_eq!(
         dbs.dst
             .query_one_string("SELECT count(*) FROM \"Mixed Case\".t"),

@@ -600,19 +600,39 @@ async fn unkeepable_writes(
                 .iter()
                 .map(|u| (&u.at, u.partition_of.as_deref().unwrap_or(&u.table))),
         );
+    // Each is judged kept beside the other written tables, as the advice
+    // keeps them together: a default of one drawing from another's sequence
+    // stays with it.
+    let roots: Vec<(&String, &String, &str)> = written
+        .map(|(at, shown)| match at.ancestors.last() {
+            Some((s, n)) => (s, n, shown),
+            None => (&at.schema, &at.name, shown),
+        })
+        .collect();
     let mut out = Unkeepable::new();
-    for (at, shown) in written {
-        let (schema, name) = match at.ancestors.last() {
-            Some((s, n)) => (s, n),
-            None => (&at.schema, &at.name),
-        };
+    for &(schema, name, shown) in &roots {
         let Some(m) = maps.iter().find(|m| &m.live == schema) else {
             continue;
         };
         if out.contains_key(shown) {
             continue;
         }
-        let blockers = dependents(client, &m.backup, std::slice::from_ref(name), &backups).await?;
+        let beside: Vec<(String, String)> = roots
+            .iter()
+            .filter(|(s, n, _)| (s, n) != (&schema, &name))
+            .filter_map(|(s, n, _)| {
+                let b = maps.iter().find(|m| &m.live == *s)?;
+                Some((b.backup.clone(), n.to_string()))
+            })
+            .collect();
+        let blockers = dependents_among(
+            client,
+            &m.backup,
+            std::slice::from_ref(name),
+            &backups,
+            &beside,
+        )
+        .await?;
         if !blockers.is_empty() {
             out.insert(
                 shown.to_string(),
@@ -1598,22 +1618,27 @@ async fn dependents(
     tables: &[String],
     backups: &[String],
 ) -> Result<Vec<String>> {
-    dependents_among(client, schema, tables, backups).await
+    dependents_among(client, schema, tables, backups, &[]).await
 }
 
 /// [`dependents`] of `schema`'s `tables` in any schema of `among`. For a
 /// live schema's kept tables, `among` the schemas that move (to their
 /// backups): those objects move along, and keep reading the kept table (a
-/// warning); objects elsewhere stay where they are.
+/// warning); objects elsewhere stay where they are. Parts of the tables
+/// `beside` (`(schema, name)`: kept along with them) do not count: a
+/// default of one drawing from the other's sequence stays with it.
 async fn dependents_among(
     client: &Client,
     schema: &str,
     tables: &[String],
     among: &[String],
+    beside: &[(String, String)],
 ) -> Result<Vec<String>> {
     if tables.is_empty() {
         return Ok(Vec::new());
     }
+    let (beside_schemas, beside_names): (Vec<&str>, Vec<&str>) =
+        beside.iter().map(|(s, n)| (s.as_str(), n.as_str())).unzip();
     Ok(names(
         depending_on(
             client,
@@ -1624,11 +1649,17 @@ async fn dependents_among(
                    SELECT s.oid, s.reltype FROM pg_catalog.pg_class s JOIN pg_catalog.pg_depend d
                        ON d.classid = 'pg_catalog.pg_class'::regclass AND d.objid = s.oid
                       AND d.refclassid = 'pg_catalog.pg_class'::regclass AND d.deptype IN ('a', 'i')
-                    WHERE s.relkind = 'S' AND d.refobjid IN (SELECT oid FROM tables))",
-            "t",
+                    WHERE s.relkind = 'S' AND d.refobjid IN (SELECT oid FROM tables)),
+             own_t AS (SELECT oid, reltype FROM t
+                       UNION
+                       SELECT c.oid, c.reltype FROM unnest($4::text[], $5::text[]) b(s, r)
+                         JOIN pg_catalog.pg_namespace n ON n.nspname = b.s
+                         JOIN pg_catalog.pg_class c ON c.relnamespace = n.oid AND c.relname = b.r
+                        WHERE c.relkind IN ('r', 'p'))",
+            "own_t",
             true,
             Some("$3::text[]"),
-            &[&schema, &tables, &among],
+            &[&schema, &tables, &among, &beside_schemas, &beside_names],
             "kept tables",
         )
         .await?,
@@ -1698,7 +1729,7 @@ pub(crate) async fn kept_table_warnings(
     if !moving.iter().any(|s| s == schema) {
         moving.push(schema.to_string());
     }
-    let mut warnings: Vec<String> = dependents_among(client, schema, tables, &moving)
+    let mut warnings: Vec<String> = dependents_among(client, schema, tables, &moving, &[])
         .await?
         .into_iter()
         .map(|d| {
