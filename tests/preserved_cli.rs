@@ -1385,14 +1385,16 @@ fn keys_over_retyped_columns_are_tried_as_the_copy_stores_them() {
     let dbs = TestDbs::new("preserved_retyped_keys");
     dbs.src.psql(
         "CREATE EXTENSION citext;
-         CREATE DOMAIN email AS citext; CREATE DOMAIN em AS citext;
-         CREATE TABLE users (id int PRIMARY KEY, email email UNIQUE, alt em, code text UNIQUE);",
+         CREATE DOMAIN email AS citext; CREATE DOMAIN em AS citext; CREATE DOMAIN email2 AS email;
+         CREATE TABLE users (id int PRIMARY KEY, email email UNIQUE, alt em, code text UNIQUE,
+                             tags email[] UNIQUE, e2 email2 UNIQUE);",
     );
     dbs.dst.psql(
         "CREATE EXTENSION citext;
-         CREATE DOMAIN email AS text;
-         CREATE TABLE users (id int PRIMARY KEY, email email UNIQUE, alt text, code varchar(10));
-         INSERT INTO users VALUES (1, 'A@x', 'a', 'c1'), (2, 'a@x', 'b', 'c1');",
+         CREATE DOMAIN email AS text; CREATE DOMAIN email2 AS email;
+         CREATE TABLE users (id int PRIMARY KEY, email email UNIQUE, alt text, code varchar(10),
+                             tags email[] UNIQUE, e2 email2 UNIQUE);
+         INSERT INTO users VALUES (1, 'A@x', 'a', 'c1', '{A@x}', 'A@x'), (2, 'a@x', 'b', 'c1', '{a@x}', 'a@x');",
     );
     let wd = Workdir::new();
     let out = run_users_preserved(&wd, &dbs, "prepare", &["--dry-run"]);
@@ -1401,22 +1403,60 @@ fn keys_over_retyped_columns_are_tried_as_the_copy_stores_them() {
     for needle in [
         "unique index users_email_key (email): Key (email)=(",
         "unique index users_code_key (code): Key (code)=(c1)",
+        "unique index users_tags_key (tags): Key (tags)=(",
     ] {
         assert!(err.contains(needle), "{needle}: {err}");
     }
     assert!(!err.contains("alt"), "{err}");
-    dbs.dst
-        .psql("UPDATE users SET email = 'b@x', code = 'c2' WHERE id = 2");
+    dbs.dst.psql(
+        "UPDATE users SET email = 'b@x', code = 'c2', tags = '{b@x}', e2 = 'b@x' WHERE id = 2",
+    );
     let out = run_users_preserved(&wd, &dbs, "prepare", &["--dry-run"]);
     let said = common::said_by(&out);
     assert_eq!(out.status.code(), Some(0), "{said}");
-    assert!(!said.contains("was not tried"), "{said}");
+    // A domain over a domain the migration creates, now over citext: not
+    // tried here (its type is not here yet), said rather than passed.
+    assert_eq!(said.matches("was not tried").count(), 1, "{said}");
+    assert!(
+        said.contains("unique index users_e2_key was not tried (column e2's domain email2 is over another type in the source)"),
+        "{said}"
+    );
     with_users_preserved(&wd, &dbs, "prepare", &[]);
     assert_eq!(
-        dbs.dst
-            .psql("SELECT string_agg(email || alt || code, ',' ORDER BY id) FROM shadow.users"),
-        "A@xac1,b@xbc2"
+        dbs.dst.psql(
+            "SELECT string_agg(email || alt || code || tags::text || e2, ',' ORDER BY id) FROM shadow.users"
+        ),
+        "A@xac1{A@x}A@x,b@xbc2{b@x}b@x"
     );
+}
+
+/// Columns widened by the new version (`int` to `bigint`, `varchar(20)` to
+/// `text`), unique or not: every value fits and stays apart, so the dry run
+/// reads none of the destination's rows for them (it scanned the whole
+/// table for each, and a big one ran out of time with a warning).
+#[test]
+fn widened_columns_cost_no_scan_of_the_preserved_rows() {
+    let dbs = TestDbs::new("preserved_widened");
+    dbs.src.psql(
+        "CREATE TABLE users (id int PRIMARY KEY, n bigint UNIQUE, s text UNIQUE, f float8, t timestamp);",
+    );
+    dbs.dst.psql(
+        "CREATE TABLE users (id int PRIMARY KEY, n int UNIQUE, s varchar(20) UNIQUE, f float4, t timestamp(3));
+         INSERT INTO users SELECT g, g, 'u' || g, g, now() FROM generate_series(1, 100) g;",
+    );
+    let reads = || {
+        dbs.dst.psql(
+            "SELECT coalesce(seq_scan, 0) + coalesce(idx_scan, 0) FROM pg_stat_user_tables WHERE relid = 'public.users'::regclass",
+        )
+    };
+    let before = reads();
+    let wd = Workdir::new();
+    let out = run_users_preserved(&wd, &dbs, "prepare", &["--dry-run"]);
+    let said = common::said_by(&out);
+    assert_eq!(out.status.code(), Some(0), "{said}");
+    assert!(!said.contains("users."), "{said}");
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    assert_eq!(reads(), before, "{said}");
 }
 
 /// The destination's rows of a preserved table that the source's columns

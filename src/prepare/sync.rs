@@ -405,6 +405,9 @@ struct ColType {
     /// The type a domain is over belongs to an extension (`citext`, in a
     /// migrated schema yet not the migration's).
     domain_over_ext: bool,
+    /// For a domain, the type under it and the domains it is over
+    /// (`"schema"."type"`): what its values are stored as.
+    root_over: Option<String>,
     /// When it is a domain: whether it is NOT NULL, and its CHECKs
     /// (`CONSTRAINT "name" CHECK (…)`), which a trial of a domain not there
     /// yet (one of a migrated schema) tries as well.
@@ -440,7 +443,16 @@ async fn column_types(client: &Client, rel: u32) -> Result<Vec<ColType>> {
                     CASE WHEN a.attcollation = 0 OR a.attcollation = t.typcollation THEN ''
                          ELSE pg_catalog.quote_ident(cn.nspname) || '.' || pg_catalog.quote_ident(co.collname) END,
                     EXISTS (SELECT 1 FROM pg_catalog.pg_depend d WHERE d.classid = 'pg_catalog.pg_type'::regclass
-                             AND d.objid = dt.oid AND d.deptype = 'e')
+                             AND d.objid = dt.oid AND d.deptype = 'e'),
+                    (WITH RECURSIVE under(base) AS (
+                         SELECT bt.typbasetype WHERE bt.typtype = 'd'
+                         UNION ALL
+                         SELECT y.typbasetype FROM under JOIN pg_catalog.pg_type y ON y.oid = under.base
+                          WHERE y.typtype = 'd')
+                     SELECT pg_catalog.quote_ident(zn.nspname) || '.' || pg_catalog.quote_ident(z.typname)
+                       FROM under JOIN pg_catalog.pg_type z ON z.oid = under.base
+                       JOIN pg_catalog.pg_namespace zn ON zn.oid = z.typnamespace
+                      WHERE z.typtype <> 'd')
                FROM pg_catalog.pg_attribute a
                LEFT JOIN pg_catalog.pg_collation co ON co.oid = a.attcollation
                LEFT JOIN pg_catalog.pg_namespace cn ON cn.oid = co.collnamespace
@@ -477,6 +489,7 @@ async fn column_types(client: &Client, rel: u32) -> Result<Vec<ColType>> {
             domain_checks: r.get(18),
             collation: r.get(19),
             domain_over_ext: r.get(20),
+            root_over: r.get(21),
         },
     )
     .await
@@ -1086,10 +1099,12 @@ async fn fit_problem(
     let constrained = domain && (s.domain_not_null || !s.domain_checks.is_empty());
     // Nothing to try where the type (or the domain's, with its typmod) is
     // the same and NOT NULL is not new: most columns, without a query.
+    // A widening (`int` to `bigint`, a longer `varchar`) fits every value:
+    // no scan of the live table for it.
     let same = if domain {
         matches!(&d.domain_over, Some((over, _, dmod)) if over == target && *dmod == typmod)
     } else {
-        d.qual == s.qual && d.typmod == s.typmod
+        (d.qual == s.qual && d.typmod == s.typmod) || widens(d, s)
     };
     if same && !narrows_null && !constrained {
         return Ok(Fit::Fits);
@@ -1541,12 +1556,16 @@ async fn unique_problems(t: &Tried<'_>, schemas: &[String]) -> Result<Vec<Fit>> 
     Ok(out)
 }
 
-/// The type a column's values are stored as, and its typmod: a domain's
-/// base type (`email` over `text`), else its own.
-fn stored_as(c: &ColType) -> (&str, i32) {
-    match &c.domain_over {
-        Some((over, _, typmod)) if !c.is_array => (over.as_str(), *typmod),
-        _ => (c.qual.as_str(), c.typmod),
+/// The type a column's values are stored as (without quotes), its typmod,
+/// and whether it is an array of them: a domain's base type, through
+/// domains over domains (`email2` over `email` over `text`: `text`), an
+/// array's element type, else its own.
+fn stored_as(c: &ColType) -> (String, i32, bool) {
+    let plain = |q: &str| q.replace('"', "");
+    match (&c.root_over, &c.domain_over) {
+        (Some(root), Some((_, _, typmod))) => (plain(root), *typmod, c.is_array),
+        _ if c.is_array => (format!("{}.{}", c.base_schema, c.base_name), c.typmod, true),
+        _ => (plain(&c.qual), c.typmod, false),
     }
 }
 
@@ -1567,48 +1586,99 @@ fn may_merge(t: &Tried<'_>, c: &str) -> bool {
     }
 }
 
+const TEXTS: &[&str] = &["pg_catalog.text", "pg_catalog.varchar"];
+
+/// Types whose every value converts to the other types listed, distinct
+/// values staying distinct (the typmod aside: see [`typmod_narrows`]).
+const WIDER: &[(&str, &[&str])] = &[
+    (
+        "pg_catalog.int2",
+        &[
+            "pg_catalog.int4",
+            "pg_catalog.int8",
+            "pg_catalog.numeric",
+            "pg_catalog.float4",
+            "pg_catalog.float8",
+        ],
+    ),
+    (
+        "pg_catalog.int4",
+        &["pg_catalog.int8", "pg_catalog.numeric", "pg_catalog.float8"],
+    ),
+    ("pg_catalog.int8", &["pg_catalog.numeric"]),
+    ("pg_catalog.float4", &["pg_catalog.float8"]),
+    ("pg_catalog.text", TEXTS),
+    ("pg_catalog.varchar", TEXTS),
+    ("pg_catalog.bpchar", TEXTS),
+];
+
 /// [`may_merge`] from the destination's column `d` to the source's `s`.
 fn merges(d: &ColType, s: &ColType) -> bool {
-    if d.qual == s.qual && d.typmod == s.typmod && stored_as(d) == stored_as(s) {
+    let ((from, from_mod, from_array), (to, to_mod, to_array)) = (stored_as(d), stored_as(s));
+    if d.qual == s.qual && d.typmod == s.typmod && (&from, from_array) == (&to, to_array) {
         return false;
     }
-    let plain = |q: &str| q.replace('"', "");
-    let ((from, _), (to, to_mod)) = (stored_as(d), stored_as(s));
-    let (from, to) = (plain(from), plain(to));
-    if d.is_array != s.is_array {
+    if from_array != to_array {
         return true;
     }
-    const TEXTS: &[&str] = &["pg_catalog.text", "pg_catalog.varchar"];
     if from == to {
         // Only the typmod: a length bounds a string (too long a value is
-        // refused, never cut) and none bounds nothing; a scale or a
-        // precision rounds.
-        return !(to_mod == -1 || TEXTS.contains(&to.as_str()) || to == "pg_catalog.bpchar");
+        // refused, never cut); a lower scale or precision rounds.
+        return !(TEXTS.contains(&to.as_str()) || to == "pg_catalog.bpchar")
+            && typmod_narrows(&to, from_mod, to_mod) != Some(false);
     }
-    const WIDER: &[(&str, &[&str])] = &[
-        (
-            "pg_catalog.int2",
-            &[
-                "pg_catalog.int4",
-                "pg_catalog.int8",
-                "pg_catalog.numeric",
-                "pg_catalog.float4",
-                "pg_catalog.float8",
-            ],
-        ),
-        (
-            "pg_catalog.int4",
-            &["pg_catalog.int8", "pg_catalog.numeric", "pg_catalog.float8"],
-        ),
-        ("pg_catalog.int8", &["pg_catalog.numeric"]),
-        ("pg_catalog.float4", &["pg_catalog.float8"]),
-        ("pg_catalog.text", TEXTS),
-        ("pg_catalog.varchar", TEXTS),
-        ("pg_catalog.bpchar", TEXTS),
-    ];
     !WIDER
         .iter()
         .any(|(f, tos)| *f == from && tos.contains(&to.as_str()))
+}
+
+/// Does every value of column `d` convert to the source's `s` as it is,
+/// without an error or a change (`int` to `bigint`, `varchar(20)` to `text`
+/// or `varchar(50)`, `numeric(10,2)` to `numeric(12,2)`, `timestamp(3)` to
+/// `timestamp`), the source's being no domain (its NOT NULL and CHECKs may
+/// refuse some)? Then there is nothing to try.
+fn widens(d: &ColType, s: &ColType) -> bool {
+    let ((from, from_mod, from_array), (to, to_mod, to_array)) = (stored_as(d), stored_as(s));
+    // A domain's NOT NULL and CHECKs may refuse what its type takes.
+    if from_array != to_array || s.domain_over.is_some() {
+        return false;
+    }
+    if from == to {
+        return typmod_narrows(&to, from_mod, to_mod) == Some(false);
+    }
+    to_mod == -1
+        && WIDER
+            .iter()
+            .any(|(f, tos)| *f == from && tos.contains(&to.as_str()))
+}
+
+/// Whether changing type `ty`'s typmod from `from` to `to` can refuse or
+/// change a value (`Some(true)`: a shorter string, a lower scale or
+/// precision), cannot (`Some(false)`: none, or a wider one), or None for a
+/// type whose typmod this does not know.
+fn typmod_narrows(ty: &str, from: i32, to: i32) -> Option<bool> {
+    if to == -1 || from == to {
+        return Some(false);
+    }
+    if from == -1 {
+        return Some(true);
+    }
+    match ty {
+        // Characters after the 4-byte header.
+        "pg_catalog.varchar" | "pg_catalog.bpchar" => Some(to < from),
+        "pg_catalog.numeric" => {
+            let precision_scale =
+                |m: i32| (((m - 4) >> 16) & 0xffff, (((m - 4) & 0x7ff) ^ 1024) - 1024);
+            let ((fp, fs), (tp, ts)) = (precision_scale(from), precision_scale(to));
+            Some(ts < fs || tp - ts < fp - fs)
+        }
+        // Fractional digits of seconds.
+        "pg_catalog.timestamp"
+        | "pg_catalog.timestamptz"
+        | "pg_catalog.time"
+        | "pg_catalog.timetz" => Some(to < from),
+        _ => None,
+    }
 }
 
 /// For each key of a unique index (`u.keys`), the type to cast the
@@ -1654,15 +1724,17 @@ async fn key_casts(
             (s.qual.as_str(), s.typmod)
         } else {
             match &s.domain_over {
-                Some((over, schema, typmod))
-                    if !s.is_array && !migrated(schema, s.domain_over_ext) =>
-                {
+                Some((over, schema, typmod)) if !migrated(schema, s.domain_over_ext) => {
                     (over.as_str(), *typmod)
                 }
                 _ => continue,
             }
         };
         out[i] = type_named(t.dest, target, typmod).await?;
+        // An array of a domain the migration creates: of the type it is over.
+        if s.is_array && migrated(&s.base_schema, s.base_ext) {
+            out[i] = out[i].take().map(|ty| format!("{ty}[]"));
+        }
         if out[i].is_some() {
             answered.insert(c.clone());
         }
@@ -5539,13 +5611,61 @@ mod tests {
             ("pg_catalog.timestamptz", -1),
             ("pg_catalog.\"timestamp\"", -1)
         ));
-        // A same-named domain over another type.
+        assert!(!merges_to(
+            ("pg_catalog.\"numeric\"", 655366),
+            ("pg_catalog.\"numeric\"", 786438)
+        ));
+        // A same-named domain over another type, also through a domain
+        // over it, and an array of it.
         let mut d = col("public.email", -1);
         d.domain_over = Some(("pg_catalog.text".into(), "pg_catalog".into(), -1));
+        d.root_over = Some("pg_catalog.text".into());
         let mut s = d.clone();
         s.domain_over = Some(("public.citext".into(), "public".into(), -1));
+        s.root_over = Some("public.citext".into());
         assert!(merges(&d, &s));
         assert!(!merges(&d, &d.clone()));
+        let (mut d2, mut s2) = (d.clone(), s.clone());
+        d2.domain_over = Some(("public.email".into(), "public".into(), -1));
+        s2.domain_over = d2.domain_over.clone();
+        assert!(merges(&d2, &s2));
+        d.is_array = true;
+        s.is_array = true;
+        assert!(merges(&d, &s));
+        // Widenings need no trial of the rows; narrowings do.
+        let widens_to =
+            |from: (&str, i32), to: (&str, i32)| widens(&col(from.0, from.1), &col(to.0, to.1));
+        assert!(widens_to(("pg_catalog.int4", -1), ("pg_catalog.int8", -1)));
+        assert!(widens_to(
+            ("pg_catalog.\"varchar\"", 24),
+            ("pg_catalog.\"varchar\"", 54)
+        ));
+        assert!(widens_to(
+            ("pg_catalog.\"varchar\"", 24),
+            ("pg_catalog.text", -1)
+        ));
+        assert!(widens_to(
+            ("pg_catalog.\"numeric\"", 655366),
+            ("pg_catalog.\"numeric\"", 786438)
+        ));
+        assert!(widens_to(
+            ("pg_catalog.\"timestamp\"", 3),
+            ("pg_catalog.\"timestamp\"", -1)
+        ));
+        assert!(!widens_to(
+            ("pg_catalog.\"varchar\"", 54),
+            ("pg_catalog.\"varchar\"", 24)
+        ));
+        assert!(!widens_to(
+            ("pg_catalog.\"numeric\"", 655366),
+            ("pg_catalog.\"numeric\"", 655364)
+        ));
+        assert!(!widens_to(("pg_catalog.int8", -1), ("pg_catalog.int4", -1)));
+        assert!(!widens_to(("pg_catalog.text", -1), ("public.citext", -1)));
+        assert!(!widens_to(
+            ("pg_catalog.int4", -1),
+            ("pg_catalog.\"numeric\"", 327684)
+        ));
     }
 
     #[test]
