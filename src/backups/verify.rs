@@ -232,6 +232,11 @@ async fn check_schema(
             Some(p) => {
                 let counted = manifest::count_rows(client, schema, &t.name).await?;
                 check.rows = counted;
+                if t.rows.is_none() && b.manifest.counts_recorded {
+                    report.warnings.push(format!(
+                        "table {name}: the manifest has no row count (row-level security applied to the role that made the backup), so its rows were not compared"
+                    ));
+                }
                 if let (Some(want), None) = (t.rows, counted) {
                     report.differ(
                         &name,

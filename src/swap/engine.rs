@@ -917,6 +917,19 @@ pub async fn swap<H: InTx>(
         .collect();
     match describe_all(control, &maps).await {
         Ok(tables) => {
+            // Row-level security applies to this role on these: not counted
+            // rather than counted wrong, and said.
+            let uncounted: Vec<String> = tables
+                .iter()
+                .filter(|t| t.rows.is_none())
+                .map(|t| crate::pg::meta::table_shown(&t.schema, &t.name))
+                .collect();
+            if !uncounted.is_empty() {
+                warnings.push(format!(
+                    "the backup's row counts of {} were not recorded: row-level security applies to this role on them (a role with BYPASSRLS, or their owner without FORCE ROW LEVEL SECURITY, counts them), so verify cannot compare their rows",
+                    uncounted.join(", ")
+                ));
+            }
             manifest.tables = tables;
             manifest.counts_recorded = true;
         }
