@@ -1254,7 +1254,9 @@ fn a_table_forcing_row_level_security_is_checksummed_in_the_shadow() {
     let said = common::said_by(&out);
     assert!(out.status.success(), "{said}");
     assert!(
-        said.contains("the backup's row counts of docs were not recorded: row-level security applies"),
+        said.contains(
+            "the backup's row counts of docs were not recorded: row-level security applies"
+        ),
         "{said}"
     );
     let out = wd.run(&["verify", "--latest", "--dest", &dst]);

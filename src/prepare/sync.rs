@@ -5570,54 +5570,60 @@ mod tests {
 
     #[test]
     fn widening_a_key_keeps_its_values_apart() {
-        let col = |qual: &str, typmod: i32| ColType {
+        let col = |(qual, typmod): (&str, i32)| ColType {
             qual: qual.into(),
             typmod,
             ..ColType::default()
         };
-        let merges_to =
-            |from: (&str, i32), to: (&str, i32)| merges(&col(from.0, from.1), &col(to.0, to.1));
-        assert!(!merges_to(("pg_catalog.int4", -1), ("pg_catalog.int8", -1)));
-        assert!(!merges_to(
-            ("pg_catalog.int8", -1),
-            ("pg_catalog.\"numeric\"", -1)
-        ));
-        assert!(!merges_to(
-            ("pg_catalog.\"varchar\"", 54),
-            ("pg_catalog.text", -1)
-        ));
-        assert!(!merges_to(
-            ("pg_catalog.\"varchar\"", 54),
-            ("pg_catalog.\"varchar\"", 24)
-        ));
-        assert!(!merges_to(
+        let (int4, int8) = (("pg_catalog.int4", -1), ("pg_catalog.int8", -1));
+        let text = ("pg_catalog.text", -1);
+        let varchar = |n: i32| ("pg_catalog.\"varchar\"", n + 4);
+        // numeric(10,2), numeric(10,0), numeric(12,2), numeric(8,0), numeric.
+        let (n10_2, n10_0, n12_2) = (
             ("pg_catalog.\"numeric\"", 655366),
-            ("pg_catalog.\"numeric\"", -1)
-        ));
-        assert!(merges_to(
-            ("pg_catalog.\"numeric\"", 655366),
-            ("pg_catalog.\"numeric\"", 655364)
-        ));
-        assert!(merges_to(("pg_catalog.text", -1), ("public.citext", -1)));
-        assert!(merges_to(
-            ("pg_catalog.text", -1),
-            ("pg_catalog.bpchar", 14)
-        ));
-        assert!(merges_to(
-            ("pg_catalog.int8", -1),
-            ("pg_catalog.float8", -1)
-        ));
-        assert!(merges_to(
-            ("pg_catalog.timestamptz", -1),
-            ("pg_catalog.\"timestamp\"", -1)
-        ));
-        assert!(!merges_to(
-            ("pg_catalog.\"numeric\"", 655366),
-            ("pg_catalog.\"numeric\"", 786438)
-        ));
+            ("pg_catalog.\"numeric\"", 655364),
+            ("pg_catalog.\"numeric\"", 786438),
+        );
+        let (n8_0, numeric) = (
+            ("pg_catalog.\"numeric\"", 524292),
+            ("pg_catalog.\"numeric\"", -1),
+        );
+        // (from, to, may merge distinct values, fits every value as it is)
+        let cases = [
+            (int4, int8, false, true),
+            (int8, numeric, false, true),
+            (varchar(50), text, false, true),
+            (varchar(20), varchar(50), false, true),
+            (varchar(50), varchar(20), false, false),
+            (n10_2, numeric, false, true),
+            (n10_2, n12_2, false, true),
+            (n10_2, n10_0, true, false),
+            (int4, n8_0, false, false),
+            (int8, int4, true, false),
+            (
+                ("pg_catalog.\"timestamp\"", 3),
+                ("pg_catalog.\"timestamp\"", -1),
+                false,
+                true,
+            ),
+            (text, ("public.citext", -1), true, false),
+            (text, ("pg_catalog.bpchar", 14), true, false),
+            (int8, ("pg_catalog.float8", -1), true, false),
+            (
+                ("pg_catalog.timestamptz", -1),
+                ("pg_catalog.\"timestamp\"", -1),
+                true,
+                false,
+            ),
+        ];
+        for (from, to, merge, widen) in cases {
+            let (d, s) = (col(from), col(to));
+            assert_eq!(merges(&d, &s), merge, "{from:?} -> {to:?}");
+            assert_eq!(widens(&d, &s), widen, "{from:?} -> {to:?}");
+        }
         // A same-named domain over another type, also through a domain
         // over it, and an array of it.
-        let mut d = col("public.email", -1);
+        let mut d = col(("public.email", -1));
         d.domain_over = Some(("pg_catalog.text".into(), "pg_catalog".into(), -1));
         d.root_over = Some("pg_catalog.text".into());
         let mut s = d.clone();
@@ -5632,40 +5638,6 @@ mod tests {
         d.is_array = true;
         s.is_array = true;
         assert!(merges(&d, &s));
-        // Widenings need no trial of the rows; narrowings do.
-        let widens_to =
-            |from: (&str, i32), to: (&str, i32)| widens(&col(from.0, from.1), &col(to.0, to.1));
-        assert!(widens_to(("pg_catalog.int4", -1), ("pg_catalog.int8", -1)));
-        assert!(widens_to(
-            ("pg_catalog.\"varchar\"", 24),
-            ("pg_catalog.\"varchar\"", 54)
-        ));
-        assert!(widens_to(
-            ("pg_catalog.\"varchar\"", 24),
-            ("pg_catalog.text", -1)
-        ));
-        assert!(widens_to(
-            ("pg_catalog.\"numeric\"", 655366),
-            ("pg_catalog.\"numeric\"", 786438)
-        ));
-        assert!(widens_to(
-            ("pg_catalog.\"timestamp\"", 3),
-            ("pg_catalog.\"timestamp\"", -1)
-        ));
-        assert!(!widens_to(
-            ("pg_catalog.\"varchar\"", 54),
-            ("pg_catalog.\"varchar\"", 24)
-        ));
-        assert!(!widens_to(
-            ("pg_catalog.\"numeric\"", 655366),
-            ("pg_catalog.\"numeric\"", 655364)
-        ));
-        assert!(!widens_to(("pg_catalog.int8", -1), ("pg_catalog.int4", -1)));
-        assert!(!widens_to(("pg_catalog.text", -1), ("public.citext", -1)));
-        assert!(!widens_to(
-            ("pg_catalog.int4", -1),
-            ("pg_catalog.\"numeric\"", 327684)
-        ));
     }
 
     #[test]
