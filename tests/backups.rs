@@ -923,6 +923,28 @@ fn cleanup_drops_exactly_the_old_backups() {
     assert_eq!(v["kept"], 1);
     dbs.dst
         .psql(&format!("ALTER SCHEMA elsewhere RENAME TO {}", b[3]));
+    // SIGTERM (Ctrl-C alike): no backup is begun after it; exit 130.
+    let mut child = wd
+        .cmd()
+        .args([
+            "cleanup",
+            "--dest",
+            &dbs.dst.url(),
+            "--before",
+            "1751328000000",
+        ])
+        .env("PGSHIFT_FAILPOINT", "cleanup-next:sleep=3000")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(child.stderr.take().unwrap()));
+    let log = common::lines_until(&mut lines, "pausing 3000 ms at cleanup-next");
+    // SAFETY: plain kill(2) on our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(130), "{}", log.join("\n"));
+    assert_eq!(schemas_left(&dbs.dst), b[2..].to_vec());
     // Unix milliseconds: 2025-07-01.
     let v = cleanup(
         &wd,

@@ -723,16 +723,19 @@ fn the_swap_budget_covers_the_locks_a_real_swap_holds() {
         "BEGIN; LOCK TABLE {backup}.{table} IN ACCESS SHARE MODE"
     )))
     .unwrap();
-    let cleanup = |failpoint: &str| {
+    let cleanup_with = |failpoint: &str, extra: &[&str]| {
+        let url = dbs.dst.url();
+        let mut args = vec![
+            "cleanup",
+            "--dest",
+            &url,
+            "--before",
+            "2999-01-01",
+            "--json",
+        ];
+        args.extend(extra);
         wd.run_env(
-            &[
-                "cleanup",
-                "--dest",
-                &dbs.dst.url(),
-                "--before",
-                "2999-01-01",
-                "--json",
-            ],
+            &args,
             &[
                 ("PGSHIFT_FAILPOINT", failpoint),
                 ("PGSHIFT_CHECK_LOCKS", "1"),
@@ -740,6 +743,7 @@ fn the_swap_budget_covers_the_locks_a_real_swap_holds() {
             ],
         )
     };
+    let cleanup = |failpoint: &str| cleanup_with(failpoint, &[]);
     let r = json(&cleanup(""));
     assert!(r["dropped"].as_array().unwrap().is_empty(), "{r}");
     let reason = r["skipped"][0]["reason"].as_str().unwrap();
@@ -785,7 +789,10 @@ fn the_swap_budget_covers_the_locks_a_real_swap_holds() {
             && err.contains("cannot be restored, even with --force"),
         "{err}"
     );
-    let r = json(&cleanup(""));
+    // A partly dropped backup can no longer be restored: `--keep-latest`
+    // does not keep it as one of the newest (an intact older one went in
+    // its place).
+    let r = json(&cleanup_with("", &["--keep-latest", "1"]));
     assert_eq!(r["dropped"].as_array().unwrap().len(), 1, "{r}");
     assert_eq!(
         dbs.dst.psql(&format!(

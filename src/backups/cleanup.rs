@@ -98,6 +98,10 @@ pub struct CleanupReport {
     pub kept: usize,
     /// Sum of `dropped[].size_bytes`.
     pub freed_bytes: i64,
+    /// Stopped by an interrupt before the last candidate (those not begun
+    /// are left, not reported).
+    #[serde(skip)]
+    pub interrupted: bool,
 }
 
 enum Outcome {
@@ -116,6 +120,9 @@ pub struct CleanupOptions {
     pub dry_run: bool,
     /// How long to wait for a backup's locks before skipping it.
     pub lock_timeout: std::time::Duration,
+    /// Ctrl-C / SIGTERM: no backup is begun after it (the one being dropped
+    /// is finished, in its own transactions).
+    pub cancel: Option<tokio_util::sync::CancellationToken>,
 }
 
 /// The backups old enough to drop (oldest first), and the report that
@@ -141,7 +148,10 @@ async fn candidates(
     let mut protected = opts.keep_latest.unwrap_or(0);
     let mut candidates: Vec<BackupRow> = Vec::new();
     for b in backups {
-        if protected > 0 && backup_schemas(&b).iter().all(|s| present.contains(s)) {
+        // Partly dropped by an interrupted cleanup: no longer restorable.
+        let restorable = b.manifest.dropping_since.is_none()
+            && backup_schemas(&b).iter().all(|s| present.contains(s));
+        if protected > 0 && restorable {
             protected -= 1;
         } else if b.created_at < opts.before {
             candidates.push(b);
@@ -156,6 +166,7 @@ async fn candidates(
         skipped: Vec::new(),
         kept: total - candidates.len(),
         freed_bytes: 0,
+        interrupted: false,
     };
     Ok((candidates, report))
 }
@@ -181,7 +192,15 @@ pub async fn cleanup(
 ) -> Result<(CleanupReport, Vec<String>)> {
     let (candidates, mut report) = candidates(client, opts).await?;
     let mut failures = Vec::new();
+    let mut begun = 0;
     for b in &candidates {
+        // A pause before each backup, for the test of an interrupted cleanup.
+        crate::migration::session::failpoint("cleanup-next").await?;
+        if !opts.dry_run && opts.cancel.as_ref().is_some_and(|c| c.is_cancelled()) {
+            report.interrupted = true;
+            break;
+        }
+        begun += 1;
         let schemas = backup_schemas(b);
         let mut facts = verify::SchemaFacts::default();
         let mut foreign = None;
@@ -238,7 +257,8 @@ pub async fn cleanup(
             }
         }
     }
-    report.kept += report.skipped.len();
+    // Those not begun stay, as kept ones do.
+    report.kept += report.skipped.len() + (candidates.len() - begun);
     Ok((report, failures))
 }
 

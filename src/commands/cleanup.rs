@@ -19,6 +19,7 @@ pub async fn run(args: CleanupArgs, ctx: Ctx) -> Result<ExitCode> {
         keep_latest: settings.keep_latest,
         dry_run: settings.dry_run,
         lock_timeout: settings.swap.lock_timeout,
+        cancel: Some(ctx.cancel.clone()),
     };
     let dest = settings.require_dest()?;
     // A dry run reads only; a real run holds the run lock like every mutating
@@ -43,6 +44,10 @@ pub async fn run(args: CleanupArgs, ctx: Ctx) -> Result<ExitCode> {
         cleanup::cleanup(&sess.control, &opts).await?
     };
     print(&ctx, &report)?;
+    if report.interrupted {
+        // What was dropped is reported above; the rest was not begun.
+        return Err(anyhow::Error::new(crate::error::Interrupted));
+    }
     if !failures.is_empty() {
         anyhow::bail!(
             "could not drop {} backup{}: {}",

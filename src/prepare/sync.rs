@@ -406,8 +406,9 @@ struct ColType {
     /// migrated schema yet not the migration's).
     domain_over_ext: bool,
     /// For a domain, the type under it and the domains it is over
-    /// (`"schema"."type"`): what its values are stored as.
-    root_over: Option<String>,
+    /// (`"schema"."type"`), with the typmod the innermost domain gives it:
+    /// what its values are stored as.
+    root_over: Option<(String, i32)>,
     /// When it is a domain: whether it is NOT NULL, and its CHECKs
     /// (`CONSTRAINT "name" CHECK (…)`), which a trial of a domain not there
     /// yet (one of a migrated schema) tries as well.
@@ -444,12 +445,16 @@ async fn column_types(client: &Client, rel: u32) -> Result<Vec<ColType>> {
                          ELSE pg_catalog.quote_ident(cn.nspname) || '.' || pg_catalog.quote_ident(co.collname) END,
                     EXISTS (SELECT 1 FROM pg_catalog.pg_depend d WHERE d.classid = 'pg_catalog.pg_type'::regclass
                              AND d.objid = dt.oid AND d.deptype = 'e'),
-                    (WITH RECURSIVE under(base) AS (
-                         SELECT bt.typbasetype WHERE bt.typtype = 'd'
+                    -- The type under a domain and the domains it is over,
+                    -- with the typmod the innermost domain gives it.
+                    (WITH RECURSIVE under(base, typmod) AS (
+                         SELECT bt.typbasetype, bt.typtypmod WHERE bt.typtype = 'd'
                          UNION ALL
-                         SELECT y.typbasetype FROM under JOIN pg_catalog.pg_type y ON y.oid = under.base
+                         SELECT y.typbasetype, coalesce(nullif(y.typtypmod, -1), under.typmod)
+                           FROM under JOIN pg_catalog.pg_type y ON y.oid = under.base
                           WHERE y.typtype = 'd')
-                     SELECT pg_catalog.quote_ident(zn.nspname) || '.' || pg_catalog.quote_ident(z.typname)
+                     SELECT ARRAY[pg_catalog.quote_ident(zn.nspname) || '.' || pg_catalog.quote_ident(z.typname),
+                                  under.typmod::text]
                        FROM under JOIN pg_catalog.pg_type z ON z.oid = under.base
                        JOIN pg_catalog.pg_namespace zn ON zn.oid = z.typnamespace
                       WHERE z.typtype <> 'd')
@@ -489,7 +494,9 @@ async fn column_types(client: &Client, rel: u32) -> Result<Vec<ColType>> {
             domain_checks: r.get(18),
             collation: r.get(19),
             domain_over_ext: r.get(20),
-            root_over: r.get(21),
+            root_over: r
+                .get::<_, Option<Vec<String>>>(21)
+                .and_then(|v| Some((v.first()?.clone(), v.get(1)?.parse().ok()?))),
         },
     )
     .await
@@ -1562,8 +1569,8 @@ async fn unique_problems(t: &Tried<'_>, schemas: &[String]) -> Result<Vec<Fit>> 
 /// array's element type, else its own.
 fn stored_as(c: &ColType) -> (String, i32, bool) {
     let plain = |q: &str| q.replace('"', "");
-    match (&c.root_over, &c.domain_over) {
-        (Some(root), Some((_, _, typmod))) => (plain(root), *typmod, c.is_array),
+    match &c.root_over {
+        Some((root, typmod)) => (plain(root), *typmod, c.is_array),
         _ if c.is_array => (format!("{}.{}", c.base_schema, c.base_name), c.typmod, true),
         _ => (plain(&c.qual), c.typmod, false),
     }
@@ -5625,10 +5632,10 @@ mod tests {
         // over it, and an array of it.
         let mut d = col(("public.email", -1));
         d.domain_over = Some(("pg_catalog.text".into(), "pg_catalog".into(), -1));
-        d.root_over = Some("pg_catalog.text".into());
+        d.root_over = Some(("pg_catalog.text".into(), -1));
         let mut s = d.clone();
         s.domain_over = Some(("public.citext".into(), "public".into(), -1));
-        s.root_over = Some("public.citext".into());
+        s.root_over = Some(("public.citext".into(), -1));
         assert!(merges(&d, &s));
         assert!(!merges(&d, &d.clone()));
         let (mut d2, mut s2) = (d.clone(), s.clone());
