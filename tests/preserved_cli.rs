@@ -1383,19 +1383,23 @@ fn a_preserved_column_of_an_extension_type_the_destination_lacks_is_checked_afte
 #[test]
 fn keys_over_retyped_columns_are_tried_as_the_copy_stores_them() {
     let dbs = TestDbs::new("preserved_retyped_keys");
-    dbs.src.psql(
-        "CREATE EXTENSION citext;
+    // dom (not migrated) holds a domain over a domain over numeric(10,0):
+    // its scale rounds 1.1 and 1.2 to the same key.
+    let dom = "CREATE SCHEMA dom; CREATE DOMAIN dom.m0 AS numeric(10,0); CREATE DOMAIN dom.m0b AS dom.m0;";
+    dbs.src.psql(&format!(
+        "CREATE EXTENSION citext; {dom}
          CREATE DOMAIN email AS citext; CREATE DOMAIN em AS citext; CREATE DOMAIN email2 AS email;
          CREATE TABLE users (id int PRIMARY KEY, email email UNIQUE, alt em, code text UNIQUE,
-                             tags email[] UNIQUE, e2 email2 UNIQUE);",
-    );
-    dbs.dst.psql(
-        "CREATE EXTENSION citext;
+                             tags email[] UNIQUE, e2 email2 UNIQUE, amt dom.m0b UNIQUE);"
+    ));
+    dbs.dst.psql(&format!(
+        "CREATE EXTENSION citext; {dom}
          CREATE DOMAIN email AS text; CREATE DOMAIN email2 AS email;
          CREATE TABLE users (id int PRIMARY KEY, email email UNIQUE, alt text, code varchar(10),
-                             tags email[] UNIQUE, e2 email2 UNIQUE);
-         INSERT INTO users VALUES (1, 'A@x', 'a', 'c1', '{A@x}', 'A@x'), (2, 'a@x', 'b', 'c1', '{a@x}', 'a@x');",
-    );
+                             tags email[] UNIQUE, e2 email2 UNIQUE, amt numeric(10,2) UNIQUE);
+         INSERT INTO users VALUES (1, 'A@x', 'a', 'c1', '{{A@x}}', 'A@x', 1.1),
+                                  (2, 'a@x', 'b', 'c1', '{{a@x}}', 'a@x', 1.2);"
+    ));
     let wd = Workdir::new();
     let out = run_users_preserved(&wd, &dbs, "prepare", &["--dry-run"]);
     let err = String::from_utf8_lossy(&out.stderr);
@@ -1404,12 +1408,13 @@ fn keys_over_retyped_columns_are_tried_as_the_copy_stores_them() {
         "unique index users_email_key (email): Key (email)=(",
         "unique index users_code_key (code): Key (code)=(c1)",
         "unique index users_tags_key (tags): Key (tags)=(",
+        "unique index users_amt_key (amt): Key (amt)=(1)",
     ] {
         assert!(err.contains(needle), "{needle}: {err}");
     }
     assert!(!err.contains("alt"), "{err}");
     dbs.dst.psql(
-        "UPDATE users SET email = 'b@x', code = 'c2', tags = '{b@x}', e2 = 'b@x' WHERE id = 2",
+        "UPDATE users SET email = 'b@x', code = 'c2', tags = '{b@x}', e2 = 'b@x', amt = 3 WHERE id = 2",
     );
     let out = run_users_preserved(&wd, &dbs, "prepare", &["--dry-run"]);
     let said = common::said_by(&out);
