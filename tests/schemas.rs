@@ -2320,6 +2320,19 @@ fn a_schema_whose_name_needs_quotes_gets_every_dependency_check() {
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(!err.contains(".s cannot be kept"), "{err}");
     assert!(err.contains("\"Mixed Case\".s,"), "{err}");
+    // The advice holds: both kept (in two schemas), t's write let go.
+    let out = wd.run(&[
+        "rollback",
+        "--dest",
+        &dst,
+        "--latest",
+        "--keep-tables",
+        "\"Mixed Case\".s,s_log",
+        "--allow-discard",
+        "\"Mixed Case\".t",
+        "--dry-run",
+    ]);
+    assert!(out.status.success(), "{}", common::said_by(&out));
     assert_eq!(
         dbs.dst
             .query_one_string("SELECT count(*) FROM \"Mixed Case\".t"),

@@ -275,6 +275,19 @@ pub async fn plan(client: &Client, opts: &RollbackOptions) -> Result<Plan> {
             .or_default()
             .insert(t.name.clone());
     }
+    // Every asked table by its backup's schema: each schema's kept tables
+    // are judged beside the others' (a default of public's `s` drawing from
+    // `app2.s_log`'s sequence stays with `s` when both are kept).
+    let asked_everywhere: Vec<(String, String)> = maps
+        .iter()
+        .flat_map(|m| {
+            asked
+                .get(&m.live)
+                .into_iter()
+                .flatten()
+                .map(|t| (m.backup.clone(), t.clone()))
+        })
+        .collect();
     let mut pairs = Vec::new();
     let mut auto_kept = Vec::new();
     let mut keep_keys = BTreeSet::new();
@@ -309,7 +322,12 @@ pub async fn plan(client: &Client, opts: &RollbackOptions) -> Result<Plan> {
         // Partitions and inheritance children go where their parent goes.
         keep.extend(descendants(client, live, &roots).await?);
         keep.extend(descendants(client, backup, &roots).await?);
-        let blockers = dependents(client, backup, &roots, &backups).await?;
+        let beside: Vec<(String, String)> = asked_everywhere
+            .iter()
+            .filter(|(b, _)| b != backup)
+            .cloned()
+            .collect();
+        let blockers = dependents_among(client, backup, &roots, &backups, &beside).await?;
         if !blockers.is_empty() {
             crate::refuse!(
                 "--keep-tables: objects of the backup depend on {}'s own copy of {}, which would stay behind in the backup: {}; nothing was changed (restore without --keep-tables, or drop or change those objects)",
@@ -583,7 +601,7 @@ async fn bound_to_other_backups(client: &Client, restoring: &[String]) -> Result
 
 /// The written tables (partitions by their root) that `--keep-tables` would
 /// refuse to keep because objects of their backup depend on the backup's own
-/// copy (see [`dependents`]), with that reason.
+/// copy (see [`dependents_among`]), with that reason.
 async fn unkeepable_writes(
     client: &Client,
     maps: &[crate::backups::manifest::SchemaMap],
@@ -1603,30 +1621,21 @@ pub(crate) const DEPENDENT_IN_RELATION: &str = "
                        WHEN 'pg_catalog.pg_constraint'::regclass THEN (SELECT x.conrelid FROM pg_catalog.pg_constraint x WHERE x.oid = d.objid)
                      END), false)";
 
-/// Objects of the backup's schemas (`backups`: every schema of it, not only
-/// `schema`) that depend on `schema`'s copies of `tables` or on the
-/// sequences those own (views, functions with SQL bodies, columns of their
-/// row type, another table's default drawing from their sequence…), other
-/// than the tables' own
-/// parts and foreign keys (those are re-pointed). For a backup's own copies
-/// of kept tables: those objects would move in while the copy stays behind,
-/// and read it (a refusal). A view of the backup's `audit` over its
-/// `billing.invoices` counts as one of `billing`'s own.
-async fn dependents(
-    client: &Client,
-    schema: &str,
-    tables: &[String],
-    backups: &[String],
-) -> Result<Vec<String>> {
-    dependents_among(client, schema, tables, backups, &[]).await
-}
-
-/// [`dependents`] of `schema`'s `tables` in any schema of `among`. For a
-/// live schema's kept tables, `among` the schemas that move (to their
-/// backups): those objects move along, and keep reading the kept table (a
-/// warning); objects elsewhere stay where they are. Parts of the tables
-/// `beside` (`(schema, name)`: kept along with them) do not count: a
-/// default of one drawing from the other's sequence stays with it.
+/// Objects of the schemas `among` that depend on `schema`'s copies of
+/// `tables` or on the sequences those own (views, functions with SQL
+/// bodies, columns of their row type, another table's default drawing from
+/// their sequence…), other than the tables' own parts and foreign keys
+/// (those are re-pointed), and the parts of the tables `beside` (`(schema,
+/// name)`: kept along with them; a default of one drawing from the other's
+/// sequence stays with it).
+///
+/// For a backup's own copies of kept tables, `among` every schema of the
+/// backup: those objects would move in while the copy stays behind, and
+/// read it (a refusal); a view of the backup's `audit` over its
+/// `billing.invoices` counts as one of `billing`'s own. For a live schema's
+/// kept tables, `among` the schemas that move (to their backups): those
+/// objects move along, and keep reading the kept table (a warning); objects
+/// elsewhere stay where they are.
 async fn dependents_among(
     client: &Client,
     schema: &str,
