@@ -19,6 +19,36 @@ pub const VERSION: &str = concat!(
     ")"
 );
 
+/// How to name a flag's value in an error: the environment variable it was
+/// read from (`PGSHIFT_LOCK_TIMEOUT`) when the flag is not on the command
+/// line and that variable is set, else the flag itself (`--lock-timeout`).
+/// `flag` is the long form, `--` included.
+pub fn given_as(flag: &str) -> String {
+    env_source(flag).unwrap_or_else(|| flag.to_string())
+}
+
+/// The environment variable a flag's value came from, if it did (see
+/// [`given_as`]): the flag is not on the command line, and its variable
+/// (any subcommand's, or a global one) is set.
+pub fn env_source(flag: &str) -> Option<String> {
+    use clap::CommandFactory;
+    let long = flag.strip_prefix("--")?;
+    let mut cli = Cli::command();
+    cli.build();
+    let var = cli
+        .get_subcommands()
+        .flat_map(|c| c.get_arguments())
+        .chain(cli.get_arguments())
+        .filter(|a| a.get_long() == Some(long))
+        .find_map(|a| a.get_env())?
+        .to_string_lossy()
+        .into_owned();
+    let on_line = std::env::args()
+        .skip(1)
+        .any(|a| a == flag || a.starts_with(&format!("{flag}=")));
+    (!on_line && std::env::var_os(&var).is_some()).then_some(var)
+}
+
 /// Move a whole PostgreSQL database into a running destination without downtime.
 ///
 /// pgshift restores the source's `public` schema into a `shadow` schema on the

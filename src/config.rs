@@ -223,8 +223,7 @@ pub fn list_items(
     what: &str,
 ) -> Result<Vec<String>> {
     // The variable's value is what clap used when the flag was not given.
-    let from_env =
-        env.filter(|e| values.len() == 1 && std::env::var(e).is_ok_and(|v| v == values[0]));
+    let from_env = env.filter(|_| crate::cli::env_source(flag).is_some());
     let mut out = Vec::new();
     for v in values {
         if v.trim().is_empty() {
@@ -621,12 +620,16 @@ fn duration_setting(
     on_server: bool,
 ) -> Result<Duration> {
     let (name, d) = match (given, file) {
-        (Some(t), _) => (flag, parse_duration(flag, t)?),
-        (None, Some(v)) => (key, duration_value(key, v)?),
+        (Some(t), _) => {
+            let flag = crate::cli::given_as(flag);
+            let d = parse_duration(&flag, t)?;
+            (flag, d)
+        }
+        (None, Some(v)) => (key.to_string(), duration_value(key, v)?),
         (None, None) => return Ok(default),
     };
     if on_server {
-        server_timeout(name, d)
+        server_timeout(&name, d)
     } else {
         Ok(d)
     }
@@ -691,9 +694,9 @@ pub fn resolve(
     // Messages name the setting as it was given: the flag (or its variable),
     // else the config file's key.
     let (mut jobs, jobs_name) = match (global.jobs, f.jobs) {
-        (Some(n), _) => (n, "--jobs"),
-        (None, Some(n)) => (n, "jobs"),
-        (None, None) => (cpus.min(8), "--jobs"),
+        (Some(n), _) => (n, crate::cli::given_as("--jobs")),
+        (None, Some(n)) => (n, "jobs".to_string()),
+        (None, None) => (cpus.min(8), "--jobs".to_string()),
     };
     if jobs == 0 {
         crate::refuse!("{jobs_name} must be at least 1");
@@ -705,9 +708,9 @@ pub fn resolve(
         jobs = cpus;
     }
     let (max_connections, max_name) = match (global.max_connections, f.max_connections) {
-        (Some(n), _) => (n, "--max-connections"),
-        (None, Some(n)) => (n, "max_connections"),
-        (None, None) => (20, "--max-connections"),
+        (Some(n), _) => (n, crate::cli::given_as("--max-connections")),
+        (None, Some(n)) => (n, "max_connections".to_string()),
+        (None, None) => (20, "--max-connections".to_string()),
     };
     if max_connections < MIN_CONNECTIONS {
         crate::refuse!(
@@ -765,7 +768,7 @@ pub fn resolve(
     let conn = |flag: &str, given: &Option<String>, key: &str, file: &Option<String>| match (
         given, file,
     ) {
-        (Some(s), _) => parse_conn(flag, s).map(Some),
+        (Some(s), _) => parse_conn(&crate::cli::given_as(flag), s).map(Some),
         (None, Some(s)) => parse_conn(&format!("{key} in the config file"), s).map(Some),
         (None, None) => Ok(None),
     };

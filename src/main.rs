@@ -159,30 +159,13 @@ fn ignored(sig: libc::c_int) -> bool {
 
 /// The environment variable a bad value of clap's error came from: its
 /// flag is not on the command line, and the variable is set.
-fn from_env(e: &clap::Error, sub: Option<&str>) -> Option<String> {
-    use clap::CommandFactory;
+fn from_env(e: &clap::Error) -> Option<String> {
     use clap::error::{ContextKind, ContextValue};
     let Some(ContextValue::String(arg)) = e.get(ContextKind::InvalidArg) else {
         return None;
     };
     let long = arg.strip_prefix("--")?.split([' ', '=']).next()?;
-    let mut cli = Cli::command();
-    cli.build();
-    let in_sub = sub
-        .and_then(|name| cli.find_subcommand(name))
-        .into_iter()
-        .flat_map(|c| c.get_arguments());
-    let var = in_sub
-        .chain(cli.get_arguments())
-        .find(|a| a.get_long() == Some(long))?
-        .get_env()?
-        .to_string_lossy()
-        .into_owned();
-    let flag = format!("--{long}");
-    let on_line = std::env::args()
-        .skip(1)
-        .any(|a| a == flag || a.starts_with(&format!("{flag}=")));
-    (!on_line && std::env::var_os(&var).is_some()).then_some(var)
+    pgshift::cli::env_source(&format!("--{long}"))
 }
 
 /// Print clap's error as one line (help and version go to stdout as usual).
@@ -217,7 +200,7 @@ fn report_clap_error(e: clap::Error, secrets: &[(String, String)]) -> i32 {
                 .find(|a| names.iter().any(|n| n == a));
             // A bad value that came from the environment, not the line:
             // name the variable (`PGSHIFT_JSON=bogus` read as `--json`).
-            let one_line = match from_env(&e, sub.as_deref()) {
+            let one_line = match from_env(&e) {
                 Some(var) => format!("{one_line} (the value of {var})"),
                 None => one_line.to_string(),
             };

@@ -501,7 +501,7 @@ fn bad_input_is_one_line_a_documented_code_and_no_change() {
             args: prepare(&[]),
             env: vec![("PGSHIFT_IMPACT_TIMEOUT".into(), "0".into())],
             code: 2,
-            message: vec!["--impact-timeout", "greater than zero"],
+            message: vec!["PGSHIFT_IMPACT_TIMEOUT must be greater than zero"],
         },
         Case {
             name: "--workload-roles with a qualified name",

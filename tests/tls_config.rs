@@ -231,6 +231,24 @@ json = true
         "{err}"
     );
     assert!(out.stdout.is_empty());
+    // So does a value pgshift checks itself (a duration), and one given on
+    // the line is the flag's.
+    let out = wd.run_env(&["list"], &[("PGSHIFT_CONNECT_TIMEOUT", "nope")]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr_of(&out));
+    assert!(
+        stderr_of(&out).contains("invalid PGSHIFT_CONNECT_TIMEOUT \"nope\""),
+        "{}",
+        stderr_of(&out)
+    );
+    let out = wd.run_env(
+        &["list", "--connect-timeout", "nope"],
+        &[("PGSHIFT_CONNECT_TIMEOUT", "nope")],
+    );
+    assert!(
+        stderr_of(&out).contains("invalid --connect-timeout \"nope\""),
+        "{}",
+        stderr_of(&out)
+    );
 
     // A password file others may read is ignored, as libpq ignores it, and
     // said so (it is read while the configuration is resolved, before
