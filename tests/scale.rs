@@ -766,6 +766,15 @@ fn the_swap_budget_covers_the_locks_a_real_swap_holds() {
     );
     let list = json(&wd.run(&["list", "--dest", &dbs.dst.url(), "--json"]));
     assert_eq!(list[0]["partly_dropped"], true, "{list}");
+    let out = wd.run(&["verify", "--latest", "--dest", &dbs.dst.url(), "--json"]);
+    assert_eq!(out.status.code(), Some(3));
+    let verified = json(&out);
+    assert!(
+        verified["warnings"]
+            .to_string()
+            .contains(&format!("{backup} is partly dropped")),
+        "{verified}"
+    );
     let status = json(&wd.run(&["status", "--dest", &dbs.dst.url(), "--json"]));
     assert!(
         status["warnings"]

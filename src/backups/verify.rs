@@ -162,6 +162,13 @@ pub async fn check(client: &Client, b: &BackupRow) -> Result<VerifyReport> {
         warnings: Vec::new(),
         recordable: !b.manifest.steps_pending(),
     };
+    if let Some(since) = b.manifest.dropping_since {
+        report.warnings.push(format!(
+            "{} is partly dropped: a cleanup began dropping it in parts at {} and did not finish, so its missing tables are gone, not damaged; it cannot be restored, and the next cleanup whose --before covers it drops the rest",
+            b.schema_name,
+            crate::output::rfc3339(&since)
+        ));
+    }
     if b.manifest.steps_pending() {
         report.warnings.push(format!(
             "the {} that made {} has not recorded its tables yet (a {} still running records them after its COMMIT, else the next swap or rollback does): only that its schemas exist was checked, and this verification is not recorded; verify again then",
