@@ -945,6 +945,11 @@ fn cleanup_drops_exactly_the_old_backups() {
     let out = child.wait_with_output().unwrap();
     assert_eq!(out.status.code(), Some(130), "{}", log.join("\n"));
     assert_eq!(schemas_left(&dbs.dst), b[2..].to_vec());
+    assert!(
+        text(&out.stdout).starts_with("Interrupted before dropping any backup"),
+        "{}",
+        text(&out.stdout)
+    );
     // Unix milliseconds: 2025-07-01.
     let v = cleanup(
         &wd,

@@ -98,9 +98,9 @@ pub struct CleanupReport {
     pub kept: usize,
     /// Sum of `dropped[].size_bytes`.
     pub freed_bytes: i64,
-    /// Stopped by an interrupt before the last candidate (those not begun
-    /// are left, not reported).
-    #[serde(skip)]
+    /// Stopped by Ctrl-C or SIGTERM before its last candidate: those not
+    /// begun are left, counted in `kept` (present only then).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub interrupted: bool,
 }
 

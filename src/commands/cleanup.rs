@@ -64,6 +64,10 @@ fn print(ctx: &Ctx, r: &CleanupReport) -> Result<()> {
         return output::print_json(r);
     }
     let verb = if r.dry_run { "would drop" } else { "dropped" };
+    if r.interrupted && r.dropped.is_empty() && r.skipped.is_empty() {
+        crate::outln!("Interrupted before dropping any backup; {} kept.", r.kept);
+        return Ok(());
+    }
     if r.dropped.is_empty() && r.skipped.is_empty() {
         crate::outln!(
             "Nothing to clean up: no backup created before {}{}.",
@@ -110,6 +114,8 @@ fn print(ctx: &Ctx, r: &CleanupReport) -> Result<()> {
         r.kept,
         if r.dry_run {
             " (dry run: nothing was changed)"
+        } else if r.interrupted {
+            " (interrupted: those not begun were kept)"
         } else {
             ""
         }

@@ -30,8 +30,14 @@ pub async fn run(args: VerifyArgs, ctx: Ctx) -> Result<ExitCode> {
     if report.ok {
         Ok(ExitCode::Ok)
     } else {
+        // A partly dropped backup: its missing tables are gone, not damaged.
+        let partly = if backup.manifest.dropping_since.is_some() {
+            " (it is partly dropped: a cleanup did not finish)"
+        } else {
+            ""
+        };
         crate::errln!(
-            "error: {} does not match its manifest: {}",
+            "error: {} does not match its manifest{partly}: {}",
             report.schema,
             report.summary()
         );

@@ -498,7 +498,7 @@ pub async fn report(
         .filter(|b| b.manifest.dropping_since.is_some())
     {
         warnings.push(format!(
-            "backup {} is partly dropped: a cleanup began dropping it in parts and did not finish (part of it may be gone, so it cannot be rolled back to); the next cleanup drops the rest",
+            "backup {} is partly dropped: a cleanup began dropping it in parts and did not finish (part of it may be gone, so it cannot be rolled back to); the next cleanup whose --before covers it drops the rest",
             b.schema_name
         ));
     }

@@ -399,7 +399,7 @@ pub async fn plan(client: &Client, opts: &RollbackOptions) -> Result<Plan> {
     // with --force: which of its tables are gone is not known.
     let partly_dropped = restore.manifest.dropping_since.map(|since| {
         format!(
-            "{schema} is partly dropped: a cleanup began dropping it in parts at {} and did not finish, so part of it may be gone; it cannot be restored, even with --force (the next cleanup drops the rest); nothing was changed",
+            "{schema} is partly dropped: a cleanup began dropping it in parts at {} and did not finish, so part of it may be gone; it cannot be restored, even with --force (the next cleanup whose --before covers it drops the rest); nothing was changed",
             since.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
         )
     });
