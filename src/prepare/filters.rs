@@ -490,10 +490,14 @@ pub async fn resolve(
             migrated.contains(&table_display(s, t))
         })
         .await?;
+        let all: Vec<(String, String)> = kept_by_schema
+            .iter()
+            .flat_map(|(s, t)| t.iter().map(|t| (s.clone(), t.clone())))
+            .collect();
         for (s, tables) in &kept_by_schema {
             let roots: Vec<String> = tables.iter().cloned().collect();
             res.warnings.extend(
-                rollback::kept_table_warnings(dest, s, &roots, schemas, "the backup").await?,
+                rollback::kept_table_warnings(dest, s, &roots, &all, schemas, "the backup").await?,
             );
         }
         res.kept = kept;

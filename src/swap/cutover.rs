@@ -223,11 +223,23 @@ impl Kept {
     /// and a rollback say it; every migrated schema of `m` moves.
     async fn warnings(&self, client: &Client, m: &MigrationRow) -> Result<Vec<String>> {
         let mut out = Vec::new();
+        let all: Vec<(String, String)> = self
+            .by_schema
+            .iter()
+            .flat_map(|(s, t)| t.iter().map(|t| (s.clone(), t.clone())))
+            .collect();
         for (s, tables) in &self.by_schema {
             let tables: Vec<String> = tables.iter().cloned().collect();
             out.extend(
-                rollback::kept_table_warnings(client, s, &tables, &m.state.schemas, "the backup")
-                    .await?,
+                rollback::kept_table_warnings(
+                    client,
+                    s,
+                    &tables,
+                    &all,
+                    &m.state.schemas,
+                    "the backup",
+                )
+                .await?,
             );
         }
         Ok(out)

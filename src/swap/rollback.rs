@@ -288,6 +288,17 @@ pub async fn plan(client: &Client, opts: &RollbackOptions) -> Result<Plan> {
                 .map(|t| (m.backup.clone(), t.clone()))
         })
         .collect();
+    // The same, by live schema (where the kept tables stay).
+    let asked_live: Vec<(String, String)> = maps
+        .iter()
+        .flat_map(|m| {
+            asked
+                .get(&m.live)
+                .into_iter()
+                .flatten()
+                .map(|t| (m.live.clone(), t.clone()))
+        })
+        .collect();
     let mut pairs = Vec::new();
     let mut auto_kept = Vec::new();
     let mut keep_keys = BTreeSet::new();
@@ -336,7 +347,10 @@ pub async fn plan(client: &Client, opts: &RollbackOptions) -> Result<Plan> {
                 blockers.join(", ")
             );
         }
-        warnings.extend(kept_table_warnings(client, live, &roots, &lives, "the new backup").await?);
+        warnings.extend(
+            kept_table_warnings(client, live, &roots, &asked_live, &lives, "the new backup")
+                .await?,
+        );
         let mut expected: BTreeSet<String> = backup_tables
             .iter()
             .filter(|t| !keep.contains(*t))
@@ -627,42 +641,50 @@ async fn unkeepable_writes(
             None => (&at.schema, &at.name, shown),
         })
         .collect();
+    // Until nothing changes: a table keepable only beside one found
+    // unkeepable is not keepable either.
     let mut out = Unkeepable::new();
-    for &(schema, name, shown) in &roots {
-        let Some(m) = maps.iter().find(|m| &m.live == schema) else {
-            continue;
-        };
-        if out.contains_key(shown) {
-            continue;
+    loop {
+        let mut found = false;
+        for &(schema, name, shown) in &roots {
+            let Some(m) = maps.iter().find(|m| &m.live == schema) else {
+                continue;
+            };
+            if out.contains_key(shown) {
+                continue;
+            }
+            let beside: Vec<(String, String)> = roots
+                .iter()
+                .filter(|(s, n, shown)| (s, n) != (&schema, &name) && !out.contains_key(*shown))
+                .filter_map(|(s, n, _)| {
+                    let b = maps.iter().find(|m| &m.live == *s)?;
+                    Some((b.backup.clone(), n.to_string()))
+                })
+                .collect();
+            let blockers = dependents_among(
+                client,
+                &m.backup,
+                std::slice::from_ref(name),
+                &backups,
+                &beside,
+            )
+            .await?;
+            if !blockers.is_empty() {
+                out.insert(
+                    shown.to_string(),
+                    format!(
+                        "objects of the backup depend on {}'s own copy: {}",
+                        crate::pg::ident::display_ident(&m.backup),
+                        blockers.join(", ")
+                    ),
+                );
+                found = true;
+            }
         }
-        let beside: Vec<(String, String)> = roots
-            .iter()
-            .filter(|(s, n, _)| (s, n) != (&schema, &name))
-            .filter_map(|(s, n, _)| {
-                let b = maps.iter().find(|m| &m.live == *s)?;
-                Some((b.backup.clone(), n.to_string()))
-            })
-            .collect();
-        let blockers = dependents_among(
-            client,
-            &m.backup,
-            std::slice::from_ref(name),
-            &backups,
-            &beside,
-        )
-        .await?;
-        if !blockers.is_empty() {
-            out.insert(
-                shown.to_string(),
-                format!(
-                    "objects of the backup depend on {}'s own copy: {}",
-                    crate::pg::ident::display_ident(&m.backup),
-                    blockers.join(", ")
-                ),
-            );
+        if !found {
+            return Ok(out);
         }
     }
-    Ok(out)
 }
 
 /// The kept tables of `pairs` as names, each in its live schema (for the
@@ -1728,6 +1750,7 @@ pub(crate) async fn kept_table_warnings(
     client: &Client,
     schema: &str,
     tables: &[String],
+    also_kept: &[(String, String)],
     moving: &[String],
     to: &str,
 ) -> Result<Vec<String>> {
@@ -1738,7 +1761,7 @@ pub(crate) async fn kept_table_warnings(
     if !moving.iter().any(|s| s == schema) {
         moving.push(schema.to_string());
     }
-    let mut warnings: Vec<String> = dependents_among(client, schema, tables, &moving, &[])
+    let mut warnings: Vec<String> = dependents_among(client, schema, tables, &moving, also_kept)
         .await?
         .into_iter()
         .map(|d| {
@@ -1747,11 +1770,21 @@ pub(crate) async fn kept_table_warnings(
             )
         })
         .collect();
+    let (also_schemas, also_names): (Vec<&str>, Vec<&str>) = also_kept
+        .iter()
+        .map(|(s, n)| (s.as_str(), n.as_str()))
+        .unzip();
     let uses: Vec<(String, String, String)> = query_map(
         client,
         &format!(
             "WITH kept AS (SELECT c.oid, c.relname FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
                             WHERE n.nspname = $2 AND c.relname = ANY($1) AND c.relkind IN ('r', 'p')),
+                  -- With the tables kept in the other schemas: what they
+                  -- own stays live too.
+                  all_kept AS (SELECT oid FROM kept
+                               UNION SELECT c.oid FROM unnest($4::text[], $5::text[]) b(s, r)
+                                 JOIN pg_catalog.pg_namespace n ON n.nspname = b.s
+                                 JOIN pg_catalog.pg_class c ON c.relnamespace = n.oid AND c.relname = b.r),
                   parts(classid, objid, rel) AS (
                     SELECT 'pg_catalog.pg_class'::regclass, oid, oid FROM kept
                     UNION ALL SELECT 'pg_catalog.pg_attrdef'::regclass, a.oid, a.adrelid FROM pg_catalog.pg_attrdef a WHERE a.adrelid IN (SELECT oid FROM kept)
@@ -1765,10 +1798,10 @@ pub(crate) async fn kept_table_warnings(
                       FROM pg_catalog.pg_depend d JOIN parts p ON p.classid = d.classid AND p.objid = d.objid
                       JOIN kept k ON k.oid = p.rel
                      WHERE d.deptype = 'n'
-                       AND NOT (d.refclassid = 'pg_catalog.pg_class'::regclass AND d.refobjid IN (SELECT oid FROM kept))
+                       AND NOT (d.refclassid = 'pg_catalog.pg_class'::regclass AND d.refobjid IN (SELECT oid FROM all_kept))
                        AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_depend o
                                         WHERE o.classid = d.refclassid AND o.objid = d.refobjid
-                                          AND (o.deptype = 'e' OR (o.deptype IN ('a', 'i') AND o.refobjid IN (SELECT oid FROM kept))))
+                                          AND (o.deptype = 'e' OR (o.deptype IN ('a', 'i') AND o.refobjid IN (SELECT oid FROM all_kept))))
                        -- nor the array type of an extension's type (citext[]
                        -- goes where citext goes)
                        AND {not_ext_array})
@@ -1779,7 +1812,7 @@ pub(crate) async fn kept_table_warnings(
               ORDER BY 1, 3",
             not_ext_array = crate::pg::catalog::NOT_EXT_ARRAY_REF
         ),
-        &[&tables, &schema, &moving],
+        &[&tables, &schema, &moving, &also_schemas, &also_names],
         "looking for what kept tables use",
         |r| (r.get(0), r.get(1), r.get(2)),
     )
