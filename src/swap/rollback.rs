@@ -275,30 +275,27 @@ pub async fn plan(client: &Client, opts: &RollbackOptions) -> Result<Plan> {
             .or_default()
             .insert(t.name.clone());
     }
-    // Every asked table by its backup's schema: each schema's kept tables
-    // are judged beside the others' (a default of public's `s` drawing from
-    // `app2.s_log`'s sequence stays with `s` when both are kept).
-    let asked_everywhere: Vec<(String, String)> = maps
+    // Every asked table, with its live schema and its backup's: each
+    // schema's kept tables are judged beside the others' (a default of
+    // public's `s` drawing from `app2.s_log`'s sequence stays with `s` when
+    // both are kept).
+    let asked_all: Vec<(&str, &str, String)> = maps
         .iter()
         .flat_map(|m| {
             asked
                 .get(&m.live)
                 .into_iter()
                 .flatten()
-                .map(|t| (m.backup.clone(), t.clone()))
+                .map(|t| (m.live.as_str(), m.backup.as_str(), t.clone()))
         })
         .collect();
-    // The same, by live schema (where the kept tables stay).
-    let asked_live: Vec<(String, String)> = maps
-        .iter()
-        .flat_map(|m| {
-            asked
-                .get(&m.live)
-                .into_iter()
-                .flatten()
-                .map(|t| (m.live.clone(), t.clone()))
-        })
-        .collect();
+    let by = |backup: bool| -> Vec<(String, String)> {
+        asked_all
+            .iter()
+            .map(|(l, b, t)| ((if backup { *b } else { *l }).to_string(), t.clone()))
+            .collect()
+    };
+    let (asked_everywhere, asked_live) = (by(true), by(false));
     let mut pairs = Vec::new();
     let mut auto_kept = Vec::new();
     let mut keep_keys = BTreeSet::new();
