@@ -66,7 +66,7 @@ pub struct FileConfig {
 /// `--schemas`: identifiers (as psql reads them: unquoted names fold to
 /// lower case), no duplicates, public among them (listed first), none of
 /// pgshift's own or the system's. Empty: `["public"]`.
-fn parse_schemas(raw: Vec<String>) -> Result<Vec<String>> {
+fn parse_schemas(raw: Vec<String>, shown: &str) -> Result<Vec<String>> {
     if raw.is_empty() {
         return Ok(crate::pg::meta::default_schemas());
     }
@@ -77,13 +77,13 @@ fn parse_schemas(raw: Vec<String>) -> Result<Vec<String>> {
             // A name of three parts is no schema name, not a table name of
             // too many parts.
             UserError::new(if e.contains("more than two parts") {
-                format!("--schemas: {} is not a schema name", as_typed(r))
+                format!("{shown}: {} is not a schema name", as_typed(r))
             } else {
-                format!("--schemas: {}", e.replace("table name", "schema name"))
+                format!("{shown}: {}", e.replace("table name", "schema name"))
             })
         })?;
         if t.schema.is_some() {
-            crate::refuse!("--schemas: {} is not a schema name", as_typed(r));
+            crate::refuse!("{shown}: {} is not a schema name", as_typed(r));
         }
         let name = t.name;
         let reserved = name == crate::pg::meta::META_SCHEMA
@@ -94,23 +94,22 @@ fn parse_schemas(raw: Vec<String>) -> Result<Vec<String>> {
             || name.starts_with("pgshift_");
         if reserved {
             crate::refuse!(
-                "--schemas: {} is not an application schema (system or pgshift's own)",
+                "{shown}: {} is not an application schema (system or pgshift's own)",
                 crate::pg::ident::display_ident(&name)
             );
         }
         if out.contains(&name) {
             crate::refuse!(
-                "--schemas: {} is listed twice",
+                "{shown}: {} is listed twice",
                 crate::pg::ident::display_ident(&name)
             );
         }
         out.push(name);
     }
     if !out.iter().any(|s| s == crate::pg::meta::PUBLIC) {
-        return Err(UserError::new(
-            "--schemas: public must be one of the schemas (a migration always moves public; add the others to it)",
-        )
-        .into());
+        crate::refuse!(
+            "{shown}: public must be one of the schemas (a migration always moves public; add the others to it)"
+        );
     }
     out.sort_by_key(|s| s != crate::pg::meta::PUBLIC);
     Ok(out)
@@ -257,6 +256,15 @@ fn list_setting(
         (Some(v), _) => list_items(flag, Some(env), v, what),
         (None, Some(l)) => l.items(key, what),
         (None, None) => Ok(Vec::new()),
+    }
+}
+
+/// How an error names a setting: the flag, or the variable it was read from
+/// ([`crate::cli::given_as`]), when given; else the config file's key.
+fn setting_shown<T>(given: &Option<T>, flag: &str, key: &str, file_has: bool) -> String {
+    match (given, file_has) {
+        (Some(_), _) | (None, false) => crate::cli::given_as(flag),
+        (None, true) => format!("{key} in the config file"),
     }
 }
 
@@ -781,22 +789,31 @@ pub fn resolve(
         "preserved_tables",
         "table names",
     )?;
+    let preserved_shown = setting_shown(
+        &inputs.preserved_tables,
+        "--preserved-tables",
+        "preserved_tables",
+        f.preserved_tables.is_some(),
+    );
     let mut preserved_tables = TableName::parse_list(&preserved_raw)
-        .map_err(|e| UserError::new(format!("--preserved-tables: {e}")))?;
+        .map_err(|e| UserError::new(format!("{preserved_shown}: {e}")))?;
     // One table named twice (`users,public.users`) is preserved once.
     let mut seen = std::collections::HashSet::new();
     preserved_tables.retain(|t| seen.insert((t.schema_or_public().to_string(), t.name.clone())));
-    let schemas = parse_schemas(list_setting(
-        &inputs.schemas,
-        ("--schemas", "PGSHIFT_SCHEMAS"),
-        &f.schemas,
-        "schemas",
-        "schema names",
-    )?)?;
+    let schemas = parse_schemas(
+        list_setting(
+            &inputs.schemas,
+            ("--schemas", "PGSHIFT_SCHEMAS"),
+            &f.schemas,
+            "schemas",
+            "schema names",
+        )?,
+        &setting_shown(&inputs.schemas, "--schemas", "schemas", f.schemas.is_some()),
+    )?;
     for t in &preserved_tables {
         if !schemas.iter().any(|s| s == t.schema_or_public()) {
             crate::refuse!(
-                "--preserved-tables: {t} is not in a schema the migration moves ({}){}",
+                "{preserved_shown}: {t} is not in a schema the migration moves ({}){}",
                 schemas
                     .iter()
                     .map(|s| crate::pg::ident::display_ident(s))

@@ -249,6 +249,17 @@ json = true
         "{}",
         stderr_of(&out)
     );
+    // And a list's item checks (schemas, preserved tables).
+    let out = wd.run_env(
+        &["prepare", "--dry-run"],
+        &[("PGSHIFT_SCHEMAS", "public,public")],
+    );
+    assert_eq!(out.status.code(), Some(2), "{}", stderr_of(&out));
+    assert!(
+        stderr_of(&out).contains("error: PGSHIFT_SCHEMAS: public is listed twice"),
+        "{}",
+        stderr_of(&out)
+    );
 
     // A password file others may read is ignored, as libpq ignores it, and
     // said so (it is read while the configuration is resolved, before
