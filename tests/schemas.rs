@@ -2411,3 +2411,40 @@ fn a_rollback_whose_objects_use_another_backup_says_so() {
         "{plan}"
     );
 }
+
+/// Tables kept at the swap in two schemas (`s` draws its ids from
+/// `app2.s_log`'s sequence) stay live at a rollback without being asked:
+/// kept together, neither is warned about as bound to a copy that moves
+/// (the rollback said `app2.s_log_id_seq` moved to the new backup, which it
+/// did not).
+#[test]
+fn tables_kept_at_the_swap_in_two_schemas_stay_together_at_a_rollback() {
+    let dbs = TestDbs::new("sch_kept_pair");
+    let app = "CREATE SCHEMA app2;
+         CREATE TABLE app2.s_log (id serial PRIMARY KEY);
+         CREATE TABLE s (id int DEFAULT nextval('app2.s_log_id_seq'));
+         CREATE TABLE t (id int PRIMARY KEY);";
+    dbs.src.psql(app);
+    dbs.dst.psql(app);
+    let wd = Workdir::new();
+    let (src, dst) = (dbs.src.url(), dbs.dst.url());
+    run_json(
+        &wd,
+        &[
+            "start",
+            "--source",
+            &src,
+            "--dest",
+            &dst,
+            "--schemas",
+            "public,app2",
+            "--keep-tables",
+            "s,app2.s_log",
+        ],
+    );
+    let out = wd.run(&["rollback", "--dest", &dst, "--latest", "--dry-run"]);
+    let said = common::said_by(&out);
+    assert!(out.status.success(), "{said}");
+    assert!(said.contains("stayed live when"), "{said}");
+    assert!(!said.contains("moves to the new backup"), "{said}");
+}

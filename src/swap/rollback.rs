@@ -25,7 +25,7 @@
 //! covers them; the newest backup's manifest holds the counters of this
 //! public when it went live (see [`crate::swap::impact::gate`]).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use anyhow::{Context, Result, bail};
 use chrono::Utc;
@@ -299,22 +299,49 @@ pub async fn plan(client: &Client, opts: &RollbackOptions) -> Result<Plan> {
     let mut pairs = Vec::new();
     let mut auto_kept = Vec::new();
     let mut keep_keys = BTreeSet::new();
+    // Each backup schema's tables, and the live tables kept without being
+    // asked (they stayed live when the backup was made: it has no copy).
+    let mut backup_tables_of = HashMap::new();
+    let mut auto_of: HashMap<&str, Vec<String>> = HashMap::new();
+    for m in &maps {
+        let backup_tables = tables_of(client, &m.backup).await?;
+        let asked_here = asked.get(&m.live);
+        let auto: Vec<String> = live_tables[&m.live]
+            .iter()
+            .filter(|t| {
+                restore
+                    .manifest
+                    .kept_tables
+                    .contains(&crate::pg::meta::table_display(&m.live, t))
+                    && !backup_tables.contains(*t)
+                    && !asked_here.is_some_and(|a| a.contains(*t))
+            })
+            .cloned()
+            .collect();
+        auto_of.insert(m.live.as_str(), auto);
+        backup_tables_of.insert(m.live.as_str(), backup_tables);
+    }
+    // Every kept table, by live schema: each schema's kept tables are
+    // warned about beside the others'.
+    let kept_live: Vec<(String, String)> = asked_live
+        .iter()
+        .cloned()
+        .chain(
+            auto_of
+                .iter()
+                .flat_map(|(l, ts)| ts.iter().map(|t| (l.to_string(), t.clone()))),
+        )
+        .collect();
     for m in &maps {
         let (live, backup) = (m.live.as_str(), m.backup.as_str());
-        let live_now = &live_tables[live];
-        let backup_tables = tables_of(client, backup).await?;
+        let backup_tables = &backup_tables_of[live];
         let asked_here = asked.remove(live).unwrap_or_default();
-        let mut auto_here = Vec::new();
-        for t in live_now {
-            let key = crate::pg::meta::table_display(live, t);
-            if restore.manifest.kept_tables.contains(&key)
-                && !backup_tables.contains(t)
-                && !asked_here.contains(t)
-            {
-                auto_here.push(t.clone());
-                auto_kept.push(key);
-            }
-        }
+        let auto_here = auto_of.remove(live).unwrap_or_default();
+        auto_kept.extend(
+            auto_here
+                .iter()
+                .map(|t| crate::pg::meta::table_display(live, t)),
+        );
         if !auto_here.is_empty() {
             warnings.push(format!(
                 "{} stayed live when {backup} was made, so the backup has no copy; keeping {}'s",
@@ -340,20 +367,26 @@ pub async fn plan(client: &Client, opts: &RollbackOptions) -> Result<Plan> {
             crate::refuse!(
                 "--keep-tables: objects of the backup depend on {}'s own copy of {}, which would stay behind in the backup: {}; nothing was changed (restore without --keep-tables, or drop or change those objects)",
                 crate::pg::ident::display_ident(backup),
-                roots.join(", "),
+                roots
+                    .iter()
+                    .filter(|t| backup_tables.contains(*t))
+                    .join(", "),
                 blockers.join(", ")
             );
         }
         warnings.extend(
-            kept_table_warnings(client, live, &roots, &asked_live, &lives, "the new backup")
-                .await?,
+            kept_table_warnings(client, live, &roots, &kept_live, &lives, "the new backup").await?,
         );
         let mut expected: BTreeSet<String> = backup_tables
             .iter()
             .filter(|t| !keep.contains(*t))
             .cloned()
             .collect();
-        expected.extend(keep.iter().filter(|t| live_now.contains(*t)).cloned());
+        expected.extend(
+            keep.iter()
+                .filter(|t| live_tables[live].contains(*t))
+                .cloned(),
+        );
         keep_keys.extend(keep.iter().map(|t| crate::pg::meta::table_display(live, t)));
         pairs.push(engine::Pair {
             live: live.to_string(),
