@@ -950,6 +950,33 @@ fn cleanup_drops_exactly_the_old_backups() {
         "{}",
         text(&out.stdout)
     );
+    // A dry run stops as well (it said "stopping cleanly", then went on).
+    let mut child = wd
+        .cmd()
+        .args([
+            "cleanup",
+            "--dest",
+            &dbs.dst.url(),
+            "--before",
+            "1751328000000",
+            "--dry-run",
+        ])
+        .env("PGSHIFT_FAILPOINT", "cleanup-next:sleep=3000")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(child.stderr.take().unwrap()));
+    let log = common::lines_until(&mut lines, "pausing 3000 ms at cleanup-next");
+    // SAFETY: plain kill(2) on our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(130), "{}", log.join("\n"));
+    assert!(
+        text(&out.stdout).starts_with("Interrupted before looking at any backup"),
+        "{}",
+        text(&out.stdout)
+    );
     // Unix milliseconds: 2025-07-01.
     let v = cleanup(
         &wd,

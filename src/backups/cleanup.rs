@@ -121,7 +121,7 @@ pub struct CleanupOptions {
     /// How long to wait for a backup's locks before skipping it.
     pub lock_timeout: std::time::Duration,
     /// Ctrl-C / SIGTERM: no backup is begun after it (the one being dropped
-    /// is finished, in its own transactions).
+    /// is finished, in its own transactions); a dry run stops too.
     pub cancel: Option<tokio_util::sync::CancellationToken>,
 }
 
@@ -196,7 +196,7 @@ pub async fn cleanup(
     for b in &candidates {
         // A pause before each backup, for the test of an interrupted cleanup.
         crate::migration::session::failpoint("cleanup-next").await?;
-        if !opts.dry_run && opts.cancel.as_ref().is_some_and(|c| c.is_cancelled()) {
+        if opts.cancel.as_ref().is_some_and(|c| c.is_cancelled()) {
             report.interrupted = true;
             break;
         }

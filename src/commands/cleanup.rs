@@ -65,7 +65,11 @@ fn print(ctx: &Ctx, r: &CleanupReport) -> Result<()> {
     }
     let verb = if r.dry_run { "would drop" } else { "dropped" };
     if r.interrupted && r.dropped.is_empty() && r.skipped.is_empty() {
-        crate::outln!("Interrupted before dropping any backup; {} kept.", r.kept);
+        crate::outln!(
+            "Interrupted before {} any backup; {} kept.",
+            if r.dry_run { "looking at" } else { "dropping" },
+            r.kept
+        );
         return Ok(());
     }
     if r.dropped.is_empty() && r.skipped.is_empty() {
