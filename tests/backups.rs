@@ -923,59 +923,40 @@ fn cleanup_drops_exactly_the_old_backups() {
     assert_eq!(v["kept"], 1);
     dbs.dst
         .psql(&format!("ALTER SCHEMA elsewhere RENAME TO {}", b[3]));
+    // A cleanup paused before its first backup and sent `signal` there.
+    let interrupted = |extra: &[&str], signal: i32| {
+        let url = dbs.dst.url();
+        let mut args = vec!["cleanup", "--dest", &url, "--before", "1751328000000"];
+        args.extend(extra);
+        let mut child = wd
+            .cmd()
+            .args(&args)
+            .env("PGSHIFT_FAILPOINT", "cleanup-next:sleep=3000")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut lines =
+            std::io::BufRead::lines(std::io::BufReader::new(child.stderr.take().unwrap()));
+        let log = common::lines_until(&mut lines, "pausing 3000 ms at cleanup-next");
+        // SAFETY: plain kill(2) on our own child.
+        unsafe { libc::kill(child.id() as i32, signal) };
+        let out = child.wait_with_output().unwrap();
+        assert_eq!(out.status.code(), Some(130), "{}", log.join("\n"));
+        text(&out.stdout)
+    };
     // SIGTERM (Ctrl-C alike): no backup is begun after it; exit 130.
-    let mut child = wd
-        .cmd()
-        .args([
-            "cleanup",
-            "--dest",
-            &dbs.dst.url(),
-            "--before",
-            "1751328000000",
-        ])
-        .env("PGSHIFT_FAILPOINT", "cleanup-next:sleep=3000")
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(child.stderr.take().unwrap()));
-    let log = common::lines_until(&mut lines, "pausing 3000 ms at cleanup-next");
-    // SAFETY: plain kill(2) on our own child.
-    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-    let out = child.wait_with_output().unwrap();
-    assert_eq!(out.status.code(), Some(130), "{}", log.join("\n"));
+    let said = interrupted(&[], libc::SIGTERM);
     assert_eq!(schemas_left(&dbs.dst), b[2..].to_vec());
     assert!(
-        text(&out.stdout).starts_with("Interrupted before dropping any backup"),
-        "{}",
-        text(&out.stdout)
+        said.starts_with("Interrupted before dropping any backup"),
+        "{said}"
     );
     // A dry run stops as well (it said "stopping cleanly", then went on).
-    let mut child = wd
-        .cmd()
-        .args([
-            "cleanup",
-            "--dest",
-            &dbs.dst.url(),
-            "--before",
-            "1751328000000",
-            "--dry-run",
-        ])
-        .env("PGSHIFT_FAILPOINT", "cleanup-next:sleep=3000")
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(child.stderr.take().unwrap()));
-    let log = common::lines_until(&mut lines, "pausing 3000 ms at cleanup-next");
-    // SAFETY: plain kill(2) on our own child.
-    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
-    let out = child.wait_with_output().unwrap();
-    assert_eq!(out.status.code(), Some(130), "{}", log.join("\n"));
+    let said = interrupted(&["--dry-run"], libc::SIGINT);
     assert!(
-        text(&out.stdout).starts_with("Interrupted before looking at any backup"),
-        "{}",
-        text(&out.stdout)
+        said.starts_with("Interrupted before looking at any backup"),
+        "{said}"
     );
     // Unix milliseconds: 2025-07-01.
     let v = cleanup(
