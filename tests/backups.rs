@@ -1107,6 +1107,69 @@ fn cleanup_never_drops_what_is_not_a_pgshift_backup() {
 }
 
 #[test]
+fn cleanup_drops_backups_that_hold_each_others_dependents_together() {
+    let dbs = TestDbs::new("bk_cleanup_group");
+    dbs.src
+        .psql("CREATE TABLE t (id int PRIMARY KEY); INSERT INTO t VALUES (1);");
+    dbs.dst.psql("CREATE TABLE t (id int PRIMARY KEY);");
+    let wd = Workdir::new();
+    let b: Vec<String> = (0..3)
+        .map(|_| {
+            start(&wd, &dbs)["swap"]["backup_schema"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    // b0 and b1 are old, b2 is new; b0 and b1 read each other's table (apart,
+    // each would be skipped for the other's view, run after run), and b2
+    // reads b1's.
+    dbs.dst.psql(&format!(
+        "UPDATE pgshift.backups SET created_at = '2025-06-01 00:00:00+00' WHERE schema_name IN ('{0}', '{1}');
+         CREATE VIEW {0}.v AS SELECT * FROM {1}.t;
+         CREATE VIEW {1}.v AS SELECT * FROM {0}.t;
+         CREATE VIEW {2}.v AS SELECT * FROM {1}.t;",
+        b[0], b[1], b[2]
+    ));
+    let before = ["--before", "2025-07-01"];
+    // The newer backup's view holds both back: skipped together, naming it.
+    let v = cleanup(&wd, &dbs.dst, &before);
+    assert!(dropped(&v).is_empty(), "{v}");
+    let skipped = v["skipped"].as_array().unwrap();
+    assert_eq!(skipped.len(), 2, "{v}");
+    for (s, other) in skipped.iter().zip([&b[1], &b[0]]) {
+        assert_eq!(s["together_with"], serde_json::json!([other]), "{v}");
+        let reason = s["reason"].as_str().unwrap();
+        assert!(reason.contains(&format!("view {}.v", b[2])), "{v}");
+        assert!(!reason.contains(&format!("view {}.v", b[0])), "{v}");
+    }
+    assert_eq!(v["kept"], 3, "{v}");
+    assert_eq!(schemas_left(&dbs.dst), b);
+    // Without it, both go in one transaction (a dry run says so first).
+    dbs.dst.psql(&format!("DROP VIEW {}.v", b[2]));
+    let mut args = vec!["cleanup", "--dest"];
+    let url = dbs.dst.url();
+    args.push(&url);
+    args.extend(before);
+    args.push("--dry-run");
+    let human = wd.run_ok(&args);
+    assert!(
+        human.contains(&format!(
+            "note: {} and {} would be dropped together",
+            b[0], b[1]
+        )),
+        "{human}"
+    );
+    assert_eq!(schemas_left(&dbs.dst), b);
+    let v = cleanup(&wd, &dbs.dst, &before);
+    assert_eq!(dropped(&v), vec![b[0].clone(), b[1].clone()], "{v}");
+    assert_eq!(v["dropped"][0]["together_with"], serde_json::json!([b[1]]));
+    assert!(v["skipped"].as_array().unwrap().is_empty(), "{v}");
+    assert_eq!(schemas_left(&dbs.dst), vec![b[2].clone()]);
+    assert_eq!(list(&wd, &dbs.dst).len(), 1);
+}
+
+#[test]
 fn rollback_leaves_a_prepared_shadow_alone() {
     let dbs = TestDbs::new("bk_shadow");
     app_v1_v2(&dbs);

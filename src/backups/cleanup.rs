@@ -81,6 +81,10 @@ pub struct CleanedBackup {
     /// public alone, whose `schema` is it).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub schemas: Vec<SchemaMap>,
+    /// The other backups dropped (or skipped) with this one, in one
+    /// transaction: objects of one depend on another's (absent when none).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub together_with: Vec<String>,
 }
 
 /// What `cleanup --json` prints (documented in README.md, "JSON output").
@@ -186,87 +190,204 @@ pub async fn nothing_to_do(
 /// lock for a real run. Returns the report and the backups whose drop failed
 /// for a reason other than a busy table (the caller reports them after the
 /// report, exit 1).
+///
+/// Backups that hold each other's dependents (a view in one over a table of
+/// another, say, or only one way) are dropped together, in one transaction:
+/// apart, each would be skipped for the other's objects, run after run.
 pub async fn cleanup(
     client: &Client,
     opts: &CleanupOptions,
 ) -> Result<(CleanupReport, Vec<String>)> {
     let (candidates, mut report) = candidates(client, opts).await?;
-    let mut failures = Vec::new();
-    let mut begun = 0;
+    let mut looks = Vec::with_capacity(candidates.len());
     for b in &candidates {
+        looks.push(look(client, b).await?);
+    }
+    let mut failures = Vec::new();
+    let mut done = vec![false; candidates.len()];
+    for i in 0..candidates.len() {
+        if done[i] {
+            continue;
+        }
         // A pause before each backup, for the test of an interrupted cleanup.
         crate::migration::session::failpoint("cleanup-next").await?;
         if opts.cancel.as_ref().is_some_and(|c| c.is_cancelled()) {
             report.interrupted = true;
             break;
         }
-        begun += 1;
-        let schemas = backup_schemas(b);
-        let mut facts = verify::SchemaFacts::default();
-        let mut foreign = None;
-        for s in &schemas {
-            let f = verify::schema_facts(client, s).await?;
-            if f.exists && !f.ours && foreign.is_none() {
-                foreign = Some(s.clone());
-            }
-            facts.exists |= f.exists;
-            facts.size_bytes += f.size_bytes;
-        }
-        let mut item = CleanedBackup {
-            timestamp: b.ts,
-            schema: b.schema_name.clone(),
-            created_at: rfc3339(&b.created_at),
-            size_bytes: facts.size_bytes,
-            reason: None,
-            schemas: b.manifest.schemas.clone(),
+        let (group, mut reason) = match &looks[i].refusal {
+            Some(why) => (vec![i], Some(why.clone())),
+            None => group_of(client, &candidates, &looks, &done, i).await?,
         };
-        if let Some(foreign) = foreign {
-            item.reason = Some(format!(
-                "schema {foreign} does not carry pgshift's marker comment; not dropping a schema pgshift did not create"
-            ));
-        } else if let Err(e) =
-            crate::pg::catalog::refuse_unowned_schemas(client, &schemas, "drop").await
-        {
-            // Not this role's to drop: say so (in the dry run too) rather
-            // than fail on the server's "must be owner of schema".
-            item.reason = Some(format!("{e:#}"));
-        } else if opts.dry_run {
-            match crate::pg::catalog::external_dependents(client, &schemas, None).await? {
-                deps if deps.is_empty() => {}
-                deps => item.reason = Some(dependents_reason(&deps)),
-            }
-        } else {
-            match drop_backup(client, b, opts.lock_timeout).await {
+        let members: Vec<&BackupRow> = group.iter().map(|&j| &candidates[j]).collect();
+        if group.len() > 1 {
+            tracing::info!(
+                "{} hold objects that depend on each other's: {} them together",
+                label(&members),
+                if opts.dry_run {
+                    "would drop"
+                } else {
+                    "dropping"
+                }
+            );
+        }
+        if reason.is_none() && !opts.dry_run {
+            match drop_backups(client, &members, opts.lock_timeout).await {
                 Ok(Outcome::Dropped) => {}
-                Ok(Outcome::Skipped(why)) => item.reason = Some(why),
+                Ok(Outcome::Skipped(why)) => reason = Some(why),
                 Err(e) => {
                     let why = format!("{e:#}");
-                    failures.push(format!("{}: {why}", b.schema_name));
-                    item.reason = Some(why);
+                    failures.push(format!("{}: {why}", label(&members)));
+                    reason = Some(why);
                 }
             }
         }
-        match &item.reason {
-            Some(why) => {
-                tracing::warn!("skipping {}: {why}", b.schema_name);
-                report.skipped.push(item);
-            }
-            None => {
-                report.freed_bytes += item.size_bytes;
-                report.dropped.push(item);
+        for &j in &group {
+            done[j] = true;
+            let b = &candidates[j];
+            let item = CleanedBackup {
+                timestamp: b.ts,
+                schema: b.schema_name.clone(),
+                created_at: rfc3339(&b.created_at),
+                size_bytes: looks[j].size_bytes,
+                reason: reason.clone(),
+                schemas: b.manifest.schemas.clone(),
+                together_with: members
+                    .iter()
+                    .filter(|m| m.ts != b.ts)
+                    .map(|m| m.schema_name.clone())
+                    .collect(),
+            };
+            match &item.reason {
+                Some(why) => {
+                    tracing::warn!("skipping {}: {why}", b.schema_name);
+                    report.skipped.push(item);
+                }
+                None => {
+                    report.freed_bytes += item.size_bytes;
+                    report.dropped.push(item);
+                }
             }
         }
     }
     // Those not begun stay, as kept ones do.
-    report.kept += report.skipped.len() + (candidates.len() - begun);
+    report.kept += report.skipped.len() + done.iter().filter(|d| !**d).count();
     Ok((report, failures))
 }
 
-fn dependents_reason(deps: &[String]) -> String {
-    format!(
-        "objects outside the backup depend on it and would be dropped with it: {}",
-        deps.join(", ")
-    )
+/// What cleanup reads of a backup before dropping anything: its size, and
+/// why it is not pgshift's to drop, if it is not.
+struct Look {
+    size_bytes: i64,
+    refusal: Option<String>,
+}
+
+async fn look(client: &Client, b: &BackupRow) -> Result<Look> {
+    let schemas = backup_schemas(b);
+    let mut size_bytes = 0;
+    let mut foreign = None;
+    for s in &schemas {
+        let f = verify::schema_facts(client, s).await?;
+        if f.exists && !f.ours && foreign.is_none() {
+            foreign = Some(s.clone());
+        }
+        size_bytes += f.size_bytes;
+    }
+    let refusal = if let Some(foreign) = foreign {
+        Some(format!(
+            "schema {foreign} does not carry pgshift's marker comment; not dropping a schema pgshift did not create"
+        ))
+    } else if let Err(e) =
+        crate::pg::catalog::refuse_unowned_schemas(client, &schemas, "drop").await
+    {
+        // Not this role's to drop: say so (in the dry run too) rather
+        // than fail on the server's "must be owner of schema".
+        Some(format!("{e:#}"))
+    } else {
+        None
+    };
+    Ok(Look {
+        size_bytes,
+        refusal,
+    })
+}
+
+/// The backups to drop with candidate `i`: it, and every other candidate
+/// not yet handled that holds objects depending on the group's, until
+/// nothing outside the group depends on it. With the reason to skip them
+/// all when something outside every such candidate does (or one of them is
+/// not pgshift's to drop).
+async fn group_of(
+    client: &Client,
+    candidates: &[BackupRow],
+    looks: &[Look],
+    done: &[bool],
+    i: usize,
+) -> Result<(Vec<usize>, Option<String>)> {
+    let mut group = vec![i];
+    loop {
+        let schemas: Vec<String> = group
+            .iter()
+            .flat_map(|&j| backup_schemas(&candidates[j]))
+            .collect();
+        let deps = crate::pg::catalog::dependents_outside(client, &schemas, None).await?;
+        if deps.is_empty() {
+            return Ok((group, None));
+        }
+        let mut more = Vec::new();
+        let mut outside = Vec::new();
+        for d in &deps {
+            let holder = d.schema.as_ref().and_then(|s| {
+                (0..candidates.len()).find(|&j| {
+                    !done[j] && !group.contains(&j) && backup_schemas(&candidates[j]).contains(s)
+                })
+            });
+            match holder {
+                Some(j) if looks[j].refusal.is_none() => more.push(j),
+                Some(j) => outside.push(format!(
+                    "{} (in {}, which is not dropped: {})",
+                    d.what,
+                    candidates[j].schema_name,
+                    looks[j].refusal.as_deref().unwrap_or_default()
+                )),
+                None => outside.push(d.what.clone()),
+            }
+        }
+        if !outside.is_empty() {
+            let members: Vec<&BackupRow> = group.iter().map(|&j| &candidates[j]).collect();
+            return Ok((group, Some(dependents_reason(&members, &outside))));
+        }
+        more.sort_unstable();
+        more.dedup();
+        group.extend(more);
+        group.sort_unstable();
+    }
+}
+
+fn dependents_reason(group: &[&BackupRow], deps: &[String]) -> String {
+    match group {
+        [_] => format!(
+            "objects outside the backup depend on it and would be dropped with it: {}",
+            deps.join(", ")
+        ),
+        _ => format!(
+            "objects outside {} (which go together, as objects in one depend on another) depend on them and would be dropped with them: {}",
+            label(group),
+            deps.join(", ")
+        ),
+    }
+}
+
+/// The backups of a group, as messages name them.
+fn label(group: &[&BackupRow]) -> String {
+    match group {
+        [one] => one.schema_name.clone(),
+        _ => {
+            let names: Vec<&str> = group.iter().map(|b| b.schema_name.as_str()).collect();
+            let (last, rest) = names.split_last().unwrap_or((&"", &[]));
+            format!("{} and {last}", rest.join(", "))
+        }
+    }
 }
 
 /// Every schema of a backup (one per migrated schema).
@@ -278,16 +399,18 @@ fn backup_schemas(b: &BackupRow) -> Vec<String> {
         .collect()
 }
 
-/// Drop one backup in its own transaction under `lock_timeout`: the schema
-/// (CASCADE: its own objects) and its manifest row. A backup too big for one
-/// transaction's share of the lock table is first emptied in lock-bounded
-/// transactions ([`batch::shrink_schema`]).
-async fn drop_backup(
+/// Drop backups (one, or a group that holds each other's dependents) in one
+/// transaction under `lock_timeout`: their schemas (CASCADE: their own
+/// objects) and their manifest rows. Backups too big for one transaction's
+/// share of the lock table are first emptied in lock-bounded transactions
+/// ([`batch::shrink_schema`]).
+async fn drop_backups(
     client: &Client,
-    b: &BackupRow,
+    group: &[&BackupRow],
     lock_timeout: std::time::Duration,
 ) -> Result<Outcome> {
-    let shrunk = match shrink_backup(client, b, lock_timeout).await? {
+    let name = label(group);
+    let shrunk = match shrink_backups(client, group, lock_timeout).await? {
         Err(outcome) => return Ok(outcome),
         Ok(n) => n,
     };
@@ -297,10 +420,10 @@ async fn drop_backup(
     );
     client.batch_execute(&begin).await?;
     let result = async {
-        let schemas = backup_schemas(b);
+        let schemas: Vec<String> = group.iter().flat_map(|b| backup_schemas(b)).collect();
         let deps = crate::pg::catalog::external_dependents(client, &schemas, None).await?;
         if !deps.is_empty() {
-            return Ok::<_, anyhow::Error>(Some(dependents_reason(&deps)));
+            return Ok::<_, anyhow::Error>(Some(dependents_reason(group, &deps)));
         }
         client
             .batch_execute(&format!(
@@ -308,7 +431,9 @@ async fn drop_backup(
                 schemas.iter().map(|s| quote_ident(s)).join(", ")
             ))
             .await?;
-        manifest::delete_backup(client, b.ts).await?;
+        for b in group {
+            manifest::delete_backup(client, b.ts).await?;
+        }
         client.batch_execute("COMMIT").await?;
         Ok(None)
     }
@@ -328,14 +453,13 @@ async fn drop_backup(
             });
             if lock && shrunk > 0 {
                 Ok(Outcome::Skipped(format!(
-                    "{} is partly dropped: emptied in parts, then a table of it was in use (lock timeout after {} ms); verify shows it incomplete, and a later run drops the rest",
-                    b.schema_name,
+                    "{name} {} partly dropped: emptied in parts, then a table was in use (lock timeout after {} ms); verify shows what is missing, and a later run drops the rest",
+                    if group.len() == 1 { "is" } else { "are" },
                     lock_timeout.as_millis()
                 )))
             } else if lock {
                 Ok(Outcome::Skipped(format!(
-                    "a table of {} is in use (lock timeout after {} ms); it will be dropped by a later run",
-                    b.schema_name,
+                    "a table of {name} is in use (lock timeout after {} ms); it will be dropped by a later run",
                     lock_timeout.as_millis()
                 )))
             } else {
@@ -344,33 +468,34 @@ async fn drop_backup(
                     .find_map(|c| c.downcast_ref::<tokio_postgres::Error>())
                     .map(describe_pg_error)
                     .unwrap_or_else(|| format!("{e:#}"));
-                Err(anyhow::anyhow!("dropping {}: {msg}", b.schema_name))
+                Err(anyhow::anyhow!("dropping {name}: {msg}"))
             }
         }
     }
 }
 
-/// Empty a backup that is too big to drop in one transaction, down to what
-/// fits one (nothing happens to a backup that fits). Only once nothing outside
-/// depends on it.
+/// Empty backups that are too big to drop in one transaction, down to what
+/// fits one (nothing happens to backups that fit). Only once nothing outside
+/// depends on them.
 ///
 /// Emptying in parts commits part by part, so a table in use found half way
-/// would leave the backup partly dropped: such a backup that any other
-/// session holds a lock on (a reader in an open transaction, say) is skipped
-/// before anything is dropped. Ok(transactions it took), or Err(outcome) when
+/// would leave a backup partly dropped: backups that any other session holds
+/// a lock on (a reader in an open transaction, say) are skipped before
+/// anything is dropped. Ok(transactions it took), or Err(outcome) when
 /// skipped.
-async fn shrink_backup(
+async fn shrink_backups(
     client: &Client,
-    b: &BackupRow,
+    group: &[&BackupRow],
     lock_timeout: std::time::Duration,
 ) -> Result<std::result::Result<usize, Outcome>> {
+    let name = label(group);
     let opts = batch::Options::for_server(client, "cleanup")
         .await?
         .with_lock_timeout(lock_timeout, 3);
-    let schemas = backup_schemas(b);
+    let schemas: Vec<String> = group.iter().flat_map(|b| backup_schemas(b)).collect();
     let deps = crate::pg::catalog::external_dependents(client, &schemas, None).await?;
     if !deps.is_empty() {
-        return Ok(Err(Outcome::Skipped(dependents_reason(&deps))));
+        return Ok(Err(Outcome::Skipped(dependents_reason(group, &deps))));
     }
     let mut fits = true;
     for s in &schemas {
@@ -392,15 +517,16 @@ async fn shrink_backup(
     .await?;
     if !users.is_empty() {
         return Ok(Err(Outcome::Skipped(format!(
-            "a table of {} is in use (by the session{} with pid {}); nothing was dropped, and a later run drops it",
-            b.schema_name,
+            "a table of {name} is in use (by the session{} with pid {}); nothing was dropped, and a later run drops it",
             if users.len() == 1 { "" } else { "s" },
             users.iter().map(i32::to_string).join(", ")
         ))));
     }
     // From the first part's COMMIT on, part of it may be gone: list, status
     // and rollback say so until a cleanup has dropped the rest.
-    manifest::mark_dropping(client, b.ts).await?;
+    for b in group {
+        manifest::mark_dropping(client, b.ts).await?;
+    }
     let mut shrunk = Ok(0);
     let mut total = 0;
     for s in &schemas {
@@ -414,7 +540,7 @@ async fn shrink_backup(
         Ok(_) => {
             if total > 0 {
                 tracing::info!(
-                    schema = %b.schema_name,
+                    schema = %name,
                     transactions = total,
                     "emptied the backup in lock-bounded transactions"
                 );
@@ -424,11 +550,10 @@ async fn shrink_backup(
             Ok(Ok(total))
         }
         Err(e) if batch::is_lock_timeout(&e) => Ok(Err(Outcome::Skipped(format!(
-            "a table of {} came into use (lock timeout after {} ms) while it was dropped in parts, so part of it may be gone already; verify shows what is left, and a later run drops the rest",
-            b.schema_name,
+            "a table of {name} came into use (lock timeout after {} ms) while it was dropped in parts, so part of it may be gone already; verify shows what is left, and a later run drops the rest",
             lock_timeout.as_millis()
         )))),
-        Err(e) => Err(e.context(format!("dropping {}", b.schema_name))),
+        Err(e) => Err(e.context(format!("dropping {name}"))),
     }
 }
 

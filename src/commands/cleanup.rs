@@ -102,6 +102,24 @@ fn print(ctx: &Ctx, r: &CleanupReport) -> Result<()> {
         ]);
     }
     t.print();
+    // Backups that hold each other's dependents go (or stay) together.
+    let mut told = std::collections::HashSet::new();
+    for d in r.dropped.iter().chain(&r.skipped) {
+        if d.together_with.is_empty() || !told.insert(&d.schema) {
+            continue;
+        }
+        told.extend(&d.together_with);
+        crate::outln!(
+            "note: {} and {} {} together: objects in one depend on another",
+            d.schema,
+            d.together_with.join(" and "),
+            match (&d.reason, r.dry_run) {
+                (Some(_), _) => "were skipped",
+                (None, true) => "would be dropped",
+                (None, false) => "were dropped",
+            }
+        );
+    }
     for s in &r.skipped {
         crate::outln!(
             "warning: skipped {}: {}",

@@ -166,6 +166,26 @@ pub async fn external_dependents(
     schemas: &[String],
     helpers: Option<&Helpers<'_>>,
 ) -> Result<Vec<String>> {
+    let found = dependents_outside(client, schemas, helpers).await?;
+    Ok(found.into_iter().map(|d| d.what).collect())
+}
+
+/// One of [`dependents_outside`]: what it is, as PostgreSQL describes it,
+/// and the schema it is in (None for an object of no schema: an event
+/// trigger, a publication, …).
+#[derive(Debug, Clone)]
+pub struct Dependent {
+    pub what: String,
+    pub schema: Option<String>,
+}
+
+/// [`external_dependents`] with the schema of each: cleanup drops backups
+/// that hold each other's dependents together.
+pub async fn dependents_outside(
+    client: &Client,
+    schemas: &[String],
+    helpers: Option<&Helpers<'_>>,
+) -> Result<Vec<Dependent>> {
     let shown = schemas.join(", ");
     let (own, own_tables, own_functions): (Option<&str>, &[String], &[String]) = match helpers {
         Some(h) => (Some(h.schema), h.tables, h.functions),
@@ -216,32 +236,11 @@ pub async fn external_dependents(
                                          FROM pg_catalog.pg_rewrite rw
                                         WHERE d.classid = 'pg_catalog.pg_rewrite'::regclass AND rw.oid = d.objid
                                           AND rw.rulename = '_RETURN'),
-                                      pg_catalog.pg_describe_object(d.classid, d.objid, d.objsubid))
+                                      pg_catalog.pg_describe_object(d.classid, d.objid, d.objsubid)),
+                    (SELECT n.nspname::text FROM pg_catalog.pg_namespace n WHERE n.oid = dn.ns)
                FROM pg_catalog.pg_depend d JOIN objs o ON d.refclassid = o.classid AND d.refobjid = o.objid
-              WHERE (d.deptype = 'n'
-                     -- A generated column's expression (or a sequence owned by
-                     -- a column), a statistics object, a publication's table
-                     -- or schema depend automatically: CASCADE drops them too.
-                     OR (d.deptype = 'a'
-                         AND (d.classid IN ('pg_catalog.pg_class'::regclass, 'pg_catalog.pg_statistic_ext'::regclass,
-                                            'pg_catalog.pg_publication_rel'::regclass)
-                              OR d.classid = pg_catalog.to_regclass('pg_catalog.pg_publication_namespace'))))
-                -- Of the schema itself, only a publication (every object in
-                -- it depends on it).
-                AND (d.refclassid <> 'pg_catalog.pg_namespace'::regclass
-                     OR d.classid = pg_catalog.to_regclass('pg_catalog.pg_publication_namespace'))
-                AND (d.classid, d.objid) NOT IN (SELECT classid, objid FROM own_objs)
-                -- A partition or child across the edge is named below.
-                AND NOT (d.classid = 'pg_catalog.pg_class'::regclass AND d.refclassid = 'pg_catalog.pg_class'::regclass
-                         AND EXISTS (SELECT 1 FROM pg_catalog.pg_inherits i
-                                      WHERE i.inhrelid = d.objid AND i.inhparent = d.refobjid))
-                -- pgshift's sync triggers (its `pgshift_` triggers calling a
-                -- sync function, dropped first); another trigger calling one
-                -- is the operator's.
-                AND NOT (d.classid = 'pg_catalog.pg_trigger'::regclass AND d.refclassid = 'pg_catalog.pg_proc'::regclass
-                         AND d.refobjid IN (SELECT oid FROM own_procs)
-                         AND d.objid IN (SELECT g.oid FROM pg_catalog.pg_trigger g WHERE g.tgname LIKE 'pgshift\\_%'))
-                AND COALESCE((CASE d.classid
+                    -- The dependent's schema (0 when it has none).
+                    CROSS JOIN LATERAL (SELECT COALESCE((CASE d.classid
                        WHEN 'pg_catalog.pg_class'::regclass THEN (SELECT x.relnamespace FROM pg_catalog.pg_class x WHERE x.oid = d.objid)
                        WHEN 'pg_catalog.pg_type'::regclass THEN (SELECT x.typnamespace FROM pg_catalog.pg_type x WHERE x.oid = d.objid)
                        WHEN 'pg_catalog.pg_proc'::regclass THEN (SELECT x.pronamespace FROM pg_catalog.pg_proc x WHERE x.oid = d.objid)
@@ -274,7 +273,31 @@ pub async fn external_dependents(
                        ELSE (SELECT n.oid FROM pg_catalog.pg_namespace n
                               -- (pg_identify_object quotes the schema's name)
                               WHERE pg_catalog.quote_ident(n.nspname) = (pg_catalog.pg_identify_object(d.classid, d.objid, 0)).schema)
-                     END), 0) NOT IN (SELECT oid FROM ns)
+                     END), 0) AS ns) dn
+              WHERE (d.deptype = 'n'
+                     -- A generated column's expression (or a sequence owned by
+                     -- a column), a statistics object, a publication's table
+                     -- or schema depend automatically: CASCADE drops them too.
+                     OR (d.deptype = 'a'
+                         AND (d.classid IN ('pg_catalog.pg_class'::regclass, 'pg_catalog.pg_statistic_ext'::regclass,
+                                            'pg_catalog.pg_publication_rel'::regclass)
+                              OR d.classid = pg_catalog.to_regclass('pg_catalog.pg_publication_namespace'))))
+                -- Of the schema itself, only a publication (every object in
+                -- it depends on it).
+                AND (d.refclassid <> 'pg_catalog.pg_namespace'::regclass
+                     OR d.classid = pg_catalog.to_regclass('pg_catalog.pg_publication_namespace'))
+                AND (d.classid, d.objid) NOT IN (SELECT classid, objid FROM own_objs)
+                -- A partition or child across the edge is named below.
+                AND NOT (d.classid = 'pg_catalog.pg_class'::regclass AND d.refclassid = 'pg_catalog.pg_class'::regclass
+                         AND EXISTS (SELECT 1 FROM pg_catalog.pg_inherits i
+                                      WHERE i.inhrelid = d.objid AND i.inhparent = d.refobjid))
+                -- pgshift's sync triggers (its `pgshift_` triggers calling a
+                -- sync function, dropped first); another trigger calling one
+                -- is the operator's.
+                AND NOT (d.classid = 'pg_catalog.pg_trigger'::regclass AND d.refclassid = 'pg_catalog.pg_proc'::regclass
+                         AND d.refobjid IN (SELECT oid FROM own_procs)
+                         AND d.objid IN (SELECT g.oid FROM pg_catalog.pg_trigger g WHERE g.tgname LIKE 'pgshift\\_%'))
+                AND dn.ns NOT IN (SELECT oid FROM ns)
              UNION
              -- Partitioning (or inheritance) across the backup's edge: a table
              -- outside would lose the rows of its partitions in the backup, and
@@ -286,7 +309,8 @@ pub async fn external_dependents(
                          ELSE pg_catalog.pg_describe_object('pg_catalog.pg_class'::regclass, c.oid, 0)
                               || ' (a partition or child of ' || pg_catalog.quote_ident(pn.nspname) || '.'
                               || pg_catalog.quote_ident(p.relname) || ')'
-                    END
+                    END,
+                    CASE WHEN c.relnamespace IN (SELECT oid FROM ns) THEN pn.nspname ELSE cn.nspname END::text
                FROM pg_catalog.pg_inherits i
                JOIN pg_catalog.pg_class c ON c.oid = i.inhrelid
                JOIN pg_catalog.pg_namespace cn ON cn.oid = c.relnamespace
@@ -305,7 +329,13 @@ pub async fn external_dependents(
                 crate::pg::conn::connect::describe_pg_error(&e)
             )
         })?;
-    Ok(rows.into_iter().map(|r| r.get(0)).collect())
+    Ok(rows
+        .into_iter()
+        .map(|r| Dependent {
+            what: r.get(0),
+            schema: r.get(1),
+        })
+        .collect())
 }
 
 /// A digest of what the relations of `schemas` are: their names and kinds,
