@@ -825,7 +825,20 @@ pub fn resolve(
     }
 
     let what = "table names, or all";
-    let allow_discard = match (&inputs.allow_discard, &f.allow_discard) {
+    // `status` has neither flag, but says whether `pgshift swap` would be
+    // allowed in the same environment: it reads their variables itself.
+    let judges_the_swap = matches!(cmd, Command::Status(_));
+    let env_allow_discard = std::env::var("PGSHIFT_ALLOW_DISCARD")
+        .ok()
+        .filter(|_| judges_the_swap);
+    let allow_discard_input = inputs.allow_discard.clone().or(env_allow_discard);
+    let allow_discard_shown = setting_shown(
+        &allow_discard_input,
+        "--allow-discard",
+        "allow_discard",
+        f.allow_discard.is_some(),
+    );
+    let allow_discard = match (&allow_discard_input, &f.allow_discard) {
         (Some(v), _) => Some(
             list_items(
                 "--allow-discard",
@@ -842,7 +855,7 @@ pub fn resolve(
         None => AllowDiscard::Nothing,
         Some(v) => AllowDiscard::parse(&v).map_err(|e| {
             UserError::new(format!(
-                "--allow-discard: {e} (give table names, comma separated, or all)"
+                "{allow_discard_shown}: {e} (give table names, comma separated, or all)"
             ))
         })?,
     };
@@ -956,11 +969,17 @@ pub fn resolve(
         keep_latest: inputs.keep_latest.or(f.keep_latest),
         impact: ImpactOptions {
             allow_discard,
-            fail_on_breaking: switch(
-                inputs.fail_on_breaking,
-                "PGSHIFT_FAIL_ON_BREAKING",
-                f.fail_on_breaking,
-            ),
+            fail_on_breaking: if judges_the_swap {
+                env_switch("PGSHIFT_FAIL_ON_BREAKING")?
+                    .or(f.fail_on_breaking)
+                    .unwrap_or(false)
+            } else {
+                switch(
+                    inputs.fail_on_breaking,
+                    "PGSHIFT_FAIL_ON_BREAKING",
+                    f.fail_on_breaking,
+                )
+            },
             workload: WorkloadOptions {
                 roles: workload_roles,
                 timeout: impact_timeout,
@@ -984,6 +1003,23 @@ fn switch(cli: bool, env: &str, file: Option<bool>) -> bool {
         return false;
     }
     file.unwrap_or(false)
+}
+
+/// An on/off variable read where its command has no flag (clap reads it
+/// for the commands that have one), as clap would: None when unset or empty.
+fn env_switch(name: &str) -> Result<Option<bool>> {
+    let Ok(v) = std::env::var(name) else {
+        return Ok(None);
+    };
+    match v.trim().to_ascii_lowercase().as_str() {
+        "" => Ok(None),
+        "y" | "yes" | "t" | "true" | "on" | "1" => Ok(Some(true)),
+        "n" | "no" | "f" | "false" | "off" | "0" => Ok(Some(false)),
+        _ => Err(UserError::new(format!(
+            "{name} {v:?} is not on or off; use true or false (or unset it)"
+        ))
+        .into()),
+    }
 }
 
 impl From<SwapModeArg> for ModeRequest {

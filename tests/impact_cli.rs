@@ -200,6 +200,30 @@ async fn writes_to_tables_that_are_not_preserved_refuse_swap_and_rollback() {
             .contains("orders (3 inserts)"),
         "{s}"
     );
+    // status judges the swap that would run in the same environment: the
+    // variables a swap reads without flags allow (or refuse) it there too.
+    let with_env = |env: &[(&str, &str)]| {
+        let out = wd.run_env(&["status", "--dest", &url, "--json"], env);
+        assert!(out.status.success(), "{out:?}");
+        json_of(&String::from_utf8_lossy(&out.stdout))
+    };
+    let s = with_env(&[("PGSHIFT_ALLOW_DISCARD", "orders")]);
+    assert_eq!(s["swap_allowed"], true, "{s}");
+    assert_eq!(s["swap_blocked_reasons"], json!([]), "{s}");
+    let s = with_env(&[
+        ("PGSHIFT_ALLOW_DISCARD", "all"),
+        ("PGSHIFT_FAIL_ON_BREAKING", "true"),
+    ]);
+    assert_eq!(s["swap_allowed"], true, "nothing breaks: {s}");
+    let out = wd.run_env(
+        &["status", "--dest", &url],
+        &[("PGSHIFT_FAIL_ON_BREAKING", "maybe")],
+    );
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("PGSHIFT_FAIL_ON_BREAKING \"maybe\""),
+        "{out:?}"
+    );
     let text = wd.run_ok(&["status", "--dest", &url]);
     assert!(
         text.contains("impact:") && text.contains("writes to 1 non-preserved table"),

@@ -15,7 +15,7 @@ pub async fn run(ctx: Ctx) -> Result<ExitCode> {
     let dest = ctx.settings.require_dest()?;
     let client = ctx.connect_dest().await?;
     let opts = StatusOptions {
-        workload: ctx.settings.impact.workload.clone(),
+        impact: ctx.settings.impact.clone(),
         lock_timeout: ctx.settings.swap.lock_timeout,
         swap_mode: ctx.settings.swap.mode,
     };

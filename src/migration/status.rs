@@ -27,15 +27,17 @@ use crate::prepare::discard::Removed;
 use crate::prepare::sync::{self, SyncedTable};
 use crate::swap::cutover;
 use crate::swap::engine::Policy;
+use crate::swap::impact::Impact;
 use crate::swap::impact::gate::{self, ImpactOptions};
-use crate::swap::impact::{Impact, WorkloadOptions};
 use crate::swap::mode::ModeRequest;
 
 /// What `status` checks of a prepared migration's impact.
 #[derive(Debug, Clone)]
 pub struct StatusOptions {
-    /// `--workload-roles`, `--impact-timeout`.
-    pub workload: WorkloadOptions,
+    /// `--workload-roles`, `--impact-timeout`; and what `pgshift swap`
+    /// would accept in the same environment (`PGSHIFT_ALLOW_DISCARD`,
+    /// `PGSHIFT_FAIL_ON_BREAKING` or the config file), for `swap_allowed`.
+    pub impact: ImpactOptions,
     /// The swap's lock_timeout (blockers are transactions older than this).
     pub lock_timeout: Duration,
     /// The swap mode whose lock budget is weighed (`swap_mode` setting).
@@ -424,19 +426,21 @@ pub async fn report(
         }
     }
 
-    // The impact of the prepared migration's swap; discarded writes block a
-    // plain `pgshift swap` (it refuses them without --allow-discard).
+    // The impact of the prepared migration's swap; discarded writes block
+    // `pgshift swap` (it refuses them without --allow-discard), breaking
+    // findings do with --fail-on-breaking: as the environment and the
+    // config file set them for the swap.
     let mut impact = None;
     if let Some(st) = d.record.as_ref().filter(|_| {
         d.state == State::Prepared
             && matches!(d.shadow.state, ShadowState::Ours(_))
             && !d.shadow_replaced()
     }) {
-        match gate::migration_report(client, st, &opts.workload, opts.lock_timeout).await {
+        match gate::migration_report(client, st, &opts.impact.workload, opts.lock_timeout).await {
             Ok(i) => {
                 if open {
                     blocked.extend(
-                        gate::refusals(&i, &ImpactOptions::default())
+                        gate::refusals(&i, &opts.impact)
                             .into_iter()
                             .map(|why| why.replacen("; nothing was changed.", ".", 1)),
                     );
