@@ -636,8 +636,35 @@ fn rollback_keep_tables_carries_rows_and_sequences_over() {
     assert_eq!(backups.len(), 2);
     let old = backups.iter().find(|b| b["schema"] == b1.as_str()).unwrap();
     assert_eq!(old["tables"], 1);
-    wd.run_ok(&["verify", "--dest", &url, "--timestamp", &b1_ts.to_string()]);
+    // What is left of b1 is no version to roll back to: said by list and
+    // verify, refused by rollback (it would replace every live table with
+    // that one copy), which names the backup that undoes the rollback.
+    assert!(old["restored_at"].is_string(), "{old}");
+    let said = wd.run_ok(&["verify", "--dest", &url, "--timestamp", &b1_ts.to_string()]);
+    assert!(
+        said.contains("a rollback restored it") && said.contains("cannot be rolled back to"),
+        "{said}"
+    );
     let new = backups.iter().find(|b| b["schema"] == b2.as_str()).unwrap();
+    assert!(new["restored_at"].is_null(), "{new}");
+    let before = catalog_fingerprint(&dbs.dst);
+    for target in [b1_ts.to_string(), b1.clone()] {
+        let out = wd.run(&[
+            "rollback",
+            "--dest",
+            &url,
+            "--timestamp",
+            &target,
+            "--force",
+        ]);
+        assert_usage_error(&out, "remnant", "cannot be rolled back to");
+        let err = text(&out.stderr);
+        assert!(
+            err.contains(&format!("pgshift rollback --timestamp {b2_ts}")) && err.contains("users"),
+            "{err}"
+        );
+    }
+    assert_eq!(catalog_fingerprint(&dbs.dst), before);
     assert_eq!(new["kept_tables"], serde_json::json!(["users"]));
     wd.run_ok(&["verify", "--dest", &url, "--timestamp", &b2_ts.to_string()]);
 

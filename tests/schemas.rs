@@ -378,6 +378,14 @@ fn two_schemas_start_list_verify_rollback_cleanup() {
         BTreeSet::from(["accounts", "billing.invoices", "orders"]),
         "{v}"
     );
+    // The billing part, as `list` prints it, names the backup it is part of.
+    let out = wd.run(&["verify", "--dest", &dst, "--timestamp", &b1_billing]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr_of(&out));
+    assert!(
+        stderr_of(&out).contains(&format!("is one schema of backup {b1}, which is verified, restored and dropped as a whole: give {ts}")),
+        "{}",
+        stderr_of(&out)
+    );
 
     // rollback --latest: the old public and billing back, exactly.
     let r = run_json(&wd, &["rollback", "--dest", &dst, "--latest"]);

@@ -152,8 +152,10 @@ async fn candidates(
     let mut protected = opts.keep_latest.unwrap_or(0);
     let mut candidates: Vec<BackupRow> = Vec::new();
     for b in backups {
-        // Partly dropped by an interrupted cleanup: no longer restorable.
+        // Partly dropped by an interrupted cleanup, or what a rollback with
+        // kept tables left of the backup it restored: no longer restorable.
         let restorable = b.manifest.dropping_since.is_none()
+            && b.manifest.restored_since().is_none()
             && backup_schemas(&b).iter().all(|s| present.contains(s));
         if protected > 0 && restorable {
             protected -= 1;

@@ -29,6 +29,10 @@ pub struct BackupEntry {
     /// A cleanup began dropping it in parts and did not finish: part of it
     /// may be gone (a later cleanup drops the rest; it cannot be restored).
     pub partly_dropped: bool,
+    /// A rollback restored this backup then, keeping some tables live: what
+    /// is left are the backup's copies of those tables (`tables` counts
+    /// them), and it cannot be rolled back to. Null otherwise.
+    pub restored_at: Option<String>,
     /// The migration's source (redacted), for `swap` backups.
     pub source: Option<String>,
     pub migration_id: Option<i64>,
@@ -67,6 +71,7 @@ pub async fn entry(client: &Client, b: &BackupRow) -> Result<BackupEntry> {
         size_bytes: facts.size_bytes,
         exists: facts.exists,
         partly_dropped: m.dropping_since.is_some(),
+        restored_at: m.restored_since().as_ref().map(rfc3339),
         source: m.source.clone(),
         migration_id: m.migration_id,
         restored_from: m.restored_from.clone(),

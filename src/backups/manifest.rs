@@ -118,6 +118,15 @@ pub struct SchemaMap {
 }
 
 impl Manifest {
+    /// When a rollback restored this backup while keeping tables live: the
+    /// backup's own copies of those tables are all that is left of it (its
+    /// `tables`), and it is no version of the database to roll back to.
+    /// (A rollback's backup records, as `restored_at`, when it restored
+    /// another, before its COMMIT set `created_at`: not this.)
+    pub fn restored_since(&self) -> Option<DateTime<Utc>> {
+        self.restored_at.filter(|at| *at > self.created_at)
+    }
+
     /// The steps after the COMMIT that made this backup have not run (yet:
     /// the run may still be at them, or it was killed): only they record the
     /// lock time and the row counts.

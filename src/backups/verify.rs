@@ -20,9 +20,25 @@ use crate::pg::meta::MARKER;
 /// or a usage error (exit 2).
 pub fn parse_ref(text: &str) -> Result<i64> {
     manifest::parse_backup_ref(text).ok_or_else(|| {
-        UserError::new(format!(
-            "{text:?} is not a backup: give its timestamp (unix milliseconds, e.g. 1752567000000) or its schema name (backup_1752567000000); see `pgshift list`"
-        ))
+        // The schema of another live schema in a backup of several
+        // (`backup_<ts>_billing`, as `list` prints it): the backup goes as one.
+        let part = text
+            .trim()
+            .strip_prefix(crate::pg::meta::BACKUP_PREFIX)
+            .and_then(|rest| rest.split_once('_'))
+            .filter(|(ts, other)| {
+                !ts.is_empty() && ts.chars().all(|c| c.is_ascii_digit()) && !other.is_empty()
+            });
+        match part {
+            Some((ts, _)) => UserError::new(format!(
+                "{text:?} is one schema of backup {}{ts}, which is verified, restored and dropped as a whole: give {ts} (or {}{ts}); see `pgshift list`",
+                crate::pg::meta::BACKUP_PREFIX,
+                crate::pg::meta::BACKUP_PREFIX
+            )),
+            None => UserError::new(format!(
+                "{text:?} is not a backup: give its timestamp (unix milliseconds, e.g. 1752567000000) or its schema name (backup_1752567000000); see `pgshift list`"
+            )),
+        }
         .into()
     })
 }
@@ -49,6 +65,27 @@ pub async fn latest(client: &impl GenericClient, to: &str) -> Result<BackupRow> 
         .ok_or_else(|| {
             UserError::new(format!("there are no backups on the destination to {to}")).into()
         })
+}
+
+/// What a backup is once a rollback restored it with kept tables: only the
+/// backup's copies of those tables stay in it (the manifest lists them), and
+/// it is no version of the database to roll back to.
+pub fn restored_remnant(b: &BackupRow, at: &DateTime<Utc>) -> String {
+    format!(
+        "a rollback restored it at {}, keeping {} live: what is left of it is the backup's own copies of {} ({}), not a whole version of the database, so it cannot be rolled back to (cleanup drops it)",
+        crate::output::rfc3339(at),
+        if b.manifest.tables.len() == 1 {
+            "a table"
+        } else {
+            "tables"
+        },
+        if b.manifest.tables.len() == 1 {
+            "it"
+        } else {
+            "them"
+        },
+        b.manifest.tables.iter().map(|t| t.display()).join(", ")
+    )
 }
 
 /// One way a backup differs from its manifest.
@@ -168,6 +205,11 @@ pub async fn check(client: &Client, b: &BackupRow) -> Result<VerifyReport> {
             b.schema_name,
             crate::output::rfc3339(&since)
         ));
+    }
+    if let Some(at) = b.manifest.restored_since() {
+        report
+            .warnings
+            .push(format!("{}: {}", b.schema_name, restored_remnant(b, &at)));
     }
     if b.manifest.steps_pending() {
         report.warnings.push(format!(

@@ -53,6 +53,8 @@ pub async fn run(ctx: Ctx) -> Result<ExitCode> {
                 .unwrap_or_else(|| "-".into()),
             if e.partly_dropped {
                 format!("{} (partly dropped)", human_bytes(e.size_bytes))
+            } else if e.restored_at.is_some() {
+                format!("{} (left by a rollback)", human_bytes(e.size_bytes))
             } else if e.exists {
                 human_bytes(e.size_bytes)
             } else {

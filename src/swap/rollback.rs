@@ -211,6 +211,26 @@ pub async fn plan(client: &Client, opts: &RollbackOptions) -> Result<Plan> {
         Target::Latest => verify::latest(client, "roll back to").await?,
     };
     let schema = restore.schema_name.clone();
+    // What a rollback with kept tables left of the backup it restored: the
+    // copies of those tables alone. Restoring it would replace every live
+    // table with them.
+    if let Some(at) = restore.manifest.restored_since() {
+        let undo = crate::backups::manifest::list_backups(client)
+            .await?
+            .into_iter()
+            .find(|b| b.manifest.restored_from.as_deref() == Some(schema.as_str()))
+            .map(|b| {
+                format!(
+                    "; {} holds what was live before that rollback (`pgshift rollback --timestamp {}` undoes it)",
+                    b.schema_name, b.ts
+                )
+            })
+            .unwrap_or_default();
+        crate::refuse!(
+            "{schema} cannot be rolled back to: {}{undo}; nothing was changed",
+            verify::restored_remnant(&restore, &at)
+        );
+    }
     let facts = verify::schema_facts(client, &schema).await?;
     // A backup whose schema is gone does not match its manifest: exit 3,
     // as `verify` reports it.
