@@ -1013,6 +1013,17 @@ fn cleanup_drops_exactly_the_old_backups() {
         b[3]
     )))
     .unwrap();
+    // The dry run foresees it (it had listed the backup as one it would drop).
+    let v = cleanup(&wd, &dbs.dst, &["--before", &far, "--dry-run"]);
+    assert!(dropped(&v).is_empty(), "{v}");
+    assert_eq!(v["skipped"][0]["schema"], b[3].as_str(), "{v}");
+    assert!(
+        v["skipped"][0]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("is in use now (by the session with pid"),
+        "{v}"
+    );
     let t0 = std::time::Instant::now();
     let out = wd.run(&[
         "cleanup",

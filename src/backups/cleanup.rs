@@ -233,7 +233,19 @@ pub async fn cleanup(
                 }
             );
         }
-        if reason.is_none() && !opts.dry_run {
+        if reason.is_none() && opts.dry_run {
+            // A real run would wait for these, then (likely) skip: foresee it.
+            let schemas: Vec<String> = members.iter().flat_map(|b| backup_schemas(b)).collect();
+            let users = lock_holders(client, &schemas).await?;
+            if !users.is_empty() {
+                reason = Some(format!(
+                    "a table of {} is in use now (by {}): a real run waits up to {} ms for it, then skips it",
+                    label(&members),
+                    sessions(&users),
+                    opts.lock_timeout.as_millis()
+                ));
+            }
+        } else if reason.is_none() {
             match drop_backups(client, &members, opts.lock_timeout).await {
                 Ok(Outcome::Dropped) => {}
                 Ok(Outcome::Skipped(why)) => reason = Some(why),
@@ -380,6 +392,30 @@ fn dependents_reason(group: &[&BackupRow], deps: &[String]) -> String {
     }
 }
 
+/// The other sessions holding a lock on a relation of `schemas` (a reader
+/// in an open transaction, say): a drop waits for them.
+async fn lock_holders(client: &Client, schemas: &[String]) -> Result<Vec<i32>> {
+    crate::pg::exec::column(
+        client,
+        "SELECT DISTINCT l.pid FROM pg_catalog.pg_locks l
+           JOIN pg_catalog.pg_class c ON c.oid = l.relation
+           JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+          WHERE n.nspname = ANY($1) AND l.pid <> pg_catalog.pg_backend_pid()
+          ORDER BY 1",
+        &[&schemas],
+    )
+    .await
+}
+
+/// `the session with pid 12`, `the sessions with pid 12, 13`.
+fn sessions(pids: &[i32]) -> String {
+    format!(
+        "the session{} with pid {}",
+        if pids.len() == 1 { "" } else { "s" },
+        pids.iter().map(i32::to_string).join(", ")
+    )
+}
+
 /// The backups of a group, as messages name them.
 fn label(group: &[&BackupRow]) -> String {
     match group {
@@ -507,21 +543,11 @@ async fn shrink_backups(
         // One transaction drops it all or nothing, under lock_timeout.
         return Ok(Ok(0));
     }
-    let users: Vec<i32> = crate::pg::exec::column(
-        client,
-        "SELECT DISTINCT l.pid FROM pg_catalog.pg_locks l
-           JOIN pg_catalog.pg_class c ON c.oid = l.relation
-           JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
-          WHERE n.nspname = ANY($1) AND l.pid <> pg_catalog.pg_backend_pid()
-          ORDER BY 1",
-        &[&schemas],
-    )
-    .await?;
+    let users = lock_holders(client, &schemas).await?;
     if !users.is_empty() {
         return Ok(Err(Outcome::Skipped(format!(
-            "a table of {name} is in use (by the session{} with pid {}); nothing was dropped, and a later run drops it",
-            if users.len() == 1 { "" } else { "s" },
-            users.iter().map(i32::to_string).join(", ")
+            "a table of {name} is in use (by {}); nothing was dropped, and a later run drops it",
+            sessions(&users)
         ))));
     }
     // From the first part's COMMIT on, part of it may be gone: list, status
