@@ -1006,13 +1006,13 @@ fn switch(cli: bool, env: &str, file: Option<bool>) -> bool {
 }
 
 /// An on/off variable read where its command has no flag (clap reads it
-/// for the commands that have one), as clap would: None when unset or empty.
+/// for the commands that have one), as clap would: None when unset; an
+/// empty or padded value is refused, as the commands with the flag refuse it.
 fn env_switch(name: &str) -> Result<Option<bool>> {
     let Ok(v) = std::env::var(name) else {
         return Ok(None);
     };
-    match v.trim().to_ascii_lowercase().as_str() {
-        "" => Ok(None),
+    match v.to_lowercase().as_str() {
         "y" | "yes" | "t" | "true" | "on" | "1" => Ok(Some(true)),
         "n" | "no" | "f" | "false" | "off" | "0" => Ok(Some(false)),
         _ => Err(UserError::new(format!(

@@ -1205,6 +1205,25 @@ fn cleanup_drops_backups_that_hold_each_others_dependents_together() {
     assert!(v["skipped"].as_array().unwrap().is_empty(), "{v}");
     assert_eq!(schemas_left(&dbs.dst), vec![b[2].clone()]);
     assert_eq!(list(&wd, &dbs.dst).len(), 1);
+    // An older backup reading a newer one's table: the older goes first, then
+    // nothing holds the newer; the dry run says the same as the real run.
+    let b3 = start(&wd, &dbs)["swap"]["backup_schema"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    dbs.dst.psql(&format!(
+        "UPDATE pgshift.backups SET created_at = '2025-06-01 00:00:00+00';
+         CREATE VIEW {}.w AS SELECT * FROM {b3}.t;",
+        b[2]
+    ));
+    let mut dry = before.to_vec();
+    dry.push("--dry-run");
+    for args in [&dry[..], &before[..]] {
+        let v = cleanup(&wd, &dbs.dst, args);
+        assert_eq!(dropped(&v), vec![b[2].clone(), b3.clone()], "{v}");
+        assert!(v["skipped"].as_array().unwrap().is_empty(), "{v}");
+    }
+    assert!(schemas_left(&dbs.dst).is_empty());
 }
 
 #[test]

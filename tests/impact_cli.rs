@@ -215,6 +215,24 @@ async fn writes_to_tables_that_are_not_preserved_refuse_swap_and_rollback() {
         ("PGSHIFT_FAIL_ON_BREAKING", "true"),
     ]);
     assert_eq!(s["swap_allowed"], true, "nothing breaks: {s}");
+    // A table the swap would refuse to allow, as it refuses it.
+    let s = with_env(&[("PGSHIFT_ALLOW_DISCARD", "orders,nosuch")]);
+    assert_eq!(s["swap_allowed"], false, "{s}");
+    assert!(
+        s["swap_blocked_reason"]
+            .as_str()
+            .unwrap()
+            .contains("public has no table nosuch"),
+        "{s}"
+    );
+    // Values the swap's flag refuses are refused (an empty one too).
+    for bad in ["", " 1 "] {
+        let out = wd.run_env(
+            &["status", "--dest", &url],
+            &[("PGSHIFT_FAIL_ON_BREAKING", bad)],
+        );
+        assert_eq!(out.status.code(), Some(2), "{bad:?}: {out:?}");
+    }
     let out = wd.run_env(
         &["status", "--dest", &url],
         &[("PGSHIFT_FAIL_ON_BREAKING", "maybe")],

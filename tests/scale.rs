@@ -811,3 +811,76 @@ fn the_swap_budget_covers_the_locks_a_real_swap_holds() {
     );
     assert_eq!(dbs.dst.psql("SELECT count(*) FROM pgshift.backups"), "0");
 }
+
+/// Two backups that each fit one transaction's share of the lock table but
+/// not together, and hold each other's dependents (so they go in one
+/// transaction): each is emptied down to its half first, and the last
+/// transaction holds no more than its share (`PGSHIFT_CHECK_LOCKS`).
+#[test]
+fn backups_dropped_together_fit_one_transaction_together() {
+    if !can_start_clusters() {
+        return;
+    }
+    let e = env();
+    let dbs = TestDbs::on(&e.src, &e.small, "scale_cleanup_group");
+    // About 60% of a transaction's share each (a table with its key, its
+    // sequence and its TOAST takes about six slots).
+    let tables = "DO $$ BEGIN FOR i IN 1..60 LOOP
+           EXECUTE format('CREATE TABLE %I (id serial PRIMARY KEY, v text)', 't_' || i);
+         END LOOP; END $$;";
+    dbs.src.psql(tables);
+    dbs.dst.psql(tables);
+    let wd = Workdir::new();
+    let url = dbs.dst.url();
+    let start = [
+        "start",
+        "--source",
+        &dbs.src.url(),
+        "--dest",
+        &url,
+        "--json",
+    ];
+    let b0 = json(&wd.run(&start))["swap"]["backup_schema"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let b1 = json(&wd.run(&start))["swap"]["backup_schema"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    dbs.dst.psql(&format!(
+        "CREATE VIEW {b0}.v AS SELECT * FROM {b1}.t_1; CREATE VIEW {b1}.v AS SELECT * FROM {b0}.t_1;"
+    ));
+    let out = wd.run_env(
+        &[
+            "cleanup",
+            "--dest",
+            &url,
+            "--before",
+            "2999-01-01",
+            "--json",
+        ],
+        &[("PGSHIFT_CHECK_LOCKS", "1"), ("RUST_LOG", "pgshift=info")],
+    );
+    let log = String::from_utf8_lossy(&out.stderr).to_string();
+    assert_eq!(out.status.code(), Some(0), "{log}");
+    let r = json(&out);
+    let dropped: Vec<&str> = r["dropped"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["schema"].as_str().unwrap())
+        .collect();
+    assert_eq!(dropped, [b0.as_str(), b1.as_str()], "{r}");
+    assert_eq!(r["dropped"][0]["together_with"][0], b1.as_str(), "{r}");
+    assert!(
+        log.contains("lock-bounded transactions"),
+        "not emptied first: {log}"
+    );
+    assert_eq!(dbs.dst.psql("SELECT count(*) FROM pgshift.backups"), "0");
+    assert_eq!(
+        dbs.dst
+            .psql("SELECT count(*) FROM pg_namespace WHERE nspname LIKE 'backup\\_%'"),
+        "0"
+    );
+}

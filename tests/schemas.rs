@@ -382,7 +382,9 @@ fn two_schemas_start_list_verify_rollback_cleanup() {
     let out = wd.run(&["verify", "--dest", &dst, "--timestamp", &b1_billing]);
     assert_eq!(out.status.code(), Some(2), "{}", stderr_of(&out));
     assert!(
-        stderr_of(&out).contains(&format!("is one schema of backup {b1}, which is verified, restored and dropped as a whole: give {ts}")),
+        stderr_of(&out).contains(&format!(
+            "if this is one of a backup's other schemas, give {b1} (or {ts})"
+        )),
         "{}",
         stderr_of(&out)
     );

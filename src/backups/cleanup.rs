@@ -4,8 +4,6 @@
 //! warning instead of blocking. Only schemas with a manifest in
 //! `pgshift.backups` and pgshift's marker comment are ever dropped.
 
-use std::collections::HashSet;
-
 use anyhow::Result;
 use chrono::{DateTime, NaiveDate, NaiveDateTime, TimeZone, Utc};
 use itertools::Itertools;
@@ -19,7 +17,6 @@ use crate::error::UserError;
 use crate::output::rfc3339;
 use crate::pg::batch;
 use crate::pg::conn::connect::describe_pg_error;
-use crate::pg::exec::query_map;
 use crate::pg::ident::quote_ident;
 
 const ACCEPTED: &str = "an ISO date (2025-07-15, midnight UTC), an ISO datetime with or without offset (2025-07-15T08:30:00, 2025-07-15T08:30:00+02:00; UTC when none), or unix milliseconds (1752567000000)";
@@ -141,14 +138,7 @@ async fn candidates(
     // restored: a record whose schemas (any of them) were dropped by hand
     // does not count (else one more real backup would go).
     let all: Vec<String> = backups.iter().flat_map(backup_schemas).collect();
-    let present: HashSet<String> = query_map(
-        client,
-        "SELECT nspname::text FROM pg_catalog.pg_namespace WHERE nspname = ANY($1)",
-        &[&all],
-        "listing the backups' schemas",
-        |r| r.get::<_, String>(0),
-    )
-    .await?;
+    let present = crate::pg::catalog::existing_schemas(client, &all).await?;
     let mut protected = opts.keep_latest.unwrap_or(0);
     let mut candidates: Vec<BackupRow> = Vec::new();
     for b in backups {
@@ -206,9 +196,9 @@ pub async fn cleanup(
         looks.push(look(client, b).await?);
     }
     let mut failures = Vec::new();
-    let mut done = vec![false; candidates.len()];
+    let mut fates = vec![Fate::Open; candidates.len()];
     for i in 0..candidates.len() {
-        if done[i] {
+        if fates[i] != Fate::Open {
             continue;
         }
         // A pause before each backup, for the test of an interrupted cleanup.
@@ -219,20 +209,9 @@ pub async fn cleanup(
         }
         let (group, mut reason) = match &looks[i].refusal {
             Some(why) => (vec![i], Some(why.clone())),
-            None => group_of(client, &candidates, &looks, &done, i).await?,
+            None => group_of(client, &candidates, &looks, &fates, i).await?,
         };
         let members: Vec<&BackupRow> = group.iter().map(|&j| &candidates[j]).collect();
-        if group.len() > 1 {
-            tracing::info!(
-                "{} hold objects that depend on each other's: {} them together",
-                label(&members),
-                if opts.dry_run {
-                    "would drop"
-                } else {
-                    "dropping"
-                }
-            );
-        }
         if reason.is_none() && opts.dry_run {
             // A real run would wait for these, then (likely) skip: foresee it.
             let schemas: Vec<String> = members.iter().flat_map(|b| backup_schemas(b)).collect();
@@ -246,18 +225,30 @@ pub async fn cleanup(
                 ));
             }
         } else if reason.is_none() {
+            if members.len() > 1 {
+                tracing::info!(
+                    "{} hold objects that depend on each other's: dropping them together",
+                    label(&members)
+                );
+            }
             match drop_backups(client, &members, opts.lock_timeout).await {
                 Ok(Outcome::Dropped) => {}
                 Ok(Outcome::Skipped(why)) => reason = Some(why),
                 Err(e) => {
                     let why = format!("{e:#}");
-                    failures.push(format!("{}: {why}", label(&members)));
+                    for m in &members {
+                        failures.push(format!("{}: {why}", m.schema_name));
+                    }
                     reason = Some(why);
                 }
             }
         }
         for &j in &group {
-            done[j] = true;
+            fates[j] = if reason.is_some() {
+                Fate::Kept
+            } else {
+                Fate::Dropped
+            };
             let b = &candidates[j];
             let item = CleanedBackup {
                 timestamp: b.ts,
@@ -285,8 +276,16 @@ pub async fn cleanup(
         }
     }
     // Those not begun stay, as kept ones do.
-    report.kept += report.skipped.len() + done.iter().filter(|d| !**d).count();
+    report.kept += report.skipped.len() + fates.iter().filter(|f| **f == Fate::Open).count();
     Ok((report, failures))
+}
+
+/// What became of a candidate in this run (with a dry run: would become).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Fate {
+    Open,
+    Dropped,
+    Kept,
 }
 
 /// What cleanup reads of a backup before dropping anything: its size, and
@@ -327,17 +326,21 @@ async fn look(client: &Client, b: &BackupRow) -> Result<Look> {
 }
 
 /// The backups to drop with candidate `i`: it, and every other candidate
-/// not yet handled that holds objects depending on the group's, until
-/// nothing outside the group depends on it. With the reason to skip them
-/// all when something outside every such candidate does (or one of them is
-/// not pgshift's to drop).
+/// not yet handled that holds objects depending on the group's, until no
+/// other candidate does. With the reason to skip them all when something
+/// outside them depends on them (or one of them is not pgshift's to drop).
+/// Objects of a backup this run dropped (a dry run: would drop) are not in
+/// the way.
 async fn group_of(
     client: &Client,
     candidates: &[BackupRow],
     looks: &[Look],
-    done: &[bool],
+    fates: &[Fate],
     i: usize,
 ) -> Result<(Vec<usize>, Option<String>)> {
+    let holder_of = |schema: &str| {
+        (0..candidates.len()).find(|&j| backup_schemas(&candidates[j]).iter().any(|s| s == schema))
+    };
     let mut group = vec![i];
     loop {
         let schemas: Vec<String> = group
@@ -345,34 +348,28 @@ async fn group_of(
             .flat_map(|&j| backup_schemas(&candidates[j]))
             .collect();
         let deps = crate::pg::catalog::dependents_outside(client, &schemas, None).await?;
-        if deps.is_empty() {
-            return Ok((group, None));
-        }
         let mut more = Vec::new();
         let mut outside = Vec::new();
         for d in &deps {
-            let holder = d.schema.as_ref().and_then(|s| {
-                (0..candidates.len()).find(|&j| {
-                    !done[j] && !group.contains(&j) && backup_schemas(&candidates[j]).contains(s)
-                })
-            });
-            match holder {
-                Some(j) if looks[j].refusal.is_none() => more.push(j),
-                Some(j) => outside.push(format!(
+            match d.schema.as_deref().and_then(holder_of) {
+                Some(j) if fates[j] == Fate::Dropped => {}
+                Some(j) if fates[j] == Fate::Open && looks[j].refusal.is_none() => more.push(j),
+                Some(j) if fates[j] == Fate::Open => outside.push(format!(
                     "{} (in {}, which is not dropped: {})",
                     d.what,
                     candidates[j].schema_name,
                     looks[j].refusal.as_deref().unwrap_or_default()
                 )),
-                None => outside.push(d.what.clone()),
+                _ => outside.push(d.what.clone()),
             }
-        }
-        if !outside.is_empty() {
-            let members: Vec<&BackupRow> = group.iter().map(|&j| &candidates[j]).collect();
-            return Ok((group, Some(dependents_reason(&members, &outside))));
         }
         more.sort_unstable();
         more.dedup();
+        if more.is_empty() {
+            let members: Vec<&BackupRow> = group.iter().map(|&j| &candidates[j]).collect();
+            let reason = (!outside.is_empty()).then(|| dependents_reason(&members, &outside));
+            return Ok((group, reason));
+        }
         group.extend(more);
         group.sort_unstable();
     }
@@ -440,17 +437,20 @@ fn backup_schemas(b: &BackupRow) -> Vec<String> {
 /// Drop backups (one, or a group that holds each other's dependents) in one
 /// transaction under `lock_timeout`: their schemas (CASCADE: their own
 /// objects) and their manifest rows. Backups too big for one transaction's
-/// share of the lock table are first emptied in lock-bounded transactions
-/// ([`batch::shrink_schema`]).
+/// share of the lock table, together, are first emptied in lock-bounded
+/// transactions ([`batch::shrink_objects`]).
 async fn drop_backups(
     client: &Client,
     group: &[&BackupRow],
     lock_timeout: std::time::Duration,
 ) -> Result<Outcome> {
     let name = label(group);
-    let shrunk = match shrink_backups(client, group, lock_timeout).await? {
+    let opts = batch::Options::for_server(client, "cleanup")
+        .await?
+        .with_lock_timeout(lock_timeout, 3);
+    let shrunk = match shrink_backups(client, group, &opts).await? {
         Err(outcome) => return Ok(outcome),
-        Ok(n) => n,
+        Ok(shrunk) => shrunk,
     };
     let begin = format!(
         "BEGIN; SET LOCAL lock_timeout = '{}ms'",
@@ -472,10 +472,14 @@ async fn drop_backups(
         for b in group {
             manifest::delete_backup(client, b.ts).await?;
         }
+        if let Some(check) = batch::lock_check(opts.limit) {
+            client.batch_execute(&check).await?;
+        }
         client.batch_execute("COMMIT").await?;
         Ok(None)
     }
     .await;
+    let one = group.len() == 1;
     match result {
         Ok(None) => Ok(Outcome::Dropped),
         Ok(Some(why)) => {
@@ -489,16 +493,24 @@ async fn drop_backups(
                     .and_then(|pe| pe.code())
                     .is_some_and(|code| *code == SqlState::LOCK_NOT_AVAILABLE)
             });
-            if lock && shrunk > 0 {
+            if lock && !shrunk.is_empty() {
+                let parts: Vec<&BackupRow> = group
+                    .iter()
+                    .copied()
+                    .filter(|b| shrunk.contains(&b.ts))
+                    .collect();
                 Ok(Outcome::Skipped(format!(
-                    "{name} {} partly dropped: emptied in parts, then a table was in use (lock timeout after {} ms); verify shows what is missing, and a later run drops the rest",
-                    if group.len() == 1 { "is" } else { "are" },
+                    "{} {} partly dropped: emptied in parts, then a table {} was in use (lock timeout after {} ms); verify shows what is missing, and a later run drops the rest",
+                    label(&parts),
+                    if parts.len() == 1 { "is" } else { "are" },
+                    if one { "of it" } else { "of the group" },
                     lock_timeout.as_millis()
                 )))
             } else if lock {
                 Ok(Outcome::Skipped(format!(
-                    "a table of {name} is in use (lock timeout after {} ms); it will be dropped by a later run",
-                    lock_timeout.as_millis()
+                    "a table of {name} is in use (lock timeout after {} ms); {} will be dropped by a later run",
+                    lock_timeout.as_millis(),
+                    if one { "it" } else { "they" }
                 )))
             } else {
                 let msg = e
@@ -512,60 +524,91 @@ async fn drop_backups(
     }
 }
 
-/// Empty backups that are too big to drop in one transaction, down to what
-/// fits one (nothing happens to backups that fit). Only once nothing outside
-/// depends on them.
+/// Empty backups that are too big to drop in one transaction together, down
+/// to what fits one (nothing happens to backups that fit): each schema down
+/// to its share of that transaction. Only once nothing outside depends on
+/// them.
 ///
 /// Emptying in parts commits part by part, so a table in use found half way
 /// would leave a backup partly dropped: backups that any other session holds
 /// a lock on (a reader in an open transaction, say) are skipped before
-/// anything is dropped. Ok(transactions it took), or Err(outcome) when
+/// anything is dropped, and each backup is marked partly dropped only before
+/// its own first part. Ok(the backups emptied in parts), or Err(outcome) when
 /// skipped.
 async fn shrink_backups(
     client: &Client,
     group: &[&BackupRow],
-    lock_timeout: std::time::Duration,
-) -> Result<std::result::Result<usize, Outcome>> {
+    opts: &batch::Options,
+) -> Result<std::result::Result<Vec<i64>, Outcome>> {
     let name = label(group);
-    let opts = batch::Options::for_server(client, "cleanup")
-        .await?
-        .with_lock_timeout(lock_timeout, 3);
+    let lock_timeout = opts.lock_timeout.unwrap_or_default();
     let schemas: Vec<String> = group.iter().flat_map(|b| backup_schemas(b)).collect();
     let deps = crate::pg::catalog::external_dependents(client, &schemas, None).await?;
     if !deps.is_empty() {
         return Ok(Err(Outcome::Skipped(dependents_reason(group, &deps))));
     }
-    let mut fits = true;
+    let mut needs = Vec::with_capacity(schemas.len());
     for s in &schemas {
-        fits &= batch::drop_fits(client, s, &opts).await?;
+        needs.push(batch::drop_locks(client, s).await?);
     }
-    if fits {
+    if needs.iter().sum::<u64>() <= opts.room() {
         // One transaction drops it all or nothing, under lock_timeout.
-        return Ok(Ok(0));
+        return Ok(Ok(Vec::new()));
     }
     let users = lock_holders(client, &schemas).await?;
     if !users.is_empty() {
         return Ok(Err(Outcome::Skipped(format!(
-            "a table of {name} is in use (by {}); nothing was dropped, and a later run drops it",
-            sessions(&users)
+            "a table of {name} is in use (by {}); nothing was dropped, and a later run drops {}",
+            sessions(&users),
+            if group.len() == 1 { "it" } else { "them" }
         ))));
     }
-    // From the first part's COMMIT on, part of it may be gone: list, status
-    // and rollback say so until a cleanup has dropped the rest.
-    for b in group {
-        manifest::mark_dropping(client, b.ts).await?;
-    }
-    let mut shrunk = Ok(0);
+    // Each schema keeps at most its share of the last transaction.
+    let share = (opts.room() / schemas.len() as u64).max(1);
+    let mut shrunk: Vec<i64> = Vec::new();
     let mut total = 0;
-    for s in &schemas {
-        shrunk = batch::shrink_schema(client, s, &opts).await;
-        match &shrunk {
-            Ok(n) => total += n,
-            Err(_) => break,
+    let mut result = Ok(());
+    'all: for b in group {
+        for s in backup_schemas(b) {
+            let need = schemas.iter().position(|x| *x == s).map_or(0, |k| needs[k]);
+            if need <= share {
+                continue;
+            }
+            if !shrunk.contains(&b.ts) {
+                // From its first part's COMMIT on, part of it may be gone
+                // (and of the members whose objects depend on it: CASCADE
+                // takes those along): list, status and rollback say so until
+                // a cleanup has dropped the rest.
+                let mut touched = vec![b.ts];
+                let deps = crate::pg::catalog::dependents_outside(client, &backup_schemas(b), None)
+                    .await?;
+                for m in group.iter().filter(|m| m.ts != b.ts) {
+                    let theirs = backup_schemas(m);
+                    if deps
+                        .iter()
+                        .any(|d| d.schema.as_ref().is_some_and(|s| theirs.contains(s)))
+                    {
+                        touched.push(m.ts);
+                    }
+                }
+                for ts in touched {
+                    if !shrunk.contains(&ts) {
+                        manifest::mark_dropping(client, ts).await?;
+                        shrunk.push(ts);
+                    }
+                }
+            }
+            match batch::shrink_objects(client, &s, &[], share, opts).await {
+                Ok(n) => total += n,
+                Err(e) => {
+                    result = Err(e);
+                    break 'all;
+                }
+            }
         }
     }
-    match shrunk {
-        Ok(_) => {
+    match result {
+        Ok(()) => {
             if total > 0 {
                 tracing::info!(
                     schema = %name,
@@ -575,7 +618,7 @@ async fn shrink_backups(
             }
             // A stop here, for the test of a backup left partly dropped.
             crate::migration::session::failpoint("cleanup-shrunk").await?;
-            Ok(Ok(total))
+            Ok(Ok(shrunk))
         }
         Err(e) if batch::is_lock_timeout(&e) => Ok(Err(Outcome::Skipped(format!(
             "a table of {name} came into use (lock timeout after {} ms) while it was dropped in parts, so part of it may be gone already; verify shows what is left, and a later run drops the rest",

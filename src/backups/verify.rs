@@ -31,8 +31,7 @@ pub fn parse_ref(text: &str) -> Result<i64> {
             });
         match part {
             Some((ts, _)) => UserError::new(format!(
-                "{text:?} is one schema of backup {}{ts}, which is verified, restored and dropped as a whole: give {ts} (or {}{ts}); see `pgshift list`",
-                crate::pg::meta::BACKUP_PREFIX,
+                "{text:?} is not a backup name: a backup of several schemas goes by its first schema's name, so if this is one of a backup's other schemas, give {}{ts} (or {ts}), which is verified, restored and dropped as a whole; see `pgshift list`",
                 crate::pg::meta::BACKUP_PREFIX
             )),
             None => UserError::new(format!(

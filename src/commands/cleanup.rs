@@ -105,16 +105,21 @@ fn print(ctx: &Ctx, r: &CleanupReport) -> Result<()> {
     // Backups that hold each other's dependents go (or stay) together.
     let mut told = std::collections::HashSet::new();
     for d in r.dropped.iter().chain(&r.skipped) {
-        if d.together_with.is_empty() || !told.insert(&d.schema) {
+        let Some((last, rest)) = d.together_with.split_last() else {
+            continue;
+        };
+        if !told.insert(&d.schema) {
             continue;
         }
         told.extend(&d.together_with);
+        let mut names = vec![d.schema.as_str()];
+        names.extend(rest.iter().map(String::as_str));
         crate::outln!(
-            "note: {} and {} {} together: objects in one depend on another",
-            d.schema,
-            d.together_with.join(" and "),
+            "note: {} and {last} {} together: objects in one depend on another",
+            names.join(", "),
             match (&d.reason, r.dry_run) {
-                (Some(_), _) => "were skipped",
+                (Some(_), true) => "would be skipped",
+                (Some(_), false) => "were skipped",
                 (None, true) => "would be dropped",
                 (None, false) => "were dropped",
             }

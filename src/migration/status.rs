@@ -438,6 +438,19 @@ pub async fn report(
     }) {
         match gate::migration_report(client, st, &opts.impact.workload, opts.lock_timeout).await {
             Ok(i) => {
+                // A table the allowed list names that the swap's schemas do
+                // not have: the swap refuses before anything else.
+                let lives = st.schemas.clone();
+                if let Err(e) = gate::check_allowed_tables(
+                    client,
+                    crate::swap::impact::writes::Operation::Swap,
+                    &opts.impact.allow_discard,
+                    &lives,
+                )
+                .await
+                {
+                    blocked.push(format!("{e:#}").replacen("; nothing was changed", "", 1));
+                }
                 if open {
                     blocked.extend(
                         gate::refusals(&i, &opts.impact)
@@ -505,6 +518,36 @@ pub async fn report(
             "backup {} is partly dropped: a cleanup began dropping it in parts and did not finish (part of it may be gone, so it cannot be rolled back to); the next cleanup whose --before covers it drops the rest",
             b.schema_name
         ));
+    }
+    // Schemas of a backup dropped behind pgshift's back (all, or one of a
+    // backup of several): its record stays until a cleanup drops it.
+    let recorded: Vec<String> = backups
+        .iter()
+        .filter(|b| b.manifest.dropping_since.is_none())
+        .flat_map(|b| b.manifest.schema_maps().into_iter().map(|m| m.backup))
+        .collect();
+    let present = crate::pg::catalog::existing_schemas(client, &recorded).await?;
+    for b in backups
+        .iter()
+        .filter(|b| b.manifest.dropping_since.is_none())
+    {
+        let gone: Vec<String> = b
+            .manifest
+            .schema_maps()
+            .into_iter()
+            .map(|m| m.backup)
+            .filter(|s| !present.contains(s))
+            .collect();
+        if !gone.is_empty() {
+            warnings.push(format!(
+                "backup {} has a record but its schema{} {} no longer exist{} (dropped outside pgshift?): it cannot be rolled back to, and the next cleanup whose --before covers it drops {}",
+                b.schema_name,
+                if gone.len() == 1 { "" } else { "s" },
+                gone.join(", "),
+                if gone.len() == 1 { "s" } else { "" },
+                if gone.len() < b.manifest.schema_maps().len() { "the rest" } else { "the record" }
+            ));
+        }
     }
     Ok(StatusReport {
         state: d.state,

@@ -26,8 +26,9 @@
 //!   shadow is being created). Plus one per statement for the object it is
 //!   about (a sequence in `setval`, a function, a role). Checked against
 //!   `pg_locks` by the tests (`PGSHIFT_CHECK_LOCKS`).
-//! * [`shrink_schema`] / [`shrink_objects`]: drop a schema's contents in
-//!   lock-bounded transactions until what is left fits one transaction, which
+//! * [`drop_locks`] / [`shrink_objects`]: what dropping a schema takes, and
+//!   drop a schema's contents in lock-bounded transactions until what is left
+//!   fits (its share of) one transaction, which
 //!   the caller then drops as before (`DROP SCHEMA … CASCADE` plus its own
 //!   bookkeeping, all or nothing). `DROP … CASCADE` takes a lock on every object
 //!   it removes (the table, its row types, indexes, TOAST, constraints,
@@ -365,9 +366,20 @@ fn transaction_sql(group: &[Stmt], opts: &Options) -> String {
             sql.push_str(";\n");
         }
     }
-    if check_locks() {
-        let estimate = group.iter().map(|s| s.locks).sum::<u64>() + PER_TRANSACTION;
-        sql.push_str(&format!(
+    if let Some(check) = lock_check(group.iter().map(|s| s.locks).sum::<u64>() + PER_TRANSACTION) {
+        sql.push_str(&check);
+    }
+    sql.push_str("COMMIT;");
+    sql
+}
+
+/// Test hook ([`check_locks`]): the statement that fails the transaction it
+/// runs in when that holds more than `estimate` lock-table slots; None
+/// unless `PGSHIFT_CHECK_LOCKS=1`. Batches run it before their COMMIT, and
+/// so does cleanup's last transaction, whose share is [`Options::limit`].
+pub fn lock_check(estimate: u64) -> Option<String> {
+    check_locks().then(|| {
+        format!(
             "DO $pgshift_check$ DECLARE held bigint; BEGIN
                SELECT count(*) INTO held FROM (SELECT DISTINCT locktype, database, relation, page, tuple, virtualxid,
                       transactionid::text, classid, objid, objsubid FROM pg_catalog.pg_locks
@@ -376,10 +388,8 @@ fn transaction_sql(group: &[Stmt], opts: &Options) -> String {
                  RAISE EXCEPTION 'pgshift lock check: this transaction holds % lock-table slots, % were estimated', held, {estimate};
                END IF;
              END $pgshift_check$;\n"
-        ));
-    }
-    sql.push_str("COMMIT;");
-    sql
+        )
+    })
 }
 
 /// The first line of the statement of `group` that an error's position (a
@@ -720,16 +730,11 @@ pub async fn shrink_objects(
     }
 }
 
-/// Whether dropping `schema` fits one transaction's share of the lock
-/// table ([`shrink_schema`] would do nothing).
-pub async fn drop_fits(client: &Client, schema: &str, opts: &Options) -> Result<bool> {
+/// The lock-table slots dropping `schema` in one transaction takes (0 for
+/// an empty one): cleanup sums them over the schemas it drops together.
+pub async fn drop_locks(client: &Client, schema: &str) -> Result<u64> {
     let plan = plan_drops(client, schema, &[]).await?;
-    Ok(plan.total <= opts.room() || plan.drops.is_empty())
-}
-
-/// [`shrink_objects`] for a whole schema, until the rest fits one transaction.
-pub async fn shrink_schema(client: &Client, schema: &str, opts: &Options) -> Result<usize> {
-    shrink_objects(client, schema, &[], opts.room(), opts).await
+    Ok(if plan.drops.is_empty() { 0 } else { plan.total })
 }
 
 /// Run `f` (reads on `client`, inside an open transaction) in a

@@ -92,6 +92,21 @@ pub async fn schema_exists(client: &impl GenericClient, schema: &str) -> Result<
         .get(0))
 }
 
+/// Which of `names` are schemas now.
+pub async fn existing_schemas(
+    client: &impl GenericClient,
+    names: &[String],
+) -> Result<std::collections::BTreeSet<String>> {
+    let rows = client
+        .query(
+            "SELECT nspname::text FROM pg_catalog.pg_namespace WHERE nspname = ANY($1)",
+            &[&names],
+        )
+        .await
+        .map_err(|e| crate::pg::exec::pg_error_as(e, "looking up schemas"))?;
+    Ok(rows.into_iter().map(|r| r.get(0)).collect())
+}
+
 /// Refuses, in one line naming the owner and the fix, the first of `schemas`
 /// (that exists) whose owner's privileges this role lacks: renaming or
 /// dropping a schema needs its owner. `action` says what this run would do

@@ -186,15 +186,8 @@ impl Exchange {
 
     /// Which of the live schemas exist now.
     async fn existing_live(&self, client: &Client) -> Result<BTreeSet<String>> {
-        let names: Vec<&str> = self.pairs.iter().map(|p| p.live.as_str()).collect();
-        let rows = client
-            .query(
-                "SELECT nspname::text FROM pg_catalog.pg_namespace WHERE nspname = ANY($1)",
-                &[&names],
-            )
-            .await
-            .map_err(|e| crate::pg::exec::pg_error_as(e, "looking for the live schemas"))?;
-        Ok(rows.into_iter().map(|r| r.get(0)).collect())
+        let names: Vec<String> = self.pairs.iter().map(|p| p.live.clone()).collect();
+        crate::pg::catalog::existing_schemas(client, &names).await
     }
 
     /// Does any pair keep tables?

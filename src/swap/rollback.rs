@@ -215,15 +215,27 @@ pub async fn plan(client: &Client, opts: &RollbackOptions) -> Result<Plan> {
     // copies of those tables alone. Restoring it would replace every live
     // table with them.
     if let Some(at) = restore.manifest.restored_since() {
-        let undo = crate::backups::manifest::list_backups(client)
-            .await?
-            .into_iter()
+        let all = crate::backups::manifest::list_backups(client).await?; // newest first
+        let undo = all
+            .iter()
             .find(|b| b.manifest.restored_from.as_deref() == Some(schema.as_str()))
             .map(|b| {
                 format!(
                     "; {} holds what was live before that rollback (`pgshift rollback --timestamp {}` undoes it)",
                     b.schema_name, b.ts
                 )
+            })
+            .or_else(|| {
+                all.iter()
+                    .find(|b| {
+                        b.manifest.restored_since().is_none() && b.manifest.dropping_since.is_none()
+                    })
+                    .map(|b| {
+                        format!(
+                            "; the newest backup that is a whole version is {} (`--timestamp {}`)",
+                            b.schema_name, b.ts
+                        )
+                    })
             })
             .unwrap_or_default();
         crate::refuse!(
