@@ -948,6 +948,15 @@ fn cleanup_drops_exactly_the_old_backups() {
     );
     assert_eq!(dropped(&v), vec![b[3].clone()], "{v}");
     assert_eq!(v["kept"], 1);
+    // status says so (list said `exists: false`, status nothing).
+    let s = run_json(&wd, &["status", "--dest", &dbs.dst.url()]);
+    assert!(
+        s["warnings"].to_string().contains(&format!(
+            "backup {} has a record but its schema {} no longer exists",
+            b[3], b[3]
+        )),
+        "{s}"
+    );
     dbs.dst
         .psql(&format!("ALTER SCHEMA elsewhere RENAME TO {}", b[3]));
     // A cleanup paused before its first backup and sent `signal` there.
