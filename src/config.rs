@@ -866,7 +866,15 @@ pub fn resolve(
         "workload_roles",
         "role names",
     )?;
-    let workload_roles = parse_roles(&roles_raw)?;
+    let workload_roles = parse_roles(
+        &roles_raw,
+        &setting_shown(
+            &inputs.workload_roles,
+            "--workload-roles",
+            "workload_roles",
+            f.workload_roles.is_some(),
+        ),
+    )?;
     let impact_timeout = duration_setting(
         &inputs.impact_timeout,
         ("--impact-timeout", "impact_timeout"),
@@ -887,7 +895,8 @@ pub fn resolve(
                     key: &str|
      -> Result<Vec<TablePattern>> {
         let raw = list_setting(given, (flag, env), file, key, "a pattern")?;
-        Ok(TablePattern::parse_list(&raw).map_err(|e| UserError::new(format!("{flag}: {e}")))?)
+        let shown = setting_shown(given, flag, key, file.is_some());
+        Ok(TablePattern::parse_list(&raw).map_err(|e| UserError::new(format!("{shown}: {e}")))?)
     };
     let mut filters = TableFilters::default();
     if takes(true) {
@@ -1033,10 +1042,11 @@ impl From<SwapModeArg> for ModeRequest {
 }
 
 /// `--workload-roles`: role names as typed (`app`, `"App"`), never SQL.
-fn parse_roles(items: &[String]) -> Result<Vec<String>> {
+/// Errors name the setting as `shown`.
+fn parse_roles(items: &[String], shown: &str) -> Result<Vec<String>> {
     let mut roles: Vec<String> = Vec::new();
     for item in items {
-        let bad = |why: String| UserError::new(format!("--workload-roles: {why}"));
+        let bad = |why: String| UserError::new(format!("{shown}: {why}"));
         let name = TableName::parse(item).map_err(|e| {
             let e = e.to_string();
             bad(if e.contains("more than two parts") {
@@ -1386,6 +1396,32 @@ mod tests {
         );
         let s = settings(&["pgshift", "prepare"], "exclude_table = []").unwrap();
         assert!(s.filters.is_empty());
+        // An item the file gives is named by its key, not by a flag nobody typed.
+        for (file, want) in [
+            (
+                "exclude_table = ['a.b.c']",
+                "exclude_table in the config file: ",
+            ),
+            (
+                "exclude_table_data = ['a.b.c']",
+                "exclude_table_data in the config file: ",
+            ),
+            (
+                "keep_tables = ['a.b.c']",
+                "keep_tables in the config file: ",
+            ),
+            (
+                "workload_roles = ['a.b']",
+                "workload_roles in the config file: ",
+            ),
+            (
+                "allow_discard = ['a.b.c']",
+                "allow_discard in the config file: ",
+            ),
+        ] {
+            let err = settings_error(&["pgshift", "prepare"], file);
+            assert!(err.starts_with(want), "{file}: {err}");
+        }
     }
 
     #[test]

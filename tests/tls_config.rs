@@ -260,6 +260,18 @@ json = true
         "{}",
         stderr_of(&out)
     );
+    for (var, value) in [
+        ("PGSHIFT_EXCLUDE_TABLE", "a.b.c"),
+        ("PGSHIFT_WORKLOAD_ROLES", "a.b"),
+    ] {
+        let out = wd.run_env(&["prepare", "--dry-run"], &[(var, value)]);
+        assert_eq!(out.status.code(), Some(2), "{}", stderr_of(&out));
+        assert!(
+            stderr_of(&out).contains(&format!("error: {var}: ")),
+            "{}",
+            stderr_of(&out)
+        );
+    }
 
     // A password file others may read is ignored, as libpq ignores it, and
     // said so (it is read while the configuration is resolved, before
