@@ -884,3 +884,114 @@ fn backups_dropped_together_fit_one_transaction_together() {
         "0"
     );
 }
+
+/// A group emptied in parts marks as partly dropped exactly the backups
+/// that lose something: the one emptied, those whose objects CASCADE takes
+/// along, however indirectly (a view over a view over its function), and not
+/// one whose dependency survives (a view over the table dropped last).
+#[test]
+fn a_group_emptied_in_parts_marks_exactly_the_backups_that_lose_objects() {
+    if !can_start_clusters() {
+        return;
+    }
+    let e = env();
+    let dbs = TestDbs::on(&e.src, &e.small, "scale_cleanup_marks");
+    dbs.src.psql("CREATE TABLE t (id int PRIMARY KEY);");
+    // The oldest backup (the destination's public) is several transactions'
+    // worth; its `big` (many indexes) is the last thing the emptying drops,
+    // its function `f` (with the views that depend on it) among the first,
+    // as it takes fewer locks than any table.
+    dbs.dst.psql(
+        "DO $$ BEGIN FOR i IN 1..150 LOOP
+           EXECUTE format('CREATE TABLE %I (id serial PRIMARY KEY, v text)', 't_' || i);
+           FOR j IN 1..6 LOOP
+             EXECUTE format('CREATE INDEX %I ON %I (v, id) WHERE id > %s', 't_' || i || '_' || j, 't_' || i, j);
+           END LOOP;
+         END LOOP; END $$;
+         CREATE TABLE big (id int PRIMARY KEY, a int, b int, c int);
+         DO $$ BEGIN FOR i IN 1..30 LOOP
+           EXECUTE format('CREATE INDEX %I ON big (a, b, c, id) WHERE id > %s', 'big_' || i, i);
+         END LOOP; END $$;
+         CREATE FUNCTION f() RETURNS int LANGUAGE sql IMMUTABLE AS 'SELECT 1';",
+    );
+    let wd = Workdir::new();
+    let url = dbs.dst.url();
+    let start = [
+        "start",
+        "--source",
+        &dbs.src.url(),
+        "--dest",
+        &url,
+        "--json",
+    ];
+    let b: Vec<String> = (0..4)
+        .map(|_| {
+            json(&wd.run(&start))["swap"]["backup_schema"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    dbs.dst.psql(&format!(
+        "CREATE VIEW {1}.v AS SELECT {0}.f() AS x;
+         CREATE VIEW {2}.v AS SELECT * FROM {1}.v;
+         CREATE VIEW {3}.w AS SELECT * FROM {0}.big;",
+        b[0], b[1], b[2], b[3]
+    ));
+    // Stopped once emptied, before the last transaction.
+    let cleanup = |failpoint: &str| {
+        wd.run_env(
+            &[
+                "cleanup",
+                "--dest",
+                &url,
+                "--before",
+                "2999-01-01",
+                "--json",
+            ],
+            &[
+                ("PGSHIFT_FAILPOINT", failpoint),
+                ("RUST_LOG", "pgshift=info"),
+            ],
+        )
+    };
+    let out = cleanup("cleanup-shrunk");
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let list = json(&wd.run(&["list", "--dest", &url, "--json"]));
+    let partly = |schema: &str| {
+        list.as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["schema"] == schema)
+            .unwrap_or_else(|| panic!("{schema} not in {list}"))["partly_dropped"]
+            .clone()
+    };
+    assert_eq!(
+        [&b[0], &b[1], &b[2], &b[3]].map(|s| partly(s)),
+        [true, true, true, false].map(serde_json::Value::Bool),
+        "{list}"
+    );
+    assert_eq!(
+        dbs.dst.psql(&format!(
+            "SELECT count(*) FROM pg_views WHERE schemaname IN ('{}', '{}', '{}')",
+            b[1], b[2], b[3]
+        )),
+        "1",
+        "only the view over big is left"
+    );
+    // The next cleanup drops them all.
+    let out = cleanup("");
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(json(&out)["dropped"].as_array().unwrap().len(), 4);
+    assert_eq!(dbs.dst.psql("SELECT count(*) FROM pgshift.backups"), "0");
+}

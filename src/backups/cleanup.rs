@@ -179,9 +179,9 @@ pub async fn nothing_to_do(
 }
 
 /// Drop old backups (or, with `dry_run`, say which). `client` holds the run
-/// lock for a real run. Returns the report and the backups whose drop failed
-/// for a reason other than a busy table (the caller reports them after the
-/// report, exit 1).
+/// lock for a real run. Returns the report and the drops that failed for a
+/// reason other than a busy table, with how many backups each was of (the
+/// caller reports them after the report, exit 1).
 ///
 /// Backups that hold each other's dependents (a view in one over a table of
 /// another, say, or only one way) are dropped together, in one transaction:
@@ -189,7 +189,7 @@ pub async fn nothing_to_do(
 pub async fn cleanup(
     client: &Client,
     opts: &CleanupOptions,
-) -> Result<(CleanupReport, Vec<String>)> {
+) -> Result<(CleanupReport, Vec<(usize, String)>)> {
     let (candidates, mut report) = candidates(client, opts).await?;
     let mut looks = Vec::with_capacity(candidates.len());
     for b in &candidates {
@@ -218,10 +218,10 @@ pub async fn cleanup(
             let users = lock_holders(client, &schemas).await?;
             if !users.is_empty() {
                 reason = Some(format!(
-                    "a table of {} is in use now (by {}): a real run waits up to {} ms for it, then skips it",
+                    "a table of {} is in use now (by {}): a real run skips {} unless that session is done by then",
                     label(&members),
                     sessions(&users),
-                    opts.lock_timeout.as_millis()
+                    if members.len() == 1 { "it" } else { "them" }
                 ));
             }
         } else if reason.is_none() {
@@ -236,9 +236,7 @@ pub async fn cleanup(
                 Ok(Outcome::Skipped(why)) => reason = Some(why),
                 Err(e) => {
                     let why = format!("{e:#}");
-                    for m in &members {
-                        failures.push(format!("{}: {why}", m.schema_name));
-                    }
+                    failures.push((members.len(), why.clone()));
                     reason = Some(why);
                 }
             }
@@ -417,11 +415,15 @@ fn sessions(pids: &[i32]) -> String {
 fn label(group: &[&BackupRow]) -> String {
     match group {
         [one] => one.schema_name.clone(),
-        _ => {
-            let names: Vec<&str> = group.iter().map(|b| b.schema_name.as_str()).collect();
-            let (last, rest) = names.split_last().unwrap_or((&"", &[]));
-            format!("{} and {last}", rest.join(", "))
-        }
+        [a, b] => format!("{} and {}", a.schema_name, b.schema_name),
+        [a, b, c] => format!("{}, {} and {}", a.schema_name, b.schema_name, c.schema_name),
+        [a, b, rest @ ..] => format!(
+            "{}, {} and {} other backups",
+            a.schema_name,
+            b.schema_name,
+            rest.len()
+        ),
+        [] => String::new(),
     }
 }
 
@@ -459,7 +461,12 @@ async fn drop_backups(
     client.batch_execute(&begin).await?;
     let result = async {
         let schemas: Vec<String> = group.iter().flat_map(|b| backup_schemas(b)).collect();
-        let deps = crate::pg::catalog::external_dependents(client, &schemas, None).await?;
+        // Its catalog reads' locks are let go: the drop's share is for the drop.
+        let deps = batch::released(
+            client,
+            crate::pg::catalog::external_dependents(client, &schemas, None),
+        )
+        .await?;
         if !deps.is_empty() {
             return Ok::<_, anyhow::Error>(Some(dependents_reason(group, &deps)));
         }
@@ -500,7 +507,7 @@ async fn drop_backups(
                     .filter(|b| shrunk.contains(&b.ts))
                     .collect();
                 Ok(Outcome::Skipped(format!(
-                    "{} {} partly dropped: emptied in parts, then a table {} was in use (lock timeout after {} ms); verify shows what is missing, and a later run drops the rest",
+                    "{} {} partly dropped: emptied in parts, then a table {} was in use (lock timeout after {} ms); they cannot be restored, and a later run drops the rest",
                     label(&parts),
                     if parts.len() == 1 { "is" } else { "are" },
                     if one { "of it" } else { "of the group" },
@@ -565,7 +572,15 @@ async fn shrink_backups(
     }
     // Each schema keeps at most its share of the last transaction.
     let share = (opts.room() / schemas.len() as u64).max(1);
-    let mut shrunk: Vec<i64> = Vec::new();
+    // What each member holds before anything goes: a member marked only for
+    // what depends on an emptied one, that CASCADE took nothing from, is
+    // unmarked afterwards.
+    let mut held_before = Vec::with_capacity(group.len());
+    for b in group {
+        held_before.push(objects_in(client, &backup_schemas(b)).await?);
+    }
+    let mut marked: Vec<i64> = Vec::new();
+    let mut emptied: Vec<i64> = Vec::new();
     let mut total = 0;
     let mut result = Ok(());
     'all: for b in group {
@@ -574,27 +589,16 @@ async fn shrink_backups(
             if need <= share {
                 continue;
             }
-            if !shrunk.contains(&b.ts) {
-                // From its first part's COMMIT on, part of it may be gone
-                // (and of the members whose objects depend on it: CASCADE
-                // takes those along): list, status and rollback say so until
-                // a cleanup has dropped the rest.
-                let mut touched = vec![b.ts];
-                let deps = crate::pg::catalog::dependents_outside(client, &backup_schemas(b), None)
-                    .await?;
-                for m in group.iter().filter(|m| m.ts != b.ts) {
-                    let theirs = backup_schemas(m);
-                    if deps
-                        .iter()
-                        .any(|d| d.schema.as_ref().is_some_and(|s| theirs.contains(s)))
-                    {
-                        touched.push(m.ts);
-                    }
-                }
-                for ts in touched {
-                    if !shrunk.contains(&ts) {
+            if !emptied.contains(&b.ts) {
+                // From its first part's COMMIT on, part of it may be gone,
+                // and of every member whose objects depend on it, however
+                // indirectly (CASCADE takes those along): list, status and
+                // rollback say so until a cleanup has dropped the rest.
+                emptied.push(b.ts);
+                for ts in reached_from(client, group, b).await? {
+                    if !marked.contains(&ts) {
                         manifest::mark_dropping(client, ts).await?;
-                        shrunk.push(ts);
+                        marked.push(ts);
                     }
                 }
             }
@@ -605,6 +609,15 @@ async fn shrink_backups(
                     break 'all;
                 }
             }
+        }
+    }
+    for (b, before) in group.iter().zip(held_before) {
+        if marked.contains(&b.ts)
+            && !emptied.contains(&b.ts)
+            && objects_in(client, &backup_schemas(b)).await? == before
+        {
+            manifest::unmark_dropping(client, b.ts).await?;
+            marked.retain(|ts| *ts != b.ts);
         }
     }
     match result {
@@ -618,14 +631,67 @@ async fn shrink_backups(
             }
             // A stop here, for the test of a backup left partly dropped.
             crate::migration::session::failpoint("cleanup-shrunk").await?;
-            Ok(Ok(shrunk))
+            Ok(Ok(marked))
         }
         Err(e) if batch::is_lock_timeout(&e) => Ok(Err(Outcome::Skipped(format!(
-            "a table of {name} came into use (lock timeout after {} ms) while it was dropped in parts, so part of it may be gone already; verify shows what is left, and a later run drops the rest",
+            "a table of {name} came into use (lock timeout after {} ms) while it was dropped in parts, so part of it may be gone already; it cannot be restored, and a later run drops the rest",
             lock_timeout.as_millis()
         )))),
         Err(e) => Err(e.context(format!("dropping {name}"))),
     }
+}
+
+/// The members of `group` an emptying of `b` may take objects from: `b`,
+/// and every member holding objects that depend on those, and so on
+/// (`DROP … CASCADE` goes as far).
+async fn reached_from(client: &Client, group: &[&BackupRow], b: &BackupRow) -> Result<Vec<i64>> {
+    let mut reached = vec![b.ts];
+    loop {
+        let schemas: Vec<String> = group
+            .iter()
+            .filter(|m| reached.contains(&m.ts))
+            .flat_map(|m| backup_schemas(m))
+            .collect();
+        let deps = crate::pg::catalog::dependents_outside(client, &schemas, None).await?;
+        let more: Vec<i64> = group
+            .iter()
+            .filter(|m| !reached.contains(&m.ts))
+            .filter(|m| {
+                let theirs = backup_schemas(m);
+                deps.iter()
+                    .any(|d| d.schema.as_ref().is_some_and(|s| theirs.contains(s)))
+            })
+            .map(|m| m.ts)
+            .collect();
+        if more.is_empty() {
+            return Ok(reached);
+        }
+        reached.extend(more);
+    }
+}
+
+/// How many objects `schemas` hold, with the parts CASCADE can take from
+/// them alone (columns, defaults, constraints, rules, triggers, policies).
+async fn objects_in(client: &Client, schemas: &[String]) -> Result<i64> {
+    let row = client
+        .query_one(
+            "WITH ns AS (SELECT oid FROM pg_catalog.pg_namespace WHERE nspname = ANY($1)),
+                  rels AS (SELECT oid FROM pg_catalog.pg_class WHERE relnamespace IN (SELECT oid FROM ns))
+             SELECT (SELECT count(*) FROM rels)
+                  + (SELECT count(*) FROM pg_catalog.pg_proc WHERE pronamespace IN (SELECT oid FROM ns))
+                  + (SELECT count(*) FROM pg_catalog.pg_type WHERE typnamespace IN (SELECT oid FROM ns))
+                  + (SELECT count(*) FROM pg_catalog.pg_attribute
+                      WHERE attrelid IN (SELECT oid FROM rels) AND attnum > 0 AND NOT attisdropped)
+                  + (SELECT count(*) FROM pg_catalog.pg_attrdef WHERE adrelid IN (SELECT oid FROM rels))
+                  + (SELECT count(*) FROM pg_catalog.pg_constraint WHERE connamespace IN (SELECT oid FROM ns))
+                  + (SELECT count(*) FROM pg_catalog.pg_rewrite WHERE ev_class IN (SELECT oid FROM rels))
+                  + (SELECT count(*) FROM pg_catalog.pg_trigger WHERE tgrelid IN (SELECT oid FROM rels))
+                  + (SELECT count(*) FROM pg_catalog.pg_policy WHERE polrelid IN (SELECT oid FROM rels))",
+            &[&schemas],
+        )
+        .await
+        .map_err(|e| crate::pg::exec::pg_error_as(e, "counting a backup's objects"))?;
+    Ok(row.get(0))
 }
 
 #[cfg(test)]

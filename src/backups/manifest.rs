@@ -245,6 +245,20 @@ pub async fn mark_dropping(client: &impl GenericClient, ts: i64) -> Result<()> {
     Ok(())
 }
 
+/// Backup `ts` is whole again after all: a cleanup marked it before
+/// emptying a backup it depends on ([`mark_dropping`]), and nothing of it
+/// went.
+pub async fn unmark_dropping(client: &impl GenericClient, ts: i64) -> Result<()> {
+    client
+        .execute(
+            "UPDATE pgshift.backups SET manifest = manifest - 'dropping_since' WHERE ts = $1",
+            &[&ts],
+        )
+        .await
+        .context("recording that the backup is whole")?;
+    Ok(())
+}
+
 /// The validation after the COMMIT that made backup `ts` has run (see
 /// [`Manifest::keys_pending`]).
 pub async fn keys_validated(client: &impl GenericClient, ts: i64) -> Result<()> {

@@ -49,11 +49,15 @@ pub async fn run(args: CleanupArgs, ctx: Ctx) -> Result<ExitCode> {
         return Err(anyhow::Error::new(crate::error::Interrupted));
     }
     if !failures.is_empty() {
+        let n: usize = failures.iter().map(|(n, _)| n).sum();
         anyhow::bail!(
-            "could not drop {} backup{}: {}",
-            failures.len(),
-            if failures.len() == 1 { "" } else { "s" },
-            failures.join("; ")
+            "could not drop {n} backup{}: {}",
+            if n == 1 { "" } else { "s" },
+            failures
+                .iter()
+                .map(|(_, why)| why.as_str())
+                .collect::<Vec<_>>()
+                .join("; ")
         );
     }
     Ok(ExitCode::Ok)

@@ -455,7 +455,7 @@ pub async fn report(
                     blocked.extend(
                         gate::refusals(&i, &opts.impact)
                             .into_iter()
-                            .map(|why| why.replacen("; nothing was changed.", ".", 1)),
+                            .map(|why| why.replacen("; nothing was changed", "", 1)),
                     );
                 }
                 impact = Some(i);
