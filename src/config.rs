@@ -848,7 +848,10 @@ pub fn resolve(
             )?
             .join(","),
         ),
-        (None, Some(l)) => Some(l.items("allow_discard", what)?.join(",")),
+        // An empty list is an explicit "none", as for the other lists.
+        (None, Some(l)) => {
+            Some(l.items("allow_discard", what)?.join(",")).filter(|v| !v.is_empty())
+        }
         (None, None) => None,
     };
     let allow_discard = match allow_discard {
@@ -1396,6 +1399,8 @@ mod tests {
         );
         let s = settings(&["pgshift", "prepare"], "exclude_table = []").unwrap();
         assert!(s.filters.is_empty());
+        let s = settings(&["pgshift", "swap"], "allow_discard = []").unwrap();
+        assert!(matches!(s.impact.allow_discard, AllowDiscard::Nothing));
         // An item the file gives is named by its key, not by a flag nobody typed.
         for (file, want) in [
             (

@@ -3,6 +3,21 @@
 //! do, and a backup whose tables are busy (lock timeout) is skipped with a
 //! warning instead of blocking. Only schemas with a manifest in
 //! `pgshift.backups` and pgshift's marker comment are ever dropped.
+//!
+//! Backups are dropped oldest first, each in one transaction with its
+//! manifest row, or together with the other old backups that hold objects
+//! depending on its own (or on which its own depend): a *group*, found by
+//! following [`crate::pg::catalog::dependents_outside`] from one candidate
+//! to the next. A group is skipped whole when anything else depends on it.
+//!
+//! What does not fit one transaction's share of the lock table is first
+//! emptied in lock-bounded transactions, each schema down to its share of
+//! the last one. Those commit one by one, so before a member's first part
+//! every member it can lose objects to (itself, and through `CASCADE` every
+//! member whose objects depend on it, transitively) is marked partly dropped
+//! (`dropping_since`: list, status, verify and rollback say so); a member
+//! that lost nothing after all is unmarked when the emptying is over. A
+//! member marked is never restored, and the next cleanup drops the rest.
 
 use anyhow::Result;
 use chrono::{DateTime, NaiveDate, NaiveDateTime, TimeZone, Utc};
