@@ -691,6 +691,51 @@ fn rollback_keep_tables_carries_rows_and_sequences_over() {
     wd.run_ok(&["verify", "--dest", &url, "--timestamp", &b3_ts.to_string()]);
 }
 
+/// A rollback that keeps every table the backup has takes none of them out
+/// of it: the backup stays a whole version (it was marked "left by a
+/// rollback", refused even with --force, and cleanup dropped it first).
+#[test]
+fn a_rollback_keeping_every_table_of_the_backup_leaves_it_whole() {
+    let dbs = TestDbs::new("bk_keep_all");
+    dbs.src.psql(
+        "CREATE TABLE t (id int PRIMARY KEY, v text); INSERT INTO t VALUES (1, 'src');
+         CREATE TABLE u (id int PRIMARY KEY); INSERT INTO u VALUES (1);",
+    );
+    dbs.dst
+        .psql("CREATE TABLE t (id int PRIMARY KEY, v text); INSERT INTO t VALUES (1, 'dst');");
+    let wd = Workdir::new();
+    let url = dbs.dst.url();
+    let b0 = start(&wd, &dbs)["swap"]["backup_schema"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    rollback_keeping(&wd, &url, "t", &["--allow-discard", "all"]);
+    let whole = list(&wd, &dbs.dst)
+        .into_iter()
+        .find(|b| b["schema"] == b0.as_str())
+        .unwrap();
+    assert!(whole["restored_at"].is_null(), "{whole}");
+    assert_eq!(whole["tables"], 1, "{whole}");
+    let v = run_json(
+        &wd,
+        &[
+            "rollback",
+            "--dest",
+            &url,
+            "--timestamp",
+            &b0,
+            "--dry-run",
+            "--allow-discard",
+            "all",
+        ],
+    );
+    assert_eq!(v["rollback"]["restore_schema"], b0.as_str(), "{v}");
+    assert!(
+        v["rollback"]["refusals"].as_array().unwrap().is_empty(),
+        "{v}"
+    );
+}
+
 #[test]
 fn rollback_refusals_change_nothing() {
     let dbs = TestDbs::new("bk_refuse");

@@ -887,8 +887,9 @@ fn backups_dropped_together_fit_one_transaction_together() {
 
 /// A group emptied in parts marks as partly dropped exactly the backups
 /// that lose something: the one emptied, those whose objects CASCADE takes
-/// along, however indirectly (a view over a view over its function), and not
-/// one whose dependency survives (a view over the table dropped last).
+/// along, however indirectly (a view over a view over its function; an
+/// operator of its function), and not one whose dependency survives (a view
+/// over the table dropped last).
 #[test]
 fn a_group_emptied_in_parts_marks_exactly_the_backups_that_lose_objects() {
     if !can_start_clusters() {
@@ -912,7 +913,8 @@ fn a_group_emptied_in_parts_marks_exactly_the_backups_that_lose_objects() {
          DO $$ BEGIN FOR i IN 1..30 LOOP
            EXECUTE format('CREATE INDEX %I ON big (a, b, c, id) WHERE id > %s', 'big_' || i, i);
          END LOOP; END $$;
-         CREATE FUNCTION f() RETURNS int LANGUAGE sql IMMUTABLE AS 'SELECT 1';",
+         CREATE FUNCTION f() RETURNS int LANGUAGE sql IMMUTABLE AS 'SELECT 1';
+         CREATE FUNCTION f2(int, int) RETURNS boolean LANGUAGE sql IMMUTABLE AS 'SELECT $1 = $2';",
     );
     let wd = Workdir::new();
     let url = dbs.dst.url();
@@ -924,7 +926,7 @@ fn a_group_emptied_in_parts_marks_exactly_the_backups_that_lose_objects() {
         &url,
         "--json",
     ];
-    let b: Vec<String> = (0..4)
+    let b: Vec<String> = (0..5)
         .map(|_| {
             json(&wd.run(&start))["swap"]["backup_schema"]
                 .as_str()
@@ -935,8 +937,9 @@ fn a_group_emptied_in_parts_marks_exactly_the_backups_that_lose_objects() {
     dbs.dst.psql(&format!(
         "CREATE VIEW {1}.v AS SELECT {0}.f() AS x;
          CREATE VIEW {2}.v AS SELECT * FROM {1}.v;
-         CREATE VIEW {3}.w AS SELECT * FROM {0}.big;",
-        b[0], b[1], b[2], b[3]
+         CREATE VIEW {3}.w AS SELECT * FROM {0}.big;
+         CREATE OPERATOR {4}.=== (LEFTARG = int, RIGHTARG = int, FUNCTION = {0}.f2);",
+        b[0], b[1], b[2], b[3], b[4]
     ));
     // Stopped once emptied, before the last transaction.
     let cleanup = |failpoint: &str| {
@@ -971,9 +974,10 @@ fn a_group_emptied_in_parts_marks_exactly_the_backups_that_lose_objects() {
             .unwrap_or_else(|| panic!("{schema} not in {list}"))["partly_dropped"]
             .clone()
     };
+    // (b4 lost only an operator: counted as the other kinds are.)
     assert_eq!(
-        [&b[0], &b[1], &b[2], &b[3]].map(|s| partly(s)),
-        [true, true, true, false].map(serde_json::Value::Bool),
+        [&b[0], &b[1], &b[2], &b[3], &b[4]].map(|s| partly(s)),
+        [true, true, true, false, true].map(serde_json::Value::Bool),
         "{list}"
     );
     assert_eq!(
@@ -992,6 +996,6 @@ fn a_group_emptied_in_parts_marks_exactly_the_backups_that_lose_objects() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert_eq!(json(&out)["dropped"].as_array().unwrap().len(), 4);
+    assert_eq!(json(&out)["dropped"].as_array().unwrap().len(), 5);
     assert_eq!(dbs.dst.psql("SELECT count(*) FROM pgshift.backups"), "0");
 }

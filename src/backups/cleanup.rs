@@ -233,7 +233,7 @@ pub async fn cleanup(
             let users = lock_holders(client, &schemas).await?;
             if !users.is_empty() {
                 reason = Some(format!(
-                    "a table of {} is in use now (by {}): a real run skips {} unless that session is done by then",
+                    "a table or sequence of {} is in use now (by {}): a real run skips {} unless that session is done by then",
                     label(&members),
                     sessions(&users),
                     if members.len() == 1 { "it" } else { "them" }
@@ -530,7 +530,7 @@ async fn drop_backups(
                 )))
             } else if lock {
                 Ok(Outcome::Skipped(format!(
-                    "a table of {name} is in use (lock timeout after {} ms); {} will be dropped by a later run",
+                    "a table or sequence of {name} is in use (lock timeout after {} ms); {} will be dropped by a later run",
                     lock_timeout.as_millis(),
                     if one { "it" } else { "they" }
                 )))
@@ -580,7 +580,7 @@ async fn shrink_backups(
     let users = lock_holders(client, &schemas).await?;
     if !users.is_empty() {
         return Ok(Err(Outcome::Skipped(format!(
-            "a table of {name} is in use (by {}); nothing was dropped, and a later run drops {}",
+            "a table or sequence of {name} is in use (by {}); nothing was dropped, and a later run drops {}",
             sessions(&users),
             if group.len() == 1 { "it" } else { "them" }
         ))));
@@ -649,7 +649,7 @@ async fn shrink_backups(
             Ok(Ok(marked))
         }
         Err(e) if batch::is_lock_timeout(&e) => Ok(Err(Outcome::Skipped(format!(
-            "a table of {name} came into use (lock timeout after {} ms) while it was dropped in parts, so part of it may be gone already; it cannot be restored, and a later run drops the rest",
+            "a table or sequence of {name} came into use (lock timeout after {} ms) while it was dropped in parts, so part of it may be gone already; it cannot be restored, and a later run drops the rest",
             lock_timeout.as_millis()
         )))),
         Err(e) => Err(e.context(format!("dropping {name}"))),
@@ -685,25 +685,29 @@ async fn reached_from(client: &Client, group: &[&BackupRow], b: &BackupRow) -> R
     }
 }
 
-/// How many objects `schemas` hold, with the parts CASCADE can take from
-/// them alone (columns, defaults, constraints, rules, triggers, policies).
+/// How many objects `schemas` hold, of every kind a schema holds, with the
+/// parts `CASCADE` can take from them alone (columns, defaults, constraints,
+/// rules, triggers, policies, an operator family's members).
 async fn objects_in(client: &Client, schemas: &[String]) -> Result<i64> {
+    let kinds =
+        crate::pg::catalog::per_schema_kind(&[], "\n + ", crate::pg::catalog::count_of_kind);
+    let sql = format!(
+        "WITH ns AS (SELECT oid FROM pg_catalog.pg_namespace WHERE nspname = ANY($1)),
+              rels AS (SELECT oid FROM pg_catalog.pg_class WHERE relnamespace IN (SELECT oid FROM ns)),
+              fams AS (SELECT oid FROM pg_catalog.pg_opfamily WHERE opfnamespace IN (SELECT oid FROM ns))
+         SELECT {kinds}
+              + (SELECT count(*) FROM pg_catalog.pg_attribute
+                  WHERE attrelid IN (SELECT oid FROM rels) AND attnum > 0 AND NOT attisdropped)
+              + (SELECT count(*) FROM pg_catalog.pg_attrdef WHERE adrelid IN (SELECT oid FROM rels))
+              + (SELECT count(*) FROM pg_catalog.pg_constraint WHERE connamespace IN (SELECT oid FROM ns))
+              + (SELECT count(*) FROM pg_catalog.pg_rewrite WHERE ev_class IN (SELECT oid FROM rels))
+              + (SELECT count(*) FROM pg_catalog.pg_trigger WHERE tgrelid IN (SELECT oid FROM rels))
+              + (SELECT count(*) FROM pg_catalog.pg_policy WHERE polrelid IN (SELECT oid FROM rels))
+              + (SELECT count(*) FROM pg_catalog.pg_amop WHERE amopfamily IN (SELECT oid FROM fams))
+              + (SELECT count(*) FROM pg_catalog.pg_amproc WHERE amprocfamily IN (SELECT oid FROM fams))"
+    );
     let row = client
-        .query_one(
-            "WITH ns AS (SELECT oid FROM pg_catalog.pg_namespace WHERE nspname = ANY($1)),
-                  rels AS (SELECT oid FROM pg_catalog.pg_class WHERE relnamespace IN (SELECT oid FROM ns))
-             SELECT (SELECT count(*) FROM rels)
-                  + (SELECT count(*) FROM pg_catalog.pg_proc WHERE pronamespace IN (SELECT oid FROM ns))
-                  + (SELECT count(*) FROM pg_catalog.pg_type WHERE typnamespace IN (SELECT oid FROM ns))
-                  + (SELECT count(*) FROM pg_catalog.pg_attribute
-                      WHERE attrelid IN (SELECT oid FROM rels) AND attnum > 0 AND NOT attisdropped)
-                  + (SELECT count(*) FROM pg_catalog.pg_attrdef WHERE adrelid IN (SELECT oid FROM rels))
-                  + (SELECT count(*) FROM pg_catalog.pg_constraint WHERE connamespace IN (SELECT oid FROM ns))
-                  + (SELECT count(*) FROM pg_catalog.pg_rewrite WHERE ev_class IN (SELECT oid FROM rels))
-                  + (SELECT count(*) FROM pg_catalog.pg_trigger WHERE tgrelid IN (SELECT oid FROM rels))
-                  + (SELECT count(*) FROM pg_catalog.pg_policy WHERE polrelid IN (SELECT oid FROM rels))",
-            &[&schemas],
-        )
+        .query_one(sql.as_str(), &[&schemas])
         .await
         .map_err(|e| crate::pg::exec::pg_error_as(e, "counting a backup's objects"))?;
     Ok(row.get(0))

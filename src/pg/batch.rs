@@ -561,8 +561,9 @@ pub async fn run(client: &Client, stmts: &[Stmt], opts: &Options) -> Result<Ran>
 /// it, transitively, and what those are internal parts of) plus every table
 /// that holds a constraint, trigger, rule, default or policy of the closure,
 /// or is the parent of a partition in it. The last row is (NULL, cost of the
-/// objects of other kinds: operators, collations, …). `{proc_args}` stands
-/// for [`signature_args_sql`](crate::pg::objects::signature_args_sql).
+/// objects of other kinds: operators, collations, …, `{other_kinds}`).
+/// `{proc_args}` stands for
+/// [`signature_args_sql`](crate::pg::objects::signature_args_sql).
 const DROP_PLAN: &str = "
 WITH RECURSIVE
   ns AS (SELECT oid FROM pg_catalog.pg_namespace WHERE nspname = $1),
@@ -625,17 +626,7 @@ SELECT ro.sql, COALESCE(a.n, 0) + COALESCE(h.n, 0)
   LEFT JOIN reached a ON a.rc = ro.classid AND a.ro = ro.objid
   LEFT JOIN held h ON h.rc = ro.classid AND h.ro = ro.objid
 UNION ALL
-SELECT NULL,
-       (SELECT count(*) FROM pg_catalog.pg_operator WHERE oprnamespace IN (SELECT oid FROM ns))
-     + (SELECT count(*) FROM pg_catalog.pg_opclass WHERE opcnamespace IN (SELECT oid FROM ns))
-     + (SELECT count(*) FROM pg_catalog.pg_opfamily WHERE opfnamespace IN (SELECT oid FROM ns))
-     + (SELECT count(*) FROM pg_catalog.pg_collation WHERE collnamespace IN (SELECT oid FROM ns))
-     + (SELECT count(*) FROM pg_catalog.pg_conversion WHERE connamespace IN (SELECT oid FROM ns))
-     + (SELECT count(*) FROM pg_catalog.pg_ts_config WHERE cfgnamespace IN (SELECT oid FROM ns))
-     + (SELECT count(*) FROM pg_catalog.pg_ts_dict WHERE dictnamespace IN (SELECT oid FROM ns))
-     + (SELECT count(*) FROM pg_catalog.pg_ts_parser WHERE prsnamespace IN (SELECT oid FROM ns))
-     + (SELECT count(*) FROM pg_catalog.pg_ts_template WHERE tmplnamespace IN (SELECT oid FROM ns))
-     + (SELECT count(*) FROM pg_catalog.pg_statistic_ext WHERE stxnamespace IN (SELECT oid FROM ns))";
+SELECT NULL, {other_kinds}";
 
 /// The drops planned for one round, and what the rest costs.
 struct DropPlan {
@@ -651,6 +642,14 @@ async fn plan_drops(client: &Client, schema: &str, except: &[&str]) -> Result<Dr
         .query(
             DROP_PLAN
                 .replace("{proc_args}", &crate::pg::objects::signature_args_sql("p"))
+                .replace(
+                    "{other_kinds}",
+                    &crate::pg::catalog::per_schema_kind(
+                        &["pg_class", "pg_type", "pg_proc"],
+                        "\n     + ",
+                        crate::pg::catalog::count_of_kind,
+                    ),
+                )
                 .as_str(),
             &[&schema, &except],
         )

@@ -157,6 +157,23 @@ const SCHEMA_OBJECTS: &[(&str, &str)] = &[
     ("pg_statistic_ext", "stxnamespace"),
 ];
 
+/// One SQL piece per kind of object a schema holds (`each(catalog,
+/// namespace column)`, [`SCHEMA_OBJECTS`]), but the kinds in `except`,
+/// joined with `sep`: the list of kinds is written once.
+pub fn per_schema_kind(except: &[&str], sep: &str, each: impl Fn(&str, &str) -> String) -> String {
+    SCHEMA_OBJECTS
+        .iter()
+        .filter(|(catalog, _)| !except.contains(catalog))
+        .map(|(catalog, column)| each(catalog, column))
+        .join(sep)
+}
+
+/// For [`per_schema_kind`]: how many objects of `catalog` the schemas `ns`
+/// (a CTE of their oids) hold.
+pub fn count_of_kind(catalog: &str, column: &str) -> String {
+    format!("(SELECT count(*) FROM pg_catalog.{catalog} WHERE {column} IN (SELECT oid FROM ns))")
+}
+
 /// pgshift's own objects in its records' schema that a removal drops along
 /// with the schemas it drops (see [`external_dependents`]): the named tables
 /// (the sync changelogs, with what they own: sequences, indexes, row types)
@@ -207,14 +224,15 @@ pub async fn dependents_outside(
         None => (None, &[], &[]),
     };
     // Every kind of object a schema holds: its catalog and namespace column.
-    let in_schemas = SCHEMA_OBJECTS
-        .iter()
-        .map(|(catalog, column)| {
+    let in_schemas = per_schema_kind(
+        &[],
+        "\n                    UNION ALL ",
+        |catalog, column| {
             format!(
                 "SELECT 'pg_catalog.{catalog}'::regclass, x.oid FROM pg_catalog.{catalog} x WHERE x.{column} IN (SELECT oid FROM ns)"
             )
-        })
-        .join("\n                    UNION ALL ");
+        },
+    );
     let sql = format!(
             "WITH ns AS (SELECT oid FROM pg_catalog.pg_namespace WHERE nspname = ANY($1)),
                   own AS (SELECT oid FROM pg_catalog.pg_namespace WHERE nspname = $2),

@@ -216,8 +216,15 @@ pub async fn plan(client: &Client, opts: &RollbackOptions) -> Result<Plan> {
     // table with them.
     if let Some(at) = restore.manifest.restored_since() {
         let all = crate::backups::manifest::list_backups(client).await?; // newest first
+        // A backup to point at: restorable, with tables of its own.
+        let whole = |b: &&crate::backups::manifest::BackupRow| {
+            b.manifest.restored_since().is_none()
+                && b.manifest.dropping_since.is_none()
+                && !b.manifest.tables.is_empty()
+        };
         let undo = all
             .iter()
+            .filter(whole)
             .find(|b| b.manifest.restored_from.as_deref() == Some(schema.as_str()))
             .map(|b| {
                 format!(
@@ -227,9 +234,7 @@ pub async fn plan(client: &Client, opts: &RollbackOptions) -> Result<Plan> {
             })
             .or_else(|| {
                 all.iter()
-                    .find(|b| {
-                        b.manifest.restored_since().is_none() && b.manifest.dropping_since.is_none()
-                    })
+                    .find(whole)
                     .map(|b| {
                         format!(
                             "; the newest backup that is a whole version is {} (`--timestamp {}`)",
@@ -1188,8 +1193,14 @@ impl InTx for RollbackTx<'_> {
                     still_detached.extend(detached_by.remove(&m.backup).unwrap_or_default());
                 }
                 let mut m = self.restored.manifest.clone();
+                let recorded = m.tables.len();
                 m.tables.retain(|t| left.contains(&t.display()));
-                m.restored_at = Some(Utc::now());
+                // What is left is a remnant only when tables of it went live
+                // (with every one of its tables kept, nothing did: it is
+                // still the whole version it was).
+                if m.tables.len() < recorded {
+                    m.restored_at = Some(Utc::now());
+                }
                 m.detached_foreign_keys = still_detached;
                 manifest::update_manifest(client, &m).await?;
             }
