@@ -546,11 +546,9 @@ fn held_at_commit(wd: &Workdir, dbs: &TestDbs, args: &[&str], at_listed: impl Fn
 /// fixed part allows for.
 #[test]
 fn the_budget_of_a_swap_of_many_schemas_covers_their_locks() {
-    if !can_start_clusters() {
+    let Some(dbs) = small_pair("scale_budget_schemas") else {
         return;
-    }
-    let e = env();
-    let dbs = TestDbs::on(&e.src, &e.small, "scale_budget_schemas");
+    };
     let schemas: Vec<String> = std::iter::once("public".to_string())
         .chain((1..15).map(|i| format!("s{i}")))
         .collect();
@@ -588,11 +586,9 @@ fn the_budget_of_a_swap_of_many_schemas_covers_their_locks() {
 
 #[test]
 fn the_swap_budget_covers_the_locks_a_real_swap_holds() {
-    if !can_start_clusters() {
+    let Some(dbs) = small_pair("scale_budget") else {
         return;
-    }
-    let e = env();
-    let dbs = TestDbs::on(&e.src, &e.small, "scale_budget");
+    };
     // Every kind of object the swap moves: tables with owned sequences
     // (serial, identity), a partitioned table, inheritance, views on views, a
     // materialized view, standalone sequences, functions, a procedure, an
@@ -724,22 +720,13 @@ fn the_swap_budget_covers_the_locks_a_real_swap_holds() {
     )))
     .unwrap();
     let cleanup_with = |failpoint: &str, extra: &[&str]| {
-        let url = dbs.dst.url();
-        let mut args = vec![
-            "cleanup",
-            "--dest",
-            &url,
-            "--before",
-            "2999-01-01",
-            "--json",
-        ];
-        args.extend(extra);
-        wd.run_env(
-            &args,
+        cleanup_all(
+            &wd,
+            &dbs.dst,
+            extra,
             &[
                 ("PGSHIFT_FAILPOINT", failpoint),
                 ("PGSHIFT_CHECK_LOCKS", "1"),
-                ("RUST_LOG", "pgshift=info"),
             ],
         )
     };
@@ -818,11 +805,9 @@ fn the_swap_budget_covers_the_locks_a_real_swap_holds() {
 /// transaction holds no more than its share (`PGSHIFT_CHECK_LOCKS`).
 #[test]
 fn backups_dropped_together_fit_one_transaction_together() {
-    if !can_start_clusters() {
+    let Some(dbs) = small_pair("scale_cleanup_group") else {
         return;
-    }
-    let e = env();
-    let dbs = TestDbs::on(&e.src, &e.small, "scale_cleanup_group");
+    };
     // About 60% of a transaction's share each (a table with its key, its
     // sequence and its TOAST takes about six slots).
     let tables = "DO $$ BEGIN FOR i IN 1..60 LOOP
@@ -831,37 +816,13 @@ fn backups_dropped_together_fit_one_transaction_together() {
     dbs.src.psql(tables);
     dbs.dst.psql(tables);
     let wd = Workdir::new();
-    let url = dbs.dst.url();
-    let start = [
-        "start",
-        "--source",
-        &dbs.src.url(),
-        "--dest",
-        &url,
-        "--json",
-    ];
-    let b0 = json(&wd.run(&start))["swap"]["backup_schema"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let b1 = json(&wd.run(&start))["swap"]["backup_schema"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let [b0, b1] = &backups_made(&wd, &dbs, 2)[..] else {
+        unreachable!()
+    };
     dbs.dst.psql(&format!(
         "CREATE VIEW {b0}.v AS SELECT * FROM {b1}.t_1; CREATE VIEW {b1}.v AS SELECT * FROM {b0}.t_1;"
     ));
-    let out = wd.run_env(
-        &[
-            "cleanup",
-            "--dest",
-            &url,
-            "--before",
-            "2999-01-01",
-            "--json",
-        ],
-        &[("PGSHIFT_CHECK_LOCKS", "1"), ("RUST_LOG", "pgshift=info")],
-    );
+    let out = cleanup_all(&wd, &dbs.dst, &[], &[("PGSHIFT_CHECK_LOCKS", "1")]);
     let log = String::from_utf8_lossy(&out.stderr).to_string();
     assert_eq!(out.status.code(), Some(0), "{log}");
     let r = json(&out);
@@ -877,12 +838,7 @@ fn backups_dropped_together_fit_one_transaction_together() {
         log.contains("lock-bounded transactions"),
         "not emptied first: {log}"
     );
-    assert_eq!(dbs.dst.psql("SELECT count(*) FROM pgshift.backups"), "0");
-    assert_eq!(
-        dbs.dst
-            .psql("SELECT count(*) FROM pg_namespace WHERE nspname LIKE 'backup\\_%'"),
-        "0"
-    );
+    assert_no_backups(&dbs.dst);
 }
 
 /// A group emptied in parts marks as partly dropped exactly the backups
@@ -892,11 +848,9 @@ fn backups_dropped_together_fit_one_transaction_together() {
 /// over the table dropped last).
 #[test]
 fn a_group_emptied_in_parts_marks_exactly_the_backups_that_lose_objects() {
-    if !can_start_clusters() {
+    let Some(dbs) = small_pair("scale_cleanup_marks") else {
         return;
-    }
-    let e = env();
-    let dbs = TestDbs::on(&e.src, &e.small, "scale_cleanup_marks");
+    };
     dbs.src.psql("CREATE TABLE t (id int PRIMARY KEY);");
     // The oldest backup (the destination's public) is several transactions'
     // worth; its `big` (many indexes) is the last thing the emptying drops,
@@ -918,22 +872,7 @@ fn a_group_emptied_in_parts_marks_exactly_the_backups_that_lose_objects() {
     );
     let wd = Workdir::new();
     let url = dbs.dst.url();
-    let start = [
-        "start",
-        "--source",
-        &dbs.src.url(),
-        "--dest",
-        &url,
-        "--json",
-    ];
-    let b: Vec<String> = (0..5)
-        .map(|_| {
-            json(&wd.run(&start))["swap"]["backup_schema"]
-                .as_str()
-                .unwrap()
-                .to_string()
-        })
-        .collect();
+    let b = backups_made(&wd, &dbs, 5);
     dbs.dst.psql(&format!(
         "CREATE VIEW {1}.v AS SELECT {0}.f() AS x;
          CREATE VIEW {2}.v AS SELECT * FROM {1}.v;
@@ -942,22 +881,8 @@ fn a_group_emptied_in_parts_marks_exactly_the_backups_that_lose_objects() {
         b[0], b[1], b[2], b[3], b[4]
     ));
     // Stopped once emptied, before the last transaction.
-    let cleanup = |failpoint: &str| {
-        wd.run_env(
-            &[
-                "cleanup",
-                "--dest",
-                &url,
-                "--before",
-                "2999-01-01",
-                "--json",
-            ],
-            &[
-                ("PGSHIFT_FAILPOINT", failpoint),
-                ("RUST_LOG", "pgshift=info"),
-            ],
-        )
-    };
+    let cleanup =
+        |failpoint: &str| cleanup_all(&wd, &dbs.dst, &[], &[("PGSHIFT_FAILPOINT", failpoint)]);
     let out = cleanup("cleanup-shrunk");
     assert_eq!(
         out.status.code(),
@@ -997,5 +922,58 @@ fn a_group_emptied_in_parts_marks_exactly_the_backups_that_lose_objects() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert_eq!(json(&out)["dropped"].as_array().unwrap().len(), 5);
-    assert_eq!(dbs.dst.psql("SELECT count(*) FROM pgshift.backups"), "0");
+    assert_no_backups(&dbs.dst);
+}
+
+/// A source on the default-sized cluster and a destination on the small
+/// one, or None where clusters cannot be started.
+fn small_pair(name: &str) -> Option<TestDbs> {
+    if !can_start_clusters() {
+        return None;
+    }
+    let e = env();
+    Some(TestDbs::on(&e.src, &e.small, name))
+}
+
+/// `n` backups, each the public a `start` from `dbs.src` replaced.
+fn backups_made(wd: &Workdir, dbs: &TestDbs, n: usize) -> Vec<String> {
+    let (src, dst) = (dbs.src.url(), dbs.dst.url());
+    let start = ["start", "--source", &src, "--dest", &dst, "--json"];
+    (0..n)
+        .map(|_| {
+            json(&wd.run(&start))["swap"]["backup_schema"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect()
+}
+
+/// `cleanup --before 2999-01-01 --json` with `extra` and `env` (and info logs).
+fn cleanup_all(
+    wd: &Workdir,
+    dst: &TestDb,
+    extra: &[&str],
+    env: &[(&str, &str)],
+) -> std::process::Output {
+    let url = dst.url();
+    let mut args = vec![
+        "cleanup",
+        "--dest",
+        &url,
+        "--before",
+        "2999-01-01",
+        "--json",
+    ];
+    args.extend(extra);
+    wd.run_env(&args, &[env, &[("RUST_LOG", "pgshift=info")]].concat())
+}
+
+/// No backup record nor backup schema is left.
+fn assert_no_backups(db: &TestDb) {
+    assert_eq!(db.psql("SELECT count(*) FROM pgshift.backups"), "0");
+    assert_eq!(
+        db.psql("SELECT count(*) FROM pg_namespace WHERE nspname LIKE 'backup\\_%'"),
+        "0"
+    );
 }
