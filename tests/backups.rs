@@ -306,6 +306,138 @@ fn list_and_verify_after_start() {
     );
 }
 
+/// A backup that lost objects besides its tables (a view, a function, a
+/// type, a constraint, a trigger, and a column that `DROP EXTENSION …
+/// CASCADE` on the live side took with it) is not intact: `verify` names
+/// each, and an object added to it; rollback refuses it without --force. A
+/// manifest of an earlier version, without its objects, is compared by its
+/// tables alone, and verify says so.
+#[test]
+fn verify_names_the_objects_a_backup_lost_besides_its_tables() {
+    let dbs = TestDbs::new("bk_objects");
+    app_v1_v2(&dbs);
+    dbs.dst.psql(
+        "ALTER TABLE orders ADD CONSTRAINT orders_amount_check CHECK (amount > 0);
+         CREATE TYPE mood AS ENUM ('ok', 'sad');
+         CREATE FUNCTION touch() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RETURN NEW; END $$;
+         CREATE TRIGGER orders_touch BEFORE UPDATE ON orders FOR EACH ROW EXECUTE FUNCTION touch();",
+    );
+    let wd = Workdir::new();
+    let url = dbs.dst.url();
+    let started = start(&wd, &dbs);
+    let ts = started["swap"]["backup_timestamp"]
+        .as_i64()
+        .unwrap()
+        .to_string();
+    let s = started["swap"]["backup_schema"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let verify = || {
+        let out = wd.run(&["verify", "--dest", &url, "--timestamp", &ts, "--json"]);
+        let v: Value = serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("{e}: {}", text(&out.stderr)));
+        (out.status.code(), v)
+    };
+    let (code, v) = verify();
+    assert_eq!((code, &v["ok"]), (Some(0), &Value::Bool(true)), "{v}");
+    assert!(v.get("warnings").is_none(), "{v}");
+
+    dbs.dst.psql(&format!(
+        "DROP VIEW {s}.big_orders; DROP FUNCTION {s}.app_version(); DROP TYPE {s}.mood;
+         ALTER TABLE {s}.orders DROP CONSTRAINT orders_amount_check;
+         DROP TRIGGER orders_touch ON {s}.orders;
+         DROP EXTENSION postgis CASCADE;
+         CREATE VIEW {s}.extra AS SELECT 1 AS one;"
+    ));
+    let (code, v) = verify();
+    assert_eq!(code, Some(3), "{v}");
+    let mut found: Vec<(String, String, String)> = v["differences"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| {
+            let what = d["expected"].as_str().or(d["actual"].as_str());
+            (
+                d["kind"].as_str().unwrap().to_string(),
+                d["table"].as_str().unwrap().to_string(),
+                what.unwrap().to_string(),
+            )
+        })
+        .collect();
+    found.sort();
+    let d = |kind: &str, table: &str, what: String| (kind.to_string(), table.to_string(), what);
+    let mut want = vec![
+        d("missing_index", "places", "places_geom".into()),
+        d("missing_object", "", format!("function {s}.app_version()")),
+        d("missing_object", "", format!("type {s}.mood")),
+        d("missing_object", "", format!("view {s}.big_orders")),
+        d(
+            "missing_object",
+            "orders",
+            format!("table constraint orders_amount_check on {s}.orders"),
+        ),
+        d(
+            "missing_object",
+            "orders",
+            format!("trigger orders_touch on {s}.orders"),
+        ),
+        d(
+            "missing_object",
+            "places",
+            format!("table column {s}.places.geom"),
+        ),
+        d("unexpected_object", "", format!("view {s}.extra")),
+    ];
+    want.sort();
+    assert_eq!(found, want, "{v}");
+    let human = wd.run(&["verify", "--dest", &url, "--timestamp", &ts]);
+    assert_eq!(human.status.code(), Some(3));
+    assert!(
+        text(&human.stdout).contains(&format!("view {s}.big_orders is missing")),
+        "{}",
+        text(&human.stdout)
+    );
+
+    // Rollback verifies first: refused, naming what is missing.
+    let out = wd.run(&[
+        "rollback",
+        "--dest",
+        &url,
+        "--timestamp",
+        &ts,
+        "--allow-discard",
+        "all",
+    ]);
+    assert_ne!(out.status.code(), Some(0));
+    assert!(
+        text(&out.stderr).contains(&format!("function {s}.app_version() is missing")),
+        "{}",
+        text(&out.stderr)
+    );
+
+    // A manifest written before objects were recorded: the tables alone.
+    dbs.dst.psql(&format!(
+        "UPDATE pgshift.backups SET manifest = manifest - 'objects' WHERE ts = {ts}"
+    ));
+    let (code, v) = verify();
+    assert_eq!(code, Some(3), "{v}");
+    let kinds: Vec<&str> = v["differences"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["kind"].as_str().unwrap())
+        .collect();
+    assert_eq!(kinds, ["missing_index"], "{v}");
+    assert!(
+        v["warnings"][0]
+            .as_str()
+            .unwrap()
+            .contains("records its tables but not its other objects"),
+        "{v}"
+    );
+}
+
 /// A backup that changes while `verify` reads it (a rollback restoring it,
 /// a cleanup dropping it) fails verify with the server's bare `relation …
 /// does not exist`; it now says the backup changed meanwhile, naming the run
@@ -701,8 +833,10 @@ fn a_rollback_keeping_every_table_of_the_backup_leaves_it_whole() {
         "CREATE TABLE t (id int PRIMARY KEY, v text); INSERT INTO t VALUES (1, 'src');
          CREATE TABLE u (id int PRIMARY KEY); INSERT INTO u VALUES (1);",
     );
-    dbs.dst
-        .psql("CREATE TABLE t (id int PRIMARY KEY, v text); INSERT INTO t VALUES (1, 'dst');");
+    dbs.dst.psql(
+        "CREATE TABLE t (id int PRIMARY KEY, v text); INSERT INTO t VALUES (1, 'dst');
+         CREATE FUNCTION f() RETURNS int LANGUAGE sql AS 'SELECT 1';",
+    );
     let wd = Workdir::new();
     let url = dbs.dst.url();
     let b0 = start(&wd, &dbs)["swap"]["backup_schema"]
@@ -716,6 +850,10 @@ fn a_rollback_keeping_every_table_of_the_backup_leaves_it_whole() {
         .unwrap();
     assert!(whole["restored_at"].is_null(), "{whole}");
     assert_eq!(whole["tables"], 1, "{whole}");
+    // What is left is recorded as it is: intact.
+    let v = run_json(&wd, &["verify", "--dest", &url, "--timestamp", &b0]);
+    assert_eq!(v["ok"], true, "{v}");
+    assert!(v.get("warnings").is_none(), "{v}");
     let v = run_json(
         &wd,
         &[

@@ -575,6 +575,12 @@ fn a_swap_killed_after_its_commit_is_finished_by_the_next_swap() {
     ))
     .unwrap();
     assert_eq!(list[0]["total_rows"], 20, "{list}");
+    // Its objects besides the tables were recorded too: verify compares all.
+    let v: serde_json::Value =
+        serde_json::from_str(&wd.run_ok(&["verify", "--latest", "--json", "--dest", &dst]))
+            .unwrap();
+    assert_eq!(v["ok"], true, "{v}");
+    assert!(v.get("warnings").is_none(), "{v}");
     let st = status_json(&wd, &dst);
     assert_eq!(st["state"], "idle", "{st}");
     assert_eq!(st["warnings"], serde_json::json!([]), "{st}");

@@ -272,11 +272,17 @@ pub async fn keys_validated(client: &impl GenericClient, ts: i64) -> Result<()> 
     Ok(())
 }
 
+/// Write `m` as backup `m.timestamp`'s manifest, keeping the objects
+/// recorded beside it ([`crate::backups::objects`]), which `m` does not carry.
 pub async fn update_manifest(client: &impl GenericClient, m: &Manifest) -> Result<()> {
     let manifest = serde_json::to_value(m)?;
     client
         .execute(
-            "UPDATE pgshift.backups SET manifest = $2 WHERE ts = $1",
+            "UPDATE pgshift.backups
+                SET manifest = $2::jsonb || CASE WHEN manifest ? 'objects'
+                                                 THEN pg_catalog.jsonb_build_object('objects', manifest->'objects')
+                                                 ELSE '{}'::jsonb END
+              WHERE ts = $1",
             &[&m.timestamp, &manifest],
         )
         .await
@@ -285,13 +291,15 @@ pub async fn update_manifest(client: &impl GenericClient, m: &Manifest) -> Resul
 }
 
 /// All backups, newest first. Empty when the pgshift schema does not exist.
+/// The objects recorded beside each manifest are left out
+/// ([`crate::backups::objects::recorded`] reads them).
 pub async fn list_backups(client: &impl GenericClient) -> Result<Vec<BackupRow>> {
     if !meta::meta_exists(client).await? {
         return Ok(Vec::new());
     }
     let rows = client
         .query(
-            "SELECT ts, schema_name, created_at, kind, manifest, last_verified_at, last_verify_ok
+            "SELECT ts, schema_name, created_at, kind, manifest - 'objects', last_verified_at, last_verify_ok
                FROM pgshift.backups ORDER BY ts DESC",
             &[],
         )

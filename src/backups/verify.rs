@@ -1,5 +1,6 @@
-//! Checking a backup schema against its manifest (`verify`, and `rollback`
-//! before it restores anything), and the facts `list` shows about a backup.
+//! Checking a backup schema against its manifest and the objects recorded
+//! beside it ([`crate::backups::objects`]) (`verify`, and `rollback` before
+//! it restores anything), and the facts `list` shows about a backup.
 //!
 //! Only reads, except [`record`], which writes the outcome into the manifest
 //! row (`last_verified_at`, `last_verify_ok`).
@@ -13,6 +14,7 @@ use serde::Serialize;
 use tokio_postgres::{Client, GenericClient};
 
 use crate::backups::manifest::{self, BackupRow};
+use crate::backups::objects;
 use crate::error::UserError;
 use crate::pg::meta::MARKER;
 
@@ -93,7 +95,8 @@ pub struct Difference {
     /// The table concerned (empty for the schema itself).
     pub table: String,
     /// `missing_schema`, `missing_table`, `unexpected_table`, `row_count`,
-    /// `checksum`, `missing_index`, `invalid_index`, `missing_sequence`.
+    /// `checksum`, `missing_index`, `invalid_index`, `missing_sequence`,
+    /// `missing_object`, `unexpected_object`.
     pub kind: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub expected: Option<String>,
@@ -185,7 +188,8 @@ struct Present {
 /// Compare the backup schema with its manifest: every recorded table present
 /// with its recorded row count (and checksum where recorded), its recorded
 /// indexes present and valid (`pg_index.indisvalid`), its owned sequences
-/// present, and no table the manifest does not know.
+/// present, and no table the manifest does not know; then, for a backup
+/// known to be whole, its other objects against those recorded.
 pub async fn check(client: &Client, b: &BackupRow) -> Result<VerifyReport> {
     let mut report = VerifyReport {
         timestamp: b.ts,
@@ -222,9 +226,26 @@ pub async fn check(client: &Client, b: &BackupRow) -> Result<VerifyReport> {
         ));
     }
     readable(client, b).await?;
+    // Its other objects, unless it is known not to be whole (said above).
+    let whole = b.manifest.dropping_since.is_none() && b.manifest.restored_since().is_none();
+    let objects = if whole && b.manifest.counts_recorded {
+        let recorded = objects::recorded(client, b.ts).await?;
+        if recorded.is_none() {
+            report.warnings.push(format!(
+                "the manifest of {} records its tables but not its other objects (written by an earlier version of pgshift, or they could not be recorded): views, functions, types, columns, constraints, defaults and triggers were not compared",
+                b.schema_name
+            ));
+        }
+        recorded
+    } else {
+        None
+    };
     // Every schema of the backup (one for a migration of public alone).
     for m in b.manifest.schema_maps() {
         check_schema(client, b, &m.live, &m.backup, &mut report).await?;
+        if let Some(recorded) = objects.as_ref().and_then(|o| o.get(&m.backup)) {
+            check_objects(client, b, &m.live, &m.backup, recorded, &mut report).await?;
+        }
     }
     report.ok = report.differences.is_empty();
     Ok(report)
@@ -364,6 +385,62 @@ async fn check_schema(
             let message = format!("table {name} is in the backup but not in its manifest");
             report.differ(&name, "unexpected_table", None, Some(&name), message);
         }
+    }
+    Ok(())
+}
+
+/// Compare the objects of backup schema `schema` (of live schema `live`)
+/// besides its tables with those recorded after the COMMIT that made it
+/// ([`objects`]). The objects of a relation that is itself missing (or
+/// unexpected) are not listed again.
+async fn check_objects(
+    client: &Client,
+    b: &BackupRow,
+    live: &str,
+    schema: &str,
+    recorded: &[objects::SchemaObject],
+    report: &mut VerifyReport,
+) -> Result<()> {
+    if !crate::pg::catalog::schema_exists(client, schema).await? {
+        return Ok(());
+    }
+    let now = objects::list(client, schema).await?;
+    let tables = b.manifest.tables.iter().filter(|t| t.schema == live);
+    // The relations there were: those objects were recorded of, and tables.
+    let mut known: BTreeSet<String> = recorded
+        .iter()
+        .filter_map(|o| o.relation().map(str::to_string))
+        .collect();
+    known.extend(tables.map(|t| t.name.clone()));
+    let present = objects::relations(client, schema).await?;
+    let recorded_set: BTreeSet<&objects::SchemaObject> = recorded.iter().collect();
+    let now_set: BTreeSet<&objects::SchemaObject> = now.iter().collect();
+    let table_of = |o: &objects::SchemaObject| {
+        o.relation()
+            .map(|r| crate::pg::meta::table_display(live, r))
+            .unwrap_or_default()
+    };
+    for o in recorded_set.difference(&now_set) {
+        if o.relation().is_some_and(|r| !present.contains(r)) {
+            continue;
+        }
+        let what = o.described();
+        let message = format!("{what} is missing");
+        report.recorded(&table_of(o), "missing_object", &what, message);
+    }
+    for o in now_set.difference(&recorded_set) {
+        if o.relation().is_some_and(|r| !known.contains(r)) {
+            continue;
+        }
+        let what = o.described();
+        let message = format!("{what} is in the backup but not in its manifest");
+        report.differ(
+            &table_of(o),
+            "unexpected_object",
+            None,
+            Some(&what),
+            message,
+        );
     }
     Ok(())
 }

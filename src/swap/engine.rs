@@ -945,6 +945,24 @@ pub async fn swap<H: InTx>(
             }
         }
     }
+    // Before the manifest's counts: a run killed in between leaves the
+    // steps pending, and the next swap or rollback records both.
+    let schemas: Vec<&str> = maps.iter().map(|(_, b)| *b).collect();
+    if let Err(e) = crate::backups::objects::record(control, ts, &schemas).await {
+        warnings.push(format!(
+            "could not record the backup's objects besides its tables (verify will compare its tables alone): {e:#}"
+        ));
+    }
+    // What a rollback left of the backup it restored (the copies of kept
+    // tables): its objects as they are now.
+    if let Origin::Rollback { restored, .. } = origin
+        && let Err(e) = record_left(control, restored).await
+    {
+        warnings.push(format!(
+            "could not record what is left of {} (verify will compare its tables alone): {e:#}",
+            restored.schema_name
+        ));
+    }
     manifest::update_manifest(control, &manifest).await?;
     Ok(Swapped {
         mode: choice.chosen(),
@@ -1094,6 +1112,8 @@ pub async fn finish_committed(client: &Client) -> Result<Option<Finished>> {
             .collect();
         m.tables = describe_all(client, &pairs).await?;
         m.counts_recorded = true;
+        let schemas: Vec<&str> = pairs.iter().map(|(_, b)| *b).collect();
+        crate::backups::objects::record(client, b.ts, &schemas).await?;
         manifest::update_manifest(client, &m).await?;
         notes.push(format!(
             "recorded the row counts of backup {} ({} tables)",
@@ -1235,6 +1255,22 @@ async fn not_valid_keys(client: &Client, live: &[String]) -> Result<Vec<NotValid
 
 /// The tables of every backup schema, counted, each with its live schema.
 /// `maps`: each live schema and its backup schema.
+/// Record the objects of what a rollback left of `restored`, when its
+/// manifest is still there (it kept tables live whose namesakes stay in it).
+async fn record_left(client: &Client, restored: &BackupRow) -> Result<()> {
+    if manifest::find_backup(client, restored.ts).await?.is_none() {
+        return Ok(());
+    }
+    let mut schemas = Vec::new();
+    for m in restored.manifest.schema_maps() {
+        if crate::pg::catalog::schema_exists(client, &m.backup).await? {
+            schemas.push(m.backup);
+        }
+    }
+    let schemas: Vec<&str> = schemas.iter().map(String::as_str).collect();
+    crate::backups::objects::record(client, restored.ts, &schemas).await
+}
+
 async fn describe_all(client: &Client, maps: &[(&str, &str)]) -> Result<Vec<ManifestTable>> {
     let mut all = Vec::new();
     for (live, backup) in maps {

@@ -1203,6 +1203,9 @@ impl InTx for RollbackTx<'_> {
                 }
                 m.detached_foreign_keys = still_detached;
                 manifest::update_manifest(client, &m).await?;
+                // Its recorded objects no longer describe it: recorded
+                // again after the COMMIT (not under the locks).
+                crate::backups::objects::forget(client, self.restored.ts).await?;
             }
         }
 

@@ -1,0 +1,235 @@
+//! The objects of a backup schema besides its tables: what `verify` compares
+//! so that a backup which lost a view, a function, a column, a default, a
+//! constraint or a trigger is not called intact.
+//!
+//! A manifest's tables record row counts, indexes and owned sequences
+//! ([`crate::backups::manifest::ManifestTable`]); a restore also needs
+//! everything else the replaced schema held. Right after the COMMIT that made
+//! a backup (nothing writes a backup after it), the swap records, for each of
+//! its schemas, every object in it as PostgreSQL identifies it
+//! (`pg_identify_object`: a type such as `view` or `table constraint` and an
+//! identity such as `backup_1752567000000.orders_total_check on
+//! backup_1752567000000.orders`), with the relation it belongs to. `verify`
+//! lists the same now and reports what went missing or appeared.
+//!
+//! What is listed: views, materialized views, foreign and partitioned tables,
+//! sequences no column owns, indexes of relations other than plain tables,
+//! the columns of tables, defaults, constraints (of tables and of domains),
+//! triggers other than PostgreSQL's internal ones, rules other than a view's
+//! `_RETURN`, policies, extended statistics, functions and procedures, types
+//! (not arrays, not the row types of tables), operators, operator classes and
+//! families, collations, conversions and text search objects. Not listed:
+//! plain tables, their indexes and owned sequences (the manifest's tables
+//! cover them), and members of extensions (an extension's objects are its
+//! own, and a non-relocatable one such as PostGIS stays in public).
+//!
+//! Storage: the list goes into the manifest row under the key `objects`
+//! (`{"<backup schema>": [[type, identity, relation], …]}`), outside the
+//! [`crate::backups::manifest::Manifest`] type: a schema of thousands of
+//! tables has tens of thousands of objects, which `list`, `status` and every
+//! swap read no part of. [`crate::backups::manifest::list_backups`] leaves the
+//! key out, [`crate::backups::manifest::update_manifest`] keeps it, and only
+//! [`recorded`] reads it. Manifests of earlier versions have no such key:
+//! `verify` then compares the tables alone and says so.
+//!
+//! An identity names the schemas of what it mentions (a function's argument
+//! types, a constraint's table): the backup schema, whose name a backup keeps
+//! for its whole life, and others the object refers to.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use anyhow::{Context, Result};
+use serde::{Deserialize, Serialize};
+use tokio_postgres::GenericClient;
+
+/// One object: its type and identity as `pg_identify_object` gives them, and
+/// the relation of the schema it belongs to (a column's, a constraint's, a
+/// trigger's), if any (none for a relation itself).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct SchemaObject(pub String, pub String, pub Option<String>);
+
+impl SchemaObject {
+    /// `view backup_1752567000000.totals`.
+    pub fn described(&self) -> String {
+        format!("{} {}", self.0, self.1)
+    }
+
+    /// The relation it belongs to.
+    pub fn relation(&self) -> Option<&str> {
+        self.2.as_deref()
+    }
+}
+
+/// The recorded objects of each backup schema of a backup.
+pub type Recorded = BTreeMap<String, Vec<SchemaObject>>;
+
+/// The objects of `schema` as they are now (see the module doc), sorted.
+pub async fn list(client: &impl GenericClient, schema: &str) -> Result<Vec<SchemaObject>> {
+    let rows = client
+        .query(
+            "WITH ns AS (SELECT oid FROM pg_catalog.pg_namespace WHERE nspname = $1),
+             rels AS (
+               SELECT c.oid, c.relname, c.relkind FROM pg_catalog.pg_class c
+                WHERE c.relnamespace = (SELECT oid FROM ns)
+                  AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_depend d
+                                   WHERE d.classid = 'pg_catalog.pg_class'::regclass
+                                     AND d.objid = c.oid AND d.deptype = 'e')),
+             objs(classid, objid, objsubid, rel) AS (
+               SELECT 'pg_catalog.pg_class'::regclass::oid, r.oid, 0, NULL::name FROM rels r
+                WHERE r.relkind IN ('v', 'm', 'f', 'p')
+                   OR (r.relkind = 'S' AND NOT EXISTS (
+                         SELECT 1 FROM pg_catalog.pg_depend d
+                          WHERE d.classid = 'pg_catalog.pg_class'::regclass AND d.objid = r.oid
+                            AND d.refclassid = 'pg_catalog.pg_class'::regclass
+                            AND d.deptype IN ('a', 'i')))
+               UNION ALL
+               SELECT 'pg_catalog.pg_class'::regclass::oid, x.indexrelid, 0, r.relname
+                 FROM pg_catalog.pg_index x JOIN rels r ON r.oid = x.indrelid
+                WHERE r.relkind <> 'r'
+               UNION ALL
+               SELECT 'pg_catalog.pg_class'::regclass::oid, a.attrelid, a.attnum, r.relname
+                 FROM pg_catalog.pg_attribute a JOIN rels r ON r.oid = a.attrelid
+                WHERE r.relkind IN ('r', 'p', 'f', 'v', 'm') AND a.attnum > 0 AND NOT a.attisdropped
+               UNION ALL
+               SELECT 'pg_catalog.pg_attrdef'::regclass::oid, d.oid, 0, r.relname
+                 FROM pg_catalog.pg_attrdef d JOIN rels r ON r.oid = d.adrelid
+               UNION ALL
+               SELECT 'pg_catalog.pg_constraint'::regclass::oid, k.oid, 0, r.relname
+                 FROM pg_catalog.pg_constraint k JOIN rels r ON r.oid = k.conrelid
+               UNION ALL
+               SELECT 'pg_catalog.pg_constraint'::regclass::oid, k.oid, 0, NULL
+                 FROM pg_catalog.pg_constraint k
+                WHERE k.connamespace = (SELECT oid FROM ns) AND k.contypid <> 0
+               UNION ALL
+               SELECT 'pg_catalog.pg_trigger'::regclass::oid, t.oid, 0, r.relname
+                 FROM pg_catalog.pg_trigger t JOIN rels r ON r.oid = t.tgrelid
+                WHERE NOT t.tgisinternal
+               UNION ALL
+               SELECT 'pg_catalog.pg_rewrite'::regclass::oid, w.oid, 0, r.relname
+                 FROM pg_catalog.pg_rewrite w JOIN rels r ON r.oid = w.ev_class
+                WHERE w.rulename <> '_RETURN'
+               UNION ALL
+               SELECT 'pg_catalog.pg_policy'::regclass::oid, p.oid, 0, r.relname
+                 FROM pg_catalog.pg_policy p JOIN rels r ON r.oid = p.polrelid
+               UNION ALL
+               SELECT 'pg_catalog.pg_statistic_ext'::regclass::oid, s.oid, 0, NULL
+                 FROM pg_catalog.pg_statistic_ext s WHERE s.stxnamespace = (SELECT oid FROM ns)
+               UNION ALL
+               SELECT 'pg_catalog.pg_proc'::regclass::oid, p.oid, 0, NULL
+                 FROM pg_catalog.pg_proc p WHERE p.pronamespace = (SELECT oid FROM ns)
+               UNION ALL
+               SELECT 'pg_catalog.pg_type'::regclass::oid, t.oid, 0, NULL
+                 FROM pg_catalog.pg_type t LEFT JOIN pg_catalog.pg_class c ON c.oid = t.typrelid
+                WHERE t.typnamespace = (SELECT oid FROM ns) AND (t.typrelid = 0 OR c.relkind = 'c')
+                  AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_type e WHERE e.typarray = t.oid)
+               UNION ALL
+               SELECT 'pg_catalog.pg_operator'::regclass::oid, o.oid, 0, NULL
+                 FROM pg_catalog.pg_operator o WHERE o.oprnamespace = (SELECT oid FROM ns)
+               UNION ALL
+               SELECT 'pg_catalog.pg_opclass'::regclass::oid, o.oid, 0, NULL
+                 FROM pg_catalog.pg_opclass o WHERE o.opcnamespace = (SELECT oid FROM ns)
+               UNION ALL
+               SELECT 'pg_catalog.pg_opfamily'::regclass::oid, o.oid, 0, NULL
+                 FROM pg_catalog.pg_opfamily o WHERE o.opfnamespace = (SELECT oid FROM ns)
+               UNION ALL
+               SELECT 'pg_catalog.pg_collation'::regclass::oid, o.oid, 0, NULL
+                 FROM pg_catalog.pg_collation o WHERE o.collnamespace = (SELECT oid FROM ns)
+               UNION ALL
+               SELECT 'pg_catalog.pg_conversion'::regclass::oid, o.oid, 0, NULL
+                 FROM pg_catalog.pg_conversion o WHERE o.connamespace = (SELECT oid FROM ns)
+               UNION ALL
+               SELECT 'pg_catalog.pg_ts_config'::regclass::oid, o.oid, 0, NULL
+                 FROM pg_catalog.pg_ts_config o WHERE o.cfgnamespace = (SELECT oid FROM ns)
+               UNION ALL
+               SELECT 'pg_catalog.pg_ts_dict'::regclass::oid, o.oid, 0, NULL
+                 FROM pg_catalog.pg_ts_dict o WHERE o.dictnamespace = (SELECT oid FROM ns)
+               UNION ALL
+               SELECT 'pg_catalog.pg_ts_parser'::regclass::oid, o.oid, 0, NULL
+                 FROM pg_catalog.pg_ts_parser o WHERE o.prsnamespace = (SELECT oid FROM ns)
+               UNION ALL
+               SELECT 'pg_catalog.pg_ts_template'::regclass::oid, o.oid, 0, NULL
+                 FROM pg_catalog.pg_ts_template o WHERE o.tmplnamespace = (SELECT oid FROM ns))
+             SELECT i.type, i.identity, o.rel::text
+               FROM objs o, LATERAL pg_catalog.pg_identify_object(o.classid, o.objid, o.objsubid) i
+              WHERE o.objsubid <> 0
+                 OR NOT EXISTS (SELECT 1 FROM pg_catalog.pg_depend d
+                                 WHERE d.classid = o.classid AND d.objid = o.objid AND d.deptype = 'e')
+              ORDER BY 1, 2",
+            &[&schema],
+        )
+        .await
+        .with_context(|| format!("listing the objects of {schema}"))?;
+    Ok(rows
+        .iter()
+        .map(|r| SchemaObject(r.get(0), r.get(1), r.get(2)))
+        .collect())
+}
+
+/// The names of the relations of `schema` that are not extension members.
+pub async fn relations(client: &impl GenericClient, schema: &str) -> Result<BTreeSet<String>> {
+    let rows = client
+        .query(
+            "SELECT c.relname::text FROM pg_catalog.pg_class c
+               JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+              WHERE n.nspname = $1
+                AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_depend d
+                                 WHERE d.classid = 'pg_catalog.pg_class'::regclass
+                                   AND d.objid = c.oid AND d.deptype = 'e')",
+            &[&schema],
+        )
+        .await
+        .with_context(|| format!("listing the relations of {schema}"))?;
+    Ok(rows.iter().map(|r| r.get(0)).collect())
+}
+
+/// Record the objects of each of `schemas` (a backup's, as they are now) in
+/// backup `ts`'s manifest row.
+pub async fn record(client: &impl GenericClient, ts: i64, schemas: &[&str]) -> Result<()> {
+    let mut all = Recorded::new();
+    for s in schemas {
+        all.insert(s.to_string(), list(client, s).await?);
+    }
+    let value = serde_json::to_value(&all)?;
+    client
+        .execute(
+            "UPDATE pgshift.backups
+                SET manifest = manifest || pg_catalog.jsonb_build_object('objects', $2::jsonb)
+              WHERE ts = $1",
+            &[&ts, &value],
+        )
+        .await
+        .context("recording the backup's objects in its manifest")?;
+    Ok(())
+}
+
+/// Backup `ts` changed (a rollback restored part of it): its recorded
+/// objects no longer describe it, until [`record`] runs again.
+pub async fn forget(client: &impl GenericClient, ts: i64) -> Result<()> {
+    client
+        .execute(
+            "UPDATE pgshift.backups SET manifest = manifest - 'objects' WHERE ts = $1",
+            &[&ts],
+        )
+        .await
+        .context("updating the backup's recorded objects")?;
+    Ok(())
+}
+
+/// The objects recorded for backup `ts`, or None when its manifest has none
+/// (written by an earlier version, or the recording after its COMMIT did
+/// not run).
+pub async fn recorded(client: &impl GenericClient, ts: i64) -> Result<Option<Recorded>> {
+    let row = client
+        .query_opt(
+            "SELECT manifest->'objects' FROM pgshift.backups WHERE ts = $1",
+            &[&ts],
+        )
+        .await
+        .context("reading the backup's objects from its manifest")?;
+    let Some(value) = row.and_then(|r| r.get::<_, Option<serde_json::Value>>(0)) else {
+        return Ok(None);
+    };
+    Ok(Some(serde_json::from_value(value).with_context(|| {
+        format!("the recorded objects of backup {ts} are not readable")
+    })?))
+}
