@@ -320,7 +320,9 @@ fn verify_names_the_objects_a_backup_lost_besides_its_tables() {
         "ALTER TABLE orders ADD CONSTRAINT orders_amount_check CHECK (amount > 0);
          CREATE TYPE mood AS ENUM ('ok', 'sad');
          CREATE FUNCTION touch() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RETURN NEW; END $$;
-         CREATE TRIGGER orders_touch BEFORE UPDATE ON orders FOR EACH ROW EXECUTE FUNCTION touch();",
+         CREATE TRIGGER orders_touch BEFORE UPDATE ON orders FOR EACH ROW EXECUTE FUNCTION touch();
+         CREATE SCHEMA other; CREATE TYPE other.kind AS ENUM ('a');
+         CREATE FUNCTION of_kind(k other.kind) RETURNS int LANGUAGE sql AS 'SELECT 1';",
     );
     let wd = Workdir::new();
     let url = dbs.dst.url();
@@ -342,6 +344,17 @@ fn verify_names_the_objects_a_backup_lost_besides_its_tables() {
     let (code, v) = verify();
     assert_eq!((code, &v["ok"]), (Some(0), &Value::Bool(true)), "{v}");
     assert!(v.get("warnings").is_none(), "{v}");
+    // A schema an object refers to renamed: the same object, said.
+    dbs.dst.psql("ALTER SCHEMA other RENAME TO other2");
+    let (code, v) = verify();
+    assert_eq!((code, &v["ok"]), (Some(0), &Value::Bool(true)), "{v}");
+    assert_eq!(
+        v["warnings"][0],
+        format!(
+            "function {s}.of_kind(other.kind) is now function {s}.of_kind(other2.kind): the same object, renamed or referring to a schema that was"
+        ),
+        "{v}"
+    );
 
     dbs.dst.psql(&format!(
         "DROP VIEW {s}.big_orders; DROP FUNCTION {s}.app_version(); DROP TYPE {s}.mood;

@@ -24,7 +24,7 @@
 //! own, and a non-relocatable one such as PostGIS stays in public).
 //!
 //! Storage: the list goes into the manifest row under the key `objects`
-//! (`{"<backup schema>": [[type, identity, relation], …]}`), outside the
+//! (`{"<backup schema>": [[type, identity, relation, address], …]}`), outside the
 //! [`crate::backups::manifest::Manifest`] type: a schema of thousands of
 //! tables has tens of thousands of objects, which `list`, `status` and every
 //! swap read no part of. [`crate::backups::manifest::list_backups`] leaves the
@@ -32,9 +32,16 @@
 //! [`recorded`] reads it. Manifests of earlier versions have no such key:
 //! `verify` then compares the tables alone and says so.
 //!
-//! An identity names the schemas of what it mentions (a function's argument
-//! types, a constraint's table): the backup schema, whose name a backup keeps
-//! for its whole life, and others the object refers to.
+//! Objects are compared by type and identity, not by oid: a dump and restore
+//! or a `pg_upgrade` gives functions, constraints and triggers new oids. An
+//! identity names the schemas of what it mentions (a function's argument
+//! types): the backup schema, whose name a backup keeps for its whole life,
+//! and others, which a later migration may rename (a type of `billing` that
+//! a swap of `billing` moves to its backup schema). So each object's
+//! address (catalog and oid) is recorded too: a recorded object missing by
+//! identity whose address now holds an unrecorded one is the same object,
+//! renamed or referring to a renamed schema, and `verify` says so as a
+//! warning rather than a loss.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -42,13 +49,25 @@ use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 use tokio_postgres::GenericClient;
 
-/// One object: its type and identity as `pg_identify_object` gives them, and
+/// One object: its type and identity as `pg_identify_object` gives them,
 /// the relation of the schema it belongs to (a column's, a constraint's, a
-/// trigger's), if any (none for a relation itself).
+/// trigger's), if any (none for a relation itself), and its address
+/// (`pg_class/16384/2`: catalog, oid, sub-id).
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
-pub struct SchemaObject(pub String, pub String, pub Option<String>);
+pub struct SchemaObject(pub String, pub String, pub Option<String>, pub String);
 
 impl SchemaObject {
+    /// What the comparison goes by: type and identity (oids change in a
+    /// dump and restore or a `pg_upgrade`).
+    pub fn key(&self) -> (&str, &str) {
+        (&self.0, &self.1)
+    }
+
+    /// The catalog row: the same object, whatever its identity says now.
+    pub fn address(&self) -> &str {
+        &self.3
+    }
+
     /// `view backup_1752567000000.totals`.
     pub fn described(&self) -> String {
         format!("{} {}", self.0, self.1)
@@ -149,7 +168,8 @@ pub async fn list(client: &impl GenericClient, schema: &str) -> Result<Vec<Schem
                UNION ALL
                SELECT 'pg_catalog.pg_ts_template'::regclass::oid, o.oid, 0, NULL
                  FROM pg_catalog.pg_ts_template o WHERE o.tmplnamespace = (SELECT oid FROM ns))
-             SELECT i.type, i.identity, o.rel::text
+             SELECT i.type, i.identity, o.rel::text,
+                    o.classid::regclass::text || '/' || o.objid || '/' || o.objsubid
                FROM objs o, LATERAL pg_catalog.pg_identify_object(o.classid, o.objid, o.objsubid) i
               WHERE o.objsubid <> 0
                  OR NOT EXISTS (SELECT 1 FROM pg_catalog.pg_depend d
@@ -161,7 +181,7 @@ pub async fn list(client: &impl GenericClient, schema: &str) -> Result<Vec<Schem
         .with_context(|| format!("listing the objects of {schema}"))?;
     Ok(rows
         .iter()
-        .map(|r| SchemaObject(r.get(0), r.get(1), r.get(2)))
+        .map(|r| SchemaObject(r.get(0), r.get(1), r.get(2), r.get(3)))
         .collect())
 }
 

@@ -413,25 +413,36 @@ async fn check_objects(
         .collect();
     known.extend(tables.map(|t| t.name.clone()));
     let present = objects::relations(client, schema).await?;
-    let recorded_set: BTreeSet<&objects::SchemaObject> = recorded.iter().collect();
-    let now_set: BTreeSet<&objects::SchemaObject> = now.iter().collect();
+    let recorded_keys: BTreeSet<(&str, &str)> = recorded.iter().map(|o| o.key()).collect();
+    let now_keys: BTreeSet<(&str, &str)> = now.iter().map(|o| o.key()).collect();
+    let missing = recorded.iter().filter(|o| {
+        !now_keys.contains(&o.key()) && o.relation().is_none_or(|r| present.contains(r))
+    });
+    let mut unexpected: BTreeMap<&str, &objects::SchemaObject> = now
+        .iter()
+        .filter(|o| {
+            !recorded_keys.contains(&o.key()) && o.relation().is_none_or(|r| known.contains(r))
+        })
+        .map(|o| (o.address(), o))
+        .collect();
     let table_of = |o: &objects::SchemaObject| {
         o.relation()
             .map(|r| crate::pg::meta::table_display(live, r))
             .unwrap_or_default()
     };
-    for o in recorded_set.difference(&now_set) {
-        if o.relation().is_some_and(|r| !present.contains(r)) {
+    for o in missing {
+        let what = o.described();
+        if let Some(same) = unexpected.remove(o.address()) {
+            report.warnings.push(format!(
+                "{what} is now {}: the same object, renamed or referring to a schema that was",
+                same.described()
+            ));
             continue;
         }
-        let what = o.described();
         let message = format!("{what} is missing");
         report.recorded(&table_of(o), "missing_object", &what, message);
     }
-    for o in now_set.difference(&recorded_set) {
-        if o.relation().is_some_and(|r| !known.contains(r)) {
-            continue;
-        }
+    for o in unexpected.values() {
         let what = o.described();
         let message = format!("{what} is in the backup but not in its manifest");
         report.differ(
