@@ -58,6 +58,11 @@ fn start_two(wd: &Workdir, dbs: &TestDbs, extra: &[&str]) -> Value {
 
 /// `<command> --schemas public,billing <extra> --json` between the pair.
 fn run_two(wd: &Workdir, dbs: &TestDbs, command: &str, extra: &[&str]) -> Value {
+    run_schemas(wd, dbs, command, "public,billing", extra)
+}
+
+/// `<command> --schemas <schemas> <extra> --json` between the pair.
+fn run_schemas(wd: &Workdir, dbs: &TestDbs, command: &str, schemas: &str, extra: &[&str]) -> Value {
     let (src, dst) = (dbs.src.url(), dbs.dst.url());
     let mut args = vec![
         command,
@@ -66,7 +71,7 @@ fn run_two(wd: &Workdir, dbs: &TestDbs, command: &str, extra: &[&str]) -> Value 
         "--dest",
         &dst,
         "--schemas",
-        "public,billing",
+        schemas,
     ];
     args.extend_from_slice(extra);
     run_json(wd, &args)
@@ -2373,23 +2378,9 @@ fn a_rollback_whose_objects_use_another_backup_says_so() {
     dbs.src.psql(app);
     dbs.dst.psql(app);
     let wd = Workdir::new();
-    let (src, dst) = (dbs.src.url(), dbs.dst.url());
-    let start = |schemas: &str| {
-        run_json(
-            &wd,
-            &[
-                "start",
-                "--source",
-                &src,
-                "--dest",
-                &dst,
-                "--schemas",
-                schemas,
-            ],
-        )
-    };
-    start("public");
-    start("public,util");
+    let dst = dbs.dst.url();
+    run_schemas(&wd, &dbs, "start", "public", &[]);
+    run_schemas(&wd, &dbs, "start", "public,util", &[]);
     let earliest = list(&wd, &dbs.dst)
         .iter()
         .filter_map(|b| b["timestamp"].as_i64())
@@ -2437,20 +2428,13 @@ fn tables_kept_at_the_swap_in_two_schemas_stay_together_at_a_rollback() {
     dbs.src.psql(app);
     dbs.dst.psql(app);
     let wd = Workdir::new();
-    let (src, dst) = (dbs.src.url(), dbs.dst.url());
-    run_json(
+    let dst = dbs.dst.url();
+    run_schemas(
         &wd,
-        &[
-            "start",
-            "--source",
-            &src,
-            "--dest",
-            &dst,
-            "--schemas",
-            "public,app2",
-            "--keep-tables",
-            "s,app2.s_log",
-        ],
+        &dbs,
+        "start",
+        "public,app2",
+        &["--keep-tables", "s,app2.s_log"],
     );
     let out = wd.run(&["rollback", "--dest", &dst, "--latest", "--dry-run"]);
     let said = common::said_by(&out);
