@@ -80,6 +80,14 @@ fn start(wd: &Workdir, dbs: &TestDbs) -> Value {
     )
 }
 
+/// The backup schema a `start --json` (or `swap --json` under `swap`) made.
+fn backup_made(started: &Value) -> String {
+    started["swap"]["backup_schema"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no backup in {started}"))
+        .to_string()
+}
+
 fn list(wd: &Workdir, db: &TestDb) -> Vec<Value> {
     run_json(wd, &["list", "--dest", &db.url()])
         .as_array()
@@ -136,10 +144,7 @@ fn list_and_verify_after_start() {
     let wd = Workdir::new();
     let started = start(&wd, &dbs);
     let ts = started["swap"]["backup_timestamp"].as_i64().unwrap();
-    let schema = started["swap"]["backup_schema"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let schema = backup_made(&started);
 
     let backups = list(&wd, &dbs.dst);
     assert_eq!(backups.len(), 1, "{backups:?}");
@@ -331,10 +336,7 @@ fn verify_names_the_objects_a_backup_lost_besides_its_tables() {
         .as_i64()
         .unwrap()
         .to_string();
-    let s = started["swap"]["backup_schema"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let s = backup_made(&started);
     let verify = || {
         let out = wd.run(&["verify", "--dest", &url, "--timestamp", &ts, "--json"]);
         let v: Value = serde_json::from_slice(&out.stdout)
@@ -604,10 +606,7 @@ fn rollback_restores_the_old_public_and_can_itself_be_rolled_back() {
     let wd = Workdir::new();
     let url = dbs.dst.url();
     let started = start(&wd, &dbs);
-    let b1 = started["swap"]["backup_schema"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let b1 = backup_made(&started);
     assert_eq!(dbs.dst.query_one_string("SELECT app_version()"), "v2");
 
     // A dry run changes nothing.
@@ -689,10 +688,7 @@ fn rollback_keep_tables_carries_rows_and_sequences_over() {
     let wd = Workdir::new();
     let url = dbs.dst.url();
     let started = start(&wd, &dbs);
-    let b1 = started["swap"]["backup_schema"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let b1 = backup_made(&started);
     let b1_ts = started["swap"]["backup_timestamp"].as_i64().unwrap();
     // Sign-ups after the swap.
     dbs.dst.psql(
@@ -852,10 +848,7 @@ fn a_rollback_keeping_every_table_of_the_backup_leaves_it_whole() {
     );
     let wd = Workdir::new();
     let url = dbs.dst.url();
-    let b0 = start(&wd, &dbs)["swap"]["backup_schema"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let b0 = backup_made(&start(&wd, &dbs));
     rollback_keeping(&wd, &url, "t", &["--allow-discard", "all"]);
     let whole = list(&wd, &dbs.dst)
         .into_iter()
@@ -897,10 +890,7 @@ fn rollback_refusals_change_nothing() {
     let wd = Workdir::new();
     let url = dbs.dst.url();
     let started = start(&wd, &dbs);
-    let b1 = started["swap"]["backup_schema"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let b1 = backup_made(&started);
     let before = catalog_fingerprint(&dbs.dst);
 
     // --keep-tables users would leave the backup's users behind under a view that moves.
@@ -1084,7 +1074,7 @@ fn cleanup_drops_exactly_the_old_backups() {
     let mut b = Vec::new();
     for _ in 0..4 {
         let s = start(&wd, &dbs);
-        b.push(s["swap"]["backup_schema"].as_str().unwrap().to_string());
+        b.push(backup_made(&s));
     }
     // Ages: b0 2025-01-01, b1 2025-03-01 12:00, b2 2025-06-01, b3 now.
     dbs.dst.psql(&format!(
@@ -1269,7 +1259,7 @@ fn cleanup_never_drops_what_is_not_a_pgshift_backup() {
         .psql("CREATE TABLE t (id int PRIMARY KEY); INSERT INTO t VALUES (1);");
     let wd = Workdir::new();
     let s = start(&wd, &dbs);
-    let b = s["swap"]["backup_schema"].as_str().unwrap().to_string();
+    let b = backup_made(&s);
     // A look-alike schema without a manifest, and a view outside the backup that reads it.
     dbs.dst.psql(&format!(
         "CREATE SCHEMA backup_1; CREATE TABLE backup_1.x (i int);
@@ -1356,14 +1346,7 @@ fn cleanup_drops_backups_that_hold_each_others_dependents_together() {
         .psql("CREATE TABLE t (id int PRIMARY KEY); INSERT INTO t VALUES (1);");
     dbs.dst.psql("CREATE TABLE t (id int PRIMARY KEY);");
     let wd = Workdir::new();
-    let b: Vec<String> = (0..3)
-        .map(|_| {
-            start(&wd, &dbs)["swap"]["backup_schema"]
-                .as_str()
-                .unwrap()
-                .to_string()
-        })
-        .collect();
+    let b: Vec<String> = (0..3).map(|_| backup_made(&start(&wd, &dbs))).collect();
     // b0 and b1 are old, b2 is new; b0 and b1 read each other's table (apart,
     // each would be skipped for the other's view, run after run), and b2
     // reads b1's.
@@ -1412,10 +1395,7 @@ fn cleanup_drops_backups_that_hold_each_others_dependents_together() {
     assert_eq!(list(&wd, &dbs.dst).len(), 1);
     // An older backup reading a newer one's table: the older goes first, then
     // nothing holds the newer; the dry run says the same as the real run.
-    let b3 = start(&wd, &dbs)["swap"]["backup_schema"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let b3 = backup_made(&start(&wd, &dbs));
     dbs.dst.psql(&format!(
         "UPDATE pgshift.backups SET created_at = '2025-06-01 00:00:00+00';
          CREATE VIEW {}.w AS SELECT * FROM {b3}.t;",
@@ -1545,10 +1525,7 @@ fn rollback_keep_tables_repoints_foreign_keys_both_ways() {
     let wd = Workdir::new();
     let url = dbs.dst.url();
     let started = start(&wd, &dbs);
-    let b1 = started["swap"]["backup_schema"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let b1 = backup_made(&started);
 
     let fk = |table: &str| {
         dbs.dst.query_one_string(&format!(
