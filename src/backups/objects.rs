@@ -18,13 +18,14 @@
 //! triggers other than PostgreSQL's internal ones, rules other than a view's
 //! `_RETURN`, policies, extended statistics, functions and procedures, types
 //! (not arrays, not the row types of tables), operators, operator classes and
-//! families, collations, conversions and text search objects. Not listed:
+//! families, collations, conversions, text search objects and extensions
+//! created in the schema (not their members). Not listed:
 //! plain tables, their indexes and owned sequences (the manifest's tables
 //! cover them), and members of extensions (an extension's objects are its
 //! own, and a non-relocatable one such as PostGIS stays in public).
 //!
 //! Storage: the list goes into the manifest row under the key `objects`
-//! (`{"<backup schema>": [[type, identity, relation, address], …]}`), outside the
+//! (`{"<backup schema>": [[type, identity, relation], …]}`), outside the
 //! [`crate::backups::manifest::Manifest`] type: a schema of thousands of
 //! tables has tens of thousands of objects, which `list`, `status` and every
 //! swap read no part of. [`crate::backups::manifest::list_backups`] leaves the
@@ -34,14 +35,15 @@
 //!
 //! Objects are compared by type and identity, not by oid: a dump and restore
 //! or a `pg_upgrade` gives functions, constraints and triggers new oids. An
-//! identity names the schemas of what it mentions (a function's argument
-//! types): the backup schema, whose name a backup keeps for its whole life,
-//! and others, which a later migration may rename (a type of `billing` that
-//! a swap of `billing` moves to its backup schema). So each object's
-//! address (catalog and oid) is recorded too: a recorded object missing by
-//! identity whose address now holds an unrecorded one is the same object,
-//! renamed or referring to a renamed schema, and `verify` says so as a
-//! warning rather than a loss.
+//! identity names the schemas of what it mentions: the backup schema, whose
+//! name a backup keeps for its whole life, and, in a function's, an
+//! aggregate's or an operator's argument types, other schemas, which a later
+//! migration may rename (a type of `billing` that a swap of `billing` moves
+//! to its backup schema). So a recorded object missing by identity is found
+//! when one of the same type and identity but for its argument types'
+//! schemas is there instead (and unrecorded): the same object, whose
+//! argument types moved (a rollback to the backup says what it would then
+//! use of other backups). A rename in the backup itself is a difference.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -49,23 +51,23 @@ use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 use tokio_postgres::GenericClient;
 
-/// One object: its type and identity as `pg_identify_object` gives them,
+/// One object: its type and identity as `pg_identify_object` gives them, and
 /// the relation of the schema it belongs to (a column's, a constraint's, a
-/// trigger's), if any (none for a relation itself), and its address
-/// (`pg_class/16384/2`: catalog, oid, sub-id).
+/// trigger's), if any (none for a relation itself).
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
-pub struct SchemaObject(pub String, pub String, pub Option<String>, pub String);
+pub struct SchemaObject(pub String, pub String, pub Option<String>);
 
 impl SchemaObject {
-    /// What the comparison goes by: type and identity (oids change in a
-    /// dump and restore or a `pg_upgrade`).
+    /// What the comparison goes by: type and identity.
     pub fn key(&self) -> (&str, &str) {
         (&self.0, &self.1)
     }
 
-    /// The catalog row: the same object, whatever its identity says now.
-    pub fn address(&self) -> &str {
-        &self.3
+    /// Type and identity without the schemas of its argument types (see
+    /// the module doc): the same function, whichever schema its argument's
+    /// type is in now.
+    pub fn loose_key(&self) -> (String, String) {
+        (self.0.clone(), without_argument_schemas(&self.1))
     }
 
     /// `view backup_1752567000000.totals`.
@@ -166,10 +168,12 @@ pub async fn list(client: &impl GenericClient, schema: &str) -> Result<Vec<Schem
                SELECT 'pg_catalog.pg_ts_parser'::regclass::oid, o.oid, 0, NULL
                  FROM pg_catalog.pg_ts_parser o WHERE o.prsnamespace = (SELECT oid FROM ns)
                UNION ALL
+               SELECT 'pg_catalog.pg_extension'::regclass::oid, e.oid, 0, NULL
+                 FROM pg_catalog.pg_extension e WHERE e.extnamespace = (SELECT oid FROM ns)
+               UNION ALL
                SELECT 'pg_catalog.pg_ts_template'::regclass::oid, o.oid, 0, NULL
                  FROM pg_catalog.pg_ts_template o WHERE o.tmplnamespace = (SELECT oid FROM ns))
-             SELECT i.type, i.identity, o.rel::text,
-                    o.classid::regclass::text || '/' || o.objid || '/' || o.objsubid
+             SELECT i.type, i.identity, o.rel::text
                FROM objs o, LATERAL pg_catalog.pg_identify_object(o.classid, o.objid, o.objsubid) i
               WHERE o.objsubid <> 0
                  OR NOT EXISTS (SELECT 1 FROM pg_catalog.pg_depend d
@@ -181,7 +185,7 @@ pub async fn list(client: &impl GenericClient, schema: &str) -> Result<Vec<Schem
         .with_context(|| format!("listing the objects of {schema}"))?;
     Ok(rows
         .iter()
-        .map(|r| SchemaObject(r.get(0), r.get(1), r.get(2), r.get(3)))
+        .map(|r| SchemaObject(r.get(0), r.get(1), r.get(2)))
         .collect())
 }
 
@@ -252,4 +256,62 @@ pub async fn recorded(client: &impl GenericClient, ts: i64) -> Result<Option<Rec
     Ok(Some(serde_json::from_value(value).with_context(|| {
         format!("the recorded objects of backup {ts} are not readable")
     })?))
+}
+
+/// `identity` without the schema qualifiers of the names in its argument
+/// list (`s.f(billing.money, integer)` → `s.f(money, integer)`); identities
+/// without one are returned whole.
+fn without_argument_schemas(identity: &str) -> String {
+    let mut out = String::new();
+    let mut token = String::new();
+    let mut in_args = false;
+    let mut chars = identity.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == '"' {
+            token.push(c);
+            while let Some(q) = chars.next() {
+                token.push(q);
+                if q == '"' {
+                    match chars.peek() {
+                        Some('"') => token.push(chars.next().unwrap_or('"')),
+                        _ => break,
+                    }
+                }
+            }
+        } else if c.is_alphanumeric() || c == '_' || c == '$' {
+            token.push(c);
+        } else if c == '.' && in_args && !token.is_empty() {
+            // What came before the dot was a schema.
+            token.clear();
+        } else {
+            in_args |= c == '(';
+            out.push_str(&token);
+            token.clear();
+            out.push(c);
+        }
+    }
+    out.push_str(&token);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn argument_schemas_are_left_out() {
+        assert_eq!(
+            without_argument_schemas("b.f(billing.money_t,integer)"),
+            "b.f(money_t,integer)"
+        );
+        assert_eq!(
+            without_argument_schemas(r#"b."f(x)"("my ""s"".x".t, "a.b"."c.d"[])"#),
+            r#"b."f(x)"(t, "c.d"[])"#
+        );
+        assert_eq!(without_argument_schemas("c on b.t"), "c on b.t");
+        assert_eq!(
+            without_argument_schemas("b.+(billing.m,billing.m)"),
+            "b.+(m,m)"
+        );
+    }
 }

@@ -146,6 +146,13 @@ pub struct TableCheck {
     pub ok: bool,
 }
 
+/// How many objects besides the tables were recorded, and found.
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct ObjectCount {
+    pub recorded: usize,
+    pub found: usize,
+}
+
 /// What `verify` reports.
 #[derive(Debug, Clone, Serialize)]
 pub struct VerifyReport {
@@ -163,6 +170,10 @@ pub struct VerifyReport {
     /// without recorded row counts lists no tables to compare.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub warnings: Vec<String>,
+    /// The objects besides the tables ([`objects`]): how many were recorded
+    /// and how many of them are there (absent when none were compared).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub objects: Option<ObjectCount>,
     /// The manifest had tables to compare: the outcome is worth recording
     /// (not while the run that made the backup has yet to record them).
     #[serde(skip)]
@@ -200,6 +211,7 @@ pub async fn check(client: &Client, b: &BackupRow) -> Result<VerifyReport> {
         differences: Vec::new(),
         schemas: b.manifest.schemas.clone(),
         warnings: Vec::new(),
+        objects: None,
         recordable: !b.manifest.steps_pending(),
     };
     if let Some(since) = b.manifest.dropping_since {
@@ -418,31 +430,32 @@ async fn check_objects(
     let missing = recorded.iter().filter(|o| {
         !now_keys.contains(&o.key()) && o.relation().is_none_or(|r| present.contains(r))
     });
-    let mut unexpected: BTreeMap<&str, &objects::SchemaObject> = now
-        .iter()
-        .filter(|o| {
-            !recorded_keys.contains(&o.key()) && o.relation().is_none_or(|r| known.contains(r))
-        })
-        .map(|o| (o.address(), o))
-        .collect();
+    // Unrecorded objects by type and identity without their argument types'
+    // schemas: one of them may be a missing one whose types moved.
+    let mut unexpected: BTreeMap<(String, String), Vec<&objects::SchemaObject>> = BTreeMap::new();
+    for o in now.iter().filter(|o| {
+        !recorded_keys.contains(&o.key()) && o.relation().is_none_or(|r| known.contains(r))
+    }) {
+        unexpected.entry(o.loose_key()).or_default().push(o);
+    }
     let table_of = |o: &objects::SchemaObject| {
         o.relation()
             .map(|r| crate::pg::meta::table_display(live, r))
             .unwrap_or_default()
     };
+    let mut lost = 0;
     for o in missing {
-        let what = o.described();
-        if let Some(same) = unexpected.remove(o.address()) {
-            report.warnings.push(format!(
-                "{what} is now {}: the same object, renamed or referring to a schema that was",
-                same.described()
-            ));
+        if let Some(same) = unexpected.get_mut(&o.loose_key())
+            && same.pop().is_some()
+        {
             continue;
         }
+        lost += 1;
+        let what = o.described();
         let message = format!("{what} is missing");
         report.recorded(&table_of(o), "missing_object", &what, message);
     }
-    for o in unexpected.values() {
+    for o in unexpected.values().flatten() {
         let what = o.described();
         let message = format!("{what} is in the backup but not in its manifest");
         report.differ(
@@ -453,6 +466,9 @@ async fn check_objects(
             message,
         );
     }
+    let count = report.objects.get_or_insert_with(ObjectCount::default);
+    count.recorded += recorded.len();
+    count.found += recorded.len() - lost;
     Ok(())
 }
 

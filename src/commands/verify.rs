@@ -138,6 +138,13 @@ pub fn print(ctx: &Ctx, r: &VerifyReport) -> Result<()> {
         }
         t.print();
     }
+    if let Some(o) = &r.objects {
+        crate::outln!(
+            "other objects (views, functions, types, columns, constraints, defaults, triggers, …): {} of {} recorded found",
+            o.found,
+            o.recorded
+        );
+    }
     for w in &r.warnings {
         crate::outln!("warning: {w}");
     }
