@@ -9,7 +9,9 @@
 //! they do not follow their range type), collations, conversions, operators,
 //! operator classes and families, text search objects and extended
 //! statistics. Extension members (and objects that belong to them) never
-//! move, so PostGIS stays where it is.
+//! move, so PostGIS stays where it is. Extended statistics do not follow
+//! their table either: those on a table that stays (a kept table) stay, or
+//! move back, with it ([`Movable::kept_with`]).
 //!
 //! Functions, procedures, aggregates and operators are named by a signature
 //! whose types are written out with their schema, so the swap moves them
@@ -43,6 +45,11 @@ pub struct Movable {
     /// object), or None.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub owner_lacked: Option<String>,
+    /// Extended statistics: the table of the same schema they are on. They
+    /// do not follow it (`ALTER TABLE … SET SCHEMA` leaves them), so they
+    /// stay, or move, with a table that stays (a kept table).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub of_table: Option<String>,
 }
 
 impl Movable {
@@ -55,6 +62,15 @@ impl Movable {
             self.kind.as_str(),
             "FUNCTION" | "PROCEDURE" | "AGGREGATE" | "OPERATOR"
         )
+    }
+
+    /// Stays with the kept tables `keep`: one of them, or statistics on one.
+    pub fn kept_with(&self, keep: &std::collections::BTreeSet<String>) -> bool {
+        match self.kind.as_str() {
+            "TABLE" => keep.contains(&self.name),
+            "STATISTICS" => self.of_table.as_ref().is_some_and(|t| keep.contains(t)),
+            _ => false,
+        }
     }
 
     /// `ALTER <kind> <name> SET SCHEMA <target>`.
@@ -266,7 +282,7 @@ fn movables_sql() -> String {
         // Relations. Sequences owned by a column move with their table.
         format!("SELECT 1 AS grp, c.relkind::text AS what, c.relname::text AS name, NULL::text AS extra,
                 c.relname AS sort_name, NULL::text AS sort_text, c.oid AS sort_oid,
-                {} AS owner_lacked
+                {} AS owner_lacked, NULL::text AS of_table
            FROM pg_catalog.pg_class c, ns WHERE c.relnamespace = ns.oid
             AND c.relkind IN ('r', 'p', 'v', 'm', 'f', 'S', 'c')
             AND (c.tableoid, c.oid) NOT IN (SELECT classid, objid FROM ext)
@@ -280,7 +296,7 @@ fn movables_sql() -> String {
         // move with their element type). Multirange types do not move with
         // their range type (nor do the range's constructor functions, listed
         // below), so they are listed too.
-        format!("SELECT 2, t.typtype::text, t.typname::text, NULL, t.typname, NULL, t.oid, {}
+        format!("SELECT 2, t.typtype::text, t.typname::text, NULL, t.typname, NULL, t.oid, {}, NULL
            FROM pg_catalog.pg_type t, ns WHERE t.typnamespace = ns.oid
             AND t.typtype IN ('b', 'd', 'e', 'r', 'm') AND t.typrelid = 0
             AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_type e WHERE e.typarray = t.oid)
@@ -291,7 +307,7 @@ fn movables_sql() -> String {
         format!("SELECT 3, p.prokind::text, p.proname::text,
                 pg_catalog.quote_ident(ns.nspname) || '.' || pg_catalog.quote_ident(p.proname)
                 || '(' || {} || ')',
-                p.proname, NULL, p.oid, {}
+                p.proname, NULL, p.oid, {}, NULL
            FROM pg_catalog.pg_proc p, ns WHERE p.pronamespace = ns.oid
             AND (p.tableoid, p.oid) NOT IN (SELECT classid, objid FROM ext)",
             signature_args_sql("p"),
@@ -300,8 +316,13 @@ fn movables_sql() -> String {
     let mut grp = 4;
     for (kind, cat, namecol, nscol, owner) in SIMPLE_KINDS {
         let lacked = owner_lacked_sql(owner.map(|o| format!("o.{o}")).as_deref());
+        let of_table = if *cat == "pg_statistic_ext" {
+            "(SELECT c.relname::text FROM pg_catalog.pg_class c WHERE c.oid = o.stxrelid AND c.relnamespace = ns.oid)"
+        } else {
+            "NULL"
+        };
         parts.push(format!(
-            "SELECT {grp}, '{kind}', o.{namecol}::text, NULL, NULL, o.{namecol}::text, o.oid, {lacked}
+            "SELECT {grp}, '{kind}', o.{namecol}::text, NULL, NULL, o.{namecol}::text, o.oid, {lacked}, {of_table}
                FROM pg_catalog.{cat} o, ns WHERE o.{nscol} = ns.oid
                 AND (o.tableoid, o.oid) NOT IN (SELECT classid, objid FROM ext)"
         ));
@@ -312,7 +333,7 @@ fn movables_sql() -> String {
                 pg_catalog.quote_ident(ns.nspname) || '.' || o.oprname || ' (' ||
                 COALESCE(pg_catalog.format_type(NULLIF(o.oprleft, 0), NULL), 'NONE') || ', ' ||
                 COALESCE(pg_catalog.format_type(NULLIF(o.oprright, 0), NULL), 'NONE') || ')',
-                NULL, o.oprname::text, o.oid, {lacked}
+                NULL, o.oprname::text, o.oid, {lacked}, NULL
            FROM pg_catalog.pg_operator o, ns WHERE o.oprnamespace = ns.oid
             AND (o.tableoid, o.oid) NOT IN (SELECT classid, objid FROM ext)",
         lacked = owner_lacked_sql(Some("o.oprowner"))
@@ -321,7 +342,7 @@ fn movables_sql() -> String {
     for (kind, cat, namecol, nscol, amcol, owner) in AM_KINDS {
         let lacked = owner_lacked_sql(Some(&format!("o.{owner}")));
         parts.push(format!(
-            "SELECT {grp}, '{kind}', o.{namecol}::text, am.amname::text, NULL, o.{namecol}::text, o.oid, {lacked}
+            "SELECT {grp}, '{kind}', o.{namecol}::text, am.amname::text, NULL, o.{namecol}::text, o.oid, {lacked}, NULL
                FROM pg_catalog.{cat} o JOIN pg_catalog.pg_am am ON am.oid = o.{amcol}, ns
               WHERE o.{nscol} = ns.oid AND (o.tableoid, o.oid) NOT IN (SELECT classid, objid FROM ext)"
         ));
@@ -330,7 +351,7 @@ fn movables_sql() -> String {
     format!(
         "WITH RECURSIVE {},
               ns AS (SELECT oid, nspname FROM pg_catalog.pg_namespace WHERE nspname = $1)
-         SELECT grp, what, name, extra, owner_lacked FROM ({}) m
+         SELECT grp, what, name, extra, owner_lacked, of_table FROM ({}) m
           ORDER BY grp, sort_name, sort_text, sort_oid",
         crate::pg::catalog::EXT_CLOSURE,
         parts.join("\n UNION ALL ")
@@ -351,6 +372,7 @@ pub async fn movables(client: &impl GenericClient, schema: &str) -> Result<Vec<M
         let name: String = r.get(2);
         let extra: Option<String> = r.get(3);
         let owner_lacked: Option<String> = r.get(4);
+        let of_table: Option<String> = r.get(5);
         let q = qualified(schema, &name);
         let (kind, sql_name, lockable) = match (grp, what.as_str()) {
             (1, "r" | "p") => ("TABLE", q.clone(), true),
@@ -389,6 +411,7 @@ pub async fn movables(client: &impl GenericClient, schema: &str) -> Result<Vec<M
             sql_name,
             name,
             owner_lacked,
+            of_table,
         });
     }
     Ok(out)

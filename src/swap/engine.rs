@@ -1487,7 +1487,7 @@ async fn strays(
                 .await?
                 .into_iter()
                 .filter(|m| !moved.contains(&(m.kind.clone(), p.live.clone(), m.name.clone())))
-                .filter(|m| !(m.kind == "TABLE" && p.keep.contains(&m.name)))
+                .filter(|m| !m.kept_with(&p.keep))
                 .map(|m| format!("{} {}", m.kind, m.sql_name)),
         );
     }
@@ -1642,7 +1642,7 @@ fn filter_keep(
     inc: Vec<Movable>,
     keep: &BTreeSet<String>,
 ) -> ((Vec<Movable>, Vec<Movable>), Vec<Movable>) {
-    let is_kept = |m: &Movable| m.kind == "TABLE" && keep.contains(&m.name);
+    let is_kept = |m: &Movable| m.kept_with(keep);
     let (kept, out): (Vec<Movable>, Vec<Movable>) = out.into_iter().partition(is_kept);
     (
         (out, inc.into_iter().filter(|m| !is_kept(m)).collect()),
@@ -1829,15 +1829,30 @@ fn move_statements(req: &Request, listed: &Listed) -> Vec<String> {
 fn moves(req: &Request, listed: &Listed) -> Vec<String> {
     if let Some(steps) = &req.choice.rename {
         let mut sql = Vec::new();
-        for ((pair, backup), steps) in req.exchange.pairs.iter().zip(&req.backups).zip(steps) {
+        for (((pair, backup), steps), kept) in req
+            .exchange
+            .pairs
+            .iter()
+            .zip(&req.backups)
+            .zip(steps)
+            .zip(&listed.kept)
+        {
             sql.extend(steps.sql(&pair.incoming, backup, req.exchange.recreate_incoming));
             // Kept tables (partitions each on their own) went along with the
             // renamed schema: back into the new one, with their indexes,
-            // constraints and owned sequences.
+            // constraints and owned sequences; their extended statistics,
+            // which do not follow a table, each on its own.
             for t in &pair.keep {
                 sql.push(format!(
                     "ALTER TABLE {} SET SCHEMA {}",
                     qualified(backup, t),
+                    crate::pg::ident::display_ident(&pair.live)
+                ));
+            }
+            for m in kept.iter().filter(|m| m.kind == "STATISTICS") {
+                sql.push(format!(
+                    "ALTER STATISTICS {} SET SCHEMA {}",
+                    qualified(backup, &m.name),
                     crate::pg::ident::display_ident(&pair.live)
                 ));
             }
