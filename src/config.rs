@@ -981,6 +981,7 @@ pub fn resolve(
         keep_latest: inputs.keep_latest.or(f.keep_latest),
         impact: ImpactOptions {
             allow_discard,
+            allow_discard_given_as: allow_discard_shown,
             fail_on_breaking: if judges_the_swap {
                 env_switch("PGSHIFT_FAIL_ON_BREAKING")?
                     .or(f.fail_on_breaking)

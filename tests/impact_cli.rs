@@ -1198,6 +1198,19 @@ fn allow_discard_of_a_table_that_does_not_exist_is_refused() {
         ],
         "--allow-discard: public has no table ordres",
     );
+    // From its variable: the error names the variable, not the flag.
+    let out = wd.run_env(
+        &["rollback", "--dest", &url, "--latest"],
+        &[("PGSHIFT_ALLOW_DISCARD", "ordres")],
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.trim_end().ends_with(
+            "error: PGSHIFT_ALLOW_DISCARD: public has no table ordres; nothing was changed"
+        ),
+        "{err}"
+    );
     // start says so before it prepares.
     let src = dbs.src.url();
     usage(

@@ -42,6 +42,7 @@ pub async fn run(args: RollbackArgs, ctx: Ctx) -> Result<ExitCode> {
         keep_tables,
         force: args.force,
         allow_discard: settings.impact.allow_discard.clone(),
+        allow_discard_given_as: settings.impact.allow_discard_given_as.clone(),
         fail_on_breaking: settings.impact.fail_on_breaking,
         workload: settings.impact.workload.clone(),
         allow_fk_violations: settings.allow_fk_violations,

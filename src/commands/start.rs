@@ -38,6 +38,7 @@ pub async fn run(ctx: Ctx) -> Result<ExitCode> {
         &sess.control,
         crate::swap::impact::Operation::Swap,
         &ctx.settings.impact.allow_discard,
+        &ctx.settings.impact.allow_discard_given_as,
         &popts.schemas,
     )
     .await?;

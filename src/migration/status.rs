@@ -445,6 +445,7 @@ pub async fn report(
                     client,
                     crate::swap::impact::writes::Operation::Swap,
                     &opts.impact.allow_discard,
+                    &opts.impact.allow_discard_given_as,
                     &lives,
                 )
                 .await

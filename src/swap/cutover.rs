@@ -530,6 +530,7 @@ pub async fn preview(client: &Client, opts: &SwapOptions) -> Result<SwapPreview>
         client,
         Operation::Swap,
         &opts.impact.allow_discard,
+        &opts.impact.allow_discard_given_as,
         &lives(m),
     )
     .await?;
@@ -798,6 +799,7 @@ pub async fn swap(sess: &Session, opts: &SwapOptions) -> Result<SwapReport> {
         &sess.control,
         Operation::Swap,
         &opts.impact.allow_discard,
+        &opts.impact.allow_discard_given_as,
         &lives(&m),
     )
     .await?;

@@ -69,6 +69,8 @@ pub struct RollbackOptions {
     pub force: bool,
     /// Writes to the current public that may be discarded (`--allow-discard`).
     pub allow_discard: AllowDiscard,
+    /// Where `allow_discard` came from (see `gate::check_allowed_tables`).
+    pub allow_discard_given_as: String,
     /// Refuse when the rollback would break recorded statements
     /// (`--fail-on-breaking`).
     pub fail_on_breaking: bool,
@@ -285,7 +287,14 @@ pub async fn plan(client: &Client, opts: &RollbackOptions) -> Result<Plan> {
         }
     }
     let lives: Vec<String> = maps.iter().map(|m| m.live.clone()).collect();
-    gate::check_allowed_tables(client, Operation::Rollback, &opts.allow_discard, &lives).await?;
+    gate::check_allowed_tables(
+        client,
+        Operation::Rollback,
+        &opts.allow_discard,
+        &opts.allow_discard_given_as,
+        &lives,
+    )
+    .await?;
     let mut warnings = Vec::new();
     let mut asked: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
     let mut live_tables: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();

@@ -69,6 +69,9 @@ pub const LIVE: &str = "public";
 pub struct ImpactOptions {
     /// Discarded or unknown writes accepted (`--allow-discard`).
     pub allow_discard: AllowDiscard,
+    /// Where `allow_discard` came from, for its errors: the flag, its
+    /// environment variable or the config file's key (empty: the flag).
+    pub allow_discard_given_as: String,
     /// Refuse when anything would break (`--fail-on-breaking`).
     pub fail_on_breaking: bool,
     /// The workload check (`--workload-roles`, `--impact-timeout`).
@@ -588,21 +591,29 @@ pub fn write_lines(check: &WriteCheck) -> Vec<String> {
 
 /// `--allow-discard`'s tables must be tables of the schemas `op` replaces
 /// (`lives`): a name that matches none, a typo, would let nothing through
-/// without a word. Refused (exit 2) before anything changes.
+/// without a word. Refused (exit 2) before anything changes, naming where
+/// the list came from (`given_as`: the flag, its variable or the config
+/// file's key; empty: the flag).
 pub async fn check_allowed_tables(
     client: &Client,
     op: Operation,
     allow: &AllowDiscard,
+    given_as: &str,
     lives: &[String],
 ) -> Result<()> {
     let AllowDiscard::Tables(names) = allow else {
         return Ok(());
     };
+    let given_as = if given_as.is_empty() {
+        "--allow-discard"
+    } else {
+        given_as
+    };
     for t in names {
         let s = t.schema_or_public();
         if !lives.iter().any(|l| l == s) {
             crate::refuse!(
-                "--allow-discard: {t} is not in a schema {} replaces ({}); nothing was changed",
+                "{given_as}: {t} is not in a schema {} replaces ({}); nothing was changed",
                 op.subject(),
                 lives
                     .iter()
@@ -614,7 +625,7 @@ pub async fn check_allowed_tables(
         let tables = crate::swap::rollback::tables_of(client, s).await?;
         if !tables.contains(&t.name) {
             crate::refuse!(
-                "--allow-discard: {} has no table {}{}; nothing was changed",
+                "{given_as}: {} has no table {}{}; nothing was changed",
                 crate::pg::ident::display_ident(s),
                 crate::pg::ident::display_ident(&t.name),
                 crate::pg::ident::fold_hint_among(&t.name, &tables)
