@@ -455,6 +455,17 @@ fn verify_names_the_objects_a_backup_lost_besides_its_tables() {
             .contains("records its tables but not its other objects"),
         "{v}"
     );
+    // Objects that cannot be read (a manifest damaged by hand, or a format
+    // this version does not know) do not stop verify: the tables alone.
+    dbs.dst.psql(&format!(
+        "UPDATE pgshift.backups SET manifest = manifest || '{{\"objects\": {{\"x\": 1}}}}' WHERE ts = {ts}"
+    ));
+    let (code, v) = verify();
+    assert_eq!(code, Some(3), "{v}");
+    assert!(
+        v["warnings"][0].as_str().unwrap().contains("not readable"),
+        "{v}"
+    );
 }
 
 /// A backup that changes while `verify` reads it (a rollback restoring it,
@@ -837,51 +848,77 @@ fn rollback_keep_tables_carries_rows_and_sequences_over() {
 }
 
 /// A rollback that keeps every table the backup has takes none of them out
-/// of it: the backup stays a whole version (it was marked "left by a
-/// rollback", refused even with --force, and cleanup dropped it first).
+/// of it: a backup of those tables alone stays a whole version (it was
+/// marked "left by a rollback", refused even with --force, and cleanup
+/// dropped it first). One that also held a function gave it to the live
+/// schema: what is left is no version to restore (it was called whole and
+/// verified intact, and a rollback to it left public without the function).
 #[test]
 fn a_rollback_keeping_every_table_of_the_backup_leaves_it_whole() {
-    let dbs = TestDbs::new("bk_keep_all");
-    dbs.src.psql(
-        "CREATE TABLE t (id int PRIMARY KEY, v text); INSERT INTO t VALUES (1, 'src');
-         CREATE TABLE u (id int PRIMARY KEY); INSERT INTO u VALUES (1);",
-    );
-    dbs.dst.psql(
-        "CREATE TABLE t (id int PRIMARY KEY, v text); INSERT INTO t VALUES (1, 'dst');
-         CREATE FUNCTION f() RETURNS int LANGUAGE sql AS 'SELECT 1';",
-    );
-    let wd = Workdir::new();
-    let url = dbs.dst.url();
-    let b0 = backup_made(&start(&wd, &dbs));
-    rollback_keeping(&wd, &url, "t", &["--allow-discard", "all"]);
-    let whole = list(&wd, &dbs.dst)
-        .into_iter()
-        .find(|b| b["schema"] == b0.as_str())
-        .unwrap();
-    assert!(whole["restored_at"].is_null(), "{whole}");
-    assert_eq!(whole["tables"], 1, "{whole}");
-    // What is left is recorded as it is: intact.
-    let v = run_json(&wd, &["verify", "--dest", &url, "--timestamp", &b0]);
-    assert_eq!(v["ok"], true, "{v}");
-    assert!(v.get("warnings").is_none(), "{v}");
-    let v = run_json(
-        &wd,
-        &[
+    for (name, more, whole) in [
+        ("bk_keep_all", "", true),
+        (
+            "bk_keep_all_f",
+            "CREATE FUNCTION f() RETURNS int LANGUAGE sql AS 'SELECT 1';",
+            false,
+        ),
+    ] {
+        let dbs = TestDbs::new(name);
+        dbs.src.psql(
+            "CREATE TABLE t (id int PRIMARY KEY, v text); INSERT INTO t VALUES (1, 'src');
+             CREATE TABLE u (id int PRIMARY KEY); INSERT INTO u VALUES (1);",
+        );
+        dbs.dst.psql(&format!(
+            "CREATE TABLE t (id int PRIMARY KEY, v text); INSERT INTO t VALUES (1, 'dst'); {more}"
+        ));
+        let wd = Workdir::new();
+        let url = dbs.dst.url();
+        let b0 = backup_made(&start(&wd, &dbs));
+        rollback_keeping(&wd, &url, "t", &["--allow-discard", "all"]);
+        let left = list(&wd, &dbs.dst)
+            .into_iter()
+            .find(|b| b["schema"] == b0.as_str())
+            .unwrap();
+        assert_eq!(left["restored_at"].is_null(), whole, "{name}: {left}");
+        assert_eq!(left["tables"], 1, "{left}");
+        let v = run_json(&wd, &["verify", "--dest", &url, "--timestamp", &b0]);
+        assert_eq!(v["ok"], true, "{v}");
+        if whole {
+            // What is left is recorded as it is: intact.
+            assert!(v.get("warnings").is_none(), "{v}");
+        } else {
+            assert!(
+                v["warnings"].to_string().contains("(cleanup drops it)"),
+                "{v}"
+            );
+        }
+        let out = wd.run(&[
             "rollback",
             "--dest",
             &url,
             "--timestamp",
             &b0,
             "--dry-run",
+            "--json",
             "--allow-discard",
             "all",
-        ],
-    );
-    assert_eq!(v["rollback"]["restore_schema"], b0.as_str(), "{v}");
-    assert!(
-        v["rollback"]["refusals"].as_array().unwrap().is_empty(),
-        "{v}"
-    );
+        ]);
+        if whole {
+            let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+            assert_eq!(v["rollback"]["restore_schema"], b0.as_str(), "{v}");
+            assert!(
+                v["rollback"]["refusals"].as_array().unwrap().is_empty(),
+                "{v}"
+            );
+        } else {
+            assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+            assert!(
+                text(&out.stderr).contains("cannot be rolled back to"),
+                "{}",
+                text(&out.stderr)
+            );
+        }
+    }
 }
 
 #[test]

@@ -290,6 +290,23 @@ pub async fn update_manifest(client: &impl GenericClient, m: &Manifest) -> Resul
     Ok(())
 }
 
+/// Write `m` as backup `m.timestamp`'s manifest, without the objects
+/// recorded beside it (they no longer describe it: recorded again later).
+pub async fn update_manifest_without_objects(
+    client: &impl GenericClient,
+    m: &Manifest,
+) -> Result<()> {
+    let manifest = serde_json::to_value(m)?;
+    client
+        .execute(
+            "UPDATE pgshift.backups SET manifest = $2 WHERE ts = $1",
+            &[&m.timestamp, &manifest],
+        )
+        .await
+        .context("updating the backup manifest")?;
+    Ok(())
+}
+
 /// All backups, newest first. Empty when the pgshift schema does not exist.
 /// The objects recorded beside each manifest are left out
 /// ([`crate::backups::objects::recorded`] reads them).

@@ -133,7 +133,8 @@ pub async fn list(client: &impl GenericClient, schema: &str) -> Result<Vec<Schem
                SELECT 'pg_catalog.pg_policy'::regclass::oid, p.oid, 0, r.relname
                  FROM pg_catalog.pg_policy p JOIN rels r ON r.oid = p.polrelid
                UNION ALL
-               SELECT 'pg_catalog.pg_statistic_ext'::regclass::oid, s.oid, 0, NULL
+               SELECT 'pg_catalog.pg_statistic_ext'::regclass::oid, s.oid, 0,
+                      (SELECT r.relname FROM rels r WHERE r.oid = s.stxrelid)
                  FROM pg_catalog.pg_statistic_ext s WHERE s.stxnamespace = (SELECT oid FROM ns)
                UNION ALL
                SELECT 'pg_catalog.pg_proc'::regclass::oid, p.oid, 0, NULL
@@ -226,23 +227,14 @@ pub async fn record(client: &impl GenericClient, ts: i64, schemas: &[&str]) -> R
     Ok(())
 }
 
-/// Backup `ts` changed (a rollback restored part of it): its recorded
-/// objects no longer describe it, until [`record`] runs again.
-pub async fn forget(client: &impl GenericClient, ts: i64) -> Result<()> {
-    client
-        .execute(
-            "UPDATE pgshift.backups SET manifest = manifest - 'objects' WHERE ts = $1",
-            &[&ts],
-        )
-        .await
-        .context("updating the backup's recorded objects")?;
-    Ok(())
-}
-
 /// The objects recorded for backup `ts`, or None when its manifest has none
 /// (written by an earlier version, or the recording after its COMMIT did
-/// not run).
-pub async fn recorded(client: &impl GenericClient, ts: i64) -> Result<Option<Recorded>> {
+/// not run); why not, when they cannot be read (a verify, and a rollback
+/// with --force, still compare the tables).
+pub async fn recorded(
+    client: &impl GenericClient,
+    ts: i64,
+) -> Result<Option<std::result::Result<Recorded, String>>> {
     let row = client
         .query_opt(
             "SELECT manifest->'objects' FROM pgshift.backups WHERE ts = $1",
@@ -253,9 +245,9 @@ pub async fn recorded(client: &impl GenericClient, ts: i64) -> Result<Option<Rec
     let Some(value) = row.and_then(|r| r.get::<_, Option<serde_json::Value>>(0)) else {
         return Ok(None);
     };
-    Ok(Some(serde_json::from_value(value).with_context(|| {
-        format!("the recorded objects of backup {ts} are not readable")
-    })?))
+    Ok(Some(
+        serde_json::from_value(value).map_err(|e| format!("they are not readable ({e})")),
+    ))
 }
 
 /// `identity` without the schema qualifiers of the names in its argument

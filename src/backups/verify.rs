@@ -241,14 +241,25 @@ pub async fn check(client: &Client, b: &BackupRow) -> Result<VerifyReport> {
     // Its other objects, unless it is known not to be whole (said above).
     let whole = b.manifest.dropping_since.is_none() && b.manifest.restored_since().is_none();
     let objects = if whole && b.manifest.counts_recorded {
-        let recorded = objects::recorded(client, b.ts).await?;
-        if recorded.is_none() {
-            report.warnings.push(format!(
-                "the manifest of {} records its tables but not its other objects (written by an earlier version of pgshift, or they could not be recorded): views, functions, types, columns, constraints, defaults and triggers were not compared",
+        let not_compared = |why: &str| {
+            format!(
+                "the manifest of {} records its tables but not its other objects ({why}): views, functions, types, columns, constraints, defaults and triggers were not compared",
                 b.schema_name
-            ));
+            )
+        };
+        match objects::recorded(client, b.ts).await? {
+            Some(Ok(recorded)) => Some(recorded),
+            Some(Err(why)) => {
+                report.warnings.push(not_compared(&why));
+                None
+            }
+            None => {
+                report.warnings.push(not_compared(
+                    "written by an earlier version of pgshift, or they could not be recorded",
+                ));
+                None
+            }
         }
-        recorded
     } else {
         None
     };

@@ -1256,10 +1256,12 @@ async fn not_valid_keys(client: &Client, live: &[String]) -> Result<Vec<NotValid
 /// The tables of every backup schema, counted, each with its live schema.
 /// `maps`: each live schema and its backup schema.
 /// Record the objects of what a rollback left of `restored`, when its
-/// manifest is still there (it kept tables live whose namesakes stay in it).
+/// manifest is still there (it kept tables live whose namesakes stay in it)
+/// and it is still whole (`verify` compares no remnant's objects).
 async fn record_left(client: &Client, restored: &BackupRow) -> Result<()> {
-    if manifest::find_backup(client, restored.ts).await?.is_none() {
-        return Ok(());
+    match manifest::find_backup(client, restored.ts).await? {
+        Some(b) if b.manifest.restored_since().is_none() => {}
+        _ => return Ok(()),
     }
     let mut schemas = Vec::new();
     for m in restored.manifest.schema_maps() {

@@ -121,6 +121,10 @@ pub struct Plan {
     /// Why it refuses the backup (it no longer matches its manifest, and no
     /// `--force`): exit 3, before any other refusal.
     pub mismatch: Option<String>,
+    /// With kept tables: the backup holds more than they are (views,
+    /// functions, types, other tables), which goes live, so what is left of
+    /// it afterwards is no version of the database to restore.
+    pub takes_more_than_kept: bool,
 }
 
 /// A foreign key the rollback changed.
@@ -502,6 +506,13 @@ pub async fn plan(client: &Client, opts: &RollbackOptions) -> Result<Plan> {
             )
         })
     });
+    let mut takes_more_than_kept = false;
+    for p in pairs.iter().filter(|p| !p.keep.is_empty()) {
+        takes_more_than_kept |= crate::pg::objects::movables(client, &p.incoming)
+            .await?
+            .iter()
+            .any(|m| !m.kept_with(&p.keep));
+    }
     if !verification.ok && opts.force && restore.manifest.dropping_since.is_none() {
         warnings.push(format!(
             "{schema} does not match its manifest ({}); rolling back anyway (--force)",
@@ -526,6 +537,7 @@ pub async fn plan(client: &Client, opts: &RollbackOptions) -> Result<Plan> {
         fk_refusal,
         refusal,
         mismatch,
+        takes_more_than_kept,
     })
 }
 
@@ -792,6 +804,7 @@ fn hook(plan: &Plan, pg15: bool) -> RollbackTx<'_> {
         keep: &plan.keep,
         pairs: &plan.pairs,
         pg15,
+        takes_more_than_kept: plan.takes_more_than_kept,
         writes: plan.live_baseline.as_ref().map(|baseline| UnderLocks {
             op: Operation::Rollback,
             baseline,
@@ -985,6 +998,8 @@ struct RollbackTx<'a> {
     keep: &'a BTreeSet<String>,
     pairs: &'a [engine::Pair],
     pg15: bool,
+    /// See [`Plan::takes_more_than_kept`].
+    takes_more_than_kept: bool,
     /// The discarded-writes check under the locks (None without a baseline:
     /// checked before, every table unknown).
     writes: Option<UnderLocks<'a>>,
@@ -1204,17 +1219,17 @@ impl InTx for RollbackTx<'_> {
                 let mut m = self.restored.manifest.clone();
                 let recorded = m.tables.len();
                 m.tables.retain(|t| left.contains(&t.display()));
-                // What is left is a remnant only when tables of it went live
-                // (with every one of its tables kept, nothing did: it is
-                // still the whole version it was).
-                if m.tables.len() < recorded {
+                // What is left is a remnant when anything of it went live:
+                // tables, or views, functions, types besides the kept
+                // tables (with nothing but the kept tables, nothing did: it
+                // is still the whole version it was).
+                if m.tables.len() < recorded || self.takes_more_than_kept {
                     m.restored_at = Some(Utc::now());
                 }
                 m.detached_foreign_keys = still_detached;
-                manifest::update_manifest(client, &m).await?;
                 // Its recorded objects no longer describe it: recorded
                 // again after the COMMIT (not under the locks).
-                crate::backups::objects::forget(client, self.restored.ts).await?;
+                manifest::update_manifest_without_objects(client, &m).await?;
             }
         }
 
