@@ -2442,3 +2442,88 @@ fn tables_kept_at_the_swap_in_two_schemas_stay_together_at_a_rollback() {
     assert!(said.contains("stayed live when"), "{said}");
     assert!(!said.contains("moves to the new backup"), "{said}");
 }
+
+/// A rollback keeping a table of public takes every object of the backup's
+/// other schemas live (a function and a view of billing here): what is left
+/// of the backup is no version to restore. It was called whole (only the
+/// schemas with a kept table were looked at), and a rollback to it left
+/// billing without its function and view.
+#[test]
+fn a_rollback_keeping_a_table_of_one_schema_takes_the_others_whole() {
+    let dbs = TestDbs::new("sch_keep_takes_all");
+    let app = |v: &str| {
+        format!(
+            "CREATE SCHEMA billing; CREATE TABLE k (id int PRIMARY KEY);
+             CREATE FUNCTION billing.fn() RETURNS text LANGUAGE sql AS $$ SELECT '{v}' $$;
+             CREATE VIEW billing.v AS SELECT billing.fn() AS f;"
+        )
+    };
+    dbs.dst.psql(&app("v1"));
+    dbs.src.psql(&app("v2"));
+    dbs.src.psql("CREATE TABLE t (id int)");
+    let wd = Workdir::new();
+    let dst = dbs.dst.url();
+    let x = run_schemas(&wd, &dbs, "start", "public,billing", &[])["swap"]["backup_timestamp"]
+        .as_i64()
+        .unwrap()
+        .to_string();
+    run_json(
+        &wd,
+        &[
+            "rollback",
+            "--dest",
+            &dst,
+            "--timestamp",
+            &x,
+            "--keep-tables",
+            "k",
+            "--allow-discard",
+            "all",
+        ],
+    );
+    assert_eq!(dbs.dst.query_one_string("SELECT billing.fn()"), "v1");
+    let left = list(&wd, &dbs.dst)
+        .into_iter()
+        .find(|b| b["timestamp"].as_i64().map(|t| t.to_string()) == Some(x.clone()))
+        .unwrap();
+    assert!(left["restored_at"].is_string(), "{left}");
+    let out = wd.run(&["rollback", "--dest", &dst, "--timestamp", &x]);
+    assert_eq!(out.status.code(), Some(2), "{}", common::said_by(&out));
+    assert_eq!(dbs.dst.query_one_string("SELECT f FROM billing.v"), "v1");
+}
+
+/// A prepared migration keeps a preserved table of billing in sync with
+/// triggers: a rollback then is refused, as it is for one of public (it went
+/// ahead, moved the triggers into its backup, and the next swap lost the
+/// rows written to billing's table after the rollback).
+#[test]
+fn a_rollback_is_refused_while_a_preserved_table_of_another_schema_is_synced() {
+    let dbs = TestDbs::new("sch_rollback_synced");
+    let app = "CREATE SCHEMA billing; CREATE TABLE billing.payments (id int PRIMARY KEY);
+               CREATE TABLE t (id int);";
+    dbs.src.psql(app);
+    dbs.dst.psql(app);
+    let wd = Workdir::new();
+    let dst = dbs.dst.url();
+    run_two(&wd, &dbs, "start", &[]);
+    run_two(
+        &wd,
+        &dbs,
+        "prepare",
+        &["--preserved-tables", "billing.payments"],
+    );
+    let out = wd.run(&[
+        "rollback",
+        "--dest",
+        &dst,
+        "--latest",
+        "--allow-discard",
+        "all",
+    ]);
+    let said = common::said_by(&out);
+    assert_eq!(out.status.code(), Some(2), "{said}");
+    assert!(
+        said.contains("in sync with triggers on the live tables (billing.payments.pgshift_sync"),
+        "{said}"
+    );
+}

@@ -1655,4 +1655,35 @@ fn a_kept_tables_statistics_stay_with_it() {
             assert_success(&wd.run(&["verify", "--timestamp", b, "--dest", &dst]));
         }
     }
+    // Statistics in one migrated schema on a kept table of another stay
+    // where they are too (they went to public's backup, and its cleanup
+    // dropped them).
+    for mode in ["rename", "object"] {
+        let dbs = TestDbs::new(&format!("keep_stats_across_{mode}"));
+        let app = "CREATE SCHEMA billing; CREATE TABLE billing.bk (a int, b int);
+                   CREATE STATISTICS public.st_cross ON a, b FROM billing.bk;
+                   CREATE TABLE t (a int);";
+        dbs.src.psql(app);
+        dbs.dst.psql(app);
+        let wd = Workdir::new();
+        let (src, dst) = (dbs.src.url(), dbs.dst.url());
+        let prepare = [
+            "prepare",
+            "--schemas",
+            "public,billing",
+            "--keep-tables",
+            "billing.bk",
+            "--source",
+            &src,
+            "--dest",
+            &dst,
+        ];
+        assert_success(&wd.run(&prepare));
+        assert_success(&wd.run(&["swap", "--swap-mode", mode, "--dest", &dst]));
+        let home = "SELECT s.stxnamespace::regnamespace || ' ' || s.stxrelid::regclass
+                      FROM pg_statistic_ext s WHERE s.stxname = 'st_cross'";
+        assert_eq!(dbs.dst.psql(home), "public billing.bk", "{mode}");
+        assert_success(&wd.run(&["cleanup", "--before", "2999-01-01", "--dest", &dst]));
+        assert_eq!(dbs.dst.psql(home), "public billing.bk", "{mode}");
+    }
 }

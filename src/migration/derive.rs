@@ -328,14 +328,21 @@ impl Destination {
         ready.then_some(row)
     }
 
-    /// pgshift's sync triggers on public tables (`table.trigger`): a prepared
-    /// migration keeps preserved tables in sync.
-    pub fn sync_triggers_on_public(&self) -> Vec<String> {
+    /// pgshift's sync triggers on live tables (`table.trigger`, `schema.table.trigger`
+    /// outside public), in whichever migrated schema: a prepared migration
+    /// keeps preserved tables in sync. (Not those a backup's tables may hold.)
+    pub fn sync_triggers_on_live(&self) -> Vec<String> {
         self.objects
             .trigger_sites
             .iter()
-            .filter(|t| t.schema == "public")
-            .map(|t| format!("{}.{}", t.table, t.trigger))
+            .filter(|t| !t.schema.starts_with(crate::pg::meta::BACKUP_PREFIX))
+            .map(|t| {
+                format!(
+                    "{}.{}",
+                    crate::pg::meta::table_display(&t.schema, &t.table),
+                    t.trigger
+                )
+            })
             .collect()
     }
 

@@ -45,12 +45,17 @@ pub struct Movable {
     /// object), or None.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub owner_lacked: Option<String>,
-    /// Extended statistics: the table of the same schema they are on. They
-    /// do not follow it (`ALTER TABLE … SET SCHEMA` leaves them), so they
-    /// stay, or move, with a table that stays (a kept table).
+    /// Extended statistics: the table they are on, (schema, name), in
+    /// whichever schema. They do not follow it (`ALTER TABLE … SET SCHEMA`
+    /// leaves them), so they stay, or move, with a table that stays (a kept
+    /// table).
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub of_table: Option<String>,
+    pub of_table: Option<(String, String)>,
 }
+
+/// Tables that stay where they are, as (schema, name): each kept table in
+/// its live schema and its namesake in the incoming one.
+pub type KeptTables = std::collections::BTreeSet<(String, String)>;
 
 impl Movable {
     /// Named by a signature whose types are qualified (`f(m public.mood)`,
@@ -64,11 +69,12 @@ impl Movable {
         )
     }
 
-    /// Stays with the kept tables `keep`: one of them, or statistics on one.
-    pub fn kept_with(&self, keep: &std::collections::BTreeSet<String>) -> bool {
+    /// Stays with the kept tables: one of them (this object of `schema`),
+    /// or statistics on one, in whichever schema.
+    pub fn kept_with(&self, schema: &str, kept: &KeptTables) -> bool {
         match self.kind.as_str() {
-            "TABLE" => keep.contains(&self.name),
-            "STATISTICS" => self.of_table.as_ref().is_some_and(|t| keep.contains(t)),
+            "TABLE" => kept.contains(&(schema.to_string(), self.name.clone())),
+            "STATISTICS" => self.of_table.as_ref().is_some_and(|t| kept.contains(t)),
             _ => false,
         }
     }
@@ -282,7 +288,7 @@ fn movables_sql() -> String {
         // Relations. Sequences owned by a column move with their table.
         format!("SELECT 1 AS grp, c.relkind::text AS what, c.relname::text AS name, NULL::text AS extra,
                 c.relname AS sort_name, NULL::text AS sort_text, c.oid AS sort_oid,
-                {} AS owner_lacked, NULL::text AS of_table
+                {} AS owner_lacked, NULL::text[] AS of_table
            FROM pg_catalog.pg_class c, ns WHERE c.relnamespace = ns.oid
             AND c.relkind IN ('r', 'p', 'v', 'm', 'f', 'S', 'c')
             AND (c.tableoid, c.oid) NOT IN (SELECT classid, objid FROM ext)
@@ -317,7 +323,8 @@ fn movables_sql() -> String {
     for (kind, cat, namecol, nscol, owner) in SIMPLE_KINDS {
         let lacked = owner_lacked_sql(owner.map(|o| format!("o.{o}")).as_deref());
         let of_table = if *cat == "pg_statistic_ext" {
-            "(SELECT c.relname::text FROM pg_catalog.pg_class c WHERE c.oid = o.stxrelid AND c.relnamespace = ns.oid)"
+            "(SELECT ARRAY[n.nspname::text, c.relname::text] FROM pg_catalog.pg_class c
+                JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = o.stxrelid)"
         } else {
             "NULL"
         };
@@ -372,7 +379,11 @@ pub async fn movables(client: &impl GenericClient, schema: &str) -> Result<Vec<M
         let name: String = r.get(2);
         let extra: Option<String> = r.get(3);
         let owner_lacked: Option<String> = r.get(4);
-        let of_table: Option<String> = r.get(5);
+        let of_table: Option<Vec<String>> = r.get(5);
+        let of_table = of_table.and_then(|t| match <[String; 2]>::try_from(t) {
+            Ok([s, t]) => Some((s, t)),
+            Err(_) => None,
+        });
         let q = qualified(schema, &name);
         let (kind, sql_name, lockable) = match (grp, what.as_str()) {
             (1, "r" | "p") => ("TABLE", q.clone(), true),

@@ -190,6 +190,11 @@ impl Exchange {
         crate::pg::catalog::existing_schemas(client, &names).await
     }
 
+    /// The tables that stay where they are ([`objects::KeptTables`]).
+    pub fn kept_tables(&self) -> objects::KeptTables {
+        kept_tables(&self.pairs)
+    }
+
     /// Does any pair keep tables?
     fn keeps(&self) -> bool {
         self.pairs.iter().any(|p| !p.keep.is_empty())
@@ -1482,6 +1487,7 @@ async fn strays(
     exchange: &Exchange,
 ) -> Result<Vec<String>> {
     let moved: HashSet<&(String, String, String)> = moved_in.iter().collect();
+    let kept = exchange.kept_tables();
     let mut out = Vec::new();
     for p in &exchange.pairs {
         out.extend(
@@ -1489,7 +1495,7 @@ async fn strays(
                 .await?
                 .into_iter()
                 .filter(|m| !moved.contains(&(m.kind.clone(), p.live.clone(), m.name.clone())))
-                .filter(|m| !m.kept_with(&p.keep))
+                .filter(|m| !m.kept_with(&p.live, &kept))
                 .map(|m| format!("{} {}", m.kind, m.sql_name)),
         );
     }
@@ -1524,10 +1530,11 @@ async fn list(client: &Client, exchange: &Exchange) -> Result<Listed> {
     let mut pairs = Vec::with_capacity(exchange.pairs.len());
     let mut kept = Vec::with_capacity(exchange.pairs.len());
     let mut handover = Vec::with_capacity(exchange.pairs.len());
+    let kept_tables = exchange.kept_tables();
     for p in &exchange.pairs {
         let out = objects::movables(client, &p.live).await?;
         let inc = objects::movables(client, &p.incoming).await?;
-        let (moving, kept_here) = filter_keep(out, inc, &p.keep);
+        let (moving, kept_here) = filter_keep(out, inc, p, &kept_tables);
         pairs.push(moving);
         kept.push(kept_here);
         handover.push(incoming_owner(client, &p.incoming).await?);
@@ -1642,14 +1649,29 @@ fn session_settings(req: &Request) -> Vec<String> {
 fn filter_keep(
     out: Vec<Movable>,
     inc: Vec<Movable>,
-    keep: &BTreeSet<String>,
+    pair: &Pair,
+    kept_tables: &objects::KeptTables,
 ) -> ((Vec<Movable>, Vec<Movable>), Vec<Movable>) {
-    let is_kept = |m: &Movable| m.kept_with(keep);
-    let (kept, out): (Vec<Movable>, Vec<Movable>) = out.into_iter().partition(is_kept);
-    (
-        (out, inc.into_iter().filter(|m| !is_kept(m)).collect()),
-        kept,
-    )
+    let (kept, out): (Vec<Movable>, Vec<Movable>) = out
+        .into_iter()
+        .partition(|m| m.kept_with(&pair.live, kept_tables));
+    let inc = inc
+        .into_iter()
+        .filter(|m| !m.kept_with(&pair.incoming, kept_tables))
+        .collect();
+    ((out, inc), kept)
+}
+
+/// [`Exchange::kept_tables`] of `pairs`.
+pub fn kept_tables(pairs: &[Pair]) -> objects::KeptTables {
+    pairs
+        .iter()
+        .flat_map(|p| {
+            p.keep
+                .iter()
+                .flat_map(|t| [(p.live.clone(), t.clone()), (p.incoming.clone(), t.clone())])
+        })
+        .collect()
 }
 
 /// The relation the watch last saw an attempt wait for.

@@ -269,12 +269,10 @@ pub async fn plan(client: &Client, opts: &RollbackOptions) -> Result<Plan> {
         );
     }
     verify::readable(client, &restore).await?;
-    let triggers = Destination::observe(client)
-        .await?
-        .sync_triggers_on_public();
+    let triggers = Destination::observe(client).await?.sync_triggers_on_live();
     if !triggers.is_empty() {
         crate::refuse!(
-            "a prepared migration keeps preserved tables in sync with triggers on public ({}); finish it with `pgshift swap` or drop it with `pgshift abort` before rolling back",
+            "a prepared migration keeps preserved tables in sync with triggers on the live tables ({}); finish it with `pgshift swap` or drop it with `pgshift abort` before rolling back",
             triggers.join(", ")
         );
     }
@@ -506,12 +504,17 @@ pub async fn plan(client: &Client, opts: &RollbackOptions) -> Result<Plan> {
             )
         })
     });
+    // Every schema of the backup counts: one without a kept table gives
+    // all of its objects to the live side.
     let mut takes_more_than_kept = false;
-    for p in pairs.iter().filter(|p| !p.keep.is_empty()) {
-        takes_more_than_kept |= crate::pg::objects::movables(client, &p.incoming)
-            .await?
-            .iter()
-            .any(|m| !m.kept_with(&p.keep));
+    if pairs.iter().any(|p| !p.keep.is_empty()) {
+        let kept = engine::kept_tables(&pairs);
+        for p in &pairs {
+            takes_more_than_kept |= crate::pg::objects::movables(client, &p.incoming)
+                .await?
+                .iter()
+                .any(|m| !m.kept_with(&p.incoming, &kept));
+        }
     }
     if !verification.ok && opts.force && restore.manifest.dropping_since.is_none() {
         warnings.push(format!(
