@@ -327,7 +327,9 @@ fn verify_names_the_objects_a_backup_lost_besides_its_tables() {
          CREATE FUNCTION touch() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RETURN NEW; END $$;
          CREATE TRIGGER orders_touch BEFORE UPDATE ON orders FOR EACH ROW EXECUTE FUNCTION touch();
          CREATE SCHEMA other; CREATE TYPE other.kind AS ENUM ('a');
-         CREATE FUNCTION of_kind(k other.kind) RETURNS int LANGUAGE sql AS 'SELECT 1';",
+         CREATE FUNCTION of_kind(k other.kind) RETURNS int LANGUAGE sql AS 'SELECT 1';
+         CREATE SCHEMA stay; CREATE TYPE stay.kind AS ENUM ('s');
+         CREATE FUNCTION of_stay(k stay.kind) RETURNS int LANGUAGE sql AS 'SELECT 1';",
     );
     let wd = Workdir::new();
     let url = dbs.dst.url();
@@ -361,6 +363,8 @@ fn verify_names_the_objects_a_backup_lost_besides_its_tables() {
          DROP TRIGGER orders_touch ON {s}.orders;
          DROP EXTENSION postgis CASCADE;
          ALTER FUNCTION {s}.touch() RENAME TO touch2;
+         DROP FUNCTION {s}.of_stay(stay.kind);
+         CREATE FUNCTION {s}.of_stay(k other2.kind) RETURNS int LANGUAGE sql AS 'SELECT 2';
          CREATE VIEW {s}.extra AS SELECT 1 AS one; CREATE EXTENSION citext SCHEMA {s};"
     ));
     let (code, v) = verify();
@@ -401,15 +405,26 @@ fn verify_names_the_objects_a_backup_lost_besides_its_tables() {
             format!("table column {s}.places.geom"),
         ),
         d("missing_object", "", format!("function {s}.touch()")),
+        // Its argument type's schema is still there: no rename, a change.
+        d(
+            "missing_object",
+            "",
+            format!("function {s}.of_stay(stay.kind)"),
+        ),
+        d(
+            "unexpected_object",
+            "",
+            format!("function {s}.of_stay(other2.kind)"),
+        ),
         d("unexpected_object", "", format!("function {s}.touch2()")),
         d("unexpected_object", "", format!("view {s}.extra")),
         d("unexpected_object", "", "extension citext".into()),
     ];
     want.sort();
     assert_eq!(found, want, "{v}");
-    // Lost: the view, two functions, the type, the constraint, the trigger,
-    // the column.
-    assert_eq!(v["objects"]["found"].as_u64(), Some(recorded - 7), "{v}");
+    // Lost: the view, three functions, the type, the constraint, the
+    // trigger, the column.
+    assert_eq!(v["objects"]["found"].as_u64(), Some(recorded - 8), "{v}");
     let human = wd.run(&["verify", "--dest", &url, "--timestamp", &ts]);
     assert_eq!(human.status.code(), Some(3));
     assert!(

@@ -67,7 +67,13 @@ impl SchemaObject {
     /// the module doc): the same function, whichever schema its argument's
     /// type is in now.
     pub fn loose_key(&self) -> (String, String) {
-        (self.0.clone(), without_argument_schemas(&self.1))
+        (self.0.clone(), argument_schemas(&self.1).0)
+    }
+
+    /// The schemas its argument types were in (a function's, an
+    /// aggregate's, an operator's), unquoted.
+    pub fn argument_schemas(&self) -> Vec<String> {
+        argument_schemas(&self.1).1
     }
 
     /// `view backup_1752567000000.totals`.
@@ -251,9 +257,10 @@ pub async fn recorded(
 }
 
 /// `identity` without the schema qualifiers of the names in its argument
-/// list (`s.f(billing.money, integer)` → `s.f(money, integer)`); identities
-/// without one are returned whole.
-fn without_argument_schemas(identity: &str) -> String {
+/// list (`s.f(billing.money, integer)` → `s.f(money, integer)`; identities
+/// without one are returned whole), and those schemas, unquoted.
+fn argument_schemas(identity: &str) -> (String, Vec<String>) {
+    let mut schemas = Vec::new();
     let mut out = String::new();
     let mut token = String::new();
     let mut in_args = false;
@@ -274,6 +281,11 @@ fn without_argument_schemas(identity: &str) -> String {
             token.push(c);
         } else if c == '.' && in_args && !token.is_empty() {
             // What came before the dot was a schema.
+            let unquoted = match token.strip_prefix('"').and_then(|t| t.strip_suffix('"')) {
+                Some(t) => t.replace("\"\"", "\""),
+                None => token.clone(),
+            };
+            schemas.push(unquoted);
             token.clear();
         } else {
             in_args |= c == '(';
@@ -283,7 +295,7 @@ fn without_argument_schemas(identity: &str) -> String {
         }
     }
     out.push_str(&token);
-    out
+    (out, schemas)
 }
 
 #[cfg(test)]
@@ -292,18 +304,28 @@ mod tests {
 
     #[test]
     fn argument_schemas_are_left_out() {
-        assert_eq!(
-            without_argument_schemas("b.f(billing.money_t,integer)"),
-            "b.f(money_t,integer)"
-        );
-        assert_eq!(
-            without_argument_schemas(r#"b."f(x)"("my ""s"".x".t, "a.b"."c.d"[])"#),
-            r#"b."f(x)"(t, "c.d"[])"#
-        );
-        assert_eq!(without_argument_schemas("c on b.t"), "c on b.t");
-        assert_eq!(
-            without_argument_schemas("b.+(billing.m,billing.m)"),
-            "b.+(m,m)"
-        );
+        let cases: [(&str, &str, &[&str]); 4] = [
+            (
+                "b.f(billing.money_t,integer)",
+                "b.f(money_t,integer)",
+                &["billing"],
+            ),
+            (
+                r#"b."f(x)"("my ""s"".x".t, "a.b"."c.d"[])"#,
+                r#"b."f(x)"(t, "c.d"[])"#,
+                &[r#"my "s".x"#, "a.b"],
+            ),
+            ("c on b.t", "c on b.t", &[]),
+            (
+                "b.+(billing.m,billing.m)",
+                "b.+(m,m)",
+                &["billing", "billing"],
+            ),
+        ];
+        for (identity, loose, schemas) in cases {
+            let (l, s) = argument_schemas(identity);
+            assert_eq!(l, loose, "{identity}");
+            assert_eq!(s, schemas, "{identity}");
+        }
     }
 }

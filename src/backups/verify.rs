@@ -270,6 +270,20 @@ pub async fn check(client: &Client, b: &BackupRow) -> Result<VerifyReport> {
             check_objects(client, b, &m.live, &m.backup, recorded, &mut report).await?;
         }
     }
+    // A schema gone while verify read the others: a cleanup dropping the
+    // backup, or a rollback restoring it, ran meanwhile (its manifest is
+    // gone too), which is no damage to report.
+    if report
+        .differences
+        .iter()
+        .any(|d| d.kind == "missing_schema")
+        && manifest::find_backup(client, b.ts).await?.is_none()
+    {
+        anyhow::bail!(
+            "the backup changed while verify read it: {} and its manifest are gone (a cleanup or rollback that ran meanwhile dropped or restored it); see `pgshift list`",
+            b.schema_name
+        );
+    }
     report.ok = report.differences.is_empty();
     Ok(report)
 }
@@ -454,9 +468,21 @@ async fn check_objects(
             .map(|r| crate::pg::meta::table_display(live, r))
             .unwrap_or_default()
     };
+    // Only an object whose argument types' schema is gone (renamed) is
+    // looked for without it: a function dropped and another created in the
+    // backup is no rename.
+    let schemas: BTreeSet<String> = client
+        .query("SELECT nspname::text FROM pg_catalog.pg_namespace", &[])
+        .await
+        .context("listing the schemas")?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
     let mut lost = 0;
     for o in missing {
-        if let Some(same) = unexpected.get_mut(&o.loose_key())
+        let moved = o.argument_schemas().iter().any(|s| !schemas.contains(s));
+        if moved
+            && let Some(same) = unexpected.get_mut(&o.loose_key())
             && same.pop().is_some()
         {
             continue;
