@@ -92,8 +92,20 @@ pub type Recorded = BTreeMap<String, Vec<SchemaObject>>;
 
 /// The objects of `schema` as they are now (see the module doc), sorted.
 pub async fn list(client: &impl GenericClient, schema: &str) -> Result<Vec<SchemaObject>> {
-    let rows = client
-        .query(
+    // The kinds that are only named in the schema, as listed once in
+    // `pg::catalog` (relations, types and statistics are asked above with
+    // what they belong to).
+    let named = crate::pg::catalog::per_schema_kind(
+        &["pg_class", "pg_type", "pg_statistic_ext"],
+        "\n               UNION ALL\n               ",
+        |catalog, column| {
+            format!(
+                "SELECT 'pg_catalog.{catalog}'::regclass::oid, o.oid, 0, NULL
+                 FROM pg_catalog.{catalog} o WHERE o.{column} = (SELECT oid FROM ns)"
+            )
+        },
+    );
+    let sql = format!(
             "WITH ns AS (SELECT oid FROM pg_catalog.pg_namespace WHERE nspname = $1),
              rels AS (
                SELECT c.oid, c.relname, c.relkind FROM pg_catalog.pg_class c
@@ -143,51 +155,24 @@ pub async fn list(client: &impl GenericClient, schema: &str) -> Result<Vec<Schem
                       (SELECT r.relname FROM rels r WHERE r.oid = s.stxrelid)
                  FROM pg_catalog.pg_statistic_ext s WHERE s.stxnamespace = (SELECT oid FROM ns)
                UNION ALL
-               SELECT 'pg_catalog.pg_proc'::regclass::oid, p.oid, 0, NULL
-                 FROM pg_catalog.pg_proc p WHERE p.pronamespace = (SELECT oid FROM ns)
-               UNION ALL
                SELECT 'pg_catalog.pg_type'::regclass::oid, t.oid, 0, NULL
                  FROM pg_catalog.pg_type t LEFT JOIN pg_catalog.pg_class c ON c.oid = t.typrelid
                 WHERE t.typnamespace = (SELECT oid FROM ns) AND (t.typrelid = 0 OR c.relkind = 'c')
                   AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_type e WHERE e.typarray = t.oid)
                UNION ALL
-               SELECT 'pg_catalog.pg_operator'::regclass::oid, o.oid, 0, NULL
-                 FROM pg_catalog.pg_operator o WHERE o.oprnamespace = (SELECT oid FROM ns)
-               UNION ALL
-               SELECT 'pg_catalog.pg_opclass'::regclass::oid, o.oid, 0, NULL
-                 FROM pg_catalog.pg_opclass o WHERE o.opcnamespace = (SELECT oid FROM ns)
-               UNION ALL
-               SELECT 'pg_catalog.pg_opfamily'::regclass::oid, o.oid, 0, NULL
-                 FROM pg_catalog.pg_opfamily o WHERE o.opfnamespace = (SELECT oid FROM ns)
-               UNION ALL
-               SELECT 'pg_catalog.pg_collation'::regclass::oid, o.oid, 0, NULL
-                 FROM pg_catalog.pg_collation o WHERE o.collnamespace = (SELECT oid FROM ns)
-               UNION ALL
-               SELECT 'pg_catalog.pg_conversion'::regclass::oid, o.oid, 0, NULL
-                 FROM pg_catalog.pg_conversion o WHERE o.connamespace = (SELECT oid FROM ns)
-               UNION ALL
-               SELECT 'pg_catalog.pg_ts_config'::regclass::oid, o.oid, 0, NULL
-                 FROM pg_catalog.pg_ts_config o WHERE o.cfgnamespace = (SELECT oid FROM ns)
-               UNION ALL
-               SELECT 'pg_catalog.pg_ts_dict'::regclass::oid, o.oid, 0, NULL
-                 FROM pg_catalog.pg_ts_dict o WHERE o.dictnamespace = (SELECT oid FROM ns)
-               UNION ALL
-               SELECT 'pg_catalog.pg_ts_parser'::regclass::oid, o.oid, 0, NULL
-                 FROM pg_catalog.pg_ts_parser o WHERE o.prsnamespace = (SELECT oid FROM ns)
-               UNION ALL
                SELECT 'pg_catalog.pg_extension'::regclass::oid, e.oid, 0, NULL
                  FROM pg_catalog.pg_extension e WHERE e.extnamespace = (SELECT oid FROM ns)
                UNION ALL
-               SELECT 'pg_catalog.pg_ts_template'::regclass::oid, o.oid, 0, NULL
-                 FROM pg_catalog.pg_ts_template o WHERE o.tmplnamespace = (SELECT oid FROM ns))
+               {named})
              SELECT i.type, i.identity, o.rel::text
                FROM objs o, LATERAL pg_catalog.pg_identify_object(o.classid, o.objid, o.objsubid) i
               WHERE o.objsubid <> 0
                  OR NOT EXISTS (SELECT 1 FROM pg_catalog.pg_depend d
                                  WHERE d.classid = o.classid AND d.objid = o.objid AND d.deptype = 'e')
-              ORDER BY 1, 2",
-            &[&schema],
-        )
+              ORDER BY 1, 2"
+    );
+    let rows = client
+        .query(sql.as_str(), &[&schema])
         .await
         .with_context(|| format!("listing the objects of {schema}"))?;
     Ok(rows
