@@ -1258,8 +1258,6 @@ async fn not_valid_keys(client: &Client, live: &[String]) -> Result<Vec<NotValid
         .collect())
 }
 
-/// The tables of every backup schema, counted, each with its live schema.
-/// `maps`: each live schema and its backup schema.
 /// Record the objects of what a rollback left of `restored`, when its
 /// manifest is still there (it kept tables live whose namesakes stay in it)
 /// and it is still whole (`verify` compares no remnant's objects).
@@ -1278,6 +1276,8 @@ async fn record_left(client: &Client, restored: &BackupRow) -> Result<()> {
     crate::backups::objects::record(client, restored.ts, &schemas).await
 }
 
+/// The tables of every backup schema, counted, each with its live schema.
+/// `maps`: each live schema and its backup schema.
 async fn describe_all(client: &Client, maps: &[(&str, &str)]) -> Result<Vec<ManifestTable>> {
     let mut all = Vec::new();
     for (live, backup) in maps {
