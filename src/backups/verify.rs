@@ -471,13 +471,9 @@ async fn check_objects(
     // Only an object whose argument types' schema is gone (renamed) is
     // looked for without it: a function dropped and another created in the
     // backup is no rename.
-    let schemas: BTreeSet<String> = client
-        .query("SELECT nspname::text FROM pg_catalog.pg_namespace", &[])
-        .await
-        .context("listing the schemas")?
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
+    let missing: Vec<&objects::SchemaObject> = missing.collect();
+    let named: Vec<String> = missing.iter().flat_map(|o| o.argument_schemas()).collect();
+    let schemas = crate::pg::catalog::existing_schemas(client, &named).await?;
     let mut lost = 0;
     for o in missing {
         let moved = o.argument_schemas().iter().any(|s| !schemas.contains(s));
