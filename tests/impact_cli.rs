@@ -1139,8 +1139,8 @@ async fn a_kept_tables_own_sequence_is_no_failing_statement() {
 
 /// `--allow-discard` naming a table the replaced schemas do not have (a
 /// typo) was accepted without a word, letting nothing through: it is bad
-/// input, refused (exit 2) before anything changes, by the swap, its dry run
-/// and the rollback.
+/// input, refused (exit 2) before anything changes, by the swap, its dry run,
+/// the rollback and `start` (with or without `--dry-run`).
 #[test]
 fn allow_discard_of_a_table_that_does_not_exist_is_refused() {
     let dbs = TestDbs::new("imp_allow_typo");
@@ -1211,20 +1211,26 @@ fn allow_discard_of_a_table_that_does_not_exist_is_refused() {
         ),
         "{err}"
     );
-    // start says so before it prepares.
+    // start says so before it prepares, and so does its dry run.
     let src = dbs.src.url();
-    usage(
-        &[
-            "start",
-            "--source",
-            &src,
-            "--dest",
-            &url,
-            "--allow-discard",
-            "ordres",
-        ],
-        "--allow-discard: public has no table ordres",
-    );
+    for extra in [&[][..], &["--dry-run"]] {
+        usage(
+            &[
+                &[
+                    "start",
+                    "--source",
+                    &src,
+                    "--dest",
+                    &url,
+                    "--allow-discard",
+                    "ordres",
+                ][..],
+                extra,
+            ]
+            .concat(),
+            "--allow-discard: public has no table ordres",
+        );
+    }
     assert_eq!(
         dbs.dst
             .psql("SELECT count(*) FROM pg_class WHERE relnamespace = 'shadow'::regnamespace"),

@@ -20,6 +20,8 @@ struct StartReport<'a> {
 pub async fn run(ctx: Ctx) -> Result<ExitCode> {
     let popts = prepare::options(&ctx)?;
     if ctx.settings.dry_run {
+        // The dry run refuses a typo in --allow-discard as the run would.
+        check_allowed(&ctx, &ctx.connect_dest().await?, &popts.schemas).await?;
         let plan = prepare::dry_run(&ctx, &popts).await?;
         prepare::print_plan(&ctx, &plan)?;
         if !ctx.settings.json {
@@ -34,14 +36,7 @@ pub async fn run(ctx: Ctx) -> Result<ExitCode> {
     }
     let sess = ctx.open_session().await?;
     // A typo in --allow-discard is refused before the prepare, not after it.
-    crate::swap::impact::gate::check_allowed_tables(
-        &sess.control,
-        crate::swap::impact::Operation::Swap,
-        &ctx.settings.impact.allow_discard,
-        &ctx.settings.impact.allow_discard_given_as,
-        &popts.schemas,
-    )
-    .await?;
+    check_allowed(&ctx, &sess.control, &popts.schemas).await?;
     let prepared = prepare::prepare_in_session(&ctx, &sess, &popts)
         .await
         .context("prepare step")?;
@@ -65,6 +60,19 @@ pub async fn run(ctx: Ctx) -> Result<ExitCode> {
         print_summary(&prepared, &swapped);
     }
     Ok(ExitCode::Ok)
+}
+
+/// `--allow-discard`'s tables must be tables the swap replaces
+/// (`gate::check_allowed_tables`).
+async fn check_allowed(ctx: &Ctx, dest: &tokio_postgres::Client, schemas: &[String]) -> Result<()> {
+    crate::swap::impact::gate::check_allowed_tables(
+        dest,
+        crate::swap::impact::Operation::Swap,
+        &ctx.settings.impact.allow_discard,
+        &ctx.settings.impact.allow_discard_given_as,
+        schemas,
+    )
+    .await
 }
 
 /// The whole run at a glance: every phase's duration and the swap's lock time.
