@@ -51,7 +51,7 @@ use crate::prepare::privileges;
 use crate::prepare::progress::Progress;
 use crate::prepare::sync;
 use crate::process::{self, ChildSpec};
-use crate::swap::engine::{self, Exchange, Policy};
+use crate::swap::engine::{self, Policy};
 use crate::swap::impact;
 use crate::swap::mode::{Mode, ModeRequest};
 
@@ -517,24 +517,6 @@ async fn oids_of(c: &Client, names: &[String]) -> Result<Vec<u32>> {
         .collect())
 }
 
-/// The swap's lock budget after prepare, in the mode `swap` would choose by
-/// default, from the destination's catalog, and what that swap could not
-/// move.
-async fn prepared_outlook(
-    dest: &Client,
-    pairs: &[SchemaPair],
-    mode: ModeRequest,
-    extra: locks_budget::Need,
-    synced: &[sync::SyncedTable],
-) -> Result<engine::Outlook> {
-    let exchange = Exchange::of_shadows(pairs);
-    let policy = Policy {
-        mode,
-        ..Policy::default()
-    };
-    engine::outlook(dest, &exchange, policy, extra, sync::shadow_locks(synced)).await
-}
-
 /// A budget that could not be computed is reported, not fatal.
 fn budget_or_warn(b: Result<Budget>) -> Option<Budget> {
     b.map_err(|e| tracing::warn!("could not compute the swap's lock budget: {e:#}"))
@@ -800,27 +782,18 @@ pub async fn run(
             rec.state.status = Status::Prepared;
             rec.state.phase = None;
             rec.save(sess).await?;
-            let details = &rec.state.details;
-            let outlook = async {
-                let leaves = sync::deferred_leaves(&sess.control, &details.deferred_sql).await?;
-                let extra = sync::swap_need(
-                    &sess.control,
-                    &details.sync,
-                    &run.pairs,
-                    &details.deferred_sql,
-                    &leaves,
-                )
-                .await?;
-                prepared_outlook(
-                    &sess.control,
-                    &run.pairs,
-                    run.opts.swap_mode,
-                    extra,
-                    &details.sync,
-                )
-                .await
-            }
-            .await;
+            // As `status` sees it: the kept tables, the preserved tables'
+            // final sync, in the mode the swap would choose.
+            let row = record::MigrationRow {
+                id: rec.state.id,
+                shadow_oid: None,
+                state: rec.state.clone(),
+            };
+            let policy = Policy {
+                mode: run.opts.swap_mode,
+                ..Policy::default()
+            };
+            let outlook = crate::swap::cutover::outlook(&sess.control, &row, policy).await;
             // What the swap will refuse (in the words of `status`).
             let unmovable = outlook.as_ref().ok().and_then(|o| {
                 o.unmovable
