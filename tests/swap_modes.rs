@@ -1687,3 +1687,119 @@ fn a_kept_tables_statistics_stay_with_it() {
         assert_eq!(dbs.dst.psql(home), "public billing.bk", "{mode}");
     }
 }
+
+/// A kept table keeps its indexes, owned sequences, row type and extended
+/// statistics in its live schema; an incoming object of the same name (the
+/// source's index `legacy_x` on another table) made the swap fail under its
+/// locks ("relation … already exists"), while prepare, `status` and the dry
+/// run said nothing. Each now names the pair and the fix, the swap and a
+/// rollback refuse before any lock (exit 1, nothing changed), in both
+/// modes; once the kept table's objects are renamed, both go through.
+#[test]
+fn a_kept_tables_index_or_statistics_of_an_incoming_name_are_refused_before_the_locks() {
+    for mode in ["rename", "object"] {
+        let dbs = TestDbs::new(&format!("keep_clash_{mode}"));
+        dbs.src.psql(
+            "CREATE TABLE a (x int, y int); CREATE INDEX legacy_x ON a (x);
+             CREATE STATISTICS st_k ON x, y FROM a; CREATE TYPE _legacy AS ENUM ('v');",
+        );
+        dbs.dst.psql(
+            "CREATE TABLE a (x int, y int); CREATE INDEX z_idx ON a (y);
+             CREATE TABLE legacy (x int, y int); INSERT INTO legacy VALUES (1, 2);
+             CREATE INDEX legacy_x ON legacy (x); CREATE STATISTICS st_k ON x, y FROM legacy;",
+        );
+        let wd = Workdir::new();
+        let (src, dst) = (dbs.src.url(), dbs.dst.url());
+        let out = wd.run(&[
+            "prepare",
+            "--json",
+            "--keep-tables",
+            "legacy",
+            "--source",
+            &src,
+            "--dest",
+            &dst,
+        ]);
+        let prepared: serde_json::Value =
+            serde_json::from_str(&assert_success(&out)).unwrap_or_default();
+        let warned = prepared["warnings"].to_string();
+        for name in ["legacy_x", "st_k", "_legacy"] {
+            assert!(warned.contains(name), "{mode}: {prepared}");
+        }
+        let status: serde_json::Value = serde_json::from_str(&assert_success(
+            &wd.run(&["status", "--json", "--dest", &dst]),
+        ))
+        .unwrap();
+        assert_eq!(status["swap_allowed"], false, "{status}");
+        let blocked = status["swap_blocked_reason"].as_str().unwrap_or_default();
+        assert!(
+            blocked.contains(
+                "legacy_x (index shadow.legacy_x; index public.legacy_x of the kept table public.legacy)"
+            ) && blocked.contains("st_k (statistics shadow.st_k; statistics public.st_k of the kept table public.legacy)")
+                && blocked.contains("_legacy (type shadow._legacy; type public._legacy of the kept table public.legacy)"),
+            "{status}"
+        );
+        let swap = ["swap", "--swap-mode", mode, "--dest", &dst];
+        let plan: serde_json::Value = serde_json::from_str(&assert_success(
+            &wd.run(&[&swap[..], &["--dry-run", "--json"]].concat()),
+        ))
+        .unwrap();
+        let refusal = plan["swap"]["refusal"].as_str().unwrap_or_default();
+        assert_eq!(refusal.replacen("; nothing was changed", "", 1), blocked);
+        refused_before_any_lock(&wd, &dbs.dst, &swap, refusal);
+        assert!(
+            refusal.contains(
+                "rename the kept table's (ALTER INDEX \"public\".\"legacy_x\" RENAME TO …)"
+            ),
+            "{refusal}"
+        );
+        // The fixes the message names: rename the kept table's objects; the
+        // source's type (the kept table's array type has its name), and
+        // prepare again.
+        dbs.dst.psql(
+            "ALTER INDEX legacy_x RENAME TO legacy_x_old; ALTER STATISTICS st_k RENAME TO st_k_old;",
+        );
+        let plan: serde_json::Value = serde_json::from_str(&assert_success(
+            &wd.run(&[&swap[..], &["--dry-run", "--json"]].concat()),
+        ))
+        .unwrap();
+        let refusal = plan["swap"]["refusal"].as_str().unwrap_or_default();
+        assert!(
+            refusal.ends_with(
+                "nothing was changed: rename the source's and prepare again, or do not keep the table"
+            ) && !refusal.contains("legacy_x"),
+            "{refusal}"
+        );
+        assert_success(&wd.run(&["abort", "--dest", &dst]));
+        dbs.src.psql("ALTER TYPE _legacy RENAME TO legacy_state");
+        assert_success(&wd.run(&[
+            "prepare",
+            "--keep-tables",
+            "legacy",
+            "--source",
+            &src,
+            "--dest",
+            &dst,
+        ]));
+        assert_success(&wd.run(&swap));
+        assert_eq!(dbs.dst.psql("SELECT x FROM public.legacy"), "1", "{mode}");
+        // A rollback keeping the table: the backup's index z_idx meets the
+        // kept table's, renamed so since.
+        dbs.dst.psql("ALTER INDEX legacy_x_old RENAME TO z_idx");
+        let rollback = ["rollback", "--latest", "--dest", &dst];
+        let plan: serde_json::Value = serde_json::from_str(&assert_success(
+            &wd.run(&[&rollback[..], &["--dry-run", "--json"]].concat()),
+        ))
+        .unwrap();
+        let refusal = plan["rollback"]["refusal"].as_str().unwrap_or_default();
+        assert!(
+            refusal.contains("z_idx (index backup_")
+                && refusal.contains("index public.z_idx of the kept table public.legacy"),
+            "{mode}: {plan}"
+        );
+        refused_before_any_lock(&wd, &dbs.dst, &rollback, refusal);
+        dbs.dst.psql("ALTER INDEX z_idx RENAME TO legacy_x_old");
+        assert_success(&wd.run(&rollback));
+        assert_eq!(dbs.dst.psql("SELECT x FROM public.legacy"), "1", "{mode}");
+    }
+}

@@ -279,6 +279,11 @@ pub fn display_ident(name: &str) -> String {
     }
 }
 
+/// An object always qualified: `public.accounts`, `billing."Order"`.
+pub fn qualified_display(schema: &str, name: &str) -> String {
+    format!("{}.{}", display_ident(schema), display_ident(name))
+}
+
 fn forbidden_in_quoted(c: char) -> bool {
     c == '"' || c == ';' || c == '\'' || c == '\\' || c.is_control()
 }

@@ -27,7 +27,7 @@
 use anyhow::{Context, Result};
 use tokio_postgres::GenericClient;
 
-use crate::pg::ident::{qualified, quote_ident};
+use crate::pg::ident::{qualified, qualified_display, quote_ident};
 
 /// One object to move.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -426,4 +426,106 @@ pub async fn movables(client: &impl GenericClient, schema: &str) -> Result<Vec<M
         });
     }
     Ok(out)
+}
+
+/// Two objects that would share a name in a live schema after the swap:
+/// one that stays there with a kept table (an index, an owned sequence, the
+/// row or array type, extended statistics) and one that comes in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NameClash {
+    /// The name they share.
+    pub name: String,
+    /// `index public.legacy_x of the kept table public.legacy`.
+    pub kept: String,
+    /// `index shadow.legacy_x`.
+    pub incoming: String,
+    /// `ALTER INDEX public.legacy_x RENAME TO …`: how to rename the kept
+    /// one; None for the table's row and array types (renaming the table
+    /// would no longer keep it).
+    pub rename: Option<String>,
+}
+
+/// What stays in `live` with the kept tables and has a namesake in
+/// `incoming` that moves in ([`NameClash`]); `kept` names every kept table
+/// and its namesake (the incoming schema's stays too, with what goes with
+/// it). Relations and types have a name each in their own catalog (an index
+/// and a type of one name do not meet), extended statistics in theirs.
+/// `ALTER … SET SCHEMA` of the incoming one (or, renaming the schemas, of
+/// the kept table moving back) fails on such a pair: "relation … already
+/// exists". Run before any lock, so the swap refuses instead.
+pub async fn name_clashes(
+    client: &impl GenericClient,
+    live: &str,
+    incoming: &str,
+    kept: &KeptTables,
+) -> Result<Vec<NameClash>> {
+    let (schemas, tables): (Vec<&str>, Vec<&str>) =
+        kept.iter().map(|(s, t)| (s.as_str(), t.as_str())).unzip();
+    let rows = client
+        .query(
+            "WITH kept AS (
+                 SELECT c.oid, c.relname FROM ROWS FROM (pg_catalog.unnest($3::text[]), pg_catalog.unnest($4::text[])) AS k(s, t)
+                   JOIN pg_catalog.pg_namespace n ON n.nspname = k.s
+                   JOIN pg_catalog.pg_class c ON c.relnamespace = n.oid AND c.relname = k.t),
+             kept_rel AS (
+                 SELECT oid, relname AS tab FROM kept
+                 UNION SELECT i.indexrelid, k.relname FROM pg_catalog.pg_index i JOIN kept k ON k.oid = i.indrelid
+                 UNION SELECT d.objid, k.relname FROM pg_catalog.pg_depend d JOIN kept k ON k.oid = d.refobjid
+                  WHERE d.classid = 'pg_catalog.pg_class'::regclass
+                    AND d.refclassid = 'pg_catalog.pg_class'::regclass AND d.deptype IN ('a', 'i')),
+             kept_typ AS (
+                 SELECT t.oid, r.tab FROM pg_catalog.pg_type t JOIN kept_rel r ON r.oid = t.typrelid
+                 UNION SELECT t.typarray, r.tab FROM pg_catalog.pg_type t JOIN kept_rel r ON r.oid = t.typrelid
+                  WHERE t.typarray <> 0),
+             ns AS (SELECT oid, nspname FROM pg_catalog.pg_namespace WHERE nspname IN ($1, $2)),
+             named AS (
+                 SELECT 'rel' AS space, ns.nspname, c.relname::text AS name,
+                        CASE c.relkind WHEN 'i' THEN 'INDEX' WHEN 'I' THEN 'INDEX' WHEN 'S' THEN 'SEQUENCE'
+                             WHEN 'v' THEN 'VIEW' WHEN 'm' THEN 'MATERIALIZED VIEW'
+                             WHEN 'f' THEN 'FOREIGN TABLE' WHEN 'c' THEN 'TYPE' ELSE 'TABLE' END AS kind,
+                        r.tab
+                   FROM pg_catalog.pg_class c JOIN ns ON ns.oid = c.relnamespace
+                   LEFT JOIN kept_rel r ON r.oid = c.oid
+                 UNION ALL
+                 SELECT 'typ', ns.nspname, t.typname::text,
+                        CASE t.typtype WHEN 'd' THEN 'DOMAIN' ELSE 'TYPE' END, k.tab
+                   FROM pg_catalog.pg_type t JOIN ns ON ns.oid = t.typnamespace
+                   LEFT JOIN kept_typ k ON k.oid = t.oid
+                 UNION ALL
+                 SELECT 'stx', ns.nspname, s.stxname::text, 'STATISTICS', k.relname
+                   FROM pg_catalog.pg_statistic_ext s JOIN ns ON ns.oid = s.stxnamespace
+                   LEFT JOIN kept k ON k.oid = s.stxrelid)
+             SELECT a.kind, a.name, a.tab, b.kind
+               FROM named a JOIN named b ON b.space = a.space AND b.name = a.name
+              WHERE a.nspname = $1 AND a.tab IS NOT NULL
+                AND b.nspname = $2 AND b.tab IS NULL
+              ORDER BY a.name, a.kind",
+            &[&live, &incoming, &schemas, &tables],
+        )
+        .await
+        .with_context(|| format!("looking for names {incoming} would bring into {live} twice"))?;
+    Ok(rows
+        .iter()
+        .map(|r| {
+            let (kind, name, table, their): (String, String, String, String) =
+                (r.get(0), r.get(1), r.get(2), r.get(3));
+            let alter = (kind != "TYPE" && kind != "TABLE")
+                .then(|| format!("ALTER {kind} {} RENAME TO …", qualified(live, &name)));
+            NameClash {
+                name: name.clone(),
+                kept: format!(
+                    "{} {} of the kept table {}",
+                    kind.to_lowercase(),
+                    qualified_display(live, &name),
+                    qualified_display(live, &table)
+                ),
+                incoming: format!(
+                    "{} {}",
+                    their.to_lowercase(),
+                    qualified_display(incoming, &name)
+                ),
+                rename: alter,
+            }
+        })
+        .collect())
 }

@@ -430,6 +430,9 @@ pub struct Unmovable {
     /// The schemas are renamed: the objects are kept tables, moved back
     /// from the backup.
     renaming: bool,
+    /// Names the kept tables' companions hold in a live schema that an
+    /// incoming object also has: the move of one of them fails.
+    clashes: Vec<objects::NameClash>,
 }
 
 impl Unmovable {
@@ -442,6 +445,29 @@ impl Unmovable {
 
     /// One line refusing `what` (`the swap`, `the rollback`), or None.
     pub fn refusal(&self, what: &str) -> Option<String> {
+        if !self.clashes.is_empty() {
+            let pairs = self
+                .clashes
+                .iter()
+                .map(|c| format!("{} ({}; {})", display_ident(&c.name), c.incoming, c.kept))
+                .collect::<Vec<_>>();
+            // A rollback's incoming objects are a backup's, not the source's.
+            let source = (what != "the rollback").then_some("the source's and prepare again");
+            let alter = self.clashes.iter().find_map(|c| c.rename.as_ref());
+            let ways = alter
+                .map(|a| format!("rename the kept table's ({a})"))
+                .into_iter()
+                .chain(source.map(|s| match alter {
+                    Some(_) => s.to_string(),
+                    None => format!("rename {s}"),
+                }))
+                .chain(["do not keep the table".to_string()])
+                .join(", or ");
+            return Some(format!(
+                "{what} would bring two objects of one name into one schema: {}; nothing was changed: {ways}",
+                crate::prepare::preflight::list_some(&pairs),
+            ));
+        }
         if self.objects.is_empty() {
             return None;
         }
@@ -492,6 +518,14 @@ async fn unmovable(
         renaming,
         ..Unmovable::default()
     };
+    if exchange.keeps() {
+        let kept = exchange.kept_tables();
+        for p in &exchange.pairs {
+            found
+                .clashes
+                .extend(objects::name_clashes(client, &p.live, &p.incoming, &kept).await?);
+        }
+    }
     let mut kinds = BTreeSet::new();
     for ((p, (out, inc)), kept) in exchange.pairs.iter().zip(&listed.pairs).zip(&listed.kept) {
         // Renaming moves only the kept tables, back from the backup.

@@ -140,7 +140,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::pg::ident::{TableName, display_ident};
+use crate::pg::ident::TableName;
 
 pub use blockers::{Blocker, blockers, hidden_sessions};
 pub use hazards::{Effect, Hazard, hazards};
@@ -194,10 +194,7 @@ pub fn display_table(schema: &str, name: &str) -> String {
     .to_string()
 }
 
-/// An object always qualified: `public.accounts`, `billing."Order"`.
-pub fn qualified_display(schema: &str, name: &str) -> String {
-    format!("{}.{}", display_ident(schema), display_ident(name))
-}
+pub use crate::pg::ident::qualified_display;
 
 /// The whole report, in the JSON shape of `swap --dry-run --json` (`swap.impact`)
 /// and `status --json` (`impact`).
