@@ -1701,7 +1701,8 @@ fn a_kept_tables_index_or_statistics_of_an_incoming_name_are_refused_before_the_
         let dbs = TestDbs::new(&format!("keep_clash_{mode}"));
         dbs.src.psql(
             "CREATE TABLE a (x int, y int); CREATE INDEX legacy_x ON a (x);
-             CREATE STATISTICS st_k ON x, y FROM a; CREATE TYPE _legacy AS ENUM ('v');",
+             CREATE STATISTICS st_k ON x, y FROM a; CREATE TYPE _legacy AS ENUM ('v');
+             CREATE SEQUENCE legacy;",
         );
         dbs.dst.psql(
             "CREATE TABLE a (x int, y int); CREATE INDEX z_idx ON a (y);
@@ -1736,7 +1737,8 @@ fn a_kept_tables_index_or_statistics_of_an_incoming_name_are_refused_before_the_
             blocked.contains(
                 "legacy_x (index shadow.legacy_x; index public.legacy_x of the kept table public.legacy)"
             ) && blocked.contains("st_k (statistics shadow.st_k; statistics public.st_k of the kept table public.legacy)")
-                && blocked.contains("_legacy (type shadow._legacy; type public._legacy of the kept table public.legacy)"),
+                && blocked.contains("_legacy (type shadow._legacy; type public._legacy of the kept table public.legacy)")
+                && blocked.contains("legacy (sequence shadow.legacy; the kept table public.legacy)"),
             "{status}"
         );
         let swap = ["swap", "--swap-mode", mode, "--dest", &dst];
@@ -1754,8 +1756,8 @@ fn a_kept_tables_index_or_statistics_of_an_incoming_name_are_refused_before_the_
             "{refusal}"
         );
         // The fixes the message names: rename the kept table's objects; the
-        // source's type (the kept table's array type has its name), and
-        // prepare again.
+        // source's type and sequence (the kept table's array type and the
+        // table itself have their names), and prepare again.
         dbs.dst.psql(
             "ALTER INDEX legacy_x RENAME TO legacy_x_old; ALTER STATISTICS st_k RENAME TO st_k_old;",
         );
@@ -1771,7 +1773,9 @@ fn a_kept_tables_index_or_statistics_of_an_incoming_name_are_refused_before_the_
             "{refusal}"
         );
         assert_success(&wd.run(&["abort", "--dest", &dst]));
-        dbs.src.psql("ALTER TYPE _legacy RENAME TO legacy_state");
+        dbs.src.psql(
+            "ALTER TYPE _legacy RENAME TO legacy_state; ALTER SEQUENCE legacy RENAME TO legacy_seq",
+        );
         assert_success(&wd.run(&[
             "prepare",
             "--keep-tables",

@@ -464,18 +464,26 @@ pub async fn name_clashes(
     let rows = client
         .query(
             "WITH kept AS (
-                 SELECT c.oid, c.relname FROM ROWS FROM (pg_catalog.unnest($3::text[]), pg_catalog.unnest($4::text[])) AS k(s, t)
+                 SELECT c.oid, c.relname AS tab, n.nspname AS tab_schema
+                   FROM ROWS FROM (pg_catalog.unnest($3::text[]), pg_catalog.unnest($4::text[])) AS k(s, t)
                    JOIN pg_catalog.pg_namespace n ON n.nspname = k.s
-                   JOIN pg_catalog.pg_class c ON c.relnamespace = n.oid AND c.relname = k.t),
+                   JOIN pg_catalog.pg_class c ON c.relnamespace = n.oid AND c.relname = k.t
+                  WHERE c.relkind IN ('r', 'p', 'f')),
+             -- What goes with a kept table: its indexes and the sequences
+             -- it owns (serial, identity); not its partitions, kept or not
+             -- in their own right.
              kept_rel AS (
-                 SELECT oid, relname AS tab FROM kept
-                 UNION SELECT i.indexrelid, k.relname FROM pg_catalog.pg_index i JOIN kept k ON k.oid = i.indrelid
-                 UNION SELECT d.objid, k.relname FROM pg_catalog.pg_depend d JOIN kept k ON k.oid = d.refobjid
+                 SELECT oid, tab, tab_schema FROM kept
+                 UNION SELECT i.indexrelid, k.tab, k.tab_schema
+                   FROM pg_catalog.pg_index i JOIN kept k ON k.oid = i.indrelid
+                 UNION SELECT d.objid, k.tab, k.tab_schema
+                   FROM pg_catalog.pg_depend d JOIN kept k ON k.oid = d.refobjid
+                   JOIN pg_catalog.pg_class s ON s.oid = d.objid AND s.relkind = 'S'
                   WHERE d.classid = 'pg_catalog.pg_class'::regclass
                     AND d.refclassid = 'pg_catalog.pg_class'::regclass AND d.deptype IN ('a', 'i')),
              kept_typ AS (
-                 SELECT t.oid, r.tab FROM pg_catalog.pg_type t JOIN kept_rel r ON r.oid = t.typrelid
-                 UNION SELECT t.typarray, r.tab FROM pg_catalog.pg_type t JOIN kept_rel r ON r.oid = t.typrelid
+                 SELECT t.oid, r.tab, r.tab_schema FROM pg_catalog.pg_type t JOIN kept_rel r ON r.oid = t.typrelid
+                 UNION SELECT t.typarray, r.tab, r.tab_schema FROM pg_catalog.pg_type t JOIN kept_rel r ON r.oid = t.typrelid
                   WHERE t.typarray <> 0),
              ns AS (SELECT oid, nspname FROM pg_catalog.pg_namespace WHERE nspname IN ($1, $2)),
              named AS (
@@ -483,49 +491,61 @@ pub async fn name_clashes(
                         CASE c.relkind WHEN 'i' THEN 'INDEX' WHEN 'I' THEN 'INDEX' WHEN 'S' THEN 'SEQUENCE'
                              WHEN 'v' THEN 'VIEW' WHEN 'm' THEN 'MATERIALIZED VIEW'
                              WHEN 'f' THEN 'FOREIGN TABLE' WHEN 'c' THEN 'TYPE' ELSE 'TABLE' END AS kind,
-                        r.tab
+                        r.tab, r.tab_schema
                    FROM pg_catalog.pg_class c JOIN ns ON ns.oid = c.relnamespace
                    LEFT JOIN kept_rel r ON r.oid = c.oid
                  UNION ALL
                  SELECT 'typ', ns.nspname, t.typname::text,
-                        CASE t.typtype WHEN 'd' THEN 'DOMAIN' ELSE 'TYPE' END, k.tab
+                        CASE t.typtype WHEN 'd' THEN 'DOMAIN' ELSE 'TYPE' END, k.tab, k.tab_schema
                    FROM pg_catalog.pg_type t JOIN ns ON ns.oid = t.typnamespace
                    LEFT JOIN kept_typ k ON k.oid = t.oid
                  UNION ALL
-                 SELECT 'stx', ns.nspname, s.stxname::text, 'STATISTICS', k.relname
+                 SELECT 'stx', ns.nspname, s.stxname::text, 'STATISTICS', k.tab, k.tab_schema
                    FROM pg_catalog.pg_statistic_ext s JOIN ns ON ns.oid = s.stxnamespace
-                   LEFT JOIN kept k ON k.oid = s.stxrelid)
-             SELECT a.kind, a.name, a.tab, b.kind
-               FROM named a JOIN named b ON b.space = a.space AND b.name = a.name
-              WHERE a.nspname = $1 AND a.tab IS NOT NULL
-                AND b.nspname = $2 AND b.tab IS NULL
-              ORDER BY a.name, a.kind",
+                   LEFT JOIN kept k ON k.oid = s.stxrelid),
+             -- Each side on its own first, then one hash join: joined
+             -- straight, the planner loops over one side per row of the
+             -- other (seconds at thousands of tables).
+             staying AS MATERIALIZED (SELECT * FROM named WHERE nspname = $1 AND tab IS NOT NULL),
+             coming AS MATERIALIZED (SELECT * FROM named WHERE nspname = $2 AND tab IS NULL)
+             SELECT a.space, a.kind, a.name, a.tab, a.tab_schema, b.kind
+               FROM staying a JOIN coming b ON b.space = a.space AND b.name = a.name
+              ORDER BY a.name, a.space, a.kind, a.tab",
             &[&live, &incoming, &schemas, &tables],
         )
         .await
         .with_context(|| format!("looking for names {incoming} would bring into {live} twice"))?;
-    Ok(rows
-        .iter()
-        .map(|r| {
-            let (kind, name, table, their): (String, String, String, String) =
-                (r.get(0), r.get(1), r.get(2), r.get(3));
-            let alter = (kind != "TYPE" && kind != "TABLE")
-                .then(|| format!("ALTER {kind} {} RENAME TO …", qualified(live, &name)));
-            NameClash {
-                name: name.clone(),
-                kept: format!(
-                    "{} {} of the kept table {}",
-                    kind.to_lowercase(),
-                    qualified_display(live, &name),
-                    qualified_display(live, &table)
-                ),
-                incoming: format!(
-                    "{} {}",
-                    their.to_lowercase(),
-                    qualified_display(incoming, &name)
-                ),
-                rename: alter,
-            }
-        })
-        .collect())
+    let mut seen = std::collections::BTreeSet::new();
+    let mut out = Vec::new();
+    for r in rows {
+        let (space, kind, name): (String, String, String) = (r.get(0), r.get(1), r.get(2));
+        let (table, table_schema, their): (String, String, String) = (r.get(3), r.get(4), r.get(5));
+        // A relation's name is its row type's too: one clash, said once
+        // (statistics have names of their own).
+        if !seen.insert((space == "stx", name.clone())) {
+            continue;
+        }
+        let kept_table = qualified_display(&table_schema, &table);
+        let kept = if kind == "TABLE" && name == table && table_schema == live {
+            format!("the kept table {kept_table}")
+        } else {
+            format!(
+                "{} {} of the kept table {kept_table}",
+                kind.to_lowercase(),
+                qualified_display(live, &name)
+            )
+        };
+        out.push(NameClash {
+            incoming: format!(
+                "{} {}",
+                their.to_lowercase(),
+                qualified_display(incoming, &name)
+            ),
+            rename: (kind != "TYPE" && kind != "TABLE")
+                .then(|| format!("ALTER {kind} {} RENAME TO …", qualified(live, &name))),
+            name,
+            kept,
+        });
+    }
+    Ok(out)
 }
