@@ -2301,6 +2301,16 @@ fn a_schema_whose_name_needs_quotes_gets_every_dependency_check() {
     assert_usage_error(&out, "own copy of t, which would stay behind");
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("t_count"), "{err}");
+    // Kept beside a table nothing reads, only the one read is named.
+    let out = wd.run(&[
+        "rollback",
+        "--dest",
+        &dst,
+        "--latest",
+        "--keep-tables",
+        "\"Mixed Case\".t,\"Mixed Case\".parent",
+    ]);
+    assert_usage_error(&out, "own copy of t, which would stay behind");
     // So does a default drawing from the sequence of the copy left behind.
     let out = wd.run(&[
         "rollback",

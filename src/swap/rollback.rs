@@ -412,13 +412,21 @@ pub async fn plan(client: &Client, opts: &RollbackOptions) -> Result<Plan> {
             .collect();
         let blockers = dependents_among(client, backup, &roots, &backups, &beside).await?;
         if !blockers.is_empty() {
+            // Named: the copies something depends on, not every one asked for.
+            let mut held = Vec::new();
+            for t in roots.iter().filter(|t| backup_tables.contains(*t)) {
+                let one = std::slice::from_ref(t);
+                if !dependents_among(client, backup, one, &backups, &beside)
+                    .await?
+                    .is_empty()
+                {
+                    held.push(t.as_str());
+                }
+            }
             crate::refuse!(
                 "--keep-tables: objects of the backup depend on {}'s own copy of {}, which would stay behind in the backup: {}; nothing was changed (restore without --keep-tables, or drop or change those objects)",
                 crate::pg::ident::display_ident(backup),
-                roots
-                    .iter()
-                    .filter(|t| backup_tables.contains(*t))
-                    .join(", "),
+                held.join(", "),
                 blockers.join(", ")
             );
         }
