@@ -1702,10 +1702,10 @@ fn a_kept_tables_index_or_statistics_of_an_incoming_name_are_refused_before_the_
         dbs.src.psql(
             "CREATE TABLE a (x int, y int); CREATE INDEX legacy_x ON a (x);
              CREATE STATISTICS st_k ON x, y FROM a; CREATE TYPE _legacy AS ENUM ('v');
-             CREATE SEQUENCE legacy;",
+             CREATE SEQUENCE legacy; CREATE TYPE tp AS ENUM ('w');",
         );
         dbs.dst.psql(
-            "CREATE TABLE a (x int, y int); CREATE INDEX z_idx ON a (y);
+            "CREATE TABLE a (x int, y int); CREATE INDEX z_idx ON a (y); CREATE TABLE tp (x int);
              CREATE TABLE legacy (x int, y int); INSERT INTO legacy VALUES (1, 2);
              CREATE INDEX legacy_x ON legacy (x); CREATE STATISTICS st_k ON x, y FROM legacy;",
         );
@@ -1715,7 +1715,7 @@ fn a_kept_tables_index_or_statistics_of_an_incoming_name_are_refused_before_the_
             "prepare",
             "--json",
             "--keep-tables",
-            "legacy",
+            "legacy,tp",
             "--source",
             &src,
             "--dest",
@@ -1772,14 +1772,20 @@ fn a_kept_tables_index_or_statistics_of_an_incoming_name_are_refused_before_the_
             ) && !refusal.contains("legacy_x"),
             "{refusal}"
         );
+        // A type named like a kept table meets its row type: the table.
+        assert!(
+            refusal.contains("tp (type shadow.tp; the kept table public.tp)"),
+            "{refusal}"
+        );
         assert_success(&wd.run(&["abort", "--dest", &dst]));
         dbs.src.psql(
-            "ALTER TYPE _legacy RENAME TO legacy_state; ALTER SEQUENCE legacy RENAME TO legacy_seq",
+            "ALTER TYPE _legacy RENAME TO legacy_state; ALTER SEQUENCE legacy RENAME TO legacy_seq;
+             ALTER TYPE tp RENAME TO tp_state",
         );
         assert_success(&wd.run(&[
             "prepare",
             "--keep-tables",
-            "legacy",
+            "legacy,tp",
             "--source",
             &src,
             "--dest",

@@ -526,7 +526,9 @@ pub async fn name_clashes(
             continue;
         }
         let kept_table = qualified_display(&table_schema, &table);
-        let kept = if kind == "TABLE" && name == table && table_schema == live {
+        // The table itself, or its row type: a type of the same name.
+        let itself = (kind == "TABLE" || kind == "TYPE") && name == table && table_schema == live;
+        let kept = if itself {
             format!("the kept table {kept_table}")
         } else {
             format!(
