@@ -1711,6 +1711,30 @@ fn a_kept_tables_index_or_statistics_of_an_incoming_name_are_refused_before_the_
         );
         let wd = Workdir::new();
         let (src, dst) = (dbs.src.url(), dbs.dst.url());
+        // The dry runs of prepare and start foresee it from the source.
+        let keep = [
+            "--keep-tables",
+            "legacy,tp",
+            "--source",
+            &src,
+            "--dest",
+            &dst,
+        ];
+        let foreseen = |command: &str| {
+            let out = wd.run(&[&[command, "--dry-run", "--json"][..], &keep].concat());
+            let plan: serde_json::Value = serde_json::from_str(&assert_success(&out)).unwrap();
+            plan["plan"]["warnings"].to_string()
+        };
+        for command in ["prepare", "start"] {
+            let warned = foreseen(command);
+            assert!(
+                warned.contains("the swap will be refused once prepared")
+                    && warned.contains("legacy_x (the source's index public.legacy_x; index public.legacy_x of the kept table public.legacy)")
+                    && warned.contains("st_k (the source's statistics public.st_k;")
+                    && warned.contains("legacy (the source's sequence public.legacy; the kept table public.legacy)"),
+                "{mode} {command}: {warned}"
+            );
+        }
         let out = wd.run(&[
             "prepare",
             "--json",
@@ -1782,6 +1806,7 @@ fn a_kept_tables_index_or_statistics_of_an_incoming_name_are_refused_before_the_
             "ALTER TYPE _legacy RENAME TO legacy_state; ALTER SEQUENCE legacy RENAME TO legacy_seq;
              ALTER TYPE tp RENAME TO tp_state",
         );
+        assert!(!foreseen("prepare").contains("will be refused"), "{mode}");
         assert_success(&wd.run(&[
             "prepare",
             "--keep-tables",

@@ -215,6 +215,8 @@ pub async fn dry_run(ctx: &Ctx, opts: &PrepareOptions) -> Result<Plan> {
         .with_plan_budget(opts, &dst, &src)
         .await
         .with_foreseen_privileges(opts, &dst, &src)
+        .await
+        .with_foreseen_name_clashes(opts, &dst, &src)
         .await;
     let writes = match writes_since_reset(&dst, &opts.schemas).await {
         Ok(w) => Some(w),

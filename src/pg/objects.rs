@@ -445,6 +445,98 @@ pub struct NameClash {
     pub rename: Option<String>,
 }
 
+/// One name in a schema, in its catalog's name space (`rel`: relations,
+/// `typ`: types, `stx`: extended statistics), and the listed table it goes
+/// with, if any: the table itself, its indexes, the sequences it owns, its
+/// row and array types, statistics on it (see [`names_in`]).
+#[derive(Debug, Clone)]
+pub struct SchemaName {
+    pub space: String,
+    pub name: String,
+    /// `INDEX`, `SEQUENCE`, `TYPE`, `STATISTICS`, …
+    pub kind: String,
+    /// (schema, name) of the listed table it goes with.
+    pub table: Option<(String, String)>,
+}
+
+/// Every name of `schema` but extension members' (they never move), each
+/// with the table of `tables` (schema, name) it goes with. A partition is
+/// its own table, not its parent's part. Used on the destination for the
+/// swap, and on the source to foresee the shadow at a dry run.
+pub async fn names_in(
+    client: &impl GenericClient,
+    schema: &str,
+    tables: &KeptTables,
+) -> Result<Vec<SchemaName>> {
+    let (schemas, names): (Vec<&str>, Vec<&str>) =
+        tables.iter().map(|(s, t)| (s.as_str(), t.as_str())).unzip();
+    let rows = client
+        .query(
+            "WITH listed AS (
+                 SELECT c.oid, c.relname AS tab, n.nspname AS tab_schema
+                   FROM ROWS FROM (pg_catalog.unnest($2::text[]), pg_catalog.unnest($3::text[])) AS k(s, t)
+                   JOIN pg_catalog.pg_namespace n ON n.nspname = k.s
+                   JOIN pg_catalog.pg_class c ON c.relnamespace = n.oid AND c.relname = k.t
+                  WHERE c.relkind IN ('r', 'p', 'f')),
+             -- What goes with a listed table: its indexes and the sequences
+             -- it owns (serial, identity); not its partitions.
+             with_rel AS (
+                 SELECT oid, tab, tab_schema FROM listed
+                 UNION SELECT i.indexrelid, k.tab, k.tab_schema
+                   FROM pg_catalog.pg_index i JOIN listed k ON k.oid = i.indrelid
+                 UNION SELECT d.objid, k.tab, k.tab_schema
+                   FROM pg_catalog.pg_depend d JOIN listed k ON k.oid = d.refobjid
+                   JOIN pg_catalog.pg_class s ON s.oid = d.objid AND s.relkind = 'S'
+                  WHERE d.classid = 'pg_catalog.pg_class'::regclass
+                    AND d.refclassid = 'pg_catalog.pg_class'::regclass AND d.deptype IN ('a', 'i')),
+             with_typ AS (
+                 SELECT t.oid, r.tab, r.tab_schema FROM pg_catalog.pg_type t JOIN with_rel r ON r.oid = t.typrelid
+                 UNION SELECT t.typarray, r.tab, r.tab_schema FROM pg_catalog.pg_type t JOIN with_rel r ON r.oid = t.typrelid
+                  WHERE t.typarray <> 0),
+             ns AS (SELECT oid FROM pg_catalog.pg_namespace WHERE nspname = $1),
+             ext AS (SELECT classid, objid FROM pg_catalog.pg_depend WHERE deptype = 'e')
+             SELECT 'rel', c.relname::text,
+                    CASE c.relkind WHEN 'i' THEN 'INDEX' WHEN 'I' THEN 'INDEX' WHEN 'S' THEN 'SEQUENCE'
+                         WHEN 'v' THEN 'VIEW' WHEN 'm' THEN 'MATERIALIZED VIEW'
+                         WHEN 'f' THEN 'FOREIGN TABLE' WHEN 'c' THEN 'TYPE' ELSE 'TABLE' END,
+                    r.tab, r.tab_schema
+               FROM pg_catalog.pg_class c JOIN ns ON ns.oid = c.relnamespace
+               LEFT JOIN with_rel r ON r.oid = c.oid
+              WHERE ('pg_catalog.pg_class'::regclass, c.oid) NOT IN (SELECT classid, objid FROM ext)
+             UNION ALL
+             SELECT 'typ', t.typname::text, CASE t.typtype WHEN 'd' THEN 'DOMAIN' ELSE 'TYPE' END,
+                    k.tab, k.tab_schema
+               FROM pg_catalog.pg_type t JOIN ns ON ns.oid = t.typnamespace
+               LEFT JOIN with_typ k ON k.oid = t.oid
+              WHERE ('pg_catalog.pg_type'::regclass, t.oid) NOT IN (SELECT classid, objid FROM ext)
+                -- nor the row type of a member relation, nor a member's array type
+                AND NOT EXISTS (SELECT 1 FROM ext e JOIN pg_catalog.pg_class c ON c.oid = e.objid
+                                 WHERE e.classid = 'pg_catalog.pg_class'::regclass AND c.reltype = t.oid)
+                AND NOT EXISTS (SELECT 1 FROM ext e JOIN pg_catalog.pg_type el ON el.oid = e.objid
+                                 WHERE e.classid = 'pg_catalog.pg_type'::regclass AND el.typarray = t.oid)
+             UNION ALL
+             SELECT 'stx', s.stxname::text, 'STATISTICS', k.tab, k.tab_schema
+               FROM pg_catalog.pg_statistic_ext s JOIN ns ON ns.oid = s.stxnamespace
+               LEFT JOIN listed k ON k.oid = s.stxrelid",
+            &[&schema, &schemas, &names],
+        )
+        .await
+        .with_context(|| format!("listing the names of {schema}"))?;
+    Ok(rows
+        .into_iter()
+        .map(|r| {
+            let tab: Option<String> = r.get(3);
+            let tab_schema: Option<String> = r.get(4);
+            SchemaName {
+                space: r.get(0),
+                name: r.get(1),
+                kind: r.get(2),
+                table: tab.zip(tab_schema).map(|(t, s)| (s, t)),
+            }
+        })
+        .collect())
+}
+
 /// What stays in `live` with the kept tables and has a namesake in
 /// `incoming` that moves in ([`NameClash`]); `kept` names every kept table
 /// and its namesake (the incoming schema's stays too, with what goes with
@@ -459,95 +551,70 @@ pub async fn name_clashes(
     incoming: &str,
     kept: &KeptTables,
 ) -> Result<Vec<NameClash>> {
-    let (schemas, tables): (Vec<&str>, Vec<&str>) =
-        kept.iter().map(|(s, t)| (s.as_str(), t.as_str())).unzip();
-    let rows = client
-        .query(
-            "WITH kept AS (
-                 SELECT c.oid, c.relname AS tab, n.nspname AS tab_schema
-                   FROM ROWS FROM (pg_catalog.unnest($3::text[]), pg_catalog.unnest($4::text[])) AS k(s, t)
-                   JOIN pg_catalog.pg_namespace n ON n.nspname = k.s
-                   JOIN pg_catalog.pg_class c ON c.relnamespace = n.oid AND c.relname = k.t
-                  WHERE c.relkind IN ('r', 'p', 'f')),
-             -- What goes with a kept table: its indexes and the sequences
-             -- it owns (serial, identity); not its partitions, kept or not
-             -- in their own right.
-             kept_rel AS (
-                 SELECT oid, tab, tab_schema FROM kept
-                 UNION SELECT i.indexrelid, k.tab, k.tab_schema
-                   FROM pg_catalog.pg_index i JOIN kept k ON k.oid = i.indrelid
-                 UNION SELECT d.objid, k.tab, k.tab_schema
-                   FROM pg_catalog.pg_depend d JOIN kept k ON k.oid = d.refobjid
-                   JOIN pg_catalog.pg_class s ON s.oid = d.objid AND s.relkind = 'S'
-                  WHERE d.classid = 'pg_catalog.pg_class'::regclass
-                    AND d.refclassid = 'pg_catalog.pg_class'::regclass AND d.deptype IN ('a', 'i')),
-             kept_typ AS (
-                 SELECT t.oid, r.tab, r.tab_schema FROM pg_catalog.pg_type t JOIN kept_rel r ON r.oid = t.typrelid
-                 UNION SELECT t.typarray, r.tab, r.tab_schema FROM pg_catalog.pg_type t JOIN kept_rel r ON r.oid = t.typrelid
-                  WHERE t.typarray <> 0),
-             ns AS (SELECT oid, nspname FROM pg_catalog.pg_namespace WHERE nspname IN ($1, $2)),
-             named AS (
-                 SELECT 'rel' AS space, ns.nspname, c.relname::text AS name,
-                        CASE c.relkind WHEN 'i' THEN 'INDEX' WHEN 'I' THEN 'INDEX' WHEN 'S' THEN 'SEQUENCE'
-                             WHEN 'v' THEN 'VIEW' WHEN 'm' THEN 'MATERIALIZED VIEW'
-                             WHEN 'f' THEN 'FOREIGN TABLE' WHEN 'c' THEN 'TYPE' ELSE 'TABLE' END AS kind,
-                        r.tab, r.tab_schema
-                   FROM pg_catalog.pg_class c JOIN ns ON ns.oid = c.relnamespace
-                   LEFT JOIN kept_rel r ON r.oid = c.oid
-                 UNION ALL
-                 SELECT 'typ', ns.nspname, t.typname::text,
-                        CASE t.typtype WHEN 'd' THEN 'DOMAIN' ELSE 'TYPE' END, k.tab, k.tab_schema
-                   FROM pg_catalog.pg_type t JOIN ns ON ns.oid = t.typnamespace
-                   LEFT JOIN kept_typ k ON k.oid = t.oid
-                 UNION ALL
-                 SELECT 'stx', ns.nspname, s.stxname::text, 'STATISTICS', k.tab, k.tab_schema
-                   FROM pg_catalog.pg_statistic_ext s JOIN ns ON ns.oid = s.stxnamespace
-                   LEFT JOIN kept k ON k.oid = s.stxrelid),
-             -- Each side on its own first, then one hash join: joined
-             -- straight, the planner loops over one side per row of the
-             -- other (seconds at thousands of tables).
-             staying AS MATERIALIZED (SELECT * FROM named WHERE nspname = $1 AND tab IS NOT NULL),
-             coming AS MATERIALIZED (SELECT * FROM named WHERE nspname = $2 AND tab IS NULL)
-             SELECT a.space, a.kind, a.name, a.tab, a.tab_schema, b.kind
-               FROM staying a JOIN coming b ON b.space = a.space AND b.name = a.name
-              ORDER BY a.name, a.space, a.kind, a.tab",
-            &[&live, &incoming, &schemas, &tables],
-        )
-        .await
-        .with_context(|| format!("looking for names {incoming} would bring into {live} twice"))?;
+    let staying = names_in(client, live, kept).await?;
+    let coming = names_in(client, incoming, kept).await?;
+    Ok(clashes(live, incoming, &staying, &coming))
+}
+
+/// The pairs of [`name_clashes`] between what stays in `live` (the names
+/// that go with a kept table) and what comes in from `incoming` (the names
+/// that go with none), one per name (a relation's name is its row type's
+/// too; statistics have names of their own).
+pub fn clashes(
+    live: &str,
+    incoming: &str,
+    staying: &[SchemaName],
+    coming: &[SchemaName],
+) -> Vec<NameClash> {
+    let coming: std::collections::HashMap<(&str, &str), &SchemaName> = coming
+        .iter()
+        .filter(|n| n.table.is_none())
+        .map(|n| ((n.space.as_str(), n.name.as_str()), n))
+        .collect();
+    let mut pairs: Vec<(&SchemaName, &SchemaName)> = staying
+        .iter()
+        .filter_map(|a| {
+            let b = coming.get(&(a.space.as_str(), a.name.as_str()))?;
+            a.table.as_ref().map(|_| (a, *b))
+        })
+        .collect();
+    pairs.sort_by(|x, y| {
+        (&x.0.name, &x.0.space, &x.0.kind, &x.0.table)
+            .cmp(&(&y.0.name, &y.0.space, &y.0.kind, &y.0.table))
+    });
     let mut seen = std::collections::BTreeSet::new();
     let mut out = Vec::new();
-    for r in rows {
-        let (space, kind, name): (String, String, String) = (r.get(0), r.get(1), r.get(2));
-        let (table, table_schema, their): (String, String, String) = (r.get(3), r.get(4), r.get(5));
-        // A relation's name is its row type's too: one clash, said once
-        // (statistics have names of their own).
-        if !seen.insert((space == "stx", name.clone())) {
+    for (a, b) in pairs {
+        let Some((table_schema, table)) = &a.table else {
+            continue;
+        };
+        if !seen.insert((a.space == "stx", a.name.clone())) {
             continue;
         }
-        let kept_table = qualified_display(&table_schema, &table);
+        let kept_table = qualified_display(table_schema, table);
         // The table itself, or its row type: a type of the same name.
-        let itself = (kind == "TABLE" || kind == "TYPE") && name == table && table_schema == live;
+        let itself =
+            (a.kind == "TABLE" || a.kind == "TYPE") && &a.name == table && table_schema == live;
         let kept = if itself {
             format!("the kept table {kept_table}")
         } else {
             format!(
                 "{} {} of the kept table {kept_table}",
-                kind.to_lowercase(),
-                qualified_display(live, &name)
+                a.kind.to_lowercase(),
+                qualified_display(live, &a.name)
             )
         };
         out.push(NameClash {
             incoming: format!(
                 "{} {}",
-                their.to_lowercase(),
-                qualified_display(incoming, &name)
+                b.kind.to_lowercase(),
+                qualified_display(incoming, &b.name)
             ),
-            rename: (kind != "TYPE" && kind != "TABLE")
-                .then(|| format!("ALTER {kind} {} RENAME TO …", qualified(live, &name))),
-            name,
+            rename: (a.kind != "TYPE" && a.kind != "TABLE")
+                .then(|| format!("ALTER {} {} RENAME TO …", a.kind, qualified(live, &a.name))),
+            name: a.name.clone(),
             kept,
         });
     }
-    Ok(out)
+    out
 }

@@ -386,6 +386,31 @@ impl Checked {
         self
     }
 
+    /// For the dry-run plan: the kept tables' names (indexes, owned
+    /// sequences, row and array types, statistics) that the source's
+    /// objects share, which the swap will refuse once prepared
+    /// (`pg::objects::name_clashes`), foreseen from the source's catalog.
+    pub async fn with_foreseen_name_clashes(
+        mut self,
+        settings: &PrepareOptions,
+        dest: &Client,
+        src: &Client,
+    ) -> Self {
+        if self.filters.kept.is_empty() {
+            return self;
+        }
+        for s in &settings.schemas {
+            match foreseen_name_clashes(dest, src, s, &self.filters).await {
+                Ok(w) => self.warnings.extend(w),
+                Err(e) => self.warnings.push(format!(
+                    "could not foresee the names the kept tables of {} share with the source's: {e:#}",
+                    crate::pg::ident::display_ident(s)
+                )),
+            }
+        }
+        self
+    }
+
     /// For the dry-run plan: the warnings the privileges phase will give
     /// (new objects whose source owner this role may not give them to,
     /// grants to roles the destination lacks, …), foreseen from the source.
@@ -414,6 +439,64 @@ impl Checked {
         }
         self
     }
+}
+
+/// [`Checked::with_foreseen_name_clashes`] for schema `schema`: one warning
+/// naming each clash, or none.
+async fn foreseen_name_clashes(
+    dest: &Client,
+    src: &Client,
+    schema: &str,
+    filters: &Resolved,
+) -> Result<Option<String>> {
+    // Tables of `schema` on `client` whose keys are among `keys`, with
+    // their partitions.
+    async fn listed(
+        client: &Client,
+        schema: &str,
+        keys: &std::collections::BTreeSet<String>,
+    ) -> Result<objects::KeptTables> {
+        let roots: Vec<String> = crate::swap::rollback::tables_of(client, schema)
+            .await?
+            .into_iter()
+            .filter(|t| keys.contains(&meta::table_display(schema, t)))
+            .collect();
+        let mut all: Vec<String> =
+            crate::swap::rollback::descendants(client, schema, &roots).await?;
+        all.extend(roots);
+        Ok(all.into_iter().map(|t| (schema.to_string(), t)).collect())
+    }
+    let kept = listed(dest, schema, &filters.kept).await?;
+    if kept.is_empty() {
+        return Ok(None);
+    }
+    let staying = objects::names_in(dest, schema, &kept).await?;
+    let left_out = listed(src, schema, &filters.not_migrated).await?;
+    let coming = objects::names_in(src, schema, &left_out).await?;
+    let found = objects::clashes(schema, schema, &staying, &coming);
+    if found.is_empty() {
+        return Ok(None);
+    }
+    let pairs: Vec<String> = found
+        .iter()
+        .map(|c| {
+            format!(
+                "{} (the source's {}; {})",
+                crate::pg::ident::display_ident(&c.name),
+                c.incoming,
+                c.kept
+            )
+        })
+        .collect();
+    let alter = found
+        .iter()
+        .find_map(|c| c.rename.as_ref())
+        .map(|a| format!("rename the kept table's ({a}) or the source's"))
+        .unwrap_or_else(|| "rename the source's".to_string());
+    Ok(Some(format!(
+        "the swap will be refused once prepared: the source's objects share names with what stays with the kept tables: {}; {alter} before preparing, or do not keep the table",
+        preflight::list_some(&pairs)
+    )))
 }
 
 /// The swap's lock budget before prepare, for an object-level swap (the
