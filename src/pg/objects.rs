@@ -445,6 +445,26 @@ pub struct NameClash {
     pub rename: Option<String>,
 }
 
+impl NameClash {
+    /// For a message: `legacy_x (index shadow.legacy_x; index
+    /// public.legacy_x of the kept table public.legacy)`, with `whose`
+    /// before the incoming side (`the source's `).
+    pub fn item(&self, whose: &str) -> String {
+        format!(
+            "{} ({whose}{}; {})",
+            crate::pg::ident::display_ident(&self.name),
+            self.incoming,
+            self.kept
+        )
+    }
+
+    /// The first of `clashes` that can be renamed on the kept side: its
+    /// statement.
+    pub fn first_rename(clashes: &[NameClash]) -> Option<&str> {
+        clashes.iter().find_map(|c| c.rename.as_deref())
+    }
+}
+
 /// One name in a schema, in its catalog's name space (`rel`: relations,
 /// `typ`: types, `stx`: extended statistics), and the listed table it goes
 /// with, if any: the table itself, its indexes, the sequences it owns, its

@@ -477,20 +477,8 @@ async fn foreseen_name_clashes(
     if found.is_empty() {
         return Ok(None);
     }
-    let pairs: Vec<String> = found
-        .iter()
-        .map(|c| {
-            format!(
-                "{} (the source's {}; {})",
-                crate::pg::ident::display_ident(&c.name),
-                c.incoming,
-                c.kept
-            )
-        })
-        .collect();
-    let alter = found
-        .iter()
-        .find_map(|c| c.rename.as_ref())
+    let pairs: Vec<String> = found.iter().map(|c| c.item("the source's ")).collect();
+    let alter = objects::NameClash::first_rename(&found)
         .map(|a| format!("rename the kept table's ({a}) or the source's"))
         .unwrap_or_else(|| "rename the source's".to_string());
     Ok(Some(format!(

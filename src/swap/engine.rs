@@ -446,14 +446,10 @@ impl Unmovable {
     /// One line refusing `what` (`the swap`, `the rollback`), or None.
     pub fn refusal(&self, what: &str) -> Option<String> {
         if !self.clashes.is_empty() {
-            let pairs = self
-                .clashes
-                .iter()
-                .map(|c| format!("{} ({}; {})", display_ident(&c.name), c.incoming, c.kept))
-                .collect::<Vec<_>>();
+            let pairs: Vec<String> = self.clashes.iter().map(|c| c.item("")).collect();
             // A rollback's incoming objects are a backup's, not the source's.
             let source = (what != "the rollback").then_some("the source's and prepare again");
-            let alter = self.clashes.iter().find_map(|c| c.rename.as_ref());
+            let alter = objects::NameClash::first_rename(&self.clashes);
             let ways = alter
                 .map(|a| format!("rename the kept table's ({a})"))
                 .into_iter()
