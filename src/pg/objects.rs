@@ -23,6 +23,13 @@
 //! A range type's constructors are the usual case: PostgreSQL gives them the
 //! bootstrap superuser, whoever creates the type, and `ALTER TYPE … SET
 //! SCHEMA` leaves them where they are.
+//!
+//! A kept table stays with its indexes, owned sequences, row and array types
+//! and statistics, whose names the incoming objects must not hold: each
+//! schema's names are listed once per database ([`names_in`]) and paired in
+//! Rust ([`clashes`]), for the swap (live against incoming, on the
+//! destination) and for a dry run of prepare (the destination's kept tables
+//! against the source's catalog).
 
 use anyhow::{Context, Result};
 use tokio_postgres::GenericClient;
