@@ -1838,3 +1838,50 @@ fn a_kept_tables_index_or_statistics_of_an_incoming_name_are_refused_before_the_
         assert_eq!(dbs.dst.psql("SELECT x FROM public.legacy"), "1", "{mode}");
     }
 }
+
+/// The dry run's foresight of those clashes reads the source's catalog: a
+/// source view of a kept table's name is left out of the shadow (no clash),
+/// and statistics in one migrated schema on a kept table of another meet
+/// the source's of that schema (a clash), as the prepared shadow then shows.
+#[test]
+fn the_dry_run_foresees_the_name_clashes_the_prepared_shadow_has() {
+    let dbs = TestDbs::new("keep_clash_foreseen");
+    dbs.dst.psql(
+        "CREATE TABLE v (id int); CREATE TABLE t (a int, b int); CREATE SCHEMA billing;
+         CREATE STATISTICS billing.st_t ON a, b FROM t;",
+    );
+    dbs.src.psql(
+        "CREATE VIEW v AS SELECT 1 AS one; CREATE TABLE t (a int, b int); CREATE SCHEMA billing;
+         CREATE TABLE billing.z (a int, b int); CREATE STATISTICS billing.st_t ON a, b FROM billing.z;",
+    );
+    let wd = Workdir::new();
+    let (src, dst) = (dbs.src.url(), dbs.dst.url());
+    let args = [
+        "--json",
+        "--schemas",
+        "public,billing",
+        "--keep-tables",
+        "v,t",
+        "--source",
+        &src,
+        "--dest",
+        &dst,
+    ];
+    let run = |extra: &[&str]| {
+        let out = wd.run(&[&["prepare"][..], extra, &args].concat());
+        let v: serde_json::Value = serde_json::from_str(&assert_success(&out)).unwrap();
+        v
+    };
+    let clash = "st_t (the source's statistics billing.st_t; statistics billing.st_t of the kept table public.t)";
+    let plan = run(&["--dry-run"]);
+    let warned = plan["plan"]["warnings"].to_string();
+    assert!(warned.contains(clash), "{warned}");
+    assert!(!warned.contains("public.v"), "{warned}");
+    let prepared = run(&[]);
+    let warned = prepared["warnings"].to_string();
+    assert!(
+        warned.contains("st_t (statistics pgshift_shadow_billing.st_t; statistics billing.st_t of the kept table public.t)")
+            && !warned.contains("public.v"),
+        "{warned}"
+    );
+}

@@ -486,14 +486,20 @@ pub struct SchemaName {
     pub table: Option<(String, String)>,
 }
 
+/// Relation kinds that are tables (`pg_class.relkind`): kept tables and
+/// their namesakes.
+pub const TABLE_KINDS: &[&str] = &["r", "p", "f"];
+
 /// Every name of `schema` but extension members' (they never move), each
-/// with the table of `tables` (schema, name) it goes with. A partition is
-/// its own table, not its parent's part. Used on the destination for the
-/// swap, and on the source to foresee the shadow at a dry run.
+/// with the relation of `tables` (schema, name; of the `kinds` given) it
+/// goes with. A partition is its own table, not its parent's part. Used on
+/// the destination for the swap, and on the source to foresee the shadow at
+/// a dry run (where views and materialized views can be left out too).
 pub async fn names_in(
     client: &impl GenericClient,
     schema: &str,
     tables: &KeptTables,
+    kinds: &[&str],
 ) -> Result<Vec<SchemaName>> {
     let (schemas, names): (Vec<&str>, Vec<&str>) =
         tables.iter().map(|(s, t)| (s.as_str(), t.as_str())).unzip();
@@ -504,7 +510,7 @@ pub async fn names_in(
                    FROM ROWS FROM (pg_catalog.unnest($2::text[]), pg_catalog.unnest($3::text[])) AS k(s, t)
                    JOIN pg_catalog.pg_namespace n ON n.nspname = k.s
                    JOIN pg_catalog.pg_class c ON c.relnamespace = n.oid AND c.relname = k.t
-                  WHERE c.relkind IN ('r', 'p', 'f')),
+                  WHERE c.relkind::text = ANY($4)),
              -- What goes with a listed table: its indexes and the sequences
              -- it owns (serial, identity); not its partitions.
              with_rel AS (
@@ -545,7 +551,7 @@ pub async fn names_in(
              SELECT 'stx', s.stxname::text, 'STATISTICS', k.tab, k.tab_schema
                FROM pg_catalog.pg_statistic_ext s JOIN ns ON ns.oid = s.stxnamespace
                LEFT JOIN listed k ON k.oid = s.stxrelid",
-            &[&schema, &schemas, &names],
+            &[&schema, &schemas, &names, &kinds],
         )
         .await
         .with_context(|| format!("listing the names of {schema}"))?;
@@ -578,8 +584,8 @@ pub async fn name_clashes(
     incoming: &str,
     kept: &KeptTables,
 ) -> Result<Vec<NameClash>> {
-    let staying = names_in(client, live, kept).await?;
-    let coming = names_in(client, incoming, kept).await?;
+    let staying = names_in(client, live, kept, TABLE_KINDS).await?;
+    let coming = names_in(client, incoming, kept, TABLE_KINDS).await?;
     Ok(clashes(live, incoming, &staying, &coming))
 }
 

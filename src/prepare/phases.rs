@@ -399,14 +399,11 @@ impl Checked {
         if self.filters.kept.is_empty() {
             return self;
         }
-        for s in &settings.schemas {
-            match foreseen_name_clashes(dest, src, s, &self.filters).await {
-                Ok(w) => self.warnings.extend(w),
-                Err(e) => self.warnings.push(format!(
-                    "could not foresee the names the kept tables of {} share with the source's: {e:#}",
-                    crate::pg::ident::display_ident(s)
-                )),
-            }
+        match foreseen_name_clashes(dest, src, &settings.schemas, &self.filters).await {
+            Ok(w) => self.warnings.extend(w),
+            Err(e) => self.warnings.push(format!(
+                "could not foresee the names the kept tables share with the source's: {e:#}"
+            )),
         }
         self
     }
@@ -441,24 +438,39 @@ impl Checked {
     }
 }
 
-/// [`Checked::with_foreseen_name_clashes`] for schema `schema`: one warning
-/// naming each clash, or none.
+/// Relation kinds a filter leaves out of the shadow (tables, views and
+/// materialized views).
+const LEFT_OUT_KINDS: &[&str] = &["r", "p", "f", "v", "m"];
+
+/// [`Checked::with_foreseen_name_clashes`]: one warning naming each clash,
+/// or none. The kept tables of every schema count in each (statistics may
+/// be in another schema than their table's).
 async fn foreseen_name_clashes(
     dest: &Client,
     src: &Client,
-    schema: &str,
+    schemas: &[String],
     filters: &Resolved,
 ) -> Result<Option<String>> {
-    // Tables of `schema` on `client` whose keys are among `keys`, with
-    // their partitions.
+    // Relations of `schema` on `client` (of `kinds`) whose keys are among
+    // `keys`, with their partitions.
     async fn listed(
         client: &Client,
         schema: &str,
         keys: &std::collections::BTreeSet<String>,
+        kinds: &[&str],
     ) -> Result<objects::KeptTables> {
-        let roots: Vec<String> = crate::swap::rollback::tables_of(client, schema)
-            .await?
+        let rows = client
+            .query(
+                "SELECT c.relname::text FROM pg_catalog.pg_class c
+                   JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+                  WHERE n.nspname = $1 AND c.relkind::text = ANY($2)",
+                &[&schema, &kinds],
+            )
+            .await
+            .map_err(|e| pg_error_as(e, "listing the kept and left-out tables"))?;
+        let roots: Vec<String> = rows
             .into_iter()
+            .map(|r| r.get::<_, String>(0))
             .filter(|t| keys.contains(&meta::table_display(schema, t)))
             .collect();
         let mut all: Vec<String> =
@@ -466,14 +478,23 @@ async fn foreseen_name_clashes(
         all.extend(roots);
         Ok(all.into_iter().map(|t| (schema.to_string(), t)).collect())
     }
-    let kept = listed(dest, schema, &filters.kept).await?;
+    let mut kept = objects::KeptTables::new();
+    let mut left_out = objects::KeptTables::new();
+    for s in schemas {
+        kept.extend(listed(dest, s, &filters.kept, objects::TABLE_KINDS).await?);
+        // Views and materialized views of a kept table's name are left out
+        // too, and so are excluded ones.
+        left_out.extend(listed(src, s, &filters.not_migrated, LEFT_OUT_KINDS).await?);
+    }
     if kept.is_empty() {
         return Ok(None);
     }
-    let staying = objects::names_in(dest, schema, &kept).await?;
-    let left_out = listed(src, schema, &filters.not_migrated).await?;
-    let coming = objects::names_in(src, schema, &left_out).await?;
-    let found = objects::clashes(schema, schema, &staying, &coming);
+    let mut found = Vec::new();
+    for s in schemas {
+        let staying = objects::names_in(dest, s, &kept, objects::TABLE_KINDS).await?;
+        let coming = objects::names_in(src, s, &left_out, LEFT_OUT_KINDS).await?;
+        found.extend(objects::clashes(s, s, &staying, &coming));
+    }
     if found.is_empty() {
         return Ok(None);
     }
