@@ -452,12 +452,14 @@ async fn foreseen_name_clashes(
     filters: &Resolved,
 ) -> Result<Option<String>> {
     // Relations of `schema` on `client` (of `kinds`) whose keys are among
-    // `keys`, with their partitions.
+    // `keys`, with their partitions when `partitions` (the filters' keys
+    // of what is left out hold them already).
     async fn listed(
         client: &Client,
         schema: &str,
         keys: &std::collections::BTreeSet<String>,
         kinds: &[&str],
+        partitions: bool,
     ) -> Result<objects::KeptTables> {
         let rows = client
             .query(
@@ -473,18 +475,21 @@ async fn foreseen_name_clashes(
             .map(|r| r.get::<_, String>(0))
             .filter(|t| keys.contains(&meta::table_display(schema, t)))
             .collect();
-        let mut all: Vec<String> =
-            crate::swap::rollback::descendants(client, schema, &roots).await?;
+        let mut all: Vec<String> = if partitions {
+            crate::swap::rollback::descendants(client, schema, &roots).await?
+        } else {
+            Vec::new()
+        };
         all.extend(roots);
         Ok(all.into_iter().map(|t| (schema.to_string(), t)).collect())
     }
     let mut kept = objects::KeptTables::new();
     let mut left_out = objects::KeptTables::new();
     for s in schemas {
-        kept.extend(listed(dest, s, &filters.kept, objects::TABLE_KINDS).await?);
+        kept.extend(listed(dest, s, &filters.kept, objects::TABLE_KINDS, true).await?);
         // Views and materialized views of a kept table's name are left out
         // too, and so are excluded ones.
-        left_out.extend(listed(src, s, &filters.not_migrated, LEFT_OUT_KINDS).await?);
+        left_out.extend(listed(src, s, &filters.not_migrated, LEFT_OUT_KINDS, false).await?);
     }
     if kept.is_empty() {
         return Ok(None);
