@@ -983,3 +983,84 @@ fn the_dry_run_names_tables_as_the_flags_take_them() {
         "{out}"
     );
 }
+
+/// A kept table takes its partitions (or children) along, and with them
+/// their names: a table of the other side named like one of them, but not
+/// one of that side's partitions of the kept table, cannot go where it would
+/// go. Prepare left the source's out, rows and all, and a rollback left the
+/// backup's behind in the backup (and the current one in place), without a
+/// word. Each is warned about, naming both tables; the kept table's own
+/// partitions of the same name are not.
+#[test]
+fn a_table_named_like_a_kept_tables_partition_is_warned_about() {
+    let dbs = TestDbs::new("filters_keep_partition_names");
+    dbs.src.psql(
+        "CREATE TABLE lg (id int, k int) PARTITION BY RANGE (k);
+         CREATE TABLE lg_1 PARTITION OF lg FOR VALUES FROM (0) TO (100);
+         CREATE TABLE lg_a (id int PRIMARY KEY, v text);
+         INSERT INTO lg_a SELECT g, 'source' FROM generate_series(1, 7) g;
+         CREATE TABLE t (id int PRIMARY KEY);",
+    );
+    dbs.dst.psql(
+        "CREATE TABLE lg (id int, k int) PARTITION BY RANGE (k);
+         CREATE TABLE lg_a PARTITION OF lg FOR VALUES FROM (0) TO (100);
+         CREATE TABLE lg_1 (id int PRIMARY KEY, v text);
+         INSERT INTO lg_1 SELECT g, 'destination' FROM generate_series(1, 50) g;
+         CREATE TABLE t (id int PRIMARY KEY);",
+    );
+    let wd = Workdir::new();
+    let (src, dst) = (dbs.src.url(), dbs.dst.url());
+    let plan = json(&wd.run_ok(&[
+        "prepare",
+        "--source",
+        &src,
+        "--dest",
+        &dst,
+        "--keep-tables",
+        "lg",
+        "--dry-run",
+        "--json",
+    ]));
+    let w = plan["plan"]["warnings"].to_string();
+    assert!(
+        w.contains("the source's table lg_a is not migrated, nor its rows: the destination's lg_a, a partition (or child) of the kept table lg, keeps that name in public"),
+        "{plan}"
+    );
+    assert!(!w.contains("lg_1"), "{plan}");
+
+    // Migrated whole, then rolled back keeping the new lg: the backup's lg_1
+    // is not lg's partition, nor is the current lg_a the backup's.
+    wd.run_ok(&["prepare", "--source", &src, "--dest", &dst]);
+    wd.run_ok(&["swap", "--dest", &dst]);
+    let backup = dbs
+        .dst
+        .query_one_string("SELECT nspname FROM pg_namespace WHERE nspname LIKE 'backup_%'");
+    let warned = |v: &serde_json::Value| {
+        let w = v["warnings"].to_string();
+        assert!(
+            w.contains(&format!("table {backup}.lg_1 is not restored and stays behind in its backup, rows and all: the current lg_1, a partition (or child) of the kept table lg")),
+            "{v}"
+        );
+        assert!(
+            w.contains(&format!("the current table lg_a is not moved to the new backup and stays in public: {backup}.lg_a, a partition (or child) of the backup's copy of the kept table lg")),
+            "{v}"
+        );
+    };
+    let rollback = [
+        "rollback",
+        "--latest",
+        "--keep-tables",
+        "lg",
+        "--dest",
+        &dst,
+        "--json",
+    ];
+    let dry = json(&wd.run_ok(&[rollback.as_slice(), &["--dry-run"]].concat()));
+    warned(&dry["rollback"]);
+    warned(&json(&wd.run_ok(&rollback)));
+    assert_eq!(
+        dbs.dst
+            .psql(&format!("SELECT count(*) FROM \"{backup}\".lg_1")),
+        "50"
+    );
+}

@@ -41,7 +41,9 @@
 //! foreign tables, views and materialized views, as pg_dump's `-T` does;
 //! `--keep-tables` matches the destination's tables). A matched table brings its
 //! partitions and inheritance children along; a kept partition needs its
-//! parent kept. A pattern that matches nothing is a usage error (exit 2): a
+//! parent kept, and a source table named like one that is not the source's
+//! own partition of the kept table is left out with a warning (the name is
+//! the kept partition's). A pattern that matches nothing is a usage error (exit 2): a
 //! typo must not silently migrate everything. A table both preserved and
 //! filtered is a usage error too; `--keep-tables` wins over the exclusions
 //! and `--exclude-table` over `--exclude-table-data` (as pg_dump's `-T`).
@@ -480,6 +482,8 @@ pub async fn resolve(
 
     if !kept.is_empty() {
         let dest_rels = relations_of(dest, schemas).await?;
+        res.warnings
+            .extend(left_out_by_a_kept_descendant(&src_rels, &dest_rels, &kept));
         let kept_by_schema = by_schema(&dest_rels, &kept);
         let migrated: BTreeSet<String> = src_rels
             .iter()
@@ -503,6 +507,54 @@ pub async fn resolve(
         res.kept = kept;
     }
     Ok(res)
+}
+
+/// The source's relations left out only because a kept table's partition
+/// (or inheritance child) on the destination has their name, while they are
+/// not the source's own partitions of that kept table (whose namesake is left
+/// out with its partitions, as the user asked): a table of unrelated rows,
+/// a partition of another table, a view. The name stays the kept
+/// partition's, so they cannot be migrated; said, since nothing else would.
+fn left_out_by_a_kept_descendant(
+    src_rels: &[Rel],
+    dest_rels: &[Rel],
+    kept: &BTreeSet<String>,
+) -> Vec<String> {
+    let dest: BTreeMap<String, &Rel> = dest_rels.iter().map(|r| (r.key(), r)).collect();
+    let kept_parent = |k: &String| {
+        dest.get(k)
+            .and_then(|r| r.parents.iter().find(|p| kept.contains(*p)))
+    };
+    let src: BTreeMap<String, &Rel> = src_rels.iter().map(|r| (r.key(), r)).collect();
+    let roots: BTreeSet<String> = kept
+        .iter()
+        .filter(|k| kept_parent(k).is_none() && src.contains_key(*k))
+        .cloned()
+        .collect();
+    let expected = with_descendants(src_rels, &roots);
+    let (dest_shown, src_shown) = (shown_of(dest_rels), shown_of(src_rels));
+    kept.iter()
+        .filter(|k| !expected.contains(*k))
+        .filter_map(|k| Some((k, kept_parent(k)?, *src.get(k)?)))
+        .map(|(k, parent, r)| {
+            let kind = match r.relkind {
+                'v' => "view",
+                'm' => "materialized view",
+                'f' => "foreign table",
+                _ => "table",
+            };
+            let whose = match r.parents.first() {
+                Some(p) => format!(", a partition (or child) of {}", shown_key(p, &src_shown)),
+                None => String::new(),
+            };
+            format!(
+                "the source's {kind} {}{whose} is not migrated, nor its rows: the destination's {}, a partition (or child) of the kept table {}, keeps that name in public; rename one of them to migrate it",
+                table_shown(&r.schema, &r.name),
+                shown_key(k, &dest_shown),
+                shown_key(parent, &dest_shown)
+            )
+        })
+        .collect()
 }
 
 /// What to do about foreign keys of tables migrated with their rows to

@@ -403,8 +403,16 @@ pub async fn plan(client: &Client, opts: &RollbackOptions) -> Result<Plan> {
         let roots: Vec<String> = asked_here.iter().cloned().chain(auto_here).collect();
         let mut keep: BTreeSet<String> = roots.iter().cloned().collect();
         // Partitions and inheritance children go where their parent goes.
-        keep.extend(descendants(client, live, &roots).await?);
-        keep.extend(descendants(client, backup, &roots).await?);
+        let live_side = descendants(client, live, &roots).await?;
+        let backup_side = descendants(client, backup, &roots).await?;
+        warnings.extend(unrelated_namesakes(
+            (live, &live_tables[live]),
+            (backup, backup_tables),
+            (&live_side, &backup_side),
+            &roots,
+        ));
+        keep.extend(live_side);
+        keep.extend(backup_side);
         let beside: Vec<(String, String)> = asked_everywhere
             .iter()
             .filter(|(b, _)| b != backup)
@@ -1614,6 +1622,57 @@ pub(crate) async fn tables_of(client: &Client, schema: &str) -> Result<BTreeSet<
         |r| r.get(0),
     )
     .await
+}
+
+/// The tables that stay where they are only because a kept table's
+/// partition (or child) on the other side has their name: the engine keeps
+/// a name, not a table, on both sides. Each kept table takes its own
+/// partitions (`sides`: the live and the backup's descendants of `roots`,
+/// roots included); a table of the same name that is not one of them is
+/// another table, so the backup's is not restored (it stays behind in the
+/// backup, which `cleanup` may drop later) and the live one is not moved to
+/// the new backup (it stays in the restored schema). Said, since nothing
+/// else would.
+fn unrelated_namesakes(
+    (live, live_tables): (&str, &BTreeSet<String>),
+    (backup, backup_tables): (&str, &BTreeSet<String>),
+    (live_side, backup_side): (&[String], &[String]),
+    roots: &[String],
+) -> Vec<String> {
+    let of_kept = || match roots {
+        [one] => format!("the kept table {}", crate::pg::meta::table_shown(live, one)),
+        many => format!(
+            "one of the kept tables {}",
+            many.iter()
+                .map(|t| crate::pg::meta::table_shown(live, t))
+                .join(", ")
+        ),
+    };
+    let only_in = |a: &[String], b: &[String], present: &BTreeSet<String>| -> Vec<String> {
+        a.iter()
+            .filter(|t| !b.contains(*t) && present.contains(*t))
+            .cloned()
+            .collect()
+    };
+    let mut out = Vec::new();
+    for t in only_in(live_side, backup_side, backup_tables) {
+        out.push(format!(
+            "table {} is not restored and stays behind in its backup, rows and all: the current {}, a partition (or child) of {}, keeps that name; rename one of them before the rollback to restore it",
+            crate::pg::meta::table_shown(backup, &t),
+            crate::pg::meta::table_shown(live, &t),
+            of_kept()
+        ));
+    }
+    for t in only_in(backup_side, live_side, live_tables) {
+        out.push(format!(
+            "the current table {} is not moved to the new backup and stays in {}: {}, a partition (or child) of the backup's copy of {}, keeps that name in the backup; rename one of them before the rollback to replace it",
+            crate::pg::meta::table_shown(live, &t),
+            display_ident(live),
+            crate::pg::meta::table_shown(backup, &t),
+            of_kept(),
+        ));
+    }
+    out
 }
 
 /// Partitions and inheritance children (recursively) of `roots` in `schema`.
