@@ -1881,6 +1881,22 @@ fn mixed_case_tables_are_quoted_in_abort_and_rollback_reports() {
         ),
         "{plan}"
     );
+    // And so does the rollback's report (it printed them unquoted).
+    let done = assert_success(&wd.run(&[
+        "rollback",
+        "--dest",
+        &dst,
+        "--latest",
+        "--keep-tables",
+        "\"Webhook\",\"WebhookCall\"",
+        "--allow-fk-violations",
+    ]));
+    assert!(
+        done.contains(
+            "Kept from the replaced schemas: \"Sales\".\"Reason\", \"Webhook\", \"WebhookCall\"\n"
+        ),
+        "{done}"
+    );
 }
 
 /// A schema the application uses but the migration leaves out (Lemmy's `r`

@@ -145,7 +145,7 @@ fn print_report(ctx: &Ctx, r: &RollbackReport) -> Result<()> {
             } else {
                 "public"
             },
-            r.kept_tables.join(", ")
+            crate::pg::ident::TableName::keys_shown(&r.kept_tables, &r.schemas)
         );
     }
     for schema in &r.dropped_schemas {

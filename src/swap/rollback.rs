@@ -796,6 +796,26 @@ async fn unkeepable_writes(
 
 /// The kept tables of `pairs` as names, each in its live schema (for the
 /// discarded-writes checks, before and under the locks).
+/// The kept tables that are live (keys, in the pairs' order): `plan.keep`
+/// also holds the names of the backup's partitions of its copies, which stay
+/// behind with them.
+fn live_kept_keys(plan: &Plan) -> Vec<String> {
+    plan.pairs
+        .iter()
+        .flat_map(|p| {
+            p.keep
+                .iter()
+                .filter(|t| p.expected_tables.contains(*t))
+                .map(|t| crate::pg::meta::table_display(&p.live, t))
+        })
+        .collect()
+}
+
+/// [`live_kept_keys`] sorted, as the reports list them.
+fn live_kept_sorted(plan: &Plan) -> Vec<String> {
+    live_kept_keys(plan).into_iter().sorted().collect()
+}
+
 fn kept_names(pairs: &[engine::Pair]) -> Vec<TableName> {
     pairs
         .iter()
@@ -880,7 +900,7 @@ pub async fn preview(client: &Client, plan: &Plan, policy: Policy) -> Result<Rol
         mode: p.mode,
         restore_timestamp: plan.restore.ts,
         backup_schema: p.backup_schema,
-        kept_tables: plan.keep.iter().cloned().collect(),
+        kept_tables: live_kept_sorted(plan),
         moves: p.moves,
         verification: plan.verification.clone(),
         warnings,
@@ -912,16 +932,7 @@ pub async fn execute(sess: &Session, plan: &Plan, policy: Policy) -> Result<Roll
         warnings.push(w);
     }
     let restored = &plan.restore;
-    let kept_live: Vec<String> = plan
-        .pairs
-        .iter()
-        .flat_map(|p| {
-            p.keep
-                .iter()
-                .filter(|t| p.expected_tables.contains(*t))
-                .map(|t| crate::pg::meta::table_display(&p.live, t))
-        })
-        .collect();
+    let kept_live = live_kept_keys(plan);
     let origin = Origin::Rollback {
         restored: restored.clone(),
         migrated_tables: restored
@@ -976,7 +987,7 @@ pub async fn execute(sess: &Session, plan: &Plan, policy: Policy) -> Result<Roll
         restored_timestamp: restored.ts,
         backup_schema: done.backup_schema,
         backup_timestamp: done.backup_timestamp,
-        kept_tables: plan.keep.iter().cloned().collect(),
+        kept_tables: live_kept_sorted(plan),
         moved: done.moved,
         restored_schema_dropped: result.restored_dropped,
         dropped_schemas: result.dropped_schemas,
