@@ -1038,7 +1038,7 @@ fn a_table_named_like_a_kept_tables_partition_is_warned_about() {
     let warned = |v: &serde_json::Value| {
         let w = v["warnings"].to_string();
         assert!(
-            w.contains(&format!("table {backup}.lg_1 is not restored and stays behind in its backup, rows and all: the current lg_1, a partition (or child) of the kept table lg")),
+            w.contains(&format!("table {backup}.lg_1 is not restored and stays behind in its backup, rows and all (cleanup drops what a rollback leaves of a backup): the current lg_1, a partition (or child) of the kept table lg")),
             "{v}"
         );
         assert!(

@@ -1668,7 +1668,7 @@ fn unrelated_namesakes(
     let mut out = Vec::new();
     for t in only_in(live_side, backup_side, backup_tables) {
         out.push(format!(
-            "table {} is not restored and stays behind in its backup, rows and all: the current {}, a partition (or child) of {}, keeps that name; rename one of them before the rollback to restore it",
+            "table {} is not restored and stays behind in its backup, rows and all (cleanup drops what a rollback leaves of a backup): the current {}, a partition (or child) of {}, keeps that name; rename one of them before the rollback to restore it",
             crate::pg::meta::table_shown(backup, &t),
             crate::pg::meta::table_shown(live, &t),
             of_kept()
