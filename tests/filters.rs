@@ -295,6 +295,14 @@ fn swap_keeps_destination_only_tables() {
         "--dry-run",
         "--json",
     ]));
+    // Its writes after prepare stay live: no refusal (the dry run counted
+    // them as discarded, where the swap does not).
+    assert_eq!(dry["swap"]["refusal"], serde_json::Value::Null, "{dry}");
+    assert_eq!(
+        dry["swap"]["impact"]["discarded_writes"],
+        serde_json::json!([]),
+        "{dry}"
+    );
     let sql: Vec<&str> = dry["swap"]["sql"]
         .as_array()
         .unwrap()
@@ -999,11 +1007,14 @@ fn a_table_named_like_a_kept_tables_partition_is_warned_about() {
          CREATE TABLE lg_1 PARTITION OF lg FOR VALUES FROM (0) TO (100);
          CREATE TABLE lg_a (id int PRIMARY KEY, v text);
          INSERT INTO lg_a SELECT g, 'source' FROM generate_series(1, 7) g;
+         CREATE TABLE lg_b (id int, k int) PARTITION BY LIST (k);
+         CREATE TABLE lg_b_1 PARTITION OF lg_b FOR VALUES IN (1);
          CREATE TABLE t (id int PRIMARY KEY);",
     );
     dbs.dst.psql(
         "CREATE TABLE lg (id int, k int) PARTITION BY RANGE (k);
          CREATE TABLE lg_a PARTITION OF lg FOR VALUES FROM (0) TO (100);
+         CREATE TABLE lg_b PARTITION OF lg FOR VALUES FROM (100) TO (200);
          CREATE TABLE lg_1 (id int PRIMARY KEY, v text);
          INSERT INTO lg_1 SELECT g, 'destination' FROM generate_series(1, 50) g;
          CREATE TABLE t (id int PRIMARY KEY);",
@@ -1026,7 +1037,29 @@ fn a_table_named_like_a_kept_tables_partition_is_warned_about() {
         w.contains("the source's table lg_a is not migrated, nor its rows: the destination's lg_a, a partition (or child) of the kept table lg, keeps that name in public"),
         "{plan}"
     );
+    assert!(
+        w.contains("the source's table lg_b is not migrated (with its partitions or children lg_b_1), nor its rows"),
+        "{plan}"
+    );
     assert!(!w.contains("lg_1"), "{plan}");
+    assert!(!w.contains("the source's table lg_b_1"), "{plan}");
+    // What uses such a table would use the kept partition instead: refused.
+    dbs.src.psql("CREATE VIEW v_lga AS SELECT id FROM lg_a");
+    let out = wd.run(&[
+        "prepare",
+        "--source",
+        &src,
+        "--dest",
+        &dst,
+        "--keep-tables",
+        "lg",
+        "--dry-run",
+    ]);
+    assert_usage_error(
+        &out,
+        "--keep-tables: objects of the source use lg_a, which is not migrated: a partition (or child) of a kept table has that name on the destination, so they would use it instead: view public.v_lga;",
+    );
+    dbs.src.psql("DROP VIEW v_lga; DROP TABLE lg_b");
 
     // Migrated whole, then rolled back keeping the new lg: the backup's lg_1
     // is not lg's partition, nor is the current lg_a the backup's.

@@ -482,8 +482,26 @@ pub async fn resolve(
 
     if !kept.is_empty() {
         let dest_rels = relations_of(dest, schemas).await?;
+        let unrelated = left_out_by_a_kept_descendant(&src_rels, &dest_rels, &kept, &excluded);
+        // What uses them would use the kept partition of that name instead.
+        let (mut used, mut deps) = (BTreeSet::new(), Vec::new());
+        for u in &unrelated {
+            let d = dependents(src, &parts(&mut u.keys.iter()), &leaving, schemas).await?;
+            if !d.is_empty() {
+                used.insert(u.key.clone());
+                deps.extend(d.into_iter().map(|(d, _)| d));
+            }
+        }
+        if !deps.is_empty() {
+            crate::refuse!(
+                "--keep-tables: objects of the source use {}, which {} not migrated: a partition (or child) of a kept table has that name on the destination, so they would use it instead: {}; rename one of the two tables (on the source or the destination), or exclude those objects too; nothing was changed",
+                names(&used, &shown_of),
+                if used.len() == 1 { "is" } else { "are" },
+                deps.join(", "),
+            );
+        }
         res.warnings
-            .extend(left_out_by_a_kept_descendant(&src_rels, &dest_rels, &kept));
+            .extend(unrelated.into_iter().map(|u| u.warning));
         let kept_by_schema = by_schema(&dest_rels, &kept);
         let migrated: BTreeSet<String> = src_rels
             .iter()
@@ -514,12 +532,21 @@ pub async fn resolve(
 /// not the source's own partitions of that kept table (whose namesake is left
 /// out with its partitions, as the user asked): a table of unrelated rows,
 /// a partition of another table, a view. The name stays the kept
-/// partition's, so they cannot be migrated; said, since nothing else would.
+/// partition's, so they cannot be migrated (nor their own partitions); said,
+/// since nothing else would. Those `excluded` are left out as asked.
+struct Unrelated {
+    key: String,
+    /// `key` and its own descendants, left out with it.
+    keys: BTreeSet<String>,
+    warning: String,
+}
+
 fn left_out_by_a_kept_descendant(
     src_rels: &[Rel],
     dest_rels: &[Rel],
     kept: &BTreeSet<String>,
-) -> Vec<String> {
+    excluded: &BTreeSet<String>,
+) -> Vec<Unrelated> {
     let dest: BTreeMap<String, &Rel> = dest_rels.iter().map(|r| (r.key(), r)).collect();
     let kept_parent = |k: &String| {
         dest.get(k)
@@ -532,27 +559,59 @@ fn left_out_by_a_kept_descendant(
         .cloned()
         .collect();
     let expected = with_descendants(src_rels, &roots);
+    let unrelated: BTreeSet<String> = kept
+        .iter()
+        .filter(|k| !expected.contains(*k) && !excluded.contains(*k))
+        .filter(|k| kept_parent(k).is_some() && src.contains_key(*k))
+        .cloned()
+        .collect();
     let (dest_shown, src_shown) = (shown_of(dest_rels), shown_of(src_rels));
-    kept.iter()
-        .filter(|k| !expected.contains(*k))
-        .filter_map(|k| Some((k, kept_parent(k)?, *src.get(k)?)))
-        .map(|(k, parent, r)| {
+    let descendants = |k: &String| with_descendants(src_rels, &BTreeSet::from([k.clone()]));
+    // One under another (a partition of a left-out table) goes with it.
+    let under: BTreeSet<String> = unrelated
+        .iter()
+        .flat_map(|u| descendants(u).into_iter().filter(move |d| d != u))
+        .collect();
+    unrelated
+        .iter()
+        .filter(|k| !under.contains(*k))
+        .map(|k| {
+            let (r, d) = (src[k], dest[k]);
             let kind = match r.relkind {
                 'v' => "view",
                 'm' => "materialized view",
                 'f' => "foreign table",
                 _ => "table",
             };
-            let whose = match r.parents.first() {
-                Some(p) => format!(", a partition (or child) of {}", shown_key(p, &src_shown)),
-                None => String::new(),
+            let whose = match r.parents.as_slice() {
+                [] => String::new(),
+                ps => format!(
+                    ", a partition (or child) of {},",
+                    ps.iter().map(|p| shown_key(p, &src_shown)).join(" and ")
+                ),
             };
-            format!(
-                "the source's {kind} {}{whose} is not migrated, nor its rows: the destination's {}, a partition (or child) of the kept table {}, keeps that name in public; rename one of them to migrate it",
-                table_shown(&r.schema, &r.name),
-                shown_key(k, &dest_shown),
-                shown_key(parent, &dest_shown)
-            )
+            let keys = descendants(k);
+            let along: Vec<String> = keys
+                .iter()
+                .filter(|o| *o != k)
+                .map(|o| shown_key(o, &src_shown))
+                .collect();
+            let along = match along.len() {
+                0 => String::new(),
+                _ => format!(" (with its partitions or children {})", along.join(", ")),
+            };
+            let rows = if r.relkind == 'v' { "" } else { ", nor its rows" };
+            Unrelated {
+                warning: format!(
+                    "the source's {kind} {}{whose} is not migrated{along}{rows}: the destination's {}, a partition (or child) of the kept table {}, keeps that name in {}; rename one of them to migrate it",
+                    table_shown(&r.schema, &r.name),
+                    shown_key(k, &dest_shown),
+                    shown_key(&d.parents.iter().find(|p| kept.contains(*p)).cloned().unwrap_or_default(), &dest_shown),
+                    display_ident(&d.schema),
+                ),
+                key: k.clone(),
+                keys,
+            }
         })
         .collect()
 }

@@ -685,13 +685,7 @@ pub async fn outlook(client: &Client, m: &MigrationRow, policy: Policy) -> Resul
 /// Tables whose writes the swap keeps: preserved, and kept at prepare or now
 /// (`--keep-tables`, partitions included).
 fn exempt(m: &MigrationRow, kept: &Kept) -> Vec<TableName> {
-    let mut e = gate::migration_exempt(&m.state);
-    e.extend(
-        kept.by_schema
-            .iter()
-            .flat_map(|(s, ts)| ts.iter().map(|name| TableName::in_schema(s, name))),
-    );
-    e
+    gate::exempt_keeping(&m.state, &kept.by_schema)
 }
 
 /// The discarded-writes check under the swap's locks, when prepare recorded a

@@ -124,6 +124,21 @@ pub fn migration_exempt(st: &MigrationState) -> Vec<TableName> {
     st.writes_kept()
 }
 
+/// [`migration_exempt`] and the tables `kept` (by live schema, partitions
+/// included: prepare's and the swap's own `--keep-tables`), whose writes stay
+/// live too.
+pub fn exempt_keeping(
+    st: &MigrationState,
+    kept: &BTreeMap<String, BTreeSet<String>>,
+) -> Vec<TableName> {
+    let mut e = migration_exempt(st);
+    e.extend(
+        kept.iter()
+            .flat_map(|(s, ts)| ts.iter().map(|name| TableName::in_schema(s, name))),
+    );
+    e
+}
+
 /// The writes since `baseline` to the live tables that are not `exempt`, with
 /// the counters now (the tables the check under the locks looks at). For the
 /// swap, `baseline` is the migration's (taken when prepare started) and
@@ -266,7 +281,7 @@ pub async fn migration_report_keeping(
     lock_timeout: Duration,
 ) -> Result<Impact> {
     let pairs = migration_pairs(st, kept);
-    let exempt = migration_exempt(st);
+    let exempt = exempt_keeping(st, kept);
     let baseline = migration_baseline(client, st).await?;
     report(
         client,
