@@ -1088,6 +1088,20 @@ fn a_table_named_like_a_kept_tables_partition_is_warned_about() {
         &dst,
         "--json",
     ];
+    // Such a table attached to one that moves would end up attached across
+    // schemas: refused.
+    dbs.dst.psql(
+        "CREATE TABLE holder (id int, v text) PARTITION BY RANGE (id);
+         ALTER TABLE lg_a DROP CONSTRAINT lg_a_pkey;
+         ALTER TABLE holder ATTACH PARTITION lg_a FOR VALUES FROM (0) TO (1000);",
+    );
+    let out = wd.run(&[rollback.as_slice(), &["--dry-run"]].concat());
+    assert_usage_error(
+        &out,
+        "--keep-tables: a partition (or child) of a kept table has the name of lg_a (attached to holder): each would stay where it is while the table it is attached to moves",
+    );
+    dbs.dst
+        .psql("ALTER TABLE holder DETACH PARTITION lg_a; DROP TABLE holder;");
     let dry = json(&wd.run_ok(&[rollback.as_slice(), &["--dry-run"]].concat()));
     warned(&dry["rollback"]);
     warned(&json(&wd.run_ok(&rollback)));
@@ -1095,5 +1109,47 @@ fn a_table_named_like_a_kept_tables_partition_is_warned_about() {
         dbs.dst
             .psql(&format!("SELECT count(*) FROM \"{backup}\".lg_1")),
         "50"
+    );
+}
+
+/// `rollback --keep-tables` of a partitioned table with a serial column: the
+/// backup's partitions' defaults draw from its copy's sequence, and all of
+/// them stay behind together. It was refused ("objects of the backup depend
+/// on its own copy …: default value for column id of table …metrics_p1").
+#[test]
+fn a_partitioned_table_with_a_serial_column_can_be_kept_by_a_rollback() {
+    let dbs = TestDbs::new("filters_keep_partitioned_serial");
+    let ddl = |tag: &str| {
+        format!(
+            "CREATE TABLE metrics (id bigserial, k int NOT NULL, note text, PRIMARY KEY (id, k)) PARTITION BY RANGE (k);
+             CREATE TABLE metrics_p1 PARTITION OF metrics FOR VALUES FROM (0) TO (100);
+             CREATE TABLE metrics_p2 PARTITION OF metrics FOR VALUES FROM (100) TO (200);
+             INSERT INTO metrics (k, note) SELECT g, '{tag}' FROM generate_series(0, 199, 10) g;"
+        )
+    };
+    dbs.src.psql(&ddl("new"));
+    dbs.dst.psql(&ddl("old"));
+    let wd = Workdir::new();
+    let dst = dbs.dst.url();
+    wd.run_ok(&["start", "--source", &dbs.src.url(), "--dest", &dst]);
+    let out = json(&wd.run_ok(&[
+        "rollback",
+        "--latest",
+        "--keep-tables",
+        "metrics",
+        "--dest",
+        &dst,
+        "--json",
+    ]));
+    assert_eq!(
+        out["kept_tables"],
+        serde_json::json!(["metrics", "metrics_p1", "metrics_p2"]),
+        "{out}"
+    );
+    assert_eq!(
+        dbs.dst.psql(
+            "SELECT count(*) FILTER (WHERE note = 'new') || '/' || count(*) FROM public.metrics"
+        ),
+        "20/20"
     );
 }

@@ -411,20 +411,48 @@ pub async fn plan(client: &Client, opts: &RollbackOptions) -> Result<Plan> {
             (&live_side, &backup_side),
             &roots,
         ));
-        keep.extend(live_side);
-        keep.extend(backup_side);
+        keep.extend(live_side.iter().cloned());
+        keep.extend(backup_side.iter().cloned());
+        // Such a table stays where it is: attached to a table that moves, it
+        // would end up attached across schemas (rows of the restored public
+        // in a backup, say).
+        let mut torn = Vec::new();
+        for (schema, stays, tables) in [
+            (backup, only_in(&live_side, &backup_side), backup_tables),
+            (live, only_in(&backup_side, &live_side), &live_tables[live]),
+        ] {
+            let stays: Vec<String> = stays.into_iter().filter(|t| tables.contains(t)).collect();
+            for (t, other_schema, other) in inheritance_links(client, schema, &stays).await? {
+                if other_schema != schema || !keep.contains(&other) {
+                    torn.push(format!(
+                        "{} (attached to {})",
+                        crate::pg::meta::table_shown(schema, &t),
+                        crate::pg::meta::table_shown(&other_schema, &other)
+                    ));
+                }
+            }
+        }
+        if !torn.is_empty() {
+            crate::refuse!(
+                "--keep-tables: a partition (or child) of a kept table has the name of {}: each would stay where it is while the table it is attached to moves, leaving them attached across schemas; rename one of them before the rollback; nothing was changed",
+                torn.join(", ")
+            );
+        }
         let beside: Vec<(String, String)> = asked_everywhere
             .iter()
             .filter(|(b, _)| b != backup)
             .cloned()
             .collect();
-        let blockers = dependents_among(client, backup, &roots, &backups, &beside).await?;
+        // The copies stay behind with their own partitions (or children):
+        // a partition's default drawing from its parent's sequence, say, is
+        // theirs.
+        let blockers = dependents_among(client, backup, &backup_side, &backups, &beside).await?;
         if !blockers.is_empty() {
             // Named: the copies something depends on, not every one asked for.
             let mut held = Vec::new();
             for t in roots.iter().filter(|t| backup_tables.contains(*t)) {
-                let one = std::slice::from_ref(t);
-                if !dependents_among(client, backup, one, &backups, &beside)
+                let one = descendants(client, backup, std::slice::from_ref(t)).await?;
+                if !dependents_among(client, backup, &one, &backups, &beside)
                     .await?
                     .is_empty()
                 {
@@ -768,14 +796,11 @@ async fn unkeepable_writes(
                     Some((b.backup.clone(), n.to_string()))
                 })
                 .collect();
-            let blockers = dependents_among(
-                client,
-                &m.backup,
-                std::slice::from_ref(name),
-                &backups,
-                &beside,
-            )
-            .await?;
+            // With its own partitions (or children), which stay with it.
+            let (own, _) =
+                descendants_anywhere(client, &m.backup, std::slice::from_ref(name)).await?;
+            let own: Vec<String> = own.into_iter().map(|(_, n)| n).collect();
+            let blockers = dependents_among(client, &m.backup, &own, &backups, &beside).await?;
             if !blockers.is_empty() {
                 out.insert(
                     shown.to_string(),
@@ -1659,14 +1684,11 @@ fn unrelated_namesakes(
                 .join(", ")
         ),
     };
-    let only_in = |a: &[String], b: &[String], present: &BTreeSet<String>| -> Vec<String> {
-        a.iter()
-            .filter(|t| !b.contains(*t) && present.contains(*t))
-            .cloned()
-            .collect()
+    let present = |ts: Vec<String>, present: &BTreeSet<String>| -> Vec<String> {
+        ts.into_iter().filter(|t| present.contains(t)).collect()
     };
     let mut out = Vec::new();
-    for t in only_in(live_side, backup_side, backup_tables) {
+    for t in present(only_in(live_side, backup_side), backup_tables) {
         out.push(format!(
             "table {} is not restored and stays behind in its backup, rows and all (cleanup drops what a rollback leaves of a backup): the current {}, a partition (or child) of {}, keeps that name; rename one of them before the rollback to restore it",
             crate::pg::meta::table_shown(backup, &t),
@@ -1674,7 +1696,7 @@ fn unrelated_namesakes(
             of_kept()
         ));
     }
-    for t in only_in(backup_side, live_side, live_tables) {
+    for t in present(only_in(backup_side, live_side), live_tables) {
         out.push(format!(
             "the current table {} is not moved to the new backup and stays in {}: {}, a partition (or child) of the backup's copy of {}, keeps that name in the backup; rename one of them before the rollback to replace it",
             crate::pg::meta::table_shown(live, &t),
@@ -1686,6 +1708,40 @@ fn unrelated_namesakes(
     out
 }
 
+/// The names of `a` not in `b`.
+fn only_in(a: &[String], b: &[String]) -> Vec<String> {
+    a.iter().filter(|t| !b.contains(*t)).cloned().collect()
+}
+
+/// The inheritance links (partition or child to parent, either way) of the
+/// tables `names` of `schema`: each table, and the schema and name of the
+/// table at the other end.
+async fn inheritance_links(
+    client: &Client,
+    schema: &str,
+    names: &[String],
+) -> Result<Vec<(String, String, String)>> {
+    if names.is_empty() {
+        return Ok(Vec::new());
+    }
+    query_map(
+        client,
+        "WITH x AS (SELECT c.oid, c.relname FROM pg_catalog.pg_class c
+                      JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+                     WHERE n.nspname = $1 AND c.relname = ANY($2))
+         SELECT x.relname::text, on_.nspname::text, o.relname::text
+           FROM x JOIN pg_catalog.pg_inherits i ON x.oid IN (i.inhrelid, i.inhparent)
+           JOIN pg_catalog.pg_class o
+             ON o.oid = CASE WHEN i.inhrelid = x.oid THEN i.inhparent ELSE i.inhrelid END
+           JOIN pg_catalog.pg_namespace on_ ON on_.oid = o.relnamespace
+          ORDER BY 1, 2, 3",
+        &[&schema, &names],
+        "listing the partitions and parents of tables that stay",
+        |r| (r.get(0), r.get(1), r.get(2)),
+    )
+    .await
+}
+
 /// Partitions and inheritance children (recursively) of `roots` in `schema`.
 /// A kept table with one in another schema is refused (nothing changed yet):
 /// a table is kept with its own schema's partitions only, and the others
@@ -1695,24 +1751,7 @@ pub(crate) async fn descendants(
     schema: &str,
     roots: &[String],
 ) -> Result<Vec<String>> {
-    let rows = client
-        .query(
-            "WITH RECURSIVE d(oid) AS (
-                 SELECT c.oid FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
-                  WHERE n.nspname = $1 AND c.relname = ANY($2)
-                 UNION
-                 SELECT i.inhrelid FROM pg_catalog.pg_inherits i JOIN d ON i.inhparent = d.oid)
-             SELECT n.nspname::text, c.relname::text FROM d JOIN pg_catalog.pg_class c ON c.oid = d.oid
-               JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
-              ORDER BY n.nspname <> $1, 1, 2",
-            &[&schema, &roots],
-        )
-        .await
-        .context("listing partitions of kept tables")?;
-    let (here, elsewhere): (Vec<_>, Vec<_>) = rows
-        .into_iter()
-        .map(|r| (r.get::<_, String>(0), r.get::<_, String>(1)))
-        .partition(|(s, _)| s == schema);
+    let (here, elsewhere) = descendants_anywhere(client, schema, roots).await?;
     if !elsewhere.is_empty() {
         crate::refuse!(
             "--keep-tables: {} of {} {} in another schema ({}); a kept table stays only with the partitions (or children) of its own schema; keep other tables, or do without --keep-tables; nothing was changed",
@@ -1733,6 +1772,33 @@ pub(crate) async fn descendants(
         );
     }
     Ok(here.into_iter().map(|(_, n)| n).collect())
+}
+
+/// `roots` of `schema` and their partitions and inheritance children
+/// (recursively): those in `schema`, and those elsewhere (`(schema, name)`).
+async fn descendants_anywhere(
+    client: &Client,
+    schema: &str,
+    roots: &[String],
+) -> Result<(Vec<(String, String)>, Vec<(String, String)>)> {
+    let rows = client
+        .query(
+            "WITH RECURSIVE d(oid) AS (
+                 SELECT c.oid FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+                  WHERE n.nspname = $1 AND c.relname = ANY($2)
+                 UNION
+                 SELECT i.inhrelid FROM pg_catalog.pg_inherits i JOIN d ON i.inhparent = d.oid)
+             SELECT n.nspname::text, c.relname::text FROM d JOIN pg_catalog.pg_class c ON c.oid = d.oid
+               JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+              ORDER BY n.nspname <> $1, 1, 2",
+            &[&schema, &roots],
+        )
+        .await
+        .context("listing partitions of kept tables")?;
+    Ok(rows
+        .into_iter()
+        .map(|r| (r.get::<_, String>(0), r.get::<_, String>(1)))
+        .partition(|(s, _)| s == schema))
 }
 
 /// The dependency filter of [`depending_on`]: normal dependencies on the
