@@ -299,6 +299,7 @@ async fn writes_to_tables_that_are_not_preserved_refuse_swap_and_rollback() {
         "orders (3 inserts)",
         "nothing was changed",
         "Prepare again with this table in --preserved-tables",
+        "a table the source does not have cannot be preserved: keep it live with --keep-tables",
         "--allow-discard orders (or --allow-discard all) to swap anyway",
     ] {
         assert!(line.contains(part), "{part:?} not in {line:?}");

@@ -356,7 +356,7 @@ fn print_writes_hint(plan: &PlanReport, w: &WritesSinceReset) {
     };
     report::writes_table(&w.tables, Some(&preserved)).print();
     crate::outln!(
-        "Tables the application keeps writing belong in --preserved-tables; the swap refuses to discard writes made after prepare starts."
+        "Tables the application keeps writing belong in --preserved-tables (or in --keep-tables, for those the source does not have); the swap refuses to discard writes made after prepare starts."
     );
 }
 

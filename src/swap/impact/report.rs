@@ -152,7 +152,7 @@ pub fn render(i: &Impact, op: Operation) -> String {
             "  Unless --allow-discard covers them, {} refuses these: {}, or pass --allow-discard TABLES (or all).\n",
             op.subject(),
             match op {
-                Operation::Swap => "prepare again with the tables in --preserved-tables",
+                Operation::Swap => "prepare again with the tables in --preserved-tables (or keep those the source does not have with --keep-tables)",
                 Operation::Rollback => "keep the tables with --keep-tables",
             }
         ));

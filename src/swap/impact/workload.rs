@@ -162,7 +162,7 @@ impl Default for StatementsReport {
 }
 
 /// How to turn `pg_stat_statements` on.
-pub const ENABLE_HINT: &str = "add pg_stat_statements to shared_preload_libraries (a restart), run CREATE EXTENSION pg_stat_statements in this database, and let the application run for a while";
+pub const ENABLE_HINT: &str = "add pg_stat_statements to shared_preload_libraries (a restart), run CREATE EXTENSION pg_stat_statements in this database (in a schema of its own, say CREATE SCHEMA pgss; CREATE EXTENSION pg_stat_statements SCHEMA pgss: in public, owned by another role, it keeps the swap from renaming schemas), and let the application run for a while";
 
 impl StatementsReport {
     /// A report saying the workload was not checked, and why.

@@ -883,7 +883,9 @@ pub fn gate_keeping(
             ", or pass",
         ),
         Operation::Swap => (
-            format!("Prepare again with {these} in --preserved-tables"),
+            format!(
+                "Prepare again with {these} in --preserved-tables (a table the source does not have cannot be preserved: keep it live with --keep-tables)"
+            ),
             ", or pass",
         ),
         Operation::Rollback => {
