@@ -198,6 +198,7 @@ fn bad_input_is_one_line_a_documented_code_and_no_change() {
     std::fs::write(&mistyped_duration, "lock_timeout = true\n").unwrap();
 
     let secret_url = "postgresql://u:Sekret-0815@127.0.0.1:1/db";
+    let under_a_file = format!("{}/Cargo.toml/sub", env!("CARGO_MANIFEST_DIR"));
     // Connection strings under the wrong keys of a config file.
     let (jobs_config, verify_config) = (wd.join("jobs.toml"), wd.join("verify.toml"));
     std::fs::write(&jobs_config, format!("jobs = \"{secret_url}\"\n")).unwrap();
@@ -336,6 +337,14 @@ fn bad_input_is_one_line_a_documented_code_and_no_change() {
             env: vec![],
             code: 2,
             message: vec!["the state directory /sys is not writable", "--state-dir"],
+        },
+        // A path through a regular file: exit 1, "creating state directory".
+        Case {
+            name: "a state directory that cannot be made",
+            args: s(&["abort", "--dest", &dst, "--state-dir", &under_a_file]),
+            env: vec![],
+            code: 2,
+            message: vec!["the state directory", "cannot be made", "--state-dir"],
         },
         // It passed, and the swap failed on the server (exit 1) after the
         // impact report: PostgreSQL's timeouts are ints of milliseconds.

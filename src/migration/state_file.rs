@@ -83,7 +83,16 @@ fn unwritable(dir: &Path, e: std::io::Error, doing: &str, what: &Path) -> anyhow
     let denied =
         e.kind() == std::io::ErrorKind::PermissionDenied || e.raw_os_error() == Some(libc::EROFS);
     let full = matches!(e.raw_os_error(), Some(libc::ENOSPC | libc::EDQUOT));
-    if denied {
+    // A path through a regular file, or where no directory can be made.
+    let unmakeable = doing == "creating state directory"
+        && matches!(e.raw_os_error(), Some(libc::ENOTDIR | libc::ENOENT));
+    if unmakeable {
+        crate::error::UserError::new(format!(
+            "the state directory {} cannot be made ({e}); give --state-dir a directory that can be",
+            dir.display()
+        ))
+        .into()
+    } else if denied {
         crate::error::UserError::new(format!(
             "the state directory {} is not writable ({e}); run from a writable directory or give --state-dir",
             dir.display()
