@@ -1059,6 +1059,23 @@ fn a_table_named_like_a_kept_tables_partition_is_warned_about() {
         &out,
         "--keep-tables: objects of the source use lg_a, which is not migrated: a partition (or child) of a kept table has that name on the destination, so they would use it instead: view public.v_lga;",
     );
+    // Excluded on purpose too: no warning, but the view is still refused.
+    let out = wd.run(&[
+        "prepare",
+        "--source",
+        &src,
+        "--dest",
+        &dst,
+        "--keep-tables",
+        "lg",
+        "--exclude-table",
+        "lg_a",
+        "--dry-run",
+    ]);
+    assert_usage_error(
+        &out,
+        "objects of the source use lg_a, which is not migrated",
+    );
     dbs.src.psql("DROP VIEW v_lga; DROP TABLE lg_b");
 
     // Migrated whole, then rolled back keeping the new lg: the backup's lg_1
@@ -1146,6 +1163,8 @@ fn a_partitioned_table_with_a_serial_column_can_be_kept_by_a_rollback() {
         serde_json::json!(["metrics", "metrics_p1", "metrics_p2"]),
         "{out}"
     );
+    // The kept partitions' defaults stay with them: nothing to warn about.
+    assert_eq!(out["warnings"], serde_json::json!([]), "{out}");
     assert_eq!(
         dbs.dst.psql(
             "SELECT count(*) FILTER (WHERE note = 'new') || '/' || count(*) FROM public.metrics"

@@ -501,7 +501,7 @@ pub async fn resolve(
             );
         }
         res.warnings
-            .extend(unrelated.into_iter().map(|u| u.warning));
+            .extend(unrelated.into_iter().filter_map(|u| u.warning));
         let kept_by_schema = by_schema(&dest_rels, &kept);
         let migrated: BTreeSet<String> = src_rels
             .iter()
@@ -533,12 +533,14 @@ pub async fn resolve(
 /// out with its partitions, as the user asked): a table of unrelated rows,
 /// a partition of another table, a view. The name stays the kept
 /// partition's, so they cannot be migrated (nor their own partitions); said,
-/// since nothing else would. Those `excluded` are left out as asked.
+/// since nothing else would (not for those `excluded` anyway); what uses
+/// them is refused either way.
 struct Unrelated {
     key: String,
     /// `key` and its own descendants, left out with it.
     keys: BTreeSet<String>,
-    warning: String,
+    /// None for a table `--exclude-table` leaves out anyway.
+    warning: Option<String>,
 }
 
 fn left_out_by_a_kept_descendant(
@@ -561,7 +563,7 @@ fn left_out_by_a_kept_descendant(
     let expected = with_descendants(src_rels, &roots);
     let unrelated: BTreeSet<String> = kept
         .iter()
-        .filter(|k| !expected.contains(*k) && !excluded.contains(*k))
+        .filter(|k| !expected.contains(*k))
         .filter(|k| kept_parent(k).is_some() && src.contains_key(*k))
         .cloned()
         .collect();
@@ -602,13 +604,14 @@ fn left_out_by_a_kept_descendant(
             };
             let rows = if r.relkind == 'v' { "" } else { ", nor its rows" };
             Unrelated {
-                warning: format!(
+                // Excluded on purpose: no news, but what uses it is refused.
+                warning: (!excluded.contains(k)).then(|| format!(
                     "the source's {kind} {}{whose} is not migrated{along}{rows}: the destination's {}, a partition (or child) of the kept table {}, keeps that name in {}; rename one of them to migrate it",
                     table_shown(&r.schema, &r.name),
                     shown_key(k, &dest_shown),
                     shown_key(&d.parents.iter().find(|p| kept.contains(*p)).cloned().unwrap_or_default(), &dest_shown),
                     display_ident(&d.schema),
-                ),
+                )),
                 key: k.clone(),
                 keys,
             }

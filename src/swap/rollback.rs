@@ -467,7 +467,15 @@ pub async fn plan(client: &Client, opts: &RollbackOptions) -> Result<Plan> {
             );
         }
         warnings.extend(
-            kept_table_warnings(client, live, &roots, &kept_live, &lives, "the new backup").await?,
+            kept_table_warnings(
+                client,
+                live,
+                &live_side,
+                &kept_live,
+                &lives,
+                "the new backup",
+            )
+            .await?,
         );
         let mut expected: BTreeSet<String> = backup_tables
             .iter()
