@@ -1731,3 +1731,51 @@ fn a_source_stopped_during_prepare_is_named() {
     );
     leftover_free(&dbs.dst);
 }
+
+/// Listing the source's tables with their sizes needs each one's ACCESS
+/// SHARE lock: behind a session holding an ACCESS EXCLUSIVE one (a long ALTER
+/// TABLE, a LOCK TABLE in an open transaction), prepare and its dry run
+/// waited without a word. They say which table, which session, and that
+/// they wait; they go on when it is released.
+#[test]
+fn prepare_says_which_session_it_waits_for_on_the_source() {
+    let dbs = TestDbs::new("waits_said");
+    dbs.src
+        .psql("CREATE TABLE t (id int PRIMARY KEY); INSERT INTO t VALUES (1);");
+    let wd = Workdir::new();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let blocker = rt.block_on(dbs.src.client());
+    rt.block_on(blocker.batch_execute("BEGIN; LOCK TABLE t IN ACCESS EXCLUSIVE MODE"))
+        .unwrap();
+    let pid = rt
+        .block_on(blocker.query_one("SELECT pg_backend_pid()", &[]))
+        .unwrap()
+        .get::<_, i32>(0);
+    let child = spawn(
+        &wd,
+        &[
+            "prepare",
+            "--source",
+            &dbs.src.url(),
+            "--dest",
+            &dbs.dst.url(),
+            "--dry-run",
+        ],
+        &[],
+    );
+    wait_until("the dry run waits on the lock", 30, || {
+        dbs.src.psql(
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE 'pgshift%' AND wait_event_type = 'Lock' AND datname = current_database()",
+        ) == "1"
+    });
+    rt.block_on(blocker.batch_execute("ROLLBACK")).unwrap();
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains(&format!(
+            "table public.t is locked (ACCESS EXCLUSIVE) by pid {pid} ("
+        )) && err.contains("waiting until it is released"),
+        "{err}"
+    );
+}

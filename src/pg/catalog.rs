@@ -462,9 +462,47 @@ pub async fn schema_is_empty(client: &impl GenericClient, schema: &str) -> Resul
         .get(0))
 }
 
+/// Their sizes need each relation's ACCESS SHARE lock, so the listing below
+/// waits, without a word, behind a session that holds an ACCESS EXCLUSIVE one
+/// (a long ALTER TABLE, a LOCK TABLE in an open transaction): say who, so an
+/// operator knows what pgshift waits for. Only a hint: the question takes no
+/// lock, and its failure (or a lock taken right after it) changes nothing.
+async fn say_who_locks(client: &impl GenericClient, schema: &str) {
+    let Ok(rows) = client
+        .query(
+            "SELECT c.relname::text, l.pid, COALESCE(a.usename::text, '?'),
+                    COALESCE(EXTRACT(epoch FROM pg_catalog.now() - a.xact_start)::int8, 0),
+                    pg_catalog.left(COALESCE(a.query, ''), 120)
+               FROM pg_catalog.pg_locks l
+               JOIN pg_catalog.pg_class c ON c.oid = l.relation
+               JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+               LEFT JOIN pg_catalog.pg_stat_activity a ON a.pid = l.pid
+              WHERE l.locktype = 'relation' AND l.granted AND l.mode = 'AccessExclusiveLock'
+                AND l.database = (SELECT oid FROM pg_catalog.pg_database
+                                   WHERE datname = pg_catalog.current_database())
+                AND n.nspname = $1 AND l.pid <> pg_catalog.pg_backend_pid()
+              ORDER BY 2, 1",
+            &[&schema],
+        )
+        .await
+    else {
+        return;
+    };
+    for r in rows {
+        let (table, pid, user, secs, query): (String, i32, String, i64, String) =
+            (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4));
+        tracing::warn!(
+            "table {} is locked (ACCESS EXCLUSIVE) by pid {pid} ({user}, its transaction open for {secs} s: {}): waiting until it is released (pg_terminate_backend({pid}) would end it)",
+            crate::pg::ident::qualified_display(schema, &table),
+            query.split_whitespace().join(" ")
+        );
+    }
+}
+
 /// Tables, partitioned tables, materialized views and foreign tables of `schema`
 /// that are not extension members, largest first.
 pub async fn tables(client: &impl GenericClient, schema: &str) -> Result<Vec<TableInfo>> {
+    say_who_locks(client, schema).await;
     let rows = client
         .query(
             concat!(
