@@ -346,6 +346,23 @@ fn bad_input_is_one_line_a_documented_code_and_no_change() {
             code: 2,
             message: vec!["the state directory", "cannot be made", "--state-dir"],
         },
+        // Prepare's dump directory (in the state directory) is checked first:
+        // it said the file "is not writable".
+        Case {
+            name: "a state directory through a file, to prepare",
+            args: s(&[
+                "prepare",
+                "--source",
+                &src,
+                "--dest",
+                &dst,
+                "--state-dir",
+                &under_a_file,
+            ]),
+            env: vec![],
+            code: 2,
+            message: vec!["cannot be made", "Cargo.toml is not a directory"],
+        },
         // It passed, and the swap failed on the server (exit 1) after the
         // impact report: PostgreSQL's timeouts are ints of milliseconds.
         Case {

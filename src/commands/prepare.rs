@@ -121,6 +121,13 @@ fn check_dump_dir(dir: &std::path::Path) -> Result<()> {
             }
         }
     }
+    if !at.is_dir() {
+        crate::refuse!(
+            "the dump directory {} cannot be made: {} is not a directory (choose another --dump-dir, or --state-dir for the default one)",
+            dir.display(),
+            at.display()
+        );
+    }
     if nix::unistd::access(
         at,
         nix::unistd::AccessFlags::W_OK | nix::unistd::AccessFlags::X_OK,
