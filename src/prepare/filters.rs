@@ -43,8 +43,9 @@
 //! partitions and inheritance children along; a kept partition needs its
 //! parent kept, and a source table named like one that is not the source's
 //! own partition of the kept table is left out with a warning (the name is
-//! the kept partition's). A pattern that matches nothing is a usage error (exit 2): a
-//! typo must not silently migrate everything. A table both preserved and
+//! the kept partition's), or refused when source objects use it. A pattern
+//! that matches nothing is a usage error (exit 2): a typo must not silently
+//! migrate everything. A table both preserved and
 //! filtered is a usage error too; `--keep-tables` wins over the exclusions
 //! and `--exclude-table` over `--exclude-table-data` (as pg_dump's `-T`).
 //! Everything here only reads the catalogs; the result is what
@@ -527,14 +528,7 @@ pub async fn resolve(
     Ok(res)
 }
 
-/// The source's relations left out only because a kept table's partition
-/// (or inheritance child) on the destination has their name, while they are
-/// not the source's own partitions of that kept table (whose namesake is left
-/// out with its partitions, as the user asked): a table of unrelated rows,
-/// a partition of another table, a view. The name stays the kept
-/// partition's, so they cannot be migrated (nor their own partitions); said,
-/// since nothing else would (not for those `excluded` anyway); what uses
-/// them is refused either way.
+/// One of [`left_out_by_a_kept_descendant`]'s relations.
 struct Unrelated {
     key: String,
     /// `key` and its own descendants, left out with it.
@@ -543,6 +537,14 @@ struct Unrelated {
     warning: Option<String>,
 }
 
+/// The source's relations left out only because a kept table's partition
+/// (or inheritance child) on the destination has their name, while they are
+/// not the source's own partitions of that kept table (whose namesake is left
+/// out with its partitions, as the user asked): a table of unrelated rows,
+/// a partition of another table, a view. The name stays the kept
+/// partition's, so they cannot be migrated (nor their own partitions); said,
+/// since nothing else would (not for those `excluded` anyway); what uses
+/// them is refused either way.
 fn left_out_by_a_kept_descendant(
     src_rels: &[Rel],
     dest_rels: &[Rel],

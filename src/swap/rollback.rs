@@ -827,8 +827,6 @@ async fn unkeepable_writes(
     }
 }
 
-/// The kept tables of `pairs` as names, each in its live schema (for the
-/// discarded-writes checks, before and under the locks).
 /// The kept tables that are live (keys, in the pairs' order): `plan.keep`
 /// also holds the names of the backup's partitions of its copies, which stay
 /// behind with them.
@@ -849,6 +847,8 @@ fn live_kept_sorted(plan: &Plan) -> Vec<String> {
     live_kept_keys(plan).into_iter().sorted().collect()
 }
 
+/// The kept tables of `pairs` as names, each in its live schema (for the
+/// discarded-writes checks, before and under the locks).
 fn kept_names(pairs: &[engine::Pair]) -> Vec<TableName> {
     pairs
         .iter()
