@@ -1774,7 +1774,8 @@ fn prepare_says_which_session_it_waits_for_on_the_source() {
     assert!(out.status.success(), "{err}");
     assert!(
         err.contains(&format!(
-            "table public.t is locked (ACCESS EXCLUSIVE) by pid {pid} ("
+            "table public.t of database {} is locked (ACCESS EXCLUSIVE) by pid {pid} (",
+            dbs.src.name()
         )) && err.contains("waiting until it is released"),
         "{err}"
     );

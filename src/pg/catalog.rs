@@ -470,7 +470,7 @@ pub async fn schema_is_empty(client: &impl GenericClient, schema: &str) -> Resul
 async fn say_who_locks(client: &impl GenericClient, schema: &str) {
     let Ok(rows) = client
         .query(
-            "SELECT c.relname::text, l.pid, COALESCE(a.usename::text, '?'),
+            "SELECT c.relname::text, l.pid, COALESCE(a.usename::text, '?'), pg_catalog.current_database()::text,
                     COALESCE(EXTRACT(epoch FROM pg_catalog.now() - a.xact_start)::int8, 0),
                     pg_catalog.left(COALESCE(a.query, ''), 120)
                FROM pg_catalog.pg_locks l
@@ -489,11 +489,12 @@ async fn say_who_locks(client: &impl GenericClient, schema: &str) {
         return;
     };
     for r in rows {
-        let (table, pid, user, secs, query): (String, i32, String, i64, String) =
-            (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4));
+        let (table, pid, user, db, secs, query): (String, i32, String, String, i64, String) =
+            (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4), r.get(5));
         tracing::warn!(
-            "table {} is locked (ACCESS EXCLUSIVE) by pid {pid} ({user}, its transaction open for {secs} s: {}): waiting until it is released (pg_terminate_backend({pid}) would end it)",
+            "table {} of database {} is locked (ACCESS EXCLUSIVE) by pid {pid} ({user}, its transaction open for {secs} s: {}): waiting until it is released (pg_terminate_backend({pid}) would end it)",
             crate::pg::ident::qualified_display(schema, &table),
+            crate::pg::ident::display_ident(&db),
             query.split_whitespace().join(" ")
         );
     }
