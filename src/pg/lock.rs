@@ -3,7 +3,10 @@
 //!
 //! The holder is identified through its `application_name`
 //! (`pgshift <command> pid=<pid> host=<host>`), which every session can see in
-//! `pg_stat_activity`, so a refused run can name it.
+//! `pg_stat_activity`, so a refused run can name it. A run that just ended may
+//! still hold the lock for a moment (its server session exits after the
+//! connection closes): a lock whose holder is gone or whose process no longer
+//! runs is asked for again, for about 2 s, before the run is refused.
 
 use anyhow::{Context, Result, bail};
 use chrono::{DateTime, Utc};
@@ -110,6 +113,28 @@ impl Holder {
 /// mode handed this run a server session that an earlier run left holding
 /// it. Taking it again would let two runs in at once; that is refused.
 pub async fn acquire(client: &Client) -> Result<()> {
+    // A run that just ended (`pgshift prepare && pgshift swap`) has closed
+    // its connection, but its server session may take a moment to exit and
+    // release the lock: when the holder is gone by the time it is asked for,
+    // or its process no longer runs, ask again for up to about 2 s.
+    for _ in 0..20 {
+        match try_acquire(client).await? {
+            None => return Ok(()),
+            Some(h) if h.as_ref().is_none_or(|h| h.process_alive() == Some(false)) => {
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+            Some(_) => break,
+        }
+    }
+    match try_acquire(client).await? {
+        None => Ok(()),
+        Some(h) => refuse_held(h),
+    }
+}
+
+/// One try of [`acquire`]: `None` when taken, else the holder as far as it
+/// can be seen (`Some(None)`: it let go meanwhile).
+async fn try_acquire(client: &Client) -> Result<Option<Option<Holder>>> {
     let taken = async {
         client.batch_execute("BEGIN").await?;
         let held: bool = client
@@ -156,9 +181,14 @@ pub async fn acquire(client: &Client) -> Result<()> {
         );
     }
     if got {
-        return Ok(());
+        return Ok(None);
     }
-    match holder(client).await? {
+    Ok(Some(holder(client).await?))
+}
+
+/// The refusal of a run lock that `h` holds.
+fn refuse_held(h: Option<Holder>) -> Result<()> {
+    match h {
         Some(h) if h.process_alive() == Some(false) => bail!(
             "another pgshift run holds the destination's lock: {h}; its process ({}) no longer runs on this host, and its server session lives on until the server notices: end that session with SELECT pg_terminate_backend({}) and try again",
             h.process()
