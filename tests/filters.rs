@@ -1021,7 +1021,7 @@ fn a_table_named_like_a_kept_tables_partition_is_warned_about() {
     );
     let wd = Workdir::new();
     let (src, dst) = (dbs.src.url(), dbs.dst.url());
-    let plan = json(&wd.run_ok(&[
+    let dry = [
         "prepare",
         "--source",
         &src,
@@ -1030,8 +1030,8 @@ fn a_table_named_like_a_kept_tables_partition_is_warned_about() {
         "--keep-tables",
         "lg",
         "--dry-run",
-        "--json",
-    ]));
+    ];
+    let plan = json(&wd.run_ok(&[dry.as_slice(), &["--json"]].concat()));
     let w = plan["plan"]["warnings"].to_string();
     assert!(
         w.contains("the source's table lg_a is not migrated, nor its rows: the destination's lg_a, a partition (or child) of the kept table lg, keeps that name in public"),
@@ -1045,33 +1045,13 @@ fn a_table_named_like_a_kept_tables_partition_is_warned_about() {
     assert!(!w.contains("the source's table lg_b_1"), "{plan}");
     // What uses such a table would use the kept partition instead: refused.
     dbs.src.psql("CREATE VIEW v_lga AS SELECT id FROM lg_a");
-    let out = wd.run(&[
-        "prepare",
-        "--source",
-        &src,
-        "--dest",
-        &dst,
-        "--keep-tables",
-        "lg",
-        "--dry-run",
-    ]);
+    let out = wd.run(&dry);
     assert_usage_error(
         &out,
         "--keep-tables: objects of the source use lg_a, which is not migrated: a partition (or child) of a kept table has that name on the destination, so they would use it instead: view public.v_lga;",
     );
     // Excluded on purpose too: no warning, but the view is still refused.
-    let out = wd.run(&[
-        "prepare",
-        "--source",
-        &src,
-        "--dest",
-        &dst,
-        "--keep-tables",
-        "lg",
-        "--exclude-table",
-        "lg_a",
-        "--dry-run",
-    ]);
+    let out = wd.run(&[dry.as_slice(), &["--exclude-table", "lg_a"]].concat());
     assert_usage_error(
         &out,
         "objects of the source use lg_a, which is not migrated",
