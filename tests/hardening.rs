@@ -1780,3 +1780,50 @@ fn prepare_says_which_session_it_waits_for_on_the_source() {
         "{err}"
     );
 }
+
+/// A phase that waits for a lock (here pg_dump's `LOCK TABLE`, behind a
+/// session holding an ACCESS EXCLUSIVE one) said nothing while it waited,
+/// and its progress line did not move. prepare names the session, while the
+/// wait lasts, and goes on when it is released.
+#[test]
+fn prepare_names_the_session_its_pg_dump_waits_for() {
+    let dbs = TestDbs::new("dump_waits_said");
+    dbs.src.psql(
+        "CREATE TABLE a (id int PRIMARY KEY); CREATE TABLE b (id int PRIMARY KEY);
+         INSERT INTO a VALUES (1); INSERT INTO b VALUES (1);",
+    );
+    let wd = Workdir::new();
+    let mut child = spawn_prepare(&wd, &dbs, &[("PGSHIFT_FAILPOINT", "dump:sleep=2000")]);
+    wait_for_phase(&wd, &dbs.dst, "dump", &mut child);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let blocker = rt.block_on(dbs.src.client());
+    let pid = rt
+        .block_on(blocker.query_one("SELECT pg_backend_pid()", &[]))
+        .unwrap()
+        .get::<_, i32>(0);
+    rt.block_on(blocker.batch_execute("BEGIN; LOCK TABLE b IN ACCESS EXCLUSIVE MODE"))
+        .unwrap();
+    wait_until("pg_dump waits on the lock", 30, || {
+        dbs.src.psql(
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'pgshift pg_dump' AND wait_event_type = 'Lock' AND datname = current_database()",
+        ) == "1"
+    });
+    // Named once the wait has lasted 5 s, asked every 5 s.
+    std::thread::sleep(Duration::from_secs(15));
+    rt.block_on(blocker.batch_execute("ROLLBACK")).unwrap();
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    let line = err
+        .lines()
+        .find(|l| l.contains("on the source, pgshift's pg_dump session has waited"))
+        .unwrap_or_else(|| panic!("the wait is not named: {err}"));
+    assert!(
+        line.contains(" s for a lock on public.b, held by ")
+            && line.contains(&format!("pid {pid} ("))
+            && line.contains("query: BEGIN; LOCK TABLE b IN ACCESS EXCLUSIVE MODE")
+            && line.contains(&format!("pg_terminate_backend({pid})")),
+        "{line}"
+    );
+    assert_eq!(dbs.dst.psql("SELECT count(*) FROM shadow.b"), "1");
+}

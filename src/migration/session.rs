@@ -149,6 +149,13 @@ impl Session {
         Ok(())
     }
 
+    /// The run lock's session, idle once it holds the lock: for questions
+    /// asked while the run's other sessions work or wait
+    /// ([`crate::pg::lock::naming_lock_waits`]).
+    pub fn lock_session(&self) -> &Client {
+        &self.lock_client
+    }
+
     /// Is the lock session still alive? (A dead one means the lock is gone.)
     pub fn lock_alive(&self) -> bool {
         !self.lock_client.is_closed()

@@ -7,6 +7,18 @@
 //! still hold the lock for a moment (its server session exits after the
 //! connection closes): a lock whose holder is gone or whose process no longer
 //! runs is asked for again, for about 2 s, before the run is refused.
+//!
+//! Also here: the sessions a run waits for. A statement that waits for a lock
+//! says nothing while it waits (pg_dump's `LOCK TABLE`, a copy's `COPY`, an
+//! index build behind a long transaction), and a progress line that does not
+//! move looks like a hang. [`naming_lock_waits`] asks, on an idle session, every
+//! few seconds, which of pgshift's sessions (`application_name` `pgshift …`)
+//! wait and behind whom (`pg_blocking_pids`), and names the holder, as the swap
+//! names the sessions its `lock_timeout` gives up on. Prepare asks on the
+//! destination through the run lock's session, idle once it holds the lock,
+//! for all its phases; and on the source, while pg_dump runs, through one
+//! more session, which the source has room for then (the copies' sessions
+//! are not open yet) and which is left out if the server refuses it.
 
 use anyhow::{Context, Result, bail};
 use chrono::{DateTime, Utc};
@@ -263,6 +275,156 @@ pub async fn relation_lock_holders(
         .await
         .map(|rows| rows.iter().map(|r| r.get(0)).collect())
         .unwrap_or_default()
+}
+
+/// How often [`naming_lock_waits`] asks.
+const WATCH_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+/// A wait is named once it has lasted this long (a lock taken and released
+/// in a moment is no news)…
+const WAIT_WORTH_SAYING: i64 = 5;
+/// …and named again, while it lasts, this often (per holder).
+const SAY_AGAIN: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Run `work` while naming, on `watcher` (a session of the database `side`
+/// names, "source" or "destination", idle otherwise), the sessions that keep
+/// pgshift's sessions of that database waiting for a lock (see the module's
+/// doc). Without a watcher, just `work`.
+pub async fn naming_lock_waits<T>(
+    watcher: Option<&Client>,
+    side: &str,
+    work: impl std::future::Future<Output = T>,
+) -> T {
+    let Some(client) = watcher else {
+        return work.await;
+    };
+    tokio::pin!(work);
+    tokio::select! {
+        r = &mut work => return r,
+        () = name_lock_waits(client, side) => {}
+    }
+    work.await
+}
+
+/// The loop of [`naming_lock_waits`]; it ends only when its session does. It
+/// never takes a lock on a relation: `pg_locks` and `pg_stat_activity` are
+/// read without one. A question that fails is asked again at the next tick.
+async fn name_lock_waits(client: &Client, side: &str) {
+    let mut said: std::collections::HashMap<i32, std::time::Instant> =
+        std::collections::HashMap::new();
+    let mut tick = tokio::time::interval(WATCH_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        if client.is_closed() {
+            return;
+        }
+        let Ok(waits) = waits(client).await else {
+            continue;
+        };
+        said.retain(|pid, _| waits.iter().any(|w| w.holder == *pid));
+        for w in waits {
+            if said.get(&w.holder).is_some_and(|t| t.elapsed() < SAY_AGAIN) {
+                continue;
+            }
+            said.insert(w.holder, std::time::Instant::now());
+            tracing::warn!("{}", w.shown(side));
+        }
+    }
+}
+
+/// One session that keeps pgshift's sessions waiting.
+struct Wait {
+    holder: i32,
+    /// The holder as [`SESSION_SHOWN`] names it, with how long its
+    /// transaction has been open and its (cut) query.
+    holder_shown: String,
+    /// The waiting sessions' names without `pgshift ` (`pg_dump`, `prepare`).
+    waiters: Vec<String>,
+    /// What the longest waiter waits for, and for how long (seconds).
+    what: String,
+    secs: i64,
+}
+
+impl Wait {
+    fn shown(&self, side: &str) -> String {
+        let waiters = match self.waiters.as_slice() {
+            [one] => format!("pgshift's {one} session"),
+            [one, rest @ ..] => format!("pgshift's {one} session and {} more", rest.len()),
+            [] => "pgshift".to_string(),
+        };
+        format!(
+            "on the {side}, {waiters} {} waited {} s for {}, held by {}: it goes on once that is released (pg_terminate_backend({}) would end that session)",
+            if self.waiters.len() > 1 {
+                "have"
+            } else {
+                "has"
+            },
+            self.secs,
+            self.what,
+            self.holder_shown,
+            self.holder
+        )
+    }
+}
+
+/// pgshift's sessions of this database that have waited for a lock for
+/// [`WAIT_WORTH_SAYING`] seconds or more, grouped by the session they wait
+/// for (a waiter behind several sessions is counted with each).
+async fn waits(client: &Client) -> Result<Vec<Wait>> {
+    // `pg_locks.waitstart` is from PostgreSQL 14: read through to_jsonb, so
+    // that older servers fall back to the statement's start.
+    let sql = "SELECT b.pid,
+                'pid ' || a.pid || ' (' || concat_ws(', ', a.usename::text, NULLIF(a.application_name, ''),
+                    NULLIF(a.backend_type, 'client backend'), a.state,
+                    'its transaction open for ' || EXTRACT(epoch FROM pg_catalog.now() - a.xact_start)::int8 || ' s',
+                    'query: ' || NULLIF(pg_catalog.regexp_replace(pg_catalog.left(a.query, 120), '[[:space:]]+', ' ', 'g'), '')) || ')',
+                pg_catalog.substr(w.application_name, 9),
+                l.locktype, n.nspname::text, c.relname::text,
+                EXTRACT(epoch FROM pg_catalog.now() - COALESCE((pg_catalog.to_jsonb(l) ->> 'waitstart')::timestamptz,
+                                                               w.query_start, pg_catalog.now()))::int8 AS secs
+           FROM pg_catalog.pg_stat_activity w
+           JOIN pg_catalog.pg_locks l ON l.pid = w.pid AND NOT l.granted
+           LEFT JOIN pg_catalog.pg_class c ON l.locktype = 'relation' AND c.oid = l.relation
+           LEFT JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+           CROSS JOIN LATERAL pg_catalog.unnest(pg_catalog.pg_blocking_pids(w.pid)) AS b(pid)
+           JOIN pg_catalog.pg_stat_activity a ON a.pid = b.pid
+          WHERE w.datname = pg_catalog.current_database() AND w.application_name LIKE 'pgshift %'
+            AND w.pid <> pg_catalog.pg_backend_pid()
+          ORDER BY b.pid, secs DESC, w.pid";
+    let mut out: Vec<Wait> = Vec::new();
+    for r in client.query(sql, &[]).await? {
+        let secs: i64 = r.get(6);
+        if secs < WAIT_WORTH_SAYING {
+            continue;
+        }
+        let holder: i32 = r.get(0);
+        let waiter: String = r.get(2);
+        if let Some(w) = out.last_mut().filter(|w| w.holder == holder) {
+            if !w.waiters.contains(&waiter) {
+                w.waiters.push(waiter);
+            }
+            continue;
+        }
+        let (locktype, schema, rel): (String, Option<String>, Option<String>) =
+            (r.get(3), r.get(4), r.get(5));
+        let what = match (schema, rel) {
+            (Some(s), Some(t)) => {
+                format!("a lock on {}", crate::pg::ident::qualified_display(&s, &t))
+            }
+            _ if locktype == "transactionid" => {
+                "a row that another transaction changed".to_string()
+            }
+            _ => format!("a lock ({locktype})"),
+        };
+        out.push(Wait {
+            holder,
+            holder_shown: r.get(1),
+            waiters: vec![waiter],
+            what,
+            secs,
+        });
+    }
+    Ok(out)
 }
 
 #[cfg(test)]

@@ -38,6 +38,7 @@ use crate::pg::conn::connect::{connect, describe_pg_error};
 use crate::pg::conn::connspec::ConnSpec;
 use crate::pg::exec::pg_error_as;
 use crate::pg::ident::{TableName, qualified, quote_ident, quote_literal};
+use crate::pg::lock::naming_lock_waits;
 use crate::pg::locks_budget::{self, Budget};
 use crate::pg::meta::{self, PUBLIC, SHADOW_SCHEMA, SchemaPair};
 use crate::pg::objects;
@@ -869,7 +870,10 @@ pub async fn run(
         function_restores: Vec::new(),
         casts: Vec::new(),
     };
-    let result = phases(&mut run, rec).await;
+    // A phase that waits for a lock on the destination (an index build
+    // behind a long transaction, the sync's triggers) names whom it waits for.
+    let lock_session = Some(sess.lock_session());
+    let result = naming_lock_waits(lock_session, "destination", phases(&mut run, rec)).await;
     // The snapshot session is no longer needed either way.
     if let Some(c) = run.snap_client.take() {
         let _ = c.batch_execute("COMMIT").await;
@@ -1323,16 +1327,27 @@ async fn dump(run: &mut Run<'_>) -> Result<()> {
     if !checks && snap_client.is_closed() {
         bail!("{LOST}");
     }
-    process::run(&spec, &run.sess.run.cancel)
+    // pg_dump locks every table it dumps (ACCESS SHARE), and waits without a
+    // word behind a session holding a table's ACCESS EXCLUSIVE lock: name it.
+    // One more source session, refused by a full server without a wait.
+    let watcher = connect(&run.source, "source", &app_name("prepare"), Duration::ZERO)
         .await
-        .context("dumping the source schema")
-        .map_err(|e| {
-            if snap_client.is_closed() {
-                e.context(LOST)
-            } else {
-                e
-            }
-        })?;
+        .inspect_err(|e| tracing::debug!("not watching pg_dump's lock waits: {e:#}"))
+        .ok();
+    naming_lock_waits(
+        watcher.as_ref(),
+        "source",
+        process::run(&spec, &run.sess.run.cancel),
+    )
+    .await
+    .context("dumping the source schema")
+    .map_err(|e| {
+        if snap_client.is_closed() {
+            e.context(LOST)
+        } else {
+            e
+        }
+    })?;
     Ok(())
 }
 
