@@ -571,6 +571,17 @@ fn bad_input_changes_nothing() {
         "rollback to an unknown backup",
         "no backup with timestamp 999",
     );
+    // A migration's id is unix milliseconds too: the backup its swap made is
+    // named.
+    let id = started["swap"]["migration_id"].as_i64().unwrap();
+    let out = wd.run(&["rollback", "--dest", &url, "--timestamp", &id.to_string()]);
+    assert_usage_error(
+        &out,
+        "rollback to a migration's id",
+        &format!(
+            "({id} is the id of the migration whose swap made backup backup_{ts}: give its timestamp, {ts})"
+        ),
+    );
     let out = wd.run(&["rollback", "--dest", &url, "--timestamp", "soon"]);
     assert_usage_error(&out, "rollback to a bad reference", "is not a backup");
     let out = wd.run(&[

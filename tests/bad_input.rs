@@ -293,6 +293,15 @@ fn bad_input_is_one_line_a_documented_code_and_no_change() {
             ],
         },
         Case {
+            name: "a schema name with a space, unquoted",
+            args: prepare(&["--schemas", "public,Billing Dept"]),
+            env: vec![],
+            code: 2,
+            message: vec![
+                "--schemas: schema name \"Billing Dept\" is not an identifier: it contains whitespace; in double quotes it is one: '\"Billing Dept\"'",
+            ],
+        },
+        Case {
             name: "a quoted schema name with text after its quote",
             args: prepare(&["--schemas", "public,\"Billing\"x"]),
             env: vec![],

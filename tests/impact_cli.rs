@@ -233,6 +233,22 @@ async fn writes_to_tables_that_are_not_preserved_refuse_swap_and_rollback() {
         );
         assert_eq!(out.status.code(), Some(2), "{bad:?}: {out:?}");
     }
+    // A role misspelt is refused, also with no recorded workload to filter
+    // (pg_stat_statements is not installed here).
+    let out = wd.run(&[
+        "swap",
+        "--dest",
+        &url,
+        "--dry-run",
+        "--workload-roles",
+        "nobody",
+    ]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains("--workload-roles: no role named \"nobody\" on the destination"),
+        "{out:?}"
+    );
     let out = wd.run_env(
         &["status", "--dest", &url],
         &[("PGSHIFT_FAIL_ON_BREAKING", "maybe")],

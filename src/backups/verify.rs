@@ -48,12 +48,25 @@ pub fn parse_ref(text: &str) -> Result<i64> {
 /// timestamp or a timestamp without a manifest.
 pub async fn find(client: &impl GenericClient, text: &str) -> Result<BackupRow> {
     let ts = parse_ref(text)?;
-    match manifest::find_backup(client, ts).await? {
-        Some(b) => Ok(b),
-        None => Err(crate::user_error!(
-            "there is no backup with timestamp {ts} on the destination; see `pgshift list`"
-        )),
+    let all = manifest::list_backups(client).await?;
+    if let Some(b) = all.iter().find(|b| b.ts == ts) {
+        return Ok(b.clone());
     }
+    // A migration's id is unix milliseconds too, and `status` shows it: the
+    // backup its swap made has a timestamp of its own.
+    let made = all
+        .iter()
+        .find(|b| b.manifest.migration_id == Some(ts))
+        .map(|b| {
+            format!(
+                " ({ts} is the id of the migration whose swap made backup {}: give its timestamp, {})",
+                b.schema_name, b.ts
+            )
+        })
+        .unwrap_or_default();
+    Err(crate::user_error!(
+        "there is no backup with timestamp {ts} on the destination{made}; see `pgshift list`"
+    ))
 }
 
 /// The newest backup (`--latest`), or a usage error (exit 2) naming what

@@ -63,6 +63,13 @@ pub enum NameError {
     Empty,
     #[error("table name {} is not an identifier: it contains {}", as_typed(.0), .1)]
     BadChar(String, String),
+    /// An unquoted name with a character a quoted name may hold (a space, a
+    /// hyphen): with the name as it would be written in double quotes.
+    #[error(
+        "table name {} is not an identifier: it contains {}; in double quotes it is one: {}",
+        as_typed(.0), .1, as_typed(.2)
+    )]
+    NeedsQuotes(String, String, String),
     #[error("table name {} has an unterminated quote", as_typed(.0))]
     Unterminated(String),
     #[error("table name {} has more than two parts (only schema.table is allowed)", as_typed(.0))]
@@ -134,11 +141,24 @@ impl TableName {
                 }
                 let mut chars = word.chars();
                 let first = chars.next().expect("non-empty");
-                if !(first.is_alphabetic() || first == '_') {
-                    return Err(NameError::BadChar(input.to_string(), describe_char(first)));
-                }
-                if let Some(c) = chars.find(|c| !(c.is_alphanumeric() || *c == '_' || *c == '$')) {
-                    return Err(NameError::BadChar(input.to_string(), describe_char(c)));
+                let bad = if first.is_alphabetic() || first == '_' {
+                    chars.find(|c| !(c.is_alphanumeric() || *c == '_' || *c == '$'))
+                } else {
+                    Some(first)
+                };
+                if let Some(c) = bad {
+                    // A name such as `Billing Dept` is one in double quotes
+                    // (which also keep its capitals): say how to write it.
+                    if word.chars().any(forbidden_in_quoted) || word.trim() != word {
+                        return Err(NameError::BadChar(input.to_string(), describe_char(c)));
+                    }
+                    let at = raw.len() - rest.len();
+                    let quoted = format!("{}\"{word}\"{}", &raw[..at], &rest[end..]);
+                    return Err(NameError::NeedsQuotes(
+                        input.to_string(),
+                        describe_char(c),
+                        quoted,
+                    ));
                 }
                 // Only ASCII letters fold, as in PostgreSQL's
                 // downcase_identifier: unquoted ÄPFEL is "Äpfel", not äpfel.
@@ -361,6 +381,23 @@ mod tests {
         assert!(err.contains("semicolon"), "{err}");
         let err = TableName::parse("\"a\"\"b\"").unwrap_err().to_string();
         assert!(err.contains("quote"), "{err}");
+        // A name that is one in double quotes: say how to write it.
+        for (bad, hint) in [
+            (
+                "Billing Dept.x",
+                "in double quotes it is one: '\"Billing Dept\".x'",
+            ),
+            (
+                "public.my-table",
+                "in double quotes it is one: 'public.\"my-table\"'",
+            ),
+            ("1abc", "in double quotes it is one: '\"1abc\"'"),
+        ] {
+            let err = TableName::parse(bad).unwrap_err().to_string();
+            assert!(err.ends_with(hint), "{err}");
+        }
+        let err = TableName::parse("users;drop").unwrap_err().to_string();
+        assert!(!err.contains("double quotes"), "{err}");
     }
 
     #[test]

@@ -268,6 +268,12 @@ pub enum Problem {
     UnknownParameter(String),
     #[error("unknown parameter (name not shown)")]
     UnknownParameterHidden,
+    /// After an unquoted password: the "parameter" may be the rest of a
+    /// password with a space in it, so its name is not shown either.
+    #[error(
+        "unknown parameter after the password (name not shown, as it may be the rest of the password: a password with spaces is written in single quotes, password='…')"
+    )]
+    UnknownParameterAfterPassword,
     #[error(
         "parameter \"{0}\" is libpq's, but pgshift does not support it (README, \"Connections, TLS and secrets\", lists the values of such parameters it passes over); leave it out only if the server does not need what it asks for"
     )]
@@ -1584,8 +1590,10 @@ fn parse_conninfo(input: &str) -> Result<Vec<(&'static str, Value)>, Problem> {
             continue;
         }
         let key = match known_param(&key) {
-            Err(Problem::UnknownParameter(_)) if after_unquoted_password => {
-                return Err(Problem::UnknownParameterHidden);
+            Err(Problem::UnknownParameter(_) | Problem::UnknownParameterHidden)
+                if after_unquoted_password =>
+            {
+                return Err(Problem::UnknownParameterAfterPassword);
             }
             other => other?,
         };
@@ -2508,6 +2516,12 @@ mod tests {
             ],
             &[],
         );
+        // What follows an unquoted password is not named, and the message
+        // says why, and how a password with a space is written.
+        let e = err(&format!("host=h password=ab {SECRET}=x"));
+        assert!(e.contains("after the password (name not shown"), "{e}");
+        assert!(e.contains("password='…'"), "{e}");
+        assert!(!e.contains(SECRET), "{e}");
     }
 
     #[test]

@@ -276,6 +276,9 @@ pub async fn check_workload(
     opts: &WorkloadOptions,
 ) -> Result<StatementsReport> {
     let deadline = Instant::now() + opts.timeout;
+    // Checked first: a role misspelt is refused whether or not there is a
+    // workload to filter.
+    let role_oids = role_oids(client, &opts.roles).await?;
     let schema: Option<String> = client
         .query_opt(
             "SELECT n.nspname::text FROM pg_catalog.pg_extension e
@@ -291,7 +294,6 @@ pub async fn check_workload(
             "pg_stat_statements is not installed in this database, so the application's statements were not checked: {ENABLE_HINT}"
         )));
     };
-    let role_oids = role_oids(client, &opts.roles).await?;
     let recorded = match read_statements(client, &schema, &role_oids).await {
         Ok(r) => r,
         Err(why) => return Ok(StatementsReport::not_checked(why)),
