@@ -1781,49 +1781,95 @@ fn prepare_says_which_session_it_waits_for_on_the_source() {
     );
 }
 
-/// A phase that waits for a lock (here pg_dump's `LOCK TABLE`, behind a
-/// session holding an ACCESS EXCLUSIVE one) said nothing while it waited,
-/// and its progress line did not move. prepare names the session, while the
-/// wait lasts, and goes on when it is released.
+/// A phase that waits for a lock said nothing while it waited, and its
+/// progress line did not move. prepare names whom it waits for, while the
+/// wait lasts, and goes on when it ends: on the source pg_dump's `LOCK
+/// TABLE`, here queued behind an ALTER TABLE that waits itself for a long
+/// transaction (named as the one to end); on the destination any of its
+/// sessions, here behind an ACCESS EXCLUSIVE lock on a shadow table.
 #[test]
-fn prepare_names_the_session_its_pg_dump_waits_for() {
-    let dbs = TestDbs::new("dump_waits_said");
+fn prepare_names_the_sessions_its_phases_wait_for() {
+    let dbs = TestDbs::new("waits_named");
     dbs.src.psql(
         "CREATE TABLE a (id int PRIMARY KEY); CREATE TABLE b (id int PRIMARY KEY);
          INSERT INTO a VALUES (1); INSERT INTO b VALUES (1);",
     );
     let wd = Workdir::new();
-    let mut child = spawn_prepare(&wd, &dbs, &[("PGSHIFT_FAILPOINT", "dump:sleep=2000")]);
+    let mut child = spawn_prepare(
+        &wd,
+        &dbs,
+        &[("PGSHIFT_FAILPOINT", "dump:sleep=2000,privileges:sleep=2000")],
+    );
     wait_for_phase(&wd, &dbs.dst, "dump", &mut child);
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let blocker = rt.block_on(dbs.src.client());
-    let pid = rt
-        .block_on(blocker.query_one("SELECT pg_backend_pid()", &[]))
-        .unwrap()
-        .get::<_, i32>(0);
-    rt.block_on(blocker.batch_execute("BEGIN; LOCK TABLE b IN ACCESS EXCLUSIVE MODE"))
+    let pid_of = |c: &tokio_postgres::Client| {
+        rt.block_on(c.query_one("SELECT pg_backend_pid()", &[]))
+            .unwrap()
+            .get::<_, i32>(0)
+    };
+    let long = rt.block_on(dbs.src.client());
+    let long_pid = pid_of(&long);
+    rt.block_on(long.batch_execute("BEGIN; SELECT count(*) FROM b"))
         .unwrap();
-    wait_until("pg_dump waits on the lock", 30, || {
+    let alter = rt.block_on(dbs.src.client());
+    let alter_pid = pid_of(&alter);
+    let altered = rt.spawn(async move {
+        alter
+            .batch_execute("ALTER TABLE b ADD COLUMN z int")
+            .await
+            .unwrap()
+    });
+    wait_until("pg_dump waits in the queue", 30, || {
         dbs.src.psql(
             "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'pgshift pg_dump' AND wait_event_type = 'Lock' AND datname = current_database()",
         ) == "1"
     });
-    // Named once the wait has lasted 5 s, asked every 5 s.
+    // Named once the wait has lasted 5 s, asked every 5 s (from 5 s after
+    // pg_dump started).
     std::thread::sleep(Duration::from_secs(15));
-    rt.block_on(blocker.batch_execute("ROLLBACK")).unwrap();
+    rt.block_on(long.batch_execute("COMMIT")).unwrap();
+    rt.block_on(altered).unwrap();
+
+    wait_for_phase(&wd, &dbs.dst, "privileges", &mut child);
+    let holder = rt.block_on(dbs.dst.client());
+    let holder_pid = pid_of(&holder);
+    rt.block_on(holder.batch_execute("BEGIN; LOCK TABLE shadow.b IN ACCESS EXCLUSIVE MODE"))
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(15));
+    rt.block_on(holder.batch_execute("ROLLBACK")).unwrap();
+
     let out = child.wait_with_output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{err}");
-    let line = err
-        .lines()
-        .find(|l| l.contains("on the source, pgshift's pg_dump session has waited"))
-        .unwrap_or_else(|| panic!("the wait is not named: {err}"));
+    let line = |start: &str| {
+        err.lines()
+            .find(|l| l.contains(start))
+            .unwrap_or_else(|| panic!("no line with {start:?}: {err}"))
+            .to_string()
+    };
+    let source = line("on the source, pgshift's pg_dump session has waited");
     assert!(
-        line.contains(" s for a lock on public.b, held by ")
-            && line.contains(&format!("pid {pid} ("))
-            && line.contains("query: BEGIN; LOCK TABLE b IN ACCESS EXCLUSIVE MODE")
-            && line.contains(&format!("pg_terminate_backend({pid})")),
-        "{line}"
+        source.contains(" s for a lock on public.b, queued behind ")
+            && source.contains(&format!(
+                "pid {alter_pid} (pgshift_test, pgshift-test-harness, active,"
+            ))
+            && source.contains("query: ALTER TABLE b ADD COLUMN z int), which waits itself for ")
+            && source.contains(&format!("pid {long_pid} ("))
+            && source.contains("query: BEGIN; SELECT count(*) FROM b)")
+            && source.contains(&format!(
+                "pg_terminate_backend({long_pid}) would end the session that holds them up"
+            )),
+        "{source}"
+    );
+    let dest = line("on the destination, pgshift's prepare session has waited");
+    assert!(
+        dest.contains(" s for a lock on shadow.b, held by ")
+            && dest.contains(&format!("pid {holder_pid} ("))
+            && dest.contains("query: BEGIN; LOCK TABLE shadow.b IN ACCESS EXCLUSIVE MODE)")
+            && dest.contains(&format!(
+                "pg_terminate_backend({holder_pid}) would end that session"
+            )),
+        "{dest}"
     );
     assert_eq!(dbs.dst.psql("SELECT count(*) FROM shadow.b"), "1");
 }

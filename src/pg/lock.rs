@@ -17,11 +17,15 @@
 //! names the sessions its `lock_timeout` gives up on. Prepare asks on the
 //! destination through the run lock's session, idle once it holds the lock,
 //! for all its phases; and on the source, while pg_dump runs, through one
-//! more session, which the source has room for then (the copies' sessions
-//! are not open yet) and which is left out if the server refuses it.
+//! more session, opened only after pg_dump has run for a few seconds (pg_dump
+//! has its own session by then, and the copies' are not open yet) and left
+//! out if the server refuses it. Only this run's sessions are watched (by
+//! their `application_name`s), and a holder that waits itself, in a lock
+//! queue, is named with whom it waits for.
 
 use anyhow::{Context, Result, bail};
 use chrono::{DateTime, Utc};
+use itertools::Itertools;
 use tokio_postgres::Client;
 
 /// First key of pgshift's advisory locks: "pgsh" as an int4.
@@ -285,13 +289,20 @@ const WAIT_WORTH_SAYING: i64 = 5;
 /// …and named again, while it lasts, this often (per holder).
 const SAY_AGAIN: std::time::Duration = std::time::Duration::from_secs(30);
 
-/// Run `work` while naming, on `watcher` (a session of the database `side`
-/// names, "source" or "destination", idle otherwise), the sessions that keep
-/// pgshift's sessions of that database waiting for a lock (see the module's
-/// doc). Without a watcher, just `work`.
+/// Whose waits a watcher names: the database (`side`, "source" or
+/// "destination") and the `application_name`s of this run's sessions there
+/// (another pgshift command's, a `verify` say, is not this run's business).
+pub struct Watched<'a> {
+    pub side: &'a str,
+    pub sessions: &'a [String],
+}
+
+/// Run `work` while naming, on `watcher` (a session of the watched database,
+/// idle otherwise), the sessions that keep this run's sessions there waiting
+/// for a lock (see the module's doc). Without a watcher, just `work`.
 pub async fn naming_lock_waits<T>(
     watcher: Option<&Client>,
-    side: &str,
+    watched: &Watched<'_>,
     work: impl std::future::Future<Output = T>,
 ) -> T {
     let Some(client) = watcher else {
@@ -300,15 +311,37 @@ pub async fn naming_lock_waits<T>(
     tokio::pin!(work);
     tokio::select! {
         r = &mut work => return r,
-        () = name_lock_waits(client, side) => {}
+        () = name_lock_waits(client, watched) => {}
     }
     work.await
+}
+
+/// [`naming_lock_waits`] on a session that `open` makes once `work` has run
+/// for [`WATCH_EVERY`] (a wait is no news before): by then the sessions
+/// `work` opens have their slots (a server, a role or a pooler with room for
+/// exactly those is no reason to fail), and a quick `work` costs no session.
+/// None from `open` (refused: no room) leaves `work` unwatched.
+pub async fn naming_lock_waits_from_a_new_session<T>(
+    open: impl std::future::Future<Output = Option<Client>>,
+    watched: &Watched<'_>,
+    work: impl std::future::Future<Output = T>,
+) -> T {
+    tokio::pin!(work);
+    tokio::select! {
+        r = &mut work => return r,
+        () = tokio::time::sleep(WATCH_EVERY) => {}
+    }
+    let client = tokio::select! {
+        r = &mut work => return r,
+        c = open => c,
+    };
+    naming_lock_waits(client.as_ref(), watched, work).await
 }
 
 /// The loop of [`naming_lock_waits`]; it ends only when its session does. It
 /// never takes a lock on a relation: `pg_locks` and `pg_stat_activity` are
 /// read without one. A question that fails is asked again at the next tick.
-async fn name_lock_waits(client: &Client, side: &str) {
+async fn name_lock_waits(client: &Client, watched: &Watched<'_>) {
     let mut said: std::collections::HashMap<i32, std::time::Instant> =
         std::collections::HashMap::new();
     let mut tick = tokio::time::interval(WATCH_EVERY);
@@ -318,7 +351,7 @@ async fn name_lock_waits(client: &Client, side: &str) {
         if client.is_closed() {
             return;
         }
-        let Ok(waits) = waits(client).await else {
+        let Ok(waits) = waits(client, watched.sessions).await else {
             continue;
         };
         said.retain(|pid, _| waits.iter().any(|w| w.holder == *pid));
@@ -327,100 +360,147 @@ async fn name_lock_waits(client: &Client, side: &str) {
                 continue;
             }
             said.insert(w.holder, std::time::Instant::now());
-            tracing::warn!("{}", w.shown(side));
+            tracing::warn!("{}", w.shown(watched.side));
         }
     }
 }
 
-/// One session that keeps pgshift's sessions waiting.
+/// One session that keeps this run's sessions waiting.
 struct Wait {
     holder: i32,
     /// The holder as [`SESSION_SHOWN`] names it, with how long its
     /// transaction has been open and its (cut) query.
     holder_shown: String,
-    /// The waiting sessions' names without `pgshift ` (`pg_dump`, `prepare`).
-    waiters: Vec<String>,
-    /// What the longest waiter waits for, and for how long (seconds).
-    what: String,
+    /// When the holder waits for a lock itself (queued ahead of this run's
+    /// session, behind another): the sessions it waits for, shown alike.
+    holder_waits_for: Vec<(i32, String)>,
+    /// The waiting sessions: pid, and name without `pgshift ` (`pg_dump`).
+    waiters: Vec<(i32, String)>,
+    /// What they wait for, and the longest wait (seconds).
+    what: Vec<String>,
     secs: i64,
 }
 
 impl Wait {
     fn shown(&self, side: &str) -> String {
-        let waiters = match self.waiters.as_slice() {
-            [one] => format!("pgshift's {one} session"),
-            [one, rest @ ..] => format!("pgshift's {one} session and {} more", rest.len()),
-            [] => "pgshift".to_string(),
+        let mut names: Vec<&str> = self.waiters.iter().map(|(_, n)| n.as_str()).collect();
+        names.sort_unstable();
+        names.dedup();
+        let waiters = match self.waiters.len() {
+            1 => format!("pgshift's {} session has", names.join("")),
+            n => format!("{n} of pgshift's sessions ({}) have", names.join(", ")),
         };
+        let what = match self.what.as_slice() {
+            [one] => one.clone(),
+            more => format!(
+                "locks on {}",
+                more.iter()
+                    .map(|w| w.trim_start_matches("a lock on "))
+                    .join(", ")
+            ),
+        };
+        let up_to = if self.waiters.len() > 1 { "up to " } else { "" };
+        let head = format!(
+            "on the {side}, {waiters} waited {up_to}{} s for {what}",
+            self.secs
+        );
+        if self.holder_waits_for.is_empty() {
+            return format!(
+                "{head}, held by {}: it goes on once that is released (pg_terminate_backend({}) would end that session)",
+                self.holder_shown, self.holder
+            );
+        }
+        let roots = self
+            .holder_waits_for
+            .iter()
+            .map(|(_, s)| s.as_str())
+            .join("; ");
         format!(
-            "on the {side}, {waiters} {} waited {} s for {}, held by {}: it goes on once that is released (pg_terminate_backend({}) would end that session)",
-            if self.waiters.len() > 1 {
-                "have"
-            } else {
-                "has"
-            },
-            self.secs,
-            self.what,
-            self.holder_shown,
-            self.holder
+            "{head}, queued behind {}, which waits itself for {roots}: it goes on once those are done (pg_terminate_backend({}) would end the session that holds them up)",
+            self.holder_shown, self.holder_waits_for[0].0
         )
     }
 }
 
-/// pgshift's sessions of this database that have waited for a lock for
-/// [`WAIT_WORTH_SAYING`] seconds or more, grouped by the session they wait
-/// for (a waiter behind several sessions is counted with each).
-async fn waits(client: &Client) -> Result<Vec<Wait>> {
+/// A session as the lines name it, as SQL over `pg_stat_activity` aliased
+/// `a`: [`SESSION_SHOWN`]'s words, how long its transaction has been open,
+/// its query cut to 120 characters on one line.
+const SESSION_WITH_QUERY: &str = "'pid ' || a.pid || ' (' || concat_ws(', ', a.usename::text, NULLIF(a.application_name, ''),
+     NULLIF(a.backend_type, 'client backend'), a.state,
+     'its transaction open for ' || EXTRACT(epoch FROM pg_catalog.now() - a.xact_start)::int8 || ' s',
+     'query: ' || NULLIF(pg_catalog.regexp_replace(pg_catalog.left(a.query, 120), '[[:space:]]+', ' ', 'g'), '')) || ')'";
+
+/// This run's sessions (`sessions`: their `application_name`s) of this
+/// database that have waited for a lock for [`WAIT_WORTH_SAYING`] seconds or
+/// more, grouped by the session they wait for (a waiter behind several
+/// sessions is counted with each).
+async fn waits(client: &Client, sessions: &[String]) -> Result<Vec<Wait>> {
     // `pg_locks.waitstart` is from PostgreSQL 14: read through to_jsonb, so
-    // that older servers fall back to the statement's start.
-    let sql = "SELECT b.pid,
-                'pid ' || a.pid || ' (' || concat_ws(', ', a.usename::text, NULLIF(a.application_name, ''),
-                    NULLIF(a.backend_type, 'client backend'), a.state,
-                    'its transaction open for ' || EXTRACT(epoch FROM pg_catalog.now() - a.xact_start)::int8 || ' s',
-                    'query: ' || NULLIF(pg_catalog.regexp_replace(pg_catalog.left(a.query, 120), '[[:space:]]+', ' ', 'g'), '')) || ')',
-                pg_catalog.substr(w.application_name, 9),
+    // that older servers fall back to the statement's start. A holder that
+    // waits itself (a lock queue: an ALTER TABLE queued behind a long
+    // transaction, pgshift's session behind both) is shown with whom it
+    // waits for, one level down.
+    let sql = format!(
+        "SELECT b.pid, (SELECT {SESSION_WITH_QUERY} FROM pg_catalog.pg_stat_activity a WHERE a.pid = b.pid),
+                w.pid, pg_catalog.substr(w.application_name, 9),
                 l.locktype, n.nspname::text, c.relname::text,
                 EXTRACT(epoch FROM pg_catalog.now() - COALESCE((pg_catalog.to_jsonb(l) ->> 'waitstart')::timestamptz,
-                                                               w.query_start, pg_catalog.now()))::int8 AS secs
+                                                               w.query_start, pg_catalog.now()))::int8 AS secs,
+                ARRAY(SELECT r.pid FROM pg_catalog.unnest(pg_catalog.pg_blocking_pids(b.pid)) AS r(pid) ORDER BY 1),
+                ARRAY(SELECT (SELECT {SESSION_WITH_QUERY} FROM pg_catalog.pg_stat_activity a WHERE a.pid = r.pid)
+                        FROM pg_catalog.unnest(pg_catalog.pg_blocking_pids(b.pid)) AS r(pid) ORDER BY r.pid)
            FROM pg_catalog.pg_stat_activity w
            JOIN pg_catalog.pg_locks l ON l.pid = w.pid AND NOT l.granted
            LEFT JOIN pg_catalog.pg_class c ON l.locktype = 'relation' AND c.oid = l.relation
            LEFT JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
            CROSS JOIN LATERAL pg_catalog.unnest(pg_catalog.pg_blocking_pids(w.pid)) AS b(pid)
-           JOIN pg_catalog.pg_stat_activity a ON a.pid = b.pid
-          WHERE w.datname = pg_catalog.current_database() AND w.application_name LIKE 'pgshift %'
+          WHERE w.datname = pg_catalog.current_database() AND w.application_name = ANY($1)
             AND w.pid <> pg_catalog.pg_backend_pid()
-          ORDER BY b.pid, secs DESC, w.pid";
+          ORDER BY b.pid, secs DESC, w.pid"
+    );
     let mut out: Vec<Wait> = Vec::new();
-    for r in client.query(sql, &[]).await? {
-        let secs: i64 = r.get(6);
+    for r in client.query(&sql, &[&sessions]).await? {
+        let secs: i64 = r.get(7);
         if secs < WAIT_WORTH_SAYING {
             continue;
         }
         let holder: i32 = r.get(0);
-        let waiter: String = r.get(2);
-        if let Some(w) = out.last_mut().filter(|w| w.holder == holder) {
-            if !w.waiters.contains(&waiter) {
-                w.waiters.push(waiter);
-            }
-            continue;
-        }
+        let waiter: (i32, String) = (r.get(2), r.get(3));
         let (locktype, schema, rel): (String, Option<String>, Option<String>) =
-            (r.get(3), r.get(4), r.get(5));
+            (r.get(4), r.get(5), r.get(6));
         let what = match (schema, rel) {
             (Some(s), Some(t)) => {
                 format!("a lock on {}", crate::pg::ident::qualified_display(&s, &t))
             }
+            // Waiting for another transaction to end: a row it changed or
+            // locked (FOR UPDATE, FOR SHARE).
             _ if locktype == "transactionid" => {
-                "a row that another transaction changed".to_string()
+                "a row another transaction changed or locked".to_string()
             }
             _ => format!("a lock ({locktype})"),
         };
+        if let Some(w) = out.last_mut().filter(|w| w.holder == holder) {
+            if !w.waiters.contains(&waiter) {
+                w.waiters.push(waiter);
+            }
+            if !w.what.contains(&what) && w.what.len() < 3 {
+                w.what.push(what);
+            }
+            continue;
+        }
+        let (roots, shown): (Vec<i32>, Vec<Option<String>>) = (r.get(8), r.get(9));
         out.push(Wait {
             holder,
-            holder_shown: r.get(1),
+            holder_shown: r
+                .get::<_, Option<String>>(1)
+                .unwrap_or_else(|| format!("pid {holder}")),
+            holder_waits_for: roots
+                .into_iter()
+                .zip(shown)
+                .map(|(pid, s)| (pid, s.unwrap_or_else(|| format!("pid {pid}"))))
+                .collect(),
             waiters: vec![waiter],
-            what,
+            what: vec![what],
             secs,
         });
     }

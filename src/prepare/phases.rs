@@ -38,7 +38,7 @@ use crate::pg::conn::connect::{connect, describe_pg_error};
 use crate::pg::conn::connspec::ConnSpec;
 use crate::pg::exec::pg_error_as;
 use crate::pg::ident::{TableName, qualified, quote_ident, quote_literal};
-use crate::pg::lock::naming_lock_waits;
+use crate::pg::lock::{Watched, naming_lock_waits, naming_lock_waits_from_a_new_session};
 use crate::pg::locks_budget::{self, Budget};
 use crate::pg::meta::{self, PUBLIC, SHADOW_SCHEMA, SchemaPair};
 use crate::pg::objects;
@@ -872,8 +872,12 @@ pub async fn run(
     };
     // A phase that waits for a lock on the destination (an index build
     // behind a long transaction, the sync's triggers) names whom it waits for.
+    let watched = Watched {
+        side: "destination",
+        sessions: &[app_name("prepare"), app_name(sess.run.command)],
+    };
     let lock_session = Some(sess.lock_session());
-    let result = naming_lock_waits(lock_session, "destination", phases(&mut run, rec)).await;
+    let result = naming_lock_waits(lock_session, &watched, phases(&mut run, rec)).await;
     // The snapshot session is no longer needed either way.
     if let Some(c) = run.snap_client.take() {
         let _ = c.batch_execute("COMMIT").await;
@@ -1320,7 +1324,7 @@ async fn dump(run: &mut Run<'_>) -> Result<()> {
         .arg(schema_dump(&run.dump_dir).as_os_str())
         .env_remove(ConnSpec::child_env_remove())
         .envs(env);
-    let spec = with_appname(spec, "pgshift pg_dump");
+    let spec = with_appname(spec, PG_DUMP_APP);
     // The snapshot lives as long as its session: lost, pg_dump fails on it
     // ("invalid snapshot identifier"), which is not pg_dump's fault.
     const LOST: &str = "the source's snapshot session was lost (its connection to the source dropped), and the snapshot with it: prepare again";
@@ -1328,28 +1332,33 @@ async fn dump(run: &mut Run<'_>) -> Result<()> {
         bail!("{LOST}");
     }
     // pg_dump locks every table it dumps (ACCESS SHARE), and waits without a
-    // word behind a session holding a table's ACCESS EXCLUSIVE lock: name it.
-    // One more source session, refused by a full server without a wait.
-    let watcher = connect(&run.source, "source", &app_name("prepare"), Duration::ZERO)
+    // word behind a session holding a table's ACCESS EXCLUSIVE lock: name it,
+    // on one more source session (refused by a full server without a wait).
+    let open = async {
+        connect(&run.source, "source", &app_name("prepare"), Duration::ZERO)
+            .await
+            .inspect_err(|e| tracing::debug!("not watching pg_dump's lock waits: {e:#}"))
+            .ok()
+    };
+    let watched = Watched {
+        side: "source",
+        sessions: &[PG_DUMP_APP.to_string()],
+    };
+    naming_lock_waits_from_a_new_session(open, &watched, process::run(&spec, &run.sess.run.cancel))
         .await
-        .inspect_err(|e| tracing::debug!("not watching pg_dump's lock waits: {e:#}"))
-        .ok();
-    naming_lock_waits(
-        watcher.as_ref(),
-        "source",
-        process::run(&spec, &run.sess.run.cancel),
-    )
-    .await
-    .context("dumping the source schema")
-    .map_err(|e| {
-        if snap_client.is_closed() {
-            e.context(LOST)
-        } else {
-            e
-        }
-    })?;
+        .context("dumping the source schema")
+        .map_err(|e| {
+            if snap_client.is_closed() {
+                e.context(LOST)
+            } else {
+                e
+            }
+        })?;
     Ok(())
 }
+
+/// pg_dump's `application_name`, as README promises it.
+const PG_DUMP_APP: &str = "pgshift pg_dump";
 
 fn with_appname(mut spec: ChildSpec, name: &str) -> ChildSpec {
     spec.env.retain(|(k, _)| k != "PGAPPNAME");
