@@ -1862,6 +1862,13 @@ async fn an_abort_held_up_by_a_lock_names_the_holder() {
         )),
         "{err}"
     );
+    // Each retry names it too, not only the last error.
+    assert!(
+        err.contains(&format!(
+            "removing the sync triggers: held up by pid {pid} ("
+        )),
+        "{err}"
+    );
     assert_eq!(
         dbs.dst
             .psql("SELECT count(*) FROM pg_trigger WHERE tgrelid = 'public.users'::regclass AND NOT tgisinternal"),

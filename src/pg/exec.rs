@@ -140,7 +140,51 @@ impl PgError {
                     c.downcast_ref::<tokio_postgres::Error>()
                         .and_then(|p| p.code().cloned())
                 })
+                .or_else(|| {
+                    c.downcast_ref::<HeldUp>()
+                        .map(|_| SqlState::LOCK_NOT_AVAILABLE)
+                })
         })
+    }
+}
+
+/// A lock timeout, with the sessions that held the lock
+/// ([`naming_lock_holders`]). It reads as the timeout it was, so that an
+/// error that names the holders itself does not say so twice; a retry's log
+/// line names them ([`RetryPolicy::retryable`]).
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct HeldUp {
+    /// The server's message (`canceling statement due to lock timeout`).
+    pub message: String,
+    /// `pid 4242 (app, psql, idle in transaction), …`
+    pub holders: String,
+}
+
+/// `result`, with a lock timeout's holders found (from `holders`, asked only
+/// then) and kept as [`HeldUp`], so that a retry's log line names the session
+/// to end. Other results (and a timeout whose holders are gone) are returned
+/// as they are.
+pub async fn naming_lock_holders<T, F>(result: Result<T>, holders: impl FnOnce() -> F) -> Result<T>
+where
+    F: Future<Output = Vec<String>>,
+{
+    match result {
+        Err(e) if PgError::code_in(&e) == Some(SqlState::LOCK_NOT_AVAILABLE) => {
+            let holders = holders().await;
+            if holders.is_empty() {
+                return Err(e);
+            }
+            let message = e
+                .chain()
+                .find_map(|c| c.downcast_ref::<PgError>().map(|p| p.message.clone()))
+                .unwrap_or_else(|| e.to_string());
+            Err(anyhow::Error::new(HeldUp {
+                message,
+                holders: holders.join(", "),
+            }))
+        }
+        done => done,
     }
 }
 
@@ -235,6 +279,9 @@ impl RetryPolicy {
     pub fn retryable(&self, e: &anyhow::Error) -> Option<String> {
         if let Some(t) = e.chain().find_map(|c| c.downcast_ref::<Transient>()) {
             return Some(t.0.clone());
+        }
+        if let Some(h) = e.chain().find_map(|c| c.downcast_ref::<HeldUp>()) {
+            return Some(format!("held up by {}", h.holders));
         }
         let code = PgError::code_in(e)?;
         let retry = code == SqlState::LOCK_NOT_AVAILABLE

@@ -38,8 +38,11 @@ use crate::migration::lifecycle::Status;
 use crate::migration::record;
 use crate::migration::session::Session;
 use crate::pg::batch;
-use crate::pg::exec::{RetryPolicy, exec, lock_timeout_under_deadlock_sql, retry, rollback_on_err};
+use crate::pg::exec::{
+    RetryPolicy, exec, lock_timeout_under_deadlock_sql, naming_lock_holders, retry, rollback_on_err,
+};
 use crate::pg::ident::{display_ident, qualified, quote_ident};
+use crate::pg::lock::relation_lock_holders;
 use crate::pg::meta::{self, META_SCHEMA, SHADOW_SCHEMA, ShadowState};
 use crate::prepare::sync::{
     CHANGELOG_NAMES, SYNC_FUNCTION_NAMES, changelog_drop, own_trigger_sql, sync_function_drop,
@@ -289,7 +292,11 @@ pub async fn remove_prepared(
                 late_dependents(client, &shadows, &found).await?;
                 exec(client, &sql).await
             };
-            rollback_on_err(client, dropped.await).await
+            let dropped = rollback_on_err(client, dropped.await).await;
+            naming_lock_holders(dropped, || {
+                lock_holders(client, &shadows, &found.trigger_sites)
+            })
+            .await
         },
     )
     .await;
@@ -347,7 +354,11 @@ async fn drop_sync_triggers(
                     if nudge {
                         crate::pg::exec::nudge_autovacuum(client, rel).await;
                     }
-                    rollback_on_err(client, exec(client, sql).await).await
+                    let dropped = rollback_on_err(client, exec(client, sql).await).await;
+                    naming_lock_holders(dropped, || {
+                        relation_lock_holders(client, &[], std::slice::from_ref(rel), 3)
+                    })
+                    .await
                 }
             },
         )
@@ -383,7 +394,7 @@ async fn lock_holders(client: &Client, shadows: &[String], sites: &[TriggerSite]
         .collect();
     let mut schemas = shadows.to_vec();
     schemas.push(META_SCHEMA.to_string());
-    crate::pg::lock::relation_lock_holders(client, &schemas, &tables, 10).await
+    relation_lock_holders(client, &schemas, &tables, 10).await
 }
 
 /// Refuse, before anything is dropped, when an object outside the migration

@@ -3011,20 +3011,8 @@ async fn run_with_lock_retries(
             .batch_execute(sql)
             .await
             .map_err(crate::pg::exec::pg_error);
-        match rollback_on_err(client, done).await {
-            Err(e) if lock_timeout(&e) => {
-                let holders = lock_holders(client, rel).await;
-                if holders.is_empty() {
-                    Err(e)
-                } else {
-                    Err(anyhow::Error::new(PgError {
-                        message: format!("held up by {}", holders.join(", ")),
-                        code: Some(tokio_postgres::error::SqlState::LOCK_NOT_AVAILABLE),
-                    }))
-                }
-            }
-            done => done,
-        }
+        let done = rollback_on_err(client, done).await;
+        crate::pg::exec::naming_lock_holders(done, || lock_holders(client, rel)).await
     })
     .await
     .map(|_| ())
