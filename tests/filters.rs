@@ -1061,6 +1061,13 @@ fn a_table_named_like_a_kept_tables_partition_is_warned_about() {
     // Migrated whole, then rolled back keeping the new lg: the backup's lg_1
     // is not lg's partition, nor is the current lg_a the backup's.
     wd.run_ok(&["prepare", "--source", &src, "--dest", &dst]);
+    // Keeping lg only at the swap: the shadow holds the source's lg_a, and
+    // the refusal says it is there as lg's partition, and what to keep.
+    let out = wd.run(&["swap", "--dest", &dst, "--keep-tables", "lg", "--dry-run"]);
+    assert_usage_error(
+        &out,
+        "lg_a (a partition or child of the kept lg), which the source has too; keep lg when preparing (`pgshift prepare --keep-tables lg`)",
+    );
     wd.run_ok(&["swap", "--dest", &dst]);
     let backup = dbs
         .dst

@@ -269,7 +269,7 @@ async fn kept_tables(client: &Client, m: &MigrationRow, extra: &[TablePattern]) 
             let key = meta::table_display(s, &t);
             if roots.contains(&key) {
                 if shadow.contains(&t) {
-                    both.push(key.clone());
+                    both.push((s.clone(), t.clone(), key.clone()));
                 }
                 seen.insert(key);
                 found.entry(s.clone()).or_default().insert(t);
@@ -285,10 +285,7 @@ async fn kept_tables(client: &Client, m: &MigrationRow, extra: &[TablePattern]) 
         );
     }
     if !both.is_empty() {
-        crate::refuse!(
-            "--keep-tables: the prepared shadow has its own {} (the source has it too); keep it when preparing (`pgshift prepare --keep-tables …`) or abort and prepare again; nothing was changed",
-            both.join(", ")
-        );
+        refuse_kept_namesakes(client, &found, &both).await?;
     }
     let mut by_schema = BTreeMap::new();
     let mut all = BTreeSet::new();
@@ -319,6 +316,53 @@ async fn kept_tables(client: &Client, m: &MigrationRow, extra: &[TablePattern]) 
         fk_sql,
         pg15,
     })
+}
+
+/// Refuse kept tables whose namesakes the shadow holds (`both`: schema,
+/// table, key): a kept partition (the pattern matched it, or its parent's
+/// manifest entry brought it) is named with its kept parent, which is what to
+/// keep when preparing again.
+async fn refuse_kept_namesakes(
+    client: &Client,
+    found: &BTreeMap<String, BTreeSet<String>>,
+    both: &[(String, String, String)],
+) -> Result<()> {
+    let mut shown = Vec::new();
+    let mut to_keep = BTreeSet::new();
+    for (schema, table, key) in both {
+        let mut parents = Vec::new();
+        for root in found
+            .get(schema)
+            .into_iter()
+            .flatten()
+            .filter(|r| *r != table)
+        {
+            let below = rollback::descendants(client, schema, std::slice::from_ref(root)).await?;
+            if below.contains(table) {
+                parents.push(meta::table_display(schema, root));
+            }
+        }
+        if parents.is_empty() {
+            shown.push(key.clone());
+            to_keep.insert(key.clone());
+        } else {
+            shown.push(format!(
+                "{key} (a partition or child of the kept {})",
+                parents.join(", ")
+            ));
+            to_keep.extend(parents);
+        }
+    }
+    let to_keep = to_keep.into_iter().collect::<Vec<_>>().join(",");
+    let typed = if to_keep.contains('"') {
+        format!("'{to_keep}'")
+    } else {
+        to_keep.clone()
+    };
+    crate::refuse!(
+        "--keep-tables: the prepared shadow has its own {}, which the source has too; keep {to_keep} when preparing (`pgshift prepare --keep-tables {typed}`) or abort and prepare again; nothing was changed",
+        shown.join(", "),
+    )
 }
 
 /// Keys as people read them: a table of public quoted where it needs it, a
