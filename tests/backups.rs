@@ -1928,3 +1928,49 @@ fn dry_runs_while_another_run_holds_the_lock_say_they_would_be_refused() {
     let v = run_json(&wd, &["swap", "--dest", &url, "--dry-run"]);
     assert!(v["swap"]["refusal"].is_null(), "{v}");
 }
+
+/// Reading a backup's tables waits behind a session holding one's ACCESS
+/// EXCLUSIVE lock: verify said nothing meanwhile. It names the session
+/// once the wait has lasted 5 s, and goes on when it is released.
+#[test]
+fn verify_names_the_session_it_waits_for() {
+    let dbs = TestDbs::new("bk_verify_waits");
+    app_v1_v2(&dbs);
+    let wd = Workdir::new();
+    start(&wd, &dbs);
+    let url = dbs.dst.url();
+    let backup = dbs.dst.psql("SELECT schema_name FROM pgshift.backups");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let holder = rt.block_on(dbs.dst.client());
+    let pid = rt
+        .block_on(holder.query_one("SELECT pg_backend_pid()", &[]))
+        .unwrap()
+        .get::<_, i32>(0);
+    rt.block_on(holder.batch_execute(&format!(
+        "BEGIN; LOCK TABLE {backup}.users IN ACCESS EXCLUSIVE MODE"
+    )))
+    .unwrap();
+    let child = wd
+        .cmd()
+        .args(["verify", "--dest", &url, "--latest"])
+        .stderr(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Named once the wait has lasted 5 s, asked every 5 s from 5 s on.
+    std::thread::sleep(std::time::Duration::from_secs(13));
+    rt.block_on(holder.batch_execute("ROLLBACK")).unwrap();
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains("on the destination, pgshift's verify session has waited ")
+            && err.contains(&format!(
+                " s for a lock on {backup}.users, held by pid {pid} ("
+            ))
+            && err.contains(&format!(
+                "pg_terminate_backend({pid}) would end that session"
+            )),
+        "{err}"
+    );
+}

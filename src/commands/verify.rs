@@ -8,7 +8,9 @@ use crate::backups::verify::{self, VerifyReport};
 use crate::cli::VerifyArgs;
 use crate::commands::Ctx;
 use crate::error::ExitCode;
+use crate::migration::session::app_name;
 use crate::output::{self, Table};
+use crate::pg::lock::{Watched, naming_lock_waits_from_a_new_session};
 
 pub async fn run(args: VerifyArgs, ctx: Ctx) -> Result<ExitCode> {
     ctx.settings.require_dest()?;
@@ -21,7 +23,22 @@ pub async fn run(args: VerifyArgs, ctx: Ctx) -> Result<ExitCode> {
         Some(ts) => verify::find(&client, ts).await?,
         None => verify::latest(&client, "verify").await?,
     };
-    let mut report = match verify::check(&client, &backup).await {
+    // Reading a backup's tables waits behind a session holding one's ACCESS
+    // EXCLUSIVE lock: after 5 s, one more session names it.
+    let open = async {
+        ctx.connect_dest()
+            .await
+            .inspect_err(|e| tracing::debug!("not watching verify's lock waits: {e:#}"))
+            .ok()
+    };
+    let sessions = [app_name(ctx.command)];
+    let watched = Watched {
+        side: "destination",
+        sessions: &sessions,
+    };
+    let checked =
+        naming_lock_waits_from_a_new_session(open, &watched, verify::check(&client, &backup)).await;
+    let mut report = match checked {
         Ok(r) => r,
         Err(e) => return Err(changed_under(&client, e).await),
     };
