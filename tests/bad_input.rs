@@ -552,6 +552,28 @@ fn bad_input_is_one_line_a_documented_code_and_no_change() {
             message: vec!["--workload-roles", "public.app"],
         },
         Case {
+            name: "--workload-roles naming no role, before prepare's phases",
+            args: prepare(&["--workload-roles", "nosuch_role"]),
+            env: vec![],
+            code: 2,
+            message: vec!["--workload-roles: no role named \"nosuch_role\" on the destination"],
+        },
+        Case {
+            name: "--workload-roles naming no role, before start's phases",
+            args: s(&[
+                "start",
+                "--source",
+                &src,
+                "--dest",
+                &dst,
+                "--workload-roles",
+                "nosuch_role",
+            ]),
+            env: vec![],
+            code: 2,
+            message: vec!["--workload-roles: no role named \"nosuch_role\" on the destination"],
+        },
+        Case {
             name: "--latest with --timestamp",
             args: s(&["rollback", "--dest", &dst, "--latest", "--timestamp", "123"]),
             env: vec![],

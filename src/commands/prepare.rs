@@ -179,6 +179,11 @@ pub async fn prepare_in_session(
     sess: &Session,
     opts: &PrepareOptions,
 ) -> Result<PrepareReport> {
+    crate::swap::impact::workload::check_workload_roles(
+        &sess.control,
+        &ctx.settings.impact.workload.roles,
+    )
+    .await?;
     let src = sess.run.connect(&opts.source, "source").await?;
     let checked = phases::check_or_interrupted(opts, &sess.control, &src, &sess.run.cancel).await?;
     drop(src);
@@ -217,6 +222,8 @@ pub async fn dry_run(ctx: &Ctx, opts: &PrepareOptions) -> Result<Plan> {
     let run = ctx.run_context();
     let src = run.connect(&opts.source, "source").await?;
     let dst = run.connect(&opts.dest, "destination").await?;
+    crate::swap::impact::workload::check_workload_roles(&dst, &ctx.settings.impact.workload.roles)
+        .await?;
     let checked = phases::check_or_interrupted(opts, &dst, &src, &run.cancel)
         .await?
         .with_plan_budget(opts, &dst, &src)

@@ -28,7 +28,9 @@ pub async fn run(args: VerifyArgs, ctx: Ctx) -> Result<ExitCode> {
     let open = async {
         ctx.connect_dest()
             .await
-            .inspect_err(|e| tracing::debug!("not watching verify's lock waits: {e:#}"))
+            .inspect_err(|e| {
+                tracing::info!("not watching verify's lock waits (no session to spare): {e:#}")
+            })
             .ok()
     };
     let sessions = [app_name(ctx.command)];

@@ -404,9 +404,14 @@ impl Wait {
             "on the {side}, {waiters} waited {up_to}{} s for {what}",
             self.secs
         );
+        let goes = if self.waiters.len() > 1 {
+            "they go"
+        } else {
+            "it goes"
+        };
         if self.holder_waits_for.is_empty() {
             return format!(
-                "{head}, held by {}: it goes on once that is released (pg_terminate_backend({}) would end that session)",
+                "{head}, held by {}: {goes} on once that is released (pg_terminate_backend({}) would end that session)",
                 self.holder_shown, self.holder
             );
         }
@@ -416,7 +421,7 @@ impl Wait {
             .map(|(_, s)| s.as_str())
             .join("; ");
         format!(
-            "{head}, queued behind {}, which waits itself for {roots}: it goes on once those are done (pg_terminate_backend({}) would end the session that holds them up)",
+            "{head}, queued behind {}, which waits itself for {roots}: {goes} on once those are done (pg_terminate_backend({}) would end the session that holds them up)",
             self.holder_shown, self.holder_waits_for[0].0
         )
     }
@@ -424,11 +429,13 @@ impl Wait {
 
 /// A session as the lines name it, as SQL over `pg_stat_activity` aliased
 /// `a`: [`SESSION_SHOWN`]'s words, how long its transaction has been open,
-/// its query cut to 120 characters on one line.
+/// its query cut to 120 characters on one line (of another role's session,
+/// a role without pg_read_all_stats sees its role and application only).
 const SESSION_WITH_QUERY: &str = "'pid ' || a.pid || ' (' || concat_ws(', ', a.usename::text, NULLIF(a.application_name, ''),
      NULLIF(a.backend_type, 'client backend'), a.state,
      'its transaction open for ' || EXTRACT(epoch FROM pg_catalog.now() - a.xact_start)::int8 || ' s',
-     'query: ' || NULLIF(pg_catalog.regexp_replace(pg_catalog.left(a.query, 120), '[[:space:]]+', ' ', 'g'), '')) || ')'";
+     'query: ' || NULLIF(NULLIF(pg_catalog.regexp_replace(pg_catalog.left(a.query, 120), '[[:space:]]+', ' ', 'g'), ''),
+                         '<insufficient privilege>')) || ')'";
 
 /// This run's sessions (`sessions`: their `application_name`s) of this
 /// database that have waited for a lock for [`WAIT_WORTH_SAYING`] seconds or

@@ -1337,7 +1337,9 @@ async fn dump(run: &mut Run<'_>) -> Result<()> {
     let open = async {
         connect(&run.source, "source", &app_name("prepare"), Duration::ZERO)
             .await
-            .inspect_err(|e| tracing::debug!("not watching pg_dump's lock waits: {e:#}"))
+            .inspect_err(|e| {
+                tracing::info!("not watching pg_dump's lock waits (no session to spare): {e:#}")
+            })
             .ok()
     };
     let watched = Watched {

@@ -478,6 +478,13 @@ fn bound_reached(p: &Pending, timeout: Duration) -> UncheckedStatement {
     }
 }
 
+/// `--workload-roles` checked before a run that ends with the impact report
+/// (prepare, start): an unknown role is a usage error, said before the
+/// phases rather than after them.
+pub async fn check_workload_roles(client: &Client, roles: &[String]) -> Result<()> {
+    role_oids(client, roles).await.map(|_| ())
+}
+
 /// OIDs of the named roles; an unknown role is a usage error.
 async fn role_oids(client: &Client, roles: &[String]) -> Result<Vec<u32>> {
     if roles.is_empty() {
