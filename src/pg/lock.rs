@@ -12,16 +12,17 @@
 //! says nothing while it waits (pg_dump's `LOCK TABLE`, a copy's `COPY`, an
 //! index build behind a long transaction), and a progress line that does not
 //! move looks like a hang. [`naming_lock_waits`] asks, on an idle session, every
-//! few seconds, which of pgshift's sessions (`application_name` `pgshift …`)
+//! few seconds, which of this run's sessions (`application_name` `pgshift …`)
 //! wait and behind whom (`pg_blocking_pids`), and names the holder, as the swap
 //! names the sessions its `lock_timeout` gives up on. Prepare asks on the
 //! destination through the run lock's session, idle once it holds the lock,
 //! for all its phases; and on the source, while pg_dump runs, through one
 //! more session, opened only after pg_dump has run for a few seconds (pg_dump
 //! has its own session by then, and the copies' are not open yet) and left
-//! out if the server refuses it. Only this run's sessions are watched (by
-//! their `application_name`s), and a holder that waits itself, in a lock
-//! queue, is named with whom it waits for.
+//! out if the server refuses it; `verify` likewise, on one more session once
+//! its reads have run for a few seconds. Only this run's sessions are
+//! watched (by their `application_name`s), and a holder that waits itself,
+//! in a lock queue, is named with whom it waits for.
 
 use anyhow::{Context, Result, bail};
 use chrono::{DateTime, Utc};
@@ -368,8 +369,7 @@ async fn name_lock_waits(client: &Client, watched: &Watched<'_>) {
 /// One session that keeps this run's sessions waiting.
 struct Wait {
     holder: i32,
-    /// The holder as [`SESSION_SHOWN`] names it, with how long its
-    /// transaction has been open and its (cut) query.
+    /// The holder as [`SESSION_WITH_QUERY`] names it.
     holder_shown: String,
     /// When the holder waits for a lock itself (queued ahead of this run's
     /// session, behind another): the sessions it waits for, shown alike.

@@ -327,31 +327,45 @@ async fn refuse_kept_namesakes(
     found: &BTreeMap<String, BTreeSet<String>>,
     both: &[(String, String, String)],
 ) -> Result<()> {
+    // Each kept table of a schema with the tables below it.
+    let mut below: Vec<(&str, &str, Vec<String>)> = Vec::new();
+    for (schema, roots) in found {
+        for root in roots {
+            let under = rollback::descendants(client, schema, std::slice::from_ref(root)).await?;
+            below.push((schema, root, under));
+        }
+    }
+    let parents_of = |schema: &str, table: &str| -> Vec<&str> {
+        below
+            .iter()
+            .filter(|(s, r, under)| *s == schema && *r != table && under.iter().any(|u| u == table))
+            .map(|(_, r, _)| *r)
+            .collect()
+    };
     let mut shown = Vec::new();
     let mut to_keep = BTreeSet::new();
     for (schema, table, key) in both {
-        let mut parents = Vec::new();
-        for root in found
-            .get(schema)
-            .into_iter()
-            .flatten()
-            .filter(|r| *r != table)
-        {
-            let below = rollback::descendants(client, schema, std::slice::from_ref(root)).await?;
-            if below.contains(table) {
-                parents.push(meta::table_display(schema, root));
-            }
-        }
+        let parents = parents_of(schema, table);
         if parents.is_empty() {
             shown.push(key.clone());
             to_keep.insert(key.clone());
-        } else {
-            shown.push(format!(
-                "{key} (a partition or child of the kept {})",
-                parents.join(", ")
-            ));
-            to_keep.extend(parents);
+            continue;
         }
+        let named: Vec<String> = parents
+            .iter()
+            .map(|p| meta::table_display(schema, p))
+            .collect();
+        shown.push(format!(
+            "{key} (a partition or child of the kept {})",
+            named.join(", ")
+        ));
+        // The topmost of them: keeping it keeps the others.
+        to_keep.extend(
+            parents
+                .iter()
+                .filter(|p| parents_of(schema, p).is_empty())
+                .map(|p| meta::table_display(schema, p)),
+        );
     }
     let to_keep = to_keep.into_iter().collect::<Vec<_>>().join(",");
     let typed = if to_keep.contains('"') {
