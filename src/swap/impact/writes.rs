@@ -879,12 +879,12 @@ pub fn gate_keeping(
     // alone when no table can be kept).
     let (keep, pass) = match op {
         Operation::Swap if only_unrecorded => (
-            "Prepare again (this version records the counters; preserve the tables the application writes with --preserved-tables)".to_string(),
+            "Prepare again (`pgshift abort`, then `pgshift prepare`: this version records the counters; preserve the tables the application writes with --preserved-tables)".to_string(),
             ", or pass",
         ),
         Operation::Swap => (
             format!(
-                "Prepare again with {these} in --preserved-tables (a table the source does not have cannot be preserved: keep it live with --keep-tables)"
+                "Prepare again with {these} in --preserved-tables (`pgshift abort`, then `pgshift prepare`; a table the source does not have cannot be preserved: keep it live with --keep-tables)"
             ),
             ", or pass",
         ),
@@ -1102,6 +1102,11 @@ mod tests {
         assert!(msg.contains("to 1 table that is not preserved"), "{msg}");
         assert!(msg.contains("t1 (1 insert, 1 update)"), "{msg}");
         assert!(msg.contains("Prepare again with this table"), "{msg}");
+        // A prepared migration is aborted before another prepare.
+        assert!(
+            msg.contains("(`pgshift abort`, then `pgshift prepare`;"),
+            "{msg}"
+        );
         assert_eq!(AllowDiscard::parse("ALL").unwrap(), AllowDiscard::All);
         assert!(AllowDiscard::parse("a;b").is_err());
         assert!(AllowDiscard::parse("").is_err());
