@@ -1843,6 +1843,7 @@ fn a_kept_tables_index_or_statistics_of_an_incoming_name_are_refused_before_the_
 /// source view of a kept table's name is left out of the shadow (no clash),
 /// and statistics in one migrated schema on a kept table of another meet
 /// the source's of that schema (a clash), as the prepared shadow then shows.
+/// `start` refuses such a clash before it prepares anything.
 #[test]
 fn the_dry_run_foresees_the_name_clashes_the_prepared_shadow_has() {
     let dbs = TestDbs::new("keep_clash_foreseen");
@@ -1877,6 +1878,16 @@ fn the_dry_run_foresees_the_name_clashes_the_prepared_shadow_has() {
     let warned = plan["plan"]["warnings"].to_string();
     assert!(warned.contains(clash), "{warned}");
     assert!(!warned.contains("public.v"), "{warned}");
+    // `start` refuses before preparing: nothing is made on the destination.
+    let before = common::catalog_fingerprint(&dbs.dst);
+    let out = wd.run(&[&["start"][..], &args].concat());
+    let err = common::stderr_of(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("nothing was prepared") && err.contains(clash),
+        "{err}"
+    );
+    assert_eq!(common::catalog_fingerprint(&dbs.dst), before);
     let prepared = run(&[]);
     let warned = prepared["warnings"].to_string();
     assert!(

@@ -186,6 +186,9 @@ pub async fn prepare_in_session(
     .await?;
     let src = sess.run.connect(&opts.source, "source").await?;
     let checked = phases::check_or_interrupted(opts, &sess.control, &src, &sess.run.cancel).await?;
+    if ctx.command == "start" {
+        phases::refuse_foreseen_name_clashes(opts, &checked, &sess.control, &src).await?;
+    }
     drop(src);
     // The state file is named after the database: one left by a migration to
     // a database of that name on another server is replaced, not continued.

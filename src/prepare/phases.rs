@@ -401,7 +401,9 @@ impl Checked {
             return self;
         }
         match foreseen_name_clashes(dest, src, &settings.schemas, &self.filters).await {
-            Ok(w) => self.warnings.extend(w),
+            Ok(w) => self
+                .warnings
+                .extend(w.map(|c| format!("the swap will be refused once prepared: {c}"))),
             Err(e) => self.warnings.push(format!(
                 "could not foresee the names the kept tables share with the source's: {e:#}"
             )),
@@ -436,6 +438,33 @@ impl Checked {
             }
         }
         self
+    }
+}
+
+/// For `start`, before it prepares: the name clashes its swap would refuse
+/// (those [`Checked::with_foreseen_name_clashes`] warns of), refused now,
+/// before anything is made, rather than after a whole prepare. A failure to
+/// foresee them is only a warning: the swap still checks.
+pub async fn refuse_foreseen_name_clashes(
+    settings: &PrepareOptions,
+    checked: &Checked,
+    dest: &Client,
+    src: &Client,
+) -> Result<()> {
+    if checked.filters.kept.is_empty() {
+        return Ok(());
+    }
+    match foreseen_name_clashes(dest, src, &settings.schemas, &checked.filters).await {
+        Ok(None) => Ok(()),
+        Ok(Some(clashes)) => anyhow::bail!(
+            "the swap would be refused, so nothing was prepared: {clashes} (`pgshift start --dry-run` shows it)"
+        ),
+        Err(e) => {
+            tracing::warn!(
+                "could not foresee the names the kept tables share with the source's (the swap checks them): {e:#}"
+            );
+            Ok(())
+        }
     }
 }
 
@@ -509,7 +538,7 @@ async fn foreseen_name_clashes(
         .map(|a| format!("rename the kept table's ({a}) or the source's"))
         .unwrap_or_else(|| "rename the source's".to_string());
     Ok(Some(format!(
-        "the swap will be refused once prepared: the source's objects share names with what stays with the kept tables: {}; {alter} before preparing, or do not keep the table",
+        "the source's objects share names with what stays with the kept tables: {}; {alter} before preparing, or do not keep the table",
         preflight::list_some(&pairs)
     )))
 }
