@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{TestDbs, Workdir, assert_usage_error, catalog_fingerprint};
+use common::{TestDbs, Workdir, assert_usage_error, catalog_fingerprint, stderr_of};
 
 fn json(out: &str) -> serde_json::Value {
     serde_json::from_str(out).unwrap_or_else(|e| panic!("{e}: {out}"))
@@ -363,7 +363,8 @@ fn owned_sequences_inheritance_and_partitions_without_rows() {
     );
     dbs.dst.psql(
         "CREATE TABLE legacy (id serial PRIMARY KEY, x text);
-         INSERT INTO legacy (x) VALUES ('dst');",
+         INSERT INTO legacy (x) VALUES ('dst');
+         CREATE TABLE pa (a int);",
     );
     let wd = Workdir::new();
     let (src, dst) = (dbs.src.url(), dbs.dst.url());
@@ -391,22 +392,47 @@ fn owned_sequences_inheritance_and_partitions_without_rows() {
     );
     assert_eq!(catalog_fingerprint(&dbs.dst), before);
 
-    // kid inherits from pa and pb: excluding either one's data takes kid's.
-    for parent in ["pa", "pb"] {
+    // kid inherits from pa and pb: leaving out either one's rows takes
+    // kid's out of the other, which is refused unless kid is named too.
+    for (parent, other) in [("pa", "pb"), ("pb", "pa")] {
+        for flag in ["--exclude-table-data", "--exclude-table"] {
+            let out = wd.run(&[base.as_slice(), &[flag, parent, "--dry-run"]].concat());
+            assert_usage_error(
+                &out,
+                &format!("{flag}: the source's kid inherits from {parent} and from {other}: "),
+            );
+            assert!(stderr_of(&out).contains(&format!("(`{flag} kid`)")));
+        }
+        let named = format!("{parent},kid");
         let plan = json(
             &wd.run_ok(
                 &[
                     base.as_slice(),
-                    &["--exclude-table-data", parent, "--dry-run", "--json"],
+                    &["--exclude-table-data", &named, "--dry-run", "--json"],
                 ]
                 .concat(),
             ),
         );
         assert_eq!(
             plan["plan"]["filters"]["exclude_table_data"],
-            serde_json::json!([{"pattern": parent, "tables": ["kid", parent]}])
+            serde_json::json!([{"pattern": parent, "tables": ["kid", parent]}, {"pattern": "kid", "tables": ["kid"]}])
         );
     }
+    // The destination's pa kept: the source's kid is left out with its
+    // namesake.
+    let out = wd.run(&[base.as_slice(), &["--keep-tables", "pa", "--dry-run"]].concat());
+    assert_usage_error(
+        &out,
+        "--keep-tables: the source's kid inherits from pa and from pb: it is left out with pa, so pb would be migrated without kid's rows",
+    );
+    wd.run_ok(
+        &[
+            base.as_slice(),
+            &["--keep-tables", "pa", "--exclude-table", "kid", "--dry-run"],
+        ]
+        .concat(),
+    );
+    assert_eq!(catalog_fingerprint(&dbs.dst), before);
 }
 
 /// A migrated table's default draws from a sequence the kept table's

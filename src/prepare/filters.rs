@@ -40,7 +40,9 @@
 //! partitioned tables of the source's public (`--exclude-table` also matches
 //! foreign tables, views and materialized views, as pg_dump's `-T` does;
 //! `--keep-tables` matches the destination's tables). A matched table brings its
-//! partitions and inheritance children along; a kept partition needs its
+//! partitions and inheritance children along (a child with another parent
+//! whose rows come must be named itself: it would take its rows out of that
+//! parent); a kept partition needs its
 //! parent kept, and a source table named like one that is not the source's
 //! own partition of the kept table is left out with a warning (the name is
 //! the kept partition's), or refused when source objects use it. A pattern
@@ -214,11 +216,7 @@ fn match_filter(
     let mut out = Vec::new();
     let mut all = BTreeSet::new();
     for p in patterns {
-        let hits: BTreeSet<String> = rels
-            .iter()
-            .filter(|r| kinds.contains(&r.relkind) && p.matches(&r.schema, &r.name))
-            .map(Rel::key)
-            .collect();
+        let hits = named_by(p, rels, kinds);
         if hits.is_empty() {
             let hint = if schemas.iter().any(|s| p.matches_schema(s)) {
                 p.fold_hint(
@@ -241,6 +239,15 @@ fn match_filter(
         });
     }
     Ok((out, all))
+}
+
+/// The relations (of `kinds`) that pattern `p` names itself, without the
+/// descendants [`match_filter`] adds.
+fn named_by(p: &TablePattern, rels: &[Rel], kinds: &[char]) -> BTreeSet<String> {
+    rels.iter()
+        .filter(|r| kinds.contains(&r.relkind) && p.matches(&r.schema, &r.name))
+        .map(Rel::key)
+        .collect()
 }
 
 /// Each relation's key ([`table_display`]) and its name as a reader types
@@ -338,20 +345,22 @@ pub async fn resolve(
     let src_rels = relations_of(src, schemas).await?;
     let shown_of = shown_of(&src_rels);
     let where_ = format!("the source's {}", schemas.join(", "));
+    let data_kinds = ['r', 'p'];
     let (m, data) = match_filter(
         "--exclude-table-data",
         &filters.exclude_table_data,
         &src_rels,
-        &['r', 'p'],
+        &data_kinds,
         schemas,
         &where_,
     )?;
     res.matched.exclude_table_data = m;
+    let exclude_kinds = ['r', 'p', 'f', 'v', 'm'];
     let (m, excluded) = match_filter(
         "--exclude-table",
         &filters.exclude_table,
         &src_rels,
-        &['r', 'p', 'f', 'v', 'm'],
+        &exclude_kinds,
         schemas,
         &where_,
     )?;
@@ -385,10 +394,47 @@ pub async fn resolve(
         .collect();
     res.not_migrated = with_descendants(&src_rels, &namesakes);
     res.not_migrated.extend(excluded.iter().cloned());
+    let excluded_by_name: BTreeSet<String> = filters
+        .exclude_table
+        .iter()
+        .flat_map(|p| named_by(p, &src_rels, &exclude_kinds))
+        .collect();
+    let namesakes_and_theirs = with_descendants(&src_rels, &namesakes);
+    let cause = |child: &str| {
+        if namesakes_and_theirs.contains(child) {
+            "--keep-tables"
+        } else {
+            "--exclude-table"
+        }
+    };
+    refuse_rows_lost_to_another_parent(
+        &src_rels,
+        &res.not_migrated,
+        &excluded_by_name,
+        "--exclude-table",
+        &cause,
+        "it is left out with",
+        &shown_of,
+    )?;
     res.data_excluded = data
         .difference(&res.not_migrated)
         .cloned()
         .collect::<BTreeSet<_>>();
+    let data_by_name: BTreeSet<String> = filters
+        .exclude_table_data
+        .iter()
+        .flat_map(|p| named_by(p, &src_rels, &data_kinds))
+        .chain(excluded_by_name)
+        .collect();
+    refuse_rows_lost_to_another_parent(
+        &src_rels,
+        &(&res.data_excluded | &res.not_migrated),
+        &data_by_name,
+        "--exclude-table-data",
+        &|_| "--exclude-table-data",
+        "its rows are left out with those of",
+        &shown_of,
+    )?;
 
     // Objects of the source that need an excluded table.
     let by_key: BTreeMap<String, &Rel> = src_rels.iter().map(|r| (r.key(), r)).collect();
@@ -410,7 +456,7 @@ pub async fn resolve(
     }
 
     // Sequences the kept tables' namesakes own that migrated objects use.
-    let kept_sources = parts(&mut with_descendants(&src_rels, &namesakes).iter());
+    let kept_sources = parts(&mut namesakes_and_theirs.iter());
     let sources = KeptSources {
         src,
         dest,
@@ -526,6 +572,63 @@ pub async fn resolve(
         res.kept = kept;
     }
     Ok(res)
+}
+
+/// An inheritance child follows a parent whose rows do not come (a kept
+/// table's namesake, an excluded table, one migrated without its rows);
+/// when it inherits from another parent whose rows do come, that parent
+/// would be migrated without the child's rows, which a query of it on the
+/// source includes. Refused (exit 2), unless `flag` names the child itself:
+/// then leaving its rows out is what was asked.
+/// `cause` is the flag named first (`--keep-tables` for a kept table's
+/// namesake), `left` what happens to the child ("it is left out with").
+fn refuse_rows_lost_to_another_parent(
+    rels: &[Rel],
+    rowless: &BTreeSet<String>,
+    named: &BTreeSet<String>,
+    flag: &str,
+    cause: &dyn Fn(&str) -> &'static str,
+    left: &str,
+    shown: &BTreeMap<String, String>,
+) -> Result<()> {
+    let listed: HashSet<String> = rels.iter().map(Rel::key).collect();
+    let mut lost = Vec::new();
+    let mut children = BTreeSet::new();
+    for r in rels {
+        let key = r.key();
+        if !rowless.contains(&key) || named.contains(&key) {
+            continue;
+        }
+        let (out, with_rows): (Vec<&String>, Vec<&String>) = r
+            .parents
+            .iter()
+            .filter(|p| listed.contains(*p))
+            .partition(|p| rowless.contains(*p));
+        if out.is_empty() || with_rows.is_empty() {
+            continue;
+        }
+        let show = |ps: &[&String]| ps.iter().map(|p| shown_key(p, shown)).join(", ");
+        let child = shown_key(&key, shown);
+        lost.push((
+            cause(&key),
+            format!(
+                "the source's {child} inherits from {} and from {}: {left} {}, so {} would be migrated without {child}'s rows",
+                show(&out),
+                show(&with_rows),
+                show(&out),
+                show(&with_rows)
+            ),
+        ));
+        children.insert(child);
+    }
+    let Some((first, _)) = lost.first() else {
+        return Ok(());
+    };
+    crate::refuse!(
+        "{first}: {}; leave those parents out too, or name the children in {flag} to leave their rows out knowingly (`{flag} {}`); nothing was changed",
+        lost.iter().map(|(_, l)| l).join("; "),
+        children.into_iter().join(",")
+    );
 }
 
 /// One of [`left_out_by_a_kept_descendant`]'s relations.
