@@ -356,6 +356,19 @@ fn verify_names_the_objects_a_backup_lost_besides_its_tables() {
     let recorded = v["objects"]["recorded"].as_u64().unwrap();
     assert!(recorded > 10, "{v}");
     assert_eq!(v["objects"]["found"].as_u64(), Some(recorded), "{v}");
+    // Its marker comment gone: rollback and cleanup would leave it alone,
+    // so it is not intact (h38a).
+    let marker = dbs
+        .dst
+        .psql(&format!("SELECT obj_description('{s}'::regnamespace)"));
+    dbs.dst.psql(&format!("COMMENT ON SCHEMA {s} IS NULL"));
+    let (code, v) = verify();
+    assert_eq!(code, Some(3), "{v}");
+    assert_eq!(v["differences"][0]["kind"], "unmarked_schema", "{v}");
+    assert_eq!(v["differences"].as_array().map(Vec::len), Some(1), "{v}");
+    dbs.dst
+        .psql(&format!("COMMENT ON SCHEMA {s} IS '{marker}'"));
+    assert_eq!(verify().0, Some(0));
 
     dbs.dst.psql(&format!(
         "DROP VIEW {s}.big_orders; DROP FUNCTION {s}.app_version(); DROP TYPE {s}.mood;

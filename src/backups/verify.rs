@@ -109,7 +109,7 @@ pub struct Difference {
     pub table: String,
     /// `missing_schema`, `missing_table`, `unexpected_table`, `row_count`,
     /// `checksum`, `missing_index`, `invalid_index`, `missing_sequence`,
-    /// `missing_object`, `unexpected_object`.
+    /// `missing_object`, `unexpected_object`, `unmarked_schema`.
     pub kind: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub expected: Option<String>,
@@ -312,7 +312,8 @@ async fn check_schema(
     report: &mut VerifyReport,
 ) -> Result<()> {
     let shown = |name: &str| crate::pg::meta::table_display(live, name);
-    if !crate::pg::catalog::schema_exists(client, schema).await? {
+    let facts = schema_facts(client, schema).await?;
+    if !facts.exists {
         report.recorded(
             "",
             "missing_schema",
@@ -320,6 +321,18 @@ async fn check_schema(
             format!("schema {schema} does not exist"),
         );
         return Ok(());
+    }
+    // Rollback and cleanup touch only a schema that carries pgshift's
+    // marker: without it the backup can be neither restored nor dropped.
+    if !facts.ours {
+        report.recorded(
+            "",
+            "unmarked_schema",
+            schema,
+            format!(
+                "schema {schema} does not carry pgshift's marker comment (its comment was changed, or the schema replaced): rollback refuses it and cleanup skips it"
+            ),
+        );
     }
     let present = present_tables(client, schema).await?;
     // A pause for the test of a backup that changes while it is read.
