@@ -822,7 +822,23 @@ fn backups_dropped_together_fit_one_transaction_together() {
     dbs.dst.psql(&format!(
         "CREATE VIEW {b0}.v AS SELECT * FROM {b1}.t_1; CREATE VIEW {b1}.v AS SELECT * FROM {b0}.t_1;"
     ));
-    let out = cleanup_all(&wd, &dbs.dst, &[], &[("PGSHIFT_CHECK_LOCKS", "1")]);
+    // A reader done within --lock-timeout is waited for, as by a drop in one
+    // transaction, not skipped at once (h38a).
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let holder = rt.block_on(dbs.dst.client());
+    rt.block_on(holder.batch_execute(&format!("BEGIN; LOCK TABLE {b0}.t_2 IN ACCESS SHARE MODE")))
+        .unwrap();
+    let reader = std::thread::spawn(move || {
+        std::thread::sleep(std::time::Duration::from_millis(1500));
+        rt.block_on(holder.batch_execute("ROLLBACK")).unwrap();
+    });
+    let out = cleanup_all(
+        &wd,
+        &dbs.dst,
+        &["--lock-timeout", "20s"],
+        &[("PGSHIFT_CHECK_LOCKS", "1")],
+    );
+    reader.join().unwrap();
     let log = String::from_utf8_lossy(&out.stderr).to_string();
     assert_eq!(out.status.code(), Some(0), "{log}");
     let r = json(&out);

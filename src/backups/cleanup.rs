@@ -552,9 +552,9 @@ async fn drop_backups(
 /// them.
 ///
 /// Emptying in parts commits part by part, so a table in use found half way
-/// would leave a backup partly dropped: backups that any other session holds
-/// a lock on (a reader in an open transaction, say) are skipped before
-/// anything is dropped, and each backup is marked partly dropped only before
+/// would leave a backup partly dropped: backups that any other session still
+/// holds a lock on after `lock_timeout` (a reader in an open transaction,
+/// say) are skipped before anything is dropped, and each backup is marked partly dropped only before
 /// its own first part. Ok(the backups emptied in parts), or Err(outcome) when
 /// skipped.
 async fn shrink_backups(
@@ -577,13 +577,23 @@ async fn shrink_backups(
         // One transaction drops it all or nothing, under lock_timeout.
         return Ok(Ok(Vec::new()));
     }
-    let users = lock_holders(client, &schemas).await?;
-    if !users.is_empty() {
-        return Ok(Err(Outcome::Skipped(format!(
-            "a table or sequence of {name} is in use (by {}); nothing was dropped, and a later run drops {}",
-            sessions(&users),
-            if group.len() == 1 { "it" } else { "them" }
-        ))));
+    // As a drop in one transaction waits lock_timeout for a reader, so does
+    // this: a reader done by then does not keep the backup another day.
+    let waited = std::time::Instant::now();
+    loop {
+        let users = lock_holders(client, &schemas).await?;
+        if users.is_empty() {
+            break;
+        }
+        if waited.elapsed() >= lock_timeout {
+            return Ok(Err(Outcome::Skipped(format!(
+                "a table or sequence of {name} is in use (by {}, after waiting {} ms); nothing was dropped, and a later run drops {}",
+                sessions(&users),
+                lock_timeout.as_millis(),
+                if group.len() == 1 { "it" } else { "them" }
+            ))));
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
     // Each schema keeps at most its share of the last transaction.
     let share = (opts.room() / schemas.len() as u64).max(1);
