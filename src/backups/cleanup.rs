@@ -20,7 +20,7 @@
 //! member marked is never restored, and the next cleanup drops the rest.
 
 use anyhow::Result;
-use chrono::{DateTime, NaiveDate, NaiveDateTime, TimeZone, Utc};
+use chrono::{DateTime, Datelike, NaiveDate, NaiveDateTime, TimeZone, Utc};
 use itertools::Itertools;
 use serde::Serialize;
 use tokio_postgres::Client;
@@ -39,6 +39,20 @@ const ACCEPTED: &str = "an ISO date (2025-07-15, midnight UTC), an ISO datetime 
 /// Parse `--before`: an ISO date (midnight UTC), an ISO datetime with an
 /// offset (honoured) or without (UTC), or digits (unix milliseconds).
 pub fn parse_before(text: &str) -> Result<DateTime<Utc>> {
+    let at = parse_moment(text)?;
+    // Microseconds or nanoseconds read as milliseconds land tens of
+    // thousands of years ahead, and would take every backup; nor can such
+    // a year be written in RFC 3339 (the report's `before`).
+    if at.year() > 9999 {
+        return Err(UserError::new(format!(
+            "--before {text:?} is after the year 9999 (as unix milliseconds: 13 digits today, not microseconds); use {ACCEPTED}"
+        ))
+        .into());
+    }
+    Ok(at)
+}
+
+fn parse_moment(text: &str) -> Result<DateTime<Utc>> {
     let t = text.trim();
     let bad = || -> anyhow::Error {
         UserError::new(format!("--before {text:?} is not a date; use {ACCEPTED}")).into()
@@ -755,6 +769,8 @@ mod tests {
             "2025-07-15T25:00",
             "12ab",
             "-5",
+            "1796634381425000",
+            "10000-01-01",
         ] {
             let e = parse_before(bad).unwrap_err();
             assert!(e.chain().any(|c| c.is::<UserError>()), "{bad}: {e:#}");
