@@ -2552,4 +2552,25 @@ fn a_rollback_is_refused_while_a_preserved_table_of_another_schema_is_synced() {
         said.contains("in sync with triggers on the live tables (billing.payments.pgshift_sync"),
         "{said}"
     );
+    // The dry run gives the plan with that reason among its refusals, exit
+    // 0, as for any refusal it foresees (h38a).
+    let out = wd.run(&[
+        "rollback",
+        "--dest",
+        &dst,
+        "--latest",
+        "--allow-discard",
+        "all",
+        "--dry-run",
+        "--json",
+    ]);
+    let said = common::said_by(&out);
+    assert_eq!(out.status.code(), Some(0), "{said}");
+    let plan: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(
+        plan["rollback"]["refusal"]
+            .as_str()
+            .is_some_and(|r| r.contains("billing.payments.pgshift_sync")),
+        "{plan}"
+    );
 }

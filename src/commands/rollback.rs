@@ -46,6 +46,7 @@ pub async fn run(args: RollbackArgs, ctx: Ctx) -> Result<ExitCode> {
         fail_on_breaking: settings.impact.fail_on_breaking,
         workload: settings.impact.workload.clone(),
         allow_fk_violations: settings.allow_fk_violations,
+        dry_run: settings.dry_run,
     };
     if settings.dry_run {
         let client = ctx.connect_dest().await?;

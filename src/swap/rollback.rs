@@ -79,6 +79,9 @@ pub struct RollbackOptions {
     /// Create the foreign keys between kept and restored tables NOT VALID
     /// even when rows do not match (`--allow-fk-violations`).
     pub allow_fk_violations: bool,
+    /// Only the plan is wanted: a refusal that a real run gives at once is a
+    /// reason in the plan instead (a prepared migration, say).
+    pub dry_run: bool,
 }
 
 /// Everything decided before the transaction (read only).
@@ -121,6 +124,9 @@ pub struct Plan {
     /// Why it refuses the backup (it no longer matches its manifest, and no
     /// `--force`): exit 3, before any other refusal.
     pub mismatch: Option<String>,
+    /// Why a real run refuses at once (exit 2): a prepared migration keeps
+    /// the live tables in sync (kept for the dry run, [`RollbackOptions::dry_run`]).
+    pub prepared: Option<String>,
     /// With kept tables: the backup holds more than they are (views,
     /// functions, types, other tables), which goes live, so what is left of
     /// it afterwards is no version of the database to restore.
@@ -270,11 +276,12 @@ pub async fn plan(client: &Client, opts: &RollbackOptions) -> Result<Plan> {
     }
     verify::readable(client, &restore).await?;
     let triggers = Destination::observe(client).await?.sync_triggers_on_live();
-    if !triggers.is_empty() {
-        crate::refuse!(
-            "a prepared migration keeps preserved tables in sync with triggers on the live tables ({}); finish it with `pgshift swap` or drop it with `pgshift abort` before rolling back",
-            triggers.join(", ")
-        );
+    let prepared = (!triggers.is_empty()).then(|| format!(
+        "a prepared migration keeps preserved tables in sync with triggers on the live tables ({}); finish it with `pgshift swap` or drop it with `pgshift abort` before rolling back",
+        triggers.join(", ")
+    ));
+    if let (Some(why), false) = (&prepared, opts.dry_run) {
+        crate::refuse!("{why}");
     }
 
     let maps = restore.manifest.schema_maps();
@@ -592,6 +599,7 @@ pub async fn plan(client: &Client, opts: &RollbackOptions) -> Result<Plan> {
         fk_refusal,
         refusal,
         mismatch,
+        prepared,
         takes_more_than_kept,
     })
 }
@@ -916,6 +924,7 @@ pub async fn preview(client: &Client, plan: &Plan, policy: Policy) -> Result<Rol
     let busy = Destination::observe(client).await?.lock_refusal();
     let refusals: Vec<String> = [
         busy,
+        plan.prepared.clone(),
         plan.mismatch.clone(),
         plan.refusal.clone(),
         gate::breaking_refusal_of(Operation::Rollback, &impact, plan.fail_on_breaking),
@@ -953,6 +962,9 @@ pub async fn execute(sess: &Session, plan: &Plan, policy: Policy) -> Result<Roll
     let control = &sess.control;
     if let Some(why) = &plan.mismatch {
         return Err(anyhow::Error::new(VerificationFailed(why.clone())));
+    }
+    if let Some(why) = &plan.prepared {
+        return Err(crate::user_error!("{why}"));
     }
     if let Some(why) = &plan.refusal {
         bail!("{why}");
