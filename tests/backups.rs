@@ -1937,6 +1937,24 @@ fn dry_runs_while_another_run_holds_the_lock_say_they_would_be_refused() {
             "{v}"
         );
     }
+    // cleanup's dry run lists what it would drop, and says a real run now
+    // would fail (h38a).
+    let out = wd.run(&[
+        "cleanup",
+        "--dest",
+        &url,
+        "--before",
+        "2999-01-01",
+        "--dry-run",
+    ]);
+    assert!(
+        text(&out.stderr).contains(
+            "a real run now would drop nothing and exit 1: another pgshift run holds the destination's lock"
+        ) && text(&out.stdout).contains("would drop"),
+        "{}{}",
+        text(&out.stderr),
+        text(&out.stdout)
+    );
     drop(holder);
     let v = run_json(&wd, &["swap", "--dest", &url, "--dry-run"]);
     assert!(v["swap"]["refusal"].is_null(), "{v}");

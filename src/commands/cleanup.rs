@@ -26,7 +26,16 @@ pub async fn run(args: CleanupArgs, ctx: Ctx) -> Result<ExitCode> {
     // command, once there is something to drop (with nothing to do, a cron
     // run exits 0 while another run holds the lock).
     let (report, failures) = if opts.dry_run {
-        cleanup::cleanup(&ctx.connect_dest().await?, &opts).await?
+        let client = ctx.connect_dest().await?;
+        let planned = cleanup::cleanup(&client, &opts).await?;
+        // What a real run now would meet first (it exits 1, dropping nothing).
+        if !planned.0.dropped.is_empty() {
+            let d = crate::migration::derive::Destination::observe(&client).await?;
+            if let Some(why) = d.lock_refusal() {
+                tracing::warn!("a real run now would drop nothing and exit 1: {why}");
+            }
+        }
+        planned
     } else if let Some(report) = {
         // A destination that takes no writes is refused as every mutating
         // run is, even with nothing to drop (a cron job pointed at a standby).
