@@ -716,6 +716,7 @@ fn opts() -> WorkloadOptions {
         roles: Vec::new(),
         timeout: Duration::from_secs(30),
         lock_timeout: Duration::from_millis(100),
+        ..WorkloadOptions::default()
     }
 }
 

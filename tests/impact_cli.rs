@@ -1085,6 +1085,30 @@ async fn a_parameter_compared_with_a_retyped_column_fails_when_prepared_before()
         Some("operator does not exist: integer = text"),
         "{err:?}"
     );
+    // Prepared again, with an integer: a rollback brings the text column
+    // back, and its report says so as the rollback's (h38b).
+    let by_code = app
+        .prepare("SELECT id FROM acct WHERE code = $1")
+        .await
+        .unwrap();
+    app.query(&by_code, &[&5i32]).await.unwrap();
+    let out = wd.run(&[
+        "rollback",
+        "--dest",
+        &url,
+        "--latest",
+        "--allow-discard",
+        "all",
+        "--dry-run",
+        "--json",
+    ]);
+    let r = json_of(&assert_success(&out));
+    assert!(
+        r["rollback"]["impact"]["statements"]["failing"]
+            .to_string()
+            .contains("when prepared before the rollback (it keeps its parameter types: $1 int4 (now text))"),
+        "{r}"
+    );
 }
 
 /// A statement prepared with SQL (`PREPARE p(int) AS SELECT * …`, then

@@ -721,7 +721,10 @@ async fn impact(
             pairs: &pairs,
             baseline: None,
             exempt: &[],
-            workload: plan.workload.clone(),
+            workload: WorkloadOptions {
+                operation: Operation::Rollback,
+                ..plan.workload.clone()
+            },
             lock_timeout: policy.lock_timeout,
         },
         plan.writes.clone(),

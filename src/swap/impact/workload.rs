@@ -98,6 +98,9 @@ pub struct WorkloadOptions {
     /// How long one parse may wait for a lock before the statement is reported
     /// unchecked.
     pub lock_timeout: Duration,
+    /// What replaces the live schemas (a swap, or a rollback): the failing
+    /// statements' reasons name it.
+    pub operation: super::Operation,
 }
 
 impl Default for WorkloadOptions {
@@ -106,6 +109,7 @@ impl Default for WorkloadOptions {
             roles: Vec::new(),
             timeout: Duration::from_secs(30),
             lock_timeout: Duration::from_millis(100),
+            operation: super::Operation::Swap,
         }
     }
 }
@@ -434,6 +438,7 @@ pub async fn check_workload(
         lock_timeout: opts.lock_timeout,
         deadline,
         quiet: can_probe(client).await?,
+        operation: opts.operation,
     };
     let mut described: Vec<(Pending, Vec<Column>, Vec<Column>)> = Vec::new();
     let mut not_checked: BTreeSet<String> = BTreeSet::new();
@@ -924,6 +929,7 @@ struct Checker<'a> {
     deadline: Instant,
     /// Use the quiet probe before Parse (see [`PROBE`]).
     quiet: bool,
+    operation: super::Operation,
 }
 
 impl Checker<'_> {
@@ -1162,8 +1168,12 @@ async fn check_one(
                     .collect();
                 format!("it keeps its parameter types: {}", changes.join(", "))
             };
+            let before = match checker.operation {
+                super::Operation::Swap => "the swap",
+                super::Operation::Rollback => "the rollback",
+            };
             return Ok(Outcome::Failing(format!(
-                "when prepared before the swap ({why}): {}",
+                "when prepared before {before} ({why}): {}",
                 resolve::map_error(
                     &cat.name_moved_types(&e.message),
                     pairs,
