@@ -1973,10 +1973,7 @@ fn verify_names_the_session_it_waits_for() {
     let backup = dbs.dst.psql("SELECT schema_name FROM pgshift.backups");
     let rt = tokio::runtime::Runtime::new().unwrap();
     let holder = rt.block_on(dbs.dst.client());
-    let pid = rt
-        .block_on(holder.query_one("SELECT pg_backend_pid()", &[]))
-        .unwrap()
-        .get::<_, i32>(0);
+    let pid = rt.block_on(common::backend_pid(&holder));
     rt.block_on(holder.batch_execute(&format!(
         "BEGIN; LOCK TABLE {backup}.users IN ACCESS EXCLUSIVE MODE"
     )))

@@ -1747,10 +1747,7 @@ fn prepare_says_which_session_it_waits_for_on_the_source() {
     let blocker = rt.block_on(dbs.src.client());
     rt.block_on(blocker.batch_execute("BEGIN; LOCK TABLE t IN ACCESS EXCLUSIVE MODE"))
         .unwrap();
-    let pid = rt
-        .block_on(blocker.query_one("SELECT pg_backend_pid()", &[]))
-        .unwrap()
-        .get::<_, i32>(0);
+    let pid = rt.block_on(common::backend_pid(&blocker));
     let child = spawn(
         &wd,
         &[
@@ -1802,11 +1799,7 @@ fn prepare_names_the_sessions_its_phases_wait_for() {
     );
     wait_for_phase(&wd, &dbs.dst, "dump", &mut child);
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let pid_of = |c: &tokio_postgres::Client| {
-        rt.block_on(c.query_one("SELECT pg_backend_pid()", &[]))
-            .unwrap()
-            .get::<_, i32>(0)
-    };
+    let pid_of = |c: &tokio_postgres::Client| rt.block_on(common::backend_pid(c));
     let long = rt.block_on(dbs.src.client());
     let long_pid = pid_of(&long);
     rt.block_on(long.batch_execute("BEGIN; SELECT count(*) FROM b"))

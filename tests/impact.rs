@@ -1163,11 +1163,7 @@ async fn the_report_never_blocks_a_pgbench_load() {
     let base = impact::take_baseline(&c, &impact::live_schemas(&pairs))
         .await
         .unwrap();
-    let checker_pid: i32 = c
-        .query_one("SELECT pg_backend_pid()", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let checker_pid = common::backend_pid(&c).await;
 
     let dir = tempfile::tempdir().unwrap();
     let script = dir.path().join("app.sql");

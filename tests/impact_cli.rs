@@ -898,11 +898,7 @@ async fn a_snapshot_older_than_prepare_is_noted() {
     app.batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ; SELECT 1;")
         .await
         .unwrap();
-    let pid: i32 = app
-        .query_one("SELECT pg_backend_pid()", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let pid = common::backend_pid(&app).await;
     let wd = Workdir::new();
     let url = dbs.dst.url();
     assert_success(&wd.prepare(&dbs, &[]));

@@ -1832,11 +1832,7 @@ async fn abort_held_up(
     tokio::spawn(conn);
     app.batch_execute(hold).await.unwrap();
     std::fs::write(wd.join("pgshift.toml"), "swap_retries = 1\n").unwrap();
-    let pid: i32 = app
-        .query_one("SELECT pg_backend_pid()", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let pid = common::backend_pid(&app).await;
     let out = wd.run(&["abort", "--dest", &dbs.dst.url(), "--lock-timeout", "100ms"]);
     let err = String::from_utf8_lossy(&out.stderr).into_owned();
     assert_eq!(out.status.code(), Some(1), "{err}");

@@ -235,6 +235,16 @@ pub fn lines_until(
     seen
 }
 
+/// The server process of `client`'s session (`pg_backend_pid()`), to name
+/// it in what pgshift says or to end it.
+pub async fn backend_pid(client: &tokio_postgres::Client) -> i32 {
+    client
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .expect("asking for the backend pid")
+        .get(0)
+}
+
 /// Assert a pgshift run succeeded (showing its output if not); returns stdout.
 pub fn assert_success(out: &std::process::Output) -> String {
     assert!(
