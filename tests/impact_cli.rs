@@ -333,6 +333,13 @@ async fn writes_to_tables_that_are_not_preserved_refuse_swap_and_rollback() {
         "--json",
     ]));
     assert_eq!(writes(&r["impact"]["discarded_writes"]), orders(3), "{r}");
+    // Named in its warnings, as a rollback's are (h38b).
+    assert!(
+        r["warnings"].to_string().contains(
+            "discarding writes since prepare started (--allow-discard): orders: 3 inserts"
+        ),
+        "{r}"
+    );
     assert_eq!(dbs.dst.psql("SELECT count(*) FROM public.orders"), "20");
     let backup = r["backup_schema"].as_str().unwrap().to_string();
     assert_eq!(

@@ -372,15 +372,17 @@ pub async fn before_swap(
 ) -> Result<Checked> {
     let (listed, writes) = swap_writes(client, req).await?;
     gate_for(Operation::Swap, &writes, &opts.allow_discard).map_err(|why| anyhow!(why))?;
-    let allowed = writes.discarded.len() + writes.unknown.len();
-    if allowed > 0 {
-        tracing::warn!(
-            tables = allowed,
-            "discarding writes to tables that are not preserved, as --allow-discard allows"
-        );
+    // Named, one table each, as a rollback names them: in the log and in
+    // the report's warnings.
+    let mut discarding = Vec::new();
+    for w in write_lines(&writes) {
+        let w = format!("discarding writes since prepare started (--allow-discard): {w}");
+        tracing::warn!("{w}");
+        discarding.push(w);
     }
-    let (impact, warnings) =
+    let (impact, mut warnings) =
         before_moves(client, Operation::Swap, req, writes, opts.fail_on_breaking).await?;
+    warnings.splice(0..0, discarding);
     Ok(Checked {
         impact,
         listed,
