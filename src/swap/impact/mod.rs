@@ -301,10 +301,7 @@ impl Impact {
             .iter()
             .any(|u| u.query == workload::HIDDEN_QUERY);
         for h in self.hazards.iter().filter(|h| h.effect == Effect::Breaks) {
-            // A dropped column breaks only the statements that read it, which
-            // fail their check: the others of its table are no concern.
-            let checked = h.code == "COLUMN_DROPPED" && self.statements.column_checked(&h.object);
-            if self.statements.uses(&h.object) && !checked {
+            if self.statements.uses(&h.object) {
                 out.push(format!(
                     "{} {} ({}), used by recorded statements",
                     h.code, h.object, h.detail
@@ -415,8 +412,11 @@ mod tests {
         );
     }
 
-    /// An impact whose one hazard is the drop of `public.orders.total`.
-    fn total_dropped() -> Impact {
+    /// A breaking change no visible statement uses is breaking all the same
+    /// when statements of other roles are hidden from this role: a CI gate
+    /// (`--fail-on-breaking`) must not pass what it cannot see.
+    #[test]
+    fn a_breaking_change_counts_when_statements_are_hidden() {
         let mut i = Impact::default();
         i.hazards.push(Hazard {
             code: "COLUMN_DROPPED".into(),
@@ -424,33 +424,6 @@ mod tests {
             object: "public.orders.total".into(),
             detail: "numeric".into(),
         });
-        i
-    }
-
-    /// A dropped column of a table whose statements were all checked (none
-    /// failed on it) breaks none of them; while one is unchecked, it may.
-    #[test]
-    fn a_dropped_column_counts_only_for_unchecked_statements() {
-        let mut i = total_dropped();
-        i.statements.used_objects = vec!["public.orders".into()];
-        assert_eq!(
-            i.breaking(),
-            vec!["COLUMN_DROPPED public.orders.total (numeric), used by recorded statements"]
-        );
-        i.statements.checked_uses = vec!["public.orders".into()];
-        assert!(i.breaking().is_empty());
-        // A dropped table is no column: its statements fail, and it counts.
-        i.hazards[0].code = "TABLE_DROPPED".into();
-        i.hazards[0].object = "public.orders".into();
-        assert_eq!(i.breaking().len(), 1);
-    }
-
-    /// A breaking change no visible statement uses is breaking all the same
-    /// when statements of other roles are hidden from this role: a CI gate
-    /// (`--fail-on-breaking`) must not pass what it cannot see.
-    #[test]
-    fn a_breaking_change_counts_when_statements_are_hidden() {
-        let mut i = total_dropped();
         assert!(i.breaking().is_empty());
         i.statements.unchecked.push(UncheckedStatement {
             query: workload::HIDDEN_QUERY.into(),

@@ -157,11 +157,6 @@ pub struct StatementsReport {
     /// (`public.accounts`, `public.f`), for matching `breaks` hazards.
     #[serde(default)]
     pub used_objects: Vec<String>,
-    /// Those of `used_objects` that every statement using them was checked
-    /// completely against (none of them unchecked): a dropped column of such
-    /// a table breaks no recorded statement that is not listed as failing.
-    #[serde(default)]
-    pub checked_uses: Vec<String>,
 }
 
 impl Default for StatementsReport {
@@ -184,7 +179,6 @@ impl StatementsReport {
             unchecked: Vec::new(),
             not_checked: Some(why.into()),
             used_objects: Vec::new(),
-            checked_uses: Vec::new(),
         }
     }
 
@@ -196,17 +190,6 @@ impl StatementsReport {
                 || object
                     .strip_prefix(u.as_str())
                     .is_some_and(|rest| rest.starts_with('.') || rest.starts_with('('))
-        })
-    }
-
-    /// Whether `column` (`public.t.c`) is of a table every statement using
-    /// it was checked against: one that reads the column would have failed
-    /// its check in the new schema.
-    pub fn column_checked(&self, column: &str) -> bool {
-        self.checked_uses.iter().any(|u| {
-            column
-                .strip_prefix(u.as_str())
-                .is_some_and(|rest| rest.starts_with('.'))
         })
     }
 }
@@ -370,7 +353,6 @@ pub async fn check_workload(
         unchecked: Vec::new(),
         not_checked: None,
         used_objects: Vec::new(),
-        checked_uses: Vec::new(),
     };
     if hidden > 0 {
         report.unchecked.push(UncheckedStatement {
@@ -441,11 +423,9 @@ pub async fn check_workload(
         operation: opts.operation,
     };
     let mut described: Vec<(Pending, Vec<Column>, Vec<Column>)> = Vec::new();
-    let mut not_checked: BTreeSet<String> = BTreeSet::new();
     let mut iter = pending.into_iter();
     for p in iter.by_ref() {
         if Instant::now() >= deadline {
-            not_checked.extend(p.res.uses.iter().cloned());
             report.unchecked.push(bound_reached(&p, opts.timeout));
             break;
         }
@@ -463,26 +443,16 @@ pub async fn check_workload(
                 report.checked += 1;
                 described.push((p, a, b));
             }
-            Outcome::Unchecked(reason) => {
-                not_checked.extend(p.res.uses.iter().cloned());
-                report.unchecked.push(UncheckedStatement {
-                    query: p.rec.query,
-                    reason,
-                    calls: p.rec.calls,
-                })
-            }
+            Outcome::Unchecked(reason) => report.unchecked.push(UncheckedStatement {
+                query: p.rec.query,
+                reason,
+                calls: p.rec.calls,
+            }),
         }
     }
     for p in iter {
-        not_checked.extend(p.res.uses.iter().cloned());
         report.unchecked.push(bound_reached(&p, opts.timeout));
     }
-    report.checked_uses = report
-        .used_objects
-        .iter()
-        .filter(|u| !not_checked.contains(*u))
-        .cloned()
-        .collect();
 
     // Result columns: compare by name and type name (the incoming schema
     // mapped back), and flag replaced types (same name, new OID).
