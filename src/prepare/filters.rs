@@ -410,6 +410,7 @@ pub async fn resolve(
     refuse_rows_lost_to_another_parent(
         &src_rels,
         &res.not_migrated,
+        &(&res.not_migrated | &data),
         &excluded_by_name,
         "--exclude-table",
         &cause,
@@ -426,9 +427,11 @@ pub async fn resolve(
         .flat_map(|p| named_by(p, &src_rels, &data_kinds))
         .chain(excluded_by_name)
         .collect();
+    let rowless = &res.data_excluded | &res.not_migrated;
     refuse_rows_lost_to_another_parent(
         &src_rels,
-        &(&res.data_excluded | &res.not_migrated),
+        &rowless,
+        &rowless,
         &data_by_name,
         "--exclude-table-data",
         &|_| "--exclude-table-data",
@@ -579,12 +582,14 @@ pub async fn resolve(
 /// when it inherits from another parent whose rows do come, that parent
 /// would be migrated without the child's rows, which a query of it on the
 /// source includes. Refused (exit 2), unless `flag` names the child itself:
-/// then leaving its rows out is what was asked.
+/// then leaving its rows out is what was asked. A parent in `without_rows`
+/// (left out, or migrated without its rows) loses nothing.
 /// `cause` is the flag named first (`--keep-tables` for a kept table's
 /// namesake), `left` what happens to the child ("it is left out with").
 fn refuse_rows_lost_to_another_parent(
     rels: &[Rel],
     rowless: &BTreeSet<String>,
+    without_rows: &BTreeSet<String>,
     named: &BTreeSet<String>,
     flag: &str,
     cause: &dyn Fn(&str) -> &'static str,
@@ -599,11 +604,12 @@ fn refuse_rows_lost_to_another_parent(
         if !rowless.contains(&key) || named.contains(&key) {
             continue;
         }
-        let (out, with_rows): (Vec<&String>, Vec<&String>) = r
+        let out: Vec<&String> = r.parents.iter().filter(|p| rowless.contains(*p)).collect();
+        let with_rows: Vec<&String> = r
             .parents
             .iter()
-            .filter(|p| listed.contains(*p))
-            .partition(|p| rowless.contains(*p));
+            .filter(|p| listed.contains(*p) && !without_rows.contains(*p))
+            .collect();
         if out.is_empty() || with_rows.is_empty() {
             continue;
         }
@@ -624,10 +630,16 @@ fn refuse_rows_lost_to_another_parent(
     let Some((first, _)) = lost.first() else {
         return Ok(());
     };
+    // As a shell takes it: a quoted name inside single quotes.
+    let children = children.into_iter().join(",");
+    let children = if children.contains('"') {
+        crate::pg::ident::as_typed(&children)
+    } else {
+        children
+    };
     crate::refuse!(
-        "{first}: {}; leave those parents out too, or name the children in {flag} to leave their rows out knowingly (`{flag} {}`); nothing was changed",
+        "{first}: {}; leave those parents out too, or name the children in {flag} to leave their rows out knowingly (`{flag} {children}`); nothing was changed",
         lost.iter().map(|(_, l)| l).join("; "),
-        children.into_iter().join(",")
     );
 }
 
@@ -1115,6 +1127,32 @@ mod tests {
             relkind: if parent.is_none() { 'p' } else { 'r' },
             parents: parent.map(str::to_string).into_iter().collect(),
         }
+    }
+
+    /// The child to name is suggested as a shell takes it.
+    #[test]
+    fn a_quoted_child_is_suggested_in_single_quotes() {
+        let mut kid = rel("My Kid", Some("P1"));
+        kid.parents.push("pb".into());
+        let rels = vec![rel("P1", None), rel("pb", None), kid];
+        let out: BTreeSet<String> = ["P1".to_string(), "My Kid".to_string()].into();
+        let err = refuse_rows_lost_to_another_parent(
+            &rels,
+            &out,
+            &out,
+            &BTreeSet::new(),
+            "--exclude-table",
+            &|_| "--exclude-table",
+            "it is left out with",
+            &shown_of(&rels),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains(r#"the source's "My Kid" inherits from "P1" and from pb"#)
+                && err.contains(r#"(`--exclude-table '"My Kid"'`)"#),
+            "{err}"
+        );
     }
 
     #[test]
