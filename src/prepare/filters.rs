@@ -412,9 +412,11 @@ pub async fn resolve(
         &res.not_migrated,
         &(&res.not_migrated | &data),
         &excluded_by_name,
-        "--exclude-table",
-        &cause,
-        "it is left out with",
+        &Wording {
+            flag: "--exclude-table",
+            cause: &cause,
+            left: "it is left out with",
+        },
         &shown_of,
     )?;
     res.data_excluded = data
@@ -433,9 +435,11 @@ pub async fn resolve(
         &rowless,
         &rowless,
         &data_by_name,
-        "--exclude-table-data",
-        &|_| "--exclude-table-data",
-        "its rows are left out with those of",
+        &Wording {
+            flag: "--exclude-table-data",
+            cause: &|_| "--exclude-table-data",
+            left: "its rows are left out with those of",
+        },
         &shown_of,
     )?;
 
@@ -577,6 +581,17 @@ pub async fn resolve(
     Ok(res)
 }
 
+/// How [`refuse_rows_lost_to_another_parent`] words its refusal.
+struct Wording<'a> {
+    /// The flag that names a child to leave out knowingly.
+    flag: &'a str,
+    /// The flag named first, for a child (`--keep-tables` for the
+    /// descendants of a kept table's namesake).
+    cause: &'a dyn Fn(&str) -> &'static str,
+    /// What happens to the child ("it is left out with").
+    left: &'a str,
+}
+
 /// An inheritance child follows a parent whose rows do not come (a kept
 /// table's namesake, an excluded table, one migrated without its rows);
 /// when it inherits from another parent whose rows do come, that parent
@@ -584,18 +599,15 @@ pub async fn resolve(
 /// source includes. Refused (exit 2), unless `flag` names the child itself:
 /// then leaving its rows out is what was asked. A parent in `without_rows`
 /// (left out, or migrated without its rows) loses nothing.
-/// `cause` is the flag named first (`--keep-tables` for a kept table's
-/// namesake), `left` what happens to the child ("it is left out with").
 fn refuse_rows_lost_to_another_parent(
     rels: &[Rel],
     rowless: &BTreeSet<String>,
     without_rows: &BTreeSet<String>,
     named: &BTreeSet<String>,
-    flag: &str,
-    cause: &dyn Fn(&str) -> &'static str,
-    left: &str,
+    wording: &Wording,
     shown: &BTreeMap<String, String>,
 ) -> Result<()> {
+    let Wording { flag, cause, left } = wording;
     let listed: HashSet<String> = rels.iter().map(Rel::key).collect();
     let mut lost = Vec::new();
     let mut children = BTreeSet::new();
@@ -1141,9 +1153,11 @@ mod tests {
             &out,
             &out,
             &BTreeSet::new(),
-            "--exclude-table",
-            &|_| "--exclude-table",
-            "it is left out with",
+            &Wording {
+                flag: "--exclude-table",
+                cause: &|_| "--exclude-table",
+                left: "it is left out with",
+            },
             &shown_of(&rels),
         )
         .unwrap_err()
