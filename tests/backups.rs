@@ -366,6 +366,18 @@ fn verify_names_the_objects_a_backup_lost_besides_its_tables() {
     assert_eq!(code, Some(3), "{v}");
     assert_eq!(v["differences"][0]["kind"], "unmarked_schema", "{v}");
     assert_eq!(v["differences"].as_array().map(Vec::len), Some(1), "{v}");
+    // Rollback refuses it the same way: exit 3, with --force too (h39a).
+    let out = wd.run(&[
+        "rollback",
+        "--dest",
+        &url,
+        "--timestamp",
+        &ts,
+        "--dry-run",
+        "--force",
+    ]);
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("does not carry pgshift's marker comment"));
     dbs.dst
         .psql(&format!("COMMENT ON SCHEMA {s} IS '{marker}'"));
     assert_eq!(verify().0, Some(0));

@@ -269,10 +269,11 @@ pub async fn plan(client: &Client, opts: &RollbackOptions) -> Result<Plan> {
             restore.ts
         ))));
     }
+    // Nor one without pgshift's marker (`verify`'s `unmarked_schema`).
     if !facts.ours {
-        bail!(
-            "schema {schema} does not carry pgshift's marker comment (it was not created by pgshift, or was replaced); not restoring it"
-        );
+        return Err(anyhow::Error::new(VerificationFailed(format!(
+            "schema {schema} does not carry pgshift's marker comment (it was not created by pgshift, or was replaced); not restoring it, even with --force"
+        ))));
     }
     verify::readable(client, &restore).await?;
     let triggers = Destination::observe(client).await?.sync_triggers_on_live();
