@@ -44,8 +44,14 @@ pub fn parse_before(text: &str) -> Result<DateTime<Utc>> {
     // thousands of years ahead, and would take every backup; nor can such
     // a year be written in RFC 3339 (the report's `before`).
     if at.year() > 9999 {
+        let digits = text.trim().chars().all(|c| c.is_ascii_digit());
         return Err(UserError::new(format!(
-            "--before {text:?} is after the year 9999 (as unix milliseconds: 13 digits today, not microseconds); use {ACCEPTED}"
+            "--before {text:?} is after the year 9999{}; use {ACCEPTED}",
+            if digits {
+                " as unix milliseconds (13 digits today: not microseconds)"
+            } else {
+                " in UTC"
+            }
         ))
         .into());
     }
