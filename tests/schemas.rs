@@ -2466,6 +2466,11 @@ fn tables_kept_at_the_swap_in_two_schemas_stay_together_at_a_rollback() {
     let said = common::said_by(&out);
     assert!(out.status.success(), "{said}");
     assert!(said.contains("stayed live when"), "{said}");
+    // The whole sentence (it ended "keeping app2's"; h39b).
+    assert!(
+        said.contains("so the backup has no copy of them: the rollback keeps the live ones of app2 as they are"),
+        "{said}"
+    );
     assert!(!said.contains("moves to the new backup"), "{said}");
 }
 

@@ -400,7 +400,7 @@ pub async fn plan(client: &Client, opts: &RollbackOptions) -> Result<Plan> {
         );
         if !auto_here.is_empty() {
             warnings.push(format!(
-                "{} stayed live when {backup} was made, so the backup has no copy; keeping {}'s",
+                "{} stayed live when {backup} was made, so the backup has no copy of them: the rollback keeps the live ones of {} as they are",
                 auto_here
                     .iter()
                     .map(|t| crate::pg::meta::table_shown(live, t))
