@@ -399,6 +399,30 @@ pub async fn resolve(
         .iter()
         .flat_map(|p| named_by(p, &src_rels, &exclude_kinds))
         .collect();
+    // A partition or child left out by name while its parent is migrated:
+    // what was asked, said once, since the parent then comes without those
+    // rows (and a partitioned one without a partition for their range).
+    for r in src_rels
+        .iter()
+        .filter(|r| excluded_by_name.contains(&r.key()))
+    {
+        for p in r.parents.iter().filter(|p| !res.not_migrated.contains(*p)) {
+            let Some(parent) = src_rels.iter().find(|x| x.key() == *p) else {
+                continue;
+            };
+            let child = shown_key(&r.key(), &shown_of);
+            res.warnings.push(format!(
+                "--exclude-table {child}: {} {} is migrated without {child}'s rows{}",
+                if parent.relkind == 'p' { "its partitioned table" } else { "its parent" },
+                shown_key(p, &shown_of),
+                if parent.relkind == 'p' {
+                    ", and without a partition for their range: after the swap, rows of that range go to its default partition if it has one, else are refused"
+                } else {
+                    ""
+                }
+            ));
+        }
+    }
     let namesakes_and_theirs = with_descendants(&src_rels, &namesakes);
     let cause = |child: &str| {
         if namesakes_and_theirs.contains(child) {
