@@ -312,8 +312,7 @@ async fn check_schema(
     report: &mut VerifyReport,
 ) -> Result<()> {
     let shown = |name: &str| crate::pg::meta::table_display(live, name);
-    let facts = schema_facts(client, schema).await?;
-    if !facts.exists {
+    let Some(ours) = schema_marked(client, schema).await? else {
         report.recorded(
             "",
             "missing_schema",
@@ -321,10 +320,10 @@ async fn check_schema(
             format!("schema {schema} does not exist"),
         );
         return Ok(());
-    }
+    };
     // Rollback and cleanup touch only a schema that carries pgshift's
     // marker: without it the backup can be neither restored nor dropped.
-    if !facts.ours {
+    if !ours {
         report.recorded(
             "",
             "unmarked_schema",
@@ -647,6 +646,20 @@ pub async fn readable(client: &impl GenericClient, b: &BackupRow) -> Result<()> 
     anyhow::bail!(
         "insufficient privileges: role {me} cannot read table {name} of the backup, which belongs to role {owner} (run as {owner}, or ALTER TABLE {name} OWNER TO {me})"
     )
+}
+
+/// Whether `schema` carries pgshift's marker comment; None when there is no
+/// such schema. Reads the catalog only ([`schema_facts`] also measures).
+async fn schema_marked(client: &Client, schema: &str) -> Result<Option<bool>> {
+    let row = client
+        .query_opt(
+            "SELECT COALESCE(obj_description(n.oid, 'pg_namespace'), '')
+               FROM pg_catalog.pg_namespace n WHERE n.nspname = $1",
+            &[&schema],
+        )
+        .await
+        .with_context(|| format!("looking for schema {schema}"))?;
+    Ok(row.map(|r| r.get::<_, String>(0).starts_with(MARKER)))
 }
 
 /// Size on disk and ownership of a schema.
