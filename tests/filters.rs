@@ -562,7 +562,10 @@ fn status_sees_a_kept_tables_broken_key() {
     let dbs = TestDbs::new("filters_kept_fk");
     dbs.src.psql(
         "CREATE TABLE orders (id int PRIMARY KEY);
-         INSERT INTO orders SELECT generate_series(1, 3);",
+         INSERT INTO orders SELECT generate_series(1, 3);
+         CREATE TABLE dst_log (id int PRIMARY KEY, order_id int);
+         CREATE TABLE src_ref (id int PRIMARY KEY, log_id int REFERENCES dst_log);
+         INSERT INTO dst_log VALUES (7, NULL); INSERT INTO src_ref VALUES (1, 7);",
     );
     dbs.dst.psql(
         "CREATE TABLE orders (id int PRIMARY KEY);
@@ -570,10 +573,23 @@ fn status_sees_a_kept_tables_broken_key() {
          INSERT INTO orders VALUES (1);
          INSERT INTO dst_log VALUES (1, 1);",
     );
-    let (wd, dst, status) = prepare_then_status(
+    let (wd, dst, status, prepared) = prepare_then_status(
         &dbs,
         &["--keep-tables", "dst_log", "--exclude-table-data", "orders"],
     );
+    // Said by prepare already, as for a preserved table's key, both ways:
+    // the kept table's rows, and the source's rows referencing it (h39b).
+    let warned = prepared["warnings"].to_string();
+    for w in [
+        "dst_log_order_id_fkey: 1 row of dst_log (order_id) references no row of orders (id)",
+        "src_ref_log_id_fkey: 1 row of src_ref (log_id) references no row of dst_log (id)",
+    ] {
+        assert!(
+            warned.contains("foreign keys involving kept tables do not match")
+                && warned.contains(w),
+            "{w}: {prepared}"
+        );
+    }
     assert_eq!(status["swap_allowed"], false, "{status}");
     let why = status["swap_blocked_reason"].as_str().unwrap_or_default();
     assert!(
@@ -601,7 +617,7 @@ fn a_kept_table_without_the_referenced_unique_key_is_named() {
     );
     dbs.dst
         .psql("CREATE TABLE audit (id int, note text); INSERT INTO audit VALUES (1, 'dst');");
-    let (wd, dst, status) = prepare_then_status(&dbs, &["--keep-tables", "audit"]);
+    let (wd, dst, status, _) = prepare_then_status(&dbs, &["--keep-tables", "audit"]);
     let needle = "foreign key audit_ref_audit_id_fkey of audit_ref references audit (id), which has no unique key on those columns on the destination";
     assert_eq!(status["swap_allowed"], false, "{status}");
     assert!(
@@ -623,18 +639,25 @@ fn a_kept_table_without_the_referenced_unique_key_is_named() {
 
 /// `prepare` from `dbs`'s source into its destination with `args`, then
 /// `status --json`: the work dir, the destination's URL and the status.
-fn prepare_then_status(dbs: &TestDbs, args: &[&str]) -> (Workdir, String, serde_json::Value) {
+/// Prepare with `args`, then `status`: the workdir, the destination's URL,
+/// status's JSON and prepare's.
+fn prepare_then_status(
+    dbs: &TestDbs,
+    args: &[&str],
+) -> (Workdir, String, serde_json::Value, serde_json::Value) {
     let wd = Workdir::new();
     let (src, dst) = (dbs.src.url(), dbs.dst.url());
-    wd.run_ok(
-        &[
-            ["prepare", "--source", &src, "--dest", &dst].as_slice(),
-            args,
-        ]
-        .concat(),
+    let prepared = json(
+        &wd.run_ok(
+            &[
+                ["prepare", "--json", "--source", &src, "--dest", &dst].as_slice(),
+                args,
+            ]
+            .concat(),
+        ),
     );
     let status = json(&wd.run_ok(&["status", "--dest", &dst, "--json"]));
-    (wd, dst, status)
+    (wd, dst, status, prepared)
 }
 
 /// The same when the destination's sequence of that name is not the kept

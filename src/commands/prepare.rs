@@ -211,7 +211,45 @@ pub async fn prepare_in_session(
     }
     let mut rec = Recorder::new(now_ms(), ctx.command, Some(&opts.source), &opts.dest);
     let progress = progress_for(ctx);
-    phases::run(sess, &mut rec, opts, checked, &progress).await
+    let mut report = phases::run(sess, &mut rec, opts, checked, &progress).await?;
+    if !opts.filters.keep_tables.is_empty() {
+        let deferred = opts.preserved_tables.is_empty();
+        report
+            .warnings
+            .extend(kept_fk_warning(&sess.control, report.migration_id, deferred).await);
+    }
+    Ok(report)
+}
+
+/// The rows that the foreign keys between kept and migrated tables would
+/// refuse (a kept table's rows referencing rows the shadow lacks, and, with
+/// `deferred`, when the sync phase did not check them, the source's rows
+/// referencing rows a kept table lacks): said now, as for the preserved
+/// tables, not first by the swap's refusal.
+async fn kept_fk_warning(
+    client: &tokio_postgres::Client,
+    id: i64,
+    deferred: bool,
+) -> Option<String> {
+    let checked = match crate::migration::record::latest_migration(client).await {
+        Ok(Some(m)) if m.id == id => {
+            crate::swap::cutover::kept_fk_violations(client, &m, deferred).await
+        }
+        Ok(_) => return None,
+        Err(e) => Err(e),
+    };
+    let w = match checked {
+        Ok(c) if c.violations.is_empty() => return None,
+        Ok(c) => format!(
+            "foreign keys involving kept tables do not match the destination's rows: {}; the swap refuses them until the rows are fixed (or creates them NOT VALID with --allow-fk-violations)",
+            crate::prepare::sync::violations_line(&c.violations)
+        ),
+        Err(e) => format!(
+            "could not check the foreign keys involving kept tables (the swap checks them again): {e:#}"
+        ),
+    };
+    tracing::warn!("{w}");
+    Some(w)
 }
 
 /// Bars on a terminal, log lines otherwise, nothing for JSON output.

@@ -691,6 +691,24 @@ pub async fn fk_violations_now(client: &Client, m: &MigrationRow) -> Result<sync
     fk_violations(client, m, &kept).await
 }
 
+/// For prepare: the rows that break the kept tables' crossing foreign keys,
+/// and (`deferred`) the source's keys the swap creates (those that
+/// reference a kept table among them), as the swap would find them now.
+/// Prepare's sync phase checks the deferred keys itself when it has
+/// preserved tables.
+pub async fn kept_fk_violations(
+    client: &Client,
+    m: &MigrationRow,
+    deferred: bool,
+) -> Result<sync::FkCheck> {
+    let kept = kept_tables(client, m, &[]).await?;
+    let mut check = sync::fk_violations(client, &kept.fk_sql, &pairs(m)).await?;
+    if deferred {
+        check.extend(sync::fk_violations(client, &m.state.details.deferred_sql, &pairs(m)).await?);
+    }
+    Ok(check)
+}
+
 /// Why the swap refuses these foreign-key violations, or keys it could not
 /// check, unless allowed.
 pub(crate) fn fk_refusal(check: &sync::FkCheck, allowed: bool) -> Option<String> {
