@@ -514,12 +514,7 @@ fn verify_names_the_objects_a_backup_lost_besides_its_tables() {
 /// that holds the lock, and to verify again.
 #[test]
 fn a_backup_changed_while_verify_reads_it_is_said_so() {
-    let dbs = TestDbs::new("bk_verify_race");
-    app_v1_v2(&dbs);
-    let wd = Workdir::new();
-    start(&wd, &dbs);
-    let url = dbs.dst.url();
-    let backup = dbs.dst.psql("SELECT schema_name FROM pgshift.backups");
+    let (dbs, wd, url, backup) = started_backup("bk_verify_race");
     let mut child = wd
         .cmd()
         .args(["verify", "--dest", &url, "--latest"])
@@ -1977,12 +1972,7 @@ fn dry_runs_while_another_run_holds_the_lock_say_they_would_be_refused() {
 /// once the wait has lasted 5 s, and goes on when it is released.
 #[test]
 fn verify_names_the_session_it_waits_for() {
-    let dbs = TestDbs::new("bk_verify_waits");
-    app_v1_v2(&dbs);
-    let wd = Workdir::new();
-    start(&wd, &dbs);
-    let url = dbs.dst.url();
-    let backup = dbs.dst.psql("SELECT schema_name FROM pgshift.backups");
+    let (dbs, wd, url, backup) = started_backup("bk_verify_waits");
     let rt = tokio::runtime::Runtime::new().unwrap();
     let holder = rt.block_on(dbs.dst.client());
     let pid = rt.block_on(common::backend_pid(&holder));
@@ -2013,4 +2003,16 @@ fn verify_names_the_session_it_waits_for() {
             )),
         "{err}"
     );
+}
+
+/// Version 1 on the destination replaced by version 2 with `start`: the
+/// databases, the workdir, the destination's URL and the backup's schema.
+fn started_backup(name: &str) -> (TestDbs, Workdir, String, String) {
+    let dbs = TestDbs::new(name);
+    app_v1_v2(&dbs);
+    let wd = Workdir::new();
+    start(&wd, &dbs);
+    let url = dbs.dst.url();
+    let backup = dbs.dst.psql("SELECT schema_name FROM pgshift.backups");
+    (dbs, wd, url, backup)
 }

@@ -2543,14 +2543,15 @@ fn a_rollback_is_refused_while_a_preserved_table_of_another_schema_is_synced() {
         "prepare",
         &["--preserved-tables", "billing.payments"],
     );
-    let out = wd.run(&[
+    let rollback = [
         "rollback",
         "--dest",
         &dst,
         "--latest",
         "--allow-discard",
         "all",
-    ]);
+    ];
+    let out = wd.run(&rollback);
     let said = common::said_by(&out);
     assert_eq!(out.status.code(), Some(2), "{said}");
     assert!(
@@ -2559,16 +2560,7 @@ fn a_rollback_is_refused_while_a_preserved_table_of_another_schema_is_synced() {
     );
     // The dry run gives the plan with that reason among its refusals, exit
     // 0, as for any refusal it foresees (h38a).
-    let out = wd.run(&[
-        "rollback",
-        "--dest",
-        &dst,
-        "--latest",
-        "--allow-discard",
-        "all",
-        "--dry-run",
-        "--json",
-    ]);
+    let out = wd.run(&[&rollback[..], &["--dry-run", "--json"]].concat());
     let said = common::said_by(&out);
     assert_eq!(out.status.code(), Some(0), "{said}");
     let plan: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
