@@ -930,6 +930,68 @@ fn dependents_are_named_as_what_they_are_with_fitting_advice() {
     assert_eq!(catalog_fingerprint(&dbs.dst), before);
 }
 
+/// A function body that is text (plpgsql, an SQL function's string body)
+/// has no dependencies PostgreSQL tracks, so an excluded table it names is
+/// not refused: it is warned about, by the dry run and by prepare, naming
+/// the function and what fires it. A trigger function only tables left out
+/// fire, and a body naming other tables, are not.
+#[test]
+fn a_function_body_naming_an_excluded_table_is_warned_about() {
+    let dbs = TestDbs::new("filters_bodies");
+    dbs.src.psql(
+        "CREATE SCHEMA audit;
+         CREATE TABLE audit.changes (id serial PRIMARY KEY, tbl text);
+         CREATE TABLE audit.kept_log (id int);
+         CREATE TABLE orders (id int PRIMARY KEY);
+         CREATE TABLE quiet (id int PRIMARY KEY);
+         CREATE FUNCTION audit.log_change() RETURNS trigger LANGUAGE plpgsql
+           AS $$ BEGIN INSERT INTO audit.changes (tbl) VALUES (TG_TABLE_NAME); RETURN NEW; END $$;
+         CREATE TRIGGER log AFTER INSERT ON orders FOR EACH ROW EXECUTE FUNCTION audit.log_change();
+         CREATE FUNCTION quiet_log() RETURNS trigger LANGUAGE plpgsql
+           AS $$ BEGIN INSERT INTO audit.changes (tbl) VALUES ('q'); RETURN NEW; END $$;
+         CREATE TRIGGER log AFTER INSERT ON quiet FOR EACH ROW EXECUTE FUNCTION quiet_log();
+         CREATE FUNCTION count_changes() RETURNS bigint LANGUAGE sql SET search_path = audit
+           AS 'SELECT count(*) FROM changes';
+         CREATE FUNCTION other() RETURNS bigint LANGUAGE sql AS 'SELECT count(*) FROM audit.kept_log';",
+    );
+    let wd = Workdir::new();
+    let (src, dst) = (dbs.src.url(), dbs.dst.url());
+    let args = [
+        "prepare",
+        "--source",
+        &src,
+        "--dest",
+        &dst,
+        "--schemas",
+        "public,audit",
+        "--exclude-table",
+        "audit.changes,quiet",
+    ];
+    let out = wd.run(&[args.as_slice(), &["--dry-run", "--json"]].concat());
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let plan = json(&String::from_utf8_lossy(&out.stdout));
+    let warnings: Vec<&str> = plan["plan"]["warnings"]
+        .as_array()
+        .expect("warnings")
+        .iter()
+        .filter_map(|w| w.as_str())
+        .filter(|w| w.contains("in its body"))
+        .collect();
+    assert_eq!(
+        warnings,
+        [
+            "--exclude-table: function audit.log_change() (fired by triggers of orders) names audit.changes in its body, which is not migrated: after the swap it fails at the statements that use it (PostgreSQL does not track what a body names, so nothing refused it); change the function on the source, or do not exclude audit.changes",
+            "--exclude-table: function count_changes() names audit.changes in its body, which is not migrated: after the swap it fails at the statements that use it (PostgreSQL does not track what a body names, so nothing refused it); change the function on the source, or do not exclude audit.changes",
+        ]
+    );
+    let out = wd.run(&args);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert!(
+        stderr_of(&out).contains("function audit.log_change() (fired by triggers of orders) names audit.changes in its body"),
+        "{out:?}"
+    );
+}
+
 /// A preserved table's foreign key to a table migrated without its rows
 /// cannot be fixed by excluding the preserved table's data (a preserved
 /// table cannot be filtered): the refusal says so and what is possible.

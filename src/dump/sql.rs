@@ -1959,6 +1959,76 @@ pub fn restore_function(stmt: &str) -> Result<String> {
     ))
 }
 
+/// The relations a function's body (an SQL function's string body, or
+/// plpgsql's) may name, as written: `(Some(schema), name)` for every
+/// qualified name that is not a call (`audit.changes`, `INSERT INTO
+/// audit.changes (op)`, also the first two
+/// parts of `audit.changes.id` and of `audit.changes%ROWTYPE`), `(None, name)`
+/// for an unqualified one right after a word that introduces a relation
+/// (`FROM`, `JOIN`, `INTO`, `UPDATE`, `TABLE`, `ONLY`, `USING`). PostgreSQL
+/// records no dependency on what such a body names, so this reads the text
+/// with PostgreSQL's scanner; it can name more than the body uses (an alias
+/// spelled like a schema, a plpgsql variable after `INTO`) and misses
+/// dynamic SQL. A body that does not scan names nothing.
+pub fn relations_named_in_body(body: &str) -> Vec<(Option<String>, String)> {
+    let Ok(all) = scan_raw(body, 0) else {
+        return Vec::new();
+    };
+    let t = Tokens::new(body, &all);
+    let introduces = |i: usize| {
+        t.toks[i].keyword
+            && matches!(
+                t.toks[i].text(body).to_ascii_lowercase().as_str(),
+                "from" | "join" | "into" | "update" | "table" | "only" | "using"
+            )
+    };
+    // The comma after `FROM a x` goes on with the list: `, b` is a relation too.
+    let list_comma = |end: usize| {
+        let mut j = end + 1;
+        if t.is(j, Token::As) {
+            j += 1;
+        }
+        if t.is(j, Token::Ident) {
+            j += 1;
+        }
+        t.is(j, Token::Ascii44).then_some(j)
+    };
+    let mut out = Vec::new();
+    let mut comma = None;
+    let mut i = 0;
+    while i < t.toks.len() {
+        let Some((first, last)) = t.ident(i) else {
+            i += 1;
+            continue;
+        };
+        let after_dot = i > 0 && t.is(i - 1, Token::Ascii46);
+        let introduced = i > 0 && (introduces(i - 1) || comma == Some(i - 1));
+        let second = t
+            .is(last + 1, Token::Ascii46)
+            .then(|| t.ident(last + 2))
+            .flatten();
+        let (named, end) = match second {
+            Some((name, end)) if !after_dot => (Some((Some(first), name)), end),
+            _ => {
+                let plain = !after_dot && introduced && !t.is(last + 1, Token::Ascii46);
+                (plain.then_some((None, first)), last)
+            }
+        };
+        // A call, but `INSERT INTO t (a, b)` names a table and its columns.
+        let into = i > 0 && t.is(i - 1, Token::Into);
+        if let Some(named) = named
+            && (into || !t.is(end + 1, Token::Ascii40))
+        {
+            out.push(named);
+            if introduced {
+                comma = list_comma(end);
+            }
+        }
+        i = end + 1;
+    }
+    out
+}
+
 /// The first line of SQL that is not blank or a comment, at most 120
 /// characters: how a statement is named in an error.
 pub(crate) fn first_line(sql: &str) -> String {
@@ -3283,6 +3353,47 @@ ALTER TABLE ONLY public.users ALTER COLUMN id SET DEFAULT nextval('public.users_
             .into_iter(),
         );
         prepare_time_function(sql, &maps, &sigs).unwrap()
+    }
+
+    #[test]
+    fn a_bodys_relations_are_read_with_the_scanner() {
+        let body = r#"
+DECLARE n int; r record; row audit.changes%ROWTYPE;
+BEGIN
+  -- FROM commented_out
+  n := (SELECT count(*) FROM Audit."Seen" s WHERE s.id = audit.next_id(1));
+  INSERT INTO audit.changes(tbl, op) VALUES (TG_TABLE_NAME, 'FROM quoted');
+  INSERT INTO log (op) VALUES ('x');
+  UPDATE changes SET op = 'x' FROM ONLY other o, third WHERE o.x = n;
+  FOR r IN SELECT * FROM generate_series(1, 2) LOOP PERFORM 1 FROM loopt; END LOOP;
+  EXECUTE 'DELETE FROM dyn';
+  RETURN NEW;
+END"#;
+        let named = relations_named_in_body(body);
+        let has = |s: Option<&str>, n: &str| named.iter().any(|(a, b)| a.as_deref() == s && b == n);
+        for (s, n) in [
+            (Some("audit"), "changes"),
+            (Some("audit"), "Seen"),
+            (None, "changes"),
+            (None, "other"),
+            (None, "third"),
+            (None, "log"),
+            (None, "loopt"),
+        ] {
+            assert!(has(s, n), "{s:?}.{n} in {named:?}");
+        }
+        // Calls, comments, strings and dynamic SQL are not relations (an
+        // alias's column, `s.id`, is named: only names of tables count).
+        for n in [
+            "next_id",
+            "commented_out",
+            "quoted",
+            "dyn",
+            "generate_series",
+        ] {
+            assert!(!named.iter().any(|(_, b)| b == n), "{n} in {named:?}");
+        }
+        assert!(relations_named_in_body("not $$ scannable").is_empty());
     }
 
     #[test]

@@ -16,7 +16,9 @@
 //!   rule of another table) would be restored without it, so it is refused
 //!   here, naming the dependents, with advice that fits them: tables and
 //!   views can be excluded too; functions, types and domains come with the
-//!   schema (no flag leaves them out).
+//!   schema (no flag leaves them out). A function whose body is text (plpgsql,
+//!   an SQL function's string body) has no recorded dependencies: the
+//!   excluded tables its body names are a warning (`bodies_naming`).
 //! - `--keep-tables P`: destination tables that stay in the new public as
 //!   they are: not copied, no triggers; the source's namesake is not migrated
 //!   (as with `--exclude-table`). The swap leaves them in public (the engine's
@@ -486,6 +488,9 @@ pub async fn resolve(
         );
     }
 
+    res.warnings
+        .extend(bodies_naming(src, &excluded_only, &res.not_migrated, schemas).await?);
+
     // Sequences the kept tables' namesakes own that migrated objects use.
     let kept_sources = parts(&mut namesakes_and_theirs.iter());
     let sources = KeptSources {
@@ -916,6 +921,97 @@ async fn dependents(
         "excluded tables",
     )
     .await
+}
+
+/// Functions and procedures of the source's migrated `schemas` whose bodies
+/// name excluded `tables` (schemas, names): an SQL function's string body or
+/// a plpgsql one, which PostgreSQL records no dependency of, so
+/// [`dependents`] cannot see them. They are migrated and, after the swap,
+/// fail when they reach those statements: the tables are in the backup.
+/// Warnings, not refusals: the body is read as text
+/// ([`crate::dump::sql::relations_named_in_body`]), which may name more than
+/// it uses. A trigger function counts only while a trigger of a migrated
+/// table fires it (`not_migrated`: the tables that are not), and the
+/// warning names those tables.
+async fn bodies_naming(
+    client: &Client,
+    tables: &(Vec<String>, Vec<String>),
+    not_migrated: &BTreeSet<String>,
+    schemas: &[String],
+) -> Result<Vec<String>> {
+    if tables.0.is_empty() {
+        return Ok(Vec::new());
+    }
+    const TRIGGERS: &str = "pg_catalog.pg_trigger tg
+           JOIN pg_catalog.pg_class c ON c.oid = tg.tgrelid
+           JOIN pg_catalog.pg_namespace tn ON tn.oid = c.relnamespace
+          WHERE tg.tgfoid = p.oid AND NOT tg.tgisinternal";
+    let sql = format!(
+            "SELECT pg_catalog.pg_describe_object('pg_catalog.pg_proc'::pg_catalog.regclass, p.oid, 0),
+                    p.prosrc,
+                    p.prorettype = 'pg_catalog.trigger'::pg_catalog.regtype,
+                    ARRAY(SELECT tn.nspname::text FROM {TRIGGERS} ORDER BY tn.nspname || '.' || c.relname),
+                    ARRAY(SELECT c.relname::text FROM {TRIGGERS} ORDER BY tn.nspname || '.' || c.relname)
+               FROM pg_catalog.pg_proc p
+               JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace
+               JOIN pg_catalog.pg_language l ON l.oid = p.prolang
+              WHERE n.nspname = ANY($1) AND l.lanname IN ('sql', 'plpgsql') AND p.prokind IN ('f', 'p')
+                AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_depend e
+                                 WHERE e.classid = 'pg_catalog.pg_proc'::pg_catalog.regclass
+                                   AND e.objid = p.oid AND e.deptype = 'e')
+              ORDER BY 1"
+    );
+    let rows = client
+        .query(sql.as_str(), &[&schemas])
+        .await
+        .map_err(|e| pg_error_as(e, "reading the source's function bodies"))?;
+    let excluded: Vec<(&String, &String)> = tables.0.iter().zip(&tables.1).collect();
+    let mut out = Vec::new();
+    for r in rows {
+        let (what, body, trigger, t_schemas, t_names): (
+            String,
+            String,
+            bool,
+            Vec<String>,
+            Vec<String>,
+        ) = (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4));
+        let fired_by: Vec<String> = t_schemas
+            .iter()
+            .zip(&t_names)
+            .filter(|(s, t)| schemas.contains(s) && !not_migrated.contains(&table_display(s, t)))
+            .map(|(s, t)| table_shown(s, t))
+            .dedup()
+            .collect();
+        if trigger && fired_by.is_empty() {
+            continue;
+        }
+        let named = crate::dump::sql::relations_named_in_body(&body);
+        let used: BTreeSet<String> = excluded
+            .iter()
+            .filter(|(s, t)| {
+                named
+                    .iter()
+                    .any(|(ns, nt)| nt == *t && ns.as_ref().is_none_or(|ns| ns == *s))
+            })
+            .map(|(s, t)| table_shown(s, t))
+            .collect();
+        if used.is_empty() {
+            continue;
+        }
+        let one = used.len() == 1;
+        let used = used.iter().join(", ");
+        out.push(format!(
+            "--exclude-table: {what}{} names {used} in its body, which {} not migrated: after the swap it fails at the statements that use {} (PostgreSQL does not track what a body names, so nothing refused it); change the function on the source, or do not exclude {used}",
+            if fired_by.is_empty() {
+                String::new()
+            } else {
+                format!(" (fired by triggers of {})", fired_by.join(", "))
+            },
+            if one { "is" } else { "are" },
+            if one { "it" } else { "them" },
+        ));
+    }
+    Ok(out)
 }
 
 /// The source's namesakes of kept tables (`tables`: schemas, names), which
