@@ -124,13 +124,22 @@ fn redact(index: usize, arg: &[u8], skip: usize) -> Option<Edit> {
 /// `value` with each of its passwords ([`password_spans`]) replaced by
 /// `stars(its length)` stars, and how many there were; None without one.
 fn starred(value: &str, stars: impl Fn(usize) -> usize) -> Option<(String, usize)> {
-    let spans = password_spans(value);
+    starred_spans(value, &password_spans(value), stars)
+}
+
+/// `value` with each of `spans` replaced by `stars(its length)` stars, and
+/// how many there were; None without one.
+fn starred_spans(
+    value: &str,
+    spans: &[std::ops::Range<usize>],
+    stars: impl Fn(usize) -> usize,
+) -> Option<(String, usize)> {
     if spans.is_empty() {
         return None;
     }
     let mut out = String::with_capacity(value.len());
     let mut last = 0;
-    for span in &spans {
+    for span in spans {
         if span.start < last {
             continue;
         }
@@ -159,12 +168,66 @@ pub fn secret_arguments(args: &[OsString]) -> Vec<(String, String)> {
             candidates.push(value);
         }
         for c in candidates {
-            if let Some((red, _)) = starred(c, |_| 3) {
+            let spans = embedded_password_spans(c);
+            if let Some((red, _)) = starred_spans(c, &spans, |_| 3) {
                 out.push((c.to_string(), red));
+            }
+            // A message may quote a part of it (one item of a list) or
+            // rewrite it (quotes put around a part): each password with the
+            // characters either side, `:PW@` or `=PW ` say.
+            for span in spans {
+                let before = c[..span.start].chars().next_back();
+                let after = c[span.end..].chars().next();
+                let (b, a) = (
+                    before.map(String::from).unwrap_or_default(),
+                    after.map(String::from).unwrap_or_default(),
+                );
+                if before.is_some() || after.is_some() {
+                    out.push((format!("{b}{}{a}", &c[span]), format!("{b}***{a}")));
+                }
             }
         }
     }
     out.sort_by_key(|(c, _)| std::cmp::Reverse(c.len()));
+    out.dedup();
+    out
+}
+
+/// The passwords written anywhere in `value` ([`password_spans`]): in the
+/// whole of it (a URL or conninfo string), in each of its comma-separated
+/// items (a list flag given `users,postgresql://u:pw@h/db`) and in each URL
+/// that starts inside it. Byte ranges of `value`, in order, without overlaps.
+pub fn embedded_password_spans(value: &str) -> Vec<std::ops::Range<usize>> {
+    let lower = value.to_ascii_lowercase();
+    let mut starts = vec![0];
+    starts.extend(value.match_indices(',').map(|(i, _)| i + 1));
+    starts.extend(lower.match_indices("postgres").map(|(i, _)| i));
+    starts.sort_unstable();
+    starts.dedup();
+    let mut spans = Vec::new();
+    for start in starts {
+        let rest = &value[start..];
+        // An item runs to the next comma; a URL or the whole value to the end.
+        let whole = password_spans(rest);
+        let item = rest
+            .split(',')
+            .next()
+            .map(password_spans)
+            .unwrap_or_default();
+        spans.extend(
+            whole
+                .into_iter()
+                .chain(item)
+                .map(|r| r.start + start..r.end + start),
+        );
+    }
+    spans.sort_by_key(|r| (r.start, std::cmp::Reverse(r.end)));
+    let mut out: Vec<std::ops::Range<usize>> = Vec::new();
+    for r in spans {
+        if out.last().is_none_or(|l| r.start >= l.end) {
+            out.push(r);
+        }
+    }
     out
 }
 
@@ -313,6 +376,30 @@ mod tests {
         );
         assert_eq!(shown(&edits[1]), "postgresql://u:**@h/d?password=***␀");
         assert_eq!(edits[1].passwords, 2);
+    }
+
+    #[test]
+    fn passwords_inside_a_list_or_a_longer_value_are_found() {
+        for (value, want) in [
+            ("users,postgresql://u:pw1@h/db", &["pw1"][..]),
+            ("users,host=h password=pw2", &["pw2"]),
+            ("see postgres://u:pw3@h/db, then", &["pw3"]),
+            ("postgresql://u:a,b@h/db", &["a,b"]),
+            ("users,orders,audit.log", &[]),
+        ] {
+            let found: Vec<&str> = embedded_password_spans(value)
+                .into_iter()
+                .map(|r| &value[r])
+                .collect();
+            assert_eq!(found, want, "{value}");
+        }
+        // A message that quotes only part of the value, or rewrites it.
+        let secrets =
+            secret_arguments(&args(&["pgshift", "users,postgresql://u:pw1@h.example/db"]));
+        assert_eq!(
+            scrub_message(r#"name '"postgresql://u:pw1@h".example/db'"#, &secrets),
+            r#"name '"postgresql://u:***@h".example/db'"#
+        );
     }
 
     #[test]

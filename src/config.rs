@@ -764,6 +764,35 @@ pub fn resolve(
         .dump_dir
         .clone()
         .or_else(|| f.dump_dir.as_ref().map(from_file_path));
+    // A connection string given as a directory would be made a directory,
+    // and written in the state file and the migration record.
+    for (flag, key, given, dir) in [
+        (
+            "--state-dir",
+            "state_dir",
+            global.state_dir.is_some(),
+            Some(&state_dir),
+        ),
+        (
+            "--dump-dir",
+            "dump_dir",
+            inputs.dump_dir.is_some(),
+            dump_dir.as_ref(),
+        ),
+    ] {
+        if let Some(d) = dir
+            && !crate::argv_scrub::embedded_password_spans(&d.to_string_lossy()).is_empty()
+        {
+            crate::refuse!(
+                "{} holds a password: it is a connection string, not a directory; nothing was changed",
+                if given {
+                    crate::cli::given_as(flag)
+                } else {
+                    format!("{key} in the config file")
+                }
+            );
+        }
+    }
     if let Some(d) = &dump_dir
         && d.exists()
         && !d.is_dir()

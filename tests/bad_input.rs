@@ -338,6 +338,56 @@ fn bad_input_is_one_line_a_documented_code_and_no_change() {
             code: 2,
             message: vec!["--jobs", "postgresql://u:***@127.0.0.1:1/db"],
         },
+        // A later item of a list flag, and the hint that puts a dotted
+        // host's URL in double quotes, quoted the password (h40a).
+        Case {
+            name: "a URL as a later item of --preserved-tables",
+            args: prepare(&[
+                "--preserved-tables",
+                "users,postgresql://u:Sekret-0815@db.example.com/db",
+            ]),
+            env: vec![],
+            code: 2,
+            message: vec!["--preserved-tables", "postgresql://u:***@db"],
+        },
+        Case {
+            name: "a URL with a dotted host given to PGSHIFT_SCHEMAS",
+            args: prepare(&[]),
+            env: vec![(
+                "PGSHIFT_SCHEMAS".into(),
+                "public,postgresql://u:Sekret-0815@db.example.com/db".into(),
+            )],
+            code: 2,
+            message: vec!["in double quotes", ":***@db"],
+        },
+        Case {
+            name: "a conninfo string as a later item of --schemas",
+            args: prepare(&["--schemas", "public,host=h password=Sekret-0815"]),
+            env: vec![],
+            code: 2,
+            message: vec!["--schemas"],
+        },
+        // It was made a directory and written in the state file and the
+        // migration record.
+        Case {
+            name: "a URL given to --dump-dir",
+            args: prepare(&["--dump-dir", secret_url]),
+            env: vec![],
+            code: 2,
+            message: vec![
+                "--dump-dir holds a password: it is a connection string, not a directory",
+            ],
+        },
+        Case {
+            name: "a conninfo string given to PGSHIFT_STATE_DIR",
+            args: s(&["status", "--dest", &dst]),
+            env: vec![(
+                "PGSHIFT_STATE_DIR".into(),
+                "host=h password=Sekret-0815".into(),
+            )],
+            code: 2,
+            message: vec!["PGSHIFT_STATE_DIR holds a password"],
+        },
         // Only prepare said so (of its dump directory); swap, abort,
         // rollback and cleanup failed with exit 1 on the lock file.
         Case {
