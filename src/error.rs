@@ -40,6 +40,16 @@ pub struct VerificationFailed(pub String);
 #[error("interrupted")]
 pub struct Interrupted;
 
+/// The run lock's destination session ended mid-run (terminated by an
+/// administrator, or its connection broke): another run may have taken the
+/// lock since, so this one stops at once and changes nothing more, not even
+/// to remove what it made. Exit 1.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "the run lock was lost: its destination session ended (terminated, or its connection broke), so another run may have started; stopped, leaving what this run made as it is (run `pgshift status`)"
+)]
+pub struct LockLost;
+
 /// A [`UserError`] from `format!` arguments: `Err(user_error!("bad {x}"))`.
 #[macro_export]
 macro_rules! user_error {

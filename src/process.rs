@@ -320,6 +320,41 @@ pub fn this_host() -> String {
         .unwrap_or_default()
 }
 
+/// Whether the process `pid` that a record says ran on `host` still runs:
+/// None when that cannot be told (another host, no host), else whether it
+/// exists (signal 0; a process of another user counts).
+pub fn runs_here(pid: u32, host: &str) -> Option<bool> {
+    let me = this_host();
+    // application_name is cut at 63 bytes, so the host may be a prefix.
+    if host.is_empty() || !(host == me || me.starts_with(host)) {
+        return None;
+    }
+    let pid = libc::pid_t::try_from(pid).ok()?;
+    // SAFETY: signal 0 only checks for existence and permission.
+    let rc = unsafe { libc::kill(pid, 0) };
+    Some(rc == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM))
+}
+
+/// Whether `pid`, recorded on `host`, is a pgshift process of one of
+/// `commands` that still runs here: [`runs_here`], and its command line
+/// (`/proc`) is a program named pgshift given one of them (a pid the system
+/// has handed to another program since is not). Never this process.
+pub fn pgshift_runs_here(pid: u32, host: &str, commands: &[&str]) -> bool {
+    if pid == std::process::id() || runs_here(pid, host) != Some(true) {
+        return false;
+    }
+    let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+        return false;
+    };
+    let mut args = cmdline.split(|b| *b == 0).map(String::from_utf8_lossy);
+    let named = args.next().is_some_and(|a| {
+        Path::new(a.as_ref())
+            .file_name()
+            .is_some_and(|f| f.to_string_lossy().contains("pgshift"))
+    });
+    named && args.any(|a| commands.contains(&a.as_ref()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -503,6 +503,73 @@ fn status_json(wd: &Workdir, dst: &str) -> serde_json::Value {
     .unwrap()
 }
 
+/// A prepare whose run-lock session is terminated (by an administrator, or
+/// a broken connection) went on without the lock for as long as its phase
+/// lasted, while another run could take the lock and start over; its
+/// cleanup then dropped that run's shadow. It now stops at once and leaves
+/// everything as it is for the next run. A prepare that finds one still
+/// recorded as preparing, whose process still runs on this host, is refused
+/// rather than dropping what that one is making.
+#[test]
+fn a_prepare_that_loses_its_run_lock_stops_and_touches_nothing_more() {
+    let dbs = users_and_orders("lock_lost");
+    let (wd, other) = (Workdir::new(), Workdir::new());
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let preserved = ["--preserved-tables", "users"];
+    let (src, dst) = (dbs.src.url(), dbs.dst.url());
+    let args = [
+        &["prepare", "--source", &src, "--dest", &dst][..],
+        &preserved,
+    ]
+    .concat();
+    let terminate_lock = || {
+        dbs.dst.psql(
+            "SELECT pg_terminate_backend(pid) FROM pg_locks WHERE locktype = 'advisory' AND objid = 1",
+        )
+    };
+    // The sync phase waits to put its triggers on users.
+    let blocker = rt.block_on(dbs.dst.client());
+    rt.block_on(blocker.batch_execute("BEGIN; LOCK TABLE users IN ROW EXCLUSIVE MODE"))
+        .unwrap();
+    let mut first = spawn(&wd, &args, &[("PGSHIFT_FAILPOINT", "exit:sleep=60000")]);
+    wait_for_phase(&wd, &dbs.dst, "sync", &mut first);
+    terminate_lock();
+    wait_until("the first run records its failure", 30, || {
+        std::fs::read_to_string(state_file(&wd, &dbs.dst)).is_ok_and(|t| t.contains("\"failed\""))
+    });
+    // It left its shadow, for the next run to drop.
+    let shadow = "SELECT count(*) FROM pg_namespace WHERE nspname = 'shadow'";
+    assert_eq!(dbs.dst.psql(shadow), "1");
+    rt.block_on(blocker.batch_execute("ROLLBACK")).unwrap();
+    assert_success(&other.prepare(&dbs, &preserved));
+    signal(&first, libc::SIGKILL);
+    let out = first.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("the run lock was lost"), "{err}");
+    assert!(err.contains("left what this run made"), "{err}");
+    assert!(!err.contains("removed the partial shadow"), "{err}");
+    assert_success(&other.run(&["abort", "--dest", &dst]));
+
+    // Paused (a test hook, deaf to the lock), it is still preparing.
+    let mut third = spawn(&wd, &args, &[("PGSHIFT_FAILPOINT", "data:sleep=60000")]);
+    wait_for_phase(&wd, &dbs.dst, "data", &mut third);
+    terminate_lock();
+    let before = catalog_fingerprint(&dbs.dst);
+    let out = other.prepare(&dbs, &preserved);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let err = common::stderr_of(&out);
+    assert!(
+        err.contains(&format!(
+            "pid {} on this host) still runs, though it no longer holds the run lock",
+            third.id()
+        )),
+        "{err}"
+    );
+    assert_eq!(catalog_fingerprint(&dbs.dst), before);
+    signal(&third, libc::SIGKILL);
+    third.wait().unwrap();
+}
+
 /// Killed after its COMMIT, before the steps that follow it: the backup's
 /// row counts were never recorded and the foreign key the swap created NOT
 /// VALID was never validated, for good, while the next `swap` said "nothing

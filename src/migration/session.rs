@@ -17,7 +17,7 @@ use tokio_postgres::Client;
 
 use tokio_util::sync::CancellationToken;
 
-use crate::error::Interrupted;
+use crate::error::{Interrupted, LockLost};
 use crate::migration::derive::{self, Destination};
 use crate::migration::lifecycle::{Phase, PhaseStatus, Status};
 use crate::migration::record::{self, MigrationState, PhaseRecord};
@@ -159,6 +159,13 @@ impl Session {
     /// Is the lock session still alive? (A dead one means the lock is gone.)
     pub fn lock_alive(&self) -> bool {
         !self.lock_client.is_closed()
+    }
+
+    /// Resolves once the lock session has died (looked at five times a second).
+    pub async fn lock_lost(&self) {
+        while self.lock_alive() {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
     }
 }
 
@@ -316,8 +323,9 @@ impl Recorder {
     }
 
     /// Run one phase: record its start, run it (stopping on Ctrl-C, with up
-    /// to [`PHASE_WIND_DOWN`] for its statements to be cancelled), record the
-    /// outcome with its duration. Errors carry the phase name.
+    /// to [`PHASE_WIND_DOWN`] for its statements to be cancelled, and likewise
+    /// when the run lock's session dies: [`LockLost`]), record the outcome
+    /// with its duration. Errors carry the phase name.
     pub async fn phase<T, F>(&mut self, sess: &Session, name: Phase, fut: F) -> Result<T>
     where
         F: Future<Output = Result<T>>,
@@ -355,6 +363,14 @@ impl Recorder {
                     // removal of the shadow then waits for.
                     let _ = tokio::time::timeout(PHASE_WIND_DOWN, &mut fut).await;
                     Err(anyhow::Error::new(Interrupted))
+                }
+                // Another run may take the lock now: the phase's workers stop
+                // as for Ctrl-C, and the run with them.
+                _ = sess.lock_lost() => {
+                    tracing::error!("the run lock's session ended: stopping");
+                    sess.run.cancel.cancel();
+                    let _ = tokio::time::timeout(PHASE_WIND_DOWN, &mut fut).await;
+                    Err(anyhow::Error::new(LockLost))
                 }
                 r = &mut fut => r,
             }

@@ -110,14 +110,7 @@ impl Holder {
         let (Some(pid), Some(host)) = self.process() else {
             return None;
         };
-        let me = crate::process::this_host();
-        // application_name is cut at 63 bytes, so the host may be a prefix.
-        if host.is_empty() || !(host == me || me.starts_with(&host)) {
-            return None;
-        }
-        // SAFETY: signal 0 only checks for existence and permission.
-        let rc = unsafe { libc::kill(pid as libc::pid_t, 0) };
-        Some(rc == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM))
+        crate::process::runs_here(pid, &host)
     }
 }
 

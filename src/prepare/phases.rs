@@ -973,8 +973,13 @@ pub async fn run(
                     discard::extensions_left(&rec.state.details.extensions_created)
                 );
             }
-            // Streaming cannot resume from a dead snapshot: remove what this run made.
+            // Streaming cannot resume from a dead snapshot: remove what this
+            // run made, unless the run lock is gone: another run may own the
+            // shadow by now.
             match client {
+                Some(_) if !sess.lock_alive() => tracing::warn!(
+                    "the run lock is no longer held, so another run may have started: left what this run made; `pgshift status` says what is there, `pgshift abort` (or prepare again) removes it"
+                ),
                 Some(c) => {
                     match discard::remove_prepared(
                         &c,

@@ -1827,6 +1827,21 @@ pub async fn leftovers(dst: &Client) -> Result<Leftover> {
             m.id,
             m.state.updated_at.format("%Y-%m-%d %H:%M:%S UTC")
         )),
+        // It lost the run lock (its session was terminated) but runs on.
+        Some(m)
+            if m.state.status == Status::Preparing
+                && crate::process::pgshift_runs_here(
+                    m.state.pid,
+                    &m.state.host,
+                    &["prepare", "start"],
+                ) =>
+        {
+            Err(anyhow::anyhow!(
+                "the previous prepare (id {}, pid {} on this host) still runs, though it no longer holds the run lock (its destination session ended); it stops within seconds: wait for it (or stop it), then prepare again; nothing was changed",
+                m.id,
+                m.state.pid
+            ))
+        }
         Some(m) if m.state.status == Status::Preparing => Ok(Leftover::StartOver(format!(
             "the previous prepare (id {}, pid {} on {}) stopped during phase {} without finishing; dropping what it left and starting over with a new snapshot",
             m.id,
