@@ -691,6 +691,32 @@ async fn budget_of(
             .await?
         }
     };
+    // Keys left crossing by the kept tables are dropped in the transaction.
+    let need = if req.exchange.pairs.iter().all(|p| p.keep.is_empty()) {
+        need
+    } else {
+        let schemas: Vec<String> = req
+            .exchange
+            .pairs
+            .iter()
+            .flat_map(|p| [p.live.clone(), p.incoming.clone()])
+            .collect();
+        // Tables only (their lockable names): keys join tables.
+        let members: Vec<String> = match &req.choice.rename {
+            Some(_) => listed
+                .kept
+                .iter()
+                .flatten()
+                .filter_map(|m| m.lockable.clone())
+                .collect(),
+            None => listed
+                .out()
+                .chain(listed.inc())
+                .filter_map(|m| m.lockable.clone())
+                .collect(),
+        };
+        need + locks_budget::crossing_keys(client, &members, &schemas).await?
+    };
     let mut b = Budget::evaluate(client, need).await?;
     b.swap_mode = Some(req.choice.mode.as_str().to_string());
     Ok(b)
