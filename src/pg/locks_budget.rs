@@ -362,18 +362,17 @@ pub async fn replay(client: &impl GenericClient, relations: &[u32]) -> Result<Ne
     if relations.is_empty() {
         return Ok(Need::default());
     }
-    let n: i64 = client
-        .query_one(
-            "SELECT (SELECT count(*) FROM pg_catalog.pg_index WHERE indrelid = ANY($1::pg_catalog.oid[]))
-                  + 2 * (SELECT count(*) FROM pg_catalog.pg_class
-                          WHERE oid = ANY($1::pg_catalog.oid[]) AND reltoastrelid <> 0)",
-            &[&relations],
-        )
-        .await
-        .context("counting the preserved tables' indexes")?
-        .get(0);
+    let sync = counted(
+        client,
+        "SELECT (SELECT count(*) FROM pg_catalog.pg_index WHERE indrelid = ANY($1::pg_catalog.oid[]))
+              + 2 * (SELECT count(*) FROM pg_catalog.pg_class
+                      WHERE oid = ANY($1::pg_catalog.oid[]) AND reltoastrelid <> 0)",
+        &[&relations],
+        "counting the preserved tables' indexes",
+    )
+    .await?;
     Ok(Need {
-        sync: n.max(0) as u64,
+        sync,
         ..Need::default()
     })
 }
@@ -412,23 +411,22 @@ pub async fn transaction_need(
     extra: Need,
     pairs: usize,
 ) -> Result<Need> {
-    let members: i64 = if extensions.is_empty() {
+    let members = if extensions.is_empty() {
         0
     } else {
-        client
-            .query_one(
-                "SELECT count(*) FROM pg_catalog.pg_depend d JOIN pg_catalog.pg_extension e ON e.oid = d.refobjid
-                  WHERE d.refclassid = 'pg_catalog.pg_extension'::regclass AND d.deptype = 'e'
-                    AND e.extname = ANY($1::text[])",
-                &[&extensions],
-            )
-            .await
-            .context("counting the members of the extensions the swap moves")?
-            .get(0)
+        counted(
+            client,
+            "SELECT count(*) FROM pg_catalog.pg_depend d JOIN pg_catalog.pg_extension e ON e.oid = d.refobjid
+              WHERE d.refclassid = 'pg_catalog.pg_extension'::regclass AND d.deptype = 'e'
+                AND e.extname = ANY($1::text[])",
+            &[&extensions],
+            "counting the members of the extensions the swap moves",
+        )
+        .await?
     };
     Ok(moved_and_locked(client, moved, locked).await?
         + Need {
-            objects: members.max(0) as u64,
+            objects: members,
             ..Need::default()
         }
         + extra
@@ -454,30 +452,44 @@ pub async fn crossing_keys(
     if members.is_empty() {
         return Ok(Need::default());
     }
-    let n: i64 = client
-        .query_one(
-            "WITH RECURSIVE
-                  m AS (SELECT pg_catalog.to_regclass(x)::pg_catalog.oid AS oid FROM unnest($1::text[]) x),
-                  s AS (SELECT oid FROM pg_catalog.pg_namespace WHERE nspname = ANY($2)),
-                  tree AS (SELECT con.oid FROM pg_catalog.pg_constraint con
-                             JOIN pg_catalog.pg_class c ON c.oid = con.conrelid
-                             JOIN pg_catalog.pg_class f ON f.oid = con.confrelid
-                            WHERE con.contype = 'f' AND con.conparentid = 0
-                              AND c.relnamespace IN (SELECT oid FROM s) AND f.relnamespace IN (SELECT oid FROM s)
-                              AND (con.conrelid IN (SELECT oid FROM m)) <> (con.confrelid IN (SELECT oid FROM m))
-                           UNION ALL
-                           SELECT con.oid FROM pg_catalog.pg_constraint con JOIN tree ON con.conparentid = tree.oid)
-             SELECT (SELECT count(*) FROM tree)
-                  + (SELECT count(*) FROM pg_catalog.pg_trigger WHERE tgconstraint IN (SELECT oid FROM tree))",
-            &[&members, &schemas],
-        )
-        .await
-        .context("counting the foreign keys the swap re-points or detaches")?
-        .get(0);
+    let objects = counted(
+        client,
+        "WITH RECURSIVE
+              m AS (SELECT pg_catalog.to_regclass(x)::pg_catalog.oid AS oid FROM unnest($1::text[]) x),
+              s AS (SELECT oid FROM pg_catalog.pg_namespace WHERE nspname = ANY($2)),
+              tree AS (SELECT con.oid FROM pg_catalog.pg_constraint con
+                         JOIN pg_catalog.pg_class c ON c.oid = con.conrelid
+                         JOIN pg_catalog.pg_class f ON f.oid = con.confrelid
+                        WHERE con.contype = 'f' AND con.conparentid = 0
+                          AND c.relnamespace IN (SELECT oid FROM s) AND f.relnamespace IN (SELECT oid FROM s)
+                          AND (con.conrelid IN (SELECT oid FROM m)) <> (con.confrelid IN (SELECT oid FROM m))
+                       UNION ALL
+                       SELECT con.oid FROM pg_catalog.pg_constraint con JOIN tree ON con.conparentid = tree.oid)
+         SELECT (SELECT count(*) FROM tree)
+              + (SELECT count(*) FROM pg_catalog.pg_trigger WHERE tgconstraint IN (SELECT oid FROM tree))",
+        &[&members, &schemas],
+        "counting the foreign keys the swap re-points or detaches",
+    )
+    .await?;
     Ok(Need {
-        objects: n.max(0) as u64,
+        objects,
         ..Need::default()
     })
+}
+
+/// The one count `sql` returns, never negative; `what` for its error.
+async fn counted(
+    client: &impl GenericClient,
+    sql: &str,
+    params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    what: &str,
+) -> Result<u64> {
+    let n: i64 = client
+        .query_one(sql, params)
+        .await
+        .with_context(|| what.to_string())?
+        .get(0);
+    Ok(n.max(0) as u64)
 }
 
 /// A need against a capacity.
