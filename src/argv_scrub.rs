@@ -172,10 +172,34 @@ pub fn secret_arguments(args: &[OsString]) -> Vec<(String, String)> {
             if let Some((red, _)) = starred_spans(c, &spans, |_| 3) {
                 out.push((c.to_string(), red));
             }
+            // A list's parser cuts a password with a comma in it: each item
+            // that holds part of one, with that part hidden (not the short
+            // ones, which would hide the same letters anywhere).
+            let mut at = 0;
+            for item in c.split(',') {
+                let range = at..at + item.len();
+                at = range.end + 1;
+                let overlaps = spans
+                    .iter()
+                    .any(|p| p.start < range.end && range.start < p.end);
+                if overlaps && item.len() >= 4 && item.len() < c.len() {
+                    let inner: Vec<std::ops::Range<usize>> = spans
+                        .iter()
+                        .filter(|p| p.start < range.end && range.start < p.end)
+                        .map(|p| {
+                            p.start.max(range.start) - range.start
+                                ..p.end.min(range.end) - range.start
+                        })
+                        .collect();
+                    if let Some((red, _)) = starred_spans(item, &inner, |_| 3) {
+                        out.push((item.to_string(), red));
+                    }
+                }
+            }
             // A message may quote a part of it (one item of a list) or
             // rewrite it (quotes put around a part): each password with the
             // characters either side, `:PW@` or `=PW ` say.
-            for span in spans {
+            for span in &spans {
                 let before = c[..span.start].chars().next_back();
                 let after = c[span.end..].chars().next();
                 let (b, a) = (
@@ -183,7 +207,7 @@ pub fn secret_arguments(args: &[OsString]) -> Vec<(String, String)> {
                     after.map(String::from).unwrap_or_default(),
                 );
                 if before.is_some() || after.is_some() {
-                    out.push((format!("{b}{}{a}", &c[span]), format!("{b}***{a}")));
+                    out.push((format!("{b}{}{a}", &c[span.clone()]), format!("{b}***{a}")));
                 }
             }
         }
@@ -399,6 +423,12 @@ mod tests {
         assert_eq!(
             scrub_message(r#"name '"postgresql://u:pw1@h".example/db'"#, &secrets),
             r#"name '"postgresql://u:***@h".example/db'"#
+        );
+        // A list's parser cuts a password with a comma: each part is hidden.
+        let secrets = secret_arguments(&args(&["pgshift", "public,postgresql://u:x,SEK@h/db"]));
+        assert_eq!(
+            scrub_message(r#"name "postgresql://u:x"; no table SEK@h/db"#, &secrets),
+            r#"name "postgresql://u:***"; no table ***@h/db"#
         );
     }
 

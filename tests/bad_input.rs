@@ -360,6 +360,14 @@ fn bad_input_is_one_line_a_documented_code_and_no_change() {
             code: 2,
             message: vec!["in double quotes", ":***@db"],
         },
+        // The list's parser cut it at the comma: "postgresql://u:Sekret".
+        Case {
+            name: "a URL whose password has a comma, in --schemas",
+            args: prepare(&["--schemas", "public,postgresql://u:Sekret-0815,x@h/db"]),
+            env: vec![],
+            code: 2,
+            message: vec!["--schemas", "postgresql://u:***"],
+        },
         Case {
             name: "a conninfo string as a later item of --schemas",
             args: prepare(&["--schemas", "public,host=h password=Sekret-0815"]),
