@@ -534,13 +534,21 @@ fn a_prepare_that_loses_its_run_lock_stops_and_touches_nothing_more() {
     let mut first = spawn(&wd, &args, &[("PGSHIFT_FAILPOINT", "exit:sleep=60000")]);
     wait_for_phase(&wd, &dbs.dst, "sync", &mut first);
     terminate_lock();
+    // The table comes free after the loss: the sync's retries, and the
+    // attempt that waited, must not put their triggers on it then.
+    std::thread::sleep(Duration::from_millis(1000));
+    rt.block_on(blocker.batch_execute("ROLLBACK")).unwrap();
     wait_until("the first run records its failure", 30, || {
         std::fs::read_to_string(state_file(&wd, &dbs.dst)).is_ok_and(|t| t.contains("\"failed\""))
     });
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(
+        dbs.dst.psql("SELECT count(*) FROM pg_trigger WHERE tgrelid = 'public.users'::regclass AND tgname LIKE 'pgshift%'"),
+        "0"
+    );
     // It left its shadow, for the next run to drop.
     let shadow = "SELECT count(*) FROM pg_namespace WHERE nspname = 'shadow'";
     assert_eq!(dbs.dst.psql(shadow), "1");
-    rt.block_on(blocker.batch_execute("ROLLBACK")).unwrap();
     assert_success(&other.prepare(&dbs, &preserved));
     signal(&first, libc::SIGKILL);
     let out = first.wait_with_output().unwrap();

@@ -346,10 +346,13 @@ impl Recorder {
             .with_context(|| format!("phase {name}"))?;
         tracing::info!(phase = name.as_str(), "phase started");
         let result = async {
-            if !sess.lock_alive() || sess.control.is_closed() {
+            if sess.control.is_closed() {
                 anyhow::bail!(
                     "lost the connection to the destination (did the server restart?); the run lock is no longer held"
                 );
+            }
+            if !sess.lock_alive() {
+                return Err(anyhow::Error::new(LockLost));
             }
             failpoint(name.as_str()).await?;
             let mut fut = std::pin::pin!(fut);
@@ -369,6 +372,9 @@ impl Recorder {
                 _ = sess.lock_lost() => {
                     tracing::error!("the run lock's session ended: stopping");
                     sess.run.cancel.cancel();
+                    // The control session's statement (the sync's DDL on a
+                    // live table, waiting for its lock) must not go on.
+                    crate::pg::conn::connect::cancel_running(&sess.control, &sess.dest).await;
                     let _ = tokio::time::timeout(PHASE_WIND_DOWN, &mut fut).await;
                     Err(anyhow::Error::new(LockLost))
                 }

@@ -1928,6 +1928,7 @@ async fn sync_phase(
         id,
         settings.lock_timeout,
         settings.swap_retries,
+        &run.sess.run.cancel,
     )
     .await?;
     // A sequence the swap could not carry over as things stand: said now,

@@ -116,6 +116,7 @@ use pg_query::NodeEnum;
 use pg_query::protobuf::{ConstrType, Token};
 use serde::{Deserialize, Serialize};
 use tokio_postgres::Client;
+use tokio_util::sync::CancellationToken;
 
 use crate::dump::sql::first_line;
 use crate::pg::catalog::TableInfo;
@@ -3001,12 +3002,13 @@ async fn run_with_lock_retries(
     what: &str,
     rel: &str,
     retries: u32,
+    cancel: &CancellationToken,
 ) -> Result<()> {
     let lock_timeout = |e: &anyhow::Error| {
         PgError::code_in(e)
             .is_some_and(|c| c == tokio_postgres::error::SqlState::LOCK_NOT_AVAILABLE)
     };
-    let out = retry(what, RetryPolicy::new(retries), None, || async {
+    let out = retry(what, RetryPolicy::new(retries), Some(cancel), || async {
         let done = client
             .batch_execute(sql)
             .await
@@ -3055,6 +3057,7 @@ pub async fn setup(
     migration_id: i64,
     lock_timeout: Duration,
     retries: u32,
+    cancel: &CancellationToken,
 ) -> Result<Vec<SyncedTable>> {
     let mut out = Vec::new();
     for p in preserved {
@@ -3069,6 +3072,7 @@ pub async fn setup(
                 &format!("{what} {}", t.shown()),
                 &live.public_rel,
                 retries,
+                cancel,
             )
             .await
         };
