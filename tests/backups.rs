@@ -1267,6 +1267,30 @@ fn cleanup_drops_exactly_the_old_backups() {
         said.starts_with("Interrupted before looking at any backup"),
         "{said}"
     );
+    // The run lock's session ended there (another run may take the lock):
+    // no backup is begun either, and it says why, exit 1.
+    let url = dbs.dst.url();
+    let mut child = wd
+        .cmd()
+        .args(["cleanup", "--dest", &url, "--before", "1751328000000"])
+        .env("PGSHIFT_FAILPOINT", "cleanup-next:sleep=3000")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(child.stderr.take().unwrap()));
+    common::lines_until(&mut lines, "pausing 3000 ms at cleanup-next");
+    dbs.dst.psql(
+        "SELECT pg_terminate_backend(pid) FROM pg_locks WHERE locktype = 'advisory' AND objid = 1",
+    );
+    let rest: Vec<String> = lines.map_while(Result::ok).collect();
+    assert_eq!(child.wait().unwrap().code(), Some(1), "{rest:?}");
+    assert!(
+        rest.last()
+            .is_some_and(|l| l.starts_with("error: ") && l.contains("the run lock was lost")),
+        "{rest:?}"
+    );
+    assert_eq!(schemas_left(&dbs.dst), b[2..].to_vec());
     // Unix milliseconds: 2025-07-01.
     let v = cleanup(
         &wd,

@@ -578,6 +578,47 @@ fn a_prepare_that_loses_its_run_lock_stops_and_touches_nothing_more() {
     third.wait().unwrap();
 }
 
+/// A swap whose run-lock session ends while it holds its locks (here paused
+/// before its COMMIT) committed all the same, while another run could hold
+/// the lock. It now asks the lock's session before the COMMIT and rolls back.
+#[test]
+fn a_swap_that_loses_its_run_lock_rolls_back() {
+    use std::io::{BufRead, BufReader};
+    let dbs = users_and_orders("swap_lock_lost");
+    let wd = Workdir::new();
+    let dst = dbs.dst.url();
+    assert_success(&wd.prepare(&dbs, &["--preserved-tables", "users"]));
+    let mut swap = spawn(
+        &wd,
+        &["swap", "--dest", &dst],
+        &[("PGSHIFT_FAILPOINT", "swap-commit:sleep=2500")],
+    );
+    let mut lines = BufReader::new(swap.stderr.take().unwrap()).lines();
+    let mut log = String::new();
+    for l in lines.by_ref().map_while(Result::ok) {
+        log.push_str(&l);
+        log.push('\n');
+        if l.contains("pausing") {
+            break;
+        }
+    }
+    assert!(log.contains("pausing"), "{log}");
+    dbs.dst.psql(
+        "SELECT pg_terminate_backend(pid) FROM pg_locks WHERE locktype = 'advisory' AND objid = 1",
+    );
+    log.extend(lines.map_while(Result::ok).map(|l| l + "\n"));
+    assert_eq!(swap.wait().unwrap().code(), Some(1), "{log}");
+    assert!(
+        log.contains(
+            "the swap was rolled back; the destination is unchanged: the run lock was lost"
+        ),
+        "{log}"
+    );
+    let st = status_json(&wd, &dst);
+    assert_eq!(st["state"], "prepared", "{st}");
+    assert_eq!(dbs.dst.psql("SELECT count(*) FROM pgshift.backups"), "0");
+}
+
 /// Killed after its COMMIT, before the steps that follow it: the backup's
 /// row counts were never recorded and the foreign key the swap created NOT
 /// VALID was never validated, for good, while the next `swap` said "nothing

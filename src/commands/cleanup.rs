@@ -25,6 +25,7 @@ pub async fn run(args: CleanupArgs, ctx: Ctx) -> Result<ExitCode> {
     // A dry run reads only; a real run holds the run lock like every mutating
     // command, once there is something to drop (with nothing to do, a cron
     // run exits 0 while another run holds the lock).
+    let mut lock_lost = false;
     let (report, failures) = if opts.dry_run {
         let client = ctx.connect_dest().await?;
         let planned = cleanup::cleanup(&client, &opts).await?;
@@ -50,9 +51,28 @@ pub async fn run(args: CleanupArgs, ctx: Ctx) -> Result<ExitCode> {
         // keys to validate) first, while the backup whose manifest lists
         // them is there (they were lost with it).
         crate::swap::cutover::finish_stopped(&sess.control, settings.swap).await?;
-        cleanup::cleanup(&sess.control, &opts).await?
+        // The run lock's session ending stops it as Ctrl-C does (another
+        // run may take the lock): the backup being dropped is finished, no
+        // other is begun.
+        let run = cleanup::cleanup(&sess.control, &opts);
+        tokio::pin!(run);
+        let out = tokio::select! {
+            r = &mut run => r?,
+            () = sess.lock_lost() => {
+                tracing::error!("the run lock's session ended: no further backup is begun");
+                if let Some(c) = &opts.cancel {
+                    c.cancel();
+                }
+                run.await?
+            }
+        };
+        lock_lost = !sess.lock_alive();
+        out
     };
     print(&ctx, &report)?;
+    if lock_lost {
+        return Err(anyhow::Error::new(crate::error::LockLost));
+    }
     if report.interrupted {
         // What was dropped is reported above; the rest was not begun.
         return Err(anyhow::Error::new(crate::error::Interrupted));

@@ -829,6 +829,7 @@ pub async fn swap<H: InTx>(
         let began = std::time::Instant::now();
         let run = one_attempt(
             &client,
+            sess.lock_session(),
             &req,
             hook,
             &manifest,
@@ -2046,8 +2047,10 @@ fn changed(exchange: &Exchange) -> anyhow::Error {
     )))
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn one_attempt<H: InTx>(
     client: &Client,
+    lock_session: &Client,
     req: &Request<'_>,
     hook: &H,
     manifest: &Manifest,
@@ -2123,6 +2126,11 @@ async fn one_attempt<H: InTx>(
     exec(client, &window_left("lock_timeout")).await?;
     let after = hook.after_moves(client, &before, &mut manifest).await?;
     failpoint("swap-commit").await?;
+    // The run lock must still be this run's at the COMMIT: once its session
+    // has ended another run may hold it (a round trip proves it lives).
+    if lock_session.is_closed() || lock_session.batch_execute("").await.is_err() {
+        return Err(anyhow::Error::new(crate::error::LockLost));
+    }
     // Round trip 3: the manifest, the migration's record and COMMIT.
     let mut last = manifest::insert_backup_sql(&manifest)?;
     if let Some(st) = record {
