@@ -1979,7 +1979,17 @@ pub fn relations_named_in_body(body: &str) -> Vec<(Option<String>, String)> {
         t.toks[i].keyword
             && matches!(
                 t.toks[i].text(body).to_ascii_lowercase().as_str(),
-                "from" | "join" | "into" | "update" | "table" | "only" | "using"
+                "from"
+                    | "join"
+                    | "into"
+                    | "update"
+                    | "table"
+                    | "only"
+                    | "using"
+                    | "truncate"
+                    | "analyze"
+                    | "vacuum"
+                    | "lock"
             )
     };
     // The comma after `FROM a x` goes on with the list: `, b` is a relation too.
@@ -2007,10 +2017,18 @@ pub fn relations_named_in_body(body: &str) -> Vec<(Option<String>, String)> {
             .is(last + 1, Token::Ascii46)
             .then(|| t.ident(last + 2))
             .flatten();
+        // A row type: `ledger%ROWTYPE`, `ledger.amount%TYPE`, `x::ledger`.
+        let cast = i > 0 && t.is(i - 1, Token::Typecast);
         let (named, end) = match second {
-            Some((name, end)) if !after_dot => (Some((Some(first), name)), end),
+            Some((name, end)) if !after_dot => {
+                if t.is(end + 1, Token::Ascii37) {
+                    out.push((None, first.clone()));
+                }
+                (Some((Some(first), name)), end)
+            }
             _ => {
-                let plain = !after_dot && introduced && !t.is(last + 1, Token::Ascii46);
+                let typed = cast || t.is(last + 1, Token::Ascii37);
+                let plain = !after_dot && (introduced || typed) && !t.is(last + 1, Token::Ascii46);
                 (plain.then_some((None, first)), last)
             }
         };
@@ -3367,6 +3385,9 @@ BEGIN
   UPDATE changes SET op = 'x' FROM ONLY other o, third WHERE o.x = n;
   FOR r IN SELECT * FROM generate_series(1, 2) LOOP PERFORM 1 FROM loopt; END LOOP;
   EXECUTE 'DELETE FROM dyn';
+  TRUNCATE trunc; ANALYZE anal;
+  PERFORM ROW(1)::casted, pg_typeof(v.amount);
+  DECLARE t2 rowt%ROWTYPE; a coltab.amount%TYPE;
   RETURN NEW;
 END"#;
         let named = relations_named_in_body(body);
@@ -3378,6 +3399,11 @@ END"#;
             (None, "other"),
             (None, "third"),
             (None, "log"),
+            (None, "trunc"),
+            (None, "anal"),
+            (None, "casted"),
+            (None, "rowt"),
+            (None, "coltab"),
             (None, "loopt"),
         ] {
             assert!(has(s, n), "{s:?}.{n} in {named:?}");
