@@ -1280,9 +1280,7 @@ fn cleanup_drops_exactly_the_old_backups() {
         .unwrap();
     let mut lines = std::io::BufRead::lines(std::io::BufReader::new(child.stderr.take().unwrap()));
     common::lines_until(&mut lines, "pausing 3000 ms at cleanup-next");
-    dbs.dst.psql(
-        "SELECT pg_terminate_backend(pid) FROM pg_locks WHERE locktype = 'advisory' AND objid = 1",
-    );
+    dbs.dst.psql(common::TERMINATE_RUN_LOCK);
     let rest: Vec<String> = lines.map_while(Result::ok).collect();
     assert_eq!(child.wait().unwrap().code(), Some(1), "{rest:?}");
     assert!(

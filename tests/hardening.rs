@@ -522,11 +522,7 @@ fn a_prepare_that_loses_its_run_lock_stops_and_touches_nothing_more() {
         &preserved,
     ]
     .concat();
-    let terminate_lock = || {
-        dbs.dst.psql(
-            "SELECT pg_terminate_backend(pid) FROM pg_locks WHERE locktype = 'advisory' AND objid = 1",
-        )
-    };
+    let terminate_lock = || dbs.dst.psql(common::TERMINATE_RUN_LOCK);
     // The sync phase waits to put its triggers on users.
     let blocker = rt.block_on(dbs.dst.client());
     rt.block_on(blocker.batch_execute("BEGIN; LOCK TABLE users IN ROW EXCLUSIVE MODE"))
@@ -603,9 +599,7 @@ fn a_swap_that_loses_its_run_lock_rolls_back() {
         }
     }
     assert!(log.contains("pausing"), "{log}");
-    dbs.dst.psql(
-        "SELECT pg_terminate_backend(pid) FROM pg_locks WHERE locktype = 'advisory' AND objid = 1",
-    );
+    dbs.dst.psql(common::TERMINATE_RUN_LOCK);
     log.extend(lines.map_while(Result::ok).map(|l| l + "\n"));
     assert_eq!(swap.wait().unwrap().code(), Some(1), "{log}");
     assert!(

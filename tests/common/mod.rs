@@ -289,6 +289,12 @@ pub fn schema_fingerprint(db: &TestDb, schema: &str) -> String {
     fingerprint(db, Some(schema))
 }
 
+/// Ends the session holding pgshift's run lock on this database (pg_locks
+/// shows every database of the cluster: other tests' runs are not touched).
+pub const TERMINATE_RUN_LOCK: &str = "SELECT pg_terminate_backend(pid) FROM pg_locks
+  WHERE locktype = 'advisory' AND objid = 1
+    AND database = (SELECT oid FROM pg_database WHERE datname = current_database())";
+
 /// The preserved tables' changelogs and sync functions left in pgshift's
 /// schema, `tables/functions`.
 pub const SYNC_HELPERS: &str = "SELECT (SELECT count(*) FROM pg_class WHERE relnamespace = 'pgshift'::regnamespace AND relname LIKE 'log\\_%' AND relkind = 'r'
