@@ -934,7 +934,8 @@ fn dependents_are_named_as_what_they_are_with_fitting_advice() {
 /// has no dependencies PostgreSQL tracks, so an excluded table it names is
 /// not refused: it is warned about, by the dry run and by prepare, naming
 /// the function and what fires it. A trigger function only tables left out
-/// fire, and a body naming other tables, are not.
+/// fire, a body naming other tables, and an unqualified name that the
+/// function's own search_path resolves to another schema's table, are not.
 #[test]
 fn a_function_body_naming_an_excluded_table_is_warned_about() {
     let dbs = TestDbs::new("filters_bodies");
@@ -952,7 +953,11 @@ fn a_function_body_naming_an_excluded_table_is_warned_about() {
          CREATE TRIGGER log AFTER INSERT ON quiet FOR EACH ROW EXECUTE FUNCTION quiet_log();
          CREATE FUNCTION count_changes() RETURNS bigint LANGUAGE sql SET search_path = audit
            AS 'SELECT count(*) FROM changes';
-         CREATE FUNCTION other() RETURNS bigint LANGUAGE sql AS 'SELECT count(*) FROM audit.kept_log';",
+         CREATE FUNCTION other() RETURNS bigint LANGUAGE sql AS 'SELECT count(*) FROM audit.kept_log';
+         CREATE SCHEMA elsewhere;
+         CREATE TABLE elsewhere.changes (id int);
+         CREATE FUNCTION elsewhere_count() RETURNS bigint LANGUAGE sql SET search_path = elsewhere, audit
+           AS 'SELECT count(*) FROM changes';",
     );
     let wd = Workdir::new();
     let (src, dst) = (dbs.src.url(), dbs.dst.url());

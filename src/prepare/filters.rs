@@ -951,7 +951,8 @@ async fn bodies_naming(
                     p.prosrc,
                     p.prorettype = 'pg_catalog.trigger'::pg_catalog.regtype,
                     ARRAY(SELECT tn.nspname::text FROM {TRIGGERS} ORDER BY tn.nspname || '.' || c.relname),
-                    ARRAY(SELECT c.relname::text FROM {TRIGGERS} ORDER BY tn.nspname || '.' || c.relname)
+                    ARRAY(SELECT c.relname::text FROM {TRIGGERS} ORDER BY tn.nspname || '.' || c.relname),
+                    (SELECT substr(c, 13) FROM unnest(p.proconfig) c WHERE c LIKE 'search\\_path=%' LIMIT 1)
                FROM pg_catalog.pg_proc p
                JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace
                JOIN pg_catalog.pg_language l ON l.oid = p.prolang
@@ -966,15 +967,45 @@ async fn bodies_naming(
         .await
         .map_err(|e| pg_error_as(e, "reading the source's function bodies"))?;
     let excluded: Vec<(&String, &String)> = tables.0.iter().zip(&tables.1).collect();
+    // Where an unqualified name resolves for a function with its own
+    // search_path: the relations named like an excluded table, anywhere.
+    let namesakes: HashSet<(String, String)> = client
+        .query(
+            "SELECT n.nspname::text, c.relname::text FROM pg_catalog.pg_class c
+               JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+              WHERE c.relname = ANY($1) AND c.relkind IN ('r', 'p', 'v', 'm', 'f')",
+            &[&tables.1],
+        )
+        .await
+        .map_err(|e| pg_error_as(e, "reading the source's tables"))?
+        .into_iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
     let mut out = Vec::new();
     for r in rows {
-        let (what, body, trigger, t_schemas, t_names): (
+        let (what, body, trigger, t_schemas, t_names, path): (
             String,
             String,
             bool,
             Vec<String>,
             Vec<String>,
-        ) = (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4));
+            Option<String>,
+        ) = (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4), r.get(5));
+        // `SET search_path = billing, public`: an unqualified name is the
+        // first of those schemas' relations of that name. Without one, the
+        // caller's search_path decides: any schema's.
+        let path: Option<Vec<String>> = path.map(|p| {
+            p.split(',')
+                .map(|s| s.trim().trim_matches('"').to_string())
+                .collect()
+        });
+        let resolves_to = |schema: &str, table: &str| match &path {
+            None => true,
+            Some(path) => path
+                .iter()
+                .find(|s| namesakes.contains(&((*s).clone(), table.to_string())))
+                .is_some_and(|s| s == schema),
+        };
         let fired_by: Vec<String> = t_schemas
             .iter()
             .zip(&t_names)
@@ -989,9 +1020,13 @@ async fn bodies_naming(
         let used: BTreeSet<String> = excluded
             .iter()
             .filter(|(s, t)| {
-                named
-                    .iter()
-                    .any(|(ns, nt)| nt == *t && ns.as_ref().is_none_or(|ns| ns == *s))
+                named.iter().any(|(ns, nt)| {
+                    nt == *t
+                        && match ns {
+                            Some(ns) => ns == *s,
+                            None => resolves_to(s, t),
+                        }
+                })
             })
             .map(|(s, t)| table_shown(s, t))
             .collect();
