@@ -179,21 +179,18 @@ pub fn secret_arguments(args: &[OsString]) -> Vec<(String, String)> {
             for item in c.split(',') {
                 let range = at..at + item.len();
                 at = range.end + 1;
-                let overlaps = spans
+                if item.len() < 4 || item.len() == c.len() {
+                    continue;
+                }
+                let inner: Vec<std::ops::Range<usize>> = spans
                     .iter()
-                    .any(|p| p.start < range.end && range.start < p.end);
-                if overlaps && item.len() >= 4 && item.len() < c.len() {
-                    let inner: Vec<std::ops::Range<usize>> = spans
-                        .iter()
-                        .filter(|p| p.start < range.end && range.start < p.end)
-                        .map(|p| {
-                            p.start.max(range.start) - range.start
-                                ..p.end.min(range.end) - range.start
-                        })
-                        .collect();
-                    if let Some((red, _)) = starred_spans(item, &inner, |_| 3) {
-                        out.push((item.to_string(), red));
-                    }
+                    .filter(|p| p.start < range.end && range.start < p.end)
+                    .map(|p| {
+                        p.start.max(range.start) - range.start..p.end.min(range.end) - range.start
+                    })
+                    .collect();
+                if let Some((red, _)) = starred_spans(item, &inner, |_| 3) {
+                    out.push((item.to_string(), red));
                 }
             }
             // A message may quote a part of it (one item of a list) or
@@ -233,11 +230,10 @@ pub fn embedded_password_spans(value: &str) -> Vec<std::ops::Range<usize>> {
         let rest = &value[start..];
         // An item runs to the next comma; a URL or the whole value to the end.
         let whole = password_spans(rest);
-        let item = rest
-            .split(',')
-            .next()
-            .map(password_spans)
-            .unwrap_or_default();
+        let item = match rest.split_once(',') {
+            Some((item, _)) => password_spans(item),
+            None => Vec::new(), // the item is `rest`: parsed above
+        };
         spans.extend(
             whole
                 .into_iter()
