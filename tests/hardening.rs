@@ -1728,15 +1728,126 @@ fn an_interrupt_stops_abort_between_its_retries() {
     // so, and that abort finishes it.
     let text = assert_success(&wd.run(&["status", "--dest", &dbs.dst.url()]));
     assert!(
-        text.lines().any(|l| l.starts_with("last error")
+        text.lines().any(|l| l.starts_with("error")
             && l.contains("abort stopped before it finished")
             && l.contains("run pgshift abort again")),
         "{text}"
     );
+    assert!(text.contains("state:        failed"), "{text}");
     drop(input);
     reader.wait().unwrap();
     assert_success(&wd.run(&["abort", "--dest", &dbs.dst.url()]));
     leftover_free(&dbs.dst);
+}
+
+/// `abort` killed (SIGKILL) after it dropped the triggers of one preserved
+/// table, while it waited for the next: `status` said `prepared` though the
+/// migration was no longer whole (the swap refused only on the missing
+/// triggers). abort records the migration failed before its first drop:
+/// `status` says an abort did not finish, the swap refuses naming it, and
+/// the next abort finishes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_abort_killed_half_way_is_named_and_finished_by_the_next() {
+    let dbs = TestDbs::new("abort_killed");
+    let ddl = "CREATE TABLE events (id int PRIMARY KEY); CREATE TABLE users (id int PRIMARY KEY);";
+    dbs.src.psql(ddl);
+    dbs.dst.psql(ddl);
+    let wd = Workdir::new();
+    let dst = dbs.dst.url();
+    assert_success(&wd.prepare(&dbs, &["--preserved-tables", "events,users"]));
+    let app = dbs.dst.client().await;
+    app.batch_execute("BEGIN; LOCK TABLE users IN ACCESS SHARE MODE")
+        .await
+        .unwrap();
+    let mut child = spawn(
+        &wd,
+        &["abort", "--dest", &dst, "--lock-timeout", "200ms"],
+        &[],
+    );
+    let triggers = |table: &str| {
+        dbs.dst.psql(&format!(
+            "SELECT count(*) FROM pg_trigger WHERE tgname LIKE 'pgshift%' AND tgrelid = 'public.{table}'::regclass"
+        ))
+    };
+    wait_until("abort dropped the triggers of events", 30, || {
+        triggers("events") == "0"
+    });
+    signal(&child, libc::SIGKILL);
+    child.wait().unwrap();
+    assert_eq!(triggers("users"), "4");
+    let st = status_json(&wd, &dst);
+    assert_eq!(st["state"], "failed", "{st}");
+    assert_eq!(st["migration"]["command"], "abort", "{st}");
+    assert!(
+        st["migration"]["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("an abort began dropping migration")
+                && e.contains("run `pgshift abort` again")),
+        "{st}"
+    );
+    let before = catalog_fingerprint(&dbs.dst);
+    let swap = wd.run(&["swap", "--dest", &dst]);
+    let err = String::from_utf8_lossy(&swap.stderr);
+    assert_eq!(swap.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("an abort of migration") && err.contains("did not finish"),
+        "{err}"
+    );
+    assert_eq!(catalog_fingerprint(&dbs.dst), before);
+    app.batch_execute("COMMIT").await.unwrap();
+    let out = wd.run(&["abort", "--dest", &dst, "--json"]);
+    let report: serde_json::Value =
+        serde_json::from_slice(&assert_success(&out).into_bytes()).unwrap();
+    assert_eq!(report["aborted"], true, "{report}");
+    assert_eq!(report["previous_status"], "failed", "{report}");
+    assert!(
+        report["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("an earlier abort of it had stopped")),
+        "{report}"
+    );
+    leftover_free(&dbs.dst);
+    assert_eq!(status_json(&wd, &dst)["state"], "idle");
+}
+
+/// A swap killed while it validates its keys left its changelog and its
+/// state file (saying swapping): `abort` clears the leftovers and reported
+/// `previous_status` "swapping", the stale file's, for a migration the
+/// destination records as swapped. It reports "swapped", and leaves the key
+/// to the next swap.
+#[test]
+fn abort_after_a_swap_killed_while_it_validates_says_it_was_swapped() {
+    let dbs = users_and_orders("abort_after_validating");
+    let wd = Workdir::new();
+    let dst = dbs.dst.url();
+    assert_success(&wd.prepare(&dbs, &["--preserved-tables", "users"]));
+    kill_at(
+        &wd,
+        &dbs.dst,
+        &["swap", "--dest", &dst],
+        "validating-keys",
+        COUNTED,
+    );
+    let out = wd.run(&["abort", "--dest", &dst, "--json"]);
+    let report: serde_json::Value =
+        serde_json::from_slice(&assert_success(&out).into_bytes()).unwrap();
+    assert_eq!(report["previous_status"], "swapped", "{report}");
+    assert_eq!(report["removed"]["shadow"], false, "{report}");
+    assert!(
+        report["message"]
+            .as_str()
+            .is_some_and(|m| m.starts_with("cleared the leftovers of migration")),
+        "{report}"
+    );
+    assert_eq!(dbs.dst.psql(common::SYNC_HELPERS), "0/0");
+    assert_eq!(dbs.dst.psql(ORDERS_KEY_NOT_VALID), "1");
+    let st = status_json(&wd, &dst);
+    assert!(
+        st["warnings"]
+            .to_string()
+            .contains("stopped while it validated the foreign keys it created NOT VALID"),
+        "{st}"
+    );
 }
 
 /// `abort` (and the cleanup after an interrupted prepare) drops the sync

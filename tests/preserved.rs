@@ -397,9 +397,10 @@ async fn initial_copy_then_real_time_sync_then_abort() {
     );
 
     // abort: cleanup removes triggers, changelogs, functions and shadow.
-    let removed = pgshift::prepare::discard::remove_prepared(&c, Duration::from_secs(2), 3, None)
-        .await
-        .unwrap();
+    let removed =
+        pgshift::prepare::discard::remove_prepared(&c, Duration::from_secs(2), 3, None, None)
+            .await
+            .unwrap();
     assert!(removed.shadow);
     assert_eq!(removed.triggers.len(), 8, "{removed:?}");
     assert_eq!(pgshift_triggers(&c).await, 0);

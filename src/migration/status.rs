@@ -270,11 +270,7 @@ fn swap_gate(d: &Destination) -> Option<String> {
     }
     match d.state {
         State::Prepared => {}
-        State::Failed => {
-            return Some(
-                "the last prepare failed; run `pgshift prepare` again (or `pgshift abort`)".into(),
-            );
-        }
+        State::Failed => return Some(failed_gate(d)),
         _ => return Some("nothing is prepared on the destination".into()),
     }
     let Some(st) = &d.record else {
@@ -292,6 +288,18 @@ fn swap_gate(d: &Destination) -> Option<String> {
         ShadowState::Foreign(_) => {
             Some("the schema named shadow was not created by pgshift".into())
         }
+    }
+}
+
+/// Why a failed migration cannot be swapped, and what to run.
+pub fn failed_gate(d: &Destination) -> String {
+    match &d.record {
+        // Recorded by an abort before its first drop (see `discard::abort`).
+        Some(st) if st.command == "abort" => format!(
+            "an abort of migration {} did not finish; run `pgshift abort` again",
+            st.id
+        ),
+        _ => "the last prepare failed; run `pgshift prepare` again (or `pgshift abort`)".into(),
     }
 }
 

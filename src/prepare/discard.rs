@@ -48,6 +48,12 @@ use crate::prepare::sync::{
     CHANGELOG_NAMES, SYNC_FUNCTION_NAMES, changelog_drop, own_trigger_sql, sync_function_drop,
 };
 
+/// Awaited by [`remove_prepared`] once its checks passed, right before its
+/// first drop (abort records there that it began: a run killed after its
+/// first drop leaves a migration that is no longer whole).
+pub type BeforeDrops<'a> =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<()>> + Send + 'a>>;
+
 /// What [`remove_prepared`] found and dropped.
 #[derive(Debug, Default, Clone, serde::Serialize)]
 pub struct Removed {
@@ -212,6 +218,7 @@ pub async fn remove_prepared(
     lock_timeout: Duration,
     retries: u32,
     cancel: Option<&tokio_util::sync::CancellationToken>,
+    before_drops: Option<BeforeDrops<'_>>,
 ) -> Result<Removed> {
     if matches!(meta::shadow_state(client).await?, ShadowState::Foreign(_)) {
         bail!(
@@ -232,6 +239,9 @@ pub async fn remove_prepared(
         return Ok(found);
     }
     refuse_external_dependents(client, &shadows, &found).await?;
+    if let Some(step) = before_drops {
+        step.await?;
+    }
     // The sync triggers first, one table per transaction, each lock wait
     // ending below deadlock_timeout: dropped together, the removal held one
     // table while it waited for the next, and an application transaction
@@ -594,12 +604,39 @@ pub async fn abort(sess: &Session, opts: &AbortOptions) -> Result<AbortReport> {
         });
     }
 
+    // Before its first drop, abort records the migration as failed: killed
+    // after it (SIGKILL, a lost connection), it leaves a migration that is
+    // no longer whole (a preserved table without its triggers), which no
+    // swap may take, and which `status` then names as an abort to finish.
+    let began = std::sync::atomic::AtomicBool::new(false);
+    let mark = open.as_ref().map(|m| {
+        let mut st = m.state.clone().continued_by(sess.run.command);
+        st.status = Status::Failed;
+        st.phase = None;
+        st.error = Some(format!(
+            "an abort began dropping migration {} (it was {}) and did not finish; part of its objects may be dropped already: run `pgshift abort` again",
+            m.id, m.state.status
+        ));
+        st.updated_at = Utc::now();
+        st
+    });
+    let before_drops: Option<BeforeDrops<'_>> = mark.as_ref().map(|st| {
+        let began = &began;
+        Box::pin(async move {
+            record::save_migration(client, st)
+                .await
+                .context("recording that the abort began")?;
+            began.store(true, std::sync::atomic::Ordering::SeqCst);
+            Ok(())
+        }) as BeforeDrops<'_>
+    });
     let removed = if open.is_some() || leftovers {
         match remove_prepared(
             client,
             opts.lock_timeout,
             opts.retries,
             Some(&sess.run.cancel),
+            before_drops,
         )
         .await
         {
@@ -607,10 +644,16 @@ pub async fn abort(sess: &Session, opts: &AbortOptions) -> Result<AbortReport> {
             Err(e) => {
                 // What committed stays dropped (the triggers, batches of the
                 // shadow): status says so, and that abort finishes it. A
-                // refusal dropped nothing.
-                let refused = e.downcast_ref::<DependentsRefusal>().is_some();
+                // refusal before the first drop dropped nothing: the record
+                // stays as it was.
+                let began = began.load(std::sync::atomic::Ordering::SeqCst);
+                let refused = e.downcast_ref::<DependentsRefusal>().is_some() && !began;
                 if let Some(m) = open.as_ref().filter(|_| !refused) {
-                    let mut st = m.state.clone();
+                    let mut st = if began {
+                        mark.clone().unwrap_or_else(|| m.state.clone())
+                    } else {
+                        m.state.clone()
+                    };
                     st.error = Some(format!(
                         "abort stopped before it finished, part of the migration's objects may be dropped already; run pgshift abort again: {e:#}"
                     ));
@@ -630,8 +673,8 @@ pub async fn abort(sess: &Session, opts: &AbortOptions) -> Result<AbortReport> {
         .map(|m| m.state.clone())
         .or_else(|| file_state.clone().filter(|s| !s.status.is_finished()));
     if let (Some(m), Some(st)) = (&open, state.as_mut()) {
+        *st = st.clone().continued_by(sess.run.command);
         st.status = Status::Aborted;
-        st.command = sess.run.command.to_string();
         st.phase = None;
         st.updated_at = Utc::now();
         record::save_migration(client, st).await?;
@@ -659,6 +702,9 @@ pub async fn abort(sess: &Session, opts: &AbortOptions) -> Result<AbortReport> {
             // holds the run lock, so none runs): `status` calls it failed.
             let was = match m.state.status {
                 Status::Preparing => "its prepare had stopped".to_string(),
+                Status::Failed if m.state.command == sess.run.command => {
+                    "an earlier abort of it had stopped".to_string()
+                }
                 Status::Failed => "its prepare had failed".to_string(),
                 other => format!("it was {other}"),
             };
@@ -679,10 +725,14 @@ pub async fn abort(sess: &Session, opts: &AbortOptions) -> Result<AbortReport> {
     Ok(AbortReport {
         aborted: true,
         migration_id: id,
-        previous_status: open
-            .as_ref()
-            .map(|m| m.state.status.to_string())
-            .or_else(|| state.as_ref().map(|s| s.status.to_string())),
+        // A stale file's status is not the migration's: the destination's
+        // latest record says what it was (a swap killed after its COMMIT
+        // left its file saying swapping, and its changelogs behind).
+        previous_status: match &open {
+            Some(m) => Some(m.state.status.to_string()),
+            None if file_stale => latest_status.map(|s| s.to_string()),
+            None => state.as_ref().map(|s| s.status.to_string()),
+        },
         removed,
         state_file_cleared,
         dump_dir_removed,

@@ -801,6 +801,7 @@ pub async fn run(
             settings.lock_timeout,
             settings.swap_retries,
             Some(&sess.run.cancel),
+            None,
         )
         .await?;
         tracing::info!(
@@ -985,6 +986,7 @@ pub async fn run(
                         &c,
                         settings.lock_timeout,
                         settings.swap_retries,
+                        None,
                         None,
                     )
                     .await

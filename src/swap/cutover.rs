@@ -17,7 +17,7 @@ use tokio_postgres::Client;
 
 use crate::backups::manifest::{self, Manifest};
 use crate::error::{UserError, VerificationFailed};
-use crate::migration::derive::{self, Destination};
+use crate::migration::derive::{self, Destination, State};
 use crate::migration::lifecycle::{Phase, Status};
 use crate::migration::record::{self, MigrationRow};
 use crate::migration::session::{Recorder, Session, failpoint};
@@ -153,6 +153,13 @@ fn ready<'a>(d: &'a Destination, timestamp: Option<&str>) -> Result<&'a Migratio
         );
     }
     let Some(m) = d.swappable() else {
+        if d.state == State::Failed {
+            return Err(UserError::new(format!(
+                "nothing is prepared on the destination: {}",
+                crate::migration::status::failed_gate(d)
+            ))
+            .into());
+        }
         return Err(UserError::new(
             "nothing is prepared on the destination: run `pgshift prepare` first",
         )
