@@ -189,6 +189,73 @@ fn status_failed_then_abort() {
     assert!(out.contains("othing to abort"), "{out}");
 }
 
+/// Turn pgshift's dump directory into version one's: pg_dump's files straight
+/// in it, no marker.
+fn as_version_one(dump: &std::path::Path) {
+    let schema = dump.join("schema");
+    for e in std::fs::read_dir(&schema).unwrap() {
+        let e = e.unwrap();
+        std::fs::rename(e.path(), dump.join(e.file_name())).unwrap();
+    }
+    std::fs::remove_dir(schema).unwrap();
+    std::fs::remove_file(dump.join(".pgshift-dump")).unwrap();
+    assert!(dump.join("toc.dat").is_file());
+}
+
+/// Version one had pg_dump write straight into the dump directory, with no
+/// marker: after an upgrade, the swap and abort left it, and the next
+/// prepare refused it as "files pgshift did not write" (found by a helper).
+/// The one the state file names is pgshift's: prepare starts over in it,
+/// abort and the swap remove it. A directory holding one file more is not.
+#[test]
+fn a_dump_directory_of_an_earlier_version_is_pgshifts_when_the_state_file_names_it() {
+    let dbs = TestDbs::new("st_v1_dump");
+    sample(&dbs);
+    let wd = Workdir::new();
+    let url = dbs.dst.url();
+    let dump = wd.join("dump");
+    let prepare = [
+        "prepare",
+        "--source",
+        &dbs.src.url(),
+        "--dest",
+        &url,
+        "--dump-dir",
+        dump.to_str().unwrap(),
+    ];
+    let out = wd.run_env(&prepare, &[("PGSHIFT_FAILPOINT", "data")]);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    as_version_one(&dump);
+    wd.run_ok(&prepare);
+    assert!(dump.join(".pgshift-dump").is_file());
+    as_version_one(&dump);
+    let out = wd.run_ok(&["abort", "--dest", &url]);
+    assert!(out.contains("removed the dump directory"), "{out}");
+    assert!(!dump.exists());
+
+    wd.run_ok(&prepare);
+    as_version_one(&dump);
+    wd.run_ok(&["swap", "--dest", &url]);
+    assert!(!dump.exists());
+
+    // Not only pg_dump's files: the user's, left alone.
+    let out = wd.run_env(&prepare, &[("PGSHIFT_FAILPOINT", "data")]);
+    assert_eq!(out.status.code(), Some(1));
+    as_version_one(&dump);
+    std::fs::write(dump.join("notes.txt"), "mine").unwrap();
+    let out = wd.run(&prepare);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("holds files pgshift did not write"), "{err}");
+    wd.run_ok(&["abort", "--dest", &url]);
+    assert!(dump.join("notes.txt").is_file());
+}
+
 #[test]
 fn abort_drops_a_prepared_migration() {
     let dbs = TestDbs::new("st_abort");

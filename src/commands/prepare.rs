@@ -102,9 +102,11 @@ async fn impact_after_prepare(ctx: &Ctx, sess: &Session) -> Option<Impact> {
 /// directory pgshift made is ever emptied, so one holding anything else (a
 /// pg_dump backup of the user's own, or a dump an earlier version left
 /// without the marker) is refused, and so is one that could not be made
-/// (which would fail after the destination got its run record).
-fn check_dump_dir(dir: &std::path::Path) -> Result<()> {
-    if !crate::prepare::phases::dump_dir_usable(dir) {
+/// (which would fail after the destination got its run record). A dump an
+/// earlier version made without the marker is pgshift's when the state file
+/// names it (`recorded`).
+fn check_dump_dir(dir: &std::path::Path, recorded: bool) -> Result<()> {
+    if !crate::prepare::phases::dump_dir_usable(dir, recorded) {
         crate::refuse!(
             "the dump directory {} holds files pgshift did not write (it has no {} file); remove it or choose another --dump-dir",
             dir.display(),
@@ -152,7 +154,14 @@ pub fn options(ctx: &Ctx) -> Result<PrepareOptions> {
         s.state_dir
             .join(format!("pgshift-dump-{}", file_safe(dest.dbname())))
     });
-    check_dump_dir(&dump_dir)?;
+    // Read without its lock (taken once the session opens): a file that
+    // cannot be read names no dump directory.
+    let dump_dir_recorded = crate::migration::state_file::read(&s.state_dir, dest.dbname())
+        .ok()
+        .flatten()
+        .and_then(|st| st.dump_dir)
+        .is_some_and(|d| d == dump_dir);
+    check_dump_dir(&dump_dir, dump_dir_recorded)?;
     Ok(PrepareOptions {
         source,
         dest,
@@ -160,6 +169,7 @@ pub fn options(ctx: &Ctx) -> Result<PrepareOptions> {
         schemas: s.schemas.clone(),
         jobs: s.jobs,
         dump_dir,
+        dump_dir_recorded,
         verify: match s.verify {
             VerifyMode::Counts => Verify::Counts,
             VerifyMode::Checksums => Verify::Checksums,

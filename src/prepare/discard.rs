@@ -683,7 +683,7 @@ pub async fn abort(sess: &Session, opts: &AbortOptions) -> Result<AbortReport> {
     let mut dump_dir_removed = None;
     if let Some(dir) = state.as_ref().and_then(|s| s.dump_dir.clone())
         && !opts.keep_dump
-        && super::phases::is_pgshift_dump(&dir)
+        && super::phases::is_recorded_dump(&dir)
     {
         match std::fs::remove_dir_all(&dir) {
             Ok(()) => dump_dir_removed = Some(dir.display().to_string()),

@@ -148,6 +148,10 @@ pub struct PrepareOptions {
     pub jobs: usize,
     /// Where pg_dump writes the schema dump.
     pub dump_dir: PathBuf,
+    /// The state file names `dump_dir` as its migration's: one an earlier
+    /// version made without the marker is pgshift's too
+    /// ([`dump_dir_usable`]).
+    pub dump_dir_recorded: bool,
     pub verify: Verify,
     /// Give shadow objects the source's owners where those roles exist.
     pub keep_source_owners: bool,
@@ -1255,10 +1259,55 @@ pub fn is_pgshift_dump(dir: &Path) -> bool {
     dir.join(DUMP_MARKER).is_file()
 }
 
-/// Whether `dir` may serve as a dump directory: absent, empty, or pgshift's.
-pub fn dump_dir_usable(dir: &Path) -> bool {
+/// Whether `dir`, which a migration's record names as its dump directory,
+/// is the dump pgshift made: with the marker, or made by a version before
+/// the marker (it had pg_dump write straight into the directory), holding
+/// nothing but what `pg_dump -Fd` writes. pg_dump writes only into a
+/// directory that is absent or empty, so nothing of the user's is in one.
+pub fn is_recorded_dump(dir: &Path) -> bool {
+    is_pgshift_dump(dir) || is_bare_pg_dump(dir)
+}
+
+/// A `pg_dump -Fd` directory and nothing else: `toc.dat`, and only the
+/// files pg_dump writes beside it (`NNNN.dat`, blobs, each maybe compressed).
+fn is_bare_pg_dump(dir: &Path) -> bool {
+    fn pg_dump_file(name: &str) -> bool {
+        let base = [".gz", ".lz4", ".zst"]
+            .iter()
+            .find_map(|ext| name.strip_suffix(ext))
+            .unwrap_or(name);
+        let numbered = |s: &str, prefix: &str, suffix: &str| {
+            s.strip_prefix(prefix)
+                .and_then(|r| r.strip_suffix(suffix))
+                .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+        };
+        name == "toc.dat"
+            || name == "blobs.toc"
+            || numbered(name, "blobs_", ".toc")
+            || numbered(base, "", ".dat")
+            || numbered(base, "blob_", ".dat")
+    }
+    if !dir.join("toc.dat").is_file() {
+        return false;
+    }
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return false;
+    };
+    entries.into_iter().all(|e| {
+        e.is_ok_and(|e| {
+            e.file_type().is_ok_and(|t| t.is_file())
+                && e.file_name().to_str().is_some_and(pg_dump_file)
+        })
+    })
+}
+
+/// Whether `dir` may serve as a dump directory: absent, empty, or pgshift's
+/// (`recorded`: the state file names it as its migration's dump directory,
+/// which one made by an earlier version without the marker may be).
+pub fn dump_dir_usable(dir: &Path, recorded: bool) -> bool {
     !dir.exists()
         || is_pgshift_dump(dir)
+        || (recorded && is_bare_pg_dump(dir))
         || std::fs::read_dir(dir)
             .map(|mut d| d.next().is_none())
             .unwrap_or(false)
@@ -1271,9 +1320,9 @@ fn schema_dump(dir: &Path) -> PathBuf {
 
 /// Remove a previous dump directory (only if it is pgshift's or empty),
 /// create it with its marker, and check free space.
-fn prepare_dump_dir(dir: &Path, objects: usize) -> Result<()> {
+fn prepare_dump_dir(dir: &Path, recorded: bool, objects: usize) -> Result<()> {
     if dir.exists() {
-        if !dump_dir_usable(dir) {
+        if !dump_dir_usable(dir, recorded) {
             bail!(
                 "dump directory {} exists and is not a pgshift dump; choose another --dump-dir",
                 dir.display()
@@ -1309,6 +1358,7 @@ async fn dump(run: &mut Run<'_>) -> Result<()> {
     let snap = run.snapshot.clone().context("no snapshot")?;
     prepare_dump_dir(
         &run.dump_dir,
+        run.opts.dump_dir_recorded,
         run.defined.iter().map(DefinedNames::len).sum(),
     )?;
     // pg_dump's session, too, ends when the server notices pgshift is gone
