@@ -514,11 +514,9 @@ pub async fn plan(client: &Client, opts: &RollbackOptions) -> Result<Plan> {
 
     // Writes the application made to the public being replaced since it went
     // live (the newest backup's manifest has its counters from that moment).
-    let live_baseline = manifest::list_backups(client)
-        .await?
-        .into_iter()
-        .next()
-        .and_then(|b| b.manifest.live_baseline);
+    let all = manifest::list_backups(client).await?; // newest first
+    let live_baseline = all.first().and_then(|b| b.manifest.live_baseline.clone());
+    warnings.extend(carried_since(&all, &restore));
     let kept: Vec<TableName> = kept_names(&pairs);
     let (listed, writes) = gate::writes_since(
         client,
@@ -732,6 +730,46 @@ async fn impact(
         fail_on_breaking,
     )
     .await
+}
+
+/// The warning for a backup older than the newest: the swaps (and
+/// rollbacks) after it carried the rows of their preserved or kept tables
+/// into the next public, so what was written to those while a later public
+/// was live is in the current public and not in `restore`. The rollback
+/// discards those rows too (they stay in the later backups and the new
+/// one), and the write counters, taken when the current public went live,
+/// do not count them.
+fn carried_since(all: &[manifest::BackupRow], restore: &manifest::BackupRow) -> Option<String> {
+    let later: Vec<String> = all
+        .iter()
+        .take_while(|b| b.ts != restore.ts)
+        .filter(|b| b.ts > restore.ts)
+        .filter_map(|b| {
+            let carried: Vec<&str> = b
+                .manifest
+                .preserved_tables
+                .iter()
+                .chain(&b.manifest.kept_tables)
+                .map(String::as_str)
+                .unique()
+                .collect();
+            (!carried.is_empty()).then(|| {
+                format!(
+                    "{}, carried by the swap that made {}",
+                    carried.join(", "),
+                    b.schema_name
+                )
+            })
+        })
+        .collect();
+    (!later.is_empty()).then(|| {
+        format!(
+            "{} is older than the newest backup: rows written while a later public was live to the tables its swap carried into the next ({}) are in the current public and not in {}; this rollback leaves them out too (they stay in those backups and in the new one), and its count of discarded writes covers only the current public's",
+            restore.schema_name,
+            later.join("; "),
+            restore.schema_name
+        )
+    })
 }
 
 /// The warning about objects of the backup being restored (`restoring`: its
