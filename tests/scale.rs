@@ -584,6 +584,51 @@ fn the_budget_of_a_swap_of_many_schemas_covers_their_locks() {
     );
 }
 
+/// Types and domains (enums, composites, ranges) move with `ALTER TYPE …
+/// SET SCHEMA`, which takes no lock; the budget counted one each and
+/// refused, on a small lock table, a swap of a schema of many types that
+/// fitted it (h42b: 762 estimated, 488 held).
+#[test]
+fn the_budget_of_an_object_swap_does_not_count_types_as_locks() {
+    let Some(dbs) = small_pair("scale_budget_types") else {
+        return;
+    };
+    let ddl = "CREATE TABLE t (id int PRIMARY KEY);
+         DO $$ BEGIN FOR i IN 1..40 LOOP
+           EXECUTE format('CREATE TYPE %I AS ENUM (''a'', ''b'')', 'e_' || i);
+           EXECUTE format('CREATE DOMAIN %I AS int CHECK (VALUE > 0)', 'd_' || i);
+           EXECUTE format('CREATE TYPE %I AS (a int, b text)', 'c_' || i);
+           EXECUTE format('CREATE TYPE %I AS RANGE (subtype = int8)', 'r_' || i);
+           EXECUTE format('CREATE FUNCTION %I() RETURNS int LANGUAGE sql AS ''SELECT 1''', 'f_' || i);
+         END LOOP; END $$;";
+    dbs.src.psql(ddl);
+    dbs.dst.psql(ddl);
+    let wd = Workdir::new();
+    json(&wd.prepare(&dbs, &["--json"]));
+    let url = dbs.dst.url();
+    let swap = ["swap", "--dest", &url, "--swap-mode", "object"];
+    let mut dry = swap.to_vec();
+    dry.extend(["--dry-run", "--json"]);
+    let budget = &json(&wd.run(&dry))["swap"]["swap_lock_budget"];
+    let needed = budget["needed"].as_i64().unwrap();
+    let held = held_at_commit(&wd, &dbs, &swap, || {});
+    eprintln!(
+        "object swap of 160 types and domains and 40 functions: estimated {needed}, held {held}: {budget}"
+    );
+    assert!(
+        held >= 40,
+        "only {held} slots held: the swap was not measured"
+    );
+    assert!(
+        needed >= held,
+        "estimated {needed}, the swap held {held}: {budget}"
+    );
+    assert!(
+        needed <= held + held / 4 + 40,
+        "estimated {needed}, far above the {held} the swap held: {budget}"
+    );
+}
+
 /// A kept table that the others reference: the swap detaches each key of a
 /// table moving to the backup, and a rollback that keeps it again re-points
 /// or detaches each; dropping a key locks it and its four triggers. The
