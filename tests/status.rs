@@ -254,6 +254,28 @@ fn a_dump_directory_of_an_earlier_version_is_pgshifts_when_the_state_file_names_
     assert!(err.contains("holds files pgshift did not write"), "{err}");
     wd.run_ok(&["abort", "--dest", &url]);
     assert!(dump.join("notes.txt").is_file());
+
+    // A run that stopped before its dump made no directory: a pg_dump -Fd
+    // backup the user puts at that path since is theirs (h43a: abort
+    // removed it).
+    std::fs::remove_dir_all(&dump).unwrap();
+    let out = wd.run_env(&prepare, &[("PGSHIFT_FAILPOINT", "snapshot")]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(!dump.exists());
+    std::fs::create_dir(&dump).unwrap();
+    for f in ["toc.dat", "3362.dat.gz"] {
+        std::fs::write(dump.join(f), "the user's backup").unwrap();
+    }
+    let out = wd.run(&prepare);
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = wd.run_ok(&["abort", "--dest", &url]);
+    assert!(!out.contains("removed the dump directory"), "{out}");
+    assert!(dump.join("3362.dat.gz").is_file());
 }
 
 #[test]

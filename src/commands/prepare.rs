@@ -159,6 +159,7 @@ pub fn options(ctx: &Ctx) -> Result<PrepareOptions> {
     let dump_dir_recorded = crate::migration::state_file::read(&s.state_dir, dest.dbname())
         .ok()
         .flatten()
+        .filter(|st| st.dump_complete)
         .and_then(|st| st.dump_dir)
         .is_some_and(|d| d == dump_dir);
     check_dump_dir(&dump_dir, dump_dir_recorded)?;

@@ -681,9 +681,10 @@ pub async fn abort(sess: &Session, opts: &AbortOptions) -> Result<AbortReport> {
         tracing::info!(id = m.id, "migration record marked aborted");
     }
     let mut dump_dir_removed = None;
-    if let Some(dir) = state.as_ref().and_then(|s| s.dump_dir.clone())
+    if let Some(st) = state.as_ref()
+        && let Some(dir) = st.dump_dir.clone()
         && !opts.keep_dump
-        && super::phases::is_recorded_dump(&dir)
+        && super::phases::is_recorded_dump(&dir, st.dump_complete)
     {
         match std::fs::remove_dir_all(&dir) {
             Ok(()) => dump_dir_removed = Some(dir.display().to_string()),

@@ -148,9 +148,9 @@ pub struct PrepareOptions {
     pub jobs: usize,
     /// Where pg_dump writes the schema dump.
     pub dump_dir: PathBuf,
-    /// The state file names `dump_dir` as its migration's: one an earlier
-    /// version made without the marker is pgshift's too
-    /// ([`dump_dir_usable`]).
+    /// The state file names `dump_dir` as its migration's, whose dump phase
+    /// completed: one an earlier version made without the marker is
+    /// pgshift's too ([`is_recorded_dump`]).
     pub dump_dir_recorded: bool,
     pub verify: Verify,
     /// Give shadow objects the source's owners where those roles exist.
@@ -1262,10 +1262,12 @@ pub fn is_pgshift_dump(dir: &Path) -> bool {
 /// Whether `dir`, which a migration's record names as its dump directory,
 /// is the dump pgshift made: with the marker, or made by a version before
 /// the marker (it had pg_dump write straight into the directory), holding
-/// nothing but what `pg_dump -Fd` writes. pg_dump writes only into a
-/// directory that is absent or empty, so nothing of the user's is in one.
-pub fn is_recorded_dump(dir: &Path) -> bool {
-    is_pgshift_dump(dir) || is_bare_pg_dump(dir)
+/// nothing but what `pg_dump -Fd` writes, once the record says its dump
+/// phase completed (`dump_complete`): a run that stopped before its dump
+/// made no directory, and one the user put at that path since (a `pg_dump
+/// -Fd` backup of their own looks the same) is not pgshift's.
+pub fn is_recorded_dump(dir: &Path, dump_complete: bool) -> bool {
+    is_pgshift_dump(dir) || (dump_complete && is_bare_pg_dump(dir))
 }
 
 /// A `pg_dump -Fd` directory and nothing else: `toc.dat`, and only the
@@ -1302,8 +1304,9 @@ fn is_bare_pg_dump(dir: &Path) -> bool {
 }
 
 /// Whether `dir` may serve as a dump directory: absent, empty, or pgshift's
-/// (`recorded`: the state file names it as its migration's dump directory,
-/// which one made by an earlier version without the marker may be).
+/// (`recorded`: the state file names it as the dump directory of its
+/// migration, whose dump phase completed, which one made by an earlier
+/// version without the marker may be: [`is_recorded_dump`]).
 pub fn dump_dir_usable(dir: &Path, recorded: bool) -> bool {
     !dir.exists()
         || is_pgshift_dump(dir)

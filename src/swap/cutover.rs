@@ -1120,7 +1120,7 @@ pub async fn swap(sess: &Session, opts: &SwapOptions) -> Result<SwapReport> {
     sess.state_file.clear()?;
     if let Some(dir) = &m.state.dump_dir
         && !opts.keep_dump
-        && crate::prepare::phases::is_recorded_dump(dir)
+        && crate::prepare::phases::is_recorded_dump(dir, m.state.dump_complete)
         && let Err(e) = std::fs::remove_dir_all(dir)
     {
         warnings.push(format!(
