@@ -2115,3 +2115,49 @@ fn a_rollback_past_a_later_swap_says_what_that_swap_carried_over() {
     );
     assert_eq!(dbs.dst.psql("SELECT count(*) FROM users"), "0");
 }
+
+/// A rollback held up by a lock on a live table retries as the swap does;
+/// its log and its error said "the swap waited for …", "the swap could not
+/// take its locks" (h41a). They name the rollback.
+#[test]
+fn a_rollback_held_up_by_a_lock_says_it_is_the_rollback() {
+    let dbs = TestDbs::new("bk_rb_held");
+    dbs.src
+        .psql("CREATE TABLE t (id int PRIMARY KEY); INSERT INTO t VALUES (1);");
+    let wd = Workdir::new();
+    start(&wd, &dbs);
+    let url = dbs.dst.url();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let holder = rt.block_on(dbs.dst.client());
+    rt.block_on(holder.batch_execute("BEGIN; LOCK TABLE public.t IN ACCESS SHARE MODE"))
+        .unwrap();
+    let out = wd.run(&[
+        "rollback",
+        "--dest",
+        &url,
+        "--latest",
+        "--lock-timeout",
+        "500ms",
+        "--swap-retries",
+        "1",
+    ]);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("the rollback waited for public.t, held by pid ")
+            && !stderr.contains("the swap waited")
+            && !stderr.contains("the swap could not"),
+        "{stderr}"
+    );
+    assert!(
+        stderr
+            .trim_end()
+            .lines()
+            .last()
+            .unwrap()
+            .contains("the rollback could not take its locks after 2 attempts"),
+        "{stderr}"
+    );
+    rt.block_on(holder.batch_execute("ROLLBACK")).unwrap();
+    assert_eq!(list(&wd, &dbs.dst).len(), 1);
+}

@@ -224,6 +224,14 @@ pub enum Origin {
 }
 
 impl Origin {
+    /// "the swap" or "the rollback", for messages.
+    pub fn noun(&self) -> &'static str {
+        match self {
+            Origin::Migration(_) => "the swap",
+            Origin::Rollback { .. } => "the rollback",
+        }
+    }
+
     fn manifest(&self, ts: i64, schema: String) -> Manifest {
         let now = Utc::now();
         match self {
@@ -724,11 +732,7 @@ async fn budget_of(
 
 /// One line refusing a swap that does not fit the lock table, or None.
 fn lock_refusal(b: &Budget, choice: &Choice, origin: &Origin) -> Option<String> {
-    let what = match origin {
-        Origin::Migration(_) => "the swap",
-        Origin::Rollback { .. } => "the rollback",
-    };
-    let line = b.refusal(what)?;
+    let line = b.refusal(origin.noun())?;
     Some(match choice.mode {
         Mode::Object => format!(
             "{line}; nothing was changed (an object-level swap locks every object it moves; the swap by renaming schemas needs far fewer, but is not possible here: {})",
@@ -778,10 +782,7 @@ pub async fn swap<H: InTx>(
     let listed = listed?;
     // An object this role may not move would fail the transaction under
     // its locks.
-    let what = match origin {
-        Origin::Migration(_) => "the swap",
-        Origin::Rollback { .. } => "the rollback",
-    };
+    let what = origin.noun();
     let blocked = unmovable(&client, exchange, policy, &choice, &listed).await?;
     if let Some(refusal) = blocked.refusal(what) {
         bail!(refusal);
@@ -856,7 +857,7 @@ pub async fn swap<H: InTx>(
         {
             tracing::warn!(
                 "{}; the next attempt locks it first",
-                w.describe("the swap waited for")
+                w.describe(&format!("{what} waited for"))
             );
         }
         let r = rollback_on_err(&client, r).await;
@@ -866,7 +867,7 @@ pub async fn swap<H: InTx>(
         r
     };
     let done = match retry(
-        "the swap could not take its locks",
+        &format!("{what} could not take its locks"),
         RetryPolicy::new(policy.retries),
         Some(&sess.run.cancel),
         attempt,
@@ -879,7 +880,7 @@ pub async fn swap<H: InTx>(
             done
         }
         Err(Stop::Exhausted { attempts, why, .. }) if unheld.load(Ordering::Relaxed) => bail!(
-            "the swap could not take its locks after {attempts} attempts ({why}); nothing was changed. Taking the swap's locks alone takes longer than its lock window, 4/5 of deadlock_timeout ({}) or --lock-timeout ({}), whichever is shorter, from the first lock: raise the shorter (deadlock_timeout is a superuser's setting: ALTER DATABASE … SET deadlock_timeout, or the server's configuration)",
+            "{what} could not take its locks after {attempts} attempts ({why}); nothing was changed. Taking {what}'s locks alone takes longer than its lock window, 4/5 of deadlock_timeout ({}) or --lock-timeout ({}), whichever is shorter, from the first lock: raise the shorter (deadlock_timeout is a superuser's setting: ALTER DATABASE … SET deadlock_timeout, or the server's configuration)",
             show_setting(control, "deadlock_timeout").await,
             crate::output::human_ms(policy.lock_timeout.as_millis() as u64)
         ),
@@ -887,27 +888,26 @@ pub async fn swap<H: InTx>(
             if latest(&waited_for).is_some_and(|w| w.by_autovacuum) =>
         {
             bail!(
-                "the swap could not take its locks after {attempts} attempts ({why}){}; nothing was changed. An autovacuum that the server does not cancel (one that prevents transaction ID wraparound) holds the table: wait for it to finish (pg_stat_progress_vacuum shows how far it is), then swap again",
+                "{what} could not take its locks after {attempts} attempts ({why}){}; nothing was changed. An autovacuum that the server does not cancel (one that prevents transaction ID wraparound) holds the table: wait for it to finish (pg_stat_progress_vacuum shows how far it is), then run it again",
                 last_wait(&waited_for)
             )
         }
         Err(Stop::Exhausted { attempts, why, .. }) => bail!(
-            "the swap could not take its locks after {attempts} attempts ({why}){}; nothing was changed. A long-running query or transaction on the destination holds a lock on a table the swap locks, or the application's transactions keep waiting for the swap while it waits for them (each wait ends at --lock-timeout, or sooner at 4/5 of deadlock_timeout): end it, or raise --swap-retries",
+            "{what} could not take its locks after {attempts} attempts ({why}){}; nothing was changed. A long-running query or transaction on the destination holds a lock on a table {what} locks, or the application's transactions keep waiting for {what} while it waits for them (each wait ends at --lock-timeout, or sooner at 4/5 of deadlock_timeout): end it, or raise --swap-retries",
             last_wait(&waited_for)
         ),
         Err(Stop::Failed(e)) if e.chain().any(|c| c.is::<CommitUnanswered>()) => {
-            let what = match origin {
-                Origin::Migration(_) => "swap",
-                Origin::Rollback { .. } => "rollback",
-            };
+            let word = what.trim_start_matches("the ");
             return Err(match commit_outcome(sess, pid, &backups[0]).await {
-                Ok(false) => e.context("the swap was rolled back; the destination is unchanged"),
+                Ok(false) => e.context(format!(
+                    "{what} was rolled back; the destination is unchanged"
+                )),
                 Ok(true) => anyhow::Error::new(CommitLost::Committed {
-                    what,
+                    what: word,
                     backup: backups[0].clone(),
                 }),
                 Err(why) => anyhow::Error::new(CommitLost::Unknown {
-                    what,
+                    what: word,
                     backup: backups[0].clone(),
                     why,
                 }),
@@ -917,9 +917,9 @@ pub async fn swap<H: InTx>(
             // A refusal under the locks says "nothing was changed" already.
             let said = format!("{e:#}").contains("nothing was changed");
             return Err(e.context(if said {
-                "the swap was rolled back"
+                format!("{what} was rolled back")
             } else {
-                "the swap was rolled back; the destination is unchanged"
+                format!("{what} was rolled back; the destination is unchanged")
             }));
         }
         Err(Stop::Interrupted) => return Err(anyhow::Error::new(Interrupted)),
@@ -951,7 +951,7 @@ pub async fn swap<H: InTx>(
     // After the commit nothing writes the backup any more: record its contents.
     match strays(control, &done.moved_in_objects, exchange).await {
         Ok(strays) if !strays.is_empty() => warnings.push(format!(
-            "created in public while the swap waited for its locks, and left there: {}",
+            "created in public while {what} waited for its locks, and left there: {}",
             strays.join(", ")
         )),
         Ok(_) => {}
