@@ -732,44 +732,66 @@ async fn impact(
     .await
 }
 
-/// The warning for a backup older than the newest: the swaps (and
-/// rollbacks) after it carried the rows of their preserved or kept tables
-/// into the next public, so what was written to those while a later public
-/// was live is in the current public and not in `restore`. The rollback
-/// discards those rows too (they stay in the later backups and the new
-/// one), and the write counters, taken when the current public went live,
-/// do not count them.
-fn carried_since(all: &[manifest::BackupRow], restore: &manifest::BackupRow) -> Option<String> {
-    let later: Vec<String> = all
-        .iter()
-        .take_while(|b| b.ts != restore.ts)
-        .filter(|b| b.ts > restore.ts)
-        .filter_map(|b| {
-            let carried: Vec<&str> = b
-                .manifest
-                .preserved_tables
-                .iter()
-                .chain(&b.manifest.kept_tables)
-                .map(String::as_str)
-                .unique()
-                .collect();
-            (!carried.is_empty()).then(|| {
-                format!(
-                    "{}, carried by the swap that made {}",
-                    carried.join(", "),
-                    b.schema_name
-                )
-            })
-        })
-        .collect();
-    (!later.is_empty()).then(|| {
-        format!(
-            "{} is older than the newest backup: rows written while a later public was live to the tables its swap carried into the next ({}) are in the current public and not in {}; this rollback leaves them out too (they stay in those backups and in the new one), and its count of discarded writes covers only the current public's",
+/// The warnings for a backup older than the newest, whose public lacks rows
+/// the current public has that no write counter counts (they were written
+/// before the current public went live):
+///
+/// * the swaps (and rollbacks) after it carried the rows of their preserved
+///   or kept tables into the next public; rows written to such a table while
+///   a later public was live reach the current one when every swap since
+///   carried that table (newest first, the sets intersected);
+/// * a current public that a rollback restored was live once before: what
+///   was written to it then is in it, and not in a backup older than that.
+///
+/// The rollback leaves those rows out (they stay in the later backups and the
+/// new one).
+fn carried_since(all: &[manifest::BackupRow], restore: &manifest::BackupRow) -> Vec<String> {
+    let mut warnings = Vec::new();
+    let mut reaching: Option<BTreeSet<&str>> = None;
+    let mut named = Vec::new();
+    // Newest first.
+    for b in all.iter().filter(|b| b.ts > restore.ts) {
+        let carried: BTreeSet<&str> = b
+            .manifest
+            .preserved_tables
+            .iter()
+            .chain(&b.manifest.kept_tables)
+            .map(String::as_str)
+            .collect();
+        let now: BTreeSet<&str> = match &reaching {
+            None => carried,
+            Some(r) => r.intersection(&carried).copied().collect(),
+        };
+        if now.is_empty() {
+            break;
+        }
+        named.push(format!(
+            "{}, carried by the swap that made {}",
+            now.iter().join(", "),
+            b.schema_name
+        ));
+        reaching = Some(now);
+    }
+    if !named.is_empty() {
+        warnings.push(format!(
+            "{} is older than the newest backup: rows written while a later public was live to the tables the swaps since carried into the current public ({}) are in it and not in {}; this rollback leaves them out too (they stay in those backups and in the new one), and its count of discarded writes covers only the current public's",
             restore.schema_name,
-            later.join("; "),
+            named.join("; "),
             restore.schema_name
-        )
-    })
+        ));
+    }
+    // The current public, restored by the newest backup's rollback: its
+    // first time live ended with the swap that made `from`.
+    if let Some(newest) = all.first().filter(|b| b.ts > restore.ts)
+        && let Some(from) = &newest.manifest.restored_from
+        && manifest::parse_backup_ref(from).is_some_and(|ts| ts > restore.ts)
+    {
+        warnings.push(format!(
+            "the current public was restored from {from} by a rollback: what was written to it before, while it was live the first time, is in it and not in {}; this rollback leaves it out too (it stays in the new backup), and its count of discarded writes covers only the writes since that rollback",
+            restore.schema_name
+        ));
+    }
+    warnings
 }
 
 /// The warning about objects of the backup being restored (`restoring`: its
