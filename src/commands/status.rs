@@ -95,6 +95,8 @@ fn print(ctx: &Ctx, r: &StatusReport) -> Result<()> {
             .preserved_tables
             .iter()
             .map(|p| match &p.health {
+                // A count not taken (row-level security, no SELECT) is null
+                // in JSON, "?" here.
                 Some(h) => format!(
                     "{}: triggers {}, {} pending, {} rows in {}, {} in {}",
                     p.shown,
@@ -103,10 +105,10 @@ fn print(ctx: &Ctx, r: &StatusReport) -> Result<()> {
                     } else {
                         "BROKEN"
                     },
-                    h["pending"],
-                    h["rows_public"],
+                    counted(&h["pending"]),
+                    counted(&h["rows_public"]),
                     crate::pg::ident::display_ident(&p.schema),
-                    h["rows_shadow"],
+                    counted(&h["rows_shadow"]),
                     if p.schema == crate::pg::meta::PUBLIC {
                         "shadow"
                     } else {
@@ -239,4 +241,13 @@ fn print(ctx: &Ctx, r: &StatusReport) -> Result<()> {
         crate::outln!("warning: {w}");
     }
     Ok(())
+}
+
+/// A count from the status JSON, "?" when it was not taken.
+fn counted(v: &serde_json::Value) -> String {
+    if v.is_null() {
+        "?".to_string()
+    } else {
+        v.to_string()
+    }
 }

@@ -28,6 +28,7 @@
 use std::time::Duration;
 
 use chrono::Utc;
+use itertools::Itertools;
 use serde::Serialize;
 
 use anyhow::{Context, Result, bail};
@@ -239,6 +240,7 @@ pub async fn remove_prepared(
         return Ok(found);
     }
     refuse_external_dependents(client, &shadows, &found).await?;
+    refuse_unowned_tables(client, &found.trigger_sites).await?;
     if let Some(step) = before_drops {
         step.await?;
     }
@@ -419,13 +421,65 @@ async fn refuse_external_dependents(
 ) -> Result<()> {
     let deps = dependents(client, shadows, found).await?;
     if !deps.is_empty() {
-        return Err(DependentsRefusal(format!(
+        return Err(Refused(format!(
             "removing the prepared migration: objects outside it depend on it and would be dropped with it: {}; drop them (or point them elsewhere) first: nothing was changed",
             deps.join(", ")
         ))
         .into());
     }
     Ok(())
+}
+
+/// Refuse, before anything is dropped, when a live table carrying sync
+/// triggers belongs to a role this one does not act as (its owner changed
+/// since prepare): dropping its triggers would fail half-way, after the
+/// tables before it lost theirs (h43b: "must be owner of relation …").
+async fn refuse_unowned_tables(client: &Client, sites: &[TriggerSite]) -> Result<()> {
+    let (schemas, tables): (Vec<&str>, Vec<&str>) = sites
+        .iter()
+        .map(|t| (t.schema.as_str(), t.table.as_str()))
+        .unique()
+        .unzip();
+    if tables.is_empty() {
+        return Ok(());
+    }
+    let rows = client
+        .query(
+            "SELECT n.nspname::text, c.relname::text, pg_catalog.pg_get_userbyid(c.relowner)::text, current_user::text
+               FROM pg_catalog.pg_class c
+               JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+               JOIN unnest($1::text[], $2::text[]) AS s(schema, name)
+                 ON s.schema = n.nspname AND s.name = c.relname
+              WHERE NOT pg_catalog.pg_has_role(current_user, c.relowner, 'USAGE')
+              ORDER BY 1, 2",
+            &[&schemas, &tables],
+        )
+        .await
+        .context("reading the owners of the tables with sync triggers")?;
+    let Some(first) = rows.first() else {
+        return Ok(());
+    };
+    let me: String = first.get(3);
+    let listed: Vec<String> = rows
+        .iter()
+        .map(|r| {
+            format!(
+                "{} (owned by {})",
+                crate::pg::meta::table_display(r.get(0), r.get(1)),
+                display_ident(r.get(2))
+            )
+        })
+        .collect();
+    let owner: String = first.get(2);
+    Err(Refused(format!(
+        "removing the prepared migration: role {} may not drop pgshift's sync triggers on {}: their owner changed since prepare; GRANT {} TO {} (or give the table back to a role {} is a member of), then run pgshift abort again: nothing was changed",
+        display_ident(&me),
+        listed.join(", "),
+        display_ident(&owner),
+        display_ident(&me),
+        display_ident(&me)
+    ))
+    .into())
 }
 
 /// The objects outside `found` and `shadows` that depend on them.
@@ -451,11 +505,12 @@ async fn late_dependents(client: &Client, shadows: &[String], found: &Removed) -
     Ok(())
 }
 
-/// [`refuse_external_dependents`]'s refusal: nothing was changed, so
-/// nothing is recorded of it either.
+/// A refusal before the first drop ([`refuse_external_dependents`],
+/// [`refuse_unowned_tables`]): nothing was changed, so nothing is recorded
+/// of it either.
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
-struct DependentsRefusal(String);
+struct Refused(String);
 
 /// Drop pgshift's shadow schema if it holds nothing (RESTRICT); whether it did.
 async fn drop_empty_shadow(client: &Client) -> Result<bool> {
@@ -647,7 +702,7 @@ pub async fn abort(sess: &Session, opts: &AbortOptions) -> Result<AbortReport> {
                 // refusal before the first drop dropped nothing: the record
                 // stays as it was.
                 let began = began.load(std::sync::atomic::Ordering::SeqCst);
-                let refused = e.downcast_ref::<DependentsRefusal>().is_some() && !began;
+                let refused = e.downcast_ref::<Refused>().is_some() && !began;
                 if let Some(m) = open.as_ref().filter(|_| !refused) {
                     let mut st = if began {
                         mark.clone().unwrap_or_else(|| m.state.clone())

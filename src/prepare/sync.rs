@@ -4592,8 +4592,21 @@ impl fmt::Display for SyncHealth {
 }
 
 /// None where row-level security applies to this role (see
-/// [`hidden_rows`]): not counted rather than counted wrong.
+/// [`hidden_rows`]) or this role may not read the table (its owner changed
+/// since prepare, h43b: `status` failed): not counted rather than counted
+/// wrong or failing.
 async fn count_rows(client: &Client, rel: &str) -> Result<Option<i64>> {
+    let readable: bool = client
+        .query_one(
+            "SELECT pg_catalog.has_table_privilege($1::text::regclass, 'SELECT')",
+            &[&rel],
+        )
+        .await
+        .with_context(|| format!("reading the privileges on {rel}"))?
+        .get(0);
+    if !readable {
+        return Ok(None);
+    }
     crate::backups::manifest::count_relation(client, rel).await
 }
 
