@@ -669,7 +669,7 @@ pub async fn abort(sess: &Session, opts: &AbortOptions) -> Result<AbortReport> {
         st.status = Status::Failed;
         st.phase = None;
         st.error = Some(format!(
-            "an abort began dropping migration {} (it was {}) and did not finish; part of its objects may be dropped already: run `pgshift abort` again",
+            "an abort began dropping migration {} (it was {}); if it no longer runs, it stopped before it finished and part of the migration's objects may be dropped already: run `pgshift abort` again",
             m.id, m.state.status
         ));
         st.updated_at = Utc::now();
