@@ -1994,7 +1994,10 @@ fn prepare_says_which_session_it_waits_for_on_the_source() {
         err.contains(&format!(
             "table public.t of database {} is locked (ACCESS EXCLUSIVE) by pid {pid} (",
             dbs.src.name()
-        )) && err.contains("waiting until it is released"),
+        )) && err.contains("its transaction open for ")
+            && err.contains(&format!(
+                "waiting until it is released (pg_terminate_backend({pid}) would end it)"
+            )),
         "{err}"
     );
 }

@@ -471,8 +471,16 @@ async fn say_who_locks(client: &impl GenericClient, schema: &str) {
     let Ok(rows) = client
         .query(
             "SELECT c.relname::text, l.pid, COALESCE(a.usename::text, '?'), pg_catalog.current_database()::text,
-                    COALESCE(EXTRACT(epoch FROM pg_catalog.now() - a.xact_start)::int8, 0),
-                    pg_catalog.left(COALESCE(a.query, ''), 120)
+                    EXTRACT(epoch FROM pg_catalog.now() - a.xact_start)::int8,
+                    pg_catalog.left(COALESCE(NULLIF(a.query, '<insufficient privilege>'), ''), 120),
+                    -- Whether this role may end it (PostgreSQL's rules for
+                    -- pg_terminate_backend): a superuser; a member of the
+                    -- session's role; pg_signal_backend, not for a superuser's.
+                    COALESCE((SELECT r.rolsuper FROM pg_catalog.pg_roles r WHERE r.rolname = current_user)
+                          OR pg_catalog.pg_has_role(current_user, a.usesysid, 'MEMBER')
+                          OR (pg_catalog.pg_has_role(current_user, 'pg_signal_backend', 'MEMBER')
+                              AND NOT (SELECT r.rolsuper FROM pg_catalog.pg_roles r WHERE r.oid = a.usesysid)),
+                             false)
                FROM pg_catalog.pg_locks l
                JOIN pg_catalog.pg_class c ON c.oid = l.relation
                JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
@@ -489,13 +497,31 @@ async fn say_who_locks(client: &impl GenericClient, schema: &str) {
         return;
     };
     for r in rows {
-        let (table, pid, user, db, secs, query): (String, i32, String, String, i64, String) =
-            (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4), r.get(5));
+        let (table, pid, user, db): (String, i32, String, String) =
+            (r.get(0), r.get(1), r.get(2), r.get(3));
+        let (secs, query, may_end): (Option<i64>, String, bool) = (r.get(4), r.get(5), r.get(6));
+        // Another role's session, to a role without pg_read_all_stats, shows
+        // neither its transaction's start nor its query: said so, not "0 s".
+        let what = match (secs, query.split_whitespace().join(" ")) {
+            (Some(secs), q) if !q.is_empty() => {
+                format!("{user}, its transaction open for {secs} s: {q}")
+            }
+            (Some(secs), _) => format!("{user}, its transaction open for {secs} s"),
+            (None, _) => format!(
+                "{user}; its transaction and query are hidden from this role (pg_read_all_stats shows them)"
+            ),
+        };
+        let end = if may_end {
+            format!("pg_terminate_backend({pid}) would end it")
+        } else {
+            format!(
+                "its role, a member of it or a superuser can end it with pg_terminate_backend({pid})"
+            )
+        };
         tracing::warn!(
-            "table {} of database {} is locked (ACCESS EXCLUSIVE) by pid {pid} ({user}, its transaction open for {secs} s: {}): waiting until it is released (pg_terminate_backend({pid}) would end it)",
+            "table {} of database {} is locked (ACCESS EXCLUSIVE) by pid {pid} ({what}): waiting until it is released ({end})",
             crate::pg::ident::qualified_display(schema, &table),
             crate::pg::ident::display_ident(&db),
-            query.split_whitespace().join(" ")
         );
     }
 }
