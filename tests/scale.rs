@@ -541,6 +541,20 @@ fn held_at_commit(wd: &Workdir, dbs: &TestDbs, args: &[&str], at_listed: impl Fn
     held
 }
 
+/// The budget's estimate `needed` against the slots the `what` ("swap",
+/// "rollback") `held`: never below, and not far above (a quarter and the
+/// fixed part's 40).
+fn assert_estimate_covers(needed: i64, held: i64, what: &str, budget: &Value) {
+    assert!(
+        needed >= held,
+        "estimated {needed}, the {what} held {held}: {budget}"
+    );
+    assert!(
+        needed <= held + held / 4 + 40,
+        "estimated {needed}, far above the {held} the {what} held: {budget}"
+    );
+}
+
 /// Each schema pair adds its live, incoming and backup schemas to the fixed
 /// part: a swap of 15 schemas of one table each holds more than one pair's
 /// fixed part allows for.
@@ -574,14 +588,7 @@ fn the_budget_of_a_swap_of_many_schemas_covers_their_locks() {
         "swap of {} schemas: estimated {needed}, held {held}",
         schemas.len()
     );
-    assert!(
-        needed >= held,
-        "estimated {needed}, the swap held {held}: {budget}"
-    );
-    assert!(
-        needed <= held + held / 4 + 40,
-        "estimated {needed}, far above the {held} the swap held"
-    );
+    assert_estimate_covers(needed, held, "swap", budget);
 }
 
 /// Types and domains (enums, composites, ranges) move with `ALTER TYPE …
@@ -619,14 +626,7 @@ fn the_budget_of_an_object_swap_does_not_count_types_as_locks() {
         held >= 40,
         "only {held} slots held: the swap was not measured"
     );
-    assert!(
-        needed >= held,
-        "estimated {needed}, the swap held {held}: {budget}"
-    );
-    assert!(
-        needed <= held + held / 4 + 40,
-        "estimated {needed}, far above the {held} the swap held: {budget}"
-    );
+    assert_estimate_covers(needed, held, "swap", budget);
 }
 
 /// A kept table that the others reference: the swap detaches each key of a
@@ -673,14 +673,7 @@ fn the_budget_of_a_swap_and_a_rollback_keeping_a_referenced_table_covers_its_key
             held > 300,
             "only {held} slots held: the {key} was not measured"
         );
-        assert!(
-            needed >= held,
-            "estimated {needed}, the {key} held {held}: {budget}"
-        );
-        assert!(
-            needed <= held + held / 4 + 40,
-            "estimated {needed}, far above the {held} the {key} held"
-        );
+        assert_estimate_covers(needed, held, key, budget);
     }
 }
 
@@ -782,11 +775,7 @@ fn the_swap_budget_covers_the_locks_a_real_swap_holds() {
         held > 150,
         "only {held} slots held: the swap was not measured"
     );
-    assert!(needed >= held, "estimated {needed}, the swap held {held}");
-    assert!(
-        needed <= held + held / 4 + 40,
-        "estimated {needed}, far above the {held} the swap held"
-    );
+    assert_estimate_covers(needed, held, "swap", budget);
     // The plan (from the source's catalog) is as close, and the upper bound
     // it says it is: never below the prepared migration's estimate (it left
     // out the sequences the swap fences and carries).
