@@ -798,14 +798,10 @@ fn a_prepare_after_a_swap_killed_after_its_commit_finishes_its_steps() {
     assert_eq!(st["warnings"], serde_json::json!([]), "{st}");
 }
 
-/// Killed while it validates the keys it created NOT VALID (which can take
-/// long), after it recorded the backup's row counts: the keys stayed NOT
-/// VALID for good, `status` said nothing and the next swap did not notice.
-/// The manifest now says the keys are pending until they are validated:
-/// `status` says so, and the next swap validates them.
-#[test]
-fn a_swap_killed_while_it_validates_its_keys_is_finished_by_the_next_swap() {
-    let dbs = users_and_orders("sigkill_validating");
+/// `users_and_orders` prepared with `users` preserved, its swap SIGKILLed
+/// while it validates the key it created NOT VALID (after its COMMIT).
+fn killed_while_validating(name: &str) -> (TestDbs, Workdir, String) {
+    let dbs = users_and_orders(name);
     let wd = Workdir::new();
     let dst = dbs.dst.url();
     assert_success(&wd.prepare(&dbs, &["--preserved-tables", "users"]));
@@ -816,6 +812,17 @@ fn a_swap_killed_while_it_validates_its_keys_is_finished_by_the_next_swap() {
         "validating-keys",
         COUNTED,
     );
+    (dbs, wd, dst)
+}
+
+/// Killed while it validates the keys it created NOT VALID (which can take
+/// long), after it recorded the backup's row counts: the keys stayed NOT
+/// VALID for good, `status` said nothing and the next swap did not notice.
+/// The manifest now says the keys are pending until they are validated:
+/// `status` says so, and the next swap validates them.
+#[test]
+fn a_swap_killed_while_it_validates_its_keys_is_finished_by_the_next_swap() {
+    let (dbs, wd, _) = killed_while_validating("sigkill_validating");
     let err = finished_by_the_next_swap(
         &wd,
         &dbs.dst,
@@ -1817,17 +1824,7 @@ async fn an_abort_killed_half_way_is_named_and_finished_by_the_next() {
 /// to the next swap.
 #[test]
 fn abort_after_a_swap_killed_while_it_validates_says_it_was_swapped() {
-    let dbs = users_and_orders("abort_after_validating");
-    let wd = Workdir::new();
-    let dst = dbs.dst.url();
-    assert_success(&wd.prepare(&dbs, &["--preserved-tables", "users"]));
-    kill_at(
-        &wd,
-        &dbs.dst,
-        &["swap", "--dest", &dst],
-        "validating-keys",
-        COUNTED,
-    );
+    let (dbs, wd, dst) = killed_while_validating("abort_after_validating");
     let out = wd.run(&["abort", "--dest", &dst, "--json"]);
     let report: serde_json::Value =
         serde_json::from_slice(&assert_success(&out).into_bytes()).unwrap();
