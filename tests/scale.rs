@@ -541,6 +541,18 @@ fn held_at_commit(wd: &Workdir, dbs: &TestDbs, args: &[&str], at_listed: impl Fn
     held
 }
 
+/// `args` (a swap or a rollback, `key` its dry run's JSON key) run once as
+/// a dry run for its budget, then for real, held at its commit: the budget,
+/// its estimate, and the slots held.
+fn estimated_and_held(wd: &Workdir, dbs: &TestDbs, args: &[&str], key: &str) -> (Value, i64, i64) {
+    let mut dry = args.to_vec();
+    dry.extend(["--dry-run", "--json"]);
+    let budget = json(&wd.run(&dry))[key]["swap_lock_budget"].clone();
+    let needed = budget["needed"].as_i64().unwrap();
+    let held = held_at_commit(wd, dbs, args, || {});
+    (budget, needed, held)
+}
+
 /// The budget's estimate `needed` against the slots the `what` ("swap",
 /// "rollback") `held`: never below, and not far above (a quarter and the
 /// fixed part's 40).
@@ -579,11 +591,8 @@ fn the_budget_of_a_swap_of_many_schemas_covers_their_locks() {
     json(&wd.prepare(&dbs, &["--schemas", &list, "--json"]));
     let url = dbs.dst.url();
     let swap = ["swap", "--dest", &url, "--swap-mode", "object"];
-    let mut dry = swap.to_vec();
-    dry.extend(["--dry-run", "--json"]);
-    let budget = &json(&wd.run(&dry))["swap"]["swap_lock_budget"];
-    let needed = budget["needed"].as_i64().unwrap();
-    let held = held_at_commit(&wd, &dbs, &swap, || {});
+    let (budget, needed, held) = estimated_and_held(&wd, &dbs, &swap, "swap");
+    let budget = &budget;
     eprintln!(
         "swap of {} schemas: estimated {needed}, held {held}",
         schemas.len()
@@ -614,11 +623,8 @@ fn the_budget_of_an_object_swap_does_not_count_types_as_locks() {
     json(&wd.prepare(&dbs, &["--json"]));
     let url = dbs.dst.url();
     let swap = ["swap", "--dest", &url, "--swap-mode", "object"];
-    let mut dry = swap.to_vec();
-    dry.extend(["--dry-run", "--json"]);
-    let budget = &json(&wd.run(&dry))["swap"]["swap_lock_budget"];
-    let needed = budget["needed"].as_i64().unwrap();
-    let held = held_at_commit(&wd, &dbs, &swap, || {});
+    let (budget, needed, held) = estimated_and_held(&wd, &dbs, &swap, "swap");
+    let budget = &budget;
     eprintln!(
         "object swap of 160 types and domains and 40 functions: estimated {needed}, held {held}: {budget}"
     );
@@ -663,11 +669,8 @@ fn the_budget_of_a_swap_and_a_rollback_keeping_a_referenced_table_covers_its_key
             "rollback",
         ),
     ] {
-        let mut dry = args.clone();
-        dry.extend(["--dry-run", "--json"]);
-        let budget = &json(&wd.run(&dry))[key]["swap_lock_budget"];
-        let needed = budget["needed"].as_i64().unwrap();
-        let held = held_at_commit(&wd, &dbs, &args, || {});
+        let (budget, needed, held) = estimated_and_held(&wd, &dbs, &args, key);
+        let budget = &budget;
         eprintln!("{key} keeping a referenced table: estimated {needed}, held {held}");
         assert!(
             held > 300,
