@@ -559,6 +559,94 @@ async fn every_hazard_class_is_found() {
     assert_eq!(json["effect"], "result_type");
 }
 
+/// Row-level security and policies, each change named (`row_access`): on or
+/// off, FORCE on or off, a policy added, dropped or changed; policies of a
+/// table whose security is off on both sides, the same policy through a
+/// function of the migrated schema, and a kept table are none.
+#[tokio::test]
+async fn row_level_security_changes_are_found() {
+    let Some(db) = db("rls_hazards") else { return };
+    let ddl = "CREATE FUNCTION tenant() RETURNS text LANGUAGE sql STABLE AS $$ SELECT 'a' $$;
+               CREATE TABLE same (id int, t text);
+               ALTER TABLE same ENABLE ROW LEVEL SECURITY;
+               CREATE POLICY p ON same FOR UPDATE TO PUBLIC USING (t = tenant()) WITH CHECK (t = tenant());
+               CREATE TABLE inert (id int, t text);
+               CREATE TABLE off_on (id int, t text);
+               CREATE TABLE on_off (id int, t text);
+               CREATE TABLE forced (id int, t text);
+               ALTER TABLE forced ENABLE ROW LEVEL SECURITY;
+               CREATE TABLE policies (id int, t text);
+               ALTER TABLE policies ENABLE ROW LEVEL SECURITY;
+               CREATE TABLE kept (id int);
+               CREATE TABLE ev (id int, at date) PARTITION BY RANGE (at);
+               CREATE TABLE ev_1 PARTITION OF ev FOR VALUES FROM ('2024-01-01') TO ('2025-01-01');";
+    db.psql(&format!(
+        "CREATE SCHEMA shadow;
+         {ddl}
+         CREATE POLICY gone ON inert USING (true);
+         ALTER TABLE on_off ENABLE ROW LEVEL SECURITY;
+         CREATE POLICY p ON on_off USING (t = 'x');
+         ALTER TABLE kept ENABLE ROW LEVEL SECURITY;
+         CREATE POLICY dropped ON policies AS RESTRICTIVE USING (t <> 'x');
+         CREATE POLICY changed ON policies FOR SELECT USING (t = 'x');
+         ALTER TABLE ev_1 ENABLE ROW LEVEL SECURITY;
+         SET search_path = shadow, public;
+         {ddl}
+         ALTER TABLE off_on ENABLE ROW LEVEL SECURITY;
+         ALTER TABLE forced FORCE ROW LEVEL SECURITY;
+         CREATE POLICY mine ON forced USING (t = current_user);
+         CREATE POLICY added ON policies FOR INSERT WITH CHECK (t = tenant());
+         CREATE POLICY changed ON policies FOR SELECT USING (t = 'y');"
+    ));
+    let c = db.client().await;
+    let mut pairs = public_shadow();
+    pairs[0].stays = vec!["kept".to_string()];
+    let h = impact::hazards(&c, &pairs).await.unwrap();
+    let expected: BTreeSet<(String, String)> = [
+        ("RLS_ENABLED", "public.off_on"),
+        ("RLS_DISABLED", "public.on_off"),
+        ("RLS_ENABLED", "public.forced"),
+        ("POLICY_ADDED", "public.forced.mine"),
+        ("POLICY_ADDED", "public.policies.added"),
+        ("POLICY_DROPPED", "public.policies.dropped"),
+        ("POLICY_CHANGED", "public.policies.changed"),
+        // A partition's own setting applies when it is used directly.
+        ("RLS_DISABLED", "public.ev_1"),
+    ]
+    .into_iter()
+    .map(|(a, b)| (a.to_string(), b.to_string()))
+    .collect();
+    assert_eq!(codes(&h), expected, "{h:#?}");
+    assert!(h.iter().all(|x| x.effect == Effect::RowAccess), "{h:#?}");
+    let d = |code: &str, object: &str| detail(&h, code, object).detail.clone();
+    assert_eq!(
+        d("RLS_ENABLED", "public.off_on"),
+        "row-level security off -> on, with no policy: roles other than the owner and BYPASSRLS roles read no row and may write none"
+    );
+    assert_eq!(
+        d("RLS_DISABLED", "public.on_off"),
+        "row-level security on -> off: every role allowed to use the table reads and writes every row (policy p no longer applies)"
+    );
+    assert_eq!(
+        d("RLS_ENABLED", "public.forced"),
+        "NO FORCE -> FORCE: the table's owner too reads and writes only the rows policy mine admits"
+    );
+    assert_eq!(
+        d("POLICY_ADDED", "public.policies.added"),
+        "PERMISSIVE FOR INSERT TO PUBLIC WITH CHECK ((t = public.tenant())): its roles read and write the rows it admits too"
+    );
+    assert_eq!(
+        d("POLICY_DROPPED", "public.policies.dropped"),
+        "RESTRICTIVE FOR ALL TO PUBLIC USING ((t <> 'x'::text)): its roles read and write the rows it kept from them"
+    );
+    assert_eq!(
+        d("POLICY_CHANGED", "public.policies.changed"),
+        "PERMISSIVE FOR SELECT TO PUBLIC USING ((t = 'x'::text)) -> PERMISSIVE FOR SELECT TO PUBLIC USING ((t = 'y'::text))"
+    );
+    let json = serde_json::to_value(detail(&h, "RLS_DISABLED", "public.on_off")).unwrap();
+    assert_eq!(json["effect"], "row_access");
+}
+
 #[tokio::test]
 async fn an_unchanged_schema_has_no_hazards() {
     let Some(db) = db("no_hazards") else { return };

@@ -1552,3 +1552,133 @@ async fn a_failing_statement_of_another_schema_is_worded_as_the_application_sees
         "{d}"
     );
 }
+
+/// Row-level security and policies come from the source with their tables:
+/// a destination policy the source lacks is gone after the swap, and every
+/// role allowed to use the table reads every row. The report names each such
+/// change (`row_access`), in the dry run, `prepare`'s summary, the swap's
+/// warnings, and, the other way round, the rollback's; a policy the same on
+/// both sides (through a function of the migrated schema) is none.
+#[test]
+fn row_level_security_the_swap_changes_is_reported_and_warned() {
+    let dbs = TestDbs::new("imp_rls");
+    let both = "CREATE FUNCTION tenant() RETURNS text LANGUAGE sql STABLE
+                  AS $$ SELECT current_setting('app.tenant', true) $$;
+                CREATE TABLE docs (id int PRIMARY KEY, tenant text);
+                ALTER TABLE docs ENABLE ROW LEVEL SECURITY;
+                CREATE POLICY by_tenant ON docs USING (tenant = public.tenant());
+                CREATE TABLE users (id int PRIMARY KEY, tenant text);
+                CREATE TABLE notes (id int PRIMARY KEY, who text);
+                ALTER TABLE notes ENABLE ROW LEVEL SECURITY;
+                CREATE POLICY mine ON notes FOR SELECT USING (who = current_user);";
+    dbs.src.psql(both);
+    dbs.dst.psql(both);
+    dbs.dst.psql(
+        "ALTER TABLE users ENABLE ROW LEVEL SECURITY;
+         CREATE POLICY tenant_isolation ON users USING (tenant = public.tenant());",
+    );
+    dbs.src
+        .psql("CREATE POLICY theirs ON notes AS RESTRICTIVE FOR SELECT USING (who <> 'admin');");
+    let wd = Workdir::new();
+    let (src, dst) = (dbs.src.url(), dbs.dst.url());
+    let p = json_of(&wd.run_ok(&["prepare", "--source", &src, "--dest", &dst, "--json"]));
+    let row_access = |impact: &Value| -> Vec<(String, String, String)> {
+        impact["hazards"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|h| h["effect"] == "row_access")
+            .map(|h| {
+                (
+                    h["code"].as_str().unwrap().to_string(),
+                    h["object"].as_str().unwrap().to_string(),
+                    h["detail"].as_str().unwrap().to_string(),
+                )
+            })
+            .collect()
+    };
+    let found = row_access(&p["impact"]);
+    let codes: Vec<(&str, &str)> = found
+        .iter()
+        .map(|(c, o, _)| (c.as_str(), o.as_str()))
+        .collect();
+    assert_eq!(
+        codes,
+        [
+            ("POLICY_ADDED", "public.notes.theirs"),
+            ("RLS_DISABLED", "public.users")
+        ],
+        "{p}"
+    );
+    assert_eq!(
+        found[1].2,
+        "row-level security on -> off: every role allowed to use the table reads and writes every row (policy tenant_isolation no longer applies)"
+    );
+    assert!(
+        found[0].2.starts_with(
+            "RESTRICTIVE FOR SELECT TO PUBLIC USING ((who <> 'admin'::text)): its roles no longer read or write"
+        ),
+        "{p}"
+    );
+
+    let plan = json_of(&wd.run_ok(&["swap", "--dest", &dst, "--dry-run", "--json"]));
+    assert_eq!(row_access(&plan["swap"]["impact"]), found, "{plan}");
+    let text = wd.run_ok(&["swap", "--dest", &dst, "--dry-run"]);
+    assert!(
+        text.contains("impact: 2 changes to row-level security"),
+        "{text}"
+    );
+
+    // Warned whatever the statements use (none are recorded here).
+    let out = wd.run(&["swap", "--dest", &dst, "--json"]);
+    let r = json_of(&assert_success(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let warned = "RLS_DISABLED public.users (row-level security on -> off";
+    assert!(stderr.contains(warned), "{stderr}");
+    assert!(
+        r["warnings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|w| w.as_str().unwrap().starts_with(warned)),
+        "{r}"
+    );
+    assert_eq!(
+        dbs.dst.query_one_string(
+            "SELECT relrowsecurity FROM pg_class WHERE oid = 'public.users'::regclass"
+        ),
+        "f"
+    );
+
+    // The rollback turns it back on, and says so.
+    let back = json_of(&wd.run_ok(&[
+        "rollback",
+        "--latest",
+        "--dest",
+        &dst,
+        "--dry-run",
+        "--json",
+    ]));
+    let codes: Vec<(String, String)> = row_access(&back["rollback"]["impact"])
+        .into_iter()
+        .map(|(c, o, _)| (c, o))
+        .collect();
+    assert_eq!(
+        codes,
+        [
+            (
+                "POLICY_DROPPED".to_string(),
+                "public.notes.theirs".to_string()
+            ),
+            ("RLS_ENABLED".to_string(), "public.users".to_string())
+        ],
+        "{back}"
+    );
+    let out = wd.run(&["rollback", "--latest", "--dest", &dst]);
+    let said = common::said_by(&out);
+    assert!(out.status.success(), "{said}");
+    assert!(
+        said.contains("RLS_ENABLED public.users (row-level security off -> on"),
+        "{said}"
+    );
+}

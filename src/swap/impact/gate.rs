@@ -461,7 +461,12 @@ pub async fn before_moves(
         tracing::warn!("{w}");
         warnings.push(w);
     }
-    for b in impact.breaking().into_iter().chain(impact.rejecting()) {
+    for b in impact
+        .breaking()
+        .into_iter()
+        .chain(impact.rejecting())
+        .chain(impact.row_access())
+    {
         tracing::warn!("{b}");
         warnings.push(b);
     }

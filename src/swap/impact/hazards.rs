@@ -23,6 +23,7 @@
 //! | `FUNCTION_DROPPED` | breaks | no function/procedure/aggregate of that name is left |
 //! | `FUNCTION_SIGNATURE_CHANGED` | breaks | an overload's argument types, result or kind changed |
 //! | `TABLE_ADDED`, `VIEW_ADDED`, `COLUMN_ADDED` | info | only added |
+//! | `RLS_ENABLED`, `RLS_DISABLED`, `POLICY_ADDED`, `POLICY_DROPPED`, `POLICY_CHANGED` | row_access | row-level security or a policy of a table both sides have (see [`super::rls`]) |
 //!
 //! Objects are matched by name, never by OID (every incoming object is a
 //! different object). Everything is read with `search_path = ''`, so
@@ -63,6 +64,11 @@ words! {
     pub enum Effect {
         /// Statements that use the object fail.
         Breaks = "breaks",
+        /// Which rows the application's roles may read and write changes:
+        /// row-level security turned on or off, a policy added, dropped or
+        /// changed (see [`super::rls`]). No statement fails; rows appear or
+        /// disappear.
+        RowAccess = "row_access",
         /// Writes the old application makes may be rejected.
         RejectsWrites = "rejects_writes",
         /// Prepared statements fail until prepared again (`cached plan must not
@@ -98,7 +104,7 @@ impl Hazard {
 
 /// `ns(pair, side, oid)`: pair index (1-based) and side (`L` live, `I`
 /// incoming) of each schema; `$1` live names, `$2` incoming names.
-const NS: &str = "ns(pair, side, oid) AS (
+pub(super) const NS: &str = "ns(pair, side, oid) AS (
     SELECT p.i, 'L', n.oid FROM pg_catalog.unnest($1::text[]) WITH ORDINALITY AS p(name, i)
       JOIN pg_catalog.pg_namespace n ON n.nspname = p.name
     UNION ALL
@@ -428,6 +434,20 @@ async fn read_and_compare(client: &Client, pairs: &[SchemaPair]) -> Result<Vec<H
         compare_pair(p, l, inc, &incoming, &mut out);
     }
     replaced_collations(&incoming, &mut out);
+    // Row-level security, of the tables both sides have (kept ones are out
+    // of `rels` already).
+    let table = |side: &Side, name: &str| {
+        side.rels
+            .get(name)
+            .is_some_and(|r| matches!(r.kind, 'r' | 'p'))
+    };
+    let in_both = |pair: i64, name: &str| {
+        usize::try_from(pair - 1)
+            .ok()
+            .and_then(|i| incoming.get(i))
+            .is_some_and(|(_, l, i)| table(l, name) && table(i, name))
+    };
+    out.extend(super::rls::hazards(client, pairs, &mapper, in_both).await?);
     out.sort_by(|a, b| (a.effect, &a.object, &a.code).cmp(&(b.effect, &b.object, &b.code)));
     Ok(out)
 }

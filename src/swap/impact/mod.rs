@@ -34,6 +34,7 @@
 //! // the whole report (this file, report.rs)
 //! Impact::collect(&Client, &ImpactRequest{pairs, baseline, exempt, workload, lock_timeout}) -> Result<Impact>
 //! impact.set_writes(WriteCheck); impact.breaking() -> Vec<String>; impact.summary() -> String;
+//! impact.rejecting(), impact.row_access() -> Vec<String>   // the warnings besides breaking()
 //! impact.render() -> String; serde_json::to_value(&impact)   // the issue's JSON shape (+ notes)
 //! ```
 //!
@@ -99,7 +100,8 @@
 //! Objects are compared by name, never OID; types as `format_type` text with
 //! the incoming schema's name mapped back to the live one, so `shadow.email`
 //! equals `public.email`. Stable codes with an effect (`breaks`,
-//! `result_type`, `rejects_writes`, `info`). A rename cannot be told from a drop
+//! `row_access`, `result_type`, `rejects_writes`, `info`); row-level security
+//! and policies in [`rls`]. A rename cannot be told from a drop
 //! and an add; the report says so once ([`Impact::notes`]).
 //!
 //! # Recorded workload (see [`workload`])
@@ -133,6 +135,7 @@ pub mod gate;
 pub mod hazards;
 pub mod report;
 pub mod resolve;
+pub mod rls;
 pub mod workload;
 pub mod writes;
 
@@ -341,6 +344,17 @@ impl Impact {
                     h.code, h.object, h.detail
                 )
             })
+            .collect()
+    }
+
+    /// The `row_access` changes (row-level security, policies), every one:
+    /// warnings, whatever the recorded statements use, since they change
+    /// which rows every role sees without failing a statement.
+    pub fn row_access(&self) -> Vec<String> {
+        self.hazards
+            .iter()
+            .filter(|h| h.effect == Effect::RowAccess)
+            .map(|h| format!("{} {} ({})", h.code, h.object, h.detail))
             .collect()
     }
 

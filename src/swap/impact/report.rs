@@ -73,6 +73,14 @@ pub fn summary_of(i: &Impact, op: Operation) -> String {
             plural(rejecting, "schema change")
         ));
     }
+    // Nor rows that appear or disappear for the application's roles.
+    let access = with_effect(Effect::RowAccess);
+    if access > 0 {
+        parts.push(format!(
+            "{} to row-level security",
+            plural(access, "change")
+        ));
+    }
     if !i.blockers.is_empty() {
         parts.push(plural(i.blockers.len(), "blocking session"));
     }

@@ -1,0 +1,290 @@
+//! Row-level security: which rows the application's roles may read and write,
+//! before and after the swap, as hazards of the effect `row_access`.
+//!
+//! A table's row-level security and its policies belong to the table, so the
+//! swap replaces them with the incoming table's (the source's): a destination
+//! whose policies the source lacks hands every row to every role with
+//! privileges on the table the moment the swap commits, and a source that adds
+//! a policy hides rows the application read before. Neither fails a statement,
+//! so neither the recorded-statements check nor the other hazards see it.
+//!
+//! | code | when |
+//! |---|---|
+//! | `RLS_DISABLED` | row-level security on -> off (every role allowed to use the table reads and writes every row), or `FORCE` -> `NO FORCE` (the owner does) |
+//! | `RLS_ENABLED` | off -> on (roles other than the owner and `BYPASSRLS` roles read and write only the rows the policies admit: none without a policy), or `NO FORCE` -> `FORCE` (the owner too) |
+//! | `POLICY_DROPPED` | a policy of the live table has no namesake: a permissive one's rows are hidden from its roles, a restrictive one's limit is gone |
+//! | `POLICY_ADDED` | the incoming table has a policy the live one lacks |
+//! | `POLICY_CHANGED` | same name, another definition (`PERMISSIVE` / `RESTRICTIVE`, command, roles, `USING`, `WITH CHECK`) |
+//!
+//! Policies are compared only where row-level security is on on both sides
+//! (where it is off they apply to nobody; turning it on or off names them in
+//! its detail). Tables are matched by name, partitions included (a partition's
+//! own setting applies when it is used directly); kept tables (`stays`) are
+//! left out. A policy's expressions are read as `pg_get_expr` prints them with
+//! `search_path = ''` and the incoming schema's name mapped back to the live
+//! one ([`Mapper`]), as constraints are in [`super::hazards`]; its roles by
+//! name (`PUBLIC` for all), which the swap does not change.
+
+use std::collections::{BTreeMap, HashMap};
+
+use anyhow::{Context, Result};
+use itertools::Itertools;
+use tokio_postgres::Client;
+
+use super::hazards::{Effect, Hazard, NS};
+use super::resolve::Mapper;
+use super::{SchemaPair, qualified_display};
+use crate::pg::catalog::not_ext_member;
+use crate::pg::ident::display_ident;
+
+/// A table's row-level security on one side.
+#[derive(Default)]
+struct Table {
+    enabled: bool,
+    forced: bool,
+    /// Policy name -> its definition as [`definition`] writes it.
+    policies: BTreeMap<String, Policy>,
+}
+
+#[derive(PartialEq, Eq)]
+struct Policy {
+    permissive: bool,
+    definition: String,
+}
+
+/// `PERMISSIVE FOR SELECT TO app USING (…) WITH CHECK (…)`.
+fn definition(
+    permissive: bool,
+    cmd: &str,
+    roles: &[String],
+    using: Option<&str>,
+    check: Option<&str>,
+) -> String {
+    let cmd = match cmd {
+        "r" => "SELECT",
+        "a" => "INSERT",
+        "w" => "UPDATE",
+        "d" => "DELETE",
+        _ => "ALL",
+    };
+    let mut out = format!(
+        "{} FOR {cmd} TO {}",
+        if permissive {
+            "PERMISSIVE"
+        } else {
+            "RESTRICTIVE"
+        },
+        roles.join(", ")
+    );
+    if let Some(u) = using {
+        out.push_str(&format!(" USING ({u})"));
+    }
+    if let Some(c) = check {
+        out.push_str(&format!(" WITH CHECK ({c})"));
+    }
+    out
+}
+
+/// The row-level security hazards of `pairs`, for the tables `in_both(pair,
+/// name)` says both sides have (a table on one side only is `TABLE_DROPPED`
+/// or `TABLE_ADDED`; kept tables are neither). Runs inside the caller's
+/// read-only transaction with `search_path = ''` ([`super::hazards`]).
+pub(super) async fn hazards(
+    client: &Client,
+    pairs: &[SchemaPair],
+    mapper: &Mapper,
+    in_both: impl Fn(i64, &str) -> bool,
+) -> Result<Vec<Hazard>> {
+    let live: Vec<&str> = pairs.iter().map(|p| p.live.as_str()).collect();
+    let incoming: Vec<&str> = pairs.iter().map(|p| p.incoming.as_str()).collect();
+    let sql = format!(
+        "WITH {NS}
+         SELECT ns.pair, ns.side, c.relname::text, c.relrowsecurity, c.relforcerowsecurity,
+                po.polname::text, po.polpermissive, po.polcmd::text,
+                ARRAY(SELECT CASE WHEN u.oid = 0 THEN 'PUBLIC' ELSE pg_catalog.quote_ident(r.rolname) END
+                        FROM pg_catalog.unnest(po.polroles) AS u(oid)
+                        LEFT JOIN pg_catalog.pg_roles r ON r.oid = u.oid
+                       ORDER BY 1),
+                pg_catalog.pg_get_expr(po.polqual, po.polrelid),
+                pg_catalog.pg_get_expr(po.polwithcheck, po.polrelid)
+           FROM pg_catalog.pg_class c
+           JOIN ns ON ns.oid = c.relnamespace
+           LEFT JOIN pg_catalog.pg_policy po ON po.polrelid = c.oid
+          WHERE c.relkind IN ('r', 'p') AND {}
+            AND (c.relrowsecurity OR c.relforcerowsecurity OR po.oid IS NOT NULL)",
+        not_ext_member!("pg_class", "c.oid")
+    );
+    let rows = client
+        .query(&sql, &[&live, &incoming])
+        .await
+        .context("listing row-level security policies")?;
+    let mut sides: HashMap<(i64, bool), BTreeMap<String, Table>> = HashMap::new();
+    for r in rows {
+        let live_side = r.get::<_, String>(1) == "L";
+        let table = sides
+            .entry((r.get(0), live_side))
+            .or_default()
+            .entry(r.get(2))
+            .or_default();
+        table.enabled = r.get(3);
+        table.forced = r.get(4);
+        let Some(name) = r.get::<_, Option<String>>(5) else {
+            continue;
+        };
+        let map = |s: Option<String>| s.map(|s| if live_side { s } else { mapper.map(&s) });
+        let permissive: bool = r.get(6);
+        let definition = definition(
+            permissive,
+            &r.get::<_, String>(7),
+            &r.get::<_, Vec<String>>(8),
+            map(r.get(9)).as_deref(),
+            map(r.get(10)).as_deref(),
+        );
+        table.policies.insert(
+            name,
+            Policy {
+                permissive,
+                definition,
+            },
+        );
+    }
+    let empty = BTreeMap::new();
+    let mut out = Vec::new();
+    for (i, p) in pairs.iter().enumerate() {
+        let idx = i as i64 + 1;
+        let l = sides.get(&(idx, true)).unwrap_or(&empty);
+        let inc = sides.get(&(idx, false)).unwrap_or(&empty);
+        let names = l
+            .keys()
+            .chain(inc.keys())
+            .unique()
+            .filter(|name| in_both(idx, name));
+        let off = Table::default();
+        for name in names {
+            compare(
+                &qualified_display(&p.live, name),
+                l.get(name).unwrap_or(&off),
+                inc.get(name).unwrap_or(&off),
+                &mut out,
+            );
+        }
+    }
+    Ok(out)
+}
+
+/// `policy a admits`, `policies a, b admit`: `verb` as (singular, plural),
+/// after `adverb` (`no longer`) when given.
+fn policies_verb(t: &Table, adverb: &str, verb: (&str, &str)) -> String {
+    let names = t.policies.keys().map(|n| display_ident(n)).join(", ");
+    let (noun, verb) = if t.policies.len() == 1 {
+        ("policy", verb.0)
+    } else {
+        ("policies", verb.1)
+    };
+    format!("{noun} {names} {adverb}{verb}")
+}
+
+fn compare(object: &str, l: &Table, i: &Table, out: &mut Vec<Hazard>) {
+    let hazard = |code: &str, object: String, detail: String| Hazard {
+        code: code.to_string(),
+        effect: Effect::RowAccess,
+        object,
+        detail,
+    };
+    let owner = |forced: bool| if forced { ", for its owner too" } else { "" };
+    match (l.enabled, i.enabled) {
+        (true, false) => out.push(hazard(
+            "RLS_DISABLED",
+            object.to_string(),
+            format!(
+                "row-level security on{} -> off: every role allowed to use the table reads and writes every row{}",
+                owner(l.forced),
+                if l.policies.is_empty() {
+                    String::new()
+                } else {
+                    format!(" ({})", policies_verb(l, "no longer ", ("applies", "apply")))
+                }
+            ),
+        )),
+        (false, true) => out.push(hazard(
+            "RLS_ENABLED",
+            object.to_string(),
+            if i.policies.is_empty() {
+                format!(
+                    "row-level security off -> on{}, with no policy: roles other than the owner and BYPASSRLS roles read no row and may write none",
+                    owner(i.forced)
+                )
+            } else {
+                format!(
+                    "row-level security off -> on{}: roles other than the owner and BYPASSRLS roles read and write only the rows {}",
+                    owner(i.forced),
+                    policies_verb(i, "", ("admits", "admit"))
+                )
+            },
+        )),
+        (false, false) => {}
+        (true, true) => {
+            if l.forced && !i.forced {
+                out.push(hazard(
+                    "RLS_DISABLED",
+                    object.to_string(),
+                    "FORCE -> NO FORCE: the table's owner reads and writes every row, where its policies applied to it too".to_string(),
+                ));
+            } else if !l.forced && i.forced {
+                out.push(hazard(
+                    "RLS_ENABLED",
+                    object.to_string(),
+                    format!(
+                        "NO FORCE -> FORCE: the table's owner too reads and writes only the rows {}",
+                        if i.policies.is_empty() {
+                            "a policy admits: none, with no policy".to_string()
+                        } else {
+                            policies_verb(i, "", ("admits", "admit"))
+                        }
+                    ),
+                ));
+            }
+            let of = |name: &str| format!("{object}.{}", display_ident(name));
+            for (name, lp) in &l.policies {
+                match i.policies.get(name) {
+                    None => out.push(hazard(
+                        "POLICY_DROPPED",
+                        of(name),
+                        format!(
+                            "{}: {}",
+                            lp.definition,
+                            if lp.permissive {
+                                "its roles no longer read or write the rows only it admitted"
+                            } else {
+                                "its roles read and write the rows it kept from them"
+                            }
+                        ),
+                    )),
+                    Some(ip) if ip != lp => out.push(hazard(
+                        "POLICY_CHANGED",
+                        of(name),
+                        format!("{} -> {}", lp.definition, ip.definition),
+                    )),
+                    Some(_) => {}
+                }
+            }
+            for (name, ip) in &i.policies {
+                if !l.policies.contains_key(name) {
+                    out.push(hazard(
+                        "POLICY_ADDED",
+                        of(name),
+                        format!(
+                            "{}: {}",
+                            ip.definition,
+                            if ip.permissive {
+                                "its roles read and write the rows it admits too"
+                            } else {
+                                "its roles no longer read or write the rows it does not admit"
+                            }
+                        ),
+                    ));
+                }
+            }
+        }
+    }
+}
