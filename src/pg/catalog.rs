@@ -462,6 +462,29 @@ pub async fn schema_is_empty(client: &impl GenericClient, schema: &str) -> Resul
         .get(0))
 }
 
+/// SQL: whether this role may end the session of `pg_stat_activity` row `a`
+/// (PostgreSQL's rules for `pg_terminate_backend`): a superuser; a member
+/// of the session's role; `pg_signal_backend`, not for a superuser's.
+pub(crate) const MAY_END_SESSION: &str =
+    "COALESCE((SELECT r.rolsuper FROM pg_catalog.pg_roles r WHERE r.rolname = current_user)
+          OR pg_catalog.pg_has_role(current_user, a.usesysid, 'MEMBER')
+          OR (pg_catalog.pg_has_role(current_user, 'pg_signal_backend', 'MEMBER')
+              AND NOT (SELECT r.rolsuper FROM pg_catalog.pg_roles r WHERE r.oid = a.usesysid)),
+         false)";
+
+/// How `session` (`it`, `that session`) of `pid` can be ended: by this role
+/// (`may_end`, [`MAY_END_SESSION`]), or only by its role, a member of it or
+/// a superuser, so that an operator is not handed a command that fails.
+pub(crate) fn end_advice(pid: i32, may_end: bool, session: &str) -> String {
+    if may_end {
+        format!("pg_terminate_backend({pid}) would end {session}")
+    } else {
+        format!(
+            "its role, a member of it or a superuser can end {session} with pg_terminate_backend({pid})"
+        )
+    }
+}
+
 /// Their sizes need each relation's ACCESS SHARE lock, so the listing below
 /// waits, without a word, behind a session that holds an ACCESS EXCLUSIVE one
 /// (a long ALTER TABLE, a LOCK TABLE in an open transaction): say who, so an
@@ -470,17 +493,10 @@ pub async fn schema_is_empty(client: &impl GenericClient, schema: &str) -> Resul
 async fn say_who_locks(client: &impl GenericClient, schema: &str) {
     let Ok(rows) = client
         .query(
-            "SELECT c.relname::text, l.pid, COALESCE(a.usename::text, '?'), pg_catalog.current_database()::text,
+            &format!("SELECT c.relname::text, l.pid, COALESCE(a.usename::text, '?'), pg_catalog.current_database()::text,
                     EXTRACT(epoch FROM pg_catalog.now() - a.xact_start)::int8,
                     pg_catalog.left(COALESCE(NULLIF(a.query, '<insufficient privilege>'), ''), 120),
-                    -- Whether this role may end it (PostgreSQL's rules for
-                    -- pg_terminate_backend): a superuser; a member of the
-                    -- session's role; pg_signal_backend, not for a superuser's.
-                    COALESCE((SELECT r.rolsuper FROM pg_catalog.pg_roles r WHERE r.rolname = current_user)
-                          OR pg_catalog.pg_has_role(current_user, a.usesysid, 'MEMBER')
-                          OR (pg_catalog.pg_has_role(current_user, 'pg_signal_backend', 'MEMBER')
-                              AND NOT (SELECT r.rolsuper FROM pg_catalog.pg_roles r WHERE r.oid = a.usesysid)),
-                             false)
+                    {MAY_END_SESSION}
                FROM pg_catalog.pg_locks l
                JOIN pg_catalog.pg_class c ON c.oid = l.relation
                JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
@@ -489,7 +505,7 @@ async fn say_who_locks(client: &impl GenericClient, schema: &str) {
                 AND l.database = (SELECT oid FROM pg_catalog.pg_database
                                    WHERE datname = pg_catalog.current_database())
                 AND n.nspname = $1 AND l.pid <> pg_catalog.pg_backend_pid()
-              ORDER BY 2, 1",
+              ORDER BY 2, 1"),
             &[&schema],
         )
         .await
@@ -511,17 +527,11 @@ async fn say_who_locks(client: &impl GenericClient, schema: &str) {
                 "{user}; its transaction and query are hidden from this role (pg_read_all_stats shows them)"
             ),
         };
-        let end = if may_end {
-            format!("pg_terminate_backend({pid}) would end it")
-        } else {
-            format!(
-                "its role, a member of it or a superuser can end it with pg_terminate_backend({pid})"
-            )
-        };
         tracing::warn!(
-            "table {} of database {} is locked (ACCESS EXCLUSIVE) by pid {pid} ({what}): waiting until it is released ({end})",
+            "table {} of database {} is locked (ACCESS EXCLUSIVE) by pid {pid} ({what}): waiting until it is released ({})",
             crate::pg::ident::qualified_display(schema, &table),
             crate::pg::ident::display_ident(&db),
+            end_advice(pid, may_end, "it"),
         );
     }
 }

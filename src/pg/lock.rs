@@ -29,6 +29,8 @@ use chrono::{DateTime, Utc};
 use itertools::Itertools;
 use tokio_postgres::Client;
 
+use crate::pg::catalog::{MAY_END_SESSION, end_advice};
+
 /// First key of pgshift's advisory locks: "pgsh" as an int4.
 pub const LOCK_CLASS: i32 = 0x7067_7368;
 /// Second key: the run lock.
@@ -367,6 +369,9 @@ struct Wait {
     /// When the holder waits for a lock itself (queued ahead of this run's
     /// session, behind another): the sessions it waits for, shown alike.
     holder_waits_for: Vec<(i32, String)>,
+    /// Whether this role may end the session the line offers to end (the
+    /// holder, or the first it waits for).
+    may_end: bool,
     /// The waiting sessions: pid, and name without `pgshift ` (`pg_dump`).
     waiters: Vec<(i32, String)>,
     /// What they wait for, and the longest wait (seconds).
@@ -404,8 +409,9 @@ impl Wait {
         };
         if self.holder_waits_for.is_empty() {
             return format!(
-                "{head}, held by {}: {goes} on once that is released (pg_terminate_backend({}) would end that session)",
-                self.holder_shown, self.holder
+                "{head}, held by {}: {goes} on once that is released ({})",
+                self.holder_shown,
+                end_advice(self.holder, self.may_end, "that session")
             );
         }
         let roots = self
@@ -414,8 +420,13 @@ impl Wait {
             .map(|(_, s)| s.as_str())
             .join("; ");
         format!(
-            "{head}, queued behind {}, which waits itself for {roots}: {goes} on once those are done (pg_terminate_backend({}) would end the session that holds them up)",
-            self.holder_shown, self.holder_waits_for[0].0
+            "{head}, queued behind {}, which waits itself for {roots}: {goes} on once those are done ({})",
+            self.holder_shown,
+            end_advice(
+                self.holder_waits_for[0].0,
+                self.may_end,
+                "the session that holds them up"
+            )
         )
     }
 }
@@ -448,7 +459,13 @@ async fn waits(client: &Client, sessions: &[String]) -> Result<Vec<Wait>> {
                                                                w.query_start, pg_catalog.now()))::int8 AS secs,
                 ARRAY(SELECT r.pid FROM pg_catalog.unnest(pg_catalog.pg_blocking_pids(b.pid)) AS r(pid) ORDER BY 1),
                 ARRAY(SELECT (SELECT {SESSION_WITH_QUERY} FROM pg_catalog.pg_stat_activity a WHERE a.pid = r.pid)
-                        FROM pg_catalog.unnest(pg_catalog.pg_blocking_pids(b.pid)) AS r(pid) ORDER BY r.pid)
+                        FROM pg_catalog.unnest(pg_catalog.pg_blocking_pids(b.pid)) AS r(pid) ORDER BY r.pid),
+                -- Whether this role may end the holder, and the first session
+                -- it waits for (the one the line offers to end).
+                (SELECT {MAY_END_SESSION} FROM pg_catalog.pg_stat_activity a WHERE a.pid = b.pid),
+                (SELECT {MAY_END_SESSION} FROM pg_catalog.pg_stat_activity a
+                  WHERE a.pid = (SELECT pg_catalog.min(r.pid)
+                                   FROM pg_catalog.unnest(pg_catalog.pg_blocking_pids(b.pid)) AS r(pid)))
            FROM pg_catalog.pg_stat_activity w
            JOIN pg_catalog.pg_locks l ON l.pid = w.pid AND NOT l.granted
            LEFT JOIN pg_catalog.pg_class c ON l.locktype = 'relation' AND c.oid = l.relation
@@ -489,8 +506,15 @@ async fn waits(client: &Client, sessions: &[String]) -> Result<Vec<Wait>> {
             continue;
         }
         let (roots, shown): (Vec<i32>, Vec<Option<String>>) = (r.get(8), r.get(9));
+        let may_end: (Option<bool>, Option<bool>) = (r.get(10), r.get(11));
         out.push(Wait {
             holder,
+            may_end: if roots.is_empty() {
+                may_end.0
+            } else {
+                may_end.1
+            }
+            .unwrap_or(false),
             holder_shown: r
                 .get::<_, Option<String>>(1)
                 .unwrap_or_else(|| format!("pid {holder}")),
