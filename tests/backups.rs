@@ -2194,3 +2194,45 @@ fn a_rollback_held_up_by_a_lock_says_it_is_the_rollback() {
     rt.block_on(holder.batch_execute("ROLLBACK")).unwrap();
     assert_eq!(list(&wd, &dbs.dst).len(), 1);
 }
+
+/// Owners and grants are the destination's, not a version's: a swap carries
+/// those changed since prepare, and a rollback those changed since the
+/// current public went live (a GRANT to a new role, a REVOKE, a sequence's
+/// USAGE, a function's EXECUTE taken back, a new owner), where it restored
+/// the backup's as they were at the swap without a word (h44b).
+#[test]
+fn a_rollback_keeps_the_owners_and_grants_changed_since_the_swap() {
+    let dbs = TestDbs::new("bk_acl");
+    for r in ["bk_acl_bi", "bk_acl_rep", "bk_acl_own"] {
+        dbs.dst.psql(&common::create_role(r, ""));
+    }
+    let ddl = "CREATE TABLE t (id serial PRIMARY KEY, v text);
+               CREATE FUNCTION f() RETURNS int LANGUAGE sql AS 'SELECT 1';";
+    dbs.src.psql(ddl);
+    dbs.dst.psql(ddl);
+    dbs.dst
+        .psql("GRANT SELECT ON t TO bk_acl_rep; GRANT USAGE ON SCHEMA public TO bk_acl_own;");
+    let wd = Workdir::new();
+    start(&wd, &dbs);
+    let url = dbs.dst.url();
+    dbs.dst.psql(
+        "GRANT SELECT ON t TO bk_acl_bi; REVOKE SELECT ON t FROM bk_acl_rep;
+         GRANT USAGE ON SEQUENCE t_id_seq TO bk_acl_rep; REVOKE EXECUTE ON FUNCTION f() FROM PUBLIC;
+         GRANT CREATE ON SCHEMA public TO bk_acl_own; ALTER TABLE t OWNER TO bk_acl_own;",
+    );
+    let rights = "SELECT has_table_privilege('bk_acl_bi', 'public.t', 'SELECT') || ' '
+                  || has_table_privilege('bk_acl_rep', 'public.t', 'SELECT') || ' '
+                  || has_sequence_privilege('bk_acl_rep', 'public.t_id_seq', 'USAGE') || ' '
+                  || has_function_privilege('bk_acl_bi', 'public.f()', 'EXECUTE') || ' '
+                  || (SELECT relowner::regrole::text FROM pg_class WHERE oid = 'public.t'::regclass)";
+    let before = dbs.dst.psql(rights);
+    assert_eq!(before, "true false true false bk_acl_own");
+    let out = wd.run(&["rollback", "--latest", "--dest", &url]);
+    let said = common::said_by(&out);
+    assert!(out.status.success(), "{said}");
+    assert_eq!(dbs.dst.psql(rights), before, "{said}");
+    assert_eq!(
+        dbs.dst.psql("SELECT count(*) FROM pg_attribute WHERE attrelid = 'public.t'::regclass AND attname = 'v'"),
+        "1"
+    );
+}
