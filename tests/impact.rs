@@ -560,8 +560,10 @@ async fn every_hazard_class_is_found() {
 }
 
 /// Row-level security and policies, each change named (`row_access`): on or
-/// off, FORCE on or off, a policy added, dropped or changed; policies of a
-/// table whose security is off on both sides, the same policy through a
+/// off, FORCE on or off, a policy added, dropped or changed, the last
+/// permissive one gone (nothing admitted, h44a); views and functions that
+/// read with other rights (`security_invoker`, `SECURITY DEFINER`). Policies
+/// of a table whose security is off on both sides, the same policy through a
 /// function of the migrated schema, and a kept table are none.
 #[tokio::test]
 async fn row_level_security_changes_are_found() {
@@ -579,7 +581,10 @@ async fn row_level_security_changes_are_found() {
                ALTER TABLE policies ENABLE ROW LEVEL SECURITY;
                CREATE TABLE kept (id int);
                CREATE TABLE ev (id int, at date) PARTITION BY RANGE (at);
-               CREATE TABLE ev_1 PARTITION OF ev FOR VALUES FROM ('2024-01-01') TO ('2025-01-01');";
+               CREATE TABLE ev_1 PARTITION OF ev FOR VALUES FROM ('2024-01-01') TO ('2025-01-01');
+               CREATE TABLE onlyr (id int, t text);
+               ALTER TABLE onlyr ENABLE ROW LEVEL SECURITY;
+               CREATE TABLE ro (id int, t text);";
     db.psql(&format!(
         "CREATE SCHEMA shadow;
          {ddl}
@@ -590,8 +595,20 @@ async fn row_level_security_changes_are_found() {
          CREATE POLICY dropped ON policies AS RESTRICTIVE USING (t <> 'x');
          CREATE POLICY changed ON policies FOR SELECT USING (t = 'x');
          ALTER TABLE ev_1 ENABLE ROW LEVEL SECURITY;
+         CREATE POLICY p ON onlyr USING (true);
+         CREATE VIEW v_inv WITH (security_invoker = on) AS SELECT * FROM same;
+         CREATE VIEW v_def AS SELECT * FROM same;
+         CREATE FUNCTION cnt() RETURNS bigint LANGUAGE sql AS 'SELECT count(*) FROM public.same';
+         CREATE FUNCTION cnt(int) RETURNS bigint LANGUAGE sql SECURITY DEFINER AS 'SELECT 1';
          SET search_path = shadow, public;
          {ddl}
+         CREATE VIEW v_inv AS SELECT * FROM same;
+         CREATE VIEW v_def WITH (security_invoker = tru) AS SELECT * FROM same;
+         CREATE FUNCTION cnt() RETURNS bigint LANGUAGE sql SECURITY DEFINER AS 'SELECT count(*) FROM shadow.same';
+         CREATE FUNCTION cnt(int) RETURNS bigint LANGUAGE sql AS 'SELECT 1';
+         CREATE POLICY r ON onlyr AS RESTRICTIVE USING (t = 'x');
+         ALTER TABLE ro ENABLE ROW LEVEL SECURITY;
+         CREATE POLICY r ON ro AS RESTRICTIVE USING (t = 'x');
          ALTER TABLE off_on ENABLE ROW LEVEL SECURITY;
          ALTER TABLE forced FORCE ROW LEVEL SECURITY;
          CREATE POLICY mine ON forced USING (t = current_user);
@@ -612,6 +629,15 @@ async fn row_level_security_changes_are_found() {
         ("POLICY_CHANGED", "public.policies.changed"),
         // A partition's own setting applies when it is used directly.
         ("RLS_DISABLED", "public.ev_1"),
+        // The last permissive policy gone, or none: nothing is admitted.
+        ("POLICY_DROPPED", "public.onlyr.p"),
+        ("POLICY_ADDED", "public.onlyr.r"),
+        ("RLS_ENABLED", "public.ro"),
+        // Views and functions that read with other rights.
+        ("SECURITY_INVOKER_DROPPED", "public.v_inv"),
+        ("SECURITY_INVOKER_ADDED", "public.v_def"),
+        ("SECURITY_DEFINER_ADDED", "public.cnt()"),
+        ("SECURITY_DEFINER_DROPPED", "public.cnt(integer)"),
     ]
     .into_iter()
     .map(|(a, b)| (a.to_string(), b.to_string()))
@@ -621,15 +647,15 @@ async fn row_level_security_changes_are_found() {
     let d = |code: &str, object: &str| detail(&h, code, object).detail.clone();
     assert_eq!(
         d("RLS_ENABLED", "public.off_on"),
-        "row-level security off -> on, with no policy: roles other than the owner and BYPASSRLS roles read no row and may write none"
+        "row-level security off -> on: with no policy, roles other than the owner and BYPASSRLS roles read no row and may write none"
     );
     assert_eq!(
         d("RLS_DISABLED", "public.on_off"),
-        "row-level security on -> off: every role allowed to use the table reads and writes every row (policy p no longer applies)"
+        "row-level security on -> off: every role allowed to use the table reads and writes every row (policy p (PERMISSIVE FOR ALL TO PUBLIC) no longer applies)"
     );
     assert_eq!(
         d("RLS_ENABLED", "public.forced"),
-        "NO FORCE -> FORCE: the table's owner too reads and writes only the rows policy mine admits"
+        "NO FORCE -> FORCE: the table's owner too reads and writes only the rows a permissive policy for the command and role admits, and every restrictive one: mine (PERMISSIVE FOR ALL TO PUBLIC)"
     );
     assert_eq!(
         d("POLICY_ADDED", "public.policies.added"),
@@ -642,6 +668,22 @@ async fn row_level_security_changes_are_found() {
     assert_eq!(
         d("POLICY_CHANGED", "public.policies.changed"),
         "PERMISSIVE FOR SELECT TO PUBLIC USING ((t = 'x'::text)) -> PERMISSIVE FOR SELECT TO PUBLIC USING ((t = 'y'::text))"
+    );
+    let none_left = "; no permissive policy is left: roles other than the owner and BYPASSRLS roles read no row and may write none";
+    assert!(
+        d("POLICY_DROPPED", "public.onlyr.p").ends_with(none_left)
+            && d("POLICY_ADDED", "public.onlyr.r").ends_with(none_left),
+        "{h:#?}"
+    );
+    assert_eq!(
+        d("RLS_ENABLED", "public.ro"),
+        "row-level security off -> on: with no permissive policy, roles other than the owner and BYPASSRLS roles read no row and may write none (restrictive policies alone admit nothing: r (RESTRICTIVE FOR ALL TO PUBLIC))"
+    );
+    assert!(
+        d("SECURITY_INVOKER_DROPPED", "public.v_inv").starts_with(
+            "security_invoker on -> off: the view reads its tables with its owner's rights"
+        ),
+        "{h:#?}"
     );
     let json = serde_json::to_value(detail(&h, "RLS_DISABLED", "public.on_off")).unwrap();
     assert_eq!(json["effect"], "row_access");

@@ -1612,7 +1612,7 @@ fn row_level_security_the_swap_changes_is_reported_and_warned() {
     );
     assert_eq!(
         found[1].2,
-        "row-level security on -> off: every role allowed to use the table reads and writes every row (policy tenant_isolation no longer applies)"
+        "row-level security on -> off: every role allowed to use the table reads and writes every row (policy tenant_isolation (PERMISSIVE FOR ALL TO PUBLIC) no longer applies)"
     );
     assert!(
         found[0].2.starts_with(

@@ -24,6 +24,8 @@
 //! | `FUNCTION_SIGNATURE_CHANGED` | breaks | an overload's argument types, result or kind changed |
 //! | `TABLE_ADDED`, `VIEW_ADDED`, `COLUMN_ADDED` | info | only added |
 //! | `RLS_ENABLED`, `RLS_DISABLED`, `POLICY_ADDED`, `POLICY_DROPPED`, `POLICY_CHANGED` | row_access | row-level security or a policy of a table both sides have (see [`super::rls`]) |
+//! | `SECURITY_INVOKER_ADDED`, `SECURITY_INVOKER_DROPPED` | row_access | a view's `security_invoker` turned on or off: it reads its tables with the caller's or its owner's rights (row-level security included) |
+//! | `SECURITY_DEFINER_ADDED`, `SECURITY_DEFINER_DROPPED` | row_access | an overload of the same signature became `SECURITY DEFINER` or `SECURITY INVOKER` |
 //!
 //! Objects are matched by name, never by OID (every incoming object is a
 //! different object). Everything is read with `search_path = ''`, so
@@ -117,6 +119,9 @@ struct Rel {
     /// through the parent only.
     partition: bool,
     owned_sequence: bool,
+    /// A view with `security_invoker` (PostgreSQL 15+): it reads its tables
+    /// with the caller's rights, not its owner's.
+    security_invoker: bool,
     columns: Vec<Col>,
     /// (contype, definition mapped, name)
     constraints: Vec<(char, String, String)>,
@@ -140,6 +145,8 @@ struct Func {
     /// Argument types (`oidvectortypes`), mapped.
     args: String,
     result: Option<String>,
+    /// `SECURITY DEFINER`: runs with its owner's rights.
+    definer: bool,
 }
 
 struct Type {
@@ -227,7 +234,14 @@ async fn read_and_compare(client: &Client, pairs: &[SchemaPair]) -> Result<Vec<H
                     c.relkind = 'S' AND EXISTS (
                       SELECT 1 FROM pg_catalog.pg_depend d
                        WHERE d.classid = 'pg_catalog.pg_class'::pg_catalog.regclass AND d.objid = c.oid
-                         AND d.refclassid = 'pg_catalog.pg_class'::pg_catalog.regclass AND d.deptype IN ('a', 'i'))
+                         AND d.refclassid = 'pg_catalog.pg_class'::pg_catalog.regclass AND d.deptype IN ('a', 'i')),
+                    -- PostgreSQL's parse_bool: on, 1, and any prefix of true or yes.
+                    c.relkind = 'v' AND EXISTS (
+                      SELECT 1 FROM pg_catalog.pg_options_to_table(c.reloptions) o
+                       WHERE o.option_name = 'security_invoker'
+                         AND (pg_catalog.lower(o.option_value) IN ('on', '1')
+                              OR (o.option_value <> '' AND ('true' LIKE pg_catalog.lower(o.option_value) || '%'
+                                                            OR 'yes' LIKE pg_catalog.lower(o.option_value) || '%'))))
                FROM pg_catalog.pg_class c JOIN ns ON ns.oid = c.relnamespace
               WHERE c.relkind IN ('r', 'p', 'f', 'v', 'm', 'S') AND {}",
             not_ext_member!("pg_class", "c.oid")
@@ -241,6 +255,7 @@ async fn read_and_compare(client: &Client, pairs: &[SchemaPair]) -> Result<Vec<H
                 kind: first_char(r.get(3)),
                 partition: r.get(4),
                 owned_sequence: r.get(5),
+                security_invoker: r.get(6),
                 columns: Vec::new(),
                 constraints: Vec::new(),
             },
@@ -359,7 +374,7 @@ async fn read_and_compare(client: &Client, pairs: &[SchemaPair]) -> Result<Vec<H
             "WITH {NS}
              SELECT ns.pair, ns.side, p.proname::text, p.prokind::text,
                     pg_catalog.oidvectortypes(p.proargtypes),
-                    pg_catalog.pg_get_function_result(p.oid)
+                    pg_catalog.pg_get_function_result(p.oid), p.prosecdef
                FROM pg_catalog.pg_proc p JOIN ns ON ns.oid = p.pronamespace
               WHERE {}
               ORDER BY 1, 2, 3, 5",
@@ -374,6 +389,7 @@ async fn read_and_compare(client: &Client, pairs: &[SchemaPair]) -> Result<Vec<H
             kind: first_char(r.get(3)),
             args: map(r.get(4)),
             result: r.get::<_, Option<String>>(5).map(map),
+            definer: r.get(6),
         };
         sides
             .entry(side)
@@ -521,7 +537,8 @@ fn compare_pair(
                 ));
             }
             Some(ir) if lr.kind != 'S' && !(lr.partition && ir.partition) => {
-                compare_columns(name, lr, ir, &col_obj, &rel_obj, out)
+                compare_columns(name, lr, ir, &col_obj, &rel_obj, out);
+                security_invoker(lr, ir, rel_obj(name), out);
             }
             Some(_) => {}
         }
@@ -579,7 +596,10 @@ fn compare_pair(
                     f.result.as_deref().map_or("nothing".to_string(), show_args),
                     g.result.as_deref().map_or("nothing".to_string(), show_args)
                 )),
-                Some(_) => None,
+                Some(g) => {
+                    security_definer(f, g, show(f), out);
+                    None
+                }
             };
             if let Some(detail) = detail {
                 out.push(Hazard::new(
@@ -656,6 +676,41 @@ fn compare_pair(
             }
         }
     }
+}
+
+/// `SECURITY_INVOKER_ADDED` / `_DROPPED`: a view of the same name that
+/// reads its tables with other rights, so other rows (row-level security
+/// applies to the role whose rights it uses) and other refusals.
+fn security_invoker(l: &Rel, i: &Rel, object: String, out: &mut Vec<Hazard>) {
+    let (code, detail) = match (l.security_invoker, i.security_invoker) {
+        (true, false) => (
+            "SECURITY_INVOKER_DROPPED",
+            "security_invoker on -> off: the view reads its tables with its owner's rights, not the caller's: row-level security and privileges are its owner's (an owner of the tables reads every row)",
+        ),
+        (false, true) => (
+            "SECURITY_INVOKER_ADDED",
+            "security_invoker off -> on: the view reads its tables with the caller's rights: the caller's row-level security applies, and a caller without privileges on them is refused",
+        ),
+        _ => return,
+    };
+    out.push(Hazard::new(code, Effect::RowAccess, object, detail));
+}
+
+/// `SECURITY_DEFINER_ADDED` / `_DROPPED`: an overload of the same
+/// signature that runs with other rights.
+fn security_definer(l: &Func, i: &Func, object: String, out: &mut Vec<Hazard>) {
+    let (code, detail) = match (l.definer, i.definer) {
+        (false, true) => (
+            "SECURITY_DEFINER_ADDED",
+            "SECURITY INVOKER -> SECURITY DEFINER: it runs with its owner's rights: row-level security and privileges are its owner's, not the caller's",
+        ),
+        (true, false) => (
+            "SECURITY_DEFINER_DROPPED",
+            "SECURITY DEFINER -> SECURITY INVOKER: it runs with the caller's rights: the caller's row-level security applies, and a caller without privileges on what it uses is refused",
+        ),
+        _ => return,
+    };
+    out.push(Hazard::new(code, Effect::RowAccess, object, detail));
 }
 
 /// "replaced by the incoming schema's copy …" naming the first three

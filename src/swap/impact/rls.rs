@@ -42,24 +42,27 @@ use crate::pg::ident::display_ident;
 struct Table {
     enabled: bool,
     forced: bool,
-    /// Policy name -> its definition as [`definition`] writes it.
+    /// Policy name -> the policy ([`policy`]).
     policies: BTreeMap<String, Policy>,
 }
 
 #[derive(PartialEq, Eq)]
 struct Policy {
     permissive: bool,
+    /// `PERMISSIVE FOR SELECT TO app_rw`.
+    head: String,
     definition: String,
 }
 
-/// `PERMISSIVE FOR SELECT TO app USING (…) WITH CHECK (…)`.
-fn definition(
+/// A policy as read: its head `PERMISSIVE FOR SELECT TO app`, then its
+/// definition `… USING (…) WITH CHECK (…)`.
+fn policy(
     permissive: bool,
     cmd: &str,
     roles: &[String],
     using: Option<&str>,
     check: Option<&str>,
-) -> String {
+) -> Policy {
     let cmd = match cmd {
         "r" => "SELECT",
         "a" => "INSERT",
@@ -67,7 +70,7 @@ fn definition(
         "d" => "DELETE",
         _ => "ALL",
     };
-    let mut out = format!(
+    let head = format!(
         "{} FOR {cmd} TO {}",
         if permissive {
             "PERMISSIVE"
@@ -76,13 +79,18 @@ fn definition(
         },
         roles.join(", ")
     );
+    let mut definition = head.clone();
     if let Some(u) = using {
-        out.push_str(&format!(" USING ({u})"));
+        definition.push_str(&format!(" USING ({u})"));
     }
     if let Some(c) = check {
-        out.push_str(&format!(" WITH CHECK ({c})"));
+        definition.push_str(&format!(" WITH CHECK ({c})"));
     }
-    out
+    Policy {
+        permissive,
+        head,
+        definition,
+    }
 }
 
 /// The row-level security hazards of `pairs`, for the tables `in_both(pair,
@@ -132,21 +140,14 @@ pub(super) async fn hazards(
             continue;
         };
         let map = |s: Option<String>| s.map(|s| if live_side { s } else { mapper.map(&s) });
-        let permissive: bool = r.get(6);
-        let definition = definition(
-            permissive,
+        let p = policy(
+            r.get(6),
             &r.get::<_, String>(7),
             &r.get::<_, Vec<String>>(8),
             map(r.get(9)).as_deref(),
             map(r.get(10)).as_deref(),
         );
-        table.policies.insert(
-            name,
-            Policy {
-                permissive,
-                definition,
-            },
-        );
+        table.policies.insert(name, p);
     }
     let empty = BTreeMap::new();
     let mut out = Vec::new();
@@ -172,16 +173,47 @@ pub(super) async fn hazards(
     Ok(out)
 }
 
-/// `policy a admits`, `policies a, b admit`: `verb` as (singular, plural),
-/// after `adverb` (`no longer`) when given.
-fn policies_verb(t: &Table, adverb: &str, verb: (&str, &str)) -> String {
-    let names = t.policies.keys().map(|n| display_ident(n)).join(", ");
-    let (noun, verb) = if t.policies.len() == 1 {
-        ("policy", verb.0)
+/// Who row-level security leaves out: the owner without `FORCE`, and
+/// roles with `BYPASSRLS`.
+const OTHERS: &str = "roles other than the owner and BYPASSRLS roles";
+
+/// The table admits no row at all to the roles policies apply to: a row
+/// needs a permissive policy for the command and the role (and every
+/// restrictive one), and none is left.
+fn admits_none(t: &Table) -> bool {
+    !t.policies.values().any(|p| p.permissive)
+}
+
+/// `p (PERMISSIVE FOR SELECT TO app_rw), r (RESTRICTIVE FOR ALL TO PUBLIC)`.
+fn listed(t: &Table) -> String {
+    t.policies
+        .iter()
+        .map(|(n, p)| format!("{} ({})", display_ident(n), p.head))
+        .join(", ")
+}
+
+/// What the roles policies apply to read and write under `t`'s policies:
+/// `who` is [`OTHERS`] (plural) or `the table's owner too`.
+fn under_policies(t: &Table, who: &str) -> String {
+    let plural = who == OTHERS;
+    let (read, reads_and_writes) = if plural {
+        ("read", "read and write")
     } else {
-        ("policies", verb.1)
+        ("reads", "reads and writes")
     };
-    format!("{noun} {names} {adverb}{verb}")
+    if t.policies.is_empty() {
+        format!("with no policy, {who} {read} no row and may write none")
+    } else if admits_none(t) {
+        format!(
+            "with no permissive policy, {who} {read} no row and may write none (restrictive policies alone admit nothing: {})",
+            listed(t)
+        )
+    } else {
+        format!(
+            "{who} {reads_and_writes} only the rows a permissive policy for the command and role admits, and every restrictive one: {}",
+            listed(t)
+        )
+    }
 }
 
 fn compare(object: &str, l: &Table, i: &Table, out: &mut Vec<Hazard>) {
@@ -199,28 +231,21 @@ fn compare(object: &str, l: &Table, i: &Table, out: &mut Vec<Hazard>) {
             format!(
                 "row-level security on{} -> off: every role allowed to use the table reads and writes every row{}",
                 owner(l.forced),
-                if l.policies.is_empty() {
-                    String::new()
-                } else {
-                    format!(" ({})", policies_verb(l, "no longer ", ("applies", "apply")))
+                match l.policies.len() {
+                    0 => String::new(),
+                    1 => format!(" (policy {} no longer applies)", listed(l)),
+                    _ => format!(" (policies {} no longer apply)", listed(l)),
                 }
             ),
         )),
         (false, true) => out.push(hazard(
             "RLS_ENABLED",
             object.to_string(),
-            if i.policies.is_empty() {
-                format!(
-                    "row-level security off -> on{}, with no policy: roles other than the owner and BYPASSRLS roles read no row and may write none",
-                    owner(i.forced)
-                )
-            } else {
-                format!(
-                    "row-level security off -> on{}: roles other than the owner and BYPASSRLS roles read and write only the rows {}",
-                    owner(i.forced),
-                    policies_verb(i, "", ("admits", "admit"))
-                )
-            },
+            format!(
+                "row-level security off -> on{}: {}",
+                owner(i.forced),
+                under_policies(i, OTHERS)
+            ),
         )),
         (false, false) => {}
         (true, true) => {
@@ -235,15 +260,18 @@ fn compare(object: &str, l: &Table, i: &Table, out: &mut Vec<Hazard>) {
                     "RLS_ENABLED",
                     object.to_string(),
                     format!(
-                        "NO FORCE -> FORCE: the table's owner too reads and writes only the rows {}",
-                        if i.policies.is_empty() {
-                            "a policy admits: none, with no policy".to_string()
-                        } else {
-                            policies_verb(i, "", ("admits", "admit"))
-                        }
+                        "NO FORCE -> FORCE: {}",
+                        under_policies(i, "the table's owner too")
                     ),
                 ));
             }
+            // The last permissive policy gone: nothing is admitted any more,
+            // whatever each change says by itself.
+            let none_left = if admits_none(i) && !admits_none(l) {
+                format!("; no permissive policy is left: {OTHERS} read no row and may write none")
+            } else {
+                String::new()
+            };
             let of = |name: &str| format!("{object}.{}", display_ident(name));
             for (name, lp) in &l.policies {
                 match i.policies.get(name) {
@@ -251,7 +279,7 @@ fn compare(object: &str, l: &Table, i: &Table, out: &mut Vec<Hazard>) {
                         "POLICY_DROPPED",
                         of(name),
                         format!(
-                            "{}: {}",
+                            "{}: {}{none_left}",
                             lp.definition,
                             if lp.permissive {
                                 "its roles no longer read or write the rows only it admitted"
@@ -263,7 +291,7 @@ fn compare(object: &str, l: &Table, i: &Table, out: &mut Vec<Hazard>) {
                     Some(ip) if ip != lp => out.push(hazard(
                         "POLICY_CHANGED",
                         of(name),
-                        format!("{} -> {}", lp.definition, ip.definition),
+                        format!("{} -> {}{none_left}", lp.definition, ip.definition),
                     )),
                     Some(_) => {}
                 }
@@ -274,7 +302,7 @@ fn compare(object: &str, l: &Table, i: &Table, out: &mut Vec<Hazard>) {
                         "POLICY_ADDED",
                         of(name),
                         format!(
-                            "{}: {}",
+                            "{}: {}{none_left}",
                             ip.definition,
                             if ip.permissive {
                                 "its roles read and write the rows it admits too"
