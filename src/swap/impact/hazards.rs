@@ -538,7 +538,12 @@ fn compare_pair(
             }
             Some(ir) if lr.kind != 'S' && !(lr.partition && ir.partition) => {
                 compare_columns(name, lr, ir, &col_obj, &rel_obj, out);
-                security_invoker(lr, ir, rel_obj(name), out);
+                rights_changed(
+                    (lr.security_invoker, ir.security_invoker),
+                    &SECURITY_INVOKER,
+                    rel_obj(name),
+                    out,
+                );
             }
             Some(_) => {}
         }
@@ -597,7 +602,7 @@ fn compare_pair(
                     g.result.as_deref().map_or("nothing".to_string(), show_args)
                 )),
                 Some(g) => {
-                    security_definer(f, g, show(f), out);
+                    rights_changed((f.definer, g.definer), &SECURITY_DEFINER, show(f), out);
                     None
                 }
             };
@@ -678,36 +683,44 @@ fn compare_pair(
     }
 }
 
-/// `SECURITY_INVOKER_ADDED` / `_DROPPED`: a view of the same name that
-/// reads its tables with other rights, so other rows (row-level security
-/// applies to the role whose rights it uses) and other refusals.
-fn security_invoker(l: &Rel, i: &Rel, object: String, out: &mut Vec<Hazard>) {
-    let (code, detail) = match (l.security_invoker, i.security_invoker) {
-        (true, false) => (
-            "SECURITY_INVOKER_DROPPED",
-            "security_invoker on -> off: the view reads its tables with its owner's rights, not the caller's: row-level security and privileges are its owner's (an owner of the tables reads every row)",
-        ),
-        (false, true) => (
-            "SECURITY_INVOKER_ADDED",
-            "security_invoker off -> on: the view reads its tables with the caller's rights: the caller's row-level security applies, and a caller without privileges on them is refused",
-        ),
-        _ => return,
-    };
-    out.push(Hazard::new(code, Effect::RowAccess, object, detail));
-}
+/// A view whose `security_invoker` changed reads its tables with other
+/// rights, so other rows (row-level security applies to the role whose
+/// rights it uses) and other refusals: (code, detail) turned on, turned off.
+const SECURITY_INVOKER: [(&str, &str); 2] = [
+    (
+        "SECURITY_INVOKER_ADDED",
+        "security_invoker off -> on: the view reads its tables with the caller's rights: the caller's row-level security applies, and a caller without privileges on them is refused",
+    ),
+    (
+        "SECURITY_INVOKER_DROPPED",
+        "security_invoker on -> off: the view reads its tables with its owner's rights, not the caller's: row-level security and privileges are its owner's (an owner of the tables reads every row)",
+    ),
+];
 
-/// `SECURITY_DEFINER_ADDED` / `_DROPPED`: an overload of the same
-/// signature that runs with other rights.
-fn security_definer(l: &Func, i: &Func, object: String, out: &mut Vec<Hazard>) {
-    let (code, detail) = match (l.definer, i.definer) {
-        (false, true) => (
-            "SECURITY_DEFINER_ADDED",
-            "SECURITY INVOKER -> SECURITY DEFINER: it runs with its owner's rights: row-level security and privileges are its owner's, not the caller's",
-        ),
-        (true, false) => (
-            "SECURITY_DEFINER_DROPPED",
-            "SECURITY DEFINER -> SECURITY INVOKER: it runs with the caller's rights: the caller's row-level security applies, and a caller without privileges on what it uses is refused",
-        ),
+/// The same for an overload of the same signature that became `SECURITY
+/// DEFINER` or `SECURITY INVOKER`.
+const SECURITY_DEFINER: [(&str, &str); 2] = [
+    (
+        "SECURITY_DEFINER_ADDED",
+        "SECURITY INVOKER -> SECURITY DEFINER: it runs with its owner's rights: row-level security and privileges are its owner's, not the caller's",
+    ),
+    (
+        "SECURITY_DEFINER_DROPPED",
+        "SECURITY DEFINER -> SECURITY INVOKER: it runs with the caller's rights: the caller's row-level security applies, and a caller without privileges on what it uses is refused",
+    ),
+];
+
+/// A `row_access` hazard when a flag of `object` changed from `was` to
+/// `is`: `words`' first (code, detail) for turned on, its second for off.
+fn rights_changed(
+    (was, is): (bool, bool),
+    words: &[(&str, &str); 2],
+    object: String,
+    out: &mut Vec<Hazard>,
+) {
+    let (code, detail) = match (was, is) {
+        (false, true) => words[0],
+        (true, false) => words[1],
         _ => return,
     };
     out.push(Hazard::new(code, Effect::RowAccess, object, detail));
