@@ -513,11 +513,13 @@ pub async fn plan(client: &Client, opts: &RollbackOptions) -> Result<Plan> {
     // that replaced it leaves the others' objects behind, say).
     warnings
         .extend(crate::prepare::preflight::outside_dependents(client, &lives, "rollback").await?);
-    warnings.extend(bound_to_other_backups(client, &backups).await?);
+    // Every backup, newest first: the newest's counters are those of the
+    // public being replaced when it went live.
+    let all = manifest::list_backups(client).await?;
+    warnings.extend(bound_to_other_backups(client, &all, &backups).await?);
 
     // Writes the application made to the public being replaced since it went
     // live (the newest backup's manifest has its counters from that moment).
-    let all = manifest::list_backups(client).await?; // newest first
     let live_baseline = all.first().and_then(|b| b.manifest.live_baseline.clone());
     // The current public's owners are the source's when the swap that made
     // it live kept them (`--keep-source-owners`): not carried back.
@@ -816,9 +818,12 @@ fn carried_since(all: &[manifest::BackupRow], restore: &manifest::BackupRow) -> 
 /// `backup_<later>_util.pos()` now, the function having moved with its
 /// schema. Found as what depends on the other backups from outside them
 /// that does not once the restored schemas count as theirs.
-async fn bound_to_other_backups(client: &Client, restoring: &[String]) -> Result<Option<String>> {
-    let others: Vec<String> = manifest::list_backups(client)
-        .await?
+async fn bound_to_other_backups(
+    client: &Client,
+    all: &[BackupRow],
+    restoring: &[String],
+) -> Result<Option<String>> {
+    let others: Vec<String> = all
         .iter()
         .flat_map(|b| b.manifest.schema_maps())
         .map(|m| m.backup)
