@@ -305,21 +305,6 @@ pub fn save_migration_sql(st: &MigrationState) -> Result<String> {
     ))
 }
 
-/// Whether migration `id` gave relations the source's owners
-/// (`--keep-source-owners`); false when its record is gone (the history
-/// keeps the last 20).
-pub async fn kept_source_owners(client: &impl GenericClient, id: i64) -> Result<bool> {
-    Ok(client
-        .query_opt(
-            "SELECT COALESCE((state -> 'extra' ->> 'keep_source_owners')::bool, false)
-               FROM pgshift.migration WHERE id = $1",
-            &[&id],
-        )
-        .await
-        .context("reading pgshift.migration")?
-        .is_some_and(|r| r.get(0)))
-}
-
 /// Record which schema oid is the shadow this migration created.
 pub async fn set_shadow_oid(client: &impl GenericClient, id: i64) -> Result<()> {
     client

@@ -752,41 +752,6 @@ fn level(
     }
 }
 
-/// [`catch_up`] applied, in one transaction: `incoming`'s objects take the
-/// owners and grants their namesakes in `live` have now. The swap carries
-/// what changed `since` prepare to the shadow; a rollback what changed since
-/// the current public went live to the backup it restores. Its warnings
-/// (owners this role may not give) are logged and returned.
-pub async fn carry_over(
-    client: &Client,
-    incoming: &str,
-    live: &str,
-    keep_owners: bool,
-    since: &str,
-) -> Result<Vec<String>> {
-    let (stmts, warnings) = catch_up(client, incoming, live, keep_owners).await?;
-    for w in &warnings {
-        tracing::warn!("{w}");
-    }
-    if stmts.is_empty() {
-        return Ok(warnings);
-    }
-    let sql = format!("BEGIN;\n{};\nCOMMIT;", stmts.join(";\n"));
-    if let Err(e) = client.batch_execute(&sql).await {
-        let _ = client.batch_execute("ROLLBACK").await;
-        return Err(crate::pg::exec::pg_error_as(
-            e,
-            &format!("carrying the owners and grants changed on {live} {since} over to {incoming}"),
-        ));
-    }
-    tracing::info!(
-        schema = %live,
-        statements = stmts.len(),
-        "owners and grants changed {since} carried over to {incoming}"
-    );
-    Ok(warnings)
-}
-
 /// What changed on `live`'s objects since prepare copied their owners and
 /// grants to their namesakes in `shadow`: the statements that level the
 /// shadow's (owners too unless `keep_owners`, as `--keep-source-owners` asked;

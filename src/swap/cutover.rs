@@ -947,16 +947,35 @@ pub async fn swap(sess: &Session, opts: &SwapOptions) -> Result<SwapReport> {
     }
     // Owners and grants changed on the live objects since prepare copied them.
     for p in pairs(&m) {
-        warnings.extend(
-            privileges::carry_over(
-                &sess.control,
-                &p.shadow,
-                &p.live,
-                m.state.details.keep_source_owners,
-                "since prepare",
-            )
-            .await?,
-        );
+        let (stmts, caught_warnings) = privileges::catch_up(
+            &sess.control,
+            &p.shadow,
+            &p.live,
+            m.state.details.keep_source_owners,
+        )
+        .await?;
+        for w in caught_warnings {
+            tracing::warn!("{w}");
+            warnings.push(w);
+        }
+        if !stmts.is_empty() {
+            let sql = format!("BEGIN;\n{};\nCOMMIT;", stmts.join(";\n"));
+            if let Err(e) = sess.control.batch_execute(&sql).await {
+                let _ = sess.control.batch_execute("ROLLBACK").await;
+                return Err(crate::pg::exec::pg_error_as(
+                    e,
+                    &format!(
+                        "carrying the grants made on {} since prepare over to its shadow",
+                        p.live
+                    ),
+                ));
+            }
+            tracing::info!(
+                schema = %p.live,
+                statements = stmts.len(),
+                "owners and grants changed since prepare carried over to the shadow"
+            );
+        }
     }
     let check = fk_violations(&sess.control, &m, &kept).await?;
     if let Some(refusal) = fk_refusal(&check, opts.allow_fk_violations) {

@@ -105,9 +105,6 @@ pub struct Plan {
     /// The counters of the current public when it went live (the newest
     /// backup's manifest), if recorded.
     pub live_baseline: Option<WriteBaseline>,
-    /// The swap that made the current public live gave its relations the
-    /// source's owners: the rollback carries its grants, not its owners.
-    pub keep_owners: bool,
     /// public's tables and counters when the plan was made (what the check
     /// under the locks looks at again).
     pub listed: WriteBaseline,
@@ -521,17 +518,6 @@ pub async fn plan(client: &Client, opts: &RollbackOptions) -> Result<Plan> {
     // Writes the application made to the public being replaced since it went
     // live (the newest backup's manifest has its counters from that moment).
     let live_baseline = all.first().and_then(|b| b.manifest.live_baseline.clone());
-    // The current public's owners are the source's when the swap that made
-    // it live kept them (`--keep-source-owners`): not carried back.
-    let keep_owners = match all
-        .first()
-        .map(|b| (&b.manifest.kind, b.manifest.migration_id))
-    {
-        Some((kind, Some(id))) if kind == "swap" => {
-            crate::migration::record::kept_source_owners(client, id).await?
-        }
-        _ => false,
-    };
     warnings.extend(carried_since(&all, &restore));
     let kept: Vec<TableName> = kept_names(&pairs);
     let (listed, writes) = gate::writes_since(
@@ -605,7 +591,6 @@ pub async fn plan(client: &Client, opts: &RollbackOptions) -> Result<Plan> {
         warnings,
         writes,
         live_baseline,
-        keep_owners,
         listed,
         allow_discard: opts.allow_discard.clone(),
         fail_on_breaking: opts.fail_on_breaking,
@@ -1059,22 +1044,6 @@ pub async fn execute(sess: &Session, plan: &Plan, policy: Policy) -> Result<Roll
             format!("discarding writes since the current public went live (--allow-discard): {w}");
         tracing::warn!("{w}");
         warnings.push(w);
-    }
-    // Owners and grants changed on the current public's objects since it
-    // went live carry over to their namesakes in the backup, as a swap
-    // carries those changed since prepare: a GRANT to a new role, a REVOKE,
-    // a new owner are the destination's, not the version's.
-    for p in &plan.pairs {
-        warnings.extend(
-            crate::prepare::privileges::carry_over(
-                control,
-                &p.incoming,
-                &p.live,
-                plan.keep_owners,
-                "since it went live",
-            )
-            .await?,
-        );
     }
     let restored = &plan.restore;
     let kept_live = live_kept_keys(plan);
