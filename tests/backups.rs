@@ -2194,3 +2194,64 @@ fn a_rollback_held_up_by_a_lock_says_it_is_the_rollback() {
     rt.block_on(holder.batch_execute("ROLLBACK")).unwrap();
     assert_eq!(list(&wd, &dbs.dst).len(), 1);
 }
+
+/// The restored objects come back with the owners and grants they had when
+/// the backup was made: a GRANT, a REVOKE, a new owner given to the current
+/// public's objects since goes back with the rollback. It said nothing (h44b);
+/// its dry run and the rollback now warn, naming the objects. Right after the
+/// swap, with nothing changed, there is nothing to say.
+#[test]
+fn a_rollback_says_which_owners_and_grants_go_back() {
+    let dbs = TestDbs::new("bk_acl");
+    for r in ["bk_acl_bi", "bk_acl_rep", "bk_acl_own"] {
+        dbs.dst.psql(&common::create_role(r, ""));
+    }
+    let ddl = "CREATE TABLE t (id serial PRIMARY KEY, v text);
+               CREATE TABLE u (id int PRIMARY KEY);
+               CREATE FUNCTION f() RETURNS int LANGUAGE sql AS 'SELECT 1';";
+    dbs.src.psql(ddl);
+    dbs.dst.psql(ddl);
+    dbs.dst
+        .psql("GRANT SELECT ON t, u TO bk_acl_rep; GRANT USAGE ON SCHEMA public TO bk_acl_own;");
+    let wd = Workdir::new();
+    start(&wd, &dbs);
+    let url = dbs.dst.url();
+    let said = "come back with the owners and grants they had when it was made";
+    let dry = run_json(&wd, &["rollback", "--latest", "--dest", &url, "--dry-run"]);
+    assert!(
+        !dry["rollback"]["warnings"].to_string().contains(said),
+        "{dry}"
+    );
+
+    dbs.dst.psql(
+        "GRANT SELECT ON t TO bk_acl_bi; REVOKE EXECUTE ON FUNCTION f() FROM PUBLIC;
+         GRANT CREATE ON SCHEMA public TO bk_acl_own; ALTER TABLE t OWNER TO bk_acl_own;",
+    );
+    let dry = run_json(&wd, &["rollback", "--latest", "--dest", &url, "--dry-run"]);
+    let warned = dry["rollback"]["warnings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| w.as_str().unwrap().to_string())
+        .find(|w| w.contains(said))
+        .unwrap_or_else(|| panic!("{dry}"));
+    assert!(
+        warned.contains("and 2 of them differ from their namesakes' in public now (")
+            && warned.contains("table t")
+            && warned.contains("function f()")
+            && !warned.contains("table u"),
+        "{warned}"
+    );
+    let out = wd.run(&["rollback", "--latest", "--dest", &url]);
+    let text = common::said_by(&out);
+    assert!(out.status.success() && text.contains(said), "{text}");
+    // As documented: the backup's owners and grants.
+    assert_eq!(
+        dbs.dst.psql(
+            "SELECT has_table_privilege('bk_acl_bi', 'public.t', 'SELECT') || ' '
+                    || has_function_privilege('bk_acl_bi', 'public.f()', 'EXECUTE') || ' '
+                    || (SELECT relowner::regrole::text FROM pg_class WHERE oid = 'public.t'::regclass)"
+        ),
+        "false true pgshift_test"
+    );
+}

@@ -752,17 +752,30 @@ fn level(
     }
 }
 
+/// What [`catch_up`] found.
+#[derive(Debug, Default)]
+pub struct CaughtUp {
+    /// The statements that level the shadow's owners and grants.
+    pub sql: Vec<String>,
+    /// Owners this role may not give objects to.
+    pub warnings: Vec<String>,
+    /// The objects whose owner or grants differ (`table orders`,
+    /// `function f(integer)`), an owner this role may not give included.
+    pub differing: Vec<String>,
+}
+
 /// What changed on `live`'s objects since prepare copied their owners and
 /// grants to their namesakes in `shadow`: the statements that level the
 /// shadow's (owners too unless `keep_owners`, as `--keep-source-owners` asked;
 /// table, column, function and type privileges), and warnings for owners this
-/// role may not give objects to.
+/// role may not give objects to. Reads only: a rollback asks it which of
+/// the backup's objects it restores differ from their live namesakes.
 pub async fn catch_up(
     client: &Client,
     shadow: &str,
     live: &str,
     keep_owners: bool,
-) -> Result<(Vec<String>, Vec<String>)> {
+) -> Result<CaughtUp> {
     client.batch_execute("SET search_path = ''").await?;
     let listed = async {
         let theirs: HashMap<String, Obj> = objects(client, live)
@@ -783,10 +796,12 @@ pub async fn catch_up(
     let mut sql = Vec::new();
     let mut warnings = Vec::new();
     let mut create_granted: Vec<String> = Vec::new();
+    let mut differing = Vec::new();
     for o in &ours {
         let Some(c) = theirs.get(&o.key) else {
             continue;
         };
+        let (statements, warned) = (sql.len(), warnings.len());
         // The owner first: it takes the old owner's entries along.
         let mut have_acl = effective(o);
         if !keep_owners && !o.owned_sequence && c.owner != o.owner {
@@ -861,8 +876,16 @@ pub async fn catch_up(
                 level(on, &given, h, &mut sql);
             }
         }
+        if sql.len() > statements || warnings.len() > warned {
+            let name = o.key.split_once(':').map_or(o.key.as_str(), |(_, n)| n);
+            differing.push(format!("{} {name}", o.kind.to_lowercase()));
+        }
     }
-    Ok((sql, warnings))
+    Ok(CaughtUp {
+        sql,
+        warnings,
+        differing,
+    })
 }
 
 #[cfg(test)]

@@ -947,7 +947,11 @@ pub async fn swap(sess: &Session, opts: &SwapOptions) -> Result<SwapReport> {
     }
     // Owners and grants changed on the live objects since prepare copied them.
     for p in pairs(&m) {
-        let (stmts, caught_warnings) = privileges::catch_up(
+        let privileges::CaughtUp {
+            sql: stmts,
+            warnings: caught_warnings,
+            ..
+        } = privileges::catch_up(
             &sess.control,
             &p.shadow,
             &p.live,

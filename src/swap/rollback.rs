@@ -519,6 +519,7 @@ pub async fn plan(client: &Client, opts: &RollbackOptions) -> Result<Plan> {
     // live (the newest backup's manifest has its counters from that moment).
     let live_baseline = all.first().and_then(|b| b.manifest.live_baseline.clone());
     warnings.extend(carried_since(&all, &restore));
+    warnings.extend(privileges_restored(client, &pairs).await?);
     let kept: Vec<TableName> = kept_names(&pairs);
     let (listed, writes) = gate::writes_since(
         client,
@@ -831,6 +832,38 @@ async fn bound_to_other_backups(
             bound.join(", ")
         )
     }))
+}
+
+/// The restored objects come back with the owners and grants they had when
+/// the backup was made: a GRANT, a REVOKE or a new owner given to their
+/// namesakes in the live schema since goes back with the rollback. Not
+/// carried over as the swap carries what changed since prepare: what
+/// changed since the current public went live is not recorded, and
+/// levelling the backup to today's would need membership in the owners of
+/// objects that did not change (h45a). Said, one warning per schema, with
+/// the first few objects (kept tables stay as they are: not named).
+async fn privileges_restored(client: &Client, pairs: &[engine::Pair]) -> Result<Vec<String>> {
+    let mut out = Vec::new();
+    for p in pairs {
+        let differing: Vec<String> =
+            crate::prepare::privileges::catch_up(client, &p.incoming, &p.live, false)
+                .await?
+                .differing
+                .into_iter()
+                .filter(|d| !p.keep.iter().any(|k| d == &format!("table {k}")))
+                .collect();
+        if differing.is_empty() {
+            continue;
+        }
+        out.push(format!(
+            "the objects restored from {} come back with the owners and grants they had when it was made, and {} of them differ from their namesakes' in {} now ({}): what was granted, revoked or given since goes back with the rollback; grant it again after the rollback where it must stay",
+            p.incoming,
+            differing.len(),
+            display_ident(&p.live),
+            crate::prepare::preflight::list_first(&differing, 3)
+        ));
+    }
+    Ok(out)
 }
 
 /// The written tables (partitions by their root) that `--keep-tables` would
