@@ -2099,6 +2099,21 @@ fn a_rollback_past_a_later_swap_says_what_that_swap_carried_over() {
             && said[0].contains(&format!("users, carried by the swap that made {newer}")),
         "{said:?}"
     );
+    // Kept, users stays live with those rows: nothing is left out (h45a).
+    let plan = run_json(
+        &wd,
+        &[
+            "rollback",
+            "--dest",
+            &url,
+            "--timestamp",
+            &older,
+            "--keep-tables",
+            "users",
+            "--dry-run",
+        ],
+    );
+    assert_eq!(carried(&plan), Vec::<String>::new(), "{plan}");
     let plan = run_json(&wd, &["rollback", "--dest", &url, "--latest", "--dry-run"]);
     assert_eq!(carried(&plan), Vec::<String>::new(), "{plan}");
     // A swap that does not preserve users ends the chain: those rows are in

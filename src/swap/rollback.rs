@@ -518,7 +518,7 @@ pub async fn plan(client: &Client, opts: &RollbackOptions) -> Result<Plan> {
     // Writes the application made to the public being replaced since it went
     // live (the newest backup's manifest has its counters from that moment).
     let live_baseline = all.first().and_then(|b| b.manifest.live_baseline.clone());
-    warnings.extend(carried_since(&all, &restore));
+    warnings.extend(carried_since(&all, &restore, &keep_keys));
     warnings.extend(privileges_restored(client, &pairs).await?);
     let kept: Vec<TableName> = kept_names(&pairs);
     let (listed, writes) = gate::writes_since(
@@ -747,8 +747,12 @@ async fn impact(
 ///   was written to it then is in it, and not in a backup older than that.
 ///
 /// The rollback leaves those rows out (they stay in the later backups and the
-/// new one).
-fn carried_since(all: &[manifest::BackupRow], restore: &manifest::BackupRow) -> Vec<String> {
+/// new one), but for the tables it keeps (`kept`, as [`Plan::keep`]).
+fn carried_since(
+    all: &[manifest::BackupRow],
+    restore: &manifest::BackupRow,
+    kept: &BTreeSet<String>,
+) -> Vec<String> {
     let mut warnings = Vec::new();
     let mut reaching: Option<BTreeSet<&str>> = None;
     let mut named = Vec::new();
@@ -760,6 +764,8 @@ fn carried_since(all: &[manifest::BackupRow], restore: &manifest::BackupRow) -> 
             .iter()
             .chain(&b.manifest.kept_tables)
             .map(String::as_str)
+            // A table this rollback keeps stays live, rows and all (h45a).
+            .filter(|t| !kept.contains(*t))
             .collect();
         let now: BTreeSet<&str> = match &reaching {
             None => carried,
@@ -790,8 +796,13 @@ fn carried_since(all: &[manifest::BackupRow], restore: &manifest::BackupRow) -> 
         && manifest::parse_backup_ref(from).is_some_and(|ts| ts > restore.ts)
     {
         warnings.push(format!(
-            "the current public was restored from {from} by a rollback: what was written to it before, while it was live the first time, is in it and not in {}; this rollback leaves it out too (it stays in the new backup), and its count of discarded writes covers only the writes since that rollback",
-            restore.schema_name
+            "the current public was restored from {from} by a rollback: what was written to it before, while it was live the first time, is in it and not in {}; this rollback leaves it out too{} (it stays in the new backup), and its count of discarded writes covers only the writes since that rollback",
+            restore.schema_name,
+            if kept.is_empty() {
+                ""
+            } else {
+                ", but for the tables it keeps"
+            }
         ));
     }
     warnings
