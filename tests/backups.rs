@@ -2240,7 +2240,27 @@ fn a_rollback_says_which_owners_and_grants_go_back() {
 
     dbs.dst.psql(
         "GRANT SELECT ON t TO bk_acl_bi; REVOKE EXECUTE ON FUNCTION f() FROM PUBLIC;
-         GRANT CREATE ON SCHEMA public TO bk_acl_own; ALTER TABLE t OWNER TO bk_acl_own;",
+         GRANT CREATE ON SCHEMA public TO bk_acl_own; ALTER TABLE t OWNER TO bk_acl_own;
+         GRANT SELECT ON SEQUENCE t_id_seq TO bk_acl_bi;",
+    );
+    // Kept, t and its own sequence stay live as they are: not named (h45b).
+    let kept = run_json(
+        &wd,
+        &[
+            "rollback",
+            "--latest",
+            "--dest",
+            &url,
+            "--dry-run",
+            "--keep-tables",
+            "t",
+        ],
+    );
+    assert!(
+        kept["rollback"]["warnings"]
+            .to_string()
+            .contains("and 1 of them differs from their namesakes' in public now (function f()):"),
+        "{kept}"
     );
     let dry = run_json(&wd, &["rollback", "--latest", "--dest", &url, "--dry-run"]);
     let warned = dry["rollback"]["warnings"]
@@ -2251,8 +2271,9 @@ fn a_rollback_says_which_owners_and_grants_go_back() {
         .find(|w| w.contains(said))
         .unwrap_or_else(|| panic!("{dry}"));
     assert!(
-        warned.contains("and 2 of them differ from their namesakes' in public now (")
+        warned.contains("and 3 of them differ from their namesakes' in public now (")
             && warned.contains("table t")
+            && warned.contains("sequence t_id_seq")
             && warned.contains("function f()")
             && !warned.contains("table u"),
         "{warned}"

@@ -856,20 +856,40 @@ async fn bound_to_other_backups(
 async fn privileges_restored(client: &Client, pairs: &[engine::Pair]) -> Result<Vec<String>> {
     let mut out = Vec::new();
     for p in pairs {
+        // A kept table's own sequences stay live with it (h45b).
+        let keep: Vec<&String> = p.keep.iter().collect();
+        let kept_sequences: Vec<String> = query_map(
+            client,
+            "SELECT s.relname::text
+               FROM pg_catalog.pg_class s
+               JOIN pg_catalog.pg_depend d ON d.classid = 'pg_catalog.pg_class'::pg_catalog.regclass AND d.objid = s.oid
+                AND d.refclassid = 'pg_catalog.pg_class'::pg_catalog.regclass AND d.deptype IN ('a', 'i')
+               JOIN pg_catalog.pg_class t ON t.oid = d.refobjid
+               JOIN pg_catalog.pg_namespace n ON n.oid = t.relnamespace
+              WHERE s.relkind = 'S' AND n.nspname = $1 AND t.relname = ANY($2)",
+            &[&p.live, &keep],
+            "listing the kept tables' sequences",
+            |r| r.get(0),
+        )
+        .await?;
         let differing: Vec<String> =
             crate::prepare::privileges::catch_up(client, &p.incoming, &p.live, false)
                 .await?
                 .differing
                 .into_iter()
-                .filter(|d| !p.keep.iter().any(|k| d == &format!("table {k}")))
+                .filter(|d| {
+                    !p.keep.iter().any(|k| d == &format!("table {k}"))
+                        && !kept_sequences.iter().any(|q| d == &format!("sequence {q}"))
+                })
                 .collect();
         if differing.is_empty() {
             continue;
         }
         out.push(format!(
-            "the objects restored from {} come back with the owners and grants they had when it was made, and {} of them differ from their namesakes' in {} now ({}): what was granted, revoked or given since goes back with the rollback; grant it again after the rollback where it must stay",
+            "the objects restored from {} come back with the owners and grants they had when it was made, and {} of them {} from their namesakes' in {} now ({}): the rollback gives them the backup's, so a grant, revoke or owner given since the swap (or an owner the swap took from the source, --keep-source-owners) goes back; grant it again after the rollback where it must stay",
             p.incoming,
             differing.len(),
+            if differing.len() == 1 { "differs" } else { "differ" },
             display_ident(&p.live),
             crate::prepare::preflight::list_first(&differing, 3)
         ));
