@@ -657,6 +657,12 @@ async fn row_level_security_changes_are_found() {
         d("RLS_ENABLED", "public.forced"),
         "NO FORCE -> FORCE: the table's owner too reads and writes only the rows a permissive policy for the command and role admits, and every restrictive one: mine (PERMISSIVE FOR ALL TO PUBLIC)"
     );
+    // `forced` had no policy: nothing was admitted before (h45b).
+    assert!(
+        d("POLICY_ADDED", "public.forced.mine")
+            .ends_with(": its roles read and write the rows it admits, where no permissive policy admitted any before"),
+        "{h:#?}"
+    );
     assert_eq!(
         d("POLICY_ADDED", "public.policies.added"),
         "PERMISSIVE FOR INSERT TO PUBLIC WITH CHECK ((t = public.tenant())): its roles read and write the rows it admits too"

@@ -304,7 +304,9 @@ fn compare(object: &str, l: &Table, i: &Table, out: &mut Vec<Hazard>) {
                         format!(
                             "{}: {}{none_left}",
                             ip.definition,
-                            if ip.permissive {
+                            if ip.permissive && admits_none(l) {
+                                "its roles read and write the rows it admits, where no permissive policy admitted any before"
+                            } else if ip.permissive {
                                 "its roles read and write the rows it admits too"
                             } else {
                                 "its roles no longer read or write the rows it does not admit"
