@@ -121,6 +121,24 @@ fn socket_url_as(db: &common::TestDb, role: &str) -> String {
     )
 }
 
+/// The destination database given to a plain login role `<prefix>_<pid>`
+/// (no superuser), and its URL as that role through the harness's socket:
+/// None, said, on clusters the harness did not start.
+fn plain_owned_dest(dbs: &TestDbs, prefix: &str) -> Option<(String, String)> {
+    if dbs.dst.socket_dir().is_none() {
+        println!("skipped: needs the harness's own clusters");
+        return None;
+    }
+    let role = format!("{prefix}_{}", std::process::id());
+    dbs.dst.psql(&create_role(&role, "LOGIN"));
+    dbs.dst.psql(&format!(
+        "ALTER DATABASE \"{db}\" OWNER TO {role};",
+        db = dbs.dst.name()
+    ));
+    let url = socket_url_as(&dbs.dst, &role);
+    Some((role, url))
+}
+
 /// How many backup schemas `db` holds.
 fn backup_schemas(db: &common::TestDb) -> String {
     db.psql("SELECT count(*) FROM pg_namespace WHERE nspname LIKE 'backup\\_%'")
@@ -1592,16 +1610,9 @@ fn preserved_values_through_text_ignore_the_destinations_settings() {
 #[test]
 fn row_level_security_on_a_preserved_table_refuses_the_swap() {
     let dbs = TestDbs::new("preserved_rls");
-    if dbs.dst.socket_dir().is_none() {
-        println!("skipped: needs the harness's own clusters");
+    let Some((role, dst)) = plain_owned_dest(&dbs, "rls_mover") else {
         return;
-    }
-    let role = format!("rls_mover_{}", std::process::id());
-    dbs.dst.psql(&create_role(&role, "LOGIN"));
-    dbs.dst.psql(&format!(
-        "ALTER DATABASE \"{db}\" OWNER TO {role};",
-        db = dbs.dst.name()
-    ));
+    };
     let schema = "CREATE TABLE users (id int PRIMARY KEY, name text);
                   CREATE TABLE notes (id int PRIMARY KEY);";
     dbs.src.psql(schema);
@@ -1615,7 +1626,6 @@ fn row_level_security_on_a_preserved_table_refuses_the_swap() {
          ALTER TABLE notes ENABLE ROW LEVEL SECURITY; ALTER TABLE notes FORCE ROW LEVEL SECURITY;
          CREATE POLICY few ON notes USING (id <= 10);"
     ));
-    let dst = socket_url_as(&dbs.dst, &role);
     let src = dbs.src.url();
     let wd = Workdir::new();
     let prepare = [
@@ -2951,22 +2961,16 @@ fn a_key_a_row_cannot_compute_is_refused() {
 #[test]
 fn abort_refuses_a_preserved_table_whose_owner_changed_before_dropping_anything() {
     let dbs = TestDbs::new("abort_unowned");
-    if dbs.dst.socket_dir().is_none() {
-        println!("skipped: needs the harness's own clusters");
+    let Some((role, dst)) = plain_owned_dest(&dbs, "ab_mover") else {
         return;
-    }
-    let pid = std::process::id();
-    let (role, other) = (format!("ab_mover_{pid}"), format!("ab_legacy_{pid}"));
-    dbs.dst.psql(&create_role(&role, "LOGIN"));
+    };
+    let other = format!("ab_legacy_{}", std::process::id());
     dbs.dst.psql(&create_role(&other, "NOLOGIN"));
     let ddl = "CREATE TABLE events (id int PRIMARY KEY); CREATE TABLE users (id int PRIMARY KEY);";
     dbs.src.psql(ddl);
     dbs.dst.psql(&format!(
-        "ALTER DATABASE \"{db}\" OWNER TO {role}; {ddl}
-         ALTER TABLE events OWNER TO {role}; ALTER TABLE users OWNER TO {role};",
-        db = dbs.dst.name()
+        "{ddl} ALTER TABLE events OWNER TO {role}; ALTER TABLE users OWNER TO {role};"
     ));
-    let dst = socket_url_as(&dbs.dst, &role);
     let wd = Workdir::new();
     assert_success(&wd.run(&[
         "prepare",
