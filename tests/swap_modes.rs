@@ -1447,6 +1447,103 @@ fn a_kept_table_of_another_role_is_refused_before_a_rename_swap() {
         .psql(&format!("DROP OWNED BY {other} CASCADE; DROP ROLE {other}"));
 }
 
+/// Both modes lock every table they move, keep or replace, which takes the
+/// UPDATE, DELETE or TRUNCATE privilege on it (or its owner's). A table of
+/// public that belongs to a role this one is not a member of, with none of
+/// them granted, passed `status` and the dry runs and then failed the
+/// swap's LOCK (and the rollback's, for the current public's tables). It
+/// is refused before any lock, naming the table and its owner, by `status`,
+/// the dry runs and the real runs (exit 1, one line, nothing changed); any
+/// one of those privileges lets them through.
+#[test]
+fn a_table_the_role_may_not_lock_is_refused_before_the_swap_and_the_rollback() {
+    let dbs = TestDbs::new("lock_priv");
+    let role = "lock_priv_app";
+    let other = "lock_priv_other";
+    let dst = database_owner(&dbs.dst, role, "lock-pw");
+    dbs.dst.psql(&format!(
+        "DROP ROLE IF EXISTS {other}; CREATE ROLE {other};
+         CREATE TABLE audit (id int PRIMARY KEY); INSERT INTO audit VALUES (7);
+         ALTER TABLE audit OWNER TO {other};
+         SET ROLE {role}; CREATE TABLE t (id int PRIMARY KEY); INSERT INTO t VALUES (1);"
+    ));
+    dbs.src
+        .psql("CREATE TABLE t (id int PRIMARY KEY); INSERT INTO t VALUES (1), (2);");
+    let wd = Workdir::new();
+    assert_success(&wd.run(&["prepare", "--source", &dbs.src.url(), "--dest", &dst]));
+    let said = |refusal: &str, table: &str| {
+        refusal.contains(&format!("may not lock table public.{table}:"))
+            && refusal.contains(&format!("its owner, {other}"))
+            && refusal.contains(&format!("GRANT {other} TO {role}"))
+    };
+    let plan: serde_json::Value = serde_json::from_str(&assert_success(&wd.run(&[
+        "swap",
+        "--dry-run",
+        "--json",
+        "--dest",
+        &dst,
+    ])))
+    .unwrap();
+    assert_eq!(plan["swap"]["swap_mode"], "rename", "{plan}");
+    let refusal = plan["swap"]["refusal"].as_str().unwrap_or_default();
+    assert!(said(refusal, "audit"), "{plan}");
+    let status: serde_json::Value = serde_json::from_str(&assert_success(
+        &wd.run(&["status", "--json", "--dest", &dst]),
+    ))
+    .unwrap();
+    assert_eq!(status["swap_allowed"], false, "{status}");
+    assert!(
+        status["swap_blocked_reasons"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| said(r.as_str().unwrap_or_default(), "audit")),
+        "{status}"
+    );
+    refused_before_any_lock(&wd, &dbs.dst, &["swap", "--dest", &dst], refusal);
+    dbs.dst
+        .psql(&format!("GRANT SELECT, UPDATE ON audit TO {role}"));
+    assert_success(&wd.run(&["swap", "--dest", &dst]));
+    assert_eq!(
+        dbs.dst.query_one_string("SELECT count(*) FROM public.t"),
+        "2"
+    );
+    // The current public's table given to the other role (its grants go
+    // with it): the rollback would lock it.
+    dbs.dst
+        .psql(&format!("ALTER TABLE public.t OWNER TO {other}"));
+    let plan: serde_json::Value = serde_json::from_str(&assert_success(&wd.run(&[
+        "rollback",
+        "--latest",
+        "--dry-run",
+        "--json",
+        "--dest",
+        &dst,
+    ])))
+    .unwrap();
+    let refusal = plan["rollback"]["refusal"].as_str().unwrap_or_default();
+    assert!(
+        said(refusal, "t") && refusal.starts_with("the rollback locks"),
+        "{plan}"
+    );
+    refused_before_any_lock(
+        &wd,
+        &dbs.dst,
+        &["rollback", "--latest", "--dest", &dst],
+        refusal,
+    );
+    dbs.dst
+        .psql(&format!("GRANT TRUNCATE ON public.t TO {role}"));
+    assert_success(&wd.run(&["rollback", "--latest", "--dest", &dst]));
+    assert_eq!(
+        dbs.dst.query_one_string("SELECT count(*) FROM public.t"),
+        "1"
+    );
+    assert_eq!(dbs.dst.query_one_string("SELECT id FROM public.audit"), "7");
+    dbs.dst
+        .psql(&format!("DROP OWNED BY {other} CASCADE; DROP ROLE {other}"));
+}
+
 /// A rename swap with preserved tables fences the sequences it carries over
 /// (`swap::fence`), so it locks them after the tables, as an object-mode swap
 /// moves them: a transaction that takes `nextval()` before its INSERT holds

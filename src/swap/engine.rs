@@ -421,7 +421,8 @@ pub struct Outlook {
 /// rename mode only the kept tables (`--keep-tables`) move, back from the
 /// backup: the ones of those this role may not move. Such a swap fails at
 /// its first one, under its locks: it is refused before them, and `status`,
-/// the dry runs and prepare say so in the same words.
+/// the dry runs and prepare say so in the same words. So is a swap, in
+/// either mode, of a table it may not lock (`unlockable`).
 #[derive(Debug, Clone, Default)]
 pub struct Unmovable {
     /// For people: `function shadow.floatrange(double precision, double precision)`.
@@ -441,6 +442,13 @@ pub struct Unmovable {
     /// Names the kept tables' companions hold in a live schema that an
     /// incoming object also has: the move of one of them fails.
     clashes: Vec<objects::NameClash>,
+    /// Tables the transaction locks (see [`lock_statements`]) that this role
+    /// may not lock in ACCESS EXCLUSIVE mode, for people, and their owners:
+    /// a rename needs no privilege on public's tables, but the lock before
+    /// it does (UPDATE, DELETE or TRUNCATE, or MAINTAIN on PostgreSQL 17+;
+    /// an owner's privileges include them).
+    unlockable: Vec<String>,
+    unlockable_owners: BTreeSet<String>,
 }
 
 impl Unmovable {
@@ -473,7 +481,7 @@ impl Unmovable {
             ));
         }
         if self.objects.is_empty() {
-            return None;
+            return self.lock_refusal(what);
         }
         let owners = self.owners.iter().map(|o| display_ident(o)).join(", ");
         let alter = match &self.kind {
@@ -509,14 +517,52 @@ impl Unmovable {
     }
 }
 
-/// What the object-level swap of `listed` could not move ([`Unmovable`]).
-async fn unmovable(
-    client: &Client,
-    exchange: &Exchange,
-    policy: Policy,
-    choice: &Choice,
-    listed: &Listed,
-) -> Result<Unmovable> {
+impl Unmovable {
+    /// One line refusing `what` for the tables it may not lock, or None.
+    fn lock_refusal(&self, what: &str) -> Option<String> {
+        if self.unlockable.is_empty() {
+            return None;
+        }
+        let (them, whose) = match self.unlockable.len() {
+            1 => ("it", "its owner"),
+            _ => ("each", "their owners"),
+        };
+        let me = display_ident(&self.me);
+        let owners = self
+            .unlockable_owners
+            .iter()
+            .map(|o| display_ident(o))
+            .join(", ");
+        let grant_owner = self
+            .unlockable_owners
+            .iter()
+            .map(|o| format!("GRANT {} TO {me}", display_ident(o)))
+            .join("; ");
+        Some(format!(
+            "{what} locks every table it moves, keeps or replaces (LOCK TABLE … IN ACCESS EXCLUSIVE MODE), and role {me} may not lock {list}: that needs the UPDATE, DELETE or TRUNCATE privilege on {them} (or MAINTAIN on PostgreSQL 17+), or the privileges of {whose}, {owners}; nothing was changed: have {whose} GRANT UPDATE on {them} to {me}, or {grant_owner}, or run {what} as a superuser",
+            list = crate::prepare::preflight::list_some(&self.unlockable),
+        ))
+    }
+}
+
+/// SQL: of the relations named in `$1` (qualified, quoted), the ones this
+/// role may not lock in ACCESS EXCLUSIVE mode, in the order given:
+/// (schema, name, owner). `has_table_privilege` with several privileges is
+/// true when any is held, as LOCK's own check (`LockTableAclCheck`).
+const UNLOCKABLE: &str =
+    "SELECT n.nspname::text, c.relname::text, pg_catalog.pg_get_userbyid(c.relowner)::text
+       FROM pg_catalog.unnest($1::text[]) WITH ORDINALITY AS l(name, i)
+       JOIN pg_catalog.pg_class c ON c.oid = pg_catalog.to_regclass(l.name)
+       JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+      WHERE NOT pg_catalog.has_table_privilege(c.oid,
+                CASE WHEN pg_catalog.current_setting('server_version_num')::int >= 170000
+                     THEN 'MAINTAIN, UPDATE, DELETE, TRUNCATE'
+                     ELSE 'UPDATE, DELETE, TRUNCATE' END)
+      ORDER BY l.i";
+
+/// What the swap of `listed` could not move or lock ([`Unmovable`]).
+async fn unmovable(client: &Client, req: &Request<'_>, listed: &Listed) -> Result<Unmovable> {
+    let (exchange, policy, choice) = (req.exchange, req.policy, req.choice);
     let renaming = choice.rename.is_some();
     let mut found = Unmovable {
         renaming,
@@ -558,17 +604,37 @@ async fn unmovable(
             kinds.insert(m.kind.clone());
         }
     }
-    if found.objects.is_empty() {
-        return Ok(found);
+    let locked: Vec<String> = lock_names(req, listed)
+        .into_iter()
+        .map(String::from)
+        .collect();
+    for r in client
+        .query(UNLOCKABLE, &[&locked])
+        .await
+        .context("reading which tables this role may lock")?
+    {
+        let (schema, name, owner): (String, String, String) = (r.get(0), r.get(1), r.get(2));
+        found.unlockable.push(format!(
+            "table {}.{}",
+            display_ident(&schema),
+            display_ident(&name)
+        ));
+        found.unlockable_owners.insert(owner);
     }
-    if kinds.len() == 1 {
-        found.kind = kinds.into_iter().next();
+    if found.objects.is_empty() && found.unlockable.is_empty() {
+        return Ok(found);
     }
     found.me = client
         .query_one("SELECT current_user::text", &[])
         .await
         .context("reading the current role")?
         .get(0);
+    if found.objects.is_empty() {
+        return Ok(found);
+    }
+    if kinds.len() == 1 {
+        found.kind = kinds.into_iter().next();
+    }
     found.no_rename = if renaming {
         None
     } else if policy.mode == ModeRequest::Object {
@@ -604,7 +670,7 @@ pub async fn preview<H: InTx>(
     exec(client, "RESET search_path").await?;
     let listed = listed?;
     let lock_budget = budget_of(client, &req, &listed, hook.lock_need()).await?;
-    let unmovable = unmovable(client, exchange, policy, &choice, &listed).await?;
+    let unmovable = unmovable(client, &req, &listed).await?;
     let (before, at_commit) = hook.preview_notes();
     let mut sql = vec!["BEGIN".to_string()];
     sql.extend(session_settings(&req));
@@ -656,7 +722,7 @@ pub async fn outlook(
     let listed = listed?;
     Ok(Outlook {
         lock_budget: budget_of(client, &req, &listed, extra).await?,
-        unmovable: unmovable(client, exchange, policy, &choice, &listed).await?,
+        unmovable: unmovable(client, &req, &listed).await?,
     })
 }
 
@@ -783,7 +849,7 @@ pub async fn swap<H: InTx>(
     // An object this role may not move would fail the transaction under
     // its locks.
     let what = origin.noun();
-    let blocked = unmovable(&client, exchange, policy, &choice, &listed).await?;
+    let blocked = unmovable(&client, &req, &listed).await?;
     if let Some(refusal) = blocked.refusal(what) {
         bail!(refusal);
     }
