@@ -584,10 +584,26 @@ async fn row_level_security_changes_are_found() {
                CREATE TABLE ev_1 PARTITION OF ev FOR VALUES FROM ('2024-01-01') TO ('2025-01-01');
                CREATE TABLE onlyr (id int, t text);
                ALTER TABLE onlyr ENABLE ROW LEVEL SECURITY;
-               CREATE TABLE ro (id int, t text);";
+               CREATE TABLE ro (id int, t text);
+               CREATE TABLE moved (id int);
+               ALTER TABLE moved ENABLE ROW LEVEL SECURITY;
+               CREATE TABLE pub (id int);
+               ALTER TABLE pub ENABLE ROW LEVEL SECURITY;
+               CREATE TABLE via (id int);
+               ALTER TABLE via ENABLE ROW LEVEL SECURITY;";
+    db.psql(
+        "DO $$ BEGIN CREATE ROLE rls_reporting; EXCEPTION WHEN duplicate_object THEN NULL; END $$;
+         DO $$ BEGIN CREATE ROLE rls_app; EXCEPTION WHEN duplicate_object THEN NULL; END $$;
+         DO $$ BEGIN CREATE ROLE rls_analyst; EXCEPTION WHEN duplicate_object THEN NULL; END $$;
+         GRANT rls_reporting TO rls_analyst;",
+    );
     db.psql(&format!(
         "CREATE SCHEMA shadow;
          {ddl}
+         CREATE POLICY r ON moved FOR SELECT TO rls_reporting USING (true);
+         CREATE POLICY w ON moved TO rls_app USING (true);
+         CREATE POLICY p ON pub FOR SELECT USING (true);
+         CREATE POLICY a ON via TO rls_analyst USING (true);
          CREATE POLICY gone ON inert USING (true);
          ALTER TABLE on_off ENABLE ROW LEVEL SECURITY;
          CREATE POLICY p ON on_off USING (t = 'x');
@@ -613,7 +629,11 @@ async fn row_level_security_changes_are_found() {
          ALTER TABLE forced FORCE ROW LEVEL SECURITY;
          CREATE POLICY mine ON forced USING (t = current_user);
          CREATE POLICY added ON policies FOR INSERT WITH CHECK (t = tenant());
-         CREATE POLICY changed ON policies FOR SELECT USING (t = 'y');"
+         CREATE POLICY changed ON policies FOR SELECT USING (t = 'y');
+         CREATE POLICY r ON moved FOR SELECT TO rls_app USING (true);
+         CREATE POLICY w ON moved FOR SELECT TO rls_app USING (true);
+         CREATE POLICY p ON pub FOR SELECT TO rls_reporting USING (true);
+         CREATE POLICY a ON via TO rls_reporting USING (true);"
     ));
     let c = db.client().await;
     let mut pairs = public_shadow();
@@ -638,6 +658,14 @@ async fn row_level_security_changes_are_found() {
         ("SECURITY_INVOKER_ADDED", "public.v_def"),
         ("SECURITY_DEFINER_ADDED", "public.cnt()"),
         ("SECURITY_DEFINER_DROPPED", "public.cnt(integer)"),
+        // Policies moved to other roles or commands: who loses every row
+        // (h45b), not a member of a role still admitted (via).
+        ("POLICY_CHANGED", "public.moved.r"),
+        ("POLICY_CHANGED", "public.moved.w"),
+        ("ROWS_NO_LONGER_ADMITTED", "public.moved"),
+        ("POLICY_CHANGED", "public.pub.p"),
+        ("ROWS_NO_LONGER_ADMITTED", "public.pub"),
+        ("POLICY_CHANGED", "public.via.a"),
     ]
     .into_iter()
     .map(|(a, b)| (a.to_string(), b.to_string()))
@@ -688,6 +716,16 @@ async fn row_level_security_changes_are_found() {
     assert!(
         d("SECURITY_INVOKER_DROPPED", "public.v_inv").starts_with(
             "security_invoker on -> off: the view reads its tables with its owner's rights"
+        ),
+        "{h:#?}"
+    );
+    assert_eq!(
+        d("ROWS_NO_LONGER_ADMITTED", "public.moved"),
+        "no permissive policy admits rls_reporting for SELECT; rls_app for INSERT, UPDATE, DELETE any more: for them a SELECT reads no row, an UPDATE or DELETE changes none and an INSERT fails (policies now: r (PERMISSIVE FOR SELECT TO rls_app), w (PERMISSIVE FOR SELECT TO rls_app))"
+    );
+    assert!(
+        d("ROWS_NO_LONGER_ADMITTED", "public.pub").starts_with(
+            "no permissive policy admits every role but rls_reporting and their members for SELECT any more:"
         ),
         "{h:#?}"
     );

@@ -15,6 +15,7 @@
 //! | `POLICY_DROPPED` | a policy of the live table has no namesake: a permissive one's rows are hidden from its roles, a restrictive one's limit is gone |
 //! | `POLICY_ADDED` | the incoming table has a policy the live one lacks |
 //! | `POLICY_CHANGED` | same name, another definition (`PERMISSIVE` / `RESTRICTIVE`, command, roles, `USING`, `WITH CHECK`) |
+//! | `ROWS_NO_LONGER_ADMITTED` | a role a permissive policy admitted for a command (directly, as a member of its role, or as `PUBLIC`) that none admits after: it reads no row, changes none, inserts none |
 //!
 //! Policies are compared only where row-level security is on on both sides
 //! (where it is off they apply to nobody; turning it on or off names them in
@@ -24,8 +25,17 @@
 //! `search_path = ''` and the incoming schema's name mapped back to the live
 //! one ([`Mapper`]), as constraints are in [`super::hazards`]; its roles by
 //! name (`PUBLIC` for all), which the swap does not change.
+//!
+//! Each policy's finding says what it does by itself; whom the table leaves
+//! with no row at all is a matter of all of them together. A row needs a
+//! permissive policy for the command and role, so `ROWS_NO_LONGER_ADMITTED`
+//! goes over each command and each role a permissive policy named before,
+//! with the memberships among those roles (a policy `TO r` applies to every
+//! role with r's privileges), and names who loses which commands: a policy
+//! moved from `TO reporting` to `TO app_rw`, or from `FOR ALL` to `FOR
+//! SELECT`, changes the text of one policy and takes every row from a role.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use anyhow::{Context, Result};
 use itertools::Itertools;
@@ -49,6 +59,10 @@ struct Table {
 #[derive(PartialEq, Eq)]
 struct Policy {
     permissive: bool,
+    /// `SELECT`, `INSERT`, `UPDATE`, `DELETE` or `ALL`.
+    cmd: &'static str,
+    /// Its roles, quoted as needed, `PUBLIC` for all.
+    roles: Vec<String>,
     /// `PERMISSIVE FOR SELECT TO app_rw`.
     head: String,
     definition: String,
@@ -88,9 +102,34 @@ fn policy(
     }
     Policy {
         permissive,
+        cmd,
+        roles: roles.to_vec(),
         head,
         definition,
     }
+}
+
+/// Role pairs (member, role) among the roles policies name, where the
+/// member has the role's privileges: a policy `TO r` applies to every role
+/// that does (`check_role_for_policy`, `has_privs_of_role`).
+type Members = HashSet<(String, String)>;
+
+async fn members(client: &Client, roles: &[&String]) -> Result<Members> {
+    if roles.len() < 2 {
+        return Ok(Members::new());
+    }
+    let rows = client
+        .query(
+            "SELECT pg_catalog.quote_ident(a.rolname), pg_catalog.quote_ident(b.rolname)
+               FROM pg_catalog.pg_roles a
+               JOIN pg_catalog.pg_roles b ON a.oid <> b.oid AND pg_catalog.pg_has_role(a.oid, b.oid, 'USAGE')
+              WHERE pg_catalog.quote_ident(a.rolname) = ANY($1)
+                AND pg_catalog.quote_ident(b.rolname) = ANY($1)",
+            &[&roles],
+        )
+        .await
+        .context("reading which roles policies name are members of which")?;
+    Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
 }
 
 /// The row-level security hazards of `pairs`, for the tables `in_both(pair,
@@ -149,6 +188,15 @@ pub(super) async fn hazards(
         );
         table.policies.insert(name, p);
     }
+    let roles: Vec<&String> = sides
+        .values()
+        .flat_map(|tables| tables.values())
+        .flat_map(|t| t.policies.values())
+        .flat_map(|p| &p.roles)
+        .filter(|r| *r != "PUBLIC")
+        .unique()
+        .collect();
+    let members = members(client, &roles).await?;
     let empty = BTreeMap::new();
     let mut out = Vec::new();
     for (i, p) in pairs.iter().enumerate() {
@@ -166,6 +214,7 @@ pub(super) async fn hazards(
                 &qualified_display(&p.live, name),
                 l.get(name).unwrap_or(&off),
                 inc.get(name).unwrap_or(&off),
+                &members,
                 &mut out,
             );
         }
@@ -216,7 +265,56 @@ fn under_policies(t: &Table, who: &str) -> String {
     }
 }
 
-fn compare(object: &str, l: &Table, i: &Table, out: &mut Vec<Hazard>) {
+/// The roles of `t`'s permissive policies for `cmd` (theirs or `ALL`).
+fn admitting<'a>(t: &'a Table, cmd: &str) -> Vec<&'a str> {
+    t.policies
+        .values()
+        .filter(|p| p.permissive && (p.cmd == cmd || p.cmd == "ALL"))
+        .flat_map(|p| p.roles.iter().map(String::as_str))
+        .unique()
+        .collect()
+}
+
+/// Who loses every row of a command, with both sides' security on: each
+/// role a permissive policy for the command admitted before (directly or
+/// as a member) that none admits after, and for a policy `TO PUBLIC`
+/// before, every role but the ones admitted after. Grouped as
+/// (who, commands), in the order found. Empty when no permissive policy is
+/// left at all, which the policies' own findings say.
+fn left_out(l: &Table, i: &Table, members: &Members) -> Vec<(String, Vec<&'static str>)> {
+    let mut found: Vec<(String, Vec<&'static str>)> = Vec::new();
+    if admits_none(i) {
+        return found;
+    }
+    for cmd in ["SELECT", "INSERT", "UPDATE", "DELETE"] {
+        let after = admitting(i, cmd);
+        if after.contains(&"PUBLIC") {
+            continue;
+        }
+        for role in admitting(l, cmd) {
+            let who = if role == "PUBLIC" {
+                match after.as_slice() {
+                    [] => "every role".to_string(),
+                    a => format!("every role but {} and their members", a.join(", ")),
+                }
+            } else if after
+                .iter()
+                .any(|a| *a == role || members.contains(&(role.to_string(), a.to_string())))
+            {
+                continue;
+            } else {
+                role.to_string()
+            };
+            match found.iter_mut().find(|(w, _)| *w == who) {
+                Some((_, cmds)) => cmds.push(cmd),
+                None => found.push((who, vec![cmd])),
+            }
+        }
+    }
+    found
+}
+
+fn compare(object: &str, l: &Table, i: &Table, members: &Members, out: &mut Vec<Hazard>) {
     let hazard = |code: &str, object: String, detail: String| Hazard {
         code: code.to_string(),
         effect: Effect::RowAccess,
@@ -295,6 +393,20 @@ fn compare(object: &str, l: &Table, i: &Table, out: &mut Vec<Hazard>) {
                     )),
                     Some(_) => {}
                 }
+            }
+            let lost = left_out(l, i, members);
+            if !lost.is_empty() {
+                out.push(hazard(
+                    "ROWS_NO_LONGER_ADMITTED",
+                    object.to_string(),
+                    format!(
+                        "no permissive policy admits {} any more: for them a SELECT reads no row, an UPDATE or DELETE changes none and an INSERT fails (policies now: {})",
+                        lost.iter()
+                            .map(|(who, cmds)| format!("{who} for {}", cmds.join(", ")))
+                            .join("; "),
+                        listed(i)
+                    ),
+                ));
             }
             for (name, ip) in &i.policies {
                 if !l.policies.contains_key(name) {
