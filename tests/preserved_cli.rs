@@ -2957,9 +2957,11 @@ fn a_key_a_row_cannot_compute_is_refused() {
 /// relation users") and, recording the abort begun, left the migration
 /// failed with nothing dropped (h43b). It now refuses before any drop,
 /// naming the owner and the grant: the record stays prepared; once the
-/// table is given back, abort finishes.
+/// table is given back, abort finishes. The swap drops the same triggers
+/// under its locks, and failed there the same way while `status` and the
+/// dry run let it go (h46a): all three refuse it too, nothing changed.
 #[test]
-fn abort_refuses_a_preserved_table_whose_owner_changed_before_dropping_anything() {
+fn a_preserved_table_whose_owner_changed_is_refused_by_abort_status_and_swap() {
     let dbs = TestDbs::new("abort_unowned");
     let Some((role, dst)) = plain_owned_dest(&dbs, "ab_mover") else {
         return;
@@ -3008,6 +3010,33 @@ fn abort_refuses_a_preserved_table_whose_owner_changed_before_dropping_anything(
         text.contains("users: triggers ok, 0 pending, ? rows in public"),
         "{text}"
     );
+    let refused = |why: &str| {
+        why.contains(&format!(
+            "may not drop pgshift's sync triggers on users (owned by {other}), which the swap does"
+        )) && why.contains(&format!("GRANT {other} TO {role}"))
+    };
+    assert_eq!(st["swap_allowed"], false, "{st}");
+    assert!(
+        refused(st["swap_blocked_reason"].as_str().unwrap_or_default()),
+        "{st}"
+    );
+    let plan: serde_json::Value = serde_json::from_str(&assert_success(&wd.run(&[
+        "swap",
+        "--dry-run",
+        "--json",
+        "--dest",
+        &dst,
+    ])))
+    .unwrap();
+    assert!(
+        refused(plan["swap"]["refusal"].as_str().unwrap_or_default()),
+        "{plan}"
+    );
+    let out = wd.run(&["swap", "--dest", &dst]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(refused(&err) && !err.contains("rolled back"), "{err}");
+    assert_eq!(dbs.dst.psql(triggers), "8");
     dbs.dst.psql(&format!("ALTER TABLE users OWNER TO {role}"));
     assert_success(&wd.run(&["abort", "--dest", &dst]));
     assert_eq!(dbs.dst.psql(triggers), "0");

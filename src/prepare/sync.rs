@@ -4629,6 +4629,9 @@ pub async fn broken(client: &Client, synced: &[SyncedTable]) -> Result<Option<St
             )));
         }
     }
+    if let Some(why) = unowned(client, synced).await? {
+        return Ok(Some(why));
+    }
     for t in synced {
         if let Err(e) = check_replayable(client, t).await {
             return Ok(Some(unreplayable(t, &e)));
@@ -4638,6 +4641,48 @@ pub async fn broken(client: &Client, synced: &[SyncedTable]) -> Result<Option<St
         }
     }
     Ok(None)
+}
+
+/// The live tables with sync triggers that belong to a role this one does
+/// not act as (their owner changed since prepare, to a role it is not a
+/// member of or does not inherit): the swap drops their triggers and carries
+/// their sequences under its locks, and failed there ("must be owner of
+/// relation …", h46a). Said as `abort` says it (`prepare::discard`), by
+/// `status`, the dry run and the swap, before any lock.
+pub async fn unowned(client: &Client, synced: &[SyncedTable]) -> Result<Option<String>> {
+    if synced.is_empty() {
+        return Ok(None);
+    }
+    let oids: Vec<u32> = synced.iter().map(|t| t.oid).collect();
+    let rows = client
+        .query(
+            "SELECT c.oid, pg_catalog.pg_get_userbyid(c.relowner)::text, current_user::text
+               FROM pg_catalog.pg_class c
+              WHERE c.oid = ANY($1) AND NOT pg_catalog.pg_has_role(current_user, c.relowner, 'USAGE')",
+            &[&oids],
+        )
+        .await
+        .map_err(|e| pg_error_as(e, "reading the owners of the preserved tables"))?;
+    let Some(first) = rows.first() else {
+        return Ok(None);
+    };
+    let me = display_ident(first.get(2));
+    let owner = display_ident(first.get(1));
+    let listed: Vec<String> = synced
+        .iter()
+        .filter_map(|t| {
+            let r = rows.iter().find(|r| r.get::<_, u32>(0) == t.oid)?;
+            Some(format!(
+                "{} (owned by {})",
+                t.shown(),
+                display_ident(r.get(1))
+            ))
+        })
+        .collect();
+    Ok(Some(format!(
+        "role {me} may not drop pgshift's sync triggers on {}, which the swap does: their owner changed since prepare; GRANT {owner} TO {me} (or give the table back to a role {me} is a member of and inherits from)",
+        listed.join(", ")
+    )))
 }
 
 /// Why the sync of `t` cannot be replayed (a column dropped or renamed since
