@@ -1060,8 +1060,8 @@ fn a_superusers_swap_leaves_the_backup_and_shadow_to_the_role_that_prepared() {
         refused(
             args,
             &[format!(
-                "cannot read table {backup}.dba_tab of the backup, which belongs to role {}",
-                dbs.dst.user()
+                "cannot read table {backup}.dba_tab of the backup, whose rows its manifest recorded; it belongs to role {user}: have {user} or a superuser GRANT SELECT ON {backup}.dba_tab TO {role}",
+                user = dbs.dst.user()
             )],
         );
     }
@@ -1501,9 +1501,50 @@ fn a_table_the_role_may_not_lock_is_refused_before_the_swap_and_the_rollback() {
         "{status}"
     );
     refused_before_any_lock(&wd, &dbs.dst, &["swap", "--dest", &dst], refusal);
-    dbs.dst
-        .psql(&format!("GRANT SELECT, UPDATE ON audit TO {role}"));
-    assert_success(&wd.run(&["swap", "--dest", &dst]));
+    // UPDATE lets it lock the table, not read it: the backup records no
+    // row count for it, said before and by the swap (h46a: it recorded
+    // none at all, and verify and the rollback refused the backup).
+    dbs.dst.psql(&format!("GRANT UPDATE ON audit TO {role}"));
+    let plan: serde_json::Value = serde_json::from_str(&assert_success(&wd.run(&[
+        "swap",
+        "--dry-run",
+        "--json",
+        "--dest",
+        &dst,
+    ])))
+    .unwrap();
+    assert!(plan["swap"]["refusal"].is_null(), "{plan}");
+    let unread = format!(
+        "this role may not read audit (owned by {other}): the backup will record no row count"
+    );
+    assert!(
+        plan["swap"]["warnings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|w| w.as_str().unwrap_or_default().starts_with(&unread)),
+        "{plan}"
+    );
+    let out = wd.run(&["swap", "--json", "--dest", &dst]);
+    let err = common::stderr_of(&out);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(
+        report["warnings"].as_array().unwrap().iter().any(|w| w
+            .as_str()
+            .unwrap_or_default()
+            .starts_with(
+                "the backup's row counts of audit were not recorded: this role may not read them"
+            )),
+        "{report}"
+    );
+    let verified = wd.run(&["verify", "--latest", "--json", "--dest", &dst]);
+    assert_eq!(
+        verified.status.code(),
+        Some(0),
+        "{}",
+        common::stderr_of(&verified)
+    );
     assert_eq!(
         dbs.dst.query_one_string("SELECT count(*) FROM public.t"),
         "2"

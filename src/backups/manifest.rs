@@ -530,19 +530,22 @@ pub async fn count_rows(
 
 /// `SELECT count(*) FROM ONLY rel` (`rel` quoted SQL); None when row-level
 /// security applies to this role on it (its policies would hide rows, and
-/// pgshift's sessions run with `row_security = off`): such a count is not
-/// taken rather than taken wrong.
+/// pgshift's sessions run with `row_security = off`), or when this role may
+/// not read it (a table of another role, h46a: the swap recorded no table
+/// of its backup at all, and verify and rollback refused it): such a count
+/// is not taken rather than taken wrong, or failing everything else.
 pub async fn count_relation(client: &impl GenericClient, rel: &str) -> Result<Option<i64>> {
     let what = || format!("counting the rows of {rel}");
-    let hidden: bool = client
+    let row = client
         .query_one(
-            "SELECT pg_catalog.row_security_active($1::text::regclass)",
+            "SELECT pg_catalog.row_security_active(r), pg_catalog.has_table_privilege(r, 'SELECT')
+               FROM (SELECT $1::text::regclass AS r) AS rel",
             &[&rel],
         )
         .await
-        .with_context(what)?
-        .get(0);
-    if hidden {
+        .with_context(what)?;
+    let (hidden, readable): (bool, bool) = (row.get(0), row.get(1));
+    if hidden || !readable {
         return Ok(None);
     }
     let sql = format!(

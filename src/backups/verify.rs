@@ -365,7 +365,7 @@ async fn check_schema(
                 check.rows = counted;
                 if t.rows.is_none() && b.manifest.counts_recorded {
                     report.warnings.push(format!(
-                        "table {name}: the manifest has no row count (row-level security applied to the role that made the backup), so its rows were not compared"
+                        "table {name}: the manifest has no row count (row-level security applied to the role that made the backup, or it may not read the table), so its rows were not compared"
                     ));
                 }
                 if let (Some(want), None) = (t.rows, counted) {
@@ -375,7 +375,7 @@ async fn check_schema(
                         Some(&want.to_string()),
                         None,
                         format!(
-                            "table {name}: its rows cannot be counted, row-level security applies to this role (verify as a role with BYPASSRLS, or the table's owner without FORCE ROW LEVEL SECURITY)"
+                            "table {name}: its rows cannot be counted, row-level security applies to this role or it may not read the table (verify as a role with BYPASSRLS that may read it, or the table's owner without FORCE ROW LEVEL SECURITY)"
                         ),
                     );
                 }
@@ -606,16 +606,24 @@ pub async fn schema_size_nowait(client: &Client, schema: &str) -> Result<i64> {
 
 /// Refuses, naming the owner and the fix, when this role may not read the
 /// backup: one of its schemas (a backup schema has no grants: its owner, a
-/// member of the owner, or a superuser reads it), or a table in one (the
-/// schema may be this role's while a table created in the live schema by
-/// another role after prepare is not). Missing schemas are left to the caller.
+/// member of the owner, or a superuser reads it), or a table in one whose
+/// rows the manifest recorded (the schema may be this role's while a table
+/// created in the live schema by another role after prepare is not; the
+/// swap records no count of a table it may not read, and such a table is
+/// not read, h46a). Missing schemas are left to the caller.
 pub async fn readable(client: &impl GenericClient, b: &BackupRow) -> Result<()> {
-    let schemas: Vec<String> = b
+    let maps = b.manifest.schema_maps();
+    let schemas: Vec<String> = maps.iter().map(|m| m.backup.clone()).collect();
+    let (read_schemas, read_tables): (Vec<String>, Vec<String>) = b
         .manifest
-        .schema_maps()
-        .into_iter()
-        .map(|m| m.backup)
-        .collect();
+        .tables
+        .iter()
+        .filter(|t| t.rows.is_some() || t.checksum.is_some())
+        .filter_map(|t| {
+            let m = maps.iter().find(|m| m.live == t.schema)?;
+            Some((m.backup.clone(), t.name.clone()))
+        })
+        .unzip();
     // 'schema' sorts before 'table': an unreadable schema is named first.
     let row = client
         .query_opt(
@@ -625,10 +633,11 @@ pub async fn readable(client: &impl GenericClient, b: &BackupRow) -> Result<()> 
              UNION ALL
              SELECT 'table', n.nspname::text, c.relname::text, pg_catalog.pg_get_userbyid(c.relowner)::text, current_user::text
                FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
-              WHERE n.nspname = ANY($1) AND c.relkind IN ('r', 'p', 'm')
-                AND NOT pg_catalog.has_table_privilege(c.oid, 'SELECT')
+              JOIN unnest($2::text[], $3::text[]) AS r(schema, name)
+                ON r.schema = n.nspname AND r.name = c.relname
+              WHERE NOT pg_catalog.has_table_privilege(c.oid, 'SELECT')
               ORDER BY 1, 2, 3 LIMIT 1",
-            &[&schemas],
+            &[&schemas, &read_schemas, &read_tables],
         )
         .await
         .context("checking access to the backup")?;
@@ -643,8 +652,9 @@ pub async fn readable(client: &impl GenericClient, b: &BackupRow) -> Result<()> 
         );
     }
     let name = format!("{schema}.{}", crate::pg::ident::display_ident(&table));
+    let owner = crate::pg::ident::display_ident(&owner);
     anyhow::bail!(
-        "insufficient privileges: role {me} cannot read table {name} of the backup, which belongs to role {owner} (run as {owner}, or ALTER TABLE {name} OWNER TO {me})"
+        "insufficient privileges: role {me} cannot read table {name} of the backup, whose rows its manifest recorded; it belongs to role {owner}: have {owner} or a superuser GRANT SELECT ON {name} TO {me} ({owner} needs GRANT USAGE ON SCHEMA {schema} TO {owner} from the schema's owner first: a backup schema has no grants)"
     )
 }
 

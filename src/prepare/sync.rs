@@ -118,6 +118,7 @@ use serde::{Deserialize, Serialize};
 use tokio_postgres::Client;
 use tokio_util::sync::CancellationToken;
 
+use crate::backups::manifest::count_relation;
 use crate::dump::sql::first_line;
 use crate::pg::catalog::TableInfo;
 use crate::pg::exec::{
@@ -4591,25 +4592,6 @@ impl fmt::Display for SyncHealth {
     }
 }
 
-/// None where row-level security applies to this role (see
-/// [`hidden_rows`]) or this role may not read the table (its owner changed
-/// since prepare, h43b: `status` failed): not counted rather than counted
-/// wrong or failing.
-async fn count_rows(client: &Client, rel: &str) -> Result<Option<i64>> {
-    let readable: bool = client
-        .query_one(
-            "SELECT pg_catalog.has_table_privilege($1::text::regclass, 'SELECT')",
-            &[&rel],
-        )
-        .await
-        .with_context(|| format!("reading the privileges on {rel}"))?
-        .get(0);
-    if !readable {
-        return Ok(None);
-    }
-    crate::backups::manifest::count_relation(client, rel).await
-}
-
 /// Why the sync of a preserved table cannot be trusted any more (one of its
 /// triggers missing or disabled, its changelog gone): writes made meanwhile
 /// were not logged, and the swap would leave them in the backup. None when
@@ -4786,22 +4768,25 @@ pub async fn health(client: &Client, synced: &[SyncedTable]) -> Result<Vec<SyncH
         // One snapshot for the three counts, so that while the application
         // writes they agree (the sync applies each write in its own
         // transaction): rows in public and in the shadow differ by what is
-        // pending, not by what was written between two counts.
+        // pending, not by what was written between two counts. Each is None
+        // where row-level security applies to this role or it may not read
+        // the table (its owner changed since prepare, h43b: `status` failed):
+        // not counted rather than counted wrong.
         client
             .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
             .await?;
         let counted = async {
             let pending = if changelog_present {
-                count_rows(client, &log).await?
+                count_relation(client, &log).await?
             } else {
                 None
             };
             let rows_public = match rel_name(client, t.oid).await? {
-                Some(r) => count_rows(client, &r).await?,
+                Some(r) => count_relation(client, &r).await?,
                 None => None,
             };
             let rows_shadow = match rel_name(client, t.shadow_oid).await? {
-                Some(r) => count_rows(client, &r).await?,
+                Some(r) => count_relation(client, &r).await?,
                 None => None,
             };
             client.batch_execute("COMMIT").await?;

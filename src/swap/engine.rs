@@ -1038,17 +1038,38 @@ pub async fn swap<H: InTx>(
         .collect();
     match describe_all(control, &maps).await {
         Ok(tables) => {
-            // Row-level security applies to this role on these: not counted
-            // rather than counted wrong, and said.
-            let uncounted: Vec<String> = tables
-                .iter()
-                .filter(|t| t.rows.is_none())
-                .map(|t| crate::pg::meta::table_shown(&t.schema, &t.name))
-                .collect();
-            if !uncounted.is_empty() {
+            // This role may not read these, or row-level security applies
+            // to it on them: not counted rather than counted wrong, and said.
+            let (mut unreadable, mut hidden) = (Vec::new(), Vec::new());
+            for t in tables.iter().filter(|t| t.rows.is_none()) {
+                let Some((_, backup)) = maps.iter().find(|(live, _)| *live == t.schema) else {
+                    continue;
+                };
+                let readable: bool = control
+                    .query_one(
+                        "SELECT pg_catalog.has_table_privilege($1::text::regclass, 'SELECT')",
+                        &[&qualified(backup, &t.name)],
+                    )
+                    .await
+                    .map(|r| r.get(0))
+                    .unwrap_or(true);
+                let shown = crate::pg::meta::table_shown(&t.schema, &t.name);
+                if readable {
+                    hidden.push(shown);
+                } else {
+                    unreadable.push(shown);
+                }
+            }
+            if !hidden.is_empty() {
                 warnings.push(format!(
                     "the backup's row counts of {} were not recorded: row-level security applies to this role on them (a role with BYPASSRLS, or their owner without FORCE ROW LEVEL SECURITY, counts them), so verify cannot compare their rows",
-                    uncounted.join(", ")
+                    hidden.join(", ")
+                ));
+            }
+            if !unreadable.is_empty() {
+                warnings.push(format!(
+                    "the backup's row counts of {} were not recorded: this role may not read them (they belong to roles it does not act as), so verify cannot compare their rows; a rollback does not need to read them",
+                    unreadable.join(", ")
                 ));
             }
             manifest.tables = tables;
