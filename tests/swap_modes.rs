@@ -1585,6 +1585,72 @@ fn a_table_the_role_may_not_lock_is_refused_before_the_swap_and_the_rollback() {
         .psql(&format!("DROP OWNED BY {other} CASCADE; DROP ROLE {other}"));
 }
 
+/// A live table given after prepare to a role this one reaches only through
+/// a NOINHERIT role: the swap may make that role the shadow table's owner,
+/// but then may not level its grants, and failed ("permission denied",
+/// h46a). It keeps the owner it has, with a warning the dry run gives too,
+/// carries the grants, and goes through.
+#[test]
+fn an_owner_reached_through_a_noinherit_role_is_not_carried_and_the_swap_goes_through() {
+    let dbs = TestDbs::new("noinherit_owner");
+    let role = "ni_owner_app";
+    let (group, web, reader) = ("ni_owner_group", "ni_owner_web", "ni_owner_reader");
+    let dst = database_owner(&dbs.dst, role, "ni-pw");
+    dbs.dst.psql(&format!(
+        "DROP ROLE IF EXISTS {web}; DROP ROLE IF EXISTS {group}; DROP ROLE IF EXISTS {reader};
+         CREATE ROLE {web}; CREATE ROLE {group} NOINHERIT; CREATE ROLE {reader};
+         GRANT {web} TO {group}; GRANT {group} TO {role};
+         SET ROLE {role}; CREATE TABLE t (id int PRIMARY KEY); INSERT INTO t VALUES (1);"
+    ));
+    dbs.src
+        .psql("CREATE TABLE t (id int PRIMARY KEY); INSERT INTO t VALUES (1), (2);");
+    let wd = Workdir::new();
+    assert_success(&wd.run(&["prepare", "--source", &dbs.src.url(), "--dest", &dst]));
+    dbs.dst.psql(&format!(
+        "ALTER TABLE public.t OWNER TO {web};
+         SET ROLE {web}; GRANT UPDATE ON public.t TO {role}; GRANT SELECT ON public.t TO {reader};"
+    ));
+    let warned = |warnings: &serde_json::Value| {
+        warnings.as_array().unwrap().iter().any(|w| {
+            let w = w.as_str().unwrap_or_default();
+            w.contains(&format!(
+                "changed owner to {web} since prepare, which this role may give objects to but not act as"
+            )) && w.contains(&format!("GRANT {web} TO {role}"))
+                && w.ends_with(&format!("the new one keeps {role}"))
+        })
+    };
+    let plan: serde_json::Value = serde_json::from_str(&assert_success(&wd.run(&[
+        "swap",
+        "--dry-run",
+        "--json",
+        "--dest",
+        &dst,
+    ])))
+    .unwrap();
+    assert!(plan["swap"]["refusal"].is_null(), "{plan}");
+    assert!(warned(&plan["swap"]["warnings"]), "{plan}");
+    let report: serde_json::Value = serde_json::from_str(&assert_success(
+        &wd.run(&["swap", "--json", "--dest", &dst]),
+    ))
+    .unwrap();
+    assert!(warned(&report["warnings"]), "{report}");
+    assert_eq!(
+        dbs.dst.query_one_string(&format!(
+            "SELECT concat_ws(',', pg_get_userbyid(relowner), count(*) OVER (),
+                    has_table_privilege('{reader}', oid, 'SELECT'))
+               FROM pg_class WHERE oid = 'public.t'::regclass"
+        )),
+        format!("{role},1,t")
+    );
+    assert_eq!(
+        dbs.dst.query_one_string("SELECT count(*) FROM public.t"),
+        "2"
+    );
+    dbs.dst.psql(&format!(
+        "DROP OWNED BY {web}, {reader} CASCADE; DROP ROLE {web}; DROP ROLE {group}; DROP ROLE {reader}"
+    ));
+}
+
 /// A rename swap with preserved tables fences the sequences it carries over
 /// (`swap::fence`), so it locks them after the tables, as an object-mode swap
 /// moves them: a transaction that takes `nextval()` before its INSERT holds

@@ -311,25 +311,42 @@ fn grant_kind(kind: &str) -> &str {
     }
 }
 
-/// The destination's roles, and those this role may give objects to (a
-/// member of them, or superuser).
-async fn roles(client: &Client) -> Result<(HashSet<String>, HashSet<String>)> {
-    let mut roles = HashSet::new();
-    let mut assignable = HashSet::new();
+/// The destination's roles as [`roles`] reads them.
+struct Roles {
+    all: HashSet<String>,
+    /// Those this role may give objects to (a member of them, or superuser).
+    assignable: HashSet<String>,
+    /// Those whose privileges this role has (an inheriting member): it may
+    /// GRANT and REVOKE on their objects. A member only through a NOINHERIT
+    /// role may give an object to one of them and then not grant on it.
+    actable: HashSet<String>,
+}
+
+async fn roles(client: &Client) -> Result<Roles> {
+    let mut roles = Roles {
+        all: HashSet::new(),
+        assignable: HashSet::new(),
+        actable: HashSet::new(),
+    };
     for r in client
         .query(
-            "SELECT rolname::text, pg_catalog.pg_has_role(oid, CASE WHEN pg_catalog.current_setting('server_version_num')::int >= 160000 THEN 'SET' ELSE 'MEMBER' END) FROM pg_catalog.pg_roles",
+            "SELECT rolname::text, pg_catalog.pg_has_role(oid, CASE WHEN pg_catalog.current_setting('server_version_num')::int >= 160000 THEN 'SET' ELSE 'MEMBER' END),
+                    pg_catalog.pg_has_role(oid, 'USAGE')
+               FROM pg_catalog.pg_roles",
             &[],
         )
         .await?
     {
         let name: String = r.get(0);
         if r.get::<_, bool>(1) {
-            assignable.insert(name.clone());
+            roles.assignable.insert(name.clone());
         }
-        roles.insert(name);
+        if r.get::<_, bool>(2) {
+            roles.actable.insert(name.clone());
+        }
+        roles.all.insert(name);
     }
-    Ok((roles, assignable))
+    Ok(roles)
 }
 
 /// Build the statements; `source`: a session on the source, whose `public`
@@ -432,7 +449,11 @@ async fn plan_for(
             (ours, public)
         }
     };
-    let (roles, assignable) = roles(client).await?;
+    let Roles {
+        all: roles,
+        assignable,
+        ..
+    } = roles(client).await?;
     let dest_major = crate::pg::catalog::server_major(client).await?;
     let mut missing_grantees: Vec<String> = Vec::new();
     // Grants of a newer source's privileges the destination lacks.
@@ -792,7 +813,7 @@ pub async fn catch_up(
     .await;
     client.batch_execute("RESET search_path").await?;
     let (theirs, ours, current) = listed?;
-    let (_, assignable) = roles(client).await?;
+    let roles = roles(client).await?;
     let mut sql = Vec::new();
     let mut warnings = Vec::new();
     let mut create_granted: Vec<String> = Vec::new();
@@ -805,7 +826,9 @@ pub async fn catch_up(
         // The owner first: it takes the old owner's entries along.
         let mut have_acl = effective(o);
         if !keep_owners && !o.owned_sequence && c.owner != o.owner {
-            if assignable.contains(&c.owner) {
+            // Its grants are levelled after the owner change: that takes
+            // the new owner's privileges too (h46a: "permission denied").
+            if roles.assignable.contains(&c.owner) && roles.actable.contains(&c.owner) {
                 if c.owner != current && !create_granted.contains(&c.owner) {
                     create_granted.push(c.owner.clone());
                     sql.push(format!(
@@ -822,8 +845,17 @@ pub async fn catch_up(
                 ));
                 have_acl.retain(|(g, _), _| g != &c.owner);
             } else {
+                let why = if roles.assignable.contains(&c.owner) {
+                    format!(
+                        "which this role may give objects to but not act as (it is a member only through a NOINHERIT role; GRANT {} TO {} lets it)",
+                        display_ident(&c.owner),
+                        display_ident(&current)
+                    )
+                } else {
+                    "which this role may not give objects to".to_string()
+                };
                 warnings.push(format!(
-                    "{} {} changed owner to {} since prepare, which this role may not give objects to: the new one keeps {}",
+                    "{} {} changed owner to {} since prepare, {why}: the new one keeps {}",
                     o.kind.to_lowercase(),
                     o.sql_name,
                     c.owner,

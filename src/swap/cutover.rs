@@ -698,6 +698,20 @@ pub async fn preview(client: &Client, opts: &SwapOptions) -> Result<SwapPreview>
     );
     warnings.extend(hook.carry_foreseen(client).await?);
     warnings.extend(kept.uncountable(client, m).await?);
+    // The owners the swap will not carry over from the live objects, as it
+    // will warn (h46a: said by the swap alone).
+    for p in pairs(m) {
+        warnings.extend(
+            privileges::catch_up(
+                client,
+                &p.shadow,
+                &p.live,
+                m.state.details.keep_source_owners,
+            )
+            .await?
+            .warnings,
+        );
+    }
     warnings.extend(untried);
     Ok(SwapPreview {
         migration_id: m.id,
