@@ -3020,14 +3020,7 @@ fn a_preserved_table_whose_owner_changed_is_refused_by_abort_status_and_swap() {
         refused(st["swap_blocked_reason"].as_str().unwrap_or_default()),
         "{st}"
     );
-    let plan: serde_json::Value = serde_json::from_str(&assert_success(&wd.run(&[
-        "swap",
-        "--dry-run",
-        "--json",
-        "--dest",
-        &dst,
-    ])))
-    .unwrap();
+    let plan: serde_json::Value = wd.run_json(&["swap", "--dry-run", "--json", "--dest", &dst]);
     assert!(
         refused(plan["swap"]["refusal"].as_str().unwrap_or_default()),
         "{plan}"

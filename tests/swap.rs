@@ -704,13 +704,7 @@ fn retries_catch_the_preserved_tables_up_first() {
     assert_eq!(dbs.dst.psql("SELECT count(*) FROM users"), "30");
     // The backup was made by the attempt that committed, not the first one
     // (whose time its name keeps).
-    let listed: serde_json::Value = serde_json::from_str(&assert_success(&wd.run(&[
-        "list",
-        "--dest",
-        &dbs.dst.url(),
-        "--json",
-    ])))
-    .unwrap();
+    let listed: serde_json::Value = wd.run_json(&["list", "--dest", &dbs.dst.url(), "--json"]);
     let b = &listed.as_array().unwrap()[0];
     let created = chrono::DateTime::parse_from_rfc3339(b["created_at"].as_str().unwrap())
         .unwrap()

@@ -438,15 +438,14 @@ fn rename_mode_as_the_owner_of_public_without_superuser() {
         format!("{{{role}=UC/{role}}}"),
         "the backup is owner-only"
     );
-    let verified: serde_json::Value = serde_json::from_str(&assert_success(&wd.run(&[
+    let verified: serde_json::Value = wd.run_json(&[
         "verify",
         "--json",
         "--dest",
         &dst,
         "--timestamp",
         &ts.to_string(),
-    ])))
-    .unwrap();
+    ]);
     assert_eq!(verified["ok"], true, "{verified}");
     assert_eq!(verified["tables"][0]["rows"], 5, "{verified}");
 
@@ -893,14 +892,7 @@ fn range_constructors_the_role_cannot_move_are_refused_before_the_object_level_s
         blocked.contains("floatrange(double precision, double precision)"),
         "{status}"
     );
-    let plan: serde_json::Value = serde_json::from_str(&assert_success(&wd.run(&[
-        "swap",
-        "--dry-run",
-        "--json",
-        "--dest",
-        &dst,
-    ])))
-    .unwrap();
+    let plan: serde_json::Value = wd.run_json(&["swap", "--dry-run", "--json", "--dest", &dst]);
     assert_eq!(plan["swap"]["swap_mode"], "object", "{plan}");
     let refusal = plan["swap"]["refusal"].as_str().unwrap_or_default();
     assert_eq!(refusal.replacen("; nothing was changed", "", 1), blocked);
@@ -964,15 +956,14 @@ fn range_constructors_the_role_cannot_move_are_refused_before_an_object_level_ro
     dbs.dst.psql(&format!(
         "SET ROLE {role}; CREATE EXTENSION IF NOT EXISTS pg_trgm WITH SCHEMA public;"
     ));
-    let plan: serde_json::Value = serde_json::from_str(&assert_success(&wd.run(&[
+    let plan: serde_json::Value = wd.run_json(&[
         "rollback",
         "--latest",
         "--dry-run",
         "--json",
         "--dest",
         &dst,
-    ])))
-    .unwrap();
+    ]);
     assert_eq!(plan["rollback"]["swap_mode"], "object", "{plan}");
     let refusal = plan["rollback"]["refusal"].as_str().unwrap_or_default();
     assert!(
@@ -1391,19 +1382,27 @@ async fn object_mode_gets_through_view_readers_and_sequence_first_writers() {
     );
 }
 
-/// A rename swap takes the destination's tables into the backup with public
-/// and moves the kept ones (`--keep-tables`) back, one `ALTER TABLE … SET
-/// SCHEMA` each, which needs the privileges of each one's owner. A kept
-/// table of a role this one may not act as failed that statement under the
-/// swap's locks; it is refused before them (exit 1, one line naming the
-/// table, its owner and the remedy, nothing changed), and `--dry-run` says
-/// so. Once the role may, the swap keeps it.
-#[test]
-fn a_kept_table_of_another_role_is_refused_before_a_rename_swap() {
-    let dbs = TestDbs::new("keep_owner");
-    let role = "keep_owner_app";
-    let other = "keep_owner_other";
-    let dst = database_owner(&dbs.dst, role, "keep-pw");
+/// `t` holds `rows` and `audit` its row 7; then `other` is dropped.
+fn t_and_audit_then_drop(dbs: &TestDbs, rows: &str, other: &str) {
+    assert_eq!(
+        dbs.dst.query_one_string("SELECT count(*) FROM public.t"),
+        rows
+    );
+    assert_eq!(dbs.dst.query_one_string("SELECT id FROM public.audit"), "7");
+    dbs.dst
+        .psql(&format!("DROP OWNED BY {other} CASCADE; DROP ROLE {other}"));
+}
+
+/// A destination owned by `role`, holding its table `t` (one row) and
+/// `audit` (id 7) of `other`, a role `role` is not a member of, prepared from
+/// a source with `t` alone (two rows): the workdir and the destination's URL
+/// as `role`.
+fn prepared_beside_another_roles_audit(
+    dbs: &TestDbs,
+    role: &str,
+    other: &str,
+) -> (Workdir, String) {
+    let dst = database_owner(&dbs.dst, role, "audit-pw");
     dbs.dst.psql(&format!(
         "DROP ROLE IF EXISTS {other}; CREATE ROLE {other};
          CREATE TABLE audit (id int PRIMARY KEY); INSERT INTO audit VALUES (7);
@@ -1414,7 +1413,22 @@ fn a_kept_table_of_another_role_is_refused_before_a_rename_swap() {
         .psql("CREATE TABLE t (id int PRIMARY KEY); INSERT INTO t VALUES (1), (2);");
     let wd = Workdir::new();
     assert_success(&wd.run(&["prepare", "--source", &dbs.src.url(), "--dest", &dst]));
-    let plan: serde_json::Value = serde_json::from_str(&assert_success(&wd.run(&[
+    (wd, dst)
+}
+
+/// A rename swap takes the destination's tables into the backup with public
+/// and moves the kept ones (`--keep-tables`) back, one `ALTER TABLE … SET
+/// SCHEMA` each, which needs the privileges of each one's owner. A kept
+/// table of a role this one may not act as failed that statement under the
+/// swap's locks; it is refused before them (exit 1, one line naming the
+/// table, its owner and the remedy, nothing changed), and `--dry-run` says
+/// so. Once the role may, the swap keeps it.
+#[test]
+fn a_kept_table_of_another_role_is_refused_before_a_rename_swap() {
+    let dbs = TestDbs::new("keep_owner");
+    let (role, other) = ("keep_owner_app", "keep_owner_other");
+    let (wd, dst) = prepared_beside_another_roles_audit(&dbs, role, other);
+    let plan: serde_json::Value = wd.run_json(&[
         "swap",
         "--dry-run",
         "--json",
@@ -1422,8 +1436,7 @@ fn a_kept_table_of_another_role_is_refused_before_a_rename_swap() {
         "audit",
         "--dest",
         &dst,
-    ])))
-    .unwrap();
+    ]);
     assert_eq!(plan["swap"]["swap_mode"], "rename", "{plan}");
     let refusal = plan["swap"]["refusal"].as_str().unwrap_or_default();
     assert!(
@@ -1438,13 +1451,7 @@ fn a_kept_table_of_another_role_is_refused_before_a_rename_swap() {
     );
     dbs.dst.psql(&format!("GRANT {other} TO {role}"));
     assert_success(&wd.run(&["swap", "--keep-tables", "audit", "--dest", &dst]));
-    assert_eq!(
-        dbs.dst.query_one_string("SELECT count(*) FROM public.t"),
-        "2"
-    );
-    assert_eq!(dbs.dst.query_one_string("SELECT id FROM public.audit"), "7");
-    dbs.dst
-        .psql(&format!("DROP OWNED BY {other} CASCADE; DROP ROLE {other}"));
+    t_and_audit_then_drop(&dbs, "2", other);
 }
 
 /// Both modes lock every table they move, keep or replace, which takes the
@@ -1458,32 +1465,14 @@ fn a_kept_table_of_another_role_is_refused_before_a_rename_swap() {
 #[test]
 fn a_table_the_role_may_not_lock_is_refused_before_the_swap_and_the_rollback() {
     let dbs = TestDbs::new("lock_priv");
-    let role = "lock_priv_app";
-    let other = "lock_priv_other";
-    let dst = database_owner(&dbs.dst, role, "lock-pw");
-    dbs.dst.psql(&format!(
-        "DROP ROLE IF EXISTS {other}; CREATE ROLE {other};
-         CREATE TABLE audit (id int PRIMARY KEY); INSERT INTO audit VALUES (7);
-         ALTER TABLE audit OWNER TO {other};
-         SET ROLE {role}; CREATE TABLE t (id int PRIMARY KEY); INSERT INTO t VALUES (1);"
-    ));
-    dbs.src
-        .psql("CREATE TABLE t (id int PRIMARY KEY); INSERT INTO t VALUES (1), (2);");
-    let wd = Workdir::new();
-    assert_success(&wd.run(&["prepare", "--source", &dbs.src.url(), "--dest", &dst]));
+    let (role, other) = ("lock_priv_app", "lock_priv_other");
+    let (wd, dst) = prepared_beside_another_roles_audit(&dbs, role, other);
     let said = |refusal: &str, table: &str| {
         refusal.contains(&format!("may not lock table public.{table}:"))
             && refusal.contains(&format!("its owner, {other}"))
             && refusal.contains(&format!("GRANT {other} TO {role}"))
     };
-    let plan: serde_json::Value = serde_json::from_str(&assert_success(&wd.run(&[
-        "swap",
-        "--dry-run",
-        "--json",
-        "--dest",
-        &dst,
-    ])))
-    .unwrap();
+    let plan: serde_json::Value = wd.run_json(&["swap", "--dry-run", "--json", "--dest", &dst]);
     assert_eq!(plan["swap"]["swap_mode"], "rename", "{plan}");
     let refusal = plan["swap"]["refusal"].as_str().unwrap_or_default();
     assert!(said(refusal, "audit"), "{plan}");
@@ -1505,14 +1494,7 @@ fn a_table_the_role_may_not_lock_is_refused_before_the_swap_and_the_rollback() {
     // row count for it, said before and by the swap (h46a: it recorded
     // none at all, and verify and the rollback refused the backup).
     dbs.dst.psql(&format!("GRANT UPDATE ON audit TO {role}"));
-    let plan: serde_json::Value = serde_json::from_str(&assert_success(&wd.run(&[
-        "swap",
-        "--dry-run",
-        "--json",
-        "--dest",
-        &dst,
-    ])))
-    .unwrap();
+    let plan: serde_json::Value = wd.run_json(&["swap", "--dry-run", "--json", "--dest", &dst]);
     assert!(plan["swap"]["refusal"].is_null(), "{plan}");
     let unread = format!(
         "this role may not read audit (owned by {other}): the backup will record no row count"
@@ -1553,15 +1535,14 @@ fn a_table_the_role_may_not_lock_is_refused_before_the_swap_and_the_rollback() {
     // with it): the rollback would lock it.
     dbs.dst
         .psql(&format!("ALTER TABLE public.t OWNER TO {other}"));
-    let plan: serde_json::Value = serde_json::from_str(&assert_success(&wd.run(&[
+    let plan: serde_json::Value = wd.run_json(&[
         "rollback",
         "--latest",
         "--dry-run",
         "--json",
         "--dest",
         &dst,
-    ])))
-    .unwrap();
+    ]);
     let refusal = plan["rollback"]["refusal"].as_str().unwrap_or_default();
     assert!(
         said(refusal, "t") && refusal.starts_with("the rollback locks"),
@@ -1576,13 +1557,7 @@ fn a_table_the_role_may_not_lock_is_refused_before_the_swap_and_the_rollback() {
     dbs.dst
         .psql(&format!("GRANT TRUNCATE ON public.t TO {role}"));
     assert_success(&wd.run(&["rollback", "--latest", "--dest", &dst]));
-    assert_eq!(
-        dbs.dst.query_one_string("SELECT count(*) FROM public.t"),
-        "1"
-    );
-    assert_eq!(dbs.dst.query_one_string("SELECT id FROM public.audit"), "7");
-    dbs.dst
-        .psql(&format!("DROP OWNED BY {other} CASCADE; DROP ROLE {other}"));
+    t_and_audit_then_drop(&dbs, "1", other);
 }
 
 /// A live table given after prepare to a role this one reaches only through
@@ -1619,14 +1594,7 @@ fn an_owner_reached_through_a_noinherit_role_is_not_carried_and_the_swap_goes_th
                 && w.ends_with(&format!("the new one keeps {role}"))
         })
     };
-    let plan: serde_json::Value = serde_json::from_str(&assert_success(&wd.run(&[
-        "swap",
-        "--dry-run",
-        "--json",
-        "--dest",
-        &dst,
-    ])))
-    .unwrap();
+    let plan: serde_json::Value = wd.run_json(&["swap", "--dry-run", "--json", "--dest", &dst]);
     assert!(plan["swap"]["refusal"].is_null(), "{plan}");
     assert!(warned(&plan["swap"]["warnings"]), "{plan}");
     let report: serde_json::Value = serde_json::from_str(&assert_success(

@@ -205,6 +205,12 @@ impl Workdir {
     pub fn run_ok(&self, args: &[&str]) -> String {
         assert_success(&self.run(args))
     }
+    /// Run pgshift (with `--json` among `args`), assert it succeeded, return
+    /// its stdout parsed.
+    pub fn run_json(&self, args: &[&str]) -> serde_json::Value {
+        let out = self.run_ok(args);
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"))
+    }
 }
 
 /// SQL creating the role `name` with `attributes` (`LOGIN PASSWORD '…'`, or
