@@ -1580,7 +1580,22 @@ fn an_owner_reached_through_a_noinherit_role_is_not_carried_and_the_swap_goes_th
     dbs.src
         .psql("CREATE TABLE t (id int PRIMARY KEY); INSERT INTO t VALUES (1), (2);");
     let wd = Workdir::new();
-    assert_success(&wd.run(&["prepare", "--source", &dbs.src.url(), "--dest", &dst]));
+    // Prepare, which gives the shadow's t the live one's owner, refuses
+    // such an owner; the remedy is a direct membership (h46a: it said
+    // `alter role … inherit` of this role, which inherits already).
+    dbs.dst
+        .psql(&format!("ALTER TABLE public.t OWNER TO {web}"));
+    let prepare = ["prepare", "--source", &dbs.src.url(), "--dest", &dst];
+    let out = wd.run(&prepare);
+    let err = common::stderr_of(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains(&format!("grant {web} to {role}")) && !err.contains("alter role"),
+        "{err}"
+    );
+    dbs.dst
+        .psql(&format!("ALTER TABLE public.t OWNER TO {role}"));
+    assert_success(&wd.run(&prepare));
     dbs.dst.psql(&format!(
         "ALTER TABLE public.t OWNER TO {web};
          SET ROLE {web}; GRANT UPDATE ON public.t TO {role}; GRANT SELECT ON public.t TO {reader};"

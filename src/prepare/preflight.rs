@@ -1133,10 +1133,28 @@ async fn refuse_not_owned(
                 fix.push(format!("grant {} to {user}", names(&strangers)));
             }
             if !members.is_empty() {
-                fix.push(format!(
-                    "alter role {user} inherit ({user} is a member of {} but does not inherit its privileges)",
-                    names(&members)
-                ));
+                // This role inherits: the membership goes through a role that
+                // does not (h46a: `alter role … inherit` changed nothing).
+                let inherits: bool = dst
+                    .query_one(
+                        "SELECT rolinherit FROM pg_catalog.pg_roles WHERE rolname = current_user",
+                        &[],
+                    )
+                    .await
+                    .map_err(|e| crate::pg::exec::pg_error_as(e, "reading this role"))?
+                    .get(0);
+                fix.push(if inherits {
+                    format!(
+                        "grant {} to {user} ({user} is a member of {} only through a role that does not inherit its privileges)",
+                        names(&members),
+                        names(&members)
+                    )
+                } else {
+                    format!(
+                        "alter role {user} inherit ({user} is a member of {} but does not inherit its privileges)",
+                        names(&members)
+                    )
+                });
             }
         }
     }
