@@ -590,12 +590,17 @@ async fn row_level_security_changes_are_found() {
                CREATE TABLE pub (id int);
                ALTER TABLE pub ENABLE ROW LEVEL SECURITY;
                CREATE TABLE via (id int);
-               ALTER TABLE via ENABLE ROW LEVEL SECURITY;";
+               ALTER TABLE via ENABLE ROW LEVEL SECURITY;
+               CREATE TABLE exempt (id int);
+               ALTER TABLE exempt ENABLE ROW LEVEL SECURITY;
+               ALTER TABLE exempt OWNER TO rls_owner;";
     db.psql(
         "DO $$ BEGIN CREATE ROLE rls_reporting; EXCEPTION WHEN duplicate_object THEN NULL; END $$;
          DO $$ BEGIN CREATE ROLE rls_app; EXCEPTION WHEN duplicate_object THEN NULL; END $$;
          DO $$ BEGIN CREATE ROLE rls_analyst; EXCEPTION WHEN duplicate_object THEN NULL; END $$;
-         GRANT rls_reporting TO rls_analyst;",
+         GRANT rls_reporting TO rls_analyst;
+         DO $$ BEGIN CREATE ROLE rls_bypass BYPASSRLS; EXCEPTION WHEN duplicate_object THEN NULL; END $$;
+         DO $$ BEGIN CREATE ROLE rls_owner; EXCEPTION WHEN duplicate_object THEN NULL; END $$;",
     );
     db.psql(&format!(
         "CREATE SCHEMA shadow;
@@ -604,6 +609,9 @@ async fn row_level_security_changes_are_found() {
          CREATE POLICY w ON moved TO rls_app USING (true);
          CREATE POLICY p ON pub FOR SELECT USING (true);
          CREATE POLICY a ON via TO rls_analyst USING (true);
+         CREATE POLICY b ON exempt FOR SELECT TO rls_bypass USING (true);
+         CREATE POLICY o ON exempt FOR DELETE TO rls_owner USING (true);
+         CREATE POLICY u ON exempt FOR UPDATE TO rls_app USING (true);
          CREATE POLICY gone ON inert USING (true);
          ALTER TABLE on_off ENABLE ROW LEVEL SECURITY;
          CREATE POLICY p ON on_off USING (t = 'x');
@@ -633,7 +641,9 @@ async fn row_level_security_changes_are_found() {
          CREATE POLICY r ON moved FOR SELECT TO rls_app USING (true);
          CREATE POLICY w ON moved FOR SELECT TO rls_app USING (true);
          CREATE POLICY p ON pub FOR SELECT TO rls_reporting USING (true);
-         CREATE POLICY a ON via TO rls_reporting USING (true);"
+         CREATE POLICY a ON via TO rls_reporting USING (true);
+         CREATE POLICY b ON exempt FOR SELECT TO rls_app USING (true);
+         CREATE POLICY u ON exempt FOR SELECT TO rls_app USING (true);"
     ));
     let c = db.client().await;
     let mut pairs = public_shadow();
@@ -666,6 +676,12 @@ async fn row_level_security_changes_are_found() {
         ("POLICY_CHANGED", "public.pub.p"),
         ("ROWS_NO_LONGER_ADMITTED", "public.pub"),
         ("POLICY_CHANGED", "public.via.a"),
+        // Not the roles security does not apply to (h47a): a BYPASSRLS
+        // role, the owner of a table that does not force it.
+        ("POLICY_CHANGED", "public.exempt.b"),
+        ("POLICY_DROPPED", "public.exempt.o"),
+        ("POLICY_CHANGED", "public.exempt.u"),
+        ("ROWS_NO_LONGER_ADMITTED", "public.exempt"),
     ]
     .into_iter()
     .map(|(a, b)| (a.to_string(), b.to_string()))
@@ -728,6 +744,10 @@ async fn row_level_security_changes_are_found() {
             "no permissive policy admits every role but rls_reporting and their members for SELECT any more:"
         ),
         "{h:#?}"
+    );
+    assert_eq!(
+        d("ROWS_NO_LONGER_ADMITTED", "public.exempt"),
+        "no permissive policy admits rls_app for UPDATE any more: for them an UPDATE changes none (policies now: b (PERMISSIVE FOR SELECT TO rls_app), u (PERMISSIVE FOR SELECT TO rls_app))"
     );
     let json = serde_json::to_value(detail(&h, "RLS_DISABLED", "public.on_off")).unwrap();
     assert_eq!(json["effect"], "row_access");

@@ -15,7 +15,7 @@
 //! | `POLICY_DROPPED` | a policy of the live table has no namesake: a permissive one's rows are hidden from its roles, a restrictive one's limit is gone |
 //! | `POLICY_ADDED` | the incoming table has a policy the live one lacks |
 //! | `POLICY_CHANGED` | same name, another definition (`PERMISSIVE` / `RESTRICTIVE`, command, roles, `USING`, `WITH CHECK`) |
-//! | `ROWS_NO_LONGER_ADMITTED` | a role a permissive policy admitted for a command (directly, as a member of its role, or as `PUBLIC`) that none admits after: it reads no row, changes none, inserts none |
+//! | `ROWS_NO_LONGER_ADMITTED` | a role a permissive policy admitted for a command (directly, as a member of its role, or as `PUBLIC`) that none admits after, and that security applies to: it reads no row, changes none, inserts none |
 //!
 //! Policies are compared only where row-level security is on on both sides
 //! (where it is off they apply to nobody; turning it on or off names them in
@@ -52,6 +52,8 @@ use crate::pg::ident::display_ident;
 struct Table {
     enabled: bool,
     forced: bool,
+    /// Its owner, quoted as needed.
+    owner: String,
     /// Policy name -> the policy ([`policy`]).
     policies: BTreeMap<String, Policy>,
 }
@@ -109,23 +111,36 @@ fn policy(
     }
 }
 
-/// Role pairs (member, role) among the roles policies name, where the
-/// member has the role's privileges: a policy `TO r` applies to every role
-/// that does (`check_role_for_policy`, `has_privs_of_role`).
+/// Role pairs (member, role) among the roles policies name and the tables'
+/// owners, where the member has the role's privileges: a policy `TO r`
+/// applies to every role that does (`check_role_for_policy`,
+/// `has_privs_of_role`), and row-level security does not apply to a role
+/// with its table owner's privileges unless the table forces it. Roles
+/// with `BYPASSRLS` (superusers among them) are paired with `""`: it
+/// applies to them nowhere. `pg_database_owner` has the privileges of the
+/// database's owner.
 type Members = HashSet<(String, String)>;
 
-async fn members(client: &Client, roles: &[&String]) -> Result<Members> {
-    if roles.len() < 2 {
+async fn members(client: &Client, roles: &[&String], owners: &[&String]) -> Result<Members> {
+    if roles.is_empty() {
         return Ok(Members::new());
     }
     let rows = client
         .query(
-            "SELECT pg_catalog.quote_ident(a.rolname), pg_catalog.quote_ident(b.rolname)
-               FROM pg_catalog.pg_roles a
-               JOIN pg_catalog.pg_roles b ON a.oid <> b.oid AND pg_catalog.pg_has_role(a.oid, b.oid, 'USAGE')
-              WHERE pg_catalog.quote_ident(a.rolname) = ANY($1)
-                AND pg_catalog.quote_ident(b.rolname) = ANY($1)",
-            &[&roles],
+            "WITH r AS (
+               SELECT a.oid, pg_catalog.quote_ident(a.rolname) AS name,
+                      CASE WHEN a.rolname = 'pg_database_owner'
+                           THEN (SELECT d.datdba FROM pg_catalog.pg_database d WHERE d.datname = pg_catalog.current_database())
+                           ELSE a.oid END AS acts_as,
+                      a.rolsuper OR a.rolbypassrls AS bypass
+                 FROM pg_catalog.pg_roles a WHERE pg_catalog.quote_ident(a.rolname) = ANY($1))
+             SELECT r.name, pg_catalog.quote_ident(b.rolname)
+               FROM r JOIN pg_catalog.pg_roles b
+                 ON r.oid <> b.oid AND pg_catalog.pg_has_role(r.acts_as, b.oid, 'USAGE')
+              WHERE pg_catalog.quote_ident(b.rolname) = ANY($1) OR pg_catalog.quote_ident(b.rolname) = ANY($2)
+             UNION ALL
+             SELECT r.name, '' FROM r WHERE r.bypass",
+            &[&roles, &owners],
         )
         .await
         .context("reading which roles policies name are members of which")?;
@@ -153,7 +168,8 @@ pub(super) async fn hazards(
                         LEFT JOIN pg_catalog.pg_roles r ON r.oid = u.oid
                        ORDER BY 1),
                 pg_catalog.pg_get_expr(po.polqual, po.polrelid),
-                pg_catalog.pg_get_expr(po.polwithcheck, po.polrelid)
+                pg_catalog.pg_get_expr(po.polwithcheck, po.polrelid),
+                pg_catalog.quote_ident(pg_catalog.pg_get_userbyid(c.relowner))
            FROM pg_catalog.pg_class c
            JOIN ns ON ns.oid = c.relnamespace
            LEFT JOIN pg_catalog.pg_policy po ON po.polrelid = c.oid
@@ -175,6 +191,7 @@ pub(super) async fn hazards(
             .or_default();
         table.enabled = r.get(3);
         table.forced = r.get(4);
+        table.owner = r.get(11);
         let Some(name) = r.get::<_, Option<String>>(5) else {
             continue;
         };
@@ -196,7 +213,13 @@ pub(super) async fn hazards(
         .filter(|r| *r != "PUBLIC")
         .unique()
         .collect();
-    let members = members(client, &roles).await?;
+    let owners: Vec<&String> = sides
+        .values()
+        .flat_map(|tables| tables.values())
+        .map(|t| &t.owner)
+        .unique()
+        .collect();
+    let members = members(client, &roles, &owners).await?;
     let empty = BTreeMap::new();
     let mut out = Vec::new();
     for (i, p) in pairs.iter().enumerate() {
@@ -278,9 +301,11 @@ fn admitting<'a>(t: &'a Table, cmd: &str) -> Vec<&'a str> {
 /// Who loses every row of a command, with both sides' security on: each
 /// role a permissive policy for the command admitted before (directly or
 /// as a member) that none admits after, and for a policy `TO PUBLIC`
-/// before, every role but the ones admitted after. Grouped as
-/// (who, commands), in the order found. Empty when no permissive policy is
-/// left at all, which the policies' own findings say.
+/// before, every role but the ones admitted after. Not a role security
+/// does not apply to after: `BYPASSRLS`, or with the owner's privileges
+/// where the table does not force it (h47a). Grouped as (who, commands),
+/// in the order found. Empty when no permissive policy is left at all,
+/// which the policies' own findings say.
 fn left_out(l: &Table, i: &Table, members: &Members) -> Vec<(String, Vec<&'static str>)> {
     let mut found: Vec<(String, Vec<&'static str>)> = Vec::new();
     if admits_none(i) {
@@ -299,6 +324,8 @@ fn left_out(l: &Table, i: &Table, members: &Members) -> Vec<(String, Vec<&'stati
                 }
             } else if after
                 .iter()
+                .chain([&""])
+                .chain((!i.forced).then_some(&i.owner.as_str()))
                 .any(|a| *a == role || members.contains(&(role.to_string(), a.to_string())))
             {
                 continue;
@@ -396,11 +423,34 @@ fn compare(object: &str, l: &Table, i: &Table, members: &Members, out: &mut Vec<
             }
             let lost = left_out(l, i, members);
             if !lost.is_empty() {
+                // What that does, for the commands lost (h47a: a SELECT
+                // still admitted was said to read nothing).
+                let cmds: Vec<&str> = lost.iter().flat_map(|(_, c)| c.iter().copied()).collect();
+                let has = |c: &str| cmds.contains(&c);
+                let changes = match (has("UPDATE"), has("DELETE")) {
+                    (true, true) => Some("an UPDATE or DELETE changes none"),
+                    (true, false) => Some("an UPDATE changes none"),
+                    (false, true) => Some("a DELETE changes none"),
+                    (false, false) => None,
+                };
+                let effects = [
+                    has("SELECT").then_some("a SELECT reads no row"),
+                    changes,
+                    has("INSERT").then_some("an INSERT fails"),
+                ]
+                .into_iter()
+                .flatten()
+                .collect::<Vec<_>>();
+                let effects = match effects.split_last() {
+                    Some((last, [])) => last.to_string(),
+                    Some((last, rest)) => format!("{} and {last}", rest.join(", ")),
+                    None => String::new(),
+                };
                 out.push(hazard(
                     "ROWS_NO_LONGER_ADMITTED",
                     object.to_string(),
                     format!(
-                        "no permissive policy admits {} any more: for them a SELECT reads no row, an UPDATE or DELETE changes none and an INSERT fails (policies now: {})",
+                        "no permissive policy admits {} any more: for them {effects} (policies now: {})",
                         lost.iter()
                             .map(|(who, cmds)| format!("{who} for {}", cmds.join(", ")))
                             .join("; "),
