@@ -825,10 +825,30 @@ pub async fn catch_up(
         let (statements, warned) = (sql.len(), warnings.len());
         // The owner first: it takes the old owner's entries along.
         let mut have_acl = effective(o);
+        // Its grants are levelled after the owner change: that takes the new
+        // owner's privileges too (h46a: "permission denied").
+        let carried = roles.assignable.contains(&c.owner) && roles.actable.contains(&c.owner);
+        // An owner not carried gets the owner's privileges by a grant, so it
+        // keeps using what it owned (h47a: "permission denied" after the
+        // swap); an owned sequence's too, which follows its table.
+        let stand_in = !keep_owners
+            && c.owner != o.owner
+            && !carried
+            && matches!(
+                o.kind,
+                "TABLE"
+                    | "VIEW"
+                    | "MATERIALIZED VIEW"
+                    | "FOREIGN TABLE"
+                    | "SEQUENCE"
+                    | "FUNCTION"
+                    | "PROCEDURE"
+                    | "AGGREGATE"
+                    | "TYPE"
+                    | "DOMAIN"
+            );
         if !keep_owners && !o.owned_sequence && c.owner != o.owner {
-            // Its grants are levelled after the owner change: that takes
-            // the new owner's privileges too (h46a: "permission denied").
-            if roles.assignable.contains(&c.owner) && roles.actable.contains(&c.owner) {
+            if carried {
                 if c.owner != current && !create_granted.contains(&c.owner) {
                     create_granted.push(c.owner.clone());
                     sql.push(format!(
@@ -854,8 +874,16 @@ pub async fn catch_up(
                 } else {
                     "which this role may not give objects to".to_string()
                 };
+                let given = if stand_in {
+                    format!(
+                        ", and {} gets every privilege on it by a grant instead (it may not alter or drop it)",
+                        c.owner
+                    )
+                } else {
+                    String::new()
+                };
                 warnings.push(format!(
-                    "{} {} changed owner to {} since prepare, {why}: the new one keeps {}",
+                    "{} {} changed owner to {} since prepare, {why}: the new one keeps {}{given}",
                     o.kind.to_lowercase(),
                     o.sql_name,
                     c.owner,
@@ -866,6 +894,9 @@ pub async fn catch_up(
         let on = |p: &str| format!("{p} ON {} {}", grant_kind(o.kind), o.sql_name);
         let want_acl = effective(c);
         level(on, &want_acl, &have_acl, &mut sql);
+        if stand_in {
+            sql.push(format!("GRANT {} TO {}", on("ALL"), quote_ident(&c.owner)));
+        }
         // A table's REVOKE takes its columns' grants of that privilege to
         // that role along: those are not had any more.
         let revoked: BTreeSet<&(String, String)> = have_acl
