@@ -1240,7 +1240,23 @@ fn a_table_forcing_row_level_security_is_checksummed_in_the_shadow() {
     );
     // Back, and the backup of the migrated public verified, FORCE and all.
     // Its rows could not be counted for the manifest by this role: said by
-    // the rollback, and by verify, which cannot compare them.
+    // the rollback's dry run (h47a) and the rollback, and by verify, which
+    // cannot compare them.
+    let plan = wd.run_json(&[
+        "rollback",
+        "--latest",
+        "--dry-run",
+        "--json",
+        "--dest",
+        &dst,
+    ]);
+    assert!(
+        plan["rollback"]["warnings"].as_array().unwrap().iter().any(|w| w
+            .as_str()
+            .unwrap_or_default()
+            .starts_with("row-level security applies to this role on docs: the backup will record no row count")),
+        "{plan}"
+    );
     let out = wd.run(&["rollback", "--latest", "--dest", &dst]);
     let said = common::said_by(&out);
     assert!(out.status.success(), "{said}");
@@ -1520,6 +1536,8 @@ fn a_table_the_role_may_not_lock_is_refused_before_the_swap_and_the_rollback() {
             )),
         "{report}"
     );
+    let listed = wd.run_json(&["list", "--json", "--dest", &dst]);
+    assert!(listed[0]["total_rows"].is_null(), "{listed}");
     let verified = wd.run(&["verify", "--latest", "--json", "--dest", &dst]);
     assert_eq!(
         verified.status.code(),

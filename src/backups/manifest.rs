@@ -519,6 +519,57 @@ pub async fn describe(
     Ok(out)
 }
 
+/// The tables of the live schemas `lives` that go into a new backup (not
+/// those `stays` says stay live) and that this role may not read, or whose
+/// rows row-level security hides from it: the swap or rollback records no
+/// row count for them ([`count_relation`]), so verify will not compare their
+/// rows. Said by the dry runs, before it happens (h46a, h47a).
+pub async fn uncountable(
+    client: &impl GenericClient,
+    lives: &[String],
+    stays: impl Fn(&str, &str) -> bool,
+) -> Result<Vec<String>> {
+    let rows = client
+        .query(
+            "SELECT n.nspname::text, c.relname::text, pg_catalog.pg_get_userbyid(c.relowner)::text,
+                    pg_catalog.has_table_privilege(c.oid, 'SELECT')
+               FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+              WHERE n.nspname = ANY($1) AND c.relkind IN ('r', 'p')
+                AND (NOT pg_catalog.has_table_privilege(c.oid, 'SELECT')
+                     OR pg_catalog.row_security_active(c.oid))
+              ORDER BY 1, 2",
+            &[&lives],
+        )
+        .await
+        .context("reading which live tables this role may read")?;
+    let (mut unreadable, mut hidden) = (Vec::new(), Vec::new());
+    for r in rows.iter().filter(|r| !stays(r.get(0), r.get(1))) {
+        let shown = crate::pg::meta::table_shown(r.get(0), r.get(1));
+        if r.get::<_, bool>(3) {
+            hidden.push(shown);
+        } else {
+            unreadable.push(format!(
+                "{shown} (owned by {})",
+                crate::pg::ident::display_ident(r.get(2))
+            ));
+        }
+    }
+    let list = crate::prepare::preflight::list_some;
+    Ok([
+        (!unreadable.is_empty()).then(|| format!(
+            "this role may not read {}: the backup will record no row count for them, so verify will not compare their rows (GRANT SELECT on them to this role first to have them counted)",
+            list(&unreadable)
+        )),
+        (!hidden.is_empty()).then(|| format!(
+            "row-level security applies to this role on {}: the backup will record no row count for them, so verify will not compare their rows (a role with BYPASSRLS, or their owner without FORCE ROW LEVEL SECURITY, counts them)",
+            list(&hidden)
+        )),
+    ]
+    .into_iter()
+    .flatten()
+    .collect())
+}
+
 /// `SELECT count(*) FROM ONLY schema.table`; see [`count_relation`].
 pub async fn count_rows(
     client: &impl GenericClient,

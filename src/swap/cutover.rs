@@ -10,7 +10,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Result, bail};
 use itertools::Itertools;
 use serde::Serialize;
 use tokio_postgres::Client;
@@ -225,45 +225,6 @@ struct Kept {
 }
 
 impl Kept {
-    /// The live tables that go into the backup and this role may not read:
-    /// the swap records no row count for them (`manifest::count_relation`),
-    /// so verify will not compare their rows. Said before the swap (h46a).
-    async fn uncountable(&self, client: &Client, m: &MigrationRow) -> Result<Option<String>> {
-        let rows = client
-            .query(
-                "SELECT n.nspname::text, c.relname::text, pg_catalog.pg_get_userbyid(c.relowner)::text
-                   FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
-                  WHERE n.nspname = ANY($1) AND c.relkind IN ('r', 'p')
-                    AND NOT pg_catalog.has_table_privilege(c.oid, 'SELECT')
-                  ORDER BY 1, 2",
-                &[&lives(m)],
-            )
-            .await
-            .context("reading which live tables this role may read")?;
-        let tables: Vec<String> = rows
-            .iter()
-            .filter(|r| {
-                !self
-                    .by_schema
-                    .get(r.get::<_, &str>(0))
-                    .is_some_and(|k| k.contains(r.get::<_, &str>(1)))
-            })
-            .map(|r| {
-                format!(
-                    "{} (owned by {})",
-                    meta::table_shown(r.get(0), r.get(1)),
-                    display_ident(r.get(2))
-                )
-            })
-            .collect();
-        Ok((!tables.is_empty()).then(|| {
-            format!(
-                "this role may not read {}: the backup will record no row count for them, so verify will not compare their rows (GRANT SELECT on them to this role before the swap to have them counted)",
-                crate::prepare::preflight::list_some(&tables)
-            )
-        }))
-    }
-
     /// What the kept tables leave behind as the rest of their schemas moves
     /// to the backup (objects that read them, objects they use), as prepare
     /// and a rollback say it; every migrated schema of `m` moves.
@@ -697,7 +658,14 @@ pub async fn preview(client: &Client, opts: &SwapOptions) -> Result<SwapPreview>
         .await?,
     );
     warnings.extend(hook.carry_foreseen(client).await?);
-    warnings.extend(kept.uncountable(client, m).await?);
+    warnings.extend(
+        crate::backups::manifest::uncountable(client, &lives(m), |schema, table| {
+            kept.by_schema
+                .get(schema)
+                .is_some_and(|k| k.contains(table))
+        })
+        .await?,
+    );
     // The owners the swap will not carry over from the live objects, as it
     // will warn (h46a: said by the swap alone).
     for p in pairs(m) {

@@ -520,6 +520,14 @@ pub async fn plan(client: &Client, opts: &RollbackOptions) -> Result<Plan> {
     let live_baseline = all.first().and_then(|b| b.manifest.live_baseline.clone());
     warnings.extend(carried_since(&all, &restore, &keep_keys));
     warnings.extend(privileges_restored(client, &pairs).await?);
+    warnings.extend(
+        manifest::uncountable(client, &lives, |schema, table| {
+            pairs
+                .iter()
+                .any(|p| p.live == schema && p.keep.contains(table))
+        })
+        .await?,
+    );
     let kept: Vec<TableName> = kept_names(&pairs);
     let (listed, writes) = gate::writes_since(
         client,
