@@ -615,9 +615,8 @@ async fn unmovable(client: &Client, req: &Request<'_>, listed: &Listed) -> Resul
     {
         let (schema, name, owner): (String, String, String) = (r.get(0), r.get(1), r.get(2));
         found.unlockable.push(format!(
-            "table {}.{}",
-            display_ident(&schema),
-            display_ident(&name)
+            "table {}",
+            crate::pg::ident::qualified_display(&schema, &name)
         ));
         found.unlockable_owners.insert(owner);
     }
