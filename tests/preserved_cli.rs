@@ -3032,6 +3032,20 @@ fn a_preserved_table_whose_owner_changed_is_refused_by_abort_status_and_swap() {
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(refused(&err) && !err.contains("rolled back"), "{err}");
     assert_eq!(dbs.dst.psql(triggers), "8");
+    // A role that inherits nothing: the grant would not help, and is not
+    // what is advised (h47a).
+    dbs.dst.psql(&format!(
+        "GRANT {other} TO {role}; ALTER ROLE {role} NOINHERIT"
+    ));
+    let st = wd.run_json(&["status", "--dest", &dst, "--json"]);
+    let why = st["swap_blocked_reason"].as_str().unwrap_or_default();
+    assert!(
+        why.contains(&format!("ALTER ROLE {role} INHERIT")) && !why.contains("GRANT"),
+        "{st}"
+    );
+    dbs.dst.psql(&format!(
+        "ALTER ROLE {role} INHERIT; REVOKE {other} FROM {role}"
+    ));
     dbs.dst.psql(&format!("ALTER TABLE users OWNER TO {role}"));
     assert_success(&wd.run(&["abort", "--dest", &dst]));
     assert_eq!(dbs.dst.psql(triggers), "0");

@@ -4638,7 +4638,8 @@ pub async fn unowned(client: &Client, synced: &[SyncedTable]) -> Result<Option<S
     let oids: Vec<u32> = synced.iter().map(|t| t.oid).collect();
     let rows = client
         .query(
-            "SELECT c.oid, pg_catalog.pg_get_userbyid(c.relowner)::text, current_user::text
+            "SELECT c.oid, pg_catalog.pg_get_userbyid(c.relowner)::text, current_user::text,
+                    (SELECT r.rolinherit FROM pg_catalog.pg_roles r WHERE r.rolname = current_user)
                FROM pg_catalog.pg_class c
               WHERE c.oid = ANY($1) AND NOT pg_catalog.pg_has_role(current_user, c.relowner, 'USAGE')",
             &[&oids],
@@ -4661,8 +4662,18 @@ pub async fn unowned(client: &Client, synced: &[SyncedTable]) -> Result<Option<S
             ))
         })
         .collect();
+    // A role that inherits nothing gains nothing by a grant (h47a).
+    let fix = if first.get::<_, Option<bool>>(3) == Some(false) {
+        format!(
+            "ALTER ROLE {me} INHERIT ({me} does not inherit the privileges of the roles it is a member of), or give the table back to {me}"
+        )
+    } else {
+        format!(
+            "GRANT {owner} TO {me} (or give the table back to a role {me} is a member of and inherits from)"
+        )
+    };
     Ok(Some(format!(
-        "role {me} may not drop pgshift's sync triggers on {}, which the swap does: their owner changed since prepare; GRANT {owner} TO {me} (or give the table back to a role {me} is a member of and inherits from)",
+        "role {me} may not drop pgshift's sync triggers on {}, which the swap does: their owner changed since prepare; {fix}",
         listed.join(", ")
     )))
 }

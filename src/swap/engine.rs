@@ -515,9 +515,7 @@ impl Unmovable {
             me_sql = quote_ident(&self.me),
         ))
     }
-}
 
-impl Unmovable {
     /// One line refusing `what` for the tables it may not lock, or None.
     fn lock_refusal(&self, what: &str) -> Option<String> {
         if self.unlockable.is_empty() {
