@@ -919,6 +919,17 @@ fn grants_changed_after_prepare_hold_after_the_swap() {
         );
         dbs.src.psql(&ddl);
         dbs.dst.psql(&ddl);
+        // A sequence another role owns on the destination that the source's
+        // version makes a column's: it takes its table's owner, and the role
+        // that owned it keeps every privilege on it by a grant (h46a).
+        dbs.dst.psql(&format!(
+            "CREATE SEQUENCE s; ALTER SEQUENCE s OWNER TO {r2};
+             CREATE TABLE w (id int DEFAULT nextval('s'));"
+        ));
+        dbs.src.psql(
+            "CREATE TABLE w (id int); CREATE SEQUENCE s OWNED BY w.id;
+             ALTER TABLE w ALTER id SET DEFAULT nextval('s');",
+        );
         // A column new in the source's version takes the source's grants
         // (the destination has none to give it), and keeps them at the swap.
         dbs.src.psql(&format!(
@@ -972,6 +983,14 @@ fn grants_changed_after_prepare_hold_after_the_swap() {
                    FROM pg_class WHERE oid = 'public.u'::regclass"
             )),
             format!("{r2},t"),
+            "{mode}"
+        );
+        assert_eq!(
+            dbs.dst.psql(&format!(
+                "SELECT has_sequence_privilege('{r2}', 'public.s', 'USAGE')::text
+                        || has_sequence_privilege('{r2}', 'public.s', 'UPDATE')::text"
+            )),
+            "truetrue",
             "{mode}"
         );
     }

@@ -830,10 +830,12 @@ pub async fn catch_up(
         let carried = roles.assignable.contains(&c.owner) && roles.actable.contains(&c.owner);
         // An owner not carried gets the owner's privileges by a grant, so it
         // keeps using what it owned (h47a: "permission denied" after the
-        // swap); an owned sequence's too, which follows its table.
+        // swap). So does the live owner of a sequence that is a column's in
+        // the incoming version: PostgreSQL gives that its table's owner,
+        // never carried (h46a: the role that owned it lost it).
         let stand_in = !keep_owners
             && c.owner != o.owner
-            && !carried
+            && (!carried || o.owned_sequence)
             && matches!(
                 o.kind,
                 "TABLE"
