@@ -519,16 +519,21 @@ pub async fn describe(
     Ok(out)
 }
 
-/// The tables of the live schemas `lives` that go into a new backup (not
-/// those `stays` says stay live) and that this role may not read, or whose
-/// rows row-level security hides from it: the swap or rollback records no
-/// row count for them ([`count_relation`]), so verify will not compare their
-/// rows. Said by the dry runs, before it happens (h46a, h47a).
-pub async fn uncountable(
-    client: &impl GenericClient,
-    lives: &[String],
-    stays: impl Fn(&str, &str) -> bool,
-) -> Result<Vec<String>> {
+/// The tables of some schemas whose rows [`count_relation`] does not count,
+/// by why: one query serves the dry runs' forecast ([`uncountable`]) and the
+/// swap's account of the backup it recorded.
+#[derive(Debug, Default)]
+pub struct Uncounted {
+    /// (schema, table, owner) of the tables this role may not read.
+    pub unreadable: Vec<(String, String, String)>,
+    /// (schema, table) of those whose rows row-level security hides from it.
+    pub hidden: Vec<(String, String)>,
+}
+
+/// The tables and partitioned tables of `schemas` this role may not read,
+/// or on which row-level security applies to it: [`count_relation`]'s two
+/// reasons to count nothing, asked of all at once.
+pub async fn uncounted(client: &impl GenericClient, schemas: &[String]) -> Result<Uncounted> {
     let rows = client
         .query(
             "SELECT n.nspname::text, c.relname::text, pg_catalog.pg_get_userbyid(c.relowner)::text,
@@ -538,22 +543,51 @@ pub async fn uncountable(
                 AND (NOT pg_catalog.has_table_privilege(c.oid, 'SELECT')
                      OR pg_catalog.row_security_active(c.oid))
               ORDER BY 1, 2",
-            &[&lives],
+            &[&schemas],
         )
         .await
-        .context("reading which live tables this role may read")?;
-    let (mut unreadable, mut hidden) = (Vec::new(), Vec::new());
-    for r in rows.iter().filter(|r| !stays(r.get(0), r.get(1))) {
-        let shown = crate::pg::meta::table_shown(r.get(0), r.get(1));
+        .context("reading which tables this role may read")?;
+    let mut out = Uncounted::default();
+    for r in rows {
+        let (schema, table): (String, String) = (r.get(0), r.get(1));
         if r.get::<_, bool>(3) {
-            hidden.push(shown);
+            out.hidden.push((schema, table));
         } else {
-            unreadable.push(format!(
-                "{shown} (owned by {})",
-                crate::pg::ident::display_ident(r.get(2))
-            ));
+            out.unreadable.push((schema, table, r.get(2)));
         }
     }
+    Ok(out)
+}
+
+/// The tables of the live schemas `lives` that go into a new backup (not
+/// those `stays` says stay live) and that [`uncounted`] finds: the swap or
+/// rollback records no row count for them, so verify will not compare their
+/// rows. Said by the dry runs, before it happens (h46a, h47a).
+pub async fn uncountable(
+    client: &impl GenericClient,
+    lives: &[String],
+    stays: impl Fn(&str, &str) -> bool,
+) -> Result<Vec<String>> {
+    let found = uncounted(client, lives).await?;
+    let shown = crate::pg::meta::table_shown;
+    let unreadable: Vec<String> = found
+        .unreadable
+        .iter()
+        .filter(|(s, t, _)| !stays(s, t))
+        .map(|(s, t, owner)| {
+            format!(
+                "{} (owned by {})",
+                shown(s, t),
+                crate::pg::ident::display_ident(owner)
+            )
+        })
+        .collect();
+    let hidden: Vec<String> = found
+        .hidden
+        .iter()
+        .filter(|(s, t)| !stays(s, t))
+        .map(|(s, t)| shown(s, t))
+        .collect();
     let list = crate::prepare::preflight::list_some;
     Ok([
         (!unreadable.is_empty()).then(|| format!(

@@ -1036,27 +1036,31 @@ pub async fn swap<H: InTx>(
     match describe_all(control, &maps).await {
         Ok(tables) => {
             // This role may not read these, or row-level security applies
-            // to it on them: not counted rather than counted wrong, and said.
-            let (mut unreadable, mut hidden) = (Vec::new(), Vec::new());
-            for t in tables.iter().filter(|t| t.rows.is_none()) {
-                let Some((_, backup)) = maps.iter().find(|(live, _)| *live == t.schema) else {
-                    continue;
-                };
-                let readable: bool = control
-                    .query_one(
-                        "SELECT pg_catalog.has_table_privilege($1::text::regclass, 'SELECT')",
-                        &[&qualified(backup, &t.name)],
-                    )
-                    .await
-                    .map(|r| r.get(0))
-                    .unwrap_or(true);
-                let shown = crate::pg::meta::table_shown(&t.schema, &t.name);
-                if readable {
-                    hidden.push(shown);
-                } else {
-                    unreadable.push(shown);
+            // to it on them: not counted rather than counted wrong, and said
+            // under their live names.
+            let live_of = |backup: &str| {
+                maps.iter()
+                    .find(|(_, b)| *b == backup)
+                    .map_or(backup.to_string(), |(live, _)| live.to_string())
+            };
+            let found = if tables.iter().any(|t| t.rows.is_none()) {
+                manifest::uncounted(control, &backups).await
+            } else {
+                Ok(manifest::Uncounted::default())
+            };
+            let shown = |s: &str, t: &str| crate::pg::meta::table_shown(&live_of(s), t);
+            let (hidden, unreadable): (Vec<String>, Vec<String>) = match found {
+                Ok(u) => (
+                    u.hidden.iter().map(|(s, t)| shown(s, t)).collect(),
+                    u.unreadable.iter().map(|(s, t, _)| shown(s, t)).collect(),
+                ),
+                Err(e) => {
+                    warnings.push(format!(
+                        "could not check which of the backup's tables were not counted: {e:#}"
+                    ));
+                    (Vec::new(), Vec::new())
                 }
-            }
+            };
             if !hidden.is_empty() {
                 warnings.push(format!(
                     "the backup's row counts of {} were not recorded: row-level security applies to this role on them (a role with BYPASSRLS, or their owner without FORCE ROW LEVEL SECURITY, counts them), so verify cannot compare their rows",
