@@ -515,9 +515,9 @@ pub async fn plan(client: &Client, opts: &RollbackOptions) -> Result<Plan> {
     let all = manifest::list_backups(client).await?;
     warnings.extend(bound_to_other_backups(client, &all, &backups).await?);
 
-    // Writes the application made to the public being replaced since it went
-    // live (the newest backup's manifest has its counters from that moment).
-    let live_baseline = all.first().and_then(|b| b.manifest.live_baseline.clone());
+    // Writes the application made to the schemas being replaced since they
+    // went live (the backup made then has their counters from that moment).
+    let live_baseline = gate::rollback_baseline(&all, &lives);
     warnings.extend(carried_since(&all, &restore, &keep_keys));
     warnings.extend(privileges_restored(client, &pairs).await?);
     warnings.extend(

@@ -21,9 +21,11 @@
 //! * After every swap and rollback COMMIT the engine records the counters of
 //!   the public that just went live in the new backup's manifest
 //!   (`live_baseline`, [`live_baseline`]); table OIDs survive both swap modes.
-//!   **rollback** compares the current public against the newest backup's
-//!   `live_baseline` (the operation that made this public live), outside and
-//!   under its locks; tables kept with `--keep-tables` are exempt.
+//!   **rollback** compares each live schema it replaces against the
+//!   `live_baseline` of the newest backup whose operation replaced that
+//!   schema (the operation that made it live: [`rollback_baseline`]),
+//!   outside and under its locks; tables kept with `--keep-tables` are
+//!   exempt.
 //! * A table that came into public after prepare started through a rollback
 //!   (restored from a backup) is measured from that rollback's `live_baseline`
 //!   ([`migration_baseline`]), not from its whole life.
@@ -50,11 +52,10 @@ use std::time::Duration;
 use anyhow::{Context, Result, anyhow};
 use tokio_postgres::Client;
 
-use super::writes::{Operation, Unkeepable, compare_without_live_baseline, gate_for, gate_keeping};
+use super::writes::{Operation, Unkeepable, compare_covered, gate_for, gate_keeping};
 use super::{
     AllowDiscard, Impact, ImpactRequest, SchemaPair, StatementsReport, WorkloadOptions,
-    WriteBaseline, WriteCheck, compare, compare_without_baseline, listed_check_sql, parse_check,
-    take_baseline,
+    WriteBaseline, WriteCheck, listed_check_sql, parse_check, take_baseline,
 };
 use crate::backups::manifest;
 use crate::migration::record::MigrationState;
@@ -142,10 +143,11 @@ pub fn exempt_keeping(
 /// The writes since `baseline` to the live tables that are not `exempt`, with
 /// the counters now (the tables the check under the locks looks at). For the
 /// swap, `baseline` is the migration's (taken when prepare started) and
-/// `exempt` its preserved tables; for a rollback, the newest backup's record of
-/// this public when it went live, and the kept tables. Without a baseline
-/// every such table of `lives` (the live schemas replaced) is unknown, for the
-/// reason that fits `op`. Read only; works inside or outside a transaction.
+/// `exempt` its preserved tables; for a rollback, [`rollback_baseline`] and
+/// the kept tables. Every table of a schema of `lives` (the live schemas
+/// replaced) that the baseline does not cover, or of all of them without
+/// one, is unknown, for the reason that fits `op`. Read only; works inside
+/// or outside a transaction.
 pub async fn writes_since(
     client: &Client,
     op: Operation,
@@ -153,18 +155,21 @@ pub async fn writes_since(
     exempt: &[TableName],
     lives: &[String],
 ) -> Result<(WriteBaseline, WriteCheck)> {
-    // A baseline names its schemas; without one, every live schema the
-    // operation replaces (not public alone: a migration of several schemas
-    // discards their writes too).
-    let schemas = baseline.map_or_else(|| lives.to_vec(), |b| b.schemas.clone());
+    // A baseline names its schemas; every live schema the operation replaces
+    // is looked at, not public alone (a migration of several schemas
+    // discards their writes too), nor only those the baseline covers (h48b).
+    let mut schemas = baseline.map_or_else(Vec::new, |b| b.schemas.clone());
+    schemas.extend(
+        lives
+            .iter()
+            .filter(|s| !schemas.contains(s))
+            .cloned()
+            .collect::<Vec<_>>(),
+    );
     let now = take_baseline(client, &schemas)
         .await
         .context("checking the tables' write counters")?;
-    let mut check = match (baseline, op) {
-        (Some(base), _) => compare(base, &now, exempt),
-        (None, Operation::Swap) => compare_without_baseline(&now, exempt),
-        (None, Operation::Rollback) => compare_without_live_baseline(&now, exempt),
-    };
+    let mut check = compare_covered(baseline, &now, exempt, op);
     // A rollback's baseline was taken when the current public went live.
     if op == Operation::Rollback && baseline.is_some() {
         for u in &mut check.unknown {
@@ -226,6 +231,62 @@ async fn note_older_snapshots(
             .extend(super::blockers::older_snapshots(client, base.taken_at).await?);
     }
     Ok(())
+}
+
+/// The baseline a rollback compares the live schemas `lives` with: for each,
+/// the `live_baseline` of the newest backup whose swap or rollback replaced
+/// it, the moment its current tables went live. `all` is every backup,
+/// newest first. Not the newest backup's alone: a swap of public alone
+/// leaves a `billing` that went live with an older swap of public and
+/// billing, whose writes a rollback to that swap's backup discards (h48b:
+/// they went uncounted), and a newest baseline of schemas the rollback does
+/// not replace counts writes it keeps. A schema whose newest replacement
+/// recorded no counters is not covered ([`writes_since`] says its tables
+/// unknown); `None` when none is. Statistics reset between the contributing
+/// records make every table unknown: the oldest one's reset time is kept.
+pub fn rollback_baseline(all: &[manifest::BackupRow], lives: &[String]) -> Option<WriteBaseline> {
+    let mut merged: Option<WriteBaseline> = None;
+    let mut decided: HashSet<&str> = HashSet::new();
+    for b in all {
+        for map in b.manifest.schema_maps() {
+            let Some(live) = lives.iter().find(|l| **l == map.live) else {
+                continue;
+            };
+            if !decided.insert(live) {
+                continue;
+            }
+            let Some(base) = b
+                .manifest
+                .live_baseline
+                .as_ref()
+                .filter(|base| base.schemas.contains(live))
+            else {
+                continue;
+            };
+            let tables = base
+                .tables
+                .iter()
+                .filter(|t| t.key.schema == *live)
+                .cloned();
+            match &mut merged {
+                None => {
+                    merged = Some(WriteBaseline {
+                        schemas: vec![live.clone()],
+                        tables: tables.collect(),
+                        ..base.clone()
+                    });
+                }
+                Some(m) => {
+                    m.schemas.push(live.clone());
+                    m.tables.extend(tables);
+                    m.taken_at = m.taken_at.min(base.taken_at);
+                    m.track_counts &= base.track_counts;
+                    m.stats_reset = base.stats_reset;
+                }
+            }
+        }
+    }
+    merged
 }
 
 /// The baseline a migration's swap compares with: the counters recorded when

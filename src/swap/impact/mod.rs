@@ -153,9 +153,8 @@ pub use workload::{
 };
 pub use writes::{
     AllowDiscard, DiscardedWrite, Operation, TableCounters, TableWrites, Unkeepable, UnknownWrite,
-    WriteBaseline, WriteCheck, WritesSinceReset, check_sql, compare, compare_without_baseline,
-    compare_without_live_baseline, gate, gate_for, listed_check_sql, parse_check, take_baseline,
-    writes_since_reset,
+    WriteBaseline, WriteCheck, WritesSinceReset, check_sql, compare, compare_covered, gate,
+    gate_for, listed_check_sql, parse_check, take_baseline, writes_since_reset,
 };
 
 /// A schema the application sees now and the schema that replaces it.

@@ -452,17 +452,37 @@ pub fn compare(base: &WriteBaseline, now: &WriteBaseline, exempt: &[TableName]) 
     check
 }
 
-/// Without a baseline (a migration prepared before pgshift recorded one):
-/// every table of `now` that is not exempt is unknown.
-pub fn compare_without_baseline(now: &WriteBaseline, exempt: &[TableName]) -> WriteCheck {
-    all_unknown(now, exempt, Unknown::NoBaseline)
-}
-
-/// For a rollback whose current public went live without a baseline (made by
-/// an earlier version, or the recording after the commit failed): every
-/// table of `now` that is not exempt is unknown.
-pub fn compare_without_live_baseline(now: &WriteBaseline, exempt: &[TableName]) -> WriteCheck {
-    all_unknown(now, exempt, Unknown::NoLiveBaseline)
+/// [`compare`] for the tables of `now` in `base`'s schemas; every other table
+/// of `now` that is not exempt (of a schema the baseline does not cover, or
+/// all of them without a baseline) is unknown: for a swap, a migration
+/// prepared before pgshift recorded a baseline; for a rollback, a live schema
+/// whose going live recorded no counters (by an earlier version, or the
+/// recording after the commit failed).
+pub fn compare_covered(
+    base: Option<&WriteBaseline>,
+    now: &WriteBaseline,
+    exempt: &[TableName],
+    op: Operation,
+) -> WriteCheck {
+    let (known, rest): (Vec<TableCounters>, Vec<TableCounters>) = now
+        .tables
+        .iter()
+        .cloned()
+        .partition(|t| base.is_some_and(|b| b.schemas.contains(&t.key.schema)));
+    let part = |tables| WriteBaseline {
+        tables,
+        ..now.clone()
+    };
+    let mut check = base.map_or_else(WriteCheck::default, |b| compare(b, &part(known), exempt));
+    let why = match op {
+        Operation::Swap => Unknown::NoBaseline,
+        Operation::Rollback => Unknown::NoLiveBaseline,
+    };
+    check
+        .unknown
+        .extend(all_unknown(&part(rest), exempt, why).unknown);
+    check.sort();
+    check
 }
 
 fn all_unknown(now: &WriteBaseline, exempt: &[TableName], why: Unknown) -> WriteCheck {
