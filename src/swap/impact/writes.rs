@@ -917,11 +917,21 @@ pub fn gate_keeping(
                 .collect();
             if can.is_empty() {
                 (advice.join(". "), ". Pass")
-            } else {
+            } else if cannot.is_empty() {
                 advice.push(format!(
                     "Keep {} with --keep-tables {}",
                     these_of(&can),
                     list_of(&can)
+                ));
+                (advice.join(". "), ", or pass")
+            } else {
+                // Keeping the ones it can leaves the others to discard
+                // (h48b: the advice read as if keeping those were enough).
+                advice.push(format!(
+                    "Keep {} with --keep-tables {} and pass --allow-discard {} for the rest",
+                    these_of(&can),
+                    list_of(&can),
+                    list_of(&cannot)
                 ));
                 (advice.join(". "), ", or pass")
             }
@@ -1132,6 +1142,44 @@ mod tests {
             name: "b".into(),
             ancestors: Vec::new(),
         }));
+    }
+
+    /// A rollback's advice when some written tables can be kept and some
+    /// cannot: keeping the first is not enough by itself (h48b).
+    #[test]
+    fn rollback_gate_advises_keeping_what_it_can_and_discarding_the_rest() {
+        let base = snap(vec![
+            t(1, "actor", [0, 0, 0], 1),
+            t(2, "events", [0, 0, 0], 2),
+        ]);
+        let now = snap(vec![
+            t(1, "actor", [0, 10, 0], 1),
+            t(2, "events", [3, 0, 0], 2),
+        ]);
+        let c = compare(&base, &now, &[]);
+        let mut unkeepable = Unkeepable::new();
+        unkeepable.insert(
+            "actor".to_string(),
+            "a view of the backup reads it".to_string(),
+        );
+        let msg =
+            gate_keeping(Operation::Rollback, &c, &AllowDiscard::Nothing, &unkeepable).unwrap_err();
+        assert!(
+            msg.contains("actor cannot be kept (a view of the backup reads it). Keep this table with --keep-tables events and pass --allow-discard actor for the rest, or pass --allow-discard actor,events (or --allow-discard all) to roll back anyway"),
+            "{msg}"
+        );
+        // Only keepable tables: keeping them is the whole way out.
+        let msg = gate_keeping(
+            Operation::Rollback,
+            &c,
+            &AllowDiscard::Nothing,
+            &Unkeepable::new(),
+        )
+        .unwrap_err();
+        assert!(
+            msg.contains("Keep these tables with --keep-tables actor,events, or pass --allow-discard actor,events"),
+            "{msg}"
+        );
     }
 
     #[test]
