@@ -924,7 +924,9 @@ async fn recorded_statements_are_checked_against_the_incoming_schema() {
     let pairs = public_shadow();
 
     let logged = cluster().unwrap().log_len();
-    let report = impact::check_workload(&c, &pairs, &opts()).await.unwrap();
+    let report = impact::check_workload(&c, &pairs, &opts(), &[])
+        .await
+        .unwrap();
     assert_eq!(
         cluster().unwrap().errors_since(logged, db.name()),
         Vec::<String>::new()
@@ -1018,13 +1020,15 @@ async fn recorded_statements_are_checked_against_the_incoming_schema() {
     // usage errors.
     let mut o = opts();
     o.roles = vec!["app".into()];
-    let only_app = impact::check_workload(&c, &pairs, &o).await.unwrap();
+    let only_app = impact::check_workload(&c, &pairs, &o, &[]).await.unwrap();
     assert_eq!(only_app.checked, 7);
     o.roles = vec!["idle_role".into()];
-    let none = impact::check_workload(&c, &pairs, &o).await.unwrap();
+    let none = impact::check_workload(&c, &pairs, &o, &[]).await.unwrap();
     assert_eq!((none.checked, none.unchecked.len()), (0, 0));
     o.roles = vec!["app".into(), "nobody".into()];
-    let err = impact::check_workload(&c, &pairs, &o).await.unwrap_err();
+    let err = impact::check_workload(&c, &pairs, &o, &[])
+        .await
+        .unwrap_err();
     assert!(
         err.downcast_ref::<pgshift::UserError>().is_some(),
         "{err:#}"
@@ -1042,7 +1046,7 @@ async fn recorded_statements_are_checked_against_the_incoming_schema() {
     cfg.user("checker").password("checker-pw");
     let (checker, conn) = cfg.connect(NoTls).await.unwrap();
     tokio::spawn(conn);
-    let unreadable = impact::check_workload(&checker, &pairs, &opts())
+    let unreadable = impact::check_workload(&checker, &pairs, &opts(), &[])
         .await
         .unwrap();
     let why = unreadable.not_checked.unwrap_or_default();
@@ -1054,7 +1058,7 @@ async fn recorded_statements_are_checked_against_the_incoming_schema() {
     c.batch_execute("GRANT USAGE ON SCHEMA \"Stats\" TO checker")
         .await
         .unwrap();
-    let hidden = impact::check_workload(&checker, &pairs, &opts())
+    let hidden = impact::check_workload(&checker, &pairs, &opts(), &[])
         .await
         .unwrap();
     assert_eq!(hidden.checked, 0, "{hidden:#?}");
@@ -1078,7 +1082,7 @@ async fn recorded_statements_are_checked_against_the_incoming_schema() {
     c.batch_execute("GRANT pg_read_all_stats TO checker")
         .await
         .unwrap();
-    let visible = impact::check_workload(&checker, &pairs, &opts())
+    let visible = impact::check_workload(&checker, &pairs, &opts(), &[])
         .await
         .unwrap();
     assert_eq!(
@@ -1093,7 +1097,7 @@ async fn recorded_statements_are_checked_against_the_incoming_schema() {
     // The time bound: what is left is reported unchecked.
     let mut o = opts();
     o.timeout = Duration::ZERO;
-    let bounded = impact::check_workload(&c, &pairs, &o).await.unwrap();
+    let bounded = impact::check_workload(&c, &pairs, &o, &[]).await.unwrap();
     assert_eq!(bounded.checked, 0);
     assert_eq!(bounded.unchecked.len(), 9, "{bounded:#?}");
     assert!(
@@ -1113,7 +1117,9 @@ async fn recorded_statements_are_checked_against_the_incoming_schema() {
         .await
         .unwrap();
     let started = Instant::now();
-    let locked = impact::check_workload(&c, &pairs, &opts()).await.unwrap();
+    let locked = impact::check_workload(&c, &pairs, &opts(), &[])
+        .await
+        .unwrap();
     assert!(started.elapsed() < Duration::from_secs(10));
     let why: Vec<(&str, &str)> = locked
         .unchecked
@@ -1243,7 +1249,7 @@ async fn types_the_swap_replaces_break_prepared_statements() {
         .unwrap();
     let c = db.client().await;
     let logged = cluster().unwrap().log_len();
-    let report = impact::check_workload(&c, &public_shadow(), &opts())
+    let report = impact::check_workload(&c, &public_shadow(), &opts(), &[])
         .await
         .unwrap();
     assert_eq!(
@@ -1329,7 +1335,7 @@ async fn without_pg_stat_statements_the_workload_is_not_checked() {
     let Some(db) = db("no_pgss") else { return };
     db.psql("CREATE SCHEMA shadow; CREATE TABLE accounts (id int);");
     let c = db.client().await;
-    let r = impact::check_workload(&c, &public_shadow(), &opts())
+    let r = impact::check_workload(&c, &public_shadow(), &opts(), &[])
         .await
         .unwrap();
     assert_eq!(r.source, "none");
@@ -1657,7 +1663,7 @@ async fn statements_pg_stat_statements_evicted_are_reported() {
     let db = small.create_db("impact", "evicted");
     db.psql("CREATE EXTENSION pg_stat_statements; CREATE SCHEMA shadow; CREATE TABLE accounts (id int);");
     let c = db.client().await;
-    let before = impact::check_workload(&c, &public_shadow(), &opts())
+    let before = impact::check_workload(&c, &public_shadow(), &opts(), &[])
         .await
         .unwrap();
     assert!(
@@ -1677,7 +1683,7 @@ async fn statements_pg_stat_statements_evicted_are_reported() {
             .await
             .unwrap();
     }
-    let after = impact::check_workload(&c, &public_shadow(), &opts())
+    let after = impact::check_workload(&c, &public_shadow(), &opts(), &[])
         .await
         .unwrap();
     let evicted = after
@@ -1732,7 +1738,7 @@ async fn an_insert_that_leaves_out_a_new_required_column_fails() {
         app.simple_query(sql).await.unwrap();
     }
     let c = db.client().await;
-    let report = impact::check_workload(&c, &public_shadow(), &opts())
+    let report = impact::check_workload(&c, &public_shadow(), &opts(), &[])
         .await
         .unwrap();
     let mut failing: Vec<(&str, &str)> = report

@@ -1190,6 +1190,55 @@ async fn a_kept_tables_own_sequence_is_no_failing_statement() {
     app.query(&array, &[&1i32]).await.unwrap();
 }
 
+/// `SELECT nextval('hib_seq')` is recorded as `SELECT nextval($1)`: which
+/// sequence it draws from is not known. It named nothing the swap changes, so
+/// it was left out, and a swap that drops the sequence passed
+/// `--fail-on-breaking`, then failed every call (h48a). It is unchecked,
+/// saying which sequences it may name, and they count as used.
+#[test]
+fn a_sequence_named_by_a_constant_counts_as_used_when_the_swap_drops_a_sequence() {
+    let Some(dbs) = pair("seq_param") else {
+        return;
+    };
+    dbs.src.psql("CREATE TABLE t (id int PRIMARY KEY);");
+    dbs.dst.psql(
+        "CREATE EXTENSION pg_stat_statements;
+         CREATE TABLE t (id int PRIMARY KEY);
+         CREATE SEQUENCE hib_seq;
+         SELECT pg_stat_statements_reset(0, (SELECT oid FROM pg_database WHERE datname = current_database()), 0);",
+    );
+    dbs.dst.psql("SELECT nextval('hib_seq')");
+    let (wd, url, d) = prepared_plan(&dbs);
+    let statements = &d["swap"]["impact"]["statements"];
+    assert_eq!(
+        statements["unchecked"],
+        json!([{
+            "query": "SELECT nextval($1)",
+            "reason": "it names its sequence by a constant that pg_stat_statements keeps as a parameter, so which one is not known: it fails if that is public.hib_seq, which the swap drops",
+            "calls": 1
+        }]),
+        "{d}"
+    );
+    assert!(
+        statements["used_objects"]
+            .as_array()
+            .unwrap()
+            .contains(&json!("public.hib_seq")),
+        "{d}"
+    );
+    let before = catalog_fingerprint(&dbs.dst);
+    let line = refused(&wd.run(&["swap", "--dest", &url, "--fail-on-breaking"]));
+    assert!(
+        line.contains("SEQUENCE_DROPPED public.hib_seq (sequence), used by recorded statements"),
+        "{line}"
+    );
+    assert_eq!(catalog_fingerprint(&dbs.dst), before);
+    // What it foresaw: the call fails after the swap.
+    assert_success(&wd.run(&["swap", "--dest", &url]));
+    let err = dbs.dst.try_psql("SELECT nextval('hib_seq')").unwrap_err();
+    assert!(err.contains("does not exist"), "{err}");
+}
+
 /// `--allow-discard` naming a table the replaced schemas do not have (a
 /// typo) was accepted without a word, letting nothing through: it is bad
 /// input, refused (exit 2) before anything changes, by the swap, its dry run,

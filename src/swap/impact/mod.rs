@@ -27,7 +27,7 @@
 //! // 2. schema hazards (hazards.rs)
 //! hazards(&Client, &[SchemaPair]) -> Result<Vec<Hazard>>     // {code, effect, object, detail}
 //! // 3. recorded workload (workload.rs, resolve.rs)
-//! check_workload(&Client, &[SchemaPair], &WorkloadOptions{roles, timeout, lock_timeout})
+//! check_workload(&Client, &[SchemaPair], &WorkloadOptions{roles, timeout, lock_timeout}, dropped sequences)
 //!     -> Result<StatementsReport>   // Err: connection, or a UserError for an unknown role
 //! // 4. blockers (blockers.rs)
 //! blockers(&impl GenericClient, &[SchemaPair], lock_timeout: Duration) -> Result<Vec<Blocker>>
@@ -250,7 +250,14 @@ impl Impact {
             impact.unknown_writes = check.unknown;
         }
         impact.hazards = hazards(client, req.pairs).await?;
-        impact.statements = check_workload(client, req.pairs, &req.workload).await?;
+        let dropped_sequences: Vec<String> = impact
+            .hazards
+            .iter()
+            .filter(|h| h.code == "SEQUENCE_DROPPED")
+            .map(|h| h.object.clone())
+            .collect();
+        impact.statements =
+            check_workload(client, req.pairs, &req.workload, &dropped_sequences).await?;
         impact.blockers = blockers(client, req.pairs, req.lock_timeout).await?;
         impact
             .notes

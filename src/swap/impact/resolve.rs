@@ -59,6 +59,11 @@ pub struct Refs {
     pub functions: Vec<NameRef>,
     pub types: Vec<NameRef>,
     pub operators: Vec<NameRef>,
+    /// It calls `nextval` or `currval` with the sequence a parameter: what
+    /// pg_stat_statements makes of `nextval('hib_seq')`, so which sequence
+    /// is not known (h48a: a sequence the swap dropped failed every call,
+    /// unsaid). `setval` is not counted: pg_restore runs one per sequence.
+    pub sequence_by_parameter: bool,
 }
 
 /// What kind of statement the text is.
@@ -498,6 +503,23 @@ fn name_ref(parts: Vec<String>, loc: Option<usize>) -> Option<NameRef> {
     }
 }
 
+/// A call of `nextval` or `currval` (unqualified or `pg_catalog.`) whose
+/// first argument is a parameter, cast or not (`nextval($1)`,
+/// `nextval($1::regclass)`).
+fn sequence_by_parameter(f: &NameRef, call: &serde_json::Map<String, Value>) -> bool {
+    let sequence_fn = matches!(f.name.as_str(), "nextval" | "currval")
+        && f.schema.as_deref().is_none_or(|s| s == "pg_catalog");
+    let first = call
+        .get("args")
+        .and_then(Value::as_array)
+        .and_then(|a| a.first());
+    let param = first.is_some_and(|a| {
+        a.pointer("/node/ParamRef").is_some()
+            || a.pointer("/node/TypeCast/arg/node/ParamRef").is_some()
+    });
+    sequence_fn && param
+}
+
 fn walk(v: &Value, refs: &mut Refs, ctes: &mut HashSet<String>) {
     match v {
         Value::Object(m) => {
@@ -512,6 +534,7 @@ fn walk(v: &Value, refs: &mut Refs, ctes: &mut HashSet<String>) {
                 });
             } else if m.contains_key("funcname") && m.contains_key("func_variadic") {
                 if let Some(r) = name_ref(strings(m.get("funcname")), location(m)) {
+                    refs.sequence_by_parameter |= sequence_by_parameter(&r, m);
                     refs.functions.push(r);
                 }
             } else if m.contains_key("names") && m.contains_key("typemod") {
@@ -1156,6 +1179,28 @@ mod tests {
                 None => r.name.clone(),
             })
             .collect()
+    }
+
+    /// `nextval('hib_seq')` as pg_stat_statements keeps it: the sequence is
+    /// a parameter, so which one is not known.
+    #[test]
+    fn sequence_calls_by_parameter() {
+        for q in [
+            "SELECT nextval($1)",
+            "SELECT pg_catalog.nextval($1::regclass)",
+            "INSERT INTO t (id) VALUES (nextval($1))",
+            "SELECT currval($1)",
+        ] {
+            assert!(refs(q).sequence_by_parameter, "{q}");
+        }
+        for q in [
+            "SELECT nextval('public.s'::regclass)",
+            "SELECT pg_catalog.setval($1, $2, $3)",
+            "SELECT app.nextval($1)",
+            "SELECT lower($1)",
+        ] {
+            assert!(!refs(q).sequence_by_parameter, "{q}");
+        }
     }
 
     /// A rollback's incoming schema is the backup: the shadows stay

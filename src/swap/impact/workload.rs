@@ -14,7 +14,10 @@
 //! statements of a foreign key ([`resolve::referential_action`]: the check a
 //! deferred key runs at COMMIT is recorded as a top-level statement).
 //!
-//! pg_stat_statements replaces constants by `$n`; a typed constant then reads
+//! pg_stat_statements replaces constants by `$n`, so `nextval('hib_seq')`
+//! reads `nextval($1)` and names no sequence: when the swap drops one, such
+//! a statement is unchecked, naming what it may use, which counts as used
+//! ([`check_workload`]'s `dropped_sequences`). A typed constant reads
 //! `interval $1`, which PostgreSQL does not parse: it is checked as
 //! `$1::interval`; one written against a keyword (`ELSE'FALSE'`) reads
 //! `ELSE$3`, one identifier, and is split again
@@ -272,12 +275,17 @@ async fn evictions(client: &Client, schema: &str) -> Option<String> {
 }
 
 /// Check the recorded workload against the future namespace of `pairs`.
+/// `dropped_sequences`: the sequences the swap drops (`SEQUENCE_DROPPED`),
+/// which a statement naming its sequence by a parameter may use
+/// (`nextval($1)`: [`resolve::Refs::sequence_by_parameter`]): such a
+/// statement is unchecked, saying so, and those sequences count as used.
 /// `Err` only for a failed connection or an unknown role in `opts.roles`
 /// (a [`UserError`]); everything else ends up in the report.
 pub async fn check_workload(
     client: &Client,
     pairs: &[SchemaPair],
     opts: &WorkloadOptions,
+    dropped_sequences: &[String],
 ) -> Result<StatementsReport> {
     let deadline = Instant::now() + opts.timeout;
     // Checked first: a role misspelt is refused whether or not there is a
@@ -388,7 +396,9 @@ pub async fn check_workload(
         if let Some(fixed) = resolve::repair_typed_constants(&rec.text) {
             rec.text = fixed;
         }
-        let resolved = match resolve::parse(&rec.text) {
+        let parsed = resolve::parse(&rec.text);
+        let by_parameter = matches!(&parsed, Ok(Parsed::Dml(r)) if r.sequence_by_parameter);
+        let resolved = match parsed {
             Ok(Parsed::Dml(refs)) => {
                 resolve::resolve(&rec.text, &refs, &rec.path, pairs, &cat, &defined)
                     .map_err(|e| format!("{e:#}"))
@@ -407,7 +417,25 @@ pub async fn check_workload(
                 continue;
             }
         };
-        if res.pgshift_own || !res.in_scope || rec.text.contains(OWN_STATEMENT) {
+        if res.pgshift_own || rec.text.contains(OWN_STATEMENT) {
+            continue;
+        }
+        if by_parameter && !dropped_sequences.is_empty() {
+            report.unchecked.push(UncheckedStatement {
+                query: rec.query,
+                reason: format!(
+                    "it names its sequence by a constant that pg_stat_statements keeps as a parameter, so which one is not known: it fails if that is {}{}, which {} drops",
+                    if dropped_sequences.len() == 1 { "" } else { "one of " },
+                    crate::prepare::preflight::list_some(dropped_sequences),
+                    opts.operation.subject()
+                ),
+                calls: rec.calls,
+            });
+            used.extend(res.uses.iter().cloned());
+            used.extend(dropped_sequences.iter().cloned());
+            continue;
+        }
+        if !res.in_scope {
             continue;
         }
         used.extend(res.uses.iter().cloned());
