@@ -36,6 +36,17 @@ fn pair(name: &str) -> Option<TestDbs> {
     })
 }
 
+/// `ddl` in `db` with pg_stat_statements created there first, then this
+/// database's statements forgotten: what the application runs next is all
+/// it records.
+fn recording(db: &TestDb, ddl: &str) {
+    db.psql(&format!(
+        "CREATE EXTENSION pg_stat_statements;
+         {ddl}
+         SELECT pg_stat_statements_reset(0, (SELECT oid FROM pg_database WHERE datname = current_database()), 0);"
+    ));
+}
+
 /// The statistics' (inserts, updates, deletes) of `table` now.
 fn counts(db: &TestDb, table: &str) -> (i64, i64, i64) {
     let got = db.psql(&format!(
@@ -513,15 +524,14 @@ async fn recorded_statements_are_reported_and_fail_on_breaking_refuses() {
     );
     dbs.dst
         .psql(&create_role("app_role", "LOGIN PASSWORD 'app-pw'"));
-    dbs.dst.psql(
-        "CREATE EXTENSION pg_stat_statements;
-         CREATE TABLE accounts (id int PRIMARY KEY, email text);
+    recording(
+        &dbs.dst,
+        "CREATE TABLE accounts (id int PRIMARY KEY, email text);
          INSERT INTO accounts VALUES (1, 'a@x');
          CREATE TABLE legacy (id int PRIMARY KEY);
          CREATE TABLE quiet (id int PRIMARY KEY, n int, old int);
          CREATE TABLE products (id int PRIMARY KEY, title text);
-         GRANT SELECT ON ALL TABLES IN SCHEMA public TO app_role;
-         SELECT pg_stat_statements_reset(0, (SELECT oid FROM pg_database WHERE datname = current_database()), 0);",
+         GRANT SELECT ON ALL TABLES IN SCHEMA public TO app_role;",
     );
     wait_counts(&dbs.dst, "public.accounts", (1, 0, 0));
     let mut cfg = dbs.dst.pg_config();
@@ -936,11 +946,10 @@ async fn a_column_whose_collation_changes_is_a_result_type_change() {
         "CREATE TABLE acct (id int PRIMARY KEY, email text COLLATE \"C\", note text);
          INSERT INTO acct VALUES (1, 'a@x', 'n');",
     );
-    dbs.dst.psql(
-        "CREATE EXTENSION pg_stat_statements;
-         CREATE TABLE acct (id int PRIMARY KEY, email text, note text);
-         INSERT INTO acct VALUES (1, 'a@x', 'n');
-         SELECT pg_stat_statements_reset(0, (SELECT oid FROM pg_database WHERE datname = current_database()), 0);",
+    recording(
+        &dbs.dst,
+        "CREATE TABLE acct (id int PRIMARY KEY, email text, note text);
+         INSERT INTO acct VALUES (1, 'a@x', 'n');",
     );
     let (app, [email, note]) = holding(
         &dbs.dst,
@@ -986,10 +995,7 @@ async fn a_collation_defined_again_is_a_result_type_change() {
          CREATE TABLE acct (id int PRIMARY KEY, name text COLLATE nat, note text);
          INSERT INTO acct VALUES (1, 'a', 'n');";
     dbs.src.psql(ddl);
-    dbs.dst.psql(&format!(
-        "CREATE EXTENSION pg_stat_statements; {ddl}
-         SELECT pg_stat_statements_reset(0, (SELECT oid FROM pg_database WHERE datname = current_database()), 0);"
-    ));
+    recording(&dbs.dst, ddl);
     let (app, [name, note]) = holding(
         &dbs.dst,
         [
@@ -1047,11 +1053,10 @@ async fn a_parameter_compared_with_a_retyped_column_fails_when_prepared_before()
         "CREATE TABLE acct (id int PRIMARY KEY, code int);
          INSERT INTO acct VALUES (1, 5);",
     );
-    dbs.dst.psql(
-        "CREATE EXTENSION pg_stat_statements;
-         CREATE TABLE acct (id int PRIMARY KEY, code text);
-         INSERT INTO acct VALUES (1, '5');
-         SELECT pg_stat_statements_reset(0, (SELECT oid FROM pg_database WHERE datname = current_database()), 0);",
+    recording(
+        &dbs.dst,
+        "CREATE TABLE acct (id int PRIMARY KEY, code text);
+         INSERT INTO acct VALUES (1, '5');",
     );
     let (app, conn) = dbs.dst.pg_config().connect(NoTls).await.unwrap();
     tokio::spawn(conn);
@@ -1119,11 +1124,10 @@ async fn a_statement_prepared_with_sql_is_checked_as_what_it_prepares() {
         "CREATE TABLE users (id int PRIMARY KEY, email text, age int);
          INSERT INTO users VALUES (1, 'a@x', 30);",
     );
-    dbs.dst.psql(
-        "CREATE EXTENSION pg_stat_statements;
-         CREATE TABLE users (id int PRIMARY KEY, email text);
-         INSERT INTO users VALUES (1, 'a@x');
-         SELECT pg_stat_statements_reset(0, (SELECT oid FROM pg_database WHERE datname = current_database()), 0);",
+    recording(
+        &dbs.dst,
+        "CREATE TABLE users (id int PRIMARY KEY, email text);
+         INSERT INTO users VALUES (1, 'a@x');",
     );
     let (app, conn) = dbs.dst.pg_config().connect(NoTls).await.unwrap();
     tokio::spawn(conn);
@@ -1159,12 +1163,11 @@ async fn a_kept_tables_own_sequence_is_no_failing_statement() {
         return;
     };
     dbs.src.psql("CREATE TABLE t (id int PRIMARY KEY);");
-    dbs.dst.psql(
-        "CREATE EXTENSION pg_stat_statements;
-         CREATE TABLE t (id int PRIMARY KEY);
+    recording(
+        &dbs.dst,
+        "CREATE TABLE t (id int PRIMARY KEY);
          CREATE TABLE audit (id serial PRIMARY KEY, msg text);
-         INSERT INTO audit (msg) VALUES ('kept');
-         SELECT pg_stat_statements_reset(0, (SELECT oid FROM pg_database WHERE datname = current_database()), 0);",
+         INSERT INTO audit (msg) VALUES ('kept');",
     );
     // Alone, and beside a table the swap replaces (whose names are mapped
     // to the incoming schema: the kept table's sequence and array type were).
@@ -1201,11 +1204,10 @@ fn a_sequence_named_by_a_constant_counts_as_used_when_the_swap_drops_a_sequence(
         return;
     };
     dbs.src.psql("CREATE TABLE t (id int PRIMARY KEY);");
-    dbs.dst.psql(
-        "CREATE EXTENSION pg_stat_statements;
-         CREATE TABLE t (id int PRIMARY KEY);
-         CREATE SEQUENCE hib_seq;
-         SELECT pg_stat_statements_reset(0, (SELECT oid FROM pg_database WHERE datname = current_database()), 0);",
+    recording(
+        &dbs.dst,
+        "CREATE TABLE t (id int PRIMARY KEY);
+         CREATE SEQUENCE hib_seq;",
     );
     dbs.dst.psql("SELECT nextval('hib_seq')");
     let (wd, url, d) = prepared_plan(&dbs);
@@ -1359,11 +1361,10 @@ fn pgshifts_own_counts_are_no_application_statements() {
         "CREATE TABLE \"AuditLog\" (id serial PRIMARY KEY CHECK (id > 0), what varchar(50) UNIQUE);
          CREATE TABLE other (id int PRIMARY KEY);",
     );
-    dbs.dst.psql(
-        "CREATE EXTENSION pg_stat_statements;
-         CREATE TABLE \"AuditLog\" (id serial PRIMARY KEY, what text, \"documentId\" int);
-         INSERT INTO \"AuditLog\" (what, \"documentId\") VALUES ('a', 1), ('b', 2);
-         SELECT pg_stat_statements_reset(0, (SELECT oid FROM pg_database WHERE datname = current_database()), 0);",
+    recording(
+        &dbs.dst,
+        "CREATE TABLE \"AuditLog\" (id serial PRIMARY KEY, what text, \"documentId\" int);
+         INSERT INTO \"AuditLog\" (what, \"documentId\") VALUES ('a', 1), ('b', 2);",
     );
     let wd = Workdir::new();
     let url = dbs.dst.url();
@@ -1497,13 +1498,12 @@ fn a_foreign_keys_own_check_is_no_failing_statement() {
          CREATE TABLE orders (id int PRIMARY KEY,
                               client_id int REFERENCES clients DEFERRABLE INITIALLY DEFERRED);",
     );
-    dbs.dst.psql(
-        "CREATE EXTENSION pg_stat_statements;
-         CREATE TABLE customers (id int PRIMARY KEY);
+    recording(
+        &dbs.dst,
+        "CREATE TABLE customers (id int PRIMARY KEY);
          CREATE TABLE orders (id int PRIMARY KEY,
                               client_id int REFERENCES customers DEFERRABLE INITIALLY DEFERRED);
-         INSERT INTO customers VALUES (1);
-         SELECT pg_stat_statements_reset(0, (SELECT oid FROM pg_database WHERE datname = current_database()), 0);",
+         INSERT INTO customers VALUES (1);",
     );
     dbs.dst
         .psql("BEGIN; INSERT INTO orders VALUES (1, 1); COMMIT;");
@@ -1532,11 +1532,7 @@ fn an_insert_that_fails_today_already_is_no_failing_statement() {
     };
     dbs.src
         .psql("CREATE TABLE t (id int PRIMARY KEY, a text, b text NOT NULL);");
-    dbs.dst.psql(
-        "CREATE EXTENSION pg_stat_statements;
-         CREATE TABLE t (id int PRIMARY KEY, a text);
-         SELECT pg_stat_statements_reset(0, (SELECT oid FROM pg_database WHERE datname = current_database()), 0);",
-    );
+    recording(&dbs.dst, "CREATE TABLE t (id int PRIMARY KEY, a text);");
     dbs.dst.psql("INSERT INTO t (id, a) VALUES (1, 'x')");
     dbs.dst.psql(
         "ALTER TABLE t ADD COLUMN b text NOT NULL DEFAULT 'z';
@@ -1566,14 +1562,13 @@ async fn a_failing_statement_of_another_schema_is_worded_as_the_application_sees
         .psql("CREATE SCHEMA billing; CREATE TABLE billing.inv (id int PRIMARY KEY);");
     dbs.dst
         .psql(&create_role("billing_app", "LOGIN PASSWORD 'app-pw'"));
-    dbs.dst.psql(
-        "CREATE EXTENSION pg_stat_statements;
-         CREATE SCHEMA billing;
+    recording(
+        &dbs.dst,
+        "CREATE SCHEMA billing;
          CREATE TABLE billing.inv (id int PRIMARY KEY);
          CREATE TABLE billing.old_inv (id int PRIMARY KEY);
          GRANT USAGE ON SCHEMA billing TO billing_app;
-         GRANT SELECT ON ALL TABLES IN SCHEMA billing TO billing_app;
-         SELECT pg_stat_statements_reset(0, (SELECT oid FROM pg_database WHERE datname = current_database()), 0);",
+         GRANT SELECT ON ALL TABLES IN SCHEMA billing TO billing_app;",
     );
     let mut cfg = dbs.dst.pg_config();
     cfg.user("billing_app").password("app-pw");
