@@ -782,8 +782,14 @@ fn carried_since(
         if now.is_empty() {
             break;
         }
+        // A rollback's backup keeps the tables it kept (h48b: "the swap").
+        let by = if b.manifest.kind == "rollback" {
+            "the rollback"
+        } else {
+            "the swap"
+        };
         named.push(format!(
-            "{}, carried by the swap that made {}",
+            "{}, carried by {by} that made {}",
             now.iter().join(", "),
             b.schema_name
         ));
