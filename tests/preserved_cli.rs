@@ -2970,7 +2970,8 @@ fn a_preserved_table_whose_owner_changed_is_refused_by_abort_status_and_swap() {
     };
     let other = format!("ab_legacy_{}", std::process::id());
     dbs.dst.psql(&create_role(&other, "NOLOGIN"));
-    let ddl = "CREATE TABLE events (id int PRIMARY KEY); CREATE TABLE users (id int PRIMARY KEY);";
+    let ddl =
+        "CREATE TABLE events (id int PRIMARY KEY); CREATE TABLE users (id serial PRIMARY KEY);";
     dbs.src.psql(ddl);
     dbs.dst.psql(&format!(
         "{ddl} ALTER TABLE events OWNER TO {role}; ALTER TABLE users OWNER TO {role};"
@@ -3020,6 +3021,13 @@ fn a_preserved_table_whose_owner_changed_is_refused_by_abort_status_and_swap() {
     assert_eq!(st["swap_allowed"], false, "{st}");
     assert!(
         refused(st["swap_blocked_reason"].as_str().unwrap_or_default()),
+        "{st}"
+    );
+    // Nor a check failing for the same cause after it (h46a).
+    assert!(
+        !st["swap_blocked_reasons"]
+            .to_string()
+            .contains("could not check"),
         "{st}"
     );
     let plan: serde_json::Value = wd.run_json(&["swap", "--dry-run", "--json", "--dest", &dst]);

@@ -310,8 +310,10 @@ pub fn failed_gate(d: &Destination) -> String {
 
 /// What the swap of the prepared migration would refuse in its rows: foreign
 /// keys involving preserved or kept tables, then the preserved tables'
-/// sequences (a check that cannot run is a reason too).
-async fn prepared_refusals(client: &Client, d: &Destination) -> Vec<String> {
+/// sequences (a check that cannot run is a reason too, unless `sync_said`: a
+/// broken sync, a preserved table given away, already refuses the swap, and
+/// is why that check cannot read its sequences, h46a).
+async fn prepared_refusals(client: &Client, d: &Destination, sync_said: bool) -> Vec<String> {
     let Some(st) = &d.record else {
         return Vec::new();
     };
@@ -336,6 +338,7 @@ async fn prepared_refusals(client: &Client, d: &Destination) -> Vec<String> {
     }
     match cutover::sequence_refusal(client, &st.details.sync).await {
         Ok(why) => reasons.extend(why.map(|w| w.replacen("; nothing was changed", "", 1))),
+        Err(_) if sync_said => {}
         Err(e) => reasons.push(format!(
             "could not check the preserved tables' sequences: {e:#}"
         )),
@@ -407,7 +410,10 @@ pub async fn report(
     let open = shut.is_none();
     match shut {
         Some(why) => blocked.push(why),
-        None => blocked.extend(prepared_refusals(client, &d).await),
+        None => {
+            let sync_said = !blocked.is_empty();
+            blocked.extend(prepared_refusals(client, &d, sync_said).await)
+        }
     }
     let mut swap_lock_budget = None;
     if let (State::Prepared, Some(m)) = (d.state, d.swappable()) {

@@ -629,7 +629,12 @@ pub async fn preview(client: &Client, opts: &SwapOptions) -> Result<SwapPreview>
     } else {
         (Vec::new(), Vec::new())
     };
-    let misfit = sequence_refusal(client, &details.sync).await?;
+    // A broken sync (a preserved table given away, say) refuses first, and
+    // is why the sequences may not be readable (h46a: the dry run failed).
+    let misfit = match broken {
+        None => sequence_refusal(client, &details.sync).await?,
+        Some(_) => None,
+    };
     let refusals: Vec<String> = [d.lock_refusal(), changed.clone(), broken]
         .into_iter()
         .flatten()
