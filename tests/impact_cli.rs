@@ -1203,22 +1203,49 @@ fn a_sequence_named_by_a_constant_counts_as_used_when_the_swap_drops_a_sequence(
     let Some(dbs) = pair("seq_param") else {
         return;
     };
-    dbs.src.psql("CREATE TABLE t (id int PRIMARY KEY);");
+    // u's own sequence goes while u stays (its serial made plain): a drop
+    // too (h49a).
+    dbs.src
+        .psql("CREATE TABLE t (id int PRIMARY KEY); CREATE TABLE u (id bigint PRIMARY KEY);");
     recording(
         &dbs.dst,
-        "CREATE TABLE t (id int PRIMARY KEY);
+        "CREATE TABLE t (id int PRIMARY KEY, z int);
+         CREATE TABLE u (id serial PRIMARY KEY);
          CREATE SEQUENCE hib_seq;",
     );
-    dbs.dst.psql("SELECT nextval('hib_seq')");
+    // Through two casts, as an old-style default writes it (h49a); and one
+    // that fails whichever sequence it names is said failing (h49a).
+    dbs.dst.psql(
+        "SELECT nextval('hib_seq');
+         SELECT nextval(('hib_seq'::text)::regclass);
+         INSERT INTO t (id, z) VALUES (nextval('hib_seq'), 1);",
+    );
     let (wd, url, d) = prepared_plan(&dbs);
     let statements = &d["swap"]["impact"]["statements"];
+    let reason = "it names its sequence by a constant that pg_stat_statements keeps as a parameter, so which one is not known: it fails if that is one of public.hib_seq, public.u_id_seq, which the swap drops";
+    let mut unchecked: Vec<(String, String)> = statements["unchecked"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|u| (u["query"].to_string(), u["reason"].to_string()))
+        .collect();
+    unchecked.sort();
     assert_eq!(
-        statements["unchecked"],
-        json!([{
-            "query": "SELECT nextval($1)",
-            "reason": "it names its sequence by a constant that pg_stat_statements keeps as a parameter, so which one is not known: it fails if that is public.hib_seq, which the swap drops",
-            "calls": 1
-        }]),
+        unchecked,
+        [
+            (
+                json!("SELECT nextval($1)").to_string(),
+                json!(reason).to_string()
+            ),
+            (
+                json!("SELECT nextval(($1::text)::regclass)").to_string(),
+                json!(reason).to_string()
+            ),
+        ],
+        "{d}"
+    );
+    assert_eq!(
+        statements["failing"][0]["query"], "INSERT INTO t (id, z) VALUES (nextval($1), $2)",
         "{d}"
     );
     assert!(
@@ -1233,6 +1260,18 @@ fn a_sequence_named_by_a_constant_counts_as_used_when_the_swap_drops_a_sequence(
     assert!(
         line.contains("SEQUENCE_DROPPED public.hib_seq (sequence), used by recorded statements"),
         "{line}"
+    );
+    let dropped: Vec<&Value> = d["swap"]["impact"]["hazards"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|h| h["code"] == "SEQUENCE_DROPPED")
+        .map(|h| &h["object"])
+        .collect();
+    assert_eq!(
+        dropped,
+        [&json!("public.hib_seq"), &json!("public.u_id_seq")],
+        "{d}"
     );
     assert_eq!(catalog_fingerprint(&dbs.dst), before);
     // What it foresaw: the call fails after the swap.

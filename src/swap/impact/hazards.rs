@@ -118,7 +118,8 @@ struct Rel {
     /// Partitions mirror their parent's columns and constraints: compared
     /// through the parent only.
     partition: bool,
-    owned_sequence: bool,
+    /// A sequence a column owns (serial, identity): the table's name.
+    owned_by: Option<String>,
     /// A view with `security_invoker` (PostgreSQL 15+): it reads its tables
     /// with the caller's rights, not its owner's.
     security_invoker: bool,
@@ -231,10 +232,12 @@ async fn read_and_compare(client: &Client, pairs: &[SchemaPair]) -> Result<Vec<H
         &format!(
             "WITH {NS}
              SELECT ns.pair, ns.side, c.relname::text, c.relkind::text, c.relispartition,
-                    c.relkind = 'S' AND EXISTS (
-                      SELECT 1 FROM pg_catalog.pg_depend d
+                    CASE WHEN c.relkind = 'S' THEN (
+                      SELECT t.relname::text FROM pg_catalog.pg_depend d
+                        JOIN pg_catalog.pg_class t ON t.oid = d.refobjid
                        WHERE d.classid = 'pg_catalog.pg_class'::pg_catalog.regclass AND d.objid = c.oid
-                         AND d.refclassid = 'pg_catalog.pg_class'::pg_catalog.regclass AND d.deptype IN ('a', 'i')),
+                         AND d.refclassid = 'pg_catalog.pg_class'::pg_catalog.regclass AND d.deptype IN ('a', 'i')
+                       LIMIT 1) END,
                     -- PostgreSQL's parse_bool: on, 1, and any prefix of true or yes.
                     c.relkind = 'v' AND EXISTS (
                       SELECT 1 FROM pg_catalog.pg_options_to_table(c.reloptions) o
@@ -254,7 +257,7 @@ async fn read_and_compare(client: &Client, pairs: &[SchemaPair]) -> Result<Vec<H
             Rel {
                 kind: first_char(r.get(3)),
                 partition: r.get(4),
-                owned_sequence: r.get(5),
+                owned_by: r.get(5),
                 security_invoker: r.get(6),
                 columns: Vec::new(),
                 constraints: Vec::new(),
@@ -512,7 +515,18 @@ fn compare_pair(
             None => {
                 let code = match lr.kind {
                     'v' | 'm' => "VIEW_DROPPED",
-                    'S' if lr.owned_sequence => continue,
+                    // A dropped table's own sequence goes with it, which
+                    // TABLE_DROPPED says; one whose table stays (a serial
+                    // column made plain, an identity's sequence renamed) is
+                    // a drop of its own, which `nextval('u_id_seq')` feels
+                    // (h49a).
+                    'S' if lr
+                        .owned_by
+                        .as_ref()
+                        .is_some_and(|t| !inc.rels.contains_key(t)) =>
+                    {
+                        continue;
+                    }
                     'S' => "SEQUENCE_DROPPED",
                     _ => "TABLE_DROPPED",
                 };

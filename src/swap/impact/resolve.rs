@@ -505,7 +505,7 @@ fn name_ref(parts: Vec<String>, loc: Option<usize>) -> Option<NameRef> {
 
 /// A call of `nextval` or `currval` (unqualified or `pg_catalog.`) whose
 /// first argument is a parameter, cast or not (`nextval($1)`,
-/// `nextval($1::regclass)`).
+/// `nextval($1::text::regclass)`).
 fn sequence_by_parameter(f: &NameRef, call: &serde_json::Map<String, Value>) -> bool {
     let sequence_fn = matches!(f.name.as_str(), "nextval" | "currval")
         && f.schema.as_deref().is_none_or(|s| s == "pg_catalog");
@@ -513,10 +513,13 @@ fn sequence_by_parameter(f: &NameRef, call: &serde_json::Map<String, Value>) -> 
         .get("args")
         .and_then(Value::as_array)
         .and_then(|a| a.first());
-    let param = first.is_some_and(|a| {
-        a.pointer("/node/ParamRef").is_some()
-            || a.pointer("/node/TypeCast/arg/node/ParamRef").is_some()
-    });
+    // Through any number of casts: `$1::text::regclass` is the old-style
+    // default's `nextval(('s'::text)::regclass)` (h49a).
+    let mut arg = first;
+    while let Some(inner) = arg.and_then(|a| a.pointer("/node/TypeCast/arg")) {
+        arg = Some(inner);
+    }
+    let param = arg.is_some_and(|a| a.pointer("/node/ParamRef").is_some());
     sequence_fn && param
 }
 
@@ -1190,6 +1193,7 @@ mod tests {
             "SELECT pg_catalog.nextval($1::regclass)",
             "INSERT INTO t (id) VALUES (nextval($1))",
             "SELECT currval($1)",
+            "SELECT nextval($1::text::regclass)",
         ] {
             assert!(refs(q).sequence_by_parameter, "{q}");
         }
