@@ -1649,6 +1649,46 @@ fn a_rollback_counts_the_writes_of_each_schema_since_that_schema_went_live() {
     );
 }
 
+/// Statistics reset after billing went live and before public did: a
+/// rollback replacing both cannot count billing's writes (unknown, for that
+/// reason) but counts public's, which went live after the reset (h49a: every
+/// table was unknown, "reset since the current public went live").
+#[test]
+fn a_statistics_reset_between_two_schemas_going_live_leaves_only_the_older_unknown() {
+    let dbs = TestDbs::new("sch_rb_reset");
+    let ddl = "CREATE SCHEMA billing;
+         CREATE TABLE public.t (id int PRIMARY KEY);
+         CREATE TABLE billing.inv (id int PRIMARY KEY);";
+    dbs.src.psql(ddl);
+    dbs.dst.psql(ddl);
+    let wd = Workdir::new();
+    let (src, dst) = (dbs.src.url(), dbs.dst.url());
+    start_two(&wd, &dbs, &[]);
+    dbs.dst.psql("SELECT pg_stat_reset()");
+    run_json(&wd, &["start", "--source", &src, "--dest", &dst]);
+    let both = list(&wd, &dbs.dst)[1]["timestamp"].to_string();
+    let plan = run_json(
+        &wd,
+        &[
+            "rollback",
+            "--dest",
+            &dst,
+            "--timestamp",
+            &both,
+            "--dry-run",
+        ],
+    );
+    assert_eq!(plan["rollback"]["discarded_writes"], json!([]), "{plan}");
+    assert_eq!(
+        plan["rollback"]["unknown_writes"],
+        json!([{
+            "table": "billing.inv",
+            "reason": "the statistics were reset since the current public went live"
+        }]),
+        "{plan}"
+    );
+}
+
 /// A preserved table of billing: the columns only the destination or only
 /// the source has are warnings of prepare's report, the dry run's foreign-key violations name
 /// their schemas, and a foreign key to it left NOT VALID by

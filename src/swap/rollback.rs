@@ -517,7 +517,7 @@ pub async fn plan(client: &Client, opts: &RollbackOptions) -> Result<Plan> {
 
     // Writes the application made to the schemas being replaced since they
     // went live (the backup made then has their counters from that moment).
-    let live_baseline = gate::rollback_baseline(&all, &lives);
+    let (live_baseline, reset) = gate::rollback_baseline(&all, &lives);
     warnings.extend(carried_since(&all, &restore, &keep_keys));
     warnings.extend(privileges_restored(client, &pairs).await?);
     warnings.extend(
@@ -535,6 +535,7 @@ pub async fn plan(client: &Client, opts: &RollbackOptions) -> Result<Plan> {
         live_baseline.as_ref(),
         &kept,
         &lives,
+        &reset,
     )
     .await?;
     let mut unkeepable = Unkeepable::new();

@@ -154,6 +154,7 @@ pub async fn writes_since(
     baseline: Option<&WriteBaseline>,
     exempt: &[TableName],
     lives: &[String],
+    reset: &[String],
 ) -> Result<(WriteBaseline, WriteCheck)> {
     // A baseline names its schemas; every live schema the operation replaces
     // is looked at, not public alone (a migration of several schemas
@@ -169,7 +170,7 @@ pub async fn writes_since(
     let now = take_baseline(client, &schemas)
         .await
         .context("checking the tables' write counters")?;
-    let mut check = compare_covered(baseline, &now, exempt, op);
+    let mut check = compare_covered(baseline, &now, exempt, op, reset);
     // A rollback's baseline was taken when the current public went live.
     if op == Operation::Rollback && baseline.is_some() {
         for u in &mut check.unknown {
@@ -196,6 +197,7 @@ async fn swap_writes(
         req.baseline,
         req.exempt,
         &req.lives(),
+        &[],
     )
     .await
 }
@@ -242,10 +244,16 @@ async fn note_older_snapshots(
 /// they went uncounted), and a newest baseline of schemas the rollback does
 /// not replace counts writes it keeps. A schema whose newest replacement
 /// recorded no counters is not covered ([`writes_since`] says its tables
-/// unknown); `None` when none is. Statistics reset between the contributing
-/// records make every table unknown: the oldest one's reset time is kept.
-pub fn rollback_baseline(all: &[manifest::BackupRow], lives: &[String]) -> Option<WriteBaseline> {
+/// unknown); `None` when none is. A schema whose record predates a reset of
+/// the statistics that a newer one follows is left out too, and returned
+/// with the others so reset: its tables are unknown for that reason, the
+/// others' counted (h49a: one stale record made every table unknown).
+pub fn rollback_baseline(
+    all: &[manifest::BackupRow],
+    lives: &[String],
+) -> (Option<WriteBaseline>, Vec<String>) {
     let mut merged: Option<WriteBaseline> = None;
+    let mut reset: Vec<String> = Vec::new();
     let mut decided: HashSet<&str> = HashSet::new();
     for b in all {
         for map in b.manifest.schema_maps() {
@@ -276,17 +284,17 @@ pub fn rollback_baseline(all: &[manifest::BackupRow], lives: &[String]) -> Optio
                         ..base.clone()
                     });
                 }
+                Some(m) if m.stats_reset != base.stats_reset => reset.push(live.clone()),
                 Some(m) => {
                     m.schemas.push(live.clone());
                     m.tables.extend(tables);
                     m.taken_at = m.taken_at.min(base.taken_at);
                     m.track_counts &= base.track_counts;
-                    m.stats_reset = base.stats_reset;
                 }
             }
         }
     }
-    merged
+    (merged, reset)
 }
 
 /// The baseline a migration's swap compares with: the counters recorded when

@@ -458,17 +458,25 @@ pub fn compare(base: &WriteBaseline, now: &WriteBaseline, exempt: &[TableName]) 
 /// prepared before pgshift recorded a baseline; for a rollback, a live schema
 /// whose going live recorded no counters (by an earlier version, or the
 /// recording after the commit failed).
+///
+/// `reset`: schemas whose counters were recorded before the statistics were
+/// last reset (a rollback's [`crate::swap::impact::gate::rollback_baseline`]
+/// leaves them out of `base`): their tables are unknown for that reason.
 pub fn compare_covered(
     base: Option<&WriteBaseline>,
     now: &WriteBaseline,
     exempt: &[TableName],
     op: Operation,
+    reset: &[String],
 ) -> WriteCheck {
     let (known, rest): (Vec<TableCounters>, Vec<TableCounters>) = now
         .tables
         .iter()
         .cloned()
         .partition(|t| base.is_some_and(|b| b.schemas.contains(&t.key.schema)));
+    let (reset_tables, rest): (Vec<TableCounters>, Vec<TableCounters>) = rest
+        .into_iter()
+        .partition(|t| reset.contains(&t.key.schema));
     let part = |tables| WriteBaseline {
         tables,
         ..now.clone()
@@ -481,6 +489,9 @@ pub fn compare_covered(
     check
         .unknown
         .extend(all_unknown(&part(rest), exempt, why).unknown);
+    check
+        .unknown
+        .extend(all_unknown(&part(reset_tables), exempt, Unknown::StatsReset).unknown);
     check.sort();
     check
 }
