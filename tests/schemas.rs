@@ -43,6 +43,14 @@ fn prepare_json(wd: &Workdir, dbs: &TestDbs, extra: &[&str]) -> Value {
     parse("prepare", &assert_success(&out))
 }
 
+/// A source and a destination named `name`, each given `ddl`.
+fn same_on_both(name: &str, ddl: &str) -> TestDbs {
+    let dbs = TestDbs::new(name);
+    dbs.src.psql(ddl);
+    dbs.dst.psql(ddl);
+    dbs
+}
+
 /// The fingerprints (DDL and row counts) of public and billing.
 fn both_fingerprints(db: &TestDb) -> (String, String) {
     (
@@ -75,6 +83,14 @@ fn run_schemas(wd: &Workdir, dbs: &TestDbs, command: &str, schemas: &str, extra:
     ];
     args.extend_from_slice(extra);
     run_json(wd, &args)
+}
+
+/// `rollback --dest dst --timestamp ts --dry-run --json`, which must succeed.
+fn rollback_plan(wd: &Workdir, dst: &str, ts: &str) -> Value {
+    run_json(
+        wd,
+        &["rollback", "--dest", dst, "--timestamp", ts, "--dry-run"],
+    )
 }
 
 /// Far in the future, for `cleanup --before`.
@@ -1225,13 +1241,10 @@ fn a_kept_table_gone_before_the_swap_is_named_as_written() {
 /// hint of written tables covers billing's partitions too.)
 #[test]
 fn a_kept_table_with_partitions_in_another_schema_is_refused() {
-    let dbs = TestDbs::new("sch_parts");
-    let ddl = "CREATE SCHEMA billing;
+    let dbs = same_on_both("sch_parts", "CREATE SCHEMA billing;
          CREATE TABLE public.ev (id int NOT NULL, at date NOT NULL, PRIMARY KEY (id, at)) PARTITION BY RANGE (at);
          CREATE TABLE billing.ev_2024 PARTITION OF public.ev FOR VALUES FROM ('2024-01-01') TO ('2025-01-01');
-         CREATE TABLE billing.ev_2025 PARTITION OF public.ev FOR VALUES FROM ('2025-01-01') TO ('2026-01-01');";
-    dbs.src.psql(ddl);
-    dbs.dst.psql(ddl);
+         CREATE TABLE billing.ev_2025 PARTITION OF public.ev FOR VALUES FROM ('2025-01-01') TO ('2026-01-01');");
     dbs.src
         .psql("INSERT INTO ev SELECT g, date '2024-06-01' + g FROM generate_series(1, 60) g");
     dbs.dst
@@ -1378,12 +1391,12 @@ fn a_kept_table_with_partitions_in_another_schema_is_refused() {
 /// (`schema.table.constraint` outside public).
 #[test]
 fn publications_and_not_valid_keys_of_other_schemas_are_reported() {
-    let dbs = TestDbs::new("sch_pub");
-    let ddl = "CREATE SCHEMA billing;
+    let dbs = same_on_both(
+        "sch_pub",
+        "CREATE SCHEMA billing;
          CREATE TABLE public.users (id int PRIMARY KEY);
-         CREATE TABLE billing.invoices (id int PRIMARY KEY, user_id int);";
-    dbs.src.psql(ddl);
-    dbs.dst.psql(ddl);
+         CREATE TABLE billing.invoices (id int PRIMARY KEY, user_id int);",
+    );
     dbs.dst
         .psql("CREATE PUBLICATION pub_inv FOR TABLE billing.invoices");
     let wd = Workdir::new();
@@ -1419,12 +1432,12 @@ fn publications_and_not_valid_keys_of_other_schemas_are_reported() {
 /// columns of tables the destination does not have yet).
 #[test]
 fn a_type_used_across_schemas_is_reported_replaced() {
-    let dbs = TestDbs::new("sch_type");
-    let ddl = "CREATE SCHEMA billing;
+    let dbs = same_on_both(
+        "sch_type",
+        "CREATE SCHEMA billing;
          CREATE DOMAIN public.amount AS numeric;
-         CREATE TABLE billing.invoices (id int PRIMARY KEY, total public.amount);";
-    dbs.src.psql(ddl);
-    dbs.dst.psql(ddl);
+         CREATE TABLE billing.invoices (id int PRIMARY KEY, total public.amount);",
+    );
     // A new table: no statement prepared before the swap returns its column.
     dbs.src
         .psql("CREATE TABLE billing.refunds (id int PRIMARY KEY, total public.amount)");
@@ -1518,12 +1531,12 @@ fn functions_naming_their_own_schema_run_on_the_shadow_during_prepare() {
 /// does (it used to look for `billing.kept` in public and refuse).
 #[test]
 fn a_rollback_keeping_a_written_table_of_billing_goes_through() {
-    let dbs = TestDbs::new("sch_rb_keep");
-    let ddl = "CREATE SCHEMA billing;
+    let dbs = same_on_both(
+        "sch_rb_keep",
+        "CREATE SCHEMA billing;
          CREATE TABLE public.t (id int PRIMARY KEY);
-         CREATE TABLE billing.kept (id int PRIMARY KEY, v text);";
-    dbs.src.psql(ddl);
-    dbs.dst.psql(ddl);
+         CREATE TABLE billing.kept (id int PRIMARY KEY, v text);",
+    );
     let wd = Workdir::new();
     let dst = dbs.dst.url();
     start_two(&wd, &dbs, &[]);
@@ -1583,13 +1596,13 @@ fn wait_inserted(db: &TestDb, table: &str, n: i64) {
 /// billing live, so billing's writes are not counted against it.
 #[test]
 fn a_rollback_counts_the_writes_of_each_schema_since_that_schema_went_live() {
-    let dbs = TestDbs::new("sch_rb_writes");
-    let ddl = "CREATE SCHEMA billing;
+    let dbs = same_on_both(
+        "sch_rb_writes",
+        "CREATE SCHEMA billing;
          CREATE TABLE public.t (id int PRIMARY KEY);
          CREATE TABLE billing.inv (id int PRIMARY KEY, v text);
-         INSERT INTO billing.inv VALUES (1, 'a'), (2, 'b');";
-    dbs.src.psql(ddl);
-    dbs.dst.psql(ddl);
+         INSERT INTO billing.inv VALUES (1, 'a'), (2, 'b');",
+    );
     let wd = Workdir::new();
     let (src, dst) = (dbs.src.url(), dbs.dst.url());
     start_two(&wd, &dbs, &[]);
@@ -1655,29 +1668,19 @@ fn a_rollback_counts_the_writes_of_each_schema_since_that_schema_went_live() {
 /// table was unknown, "reset since the current public went live").
 #[test]
 fn a_statistics_reset_between_two_schemas_going_live_leaves_only_the_older_unknown() {
-    let dbs = TestDbs::new("sch_rb_reset");
-    let ddl = "CREATE SCHEMA billing;
+    let dbs = same_on_both(
+        "sch_rb_reset",
+        "CREATE SCHEMA billing;
          CREATE TABLE public.t (id int PRIMARY KEY);
-         CREATE TABLE billing.inv (id int PRIMARY KEY);";
-    dbs.src.psql(ddl);
-    dbs.dst.psql(ddl);
+         CREATE TABLE billing.inv (id int PRIMARY KEY);",
+    );
     let wd = Workdir::new();
     let (src, dst) = (dbs.src.url(), dbs.dst.url());
     start_two(&wd, &dbs, &[]);
     dbs.dst.psql("SELECT pg_stat_reset()");
     run_json(&wd, &["start", "--source", &src, "--dest", &dst]);
     let both = list(&wd, &dbs.dst)[1]["timestamp"].to_string();
-    let plan = run_json(
-        &wd,
-        &[
-            "rollback",
-            "--dest",
-            &dst,
-            "--timestamp",
-            &both,
-            "--dry-run",
-        ],
-    );
+    let plan = rollback_plan(&wd, &dst, &both);
     assert_eq!(plan["rollback"]["discarded_writes"], json!([]), "{plan}");
     assert_eq!(
         plan["rollback"]["unknown_writes"],
@@ -1756,14 +1759,14 @@ fn a_preserved_table_of_billing_is_named_with_its_schema() {
 /// of type shadow.mood but expression is of type mood`).
 #[test]
 fn a_preserved_table_using_a_type_of_another_migrated_schema_is_synced() {
-    let dbs = TestDbs::new("sch_pres_types");
-    let ddl = "CREATE SCHEMA billing;
+    let dbs = same_on_both(
+        "sch_pres_types",
+        "CREATE SCHEMA billing;
          CREATE TYPE public.mood AS ENUM ('ok', 'bad');
          CREATE TYPE billing.tier AS ENUM ('free', 'paid');
          CREATE TABLE public.t (id int PRIMARY KEY, tier billing.tier, moods public.mood[]);
-         CREATE TABLE billing.customers (id int PRIMARY KEY, m public.mood, tier billing.tier);";
-    dbs.src.psql(ddl);
-    dbs.dst.psql(ddl);
+         CREATE TABLE billing.customers (id int PRIMARY KEY, m public.mood, tier billing.tier);",
+    );
     dbs.dst.psql(
         "INSERT INTO public.t VALUES (1, 'free', '{ok}');
          INSERT INTO billing.customers VALUES (1, 'ok', 'free');",
@@ -1801,14 +1804,14 @@ fn a_preserved_table_using_a_type_of_another_migrated_schema_is_synced() {
 /// table was left bound to the backup's domain without a word).
 #[test]
 fn what_a_kept_table_leaves_in_another_migrated_schema_is_warned_about() {
-    let dbs = TestDbs::new("sch_kept_across");
-    let ddl = "CREATE DOMAIN public.label AS varchar(50);
+    let dbs = same_on_both(
+        "sch_kept_across",
+        "CREATE DOMAIN public.label AS varchar(50);
          CREATE SCHEMA billing;
          CREATE TABLE billing.reasons (id int PRIMARY KEY, name public.label);
          CREATE TABLE public.t (id int PRIMARY KEY);
-         CREATE VIEW billing.t_ids AS SELECT id FROM public.t;";
-    dbs.src.psql(ddl);
-    dbs.dst.psql(ddl);
+         CREATE VIEW billing.t_ids AS SELECT id FROM public.t;",
+    );
     let wd = Workdir::new();
     let p = run_two(
         &wd,
@@ -1836,15 +1839,12 @@ fn what_a_kept_table_leaves_in_another_migrated_schema_is_warned_about() {
 /// `WebhookCall.WebhookCall_webhookId_fkey`, its rollback the key alone).
 #[test]
 fn mixed_case_tables_are_quoted_in_abort_and_rollback_reports() {
-    let dbs = TestDbs::new("sch_quoted_reports");
-    let ddl = "CREATE SCHEMA \"Sales\";
+    let dbs = same_on_both("sch_quoted_reports", "CREATE SCHEMA \"Sales\";
          CREATE TABLE public.t (id int PRIMARY KEY);
          CREATE TABLE \"Sales\".\"Reason\" (id int PRIMARY KEY);
          CREATE TABLE \"Sales\".\"Ticket\" (id int PRIMARY KEY, reason int REFERENCES \"Sales\".\"Reason\");
          CREATE TABLE \"Webhook\" (id int PRIMARY KEY);
-         CREATE TABLE \"WebhookCall\" (id int PRIMARY KEY, \"webhookId\" int REFERENCES \"Webhook\");";
-    dbs.src.psql(ddl);
-    dbs.dst.psql(ddl);
+         CREATE TABLE \"WebhookCall\" (id int PRIMARY KEY, \"webhookId\" int REFERENCES \"Webhook\");");
     // A ticket (and a webhook call) of the destination's whose reason (and
     // webhook) the source lacks.
     dbs.src
@@ -2114,14 +2114,14 @@ fn a_key_into_a_schema_left_out_that_the_destinations_rows_break_says_so() {
 /// `gist__ltree_ops` would use the backup's copy (Lemmy).
 #[test]
 fn an_extensions_own_objects_are_not_warned_about() {
-    let dbs = TestDbs::new("sch_ext_own");
-    let ddl = "CREATE EXTENSION ltree;
+    let dbs = same_on_both(
+        "sch_ext_own",
+        "CREATE EXTENSION ltree;
          CREATE SCHEMA other;
          CREATE TABLE other.o (paths ltree[]);
          CREATE TABLE t (id int PRIMARY KEY, p ltree, ps ltree[]);
-         CREATE INDEX ON t USING gist (p);";
-    dbs.src.psql(ddl);
-    dbs.dst.psql(ddl);
+         CREATE INDEX ON t USING gist (p);",
+    );
     let wd = Workdir::new();
     let p = prepare_json(&wd, &dbs, &[]);
     assert_eq!(p["warnings"], json!([]), "{p}");
@@ -2549,17 +2549,7 @@ fn a_rollback_whose_objects_use_another_backup_says_so() {
         .filter_map(|b| b["timestamp"].as_i64())
         .min()
         .unwrap();
-    let plan = run_json(
-        &wd,
-        &[
-            "rollback",
-            "--dest",
-            &dst,
-            "--timestamp",
-            &earliest.to_string(),
-            "--dry-run",
-        ],
-    );
+    let plan = rollback_plan(&wd, &dst, &earliest.to_string());
     let warnings = plan["rollback"]["warnings"].to_string();
     assert!(
         warnings.contains("objects that other backups hold now")

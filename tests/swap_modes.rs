@@ -254,6 +254,11 @@ async fn rename_mode_keeps_sessions_writers_and_public_itself() {
     );
 }
 
+/// `rollback --latest --dry-run --json`, which must succeed.
+fn latest_rollback_plan(wd: &Workdir, dst: &str) -> serde_json::Value {
+    wd.run_json(&["rollback", "--latest", "--dry-run", "--json", "--dest", dst])
+}
+
 #[test]
 fn postgis_in_public_picks_the_object_level_swap() {
     let dbs = TestDbs::new("object_mode");
@@ -956,14 +961,7 @@ fn range_constructors_the_role_cannot_move_are_refused_before_an_object_level_ro
     dbs.dst.psql(&format!(
         "SET ROLE {role}; CREATE EXTENSION IF NOT EXISTS pg_trgm WITH SCHEMA public;"
     ));
-    let plan: serde_json::Value = wd.run_json(&[
-        "rollback",
-        "--latest",
-        "--dry-run",
-        "--json",
-        "--dest",
-        &dst,
-    ]);
+    let plan: serde_json::Value = latest_rollback_plan(&wd, &dst);
     assert_eq!(plan["rollback"]["swap_mode"], "object", "{plan}");
     let refusal = plan["rollback"]["refusal"].as_str().unwrap_or_default();
     assert!(
@@ -1242,14 +1240,7 @@ fn a_table_forcing_row_level_security_is_checksummed_in_the_shadow() {
     // Its rows could not be counted for the manifest by this role: said by
     // the rollback's dry run (h47a) and the rollback, and by verify, which
     // cannot compare them.
-    let plan = wd.run_json(&[
-        "rollback",
-        "--latest",
-        "--dry-run",
-        "--json",
-        "--dest",
-        &dst,
-    ]);
+    let plan = latest_rollback_plan(&wd, &dst);
     assert!(
         plan["rollback"]["warnings"].as_array().unwrap().iter().any(|w| w
             .as_str()
@@ -1553,14 +1544,7 @@ fn a_table_the_role_may_not_lock_is_refused_before_the_swap_and_the_rollback() {
     // with it): the rollback would lock it.
     dbs.dst
         .psql(&format!("ALTER TABLE public.t OWNER TO {other}"));
-    let plan: serde_json::Value = wd.run_json(&[
-        "rollback",
-        "--latest",
-        "--dry-run",
-        "--json",
-        "--dest",
-        &dst,
-    ]);
+    let plan: serde_json::Value = latest_rollback_plan(&wd, &dst);
     let refusal = plan["rollback"]["refusal"].as_str().unwrap_or_default();
     assert!(
         said(refusal, "t") && refusal.starts_with("the rollback locks"),
