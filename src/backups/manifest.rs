@@ -96,6 +96,12 @@ pub struct Manifest {
     /// to find writes it would discard. Absent in manifests of earlier versions.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub live_baseline: Option<crate::swap::impact::WriteBaseline>,
+    /// pg_stat_statements' calls of each statement of this database, taken
+    /// right after the same COMMIT: a later check tells the statements the
+    /// application stopped running ([`crate::swap::impact::stale`]). Absent
+    /// without pg_stat_statements, and in manifests of earlier versions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub live_statements: Option<crate::swap::impact::stale::StatementsSeen>,
     /// The sequences the swap that made this backup fenced (carried over to
     /// the new public, stopped here at the value carried; `swap::fence`), as
     /// they were before: a rollback to this backup gives them back. Absent

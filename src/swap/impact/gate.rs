@@ -739,6 +739,7 @@ mod tests {
                 query: format!("SELECT c{k} FROM gone"),
                 calls: k as i64 + 1,
                 error: "relation \"gone\" does not exist".into(),
+                not_called_since: None,
             })
             .collect();
         i

@@ -136,6 +136,7 @@ pub mod hazards;
 pub mod report;
 pub mod resolve;
 pub mod rls;
+pub mod stale;
 pub mod workload;
 pub mod writes;
 
@@ -290,7 +291,7 @@ impl Impact {
         for f in &self.statements.failing {
             out.push(format!(
                 "statement will fail ({}): {}: {}",
-                report::plural(f.calls.max(0) as usize, "call"),
+                f.calls_said(),
                 report::short_query(&f.query, 80),
                 f.error
             ));
