@@ -1627,8 +1627,12 @@ fn a_rollback_counts_the_writes_of_each_schema_since_that_schema_went_live() {
     assert!(plan["rollback"]["refusal"].is_string(), "{plan}");
     let out = wd.run(&to_both);
     assert_eq!(out.status.code(), Some(1), "{}", stderr_of(&out));
+    // Said of billing, counted since billing went live (h49a: "since the
+    // current public went live").
     assert!(
-        stderr_of(&out).contains("billing.inv (5 inserts)"),
+        stderr_of(&out).contains(
+            "the rollback would discard writes made since the current billing schema went live to 1 table that is not kept (the rows would stay in the new backup, not in the restored billing schema): billing.inv (5 inserts)"
+        ),
         "{}",
         stderr_of(&out)
     );
@@ -1665,7 +1669,8 @@ fn a_rollback_counts_the_writes_of_each_schema_since_that_schema_went_live() {
 /// Statistics reset after billing went live and before public did: a
 /// rollback replacing both cannot count billing's writes (unknown, for that
 /// reason) but counts public's, which went live after the reset (h49a: every
-/// table was unknown, "reset since the current public went live").
+/// table was unknown, "reset since the current public went live"; and it
+/// said so of billing).
 #[test]
 fn a_statistics_reset_between_two_schemas_going_live_leaves_only_the_older_unknown() {
     let dbs = same_on_both(
@@ -1686,7 +1691,7 @@ fn a_statistics_reset_between_two_schemas_going_live_leaves_only_the_older_unkno
         plan["rollback"]["unknown_writes"],
         json!([{
             "table": "billing.inv",
-            "reason": "the statistics were reset since the current public went live"
+            "reason": "the statistics were reset since the current billing schema went live"
         }]),
         "{plan}"
     );

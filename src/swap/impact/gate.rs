@@ -171,16 +171,21 @@ pub async fn writes_since(
         .await
         .context("checking the tables' write counters")?;
     let mut check = compare_covered(baseline, &now, exempt, op, reset);
-    // A rollback's baseline was taken when the current public went live.
-    if op == Operation::Rollback && baseline.is_some() {
+    // A rollback's baseline was taken when the table's schema went live
+    // (h49a: said of public for a table of billing).
+    if op == Operation::Rollback {
         for u in &mut check.unknown {
-            u.reason = u
-                .reason
-                .replace(
-                    "since prepare started",
-                    "since the current public went live",
-                )
-                .replace("when prepare started", "when the current public went live");
+            let current = super::writes::current_schemas([&u.at]);
+            if baseline.is_some() {
+                u.reason = u
+                    .reason
+                    .replace(
+                        "since prepare started",
+                        &format!("since {current} went live"),
+                    )
+                    .replace("when prepare started", &format!("when {current} went live"));
+            }
+            u.reason = u.reason.replace("the current public", &current);
         }
     }
     Ok((now, check))

@@ -142,9 +142,9 @@ pub fn render(i: &Impact, op: Operation) -> String {
     if !i.discarded_writes.is_empty() {
         out.push_str(&format!(
             "\nDiscarded writes: written {} to {}; {}:\n",
-            op.since(),
+            op.since(i.discarded_writes.iter().map(|d| &d.at)),
             op.not_covered(2),
-            op.fate()
+            op.fate(i.discarded_writes.iter().map(|d| &d.at))
         ));
         let t = writes_table(&i.discarded_writes, None);
         out.push_str(&indent(&t.render(), "  "));

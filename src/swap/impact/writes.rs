@@ -743,6 +743,33 @@ fn and_more(items: Vec<String>, total: usize) -> String {
     s
 }
 
+/// The live schemas of `tables` as a rollback's words name them: `the
+/// current public` (also for none), `the current billing schema`, `the
+/// current public and billing schemas` (each counted from when its
+/// current tables went live).
+pub(crate) fn current_schemas<'a>(tables: impl IntoIterator<Item = &'a TableKey>) -> String {
+    let schemas: std::collections::BTreeSet<&str> = tables
+        .into_iter()
+        .map(|t| {
+            if t.schema.is_empty() {
+                crate::pg::meta::PUBLIC
+            } else {
+                t.schema.as_str()
+            }
+        })
+        .collect();
+    let shown: Vec<String> = schemas
+        .iter()
+        .map(|s| crate::pg::ident::display_ident(s))
+        .collect();
+    match shown.as_slice() {
+        [] => "the current public".into(),
+        [one] if one == crate::pg::meta::PUBLIC => "the current public".into(),
+        [one] => format!("the current {one} schema"),
+        [init @ .., last] => format!("the current {} and {last} schemas", init.join(", ")),
+    }
+}
+
 /// What the refusal is about: a swap replaces public with the shadow, a
 /// rollback replaces it with a backup. The refusal's wording and its ways out
 /// differ.
@@ -760,18 +787,21 @@ impl Operation {
         }
     }
 
-    pub(crate) fn since(self) -> &'static str {
+    /// Since when `tables`' writes are counted.
+    pub(crate) fn since<'a>(self, tables: impl IntoIterator<Item = &'a TableKey>) -> String {
         match self {
-            Operation::Swap => "since prepare started",
-            Operation::Rollback => "since the current public went live",
+            Operation::Swap => "since prepare started".into(),
+            Operation::Rollback => format!("since {} went live", current_schemas(tables)),
         }
     }
 
-    pub(crate) fn fate(self) -> &'static str {
+    /// Where `tables`' rows would end up.
+    pub(crate) fn fate<'a>(self, tables: impl IntoIterator<Item = &'a TableKey>) -> String {
         match self {
-            Operation::Swap => "the rows would stay in the backup, not in the new public",
+            Operation::Swap => "the rows would stay in the backup, not in the new public".into(),
             Operation::Rollback => {
-                "the rows would stay in the new backup, not in the restored public"
+                let restored = current_schemas(tables).replacen("the current", "the restored", 1);
+                format!("the rows would stay in the new backup, not in {restored}")
             }
         }
     }
@@ -844,10 +874,10 @@ pub fn gate_keeping(
         parts.push(format!(
             "{} would discard writes made {} to {} {} ({}): {}",
             op.subject(),
-            op.since(),
+            op.since(discarded.iter().map(|d| &d.at)),
             n,
             op.not_covered(n),
-            op.fate(),
+            op.fate(discarded.iter().map(|d| &d.at)),
             and_more(listed, n)
         ));
     }
