@@ -1640,9 +1640,15 @@ fn a_rollback_counts_the_writes_of_each_schema_since_that_schema_went_live() {
         dbs.dst.query_one_string("SELECT count(*) FROM billing.inv"),
         "7"
     );
-    run_json(
+    let done = run_json(
         &wd,
         &[&to_both[..], &["--allow-discard", "billing.inv"]].concat(),
+    );
+    assert!(
+        done["warnings"].as_array().unwrap().contains(&json!(
+            "discarding writes since the current billing schema went live (--allow-discard): billing.inv: 5 inserts"
+        )),
+        "{done}"
     );
     assert_eq!(
         dbs.dst.query_one_string("SELECT count(*) FROM billing.inv"),

@@ -1118,9 +1118,15 @@ pub async fn execute(sess: &Session, plan: &Plan, policy: Policy) -> Result<Roll
         bail!("{why}");
     }
     let mut warnings = plan.warnings.clone();
+    let since = super::impact::Operation::Rollback.since(
+        plan.writes
+            .discarded
+            .iter()
+            .map(|d| &d.at)
+            .chain(plan.writes.unknown.iter().map(|u| &u.at)),
+    );
     for w in gate::write_lines(&plan.writes) {
-        let w =
-            format!("discarding writes since the current public went live (--allow-discard): {w}");
+        let w = format!("discarding writes {since} (--allow-discard): {w}");
         tracing::warn!("{w}");
         warnings.push(w);
     }
