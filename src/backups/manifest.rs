@@ -313,6 +313,27 @@ pub async fn update_manifest_without_objects(
     Ok(())
 }
 
+/// For each of `lives` (live schemas), the newest of `all` (every backup,
+/// newest first) whose swap or rollback replaced it: the one that made its
+/// current objects live and recorded them then. In that order (newest
+/// backup first); a schema no backup replaced is left out.
+pub fn made_live<'a>(
+    all: &'a [BackupRow],
+    lives: &'a [String],
+) -> Vec<(&'a String, &'a BackupRow)> {
+    let mut out: Vec<(&String, &BackupRow)> = Vec::new();
+    for b in all {
+        for map in b.manifest.schema_maps() {
+            if let Some(live) = lives.iter().find(|l| **l == map.live)
+                && !out.iter().any(|(l, _)| *l == live)
+            {
+                out.push((live, b));
+            }
+        }
+    }
+    out
+}
+
 /// All backups, newest first. Empty when the pgshift schema does not exist.
 /// The objects recorded beside each manifest are left out
 /// ([`crate::backups::objects::recorded`] reads them).

@@ -69,29 +69,13 @@ pub struct StatementsSeen {
 /// The entries of this database as pg_stat_statements counts them now;
 /// `None` when the extension is not installed here.
 pub async fn statements_seen(client: &Client) -> Result<Option<StatementsSeen>> {
-    let schema: Option<String> = client
-        .query_opt(
-            "SELECT n.nspname::text FROM pg_catalog.pg_extension e
-               JOIN pg_catalog.pg_namespace n ON n.oid = e.extnamespace
-              WHERE e.extname = 'pg_stat_statements'",
-            &[],
-        )
-        .await
-        .context("looking for pg_stat_statements")?
-        .map(|r| r.get(0));
-    let Some(schema) = schema else {
+    let Some(schema) = super::workload::extension_schema(client).await? else {
         return Ok(None);
     };
     let view = format!("{}.pg_stat_statements", quote_ident(&schema));
-    let toplevel: bool = client
-        .query_one(
-            "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_attribute
-                             WHERE attrelid = pg_catalog.to_regclass($1) AND attname = 'toplevel')",
-            &[&view],
-        )
+    let toplevel = super::workload::has_toplevel(client, &view)
         .await
-        .context("reading pg_stat_statements' columns")?
-        .get(0);
+        .context("reading pg_stat_statements' columns")?;
     let taken_at = Utc::now();
     let rows = client
         .query(
@@ -134,22 +118,9 @@ pub async fn went_live(client: &Client, lives: &[String]) -> WentLive {
 /// When pg_stat_statements' statistics were last reset as a whole
 /// (`pg_stat_statements_info`, PostgreSQL 14+).
 async fn statements_reset(client: &Client) -> Option<DateTime<Utc>> {
-    let row = client
-        .query_opt(
-            "SELECT pg_catalog.format('%I.pg_stat_statements_info', n.nspname)
-               FROM pg_catalog.pg_extension e
-               JOIN pg_catalog.pg_namespace n ON n.oid = e.extnamespace
-              WHERE e.extname = 'pg_stat_statements'
-                AND pg_catalog.to_regclass(pg_catalog.format('%I.pg_stat_statements_info', n.nspname)) IS NOT NULL",
-            &[],
-        )
-        .await
-        .ok()??;
-    let info: String = row.get(0);
-    client
-        .query_one(&format!("SELECT stats_reset FROM {info}"), &[])
-        .await
-        .ok()?
+    let schema = super::workload::extension_schema(client).await.ok()??;
+    super::workload::info(client, &schema, "stats_reset")
+        .await?
         .get(0)
 }
 
@@ -180,30 +151,21 @@ impl WentLive {
         reset: Option<DateTime<Utc>>,
     ) -> WentLive {
         let mut by_schema = HashMap::new();
-        let mut decided: HashSet<&str> = HashSet::new();
-        for b in all {
-            for map in b.manifest.schema_maps() {
-                let Some(live) = lives.iter().find(|l| **l == map.live) else {
-                    continue;
-                };
-                if !decided.insert(live) {
-                    continue;
-                }
-                let Some(seen) = &b.manifest.live_statements else {
-                    continue;
-                };
-                if reset.is_some_and(|r| r > seen.taken_at) {
-                    continue;
-                }
-                by_schema.insert(
-                    live.clone(),
-                    SchemaWentLive {
-                        at: seen.taken_at,
-                        calls: seen.calls.iter().map(|&(u, q, c)| ((u, q), c)).collect(),
-                        kept: b.manifest.kept_tables.iter().cloned().collect(),
-                    },
-                );
+        for (live, b) in crate::backups::manifest::made_live(all, lives) {
+            let Some(seen) = &b.manifest.live_statements else {
+                continue;
+            };
+            if reset.is_some_and(|r| r > seen.taken_at) {
+                continue;
             }
+            by_schema.insert(
+                live.clone(),
+                SchemaWentLive {
+                    at: seen.taken_at,
+                    calls: seen.calls.iter().map(|&(u, q, c)| ((u, q), c)).collect(),
+                    kept: b.manifest.kept_tables.iter().cloned().collect(),
+                },
+            );
         }
         WentLive { by_schema }
     }

@@ -265,15 +265,16 @@ enum Outcome {
     Unchecked(String),
 }
 
-/// Statements pg_stat_statements dropped to make room since its statistics
-/// were reset (`pg_stat_statements_info`, PostgreSQL 14+): the application's
-/// statements may be among them (prepare itself records about four per
-/// table). None when nothing was evicted or it cannot be told.
-async fn evictions(client: &Client, schema: &str) -> Option<String> {
-    let info = format!(
-        "{}.pg_stat_statements_info",
-        crate::pg::ident::quote_ident(schema)
-    );
+/// `columns` of `pg_stat_statements_info` in `schema` (PostgreSQL 14+);
+/// None on 13, or when it cannot be read. Its existence is asked first:
+/// naming a relation that does not exist would put an ERROR in the server
+/// log.
+pub(super) async fn info(
+    client: &Client,
+    schema: &str,
+    columns: &str,
+) -> Option<tokio_postgres::Row> {
+    let info = format!("{}.pg_stat_statements_info", quote_ident(schema));
     let exists: bool = client
         .query_one("SELECT pg_catalog.to_regclass($1) IS NOT NULL", &[&info])
         .await
@@ -282,15 +283,23 @@ async fn evictions(client: &Client, schema: &str) -> Option<String> {
     if !exists {
         return None;
     }
-    let row = client
-        .query_one(
-            &format!(
-                "SELECT dealloc, stats_reset::text, pg_catalog.current_setting('pg_stat_statements.max', true) FROM {info}"
-            ),
-            &[],
-        )
+    client
+        .query_one(&format!("SELECT {columns} FROM {info}"), &[])
         .await
-        .ok()?;
+        .ok()
+}
+
+/// Statements pg_stat_statements dropped to make room since its statistics
+/// were reset (`pg_stat_statements_info`, PostgreSQL 14+): the application's
+/// statements may be among them (prepare itself records about four per
+/// table). None when nothing was evicted or it cannot be told.
+async fn evictions(client: &Client, schema: &str) -> Option<String> {
+    let row = info(
+        client,
+        schema,
+        "dealloc, stats_reset::text, pg_catalog.current_setting('pg_stat_statements.max', true)",
+    )
+    .await?;
     let dealloc: i64 = row.get(0);
     let reset: Option<String> = row.get(1);
     let max: Option<String> = row.get(2);
@@ -320,17 +329,7 @@ pub async fn check_workload(
     // Checked first: a role misspelt is refused whether or not there is a
     // workload to filter.
     let role_oids = role_oids(client, &opts.roles).await?;
-    let schema: Option<String> = client
-        .query_opt(
-            "SELECT n.nspname::text FROM pg_catalog.pg_extension e
-               JOIN pg_catalog.pg_namespace n ON n.oid = e.extnamespace
-              WHERE e.extname = 'pg_stat_statements'",
-            &[],
-        )
-        .await
-        .context("looking for pg_stat_statements")?
-        .map(|r| r.get(0));
-    let Some(schema) = schema else {
+    let Some(schema) = extension_schema(client).await? else {
         return Ok(StatementsReport::not_checked(format!(
             "pg_stat_statements is not installed in this database, so the application's statements were not checked: {ENABLE_HINT}"
         )));
@@ -600,15 +599,8 @@ async fn read_statements(
     roles: &[u32],
 ) -> std::result::Result<(Vec<Recorded>, usize), String> {
     let view = format!("{}.pg_stat_statements", quote_ident(schema));
-    let toplevel: bool = match client
-        .query_one(
-            "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_attribute
-                             WHERE attrelid = pg_catalog.to_regclass($1) AND attname = 'toplevel')",
-            &[&view],
-        )
-        .await
-    {
-        Ok(r) => r.get(0),
+    let toplevel = match has_toplevel(client, &view).await {
+        Ok(t) => t,
         Err(e) => return Err(unreadable(client, schema, &view, &e).await),
     };
     let sql = format!(
@@ -677,6 +669,36 @@ async fn read_statements(
     }
     grouped.sort_by(|a, b| b.calls.cmp(&a.calls).then_with(|| a.query.cmp(&b.query)));
     Ok((grouped, hidden))
+}
+
+/// The schema pg_stat_statements is installed in, in this database.
+pub(super) async fn extension_schema(client: &Client) -> Result<Option<String>> {
+    Ok(client
+        .query_opt(
+            "SELECT n.nspname::text FROM pg_catalog.pg_extension e
+               JOIN pg_catalog.pg_namespace n ON n.oid = e.extnamespace
+              WHERE e.extname = 'pg_stat_statements'",
+            &[],
+        )
+        .await
+        .context("looking for pg_stat_statements")?
+        .map(|r| r.get(0)))
+}
+
+/// Whether pg_stat_statements' `view` tells top-level statements from
+/// nested ones (PostgreSQL 14+).
+pub(super) async fn has_toplevel(
+    client: &Client,
+    view: &str,
+) -> std::result::Result<bool, tokio_postgres::Error> {
+    Ok(client
+        .query_one(
+            "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_attribute
+                             WHERE attrelid = pg_catalog.to_regclass($1) AND attname = 'toplevel')",
+            &[&view],
+        )
+        .await?
+        .get(0))
 }
 
 /// Why `view` (pg_stat_statements in `schema`) cannot be read, and what to
