@@ -512,104 +512,6 @@ fn result_type_changes(statements: &Value) -> Vec<(String, Vec<String>)> {
     changed
 }
 
-/// h48a: pg_stat_statements keeps the statements of the application that
-/// ran before the swap, and no session runs them on today's objects any
-/// more. A rollback checks them as the returning application will prepare
-/// them, on the backup's objects: `code = $1`, recorded while `code` was
-/// text, is not failing "when prepared before the rollback" (the rollback
-/// makes it right again); one that fails anyway says since when it was not
-/// called. A statement of the new version is judged as before, by its own
-/// calls.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_rollback_checks_the_statements_the_application_stopped_running_as_fresh_ones() {
-    let Some(dbs) = pair("stale") else { return };
-    dbs.src.psql(
-        "CREATE TABLE items (id int PRIMARY KEY, code int);
-         INSERT INTO items VALUES (1, 7);",
-    );
-    dbs.dst
-        .psql(&create_role("stale_app", "LOGIN PASSWORD 'app-pw'"));
-    recording(
-        &dbs.dst,
-        "CREATE TABLE items (id int PRIMARY KEY, code text);
-         INSERT INTO items VALUES (1, 'seven');
-         CREATE TABLE scratch (id int);
-         GRANT SELECT ON ALL TABLES IN SCHEMA public TO stale_app;",
-    );
-    let mut cfg = dbs.dst.pg_config();
-    cfg.user("stale_app").password("app-pw");
-    // The version before the swap; then a table it used is dropped.
-    let (app, conn) = cfg.connect(NoTls).await.unwrap();
-    tokio::spawn(conn);
-    let by_code = "SELECT id FROM items WHERE code = $1";
-    let st = app.prepare(by_code).await.unwrap();
-    for _ in 0..3 {
-        app.query(&st, &[&"seven"]).await.unwrap();
-    }
-    let scratch = "SELECT id FROM scratch WHERE id = $1";
-    app.query(scratch, &[&1i32]).await.unwrap();
-    drop(app);
-    dbs.dst.psql("DROP TABLE scratch");
-
-    let wd = Workdir::new();
-    let url = dbs.dst.url();
-    assert_success(&wd.prepare(&dbs, &[]));
-    assert_success(&wd.run(&["swap", "--dest", &url]));
-    // The new version: code is an integer.
-    dbs.dst
-        .psql("GRANT SELECT ON ALL TABLES IN SCHEMA public TO stale_app");
-    let (app, conn) = cfg.connect(NoTls).await.unwrap();
-    tokio::spawn(conn);
-    let by_id = "SELECT code FROM items WHERE id = $1";
-    let st = app.prepare(by_id).await.unwrap();
-    app.query(&st, &[&1i32]).await.unwrap();
-    drop(app);
-
-    let plan = |extra: &[&str]| {
-        let mut args = vec![
-            "rollback",
-            "--dest",
-            url.as_str(),
-            "--latest",
-            "--dry-run",
-            "--workload-roles",
-            "stale_app",
-        ];
-        args.extend_from_slice(extra);
-        wd.run_ok(&args)
-    };
-    let d = json_of(&plan(&["--json"]));
-    let st = &d["rollback"]["impact"]["statements"];
-    assert_eq!(st["checked"], 3, "{d}");
-    let failing = st["failing"].as_array().unwrap();
-    assert_eq!(failing.len(), 1, "{d}");
-    assert_eq!(failing[0]["query"], scratch, "{d}");
-    assert_eq!(failing[0]["calls"], 1, "{d}");
-    assert_eq!(
-        failing[0]["error"], "relation \"scratch\" does not exist",
-        "{d}"
-    );
-    let since = failing[0]["not_called_since"].as_str().unwrap_or_default();
-    assert!(chrono::DateTime::parse_from_rfc3339(since).is_ok(), "{d}");
-    assert_eq!(
-        st["result_type_changed"],
-        json!([{"query": by_id, "calls": 1, "columns": ["code: integer -> text"]}]),
-        "{d}"
-    );
-    assert_eq!(st["unchecked"], json!([]), "{d}");
-    let text = plan(&[]);
-    assert!(text.contains("(1 call, none since "), "{text}");
-
-    // The rollback, then the version before runs again as it did.
-    assert_success(&wd.run(&["rollback", "--dest", &url, "--latest"]));
-    dbs.dst
-        .psql("GRANT SELECT ON ALL TABLES IN SCHEMA public TO stale_app");
-    let (app, conn) = cfg.connect(NoTls).await.unwrap();
-    tokio::spawn(conn);
-    let rows = app.query(by_code, &[&"seven"]).await.unwrap();
-    assert_eq!(rows.len(), 1);
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn recorded_statements_are_reported_and_fail_on_breaking_refuses() {
     let Some(dbs) = pair("workload") else { return };
@@ -785,17 +687,6 @@ async fn recorded_statements_are_reported_and_fail_on_breaking_refuses() {
         ),
         "email"
     );
-
-    // The application's new version runs its statements (legacy is gone):
-    // those of the version before stopped at the swap, and no session holds
-    // them prepared any more.
-    let (app, conn) = cfg.connect(NoTls).await.unwrap();
-    tokio::spawn(conn);
-    for sql in [APP_STATEMENTS[0], APP_STATEMENTS[2], APP_STATEMENTS[3]] {
-        let st = app.prepare(sql).await.unwrap();
-        app.query(&st, &[&1i32]).await.unwrap();
-    }
-    drop(app);
 
     // A rollback is judged the same way, against the backup it restores:
     // email goes back to text, products loses tags, legacy comes back.

@@ -96,12 +96,6 @@ pub struct Manifest {
     /// to find writes it would discard. Absent in manifests of earlier versions.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub live_baseline: Option<crate::swap::impact::WriteBaseline>,
-    /// pg_stat_statements' calls of each statement of this database, taken
-    /// right after the same COMMIT: a later check tells the statements the
-    /// application stopped running ([`crate::swap::impact::stale`]). Absent
-    /// without pg_stat_statements, and in manifests of earlier versions.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub live_statements: Option<crate::swap::impact::stale::StatementsSeen>,
     /// The sequences the swap that made this backup fenced (carried over to
     /// the new public, stopped here at the value carried; `swap::fence`), as
     /// they were before: a rollback to this backup gives them back. Absent
@@ -311,27 +305,6 @@ pub async fn update_manifest_without_objects(
         .await
         .context("updating the backup manifest")?;
     Ok(())
-}
-
-/// For each of `lives` (live schemas), the newest of `all` (every backup,
-/// newest first) whose swap or rollback replaced it: the one that made its
-/// current objects live and recorded them then. In that order (newest
-/// backup first); a schema no backup replaced is left out.
-pub fn made_live<'a>(
-    all: &'a [BackupRow],
-    lives: &'a [String],
-) -> Vec<(&'a String, &'a BackupRow)> {
-    let mut out: Vec<(&String, &BackupRow)> = Vec::new();
-    for b in all {
-        for map in b.manifest.schema_maps() {
-            if let Some(live) = lives.iter().find(|l| **l == map.live)
-                && !out.iter().any(|(l, _)| *l == live)
-            {
-                out.push((live, b));
-            }
-        }
-    }
-    out
 }
 
 /// All backups, newest first. Empty when the pgshift schema does not exist.

@@ -41,8 +41,7 @@
 //!   says which ([`CommitLost`]), never "rolled back" unasked. Row counts of
 //!   the backup are added after the commit (nothing writes a backup any
 //!   more), and so are the write counters of the new public
-//!   (`live_baseline`, for the next rollback's check) and pg_stat_statements'
-//!   calls (`live_statements`: `impact::stale`).
+//!   (`live_baseline`, for the next rollback's check).
 //!
 //! - The new backup schema and the new empty shadow belong to the owner of
 //!   the incoming schema when this role may act as it (a superuser swapping
@@ -270,7 +269,6 @@ impl Origin {
                 detached_foreign_keys: Vec::new(),
                 schemas: Vec::new(),
                 live_baseline: None,
-                live_statements: None,
                 fenced_sequences: Vec::new(),
             },
             Origin::Rollback {
@@ -300,7 +298,6 @@ impl Origin {
                 detached_foreign_keys: Vec::new(),
                 schemas: Vec::new(),
                 live_baseline: None,
-                live_statements: None,
                 fenced_sequences: Vec::new(),
             },
         }
@@ -997,18 +994,8 @@ pub async fn swap<H: InTx>(
     );
     failpoint("swap-committed").await?;
 
-    // At once: the calls of the statements recorded so far (the application
-    // that ran before stopped adding to them at the COMMIT: `impact::stale`)
-    // and the write counters of the public that just went live, for the
+    // At once: the write counters of the public that just went live, for the
     // next rollback's discarded-writes check.
-    let live_statements = match impact::stale::statements_seen(control).await {
-        Ok(seen) => seen,
-        Err(e) => {
-            // Only the statement checks' finer judgement is lost.
-            tracing::info!("not recording pg_stat_statements' calls: {e:#}");
-            None
-        }
-    };
     let mut warnings = Vec::new();
     let live_baseline = match impact::gate::live_baseline(
         &client,
@@ -1035,7 +1022,6 @@ pub async fn swap<H: InTx>(
     }
     let mut manifest = done.manifest;
     manifest.live_baseline = live_baseline;
-    manifest.live_statements = live_statements;
     manifest.lock_held_ms = Some(done.moved.lock_held_ms);
     manifest.timings_ms.insert(
         "swap".into(),

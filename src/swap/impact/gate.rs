@@ -259,34 +259,43 @@ pub fn rollback_baseline(
 ) -> (Option<WriteBaseline>, Vec<String>) {
     let mut merged: Option<WriteBaseline> = None;
     let mut reset: Vec<String> = Vec::new();
-    for (live, b) in manifest::made_live(all, lives) {
-        let Some(base) = b
-            .manifest
-            .live_baseline
-            .as_ref()
-            .filter(|base| base.schemas.contains(live))
-        else {
-            continue;
-        };
-        let tables = base
-            .tables
-            .iter()
-            .filter(|t| t.key.schema == *live)
-            .cloned();
-        match &mut merged {
-            None => {
-                merged = Some(WriteBaseline {
-                    schemas: vec![live.clone()],
-                    tables: tables.collect(),
-                    ..base.clone()
-                });
+    let mut decided: HashSet<&str> = HashSet::new();
+    for b in all {
+        for map in b.manifest.schema_maps() {
+            let Some(live) = lives.iter().find(|l| **l == map.live) else {
+                continue;
+            };
+            if !decided.insert(live) {
+                continue;
             }
-            Some(m) if m.stats_reset != base.stats_reset => reset.push(live.clone()),
-            Some(m) => {
-                m.schemas.push(live.clone());
-                m.tables.extend(tables);
-                m.taken_at = m.taken_at.min(base.taken_at);
-                m.track_counts &= base.track_counts;
+            let Some(base) = b
+                .manifest
+                .live_baseline
+                .as_ref()
+                .filter(|base| base.schemas.contains(live))
+            else {
+                continue;
+            };
+            let tables = base
+                .tables
+                .iter()
+                .filter(|t| t.key.schema == *live)
+                .cloned();
+            match &mut merged {
+                None => {
+                    merged = Some(WriteBaseline {
+                        schemas: vec![live.clone()],
+                        tables: tables.collect(),
+                        ..base.clone()
+                    });
+                }
+                Some(m) if m.stats_reset != base.stats_reset => reset.push(live.clone()),
+                Some(m) => {
+                    m.schemas.push(live.clone());
+                    m.tables.extend(tables);
+                    m.taken_at = m.taken_at.min(base.taken_at);
+                    m.track_counts &= base.track_counts;
+                }
             }
         }
     }
@@ -735,7 +744,6 @@ mod tests {
                 query: format!("SELECT c{k} FROM gone"),
                 calls: k as i64 + 1,
                 error: "relation \"gone\" does not exist".into(),
-                not_called_since: None,
             })
             .collect();
         i

@@ -136,7 +136,6 @@ pub mod hazards;
 pub mod report;
 pub mod resolve;
 pub mod rls;
-pub mod stale;
 pub mod workload;
 pub mod writes;
 
@@ -291,7 +290,7 @@ impl Impact {
         for f in &self.statements.failing {
             out.push(format!(
                 "statement will fail ({}): {}: {}",
-                f.calls_said(),
+                report::plural(f.calls.max(0) as usize, "call"),
                 report::short_query(&f.query, 80),
                 f.error
             ));

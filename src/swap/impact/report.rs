@@ -197,18 +197,14 @@ pub fn render(i: &Impact, op: Operation) -> String {
                 &format!("Will fail after {}", op.subject()),
                 s.failing
                     .iter()
-                    .map(|f| (&f.query, Some(f.calls_said()), f.error.clone())),
+                    .map(|f| (&f.query, Some(f.calls), f.error.clone())),
             );
             statement_section(
                 &mut out,
                 "Will change result type (prepared statements fail until prepared again with \"cached plan must not change result type\")",
-                s.result_type_changed.iter().map(|c| {
-                    (
-                        &c.query,
-                        Some(plural(c.calls.max(0) as usize, "call")),
-                        c.columns.join("; "),
-                    )
-                }),
+                s.result_type_changed
+                    .iter()
+                    .map(|c| (&c.query, Some(c.calls), c.columns.join("; "))),
             );
             statement_section(
                 &mut out,
@@ -260,14 +256,16 @@ pub fn render(i: &Impact, op: Operation) -> String {
 fn statement_section<'a>(
     out: &mut String,
     title: &str,
-    items: impl ExactSizeIterator<Item = (&'a String, Option<String>, String)>,
+    items: impl ExactSizeIterator<Item = (&'a String, Option<i64>, String)>,
 ) {
     if items.len() == 0 {
         return;
     }
     out.push_str(&format!("  {title}:\n"));
     for (query, calls, detail) in items {
-        let calls = calls.map(|c| format!(" ({c})")).unwrap_or_default();
+        let calls = calls
+            .map(|c| format!(" ({})", plural(c as usize, "call")))
+            .unwrap_or_default();
         out.push_str(&format!(
             "    {}{calls}\n      {detail}\n",
             short_query(query, 100)
@@ -317,7 +315,6 @@ mod tests {
             query: "SELECT 1".into(),
             calls: 1,
             error: "e".into(),
-            not_called_since: None,
         };
         i.statements.failing = vec![f.clone(), f];
         i.statements.result_type_changed = vec![TypeChangedStatement {
@@ -374,7 +371,6 @@ mod tests {
             query: "SELECT a FROM t".into(),
             calls: 1,
             error: "column \"a\" does not exist".into(),
-            not_called_since: None,
         }];
         i.statements.result_type_changed = vec![TypeChangedStatement {
             query: "SELECT * FROM u".into(),

@@ -760,13 +760,6 @@ pub struct Resolution {
     pub pgshift_own: bool,
     /// Objects of the live schemas it uses (`public.accounts`, `public.f`).
     pub uses: BTreeSet<String>,
-    /// The live schemas whose own objects it names today, or whose incoming
-    /// schema's after: whether it ran since they went live decides whether a
-    /// session may hold it prepared on today's objects (`workload`'s stale
-    /// statements).
-    pub schemas: BTreeSet<String>,
-    /// The live schemas' own objects it names today: (schema, name).
-    pub names: BTreeSet<(String, String)>,
     /// A name that will not resolve after the swap, with PostgreSQL's wording.
     pub failing: Option<String>,
     /// The text to check in the future namespace.
@@ -872,10 +865,6 @@ pub fn resolve(
                         // Moved away (or found nowhere today): the server
                         // decides on the rewritten text.
                         res.in_scope = true;
-                        res.schemas.insert(pairs[i].live.clone());
-                    }
-                    if has.own {
-                        res.names.insert((pairs[i].live.clone(), r.name.clone()));
                     }
                     if has.own && kind != Kind::Operator {
                         res.uses.insert(qualified_display(&pairs[i].live, &r.name));
@@ -888,29 +877,16 @@ pub fn resolve(
             match &now {
                 Found::Live(i) => {
                     res.in_scope = true;
-                    res.schemas.insert(pairs[*i].live.clone());
-                    res.names.insert((pairs[*i].live.clone(), r.name.clone()));
                     if kind != Kind::Operator {
                         res.uses.insert(qualified_display(&pairs[*i].live, &r.name));
                     }
                 }
                 Found::Stays(s) if is_pgshift_schema(s, pairs) => res.pgshift_own = true,
-                Found::Nowhere if kind == Kind::Relation => {
-                    // Looked up in the live schemas on the path.
-                    res.in_scope = true;
-                    res.schemas.extend(
-                        eff.iter()
-                            .filter_map(|s| live_idx(s))
-                            .map(|i| pairs[i].live.clone()),
-                    );
-                }
+                Found::Nowhere if kind == Kind::Relation => res.in_scope = true,
                 _ => {}
             }
             match &then {
-                Found::Incoming(i) => {
-                    res.in_scope = true;
-                    res.schemas.insert(pairs[*i].live.clone());
-                }
+                Found::Incoming(_) => res.in_scope = true,
                 Found::LiveExt(i) => {
                     needs_live_ext = true;
                     // A kept table whose namesake the incoming schema has (a

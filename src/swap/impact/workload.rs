@@ -78,7 +78,6 @@ use std::collections::{BTreeSet, HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use chrono::{DateTime, Utc};
 use itertools::Itertools;
 use serde::{Deserialize, Serialize};
 use tokio_postgres::Client;
@@ -86,7 +85,6 @@ use tokio_postgres::error::SqlState;
 use tokio_postgres::types::Type;
 
 use super::resolve::{self, Catalog, Mapper, Parsed};
-use super::stale;
 use super::{SchemaPair, report};
 use crate::dump::sql::DefinedNames;
 use crate::pg::catalog::defined_names;
@@ -125,24 +123,6 @@ pub struct FailingStatement {
     pub query: String,
     pub calls: i64,
     pub error: String,
-    /// The application has not called it since this moment, when a swap or
-    /// rollback made the objects it names live ([`stale`](super::stale)): it fails when an
-    /// application that runs it comes back. Absent when it was called
-    /// since, or that cannot be told.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub not_called_since: Option<DateTime<Utc>>,
-}
-
-impl FailingStatement {
-    /// Its calls for people: `643 calls`, `643 calls, none since
-    /// 2026-12-01 10:00:00 UTC`.
-    pub fn calls_said(&self) -> String {
-        let calls = super::report::plural(self.calls.max(0) as usize, "call");
-        match self.not_called_since {
-            Some(at) => format!("{calls}, none since {}", at.format("%Y-%m-%d %H:%M:%S UTC")),
-            None => calls,
-        }
-    }
 }
 
 /// A statement whose result row type changes.
@@ -225,18 +205,12 @@ struct Recorded {
     text: String,
     calls: i64,
     path: Vec<String>,
-    /// Its entries: (userid, queryid, calls); one per role and queryid (the
-    /// same text on other objects is another queryid).
-    entries: Vec<(u32, i64, i64)>,
 }
 
 /// One statement ready for the server check.
 struct Pending {
     rec: Recorded,
     res: resolve::Resolution,
-    /// Not called since its schemas went live (then): no session holds it
-    /// prepared on today's objects ([`stale`](super::stale)).
-    stale: Option<DateTime<Utc>>,
 }
 
 /// One result column as Describe reports it.
@@ -258,23 +232,19 @@ struct Described {
 
 enum Outcome {
     Described(Vec<Column>, Vec<Column>),
-    /// A stale statement that works after the swap (its result type is not
-    /// compared: no session holds it prepared).
-    Fresh,
     Failing(String),
     Unchecked(String),
 }
 
-/// `columns` of `pg_stat_statements_info` in `schema` (PostgreSQL 14+);
-/// None on 13, or when it cannot be read. Its existence is asked first:
-/// naming a relation that does not exist would put an ERROR in the server
-/// log.
-pub(super) async fn info(
-    client: &Client,
-    schema: &str,
-    columns: &str,
-) -> Option<tokio_postgres::Row> {
-    let info = format!("{}.pg_stat_statements_info", quote_ident(schema));
+/// Statements pg_stat_statements dropped to make room since its statistics
+/// were reset (`pg_stat_statements_info`, PostgreSQL 14+): the application's
+/// statements may be among them (prepare itself records about four per
+/// table). None when nothing was evicted or it cannot be told.
+async fn evictions(client: &Client, schema: &str) -> Option<String> {
+    let info = format!(
+        "{}.pg_stat_statements_info",
+        crate::pg::ident::quote_ident(schema)
+    );
     let exists: bool = client
         .query_one("SELECT pg_catalog.to_regclass($1) IS NOT NULL", &[&info])
         .await
@@ -283,23 +253,15 @@ pub(super) async fn info(
     if !exists {
         return None;
     }
-    client
-        .query_one(&format!("SELECT {columns} FROM {info}"), &[])
+    let row = client
+        .query_one(
+            &format!(
+                "SELECT dealloc, stats_reset::text, pg_catalog.current_setting('pg_stat_statements.max', true) FROM {info}"
+            ),
+            &[],
+        )
         .await
-        .ok()
-}
-
-/// Statements pg_stat_statements dropped to make room since its statistics
-/// were reset (`pg_stat_statements_info`, PostgreSQL 14+): the application's
-/// statements may be among them (prepare itself records about four per
-/// table). None when nothing was evicted or it cannot be told.
-async fn evictions(client: &Client, schema: &str) -> Option<String> {
-    let row = info(
-        client,
-        schema,
-        "dealloc, stats_reset::text, pg_catalog.current_setting('pg_stat_statements.max', true)",
-    )
-    .await?;
+        .ok()?;
     let dealloc: i64 = row.get(0);
     let reset: Option<String> = row.get(1);
     let max: Option<String> = row.get(2);
@@ -329,7 +291,17 @@ pub async fn check_workload(
     // Checked first: a role misspelt is refused whether or not there is a
     // workload to filter.
     let role_oids = role_oids(client, &opts.roles).await?;
-    let Some(schema) = extension_schema(client).await? else {
+    let schema: Option<String> = client
+        .query_opt(
+            "SELECT n.nspname::text FROM pg_catalog.pg_extension e
+               JOIN pg_catalog.pg_namespace n ON n.oid = e.extnamespace
+              WHERE e.extname = 'pg_stat_statements'",
+            &[],
+        )
+        .await
+        .context("looking for pg_stat_statements")?
+        .map(|r| r.get(0));
+    let Some(schema) = schema else {
         return Ok(StatementsReport::not_checked(format!(
             "pg_stat_statements is not installed in this database, so the application's statements were not checked: {ENABLE_HINT}"
         )));
@@ -341,7 +313,6 @@ pub async fn check_workload(
     let (recorded, hidden) = recorded;
 
     let live: Vec<String> = pairs.iter().map(|p| p.live.clone()).collect();
-    let went_live = stale::went_live(client, &live).await;
     let mut schemas: BTreeSet<String> = recorded
         .iter()
         .flat_map(|r| r.path.iter().cloned())
@@ -470,11 +441,7 @@ pub async fn check_workload(
             continue;
         }
         used.extend(res.uses.iter().cloned());
-        let stale = went_live.stale_since(&rec.entries, &res.schemas, &res.names);
-        if let Some(since) = went_live.calls_since(&rec.entries, &res.schemas) {
-            rec.calls = since;
-        }
-        pending.push(Pending { rec, res, stale });
+        pending.push(Pending { rec, res });
     }
     report.used_objects = used.into_iter().collect();
 
@@ -500,10 +467,8 @@ pub async fn check_workload(
                     query: p.rec.query,
                     calls: p.rec.calls,
                     error,
-                    not_called_since: p.stale,
                 });
             }
-            Outcome::Fresh => report.checked += 1,
             Outcome::Described(a, b) => {
                 report.checked += 1;
                 described.push((p, a, b));
@@ -599,16 +564,23 @@ async fn read_statements(
     roles: &[u32],
 ) -> std::result::Result<(Vec<Recorded>, usize), String> {
     let view = format!("{}.pg_stat_statements", quote_ident(schema));
-    let toplevel = match has_toplevel(client, &view).await {
-        Ok(t) => t,
+    let toplevel: bool = match client
+        .query_one(
+            "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_attribute
+                             WHERE attrelid = pg_catalog.to_regclass($1) AND attname = 'toplevel')",
+            &[&view],
+        )
+        .await
+    {
+        Ok(r) => r.get(0),
         Err(e) => return Err(unreadable(client, schema, &view, &e).await),
     };
     let sql = format!(
-        "SELECT s.userid, s.query, sum(s.calls)::int8, count(*)::int8, s.queryid
+        "SELECT s.userid, s.query, sum(s.calls)::int8, count(*)::int8
            FROM {view} s
           WHERE s.dbid = (SELECT oid FROM pg_catalog.pg_database WHERE datname = pg_catalog.current_database())
             AND s.calls > 0 {} {}
-          GROUP BY s.userid, s.query, s.queryid
+          GROUP BY s.userid, s.query
           ORDER BY 3 DESC, 2",
         if toplevel { "AND s.toplevel" } else { "" },
         if roles.is_empty() {
@@ -646,15 +618,9 @@ async fn read_statements(
         }
         let userid: u32 = r.get(0);
         let calls: i64 = r.get(2);
-        let entry = r
-            .get::<_, Option<i64>>(4)
-            .map(|queryid| (userid, queryid, calls));
         let path = paths.get(&userid).cloned().unwrap_or_default();
         match index.get(&(query.clone(), path.clone())) {
-            Some(&i) => {
-                grouped[i].calls += calls;
-                grouped[i].entries.extend(entry);
-            }
+            Some(&i) => grouped[i].calls += calls,
             None => {
                 index.insert((query.clone(), path.clone()), grouped.len());
                 grouped.push(Recorded {
@@ -662,43 +628,12 @@ async fn read_statements(
                     query,
                     calls,
                     path,
-                    entries: entry.into_iter().collect(),
                 });
             }
         }
     }
     grouped.sort_by(|a, b| b.calls.cmp(&a.calls).then_with(|| a.query.cmp(&b.query)));
     Ok((grouped, hidden))
-}
-
-/// The schema pg_stat_statements is installed in, in this database.
-pub(super) async fn extension_schema(client: &Client) -> Result<Option<String>> {
-    Ok(client
-        .query_opt(
-            "SELECT n.nspname::text FROM pg_catalog.pg_extension e
-               JOIN pg_catalog.pg_namespace n ON n.oid = e.extnamespace
-              WHERE e.extname = 'pg_stat_statements'",
-            &[],
-        )
-        .await
-        .context("looking for pg_stat_statements")?
-        .map(|r| r.get(0)))
-}
-
-/// Whether pg_stat_statements' `view` tells top-level statements from
-/// nested ones (PostgreSQL 14+).
-pub(super) async fn has_toplevel(
-    client: &Client,
-    view: &str,
-) -> std::result::Result<bool, tokio_postgres::Error> {
-    Ok(client
-        .query_one(
-            "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_attribute
-                             WHERE attrelid = pg_catalog.to_regclass($1) AND attname = 'toplevel')",
-            &[&view],
-        )
-        .await?
-        .get(0))
 }
 
 /// Why `view` (pg_stat_statements in `schema`) cannot be read, and what to
@@ -1136,33 +1071,6 @@ impl Checker<'_> {
     }
 }
 
-/// Why a statement whose Parse failed with `e` cannot be checked, when that
-/// is pg_stat_statements' doing rather than the statement's: a parameter
-/// whose type the normalised text does not tell, or a constant replaced
-/// where the syntax takes none.
-fn normalised_away(e: &ParseError) -> Option<String> {
-    let msg = e.describe();
-    // `generate_series($1, $2)` with the constants gone: the
-    // parameters are `unknown`, and the call is ambiguous.
-    let unknown_args = matches!(
-        e.code,
-        SqlState::AMBIGUOUS_FUNCTION | SqlState::UNDEFINED_FUNCTION
-    ) && e.message.contains("unknown");
-    // pg_stat_statements records only statements that completed, so
-    // a syntax error is its own doing (`ELSE'FALSE'` became `ELSE$3`).
-    if e.code == SqlState::INDETERMINATE_DATATYPE || unknown_args {
-        Some(format!(
-            "a parameter's type cannot be inferred from the recorded text (pg_stat_statements replaces constants by parameters): {msg}"
-        ))
-    } else if e.code == SqlState::SYNTAX_ERROR {
-        Some(format!(
-            "the recorded text does not parse: pg_stat_statements replaced a constant by a parameter where the syntax takes none: {msg}"
-        ))
-    } else {
-        None
-    }
-}
-
 async fn check_one(
     checker: &Checker<'_>,
     p: &Pending,
@@ -1170,21 +1078,33 @@ async fn check_one(
     cat: &Catalog,
 ) -> Result<Outcome> {
     let lt = checker.lock_timeout;
-    // A rollback brings back the application that ran before: its stale
-    // statements are checked on the incoming objects alone.
-    let fresh_only = p.stale.is_some() && checker.operation == super::Operation::Rollback;
-    let today = if fresh_only {
-        None
-    } else {
-        match checker.describe(&p.rec.text, &p.rec.path, None).await? {
-            Ok(d) => Some(d),
-            Err(e) => {
-                if let Some(why) = interrupted(&e, lt) {
-                    return Ok(Outcome::Unchecked(why));
-                }
-                let reason = normalised_away(&e).unwrap_or_else(|| fails_today(&e.describe()));
-                return Ok(Outcome::Unchecked(reason));
+    let today = match checker.describe(&p.rec.text, &p.rec.path, None).await? {
+        Ok(d) => d,
+        Err(e) => {
+            if let Some(why) = interrupted(&e, lt) {
+                return Ok(Outcome::Unchecked(why));
             }
+            let msg = e.describe();
+            // `generate_series($1, $2)` with the constants gone: the
+            // parameters are `unknown`, and the call is ambiguous.
+            let unknown_args = matches!(
+                e.code,
+                SqlState::AMBIGUOUS_FUNCTION | SqlState::UNDEFINED_FUNCTION
+            ) && e.message.contains("unknown");
+            // pg_stat_statements records only statements that completed, so
+            // a syntax error is its own doing (`ELSE'FALSE'` became `ELSE$3`).
+            let reason = if e.code == SqlState::INDETERMINATE_DATATYPE || unknown_args {
+                format!(
+                    "a parameter's type cannot be inferred from the recorded text (pg_stat_statements replaces constants by parameters): {msg}"
+                )
+            } else if e.code == SqlState::SYNTAX_ERROR {
+                format!(
+                    "the recorded text does not parse: pg_stat_statements replaced a constant by a parameter where the syntax takes none: {msg}"
+                )
+            } else {
+                fails_today(&msg)
+            };
+            return Ok(Outcome::Unchecked(reason));
         }
     };
     // A name only the live schema's own objects have (the server would still
@@ -1207,9 +1127,6 @@ async fn check_one(
                     e.describe()
                 )));
             }
-            if fresh_only && let Some(why) = normalised_away(&e) {
-                return Ok(Outcome::Unchecked(why));
-            }
             return Ok(Outcome::Failing(resolve::map_error(
                 &cat.name_moved_types(&e.message),
                 pairs,
@@ -1219,49 +1136,7 @@ async fn check_one(
     };
     // Statements prepared before the swap keep today's parameter types: a
     // type the swap moves to the backup, or a type the future statement
-    // would infer otherwise (a column retyped from text to integer). No
-    // session holds a stale one prepared.
-    if let Some(today) = today.as_ref().filter(|_| p.stale.is_none())
-        && let Some(failing) = prepared_before(checker, p, pairs, cat, today, &future).await?
-    {
-        return Ok(failing);
-    }
-    // An INSERT that does not set a column the incoming table requires (a new
-    // NOT NULL column without a default) describes fine and fails on every
-    // call.
-    if let Some(target) = resolve::insert_target(&p.res.rewritten)
-        && let Some(err) = checker.unset_required(&target, &p.res.future_path).await?
-    {
-        // One that fails so on today's table too (an older version of the
-        // application's INSERT, recorded before its migration) is no doing
-        // of the swap's, as any statement that fails today.
-        if today.is_some()
-            && let Some(now) = resolve::insert_target(&p.rec.text)
-            && let Some(now) = checker.unset_required(&now, &p.rec.path).await?
-        {
-            return Ok(Outcome::Unchecked(fails_today(&now)));
-        }
-        return Ok(Outcome::Failing(err));
-    }
-    match today {
-        Some(today) if p.stale.is_none() => Ok(Outcome::Described(today.columns, future.columns)),
-        _ => Ok(Outcome::Fresh),
-    }
-}
-
-/// Step 3 for a statement a session may hold prepared on today's objects
-/// (`today`): its parameter types stay, which fails when one is a type the
-/// swap moves to the backup or differs from what the future statement
-/// infers (a column retyped from text to integer). `None`: it does not fail
-/// so.
-async fn prepared_before(
-    checker: &Checker<'_>,
-    p: &Pending,
-    pairs: &[SchemaPair],
-    cat: &Catalog,
-    today: &Described,
-    future: &Described,
-) -> Result<Option<Outcome>> {
+    // would infer otherwise (a column retyped from text to integer).
     let moved = today
         .params
         .iter()
@@ -1272,52 +1147,67 @@ async fn prepared_before(
             .iter()
             .zip(&future.params)
             .any(|(a, b)| a.oid() != b.oid());
-    if !(moved || retyped) {
-        return Ok(None);
-    }
-    let typed = checker
-        .describe(&p.res.rewritten, &p.res.future_path, Some(&today.params))
-        .await?;
-    if let Err(e) = typed {
-        if let Some(why) = interrupted(&e, checker.lock_timeout) {
-            return Ok(Some(Outcome::Unchecked(why)));
+    if moved || retyped {
+        let typed = checker
+            .describe(&p.res.rewritten, &p.res.future_path, Some(&today.params))
+            .await?;
+        if let Err(e) = typed {
+            if let Some(why) = interrupted(&e, lt) {
+                return Ok(Outcome::Unchecked(why));
+            }
+            let why = if moved {
+                let types: Vec<String> = today
+                    .params
+                    .iter()
+                    .filter(|t| cat.live_type_oids.contains(&t.oid()))
+                    .map(|t| t.name().to_string())
+                    .collect();
+                format!(
+                    "its parameter types {} then belong to the backup schema",
+                    types.join(", ")
+                )
+            } else {
+                let changes: Vec<String> = today
+                    .params
+                    .iter()
+                    .zip(&future.params)
+                    .enumerate()
+                    .filter(|(_, (a, b))| a.oid() != b.oid())
+                    .map(|(i, (a, b))| format!("${} {} (now {})", i + 1, a.name(), b.name()))
+                    .collect();
+                format!("it keeps its parameter types: {}", changes.join(", "))
+            };
+            let before = match checker.operation {
+                super::Operation::Swap => "the swap",
+                super::Operation::Rollback => "the rollback",
+            };
+            return Ok(Outcome::Failing(format!(
+                "when prepared before {before} ({why}): {}",
+                resolve::map_error(
+                    &cat.name_moved_types(&e.message),
+                    pairs,
+                    &p.res.qualified_calls
+                )
+            )));
         }
-        let why = if moved {
-            let types: Vec<String> = today
-                .params
-                .iter()
-                .filter(|t| cat.live_type_oids.contains(&t.oid()))
-                .map(|t| t.name().to_string())
-                .collect();
-            format!(
-                "its parameter types {} then belong to the backup schema",
-                types.join(", ")
-            )
-        } else {
-            let changes: Vec<String> = today
-                .params
-                .iter()
-                .zip(&future.params)
-                .enumerate()
-                .filter(|(_, (a, b))| a.oid() != b.oid())
-                .map(|(i, (a, b))| format!("${} {} (now {})", i + 1, a.name(), b.name()))
-                .collect();
-            format!("it keeps its parameter types: {}", changes.join(", "))
-        };
-        let before = match checker.operation {
-            super::Operation::Swap => "the swap",
-            super::Operation::Rollback => "the rollback",
-        };
-        return Ok(Some(Outcome::Failing(format!(
-            "when prepared before {before} ({why}): {}",
-            resolve::map_error(
-                &cat.name_moved_types(&e.message),
-                pairs,
-                &p.res.qualified_calls
-            )
-        ))));
     }
-    Ok(None)
+    // An INSERT that does not set a column the incoming table requires (a new
+    // NOT NULL column without a default) describes fine and fails on every
+    // call.
+    if let Some(target) = resolve::insert_target(&p.res.rewritten)
+        && let Some(err) = checker.unset_required(&target, &p.res.future_path).await?
+    {
+        // One that fails so on today's table too (an older version of the
+        // application's INSERT, recorded before its migration) is no doing
+        // of the swap's, as any statement that fails today.
+        if let Some(now) = resolve::insert_target(&p.rec.text)
+            && let Some(now) = checker.unset_required(&now, &p.rec.path).await?
+        {
+            return Ok(Outcome::Unchecked(fails_today(&now)));
+        }
+        return Ok(Outcome::Failing(err));
+    }
+    Ok(Outcome::Described(today.columns, future.columns))
 }
 
 /// Why a statement that fails on today's schema (`msg`) is left unchecked.
