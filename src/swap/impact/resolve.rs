@@ -504,8 +504,10 @@ fn name_ref(parts: Vec<String>, loc: Option<usize>) -> Option<NameRef> {
 }
 
 /// A call of `nextval` or `currval` (unqualified or `pg_catalog.`) whose
-/// first argument is a parameter, cast or not (`nextval($1)`,
-/// `nextval($1::text::regclass)`).
+/// first argument is not a name written in the text: a parameter, cast or
+/// not (`nextval($1)`, `nextval($1::text::regclass)`), or any expression of
+/// parameters or columns (`nextval(quote_ident($1))`,
+/// `nextval(($1 || $2)::regclass)`, `nextval(t.seq)`: h49a).
 fn sequence_by_parameter(f: &NameRef, call: &serde_json::Map<String, Value>) -> bool {
     let sequence_fn = matches!(f.name.as_str(), "nextval" | "currval")
         && f.schema.as_deref().is_none_or(|s| s == "pg_catalog");
@@ -513,14 +515,20 @@ fn sequence_by_parameter(f: &NameRef, call: &serde_json::Map<String, Value>) -> 
         .get("args")
         .and_then(Value::as_array)
         .and_then(|a| a.first());
-    // Through any number of casts: `$1::text::regclass` is the old-style
-    // default's `nextval(('s'::text)::regclass)` (h49a).
-    let mut arg = first;
-    while let Some(inner) = arg.and_then(|a| a.pointer("/node/TypeCast/arg")) {
-        arg = Some(inner);
+    sequence_fn && first.is_some_and(names_nothing_fixed)
+}
+
+/// Whether an expression's value depends on a parameter or a column.
+fn names_nothing_fixed(v: &Value) -> bool {
+    match v {
+        Value::Object(m) => {
+            m.contains_key("ParamRef")
+                || m.contains_key("ColumnRef")
+                || m.values().any(names_nothing_fixed)
+        }
+        Value::Array(a) => a.iter().any(names_nothing_fixed),
+        _ => false,
     }
-    let param = arg.is_some_and(|a| a.pointer("/node/ParamRef").is_some());
-    sequence_fn && param
 }
 
 fn walk(v: &Value, refs: &mut Refs, ctes: &mut HashSet<String>) {
@@ -1194,6 +1202,10 @@ mod tests {
             "INSERT INTO t (id) VALUES (nextval($1))",
             "SELECT currval($1)",
             "SELECT nextval($1::text::regclass)",
+            "SELECT nextval(quote_ident($1))",
+            "SELECT nextval(($1 || $2)::regclass)",
+            "SELECT nextval(format($1, $2))",
+            "SELECT nextval(t.seq) FROM t",
         ] {
             assert!(refs(q).sequence_by_parameter, "{q}");
         }
