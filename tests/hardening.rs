@@ -2018,6 +2018,22 @@ fn prepare_names_the_sessions_its_phases_wait_for() {
         &dbs,
         &[("PGSHIFT_FAILPOINT", "dump:sleep=2000,privileges:sleep=2000")],
     );
+    // Its stderr as it comes: each wait is ended once it has been named.
+    let stderr = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let reader = {
+        let pipe = child.stderr.take().unwrap();
+        let stderr = stderr.clone();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for l in std::io::BufReader::new(pipe).lines() {
+                let l = l.unwrap_or_default();
+                let mut all = stderr.lock().unwrap();
+                all.push_str(&l);
+                all.push('\n');
+            }
+        })
+    };
+    let said = |what: &str| stderr.lock().unwrap().contains(what);
     wait_for_phase(&wd, &dbs.dst, "dump", &mut child);
     let rt = tokio::runtime::Runtime::new().unwrap();
     let pid_of = |c: &tokio_postgres::Client| rt.block_on(common::backend_pid(c));
@@ -2040,7 +2056,9 @@ fn prepare_names_the_sessions_its_phases_wait_for() {
     });
     // Named once the wait has lasted 5 s, asked every 5 s (from 5 s after
     // pg_dump started).
-    std::thread::sleep(Duration::from_secs(15));
+    wait_until("the source's wait named", 30, || {
+        said("on the source, pgshift's pg_dump session has waited")
+    });
     rt.block_on(long.batch_execute("COMMIT")).unwrap();
     rt.block_on(altered).unwrap();
 
@@ -2049,11 +2067,14 @@ fn prepare_names_the_sessions_its_phases_wait_for() {
     let holder_pid = pid_of(&holder);
     rt.block_on(holder.batch_execute("BEGIN; LOCK TABLE shadow.b IN ACCESS EXCLUSIVE MODE"))
         .unwrap();
-    std::thread::sleep(Duration::from_secs(15));
+    wait_until("the destination's wait named", 30, || {
+        said("on the destination, pgshift's prepare session has waited")
+    });
     rt.block_on(holder.batch_execute("ROLLBACK")).unwrap();
 
     let out = child.wait_with_output().unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
+    reader.join().unwrap();
+    let err = stderr.lock().unwrap().clone();
     assert!(out.status.success(), "{err}");
     let line = |start: &str| {
         err.lines()
