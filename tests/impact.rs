@@ -188,7 +188,7 @@ async fn writes_to_tables_that_are_not_preserved_are_counted_exactly() {
     let refusal = impact::gate(&check, &AllowDiscard::Nothing).unwrap_err();
     assert!(
         refusal.contains(
-            "to 3 tables that are not preserved (the rows would stay in the backup, not in the new public): accounts (3 inserts, 1 update, 1 delete), billing.invoices (4 inserts), orders (2 inserts); nothing was changed"
+            "to 3 tables that are not preserved (the rows would stay in the backup, not in the new public and billing schemas): accounts (3 inserts, 1 update, 1 delete), billing.invoices (4 inserts), orders (2 inserts); nothing was changed"
         ),
         "{refusal}"
     );

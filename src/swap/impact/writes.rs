@@ -743,9 +743,9 @@ fn and_more(items: Vec<String>, total: usize) -> String {
     s
 }
 
-/// The live schemas of `tables` as a rollback's words name them: `the
-/// current public` (also for none), `the current billing schema`, `the
-/// current public and billing schemas` (each counted from when its
+/// The live schemas of `tables` as a refusal names them: `the current
+/// public` (also for none), `the current billing schema`, `the current
+/// public and billing schemas` (a rollback counts each from when its
 /// current tables went live).
 pub(crate) fn current_schemas<'a>(tables: impl IntoIterator<Item = &'a TableKey>) -> String {
     let schemas: std::collections::BTreeSet<&str> = tables
@@ -758,8 +758,11 @@ pub(crate) fn current_schemas<'a>(tables: impl IntoIterator<Item = &'a TableKey>
             }
         })
         .collect();
+    // public first, then the others by name.
     let shown: Vec<String> = schemas
         .iter()
+        .filter(|s| **s == crate::pg::meta::PUBLIC)
+        .chain(schemas.iter().filter(|s| **s != crate::pg::meta::PUBLIC))
         .map(|s| crate::pg::ident::display_ident(s))
         .collect();
     match shown.as_slice() {
@@ -798,7 +801,10 @@ impl Operation {
     /// Where `tables`' rows would end up.
     pub(crate) fn fate<'a>(self, tables: impl IntoIterator<Item = &'a TableKey>) -> String {
         match self {
-            Operation::Swap => "the rows would stay in the backup, not in the new public".into(),
+            Operation::Swap => {
+                let new = current_schemas(tables).replacen("the current", "the new", 1);
+                format!("the rows would stay in the backup, not in {new}")
+            }
             Operation::Rollback => {
                 let restored = current_schemas(tables).replacen("the current", "the restored", 1);
                 format!("the rows would stay in the new backup, not in {restored}")
