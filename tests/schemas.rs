@@ -1703,6 +1703,42 @@ fn a_statistics_reset_between_two_schemas_going_live_leaves_only_the_older_unkno
     );
 }
 
+/// The backup of public's latest going live is gone, and its record of the
+/// write counters with it (dropped by hand here; `cleanup` does it when it
+/// skipped an older, busy backup). A rollback to an older backup cannot
+/// count the writes since, and says so: it counted every row of today's
+/// tables as written, under the older record (h49a F5).
+#[test]
+fn a_rollback_whose_go_live_record_is_gone_says_the_writes_unknown() {
+    let dbs = same_on_both(
+        "sch_rb_lost",
+        "CREATE TABLE public.t (id int PRIMARY KEY);
+         INSERT INTO public.t SELECT generate_series(1, 10);",
+    );
+    let wd = Workdir::new();
+    let (src, dst) = (dbs.src.url(), dbs.dst.url());
+    run_json(&wd, &["start", "--source", &src, "--dest", &dst]);
+    run_json(&wd, &["start", "--source", &src, "--dest", &dst]);
+    let backups = list(&wd, &dbs.dst);
+    let older = backups[1]["timestamp"].to_string();
+    dbs.dst.psql(&format!(
+        "DROP SCHEMA {} CASCADE; DELETE FROM pgshift.backups WHERE ts = {}",
+        backups[0]["schema"].as_str().unwrap(),
+        backups[0]["timestamp"]
+    ));
+    let plan = rollback_plan(&wd, &dst, &older);
+    assert_eq!(plan["rollback"]["discarded_writes"], json!([]), "{plan}");
+    assert_eq!(
+        plan["rollback"]["unknown_writes"],
+        json!([{
+            "table": "t",
+            "reason": "no write counters were recorded when the current public went live (by an earlier version of pgshift, or the recording failed), or they went with the backup that held them (dropped by cleanup or by hand)"
+        }]),
+        "{plan}"
+    );
+    assert!(plan["rollback"]["refusal"].is_string(), "{plan}");
+}
+
 /// A preserved table of billing: the columns only the destination or only
 /// the source has are warnings of prepare's report, the dry run's foreign-key violations name
 /// their schemas, and a foreign key to it left NOT VALID by

@@ -518,6 +518,10 @@ pub async fn plan(client: &Client, opts: &RollbackOptions) -> Result<Plan> {
     // Writes the application made to the schemas being replaced since they
     // went live (the backup made then has their counters from that moment).
     let (live_baseline, reset) = gate::rollback_baseline(&all, &lives);
+    let live_baseline = match live_baseline {
+        Some(base) => gate::without_lost_records(client, base).await?,
+        None => None,
+    };
     warnings.extend(carried_since(&all, &restore, &keep_keys));
     warnings.extend(privileges_restored(client, &pairs).await?);
     warnings.extend(

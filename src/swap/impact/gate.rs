@@ -31,7 +31,9 @@
 //!   ([`migration_baseline`]), not from its whole life.
 //! * Without a baseline (prepared, or made live, by an earlier version) every
 //!   table is *unknown*: the gate refuses unless `--allow-discard` covers it,
-//!   and says why.
+//!   and says why. So is every table of a schema whose record counts none of
+//!   its tables: the backup that held the right one was dropped
+//!   ([`without_lost_records`]).
 //!
 //! Refusals are one line naming the tables with their counts (the largest
 //! few, then "and N more") and the two ways out ([`gate_for`]).
@@ -300,6 +302,40 @@ pub fn rollback_baseline(
         }
     }
     (merged, reset)
+}
+
+/// A rollback's `base` ([`rollback_baseline`]) without the schemas whose
+/// record counts none of the tables they hold now: the backup of such a
+/// schema's latest going live, which held its record, is gone (dropped by
+/// `cleanup`, which had skipped an older busy one, or by hand), and an older
+/// record was picked, under which every row of today's tables would count as
+/// written since (h49a F5). Their tables are unknown instead. `None` when no
+/// schema is left.
+pub async fn without_lost_records(
+    client: &Client,
+    mut base: WriteBaseline,
+) -> Result<Option<WriteBaseline>> {
+    let now = take_baseline(client, &base.schemas)
+        .await
+        .context("checking the tables' write counters")?;
+    let current: HashSet<u32> = now.tables.iter().map(|t| t.oid).collect();
+    let lost: Vec<String> = base
+        .schemas
+        .iter()
+        .filter(|s| {
+            let mut theirs = base
+                .tables
+                .iter()
+                .filter(|t| t.key.schema == **s)
+                .peekable();
+            let holds = now.tables.iter().any(|t| t.key.schema == **s);
+            holds && theirs.peek().is_some() && theirs.all(|t| !current.contains(&t.oid))
+        })
+        .cloned()
+        .collect();
+    base.schemas.retain(|s| !lost.contains(s));
+    base.tables.retain(|t| !lost.contains(&t.key.schema));
+    Ok((!base.schemas.is_empty()).then_some(base))
 }
 
 /// The baseline a migration's swap compares with: the counters recorded when

@@ -252,7 +252,7 @@ impl Unknown {
                 "no write counters were recorded when prepare started (the migration was prepared by an earlier version of pgshift)"
             }
             Unknown::NoLiveBaseline => {
-                "no write counters were recorded when the current public went live (by an earlier version of pgshift, or the recording failed)"
+                "no write counters were recorded when the current public went live (by an earlier version of pgshift, or the recording failed), or they went with the backup that held them (dropped by cleanup or by hand)"
             }
         }
     }
