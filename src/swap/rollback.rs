@@ -518,10 +518,6 @@ pub async fn plan(client: &Client, opts: &RollbackOptions) -> Result<Plan> {
     // Writes the application made to the schemas being replaced since they
     // went live (the backup made then has their counters from that moment).
     let (live_baseline, reset) = gate::rollback_baseline(&all, &lives);
-    let live_baseline = match live_baseline {
-        Some(base) => gate::without_lost_records(client, base).await?,
-        None => None,
-    };
     warnings.extend(carried_since(&all, &restore, &keep_keys));
     warnings.extend(privileges_restored(client, &pairs).await?);
     warnings.extend(
@@ -533,15 +529,8 @@ pub async fn plan(client: &Client, opts: &RollbackOptions) -> Result<Plan> {
         .await?,
     );
     let kept: Vec<TableName> = kept_names(&pairs);
-    let (listed, writes) = gate::writes_since(
-        client,
-        Operation::Rollback,
-        live_baseline.as_ref(),
-        &kept,
-        &lives,
-        &reset,
-    )
-    .await?;
+    let (live_baseline, listed, writes) =
+        gate::rollback_writes(client, live_baseline, &kept, &lives, &reset).await?;
     let mut unkeepable = Unkeepable::new();
     if gate::rollback_gate(&writes, &opts.allow_discard, &unkeepable).is_err() {
         unkeepable = unkeepable_writes(client, &maps, &writes).await?;

@@ -33,7 +33,7 @@
 //!   table is *unknown*: the gate refuses unless `--allow-discard` covers it,
 //!   and says why. So is every table of a schema whose record counts none of
 //!   its tables: the backup that held the right one was dropped
-//!   ([`without_lost_records`]).
+//!   ([`rollback_writes`]).
 //!
 //! Refusals are one line naming the tables with their counts (the largest
 //! few, then "and N more") and the two ways out ([`gate_for`]).
@@ -145,11 +145,11 @@ pub fn exempt_keeping(
 /// The writes since `baseline` to the live tables that are not `exempt`, with
 /// the counters now (the tables the check under the locks looks at). For the
 /// swap, `baseline` is the migration's (taken when prepare started) and
-/// `exempt` its preserved tables; for a rollback, [`rollback_baseline`] and
-/// the kept tables. Every table of a schema of `lives` (the live schemas
-/// replaced) that the baseline does not cover, or of all of them without
-/// one, is unknown, for the reason that fits `op`. Read only; works inside
-/// or outside a transaction.
+/// `exempt` its preserved tables; for a rollback, see [`rollback_writes`].
+/// Every table of a schema of `lives` (the live schemas replaced) that the
+/// baseline does not cover, or of all of them without one, is unknown, for
+/// the reason that fits `op`. Read only; works inside or outside a
+/// transaction.
 pub async fn writes_since(
     client: &Client,
     op: Operation,
@@ -158,9 +158,37 @@ pub async fn writes_since(
     lives: &[String],
     reset: &[String],
 ) -> Result<(WriteBaseline, WriteCheck)> {
-    // A baseline names its schemas; every live schema the operation replaces
-    // is looked at, not public alone (a migration of several schemas
-    // discards their writes too), nor only those the baseline covers (h48b).
+    let now = counters_now(client, baseline, lives).await?;
+    let check = judged(op, baseline, &now, exempt, reset);
+    Ok((now, check))
+}
+
+/// [`writes_since`] for a rollback: `baseline` is [`rollback_baseline`]'s,
+/// `exempt` the kept tables. The baseline comes back as it was used,
+/// without the schemas whose record was lost ([`without_lost_records`]),
+/// for the check under the locks.
+pub async fn rollback_writes(
+    client: &Client,
+    baseline: Option<WriteBaseline>,
+    exempt: &[TableName],
+    lives: &[String],
+    reset: &[String],
+) -> Result<(Option<WriteBaseline>, WriteBaseline, WriteCheck)> {
+    let now = counters_now(client, baseline.as_ref(), lives).await?;
+    let baseline = baseline.and_then(|b| without_lost_records(b, &now));
+    let check = judged(Operation::Rollback, baseline.as_ref(), &now, exempt, reset);
+    Ok((baseline, now, check))
+}
+
+/// The counters now of every table of `lives` and of the schemas `baseline`
+/// names: a baseline names its schemas, and every live schema the operation
+/// replaces is looked at, not public alone (a migration of several schemas
+/// discards their writes too), nor only those the baseline covers (h48b).
+async fn counters_now(
+    client: &Client,
+    baseline: Option<&WriteBaseline>,
+    lives: &[String],
+) -> Result<WriteBaseline> {
     let mut schemas = baseline.map_or_else(Vec::new, |b| b.schemas.clone());
     schemas.extend(
         lives
@@ -169,10 +197,20 @@ pub async fn writes_since(
             .cloned()
             .collect::<Vec<_>>(),
     );
-    let now = take_baseline(client, &schemas)
+    take_baseline(client, &schemas)
         .await
-        .context("checking the tables' write counters")?;
-    let mut check = compare_covered(baseline, &now, exempt, op, reset);
+        .context("checking the tables' write counters")
+}
+
+/// [`compare_covered`], in `op`'s words.
+fn judged(
+    op: Operation,
+    baseline: Option<&WriteBaseline>,
+    now: &WriteBaseline,
+    exempt: &[TableName],
+    reset: &[String],
+) -> WriteCheck {
+    let mut check = compare_covered(baseline, now, exempt, op, reset);
     // A rollback's baseline was taken when the table's schema went live
     // (h49a: said of public for a table of billing).
     if op == Operation::Rollback {
@@ -190,7 +228,7 @@ pub async fn writes_since(
             u.reason = u.reason.replace("the current public", &current);
         }
     }
-    Ok((now, check))
+    check
 }
 
 /// [`writes_since`] for the swap `req` describes.
@@ -305,19 +343,13 @@ pub fn rollback_baseline(
 }
 
 /// A rollback's `base` ([`rollback_baseline`]) without the schemas whose
-/// record counts none of the tables they hold now: the backup of such a
+/// record counts none of the tables they hold `now`: the backup of such a
 /// schema's latest going live, which held its record, is gone (dropped by
 /// `cleanup`, which had skipped an older busy one, or by hand), and an older
 /// record was picked, under which every row of today's tables would count as
 /// written since (h49a F5). Their tables are unknown instead. `None` when no
 /// schema is left.
-pub async fn without_lost_records(
-    client: &Client,
-    mut base: WriteBaseline,
-) -> Result<Option<WriteBaseline>> {
-    let now = take_baseline(client, &base.schemas)
-        .await
-        .context("checking the tables' write counters")?;
+fn without_lost_records(mut base: WriteBaseline, now: &WriteBaseline) -> Option<WriteBaseline> {
     let current: HashSet<u32> = now.tables.iter().map(|t| t.oid).collect();
     let lost: Vec<String> = base
         .schemas
@@ -335,7 +367,7 @@ pub async fn without_lost_records(
         .collect();
     base.schemas.retain(|s| !lost.contains(s));
     base.tables.retain(|t| !lost.contains(&t.key.schema));
-    Ok((!base.schemas.is_empty()).then_some(base))
+    (!base.schemas.is_empty()).then_some(base)
 }
 
 /// The baseline a migration's swap compares with: the counters recorded when
